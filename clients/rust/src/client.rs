@@ -1,0 +1,338 @@
+//! The connection side of the client: endpoints, channels, and the retry loop every call goes
+//! through.
+//!
+//! Retry contract: a call is resent only when resending cannot apply it twice. Reads have no
+//! effect; every write carries a request id, chosen before the first attempt and kept across
+//! attempts, and the server applies an id at most once. Errors that say the request itself is
+//! wrong (`INVALID_ARGUMENT`, `RESOURCE_EXHAUSTED`, `FAILED_PRECONDITION`, …) are never retried.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::Error;
+
+/// Metadata key under which a server answering `UNAVAILABLE` names the leader's client address
+/// (`host:port`), when it knows one.
+pub const LEADER_ADDR_METADATA: &str = "latch-leader-addr";
+
+/// How long a TCP connection to an endpoint may take before the endpoint counts as down.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// First pause between two attempts; doubled after each failed attempt up to [`MAX_BACKOFF`].
+const INITIAL_BACKOFF: Duration = Duration::from_millis(20);
+/// Longest pause between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Timeouts of a [`Client`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// How long one attempt, at one endpoint, may take before it is abandoned (as
+    /// `DEADLINE_EXCEEDED`) and the call moves to the next endpoint. Default 5 s.
+    pub request_timeout: Duration,
+    /// How long a call keeps retrying, across endpoints, before it returns the last error.
+    /// A call never takes longer than the larger of this and `request_timeout`. Default 10 s.
+    pub retry_budget: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            request_timeout: Duration::from_secs(5),
+            retry_budget: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A handle on a Latch cluster. Cheap to clone: clones share the connections.
+///
+/// Connections are opened lazily, on the first call that needs them, so
+/// [`connect`](Client::connect) succeeds even while the cluster is down. Any member can serve
+/// any call (followers forward writes to the leader); when one does not answer, the call moves
+/// on to the next endpoint, or to the leader a member names.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    options: ClientOptions,
+    targets: Mutex<Targets>,
+}
+
+/// The endpoints known to the client: the ones it was given, plus leaders that members named.
+#[derive(Debug)]
+struct Targets {
+    list: Vec<Target>,
+    /// Where the next call starts: the endpoint that last answered, or the one after the last
+    /// that failed.
+    preferred: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Target {
+    /// `host:port`, without a scheme: compared with the leader hints servers send.
+    addr: String,
+    channel: Channel,
+}
+
+impl Client {
+    /// A client of the cluster reachable at these endpoints (`"host:port"`, or
+    /// `"http://host:port"`), with the default [`ClientOptions`]. Opens no connection yet.
+    ///
+    /// Must be called within a tokio runtime.
+    pub async fn connect(
+        endpoints: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Result<Client, Error> {
+        Client::connect_with(endpoints, ClientOptions::default()).await
+    }
+
+    /// Like [`connect`](Client::connect), with these options.
+    pub async fn connect_with(
+        endpoints: impl IntoIterator<Item = impl Into<String>>,
+        options: ClientOptions,
+    ) -> Result<Client, Error> {
+        let mut list: Vec<Target> = Vec::new();
+        for endpoint in endpoints {
+            let target = Target::parse(&endpoint.into()).map_err(Error::InvalidEndpoint)?;
+            if !list.iter().any(|t| t.addr == target.addr) {
+                list.push(target);
+            }
+        }
+        if list.is_empty() {
+            return Err(Error::InvalidEndpoint("no endpoints given".into()));
+        }
+        Ok(Client {
+            inner: Arc::new(Inner {
+                options,
+                targets: Mutex::new(Targets { list, preferred: 0 }),
+            }),
+        })
+    }
+
+    /// The options this client was built with.
+    pub fn options(&self) -> ClientOptions {
+        self.inner.options
+    }
+
+    /// The endpoints known to this client (`host:port`): the ones given to
+    /// [`connect`](Client::connect), then any leader address a member has named since.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.targets().list.iter().map(|t| t.addr.clone()).collect()
+    }
+
+    fn targets(&self) -> MutexGuard<'_, Targets> {
+        // The lock guards no invariant a panic could break half-way: a poisoned list is usable.
+        self.inner
+            .targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `attempt` against one endpoint after another until one answers, an error that must
+    /// not be retried comes back, or the retry budget is spent. The caller guarantees that
+    /// sending the request more than once is safe (a read, or a write with a request id).
+    pub(crate) async fn call<T, F, Fut>(&self, method: &'static str, mut attempt: F) -> Result<T, Error>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let options = self.inner.options;
+        let deadline = Instant::now() + options.retry_budget.max(options.request_timeout);
+        let mut backoff = INITIAL_BACKOFF;
+        let (mut index, mut target) = {
+            let targets = self.targets();
+            let index = targets.preferred % targets.list.len();
+            (index, targets.list[index].clone())
+        };
+        loop {
+            let timeout = options
+                .request_timeout
+                .min(deadline.saturating_duration_since(Instant::now()));
+            let status = match tokio::time::timeout(timeout, attempt(target.channel.clone())).await {
+                Ok(Ok(response)) => {
+                    self.targets().preferred = index;
+                    return Ok(response.into_inner());
+                }
+                Ok(Err(status)) => status,
+                Err(_elapsed) => Status::deadline_exceeded(format!(
+                    "{}: no answer within {timeout:?}",
+                    target.addr
+                )),
+            };
+            if !is_retryable(&status) {
+                return Err(Error::Status(with_context(status, &target.addr)));
+            }
+            let hint = leader_hint(&status);
+            if Instant::now() + backoff >= deadline {
+                return Err(Error::Status(with_context(status, &target.addr)));
+            }
+            tracing::debug!(
+                method,
+                endpoint = %target.addr,
+                code = ?status.code(),
+                message = status.message(),
+                leader_hint = hint.as_deref(),
+                "retrying on another endpoint"
+            );
+            (index, target) = self.next_target(index, hint.as_deref());
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// The endpoint to try after `failed`: the named leader if there is a usable hint (added to
+    /// the list if new), else the next endpoint in the list.
+    fn next_target(&self, failed: usize, hint: Option<&str>) -> (usize, Target) {
+        let mut targets = self.targets();
+        let hinted = hint.and_then(|addr| {
+            if let Some(i) = targets.list.iter().position(|t| t.addr == addr) {
+                return Some(i);
+            }
+            match Target::parse(addr) {
+                Ok(target) => {
+                    targets.list.push(target);
+                    Some(targets.list.len() - 1)
+                }
+                Err(e) => {
+                    tracing::debug!(hint = addr, problem = e, "ignoring an unusable leader hint");
+                    None
+                }
+            }
+        });
+        let index = hinted.unwrap_or((failed + 1) % targets.list.len());
+        targets.preferred = index;
+        (index, targets.list[index].clone())
+    }
+}
+
+impl Target {
+    /// Parses `host:port` or `http://host:port` and makes a lazy channel for it; or says why
+    /// the endpoint is unusable.
+    fn parse(endpoint: &str) -> Result<Target, String> {
+        let given = endpoint.trim();
+        let bad = |why: &str| format!("{given:?}: {why}");
+        if given.is_empty() {
+            return Err(bad("empty; expected host:port"));
+        }
+        let addr = match given.split_once("://") {
+            None => given,
+            Some(("http", rest)) => rest,
+            Some(("https", _)) => return Err(bad("TLS is not supported yet; use host:port")),
+            Some((scheme, _)) => {
+                return Err(bad(&format!("unsupported scheme {scheme:?}; use host:port")))
+            }
+        };
+        let addr = addr.strip_suffix('/').unwrap_or(addr);
+        let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| bad(&e.to_string()))?;
+        let uri = endpoint.uri();
+        let has_host = uri.host().is_some_and(|h| !h.is_empty());
+        if !has_host || uri.port_u16().is_none() || uri.path() != "/" || uri.query().is_some() {
+            return Err(bad("expected host:port"));
+        }
+        let channel = endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(Target { addr: addr.to_string(), channel })
+    }
+}
+
+/// Whether a failed attempt may be sent again, to another endpoint. Only for requests that are
+/// safe to resend, which every call of this client is (see the module doc).
+fn is_retryable(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded => true,
+        // The request itself is wrong, or too big, or its precondition failed: the same request
+        // fails the same way everywhere.
+        Code::InvalidArgument | Code::ResourceExhausted | Code::FailedPrecondition => false,
+        // A status with a source was made by the local transport (a reset connection, a broken
+        // stream), not sent by a server: the request may or may not have arrived.
+        _ => std::error::Error::source(status).is_some(),
+    }
+}
+
+/// The leader's client address a server put on an `UNAVAILABLE` answer, if any.
+fn leader_hint(status: &Status) -> Option<String> {
+    if status.code() != Code::Unavailable {
+        return None;
+    }
+    let addr = status.metadata().get(LEADER_ADDR_METADATA)?.to_str().ok()?.trim();
+    (!addr.is_empty()).then(|| addr.to_string())
+}
+
+/// A status made by the local transport says little ("transport error"); the endpoint and the
+/// underlying cause say what happened. Statuses sent by a server are returned as they are.
+fn with_context(status: Status, addr: &str) -> Status {
+    let mut cause = String::new();
+    let mut source = std::error::Error::source(&status);
+    if source.is_none() {
+        return status;
+    }
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !status.message().contains(&text) && !cause.contains(&text) {
+            cause.push_str(": ");
+            cause.push_str(&text);
+        }
+        source = e.source();
+    }
+    Status::new(status.code(), format!("{addr}: {}{cause}", status.message()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn endpoints_are_host_port_with_or_without_http() {
+        let client = Client::connect(["127.0.0.1:7379", "http://localhost:7479/", " 10.0.0.1:7579 "])
+            .await
+            .expect("valid endpoints");
+        assert_eq!(client.endpoints(), vec!["127.0.0.1:7379", "localhost:7479", "10.0.0.1:7579"]);
+    }
+
+    #[tokio::test]
+    async fn duplicate_endpoints_are_kept_once() {
+        let client = Client::connect(["127.0.0.1:7379", "http://127.0.0.1:7379"])
+            .await
+            .expect("valid endpoints");
+        assert_eq!(client.endpoints(), vec!["127.0.0.1:7379"]);
+    }
+
+    #[tokio::test]
+    async fn bad_endpoints_are_rejected_naming_the_endpoint() {
+        for bad in ["", "localhost", "https://h:1", "grpc://h:1", "h:1/path", ":7379", "h:port"] {
+            match Client::connect([bad]).await {
+                Err(Error::InvalidEndpoint(why)) => assert!(why.contains(&format!("{:?}", bad.trim())), "{why}"),
+                other => panic!("{bad:?} should be an invalid endpoint, got {other:?}"),
+            }
+        }
+        let none: [&str; 0] = [];
+        assert!(matches!(Client::connect(none).await, Err(Error::InvalidEndpoint(_))));
+    }
+
+    #[test]
+    fn only_transient_failures_are_retried() {
+        assert!(is_retryable(&Status::unavailable("no leader")));
+        assert!(is_retryable(&Status::deadline_exceeded("slow")));
+        assert!(!is_retryable(&Status::invalid_argument("key: empty")));
+        assert!(!is_retryable(&Status::resource_exhausted("too big")));
+        assert!(!is_retryable(&Status::failed_precondition("compacted")));
+        assert!(!is_retryable(&Status::internal("bug")), "a server's INTERNAL is not transient");
+    }
+
+    #[test]
+    fn the_leader_hint_is_read_from_unavailable_answers_only() {
+        let mut status = Status::unavailable("not the leader");
+        status
+            .metadata_mut()
+            .insert(LEADER_ADDR_METADATA, "127.0.0.1:7479".parse().expect("ascii"));
+        assert_eq!(leader_hint(&status).as_deref(), Some("127.0.0.1:7479"));
+        assert_eq!(leader_hint(&Status::unavailable("no leader")), None);
+    }
+}

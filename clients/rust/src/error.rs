@@ -1,0 +1,95 @@
+//! The client's one error type.
+
+use tonic::Code;
+
+/// What can go wrong in a call to Latch.
+///
+/// Every failure of a call arrives as [`Error::Status`]: either the cluster's own answer (a bad
+/// key, a limit exceeded, …) or, once the retry budget is spent, the last error seen while trying
+/// the endpoints. [`Error::code`] tells them apart without matching.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The call failed with this gRPC status. Its message is the server's, e.g.
+    /// `key is 5000 bytes, over the limit of 4096 (--max-key-bytes)`.
+    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    Status(tonic::Status),
+    /// An endpoint given to [`Client::connect`](crate::Client::connect) is not `host:port` or
+    /// `http://host:port`.
+    #[error("invalid endpoint: {0}")]
+    InvalidEndpoint(String),
+    /// The gRPC transport failed outside of any call.
+    #[error("transport error: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl Error {
+    /// The gRPC code of the failure: the status's own code, `InvalidArgument` for a bad
+    /// endpoint, `Unavailable` for a transport failure.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Status(status) => status.code(),
+            Error::InvalidEndpoint(_) => Code::InvalidArgument,
+            Error::Transport(_) => Code::Unavailable,
+        }
+    }
+
+    /// The gRPC status, when the failure is one.
+    pub fn status(&self) -> Option<&tonic::Status> {
+        match self {
+            Error::Status(status) => Some(status),
+            _ => None,
+        }
+    }
+
+    /// The canonical gRPC name of [`Error::code`], e.g. `"RESOURCE_EXHAUSTED"`.
+    pub fn code_name(&self) -> &'static str {
+        code_name(self.code())
+    }
+}
+
+impl From<tonic::Status> for Error {
+    fn from(status: tonic::Status) -> Self {
+        Error::Status(status)
+    }
+}
+
+/// The canonical name of a gRPC code, as the gRPC specification spells it.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_error_shows_the_code_name_and_the_servers_message() {
+        let e = Error::from(tonic::Status::resource_exhausted(
+            "key is 5000 bytes, over the limit of 4096 (--max-key-bytes)",
+        ));
+        assert_eq!(
+            e.to_string(),
+            "RESOURCE_EXHAUSTED: key is 5000 bytes, over the limit of 4096 (--max-key-bytes)"
+        );
+        assert_eq!(e.code(), Code::ResourceExhausted);
+    }
+}

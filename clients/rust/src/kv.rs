@@ -1,0 +1,159 @@
+//! The key-value calls and the cluster status, as methods of [`Client`].
+
+use latch_proto::v1::{
+    cluster_client::ClusterClient, kv_client::KvClient, DeleteRangeRequest, DeleteRangeResponse,
+    KeyValue, PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse,
+    TxnRequest, TxnResponse,
+};
+use tonic::transport::Channel;
+
+use crate::{prefix_end, Client, Error};
+
+/// A KV stub on `channel`. Answers may be large (a range of many 1 MiB values): the client
+/// accepts what the server chose to send.
+fn kv(channel: Channel) -> KvClient<Channel> {
+    KvClient::new(channel).max_decoding_message_size(usize::MAX)
+}
+
+/// Gives a write its request id, if the caller did not, before the first attempt: every retry
+/// then carries the same id and the server applies the write at most once.
+fn ensure_request_id(id: &mut String) {
+    if id.is_empty() {
+        *id = uuid::Uuid::new_v4().to_string();
+    }
+}
+
+impl Client {
+    /// Sets `key` to `value`.
+    pub async fn put(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<PutResponse, Error> {
+        self.put_request(PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Sends this put as it is (e.g. with `prev_kv`), with a fresh request id if it has none.
+    pub async fn put_request(&self, mut request: PutRequest) -> Result<PutResponse, Error> {
+        ensure_request_id(&mut request.request_id);
+        self.call("Put", |channel| {
+            let request = request.clone();
+            async move { kv(channel).put(request).await }
+        })
+        .await
+    }
+
+    /// The current kv of `key`, or `None` if it does not exist. Linearizable.
+    pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<Option<KeyValue>, Error> {
+        let response = self
+            .range(RangeRequest {
+                key: key.into(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(response.kvs.into_iter().next())
+    }
+
+    /// Every kv whose key starts with `prefix`, in key order. Linearizable. For a limit, a count
+    /// or the revision read at, use [`range`](Client::range).
+    pub async fn get_prefix(&self, prefix: impl Into<Vec<u8>>) -> Result<Vec<KeyValue>, Error> {
+        let key = prefix.into();
+        let response = self
+            .range(RangeRequest {
+                range_end: prefix_end(&key),
+                key,
+                ..Default::default()
+            })
+            .await?;
+        Ok(response.kvs)
+    }
+
+    /// Reads the keys this request selects (one key, a prefix, or `[key, range_end)`).
+    pub async fn range(&self, request: RangeRequest) -> Result<RangeResponse, Error> {
+        self.call("Range", |channel| {
+            let request = request.clone();
+            async move { kv(channel).range(request).await }
+        })
+        .await
+    }
+
+    /// Deletes `key`; returns how many keys were deleted (0 or 1).
+    pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<i64, Error> {
+        let response = self
+            .delete_range(DeleteRangeRequest {
+                key: key.into(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(response.deleted)
+    }
+
+    /// Deletes every key starting with `prefix`; returns how many were deleted.
+    pub async fn delete_prefix(&self, prefix: impl Into<Vec<u8>>) -> Result<i64, Error> {
+        let key = prefix.into();
+        let response = self
+            .delete_range(DeleteRangeRequest {
+                range_end: prefix_end(&key),
+                key,
+                ..Default::default()
+            })
+            .await?;
+        Ok(response.deleted)
+    }
+
+    /// Sends this delete as it is, with a fresh request id if it has none.
+    pub async fn delete_range(
+        &self,
+        mut request: DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, Error> {
+        ensure_request_id(&mut request.request_id);
+        self.call("DeleteRange", |channel| {
+            let request = request.clone();
+            async move { kv(channel).delete_range(request).await }
+        })
+        .await
+    }
+
+    /// Runs a transaction — a [`Txn`](crate::Txn) or a raw `TxnRequest` — with a fresh request
+    /// id if it has none. `succeeded` tells which branch ran.
+    pub async fn txn(&self, request: impl Into<TxnRequest>) -> Result<TxnResponse, Error> {
+        let mut request = request.into();
+        ensure_request_id(&mut request.request_id);
+        self.call("Txn", |channel| {
+            let request = request.clone();
+            async move { kv(channel).txn(request).await }
+        })
+        .await
+    }
+
+    /// The cluster as the answering member sees it: leader, term, and every member with its
+    /// addresses, role and applied index.
+    pub async fn cluster_status(&self) -> Result<StatusResponse, Error> {
+        self.call("Status", |channel| async move {
+            ClusterClient::new(channel)
+                .status(StatusRequest {})
+                .await
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_request_id_is_filled_and_a_given_one_kept() {
+        let mut id = String::new();
+        ensure_request_id(&mut id);
+        assert_eq!(uuid::Uuid::parse_str(&id).map(|u| u.get_version_num()), Ok(4));
+        let mut given = "mine".to_string();
+        ensure_request_id(&mut given);
+        assert_eq!(given, "mine");
+    }
+}

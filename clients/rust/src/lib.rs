@@ -1,0 +1,47 @@
+//! The Rust client of Latch, a coordination service with a Raft-replicated key-value core.
+//!
+//! ```no_run
+//! use latch_client::{Client, Compare, CompareResult, Op, Txn};
+//!
+//! # async fn example() -> Result<(), latch_client::Error> {
+//! let client = Client::connect(["127.0.0.1:7379", "127.0.0.1:7479"]).await?;
+//! client.put("greeting", "hello").await?;
+//! let kv = client.get("greeting").await?.expect("just written");
+//! // Compare-and-swap: only if nobody wrote "greeting" since we read it.
+//! let txn = Txn::new()
+//!     .when([Compare::version("greeting", CompareResult::Equal, kv.version)])
+//!     .and_then([Op::put("greeting", "hello again")]);
+//! assert!(client.txn(txn).await?.succeeded);
+//! # Ok(()) }
+//! ```
+//!
+//! What is here:
+//! - [`Client`]: connects lazily to any members of the cluster and sends each call to one of
+//!   them, moving on to another (or to the leader a member names) when one is down. Writes carry
+//!   a request id that stays the same across those retries, so a write is applied at most once.
+//! - [`Txn`], [`Compare`], [`Op`]: short ways to write a transaction; [`prefix_end`] for ranges.
+//! - [`Error`]: every failure, with the gRPC code and the server's message.
+//! - [`proto`]: the wire types (`latch.v1`), for requests the typed methods do not cover.
+//!
+//! This crate depends on the API's proto crate alone, never on the server.
+
+mod client;
+mod error;
+mod kv;
+#[cfg(test)]
+mod tests;
+mod txn;
+
+pub use client::{Client, ClientOptions, LEADER_ADDR_METADATA};
+pub use error::Error;
+pub use txn::{prefix_end, Compare, CompareResult, Op, Txn};
+
+/// The wire types of Latch's gRPC API, package `latch.v1`.
+pub use latch_proto::v1 as proto;
+
+pub use latch_proto::v1::{
+    DeleteRangeRequest, DeleteRangeResponse, KeyValue, Member, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, ResponseHeader, StatusResponse, TxnRequest, TxnResponse,
+};
+/// gRPC status codes, as returned by [`Error::code`].
+pub use tonic::Code;

@@ -1,0 +1,185 @@
+//! The retry loop against scripted in-process servers: endpoint failover, leader hints,
+//! request ids kept across retries, errors that must not be retried, the retry budget.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use latch_proto::v1::kv_server::{Kv, KvServer};
+use latch_proto::v1::{
+    DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, TxnRequest, TxnResponse,
+};
+use tonic::transport::server::TcpIncoming;
+use tonic::{Code, Request, Response, Status};
+
+use crate::{Client, ClientOptions, Compare, CompareResult, Op, Txn, LEADER_ADDR_METADATA};
+
+/// How a scripted server answers every call.
+#[derive(Clone)]
+enum Script {
+    /// Succeeds: a put is acknowledged, a get finds the key with value "v".
+    Answer,
+    /// `UNAVAILABLE`, naming this leader address in metadata if given.
+    NotLeader(Option<String>),
+    /// Fails with this code.
+    Reject(Code),
+}
+
+#[derive(Clone)]
+struct ScriptedKv {
+    script: Script,
+    /// The request id of every write received (empty string for reads), in order.
+    received: Arc<Mutex<Vec<String>>>,
+}
+
+impl ScriptedKv {
+    // `Status` is what tonic's service trait returns; its size is not ours to choose.
+    #[allow(clippy::result_large_err)]
+    fn answer<T>(&self, request_id: String, ok: T) -> Result<Response<T>, Status> {
+        self.received.lock().expect("test lock").push(request_id);
+        match &self.script {
+            Script::Answer => Ok(Response::new(ok)),
+            Script::NotLeader(hint) => {
+                let mut status = Status::unavailable("not the leader");
+                if let Some(addr) = hint {
+                    status
+                        .metadata_mut()
+                        .insert(LEADER_ADDR_METADATA, addr.parse().expect("ascii address"));
+                }
+                Err(status)
+            }
+            Script::Reject(code) => Err(Status::new(*code, "key: must not be empty")),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for ScriptedKv {
+    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let key = request.into_inner().key;
+        let kv = KeyValue { key, value: b"v".to_vec(), version: 1, ..Default::default() };
+        self.answer(String::new(), RangeResponse { kvs: vec![kv], count: 1, ..Default::default() })
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        self.answer(request.into_inner().request_id, PutResponse::default())
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        self.answer(request.into_inner().request_id, DeleteRangeResponse { deleted: 1, ..Default::default() })
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        self.answer(request.into_inner().request_id, TxnResponse { succeeded: true, ..Default::default() })
+    }
+}
+
+/// Starts a scripted server on a free port; returns its address and what it received.
+async fn serve(script: Script) -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+    let addr = listener.local_addr().expect("bound address").to_string();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let service = KvServer::new(ScriptedKv { script, received: received.clone() });
+    let incoming = TcpIncoming::from_listener(listener, true, None).expect("incoming");
+    tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
+    (addr, received)
+}
+
+/// An address nothing listens on: connecting to it is refused at once.
+async fn dead_addr() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+    let addr: SocketAddr = listener.local_addr().expect("bound address");
+    addr.to_string()
+}
+
+fn received(log: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
+    log.lock().expect("test lock").clone()
+}
+
+#[tokio::test]
+async fn a_write_follows_the_leader_hint_keeping_its_request_id() {
+    let (leader, at_leader) = serve(Script::Answer).await;
+    let (follower, at_follower) = serve(Script::NotLeader(Some(leader.clone()))).await;
+    let client = Client::connect([follower.as_str()]).await.expect("valid endpoint");
+
+    client.put("k", "v").await.expect("the leader named in the hint acknowledges the put");
+
+    let first = received(&at_follower);
+    assert_eq!(first.len(), 1, "the follower is asked once, then the hinted leader");
+    assert!(!first[0].is_empty(), "the client gives a write a request id before the first attempt");
+    assert_eq!(received(&at_leader), first, "the retry carries the same request id");
+    assert_eq!(client.endpoints(), vec![follower, leader], "the hinted leader is now a known endpoint");
+}
+
+#[tokio::test]
+async fn a_txn_and_a_delete_keep_their_request_ids_across_retries() {
+    let (leader, at_leader) = serve(Script::Answer).await;
+    let (follower, at_follower) = serve(Script::NotLeader(Some(leader.clone()))).await;
+    let client = Client::connect([follower.as_str()]).await.expect("valid endpoint");
+
+    let txn = Txn::new().when([Compare::version("k", CompareResult::Equal, 1)]).and_then([Op::put("k", "w")]);
+    assert!(client.txn(txn).await.expect("txn").succeeded);
+    // The client now starts at the leader; send the delete to the follower again by a new client.
+    let client = Client::connect([follower.as_str()]).await.expect("valid endpoint");
+    assert_eq!(client.delete("k").await.expect("delete"), 1);
+
+    assert_eq!(received(&at_follower), received(&at_leader));
+    assert_eq!(received(&at_leader).len(), 2);
+}
+
+#[tokio::test]
+async fn an_unreachable_endpoint_is_skipped() {
+    let dead = dead_addr().await;
+    let (live, _) = serve(Script::Answer).await;
+    let client = Client::connect([dead, live]).await.expect("valid endpoints");
+
+    let kv = client.get("k").await.expect("the live endpoint answers").expect("key found");
+    assert_eq!(kv.value, b"v");
+}
+
+#[tokio::test]
+async fn a_rejected_request_is_not_retried_and_keeps_the_servers_message() {
+    for code in [Code::InvalidArgument, Code::ResourceExhausted, Code::FailedPrecondition] {
+        let (server, at_server) = serve(Script::Reject(code)).await;
+        let (other, at_other) = serve(Script::Answer).await;
+        let client = Client::connect([server, other]).await.expect("valid endpoints");
+
+        let err = client.put("k", "v").await.expect_err("the server rejects the put");
+
+        assert_eq!(err.code(), code);
+        assert_eq!(err.status().map(|s| s.message()), Some("key: must not be empty"));
+        assert_eq!(received(&at_server).len(), 1, "{code:?} must not be retried");
+        assert!(received(&at_other).is_empty(), "{code:?} must not be sent elsewhere");
+    }
+}
+
+#[tokio::test]
+async fn a_call_to_a_dead_cluster_returns_the_last_error_after_the_retry_budget() {
+    let dead = dead_addr().await;
+    let options = ClientOptions { request_timeout: Duration::from_millis(100), retry_budget: Duration::from_millis(300) };
+    let client = Client::connect_with([dead.as_str()], options).await.expect("valid endpoint");
+
+    let started = std::time::Instant::now();
+    let err = client.get("k").await.expect_err("nothing listens");
+
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(err.to_string().contains(&dead), "the error names the endpoint: {err}");
+    assert!(started.elapsed() < Duration::from_secs(2), "gave up after {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_member_without_leader_sends_the_call_to_the_next_endpoint() {
+    let (lost, at_lost) = serve(Script::NotLeader(None)).await;
+    let (good, at_good) = serve(Script::Answer).await;
+    let client = Client::connect([lost, good]).await.expect("valid endpoints");
+
+    client.put("k", "v").await.expect("the next endpoint acknowledges");
+    client.put("k", "v").await.expect("the endpoint that answered is asked first");
+
+    assert_eq!(received(&at_lost).len(), 1);
+    assert_eq!(received(&at_good).len(), 2);
+}

@@ -1,0 +1,21 @@
+//! Latch's wire formats. `v1` is the public gRPC API (package `latch.v1`): clients depend on
+//! this crate alone. `internal` is what never leaves the cluster: the replicated log's
+//! `Command`, the stored `Outcome` of a request id, and the peer transport.
+
+/// Generated code, nested as the proto packages are so that cross-package references resolve.
+#[allow(clippy::all, missing_docs)]
+mod generated {
+    pub mod latch {
+        pub mod v1 {
+            tonic::include_proto!("latch.v1");
+        }
+        pub mod internal {
+            pub mod v1 {
+                tonic::include_proto!("latch.internal.v1");
+            }
+        }
+    }
+}
+
+pub use generated::latch::internal::v1 as internal;
+pub use generated::latch::v1;

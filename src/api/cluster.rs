@@ -1,0 +1,78 @@
+//! The Cluster service: `Status` — the leader and term as this member sees them, and each
+//! member's own account of itself (role, applied index), asked over the peer transport.
+
+use std::time::Duration;
+
+use latch_proto::v1::cluster_server::{Cluster, ClusterServer};
+use latch_proto::v1::{Member, StatusRequest, StatusResponse};
+use tonic::{Request, Response, Status};
+
+use super::Context;
+use crate::transport::member_status;
+
+pub struct ClusterService {
+    ctx: Context,
+}
+
+impl ClusterService {
+    pub fn server(ctx: Context) -> ClusterServer<ClusterService> {
+        ClusterServer::new(ClusterService { ctx })
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let me = self.ctx.node.status();
+        let asks = self.ctx.members.iter().map(|p| async move {
+            if p.id == me.id {
+                return Member {
+                    id: me.id,
+                    peer_addr: self.ctx.peer_addr.clone(),
+                    client_addr: self.ctx.client_addr.clone(),
+                    role: me.role.as_str().to_string(),
+                    applied_index: me.applied.index,
+                    commit_index: me.commit_index,
+                    term: me.term,
+                    error: String::new(),
+                    snapshots_installed: me.snapshots_installed,
+                };
+            }
+            match member_status(&p.peer_addr, Duration::from_millis(1500)).await {
+                Ok(s) => Member {
+                    id: p.id,
+                    peer_addr: p.peer_addr.clone(),
+                    client_addr: s.client_addr,
+                    role: s.role,
+                    applied_index: s.applied_index,
+                    commit_index: s.commit_index,
+                    term: s.term,
+                    error: String::new(),
+                    snapshots_installed: s.snapshots_installed,
+                },
+                Err(error) => Member {
+                    id: p.id,
+                    peer_addr: p.peer_addr.clone(),
+                    role: "unreachable".into(),
+                    error,
+                    ..Default::default()
+                },
+            }
+        });
+        let members = futures::future::join_all(asks).await;
+        let revision = self
+            .ctx
+            .node
+            .db()
+            .begin_read()
+            .ok()
+            .and_then(|t| crate::fsm::applied(&t).ok())
+            .map_or(0, |a| a.revision);
+        Ok(Response::new(StatusResponse {
+            header: Some(self.ctx.header(revision)),
+            leader: me.leader,
+            term: me.term,
+            members,
+        }))
+    }
+}

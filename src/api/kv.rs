@@ -1,0 +1,212 @@
+//! The KV service: Range, Put, DeleteRange, Txn.
+//!
+//! Writes are proposed as a `Command` and answered with the outcome the fsm produced (the same
+//! one on a retry of the request id). Reads are linearizable through ReadIndex unless the
+//! request asks for `serializable`; either way they are served from this member's applied state.
+
+use latch_proto::internal::{command::Body, outcome, Command};
+use latch_proto::v1::kv_server::{Kv, KvServer};
+use latch_proto::v1::{request_op, *};
+use prost::Message as _;
+use tonic::{Request, Response, Status};
+
+use super::{to_status, ApiError, Context};
+use crate::config::Limits;
+
+pub struct KvService {
+    ctx: Context,
+}
+
+impl KvService {
+    pub fn server(ctx: Context) -> KvServer<KvService> {
+        let max = ctx.limits.max_request_bytes * 2 + 64 * 1024;
+        KvServer::new(KvService { ctx }).max_decoding_message_size(max).max_encoding_message_size(usize::MAX)
+    }
+
+    async fn propose(&self, request_id: &str, body: Body) -> Result<outcome::Result, ApiError> {
+        let request_id = if request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { request_id.to_string() };
+        let cmd = Command { version: 1, request_id, body: Some(body) };
+        let out = self.ctx.node.propose(cmd).await?;
+        match out.result {
+            Some(outcome::Result::Rejected(why)) => Err(ApiError::Rejected(why)),
+            Some(r) => Ok(r),
+            None => Err(ApiError::Internal("the state machine returned an empty outcome".into())),
+        }
+    }
+
+    fn header(&self, h: Option<ResponseHeader>) -> Option<ResponseHeader> {
+        Some(self.ctx.header(h.map_or(0, |h| h.revision)))
+    }
+}
+
+fn unexpected(what: &str) -> ApiError {
+    ApiError::Internal(format!("the state machine answered a {what} with another kind of outcome"))
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let req = req.into_inner();
+        let run = async {
+            check_key(&self.ctx.limits, "key", &req.key)?;
+            if req.limit < 0 {
+                return Err(ApiError::InvalidArgument { field: "limit", problem: "must not be negative".into() });
+            }
+            if !req.serializable {
+                self.ctx.node.read_index().await?;
+            }
+            let txn = self.ctx.node.db().begin_read()?;
+            let mut resp = crate::fsm::range(&txn, &req)?;
+            resp.header = self.header(resp.header);
+            Ok(resp)
+        };
+        run.await.map(Response::new).map_err(to_status)
+    }
+
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = req.into_inner();
+        let run = async {
+            check_request(&self.ctx.limits, req.encoded_len())?;
+            check_put(&self.ctx.limits, &req)?;
+            check_request_id(&req.request_id)?;
+            match self.propose(&req.request_id.clone(), Body::Put(req)).await? {
+                outcome::Result::Put(mut r) => {
+                    r.header = self.header(r.header);
+                    Ok(r)
+                }
+                _ => Err(unexpected("put")),
+            }
+        };
+        run.await.map(Response::new).map_err(to_status)
+    }
+
+    async fn delete_range(&self, req: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
+        let req = req.into_inner();
+        let run = async {
+            check_request(&self.ctx.limits, req.encoded_len())?;
+            check_key(&self.ctx.limits, "key", &req.key)?;
+            check_request_id(&req.request_id)?;
+            match self.propose(&req.request_id.clone(), Body::DeleteRange(req)).await? {
+                outcome::Result::DeleteRange(mut r) => {
+                    r.header = self.header(r.header);
+                    Ok(r)
+                }
+                _ => Err(unexpected("delete")),
+            }
+        };
+        run.await.map(Response::new).map_err(to_status)
+    }
+
+    async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let req = req.into_inner();
+        let run = async {
+            check_request(&self.ctx.limits, req.encoded_len())?;
+            check_txn(&self.ctx.limits, &req)?;
+            check_request_id(&req.request_id)?;
+            match self.propose(&req.request_id.clone(), Body::Txn(req)).await? {
+                outcome::Result::Txn(mut r) => {
+                    r.header = self.header(r.header);
+                    Ok(r)
+                }
+                _ => Err(unexpected("txn")),
+            }
+        };
+        run.await.map(Response::new).map_err(to_status)
+    }
+}
+
+fn check_request(limits: &Limits, len: usize) -> Result<(), ApiError> {
+    if len > limits.max_request_bytes {
+        return Err(ApiError::OverLimit(format!(
+            "request is {len} bytes, over the limit of {} (--max-request-bytes)",
+            limits.max_request_bytes
+        )));
+    }
+    Ok(())
+}
+
+fn check_request_id(id: &str) -> Result<(), ApiError> {
+    if id.len() > 64 {
+        return Err(ApiError::InvalidArgument {
+            field: "request_id",
+            problem: format!("is {} bytes, at most 64 allowed", id.len()),
+        });
+    }
+    Ok(())
+}
+
+fn check_key(limits: &Limits, field: &'static str, key: &[u8]) -> Result<(), ApiError> {
+    if key.is_empty() {
+        return Err(ApiError::InvalidArgument { field, problem: "must not be empty".into() });
+    }
+    if key.len() > limits.max_key_bytes {
+        return Err(ApiError::OverLimit(format!(
+            "{field} is {} bytes, over the limit of {} (--max-key-bytes)",
+            key.len(),
+            limits.max_key_bytes
+        )));
+    }
+    Ok(())
+}
+
+fn check_put(limits: &Limits, req: &PutRequest) -> Result<(), ApiError> {
+    check_key(limits, "key", &req.key)?;
+    if req.value.len() > limits.max_value_bytes {
+        return Err(ApiError::OverLimit(format!(
+            "value is {} bytes, over the limit of {} (--max-value-bytes)",
+            req.value.len(),
+            limits.max_value_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// Checks every op and compare; a txn writing one key twice is refused (as etcd does), since
+/// the outcome would depend on op order in a way callers rarely mean.
+fn check_txn(limits: &Limits, req: &TxnRequest) -> Result<(), ApiError> {
+    let ops = req.compare.len() + req.success.len() + req.failure.len();
+    if ops > limits.max_txn_ops {
+        return Err(ApiError::OverLimit(format!(
+            "transaction has {ops} operations (compares and ops), over the limit of {} (--max-txn-ops)",
+            limits.max_txn_ops
+        )));
+    }
+    for c in &req.compare {
+        check_key(limits, "compare.key", &c.key)?;
+        if c.target.is_none() {
+            return Err(ApiError::InvalidArgument { field: "compare.target", problem: "must be set".into() });
+        }
+        if compare::CompareResult::try_from(c.result).is_err() {
+            return Err(ApiError::InvalidArgument {
+                field: "compare.result",
+                problem: format!("{} is not a compare result", c.result),
+            });
+        }
+    }
+    for (branch, ops) in [("success", &req.success), ("failure", &req.failure)] {
+        let mut written: Vec<&[u8]> = Vec::new();
+        for op in ops {
+            match &op.request {
+                Some(request_op::Request::Range(r)) => check_key(limits, "range.key", &r.key)?,
+                Some(request_op::Request::Put(p)) => {
+                    check_put(limits, p)?;
+                    if written.contains(&p.key.as_slice()) {
+                        return Err(ApiError::InvalidArgument {
+                            field: "txn",
+                            problem: format!("{branch} writes key {:?} twice", String::from_utf8_lossy(&p.key)),
+                        });
+                    }
+                    written.push(&p.key);
+                }
+                Some(request_op::Request::DeleteRange(d)) => check_key(limits, "delete_range.key", &d.key)?,
+                None => {
+                    return Err(ApiError::InvalidArgument {
+                        field: "txn",
+                        problem: format!("an op of {branch} has no request set"),
+                    })
+                }
+            }
+        }
+    }
+    Ok(())
+}

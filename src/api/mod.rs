@@ -1,0 +1,76 @@
+//! The public gRPC services (`latch.v1`): thin handlers — validate → propose or read → map the
+//! error → fill the header. [`ApiError`] and its one mapping to `tonic::Status` live here.
+
+pub mod cluster;
+pub mod kv;
+
+use crate::config::{Limits, Peer};
+use crate::core::RequestError;
+use crate::fsm::FsmError;
+use crate::node::NodeHandle;
+use latch_proto::v1::ResponseHeader;
+use tonic::Status;
+
+/// Metadata key carrying the leader's client address on UNAVAILABLE, when known.
+pub const LEADER_ADDR_METADATA: &str = "latch-leader-addr";
+
+/// What every service needs.
+#[derive(Clone)]
+pub struct Context {
+    pub node: NodeHandle,
+    pub limits: Limits,
+    pub members: Vec<Peer>,
+    pub client_addr: String,
+    pub peer_addr: String,
+}
+
+impl Context {
+    /// The header of a response served at `revision`.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.node.cluster_id,
+            member_id: self.node.member_id,
+            revision,
+            raft_term: self.node.status().term,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{field}: {problem}")]
+    InvalidArgument { field: &'static str, problem: String },
+    #[error("{0}")]
+    OverLimit(String),
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("request rejected by the state machine: {0}")]
+    Rejected(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<FsmError> for ApiError {
+    fn from(e: FsmError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<redb::TransactionError> for ApiError {
+    fn from(e: redb::TransactionError) -> Self {
+        ApiError::Internal(format!("storage: {e}"))
+    }
+}
+
+/// The one mapping of errors to gRPC statuses (DESIGN.md §2 rule 6).
+pub fn to_status(e: ApiError) -> Status {
+    let msg = e.to_string();
+    match e {
+        ApiError::InvalidArgument { .. } | ApiError::Rejected(_) => Status::invalid_argument(msg),
+        ApiError::OverLimit(_) => Status::resource_exhausted(msg),
+        ApiError::Request(RequestError::NoLeader { .. })
+        | ApiError::Request(RequestError::ShuttingDown)
+        | ApiError::Request(RequestError::TimedOut { .. }) => Status::unavailable(msg),
+        ApiError::Internal(_) => Status::internal(msg),
+    }
+}

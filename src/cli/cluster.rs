@@ -1,0 +1,163 @@
+//! `latch cluster status`: the leader, the term, and every member as the answering member
+//! sees it.
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use latch_client::{Member, StatusResponse};
+use serde_json::json;
+
+use super::{print_bytes, print_json, ClientArgs, Output};
+
+/// `latch cluster`.
+#[derive(Debug, Args)]
+pub struct ClusterCommand {
+    /// Where and how to talk to the cluster.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The operation.
+    #[command(subcommand)]
+    pub op: ClusterOp,
+}
+
+/// The cluster operations.
+#[derive(Debug, Subcommand)]
+pub enum ClusterOp {
+    /// Leader, term, and each member's id, addresses, role and applied index.
+    Status,
+}
+
+/// Runs `latch cluster …`.
+pub async fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
+    match command.op {
+        ClusterOp::Status => {
+            let client = command.client.connect().await?;
+            let status = client.cluster_status().await?;
+            match command.client.output {
+                Output::Json => print_json(&status_json(&status))?,
+                Output::Text => print_bytes(status_text(&status).as_bytes())?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `{"leader", "term", "members": [{"id", "peer_addr", "client_addr", "role", "applied_index",
+/// "commit_index", "term", "error", "snapshots_installed"}]}`; `leader` is 0 when no leader is known.
+fn status_json(status: &StatusResponse) -> serde_json::Value {
+    let members: Vec<_> = status
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.id,
+                "peer_addr": m.peer_addr,
+                "client_addr": m.client_addr,
+                "role": m.role,
+                "applied_index": m.applied_index,
+                "commit_index": m.commit_index,
+                "term": m.term,
+                "error": m.error,
+                "snapshots_installed": m.snapshots_installed,
+            })
+        })
+        .collect();
+    json!({ "leader": status.leader, "term": status.term, "members": members })
+}
+
+/// A header line, then a table with one row per member, then why any member was unreachable.
+fn status_text(status: &StatusResponse) -> String {
+    let leader = match status.leader {
+        0 => "none".to_string(),
+        id => id.to_string(),
+    };
+    let mut text = format!("leader: {leader}  term: {}\n", status.term);
+    let header = ["ID", "PEER ADDR", "CLIENT ADDR", "ROLE", "APPLIED", "COMMIT", "TERM"];
+    let rows: Vec<[String; 7]> = status.members.iter().map(member_row).collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let header = header.map(String::from);
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        text.push_str(cells.join("  ").trim_end());
+        text.push('\n');
+    }
+    for m in status.members.iter().filter(|m| !m.error.is_empty()) {
+        text.push_str(&format!("member {}: {}\n", m.id, m.error));
+    }
+    text
+}
+
+fn member_row(m: &Member) -> [String; 7] {
+    let or_dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
+    let unreachable = m.role == "unreachable";
+    let number = |n: u64| if unreachable { "-".to_string() } else { n.to_string() };
+    [
+        m.id.to_string(),
+        or_dash(&m.peer_addr),
+        or_dash(&m.client_addr),
+        or_dash(&m.role),
+        number(m.applied_index),
+        number(m.commit_index),
+        number(m.term),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn three_members() -> StatusResponse {
+        let member = |id: u64, role: &str| Member {
+            id,
+            peer_addr: format!("127.0.0.1:7{id}80"),
+            client_addr: format!("127.0.0.1:7{id}79"),
+            role: role.into(),
+            applied_index: 42,
+            commit_index: 42,
+            term: 3,
+            ..Default::default()
+        };
+        let mut down = member(3, "unreachable");
+        down.client_addr.clear();
+        down.error = "connection refused".into();
+        StatusResponse {
+            header: None,
+            leader: 1,
+            term: 3,
+            members: vec![member(1, "leader"), member(2, "follower"), down],
+        }
+    }
+
+    #[test]
+    fn json_status_has_leader_term_and_members() {
+        let v = status_json(&three_members());
+        assert_eq!(v["leader"], 1);
+        assert_eq!(v["term"], 3);
+        let m = &v["members"][0];
+        assert_eq!(
+            (&m["id"], &m["peer_addr"], &m["client_addr"], &m["role"], &m["applied_index"]),
+            (&json!(1), &json!("127.0.0.1:7180"), &json!("127.0.0.1:7179"), &json!("leader"), &json!(42))
+        );
+        assert_eq!(v["members"].as_array().map(Vec::len), Some(3));
+    }
+
+    #[test]
+    fn text_status_is_a_table_with_a_row_per_member() {
+        let text = status_text(&three_members());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "leader: 1  term: 3");
+        assert!(lines[1].starts_with("ID  PEER ADDR"), "{text}");
+        assert!(lines[2].starts_with("1   127.0.0.1:7180  127.0.0.1:7179  leader"), "{text}");
+        assert!(lines[4].contains("unreachable"), "{text}");
+        assert_eq!(lines[5], "member 3: connection refused");
+    }
+}

@@ -1,0 +1,295 @@
+//! `latch kv put | get | del`: the key-value commands.
+//!
+//! Text output follows etcdctl: `put` prints `OK`, `get` of one key prints its value alone,
+//! `get --prefix` prints key and value on alternate lines, `del` prints how many keys went.
+//! JSON output is one document per command; keys and values are UTF-8 strings (invalid bytes
+//! replaced), since JSON has no bytes.
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use latch_client::{prefix_end, DeleteRangeRequest, KeyValue, PutRequest, RangeRequest, ResponseHeader};
+use serde_json::json;
+
+use super::{print_bytes, print_json, ClientArgs, Output, UsageError};
+
+/// `latch kv`.
+#[derive(Debug, Args)]
+pub struct KvCommand {
+    /// Where and how to talk to the cluster.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The operation.
+    #[command(subcommand)]
+    pub op: KvOp,
+}
+
+/// The key-value operations.
+#[derive(Debug, Subcommand)]
+pub enum KvOp {
+    /// Set KEY to VALUE.
+    Put(PutArgs),
+    /// Read KEY, or every key starting with it (--prefix).
+    Get(GetArgs),
+    /// Delete KEY, or every key starting with it (--prefix).
+    Del(DelArgs),
+}
+
+/// `latch kv put`.
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    /// The key (not empty).
+    #[arg(value_parser = non_empty_key)]
+    pub key: String,
+    /// The value (may be empty, or start with '-').
+    #[arg(allow_hyphen_values = true)]
+    pub value: String,
+    /// Also print the key's previous value, if it had one.
+    #[arg(long)]
+    pub prev_kv: bool,
+}
+
+/// `latch kv get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The key; with --prefix, the prefix (empty = every key).
+    pub key: String,
+    /// Every key starting with KEY, in key order.
+    #[arg(long)]
+    pub prefix: bool,
+    /// Read this member's applied state without asking the leader: faster, possibly stale.
+    #[arg(long)]
+    pub serializable: bool,
+    /// Return at most N keys (0 = no limit).
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
+    pub limit: i64,
+    /// Print keys only, no values.
+    #[arg(long)]
+    pub keys_only: bool,
+    /// Print only how many keys match.
+    #[arg(long, conflicts_with = "keys_only")]
+    pub count_only: bool,
+}
+
+/// `latch kv del`.
+#[derive(Debug, Args)]
+pub struct DelArgs {
+    /// The key; with --prefix, the prefix (empty = every key).
+    pub key: String,
+    /// Every key starting with KEY.
+    #[arg(long)]
+    pub prefix: bool,
+}
+
+/// A key given on the command line must not be empty: the empty key is no key.
+fn non_empty_key(key: &str) -> Result<String, String> {
+    if key.is_empty() {
+        Err("the key must not be empty".into())
+    } else {
+        Ok(key.to_string())
+    }
+}
+
+/// The range selecting `key`, or every key starting with it.
+fn key_range(key: &str, prefix: bool) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    let key = key.as_bytes().to_vec();
+    if prefix {
+        let end = prefix_end(&key);
+        return Ok((key, end));
+    }
+    if key.is_empty() {
+        return Err(UsageError("the key must not be empty (use --prefix \"\" for every key)".into()).into());
+    }
+    Ok((key, Vec::new()))
+}
+
+/// Runs `latch kv …`.
+pub async fn run(command: KvCommand) -> anyhow::Result<ExitCode> {
+    let output = command.client.output;
+    match command.op {
+        KvOp::Put(args) => put(&command.client, args, output).await,
+        KvOp::Get(args) => get(&command.client, args, output).await,
+        KvOp::Del(args) => del(&command.client, args, output).await,
+    }
+}
+
+async fn put(client: &ClientArgs, args: PutArgs, output: Output) -> anyhow::Result<ExitCode> {
+    let client = client.connect().await?;
+    let response = client
+        .put_request(PutRequest {
+            key: args.key.into_bytes(),
+            value: args.value.into_bytes(),
+            prev_kv: args.prev_kv,
+            ..Default::default()
+        })
+        .await?;
+    match output {
+        Output::Json => print_json(&json!({
+            "header": header_json(response.header.as_ref()),
+            "prev_kv": response.prev_kv.as_ref().map(kv_json),
+        }))?,
+        Output::Text => {
+            let mut text = b"OK\n".to_vec();
+            if let Some(prev) = &response.prev_kv {
+                push_line(&mut text, &prev.key);
+                push_line(&mut text, &prev.value);
+            }
+            print_bytes(&text)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn get(client: &ClientArgs, args: GetArgs, output: Output) -> anyhow::Result<ExitCode> {
+    let (key, range_end) = key_range(&args.key, args.prefix)?;
+    let client = client.connect().await?;
+    let response = client
+        .range(RangeRequest {
+            key,
+            range_end,
+            limit: args.limit,
+            serializable: args.serializable,
+            keys_only: args.keys_only,
+            count_only: args.count_only,
+        })
+        .await?;
+    // One key asked for and not there is a failed lookup (exit 1), as `test -e` would say;
+    // counting is not a lookup, so a count of 0 is an answer.
+    let not_found = !args.prefix && !args.count_only && response.kvs.is_empty();
+    match output {
+        Output::Json => print_json(&json!({
+            "kvs": response.kvs.iter().map(kv_json).collect::<Vec<_>>(),
+            "count": response.count,
+            "more": response.more,
+            "revision": response.header.as_ref().map_or(0, |h| h.revision),
+        }))?,
+        Output::Text => {
+            let mut text = Vec::new();
+            if args.count_only {
+                text.extend_from_slice(format!("{}\n", response.count).as_bytes());
+            } else {
+                for kv in &response.kvs {
+                    if args.prefix || args.keys_only {
+                        push_line(&mut text, &kv.key);
+                    }
+                    if !args.keys_only {
+                        push_line(&mut text, &kv.value);
+                    }
+                }
+            }
+            print_bytes(&text)?;
+        }
+    }
+    if not_found {
+        eprintln!("key not found: {}", args.key);
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn del(client: &ClientArgs, args: DelArgs, output: Output) -> anyhow::Result<ExitCode> {
+    let (key, range_end) = key_range(&args.key, args.prefix)?;
+    let client = client.connect().await?;
+    let response = client
+        .delete_range(DeleteRangeRequest {
+            key,
+            range_end,
+            ..Default::default()
+        })
+        .await?;
+    match output {
+        Output::Json => print_json(&json!({
+            "deleted": response.deleted,
+            "revision": response.header.as_ref().map_or(0, |h| h.revision),
+        }))?,
+        Output::Text => print_bytes(format!("{}\n", response.deleted).as_bytes())?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Appends `bytes` as they are (a value may be binary) and a newline.
+fn push_line(text: &mut Vec<u8>, bytes: &[u8]) {
+    text.extend_from_slice(bytes);
+    text.push(b'\n');
+}
+
+fn kv_json(kv: &KeyValue) -> serde_json::Value {
+    json!({
+        "key": String::from_utf8_lossy(&kv.key),
+        "value": String::from_utf8_lossy(&kv.value),
+        "create_revision": kv.create_revision,
+        "mod_revision": kv.mod_revision,
+        "version": kv.version,
+    })
+}
+
+fn header_json(header: Option<&ResponseHeader>) -> serde_json::Value {
+    let header = header.cloned().unwrap_or_default();
+    json!({
+        "cluster_id": header.cluster_id,
+        "member_id": header.member_id,
+        "revision": header.revision,
+        "raft_term": header.raft_term,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn parse_kv(args: &[&str]) -> Result<KvOp, clap::Error> {
+        let cli = Cli::try_parse_from(["latch", "kv"].into_iter().chain(args.iter().copied()))?;
+        match cli.command {
+            Command::Kv(kv) => Ok(kv.op),
+            other => panic!("kv command expected, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn put_of_an_empty_key_is_a_usage_error() {
+        let e = parse_kv(&["put", "", "v"]).expect_err("empty key");
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("the key must not be empty"), "{e}");
+    }
+
+    #[test]
+    fn put_accepts_an_empty_value_and_one_starting_with_a_dash() {
+        for value in ["", "-1"] {
+            match parse_kv(&["put", "k", value]).expect("valid put") {
+                KvOp::Put(put) => assert_eq!(put.value, value),
+                other => panic!("put expected, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn get_of_an_empty_key_needs_prefix() {
+        let e = key_range("", false).expect_err("empty key without --prefix");
+        assert!(e.downcast_ref::<UsageError>().is_some(), "a usage error: {e}");
+        assert_eq!(key_range("", true).expect("every key"), (Vec::new(), vec![0]));
+        assert_eq!(key_range("a/", true).expect("prefix"), (b"a/".to_vec(), b"a0".to_vec()));
+        assert_eq!(key_range("k", false).expect("one key"), (b"k".to_vec(), Vec::new()));
+    }
+
+    #[test]
+    fn get_limit_must_not_be_negative() {
+        assert_eq!(parse_kv(&["get", "k", "--limit", "-1"]).expect_err("negative").exit_code(), 2);
+    }
+
+    #[test]
+    fn json_kvs_show_keys_and_values_as_text() {
+        let kv = KeyValue {
+            key: b"k".to_vec(),
+            value: vec![b'v', 0xff],
+            create_revision: 2,
+            mod_revision: 3,
+            version: 2,
+        };
+        assert_eq!(
+            kv_json(&kv),
+            json!({"key": "k", "value": "v\u{fffd}", "create_revision": 2, "mod_revision": 3, "version": 2})
+        );
+    }
+}

@@ -1,0 +1,283 @@
+//! A node's configuration: the `latch server` flags, the same names in `--config latch.toml`,
+//! and the defaults (DESIGN.md §5, §6). A flag given on the command line wins over the file.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+/// Default ports (DESIGN.md §5).
+pub const DEFAULT_CLIENT_ADDR: &str = "127.0.0.1:7379";
+pub const DEFAULT_PEER_ADDR: &str = "127.0.0.1:7380";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("--{flag}: {problem}")]
+    Invalid { flag: &'static str, problem: String },
+}
+
+/// `latch server` flags. Every field is optional here so that the config file can supply it.
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ServerArgs {
+    /// One node, data in ./latch-data, default ports: for trying Latch out.
+    #[arg(long)]
+    #[serde(default)]
+    pub dev: bool,
+    /// This member's id (a positive integer, listed in --initial-cluster).
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// Directory of this member's data file (created if missing).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address for clients (gRPC), host:port.
+    #[arg(long)]
+    pub client_addr: Option<String>,
+    /// Address for the other members (raft messages, snapshots), host:port.
+    #[arg(long)]
+    pub peer_addr: Option<String>,
+    /// Peer addresses of the first members: 1=host:port,2=host:port,3=host:port.
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+    /// Snapshot the state machine and compact the log after this many applied entries.
+    #[arg(long)]
+    pub snapshot_entries: Option<u64>,
+    /// Interval of a raft tick (humantime, e.g. "50ms"); elections time out after 10–20 ticks.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub tick_interval: Option<Duration>,
+    /// Largest key, in bytes.
+    #[arg(long)]
+    pub max_key_bytes: Option<usize>,
+    /// Largest value, in bytes.
+    #[arg(long)]
+    pub max_value_bytes: Option<usize>,
+    /// Largest request, in bytes.
+    #[arg(long)]
+    pub max_request_bytes: Option<usize>,
+    /// Most operations in one transaction (compares, then and else ops each count).
+    #[arg(long)]
+    pub max_txn_ops: Option<usize>,
+    /// Read every flag above from this TOML file (same names); flags given here win.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+}
+
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// Bounds on what one request may carry (DESIGN.md §6). A request over a limit is rejected
+/// before it is proposed, so nothing is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_bytes: 4 * 1024,
+            max_value_bytes: 1024 * 1024,
+            max_request_bytes: 3 * 512 * 1024,
+            max_txn_ops: 128,
+        }
+    }
+}
+
+/// A member of the initial cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub id: u64,
+    pub peer_addr: String,
+}
+
+/// A node's resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub id: u64,
+    pub data_dir: PathBuf,
+    pub client_addr: String,
+    pub peer_addr: String,
+    /// Every member, this one included, sorted by id.
+    pub initial_cluster: Vec<Peer>,
+    pub snapshot_entries: u64,
+    pub tick_interval: Duration,
+    pub limits: Limits,
+}
+
+impl Config {
+    /// A single-node configuration for tests and `--dev`: ports still to be chosen by the caller.
+    pub fn single(data_dir: PathBuf, client_addr: String, peer_addr: String) -> Config {
+        Config {
+            id: 1,
+            data_dir,
+            initial_cluster: vec![Peer { id: 1, peer_addr: peer_addr.clone() }],
+            client_addr,
+            peer_addr,
+            snapshot_entries: 10_000,
+            tick_interval: Duration::from_millis(50),
+            limits: Limits::default(),
+        }
+    }
+
+    /// Resolves flags over the config file over the defaults.
+    pub fn from_args(flags: ServerArgs) -> Result<Config, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                toml::from_str::<ServerArgs>(&text)
+                    .map_err(|source| ConfigError::Parse { path: path.clone(), source })?
+            }
+            None => ServerArgs::default(),
+        };
+        let dev = flags.dev || file.dev;
+        let pick = |f: Option<String>, g: Option<String>| f.or(g);
+        let id = flags.id.or(file.id).or(dev.then_some(1)).ok_or(ConfigError::Invalid {
+            flag: "id",
+            problem: "required (or use --dev for a single local node)".into(),
+        })?;
+        if id == 0 {
+            return Err(ConfigError::Invalid { flag: "id", problem: "must be a positive integer".into() });
+        }
+        let client_addr = pick(flags.client_addr, file.client_addr).unwrap_or_else(|| DEFAULT_CLIENT_ADDR.into());
+        let peer_addr = pick(flags.peer_addr, file.peer_addr).unwrap_or_else(|| DEFAULT_PEER_ADDR.into());
+        let data_dir = flags
+            .data_dir
+            .or(file.data_dir)
+            .or_else(|| dev.then(|| PathBuf::from("latch-data")))
+            .ok_or(ConfigError::Invalid { flag: "data-dir", problem: "required (or use --dev)".into() })?;
+        let initial_cluster = match pick(flags.initial_cluster, file.initial_cluster) {
+            Some(spec) => parse_initial_cluster(&spec)?,
+            None if dev || id == 1 => vec![Peer { id, peer_addr: peer_addr.clone() }],
+            None => {
+                return Err(ConfigError::Invalid {
+                    flag: "initial-cluster",
+                    problem: "required: the peer addresses of the first members, e.g. 1=127.0.0.1:7380".into(),
+                })
+            }
+        };
+        if !initial_cluster.iter().any(|p| p.id == id) {
+            return Err(ConfigError::Invalid {
+                flag: "initial-cluster",
+                problem: format!("does not list this member's id {id}"),
+            });
+        }
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_key_bytes: flags.max_key_bytes.or(file.max_key_bytes).unwrap_or(defaults.max_key_bytes),
+            max_value_bytes: flags.max_value_bytes.or(file.max_value_bytes).unwrap_or(defaults.max_value_bytes),
+            max_request_bytes: flags
+                .max_request_bytes
+                .or(file.max_request_bytes)
+                .unwrap_or(defaults.max_request_bytes),
+            max_txn_ops: flags.max_txn_ops.or(file.max_txn_ops).unwrap_or(defaults.max_txn_ops),
+        };
+        let snapshot_entries = flags.snapshot_entries.or(file.snapshot_entries).unwrap_or(10_000);
+        if snapshot_entries == 0 {
+            return Err(ConfigError::Invalid { flag: "snapshot-entries", problem: "must be at least 1".into() });
+        }
+        let tick_interval = flags.tick_interval.or(file.tick_interval).unwrap_or(Duration::from_millis(50));
+        if tick_interval.is_zero() {
+            return Err(ConfigError::Invalid { flag: "tick-interval", problem: "must be positive".into() });
+        }
+        Ok(Config { id, data_dir, client_addr, peer_addr, initial_cluster, snapshot_entries, tick_interval, limits })
+    }
+
+    /// The cluster's identity, derived from the initial membership so that every member computes
+    /// the same value and a data dir of another cluster is recognised.
+    pub fn cluster_id(&self) -> u64 {
+        let mut spec = String::new();
+        for p in &self.initial_cluster {
+            spec.push_str(&format!("{}={},", p.id, p.peer_addr));
+        }
+        fnv1a(spec.as_bytes())
+    }
+}
+
+/// FNV-1a, 64 bit: a stable hash (unlike `DefaultHasher`, guaranteed the same across builds).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_initial_cluster(spec: &str) -> Result<Vec<Peer>, ConfigError> {
+    let bad = |problem: String| ConfigError::Invalid { flag: "initial-cluster", problem };
+    let mut peers = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| bad(format!("{part:?} is not ID=HOST:PORT")))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| bad(format!("{id:?} in {part:?} is not a member id (a positive integer)")))?;
+        if id == 0 {
+            return Err(bad("member id 0 is reserved; ids start at 1".into()));
+        }
+        if !addr.contains(':') {
+            return Err(bad(format!("{addr:?} in {part:?} is not HOST:PORT")));
+        }
+        if peers.iter().any(|p: &Peer| p.id == id) {
+            return Err(bad(format!("member id {id} is listed twice")));
+        }
+        peers.push(Peer { id, peer_addr: addr.trim().to_string() });
+    }
+    if peers.is_empty() {
+        return Err(bad("lists no members".into()));
+    }
+    peers.sort_by_key(|p| p.id);
+    Ok(peers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_parses_and_sorts_members() {
+        let peers = parse_initial_cluster("3=h:3,1=h:1, 2=h:2").expect("valid spec");
+        assert_eq!(peers.iter().map(|p| p.id).collect::<Vec<_>>(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn initial_cluster_rejects_duplicates_and_garbage_naming_the_problem() {
+        let e = parse_initial_cluster("1=h:1,1=h:2").expect_err("duplicate id");
+        assert!(e.to_string().contains("listed twice"), "{e}");
+        let e = parse_initial_cluster("x=h:1").expect_err("bad id");
+        assert!(e.to_string().contains("not a member id"), "{e}");
+    }
+
+    #[test]
+    fn flags_win_over_the_config_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("latch.toml");
+        std::fs::write(&path, "id = 2\ndata-dir = \"/tmp/x\"\ninitial-cluster = \"1=h:1,2=h:2\"\nsnapshot-entries = 7\n")
+            .expect("write config");
+        let flags = ServerArgs { config: Some(path), snapshot_entries: Some(9), ..Default::default() };
+        let c = Config::from_args(flags).expect("valid config");
+        assert_eq!((c.id, c.snapshot_entries), (2, 9));
+    }
+}

@@ -1,0 +1,548 @@
+//! The sans-I/O node core: raft-rs `RawNode` over the redb-backed [`LogStore`], the proposal
+//! table keyed by request id, batched ReadIndex requests, and the Ready loop with its one write
+//! transaction. It takes events (`tick`, `step`, `propose`, `read_index`, reports) and returns
+//! [`Action`]s; it owns no thread, socket, timer or clock: time is the number of `tick` calls.
+//! The node driver (tokio) and the simulator (seeded) drive this same code.
+//!
+//! Disk I/O happens through redb, whose backend is chosen by whoever opened the database: a file
+//! in production, an in-memory fault-injecting backend in the simulator.
+//!
+//! Invariants:
+//! - One redb write transaction per Ready holds the log append, the hard state, the installed
+//!   snapshot, and the application of every committed entry together with `applied_index`.
+//!   It commits (one fsync when anything raft must persist is in it) before any persisted
+//!   message, reply or read grant leaves the core.
+//! - A proposal is matched to its waiters by request id, never by position, on whichever node
+//!   it was proposed; re-proposing it is safe because the fsm applies an id at most once.
+//! - A read is granted only once this node has applied up to an index that a quorum confirmed
+//!   as the leader's commit index after the read arrived (ReadIndex).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use prost::Message as _;
+use raft::eraftpb::{Entry, EntryType, Message, MessageType};
+use raft::{RawNode, StateRole};
+use redb::{Database, Durability};
+
+use crate::fsm::{self, Applied};
+use crate::storage::{LogStore, StorageError};
+use latch_proto::internal::{Command, Outcome};
+
+/// Identifies a waiting request in the driver; opaque to the core.
+pub type Waiter = u64;
+
+/// Ticks and thresholds, in ticks.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub election_tick: usize,
+    pub heartbeat_tick: usize,
+    /// A proposal not applied after this many ticks is proposed again (same request id).
+    pub repropose_ticks: u64,
+    /// A proposal or read not answered after this many ticks fails with `Unavailable`.
+    pub request_timeout_ticks: u64,
+    /// A ReadIndex not answered after this many ticks is asked again under a new context.
+    pub read_retry_ticks: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            election_tick: 10,
+            heartbeat_tick: 1,
+            repropose_ticks: 40,
+            request_timeout_ticks: 200,
+            read_retry_ticks: 10,
+        }
+    }
+}
+
+/// Why a request could not be served. None of these is fatal to the node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("no leader is known to member {member} (an election may be under way); retry")]
+    NoLeader { member: u64 },
+    #[error("not answered within {ticks} ticks (no quorum reachable?); retry with the same request id")]
+    TimedOut { ticks: u64 },
+    #[error("member is shutting down")]
+    ShuttingDown,
+}
+
+/// A failure the node cannot continue after: its disk or its state is in doubt.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("state machine: {0}")]
+    Fsm(#[from] fsm::FsmError),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+}
+
+fn redb_err(e: impl Into<redb::Error>) -> CoreError {
+    CoreError::Storage(StorageError::redb(e))
+}
+
+/// What the driver must do after a call into the core.
+#[derive(Debug)]
+pub enum Action {
+    /// A proposal's outcome (or why it failed).
+    Reply { waiter: Waiter, result: Result<Outcome, RequestError> },
+    /// The read may now be served from the local applied state (linearizably).
+    ReadReady { waiter: Waiter },
+    ReadFailed { waiter: Waiter, error: RequestError },
+}
+
+/// The core's view of itself, for response headers and `cluster status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Status {
+    pub id: u64,
+    pub term: u64,
+    pub leader: u64,
+    pub role: Role,
+    pub commit_index: u64,
+    pub applied: Applied,
+    /// Snapshots installed from a leader since this core was created.
+    pub snapshots_installed: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Role {
+    #[default]
+    Follower,
+    Candidate,
+    PreCandidate,
+    Leader,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::PreCandidate => "pre-candidate",
+            Role::Leader => "leader",
+        }
+    }
+}
+
+struct PendingProposal {
+    data: Vec<u8>,
+    waiters: Vec<Waiter>,
+    /// Tick at which it was last handed to raft.
+    proposed_at: u64,
+    /// Tick at which it arrived.
+    arrived_at: u64,
+}
+
+struct ReadBatch {
+    waiters: Vec<Waiter>,
+    asked_at: u64,
+    arrived_at: u64,
+}
+
+pub struct Core {
+    raw: RawNode<LogStore>,
+    db: Arc<Database>,
+    timing: Timing,
+    snapshot_entries: u64,
+    /// Logical time: the number of ticks so far.
+    now: u64,
+    applied: Applied,
+    proposals: HashMap<String, PendingProposal>,
+    /// Reads that arrived since the last ReadIndex was asked.
+    new_reads: Vec<Waiter>,
+    new_reads_since: u64,
+    /// Asked ReadIndex batches by context.
+    asked_reads: HashMap<u64, ReadBatch>,
+    /// Confirmed batches waiting for `applied >= index`, by index.
+    confirmed_reads: BTreeMap<u64, Vec<Waiter>>,
+    next_read_ctx: u64,
+    last_leader: u64,
+    snapshots_installed: u64,
+    actions: Vec<Action>,
+}
+
+impl Core {
+    /// Loads a member from its store. `voters` is the initial membership (used when the store
+    /// is fresh). `logger` is raft-rs's slog logger.
+    pub fn new(
+        id: u64,
+        voters: &[u64],
+        db: Arc<Database>,
+        timing: Timing,
+        snapshot_entries: u64,
+        logger: &slog::Logger,
+    ) -> Result<Core, CoreError> {
+        let store = LogStore::load(db.clone(), voters)?;
+        {
+            let txn = db.begin_write().map_err(redb_err)?;
+            store.persist_initial(&txn)?;
+            txn.commit().map_err(redb_err)?;
+        }
+        let applied = fsm::applied(&db.begin_read().map_err(redb_err)?)?;
+        let cfg = raft::Config {
+            id,
+            election_tick: timing.election_tick,
+            heartbeat_tick: timing.heartbeat_tick,
+            applied: applied.index,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            read_only_option: raft::ReadOnlyOption::Safe,
+            ..Default::default()
+        };
+        cfg.validate()?;
+        let raw = RawNode::new(&cfg, store, logger)?;
+        Ok(Core {
+            raw,
+            db,
+            timing,
+            snapshot_entries: snapshot_entries.max(1),
+            now: 0,
+            applied,
+            proposals: HashMap::new(),
+            new_reads: Vec::new(),
+            new_reads_since: 0,
+            asked_reads: HashMap::new(),
+            confirmed_reads: BTreeMap::new(),
+            next_read_ctx: 1,
+            last_leader: 0,
+            snapshots_installed: 0,
+            actions: Vec::new(),
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.raw.raft.id
+    }
+
+    pub fn db(&self) -> &Arc<Database> {
+        &self.db
+    }
+
+    /// The raft log as stored (read-only), for checks such as log matching in the simulator.
+    pub fn log(&self) -> &LogStore {
+        self.raw.store()
+    }
+
+    pub fn status(&self) -> Status {
+        let r = &self.raw.raft;
+        Status {
+            id: r.id,
+            term: r.term,
+            leader: r.leader_id,
+            role: match r.state {
+                StateRole::Follower => Role::Follower,
+                StateRole::Candidate => Role::Candidate,
+                StateRole::PreCandidate => Role::PreCandidate,
+                StateRole::Leader => Role::Leader,
+            },
+            commit_index: r.raft_log.committed,
+            applied: self.applied,
+            snapshots_installed: self.snapshots_installed,
+        }
+    }
+
+    /// Advances logical time by one tick: raft's election and heartbeat clocks, proposal
+    /// re-proposal and timeouts, ReadIndex retries.
+    pub fn tick(&mut self) {
+        self.now += 1;
+        self.raw.tick();
+        let now = self.now;
+        let t = self.timing;
+        let member = self.id();
+        // Proposals: fail the ones too old; hand the stale ones to raft again.
+        let mut expired = Vec::new();
+        for (id, p) in &self.proposals {
+            if now - p.arrived_at >= t.request_timeout_ticks {
+                expired.push(id.clone());
+            }
+        }
+        for id in expired {
+            if let Some(p) = self.proposals.remove(&id) {
+                for w in p.waiters {
+                    self.actions.push(Action::Reply {
+                        waiter: w,
+                        result: Err(RequestError::TimedOut { ticks: t.request_timeout_ticks }),
+                    });
+                }
+            }
+        }
+        let stale: Vec<String> = self
+            .proposals
+            .iter()
+            .filter(|(_, p)| now - p.proposed_at >= t.repropose_ticks)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            self.repropose(&id);
+        }
+        // Reads: time out, or ask again under a new context (raft-rs drops a ReadIndex a new
+        // leader cannot serve yet, and a lost message loses it too).
+        let ctxs: Vec<u64> = self.asked_reads.keys().copied().collect();
+        for ctx in ctxs {
+            let Some(b) = self.asked_reads.get(&ctx) else { continue };
+            if now - b.arrived_at >= t.request_timeout_ticks {
+                if let Some(b) = self.asked_reads.remove(&ctx) {
+                    for w in b.waiters {
+                        self.actions.push(Action::ReadFailed {
+                            waiter: w,
+                            error: RequestError::TimedOut { ticks: t.request_timeout_ticks },
+                        });
+                    }
+                }
+            } else if now - b.asked_at >= t.read_retry_ticks {
+                if let Some(mut b) = self.asked_reads.remove(&ctx) {
+                    b.asked_at = now;
+                    self.ask_read_index(b);
+                }
+            }
+        }
+        if !self.new_reads.is_empty() && now - self.new_reads_since >= t.request_timeout_ticks {
+            for w in std::mem::take(&mut self.new_reads) {
+                self.actions.push(Action::ReadFailed { waiter: w, error: RequestError::NoLeader { member } });
+            }
+        }
+    }
+
+    /// A raft message from a peer.
+    pub fn step(&mut self, msg: Message) -> Result<(), CoreError> {
+        match self.raw.step(msg) {
+            // Messages from unknown or removed peers, or stale ones, are not the node's fault.
+            Ok(()) | Err(raft::Error::StepPeerNotFound) | Err(raft::Error::StepLocalMsg) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn report_unreachable(&mut self, peer: u64) {
+        self.raw.report_unreachable(peer);
+    }
+
+    pub fn report_snapshot(&mut self, peer: u64, ok: bool) {
+        let status = if ok { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
+        self.raw.report_snapshot(peer, status);
+    }
+
+    /// Proposes a command; its outcome comes back as `Action::Reply` for `waiter` once applied
+    /// here. A command whose request id is already pending joins that proposal.
+    pub fn propose(&mut self, waiter: Waiter, cmd: Command) {
+        let id = cmd.request_id.clone();
+        if let Some(p) = self.proposals.get_mut(&id) {
+            p.waiters.push(waiter);
+            return;
+        }
+        let data = cmd.encode_to_vec();
+        self.proposals.insert(
+            id.clone(),
+            PendingProposal { data, waiters: vec![waiter], proposed_at: self.now, arrived_at: self.now },
+        );
+        self.repropose(&id);
+    }
+
+    fn repropose(&mut self, id: &str) {
+        let now = self.now;
+        let Some(p) = self.proposals.get_mut(id) else { return };
+        p.proposed_at = now;
+        // Dropped when no leader is known: the proposal stays pending and is handed to raft
+        // again when a leader appears or `repropose_ticks` pass.
+        let _ = self.raw.propose(vec![], p.data.clone());
+    }
+
+    /// Asks for a linearizable read; `Action::ReadReady` tells when it may be served.
+    /// Reads arriving together share one ReadIndex round (see [`Core::flush_reads`]).
+    pub fn read_index(&mut self, waiter: Waiter) {
+        if self.new_reads.is_empty() {
+            self.new_reads_since = self.now;
+        }
+        self.new_reads.push(waiter);
+    }
+
+    /// Asks one ReadIndex for every read that arrived since the last call.
+    pub fn flush_reads(&mut self) {
+        if self.new_reads.is_empty() || self.raw.raft.leader_id == raft::INVALID_ID {
+            return;
+        }
+        let batch = ReadBatch {
+            waiters: std::mem::take(&mut self.new_reads),
+            asked_at: self.now,
+            arrived_at: self.new_reads_since,
+        };
+        self.ask_read_index(batch);
+    }
+
+    fn ask_read_index(&mut self, batch: ReadBatch) {
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        self.raw.read_index(ctx.to_be_bytes().to_vec());
+        self.asked_reads.insert(ctx, batch);
+    }
+
+    /// Fails every waiting request; the driver calls it when stopping.
+    pub fn shut_down(&mut self) -> Vec<Action> {
+        for (_, p) in self.proposals.drain() {
+            for w in p.waiters {
+                self.actions.push(Action::Reply { waiter: w, result: Err(RequestError::ShuttingDown) });
+            }
+        }
+        let reads = std::mem::take(&mut self.new_reads)
+            .into_iter()
+            .chain(self.asked_reads.drain().flat_map(|(_, b)| b.waiters))
+            .chain(std::mem::take(&mut self.confirmed_reads).into_values().flatten());
+        let failed: Vec<Action> =
+            reads.map(|w| Action::ReadFailed { waiter: w, error: RequestError::ShuttingDown }).collect();
+        self.actions.extend(failed);
+        std::mem::take(&mut self.actions)
+    }
+
+    /// Processes raft's Ready, if any, in raft-rs's documented order. `send` is called with
+    /// messages as soon as they may leave: the leader's appends before its own fsync (raft
+    /// thesis §10.2.1), everything else after the commit. Returns the actions for the driver.
+    pub fn handle_ready(&mut self, send: &mut dyn FnMut(Vec<Message>)) -> Result<Vec<Action>, CoreError> {
+        self.notice_leader_change();
+        if !self.raw.has_ready() {
+            return Ok(std::mem::take(&mut self.actions));
+        }
+        let mut ready = self.raw.ready();
+        if !ready.messages().is_empty() {
+            send(ready.take_messages());
+        }
+        // Everything is written with one fsync, applied state included: a member never serves
+        // (even a serializable read) a revision it could lose in a crash.
+        let mut wrote = !ready.snapshot().is_empty()
+            || !ready.entries().is_empty()
+            || ready.hs().is_some()
+            || !ready.committed_entries().is_empty();
+        let mut txn = self.db.begin_write().map_err(redb_err)?;
+        txn.set_durability(Durability::Immediate);
+        let mut outcomes = Vec::new();
+
+        if !ready.snapshot().is_empty() {
+            let snap = ready.snapshot().clone();
+            self.applied = fsm::restore(&txn, &snap.data)?;
+            self.raw.mut_store().install_snapshot(&txn, snap.get_metadata())?;
+            self.snapshots_installed += 1;
+        }
+        self.apply(&txn, ready.take_committed_entries(), &mut outcomes)?;
+        if !ready.entries().is_empty() {
+            self.raw.mut_store().append(&txn, ready.entries())?;
+        }
+        if let Some(hs) = ready.hs() {
+            self.raw.mut_store().set_hard_state(&txn, hs)?;
+        }
+        let persisted = ready.take_persisted_messages();
+        for rs in ready.take_read_states() {
+            self.read_confirmed(&rs.request_ctx, rs.index);
+        }
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(&txn, commit)?;
+        }
+        let late = light.take_committed_entries();
+        wrote |= light.commit_index().is_some() || !late.is_empty();
+        self.apply(&txn, late, &mut outcomes)?;
+        self.maybe_compact(&txn)?;
+        if wrote {
+            txn.commit().map_err(redb_err)?;
+        } else {
+            txn.abort().map_err(redb_err)?;
+        }
+
+        if !persisted.is_empty() {
+            send(persisted);
+        }
+        if !light.messages().is_empty() {
+            send(light.take_messages());
+        }
+        self.raw.advance_apply();
+
+        for (id, outcome) in outcomes {
+            if let Some(p) = self.proposals.remove(&id) {
+                for w in p.waiters {
+                    self.actions.push(Action::Reply { waiter: w, result: Ok(outcome.clone()) });
+                }
+            }
+        }
+        self.grant_reads();
+        Ok(std::mem::take(&mut self.actions))
+    }
+
+    fn apply(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        entries: Vec<Entry>,
+        outcomes: &mut Vec<(String, Outcome)>,
+    ) -> Result<(), CoreError> {
+        for e in entries {
+            if e.index <= self.applied.index {
+                continue; // covered by an installed snapshot
+            }
+            let data: &[u8] = match e.get_entry_type() {
+                EntryType::EntryNormal => &e.data,
+                // Membership is static (--initial-cluster); a conf change only advances the index.
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => &[],
+            };
+            if let Some(out) = fsm::apply_entry(txn, e.index, e.term, data)? {
+                outcomes.push(out);
+            }
+            self.applied.index = e.index;
+            self.applied.term = e.term;
+        }
+        Ok(())
+    }
+
+    /// Keeps the log to about `snapshot_entries` past the applied index, leaving a tail of a
+    /// quarter of that so a briefly lagging follower catches up from the log, not a snapshot.
+    fn maybe_compact(&mut self, txn: &redb::WriteTransaction) -> Result<(), CoreError> {
+        let tail = self.snapshot_entries / 4;
+        let compacted = self.raw.store().compacted().index;
+        if self.applied.index >= compacted + self.snapshot_entries + tail {
+            self.raw.mut_store().compact(txn, self.applied.index - tail)?;
+        }
+        Ok(())
+    }
+
+    fn read_confirmed(&mut self, ctx: &[u8], index: u64) {
+        let Ok(bytes) = <[u8; 8]>::try_from(ctx) else { return };
+        if let Some(b) = self.asked_reads.remove(&u64::from_be_bytes(bytes)) {
+            self.confirmed_reads.entry(index).or_default().extend(b.waiters);
+        }
+    }
+
+    fn grant_reads(&mut self) {
+        while let Some(entry) = self.confirmed_reads.first_entry() {
+            if *entry.key() > self.applied.index {
+                break;
+            }
+            for w in entry.remove() {
+                self.actions.push(Action::ReadReady { waiter: w });
+            }
+        }
+    }
+
+    fn notice_leader_change(&mut self) {
+        let leader = self.raw.raft.leader_id;
+        if leader != self.last_leader {
+            self.last_leader = leader;
+            if leader != raft::INVALID_ID {
+                // Proposals forwarded to a deposed leader may be lost: hand them to the new one.
+                let ids: Vec<String> = self.proposals.keys().cloned().collect();
+                for id in ids {
+                    self.repropose(&id);
+                }
+                let pending: Vec<u64> = self.asked_reads.keys().copied().collect();
+                for ctx in pending {
+                    if let Some(b) = self.asked_reads.remove(&ctx) {
+                        self.ask_read_index(b);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a message is a snapshot (sent over its own stream by the transport).
+    pub fn is_snapshot(msg: &Message) -> bool {
+        msg.get_msg_type() == MessageType::MsgSnapshot
+    }
+}

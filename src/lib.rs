@@ -1,0 +1,27 @@
+//! Latch: a Chubby-style lock and coordination service over a Raft-replicated KV core.
+//!
+//! The layers, top to bottom; each may import only the ones below it (DESIGN.md §2):
+//!
+//! - [`cli`]: the `latch` command line (server, kv, cluster). Binary-only concerns.
+//! - [`server`]: wires a node together: binds nothing itself, takes listeners and a shutdown
+//!   future (`run(config, listeners, shutdown)`).
+//! - [`api`]: thin gRPC handlers: validate → propose or read → map the error → fill the header.
+//! - [`transport`]: the peer service and the per-peer senders (raft messages as opaque bytes).
+//! - [`node`]: the driver: one thread owns the [`core`], feeds it time, requests and peer
+//!   messages, and carries out what it asks.
+//! - [`core`]: sans-I/O: raft-rs `RawNode`, the proposal table keyed by request id, ReadIndex
+//!   batches, ticks. Takes events, returns actions; no tokio, no sockets, no clock.
+//! - [`fsm`]: the replicated state machine, pure and deterministic: `apply(index, Command)`.
+//! - [`storage`]: redb: the schema, the raft log (`raft::Storage`), opening and checking a
+//!   data file.
+//! - [`config`]: flags, config file, limits.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod core;
+pub mod fsm;
+pub mod node;
+pub mod server;
+pub mod storage;
+pub mod transport;

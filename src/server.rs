@@ -1,0 +1,147 @@
+//! Wires one member together: storage → core → node driver → peer transport and the public
+//! gRPC services. [`run`] binds nothing itself: it takes bound listeners and a shutdown future,
+//! so tests bind port 0 and stop a member cleanly.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::{cluster::ClusterService, kv::KvService, Context};
+use crate::config::Config;
+use crate::core::{Core, CoreError, Timing};
+use crate::node::Node;
+use crate::storage::{self, StorageError};
+use crate::transport::{PeerSenders, PeerService};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind { what: &'static str, addr: String, source: std::io::Error },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{0}")]
+    Core(#[from] CoreError),
+    #[error("cannot start the node thread: {0}")]
+    Thread(std::io::Error),
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// The member's bound sockets.
+pub struct Listeners {
+    pub client: TcpListener,
+    pub peer: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses of `config`.
+    pub async fn bind(config: &Config) -> Result<Listeners, ServerError> {
+        let bind = |what: &'static str, addr: String| async move {
+            TcpListener::bind(&addr).await.map_err(|source| ServerError::Bind { what, addr, source })
+        };
+        Ok(Listeners {
+            client: bind("--client-addr", config.client_addr.clone()).await?,
+            peer: bind("--peer-addr", config.peer_addr.clone()).await?,
+        })
+    }
+
+    fn addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        (self.client.local_addr().ok(), self.peer.local_addr().ok())
+    }
+}
+
+/// Runs a member until `shutdown` resolves or the node stops on a fatal error.
+pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let cluster_id = config.cluster_id();
+    let db = storage::open(&config.data_dir, cluster_id, config.id)?;
+    let voters: Vec<u64> = config.initial_cluster.iter().map(|p| p.id).collect();
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let core = Core::new(config.id, &voters, db, Timing::default(), config.snapshot_entries, &logger)?;
+    let rt = tokio::runtime::Handle::current();
+    let peers = config.initial_cluster.clone();
+    let id = config.id;
+    let node = Node::start(core, cluster_id, config.tick_interval, move |handle| {
+        Box::new(PeerSenders::start(&rt, id, &peers, handle))
+    })
+    .map_err(ServerError::Thread)?;
+
+    let (client_addr, peer_addr) = listeners.addrs();
+    let client_addr = client_addr.map_or(config.client_addr.clone(), |a| a.to_string());
+    let peer_addr = peer_addr.map_or(config.peer_addr.clone(), |a| a.to_string());
+    let ctx = Context {
+        node: node.handle(),
+        limits: config.limits,
+        members: config.initial_cluster.clone(),
+        client_addr: client_addr.clone(),
+        peer_addr: peer_addr.clone(),
+    };
+    tracing::info!(member = id, cluster = %format!("{cluster_id:016x}"), %client_addr, %peer_addr, data_dir = %config.data_dir.display(), "member started");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let client_srv = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(KvService::server(ctx.clone()))
+        .add_service(ClusterService::server(ctx.clone()))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.client), stopped(stop_rx.clone()));
+    let peer_srv = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(PeerService::new(node.handle(), client_addr, peer_addr))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.peer), stopped(stop_rx.clone()));
+    let client_task = tokio::spawn(client_srv);
+    let peer_task = tokio::spawn(peer_srv);
+
+    let mut watchdog = tokio::time::interval(Duration::from_millis(100));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = watchdog.tick() => if node.is_finished() { break },
+        }
+    }
+    let _ = stop_tx.send(true);
+    let result = tokio::task::spawn_blocking(move || node.stop())
+        .await
+        .unwrap_or(Ok(()))
+        .map_err(ServerError::from);
+    for t in [client_task, peer_task] {
+        if let Ok(Err(e)) = t.await {
+            tracing::warn!(error = %e, "gRPC server ended with an error");
+        }
+    }
+    tracing::info!(member = id, "member stopped");
+    result
+}
+
+/// Binds the configured addresses and runs until SIGINT or SIGTERM.
+pub async fn run_until_signal(config: Config) -> Result<(), ServerError> {
+    let listeners = Listeners::bind(&config).await?;
+    run(config, listeners, signal()).await
+}
+
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

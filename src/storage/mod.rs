@@ -1,0 +1,116 @@
+//! Storage: one redb file per node. The schema lives in [`schema`]; the raft log and hard state
+//! in [`log`] (which implements `raft::Storage`); the fsm writes its own tables (see `fsm`).
+//!
+//! Imports nothing above it but `fsm` for building snapshots (the narrow call the raft log
+//! needs to hand a snapshot of the applied state to raft-rs).
+//!
+//! A data file records which cluster and member wrote it; opening it as anything else fails
+//! with a message naming the file, so a misconfigured node never joins the wrong cluster.
+
+pub mod log;
+pub mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableTable, StorageBackend};
+
+pub use log::LogStore;
+
+/// The data file's name inside `--data-dir`.
+pub const DATA_FILE: &str = "latch.redb";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot create data dir {path}: {source}")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot open data file {path}: {source}")]
+    Open { path: PathBuf, source: redb::DatabaseError },
+    #[error(
+        "data file {path} belongs to cluster {found:016x}, not {expected:016x}: \
+         --initial-cluster differs from the one it was created with; use a fresh --data-dir"
+    )]
+    WrongCluster { path: PathBuf, found: u64, expected: u64 },
+    #[error("data file {path} belongs to member {found}, not {expected}: use this member's own --data-dir")]
+    WrongMember { path: PathBuf, found: u64, expected: u64 },
+    #[error("data file {path} has format {found}; this build reads format {expected}")]
+    Format { path: PathBuf, found: u64, expected: u64 },
+    #[error("data file is corrupt: {0}")]
+    Corrupt(String),
+    #[error("storage: {0}")]
+    Redb(#[from] redb::Error),
+    #[error("state machine: {0}")]
+    Fsm(#[from] crate::fsm::FsmError),
+}
+
+impl StorageError {
+    /// Wraps any redb error type.
+    pub fn redb(e: impl Into<redb::Error>) -> StorageError {
+        StorageError::Redb(e.into())
+    }
+}
+
+/// Opens (creating if missing) the data file in `dir` and checks that it belongs to this
+/// cluster and member.
+pub fn open(dir: &Path, cluster_id: u64, member_id: u64) -> Result<Arc<Database>, StorageError> {
+    std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir { path: dir.to_path_buf(), source })?;
+    let path = dir.join(DATA_FILE);
+    let db = Database::create(&path).map_err(|source| StorageError::Open { path: path.clone(), source })?;
+    check_identity(&db, &path, cluster_id, member_id)?;
+    Ok(Arc::new(db))
+}
+
+/// Opens a store on any redb backend (the simulator's in-memory, fault-injecting one).
+pub fn open_with_backend(
+    backend: impl StorageBackend,
+    cluster_id: u64,
+    member_id: u64,
+) -> Result<Arc<Database>, StorageError> {
+    let path = PathBuf::from("<backend>");
+    let db = Database::builder()
+        .create_with_backend(backend)
+        .map_err(|source| StorageError::Open { path: path.clone(), source })?;
+    check_identity(&db, &path, cluster_id, member_id)?;
+    Ok(Arc::new(db))
+}
+
+fn check_identity(db: &Database, path: &Path, cluster_id: u64, member_id: u64) -> Result<(), StorageError> {
+    use schema::*;
+    let txn = db.begin_write().map_err(StorageError::redb)?;
+    {
+        let mut meta = txn.open_table(NODE_META).map_err(StorageError::redb)?;
+        let get = |t: &redb::Table<&str, u64>, k: &str| -> Result<Option<u64>, StorageError> {
+            Ok(t.get(k).map_err(StorageError::redb)?.map(|v| v.value()))
+        };
+        match (get(&meta, NODE_CLUSTER_ID)?, get(&meta, NODE_MEMBER_ID)?, get(&meta, NODE_FORMAT)?) {
+            (None, None, None) => {
+                meta.insert(NODE_CLUSTER_ID, cluster_id).map_err(StorageError::redb)?;
+                meta.insert(NODE_MEMBER_ID, member_id).map_err(StorageError::redb)?;
+                meta.insert(NODE_FORMAT, FORMAT_VERSION).map_err(StorageError::redb)?;
+            }
+            (Some(c), Some(m), Some(f)) => {
+                let path = path.to_path_buf();
+                if f != FORMAT_VERSION {
+                    return Err(StorageError::Format { path, found: f, expected: FORMAT_VERSION });
+                }
+                if c != cluster_id {
+                    return Err(StorageError::WrongCluster { path, found: c, expected: cluster_id });
+                }
+                if m != member_id {
+                    return Err(StorageError::WrongMember { path, found: m, expected: member_id });
+                }
+            }
+            _ => {
+                return Err(StorageError::Corrupt(format!(
+                    "{}: table node_meta is missing some of cluster_id, member_id, format",
+                    path.display()
+                )))
+            }
+        }
+        txn.open_table(RAFT_LOG).map_err(StorageError::redb)?;
+        txn.open_table(RAFT_STATE).map_err(StorageError::redb)?;
+    }
+    crate::fsm::init(&txn)?;
+    txn.commit().map_err(StorageError::redb)?;
+    Ok(())
+}

@@ -1,0 +1,41 @@
+//! Every redb table of a node's data file, in one place. A table's key and value types are
+//! its contract: changing one is a data format change and needs a new table name.
+
+use redb::TableDefinition;
+
+/// Identity of the data file: which cluster and member wrote it, and its format version.
+/// Written once when the node first starts; checked at every start after.
+pub const NODE_META: TableDefinition<&str, u64> = TableDefinition::new("node_meta");
+pub const NODE_CLUSTER_ID: &str = "cluster_id";
+pub const NODE_MEMBER_ID: &str = "member_id";
+pub const NODE_FORMAT: &str = "format";
+/// The data format this build writes and reads.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// The raft log: index → raft-rs `Entry`, protobuf-encoded. Holds exactly the indexes
+/// `compacted.index + 1 ..= last`, with no gaps.
+pub const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+
+/// Raft's persistent state besides the log: `HardState`, `ConfState` (protobuf-encoded) and the
+/// `(index, term)` of the last entry removed by compaction or covered by an installed snapshot.
+pub const RAFT_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state");
+pub const RAFT_HARD_STATE: &str = "hard_state";
+pub const RAFT_CONF_STATE: &str = "conf_state";
+pub const RAFT_COMPACTED: &str = "compacted";
+
+/// The state machine's position: written in the same transaction as the state it describes,
+/// so that after a crash the log is replayed from exactly the entry after `applied_index`.
+pub const FSM_META: TableDefinition<&str, u64> = TableDefinition::new("fsm_meta");
+pub const FSM_APPLIED_INDEX: &str = "applied_index";
+pub const FSM_APPLIED_TERM: &str = "applied_term";
+/// The store's global revision (stored as u64, exposed as i64 like etcd's).
+pub const FSM_REVISION: &str = "revision";
+
+/// The current key-value state: key → `latch.v1.KeyValue` (protobuf, with the key field empty).
+pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+
+/// Outcomes of requests that carried an id: request id → applied index (8 bytes, big endian)
+/// followed by the protobuf-encoded `latch.internal.v1.Outcome`.
+pub const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
+/// The same request ids by the index that applied them, so the oldest can be forgotten.
+pub const REQUESTS_BY_INDEX: TableDefinition<u64, &str> = TableDefinition::new("requests_by_index");
