@@ -4,11 +4,8 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     std::env::set_var("PROTOC", protoc);
-    let protos = [
-        "proto/latch/v1/kv.proto",
-        "proto/latch/v1/cluster.proto",
-        "proto/latch/internal/v1/internal.proto",
-    ];
+    let protos =
+        ["proto/latch/v1/kv.proto", "proto/latch/v1/cluster.proto", "proto/latch/internal/v1/internal.proto"];
     tonic_build::configure().compile_protos(&protos, &["proto"])?;
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

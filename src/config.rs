@@ -75,8 +75,7 @@ mod humantime_serde_opt {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let s: Option<String> = Option::deserialize(d)?;
-        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
-            .transpose()
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
     }
 }
 
@@ -157,20 +156,21 @@ impl Config {
         if id == 0 {
             return Err(ConfigError::Invalid { flag: "id", problem: "must be a positive integer".into() });
         }
-        let client_addr = pick(flags.client_addr, file.client_addr).unwrap_or_else(|| DEFAULT_CLIENT_ADDR.into());
+        let client_addr =
+            pick(flags.client_addr, file.client_addr).unwrap_or_else(|| DEFAULT_CLIENT_ADDR.into());
         let peer_addr = pick(flags.peer_addr, file.peer_addr).unwrap_or_else(|| DEFAULT_PEER_ADDR.into());
-        let data_dir = flags
-            .data_dir
-            .or(file.data_dir)
-            .or_else(|| dev.then(|| PathBuf::from("latch-data")))
-            .ok_or(ConfigError::Invalid { flag: "data-dir", problem: "required (or use --dev)".into() })?;
+        let data_dir =
+            flags.data_dir.or(file.data_dir).or_else(|| dev.then(|| PathBuf::from("latch-data"))).ok_or(
+                ConfigError::Invalid { flag: "data-dir", problem: "required (or use --dev)".into() },
+            )?;
         let initial_cluster = match pick(flags.initial_cluster, file.initial_cluster) {
             Some(spec) => parse_initial_cluster(&spec)?,
             None if dev || id == 1 => vec![Peer { id, peer_addr: peer_addr.clone() }],
             None => {
                 return Err(ConfigError::Invalid {
                     flag: "initial-cluster",
-                    problem: "required: the peer addresses of the first members, e.g. 1=127.0.0.1:7380".into(),
+                    problem: "required: the peer addresses of the first members, e.g. 1=127.0.0.1:7380"
+                        .into(),
                 })
             }
         };
@@ -183,7 +183,10 @@ impl Config {
         let defaults = Limits::default();
         let limits = Limits {
             max_key_bytes: flags.max_key_bytes.or(file.max_key_bytes).unwrap_or(defaults.max_key_bytes),
-            max_value_bytes: flags.max_value_bytes.or(file.max_value_bytes).unwrap_or(defaults.max_value_bytes),
+            max_value_bytes: flags
+                .max_value_bytes
+                .or(file.max_value_bytes)
+                .unwrap_or(defaults.max_value_bytes),
             max_request_bytes: flags
                 .max_request_bytes
                 .or(file.max_request_bytes)
@@ -192,13 +195,25 @@ impl Config {
         };
         let snapshot_entries = flags.snapshot_entries.or(file.snapshot_entries).unwrap_or(10_000);
         if snapshot_entries == 0 {
-            return Err(ConfigError::Invalid { flag: "snapshot-entries", problem: "must be at least 1".into() });
+            return Err(ConfigError::Invalid {
+                flag: "snapshot-entries",
+                problem: "must be at least 1".into(),
+            });
         }
         let tick_interval = flags.tick_interval.or(file.tick_interval).unwrap_or(Duration::from_millis(50));
         if tick_interval.is_zero() {
             return Err(ConfigError::Invalid { flag: "tick-interval", problem: "must be positive".into() });
         }
-        Ok(Config { id, data_dir, client_addr, peer_addr, initial_cluster, snapshot_entries, tick_interval, limits })
+        Ok(Config {
+            id,
+            data_dir,
+            client_addr,
+            peer_addr,
+            initial_cluster,
+            snapshot_entries,
+            tick_interval,
+            limits,
+        })
     }
 
     /// The cluster's identity, derived from the initial membership so that every member computes
@@ -227,9 +242,7 @@ pub fn parse_initial_cluster(spec: &str) -> Result<Vec<Peer>, ConfigError> {
     let bad = |problem: String| ConfigError::Invalid { flag: "initial-cluster", problem };
     let mut peers = Vec::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addr) = part
-            .split_once('=')
-            .ok_or_else(|| bad(format!("{part:?} is not ID=HOST:PORT")))?;
+        let (id, addr) = part.split_once('=').ok_or_else(|| bad(format!("{part:?} is not ID=HOST:PORT")))?;
         let id: u64 = id
             .trim()
             .parse()
@@ -274,8 +287,11 @@ mod tests {
     fn flags_win_over_the_config_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("latch.toml");
-        std::fs::write(&path, "id = 2\ndata-dir = \"/tmp/x\"\ninitial-cluster = \"1=h:1,2=h:2\"\nsnapshot-entries = 7\n")
-            .expect("write config");
+        std::fs::write(
+            &path,
+            "id = 2\ndata-dir = \"/tmp/x\"\ninitial-cluster = \"1=h:1,2=h:2\"\nsnapshot-entries = 7\n",
+        )
+        .expect("write config");
         let flags = ServerArgs { config: Some(path), snapshot_entries: Some(9), ..Default::default() };
         let c = Config::from_args(flags).expect("valid config");
         assert_eq!((c.id, c.snapshot_entries), (2, 9));

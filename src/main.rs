@@ -11,11 +11,8 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     // RUST_LOG wins; without it a server logs at info and a client command only warns.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(cli.default_log_filter()));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(cli.default_log_filter()));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     latch::cli::run(cli).await
 }

@@ -54,7 +54,11 @@ impl Listeners {
 }
 
 /// Runs a member until `shutdown` resolves or the node stops on a fatal error.
-pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     let cluster_id = config.cluster_id();
     let db = storage::open(&config.data_dir, cluster_id, config.id)?;
     let voters: Vec<u64> = config.initial_cluster.iter().map(|p| p.id).collect();
@@ -105,10 +109,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
         }
     }
     let _ = stop_tx.send(true);
-    let result = tokio::task::spawn_blocking(move || node.stop())
-        .await
-        .unwrap_or(Ok(()))
-        .map_err(ServerError::from);
+    let result =
+        tokio::task::spawn_blocking(move || node.stop()).await.unwrap_or(Ok(())).map_err(ServerError::from);
     for t in [client_task, peer_task] {
         if let Ok(Err(e)) = t.await {
             tracing::warn!(error = %e, "gRPC server ended with an error");

@@ -58,8 +58,9 @@ async fn receive(
         }
         buf.extend_from_slice(&frame.chunk);
         if frame.last {
-            let msg = Message::parse_from_bytes(&buf)
-                .map_err(|e| Status::invalid_argument(format!("undecodable raft message from peer {}: {e}", frame.from)))?;
+            let msg = Message::parse_from_bytes(&buf).map_err(|e| {
+                Status::invalid_argument(format!("undecodable raft message from peer {}: {e}", frame.from))
+            })?;
             buf.clear();
             if !deliver(msg) {
                 return Err(Status::unavailable("member is shutting down"));

@@ -24,7 +24,8 @@ impl KvService {
     }
 
     async fn propose(&self, request_id: &str, body: Body) -> Result<outcome::Result, ApiError> {
-        let request_id = if request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { request_id.to_string() };
+        let request_id =
+            if request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { request_id.to_string() };
         let cmd = Command { version: 1, request_id, body: Some(body) };
         let out = self.ctx.node.propose(cmd).await?;
         match out.result {
@@ -50,7 +51,10 @@ impl Kv for KvService {
         let run = async {
             check_key(&self.ctx.limits, "key", &req.key)?;
             if req.limit < 0 {
-                return Err(ApiError::InvalidArgument { field: "limit", problem: "must not be negative".into() });
+                return Err(ApiError::InvalidArgument {
+                    field: "limit",
+                    problem: "must not be negative".into(),
+                });
             }
             if !req.serializable {
                 self.ctx.node.read_index().await?;
@@ -80,7 +84,10 @@ impl Kv for KvService {
         run.await.map(Response::new).map_err(to_status)
     }
 
-    async fn delete_range(&self, req: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
+    async fn delete_range(
+        &self,
+        req: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
         let req = req.into_inner();
         let run = async {
             check_request(&self.ctx.limits, req.encoded_len())?;
@@ -193,7 +200,10 @@ fn check_txn(limits: &Limits, req: &TxnRequest) -> Result<(), ApiError> {
                     if written.contains(&p.key.as_slice()) {
                         return Err(ApiError::InvalidArgument {
                             field: "txn",
-                            problem: format!("{branch} writes key {:?} twice", String::from_utf8_lossy(&p.key)),
+                            problem: format!(
+                                "{branch} writes key {:?} twice",
+                                String::from_utf8_lossy(&p.key)
+                            ),
                         });
                     }
                     written.push(&p.key);

@@ -8,7 +8,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use latch_client::{prefix_end, DeleteRangeRequest, KeyValue, PutRequest, RangeRequest, ResponseHeader};
+use latch_client::{prefix_range, DeleteRangeRequest, KeyValue, PutRequest, RangeRequest, ResponseHeader};
 use serde_json::json;
 
 use super::{print_bytes, print_json, ClientArgs, Output, UsageError};
@@ -92,15 +92,13 @@ fn non_empty_key(key: &str) -> Result<String, String> {
 
 /// The range selecting `key`, or every key starting with it.
 fn key_range(key: &str, prefix: bool) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
-    let key = key.as_bytes().to_vec();
     if prefix {
-        let end = prefix_end(&key);
-        return Ok((key, end));
+        return Ok(prefix_range(key.as_bytes()));
     }
     if key.is_empty() {
         return Err(UsageError("the key must not be empty (use --prefix \"\" for every key)".into()).into());
     }
-    Ok((key, Vec::new()))
+    Ok((key.as_bytes().to_vec(), Vec::new()))
 }
 
 /// Runs `latch kv …`.
@@ -190,13 +188,7 @@ async fn get(client: &ClientArgs, args: GetArgs, output: Output) -> anyhow::Resu
 async fn del(client: &ClientArgs, args: DelArgs, output: Output) -> anyhow::Result<ExitCode> {
     let (key, range_end) = key_range(&args.key, args.prefix)?;
     let client = client.connect().await?;
-    let response = client
-        .delete_range(DeleteRangeRequest {
-            key,
-            range_end,
-            ..Default::default()
-        })
-        .await?;
+    let response = client.delete_range(DeleteRangeRequest { key, range_end, ..Default::default() }).await?;
     match output {
         Output::Json => print_json(&json!({
             "deleted": response.deleted,
@@ -268,7 +260,7 @@ mod tests {
     fn get_of_an_empty_key_needs_prefix() {
         let e = key_range("", false).expect_err("empty key without --prefix");
         assert!(e.downcast_ref::<UsageError>().is_some(), "a usage error: {e}");
-        assert_eq!(key_range("", true).expect("every key"), (Vec::new(), vec![0]));
+        assert_eq!(key_range("", true).expect("every key"), (vec![0], vec![0]));
         assert_eq!(key_range("a/", true).expect("prefix"), (b"a/".to_vec(), b"a0".to_vec()));
         assert_eq!(key_range("k", false).expect("one key"), (b"k".to_vec(), Vec::new()));
     }

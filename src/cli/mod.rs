@@ -58,6 +58,7 @@ impl Cli {
 /// Flags shared by every client command. Global: accepted before or after the subcommand
 /// (`latch kv --output json get k` and `latch kv get k --output json`).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Client options")]
 pub struct ClientArgs {
     /// Client addresses of members to talk to, comma-separated; any member serves any request.
     #[arg(
@@ -83,23 +84,12 @@ impl ClientArgs {
         if self.timeout.is_zero() {
             return Err(UsageError("--timeout must be more than 0".into()).into());
         }
-        let options = ClientOptions {
-            request_timeout: self.timeout,
-            retry_budget: self.timeout,
-        };
-        let endpoints = self
-            .endpoints
-            .iter()
-            .map(|e| e.trim())
-            .filter(|e| !e.is_empty());
-        Client::connect_with(endpoints, options)
-            .await
-            .map_err(|e| match e {
-                latch_client::Error::InvalidEndpoint(why) => {
-                    UsageError(format!("--endpoints: {why}")).into()
-                }
-                other => anyhow::Error::new(other),
-            })
+        let options = ClientOptions { request_timeout: self.timeout, retry_budget: self.timeout };
+        let endpoints = self.endpoints.iter().map(|e| e.trim()).filter(|e| !e.is_empty());
+        Client::connect_with(endpoints, options).await.map_err(|e| match e {
+            latch_client::Error::InvalidEndpoint(why) => UsageError(format!("--endpoints: {why}")).into(),
+            other => anyhow::Error::new(other),
+        })
     }
 }
 
@@ -126,22 +116,26 @@ impl std::error::Error for UsageError {}
 
 /// Runs the parsed command; prints any failure on stderr and returns the exit code.
 pub async fn run(cli: Cli) -> ExitCode {
-    let result = match cli.command {
-        Command::Server(command) => server::run(command).await,
-        Command::Kv(command) => kv::run(command).await,
-        Command::Cluster(command) => cluster::run(command).await,
+    let (name, result) = match cli.command {
+        Command::Server(command) => ("server", server::run(command).await),
+        Command::Kv(command) => ("kv", kv::run(command).await),
+        Command::Cluster(command) => ("cluster", cluster::run(command).await),
     };
     match result {
         Ok(code) => code,
         Err(error) => match error.downcast_ref::<UsageError>() {
             Some(usage) => {
-                let error = Cli::command().error(clap::error::ErrorKind::ValueValidation, usage);
+                let mut latch = Cli::command();
+                latch.build();
+                // The subcommand's own usage line, e.g. "Usage: latch kv <COMMAND>".
+                let mut command = latch.find_subcommand(name).cloned().unwrap_or(latch);
+                let error = command.error(clap::error::ErrorKind::ValueValidation, usage);
                 // Printing to stderr can only fail if stderr is gone; the exit code still says it.
                 let _ = error.print();
                 ExitCode::from(2)
             }
             None => {
-                eprintln!("Error: {error:#}");
+                eprintln!("Error: {error}");
                 ExitCode::from(1)
             }
         },

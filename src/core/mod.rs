@@ -17,7 +17,7 @@
 //! - A read is granted only once this node has applied up to an index that a quorum confirmed
 //!   as the leader's commit index after the read arrived (ReadIndex).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use prost::Message as _;
@@ -87,10 +87,18 @@ fn redb_err(e: impl Into<redb::Error>) -> CoreError {
 #[derive(Debug)]
 pub enum Action {
     /// A proposal's outcome (or why it failed).
-    Reply { waiter: Waiter, result: Result<Outcome, RequestError> },
+    Reply {
+        waiter: Waiter,
+        result: Result<Outcome, RequestError>,
+    },
     /// The read may now be served from the local applied state (linearizably).
-    ReadReady { waiter: Waiter },
-    ReadFailed { waiter: Waiter, error: RequestError },
+    ReadReady {
+        waiter: Waiter,
+    },
+    ReadFailed {
+        waiter: Waiter,
+        error: RequestError,
+    },
 }
 
 /// The core's view of itself, for response headers and `cluster status`.
@@ -149,18 +157,23 @@ pub struct Core {
     /// Logical time: the number of ticks so far.
     now: u64,
     applied: Applied,
-    proposals: HashMap<String, PendingProposal>,
+    /// Ordered maps (here and below): the core iterates them, and hash order would make a
+    /// run depend on the process's random hash seed instead of its inputs alone.
+    proposals: BTreeMap<String, PendingProposal>,
     /// Reads that arrived since the last ReadIndex was asked.
     new_reads: Vec<Waiter>,
     new_reads_since: u64,
     /// Asked ReadIndex batches by context.
-    asked_reads: HashMap<u64, ReadBatch>,
+    asked_reads: BTreeMap<u64, ReadBatch>,
     /// Confirmed batches waiting for `applied >= index`, by index.
     confirmed_reads: BTreeMap<u64, Vec<Waiter>>,
     next_read_ctx: u64,
     last_leader: u64,
     snapshots_installed: u64,
     actions: Vec<Action>,
+    /// When set, raft's randomized election timeouts are drawn from it (see
+    /// [`Core::seed_election_timeouts`]) instead of raft-rs's thread rng.
+    election_rng: Option<rand::rngs::SmallRng>,
 }
 
 impl Core {
@@ -202,16 +215,37 @@ impl Core {
             snapshot_entries: snapshot_entries.max(1),
             now: 0,
             applied,
-            proposals: HashMap::new(),
+            proposals: BTreeMap::new(),
             new_reads: Vec::new(),
             new_reads_since: 0,
-            asked_reads: HashMap::new(),
+            asked_reads: BTreeMap::new(),
             confirmed_reads: BTreeMap::new(),
             next_read_ctx: 1,
             last_leader: 0,
             snapshots_installed: 0,
             actions: Vec::new(),
+            election_rng: None,
         })
+    }
+
+    /// Draws raft's randomized election timeouts from `seed` from now on, so that a run is
+    /// reproducible (the simulator). raft-rs draws them from `rand::thread_rng()` whenever it
+    /// resets its election clock; this redraws one from the seeded rng after every call into
+    /// raft that left the clock at zero, before the value can be used by the next tick.
+    pub fn seed_election_timeouts(&mut self, seed: u64) {
+        use rand::SeedableRng;
+        self.election_rng = Some(rand::rngs::SmallRng::seed_from_u64(seed));
+        self.redraw_election_timeout(true);
+    }
+
+    fn redraw_election_timeout(&mut self, always: bool) {
+        use rand::Rng;
+        let Some(rng) = self.election_rng.as_mut() else { return };
+        let raft = &mut self.raw.raft;
+        if always || raft.election_elapsed == 0 {
+            let min = raft.election_timeout();
+            raft.set_randomized_election_timeout(rng.gen_range(min..2 * min));
+        }
     }
 
     pub fn id(&self) -> u64 {
@@ -250,6 +284,7 @@ impl Core {
     pub fn tick(&mut self) {
         self.now += 1;
         self.raw.tick();
+        self.redraw_election_timeout(false);
         let now = self.now;
         let t = self.timing;
         let member = self.id();
@@ -309,20 +344,29 @@ impl Core {
 
     /// A raft message from a peer.
     pub fn step(&mut self, msg: Message) -> Result<(), CoreError> {
-        match self.raw.step(msg) {
+        let result = self.raw.step(msg);
+        self.redraw_election_timeout(false);
+        match result {
             // Messages from unknown or removed peers, or stale ones, are not the node's fault.
-            Ok(()) | Err(raft::Error::StepPeerNotFound) | Err(raft::Error::StepLocalMsg) => Ok(()),
+            // Nor is a proposal a peer forwarded here when this member no longer knows a leader
+            // (raft-rs drops it with `ProposalDropped`): its proposer proposes it again.
+            Ok(())
+            | Err(raft::Error::StepPeerNotFound)
+            | Err(raft::Error::StepLocalMsg)
+            | Err(raft::Error::ProposalDropped) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
 
     pub fn report_unreachable(&mut self, peer: u64) {
         self.raw.report_unreachable(peer);
+        self.redraw_election_timeout(false);
     }
 
     pub fn report_snapshot(&mut self, peer: u64, ok: bool) {
         let status = if ok { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
         self.raw.report_snapshot(peer, status);
+        self.redraw_election_timeout(false);
     }
 
     /// Proposes a command; its outcome comes back as `Action::Reply` for `waiter` once applied
@@ -381,14 +425,14 @@ impl Core {
 
     /// Fails every waiting request; the driver calls it when stopping.
     pub fn shut_down(&mut self) -> Vec<Action> {
-        for (_, p) in self.proposals.drain() {
+        for (_, p) in std::mem::take(&mut self.proposals) {
             for w in p.waiters {
                 self.actions.push(Action::Reply { waiter: w, result: Err(RequestError::ShuttingDown) });
             }
         }
         let reads = std::mem::take(&mut self.new_reads)
             .into_iter()
-            .chain(self.asked_reads.drain().flat_map(|(_, b)| b.waiters))
+            .chain(std::mem::take(&mut self.asked_reads).into_values().flat_map(|b| b.waiters))
             .chain(std::mem::take(&mut self.confirmed_reads).into_values().flatten());
         let failed: Vec<Action> =
             reads.map(|w| Action::ReadFailed { waiter: w, error: RequestError::ShuttingDown }).collect();
@@ -445,6 +489,8 @@ impl Core {
         self.maybe_compact(&txn)?;
         if wrote {
             txn.commit().map_err(redb_err)?;
+            // The revision is the fsm's to compute; read back what this Ready left.
+            self.applied = fsm::applied(&self.db.begin_read().map_err(redb_err)?)?;
         } else {
             txn.abort().map_err(redb_err)?;
         }

@@ -147,7 +147,11 @@ impl LogStore {
     }
 
     /// Drops the whole log in favour of an installed snapshot at `meta`.
-    pub fn install_snapshot(&mut self, txn: &WriteTransaction, meta: &SnapshotMetadata) -> Result<(), StorageError> {
+    pub fn install_snapshot(
+        &mut self,
+        txn: &WriteTransaction,
+        meta: &SnapshotMetadata,
+    ) -> Result<(), StorageError> {
         let mut log = txn.open_table(RAFT_LOG).map_err(StorageError::redb)?;
         log.retain(|_, _| false).map_err(StorageError::redb)?;
         drop(log);
@@ -200,9 +204,8 @@ fn put_pb(
     key: &str,
     msg: &impl protobuf::Message,
 ) -> Result<(), StorageError> {
-    let bytes = msg
-        .write_to_bytes()
-        .map_err(|e| StorageError::Corrupt(format!("cannot encode {key}: {e}")))?;
+    let bytes =
+        msg.write_to_bytes().map_err(|e| StorageError::Corrupt(format!("cannot encode {key}: {e}")))?;
     table.insert(key, bytes.as_slice()).map_err(StorageError::redb)?;
     Ok(())
 }
@@ -248,8 +251,7 @@ impl raft::Storage for LogStore {
         if idx < self.compacted.index {
             return Err(raft::Error::Store(RaftStorageError::Compacted));
         }
-        self.entry_term(idx)
-            .ok_or(raft::Error::Store(RaftStorageError::Unavailable))
+        self.entry_term(idx).ok_or(raft::Error::Store(RaftStorageError::Unavailable))
     }
 
     fn first_index(&self) -> raft::Result<u64> {
@@ -269,8 +271,7 @@ impl raft::Storage for LogStore {
             return Err(raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable));
         }
         let data = crate::fsm::snapshot(&txn).map_err(other)?;
-        let mut snap = Snapshot::default();
-        snap.data = data.into();
+        let mut snap = Snapshot { data: data.into(), ..Default::default() };
         let meta = snap.mut_metadata();
         meta.index = applied.index;
         meta.term = applied.term;

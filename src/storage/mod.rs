@@ -25,7 +25,7 @@ pub enum StorageError {
     #[error("cannot create data dir {path}: {source}")]
     CreateDir { path: PathBuf, source: std::io::Error },
     #[error("cannot open data file {path}: {source}")]
-    Open { path: PathBuf, source: redb::DatabaseError },
+    Open { path: PathBuf, source: Box<redb::DatabaseError> },
     #[error(
         "data file {path} belongs to cluster {found:016x}, not {expected:016x}: \
          --initial-cluster differs from the one it was created with; use a fresh --data-dir"
@@ -38,24 +38,39 @@ pub enum StorageError {
     #[error("data file is corrupt: {0}")]
     Corrupt(String),
     #[error("storage: {0}")]
-    Redb(#[from] redb::Error),
+    Redb(Box<redb::Error>),
     #[error("state machine: {0}")]
-    Fsm(#[from] crate::fsm::FsmError),
+    Fsm(Box<crate::fsm::FsmError>),
 }
 
 impl StorageError {
     /// Wraps any redb error type.
     pub fn redb(e: impl Into<redb::Error>) -> StorageError {
-        StorageError::Redb(e.into())
+        StorageError::Redb(Box::new(e.into()))
+    }
+}
+
+impl From<crate::fsm::FsmError> for StorageError {
+    fn from(e: crate::fsm::FsmError) -> Self {
+        StorageError::Fsm(Box::new(e))
     }
 }
 
 /// Opens (creating if missing) the data file in `dir` and checks that it belongs to this
 /// cluster and member.
 pub fn open(dir: &Path, cluster_id: u64, member_id: u64) -> Result<Arc<Database>, StorageError> {
-    std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir)
+        .map_err(|source| StorageError::CreateDir { path: dir.to_path_buf(), source })?;
     let path = dir.join(DATA_FILE);
-    let db = Database::create(&path).map_err(|source| StorageError::Open { path: path.clone(), source })?;
+    let fresh = !path.exists();
+    let db = Database::create(&path)
+        .map_err(|source| StorageError::Open { path: path.clone(), source: Box::new(source) })?;
+    if fresh {
+        // The new file's directory entry must be durable before anything in the file counts.
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| StorageError::CreateDir { path: dir.to_path_buf(), source })?;
+    }
     check_identity(&db, &path, cluster_id, member_id)?;
     Ok(Arc::new(db))
 }
@@ -69,7 +84,7 @@ pub fn open_with_backend(
     let path = PathBuf::from("<backend>");
     let db = Database::builder()
         .create_with_backend(backend)
-        .map_err(|source| StorageError::Open { path: path.clone(), source })?;
+        .map_err(|source| StorageError::Open { path: path.clone(), source: Box::new(source) })?;
     check_identity(&db, &path, cluster_id, member_id)?;
     Ok(Arc::new(db))
 }

@@ -40,10 +40,7 @@ pub struct ClientOptions {
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        ClientOptions {
-            request_timeout: Duration::from_secs(5),
-            retry_budget: Duration::from_secs(10),
-        }
+        ClientOptions { request_timeout: Duration::from_secs(5), retry_budget: Duration::from_secs(10) }
     }
 }
 
@@ -67,6 +64,7 @@ struct Inner {
 /// The endpoints known to the client: the ones it was given, plus leaders that members named.
 #[derive(Debug)]
 struct Targets {
+    /// Never shrinks nor reorders, so an index taken under the lock stays valid after it.
     list: Vec<Target>,
     /// Where the next call starts: the endpoint that last answered, or the one after the last
     /// that failed.
@@ -85,9 +83,7 @@ impl Client {
     /// `"http://host:port"`), with the default [`ClientOptions`]. Opens no connection yet.
     ///
     /// Must be called within a tokio runtime.
-    pub async fn connect(
-        endpoints: impl IntoIterator<Item = impl Into<String>>,
-    ) -> Result<Client, Error> {
+    pub async fn connect(endpoints: impl IntoIterator<Item = impl Into<String>>) -> Result<Client, Error> {
         Client::connect_with(endpoints, ClientOptions::default()).await
     }
 
@@ -106,12 +102,7 @@ impl Client {
         if list.is_empty() {
             return Err(Error::InvalidEndpoint("no endpoints given".into()));
         }
-        Ok(Client {
-            inner: Arc::new(Inner {
-                options,
-                targets: Mutex::new(Targets { list, preferred: 0 }),
-            }),
-        })
+        Ok(Client { inner: Arc::new(Inner { options, targets: Mutex::new(Targets { list, preferred: 0 }) }) })
     }
 
     /// The options this client was built with.
@@ -127,10 +118,7 @@ impl Client {
 
     fn targets(&self) -> MutexGuard<'_, Targets> {
         // The lock guards no invariant a panic could break half-way: a poisoned list is usable.
-        self.inner
-            .targets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.inner.targets.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Runs `attempt` against one endpoint after another until one answers, an error that must
@@ -150,26 +138,23 @@ impl Client {
             (index, targets.list[index].clone())
         };
         loop {
-            let timeout = options
-                .request_timeout
-                .min(deadline.saturating_duration_since(Instant::now()));
+            let timeout = options.request_timeout.min(deadline.saturating_duration_since(Instant::now()));
             let status = match tokio::time::timeout(timeout, attempt(target.channel.clone())).await {
                 Ok(Ok(response)) => {
                     self.targets().preferred = index;
                     return Ok(response.into_inner());
                 }
                 Ok(Err(status)) => status,
-                Err(_elapsed) => Status::deadline_exceeded(format!(
-                    "{}: no answer within {timeout:?}",
-                    target.addr
-                )),
+                Err(_elapsed) => {
+                    Status::deadline_exceeded(format!("{}: no answer within {timeout:.1?}", target.addr))
+                }
             };
             if !is_retryable(&status) {
-                return Err(Error::Status(with_context(status, &target.addr)));
+                return Err(Error::from(with_context(status, &target.addr)));
             }
             let hint = leader_hint(&status);
             if Instant::now() + backoff >= deadline {
-                return Err(Error::Status(with_context(status, &target.addr)));
+                return Err(Error::from(with_context(status, &target.addr)));
             }
             tracing::debug!(
                 method,
@@ -223,9 +208,7 @@ impl Target {
             None => given,
             Some(("http", rest)) => rest,
             Some(("https", _)) => return Err(bad("TLS is not supported yet; use host:port")),
-            Some((scheme, _)) => {
-                return Err(bad(&format!("unsupported scheme {scheme:?}; use host:port")))
-            }
+            Some((scheme, _)) => return Err(bad(&format!("unsupported scheme {scheme:?}; use host:port"))),
         };
         let addr = addr.strip_suffix('/').unwrap_or(addr);
         let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| bad(&e.to_string()))?;
@@ -234,10 +217,7 @@ impl Target {
         if !has_host || uri.port_u16().is_none() || uri.path() != "/" || uri.query().is_some() {
             return Err(bad("expected host:port"));
         }
-        let channel = endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true).connect_lazy();
         Ok(Target { addr: addr.to_string(), channel })
     }
 }
@@ -298,9 +278,8 @@ mod tests {
 
     #[tokio::test]
     async fn duplicate_endpoints_are_kept_once() {
-        let client = Client::connect(["127.0.0.1:7379", "http://127.0.0.1:7379"])
-            .await
-            .expect("valid endpoints");
+        let client =
+            Client::connect(["127.0.0.1:7379", "http://127.0.0.1:7379"]).await.expect("valid endpoints");
         assert_eq!(client.endpoints(), vec!["127.0.0.1:7379"]);
     }
 
@@ -308,7 +287,9 @@ mod tests {
     async fn bad_endpoints_are_rejected_naming_the_endpoint() {
         for bad in ["", "localhost", "https://h:1", "grpc://h:1", "h:1/path", ":7379", "h:port"] {
             match Client::connect([bad]).await {
-                Err(Error::InvalidEndpoint(why)) => assert!(why.contains(&format!("{:?}", bad.trim())), "{why}"),
+                Err(Error::InvalidEndpoint(why)) => {
+                    assert!(why.contains(&format!("{:?}", bad.trim())), "{why}")
+                }
                 other => panic!("{bad:?} should be an invalid endpoint, got {other:?}"),
             }
         }
@@ -329,9 +310,7 @@ mod tests {
     #[test]
     fn the_leader_hint_is_read_from_unavailable_answers_only() {
         let mut status = Status::unavailable("not the leader");
-        status
-            .metadata_mut()
-            .insert(LEADER_ADDR_METADATA, "127.0.0.1:7479".parse().expect("ascii"));
+        status.metadata_mut().insert(LEADER_ADDR_METADATA, "127.0.0.1:7479".parse().expect("ascii"));
         assert_eq!(leader_hint(&status).as_deref(), Some("127.0.0.1:7479"));
         assert_eq!(leader_hint(&Status::unavailable("no leader")), None);
     }

@@ -11,9 +11,10 @@ use tonic::Code;
 #[non_exhaustive]
 pub enum Error {
     /// The call failed with this gRPC status. Its message is the server's, e.g.
-    /// `key is 5000 bytes, over the limit of 4096 (--max-key-bytes)`.
+    /// `key is 5000 bytes, over the limit of 4096 (--max-key-bytes)`. Boxed, because a
+    /// `tonic::Status` is large and every `Result` of the client carries this type.
     #[error("{}: {}", code_name(.0.code()), .0.message())]
-    Status(tonic::Status),
+    Status(Box<tonic::Status>),
     /// An endpoint given to [`Client::connect`](crate::Client::connect) is not `host:port` or
     /// `http://host:port`.
     #[error("invalid endpoint: {0}")]
@@ -50,7 +51,7 @@ impl Error {
 
 impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Self {
-        Error::Status(status)
+        Error::Status(Box::new(status))
     }
 }
 

@@ -1,13 +1,13 @@
 //! The key-value calls and the cluster status, as methods of [`Client`].
 
 use latch_proto::v1::{
-    cluster_client::ClusterClient, kv_client::KvClient, DeleteRangeRequest, DeleteRangeResponse,
-    KeyValue, PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse,
-    TxnRequest, TxnResponse,
+    cluster_client::ClusterClient, kv_client::KvClient, DeleteRangeRequest, DeleteRangeResponse, KeyValue,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse, TxnRequest,
+    TxnResponse,
 };
 use tonic::transport::Channel;
 
-use crate::{prefix_end, Client, Error};
+use crate::{prefix_range, Client, Error};
 
 /// A KV stub on `channel`. Answers may be large (a range of many 1 MiB values): the client
 /// accepts what the server chose to send.
@@ -30,12 +30,7 @@ impl Client {
         key: impl Into<Vec<u8>>,
         value: impl Into<Vec<u8>>,
     ) -> Result<PutResponse, Error> {
-        self.put_request(PutRequest {
-            key: key.into(),
-            value: value.into(),
-            ..Default::default()
-        })
-        .await
+        self.put_request(PutRequest { key: key.into(), value: value.into(), ..Default::default() }).await
     }
 
     /// Sends this put as it is (e.g. with `prev_kv`), with a fresh request id if it has none.
@@ -50,26 +45,16 @@ impl Client {
 
     /// The current kv of `key`, or `None` if it does not exist. Linearizable.
     pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<Option<KeyValue>, Error> {
-        let response = self
-            .range(RangeRequest {
-                key: key.into(),
-                ..Default::default()
-            })
-            .await?;
+        let response = self.range(RangeRequest { key: key.into(), ..Default::default() }).await?;
         Ok(response.kvs.into_iter().next())
     }
 
-    /// Every kv whose key starts with `prefix`, in key order. Linearizable. For a limit, a count
+    /// Every kv whose key starts with `prefix` (the empty prefix: every key), in key order.
+    /// Linearizable. For a limit, a count
     /// or the revision read at, use [`range`](Client::range).
     pub async fn get_prefix(&self, prefix: impl Into<Vec<u8>>) -> Result<Vec<KeyValue>, Error> {
-        let key = prefix.into();
-        let response = self
-            .range(RangeRequest {
-                range_end: prefix_end(&key),
-                key,
-                ..Default::default()
-            })
-            .await?;
+        let (key, range_end) = prefix_range(&prefix.into());
+        let response = self.range(RangeRequest { key, range_end, ..Default::default() }).await?;
         Ok(response.kvs)
     }
 
@@ -84,33 +69,21 @@ impl Client {
 
     /// Deletes `key`; returns how many keys were deleted (0 or 1).
     pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<i64, Error> {
-        let response = self
-            .delete_range(DeleteRangeRequest {
-                key: key.into(),
-                ..Default::default()
-            })
-            .await?;
+        let response =
+            self.delete_range(DeleteRangeRequest { key: key.into(), ..Default::default() }).await?;
         Ok(response.deleted)
     }
 
-    /// Deletes every key starting with `prefix`; returns how many were deleted.
+    /// Deletes every key starting with `prefix` (the empty prefix: every key); returns how many
+    /// were deleted.
     pub async fn delete_prefix(&self, prefix: impl Into<Vec<u8>>) -> Result<i64, Error> {
-        let key = prefix.into();
-        let response = self
-            .delete_range(DeleteRangeRequest {
-                range_end: prefix_end(&key),
-                key,
-                ..Default::default()
-            })
-            .await?;
+        let (key, range_end) = prefix_range(&prefix.into());
+        let response = self.delete_range(DeleteRangeRequest { key, range_end, ..Default::default() }).await?;
         Ok(response.deleted)
     }
 
     /// Sends this delete as it is, with a fresh request id if it has none.
-    pub async fn delete_range(
-        &self,
-        mut request: DeleteRangeRequest,
-    ) -> Result<DeleteRangeResponse, Error> {
+    pub async fn delete_range(&self, mut request: DeleteRangeRequest) -> Result<DeleteRangeResponse, Error> {
         ensure_request_id(&mut request.request_id);
         self.call("DeleteRange", |channel| {
             let request = request.clone();
@@ -134,11 +107,10 @@ impl Client {
     /// The cluster as the answering member sees it: leader, term, and every member with its
     /// addresses, role and applied index.
     pub async fn cluster_status(&self) -> Result<StatusResponse, Error> {
-        self.call("Status", |channel| async move {
-            ClusterClient::new(channel)
-                .status(StatusRequest {})
-                .await
-        })
+        self.call(
+            "Status",
+            |channel| async move { ClusterClient::new(channel).status(StatusRequest {}).await },
+        )
         .await
     }
 }

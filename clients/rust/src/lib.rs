@@ -19,7 +19,8 @@
 //! - [`Client`]: connects lazily to any members of the cluster and sends each call to one of
 //!   them, moving on to another (or to the leader a member names) when one is down. Writes carry
 //!   a request id that stays the same across those retries, so a write is applied at most once.
-//! - [`Txn`], [`Compare`], [`Op`]: short ways to write a transaction; [`prefix_end`] for ranges.
+//! - [`Txn`], [`Compare`], [`Op`]: short ways to write a transaction; [`prefix_range`] and
+//!   [`prefix_end`] for ranges.
 //! - [`Error`]: every failure, with the gRPC code and the server's message.
 //! - [`proto`]: the wire types (`latch.v1`), for requests the typed methods do not cover.
 //!
@@ -34,14 +35,14 @@ mod txn;
 
 pub use client::{Client, ClientOptions, LEADER_ADDR_METADATA};
 pub use error::Error;
-pub use txn::{prefix_end, Compare, CompareResult, Op, Txn};
+pub use txn::{prefix_end, prefix_range, Compare, CompareResult, Op, Txn};
 
 /// The wire types of Latch's gRPC API, package `latch.v1`.
 pub use latch_proto::v1 as proto;
 
 pub use latch_proto::v1::{
-    DeleteRangeRequest, DeleteRangeResponse, KeyValue, Member, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, ResponseHeader, StatusResponse, TxnRequest, TxnResponse,
+    DeleteRangeRequest, DeleteRangeResponse, KeyValue, Member, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, ResponseHeader, StatusResponse, TxnRequest, TxnResponse,
 };
 /// gRPC status codes, as returned by [`Error::code`].
 pub use tonic::Code;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use latch_proto::v1::kv_server::{Kv, KvServer};
 use latch_proto::v1::{
-    DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, TxnRequest, TxnResponse,
+    DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    TxnRequest, TxnResponse,
 };
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
@@ -43,9 +43,7 @@ impl ScriptedKv {
             Script::NotLeader(hint) => {
                 let mut status = Status::unavailable("not the leader");
                 if let Some(addr) = hint {
-                    status
-                        .metadata_mut()
-                        .insert(LEADER_ADDR_METADATA, addr.parse().expect("ascii address"));
+                    status.metadata_mut().insert(LEADER_ADDR_METADATA, addr.parse().expect("ascii address"));
                 }
                 Err(status)
             }
@@ -160,7 +158,10 @@ async fn a_rejected_request_is_not_retried_and_keeps_the_servers_message() {
 #[tokio::test]
 async fn a_call_to_a_dead_cluster_returns_the_last_error_after_the_retry_budget() {
     let dead = dead_addr().await;
-    let options = ClientOptions { request_timeout: Duration::from_millis(100), retry_budget: Duration::from_millis(300) };
+    let options = ClientOptions {
+        request_timeout: Duration::from_millis(100),
+        retry_budget: Duration::from_millis(300),
+    };
     let client = Client::connect_with([dead.as_str()], options).await.expect("valid endpoint");
 
     let started = std::time::Instant::now();

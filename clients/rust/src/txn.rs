@@ -13,8 +13,8 @@
 //! ```
 
 use latch_proto::v1::{
-    self as proto, compare::Target, request_op::Request, DeleteRangeRequest, PutRequest,
-    RangeRequest, RequestOp, TxnRequest,
+    self as proto, compare::Target, request_op::Request, DeleteRangeRequest, PutRequest, RangeRequest,
+    RequestOp, TxnRequest,
 };
 
 pub use latch_proto::v1::compare::CompareResult;
@@ -28,6 +28,8 @@ pub use latch_proto::v1::compare::CompareResult;
 /// assert_eq!(latch_client::prefix_end(b"a\xff"), b"b".to_vec());
 /// assert_eq!(latch_client::prefix_end(b""), vec![0]);
 /// ```
+///
+/// See [`prefix_range`] for the whole range, the empty prefix included.
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
@@ -39,6 +41,20 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// `(key, range_end)` selecting every key that starts with `prefix`. The empty prefix selects
+/// every key: `("\0", "\0")`, as etcd's client does, since the empty key is no key.
+///
+/// ```
+/// assert_eq!(latch_client::prefix_range(b"app/"), (b"app/".to_vec(), b"app0".to_vec()));
+/// assert_eq!(latch_client::prefix_range(b""), (vec![0], vec![0]));
+/// ```
+pub fn prefix_range(prefix: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    if prefix.is_empty() {
+        return (vec![0], vec![0]);
+    }
+    (prefix.to_vec(), prefix_end(prefix))
+}
+
 /// One condition of a transaction: a property of a key compared with a given value.
 ///
 /// A missing key has version, create revision and mod revision 0, and no value: a value compare
@@ -48,19 +64,11 @@ pub struct Compare(proto::Compare);
 
 impl Compare {
     fn new(key: impl Into<Vec<u8>>, result: CompareResult, target: Target) -> Compare {
-        Compare(proto::Compare {
-            result: result as i32,
-            key: key.into(),
-            target: Some(target),
-        })
+        Compare(proto::Compare { result: result as i32, key: key.into(), target: Some(target) })
     }
 
     /// The key's value compared with `value` (bytes, lexicographically).
-    pub fn value(
-        key: impl Into<Vec<u8>>,
-        result: CompareResult,
-        value: impl Into<Vec<u8>>,
-    ) -> Compare {
+    pub fn value(key: impl Into<Vec<u8>>, result: CompareResult, value: impl Into<Vec<u8>>) -> Compare {
         Compare::new(key, result, Target::Value(value.into()))
     }
 
@@ -70,11 +78,7 @@ impl Compare {
     }
 
     /// The revision that created the key compared with `revision`.
-    pub fn create_revision(
-        key: impl Into<Vec<u8>>,
-        result: CompareResult,
-        revision: i64,
-    ) -> Compare {
+    pub fn create_revision(key: impl Into<Vec<u8>>, result: CompareResult, revision: i64) -> Compare {
         Compare::new(key, result, Target::CreateRevision(revision))
     }
 
@@ -112,47 +116,29 @@ pub struct Op(RequestOp);
 impl Op {
     /// Sets `key` to `value`.
     pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Op {
-        Op::from(PutRequest {
-            key: key.into(),
-            value: value.into(),
-            ..Default::default()
-        })
+        Op::from(PutRequest { key: key.into(), value: value.into(), ..Default::default() })
     }
 
     /// Reads `key`.
     pub fn get(key: impl Into<Vec<u8>>) -> Op {
-        Op::from(RangeRequest {
-            key: key.into(),
-            ..Default::default()
-        })
+        Op::from(RangeRequest { key: key.into(), ..Default::default() })
     }
 
     /// Reads every key starting with `prefix`.
     pub fn get_prefix(prefix: impl Into<Vec<u8>>) -> Op {
-        let key = prefix.into();
-        Op::from(RangeRequest {
-            range_end: prefix_end(&key),
-            key,
-            ..Default::default()
-        })
+        let (key, range_end) = prefix_range(&prefix.into());
+        Op::from(RangeRequest { key, range_end, ..Default::default() })
     }
 
     /// Deletes `key`.
     pub fn delete(key: impl Into<Vec<u8>>) -> Op {
-        Op::from(DeleteRangeRequest {
-            key: key.into(),
-            ..Default::default()
-        })
+        Op::from(DeleteRangeRequest { key: key.into(), ..Default::default() })
     }
 
     /// Deletes every key starting with `prefix`.
     pub fn delete_prefix(prefix: impl Into<Vec<u8>>) -> Op {
-        let key = prefix.into();
-        Op::from(DeleteRangeRequest {
-            range_end: prefix_end(&key),
-            key,
-            ..Default::default()
-        })
+        let (key, range_end) = prefix_range(&prefix.into());
+        Op::from(DeleteRangeRequest { key, range_end, ..Default::default() })
     }
 
     /// The wire message.
@@ -163,25 +149,19 @@ impl Op {
 
 impl From<RangeRequest> for Op {
     fn from(request: RangeRequest) -> Self {
-        Op(RequestOp {
-            request: Some(Request::Range(request)),
-        })
+        Op(RequestOp { request: Some(Request::Range(request)) })
     }
 }
 
 impl From<PutRequest> for Op {
     fn from(request: PutRequest) -> Self {
-        Op(RequestOp {
-            request: Some(Request::Put(request)),
-        })
+        Op(RequestOp { request: Some(Request::Put(request)) })
     }
 }
 
 impl From<DeleteRangeRequest> for Op {
     fn from(request: DeleteRangeRequest) -> Self {
-        Op(RequestOp {
-            request: Some(Request::DeleteRange(request)),
-        })
+        Op(RequestOp { request: Some(Request::DeleteRange(request)) })
     }
 }
 
@@ -206,25 +186,19 @@ impl Txn {
 
     /// Adds conditions; all of them must hold for the `and_then` branch to run.
     pub fn when(mut self, compares: impl IntoIterator<Item = Compare>) -> Txn {
-        self.request
-            .compare
-            .extend(compares.into_iter().map(Compare::into_proto));
+        self.request.compare.extend(compares.into_iter().map(Compare::into_proto));
         self
     }
 
     /// Adds operations run when every condition holds.
     pub fn and_then(mut self, ops: impl IntoIterator<Item = Op>) -> Txn {
-        self.request
-            .success
-            .extend(ops.into_iter().map(Op::into_proto));
+        self.request.success.extend(ops.into_iter().map(Op::into_proto));
         self
     }
 
     /// Adds operations run when some condition does not hold.
     pub fn or_else(mut self, ops: impl IntoIterator<Item = Op>) -> Txn {
-        self.request
-            .failure
-            .extend(ops.into_iter().map(Op::into_proto));
+        self.request.failure.extend(ops.into_iter().map(Op::into_proto));
         self
     }
 
@@ -272,6 +246,16 @@ mod tests {
     }
 
     #[test]
+    fn the_empty_prefix_selects_every_key() {
+        assert_eq!(prefix_range(b""), (vec![0], vec![0]));
+        assert_eq!(prefix_range(b"a"), (b"a".to_vec(), b"b".to_vec()));
+        assert_eq!(
+            Op::get_prefix("").into_proto().request,
+            Some(Request::Range(RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() }))
+        );
+    }
+
+    #[test]
     fn compare_builders_fill_key_result_and_target() {
         let c = Compare::value("k", CompareResult::NotEqual, "v").into_proto();
         assert_eq!(
@@ -310,7 +294,11 @@ mod tests {
         );
         assert_eq!(
             Op::get_prefix("a/").into_proto().request,
-            Some(Request::Range(RangeRequest { key: b"a/".to_vec(), range_end: b"a0".to_vec(), ..Default::default() }))
+            Some(Request::Range(RangeRequest {
+                key: b"a/".to_vec(),
+                range_end: b"a0".to_vec(),
+                ..Default::default()
+            }))
         );
         assert_eq!(
             Op::delete("k").into_proto().request,

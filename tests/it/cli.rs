@@ -1,0 +1,98 @@
+//! The `latch` command line against a running member (DESIGN.md §5): output, exit codes
+//! (0 success, 1 operation failed), and the JSON shape of `cluster status`.
+
+use std::process::Output;
+use std::time::Duration;
+
+use crate::harness::{latch_bin, Cluster};
+
+/// Runs `latch ARGS --endpoints <member 1>` and returns what it printed and its exit code.
+async fn latch(c: &Cluster, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(latch_bin());
+    cmd.args(args).args(["--endpoints", &c.member(1).client_addr, "--timeout", "10s"]);
+    cmd.env_remove("RUST_LOG").env_remove("LATCH_ENDPOINTS").kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("`latch {}` did not finish within 30s", args.join(" ")))
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn cli_kv_put_then_get_round_trips_a_value() {
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let put = latch(&c, &["kv", "put", "greeting", "hello world"]).await;
+    assert_eq!(put.status.code(), Some(0), "`latch kv put` should succeed; stderr: {}", stderr(&put));
+    assert_eq!(stdout(&put), "OK\n");
+    let get = latch(&c, &["kv", "get", "greeting"]).await;
+    assert_eq!(get.status.code(), Some(0), "`latch kv get` should succeed; stderr: {}", stderr(&get));
+    assert_eq!(stdout(&get), "hello world\n", "`latch kv get` prints the value alone");
+    // The CLI wrote through the same API as the library.
+    let kv = c.client().await.get("greeting").await.unwrap().expect("the key the CLI wrote");
+    assert_eq!(kv.value, b"hello world");
+}
+
+#[tokio::test]
+async fn cli_kv_get_of_a_missing_key_exits_1_saying_key_not_found() {
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let get = latch(&c, &["kv", "get", "missing"]).await;
+    assert_eq!(
+        get.status.code(),
+        Some(1),
+        "a missing key is a failed lookup (exit 1); stderr: {}",
+        stderr(&get)
+    );
+    assert!(
+        stderr(&get).contains("key not found"),
+        "stderr should say \"key not found\"; got: {}",
+        stderr(&get)
+    );
+    assert_eq!(stdout(&get), "", "nothing is printed on stdout for a missing key");
+}
+
+#[tokio::test]
+async fn cli_kv_put_of_an_oversized_key_exits_1_naming_the_limit() {
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let key = "k".repeat(4097);
+    let put = latch(&c, &["kv", "put", &key, "v"]).await;
+    let err = stderr(&put);
+    assert_eq!(put.status.code(), Some(1), "a put over a limit fails (exit 1); stderr: {err}");
+    for needle in ["RESOURCE_EXHAUSTED", "4096", "--max-key-bytes"] {
+        assert!(err.contains(needle), "stderr should mention {needle:?}; got: {err}");
+    }
+}
+
+#[tokio::test]
+async fn cli_cluster_status_json_is_one_document_with_leader_term_and_members() {
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let out = latch(&c, &["cluster", "status", "--output", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "`latch cluster status` should succeed; stderr: {}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 1, "--output json prints one document on one line; got: {text}");
+    let doc: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("stdout should be one JSON document ({e}): {text}"));
+    assert_eq!(doc["leader"].as_u64(), Some(1), "leader should be member 1's id: {doc}");
+    assert!(doc["term"].as_u64().is_some_and(|t| t >= 1), "term should be a number >= 1: {doc}");
+    let members = doc["members"].as_array().unwrap_or_else(|| panic!("members should be an array: {doc}"));
+    assert_eq!(members.len(), 1, "one member: {doc}");
+    let m = &members[0];
+    assert_eq!(m["id"].as_u64(), Some(1), "{doc}");
+    assert_eq!(m["peer_addr"].as_str(), Some(c.member(1).peer_addr.as_str()), "{doc}");
+    assert_eq!(m["client_addr"].as_str(), Some(c.member(1).client_addr.as_str()), "{doc}");
+    assert_eq!(m["role"].as_str(), Some("leader"), "{doc}");
+    assert!(
+        m["applied_index"].as_u64().is_some_and(|i| i >= 1),
+        "applied_index should be a number >= 1: {doc}"
+    );
+}

@@ -1,0 +1,339 @@
+//! Crashes and restarts: SIGKILL of the leader or of every member under load, a follower
+//! catching up by snapshot, and a data dir that belongs to another cluster (DESIGN.md §1, §6).
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read as _;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use latch_client::{prefix_end, Client, KeyValue, PutRequest, RangeRequest, RangeResponse};
+use tokio::time::Instant;
+
+use crate::harness::{eventually, free_port, Cluster, STARTUP};
+
+#[tokio::test]
+async fn every_acknowledged_write_survives_sigkill_of_every_member_mid_load() {
+    // Twice: recovering from a state that was itself recovered must work as well.
+    const ROUNDS: usize = 2;
+    let mut c = Cluster::start(3, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let mut acks: Vec<Ack> = Vec::new();
+    for round in 1..=ROUNDS {
+        let load = Load::start(&client, &format!("load/{round}/"));
+        load.wait_for_acks(200).await;
+        for id in c.ids() {
+            c.kill(id);
+        }
+        load.stop_soon();
+        for id in c.ids() {
+            c.restart(id).await;
+        }
+        // Writes in flight at the kill are retried by the client (same request id) and may be
+        // acknowledged by the restarted cluster: those count too.
+        acks.extend(load.finish().await);
+        c.leader().await;
+        check_every_ack_is_stored(
+            &c,
+            &acks,
+            &format!("after {round} SIGKILL(s) of every member and restart(s)"),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn every_acknowledged_write_survives_sigkill_of_the_leader_mid_load() {
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let load = Load::start(&c.client().await, "load/");
+    load.wait_for_acks(100).await;
+    c.kill(leader);
+    // Writes resume under the new leader, with no help from the test.
+    load.wait_for_acks(load.acked() + 100).await;
+    load.stop_soon();
+    let acks = load.finish().await;
+    c.leader().await;
+    check_every_ack_is_stored(&c, &acks, &format!("after SIGKILL of leader {leader} under load")).await;
+}
+
+/// A write the cluster acknowledged: key, value, and the revision it answered.
+type Ack = (String, String, i64);
+
+/// 8 concurrent writers of unique keys under a prefix, recording what the cluster acknowledged.
+struct Load {
+    prefix: String,
+    acks: Arc<Mutex<Vec<Ack>>>,
+    stop: Arc<AtomicBool>,
+    writers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    const WRITERS: usize = 8;
+
+    fn start(client: &Client, prefix: &str) -> Load {
+        let acks: Arc<Mutex<Vec<Ack>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut writers = Vec::new();
+        for w in 0..Self::WRITERS {
+            let (client, acks, stop, prefix) =
+                (client.clone(), acks.clone(), stop.clone(), prefix.to_string());
+            writers.push(tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let key = format!("{prefix}{w}/{i:06}");
+                    let value = format!("writer {w}, write {i}");
+                    // Failures are expected while members are down: only acks are promises.
+                    if let Ok(r) = client.put(key.as_str(), value.as_str()).await {
+                        acks.lock().unwrap().push((key, value, r.header.unwrap().revision));
+                    }
+                    i += 1;
+                }
+            }));
+        }
+        Load { prefix: prefix.to_string(), acks, stop, writers }
+    }
+
+    fn acked(&self) -> usize {
+        self.acks.lock().unwrap().len()
+    }
+
+    async fn wait_for_acks(&self, n: usize) {
+        let what = format!("{n} acknowledged writes under {:?}", self.prefix);
+        eventually(&what, Duration::from_secs(60), || async {
+            let acked = self.acked();
+            if acked >= n {
+                Ok(())
+            } else {
+                Err(format!("{acked} acks"))
+            }
+        })
+        .await;
+    }
+
+    /// Tells the writers to stop after their current write.
+    fn stop_soon(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits for the writers to stop (their current write may retry for the client's retry
+    /// budget) and returns every ack.
+    async fn finish(self) -> Vec<Ack> {
+        self.stop_soon();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for w in self.writers {
+            tokio::time::timeout_at(deadline, w)
+                .await
+                .expect("writers should stop within their retry budget once told to")
+                .unwrap();
+        }
+        let acks = self.acks.lock().unwrap().clone();
+        acks
+    }
+}
+
+/// Every ack is stored with its value, as the only write of its key at the acked revision;
+/// and a new write gets a revision above every acked one. `when` says what happened before.
+async fn check_every_ack_is_stored(c: &Cluster, acks: &[Ack], when: &str) {
+    let revisions: HashSet<i64> = acks.iter().map(|a| a.2).collect();
+    assert_eq!(revisions.len(), acks.len(), "{when}: every acknowledged put should have its own revision");
+    let stored: BTreeMap<Vec<u8>, KeyValue> = c
+        .client()
+        .await
+        .get_prefix("load/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|kv| (kv.key.clone(), kv))
+        .collect();
+    let mut lost = Vec::new();
+    for (key, value, revision) in acks {
+        match stored.get(key.as_bytes()) {
+            Some(kv) if kv.value == value.as_bytes() && kv.mod_revision == *revision && kv.version == 1 => {}
+            Some(kv) => lost.push(format!(
+                "{key}: acked {value:?} at revision {revision}, found {:?} at revision {} version {}",
+                String::from_utf8_lossy(&kv.value),
+                kv.mod_revision,
+                kv.version
+            )),
+            None => lost.push(format!("{key}: acked at revision {revision}, missing")),
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{when}, {} of {} acknowledged writes were lost or changed; first ones:\n{}",
+        lost.len(),
+        acks.len(),
+        lost.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
+    );
+    let max_acked = acks.iter().map(|a| a.2).max().unwrap();
+    let next = c.client().await.put("after/load", "x").await.unwrap();
+    let next = next.header.unwrap().revision;
+    assert!(
+        next > max_acked,
+        "{when}: revisions must not go backwards: a new put got {next}, but revision {max_acked} was \
+         acknowledged before"
+    );
+}
+
+#[tokio::test]
+async fn a_follower_that_missed_many_snapshots_worth_of_writes_catches_up_by_snapshot() {
+    const KEYS: usize = 100;
+    let mut c = Cluster::start(3, &["--snapshot-entries", "20"]).await;
+    let leader = c.leader().await;
+    let follower = c.ids().into_iter().find(|id| *id != leader).unwrap();
+    c.kill(follower);
+    let survivors = c.live_ids();
+    let client = c.client_of_many(&survivors).await;
+    let mut first_revision = 0;
+    for i in 0..KEYS {
+        let put = PutRequest {
+            key: format!("snap/{i:03}").into_bytes(),
+            value: format!("value {i}").into_bytes(),
+            request_id: format!("snap-{i}"),
+            ..Default::default()
+        };
+        let r = client.put_request(put).await.unwrap();
+        if i == 0 {
+            first_revision = r.header.unwrap().revision;
+        }
+    }
+    c.restart(follower).await;
+    let leader = c.leader().await;
+    let what = format!("restarted member {follower}'s applied index to reach leader {leader}'s");
+    eventually(&what, Duration::from_secs(30), || async {
+        let l = c.self_status(leader).await?.applied_index;
+        let f = c.self_status(follower).await?.applied_index;
+        if f >= l {
+            Ok(())
+        } else {
+            Err(format!("leader applied {l}, member {follower} applied {f}"))
+        }
+    })
+    .await;
+    let me = c.self_status(follower).await.unwrap();
+    assert!(
+        me.snapshots_installed >= 1,
+        "member {follower} missed {KEYS} writes with --snapshot-entries 20, so the leader's log was \
+         compacted past it and it should have caught up by installing a snapshot; status: {me:?}"
+    );
+    let read = serializable_range(&c, follower, "snap/").await;
+    assert_eq!(read.header.unwrap().member_id, follower, "the serializable read should be served locally");
+    let got: Vec<(String, String)> = read
+        .kvs
+        .iter()
+        .map(|kv| (String::from_utf8_lossy(&kv.key).into(), String::from_utf8_lossy(&kv.value).into()))
+        .collect();
+    let expected: Vec<(String, String)> =
+        (0..KEYS).map(|i| (format!("snap/{i:03}"), format!("value {i}"))).collect();
+    assert_eq!(
+        got, expected,
+        "member {follower}'s own state should hold every key written while it was down"
+    );
+
+    // The snapshot carried the request ids too: a retry through this member of a write it only
+    // knows from the snapshot is answered with the first outcome and not applied again (were
+    // it applied here only, this member's state would diverge from the others').
+    let retry = PutRequest {
+        key: b"snap/000".to_vec(),
+        value: b"retried".to_vec(),
+        request_id: "snap-0".into(),
+        ..Default::default()
+    };
+    let member = c.client_of(follower).await;
+    let r = member.put_request(retry).await.unwrap();
+    assert_eq!(r.header.unwrap().revision, first_revision, "a retry should get the first outcome");
+    // After the snapshot the member takes part as before: its writes are at once visible to a
+    // linearizable read on it.
+    member.put("after-snapshot", "ok").await.unwrap();
+    let kv = member.get("after-snapshot").await.unwrap();
+    assert_eq!(kv.map(|kv| kv.value), Some(b"ok".to_vec()), "member {follower} after installing a snapshot");
+
+    // Every member ends with the same state at the same revision.
+    let states = eventually("every member to hold the same keys at the same revision", STARTUP, || async {
+        let mut states = Vec::new();
+        for id in c.ids() {
+            let r = serializable_range(&c, id, "").await;
+            let kvs: Vec<_> = r
+                .kvs
+                .iter()
+                .map(|kv| (kv.key.clone(), kv.value.clone(), kv.mod_revision, kv.version))
+                .collect();
+            states.push((id, r.header.unwrap().revision, kvs));
+        }
+        if states.iter().all(|s| s.1 == states[0].1 && s.2 == states[0].2) {
+            Ok(states)
+        } else {
+            Err(format!(
+                "(member, revision, keys): {:?}",
+                states.iter().map(|s| (s.0, s.1, s.2.len())).collect::<Vec<_>>()
+            ))
+        }
+    })
+    .await;
+    let snap0 = states[0].2.iter().find(|kv| kv.0 == b"snap/000").unwrap();
+    assert_eq!((snap0.1.as_slice(), snap0.3), (&b"value 0"[..], 1), "the retry must not be applied anywhere");
+}
+
+/// Every key starting with `prefix` (the empty prefix: every key), read from member `id`'s own
+/// applied state.
+async fn serializable_range(c: &Cluster, id: u64, prefix: &str) -> RangeResponse {
+    let (key, range_end) = if prefix.is_empty() {
+        (vec![0], vec![0])
+    } else {
+        (prefix.as_bytes().to_vec(), prefix_end(prefix.as_bytes()))
+    };
+    let request = RangeRequest { key, range_end, serializable: true, ..Default::default() };
+    c.client_of(id).await.range(request).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_member_restarted_on_a_data_dir_of_another_cluster_refuses_to_start() {
+    let mut c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    c.client().await.put("mine", "kept").await.unwrap();
+    c.kill(1);
+
+    // Same id, same data dir, but another --initial-cluster: another cluster.
+    let other = format!("1={},2=127.0.0.1:{}", c.member(1).peer_addr, free_port());
+    let mut cmd = c.server_command(1, &other);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + STARTUP;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("member 1 should refuse to start on a data dir of another cluster, but it kept running");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(!status.success(), "refusing to start should exit non-zero, got {status}; stderr: {stderr}");
+    let data_file = c.member(1).data_dir.join("latch.redb");
+    assert!(
+        stderr.contains(&data_file.display().to_string()),
+        "stderr should name the data file {}; got: {stderr}",
+        data_file.display()
+    );
+    assert!(
+        stderr.contains("belongs to cluster"),
+        "stderr should say the file belongs to another cluster; got: {stderr}"
+    );
+
+    // The refusal changed nothing: with its own configuration the member starts and has its data.
+    c.restart(1).await;
+    c.leader().await;
+    let kv = c.client().await.get("mine").await.unwrap();
+    assert_eq!(
+        kv.map(|kv| kv.value),
+        Some(b"kept".to_vec()),
+        "the data written before should still be there"
+    );
+}

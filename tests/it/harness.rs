@@ -1,0 +1,312 @@
+//! A cluster of real `latch server` processes on 127.0.0.1, for the tests of this binary.
+//!
+//! Each member gets ports chosen up front (bound on port 0, read, released) so that
+//! `--initial-cluster` can name every peer before any member starts, a data dir in the
+//! cluster's temp dir, and a log file there (`member-N.log`, stdout and stderr, appended across
+//! restarts). Dropping the [`Cluster`] SIGKILLs every member; if the test is failing it also
+//! prints the tail of each log and keeps the temp dir for a look.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::future::Future;
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use latch_client::{Client, ClientOptions, StatusResponse};
+use tempfile::TempDir;
+use tokio::time::Instant;
+
+/// The raft tick of test clusters unless a test passes its own `--tick-interval`: elections
+/// time out after 10–20 ticks, so a lost leader is replaced within about half a second.
+pub const TICK: &str = "20ms";
+/// How often [`eventually`] looks again.
+const POLL: Duration = Duration::from_millis(20);
+/// Time for a member to come up and serve, and for a cluster to agree on a leader. Generous:
+/// debug builds on a shared 2-core box.
+pub const STARTUP: Duration = Duration::from_secs(20);
+/// Lines of each member's log printed when a test fails.
+const LOG_TAIL_LINES: usize = 40;
+
+/// The path of the `latch` binary cargo built for these tests.
+pub fn latch_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_latch")
+}
+
+/// Polls `check` every few milliseconds until it returns `Ok`, and returns that value; panics
+/// after `timeout` naming `what` was expected and the last value `check` observed (its `Err`).
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("expected {what} within {timeout:?}; last observed: {last}")
+            }
+            Err(_) => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+/// A free port on 127.0.0.1, never one this process handed out before (the kernel may hand a
+/// released port to the next bind of port 0).
+pub fn free_port() -> u16 {
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if given.insert(port) {
+            return port;
+        }
+    }
+}
+
+/// One member of a test cluster.
+pub struct Member {
+    pub id: u64,
+    pub client_addr: String,
+    pub peer_addr: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    /// For [`Cluster::status_of`]: answers or fails within a few seconds, no retries.
+    status_client: Client,
+}
+
+/// A cluster of `latch server` processes, one per member, ids 1..=n.
+pub struct Cluster {
+    dir: TempDir,
+    members: Vec<Member>,
+    initial_cluster: String,
+    flags: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts `n` members with `extra_flags` added to each command line (`--tick-interval`
+    /// defaults to [`TICK`]) and waits until each one serves client requests. Does not wait
+    /// for a leader: see [`Cluster::leader`].
+    pub async fn start(n: u64, extra_flags: &[&str]) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("latch-it-").tempdir().unwrap();
+        let mut members = Vec::new();
+        for id in 1..=n {
+            let client_addr = format!("127.0.0.1:{}", free_port());
+            let peer_addr = format!("127.0.0.1:{}", free_port());
+            let status_client = Client::connect_with(
+                [client_addr.clone()],
+                ClientOptions { request_timeout: Duration::from_secs(3), retry_budget: Duration::ZERO },
+            )
+            .await
+            .unwrap();
+            members.push(Member {
+                id,
+                client_addr,
+                peer_addr,
+                data_dir: dir.path().join(format!("member-{id}")),
+                log: dir.path().join(format!("member-{id}.log")),
+                child: None,
+                status_client,
+            });
+        }
+        let initial_cluster =
+            members.iter().map(|m| format!("{}={}", m.id, m.peer_addr)).collect::<Vec<_>>().join(",");
+        let mut flags: Vec<String> = extra_flags.iter().map(|f| f.to_string()).collect();
+        if !flags.iter().any(|f| f == "--tick-interval") {
+            flags.extend(["--tick-interval".to_string(), TICK.to_string()]);
+        }
+        let mut cluster = Cluster { dir, members, initial_cluster, flags };
+        for id in 1..=n {
+            cluster.spawn(id);
+        }
+        for id in 1..=n {
+            cluster.wait_serving(id).await;
+        }
+        cluster
+    }
+
+    pub fn member(&self, id: u64) -> &Member {
+        self.members.iter().find(|m| m.id == id).unwrap_or_else(|| panic!("no member {id}"))
+    }
+
+    fn member_mut(&mut self, id: u64) -> &mut Member {
+        self.members.iter_mut().find(|m| m.id == id).unwrap_or_else(|| panic!("no member {id}"))
+    }
+
+    /// Every member's id.
+    pub fn ids(&self) -> Vec<u64> {
+        self.members.iter().map(|m| m.id).collect()
+    }
+
+    /// The ids of the members whose process was started and not killed.
+    pub fn live_ids(&self) -> Vec<u64> {
+        self.members.iter().filter(|m| m.child.is_some()).map(|m| m.id).collect()
+    }
+
+    /// The command line that (re)starts member `id` as configured: `latch server --id …`.
+    /// Tests may change it (e.g. add a flag) and run it themselves.
+    pub fn server_command(&self, id: u64, initial_cluster: &str) -> Command {
+        let m = self.member(id);
+        let mut cmd = Command::new(latch_bin());
+        cmd.arg("server")
+            .arg("--id")
+            .arg(id.to_string())
+            .arg("--data-dir")
+            .arg(&m.data_dir)
+            .arg("--client-addr")
+            .arg(&m.client_addr)
+            .arg("--peer-addr")
+            .arg(&m.peer_addr)
+            .arg("--initial-cluster")
+            .arg(initial_cluster)
+            .args(&self.flags)
+            // Plain text in the log files.
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Starts member `id`'s process, its output appended to its log.
+    fn spawn(&mut self, id: u64) {
+        let mut cmd = self.server_command(id, &self.initial_cluster.clone());
+        let m = self.member_mut(id);
+        assert!(m.child.is_none(), "member {id} is already running");
+        let mut log = File::options().create(true).append(true).open(&m.log).unwrap();
+        writeln!(log, "==== harness: starting member {id}: {cmd:?}").unwrap();
+        cmd.stdout(log.try_clone().unwrap()).stderr(log);
+        m.child = Some(cmd.spawn().unwrap_or_else(|e| panic!("cannot start member {id}: {e}")));
+    }
+
+    /// Waits until member `id` answers a cluster status call; fails at once if its process
+    /// exits meanwhile, with the tail of its log.
+    async fn wait_serving(&mut self, id: u64) {
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            let exited = self.member_mut(id).child.as_mut().and_then(|c| c.try_wait().unwrap());
+            if let Some(status) = exited {
+                self.member_mut(id).child = None;
+                panic!("member {id} exited ({status}) while starting (its log is printed below)");
+            }
+            let last = match self.status_of(id).await {
+                Ok(_) => return,
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                panic!(
+                    "expected member {id} to serve client requests within {STARTUP:?}; last error: {last}"
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// SIGKILLs member `id` (no chance to flush or say goodbye) and reaps it.
+    pub fn kill(&mut self, id: u64) {
+        let m = self.member_mut(id);
+        let mut child = m.child.take().unwrap_or_else(|| panic!("member {id} is not running"));
+        // std's Child::kill sends SIGKILL.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let mut log = File::options().append(true).open(&m.log).unwrap();
+        writeln!(log, "==== harness: member {id} killed (SIGKILL)").unwrap();
+    }
+
+    /// Starts member `id` again on its data dir and waits until it serves.
+    pub async fn restart(&mut self, id: u64) {
+        self.spawn(id);
+        self.wait_serving(id).await;
+    }
+
+    /// A client over every member's endpoint (killed ones included).
+    pub async fn client(&self) -> Client {
+        Client::connect(self.members.iter().map(|m| m.client_addr.clone())).await.unwrap()
+    }
+
+    /// A client over these members' endpoints only.
+    pub async fn client_of_many(&self, ids: &[u64]) -> Client {
+        Client::connect(ids.iter().map(|id| self.member(*id).client_addr.clone())).await.unwrap()
+    }
+
+    /// A client that talks to member `id` alone.
+    pub async fn client_of(&self, id: u64) -> Client {
+        Client::connect([self.member(id).client_addr.clone()]).await.unwrap()
+    }
+
+    /// The cluster as member `id` sees it, or why it did not answer within a few seconds.
+    pub async fn status_of(&self, id: u64) -> Result<StatusResponse, String> {
+        self.member(id).status_client.cluster_status().await.map_err(|e| format!("member {id}: {e}"))
+    }
+
+    /// Member `id`'s account of itself (role, applied index, …), from its own status answer.
+    pub async fn self_status(&self, id: u64) -> Result<latch_client::Member, String> {
+        let status = self.status_of(id).await?;
+        status
+            .members
+            .into_iter()
+            .find(|m| m.id == id)
+            .ok_or_else(|| format!("member {id} does not list itself in its status"))
+    }
+
+    /// Waits until every live member names the same leader in the same term, and that leader
+    /// is live and says it is the leader; returns its id.
+    pub async fn leader(&self) -> u64 {
+        let live = self.live_ids();
+        let what = format!("live members {live:?} to agree on one live leader");
+        eventually(&what, STARTUP, || {
+            let live = live.clone();
+            async move {
+                let mut views = Vec::new();
+                for id in &live {
+                    let s = self.status_of(*id).await?;
+                    let role =
+                        s.members.iter().find(|m| m.id == *id).map(|m| m.role.clone()).unwrap_or_default();
+                    views.push((*id, s.leader, s.term, role));
+                }
+                let (_, leader, term, _) = views[0].clone();
+                let agreed = leader != 0 && views.iter().all(|v| v.1 == leader && v.2 == term);
+                let leader_says_so = views.iter().any(|v| v.0 == leader && v.3 == "leader");
+                if agreed && leader_says_so {
+                    Ok(leader)
+                } else {
+                    Err(format!("(member, leader, term, own role): {views:?}"))
+                }
+            }
+        })
+        .await
+    }
+
+    /// The last `n` lines of member `id`'s log.
+    pub fn log_tail(&self, id: u64, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.member(id).log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            if let Some(mut child) = m.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for id in self.ids() {
+                eprintln!(
+                    "---- member {id}: last {LOG_TAIL_LINES} lines of {}",
+                    self.member(id).log.display()
+                );
+                eprintln!("{}", self.log_tail(id, LOG_TAIL_LINES));
+            }
+            self.dir.disable_cleanup(true);
+            eprintln!("---- kept the cluster's data dirs and logs in {}", self.dir.path().display());
+        }
+    }
+}

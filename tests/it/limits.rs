@@ -1,0 +1,113 @@
+//! Limits and bad input (DESIGN.md §6): each limit has a default and a flag, a request over it
+//! is RESOURCE_EXHAUSTED naming the flag, bad input is INVALID_ARGUMENT, and neither writes
+//! anything.
+
+use latch_client::{Client, Code, Error, Op, RangeRequest, Txn};
+
+use crate::harness::Cluster;
+
+/// The store revision and number of keys, as a linearizable read sees them.
+async fn store_state(client: &Client) -> (i64, i64) {
+    let all = RangeRequest { key: vec![0], range_end: vec![0], count_only: true, ..Default::default() };
+    let r = client.range(all).await.unwrap();
+    (r.header.unwrap().revision, r.count)
+}
+
+/// Asserts that `result` failed with `code` and a message containing each of `needles`.
+fn assert_rejected<T: std::fmt::Debug>(what: &str, result: Result<T, Error>, code: Code, needles: &[&str]) {
+    let e = match result {
+        Ok(v) => panic!("{what} should be rejected with {code:?}, but succeeded: {v:?}"),
+        Err(e) => e,
+    };
+    assert_eq!(e.code(), code, "{what}: wrong code; error: {e}");
+    for needle in needles {
+        assert!(e.to_string().contains(needle), "{what}: the error should mention {needle:?}; got: {e}");
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_key_or_value_is_resource_exhausted_naming_the_flag_and_writes_nothing() {
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    client.put("seed", "so the store is not empty").await.unwrap();
+    let before = store_state(&client).await;
+
+    let key = vec![b'k'; 4097];
+    let result = client.put(key, "v").await;
+    assert_rejected("a 4097-byte key", result, Code::ResourceExhausted, &["--max-key-bytes", "4096"]);
+    let value = vec![b'v'; 1024 * 1024 + 1];
+    let result = client.put("big-value", value).await;
+    assert_rejected(
+        "a 1 MiB + 1 byte value",
+        result,
+        Code::ResourceExhausted,
+        &["--max-value-bytes", "1048576"],
+    );
+
+    assert_eq!(client.get("big-value").await.unwrap(), None, "a rejected put must not write its key");
+    assert_eq!(
+        store_state(&client).await,
+        before,
+        "rejected puts must leave the store (revision, number of keys) unchanged"
+    );
+
+    // The limits are inclusive: exactly 4 KiB of key and 1 MiB of value are fine.
+    client.put(vec![b'k'; 4096], "v").await.expect("a 4096-byte key is within the limit");
+    client.put("max-value", vec![b'v'; 1024 * 1024]).await.expect("a 1 MiB value is within the limit");
+    let kv = client.get("max-value").await.unwrap().expect("the 1 MiB value just written");
+    assert_eq!(kv.value.len(), 1024 * 1024);
+}
+
+#[tokio::test]
+async fn a_txn_of_129_operations_is_resource_exhausted_naming_max_txn_ops() {
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let before = store_state(&client).await;
+    let txn = |n: usize| Txn::new().and_then((0..n).map(|i| Op::put(format!("txn/{i:03}"), "v")));
+
+    let result = client.txn(txn(129)).await;
+    assert_rejected("a txn of 129 ops", result, Code::ResourceExhausted, &["--max-txn-ops", "128"]);
+    assert_eq!(store_state(&client).await, before, "a rejected txn must write nothing");
+
+    let ok = client.txn(txn(128)).await.expect("a txn of 128 ops is within the limit");
+    assert!(ok.succeeded);
+    assert_eq!(ok.header.unwrap().revision, before.0 + 1, "a txn is one revision");
+    assert_eq!(client.get_prefix("txn/").await.unwrap().len(), 128);
+}
+
+#[tokio::test]
+async fn a_custom_max_key_bytes_flag_is_honoured() {
+    let c = Cluster::start(1, &["--max-key-bytes", "16"]).await;
+    c.leader().await;
+    let client = c.client().await;
+    client.put("k".repeat(16), "v").await.expect("a 16-byte key is within --max-key-bytes 16");
+    let before = store_state(&client).await;
+    let result = client.put("k".repeat(17), "v").await;
+    assert_rejected(
+        "a 17-byte key under --max-key-bytes 16",
+        result,
+        Code::ResourceExhausted,
+        &["over the limit of 16", "--max-key-bytes"],
+    );
+    assert_eq!(store_state(&client).await, before, "the rejected put must write nothing");
+}
+
+#[tokio::test]
+async fn an_empty_key_is_invalid_argument_naming_the_key() {
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let before = store_state(&client).await;
+    assert_rejected("a put of the empty key", client.put("", "v").await, Code::InvalidArgument, &["key"]);
+    assert_rejected("a get of the empty key", client.get("").await, Code::InvalidArgument, &["key"]);
+    assert_rejected("a delete of the empty key", client.delete("").await, Code::InvalidArgument, &["key"]);
+    assert_rejected(
+        "a txn putting the empty key",
+        client.txn(Txn::new().and_then([Op::put("", "v")])).await,
+        Code::InvalidArgument,
+        &["key"],
+    );
+    assert_eq!(store_state(&client).await, before, "rejected requests must write nothing");
+}

@@ -1,0 +1,173 @@
+//! Leader election, replication and linearizable reads across members, failover, and
+//! idempotent retries (DESIGN.md §1).
+
+use latch_client::{PutRequest, RangeRequest};
+
+use crate::harness::{eventually, Cluster, STARTUP};
+
+#[tokio::test]
+async fn three_members_elect_one_leader_they_all_agree_on() {
+    let c = Cluster::start(3, &[]).await;
+    c.leader().await;
+    // One observation of every member that agrees on leader and term; within it, exactly one
+    // member may call itself leader (two in one term would break election safety).
+    let views = eventually("all 3 members to report the same leader and term", STARTUP, || async {
+        let mut views = Vec::new();
+        for id in c.ids() {
+            views.push((id, c.status_of(id).await?));
+        }
+        let (l, t) = (views[0].1.leader, views[0].1.term);
+        if l != 0 && views.iter().all(|(_, s)| s.leader == l && s.term == t) {
+            Ok(views)
+        } else {
+            Err(format!("{:?}", views.iter().map(|(id, s)| (id, s.leader, s.term)).collect::<Vec<_>>()))
+        }
+    })
+    .await;
+    let roles: Vec<(u64, String)> = views
+        .iter()
+        .map(|(id, s)| (*id, s.members.iter().find(|m| m.id == *id).unwrap().role.clone()))
+        .collect();
+    let leaders: Vec<u64> = roles.iter().filter(|(_, r)| r == "leader").map(|(id, _)| *id).collect();
+    assert_eq!(leaders.len(), 1, "exactly one member should say it is leader; roles: {roles:?}");
+    assert_eq!(
+        views[0].1.leader, leaders[0],
+        "the agreed leader should be the one saying so; roles: {roles:?}"
+    );
+    assert!(views[0].1.term >= 1, "a leader is elected in a term >= 1, got {}", views[0].1.term);
+    assert!(
+        roles.iter().all(|(id, r)| *id == leaders[0] || r == "follower"),
+        "every other member should be a follower; roles: {roles:?}"
+    );
+    // Each member lists the whole cluster with the addresses it was started with.
+    for (id, s) in &views {
+        let mut listed: Vec<(u64, &str, &str)> =
+            s.members.iter().map(|m| (m.id, m.peer_addr.as_str(), m.client_addr.as_str())).collect();
+        listed.sort();
+        let expected: Vec<(u64, &str, &str)> = c
+            .ids()
+            .into_iter()
+            .map(|i| (i, c.member(i).peer_addr.as_str(), c.member(i).client_addr.as_str()))
+            .collect();
+        assert_eq!(listed, expected, "member {id} should list every member with its addresses");
+    }
+}
+
+#[tokio::test]
+async fn writes_through_any_member_are_seen_at_once_by_linearizable_reads_on_another() {
+    let c = Cluster::start(3, &[]).await;
+    c.leader().await;
+    let mut last_revision = 0;
+    for (writer, reader) in [(1, 2), (2, 3), (3, 1)] {
+        let key = format!("through/{writer}");
+        let value = format!("written via member {writer}");
+        let put = c.client_of(writer).await.put(key.as_str(), value.as_str()).await.unwrap_or_else(|e| {
+            panic!("a put through member {writer} should succeed (followers forward writes): {e}")
+        });
+        let put_rev = put.header.unwrap().revision;
+        assert!(put_rev > last_revision, "revisions should grow: {put_rev} after {last_revision}");
+        last_revision = put_rev;
+        // No polling: a linearizable read anywhere must see an acknowledged write.
+        let read = c
+            .client_of(reader)
+            .await
+            .range(RangeRequest { key: key.clone().into_bytes(), ..Default::default() })
+            .await
+            .unwrap();
+        let header = read.header.unwrap();
+        assert_eq!(header.member_id, reader, "the read should be served by member {reader}");
+        let kv = read.kvs.first().unwrap_or_else(|| {
+            panic!("member {reader} should see {key:?} written via member {writer} at revision {put_rev}")
+        });
+        assert_eq!(kv.value, value.as_bytes(), "value of {key:?} read on member {reader}");
+        assert_eq!(kv.mod_revision, put_rev, "mod_revision of {key:?} should be the put's revision");
+        assert!(header.revision >= put_rev, "a read after a write is served at revision >= {put_rev}");
+    }
+}
+
+#[tokio::test]
+async fn killing_the_leader_elects_another_among_the_survivors_and_writes_resume() {
+    let mut c = Cluster::start(3, &[]).await;
+    let old = c.leader().await;
+    let old_term = c.status_of(old).await.unwrap().term;
+    let before = c.client().await.put("before", "written under the old leader").await.unwrap();
+    c.kill(old);
+    let new = c.leader().await;
+    assert_ne!(new, old, "a killed leader cannot still lead");
+    let survivors = c.live_ids();
+    let new_term = c.status_of(new).await.unwrap().term;
+    assert!(new_term > old_term, "the new leader's term {new_term} should be above the old {old_term}");
+
+    let client = c.client_of_many(&survivors).await;
+    let after = client
+        .put("after", "written under the new leader")
+        .await
+        .unwrap_or_else(|e| panic!("a put through the survivors {survivors:?} should succeed: {e}"));
+    assert!(
+        after.header.unwrap().revision > before.header.unwrap().revision,
+        "revisions continue across the failover"
+    );
+    for id in &survivors {
+        let client = c.client_of(*id).await;
+        let old_kv = client.get("before").await.unwrap();
+        assert_eq!(
+            old_kv.map(|kv| kv.value),
+            Some(b"written under the old leader".to_vec()),
+            "member {id} should still serve the write acknowledged before the failover"
+        );
+        let new_kv = client.get("after").await.unwrap();
+        assert_eq!(
+            new_kv.map(|kv| kv.value),
+            Some(b"written under the new leader".to_vec()),
+            "on member {id}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_retried_request_id_is_applied_once_and_answered_with_the_first_outcome() {
+    let mut c = Cluster::start(3, &[]).await;
+    c.leader().await;
+    let put = |value: &str| PutRequest {
+        key: b"retried".to_vec(),
+        value: value.as_bytes().to_vec(),
+        request_id: "retry-me-once".into(),
+        ..Default::default()
+    };
+    let first = c.client_of(1).await.put_request(put("v1")).await.unwrap();
+    let first_rev = first.header.unwrap().revision;
+    // Another write in between, so that "the first outcome" differs from "the current revision".
+    let other = c.client_of(1).await.put("other", "x").await.unwrap();
+    let store_rev = other.header.unwrap().revision;
+    assert!(store_rev > first_rev);
+
+    // The retry arrives at another member, as after a timeout and a fail-over of the client.
+    let retry = c.client_of(2).await.put_request(put("v2")).await.unwrap();
+    assert_eq!(
+        retry.header.unwrap().revision,
+        first_rev,
+        "the retry should be answered with the first outcome (its revision)"
+    );
+    let read =
+        c.client_of(3).await.range(RangeRequest { key: b"retried".to_vec(), ..Default::default() }).await;
+    let read = read.unwrap();
+    let kv = read.kvs.first().expect("the key written by the first attempt");
+    assert_eq!(kv.value, b"v1", "the retry must not be applied again");
+    assert_eq!(kv.version, 1, "the key was written once");
+    assert_eq!(kv.mod_revision, first_rev);
+    assert_eq!(read.header.unwrap().revision, store_rev, "the retry must not advance the store revision");
+
+    // And after a leader change: the new leader remembers the request id too.
+    let old = c.leader().await;
+    c.kill(old);
+    let new = c.leader().await;
+    let retry = c.client_of(new).await.put_request(put("v3")).await.unwrap();
+    assert_eq!(
+        retry.header.unwrap().revision,
+        first_rev,
+        "a retry after the leader changed ({old} → {new}) should be answered with the first outcome"
+    );
+    let kv =
+        c.client_of(new).await.get("retried").await.unwrap().expect("the key written by the first attempt");
+    assert_eq!((kv.value.as_slice(), kv.version), (&b"v1"[..], 1), "the retry must not be applied again");
+}
