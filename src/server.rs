@@ -2,19 +2,21 @@
 //! gRPC services. [`run`] binds nothing itself: it takes bound listeners and a shutdown future,
 //! so tests bind port 0 and stop a member cleanly.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{cluster::ClusterService, kv::KvService, Context};
-use crate::config::Config;
+use crate::config::{Config, Peer};
 use crate::core::{Core, CoreError, Timing};
 use crate::node::Node;
 use crate::storage::{self, StorageError};
-use crate::transport::{PeerSenders, PeerService};
+use crate::transport::{member_status, PeerSenders, PeerService};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -75,13 +77,16 @@ pub async fn run(
     let (client_addr, peer_addr) = listeners.addrs();
     let client_addr = client_addr.map_or(config.client_addr.clone(), |a| a.to_string());
     let peer_addr = peer_addr.map_or(config.peer_addr.clone(), |a| a.to_string());
+    let client_addrs = Arc::new(RwLock::new(BTreeMap::from([(id, client_addr.clone())])));
     let ctx = Context {
         node: node.handle(),
         limits: config.limits,
         members: config.initial_cluster.clone(),
         client_addr: client_addr.clone(),
         peer_addr: peer_addr.clone(),
+        client_addrs: client_addrs.clone(),
     };
+    let learner = tokio::spawn(learn_members(id, config.initial_cluster.clone(), client_addrs));
     tracing::info!(member = id, cluster = %format!("{cluster_id:016x}"), %client_addr, %peer_addr, data_dir = %config.data_dir.display(), "member started");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -109,6 +114,7 @@ pub async fn run(
         }
     }
     let _ = stop_tx.send(true);
+    learner.abort();
     let result =
         tokio::task::spawn_blocking(move || node.stop()).await.unwrap_or(Ok(())).map_err(ServerError::from);
     for t in [client_task, peer_task] {
@@ -118,6 +124,25 @@ pub async fn run(
     }
     tracing::info!(member = id, "member stopped");
     result
+}
+
+/// Keeps the members' client addresses (for leader hints) by asking each peer for its status:
+/// every second until it answers, then every 30 seconds in case it moved.
+async fn learn_members(me: u64, peers: Vec<Peer>, addrs: Arc<RwLock<BTreeMap<u64, String>>>) {
+    loop {
+        let mut all_known = true;
+        for p in peers.iter().filter(|p| p.id != me) {
+            match member_status(&p.peer_addr, Duration::from_secs(1)).await {
+                Ok(s) if s.id == p.id && !s.client_addr.is_empty() => {
+                    if let Ok(mut m) = addrs.write() {
+                        m.insert(p.id, s.client_addr);
+                    }
+                }
+                _ => all_known = false,
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(if all_known { 30 } else { 1 })).await;
+    }
 }
 
 /// Binds the configured addresses and runs until SIGINT or SIGTERM.

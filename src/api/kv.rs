@@ -10,7 +10,7 @@ use latch_proto::v1::{request_op, *};
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
-use super::{to_status, ApiError, Context};
+use super::{ApiError, Context};
 use crate::config::Limits;
 
 pub struct KvService {
@@ -64,7 +64,7 @@ impl Kv for KvService {
             resp.header = self.header(resp.header);
             Ok(resp)
         };
-        run.await.map(Response::new).map_err(to_status)
+        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
@@ -81,7 +81,7 @@ impl Kv for KvService {
                 _ => Err(unexpected("put")),
             }
         };
-        run.await.map(Response::new).map_err(to_status)
+        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
     }
 
     async fn delete_range(
@@ -101,7 +101,7 @@ impl Kv for KvService {
                 _ => Err(unexpected("delete")),
             }
         };
-        run.await.map(Response::new).map_err(to_status)
+        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
@@ -118,7 +118,7 @@ impl Kv for KvService {
                 _ => Err(unexpected("txn")),
             }
         };
-        run.await.map(Response::new).map_err(to_status)
+        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
     }
 }
 

@@ -4,6 +4,9 @@
 pub mod cluster;
 pub mod kv;
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
 use crate::config::{Limits, Peer};
 use crate::core::RequestError;
 use crate::fsm::FsmError;
@@ -22,6 +25,8 @@ pub struct Context {
     pub members: Vec<Peer>,
     pub client_addr: String,
     pub peer_addr: String,
+    /// Client addresses of the members, as they reported them (see `server::learn_members`).
+    pub client_addrs: Arc<RwLock<BTreeMap<u64, String>>>,
 }
 
 impl Context {
@@ -62,15 +67,28 @@ impl From<redb::TransactionError> for ApiError {
     }
 }
 
-/// The one mapping of errors to gRPC statuses (DESIGN.md §2 rule 6).
-pub fn to_status(e: ApiError) -> Status {
-    let msg = e.to_string();
-    match e {
-        ApiError::InvalidArgument { .. } | ApiError::Rejected(_) => Status::invalid_argument(msg),
-        ApiError::OverLimit(_) => Status::resource_exhausted(msg),
-        ApiError::Request(RequestError::NoLeader { .. })
-        | ApiError::Request(RequestError::ShuttingDown)
-        | ApiError::Request(RequestError::TimedOut { .. }) => Status::unavailable(msg),
-        ApiError::Internal(_) => Status::internal(msg),
+impl Context {
+    /// The one mapping of errors to gRPC statuses (DESIGN.md §2 rule 6). UNAVAILABLE carries
+    /// the leader's client address in `latch-leader-addr` when this member knows it.
+    pub fn to_status(&self, e: ApiError) -> Status {
+        let msg = e.to_string();
+        match e {
+            ApiError::InvalidArgument { .. } | ApiError::Rejected(_) => Status::invalid_argument(msg),
+            ApiError::OverLimit(_) => Status::resource_exhausted(msg),
+            ApiError::Request(RequestError::NoLeader { .. })
+            | ApiError::Request(RequestError::ShuttingDown)
+            | ApiError::Request(RequestError::TimedOut { .. }) => {
+                let mut status = Status::unavailable(msg);
+                let leader = self.node.status().leader;
+                let addr = self.client_addrs.read().ok().and_then(|m| m.get(&leader).cloned());
+                if let Some(value) =
+                    addr.filter(|_| leader != self.node.member_id).and_then(|a| a.parse().ok())
+                {
+                    status.metadata_mut().insert(LEADER_ADDR_METADATA, value);
+                }
+                status
+            }
+            ApiError::Internal(_) => Status::internal(msg),
+        }
     }
 }
