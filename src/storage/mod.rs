@@ -24,7 +24,7 @@ pub const DATA_FILE: &str = "latch.redb";
 pub enum StorageError {
     #[error("cannot create data dir {path}: {source}")]
     CreateDir { path: PathBuf, source: std::io::Error },
-    #[error("cannot open data file {path}: {source}")]
+    #[error("cannot open data file {path} (corrupt, or not a Latch data file): {source}")]
     Open { path: PathBuf, source: Box<redb::DatabaseError> },
     #[error(
         "data file {path} belongs to cluster {found:016x}, not {expected:016x}: \

@@ -298,23 +298,7 @@ async fn a_member_restarted_on_a_data_dir_of_another_cluster_refuses_to_start() 
 
     // Same id, same data dir, but another --initial-cluster: another cluster.
     let other = format!("1={},2=127.0.0.1:{}", c.member(1).peer_addr, free_port());
-    let mut cmd = c.server_command(1, &other);
-    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let deadline = Instant::now() + STARTUP;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("member 1 should refuse to start on a data dir of another cluster, but it kept running");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    let (status, stderr) = refused_start(&c, &other).await;
     assert!(!status.success(), "refusing to start should exit non-zero, got {status}; stderr: {stderr}");
     let data_file = c.member(1).data_dir.join("latch.redb");
     assert!(
@@ -335,5 +319,49 @@ async fn a_member_restarted_on_a_data_dir_of_another_cluster_refuses_to_start() 
         kv.map(|kv| kv.value),
         Some(b"kept".to_vec()),
         "the data written before should still be there"
+    );
+}
+
+/// Starts member 1 with `initial_cluster` and waits for it to exit on its own, returning how it
+/// exited and what it printed on stderr. Fails the test if it keeps running.
+async fn refused_start(c: &Cluster, initial_cluster: &str) -> (std::process::ExitStatus, String) {
+    let mut cmd = c.server_command(1, initial_cluster);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + STARTUP;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("member 1 should refuse to start, but it kept running");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    (status, stderr)
+}
+
+#[tokio::test]
+async fn a_member_whose_data_file_is_garbage_refuses_to_start_naming_the_file() {
+    let mut c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    c.client().await.put("k", "v").await.unwrap();
+    c.kill(1);
+
+    let data_file = c.member(1).data_dir.join("latch.redb");
+    let len = std::fs::metadata(&data_file).unwrap().len() as usize;
+    std::fs::write(&data_file, vec![0xA5u8; len.max(4096)]).unwrap();
+
+    let own = format!("1={}", c.member(1).peer_addr);
+    let (status, stderr) = refused_start(&c, &own).await;
+    assert!(!status.success(), "a corrupt data file should stop the member, got {status}; stderr: {stderr}");
+    assert!(
+        stderr.contains(&data_file.display().to_string()),
+        "stderr should name the corrupt data file {}; got: {stderr}",
+        data_file.display()
     );
 }
