@@ -77,6 +77,8 @@ pub enum CoreError {
     Fsm(#[from] fsm::FsmError),
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
+    #[error("the node thread panicked (its message is in the log above)")]
+    Panicked,
 }
 
 fn redb_err(e: impl Into<redb::Error>) -> CoreError {
@@ -347,14 +349,12 @@ impl Core {
         let result = self.raw.step(msg);
         self.redraw_election_timeout(false);
         match result {
-            // Messages from unknown or removed peers, or stale ones, are not the node's fault.
-            // Nor is a proposal a peer forwarded here when this member no longer knows a leader
-            // (raft-rs drops it with `ProposalDropped`): its proposer proposes it again.
-            Ok(())
-            | Err(raft::Error::StepPeerNotFound)
-            | Err(raft::Error::StepLocalMsg)
-            | Err(raft::Error::ProposalDropped) => Ok(()),
-            Err(e) => Err(e.into()),
+            // Only a failure of this member's own storage is fatal. Anything else is about the
+            // message and is dropped with it: one from an unknown or removed peer, a stale one,
+            // or a proposal a peer forwarded here when this member no longer knows a leader
+            // (raft-rs's `ProposalDropped`; its proposer proposes it again).
+            Err(e @ (raft::Error::Store(_) | raft::Error::Io(_))) => Err(e.into()),
+            Ok(()) | Err(_) => Ok(()),
         }
     }
 

@@ -122,7 +122,7 @@ impl Node {
         let _ = self.handle.events.send(Event::Stop);
         match self.thread.join() {
             Ok(r) => r,
-            Err(_) => Ok(()),
+            Err(_) => Err(CoreError::Panicked),
         }
     }
 

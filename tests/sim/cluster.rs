@@ -1,0 +1,961 @@
+//! One simulated run: N members of the real sans-I/O [`Core`] over simulated disks
+//! ([`crate::disk`]), a simulated network ([`crate::network`]), simulated clients
+//! ([`crate::clients`]) and a virtual clock, all driven from one seed.
+//!
+//! What it models:
+//! - Time is virtual (microseconds). Events (message deliveries, ticks, client requests and
+//!   replies, transport reports, faults) sit in one queue ordered by (time, insertion number).
+//!   A *step* takes every event due within a short quantum, then gives each member that got
+//!   one a *turn* exactly as the production driver does (`src/node`): `flush_reads`, then one
+//!   `handle_ready` whose messages go to the network and whose actions answer the clients.
+//!   Members tick at their own interval (a per-member drift plus jitter, so ticks are not in
+//!   lockstep).
+//! - Faults, for a chaos phase: crashes (unsynced disk writes lost, the `Core` and its
+//!   `Database` dropped, waiting clients cut off) and restarts from the disk, sometimes after
+//!   long enough that the member must catch up by snapshot, and sometimes of the whole cluster;
+//!   partitions (one member, the leader, two groups, or one direction of one link) that heal;
+//!   pauses (a stopped process: nothing is handled, ticks are skipped); fsync failures (the
+//!   member dies of the error). Then a settle phase: faults stop, everything heals and
+//!   restarts, clients finish what they started, and the cluster must converge.
+//!
+//! Invariants: everything derives from the seed through one `SmallRng`, consumed in event
+//! order; nothing iterates a hash map or reads a clock, so a seed replays exactly (the trace
+//! hash says so). The checks of [`crate::invariants`] run after every step; a violation or an
+//! unexpected error from the core fails the run with the seed and the replay command.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use latch::core::{Action, Core, Role, Timing, Waiter};
+use latch::fsm;
+use latch_proto::internal::{command::Body, outcome, Command};
+use latch_proto::v1::{KeyValue, PutRequest, RangeRequest};
+use raft::eraftpb::Message;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::clients::{Client, History, Op, OpKind};
+use crate::disk::SimDisk;
+use crate::invariants::{self, Ack, Before, Checker, Ctx, Fnv};
+use crate::network::{Delivery, NetConfig, Network};
+
+pub const CLUSTER_ID: u64 = 0x1a7c_5eed;
+/// Nominal tick interval (production's default is of this order).
+const TICK_US: u64 = 10_000;
+/// Events this close together are handled in one step, as a driver drains its queue.
+const QUANTUM_US: u64 = 1_000;
+/// Most steps a seed may take: this many, plus [`MAX_STEPS_PER_CHAOS_SECOND`] per virtual
+/// second of chaos (a seed usually takes 300–600 per second): a bound on its CPU time.
+const MAX_STEPS: u64 = 20_000;
+const MAX_STEPS_PER_CHAOS_SECOND: u64 = 2_000;
+/// How long the cluster gets to converge once faults stop.
+const SETTLE_BUDGET_US: u64 = 40_000_000;
+
+/// The raft timing of every member (in ticks).
+fn timing() -> Timing {
+    Timing {
+        election_tick: 10,
+        heartbeat_tick: 2,
+        repropose_ticks: 40,
+        request_timeout_ticks: 150,
+        read_retry_ticks: 10,
+    }
+}
+
+/// What a seed decides about its run.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub nodes: u64,
+    pub snapshot_entries: u64,
+    pub net: NetConfig,
+    pub clients: usize,
+    pub think_us: (u64, u64),
+    pub client_timeout_us: u64,
+    pub chaos_us: u64,
+    /// Mean time between fault decisions.
+    pub chaos_every_us: u64,
+}
+
+impl Params {
+    pub fn draw(seed: u64, rng: &mut SmallRng, chaos_us: u64) -> Params {
+        Params {
+            nodes: if seed % 2 == 0 { 3 } else { 5 },
+            snapshot_entries: if rng.gen_bool(0.6) { rng.gen_range(10..=40) } else { 10_000 },
+            net: NetConfig::draw(rng),
+            clients: rng.gen_range(2..=3),
+            think_us: (5_000, rng.gen_range(20_000..80_000)),
+            client_timeout_us: rng.gen_range(300_000..800_000),
+            chaos_us,
+            chaos_every_us: rng.gen_range(150_000..400_000),
+        }
+    }
+}
+
+/// What a run did, for the log and the replay check.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub seed: u64,
+    pub nodes: u64,
+    pub snapshot_entries: u64,
+    pub steps: u64,
+    pub virtual_us: u64,
+    pub trace_hash: u64,
+    pub puts: u64,
+    pub acked: usize,
+    pub reads: u64,
+    pub retries: u64,
+    pub crashes: u64,
+    pub io_deaths: u64,
+    pub partitions: u64,
+    pub pauses: u64,
+    pub snapshots: u64,
+    pub messages: u64,
+    pub max_term: u64,
+    pub final_revision: i64,
+    pub hash_checks: u64,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "seed {} ({} nodes, snapshot every {}): {} steps, {:.1}s virtual, {} msgs; puts {} acked {} reads {} \
+             retries {}; crashes {} (fsync deaths {}), partitions {}, pauses {}, snapshots {}; max term {}, \
+             revision {}, {} hash checks; trace {:016x}",
+            self.seed,
+            self.nodes,
+            self.snapshot_entries,
+            self.steps,
+            self.virtual_us as f64 / 1e6,
+            self.messages,
+            self.puts,
+            self.acked,
+            self.reads,
+            self.retries,
+            self.crashes,
+            self.io_deaths,
+            self.partitions,
+            self.pauses,
+            self.snapshots,
+            self.max_term,
+            self.final_revision,
+            self.hash_checks,
+            self.trace_hash
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Payload {
+    Put { key: String, value: Vec<u8>, request_id: String, before: Before },
+    Read { key: String, before: Before },
+}
+
+#[derive(Debug)]
+enum ClientResult {
+    Put(Result<i64, String>),
+    Read(Result<(i64, Option<KeyValue>), String>),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Notice {
+    Unreachable(u64),
+    Snapshot(u64, bool),
+}
+
+#[derive(Debug)]
+enum Ev {
+    Tick { node: u64, inc: u64 },
+    Deliver { d: Box<Delivery>, from_inc: u64 },
+    Notice { node: u64, inc: u64, what: Notice },
+    ClientRequest { node: u64, client: usize, seq: u64, attempt: u64, payload: Payload },
+    ClientReply { client: usize, seq: u64, attempt: u64, node: u64, payload: Payload, result: ClientResult },
+    ClientTimeout { client: usize, seq: u64, attempt: u64 },
+    ClientWake { client: usize },
+    Chaos,
+    Restart { node: u64 },
+    Heal,
+}
+
+impl Ev {
+    /// The member an event happens on, if it must wait while that member is paused.
+    fn on_node(&self) -> Option<u64> {
+        match self {
+            Ev::Tick { node, .. } | Ev::Notice { node, .. } | Ev::ClientRequest { node, .. } => Some(*node),
+            Ev::Deliver { d, .. } => Some(d.to),
+            _ => None,
+        }
+    }
+}
+
+struct SimNode {
+    id: u64,
+    disk: SimDisk,
+    core: Option<Core>,
+    /// Incarnation: bumped by each crash, so events meant for a dead process are dropped.
+    inc: u64,
+    tick_us: u64,
+    paused_until: u64,
+}
+
+struct WaitInfo {
+    node: u64,
+    client: usize,
+    seq: u64,
+    attempt: u64,
+    payload: Payload,
+}
+
+pub struct Sim {
+    seed: u64,
+    params: Params,
+    rng: SmallRng,
+    now: u64,
+    step: u64,
+    next_seq: u64,
+    queue: BTreeMap<(u64, u64), Ev>,
+    nodes: Vec<SimNode>,
+    net: Network,
+    clients: Vec<Client>,
+    history: History,
+    waiters: BTreeMap<Waiter, WaitInfo>,
+    next_waiter: Waiter,
+    checker: Checker,
+    trace: Fnv,
+    touched: BTreeSet<u64>,
+    settling: bool,
+    logger: slog::Logger,
+    verbose: bool,
+    report: Report,
+}
+
+/// Runs one seed to the end: chaos, settle, final checks. Panics on any violation.
+pub fn run(seed: u64, chaos_us: u64, verbose: bool) -> Report {
+    let mut sim = Sim::new(seed, chaos_us, verbose);
+    sim.boot();
+    while sim.now < sim.params.chaos_us {
+        if !sim.step() {
+            break;
+        }
+    }
+    sim.settle();
+    sim.finish()
+}
+
+impl Sim {
+    fn new(seed: u64, chaos_us: u64, verbose: bool) -> Sim {
+        let mut rng = SmallRng::seed_from_u64(seed ^ 0x6c61_7463_6873_696d);
+        let params = Params::draw(seed, &mut rng, chaos_us);
+        let nodes = (1..=params.nodes)
+            .map(|id| SimNode {
+                id,
+                disk: SimDisk::new(),
+                core: None,
+                inc: 0,
+                tick_us: TICK_US * rng.gen_range(970..=1030) / 1000,
+                paused_until: 0,
+            })
+            .collect();
+        let clients = (0..params.clients).map(Client::new).collect();
+        let net = Network::new(params.net);
+        Sim {
+            seed,
+            report: Report {
+                seed,
+                nodes: params.nodes,
+                snapshot_entries: params.snapshot_entries,
+                ..Default::default()
+            },
+            params,
+            rng,
+            now: 0,
+            step: 0,
+            next_seq: 0,
+            queue: BTreeMap::new(),
+            nodes,
+            net,
+            clients,
+            history: History::default(),
+            waiters: BTreeMap::new(),
+            next_waiter: 0,
+            checker: Checker::new(),
+            trace: Fnv::default(),
+            touched: BTreeSet::new(),
+            settling: false,
+            logger: slog::Logger::root(slog::Discard, slog::o!()),
+            verbose,
+        }
+    }
+
+    fn ctx(&self) -> Ctx {
+        Ctx { seed: self.seed, step: self.step, time_us: self.now }
+    }
+
+    fn at(&mut self, delay_us: u64, ev: Ev) {
+        self.next_seq += 1;
+        self.queue.insert((self.now + delay_us, self.next_seq), ev);
+    }
+
+    fn node(&mut self, id: u64) -> &mut SimNode {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    fn is_up(&self, id: u64) -> bool {
+        self.nodes[(id - 1) as usize].core.is_some()
+    }
+
+    fn log(&self, what: impl FnOnce() -> String) {
+        if self.verbose {
+            eprintln!("[seed {} t={:.3}s step {}] {}", self.seed, self.now as f64 / 1e6, self.step, what());
+        }
+    }
+
+    fn boot(&mut self) {
+        for id in 1..=self.params.nodes {
+            self.start_node(id);
+        }
+        for c in 0..self.clients.len() {
+            let d = self.rng.gen_range(50_000..300_000);
+            self.at(d, Ev::ClientWake { client: c });
+        }
+        let d = self.chaos_delay();
+        self.at(d, Ev::Chaos);
+    }
+
+    /// Opens the member's disk in a new process and loads its core.
+    fn start_node(&mut self, id: u64) {
+        if self.is_up(id) {
+            return;
+        }
+        let ctx = self.ctx();
+        let voters: Vec<u64> = (1..=self.params.nodes).collect();
+        let (snapshot_entries, logger) = (self.params.snapshot_entries, self.logger.clone());
+        let seed: u64 = self.rng.gen();
+        let tick_offset = self.rng.gen_range(0..TICK_US);
+        let node = self.node(id);
+        let backend = node.disk.open();
+        let db = latch::storage::open_with_backend(backend, CLUSTER_ID, id).unwrap_or_else(|e| {
+            ctx.fail(Some(id), "restart from disk", format!("cannot open the store: {e}"))
+        });
+        let mut core = Core::new(id, &voters, db, timing(), snapshot_entries, &logger).unwrap_or_else(|e| {
+            ctx.fail(Some(id), "restart from disk", format!("cannot load the core: {e}"))
+        });
+        core.seed_election_timeouts(seed);
+        node.core = Some(core);
+        node.paused_until = 0;
+        let inc = node.inc;
+        self.at(tick_offset, Ev::Tick { node: id, inc });
+        self.checker.restarted(id);
+        self.touched.insert(id);
+        self.log(|| format!("node {id} started (incarnation {inc})"));
+    }
+
+    /// The member's process dies: unsynced writes are lost, waiting clients are cut off.
+    fn crash(&mut self, id: u64, why: &str) {
+        if !self.is_up(id) {
+            return;
+        }
+        let keep_eventual = self.rng.gen_bool(0.5);
+        let node = self.node(id);
+        node.disk.disarm();
+        node.disk.crash(keep_eventual);
+        if let Some(core) = node.core.take() {
+            // A killed process runs no shutdown code. redb's `Drop` would write its allocator
+            // state (slow); one failed I/O first makes it skip that, as after any I/O error.
+            if let Ok(txn) = core.db().begin_write() {
+                let _ = txn.commit();
+            }
+            drop(core); // and its Database: whatever it still does goes nowhere
+        }
+        node.inc += 1;
+        node.paused_until = 0;
+        self.report.crashes += 1;
+        let lost: Vec<Waiter> = self.waiters.iter().filter(|(_, w)| w.node == id).map(|(k, _)| *k).collect();
+        for waiter in lost {
+            if let Some(w) = self.waiters.remove(&waiter) {
+                let d = self.rng.gen_range(1_000..20_000);
+                let result = match w.payload {
+                    Payload::Put { .. } => ClientResult::Put(Err("connection lost".into())),
+                    Payload::Read { .. } => ClientResult::Read(Err("connection lost".into())),
+                };
+                let ev = Ev::ClientReply {
+                    client: w.client,
+                    seq: w.seq,
+                    attempt: w.attempt,
+                    node: id,
+                    payload: w.payload,
+                    result,
+                };
+                self.at(d, ev);
+            }
+        }
+        self.log(|| format!("node {id} crashed: {why}"));
+    }
+
+    fn chaos_delay(&mut self) -> u64 {
+        let mean = self.params.chaos_every_us;
+        self.rng.gen_range(mean / 4..=mean * 7 / 4)
+    }
+
+    /// One step: the events of one quantum, the turns of the members they touched, the checks.
+    fn step(&mut self) -> bool {
+        let budget = MAX_STEPS + MAX_STEPS_PER_CHAOS_SECOND * self.params.chaos_us / 1_000_000;
+        if self.step >= budget {
+            self.ctx().fail(None, "step budget", format!("{budget} steps taken without finishing the run"));
+        }
+        let Some((&(t, _), _)) = self.queue.first_key_value() else { return false };
+        let horizon = t + QUANTUM_US;
+        while let Some(entry) = self.queue.first_entry() {
+            if entry.key().0 >= horizon {
+                break;
+            }
+            let ((time, _), ev) = entry.remove_entry();
+            self.now = time;
+            self.handle(ev);
+        }
+        let touched: Vec<u64> = std::mem::take(&mut self.touched).into_iter().collect();
+        for id in touched {
+            self.turn(id);
+        }
+        self.step += 1;
+        self.check();
+        true
+    }
+
+    fn check(&mut self) {
+        let ctx = self.ctx();
+        let up: Vec<(u64, &Core)> =
+            self.nodes.iter().filter_map(|n| n.core.as_ref().map(|c| (n.id, c))).collect();
+        self.checker.after_step(ctx, &up);
+        let mut h = self.trace;
+        h.u64(self.step);
+        h.u64(self.now);
+        for n in &self.nodes {
+            h.u64(n.inc);
+            if let Some(c) = &n.core {
+                let s = c.status();
+                h.u64(s.term);
+                h.u64(s.role as u64);
+                h.u64(s.leader);
+                h.u64(s.commit_index);
+                h.u64(s.applied.index);
+                h.u64(s.applied.revision as u64);
+                self.report.max_term = self.report.max_term.max(s.term);
+            }
+        }
+        self.trace = h;
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        if let Some(id) = ev.on_node() {
+            let until = self.nodes[(id - 1) as usize].paused_until;
+            if until > self.now && self.is_up(id) {
+                // A stopped process: the event waits (a tick is simply skipped to the next).
+                let wait = until - self.now;
+                self.at(wait, ev);
+                return;
+            }
+        }
+        match ev {
+            Ev::Tick { node, inc } => {
+                let n = self.node(node);
+                if n.inc != inc || n.core.is_none() {
+                    return;
+                }
+                let interval = n.tick_us;
+                if let Some(core) = n.core.as_mut() {
+                    core.tick();
+                }
+                self.touched.insert(node);
+                let jitter = self.rng.gen_range(0..=200);
+                self.at(interval - 100 + jitter, Ev::Tick { node, inc });
+            }
+            Ev::Deliver { d, from_inc } => self.deliver(*d, from_inc),
+            Ev::Notice { node, inc, what } => {
+                let n = self.node(node);
+                if n.inc != inc {
+                    return;
+                }
+                let Some(core) = n.core.as_mut() else { return };
+                match what {
+                    Notice::Unreachable(peer) => core.report_unreachable(peer),
+                    Notice::Snapshot(peer, ok) => core.report_snapshot(peer, ok),
+                }
+                self.touched.insert(node);
+            }
+            Ev::ClientRequest { node, client, seq, attempt, payload } => {
+                self.client_request(node, client, seq, attempt, payload)
+            }
+            Ev::ClientReply { client, seq, attempt, node, payload, result } => {
+                self.client_reply(client, seq, attempt, node, payload, result)
+            }
+            Ev::ClientTimeout { client, seq, attempt } => {
+                let current =
+                    self.clients[client].op.as_ref().is_some_and(|op| op.seq == seq && op.attempt == attempt);
+                if current {
+                    self.send_attempt(client);
+                }
+            }
+            Ev::ClientWake { client } => self.client_wake(client),
+            Ev::Chaos => self.chaos(),
+            Ev::Restart { node } => self.start_node(node),
+            Ev::Heal => {
+                if self.net.is_partitioned() {
+                    self.log(|| "network healed".to_string());
+                }
+                self.net.heal();
+            }
+        }
+    }
+
+    fn deliver(&mut self, d: Delivery, from_inc: u64) {
+        let (from, to) = (d.from, d.to);
+        let snapshot = Core::is_snapshot(&d.msg);
+        if !self.is_up(to) || !self.net.connected(from, to) {
+            // The transport notices: the sender hears that the peer is unreachable.
+            let delay = self.rng.gen_range(500..5_000);
+            self.at(delay, Ev::Notice { node: from, inc: from_inc, what: Notice::Unreachable(to) });
+            if snapshot {
+                self.at(delay, Ev::Notice { node: from, inc: from_inc, what: Notice::Snapshot(to, false) });
+            }
+            return;
+        }
+        let result = match self.node(to).core.as_mut() {
+            Some(core) => core.step(d.msg),
+            None => return,
+        };
+        self.touched.insert(to);
+        if let Err(e) = result {
+            self.died(to, &format!("step: {e}"));
+            return;
+        }
+        if snapshot {
+            self.report.snapshots += 1;
+            let delay = self.rng.gen_range(100..2_000);
+            self.at(delay, Ev::Notice { node: from, inc: from_inc, what: Notice::Snapshot(to, true) });
+        }
+    }
+
+    /// A member's turn, as the production driver takes it.
+    fn turn(&mut self, id: u64) {
+        let n = &mut self.nodes[(id - 1) as usize];
+        let inc = n.inc;
+        let Some(core) = n.core.as_mut() else { return };
+        core.flush_reads();
+        let mut out: Vec<Message> = Vec::new();
+        let result = core.handle_ready(&mut |msgs| out.extend(msgs));
+        for msg in out {
+            self.send(id, inc, msg);
+        }
+        match result {
+            Ok(actions) => self.carry_out(id, actions),
+            Err(e) => self.died(id, &format!("handle_ready: {e}")),
+        }
+    }
+
+    /// The core returned an error: expected only when its fsync was made to fail.
+    fn died(&mut self, id: u64, what: &str) {
+        if self.node(id).disk.take_failed_sync() {
+            self.report.io_deaths += 1;
+            self.crash(id, &format!("died of an injected fsync failure ({what})"));
+            let d = self.rng.gen_range(50_000..1_000_000);
+            self.at(d, Ev::Restart { node: id });
+        } else {
+            self.ctx().fail(
+                Some(id),
+                "no unexpected core error",
+                format!("the core failed without an injected fault: {what}"),
+            );
+        }
+    }
+
+    fn send(&mut self, from: u64, inc: u64, msg: Message) {
+        self.report.messages += 1;
+        let to = msg.to;
+        let snapshot = Core::is_snapshot(&msg);
+        let deliveries = self.net.send(&mut self.rng, from, msg);
+        if deliveries.is_empty() && snapshot {
+            // Lost on the wire: the snapshot stream fails, and the sender hears so.
+            let delay = self.rng.gen_range(1_000..10_000);
+            self.at(delay, Ev::Notice { node: from, inc, what: Notice::Snapshot(to, false) });
+        }
+        for (delay, d) in deliveries {
+            self.at(delay, Ev::Deliver { d: Box::new(d), from_inc: inc });
+        }
+    }
+
+    fn carry_out(&mut self, id: u64, actions: Vec<Action>) {
+        for a in actions {
+            let (waiter, result) = match a {
+                Action::Reply { waiter, result } => {
+                    let r = match result {
+                        Ok(o) => match o.result {
+                            Some(outcome::Result::Put(p)) => match p.header {
+                                Some(h) => Ok(h.revision),
+                                None => self.ctx().fail(
+                                    Some(id),
+                                    "put outcome",
+                                    "a put outcome without a header".into(),
+                                ),
+                            },
+                            other => self.ctx().fail(
+                                Some(id),
+                                "put outcome",
+                                format!("a valid put was answered with {other:?}"),
+                            ),
+                        },
+                        Err(e) => Err(e.to_string()),
+                    };
+                    (waiter, ClientResult::Put(r))
+                }
+                Action::ReadReady { waiter } => {
+                    let Some(w) = self.waiters.get(&waiter) else { continue };
+                    let Payload::Read { key, .. } = &w.payload else {
+                        self.ctx().fail(Some(id), "read grant", format!("waiter {waiter} is not a read"))
+                    };
+                    let key = key.clone();
+                    (waiter, ClientResult::Read(Ok(self.serve_read(id, &key))))
+                }
+                Action::ReadFailed { waiter, error } => (waiter, ClientResult::Read(Err(error.to_string()))),
+            };
+            let Some(w) = self.waiters.remove(&waiter) else { continue };
+            if w.node != id {
+                self.ctx().fail(
+                    Some(id),
+                    "waiters",
+                    format!("waiter {waiter} answered by node {id}, sent to {}", w.node),
+                );
+            }
+            let d = self.rng.gen_range(100..2_000);
+            let ev = Ev::ClientReply {
+                client: w.client,
+                seq: w.seq,
+                attempt: w.attempt,
+                node: id,
+                payload: w.payload,
+                result,
+            };
+            self.at(d, ev);
+        }
+    }
+
+    /// Serves a granted linearizable read from the member's applied state.
+    fn serve_read(&mut self, id: u64, key: &str) -> (i64, Option<KeyValue>) {
+        let ctx = self.ctx();
+        let Some(core) = self.node(id).core.as_ref() else {
+            ctx.fail(Some(id), "read", "served by a dead node".into())
+        };
+        let req = RangeRequest { key: key.as_bytes().to_vec(), ..Default::default() };
+        let resp = core
+            .db()
+            .begin_read()
+            .map_err(|e| e.to_string())
+            .and_then(|txn| fsm::range(&txn, &req).map_err(|e| e.to_string()))
+            .unwrap_or_else(|e| ctx.fail(Some(id), "read", format!("range failed: {e}")));
+        let revision = resp.header.map(|h| h.revision).unwrap_or(-1);
+        (revision, resp.kvs.into_iter().next())
+    }
+
+    fn client_request(&mut self, node: u64, client: usize, seq: u64, attempt: u64, payload: Payload) {
+        if !self.is_up(node) {
+            let d = self.rng.gen_range(200..2_000);
+            let result = match payload {
+                Payload::Put { .. } => ClientResult::Put(Err("connection refused".into())),
+                Payload::Read { .. } => ClientResult::Read(Err("connection refused".into())),
+            };
+            self.at(d, Ev::ClientReply { client, seq, attempt, node, payload, result });
+            return;
+        }
+        self.next_waiter += 1;
+        let waiter = self.next_waiter;
+        let Some(core) = self.node(node).core.as_mut() else { return };
+        match &payload {
+            Payload::Put { key, value, request_id, .. } => {
+                let cmd = Command {
+                    version: 1,
+                    request_id: request_id.clone(),
+                    body: Some(Body::Put(PutRequest {
+                        key: key.as_bytes().to_vec(),
+                        value: value.clone(),
+                        ..Default::default()
+                    })),
+                };
+                core.propose(waiter, cmd);
+            }
+            Payload::Read { .. } => core.read_index(waiter),
+        }
+        self.touched.insert(node);
+        self.waiters.insert(waiter, WaitInfo { node, client, seq, attempt, payload });
+    }
+
+    fn client_reply(
+        &mut self,
+        client: usize,
+        seq: u64,
+        attempt: u64,
+        node: u64,
+        payload: Payload,
+        result: ClientResult,
+    ) {
+        let ctx = self.ctx();
+        let current = self.clients[client].op.as_ref().is_some_and(|op| op.seq == seq);
+        let latest =
+            self.clients[client].op.as_ref().is_some_and(|op| op.seq == seq && op.attempt == attempt);
+        let ok = match (&payload, result) {
+            (Payload::Put { key, value, request_id, before }, ClientResult::Put(Ok(revision))) => {
+                let first = self.history.acked.get(key);
+                invariants::check_put_reply(ctx, node, key, before, first, revision, request_id);
+                if first.is_none() {
+                    let ack = Ack { value: value.clone(), revision, request_id: request_id.clone() };
+                    self.history.acked.insert(key.clone(), ack);
+                    self.history.max_revision = self.history.max_revision.max(revision);
+                    self.trace.bytes(key.as_bytes());
+                    self.trace.u64(revision as u64);
+                }
+                true
+            }
+            (Payload::Read { key, before }, ClientResult::Read(Ok((revision, kv)))) => {
+                let written = self.history.written.get(key).map(Vec::as_slice);
+                invariants::check_read(ctx, node, key, before, written, revision, kv.as_ref());
+                self.history.max_revision = self.history.max_revision.max(revision);
+                if kv.is_some() {
+                    self.history.observed.insert(key.clone());
+                }
+                self.trace.bytes(key.as_bytes());
+                self.trace.u64(revision as u64);
+                if current {
+                    self.history.reads_done += 1;
+                }
+                true
+            }
+            (_, ClientResult::Put(Err(_))) | (_, ClientResult::Read(Err(_))) => false,
+            (p, r) => {
+                ctx.fail(Some(node), "client replies", format!("reply {r:?} does not match request {p:?}"))
+            }
+        };
+        if ok && current {
+            self.clients[client].op = None;
+            let d = self.rng.gen_range(self.params.think_us.0..=self.params.think_us.1);
+            self.at(d, Ev::ClientWake { client });
+        } else if !ok && latest {
+            // An error from the latest attempt: back off, then try another member.
+            let d = self.rng.gen_range(5_000..60_000);
+            let seq = self.clients[client].op.as_ref().map_or(0, |op| op.seq);
+            let attempt = self.clients[client].op.as_ref().map_or(0, |op| op.attempt);
+            self.at(d, Ev::ClientTimeout { client, seq, attempt });
+        }
+    }
+
+    fn client_wake(&mut self, client: usize) {
+        if self.clients[client].op.is_some() || self.settling {
+            return;
+        }
+        self.clients[client].start(&mut self.rng, &mut self.history);
+        self.send_attempt(client);
+    }
+
+    /// Sends the client's op (again: same request id) to a member other than the last one.
+    fn send_attempt(&mut self, client: usize) {
+        let n = self.params.nodes;
+        let Some(op) = self.clients[client].op.as_mut() else { return };
+        op.attempt += 1;
+        let mut node = self.rng.gen_range(1..=n);
+        if node == op.node {
+            node = node % n + 1;
+        }
+        op.node = node;
+        let first = op.attempt == 1;
+        let (seq, attempt) = (op.seq, op.attempt);
+        let payload = payload_of(op);
+        if !first {
+            self.history.retries += 1;
+        }
+        let d = self.rng.gen_range(100..2_000);
+        self.at(d, Ev::ClientRequest { node, client, seq, attempt, payload: payload.clone() });
+        if first && matches!(payload, Payload::Put { .. }) && self.rng.gen_bool(0.05) {
+            // A hedged put: the same request id to a second member at once.
+            let other = node % n + 1;
+            let d = self.rng.gen_range(100..2_000);
+            self.at(d, Ev::ClientRequest { node: other, client, seq, attempt, payload });
+        }
+        let timeout = self.params.client_timeout_us;
+        self.at(timeout, Ev::ClientTimeout { client, seq, attempt });
+    }
+
+    fn up_nodes(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|n| n.core.is_some()).map(|n| n.id).collect()
+    }
+
+    fn leader(&self) -> Option<u64> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.core.as_ref().map(|c| (n.id, c.status())))
+            .filter(|(_, s)| s.role == Role::Leader)
+            .max_by_key(|(_, s)| s.term)
+            .map(|(id, _)| id)
+    }
+
+    /// Picks and injects one fault, then schedules the next decision.
+    fn chaos(&mut self) {
+        if self.settling || self.now >= self.params.chaos_us {
+            return;
+        }
+        let up = self.up_nodes();
+        let n = self.params.nodes;
+        let roll: f64 = self.rng.gen();
+        if roll < 0.25 && up.len() > 1 {
+            let id = up[self.rng.gen_range(0..up.len())];
+            self.crash(id, "chaos");
+            let down = if self.rng.gen_bool(0.4) {
+                self.rng.gen_range(2_000_000..5_000_000)
+            } else {
+                self.rng.gen_range(50_000..1_500_000)
+            };
+            self.at(down, Ev::Restart { node: id });
+        } else if roll < 0.27 {
+            for id in up {
+                self.crash(id, "whole-cluster crash");
+                let down = self.rng.gen_range(20_000..800_000);
+                self.at(down, Ev::Restart { node: id });
+            }
+        } else if roll < 0.47 && !self.net.is_partitioned() {
+            let kind = self.rng.gen_range(0..100);
+            let victim = self.rng.gen_range(1..=n);
+            if kind < 35 {
+                let rest: Vec<u64> = (1..=n).filter(|&x| x != victim).collect();
+                self.net.split(&[victim], &rest);
+            } else if kind < 55 {
+                let leader = self.leader().unwrap_or(victim);
+                let rest: Vec<u64> = (1..=n).filter(|&x| x != leader).collect();
+                self.net.split(&[leader], &rest);
+            } else if kind < 80 {
+                let mut ids: Vec<u64> = (1..=n).collect();
+                for i in (1..ids.len()).rev() {
+                    let j = self.rng.gen_range(0..=i);
+                    ids.swap(i, j);
+                }
+                let cut = self.rng.gen_range(1..ids.len());
+                let (a, b) = ids.split_at(cut);
+                self.net.split(a, b);
+            } else {
+                let other = victim % n + 1;
+                self.net.block_one_way(victim, other);
+            }
+            self.report.partitions += 1;
+            let desc = self.net.describe();
+            self.log(|| format!("partition: {desc}"));
+            let d = self.rng.gen_range(200_000..3_000_000);
+            self.at(d, Ev::Heal);
+        } else if roll < 0.59 && !up.is_empty() {
+            let id = up[self.rng.gen_range(0..up.len())];
+            let d = self.rng.gen_range(50_000..1_500_000);
+            let now = self.now;
+            let node = self.node(id);
+            node.paused_until = node.paused_until.max(now + d);
+            self.report.pauses += 1;
+            self.log(|| format!("node {id} paused for {}ms", d / 1000));
+        } else if roll < 0.64 && !up.is_empty() {
+            let id = up[self.rng.gen_range(0..up.len())];
+            self.node(id).disk.fail_next_sync();
+            self.log(|| format!("node {id}: next fsync fails"));
+        }
+        let d = self.chaos_delay();
+        self.at(d, Ev::Chaos);
+    }
+
+    /// Faults stop, everything heals and restarts; clients finish what they started; the
+    /// cluster must converge within the budget.
+    fn settle(&mut self) {
+        self.settling = true;
+        self.net.heal();
+        self.net.set_calm(true);
+        let deadline = self.now + SETTLE_BUDGET_US;
+        for id in 1..=self.params.nodes {
+            let node = self.node(id);
+            node.paused_until = 0;
+            node.disk.disarm();
+            self.start_node(id);
+        }
+        self.log(|| "settling".to_string());
+        loop {
+            if self.converged() {
+                return;
+            }
+            if self.now > deadline || !self.step() {
+                let pending: Vec<String> = self
+                    .clients
+                    .iter()
+                    .filter_map(|c| c.op.as_ref().map(|op| format!("client {} op {:?}", c.id, op.kind)))
+                    .collect();
+                let status: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .filter_map(|n| n.core.as_ref().map(|c| format!("{:?}", c.status())))
+                    .collect();
+                self.ctx().fail(
+                    None,
+                    "liveness after healing",
+                    format!(
+                        "no convergence within {}s of healing: pending {pending:?}; members {status:?}",
+                        SETTLE_BUDGET_US / 1_000_000
+                    ),
+                );
+            }
+        }
+    }
+
+    fn converged(&self) -> bool {
+        if self.clients.iter().any(|c| c.op.is_some()) {
+            return false;
+        }
+        let mut statuses = Vec::new();
+        for n in &self.nodes {
+            match &n.core {
+                Some(c) => statuses.push(c.status()),
+                None => return false,
+            }
+        }
+        let Some(leader) = statuses.iter().find(|s| s.role == Role::Leader) else { return false };
+        statuses.iter().all(|s| {
+            s.term == leader.term
+                && s.leader == leader.id
+                && s.applied.index == leader.commit_index
+                && s.commit_index == leader.commit_index
+        })
+    }
+
+    fn finish(mut self) -> Report {
+        let ctx = self.ctx();
+        let up: Vec<(u64, &Core)> =
+            self.nodes.iter().filter_map(|n| n.core.as_ref().map(|c| (n.id, c))).collect();
+        invariants::check_final(ctx, &up, &self.history.acked, &self.history.written);
+        let r = &mut self.report;
+        r.steps = self.step;
+        r.virtual_us = self.now;
+        r.trace_hash = self.trace.0;
+        r.puts = self.history.puts_issued;
+        r.acked = self.history.acked.len();
+        r.reads = self.history.reads_done;
+        r.retries = self.history.retries;
+        r.hash_checks = self.checker.hash_checks;
+        r.final_revision = up.first().map_or(0, |(_, c)| c.status().applied.revision);
+        // The run is over: end every process the cheap way (see `crash`).
+        let crashes = self.report.crashes;
+        for id in 1..=self.params.nodes {
+            self.crash(id, "end of run");
+        }
+        self.report.crashes = crashes;
+        self.report
+    }
+}
+
+fn payload_of(op: &Op) -> Payload {
+    match &op.kind {
+        OpKind::Put { key, value, request_id, before } => Payload::Put {
+            key: key.clone(),
+            value: value.clone(),
+            request_id: request_id.clone(),
+            before: before.clone(),
+        },
+        OpKind::Read { key, before } => Payload::Read { key: key.clone(), before: before.clone() },
+    }
+}

@@ -1,0 +1,734 @@
+//! The safety properties the simulator checks, one function each, over the members that are up
+//! (their `Core`, raft log and redb state) and the clients' history.
+//!
+//! Checked after every step ([`Checker::after_step`]):
+//! - [`Checker::one_leader_per_term`]: over the whole run, at most one member is leader in a term.
+//! - [`Checker::never_backwards`]: a member's term, applied index and store revision never
+//!   decrease, across crashes and restarts included (they are fsynced before anything depends
+//!   on them).
+//! - [`Checker::committed_entries_agree`]: an entry at or below a member's commit index is
+//!   committed: every member holds the same entry (term, type and data) at such an index once
+//!   its own commit index reaches it.
+//! - [`Checker::leader_has_committed_entries`]: a member that becomes leader holds every entry
+//!   known to be committed (leader completeness).
+//! - [`Checker::log_well_formed`]: terms never decrease along a member's log, and its stored
+//!   `raft_log` table holds exactly the indexes of its in-memory log.
+//! - [`Checker::log_matching`]: for any two members, within a window below the highest index both
+//!   logs hold: if both hold the same term at an index, they hold the same entries at every
+//!   lower index of the window.
+//! - [`Checker::equal_state_at_equal_index`]: two members (or one member at two times) at the
+//!   same applied index have the same `fsm::state_hash` (recorded at checkpoint indexes,
+//!   compared whenever a member reaches one); a member's in-memory applied position is the one
+//!   stored in redb.
+//!
+//! Checked as client events happen (keys are written once, so linearizability per key reduces to
+//! real-time order): [`check_put_reply`] (every successful reply to one request id carries the
+//! same revision, above every revision completed before the put was issued), [`check_read`] (a
+//! read reflects every operation completed before it was issued: no older revision, no missing
+//! write that was acknowledged or already read, no value nobody wrote). At the end:
+//! [`check_final`] (every acknowledged write is on every member with its value and revision,
+//! every key was applied once, all members converge).
+//!
+//! A violation panics with the seed, the step, the member and what was expected, and the
+//! command that replays it.
+
+use std::collections::BTreeMap;
+
+use latch::core::{Core, Role};
+use latch::fsm;
+use latch::storage::schema;
+use latch_proto::v1::{KeyValue, RangeRequest};
+use raft::eraftpb::Entry;
+use raft::{GetEntriesContext, Storage};
+use redb::ReadableTable;
+
+/// A state hash is recorded at every this-many-th applied index (see
+/// [`Checker::equal_state_at_equal_index`]).
+const HASH_EVERY: u64 = 4;
+/// How far below the highest common index [`Checker::log_matching`] looks.
+const LOG_WINDOW: u64 = 12;
+
+/// FNV-1a, 64 bit: digests of entries and the trace.
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv(pub u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    pub fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    pub fn u64(&mut self, n: u64) {
+        self.write(&n.to_le_bytes());
+    }
+
+    pub fn bytes(&mut self, b: &[u8]) {
+        self.u64(b.len() as u64);
+        self.write(b);
+    }
+}
+
+/// Where a check runs, for failure messages.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    pub seed: u64,
+    pub step: u64,
+    pub time_us: u64,
+}
+
+impl Ctx {
+    /// Fails the run: names the seed, step, member and what was expected, and how to replay.
+    #[track_caller]
+    pub fn fail(&self, node: Option<u64>, invariant: &str, what: String) -> ! {
+        let who = match node {
+            Some(n) => format!("node {n}"),
+            None => "cluster".to_string(),
+        };
+        panic!(
+            "\nsimulation invariant violated: {invariant}\n  seed {seed}, step {step}, t={t:.3}s, {who}: {what}\n  \
+             replay: LATCH_SIM_SEED={seed} cargo test --test sim -- --nocapture\n",
+            seed = self.seed,
+            step = self.step,
+            t = self.time_us as f64 / 1e6,
+        )
+    }
+}
+
+/// What identifies an entry: equal digests ⇔ equal entries (up to hash collisions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryDigest {
+    pub term: u64,
+    pub hash: u64,
+}
+
+pub fn digest(e: &Entry) -> EntryDigest {
+    let mut h = Fnv::default();
+    h.u64(e.get_entry_type() as u64);
+    h.u64(e.term);
+    h.bytes(&e.data[..]);
+    h.bytes(&e.context[..]);
+    EntryDigest { term: e.term, hash: h.0 }
+}
+
+/// The entries `lo..=hi` a member's log holds (empty if it holds none of them).
+fn entries(core: &Core, lo: u64, hi: u64) -> Vec<Entry> {
+    let log = core.log();
+    let first = log.first_index().unwrap_or(u64::MAX);
+    let last = log.last_index().unwrap_or(0);
+    let (lo, hi) = (lo.max(first), hi.min(last));
+    if lo > hi {
+        return Vec::new();
+    }
+    log.entries(lo, hi + 1, None, GetEntriesContext::empty(false)).unwrap_or_default()
+}
+
+/// A member's log shape, to skip re-checking pairs whose logs did not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct LogShape {
+    first: u64,
+    last: u64,
+    last_term: u64,
+}
+
+fn shape(core: &Core) -> LogShape {
+    let log = core.log();
+    let first = log.first_index().unwrap_or(0);
+    let last = log.last_index().unwrap_or(0);
+    LogShape { first, last, last_term: log.term(last).unwrap_or(0) }
+}
+
+/// What was last seen of a member (kept across its crashes).
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    term: u64,
+    applied_index: u64,
+    revision: i64,
+    /// Entries up to here were compared with `committed`.
+    committed_checked: u64,
+    /// Applied index at which the state hash was last taken (None: not since the restart).
+    hashed_at: Option<u64>,
+    /// Snapshots installed (per the core) when the state hash was last taken.
+    snapshots: u64,
+    /// Term in which it was last seen as leader.
+    leader_in: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct Checker {
+    leaders: BTreeMap<u64, u64>,
+    seen: BTreeMap<u64, Seen>,
+    /// Every entry known committed (at or below some member's applied index), by index.
+    committed: BTreeMap<u64, (EntryDigest, u64)>,
+    /// State hash by applied index, with the member it was first seen on.
+    hashes: BTreeMap<u64, (u64, u64)>,
+    shapes: BTreeMap<(u64, u64), (LogShape, LogShape)>,
+    own_shapes: BTreeMap<u64, LogShape>,
+    /// Number of state hashes compared, for the report.
+    pub hash_checks: u64,
+}
+
+impl Checker {
+    pub fn new() -> Checker {
+        Checker {
+            leaders: BTreeMap::new(),
+            seen: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            hashes: BTreeMap::new(),
+            shapes: BTreeMap::new(),
+            own_shapes: BTreeMap::new(),
+            hash_checks: 0,
+        }
+    }
+
+    /// Runs every per-step check over the members that are up, in id order.
+    pub fn after_step(&mut self, ctx: Ctx, up: &[(u64, &Core)]) {
+        self.one_leader_per_term(ctx, up);
+        self.never_backwards(ctx, up);
+        self.committed_entries_agree(ctx, up);
+        self.leader_has_committed_entries(ctx, up);
+        self.log_well_formed(ctx, up);
+        self.log_matching(ctx, up);
+        self.equal_state_at_equal_index(ctx, up);
+    }
+
+    /// Election safety: at most one leader per term, over the whole run.
+    pub fn one_leader_per_term(&mut self, ctx: Ctx, up: &[(u64, &Core)]) {
+        for &(id, core) in up {
+            let s = core.status();
+            if s.role != Role::Leader {
+                continue;
+            }
+            let first = *self.leaders.entry(s.term).or_insert(id);
+            if first != id {
+                ctx.fail(
+                    Some(id),
+                    "one leader per term",
+                    format!("is leader in term {}, but node {first} was leader in that term too", s.term),
+                );
+            }
+        }
+    }
+
+    /// Term, applied index and revision never go backwards on a member, crashes included; the
+    /// in-memory applied position equals the stored one.
+    pub fn never_backwards(&mut self, ctx: Ctx, up: &[(u64, &Core)]) {
+        for &(id, core) in up {
+            let s = core.status();
+            let seen = self.seen.entry(id).or_default();
+            if s.term < seen.term {
+                ctx.fail(
+                    Some(id),
+                    "term never decreases",
+                    format!("term {} after term {}", s.term, seen.term),
+                );
+            }
+            if s.applied.index < seen.applied_index {
+                ctx.fail(
+                    Some(id),
+                    "applied index never decreases",
+                    format!(
+                        "applied index {} after {} (lost across a crash?)",
+                        s.applied.index, seen.applied_index
+                    ),
+                );
+            }
+            if s.applied.revision < seen.revision {
+                ctx.fail(
+                    Some(id),
+                    "revision never decreases",
+                    format!("revision {} after {} (lost across a crash?)", s.applied.revision, seen.revision),
+                );
+            }
+            seen.term = s.term;
+            seen.applied_index = s.applied.index;
+            seen.revision = s.applied.revision;
+        }
+    }
+
+    /// State machine safety: entries at or below a commit index are the same everywhere.
+    pub fn committed_entries_agree(&mut self, ctx: Ctx, up: &[(u64, &Core)]) {
+        for &(id, core) in up {
+            let s = core.status();
+            // Entries up to the commit index are committed; the log may not hold all of them yet.
+            let upto = s.commit_index.max(s.applied.index).min(shape(core).last);
+            let seen = self.seen.entry(id).or_default();
+            let from = seen.committed_checked + 1;
+            if upto < from {
+                continue;
+            }
+            for e in entries(core, from, upto) {
+                let d = digest(&e);
+                match self.committed.get(&e.index) {
+                    Some(&(known, on)) if known != d => ctx.fail(
+                        Some(id),
+                        "committed entries agree",
+                        format!(
+                            "committed entry {} is {:?}, but node {on} committed {:?} there",
+                            e.index, d, known
+                        ),
+                    ),
+                    Some(_) => {}
+                    None => {
+                        self.committed.insert(e.index, (d, id));
+                    }
+                }
+            }
+            seen.committed_checked = upto;
+        }
+    }
+
+    /// Leader completeness: a new leader's log holds every entry known to be committed.
+    pub fn leader_has_committed_entries(&mut self, ctx: Ctx, up: &[(u64, &Core)]) {
+        for &(id, core) in up {
+            let s = core.status();
+            let seen = self.seen.entry(id).or_default();
+            if s.role != Role::Leader || seen.leader_in == Some(s.term) {
+                continue;
+            }
+            seen.leader_in = Some(s.term);
+            let Some((&max_committed, _)) = self.committed.last_key_value() else { continue };
+            let sh = shape(core);
+            if sh.last < max_committed {
+                ctx.fail(
+                    Some(id),
+                    "leader completeness",
+                    format!(
+                        "became leader of term {} with log ending at {}, but entry {max_committed} is committed",
+                        s.term, sh.last
+                    ),
+                );
+            }
+            for e in entries(core, sh.first, max_committed) {
+                if let Some(&(known, on)) = self.committed.get(&e.index) {
+                    if known != digest(&e) {
+                        ctx.fail(
+                            Some(id),
+                            "leader completeness",
+                            format!(
+                                "leader of term {} holds {:?} at {}, but node {on} applied {:?}",
+                                s.term,
+                                digest(&e),
+                                e.index,
+                                known
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// A member's log is well formed: terms never decrease along it, and the stored log (the
+    /// `raft_log` table) holds exactly the indexes its in-memory mirror holds. Checked when the
+    /// log's shape changes: the top window, or the whole log after a restart.
+    pub fn log_well_formed(&mut self, ctx: Ctx, up: &[(u64, &Core)]) {
+        for &(id, core) in up {
+            let sh = shape(core);
+            let previous = self.own_shapes.insert(id, sh);
+            if previous == Some(sh) {
+                continue;
+            }
+            let log = core.log();
+            let lo = if previous.is_none() {
+                sh.first - 1
+            } else {
+                (sh.first - 1).max(sh.last.saturating_sub(LOG_WINDOW))
+            };
+            let mut prev_term = 0;
+            for idx in lo..=sh.last {
+                let Ok(t) = log.term(idx) else {
+                    ctx.fail(
+                        Some(id),
+                        "log well formed",
+                        format!("no term at index {idx}, inside its log {}..={}", sh.first, sh.last),
+                    )
+                };
+                if t < prev_term {
+                    ctx.fail(
+                        Some(id),
+                        "log well formed",
+                        format!(
+                            "term {t} at index {idx} follows term {prev_term} (log {}..={})",
+                            sh.first, sh.last
+                        ),
+                    );
+                }
+                prev_term = t;
+            }
+            let stored = core
+                .db()
+                .begin_read()
+                .map_err(|e| e.to_string())
+                .and_then(|txn| {
+                    let table = txn.open_table(schema::RAFT_LOG).map_err(|e| e.to_string())?;
+                    let first = table.first().map_err(|e| e.to_string())?.map(|(k, _)| k.value());
+                    let last = table.last().map_err(|e| e.to_string())?.map(|(k, _)| k.value());
+                    Ok((first, last))
+                })
+                .unwrap_or_else(|e| {
+                    ctx.fail(Some(id), "readable state", format!("cannot read raft_log: {e}"))
+                });
+            let mirror = if sh.last >= sh.first { (Some(sh.first), Some(sh.last)) } else { (None, None) };
+            if stored != mirror {
+                ctx.fail(
+                    Some(id),
+                    "stored log is the log",
+                    format!("raft_log holds indexes {stored:?} (first, last), the in-memory log {mirror:?}"),
+                );
+            }
+        }
+    }
+
+    /// Log matching, within a window below the highest index two logs both hold.
+    pub fn log_matching(&mut self, ctx: Ctx, up: &[(u64, &Core)]) {
+        for (i, &(a, ca)) in up.iter().enumerate() {
+            for &(b, cb) in &up[i + 1..] {
+                let (sa, sb) = (shape(ca), shape(cb));
+                if self.shapes.get(&(a, b)) == Some(&(sa, sb)) {
+                    continue;
+                }
+                self.shapes.insert((a, b), (sa, sb));
+                let (la, lb) = (ca.log(), cb.log());
+                // `term` also answers at the compaction point (first - 1).
+                let lo = (sa.first - 1).max(sb.first - 1);
+                let hi = sa.last.min(sb.last);
+                if hi < lo {
+                    continue;
+                }
+                let floor = lo.max(hi.saturating_sub(LOG_WINDOW));
+                let mut top = None;
+                for idx in (floor..=hi).rev() {
+                    if la.term(idx).ok() == lb.term(idx).ok() {
+                        top = Some(idx);
+                        break;
+                    }
+                }
+                let Some(top) = top else { continue };
+                let ea = entries(ca, floor, top);
+                let eb = entries(cb, floor, top);
+                for idx in floor..=top {
+                    let (ta, tb) = (la.term(idx).ok(), lb.term(idx).ok());
+                    if ta != tb {
+                        ctx.fail(
+                            Some(a),
+                            "log matching",
+                            format!(
+                                "node {a} and node {b} hold term {top_t:?} at index {top}, but at index {idx} \
+                                 node {a} holds term {ta:?} and node {b} term {tb:?}",
+                                top_t = la.term(top).ok()
+                            ),
+                        );
+                    }
+                }
+                for x in &ea {
+                    if let Some(y) = eb.iter().find(|y| y.index == x.index) {
+                        if digest(x) != digest(y) {
+                            ctx.fail(
+                                Some(a),
+                                "log matching",
+                                format!(
+                                    "node {a} and node {b} agree on terms up to {top} but differ at index {}: \
+                                     {:?} vs {:?}",
+                                    x.index,
+                                    digest(x),
+                                    digest(y)
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Equal applied index ⇒ equal state hash, across members and across time. Also: the
+    /// in-memory applied position is the one stored in redb (read in the same transaction).
+    ///
+    /// Hashing the whole state is the costliest check, so a member's hash is *recorded* only at
+    /// checkpoints (every [`HASH_EVERY`]th index, the first state after a restart or a snapshot
+    /// install), and *compared* whenever a member's applied index is one recorded before.
+    pub fn equal_state_at_equal_index(&mut self, ctx: Ctx, up: &[(u64, &Core)]) {
+        for &(id, core) in up {
+            let status = core.status();
+            let applied = status.applied.index;
+            let seen = self.seen.entry(id).or_default();
+            let snapshots = status.snapshots_installed;
+            if seen.hashed_at == Some(applied) {
+                continue;
+            }
+            let recorded = self.hashes.get(&applied).copied();
+            let checkpoint =
+                applied % HASH_EVERY == 0 || seen.hashed_at.is_none() || seen.snapshots != snapshots;
+            if recorded.is_none() && !checkpoint {
+                continue;
+            }
+            seen.hashed_at = Some(applied);
+            seen.snapshots = snapshots;
+            let (stored, hash) = stored_state(ctx, id, core);
+            if stored != status.applied {
+                ctx.fail(
+                    Some(id),
+                    "applied state is durable",
+                    format!(
+                        "in-memory applied position {:?} differs from the stored {:?}",
+                        status.applied, stored
+                    ),
+                );
+            }
+            self.hash_checks += 1;
+            match recorded {
+                Some((h, on)) if h != hash => ctx.fail(
+                    Some(id),
+                    "equal state at equal applied index",
+                    format!(
+                        "state hash {hash:016x} at applied index {applied}, but node {on} had {h:016x} there"
+                    ),
+                ),
+                Some(_) => {}
+                None => {
+                    self.hashes.insert(applied, (hash, id));
+                }
+            }
+        }
+    }
+
+    /// A member restarted: its log is reloaded, so compare its pairs afresh.
+    pub fn restarted(&mut self, id: u64) {
+        self.shapes.retain(|&(a, b), _| a != id && b != id);
+        self.own_shapes.remove(&id);
+        if let Some(s) = self.seen.get_mut(&id) {
+            s.hashed_at = None;
+            s.leader_in = None;
+        }
+    }
+}
+
+/// A member's stored applied position and state hash, read in one transaction.
+pub fn stored_state(ctx: Ctx, id: u64, core: &Core) -> (fsm::Applied, u64) {
+    core.db()
+        .begin_read()
+        .map_err(|e| e.to_string())
+        .and_then(|txn| {
+            let applied = fsm::applied(&txn).map_err(|e| e.to_string())?;
+            let hash = fsm::state_hash(&txn).map_err(|e| e.to_string())?;
+            Ok((applied, hash))
+        })
+        .unwrap_or_else(|e| {
+            ctx.fail(Some(id), "readable state", format!("cannot read the stored state: {e}"))
+        })
+}
+
+/// Every kv of a member, by key.
+pub fn all_kvs(ctx: Ctx, id: u64, core: &Core) -> BTreeMap<Vec<u8>, KeyValue> {
+    let req = RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() };
+    let resp = core
+        .db()
+        .begin_read()
+        .map_err(|e| e.to_string())
+        .and_then(|txn| fsm::range(&txn, &req).map_err(|e| e.to_string()))
+        .unwrap_or_else(|e| ctx.fail(Some(id), "readable state", format!("cannot read the kv table: {e}")));
+    resp.kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect()
+}
+
+/// An acknowledged write.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    pub value: Vec<u8>,
+    pub revision: i64,
+    pub request_id: String,
+}
+
+/// What the clients had seen complete when an operation was issued: the real-time order a
+/// linearizable history must respect.
+#[derive(Debug, Clone)]
+pub struct Before {
+    /// The highest revision of any operation completed before this one was issued (a put's
+    /// revision, a read's header revision).
+    pub max_revision: i64,
+    /// The key's write, if acknowledged before this operation was issued.
+    pub acked: Option<Ack>,
+    /// Whether a read completed before this one was issued found the key.
+    pub observed: bool,
+}
+
+/// Every successful reply to one request id carries the first outcome's revision, and a put is
+/// ordered after every operation that completed before it was issued.
+pub fn check_put_reply(
+    ctx: Ctx,
+    node: u64,
+    key: &str,
+    before: &Before,
+    first: Option<&Ack>,
+    revision: i64,
+    request_id: &str,
+) {
+    if let Some(a) = first {
+        if a.revision != revision {
+            ctx.fail(
+                Some(node),
+                "request-id idempotency",
+                format!(
+                    "put {key} (request id {request_id}) acknowledged at revision {} and again at revision {revision}",
+                    a.revision
+                ),
+            );
+        }
+    }
+    if revision <= before.max_revision {
+        ctx.fail(
+            Some(node),
+            "linearizable write",
+            format!(
+                "put {key} (request id {request_id}) applied at revision {revision}, but revision {} had completed \
+                 before it was issued",
+                before.max_revision
+            ),
+        );
+    }
+}
+
+/// A linearizable read of one key reflects every operation completed before it was issued
+/// (never an older revision, never missing a write acknowledged or a value read before), and
+/// shows nothing but the value written to that key.
+pub fn check_read(
+    ctx: Ctx,
+    node: u64,
+    key: &str,
+    before: &Before,
+    written_value: Option<&[u8]>,
+    header_revision: i64,
+    found: Option<&KeyValue>,
+) {
+    if header_revision < before.max_revision {
+        ctx.fail(
+            Some(node),
+            "linearizable read",
+            format!(
+                "read of {key} served at revision {header_revision}, but revision {} had completed before it was issued",
+                before.max_revision
+            ),
+        );
+    }
+    if found.is_none() && before.observed {
+        ctx.fail(
+            Some(node),
+            "linearizable read",
+            format!(
+                "read of {key} found nothing, but an earlier read (completed before this one began) found it"
+            ),
+        );
+    }
+    match (found, &before.acked) {
+        (None, Some(a)) => ctx.fail(
+            Some(node),
+            "linearizable read",
+            format!("read of {key} found nothing, but it was acknowledged at revision {} before the read", a.revision),
+        ),
+        (Some(kv), Some(a)) if kv.value != a.value || kv.mod_revision != a.revision => ctx.fail(
+            Some(node),
+            "linearizable read",
+            format!(
+                "read of {key} found mod_revision {} value {:?}, expected the acknowledged revision {} value {:?}",
+                kv.mod_revision,
+                String::from_utf8_lossy(&kv.value),
+                a.revision,
+                String::from_utf8_lossy(&a.value)
+            ),
+        ),
+        (Some(kv), _) => {
+            if Some(kv.value.as_slice()) != written_value {
+                ctx.fail(
+                    Some(node),
+                    "no phantom writes",
+                    format!("read of {key} found value {:?}, which no client wrote", String::from_utf8_lossy(&kv.value)),
+                );
+            }
+            if kv.mod_revision > header_revision {
+                ctx.fail(
+                    Some(node),
+                    "linearizable read",
+                    format!("read of {key} at revision {header_revision} shows mod_revision {}", kv.mod_revision),
+                );
+            }
+        }
+        (None, None) => {}
+    }
+}
+
+/// After the cluster settled: every acknowledged write is on every member with its value and
+/// revision; every key holds the one value written to it, written once (version 1); all
+/// members have the same state.
+pub fn check_final(
+    ctx: Ctx,
+    up: &[(u64, &Core)],
+    acked: &BTreeMap<String, Ack>,
+    written: &BTreeMap<String, Vec<u8>>,
+) {
+    let mut first: Option<(u64, u64, u64)> = None;
+    for &(id, core) in up {
+        let kvs = all_kvs(ctx, id, core);
+        for (key, a) in acked {
+            match kvs.get(key.as_bytes()) {
+                None => ctx.fail(
+                    Some(id),
+                    "no acknowledged write lost",
+                    format!(
+                        "{key} (acknowledged at revision {}, request id {}) is missing",
+                        a.revision, a.request_id
+                    ),
+                ),
+                Some(kv) if kv.value != a.value || kv.mod_revision != a.revision => ctx.fail(
+                    Some(id),
+                    "no acknowledged write lost",
+                    format!(
+                        "{key} holds mod_revision {} value {:?}; acknowledged were revision {} value {:?}",
+                        kv.mod_revision,
+                        String::from_utf8_lossy(&kv.value),
+                        a.revision,
+                        String::from_utf8_lossy(&a.value)
+                    ),
+                ),
+                Some(_) => {}
+            }
+        }
+        for (key, kv) in &kvs {
+            let name = String::from_utf8_lossy(key).to_string();
+            if kv.version != 1 {
+                ctx.fail(
+                    Some(id),
+                    "request-id idempotency",
+                    format!("{name} has version {} (applied more than once), expected 1", kv.version),
+                );
+            }
+            if written.get(&name).map(Vec::as_slice) != Some(kv.value.as_slice()) {
+                ctx.fail(
+                    Some(id),
+                    "no phantom writes",
+                    format!("{name} holds {:?}, which no client wrote", String::from_utf8_lossy(&kv.value)),
+                );
+            }
+        }
+        let s = core.status();
+        let (_, hash) = stored_state(ctx, id, core);
+        match first {
+            None => first = Some((id, s.applied.index, hash)),
+            Some((on, index, h)) if index != s.applied.index || h != hash => ctx.fail(
+                Some(id),
+                "convergence",
+                format!(
+                    "applied index {} state hash {hash:016x}, but node {on} is at applied index {index} hash {h:016x}",
+                    s.applied.index
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+}
