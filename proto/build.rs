@@ -1,12 +1,16 @@
 //! Compiles the .proto files with the protoc shipped by `protoc-bin-vendored`, so that a fresh
-//! machine needs nothing installed.
+//! machine needs nothing installed, and writes their descriptors (`latch_descriptor.bin`) for
+//! gRPC server reflection.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     std::env::set_var("PROTOC", protoc);
     let protos =
         ["proto/latch/v1/kv.proto", "proto/latch/v1/cluster.proto", "proto/latch/internal/v1/internal.proto"];
-    tonic_build::configure().compile_protos(&protos, &["proto"])?;
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_build::configure()
+        .file_descriptor_set_path(out_dir.join("latch_descriptor.bin"))
+        .compile_protos(&protos, &["proto"])?;
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -10,6 +10,7 @@ use serde::Deserialize;
 /// Default ports (DESIGN.md §5).
 pub const DEFAULT_CLIENT_ADDR: &str = "127.0.0.1:7379";
 pub const DEFAULT_PEER_ADDR: &str = "127.0.0.1:7380";
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:7381";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -41,6 +42,9 @@ pub struct ServerArgs {
     /// Address for the other members (raft messages, snapshots), host:port.
     #[arg(long)]
     pub peer_addr: Option<String>,
+    /// Address for HTTP (/metrics, /health, /ready), host:port.
+    #[arg(long)]
+    pub http_addr: Option<String>,
     /// Peer addresses of the first members: 1=host:port,2=host:port,3=host:port.
     #[arg(long)]
     pub initial_cluster: Option<String>,
@@ -114,6 +118,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub client_addr: String,
     pub peer_addr: String,
+    /// Serves /metrics, /health and /ready.
+    pub http_addr: String,
     /// Every member, this one included, sorted by id.
     pub initial_cluster: Vec<Peer>,
     pub snapshot_entries: u64,
@@ -122,7 +128,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// A single-node configuration for tests and `--dev`: ports still to be chosen by the caller.
+    /// A single-node configuration for tests and `--dev`: ports still to be chosen by the caller;
+    /// the HTTP port is any free one.
     pub fn single(data_dir: PathBuf, client_addr: String, peer_addr: String) -> Config {
         Config {
             id: 1,
@@ -130,6 +137,7 @@ impl Config {
             initial_cluster: vec![Peer { id: 1, peer_addr: peer_addr.clone() }],
             client_addr,
             peer_addr,
+            http_addr: "127.0.0.1:0".into(),
             snapshot_entries: 10_000,
             tick_interval: Duration::from_millis(50),
             limits: Limits::default(),
@@ -159,6 +167,7 @@ impl Config {
         let client_addr =
             pick(flags.client_addr, file.client_addr).unwrap_or_else(|| DEFAULT_CLIENT_ADDR.into());
         let peer_addr = pick(flags.peer_addr, file.peer_addr).unwrap_or_else(|| DEFAULT_PEER_ADDR.into());
+        let http_addr = pick(flags.http_addr, file.http_addr).unwrap_or_else(|| DEFAULT_HTTP_ADDR.into());
         let data_dir =
             flags.data_dir.or(file.data_dir).or_else(|| dev.then(|| PathBuf::from("latch-data"))).ok_or(
                 ConfigError::Invalid { flag: "data-dir", problem: "required (or use --dev)".into() },
@@ -209,6 +218,7 @@ impl Config {
             data_dir,
             client_addr,
             peer_addr,
+            http_addr,
             initial_cluster,
             snapshot_entries,
             tick_interval,
@@ -295,5 +305,16 @@ mod tests {
         let flags = ServerArgs { config: Some(path), snapshot_entries: Some(9), ..Default::default() };
         let c = Config::from_args(flags).expect("valid config");
         assert_eq!((c.id, c.snapshot_entries), (2, 9));
+    }
+
+    #[test]
+    fn http_addr_defaults_to_7381_and_is_settable_in_the_file() {
+        let dev = Config::from_args(ServerArgs { dev: true, ..Default::default() }).expect("--dev");
+        assert_eq!(dev.http_addr, DEFAULT_HTTP_ADDR);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("latch.toml");
+        std::fs::write(&path, "dev = true\nhttp-addr = \"127.0.0.1:9000\"\n").expect("write config");
+        let c = Config::from_args(ServerArgs { config: Some(path), ..Default::default() }).expect("valid");
+        assert_eq!(c.http_addr, "127.0.0.1:9000");
     }
 }

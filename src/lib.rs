@@ -2,10 +2,13 @@
 //!
 //! The layers, top to bottom; each may import only the ones below it (DESIGN.md §2):
 //!
-//! - [`cli`]: the `latch` command line (server, kv, cluster). Binary-only concerns.
+//! - [`cli`]: the `latch` command line (server, kv, cluster, bench). Binary-only concerns.
+//! - [`bench`](mod@bench): `latch bench`, the load generator: workloads against a Latch or an etcd
+//!   cluster through their client libraries; imports none of the layers below.
 //! - [`server`]: wires a node together: binds nothing itself, takes listeners and a shutdown
 //!   future (`run(config, listeners, shutdown)`).
 //! - [`api`]: thin gRPC handlers: validate → propose or read → map the error → fill the header.
+//! - [`http`]: the HTTP port: `/metrics`, `/health`, `/ready`.
 //! - [`transport`]: the peer service and the per-peer senders (raft messages as opaque bytes).
 //! - [`node`]: the driver: one thread owns the [`core`], feeds it time, requests and peer
 //!   messages, and carries out what it asks.
@@ -15,12 +18,17 @@
 //! - [`storage`]: redb: the schema, the raft log (`raft::Storage`), opening and checking a
 //!   data file.
 //! - [`config`]: flags, config file, limits.
+//! - [`metrics`]: the one registry of Prometheus metrics, filled by the driver, the transport
+//!   and a tower layer on the client gRPC server; it imports nothing of Latch.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod core;
 pub mod fsm;
+pub mod http;
+pub mod metrics;
 pub mod node;
 pub mod server;
 pub mod storage;

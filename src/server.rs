@@ -1,6 +1,7 @@
 //! Wires one member together: storage → core → node driver → peer transport and the public
-//! gRPC services. [`run`] binds nothing itself: it takes bound listeners and a shutdown future,
-//! so tests bind port 0 and stop a member cleanly.
+//! gRPC services, with the standard gRPC health and reflection services beside them, and the
+//! HTTP port (metrics, health, readiness). [`run`] binds nothing itself: it takes bound
+//! listeners and a shutdown future, so tests bind port 0 and stop a member cleanly.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -9,14 +10,32 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
-use crate::api::{cluster::ClusterService, kv::KvService, Context};
+use latch_proto::v1::cluster_server::ClusterServer;
+use latch_proto::v1::kv_server::KvServer;
+use tonic::server::NamedService;
+use tonic_health::ServingStatus;
+
+use crate::api::{self, cluster::ClusterService, kv::KvService, Context};
 use crate::config::{Config, Peer};
 use crate::core::{Core, CoreError, Timing};
+use crate::metrics::{GrpcMetricsLayer, Metrics};
 use crate::node::Node;
 use crate::storage::{self, StorageError};
 use crate::transport::{member_status, PeerSenders, PeerService};
+
+/// The public services on the client port, as the gRPC health service names them.
+const SERVICES: [&str; 2] =
+    [<KvServer<KvService> as NamedService>::NAME, <ClusterServer<ClusterService> as NamedService>::NAME];
+
+/// The gRPC paths of the health and reflection services, for the metrics' `method` label.
+const STANDARD_METHODS: [&str; 4] = [
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -28,14 +47,20 @@ pub enum ServerError {
     Core(#[from] CoreError),
     #[error("cannot start the node thread: {0}")]
     Thread(std::io::Error),
+    #[error("cannot accept connections: {0}")]
+    Incoming(String),
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
 }
 
 /// The member's bound sockets.
 pub struct Listeners {
     pub client: TcpListener,
     pub peer: TcpListener,
+    /// Metrics, health and readiness over HTTP.
+    pub http: TcpListener,
 }
 
 impl Listeners {
@@ -47,11 +72,12 @@ impl Listeners {
         Ok(Listeners {
             client: bind("--client-addr", config.client_addr.clone()).await?,
             peer: bind("--peer-addr", config.peer_addr.clone()).await?,
+            http: bind("--http-addr", config.http_addr.clone()).await?,
         })
     }
 
-    fn addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
-        (self.client.local_addr().ok(), self.peer.local_addr().ok())
+    fn addrs(&self) -> [Option<SocketAddr>; 3] {
+        [self.client.local_addr().ok(), self.peer.local_addr().ok(), self.http.local_addr().ok()]
     }
 }
 
@@ -66,17 +92,48 @@ pub async fn run(
     let voters: Vec<u64> = config.initial_cluster.iter().map(|p| p.id).collect();
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let core = Core::new(config.id, &voters, db, Timing::default(), config.snapshot_entries, &logger)?;
+
+    // The standard services beside Latch's own, so that grpc-health-probe, Kubernetes gRPC
+    // probes and grpcurl work: health reports SERVING for the server ("") and each service.
+    let (mut health, health_service) = tonic_health::server::health_reporter();
+    for service in SERVICES {
+        health.set_service_status(service, ServingStatus::Serving).await;
+    }
+    let reflection = || {
+        let builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(latch_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        // Only the services served on this port are listed (the descriptors hold the peer
+        // service too).
+        [
+            &SERVICES[..],
+            &[
+                "grpc.health.v1.Health",
+                "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection",
+            ],
+        ]
+        .concat()
+        .into_iter()
+        .fold(builder, |b, name| b.with_service_name(name))
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let metrics = Arc::new(Metrics::new());
     let rt = tokio::runtime::Handle::current();
     let peers = config.initial_cluster.clone();
     let id = config.id;
-    let node = Node::start(core, cluster_id, config.tick_interval, move |handle| {
-        Box::new(PeerSenders::start(&rt, id, &peers, handle))
+    let peer_metrics = metrics.clone();
+    let node = Node::start(core, cluster_id, config.tick_interval, metrics.clone(), move |handle| {
+        Box::new(PeerSenders::start(&rt, id, &peers, handle, peer_metrics))
     })
     .map_err(ServerError::Thread)?;
 
-    let (client_addr, peer_addr) = listeners.addrs();
+    let [client_addr, peer_addr, http_addr] = listeners.addrs();
     let client_addr = client_addr.map_or(config.client_addr.clone(), |a| a.to_string());
     let peer_addr = peer_addr.map_or(config.peer_addr.clone(), |a| a.to_string());
+    let http_addr = http_addr.map_or(config.http_addr.clone(), |a| a.to_string());
     let client_addrs = Arc::new(RwLock::new(BTreeMap::from([(id, client_addr.clone())])));
     let ctx = Context {
         node: node.handle(),
@@ -87,23 +144,34 @@ pub async fn run(
         client_addrs: client_addrs.clone(),
     };
     let learner = tokio::spawn(learn_members(id, config.initial_cluster.clone(), client_addrs));
-    tracing::info!(member = id, cluster = %format!("{cluster_id:016x}"), %client_addr, %peer_addr, data_dir = %config.data_dir.display(), "member started");
+    tracing::info!(member = id, cluster = %format!("{cluster_id:016x}"), %client_addr, %peer_addr, %http_addr, data_dir = %config.data_dir.display(), "member started");
+
+    let grpc_metrics =
+        GrpcMetricsLayer::new(metrics.clone(), api::METHODS.iter().copied().chain(STANDARD_METHODS));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
     let client_srv = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+        .layer(grpc_metrics)
         .add_service(KvService::server(ctx.clone()))
         .add_service(ClusterService::server(ctx.clone()))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.client), stopped(stop_rx.clone()));
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(incoming(listeners.client)?, stopped(stop_rx.clone()));
     let peer_srv = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(PeerService::new(node.handle(), client_addr, peer_addr))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.peer), stopped(stop_rx.clone()));
+        .add_service(PeerService::new(node.handle(), client_addr, peer_addr, metrics.clone()))
+        .serve_with_incoming_shutdown(incoming(listeners.peer)?, stopped(stop_rx.clone()));
+    let http_srv = crate::http::serve(
+        listeners.http,
+        crate::http::router(node.handle(), metrics.clone()),
+        stopped(stop_rx.clone()),
+    );
     let client_task = tokio::spawn(client_srv);
     let peer_task = tokio::spawn(peer_srv);
+    let http_task = tokio::spawn(http_srv);
 
     let mut watchdog = tokio::time::interval(Duration::from_millis(100));
     tokio::pin!(shutdown);
@@ -113,6 +181,10 @@ pub async fn run(
             _ = watchdog.tick() => if node.is_finished() { break },
         }
     }
+    // Health watchers hear of the end before the connection goes.
+    for service in SERVICES.into_iter().chain([""]) {
+        health.set_service_status(service, ServingStatus::NotServing).await;
+    }
     let _ = stop_tx.send(true);
     learner.abort();
     let result =
@@ -121,6 +193,9 @@ pub async fn run(
         if let Ok(Err(e)) = t.await {
             tracing::warn!(error = %e, "gRPC server ended with an error");
         }
+    }
+    if let Ok(Err(e)) = http_task.await {
+        tracing::warn!(error = %e, "HTTP server ended with an error");
     }
     tracing::info!(member = id, "member stopped");
     result
@@ -143,6 +218,13 @@ async fn learn_members(me: u64, peers: Vec<Peer>, addrs: Arc<RwLock<BTreeMap<u64
         }
         tokio::time::sleep(Duration::from_secs(if all_known { 30 } else { 1 })).await;
     }
+}
+
+/// Accepted connections of a listener, with TCP_NODELAY set on each: small responses must not
+/// wait for Nagle's algorithm (≈ 40 ms with delayed ACKs). `Server::tcp_nodelay` only applies to
+/// sockets tonic binds itself, not to a listener handed to it.
+fn incoming(listener: TcpListener) -> Result<TcpIncoming, ServerError> {
+    TcpIncoming::from_listener(listener, true, None).map_err(|e| ServerError::Incoming(e.to_string()))
 }
 
 /// Binds the configured addresses and runs until SIGINT or SIGTERM.

@@ -5,12 +5,16 @@
 //! chunks of at most [`CHUNK`] bytes. Snapshots go over a call of their own, whose completion is
 //! what the sender reports to raft (`SnapshotSent`). A peer that cannot be reached is reported
 //! `Unreachable` and its queued messages are dropped: raft retransmits what matters.
+//!
+//! Every message sent or received is counted in [`PeerMetrics`], by peer and message type,
+//! with its encoded size.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use protobuf::Message as _;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
@@ -18,6 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::Peer;
 use crate::core::Core;
+use crate::metrics::{Metrics, PeerMetrics};
 use crate::node::{Event, NodeHandle, Outbox};
 use latch_proto::internal::peer_client::PeerClient;
 use latch_proto::internal::peer_server::{Peer as PeerRpc, PeerServer};
@@ -27,6 +32,31 @@ use latch_proto::internal::{MemberStatus, MemberStatusRequest, PeerAck, PeerFram
 pub const CHUNK: usize = 1024 * 1024;
 /// Largest gRPC message the peer service accepts (a chunk plus framing).
 pub const MAX_FRAME: usize = CHUNK + 64 * 1024;
+
+/// The name of a raft message type, as the metrics label it.
+pub fn message_type_name(t: MessageType) -> &'static str {
+    match t {
+        MessageType::MsgHup => "MsgHup",
+        MessageType::MsgBeat => "MsgBeat",
+        MessageType::MsgPropose => "MsgPropose",
+        MessageType::MsgAppend => "MsgAppend",
+        MessageType::MsgAppendResponse => "MsgAppendResponse",
+        MessageType::MsgRequestVote => "MsgRequestVote",
+        MessageType::MsgRequestVoteResponse => "MsgRequestVoteResponse",
+        MessageType::MsgSnapshot => "MsgSnapshot",
+        MessageType::MsgHeartbeat => "MsgHeartbeat",
+        MessageType::MsgHeartbeatResponse => "MsgHeartbeatResponse",
+        MessageType::MsgUnreachable => "MsgUnreachable",
+        MessageType::MsgSnapStatus => "MsgSnapStatus",
+        MessageType::MsgCheckQuorum => "MsgCheckQuorum",
+        MessageType::MsgTransferLeader => "MsgTransferLeader",
+        MessageType::MsgTimeoutNow => "MsgTimeoutNow",
+        MessageType::MsgReadIndex => "MsgReadIndex",
+        MessageType::MsgReadIndexResp => "MsgReadIndexResp",
+        MessageType::MsgRequestPreVote => "MsgRequestPreVote",
+        MessageType::MsgRequestPreVoteResponse => "MsgRequestPreVoteResponse",
+    }
+}
 
 /// Splits an encoded message into frames.
 fn frames(from: u64, cluster_id: u64, bytes: Vec<u8>) -> Vec<PeerFrame> {
@@ -45,6 +75,7 @@ fn frames(from: u64, cluster_id: u64, bytes: Vec<u8>) -> Vec<PeerFrame> {
 async fn receive(
     cluster_id: u64,
     mut stream: Streaming<PeerFrame>,
+    metrics: &PeerMetrics,
     mut deliver: impl FnMut(Message) -> bool,
 ) -> Result<(), Status> {
     let mut buf = Vec::new();
@@ -61,6 +92,7 @@ async fn receive(
             let msg = Message::parse_from_bytes(&buf).map_err(|e| {
                 Status::invalid_argument(format!("undecodable raft message from peer {}: {e}", frame.from))
             })?;
+            metrics.received(frame.from, message_type_name(msg.get_msg_type()), buf.len());
             buf.clear();
             if !deliver(msg) {
                 return Err(Status::unavailable("member is shutting down"));
@@ -75,11 +107,17 @@ pub struct PeerService {
     node: NodeHandle,
     client_addr: String,
     peer_addr: String,
+    metrics: Arc<Metrics>,
 }
 
 impl PeerService {
-    pub fn new(node: NodeHandle, client_addr: String, peer_addr: String) -> PeerServer<PeerService> {
-        PeerServer::new(PeerService { node, client_addr, peer_addr })
+    pub fn new(
+        node: NodeHandle,
+        client_addr: String,
+        peer_addr: String,
+        metrics: Arc<Metrics>,
+    ) -> PeerServer<PeerService> {
+        PeerServer::new(PeerService { node, client_addr, peer_addr, metrics })
             .max_decoding_message_size(MAX_FRAME)
             .max_encoding_message_size(MAX_FRAME)
     }
@@ -89,7 +127,10 @@ impl PeerService {
 impl PeerRpc for PeerService {
     async fn stream(&self, req: Request<Streaming<PeerFrame>>) -> Result<Response<PeerAck>, Status> {
         let node = self.node.clone();
-        receive(node.cluster_id, req.into_inner(), |m| node.send(Event::Peer(Box::new(m)))).await?;
+        receive(node.cluster_id, req.into_inner(), &self.metrics.peer, |m| {
+            node.send(Event::Peer(Box::new(m)))
+        })
+        .await?;
         Ok(Response::new(PeerAck {}))
     }
 
@@ -121,12 +162,18 @@ pub struct PeerSenders {
 
 impl PeerSenders {
     /// Starts a sender task per peer (other than `me`) on the given runtime.
-    pub fn start(rt: &tokio::runtime::Handle, me: u64, peers: &[Peer], node: NodeHandle) -> PeerSenders {
+    pub fn start(
+        rt: &tokio::runtime::Handle,
+        me: u64,
+        peers: &[Peer],
+        node: NodeHandle,
+        metrics: Arc<Metrics>,
+    ) -> PeerSenders {
         let mut queues = HashMap::new();
         for p in peers.iter().filter(|p| p.id != me) {
             let (tx, rx) = mpsc::unbounded_channel();
             queues.insert(p.id, tx);
-            rt.spawn(send_loop(me, p.clone(), node.clone(), rx));
+            rt.spawn(send_loop(me, p.clone(), node.clone(), metrics.clone(), rx));
         }
         PeerSenders { queues }
     }
@@ -157,7 +204,13 @@ fn dial(addr: &str) -> Result<PeerClient<tonic::transport::Channel>, tonic::tran
         .max_encoding_message_size(MAX_FRAME))
 }
 
-async fn send_loop(me: u64, peer: Peer, node: NodeHandle, mut queue: mpsc::UnboundedReceiver<Message>) {
+async fn send_loop(
+    me: u64,
+    peer: Peer,
+    node: NodeHandle,
+    metrics: Arc<Metrics>,
+    mut queue: mpsc::UnboundedReceiver<Message>,
+) {
     let cluster_id = node.cluster_id;
     let client = match dial(&peer.peer_addr) {
         Ok(c) => c,
@@ -169,7 +222,7 @@ async fn send_loop(me: u64, peer: Peer, node: NodeHandle, mut queue: mpsc::Unbou
     let mut stream: Option<FrameSink> = None;
     while let Some(msg) = queue.recv().await {
         if Core::is_snapshot(&msg) {
-            let ok = send_snapshot(&client, me, cluster_id, &msg).await;
+            let ok = send_snapshot(&client, me, cluster_id, &msg, &metrics.peer).await;
             if !ok {
                 tracing::warn!(peer = peer.id, "sending a snapshot failed");
             }
@@ -183,11 +236,12 @@ async fn send_loop(me: u64, peer: Peer, node: NodeHandle, mut queue: mpsc::Unbou
                 continue;
             }
         };
+        metrics.peer.sent(peer.id, message_type_name(msg.get_msg_type()), bytes.len());
+        let open = || open_stream(&client, peer.id, node.clone(), metrics.clone());
         let sink = match stream.take() {
-            Some(s) => s,
-            None => open_stream(&client, peer.id, node.clone()),
+            Some(s) if !s.is_closed() => s,
+            _ => open(),
         };
-        let sink = if sink.is_closed() { open_stream(&client, peer.id, node.clone()) } else { sink };
         stream = Some(sink.clone());
         if !send_frames(&sink, frames(me, cluster_id, bytes)) {
             // The call ended: drop what is queued; raft will retransmit.
@@ -210,12 +264,18 @@ fn send_frames(sink: &FrameSink, frames: Vec<PeerFrame>) -> bool {
 }
 
 /// Opens the long-lived message stream to a peer; its end (an error) reports the peer unreachable.
-fn open_stream(client: &PeerClient<tonic::transport::Channel>, peer: u64, node: NodeHandle) -> FrameSink {
+fn open_stream(
+    client: &PeerClient<tonic::transport::Channel>,
+    peer: u64,
+    node: NodeHandle,
+    metrics: Arc<Metrics>,
+) -> FrameSink {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut c = client.clone();
     tokio::spawn(async move {
         if let Err(e) = c.stream(UnboundedReceiverStream::new(rx)).await {
             tracing::debug!(peer, error = %e, "peer stream ended");
+            metrics.peer.unreachable(peer);
             node.send(Event::Unreachable(peer));
         }
     });
@@ -227,8 +287,10 @@ async fn send_snapshot(
     me: u64,
     cluster_id: u64,
     msg: &Message,
+    metrics: &PeerMetrics,
 ) -> bool {
     let Ok(bytes) = msg.write_to_bytes() else { return false };
+    metrics.sent(msg.to, message_type_name(msg.get_msg_type()), bytes.len());
     let (tx, rx) = mpsc::unbounded_channel();
     if !send_frames(&tx, frames(me, cluster_id, bytes)) {
         return false;

@@ -19,3 +19,7 @@ mod generated {
 
 pub use generated::latch::internal::v1 as internal;
 pub use generated::latch::v1;
+
+/// The encoded `FileDescriptorSet` of every .proto file of this crate (`latch.v1` and
+/// `latch.internal.v1`), for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("latch_descriptor");

@@ -17,6 +17,16 @@ use tonic::Status;
 /// Metadata key carrying the leader's client address on UNAVAILABLE, when known.
 pub const LEADER_ADDR_METADATA: &str = "latch-leader-addr";
 
+/// The gRPC path of every method of the public services, in the order of the protos: the
+/// values of the gRPC metrics' `method` label (a test checks the list against the protos).
+pub const METHODS: &[&str] = &[
+    "/latch.v1.KV/Range",
+    "/latch.v1.KV/Put",
+    "/latch.v1.KV/DeleteRange",
+    "/latch.v1.KV/Txn",
+    "/latch.v1.Cluster/Status",
+];
+
 /// What every service needs.
 #[derive(Clone)]
 pub struct Context {
@@ -90,5 +100,29 @@ impl Context {
             }
             ApiError::Internal(_) => Status::internal(msg),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message as _;
+
+    #[test]
+    fn methods_lists_every_method_of_the_public_services() {
+        let set = prost_types::FileDescriptorSet::decode(latch_proto::FILE_DESCRIPTOR_SET)
+            .expect("the proto crate's descriptor set decodes");
+        let mut paths = Vec::new();
+        for file in set.file.iter().filter(|f| f.package() == "latch.v1") {
+            for service in &file.service {
+                for method in &service.method {
+                    paths.push(format!("/latch.v1.{}/{}", service.name(), method.name()));
+                }
+            }
+        }
+        paths.sort();
+        let mut listed: Vec<String> = METHODS.iter().map(|m| m.to_string()).collect();
+        listed.sort();
+        assert_eq!(listed, paths, "api::METHODS should list exactly the methods of the latch.v1 services");
     }
 }

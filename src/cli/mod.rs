@@ -1,12 +1,15 @@
 //! The `latch` command line (DESIGN.md §5): `latch server` runs a member; `latch kv` and
-//! `latch cluster` are clients, built on `latch-client` like any other program.
+//! `latch cluster` are clients, built on `latch-client` like any other program; `latch bench`
+//! is the load generator ([`crate::bench`]).
 //!
 //! Exit codes: 0 success; 1 the operation failed (the server's message is printed, with its
 //! gRPC code); 2 usage error (clap's own, or bad input caught here before anything is sent).
 //!
-//! May import: [`crate::config`] and [`crate::server`] (for `latch server`), `latch-client`.
+//! May import: [`crate::config`] and [`crate::server`] (for `latch server`), [`crate::bench`]
+//! (for `latch bench`), `latch-client`.
 //! `anyhow` is allowed here, as in `main.rs`, and nowhere else in the crate.
 
+pub mod bench;
 pub mod cluster;
 pub mod kv;
 pub mod server;
@@ -42,6 +45,8 @@ pub enum Command {
     Kv(kv::KvCommand),
     /// Inspect the cluster.
     Cluster(cluster::ClusterCommand),
+    /// Load a Latch or an etcd cluster and measure throughput and latency.
+    Bench(bench::BenchCommand),
 }
 
 impl Cli {
@@ -50,7 +55,7 @@ impl Cli {
     pub fn default_log_filter(&self) -> &'static str {
         match self.command {
             Command::Server(_) => "info",
-            Command::Kv(_) | Command::Cluster(_) => "warn",
+            Command::Kv(_) | Command::Cluster(_) | Command::Bench(_) => "warn",
         }
     }
 }
@@ -120,6 +125,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Server(command) => ("server", server::run(command).await),
         Command::Kv(command) => ("kv", kv::run(command).await),
         Command::Cluster(command) => ("cluster", cluster::run(command).await),
+        Command::Bench(command) => ("bench", bench::run(command).await),
     };
     match result {
         Ok(code) => code,

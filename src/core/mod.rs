@@ -114,7 +114,27 @@ pub struct Status {
     pub applied: Applied,
     /// Snapshots installed from a leader since this core was created.
     pub snapshots_installed: u64,
+    /// Proposals handed to this core and not yet answered (applied, failed or timed out).
+    pub proposals_pending: u64,
 }
+
+/// Told when a Ready's write transaction commits and when committed entries are applied, so
+/// that the driver can time them (the core has no clock). Every method defaults to nothing;
+/// `()` observes nothing. Calls come in pairs, `*_started` then `*_finished`, on the thread
+/// that called [`Core::handle_ready`].
+pub trait ReadyObserver {
+    /// The Ready's write transaction is about to commit (one fdatasync).
+    fn commit_started(&mut self) {}
+    /// It committed; `entries_persisted` raft log entries were appended in it.
+    fn commit_finished(&mut self, _entries_persisted: usize) {}
+    /// A batch of committed entries is about to be applied to the state machine (at most two
+    /// batches per Ready: those of the Ready and those of its light Ready).
+    fn apply_started(&mut self) {}
+    /// The batch is applied, inside the not yet committed transaction.
+    fn apply_finished(&mut self, _entries_applied: usize) {}
+}
+
+impl ReadyObserver for () {}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Role {
@@ -278,6 +298,7 @@ impl Core {
             commit_index: r.raft_log.committed,
             applied: self.applied,
             snapshots_installed: self.snapshots_installed,
+            proposals_pending: self.proposals.len() as u64,
         }
     }
 
@@ -442,8 +463,13 @@ impl Core {
 
     /// Processes raft's Ready, if any, in raft-rs's documented order. `send` is called with
     /// messages as soon as they may leave: the leader's appends before its own fsync (raft
-    /// thesis §10.2.1), everything else after the commit. Returns the actions for the driver.
-    pub fn handle_ready(&mut self, send: &mut dyn FnMut(Vec<Message>)) -> Result<Vec<Action>, CoreError> {
+    /// thesis §10.2.1), everything else after the commit. `observer` is told when the commit
+    /// and the applies start and finish. Returns the actions for the driver.
+    pub fn handle_ready(
+        &mut self,
+        send: &mut dyn FnMut(Vec<Message>),
+        observer: &mut dyn ReadyObserver,
+    ) -> Result<Vec<Action>, CoreError> {
         self.notice_leader_change();
         if !self.raw.has_ready() {
             return Ok(std::mem::take(&mut self.actions));
@@ -468,7 +494,8 @@ impl Core {
             self.raw.mut_store().install_snapshot(&txn, snap.get_metadata())?;
             self.snapshots_installed += 1;
         }
-        self.apply(&txn, ready.take_committed_entries(), &mut outcomes)?;
+        self.apply(&txn, ready.take_committed_entries(), &mut outcomes, observer)?;
+        let entries_persisted = ready.entries().len();
         if !ready.entries().is_empty() {
             self.raw.mut_store().append(&txn, ready.entries())?;
         }
@@ -485,10 +512,12 @@ impl Core {
         }
         let late = light.take_committed_entries();
         wrote |= light.commit_index().is_some() || !late.is_empty();
-        self.apply(&txn, late, &mut outcomes)?;
+        self.apply(&txn, late, &mut outcomes, observer)?;
         self.maybe_compact(&txn)?;
         if wrote {
+            observer.commit_started();
             txn.commit().map_err(redb_err)?;
+            observer.commit_finished(entries_persisted);
             // The revision is the fsm's to compute; read back what this Ready left.
             self.applied = fsm::applied(&self.db.begin_read().map_err(redb_err)?)?;
         } else {
@@ -519,7 +548,13 @@ impl Core {
         txn: &redb::WriteTransaction,
         entries: Vec<Entry>,
         outcomes: &mut Vec<(String, Outcome)>,
+        observer: &mut dyn ReadyObserver,
     ) -> Result<(), CoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        observer.apply_started();
+        let mut applied = 0;
         for e in entries {
             if e.index <= self.applied.index {
                 continue; // covered by an installed snapshot
@@ -534,7 +569,9 @@ impl Core {
             }
             self.applied.index = e.index;
             self.applied.term = e.term;
+            applied += 1;
         }
+        observer.apply_finished(applied);
         Ok(())
     }
 

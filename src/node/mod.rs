@@ -8,8 +8,12 @@
 //!
 //! Other tasks reach the node through a [`NodeHandle`]: `propose`, `read_index`, and a shared
 //! [`Status`] snapshot refreshed every turn (term, leader, role, applied index).
+//!
+//! Each turn also refreshes the raft [`RaftMetrics`] from the status, and times the Ready's
+//! commit and apply through the core's [`ReadyObserver`] hook.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,7 +22,8 @@ use raft::eraftpb::Message;
 use redb::Database;
 use tokio::sync::oneshot;
 
-use crate::core::{Action, Core, CoreError, RequestError, Status, Waiter};
+use crate::core::{Action, Core, CoreError, ReadyObserver, RequestError, Status, Waiter};
+use crate::metrics::{Metrics, RaftMetrics};
 use latch_proto::internal::{Command, Outcome};
 
 /// Most events taken from the channel in one turn, so that ticks keep their pace under load.
@@ -45,6 +50,8 @@ pub trait Outbox: Send + 'static {
 pub struct NodeHandle {
     events: mpsc::Sender<Event>,
     status: Arc<Mutex<Status>>,
+    /// True while the driver thread runs (for `/health`).
+    running: Arc<AtomicBool>,
     db: Arc<Database>,
     pub member_id: u64,
     pub cluster_id: u64,
@@ -80,6 +87,11 @@ impl NodeHandle {
     pub fn db(&self) -> &Arc<Database> {
         &self.db
     }
+
+    /// Whether the driver thread still runs (it ends on `Stop` or a fatal error).
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+    }
 }
 
 /// The running driver thread.
@@ -90,26 +102,32 @@ pub struct Node {
 
 impl Node {
     /// Starts the driver thread. `outbox` is built by `make_outbox` from the node's handle, so
-    /// that the transport can report back (unreachable peers, finished snapshots).
+    /// that the transport can report back (unreachable peers, finished snapshots). The driver
+    /// keeps `metrics.raft` up to date.
     pub fn start(
         core: Core,
         cluster_id: u64,
         tick: Duration,
+        metrics: Arc<Metrics>,
         make_outbox: impl FnOnce(NodeHandle) -> Box<dyn Outbox>,
     ) -> std::io::Result<Node> {
         let (tx, rx) = mpsc::channel();
         let handle = NodeHandle {
             events: tx,
             status: Arc::new(Mutex::new(core.status())),
+            running: Arc::new(AtomicBool::new(true)),
             db: core.db().clone(),
             member_id: core.id(),
             cluster_id,
         };
         let outbox = make_outbox(handle.clone());
         let status = handle.status.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("latch-node-{}", core.id()))
-            .spawn(move || drive(core, rx, outbox, status, tick))?;
+        let running = RunningFlag(handle.running.clone());
+        let thread =
+            std::thread::Builder::new().name(format!("latch-node-{}", core.id())).spawn(move || {
+                let _running = running;
+                drive(core, rx, outbox, status, tick, &metrics)
+            })?;
         Ok(Node { handle, thread })
     }
 
@@ -132,6 +150,63 @@ impl Node {
     }
 }
 
+/// Clears [`NodeHandle::is_running`] when the driver thread ends, however it ends.
+struct RunningFlag(Arc<AtomicBool>);
+
+impl Drop for RunningFlag {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Times the Ready's commit and apply for the metrics (the core has no clock).
+struct ReadyTimer<'a> {
+    metrics: &'a RaftMetrics,
+    commit_started: Option<Instant>,
+    apply_started: Option<Instant>,
+}
+
+impl ReadyObserver for ReadyTimer<'_> {
+    fn commit_started(&mut self) {
+        self.commit_started = Some(Instant::now());
+    }
+
+    fn commit_finished(&mut self, entries_persisted: usize) {
+        if let Some(t) = self.commit_started.take() {
+            self.metrics.ready_commit_seconds.observe(t.elapsed().as_secs_f64());
+        }
+        self.metrics.ready_entries.observe(entries_persisted as f64);
+    }
+
+    fn apply_started(&mut self) {
+        self.apply_started = Some(Instant::now());
+    }
+
+    fn apply_finished(&mut self, entries_applied: usize) {
+        if let Some(t) = self.apply_started.take() {
+            self.metrics.apply_seconds.observe(t.elapsed().as_secs_f64());
+        }
+        self.metrics.proposals_applied.inc_by(entries_applied as u64);
+    }
+}
+
+/// Refreshes the gauges from this turn's status and counts what changed since the last one.
+fn record_status(m: &RaftMetrics, before: &Status, now: &Status) {
+    let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    m.term.set(gauge(now.term));
+    m.is_leader.set(i64::from(now.role == crate::core::Role::Leader));
+    m.has_leader.set(i64::from(now.leader != 0));
+    if now.leader != 0 && now.leader != before.leader {
+        m.leader_changes.inc();
+    }
+    m.commit_index.set(gauge(now.commit_index));
+    m.applied_index.set(gauge(now.applied.index));
+    m.apply_lag.set(gauge(now.commit_index.saturating_sub(now.applied.index)));
+    m.proposals_pending.set(gauge(now.proposals_pending));
+    m.proposals_committed.inc_by(now.commit_index.saturating_sub(before.commit_index));
+    m.snapshots_installed.inc_by(now.snapshots_installed.saturating_sub(before.snapshots_installed));
+}
+
 #[derive(Default)]
 struct Waiters {
     next: Waiter,
@@ -140,10 +215,13 @@ struct Waiters {
 }
 
 impl Waiters {
-    fn carry_out(&mut self, actions: Vec<Action>) {
+    fn carry_out(&mut self, actions: Vec<Action>, metrics: &RaftMetrics) {
         for a in actions {
             match a {
                 Action::Reply { waiter, result } => {
+                    if result.is_err() {
+                        metrics.proposals_failed.inc();
+                    }
                     if let Some(tx) = self.proposals.remove(&waiter) {
                         let _ = tx.send(result);
                     }
@@ -169,8 +247,12 @@ fn drive(
     mut outbox: Box<dyn Outbox>,
     status: Arc<Mutex<Status>>,
     tick: Duration,
+    metrics: &Metrics,
 ) -> Result<(), CoreError> {
+    let metrics = &metrics.raft;
     let mut waiters = Waiters::default();
+    let mut last_status = core.status();
+    record_status(metrics, &last_status, &last_status);
     let mut next_tick = Instant::now() + tick;
     let result = loop {
         let mut stop = false;
@@ -236,17 +318,21 @@ fn drive(
             }
         }
         core.flush_reads();
-        match core.handle_ready(&mut |msgs| outbox.send(msgs)) {
-            Ok(actions) => waiters.carry_out(actions),
+        let mut timer = ReadyTimer { metrics, commit_started: None, apply_started: None };
+        match core.handle_ready(&mut |msgs| outbox.send(msgs), &mut timer) {
+            Ok(actions) => waiters.carry_out(actions, metrics),
             Err(e) => break Err(e),
         }
+        let now = core.status();
+        record_status(metrics, &last_status, &now);
+        last_status = now;
         if let Ok(mut s) = status.lock() {
-            *s = core.status();
+            *s = now;
         }
     };
     if let Err(e) = &result {
         tracing::error!(error = %e, "node stopped: fatal error");
     }
-    waiters.carry_out(core.shut_down());
+    waiters.carry_out(core.shut_down(), metrics);
     result
 }

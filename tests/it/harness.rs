@@ -74,6 +74,9 @@ pub struct Member {
     pub id: u64,
     pub client_addr: String,
     pub peer_addr: String,
+    /// Metrics, health and readiness (`--http-addr`); every member needs its own, or test
+    /// clusters running in parallel would all want the default port.
+    pub http_addr: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -99,6 +102,7 @@ impl Cluster {
         for id in 1..=n {
             let client_addr = format!("127.0.0.1:{}", free_port());
             let peer_addr = format!("127.0.0.1:{}", free_port());
+            let http_addr = format!("127.0.0.1:{}", free_port());
             let status_client = Client::connect_with(
                 [client_addr.clone()],
                 ClientOptions { request_timeout: Duration::from_secs(3), retry_budget: Duration::ZERO },
@@ -109,6 +113,7 @@ impl Cluster {
                 id,
                 client_addr,
                 peer_addr,
+                http_addr,
                 data_dir: dir.path().join(format!("member-{id}")),
                 log: dir.path().join(format!("member-{id}.log")),
                 child: None,
@@ -163,6 +168,8 @@ impl Cluster {
             .arg(&m.client_addr)
             .arg("--peer-addr")
             .arg(&m.peer_addr)
+            .arg("--http-addr")
+            .arg(&m.http_addr)
             .arg("--initial-cluster")
             .arg(initial_cluster)
             .args(&self.flags)

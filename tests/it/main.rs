@@ -7,8 +7,10 @@
 //! passed on to the servers (e.g. `RUST_LOG=debug cargo test --test it`).
 #![allow(clippy::unwrap_used)]
 
+mod bench;
 mod cli;
 mod faults;
 mod harness;
 mod limits;
+mod observability;
 mod replication;

@@ -542,7 +542,7 @@ impl Sim {
         let Some(core) = n.core.as_mut() else { return };
         core.flush_reads();
         let mut out: Vec<Message> = Vec::new();
-        let result = core.handle_ready(&mut |msgs| out.extend(msgs));
+        let result = core.handle_ready(&mut |msgs| out.extend(msgs), &mut ());
         for msg in out {
             self.send(id, inc, msg);
         }

@@ -1,0 +1,118 @@
+//! Criterion benchmarks of the hot paths a regression would hide in: applying a batch of puts
+//! to the state machine, a Range over 100,000 keys, appending to the raft log. Each runs on an
+//! in-memory redb backend, so it measures Latch's and redb's CPU, not the disk.
+//!
+//! `cargo bench --bench hot_paths`
+
+use std::cell::Cell;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use latch::fsm;
+use latch::storage::{self, LogStore};
+use latch_proto::internal::{command::Body, Command};
+use latch_proto::v1::{PutRequest, RangeRequest};
+use prost::Message as _;
+use raft::eraftpb::Entry;
+use redb::backends::InMemoryBackend;
+use redb::Database;
+
+const BATCH: u64 = 256;
+
+fn store() -> Arc<Database> {
+    storage::open_with_backend(InMemoryBackend::new(), 1, 1).expect("an in-memory store opens")
+}
+
+fn put_command(i: u64) -> Vec<u8> {
+    Command {
+        version: 1,
+        request_id: format!("req-{i:016}"),
+        body: Some(Body::Put(PutRequest {
+            key: format!("bench/{i:010}").into_bytes(),
+            value: vec![b'v'; 256],
+            ..Default::default()
+        })),
+    }
+    .encode_to_vec()
+}
+
+fn apply_batch_of_puts(c: &mut Criterion) {
+    let mut g = c.benchmark_group("fsm");
+    g.throughput(Throughput::Elements(BATCH));
+    g.bench_function("apply 256 puts in one transaction", |b| {
+        let db = store();
+        // Shared by the setup and the measured closure, hence a Cell.
+        let index = Cell::new(0u64);
+        b.iter_batched(
+            || (0..BATCH).map(|i| put_command(index.get() + i)).collect::<Vec<_>>(),
+            |cmds| {
+                let txn = db.begin_write().expect("write txn");
+                for data in &cmds {
+                    index.set(index.get() + 1);
+                    fsm::apply_entry(&txn, index.get(), 1, data).expect("apply");
+                }
+                txn.commit().expect("commit");
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn range_over_100k_keys(c: &mut Criterion) {
+    let db = store();
+    let txn = db.begin_write().expect("write txn");
+    for i in 0..100_000u64 {
+        fsm::apply_entry(&txn, i + 1, 1, &put_command(i)).expect("apply");
+    }
+    txn.commit().expect("commit");
+    let all = RangeRequest { key: b"bench/".to_vec(), range_end: b"bench0".to_vec(), ..Default::default() };
+    let mut g = c.benchmark_group("fsm");
+    g.throughput(Throughput::Elements(100_000));
+    g.sample_size(10);
+    g.bench_function("range over 100,000 keys", |b| {
+        b.iter(|| {
+            let r = fsm::range(&db.begin_read().expect("read txn"), &all).expect("range");
+            assert_eq!(r.count, 100_000);
+        })
+    });
+    let count = RangeRequest { count_only: true, ..all.clone() };
+    g.bench_function("count over 100,000 keys", |b| {
+        b.iter(|| fsm::range(&db.begin_read().expect("read txn"), &count).expect("range"))
+    });
+    g.finish();
+}
+
+fn append_to_raft_log(c: &mut Criterion) {
+    let mut g = c.benchmark_group("raft log");
+    g.throughput(Throughput::Elements(BATCH));
+    g.bench_function("append 256 entries in one transaction", |b| {
+        let db = store();
+        let mut log = LogStore::load(db.clone(), &[1]).expect("log loads");
+        let next = Cell::new(1u64);
+        b.iter_batched(
+            || {
+                let first = next.get();
+                (0..BATCH)
+                    .map(|i| Entry {
+                        index: first + i,
+                        term: 1,
+                        data: put_command(first + i).into(),
+                        ..Default::default()
+                    })
+                    .collect::<Vec<_>>()
+            },
+            |entries| {
+                let txn = db.begin_write().expect("write txn");
+                log.append(&txn, &entries).expect("append");
+                txn.commit().expect("commit");
+                next.set(next.get() + BATCH);
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, apply_batch_of_puts, range_over_100k_keys, append_to_raft_log);
+criterion_main!(benches);

@@ -1,0 +1,281 @@
+//! `latch bench WORKLOAD`: the built-in load generator ([`crate::bench`]) on the command line.
+//!
+//! Prints one report: text, or with `--output json` one JSON document (see
+//! [`crate::bench::report`]). A progress bar is drawn on stderr only when it is a terminal.
+//! Exit codes: 0 the run completed (its failed operations are in the report); 1 the target did
+//! not serve, its setup failed, or not one operation succeeded; 2 usage error.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use super::{print_bytes, print_json, Output, UsageError};
+use crate::bench::{self, get::Get, mixed::Mixed, put::Put, txn_cas::TxnCas, Consistency, KeySpace};
+use crate::bench::{Progress, Settings, Stop, TargetSpec};
+
+/// Where `--target` points when it is not given and `LATCH_ENDPOINTS` is not set.
+const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7379";
+/// How long a run lasts when neither `--ops` nor `--duration` is given.
+const DEFAULT_DURATION: Duration = Duration::from_secs(10);
+/// Most underlying clients when `--connections` is not given.
+const DEFAULT_MAX_CONNECTIONS: usize = 16;
+
+/// `latch bench`.
+#[derive(Debug, Args)]
+pub struct BenchCommand {
+    /// What to load, how hard, for how long.
+    #[command(flatten)]
+    pub options: BenchOptions,
+    /// The workload.
+    #[command(subcommand)]
+    pub workload: WorkloadArgs,
+}
+
+/// The workloads. Each is one module of [`crate::bench`].
+#[derive(Debug, Subcommand)]
+pub enum WorkloadArgs {
+    /// Put random keys of the key space.
+    Put,
+    /// Get random keys, after writing the whole key space once (not timed).
+    Get(GetArgs),
+    /// Read-modify-write: read a key's mod revision, then put it only if unchanged.
+    ///
+    /// Both calls are timed as one operation. A compare that fails (another client wrote the
+    /// key in between) counts as a "conflict" outcome, not an error.
+    TxnCas,
+    /// Gets (a --read-ratio of them) and puts of random keys, after writing the key space once.
+    Mixed(MixedArgs),
+}
+
+/// `latch bench get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// How reads are served: linearizable (confirmed by the leader) or serializable (the
+    /// member's own copy).
+    #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+    pub consistency: ConsistencyArg,
+}
+
+/// `latch bench mixed`.
+#[derive(Debug, Args)]
+pub struct MixedArgs {
+    /// Fraction of operations that are reads, in [0, 1]; the rest are puts.
+    #[arg(long, value_name = "R", default_value_t = 0.5)]
+    pub read_ratio: f64,
+    /// How reads are served.
+    #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+    pub consistency: ConsistencyArg,
+}
+
+/// `--consistency`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConsistencyArg {
+    /// Reflects every write acknowledged before the read began.
+    Linearizable,
+    /// The answering member's own copy: faster, possibly stale.
+    Serializable,
+}
+
+impl From<ConsistencyArg> for Consistency {
+    fn from(arg: ConsistencyArg) -> Self {
+        match arg {
+            ConsistencyArg::Linearizable => Consistency::Linearizable,
+            ConsistencyArg::Serializable => Consistency::Serializable,
+        }
+    }
+}
+
+/// Flags of every workload. Global: accepted before or after the workload's name.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Benchmark options")]
+pub struct BenchOptions {
+    /// The cluster to load: latch://H:P,H:P or etcd://H:P,H:P (etcd needs a build with
+    /// `--features etcd`). Default: latch:// and $LATCH_ENDPOINTS, else latch://127.0.0.1:7379.
+    #[arg(long, global = true, value_name = "URL")]
+    pub target: Option<String>,
+    /// Concurrent clients, each with one operation in flight at a time.
+    #[arg(long, global = true, value_name = "N", default_value_t = 16)]
+    pub clients: usize,
+    /// Underlying client connections, shared round-robin by the clients; between 1 and
+    /// --clients [default: the smaller of --clients and 16].
+    #[arg(long, global = true, value_name = "C")]
+    pub connections: Option<usize>,
+    /// Stop after this many operations, across all clients.
+    #[arg(long, global = true, value_name = "N", conflicts_with = "duration")]
+    pub ops: Option<u64>,
+    /// Stop after this long (humantime: "30s", "2m") [default: 10s unless --ops is given].
+    #[arg(long, global = true, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Bytes of every key: "bench/" and a zero-padded index.
+    #[arg(long, global = true, value_name = "BYTES", default_value_t = 32)]
+    pub key_size: usize,
+    /// Bytes of every written value.
+    #[arg(long, global = true, value_name = "BYTES", default_value_t = 256)]
+    pub value_size: usize,
+    /// How many distinct keys the operations pick from, uniformly.
+    #[arg(long, global = true, value_name = "N", default_value_t = 100_000)]
+    pub keyspace: u64,
+    /// Output format: text for people, json (one document) for programs.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// How long one operation may take, retries on other members included, before it fails.
+    #[arg(long, global = true, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub timeout: Duration,
+}
+
+impl BenchOptions {
+    /// The settings these flags ask for, `latch_endpoints` being `$LATCH_ENDPOINTS`; or a
+    /// message naming the flag at fault.
+    pub fn settings(&self, latch_endpoints: Option<&str>) -> Result<Settings, String> {
+        let target = match (&self.target, latch_endpoints) {
+            (Some(target), _) => target.clone(),
+            (None, Some(endpoints)) if !endpoints.trim().is_empty() => format!("latch://{endpoints}"),
+            (None, _) => format!("latch://{DEFAULT_ENDPOINTS}"),
+        };
+        let settings = Settings {
+            target: TargetSpec::parse(&target).map_err(|why| format!("--target: {why}"))?,
+            clients: self.clients,
+            connections: self.connections.unwrap_or(self.clients.min(DEFAULT_MAX_CONNECTIONS)),
+            stop: match (self.ops, self.duration) {
+                (Some(ops), _) => Stop::Ops(ops),
+                (None, Some(duration)) => Stop::Duration(duration),
+                (None, None) => Stop::Duration(DEFAULT_DURATION),
+            },
+            keys: KeySpace::new(self.keyspace, self.key_size)?,
+            value_size: self.value_size,
+            timeout: self.timeout,
+        };
+        settings.validate().map_err(|e| e.to_string())?;
+        Ok(settings)
+    }
+}
+
+/// Runs `latch bench …`.
+pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
+    let endpoints = std::env::var("LATCH_ENDPOINTS").ok();
+    let settings = command.options.settings(endpoints.as_deref()).map_err(UsageError)?;
+    let progress = Progress::new(std::io::stderr().is_terminal());
+    // Ctrl-C during the timed phase ends the run early, with a report of what was done.
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = match command.workload {
+        WorkloadArgs::Put => bench::run(Put, &settings, progress, interrupt).await,
+        WorkloadArgs::Get(args) => {
+            bench::run(Get { consistency: args.consistency.into() }, &settings, progress, interrupt).await
+        }
+        WorkloadArgs::TxnCas => bench::run(TxnCas, &settings, progress, interrupt).await,
+        WorkloadArgs::Mixed(args) => {
+            let mixed = Mixed::new(args.read_ratio, args.consistency.into()).map_err(UsageError)?;
+            bench::run(mixed, &settings, progress, interrupt).await
+        }
+    };
+    let report = match result {
+        Ok(report) => report,
+        Err(e) if e.is_usage() => return Err(UsageError(e.to_string()).into()),
+        Err(e) => return Err(e.into()),
+    };
+    match command.options.output {
+        Output::Json => print_json(&report.to_json())?,
+        Output::Text => print_bytes(report.to_text().as_bytes())?,
+    }
+    if report.ops == 0 && report.failed() > 0 {
+        eprintln!("Error: every operation failed");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<BenchCommand, clap::Error> {
+        let cli = Cli::try_parse_from(["latch", "bench"].into_iter().chain(args.iter().copied()))?;
+        match cli.command {
+            Command::Bench(bench) => Ok(bench),
+            other => panic!("bench command expected, got {other:?}"),
+        }
+    }
+
+    fn settings(args: &[&str]) -> Result<Settings, String> {
+        parse(args).expect("valid command line").options.settings(None)
+    }
+
+    #[test]
+    fn defaults_are_sixteen_clients_for_ten_seconds_against_the_local_member() {
+        let s = settings(&["put"]).expect("valid");
+        assert_eq!(s.target.to_string(), "latch://127.0.0.1:7379");
+        assert_eq!((s.clients, s.connections), (16, 16));
+        assert_eq!(s.stop, Stop::Duration(Duration::from_secs(10)));
+        assert_eq!((s.keys.key_size(), s.keys.size(), s.value_size), (32, 100_000, 256));
+    }
+
+    #[test]
+    fn the_default_target_is_latch_endpoints() {
+        let options = parse(&["put"]).expect("valid").options;
+        let s = options.settings(Some("a:1,b:2")).expect("valid");
+        assert_eq!(s.target.to_string(), "latch://a:1,b:2");
+        let given = parse(&["put", "--target", "etcd://c:3"]).expect("valid").options;
+        assert_eq!(given.settings(Some("a:1")).expect("valid").target.to_string(), "etcd://c:3");
+    }
+
+    #[test]
+    fn connections_default_to_the_clients_up_to_sixteen() {
+        assert_eq!(settings(&["put", "--clients", "4"]).expect("valid").connections, 4);
+        assert_eq!(settings(&["put", "--clients", "256"]).expect("valid").connections, 16);
+        let e = settings(&["put", "--clients", "4", "--connections", "8"]).expect_err("more than clients");
+        assert!(e.contains("--connections"), "{e}");
+    }
+
+    #[test]
+    fn flags_go_before_or_after_the_workload() {
+        for args in
+            [&["--ops", "200", "--clients", "4", "put"][..], &["put", "--ops", "200", "--clients", "4"][..]]
+        {
+            let s = settings(args).expect("valid");
+            assert_eq!((s.stop, s.clients), (Stop::Ops(200), 4));
+        }
+    }
+
+    #[test]
+    fn ops_and_duration_exclude_each_other() {
+        let e = parse(&["put", "--ops", "10", "--duration", "1s"]).expect_err("both");
+        assert_eq!(e.exit_code(), 2);
+        assert_eq!(
+            settings(&["put", "--duration", "1m"]).expect("valid").stop,
+            Stop::Duration(Duration::from_secs(60))
+        );
+        assert!(settings(&["put", "--ops", "0"]).expect_err("no ops").contains("--ops"));
+    }
+
+    #[test]
+    fn workload_flags_are_parsed() {
+        let get = parse(&["get", "--consistency", "serializable"]).expect("valid");
+        assert!(matches!(
+            get.workload,
+            WorkloadArgs::Get(GetArgs { consistency: ConsistencyArg::Serializable })
+        ));
+        let mixed = parse(&["mixed", "--read-ratio", "0.9"]).expect("valid");
+        let WorkloadArgs::Mixed(args) = mixed.workload else { panic!("mixed expected") };
+        assert_eq!((args.read_ratio, args.consistency), (0.9, ConsistencyArg::Linearizable));
+        assert!(matches!(parse(&["txn-cas"]).expect("valid").workload, WorkloadArgs::TxnCas));
+        assert_eq!(parse(&["get", "--consistency", "eventual"]).expect_err("bad").exit_code(), 2);
+        assert_eq!(parse(&["scan"]).expect_err("no such workload").exit_code(), 2);
+    }
+
+    #[test]
+    fn bad_targets_and_key_sizes_are_usage_errors_naming_the_flag() {
+        let e = settings(&["put", "--target", "zk://h:1"]).expect_err("unknown system");
+        assert!(e.starts_with("--target:"), "{e}");
+        let e = settings(&["put", "--key-size", "8"]).expect_err("too small for 100000 keys");
+        assert!(e.contains("--key-size"), "{e}");
+        assert!(settings(&["put", "--key-size", "8", "--keyspace", "100"]).is_ok());
+    }
+}

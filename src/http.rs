@@ -1,0 +1,96 @@
+//! The HTTP port (`--http-addr`, default 127.0.0.1:7381): what monitoring and orchestrators ask
+//! of a member.
+//!
+//! - `GET /metrics`: every metric in OpenMetrics text (see [`crate::metrics`]).
+//! - `GET /health`: 200 `ok` while the node thread runs; 503 once it has stopped.
+//! - `GET /ready`: 200 `ready` when the member knows a leader and has applied everything it
+//!   knows committed, so it can serve a linearizable read without waiting; else 503 with a
+//!   one-line reason.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::core::Status;
+use crate::metrics::{self, Metrics};
+use crate::node::NodeHandle;
+
+#[derive(Clone)]
+struct Http {
+    node: NodeHandle,
+    metrics: Arc<Metrics>,
+}
+
+/// The routes of the HTTP port.
+pub fn router(node: NodeHandle, metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .with_state(Http { node, metrics })
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+async fn metrics_text(State(http): State<Http>) -> Response {
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], http.metrics.encode()).into_response()
+}
+
+async fn health(State(http): State<Http>) -> Response {
+    if http.node.is_running() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "the node has stopped\n").into_response()
+    }
+}
+
+async fn ready(State(http): State<Http>) -> Response {
+    match readiness(http.node.is_running(), &http.node.status()) {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
+    }
+}
+
+/// Whether a member whose node thread is `running` and whose status is `s` is ready, or why not.
+pub fn readiness(running: bool, s: &Status) -> Result<(), String> {
+    if !running {
+        return Err("the node has stopped".into());
+    }
+    if s.leader == 0 {
+        return Err("no leader is known (an election is under way, or no quorum is reachable)".into());
+    }
+    if s.applied.index < s.commit_index {
+        return Err(format!("applied index {} is behind commit index {}", s.applied.index, s.commit_index));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_needs_a_leader_and_everything_committed_applied() {
+        let mut s = Status { leader: 2, commit_index: 9, ..Default::default() };
+        s.applied.index = 9;
+        assert_eq!(readiness(true, &s), Ok(()));
+        assert!(readiness(false, &s).expect_err("stopped").contains("stopped"));
+        s.applied.index = 8;
+        assert!(readiness(true, &s).expect_err("lagging").contains("behind commit index 9"));
+        s.leader = 0;
+        assert!(readiness(true, &s).expect_err("leaderless").contains("no leader"));
+    }
+}

@@ -1,0 +1,302 @@
+//! The member's metrics: one [`Metrics`] (a prometheus-client registry and its typed families),
+//! created by `server::run` and handed to the node driver, the peer transport and the gRPC
+//! layer; `/metrics` on the HTTP port encodes it (OpenMetrics text).
+//!
+//! What is here: the families ([`RaftMetrics`], [`PeerMetrics`], [`GrpcMetrics`]) and the tower
+//! layer that times every gRPC call ([`grpc::GrpcMetricsLayer`]). It imports nothing of Latch:
+//! the driver and the transport fill the families in.
+//!
+//! Cost on the hot path: every label value is a `&'static str` or an integer, so recording
+//! allocates nothing; the per-method families of the gRPC layer are resolved once, at start.
+
+pub mod grpc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+pub use grpc::GrpcMetricsLayer;
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Every metric of a member, under the prefix `latch_`.
+pub struct Metrics {
+    registry: Registry,
+    pub raft: RaftMetrics,
+    pub peer: PeerMetrics,
+    pub grpc: GrpcMetrics,
+}
+
+/// Raft and the apply path, as the node driver sees them each turn.
+pub struct RaftMetrics {
+    pub term: Gauge,
+    pub is_leader: Gauge,
+    pub has_leader: Gauge,
+    pub leader_changes: Counter,
+    pub commit_index: Gauge,
+    pub applied_index: Gauge,
+    /// `commit_index - applied_index`.
+    pub apply_lag: Gauge,
+    pub proposals_pending: Gauge,
+    pub proposals_committed: Counter,
+    pub proposals_applied: Counter,
+    pub proposals_failed: Counter,
+    pub snapshots_installed: Counter,
+    /// One observation per Ready that wrote: the redb commit, i.e. its fdatasync.
+    pub ready_commit_seconds: Histogram,
+    /// Log entries appended by each Ready that wrote: how much group commit batched.
+    pub ready_entries: Histogram,
+    /// One observation per batch of committed entries applied to the state machine.
+    pub apply_seconds: Histogram,
+}
+
+/// The labels of a peer message: which peer, which raft message type.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerMessageLabels {
+    pub peer: u64,
+    pub r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub peer: u64,
+}
+
+/// Raft messages between members, counted by the peer transport.
+pub struct PeerMetrics {
+    sent_messages: Family<PeerMessageLabels, Counter>,
+    sent_bytes: Family<PeerMessageLabels, Counter>,
+    received_messages: Family<PeerMessageLabels, Counter>,
+    received_bytes: Family<PeerMessageLabels, Counter>,
+    unreachable: Family<PeerLabels, Counter>,
+}
+
+impl PeerMetrics {
+    /// A message of `bytes` (encoded) handed to the stream to `peer`.
+    pub fn sent(&self, peer: u64, r#type: &'static str, bytes: usize) {
+        let labels = PeerMessageLabels { peer, r#type };
+        self.sent_messages.get_or_create(&labels).inc();
+        self.sent_bytes.get_or_create(&labels).inc_by(bytes as u64);
+    }
+
+    /// A message of `bytes` (encoded) received from `peer` and handed to the node.
+    pub fn received(&self, peer: u64, r#type: &'static str, bytes: usize) {
+        let labels = PeerMessageLabels { peer, r#type };
+        self.received_messages.get_or_create(&labels).inc();
+        self.received_bytes.get_or_create(&labels).inc_by(bytes as u64);
+    }
+
+    /// The stream to `peer` ended: its queued messages were dropped and raft was told.
+    pub fn unreachable(&self, peer: u64) {
+        self.unreachable.get_or_create(&PeerLabels { peer }).inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrpcLabels {
+    pub method: &'static str,
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// gRPC calls on the client port, by method (the gRPC path) and status code.
+pub struct GrpcMetrics {
+    requests: Family<GrpcLabels, Counter>,
+    duration: HistogramFamily<MethodLabels>,
+}
+
+/// Buckets for the Ready's commit and for apply: 25 µs (an fdatasync on a fast disk is ≈ 50 µs)
+/// doubling to ≈ 1.6 s.
+fn disk_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(25e-6, 2.0, 17))
+}
+
+/// Buckets for gRPC calls: 100 µs doubling to ≈ 13 s (a request times out after 10 s).
+fn call_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(100e-6, 2.0, 18))
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("latch");
+        let raft = RaftMetrics {
+            term: Gauge::default(),
+            is_leader: Gauge::default(),
+            has_leader: Gauge::default(),
+            leader_changes: Counter::default(),
+            commit_index: Gauge::default(),
+            applied_index: Gauge::default(),
+            apply_lag: Gauge::default(),
+            proposals_pending: Gauge::default(),
+            proposals_committed: Counter::default(),
+            proposals_applied: Counter::default(),
+            proposals_failed: Counter::default(),
+            snapshots_installed: Counter::default(),
+            ready_commit_seconds: disk_buckets(),
+            ready_entries: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            apply_seconds: disk_buckets(),
+        };
+        let r = &mut registry;
+        r.register("raft_term", "The raft term this member is in", raft.term.clone());
+        r.register("raft_is_leader", "1 if this member is the leader, else 0", raft.is_leader.clone());
+        r.register("raft_has_leader", "1 if this member knows a leader, else 0", raft.has_leader.clone());
+        r.register(
+            "raft_leader_changes",
+            "Times this member saw a new leader (a change of the leader it knows to another one) since it started",
+            raft.leader_changes.clone(),
+        );
+        r.register("raft_commit_index", "The highest log index known committed", raft.commit_index.clone());
+        r.register(
+            "raft_applied_index",
+            "The highest log index applied to the state machine",
+            raft.applied_index.clone(),
+        );
+        r.register(
+            "raft_apply_lag_entries",
+            "Committed log entries not yet applied (commit index - applied index)",
+            raft.apply_lag.clone(),
+        );
+        r.register(
+            "proposals_pending",
+            "Proposals made on this member and not yet answered",
+            raft.proposals_pending.clone(),
+        );
+        r.register(
+            "proposals_committed",
+            "Log entries this member learned committed since it started",
+            raft.proposals_committed.clone(),
+        );
+        r.register(
+            "proposals_applied",
+            "Log entries this member applied to its state machine since it started",
+            raft.proposals_applied.clone(),
+        );
+        r.register(
+            "proposals_failed",
+            "Proposals made on this member that were answered with an error (no leader, timed out, shutting down)",
+            raft.proposals_failed.clone(),
+        );
+        r.register(
+            "raft_snapshots_installed",
+            "Snapshots installed from a leader since this member started",
+            raft.snapshots_installed.clone(),
+        );
+        r.register_with_unit(
+            "raft_ready_commit_duration",
+            "Duration of each Ready's redb write transaction commit (its fdatasync)",
+            Unit::Seconds,
+            raft.ready_commit_seconds.clone(),
+        );
+        r.register(
+            "raft_ready_entries",
+            "Raft log entries appended by each Ready's commit (the group commit batch)",
+            raft.ready_entries.clone(),
+        );
+        r.register_with_unit(
+            "raft_apply_duration",
+            "Duration of applying one batch of committed entries to the state machine (before the commit)",
+            Unit::Seconds,
+            raft.apply_seconds.clone(),
+        );
+
+        let peer = PeerMetrics {
+            sent_messages: Family::default(),
+            sent_bytes: Family::default(),
+            received_messages: Family::default(),
+            received_bytes: Family::default(),
+            unreachable: Family::default(),
+        };
+        r.register(
+            "peer_sent_messages",
+            "Raft messages handed to the stream to a peer, by peer and message type",
+            peer.sent_messages.clone(),
+        );
+        r.register_with_unit(
+            "peer_sent",
+            "Encoded size of the raft messages sent to a peer, by peer and message type",
+            Unit::Bytes,
+            peer.sent_bytes.clone(),
+        );
+        r.register(
+            "peer_received_messages",
+            "Raft messages received from a peer, by peer and message type",
+            peer.received_messages.clone(),
+        );
+        r.register_with_unit(
+            "peer_received",
+            "Encoded size of the raft messages received from a peer, by peer and message type",
+            Unit::Bytes,
+            peer.received_bytes.clone(),
+        );
+        r.register(
+            "peer_unreachable",
+            "Times the message stream to a peer failed (raft was told the peer is unreachable)",
+            peer.unreachable.clone(),
+        );
+
+        let grpc = GrpcMetrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(call_buckets as fn() -> Histogram),
+        };
+        r.register(
+            "grpc_requests",
+            "gRPC calls served on the client port, by method (gRPC path) and status code",
+            grpc.requests.clone(),
+        );
+        r.register_with_unit(
+            "grpc_request_duration",
+            "Duration of gRPC calls on the client port, by method, until the status was sent",
+            Unit::Seconds,
+            grpc.duration.clone(),
+        );
+        Metrics { registry, raft, peer, grpc }
+    }
+
+    /// The OpenMetrics text of every metric (ends with `# EOF`).
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_metrics_carry_the_latch_prefix_units_and_labels() {
+        let m = Metrics::new();
+        m.raft.term.set(7);
+        m.raft.ready_commit_seconds.observe(0.0001);
+        m.peer.sent(2, "MsgAppend", 100);
+        let text = m.encode();
+        assert!(text.contains("latch_raft_term 7\n"), "term gauge missing:\n{text}");
+        assert!(
+            text.contains("latch_raft_ready_commit_duration_seconds_count 1\n"),
+            "commit histogram missing:\n{text}"
+        );
+        assert!(
+            text.contains("latch_peer_sent_bytes_total{peer=\"2\",type=\"MsgAppend\"} 100\n"),
+            "peer bytes missing:\n{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF:\n{text}");
+    }
+}

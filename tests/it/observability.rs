@@ -1,0 +1,207 @@
+//! What monitoring sees of a member (DESIGN.md §5, HTTP port): `/metrics` in Prometheus text,
+//! `/health` and `/ready` over HTTP, and the standard gRPC health and reflection services on
+//! the client port.
+
+use latch_proto::v1::kv_client::KvClient;
+use latch_proto::v1::PutRequest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+use crate::harness::{eventually, Cluster, STARTUP};
+
+/// An HTTP answer: status code, headers (lower-cased names), body.
+struct HttpAnswer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl HttpAnswer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path` over HTTP/1.1 with `Connection: close`: a plain client of a few lines, so the
+/// test depends on no HTTP library. The server sends a Content-Length body, never chunks.
+async fn http_get(addr: &str, path: &str) -> Result<HttpAnswer, String> {
+    let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8(raw).map_err(|e| format!("not UTF-8: {e}"))?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no header end in {text:?}"))?;
+    let mut lines = head.lines();
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(HttpAnswer { status, headers, body: body.to_string() })
+}
+
+/// The value of the sample `series` (name and labels exactly as printed) in metrics text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_show_commit_durations_the_term_and_grpc_calls_by_method_and_code() {
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    for i in 0..5 {
+        client.put(format!("k{i}"), "v").await.unwrap();
+    }
+    // An empty key is refused: a call with another code than OK.
+    let mut raw = KvClient::connect(format!("http://{}", c.member(1).client_addr)).await.unwrap();
+    let refused = raw.put(PutRequest { key: vec![], value: b"v".to_vec(), ..Default::default() }).await;
+    assert_eq!(refused.expect_err("an empty key is refused").code(), tonic::Code::InvalidArgument);
+
+    let addr = c.member(1).http_addr.clone();
+    let answer = http_get(&addr, "/metrics").await.unwrap();
+    assert_eq!(answer.status, 200, "/metrics should answer 200; body: {}", answer.body);
+    assert!(
+        answer.header("content-type").is_some_and(|t| t.starts_with("application/openmetrics-text")),
+        "/metrics should be OpenMetrics text; headers: {:?}",
+        answer.headers
+    );
+    let text = answer.body;
+    let commits = sample(&text, "latch_raft_ready_commit_duration_seconds_count").unwrap_or(0.0);
+    assert!(commits >= 5.0, "every put commits a Ready (count >= 5), got {commits}:\n{text}");
+    let term = sample(&text, "latch_raft_term").unwrap_or(0.0);
+    assert!(term >= 1.0, "the leader's term is at least 1, got {term}:\n{text}");
+    assert_eq!(sample(&text, "latch_raft_is_leader"), Some(1.0), "a lone member leads:\n{text}");
+    let puts = sample(&text, r#"latch_grpc_requests_total{method="/latch.v1.KV/Put",code="OK"}"#);
+    assert_eq!(puts, Some(5.0), "5 puts answered OK should be counted:\n{text}");
+    let refused =
+        sample(&text, r#"latch_grpc_requests_total{method="/latch.v1.KV/Put",code="INVALID_ARGUMENT"}"#);
+    assert_eq!(refused, Some(1.0), "the refused put should be counted with its code:\n{text}");
+    let timed = sample(&text, r#"latch_grpc_request_duration_seconds_count{method="/latch.v1.KV/Put"}"#);
+    assert_eq!(timed, Some(6.0), "every put should be timed:\n{text}");
+    let applied = sample(&text, "latch_proposals_applied_total").unwrap_or(0.0);
+    assert!(applied >= 5.0, "the puts' entries were applied, got {applied}:\n{text}");
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
+}
+
+#[tokio::test]
+async fn ready_is_200_in_a_healthy_cluster_and_503_on_a_member_whose_peers_are_gone() {
+    let mut c = Cluster::start(3, &[]).await;
+    c.leader().await;
+    for id in c.ids() {
+        let addr = c.member(id).http_addr.clone();
+        eventually(&format!("member {id}'s /ready to answer 200"), STARTUP, || {
+            let addr = addr.clone();
+            async move {
+                let a = http_get(&addr, "/ready").await?;
+                if a.status == 200 {
+                    Ok(())
+                } else {
+                    Err(format!("{} {}", a.status, a.body))
+                }
+            }
+        })
+        .await;
+    }
+    // Peer messages flow both ways between members of a healthy cluster.
+    let text = http_get(&c.member(1).http_addr, "/metrics").await.unwrap().body;
+    assert!(
+        text.lines().any(|l| l.starts_with("latch_peer_sent_messages_total{")),
+        "member 1 should count the raft messages it sent:\n{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("latch_peer_received_bytes_total{")),
+        "member 1 should count the bytes it received:\n{text}"
+    );
+
+    c.kill(2);
+    c.kill(3);
+    let addr = c.member(1).http_addr.clone();
+    let body = eventually("member 1's /ready to answer 503 once it knows no leader", STARTUP, || {
+        let addr = addr.clone();
+        async move {
+            let a = http_get(&addr, "/ready").await?;
+            if a.status == 503 {
+                Ok(a.body)
+            } else {
+                Err(format!("{} {}", a.status, a.body))
+            }
+        }
+    })
+    .await;
+    assert!(body.contains("no leader"), "/ready should say why it is not ready; got {body:?}");
+    assert_eq!(body.lines().count(), 1, "the reason is one line; got {body:?}");
+    let health = http_get(&addr, "/health").await.unwrap();
+    assert_eq!(
+        (health.status, health.body.as_str()),
+        (200, "ok\n"),
+        "a member without a leader is still alive"
+    );
+}
+
+#[tokio::test]
+async fn grpc_health_answers_serving_and_reflection_lists_the_public_services() {
+    let c = Cluster::start(1, &[]).await;
+    let endpoint = format!("http://{}", c.member(1).client_addr);
+    let channel = tonic::transport::Channel::from_shared(endpoint).unwrap().connect().await.unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "latch.v1.KV", "latch.v1.Cluster"] {
+        let status = health
+            .check(HealthCheckRequest { service: service.into() })
+            .await
+            .unwrap_or_else(|e| panic!("health check of {service:?} failed: {e}"))
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "health of {service:?} should be SERVING");
+    }
+    let unknown = health.check(HealthCheckRequest { service: "no.such.Service".into() }).await;
+    assert_eq!(unknown.expect_err("an unknown service").code(), tonic::Code::NotFound);
+    let health_http = http_get(&c.member(1).http_addr, "/health").await.unwrap();
+    assert_eq!((health_http.status, health_http.body.as_str()), (200, "ok\n"));
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let ask = |req: MessageRequest| {
+        tokio_stream::iter([ServerReflectionRequest { host: String::new(), message_request: Some(req) }])
+    };
+    let mut answers = reflection
+        .server_reflection_info(ask(MessageRequest::ListServices(String::new())))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        answers.message().await.unwrap().and_then(|r| r.message_response)
+    else {
+        panic!("reflection should answer ListServices with a list");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in ["latch.v1.KV", "latch.v1.Cluster", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == expected), "reflection should list {expected}; got {names:?}");
+    }
+    assert!(
+        !names.iter().any(|n| n.starts_with("latch.internal")),
+        "the peer service is not served on the client port; got {names:?}"
+    );
+    let mut answers = reflection
+        .server_reflection_info(ask(MessageRequest::FileContainingSymbol("latch.v1.KV".into())))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().and_then(|r| r.message_response);
+    assert!(
+        matches!(answer, Some(MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()),
+        "reflection should return the file that defines latch.v1.KV; got {answer:?}"
+    );
+}
