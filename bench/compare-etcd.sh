@@ -88,6 +88,15 @@ wait_for() { # what, command...
 wait_for "etcd to be healthy" env ETCDCTL_API=3 etcdctl --endpoints "$ETCD_ENDPOINTS" endpoint health
 wait_for "latch to have a leader" sh -c "'$LATCH' cluster status --endpoints '$LATCH_ENDPOINTS' --output json | grep -q '\"leader\":[1-9]'"
 
+# A member that could not start (a port in use, say) must not go unnoticed: another process on
+# the same port would be measured instead.
+for pid in "${PIDS[@]}"; do
+  if ! kill -0 "$pid" 2>/dev/null; then
+    echo "a server this script started (pid $pid) has exited; see the logs in $WORK" >&2
+    exit 1
+  fi
+done
+
 ETCD_VERSION=$(etcd --version 2>/dev/null | head -1)
 LATCH_VERSION="$("$LATCH" --version) ($(git rev-parse --short HEAD 2>/dev/null || echo unknown))"
 RESULTS="$WORK/results.jsonl"
