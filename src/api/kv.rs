@@ -23,9 +23,11 @@ impl KvService {
         KvServer::new(KvService { ctx }).max_decoding_message_size(max).max_encoding_message_size(usize::MAX)
     }
 
+    /// Proposes a write; one without a request id gets a UUIDv7 (time-ordered: the fsm's table
+    /// of remembered ids then grows at one end instead of at random pages).
     async fn propose(&self, request_id: &str, body: Body) -> Result<outcome::Result, ApiError> {
         let request_id =
-            if request_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { request_id.to_string() };
+            if request_id.is_empty() { uuid::Uuid::now_v7().to_string() } else { request_id.to_string() };
         let cmd = Command { version: 1, request_id, body: Some(body) };
         let out = self.ctx.node.propose(cmd).await?;
         match out.result {

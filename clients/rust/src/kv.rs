@@ -16,10 +16,12 @@ fn kv(channel: Channel) -> KvClient<Channel> {
 }
 
 /// Gives a write its request id, if the caller did not, before the first attempt: every retry
-/// then carries the same id and the server applies the write at most once.
+/// then carries the same id and the server applies the write at most once. A UUIDv7 is
+/// time-ordered, so the server's table of remembered ids grows at one end (few pages rewritten
+/// per commit) rather than at random places.
 fn ensure_request_id(id: &mut String) {
     if id.is_empty() {
-        *id = uuid::Uuid::new_v4().to_string();
+        *id = uuid::Uuid::now_v7().to_string();
     }
 }
 
@@ -123,7 +125,11 @@ mod tests {
     fn a_missing_request_id_is_filled_and_a_given_one_kept() {
         let mut id = String::new();
         ensure_request_id(&mut id);
-        assert_eq!(uuid::Uuid::parse_str(&id).map(|u| u.get_version_num()), Ok(4));
+        assert_eq!(
+            uuid::Uuid::parse_str(&id).map(|u| u.get_version_num()),
+            Ok(7),
+            "a time-ordered UUIDv7 is expected"
+        );
         let mut given = "mine".to_string();
         ensure_request_id(&mut given);
         assert_eq!(given, "mine");
