@@ -165,6 +165,7 @@ lines.append(f"Measured {datetime.date.today()} by `bench/compare-etcd.sh`: a 3-
              f"goes first, {rounds} rounds of {duration} per cell. Numbers are the medians over the rounds; "
              "the ratio is Latch / etcd (throughput: higher is better for Latch above 1; p99: lower is better "
              "for Latch below 1).\n")
+lines.append("Where Latch's time goes, and what is being done about it: [performance.md](performance.md).\n")
 lines.append("## Machine\n")
 lines.append(f"- CPU: {cpu}, {os.cpu_count()} cores (servers of both systems and the load generator share them)")
 lines.append(f"- fdatasync of a 4 KiB append on the data disk: {fsync_us} µs (measured by the script)")
