@@ -33,38 +33,38 @@ pub struct ServerArgs {
     /// This member's id (a positive integer, listed in --initial-cluster).
     #[arg(long)]
     pub id: Option<u64>,
-    /// Directory of this member's data file (created if missing).
+    /// Directory of this member's data (created if missing); ./latch-data with --dev.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Address for clients (gRPC), host:port.
+    /// Address for clients (gRPC), host:port [default: 127.0.0.1:7379].
     #[arg(long)]
     pub client_addr: Option<String>,
-    /// Address for the other members (raft messages, snapshots), host:port.
+    /// Address for the other members (raft messages, snapshots), host:port [default: 127.0.0.1:7380].
     #[arg(long)]
     pub peer_addr: Option<String>,
-    /// Address for HTTP (/metrics, /health, /ready), host:port.
+    /// Address for HTTP (/metrics, /health, /ready), host:port [default: 127.0.0.1:7381].
     #[arg(long)]
     pub http_addr: Option<String>,
     /// Peer addresses of the first members: 1=host:port,2=host:port,3=host:port.
     #[arg(long)]
     pub initial_cluster: Option<String>,
-    /// Snapshot the state machine and compact the log after this many applied entries.
+    /// Snapshot the state machine and compact the log after this many applied entries [default: 10000].
     #[arg(long)]
     pub snapshot_entries: Option<u64>,
-    /// Interval of a raft tick (humantime, e.g. "50ms"); elections time out after 10–20 ticks.
+    /// Interval of a raft tick (humantime) [default: 50ms]; elections time out after 10–20 ticks.
     #[arg(long, value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub tick_interval: Option<Duration>,
-    /// Largest key, in bytes.
+    /// Largest key, in bytes [default: 4096].
     #[arg(long)]
     pub max_key_bytes: Option<usize>,
-    /// Largest value, in bytes.
+    /// Largest value, in bytes [default: 1048576].
     #[arg(long)]
     pub max_value_bytes: Option<usize>,
-    /// Largest request, in bytes.
+    /// Largest request, in bytes [default: 1572864].
     #[arg(long)]
     pub max_request_bytes: Option<usize>,
-    /// Most operations in one transaction (compares, then and else ops each count).
+    /// Most operations in one transaction (compares, then and else ops each count) [default: 128].
     #[arg(long)]
     pub max_txn_ops: Option<usize>,
     /// Read every flag above from this TOML file (same names); flags given here win.
