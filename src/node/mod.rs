@@ -241,6 +241,27 @@ impl Waiters {
     }
 }
 
+/// Hands one event to the core; `true` when the event asks the driver to stop.
+fn hand(ev: Event, core: &mut Core, waiters: &mut Waiters) -> Result<bool, CoreError> {
+    match ev {
+        Event::Propose { cmd, reply } => {
+            waiters.next += 1;
+            waiters.proposals.insert(waiters.next, reply);
+            core.propose(waiters.next, cmd);
+        }
+        Event::Read { reply } => {
+            waiters.next += 1;
+            waiters.reads.insert(waiters.next, reply);
+            core.read_index(waiters.next);
+        }
+        Event::Peer(msg) => core.step(*msg)?,
+        Event::Unreachable(peer) => core.report_unreachable(peer),
+        Event::SnapshotSent { peer, ok } => core.report_snapshot(peer, ok),
+        Event::Stop => return Ok(true),
+    }
+    Ok(false)
+}
+
 fn drive(
     mut core: Core,
     rx: mpsc::Receiver<Event>,
@@ -254,60 +275,21 @@ fn drive(
     let mut last_status = core.status();
     record_status(metrics, &last_status, &last_status);
     let mut next_tick = Instant::now() + tick;
-    let result = loop {
-        let mut stop = false;
-        let mut taken = 0;
+    let result = 'driver: loop {
         let wait = next_tick.saturating_duration_since(Instant::now());
         let first = match rx.recv_timeout(wait) {
             Ok(ev) => Some(ev),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break Ok(()),
         };
-        let mut step_result = Ok(());
-        let handle = |ev: Event, core: &mut Core, waiters: &mut Waiters| match ev {
-            Event::Propose { cmd, reply } => {
-                waiters.next += 1;
-                waiters.proposals.insert(waiters.next, reply);
-                core.propose(waiters.next, cmd);
-                Ok(false)
+        // Everything already queued joins this turn (group commit), up to a bound.
+        let queued = std::iter::from_fn(|| rx.try_recv().ok());
+        for ev in first.into_iter().chain(queued).take(MAX_EVENTS_PER_TURN) {
+            match hand(ev, &mut core, &mut waiters) {
+                Ok(false) => {}
+                Ok(true) => break 'driver Ok(()),
+                Err(e) => break 'driver Err(e),
             }
-            Event::Read { reply } => {
-                waiters.next += 1;
-                waiters.reads.insert(waiters.next, reply);
-                core.read_index(waiters.next);
-                Ok(false)
-            }
-            Event::Peer(msg) => core.step(*msg).map(|_| false),
-            Event::Unreachable(peer) => {
-                core.report_unreachable(peer);
-                Ok(false)
-            }
-            Event::SnapshotSent { peer, ok } => {
-                core.report_snapshot(peer, ok);
-                Ok(false)
-            }
-            Event::Stop => Ok(true),
-        };
-        if let Some(ev) = first {
-            match handle(ev, &mut core, &mut waiters) {
-                Ok(s) => stop |= s,
-                Err(e) => step_result = Err(e),
-            }
-            taken += 1;
-        }
-        while taken < MAX_EVENTS_PER_TURN && !stop && step_result.is_ok() {
-            let Ok(ev) = rx.try_recv() else { break };
-            match handle(ev, &mut core, &mut waiters) {
-                Ok(s) => stop |= s,
-                Err(e) => step_result = Err(e),
-            }
-            taken += 1;
-        }
-        if let Err(e) = step_result {
-            break Err(e);
-        }
-        if stop {
-            break Ok(());
         }
         if Instant::now() >= next_tick {
             core.tick();
