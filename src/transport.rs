@@ -21,7 +21,6 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::Peer;
-use crate::core::Core;
 use crate::metrics::{Metrics, PeerMetrics};
 use crate::node::{Event, NodeHandle, Outbox};
 use latch_proto::internal::peer_client::PeerClient;
@@ -221,7 +220,7 @@ async fn send_loop(
     };
     let mut stream: Option<FrameSink> = None;
     while let Some(msg) = queue.recv().await {
-        if Core::is_snapshot(&msg) {
+        if crate::core::is_snapshot(&msg) {
             let ok = send_snapshot(&client, me, cluster_id, &msg, &metrics.peer).await;
             if !ok {
                 tracing::warn!(peer = peer.id, "sending a snapshot failed");

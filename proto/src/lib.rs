@@ -23,3 +23,7 @@ pub use generated::latch::v1;
 /// The encoded `FileDescriptorSet` of every .proto file of this crate (`latch.v1` and
 /// `latch.internal.v1`), for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("latch_descriptor");
+
+/// gRPC metadata key under which a member answering UNAVAILABLE names the leader's client
+/// address (`host:port`), when it knows one. Part of the wire contract of `latch.v1`.
+pub const LEADER_ADDR_METADATA: &str = "latch-leader-addr";

@@ -23,18 +23,28 @@ impl KvService {
         KvServer::new(KvService { ctx }).max_decoding_message_size(max).max_encoding_message_size(usize::MAX)
     }
 
-    /// Proposes a write; one without a request id gets a UUIDv7 (time-ordered: the fsm's table
-    /// of remembered ids then grows at one end instead of at random pages).
-    async fn propose(&self, request_id: &str, body: Body) -> Result<outcome::Result, ApiError> {
+    /// Proposes a write and answers with its typed response under this member's header. One
+    /// without a request id gets a UUIDv7 (time-ordered: the fsm's table of remembered ids then
+    /// grows at one end instead of at random pages).
+    async fn write<R: WriteResponse>(&self, request_id: &str, body: Body) -> Result<R, ApiError> {
         let request_id =
             if request_id.is_empty() { uuid::Uuid::now_v7().to_string() } else { request_id.to_string() };
         let cmd = Command { version: 1, request_id, body: Some(body) };
         let out = self.ctx.node.propose(cmd).await?;
-        match out.result {
-            Some(outcome::Result::Rejected(why)) => Err(ApiError::Rejected(why)),
-            Some(r) => Ok(r),
-            None => Err(ApiError::Internal("the state machine returned an empty outcome".into())),
-        }
+        let result = match out.result {
+            Some(outcome::Result::Rejected(why)) => return Err(ApiError::Rejected(why)),
+            Some(r) => r,
+            None => return Err(ApiError::Internal("the state machine returned an empty outcome".into())),
+        };
+        let mut resp = R::from_outcome(result).ok_or_else(|| {
+            ApiError::Internal(format!(
+                "the state machine answered a {} with another kind of outcome",
+                R::WHAT
+            ))
+        })?;
+        let header = resp.header_mut();
+        *header = self.header(header.take());
+        Ok(resp)
     }
 
     fn header(&self, h: Option<ResponseHeader>) -> Option<ResponseHeader> {
@@ -42,9 +52,33 @@ impl KvService {
     }
 }
 
-fn unexpected(what: &str) -> ApiError {
-    ApiError::Internal(format!("the state machine answered a {what} with another kind of outcome"))
+/// A write's response type, as found in the fsm's `Outcome`.
+trait WriteResponse: Sized {
+    const WHAT: &'static str;
+    fn from_outcome(r: outcome::Result) -> Option<Self>;
+    fn header_mut(&mut self) -> &mut Option<ResponseHeader>;
 }
+
+macro_rules! write_response {
+    ($ty:ty, $variant:ident, $what:literal) => {
+        impl WriteResponse for $ty {
+            const WHAT: &'static str = $what;
+            fn from_outcome(r: outcome::Result) -> Option<Self> {
+                match r {
+                    outcome::Result::$variant(resp) => Some(resp),
+                    _ => None,
+                }
+            }
+            fn header_mut(&mut self) -> &mut Option<ResponseHeader> {
+                &mut self.header
+            }
+        }
+    };
+}
+
+write_response!(PutResponse, Put, "put");
+write_response!(DeleteRangeResponse, DeleteRange, "delete");
+write_response!(TxnResponse, Txn, "txn");
 
 #[tonic::async_trait]
 impl Kv for KvService {
@@ -75,13 +109,7 @@ impl Kv for KvService {
             check_request(&self.ctx.limits, req.encoded_len())?;
             check_put(&self.ctx.limits, &req)?;
             check_request_id(&req.request_id)?;
-            match self.propose(&req.request_id.clone(), Body::Put(req)).await? {
-                outcome::Result::Put(mut r) => {
-                    r.header = self.header(r.header);
-                    Ok(r)
-                }
-                _ => Err(unexpected("put")),
-            }
+            self.write(&req.request_id.clone(), Body::Put(req)).await
         };
         run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
     }
@@ -95,13 +123,7 @@ impl Kv for KvService {
             check_request(&self.ctx.limits, req.encoded_len())?;
             check_key(&self.ctx.limits, "key", &req.key)?;
             check_request_id(&req.request_id)?;
-            match self.propose(&req.request_id.clone(), Body::DeleteRange(req)).await? {
-                outcome::Result::DeleteRange(mut r) => {
-                    r.header = self.header(r.header);
-                    Ok(r)
-                }
-                _ => Err(unexpected("delete")),
-            }
+            self.write(&req.request_id.clone(), Body::DeleteRange(req)).await
         };
         run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
     }
@@ -112,13 +134,7 @@ impl Kv for KvService {
             check_request(&self.ctx.limits, req.encoded_len())?;
             check_txn(&self.ctx.limits, &req)?;
             check_request_id(&req.request_id)?;
-            match self.propose(&req.request_id.clone(), Body::Txn(req)).await? {
-                outcome::Result::Txn(mut r) => {
-                    r.header = self.header(r.header);
-                    Ok(r)
-                }
-                _ => Err(unexpected("txn")),
-            }
+            self.write(&req.request_id.clone(), Body::Txn(req)).await
         };
         run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
     }

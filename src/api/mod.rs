@@ -14,8 +14,7 @@ use crate::node::NodeHandle;
 use latch_proto::v1::ResponseHeader;
 use tonic::Status;
 
-/// Metadata key carrying the leader's client address on UNAVAILABLE, when known.
-pub const LEADER_ADDR_METADATA: &str = "latch-leader-addr";
+pub use latch_proto::LEADER_ADDR_METADATA;
 
 /// The gRPC path of every method of the public services, in the order of the protos: the
 /// values of the gRPC metrics' `method` label (a test checks the list against the protos).

@@ -32,6 +32,12 @@ use latch_proto::internal::{Command, Outcome};
 /// Most raft log entries one Ready's transaction deletes when compacting.
 pub const COMPACTION_STEP: u64 = 1024;
 
+/// Whether a raft message is a snapshot: whoever carries it reports its delivery to raft with
+/// [`Core::report_snapshot`] (the transport sends it over a call of its own).
+pub fn is_snapshot(msg: &Message) -> bool {
+    msg.get_msg_type() == MessageType::MsgSnapshot
+}
+
 /// Identifies a waiting request in the driver; opaque to the core.
 pub type Waiter = u64;
 
@@ -628,10 +634,5 @@ impl Core {
                 }
             }
         }
-    }
-
-    /// Whether a message is a snapshot (sent over its own stream by the transport).
-    pub fn is_snapshot(msg: &Message) -> bool {
-        msg.get_msg_type() == MessageType::MsgSnapshot
     }
 }

@@ -509,7 +509,7 @@ impl Sim {
 
     fn deliver(&mut self, d: Delivery, from_inc: u64) {
         let (from, to) = (d.from, d.to);
-        let snapshot = Core::is_snapshot(&d.msg);
+        let snapshot = latch::core::is_snapshot(&d.msg);
         if !self.is_up(to) || !self.net.connected(from, to) {
             // The transport notices: the sender hears that the peer is unreachable.
             let delay = self.rng.gen_range(500..5_000);
@@ -571,7 +571,7 @@ impl Sim {
     fn send(&mut self, from: u64, inc: u64, msg: Message) {
         self.report.messages += 1;
         let to = msg.to;
-        let snapshot = Core::is_snapshot(&msg);
+        let snapshot = latch::core::is_snapshot(&msg);
         let deliveries = self.net.send(&mut self.rng, from, msg);
         if deliveries.is_empty() && snapshot {
             // Lost on the wire: the snapshot stream fails, and the sender hears so.

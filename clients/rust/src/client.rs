@@ -16,9 +16,7 @@ use tonic::{Code, Status};
 
 use crate::Error;
 
-/// Metadata key under which a server answering `UNAVAILABLE` names the leader's client address
-/// (`host:port`), when it knows one.
-pub const LEADER_ADDR_METADATA: &str = "latch-leader-addr";
+pub use latch_proto::LEADER_ADDR_METADATA;
 
 /// How long a TCP connection to an endpoint may take before the endpoint counts as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
