@@ -9,9 +9,8 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use latch::fsm;
-use latch::storage::{self, LogStore};
-use latch_proto::internal::{command::Body, Command};
-use latch_proto::v1::{PutRequest, RangeRequest};
+use latch::storage::{self, LogStore, PreparedSnapshot, SnapshotSource};
+use latch_proto::internal::{command::Body, Command, Put, Range};
 use prost::Message as _;
 use raft::eraftpb::Entry;
 use redb::backends::InMemoryBackend;
@@ -25,9 +24,9 @@ fn store() -> Arc<Database> {
 
 fn put_command(i: u64) -> Vec<u8> {
     Command {
-        version: 1,
+        version: fsm::COMMAND_VERSION,
         request_id: format!("req-{i:016}"),
-        body: Some(Body::Put(PutRequest {
+        body: Some(Body::Put(Put {
             key: format!("bench/{i:010}").into_bytes(),
             value: vec![b'v'; 256],
             ..Default::default()
@@ -49,7 +48,7 @@ fn apply_batch_of_puts(c: &mut Criterion) {
                 let txn = db.begin_write().expect("write txn");
                 for data in &cmds {
                     index.set(index.get() + 1);
-                    fsm::apply_entry(&txn, index.get(), 1, data).expect("apply");
+                    fsm::apply_entry(&txn, index.get(), 1, data, &fsm::Bounds::default()).expect("apply");
                 }
                 txn.commit().expect("commit");
             },
@@ -63,24 +62,33 @@ fn range_over_100k_keys(c: &mut Criterion) {
     let db = store();
     let txn = db.begin_write().expect("write txn");
     for i in 0..100_000u64 {
-        fsm::apply_entry(&txn, i + 1, 1, &put_command(i)).expect("apply");
+        fsm::apply_entry(&txn, i + 1, 1, &put_command(i), &fsm::Bounds::default()).expect("apply");
     }
     txn.commit().expect("commit");
-    let all = RangeRequest { key: b"bench/".to_vec(), range_end: b"bench0".to_vec(), ..Default::default() };
+    let all = Range { key: b"bench/".to_vec(), range_end: b"bench0".to_vec(), ..Default::default() };
     let mut g = c.benchmark_group("fsm");
     g.throughput(Throughput::Elements(100_000));
     g.sample_size(10);
     g.bench_function("range over 100,000 keys", |b| {
         b.iter(|| {
-            let r = fsm::range(&db.begin_read().expect("read txn"), &all).expect("range");
+            let (_, r) = fsm::range(&db.begin_read().expect("read txn"), &all, usize::MAX).expect("range");
             assert_eq!(r.count, 100_000);
         })
     });
-    let count = RangeRequest { count_only: true, ..all.clone() };
+    let count = Range { count_only: true, ..all.clone() };
     g.bench_function("count over 100,000 keys", |b| {
-        b.iter(|| fsm::range(&db.begin_read().expect("read txn"), &count).expect("range"))
+        b.iter(|| fsm::range(&db.begin_read().expect("read txn"), &count, usize::MAX).expect("range"))
     });
     g.finish();
+}
+
+/// The raft log benchmark never asks for a snapshot.
+struct NoSnapshots;
+
+impl SnapshotSource for NoSnapshots {
+    fn prepare(&self, _request_index: u64) -> Result<Option<PreparedSnapshot>, String> {
+        Ok(None)
+    }
 }
 
 fn append_to_raft_log(c: &mut Criterion) {
@@ -88,7 +96,7 @@ fn append_to_raft_log(c: &mut Criterion) {
     g.throughput(Throughput::Elements(BATCH));
     g.bench_function("append 256 entries in one transaction", |b| {
         let db = store();
-        let mut log = LogStore::load(db.clone(), &[1]).expect("log loads");
+        let mut log = LogStore::load(db.clone(), &[1], Arc::new(NoSnapshots), 64 << 20).expect("log loads");
         let next = Cell::new(1u64);
         b.iter_batched(
             || {

@@ -5,8 +5,12 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     std::env::set_var("PROTOC", protoc);
-    let protos =
-        ["proto/latch/v1/kv.proto", "proto/latch/v1/cluster.proto", "proto/latch/internal/v1/internal.proto"];
+    let protos = [
+        "proto/latch/v1/kv.proto",
+        "proto/latch/v1/cluster.proto",
+        "proto/latch/internal/v1/internal.proto",
+        "proto/latch/internal/v1/log.proto",
+    ];
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_build::configure()
         .file_descriptor_set_path(out_dir.join("latch_descriptor.bin"))

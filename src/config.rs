@@ -67,6 +67,29 @@ pub struct ServerArgs {
     /// Most operations in one transaction (compares, then and else ops each count) [default: 128].
     #[arg(long)]
     pub max_txn_ops: Option<usize>,
+    /// Most bytes of keys and values in one answer (a range, or all ranges of a txn); a range
+    /// over it returns a page with `more` set [default: 4194304].
+    #[arg(long)]
+    pub max_response_bytes: Option<usize>,
+    /// Most bytes of client requests this member holds at once (queued, proposed or waiting to
+    /// be read); past it requests are refused as overloaded [default: 67108864].
+    #[arg(long)]
+    pub max_pending_bytes: Option<usize>,
+    /// Most bytes of raft messages from peers queued for this member's raft thread; past it
+    /// they are dropped (raft resends) [default: 134217728].
+    #[arg(long)]
+    pub max_peer_queue_bytes: Option<usize>,
+    /// Largest raft message accepted from a peer (snapshots are streamed apart) [default: 67108864].
+    #[arg(long)]
+    pub max_peer_message_bytes: Option<usize>,
+    /// Bytes of the newest raft log entries kept in memory; older ones are read from disk
+    /// [default: 67108864].
+    #[arg(long)]
+    pub log_cache_bytes: Option<usize>,
+    /// Most bytes of proposals the leader holds uncommitted; past it proposals are refused as
+    /// overloaded [default: 67108864].
+    #[arg(long)]
+    pub max_uncommitted_bytes: Option<u64>,
     /// Read every flag above from this TOML file (same names); flags given here win.
     #[arg(long)]
     #[serde(skip)]
@@ -83,14 +106,16 @@ mod humantime_serde_opt {
     }
 }
 
-/// Bounds on what one request may carry (DESIGN.md §6). A request over a limit is rejected
-/// before it is proposed, so nothing is written.
+/// Bounds on what one request may carry and what a member holds for its clients (DESIGN.md
+/// §6). A request over a limit is rejected before it is proposed, so nothing is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    pub max_response_bytes: usize,
+    pub max_pending_bytes: usize,
 }
 
 impl Default for Limits {
@@ -100,6 +125,28 @@ impl Default for Limits {
             max_value_bytes: 1024 * 1024,
             max_request_bytes: 3 * 512 * 1024,
             max_txn_ops: 128,
+            max_response_bytes: 4 * 1024 * 1024,
+            max_pending_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Bounds on what a member holds for its peers and its raft log (DESIGN.md §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerLimits {
+    pub max_peer_queue_bytes: usize,
+    pub max_peer_message_bytes: usize,
+    pub log_cache_bytes: usize,
+    pub max_uncommitted_bytes: u64,
+}
+
+impl Default for PeerLimits {
+    fn default() -> Self {
+        PeerLimits {
+            max_peer_queue_bytes: 128 * 1024 * 1024,
+            max_peer_message_bytes: 64 * 1024 * 1024,
+            log_cache_bytes: 64 * 1024 * 1024,
+            max_uncommitted_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -125,6 +172,7 @@ pub struct Config {
     pub snapshot_entries: u64,
     pub tick_interval: Duration,
     pub limits: Limits,
+    pub peer_limits: PeerLimits,
 }
 
 impl Config {
@@ -141,6 +189,7 @@ impl Config {
             snapshot_entries: 10_000,
             tick_interval: Duration::from_millis(50),
             limits: Limits::default(),
+            peer_limits: PeerLimits::default(),
         }
     }
 
@@ -201,7 +250,64 @@ impl Config {
                 .or(file.max_request_bytes)
                 .unwrap_or(defaults.max_request_bytes),
             max_txn_ops: flags.max_txn_ops.or(file.max_txn_ops).unwrap_or(defaults.max_txn_ops),
+            max_response_bytes: flags
+                .max_response_bytes
+                .or(file.max_response_bytes)
+                .unwrap_or(defaults.max_response_bytes),
+            max_pending_bytes: flags
+                .max_pending_bytes
+                .or(file.max_pending_bytes)
+                .unwrap_or(defaults.max_pending_bytes),
         };
+        let peer_defaults = PeerLimits::default();
+        let peer_limits = PeerLimits {
+            max_peer_queue_bytes: flags
+                .max_peer_queue_bytes
+                .or(file.max_peer_queue_bytes)
+                .unwrap_or(peer_defaults.max_peer_queue_bytes),
+            max_peer_message_bytes: flags
+                .max_peer_message_bytes
+                .or(file.max_peer_message_bytes)
+                .unwrap_or(peer_defaults.max_peer_message_bytes),
+            log_cache_bytes: flags
+                .log_cache_bytes
+                .or(file.log_cache_bytes)
+                .unwrap_or(peer_defaults.log_cache_bytes),
+            max_uncommitted_bytes: flags
+                .max_uncommitted_bytes
+                .or(file.max_uncommitted_bytes)
+                .unwrap_or(peer_defaults.max_uncommitted_bytes),
+        };
+        // A peer must be able to send any entry a client may propose (a request, plus framing).
+        let entry_max = limits.max_request_bytes.saturating_mul(2).saturating_add(1024 * 1024);
+        if peer_limits.max_peer_message_bytes < entry_max {
+            return Err(ConfigError::Invalid {
+                flag: "max-peer-message-bytes",
+                problem: format!(
+                    "{} is below {entry_max}, what a raft message carrying one request of \
+                     --max-request-bytes {} may take",
+                    peer_limits.max_peer_message_bytes, limits.max_request_bytes
+                ),
+            });
+        }
+        if peer_limits.max_uncommitted_bytes < 2 * limits.max_request_bytes as u64 {
+            return Err(ConfigError::Invalid {
+                flag: "max-uncommitted-bytes",
+                problem: format!(
+                    "{} is below twice --max-request-bytes ({}): the leader could not take one request",
+                    peer_limits.max_uncommitted_bytes, limits.max_request_bytes
+                ),
+            });
+        }
+        if limits.max_pending_bytes < limits.max_request_bytes {
+            return Err(ConfigError::Invalid {
+                flag: "max-pending-bytes",
+                problem: format!(
+                    "{} is below --max-request-bytes ({}): the member could not hold one request",
+                    limits.max_pending_bytes, limits.max_request_bytes
+                ),
+            });
+        }
         let snapshot_entries = flags.snapshot_entries.or(file.snapshot_entries).unwrap_or(10_000);
         if snapshot_entries == 0 {
             return Err(ConfigError::Invalid {
@@ -223,6 +329,7 @@ impl Config {
             snapshot_entries,
             tick_interval,
             limits,
+            peer_limits,
         })
     }
 

@@ -19,15 +19,20 @@ use tonic_health::ServingStatus;
 
 use crate::api::{self, cluster::ClusterService, kv::KvService, Context};
 use crate::config::{Config, Peer};
-use crate::core::{Core, CoreError, Timing};
+use crate::core::{self, Core, CoreError, Timing};
+use crate::fsm;
 use crate::metrics::{GrpcMetricsLayer, Metrics};
-use crate::node::Node;
+use crate::node::inbox::FileInbox;
+use crate::node::{Budgets, Node};
 use crate::storage::{self, StorageError};
 use crate::transport::{member_status, PeerSenders, PeerService};
 
 /// The public services on the client port, as the gRPC health service names them.
 const SERVICES: [&str; 2] =
     [<KvServer<KvService> as NamedService>::NAME, <ClusterServer<ClusterService> as NamedService>::NAME];
+
+/// Where incoming snapshots are staged, inside `--data-dir`.
+const SNAPSHOT_INBOX_DIR: &str = "snapshots";
 
 /// The gRPC paths of the health and reflection services, for the metrics' `method` label.
 const STANDARD_METHODS: [&str; 4] = [
@@ -47,6 +52,8 @@ pub enum ServerError {
     Core(#[from] CoreError),
     #[error("cannot start the node thread: {0}")]
     Thread(std::io::Error),
+    #[error("cannot open the snapshot inbox {dir}: {source}")]
+    Inbox { dir: std::path::PathBuf, source: std::io::Error },
     #[error("cannot accept connections: {0}")]
     Incoming(String),
     #[error("gRPC server: {0}")]
@@ -91,7 +98,20 @@ pub async fn run(
     let db = storage::open(&config.data_dir, cluster_id, config.id)?;
     let voters: Vec<u64> = config.initial_cluster.iter().map(|p| p.id).collect();
     let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let core = Core::new(config.id, &voters, db, Timing::default(), config.snapshot_entries, &logger)?;
+    let inbox = FileInbox::open(&config.data_dir.join(SNAPSHOT_INBOX_DIR))
+        .map_err(|source| ServerError::Inbox { dir: config.data_dir.join(SNAPSHOT_INBOX_DIR), source })?;
+    let core_config = core::Config {
+        timing: Timing::default(),
+        snapshot_entries: config.snapshot_entries,
+        bounds: fsm::Bounds {
+            max_response_bytes: config.limits.max_response_bytes,
+            request_memory_bytes: fsm::REQUEST_MEMORY_BYTES,
+        },
+        log_cache_bytes: config.peer_limits.log_cache_bytes,
+        max_uncommitted_bytes: config.peer_limits.max_uncommitted_bytes,
+        ..core::Config::new(config.id, &voters, rand::random())
+    };
+    let core = Core::new(core_config, db, Arc::new(inbox), &logger)?;
 
     // The standard services beside Latch's own, so that grpc-health-probe, Kubernetes gRPC
     // probes and grpcurl work: health reports SERVING for the server ("") and each service.
@@ -125,7 +145,11 @@ pub async fn run(
     let peers = config.initial_cluster.clone();
     let id = config.id;
     let peer_metrics = metrics.clone();
-    let node = Node::start(core, cluster_id, config.tick_interval, metrics.clone(), move |handle| {
+    let budgets = Budgets {
+        max_pending_bytes: config.limits.max_pending_bytes,
+        max_peer_queue_bytes: config.peer_limits.max_peer_queue_bytes,
+    };
+    let node = Node::start(core, cluster_id, config.tick_interval, budgets, metrics.clone(), move |handle| {
         Box::new(PeerSenders::start(&rt, id, &peers, handle, peer_metrics))
     })
     .map_err(ServerError::Thread)?;
@@ -162,7 +186,13 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming(listeners.client)?, stopped(stop_rx.clone()));
     let peer_srv = tonic::transport::Server::builder()
-        .add_service(PeerService::new(node.handle(), client_addr, peer_addr, metrics.clone()))
+        .add_service(PeerService::new(
+            node.handle(),
+            client_addr,
+            peer_addr,
+            config.peer_limits.max_peer_message_bytes,
+            metrics.clone(),
+        ))
         .serve_with_incoming_shutdown(incoming(listeners.peer)?, stopped(stop_rx.clone()));
     let http_srv = crate::http::serve(
         listeners.http,

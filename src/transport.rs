@@ -2,14 +2,29 @@
 //!
 //! Each member keeps one sender task per peer, holding one client stream open and writing the
 //! messages the driver hands it, in order. Messages are raft-rs protobuf bytes, cut into
-//! chunks of at most [`CHUNK`] bytes. Snapshots go over a call of their own, whose completion is
-//! what the sender reports to raft (`SnapshotSent`). A peer that cannot be reached is reported
-//! `Unreachable` and its queued messages are dropped: raft retransmits what matters.
+//! chunks of at most [`CHUNK`] bytes. A peer that cannot be reached is reported `Unreachable`
+//! and its queued messages are dropped: raft retransmits what matters. Whether a peer is
+//! reachable is logged when it changes.
+//!
+//! Snapshots go over a call of their own: the raft message first (its `data` names the
+//! sender's prepared snapshot), then the snapshot stream itself, read from the sender's redb
+//! read transaction on a blocking thread and written by the receiver into its inbox as it
+//! arrives (see `core::snapshots`); the receiver then hands raft the message naming the staged
+//! stream. The call's completion is what the sender reports to raft (`SnapshotSent`).
+//!
+//! Bounds: a raft message from a peer is at most `--max-peer-message-bytes` (a stream that
+//! sends more is cut with an error naming the flag); a message the node's peer queue has no
+//! room for is dropped and counted. Neither side holds more than a chunk of a snapshot.
 //!
 //! Every message sent or received is counted in [`PeerMetrics`], by peer and message type,
 //! with its encoded size.
 
+// The peer service's helpers fail with the `tonic::Status` its handlers return; boxing it only
+// to unbox it one call later would buy nothing.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +35,9 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::api::RateLimitedLog;
 use crate::config::Peer;
+use crate::core::SnapshotError;
 use crate::metrics::{Metrics, PeerMetrics};
 use crate::node::{Event, NodeHandle, Outbox};
 use latch_proto::internal::peer_client::PeerClient;
@@ -70,20 +87,28 @@ fn frames(from: u64, cluster_id: u64, bytes: Vec<u8>) -> Vec<PeerFrame> {
         .collect()
 }
 
-/// Reassembles frames into raft messages, checking each frame's cluster.
+/// Raft messages dropped because the node's peer queue was full, logged at most once a second.
+static DROPPED: RateLimitedLog = RateLimitedLog::new();
+
+/// Reassembles frames into raft messages, checking each frame's cluster and each message's
+/// size, and hands each to `deliver`; stops after the first message if `one` (the snapshot
+/// call), returning the rest of the stream.
 async fn receive(
     cluster_id: u64,
-    mut stream: Streaming<PeerFrame>,
+    max_message: usize,
+    stream: &mut Streaming<PeerFrame>,
     metrics: &PeerMetrics,
-    mut deliver: impl FnMut(Message) -> bool,
+    mut deliver: impl FnMut(Message, usize) -> Result<(), Status>,
+    one: bool,
 ) -> Result<(), Status> {
     let mut buf = Vec::new();
     while let Some(frame) = stream.next().await {
         let frame = frame?;
-        if frame.cluster_id != cluster_id {
-            return Err(Status::failed_precondition(format!(
-                "peer {} belongs to cluster {:016x}, this member to {cluster_id:016x}",
-                frame.from, frame.cluster_id
+        check_cluster(cluster_id, &frame)?;
+        if buf.len() + frame.chunk.len() > max_message {
+            return Err(Status::resource_exhausted(format!(
+                "a raft message from peer {} is over {max_message} bytes (--max-peer-message-bytes)",
+                frame.from
             )));
         }
         buf.extend_from_slice(&frame.chunk);
@@ -92,11 +117,25 @@ async fn receive(
                 Status::invalid_argument(format!("undecodable raft message from peer {}: {e}", frame.from))
             })?;
             metrics.received(frame.from, message_type_name(msg.get_msg_type()), buf.len());
+            deliver(msg, buf.len())?;
             buf.clear();
-            if !deliver(msg) {
-                return Err(Status::unavailable("member is shutting down"));
+            if one {
+                return Ok(());
             }
         }
+    }
+    if one {
+        return Err(Status::invalid_argument("the stream ended before its raft message"));
+    }
+    Ok(())
+}
+
+fn check_cluster(cluster_id: u64, frame: &PeerFrame) -> Result<(), Status> {
+    if frame.cluster_id != cluster_id {
+        return Err(Status::failed_precondition(format!(
+            "peer {} belongs to cluster {:016x}, this member to {cluster_id:016x}",
+            frame.from, frame.cluster_id
+        )));
     }
     Ok(())
 }
@@ -106,6 +145,7 @@ pub struct PeerService {
     node: NodeHandle,
     client_addr: String,
     peer_addr: String,
+    max_message: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -114,9 +154,10 @@ impl PeerService {
         node: NodeHandle,
         client_addr: String,
         peer_addr: String,
+        max_message: usize,
         metrics: Arc<Metrics>,
     ) -> PeerServer<PeerService> {
-        PeerServer::new(PeerService { node, client_addr, peer_addr, metrics })
+        PeerServer::new(PeerService { node, client_addr, peer_addr, max_message, metrics })
             .max_decoding_message_size(MAX_FRAME)
             .max_encoding_message_size(MAX_FRAME)
     }
@@ -126,15 +167,63 @@ impl PeerService {
 impl PeerRpc for PeerService {
     async fn stream(&self, req: Request<Streaming<PeerFrame>>) -> Result<Response<PeerAck>, Status> {
         let node = self.node.clone();
-        receive(node.cluster_id, req.into_inner(), &self.metrics.peer, |m| {
-            node.send(Event::Peer(Box::new(m)))
-        })
-        .await?;
+        let mut stream = req.into_inner();
+        let deliver = |m: Message, bytes: usize| {
+            let (from, t) = (m.from, m.get_msg_type());
+            if !node.deliver(m, bytes) {
+                if !node.is_running() {
+                    return Err(Status::unavailable("member is shutting down"));
+                }
+                let why =
+                    format!("a {} from peer {from} dropped: the peer queue is full", message_type_name(t));
+                DROPPED.note(node.member_id, &format!("{why} (--max-peer-queue-bytes)"));
+            }
+            Ok(())
+        };
+        receive(node.cluster_id, self.max_message, &mut stream, &self.metrics.peer, deliver, false).await?;
         Ok(Response::new(PeerAck {}))
     }
 
+    /// A snapshot: its raft message, then its stream, staged in the inbox as it arrives.
     async fn snapshot(&self, req: Request<Streaming<PeerFrame>>) -> Result<Response<PeerAck>, Status> {
-        self.stream(req).await
+        let node = self.node.clone();
+        let mut stream = req.into_inner();
+        let mut first = None;
+        receive(
+            node.cluster_id,
+            self.max_message,
+            &mut stream,
+            &self.metrics.peer,
+            |m, _| {
+                first = Some(m);
+                Ok(())
+            },
+            true,
+        )
+        .await?;
+        let Some(mut msg) = first else { return Err(Status::invalid_argument("no raft message")) };
+        let meta = msg.get_snapshot().get_metadata().clone();
+        let (from, member) = (msg.from, node.member_id);
+        let inbox = node.snapshots().inbox().clone();
+        let (writer, token) = inbox
+            .create(from, meta.index, meta.term)
+            .map_err(|e| Status::internal(format!("cannot stage a snapshot: {e}")))?;
+        let staged = stage(node.cluster_id, &mut stream, writer).await;
+        let bytes = match staged {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                inbox.remove(&token);
+                tracing::warn!(member, peer = from, index = meta.index, error = %e, "receiving a snapshot failed");
+                return Err(e);
+            }
+        };
+        tracing::info!(member, peer = from, term = msg.term, index = meta.index, bytes, "snapshot received");
+        msg.mut_snapshot().data = token.clone().into();
+        if !node.deliver(msg, 1024) {
+            inbox.remove(&token);
+            return Err(Status::unavailable("member is shutting down or its peer queue is full"));
+        }
+        Ok(Response::new(PeerAck {}))
     }
 
     async fn status(&self, _: Request<MemberStatusRequest>) -> Result<Response<MemberStatus>, Status> {
@@ -152,6 +241,34 @@ impl PeerRpc for PeerService {
             snapshots_installed: s.snapshots_installed,
         }))
     }
+}
+
+/// Writes a snapshot stream's frames into the inbox as they arrive; returns its size.
+async fn stage(
+    cluster_id: u64,
+    stream: &mut Streaming<PeerFrame>,
+    mut writer: Box<dyn std::io::Write + Send>,
+) -> Result<u64, Status> {
+    let io = |e: std::io::Error| Status::internal(format!("cannot stage a snapshot: {e}"));
+    let mut bytes = 0u64;
+    let mut complete = false;
+    while let Some(frame) = stream.next().await {
+        let frame = frame?;
+        check_cluster(cluster_id, &frame)?;
+        bytes += frame.chunk.len() as u64;
+        // Written in place: a chunk is at most CHUNK bytes, the writer buffers and the disk
+        // absorbs it at once, so the task blocks only briefly.
+        writer.write_all(&frame.chunk).map_err(io)?;
+        if frame.last {
+            complete = true;
+            break;
+        }
+    }
+    if !complete {
+        return Err(Status::invalid_argument("the snapshot stream ended before its last frame"));
+    }
+    writer.flush().map_err(io)?;
+    Ok(bytes)
 }
 
 /// Sends raft messages to the peers: one queue and task per peer.
@@ -219,13 +336,18 @@ async fn send_loop(
         }
     };
     let mut stream: Option<FrameSink> = None;
+    let mut reachable = true;
     while let Some(msg) = queue.recv().await {
         if crate::core::is_snapshot(&msg) {
-            let ok = send_snapshot(&client, me, cluster_id, &msg, &metrics.peer).await;
-            if !ok {
-                tracing::warn!(peer = peer.id, "sending a snapshot failed");
+            let (term, index) = (msg.term, msg.get_snapshot().get_metadata().index);
+            let sent = send_snapshot(&client, me, cluster_id, &node, &msg, &metrics.peer).await;
+            match &sent {
+                Ok(bytes) => tracing::info!(member = me, peer = peer.id, term, index, bytes, "snapshot sent"),
+                Err(e) => {
+                    tracing::warn!(member = me, peer = peer.id, term, index, error = %e, "sending a snapshot failed")
+                }
             }
-            node.send(Event::SnapshotSent { peer: peer.id, ok });
+            node.send(Event::SnapshotSent { peer: peer.id, ok: sent.is_ok() });
             continue;
         }
         let bytes = match msg.write_to_bytes() {
@@ -242,8 +364,17 @@ async fn send_loop(
             _ => open(),
         };
         stream = Some(sink.clone());
-        if !send_frames(&sink, frames(me, cluster_id, bytes)) {
+        if send_frames(&sink, frames(me, cluster_id, bytes)) {
+            if !reachable {
+                reachable = true;
+                tracing::info!(member = me, peer = peer.id, term = msg.term, "peer reachable again");
+            }
+        } else {
             // The call ended: drop what is queued; raft will retransmit.
+            if reachable {
+                reachable = false;
+                tracing::info!(member = me, peer = peer.id, term = msg.term, "peer unreachable");
+            }
             stream = None;
             while queue.try_recv().is_ok() {}
             node.send(Event::Unreachable(peer.id));
@@ -281,23 +412,60 @@ fn open_stream(
     tx
 }
 
+/// Frames of the snapshot stream in flight to the peer.
+const SNAPSHOT_FRAMES_IN_FLIGHT: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("the call ended: {0}")]
+    Call(String),
+    #[error("cannot encode the raft message: {0}")]
+    Encode(String),
+}
+
+/// Sends a snapshot: its message, then its stream, read from the prepared read transaction on
+/// a blocking thread; returns the stream's size.
 async fn send_snapshot(
     client: &PeerClient<tonic::transport::Channel>,
     me: u64,
     cluster_id: u64,
+    node: &NodeHandle,
     msg: &Message,
     metrics: &PeerMetrics,
-) -> bool {
-    let Ok(bytes) = msg.write_to_bytes() else { return false };
+) -> Result<u64, SendError> {
+    let token = msg.get_snapshot().data.to_vec();
+    let bytes = msg.write_to_bytes().map_err(|e| SendError::Encode(e.to_string()))?;
     metrics.sent(msg.to, message_type_name(msg.get_msg_type()), bytes.len());
-    let (tx, rx) = mpsc::unbounded_channel();
-    if !send_frames(&tx, frames(me, cluster_id, bytes)) {
-        return false;
-    }
-    drop(tx);
+    let (tx, rx) = mpsc::channel::<PeerFrame>(SNAPSHOT_FRAMES_IN_FLIGHT);
     let mut c = client.clone();
-    let call = tokio::spawn(async move { c.snapshot(UnboundedReceiverStream::new(rx)).await.is_ok() });
-    call.await.unwrap_or(false)
+    let call = tokio::spawn(async move { c.snapshot(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+    let snapshots = node.snapshots().clone();
+    let producer = tokio::task::spawn_blocking(move || -> Result<u64, SendError> {
+        let closed = || SendError::Call("the receiver is gone".into());
+        for f in frames(me, cluster_id, bytes) {
+            tx.blocking_send(f).map_err(|_| closed())?;
+        }
+        let mut sent = 0u64;
+        let result = snapshots.stream(&token, &mut |frame: Vec<u8>| -> Result<(), SendError> {
+            sent += frame.len() as u64;
+            for chunk in frame.chunks(CHUNK) {
+                let f = PeerFrame { from: me, cluster_id, chunk: chunk.to_vec(), last: false };
+                tx.blocking_send(f).map_err(|_| closed())?;
+            }
+            Ok(())
+        });
+        snapshots.finish(&token);
+        result?;
+        tx.blocking_send(PeerFrame { from: me, cluster_id, chunk: Vec::new(), last: true })
+            .map_err(|_| closed())?;
+        Ok(sent)
+    });
+    let produced = producer.await.map_err(|e| SendError::Call(e.to_string()))?;
+    let answered = call.await.map_err(|e| SendError::Call(e.to_string()))?;
+    answered.map_err(|s| SendError::Call(s.message().to_string()))?;
+    produced
 }
 
 /// Asks a peer for its status (for `cluster status`).

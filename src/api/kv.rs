@@ -4,6 +4,8 @@
 //! one on a retry of the request id). Reads are linearizable through ReadIndex unless the
 //! request asks for `serializable`; either way they are served from this member's applied state.
 
+mod convert;
+
 use latch_proto::internal::{command::Body, outcome, Command};
 use latch_proto::v1::kv_server::{Kv, KvServer};
 use latch_proto::v1::{request_op, *};
@@ -12,6 +14,7 @@ use tonic::{Request, Response, Status};
 
 use super::{ApiError, Context};
 use crate::config::Limits;
+use crate::fsm::COMMAND_VERSION;
 
 pub struct KvService {
     ctx: Context,
@@ -23,62 +26,37 @@ impl KvService {
         KvServer::new(KvService { ctx }).max_decoding_message_size(max).max_encoding_message_size(usize::MAX)
     }
 
-    /// Proposes a write and answers with its typed response under this member's header. One
-    /// without a request id gets a UUIDv7 (time-ordered: the fsm's table of remembered ids then
-    /// grows at one end instead of at random pages).
-    async fn write<R: WriteResponse>(&self, request_id: &str, body: Body) -> Result<R, ApiError> {
+    /// Proposes a write and returns the header of its revision and its result. One without a
+    /// request id gets a UUIDv7 (time-ordered: the fsm's table of remembered ids then grows at
+    /// one end instead of at random pages).
+    async fn write(
+        &self,
+        request_id: &str,
+        body: Body,
+    ) -> Result<(ResponseHeader, outcome::Result), ApiError> {
         let request_id =
             if request_id.is_empty() { uuid::Uuid::now_v7().to_string() } else { request_id.to_string() };
-        let cmd = Command { version: 1, request_id, body: Some(body) };
+        let cmd = Command { version: COMMAND_VERSION, request_id: request_id.clone(), body: Some(body) };
         let out = self.ctx.node.propose(cmd).await?;
-        let result = match out.result {
-            Some(outcome::Result::Rejected(why)) => return Err(ApiError::Rejected(why)),
-            Some(r) => r,
-            None => return Err(ApiError::Internal("the state machine returned an empty outcome".into())),
-        };
-        let mut resp = R::from_outcome(result).ok_or_else(|| {
-            ApiError::Internal(format!(
-                "the state machine answered a {} with another kind of outcome",
-                R::WHAT
-            ))
-        })?;
-        let header = resp.header_mut();
-        *header = self.header(header.take());
-        Ok(resp)
-    }
-
-    fn header(&self, h: Option<ResponseHeader>) -> Option<ResponseHeader> {
-        Some(self.ctx.header(h.map_or(0, |h| h.revision)))
-    }
-}
-
-/// A write's response type, as found in the fsm's `Outcome`.
-trait WriteResponse: Sized {
-    const WHAT: &'static str;
-    fn from_outcome(r: outcome::Result) -> Option<Self>;
-    fn header_mut(&mut self) -> &mut Option<ResponseHeader>;
-}
-
-macro_rules! write_response {
-    ($ty:ty, $variant:ident, $what:literal) => {
-        impl WriteResponse for $ty {
-            const WHAT: &'static str = $what;
-            fn from_outcome(r: outcome::Result) -> Option<Self> {
-                match r {
-                    outcome::Result::$variant(resp) => Some(resp),
-                    _ => None,
-                }
+        let header = self.ctx.header(out.revision);
+        match out.result {
+            Some(outcome::Result::Rejected(why)) => Err(ApiError::Rejected(why)),
+            Some(outcome::Result::Conflict(c)) => {
+                Err(ApiError::RequestConflict { request_id, first_applied_at: c.first_applied_at })
             }
-            fn header_mut(&mut self) -> &mut Option<ResponseHeader> {
-                &mut self.header
+            Some(outcome::Result::AlreadyApplied(a)) => {
+                Err(ApiError::AlreadyApplied { request_id, revision: a.revision })
             }
+            Some(r) => Ok((header, r)),
+            None => Err(ApiError::Internal("the state machine returned an empty outcome".into())),
         }
-    };
+    }
 }
 
-write_response!(PutResponse, Put, "put");
-write_response!(DeleteRangeResponse, DeleteRange, "delete");
-write_response!(TxnResponse, Txn, "txn");
+/// The fsm answered a write with another kind of result than the command's.
+fn mismatched(what: &str) -> ApiError {
+    ApiError::Internal(format!("the state machine answered a {what} with another kind of outcome"))
+}
 
 #[tonic::async_trait]
 impl Kv for KvService {
@@ -96,9 +74,9 @@ impl Kv for KvService {
                 self.ctx.node.read_index().await?;
             }
             let txn = self.ctx.node.db().begin_read()?;
-            let mut resp = crate::fsm::range(&txn, &req)?;
-            resp.header = self.header(resp.header);
-            Ok(resp)
+            let (revision, result) =
+                crate::fsm::range(&txn, &convert::range(&req), self.ctx.limits.max_response_bytes)?;
+            Ok(convert::range_response(result, self.ctx.header(revision)))
         };
         run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
     }
@@ -109,7 +87,11 @@ impl Kv for KvService {
             check_request(&self.ctx.limits, req.encoded_len())?;
             check_put(&self.ctx.limits, &req)?;
             check_request_id(&req.request_id)?;
-            self.write(&req.request_id.clone(), Body::Put(req)).await
+            let id = req.request_id.clone();
+            match self.write(&id, Body::Put(convert::put(req))).await? {
+                (header, outcome::Result::Put(r)) => Ok(convert::put_response(r, header)),
+                _ => Err(mismatched("put")),
+            }
         };
         run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
     }
@@ -123,7 +105,11 @@ impl Kv for KvService {
             check_request(&self.ctx.limits, req.encoded_len())?;
             check_key(&self.ctx.limits, "key", &req.key)?;
             check_request_id(&req.request_id)?;
-            self.write(&req.request_id.clone(), Body::DeleteRange(req)).await
+            let id = req.request_id.clone();
+            match self.write(&id, Body::DeleteRange(convert::delete_range(req))).await? {
+                (header, outcome::Result::DeleteRange(r)) => Ok(convert::delete_response(r, header)),
+                _ => Err(mismatched("delete")),
+            }
         };
         run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
     }
@@ -134,7 +120,11 @@ impl Kv for KvService {
             check_request(&self.ctx.limits, req.encoded_len())?;
             check_txn(&self.ctx.limits, &req)?;
             check_request_id(&req.request_id)?;
-            self.write(&req.request_id.clone(), Body::Txn(req)).await
+            let id = req.request_id.clone();
+            match self.write(&id, Body::Txn(convert::txn(req))).await? {
+                (header, outcome::Result::Txn(r)) => Ok(convert::txn_response(r, header)),
+                _ => Err(mismatched("txn")),
+            }
         };
         run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
     }

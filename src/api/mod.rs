@@ -5,16 +5,61 @@ pub mod cluster;
 pub mod kv;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Instant;
 
 use crate::config::{Limits, Peer};
 use crate::core::RequestError;
 use crate::fsm::FsmError;
 use crate::node::NodeHandle;
 use latch_proto::v1::ResponseHeader;
+use tonic::metadata::MetadataValue;
 use tonic::Status;
 
 pub use latch_proto::LEADER_ADDR_METADATA;
+
+/// gRPC's metadata key for how long a client should wait before retrying (gRFC A6).
+pub const RETRY_PUSHBACK_METADATA: &str = "grpc-retry-pushback-ms";
+/// What an overloaded member asks clients to wait before retrying, in milliseconds.
+const RETRY_PUSHBACK_MS: u32 = 100;
+
+/// Requests refused for a limit are logged at most once a second, with how many were not.
+static REFUSALS: RateLimitedLog = RateLimitedLog::new();
+
+/// A log line that repeats at most once a second; the lines left out are counted in the next.
+pub struct RateLimitedLog {
+    /// Milliseconds since the process started, of the last line written (0: none yet).
+    last_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl RateLimitedLog {
+    pub const fn new() -> RateLimitedLog {
+        RateLimitedLog { last_ms: AtomicU64::new(0), suppressed: AtomicU64::new(0) }
+    }
+
+    /// Logs that a request was refused for a limit, unless one was logged within the second.
+    pub fn note(&self, member: u64, why: &str) {
+        static START: OnceLock<Instant> = OnceLock::new();
+        let now = START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if (last != 0 && now - last < 1000)
+            || self.last_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+        {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let also = self.suppressed.swap(0, Ordering::Relaxed);
+        tracing::info!(member, refused_since_last_line = also, "request refused: {why}");
+    }
+}
+
+impl Default for RateLimitedLog {
+    fn default() -> Self {
+        RateLimitedLog::new()
+    }
+}
 
 /// The gRPC path of every method of the public services, in the order of the protos: the
 /// values of the gRPC metrics' `method` label (a test checks the list against the protos).
@@ -60,6 +105,16 @@ pub enum ApiError {
     Request(#[from] RequestError),
     #[error("request rejected by the state machine: {0}")]
     Rejected(String),
+    #[error(
+        "request id {request_id:?} was first used for a different request (applied at log index \
+         {first_applied_at}); a retry must resend the same request, a new request needs a new id"
+    )]
+    RequestConflict { request_id: String, first_applied_at: u64 },
+    #[error(
+        "request id {request_id:?} was already applied, at revision {revision}; the data its first \
+         answer carried (a previous value or range results) is not kept: read it again"
+    )]
+    AlreadyApplied { request_id: String, revision: i64 },
     #[error("{0}")]
     Internal(String),
 }
@@ -83,7 +138,20 @@ impl Context {
         let msg = e.to_string();
         match e {
             ApiError::InvalidArgument { .. } | ApiError::Rejected(_) => Status::invalid_argument(msg),
-            ApiError::OverLimit(_) => Status::resource_exhausted(msg),
+            ApiError::RequestConflict { .. } | ApiError::AlreadyApplied { .. } => {
+                Status::failed_precondition(msg)
+            }
+            ApiError::OverLimit(_) => {
+                REFUSALS.note(self.node.member_id, &msg);
+                Status::resource_exhausted(msg)
+            }
+            ApiError::Request(RequestError::Overloaded { .. }) => {
+                REFUSALS.note(self.node.member_id, &msg);
+                let mut status = Status::unavailable(msg);
+                // gRPC's own retry hint: clients that honour it wait this long before retrying.
+                status.metadata_mut().insert(RETRY_PUSHBACK_METADATA, MetadataValue::from(RETRY_PUSHBACK_MS));
+                status
+            }
             ApiError::Request(RequestError::NoLeader { .. })
             | ApiError::Request(RequestError::ShuttingDown)
             | ApiError::Request(RequestError::TimedOut { .. }) => {

@@ -40,7 +40,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a Latch member (`latch server --dev` for one local node).
-    Server(server::ServerCommand),
+    Server(Box<server::ServerCommand>),
     /// Read and write keys.
     Kv(kv::KvCommand),
     /// Inspect the cluster.
@@ -122,7 +122,7 @@ impl std::error::Error for UsageError {}
 /// Runs the parsed command; prints any failure on stderr and returns the exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     let (name, result) = match cli.command {
-        Command::Server(command) => ("server", server::run(command).await),
+        Command::Server(command) => ("server", server::run(*command).await),
         Command::Kv(command) => ("kv", kv::run(command).await),
         Command::Cluster(command) => ("cluster", cluster::run(command).await),
         Command::Bench(command) => ("bench", bench::run(command).await),

@@ -11,11 +11,23 @@
 //! - One redb write transaction per Ready holds the log append, the hard state, the installed
 //!   snapshot, and the application of every committed entry together with `applied_index`.
 //!   It commits (one fsync when anything raft must persist is in it) before any persisted
-//!   message, reply or read grant leaves the core.
+//!   message, reply, read grant or event leaves the core.
 //! - A proposal is matched to its waiters by request id, never by position, on whichever node
-//!   it was proposed; re-proposing it is safe because the fsm applies an id at most once.
+//!   it was proposed; re-proposing it is safe because the fsm applies an id at most once. It is
+//!   re-proposed only when the leader (or its term) changes: a proposal handed to a live leader
+//!   is in its log or was refused, and proposing it again would only grow the log when the
+//!   cluster is slow.
 //! - A read is granted only once this node has applied up to an index that a quorum confirmed
-//!   as the leader's commit index after the read arrived (ReadIndex).
+//!   as the leader's commit index after the read arrived (ReadIndex). A ReadIndex context names
+//!   this member and this life of it (a random nonce drawn at start) and is never reused, and a
+//!   confirmation is accepted only for a context this life asked and is still waiting on: a
+//!   late answer to a previous life, or to a retried request, confirms nothing.
+//! - Every waiting request (proposal, unconfirmed or confirmed read) fails after
+//!   `request_timeout_ticks`.
+//! - Ids of commands this member proposes itself are unique across members and lives (member
+//!   id, nonce, counter).
+
+pub mod snapshots;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,9 +37,10 @@ use raft::eraftpb::{Entry, EntryType, Message, MessageType};
 use raft::{RawNode, StateRole};
 use redb::{Database, Durability};
 
-use crate::fsm::{self, Applied};
+use crate::fsm::{self, Applied, Event};
 use crate::storage::{LogStore, StorageError};
-use latch_proto::internal::{Command, Outcome};
+use latch_proto::internal::{command::Body, Command, Outcome};
+pub use snapshots::{Inbox, MemoryInbox, SnapshotError, Snapshots};
 
 /// Most raft log entries one Ready's transaction deletes when compacting.
 pub const COMPACTION_STEP: u64 = 1024;
@@ -46,9 +59,7 @@ pub type Waiter = u64;
 pub struct Timing {
     pub election_tick: usize,
     pub heartbeat_tick: usize,
-    /// A proposal not applied after this many ticks is proposed again (same request id).
-    pub repropose_ticks: u64,
-    /// A proposal or read not answered after this many ticks fails with `Unavailable`.
+    /// A proposal or read not answered after this many ticks fails with `TimedOut`.
     pub request_timeout_ticks: u64,
     /// A ReadIndex not answered after this many ticks is asked again under a new context.
     pub read_retry_ticks: u64,
@@ -56,12 +67,41 @@ pub struct Timing {
 
 impl Default for Timing {
     fn default() -> Self {
-        Timing {
-            election_tick: 10,
-            heartbeat_tick: 1,
-            repropose_ticks: 40,
-            request_timeout_ticks: 200,
-            read_retry_ticks: 10,
+        Timing { election_tick: 10, heartbeat_tick: 1, request_timeout_ticks: 200, read_retry_ticks: 10 }
+    }
+}
+
+/// How a core is set up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub id: u64,
+    /// The initial membership (used when the store is fresh).
+    pub voters: Vec<u64>,
+    pub timing: Timing,
+    /// Applied entries between two log compactions (see [`Core::handle_ready`]).
+    pub snapshot_entries: u64,
+    pub bounds: fsm::Bounds,
+    /// Bytes of raft log entries kept in memory (the newest; older ones are read from disk).
+    pub log_cache_bytes: usize,
+    /// Bytes of proposals the leader holds uncommitted before it refuses more.
+    pub max_uncommitted_bytes: u64,
+    /// Drawn at random by the caller for every start of the member (the simulator draws it
+    /// from its seed): it makes read contexts and own request ids unique across lives.
+    pub nonce: u64,
+}
+
+impl Config {
+    /// Defaults for member `id` of `voters`, with this life's `nonce`.
+    pub fn new(id: u64, voters: &[u64], nonce: u64) -> Config {
+        Config {
+            id,
+            voters: voters.to_vec(),
+            timing: Timing::default(),
+            snapshot_entries: 10_000,
+            bounds: fsm::Bounds::default(),
+            log_cache_bytes: 64 * 1024 * 1024,
+            max_uncommitted_bytes: 64 * 1024 * 1024,
+            nonce,
         }
     }
 }
@@ -75,6 +115,10 @@ pub enum RequestError {
     TimedOut { ticks: u64 },
     #[error("member is shutting down")]
     ShuttingDown,
+    /// A bound on what the member holds for its clients was reached; retrying later (or on
+    /// another member) may succeed.
+    #[error("member {member} is overloaded: {what} would exceed {limit} bytes ({flag}); retry later")]
+    Overloaded { member: u64, what: &'static str, limit: u64, flag: &'static str },
 }
 
 /// A failure the node cannot continue after: its disk or its state is in doubt.
@@ -86,6 +130,8 @@ pub enum CoreError {
     Fsm(#[from] fsm::FsmError),
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
+    #[error("installing a snapshot: {0}")]
+    Snapshot(#[from] SnapshotError),
     #[error("the node thread panicked (its message is in the log above)")]
     Panicked,
 }
@@ -110,6 +156,12 @@ pub enum Action {
         waiter: Waiter,
         error: RequestError,
     },
+    /// A command changed the state: its revision and its changes, in order. Emitted once per
+    /// revision, in revision order, after the state holding them is committed.
+    Applied {
+        revision: i64,
+        events: Vec<Event>,
+    },
 }
 
 /// The core's view of itself, for response headers and `cluster status`.
@@ -123,6 +175,10 @@ pub struct Status {
     pub applied: Applied,
     /// Snapshots installed from a leader since this core was created.
     pub snapshots_installed: u64,
+    /// The last log index removed by compaction (or covered by a snapshot).
+    pub compacted_index: u64,
+    /// Bytes of raft log entries held in memory.
+    pub log_cached_bytes: u64,
     /// Proposals handed to this core and not yet answered (applied, failed or timed out).
     pub proposals_pending: u64,
 }
@@ -168,8 +224,6 @@ impl Role {
 struct PendingProposal {
     data: Vec<u8>,
     waiters: Vec<Waiter>,
-    /// Tick at which it was last handed to raft.
-    proposed_at: u64,
     /// Tick at which it arrived.
     arrived_at: u64,
 }
@@ -180,11 +234,29 @@ struct ReadBatch {
     arrived_at: u64,
 }
 
+/// A read confirmed at some index, waiting for this member to apply it.
+struct ConfirmedRead {
+    waiter: Waiter,
+    arrived_at: u64,
+}
+
+/// The raft state last seen, to notice elections and leader changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Seen {
+    leader: u64,
+    term: u64,
+    role: Role,
+}
+
 pub struct Core {
     raw: RawNode<LogStore>,
     db: Arc<Database>,
+    snapshots: Arc<Snapshots>,
     timing: Timing,
     snapshot_entries: u64,
+    bounds: fsm::Bounds,
+    max_uncommitted_bytes: u64,
+    nonce: u64,
     /// Logical time: the number of ticks so far.
     now: u64,
     applied: Applied,
@@ -194,12 +266,13 @@ pub struct Core {
     /// Reads that arrived since the last ReadIndex was asked.
     new_reads: Vec<Waiter>,
     new_reads_since: u64,
-    /// Asked ReadIndex batches by context.
+    /// Asked ReadIndex batches by the counter of their context (see [`Core::read_context`]).
     asked_reads: BTreeMap<u64, ReadBatch>,
-    /// Confirmed batches waiting for `applied >= index`, by index.
-    confirmed_reads: BTreeMap<u64, Vec<Waiter>>,
+    /// Confirmed reads waiting for `applied >= index`, by index.
+    confirmed_reads: BTreeMap<u64, Vec<ConfirmedRead>>,
     next_read_ctx: u64,
-    last_leader: u64,
+    next_own_id: u64,
+    seen: Seen,
     snapshots_installed: u64,
     actions: Vec<Action>,
     /// When set, raft's randomized election timeouts are drawn from it (see
@@ -208,30 +281,36 @@ pub struct Core {
 }
 
 impl Core {
-    /// Loads a member from its store. `voters` is the initial membership (used when the store
-    /// is fresh). `logger` is raft-rs's slog logger.
+    /// Loads a member from its store. Incoming snapshots are staged in `inbox`. `logger` is
+    /// raft-rs's slog logger.
     pub fn new(
-        id: u64,
-        voters: &[u64],
+        config: Config,
         db: Arc<Database>,
-        timing: Timing,
-        snapshot_entries: u64,
+        inbox: Arc<dyn Inbox>,
         logger: &slog::Logger,
     ) -> Result<Core, CoreError> {
-        let store = LogStore::load(db.clone(), voters)?;
+        {
+            let txn = db.begin_write().map_err(redb_err)?;
+            fsm::init(&txn)?;
+            txn.commit().map_err(redb_err)?;
+        }
+        let snapshots = Arc::new(Snapshots::new(db.clone(), inbox));
+        let store = LogStore::load(db.clone(), &config.voters, snapshots.clone(), config.log_cache_bytes)?;
         {
             let txn = db.begin_write().map_err(redb_err)?;
             store.persist_initial(&txn)?;
             txn.commit().map_err(redb_err)?;
         }
         let applied = fsm::applied(&db.begin_read().map_err(redb_err)?)?;
+        let timing = config.timing;
         let cfg = raft::Config {
-            id,
+            id: config.id,
             election_tick: timing.election_tick,
             heartbeat_tick: timing.heartbeat_tick,
             applied: applied.index,
             max_size_per_msg: 1024 * 1024,
             max_inflight_msgs: 256,
+            max_uncommitted_size: config.max_uncommitted_bytes.max(1024 * 1024),
             check_quorum: true,
             pre_vote: true,
             read_only_option: raft::ReadOnlyOption::Safe,
@@ -242,8 +321,12 @@ impl Core {
         Ok(Core {
             raw,
             db,
+            snapshots,
             timing,
-            snapshot_entries: snapshot_entries.max(1),
+            snapshot_entries: config.snapshot_entries.max(1),
+            bounds: config.bounds,
+            max_uncommitted_bytes: cfg.max_uncommitted_size,
+            nonce: config.nonce,
             now: 0,
             applied,
             proposals: BTreeMap::new(),
@@ -252,7 +335,8 @@ impl Core {
             asked_reads: BTreeMap::new(),
             confirmed_reads: BTreeMap::new(),
             next_read_ctx: 1,
-            last_leader: 0,
+            next_own_id: 1,
+            seen: Seen::default(),
             snapshots_installed: 0,
             actions: Vec::new(),
             election_rng: None,
@@ -287,6 +371,12 @@ impl Core {
         &self.db
     }
 
+    /// This member's snapshots: the carrier of raft messages streams outgoing ones from here
+    /// and stages incoming ones in its inbox.
+    pub fn snapshots(&self) -> &Arc<Snapshots> {
+        &self.snapshots
+    }
+
     /// The raft log as stored (read-only), for checks such as log matching in the simulator.
     pub fn log(&self) -> &LogStore {
         self.raw.store()
@@ -308,11 +398,13 @@ impl Core {
             applied: self.applied,
             snapshots_installed: self.snapshots_installed,
             proposals_pending: self.proposals.len() as u64,
+            compacted_index: self.raw.store().compacted().index,
+            log_cached_bytes: self.raw.store().cached_bytes() as u64,
         }
     }
 
-    /// Advances logical time by one tick: raft's election and heartbeat clocks, proposal
-    /// re-proposal and timeouts, ReadIndex retries.
+    /// Advances logical time by one tick: raft's election and heartbeat clocks, request
+    /// timeouts, ReadIndex retries.
     pub fn tick(&mut self) {
         self.now += 1;
         self.raw.tick();
@@ -320,44 +412,27 @@ impl Core {
         let now = self.now;
         let t = self.timing;
         let member = self.id();
-        // Proposals: fail the ones too old; hand the stale ones to raft again.
-        let mut expired = Vec::new();
-        for (id, p) in &self.proposals {
-            if now - p.arrived_at >= t.request_timeout_ticks {
-                expired.push(id.clone());
-            }
-        }
+        let timed_out = RequestError::TimedOut { ticks: t.request_timeout_ticks };
+        let old = |arrived_at: u64| now - arrived_at >= t.request_timeout_ticks;
+        // Proposals: fail the ones too old.
+        let expired: Vec<String> =
+            self.proposals.iter().filter(|(_, p)| old(p.arrived_at)).map(|(id, _)| id.clone()).collect();
         for id in expired {
             if let Some(p) = self.proposals.remove(&id) {
                 for w in p.waiters {
-                    self.actions.push(Action::Reply {
-                        waiter: w,
-                        result: Err(RequestError::TimedOut { ticks: t.request_timeout_ticks }),
-                    });
+                    self.actions.push(Action::Reply { waiter: w, result: Err(timed_out.clone()) });
                 }
             }
         }
-        let stale: Vec<String> = self
-            .proposals
-            .iter()
-            .filter(|(_, p)| now - p.proposed_at >= t.repropose_ticks)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in stale {
-            self.repropose(&id);
-        }
-        // Reads: time out, or ask again under a new context (raft-rs drops a ReadIndex a new
-        // leader cannot serve yet, and a lost message loses it too).
+        // Reads asked: time out, or ask again under a new context (raft-rs drops a ReadIndex a
+        // new leader cannot serve yet, and a lost message loses it too).
         let ctxs: Vec<u64> = self.asked_reads.keys().copied().collect();
         for ctx in ctxs {
             let Some(b) = self.asked_reads.get(&ctx) else { continue };
-            if now - b.arrived_at >= t.request_timeout_ticks {
+            if old(b.arrived_at) {
                 if let Some(b) = self.asked_reads.remove(&ctx) {
                     for w in b.waiters {
-                        self.actions.push(Action::ReadFailed {
-                            waiter: w,
-                            error: RequestError::TimedOut { ticks: t.request_timeout_ticks },
-                        });
+                        self.actions.push(Action::ReadFailed { waiter: w, error: timed_out.clone() });
                     }
                 }
             } else if now - b.asked_at >= t.read_retry_ticks {
@@ -367,7 +442,17 @@ impl Core {
                 }
             }
         }
-        if !self.new_reads.is_empty() && now - self.new_reads_since >= t.request_timeout_ticks {
+        // Reads confirmed but not applied yet (this member is behind): time out like the rest.
+        for reads in self.confirmed_reads.values_mut() {
+            let (expired, waiting): (Vec<_>, Vec<_>) =
+                std::mem::take(reads).into_iter().partition(|r| old(r.arrived_at));
+            *reads = waiting;
+            for r in expired {
+                self.actions.push(Action::ReadFailed { waiter: r.waiter, error: timed_out.clone() });
+            }
+        }
+        self.confirmed_reads.retain(|_, reads| !reads.is_empty());
+        if !self.new_reads.is_empty() && old(self.new_reads_since) {
             for w in std::mem::take(&mut self.new_reads) {
                 self.actions.push(Action::ReadFailed { waiter: w, error: RequestError::NoLeader { member } });
             }
@@ -408,20 +493,46 @@ impl Core {
             return;
         }
         let data = cmd.encode_to_vec();
-        self.proposals.insert(
-            id.clone(),
-            PendingProposal { data, waiters: vec![waiter], proposed_at: self.now, arrived_at: self.now },
-        );
+        self.proposals
+            .insert(id.clone(), PendingProposal { data, waiters: vec![waiter], arrived_at: self.now });
         self.repropose(&id);
     }
 
+    /// Proposes a command of this member's own (an expiry, say) under a fresh unique request id,
+    /// which it returns; its outcome comes back for `waiter` like any other.
+    pub fn propose_own(&mut self, waiter: Waiter, body: Body) -> String {
+        let request_id = self.own_request_id();
+        let cmd = Command { version: fsm::COMMAND_VERSION, request_id: request_id.clone(), body: Some(body) };
+        self.propose(waiter, cmd);
+        request_id
+    }
+
+    /// A request id no other member, and no other life of this one, ever makes.
+    fn own_request_id(&mut self) -> String {
+        let n = self.next_own_id;
+        self.next_own_id += 1;
+        format!("member-{}-{:016x}-{n}", self.id(), self.nonce)
+    }
+
     fn repropose(&mut self, id: &str) {
-        let now = self.now;
-        let Some(p) = self.proposals.get_mut(id) else { return };
-        p.proposed_at = now;
+        let Some(p) = self.proposals.get(id) else { return };
         // Dropped when no leader is known: the proposal stays pending and is handed to raft
-        // again when a leader appears or `repropose_ticks` pass.
-        let _ = self.raw.propose(vec![], p.data.clone());
+        // again when a leader appears. Dropped by a leader: it holds too much uncommitted.
+        if let Err(raft::Error::ProposalDropped) = self.raw.propose(vec![], p.data.clone()) {
+            if self.raw.raft.state == StateRole::Leader {
+                let error = RequestError::Overloaded {
+                    member: self.id(),
+                    what: "the leader's uncommitted log",
+                    limit: self.max_uncommitted_bytes,
+                    flag: "--max-uncommitted-bytes",
+                };
+                if let Some(p) = self.proposals.remove(id) {
+                    for w in p.waiters {
+                        self.actions.push(Action::Reply { waiter: w, result: Err(error.clone()) });
+                    }
+                }
+            }
+        }
     }
 
     /// Asks for a linearizable read; `Action::ReadReady` tells when it may be served.
@@ -447,10 +558,19 @@ impl Core {
     }
 
     fn ask_read_index(&mut self, batch: ReadBatch) {
-        let ctx = self.next_read_ctx;
+        let counter = self.next_read_ctx;
         self.next_read_ctx += 1;
-        self.raw.read_index(ctx.to_be_bytes().to_vec());
-        self.asked_reads.insert(ctx, batch);
+        self.raw.read_index(self.read_context(counter));
+        self.asked_reads.insert(counter, batch);
+    }
+
+    /// A ReadIndex context: member id, this life's nonce, counter (8 bytes each, big endian).
+    fn read_context(&self, counter: u64) -> Vec<u8> {
+        let mut ctx = Vec::with_capacity(24);
+        ctx.extend_from_slice(&self.id().to_be_bytes());
+        ctx.extend_from_slice(&self.nonce.to_be_bytes());
+        ctx.extend_from_slice(&counter.to_be_bytes());
+        ctx
     }
 
     /// Fails every waiting request; the driver calls it when stopping.
@@ -463,7 +583,7 @@ impl Core {
         let reads = std::mem::take(&mut self.new_reads)
             .into_iter()
             .chain(std::mem::take(&mut self.asked_reads).into_values().flat_map(|b| b.waiters))
-            .chain(std::mem::take(&mut self.confirmed_reads).into_values().flatten());
+            .chain(std::mem::take(&mut self.confirmed_reads).into_values().flatten().map(|r| r.waiter));
         let failed: Vec<Action> =
             reads.map(|w| Action::ReadFailed { waiter: w, error: RequestError::ShuttingDown }).collect();
         self.actions.extend(failed);
@@ -479,7 +599,7 @@ impl Core {
         send: &mut dyn FnMut(Vec<Message>),
         observer: &mut dyn ReadyObserver,
     ) -> Result<Vec<Action>, CoreError> {
-        self.notice_leader_change();
+        self.observe_raft();
         if !self.raw.has_ready() {
             return Ok(std::mem::take(&mut self.actions));
         }
@@ -495,15 +615,18 @@ impl Core {
             || !ready.committed_entries().is_empty();
         let mut txn = self.db.begin_write().map_err(redb_err)?;
         txn.set_durability(Durability::Immediate);
-        let mut outcomes = Vec::new();
+        let mut applied = Vec::new();
 
+        let mut installed = None;
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
-            self.applied = fsm::restore(&txn, &snap.data)?;
-            self.raw.mut_store().install_snapshot(&txn, snap.get_metadata())?;
+            let meta = snap.get_metadata();
+            self.applied = self.snapshots.install(&txn, &snap.data, meta.index, meta.term)?;
+            self.raw.mut_store().install_snapshot(&txn, meta)?;
             self.snapshots_installed += 1;
+            installed = Some(snap);
         }
-        self.apply(&txn, ready.take_committed_entries(), &mut outcomes, observer)?;
+        self.apply(&txn, ready.take_committed_entries(), &mut applied, observer)?;
         let entries_persisted = ready.entries().len();
         if !ready.entries().is_empty() {
             self.raw.mut_store().append(&txn, ready.entries())?;
@@ -521,16 +644,27 @@ impl Core {
         }
         let late = light.take_committed_entries();
         wrote |= light.commit_index().is_some() || !late.is_empty();
-        self.apply(&txn, late, &mut outcomes, observer)?;
+        self.apply(&txn, late, &mut applied, observer)?;
         self.maybe_compact(&txn)?;
         if wrote {
             observer.commit_started();
             txn.commit().map_err(redb_err)?;
             observer.commit_finished(entries_persisted);
+            self.raw.mut_store().committed();
             // The revision is the fsm's to compute; read back what this Ready left.
             self.applied = fsm::applied(&self.db.begin_read().map_err(redb_err)?)?;
         } else {
             txn.abort().map_err(redb_err)?;
+        }
+        if let Some(snap) = installed {
+            self.snapshots.inbox().remove(&snap.data);
+            let meta = snap.get_metadata();
+            tracing::info!(
+                member = self.id(),
+                term = self.raw.raft.term,
+                index = meta.index,
+                "snapshot installed"
+            );
         }
 
         if !persisted.is_empty() {
@@ -541,11 +675,14 @@ impl Core {
         }
         self.raw.advance_apply();
 
-        for (id, outcome) in outcomes {
-            if let Some(p) = self.proposals.remove(&id) {
+        for a in applied {
+            if let Some(p) = self.proposals.remove(&a.request_id) {
                 for w in p.waiters {
-                    self.actions.push(Action::Reply { waiter: w, result: Ok(outcome.clone()) });
+                    self.actions.push(Action::Reply { waiter: w, result: Ok(a.outcome.clone()) });
                 }
+            }
+            if !a.events.is_empty() {
+                self.actions.push(Action::Applied { revision: a.outcome.revision, events: a.events });
             }
         }
         self.grant_reads();
@@ -556,7 +693,7 @@ impl Core {
         &mut self,
         txn: &redb::WriteTransaction,
         entries: Vec<Entry>,
-        outcomes: &mut Vec<(String, Outcome)>,
+        out: &mut Vec<fsm::AppliedCommand>,
         observer: &mut dyn ReadyObserver,
     ) -> Result<(), CoreError> {
         if entries.is_empty() {
@@ -573,8 +710,8 @@ impl Core {
                 // Membership is static (--initial-cluster); a conf change only advances the index.
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => &[],
             };
-            if let Some(out) = fsm::apply_entry(txn, e.index, e.term, data)? {
-                outcomes.push(out);
+            if let Some(a) = fsm::apply_entry(txn, e.index, e.term, data, &self.bounds)? {
+                out.push(a);
             }
             self.applied.index = e.index;
             self.applied.term = e.term;
@@ -592,16 +729,33 @@ impl Core {
         let tail = self.snapshot_entries / 4;
         let compacted = self.raw.store().compacted().index;
         if self.applied.index >= compacted + self.snapshot_entries + tail {
-            let to = (self.applied.index - tail).min(compacted + COMPACTION_STEP);
+            let target = self.applied.index - tail;
+            let to = target.min(compacted + COMPACTION_STEP);
             self.raw.mut_store().compact(txn, to)?;
+            if compacted + COMPACTION_STEP >= target || compacted == 0 {
+                tracing::info!(
+                    member = self.id(),
+                    term = self.raw.raft.term,
+                    index = self.applied.index,
+                    compacted_to = target,
+                    "log compacted"
+                );
+            }
         }
         Ok(())
     }
 
+    /// A ReadIndex confirmation: accepted only for a context of this member's current life that
+    /// is still waiting (see the module's invariants).
     fn read_confirmed(&mut self, ctx: &[u8], index: u64) {
-        let Ok(bytes) = <[u8; 8]>::try_from(ctx) else { return };
-        if let Some(b) = self.asked_reads.remove(&u64::from_be_bytes(bytes)) {
-            self.confirmed_reads.entry(index).or_default().extend(b.waiters);
+        if ctx.len() != 24 || ctx[..16] != self.read_context(0)[..16] {
+            return;
+        }
+        let Ok(counter) = <[u8; 8]>::try_from(&ctx[16..]).map(u64::from_be_bytes) else { return };
+        if let Some(b) = self.asked_reads.remove(&counter) {
+            let confirmed =
+                b.waiters.into_iter().map(|waiter| ConfirmedRead { waiter, arrived_at: b.arrived_at });
+            self.confirmed_reads.entry(index).or_default().extend(confirmed);
         }
     }
 
@@ -610,27 +764,48 @@ impl Core {
             if *entry.key() > self.applied.index {
                 break;
             }
-            for w in entry.remove() {
-                self.actions.push(Action::ReadReady { waiter: w });
+            for r in entry.remove() {
+                self.actions.push(Action::ReadReady { waiter: r.waiter });
             }
         }
     }
 
-    fn notice_leader_change(&mut self) {
-        let leader = self.raw.raft.leader_id;
-        if leader != self.last_leader {
-            self.last_leader = leader;
-            if leader != raft::INVALID_ID {
-                // Proposals forwarded to a deposed leader may be lost: hand them to the new one.
-                let ids: Vec<String> = self.proposals.keys().cloned().collect();
-                for id in ids {
-                    self.repropose(&id);
+    /// Notices elections and leader changes: logs them, and on a new leader (or a new term of
+    /// the same one) hands it every pending proposal and ReadIndex again — one forwarded to a
+    /// deposed leader may be lost.
+    fn observe_raft(&mut self) {
+        let r = &self.raw.raft;
+        let now = Seen { leader: r.leader_id, term: r.term, role: self.status().role };
+        let before = std::mem::replace(&mut self.seen, now);
+        if now == before {
+            return;
+        }
+        let (member, term, index) = (self.id(), now.term, self.raw.raft.raft_log.last_index());
+        match now.role {
+            Role::PreCandidate | Role::Candidate if now.role != before.role => {
+                tracing::info!(member, term, index, role = now.role.as_str(), "election started")
+            }
+            Role::Leader if before.role != Role::Leader => {
+                tracing::info!(member, term, index, "elected leader")
+            }
+            Role::Follower if now.leader != before.leader || now.term != before.term => {
+                if now.leader == raft::INVALID_ID {
+                    tracing::info!(member, term, index, "no leader known");
+                } else {
+                    tracing::info!(member, term, index, leader = now.leader, "following a new leader");
                 }
-                let pending: Vec<u64> = self.asked_reads.keys().copied().collect();
-                for ctx in pending {
-                    if let Some(b) = self.asked_reads.remove(&ctx) {
-                        self.ask_read_index(b);
-                    }
+            }
+            _ => {}
+        }
+        if now.leader != raft::INVALID_ID && (now.leader != before.leader || now.term != before.term) {
+            let ids: Vec<String> = self.proposals.keys().cloned().collect();
+            for id in ids {
+                self.repropose(&id);
+            }
+            let pending: Vec<u64> = self.asked_reads.keys().copied().collect();
+            for ctx in pending {
+                if let Some(b) = self.asked_reads.remove(&ctx) {
+                    self.ask_read_index(b);
                 }
             }
         }

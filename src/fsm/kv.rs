@@ -2,145 +2,122 @@
 //!
 //! Invariants:
 //! - The `kv` table holds exactly the live keys, in byte order; a row's value is a
-//!   `latch.v1.KeyValue` with an empty key field and `1 <= create_revision <= mod_revision`,
-//!   `version >= 1`. A deletion removes the row, so a re-created key starts at version 1 again.
+//!   `StoredValue` with `1 <= create_revision <= mod_revision`, `version >= 1`. A deletion
+//!   removes the row, so a re-created key starts at version 1 again.
 //! - One command, one revision: a put, a delete_range that deleted something, or a txn whose
-//!   chosen branch wrote anything raises the store revision by exactly one, and every key it
-//!   wrote carries that revision. A command that writes nothing leaves the revision unchanged.
+//!   chosen branch wrote anything raises the store revision by exactly one (see
+//!   [`super::apply::Apply`]), and every key it wrote carries that revision. A command that
+//!   writes nothing leaves the revision unchanged.
+//! - Every write emits one event per key changed: a put with the key as written and its
+//!   previous value, a delete with the deleted value.
 //! - Validation happens before any write, so a rejected command writes nothing.
 //! - Key selection: `range_end` empty → the single key; `range_end` = "\0" → every key >= `key`;
 //!   otherwise `[key, range_end)` (empty when `range_end <= key`).
+//! - Read results are bounded: the kvs of one answer (all the range ops of a txn together) add
+//!   up to at most `max_response_bytes` (encoded), except that a range always returns at least
+//!   its first kv; a range cut short says `more`. `count` is always the whole count.
 //! - Deterministic: no clock, no randomness; everything iterates in key order.
 
 use std::cmp::Ordering;
 use std::ops::Bound;
 
-use latch_proto::internal::{outcome, SnapshotRow};
-use latch_proto::v1::{
-    compare, request_op, response_op, Compare, DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+use latch_proto::internal::{
+    compare, op, op_result, outcome, Compare, DeleteRange, DeleteResult, KeyValue, OpResult, Put, PutResult,
+    Range, RangeResult, StoredValue, Txn, TxnResult,
 };
 use prost::Message;
-use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, Table, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, Table};
 
-use super::{open_read, Fnv, FsmError};
+use super::apply::{Apply, Event, EventKind};
+use super::{open_read, Applied, Domain, FsmError, TableDef};
 use crate::storage::schema::KV;
 
-/// Applies a put; `revision` is the store revision, raised if the put was applied.
-pub(crate) fn put(
-    txn: &WriteTransaction,
-    revision: &mut i64,
-    req: PutRequest,
-) -> Result<outcome::Result, FsmError> {
+/// The kv domain's part in the seam: its table and what a row must satisfy.
+pub(crate) struct KvDomain;
+
+impl Domain for KvDomain {
+    fn name(&self) -> &'static str {
+        "kv"
+    }
+
+    fn tables(&self) -> &'static [TableDef] {
+        &[KV]
+    }
+
+    fn check_row(&self, _table: &str, key: &[u8], value: &[u8], at: &Applied) -> Result<(), FsmError> {
+        if key.is_empty() {
+            return Err(FsmError::Corrupt("table kv: a row with an empty key".into()));
+        }
+        let stored = decode_stored("table kv", key, value)?;
+        if stored.mod_revision > at.revision {
+            return Err(FsmError::Corrupt(format!(
+                "table kv, key {:?}: mod_revision {} is newer than the store revision {}",
+                show(key),
+                stored.mod_revision,
+                at.revision
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Applies a put.
+pub(crate) fn put(ap: &mut Apply, req: Put) -> Result<outcome::Result, FsmError> {
     if let Err(why) = check_key("put", &req.key) {
         return Ok(outcome::Result::Rejected(why));
     }
-    let mut w = Writer::open(txn, *revision)?;
-    let resp = w.put(req)?;
-    *revision = w.revision();
-    Ok(outcome::Result::Put(resp))
+    let mut table = ap.txn.open_table(KV)?;
+    Ok(outcome::Result::Put(write_put(ap, &mut table, req)?))
 }
 
 /// Applies a delete_range; the revision is raised only if something was deleted.
-pub(crate) fn delete_range(
-    txn: &WriteTransaction,
-    revision: &mut i64,
-    req: DeleteRangeRequest,
-) -> Result<outcome::Result, FsmError> {
+pub(crate) fn delete_range(ap: &mut Apply, req: DeleteRange) -> Result<outcome::Result, FsmError> {
     if let Err(why) = check_key("delete_range", &req.key) {
         return Ok(outcome::Result::Rejected(why));
     }
-    let mut w = Writer::open(txn, *revision)?;
-    let resp = w.delete_range(&req)?;
-    *revision = w.revision();
-    Ok(outcome::Result::DeleteRange(resp))
+    let mut table = ap.txn.open_table(KV)?;
+    Ok(outcome::Result::DeleteRange(write_delete(ap, &mut table, &req)?))
 }
 
 /// Applies a txn: all compares, then the success or failure ops in order, in one revision.
-pub(crate) fn txn(
-    txn: &WriteTransaction,
-    revision: &mut i64,
-    req: TxnRequest,
-) -> Result<outcome::Result, FsmError> {
+pub(crate) fn txn(ap: &mut Apply, req: Txn) -> Result<outcome::Result, FsmError> {
     if let Err(why) = check_txn(&req) {
         return Ok(outcome::Result::Rejected(why));
     }
-    let mut w = Writer::open(txn, *revision)?;
-    let resp = w.txn(req)?;
-    *revision = w.revision();
-    Ok(outcome::Result::Txn(resp))
+    let mut table = ap.txn.open_table(KV)?;
+    let mut succeeded = true;
+    for c in &req.compare {
+        if !holds(&table, c)? {
+            succeeded = false;
+            break;
+        }
+    }
+    let ops = if succeeded { req.success } else { req.failure };
+    let mut budget = ap.max_response_bytes;
+    let mut results = Vec::with_capacity(ops.len());
+    for o in ops {
+        let result = match o.op {
+            Some(op::Op::Range(r)) => op_result::Result::Range(range_in(&table, &r, &mut budget)?),
+            Some(op::Op::Put(p)) => op_result::Result::Put(write_put(ap, &mut table, p)?),
+            Some(op::Op::DeleteRange(d)) => op_result::Result::DeleteRange(write_delete(ap, &mut table, &d)?),
+            None => continue, // rejected by check_txn before anything ran
+        };
+        results.push(OpResult { result: Some(result) });
+    }
+    Ok(outcome::Result::Txn(TxnResult { succeeded, results }))
 }
 
-/// Serves a range from a read transaction at the store revision `revision`.
+/// Serves a range from a read transaction, within `max_response_bytes`.
 pub(crate) fn read_range(
     txn: &ReadTransaction,
-    revision: i64,
-    req: &RangeRequest,
-) -> Result<RangeResponse, FsmError> {
+    req: &Range,
+    max_response_bytes: usize,
+) -> Result<RangeResult, FsmError> {
+    let mut budget = max_response_bytes;
     match open_read(txn, KV)? {
-        Some(table) => range_in(&table, revision, req),
-        None => Ok(RangeResponse { header: header(revision), ..Default::default() }),
+        Some(table) => range_in(&table, req, &mut budget),
+        None => Ok(RangeResult::default()),
     }
-}
-
-/// The rows of the kv table, in key order, as stored.
-pub(crate) fn snapshot_rows(txn: &ReadTransaction) -> Result<Vec<SnapshotRow>, FsmError> {
-    let Some(table) = open_read(txn, KV)? else { return Ok(Vec::new()) };
-    let mut rows = Vec::with_capacity(usize::try_from(table.len()?).unwrap_or(0));
-    for row in table.iter()? {
-        let (k, v) = row?;
-        rows.push(SnapshotRow { key: k.value().to_vec(), value: v.value().to_vec() });
-    }
-    Ok(rows)
-}
-
-/// Feeds the kv rows, in key order, to the state hash.
-pub(crate) fn hash_rows(txn: &ReadTransaction, h: &mut Fnv) -> Result<(), FsmError> {
-    let Some(table) = open_read(txn, KV)? else { return Ok(()) };
-    for row in table.iter()? {
-        let (k, v) = row?;
-        h.write_bytes(k.value());
-        h.write_bytes(v.value());
-    }
-    Ok(())
-}
-
-/// Checks a snapshot's kv rows: strictly increasing non-empty keys, each a sane `KeyValue`
-/// no newer than the snapshot's revision.
-pub(crate) fn check_rows(rows: &[SnapshotRow], revision: i64) -> Result<(), FsmError> {
-    let mut previous: Option<&[u8]> = None;
-    for row in rows {
-        let key = row.key.as_slice();
-        if key.is_empty() || previous.is_some_and(|p| p >= key) {
-            return Err(FsmError::Corrupt(format!(
-                "snapshot: kv row {:?} is empty or not in increasing key order",
-                show(key)
-            )));
-        }
-        let kv = decode_kv("snapshot: kv row", key, &row.value)?;
-        if kv.mod_revision > revision {
-            return Err(FsmError::Corrupt(format!(
-                "snapshot: kv row {:?}: mod_revision {} is newer than the snapshot's revision {revision}",
-                show(key),
-                kv.mod_revision
-            )));
-        }
-        previous = Some(key);
-    }
-    Ok(())
-}
-
-/// Writes checked snapshot rows into the (empty) kv table.
-pub(crate) fn restore_rows(txn: &WriteTransaction, rows: Vec<SnapshotRow>) -> Result<(), FsmError> {
-    let mut table = txn.open_table(KV)?;
-    for row in rows {
-        table.insert(row.key.as_slice(), row.value.as_slice())?;
-    }
-    Ok(())
-}
-
-fn header(revision: i64) -> Option<ResponseHeader> {
-    Some(ResponseHeader { revision, ..Default::default() })
 }
 
 /// A key for error messages: printable ASCII as is, other bytes escaped.
@@ -164,40 +141,67 @@ fn selection<'a>(key: &'a [u8], range_end: &'a [u8]) -> Option<Selection<'a>> {
 }
 
 /// Decodes a stored row, checking what every row must satisfy.
-fn decode_kv(table: &str, key: &[u8], bytes: &[u8]) -> Result<KeyValue, FsmError> {
+fn decode_stored(table: &str, key: &[u8], bytes: &[u8]) -> Result<StoredValue, FsmError> {
     let corrupt = |why: String| FsmError::Corrupt(format!("{table}, key {:?}: {why}", show(key)));
-    let mut kv = KeyValue::decode(bytes).map_err(|e| corrupt(format!("undecodable KeyValue: {e}")))?;
-    if kv.create_revision < 1 || kv.mod_revision < kv.create_revision || kv.version < 1 {
+    let v = StoredValue::decode(bytes).map_err(|e| corrupt(format!("undecodable StoredValue: {e}")))?;
+    if v.create_revision < 1 || v.mod_revision < v.create_revision || v.version < 1 {
         return Err(corrupt(format!(
-            "impossible KeyValue: create_revision {}, mod_revision {}, version {}",
-            kv.create_revision, kv.mod_revision, kv.version
+            "impossible row: create_revision {}, mod_revision {}, version {}",
+            v.create_revision, v.mod_revision, v.version
         )));
     }
-    kv.key = key.to_vec();
-    Ok(kv)
+    Ok(v)
 }
 
-fn range_in<T>(table: &T, revision: i64, req: &RangeRequest) -> Result<RangeResponse, FsmError>
+fn key_value(key: &[u8], v: StoredValue) -> KeyValue {
+    KeyValue {
+        key: key.to_vec(),
+        value: v.value,
+        create_revision: v.create_revision,
+        mod_revision: v.mod_revision,
+        version: v.version,
+    }
+}
+
+fn get<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+    key: &[u8],
+) -> Result<Option<KeyValue>, FsmError> {
+    match table.get(key)? {
+        Some(row) => Ok(Some(key_value(key, decode_stored("table kv", key, row.value())?))),
+        None => Ok(None),
+    }
+}
+
+/// The kvs of a range, its count, and `more` when `limit` or the byte budget cut it short.
+/// The budget is shared by every range of one answer and shrinks by what this one returns.
+fn range_in<T>(table: &T, req: &Range, budget: &mut usize) -> Result<RangeResult, FsmError>
 where
     T: ReadableTable<&'static [u8], &'static [u8]>,
 {
-    let mut resp = RangeResponse { header: header(revision), ..Default::default() };
+    let mut resp = RangeResult::default();
     let Some(selected) = selection(&req.key, &req.range_end) else { return Ok(resp) };
     let limit = usize::try_from(req.limit).ok().filter(|l| *l > 0).unwrap_or(usize::MAX);
     for row in table.range::<&[u8]>(selected)? {
         let (k, v) = row?;
         resp.count += 1;
-        if req.count_only {
+        if req.count_only || resp.more {
             continue;
         }
         if resp.kvs.len() >= limit {
             resp.more = true;
             continue;
         }
-        let mut kv = decode_kv("table kv", k.value(), v.value())?;
+        let mut kv = key_value(k.value(), decode_stored("table kv", k.value(), v.value())?);
         if req.keys_only {
             kv.value = Vec::new();
         }
+        let size = kv.encoded_len();
+        if size > *budget && !resp.kvs.is_empty() {
+            resp.more = true;
+            continue;
+        }
+        *budget = budget.saturating_sub(size);
         resp.kvs.push(kv);
     }
     Ok(resp)
@@ -211,7 +215,7 @@ fn check_key(what: &str, key: &[u8]) -> Result<(), String> {
     }
 }
 
-fn check_txn(req: &TxnRequest) -> Result<(), String> {
+fn check_txn(req: &Txn) -> Result<(), String> {
     for (i, c) in req.compare.iter().enumerate() {
         check_key(&format!("txn: compare[{i}]"), &c.key)?;
         if c.target.is_none() {
@@ -219,23 +223,21 @@ fn check_txn(req: &TxnRequest) -> Result<(), String> {
                 "txn: compare[{i}]: target is missing (expected value, version, create_revision or mod_revision)"
             ));
         }
-        if compare::CompareResult::try_from(c.result).is_err() {
-            return Err(format!("txn: compare[{i}]: result {} is not a CompareResult", c.result));
+        if compare::Result::try_from(c.result).is_err() {
+            return Err(format!("txn: compare[{i}]: result {} is not a compare result", c.result));
         }
     }
     for (branch, ops) in [("success", &req.success), ("failure", &req.failure)] {
-        for (i, op) in ops.iter().enumerate() {
-            match &op.request {
+        for (i, o) in ops.iter().enumerate() {
+            match &o.op {
                 None => {
                     return Err(format!(
-                        "txn: {branch}[{i}]: request is missing (expected range, put or delete_range)"
+                        "txn: {branch}[{i}]: op is missing (expected range, put or delete_range)"
                     ))
                 }
-                Some(request_op::Request::Range(r)) => {
-                    check_key(&format!("txn: {branch}[{i}]: range"), &r.key)?
-                }
-                Some(request_op::Request::Put(p)) => check_key(&format!("txn: {branch}[{i}]: put"), &p.key)?,
-                Some(request_op::Request::DeleteRange(d)) => {
+                Some(op::Op::Range(r)) => check_key(&format!("txn: {branch}[{i}]: range"), &r.key)?,
+                Some(op::Op::Put(p)) => check_key(&format!("txn: {branch}[{i}]: put"), &p.key)?,
+                Some(op::Op::DeleteRange(d)) => {
                     check_key(&format!("txn: {branch}[{i}]: delete_range"), &d.key)?
                 }
             }
@@ -244,159 +246,96 @@ fn check_txn(req: &TxnRequest) -> Result<(), String> {
     Ok(())
 }
 
-/// The writes of one command: they all carry revision `base + 1`.
-struct Writer<'t> {
-    table: Table<'t, &'static [u8], &'static [u8]>,
-    /// Store revision before the command.
-    base: i64,
-    /// The revision of this command's writes.
-    next: i64,
-    /// Whether the command wrote anything yet.
-    wrote: bool,
+type KvTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
+
+fn write_put(ap: &mut Apply, table: &mut KvTable, req: Put) -> Result<PutResult, FsmError> {
+    let prev = get(table, &req.key)?;
+    let revision = ap.write_revision()?;
+    let (create_revision, version) = match &prev {
+        Some(p) => {
+            let version = p.version.checked_add(1).ok_or_else(|| {
+                FsmError::Corrupt(format!(
+                    "table kv, key {:?}: version {} cannot grow",
+                    show(&req.key),
+                    p.version
+                ))
+            })?;
+            (p.create_revision, version)
+        }
+        None => (revision, 1),
+    };
+    let stored = StoredValue { value: req.value, create_revision, mod_revision: revision, version };
+    table.insert(req.key.as_slice(), stored.encode_to_vec().as_slice())?;
+    let kv = key_value(&req.key, stored);
+    let answer = PutResult { prev_kv: if req.prev_kv { prev.clone() } else { None } };
+    ap.emit(Event { kind: EventKind::Put, kv, prev_kv: prev });
+    Ok(answer)
 }
 
-impl<'t> Writer<'t> {
-    fn open(txn: &'t WriteTransaction, base: i64) -> Result<Self, FsmError> {
-        let next = base
-            .checked_add(1)
-            .ok_or_else(|| FsmError::Corrupt(format!("table fsm_meta, key revision: {base} cannot grow")))?;
-        Ok(Writer { table: txn.open_table(KV)?, base, next, wrote: false })
-    }
-
-    /// The store revision as of the writes so far.
-    fn revision(&self) -> i64 {
-        if self.wrote {
-            self.next
-        } else {
-            self.base
+fn write_delete(ap: &mut Apply, table: &mut KvTable, req: &DeleteRange) -> Result<DeleteResult, FsmError> {
+    let mut doomed = Vec::new();
+    if let Some(selected) = selection(&req.key, &req.range_end) {
+        for row in table.range::<&[u8]>(selected)? {
+            let (k, v) = row?;
+            doomed.push(key_value(k.value(), decode_stored("table kv", k.value(), v.value())?));
         }
     }
-
-    fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, FsmError> {
-        match self.table.get(key)? {
-            Some(row) => decode_kv("table kv", key, row.value()).map(Some),
-            None => Ok(None),
-        }
+    if doomed.is_empty() {
+        return Ok(DeleteResult::default());
     }
-
-    fn put(&mut self, req: PutRequest) -> Result<PutResponse, FsmError> {
-        let prev = self.get(&req.key)?;
-        let (create_revision, version) = match &prev {
-            Some(p) => {
-                let version = p.version.checked_add(1).ok_or_else(|| {
-                    FsmError::Corrupt(format!(
-                        "table kv, key {:?}: version {} cannot grow",
-                        show(&req.key),
-                        p.version
-                    ))
-                })?;
-                (p.create_revision, version)
-            }
-            None => (self.next, 1),
-        };
-        let stored =
-            KeyValue { key: Vec::new(), create_revision, mod_revision: self.next, version, value: req.value };
-        self.table.insert(req.key.as_slice(), stored.encode_to_vec().as_slice())?;
-        self.wrote = true;
-        Ok(PutResponse { header: header(self.next), prev_kv: prev.filter(|_| req.prev_kv) })
+    let revision = ap.write_revision()?;
+    for prev in &doomed {
+        table.remove(prev.key.as_slice())?;
     }
-
-    fn delete_range(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, FsmError> {
-        let mut doomed = Vec::new();
-        let mut prev_kvs = Vec::new();
-        if let Some(selected) = selection(&req.key, &req.range_end) {
-            for row in self.table.range::<&[u8]>(selected)? {
-                let (k, v) = row?;
-                if req.prev_kv {
-                    prev_kvs.push(decode_kv("table kv", k.value(), v.value())?);
-                }
-                doomed.push(k.value().to_vec());
-            }
+    let deleted = i64::try_from(doomed.len()).unwrap_or(i64::MAX);
+    let mut prev_kvs = Vec::new();
+    for prev in doomed {
+        let kv = KeyValue { key: prev.key.clone(), mod_revision: revision, ..Default::default() };
+        if req.prev_kv {
+            prev_kvs.push(prev.clone());
         }
-        for key in &doomed {
-            self.table.remove(key.as_slice())?;
-        }
-        if !doomed.is_empty() {
-            self.wrote = true;
-        }
-        Ok(DeleteRangeResponse {
-            header: header(self.revision()),
-            deleted: i64::try_from(doomed.len()).unwrap_or(i64::MAX),
-            prev_kvs,
-        })
+        ap.emit(Event { kind: EventKind::Delete, kv, prev_kv: Some(prev) });
     }
+    Ok(DeleteResult { deleted, prev_kvs })
+}
 
-    fn compare(&self, c: &Compare) -> Result<bool, FsmError> {
-        let kv = self.get(&c.key)?;
-        let number = |f: fn(&KeyValue) -> i64| kv.as_ref().map_or(0, f);
-        let ord = match &c.target {
+fn holds<T: ReadableTable<&'static [u8], &'static [u8]>>(table: &T, c: &Compare) -> Result<bool, FsmError> {
+    let kv = get(table, &c.key)?;
+    let number = |f: fn(&KeyValue) -> i64| kv.as_ref().map_or(0, f);
+    let ord = match &c.target {
+        None => return Ok(false),
+        Some(compare::Target::Value(v)) => match &kv {
             None => return Ok(false),
-            Some(compare::Target::Value(v)) => match &kv {
-                None => return Ok(false),
-                Some(kv) => kv.value.as_slice().cmp(v.as_slice()),
-            },
-            Some(compare::Target::Version(n)) => number(|kv| kv.version).cmp(n),
-            Some(compare::Target::CreateRevision(n)) => number(|kv| kv.create_revision).cmp(n),
-            Some(compare::Target::ModRevision(n)) => number(|kv| kv.mod_revision).cmp(n),
-        };
-        Ok(match compare::CompareResult::try_from(c.result) {
-            Ok(compare::CompareResult::Equal) => ord == Ordering::Equal,
-            Ok(compare::CompareResult::Greater) => ord == Ordering::Greater,
-            Ok(compare::CompareResult::Less) => ord == Ordering::Less,
-            Ok(compare::CompareResult::NotEqual) => ord != Ordering::Equal,
-            Err(_) => false,
-        })
-    }
-
-    fn txn(&mut self, req: TxnRequest) -> Result<TxnResponse, FsmError> {
-        let mut succeeded = true;
-        for c in &req.compare {
-            if !self.compare(c)? {
-                succeeded = false;
-                break;
-            }
-        }
-        let ops = if succeeded { req.success } else { req.failure };
-        let mut responses = Vec::with_capacity(ops.len());
-        for op in ops {
-            let response = match op.request {
-                Some(request_op::Request::Range(r)) => {
-                    response_op::Response::Range(range_in(&self.table, self.revision(), &r)?)
-                }
-                Some(request_op::Request::Put(p)) => response_op::Response::Put(self.put(p)?),
-                Some(request_op::Request::DeleteRange(d)) => {
-                    response_op::Response::DeleteRange(self.delete_range(&d)?)
-                }
-                None => continue, // rejected by check_txn before anything ran
-            };
-            responses.push(ResponseOp { response: Some(response) });
-        }
-        Ok(TxnResponse { header: header(self.revision()), succeeded, responses })
-    }
+            Some(kv) => kv.value.as_slice().cmp(v.as_slice()),
+        },
+        Some(compare::Target::Version(n)) => number(|kv| kv.version).cmp(n),
+        Some(compare::Target::CreateRevision(n)) => number(|kv| kv.create_revision).cmp(n),
+        Some(compare::Target::ModRevision(n)) => number(|kv| kv.mod_revision).cmp(n),
+    };
+    Ok(match compare::Result::try_from(c.result) {
+        Ok(compare::Result::Equal) => ord == Ordering::Equal,
+        Ok(compare::Result::Greater) => ord == Ordering::Greater,
+        Ok(compare::Result::Less) => ord == Ordering::Less,
+        Ok(compare::Result::NotEqual) => ord != Ordering::Equal,
+        Err(_) => false,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;
-    use super::super::Applied;
-    use compare::{CompareResult as R, Target as T};
+    use super::super::{Applied, EventKind};
+    use compare::{Result as R, Target as T};
     use latch_proto::internal::command::Body;
-    use latch_proto::v1::{
-        compare, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RangeResponse, RequestOp,
-        ResponseHeader,
-    };
+    use latch_proto::internal::{compare, Compare, DeleteRange, Op, Put, Range, RangeResult};
     use std::collections::BTreeMap;
-
-    fn rev(o: Option<ResponseHeader>) -> i64 {
-        o.expect("responses carry a header").revision
-    }
 
     fn kv_of(s: &Store, key: &str) -> (i64, i64, i64) {
         let kv = s.get(key).unwrap_or_else(|| panic!("expected key {key:?} to exist"));
         (kv.create_revision, kv.mod_revision, kv.version)
     }
 
-    fn keys(resp: &RangeResponse) -> Vec<String> {
+    fn keys(resp: &RangeResult) -> Vec<String> {
         resp.kvs.iter().map(|kv| String::from_utf8_lossy(&kv.key).into_owned()).collect()
     }
 
@@ -408,17 +347,17 @@ mod tests {
         s
     }
 
-    fn range_req(key: &[u8], range_end: &[u8]) -> RangeRequest {
-        RangeRequest { key: key.to_vec(), range_end: range_end.to_vec(), ..Default::default() }
+    fn range_req(key: &[u8], range_end: &[u8]) -> Range {
+        Range { key: key.to_vec(), range_end: range_end.to_vec(), ..Default::default() }
     }
 
     #[test]
     fn each_put_raises_the_revision_and_sets_the_key_revisions() {
         let mut s = Store::new();
-        assert_eq!(rev(as_put(s.apply("", put("a", "1"))).header), 1, "the first write is revision 1");
-        assert_eq!(rev(as_put(s.apply("", put("b", "1"))).header), 2);
+        assert_eq!(s.apply("", put("a", "1")).revision, 1, "the first write is revision 1");
+        assert_eq!(s.apply("", put("b", "1")).revision, 2);
         assert_eq!(kv_of(&s, "a"), (1, 1, 1), "a new key: create = mod = its revision, version 1");
-        assert_eq!(rev(as_put(s.apply("", put("a", "2"))).header), 3);
+        assert_eq!(s.apply("", put("a", "2")).revision, 3);
         assert_eq!(kv_of(&s, "a"), (1, 3, 2), "an overwrite keeps create, sets mod, bumps version");
         assert_eq!(s.get("a").map(|kv| kv.value), Some(b"2".to_vec()));
         assert_eq!(s.applied().revision, 3);
@@ -428,10 +367,10 @@ mod tests {
     fn put_returns_the_previous_kv_only_when_asked() {
         let mut s = store_with(&["a"]);
         assert_eq!(as_put(s.apply("", put("a", "x"))).prev_kv, None, "prev_kv not asked");
-        let asked = Body::Put(PutRequest { prev_kv: true, ..put_req("a", "y") });
+        let asked = Body::Put(Put { prev_kv: true, ..put_req("a", "y") });
         let prev = as_put(s.apply("", asked)).prev_kv.expect("prev_kv asked for an existing key");
         assert_eq!((prev.key, prev.value, prev.version), (b"a".to_vec(), b"x".to_vec(), 2));
-        let fresh = Body::Put(PutRequest { prev_kv: true, ..put_req("new", "y") });
+        let fresh = Body::Put(Put { prev_kv: true, ..put_req("new", "y") });
         assert_eq!(as_put(s.apply("", fresh)).prev_kv, None, "a new key has no previous kv");
     }
 
@@ -439,8 +378,8 @@ mod tests {
     fn delete_raises_the_revision_and_a_recreated_key_starts_over() {
         let mut s = store_with(&["a", "b"]);
         s.apply("", put("a", "again"));
-        let d = as_del(s.apply("", del("a", b"")));
-        assert_eq!((d.deleted, rev(d.header)), (1, 4), "one key deleted at revision 4");
+        let o = s.apply("", del("a", b""));
+        assert_eq!((as_del(o.clone()).deleted, o.revision), (1, 4), "one key deleted at revision 4");
         assert_eq!(s.get("a"), None);
         s.apply("", put("a", "new"));
         assert_eq!(kv_of(&s, "a"), (5, 5, 1), "a recreated key has a new create_revision and version 1");
@@ -449,21 +388,22 @@ mod tests {
     #[test]
     fn delete_of_nothing_keeps_the_revision() {
         let mut s = store_with(&["a"]);
-        let d = as_del(s.apply("", del("zzz", b"")));
-        assert_eq!((d.deleted, rev(d.header)), (0, 1), "nothing deleted, revision unchanged");
+        let o = s.apply("", del("zzz", b""));
+        assert_eq!((as_del(o.clone()).deleted, o.revision), (0, 1), "nothing deleted, revision unchanged");
         assert_eq!(s.applied().revision, 1);
     }
 
     #[test]
     fn delete_range_deletes_the_selection_and_returns_prev_kvs() {
         let mut s = store_with(&["a", "b1", "b2", "c"]);
-        let req = DeleteRangeRequest { prev_kv: true, ..del_req("b", b"c") };
-        let d = as_del(s.apply("", Body::DeleteRange(req)));
+        let req = DeleteRange { prev_kv: true, ..del_req("b", b"c") };
+        let o = s.apply("", Body::DeleteRange(req));
+        let d = as_del(o.clone());
         assert_eq!(d.deleted, 2);
         let prev: Vec<_> = d.prev_kvs.iter().map(|kv| kv.key.clone()).collect();
         assert_eq!(prev, vec![b"b1".to_vec(), b"b2".to_vec()], "prev_kvs in key order");
         assert_eq!(keys(&s.range(range_req(b"\0", b"\0"))), vec!["a", "c"]);
-        assert_eq!(rev(d.header), 5, "a multi-key delete is one revision");
+        assert_eq!(o.revision, 5, "a multi-key delete is one revision");
     }
 
     #[test]
@@ -484,19 +424,18 @@ mod tests {
         assert_eq!(keys(&s.range(range_req(b"c", b"\0"))), vec!["c", "d"], "from key c");
         assert_eq!(keys(&s.range(range_req(b"\0", b"\0"))).len(), 6, "every key");
         assert_eq!(s.range(range_req(b"d", b"a")).count, 0, "range_end before key selects nothing");
-        assert_eq!(rev(s.range(range_req(b"a", b"")).header), 6, "reads carry the store revision");
     }
 
     #[test]
     fn range_limit_count_only_and_keys_only() {
         let s = store_with(&["a", "b", "c", "d"]);
-        let limited = s.range(RangeRequest { limit: 2, ..range_req(b"a", b"\0") });
+        let limited = s.range(Range { limit: 2, ..range_req(b"a", b"\0") });
         assert_eq!((keys(&limited), limited.more, limited.count), (vec!["a".into(), "b".into()], true, 4));
-        let exact = s.range(RangeRequest { limit: 4, ..range_req(b"a", b"\0") });
+        let exact = s.range(Range { limit: 4, ..range_req(b"a", b"\0") });
         assert!(!exact.more, "a limit equal to the count cuts nothing");
-        let counted = s.range(RangeRequest { count_only: true, ..range_req(b"b", b"\0") });
+        let counted = s.range(Range { count_only: true, ..range_req(b"b", b"\0") });
         assert_eq!((counted.kvs.len(), counted.count, counted.more), (0, 3, false));
-        let bare = s.range(RangeRequest { keys_only: true, ..range_req(b"a", b"") });
+        let bare = s.range(Range { keys_only: true, ..range_req(b"a", b"") });
         assert_eq!(bare.kvs[0].value, Vec::<u8>::new(), "keys_only drops values");
         assert_eq!(bare.kvs[0].version, 1, "keys_only keeps the revisions");
     }
@@ -579,33 +518,34 @@ mod tests {
             op_put("p", "x"),
             op_del("k", b""),
         ];
-        let r = as_txn(s.apply("", txn(vec![], ops, vec![])));
-        assert_eq!(rev(r.header), 4, "the whole txn is revision 4");
+        let o = s.apply("", txn(vec![], ops, vec![]));
+        let r = as_txn(o.clone());
+        assert_eq!(o.revision, 4, "the whole txn is revision 4");
         assert_eq!(s.applied().revision, 4, "one revision per txn");
-        let before = as_range(&r.responses[0]);
-        assert_eq!((before.count, rev(before.header)), (0, 3), "a range before any write sees revision 3");
-        let after = as_range(&r.responses[2]);
+        let before = as_range(&r.results[0]);
+        assert_eq!(before.count, 0, "a range before any write sees nothing");
+        let after = as_range(&r.results[2]);
         assert_eq!(after.kvs[0].value, b"1".to_vec(), "a range sees the txn's earlier put");
-        assert_eq!(rev(after.header), 4, "a range after a write sees the txn's revision");
+        assert_eq!(after.kvs[0].mod_revision, 4, "… written at the txn's revision");
         assert_eq!(kv_of(&s, "n"), (4, 4, 2), "two puts of one key in a txn: version 2, one revision");
         assert_eq!(kv_of(&s, "p"), (4, 4, 1));
         assert_eq!(s.get("k"), None);
-        assert_eq!(r.responses.len(), 6, "one response per op");
+        assert_eq!(r.results.len(), 6, "one result per op");
     }
 
     #[test]
     fn txn_that_writes_nothing_keeps_the_revision() {
         let mut s = compare_store();
-        let r = as_txn(s.apply("", txn(vec![], vec![op_get("k"), op_del("missing", b"")], vec![])));
-        assert_eq!((rev(r.header), s.applied().revision), (3, 3));
+        let o = s.apply("", txn(vec![], vec![op_get("k"), op_del("missing", b"")], vec![]));
+        assert_eq!((o.revision, s.applied().revision), (3, 3));
     }
 
     #[test]
     fn invalid_txns_are_rejected_and_write_nothing() {
         let mut s = compare_store();
         let hash = s.hash();
-        let missing_op = txn(vec![], vec![op_put("a", "1"), RequestOp { request: None }], vec![]);
-        assert!(as_rejected(s.apply("", missing_op)).contains("success[1]: request is missing"));
+        let missing_op = txn(vec![], vec![op_put("a", "1"), Op { op: None }], vec![]);
+        assert!(as_rejected(s.apply("", missing_op)).contains("success[1]: op is missing"));
         let bad_failure = txn(vec![], vec![], vec![op_put("", "1")]);
         assert!(as_rejected(s.apply("", bad_failure)).contains("failure[0]: put: key"));
         let no_target = Compare { result: 0, key: b"k".to_vec(), target: None };
@@ -747,5 +687,73 @@ mod tests {
                 assert_eq!(got, want, "{ctx}: the store differs from the model");
             }
         }
+    }
+
+    #[test]
+    fn every_write_leaves_its_events_and_a_rejected_one_none() {
+        let mut s = store_with(&["a", "b1", "b2"]);
+        let put_a = s.apply_full("", put("a", "new"));
+        assert_eq!(put_a.events.len(), 1, "one put, one event");
+        let e = &put_a.events[0];
+        assert_eq!(
+            (e.kind, e.kv.key.as_slice(), e.kv.value.as_slice()),
+            (EventKind::Put, &b"a"[..], &b"new"[..])
+        );
+        assert_eq!((e.kv.mod_revision, e.kv.version), (4, 2), "the event carries the key as written");
+        assert_eq!(
+            e.prev_kv.as_ref().map(|kv| kv.value.as_slice()),
+            Some(&b"v-a"[..]),
+            "and what it replaced"
+        );
+
+        let deleted = s.apply_full("", del("b", b"c"));
+        let kinds: Vec<_> =
+            deleted.events.iter().map(|e| (e.kind, e.kv.key.clone(), e.kv.mod_revision)).collect();
+        assert_eq!(
+            kinds,
+            vec![(EventKind::Delete, b"b1".to_vec(), 5), (EventKind::Delete, b"b2".to_vec(), 5)],
+            "one delete event per key, in key order, at the delete's revision"
+        );
+
+        let t = s.apply_full("", txn(vec![], vec![op_put("x", "1"), op_del("a", b""), op_get("x")], vec![]));
+        let revs: Vec<_> = t.events.iter().map(|e| e.kv.mod_revision).collect();
+        assert_eq!(revs, vec![6, 6], "a txn's events share its one revision");
+        assert!(s.apply_full("", put("", "x")).events.is_empty(), "a rejected put has no events");
+        assert!(s.apply_full("", del("zzz", b"")).events.is_empty(), "deleting nothing has no events");
+    }
+
+    #[test]
+    fn a_range_over_the_response_bound_returns_a_page_with_more() {
+        let mut s = Store::new();
+        for i in 0..10 {
+            s.apply("", put(&format!("k{i}"), &"x".repeat(1000)));
+        }
+        s.bounds.max_response_bytes = 3_500;
+        let page = s.range(range_req(b"k", b"l"));
+        assert_eq!(page.kvs.len(), 3, "3 kvs of about 1 KB fit in 3500 bytes");
+        assert!(page.more, "a page cut by the bound says more");
+        assert_eq!(page.count, 10, "count is the whole count");
+        s.bounds.max_response_bytes = 10;
+        let one = s.range(range_req(b"k", b"l"));
+        assert_eq!((one.kvs.len(), one.more), (1, true), "a range always returns its first kv");
+        let keys_only = s.range(Range { keys_only: true, ..range_req(b"k", b"l") });
+        assert!(keys_only.kvs.len() < 10, "the bound holds for keys-only ranges too");
+    }
+
+    #[test]
+    fn the_ranges_of_one_txn_share_the_response_bound() {
+        let mut s = Store::new();
+        for i in 0..10 {
+            s.apply("", put(&format!("k{i}"), &"x".repeat(1000)));
+        }
+        s.bounds.max_response_bytes = 5_000;
+        let all = || Op { op: Some(latch_proto::internal::op::Op::Range(range_req(b"k", b"l"))) };
+        let r = as_txn(s.apply("", txn(vec![], vec![all(), all(), all()], vec![])));
+        let sizes: Vec<_> = r.results.iter().map(|o| (as_range(o).kvs.len(), as_range(o).more)).collect();
+        assert_eq!(
+            sizes,
+            vec![(4, true), (1, true), (1, true)],
+            "the first range takes the budget; the rest one kv each"
+        );
     }
 }

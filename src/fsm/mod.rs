@@ -1,47 +1,67 @@
 //! The replicated state machine: pure and deterministic. Every member applies the same committed
 //! raft entries in the same order and reaches the same state; no clock, no randomness, no I/O
-//! besides the redb write transaction it is handed (DESIGN.md §2 rule 3 and 4).
+//! besides the redb transaction it is handed (DESIGN.md §2 rules 3 and 4).
 //!
-//! This file is the dispatcher: it decodes a log entry's `Command`, answers retries of a request
-//! id it still remembers, hands the command to its domain (one file per domain: [`kv`] today;
-//! sessions and locks later), records the outcome for that request id and advances the applied
-//! index. It also owns what spans all domains: position ([`applied`]), [`snapshot`],
-//! [`restore`] and [`state_hash`].
+//! The seam every domain plugs into:
+//! - A domain (one file each: [`kv`], [`requests`]; sessions, locks, elections and the registry
+//!   to come) keeps all it has in its own tables, every one `&[u8] → &[u8]`, and declares them
+//!   through [`Domain`] together with what a row must satisfy. Creating the tables ([`init`]),
+//!   the snapshot stream ([`snapshot`]), restoring one and the state hash ([`state_hash`]) then
+//!   cover it with no further code: adding a domain is its file, its entry in [`DOMAINS`], and
+//!   the arms of its commands in [`apply_command`].
+//! - A command is applied through an [`Apply`] context that owns the revision: one command may
+//!   change several domains in one revision, and every change leaves as an [`Event`].
+//!
+//! May import: the storage schema and the internal (log) messages of latch-proto. Never the
+//! public API, tokio, tonic or raft.
 //!
 //! Invariants:
 //! - `fsm_meta` (applied index, term, store revision) is written in the same transaction as the
 //!   state it describes; the applied index strictly increases ([`FsmError::OutOfOrder`]).
 //! - The store revision never decreases; a command raises it by at most one.
-//! - A command that is undecodable or invalid is rejected deterministically: every member
-//!   answers the same `Outcome { rejected }` and writes nothing but the applied index (and, when
-//!   it carried a request id, the remembered outcome).
-//! - Idempotency window: the outcome of a command with a non-empty request id is remembered
-//!   while the applied index is at most [`REQUEST_MEMORY_ENTRIES`] entries past the entry that
-//!   applied it (`index - applied_at <= REQUEST_MEMORY_ENTRIES`). Within that window a retry
-//!   changes nothing and gets the first outcome (with the first outcome's revision); after it the
-//!   id is forgotten and a retry is applied again. Pruning forgets the oldest ids on each apply
-//!   (amortised O(1): each id is inserted once and removed once).
+//! - A command that is undecodable, of another version, or invalid is rejected
+//!   deterministically: every member answers the same `rejected` outcome and writes nothing but
+//!   the applied index (and, when it carried a request id, the remembered outcome).
+//! - A request id is applied at most once while it is remembered (see [`requests`]).
 //! - Stored data that cannot be what this code wrote is reported as [`FsmError::Corrupt`],
 //!   naming the table and key; nothing here panics on stored data.
 
+mod apply;
 mod kv;
+mod requests;
+pub mod snapshot;
 
-use latch_proto::internal::{command::Body, outcome, Command, FsmSnapshot, Outcome, SnapshotRequest};
+use latch_proto::internal::{command::Body, outcome, Command, Outcome, Range, RangeResult};
 use prost::Message;
-use redb::{
-    ReadOnlyTable, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
-};
+use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 
-use crate::storage::schema::{
-    FSM_APPLIED_INDEX, FSM_APPLIED_TERM, FSM_META, FSM_REVISION, KV, REQUESTS, REQUESTS_BY_INDEX,
-};
+pub use apply::{Event, EventKind};
+pub use requests::REQUEST_MEMORY_BYTES;
 
-/// How many raft entries a request id's outcome is remembered for (see the module doc).
-pub const REQUEST_MEMORY_ENTRIES: u64 = 1_000_000;
+use crate::storage::schema::{FSM_APPLIED_INDEX, FSM_APPLIED_TERM, FSM_META, FSM_REVISION};
+use apply::Apply;
+
 /// The `Command.version` this build applies; a command of another version is rejected.
-pub const COMMAND_VERSION: u32 = 1;
-/// The `FsmSnapshot.version` this build writes and reads.
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const COMMAND_VERSION: u32 = 2;
+
+/// Every domain, in the order their tables appear in a snapshot.
+const DOMAINS: [&dyn Domain; 2] = [&kv::KvDomain, &requests::RequestsDomain];
+
+/// A domain table: every one is keyed and valued by bytes, so that snapshot, restore and the
+/// state hash handle them alike.
+pub(crate) type TableDef = TableDefinition<'static, &'static [u8], &'static [u8]>;
+
+/// A part of the replicated state. What it keeps lives in [`Domain::tables`]; how commands
+/// change it is its apply functions, called from [`apply_command`] through an [`Apply`].
+pub(crate) trait Domain: Sync {
+    /// A short stable name, for messages.
+    fn name(&self) -> &'static str;
+    /// Its tables. Their names are part of the snapshot format.
+    fn tables(&self) -> &'static [TableDef];
+    /// Checks one row of a snapshot being restored at `at`, before it is written; an error
+    /// fails the whole restore.
+    fn check_row(&self, table: &str, key: &[u8], value: &[u8], at: &Applied) -> Result<(), FsmError>;
+}
 
 /// Position of the state machine: the last applied raft entry and the store revision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -65,13 +85,36 @@ pub enum FsmError {
     Corrupt(String),
 }
 
+/// What applying one command produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppliedCommand {
+    /// Empty when the command had none or could not be decoded.
+    pub request_id: String,
+    pub outcome: Outcome,
+    /// The changes it made, in order; all at `outcome.revision`. Empty when it wrote nothing.
+    pub events: Vec<Event>,
+}
+
 /// Creates every fsm table so read transactions can open them; idempotent.
 pub fn init(txn: &WriteTransaction) -> Result<(), FsmError> {
     txn.open_table(FSM_META)?;
-    txn.open_table(KV)?;
-    txn.open_table(REQUESTS)?;
-    txn.open_table(REQUESTS_BY_INDEX)?;
+    for domain in DOMAINS {
+        for def in domain.tables() {
+            txn.open_table(*def)?;
+        }
+    }
     Ok(())
+}
+
+/// Empties every fsm table (before a restore).
+fn clear(txn: &WriteTransaction) -> Result<(), FsmError> {
+    txn.delete_table(FSM_META)?;
+    for domain in DOMAINS {
+        for def in domain.tables() {
+            txn.delete_table(*def)?;
+        }
+    }
+    init(txn)
 }
 
 /// Position of the state machine (0/0/0 for a fresh store; revision starts at 0, the first write
@@ -83,130 +126,103 @@ pub fn applied(txn: &ReadTransaction) -> Result<Applied, FsmError> {
     }
 }
 
+/// The bounds an apply works within.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Bytes of read results (range ops) in one answer (see [`kv`]). It shapes answers only, never
+    /// the state, so members may differ in it.
+    pub max_response_bytes: usize,
+    /// Bytes of remembered requests (see [`requests`]). It shapes the state: every member must
+    /// use the same value, [`REQUEST_MEMORY_BYTES`] (tests use small ones).
+    pub request_memory_bytes: u64,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds { max_response_bytes: 4 * 1024 * 1024, request_memory_bytes: REQUEST_MEMORY_BYTES }
+    }
+}
+
 /// Applies one committed raft entry's data at (index, term). Empty `data` (raft's leader no-op,
-/// or any entry the caller has nothing to apply for) only advances the applied index/term.
-/// Returns `Some((request_id, outcome))` for a Command (the id is empty when the command had
-/// none or could not be decoded). A Command that fails to decode, or is invalid, yields
-/// `Outcome { rejected }` deterministically and writes nothing but the applied index (and its
-/// remembered outcome, if it had an id). If the request id was already applied and is still
-/// remembered, returns the stored first Outcome and changes no state besides applied index/term.
+/// or any entry the caller has nothing to apply for) only advances the applied index and term.
 pub fn apply_entry(
     txn: &WriteTransaction,
     index: u64,
     term: u64,
     data: &[u8],
-) -> Result<Option<(String, Outcome)>, FsmError> {
+    bounds: &Bounds,
+) -> Result<Option<AppliedCommand>, FsmError> {
     let mut pos = read_meta(&txn.open_table(FSM_META)?)?;
     if index <= pos.index {
         return Err(FsmError::OutOfOrder { applied: pos.index, index });
     }
-    forget_requests(txn, index)?;
-    let result =
-        if data.is_empty() { None } else { Some(apply_command(txn, index, &mut pos.revision, data)?) };
+    let result = if data.is_empty() {
+        None
+    } else {
+        Some(apply_command(txn, index, &mut pos.revision, data, bounds)?)
+    };
     pos.index = index;
     pos.term = term;
     write_meta(txn, pos)?;
     Ok(result)
 }
 
-/// Serves a read (linearizable or serializable is decided by the caller) from the current state.
+/// Serves a range from the current state: the store revision and the result.
 pub fn range(
     txn: &ReadTransaction,
-    req: &latch_proto::v1::RangeRequest,
-) -> Result<latch_proto::v1::RangeResponse, FsmError> {
+    req: &Range,
+    max_response_bytes: usize,
+) -> Result<(i64, RangeResult), FsmError> {
     let revision = applied(txn)?.revision;
-    kv::read_range(txn, revision, req)
+    Ok((revision, kv::read_range(txn, req, max_response_bytes)?))
 }
 
-/// Whole fsm state, protobuf-encoded `FsmSnapshot`, at its applied index.
-pub fn snapshot(txn: &ReadTransaction) -> Result<Vec<u8>, FsmError> {
-    let pos = applied(txn)?;
-    let snap = FsmSnapshot {
-        version: SNAPSHOT_VERSION,
-        applied_index: pos.index,
-        applied_term: pos.term,
-        revision: revision_to_u64(pos.revision)?,
-        kv: kv::snapshot_rows(txn)?,
-        requests: remembered_requests(txn)?,
-    };
-    Ok(snap.encode_to_vec())
-}
-
-/// Replaces the whole fsm state (all fsm tables cleared first) with a snapshot; returns its
-/// position. The snapshot is checked completely before anything is written: a snapshot of
-/// another version, undecodable, or holding impossible rows is `FsmError::Corrupt`.
-pub fn restore(txn: &WriteTransaction, data: &[u8]) -> Result<Applied, FsmError> {
-    let snap = FsmSnapshot::decode(data)
-        .map_err(|e| FsmError::Corrupt(format!("snapshot: undecodable FsmSnapshot: {e}")))?;
-    if snap.version != SNAPSHOT_VERSION {
-        return Err(FsmError::Corrupt(format!(
-            "snapshot: version {} is not supported (this build reads version {SNAPSHOT_VERSION})",
-            snap.version
-        )));
-    }
-    let revision = i64::try_from(snap.revision)
-        .map_err(|_| FsmError::Corrupt(format!("snapshot: revision {} exceeds i64", snap.revision)))?;
-    let pos = Applied { index: snap.applied_index, term: snap.applied_term, revision };
-    kv::check_rows(&snap.kv, revision)?;
-    check_requests(&snap.requests, pos.index)?;
-
-    // Every fsm table; a new domain adds its tables here and in `init`.
-    txn.delete_table(FSM_META)?;
-    txn.delete_table(KV)?;
-    txn.delete_table(REQUESTS)?;
-    txn.delete_table(REQUESTS_BY_INDEX)?;
-    init(txn)?;
-    kv::restore_rows(txn, snap.kv)?;
-    {
-        let mut requests = txn.open_table(REQUESTS)?;
-        let mut by_index = txn.open_table(REQUESTS_BY_INDEX)?;
-        for r in &snap.requests {
-            let mut record = r.index.to_be_bytes().to_vec();
-            record.extend_from_slice(&r.outcome);
-            requests.insert(r.request_id.as_str(), record.as_slice())?;
-            by_index.insert(r.index, r.request_id.as_str())?;
-        }
-    }
-    write_meta(txn, pos)?;
-    Ok(pos)
-}
-
-/// Deterministic hash (FNV-1a, 64 bit) of the kv rows, the store revision and the remembered
-/// requests; equal states give equal hashes. The applied index and term are not part of it.
+/// Deterministic hash (FNV-1a, 64 bit) of the store revision and every row of every domain
+/// table; equal states give equal hashes. The applied index and term are not part of it.
 pub fn state_hash(txn: &ReadTransaction) -> Result<u64, FsmError> {
     let mut h = Fnv::new();
     h.write(b"revision");
-    h.write_u64(revision_to_u64(applied(txn)?.revision)?);
-    h.write(b"kv");
-    kv::hash_rows(txn, &mut h)?;
-    h.write(b"requests");
-    for r in remembered_requests(txn)? {
-        h.write_u64(r.index);
-        h.write_bytes(r.request_id.as_bytes());
-        h.write_bytes(&r.outcome);
+    h.write_u64(applied(txn)?.revision as u64);
+    for domain in DOMAINS {
+        for def in domain.tables() {
+            h.write_bytes(def.name().as_bytes());
+            let Some(table) = open_read(txn, *def)? else { continue };
+            for row in table.iter()? {
+                let (k, v) = row?;
+                h.write_bytes(k.value());
+                h.write_bytes(v.value());
+            }
+        }
     }
     Ok(h.finish())
 }
 
-/// Applies one non-empty entry: decode, dedup, dispatch, remember.
+/// Applies one non-empty entry: decode, answer a remembered request id, dispatch, remember.
 fn apply_command(
     txn: &WriteTransaction,
     index: u64,
     revision: &mut i64,
     data: &[u8],
-) -> Result<(String, Outcome), FsmError> {
+    bounds: &Bounds,
+) -> Result<AppliedCommand, FsmError> {
+    let rejected = |id: String, why: String, revision: i64| AppliedCommand {
+        request_id: id,
+        outcome: Outcome { revision, result: Some(outcome::Result::Rejected(why)) },
+        events: Vec::new(),
+    };
     let cmd = match Command::decode(data) {
         Ok(cmd) => cmd,
         Err(e) => {
-            let why = format!("command: undecodable Command: {e}");
-            return Ok((String::new(), Outcome { result: Some(outcome::Result::Rejected(why)) }));
+            return Ok(rejected(String::new(), format!("command: undecodable Command: {e}"), *revision))
         }
     };
+    let command_hash = fnv(data);
     if !cmd.request_id.is_empty() {
-        if let Some(first) = remembered(txn, &cmd.request_id)? {
-            return Ok((cmd.request_id, first));
+        if let requests::Seen::Answered(outcome) = requests::lookup(txn, &cmd.request_id, command_hash)? {
+            return Ok(AppliedCommand { request_id: cmd.request_id, outcome, events: Vec::new() });
         }
     }
+    let mut ap = Apply::new(txn, *revision, bounds.max_response_bytes);
     let result = if cmd.version != COMMAND_VERSION {
         outcome::Result::Rejected(format!(
             "command: version {} is not supported (this build applies version {COMMAND_VERSION})",
@@ -214,19 +230,19 @@ fn apply_command(
         ))
     } else {
         match cmd.body {
-            None => outcome::Result::Rejected(
-                "command: body is missing (expected put, delete_range or txn)".to_string(),
-            ),
-            Some(Body::Put(req)) => kv::put(txn, revision, req)?,
-            Some(Body::DeleteRange(req)) => kv::delete_range(txn, revision, req)?,
-            Some(Body::Txn(req)) => kv::txn(txn, revision, req)?,
+            None => outcome::Result::Rejected("command: body is missing".to_string()),
+            Some(Body::Put(req)) => kv::put(&mut ap, req)?,
+            Some(Body::DeleteRange(req)) => kv::delete_range(&mut ap, req)?,
+            Some(Body::Txn(req)) => kv::txn(&mut ap, req)?,
         }
     };
-    let outcome = Outcome { result: Some(result) };
+    let (after, events) = ap.finish();
+    *revision = after;
+    let outcome = Outcome { revision: after, result: Some(result) };
     if !cmd.request_id.is_empty() {
-        remember(txn, index, &cmd.request_id, &outcome)?;
+        requests::remember(txn, index, &cmd.request_id, command_hash, &outcome, bounds.request_memory_bytes)?;
     }
-    Ok((cmd.request_id, outcome))
+    Ok(AppliedCommand { request_id: cmd.request_id, outcome, events })
 }
 
 /// Opens a table for reading; a table that was never created reads as absent.
@@ -250,133 +266,20 @@ fn read_meta<T: ReadableTable<&'static str, u64>>(meta: &T) -> Result<Applied, F
 }
 
 fn write_meta(txn: &WriteTransaction, pos: Applied) -> Result<(), FsmError> {
+    let revision = u64::try_from(pos.revision).map_err(|_| {
+        FsmError::Corrupt(format!("table fsm_meta, key {FSM_REVISION}: {} is negative", pos.revision))
+    })?;
     let mut meta = txn.open_table(FSM_META)?;
     meta.insert(FSM_APPLIED_INDEX, pos.index)?;
     meta.insert(FSM_APPLIED_TERM, pos.term)?;
-    meta.insert(FSM_REVISION, revision_to_u64(pos.revision)?)?;
+    meta.insert(FSM_REVISION, revision)?;
     Ok(())
 }
 
-fn revision_to_u64(revision: i64) -> Result<u64, FsmError> {
-    u64::try_from(revision)
-        .map_err(|_| FsmError::Corrupt(format!("table fsm_meta, key {FSM_REVISION}: {revision} is negative")))
-}
-
-/// Splits a `requests` row into the index that applied it and the encoded outcome.
-fn split_record<'a>(id: &str, record: &'a [u8]) -> Result<(u64, &'a [u8]), FsmError> {
-    match record.split_first_chunk::<8>() {
-        Some((index, outcome)) => Ok((u64::from_be_bytes(*index), outcome)),
-        None => Err(FsmError::Corrupt(format!(
-            "table requests, key {id:?}: {} bytes, shorter than its 8-byte index",
-            record.len()
-        ))),
-    }
-}
-
-fn decode_outcome(table: &str, id: &str, bytes: &[u8]) -> Result<Outcome, FsmError> {
-    Outcome::decode(bytes)
-        .map_err(|e| FsmError::Corrupt(format!("{table}, key {id:?}: undecodable Outcome: {e}")))
-}
-
-/// The first outcome of `id`, if it is still remembered.
-fn remembered(txn: &WriteTransaction, id: &str) -> Result<Option<Outcome>, FsmError> {
-    let requests = txn.open_table(REQUESTS)?;
-    let Some(row) = requests.get(id)? else { return Ok(None) };
-    let (_, bytes) = split_record(id, row.value())?;
-    decode_outcome("table requests", id, bytes).map(Some)
-}
-
-fn remember(txn: &WriteTransaction, index: u64, id: &str, outcome: &Outcome) -> Result<(), FsmError> {
-    let mut record = index.to_be_bytes().to_vec();
-    outcome
-        .encode(&mut record)
-        .map_err(|e| FsmError::Corrupt(format!("table requests, key {id:?}: cannot encode Outcome: {e}")))?;
-    txn.open_table(REQUESTS)?.insert(id, record.as_slice())?;
-    txn.open_table(REQUESTS_BY_INDEX)?.insert(index, id)?;
-    Ok(())
-}
-
-/// Forgets the request ids applied more than [`REQUEST_MEMORY_ENTRIES`] entries before `index`.
-fn forget_requests(txn: &WriteTransaction, index: u64) -> Result<(), FsmError> {
-    let Some(oldest_kept) = index.checked_sub(REQUEST_MEMORY_ENTRIES) else { return Ok(()) };
-    let mut by_index = txn.open_table(REQUESTS_BY_INDEX)?;
-    let mut requests = txn.open_table(REQUESTS)?;
-    loop {
-        let (at, id) = match by_index.first()? {
-            Some((at, id)) if at.value() < oldest_kept => (at.value(), id.value().to_string()),
-            _ => return Ok(()),
-        };
-        by_index.remove(at)?;
-        let recorded_at = match requests.get(id.as_str())? {
-            Some(row) => Some(split_record(&id, row.value())?.0),
-            None => None,
-        };
-        if recorded_at != Some(at) {
-            return Err(FsmError::Corrupt(format!(
-                "table requests_by_index, key {at}: names request {id:?}, which table requests \
-                 records at {recorded_at:?}"
-            )));
-        }
-        requests.remove(id.as_str())?;
-    }
-}
-
-/// The remembered requests in the order they were applied, checked against each other.
-fn remembered_requests(txn: &ReadTransaction) -> Result<Vec<SnapshotRequest>, FsmError> {
-    let (Some(by_index), Some(requests)) = (open_read(txn, REQUESTS_BY_INDEX)?, open_read(txn, REQUESTS)?)
-    else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    for row in by_index.iter()? {
-        let (at, id) = row?;
-        let (at, id) = (at.value(), id.value());
-        let Some(record) = requests.get(id)? else {
-            return Err(FsmError::Corrupt(format!(
-                "table requests_by_index, key {at}: names request {id:?}, missing from table requests"
-            )));
-        };
-        let (recorded_at, outcome) = split_record(id, record.value())?;
-        if recorded_at != at {
-            return Err(FsmError::Corrupt(format!(
-                "table requests_by_index, key {at}: names request {id:?}, which table requests \
-                 records at {recorded_at}"
-            )));
-        }
-        out.push(SnapshotRequest { request_id: id.to_string(), index: at, outcome: outcome.to_vec() });
-    }
-    if out.len() as u64 != requests.len()? {
-        return Err(FsmError::Corrupt(format!(
-            "table requests: {} rows, but table requests_by_index indexes {}",
-            requests.len()?,
-            out.len()
-        )));
-    }
-    Ok(out)
-}
-
-fn check_requests(requests: &[SnapshotRequest], applied_index: u64) -> Result<(), FsmError> {
-    let mut ids = std::collections::BTreeSet::new();
-    let mut previous = 0;
-    for r in requests {
-        let bad = |why: String| {
-            FsmError::Corrupt(format!("snapshot: request {:?} at index {}: {why}", r.request_id, r.index))
-        };
-        if r.request_id.is_empty() {
-            return Err(bad("empty request id".into()));
-        }
-        if r.index <= previous || r.index > applied_index {
-            return Err(bad(format!(
-                "index not in increasing order within 1..={applied_index} (previous {previous})"
-            )));
-        }
-        if !ids.insert(r.request_id.as_str()) {
-            return Err(bad("request id appears twice".into()));
-        }
-        decode_outcome("snapshot: request", &r.request_id, &r.outcome)?;
-        previous = r.index;
-    }
-    Ok(())
+fn fnv(bytes: &[u8]) -> u64 {
+    let mut h = Fnv::new();
+    h.write(bytes);
+    h.finish()
 }
 
 /// FNV-1a, 64 bit, fed incrementally: stable across builds and platforms.
@@ -413,15 +316,16 @@ impl Fnv {
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
-    use latch_proto::v1::{
-        compare, request_op, response_op, Compare, DeleteRangeRequest, DeleteRangeResponse, KeyValue,
-        PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
+    use latch_proto::internal::{
+        compare, op, op_result, Compare, DeleteRange, DeleteResult, KeyValue, Op, OpResult, Put, PutResult,
+        Txn, TxnResult,
     };
 
     pub(crate) struct Store {
         pub(crate) db: redb::Database,
         /// Index of the last entry applied.
         pub(crate) index: u64,
+        pub(crate) bounds: Bounds,
     }
 
     impl Store {
@@ -432,29 +336,33 @@ pub(crate) mod testing {
             let txn = db.begin_write().expect("a write transaction begins");
             init(&txn).expect("init creates the fsm tables");
             txn.commit().expect("init commits");
-            Store { db, index: 0 }
+            Store { db, index: 0, bounds: Bounds::default() }
         }
 
         /// Applies `data` as the next entry and commits.
-        pub(crate) fn apply_data(&mut self, data: &[u8]) -> Option<(String, Outcome)> {
+        pub(crate) fn apply_data(&mut self, data: &[u8]) -> Option<AppliedCommand> {
             self.try_apply_data(data).expect("apply_entry succeeds")
         }
 
-        pub(crate) fn try_apply_data(&mut self, data: &[u8]) -> Result<Option<(String, Outcome)>, FsmError> {
+        pub(crate) fn try_apply_data(&mut self, data: &[u8]) -> Result<Option<AppliedCommand>, FsmError> {
             self.index += 1;
             let txn = self.db.begin_write().expect("a write transaction begins");
-            let out = apply_entry(&txn, self.index, 1, data)?;
+            let out = apply_entry(&txn, self.index, 1, data, &self.bounds)?;
             txn.commit().expect("the apply commits");
             Ok(out)
         }
 
-        /// Applies a version-1 command with `body` and returns its outcome.
+        /// Applies a command with `body` and returns what it produced.
+        pub(crate) fn apply_full(&mut self, id: &str, body: Body) -> AppliedCommand {
+            let data = command(id, body).encode_to_vec();
+            let applied = self.apply_data(&data).expect("a command entry yields an outcome");
+            assert_eq!(applied.request_id, id, "apply_entry returns the command's request id");
+            applied
+        }
+
+        /// Applies a command with `body` and returns its outcome.
         pub(crate) fn apply(&mut self, id: &str, body: Body) -> Outcome {
-            let cmd = Command { version: COMMAND_VERSION, request_id: id.into(), body: Some(body) };
-            let (got_id, outcome) =
-                self.apply_data(&cmd.encode_to_vec()).expect("a command entry yields an outcome");
-            assert_eq!(got_id, id, "apply_entry returns the command's request id");
-            outcome
+            self.apply_full(id, body).outcome
         }
 
         pub(crate) fn read<T>(
@@ -464,12 +372,12 @@ pub(crate) mod testing {
             f(&self.db.begin_read().expect("a read transaction begins"))
         }
 
-        pub(crate) fn range(&self, req: RangeRequest) -> RangeResponse {
-            self.read(|t| range(t, &req)).expect("range succeeds")
+        pub(crate) fn range(&self, req: Range) -> RangeResult {
+            self.read(|t| range(t, &req, self.bounds.max_response_bytes)).expect("range succeeds").1
         }
 
         pub(crate) fn get(&self, key: &str) -> Option<KeyValue> {
-            self.range(RangeRequest { key: key.into(), ..Default::default() }).kvs.pop()
+            self.range(Range { key: key.into(), ..Default::default() }).kvs.pop()
         }
 
         pub(crate) fn applied(&self) -> Applied {
@@ -479,60 +387,77 @@ pub(crate) mod testing {
         pub(crate) fn hash(&self) -> u64 {
             self.read(state_hash).expect("state_hash succeeds")
         }
+
+        /// The encoded snapshot stream of the current state.
+        pub(crate) fn snapshot(&self) -> Vec<u8> {
+            let mut out = Vec::new();
+            self.read(|t| {
+                snapshot::write::<()>(t, &mut |frame| {
+                    out.extend_from_slice(&frame);
+                    Ok(())
+                })
+            })
+            .expect("a snapshot is written")
+            .expect("the sink takes every frame");
+            out
+        }
     }
 
-    pub(crate) fn put_req(key: &str, value: &str) -> PutRequest {
-        PutRequest { key: key.into(), value: value.into(), ..Default::default() }
+    pub(crate) fn command(id: &str, body: Body) -> Command {
+        Command { version: COMMAND_VERSION, request_id: id.into(), body: Some(body) }
+    }
+
+    pub(crate) fn put_req(key: &str, value: &str) -> Put {
+        Put { key: key.into(), value: value.into(), ..Default::default() }
     }
 
     pub(crate) fn put(key: &str, value: &str) -> Body {
         Body::Put(put_req(key, value))
     }
 
-    pub(crate) fn del_req(key: &str, range_end: &[u8]) -> DeleteRangeRequest {
-        DeleteRangeRequest { key: key.into(), range_end: range_end.to_vec(), ..Default::default() }
+    pub(crate) fn del_req(key: &str, range_end: &[u8]) -> DeleteRange {
+        DeleteRange { key: key.into(), range_end: range_end.to_vec(), ..Default::default() }
     }
 
     pub(crate) fn del(key: &str, range_end: &[u8]) -> Body {
         Body::DeleteRange(del_req(key, range_end))
     }
 
-    pub(crate) fn txn(compare: Vec<Compare>, success: Vec<RequestOp>, failure: Vec<RequestOp>) -> Body {
-        Body::Txn(TxnRequest { compare, success, failure, request_id: String::new() })
+    pub(crate) fn txn(compare: Vec<Compare>, success: Vec<Op>, failure: Vec<Op>) -> Body {
+        Body::Txn(Txn { compare, success, failure })
     }
 
-    pub(crate) fn cmp(key: &str, result: compare::CompareResult, target: compare::Target) -> Compare {
+    pub(crate) fn cmp(key: &str, result: compare::Result, target: compare::Target) -> Compare {
         Compare { result: result as i32, key: key.into(), target: Some(target) }
     }
 
-    pub(crate) fn op_put(key: &str, value: &str) -> RequestOp {
-        RequestOp { request: Some(request_op::Request::Put(put_req(key, value))) }
+    pub(crate) fn op_put(key: &str, value: &str) -> Op {
+        Op { op: Some(op::Op::Put(put_req(key, value))) }
     }
 
-    pub(crate) fn op_del(key: &str, range_end: &[u8]) -> RequestOp {
-        RequestOp { request: Some(request_op::Request::DeleteRange(del_req(key, range_end))) }
+    pub(crate) fn op_del(key: &str, range_end: &[u8]) -> Op {
+        Op { op: Some(op::Op::DeleteRange(del_req(key, range_end))) }
     }
 
-    pub(crate) fn op_get(key: &str) -> RequestOp {
-        let req = RangeRequest { key: key.into(), ..Default::default() };
-        RequestOp { request: Some(request_op::Request::Range(req)) }
+    pub(crate) fn op_get(key: &str) -> Op {
+        Op { op: Some(op::Op::Range(Range { key: key.into(), ..Default::default() })) }
     }
 
-    pub(crate) fn as_put(o: Outcome) -> PutResponse {
+    pub(crate) fn as_put(o: Outcome) -> PutResult {
         match o.result {
             Some(outcome::Result::Put(r)) => r,
             other => panic!("expected a put outcome, got {other:?}"),
         }
     }
 
-    pub(crate) fn as_del(o: Outcome) -> DeleteRangeResponse {
+    pub(crate) fn as_del(o: Outcome) -> DeleteResult {
         match o.result {
             Some(outcome::Result::DeleteRange(r)) => r,
             other => panic!("expected a delete_range outcome, got {other:?}"),
         }
     }
 
-    pub(crate) fn as_txn(o: Outcome) -> TxnResponse {
+    pub(crate) fn as_txn(o: Outcome) -> TxnResult {
         match o.result {
             Some(outcome::Result::Txn(r)) => r,
             other => panic!("expected a txn outcome, got {other:?}"),
@@ -546,10 +471,10 @@ pub(crate) mod testing {
         }
     }
 
-    pub(crate) fn as_range(op: &latch_proto::v1::ResponseOp) -> &RangeResponse {
-        match &op.response {
-            Some(response_op::Response::Range(r)) => r,
-            other => panic!("expected a range response op, got {other:?}"),
+    pub(crate) fn as_range(r: &OpResult) -> &RangeResult {
+        match &r.result {
+            Some(op_result::Result::Range(r)) => r,
+            other => panic!("expected a range result, got {other:?}"),
         }
     }
 }
@@ -558,6 +483,15 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::*;
     use super::*;
+    use latch_proto::internal::{Put, SnapshotChunk};
+
+    fn restore_into(store: &mut Store, stream: &[u8], index: u64, term: u64) -> Result<Applied, FsmError> {
+        let txn = store.db.begin_write().expect("a write transaction begins");
+        let pos = snapshot::restore(&txn, &mut &stream[..], index, term)?;
+        txn.commit().expect("restore commits");
+        store.index = pos.index;
+        Ok(pos)
+    }
 
     #[test]
     fn fresh_store_is_at_zero() {
@@ -568,7 +502,19 @@ mod tests {
             .expect("an in-memory database opens");
         let read = db.begin_read().expect("a read transaction begins");
         assert_eq!(applied(&read).expect("applied works before init"), Applied::default());
-        assert!(range(&read, &Default::default()).expect("range works before init").kvs.is_empty());
+        let (_, r) = range(&read, &Range::default(), 1024).expect("range works before init");
+        assert!(r.kvs.is_empty());
+    }
+
+    #[test]
+    fn every_domain_table_has_its_own_name() {
+        let mut names = std::collections::BTreeSet::new();
+        for domain in DOMAINS {
+            for def in domain.tables() {
+                assert!(names.insert(def.name()), "table {} is declared twice", def.name());
+            }
+        }
+        assert!(!names.contains(FSM_META.name()), "fsm_meta is not a domain table");
     }
 
     #[test]
@@ -586,28 +532,29 @@ mod tests {
         let mut s = Store::new();
         s.apply_data(&[]);
         let txn = s.db.begin_write().expect("a write transaction begins");
-        let err = apply_entry(&txn, 1, 1, &[]).expect_err("re-applying index 1 must fail");
+        let err =
+            apply_entry(&txn, 1, 1, &[], &Bounds::default()).expect_err("re-applying index 1 must fail");
         assert!(matches!(err, FsmError::OutOfOrder { applied: 1, index: 1 }), "got {err}");
     }
 
     #[test]
     fn undecodable_command_is_rejected_and_writes_nothing() {
         let mut s = Store::new();
-        let (id, outcome) = s.apply_data(&[0xff, 0xff, 0xff]).expect("an outcome for garbage");
-        assert_eq!(id, "", "no request id can be read from garbage");
-        assert!(as_rejected(outcome).contains("undecodable"), "the rejection says why");
+        let applied = s.apply_data(&[0xff, 0xff, 0xff]).expect("an outcome for garbage");
+        assert_eq!(applied.request_id, "", "no request id can be read from garbage");
+        assert!(as_rejected(applied.outcome).contains("undecodable"), "the rejection says why");
         assert_eq!(s.applied(), Applied { index: 1, term: 1, revision: 0 });
     }
 
     #[test]
     fn command_of_another_version_or_without_body_is_rejected() {
         let mut s = Store::new();
-        let cmd = Command { version: 2, request_id: "v2".into(), body: Some(put("a", "1")) };
-        let (_, outcome) = s.apply_data(&cmd.encode_to_vec()).expect("an outcome");
-        assert!(as_rejected(outcome).contains("version 2"), "the rejection names the version");
-        let cmd = Command { version: 1, request_id: "nobody".into(), body: None };
-        let (_, outcome) = s.apply_data(&cmd.encode_to_vec()).expect("an outcome");
-        assert!(as_rejected(outcome).contains("body"), "the rejection names the missing body");
+        let cmd = Command { version: 1, request_id: "v1".into(), body: Some(put("a", "1")) };
+        let applied = s.apply_data(&cmd.encode_to_vec()).expect("an outcome");
+        assert!(as_rejected(applied.outcome).contains("version 1"), "the rejection names the version");
+        let cmd = Command { version: COMMAND_VERSION, request_id: "nobody".into(), body: None };
+        let applied = s.apply_data(&cmd.encode_to_vec()).expect("an outcome");
+        assert!(as_rejected(applied.outcome).contains("body"), "the rejection names the missing body");
         assert_eq!(s.applied().revision, 0, "rejected commands write nothing");
         assert_eq!(s.get("a"), None, "rejected commands write nothing");
     }
@@ -618,31 +565,77 @@ mod tests {
         let first = s.apply("req-1", put("a", "1"));
         s.apply("", put("b", "2"));
         let hash = s.hash();
-        // A retry, even one whose body differs, changes nothing and gets the first outcome.
-        let again = s.apply("req-1", put("a", "changed"));
-        assert_eq!(again, first, "the retry returns the first outcome, revision included");
-        assert_eq!(as_put(again).header.map(|h| h.revision), Some(1));
+        let again = s.apply_full("req-1", put("a", "1"));
+        assert_eq!(again.outcome, first, "the retry returns the first outcome, revision included");
+        assert_eq!(again.outcome.revision, 1);
+        assert!(again.events.is_empty(), "a retry changes nothing, so it has no events");
         assert_eq!(s.hash(), hash, "the retry changes no state");
         assert_eq!(s.applied(), Applied { index: 3, term: 1, revision: 2 }, "the index advances");
+    }
+
+    #[test]
+    fn a_request_id_reused_for_another_command_is_a_conflict_and_writes_nothing() {
+        let mut s = Store::new();
+        s.apply("req-1", put("a", "1"));
+        let hash = s.hash();
+        let other = s.apply("req-1", put("a", "changed"));
+        match other.result {
+            Some(outcome::Result::Conflict(c)) => assert_eq!(c.first_applied_at, 1),
+            r => panic!("expected a request conflict naming index 1, got {r:?}"),
+        }
+        assert_eq!(s.hash(), hash, "a conflicting command changes nothing");
         assert_eq!(s.get("a").map(|kv| kv.value), Some(b"1".to_vec()));
     }
 
     #[test]
-    fn request_ids_are_forgotten_after_the_memory_window() {
+    fn a_retry_whose_first_answer_carried_data_is_told_it_was_applied_not_given_other_data() {
         let mut s = Store::new();
-        s.apply("old", put("a", "1"));
-        s.apply("", put("b", "1"));
-        // Entry 1 is remembered up to index 1 + REQUEST_MEMORY_ENTRIES.
-        s.index = REQUEST_MEMORY_ENTRIES;
-        let retry = s.apply("old", put("a", "2"));
-        assert_eq!(as_put(retry).header.map(|h| h.revision), Some(1), "still remembered");
-        // Entry 2 (`b`, no id) ages out of nothing; `old` at 1 is forgotten from 1 + N + 1 on.
-        let again = s.apply("old", put("a", "3"));
-        assert_eq!(as_put(again).header.map(|h| h.revision), Some(3), "forgotten: applied again");
-        assert_eq!(s.get("a").map(|kv| kv.value), Some(b"3".to_vec()));
-        let remembered = s.read(remembered_requests).expect("the requests are consistent");
-        let ids: Vec<_> = remembered.iter().map(|r| (r.request_id.as_str(), r.index)).collect();
-        assert_eq!(ids, vec![("old", REQUEST_MEMORY_ENTRIES + 2)], "only the new application is remembered");
+        s.apply("", put("a", "old"));
+        let body = Body::Put(Put { prev_kv: true, ..put_req("a", "new") });
+        let first = as_put(s.apply("with-prev", body.clone()));
+        assert_eq!(first.prev_kv.map(|kv| kv.value), Some(b"old".to_vec()), "the first answer has the data");
+        match s.apply("with-prev", body).result {
+            Some(outcome::Result::AlreadyApplied(a)) => assert_eq!((a.applied_at, a.revision), (2, 2)),
+            r => panic!("expected already-applied at index 2 revision 2, got {r:?}"),
+        }
+        assert_eq!(s.get("a").map(|kv| kv.version), Some(2), "applied once");
+    }
+
+    #[test]
+    fn the_request_memory_forgets_the_oldest_ids_beyond_its_byte_bound() {
+        let mut s = Store::new();
+        s.bounds.request_memory_bytes = 2_000;
+        for i in 0..60 {
+            s.apply(&format!("req-{i:04}"), put("a", &i.to_string()));
+        }
+        let (rows, total) = s
+            .read(|t| {
+                let requests = open_read(t, crate::storage::schema::REQUESTS)?.expect("requests exists");
+                let meta = open_read(t, crate::storage::schema::REQUESTS_META)?.expect("meta exists");
+                let mut sum = 0;
+                let mut ids = Vec::new();
+                for row in requests.iter()? {
+                    let (k, v) = row?;
+                    sum += requests::row_bytes(k.value().len(), v.value().len());
+                    ids.push(String::from_utf8_lossy(k.value()).into_owned());
+                }
+                let stored = meta
+                    .get(crate::storage::schema::REQUESTS_META_BYTES.as_bytes())?
+                    .map(|v| u64::from_be_bytes(v.value().try_into().expect("8 bytes")));
+                assert_eq!(stored, Some(sum), "requests_meta/bytes is the sum of the rows");
+                Ok((ids, sum))
+            })
+            .expect("the request tables read");
+        assert!(total <= 2_000, "the memory holds {total} bytes, over its bound of 2000");
+        assert!(rows.len() < 60 && rows.len() > 5, "some ids are remembered, the oldest forgotten: {rows:?}");
+        assert_eq!(rows.last().map(String::as_str), Some("req-0059"), "the newest is remembered");
+        // A forgotten id is applied again; a remembered one is not.
+        let before = s.applied().revision;
+        s.apply("req-0000", put("a", "0"));
+        assert_eq!(s.applied().revision, before + 1, "a forgotten id is applied again");
+        let still = s.apply("req-0059", put("a", "59"));
+        assert!(matches!(still.result, Some(outcome::Result::Put(_))), "a remembered id is answered");
+        assert_eq!(s.applied().revision, before + 1, "… and not applied again");
     }
 
     #[test]
@@ -652,47 +645,85 @@ mod tests {
         s.apply("", put("b", "2"));
         s.apply("d1", del("a", b""));
         s.apply("p2", put("c", "3"));
-        let snap = s.read(snapshot).expect("snapshot succeeds");
+        let stream = s.snapshot();
 
         let mut other = Store::new();
         other.apply("", put("stale", "x"));
         other.apply("gone", put("a", "x"));
-        let txn = other.db.begin_write().expect("a write transaction begins");
-        let pos = restore(&txn, &snap).expect("restore succeeds");
-        txn.commit().expect("restore commits");
-        other.index = pos.index;
+        let pos = restore_into(&mut other, &stream, 4, 1).expect("restore succeeds");
 
         assert_eq!(pos, s.applied(), "restore returns the snapshot's position");
         assert_eq!(other.applied(), s.applied());
         assert_eq!(other.hash(), s.hash(), "equal state gives an equal hash");
         assert_eq!(other.get("stale"), None, "restore clears the old state");
         // The remembered ids came along: a retry on the restored store is answered, not applied.
-        let retry = other.apply("p2", put("c", "other"));
-        assert_eq!(as_put(retry).header.map(|h| h.revision), Some(4));
-        assert_eq!(other.get("c").map(|kv| kv.value), Some(b"3".to_vec()));
+        let retry = other.apply("p2", put("c", "3"));
+        assert_eq!(retry.revision, 4);
+        assert_eq!(other.applied().revision, 4);
         assert_ne!(other.hash(), Store::new().hash(), "different states hash differently");
     }
 
     #[test]
-    fn restore_rejects_garbage_and_other_versions() {
-        let s = Store::new();
-        let txn = s.db.begin_write().expect("a write transaction begins");
-        let err = restore(&txn, &[0xff, 0x01, 0x02]).expect_err("garbage is rejected");
-        assert!(matches!(&err, FsmError::Corrupt(m) if m.contains("undecodable")), "got {err}");
-        let v2 = FsmSnapshot { version: 2, ..Default::default() }.encode_to_vec();
-        let err = restore(&txn, &v2).expect_err("version 2 is rejected");
-        assert!(matches!(&err, FsmError::Corrupt(m) if m.contains("version 2")), "got {err}");
-        let unsorted = FsmSnapshot {
-            version: SNAPSHOT_VERSION,
-            revision: 5,
-            kv: vec![
-                latch_proto::internal::SnapshotRow { key: b"b".to_vec(), value: vec![] },
-                latch_proto::internal::SnapshotRow { key: b"a".to_vec(), value: vec![] },
-            ],
-            ..Default::default()
-        };
-        let err = restore(&txn, &unsorted.encode_to_vec()).expect_err("bad rows are rejected");
-        assert!(matches!(err, FsmError::Corrupt(_)), "got {err}");
+    fn a_snapshot_of_many_rows_comes_in_bounded_chunks() {
+        let mut s = Store::new();
+        let value = "v".repeat(10_000);
+        for i in 0..100 {
+            s.apply("", put(&format!("k{i:03}"), &value));
+        }
+        let stream = s.snapshot();
+        let mut input = &stream[..];
+        let mut chunks = 0;
+        while !input.is_empty() {
+            let len = u32::from_be_bytes(input[..4].try_into().expect("4 bytes")) as usize;
+            assert!(
+                len < 2 * snapshot::CHUNK_BYTES,
+                "a chunk of {len} bytes, expected about {}",
+                snapshot::CHUNK_BYTES
+            );
+            SnapshotChunk::decode(&input[4..4 + len]).expect("each frame is a chunk");
+            input = &input[4 + len..];
+            chunks += 1;
+        }
+        assert!(chunks >= 5, "1 MB of rows should take several chunks, took {chunks}");
+        let mut other = Store::new();
+        restore_into(&mut other, &stream, 100, 1).expect("restore succeeds");
+        assert_eq!(other.hash(), s.hash());
+    }
+
+    #[test]
+    fn restore_rejects_garbage_truncation_tampering_and_another_position() {
+        let mut s = Store::new();
+        s.apply("id", put("a", "1"));
+        s.apply("", put("b", "zzzz"));
+        let stream = s.snapshot();
+        let hash = Store::new().hash();
+        let cases: Vec<(&str, Vec<u8>, u64, &str)> = vec![
+            ("garbage", vec![0, 0, 0, 3, 0xff, 0x01, 0x02], 2, "undecodable"),
+            ("truncated", stream[..stream.len() - 3].to_vec(), 2, "truncated"),
+            ("no end", stream[..stream.len() - 20].to_vec(), 2, "snapshot"),
+            ("another position", stream.clone(), 3, "index 2"),
+            ("trailing bytes", [stream.clone(), vec![0]].concat(), 2, "after the end"),
+            (
+                "tampered",
+                {
+                    let mut t = stream.clone();
+                    let at = t.windows(4).position(|w| w == b"zzzz").expect("b's value is in the stream");
+                    t[at] = b'y';
+                    t
+                },
+                2,
+                "checksum",
+            ),
+        ];
+        for (what, bytes, index, says) in cases {
+            let mut other = Store::new();
+            let err = restore_into(&mut other, &bytes, index, 1).expect_err(what);
+            assert!(
+                matches!(&err, FsmError::Corrupt(m) if m.contains(says)),
+                "{what}: expected {says:?} in {err}"
+            );
+            assert_eq!(other.hash(), hash, "{what}: a failed restore leaves nothing behind");
+        }
     }
 
     #[test]
@@ -701,39 +732,35 @@ mod tests {
         s.apply("id", put("a", "1"));
         {
             let txn = s.db.begin_write().expect("a write transaction begins");
-            txn.open_table(KV)
+            txn.open_table(crate::storage::schema::KV)
                 .expect("kv opens")
                 .insert(b"bad".as_slice(), [0xffu8, 0xff].as_slice())
                 .expect("insert");
-            txn.open_table(REQUESTS)
+            txn.open_table(crate::storage::schema::REQUESTS)
                 .expect("requests opens")
-                .insert("id", [1u8, 2].as_slice())
+                .insert(b"id".as_slice(), [0xffu8, 2].as_slice())
                 .expect("insert");
             txn.commit().expect("commit");
         }
-        let all = latch_proto::v1::RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() };
-        let err = s.read(|t| range(t, &all)).expect_err("reading a corrupt row fails");
+        let all = Range { key: vec![0], range_end: vec![0], ..Default::default() };
+        let err = s.read(|t| range(t, &all, 1 << 20)).expect_err("reading a corrupt row fails");
         assert!(
             matches!(&err, FsmError::Corrupt(m) if m.contains("table kv") && m.contains("bad")),
             "got {err}"
         );
         let err = s
-            .try_apply_data(
-                &Command { version: 1, request_id: String::new(), body: Some(put("bad", "x")) }
-                    .encode_to_vec(),
-            )
+            .try_apply_data(&command("", put("bad", "x")).encode_to_vec())
             .expect_err("overwriting a corrupt row fails");
         assert!(matches!(&err, FsmError::Corrupt(m) if m.contains("bad")), "got {err}");
         let err = s
-            .try_apply_data(
-                &Command { version: 1, request_id: "id".into(), body: Some(put("a", "x")) }.encode_to_vec(),
-            )
+            .try_apply_data(&command("id", put("a", "x")).encode_to_vec())
             .expect_err("a retry of a corrupt request record fails");
         assert!(
             matches!(&err, FsmError::Corrupt(m) if m.contains("table requests") && m.contains("id")),
             "got {err}"
         );
-        let err = s.read(snapshot).expect_err("a snapshot of a corrupt request record fails");
+        let stream = s.snapshot();
+        let err = restore_into(&mut Store::new(), &stream, 1, 1).expect_err("restoring corrupt rows fails");
         assert!(matches!(err, FsmError::Corrupt(_)), "got {err}");
     }
 }

@@ -9,6 +9,13 @@
 //! Other tasks reach the node through a [`NodeHandle`]: `propose`, `read_index`, and a shared
 //! [`Status`] snapshot refreshed every turn (term, leader, role, applied index).
 //!
+//! Bounded memory: a client request takes bytes from the member's pending budget
+//! (`--max-pending-bytes`) before it is queued, and gives them back only when it is answered
+//! (applied, failed or timed out), so the queue and the core's waiting requests together stay
+//! within it; past it a request is refused as overloaded. Raft messages from peers take bytes
+//! from the peer-queue budget (`--max-peer-queue-bytes`) until the core has stepped them; past
+//! it they are dropped, which raft tolerates (it resends).
+//!
 //! Each turn also refreshes the raft [`RaftMetrics`] from the status, and times the Ready's
 //! commit and apply through the core's [`ReadyObserver`] hook.
 
@@ -22,18 +29,28 @@ use raft::eraftpb::Message;
 use redb::Database;
 use tokio::sync::oneshot;
 
-use crate::core::{Action, Core, CoreError, ReadyObserver, RequestError, Status, Waiter};
+pub mod budget;
+pub mod inbox;
+
+use crate::core::{Action, Core, CoreError, ReadyObserver, RequestError, Snapshots, Status, Waiter};
 use crate::metrics::{Metrics, RaftMetrics};
+use budget::{Budget, Permit};
 use latch_proto::internal::{Command, Outcome};
+
+/// What a waiting read costs the pending budget: its reply channel and its place in the core.
+pub const READ_BYTES: usize = 256;
+/// What a proposal costs besides its encoded command.
+pub const PROPOSAL_OVERHEAD_BYTES: usize = 256;
 
 /// Most events taken from the channel in one turn, so that ticks keep their pace under load.
 const MAX_EVENTS_PER_TURN: usize = 4096;
 
-/// What other tasks ask of the node.
+/// What other tasks ask of the node. Client requests and peer messages carry the permit of
+/// the bytes they hold.
 pub enum Event {
-    Propose { cmd: Command, reply: oneshot::Sender<Result<Outcome, RequestError>> },
-    Read { reply: oneshot::Sender<Result<(), RequestError>> },
-    Peer(Box<Message>),
+    Propose { cmd: Command, reply: oneshot::Sender<Result<Outcome, RequestError>>, permit: Permit },
+    Read { reply: oneshot::Sender<Result<(), RequestError>>, permit: Permit },
+    Peer(Box<Message>, Permit),
     Unreachable(u64),
     SnapshotSent { peer: u64, ok: bool },
     Stop,
@@ -49,6 +66,11 @@ pub trait Outbox: Send + 'static {
 #[derive(Clone)]
 pub struct NodeHandle {
     events: mpsc::Sender<Event>,
+    /// Bytes of client requests held (`--max-pending-bytes`).
+    pending: Arc<Budget>,
+    /// Bytes of peer messages queued (`--max-peer-queue-bytes`).
+    peer_queue: Arc<Budget>,
+    snapshots: Arc<Snapshots>,
     status: Arc<Mutex<Status>>,
     /// True while the driver thread runs (for `/health`).
     running: Arc<AtomicBool>,
@@ -60,21 +82,51 @@ pub struct NodeHandle {
 impl NodeHandle {
     /// Proposes a command and waits until it is applied on this node.
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, RequestError> {
+        let permit = self.take_pending(prost::Message::encoded_len(&cmd) + PROPOSAL_OVERHEAD_BYTES)?;
         let (reply, rx) = oneshot::channel();
-        self.events.send(Event::Propose { cmd, reply }).map_err(|_| RequestError::ShuttingDown)?;
+        self.events.send(Event::Propose { cmd, reply, permit }).map_err(|_| RequestError::ShuttingDown)?;
         rx.await.map_err(|_| RequestError::ShuttingDown)?
     }
 
     /// Waits until a linearizable read may be served from this node's applied state.
     pub async fn read_index(&self) -> Result<(), RequestError> {
+        let permit = self.take_pending(READ_BYTES)?;
         let (reply, rx) = oneshot::channel();
-        self.events.send(Event::Read { reply }).map_err(|_| RequestError::ShuttingDown)?;
+        self.events.send(Event::Read { reply, permit }).map_err(|_| RequestError::ShuttingDown)?;
         rx.await.map_err(|_| RequestError::ShuttingDown)?
     }
 
-    /// Hands the node an event (peer messages, transport reports).
+    fn take_pending(&self, bytes: usize) -> Result<Permit, RequestError> {
+        self.pending.try_take(bytes).ok_or(RequestError::Overloaded {
+            member: self.member_id,
+            what: "the client requests it holds",
+            limit: self.pending.limit() as u64,
+            flag: "--max-pending-bytes",
+        })
+    }
+
+    /// Hands the node a raft message from a peer, if the peer queue has room for its `bytes`;
+    /// `false` when it was dropped (raft resends) or the node is gone.
+    pub fn deliver(&self, msg: Message, bytes: usize) -> bool {
+        match self.peer_queue.try_take(bytes) {
+            Some(permit) => self.events.send(Event::Peer(Box::new(msg), permit)).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Hands the node a transport report (unreachable peer, finished snapshot).
     pub fn send(&self, ev: Event) -> bool {
         self.events.send(ev).is_ok()
+    }
+
+    /// The member's snapshots (outgoing ones to stream, the inbox for incoming ones).
+    pub fn snapshots(&self) -> &Arc<Snapshots> {
+        &self.snapshots
+    }
+
+    /// Bytes of client requests held now.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.used()
     }
 
     pub fn status(&self) -> Status {
@@ -94,6 +146,13 @@ impl NodeHandle {
     }
 }
 
+/// The byte budgets of a node (see the module doc).
+#[derive(Debug, Clone, Copy)]
+pub struct Budgets {
+    pub max_pending_bytes: usize,
+    pub max_peer_queue_bytes: usize,
+}
+
 /// The running driver thread.
 pub struct Node {
     handle: NodeHandle,
@@ -108,12 +167,16 @@ impl Node {
         core: Core,
         cluster_id: u64,
         tick: Duration,
+        budgets: Budgets,
         metrics: Arc<Metrics>,
         make_outbox: impl FnOnce(NodeHandle) -> Box<dyn Outbox>,
     ) -> std::io::Result<Node> {
         let (tx, rx) = mpsc::channel();
         let handle = NodeHandle {
             events: tx,
+            pending: Budget::new(budgets.max_pending_bytes),
+            peer_queue: Budget::new(budgets.max_peer_queue_bytes),
+            snapshots: core.snapshots().clone(),
             status: Arc::new(Mutex::new(core.status())),
             running: Arc::new(AtomicBool::new(true)),
             db: core.db().clone(),
@@ -207,11 +270,12 @@ fn record_status(m: &RaftMetrics, before: &Status, now: &Status) {
     m.snapshots_installed.inc_by(now.snapshots_installed.saturating_sub(before.snapshots_installed));
 }
 
+/// The requests waiting for the core, each with the permit of the bytes it holds.
 #[derive(Default)]
 struct Waiters {
     next: Waiter,
-    proposals: HashMap<Waiter, oneshot::Sender<Result<Outcome, RequestError>>>,
-    reads: HashMap<Waiter, oneshot::Sender<Result<(), RequestError>>>,
+    proposals: HashMap<Waiter, (oneshot::Sender<Result<Outcome, RequestError>>, Permit)>,
+    reads: HashMap<Waiter, (oneshot::Sender<Result<(), RequestError>>, Permit)>,
 }
 
 impl Waiters {
@@ -222,20 +286,22 @@ impl Waiters {
                     if result.is_err() {
                         metrics.proposals_failed.inc();
                     }
-                    if let Some(tx) = self.proposals.remove(&waiter) {
+                    if let Some((tx, _permit)) = self.proposals.remove(&waiter) {
                         let _ = tx.send(result);
                     }
                 }
                 Action::ReadReady { waiter } => {
-                    if let Some(tx) = self.reads.remove(&waiter) {
+                    if let Some((tx, _permit)) = self.reads.remove(&waiter) {
                         let _ = tx.send(Ok(()));
                     }
                 }
                 Action::ReadFailed { waiter, error } => {
-                    if let Some(tx) = self.reads.remove(&waiter) {
+                    if let Some((tx, _permit)) = self.reads.remove(&waiter) {
                         let _ = tx.send(Err(error));
                     }
                 }
+                // Nothing consumes applied events yet (watches and lock waiters will).
+                Action::Applied { .. } => {}
             }
         }
     }
@@ -244,17 +310,17 @@ impl Waiters {
 /// Hands one event to the core; `true` when the event asks the driver to stop.
 fn hand(ev: Event, core: &mut Core, waiters: &mut Waiters) -> Result<bool, CoreError> {
     match ev {
-        Event::Propose { cmd, reply } => {
+        Event::Propose { cmd, reply, permit } => {
             waiters.next += 1;
-            waiters.proposals.insert(waiters.next, reply);
+            waiters.proposals.insert(waiters.next, (reply, permit));
             core.propose(waiters.next, cmd);
         }
-        Event::Read { reply } => {
+        Event::Read { reply, permit } => {
             waiters.next += 1;
-            waiters.reads.insert(waiters.next, reply);
+            waiters.reads.insert(waiters.next, (reply, permit));
             core.read_index(waiters.next);
         }
-        Event::Peer(msg) => core.step(*msg)?,
+        Event::Peer(msg, _permit) => core.step(*msg)?,
         Event::Unreachable(peer) => core.report_unreachable(peer),
         Event::SnapshotSent { peer, ok } => core.report_snapshot(peer, ok),
         Event::Stop => return Ok(true),

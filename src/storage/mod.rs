@@ -1,8 +1,8 @@
 //! Storage: one redb file per node. The schema lives in [`schema`]; the raft log and hard state
 //! in [`log`] (which implements `raft::Storage`); the fsm writes its own tables (see `fsm`).
 //!
-//! Imports nothing above it but `fsm` for building snapshots (the narrow call the raft log
-//! needs to hand a snapshot of the applied state to raft-rs).
+//! Imports nothing above it. Where the raft log needs the layers above (a snapshot of the
+//! applied state for raft-rs), it declares the narrow trait it needs: [`SnapshotSource`].
 //!
 //! A data file records which cluster and member wrote it; opening it as anything else fails
 //! with a message naming the file, so a misconfigured node never joins the wrong cluster.
@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableTable, StorageBackend};
 
-pub use log::LogStore;
+pub use log::{LogStore, PreparedSnapshot, SnapshotSource};
 
 /// The data file's name inside `--data-dir`.
 pub const DATA_FILE: &str = "latch.redb";
@@ -39,20 +39,12 @@ pub enum StorageError {
     Corrupt(String),
     #[error("storage: {0}")]
     Redb(Box<redb::Error>),
-    #[error("state machine: {0}")]
-    Fsm(Box<crate::fsm::FsmError>),
 }
 
 impl StorageError {
     /// Wraps any redb error type.
     pub fn redb(e: impl Into<redb::Error>) -> StorageError {
         StorageError::Redb(Box::new(e.into()))
-    }
-}
-
-impl From<crate::fsm::FsmError> for StorageError {
-    fn from(e: crate::fsm::FsmError) -> Self {
-        StorageError::Fsm(Box::new(e))
     }
 }
 
@@ -125,7 +117,6 @@ fn check_identity(db: &Database, path: &Path, cluster_id: u64, member_id: u64) -
         txn.open_table(RAFT_LOG).map_err(StorageError::redb)?;
         txn.open_table(RAFT_STATE).map_err(StorageError::redb)?;
     }
-    crate::fsm::init(&txn)?;
     txn.commit().map_err(StorageError::redb)?;
     Ok(())
 }

@@ -9,8 +9,9 @@ pub const NODE_META: TableDefinition<&str, u64> = TableDefinition::new("node_met
 pub const NODE_CLUSTER_ID: &str = "cluster_id";
 pub const NODE_MEMBER_ID: &str = "member_id";
 pub const NODE_FORMAT: &str = "format";
-/// The data format this build writes and reads.
-pub const FORMAT_VERSION: u64 = 1;
+/// The data format this build writes and reads. Format 1 (the first build) kept `latch.v1`
+/// messages in the log and typed request tables; a format-1 data dir is refused by name.
+pub const FORMAT_VERSION: u64 = 2;
 
 /// The raft log: index → raft-rs `Entry`, protobuf-encoded. Holds exactly the indexes
 /// `compacted.index + 1 ..= last`, with no gaps.
@@ -31,11 +32,18 @@ pub const FSM_APPLIED_TERM: &str = "applied_term";
 /// The store's global revision (stored as u64, exposed as i64 like etcd's).
 pub const FSM_REVISION: &str = "revision";
 
-/// The current key-value state: key → `latch.v1.KeyValue` (protobuf, with the key field empty).
+// The state machine's domain tables are all `&[u8] → &[u8]` (see `fsm::Domain`), so that the
+// snapshot stream, restore and the state hash handle every domain alike. Their names are part
+// of the snapshot format.
+
+/// The current key-value state: key → `latch.internal.v1.StoredValue`.
 pub const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
 
-/// Outcomes of requests that carried an id: request id → applied index (8 bytes, big endian)
-/// followed by the protobuf-encoded `latch.internal.v1.Outcome`.
-pub const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
-/// The same request ids by the index that applied them, so the oldest can be forgotten.
-pub const REQUESTS_BY_INDEX: TableDefinition<u64, &str> = TableDefinition::new("requests_by_index");
+/// Remembered requests: request id → `latch.internal.v1.Remembered`.
+pub const REQUESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("requests");
+/// The same request ids by the index that applied them (8 bytes, big endian), so that the oldest
+/// can be forgotten.
+pub const REQUESTS_BY_INDEX: TableDefinition<&[u8], &[u8]> = TableDefinition::new("requests_by_index");
+/// Bookkeeping of the request memory: `bytes` → the bytes it holds (8 bytes, big endian).
+pub const REQUESTS_META: TableDefinition<&[u8], &[u8]> = TableDefinition::new("requests_meta");
+pub const REQUESTS_META_BYTES: &str = "bytes";

@@ -238,7 +238,7 @@ async fn a_follower_that_missed_many_snapshots_worth_of_writes_catches_up_by_sna
     // it applied here only, this member's state would diverge from the others').
     let retry = PutRequest {
         key: b"snap/000".to_vec(),
-        value: b"retried".to_vec(),
+        value: b"value 0".to_vec(),
         request_id: "snap-0".into(),
         ..Default::default()
     };

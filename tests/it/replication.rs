@@ -142,7 +142,7 @@ async fn a_retried_request_id_is_applied_once_and_answered_with_the_first_outcom
     assert!(store_rev > first_rev);
 
     // The retry arrives at another member, as after a timeout and a fail-over of the client.
-    let retry = c.client_of(2).await.put_request(put("v2")).await.unwrap();
+    let retry = c.client_of(2).await.put_request(put("v1")).await.unwrap();
     assert_eq!(
         retry.header.unwrap().revision,
         first_rev,
@@ -161,7 +161,7 @@ async fn a_retried_request_id_is_applied_once_and_answered_with_the_first_outcom
     let old = c.leader().await;
     c.kill(old);
     let new = c.leader().await;
-    let retry = c.client_of(new).await.put_request(put("v3")).await.unwrap();
+    let retry = c.client_of(new).await.put_request(put("v1")).await.unwrap();
     assert_eq!(
         retry.header.unwrap().revision,
         first_rev,
@@ -170,4 +170,15 @@ async fn a_retried_request_id_is_applied_once_and_answered_with_the_first_outcom
     let kv =
         c.client_of(new).await.get("retried").await.unwrap().expect("the key written by the first attempt");
     assert_eq!((kv.value.as_slice(), kv.version), (&b"v1"[..], 1), "the retry must not be applied again");
+
+    // The same id with another request is refused by name, never answered with the first's data.
+    let err = c.client_of(new).await.put_request(put("v2")).await.expect_err("a reused id must be refused");
+    let status = match err {
+        latch_client::Error::Status(s) => s,
+        other => panic!("expected FAILED_PRECONDITION naming the request id, got {other}"),
+    };
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "got {status:?}");
+    assert!(status.message().contains("retry-me-once"), "the error names the id: {}", status.message());
+    let kv = c.client_of(new).await.get("retried").await.unwrap().expect("still there");
+    assert_eq!((kv.value.as_slice(), kv.version), (&b"v1"[..], 1), "the refused request wrote nothing");
 }

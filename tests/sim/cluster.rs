@@ -24,11 +24,13 @@
 //! unexpected error from the core fails the run with the seed and the replay command.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
 
-use latch::core::{Action, Core, Role, Timing, Waiter};
+use std::sync::Arc;
+
+use latch::core::{self, Action, Core, MemoryInbox, Role, Timing, Waiter};
 use latch::fsm;
-use latch_proto::internal::{command::Body, outcome, Command};
-use latch_proto::v1::{KeyValue, PutRequest, RangeRequest};
+use latch_proto::internal::{command::Body, outcome, Command, KeyValue, Put, Range};
 use raft::eraftpb::Message;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -52,13 +54,7 @@ const SETTLE_BUDGET_US: u64 = 40_000_000;
 
 /// The raft timing of every member (in ticks).
 fn timing() -> Timing {
-    Timing {
-        election_tick: 10,
-        heartbeat_tick: 2,
-        repropose_ticks: 40,
-        request_timeout_ticks: 150,
-        read_retry_ticks: 10,
-    }
+    Timing { election_tick: 10, heartbeat_tick: 2, request_timeout_ticks: 150, read_retry_ticks: 10 }
 }
 
 /// What a seed decides about its run.
@@ -330,13 +326,16 @@ impl Sim {
         let voters: Vec<u64> = (1..=self.params.nodes).collect();
         let (snapshot_entries, logger) = (self.params.snapshot_entries, self.logger.clone());
         let seed: u64 = self.rng.gen();
+        let nonce: u64 = self.rng.gen();
         let tick_offset = self.rng.gen_range(0..TICK_US);
         let node = self.node(id);
         let backend = node.disk.open();
         let db = latch::storage::open_with_backend(backend, CLUSTER_ID, id).unwrap_or_else(|e| {
             ctx.fail(Some(id), "restart from disk", format!("cannot open the store: {e}"))
         });
-        let mut core = Core::new(id, &voters, db, timing(), snapshot_entries, &logger).unwrap_or_else(|e| {
+        let config =
+            core::Config { timing: timing(), snapshot_entries, ..core::Config::new(id, &voters, nonce) };
+        let mut core = Core::new(config, db, Arc::new(MemoryInbox::default()), &logger).unwrap_or_else(|e| {
             ctx.fail(Some(id), "restart from disk", format!("cannot load the core: {e}"))
         });
         core.seed_election_timeouts(seed);
@@ -507,7 +506,7 @@ impl Sim {
         }
     }
 
-    fn deliver(&mut self, d: Delivery, from_inc: u64) {
+    fn deliver(&mut self, mut d: Delivery, from_inc: u64) {
         let (from, to) = (d.from, d.to);
         let snapshot = latch::core::is_snapshot(&d.msg);
         if !self.is_up(to) || !self.net.connected(from, to) {
@@ -518,6 +517,18 @@ impl Sim {
                 self.at(delay, Ev::Notice { node: from, inc: from_inc, what: Notice::Snapshot(to, false) });
             }
             return;
+        }
+        if let (true, Some(stream)) = (snapshot, d.stream.take()) {
+            // The receiver's transport stages the stream in its inbox; raft gets its token.
+            let meta = d.msg.get_snapshot().get_metadata().clone();
+            let Some(core) = self.node(to).core.as_ref() else { return };
+            let inbox = core.snapshots().inbox().clone();
+            let (mut w, token) = inbox
+                .create(from, meta.index, meta.term)
+                .unwrap_or_else(|e| self.ctx().fail(Some(to), "snapshot inbox", e.to_string()));
+            w.write_all(&stream)
+                .unwrap_or_else(|e| self.ctx().fail(Some(to), "snapshot inbox", e.to_string()));
+            d.msg.mut_snapshot().data = token.into();
         }
         let result = match self.node(to).core.as_mut() {
             Some(core) => core.step(d.msg),
@@ -572,7 +583,19 @@ impl Sim {
         self.report.messages += 1;
         let to = msg.to;
         let snapshot = latch::core::is_snapshot(&msg);
-        let deliveries = self.net.send(&mut self.rng, from, msg);
+        let mut stream = None;
+        if snapshot {
+            match self.stream_snapshot(from, &msg) {
+                Ok(bytes) => stream = Some(Arc::new(bytes)),
+                Err(e) => {
+                    self.log(|| format!("node {from}: streaming a snapshot to {to} failed: {e}"));
+                    let delay = self.rng.gen_range(1_000..10_000);
+                    self.at(delay, Ev::Notice { node: from, inc, what: Notice::Snapshot(to, false) });
+                    return;
+                }
+            }
+        }
+        let deliveries = self.net.send(&mut self.rng, from, msg, stream);
         if deliveries.is_empty() && snapshot {
             // Lost on the wire: the snapshot stream fails, and the sender hears so.
             let delay = self.rng.gen_range(1_000..10_000);
@@ -583,20 +606,29 @@ impl Sim {
         }
     }
 
+    /// The snapshot stream a sender's transport would send with `msg`, read from its prepared
+    /// read transaction.
+    fn stream_snapshot(&mut self, from: u64, msg: &Message) -> Result<Vec<u8>, String> {
+        let Some(core) = self.node(from).core.as_ref() else { return Err("the sender is down".into()) };
+        let token = msg.get_snapshot().data.to_vec();
+        let mut bytes = Vec::new();
+        let snapshots = core.snapshots().clone();
+        let result = snapshots.stream(&token, &mut |frame: Vec<u8>| -> Result<(), core::SnapshotError> {
+            bytes.extend_from_slice(&frame);
+            Ok(())
+        });
+        snapshots.finish(&token);
+        result.map_err(|e| e.to_string())?;
+        Ok(bytes)
+    }
+
     fn carry_out(&mut self, id: u64, actions: Vec<Action>) {
         for a in actions {
             let (waiter, result) = match a {
                 Action::Reply { waiter, result } => {
                     let r = match result {
                         Ok(o) => match o.result {
-                            Some(outcome::Result::Put(p)) => match p.header {
-                                Some(h) => Ok(h.revision),
-                                None => self.ctx().fail(
-                                    Some(id),
-                                    "put outcome",
-                                    "a put outcome without a header".into(),
-                                ),
-                            },
+                            Some(outcome::Result::Put(_)) => Ok(o.revision),
                             other => self.ctx().fail(
                                 Some(id),
                                 "put outcome",
@@ -616,6 +648,10 @@ impl Sim {
                     (waiter, ClientResult::Read(Ok(self.serve_read(id, &key))))
                 }
                 Action::ReadFailed { waiter, error } => (waiter, ClientResult::Read(Err(error.to_string()))),
+                Action::Applied { revision, events } => {
+                    self.checker.applied_events(self.ctx(), id, revision, &events);
+                    continue;
+                }
             };
             let Some(w) = self.waiters.remove(&waiter) else { continue };
             if w.node != id {
@@ -644,14 +680,13 @@ impl Sim {
         let Some(core) = self.node(id).core.as_ref() else {
             ctx.fail(Some(id), "read", "served by a dead node".into())
         };
-        let req = RangeRequest { key: key.as_bytes().to_vec(), ..Default::default() };
-        let resp = core
+        let req = Range { key: key.as_bytes().to_vec(), ..Default::default() };
+        let (revision, resp) = core
             .db()
             .begin_read()
             .map_err(|e| e.to_string())
-            .and_then(|txn| fsm::range(&txn, &req).map_err(|e| e.to_string()))
+            .and_then(|txn| fsm::range(&txn, &req, 1 << 20).map_err(|e| e.to_string()))
             .unwrap_or_else(|e| ctx.fail(Some(id), "read", format!("range failed: {e}")));
-        let revision = resp.header.map(|h| h.revision).unwrap_or(-1);
         (revision, resp.kvs.into_iter().next())
     }
 
@@ -671,9 +706,9 @@ impl Sim {
         match &payload {
             Payload::Put { key, value, request_id, .. } => {
                 let cmd = Command {
-                    version: 1,
+                    version: fsm::COMMAND_VERSION,
                     request_id: request_id.clone(),
-                    body: Some(Body::Put(PutRequest {
+                    body: Some(Body::Put(Put {
                         key: key.as_bytes().to_vec(),
                         value: value.clone(),
                         ..Default::default()

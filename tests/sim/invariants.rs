@@ -36,8 +36,9 @@ use std::collections::BTreeMap;
 
 use latch::core::{Core, Role};
 use latch::fsm;
+use latch::fsm::Event;
 use latch::storage::schema;
-use latch_proto::v1::{KeyValue, RangeRequest};
+use latch_proto::internal::{KeyValue, Range};
 use raft::eraftpb::Entry;
 use raft::{GetEntriesContext, Storage};
 use redb::ReadableTable;
@@ -159,6 +160,8 @@ struct Seen {
     snapshots: u64,
     /// Term in which it was last seen as leader.
     leader_in: Option<u64>,
+    /// Revision of the last applied events seen.
+    event_revision: i64,
 }
 
 #[derive(Debug)]
@@ -500,6 +503,28 @@ impl Checker {
         }
     }
 
+    /// A member's core reported the events of one applied revision: revisions of events rise
+    /// strictly on a member (a revision is applied once), never pass its applied revision, and
+    /// every event of the batch carries the batch's revision.
+    pub fn applied_events(&mut self, ctx: Ctx, id: u64, revision: i64, events: &[Event]) {
+        let seen = self.seen.entry(id).or_default();
+        if revision <= seen.event_revision {
+            ctx.fail(
+                Some(id),
+                "events in revision order",
+                format!("events of revision {revision} after events of revision {}", seen.event_revision),
+            );
+        }
+        seen.event_revision = revision;
+        if let Some(e) = events.iter().find(|e| e.kv.mod_revision != revision) {
+            ctx.fail(
+                Some(id),
+                "events of one revision",
+                format!("an event at mod_revision {} in the batch of revision {revision}", e.kv.mod_revision),
+            );
+        }
+    }
+
     /// A member restarted: its log is reloaded, so compare its pairs afresh.
     pub fn restarted(&mut self, id: u64) {
         self.shapes.retain(|&(a, b), _| a != id && b != id);
@@ -528,12 +553,12 @@ pub fn stored_state(ctx: Ctx, id: u64, core: &Core) -> (fsm::Applied, u64) {
 
 /// Every kv of a member, by key.
 pub fn all_kvs(ctx: Ctx, id: u64, core: &Core) -> BTreeMap<Vec<u8>, KeyValue> {
-    let req = RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() };
-    let resp = core
+    let req = Range { key: vec![0], range_end: vec![0], ..Default::default() };
+    let (_, resp) = core
         .db()
         .begin_read()
         .map_err(|e| e.to_string())
-        .and_then(|txn| fsm::range(&txn, &req).map_err(|e| e.to_string()))
+        .and_then(|txn| fsm::range(&txn, &req, usize::MAX).map_err(|e| e.to_string()))
         .unwrap_or_else(|e| ctx.fail(Some(id), "readable state", format!("cannot read the kv table: {e}")));
     resp.kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect()
 }

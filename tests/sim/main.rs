@@ -18,6 +18,8 @@ mod cluster;
 mod disk;
 mod invariants;
 mod network;
+mod scenarios;
+mod scripted;
 
 use std::time::Instant;
 

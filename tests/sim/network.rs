@@ -12,6 +12,7 @@
 //! on hash order. The network never alters a message.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use raft::eraftpb::Message;
 use rand::rngs::SmallRng;
@@ -43,12 +44,15 @@ impl NetConfig {
     }
 }
 
-/// A message on its way: delivered at `at` unless its link is blocked by then.
+/// A message on its way: delivered at `at` unless its link is blocked by then. A snapshot
+/// message travels with its stream, read from the sender when it was sent (as the peer
+/// transport streams it from the sender's prepared read transaction).
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub from: u64,
     pub to: u64,
     pub msg: Message,
+    pub stream: Option<Arc<Vec<u8>>>,
 }
 
 #[derive(Debug)]
@@ -66,7 +70,13 @@ impl Network {
 
     /// The deliveries (with their delays) that sending `msg` from `from` produces: none when
     /// the message is lost on the wire, two when it is duplicated.
-    pub fn send(&self, rng: &mut SmallRng, from: u64, msg: Message) -> Vec<(u64, Delivery)> {
+    pub fn send(
+        &self,
+        rng: &mut SmallRng,
+        from: u64,
+        msg: Message,
+        stream: Option<Arc<Vec<u8>>>,
+    ) -> Vec<(u64, Delivery)> {
         let c = self.config;
         if !self.calm && rng.gen_bool(c.drop) {
             return Vec::new();
@@ -79,7 +89,7 @@ impl Network {
             } else {
                 rng.gen_range(c.delay_us.0..=c.delay_us.1)
             };
-            out.push((delay, Delivery { from, to: msg.to, msg: msg.clone() }));
+            out.push((delay, Delivery { from, to: msg.to, msg: msg.clone(), stream: stream.clone() }));
         }
         out
     }

@@ -1,0 +1,76 @@
+//! The apply context: what one command's application may touch, and the one place that decides
+//! its revision. Every domain writes through an [`Apply`], so that one command may change
+//! several domains (a session's end deletes its keys, locks and instances) in one revision.
+//!
+//! Invariants:
+//! - All the writes of one command carry the same revision, `base + 1`; the store revision
+//!   moves to it only if the command wrote something ([`Apply::write_revision`] was called).
+//! - Every change to replicated data is described by an [`Event`], in the order it was made,
+//!   so that watchers and waiters can be fed from applied revisions alone.
+
+use latch_proto::internal::KeyValue;
+use redb::WriteTransaction;
+
+use super::FsmError;
+
+/// What a change did to one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One change of one applied command. For a put, `kv` is the key as written; for a delete,
+/// `kv` holds the key and the revision of the deletion (its value is empty). `prev_kv` is what
+/// the key held before, if it existed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub kind: EventKind,
+    pub kv: KeyValue,
+    pub prev_kv: Option<KeyValue>,
+}
+
+/// The application of one command: its transaction, its log index and its revision.
+pub struct Apply<'t> {
+    pub(crate) txn: &'t WriteTransaction,
+    /// Bound on the bytes of read results (range ops) in the command's answer.
+    pub(crate) max_response_bytes: usize,
+    /// The store revision before the command.
+    base: i64,
+    wrote: bool,
+    events: Vec<Event>,
+}
+
+impl<'t> Apply<'t> {
+    pub(crate) fn new(txn: &'t WriteTransaction, base: i64, max_response_bytes: usize) -> Self {
+        Apply { txn, max_response_bytes, base, wrote: false, events: Vec::new() }
+    }
+
+    /// The revision the command's writes carry; calling it marks the command as writing.
+    pub(crate) fn write_revision(&mut self) -> Result<i64, FsmError> {
+        let next = self
+            .base
+            .checked_add(1)
+            .ok_or_else(|| FsmError::Corrupt(format!("fsm_meta: revision {} cannot grow", self.base)))?;
+        self.wrote = true;
+        Ok(next)
+    }
+
+    /// The store revision as of the writes so far.
+    pub(crate) fn revision(&self) -> i64 {
+        if self.wrote {
+            self.base + 1
+        } else {
+            self.base
+        }
+    }
+
+    pub(crate) fn emit(&mut self, event: Event) {
+        self.events.push(event);
+    }
+
+    /// The revision after the command, and its events.
+    pub(crate) fn finish(self) -> (i64, Vec<Event>) {
+        (self.revision(), self.events)
+    }
+}

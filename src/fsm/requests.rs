@@ -1,0 +1,176 @@
+//! Request memory: the outcome of every command that carried a request id, so that a retry of
+//! the id is applied at most once and answered with the first outcome (DESIGN.md §1).
+//!
+//! Invariants:
+//! - A remembered row holds the applying index, a hash of the whole command, and the outcome
+//!   with its data stripped (previous values, range results): what is kept per id is small.
+//!   A retry of the same command is answered from it: the outcome itself when nothing was
+//!   stripped, else `AlreadyApplied` (its data is not kept, never invented). The same id with a
+//!   different command is answered `RequestConflict` and changes nothing.
+//! - The table is bounded in bytes: when the remembered rows add up to more than the bound
+//!   ([`REQUEST_MEMORY_BYTES`], the same on every member), the oldest (by applying index) are forgotten, each at most once,
+//!   in the apply that crossed the bound. The window this gives in time is documented in
+//!   docs/architecture.md. A retry after its id was forgotten is applied again.
+//! - `requests_by_index` names exactly the rows of `requests`, each under the index its row
+//!   records; `requests_meta/bytes` is the sum of [`row_bytes`] over them.
+
+use latch_proto::internal::{op_result, outcome, AlreadyApplied, Outcome, Remembered, RequestConflict};
+use prost::Message;
+use redb::{ReadableTable, WriteTransaction};
+
+use super::{Applied, Domain, FsmError, TableDef};
+use crate::storage::schema::{REQUESTS, REQUESTS_BY_INDEX, REQUESTS_META, REQUESTS_META_BYTES};
+
+/// Most bytes of remembered requests (ids, rows and index entries, see [`row_bytes`]) on every
+/// member.
+pub const REQUEST_MEMORY_BYTES: u64 = 32 * 1024 * 1024;
+
+pub(crate) struct RequestsDomain;
+
+impl Domain for RequestsDomain {
+    fn name(&self) -> &'static str {
+        "requests"
+    }
+
+    fn tables(&self) -> &'static [TableDef] {
+        &[REQUESTS, REQUESTS_BY_INDEX, REQUESTS_META]
+    }
+
+    fn check_row(&self, table: &str, key: &[u8], value: &[u8], at: &Applied) -> Result<(), FsmError> {
+        let corrupt = |why: String| FsmError::Corrupt(format!("table {table}: {why}"));
+        match table {
+            "requests" => {
+                let r = decode(key, value)?;
+                if r.index > at.index {
+                    return Err(corrupt(format!(
+                        "request {:?} applied at {}, after {}",
+                        show(key),
+                        r.index,
+                        at.index
+                    )));
+                }
+            }
+            "requests_by_index" => {
+                let index =
+                    be_u64(key).ok_or_else(|| corrupt(format!("key of {} bytes, expected 8", key.len())))?;
+                if index > at.index || value.is_empty() {
+                    return Err(corrupt(format!("index {index} names request {:?}", show(value))));
+                }
+            }
+            _ => {
+                if key != REQUESTS_META_BYTES.as_bytes() || be_u64(value).is_none() {
+                    return Err(corrupt(format!("unexpected row {:?}", show(key))));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the memory says of a request id about to be applied.
+pub(crate) enum Seen {
+    /// Not remembered: apply it.
+    New,
+    /// Answer this and change nothing.
+    Answered(Outcome),
+}
+
+/// Looks `id` up; `command_hash` is the hash of the whole encoded command.
+pub(crate) fn lookup(txn: &WriteTransaction, id: &str, command_hash: u64) -> Result<Seen, FsmError> {
+    let requests = txn.open_table(REQUESTS)?;
+    let Some(row) = requests.get(id.as_bytes())? else { return Ok(Seen::New) };
+    let r = decode(id.as_bytes(), row.value())?;
+    let result = if r.command_hash != command_hash {
+        outcome::Result::Conflict(RequestConflict { first_applied_at: r.index })
+    } else if r.stripped {
+        let revision = r.outcome.as_ref().map_or(0, |o| o.revision);
+        outcome::Result::AlreadyApplied(AlreadyApplied { applied_at: r.index, revision })
+    } else {
+        return Ok(Seen::Answered(r.outcome.unwrap_or_default()));
+    };
+    let revision = r.outcome.as_ref().map_or(0, |o| o.revision);
+    Ok(Seen::Answered(Outcome { revision, result: Some(result) }))
+}
+
+/// Remembers the outcome of `id`, applied at `index`, then forgets the oldest rows while the
+/// memory is over its bound.
+pub(crate) fn remember(
+    txn: &WriteTransaction,
+    index: u64,
+    id: &str,
+    command_hash: u64,
+    outcome: &Outcome,
+    bound: u64,
+) -> Result<(), FsmError> {
+    let (outcome, stripped) = strip(outcome);
+    let row = Remembered { index, command_hash, outcome: Some(outcome), stripped }.encode_to_vec();
+    let mut requests = txn.open_table(REQUESTS)?;
+    let mut by_index = txn.open_table(REQUESTS_BY_INDEX)?;
+    let mut meta = txn.open_table(REQUESTS_META)?;
+    let mut total = match meta.get(REQUESTS_META_BYTES.as_bytes())? {
+        Some(v) => be_u64(v.value())
+            .ok_or_else(|| FsmError::Corrupt("table requests_meta: bytes is not 8 bytes".into()))?,
+        None => 0,
+    };
+    requests.insert(id.as_bytes(), row.as_slice())?;
+    by_index.insert(index.to_be_bytes().as_slice(), id.as_bytes())?;
+    total += row_bytes(id.len(), row.len());
+    while total > bound {
+        let (at, oldest) = match by_index.first()? {
+            Some((k, v)) => (k.value().to_vec(), v.value().to_vec()),
+            None => break,
+        };
+        by_index.remove(at.as_slice())?;
+        let Some(gone) = requests.remove(oldest.as_slice())? else {
+            return Err(FsmError::Corrupt(format!(
+                "table requests_by_index names request {:?}, missing from table requests",
+                show(&oldest)
+            )));
+        };
+        total = total.saturating_sub(row_bytes(oldest.len(), gone.value().len()));
+    }
+    meta.insert(REQUESTS_META_BYTES.as_bytes(), total.to_be_bytes().as_slice())?;
+    Ok(())
+}
+
+/// What one remembered request counts against the bound: its id twice (row key and index
+/// value), its row, and its 8-byte index key.
+pub(crate) fn row_bytes(id_len: usize, row_len: usize) -> u64 {
+    (2 * id_len + row_len + 8) as u64
+}
+
+/// The outcome without previous values and range results, and whether anything was removed.
+fn strip(o: &Outcome) -> (Outcome, bool) {
+    fn take<T>(v: &mut Vec<T>) -> bool {
+        !std::mem::take(v).is_empty()
+    }
+    let mut o = o.clone();
+    let stripped = match o.result.as_mut() {
+        Some(outcome::Result::Put(p)) => p.prev_kv.take().is_some(),
+        Some(outcome::Result::DeleteRange(d)) => take(&mut d.prev_kvs),
+        Some(outcome::Result::Txn(t)) => t.results.iter_mut().fold(false, |stripped, r| {
+            let this = match r.result.as_mut() {
+                Some(op_result::Result::Put(p)) => p.prev_kv.take().is_some(),
+                Some(op_result::Result::DeleteRange(d)) => take(&mut d.prev_kvs),
+                Some(op_result::Result::Range(r)) => take(&mut r.kvs),
+                None => false,
+            };
+            stripped | this
+        }),
+        _ => false,
+    };
+    (o, stripped)
+}
+
+fn decode(id: &[u8], bytes: &[u8]) -> Result<Remembered, FsmError> {
+    Remembered::decode(bytes)
+        .map_err(|e| FsmError::Corrupt(format!("table requests, key {:?}: undecodable row: {e}", show(id))))
+}
+
+fn show(bytes: &[u8]) -> String {
+    bytes.escape_ascii().to_string()
+}
+
+fn be_u64(b: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(<[u8; 8]>::try_from(b).ok()?))
+}

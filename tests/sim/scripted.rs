@@ -1,0 +1,227 @@
+//! A hand-driven cluster for scenarios that need one exact interleaving: the same sans-I/O
+//! [`Core`] and simulated disks as the seeded runs, but the test decides, message by message,
+//! what is delivered, dropped or held back, and when each member ticks, crashes or restarts.
+//!
+//! What it models: a round ([`Scripted::round`]) ticks every member that is up, gives each a turn
+//! as the production driver does (`flush_reads`, then `handle_ready`), and then passes every
+//! message sent in that round through the test's [`Route`] filter: delivered at once (in the
+//! order sent), dropped, or held for the test to deliver later ([`Scripted::deliver_held`]).
+//! A message to a member that is down is lost. A crash loses the member's unsynced writes.
+//!
+//! Invariants: nothing here draws randomness except the seeded election timeouts, and every
+//! map is ordered, so a scenario runs the same way every time.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use latch::core::{self, Action, Core, MemoryInbox, RequestError, Role, Timing, Waiter};
+use latch_proto::internal::{Command, Outcome};
+use raft::eraftpb::{Message, MessageType};
+
+use crate::disk::SimDisk;
+
+/// What the test's filter decides for one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Deliver,
+    Drop,
+    Hold,
+}
+
+/// What a member answered a waiter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Applied(Result<Outcome, RequestError>),
+    ReadReady,
+    ReadFailed(RequestError),
+}
+
+struct Member {
+    disk: SimDisk,
+    core: Option<Core>,
+}
+
+pub struct Scripted {
+    members: Vec<Member>,
+    held: Vec<Message>,
+    answers: BTreeMap<Waiter, (u64, Answer)>,
+    next_waiter: Waiter,
+    seed: u64,
+    logger: slog::Logger,
+}
+
+pub const CLUSTER_ID: u64 = 0x5c71_97ed;
+
+fn timing() -> Timing {
+    Timing { election_tick: 10, heartbeat_tick: 2, ..Timing::default() }
+}
+
+impl Scripted {
+    /// `n` members, all started.
+    pub fn new(n: u64, seed: u64) -> Scripted {
+        let mut s = Scripted {
+            members: (0..n).map(|_| Member { disk: SimDisk::new(), core: None }).collect(),
+            held: Vec::new(),
+            answers: BTreeMap::new(),
+            next_waiter: 0,
+            seed,
+            logger: slog::Logger::root(slog::Discard, slog::o!()),
+        };
+        for id in 1..=n {
+            s.start(id);
+        }
+        s
+    }
+
+    fn ids(&self) -> Vec<u64> {
+        (1..=self.members.len() as u64).collect()
+    }
+
+    fn member(&mut self, id: u64) -> &mut Member {
+        &mut self.members[(id - 1) as usize]
+    }
+
+    /// The core of a member that is up.
+    pub fn core(&mut self, id: u64) -> &mut Core {
+        self.member(id).core.as_mut().unwrap_or_else(|| panic!("member {id} is down"))
+    }
+
+    /// Starts member `id` from what its disk holds.
+    pub fn start(&mut self, id: u64) {
+        let voters = self.ids();
+        self.seed += 1;
+        let (seed, logger) = (self.seed, self.logger.clone());
+        let m = self.member(id);
+        assert!(m.core.is_none(), "member {id} is already up");
+        let db = latch::storage::open_with_backend(m.disk.open(), CLUSTER_ID, id)
+            .unwrap_or_else(|e| panic!("member {id} cannot open its store: {e}"));
+        let config = core::Config { timing: timing(), ..core::Config::new(id, &voters, seed) };
+        let mut core = Core::new(config, db, Arc::new(MemoryInbox::default()), &logger)
+            .unwrap_or_else(|e| panic!("member {id} cannot load its core: {e}"));
+        core.seed_election_timeouts(seed);
+        m.core = Some(core);
+    }
+
+    /// Member `id`'s process dies: its unsynced writes are lost, its waiters never hear back.
+    pub fn crash(&mut self, id: u64) {
+        let m = self.member(id);
+        m.disk.crash(false);
+        if let Some(core) = m.core.take() {
+            if let Ok(txn) = core.db().begin_write() {
+                let _ = txn.commit();
+            }
+        }
+    }
+
+    /// Proposes `cmd` on member `id`; its answer is kept under the returned waiter.
+    pub fn propose(&mut self, id: u64, cmd: Command) -> Waiter {
+        self.next_waiter += 1;
+        let w = self.next_waiter;
+        self.core(id).propose(w, cmd);
+        w
+    }
+
+    /// Asks member `id` for a linearizable read.
+    pub fn read(&mut self, id: u64) -> Waiter {
+        self.next_waiter += 1;
+        let w = self.next_waiter;
+        self.core(id).read_index(w);
+        w
+    }
+
+    /// The answer to a waiter, if it came.
+    pub fn answer(&self, w: Waiter) -> Option<&Answer> {
+        self.answers.get(&w).map(|(_, a)| a)
+    }
+
+    /// The leader every up member agrees on, if any.
+    pub fn leader(&self) -> Option<u64> {
+        let up: Vec<_> = self.members.iter().filter_map(|m| m.core.as_ref()).map(|c| c.status()).collect();
+        let leader = up.iter().find(|s| s.role == Role::Leader)?;
+        up.iter().all(|s| s.leader == leader.id && s.term == leader.term).then_some(leader.id)
+    }
+
+    /// One round: every member ticks and takes a turn; the messages sent go through `route`.
+    pub fn round(&mut self, route: &mut dyn FnMut(&Message) -> Route) {
+        let mut sent = Vec::new();
+        for id in self.ids() {
+            let Some(core) = self.member(id).core.as_mut() else { continue };
+            core.tick();
+            core.flush_reads();
+            let actions = core
+                .handle_ready(&mut |msgs| sent.extend(msgs), &mut ())
+                .unwrap_or_else(|e| panic!("member {id}: handle_ready failed: {e}"));
+            self.record(id, actions);
+        }
+        for msg in sent {
+            match route(&msg) {
+                Route::Deliver => self.deliver(msg),
+                Route::Drop => {}
+                Route::Hold => self.held.push(msg),
+            }
+        }
+    }
+
+    /// Rounds until `done` holds; panics after `max` rounds naming `what`.
+    pub fn until(
+        &mut self,
+        what: &str,
+        max: usize,
+        route: &mut dyn FnMut(&Message) -> Route,
+        done: &mut dyn FnMut(&mut Scripted) -> bool,
+    ) {
+        for _ in 0..max {
+            if done(self) {
+                return;
+            }
+            self.round(route);
+        }
+        assert!(done(self), "expected {what} within {max} rounds");
+    }
+
+    /// Messages held so far of type `t` to member `to`.
+    pub fn held(&self, t: MessageType, to: u64) -> usize {
+        self.held.iter().filter(|m| m.get_msg_type() == t && m.to == to).count()
+    }
+
+    /// Delivers the held messages of type `t` to member `to`, then gives it a turn.
+    pub fn deliver_held(&mut self, t: MessageType, to: u64) {
+        let (now, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.held).into_iter().partition(|m| m.get_msg_type() == t && m.to == to);
+        self.held = later;
+        for msg in now {
+            self.deliver(msg);
+        }
+        let Some(core) = self.member(to).core.as_mut() else { return };
+        let mut sent = Vec::new();
+        let actions = core
+            .handle_ready(&mut |msgs| sent.extend(msgs), &mut ())
+            .unwrap_or_else(|e| panic!("member {to}: handle_ready failed: {e}"));
+        self.held.extend(sent);
+        self.record(to, actions);
+    }
+
+    fn deliver(&mut self, msg: Message) {
+        let to = msg.to;
+        if let Some(core) = self.member(to).core.as_mut() {
+            core.step(msg).unwrap_or_else(|e| panic!("member {to}: step failed: {e}"));
+        }
+    }
+
+    fn record(&mut self, id: u64, actions: Vec<Action>) {
+        for a in actions {
+            let (w, answer) = match a {
+                Action::Reply { waiter, result } => (waiter, Answer::Applied(result)),
+                Action::ReadReady { waiter } => (waiter, Answer::ReadReady),
+                Action::ReadFailed { waiter, error } => (waiter, Answer::ReadFailed(error)),
+                Action::Applied { .. } => continue,
+            };
+            self.answers.insert(w, (id, answer));
+        }
+    }
+}
+
+/// Delivers every message.
+pub fn all(_: &Message) -> Route {
+    Route::Deliver
+}
