@@ -23,7 +23,7 @@ use crate::core::{Core, CoreError, Timing};
 use crate::metrics::{GrpcMetricsLayer, Metrics};
 use crate::node::Node;
 use crate::storage::{self, StorageError};
-use crate::transport::{member_status, PeerSenders, PeerService};
+use crate::transport::{member_status, Faults, FaultsService, PeerSenders, PeerService};
 
 /// The public services on the client port, as the gRPC health service names them.
 const SERVICES: [&str; 2] =
@@ -125,8 +125,11 @@ pub async fn run(
     let peers = config.initial_cluster.clone();
     let id = config.id;
     let peer_metrics = metrics.clone();
+    // Stays empty unless --fault-injection serves the Faults service that fills it.
+    let faults = Faults::default();
+    let sender_faults = faults.clone();
     let node = Node::start(core, cluster_id, config.tick_interval, metrics.clone(), move |handle| {
-        Box::new(PeerSenders::start(&rt, id, &peers, handle, peer_metrics))
+        Box::new(PeerSenders::start(&rt, id, &peers, handle, peer_metrics, sender_faults))
     })
     .map_err(ServerError::Thread)?;
 
@@ -161,8 +164,18 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming(listeners.client)?, stopped(stop_rx.clone()));
+    let fault_injection = config.fault_injection.then(|| {
+        tracing::warn!(
+            member = id,
+            "--fault-injection: the Faults service on the peer port can cut this member off from \
+             its peers; for tests only"
+        );
+        let members = config.initial_cluster.iter().map(|p| p.id).collect();
+        FaultsService::server(faults.clone(), id, members)
+    });
     let peer_srv = tonic::transport::Server::builder()
-        .add_service(PeerService::new(node.handle(), client_addr, peer_addr, metrics.clone()))
+        .add_service(PeerService::new(node.handle(), client_addr, peer_addr, metrics.clone(), faults))
+        .add_optional_service(fault_injection)
         .serve_with_incoming_shutdown(incoming(listeners.peer)?, stopped(stop_rx.clone()));
     let http_srv = crate::http::serve(
         listeners.http,

@@ -8,6 +8,11 @@
 //!
 //! Every message sent or received is counted in [`PeerMetrics`], by peer and message type,
 //! with its encoded size.
+//!
+//! Both directions consult [`Faults`], the test-only fault injector ([`faults`]): a message to
+//! or from a blocked peer is dropped before it is counted, sent or delivered.
+
+pub mod faults;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +28,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::config::Peer;
 use crate::metrics::{Metrics, PeerMetrics};
 use crate::node::{Event, NodeHandle, Outbox};
+pub use faults::{Faults, FaultsService};
 use latch_proto::internal::peer_client::PeerClient;
 use latch_proto::internal::peer_server::{Peer as PeerRpc, PeerServer};
 use latch_proto::internal::{MemberStatus, MemberStatusRequest, PeerAck, PeerFrame};
@@ -70,11 +76,13 @@ fn frames(from: u64, cluster_id: u64, bytes: Vec<u8>) -> Vec<PeerFrame> {
         .collect()
 }
 
-/// Reassembles frames into raft messages, checking each frame's cluster.
+/// Reassembles frames into raft messages, checking each frame's cluster; drops the messages of
+/// blocked peers.
 async fn receive(
     cluster_id: u64,
     mut stream: Streaming<PeerFrame>,
     metrics: &PeerMetrics,
+    faults: &Faults,
     mut deliver: impl FnMut(Message) -> bool,
 ) -> Result<(), Status> {
     let mut buf = Vec::new();
@@ -87,7 +95,9 @@ async fn receive(
             )));
         }
         buf.extend_from_slice(&frame.chunk);
-        if frame.last {
+        if frame.last && faults.blocks(frame.from) {
+            buf.clear();
+        } else if frame.last {
             let msg = Message::parse_from_bytes(&buf).map_err(|e| {
                 Status::invalid_argument(format!("undecodable raft message from peer {}: {e}", frame.from))
             })?;
@@ -107,6 +117,7 @@ pub struct PeerService {
     client_addr: String,
     peer_addr: String,
     metrics: Arc<Metrics>,
+    faults: Faults,
 }
 
 impl PeerService {
@@ -115,8 +126,9 @@ impl PeerService {
         client_addr: String,
         peer_addr: String,
         metrics: Arc<Metrics>,
+        faults: Faults,
     ) -> PeerServer<PeerService> {
-        PeerServer::new(PeerService { node, client_addr, peer_addr, metrics })
+        PeerServer::new(PeerService { node, client_addr, peer_addr, metrics, faults })
             .max_decoding_message_size(MAX_FRAME)
             .max_encoding_message_size(MAX_FRAME)
     }
@@ -126,7 +138,7 @@ impl PeerService {
 impl PeerRpc for PeerService {
     async fn stream(&self, req: Request<Streaming<PeerFrame>>) -> Result<Response<PeerAck>, Status> {
         let node = self.node.clone();
-        receive(node.cluster_id, req.into_inner(), &self.metrics.peer, |m| {
+        receive(node.cluster_id, req.into_inner(), &self.metrics.peer, &self.faults, |m| {
             node.send(Event::Peer(Box::new(m)))
         })
         .await?;
@@ -167,12 +179,13 @@ impl PeerSenders {
         peers: &[Peer],
         node: NodeHandle,
         metrics: Arc<Metrics>,
+        faults: Faults,
     ) -> PeerSenders {
         let mut queues = HashMap::new();
         for p in peers.iter().filter(|p| p.id != me) {
             let (tx, rx) = mpsc::unbounded_channel();
             queues.insert(p.id, tx);
-            rt.spawn(send_loop(me, p.clone(), node.clone(), metrics.clone(), rx));
+            rt.spawn(send_loop(me, p.clone(), node.clone(), metrics.clone(), faults.clone(), rx));
         }
         PeerSenders { queues }
     }
@@ -208,6 +221,7 @@ async fn send_loop(
     peer: Peer,
     node: NodeHandle,
     metrics: Arc<Metrics>,
+    faults: Faults,
     mut queue: mpsc::UnboundedReceiver<Message>,
 ) {
     let cluster_id = node.cluster_id;
@@ -220,6 +234,13 @@ async fn send_loop(
     };
     let mut stream: Option<FrameSink> = None;
     while let Some(msg) = queue.recv().await {
+        if faults.blocks(peer.id) {
+            // Dropped without a word, as by a partition; a snapshot's call would fail.
+            if crate::core::is_snapshot(&msg) {
+                node.send(Event::SnapshotSent { peer: peer.id, ok: false });
+            }
+            continue;
+        }
         if crate::core::is_snapshot(&msg) {
             let ok = send_snapshot(&client, me, cluster_id, &msg, &metrics.peer).await;
             if !ok {
