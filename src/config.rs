@@ -22,6 +22,18 @@ pub enum ConfigError {
     Invalid { flag: &'static str, problem: String },
 }
 
+/// How log lines are written on stderr (`--log-format`, `log-format` in the config file).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// One line of text per event, for people.
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `message`, the event's fields,
+    /// `target`), for log shippers.
+    Json,
+}
+
 /// `latch server` flags. Every field is optional here so that the config file can supply it.
 #[derive(Debug, Default, Clone, Args, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -90,10 +102,32 @@ pub struct ServerArgs {
     /// overloaded [default: 67108864].
     #[arg(long)]
     pub max_uncommitted_bytes: Option<u64>,
+    /// Serve the test-only `Faults` service on the peer port, through which anyone who can
+    /// reach that port can cut this member off from its peers (docs/architecture.md). Hidden
+    /// from --help: for the integration tests, never for production.
+    #[arg(long, hide = true)]
+    #[serde(default)]
+    pub fault_injection: bool,
+    /// The config file's `log-format`. On the command line it is the root's global
+    /// `--log-format` (`latch --log-format json server …` or `latch server … --log-format json`),
+    /// which every command takes; logging is set up before the configuration is resolved
+    /// (see `Cli::log_format`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub log_format: Option<LogFormat>,
     /// Read every flag above from this TOML file (same names); flags given here win.
     #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    /// `log-format` as the `--config` file sets it; `None` if there is no file, it does not set
+    /// it, or it cannot be read ([`Config::from_args`] reports that).
+    pub fn log_format_in_config_file(&self) -> Option<LogFormat> {
+        let text = std::fs::read_to_string(self.config.as_ref()?).ok()?;
+        toml::from_str::<ServerArgs>(&text).ok()?.log_format
+    }
 }
 
 mod humantime_serde_opt {
@@ -173,6 +207,8 @@ pub struct Config {
     pub tick_interval: Duration,
     pub limits: Limits,
     pub peer_limits: PeerLimits,
+    /// Serve the test-only `Faults` service on the peer port (`--fault-injection`).
+    pub fault_injection: bool,
 }
 
 impl Config {
@@ -190,6 +226,7 @@ impl Config {
             tick_interval: Duration::from_millis(50),
             limits: Limits::default(),
             peer_limits: PeerLimits::default(),
+            fault_injection: false,
         }
     }
 
@@ -330,6 +367,7 @@ impl Config {
             tick_interval,
             limits,
             peer_limits,
+            fault_injection: flags.fault_injection || file.fault_injection,
         })
     }
 
@@ -412,6 +450,18 @@ mod tests {
         let flags = ServerArgs { config: Some(path), snapshot_entries: Some(9), ..Default::default() };
         let c = Config::from_args(flags).expect("valid config");
         assert_eq!((c.id, c.snapshot_entries), (2, 9));
+    }
+
+    #[test]
+    fn fault_injection_is_off_unless_the_flag_or_the_file_turns_it_on() {
+        let dev = Config::from_args(ServerArgs { dev: true, ..Default::default() }).expect("--dev");
+        assert!(!dev.fault_injection);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("latch.toml");
+        std::fs::write(&path, "dev = true\nfault-injection = true\nlog-format = \"json\"\n").expect("write");
+        let args = ServerArgs { config: Some(path), ..Default::default() };
+        assert_eq!(args.log_format_in_config_file(), Some(LogFormat::Json));
+        assert!(Config::from_args(args).expect("valid").fault_injection);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!   future (`run(config, listeners, shutdown)`).
 //! - [`api`]: thin gRPC handlers: validate → propose or read → map the error → fill the header.
 //! - [`http`]: the HTTP port: `/metrics`, `/health`, `/ready`.
-//! - [`transport`]: the peer service and the per-peer senders (raft messages as opaque bytes).
+//! - [`transport`]: the peer service and the per-peer senders (raft messages as opaque bytes),
+//!   with the test-only fault injector that drops the messages of blocked peers.
 //! - [`node`]: the driver: one thread owns the [`core`], feeds it time, requests and peer
 //!   messages, and carries out what it asks.
 //! - [`core`]: sans-I/O: raft-rs `RawNode`, the proposal table keyed by request id, ReadIndex

@@ -3,16 +3,20 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use latch::cli::Cli;
+use latch::cli::{Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     // RUST_LOG wins; without it a server logs at info and a client command only warns.
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(cli.default_log_filter()));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format() {
+        LogFormat::Text => logs.init(),
+        // One object per line, the event's fields (message included) at its top level.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     latch::cli::run(cli).await
 }

@@ -25,7 +25,7 @@ use crate::metrics::{GrpcMetricsLayer, Metrics};
 use crate::node::inbox::FileInbox;
 use crate::node::{Budgets, Node};
 use crate::storage::{self, StorageError};
-use crate::transport::{member_status, PeerSenders, PeerService};
+use crate::transport::{member_status, Faults, FaultsService, PeerSenders, PeerService};
 
 /// The public services on the client port, as the gRPC health service names them.
 const SERVICES: [&str; 2] =
@@ -149,8 +149,11 @@ pub async fn run(
         max_pending_bytes: config.limits.max_pending_bytes,
         max_peer_queue_bytes: config.peer_limits.max_peer_queue_bytes,
     };
+    // Stays empty unless --fault-injection serves the Faults service that fills it.
+    let faults = Faults::default();
+    let sender_faults = faults.clone();
     let node = Node::start(core, cluster_id, config.tick_interval, budgets, metrics.clone(), move |handle| {
-        Box::new(PeerSenders::start(&rt, id, &peers, handle, peer_metrics))
+        Box::new(PeerSenders::start(&rt, id, &peers, handle, peer_metrics, sender_faults))
     })
     .map_err(ServerError::Thread)?;
 
@@ -185,6 +188,15 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming(listeners.client)?, stopped(stop_rx.clone()));
+    let fault_injection = config.fault_injection.then(|| {
+        tracing::warn!(
+            member = id,
+            "--fault-injection: the Faults service on the peer port can cut this member off from \
+             its peers; for tests only"
+        );
+        let members = config.initial_cluster.iter().map(|p| p.id).collect();
+        FaultsService::server(faults.clone(), id, members)
+    });
     let peer_srv = tonic::transport::Server::builder()
         .add_service(PeerService::new(
             node.handle(),
@@ -192,7 +204,9 @@ pub async fn run(
             peer_addr,
             config.peer_limits.max_peer_message_bytes,
             metrics.clone(),
+            faults,
         ))
+        .add_optional_service(fault_injection)
         .serve_with_incoming_shutdown(incoming(listeners.peer)?, stopped(stop_rx.clone()));
     let http_srv = crate::http::serve(
         listeners.http,

@@ -18,10 +18,15 @@
 //!
 //! Every message sent or received is counted in [`PeerMetrics`], by peer and message type,
 //! with its encoded size.
+//!
+//! Both directions consult [`Faults`], the test-only fault injector ([`faults`]): a message to
+//! or from a blocked peer is dropped before it is counted, sent or delivered.
 
 // The peer service's helpers fail with the `tonic::Status` its handlers return; boxing it only
 // to unbox it one call later would buy nothing.
 #![allow(clippy::result_large_err)]
+
+pub mod faults;
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -40,6 +45,7 @@ use crate::config::Peer;
 use crate::core::SnapshotError;
 use crate::metrics::{Metrics, PeerMetrics};
 use crate::node::{Event, NodeHandle, Outbox};
+pub use faults::{Faults, FaultsService};
 use latch_proto::internal::peer_client::PeerClient;
 use latch_proto::internal::peer_server::{Peer as PeerRpc, PeerServer};
 use latch_proto::internal::{MemberStatus, MemberStatusRequest, PeerAck, PeerFrame};
@@ -91,13 +97,14 @@ fn frames(from: u64, cluster_id: u64, bytes: Vec<u8>) -> Vec<PeerFrame> {
 static DROPPED: RateLimitedLog = RateLimitedLog::new();
 
 /// Reassembles frames into raft messages, checking each frame's cluster and each message's
-/// size, and hands each to `deliver`; stops after the first message if `one` (the snapshot
-/// call), returning the rest of the stream.
+/// size, and hands each to `deliver`, dropping those of blocked peers (see [`Faults`]); stops
+/// after the first message if `one` (the snapshot call).
 async fn receive(
     cluster_id: u64,
     max_message: usize,
     stream: &mut Streaming<PeerFrame>,
     metrics: &PeerMetrics,
+    faults: &Faults,
     mut deliver: impl FnMut(Message, usize) -> Result<(), Status>,
     one: bool,
 ) -> Result<(), Status> {
@@ -112,7 +119,9 @@ async fn receive(
             )));
         }
         buf.extend_from_slice(&frame.chunk);
-        if frame.last {
+        if frame.last && faults.blocks(frame.from) {
+            buf.clear();
+        } else if frame.last {
             let msg = Message::parse_from_bytes(&buf).map_err(|e| {
                 Status::invalid_argument(format!("undecodable raft message from peer {}: {e}", frame.from))
             })?;
@@ -147,6 +156,7 @@ pub struct PeerService {
     peer_addr: String,
     max_message: usize,
     metrics: Arc<Metrics>,
+    faults: Faults,
 }
 
 impl PeerService {
@@ -156,8 +166,9 @@ impl PeerService {
         peer_addr: String,
         max_message: usize,
         metrics: Arc<Metrics>,
+        faults: Faults,
     ) -> PeerServer<PeerService> {
-        PeerServer::new(PeerService { node, client_addr, peer_addr, max_message, metrics })
+        PeerServer::new(PeerService { node, client_addr, peer_addr, max_message, metrics, faults })
             .max_decoding_message_size(MAX_FRAME)
             .max_encoding_message_size(MAX_FRAME)
     }
@@ -180,7 +191,9 @@ impl PeerRpc for PeerService {
             }
             Ok(())
         };
-        receive(node.cluster_id, self.max_message, &mut stream, &self.metrics.peer, deliver, false).await?;
+        let faults = &self.faults;
+        receive(node.cluster_id, self.max_message, &mut stream, &self.metrics.peer, faults, deliver, false)
+            .await?;
         Ok(Response::new(PeerAck {}))
     }
 
@@ -194,6 +207,7 @@ impl PeerRpc for PeerService {
             self.max_message,
             &mut stream,
             &self.metrics.peer,
+            &self.faults,
             |m, _| {
                 first = Some(m);
                 Ok(())
@@ -284,12 +298,13 @@ impl PeerSenders {
         peers: &[Peer],
         node: NodeHandle,
         metrics: Arc<Metrics>,
+        faults: Faults,
     ) -> PeerSenders {
         let mut queues = HashMap::new();
         for p in peers.iter().filter(|p| p.id != me) {
             let (tx, rx) = mpsc::unbounded_channel();
             queues.insert(p.id, tx);
-            rt.spawn(send_loop(me, p.clone(), node.clone(), metrics.clone(), rx));
+            rt.spawn(send_loop(me, p.clone(), node.clone(), metrics.clone(), faults.clone(), rx));
         }
         PeerSenders { queues }
     }
@@ -325,6 +340,7 @@ async fn send_loop(
     peer: Peer,
     node: NodeHandle,
     metrics: Arc<Metrics>,
+    faults: Faults,
     mut queue: mpsc::UnboundedReceiver<Message>,
 ) {
     let cluster_id = node.cluster_id;
@@ -338,6 +354,14 @@ async fn send_loop(
     let mut stream: Option<FrameSink> = None;
     let mut reachable = true;
     while let Some(msg) = queue.recv().await {
+        if faults.blocks(peer.id) {
+            // Dropped without a word, as by a partition; a snapshot's call would fail.
+            if crate::core::is_snapshot(&msg) {
+                node.snapshots().finish(&msg.get_snapshot().data);
+                node.send(Event::SnapshotSent { peer: peer.id, ok: false });
+            }
+            continue;
+        }
         if crate::core::is_snapshot(&msg) {
             let (term, index) = (msg.term, msg.get_snapshot().get_metadata().index);
             let sent = send_snapshot(&client, me, cluster_id, &node, &msg, &metrics.peer).await;

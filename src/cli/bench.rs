@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 
-use super::{print_bytes, print_json, Output, UsageError};
+use super::{print_bytes, print_json, ClientArgs, Output, UsageError};
 use crate::bench::{self, get::Get, mixed::Mixed, put::Put, txn_cas::TxnCas, Consistency, KeySpace};
 use crate::bench::{Progress, Settings, Stop, TargetSpec};
 
-/// Where `--target` points when it is not given and `LATCH_ENDPOINTS` is not set.
+/// Where `--target` points when neither it nor `--endpoints` names a member.
 const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7379";
 /// How long a run lasts when neither `--ops` nor `--duration` is given.
 const DEFAULT_DURATION: Duration = Duration::from_secs(10);
@@ -88,11 +88,17 @@ impl From<ConsistencyArg> for Consistency {
 }
 
 /// Flags of every workload. Global: accepted before or after the workload's name.
+///
+/// The client flags of the root apply too: `--output` (the report's format) and `--timeout`
+/// (how long one operation may take, retries on other members included, before it fails);
+/// `--endpoints` is the default Latch target (it and `--target` exclude each other, see
+/// [`crate::cli::Cli::try_parse_args`]).
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Benchmark options")]
 pub struct BenchOptions {
     /// The cluster to load: latch://H:P,H:P or etcd://H:P,H:P (etcd needs a build with
-    /// `--features etcd`). Default: latch:// and $LATCH_ENDPOINTS, else latch://127.0.0.1:7379.
+    /// `--features etcd`). Default: latch:// and --endpoints (so $LATCH_ENDPOINTS, else
+    /// 127.0.0.1:7379).
     #[arg(long, global = true, value_name = "URL")]
     pub target: Option<String>,
     /// Concurrent clients, each with one operation in flight at a time.
@@ -117,22 +123,18 @@ pub struct BenchOptions {
     /// How many distinct keys the operations pick from, uniformly.
     #[arg(long, global = true, value_name = "N", default_value_t = 100_000)]
     pub keyspace: u64,
-    /// Output format: text for people, json (one document) for programs.
-    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
-    pub output: Output,
-    /// How long one operation may take, retries on other members included, before it fails.
-    #[arg(long, global = true, value_parser = humantime::parse_duration, default_value = "5s")]
-    pub timeout: Duration,
 }
 
 impl BenchOptions {
-    /// The settings these flags ask for, `latch_endpoints` being `$LATCH_ENDPOINTS`; or a
-    /// message naming the flag at fault.
-    pub fn settings(&self, latch_endpoints: Option<&str>) -> Result<Settings, String> {
-        let target = match (&self.target, latch_endpoints) {
-            (Some(target), _) => target.clone(),
-            (None, Some(endpoints)) if !endpoints.trim().is_empty() => format!("latch://{endpoints}"),
-            (None, _) => format!("latch://{DEFAULT_ENDPOINTS}"),
+    /// The settings these flags and the client flags ask for; or a message naming the flag at
+    /// fault.
+    pub fn settings(&self, client: &ClientArgs) -> Result<Settings, String> {
+        let endpoints: Vec<&str> =
+            client.endpoints.iter().map(|e| e.trim()).filter(|e| !e.is_empty()).collect();
+        let target = match &self.target {
+            Some(target) => target.clone(),
+            None if endpoints.is_empty() => format!("latch://{DEFAULT_ENDPOINTS}"),
+            None => format!("latch://{}", endpoints.join(",")),
         };
         let settings = Settings {
             target: TargetSpec::parse(&target).map_err(|why| format!("--target: {why}"))?,
@@ -145,7 +147,7 @@ impl BenchOptions {
             },
             keys: KeySpace::new(self.keyspace, self.key_size)?,
             value_size: self.value_size,
-            timeout: self.timeout,
+            timeout: client.timeout,
         };
         settings.validate().map_err(|e| e.to_string())?;
         Ok(settings)
@@ -153,9 +155,8 @@ impl BenchOptions {
 }
 
 /// Runs `latch bench …`.
-pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
-    let endpoints = std::env::var("LATCH_ENDPOINTS").ok();
-    let settings = command.options.settings(endpoints.as_deref()).map_err(UsageError)?;
+pub async fn run(command: BenchCommand, client: &ClientArgs) -> anyhow::Result<ExitCode> {
+    let settings = command.options.settings(client).map_err(UsageError)?;
     let progress = Progress::new(std::io::stderr().is_terminal());
     // Ctrl-C during the timed phase ends the run early, with a report of what was done.
     let interrupt = async {
@@ -179,7 +180,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         Err(e) if e.is_usage() => return Err(UsageError(e.to_string()).into()),
         Err(e) => return Err(e.into()),
     };
-    match command.options.output {
+    match client.output {
         Output::Json => print_json(&report.to_json())?,
         Output::Text => print_bytes(report.to_text().as_bytes())?,
     }
@@ -194,18 +195,27 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
 mod tests {
     use super::*;
     use crate::cli::{Cli, Command};
-    use clap::Parser;
 
-    fn parse(args: &[&str]) -> Result<BenchCommand, clap::Error> {
-        let cli = Cli::try_parse_from(["latch", "bench"].into_iter().chain(args.iter().copied()))?;
+    fn parse_cli(args: &[&str]) -> Result<(BenchCommand, ClientArgs), clap::Error> {
+        let cli = Cli::try_parse_args(["latch", "bench"].into_iter().chain(args.iter().copied()))?;
         match cli.command {
-            Command::Bench(bench) => Ok(bench),
+            Command::Bench(bench) => Ok((bench, cli.client)),
             other => panic!("bench command expected, got {other:?}"),
         }
     }
 
+    fn parse(args: &[&str]) -> Result<BenchCommand, clap::Error> {
+        parse_cli(args).map(|(bench, _)| bench)
+    }
+
+    /// The settings of `latch bench ARGS`, with `--endpoints` at its default (the test does not
+    /// depend on `$LATCH_ENDPOINTS`).
     fn settings(args: &[&str]) -> Result<Settings, String> {
-        parse(args).expect("valid command line").options.settings(None)
+        let (bench, mut client) = parse_cli(args).expect("valid command line");
+        if !args.contains(&"--endpoints") {
+            client.endpoints = vec![DEFAULT_ENDPOINTS.to_string()];
+        }
+        bench.options.settings(&client)
     }
 
     #[test]
@@ -218,12 +228,32 @@ mod tests {
     }
 
     #[test]
-    fn the_default_target_is_latch_endpoints() {
-        let options = parse(&["put"]).expect("valid").options;
-        let s = options.settings(Some("a:1,b:2")).expect("valid");
-        assert_eq!(s.target.to_string(), "latch://a:1,b:2");
-        let given = parse(&["put", "--target", "etcd://c:3"]).expect("valid").options;
-        assert_eq!(given.settings(Some("a:1")).expect("valid").target.to_string(), "etcd://c:3");
+    fn the_default_target_is_latch_and_the_client_endpoints() {
+        for args in [&["--endpoints", "a:1,b:2", "put"][..], &["put", "--endpoints", "a:1,b:2"][..]] {
+            assert_eq!(settings(args).expect("valid").target.to_string(), "latch://a:1,b:2");
+        }
+        let given = settings(&["put", "--target", "etcd://c:3"]).expect("valid");
+        assert_eq!(given.target.to_string(), "etcd://c:3");
+    }
+
+    #[test]
+    fn endpoints_and_target_exclude_each_other() {
+        let e = parse(&["put", "--endpoints", "a:1", "--target", "latch://b:2"]).expect_err("both");
+        assert_eq!(e.exit_code(), 2);
+        let text = e.to_string();
+        assert!(text.contains("--endpoints") && text.contains("--target"), "{text}");
+    }
+
+    #[test]
+    fn output_and_timeout_are_the_client_flags_before_or_after_the_workload() {
+        for args in [
+            &["--output", "json", "--timeout", "2s", "put"][..],
+            &["put", "--output", "json", "--timeout", "2s"][..],
+        ] {
+            let (_, client) = parse_cli(args).expect("valid");
+            assert_eq!(client.output, Output::Json);
+            assert_eq!(settings(args).expect("valid").timeout, Duration::from_secs(2));
+        }
     }
 
     #[test]

@@ -9,12 +9,9 @@ use serde_json::json;
 
 use super::{print_bytes, print_json, ClientArgs, Output};
 
-/// `latch cluster`.
+/// `latch cluster`. Where and how to talk to the cluster is the root's [`ClientArgs`].
 #[derive(Debug, Args)]
 pub struct ClusterCommand {
-    /// Where and how to talk to the cluster.
-    #[command(flatten)]
-    pub client: ClientArgs,
     /// The operation.
     #[command(subcommand)]
     pub op: ClusterOp,
@@ -28,12 +25,12 @@ pub enum ClusterOp {
 }
 
 /// Runs `latch cluster …`.
-pub async fn run(command: ClusterCommand) -> anyhow::Result<ExitCode> {
+pub async fn run(command: ClusterCommand, client_args: &ClientArgs) -> anyhow::Result<ExitCode> {
     match command.op {
         ClusterOp::Status => {
-            let client = command.client.connect().await?;
+            let client = client_args.connect().await?;
             let status = client.cluster_status().await?;
-            match command.client.output {
+            match client_args.output {
                 Output::Json => print_json(&status_json(&status))?,
                 Output::Text => print_bytes(status_text(&status).as_bytes())?,
             }

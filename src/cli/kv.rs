@@ -13,12 +13,9 @@ use serde_json::json;
 
 use super::{print_bytes, print_json, ClientArgs, Output, UsageError};
 
-/// `latch kv`.
+/// `latch kv`. Where and how to talk to the cluster is the root's [`ClientArgs`].
 #[derive(Debug, Args)]
 pub struct KvCommand {
-    /// Where and how to talk to the cluster.
-    #[command(flatten)]
-    pub client: ClientArgs,
     /// The operation.
     #[command(subcommand)]
     pub op: KvOp,
@@ -102,12 +99,12 @@ fn key_range(key: &str, prefix: bool) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
 }
 
 /// Runs `latch kv …`.
-pub async fn run(command: KvCommand) -> anyhow::Result<ExitCode> {
-    let output = command.client.output;
+pub async fn run(command: KvCommand, client: &ClientArgs) -> anyhow::Result<ExitCode> {
+    let output = client.output;
     match command.op {
-        KvOp::Put(args) => put(&command.client, args, output).await,
-        KvOp::Get(args) => get(&command.client, args, output).await,
-        KvOp::Del(args) => del(&command.client, args, output).await,
+        KvOp::Put(args) => put(client, args, output).await,
+        KvOp::Get(args) => get(client, args, output).await,
+        KvOp::Del(args) => del(client, args, output).await,
     }
 }
 

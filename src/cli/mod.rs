@@ -5,6 +5,14 @@
 //! Exit codes: 0 success; 1 the operation failed (the server's message is printed, with its
 //! gRPC code); 2 usage error (clap's own, or bad input caught here before anything is sent).
 //!
+//! The client flags ([`ClientArgs`]: `--endpoints`, `--output`, `--timeout`) and `--log-format`
+//! belong to the root and are global: accepted before or after any subcommand
+//! (`latch --endpoints A,B kv get k` and `latch kv get k --endpoints A,B`). Every client command
+//! takes the root's [`ClientArgs`]; `latch bench` takes `--output` and `--timeout` as they are,
+//! and `--endpoints` as its default `--target`. `latch server` takes none of them: one given on
+//! its command line is a usage error naming the flag ([`Cli::try_parse_args`]), and they are
+//! hidden from `latch server --help`.
+//!
 //! May import: [`crate::config`] and [`crate::server`] (for `latch server`), [`crate::bench`]
 //! (for `latch bench`), `latch-client`.
 //! `anyhow` is allowed here, as in `main.rs`, and nowhere else in the crate.
@@ -14,13 +22,21 @@ pub mod cluster;
 pub mod kv;
 pub mod server;
 
+use std::ffi::OsString;
 use std::fmt;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use latch_client::{Client, ClientOptions};
+
+pub use crate::config::LogFormat;
+
+/// The client flags, by clap id (the field names of [`ClientArgs`], which are their long names).
+const CLIENT_FLAGS: [&str; 3] = ["endpoints", "output", "timeout"];
 
 /// The `latch` command.
 #[derive(Debug, Parser)]
@@ -34,6 +50,14 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines on stderr as text (for people) or json (one object per line, for log shippers)
+    ///
+    /// Default: text. `latch server` also reads `log-format` from its --config file.
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Where and how the client commands talk to the cluster.
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// The subcommands of `latch`.
@@ -50,6 +74,60 @@ pub enum Command {
 }
 
 impl Cli {
+    /// The `latch` command as it is parsed: the derived definition, where `latch server` holds
+    /// hidden copies of the client flags instead of the global ones, so that its help does not
+    /// list them. A copy has the global flag's id and value parser: its value reaches the
+    /// root's matches like the global's would, and [`Cli::try_parse_args`] refuses it.
+    pub fn definition() -> clap::Command {
+        let latch = Cli::command();
+        let copies: Vec<clap::Arg> = latch
+            .get_arguments()
+            .filter(|a| CLIENT_FLAGS.contains(&a.get_id().as_str()))
+            .map(|a| a.clone().global(false).hide(true))
+            .collect();
+        latch.mut_subcommand("server", |server| server.args(copies))
+    }
+
+    /// Parses the process's arguments; on a usage error prints it and exits with 2.
+    pub fn parse_args() -> Cli {
+        Cli::try_parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parses `args` (the first is the program's name), and refuses what clap cannot express:
+    /// a client flag given to `latch server` on the command line (`$LATCH_ENDPOINTS` is not an
+    /// error there), and `latch bench` with both `--endpoints` and `--target`.
+    pub fn try_parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut latch = Cli::definition();
+        let matches = latch.try_get_matches_from_mut(args)?;
+        let cli = Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut latch))?;
+        // Global flags' values (and their sources) are copied to the root wherever they were given.
+        let given = |flag: &str| matches.value_source(flag) == Some(ValueSource::CommandLine);
+        let refusal = match &cli.command {
+            Command::Server(_) => CLIENT_FLAGS.into_iter().find(|f| given(f)).map(|flag| {
+                let message = format!(
+                    "--{flag} is a flag of the client commands (kv, cluster, bench); `latch server` \
+                     does not take it"
+                );
+                ("server", message)
+            }),
+            Command::Bench(bench) if bench.options.target.is_some() && given("endpoints") => Some((
+                "bench",
+                "--endpoints and --target both name the cluster to load; give one \
+                 (--target latch://H:P,H:P or etcd://H:P,H:P)"
+                    .to_string(),
+            )),
+            _ => None,
+        };
+        match refusal {
+            Some((name, message)) => Err(subcommand_error(latch, name, ErrorKind::ArgumentConflict, message)),
+            None => Ok(cli),
+        }
+    }
+
     /// The log filter used when `RUST_LOG` is not set: a server logs what it does, a client
     /// command only what went wrong.
     pub fn default_log_filter(&self) -> &'static str {
@@ -58,10 +136,34 @@ impl Cli {
             Command::Kv(_) | Command::Cluster(_) | Command::Bench(_) => "warn",
         }
     }
+
+    /// How to write log lines: `--log-format`, else (for `latch server`) the config file's
+    /// `log-format`, else text. A config file that cannot be read counts as not setting it
+    /// here; `latch server` reports the problem once it resolves its configuration.
+    pub fn log_format(&self) -> LogFormat {
+        let from_file = || match &self.command {
+            Command::Server(server) => server.args.log_format_in_config_file(),
+            _ => None,
+        };
+        self.log_format.or_else(from_file).unwrap_or_default()
+    }
 }
 
-/// Flags shared by every client command. Global: accepted before or after the subcommand
-/// (`latch kv --output json get k` and `latch kv get k --output json`).
+/// A usage error reported as subcommand `name`'s (its usage line), or the root's if it has none.
+fn subcommand_error(
+    mut latch: clap::Command,
+    name: &str,
+    kind: ErrorKind,
+    message: impl fmt::Display,
+) -> clap::Error {
+    match latch.find_subcommand_mut(name) {
+        Some(command) => command.error(kind, message),
+        None => latch.error(kind, message),
+    }
+}
+
+/// Flags shared by every client command, on the root and global: accepted before or after the
+/// subcommand (`latch --output json kv get k` and `latch kv get k --output json`).
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Client options")]
 pub struct ClientArgs {
@@ -121,21 +223,19 @@ impl std::error::Error for UsageError {}
 
 /// Runs the parsed command; prints any failure on stderr and returns the exit code.
 pub async fn run(cli: Cli) -> ExitCode {
+    let client = &cli.client;
     let (name, result) = match cli.command {
         Command::Server(command) => ("server", server::run(*command).await),
-        Command::Kv(command) => ("kv", kv::run(command).await),
-        Command::Cluster(command) => ("cluster", cluster::run(command).await),
-        Command::Bench(command) => ("bench", bench::run(command).await),
+        Command::Kv(command) => ("kv", kv::run(command, client).await),
+        Command::Cluster(command) => ("cluster", cluster::run(command, client).await),
+        Command::Bench(command) => ("bench", bench::run(command, client).await),
     };
     match result {
         Ok(code) => code,
         Err(error) => match error.downcast_ref::<UsageError>() {
             Some(usage) => {
-                let mut latch = Cli::command();
-                latch.build();
-                // The subcommand's own usage line, e.g. "Usage: latch kv <COMMAND>".
-                let mut command = latch.find_subcommand(name).cloned().unwrap_or(latch);
-                let error = command.error(clap::error::ErrorKind::ValueValidation, usage);
+                // The subcommand's own usage line, e.g. "Usage: latch kv [OPTIONS] <COMMAND>".
+                let error = subcommand_error(Cli::definition(), name, ErrorKind::ValueValidation, usage);
                 // Printing to stderr can only fail if stderr is gone; the exit code still says it.
                 let _ = error.print();
                 ExitCode::from(2)
@@ -170,34 +270,94 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("latch").chain(args.iter().copied()))
+        Cli::try_parse_args(std::iter::once("latch").chain(args.iter().copied()))
     }
 
     #[test]
     fn the_cli_definition_is_consistent() {
         Cli::command().debug_assert();
+        Cli::definition().debug_assert();
     }
 
     #[test]
     fn client_flags_are_accepted_before_and_after_the_subcommand() {
         for args in [
-            &["kv", "--endpoints", "a:1,b:2", "--output", "json", "get", "k"][..],
-            &["kv", "get", "k", "--endpoints", "a:1,b:2", "--output", "json"][..],
+            &["--endpoints", "a:1,b:2", "--output", "json", "--timeout", "7s", "kv", "get", "k"][..],
+            &["kv", "--endpoints", "a:1,b:2", "--output", "json", "--timeout", "7s", "get", "k"][..],
+            &["kv", "get", "k", "--endpoints", "a:1,b:2", "--output", "json", "--timeout", "7s"][..],
+            &["--endpoints", "a:1,b:2", "kv", "get", "--output", "json", "k", "--timeout", "7s"][..],
+            &["--endpoints", "a:1,b:2", "--output", "json", "--timeout", "7s", "cluster", "status"][..],
+            &["cluster", "status", "--endpoints", "a:1,b:2", "--output", "json", "--timeout", "7s"][..],
         ] {
-            let cli = parse(args).expect("valid command line");
-            let Command::Kv(kv) = cli.command else { panic!("kv command expected") };
-            assert_eq!(kv.client.endpoints, vec!["a:1", "b:2"]);
-            assert_eq!(kv.client.output, Output::Json);
+            let cli = parse(args).unwrap_or_else(|e| panic!("`latch {}` should parse: {e}", args.join(" ")));
+            assert!(matches!(cli.command, Command::Kv(_) | Command::Cluster(_)), "{args:?}");
+            assert_eq!(cli.client.endpoints, vec!["a:1", "b:2"], "{args:?}");
+            assert_eq!(cli.client.output, Output::Json, "{args:?}");
+            assert_eq!(cli.client.timeout, Duration::from_secs(7), "{args:?}");
         }
+    }
+
+    #[test]
+    fn client_flags_given_to_the_server_are_usage_errors_naming_the_flag() {
+        for (args, flag) in [
+            (&["server", "--dev", "--endpoints", "a:1"][..], "--endpoints"),
+            (&["--endpoints", "a:1", "server", "--dev"][..], "--endpoints"),
+            (&["--output", "json", "server", "--dev"][..], "--output"),
+            (&["server", "--timeout", "1s", "--dev"][..], "--timeout"),
+        ] {
+            let e = parse(args).expect_err("a client flag is not a server flag");
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+            let text = e.to_string();
+            assert!(text.contains(flag) && text.contains("latch server"), "{args:?}: {text}");
+        }
+    }
+
+    #[test]
+    fn the_server_help_does_not_list_the_client_flags() {
+        let mut latch = Cli::definition();
+        // Building copies the global flags into the subcommands, as parsing does.
+        latch.build();
+        let server = latch.find_subcommand_mut("server").expect("a server subcommand");
+        let help = server.render_long_help().to_string();
+        for flag in CLIENT_FLAGS {
+            assert!(!help.contains(&format!("--{flag}")), "`latch server --help` lists --{flag}:\n{help}");
+        }
+        assert!(help.contains("--log-format"), "`latch server --help` should list --log-format:\n{help}");
+        let kv = latch.find_subcommand_mut("kv").expect("a kv subcommand").render_long_help().to_string();
+        assert!(kv.contains("--endpoints"), "`latch kv --help` should list --endpoints:\n{kv}");
     }
 
     #[test]
     fn timeout_is_a_humantime_duration() {
         let cli = parse(&["cluster", "status", "--timeout", "1m"]).expect("valid command line");
-        let Command::Cluster(cluster) = cli.command else { panic!("cluster command expected") };
-        assert_eq!(cluster.client.timeout, Duration::from_secs(60));
+        assert_eq!(cli.client.timeout, Duration::from_secs(60));
         let e = parse(&["cluster", "status", "--timeout", "soon"]).expect_err("not a duration");
         assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn log_format_is_text_unless_json_is_asked_before_or_after_the_subcommand() {
+        assert_eq!(parse(&["kv", "get", "k"]).expect("valid").log_format(), LogFormat::Text);
+        for args in [
+            &["--log-format", "json", "server", "--dev"][..],
+            &["server", "--dev", "--log-format", "json"][..],
+            &["kv", "get", "k", "--log-format", "json"][..],
+        ] {
+            assert_eq!(parse(args).expect("valid").log_format(), LogFormat::Json, "{args:?}");
+        }
+        assert_eq!(parse(&["--log-format", "xml", "kv", "get", "k"]).expect_err("bad").exit_code(), 2);
+    }
+
+    #[test]
+    fn the_server_reads_its_log_format_from_the_config_file_unless_the_flag_says() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("latch.toml");
+        std::fs::write(&path, "dev = true\nlog-format = \"json\"\n").expect("write config");
+        let config = path.to_str().expect("a UTF-8 temp path");
+        let cli = parse(&["server", "--config", config]).expect("valid");
+        assert_eq!(cli.log_format(), LogFormat::Json);
+        let cli = parse(&["server", "--config", config, "--log-format", "text"]).expect("valid");
+        assert_eq!(cli.log_format(), LogFormat::Text);
     }
 
     #[test]

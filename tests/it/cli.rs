@@ -8,8 +8,14 @@ use crate::harness::{latch_bin, Cluster};
 
 /// Runs `latch ARGS --endpoints <member 1>` and returns what it printed and its exit code.
 async fn latch(c: &Cluster, args: &[&str]) -> Output {
+    let endpoints = ["--endpoints", &c.member(1).client_addr, "--timeout", "10s"];
+    latch_exactly(&[args, &endpoints[..]].concat()).await
+}
+
+/// Runs `latch ARGS`, with neither `RUST_LOG` nor `LATCH_ENDPOINTS` set.
+async fn latch_exactly(args: &[&str]) -> Output {
     let mut cmd = tokio::process::Command::new(latch_bin());
-    cmd.args(args).args(["--endpoints", &c.member(1).client_addr, "--timeout", "10s"]);
+    cmd.args(args);
     cmd.env_remove("RUST_LOG").env_remove("LATCH_ENDPOINTS").kill_on_drop(true);
     tokio::time::timeout(Duration::from_secs(30), cmd.output())
         .await
@@ -95,4 +101,55 @@ async fn cli_cluster_status_json_is_one_document_with_leader_term_and_members() 
         m["applied_index"].as_u64().is_some_and(|i| i >= 1),
         "applied_index should be a number >= 1: {doc}"
     );
+}
+
+#[tokio::test]
+async fn cli_client_flags_work_before_the_subcommand_and_the_server_refuses_them() {
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let member = c.member(1).client_addr.as_str();
+    let put = latch_exactly(&["--endpoints", member, "--timeout", "10s", "kv", "put", "early", "bird"]).await;
+    assert_eq!(
+        put.status.code(),
+        Some(0),
+        "`latch --endpoints … kv put` should succeed; stderr: {}",
+        stderr(&put)
+    );
+    let get = latch_exactly(&["--endpoints", member, "--output", "json", "kv", "get", "early"]).await;
+    assert_eq!(
+        get.status.code(),
+        Some(0),
+        "`latch --endpoints … kv get` should succeed; stderr: {}",
+        stderr(&get)
+    );
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&get)).unwrap_or_else(|e| {
+        panic!("--output json before the subcommand should print JSON ({e}): {}", stdout(&get))
+    });
+    assert_eq!(doc["kvs"][0]["value"].as_str(), Some("bird"), "{doc}");
+    let status = latch_exactly(&["--output", "json", "--endpoints", member, "cluster", "status"]).await;
+    assert_eq!(
+        status.status.code(),
+        Some(0),
+        "`latch … cluster status` should succeed; stderr: {}",
+        stderr(&status)
+    );
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&status))
+        .unwrap_or_else(|e| panic!("cluster status should print JSON ({e}): {}", stdout(&status)));
+    assert_eq!(doc["leader"].as_u64(), Some(1), "{doc}");
+
+    // A client flag given to the server, before or after `server`, is a usage error naming it.
+    for args in
+        [&["--endpoints", member, "server", "--dev"][..], &["server", "--dev", "--output", "json"][..]]
+    {
+        let refused = latch_exactly(args).await;
+        let flag = args.iter().find(|a| ["--endpoints", "--output"].contains(a)).unwrap();
+        assert_eq!(
+            refused.status.code(),
+            Some(2),
+            "`latch {}` is a usage error; stderr: {}",
+            args.join(" "),
+            stderr(&refused)
+        );
+        assert!(stderr(&refused).contains(flag), "stderr should name {flag}; got: {}", stderr(&refused));
+    }
 }

@@ -5,6 +5,11 @@
 //! cluster's temp dir, and a log file there (`member-N.log`, stdout and stderr, appended across
 //! restarts). Dropping the [`Cluster`] SIGKILLs every member; if the test is failing it also
 //! prints the tail of each log and keeps the temp dir for a look.
+//!
+//! Members started with `--fault-injection` can be partitioned from each other
+//! ([`Cluster::partition`], [`Cluster::isolate`], [`Cluster::heal_all`]) through the test-only
+//! `Faults` service on their peer ports. Also here: a plain HTTP GET for the metrics port
+//! ([`http_get`], [`sample`]).
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -16,9 +21,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use latch_client::{Client, ClientOptions, StatusResponse};
+use latch_client::{prefix_range, Client, ClientOptions, RangeRequest, StatusResponse};
+use latch_proto::internal::faults_client::FaultsClient;
+use latch_proto::internal::{HealRequest, PartitionRequest};
+use latch_proto::v1::kv_client::KvClient;
 use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tonic::transport::Channel;
 
 /// The raft tick of test clusters unless a test passes its own `--tick-interval`: elections
 /// time out after 10–20 ticks, so a lost leader is replaced within about half a second.
@@ -263,8 +274,14 @@ impl Cluster {
     /// Waits until every live member names the same leader in the same term, and that leader
     /// is live and says it is the leader; returns its id.
     pub async fn leader(&self) -> u64 {
-        let live = self.live_ids();
-        let what = format!("live members {live:?} to agree on one live leader");
+        self.leader_among(&self.live_ids()).await
+    }
+
+    /// Waits until members `ids` name the same leader in the same term, and that leader is one
+    /// of them and says it is the leader; returns its id. The other members are not asked.
+    pub async fn leader_among(&self, ids: &[u64]) -> u64 {
+        let live = ids.to_vec();
+        let what = format!("members {live:?} to agree on one leader among them");
         eventually(&what, STARTUP, || {
             let live = live.clone();
             async move {
@@ -286,6 +303,80 @@ impl Cluster {
             }
         })
         .await
+    }
+
+    /// A raw gRPC KV client of member `id` alone: unlike [`Client`] it neither retries nor
+    /// follows leader hints, so what it gets is member `id`'s own answer.
+    pub async fn kv_of_only(&self, id: u64) -> KvClient<Channel> {
+        let addr = format!("http://{}", self.member(id).client_addr);
+        KvClient::connect(addr).await.unwrap_or_else(|e| panic!("cannot connect to member {id}: {e}"))
+    }
+
+    /// Every key and value in member `id`'s own applied state (a serializable read), with the
+    /// revision it was read at.
+    pub async fn local_kvs(&self, id: u64) -> Result<(i64, Vec<(String, String)>), String> {
+        let (key, range_end) = prefix_range(b"");
+        let request = RangeRequest { key, range_end, serializable: true, ..Default::default() };
+        let client = &self.member(id).status_client;
+        let r = client.range(request).await.map_err(|e| format!("member {id}: {e}"))?;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let revision = r.header.map_or(0, |h| h.revision);
+        Ok((revision, r.kvs.iter().map(|kv| (text(&kv.key), text(&kv.value))).collect()))
+    }
+
+    /// Cuts the links between `member` and each of `peers`, in both directions and at both
+    /// ends: each drops the other's raft messages until [`Cluster::heal_all`]. The members must
+    /// run with `--fault-injection`.
+    pub async fn partition(&self, member: u64, peers: &[u64]) {
+        self.block(member, peers).await;
+        for peer in peers {
+            self.block(*peer, &[member]).await;
+        }
+    }
+
+    /// Cuts `member` off from every other member (see [`Cluster::partition`]).
+    pub async fn isolate(&self, member: u64) {
+        let others: Vec<u64> = self.ids().into_iter().filter(|id| *id != member).collect();
+        self.partition(member, &others).await;
+    }
+
+    /// Unblocks every link on every live member.
+    pub async fn heal_all(&self) {
+        for id in self.live_ids() {
+            let state = self.faults_of(id).await.heal(HealRequest {}).await;
+            let state = state.unwrap_or_else(|e| panic!("Faults.Heal on member {id} failed: {e}"));
+            assert!(state.into_inner().blocked.is_empty(), "member {id} should block no peer once healed");
+        }
+    }
+
+    /// Member `id` drops raft messages to and from `peers`.
+    async fn block(&self, id: u64, peers: &[u64]) {
+        let request = PartitionRequest { peers: peers.to_vec() };
+        let state = self.faults_of(id).await.partition(request).await.unwrap_or_else(|e| {
+            panic!("Faults.Partition({peers:?}) on member {id} failed (started with --fault-injection?): {e}")
+        });
+        let blocked = state.into_inner().blocked;
+        assert!(
+            peers.iter().all(|p| blocked.contains(p)),
+            "member {id} should block {peers:?}, blocks {blocked:?}"
+        );
+    }
+
+    /// A client of the `Faults` service on member `id`'s peer port.
+    pub async fn faults_of(&self, id: u64) -> FaultsClient<Channel> {
+        let addr = format!("http://{}", self.member(id).peer_addr);
+        FaultsClient::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach member {id}'s peer port: {e}"))
+    }
+
+    /// Member `id`'s metrics (OpenMetrics text from its HTTP port).
+    pub async fn metrics_of(&self, id: u64) -> Result<String, String> {
+        let answer = http_get(&self.member(id).http_addr, "/metrics").await?;
+        match answer.status {
+            200 => Ok(answer.body),
+            status => Err(format!("member {id}'s /metrics answered {status}: {}", answer.body)),
+        }
     }
 
     /// The last `n` lines of member `id`'s log.
@@ -316,4 +407,46 @@ impl Drop for Cluster {
             eprintln!("---- kept the cluster's data dirs and logs in {}", self.dir.path().display());
         }
     }
+}
+
+/// An HTTP answer: status code, headers (lower-cased names), body.
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path` over HTTP/1.1 with `Connection: close`: a plain client of a few lines, so the
+/// test depends on no HTTP library. The server sends a Content-Length body, never chunks.
+pub async fn http_get(addr: &str, path: &str) -> Result<HttpAnswer, String> {
+    let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8(raw).map_err(|e| format!("not UTF-8: {e}"))?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no header end in {text:?}"))?;
+    let mut lines = head.lines();
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(HttpAnswer { status, headers, body: body.to_string() })
+}
+
+/// The value of the sample `series` (name and labels exactly as printed) in metrics text.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split(' ').next()?.parse().ok())
 }

@@ -1,7 +1,8 @@
 //! Latch's integration tests (DESIGN.md §7, layer 2): real `latch server` processes on
 //! 127.0.0.1, each test with its own cluster, ports and temp data dirs, driven through the Rust
 //! client and the `latch` command line. Members are killed with SIGKILL and restarted on the same
-//! data dir; every wait is a bounded poll for a named condition ([`harness::eventually`]).
+//! data dir, and partitioned from each other through the test-only fault injector of the peer
+//! transport (`--fault-injection`); every wait is a bounded poll for a named condition ([`harness::eventually`]).
 //!
 //! A failing test prints the tail of each member's log and keeps its temp dir. `RUST_LOG` is
 //! passed on to the servers (e.g. `RUST_LOG=debug cargo test --test it`).
@@ -13,4 +14,5 @@ mod faults;
 mod harness;
 mod limits;
 mod observability;
+mod partitions;
 mod replication;

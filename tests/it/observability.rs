@@ -1,11 +1,9 @@
 //! What monitoring sees of a member (DESIGN.md §5, HTTP port): `/metrics` in Prometheus text,
-//! `/health` and `/ready` over HTTP, and the standard gRPC health and reflection services on
-//! the client port.
+//! `/health` and `/ready` over HTTP, the standard gRPC health and reflection services on
+//! the client port, and logs as JSON lines (`--log-format json`).
 
 use latch_proto::v1::kv_client::KvClient;
 use latch_proto::v1::PutRequest;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -14,49 +12,7 @@ use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 
-use crate::harness::{eventually, Cluster, STARTUP};
-
-/// An HTTP answer: status code, headers (lower-cased names), body.
-struct HttpAnswer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl HttpAnswer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-    }
-}
-
-/// `GET path` over HTTP/1.1 with `Connection: close`: a plain client of a few lines, so the
-/// test depends on no HTTP library. The server sends a Content-Length body, never chunks.
-async fn http_get(addr: &str, path: &str) -> Result<HttpAnswer, String> {
-    let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.map_err(|e| format!("read: {e}"))?;
-    let text = String::from_utf8(raw).map_err(|e| format!("not UTF-8: {e}"))?;
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no header end in {text:?}"))?;
-    let mut lines = head.lines();
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Ok(HttpAnswer { status, headers, body: body.to_string() })
-}
-
-/// The value of the sample `series` (name and labels exactly as printed) in metrics text.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split(' ').next()?.parse().ok())
-}
+use crate::harness::{eventually, http_get, sample, Cluster, STARTUP};
 
 #[tokio::test]
 async fn metrics_show_commit_durations_the_term_and_grpc_calls_by_method_and_code() {
@@ -203,5 +159,26 @@ async fn grpc_health_answers_serving_and_reflection_lists_the_public_services() 
     assert!(
         matches!(answer, Some(MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()),
         "reflection should return the file that defines latch.v1.KV; got {answer:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_member_started_with_log_format_json_writes_one_json_object_per_line() {
+    let c = Cluster::start(1, &["--log-format", "json"]).await;
+    c.leader().await;
+    let log = std::fs::read_to_string(&c.member(1).log).unwrap();
+    // The harness's own lines in the log file start with "====".
+    let lines: Vec<&str> = log.lines().filter(|l| !l.starts_with("====")).collect();
+    assert!(!lines.is_empty(), "a starting member logs at info; its log is empty");
+    for line in &lines {
+        let event: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("every log line should be a JSON object ({e}); got: {line}"));
+        assert!(event["level"].is_string(), "a log line should have a level: {line}");
+        assert!(event["message"].is_string(), "a log line should have a message: {line}");
+    }
+    assert!(
+        lines.iter().any(|l| l.contains(r#""message":"member started""#) && l.contains(r#""level":"INFO""#)),
+        "the member's start should be logged at INFO; lines:\n{}",
+        lines.join("\n")
     );
 }
