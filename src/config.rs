@@ -327,11 +327,13 @@ impl Config {
                 ),
             });
         }
-        if peer_limits.max_uncommitted_bytes < 2 * limits.max_request_bytes as u64 {
+        let uncommitted_min = (2 * limits.max_request_bytes as u64).max(crate::core::MAX_MESSAGE_BYTES);
+        if peer_limits.max_uncommitted_bytes < uncommitted_min {
             return Err(ConfigError::Invalid {
                 flag: "max-uncommitted-bytes",
                 problem: format!(
-                    "{} is below twice --max-request-bytes ({}): the leader could not take one request",
+                    "{} is below {uncommitted_min}: at least twice --max-request-bytes ({}) and at \
+                     least 1 MiB (one raft append message)",
                     peer_limits.max_uncommitted_bytes, limits.max_request_bytes
                 ),
             });
@@ -473,5 +475,28 @@ mod tests {
         std::fs::write(&path, "dev = true\nhttp-addr = \"127.0.0.1:9000\"\n").expect("write config");
         let c = Config::from_args(ServerArgs { config: Some(path), ..Default::default() }).expect("valid");
         assert_eq!(c.http_addr, "127.0.0.1:9000");
+    }
+
+    #[test]
+    fn bounds_that_could_not_hold_one_request_are_refused_naming_the_flag() {
+        let cases: [(ServerArgs, &str); 3] = [
+            (
+                ServerArgs { max_peer_message_bytes: Some(1000), ..Default::default() },
+                "--max-peer-message-bytes",
+            ),
+            (
+                ServerArgs { max_uncommitted_bytes: Some(1000), ..Default::default() },
+                "--max-uncommitted-bytes",
+            ),
+            (ServerArgs { max_pending_bytes: Some(1000), ..Default::default() }, "--max-pending-bytes"),
+        ];
+        for (flags, flag) in cases {
+            let e = Config::from_args(ServerArgs { dev: true, ..flags }).expect_err(flag);
+            assert!(e.to_string().starts_with(flag), "the error should name {flag}: {e}");
+        }
+        let ok =
+            Config::from_args(ServerArgs { dev: true, ..Default::default() }).expect("the defaults hold");
+        assert_eq!(ok.limits.max_response_bytes, 4 * 1024 * 1024);
+        assert_eq!(ok.peer_limits, PeerLimits::default());
     }
 }

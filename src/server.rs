@@ -25,7 +25,7 @@ use crate::metrics::{GrpcMetricsLayer, Metrics};
 use crate::node::inbox::FileInbox;
 use crate::node::{Budgets, Node};
 use crate::storage::{self, StorageError};
-use crate::transport::{member_status, Faults, FaultsService, PeerSenders, PeerService};
+use crate::transport::{self, member_status, Faults, FaultsService, Links, PeerSenders, PeerService};
 
 /// The public services on the client port, as the gRPC health service names them.
 const SERVICES: [&str; 2] =
@@ -144,16 +144,20 @@ pub async fn run(
     let rt = tokio::runtime::Handle::current();
     let peers = config.initial_cluster.clone();
     let id = config.id;
-    let peer_metrics = metrics.clone();
     let budgets = Budgets {
         max_pending_bytes: config.limits.max_pending_bytes,
         max_peer_queue_bytes: config.peer_limits.max_peer_queue_bytes,
     };
-    // Stays empty unless --fault-injection serves the Faults service that fills it.
-    let faults = Faults::default();
-    let sender_faults = faults.clone();
+    let shared = transport::Shared {
+        metrics: metrics.clone(),
+        // Stays empty unless --fault-injection serves the Faults service that fills it.
+        faults: Faults::default(),
+        links: Arc::new(Links::new(peers.iter().map(|p| p.id).filter(|p| *p != id))),
+    };
+    let faults = shared.faults.clone();
+    let senders = shared.clone();
     let node = Node::start(core, cluster_id, config.tick_interval, budgets, metrics.clone(), move |handle| {
-        Box::new(PeerSenders::start(&rt, id, &peers, handle, peer_metrics, sender_faults))
+        Box::new(PeerSenders::start(&rt, id, &peers, handle, senders))
     })
     .map_err(ServerError::Thread)?;
 
@@ -203,8 +207,7 @@ pub async fn run(
             client_addr,
             peer_addr,
             config.peer_limits.max_peer_message_bytes,
-            metrics.clone(),
-            faults,
+            shared,
         ))
         .add_optional_service(fault_injection)
         .serve_with_incoming_shutdown(incoming(listeners.peer)?, stopped(stop_rx.clone()));

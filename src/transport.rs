@@ -4,7 +4,8 @@
 //! messages the driver hands it, in order. Messages are raft-rs protobuf bytes, cut into
 //! chunks of at most [`CHUNK`] bytes. A peer that cannot be reached is reported `Unreachable`
 //! and its queued messages are dropped: raft retransmits what matters. Whether a peer is
-//! reachable is logged when it changes.
+//! reachable ([`Links`]: lost when a call to it fails, back when a message from it arrives) is
+//! logged when it changes.
 //!
 //! Snapshots go over a call of their own: the raft message first (its `data` names the
 //! sender's prepared snapshot), then the snapshot stream itself, read from the sender's redb
@@ -28,8 +29,9 @@
 
 pub mod faults;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,8 +105,8 @@ async fn receive(
     cluster_id: u64,
     max_message: usize,
     stream: &mut Streaming<PeerFrame>,
-    metrics: &PeerMetrics,
-    faults: &Faults,
+    node: &NodeHandle,
+    shared: &Shared,
     mut deliver: impl FnMut(Message, usize) -> Result<(), Status>,
     one: bool,
 ) -> Result<(), Status> {
@@ -119,13 +121,14 @@ async fn receive(
             )));
         }
         buf.extend_from_slice(&frame.chunk);
-        if frame.last && faults.blocks(frame.from) {
+        if frame.last && shared.faults.blocks(frame.from) {
             buf.clear();
         } else if frame.last {
             let msg = Message::parse_from_bytes(&buf).map_err(|e| {
                 Status::invalid_argument(format!("undecodable raft message from peer {}: {e}", frame.from))
             })?;
-            metrics.received(frame.from, message_type_name(msg.get_msg_type()), buf.len());
+            shared.metrics.peer.received(frame.from, message_type_name(msg.get_msg_type()), buf.len());
+            shared.links.heard(frame.from, node);
             deliver(msg, buf.len())?;
             buf.clear();
             if one {
@@ -155,8 +158,7 @@ pub struct PeerService {
     client_addr: String,
     peer_addr: String,
     max_message: usize,
-    metrics: Arc<Metrics>,
-    faults: Faults,
+    shared: Shared,
 }
 
 impl PeerService {
@@ -165,10 +167,9 @@ impl PeerService {
         client_addr: String,
         peer_addr: String,
         max_message: usize,
-        metrics: Arc<Metrics>,
-        faults: Faults,
+        shared: Shared,
     ) -> PeerServer<PeerService> {
-        PeerServer::new(PeerService { node, client_addr, peer_addr, max_message, metrics, faults })
+        PeerServer::new(PeerService { node, client_addr, peer_addr, max_message, shared })
             .max_decoding_message_size(MAX_FRAME)
             .max_encoding_message_size(MAX_FRAME)
     }
@@ -179,21 +180,21 @@ impl PeerRpc for PeerService {
     async fn stream(&self, req: Request<Streaming<PeerFrame>>) -> Result<Response<PeerAck>, Status> {
         let node = self.node.clone();
         let mut stream = req.into_inner();
+        let metrics = &self.shared.metrics.peer;
         let deliver = |m: Message, bytes: usize| {
             let (from, t) = (m.from, m.get_msg_type());
             if !node.deliver(m, bytes) {
                 if !node.is_running() {
                     return Err(Status::unavailable("member is shutting down"));
                 }
+                metrics.dropped(from);
                 let why =
                     format!("a {} from peer {from} dropped: the peer queue is full", message_type_name(t));
                 DROPPED.note(node.member_id, &format!("{why} (--max-peer-queue-bytes)"));
             }
             Ok(())
         };
-        let faults = &self.faults;
-        receive(node.cluster_id, self.max_message, &mut stream, &self.metrics.peer, faults, deliver, false)
-            .await?;
+        receive(node.cluster_id, self.max_message, &mut stream, &node, &self.shared, deliver, false).await?;
         Ok(Response::new(PeerAck {}))
     }
 
@@ -206,8 +207,8 @@ impl PeerRpc for PeerService {
             node.cluster_id,
             self.max_message,
             &mut stream,
-            &self.metrics.peer,
-            &self.faults,
+            &node,
+            &self.shared,
             |m, _| {
                 first = Some(m);
                 Ok(())
@@ -297,14 +298,13 @@ impl PeerSenders {
         me: u64,
         peers: &[Peer],
         node: NodeHandle,
-        metrics: Arc<Metrics>,
-        faults: Faults,
+        shared: Shared,
     ) -> PeerSenders {
         let mut queues = HashMap::new();
         for p in peers.iter().filter(|p| p.id != me) {
             let (tx, rx) = mpsc::unbounded_channel();
             queues.insert(p.id, tx);
-            rt.spawn(send_loop(me, p.clone(), node.clone(), metrics.clone(), faults.clone(), rx));
+            rt.spawn(send_loop(me, p.clone(), node.clone(), shared.clone(), rx));
         }
         PeerSenders { queues }
     }
@@ -339,10 +339,10 @@ async fn send_loop(
     me: u64,
     peer: Peer,
     node: NodeHandle,
-    metrics: Arc<Metrics>,
-    faults: Faults,
+    shared: Shared,
     mut queue: mpsc::UnboundedReceiver<Message>,
 ) {
+    let metrics = &shared.metrics;
     let cluster_id = node.cluster_id;
     let client = match dial(&peer.peer_addr) {
         Ok(c) => c,
@@ -352,9 +352,8 @@ async fn send_loop(
         }
     };
     let mut stream: Option<FrameSink> = None;
-    let mut reachable = true;
     while let Some(msg) = queue.recv().await {
-        if faults.blocks(peer.id) {
+        if shared.faults.blocks(peer.id) {
             // Dropped without a word, as by a partition; a snapshot's call would fail.
             if crate::core::is_snapshot(&msg) {
                 node.snapshots().finish(&msg.get_snapshot().data);
@@ -382,23 +381,14 @@ async fn send_loop(
             }
         };
         metrics.peer.sent(peer.id, message_type_name(msg.get_msg_type()), bytes.len());
-        let open = || open_stream(&client, peer.id, node.clone(), metrics.clone());
+        let open = || open_stream(&client, peer.id, node.clone(), shared.clone());
         let sink = match stream.take() {
             Some(s) if !s.is_closed() => s,
             _ => open(),
         };
         stream = Some(sink.clone());
-        if send_frames(&sink, frames(me, cluster_id, bytes)) {
-            if !reachable {
-                reachable = true;
-                tracing::info!(member = me, peer = peer.id, term = msg.term, "peer reachable again");
-            }
-        } else {
+        if !send_frames(&sink, frames(me, cluster_id, bytes)) {
             // The call ended: drop what is queued; raft will retransmit.
-            if reachable {
-                reachable = false;
-                tracing::info!(member = me, peer = peer.id, term = msg.term, "peer unreachable");
-            }
             stream = None;
             while queue.try_recv().is_ok() {}
             node.send(Event::Unreachable(peer.id));
@@ -422,18 +412,62 @@ fn open_stream(
     client: &PeerClient<tonic::transport::Channel>,
     peer: u64,
     node: NodeHandle,
-    metrics: Arc<Metrics>,
+    shared: Shared,
 ) -> FrameSink {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut c = client.clone();
     tokio::spawn(async move {
         if let Err(e) = c.stream(UnboundedReceiverStream::new(rx)).await {
             tracing::debug!(peer, error = %e, "peer stream ended");
-            metrics.peer.unreachable(peer);
+            shared.links.lost(peer, &node);
+            shared.metrics.peer.unreachable(peer);
             node.send(Event::Unreachable(peer));
         }
     });
     tx
+}
+
+/// What the sending and receiving halves of the transport share.
+#[derive(Clone)]
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    /// The test-only fault injector (empty unless `--fault-injection` fills it).
+    pub faults: Faults,
+    pub links: Arc<Links>,
+}
+
+/// Whether each peer is reachable, as this member's transport last saw it: lost when a call to
+/// it fails, back when a message from it arrives. Each change is logged once, with the
+/// member's term and index.
+pub struct Links {
+    reachable: BTreeMap<u64, AtomicBool>,
+}
+
+impl Links {
+    /// Every peer starts out reachable.
+    pub fn new(peers: impl IntoIterator<Item = u64>) -> Links {
+        Links { reachable: peers.into_iter().map(|p| (p, AtomicBool::new(true))).collect() }
+    }
+
+    fn lost(&self, peer: u64, node: &NodeHandle) {
+        if self.reachable.get(&peer).is_some_and(|r| r.swap(false, Ordering::AcqRel)) {
+            let s = node.status();
+            tracing::info!(member = s.id, term = s.term, index = s.applied.index, peer, "peer unreachable");
+        }
+    }
+
+    fn heard(&self, peer: u64, node: &NodeHandle) {
+        if self.reachable.get(&peer).is_some_and(|r| !r.swap(true, Ordering::AcqRel)) {
+            let s = node.status();
+            tracing::info!(
+                member = s.id,
+                term = s.term,
+                index = s.applied.index,
+                peer,
+                "peer reachable again"
+            );
+        }
+    }
 }
 
 /// Frames of the snapshot stream in flight to the peer.

@@ -42,6 +42,9 @@ use crate::storage::{LogStore, StorageError};
 use latch_proto::internal::{command::Body, Command, Outcome};
 pub use snapshots::{Inbox, MemoryInbox, SnapshotError, Snapshots};
 
+/// Most bytes of entries raft puts in one append message (one entry may exceed it).
+pub const MAX_MESSAGE_BYTES: u64 = 1024 * 1024;
+
 /// Most raft log entries one Ready's transaction deletes when compacting.
 pub const COMPACTION_STEP: u64 = 1024;
 
@@ -83,7 +86,8 @@ pub struct Config {
     pub bounds: fsm::Bounds,
     /// Bytes of raft log entries kept in memory (the newest; older ones are read from disk).
     pub log_cache_bytes: usize,
-    /// Bytes of proposals the leader holds uncommitted before it refuses more.
+    /// Bytes of proposals the leader holds uncommitted before it refuses more; at least
+    /// [`MAX_MESSAGE_BYTES`] (raft-rs requires it).
     pub max_uncommitted_bytes: u64,
     /// Drawn at random by the caller for every start of the member (the simulator draws it
     /// from its seed): it makes read contexts and own request ids unique across lives.
@@ -179,6 +183,8 @@ pub struct Status {
     pub compacted_index: u64,
     /// Bytes of raft log entries held in memory.
     pub log_cached_bytes: u64,
+    /// Reads confirmed by the leader, waiting for this member to apply up to their index.
+    pub reads_awaiting_apply: u64,
     /// Proposals handed to this core and not yet answered (applied, failed or timed out).
     pub proposals_pending: u64,
 }
@@ -308,9 +314,9 @@ impl Core {
             election_tick: timing.election_tick,
             heartbeat_tick: timing.heartbeat_tick,
             applied: applied.index,
-            max_size_per_msg: 1024 * 1024,
+            max_size_per_msg: MAX_MESSAGE_BYTES,
             max_inflight_msgs: 256,
-            max_uncommitted_size: config.max_uncommitted_bytes.max(1024 * 1024),
+            max_uncommitted_size: config.max_uncommitted_bytes,
             check_quorum: true,
             pre_vote: true,
             read_only_option: raft::ReadOnlyOption::Safe,
@@ -400,6 +406,7 @@ impl Core {
             proposals_pending: self.proposals.len() as u64,
             compacted_index: self.raw.store().compacted().index,
             log_cached_bytes: self.raw.store().cached_bytes() as u64,
+            reads_awaiting_apply: self.confirmed_reads.values().map(|r| r.len() as u64).sum(),
         }
     }
 
@@ -789,10 +796,10 @@ impl Core {
                 tracing::info!(member, term, index, "elected leader")
             }
             Role::Follower if now.leader != before.leader || now.term != before.term => {
-                if now.leader == raft::INVALID_ID {
-                    tracing::info!(member, term, index, "no leader known");
-                } else {
+                if now.leader != raft::INVALID_ID {
                     tracing::info!(member, term, index, leader = now.leader, "following a new leader");
+                } else if before.leader != raft::INVALID_ID {
+                    tracing::info!(member, term, index, was = before.leader, "leader lost");
                 }
             }
             _ => {}

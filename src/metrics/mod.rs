@@ -52,6 +52,16 @@ pub struct RaftMetrics {
     pub ready_entries: Histogram,
     /// One observation per batch of committed entries applied to the state machine.
     pub apply_seconds: Histogram,
+    /// The last log index removed by compaction.
+    pub compacted_index: Gauge,
+    /// Bytes of raft log entries held in memory (`--log-cache-bytes`).
+    pub log_cached_bytes: Gauge,
+    /// Reads confirmed by the leader, waiting for this member to apply up to their index.
+    pub reads_awaiting_apply: Gauge,
+    /// Bytes of client requests this member holds (`--max-pending-bytes`).
+    pub pending_bytes: Gauge,
+    /// Bytes of peer messages queued for the raft thread (`--max-peer-queue-bytes`).
+    pub peer_queue_bytes: Gauge,
 }
 
 /// The labels of a peer message: which peer, which raft message type.
@@ -73,6 +83,7 @@ pub struct PeerMetrics {
     received_messages: Family<PeerMessageLabels, Counter>,
     received_bytes: Family<PeerMessageLabels, Counter>,
     unreachable: Family<PeerLabels, Counter>,
+    dropped: Family<PeerLabels, Counter>,
 }
 
 impl PeerMetrics {
@@ -93,6 +104,11 @@ impl PeerMetrics {
     /// The stream to `peer` ended: its queued messages were dropped and raft was told.
     pub fn unreachable(&self, peer: u64) {
         self.unreachable.get_or_create(&PeerLabels { peer }).inc();
+    }
+
+    /// A message from `peer` was dropped: the node's peer queue was full.
+    pub fn dropped(&self, peer: u64) {
+        self.dropped.get_or_create(&PeerLabels { peer }).inc();
     }
 }
 
@@ -145,6 +161,11 @@ impl Metrics {
             ready_commit_seconds: disk_buckets(),
             ready_entries: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             apply_seconds: disk_buckets(),
+            compacted_index: Gauge::default(),
+            log_cached_bytes: Gauge::default(),
+            reads_awaiting_apply: Gauge::default(),
+            pending_bytes: Gauge::default(),
+            peer_queue_bytes: Gauge::default(),
         };
         let r = &mut registry;
         r.register("raft_term", "The raft term this member is in", raft.term.clone());
@@ -209,13 +230,48 @@ impl Metrics {
             raft.apply_seconds.clone(),
         );
 
+        r.register(
+            "raft_compacted_index",
+            "The last log index removed by compaction",
+            raft.compacted_index.clone(),
+        );
+        r.register_with_unit(
+            "raft_log_cached",
+            "Raft log entries held in memory (bounded by --log-cache-bytes; older ones are read from disk)",
+            Unit::Bytes,
+            raft.log_cached_bytes.clone(),
+        );
+        r.register(
+            "reads_awaiting_apply",
+            "Linearizable reads confirmed by the leader, waiting for this member to apply up to their index",
+            raft.reads_awaiting_apply.clone(),
+        );
+        r.register_with_unit(
+            "pending_requests",
+            "Client requests this member holds: queued, proposed or waiting to read (bounded by --max-pending-bytes)",
+            Unit::Bytes,
+            raft.pending_bytes.clone(),
+        );
+        r.register_with_unit(
+            "peer_queue",
+            "Raft messages from peers queued for the raft thread (bounded by --max-peer-queue-bytes)",
+            Unit::Bytes,
+            raft.peer_queue_bytes.clone(),
+        );
+
         let peer = PeerMetrics {
             sent_messages: Family::default(),
             sent_bytes: Family::default(),
             received_messages: Family::default(),
             received_bytes: Family::default(),
             unreachable: Family::default(),
+            dropped: Family::default(),
         };
+        r.register(
+            "peer_dropped_messages",
+            "Raft messages from a peer dropped because this member's peer queue was full (--max-peer-queue-bytes)",
+            peer.dropped.clone(),
+        );
         r.register(
             "peer_sent_messages",
             "Raft messages handed to the stream to a peer, by peer and message type",

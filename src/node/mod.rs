@@ -185,11 +185,12 @@ impl Node {
         };
         let outbox = make_outbox(handle.clone());
         let status = handle.status.clone();
+        let budgets = [handle.pending.clone(), handle.peer_queue.clone()];
         let running = RunningFlag(handle.running.clone());
         let thread =
             std::thread::Builder::new().name(format!("latch-node-{}", core.id())).spawn(move || {
                 let _running = running;
-                drive(core, rx, outbox, status, tick, &metrics)
+                drive(core, rx, outbox, status, tick, &metrics, budgets)
             })?;
         Ok(Node { handle, thread })
     }
@@ -255,6 +256,9 @@ impl ReadyObserver for ReadyTimer<'_> {
 
 /// Refreshes the gauges from this turn's status and counts what changed since the last one.
 fn record_status(m: &RaftMetrics, before: &Status, now: &Status) {
+    m.compacted_index.set(i64::try_from(now.compacted_index).unwrap_or(i64::MAX));
+    m.log_cached_bytes.set(i64::try_from(now.log_cached_bytes).unwrap_or(i64::MAX));
+    m.reads_awaiting_apply.set(i64::try_from(now.reads_awaiting_apply).unwrap_or(i64::MAX));
     let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     m.term.set(gauge(now.term));
     m.is_leader.set(i64::from(now.role == crate::core::Role::Leader));
@@ -335,6 +339,7 @@ fn drive(
     status: Arc<Mutex<Status>>,
     tick: Duration,
     metrics: &Metrics,
+    [pending, peer_queue]: [Arc<Budget>; 2],
 ) -> Result<(), CoreError> {
     let metrics = &metrics.raft;
     let mut waiters = Waiters::default();
@@ -373,6 +378,8 @@ fn drive(
         }
         let now = core.status();
         record_status(metrics, &last_status, &now);
+        metrics.pending_bytes.set(i64::try_from(pending.used()).unwrap_or(i64::MAX));
+        metrics.peer_queue_bytes.set(i64::try_from(peer_queue.used()).unwrap_or(i64::MAX));
         last_status = now;
         if let Ok(mut s) = status.lock() {
             *s = now;
@@ -383,4 +390,66 @@ fn drive(
     }
     waiters.carry_out(core.shut_down(), metrics);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::MemoryInbox;
+
+    /// A handle whose node never drains its queue: what it holds stays held.
+    fn stalled(pending: usize, peer_queue: usize) -> (NodeHandle, mpsc::Receiver<Event>) {
+        let db = Arc::new(
+            Database::builder()
+                .create_with_backend(redb::backends::InMemoryBackend::new())
+                .expect("an in-memory database opens"),
+        );
+        let (events, rx) = mpsc::channel();
+        let handle = NodeHandle {
+            events,
+            pending: Budget::new(pending),
+            peer_queue: Budget::new(peer_queue),
+            snapshots: Arc::new(Snapshots::new(db.clone(), Arc::new(MemoryInbox::default()))),
+            status: Arc::new(Mutex::new(Status::default())),
+            running: Arc::new(AtomicBool::new(true)),
+            db,
+            member_id: 7,
+            cluster_id: 1,
+        };
+        (handle, rx)
+    }
+
+    #[test]
+    fn peer_messages_past_the_peer_queue_bound_are_dropped_until_the_queue_drains() {
+        let (node, rx) = stalled(1 << 20, 1000);
+        assert!(node.deliver(Message::default(), 400), "400 of 1000 bytes fit");
+        assert!(node.deliver(Message::default(), 400), "800 of 1000 bytes fit");
+        assert!(!node.deliver(Message::default(), 400), "1200 bytes would not: the message is dropped");
+        drop(rx.try_recv().expect("a queued message"));
+        assert!(node.deliver(Message::default(), 400), "a message stepped gives its bytes back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn client_requests_past_the_pending_bound_are_refused_as_overloaded_naming_the_flag() {
+        let (node, _rx) = stalled(READ_BYTES + PROPOSAL_OVERHEAD_BYTES, 1 << 20);
+        let waiting = node.clone();
+        let read = tokio::spawn(async move { waiting.read_index().await });
+        tokio::task::yield_now().await;
+        assert_eq!(node.pending_bytes(), READ_BYTES, "the waiting read holds its bytes");
+        let cmd = Command { version: 2, request_id: "x".repeat(64), body: None };
+        let refused = tokio::time::timeout(Duration::from_secs(1), node.propose(cmd)).await;
+        let err = refused
+            .expect("a request past the bound is refused at once, not queued")
+            .expect_err("the read holds the bytes this proposal needs");
+        match err {
+            RequestError::Overloaded { member: 7, flag: "--max-pending-bytes", .. } => {}
+            other => panic!("expected Overloaded naming --max-pending-bytes, got {other:?}"),
+        }
+        assert!(err_names(&node).contains("--max-pending-bytes"));
+        read.abort();
+    }
+
+    fn err_names(node: &NodeHandle) -> String {
+        node.take_pending(usize::MAX).err().map(|e| e.to_string()).unwrap_or_default()
+    }
 }

@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod bench;
+mod bounds;
 mod cli;
 mod faults;
 mod harness;

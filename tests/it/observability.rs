@@ -182,3 +182,57 @@ async fn a_member_started_with_log_format_json_writes_one_json_object_per_line()
         lines.join("\n")
     );
 }
+
+/// The JSON log lines of member `id` whose message is `message`.
+fn log_events(c: &Cluster, id: u64, message: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(&c.member(id).log).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == message)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_members_log_says_which_elections_it_saw_and_which_peers_it_lost() {
+    let mut c = Cluster::start(3, &["--log-format", "json"]).await;
+    let old = c.leader().await;
+    let won = log_events(&c, old, "elected leader");
+    assert_eq!(won.len(), 1, "the first leader logs its election once: {won:?}");
+    for field in ["member", "term", "index"] {
+        assert!(
+            won[0].get(field).is_some_and(|v| v.is_u64()),
+            "an election line names its {field}: {}",
+            won[0]
+        );
+    }
+    c.kill(old);
+    let new = c.leader().await;
+    let survivor = c.ids().into_iter().find(|id| *id != old && *id != new).unwrap();
+    let check = |c: &Cluster| -> Result<(), String> {
+        let won = log_events(c, new, "elected leader");
+        let term = won.last().and_then(|v| v["term"].as_u64()).ok_or("the new leader logged no election")?;
+        if !log_events(c, new, "election started").iter().any(|v| v["term"].as_u64() == Some(term)) {
+            return Err(format!("member {new} did not log starting the election of term {term}"));
+        }
+        let follows = log_events(c, survivor, "following a new leader");
+        if !follows.iter().any(|v| v["leader"].as_u64() == Some(new) && v["term"].as_u64() == Some(term)) {
+            return Err(format!("member {survivor} did not log following {new} in term {term}: {follows:?}"));
+        }
+        // The new leader sends to every member, so it is the one to find the old one gone.
+        if !log_events(c, new, "peer unreachable").iter().any(|v| v["peer"].as_u64() == Some(old)) {
+            return Err(format!("member {new} did not log losing member {old}"));
+        }
+        Ok(())
+    };
+    eventually("the survivors' logs to tell the failover", STARTUP, || async { check(&c) }).await;
+    c.restart(old).await;
+    eventually("the leader to log member {old} back", STARTUP, || async {
+        let back = log_events(&c, new, "peer reachable again");
+        if back.iter().any(|v| v["peer"].as_u64() == Some(old)) {
+            Ok(())
+        } else {
+            Err(format!("{back:?}"))
+        }
+    })
+    .await;
+}

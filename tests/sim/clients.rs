@@ -1,23 +1,34 @@
 //! Simulated clients and their history.
 //!
-//! What it models: each client runs one operation at a time. A put writes a key no one else
-//! writes (`k/{client}/{n}`) with a random value and a request id drawn from the seed (uuid
-//! shaped); it is sent to a random member that is up and, if no answer comes within the
-//! client's timeout, or the answer is an error, or the member crashes, sent again *with the same
-//! request id* to another member. Now and then a put is sent to two members at once (a hedged
-//! request). A read asks one key linearizably (ReadIndex, then the local state of the member
-//! that granted it) and is retried the same way.
+//! What it models: each client runs one operation at a time, of three families:
+//! - Write-once keys, for durability: a put writes a key no one else writes (`k/{client}/{n}`)
+//!   with a random value; a read asks one such key linearizably. Every acknowledged put must be
+//!   on every member at the end.
+//! - Shared keys (`s/0` … `s/{n}`), for linearizability: every client puts (overwriting),
+//!   gets, deletes and compare-and-swaps (a txn: if the value is X, put Y) the same few keys.
+//!   Each operation is recorded with its invocation and completion time for the
+//!   Wing–Gong–Lowe checker (`latch-check`), which judges the whole history at the end.
+//! - Serializable gets of a shared key, answered from one member's own state at once: checked
+//!   for never going backwards on that member.
 //!
-//! Invariants: the history records, for each key, the one value ever written to it, for each
-//! acknowledged put its revision, and what completed reads saw; every operation records what had
-//! completed before it was issued ([`Before`]), which is what [`crate::invariants::check_read`]
-//! and [`crate::invariants::check_put_reply`] hold its answer to. All choices come from the
-//! simulator's seeded rng.
+//! A write carries a request id drawn from the seed (uuid shaped); it is sent to a random member
+//! and, if no answer comes within the client's timeout, or the answer is an error, or the
+//! member crashes, sent again *with the same request id* to another member, until it is
+//! answered: an operation's interval spans from its first send to the answer that completes it.
+//! Now and then a write-once put is sent to two members at once (a hedged request).
+//!
+//! Invariants: the history records, for each write-once key, the one value ever written to it,
+//! for each acknowledged put its revision, and what completed reads saw; every operation
+//! records what had completed before it was issued ([`Before`]), which is what
+//! [`crate::invariants::check_read`] and [`crate::invariants::check_put_reply`] hold its answer
+//! to. All choices come from the simulator's seeded rng.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use rand::rngs::SmallRng;
 use rand::Rng;
+
+use latch_check::linearizability::{Call, Operation};
 
 use crate::invariants::{Ack, Before};
 
@@ -30,8 +41,25 @@ pub fn request_id(rng: &mut SmallRng) -> String {
 
 #[derive(Debug, Clone)]
 pub enum OpKind {
-    Put { key: String, value: Vec<u8>, request_id: String, before: Before },
-    Read { key: String, before: Before },
+    Put {
+        key: String,
+        value: Vec<u8>,
+        request_id: String,
+        before: Before,
+    },
+    Read {
+        key: String,
+        before: Before,
+    },
+    /// An operation on a shared key: `history.shared[index]` records it.
+    Shared {
+        index: usize,
+        call: Call,
+        request_id: String,
+    },
+    SerialRead {
+        key: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -66,7 +94,15 @@ pub struct History {
     pub puts_issued: u64,
     pub reads_done: u64,
     pub retries: u64,
+    /// Every operation on a shared key, for the linearizability checker.
+    pub shared: Vec<Operation>,
+    /// Every value ever written to a shared key, so a CAS can expect a plausible one.
+    pub shared_values: Vec<Vec<u8>>,
+    pub serial_reads: u64,
 }
+
+/// How many shared keys a run uses.
+pub const SHARED_KEYS: u64 = 3;
 
 impl History {
     /// What had completed by now, as it concerns `key`.
@@ -84,11 +120,14 @@ impl Client {
         Client { id, ..Default::default() }
     }
 
-    /// Starts a new op: mostly puts of fresh keys, sometimes a read of a key written (or being
-    /// written) by anyone, or of a key no one writes.
-    pub fn start(&mut self, rng: &mut SmallRng, history: &mut History) -> &Op {
+    /// Starts a new op at `now`: half the time one on a shared key; otherwise mostly puts of
+    /// fresh keys, sometimes a read of a key written (or being written) by anyone, or of a key no
+    /// one writes.
+    pub fn start(&mut self, rng: &mut SmallRng, history: &mut History, now: u64) -> &Op {
         self.next_seq += 1;
-        let kind = if rng.gen_bool(0.75) || history.written.is_empty() {
+        let kind = if rng.gen_bool(0.5) {
+            self.shared_op(rng, history, now)
+        } else if rng.gen_bool(0.75) || history.written.is_empty() {
             self.next_key += 1;
             let key = format!("k/{}/{}", self.id, self.next_key);
             let value = format!("v{:08x}", rng.gen::<u32>()).into_bytes();
@@ -108,5 +147,38 @@ impl Client {
         };
         self.op = Some(Op { seq: self.next_seq, kind, attempt: 0, node: 0 });
         self.op.as_ref().expect("just set")
+    }
+
+    fn shared_op(&mut self, rng: &mut SmallRng, history: &mut History, now: u64) -> OpKind {
+        let key = format!("s/{}", rng.gen_range(0..SHARED_KEYS));
+        if rng.gen_bool(0.1) {
+            return OpKind::SerialRead { key };
+        }
+        let fresh = |rng: &mut SmallRng| format!("c{}-{:08x}", self.id, rng.gen::<u32>()).into_bytes();
+        let call = match rng.gen_range(0..10) {
+            0..=2 => Call::Put { value: fresh(rng) },
+            3..=5 => Call::Get,
+            6 => Call::Delete,
+            _ => {
+                let expected = match history.shared_values.len() {
+                    0 => fresh(rng),
+                    n => history.shared_values[rng.gen_range(n.saturating_sub(4)..n)].clone(),
+                };
+                Call::Cas { expected, new: fresh(rng) }
+            }
+        };
+        match &call {
+            Call::Put { value } | Call::Cas { new: value, .. } => history.shared_values.push(value.clone()),
+            Call::Get | Call::Delete => {}
+        }
+        let index = history.shared.len();
+        history.shared.push(Operation {
+            client: self.id as u64,
+            key: key.into_bytes(),
+            call: call.clone(),
+            invoked: now,
+            completed: None,
+        });
+        OpKind::Shared { index, call, request_id: request_id(rng) }
     }
 }

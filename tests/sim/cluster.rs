@@ -35,6 +35,9 @@ use raft::eraftpb::Message;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use latch_check::linearizability::{Call, Return};
+use latch_proto::internal::{compare, op, op_result, Compare, DeleteRange, Op as TxnOp, Outcome, Txn};
+
 use crate::clients::{Client, History, Op, OpKind};
 use crate::disk::SimDisk;
 use crate::invariants::{self, Ack, Before, Checker, Ctx, Fnv};
@@ -77,8 +80,8 @@ impl Params {
             nodes: if seed % 2 == 0 { 3 } else { 5 },
             snapshot_entries: if rng.gen_bool(0.6) { rng.gen_range(10..=40) } else { 10_000 },
             net: NetConfig::draw(rng),
-            clients: rng.gen_range(2..=3),
-            think_us: (5_000, rng.gen_range(20_000..80_000)),
+            clients: rng.gen_range(3..=5),
+            think_us: (1_000, rng.gen_range(10_000..40_000)),
             client_timeout_us: rng.gen_range(300_000..800_000),
             chaos_us,
             chaos_every_us: rng.gen_range(150_000..400_000),
@@ -108,6 +111,9 @@ pub struct Report {
     pub max_term: u64,
     pub final_revision: i64,
     pub hash_checks: u64,
+    /// Operations on shared keys judged by the linearizability checker.
+    pub shared_ops: u64,
+    pub serial_reads: u64,
 }
 
 impl std::fmt::Display for Report {
@@ -115,8 +121,8 @@ impl std::fmt::Display for Report {
         write!(
             f,
             "seed {} ({} nodes, snapshot every {}): {} steps, {:.1}s virtual, {} msgs; puts {} acked {} reads {} \
-             retries {}; crashes {} (fsync deaths {}), partitions {}, pauses {}, snapshots {}; max term {}, \
-             revision {}, {} hash checks; trace {:016x}",
+             retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}), \
+             partitions {}, pauses {}, snapshots {}; max term {}, revision {}, {} hash checks; trace {:016x}",
             self.seed,
             self.nodes,
             self.snapshot_entries,
@@ -127,6 +133,8 @@ impl std::fmt::Display for Report {
             self.acked,
             self.reads,
             self.retries,
+            self.shared_ops,
+            self.serial_reads,
             self.crashes,
             self.io_deaths,
             self.partitions,
@@ -144,12 +152,22 @@ impl std::fmt::Display for Report {
 enum Payload {
     Put { key: String, value: Vec<u8>, request_id: String, before: Before },
     Read { key: String, before: Before },
+    Shared { index: usize, call: Call, request_id: String },
+    SerialRead { key: String },
 }
 
+/// What a member answered a client, or why the attempt failed.
+type ClientResult = Result<Answer, String>;
+
 #[derive(Debug)]
-enum ClientResult {
-    Put(Result<i64, String>),
-    Read(Result<(i64, Option<KeyValue>), String>),
+enum Answer {
+    /// A write-once put's revision.
+    Put(i64),
+    /// A linearizable read (write-once keys) or a serializable one (shared keys): the revision
+    /// it was served at and what it found.
+    Read(i64, Option<KeyValue>),
+    /// An operation on a shared key, as the linearizability checker models it.
+    Shared(Return),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -372,10 +390,7 @@ impl Sim {
         for waiter in lost {
             if let Some(w) = self.waiters.remove(&waiter) {
                 let d = self.rng.gen_range(1_000..20_000);
-                let result = match w.payload {
-                    Payload::Put { .. } => ClientResult::Put(Err("connection lost".into())),
-                    Payload::Read { .. } => ClientResult::Read(Err("connection lost".into())),
-                };
+                let result = Err("connection lost".into());
                 let ev = Ev::ClientReply {
                     client: w.client,
                     seq: w.seq,
@@ -626,28 +641,35 @@ impl Sim {
         for a in actions {
             let (waiter, result) = match a {
                 Action::Reply { waiter, result } => {
+                    let Some(w) = self.waiters.get(&waiter) else { continue };
                     let r = match result {
-                        Ok(o) => match o.result {
-                            Some(outcome::Result::Put(_)) => Ok(o.revision),
-                            other => self.ctx().fail(
-                                Some(id),
-                                "put outcome",
-                                format!("a valid put was answered with {other:?}"),
-                            ),
-                        },
+                        Ok(o) => Ok(self.answer_of(id, &w.payload, o)),
                         Err(e) => Err(e.to_string()),
                     };
-                    (waiter, ClientResult::Put(r))
+                    (waiter, r)
                 }
                 Action::ReadReady { waiter } => {
                     let Some(w) = self.waiters.get(&waiter) else { continue };
-                    let Payload::Read { key, .. } = &w.payload else {
-                        self.ctx().fail(Some(id), "read grant", format!("waiter {waiter} is not a read"))
+                    let answer = match &w.payload {
+                        Payload::Read { key, .. } => {
+                            let key = key.clone();
+                            let (revision, kv) = self.serve_read(id, &key);
+                            Answer::Read(revision, kv)
+                        }
+                        Payload::Shared { call: Call::Get, index, .. } => {
+                            let key = String::from_utf8_lossy(&self.history.shared[*index].key).into_owned();
+                            let (_, kv) = self.serve_read(id, &key);
+                            Answer::Shared(Return::Get(kv.map(|kv| kv.value)))
+                        }
+                        other => self.ctx().fail(
+                            Some(id),
+                            "read grant",
+                            format!("waiter {waiter} is not a read: {other:?}"),
+                        ),
                     };
-                    let key = key.clone();
-                    (waiter, ClientResult::Read(Ok(self.serve_read(id, &key))))
+                    (waiter, Ok(answer))
                 }
-                Action::ReadFailed { waiter, error } => (waiter, ClientResult::Read(Err(error.to_string()))),
+                Action::ReadFailed { waiter, error } => (waiter, Err(error.to_string())),
                 Action::Applied { revision, events } => {
                     self.checker.applied_events(self.ctx(), id, revision, &events);
                     continue;
@@ -674,6 +696,33 @@ impl Sim {
         }
     }
 
+    /// What an applied write's outcome tells its client; an outcome that does not fit the
+    /// request fails the run.
+    fn answer_of(&self, id: u64, payload: &Payload, o: Outcome) -> Answer {
+        let bad = |what: String| -> ! { self.ctx().fail(Some(id), "write outcome", what) };
+        match (payload, o.result) {
+            (Payload::Put { .. }, Some(outcome::Result::Put(_))) => Answer::Put(o.revision),
+            (Payload::Shared { call: Call::Put { .. }, .. }, Some(outcome::Result::Put(_))) => {
+                Answer::Shared(Return::Put)
+            }
+            (Payload::Shared { call: Call::Delete, .. }, Some(outcome::Result::DeleteRange(d))) => {
+                Answer::Shared(Return::Delete { deleted: d.deleted > 0 })
+            }
+            (Payload::Shared { call: Call::Cas { .. }, .. }, Some(outcome::Result::Txn(t))) => {
+                if t.succeeded
+                    && !matches!(
+                        t.results.first().and_then(|r| r.result.as_ref()),
+                        Some(op_result::Result::Put(_))
+                    )
+                {
+                    bad(format!("a CAS that succeeded without its put: {t:?}"));
+                }
+                Answer::Shared(Return::Cas { succeeded: t.succeeded })
+            }
+            (p, r) => bad(format!("{p:?} was answered with {r:?}")),
+        }
+    }
+
     /// Serves a granted linearizable read from the member's applied state.
     fn serve_read(&mut self, id: u64, key: &str) -> (i64, Option<KeyValue>) {
         let ctx = self.ctx();
@@ -693,30 +742,58 @@ impl Sim {
     fn client_request(&mut self, node: u64, client: usize, seq: u64, attempt: u64, payload: Payload) {
         if !self.is_up(node) {
             let d = self.rng.gen_range(200..2_000);
-            let result = match payload {
-                Payload::Put { .. } => ClientResult::Put(Err("connection refused".into())),
-                Payload::Read { .. } => ClientResult::Read(Err("connection refused".into())),
-            };
+            let result = Err("connection refused".into());
             self.at(d, Ev::ClientReply { client, seq, attempt, node, payload, result });
             return;
         }
         self.next_waiter += 1;
         let waiter = self.next_waiter;
+        let shared_key = match &payload {
+            Payload::Shared { index, .. } => self.history.shared[*index].key.clone(),
+            _ => Vec::new(),
+        };
         let Some(core) = self.node(node).core.as_mut() else { return };
+        let command = |request_id: &str, body: Body| Command {
+            version: fsm::COMMAND_VERSION,
+            request_id: request_id.to_string(),
+            body: Some(body),
+        };
         match &payload {
             Payload::Put { key, value, request_id, .. } => {
-                let cmd = Command {
-                    version: fsm::COMMAND_VERSION,
-                    request_id: request_id.clone(),
-                    body: Some(Body::Put(Put {
-                        key: key.as_bytes().to_vec(),
-                        value: value.clone(),
-                        ..Default::default()
-                    })),
-                };
-                core.propose(waiter, cmd);
+                let put = Put { key: key.as_bytes().to_vec(), value: value.clone(), ..Default::default() };
+                core.propose(waiter, command(request_id, Body::Put(put)));
             }
-            Payload::Read { .. } => core.read_index(waiter),
+            Payload::Read { .. } | Payload::Shared { call: Call::Get, .. } => core.read_index(waiter),
+            Payload::Shared { call, request_id, .. } => {
+                let key = shared_key;
+                let body = match call {
+                    Call::Put { value } => Body::Put(Put { key, value: value.clone(), ..Default::default() }),
+                    Call::Delete => Body::DeleteRange(DeleteRange { key, ..Default::default() }),
+                    Call::Cas { expected, new } => Body::Txn(Txn {
+                        compare: vec![Compare {
+                            result: compare::Result::Equal as i32,
+                            key: key.clone(),
+                            target: Some(compare::Target::Value(expected.clone())),
+                        }],
+                        success: vec![TxnOp {
+                            op: Some(op::Op::Put(Put { key, value: new.clone(), ..Default::default() })),
+                        }],
+                        failure: vec![],
+                    }),
+                    Call::Get => unreachable!("a get is a read"),
+                };
+                core.propose(waiter, command(request_id, body));
+            }
+            Payload::SerialRead { key } => {
+                // Answered at once from this member's own state, as a serializable get is.
+                let key = key.clone();
+                let (revision, kv) = self.serve_read(node, &key);
+                self.checker.serializable_read(self.ctx(), node, revision);
+                let d = self.rng.gen_range(100..2_000);
+                let result = Ok(Answer::Read(revision, kv));
+                self.at(d, Ev::ClientReply { client, seq, attempt, node, payload, result });
+                return;
+            }
         }
         self.touched.insert(node);
         self.waiters.insert(waiter, WaitInfo { node, client, seq, attempt, payload });
@@ -736,7 +813,7 @@ impl Sim {
         let latest =
             self.clients[client].op.as_ref().is_some_and(|op| op.seq == seq && op.attempt == attempt);
         let ok = match (&payload, result) {
-            (Payload::Put { key, value, request_id, before }, ClientResult::Put(Ok(revision))) => {
+            (Payload::Put { key, value, request_id, before }, Ok(Answer::Put(revision))) => {
                 let first = self.history.acked.get(key);
                 invariants::check_put_reply(ctx, node, key, before, first, revision, request_id);
                 if first.is_none() {
@@ -748,7 +825,7 @@ impl Sim {
                 }
                 true
             }
-            (Payload::Read { key, before }, ClientResult::Read(Ok((revision, kv)))) => {
+            (Payload::Read { key, before }, Ok(Answer::Read(revision, kv))) => {
                 let written = self.history.written.get(key).map(Vec::as_slice);
                 invariants::check_read(ctx, node, key, before, written, revision, kv.as_ref());
                 self.history.max_revision = self.history.max_revision.max(revision);
@@ -762,8 +839,25 @@ impl Sim {
                 }
                 true
             }
-            (_, ClientResult::Put(Err(_))) | (_, ClientResult::Read(Err(_))) => false,
-            (p, r) => {
+            (Payload::Shared { index, .. }, Ok(Answer::Shared(ret))) => {
+                // The first answer completes the operation; a late duplicate changes nothing.
+                let op = &mut self.history.shared[*index];
+                if current && op.completed.is_none() {
+                    self.trace.u64(*index as u64);
+                    self.trace.u64(self.now);
+                    op.completed = Some((self.now, ret));
+                }
+                true
+            }
+            (Payload::SerialRead { .. }, Ok(Answer::Read(revision, _))) => {
+                self.trace.u64(revision as u64);
+                if current {
+                    self.history.serial_reads += 1;
+                }
+                true
+            }
+            (_, Err(_)) => false,
+            (p, Ok(r)) => {
                 ctx.fail(Some(node), "client replies", format!("reply {r:?} does not match request {p:?}"))
             }
         };
@@ -784,7 +878,7 @@ impl Sim {
         if self.clients[client].op.is_some() || self.settling {
             return;
         }
-        self.clients[client].start(&mut self.rng, &mut self.history);
+        self.clients[client].start(&mut self.rng, &mut self.history, self.now);
         self.send_attempt(client);
     }
 
@@ -963,7 +1057,13 @@ impl Sim {
         let up: Vec<(u64, &Core)> =
             self.nodes.iter().filter_map(|n| n.core.as_ref().map(|c| (n.id, c))).collect();
         invariants::check_final(ctx, &up, &self.history.acked, &self.history.written);
+        let lin = latch_check::linearizability::check(&self.history.shared);
+        if !lin.is_linearizable() {
+            ctx.fail(None, "linearizability (Wing–Gong–Lowe, per key)", format!("{lin}"));
+        }
         let r = &mut self.report;
+        r.shared_ops = lin.operations as u64;
+        r.serial_reads = self.history.serial_reads;
         r.steps = self.step;
         r.virtual_us = self.now;
         r.trace_hash = self.trace.0;
@@ -992,5 +1092,9 @@ fn payload_of(op: &Op) -> Payload {
             before: before.clone(),
         },
         OpKind::Read { key, before } => Payload::Read { key: key.clone(), before: before.clone() },
+        OpKind::Shared { index, call, request_id } => {
+            Payload::Shared { index: *index, call: call.clone(), request_id: request_id.clone() }
+        }
+        OpKind::SerialRead { key } => Payload::SerialRead { key: key.clone() },
     }
 }

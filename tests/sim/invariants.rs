@@ -162,6 +162,8 @@ struct Seen {
     leader_in: Option<u64>,
     /// Revision of the last applied events seen.
     event_revision: i64,
+    /// Revision of the last serializable read served.
+    serial_revision: i64,
 }
 
 #[derive(Debug)]
@@ -525,6 +527,20 @@ impl Checker {
         }
     }
 
+    /// A serializable read on member `id` was served at `revision`: never below one served
+    /// there before, across its crashes and restarts too.
+    pub fn serializable_read(&mut self, ctx: Ctx, id: u64, revision: i64) {
+        let seen = self.seen.entry(id).or_default();
+        if revision < seen.serial_revision {
+            ctx.fail(
+                Some(id),
+                "serializable reads never go backwards",
+                format!("served at revision {revision} after a read at revision {}", seen.serial_revision),
+            );
+        }
+        seen.serial_revision = revision;
+    }
+
     /// A member restarted: its log is reloaded, so compare its pairs afresh.
     pub fn restarted(&mut self, id: u64) {
         self.shapes.retain(|&(a, b), _| a != id && b != id);
@@ -689,8 +705,8 @@ pub fn check_read(
 }
 
 /// After the cluster settled: every acknowledged write is on every member with its value and
-/// revision; every key holds the one value written to it, written once (version 1); all
-/// members have the same state.
+/// revision; every write-once key (`k/…`) holds the one value written to it, written once
+/// (version 1); all members have the same state.
 pub fn check_final(
     ctx: Ctx,
     up: &[(u64, &Core)],
@@ -724,7 +740,7 @@ pub fn check_final(
                 Some(_) => {}
             }
         }
-        for (key, kv) in &kvs {
+        for (key, kv) in kvs.iter().filter(|(k, _)| k.starts_with(b"k/")) {
             let name = String::from_utf8_lossy(key).to_string();
             if kv.version != 1 {
                 ctx.fail(

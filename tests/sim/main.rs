@@ -6,7 +6,7 @@
 //! Environment:
 //! - `LATCH_SIM_SEED=N`: run exactly seed N (even seeds run 3 members, odd seeds 5), with a
 //!   log of faults and a summary.
-//! - `LATCH_SIM_SEEDS` (default 200) seeds from `LATCH_SIM_SEED_BASE` (default 1); the 3-member
+//! - `LATCH_SIM_SEEDS` (default 500) seeds from `LATCH_SIM_SEED_BASE` (default 1); the 3-member
 //!   test takes the even ones, the 5-member test the odd ones.
 //! - `LATCH_SIM_VERBOSE=1`: log faults and a summary line per seed.
 //! - `LATCH_SIM_CHAOS_MS`: length of the fault phase per seed (virtual ms, default 5000).
@@ -23,7 +23,7 @@ mod scripted;
 
 use std::time::Instant;
 
-const DEFAULT_SEEDS: u64 = 200;
+const DEFAULT_SEEDS: u64 = 500;
 const DEFAULT_SEED_BASE: u64 = 1;
 const DEFAULT_CHAOS_MS: u64 = 5_000;
 

@@ -5,6 +5,8 @@ use latch::fsm;
 use latch_proto::internal::{command::Body, Command, Put, Range};
 use raft::eraftpb::{Message, MessageType};
 
+use latch::core::RequestError;
+
 use crate::scripted::{all, Answer, Route, Scripted};
 
 fn put(id: &str, key: &str, value: &str) -> Command {
@@ -92,4 +94,76 @@ fn a_read_index_answer_from_before_a_restart_never_confirms_a_new_read() {
     s.until("the second read to be served", 200, &mut all, &mut |s| s.answer(second_read).is_some());
     assert_eq!(s.answer(second_read), Some(&Answer::ReadReady));
     assert_eq!(value_on(&mut s, follower, "k").as_deref(), Some(b"v2".as_slice()));
+}
+
+/// A read whose ReadIndex was confirmed at an index this member cannot reach (its appends are
+/// lost) fails after the request timeout, like any other waiting request, instead of waiting
+/// for ever (issue 6, §1).
+#[test]
+fn a_read_confirmed_at_an_index_the_member_cannot_reach_times_out() {
+    let mut s = Scripted::new(3, 11);
+    s.until("a leader", 200, &mut all, &mut |s| s.leader().is_some());
+    let leader = s.leader().expect("a leader");
+    let follower = if leader == 1 { 2 } else { 1 };
+    let mut starve = |m: &Message| {
+        if m.get_msg_type() == MessageType::MsgAppend && m.to == follower {
+            Route::Drop
+        } else {
+            Route::Deliver
+        }
+    };
+    let w = s.propose(leader, put("put-1", "k", "v1"));
+    s.until("k = v1 acknowledged without the follower", 100, &mut starve, &mut |s| s.answer(w).is_some());
+    let read = s.read(follower);
+    s.until("the read confirmed at an index the follower has not applied", 50, &mut starve, &mut |s| {
+        s.core(follower).status().reads_awaiting_apply == 1
+    });
+    assert_eq!(s.answer(read), None, "the follower cannot serve the read: it has not applied k = v1");
+    let timeout = latch::core::Timing::default().request_timeout_ticks as usize;
+    s.until("the read to be answered", timeout + 10, &mut starve, &mut |s| s.answer(read).is_some());
+    assert!(
+        matches!(s.answer(read), Some(Answer::ReadFailed(RequestError::TimedOut { .. }))),
+        "a read confirmed at an index the member never applies should time out, got {:?}",
+        s.answer(read)
+    );
+}
+
+/// Commands a member proposes itself (expiries, later) carry request ids that no other member
+/// and no other life of the same member makes, so they are never mistaken for one another's
+/// retries (issue 6, §4).
+#[test]
+fn commands_a_member_proposes_itself_carry_ids_unique_across_members_and_lives() {
+    let mut s = Scripted::new(3, 13);
+    s.until("a leader", 200, &mut all, &mut |s| s.leader().is_some());
+    let mut ids = Vec::new();
+    let mut waiters = Vec::new();
+    for id in 1..=3 {
+        for _ in 0..2 {
+            let w = s.next_waiter();
+            let body = Body::Put(Put {
+                key: format!("own/{id}").into(),
+                value: b"x".to_vec(),
+                ..Default::default()
+            });
+            ids.push(s.core(id).propose_own(w, body));
+            waiters.push(w);
+        }
+    }
+    s.until("the own commands applied", 300, &mut all, &mut |s| {
+        waiters.iter().all(|w| matches!(s.answer(*w), Some(Answer::Applied(Ok(_)))))
+    });
+    s.crash(2);
+    s.start(2);
+    s.until("a leader after the restart", 200, &mut all, &mut |s| s.leader().is_some());
+    let w = s.next_waiter();
+    ids.push(s.core(2).propose_own(w, Body::Put(Put { key: b"own/2".to_vec(), ..Default::default() })));
+    let distinct: std::collections::BTreeSet<_> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "own request ids should all differ, across lives too: {ids:?}");
+    let leader = s.leader().expect("a leader");
+    let version = {
+        let txn = s.core(leader).db().begin_read().expect("a read transaction begins");
+        let req = Range { key: b"own/1".to_vec(), ..Default::default() };
+        fsm::range(&txn, &req, 1 << 20).expect("range succeeds").1.kvs.pop().map(|kv| kv.version)
+    };
+    assert_eq!(version, Some(2), "both own puts of member 1 were applied, neither taken for a retry");
 }

@@ -113,6 +113,12 @@ impl Scripted {
         }
     }
 
+    /// A fresh waiter, for a request the test hands a core itself.
+    pub fn next_waiter(&mut self) -> Waiter {
+        self.next_waiter += 1;
+        self.next_waiter
+    }
+
     /// Proposes `cmd` on member `id`; its answer is kept under the returned waiter.
     pub fn propose(&mut self, id: u64, cmd: Command) -> Waiter {
         self.next_waiter += 1;

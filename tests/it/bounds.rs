@@ -1,0 +1,204 @@
+//! Bounded memory (issue 6 §3, DESIGN.md §6): what a member holds for its clients and peers is
+//! bounded in bytes, each bound has a flag, and past it the member refuses with an error that
+//! names the flag, writes nothing, and keeps serving.
+
+use std::time::Duration;
+
+use latch_client::proto::response_op::Response;
+use latch_client::{Op, PutRequest, RangeRequest, Txn};
+use latch_proto::internal::peer_client::PeerClient;
+use latch_proto::internal::PeerFrame;
+
+use crate::harness::{eventually, sample, Cluster, STARTUP};
+
+fn put(key: &str, value_bytes: usize) -> PutRequest {
+    PutRequest { key: key.into(), value: vec![b'v'; value_bytes], ..Default::default() }
+}
+
+/// Keys under `prefix` in member `id`'s own state.
+async fn local_keys(c: &Cluster, id: u64, prefix: &str) -> Vec<String> {
+    let (_, kvs) = c.local_kvs(id).await.unwrap();
+    kvs.into_iter().map(|(k, _)| k).filter(|k| k.starts_with(prefix)).collect()
+}
+
+#[tokio::test]
+async fn a_range_over_max_response_bytes_returns_a_page_with_more_and_the_whole_count() {
+    let c = Cluster::start(1, &["--max-response-bytes", "10000"]).await;
+    c.leader().await;
+    let client = c.client().await;
+    for i in 0..20 {
+        client.put(format!("page/{i:02}"), vec![b'x'; 1000]).await.unwrap();
+    }
+    let (key, range_end) = latch_client::prefix_range(b"page/");
+    let all = RangeRequest { key, range_end, ..Default::default() };
+    let page = client.range(all.clone()).await.unwrap();
+    assert!(
+        !page.kvs.is_empty() && page.kvs.len() < 20,
+        "a 20 kB range under a 10 kB bound should come back as a page, got {} kvs",
+        page.kvs.len()
+    );
+    let bytes: usize = page.kvs.iter().map(|kv| kv.key.len() + kv.value.len()).sum();
+    assert!(bytes <= 10_000, "the page holds {bytes} bytes of keys and values, over the 10000 bound");
+    assert!(page.more, "a page cut by --max-response-bytes says `more`");
+    assert_eq!(page.count, 20, "`count` is the whole count");
+
+    // The ranges of one txn share the bound.
+    let txn = client.txn(Txn::new().and_then((0..3).map(|_| Op::get_prefix("page/")))).await.unwrap();
+    let kvs: usize = txn
+        .responses
+        .iter()
+        .map(|r| match &r.response {
+            Some(Response::Range(r)) => r.kvs.len(),
+            _ => 0,
+        })
+        .sum();
+    assert!(kvs < 20, "three ranges of one txn share the 10 kB bound, got {kvs} kvs in all");
+
+    // Paging on from the last key reads the rest.
+    let mut seen = page.kvs.len();
+    let mut next = page.kvs.last().map(|kv| [kv.key.clone(), vec![0]].concat()).unwrap();
+    loop {
+        let r = client.range(RangeRequest { key: next.clone(), ..all.clone() }).await.unwrap();
+        seen += r.kvs.len();
+        match (r.more, r.kvs.last()) {
+            (true, Some(kv)) => next = [kv.key.clone(), vec![0]].concat(),
+            _ => break,
+        }
+    }
+    assert_eq!(seen, 20, "paging from the last key of each page reads every key once");
+}
+
+#[tokio::test]
+async fn requests_past_max_pending_bytes_are_refused_as_overloaded_and_write_nothing() {
+    let flags = ["--max-request-bytes", "65536", "--max-pending-bytes", "100000"];
+    let mut c = Cluster::start(3, &flags).await;
+    let leader = c.leader().await;
+    // Without a quorum nothing is answered: requests wait on the survivor, holding their bytes.
+    let others: Vec<u64> = c.ids().into_iter().filter(|id| *id != leader).collect();
+    for id in &others {
+        c.kill(*id);
+    }
+    let mut waiting = c.kv_of_only(leader).await;
+    let first = tokio::spawn(async move { waiting.put(put("pending/first", 60_000)).await });
+    eventually("the first request's bytes to be held", STARTUP, || async {
+        let m = c.metrics_of(leader).await?;
+        match sample(&m, "latch_pending_requests_bytes") {
+            Some(v) if v >= 60_000.0 => Ok(()),
+            v => Err(format!("latch_pending_requests_bytes = {v:?}")),
+        }
+    })
+    .await;
+    let refused = c.kv_of_only(leader).await.put(put("pending/second", 60_000)).await;
+    let status = refused.expect_err("a request past --max-pending-bytes must be refused");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "overload is UNAVAILABLE (retry later): {status:?}");
+    assert!(
+        status.message().contains("--max-pending-bytes"),
+        "the error names the flag: {}",
+        status.message()
+    );
+    assert_eq!(
+        status.metadata().get("grpc-retry-pushback-ms").and_then(|v| v.to_str().ok()),
+        Some("100"),
+        "an overloaded member tells the client when to retry"
+    );
+
+    for id in &others {
+        c.restart(*id).await;
+    }
+    c.leader().await;
+    let _ = first.await;
+    let client = c.client().await;
+    client.put("after/overload", "ok").await.expect("the member serves again once a quorum is back");
+    for id in c.ids() {
+        let keys = local_keys(&c, id, "pending/second").await;
+        assert!(keys.is_empty(), "the refused request must write nothing, member {id} holds {keys:?}");
+    }
+}
+
+#[tokio::test]
+async fn proposals_past_max_uncommitted_bytes_are_refused_by_the_leader_naming_the_flag() {
+    // A slow tick keeps the leader in office for a second after it loses its quorum.
+    let flags = ["--tick-interval", "100ms", "--max-uncommitted-bytes", "3145728"];
+    let mut c = Cluster::start(3, &flags).await;
+    let leader = c.leader().await;
+    let others: Vec<u64> = c.ids().into_iter().filter(|id| *id != leader).collect();
+    for id in &others {
+        c.kill(*id);
+    }
+    let mut calls = Vec::new();
+    for i in 0..4 {
+        let mut kv = c.kv_of_only(leader).await;
+        calls.push(tokio::spawn(async move { kv.put(put(&format!("uncommitted/{i}"), 1_000_000)).await }));
+        // One at a time, so that which one overflows the log is certain.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fourth = calls.pop().unwrap();
+    let status = fourth.await.unwrap().expect_err("a fourth 1 MB proposal overflows a 3 MiB uncommitted log");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("--max-uncommitted-bytes"),
+        "the error names the flag: {}",
+        status.message()
+    );
+    for id in &others {
+        c.restart(*id).await;
+    }
+    c.leader().await;
+    c.client().await.put("after/uncommitted", "ok").await.expect("the cluster serves again");
+    for id in c.ids() {
+        let keys = local_keys(&c, id, "uncommitted/3").await;
+        assert!(keys.is_empty(), "the refused proposal must write nothing, member {id} holds {keys:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_raft_message_over_max_peer_message_bytes_is_refused_naming_the_flag() {
+    let c = Cluster::start(1, &["--max-peer-message-bytes", "4194304"]).await;
+    c.leader().await;
+    let peer = &c.member(1).peer_addr;
+    let cluster_id = latch::config::fnv1a(format!("1={peer},").as_bytes());
+    let mut client = PeerClient::connect(format!("http://{peer}")).await.unwrap();
+    // Five 1 MiB chunks of one message that never ends.
+    let frames = (0..5).map(move |_| PeerFrame { from: 2, cluster_id, chunk: vec![0; 1 << 20], last: false });
+    let status =
+        client.stream(tokio_stream::iter(frames)).await.expect_err("a 5 MiB message over a 4 MiB bound");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("--max-peer-message-bytes"),
+        "the error names the flag: {}",
+        status.message()
+    );
+    c.client().await.put("still", "serving").await.expect("the member serves on");
+}
+
+#[tokio::test]
+async fn a_follower_behind_a_tiny_log_cache_catches_up_from_the_log_on_disk() {
+    // A one-byte cache: every entry older than the transaction being written is read from disk.
+    let mut c = Cluster::start(3, &["--log-cache-bytes", "1"]).await;
+    let leader = c.leader().await;
+    let follower = c.ids().into_iter().find(|id| *id != leader).unwrap();
+    c.kill(follower);
+    let client = c.client().await;
+    for i in 0..200 {
+        client.put(format!("cache/{i:03}"), format!("value {i}")).await.unwrap();
+    }
+    let metrics = c.metrics_of(leader).await.unwrap();
+    let cached = sample(&metrics, "latch_raft_log_cached_bytes").unwrap_or(f64::MAX);
+    assert!(cached <= 64.0 * 1024.0, "the leader holds {cached} bytes of log in memory with a 1-byte cache");
+    c.restart(follower).await;
+    let keys = eventually("the follower to hold every key", STARTUP, || async {
+        let keys = local_keys(&c, follower, "cache/").await;
+        if keys.len() == 200 {
+            Ok(keys)
+        } else {
+            Err(format!("{} of 200 keys", keys.len()))
+        }
+    })
+    .await;
+    assert_eq!(keys.len(), 200);
+    let me = c.self_status(follower).await.unwrap();
+    assert_eq!(
+        me.snapshots_installed, 0,
+        "the follower caught up from the log (read from disk), not a snapshot"
+    );
+}
