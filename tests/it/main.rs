@@ -14,6 +14,7 @@ mod cli;
 mod faults;
 mod harness;
 mod limits;
+mod linearizability;
 mod observability;
 mod partitions;
 mod replication;
