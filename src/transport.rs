@@ -114,6 +114,12 @@ async fn receive(
     while let Some(frame) = stream.next().await {
         let frame = frame?;
         check_cluster(cluster_id, &frame)?;
+        if !shared.links.knows(frame.from) {
+            return Err(Status::failed_precondition(format!(
+                "member {} is not a peer of this member (--initial-cluster)",
+                frame.from
+            )));
+        }
         if buf.len() + frame.chunk.len() > max_message {
             return Err(Status::resource_exhausted(format!(
                 "a raft message from peer {} is over {max_message} bytes (--max-peer-message-bytes)",
@@ -183,6 +189,12 @@ impl PeerRpc for PeerService {
         let metrics = &self.shared.metrics.peer;
         let deliver = |m: Message, bytes: usize| {
             let (from, t) = (m.from, m.get_msg_type());
+            if crate::core::is_snapshot(&m) {
+                // A snapshot comes only over its own call, with its stream; one here has none.
+                return Err(Status::invalid_argument(format!(
+                    "a snapshot from peer {from} outside a snapshot call"
+                )));
+            }
             if !node.deliver(m, bytes) {
                 if !node.is_running() {
                     return Err(Status::unavailable("member is shutting down"));
@@ -362,15 +374,20 @@ async fn send_loop(
             continue;
         }
         if crate::core::is_snapshot(&msg) {
-            let (term, index) = (msg.term, msg.get_snapshot().get_metadata().index);
-            let sent = send_snapshot(&client, me, cluster_id, &node, &msg, &metrics.peer).await;
-            match &sent {
-                Ok(bytes) => tracing::info!(member = me, peer = peer.id, term, index, bytes, "snapshot sent"),
-                Err(e) => {
-                    tracing::warn!(member = me, peer = peer.id, term, index, error = %e, "sending a snapshot failed")
+            // On a task of its own: messages to this peer keep flowing while it streams.
+            let (client, node, shared, peer) = (client.clone(), node.clone(), shared.clone(), peer.id);
+            tokio::spawn(async move {
+                let (term, index) = (msg.term, msg.get_snapshot().get_metadata().index);
+                let sent = send_snapshot(&client, me, cluster_id, &node, &msg, &shared.metrics.peer).await;
+                node.snapshots().finish(&msg.get_snapshot().data);
+                match &sent {
+                    Ok(bytes) => tracing::info!(member = me, peer, term, index, bytes, "snapshot sent"),
+                    Err(e) => {
+                        tracing::warn!(member = me, peer, term, index, error = %e, "sending a snapshot failed")
+                    }
                 }
-            }
-            node.send(Event::SnapshotSent { peer: peer.id, ok: sent.is_ok() });
+                node.send(Event::SnapshotSent { peer, ok: sent.is_ok() });
+            });
             continue;
         }
         let bytes = match msg.write_to_bytes() {
@@ -449,6 +466,11 @@ impl Links {
         Links { reachable: peers.into_iter().map(|p| (p, AtomicBool::new(true))).collect() }
     }
 
+    /// Whether `member` is one of this member's peers.
+    fn knows(&self, member: u64) -> bool {
+        self.reachable.contains_key(&member)
+    }
+
     fn lost(&self, peer: u64, node: &NodeHandle) {
         if self.reachable.get(&peer).is_some_and(|r| r.swap(false, Ordering::AcqRel)) {
             let s = node.status();
@@ -506,16 +528,14 @@ async fn send_snapshot(
             tx.blocking_send(f).map_err(|_| closed())?;
         }
         let mut sent = 0u64;
-        let result = snapshots.stream(&token, &mut |frame: Vec<u8>| -> Result<(), SendError> {
+        snapshots.stream(&token, &mut |frame: Vec<u8>| -> Result<(), SendError> {
             sent += frame.len() as u64;
             for chunk in frame.chunks(CHUNK) {
                 let f = PeerFrame { from: me, cluster_id, chunk: chunk.to_vec(), last: false };
                 tx.blocking_send(f).map_err(|_| closed())?;
             }
             Ok(())
-        });
-        snapshots.finish(&token);
-        result?;
+        })?;
         tx.blocking_send(PeerFrame { from: me, cluster_id, chunk: Vec::new(), last: true })
             .map_err(|_| closed())?;
         Ok(sent)

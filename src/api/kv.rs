@@ -39,13 +39,17 @@ impl KvService {
         let cmd = Command { version: COMMAND_VERSION, request_id: request_id.clone(), body: Some(body) };
         let out = self.ctx.node.propose(cmd).await?;
         let header = self.ctx.header(out.revision);
+        if out.data_omitted {
+            let succeeded = match &out.result {
+                Some(outcome::Result::Txn(t)) => Some(t.succeeded),
+                _ => None,
+            };
+            return Err(ApiError::AlreadyApplied { request_id, revision: out.revision, succeeded });
+        }
         match out.result {
             Some(outcome::Result::Rejected(why)) => Err(ApiError::Rejected(why)),
             Some(outcome::Result::Conflict(c)) => {
                 Err(ApiError::RequestConflict { request_id, first_applied_at: c.first_applied_at })
-            }
-            Some(outcome::Result::AlreadyApplied(a)) => {
-                Err(ApiError::AlreadyApplied { request_id, revision: a.revision })
             }
             Some(r) => Ok((header, r)),
             None => Err(ApiError::Internal("the state machine returned an empty outcome".into())),

@@ -19,6 +19,11 @@ use tonic::Status;
 
 pub use latch_proto::LEADER_ADDR_METADATA;
 
+/// Metadata of a retry answered FAILED_PRECONDITION because its first answer's data is not
+/// kept: the revision it was applied at, and for a txn whether its compares held.
+pub const APPLIED_REVISION_METADATA: &str = "latch-applied-revision";
+pub const TXN_SUCCEEDED_METADATA: &str = "latch-txn-succeeded";
+
 /// gRPC's metadata key for how long a client should wait before retrying (gRFC A6).
 pub const RETRY_PUSHBACK_METADATA: &str = "grpc-retry-pushback-ms";
 /// What an overloaded member asks clients to wait before retrying, in milliseconds.
@@ -111,10 +116,11 @@ pub enum ApiError {
     )]
     RequestConflict { request_id: String, first_applied_at: u64 },
     #[error(
-        "request id {request_id:?} was already applied, at revision {revision}; the data its first \
-         answer carried (a previous value or range results) is not kept: read it again"
+        "request id {request_id:?} was already applied, at revision {revision}{}; the data its \
+         first answer carried (a previous value or range results) is not kept: read it again",
+        match .succeeded { Some(true) => " (its compares held)", Some(false) => " (its compares failed)", None => "" }
     )]
-    AlreadyApplied { request_id: String, revision: i64 },
+    AlreadyApplied { request_id: String, revision: i64, succeeded: Option<bool> },
     #[error("{0}")]
     Internal(String),
 }
@@ -138,8 +144,18 @@ impl Context {
         let msg = e.to_string();
         match e {
             ApiError::InvalidArgument { .. } | ApiError::Rejected(_) => Status::invalid_argument(msg),
-            ApiError::RequestConflict { .. } | ApiError::AlreadyApplied { .. } => {
+            ApiError::RequestConflict { .. } | ApiError::Request(RequestError::RequestInFlight { .. }) => {
                 Status::failed_precondition(msg)
+            }
+            ApiError::AlreadyApplied { revision, succeeded, .. } => {
+                let mut status = Status::failed_precondition(msg);
+                let m = status.metadata_mut();
+                m.insert(APPLIED_REVISION_METADATA, MetadataValue::from(revision));
+                if let Some(s) = succeeded {
+                    let value = if s { "true" } else { "false" };
+                    m.insert(TXN_SUCCEEDED_METADATA, MetadataValue::from_static(value));
+                }
+                status
             }
             ApiError::OverLimit(_) => {
                 REFUSALS.note(self.node.member_id, &msg);

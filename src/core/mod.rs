@@ -14,9 +14,12 @@
 //!   message, reply, read grant or event leaves the core.
 //! - A proposal is matched to its waiters by request id, never by position, on whichever node
 //!   it was proposed; re-proposing it is safe because the fsm applies an id at most once. It is
-//!   re-proposed only when the leader (or its term) changes: a proposal handed to a live leader
-//!   is in its log or was refused, and proposing it again would only grow the log when the
-//!   cluster is slow.
+//!   re-proposed only when the leader (or its term) changes, or the link to the leader comes
+//!   back after the transport reported it unreachable (messages to it were lost): not on a timer, which would only grow the
+//!   log when the cluster is slow. A proposal forwarded to a live leader that drops it (its
+//!   uncommitted log is full, its peer queue is full) waits until its request times out.
+//! - A waiter is answered only by the application of the very command it proposed (same request
+//!   id and same command hash); another command under a pending id is refused at once.
 //! - A read is granted only once this node has applied up to an index that a quorum confirmed
 //!   as the leader's commit index after the read arrived (ReadIndex). A ReadIndex context names
 //!   this member and this life of it (a random nonce drawn at start) and is never reused, and a
@@ -44,6 +47,9 @@ pub use snapshots::{Inbox, MemoryInbox, SnapshotError, Snapshots};
 
 /// Most bytes of entries raft puts in one append message (one entry may exceed it).
 pub const MAX_MESSAGE_BYTES: u64 = 1024 * 1024;
+
+/// Most bytes of committed entries one Ready applies.
+pub const MAX_COMMITTED_BYTES_PER_READY: u64 = 16 * 1024 * 1024;
 
 /// Most raft log entries one Ready's transaction deletes when compacting.
 pub const COMPACTION_STEP: u64 = 1024;
@@ -119,6 +125,12 @@ pub enum RequestError {
     TimedOut { ticks: u64 },
     #[error("member is shutting down")]
     ShuttingDown,
+    /// Another command under the same request id is waiting to be applied on this member.
+    #[error(
+        "request id {request_id:?} is in flight with a different request; a retry must resend the \
+         same request, a new request needs a new id"
+    )]
+    RequestInFlight { request_id: String },
     /// A bound on what the member holds for its clients was reached; retrying later (or on
     /// another member) may succeed.
     #[error("member {member} is overloaded: {what} would exceed {limit} bytes ({flag}); retry later")]
@@ -165,6 +177,12 @@ pub enum Action {
     Applied {
         revision: i64,
         events: Vec<Event>,
+    },
+    /// A snapshot replaced the whole state at `revision`: revisions up to it have no events here
+    /// (whoever follows events must read the state afresh). Emitted after it is committed.
+    Restored {
+        index: u64,
+        revision: i64,
     },
 }
 
@@ -229,6 +247,8 @@ impl Role {
 
 struct PendingProposal {
     data: Vec<u8>,
+    /// [`fsm::command_hash`] of `data`: only this command's application answers its waiters.
+    hash: u64,
     waiters: Vec<Waiter>,
     /// Tick at which it arrived.
     arrived_at: u64,
@@ -279,6 +299,9 @@ pub struct Core {
     next_read_ctx: u64,
     next_own_id: u64,
     seen: Seen,
+    /// The transport reported the leader unreachable since the last message from it: proposals
+    /// forwarded to it may be lost.
+    leader_link_lost: bool,
     snapshots_installed: u64,
     actions: Vec<Action>,
     /// When set, raft's randomized election timeouts are drawn from it (see
@@ -317,6 +340,8 @@ impl Core {
             max_size_per_msg: MAX_MESSAGE_BYTES,
             max_inflight_msgs: 256,
             max_uncommitted_size: config.max_uncommitted_bytes,
+            // Bounds what one Ready hands to apply (and its events); the rest comes next Ready.
+            max_committed_size_per_ready: MAX_COMMITTED_BYTES_PER_READY,
             check_quorum: true,
             pre_vote: true,
             read_only_option: raft::ReadOnlyOption::Safe,
@@ -343,6 +368,7 @@ impl Core {
             next_read_ctx: 1,
             next_own_id: 1,
             seen: Seen::default(),
+            leader_link_lost: false,
             snapshots_installed: 0,
             actions: Vec::new(),
             election_rng: None,
@@ -467,9 +493,25 @@ impl Core {
     }
 
     /// A raft message from a peer.
+    ///
+    /// A snapshot message must carry the token of a stream staged in this member's inbox (its
+    /// carrier puts it there): whatever raft does not keep of it — a stale or needless snapshot,
+    /// or one a newer snapshot replaces before it is installed — is removed from the inbox.
     pub fn step(&mut self, msg: Message) -> Result<(), CoreError> {
+        let staged = is_snapshot(&msg).then(|| msg.get_snapshot().data.to_vec());
+        let from_leader = msg.from == self.raw.raft.leader_id && msg.term == self.raw.raft.term;
+        let pending_before = self.pending_snapshot();
         let result = self.raw.step(msg);
         self.redraw_election_timeout(false);
+        let pending = self.pending_snapshot();
+        for token in [staged, pending_before].into_iter().flatten() {
+            if pending.as_ref() != Some(&token) {
+                self.snapshots.inbox().remove(&token);
+            }
+        }
+        if from_leader && std::mem::take(&mut self.leader_link_lost) {
+            self.propose_again();
+        }
         match result {
             // Only a failure of this member's own storage is fatal. Anything else is about the
             // message and is dropped with it: one from an unknown or removed peer, a stale one,
@@ -480,9 +522,20 @@ impl Core {
         }
     }
 
+    /// The token of the snapshot raft holds to install, if any.
+    fn pending_snapshot(&self) -> Option<Vec<u8>> {
+        self.raw.raft.raft_log.unstable.snapshot.as_ref().map(|s| s.data.to_vec())
+    }
+
+    /// The transport lost messages to `peer`. When it is the leader, proposals forwarded to it
+    /// may have been among them: they are handed to raft again once a message from the leader
+    /// shows the link is back (see [`Core::step`]).
     pub fn report_unreachable(&mut self, peer: u64) {
         self.raw.report_unreachable(peer);
         self.redraw_election_timeout(false);
+        if peer == self.raw.raft.leader_id && self.raw.raft.state != StateRole::Leader {
+            self.leader_link_lost = true;
+        }
     }
 
     pub fn report_snapshot(&mut self, peer: u64, ok: bool) {
@@ -492,17 +545,28 @@ impl Core {
     }
 
     /// Proposes a command; its outcome comes back as `Action::Reply` for `waiter` once applied
-    /// here. A command whose request id is already pending joins that proposal.
-    pub fn propose(&mut self, waiter: Waiter, cmd: Command) {
+    /// here. The same command under a request id already pending joins that proposal; another
+    /// command under it is refused at once (`RequestError::RequestInFlight`). A command without
+    /// a request id gets one of this member's own.
+    pub fn propose(&mut self, waiter: Waiter, mut cmd: Command) {
+        if cmd.request_id.is_empty() {
+            cmd.request_id = self.own_request_id();
+        }
         let id = cmd.request_id.clone();
+        let data = cmd.encode_to_vec();
+        let hash = fsm::command_hash(&data);
         if let Some(p) = self.proposals.get_mut(&id) {
-            p.waiters.push(waiter);
+            if p.hash == hash {
+                p.waiters.push(waiter);
+            } else {
+                let error = RequestError::RequestInFlight { request_id: id };
+                self.actions.push(Action::Reply { waiter, result: Err(error) });
+            }
             return;
         }
-        let data = cmd.encode_to_vec();
-        self.proposals
-            .insert(id.clone(), PendingProposal { data, waiters: vec![waiter], arrived_at: self.now });
-        self.repropose(&id);
+        let pending = PendingProposal { data, hash, waiters: vec![waiter], arrived_at: self.now };
+        self.proposals.insert(id.clone(), pending);
+        self.propose_pending(&id, true);
     }
 
     /// Proposes a command of this member's own (an expiry, say) under a fresh unique request id,
@@ -521,12 +585,14 @@ impl Core {
         format!("member-{}-{:016x}-{n}", self.id(), self.nonce)
     }
 
-    fn repropose(&mut self, id: &str) {
+    /// Hands a pending proposal to raft. Dropped when no leader is known: it stays pending and
+    /// is handed to raft again when a leader appears. Dropped by this member as leader: its log
+    /// holds too much uncommitted — a `first` proposal is then refused (it is in no log); one
+    /// proposed before stays pending, since an earlier copy of it may still commit.
+    fn propose_pending(&mut self, id: &str, first: bool) {
         let Some(p) = self.proposals.get(id) else { return };
-        // Dropped when no leader is known: the proposal stays pending and is handed to raft
-        // again when a leader appears. Dropped by a leader: it holds too much uncommitted.
         if let Err(raft::Error::ProposalDropped) = self.raw.propose(vec![], p.data.clone()) {
-            if self.raw.raft.state == StateRole::Leader {
+            if first && self.raw.raft.state == StateRole::Leader {
                 let error = RequestError::Overloaded {
                     member: self.id(),
                     what: "the leader's uncommitted log",
@@ -631,7 +697,7 @@ impl Core {
             self.applied = self.snapshots.install(&txn, &snap.data, meta.index, meta.term)?;
             self.raw.mut_store().install_snapshot(&txn, meta)?;
             self.snapshots_installed += 1;
-            installed = Some(snap);
+            installed = Some((snap, self.applied.revision));
         }
         self.apply(&txn, ready.take_committed_entries(), &mut applied, observer)?;
         let entries_persisted = ready.entries().len();
@@ -663,15 +729,17 @@ impl Core {
         } else {
             txn.abort().map_err(redb_err)?;
         }
-        if let Some(snap) = installed {
+        if let Some((snap, revision)) = installed {
             self.snapshots.inbox().remove(&snap.data);
-            let meta = snap.get_metadata();
+            let index = snap.get_metadata().index;
             tracing::info!(
                 member = self.id(),
                 term = self.raw.raft.term,
-                index = meta.index,
+                index,
+                revision,
                 "snapshot installed"
             );
+            self.actions.push(Action::Restored { index, revision });
         }
 
         if !persisted.is_empty() {
@@ -683,9 +751,13 @@ impl Core {
         self.raw.advance_apply();
 
         for a in applied {
-            if let Some(p) = self.proposals.remove(&a.request_id) {
-                for w in p.waiters {
-                    self.actions.push(Action::Reply { waiter: w, result: Ok(a.outcome.clone()) });
+            // Only the command a waiter proposed answers it: another one applied under the same
+            // id (proposed elsewhere) leaves it waiting for its own (answered as a conflict).
+            if self.proposals.get(&a.request_id).is_some_and(|p| p.hash == a.command_hash) {
+                if let Some(p) = self.proposals.remove(&a.request_id) {
+                    for w in p.waiters {
+                        self.actions.push(Action::Reply { waiter: w, result: Ok(a.outcome.clone()) });
+                    }
                 }
             }
             if !a.events.is_empty() {
@@ -777,6 +849,14 @@ impl Core {
         }
     }
 
+    /// Hands raft every pending proposal again, under the same request ids.
+    fn propose_again(&mut self) {
+        let ids: Vec<String> = self.proposals.keys().cloned().collect();
+        for id in ids {
+            self.propose_pending(&id, false);
+        }
+    }
+
     /// Notices elections and leader changes: logs them, and on a new leader (or a new term of
     /// the same one) hands it every pending proposal and ReadIndex again — one forwarded to a
     /// deposed leader may be lost.
@@ -805,10 +885,7 @@ impl Core {
             _ => {}
         }
         if now.leader != raft::INVALID_ID && (now.leader != before.leader || now.term != before.term) {
-            let ids: Vec<String> = self.proposals.keys().cloned().collect();
-            for id in ids {
-                self.repropose(&id);
-            }
+            self.propose_again();
             let pending: Vec<u64> = self.asked_reads.keys().copied().collect();
             for ctx in pending {
                 if let Some(b) = self.asked_reads.remove(&ctx) {

@@ -175,6 +175,13 @@ impl Write for MemoryWriter {
     }
 }
 
+impl MemoryInbox {
+    /// How many streams are staged.
+    pub fn staged(&self) -> usize {
+        lock(&self.staged).1.len()
+    }
+}
+
 impl Inbox for MemoryInbox {
     fn create(&self, _from: u64, _index: u64, _term: u64) -> io::Result<(Box<dyn Write + Send>, Vec<u8>)> {
         let buf = Arc::new(Mutex::new(Vec::new()));

@@ -22,7 +22,8 @@ pub enum EventKind {
 
 /// One change of one applied command. For a put, `kv` is the key as written; for a delete,
 /// `kv` holds the key and the revision of the deletion (its value is empty). `prev_kv` is what
-/// the key held before, if it existed.
+/// the key held before, when the command asked for it (`prev_kv`) and its answer carried it;
+/// otherwise `None` (a watch that needs previous values will read them from history).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     pub kind: EventKind,

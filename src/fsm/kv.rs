@@ -8,14 +8,18 @@
 //!   chosen branch wrote anything raises the store revision by exactly one (see
 //!   [`super::apply::Apply`]), and every key it wrote carries that revision. A command that
 //!   writes nothing leaves the revision unchanged.
-//! - Every write emits one event per key changed: a put with the key as written and its
-//!   previous value, a delete with the deleted value.
+//! - Every write emits one event per key changed: a put with the key as written, a delete with
+//!   the key and the revision of its deletion. An event carries the key's previous value only
+//!   when the command asked for it (`prev_kv`) and the answer carries it, so that what apply
+//!   holds in memory is bounded by the request and the response bound, however many keys a
+//!   delete removes (a deleted key's value is read only to answer `prev_kv`).
 //! - Validation happens before any write, so a rejected command writes nothing.
 //! - Key selection: `range_end` empty → the single key; `range_end` = "\0" → every key >= `key`;
 //!   otherwise `[key, range_end)` (empty when `range_end <= key`).
-//! - Read results are bounded: the kvs of one answer (all the range ops of a txn together) add
-//!   up to at most `max_response_bytes` (encoded), except that a range always returns at least
-//!   its first kv; a range cut short says `more`. `count` is always the whole count.
+//! - Read results are bounded: the kvs of one answer (all the range ops and `prev_kvs` of a txn
+//!   together) add up to at most `max_response_bytes` (encoded), except that a range, or a
+//!   delete asked for `prev_kv`, always returns at least its first kv; a range cut short says
+//!   `more`, a delete's `deleted` is the whole count. `count` is always the whole count.
 //! - Deterministic: no clock, no randomness; everything iterates in key order.
 
 use std::cmp::Ordering;
@@ -76,7 +80,8 @@ pub(crate) fn delete_range(ap: &mut Apply, req: DeleteRange) -> Result<outcome::
         return Ok(outcome::Result::Rejected(why));
     }
     let mut table = ap.txn.open_table(KV)?;
-    Ok(outcome::Result::DeleteRange(write_delete(ap, &mut table, &req)?))
+    let mut budget = ap.max_response_bytes;
+    Ok(outcome::Result::DeleteRange(write_delete(ap, &mut table, &req, &mut budget)?))
 }
 
 /// Applies a txn: all compares, then the success or failure ops in order, in one revision.
@@ -99,7 +104,9 @@ pub(crate) fn txn(ap: &mut Apply, req: Txn) -> Result<outcome::Result, FsmError>
         let result = match o.op {
             Some(op::Op::Range(r)) => op_result::Result::Range(range_in(&table, &r, &mut budget)?),
             Some(op::Op::Put(p)) => op_result::Result::Put(write_put(ap, &mut table, p)?),
-            Some(op::Op::DeleteRange(d)) => op_result::Result::DeleteRange(write_delete(ap, &mut table, &d)?),
+            Some(op::Op::DeleteRange(d)) => {
+                op_result::Result::DeleteRange(write_delete(ap, &mut table, &d, &mut budget)?)
+            }
             None => continue, // rejected by check_txn before anything ran
         };
         results.push(OpResult { result: Some(result) });
@@ -267,34 +274,49 @@ fn write_put(ap: &mut Apply, table: &mut KvTable, req: Put) -> Result<PutResult,
     let stored = StoredValue { value: req.value, create_revision, mod_revision: revision, version };
     table.insert(req.key.as_slice(), stored.encode_to_vec().as_slice())?;
     let kv = key_value(&req.key, stored);
-    let answer = PutResult { prev_kv: if req.prev_kv { prev.clone() } else { None } };
-    ap.emit(Event { kind: EventKind::Put, kv, prev_kv: prev });
-    Ok(answer)
+    let prev_kv = if req.prev_kv { prev } else { None };
+    ap.emit(Event { kind: EventKind::Put, kv, prev_kv: prev_kv.clone() });
+    Ok(PutResult { prev_kv })
 }
 
-fn write_delete(ap: &mut Apply, table: &mut KvTable, req: &DeleteRange) -> Result<DeleteResult, FsmError> {
-    let mut doomed = Vec::new();
+/// Deletes the selected keys. Only their keys are held in memory, and their values only when
+/// asked (`prev_kv`), within `budget`.
+fn write_delete(
+    ap: &mut Apply,
+    table: &mut KvTable,
+    req: &DeleteRange,
+    budget: &mut usize,
+) -> Result<DeleteResult, FsmError> {
+    let mut doomed: Vec<(Vec<u8>, Option<KeyValue>)> = Vec::new();
     if let Some(selected) = selection(&req.key, &req.range_end) {
         for row in table.range::<&[u8]>(selected)? {
             let (k, v) = row?;
-            doomed.push(key_value(k.value(), decode_stored("table kv", k.value(), v.value())?));
+            let stored = decode_stored("table kv", k.value(), v.value())?;
+            let mut prev = None;
+            if req.prev_kv {
+                let kv = key_value(k.value(), stored);
+                let size = kv.encoded_len();
+                if size <= *budget || doomed.is_empty() {
+                    *budget = budget.saturating_sub(size);
+                    prev = Some(kv);
+                }
+            }
+            doomed.push((k.value().to_vec(), prev));
         }
     }
     if doomed.is_empty() {
         return Ok(DeleteResult::default());
     }
     let revision = ap.write_revision()?;
-    for prev in &doomed {
-        table.remove(prev.key.as_slice())?;
+    for (key, _) in &doomed {
+        table.remove(key.as_slice())?;
     }
     let deleted = i64::try_from(doomed.len()).unwrap_or(i64::MAX);
     let mut prev_kvs = Vec::new();
-    for prev in doomed {
-        let kv = KeyValue { key: prev.key.clone(), mod_revision: revision, ..Default::default() };
-        if req.prev_kv {
-            prev_kvs.push(prev.clone());
-        }
-        ap.emit(Event { kind: EventKind::Delete, kv, prev_kv: Some(prev) });
+    for (key, prev) in doomed {
+        let kv = KeyValue { key, mod_revision: revision, ..Default::default() };
+        ap.emit(Event { kind: EventKind::Delete, kv, prev_kv: prev.clone() });
+        prev_kvs.extend(prev);
     }
     Ok(DeleteResult { deleted, prev_kvs })
 }
@@ -700,26 +722,44 @@ mod tests {
             (EventKind::Put, &b"a"[..], &b"new"[..])
         );
         assert_eq!((e.kv.mod_revision, e.kv.version), (4, 2), "the event carries the key as written");
-        assert_eq!(
-            e.prev_kv.as_ref().map(|kv| kv.value.as_slice()),
-            Some(&b"v-a"[..]),
-            "and what it replaced"
-        );
+        assert_eq!(e.prev_kv, None, "no previous value unless the put asked for it");
+        let asked = s.apply_full("", Body::Put(Put { prev_kv: true, ..put_req("a", "newer") }));
+        let prev = asked.events[0].prev_kv.as_ref().map(|kv| kv.value.as_slice());
+        assert_eq!(prev, Some(&b"new"[..]), "a put that asked for prev_kv carries it in its event");
 
         let deleted = s.apply_full("", del("b", b"c"));
         let kinds: Vec<_> =
             deleted.events.iter().map(|e| (e.kind, e.kv.key.clone(), e.kv.mod_revision)).collect();
         assert_eq!(
             kinds,
-            vec![(EventKind::Delete, b"b1".to_vec(), 5), (EventKind::Delete, b"b2".to_vec(), 5)],
+            vec![(EventKind::Delete, b"b1".to_vec(), 6), (EventKind::Delete, b"b2".to_vec(), 6)],
             "one delete event per key, in key order, at the delete's revision"
         );
 
         let t = s.apply_full("", txn(vec![], vec![op_put("x", "1"), op_del("a", b""), op_get("x")], vec![]));
         let revs: Vec<_> = t.events.iter().map(|e| e.kv.mod_revision).collect();
-        assert_eq!(revs, vec![6, 6], "a txn's events share its one revision");
+        assert_eq!(revs, vec![7, 7], "a txn's events share its one revision");
         assert!(s.apply_full("", put("", "x")).events.is_empty(), "a rejected put has no events");
         assert!(s.apply_full("", del("zzz", b"")).events.is_empty(), "deleting nothing has no events");
+    }
+
+    #[test]
+    fn a_delete_holds_only_keys_and_returns_previous_values_within_the_response_bound() {
+        let mut s = Store::new();
+        for i in 0..10 {
+            s.apply("", put(&format!("k{i}"), &"x".repeat(1000)));
+        }
+        s.bounds.max_response_bytes = 3_500;
+        let plain = s.apply_full("", del("k0", b""));
+        assert_eq!(plain.events[0].prev_kv, None, "a delete not asked for prev_kv carries no value");
+        let asked = DeleteRange { prev_kv: true, ..del_req("k", b"l") };
+        let d = s.apply_full("", Body::DeleteRange(asked));
+        let result = as_del(d.outcome);
+        assert_eq!(result.deleted, 9, "`deleted` is the whole count");
+        assert_eq!(result.prev_kvs.len(), 3, "as many previous values as 3500 bytes hold");
+        let carried = d.events.iter().filter(|e| e.prev_kv.is_some()).count();
+        assert_eq!((d.events.len(), carried), (9, 3), "an event per key; values only as answered");
+        assert_eq!(s.range(range_req(b"k", b"l")).count, 0, "every selected key is deleted");
     }
 
     #[test]

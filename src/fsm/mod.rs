@@ -90,6 +90,9 @@ pub enum FsmError {
 pub struct AppliedCommand {
     /// Empty when the command had none or could not be decoded.
     pub request_id: String,
+    /// FNV-1a of the whole encoded command ([`command_hash`]): a waiter is answered only for the
+    /// command it proposed, not another one under the same id.
+    pub command_hash: u64,
     pub outcome: Outcome,
     /// The changes it made, in order; all at `outcome.revision`. Empty when it wrote nothing.
     pub events: Vec<Event>,
@@ -205,21 +208,28 @@ fn apply_command(
     data: &[u8],
     bounds: &Bounds,
 ) -> Result<AppliedCommand, FsmError> {
-    let rejected = |id: String, why: String, revision: i64| AppliedCommand {
-        request_id: id,
-        outcome: Outcome { revision, result: Some(outcome::Result::Rejected(why)) },
-        events: Vec::new(),
-    };
+    let command_hash = command_hash(data);
     let cmd = match Command::decode(data) {
         Ok(cmd) => cmd,
         Err(e) => {
-            return Ok(rejected(String::new(), format!("command: undecodable Command: {e}"), *revision))
+            let why = outcome::Result::Rejected(format!("command: undecodable Command: {e}"));
+            let outcome = Outcome { revision: *revision, data_omitted: false, result: Some(why) };
+            return Ok(AppliedCommand {
+                request_id: String::new(),
+                command_hash,
+                outcome,
+                events: Vec::new(),
+            });
         }
     };
-    let command_hash = fnv(data);
     if !cmd.request_id.is_empty() {
         if let requests::Seen::Answered(outcome) = requests::lookup(txn, &cmd.request_id, command_hash)? {
-            return Ok(AppliedCommand { request_id: cmd.request_id, outcome, events: Vec::new() });
+            return Ok(AppliedCommand {
+                request_id: cmd.request_id,
+                command_hash,
+                outcome,
+                events: Vec::new(),
+            });
         }
     }
     let mut ap = Apply::new(txn, *revision, bounds.max_response_bytes);
@@ -238,11 +248,11 @@ fn apply_command(
     };
     let (after, events) = ap.finish();
     *revision = after;
-    let outcome = Outcome { revision: after, result: Some(result) };
+    let outcome = Outcome { revision: after, data_omitted: false, result: Some(result) };
     if !cmd.request_id.is_empty() {
         requests::remember(txn, index, &cmd.request_id, command_hash, &outcome, bounds.request_memory_bytes)?;
     }
-    Ok(AppliedCommand { request_id: cmd.request_id, outcome, events })
+    Ok(AppliedCommand { request_id: cmd.request_id, command_hash, outcome, events })
 }
 
 /// Opens a table for reading; a table that was never created reads as absent.
@@ -276,9 +286,11 @@ fn write_meta(txn: &WriteTransaction, pos: Applied) -> Result<(), FsmError> {
     Ok(())
 }
 
-fn fnv(bytes: &[u8]) -> u64 {
+/// The hash by which a request id's command is told from another one under the same id: FNV-1a
+/// of the whole encoded command.
+pub fn command_hash(encoded: &[u8]) -> u64 {
     let mut h = Fnv::new();
-    h.write(bytes);
+    h.write(encoded);
     h.finish()
 }
 
@@ -483,7 +495,7 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::*;
     use super::*;
-    use latch_proto::internal::{Put, SnapshotChunk};
+    use latch_proto::internal::{Op, Put, SnapshotChunk};
 
     fn restore_into(store: &mut Store, stream: &[u8], index: u64, term: u64) -> Result<Applied, FsmError> {
         let txn = store.db.begin_write().expect("a write transaction begins");
@@ -588,17 +600,71 @@ mod tests {
     }
 
     #[test]
-    fn a_retry_whose_first_answer_carried_data_is_told_it_was_applied_not_given_other_data() {
+    fn a_retry_whose_first_answer_carried_data_is_told_its_data_is_omitted_never_given_other_data() {
         let mut s = Store::new();
         s.apply("", put("a", "old"));
         let body = Body::Put(Put { prev_kv: true, ..put_req("a", "new") });
-        let first = as_put(s.apply("with-prev", body.clone()));
-        assert_eq!(first.prev_kv.map(|kv| kv.value), Some(b"old".to_vec()), "the first answer has the data");
-        match s.apply("with-prev", body).result {
-            Some(outcome::Result::AlreadyApplied(a)) => assert_eq!((a.applied_at, a.revision), (2, 2)),
-            r => panic!("expected already-applied at index 2 revision 2, got {r:?}"),
-        }
+        let first = s.apply("with-prev", body.clone());
+        assert!(!first.data_omitted, "the first answer is whole");
+        assert_eq!(as_put(first).prev_kv.map(|kv| kv.value), Some(b"old".to_vec()), "… with its data");
+        let retry = s.apply("with-prev", body);
+        assert!(retry.data_omitted, "a retry is told the data is not kept");
+        assert_eq!(retry.revision, 2, "… and the revision it was applied at");
+        assert_eq!(as_put(retry).prev_kv, None, "… and never given a value");
         assert_eq!(s.get("a").map(|kv| kv.version), Some(2), "applied once");
+
+        let cas = txn(
+            vec![cmp(
+                "a",
+                latch_proto::internal::compare::Result::Equal,
+                latch_proto::internal::compare::Target::Value(b"new".to_vec()),
+            )],
+            vec![op_put("b", "1"), op_get("a")],
+            vec![],
+        );
+        let first = as_txn(s.apply("cas", cas.clone()));
+        assert!(first.succeeded);
+        let retry = s.apply("cas", cas);
+        assert!(retry.data_omitted, "a txn with a range has data to omit");
+        assert!(as_txn(retry).succeeded, "a retried txn still says whether its compares held");
+    }
+
+    #[test]
+    fn what_is_remembered_does_not_depend_on_a_members_response_bound() {
+        let mut wide = Store::new();
+        let mut narrow = Store::new();
+        narrow.bounds.max_response_bytes = 10;
+        for s in [&mut wide, &mut narrow] {
+            s.bounds.request_memory_bytes = 600;
+            for i in 0..30 {
+                s.apply("", put(&format!("k{i:02}"), "some value"));
+            }
+        }
+        for i in 0..40 {
+            let body = txn(
+                vec![],
+                vec![
+                    op_get("k"),
+                    Op {
+                        op: Some(latch_proto::internal::op::Op::Range(Range {
+                            key: b"k".to_vec(),
+                            range_end: b"l".to_vec(),
+                            ..Default::default()
+                        })),
+                    },
+                    op_put("z", &i.to_string()),
+                ],
+                vec![],
+            );
+            let (a, b) =
+                (wide.apply(&format!("t{i:03}"), body.clone()), narrow.apply(&format!("t{i:03}"), body));
+            assert_eq!(a.revision, b.revision);
+            assert_eq!(
+                wide.hash(),
+                narrow.hash(),
+                "after txn {i}, members with other response bounds differ"
+            );
+        }
     }
 
     #[test]

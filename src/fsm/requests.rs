@@ -5,8 +5,12 @@
 //! - A remembered row holds the applying index, a hash of the whole command, and the outcome
 //!   with its data stripped (previous values, range results): what is kept per id is small.
 //!   A retry of the same command is answered from it: the outcome itself when nothing was
-//!   stripped, else `AlreadyApplied` (its data is not kept, never invented). The same id with a
-//!   different command is answered `RequestConflict` and changes nothing.
+//!   stripped, else the stripped outcome marked `data_omitted` (its data is not kept, never
+//!   invented). The same id with a different command is answered `RequestConflict` and changes
+//!   nothing.
+//! - What is remembered depends on the command and the state only, never on a member's response
+//!   bound (`--max-response-bytes` may differ between members): range results are dropped whole,
+//!   and previous values are present exactly when asked for and existing.
 //! - The table is bounded in bytes: when the remembered rows add up to more than the bound
 //!   ([`REQUEST_MEMORY_BYTES`], the same on every member), the oldest (by applying index) are forgotten, each at most once,
 //!   in the apply that crossed the bound. The window this gives in time is documented in
@@ -14,7 +18,7 @@
 //! - `requests_by_index` names exactly the rows of `requests`, each under the index its row
 //!   records; `requests_meta/bytes` is the sum of [`row_bytes`] over them.
 
-use latch_proto::internal::{op_result, outcome, AlreadyApplied, Outcome, Remembered, RequestConflict};
+use latch_proto::internal::{op_result, outcome, Outcome, RangeResult, Remembered, RequestConflict};
 use prost::Message;
 use redb::{ReadableTable, WriteTransaction};
 
@@ -80,16 +84,16 @@ pub(crate) fn lookup(txn: &WriteTransaction, id: &str, command_hash: u64) -> Res
     let requests = txn.open_table(REQUESTS)?;
     let Some(row) = requests.get(id.as_bytes())? else { return Ok(Seen::New) };
     let r = decode(id.as_bytes(), row.value())?;
-    let result = if r.command_hash != command_hash {
-        outcome::Result::Conflict(RequestConflict { first_applied_at: r.index })
-    } else if r.stripped {
-        let revision = r.outcome.as_ref().map_or(0, |o| o.revision);
-        outcome::Result::AlreadyApplied(AlreadyApplied { applied_at: r.index, revision })
-    } else {
-        return Ok(Seen::Answered(r.outcome.unwrap_or_default()));
-    };
-    let revision = r.outcome.as_ref().map_or(0, |o| o.revision);
-    Ok(Seen::Answered(Outcome { revision, result: Some(result) }))
+    let first = r.outcome.unwrap_or_default();
+    if r.command_hash != command_hash {
+        let result = outcome::Result::Conflict(RequestConflict { first_applied_at: r.index });
+        return Ok(Seen::Answered(Outcome {
+            revision: first.revision,
+            data_omitted: false,
+            result: Some(result),
+        }));
+    }
+    Ok(Seen::Answered(Outcome { data_omitted: r.stripped, ..first }))
 }
 
 /// Remembers the outcome of `id`, applied at `index`, then forgets the oldest rows while the
@@ -139,7 +143,8 @@ pub(crate) fn row_bytes(id_len: usize, row_len: usize) -> u64 {
     (2 * id_len + row_len + 8) as u64
 }
 
-/// The outcome without previous values and range results, and whether anything was removed.
+/// The outcome without previous values and range results, and whether its answer carried data
+/// (see the module doc: decided by the command and the state alone).
 fn strip(o: &Outcome) -> (Outcome, bool) {
     fn take<T>(v: &mut Vec<T>) -> bool {
         !std::mem::take(v).is_empty()
@@ -152,7 +157,10 @@ fn strip(o: &Outcome) -> (Outcome, bool) {
             let this = match r.result.as_mut() {
                 Some(op_result::Result::Put(p)) => p.prev_kv.take().is_some(),
                 Some(op_result::Result::DeleteRange(d)) => take(&mut d.prev_kvs),
-                Some(op_result::Result::Range(r)) => take(&mut r.kvs),
+                Some(op_result::Result::Range(r)) => {
+                    *r = RangeResult::default();
+                    true
+                }
                 None => false,
             };
             stripped | this

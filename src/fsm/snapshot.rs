@@ -211,8 +211,12 @@ fn read_chunk(input: &mut dyn Read) -> Result<Option<snapshot_chunk::Chunk>, Fsm
     if len > MAX_FRAME_BYTES {
         return Err(corrupt(format!("a frame of {len} bytes, over the limit of {MAX_FRAME_BYTES}")));
     }
-    let mut bytes = vec![0u8; len];
-    input.read_exact(&mut bytes).map_err(|e| corrupt(format!("truncated frame of {len} bytes: {e}")))?;
+    // Read as it comes rather than allocated up front: a corrupt length costs what is there.
+    let mut bytes = Vec::new();
+    input.take(len as u64).read_to_end(&mut bytes).map_err(|e| corrupt(format!("cannot read: {e}")))?;
+    if bytes.len() != len {
+        return Err(corrupt(format!("truncated frame: {} of {len} bytes", bytes.len())));
+    }
     let chunk =
         SnapshotChunk::decode(bytes.as_slice()).map_err(|e| corrupt(format!("undecodable chunk: {e}")))?;
     match chunk.chunk {

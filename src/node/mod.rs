@@ -305,7 +305,7 @@ impl Waiters {
                     }
                 }
                 // Nothing consumes applied events yet (watches and lock waiters will).
-                Action::Applied { .. } => {}
+                Action::Applied { .. } | Action::Restored { .. } => {}
             }
         }
     }

@@ -314,7 +314,8 @@ impl LogStore {
         self.terms.get(run.checked_sub(1)?).map(|&(_, t)| t)
     }
 
-    /// Entries `low..high` from redb (all below `cache_from`, so committed and unchanged).
+    /// Entries `low..high` from redb (all below `cache_from`, so committed and unchanged), up
+    /// to `max` bytes (at least one entry). A missing entry is an error: the log has no gaps.
     fn read_stored(&self, low: u64, high: u64, out: &mut Vec<Entry>, max: u64) -> raft::Result<()> {
         let txn = self.db.begin_read().map_err(other)?;
         let log = txn.open_table(RAFT_LOG).map_err(other)?;
@@ -330,6 +331,12 @@ impl LogStore {
                 return Ok(());
             }
             out.push(e);
+        }
+        if out.len() as u64 != high - low {
+            return Err(other(format!(
+                "raft_log: entries {low}..{high} missing from index {}",
+                low + out.len() as u64
+            )));
         }
         Ok(())
     }

@@ -153,10 +153,11 @@ async fn proposals_past_max_uncommitted_bytes_are_refused_by_the_leader_naming_t
 
 #[tokio::test]
 async fn a_raft_message_over_max_peer_message_bytes_is_refused_naming_the_flag() {
-    let c = Cluster::start(1, &["--max-peer-message-bytes", "4194304"]).await;
+    let c = Cluster::start(3, &["--max-peer-message-bytes", "4194304"]).await;
     c.leader().await;
+    let spec: String = c.ids().iter().map(|id| format!("{id}={},", c.member(*id).peer_addr)).collect();
+    let cluster_id = latch::config::fnv1a(spec.as_bytes());
     let peer = &c.member(1).peer_addr;
-    let cluster_id = latch::config::fnv1a(format!("1={peer},").as_bytes());
     let mut client = PeerClient::connect(format!("http://{peer}")).await.unwrap();
     // Five 1 MiB chunks of one message that never ends.
     let frames = (0..5).map(move |_| PeerFrame { from: 2, cluster_id, chunk: vec![0; 1 << 20], last: false });
@@ -201,4 +202,28 @@ async fn a_follower_behind_a_tiny_log_cache_catches_up_from_the_log_on_disk() {
         me.snapshots_installed, 0,
         "the follower caught up from the log (read from disk), not a snapshot"
     );
+}
+
+#[tokio::test]
+async fn the_peer_port_refuses_strangers_and_snapshots_outside_a_snapshot_call() {
+    use protobuf::Message as _;
+    let c = Cluster::start(3, &[]).await;
+    c.leader().await;
+    let spec: String = c.ids().iter().map(|id| format!("{id}={},", c.member(*id).peer_addr)).collect();
+    let cluster_id = latch::config::fnv1a(spec.as_bytes());
+    let mut client = PeerClient::connect(format!("http://{}", c.member(1).peer_addr)).await.unwrap();
+
+    let stranger = PeerFrame { from: 9, cluster_id, chunk: vec![], last: true };
+    let status = client.stream(tokio_stream::iter([stranger])).await.expect_err("member 9 is no peer");
+    assert!(status.message().contains("not a peer"), "the error says why: {}", status.message());
+
+    let mut msg = raft::eraftpb::Message::default();
+    msg.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
+    (msg.from, msg.to) = (2, 1);
+    msg.mut_snapshot().data = b"a token of member 2's".to_vec().into();
+    let bytes = msg.write_to_bytes().unwrap();
+    let snapshot = PeerFrame { from: 2, cluster_id, chunk: bytes, last: true };
+    let status = client.stream(tokio_stream::iter([snapshot])).await.expect_err("no stream, no snapshot");
+    assert!(status.message().contains("snapshot call"), "the error says why: {}", status.message());
+    c.client().await.put("still", "serving").await.expect("the member serves on");
 }

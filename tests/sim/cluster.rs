@@ -674,6 +674,10 @@ impl Sim {
                     self.checker.applied_events(self.ctx(), id, revision, &events);
                     continue;
                 }
+                Action::Restored { revision, .. } => {
+                    self.checker.restored(self.ctx(), id, revision);
+                    continue;
+                }
             };
             let Some(w) = self.waiters.remove(&waiter) else { continue };
             if w.node != id {

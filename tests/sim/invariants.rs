@@ -527,6 +527,20 @@ impl Checker {
         }
     }
 
+    /// A member installed a snapshot at `revision`: never behind the events it already reported;
+    /// the next events come after it.
+    pub fn restored(&mut self, ctx: Ctx, id: u64, revision: i64) {
+        let seen = self.seen.entry(id).or_default();
+        if revision < seen.event_revision {
+            ctx.fail(
+                Some(id),
+                "events in revision order",
+                format!("restored at revision {revision} after events of revision {}", seen.event_revision),
+            );
+        }
+        seen.event_revision = revision;
+    }
+
     /// A serializable read on member `id` was served at `revision`: never below one served
     /// there before, across its crashes and restarts too.
     pub fn serializable_read(&mut self, ctx: Ctx, id: u64, revision: i64) {

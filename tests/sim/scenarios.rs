@@ -2,7 +2,7 @@
 //! seeded runs reach only by luck. Each test names the behaviour it pins down.
 
 use latch::fsm;
-use latch_proto::internal::{command::Body, Command, Put, Range};
+use latch_proto::internal::{command::Body, outcome, Command, Put, Range};
 use raft::eraftpb::{Message, MessageType};
 
 use latch::core::RequestError;
@@ -166,4 +166,77 @@ fn commands_a_member_proposes_itself_carry_ids_unique_across_members_and_lives()
         fsm::range(&txn, &req, 1 << 20).expect("range succeeds").1.kvs.pop().map(|kv| kv.version)
     };
     assert_eq!(version, Some(2), "both own puts of member 1 were applied, neither taken for a retry");
+}
+
+/// A request id reused for another command is never answered with the first command's outcome:
+/// on the same member it is refused at once, on another member its own entry is applied as a
+/// conflict and that is its answer (issue 6, §3).
+#[test]
+fn a_request_id_reused_for_another_command_never_gets_the_first_ones_outcome() {
+    let mut s = Scripted::new(3, 17);
+    s.until("a leader", 200, &mut all, &mut |s| s.leader().is_some());
+    let leader = s.leader().expect("a leader");
+    let (a, b) = if leader == 1 { (2, 3) } else { (1, if leader == 2 { 3 } else { 2 }) };
+    let first = s.propose(a, put("same-id", "k", "first"));
+    let same_member = s.propose(a, put("same-id", "k", "second"));
+    s.round(&mut all);
+    assert!(
+        matches!(s.answer(same_member), Some(Answer::Applied(Err(RequestError::RequestInFlight { .. })))),
+        "another command under a pending id is refused at once, got {:?}",
+        s.answer(same_member)
+    );
+    let other_member = s.propose(b, put("same-id", "k", "third"));
+    s.until("both proposals answered", 200, &mut all, &mut |s| {
+        s.answer(first).is_some() && s.answer(other_member).is_some()
+    });
+    let outcome = |w| match s.answer(w) {
+        Some(Answer::Applied(Ok(o))) => o.result.clone(),
+        other => panic!("expected an applied outcome, got {other:?}"),
+    };
+    assert!(matches!(outcome(first), Some(outcome::Result::Put(_))), "the first command is applied");
+    assert!(
+        matches!(outcome(other_member), Some(outcome::Result::Conflict(_))),
+        "the other member's command is answered as a conflict, got {:?}",
+        outcome(other_member)
+    );
+    assert_eq!(value_on(&mut s, leader, "k").as_deref(), Some(b"first".as_slice()));
+}
+
+/// A snapshot raft has no use for (the member is already past it) leaves nothing staged in the
+/// member's inbox: staged streams do not pile up on disk (issue 6, §3).
+#[test]
+fn a_snapshot_the_member_does_not_need_leaves_nothing_staged() {
+    use latch::storage::SnapshotSource;
+    let mut s = Scripted::new(3, 19);
+    s.until("a leader", 200, &mut all, &mut |s| s.leader().is_some());
+    let leader = s.leader().expect("a leader");
+    let follower = if leader == 1 { 2 } else { 1 };
+    let w = s.propose(leader, put("p", "k", "v"));
+    s.until("k applied everywhere", 100, &mut all, &mut |s| {
+        s.answer(w).is_some() && value_on(s, follower, "k").is_some()
+    });
+    // The leader's snapshot of now, streamed and staged at the follower as its transport would.
+    let snapshots = s.core(leader).snapshots().clone();
+    let prepared = snapshots.prepare(0).expect("prepare works").expect("a snapshot of the applied state");
+    let mut stream = Vec::new();
+    snapshots
+        .stream(&prepared.token, &mut |frame: Vec<u8>| -> Result<(), latch::core::SnapshotError> {
+            stream.extend(frame);
+            Ok(())
+        })
+        .expect("the snapshot streams");
+    let (mut w, token) =
+        latch::core::Inbox::create(&**s.inbox(follower), leader, prepared.index, prepared.term)
+            .expect("staged");
+    std::io::Write::write_all(&mut w, &stream).expect("written");
+    assert_eq!(s.inbox(follower).staged(), 1);
+    let mut msg = Message::default();
+    msg.set_msg_type(MessageType::MsgSnapshot);
+    (msg.from, msg.to, msg.term) = (leader, follower, s.core(leader).status().term);
+    let snap = msg.mut_snapshot();
+    snap.data = token.into();
+    snap.mut_metadata().index = prepared.index;
+    snap.mut_metadata().term = prepared.term;
+    s.step(follower, msg);
+    assert_eq!(s.inbox(follower).staged(), 0, "a snapshot raft ignores is removed from the inbox");
 }

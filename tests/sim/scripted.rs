@@ -39,6 +39,8 @@ pub enum Answer {
 struct Member {
     disk: SimDisk,
     core: Option<Core>,
+    /// The snapshot inbox of the running process.
+    inbox: Arc<MemoryInbox>,
 }
 
 pub struct Scripted {
@@ -60,7 +62,9 @@ impl Scripted {
     /// `n` members, all started.
     pub fn new(n: u64, seed: u64) -> Scripted {
         let mut s = Scripted {
-            members: (0..n).map(|_| Member { disk: SimDisk::new(), core: None }).collect(),
+            members: (0..n)
+                .map(|_| Member { disk: SimDisk::new(), core: None, inbox: Arc::default() })
+                .collect(),
             held: Vec::new(),
             answers: BTreeMap::new(),
             next_waiter: 0,
@@ -96,7 +100,8 @@ impl Scripted {
         let db = latch::storage::open_with_backend(m.disk.open(), CLUSTER_ID, id)
             .unwrap_or_else(|e| panic!("member {id} cannot open its store: {e}"));
         let config = core::Config { timing: timing(), ..core::Config::new(id, &voters, seed) };
-        let mut core = Core::new(config, db, Arc::new(MemoryInbox::default()), &logger)
+        m.inbox = Arc::new(MemoryInbox::default());
+        let mut core = Core::new(config, db, m.inbox.clone(), &logger)
             .unwrap_or_else(|e| panic!("member {id} cannot load its core: {e}"));
         core.seed_election_timeouts(seed);
         m.core = Some(core);
@@ -117,6 +122,23 @@ impl Scripted {
     pub fn next_waiter(&mut self) -> Waiter {
         self.next_waiter += 1;
         self.next_waiter
+    }
+
+    /// The snapshot inbox of member `id`'s running process.
+    pub fn inbox(&self, id: u64) -> &Arc<MemoryInbox> {
+        &self.members[(id - 1) as usize].inbox
+    }
+
+    /// Steps a message into member `id` and gives it a turn.
+    pub fn step(&mut self, id: u64, msg: Message) {
+        self.deliver(msg);
+        let Some(core) = self.member(id).core.as_mut() else { return };
+        let mut sent = Vec::new();
+        let actions = core
+            .handle_ready(&mut |msgs| sent.extend(msgs), &mut ())
+            .unwrap_or_else(|e| panic!("member {id}: handle_ready failed: {e}"));
+        self.held.extend(sent);
+        self.record(id, actions);
     }
 
     /// Proposes `cmd` on member `id`; its answer is kept under the returned waiter.
@@ -220,7 +242,7 @@ impl Scripted {
                 Action::Reply { waiter, result } => (waiter, Answer::Applied(result)),
                 Action::ReadReady { waiter } => (waiter, Answer::ReadReady),
                 Action::ReadFailed { waiter, error } => (waiter, Answer::ReadFailed(error)),
-                Action::Applied { .. } => continue,
+                Action::Applied { .. } | Action::Restored { .. } => continue,
             };
             self.answers.insert(w, (id, answer));
         }
