@@ -9,8 +9,9 @@
 //! - [`Checker::committed_entries_agree`]: an entry at or below a member's commit index is
 //!   committed: every member holds the same entry (term, type and data) at such an index once
 //!   its own commit index reaches it.
-//! - [`Checker::leader_has_committed_entries`]: a member that becomes leader holds every entry
-//!   known to be committed (leader completeness).
+//! - [`Checker::leader_has_committed_entries`]: a member that becomes leader of term L holds every
+//!   entry known to be committed in a term below L (leader completeness: a leader of an older
+//!   term — a candidate that slept through later elections, say — may lack it).
 //! - [`Checker::log_well_formed`]: terms never decrease along a member's log, and its stored
 //!   `raft_log` table holds exactly the indexes of its in-memory log.
 //! - [`Checker::log_matching`]: for any two members, within a window below the highest index both
@@ -170,8 +171,10 @@ struct Seen {
 pub struct Checker {
     leaders: BTreeMap<u64, u64>,
     seen: BTreeMap<u64, Seen>,
-    /// Every entry known committed (at or below some member's applied index), by index.
-    committed: BTreeMap<u64, (EntryDigest, u64)>,
+    /// Every entry known committed (at or below some member's applied index), by index: its
+    /// digest, the member it was first seen committed on, and the lowest term of a member seen
+    /// holding it committed (at least the term it was committed in).
+    committed: BTreeMap<u64, (EntryDigest, u64, u64)>,
     /// State hash by applied index, with the member it was first seen on.
     hashes: BTreeMap<u64, (u64, u64)>,
     shapes: BTreeMap<(u64, u64), (LogShape, LogShape)>,
@@ -271,8 +274,8 @@ impl Checker {
             }
             for e in entries(core, from, upto) {
                 let d = digest(&e);
-                match self.committed.get(&e.index) {
-                    Some(&(known, on)) if known != d => ctx.fail(
+                match self.committed.get_mut(&e.index) {
+                    Some(&mut (known, on, _)) if known != d => ctx.fail(
                         Some(id),
                         "committed entries agree",
                         format!(
@@ -280,9 +283,9 @@ impl Checker {
                             e.index, d, known
                         ),
                     ),
-                    Some(_) => {}
+                    Some((_, _, term)) => *term = (*term).min(s.term),
                     None => {
-                        self.committed.insert(e.index, (d, id));
+                        self.committed.insert(e.index, (d, id, s.term));
                     }
                 }
             }
@@ -299,7 +302,9 @@ impl Checker {
                 continue;
             }
             seen.leader_in = Some(s.term);
-            let Some((&max_committed, _)) = self.committed.last_key_value() else { continue };
+            // Only entries committed in a lower term must be in this leader's log.
+            let owed = self.committed.iter().filter(|(_, &(_, _, term))| term < s.term).map(|(&i, _)| i);
+            let Some(max_committed) = owed.max() else { continue };
             let sh = shape(core);
             if sh.last < max_committed {
                 ctx.fail(
@@ -312,8 +317,8 @@ impl Checker {
                 );
             }
             for e in entries(core, sh.first, max_committed) {
-                if let Some(&(known, on)) = self.committed.get(&e.index) {
-                    if known != digest(&e) {
+                if let Some(&(known, on, term)) = self.committed.get(&e.index) {
+                    if term < s.term && known != digest(&e) {
                         ctx.fail(
                             Some(id),
                             "leader completeness",
