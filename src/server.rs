@@ -95,7 +95,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let cluster_id = config.cluster_id();
-    let db = storage::open(&config.data_dir, cluster_id, config.id)?;
+    let stores = storage::open(&config.data_dir, cluster_id, config.id)?;
     let voters: Vec<u64> = config.initial_cluster.iter().map(|p| p.id).collect();
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let inbox = FileInbox::open(&config.data_dir.join(SNAPSHOT_INBOX_DIR))
@@ -111,7 +111,8 @@ pub async fn run(
         max_uncommitted_bytes: config.peer_limits.max_uncommitted_bytes,
         ..core::Config::new(config.id, &voters, rand::random())
     };
-    let core = Core::new(core_config, db, Arc::new(inbox), &logger)?;
+    let identity = storage::Identity { cluster_id, member_id: config.id };
+    let (core, applier) = Core::new(core_config, identity, stores, Arc::new(inbox), &logger)?;
 
     // The standard services beside Latch's own, so that grpc-health-probe, Kubernetes gRPC
     // probes and grpcurl work: health reports SERVING for the server ("") and each service.
@@ -156,9 +157,15 @@ pub async fn run(
     };
     let faults = shared.faults.clone();
     let senders = shared.clone();
-    let node = Node::start(core, cluster_id, config.tick_interval, budgets, metrics.clone(), move |handle| {
-        Box::new(PeerSenders::start(&rt, id, &peers, handle, senders))
-    })
+    let node = Node::start(
+        core,
+        applier,
+        cluster_id,
+        config.tick_interval,
+        budgets,
+        metrics.clone(),
+        move |handle| Box::new(PeerSenders::start(&rt, id, &peers, handle, senders)),
+    )
     .map_err(ServerError::Thread)?;
 
     let [client_addr, peer_addr, http_addr] = listeners.addrs();

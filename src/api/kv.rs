@@ -74,7 +74,9 @@ impl Kv for KvService {
                     problem: "must not be negative".into(),
                 });
             }
-            if !req.serializable {
+            if req.serializable {
+                self.ctx.node.read_serializable().await?;
+            } else {
                 self.ctx.node.read_index().await?;
             }
             let txn = self.ctx.node.db().begin_read()?;

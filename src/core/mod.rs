@@ -1,23 +1,33 @@
 //! The sans-I/O node core: raft-rs `RawNode` over the redb-backed [`LogStore`], the proposal
-//! table keyed by request id, batched ReadIndex requests, and the Ready loop with its one write
-//! transaction. It takes events (`tick`, `step`, `propose`, `read_index`, reports) and returns
-//! [`Action`]s; it owns no thread, socket, timer or clock: time is the number of `tick` calls.
-//! The node driver (tokio) and the simulator (seeded) drive this same code.
+//! table keyed by request id, batched ReadIndex requests, and the Ready loop; and beside it the
+//! [`Applier`], which applies committed entries to the state machine in a file of its own. Both
+//! take events and return what the driver must do; they own no thread, socket, timer or clock
+//! (time is the number of `tick` calls). The node driver runs the core on the raft thread and
+//! the applier on an apply thread; the simulator drives the same two as events of its own.
 //!
-//! Disk I/O happens through redb, whose backend is chosen by whoever opened the database: a file
-//! in production, an in-memory fault-injecting backend in the simulator.
+//! Disk I/O happens through redb, whose backend is chosen by whoever opened the databases:
+//! files in production, in-memory fault-injecting backends in the simulator.
 //!
 //! Invariants:
-//! - One redb write transaction per Ready holds the log append, the hard state, the installed
-//!   snapshot, and the application of every committed entry together with `applied_index`.
-//!   It commits (one fsync when anything raft must persist is in it) before any persisted
-//!   message, reply, read grant or event leaves the core.
+//! - One redb write transaction per Ready holds the log append, the hard state (commit index
+//!   included) and the log's compaction; it commits (one fsync) before any persisted message
+//!   leaves, and before the Ready's committed entries are handed to the applier
+//!   ([`Action::Apply`]), so that the commit index on disk is never below what was applied.
+//! - The applier reports what it applied ([`Core::on_applied`]); replies, read grants and
+//!   events leave only then, once the state they report is committed.
+//! - Log compaction never passes the applier's durable applied index: whatever a crash takes
+//!   from the state is still in the log to be replayed.
+//! - After a restart nothing is served from the state until it has caught up with the commit
+//!   index the log held at start (the state may have lost its latest, not yet durable, commits):
+//!   revisions never go backwards on a member.
+//! - A snapshot is installed in the state (durably) before the log records it.
 //! - A proposal is matched to its waiters by request id, never by position, on whichever node
 //!   it was proposed; re-proposing it is safe because the fsm applies an id at most once. It is
 //!   re-proposed only when the leader (or its term) changes, or the link to the leader comes
-//!   back after the transport reported it unreachable (messages to it were lost): not on a timer, which would only grow the
-//!   log when the cluster is slow. A proposal forwarded to a live leader that drops it (its
-//!   uncommitted log is full, its peer queue is full) waits until its request times out.
+//!   back after the transport reported it unreachable (messages to it were lost): not on a
+//!   timer, which would only grow the log when the cluster is slow. A proposal forwarded to a
+//!   live leader that drops it (its uncommitted log is full, its peer queue is full) waits
+//!   until its request times out.
 //! - A waiter is answered only by the application of the very command it proposed (same request
 //!   id and same command hash); another command under a pending id is refused at once.
 //! - A read is granted only once this node has applied up to an index that a quorum confirmed
@@ -30,26 +40,28 @@
 //! - Ids of commands this member proposes itself are unique across members and lives (member
 //!   id, nonce, counter).
 
+pub mod applier;
 pub mod snapshots;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use prost::Message as _;
-use raft::eraftpb::{Entry, EntryType, Message, MessageType};
+use raft::eraftpb::{Entry, Message, MessageType};
 use raft::{RawNode, StateRole};
-use redb::{Database, Durability};
+use redb::Database;
 
 use crate::fsm::{self, Applied, Event};
-use crate::storage::{LogStore, StorageError};
+use crate::storage::{Identity, LogStore, StorageError, Stores};
+pub use applier::{Applier, Progress};
 use latch_proto::internal::{command::Body, Command, Outcome};
 pub use snapshots::{Inbox, MemoryInbox, SnapshotError, Snapshots};
 
 /// Most bytes of entries raft puts in one append message (one entry may exceed it).
 pub const MAX_MESSAGE_BYTES: u64 = 1024 * 1024;
 
-/// Most bytes of committed entries one Ready applies.
-pub const MAX_COMMITTED_BYTES_PER_READY: u64 = 16 * 1024 * 1024;
+/// Most bytes of committed entries one Ready hands to the applier.
+pub const MAX_COMMITTED_BYTES_PER_READY: u64 = 4 * 1024 * 1024;
 
 /// Most raft log entries one Ready's transaction deletes when compacting.
 pub const COMPACTION_STEP: u64 = 1024;
@@ -92,6 +104,8 @@ pub struct Config {
     pub bounds: fsm::Bounds,
     /// Bytes of raft log entries kept in memory (the newest; older ones are read from disk).
     pub log_cache_bytes: usize,
+    /// Size of the raft log's segment files.
+    pub log_segment_bytes: u64,
     /// Bytes of proposals the leader holds uncommitted before it refuses more; at least
     /// [`MAX_MESSAGE_BYTES`] (raft-rs requires it).
     pub max_uncommitted_bytes: u64,
@@ -110,6 +124,7 @@ impl Config {
             snapshot_entries: 10_000,
             bounds: fsm::Bounds::default(),
             log_cache_bytes: 64 * 1024 * 1024,
+            log_segment_bytes: crate::storage::log::SEGMENT_BYTES,
             max_uncommitted_bytes: 64 * 1024 * 1024,
             nonce,
         }
@@ -148,6 +163,8 @@ pub enum CoreError {
     Raft(#[from] raft::Error),
     #[error("installing a snapshot: {0}")]
     Snapshot(#[from] SnapshotError),
+    #[error("the apply thread stopped")]
+    ApplyStopped,
     #[error("the node thread panicked (its message is in the log above)")]
     Panicked,
 }
@@ -156,9 +173,18 @@ fn redb_err(e: impl Into<redb::Error>) -> CoreError {
     CoreError::Storage(StorageError::redb(e))
 }
 
+/// Installs the snapshot staged under a token at `(index, term)` in the state, durably: the
+/// applier's [`Applier::install`], on whatever thread it runs.
+pub type Install<'a> = dyn FnMut(&[u8], u64, u64) -> Result<Applied, CoreError> + 'a;
+
 /// What the driver must do after a call into the core.
 #[derive(Debug)]
 pub enum Action {
+    /// Committed entries, in index order, for the applier; its [`Progress`] goes back to
+    /// [`Core::on_applied`].
+    Apply {
+        entries: Vec<Entry>,
+    },
     /// A proposal's outcome (or why it failed).
     Reply {
         waiter: Waiter,
@@ -194,7 +220,13 @@ pub struct Status {
     pub leader: u64,
     pub role: Role,
     pub commit_index: u64,
+    /// What the applier last reported applied (committed in the state, maybe not durable).
     pub applied: Applied,
+    /// The applied index as of the state's last durable commit.
+    pub durable_index: u64,
+    /// Whether the state has caught up with the commit index the log held at start: until
+    /// then nothing is served from it.
+    pub caught_up: bool,
     /// Snapshots installed from a leader since this core was created.
     pub snapshots_installed: u64,
     /// The last log index removed by compaction (or covered by a snapshot).
@@ -207,17 +239,16 @@ pub struct Status {
     pub proposals_pending: u64,
 }
 
-/// Told when a Ready's write transaction commits and when committed entries are applied, so
-/// that the driver can time them (the core has no clock). Every method defaults to nothing;
-/// `()` observes nothing. Calls come in pairs, `*_started` then `*_finished`, on the thread
-/// that called [`Core::handle_ready`].
+/// Told when a write transaction commits and when committed entries are applied, so that the
+/// driver can time them (the core has no clock). Every method defaults to nothing; `()`
+/// observes nothing. Calls come in pairs, `*_started` then `*_finished`, on the thread that
+/// called [`Core::handle_ready`] (the log's commits) or [`Applier::apply`] (the state's).
 pub trait ReadyObserver {
-    /// The Ready's write transaction is about to commit (one fdatasync).
+    /// A write transaction is about to commit.
     fn commit_started(&mut self) {}
     /// It committed; `entries_persisted` raft log entries were appended in it.
     fn commit_finished(&mut self, _entries_persisted: usize) {}
-    /// A batch of committed entries is about to be applied to the state machine (at most two
-    /// batches per Ready: those of the Ready and those of its light Ready).
+    /// A batch of committed entries is about to be applied to the state machine.
     fn apply_started(&mut self) {}
     /// The batch is applied, inside the not yet committed transaction.
     fn apply_finished(&mut self, _entries_applied: usize) {}
@@ -276,16 +307,22 @@ struct Seen {
 
 pub struct Core {
     raw: RawNode<LogStore>,
-    db: Arc<Database>,
+    /// The state machine's store (read here: reads, snapshots; written by the applier).
+    state_db: Arc<Database>,
     snapshots: Arc<Snapshots>,
     timing: Timing,
     snapshot_entries: u64,
-    bounds: fsm::Bounds,
     max_uncommitted_bytes: u64,
     nonce: u64,
     /// Logical time: the number of ticks so far.
     now: u64,
+    /// What the applier last reported.
     applied: Applied,
+    durable_index: u64,
+    /// The last index handed to the applier.
+    handed_out: u64,
+    /// The commit index the log held at start; see [`Status::caught_up`].
+    start_commit: u64,
     /// Ordered maps (here and below): the core iterates them, and hash order would make a
     /// run depend on the process's random hash seed instead of its inputs alone.
     proposals: BTreeMap<String, PendingProposal>,
@@ -310,27 +347,34 @@ pub struct Core {
 }
 
 impl Core {
-    /// Loads a member from its store. Incoming snapshots are staged in `inbox`. `logger` is
-    /// raft-rs's slog logger.
+    /// Loads a member from its stores, and its applier. Incoming snapshots are staged in
+    /// `inbox`. `logger` is raft-rs's slog logger.
     pub fn new(
         config: Config,
-        db: Arc<Database>,
+        identity: Identity,
+        stores: Stores,
         inbox: Arc<dyn Inbox>,
         logger: &slog::Logger,
-    ) -> Result<Core, CoreError> {
+    ) -> Result<(Core, Applier), CoreError> {
+        let Stores { log: log_dir, state: state_db } = stores;
         {
-            let txn = db.begin_write().map_err(redb_err)?;
+            let txn = state_db.begin_write().map_err(redb_err)?;
             fsm::init(&txn)?;
             txn.commit().map_err(redb_err)?;
         }
-        let snapshots = Arc::new(Snapshots::new(db.clone(), inbox));
-        let store = LogStore::load(db.clone(), &config.voters, snapshots.clone(), config.log_cache_bytes)?;
-        {
-            let txn = db.begin_write().map_err(redb_err)?;
-            store.persist_initial(&txn)?;
-            txn.commit().map_err(redb_err)?;
-        }
-        let applied = fsm::applied(&db.begin_read().map_err(redb_err)?)?;
+        let snapshots = Arc::new(Snapshots::new(state_db.clone(), inbox));
+        // The state as durable: what a crash left of it.
+        let applied = fsm::applied(&state_db.begin_read().map_err(redb_err)?)?;
+        let mut store = LogStore::load(
+            log_dir,
+            identity,
+            &config.voters,
+            snapshots.clone(),
+            config.log_cache_bytes,
+            config.log_segment_bytes,
+        )?;
+        store.reconcile(applied.index, applied.term)?;
+        let start_commit = store.hard_state().commit;
         let timing = config.timing;
         let cfg = raft::Config {
             id: config.id,
@@ -349,17 +393,20 @@ impl Core {
         };
         cfg.validate()?;
         let raw = RawNode::new(&cfg, store, logger)?;
-        Ok(Core {
+        let applier = Applier::new(state_db.clone(), snapshots.clone(), config.bounds)?;
+        let core = Core {
             raw,
-            db,
+            state_db,
             snapshots,
             timing,
             snapshot_entries: config.snapshot_entries.max(1),
-            bounds: config.bounds,
             max_uncommitted_bytes: cfg.max_uncommitted_size,
             nonce: config.nonce,
             now: 0,
             applied,
+            durable_index: applied.index,
+            handed_out: applied.index,
+            start_commit,
             proposals: BTreeMap::new(),
             new_reads: Vec::new(),
             new_reads_since: 0,
@@ -372,7 +419,8 @@ impl Core {
             snapshots_installed: 0,
             actions: Vec::new(),
             election_rng: None,
-        })
+        };
+        Ok((core, applier))
     }
 
     /// Draws raft's randomized election timeouts from `seed` from now on, so that a run is
@@ -399,8 +447,9 @@ impl Core {
         self.raw.raft.id
     }
 
-    pub fn db(&self) -> &Arc<Database> {
-        &self.db
+    /// The state machine's store, for reads.
+    pub fn state_db(&self) -> &Arc<Database> {
+        &self.state_db
     }
 
     /// This member's snapshots: the carrier of raft messages streams outgoing ones from here
@@ -428,6 +477,8 @@ impl Core {
             },
             commit_index: r.raft_log.committed,
             applied: self.applied,
+            durable_index: self.durable_index,
+            caught_up: self.applied.index >= self.start_commit,
             snapshots_installed: self.snapshots_installed,
             proposals_pending: self.proposals.len() as u64,
             compacted_index: self.raw.store().compacted().index,
@@ -617,6 +668,15 @@ impl Core {
         self.new_reads.push(waiter);
     }
 
+    /// Waits until the state has caught up with the commit index the log held at start (see
+    /// [`Status::caught_up`]); `Action::ReadReady` tells when. A serializable read asks this
+    /// before it is served, until the member has caught up.
+    pub fn read_caught_up(&mut self, waiter: Waiter) {
+        let read = ConfirmedRead { waiter, arrived_at: self.now };
+        self.confirmed_reads.entry(self.start_commit).or_default().push(read);
+        self.grant_reads();
+    }
+
     /// Asks one ReadIndex for every read that arrived since the last call.
     pub fn flush_reads(&mut self) {
         if self.new_reads.is_empty() || self.raw.raft.leader_id == raft::INVALID_ID {
@@ -666,11 +726,14 @@ impl Core {
     /// Processes raft's Ready, if any, in raft-rs's documented order. `send` is called with
     /// messages as soon as they may leave: the leader's appends before its own fsync (raft
     /// thesis §10.2.1), everything else after the commit. `observer` is told when the commit
-    /// and the applies start and finish. Returns the actions for the driver.
+    /// starts and finishes. `install` restores a snapshot in the state, durably (the applier's
+    /// [`Applier::install`], on whatever thread it runs), before the log records it. Returns the
+    /// actions for the driver.
     pub fn handle_ready(
         &mut self,
         send: &mut dyn FnMut(Vec<Message>),
         observer: &mut dyn ReadyObserver,
+        install: &mut Install,
     ) -> Result<Vec<Action>, CoreError> {
         self.observe_raft();
         if !self.raw.has_ready() {
@@ -680,32 +743,28 @@ impl Core {
         if !ready.messages().is_empty() {
             send(ready.take_messages());
         }
-        // Everything is written with one fsync, applied state included: a member never serves
-        // (even a serializable read) a revision it could lose in a crash.
-        let mut wrote = !ready.snapshot().is_empty()
-            || !ready.entries().is_empty()
-            || ready.hs().is_some()
-            || !ready.committed_entries().is_empty();
-        let mut txn = self.db.begin_write().map_err(redb_err)?;
-        txn.set_durability(Durability::Immediate);
-        let mut applied = Vec::new();
+        let mut to_apply = Vec::new();
 
         let mut installed = None;
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
             let meta = snap.get_metadata();
-            self.applied = self.snapshots.install(&txn, &snap.data, meta.index, meta.term)?;
-            self.raw.mut_store().install_snapshot(&txn, meta)?;
+            // Every entry handed to the applier before is older than the snapshot: the applier
+            // takes them in order, then the snapshot replaces what they made.
+            self.applied = install(&snap.data, meta.index, meta.term)?;
+            self.durable_index = self.applied.index;
+            self.handed_out = self.handed_out.max(meta.index);
+            self.raw.mut_store().install_snapshot(meta)?;
             self.snapshots_installed += 1;
             installed = Some((snap, self.applied.revision));
         }
-        self.apply(&txn, ready.take_committed_entries(), &mut applied, observer)?;
+        self.hand_out(ready.take_committed_entries(), &mut to_apply);
         let entries_persisted = ready.entries().len();
         if !ready.entries().is_empty() {
-            self.raw.mut_store().append(&txn, ready.entries())?;
+            self.raw.mut_store().append(ready.entries())?;
         }
         if let Some(hs) = ready.hs() {
-            self.raw.mut_store().set_hard_state(&txn, hs)?;
+            self.raw.mut_store().set_hard_state(hs)?;
         }
         let persisted = ready.take_persisted_messages();
         for rs in ready.take_read_states() {
@@ -713,21 +772,15 @@ impl Core {
         }
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
-            self.raw.mut_store().set_commit(&txn, commit)?;
+            self.raw.mut_store().set_commit(commit)?;
         }
-        let late = light.take_committed_entries();
-        wrote |= light.commit_index().is_some() || !late.is_empty();
-        self.apply(&txn, late, &mut applied, observer)?;
-        self.maybe_compact(&txn)?;
-        if wrote {
+        self.hand_out(light.take_committed_entries(), &mut to_apply);
+        self.maybe_compact()?;
+        if self.raw.store().dirty() {
             observer.commit_started();
-            txn.commit().map_err(redb_err)?;
+            self.raw.mut_store().flush()?;
             observer.commit_finished(entries_persisted);
             self.raw.mut_store().committed();
-            // The revision is the fsm's to compute; read back what this Ready left.
-            self.applied = fsm::applied(&self.db.begin_read().map_err(redb_err)?)?;
-        } else {
-            txn.abort().map_err(redb_err)?;
         }
         if let Some((snap, revision)) = installed {
             self.snapshots.inbox().remove(&snap.data);
@@ -748,9 +801,33 @@ impl Core {
         if !light.messages().is_empty() {
             send(light.take_messages());
         }
-        self.raw.advance_apply();
+        // Handed out only now: the commit index that covers them is on disk.
+        if !to_apply.is_empty() {
+            self.actions.push(Action::Apply { entries: to_apply });
+        }
+        self.grant_reads();
+        Ok(std::mem::take(&mut self.actions))
+    }
 
-        for a in applied {
+    /// Adds the committed entries not handed to the applier yet (an installed snapshot covers
+    /// the older ones).
+    fn hand_out(&mut self, entries: Vec<Entry>, out: &mut Vec<Entry>) {
+        for e in entries {
+            if e.index > self.handed_out {
+                self.handed_out = e.index;
+                out.push(e);
+            }
+        }
+    }
+
+    /// The applier applied (and maybe made durable) entries: their waiters are answered, their
+    /// events leave, reads waiting for them are granted, and raft learns how far it got.
+    pub fn on_applied(&mut self, progress: Progress) -> Vec<Action> {
+        if progress.applied.index >= self.applied.index {
+            self.applied = progress.applied;
+        }
+        self.durable_index = self.durable_index.max(progress.durable_index);
+        for a in progress.commands {
             // Only the command a waiter proposed answers it: another one applied under the same
             // id (proposed elsewhere) leaves it waiting for its own (answered as a conflict).
             if self.proposals.get(&a.request_id).is_some_and(|p| p.hash == a.command_hash) {
@@ -764,53 +841,27 @@ impl Core {
                 self.actions.push(Action::Applied { revision: a.outcome.revision, events: a.events });
             }
         }
+        if self.applied.index > self.raw.raft.raft_log.applied {
+            self.raw.advance_apply_to(self.applied.index);
+        }
         self.grant_reads();
-        Ok(std::mem::take(&mut self.actions))
-    }
-
-    fn apply(
-        &mut self,
-        txn: &redb::WriteTransaction,
-        entries: Vec<Entry>,
-        out: &mut Vec<fsm::AppliedCommand>,
-        observer: &mut dyn ReadyObserver,
-    ) -> Result<(), CoreError> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        observer.apply_started();
-        let mut applied = 0;
-        for e in entries {
-            if e.index <= self.applied.index {
-                continue; // covered by an installed snapshot
-            }
-            let data: &[u8] = match e.get_entry_type() {
-                EntryType::EntryNormal => &e.data,
-                // Membership is static (--initial-cluster); a conf change only advances the index.
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => &[],
-            };
-            if let Some(a) = fsm::apply_entry(txn, e.index, e.term, data, &self.bounds)? {
-                out.push(a);
-            }
-            self.applied.index = e.index;
-            self.applied.term = e.term;
-            applied += 1;
-        }
-        observer.apply_finished(applied);
-        Ok(())
+        std::mem::take(&mut self.actions)
     }
 
     /// Keeps the log to about `snapshot_entries` past the applied index, leaving a tail of a
     /// quarter of that so a briefly lagging follower catches up from the log, not a snapshot.
     /// One Ready removes at most [`COMPACTION_STEP`] entries: deleting thousands at once stalls
     /// that Ready's commit (measured: p99 put latency 264 ms instead of 47 ms at 256 clients).
-    fn maybe_compact(&mut self, txn: &redb::WriteTransaction) -> Result<(), CoreError> {
+    /// Never past the state's durable applied index: a crash may take the rest of the state,
+    /// which the log then replays. Returns whether it wrote.
+    fn maybe_compact(&mut self) -> Result<bool, CoreError> {
         let tail = self.snapshot_entries / 4;
         let compacted = self.raw.store().compacted().index;
-        if self.applied.index >= compacted + self.snapshot_entries + tail {
-            let target = self.applied.index - tail;
+        let applied = self.applied.index.min(self.durable_index);
+        if applied >= compacted + self.snapshot_entries + tail {
+            let target = applied - tail;
             let to = target.min(compacted + COMPACTION_STEP);
-            self.raw.mut_store().compact(txn, to)?;
+            self.raw.mut_store().compact(to)?;
             if compacted + COMPACTION_STEP >= target || compacted == 0 {
                 tracing::info!(
                     member = self.id(),
@@ -820,8 +871,9 @@ impl Core {
                     "log compacted"
                 );
             }
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// A ReadIndex confirmation: accepted only for a context of this member's current life that

@@ -50,8 +50,15 @@ pub struct RaftMetrics {
     pub ready_commit_seconds: Histogram,
     /// Log entries appended by each Ready that wrote: how much group commit batched.
     pub ready_entries: Histogram,
-    /// One observation per batch of committed entries applied to the state machine.
+    /// One observation per batch of committed entries applied to the state machine (on the
+    /// apply thread, before its commit).
     pub apply_seconds: Histogram,
+    /// Entries in each applied batch.
+    pub apply_batch_entries: Histogram,
+    /// One observation per state commit (lazy or durable) on the apply thread.
+    pub state_commit_seconds: Histogram,
+    /// The applied index as of the state's last durable commit.
+    pub durable_index: Gauge,
     /// The last log index removed by compaction.
     pub compacted_index: Gauge,
     /// Bytes of raft log entries held in memory (`--log-cache-bytes`).
@@ -161,6 +168,9 @@ impl Metrics {
             ready_commit_seconds: disk_buckets(),
             ready_entries: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             apply_seconds: disk_buckets(),
+            apply_batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            state_commit_seconds: disk_buckets(),
+            durable_index: Gauge::default(),
             compacted_index: Gauge::default(),
             log_cached_bytes: Gauge::default(),
             reads_awaiting_apply: Gauge::default(),
@@ -214,7 +224,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "raft_ready_commit_duration",
-            "Duration of each Ready's redb write transaction commit (its fdatasync)",
+            "Duration of each Ready's commit of the raft log (its fdatasync)",
             Unit::Seconds,
             raft.ready_commit_seconds.clone(),
         );
@@ -225,9 +235,25 @@ impl Metrics {
         );
         r.register_with_unit(
             "raft_apply_duration",
-            "Duration of applying one batch of committed entries to the state machine (before the commit)",
+            "Duration of applying one batch of committed entries to the state machine (apply thread, before its commit)",
             Unit::Seconds,
             raft.apply_seconds.clone(),
+        );
+        r.register(
+            "raft_apply_batch_entries",
+            "Committed entries applied in each state transaction",
+            raft.apply_batch_entries.clone(),
+        );
+        r.register_with_unit(
+            "state_commit_duration",
+            "Duration of each commit of the state machine (apply thread; most are lazy, one in a while fsyncs)",
+            Unit::Seconds,
+            raft.state_commit_seconds.clone(),
+        );
+        r.register(
+            "raft_durable_applied_index",
+            "The applied index as of the state's last durable commit (the log is never compacted past it)",
+            raft.durable_index.clone(),
         );
 
         r.register(

@@ -29,10 +29,13 @@ use raft::eraftpb::Message;
 use redb::Database;
 use tokio::sync::oneshot;
 
+pub mod apply;
 pub mod budget;
 pub mod inbox;
 
-use crate::core::{Action, Core, CoreError, ReadyObserver, RequestError, Snapshots, Status, Waiter};
+use crate::core::{
+    Action, Applier, Core, CoreError, Progress, ReadyObserver, RequestError, Snapshots, Status, Waiter,
+};
 use crate::metrics::{Metrics, RaftMetrics};
 use budget::{Budget, Permit};
 use latch_proto::internal::{Command, Outcome};
@@ -48,11 +51,30 @@ const MAX_EVENTS_PER_TURN: usize = 4096;
 /// What other tasks ask of the node. Client requests and peer messages carry the permit of
 /// the bytes they hold.
 pub enum Event {
-    Propose { cmd: Command, reply: oneshot::Sender<Result<Outcome, RequestError>>, permit: Permit },
-    Read { reply: oneshot::Sender<Result<(), RequestError>>, permit: Permit },
+    Propose {
+        cmd: Command,
+        reply: oneshot::Sender<Result<Outcome, RequestError>>,
+        permit: Permit,
+    },
+    Read {
+        reply: oneshot::Sender<Result<(), RequestError>>,
+        permit: Permit,
+    },
+    /// A serializable read waiting for the state to catch up after a restart.
+    ReadCaughtUp {
+        reply: oneshot::Sender<Result<(), RequestError>>,
+        permit: Permit,
+    },
     Peer(Box<Message>, Permit),
+    /// The apply thread's progress.
+    Applied(Progress),
+    /// The apply thread failed: the member stops.
+    ApplyFailed(CoreError),
     Unreachable(u64),
-    SnapshotSent { peer: u64, ok: bool },
+    SnapshotSent {
+        peer: u64,
+        ok: bool,
+    },
     Stop,
 }
 
@@ -93,6 +115,18 @@ impl NodeHandle {
         let permit = self.take_pending(READ_BYTES)?;
         let (reply, rx) = oneshot::channel();
         self.events.send(Event::Read { reply, permit }).map_err(|_| RequestError::ShuttingDown)?;
+        rx.await.map_err(|_| RequestError::ShuttingDown)?
+    }
+
+    /// Waits until a serializable read may be served from this node's applied state: at once,
+    /// unless the member restarted and its state has not caught up with its log yet.
+    pub async fn read_serializable(&self) -> Result<(), RequestError> {
+        if self.status().caught_up {
+            return Ok(());
+        }
+        let permit = self.take_pending(READ_BYTES)?;
+        let (reply, rx) = oneshot::channel();
+        self.events.send(Event::ReadCaughtUp { reply, permit }).map_err(|_| RequestError::ShuttingDown)?;
         rx.await.map_err(|_| RequestError::ShuttingDown)?
     }
 
@@ -165,6 +199,7 @@ impl Node {
     /// keeps `metrics.raft` up to date.
     pub fn start(
         core: Core,
+        applier: Applier,
         cluster_id: u64,
         tick: Duration,
         budgets: Budgets,
@@ -179,7 +214,7 @@ impl Node {
             snapshots: core.snapshots().clone(),
             status: Arc::new(Mutex::new(core.status())),
             running: Arc::new(AtomicBool::new(true)),
-            db: core.db().clone(),
+            db: core.state_db().clone(),
             member_id: core.id(),
             cluster_id,
         };
@@ -187,10 +222,18 @@ impl Node {
         let status = handle.status.clone();
         let budgets = [handle.pending.clone(), handle.peer_queue.clone()];
         let running = RunningFlag(handle.running.clone());
+        let (jobs, queued) = apply::queue();
+        let (events, apply_metrics) = (handle.events.clone(), metrics.clone());
+        let applying = std::thread::Builder::new()
+            .name(format!("latch-apply-{}", core.id()))
+            .spawn(move || apply::run(applier, queued, events, &apply_metrics.raft))?;
         let thread =
             std::thread::Builder::new().name(format!("latch-node-{}", core.id())).spawn(move || {
                 let _running = running;
-                drive(core, rx, outbox, status, tick, &metrics, budgets)
+                let result = drive(core, rx, outbox, jobs, status, tick, &metrics, budgets);
+                // The queue is closed (`jobs` dropped): the apply thread finishes what it has.
+                let _ = applying.join();
+                result
             })?;
         Ok(Node { handle, thread })
     }
@@ -227,7 +270,6 @@ impl Drop for RunningFlag {
 struct ReadyTimer<'a> {
     metrics: &'a RaftMetrics,
     commit_started: Option<Instant>,
-    apply_started: Option<Instant>,
 }
 
 impl ReadyObserver for ReadyTimer<'_> {
@@ -241,17 +283,6 @@ impl ReadyObserver for ReadyTimer<'_> {
         }
         self.metrics.ready_entries.observe(entries_persisted as f64);
     }
-
-    fn apply_started(&mut self) {
-        self.apply_started = Some(Instant::now());
-    }
-
-    fn apply_finished(&mut self, entries_applied: usize) {
-        if let Some(t) = self.apply_started.take() {
-            self.metrics.apply_seconds.observe(t.elapsed().as_secs_f64());
-        }
-        self.metrics.proposals_applied.inc_by(entries_applied as u64);
-    }
 }
 
 /// Refreshes the gauges from this turn's status and counts what changed since the last one.
@@ -259,6 +290,7 @@ fn record_status(m: &RaftMetrics, before: &Status, now: &Status) {
     m.compacted_index.set(i64::try_from(now.compacted_index).unwrap_or(i64::MAX));
     m.log_cached_bytes.set(i64::try_from(now.log_cached_bytes).unwrap_or(i64::MAX));
     m.reads_awaiting_apply.set(i64::try_from(now.reads_awaiting_apply).unwrap_or(i64::MAX));
+    m.durable_index.set(i64::try_from(now.durable_index).unwrap_or(i64::MAX));
     let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     m.term.set(gauge(now.term));
     m.is_leader.set(i64::from(now.role == crate::core::Role::Leader));
@@ -283,9 +315,16 @@ struct Waiters {
 }
 
 impl Waiters {
-    fn carry_out(&mut self, actions: Vec<Action>, metrics: &RaftMetrics) {
+    /// Carries out the core's actions; entries to apply go to `apply`.
+    fn carry_out(
+        &mut self,
+        actions: Vec<Action>,
+        metrics: &RaftMetrics,
+        apply: &mut dyn FnMut(Vec<raft::eraftpb::Entry>),
+    ) {
         for a in actions {
             match a {
+                Action::Apply { entries } => apply(entries),
                 Action::Reply { waiter, result } => {
                     if result.is_err() {
                         metrics.proposals_failed.inc();
@@ -312,7 +351,13 @@ impl Waiters {
 }
 
 /// Hands one event to the core; `true` when the event asks the driver to stop.
-fn hand(ev: Event, core: &mut Core, waiters: &mut Waiters) -> Result<bool, CoreError> {
+fn hand(
+    ev: Event,
+    core: &mut Core,
+    waiters: &mut Waiters,
+    metrics: &RaftMetrics,
+    apply: &mut dyn FnMut(Vec<raft::eraftpb::Entry>),
+) -> Result<bool, CoreError> {
     match ev {
         Event::Propose { cmd, reply, permit } => {
             waiters.next += 1;
@@ -324,6 +369,13 @@ fn hand(ev: Event, core: &mut Core, waiters: &mut Waiters) -> Result<bool, CoreE
             waiters.reads.insert(waiters.next, (reply, permit));
             core.read_index(waiters.next);
         }
+        Event::ReadCaughtUp { reply, permit } => {
+            waiters.next += 1;
+            waiters.reads.insert(waiters.next, (reply, permit));
+            core.read_caught_up(waiters.next);
+        }
+        Event::Applied(progress) => waiters.carry_out(core.on_applied(progress), metrics, apply),
+        Event::ApplyFailed(e) => return Err(e),
         Event::Peer(msg, _permit) => core.step(*msg)?,
         Event::Unreachable(peer) => core.report_unreachable(peer),
         Event::SnapshotSent { peer, ok } => core.report_snapshot(peer, ok),
@@ -332,10 +384,12 @@ fn hand(ev: Event, core: &mut Core, waiters: &mut Waiters) -> Result<bool, CoreE
     Ok(false)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn drive(
     mut core: Core,
     rx: mpsc::Receiver<Event>,
     mut outbox: Box<dyn Outbox>,
+    jobs: mpsc::SyncSender<apply::Job>,
     status: Arc<Mutex<Status>>,
     tick: Duration,
     metrics: &Metrics,
@@ -343,6 +397,10 @@ fn drive(
 ) -> Result<(), CoreError> {
     let metrics = &metrics.raft;
     let mut waiters = Waiters::default();
+    // Blocks when the apply thread is APPLY_QUEUE batches behind: backpressure, not memory.
+    let mut apply = |entries| {
+        let _ = jobs.send(apply::Job::Apply(entries));
+    };
     let mut last_status = core.status();
     record_status(metrics, &last_status, &last_status);
     let mut next_tick = Instant::now() + tick;
@@ -356,7 +414,7 @@ fn drive(
         // Everything already queued joins this turn (group commit), up to a bound.
         let queued = std::iter::from_fn(|| rx.try_recv().ok());
         for ev in first.into_iter().chain(queued).take(MAX_EVENTS_PER_TURN) {
-            match hand(ev, &mut core, &mut waiters) {
+            match hand(ev, &mut core, &mut waiters, metrics, &mut apply) {
                 Ok(false) => {}
                 Ok(true) => break 'driver Ok(()),
                 Err(e) => break 'driver Err(e),
@@ -371,9 +429,16 @@ fn drive(
             }
         }
         core.flush_reads();
-        let mut timer = ReadyTimer { metrics, commit_started: None, apply_started: None };
-        match core.handle_ready(&mut |msgs| outbox.send(msgs), &mut timer) {
-            Ok(actions) => waiters.carry_out(actions, metrics),
+        let mut timer = ReadyTimer { metrics, commit_started: None };
+        let mut install = |token: &[u8], index: u64, term: u64| {
+            // In order behind every batch queued before it; the raft thread waits for it.
+            let (reply, answer) = mpsc::channel();
+            let job = apply::Job::Install { token: token.to_vec(), index, term, reply };
+            jobs.send(job).map_err(|_| CoreError::ApplyStopped)?;
+            answer.recv().map_err(|_| CoreError::ApplyStopped)?
+        };
+        match core.handle_ready(&mut |msgs| outbox.send(msgs), &mut timer, &mut install) {
+            Ok(actions) => waiters.carry_out(actions, metrics, &mut apply),
             Err(e) => break Err(e),
         }
         let now = core.status();
@@ -388,7 +453,7 @@ fn drive(
     if let Err(e) = &result {
         tracing::error!(error = %e, "node stopped: fatal error");
     }
-    waiters.carry_out(core.shut_down(), metrics);
+    waiters.carry_out(core.shut_down(), metrics, &mut |_| {});
     result
 }
 

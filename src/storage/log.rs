@@ -1,41 +1,74 @@
-//! The raft log, hard state and conf state, kept in redb, with the newest entries cached in
-//! memory.
+//! The raft log, hard state and configuration, kept in a write-ahead log: a directory of
+//! segment files ([`super::files`]) that are only appended to, one fdatasync per flush. The
+//! newest entries are cached in memory, bounded in bytes.
 //!
 //! raft-rs reads its log through `raft::Storage` (`&self`, synchronous, many small calls). Every
-//! change is written into the caller's redb write transaction *and* applied to the in-memory
-//! view at once; the caller commits that transaction before anything that depends on it leaves
-//! the node (messages, replies), and a failed commit is fatal, so the in-memory view never
-//! outlives a state the disk did not reach.
+//! change is applied to the in-memory view at once and buffered as records; [`LogStore::flush`]
+//! appends the records to the active segment and syncs it, and the caller lets nothing that
+//! depends on a change leave the node (messages, applies) before that. A failed flush is
+//! fatal, so the in-memory view never outlives a state the disk did not reach.
 //!
-//! Memory is bounded in bytes: the newest entries, up to `cache_bytes` (at least the entries of
-//! the transaction in progress), are kept in memory; older ones are read back from redb when
-//! raft asks for them (a lagging follower). Terms are kept for the whole log as runs
-//! (`first index of a run → term`), a few bytes per term change, so `term()` never reads disk.
+//! Segment format: files `<seq, 16 hex digits>.wal`, preallocated to [`SEGMENT_BYTES`] of zeros
+//! (so that a sync after a write is a data sync alone); each a sequence of records
+//! `[payload length: u32 LE][CRC-32 of kind and payload: u32 LE][kind: u8][payload]`, ended by
+//! zeros (a record head of zeros: no record has length 0, checksum 0 and kind 0). The first
+//! record of a segment is its header (identity, and the raft state when it was started); then
+//! entries (an entry at an index already in the log replaces it and everything after it), hard
+//! states, compactions (entries up to an index are no longer needed) and installed snapshots
+//! (every entry before is gone). Replaying the segments in order rebuilds the log exactly.
 //!
 //! Invariants:
-//! - The log holds exactly the indexes `compacted.index + 1 ..= last`, without gaps, in the
-//!   `RAFT_LOG` table; `cache` holds `cache_from ..= last` of them, equal to the table's.
-//! - An entry leaves the cache only after the transaction that wrote it committed (see
-//!   [`LogStore::committed`]), and entries below `cache_from` are never changed by a write in
-//!   progress (a truncating append moves `cache_from` down to its first index), so reading
-//!   them from a redb read transaction sees exactly the log.
+//! - The log holds exactly the indexes `compacted.index + 1 ..= last`, without gaps; `cache`
+//!   holds `cache_from ..= last` of them; `places` says where each one's record is.
+//! - An entry leaves the cache only after the flush that wrote it (see [`LogStore::committed`]),
+//!   so an entry read back from a file is always one that was written there.
+//! - A segment is deleted only when every entry in it is compacted and the record saying so is
+//!   durable in a later segment, and never the active one: replay never meets a gap.
+//! - A torn tail (a crash in the middle of a write that was never synced: a bad record at the
+//!   end of the last segment's data, with nothing but zeros after it) is zeroed out, with a
+//!   warning. A bad record with data after it, or anywhere but in the last segment, is
+//!   corruption: loading fails naming the file and offset.
+//! - Memory is bounded: entries older than the cache are read back from their file; `places`
+//!   and `terms` cost a few bytes per entry and per term.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+use latch_proto::internal::{WalCompact, WalHeader, WalSnapshot};
+use prost::Message as _;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
-use redb::{Database, ReadableTable, WriteTransaction};
 
-use super::schema::*;
+use super::files::{Dir, File};
+use super::schema::FORMAT_VERSION;
 use super::StorageError;
+
+/// A segment is preallocated to this many bytes, and closed, a new one started, once full.
+pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+const KIND_HEADER: u8 = 1;
+const KIND_ENTRY: u8 = 2;
+const KIND_HARD_STATE: u8 = 3;
+const KIND_COMPACT: u8 = 4;
+const KIND_SNAPSHOT: u8 = 5;
+/// Bytes before a record's payload: length, CRC, kind.
+const RECORD_HEAD: usize = 9;
+/// Largest record a reader accepts (an entry holds at most one request).
+const MAX_RECORD: usize = 1 << 30;
 
 /// Position of the last entry no longer in the log (compacted or covered by a snapshot).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Compacted {
     pub index: u64,
     pub term: u64,
+}
+
+/// Whose log this is: every segment header says, and loading checks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub cluster_id: u64,
+    pub member_id: u64,
 }
 
 /// A snapshot of the applied state, ready to be streamed to a peer.
@@ -55,8 +88,23 @@ pub trait SnapshotSource: Send + Sync {
     fn prepare(&self, request_index: u64) -> Result<Option<PreparedSnapshot>, String>;
 }
 
+/// Where an entry's record is.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    segment: u64,
+    offset: u64,
+}
+
+struct Segment {
+    name: String,
+    file: Box<dyn File>,
+    /// The highest entry index written in it (0: none).
+    last_index: u64,
+}
+
 pub struct LogStore {
-    db: Arc<Database>,
+    dir: Box<dyn Dir>,
+    identity: Identity,
     snapshots: Arc<dyn SnapshotSource>,
     hard_state: HardState,
     conf_state: ConfState,
@@ -71,6 +119,20 @@ pub struct LogStore {
     /// The term of every index of the log: runs of `(first index, term)`, in index order; the
     /// first run starts at `compacted.index` (whose term is `compacted.term`).
     terms: Vec<(u64, u64)>,
+    /// Where the record of each entry `compacted.index + 1 ..= last` is.
+    places: VecDeque<Place>,
+    segments: BTreeMap<u64, Segment>,
+    /// The segment appended to.
+    active: u64,
+    /// Its length, counting `pending`.
+    active_len: u64,
+    /// Records not flushed yet.
+    pending: Vec<u8>,
+    /// Segments to delete once the compaction that freed them is durable.
+    doomed: Vec<u64>,
+    /// The size segments are preallocated to and closed at ([`SEGMENT_BYTES`]; tests use
+    /// small ones).
+    segment_bytes: u64,
 }
 
 /// What an entry costs the cache: its payload and a fixed overhead.
@@ -78,80 +140,358 @@ fn entry_bytes(e: &Entry) -> usize {
     e.data.len() + e.context.len() + 64
 }
 
+fn segment_name(seq: u64) -> String {
+    format!("{seq:016x}.wal")
+}
+
+fn encode_record(kind: u8, payload: &[u8], out: &mut Vec<u8>) {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&[kind]);
+    crc.update(payload);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(payload);
+}
+
+/// A record read back: its kind and payload.
+type Record<'a> = (u8, &'a [u8]);
+/// A bad record: its extent (as far as its length can be trusted) and why it is bad.
+type BadRecord = (usize, &'static str);
+
+/// One record read back; `Ok(None)` at the end of the data (zeros).
+fn decode_record(bytes: &[u8]) -> Result<Option<Record<'_>>, BadRecord> {
+    if bytes.len() < RECORD_HEAD {
+        return if bytes.iter().all(|b| *b == 0) {
+            Ok(None)
+        } else {
+            Err((bytes.len(), "a record cut short"))
+        };
+    }
+    if bytes[..RECORD_HEAD].iter().all(|b| *b == 0) {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    let extent = RECORD_HEAD.saturating_add(len).min(bytes.len());
+    if len > MAX_RECORD {
+        return Err((RECORD_HEAD, "a record longer than any written"));
+    }
+    if bytes.len() < RECORD_HEAD + len {
+        return Err((extent, "a record cut short"));
+    }
+    let kind = bytes[8];
+    let payload = &bytes[RECORD_HEAD..RECORD_HEAD + len];
+    let mut h = crc32fast::Hasher::new();
+    h.update(&[kind]);
+    h.update(payload);
+    if h.finalize() != crc {
+        return Err((extent, "a record whose checksum does not match"));
+    }
+    Ok(Some((kind, payload)))
+}
+
+fn io(what: &str, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Log(format!("{what}: {e}"))
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Corrupt(e.to_string())
+}
+
+fn pb_bytes(msg: &impl protobuf::Message) -> Result<Vec<u8>, StorageError> {
+    msg.write_to_bytes().map_err(|e| corrupt(format!("cannot encode a raft message: {e}")))
+}
+
 impl LogStore {
-    /// Loads the log from the data file, caching up to `cache_limit` bytes of its newest
-    /// entries. A fresh file gets `voters` as its configuration.
+    /// Loads the log from `dir` (creating its first segment when it is empty), caching up to
+    /// `cache_limit` bytes of its newest entries, with segments of `segment_bytes`. A fresh log
+    /// gets `voters` as its configuration.
     pub fn load(
-        db: Arc<Database>,
+        dir: Box<dyn Dir>,
+        identity: Identity,
         voters: &[u64],
         snapshots: Arc<dyn SnapshotSource>,
         cache_limit: usize,
+        segment_bytes: u64,
     ) -> Result<LogStore, StorageError> {
-        let txn = db.begin_read().map_err(StorageError::redb)?;
-        let state = txn.open_table(RAFT_STATE).map_err(StorageError::redb)?;
-        let decode = |key: &str| -> Result<Option<Vec<u8>>, StorageError> {
-            Ok(state.get(key).map_err(StorageError::redb)?.map(|v| v.value().to_vec()))
-        };
-        let hard_state = match decode(RAFT_HARD_STATE)? {
-            Some(b) => HardState::parse_from_bytes(&b)
-                .map_err(|e| StorageError::Corrupt(format!("table raft_state, key hard_state: {e}")))?,
-            None => HardState::default(),
-        };
-        let conf_state = match decode(RAFT_CONF_STATE)? {
-            Some(b) => ConfState::parse_from_bytes(&b)
-                .map_err(|e| StorageError::Corrupt(format!("table raft_state, key conf_state: {e}")))?,
-            None => ConfState { voters: voters.to_vec(), ..Default::default() },
-        };
-        let compacted = match decode(RAFT_COMPACTED)? {
-            Some(b) if b.len() == 16 => {
-                let (i, t) = b.split_at(8);
-                Compacted { index: be_u64(i), term: be_u64(t) }
+        let mut seqs: Vec<u64> = Vec::new();
+        for name in dir.list().map_err(|e| io(&format!("cannot list {}", dir.describe("")), e))? {
+            if let Some(seq) = name.strip_suffix(".wal").and_then(|h| u64::from_str_radix(h, 16).ok()) {
+                seqs.push(seq);
             }
-            Some(b) => {
-                return Err(StorageError::Corrupt(format!(
-                    "table raft_state, key compacted: {} bytes, expected 16",
-                    b.len()
-                )))
-            }
-            None => Compacted::default(),
-        };
+        }
+        seqs.sort_unstable();
         let mut store = LogStore {
-            db: db.clone(),
+            dir,
+            identity,
             snapshots,
-            hard_state,
-            conf_state,
-            compacted,
-            last: compacted.index,
+            hard_state: HardState::default(),
+            conf_state: ConfState { voters: voters.to_vec(), ..Default::default() },
+            compacted: Compacted::default(),
+            last: 0,
             cache: VecDeque::new(),
-            cache_from: compacted.index + 1,
+            cache_from: 1,
             cache_bytes: 0,
             cache_limit,
-            terms: vec![(compacted.index, compacted.term)],
+            terms: vec![(0, 0)],
+            places: VecDeque::new(),
+            segments: BTreeMap::new(),
+            active: 0,
+            active_len: 0,
+            pending: Vec::new(),
+            doomed: Vec::new(),
+            segment_bytes,
         };
-        let log = txn.open_table(RAFT_LOG).map_err(StorageError::redb)?;
-        for row in log.range(compacted.index + 1..).map_err(StorageError::redb)? {
-            let (k, v) = row.map_err(StorageError::redb)?;
-            let index = k.value();
-            let entry = Entry::parse_from_bytes(v.value())
-                .map_err(|e| StorageError::Corrupt(format!("table raft_log, index {index}: {e}")))?;
-            let expected = store.last + 1;
-            if entry.index != index || index != expected {
-                return Err(StorageError::Corrupt(format!(
-                    "table raft_log: found entry {} under index {index}, expected {expected} (a gap or a misplaced entry)",
-                    entry.index
-                )));
-            }
-            store.push(entry);
-            store.evict();
+        // Entries of a segment may follow a gap that a compaction recorded further on (the
+        // segment before was deleted once that record was durable): the first pass finds how far
+        // compaction went, and the second skips what it covers.
+        let n = seqs.len();
+        let mut floor = Compacted::default();
+        for (i, seq) in seqs.iter().enumerate() {
+            floor = store.compaction_in(*seq, i + 1 == n, floor)?;
         }
+        for (i, seq) in seqs.into_iter().enumerate() {
+            store.replay(seq, i + 1 == n, floor)?;
+        }
+        store.compact_to(floor);
+        if store.segments.is_empty() {
+            store.start_segment(1)?;
+        }
+        store.evict();
         Ok(store)
     }
 
-    /// Writes the configuration of a fresh store (so it survives a restart) if none is stored.
-    pub fn persist_initial(&self, txn: &WriteTransaction) -> Result<(), StorageError> {
-        let mut state = txn.open_table(RAFT_STATE).map_err(StorageError::redb)?;
-        if state.get(RAFT_CONF_STATE).map_err(StorageError::redb)?.is_none() {
-            put_pb(&mut state, RAFT_CONF_STATE, &self.conf_state)?;
+    /// The furthest compaction a segment records (in headers, compactions and snapshots), or
+    /// `floor` if it is further; reads only.
+    fn compaction_in(
+        &self,
+        seq: u64,
+        last_segment: bool,
+        floor: Compacted,
+    ) -> Result<Compacted, StorageError> {
+        let name = segment_name(seq);
+        let path = self.dir.describe(&name);
+        let (_, bytes) = self.read_segment(&name)?;
+        let mut offset = 0usize;
+        let mut floor = floor;
+        while offset < bytes.len() {
+            let (kind, payload) = match decode_record(&bytes[offset..]) {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                // The second pass decides whether this is a torn tail or corruption.
+                Err(_) if last_segment => break,
+                Err((_, why)) => return Err(corrupt(format!("{path}: {why} at offset {offset}"))),
+            };
+            let bad = |e: &dyn std::fmt::Display| {
+                corrupt(format!("{path}: undecodable record at offset {offset}: {e}"))
+            };
+            let c = match kind {
+                KIND_HEADER => {
+                    let h = WalHeader::decode(payload).map_err(|e| bad(&e))?;
+                    Compacted { index: h.compacted_index, term: h.compacted_term }
+                }
+                KIND_COMPACT => {
+                    let c = WalCompact::decode(payload).map_err(|e| bad(&e))?;
+                    Compacted { index: c.index, term: c.term }
+                }
+                KIND_SNAPSHOT => {
+                    let s = WalSnapshot::decode(payload).map_err(|e| bad(&e))?;
+                    Compacted { index: s.index, term: s.term }
+                }
+                _ => Compacted::default(),
+            };
+            if c.index > floor.index {
+                floor = c;
+            }
+            offset += RECORD_HEAD + payload.len();
+        }
+        Ok(floor)
+    }
+
+    fn read_segment(&self, name: &str) -> Result<(Box<dyn File>, Vec<u8>), StorageError> {
+        let path = self.dir.describe(name);
+        let file = self.dir.open(name).map_err(|e| io(&format!("cannot open {path}"), e))?;
+        let len = file.len().map_err(|e| io(&format!("cannot read {path}"), e))?;
+        let mut bytes = vec![0u8; len as usize];
+        file.read_at(0, &mut bytes).map_err(|e| io(&format!("cannot read {path}"), e))?;
+        Ok((file, bytes))
+    }
+
+    /// Replays one segment into the in-memory view; entries at or below `floor` (compacted,
+    /// per [`LogStore::compaction_in`]) are skipped.
+    fn replay(&mut self, seq: u64, last_segment: bool, floor: Compacted) -> Result<(), StorageError> {
+        let name = segment_name(seq);
+        let path = self.dir.describe(&name);
+        let (mut file, bytes) = self.read_segment(&name)?;
+        let mut offset = 0usize;
+        let mut last_index = 0;
+        while offset < bytes.len() {
+            let (kind, payload) = match decode_record(&bytes[offset..]) {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err((extent, why)) if last_segment && bytes[offset + extent..].iter().all(|b| *b == 0) => {
+                    tracing::warn!(file = %path, offset, "raft log: {why} at the end of its data (a write a crash cut off): dropped");
+                    // Back to zeros from there, preallocated again.
+                    file.truncate(offset as u64).map_err(|e| io(&format!("cannot truncate {path}"), e))?;
+                    file.allocate(self.segment_bytes)
+                        .map_err(|e| io(&format!("cannot allocate {path}"), e))?;
+                    file.sync().map_err(|e| io(&format!("cannot sync {path}"), e))?;
+                    break;
+                }
+                Err((_, why)) => return Err(corrupt(format!("{path}: {why} at offset {offset}"))),
+            };
+            let bad = |e: &dyn std::fmt::Display| {
+                corrupt(format!("{path}: undecodable record at offset {offset}: {e}"))
+            };
+            if offset == 0 && kind != KIND_HEADER {
+                return Err(corrupt(format!("{path}: does not start with a segment header")));
+            }
+            match kind {
+                KIND_HEADER => {
+                    let h = WalHeader::decode(payload).map_err(|e| bad(&e))?;
+                    self.check_identity(&path, &h)?;
+                    self.hard_state = HardState::parse_from_bytes(&h.hard_state).map_err(|e| bad(&e))?;
+                    self.conf_state = ConfState::parse_from_bytes(&h.conf_state).map_err(|e| bad(&e))?;
+                    self.compact_to(Compacted { index: h.compacted_index, term: h.compacted_term });
+                }
+                KIND_ENTRY => {
+                    let e = Entry::parse_from_bytes(payload).map_err(|e| bad(&e))?;
+                    last_index = last_index.max(e.index);
+                    if e.index > floor.index && self.last < floor.index {
+                        // The entries between were in a deleted segment: compacted.
+                        self.reset_to(floor);
+                    }
+                    if e.index > self.compacted.index.max(floor.index) {
+                        if e.index > self.last + 1 {
+                            return Err(corrupt(format!(
+                                "{path}: entry {} at offset {offset} follows entry {}: a gap in the log",
+                                e.index, self.last
+                            )));
+                        }
+                        if e.index <= self.last {
+                            self.truncate_from(e.index);
+                        }
+                        self.places.push_back(Place { segment: seq, offset: offset as u64 });
+                        self.push(e);
+                    }
+                }
+                KIND_HARD_STATE => {
+                    self.hard_state = HardState::parse_from_bytes(payload).map_err(|e| bad(&e))?;
+                }
+                KIND_COMPACT => {
+                    let c = WalCompact::decode(payload).map_err(|e| bad(&e))?;
+                    self.compact_to(Compacted { index: c.index, term: c.term });
+                }
+                KIND_SNAPSHOT => {
+                    let s = WalSnapshot::decode(payload).map_err(|e| bad(&e))?;
+                    self.conf_state = ConfState::parse_from_bytes(&s.conf_state).map_err(|e| bad(&e))?;
+                    self.reset_to(Compacted { index: s.index, term: s.term });
+                }
+                other => {
+                    return Err(corrupt(format!(
+                        "{path}: a record of unknown kind {other} at offset {offset}"
+                    )))
+                }
+            }
+            offset += RECORD_HEAD + payload.len();
+        }
+        if offset == 0 && !last_segment {
+            return Err(corrupt(format!("{path}: an empty segment before the last one")));
+        }
+        if offset == 0 {
+            // The last segment, whose header the crash cut off: start it again.
+            drop(file);
+            self.dir.remove(&name).map_err(|e| io(&format!("cannot remove {path}"), e))?;
+            return self.start_segment(seq);
+        }
+        self.active = seq;
+        self.active_len = offset as u64;
+        self.segments.insert(seq, Segment { name, file, last_index });
+        Ok(())
+    }
+
+    fn check_identity(&self, path: &str, h: &WalHeader) -> Result<(), StorageError> {
+        let path = std::path::PathBuf::from(path);
+        if h.format != FORMAT_VERSION {
+            return Err(StorageError::Format { path, found: h.format, expected: FORMAT_VERSION });
+        }
+        if h.cluster_id != self.identity.cluster_id {
+            return Err(StorageError::WrongCluster {
+                path,
+                found: h.cluster_id,
+                expected: self.identity.cluster_id,
+            });
+        }
+        if h.member_id != self.identity.member_id {
+            return Err(StorageError::WrongMember {
+                path,
+                found: h.member_id,
+                expected: self.identity.member_id,
+            });
+        }
+        Ok(())
+    }
+
+    /// Starts segment `seq`, with a header holding the state so far, synced with its directory
+    /// entry.
+    fn start_segment(&mut self, seq: u64) -> Result<(), StorageError> {
+        let name = segment_name(seq);
+        let path = self.dir.describe(&name);
+        let header = WalHeader {
+            cluster_id: self.identity.cluster_id,
+            member_id: self.identity.member_id,
+            format: FORMAT_VERSION,
+            compacted_index: self.compacted.index,
+            compacted_term: self.compacted.term,
+            hard_state: pb_bytes(&self.hard_state)?,
+            conf_state: pb_bytes(&self.conf_state)?,
+        };
+        let mut bytes = Vec::new();
+        encode_record(KIND_HEADER, &header.encode_to_vec(), &mut bytes);
+        let mut file = self.dir.create(&name).map_err(|e| io(&format!("cannot create {path}"), e))?;
+        file.allocate(self.segment_bytes).map_err(|e| io(&format!("cannot allocate {path}"), e))?;
+        file.write_at(0, &bytes).map_err(|e| io(&format!("cannot write {path}"), e))?;
+        file.sync().map_err(|e| io(&format!("cannot sync {path}"), e))?;
+        self.dir.sync().map_err(|e| io(&format!("cannot sync {}", self.dir.describe("")), e))?;
+        self.segments.insert(seq, Segment { name, file, last_index: 0 });
+        self.active = seq;
+        self.active_len = bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the configuration of a fresh log (so it survives a restart): it is in the first
+    /// segment's header already.
+    pub fn persist_initial(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    /// Brings the log in line with the state machine, durable at `(index, term)`, when a member
+    /// restarts. A log that ends before it — a snapshot was installed in the state, and the
+    /// crash came before the log recorded it — is moved past it, as an installed snapshot would
+    /// move it. A log that starts after it, or that holds another term at its index, cannot be
+    /// what that state was applied from: an error names both.
+    pub fn reconcile(&mut self, index: u64, term: u64) -> Result<(), StorageError> {
+        if index > self.last {
+            let mut meta = SnapshotMetadata { index, term, ..Default::default() };
+            meta.set_conf_state(self.conf_state.clone());
+            self.install_snapshot(&meta)?;
+            self.flush()?;
+            return Ok(());
+        }
+        if index < self.compacted.index {
+            return Err(StorageError::Corrupt(format!(
+                "the state machine is at index {index}, but the raft log starts at {}: the log \
+                 no longer holds the entries the state lacks",
+                self.compacted.index + 1
+            )));
+        }
+        if index > 0 && self.entry_term(index) != Some(term) {
+            return Err(StorageError::Corrupt(format!(
+                "the state machine applied index {index} in term {term}, but the raft log holds \
+                 term {:?} there",
+                self.entry_term(index)
+            )));
         }
         Ok(())
     }
@@ -168,13 +508,53 @@ impl LogStore {
         self.last
     }
 
+    /// Whether records wait to be flushed.
+    pub fn dirty(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Bytes of entries held in memory.
     pub fn cached_bytes(&self) -> usize {
         self.cache_bytes
     }
 
-    /// The transaction holding the latest changes committed: entries it wrote may now leave
-    /// the cache (oldest first, while it is over its limit).
+    /// The names of the segment files, oldest first (for checks and tests).
+    pub fn segment_names(&self) -> Vec<String> {
+        self.segments.values().map(|s| s.name.clone()).collect()
+    }
+
+    /// Appends the records written since the last flush to the active segment and syncs it
+    /// (one fdatasync); then deletes the segments a durable compaction freed, and starts a new
+    /// segment when the active one is full. Returns whether anything was written.
+    pub fn flush(&mut self) -> Result<bool, StorageError> {
+        if self.pending.is_empty() {
+            return Ok(false);
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let at = self.active_len - pending.len() as u64;
+        let segment =
+            self.segments.get_mut(&self.active).ok_or_else(|| corrupt("no active raft log segment"))?;
+        let path = self.dir.describe(&segment.name);
+        segment.file.write_at(at, &pending).map_err(|e| io(&format!("cannot write {path}"), e))?;
+        segment.file.sync().map_err(|e| io(&format!("cannot sync {path}"), e))?;
+        if !self.doomed.is_empty() {
+            for seq in std::mem::take(&mut self.doomed) {
+                if let Some(s) = self.segments.remove(&seq) {
+                    self.dir
+                        .remove(&s.name)
+                        .map_err(|e| io(&format!("cannot remove {}", self.dir.describe(&s.name)), e))?;
+                }
+            }
+            self.dir.sync().map_err(|e| io(&format!("cannot sync {}", self.dir.describe("")), e))?;
+        }
+        if self.active_len >= self.segment_bytes {
+            self.start_segment(self.active + 1)?;
+        }
+        Ok(true)
+    }
+
+    /// The flush holding the latest changes is done: entries it wrote may now leave the cache
+    /// (oldest first, while it is over its limit).
     pub fn committed(&mut self) {
         self.evict();
     }
@@ -196,8 +576,16 @@ impl LogStore {
         self.cache.push_back(e);
     }
 
+    fn write(&mut self, kind: u8, payload: &[u8]) -> u64 {
+        let offset = self.active_len;
+        let before = self.pending.len();
+        encode_record(kind, payload, &mut self.pending);
+        self.active_len += (self.pending.len() - before) as u64;
+        offset
+    }
+
     /// Appends `new` (consecutive entries), replacing any existing entries from `new[0].index` on.
-    pub fn append(&mut self, txn: &WriteTransaction, new: &[Entry]) -> Result<(), StorageError> {
+    pub fn append(&mut self, new: &[Entry]) -> Result<(), StorageError> {
         let Some(first) = new.first() else { return Ok(()) };
         if first.index <= self.compacted.index || first.index > self.last + 1 {
             return Err(StorageError::Corrupt(format!(
@@ -207,16 +595,16 @@ impl LogStore {
                 self.last + 1
             )));
         }
-        let mut log = txn.open_table(RAFT_LOG).map_err(StorageError::redb)?;
         if first.index <= self.last {
-            log.retain_in(first.index.., |_, _| false).map_err(StorageError::redb)?;
             self.truncate_from(first.index);
         }
         for e in new {
-            let bytes = e
-                .write_to_bytes()
-                .map_err(|err| StorageError::Corrupt(format!("cannot encode entry {}: {err}", e.index)))?;
-            log.insert(e.index, bytes.as_slice()).map_err(StorageError::redb)?;
+            let bytes = pb_bytes(e)?;
+            let offset = self.write(KIND_ENTRY, &bytes);
+            self.places.push_back(Place { segment: self.active, offset });
+            if let Some(s) = self.segments.get_mut(&self.active) {
+                s.last_index = s.last_index.max(e.index);
+            }
             self.push(e.clone());
         }
         Ok(())
@@ -225,7 +613,7 @@ impl LogStore {
     /// Forgets the entries from `index` on (in memory).
     fn truncate_from(&mut self, index: u64) {
         if index < self.cache_from {
-            // Entries below `index` are unchanged (and committed): they may be read from redb.
+            // Entries below `index` are unchanged (and written): they may be read from files.
             self.cache.clear();
             self.cache_bytes = 0;
             self.cache_from = index;
@@ -235,75 +623,97 @@ impl LogStore {
                 self.cache_bytes -= entry_bytes(&e);
             }
         }
+        self.places.truncate((index - self.compacted.index - 1) as usize);
         self.last = index - 1;
         while self.terms.len() > 1 && self.terms.last().is_some_and(|&(from, _)| from >= index) {
             self.terms.pop();
         }
     }
 
-    pub fn set_hard_state(&mut self, txn: &WriteTransaction, hs: &HardState) -> Result<(), StorageError> {
-        let mut state = txn.open_table(RAFT_STATE).map_err(StorageError::redb)?;
-        put_pb(&mut state, RAFT_HARD_STATE, hs)?;
+    pub fn set_hard_state(&mut self, hs: &HardState) -> Result<(), StorageError> {
+        let bytes = pb_bytes(hs)?;
+        self.write(KIND_HARD_STATE, &bytes);
         self.hard_state = hs.clone();
         Ok(())
     }
 
-    pub fn set_commit(&mut self, txn: &WriteTransaction, commit: u64) -> Result<(), StorageError> {
+    pub fn set_commit(&mut self, commit: u64) -> Result<(), StorageError> {
         let mut hs = self.hard_state.clone();
         hs.commit = commit;
-        self.set_hard_state(txn, &hs)
+        self.set_hard_state(&hs)
     }
 
     /// Drops the whole log in favour of an installed snapshot at `meta`.
-    pub fn install_snapshot(
-        &mut self,
-        txn: &WriteTransaction,
-        meta: &SnapshotMetadata,
-    ) -> Result<(), StorageError> {
-        let mut log = txn.open_table(RAFT_LOG).map_err(StorageError::redb)?;
-        log.retain(|_, _| false).map_err(StorageError::redb)?;
-        drop(log);
-        self.cache.clear();
-        self.cache_bytes = 0;
-        self.compacted = Compacted { index: meta.index, term: meta.term };
-        self.last = meta.index;
-        self.cache_from = meta.index + 1;
-        self.terms = vec![(meta.index, meta.term)];
+    pub fn install_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<(), StorageError> {
         self.conf_state = meta.get_conf_state().clone();
-        let mut state = txn.open_table(RAFT_STATE).map_err(StorageError::redb)?;
-        put_pb(&mut state, RAFT_CONF_STATE, &self.conf_state)?;
-        put_compacted(&mut state, self.compacted)?;
-        drop(state);
+        let record =
+            WalSnapshot { index: meta.index, term: meta.term, conf_state: pb_bytes(&self.conf_state)? };
+        self.write(KIND_SNAPSHOT, &record.encode_to_vec());
+        self.reset_to(Compacted { index: meta.index, term: meta.term });
+        // Every segment but the active one holds only entries the snapshot covers.
+        self.doomed.extend(self.segments.keys().copied().filter(|s| *s != self.active));
         let mut hs = self.hard_state.clone();
         hs.commit = hs.commit.max(meta.index);
         hs.term = hs.term.max(meta.term);
-        self.set_hard_state(txn, &hs)
+        self.set_hard_state(&hs)
     }
 
-    /// Removes the entries up to and including `to` (which must be applied).
-    pub fn compact(&mut self, txn: &WriteTransaction, to: u64) -> Result<(), StorageError> {
+    /// Empties the log: everything up to `c` is gone.
+    fn reset_to(&mut self, c: Compacted) {
+        self.cache.clear();
+        self.cache_bytes = 0;
+        self.places.clear();
+        self.compacted = c;
+        self.last = c.index;
+        self.cache_from = c.index + 1;
+        self.terms = vec![(c.index, c.term)];
+        self.hard_state.commit = self.hard_state.commit.max(c.index);
+    }
+
+    /// Removes the entries up to and including `to` (which must be durably applied).
+    pub fn compact(&mut self, to: u64) -> Result<(), StorageError> {
         if to <= self.compacted.index || to > self.last {
             return Ok(());
         }
         let term = self.entry_term(to).unwrap_or(self.compacted.term);
-        let mut log = txn.open_table(RAFT_LOG).map_err(StorageError::redb)?;
-        log.retain_in(..=to, |_, _| false).map_err(StorageError::redb)?;
-        drop(log);
-        while self.cache.front().is_some_and(|e| e.index <= to) {
+        let record = WalCompact { index: to, term };
+        self.write(KIND_COMPACT, &record.encode_to_vec());
+        self.compact_to(Compacted { index: to, term });
+        // Whole segments of compacted entries go once this record is durable.
+        self.doomed.extend(
+            self.segments
+                .iter()
+                .filter(|(seq, s)| **seq != self.active && s.last_index <= to && !self.doomed.contains(seq))
+                .map(|(seq, _)| *seq)
+                .collect::<Vec<_>>(),
+        );
+        Ok(())
+    }
+
+    /// Forgets the entries up to `c.index` (in memory).
+    fn compact_to(&mut self, c: Compacted) {
+        if c.index <= self.compacted.index {
+            return;
+        }
+        if c.index >= self.last {
+            self.reset_to(c);
+            return;
+        }
+        while self.cache.front().is_some_and(|e| e.index <= c.index) {
             if let Some(e) = self.cache.pop_front() {
                 self.cache_bytes -= entry_bytes(&e);
             }
         }
-        self.cache_from = self.cache_from.max(to + 1);
-        self.compacted = Compacted { index: to, term };
-        // The run holding `to` now starts there.
-        let keep = self.terms.partition_point(|&(from, _)| from <= to);
+        let drop = (c.index - self.compacted.index) as usize;
+        self.places.drain(..drop.min(self.places.len()));
+        self.cache_from = self.cache_from.max(c.index + 1);
+        self.compacted = c;
+        // The run holding `c.index` now starts there.
+        let keep = self.terms.partition_point(|&(from, _)| from <= c.index);
         self.terms.drain(..keep.saturating_sub(1));
         if let Some(run) = self.terms.first_mut() {
-            *run = (to, term);
+            *run = (c.index, c.term);
         }
-        let mut state = txn.open_table(RAFT_STATE).map_err(StorageError::redb)?;
-        put_compacted(&mut state, self.compacted)
     }
 
     fn entry_term(&self, index: u64) -> Option<u64> {
@@ -314,57 +724,38 @@ impl LogStore {
         self.terms.get(run.checked_sub(1)?).map(|&(_, t)| t)
     }
 
-    /// Entries `low..high` from redb (all below `cache_from`, so committed and unchanged), up
-    /// to `max` bytes (at least one entry). A missing entry is an error: the log has no gaps.
-    fn read_stored(&self, low: u64, high: u64, out: &mut Vec<Entry>, max: u64) -> raft::Result<()> {
-        let txn = self.db.begin_read().map_err(other)?;
-        let log = txn.open_table(RAFT_LOG).map_err(other)?;
-        let mut size = 0u64;
-        for row in log.range(low..high).map_err(other)? {
-            let (k, v) = row.map_err(other)?;
-            let e = Entry::parse_from_bytes(v.value()).map_err(other)?;
-            if e.index != k.value() || e.index != low + out.len() as u64 {
-                return Err(other(format!("raft_log: entry {} found reading index {}", e.index, k.value())));
-            }
-            size += u64::from(e.compute_size());
-            if !out.is_empty() && size > max {
-                return Ok(());
-            }
-            out.push(e);
+    /// Reads entry `index` (below the cache) back from its segment.
+    fn read_stored(&self, index: u64) -> raft::Result<Entry> {
+        let place = self
+            .places
+            .get((index - self.compacted.index - 1) as usize)
+            .ok_or_else(|| other(format!("raft log: no record of entry {index}")))?;
+        let segment = self.segments.get(&place.segment).ok_or_else(|| {
+            other(format!("raft log: entry {index} is in segment {}, which is gone", place.segment))
+        })?;
+        let mut head = [0u8; RECORD_HEAD];
+        segment.file.read_at(place.offset, &mut head).map_err(other)?;
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if len > MAX_RECORD {
+            return Err(other(format!("raft log: entry {index}: a record of {len} bytes")));
         }
-        if out.len() as u64 != high - low {
-            return Err(other(format!(
-                "raft_log: entries {low}..{high} missing from index {}",
-                low + out.len() as u64
-            )));
+        let mut bytes = vec![0u8; RECORD_HEAD + len];
+        segment.file.read_at(place.offset, &mut bytes).map_err(other)?;
+        let (kind, payload) = match decode_record(&bytes) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(other(format!("raft log: entry {index}: zeros where its record was"))),
+            Err((_, why)) => return Err(other(format!("raft log: entry {index}: {why}"))),
+        };
+        let e = if kind == KIND_ENTRY {
+            Entry::parse_from_bytes(payload).map_err(other)?
+        } else {
+            Entry::default()
+        };
+        if kind != KIND_ENTRY || e.index != index {
+            return Err(other(format!("raft log: the record of entry {index} holds another record")));
         }
-        Ok(())
+        Ok(e)
     }
-}
-
-fn be_u64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_be_bytes(a)
-}
-
-fn put_pb(
-    table: &mut redb::Table<&str, &[u8]>,
-    key: &str,
-    msg: &impl protobuf::Message,
-) -> Result<(), StorageError> {
-    let bytes =
-        msg.write_to_bytes().map_err(|e| StorageError::Corrupt(format!("cannot encode {key}: {e}")))?;
-    table.insert(key, bytes.as_slice()).map_err(StorageError::redb)?;
-    Ok(())
-}
-
-fn put_compacted(table: &mut redb::Table<&str, &[u8]>, c: Compacted) -> Result<(), StorageError> {
-    let mut b = [0u8; 16];
-    b[..8].copy_from_slice(&c.index.to_be_bytes());
-    b[8..].copy_from_slice(&c.term.to_be_bytes());
-    table.insert(RAFT_COMPACTED, b.as_slice()).map_err(StorageError::redb)?;
-    Ok(())
 }
 
 fn other(e: impl std::fmt::Display) -> raft::Error {
@@ -391,11 +782,14 @@ impl raft::Storage for LogStore {
         }
         let max = max_size.into().unwrap_or(u64::MAX);
         let mut out = Vec::new();
-        if low < self.cache_from {
-            self.read_stored(low, high.min(self.cache_from), &mut out, max)?;
-            if out.len() as u64 != high.min(self.cache_from) - low {
-                return Ok(out); // cut by max_size
+        let mut size = 0u64;
+        for index in low..high.min(self.cache_from) {
+            let e = self.read_stored(index)?;
+            size += u64::from(e.compute_size());
+            if !out.is_empty() && size > max {
+                return Ok(out);
             }
+            out.push(e);
         }
         if high > self.cache_from {
             let from = (low.max(self.cache_from) - self.cache_from) as usize;
@@ -435,5 +829,157 @@ impl raft::Storage for LogStore {
         meta.term = prepared.term;
         meta.set_conf_state(self.conf_state.clone());
         Ok(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::files::FsDir;
+    use raft::Storage as _;
+
+    const ME: Identity = Identity { cluster_id: 7, member_id: 1 };
+
+    struct NoSnapshots;
+
+    impl SnapshotSource for NoSnapshots {
+        fn prepare(&self, _: u64) -> Result<Option<PreparedSnapshot>, String> {
+            Ok(None)
+        }
+    }
+
+    fn open(dir: &std::path::Path, segment_bytes: u64) -> Result<LogStore, StorageError> {
+        let files = FsDir::open(dir).expect("the dir opens");
+        LogStore::load(Box::new(files), ME, &[1, 2, 3], Arc::new(NoSnapshots), 1, segment_bytes)
+    }
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let data = format!("entry {index} {}", "x".repeat(300)).into_bytes();
+        Entry { index, term, data: data.into(), ..Default::default() }
+    }
+
+    fn append(log: &mut LogStore, from: u64, to: u64, term: u64) {
+        let es: Vec<_> = (from..=to).map(|i| entry(i, term)).collect();
+        log.append(&es).expect("append");
+        log.flush().expect("flush");
+        log.committed();
+    }
+
+    /// Every entry the log holds, read back through `raft::Storage`.
+    fn all(log: &LogStore) -> Vec<(u64, u64)> {
+        let (first, last) = (log.first_index().expect("first"), log.last_index().expect("last"));
+        if last < first {
+            return Vec::new();
+        }
+        let es = log.entries(first, last + 1, None, GetEntriesContext::empty(false)).expect("entries");
+        es.iter().map(|e| (e.index, e.term)).collect()
+    }
+
+    #[test]
+    fn a_log_reloads_exactly_what_was_flushed_including_replaced_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut log = open(dir.path(), 1024).expect("fresh log");
+            append(&mut log, 1, 10, 1);
+            append(&mut log, 6, 8, 2); // a new leader replaces 6..=10
+            let hs = HardState { term: 2, vote: 3, commit: 7, ..Default::default() };
+            log.set_hard_state(&hs).expect("hard state");
+            log.flush().expect("flush");
+            assert!(log.segment_names().len() > 1, "1 KiB segments: the log spans several");
+        }
+        let log = open(dir.path(), 1024).expect("reloads");
+        let want: Vec<_> = (1..=5).map(|i| (i, 1)).chain((6..=8).map(|i| (i, 2))).collect();
+        assert_eq!(all(&log), want, "entries 9 and 10 of term 1 are gone, 6..=8 are term 2");
+        assert_eq!((log.hard_state().term, log.hard_state().vote, log.hard_state().commit), (2, 3, 7));
+    }
+
+    #[test]
+    fn compaction_deletes_whole_segments_and_reload_skips_the_gap_they_leave() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut log = open(dir.path(), 2048).expect("fresh log");
+            for from in (1..=60).step_by(5) {
+                append(&mut log, from, from + 4, 1);
+            }
+            let before = log.segment_names().len();
+            log.compact(45).expect("compact");
+            log.flush().expect("flush");
+            assert!(
+                log.segment_names().len() < before,
+                "segments holding only compacted entries are deleted"
+            );
+            append(&mut log, 61, 62, 1);
+        }
+        let log = open(dir.path(), 2048).expect("reloads despite the deleted segments");
+        let got = all(&log);
+        assert_eq!(got.first(), Some(&(46, 1)), "the log starts after the compaction");
+        assert_eq!(got.last(), Some(&(62, 1)));
+        assert_eq!(got.len(), 17, "no gap");
+        assert_eq!(log.term(45).expect("the compaction point keeps its term"), 1);
+    }
+
+    #[test]
+    fn a_torn_tail_is_dropped_and_corruption_before_it_names_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut log = open(dir.path(), 1 << 20).expect("fresh log");
+            append(&mut log, 1, 5, 1);
+        }
+        let segment = dir.path().join(segment_name(1));
+        let good = std::fs::read(&segment).expect("segment");
+        let end = good.iter().rposition(|b| *b != 0).expect("data") + 1;
+
+        // A crash cut the last record short: it is dropped, the rest reloads, appends go on.
+        let mut torn = good.clone();
+        torn[end - 3..end].fill(0);
+        std::fs::write(&segment, &torn).expect("write");
+        {
+            let mut log = open(dir.path(), 1 << 20).expect("a torn tail is not corruption");
+            assert_eq!(all(&log).last(), Some(&(4, 1)), "the cut entry 5 is dropped");
+            append(&mut log, 5, 6, 2);
+        }
+        let log = open(dir.path(), 1 << 20).expect("reloads after the repair");
+        assert_eq!(all(&log).last(), Some(&(6, 2)));
+        drop(log);
+
+        // A flipped byte inside the data, with records after it: corruption, named.
+        let mut flipped = good;
+        flipped[80] ^= 0xff;
+        std::fs::write(&segment, &flipped).expect("write");
+        let err = open(dir.path(), 1 << 20).err().expect("a bad record with data after it is corruption");
+        let msg = err.to_string();
+        assert!(msg.contains(&segment.display().to_string()) && msg.contains("offset"), "got {msg}");
+    }
+
+    #[test]
+    fn a_log_of_another_cluster_or_member_is_refused_naming_the_segment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(open(dir.path(), 1 << 20).expect("fresh log"));
+        let files = FsDir::open(dir.path()).expect("dir");
+        let other = Identity { cluster_id: 8, member_id: 1 };
+        let err = LogStore::load(Box::new(files), other, &[1], Arc::new(NoSnapshots), 1, 1 << 20)
+            .err()
+            .expect("another cluster's log");
+        assert!(matches!(err, StorageError::WrongCluster { .. }), "got {err}");
+        assert!(err.to_string().contains(&segment_name(1)), "names the segment: {err}");
+    }
+
+    #[test]
+    fn an_installed_snapshot_replaces_the_log_and_survives_a_reload() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut log = open(dir.path(), 2048).expect("fresh log");
+            append(&mut log, 1, 30, 1);
+            let mut meta = SnapshotMetadata { index: 50, term: 3, ..Default::default() };
+            meta.set_conf_state(ConfState { voters: vec![1, 2, 3], ..Default::default() });
+            log.install_snapshot(&meta).expect("install");
+            log.flush().expect("flush");
+            assert_eq!(log.segment_names().len(), 1, "only the active segment remains");
+            append(&mut log, 51, 52, 3);
+        }
+        let log = open(dir.path(), 2048).expect("reloads");
+        assert_eq!(all(&log), vec![(51, 3), (52, 3)]);
+        assert_eq!(log.compacted(), Compacted { index: 50, term: 3 });
+        assert!(log.hard_state().commit >= 50, "the snapshot is committed");
     }
 }

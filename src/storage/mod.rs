@@ -1,5 +1,8 @@
-//! Storage: one redb file per node. The schema lives in [`schema`]; the raft log and hard state
-//! in [`log`] (which implements `raft::Storage`); the fsm writes its own tables (see `fsm`).
+//! Storage: a member's data dir holds the raft log and hard state in a write-ahead log of
+//! segment files (`raft/`, [`log`], which implements `raft::Storage` over the [`files`]
+//! abstraction), written by the raft thread and fsynced with every append; and the state
+//! machine's tables in one redb file (`state.redb`, written by `fsm` on the apply thread, made
+//! durable lazily), whose schema lives in [`schema`].
 //!
 //! Imports nothing above it. Where the raft log needs the layers above (a snapshot of the
 //! applied state for raft-rs), it declares the narrow trait it needs: [`SnapshotSource`].
@@ -7,6 +10,7 @@
 //! A data file records which cluster and member wrote it; opening it as anything else fails
 //! with a message naming the file, so a misconfigured node never joins the wrong cluster.
 
+pub mod files;
 pub mod log;
 pub mod schema;
 
@@ -15,10 +19,20 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableTable, StorageBackend};
 
-pub use log::{LogStore, PreparedSnapshot, SnapshotSource};
+pub use log::{Identity, LogStore, PreparedSnapshot, SnapshotSource};
 
-/// The data file's name inside `--data-dir`.
-pub const DATA_FILE: &str = "latch.redb";
+/// The raft log's directory inside `--data-dir`.
+pub const LOG_DIR: &str = "raft";
+/// The state machine's file inside `--data-dir`.
+pub const STATE_FILE: &str = "state.redb";
+
+/// A member's two stores.
+pub struct Stores {
+    /// The raft log and hard state.
+    pub log: Box<dyn files::Dir>,
+    /// The state machine.
+    pub state: Arc<Database>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -39,6 +53,8 @@ pub enum StorageError {
     Corrupt(String),
     #[error("storage: {0}")]
     Redb(Box<redb::Error>),
+    #[error("raft log: {0}")]
+    Log(String),
 }
 
 impl StorageError {
@@ -48,12 +64,24 @@ impl StorageError {
     }
 }
 
-/// Opens (creating if missing) the data file in `dir` and checks that it belongs to this
-/// cluster and member.
-pub fn open(dir: &Path, cluster_id: u64, member_id: u64) -> Result<Arc<Database>, StorageError> {
+/// Opens (creating if missing) the log directory and the state file in `dir`; the state file is
+/// checked to belong to this cluster and member here, the log's segments when they are loaded.
+pub fn open(dir: &Path, cluster_id: u64, member_id: u64) -> Result<Stores, StorageError> {
     std::fs::create_dir_all(dir)
         .map_err(|source| StorageError::CreateDir { path: dir.to_path_buf(), source })?;
-    let path = dir.join(DATA_FILE);
+    let old = dir.join("latch.redb");
+    if old.exists() {
+        // Format 1 kept everything in this file; starting beside it would start empty.
+        return Err(StorageError::Format { path: old, found: 1, expected: schema::FORMAT_VERSION });
+    }
+    let log_dir = dir.join(LOG_DIR);
+    let log =
+        files::FsDir::open(&log_dir).map_err(|source| StorageError::CreateDir { path: log_dir, source })?;
+    Ok(Stores { log: Box::new(log), state: open_file(dir, STATE_FILE, cluster_id, member_id)? })
+}
+
+fn open_file(dir: &Path, name: &str, cluster_id: u64, member_id: u64) -> Result<Arc<Database>, StorageError> {
+    let path = dir.join(name);
     let fresh = !path.exists();
     let db = Database::create(&path)
         .map_err(|source| StorageError::Open { path: path.clone(), source: Box::new(source) })?;
@@ -67,7 +95,7 @@ pub fn open(dir: &Path, cluster_id: u64, member_id: u64) -> Result<Arc<Database>
     Ok(Arc::new(db))
 }
 
-/// Opens a store on any redb backend (the simulator's in-memory, fault-injecting one).
+/// Opens the state store on any redb backend (the simulator's fault-injecting one).
 pub fn open_with_backend(
     backend: impl StorageBackend,
     cluster_id: u64,
@@ -114,8 +142,6 @@ fn check_identity(db: &Database, path: &Path, cluster_id: u64, member_id: u64) -
                 )))
             }
         }
-        txn.open_table(RAFT_LOG).map_err(StorageError::redb)?;
-        txn.open_table(RAFT_STATE).map_err(StorageError::redb)?;
     }
     txn.commit().map_err(StorageError::redb)?;
     Ok(())

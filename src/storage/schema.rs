@@ -1,5 +1,6 @@
-//! Every redb table of a node's data file, in one place. A table's key and value types are
-//! its contract: changing one is a data format change and needs a new table name.
+//! Every redb table of a member's state file, in one place, and the data format version (also
+//! written in every raft log segment's header). A table's key and value types are its
+//! contract: changing one is a data format change and needs a new table name.
 
 use redb::TableDefinition;
 
@@ -9,20 +10,10 @@ pub const NODE_META: TableDefinition<&str, u64> = TableDefinition::new("node_met
 pub const NODE_CLUSTER_ID: &str = "cluster_id";
 pub const NODE_MEMBER_ID: &str = "member_id";
 pub const NODE_FORMAT: &str = "format";
-/// The data format this build writes and reads. Format 1 (the first build) kept `latch.v1`
-/// messages in the log and typed request tables; a format-1 data dir is refused by name.
+/// The data format this build writes and reads. Format 1 (the first build) kept the raft log
+/// and the state in one redb file, with `latch.v1` messages in the log; a format-1 data dir
+/// has no raft log directory and is refused by name (its `latch.redb` is not opened).
 pub const FORMAT_VERSION: u64 = 2;
-
-/// The raft log: index → raft-rs `Entry`, protobuf-encoded. Holds exactly the indexes
-/// `compacted.index + 1 ..= last`, with no gaps.
-pub const RAFT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-
-/// Raft's persistent state besides the log: `HardState`, `ConfState` (protobuf-encoded) and the
-/// `(index, term)` of the last entry removed by compaction or covered by an installed snapshot.
-pub const RAFT_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_state");
-pub const RAFT_HARD_STATE: &str = "hard_state";
-pub const RAFT_CONF_STATE: &str = "conf_state";
-pub const RAFT_COMPACTED: &str = "compacted";
 
 /// The state machine's position: written in the same transaction as the state it describes,
 /// so that after a crash the log is replayed from exactly the entry after `applied_index`.

@@ -300,7 +300,7 @@ async fn a_member_restarted_on_a_data_dir_of_another_cluster_refuses_to_start() 
     let other = format!("1={},2=127.0.0.1:{}", c.member(1).peer_addr, free_port());
     let (status, stderr) = refused_start(&c, &other).await;
     assert!(!status.success(), "refusing to start should exit non-zero, got {status}; stderr: {stderr}");
-    let data_file = c.member(1).data_dir.join("latch.redb");
+    let data_file = c.member(1).data_dir.join(latch::storage::STATE_FILE);
     assert!(
         stderr.contains(&data_file.display().to_string()),
         "stderr should name the data file {}; got: {stderr}",
@@ -352,16 +352,22 @@ async fn a_member_whose_data_file_is_garbage_refuses_to_start_naming_the_file() 
     c.client().await.put("k", "v").await.unwrap();
     c.kill(1);
 
-    let data_file = c.member(1).data_dir.join("latch.redb");
-    let len = std::fs::metadata(&data_file).unwrap().len() as usize;
-    std::fs::write(&data_file, vec![0xA5u8; len.max(4096)]).unwrap();
+    // The log and the state machine each live in a file of their own; either one garbled stops
+    // the member, naming it.
+    let segment = format!("{}/0000000000000001.wal", latch::storage::LOG_DIR);
+    for name in [segment.as_str(), latch::storage::STATE_FILE] {
+        let data_file = c.member(1).data_dir.join(name);
+        let saved = std::fs::read(&data_file).unwrap();
+        std::fs::write(&data_file, vec![0xA5u8; saved.len().max(4096)]).unwrap();
 
-    let own = format!("1={}", c.member(1).peer_addr);
-    let (status, stderr) = refused_start(&c, &own).await;
-    assert!(!status.success(), "a corrupt data file should stop the member, got {status}; stderr: {stderr}");
-    assert!(
-        stderr.contains(&data_file.display().to_string()),
-        "stderr should name the corrupt data file {}; got: {stderr}",
-        data_file.display()
-    );
+        let own = format!("1={}", c.member(1).peer_addr);
+        let (status, stderr) = refused_start(&c, &own).await;
+        assert!(!status.success(), "a corrupt {name} should stop the member, got {status}; stderr: {stderr}");
+        assert!(
+            stderr.contains(&data_file.display().to_string()),
+            "stderr should name the corrupt data file {}; got: {stderr}",
+            data_file.display()
+        );
+        std::fs::write(&data_file, saved).unwrap();
+    }
 }

@@ -28,8 +28,9 @@ use std::io::Write as _;
 
 use std::sync::Arc;
 
-use latch::core::{self, Action, Core, MemoryInbox, Role, Timing, Waiter};
+use latch::core::{self, Action, Applier, Core, MemoryInbox, Role, Timing, Waiter};
 use latch::fsm;
+use latch::storage::{Identity, Stores};
 use latch_proto::internal::{command::Body, outcome, Command, KeyValue, Put, Range};
 use raft::eraftpb::Message;
 use rand::rngs::SmallRng;
@@ -39,7 +40,7 @@ use latch_check::linearizability::{Call, Return};
 use latch_proto::internal::{compare, op, op_result, Compare, DeleteRange, Op as TxnOp, Outcome, Txn};
 
 use crate::clients::{Client, History, Op, OpKind};
-use crate::disk::SimDisk;
+use crate::disk::{SimDir, SimDisk};
 use crate::invariants::{self, Ack, Before, Checker, Ctx, Fnv};
 use crate::network::{Delivery, NetConfig, Network};
 
@@ -178,23 +179,62 @@ enum Notice {
 
 #[derive(Debug)]
 enum Ev {
-    Tick { node: u64, inc: u64 },
-    Deliver { d: Box<Delivery>, from_inc: u64 },
-    Notice { node: u64, inc: u64, what: Notice },
-    ClientRequest { node: u64, client: usize, seq: u64, attempt: u64, payload: Payload },
-    ClientReply { client: usize, seq: u64, attempt: u64, node: u64, payload: Payload, result: ClientResult },
-    ClientTimeout { client: usize, seq: u64, attempt: u64 },
-    ClientWake { client: usize },
+    Tick {
+        node: u64,
+        inc: u64,
+    },
+    Deliver {
+        d: Box<Delivery>,
+        from_inc: u64,
+    },
+    Notice {
+        node: u64,
+        inc: u64,
+        what: Notice,
+    },
+    ClientRequest {
+        node: u64,
+        client: usize,
+        seq: u64,
+        attempt: u64,
+        payload: Payload,
+    },
+    ClientReply {
+        client: usize,
+        seq: u64,
+        attempt: u64,
+        node: u64,
+        payload: Payload,
+        result: ClientResult,
+    },
+    ClientTimeout {
+        client: usize,
+        seq: u64,
+        attempt: u64,
+    },
+    ClientWake {
+        client: usize,
+    },
     Chaos,
-    Restart { node: u64 },
+    Restart {
+        node: u64,
+    },
     Heal,
+    /// The member's apply thread takes what was handed to it.
+    ApplyTurn {
+        node: u64,
+        inc: u64,
+    },
 }
 
 impl Ev {
     /// The member an event happens on, if it must wait while that member is paused.
     fn on_node(&self) -> Option<u64> {
         match self {
-            Ev::Tick { node, .. } | Ev::Notice { node, .. } | Ev::ClientRequest { node, .. } => Some(*node),
+            Ev::Tick { node, .. }
+            | Ev::Notice { node, .. }
+            | Ev::ClientRequest { node, .. }
+            | Ev::ApplyTurn { node, .. } => Some(*node),
             Ev::Deliver { d, .. } => Some(d.to),
             _ => None,
         }
@@ -203,8 +243,16 @@ impl Ev {
 
 struct SimNode {
     id: u64,
-    disk: SimDisk,
+    /// The raft log's directory and the state machine's disk.
+    log_dir: SimDir,
+    state_disk: SimDisk,
     core: Option<Core>,
+    /// The state side, applying what the core hands it, as the apply thread does.
+    applier: Option<Applier>,
+    /// Committed entries handed out and not applied yet.
+    to_apply: Vec<raft::eraftpb::Entry>,
+    /// Whether an apply turn is scheduled.
+    apply_scheduled: bool,
     /// Incarnation: bumped by each crash, so events meant for a dead process are dropped.
     inc: u64,
     tick_us: u64,
@@ -262,8 +310,12 @@ impl Sim {
         let nodes = (1..=params.nodes)
             .map(|id| SimNode {
                 id,
-                disk: SimDisk::new(),
+                log_dir: SimDir::new(),
+                state_disk: SimDisk::new(),
                 core: None,
+                applier: None,
+                to_apply: Vec::new(),
+                apply_scheduled: false,
                 inc: 0,
                 tick_us: TICK_US * rng.gen_range(970..=1030) / 1000,
                 paused_until: 0,
@@ -346,18 +398,35 @@ impl Sim {
         let seed: u64 = self.rng.gen();
         let nonce: u64 = self.rng.gen();
         let tick_offset = self.rng.gen_range(0..TICK_US);
+        let sync_every = self.rng.gen_range(1..=64);
+        let segment_bytes = self.rng.gen_range(2_000..20_000);
         let node = self.node(id);
-        let backend = node.disk.open();
-        let db = latch::storage::open_with_backend(backend, CLUSTER_ID, id).unwrap_or_else(|e| {
-            ctx.fail(Some(id), "restart from disk", format!("cannot open the store: {e}"))
-        });
-        let config =
-            core::Config { timing: timing(), snapshot_entries, ..core::Config::new(id, &voters, nonce) };
-        let mut core = Core::new(config, db, Arc::new(MemoryInbox::default()), &logger).unwrap_or_else(|e| {
-            ctx.fail(Some(id), "restart from disk", format!("cannot load the core: {e}"))
-        });
+        let open = |disk: &mut SimDisk, what: &str| {
+            latch::storage::open_with_backend(disk.open(), CLUSTER_ID, id).unwrap_or_else(|e| {
+                ctx.fail(Some(id), "restart from disk", format!("cannot open the {what} store: {e}"))
+            })
+        };
+        let stores =
+            Stores { log: Box::new(node.log_dir.open()), state: open(&mut node.state_disk, "state") };
+        let config = core::Config {
+            timing: timing(),
+            snapshot_entries,
+            // Small segments: rotation and deletion happen in every run.
+            log_segment_bytes: segment_bytes,
+            ..core::Config::new(id, &voters, nonce)
+        };
+        let identity = Identity { cluster_id: CLUSTER_ID, member_id: id };
+        let (mut core, applier) =
+            Core::new(config, identity, stores, Arc::new(MemoryInbox::default()), &logger).unwrap_or_else(
+                |e| ctx.fail(Some(id), "restart from disk", format!("cannot load the core: {e}")),
+            );
         core.seed_election_timeouts(seed);
         node.core = Some(core);
+        // Durable state commits every few entries, so that crashes find every mix of durable and
+        // lost state.
+        node.applier = Some(applier.sync_every(sync_every));
+        node.to_apply.clear();
+        node.apply_scheduled = false;
         node.paused_until = 0;
         let inc = node.inc;
         self.at(tick_offset, Ev::Tick { node: id, inc });
@@ -371,14 +440,19 @@ impl Sim {
         if !self.is_up(id) {
             return;
         }
-        let keep_eventual = self.rng.gen_bool(0.5);
+        let keep_state = self.rng.gen_bool(0.5);
+        let n = &mut self.nodes[(id - 1) as usize];
+        n.log_dir.disarm();
+        n.log_dir.crash(&mut self.rng);
+        n.state_disk.disarm();
+        n.state_disk.crash(keep_state);
         let node = self.node(id);
-        node.disk.disarm();
-        node.disk.crash(keep_eventual);
+        node.applier = None;
+        node.to_apply.clear();
         if let Some(core) = node.core.take() {
             // A killed process runs no shutdown code. redb's `Drop` would write its allocator
             // state (slow); one failed I/O first makes it skip that, as after any I/O error.
-            if let Ok(txn) = core.db().begin_write() {
+            if let Ok(txn) = core.state_db().begin_write() {
                 let _ = txn.commit();
             }
             drop(core); // and its Database: whatever it still does goes nowhere
@@ -512,6 +586,11 @@ impl Sim {
             Ev::ClientWake { client } => self.client_wake(client),
             Ev::Chaos => self.chaos(),
             Ev::Restart { node } => self.start_node(node),
+            Ev::ApplyTurn { node, inc } => {
+                if self.node(node).inc == inc {
+                    self.apply_turn(node);
+                }
+            }
             Ev::Heal => {
                 if self.net.is_partitioned() {
                     self.log(|| "network healed".to_string());
@@ -561,14 +640,16 @@ impl Sim {
         }
     }
 
-    /// A member's turn, as the production driver takes it.
+    /// A member's turn, as the production driver takes it. A snapshot is installed by the
+    /// member's applier at once (the raft thread waits for the apply thread to do it).
     fn turn(&mut self, id: u64) {
         let n = &mut self.nodes[(id - 1) as usize];
         let inc = n.inc;
-        let Some(core) = n.core.as_mut() else { return };
+        let (Some(core), Some(applier)) = (n.core.as_mut(), n.applier.as_mut()) else { return };
         core.flush_reads();
         let mut out: Vec<Message> = Vec::new();
-        let result = core.handle_ready(&mut |msgs| out.extend(msgs), &mut ());
+        let mut install = |token: &[u8], index: u64, term: u64| applier.install(token, index, term);
+        let result = core.handle_ready(&mut |msgs| out.extend(msgs), &mut (), &mut install);
         for msg in out {
             self.send(id, inc, msg);
         }
@@ -578,9 +659,39 @@ impl Sim {
         }
     }
 
+    /// The member's apply turn, as the apply thread takes it: everything handed out so far in
+    /// one transaction, then (now and then) a durable commit; the progress goes to the core.
+    fn apply_turn(&mut self, id: u64) {
+        let sync = self.rng.gen_bool(0.1);
+        let n = &mut self.nodes[(id - 1) as usize];
+        n.apply_scheduled = false;
+        let entries = std::mem::take(&mut n.to_apply);
+        let (Some(core), Some(applier)) = (n.core.as_mut(), n.applier.as_mut()) else { return };
+        let mut result = Ok(Vec::new());
+        if !entries.is_empty() {
+            result = applier.apply(entries, &mut ()).map(|p| core.on_applied(p));
+        }
+        if sync {
+            if let Ok(actions) = &mut result {
+                match applier.sync() {
+                    Ok(Some(p)) => actions.extend(core.on_applied(p)),
+                    Ok(None) => {}
+                    Err(e) => result = Err(e),
+                }
+            }
+        }
+        self.touched.insert(id);
+        match result {
+            Ok(actions) => self.carry_out(id, actions),
+            Err(e) => self.died(id, &format!("apply: {e}")),
+        }
+    }
+
     /// The core returned an error: expected only when its fsync was made to fail.
     fn died(&mut self, id: u64, what: &str) {
-        if self.node(id).disk.take_failed_sync() {
+        let n = self.node(id);
+        let (log_failed, state_failed) = (n.log_dir.take_failed_sync(), n.state_disk.take_failed_sync());
+        if log_failed || state_failed {
             self.report.io_deaths += 1;
             self.crash(id, &format!("died of an injected fsync failure ({what})"));
             let d = self.rng.gen_range(50_000..1_000_000);
@@ -661,6 +772,12 @@ impl Sim {
                             let (_, kv) = self.serve_read(id, &key);
                             Answer::Shared(Return::Get(kv.map(|kv| kv.value)))
                         }
+                        Payload::SerialRead { key } => {
+                            let key = key.clone();
+                            let (revision, kv) = self.serve_read(id, &key);
+                            self.checker.serializable_read(self.ctx(), id, revision);
+                            Answer::Read(revision, kv)
+                        }
                         other => self.ctx().fail(
                             Some(id),
                             "read grant",
@@ -676,6 +793,17 @@ impl Sim {
                 }
                 Action::Restored { revision, .. } => {
                     self.checker.restored(self.ctx(), id, revision);
+                    continue;
+                }
+                Action::Apply { entries } => {
+                    let d = self.rng.gen_range(100..1_500);
+                    let node = self.node(id);
+                    node.to_apply.extend(entries);
+                    if !node.apply_scheduled {
+                        node.apply_scheduled = true;
+                        let inc = node.inc;
+                        self.at(d, Ev::ApplyTurn { node: id, inc });
+                    }
                     continue;
                 }
             };
@@ -735,7 +863,7 @@ impl Sim {
         };
         let req = Range { key: key.as_bytes().to_vec(), ..Default::default() };
         let (revision, resp) = core
-            .db()
+            .state_db()
             .begin_read()
             .map_err(|e| e.to_string())
             .and_then(|txn| fsm::range(&txn, &req, 1 << 20).map_err(|e| e.to_string()))
@@ -787,6 +915,10 @@ impl Sim {
                     Call::Get => unreachable!("a get is a read"),
                 };
                 core.propose(waiter, command(request_id, body));
+            }
+            Payload::SerialRead { .. } if !core.status().caught_up => {
+                // A restarted member serves nothing before its state caught up with its log.
+                core.read_caught_up(waiter);
             }
             Payload::SerialRead { key } => {
                 // Answered at once from this member's own state, as a serializable get is.
@@ -988,8 +1120,14 @@ impl Sim {
             self.log(|| format!("node {id} paused for {}ms", d / 1000));
         } else if roll < 0.64 && !up.is_empty() {
             let id = up[self.rng.gen_range(0..up.len())];
-            self.node(id).disk.fail_next_sync();
-            self.log(|| format!("node {id}: next fsync fails"));
+            let log = self.rng.gen_bool(0.5);
+            let node = self.node(id);
+            if log {
+                node.log_dir.fail_next_sync();
+            } else {
+                node.state_disk.fail_next_sync();
+            }
+            self.log(|| format!("node {id}: next fsync of its {} fails", if log { "log" } else { "state" }));
         }
         let d = self.chaos_delay();
         self.at(d, Ev::Chaos);
@@ -1005,7 +1143,8 @@ impl Sim {
         for id in 1..=self.params.nodes {
             let node = self.node(id);
             node.paused_until = 0;
-            node.disk.disarm();
+            node.log_dir.disarm();
+            node.state_disk.disarm();
             self.start_node(id);
         }
         self.log(|| "settling".to_string());

@@ -214,3 +214,228 @@ impl redb::StorageBackend for SimBackend {
         Ok(())
     }
 }
+
+/// A simulated directory of files under the raft log (`latch::storage::files::Dir`): each file
+/// has the bytes its process wrote and a durable length; a crash keeps the durable bytes and a
+/// random prefix of the unsynced tail (a torn write), makes vanish the files whose creation was
+/// not synced with the directory, and brings back those whose removal was not.
+#[derive(Clone, Default)]
+pub struct SimDir {
+    state: Arc<Mutex<DirState>>,
+}
+
+#[derive(Default)]
+struct DirState {
+    files: std::collections::BTreeMap<String, SimFileState>,
+    /// Bumped by each crash: handles of an older process fail.
+    process: u64,
+    fail_next_sync: bool,
+    failed_syncs: u64,
+}
+
+#[derive(Default, Clone)]
+struct SimFileState {
+    data: Vec<u8>,
+    /// Bytes up to here are as synced.
+    durable_len: usize,
+    /// Bytes written since the last sync end here (writes are sequential).
+    written_end: usize,
+    /// Its directory entry is durable.
+    entry_durable: bool,
+    /// Removed by the process, not yet durably.
+    removed: bool,
+}
+
+struct SimFile {
+    state: Arc<Mutex<DirState>>,
+    name: String,
+    process: u64,
+}
+
+impl SimDir {
+    pub fn new() -> SimDir {
+        SimDir::default()
+    }
+
+    /// A handle for a new process (the previous one must have crashed).
+    pub fn open(&self) -> SimDir {
+        self.clone()
+    }
+
+    /// The process dies: see the type's doc. `rng` decides how much of each unsynced tail
+    /// survives.
+    pub fn crash(&self, rng: &mut rand::rngs::SmallRng) {
+        use rand::Rng;
+        let mut s = lock(&self.state);
+        s.process += 1;
+        s.fail_next_sync = false;
+        s.files.retain(|_, f| f.entry_durable);
+        for f in s.files.values_mut() {
+            f.removed = false;
+            let end = f.written_end.max(f.durable_len).min(f.data.len());
+            let keep = if end > f.durable_len && rng.gen_bool(0.5) {
+                rng.gen_range(f.durable_len..=end)
+            } else {
+                f.durable_len
+            };
+            // What was written past `keep` never reached the disk: it reads as before (zeros).
+            f.data[keep..end].fill(0);
+            f.durable_len = keep;
+            f.written_end = keep;
+        }
+    }
+
+    pub fn fail_next_sync(&self) {
+        lock(&self.state).fail_next_sync = true;
+    }
+
+    pub fn take_failed_sync(&self) -> bool {
+        let mut s = lock(&self.state);
+        let failed = s.failed_syncs > 0;
+        s.failed_syncs = 0;
+        failed
+    }
+
+    pub fn disarm(&self) {
+        lock(&self.state).fail_next_sync = false;
+    }
+
+    fn fail_sync(s: &mut DirState) -> io::Result<()> {
+        if s.fail_next_sync {
+            s.fail_next_sync = false;
+            s.failed_syncs += 1;
+            return Err(io::Error::other("injected fsync failure"));
+        }
+        Ok(())
+    }
+}
+
+impl latch::storage::files::Dir for SimDir {
+    fn list(&self) -> io::Result<Vec<String>> {
+        let s = lock(&self.state);
+        Ok(s.files.iter().filter(|(_, f)| !f.removed).map(|(n, _)| n.clone()).collect())
+    }
+
+    fn open(&self, name: &str) -> io::Result<Box<dyn latch::storage::files::File>> {
+        let s = lock(&self.state);
+        match s.files.get(name) {
+            Some(f) if !f.removed => Ok(Box::new(SimFile {
+                state: self.state.clone(),
+                name: name.to_string(),
+                process: s.process,
+            })),
+            _ => Err(io::Error::new(io::ErrorKind::NotFound, name.to_string())),
+        }
+    }
+
+    fn create(&self, name: &str) -> io::Result<Box<dyn latch::storage::files::File>> {
+        let mut s = lock(&self.state);
+        if s.files.get(name).is_some_and(|f| !f.removed) {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, name.to_string()));
+        }
+        s.files.insert(name.to_string(), SimFileState::default());
+        Ok(Box::new(SimFile { state: self.state.clone(), name: name.to_string(), process: s.process }))
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        let mut s = lock(&self.state);
+        match s.files.get_mut(name) {
+            Some(f) if !f.removed => {
+                f.removed = true;
+                Ok(())
+            }
+            _ => Err(io::Error::new(io::ErrorKind::NotFound, name.to_string())),
+        }
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        let mut s = lock(&self.state);
+        SimDir::fail_sync(&mut s)?;
+        s.files.retain(|_, f| !f.removed);
+        for f in s.files.values_mut() {
+            f.entry_durable = true;
+        }
+        Ok(())
+    }
+
+    fn describe(&self, name: &str) -> String {
+        format!("<sim>/raft/{name}")
+    }
+}
+
+impl SimFile {
+    fn with<T>(&self, f: impl FnOnce(&mut DirState, &str) -> io::Result<T>) -> io::Result<T> {
+        let mut s = lock(&self.state);
+        if s.process != self.process {
+            return Err(dead());
+        }
+        f(&mut s, &self.name)
+    }
+}
+
+fn file<'a>(s: &'a mut DirState, name: &str) -> io::Result<&'a mut SimFileState> {
+    s.files.get_mut(name).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_string()))
+}
+
+impl latch::storage::files::File for SimFile {
+    fn len(&self) -> io::Result<u64> {
+        self.with(|s, n| Ok(file(s, n)?.data.len() as u64))
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.with(|s, n| {
+            let f = file(s, n)?;
+            let start = offset as usize;
+            match start.checked_add(buf.len()) {
+                Some(end) if end <= f.data.len() => {
+                    buf.copy_from_slice(&f.data[start..end]);
+                    Ok(())
+                }
+                _ => Err(out_of_range(offset, buf.len(), f.data.len())),
+            }
+        })
+    }
+
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.with(|s, n| {
+            let f = file(s, n)?;
+            let (start, end) = (offset as usize, offset as usize + data.len());
+            if f.data.len() < end {
+                f.data.resize(end, 0);
+            }
+            f.data[start..end].copy_from_slice(data);
+            f.durable_len = f.durable_len.min(start);
+            f.written_end = f.written_end.max(end);
+            Ok(())
+        })
+    }
+
+    fn allocate(&mut self, len: u64) -> io::Result<()> {
+        self.with(|s, n| {
+            let f = file(s, n)?;
+            if f.data.len() < len as usize {
+                f.data.resize(len as usize, 0);
+            }
+            Ok(())
+        })
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.with(|s, n| {
+            let f = file(s, n)?;
+            f.data.truncate(len as usize);
+            f.durable_len = f.durable_len.min(f.data.len());
+            f.written_end = f.written_end.min(f.data.len());
+            Ok(())
+        })
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.with(|s, n| {
+            SimDir::fail_sync(s)?;
+            let f = file(s, n)?;
+            f.durable_len = f.written_end.max(f.durable_len);
+            Ok(())
+        })
+    }
+}

@@ -3,17 +3,19 @@
 //!
 //! Checked after every step ([`Checker::after_step`]):
 //! - [`Checker::one_leader_per_term`]: over the whole run, at most one member is leader in a term.
-//! - [`Checker::never_backwards`]: a member's term, applied index and store revision never
-//!   decrease, across crashes and restarts included (they are fsynced before anything depends
-//!   on them).
+//! - [`Checker::never_backwards`]: a member's term and durable applied index never decrease,
+//!   across crashes and restarts included (they are fsynced before anything depends on them);
+//!   its applied index and store revision never decrease within one life (a crash may take the
+//!   state's latest, not yet durable, commits: the log replays them — what users see is checked
+//!   by [`Checker::serializable_read`]).
 //! - [`Checker::committed_entries_agree`]: an entry at or below a member's commit index is
 //!   committed: every member holds the same entry (term, type and data) at such an index once
 //!   its own commit index reaches it.
 //! - [`Checker::leader_has_committed_entries`]: a member that becomes leader of term L holds every
 //!   entry known to be committed in a term below L (leader completeness: a leader of an older
 //!   term — a candidate that slept through later elections, say — may lack it).
-//! - [`Checker::log_well_formed`]: terms never decrease along a member's log, and its stored
-//!   `raft_log` table holds exactly the indexes of its in-memory log.
+//! - [`Checker::log_well_formed`]: terms never decrease along a member's log, and every entry
+//!   of it reads back (from memory or from its segment file) at its index with its term.
 //! - [`Checker::log_matching`]: for any two members, within a window below the highest index both
 //!   logs hold: if both hold the same term at an index, they hold the same entries at every
 //!   lower index of the window.
@@ -38,11 +40,9 @@ use std::collections::BTreeMap;
 use latch::core::{Core, Role};
 use latch::fsm;
 use latch::fsm::Event;
-use latch::storage::schema;
 use latch_proto::internal::{KeyValue, Range};
 use raft::eraftpb::Entry;
 use raft::{GetEntriesContext, Storage};
-use redb::ReadableTable;
 
 /// A state hash is recorded at every this-many-th applied index (see
 /// [`Checker::equal_state_at_equal_index`]).
@@ -165,6 +165,8 @@ struct Seen {
     event_revision: i64,
     /// Revision of the last serializable read served.
     serial_revision: i64,
+    /// The durable applied index last seen.
+    durable_index: u64,
 }
 
 #[derive(Debug)]
@@ -241,23 +243,41 @@ impl Checker {
             if s.applied.index < seen.applied_index {
                 ctx.fail(
                     Some(id),
-                    "applied index never decreases",
-                    format!(
-                        "applied index {} after {} (lost across a crash?)",
-                        s.applied.index, seen.applied_index
-                    ),
+                    "applied index never decreases within a life",
+                    format!("applied index {} after {}", s.applied.index, seen.applied_index),
                 );
             }
             if s.applied.revision < seen.revision {
                 ctx.fail(
                     Some(id),
-                    "revision never decreases",
-                    format!("revision {} after {} (lost across a crash?)", s.applied.revision, seen.revision),
+                    "revision never decreases within a life",
+                    format!("revision {} after {}", s.applied.revision, seen.revision),
+                );
+            }
+            if s.durable_index < seen.durable_index {
+                ctx.fail(
+                    Some(id),
+                    "durable applied index never decreases",
+                    format!(
+                        "durable applied index {} after {} (lost across a crash?)",
+                        s.durable_index, seen.durable_index
+                    ),
+                );
+            }
+            if s.compacted_index > s.durable_index {
+                ctx.fail(
+                    Some(id),
+                    "compaction never passes the durable applied index",
+                    format!(
+                        "log compacted to {} but the state is durable only to {}",
+                        s.compacted_index, s.durable_index
+                    ),
                 );
             }
             seen.term = s.term;
             seen.applied_index = s.applied.index;
             seen.revision = s.applied.revision;
+            seen.durable_index = s.durable_index;
         }
     }
 
@@ -373,26 +393,31 @@ impl Checker {
                 }
                 prev_term = t;
             }
-            let stored = core
-                .db()
-                .begin_read()
-                .map_err(|e| e.to_string())
-                .and_then(|txn| {
-                    let table = txn.open_table(schema::RAFT_LOG).map_err(|e| e.to_string())?;
-                    let first = table.first().map_err(|e| e.to_string())?.map(|(k, _)| k.value());
-                    let last = table.last().map_err(|e| e.to_string())?.map(|(k, _)| k.value());
-                    Ok((first, last))
-                })
-                .unwrap_or_else(|e| {
-                    ctx.fail(Some(id), "readable state", format!("cannot read raft_log: {e}"))
+            // Every entry of the window reads back (from memory, or from its segment file),
+            // at its index, with the term the log says.
+            let from = lo.max(sh.first);
+            if from <= sh.last {
+                let read = log.entries(from, sh.last + 1, None, GetEntriesContext::empty(false));
+                let read = read.unwrap_or_else(|e| {
+                    ctx.fail(Some(id), "stored log is the log", format!("entries {from}..={}: {e}", sh.last))
                 });
-            let mirror = if sh.last >= sh.first { (Some(sh.first), Some(sh.last)) } else { (None, None) };
-            if stored != mirror {
-                ctx.fail(
-                    Some(id),
-                    "stored log is the log",
-                    format!("raft_log holds indexes {stored:?} (first, last), the in-memory log {mirror:?}"),
-                );
+                for (i, e) in read.iter().enumerate() {
+                    let idx = from + i as u64;
+                    if e.index != idx || log.term(idx).ok() != Some(e.term) {
+                        ctx.fail(
+                            Some(id),
+                            "stored log is the log",
+                            format!("entry {idx} reads back as index {} term {}", e.index, e.term),
+                        );
+                    }
+                }
+                if read.len() as u64 != sh.last + 1 - from {
+                    ctx.fail(
+                        Some(id),
+                        "stored log is the log",
+                        format!("{} of entries {from}..={} read back", read.len(), sh.last),
+                    );
+                }
             }
         }
     }
@@ -567,13 +592,18 @@ impl Checker {
         if let Some(s) = self.seen.get_mut(&id) {
             s.hashed_at = None;
             s.leader_in = None;
+            // A new life: the state restarts from its durable commit and replays the log,
+            // re-emitting the events of what it replays.
+            s.applied_index = 0;
+            s.revision = 0;
+            s.event_revision = 0;
         }
     }
 }
 
 /// A member's stored applied position and state hash, read in one transaction.
 pub fn stored_state(ctx: Ctx, id: u64, core: &Core) -> (fsm::Applied, u64) {
-    core.db()
+    core.state_db()
         .begin_read()
         .map_err(|e| e.to_string())
         .and_then(|txn| {
@@ -590,7 +620,7 @@ pub fn stored_state(ctx: Ctx, id: u64, core: &Core) -> (fsm::Applied, u64) {
 pub fn all_kvs(ctx: Ctx, id: u64, core: &Core) -> BTreeMap<Vec<u8>, KeyValue> {
     let req = Range { key: vec![0], range_end: vec![0], ..Default::default() };
     let (_, resp) = core
-        .db()
+        .state_db()
         .begin_read()
         .map_err(|e| e.to_string())
         .and_then(|txn| fsm::range(&txn, &req, usize::MAX).map_err(|e| e.to_string()))

@@ -19,7 +19,7 @@ fn put(id: &str, key: &str, value: &str) -> Command {
 
 /// The value of `key` in member `id`'s applied state.
 fn value_on(s: &mut Scripted, id: u64, key: &str) -> Option<Vec<u8>> {
-    let txn = s.core(id).db().begin_read().expect("a read transaction begins");
+    let txn = s.core(id).state_db().begin_read().expect("a read transaction begins");
     let req = Range { key: key.into(), ..Default::default() };
     fsm::range(&txn, &req, 1 << 20).expect("range succeeds").1.kvs.pop().map(|kv| kv.value)
 }
@@ -161,7 +161,7 @@ fn commands_a_member_proposes_itself_carry_ids_unique_across_members_and_lives()
     assert_eq!(distinct.len(), ids.len(), "own request ids should all differ, across lives too: {ids:?}");
     let leader = s.leader().expect("a leader");
     let version = {
-        let txn = s.core(leader).db().begin_read().expect("a read transaction begins");
+        let txn = s.core(leader).state_db().begin_read().expect("a read transaction begins");
         let req = Range { key: b"own/1".to_vec(), ..Default::default() };
         fsm::range(&txn, &req, 1 << 20).expect("range succeeds").1.kvs.pop().map(|kv| kv.version)
     };
@@ -239,4 +239,71 @@ fn a_snapshot_the_member_does_not_need_leaves_nothing_staged() {
     snap.mut_metadata().term = prepared.term;
     s.step(follower, msg);
     assert_eq!(s.inbox(follower).staged(), 0, "a snapshot raft ignores is removed from the inbox");
+}
+
+/// The state machine is made durable lazily: a crash takes its latest commits, and the member
+/// replays them from its raft log — every acknowledged write comes back once, the revision
+/// continues where it was, a retried request id is still answered, not applied again (issue 7).
+#[test]
+fn a_crash_before_the_state_is_durable_replays_every_acknowledged_write_once() {
+    let mut s = Scripted::new(3, 23);
+    s.until("a leader", 200, &mut all, &mut |s| s.leader().is_some());
+    let leader = s.leader().expect("a leader");
+    let mut waiters = Vec::new();
+    for i in 0..20 {
+        waiters.push(s.propose(leader, put(&format!("put-{i}"), &format!("k{i}"), &format!("v{i}"))));
+    }
+    s.until("20 puts acknowledged", 200, &mut all, &mut |s| waiters.iter().all(|w| s.answer(*w).is_some()));
+    let before = s.core(leader).status();
+    assert!(
+        before.durable_index < before.applied.index,
+        "the state is not durable yet (durable {} < applied {}): the crash will take it",
+        before.durable_index,
+        before.applied.index
+    );
+    s.crash(leader);
+    s.start(leader);
+    let restarted = s.core(leader).status();
+    assert!(!restarted.caught_up, "after the crash the state is behind its log");
+    assert!(restarted.applied.index < before.applied.index, "the crash took the lazy commits");
+    s.until("the restarted member to catch up", 200, &mut all, &mut |s| s.core(leader).status().caught_up);
+    for i in 0..20 {
+        let got = value_on(&mut s, leader, &format!("k{i}"));
+        assert_eq!(got, Some(format!("v{i}").into_bytes()), "k{i} is back after the replay");
+    }
+    let after = s.core(leader).status();
+    assert!(after.applied.revision >= before.applied.revision, "the revision continues where it was");
+    let retry = s.propose(leader, put("put-5", "k5", "v5"));
+    s.until("the retry answered", 200, &mut all, &mut |s| s.answer(retry).is_some());
+    let revision_now = s.core(leader).status().applied.revision;
+    assert_eq!(revision_now, after.applied.revision, "a retried request id is not applied again");
+}
+
+/// A member that restarted serves nothing from its state until the state has caught up with
+/// the commit index its log held: a serializable read waits for it, so revisions never go
+/// backwards on a member (issue 7).
+#[test]
+fn a_read_on_a_restarted_member_waits_until_its_state_caught_up() {
+    let mut s = Scripted::new(3, 29);
+    s.until("a leader", 200, &mut all, &mut |s| s.leader().is_some());
+    let leader = s.leader().expect("a leader");
+    let follower = if leader == 1 { 2 } else { 1 };
+    let w = s.propose(leader, put("p", "k", "v"));
+    s.until("k applied on the follower", 200, &mut all, &mut |s| {
+        s.answer(w).is_some() && value_on(s, follower, "k").is_some()
+    });
+    s.crash(follower);
+    s.start(follower);
+    assert!(!s.core(follower).status().caught_up, "the follower's lazy state was lost");
+    let read = s.next_waiter();
+    s.core(follower).read_caught_up(read);
+    assert_eq!(s.answer(read), None, "no answer before the state caught up");
+    s.until("the read to be granted", 50, &mut all, &mut |s| s.answer(read).is_some());
+    assert_eq!(s.answer(read), Some(&Answer::ReadReady));
+    assert!(s.core(follower).status().caught_up);
+    assert_eq!(
+        value_on(&mut s, follower, "k").as_deref(),
+        Some(b"v".as_slice()),
+        "served the caught-up state"
+    );
 }

@@ -3,8 +3,9 @@
 //! what is delivered, dropped or held back, and when each member ticks, crashes or restarts.
 //!
 //! What it models: a round ([`Scripted::round`]) ticks every member that is up, gives each a turn
-//! as the production driver does (`flush_reads`, then `handle_ready`), and then passes every
-//! message sent in that round through the test's [`Route`] filter: delivered at once (in the
+//! as the production driver does (`flush_reads`, then `handle_ready`, and its applier applies
+//! what the turn handed out, at once), and then passes every message sent in that round through
+//! the test's [`Route`] filter: delivered at once (in the
 //! order sent), dropped, or held for the test to deliver later ([`Scripted::deliver_held`]).
 //! A message to a member that is down is lost. A crash loses the member's unsynced writes.
 //!
@@ -14,11 +15,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use latch::core::{self, Action, Core, MemoryInbox, RequestError, Role, Timing, Waiter};
+use latch::core::{self, Action, Applier, Core, MemoryInbox, RequestError, Role, Timing, Waiter};
+use latch::storage::Stores;
 use latch_proto::internal::{Command, Outcome};
 use raft::eraftpb::{Message, MessageType};
 
-use crate::disk::SimDisk;
+use crate::disk::{SimDir, SimDisk};
 
 /// What the test's filter decides for one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +39,10 @@ pub enum Answer {
 }
 
 struct Member {
-    disk: SimDisk,
+    log_dir: SimDir,
+    state_disk: SimDisk,
     core: Option<Core>,
+    applier: Option<Applier>,
     /// The snapshot inbox of the running process.
     inbox: Arc<MemoryInbox>,
 }
@@ -63,7 +67,13 @@ impl Scripted {
     pub fn new(n: u64, seed: u64) -> Scripted {
         let mut s = Scripted {
             members: (0..n)
-                .map(|_| Member { disk: SimDisk::new(), core: None, inbox: Arc::default() })
+                .map(|_| Member {
+                    log_dir: SimDir::new(),
+                    state_disk: SimDisk::new(),
+                    core: None,
+                    applier: None,
+                    inbox: Arc::default(),
+                })
                 .collect(),
             held: Vec::new(),
             answers: BTreeMap::new(),
@@ -97,22 +107,34 @@ impl Scripted {
         let (seed, logger) = (self.seed, self.logger.clone());
         let m = self.member(id);
         assert!(m.core.is_none(), "member {id} is already up");
-        let db = latch::storage::open_with_backend(m.disk.open(), CLUSTER_ID, id)
-            .unwrap_or_else(|e| panic!("member {id} cannot open its store: {e}"));
-        let config = core::Config { timing: timing(), ..core::Config::new(id, &voters, seed) };
+        let open = |disk: &mut SimDisk| {
+            latch::storage::open_with_backend(disk.open(), CLUSTER_ID, id)
+                .unwrap_or_else(|e| panic!("member {id} cannot open its store: {e}"))
+        };
+        let stores = Stores { log: Box::new(m.log_dir.open()), state: open(&mut m.state_disk) };
+        let config = core::Config {
+            timing: timing(),
+            log_segment_bytes: 64 * 1024,
+            ..core::Config::new(id, &voters, seed)
+        };
         m.inbox = Arc::new(MemoryInbox::default());
-        let mut core = Core::new(config, db, m.inbox.clone(), &logger)
+        let identity = latch::storage::Identity { cluster_id: CLUSTER_ID, member_id: id };
+        let (mut core, applier) = Core::new(config, identity, stores, m.inbox.clone(), &logger)
             .unwrap_or_else(|e| panic!("member {id} cannot load its core: {e}"));
         core.seed_election_timeouts(seed);
         m.core = Some(core);
+        m.applier = Some(applier);
     }
 
     /// Member `id`'s process dies: its unsynced writes are lost, its waiters never hear back.
     pub fn crash(&mut self, id: u64) {
         let m = self.member(id);
-        m.disk.crash(false);
+        // Nothing unsynced survives: a scripted crash is exact.
+        m.log_dir.crash(&mut rand::SeedableRng::seed_from_u64(0));
+        m.state_disk.crash(false);
+        m.applier = None;
         if let Some(core) = m.core.take() {
-            if let Ok(txn) = core.db().begin_write() {
+            if let Ok(txn) = core.state_db().begin_write() {
                 let _ = txn.commit();
             }
         }
@@ -132,13 +154,9 @@ impl Scripted {
     /// Steps a message into member `id` and gives it a turn.
     pub fn step(&mut self, id: u64, msg: Message) {
         self.deliver(msg);
-        let Some(core) = self.member(id).core.as_mut() else { return };
         let mut sent = Vec::new();
-        let actions = core
-            .handle_ready(&mut |msgs| sent.extend(msgs), &mut ())
-            .unwrap_or_else(|e| panic!("member {id}: handle_ready failed: {e}"));
+        self.turn(id, &mut sent);
         self.held.extend(sent);
-        self.record(id, actions);
     }
 
     /// Proposes `cmd` on member `id`; its answer is kept under the returned waiter.
@@ -176,10 +194,7 @@ impl Scripted {
             let Some(core) = self.member(id).core.as_mut() else { continue };
             core.tick();
             core.flush_reads();
-            let actions = core
-                .handle_ready(&mut |msgs| sent.extend(msgs), &mut ())
-                .unwrap_or_else(|e| panic!("member {id}: handle_ready failed: {e}"));
-            self.record(id, actions);
+            self.turn(id, &mut sent);
         }
         for msg in sent {
             match route(&msg) {
@@ -220,13 +235,33 @@ impl Scripted {
         for msg in now {
             self.deliver(msg);
         }
-        let Some(core) = self.member(to).core.as_mut() else { return };
         let mut sent = Vec::new();
-        let actions = core
-            .handle_ready(&mut |msgs| sent.extend(msgs), &mut ())
-            .unwrap_or_else(|e| panic!("member {to}: handle_ready failed: {e}"));
+        self.turn(to, &mut sent);
         self.held.extend(sent);
-        self.record(to, actions);
+    }
+
+    /// Member `id`'s turn: `handle_ready`, then its applier applies what was handed out.
+    fn turn(&mut self, id: u64, sent: &mut Vec<Message>) {
+        let m = self.member(id);
+        let (Some(core), Some(applier)) = (m.core.as_mut(), m.applier.as_mut()) else { return };
+        let mut install = |token: &[u8], index: u64, term: u64| applier.install(token, index, term);
+        let mut actions = core
+            .handle_ready(&mut |msgs| sent.extend(msgs), &mut (), &mut install)
+            .unwrap_or_else(|e| panic!("member {id}: handle_ready failed: {e}"));
+        let mut applied = Vec::new();
+        for a in std::mem::take(&mut actions) {
+            match a {
+                Action::Apply { entries } => {
+                    let progress = applier
+                        .apply(entries, &mut ())
+                        .unwrap_or_else(|e| panic!("member {id}: apply failed: {e}"));
+                    applied.extend(core.on_applied(progress));
+                }
+                other => actions.push(other),
+            }
+        }
+        actions.extend(applied);
+        self.record(id, actions);
     }
 
     fn deliver(&mut self, msg: Message) {
@@ -242,7 +277,7 @@ impl Scripted {
                 Action::Reply { waiter, result } => (waiter, Answer::Applied(result)),
                 Action::ReadReady { waiter } => (waiter, Answer::ReadReady),
                 Action::ReadFailed { waiter, error } => (waiter, Answer::ReadFailed(error)),
-                Action::Applied { .. } | Action::Restored { .. } => continue,
+                Action::Applied { .. } | Action::Restored { .. } | Action::Apply { .. } => continue,
             };
             self.answers.insert(w, (id, answer));
         }

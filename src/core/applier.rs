@@ -1,0 +1,153 @@
+//! The state side of a member: applies committed entries to the state machine, in its own redb
+//! file, beside the raft thread (DESIGN.md §2 rule 4, §8). Sans-I/O like the rest of the core:
+//! no thread, no clock; the node driver runs it on a thread of its own, the simulator as events
+//! of their own.
+//!
+//! Invariants:
+//! - Entries are applied in index order, each at most once: an entry at or below the applied
+//!   index (covered by an installed snapshot) is skipped.
+//! - Every batch is one redb transaction holding the state it changed and `applied_index`;
+//!   commits are made durable lazily (`Durability::None`), every [`Applier::sync_every`]
+//!   entries or when the driver asks ([`Applier::sync`]); a durable commit makes every
+//!   earlier one durable with it. What a crash loses of the state is replayed from the raft
+//!   log, which holds every committed entry above the durable applied index (compaction never
+//!   passes it: [`Progress::durable_index`] tells the raft side how far it may go).
+//! - An outcome or an event leaves only once the transaction holding it is committed (readers
+//!   see it), never before.
+//! - A snapshot is installed in a durable transaction of its own, before the raft log records
+//!   it, so that a crash between the two leaves a state ahead of the log, which the log then
+//!   catches up with (`LogStore::reconcile`), and never a log ahead of its state.
+
+use std::sync::Arc;
+
+use raft::eraftpb::{Entry, EntryType};
+use redb::{Database, Durability};
+
+use super::snapshots::Snapshots;
+use super::{redb_err, CoreError, ReadyObserver};
+use crate::fsm::{self, Applied, AppliedCommand};
+
+/// Entries applied between two durable commits, unless the driver syncs earlier.
+pub const SYNC_EVERY_ENTRIES: u64 = 5_000;
+
+/// What a batch (or a sync) did, for the raft side.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Position after the batch (committed, maybe not yet durable).
+    pub applied: Applied,
+    /// The applied index as of the last durable commit.
+    pub durable_index: u64,
+    /// The commands of the batch, in order, with their outcomes and events.
+    pub commands: Vec<AppliedCommand>,
+}
+
+pub struct Applier {
+    db: Arc<Database>,
+    snapshots: Arc<Snapshots>,
+    bounds: fsm::Bounds,
+    applied: Applied,
+    durable_index: u64,
+    sync_every: u64,
+}
+
+impl Applier {
+    /// The applier of the state in `db` (already initialised by the core), at its durable
+    /// position.
+    pub fn new(
+        db: Arc<Database>,
+        snapshots: Arc<Snapshots>,
+        bounds: fsm::Bounds,
+    ) -> Result<Applier, CoreError> {
+        let applied = fsm::applied(&db.begin_read().map_err(redb_err)?)?;
+        Ok(Applier {
+            db,
+            snapshots,
+            bounds,
+            applied,
+            durable_index: applied.index,
+            sync_every: SYNC_EVERY_ENTRIES,
+        })
+    }
+
+    /// Makes a commit durable at least every `n` applied entries.
+    pub fn sync_every(mut self, n: u64) -> Applier {
+        self.sync_every = n.max(1);
+        self
+    }
+
+    pub fn applied(&self) -> Applied {
+        self.applied
+    }
+
+    pub fn durable_index(&self) -> u64 {
+        self.durable_index
+    }
+
+    /// Whether some applied state is not durable yet.
+    pub fn dirty(&self) -> bool {
+        self.durable_index < self.applied.index
+    }
+
+    /// Applies committed entries (in index order) in one transaction.
+    pub fn apply(
+        &mut self,
+        entries: Vec<Entry>,
+        observer: &mut dyn ReadyObserver,
+    ) -> Result<Progress, CoreError> {
+        let mut txn = self.db.begin_write().map_err(redb_err)?;
+        let durable = self.applied.index + entries.len() as u64 >= self.durable_index + self.sync_every;
+        txn.set_durability(if durable { Durability::Immediate } else { Durability::None });
+        observer.apply_started();
+        let mut commands = Vec::new();
+        let mut applied = 0;
+        for e in entries {
+            if e.index <= self.applied.index {
+                continue; // covered by an installed snapshot
+            }
+            let data: &[u8] = match e.get_entry_type() {
+                EntryType::EntryNormal => &e.data,
+                // Membership is static (--initial-cluster); a conf change only advances the index.
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => &[],
+            };
+            if let Some(c) = fsm::apply_entry(&txn, e.index, e.term, data, &self.bounds)? {
+                commands.push(c);
+            }
+            self.applied.index = e.index;
+            self.applied.term = e.term;
+            applied += 1;
+        }
+        observer.apply_finished(applied);
+        observer.commit_started();
+        txn.commit().map_err(redb_err)?;
+        observer.commit_finished(0);
+        self.applied = fsm::applied(&self.db.begin_read().map_err(redb_err)?)?;
+        if durable {
+            self.durable_index = self.applied.index;
+        }
+        Ok(Progress { applied: self.applied, durable_index: self.durable_index, commands })
+    }
+
+    /// Makes everything applied durable (one empty durable commit makes every earlier commit
+    /// durable); `None` when it already was.
+    pub fn sync(&mut self) -> Result<Option<Progress>, CoreError> {
+        if !self.dirty() {
+            return Ok(None);
+        }
+        let mut txn = self.db.begin_write().map_err(redb_err)?;
+        txn.set_durability(Durability::Immediate);
+        txn.commit().map_err(redb_err)?;
+        self.durable_index = self.applied.index;
+        Ok(Some(Progress { applied: self.applied, durable_index: self.durable_index, commands: Vec::new() }))
+    }
+
+    /// Replaces the state with the snapshot staged under `token` at `(index, term)`, durably.
+    pub fn install(&mut self, token: &[u8], index: u64, term: u64) -> Result<Applied, CoreError> {
+        let mut txn = self.db.begin_write().map_err(redb_err)?;
+        txn.set_durability(Durability::Immediate);
+        let applied = self.snapshots.install(&txn, token, index, term)?;
+        txn.commit().map_err(redb_err)?;
+        self.applied = applied;
+        self.durable_index = applied.index;
+        Ok(applied)
+    }
+}
