@@ -57,6 +57,7 @@ stop_all() {
   if [ "${KEEP_WORK:-0}" = 1 ]; then echo "data and logs kept in $WORK"; else rm -rf "$WORK"; fi
 }
 trap stop_all EXIT
+trap 'echo "bench/compare.sh: a command failed at line $LINENO (exit $?)" >&2' ERR
 started() { # system pid
   PIDS+=("$2")
   SYSTEM_PIDS[$1]+=" $2"
@@ -190,11 +191,11 @@ for system in latch etcd zk; do
   fi
 done
 
-ETCD_VERSION=$(etcd --version 2>/dev/null | head -1)
+ETCD_VERSION=$(etcd --version 2>/dev/null | sed -n 1p)
 LATCH_VERSION="$("$LATCH" --version) ($(git rev-parse --short HEAD 2>/dev/null || echo unknown))"
-ZK_VERSION=$(java -cp "$ZK_CP" org.apache.zookeeper.version.VersionInfoMain 2>/dev/null | head -1)
+ZK_VERSION=$(java -cp "$ZK_CP" org.apache.zookeeper.version.VersionInfoMain 2>/dev/null | sed -n 1p)
 ZK_PACKAGE=$(dpkg-query -W -f '${Version}' zookeeper 2>/dev/null || echo unknown)
-JAVA_VERSION=$(java -version 2>&1 | head -1)
+JAVA_VERSION=$(java -version 2>&1 | sed -n 1p)
 RESULTS="$WORK/results.jsonl"
 COMMANDS="$WORK/commands.txt"
 : >"$RESULTS"
