@@ -392,8 +392,8 @@ L.append(f"- CPU: {facts['cpu']}, {os.cpu_count()} cores (the servers of all thr
 m, p50, p99 = facts["fsync"]
 L.append(f"- fdatasync of a 4 KiB append on the data disk: mean {m} µs, p50 {p50} µs, p99 {p99} µs "
          "(measured by the script, before the servers start)")
-L.append(f"- Load average (1, 5, 15 min) before the servers started: {facts['load'][0]}; at the end: "
-         f"{facts['load'][1]} (work on the machine besides this script's shows here)")
+L.append(f"- Load average (1, 5, 15 min) before the servers started: {facts['load'][0]} (other work on "
+         f"the machine shows here); at the end: {facts['load'][1]} (this script's own load included)")
 L.append(f"- Kernel: {platform.release()}")
 L.append(f"- Latch: {facts['latch']}")
 L.append(f"- etcd: {facts['etcd']} (Debian package)")
