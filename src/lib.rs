@@ -4,7 +4,8 @@
 //!
 //! - [`cli`]: the `latch` command line (server, kv, cluster, bench). Binary-only concerns.
 //! - [`bench`](mod@bench): `latch bench`, the load generator: workloads against a Latch or an etcd
-//!   cluster through their client libraries; imports none of the layers below.
+//!   cluster or a ZooKeeper ensemble through their client libraries; imports none of the layers
+//!   below.
 //! - [`server`]: wires a node together: binds nothing itself, takes listeners and a shutdown
 //!   future (`run(config, listeners, shutdown)`).
 //! - [`api`]: thin gRPC handlers: validate → propose or read → map the error → fill the header.

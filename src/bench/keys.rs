@@ -13,10 +13,10 @@ use super::{Connection, OpError, Progress};
 pub const PREFIX: &str = "bench/";
 
 /// Most puts in one loading transaction: under the default `--max-txn-ops` of Latch and of
-/// etcd (128 both).
+/// etcd (128 both). ZooKeeper has no such limit on a `multi`.
 const LOAD_BATCH_OPS: usize = 100;
 /// Most bytes of keys and values in one loading transaction: well under the default request
-/// limits (Latch 1.5 MiB, etcd 1.5 MiB).
+/// limits (Latch 1.5 MiB, etcd 1.5 MiB, ZooKeeper's `jute.maxbuffer` 1 MiB).
 const LOAD_BATCH_BYTES: usize = 512 * 1024;
 
 /// `size` keys of `key_size` bytes each.
@@ -71,9 +71,10 @@ fn digits(n: u64) -> usize {
     n.checked_ilog10().map_or(1, |d| d as usize + 1)
 }
 
-/// How many puts go in one loading transaction for keys of `key_size` and values of
-/// `value_size` bytes: at least one, at most [`LOAD_BATCH_OPS`], about [`LOAD_BATCH_BYTES`].
-fn load_batch(key_size: usize, value_size: usize) -> u64 {
+/// How many puts go in one loading transaction (for ZooKeeper also: creates in one `multi`)
+/// for keys of `key_size` and values of `value_size` bytes: at least one, at most
+/// [`LOAD_BATCH_OPS`], about [`LOAD_BATCH_BYTES`].
+pub(super) fn load_batch(key_size: usize, value_size: usize) -> u64 {
     // Each put also carries a few bytes of framing.
     let per_put = key_size + value_size + 16;
     (LOAD_BATCH_BYTES / per_put).clamp(1, LOAD_BATCH_OPS) as u64

@@ -1,7 +1,7 @@
 //! `latch bench`: the built-in load generator. `--clients` tasks share `--connections`
-//! clients of a Latch or an etcd cluster and run one workload until `--ops` operations were
-//! started or `--duration` has passed; the result is a [`Report`]: throughput, latency
-//! percentiles, and outcomes and errors counted by kind.
+//! clients of a Latch cluster, an etcd cluster or a ZooKeeper ensemble and run one workload
+//! until `--ops` operations were started or `--duration` has passed; the result is a
+//! [`Report`]: throughput, latency percentiles, and outcomes and errors counted by kind.
 //!
 //! What is here:
 //! - [`Workload`]: what one operation is, and what to set up before the clock starts. One file
@@ -9,20 +9,22 @@
 //!   watches, DNS) adds its workload as one more file here and one subcommand in
 //!   `cli/bench.rs`.
 //! - [`target`]: the systems under test behind one [`Connection`] type: Latch through
-//!   `latch-client`, etcd through `etcd-client` (cargo feature `etcd`), so both meet the same
-//!   load generator.
+//!   `latch-client`, etcd through `etcd-client` (cargo feature `etcd`), ZooKeeper through
+//!   `zookeeper-client` (cargo feature `zk`), so all three meet the same load generator.
+//! - [`zk`]: how the keys and operations map onto ZooKeeper's znodes, and its sessions.
 //! - [`keys`]: the key space (fixed-size keys `bench/00…0042`) and loading it before reads.
 //! - [`report`]: what a run measured, and how it prints (text, JSON).
 //! - [`progress`]: the progress bar, drawn on stderr when it is a terminal.
 //!
-//! May import: `latch-client` and `etcd-client`; never the server's layers: a benchmark sees
-//! the cluster exactly as any client does.
+//! May import: `latch-client`, `etcd-client` and `zookeeper-client`; never the server's layers:
+//! a benchmark sees the cluster exactly as any client does.
 //!
 //! Measuring: an operation is timed from just before its first request to its answer, into an
 //! HDR histogram (microseconds, 3 significant digits, up to 60 s). Failed operations are
 //! counted by kind, not timed. There is no warm-up phase, but every connection answers one
 //! linearizable read before the clock starts, so connection setup is not measured, and a
-//! target that does not serve fails the run at once. Throughput is the successful operations
+//! target that does not serve fails the run at once. Nor is the end measured: ZooKeeper
+//! sessions are closed after the clock stops. Throughput is the successful operations
 //! divided by the wall time from the start to the end of the last operation; with `--duration`
 //! the operations still in flight at the deadline finish and count.
 
@@ -34,6 +36,7 @@ pub mod put;
 pub mod report;
 pub mod target;
 pub mod txn_cas;
+pub mod zk;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -176,7 +179,8 @@ pub enum Error {
     /// The settings are out of range or contradict each other; the message names the flag.
     #[error("{0}")]
     Settings(String),
-    /// `--target` is not `latch://H:P,…` or `etcd://H:P,…`, or an endpoint is not `host:port`.
+    /// `--target` is not `latch://H:P,…`, `etcd://H:P,…` or `zk://H:P,…`, or an endpoint is not
+    /// `host:port`.
     #[error("--target: {0}")]
     Target(String),
     /// `etcd://` asked of a binary built without the `etcd` feature.
@@ -185,6 +189,11 @@ pub enum Error {
          --features etcd` (needs protoc: apt-get install protobuf-compiler)"
     )]
     EtcdNotBuilt,
+    /// `zk://` asked of a binary built without the `zk` feature.
+    #[error(
+        "this latch was built without the `zk` feature; rebuild with `cargo build --release --features zk`"
+    )]
+    ZkNotBuilt,
     /// A connection failed its first read, before anything was measured.
     #[error("{target} does not serve: {error}")]
     Unreachable {
@@ -193,6 +202,9 @@ pub enum Error {
         /// How the first read failed.
         error: OpError,
     },
+    /// The key space's znodes could not be created (ZooKeeper).
+    #[error("creating the key space's znodes failed: {0}")]
+    CreateKeySpace(OpError),
     /// The workload's setup failed (e.g. loading the key space).
     #[error("preparing the {workload} workload failed: {error}")]
     Prepare {
@@ -209,7 +221,7 @@ pub enum Error {
 impl Error {
     /// Whether the command line was at fault (exit code 2) rather than the target (1).
     pub fn is_usage(&self) -> bool {
-        matches!(self, Error::Settings(_) | Error::Target(_) | Error::EtcdNotBuilt)
+        matches!(self, Error::Settings(_) | Error::Target(_) | Error::EtcdNotBuilt | Error::ZkNotBuilt)
     }
 }
 
@@ -232,6 +244,9 @@ pub async fn run<W: Workload>(
             return Err(Error::Unreachable { target: settings.target.to_string(), error });
         }
     }
+    target::create_key_space(&connections, &settings.keys, &value, &progress)
+        .await
+        .map_err(Error::CreateKeySpace)?;
     let setup = Setup { connections: &connections, keys: &settings.keys, value: &value, progress: &progress };
     workload.prepare(&setup).await.map_err(|error| Error::Prepare { workload: workload.name(), error })?;
 
@@ -286,6 +301,7 @@ pub async fn run<W: Workload>(
     let elapsed = shared.started.elapsed();
     ticker.abort();
     interrupter.abort();
+    target::close(connections, settings.timeout).await;
     progress.finish();
     if let Some(why) = panicked {
         return Err(Error::Task(why));
@@ -428,6 +444,7 @@ mod tests {
     fn usage_errors_are_told_apart_from_failures_of_the_target() {
         assert!(Error::Settings("x".into()).is_usage());
         assert!(Error::EtcdNotBuilt.is_usage());
+        assert!(Error::ZkNotBuilt.is_usage());
         let unreachable = Error::Unreachable {
             target: "latch://h:1".into(),
             error: OpError { kind: "UNAVAILABLE", message: "down".into() },

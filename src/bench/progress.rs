@@ -37,6 +37,16 @@ impl Progress {
         }
     }
 
+    /// Shows the creation of the `keys` znodes of a ZooKeeper key space before the clock starts;
+    /// [`loaded`](Self::loaded) counts them.
+    pub fn creating(&self, keys: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_style(style("creating znodes {bar:40} {pos}/{len}"));
+            bar.set_length(keys);
+            bar.set_position(0);
+        }
+    }
+
     /// Counts `keys` more keys loaded.
     pub fn loaded(&self, keys: u64) {
         if let Some(bar) = &self.bar {

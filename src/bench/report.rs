@@ -1,7 +1,7 @@
 //! What a run measured — a [`Tally`] per client task, merged into one [`Report`] — and how a
 //! report prints: a short text block for people, one JSON document for programs.
 //!
-//! JSON: `{"workload", "parameters": {…}, "target", "system": "latch"|"etcd", "clients",
+//! JSON: `{"workload", "parameters": {…}, "target", "system": "latch"|"etcd"|"zk", "clients",
 //! "connections", "key_size", "value_size", "keyspace", "ops", "outcomes": {name: count},
 //! "errors": {kind: count}, "elapsed_s", "throughput", "latency_ms": {"p50", "p90", "p99",
 //! "p999", "max", "mean"}}`, every number a JSON number. `ops` counts successful operations;

@@ -96,9 +96,9 @@ impl From<ConsistencyArg> for Consistency {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Benchmark options")]
 pub struct BenchOptions {
-    /// The cluster to load: latch://H:P,H:P or etcd://H:P,H:P (etcd needs a build with
-    /// `--features etcd`). Default: latch:// and --endpoints (so $LATCH_ENDPOINTS, else
-    /// 127.0.0.1:7379).
+    /// The cluster to load: latch://H:P,H:P, etcd://H:P,H:P or zk://H:P,H:P (etcd needs a
+    /// build with `--features etcd`, zk one with `--features zk`). Default: latch:// and
+    /// --endpoints (so $LATCH_ENDPOINTS, else 127.0.0.1:7379).
     #[arg(long, global = true, value_name = "URL")]
     pub target: Option<String>,
     /// Concurrent clients, each with one operation in flight at a time.
@@ -302,7 +302,7 @@ mod tests {
 
     #[test]
     fn bad_targets_and_key_sizes_are_usage_errors_naming_the_flag() {
-        let e = settings(&["put", "--target", "zk://h:1"]).expect_err("unknown system");
+        let e = settings(&["put", "--target", "consul://h:1"]).expect_err("unknown system");
         assert!(e.starts_with("--target:"), "{e}");
         let e = settings(&["put", "--key-size", "8"]).expect_err("too small for 100000 keys");
         assert!(e.contains("--key-size"), "{e}");

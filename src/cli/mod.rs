@@ -69,7 +69,7 @@ pub enum Command {
     Kv(kv::KvCommand),
     /// Inspect the cluster.
     Cluster(cluster::ClusterCommand),
-    /// Load a Latch or an etcd cluster and measure throughput and latency.
+    /// Load a Latch, an etcd or a ZooKeeper cluster and measure throughput and latency.
     Bench(bench::BenchCommand),
 }
 
@@ -117,7 +117,7 @@ impl Cli {
             Command::Bench(bench) if bench.options.target.is_some() && given("endpoints") => Some((
                 "bench",
                 "--endpoints and --target both name the cluster to load; give one \
-                 (--target latch://H:P,H:P or etcd://H:P,H:P)"
+                 (--target latch://H:P,H:P, etcd://H:P,H:P or zk://H:P,H:P)"
                     .to_string(),
             )),
             _ => None,

@@ -123,7 +123,7 @@ async fn bench_with_bad_flags_exits_2_naming_the_flag() {
         (&["put", "--ops", "10", "--duration", "1s"][..], "--duration"),
         (&["mixed", "--read-ratio", "1.5"][..], "--read-ratio"),
         (&["put", "--key-size", "8"][..], "--key-size"),
-        (&["put", "--target", "zk://127.0.0.1:2181"][..], "--target"),
+        (&["put", "--target", "consul://127.0.0.1:8500"][..], "--target"),
     ] {
         let out = bench(None, args).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -140,6 +140,12 @@ async fn bench_with_bad_flags_exits_2_naming_the_flag() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
         assert!(stderr.contains("--features etcd"), "should say how to build with etcd; got: {stderr}");
+    }
+    if !cfg!(feature = "zk") {
+        let out = bench(None, &["put", "--target", "zk://127.0.0.1:2181"]).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+        assert!(stderr.contains("--features zk"), "should say how to build with zk; got: {stderr}");
     }
 }
 
