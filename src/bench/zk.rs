@@ -6,7 +6,7 @@
 //! - A key `bench/000…0042` is the znode `/bench/000…0042`: every benchmark znode is a child of
 //!   [`PARENT`], so `deleteall /bench` (zkCli) removes them all.
 //! - A znode must exist before `setData` can write it, so the whole key space is created before
-//!   the clock starts ([`create_key_space`]), whatever the workload. The parent's data records
+//!   the clock starts (`create_key_space`), whatever the workload. The parent's data records
 //!   which key spaces were created completely ([`CreatedKeySpaces`]), so a later run skips the
 //!   creation.
 //! - put = `setData` with no version; get serializable = `getData` from the session's server;

@@ -3,13 +3,13 @@
 //! besides the redb transaction it is handed (DESIGN.md §2 rules 3 and 4).
 //!
 //! The seam every domain plugs into:
-//! - A domain (one file each: [`kv`], [`requests`]; sessions, locks, elections and the registry
+//! - A domain (one file each: `kv`, `requests`; sessions, locks, elections and the registry
 //!   to come) keeps all it has in its own tables, every one `&[u8] → &[u8]`, and declares them
-//!   through [`Domain`] together with what a row must satisfy. Creating the tables ([`init`]),
+//!   through `Domain` together with what a row must satisfy. Creating the tables ([`init`]),
 //!   the snapshot stream ([`snapshot`]), restoring one and the state hash ([`state_hash`]) then
-//!   cover it with no further code: adding a domain is its file, its entry in [`DOMAINS`], and
-//!   the arms of its commands in [`apply_command`].
-//! - A command is applied through an [`Apply`] context that owns the revision: one command may
+//!   cover it with no further code: adding a domain is its file, its entry in `DOMAINS`, and
+//!   the arms of its commands in `apply_command`.
+//! - A command is applied through an `Apply` context that owns the revision: one command may
 //!   change several domains in one revision, and every change leaves as an [`Event`].
 //!
 //! May import: the storage schema and the internal (log) messages of latch-proto. Never the
@@ -22,7 +22,7 @@
 //! - A command that is undecodable, of another version, or invalid is rejected
 //!   deterministically: every member answers the same `rejected` outcome and writes nothing but
 //!   the applied index (and, when it carried a request id, the remembered outcome).
-//! - A request id is applied at most once while it is remembered (see [`requests`]).
+//! - A request id is applied at most once while it is remembered (see `requests`).
 //! - Stored data that cannot be what this code wrote is reported as [`FsmError::Corrupt`],
 //!   naming the table and key; nothing here panics on stored data.
 
@@ -52,7 +52,7 @@ const DOMAINS: [&dyn Domain; 2] = [&kv::KvDomain, &requests::RequestsDomain];
 pub(crate) type TableDef = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
 /// A part of the replicated state. What it keeps lives in [`Domain::tables`]; how commands
-/// change it is its apply functions, called from [`apply_command`] through an [`Apply`].
+/// change it is its apply functions, called from `apply_command` through an `Apply`.
 pub(crate) trait Domain: Sync {
     /// A short stable name, for messages.
     fn name(&self) -> &'static str;
@@ -132,10 +132,10 @@ pub fn applied(txn: &ReadTransaction) -> Result<Applied, FsmError> {
 /// The bounds an apply works within.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bounds {
-    /// Bytes of read results (range ops) in one answer (see [`kv`]). It shapes answers only, never
+    /// Bytes of read results (range ops) in one answer (see `kv`). It shapes answers only, never
     /// the state, so members may differ in it.
     pub max_response_bytes: usize,
-    /// Bytes of remembered requests (see [`requests`]). It shapes the state: every member must
+    /// Bytes of remembered requests (see `requests`). It shapes the state: every member must
     /// use the same value, [`REQUEST_MEMORY_BYTES`] (tests use small ones).
     pub request_memory_bytes: u64,
 }

@@ -25,7 +25,7 @@ use redb::{ReadableTable, WriteTransaction};
 use super::{Applied, Domain, FsmError, TableDef};
 use crate::storage::schema::{REQUESTS, REQUESTS_BY_INDEX, REQUESTS_META, REQUESTS_META_BYTES};
 
-/// Most bytes of remembered requests (ids, rows and index entries, see [`row_bytes`]) on every
+/// Most bytes of remembered requests (ids, rows and index entries, see `row_bytes`) on every
 /// member.
 pub const REQUEST_MEMORY_BYTES: u64 = 32 * 1024 * 1024;
 

@@ -4,7 +4,7 @@
 //!
 //! Format: a sequence of frames, each a 4-byte big-endian length and an encoded
 //! `SnapshotChunk`: one `header` (format version, applied index and term, revision), then the
-//! rows of every domain table (in the order of [`super::DOMAINS`], each table in key order, cut
+//! rows of every domain table (in the order of `DOMAINS`, each table in key order, cut
 //! into `rows` chunks of about [`CHUNK_BYTES`]), then one `end` with the number of rows and a
 //! checksum over them.
 //!
