@@ -93,7 +93,12 @@ pub fn run(mut applier: Applier, jobs: Receiver<Job>, events: mpsc::Sender<Event
                     last_sync = Instant::now();
                     continue;
                 }
-                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Disconnected) => {
+                    // The member stops: leave the state durable, so that the next start need
+                    // not replay it.
+                    let _ = report(applier.sync(), &events);
+                    return;
+                }
             },
         };
         match job {

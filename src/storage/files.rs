@@ -40,8 +40,9 @@ pub trait File: Send + Sync {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Writes `data` at `offset` (growing the file if needed).
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
-    /// Grows the file to at least `len` bytes of zeros, allocated now: writing within them
-    /// later changes no metadata, so syncing them is a data sync alone.
+    /// Grows the file to at least `len` bytes of zeros, allocated now: writing within them later
+    /// does not change the file's size (on ext4 the first write to a fallocated block still
+    /// marks it written, a small metadata change; measured, it still halves an fdatasync).
     fn allocate(&mut self, len: u64) -> io::Result<()>;
     /// Cuts the file to `len` bytes.
     fn truncate(&mut self, len: u64) -> io::Result<()>;
@@ -122,7 +123,16 @@ impl File for FsFile {
         if len <= self.len {
             return Ok(());
         }
-        rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), 0, len)?;
+        if rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), 0, len).is_err() {
+            // A file system without fallocate: zeros, written.
+            let zeros = vec![0u8; 1 << 20];
+            let mut at = self.len;
+            while at < len {
+                let n = (len - at).min(zeros.len() as u64) as usize;
+                self.file.write_all_at(&zeros[..n], at)?;
+                at += n as u64;
+            }
+        }
         self.len = len;
         Ok(())
     }

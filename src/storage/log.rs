@@ -8,11 +8,13 @@
 //! depends on a change leave the node (messages, applies) before that. A failed flush is
 //! fatal, so the in-memory view never outlives a state the disk did not reach.
 //!
-//! Segment format: files `<seq, 16 hex digits>.wal`, preallocated to [`SEGMENT_BYTES`] of zeros
-//! (so that a sync after a write is a data sync alone); each a sequence of records
-//! `[payload length: u32 LE][CRC-32 of kind and payload: u32 LE][kind: u8][payload]`, ended by
-//! zeros (a record head of zeros: no record has length 0, checksum 0 and kind 0). The first
-//! record of a segment is its header (identity, and the raft state when it was started); then
+//! Segment format: files `<seq, 16 hex digits>.wal`, preallocated to [`SEGMENT_BYTES`] (so that
+//! a write within them does not change the file's size); each a sequence of records
+//! `[payload length: u32 LE][kind: u8][CRC-32 of length and kind: u32 LE][CRC-32 of the previous
+//! record's CRC and the payload: u32 LE][payload]`, ended by zeros (a record head of zeros: no
+//! record has kind 0). The payload CRCs chain from a seed made of the segment's number, so a
+//! record is valid only after the records that were written before it: bytes left over from an
+//! earlier write never pass. The first record of a segment is its header (identity, and the raft state when it was started); then
 //! entries (an entry at an index already in the log replaces it and everything after it), hard
 //! states, compactions (entries up to an index are no longer needed) and installed snapshots
 //! (every entry before is gone). Replaying the segments in order rebuilds the log exactly.
@@ -24,10 +26,13 @@
 //!   so an entry read back from a file is always one that was written there.
 //! - A segment is deleted only when every entry in it is compacted and the record saying so is
 //!   durable in a later segment, and never the active one: replay never meets a gap.
-//! - A torn tail (a crash in the middle of a write that was never synced: a bad record at the
-//!   end of the last segment's data, with nothing but zeros after it) is zeroed out, with a
-//!   warning. A bad record with data after it, or anywhere but in the last segment, is
-//!   corruption: loading fails naming the file and offset.
+//! - A torn tail — a crash in the middle of a write that was never synced, which a disk may
+//!   leave with any of its sectors written or not — is told from corruption as etcd tells it: a
+//!   bad record in the last segment that runs past the file's end or holds a sector of zeros
+//!   was torn, and it and everything after it are zeroed, with a warning; any other bad record
+//!   (a bit flipped in data that was synced), or one in an earlier segment, is corruption:
+//!   loading fails naming the file and offset. After the last valid record, whatever is not
+//!   zero (left over from an unsynced write) is zeroed too, so it can never be read later.
 //! - Memory is bounded: entries older than the cache are read back from their file; `places`
 //!   and `terms` cost a few bytes per entry and per term.
 
@@ -52,8 +57,10 @@ const KIND_ENTRY: u8 = 2;
 const KIND_HARD_STATE: u8 = 3;
 const KIND_COMPACT: u8 = 4;
 const KIND_SNAPSHOT: u8 = 5;
-/// Bytes before a record's payload: length, CRC, kind.
-const RECORD_HEAD: usize = 9;
+/// Bytes before a record's payload: length, kind, the head's CRC, the payload's CRC.
+const RECORD_HEAD: usize = 13;
+/// The unit a disk writes whole (or not at all), for telling a torn write from corruption.
+const SECTOR: usize = 512;
 /// Largest record a reader accepts (an entry holds at most one request).
 const MAX_RECORD: usize = 1 << 30;
 
@@ -88,11 +95,12 @@ pub trait SnapshotSource: Send + Sync {
     fn prepare(&self, request_index: u64) -> Result<Option<PreparedSnapshot>, String>;
 }
 
-/// Where an entry's record is.
+/// Where an entry's record is, and the CRC it chains from.
 #[derive(Debug, Clone, Copy)]
 struct Place {
     segment: u64,
     offset: u64,
+    prev: u32,
 }
 
 struct Segment {
@@ -126,6 +134,8 @@ pub struct LogStore {
     active: u64,
     /// Its length, counting `pending`.
     active_len: u64,
+    /// The CRC of its last record, counting `pending`: the next record chains from it.
+    chain: u32,
     /// Records not flushed yet.
     pending: Vec<u8>,
     /// Segments to delete once the compaction that freed them is durable.
@@ -133,6 +143,8 @@ pub struct LogStore {
     /// The size segments are preallocated to and closed at ([`SEGMENT_BYTES`]; tests use
     /// small ones).
     segment_bytes: u64,
+    /// No segment existed when it was loaded.
+    fresh: bool,
 }
 
 /// What an entry costs the cache: its payload and a fixed overhead.
@@ -144,51 +156,125 @@ fn segment_name(seq: u64) -> String {
     format!("{seq:016x}.wal")
 }
 
-fn encode_record(kind: u8, payload: &[u8], out: &mut Vec<u8>) {
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&[kind]);
-    crc.update(payload);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
-    out.push(kind);
-    out.extend_from_slice(payload);
+/// The CRC the first record of segment `seq` chains from.
+fn chain_seed(seq: u64) -> u32 {
+    crc32fast::hash(&seq.to_le_bytes())
 }
 
-/// A record read back: its kind and payload.
-type Record<'a> = (u8, &'a [u8]);
-/// A bad record: its extent (as far as its length can be trusted) and why it is bad.
-type BadRecord = (usize, &'static str);
+fn payload_crc(prev: u32, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&prev.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
 
-/// One record read back; `Ok(None)` at the end of the data (zeros).
-fn decode_record(bytes: &[u8]) -> Result<Option<Record<'_>>, BadRecord> {
+/// Encodes a record chained after `prev`; returns its CRC (the next record's `prev`).
+fn encode_record(kind: u8, payload: &[u8], prev: u32, out: &mut Vec<u8>) -> u32 {
+    let len = (payload.len() as u32).to_le_bytes();
+    let mut head = crc32fast::Hasher::new();
+    head.update(&len);
+    head.update(&[kind]);
+    let crc = payload_crc(prev, payload);
+    out.extend_from_slice(&len);
+    out.push(kind);
+    out.extend_from_slice(&head.finalize().to_le_bytes());
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(payload);
+    crc
+}
+
+/// A record read back: its kind, payload and CRC.
+type Record<'a> = (u8, &'a [u8], u32);
+
+/// Why bytes are not a valid record.
+#[derive(Debug, Clone, Copy)]
+struct BadRecord {
+    /// Whether its head checks (so its length can be trusted).
+    head_ok: bool,
+    len: usize,
+    why: &'static str,
+}
+
+/// One record, chained after `prev`, read back; `Ok(None)` at the end of the data (zeros).
+fn decode_record(bytes: &[u8], prev: u32) -> Result<Option<Record<'_>>, BadRecord> {
+    let bad = |head_ok, len, why| Err(BadRecord { head_ok, len, why });
     if bytes.len() < RECORD_HEAD {
         return if bytes.iter().all(|b| *b == 0) {
             Ok(None)
         } else {
-            Err((bytes.len(), "a record cut short"))
+            bad(false, 0, "a record head cut short")
         };
     }
     if bytes[..RECORD_HEAD].iter().all(|b| *b == 0) {
         return Ok(None);
     }
-    let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-    let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-    let extent = RECORD_HEAD.saturating_add(len).min(bytes.len());
+    let field = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let (len, kind, head_crc, crc) = (field(0) as usize, bytes[4], field(5), field(9));
+    if crc32fast::hash(&bytes[..5]) != head_crc {
+        return bad(false, 0, "a record head whose checksum does not match");
+    }
     if len > MAX_RECORD {
-        return Err((RECORD_HEAD, "a record longer than any written"));
+        return bad(false, 0, "a record longer than any written");
     }
     if bytes.len() < RECORD_HEAD + len {
-        return Err((extent, "a record cut short"));
+        return bad(true, len, "a record cut short");
     }
-    let kind = bytes[8];
     let payload = &bytes[RECORD_HEAD..RECORD_HEAD + len];
-    let mut h = crc32fast::Hasher::new();
-    h.update(&[kind]);
-    h.update(payload);
-    if h.finalize() != crc {
-        return Err((extent, "a record whose checksum does not match"));
+    if payload_crc(prev, payload) != crc {
+        return bad(true, len, "a record whose checksum does not match");
     }
-    Ok(Some((kind, payload)))
+    Ok(Some((kind, payload, crc)))
+}
+
+/// Whether a bad record at `offset` of the last segment was torn by a crash (see the module
+/// doc): it runs past the end of the file, or a sector of it is all zeros.
+fn torn(bytes: &[u8], offset: usize, bad: BadRecord) -> bool {
+    let end = if bad.head_ok { offset + RECORD_HEAD + bad.len } else { offset + RECORD_HEAD };
+    if end > bytes.len() {
+        return true;
+    }
+    let mut sector = offset / SECTOR * SECTOR;
+    while sector < end {
+        let (from, to) = (sector.max(offset), (sector + SECTOR).min(end));
+        if from < to && bytes[from..to].iter().all(|b| *b == 0) {
+            return true;
+        }
+        sector += SECTOR;
+    }
+    false
+}
+
+/// How a walk over a segment's records ended.
+enum SegmentEnd {
+    /// Zeros from this offset: the end of the data.
+    Clean(usize),
+    /// A record torn by a crash at this offset.
+    Torn(usize, &'static str),
+    /// A bad record at this offset that no crash explains.
+    Corrupt(usize, &'static str),
+}
+
+/// Walks the valid records of segment `seq`, handing each to `visit` with its offset; says how
+/// the walk ended. Whether a bad record counts as torn is for the caller (last segment only).
+/// Sees each valid record of a walk: its offset, kind, payload and the CRC it chains from.
+type Visit<'a> = dyn FnMut(usize, u8, &[u8], u32) -> Result<(), StorageError> + 'a;
+
+fn walk(seq: u64, bytes: &[u8], visit: &mut Visit) -> Result<SegmentEnd, StorageError> {
+    let mut offset = 0;
+    let mut prev = chain_seed(seq);
+    while offset < bytes.len() {
+        match decode_record(&bytes[offset..], prev) {
+            Ok(None) => return Ok(SegmentEnd::Clean(offset)),
+            Ok(Some((kind, payload, crc))) => {
+                visit(offset, kind, payload, prev)?;
+                prev = crc;
+                offset += RECORD_HEAD + payload.len();
+            }
+            Err(bad) if torn(bytes, offset, bad) => return Ok(SegmentEnd::Torn(offset, bad.why)),
+            Err(bad) => return Ok(SegmentEnd::Corrupt(offset, bad.why)),
+        }
+    }
+    Ok(SegmentEnd::Clean(offset))
 }
 
 fn io(what: &str, e: impl std::fmt::Display) -> StorageError {
@@ -239,9 +325,11 @@ impl LogStore {
             segments: BTreeMap::new(),
             active: 0,
             active_len: 0,
+            chain: 0,
             pending: Vec::new(),
             doomed: Vec::new(),
             segment_bytes,
+            fresh: seqs.is_empty(),
         };
         // Entries of a segment may follow a gap that a compaction recorded further on (the
         // segment before was deleted once that record was durable): the first pass finds how far
@@ -273,16 +361,8 @@ impl LogStore {
         let name = segment_name(seq);
         let path = self.dir.describe(&name);
         let (_, bytes) = self.read_segment(&name)?;
-        let mut offset = 0usize;
         let mut floor = floor;
-        while offset < bytes.len() {
-            let (kind, payload) = match decode_record(&bytes[offset..]) {
-                Ok(Some(r)) => r,
-                Ok(None) => break,
-                // The second pass decides whether this is a torn tail or corruption.
-                Err(_) if last_segment => break,
-                Err((_, why)) => return Err(corrupt(format!("{path}: {why} at offset {offset}"))),
-            };
+        let end = walk(seq, &bytes, &mut |offset, kind, payload, _| {
             let bad = |e: &dyn std::fmt::Display| {
                 corrupt(format!("{path}: undecodable record at offset {offset}: {e}"))
             };
@@ -304,7 +384,15 @@ impl LogStore {
             if c.index > floor.index {
                 floor = c;
             }
-            offset += RECORD_HEAD + payload.len();
+            Ok(())
+        })?;
+        match end {
+            SegmentEnd::Clean(_) => {}
+            // The second pass repairs it.
+            SegmentEnd::Torn(..) if last_segment => {}
+            SegmentEnd::Torn(offset, why) | SegmentEnd::Corrupt(offset, why) => {
+                return Err(corrupt(format!("{path}: {why} at offset {offset}")))
+            }
         }
         Ok(floor)
     }
@@ -319,95 +407,124 @@ impl LogStore {
     }
 
     /// Replays one segment into the in-memory view; entries at or below `floor` (compacted,
-    /// per [`LogStore::compaction_in`]) are skipped.
+    /// per [`LogStore::compaction_in`]) are skipped. The last segment's torn tail, and whatever
+    /// follows its data, is zeroed.
     fn replay(&mut self, seq: u64, last_segment: bool, floor: Compacted) -> Result<(), StorageError> {
         let name = segment_name(seq);
         let path = self.dir.describe(&name);
         let (mut file, bytes) = self.read_segment(&name)?;
-        let mut offset = 0usize;
         let mut last_index = 0;
-        while offset < bytes.len() {
-            let (kind, payload) = match decode_record(&bytes[offset..]) {
-                Ok(Some(r)) => r,
-                Ok(None) => break,
-                Err((extent, why)) if last_segment && bytes[offset + extent..].iter().all(|b| *b == 0) => {
-                    tracing::warn!(file = %path, offset, "raft log: {why} at the end of its data (a write a crash cut off): dropped");
-                    // Back to zeros from there, preallocated again.
-                    file.truncate(offset as u64).map_err(|e| io(&format!("cannot truncate {path}"), e))?;
-                    file.allocate(self.segment_bytes)
-                        .map_err(|e| io(&format!("cannot allocate {path}"), e))?;
-                    file.sync().map_err(|e| io(&format!("cannot sync {path}"), e))?;
-                    break;
-                }
-                Err((_, why)) => return Err(corrupt(format!("{path}: {why} at offset {offset}"))),
-            };
-            let bad = |e: &dyn std::fmt::Display| {
-                corrupt(format!("{path}: undecodable record at offset {offset}: {e}"))
-            };
-            if offset == 0 && kind != KIND_HEADER {
-                return Err(corrupt(format!("{path}: does not start with a segment header")));
+        let mut chain = chain_seed(seq);
+        let end = walk(seq, &bytes, &mut |offset, kind, payload, prev| {
+            chain = payload_crc(prev, payload);
+            self.replay_record(&path, seq, offset, kind, payload, prev, floor, &mut last_index)
+        })?;
+        let data_end = match end {
+            SegmentEnd::Clean(end) => end,
+            SegmentEnd::Torn(offset, why) if last_segment => {
+                tracing::warn!(file = %path, offset, "raft log: {why} at the end of its data (a write a crash tore): dropped");
+                offset
             }
-            match kind {
-                KIND_HEADER => {
-                    let h = WalHeader::decode(payload).map_err(|e| bad(&e))?;
-                    self.check_identity(&path, &h)?;
-                    self.hard_state = HardState::parse_from_bytes(&h.hard_state).map_err(|e| bad(&e))?;
-                    self.conf_state = ConfState::parse_from_bytes(&h.conf_state).map_err(|e| bad(&e))?;
-                    self.compact_to(Compacted { index: h.compacted_index, term: h.compacted_term });
-                }
-                KIND_ENTRY => {
-                    let e = Entry::parse_from_bytes(payload).map_err(|e| bad(&e))?;
-                    last_index = last_index.max(e.index);
-                    if e.index > floor.index && self.last < floor.index {
-                        // The entries between were in a deleted segment: compacted.
-                        self.reset_to(floor);
-                    }
-                    if e.index > self.compacted.index.max(floor.index) {
-                        if e.index > self.last + 1 {
-                            return Err(corrupt(format!(
-                                "{path}: entry {} at offset {offset} follows entry {}: a gap in the log",
-                                e.index, self.last
-                            )));
-                        }
-                        if e.index <= self.last {
-                            self.truncate_from(e.index);
-                        }
-                        self.places.push_back(Place { segment: seq, offset: offset as u64 });
-                        self.push(e);
-                    }
-                }
-                KIND_HARD_STATE => {
-                    self.hard_state = HardState::parse_from_bytes(payload).map_err(|e| bad(&e))?;
-                }
-                KIND_COMPACT => {
-                    let c = WalCompact::decode(payload).map_err(|e| bad(&e))?;
-                    self.compact_to(Compacted { index: c.index, term: c.term });
-                }
-                KIND_SNAPSHOT => {
-                    let s = WalSnapshot::decode(payload).map_err(|e| bad(&e))?;
-                    self.conf_state = ConfState::parse_from_bytes(&s.conf_state).map_err(|e| bad(&e))?;
-                    self.reset_to(Compacted { index: s.index, term: s.term });
-                }
-                other => {
-                    return Err(corrupt(format!(
-                        "{path}: a record of unknown kind {other} at offset {offset}"
-                    )))
-                }
+            SegmentEnd::Torn(offset, why) | SegmentEnd::Corrupt(offset, why) => {
+                return Err(corrupt(format!("{path}: {why} at offset {offset}")))
             }
-            offset += RECORD_HEAD + payload.len();
+        };
+        if last_segment && bytes[data_end..].iter().any(|b| *b != 0) {
+            // Back to zeros after the data, preallocated again: nothing unsynced survives.
+            file.truncate(data_end as u64).map_err(|e| io(&format!("cannot truncate {path}"), e))?;
+            file.allocate(self.segment_bytes).map_err(|e| io(&format!("cannot allocate {path}"), e))?;
+            file.sync().map_err(|e| io(&format!("cannot sync {path}"), e))?;
         }
-        if offset == 0 && !last_segment {
+        if data_end == 0 && !last_segment {
             return Err(corrupt(format!("{path}: an empty segment before the last one")));
         }
-        if offset == 0 {
+        if data_end == 0 {
             // The last segment, whose header the crash cut off: start it again.
             drop(file);
             self.dir.remove(&name).map_err(|e| io(&format!("cannot remove {path}"), e))?;
             return self.start_segment(seq);
         }
         self.active = seq;
-        self.active_len = offset as u64;
+        self.active_len = data_end as u64;
+        self.chain = chain;
         self.segments.insert(seq, Segment { name, file, last_index });
+        Ok(())
+    }
+
+    /// One valid record of a segment being replayed.
+    #[allow(clippy::too_many_arguments)]
+    fn replay_record(
+        &mut self,
+        path: &str,
+        seq: u64,
+        offset: usize,
+        kind: u8,
+        payload: &[u8],
+        prev: u32,
+        floor: Compacted,
+        last_index: &mut u64,
+    ) -> Result<(), StorageError> {
+        let bad = |e: &dyn std::fmt::Display| {
+            corrupt(format!("{path}: undecodable record at offset {offset}: {e}"))
+        };
+        if offset == 0 && kind != KIND_HEADER {
+            return Err(corrupt(format!("{path}: does not start with a segment header")));
+        }
+        match kind {
+            KIND_HEADER => {
+                let h = WalHeader::decode(payload).map_err(|e| bad(&e))?;
+                self.check_identity(path, &h)?;
+                self.hard_state = HardState::parse_from_bytes(&h.hard_state).map_err(|e| bad(&e))?;
+                self.conf_state = ConfState::parse_from_bytes(&h.conf_state).map_err(|e| bad(&e))?;
+                self.compact_to(Compacted { index: h.compacted_index, term: h.compacted_term });
+            }
+            KIND_ENTRY => {
+                let e = Entry::parse_from_bytes(payload).map_err(|e| bad(&e))?;
+                *last_index = (*last_index).max(e.index);
+                if e.index <= floor.index {
+                    // Compacted. It also truncates: entries after it, above the floor, are gone.
+                    if self.last > floor.index {
+                        self.reset_to(floor);
+                    }
+                    return Ok(());
+                }
+                if self.last < floor.index {
+                    // The entries between were in a deleted segment: compacted.
+                    self.reset_to(floor);
+                }
+                if e.index <= self.compacted.index {
+                    return Ok(());
+                }
+                if e.index > self.last + 1 {
+                    return Err(corrupt(format!(
+                        "{path}: entry {} at offset {offset} follows entry {}: a gap in the log",
+                        e.index, self.last
+                    )));
+                }
+                if e.index <= self.last {
+                    self.truncate_from(e.index);
+                }
+                self.places.push_back(Place { segment: seq, offset: offset as u64, prev });
+                self.push(e);
+                // Bounded while loading too: what leaves the cache is read back from its file.
+                self.evict();
+            }
+            KIND_HARD_STATE => {
+                self.hard_state = HardState::parse_from_bytes(payload).map_err(|e| bad(&e))?;
+            }
+            KIND_COMPACT => {
+                let c = WalCompact::decode(payload).map_err(|e| bad(&e))?;
+                self.compact_to(Compacted { index: c.index, term: c.term });
+            }
+            KIND_SNAPSHOT => {
+                let s = WalSnapshot::decode(payload).map_err(|e| bad(&e))?;
+                self.conf_state = ConfState::parse_from_bytes(&s.conf_state).map_err(|e| bad(&e))?;
+                self.reset_to(Compacted { index: s.index, term: s.term });
+            }
+            other => {
+                return Err(corrupt(format!("{path}: a record of unknown kind {other} at offset {offset}")))
+            }
+        }
         Ok(())
     }
 
@@ -448,7 +565,7 @@ impl LogStore {
             conf_state: pb_bytes(&self.conf_state)?,
         };
         let mut bytes = Vec::new();
-        encode_record(KIND_HEADER, &header.encode_to_vec(), &mut bytes);
+        let chain = encode_record(KIND_HEADER, &header.encode_to_vec(), chain_seed(seq), &mut bytes);
         let mut file = self.dir.create(&name).map_err(|e| io(&format!("cannot create {path}"), e))?;
         file.allocate(self.segment_bytes).map_err(|e| io(&format!("cannot allocate {path}"), e))?;
         file.write_at(0, &bytes).map_err(|e| io(&format!("cannot write {path}"), e))?;
@@ -457,6 +574,7 @@ impl LogStore {
         self.segments.insert(seq, Segment { name, file, last_index: 0 });
         self.active = seq;
         self.active_len = bytes.len() as u64;
+        self.chain = chain;
         Ok(())
     }
 
@@ -472,7 +590,18 @@ impl LogStore {
     /// move it. A log that starts after it, or that holds another term at its index, cannot be
     /// what that state was applied from: an error names both.
     pub fn reconcile(&mut self, index: u64, term: u64) -> Result<(), StorageError> {
-        if index > self.last {
+        if self.fresh && index > 0 {
+            return Err(StorageError::Corrupt(format!(
+                "the raft log ({}) is missing or empty, but the state machine is at index {index}: \
+                 the log was lost (restore the whole data dir, or wipe it to rejoin as a new member)",
+                self.dir.describe("")
+            )));
+        }
+        let installed = |log: &LogStore| {
+            // Only a snapshot install puts the state past the commit index the log recorded.
+            index > log.last || (index > log.hard_state.commit && log.entry_term(index) != Some(term))
+        };
+        if installed(self) {
             let mut meta = SnapshotMetadata { index, term, ..Default::default() };
             meta.set_conf_state(self.conf_state.clone());
             self.install_snapshot(&meta)?;
@@ -492,6 +621,12 @@ impl LogStore {
                  term {:?} there",
                 self.entry_term(index)
             )));
+        }
+        if index > self.hard_state.commit {
+            // A snapshot matching the log was installed; the commit index it implies had not
+            // reached the log.
+            self.set_commit(index)?;
+            self.flush()?;
         }
         Ok(())
     }
@@ -576,12 +711,13 @@ impl LogStore {
         self.cache.push_back(e);
     }
 
-    fn write(&mut self, kind: u8, payload: &[u8]) -> u64 {
-        let offset = self.active_len;
+    /// Buffers a record; returns where it goes and the CRC it chains from.
+    fn write(&mut self, kind: u8, payload: &[u8]) -> (u64, u32) {
+        let (offset, prev) = (self.active_len, self.chain);
         let before = self.pending.len();
-        encode_record(kind, payload, &mut self.pending);
+        self.chain = encode_record(kind, payload, prev, &mut self.pending);
         self.active_len += (self.pending.len() - before) as u64;
-        offset
+        (offset, prev)
     }
 
     /// Appends `new` (consecutive entries), replacing any existing entries from `new[0].index` on.
@@ -600,8 +736,8 @@ impl LogStore {
         }
         for e in new {
             let bytes = pb_bytes(e)?;
-            let offset = self.write(KIND_ENTRY, &bytes);
-            self.places.push_back(Place { segment: self.active, offset });
+            let (offset, prev) = self.write(KIND_ENTRY, &bytes);
+            self.places.push_back(Place { segment: self.active, offset, prev });
             if let Some(s) = self.segments.get_mut(&self.active) {
                 s.last_index = s.last_index.max(e.index);
             }
@@ -741,10 +877,10 @@ impl LogStore {
         }
         let mut bytes = vec![0u8; RECORD_HEAD + len];
         segment.file.read_at(place.offset, &mut bytes).map_err(other)?;
-        let (kind, payload) = match decode_record(&bytes) {
+        let (kind, payload, _) = match decode_record(&bytes, place.prev) {
             Ok(Some(r)) => r,
             Ok(None) => return Err(other(format!("raft log: entry {index}: zeros where its record was"))),
-            Err((_, why)) => return Err(other(format!("raft log: entry {index}: {why}"))),
+            Err(bad) => return Err(other(format!("raft log: entry {index}: {}", bad.why))),
         };
         let e = if kind == KIND_ENTRY {
             Entry::parse_from_bytes(payload).map_err(other)?
@@ -929,9 +1065,16 @@ mod tests {
         let good = std::fs::read(&segment).expect("segment");
         let end = good.iter().rposition(|b| *b != 0).expect("data") + 1;
 
-        // A crash cut the last record short: it is dropped, the rest reloads, appends go on.
+        // A crash lost the last sector of the last record (a sector is written whole or not): it
+        // is dropped, the rest reloads, appends go on.
+        let mut last_record = 0;
+        let mut at = 0;
+        while at < end {
+            last_record = at;
+            at += RECORD_HEAD + u32::from_le_bytes(good[at..at + 4].try_into().expect("4 bytes")) as usize;
+        }
         let mut torn = good.clone();
-        torn[end - 3..end].fill(0);
+        torn[((end - 1) / SECTOR * SECTOR).max(last_record)..end].fill(0);
         std::fs::write(&segment, &torn).expect("write");
         {
             let mut log = open(dir.path(), 1 << 20).expect("a torn tail is not corruption");
@@ -981,5 +1124,121 @@ mod tests {
         assert_eq!(all(&log), vec![(51, 3), (52, 3)]);
         assert_eq!(log.compacted(), Compacted { index: 50, term: 3 });
         assert!(log.hard_state().commit >= 50, "the snapshot is committed");
+    }
+
+    /// The data of the only segment, and where its records end.
+    fn segment_data(dir: &std::path::Path) -> (std::path::PathBuf, Vec<u8>, usize) {
+        let segment = dir.join(segment_name(1));
+        let bytes = std::fs::read(&segment).expect("segment");
+        let end = bytes.iter().rposition(|b| *b != 0).expect("data") + 1;
+        (segment, bytes, end)
+    }
+
+    #[test]
+    fn a_crash_that_kept_a_later_sector_but_not_an_earlier_one_loses_only_the_unsynced_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut log = open(dir.path(), 1 << 20).expect("fresh log");
+            append(&mut log, 1, 3, 1);
+        }
+        let (segment, synced, synced_end) = segment_data(dir.path());
+        {
+            let mut log = open(dir.path(), 1 << 20).expect("reloads");
+            append(&mut log, 4, 9, 2);
+        }
+        // The second write (entries 4..=9) reached the disk but for one sector in its middle.
+        let (_, mut torn, _) = segment_data(dir.path());
+        let hole = (synced_end / SECTOR + 1) * SECTOR;
+        torn[hole..hole + SECTOR].fill(0);
+        std::fs::write(&segment, &torn).expect("write");
+        {
+            let log = open(dir.path(), 1 << 20).expect("a torn write is not corruption");
+            let got = all(&log);
+            assert!(
+                got.len() >= 3 && got[..3] == [(1, 1), (2, 1), (3, 1)],
+                "what was synced before stays: {got:?}"
+            );
+            assert!(
+                got.iter().all(|&(i, t)| i <= 3 || t == 2),
+                "nothing but the write's own entries: {got:?}"
+            );
+        }
+        // Whatever followed the hole is gone for good: new records of another term written over
+        // it never meet the old ones.
+        {
+            let mut log = open(dir.path(), 1 << 20).expect("reloads");
+            let last = log.last_index().expect("last");
+            append(&mut log, last + 1, last + 1, 3);
+        }
+        let log = open(dir.path(), 1 << 20).expect("reloads");
+        let terms: Vec<u64> = all(&log).iter().map(|&(_, t)| t).collect();
+        assert!(terms.windows(2).all(|w| w[0] <= w[1]), "terms never go down along the log: {terms:?}");
+        let _ = synced;
+    }
+
+    #[test]
+    fn a_flipped_bit_in_a_records_length_is_corruption_not_a_torn_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut log = open(dir.path(), 1 << 20).expect("fresh log");
+            append(&mut log, 1, 6, 1);
+        }
+        let (segment, mut bytes, _) = segment_data(dir.path());
+        // The header record, then entry 1's: flip a high bit of entry 2's length.
+        let mut at = 0;
+        for _ in 0..2 {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+            at += RECORD_HEAD + len;
+        }
+        bytes[at + 2] ^= 0x40;
+        std::fs::write(&segment, &bytes).expect("write");
+        let err = open(dir.path(), 1 << 20).err().expect("entries 2..=6 were synced: not a torn tail");
+        assert!(err.to_string().contains("offset"), "named: {err}");
+    }
+
+    #[test]
+    fn a_replaced_entry_at_or_below_the_compaction_point_still_truncates_what_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut log = open(dir.path(), 1 << 20).expect("fresh log");
+            append(&mut log, 1, 10, 1);
+            append(&mut log, 5, 8, 2);
+            log.compact(8).expect("compact");
+            log.flush().expect("flush");
+        }
+        let log = open(dir.path(), 1 << 20).expect("reloads");
+        assert_eq!(log.last_index().expect("last"), 8, "entries 9 and 10 of term 1 stay gone");
+    }
+
+    #[test]
+    fn a_state_that_installed_a_snapshot_the_log_never_recorded_moves_the_log_past_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = open(dir.path(), 1 << 20).expect("fresh log");
+        append(&mut log, 1, 10, 1);
+        log.set_commit(2).expect("commit");
+        log.flush().expect("flush");
+        drop(log);
+        // The state took a snapshot at (5, 2) — the log holds term 1 there, uncommitted.
+        let mut log = open(dir.path(), 1 << 20).expect("reloads");
+        log.reconcile(5, 2).expect("the state is ahead of the commit index: an install");
+        assert_eq!(log.compacted(), Compacted { index: 5, term: 2 });
+        assert_eq!(log.last_index().expect("last"), 5);
+        // At or below the commit index the log is right, and a mismatch is corruption.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = open(dir.path(), 1 << 20).expect("fresh log");
+        append(&mut log, 1, 10, 1);
+        log.set_commit(8).expect("commit");
+        log.flush().expect("flush");
+        drop(log);
+        let mut log = open(dir.path(), 1 << 20).expect("reloads");
+        assert!(log.reconcile(5, 2).is_err(), "a committed entry of another term than the state applied");
+    }
+
+    #[test]
+    fn a_missing_log_beside_a_state_that_applied_entries_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = open(dir.path(), 1 << 20).expect("a fresh (empty) log");
+        let err = log.reconcile(7, 1).expect_err("the log was lost");
+        assert!(err.to_string().contains("missing"), "says why: {err}");
     }
 }

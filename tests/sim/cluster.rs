@@ -443,7 +443,7 @@ impl Sim {
         let keep_state = self.rng.gen_bool(0.5);
         let n = &mut self.nodes[(id - 1) as usize];
         n.log_dir.disarm();
-        n.log_dir.crash(&mut self.rng);
+        n.log_dir.crash(Some(&mut self.rng));
         n.state_disk.disarm();
         n.state_disk.crash(keep_state);
         let node = self.node(id);
@@ -648,8 +648,22 @@ impl Sim {
         let (Some(core), Some(applier)) = (n.core.as_mut(), n.applier.as_mut()) else { return };
         core.flush_reads();
         let mut out: Vec<Message> = Vec::new();
-        let mut install = |token: &[u8], index: u64, term: u64| applier.install(token, index, term);
-        let result = core.handle_ready(&mut |msgs| out.extend(msgs), &mut (), &mut install);
+        let to_apply = &mut n.to_apply;
+        let mut progress = Vec::new();
+        // As the apply thread does: whatever was handed out before is applied first, in order.
+        let mut install = |token: &[u8], index: u64, term: u64| {
+            let queued = std::mem::take(to_apply);
+            if !queued.is_empty() {
+                progress.push(applier.apply(queued, &mut ())?);
+            }
+            applier.install(token, index, term)
+        };
+        let mut result = core.handle_ready(&mut |msgs| out.extend(msgs), &mut (), &mut install);
+        if let Ok(actions) = &mut result {
+            for p in progress {
+                actions.extend(core.on_applied(p));
+            }
+        }
         for msg in out {
             self.send(id, inc, msg);
         }

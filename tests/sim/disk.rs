@@ -216,9 +216,10 @@ impl redb::StorageBackend for SimBackend {
 }
 
 /// A simulated directory of files under the raft log (`latch::storage::files::Dir`): each file
-/// has the bytes its process wrote and a durable length; a crash keeps the durable bytes and a
-/// random prefix of the unsynced tail (a torn write), makes vanish the files whose creation was
-/// not synced with the directory, and brings back those whose removal was not.
+/// has the bytes its process wrote and a durable length; a crash keeps the durable bytes and,
+/// of the unsynced ones, each 512-byte sector or not (a torn write: a disk writes sectors in
+/// any order), makes vanish the files whose creation was not synced with the directory, and
+/// brings back those whose removal was not.
 #[derive(Clone, Default)]
 pub struct SimDir {
     state: Arc<Mutex<DirState>>,
@@ -262,10 +263,11 @@ impl SimDir {
         self.clone()
     }
 
-    /// The process dies: see the type's doc. `rng` decides how much of each unsynced tail
-    /// survives.
-    pub fn crash(&self, rng: &mut rand::rngs::SmallRng) {
+    /// The process dies: see the type's doc. `rng` decides which unsynced sectors survive;
+    /// `None` keeps none of them (an exact crash, for scripted scenarios).
+    pub fn crash(&self, mut rng: Option<&mut rand::rngs::SmallRng>) {
         use rand::Rng;
+        const SECTOR: usize = 512;
         let mut s = lock(&self.state);
         s.process += 1;
         s.fail_next_sync = false;
@@ -273,15 +275,18 @@ impl SimDir {
         for f in s.files.values_mut() {
             f.removed = false;
             let end = f.written_end.max(f.durable_len).min(f.data.len());
-            let keep = if end > f.durable_len && rng.gen_bool(0.5) {
-                rng.gen_range(f.durable_len..=end)
-            } else {
-                f.durable_len
-            };
-            // What was written past `keep` never reached the disk: it reads as before (zeros).
-            f.data[keep..end].fill(0);
-            f.durable_len = keep;
-            f.written_end = keep;
+            let mut sector = f.durable_len / SECTOR * SECTOR;
+            while sector < end {
+                let (from, to) = (sector.max(f.durable_len), (sector + SECTOR).min(end));
+                let kept = rng.as_mut().is_some_and(|r| r.gen_bool(0.5));
+                if !kept {
+                    // Never reached the disk: it reads as before (zeros).
+                    f.data[from..to].fill(0);
+                }
+                sector += SECTOR;
+            }
+            f.durable_len = end;
+            f.written_end = end;
         }
     }
 

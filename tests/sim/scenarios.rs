@@ -307,3 +307,67 @@ fn a_read_on_a_restarted_member_waits_until_its_state_caught_up() {
         "served the caught-up state"
     );
 }
+
+/// A snapshot reaches the state durably, and the crash comes before the log records it: the
+/// member restarts with a state ahead of its (stale, uncommitted) log, and the log is moved past
+/// it, as the install would have moved it (issue 7; found in review).
+#[test]
+fn a_crash_after_a_snapshot_reached_the_state_but_not_the_log_restarts_cleanly() {
+    use latch::storage::SnapshotSource;
+    let mut s = Scripted::new(3, 31);
+    s.until("a leader", 200, &mut all, &mut |s| s.leader().is_some());
+    let old = s.leader().expect("a leader");
+    let w = s.propose(old, put("p0", "k", "v0"));
+    s.until("p0 acknowledged", 100, &mut all, &mut |s| s.answer(w).is_some());
+    // The old leader, cut off, appends entries nobody else gets.
+    let mut cut = |m: &Message| if m.from == old || m.to == old { Route::Drop } else { Route::Deliver };
+    for i in 0..60 {
+        s.propose(old, put(&format!("stale-{i}"), &format!("s{i}"), "x"));
+    }
+    s.round(&mut cut);
+    let others: Vec<u64> = (1..=3).filter(|i| *i != old).collect();
+    s.until("a new leader among the others", 400, &mut cut, &mut |s| {
+        others.iter().any(|i| s.core(*i).status().role == latch::core::Role::Leader)
+    });
+    let new = others
+        .iter()
+        .copied()
+        .find(|i| s.core(*i).status().role == latch::core::Role::Leader)
+        .expect("a new leader");
+    let ws: Vec<_> =
+        (0..10).map(|i| s.propose(new, put(&format!("new-{i}"), &format!("n{i}"), "y"))).collect();
+    s.until("new writes acknowledged", 200, &mut cut, &mut |s| ws.iter().all(|w| s.answer(*w).is_some()));
+    // The new leader's snapshot, staged at the old leader, whose stale log reaches past it.
+    let snapshots = s.core(new).snapshots().clone();
+    let prepared = snapshots.prepare(0).expect("prepare").expect("a snapshot");
+    assert!(s.core(old).log().last_index_now() >= prepared.index, "the stale log reaches past the snapshot");
+    let mut stream = Vec::new();
+    snapshots
+        .stream(&prepared.token, &mut |f: Vec<u8>| -> Result<(), latch::core::SnapshotError> {
+            stream.extend(f);
+            Ok(())
+        })
+        .expect("streams");
+    let (mut staged, token) =
+        latch::core::Inbox::create(&**s.inbox(old), new, prepared.index, prepared.term).expect("staged");
+    std::io::Write::write_all(&mut staged, &stream).expect("written");
+    drop(staged);
+    let mut msg = Message::default();
+    msg.set_msg_type(MessageType::MsgSnapshot);
+    (msg.from, msg.to, msg.term) = (new, old, s.core(new).status().term);
+    let snap = msg.mut_snapshot();
+    snap.data = token.into();
+    snap.mut_metadata().index = prepared.index;
+    snap.mut_metadata().term = prepared.term;
+    snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+    // The log's next fsync fails right after the state took the snapshot; then the crash.
+    s.fail_next_log_sync(old);
+    s.step(old, msg);
+    assert!(s.failed(old), "the log flush after the install failed");
+    s.crash(old);
+    s.try_start(old).unwrap_or_else(|e| panic!("the member should start again, got: {e}"));
+    s.until("the old leader to catch up with the new", 300, &mut all, &mut |s| {
+        value_on(s, old, "n9").is_some() && s.core(old).status().caught_up
+    });
+    assert_eq!(value_on(&mut s, old, "s0"), None, "the stale entries it never committed are gone");
+}

@@ -48,6 +48,8 @@ struct Member {
 }
 
 pub struct Scripted {
+    /// Members whose last turn failed (an injected fsync failure, say).
+    failed: std::collections::BTreeSet<u64>,
     members: Vec<Member>,
     held: Vec<Message>,
     answers: BTreeMap<Waiter, (u64, Answer)>,
@@ -66,6 +68,7 @@ impl Scripted {
     /// `n` members, all started.
     pub fn new(n: u64, seed: u64) -> Scripted {
         let mut s = Scripted {
+            failed: Default::default(),
             members: (0..n)
                 .map(|_| Member {
                     log_dir: SimDir::new(),
@@ -102,16 +105,20 @@ impl Scripted {
 
     /// Starts member `id` from what its disk holds.
     pub fn start(&mut self, id: u64) {
+        self.try_start(id).unwrap_or_else(|e| panic!("member {id} cannot start: {e}"));
+    }
+
+    /// Starts member `id` from what its disk holds, or says why it cannot.
+    pub fn try_start(&mut self, id: u64) -> Result<(), String> {
         let voters = self.ids();
         self.seed += 1;
         let (seed, logger) = (self.seed, self.logger.clone());
+        self.failed.remove(&id);
         let m = self.member(id);
         assert!(m.core.is_none(), "member {id} is already up");
-        let open = |disk: &mut SimDisk| {
-            latch::storage::open_with_backend(disk.open(), CLUSTER_ID, id)
-                .unwrap_or_else(|e| panic!("member {id} cannot open its store: {e}"))
-        };
-        let stores = Stores { log: Box::new(m.log_dir.open()), state: open(&mut m.state_disk) };
+        let state = latch::storage::open_with_backend(m.state_disk.open(), CLUSTER_ID, id)
+            .map_err(|e| e.to_string())?;
+        let stores = Stores { log: Box::new(m.log_dir.open()), state };
         let config = core::Config {
             timing: timing(),
             log_segment_bytes: 64 * 1024,
@@ -119,18 +126,29 @@ impl Scripted {
         };
         m.inbox = Arc::new(MemoryInbox::default());
         let identity = latch::storage::Identity { cluster_id: CLUSTER_ID, member_id: id };
-        let (mut core, applier) = Core::new(config, identity, stores, m.inbox.clone(), &logger)
-            .unwrap_or_else(|e| panic!("member {id} cannot load its core: {e}"));
+        let (mut core, applier) =
+            Core::new(config, identity, stores, m.inbox.clone(), &logger).map_err(|e| e.to_string())?;
         core.seed_election_timeouts(seed);
         m.core = Some(core);
         m.applier = Some(applier);
+        Ok(())
+    }
+
+    /// The next fsync of member `id`'s raft log fails.
+    pub fn fail_next_log_sync(&mut self, id: u64) {
+        self.member(id).log_dir.fail_next_sync();
+    }
+
+    /// Whether a turn of member `id` failed since it started.
+    pub fn failed(&self, id: u64) -> bool {
+        self.failed.contains(&id)
     }
 
     /// Member `id`'s process dies: its unsynced writes are lost, its waiters never hear back.
     pub fn crash(&mut self, id: u64) {
         let m = self.member(id);
         // Nothing unsynced survives: a scripted crash is exact.
-        m.log_dir.crash(&mut rand::SeedableRng::seed_from_u64(0));
+        m.log_dir.crash(None);
         m.state_disk.crash(false);
         m.applier = None;
         if let Some(core) = m.core.take() {
@@ -245,9 +263,15 @@ impl Scripted {
         let m = self.member(id);
         let (Some(core), Some(applier)) = (m.core.as_mut(), m.applier.as_mut()) else { return };
         let mut install = |token: &[u8], index: u64, term: u64| applier.install(token, index, term);
-        let mut actions = core
-            .handle_ready(&mut |msgs| sent.extend(msgs), &mut (), &mut install)
-            .unwrap_or_else(|e| panic!("member {id}: handle_ready failed: {e}"));
+        let mut actions = match core.handle_ready(&mut |msgs| sent.extend(msgs), &mut (), &mut install) {
+            Ok(actions) => actions,
+            Err(_) if m.log_dir.take_failed_sync() => {
+                // Died of the injected failure: the test crashes it.
+                self.failed.insert(id);
+                return;
+            }
+            Err(e) => panic!("member {id}: handle_ready failed: {e}"),
+        };
         let mut applied = Vec::new();
         for a in std::mem::take(&mut actions) {
             match a {
