@@ -1,25 +1,32 @@
-//! The sans-I/O node core: raft-rs `RawNode` over the redb-backed [`LogStore`], the proposal
+//! The sans-I/O node core: raft-rs `RawNode` over the write-ahead [`LogStore`], the proposal
 //! table keyed by request id, batched ReadIndex requests, and the Ready loop; and beside it the
 //! [`Applier`], which applies committed entries to the state machine in a file of its own. Both
 //! take events and return what the driver must do; they own no thread, socket, timer or clock
 //! (time is the number of `tick` calls). The node driver runs the core on the raft thread and
 //! the applier on an apply thread; the simulator drives the same two as events of its own.
 //!
-//! Disk I/O happens through redb, whose backend is chosen by whoever opened the databases:
-//! files in production, in-memory fault-injecting backends in the simulator.
+//! Disk I/O happens through the log's `storage::files::Dir` and the state's redb database,
+//! whose backends are chosen by whoever opened them: files in production, in-memory
+//! fault-injecting backends in the simulator.
 //!
 //! Invariants:
-//! - One redb write transaction per Ready holds the log append, the hard state (commit index
-//!   included) and the log's compaction; it commits (one fsync) before any persisted message
-//!   leaves, and before the Ready's committed entries are handed to the applier
-//!   ([`Action::Apply`]), so that the commit index on disk is never below what was applied.
+//! - One log flush per Ready holds the log append, the hard state and the log's compaction; it
+//!   is synced (one fdatasync) before any persisted message leaves when it holds entries, a
+//!   term or vote, a compaction or a snapshot. A Ready that only moves the commit index is
+//!   written but not synced (the commit index is volatile in Raft, as etcd's `MustSync` has
+//!   it), so a single write costs one fdatasync per member, not two. Committed entries are
+//!   handed to the applier ([`Action::Apply`]) after the flush.
 //! - The applier reports what it applied ([`Core::on_applied`]); replies, read grants and
 //!   events leave only then, once the state they report is committed.
 //! - Log compaction never passes the applier's durable applied index: whatever a crash takes
 //!   from the state is still in the log to be replayed.
-//! - After a restart nothing is served from the state until it has caught up with the commit
-//!   index the log held at start (the state may have lost its latest, not yet durable, commits):
-//!   revisions never go backwards on a member.
+//! - After a restart nothing is served from the state until a ReadIndex round of the new life
+//!   confirmed an index and the state reached it: a crash may take both the state's latest
+//!   (lazy) commits and the log's latest (unsynced) commit index, so neither says how far the
+//!   previous life had applied — but the leader's confirmed commit index covers it (a member's
+//!   first life, on an empty data dir, has nothing to catch up with). Revisions
+//!   never go backwards on a member; a restarted member cut off from the leader serves no
+//!   serializable read until it hears from one (as a ZooKeeper server that lost its quorum).
 //! - A snapshot is installed in the state (durably) before the log records it.
 //! - A proposal is matched to its waiters by request id, never by position, on whichever node
 //!   it was proposed; re-proposing it is safe because the fsm applies an id at most once. It is
@@ -224,8 +231,9 @@ pub struct Status {
     pub applied: Applied,
     /// The applied index as of the state's last durable commit.
     pub durable_index: u64,
-    /// Whether the state has caught up with the commit index the log held at start: until
-    /// then nothing is served from it.
+    /// Whether serializable reads may be served from the state at once: a ReadIndex round of
+    /// this life confirmed an index and the state has reached it. Until then a serializable
+    /// read waits for one, as a linearizable read does (see the module's invariants).
     pub caught_up: bool,
     /// Snapshots installed from a leader since this core was created.
     pub snapshots_installed: u64,
@@ -321,8 +329,8 @@ pub struct Core {
     durable_index: u64,
     /// The last index handed to the applier.
     handed_out: u64,
-    /// The commit index the log held at start; see [`Status::caught_up`].
-    start_commit: u64,
+    /// The index the first ReadIndex round of this life confirmed; see [`Status::caught_up`].
+    read_floor: Option<u64>,
     /// Ordered maps (here and below): the core iterates them, and hash order would make a
     /// run depend on the process's random hash seed instead of its inputs alone.
     proposals: BTreeMap<String, PendingProposal>,
@@ -374,7 +382,8 @@ impl Core {
             config.log_segment_bytes,
         )?;
         store.reconcile(applied.index, applied.term)?;
-        let start_commit = store.hard_state().commit;
+        // A first life has no earlier one to catch up with.
+        let read_floor = store.is_fresh().then_some(0);
         let timing = config.timing;
         let cfg = raft::Config {
             id: config.id,
@@ -406,7 +415,7 @@ impl Core {
             applied,
             durable_index: applied.index,
             handed_out: applied.index,
-            start_commit,
+            read_floor,
             proposals: BTreeMap::new(),
             new_reads: Vec::new(),
             new_reads_since: 0,
@@ -478,7 +487,7 @@ impl Core {
             commit_index: r.raft_log.committed,
             applied: self.applied,
             durable_index: self.durable_index,
-            caught_up: self.applied.index >= self.start_commit,
+            caught_up: self.read_floor.is_some_and(|floor| self.applied.index >= floor),
             snapshots_installed: self.snapshots_installed,
             proposals_pending: self.proposals.len() as u64,
             compacted_index: self.raw.store().compacted().index,
@@ -668,13 +677,19 @@ impl Core {
         self.new_reads.push(waiter);
     }
 
-    /// Waits until the state has caught up with the commit index the log held at start (see
-    /// [`Status::caught_up`]); `Action::ReadReady` tells when. A serializable read asks this
-    /// before it is served, until the member has caught up.
+    /// Waits until the state has caught up (see [`Status::caught_up`]): with the index a
+    /// ReadIndex round of this life confirmed, or, before any, through one of its own.
+    /// `Action::ReadReady` tells when. A serializable read asks this before it is served, until
+    /// the member has caught up.
     pub fn read_caught_up(&mut self, waiter: Waiter) {
-        let read = ConfirmedRead { waiter, arrived_at: self.now };
-        self.confirmed_reads.entry(self.start_commit).or_default().push(read);
-        self.grant_reads();
+        match self.read_floor {
+            Some(floor) => {
+                let read = ConfirmedRead { waiter, arrived_at: self.now };
+                self.confirmed_reads.entry(floor).or_default().push(read);
+                self.grant_reads();
+            }
+            None => self.read_index(waiter),
+        }
     }
 
     /// Asks one ReadIndex for every read that arrived since the last call.
@@ -822,8 +837,14 @@ impl Core {
 
     /// The applier applied (and maybe made durable) entries: their waiters are answered, their
     /// events leave, reads waiting for them are granted, and raft learns how far it got.
+    ///
+    /// Progress older than what the core knows applied was overtaken by a snapshot installed
+    /// behind it (the applier took the batch first, the raft thread heard of the install
+    /// first): its waiters are still answered, but its events are dropped — the snapshot,
+    /// announced by `Action::Restored`, covers them, and events never go backwards.
     pub fn on_applied(&mut self, progress: Progress) -> Vec<Action> {
-        if progress.applied.index >= self.applied.index {
+        let overtaken = progress.applied.index < self.applied.index;
+        if !overtaken {
             self.applied = progress.applied;
         }
         self.durable_index = self.durable_index.max(progress.durable_index);
@@ -837,7 +858,7 @@ impl Core {
                     }
                 }
             }
-            if !a.events.is_empty() {
+            if !a.events.is_empty() && !overtaken {
                 self.actions.push(Action::Applied { revision: a.outcome.revision, events: a.events });
             }
         }
@@ -884,6 +905,8 @@ impl Core {
         }
         let Ok(counter) = <[u8; 8]>::try_from(&ctx[16..]).map(u64::from_be_bytes) else { return };
         if let Some(b) = self.asked_reads.remove(&counter) {
+            // The first one of this life is enough: it covers all that earlier lives applied.
+            self.read_floor.get_or_insert(index);
             let confirmed =
                 b.waiters.into_iter().map(|waiter| ConfirmedRead { waiter, arrived_at: b.arrived_at });
             self.confirmed_reads.entry(index).or_default().extend(confirmed);

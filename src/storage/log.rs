@@ -1,12 +1,13 @@
 //! The raft log, hard state and configuration, kept in a write-ahead log: a directory of
-//! segment files ([`super::files`]) that are only appended to, one fdatasync per flush. The
-//! newest entries are cached in memory, bounded in bytes.
+//! segment files ([`super::files`]) that are only appended to, at most one fdatasync per flush.
+//! The newest entries are cached in memory, bounded in bytes.
 //!
 //! raft-rs reads its log through `raft::Storage` (`&self`, synchronous, many small calls). Every
 //! change is applied to the in-memory view at once and buffered as records; [`LogStore::flush`]
 //! appends the records to the active segment and syncs it, and the caller lets nothing that
-//! depends on a change leave the node (messages, applies) before that. A failed flush is
-//! fatal, so the in-memory view never outlives a state the disk did not reach.
+//! depends on a change leave the node (messages, applies) before that. Only a new commit index
+//! alone is written without a sync ([`LogStore::set_hard_state`]). A failed flush is fatal, so
+//! the in-memory view never outlives a state the disk did not reach.
 //!
 //! Segment format: files `<seq, 16 hex digits>.wal`, preallocated to [`SEGMENT_BYTES`] (so that
 //! a write within them does not change the file's size); each a sequence of records
@@ -138,6 +139,10 @@ pub struct LogStore {
     chain: u32,
     /// Records not flushed yet.
     pending: Vec<u8>,
+    /// Whether the records written since the last sync include one that must be durable before
+    /// anything depending on it leaves the member: an entry, a vote or term, a compaction or an
+    /// installed snapshot. A commit index alone need not be (see [`LogStore::set_commit`]).
+    must_sync: bool,
     /// Segments to delete once the compaction that freed them is durable.
     doomed: Vec<u64>,
     /// The size segments are preallocated to and closed at ([`SEGMENT_BYTES`]; tests use
@@ -327,6 +332,7 @@ impl LogStore {
             active_len: 0,
             chain: 0,
             pending: Vec::new(),
+            must_sync: false,
             doomed: Vec::new(),
             segment_bytes,
             fresh: seqs.is_empty(),
@@ -631,6 +637,11 @@ impl LogStore {
         Ok(())
     }
 
+    /// Whether no segment existed when it was loaded: this is the member's first life.
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
     pub fn hard_state(&self) -> &HardState {
         &self.hard_state
     }
@@ -658,21 +669,27 @@ impl LogStore {
         self.segments.values().map(|s| s.name.clone()).collect()
     }
 
-    /// Appends the records written since the last flush to the active segment and syncs it
-    /// (one fdatasync); then deletes the segments a durable compaction freed, and starts a new
-    /// segment when the active one is full. Returns whether anything was written.
+    /// Appends the records written since the last flush to the active segment and, when one of
+    /// them must be durable (see `must_sync`), syncs it (one fdatasync); then deletes the
+    /// segments a durable compaction freed, and starts a new segment when the active one is
+    /// full (syncing the old one first: a later segment's synced records never follow an
+    /// earlier one's unsynced ones). Returns whether it synced.
     pub fn flush(&mut self) -> Result<bool, StorageError> {
         if self.pending.is_empty() {
             return Ok(false);
         }
         let pending = std::mem::take(&mut self.pending);
         let at = self.active_len - pending.len() as u64;
+        let full = self.active_len >= self.segment_bytes;
+        let sync = std::mem::take(&mut self.must_sync) || full;
         let segment =
             self.segments.get_mut(&self.active).ok_or_else(|| corrupt("no active raft log segment"))?;
         let path = self.dir.describe(&segment.name);
         segment.file.write_at(at, &pending).map_err(|e| io(&format!("cannot write {path}"), e))?;
-        segment.file.sync().map_err(|e| io(&format!("cannot sync {path}"), e))?;
-        if !self.doomed.is_empty() {
+        if sync {
+            segment.file.sync().map_err(|e| io(&format!("cannot sync {path}"), e))?;
+        }
+        if sync && !self.doomed.is_empty() {
             for seq in std::mem::take(&mut self.doomed) {
                 if let Some(s) = self.segments.remove(&seq) {
                     self.dir
@@ -682,10 +699,10 @@ impl LogStore {
             }
             self.dir.sync().map_err(|e| io(&format!("cannot sync {}", self.dir.describe("")), e))?;
         }
-        if self.active_len >= self.segment_bytes {
+        if full {
             self.start_segment(self.active + 1)?;
         }
-        Ok(true)
+        Ok(sync)
     }
 
     /// The flush holding the latest changes is done: entries it wrote may now leave the cache
@@ -711,8 +728,16 @@ impl LogStore {
         self.cache.push_back(e);
     }
 
-    /// Buffers a record; returns where it goes and the CRC it chains from.
+    /// Buffers a record that must be durable before the next flush returns; returns where it
+    /// goes and the CRC it chains from.
     fn write(&mut self, kind: u8, payload: &[u8]) -> (u64, u32) {
+        self.must_sync = true;
+        self.write_lazy(kind, payload)
+    }
+
+    /// Buffers a record that may stay unsynced (written with the next flush, made durable by
+    /// the next sync): a crash of the machine may lose it.
+    fn write_lazy(&mut self, kind: u8, payload: &[u8]) -> (u64, u32) {
         let (offset, prev) = (self.active_len, self.chain);
         let before = self.pending.len();
         self.chain = encode_record(kind, payload, prev, &mut self.pending);
@@ -766,13 +791,23 @@ impl LogStore {
         }
     }
 
+    /// Records raft's hard state. A change of term or vote is synced with the next flush (a
+    /// member must never vote twice in a term); a change of the commit index alone is not:
+    /// the commit index is volatile in Raft (it is relearned from the leader), entries are
+    /// applied as soon as it is written, and a crash of the machine may take it back. What that
+    /// would let a restarted member serve is covered in `core` (reads wait for a ReadIndex).
     pub fn set_hard_state(&mut self, hs: &HardState) -> Result<(), StorageError> {
         let bytes = pb_bytes(hs)?;
-        self.write(KIND_HARD_STATE, &bytes);
+        if hs.term != self.hard_state.term || hs.vote != self.hard_state.vote {
+            self.write(KIND_HARD_STATE, &bytes);
+        } else {
+            self.write_lazy(KIND_HARD_STATE, &bytes);
+        }
         self.hard_state = hs.clone();
         Ok(())
     }
 
+    /// Records a new commit index (unsynced, as [`LogStore::set_hard_state`] says).
     pub fn set_commit(&mut self, commit: u64) -> Result<(), StorageError> {
         let mut hs = self.hard_state.clone();
         hs.commit = commit;
@@ -1027,6 +1062,27 @@ mod tests {
         let want: Vec<_> = (1..=5).map(|i| (i, 1)).chain((6..=8).map(|i| (i, 2))).collect();
         assert_eq!(all(&log), want, "entries 9 and 10 of term 1 are gone, 6..=8 are term 2");
         assert_eq!((log.hard_state().term, log.hard_state().vote, log.hard_state().commit), (2, 3, 7));
+    }
+
+    #[test]
+    fn a_flush_syncs_entries_votes_and_compactions_but_not_a_commit_index_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = open(dir.path(), 1 << 20).expect("fresh log");
+        log.append(&[entry(1, 1), entry(2, 1), entry(3, 1)]).expect("append");
+        assert!(log.flush().expect("flush"), "a flush holding entries syncs");
+        log.set_commit(2).expect("commit");
+        assert!(!log.flush().expect("flush"), "a flush holding only a commit index does not sync");
+        let hs = HardState { term: 2, vote: 1, commit: 3, ..Default::default() };
+        log.set_hard_state(&hs).expect("hard state");
+        assert!(log.flush().expect("flush"), "a flush holding a new term and vote syncs");
+        log.compact(2).expect("compact");
+        assert!(log.flush().expect("flush"), "a flush holding a compaction syncs");
+        log.set_commit(3).expect("commit");
+        log.flush().expect("flush");
+        drop(log);
+        // A process crash keeps the page cache: the unsynced commit index is read back.
+        let log = open(dir.path(), 1 << 20).expect("reloads");
+        assert_eq!(log.hard_state().commit, 3);
     }
 
     #[test]

@@ -430,10 +430,7 @@ impl Sim {
         node.paused_until = 0;
         let inc = node.inc;
         self.at(tick_offset, Ev::Tick { node: id, inc });
-        let ctx = self.ctx();
-        if let Some(core) = self.nodes[(id - 1) as usize].core.as_ref() {
-            self.checker.restarted(ctx, id, core);
-        }
+        self.checker.restarted(id);
         self.touched.insert(id);
         self.log(|| format!("node {id} started (incarnation {inc})"));
     }

@@ -266,7 +266,9 @@ fn a_crash_before_the_state_is_durable_replays_every_acknowledged_write_once() {
     let restarted = s.core(leader).status();
     assert!(!restarted.caught_up, "after the crash the state is behind its log");
     assert!(restarted.applied.index < before.applied.index, "the crash took the lazy commits");
-    s.until("the restarted member to catch up", 200, &mut all, &mut |s| s.core(leader).status().caught_up);
+    let read = s.read_serializable(leader);
+    s.until("the restarted member to catch up", 200, &mut all, &mut |s| s.answer(read).is_some());
+    assert!(s.core(leader).status().caught_up);
     for i in 0..20 {
         let got = value_on(&mut s, leader, &format!("k{i}"));
         assert_eq!(got, Some(format!("v{i}").into_bytes()), "k{i} is back after the replay");
@@ -295,8 +297,7 @@ fn a_read_on_a_restarted_member_waits_until_its_state_caught_up() {
     s.crash(follower);
     s.start(follower);
     assert!(!s.core(follower).status().caught_up, "the follower's lazy state was lost");
-    let read = s.next_waiter();
-    s.core(follower).read_caught_up(read);
+    let read = s.read_serializable(follower);
     assert_eq!(s.answer(read), None, "no answer before the state caught up");
     s.until("the read to be granted", 50, &mut all, &mut |s| s.answer(read).is_some());
     assert_eq!(s.answer(read), Some(&Answer::ReadReady));
@@ -366,8 +367,68 @@ fn a_crash_after_a_snapshot_reached_the_state_but_not_the_log_restarts_cleanly()
     assert!(s.failed(old), "the log flush after the install failed");
     s.crash(old);
     s.try_start(old).unwrap_or_else(|e| panic!("the member should start again, got: {e}"));
+    let read = s.read_serializable(old);
     s.until("the old leader to catch up with the new", 300, &mut all, &mut |s| {
-        value_on(s, old, "n9").is_some() && s.core(old).status().caught_up
+        value_on(s, old, "n9").is_some() && s.answer(read).is_some()
     });
     assert_eq!(value_on(&mut s, old, "s0"), None, "the stale entries it never committed are gone");
+}
+
+/// The commit index is written to the log without a sync (one fdatasync per write, not two),
+/// so a crash can take it back below what the member applied and served. The restarted member
+/// then replays only to the commit index its log kept — but it serves no serializable read
+/// until a ReadIndex round of its new life confirmed an index and it reached it: cut off from
+/// the leader it serves nothing; once it hears from one, it serves at a revision no older than
+/// before the crash (issue 7).
+#[test]
+fn a_restarted_member_whose_commit_index_was_lost_serves_nothing_older_than_before() {
+    let mut s = Scripted::new(3, 37);
+    s.until("a leader", 200, &mut all, &mut |s| s.leader().is_some());
+    let leader = s.leader().expect("a leader");
+    let follower = if leader == 1 { 2 } else { 1 };
+    let w = s.propose(leader, put("p1", "k", "v1"));
+    s.until("k = v1 applied on the follower", 200, &mut all, &mut |s| {
+        s.answer(w).is_some() && value_on(s, follower, "k").is_some()
+    });
+    let first = s.read_serializable(follower);
+    s.until("a serializable read on the follower", 50, &mut all, &mut |s| s.answer(first).is_some());
+    let served = s.core(follower).status().applied;
+    let written_commit = s.core(follower).log().hard_state().commit;
+    assert!(written_commit >= served.index, "the follower wrote commit index {written_commit}");
+
+    s.crash(follower);
+    s.start(follower);
+    let kept_commit = s.core(follower).log().hard_state().commit;
+    assert!(
+        kept_commit < served.index,
+        "the crash should take the unsynced commit index: the log kept {kept_commit}, the member \
+         had applied {} (or this scenario no longer builds the case)",
+        served.index
+    );
+
+    let mut cut =
+        |m: &Message| if m.from == follower || m.to == follower { Route::Drop } else { Route::Deliver };
+    let read = s.read_serializable(follower);
+    for _ in 0..60 {
+        s.round(&mut cut);
+        let revision = s.core(follower).status().applied.revision;
+        assert_eq!(
+            s.answer(read),
+            None,
+            "a restarted member cut off from the leader served a serializable read at revision \
+             {revision} (before the crash it served revision {})",
+            served.revision
+        );
+    }
+    s.until("the read to be granted once the leader is heard", 200, &mut all, &mut |s| {
+        s.answer(read).is_some()
+    });
+    let now = s.core(follower).status().applied;
+    assert!(
+        now.revision >= served.revision,
+        "served at revision {} after serving revision {} before the crash",
+        now.revision,
+        served.revision
+    );
+    assert_eq!(value_on(&mut s, follower, "k").as_deref(), Some(b"v1".as_slice()));
 }

@@ -164,6 +164,14 @@ impl Scripted {
         self.next_waiter
     }
 
+    /// Asks member `id` for a serializable read; its answer is `Answer::ReadReady` once the
+    /// member may serve one (at once, unless it restarted and has not caught up yet).
+    pub fn read_serializable(&mut self, id: u64) -> Waiter {
+        let w = self.next_waiter();
+        self.core(id).read_caught_up(w);
+        w
+    }
+
     /// The snapshot inbox of member `id`'s running process.
     pub fn inbox(&self, id: u64) -> &Arc<MemoryInbox> {
         &self.members[(id - 1) as usize].inbox
