@@ -157,9 +157,18 @@ pub async fn run(
     };
     let faults = shared.faults.clone();
     let senders = shared.clone();
+    let state_file = config.data_dir.join(storage::STATE_FILE);
+    let preflush = match crate::node::apply::Preflush::open(&state_file) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(file = %state_file.display(), error = %e, "cannot open the state file to pre-flush it: durable state commits sync inline");
+            None
+        }
+    };
     let node = Node::start(
         core,
         applier,
+        preflush,
         cluster_id,
         config.tick_interval,
         budgets,

@@ -55,8 +55,12 @@ pub struct RaftMetrics {
     pub apply_seconds: Histogram,
     /// Entries in each applied batch.
     pub apply_batch_entries: Histogram,
-    /// One observation per state commit (lazy or durable) on the apply thread.
+    /// One observation per state commit (lazy or durable) that applied entries, on the apply
+    /// thread.
     pub state_commit_seconds: Histogram,
+    /// One observation per durable commit the apply thread makes on its own (on its timer, or
+    /// when it goes idle), applying nothing: the fsync of the lazily committed state.
+    pub state_sync_seconds: Histogram,
     /// The applied index as of the state's last durable commit.
     pub durable_index: Gauge,
     /// The last log index removed by compaction.
@@ -170,6 +174,7 @@ impl Metrics {
             apply_seconds: disk_buckets(),
             apply_batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             state_commit_seconds: disk_buckets(),
+            state_sync_seconds: disk_buckets(),
             durable_index: Gauge::default(),
             compacted_index: Gauge::default(),
             log_cached_bytes: Gauge::default(),
@@ -249,6 +254,12 @@ impl Metrics {
             "Duration of each commit of the state machine (apply thread; most are lazy, one in a while fsyncs)",
             Unit::Seconds,
             raft.state_commit_seconds.clone(),
+        );
+        r.register_with_unit(
+            "state_sync_duration",
+            "Duration of each durable commit of the state made on the apply thread's timer or when it goes idle (the fsync of what lazy commits wrote)",
+            Unit::Seconds,
+            raft.state_sync_seconds.clone(),
         );
         r.register(
             "raft_durable_applied_index",

@@ -196,10 +196,13 @@ pub struct Node {
 impl Node {
     /// Starts the driver thread. `outbox` is built by `make_outbox` from the node's handle, so
     /// that the transport can report back (unreachable peers, finished snapshots). The driver
-    /// keeps `metrics.raft` up to date.
+    /// keeps `metrics.raft` up to date. `preflush`, if given, fsyncs the state's file ahead of
+    /// the apply thread's durable commits.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         core: Core,
         applier: Applier,
+        preflush: Option<apply::Preflush>,
         cluster_id: u64,
         tick: Duration,
         budgets: Budgets,
@@ -226,7 +229,7 @@ impl Node {
         let (events, apply_metrics) = (handle.events.clone(), metrics.clone());
         let applying = std::thread::Builder::new()
             .name(format!("latch-apply-{}", core.id()))
-            .spawn(move || apply::run(applier, queued, events, &apply_metrics.raft))?;
+            .spawn(move || apply::run(applier, queued, events, &apply_metrics.raft, preflush))?;
         let thread =
             std::thread::Builder::new().name(format!("latch-node-{}", core.id())).spawn(move || {
                 let _running = running;
