@@ -12,8 +12,11 @@
 #   ROUNDS=1 DURATION=3s CLIENTS="1 16 256" bench/compare.sh
 #
 # Environment: ROUNDS (3), CLIENTS ("1 16 256"), DURATION per run (5s), WARMUP per workload
-# and system before the rounds, untimed (5s), OUT (docs/benchmarks.md), KEEP_WORK=1 to keep
-# the servers' data and logs.
+# and system before the rounds, untimed (5s), MEMORY_KEYS (1000000; 0 skips the memory
+# phase), OUT (docs/benchmarks.md), KEEP_WORK=1 to keep the servers' data and logs.
+#
+# After the rounds, the memory phase: MEMORY_KEYS keys of 256 bytes are written to each system
+# (the `get` workload's loading), and the resident set of each of its servers is read.
 #
 # Before anything is timed, each system must serve a short run through its bench target with
 # no error (for ZooKeeper: every server holds the key space's znodes); else the script stops
@@ -28,6 +31,7 @@ CLIENTS=${CLIENTS:-"1 16 256"}
 DURATION=${DURATION:-5s}
 WARMUP=${WARMUP:-5s}
 OUT=${OUT:-docs/benchmarks.md}
+MEMORY_KEYS=${MEMORY_KEYS:-1000000}
 ZK_JAR=/usr/share/java/zookeeper.jar
 # slf4j's simple binding (Debian's libslf4j-java, a dependency of the zookeeper package): the
 # servers' warnings go to their log files.
@@ -340,19 +344,55 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 for system in latch etcd zk; do alive "$system" || true; done
 
+# The memory phase: every key of a MEMORY_KEYS key space written once (in transactions of 100
+# puts; on ZooKeeper, znodes created and set), then the resident set of each server.
+MEMORY="$WORK/memory.txt"
+: >"$MEMORY"
+if ((MEMORY_KEYS > 0)); then
+  for system in latch etcd zk; do
+    alive "$system" || continue
+    echo "memory  $system  writing $MEMORY_KEYS keys" >&2
+    if ! "$LATCH" bench get --consistency serializable --target "${TARGET[$system]}" --clients 16 \
+      --connections 16 --keyspace "$MEMORY_KEYS" --duration 1s --output json >/dev/null; then
+      echo "writing $MEMORY_KEYS keys to $system failed: left out of the memory table" >&2
+      continue
+    fi
+    sleep 2
+    rss=""
+    for pid in ${SYSTEM_PIDS[$system]}; do rss+=" $(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status")"; done
+    echo "$system$rss" >>"$MEMORY"
+  done
+fi
+
+# Which member led each system at the end: a 1-connection run talks to member 1, and a
+# follower forwards (Latch, etcd, ZooKeeper alike), which costs it a hop.
+latch_leader=$("$LATCH" cluster status --endpoints "$LATCH_ENDPOINTS" --output json 2>/dev/null |
+  python3 -c 'import json,sys; print(json.load(sys.stdin).get("leader", "?"))' 2>/dev/null || echo "?")
+etcd_leader="?"
+for i in 1 2 3; do
+  if ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:2379$i" endpoint status -w json 2>/dev/null |
+    python3 -c 'import json,sys; s=json.load(sys.stdin)[0]["Status"]; sys.exit(0 if s["leader"]==s["header"]["member_id"] else 1)' 2>/dev/null; then
+    etcd_leader=$i
+  fi
+done
+zk_leader="?"
+for i in 1 2 3; do four_letters "2218$i" srvr | grep -q '^Mode: leader' && zk_leader=$i; done
+LEADERS="Latch member $latch_leader, etcd member $etcd_leader, ZooKeeper server $zk_leader"
+
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 cpu=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || echo unknown)
 CPU="$cpu" FSYNC="$fsync_mean $fsync_p50 $fsync_p99" ETCD_VERSION="$ETCD_VERSION" LATCH_VERSION="$LATCH_VERSION" \
   ZK_VERSION="$ZK_VERSION" ZK_PACKAGE="$ZK_PACKAGE" JAVA_VERSION="$JAVA_VERSION" \
-  LOAD="$LOAD_START|$LOAD_END" \
-  python3 - "$RESULTS" "$OUT" "$ROUNDS" "$DURATION" "$WARMUP" "$COMMANDS" "$SERVER_COMMANDS" "$DEAD" <<'PY'
+  LOAD="$LOAD_START|$LOAD_END" LEADERS="$LEADERS" \
+  python3 - "$RESULTS" "$OUT" "$ROUNDS" "$DURATION" "$WARMUP" "$COMMANDS" "$SERVER_COMMANDS" "$DEAD" \
+  "$MEMORY" "$MEMORY_KEYS" <<'PY'
 import json, os, platform, statistics, sys, datetime
-results, out, rounds, duration, warmup, commands, servers, dead = sys.argv[1:]
+results, out, rounds, duration, warmup, commands, servers, dead, memory, memory_keys = sys.argv[1:]
 env = os.environ
 facts = {
     "cpu": env["CPU"], "fsync": env["FSYNC"].split(), "etcd": env["ETCD_VERSION"],
     "latch": env["LATCH_VERSION"], "zk": env["ZK_VERSION"], "zk_package": env["ZK_PACKAGE"],
-    "java": env["JAVA_VERSION"], "load": env["LOAD"].split("|"),
+    "java": env["JAVA_VERSION"], "load": env["LOAD"].split("|"), "leaders": env["LEADERS"],
 }
 NAMES = {"latch": "Latch", "etcd": "etcd", "zk": "ZooKeeper"}
 dead_lines = [l.strip() for l in open(dead) if l.strip()]
@@ -394,6 +434,8 @@ L.append(f"- fdatasync of a 4 KiB append on the data disk: mean {m} µs, p50 {p5
          "(measured by the script, before the servers start)")
 L.append(f"- Load average (1, 5, 15 min) before the servers started: {facts['load'][0]} (other work on "
          f"the machine shows here); at the end: {facts['load'][1]} (this script's own load included)")
+L.append(f"- Leaders at the end of the run: {facts['leaders']} (a 1-connection run talks to member 1; "
+         "on a follower every write and linearizable read takes one more hop, to the leader)")
 L.append(f"- Kernel: {platform.release()}")
 L.append(f"- Latch: {facts['latch']}")
 L.append(f"- etcd: {facts['etcd']} (Debian package)")
@@ -448,6 +490,20 @@ for label in sorted(groups, key=lambda l: (order.index(l) if l in order else 99,
         cells += [num(med(g.get(s, []), lambda r: r["server_cpu_us_per_op"]), ",.0f") for s in systems]
         cells += [num(med(g.get(s, []), lambda r: r["bench_cpu_us_per_op"]), ",.0f") for s in systems]
         L.append("| " + " | ".join(cells) + " |")
+memory_rows = [l.split() for l in open(memory) if l.strip()]
+if memory_rows:
+    L.append(f"\n## Memory\n")
+    L.append(f"Resident set (VmRSS) of each server after {int(memory_keys):,} keys of 256 bytes were "
+             "written once (after the rounds above, so each system also holds what they wrote: etcd "
+             "keeps every revision until it is compacted, Latch and ZooKeeper keep the latest value). "
+             "The commands: the `get` workload's loading, `latch bench get --consistency serializable "
+             f"--keyspace {memory_keys} --clients 16 --connections 16 --duration 1s`.\n")
+    L.append("| system | member 1 MiB | member 2 MiB | member 3 MiB | mean bytes per key |")
+    L.append("|---|---:|---:|---:|---:|")
+    for row in memory_rows:
+        kib = [int(x) for x in row[1:]]
+        per_key = sum(kib) / len(kib) * 1024 / int(memory_keys)
+        L.append(f"| {NAMES[row[0]]} | " + " | ".join(f"{k / 1024:,.0f}" for k in kib) + f" | {per_key:,.0f} |")
 L.append("\n## Commands\n")
 L.append("Servers (data directories under a fresh `mktemp -d`):\n")
 L.append("```")
