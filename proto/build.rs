@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/latch/v1/kv.proto",
         "proto/latch/v1/cluster.proto",
+        "proto/latch/v1/session.proto",
         "proto/latch/internal/v1/internal.proto",
         "proto/latch/internal/v1/log.proto",
     ];

@@ -275,6 +275,7 @@ mod tests {
             create_revision: 2,
             mod_revision: 3,
             version: 2,
+            session: String::new(),
         };
         assert_eq!(
             kv_json(&kv),

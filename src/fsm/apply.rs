@@ -31,6 +31,19 @@ pub struct Event {
     pub prev_kv: Option<KeyValue>,
 }
 
+/// What a command did to a session's lease, for the members' lease clocks (`core::leases`):
+/// the state holds each session's lease as a duration, and every member counts it down on its
+/// own clock from when it applied the change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionChange {
+    /// Created with a lease of its whole TTL.
+    Started { id: String, ttl_ms: u64 },
+    /// A checkpoint renewed it: `remaining_ms` left, its `checkpoints`-th renewal.
+    Renewed { id: String, ttl_ms: u64, remaining_ms: u64, checkpoints: u64 },
+    /// Closed or expired: it and everything it owned are gone.
+    Ended { id: String },
+}
+
 /// The application of one command: its transaction, its log index and its revision.
 pub struct Apply<'t> {
     pub(crate) txn: &'t WriteTransaction,
@@ -40,11 +53,12 @@ pub struct Apply<'t> {
     base: i64,
     wrote: bool,
     events: Vec<Event>,
+    sessions: Vec<SessionChange>,
 }
 
 impl<'t> Apply<'t> {
     pub(crate) fn new(txn: &'t WriteTransaction, base: i64, max_response_bytes: usize) -> Self {
-        Apply { txn, max_response_bytes, base, wrote: false, events: Vec::new() }
+        Apply { txn, max_response_bytes, base, wrote: false, events: Vec::new(), sessions: Vec::new() }
     }
 
     /// The revision the command's writes carry; calling it marks the command as writing.
@@ -70,8 +84,12 @@ impl<'t> Apply<'t> {
         self.events.push(event);
     }
 
-    /// The revision after the command, and its events.
-    pub(crate) fn finish(self) -> (i64, Vec<Event>) {
-        (self.revision(), self.events)
+    pub(crate) fn session_changed(&mut self, change: SessionChange) {
+        self.sessions.push(change);
+    }
+
+    /// The revision after the command, its events and what it did to sessions.
+    pub(crate) fn finish(self) -> (i64, Vec<Event>, Vec<SessionChange>) {
+        (self.revision(), self.events, self.sessions)
     }
 }

@@ -33,8 +33,11 @@ use prost::Message;
 use redb::{ReadTransaction, ReadableTable, Table};
 
 use super::apply::{Apply, Event, EventKind};
-use super::{open_read, Applied, Domain, FsmError, TableDef};
-use crate::storage::schema::KV;
+use super::{open_read, sessions, Applied, Domain, FsmError, TableDef};
+use crate::storage::schema::{KV, SEQUENCES};
+
+/// Digits of a sequential key's counter (ZooKeeper pads to 10; 20 holds any u64).
+pub const SEQUENCE_DIGITS: usize = 20;
 
 /// The kv domain's part in the seam: its table and what a row must satisfy.
 pub(crate) struct KvDomain;
@@ -45,10 +48,19 @@ impl Domain for KvDomain {
     }
 
     fn tables(&self) -> &'static [TableDef] {
-        &[KV]
+        &[KV, SEQUENCES]
     }
 
-    fn check_row(&self, _table: &str, key: &[u8], value: &[u8], at: &Applied) -> Result<(), FsmError> {
+    fn check_row(&self, table: &str, key: &[u8], value: &[u8], at: &Applied) -> Result<(), FsmError> {
+        if table == "sequences" {
+            if key.is_empty() || value.len() != 8 {
+                return Err(FsmError::Corrupt(format!(
+                    "table sequences, key {:?}: expected a prefix and an 8-byte counter",
+                    show(key)
+                )));
+            }
+            return Ok(());
+        }
         if key.is_empty() {
             return Err(FsmError::Corrupt("table kv: a row with an empty key".into()));
         }
@@ -67,11 +79,54 @@ impl Domain for KvDomain {
 
 /// Applies a put.
 pub(crate) fn put(ap: &mut Apply, req: Put) -> Result<outcome::Result, FsmError> {
-    if let Err(why) = check_key("put", &req.key) {
+    if let Err(why) = check_put("put", &req) {
         return Ok(outcome::Result::Rejected(why));
+    }
+    if let Some(missing) = missing_session(ap, [&req])? {
+        return Ok(missing);
     }
     let mut table = ap.txn.open_table(KV)?;
     Ok(outcome::Result::Put(write_put(ap, &mut table, req)?))
+}
+
+/// A put's checks besides its session's existence.
+fn check_put(what: &str, req: &Put) -> Result<(), String> {
+    check_key(what, &req.key)?;
+    if !req.session.is_empty() {
+        sessions::check_id(req.session.as_bytes()).map_err(|why| format!("{what}: {why}"))?;
+    }
+    Ok(())
+}
+
+/// The not-found outcome of the first put naming a session that does not exist, if any.
+fn missing_session<'a>(
+    ap: &Apply,
+    puts: impl IntoIterator<Item = &'a Put>,
+) -> Result<Option<outcome::Result>, FsmError> {
+    for p in puts {
+        if !p.session.is_empty() && !sessions::exists(ap.txn, &p.session)? {
+            return Ok(Some(sessions::not_found(p.session.clone())));
+        }
+    }
+    Ok(None)
+}
+
+/// Deletes keys a session owned as it ends (their `session_keys` rows are the caller's), with
+/// one delete event each, at the revision the caller took.
+pub(crate) fn delete_owned(ap: &mut Apply, keys: &[Vec<u8>]) -> Result<(), FsmError> {
+    let revision = ap.revision();
+    let mut table = ap.txn.open_table(KV)?;
+    for key in keys {
+        if table.remove(key.as_slice())?.is_none() {
+            return Err(FsmError::Corrupt(format!(
+                "table session_keys names key {:?}, missing from table kv",
+                show(key)
+            )));
+        }
+        let kv = KeyValue { key: key.clone(), mod_revision: revision, ..Default::default() };
+        ap.emit(Event { kind: EventKind::Delete, kv, prev_kv: None });
+    }
+    Ok(())
 }
 
 /// Applies a delete_range; the revision is raised only if something was deleted.
@@ -89,15 +144,25 @@ pub(crate) fn txn(ap: &mut Apply, req: Txn) -> Result<outcome::Result, FsmError>
     if let Err(why) = check_txn(&req) {
         return Ok(outcome::Result::Rejected(why));
     }
-    let mut table = ap.txn.open_table(KV)?;
     let mut succeeded = true;
-    for c in &req.compare {
-        if !holds(&table, c)? {
-            succeeded = false;
-            break;
+    {
+        let table = ap.txn.open_table(KV)?;
+        for c in &req.compare {
+            if !holds(&table, c)? {
+                succeeded = false;
+                break;
+            }
         }
     }
     let ops = if succeeded { req.success } else { req.failure };
+    let puts = ops.iter().filter_map(|o| match &o.op {
+        Some(op::Op::Put(p)) => Some(p),
+        _ => None,
+    });
+    if let Some(missing) = missing_session(ap, puts)? {
+        return Ok(missing);
+    }
+    let mut table = ap.txn.open_table(KV)?;
     let mut budget = ap.max_response_bytes;
     let mut results = Vec::with_capacity(ops.len());
     for o in ops {
@@ -167,6 +232,7 @@ fn key_value(key: &[u8], v: StoredValue) -> KeyValue {
         create_revision: v.create_revision,
         mod_revision: v.mod_revision,
         version: v.version,
+        session: v.session,
     }
 }
 
@@ -243,7 +309,7 @@ fn check_txn(req: &Txn) -> Result<(), String> {
                     ))
                 }
                 Some(op::Op::Range(r)) => check_key(&format!("txn: {branch}[{i}]: range"), &r.key)?,
-                Some(op::Op::Put(p)) => check_key(&format!("txn: {branch}[{i}]: put"), &p.key)?,
+                Some(op::Op::Put(p)) => check_put(&format!("txn: {branch}[{i}]: put"), p)?,
                 Some(op::Op::DeleteRange(d)) => {
                     check_key(&format!("txn: {branch}[{i}]: delete_range"), &d.key)?
                 }
@@ -255,8 +321,14 @@ fn check_txn(req: &Txn) -> Result<(), String> {
 
 type KvTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
 
-fn write_put(ap: &mut Apply, table: &mut KvTable, req: Put) -> Result<PutResult, FsmError> {
+/// Writes a put whose session (if any) exists. A sequential put writes the prefix's next key.
+fn write_put(ap: &mut Apply, table: &mut KvTable, mut req: Put) -> Result<PutResult, FsmError> {
+    if req.sequential {
+        req.key = next_in_sequence(ap, table, &req.key)?;
+    }
     let prev = get(table, &req.key)?;
+    let old_session = prev.as_ref().map_or("", |p| p.session.as_str());
+    sessions::rebind(ap.txn, &req.key, old_session, &req.session)?;
     let revision = ap.write_revision()?;
     let (create_revision, version) = match &prev {
         Some(p) => {
@@ -271,12 +343,42 @@ fn write_put(ap: &mut Apply, table: &mut KvTable, req: Put) -> Result<PutResult,
         }
         None => (revision, 1),
     };
-    let stored = StoredValue { value: req.value, create_revision, mod_revision: revision, version };
+    let stored = StoredValue {
+        value: req.value,
+        create_revision,
+        mod_revision: revision,
+        version,
+        session: req.session,
+    };
     table.insert(req.key.as_slice(), stored.encode_to_vec().as_slice())?;
     let kv = key_value(&req.key, stored);
     let prev_kv = if req.prev_kv { prev } else { None };
     ap.emit(Event { kind: EventKind::Put, kv, prev_kv: prev_kv.clone() });
-    Ok(PutResult { prev_kv })
+    Ok(PutResult { prev_kv, key: req.key })
+}
+
+/// The next free key of a sequence: the prefix and its counter, 20 digits; the counter moves
+/// past it (and past any key of the sequence written by hand), so it is unique and increasing.
+fn next_in_sequence(ap: &Apply, table: &KvTable, prefix: &[u8]) -> Result<Vec<u8>, FsmError> {
+    let mut sequences = ap.txn.open_table(SEQUENCES)?;
+    let mut n = match sequences.get(prefix)? {
+        Some(v) => <[u8; 8]>::try_from(v.value()).map(u64::from_be_bytes).map_err(|_| {
+            FsmError::Corrupt(format!("table sequences, key {:?}: not an 8-byte counter", show(prefix)))
+        })?,
+        None => 0,
+    };
+    let key = loop {
+        let mut key = prefix.to_vec();
+        key.extend_from_slice(format!("{n:0width$}", width = SEQUENCE_DIGITS).as_bytes());
+        n = n.checked_add(1).ok_or_else(|| {
+            FsmError::Corrupt(format!("table sequences, key {:?}: the counter cannot grow", show(prefix)))
+        })?;
+        if table.get(key.as_slice())?.is_none() {
+            break key;
+        }
+    };
+    sequences.insert(prefix, n.to_be_bytes().as_slice())?;
+    Ok(key)
 }
 
 /// Deletes the selected keys. Only their keys are held in memory, and their values only when
@@ -309,7 +411,11 @@ fn write_delete(
     }
     let revision = ap.write_revision()?;
     for (key, _) in &doomed {
-        table.remove(key.as_slice())?;
+        if let Some(row) = table.remove(key.as_slice())? {
+            let session = decode_stored("table kv", key, row.value())?.session;
+            drop(row);
+            sessions::rebind(ap.txn, key, &session, "")?;
+        }
     }
     let deleted = i64::try_from(doomed.len()).unwrap_or(i64::MAX);
     let mut prev_kvs = Vec::new();
@@ -333,6 +439,7 @@ fn holds<T: ReadableTable<&'static [u8], &'static [u8]>>(table: &T, c: &Compare)
         Some(compare::Target::Version(n)) => number(|kv| kv.version).cmp(n),
         Some(compare::Target::CreateRevision(n)) => number(|kv| kv.create_revision).cmp(n),
         Some(compare::Target::ModRevision(n)) => number(|kv| kv.mod_revision).cmp(n),
+        Some(compare::Target::Session(s)) => kv.as_ref().map_or("", |kv| kv.session.as_str()).cmp(s.as_str()),
     };
     Ok(match compare::Result::try_from(c.result) {
         Ok(compare::Result::Equal) => ord == Ordering::Equal,

@@ -29,13 +29,14 @@
 mod apply;
 mod kv;
 mod requests;
+pub mod sessions;
 pub mod snapshot;
 
 use latch_proto::internal::{command::Body, outcome, Command, Outcome, Range, RangeResult};
 use prost::Message;
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 
-pub use apply::{Event, EventKind};
+pub use apply::{Event, EventKind, SessionChange};
 pub use requests::REQUEST_MEMORY_BYTES;
 
 use crate::storage::schema::{FSM_APPLIED_INDEX, FSM_APPLIED_TERM, FSM_META, FSM_REVISION};
@@ -45,7 +46,7 @@ use apply::Apply;
 pub const COMMAND_VERSION: u32 = 2;
 
 /// Every domain, in the order their tables appear in a snapshot.
-const DOMAINS: [&dyn Domain; 2] = [&kv::KvDomain, &requests::RequestsDomain];
+const DOMAINS: [&dyn Domain; 3] = [&kv::KvDomain, &requests::RequestsDomain, &sessions::SessionsDomain];
 
 /// A domain table: every one is keyed and valued by bytes, so that snapshot, restore and the
 /// state hash handle them alike.
@@ -96,6 +97,8 @@ pub struct AppliedCommand {
     pub outcome: Outcome,
     /// The changes it made, in order; all at `outcome.revision`. Empty when it wrote nothing.
     pub events: Vec<Event>,
+    /// What it did to sessions' leases, in order.
+    pub sessions: Vec<SessionChange>,
 }
 
 /// Creates every fsm table so read transactions can open them; idempotent.
@@ -219,6 +222,7 @@ fn apply_command(
                 command_hash,
                 outcome,
                 events: Vec::new(),
+                sessions: Vec::new(),
             });
         }
     };
@@ -229,6 +233,7 @@ fn apply_command(
                 command_hash,
                 outcome,
                 events: Vec::new(),
+                sessions: Vec::new(),
             });
         }
     }
@@ -244,15 +249,19 @@ fn apply_command(
             Some(Body::Put(req)) => kv::put(&mut ap, req)?,
             Some(Body::DeleteRange(req)) => kv::delete_range(&mut ap, req)?,
             Some(Body::Txn(req)) => kv::txn(&mut ap, req)?,
+            Some(Body::CreateSession(req)) => sessions::create(&mut ap, req)?,
+            Some(Body::CloseSession(req)) => sessions::close(&mut ap, req)?,
+            Some(Body::ExpireSession(req)) => sessions::expire(&mut ap, req)?,
+            Some(Body::CheckpointSessions(req)) => sessions::checkpoint(&mut ap, req)?,
         }
     };
-    let (after, events) = ap.finish();
+    let (after, events, sessions) = ap.finish();
     *revision = after;
     let outcome = Outcome { revision: after, data_omitted: false, result: Some(result) };
     if !cmd.request_id.is_empty() {
         requests::remember(txn, index, &cmd.request_id, command_hash, &outcome, bounds.request_memory_bytes)?;
     }
-    Ok(AppliedCommand { request_id: cmd.request_id, command_hash, outcome, events })
+    Ok(AppliedCommand { request_id: cmd.request_id, command_hash, outcome, events, sessions })
 }
 
 /// Opens a table for reading; a table that was never created reads as absent.

@@ -38,3 +38,11 @@ pub const REQUESTS_BY_INDEX: TableDefinition<&[u8], &[u8]> = TableDefinition::ne
 /// Bookkeeping of the request memory: `bytes` → the bytes it holds (8 bytes, big endian).
 pub const REQUESTS_META: TableDefinition<&[u8], &[u8]> = TableDefinition::new("requests_meta");
 pub const REQUESTS_META_BYTES: &str = "bytes";
+
+/// Sequential keys: prefix → the prefix's next counter (8 bytes, big endian).
+pub const SEQUENCES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sequences");
+
+/// Sessions: session id → `latch.internal.v1.SessionRow`.
+pub const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
+/// The ephemeral keys of each session: session id, a 0 byte, the key → empty.
+pub const SESSION_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("session_keys");

@@ -16,7 +16,7 @@ pub(super) fn range(r: &v1::RangeRequest) -> log::Range {
 }
 
 pub(super) fn put(p: v1::PutRequest) -> log::Put {
-    log::Put { key: p.key, value: p.value, prev_kv: p.prev_kv }
+    log::Put { key: p.key, value: p.value, prev_kv: p.prev_kv, session: p.session, sequential: p.sequential }
 }
 
 pub(super) fn delete_range(d: v1::DeleteRangeRequest) -> log::DeleteRange {
@@ -40,6 +40,7 @@ fn compare(c: v1::Compare) -> log::Compare {
         V::Version(n) => L::Version(n),
         V::CreateRevision(n) => L::CreateRevision(n),
         V::ModRevision(n) => L::ModRevision(n),
+        V::Session(s) => L::Session(s),
     });
     // The two enums number their results alike (EQUAL 0, GREATER 1, LESS 2, NOT_EQUAL 3); an
     // unknown number is passed on for the fsm to reject by name.
@@ -69,6 +70,7 @@ pub(super) fn key_value(kv: log::KeyValue) -> v1::KeyValue {
         mod_revision: kv.mod_revision,
         version: kv.version,
         value: kv.value,
+        session: kv.session,
     }
 }
 
@@ -82,7 +84,7 @@ pub(super) fn range_response(r: log::RangeResult, header: v1::ResponseHeader) ->
 }
 
 pub(super) fn put_response(r: log::PutResult, header: v1::ResponseHeader) -> v1::PutResponse {
-    v1::PutResponse { header: Some(header), prev_kv: r.prev_kv.map(key_value) }
+    v1::PutResponse { header: Some(header), prev_kv: r.prev_kv.map(key_value), key: r.key }
 }
 
 pub(super) fn delete_response(r: log::DeleteResult, header: v1::ResponseHeader) -> v1::DeleteRangeResponse {
