@@ -87,6 +87,14 @@ pub struct ServerArgs {
     /// be read); past it requests are refused as overloaded [default: 67108864].
     #[arg(long)]
     pub max_pending_bytes: Option<usize>,
+    /// Shortest session TTL a client may ask for (humantime) [default: 1s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub session_ttl_min: Option<Duration>,
+    /// Longest session TTL a client may ask for (humantime) [default: 1h].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub session_ttl_max: Option<Duration>,
     /// Most bytes of raft messages from peers queued for this member's raft thread; past it
     /// they are dropped (raft resends) [default: 134217728].
     #[arg(long)]
@@ -150,6 +158,9 @@ pub struct Limits {
     pub max_txn_ops: usize,
     pub max_response_bytes: usize,
     pub max_pending_bytes: usize,
+    /// Bounds of a session's TTL.
+    pub session_ttl_min: Duration,
+    pub session_ttl_max: Duration,
 }
 
 impl Default for Limits {
@@ -161,6 +172,8 @@ impl Default for Limits {
             max_txn_ops: 128,
             max_response_bytes: 4 * 1024 * 1024,
             max_pending_bytes: 64 * 1024 * 1024,
+            session_ttl_min: Duration::from_secs(1),
+            session_ttl_max: Duration::from_secs(3600),
         }
     }
 }
@@ -295,7 +308,24 @@ impl Config {
                 .max_pending_bytes
                 .or(file.max_pending_bytes)
                 .unwrap_or(defaults.max_pending_bytes),
+            session_ttl_min: flags
+                .session_ttl_min
+                .or(file.session_ttl_min)
+                .unwrap_or(defaults.session_ttl_min),
+            session_ttl_max: flags
+                .session_ttl_max
+                .or(file.session_ttl_max)
+                .unwrap_or(defaults.session_ttl_max),
         };
+        if limits.session_ttl_min.is_zero() || limits.session_ttl_min > limits.session_ttl_max {
+            return Err(ConfigError::Invalid {
+                flag: "session-ttl-min",
+                problem: format!(
+                    "must be positive and at most --session-ttl-max ({})",
+                    humantime::format_duration(limits.session_ttl_max)
+                ),
+            });
+        }
         let peer_defaults = PeerLimits::default();
         let peer_limits = PeerLimits {
             max_peer_queue_bytes: flags

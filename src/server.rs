@@ -14,10 +14,11 @@ use tonic::transport::server::TcpIncoming;
 
 use latch_proto::v1::cluster_server::ClusterServer;
 use latch_proto::v1::kv_server::KvServer;
+use latch_proto::v1::session_server::SessionServer;
 use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 
-use crate::api::{self, cluster::ClusterService, kv::KvService, Context};
+use crate::api::{self, cluster::ClusterService, kv::KvService, session::SessionService, Context};
 use crate::config::{Config, Peer};
 use crate::core::{self, Core, CoreError, Timing};
 use crate::fsm;
@@ -28,8 +29,11 @@ use crate::storage::{self, StorageError};
 use crate::transport::{self, member_status, Faults, FaultsService, Links, PeerSenders, PeerService};
 
 /// The public services on the client port, as the gRPC health service names them.
-const SERVICES: [&str; 2] =
-    [<KvServer<KvService> as NamedService>::NAME, <ClusterServer<ClusterService> as NamedService>::NAME];
+const SERVICES: [&str; 3] = [
+    <KvServer<KvService> as NamedService>::NAME,
+    <ClusterServer<ClusterService> as NamedService>::NAME,
+    <SessionServer<SessionService> as NamedService>::NAME,
+];
 
 /// Where incoming snapshots are staged, inside `--data-dir`.
 const SNAPSHOT_INBOX_DIR: &str = "snapshots";
@@ -204,6 +208,7 @@ pub async fn run(
         .layer(grpc_metrics)
         .add_service(KvService::server(ctx.clone()))
         .add_service(ClusterService::server(ctx.clone()))
+        .add_service(SessionService::server(ctx.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -6,7 +6,7 @@
 
 mod convert;
 
-use latch_proto::internal::{command::Body, outcome, Command};
+use latch_proto::internal::{command::Body, outcome};
 use latch_proto::v1::kv_server::{Kv, KvServer};
 use latch_proto::v1::{request_op, *};
 use prost::Message as _;
@@ -14,7 +14,6 @@ use tonic::{Request, Response, Status};
 
 use super::{ApiError, Context};
 use crate::config::Limits;
-use crate::fsm::COMMAND_VERSION;
 
 pub struct KvService {
     ctx: Context,
@@ -24,36 +23,6 @@ impl KvService {
     pub fn server(ctx: Context) -> KvServer<KvService> {
         let max = ctx.limits.max_request_bytes * 2 + 64 * 1024;
         KvServer::new(KvService { ctx }).max_decoding_message_size(max).max_encoding_message_size(usize::MAX)
-    }
-
-    /// Proposes a write and returns the header of its revision and its result. One without a
-    /// request id gets a UUIDv7 (time-ordered: the fsm's table of remembered ids then grows at
-    /// one end instead of at random pages).
-    async fn write(
-        &self,
-        request_id: &str,
-        body: Body,
-    ) -> Result<(ResponseHeader, outcome::Result), ApiError> {
-        let request_id =
-            if request_id.is_empty() { uuid::Uuid::now_v7().to_string() } else { request_id.to_string() };
-        let cmd = Command { version: COMMAND_VERSION, request_id: request_id.clone(), body: Some(body) };
-        let out = self.ctx.node.propose(cmd).await?;
-        let header = self.ctx.header(out.revision);
-        if out.data_omitted {
-            let succeeded = match &out.result {
-                Some(outcome::Result::Txn(t)) => Some(t.succeeded),
-                _ => None,
-            };
-            return Err(ApiError::AlreadyApplied { request_id, revision: out.revision, succeeded });
-        }
-        match out.result {
-            Some(outcome::Result::Rejected(why)) => Err(ApiError::Rejected(why)),
-            Some(outcome::Result::Conflict(c)) => {
-                Err(ApiError::RequestConflict { request_id, first_applied_at: c.first_applied_at })
-            }
-            Some(r) => Ok((header, r)),
-            None => Err(ApiError::Internal("the state machine returned an empty outcome".into())),
-        }
     }
 }
 
@@ -94,7 +63,7 @@ impl Kv for KvService {
             check_put(&self.ctx.limits, &req)?;
             check_request_id(&req.request_id)?;
             let id = req.request_id.clone();
-            match self.write(&id, Body::Put(convert::put(req))).await? {
+            match self.ctx.write(&id, Body::Put(convert::put(req))).await? {
                 (header, outcome::Result::Put(r)) => Ok(convert::put_response(r, header)),
                 _ => Err(mismatched("put")),
             }
@@ -112,7 +81,7 @@ impl Kv for KvService {
             check_key(&self.ctx.limits, "key", &req.key)?;
             check_request_id(&req.request_id)?;
             let id = req.request_id.clone();
-            match self.write(&id, Body::DeleteRange(convert::delete_range(req))).await? {
+            match self.ctx.write(&id, Body::DeleteRange(convert::delete_range(req))).await? {
                 (header, outcome::Result::DeleteRange(r)) => Ok(convert::delete_response(r, header)),
                 _ => Err(mismatched("delete")),
             }
@@ -127,7 +96,7 @@ impl Kv for KvService {
             check_txn(&self.ctx.limits, &req)?;
             check_request_id(&req.request_id)?;
             let id = req.request_id.clone();
-            match self.write(&id, Body::Txn(convert::txn(req))).await? {
+            match self.ctx.write(&id, Body::Txn(convert::txn(req))).await? {
                 (header, outcome::Result::Txn(r)) => Ok(convert::txn_response(r, header)),
                 _ => Err(mismatched("txn")),
             }
@@ -136,7 +105,7 @@ impl Kv for KvService {
     }
 }
 
-fn check_request(limits: &Limits, len: usize) -> Result<(), ApiError> {
+pub(super) fn check_request(limits: &Limits, len: usize) -> Result<(), ApiError> {
     if len > limits.max_request_bytes {
         return Err(ApiError::OverLimit(format!(
             "request is {len} bytes, over the limit of {} (--max-request-bytes)",
@@ -146,7 +115,7 @@ fn check_request(limits: &Limits, len: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_request_id(id: &str) -> Result<(), ApiError> {
+pub(super) fn check_request_id(id: &str) -> Result<(), ApiError> {
     if id.len() > 64 {
         return Err(ApiError::InvalidArgument {
             field: "request_id",
@@ -172,6 +141,18 @@ fn check_key(limits: &Limits, field: &'static str, key: &[u8]) -> Result<(), Api
 
 fn check_put(limits: &Limits, req: &PutRequest) -> Result<(), ApiError> {
     check_key(limits, "key", &req.key)?;
+    if req.sequential && req.key.len() + crate::fsm::SEQUENCE_DIGITS > limits.max_key_bytes {
+        return Err(ApiError::OverLimit(format!(
+            "key: a sequential key is the prefix and {} digits, {} bytes, over the limit of {} (--max-key-bytes)",
+            crate::fsm::SEQUENCE_DIGITS,
+            req.key.len() + crate::fsm::SEQUENCE_DIGITS,
+            limits.max_key_bytes
+        )));
+    }
+    if !req.session.is_empty() {
+        crate::fsm::sessions::check_id(req.session.as_bytes())
+            .map_err(|problem| ApiError::InvalidArgument { field: "session", problem })?;
+    }
     if req.value.len() > limits.max_value_bytes {
         return Err(ApiError::OverLimit(format!(
             "value is {} bytes, over the limit of {} (--max-value-bytes)",
@@ -211,7 +192,7 @@ fn check_txn(limits: &Limits, req: &TxnRequest) -> Result<(), ApiError> {
                 Some(request_op::Request::Range(r)) => check_key(limits, "range.key", &r.key)?,
                 Some(request_op::Request::Put(p)) => {
                     check_put(limits, p)?;
-                    if written.contains(&p.key.as_slice()) {
+                    if !p.sequential && written.contains(&p.key.as_slice()) {
                         return Err(ApiError::InvalidArgument {
                             field: "txn",
                             problem: format!(

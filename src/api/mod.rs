@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod kv;
+pub mod session;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +13,9 @@ use std::time::Instant;
 use crate::config::{Limits, Peer};
 use crate::core::RequestError;
 use crate::fsm::FsmError;
+use crate::fsm::COMMAND_VERSION;
 use crate::node::NodeHandle;
+use latch_proto::internal::{command::Body, outcome, Command};
 use latch_proto::v1::ResponseHeader;
 use tonic::metadata::MetadataValue;
 use tonic::Status;
@@ -74,6 +77,11 @@ pub const METHODS: &[&str] = &[
     "/latch.v1.KV/DeleteRange",
     "/latch.v1.KV/Txn",
     "/latch.v1.Cluster/Status",
+    "/latch.v1.Session/Create",
+    "/latch.v1.Session/KeepAlive",
+    "/latch.v1.Session/Close",
+    "/latch.v1.Session/Get",
+    "/latch.v1.Session/List",
 ];
 
 /// What every service needs.
@@ -89,6 +97,37 @@ pub struct Context {
 }
 
 impl Context {
+    /// Proposes a write and returns the header of its revision and its result. One without a
+    /// request id gets a UUIDv7 (time-ordered: the fsm's table of remembered ids then grows at
+    /// one end instead of at random pages).
+    pub async fn write(
+        &self,
+        request_id: &str,
+        body: Body,
+    ) -> Result<(ResponseHeader, outcome::Result), ApiError> {
+        let request_id =
+            if request_id.is_empty() { uuid::Uuid::now_v7().to_string() } else { request_id.to_string() };
+        let cmd = Command { version: COMMAND_VERSION, request_id: request_id.clone(), body: Some(body) };
+        let out = self.node.propose(cmd).await?;
+        let header = self.header(out.revision);
+        if out.data_omitted {
+            let succeeded = match &out.result {
+                Some(outcome::Result::Txn(t)) => Some(t.succeeded),
+                _ => None,
+            };
+            return Err(ApiError::AlreadyApplied { request_id, revision: out.revision, succeeded });
+        }
+        match out.result {
+            Some(outcome::Result::Rejected(why)) => Err(ApiError::Rejected(why)),
+            Some(outcome::Result::Conflict(c)) => {
+                Err(ApiError::RequestConflict { request_id, first_applied_at: c.first_applied_at })
+            }
+            Some(outcome::Result::NotFound(n)) => Err(ApiError::NotFound { kind: n.kind, name: n.name }),
+            Some(r) => Ok((header, r)),
+            None => Err(ApiError::Internal("the state machine returned an empty outcome".into())),
+        }
+    }
+
     /// The header of a response served at `revision`.
     pub fn header(&self, revision: i64) -> ResponseHeader {
         ResponseHeader {
@@ -110,6 +149,9 @@ pub enum ApiError {
     Request(#[from] RequestError),
     #[error("request rejected by the state machine: {0}")]
     Rejected(String),
+    /// The request names something that does not exist.
+    #[error("{kind} {name} not found{}", if .kind == "session" { ": it expired, was closed, or never existed" } else { "" })]
+    NotFound { kind: String, name: String },
     #[error(
         "request id {request_id:?} was first used for a different request (applied at log index \
          {first_applied_at}); a retry must resend the same request, a new request needs a new id"
@@ -144,6 +186,9 @@ impl Context {
         let msg = e.to_string();
         match e {
             ApiError::InvalidArgument { .. } | ApiError::Rejected(_) => Status::invalid_argument(msg),
+            ApiError::NotFound { .. } | ApiError::Request(RequestError::SessionNotFound { .. }) => {
+                Status::not_found(msg)
+            }
             ApiError::RequestConflict { .. } | ApiError::Request(RequestError::RequestInFlight { .. }) => {
                 Status::failed_precondition(msg)
             }
@@ -169,6 +214,7 @@ impl Context {
                 status
             }
             ApiError::Request(RequestError::NoLeader { .. })
+            | ApiError::Request(RequestError::NotLeader { .. })
             | ApiError::Request(RequestError::ShuttingDown)
             | ApiError::Request(RequestError::TimedOut { .. }) => {
                 let mut status = Status::unavailable(msg);

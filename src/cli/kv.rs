@@ -44,6 +44,12 @@ pub struct PutArgs {
     /// Also print the key's previous value, if it had one.
     #[arg(long)]
     pub prev_kv: bool,
+    /// Bind the key to this session (ephemeral): it goes when the session ends.
+    #[arg(long, value_name = "ID")]
+    pub session: Option<String>,
+    /// KEY is a prefix: create PREFIX + the next 20-digit number and print the key created.
+    #[arg(long)]
+    pub sequential: bool,
 }
 
 /// `latch kv get`.
@@ -115,16 +121,24 @@ async fn put(client: &ClientArgs, args: PutArgs, output: Output) -> anyhow::Resu
             key: args.key.into_bytes(),
             value: args.value.into_bytes(),
             prev_kv: args.prev_kv,
+            session: args.session.unwrap_or_default(),
+            sequential: args.sequential,
             ..Default::default()
         })
         .await?;
     match output {
         Output::Json => print_json(&json!({
             "header": header_json(response.header.as_ref()),
+            "key": String::from_utf8_lossy(&response.key),
             "prev_kv": response.prev_kv.as_ref().map(kv_json),
         }))?,
         Output::Text => {
-            let mut text = b"OK\n".to_vec();
+            let mut text = Vec::new();
+            if args.sequential {
+                push_line(&mut text, &response.key);
+            } else {
+                text.extend_from_slice(b"OK\n");
+            }
             if let Some(prev) = &response.prev_kv {
                 push_line(&mut text, &prev.key);
                 push_line(&mut text, &prev.value);
@@ -209,10 +223,11 @@ fn kv_json(kv: &KeyValue) -> serde_json::Value {
         "create_revision": kv.create_revision,
         "mod_revision": kv.mod_revision,
         "version": kv.version,
+        "session": kv.session,
     })
 }
 
-fn header_json(header: Option<&ResponseHeader>) -> serde_json::Value {
+pub(super) fn header_json(header: Option<&ResponseHeader>) -> serde_json::Value {
     let header = header.cloned().unwrap_or_default();
     json!({
         "cluster_id": header.cluster_id,
@@ -279,7 +294,7 @@ mod tests {
         };
         assert_eq!(
             kv_json(&kv),
-            json!({"key": "k", "value": "v\u{fffd}", "create_revision": 2, "mod_revision": 3, "version": 2})
+            json!({"key": "k", "value": "v\u{fffd}", "create_revision": 2, "mod_revision": 3, "version": 2, "session": ""})
         );
     }
 }

@@ -21,6 +21,7 @@ pub mod bench;
 pub mod cluster;
 pub mod kv;
 pub mod server;
+pub mod session;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -69,6 +70,8 @@ pub enum Command {
     Kv(kv::KvCommand),
     /// Inspect the cluster.
     Cluster(cluster::ClusterCommand),
+    /// Create, keep alive, list and close sessions.
+    Session(session::SessionCommand),
     /// Load a Latch, an etcd or a ZooKeeper cluster and measure throughput and latency.
     Bench(bench::BenchCommand),
 }
@@ -133,7 +136,7 @@ impl Cli {
     pub fn default_log_filter(&self) -> &'static str {
         match self.command {
             Command::Server(_) => "info",
-            Command::Kv(_) | Command::Cluster(_) | Command::Bench(_) => "warn",
+            Command::Kv(_) | Command::Cluster(_) | Command::Session(_) | Command::Bench(_) => "warn",
         }
     }
 
@@ -228,6 +231,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Server(command) => ("server", server::run(*command).await),
         Command::Kv(command) => ("kv", kv::run(command, client).await),
         Command::Cluster(command) => ("cluster", cluster::run(command, client).await),
+        Command::Session(command) => ("session", session::run(command, client).await),
         Command::Bench(command) => ("bench", bench::run(command, client).await),
     };
     match result {

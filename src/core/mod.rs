@@ -48,9 +48,10 @@
 //!   id, nonce, counter).
 
 pub mod applier;
+pub mod leases;
 pub mod snapshots;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use prost::Message as _;
@@ -62,6 +63,8 @@ use crate::fsm::{self, Applied, Event};
 use crate::storage::{Identity, LogStore, StorageError, Stores};
 pub use applier::{Applier, Progress};
 use latch_proto::internal::{command::Body, Command, Outcome};
+pub use leases::Grant;
+use leases::Leases;
 pub use snapshots::{Inbox, MemoryInbox, SnapshotError, Snapshots};
 
 /// Most bytes of entries raft puts in one append message (one entry may exceed it).
@@ -81,6 +84,13 @@ pub fn is_snapshot(msg: &Message) -> bool {
 
 /// Identifies a waiting request in the driver; opaque to the core.
 pub type Waiter = u64;
+
+/// The waiter of the core's own proposals (lease checkpoints, expiries): nobody waits on them.
+pub const OWN_WAITER: Waiter = Waiter::MAX;
+
+/// How long the leader waits for its own lease checkpoint or expiry to apply before it tries
+/// again, and a keepalive for a checkpoint before it fails, in milliseconds of its clock.
+pub const LEASE_PROPOSAL_TIMEOUT_MS: u64 = 3_000;
 
 /// Ticks and thresholds, in ticks.
 #[derive(Debug, Clone, Copy)]
@@ -147,6 +157,11 @@ pub enum RequestError {
     TimedOut { ticks: u64 },
     #[error("member is shutting down")]
     ShuttingDown,
+    /// Only the leader can serve this (a keepalive); `leader` is 0 when none is known.
+    #[error("member {member} is not the leader (the leader is member {leader}; 0: none known); send it to the leader")]
+    NotLeader { member: u64, leader: u64 },
+    #[error("session {session} not found: it expired, was closed, or never existed")]
+    SessionNotFound { session: String },
     /// Another command under the same request id is waiting to be applied on this member.
     #[error(
         "request id {request_id:?} is in flight with a different request; a retry must resend the \
@@ -217,6 +232,11 @@ pub enum Action {
         index: u64,
         revision: i64,
     },
+    /// A keepalive's answer.
+    KeptAlive {
+        waiter: Waiter,
+        result: Result<Grant, RequestError>,
+    },
 }
 
 /// The core's view of itself, for response headers and `cluster status`.
@@ -245,6 +265,8 @@ pub struct Status {
     pub reads_awaiting_apply: u64,
     /// Proposals handed to this core and not yet answered (applied, failed or timed out).
     pub proposals_pending: u64,
+    /// Live sessions, as this member's leases count them.
+    pub sessions: u64,
 }
 
 /// Told when a write transaction commits and when committed entries are applied, so that the
@@ -352,6 +374,18 @@ pub struct Core {
     /// When set, raft's randomized election timeouts are drawn from it (see
     /// [`Core::seed_election_timeouts`]) instead of raft-rs's thread rng.
     election_rng: Option<rand::rngs::SmallRng>,
+    /// This member's monotonic clock, in milliseconds since the core was made (the driver
+    /// sets it): what session leases are counted on.
+    clock_ms: u64,
+    leases: Leases,
+    /// As leader: (term, index) from which it may act on leases — once it applied that far,
+    /// it has seen every entry of earlier terms.
+    lease_ready_from: Option<(u64, u64)>,
+    /// Keepalives that arrived before the leader could act on leases: (waiter, session, when).
+    early_keepalives: Vec<(Waiter, String, u64)>,
+    /// As leader: when it appended its entries, (first index, last index, clock), for the
+    /// entries not applied yet (see `leases`).
+    append_times: VecDeque<(u64, u64, u64)>,
 }
 
 impl Core {
@@ -403,6 +437,8 @@ impl Core {
         cfg.validate()?;
         let raw = RawNode::new(&cfg, store, logger)?;
         let applier = Applier::new(state_db.clone(), snapshots.clone(), config.bounds)?;
+        let mut leases = Leases::default();
+        leases.reload(stored_leases(&state_db)?, 0);
         let core = Core {
             raw,
             state_db,
@@ -428,6 +464,11 @@ impl Core {
             snapshots_installed: 0,
             actions: Vec::new(),
             election_rng: None,
+            clock_ms: 0,
+            leases,
+            lease_ready_from: None,
+            early_keepalives: Vec::new(),
+            append_times: VecDeque::new(),
         };
         Ok((core, applier))
     }
@@ -493,7 +534,72 @@ impl Core {
             compacted_index: self.raw.store().compacted().index,
             log_cached_bytes: self.raw.store().cached_bytes() as u64,
             reads_awaiting_apply: self.confirmed_reads.values().map(|r| r.len() as u64).sum(),
+            sessions: self.leases.len() as u64,
         }
+    }
+
+    /// Sets this member's clock (milliseconds, monotonic: a value behind the clock is ignored).
+    pub fn set_clock(&mut self, now_ms: u64) {
+        self.clock_ms = self.clock_ms.max(now_ms);
+    }
+
+    /// The lease left of session `id` as this member counts it, if the session is live here.
+    pub fn lease_remaining(&self, id: &str) -> Option<u64> {
+        self.leases.remaining(id, self.clock_ms)
+    }
+
+    /// A keepalive of session `id`; answered by `Action::KeptAlive` for `waiter` (see
+    /// [`leases`]): by the leader only, at once or once a checkpoint renewed the lease.
+    pub fn keep_alive(&mut self, waiter: Waiter, id: String) {
+        let r = &self.raw.raft;
+        if r.state != StateRole::Leader {
+            let error = RequestError::NotLeader { member: r.id, leader: r.leader_id };
+            self.actions.push(Action::KeptAlive { waiter, result: Err(error) });
+            return;
+        }
+        if !self.leases_ready() {
+            self.early_keepalives.push((waiter, id, self.clock_ms));
+            return;
+        }
+        if let Some(result) = self.leases.keep_alive(waiter, &id, self.clock_ms) {
+            self.actions.push(Action::KeptAlive { waiter, result });
+        }
+    }
+
+    /// Whether this member leads and has applied every entry of earlier terms.
+    fn leases_ready(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+            && self
+                .lease_ready_from
+                .is_some_and(|(term, index)| term == self.raw.raft.term && self.applied.index >= index)
+    }
+
+    /// The leader's lease work for this turn: keepalives that waited for it to be ready, and
+    /// its checkpoints and expiries, proposed under its own ids.
+    fn tend_leases(&mut self) {
+        if !self.leases_ready() {
+            return;
+        }
+        for (waiter, id, _) in std::mem::take(&mut self.early_keepalives) {
+            if let Some(result) = self.leases.keep_alive(waiter, &id, self.clock_ms) {
+                self.actions.push(Action::KeptAlive { waiter, result });
+            }
+        }
+        for body in self.leases.tend(self.clock_ms) {
+            self.propose_own(OWN_WAITER, body);
+        }
+    }
+
+    fn kept_alive(&mut self, replies: Vec<(Waiter, Result<Grant, RequestError>)>) {
+        self.actions.extend(replies.into_iter().map(|(waiter, result)| Action::KeptAlive { waiter, result }));
+    }
+
+    /// When this member learned of entry `index`: when it appended it as leader, else now.
+    fn learned_at(&self, index: u64) -> u64 {
+        self.append_times
+            .iter()
+            .find(|(first, last, _)| (*first..=*last).contains(&index))
+            .map_or(self.clock_ms, |(_, _, at)| *at)
     }
 
     /// Advances logical time by one tick: raft's election and heartbeat clocks, request
@@ -545,6 +651,16 @@ impl Core {
             }
         }
         self.confirmed_reads.retain(|_, reads| !reads.is_empty());
+        let replies = self.leases.time_out(self.clock_ms, LEASE_PROPOSAL_TIMEOUT_MS, &timed_out);
+        self.kept_alive(replies);
+        let clock = self.clock_ms;
+        let (late, early): (Vec<_>, Vec<_>) = std::mem::take(&mut self.early_keepalives)
+            .into_iter()
+            .partition(|(_, _, at)| clock.saturating_sub(*at) >= LEASE_PROPOSAL_TIMEOUT_MS);
+        self.early_keepalives = early;
+        for (waiter, _, _) in late {
+            self.actions.push(Action::KeptAlive { waiter, result: Err(timed_out.clone()) });
+        }
         if !self.new_reads.is_empty() && old(self.new_reads_since) {
             for w in std::mem::take(&mut self.new_reads) {
                 self.actions.push(Action::ReadFailed { waiter: w, error: RequestError::NoLeader { member } });
@@ -735,6 +851,11 @@ impl Core {
         let failed: Vec<Action> =
             reads.map(|w| Action::ReadFailed { waiter: w, error: RequestError::ShuttingDown }).collect();
         self.actions.extend(failed);
+        let keepalives = self.leases.leadership_changed(self.id(), 0);
+        let early = std::mem::take(&mut self.early_keepalives).into_iter().map(|(w, _, _)| w);
+        for waiter in keepalives.into_iter().map(|(w, _)| w).chain(early) {
+            self.actions.push(Action::KeptAlive { waiter, result: Err(RequestError::ShuttingDown) });
+        }
         std::mem::take(&mut self.actions)
     }
 
@@ -751,6 +872,7 @@ impl Core {
         install: &mut Install,
     ) -> Result<Vec<Action>, CoreError> {
         self.observe_raft();
+        self.tend_leases();
         if !self.raw.has_ready() {
             return Ok(std::mem::take(&mut self.actions));
         }
@@ -771,11 +893,17 @@ impl Core {
             self.handed_out = self.handed_out.max(meta.index);
             self.raw.mut_store().install_snapshot(meta)?;
             self.snapshots_installed += 1;
+            let replies = self.leases.reload(stored_leases(&self.state_db)?, self.clock_ms);
+            self.kept_alive(replies);
             installed = Some((snap, self.applied.revision));
         }
         self.hand_out(ready.take_committed_entries(), &mut to_apply);
         let entries_persisted = ready.entries().len();
         if !ready.entries().is_empty() {
+            if self.raw.raft.state == StateRole::Leader {
+                let (first, last) = (ready.entries()[0].index, ready.entries()[entries_persisted - 1].index);
+                self.append_times.push_back((first, last, self.clock_ms));
+            }
             self.raw.mut_store().append(ready.entries())?;
         }
         if let Some(hs) = ready.hs() {
@@ -846,6 +974,18 @@ impl Core {
         let overtaken = progress.applied.index < self.applied.index;
         if !overtaken {
             self.applied = progress.applied;
+        }
+        if !overtaken {
+            for a in &progress.commands {
+                let base = self.learned_at(a.index);
+                for change in a.sessions.iter().cloned() {
+                    let replies = self.leases.changed(change, base, self.clock_ms);
+                    self.kept_alive(replies);
+                }
+            }
+        }
+        while self.append_times.front().is_some_and(|(_, last, _)| *last <= self.applied.index) {
+            self.append_times.pop_front();
         }
         self.durable_index = self.durable_index.max(progress.durable_index);
         for a in progress.commands {
@@ -959,6 +1099,17 @@ impl Core {
             }
             _ => {}
         }
+        if (now.role == Role::Leader) != (before.role == Role::Leader) || now.term != before.term {
+            let replies = self.leases.leadership_changed(member, now.leader);
+            self.kept_alive(replies);
+            self.append_times.clear();
+            self.lease_ready_from = (now.role == Role::Leader).then_some((now.term, index));
+            let early = std::mem::take(&mut self.early_keepalives);
+            for (waiter, _, _) in early {
+                let error = RequestError::NotLeader { member, leader: now.leader };
+                self.actions.push(Action::KeptAlive { waiter, result: Err(error) });
+            }
+        }
         if now.leader != raft::INVALID_ID && (now.leader != before.leader || now.term != before.term) {
             self.propose_again();
             let pending: Vec<u64> = self.asked_reads.keys().copied().collect();
@@ -969,4 +1120,11 @@ impl Core {
             }
         }
     }
+}
+
+/// Every session's lease as stored: (id, TTL, lease left at its last checkpoint, checkpoints).
+fn stored_leases(db: &Database) -> Result<Vec<(String, u64, u64, u64)>, CoreError> {
+    let txn = db.begin_read().map_err(redb_err)?;
+    let rows = fsm::sessions::all(&txn)?;
+    Ok(rows.into_iter().map(|(id, r)| (id, r.ttl_ms, r.remaining_ms, r.checkpoints)).collect())
 }

@@ -37,6 +37,7 @@ use prost::Message;
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 
 pub use apply::{Event, EventKind, SessionChange};
+pub use kv::SEQUENCE_DIGITS;
 pub use requests::REQUEST_MEMORY_BYTES;
 
 use crate::storage::schema::{FSM_APPLIED_INDEX, FSM_APPLIED_TERM, FSM_META, FSM_REVISION};
@@ -89,6 +90,8 @@ pub enum FsmError {
 /// What applying one command produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppliedCommand {
+    /// The log index of the entry.
+    pub index: u64,
     /// Empty when the command had none or could not be decoded.
     pub request_id: String,
     /// FNV-1a of the whole encoded command ([`command_hash`]): a waiter is answered only for the
@@ -218,6 +221,7 @@ fn apply_command(
             let why = outcome::Result::Rejected(format!("command: undecodable Command: {e}"));
             let outcome = Outcome { revision: *revision, data_omitted: false, result: Some(why) };
             return Ok(AppliedCommand {
+                index,
                 request_id: String::new(),
                 command_hash,
                 outcome,
@@ -229,6 +233,7 @@ fn apply_command(
     if !cmd.request_id.is_empty() {
         if let requests::Seen::Answered(outcome) = requests::lookup(txn, &cmd.request_id, command_hash)? {
             return Ok(AppliedCommand {
+                index,
                 request_id: cmd.request_id,
                 command_hash,
                 outcome,
@@ -261,7 +266,7 @@ fn apply_command(
     if !cmd.request_id.is_empty() {
         requests::remember(txn, index, &cmd.request_id, command_hash, &outcome, bounds.request_memory_bytes)?;
     }
-    Ok(AppliedCommand { request_id: cmd.request_id, command_hash, outcome, events, sessions })
+    Ok(AppliedCommand { index, request_id: cmd.request_id, command_hash, outcome, events, sessions })
 }
 
 /// Opens a table for reading; a table that was never created reads as absent.

@@ -34,7 +34,7 @@ pub mod budget;
 pub mod inbox;
 
 use crate::core::{
-    Action, Applier, Core, CoreError, Progress, ReadyObserver, RequestError, Snapshots, Status, Waiter,
+    Action, Applier, Core, CoreError, Grant, Progress, ReadyObserver, RequestError, Snapshots, Status, Waiter,
 };
 use crate::metrics::{Metrics, RaftMetrics};
 use budget::{Budget, Permit};
@@ -64,6 +64,16 @@ pub enum Event {
     ReadCaughtUp {
         reply: oneshot::Sender<Result<(), RequestError>>,
         permit: Permit,
+    },
+    KeepAlive {
+        session: String,
+        reply: oneshot::Sender<Result<Grant, RequestError>>,
+        permit: Permit,
+    },
+    /// The leases left of these sessions, as this member counts them.
+    Leases {
+        sessions: Vec<String>,
+        reply: oneshot::Sender<Vec<Option<u64>>>,
     },
     Peer(Box<Message>, Permit),
     /// The apply thread's progress.
@@ -128,6 +138,24 @@ impl NodeHandle {
         let (reply, rx) = oneshot::channel();
         self.events.send(Event::ReadCaughtUp { reply, permit }).map_err(|_| RequestError::ShuttingDown)?;
         rx.await.map_err(|_| RequestError::ShuttingDown)?
+    }
+
+    /// Keeps a session alive: answered by the leader only (see `core::leases`).
+    pub async fn keep_alive(&self, session: String) -> Result<Grant, RequestError> {
+        let permit = self.take_pending(session.len() + READ_BYTES)?;
+        let (reply, rx) = oneshot::channel();
+        self.events
+            .send(Event::KeepAlive { session, reply, permit })
+            .map_err(|_| RequestError::ShuttingDown)?;
+        rx.await.map_err(|_| RequestError::ShuttingDown)?
+    }
+
+    /// The leases left of `sessions` in milliseconds as this member counts them (`None`: not
+    /// live here).
+    pub async fn leases(&self, sessions: Vec<String>) -> Result<Vec<Option<u64>>, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.events.send(Event::Leases { sessions, reply }).map_err(|_| RequestError::ShuttingDown)?;
+        rx.await.map_err(|_| RequestError::ShuttingDown)
     }
 
     fn take_pending(&self, bytes: usize) -> Result<Permit, RequestError> {
@@ -315,6 +343,7 @@ struct Waiters {
     next: Waiter,
     proposals: HashMap<Waiter, (oneshot::Sender<Result<Outcome, RequestError>>, Permit)>,
     reads: HashMap<Waiter, (oneshot::Sender<Result<(), RequestError>>, Permit)>,
+    keepalives: HashMap<Waiter, (oneshot::Sender<Result<Grant, RequestError>>, Permit)>,
 }
 
 impl Waiters {
@@ -344,6 +373,11 @@ impl Waiters {
                 Action::ReadFailed { waiter, error } => {
                     if let Some((tx, _permit)) = self.reads.remove(&waiter) {
                         let _ = tx.send(Err(error));
+                    }
+                }
+                Action::KeptAlive { waiter, result } => {
+                    if let Some((tx, _permit)) = self.keepalives.remove(&waiter) {
+                        let _ = tx.send(result);
                     }
                 }
                 // Nothing consumes applied events yet (watches and lock waiters will).
@@ -377,6 +411,14 @@ fn hand(
             waiters.reads.insert(waiters.next, (reply, permit));
             core.read_caught_up(waiters.next);
         }
+        Event::KeepAlive { session, reply, permit } => {
+            waiters.next += 1;
+            waiters.keepalives.insert(waiters.next, (reply, permit));
+            core.keep_alive(waiters.next, session);
+        }
+        Event::Leases { sessions, reply } => {
+            let _ = reply.send(sessions.iter().map(|id| core.lease_remaining(id)).collect());
+        }
         Event::Applied(progress) => waiters.carry_out(core.on_applied(progress), metrics, apply),
         Event::ApplyFailed(e) => return Err(e),
         Event::Peer(msg, _permit) => core.step(*msg)?,
@@ -407,6 +449,8 @@ fn drive(
     let mut last_status = core.status();
     record_status(metrics, &last_status, &last_status);
     let mut next_tick = Instant::now() + tick;
+    // The core's clock: milliseconds since the driver started (monotonic).
+    let started = Instant::now();
     let result = 'driver: loop {
         let wait = next_tick.saturating_duration_since(Instant::now());
         let first = match rx.recv_timeout(wait) {
@@ -414,6 +458,7 @@ fn drive(
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break Ok(()),
         };
+        core.set_clock(started.elapsed().as_millis() as u64);
         // Everything already queued joins this turn (group commit), up to a bound.
         let queued = std::iter::from_fn(|| rx.try_recv().ok());
         for ev in first.into_iter().chain(queued).take(MAX_EVENTS_PER_TURN) {

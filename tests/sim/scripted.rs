@@ -309,7 +309,10 @@ impl Scripted {
                 Action::Reply { waiter, result } => (waiter, Answer::Applied(result)),
                 Action::ReadReady { waiter } => (waiter, Answer::ReadReady),
                 Action::ReadFailed { waiter, error } => (waiter, Answer::ReadFailed(error)),
-                Action::Applied { .. } | Action::Restored { .. } | Action::Apply { .. } => continue,
+                Action::Applied { .. }
+                | Action::Restored { .. }
+                | Action::Apply { .. }
+                | Action::KeptAlive { .. } => continue,
             };
             self.answers.insert(w, (id, answer));
         }

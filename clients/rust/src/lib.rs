@@ -21,6 +21,8 @@
 //!   a request id that stays the same across those retries, so a write is applied at most once.
 //! - [`Txn`], [`Compare`], [`Op`]: short ways to write a transaction; [`prefix_range`] and
 //!   [`prefix_end`] for ranges.
+//! - [`Session`]: a session kept alive in the background, with Chubby's states
+//!   ([`SessionState`]): what ephemeral keys (`PutRequest::session`) hang on.
 //! - [`Error`]: every failure, with the gRPC code and the server's message.
 //! - [`proto`]: the wire types (`latch.v1`), for requests the typed methods do not cover.
 //!
@@ -29,12 +31,14 @@
 mod client;
 mod error;
 mod kv;
+mod session;
 #[cfg(test)]
 mod tests;
 mod txn;
 
 pub use client::{Client, ClientOptions, LEADER_ADDR_METADATA};
 pub use error::Error;
+pub use session::{Session, SessionOptions, SessionState};
 pub use txn::{prefix_end, prefix_range, Compare, CompareResult, Op, Txn};
 
 /// The wire types of Latch's gRPC API, package `latch.v1`.

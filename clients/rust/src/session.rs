@@ -1,0 +1,298 @@
+//! Sessions: the calls of the Session service, and [`Session`], which keeps one alive in a
+//! background task and says how sure it can be that the session still lives (Chubby's states).
+//!
+//! How sure: every keepalive the leader acknowledges grants a lease, counted from when the
+//! keepalive was sent; the cluster does not expire the session before it runs out. The client
+//! keeps that lease on its own clock ([`Session::lease_left`]), and:
+//! - [`SessionState::Safe`]: the last keepalive was acknowledged, or the lease has more than a
+//!   third of the TTL left.
+//! - [`SessionState::Jeopardy`]: keepalives are failing and less than a third of the TTL is
+//!   left. Once [`Session::lease_left`] is zero, the cluster may have expired the session:
+//!   whoever acts on what the session owns (a lock) must stop. The task keeps trying for the
+//!   grace period ([`SessionOptions::grace`]) past the lease; an answer within it makes it
+//!   `Safe` again (the cluster kept the session: it was unreachable too, say).
+//! - [`SessionState::Expired`]: the cluster said the session is gone, or the grace period
+//!   passed without an answer, or it was closed. Final.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use latch_proto::v1::session_client::SessionClient;
+use latch_proto::v1::{
+    CloseSessionRequest, CreateSessionRequest, GetSessionRequest, KeepAliveRequest, KeepAliveResponse,
+    ListSessionsRequest, SessionInfo,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tonic::{Code, Status};
+
+use crate::{Client, Error};
+
+/// How sure the client can be that its session lives (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    Safe,
+    Jeopardy,
+    Expired,
+}
+
+/// How a [`Session`] is made.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// The session's TTL: within the server's bounds (1 s … 1 h by default).
+    pub ttl: Duration,
+    /// A name for people, shown by `latch session list`.
+    pub name: String,
+    /// How long past the lease the task keeps trying before it gives the session up as
+    /// `Expired`. Default: the TTL.
+    pub grace: Option<Duration>,
+}
+
+impl SessionOptions {
+    pub fn new(ttl: Duration) -> SessionOptions {
+        SessionOptions { ttl, name: String::new(), grace: None }
+    }
+
+    pub fn name(mut self, name: impl Into<String>) -> SessionOptions {
+        self.name = name.into();
+        self
+    }
+
+    pub fn grace(mut self, grace: Duration) -> SessionOptions {
+        self.grace = Some(grace);
+        self
+    }
+}
+
+/// A session kept alive by a background task until it is closed, dropped or expires.
+///
+/// Dropping it stops the keepalives and closes the session on the cluster, best effort (in a
+/// task of its own, when a tokio runtime is there to run it); [`close`](Session::close) closes
+/// it and says whether that worked.
+#[derive(Debug)]
+pub struct Session {
+    id: String,
+    ttl: Duration,
+    client: Client,
+    shared: Arc<Shared>,
+    state: watch::Receiver<SessionState>,
+    task: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// When the last granted lease runs out.
+    lease_end: Mutex<Instant>,
+}
+
+impl Shared {
+    fn lease_end(&self) -> Instant {
+        *self.lease_end.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_lease_end(&self, end: Instant) {
+        *self.lease_end.lock().unwrap_or_else(PoisonError::into_inner) = end;
+    }
+}
+
+impl Client {
+    /// Creates a session and keeps it alive in the background (see [`Session`]).
+    pub async fn session(&self, options: SessionOptions) -> Result<Session, Error> {
+        let sent = Instant::now();
+        let created = self.create_session(options.ttl, &options.name).await?;
+        let ttl = Duration::from_millis(created.1 as u64);
+        let shared = Arc::new(Shared { lease_end: Mutex::new(sent + ttl) });
+        let (tx, state) = watch::channel(SessionState::Safe);
+        let grace = options.grace.unwrap_or(ttl);
+        let task =
+            tokio::spawn(keep_alive_loop(self.clone(), created.0.clone(), ttl, grace, shared.clone(), tx));
+        Ok(Session { id: created.0, ttl, client: self.clone(), shared, state, task: Some(task) })
+    }
+
+    /// Creates a session with this TTL; returns its id and the TTL granted (milliseconds). It
+    /// lives only as long as something keeps it alive ([`keep_alive`](Client::keep_alive)).
+    pub async fn create_session(&self, ttl: Duration, name: &str) -> Result<(String, i64), Error> {
+        let request = CreateSessionRequest {
+            ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
+            name: name.to_string(),
+            request_id: uuid::Uuid::now_v7().to_string(),
+        };
+        let r = self
+            .call("CreateSession", |channel| {
+                let request = request.clone();
+                async move { SessionClient::new(channel).create(request).await }
+            })
+            .await?;
+        Ok((r.id, r.ttl_ms))
+    }
+
+    /// One keepalive of session `id`, sent to the leader (found through the members).
+    pub async fn keep_alive(&self, id: &str) -> Result<KeepAliveResponse, Error> {
+        self.call("KeepAlive", |channel| {
+            let request = KeepAliveRequest { id: id.to_string() };
+            async move {
+                let mut stream = SessionClient::new(channel)
+                    .keep_alive(futures::stream::once(async move { request }))
+                    .await?
+                    .into_inner();
+                match stream.message().await? {
+                    Some(answer) => Ok(tonic::Response::new(answer)),
+                    None => Err(Status::unavailable("the keepalive stream ended without an answer")),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Closes session `id`, deleting what it owns; returns how many keys went with it.
+    pub async fn close_session(&self, id: &str) -> Result<i64, Error> {
+        let request =
+            CloseSessionRequest { id: id.to_string(), request_id: uuid::Uuid::now_v7().to_string() };
+        let r = self
+            .call("CloseSession", |channel| {
+                let request = request.clone();
+                async move { SessionClient::new(channel).close(request).await }
+            })
+            .await?;
+        Ok(r.keys_deleted)
+    }
+
+    /// Session `id` as the answering member sees it; NOT_FOUND once it ended.
+    pub async fn session_info(&self, id: &str) -> Result<SessionInfo, Error> {
+        let request = GetSessionRequest { id: id.to_string() };
+        let r = self
+            .call("GetSession", |channel| {
+                let request = request.clone();
+                async move { SessionClient::new(channel).get(request).await }
+            })
+            .await?;
+        r.session.ok_or_else(|| Error::from(Status::internal("the answer carries no session")))
+    }
+
+    /// Every live session, in id order.
+    pub async fn sessions(&self) -> Result<Vec<SessionInfo>, Error> {
+        let r = self
+            .call("ListSessions", |channel| async move {
+                SessionClient::new(channel).list(ListSessionsRequest {}).await
+            })
+            .await?;
+        Ok(r.sessions)
+    }
+}
+
+impl Session {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    pub fn state(&self) -> SessionState {
+        *self.state.borrow()
+    }
+
+    /// A receiver of every change of [`state`](Session::state).
+    pub fn watch(&self) -> watch::Receiver<SessionState> {
+        self.state.clone()
+    }
+
+    /// What is left of the lease the cluster last granted, on this client's clock.
+    pub fn lease_left(&self) -> Duration {
+        self.shared.lease_end().saturating_duration_since(Instant::now())
+    }
+
+    /// Resolves once the session is `Expired` (or closed).
+    pub async fn done(&self) {
+        let mut state = self.state.clone();
+        let _ = state.wait_for(|s| *s == SessionState::Expired).await;
+    }
+
+    /// Stops the keepalives and closes the session on the cluster.
+    pub async fn close(mut self) -> Result<i64, Error> {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        self.client.close_session(&self.id).await
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let Some(task) = self.task.take() else { return };
+        task.abort();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (client, id) = (self.client.clone(), self.id.clone());
+            runtime.spawn(async move {
+                if let Err(e) = client.close_session(&id).await {
+                    tracing::debug!(session = %id, error = %e, "closing a dropped session failed");
+                }
+            });
+        }
+    }
+}
+
+/// Keeps session `id` alive every third of its TTL, retrying sooner when a keepalive fails, and
+/// moves the state as the module doc says.
+async fn keep_alive_loop(
+    client: Client,
+    id: String,
+    ttl: Duration,
+    grace: Duration,
+    shared: Arc<Shared>,
+    state: watch::Sender<SessionState>,
+) {
+    let every = ttl / 3;
+    let retry = (ttl / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut next = Instant::now() + every;
+    let jeopardy = |state: &watch::Sender<SessionState>| {
+        state.send_if_modified(|s| std::mem::replace(s, SessionState::Jeopardy) != SessionState::Jeopardy);
+    };
+    loop {
+        tokio::time::sleep_until(next).await;
+        let sent = Instant::now();
+        let attempt = client.keep_alive(&id);
+        tokio::pin!(attempt);
+        // Waits for the answer; meanwhile the lease may run low (Jeopardy) or, with the grace
+        // period, out (Expired).
+        let answer = loop {
+            let lease_end = shared.lease_end();
+            let low = lease_end.checked_sub(ttl / 3).unwrap_or(lease_end);
+            tokio::select! {
+                answer = &mut attempt => break Some(answer),
+                _ = tokio::time::sleep_until(low), if *state.borrow() == SessionState::Safe => jeopardy(&state),
+                _ = tokio::time::sleep_until(lease_end + grace) => break None,
+            }
+        };
+        match answer {
+            Some(Ok(ack)) => {
+                let granted = Duration::from_millis(u64::try_from(ack.granted_ms).unwrap_or(0));
+                shared.set_lease_end(sent + granted);
+                state.send_if_modified(|s| std::mem::replace(s, SessionState::Safe) != SessionState::Safe);
+                next = sent + every.min(granted / 2);
+            }
+            Some(Err(e)) if e.code() == Code::NotFound => {
+                tracing::debug!(session = %id, "the cluster says the session is gone");
+                break;
+            }
+            None => {
+                tracing::debug!(session = %id, "no keepalive answered within the lease and the grace period");
+                break;
+            }
+            Some(Err(e)) => {
+                let now = Instant::now();
+                if now >= shared.lease_end() + grace {
+                    tracing::debug!(session = %id, error = %e, "keepalives failed past the lease and the grace period");
+                    break;
+                }
+                if shared.lease_end().saturating_duration_since(now) < ttl / 3 {
+                    jeopardy(&state);
+                }
+                next = now + retry;
+            }
+        }
+    }
+    let _ = state.send(SessionState::Expired);
+}

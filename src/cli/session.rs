@@ -1,0 +1,124 @@
+//! `latch session create | keepalive | list | close`: sessions by hand.
+//!
+//! `create` prints the new session's id; the session then lives only as long as something keeps
+//! it alive — `latch session keepalive ID` does, until interrupted (Ctrl-C), and then closes it.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use latch_client::proto::SessionInfo;
+use serde_json::json;
+
+use super::{print_bytes, print_json, ClientArgs, Output};
+
+/// `latch session`.
+#[derive(Debug, Args)]
+pub struct SessionCommand {
+    #[command(subcommand)]
+    pub op: SessionOp,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionOp {
+    /// Create a session and print its id.
+    Create(CreateArgs),
+    /// Keep session ID alive until interrupted, then close it.
+    Keepalive(IdArgs),
+    /// List the live sessions.
+    List,
+    /// Close session ID, deleting what it owns.
+    Close(IdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Its TTL (humantime: 10s, 1m): within the server's --session-ttl-min … --session-ttl-max.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub ttl: Duration,
+    /// A name for people.
+    #[arg(long, default_value = "")]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// The session's id.
+    pub id: String,
+}
+
+pub async fn run(command: SessionCommand, client: &ClientArgs) -> anyhow::Result<ExitCode> {
+    let output = client.output;
+    let client = client.connect().await?;
+    match command.op {
+        SessionOp::Create(args) => {
+            let (id, ttl_ms) = client.create_session(args.ttl, &args.name).await?;
+            match output {
+                Output::Json => print_json(&json!({"id": id, "ttl_ms": ttl_ms}))?,
+                Output::Text => print_bytes(format!("{id}\n").as_bytes())?,
+            }
+        }
+        SessionOp::Keepalive(IdArgs { id }) => {
+            let first = client.keep_alive(&id).await?;
+            let ttl = Duration::from_millis(u64::try_from(first.ttl_ms).unwrap_or(0));
+            let mut next = tokio::time::Instant::now() + ttl / 3;
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = tokio::time::sleep_until(next) => {
+                        let ack = client.keep_alive(&id).await?;
+                        match output {
+                            Output::Json => print_json(&json!({"id": ack.id, "ttl_ms": ack.ttl_ms, "granted_ms": ack.granted_ms}))?,
+                            Output::Text => print_bytes(format!("kept alive: {} ms granted\n", ack.granted_ms).as_bytes())?,
+                        }
+                        next = tokio::time::Instant::now() + ttl / 3;
+                    }
+                }
+            }
+            let deleted = client.close_session(&id).await?;
+            match output {
+                Output::Json => print_json(&json!({"id": id, "closed": true, "keys_deleted": deleted}))?,
+                Output::Text => print_bytes(format!("closed {id} ({deleted} keys deleted)\n").as_bytes())?,
+            }
+        }
+        SessionOp::List => {
+            let sessions = client.sessions().await?;
+            match output {
+                Output::Json => {
+                    print_json(&json!({"sessions": sessions.iter().map(info_json).collect::<Vec<_>>()}))?
+                }
+                Output::Text => {
+                    let mut text = String::new();
+                    for s in &sessions {
+                        text.push_str(&format!(
+                            "{}  name={:?} ttl={}ms left={}ms keys={}\n",
+                            s.id, s.name, s.ttl_ms, s.remaining_ms, s.keys
+                        ));
+                    }
+                    print_bytes(text.as_bytes())?;
+                }
+            }
+        }
+        SessionOp::Close(IdArgs { id }) => {
+            let deleted = client.close_session(&id).await?;
+            match output {
+                Output::Json => print_json(&json!({"id": id, "keys_deleted": deleted}))?,
+                Output::Text => print_bytes(format!("closed {id} ({deleted} keys deleted)\n").as_bytes())?,
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn info_json(s: &SessionInfo) -> serde_json::Value {
+    json!({
+        "id": s.id,
+        "name": s.name,
+        "ttl_ms": s.ttl_ms,
+        "remaining_ms": s.remaining_ms,
+        "created_revision": s.created_revision,
+        "keys": s.keys,
+        "locks": s.locks,
+        "instances": s.instances,
+    })
+}
