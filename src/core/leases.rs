@@ -334,7 +334,11 @@ mod tests {
             "a lease that ran out is not renewed"
         );
         l.time_out(3_000, 2_000, &RequestError::TimedOut { ticks: 1 });
-        assert_eq!(expiries_of(&l.tend(3_000)).len(), 2, "a lost expiry is proposed again, with b's");
+        assert_eq!(
+            expiries_of(&l.tend(3_000)),
+            vec![("a".to_string(), 0)],
+            "a lost expiry is proposed again"
+        );
         l.changed(SessionChange::Ended { id: "a".into() }, 3_100, 3_100);
         assert_eq!(l.remaining("a", 3_100), None);
     }
