@@ -18,3 +18,4 @@ mod linearizability;
 mod observability;
 mod partitions;
 mod replication;
+mod sessions;
