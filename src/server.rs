@@ -105,7 +105,7 @@ pub async fn run(
     let inbox = FileInbox::open(&config.data_dir.join(SNAPSHOT_INBOX_DIR))
         .map_err(|source| ServerError::Inbox { dir: config.data_dir.join(SNAPSHOT_INBOX_DIR), source })?;
     let core_config = core::Config {
-        timing: Timing::default(),
+        timing: Timing { tick_ms: config.tick_interval.as_millis().max(1) as u64, ..Timing::default() },
         snapshot_entries: config.snapshot_entries,
         bounds: fsm::Bounds {
             max_response_bytes: config.limits.max_response_bytes,

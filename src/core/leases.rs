@@ -1,28 +1,38 @@
 //! Session leases on this member's clock (DESIGN.md §1 Sessions, §2 rule 3; docs/sessions.md).
 //!
 //! The replicated state says, for each session, its TTL and the lease it had left at its last
-//! checkpoint. Every member counts that down on its own monotonic clock from the moment it
-//! learned it: the leader from when it appended the entry, any other member from when it
-//! applied it — never earlier than the entry committed. Only the leader acts on leases:
-//! it answers keepalives, proposes checkpoints of renewed leases, and proposes expiries.
+//! checkpoint, which the leader measured on its own clock and wrote with that clock's reading
+//! (`CheckpointSessions.leader_ms`). Only the leader acts on leases: it answers keepalives,
+//! proposes checkpoints and expiries. Every member counts leases on its own monotonic clock.
+//!
+//! Whose clock: a lease from a checkpoint runs out at `leader_ms + remaining` on the leader's
+//! clock. Another member converts that reading with an estimate of how far its clock is
+//! ahead of that leader's: the least `applied at − leader_ms` over the checkpoints of that
+//! term it applied. Each sample is at least the true offset (a checkpoint is applied after it
+//! was proposed), so the estimate never makes a lease end early, and one checkpoint applied
+//! promptly makes it tight — the leader proposes one at least every election timeout while
+//! sessions live, so a member that lagged behind (cut off, or catching up) is tight again as
+//! soon as it hears a recent one. A session's creation counts from when the leader appended it,
+//! or from when another member applied it.
 //!
 //! Invariants (the lease rule):
-//! - A keepalive is answered with a grant no longer than what a committed checkpoint (or the
-//!   creation) already guarantees: `deadline - now`, where `deadline` comes from the log. Every
-//!   member's deadline for that entry is at least as late (it learned it no earlier), so no
-//!   later leader expires the session before any grant ran out (counted from when the client
-//!   sent the keepalive, which is before it arrived). A keepalive that finds less than half the
-//!   TTL left puts the session in the next checkpoint and is answered once it is applied.
-//! - A leader acts only once it has applied every entry of earlier terms (`ready_from`):
-//!   an expiry or checkpoint an earlier leader proposed is seen before it answers or expires.
+//! - A keepalive is granted no more than what the log already guarantees: `deadline − now`
+//!   from the last applied checkpoint (or the creation). Every member's deadline for the same
+//!   entry is at least as late, so no later leader expires the session before a grant ran out
+//!   (counted from when the client sent the keepalive, which is before it arrived). A
+//!   keepalive that finds less than half the TTL left puts the session in the next checkpoint
+//!   and is answered once it is applied.
+//! - A leader acts only once it has applied every entry of earlier terms (`Core` tells it:
+//!   [`Leases::promoted`]); its first act re-bases every lease in a checkpoint of its own term,
+//!   so that the newest basis of every lease is a recent reading of a live leader's clock.
 //! - The leader expires a session only when its deadline has passed and no checkpoint of it is
 //!   in flight; the expiry names the session's checkpoint count, so a checkpoint that commits
 //!   first wins (see `fsm::sessions`).
-//! - Nothing extends a lease but a keepalive: a new leader inherits the deadlines the log gave
-//!   it. Once keepalives stop, the last checkpoint's lease runs out on every member within
-//!   the time it took that member to learn of it; a leader change adds no more.
-//! - Memory: one entry per live session; the waiting keepalives, in-flight checkpoints and
-//!   expiries are bounded by the sessions and time out with the request timeout.
+//! - Nothing extends a lease but a keepalive: leader changes carry deadlines over, off by the
+//!   offset estimate's error at most (the delay of the freshest checkpoint's application).
+//! - Memory: one entry per live session, one offset per term seen since the start (terms change
+//!   only on elections); waiting keepalives, in-flight checkpoints and expiries are bounded by
+//!   the sessions and time out.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -35,6 +45,9 @@ use crate::fsm::SessionChange;
 pub const MAX_LEASES_PER_CHECKPOINT: usize = 4096;
 /// Most expiries proposed in one turn.
 const MAX_EXPIRIES_PER_TURN: usize = 1024;
+/// Offsets kept for this many terms at most (the oldest are forgotten: a lease whose basis
+/// is that old has been re-based by every leader since).
+const MAX_TERMS: usize = 64;
 
 /// What a keepalive is answered with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,11 +58,21 @@ pub struct Grant {
     pub granted_ms: u64,
 }
 
+/// Where a lease's count starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Basis {
+    /// A reading of this member's clock.
+    Local(u64),
+    /// A reading of the clock of the leader of `term`.
+    Leader { term: u64, leader_ms: u64 },
+}
+
 #[derive(Debug, Clone)]
 struct Lease {
     ttl_ms: u64,
-    /// When it runs out on this member's clock.
-    deadline_ms: u64,
+    basis: Basis,
+    /// Left at `basis`.
+    remaining_ms: u64,
     /// Its checkpoint count in the replicated state.
     checkpoints: u64,
     /// Leader only: when the last keepalive arrived, if one did in this term.
@@ -60,7 +83,12 @@ struct Lease {
 #[derive(Debug, Default)]
 pub struct Leases {
     sessions: BTreeMap<String, Lease>,
-    /// (deadline, id) of every session: the leader's expiry scan.
+    /// How far this member's clock is ahead of the leader of each term (at most; see the
+    /// module doc). Signed: clocks start anywhere.
+    offsets: BTreeMap<u64, i64>,
+    /// The term this member leads in, if it does.
+    leading: Option<u64>,
+    /// Leader only (after [`Leases::promoted`]): (deadline, id) of every session.
     by_deadline: BTreeSet<(u64, String)>,
     /// Leader only: sessions to put in the next checkpoint.
     to_checkpoint: BTreeSet<String>,
@@ -68,23 +96,33 @@ pub struct Leases {
     checkpointing: BTreeMap<String, u64>,
     /// Leader only: sessions whose proposed expiry is not applied yet, since when.
     expiring: BTreeMap<String, u64>,
+    /// Leader only: when it last proposed a checkpoint.
+    last_checkpoint: u64,
     /// Keepalives waiting for their session's checkpoint: (waiter, arrived at).
     waiting: BTreeMap<String, Vec<(Waiter, u64)>>,
 }
 
+type Replies = Vec<(Waiter, Result<Grant, RequestError>)>;
+
 impl Leases {
-    /// Forgets everything and loads `sessions` (id, ttl, lease left, checkpoint count) as read
+    /// Forgets every lease and loads `sessions` (id, ttl, lease left, checkpoint count) as read
     /// from the state, counting from `now`: at start, and after a snapshot replaced the state.
-    /// Waiting keepalives are answered `fail` (returned as replies).
+    /// Waiting keepalives are answered not found.
     pub fn reload(
         &mut self,
         sessions: impl IntoIterator<Item = (String, u64, u64, u64)>,
         now: u64,
-    ) -> Vec<(Waiter, Result<Grant, RequestError>)> {
+    ) -> Replies {
         let replies = self.fail_waiting(|id| RequestError::SessionNotFound { session: id.to_string() });
-        *self = Leases::default();
+        let leading = self.leading;
+        *self = Leases { offsets: std::mem::take(&mut self.offsets), ..Leases::default() };
         for (id, ttl_ms, remaining_ms, checkpoints) in sessions {
-            self.set(id, Lease { ttl_ms, deadline_ms: now + remaining_ms, checkpoints, renewed_at: None });
+            let lease =
+                Lease { ttl_ms, basis: Basis::Local(now), remaining_ms, checkpoints, renewed_at: None };
+            self.sessions.insert(id, lease);
+        }
+        if let Some(term) = leading {
+            self.promoted(term, now);
         }
         replies
     }
@@ -99,27 +137,75 @@ impl Leases {
 
     /// The lease left of session `id` at `now`, if it is live here.
     pub fn remaining(&self, id: &str, now: u64) -> Option<u64> {
-        self.sessions.get(id).map(|l| l.deadline_ms.saturating_sub(now))
+        self.sessions.get(id).map(|l| self.deadline(l).saturating_sub(now))
     }
 
-    /// Applies what a command did to sessions, learned at `base` (see the module doc). Returns
-    /// the answers of keepalives that waited for it.
-    pub fn changed(
-        &mut self,
-        change: SessionChange,
-        base: u64,
-        now: u64,
-    ) -> Vec<(Waiter, Result<Grant, RequestError>)> {
+    /// When `lease` runs out on this member's clock.
+    fn deadline(&self, lease: &Lease) -> u64 {
+        let start = match lease.basis {
+            Basis::Local(at) => at,
+            Basis::Leader { term, .. } if self.leading == Some(term) => self.leader_ms(lease),
+            Basis::Leader { term, leader_ms } => {
+                // Every applied checkpoint of a term left a sample first; a forgotten term
+                // counts from its reading as if the clocks agreed at the latest sample known.
+                let offset = self.offsets.get(&term).copied().unwrap_or_else(|| self.latest_offset());
+                (leader_ms as i64).saturating_add(offset).max(0) as u64
+            }
+        };
+        start.saturating_add(lease.remaining_ms)
+    }
+
+    fn leader_ms(&self, lease: &Lease) -> u64 {
+        match lease.basis {
+            Basis::Leader { leader_ms, .. } => leader_ms,
+            Basis::Local(at) => at,
+        }
+    }
+
+    /// The offset of the newest term known, the safest guess for a forgotten one: the
+    /// largest is taken, so that no lease ends earlier than with the true one.
+    fn latest_offset(&self) -> i64 {
+        self.offsets.values().copied().max().unwrap_or(0)
+    }
+
+    /// Applies what a command of `term` did to sessions; `learned_at` is when this member
+    /// learned the entry (see the module doc), `now` its clock. Returns the answers of
+    /// keepalives that waited for it.
+    pub fn changed(&mut self, change: SessionChange, term: u64, learned_at: u64, now: u64) -> Replies {
         match change {
-            SessionChange::Started { id, ttl_ms } => {
-                self.set(id, Lease { ttl_ms, deadline_ms: base + ttl_ms, checkpoints: 0, renewed_at: None });
+            SessionChange::Clock { leader_ms } => {
+                if self.leading != Some(term) {
+                    let sample = (now as i64).saturating_sub(leader_ms as i64);
+                    let offset = self.offsets.entry(term).or_insert(sample);
+                    *offset = (*offset).min(sample);
+                    while self.offsets.len() > MAX_TERMS {
+                        self.offsets.pop_first();
+                    }
+                }
                 Vec::new()
             }
-            SessionChange::Renewed { id, ttl_ms, remaining_ms, checkpoints } => {
+            SessionChange::Started { id, ttl_ms } => {
+                let lease = Lease {
+                    ttl_ms,
+                    basis: Basis::Local(learned_at),
+                    remaining_ms: ttl_ms,
+                    checkpoints: 0,
+                    renewed_at: None,
+                };
+                self.set(id, lease);
+                Vec::new()
+            }
+            SessionChange::Renewed { id, ttl_ms, remaining_ms, checkpoints, leader_ms } => {
                 self.checkpointing.remove(&id);
                 let renewed_at = self.sessions.get(&id).and_then(|l| l.renewed_at);
-                let lease = Lease { ttl_ms, deadline_ms: base + remaining_ms, checkpoints, renewed_at };
-                let grant = Grant { ttl_ms, granted_ms: lease.deadline_ms.saturating_sub(now) };
+                let lease = Lease {
+                    ttl_ms,
+                    basis: Basis::Leader { term, leader_ms },
+                    remaining_ms,
+                    checkpoints,
+                    renewed_at,
+                };
+                let grant = Grant { ttl_ms, granted_ms: self.deadline(&lease).saturating_sub(now) };
                 self.set(id.clone(), lease);
                 self.waiting
                     .remove(&id)
@@ -130,7 +216,8 @@ impl Leases {
             }
             SessionChange::Ended { id } => {
                 if let Some(l) = self.sessions.remove(&id) {
-                    self.by_deadline.remove(&(l.deadline_ms, id.clone()));
+                    let deadline = self.deadline(&l);
+                    self.by_deadline.remove(&(deadline, id.clone()));
                 }
                 self.to_checkpoint.remove(&id);
                 self.checkpointing.remove(&id);
@@ -146,19 +233,50 @@ impl Leases {
         }
     }
 
-    /// A keepalive on the leader (ready to act, see the module doc) at `now`: answered at once,
-    /// or `None` when it waits for a checkpoint.
+    /// This member leads in `term` and has applied every entry of earlier terms: from now on
+    /// it answers keepalives and tends leases, and every lease is re-based in its next
+    /// checkpoint.
+    pub fn promoted(&mut self, term: u64, now: u64) {
+        self.leading = Some(term);
+        self.by_deadline = self.sessions.iter().map(|(id, l)| (self.deadline(l), id.clone())).collect();
+        self.to_checkpoint = self.sessions.keys().cloned().collect();
+        self.last_checkpoint = now;
+    }
+
+    /// This member no longer leads (or leads in a new term, not yet promoted): what only a
+    /// leader keeps is dropped, and waiting keepalives are answered `NotLeader`.
+    pub fn demoted(&mut self, member: u64, leader: u64) -> Replies {
+        if let Some(term) = self.leading.take() {
+            // Its own readings become another leader's: its clock is exactly its own.
+            self.offsets.insert(term, 0);
+        }
+        self.by_deadline.clear();
+        self.to_checkpoint.clear();
+        self.checkpointing.clear();
+        self.expiring.clear();
+        for lease in self.sessions.values_mut() {
+            lease.renewed_at = None;
+        }
+        self.fail_waiting(|_| RequestError::NotLeader { member, leader })
+    }
+
+    /// A keepalive on the promoted leader at `now`: answered at once, or `None` when it waits
+    /// for a checkpoint.
     pub fn keep_alive(&mut self, waiter: Waiter, id: &str, now: u64) -> Option<Result<Grant, RequestError>> {
         let gone = || RequestError::SessionNotFound { session: id.to_string() };
-        let Some(lease) = self.sessions.get_mut(id) else { return Some(Err(gone())) };
-        if lease.deadline_ms <= now || self.expiring.contains_key(id) {
+        let Some(lease) = self.sessions.get(id) else { return Some(Err(gone())) };
+        let deadline = self.deadline(lease);
+        if deadline <= now || self.expiring.contains_key(id) {
             // Its lease ran out: no grant can be given from the log any more.
             return Some(Err(gone()));
         }
-        lease.renewed_at = Some(now);
-        let left = lease.deadline_ms - now;
-        if left >= lease.ttl_ms / 2 {
-            return Some(Ok(Grant { ttl_ms: lease.ttl_ms, granted_ms: left }));
+        let ttl_ms = lease.ttl_ms;
+        if let Some(lease) = self.sessions.get_mut(id) {
+            lease.renewed_at = Some(now);
+        }
+        let left = deadline - now;
+        if left >= ttl_ms / 2 {
+            return Some(Ok(Grant { ttl_ms, granted_ms: left }));
         }
         if !self.checkpointing.contains_key(id) {
             self.to_checkpoint.insert(id.to_string());
@@ -167,23 +285,29 @@ impl Leases {
         None
     }
 
-    /// The leader's work at `now`: the commands to propose (a checkpoint of the renewed leases,
-    /// expiries of the leases that ran out).
-    pub fn tend(&mut self, now: u64) -> Vec<Body> {
+    /// The promoted leader's work at `now`: the commands to propose — a checkpoint of the
+    /// leases to renew or re-base (or of none, to give members a reading of its clock at least
+    /// every `clock_every_ms` while sessions live), and expiries of the leases that ran out.
+    pub fn tend(&mut self, now: u64, clock_every_ms: u64) -> Vec<Body> {
+        if self.leading.is_none() {
+            return Vec::new();
+        }
         let mut out = Vec::new();
         let mut leases = Vec::new();
         while leases.len() < MAX_LEASES_PER_CHECKPOINT {
             let Some(id) = self.to_checkpoint.pop_first() else { break };
             let Some(lease) = self.sessions.get(&id) else { continue };
-            let Some(renewed_at) = lease.renewed_at else { continue };
-            // Counted from the keepalive: the entry is appended now, so every member counts it
-            // from now or later.
-            let remaining_ms = (renewed_at + lease.ttl_ms).saturating_sub(now);
+            // From the last keepalive, or what the log already gives, whichever is later. The
+            // entry is proposed now: every member counts it from now or later.
+            let end = lease.renewed_at.map_or(0, |at| at + lease.ttl_ms).max(self.deadline(lease));
             self.checkpointing.insert(id.clone(), now);
-            leases.push(SessionLease { id, remaining_ms });
+            leases.push(SessionLease { id, remaining_ms: end.saturating_sub(now) });
         }
-        if !leases.is_empty() {
-            out.push(Body::CheckpointSessions(CheckpointSessions { leases }));
+        let clock_due =
+            !self.sessions.is_empty() && now.saturating_sub(self.last_checkpoint) >= clock_every_ms;
+        if !leases.is_empty() || clock_due {
+            self.last_checkpoint = now;
+            out.push(Body::CheckpointSessions(CheckpointSessions { leases, leader_ms: now }));
         }
         let due: Vec<(String, u64)> = self
             .by_deadline
@@ -200,15 +324,15 @@ impl Leases {
         out
     }
 
+    /// The term this member leads in, once promoted.
+    pub fn leading(&self) -> Option<u64> {
+        self.leading
+    }
+
     /// Forgets checkpoints, expiries and keepalive waits older than `timeout_ms` (a lost
     /// proposal: they are tried again). Returns the keepalives that timed out, answered
     /// `timed_out`.
-    pub fn time_out(
-        &mut self,
-        now: u64,
-        timeout_ms: u64,
-        timed_out: &RequestError,
-    ) -> Vec<(Waiter, Result<Grant, RequestError>)> {
+    pub fn time_out(&mut self, now: u64, timeout_ms: u64, timed_out: &RequestError) -> Replies {
         let old = |since: &u64| now.saturating_sub(*since) >= timeout_ms;
         self.checkpointing.retain(|_, since| !old(since));
         self.expiring.retain(|_, since| !old(since));
@@ -217,7 +341,7 @@ impl Leases {
             let (expired, kept): (Vec<_>, Vec<_>) =
                 std::mem::take(waits).into_iter().partition(|(_, t)| old(t));
             *waits = kept;
-            if !expired.is_empty() && !self.checkpointing.contains_key(id) {
+            if !expired.is_empty() && !self.checkpointing.contains_key(id) && self.leading.is_some() {
                 self.to_checkpoint.insert(id.clone());
             }
             replies.extend(expired.into_iter().map(|(w, _)| (w, Err(timed_out.clone()))));
@@ -226,26 +350,7 @@ impl Leases {
         replies
     }
 
-    /// This member stopped being the leader (or became it): what only a leader keeps is
-    /// dropped, and waiting keepalives are answered `NotLeader`.
-    pub fn leadership_changed(
-        &mut self,
-        member: u64,
-        leader: u64,
-    ) -> Vec<(Waiter, Result<Grant, RequestError>)> {
-        self.to_checkpoint.clear();
-        self.checkpointing.clear();
-        self.expiring.clear();
-        for lease in self.sessions.values_mut() {
-            lease.renewed_at = None;
-        }
-        self.fail_waiting(|_| RequestError::NotLeader { member, leader })
-    }
-
-    fn fail_waiting(
-        &mut self,
-        error: impl Fn(&str) -> RequestError,
-    ) -> Vec<(Waiter, Result<Grant, RequestError>)> {
+    fn fail_waiting(&mut self, error: impl Fn(&str) -> RequestError) -> Replies {
         let mut replies = Vec::new();
         for (id, waits) in std::mem::take(&mut self.waiting) {
             let e = error(&id);
@@ -255,10 +360,13 @@ impl Leases {
     }
 
     fn set(&mut self, id: String, lease: Lease) {
-        if let Some(old) = self.sessions.get(&id) {
-            self.by_deadline.remove(&(old.deadline_ms, id.clone()));
+        if self.leading.is_some() {
+            if let Some(old) = self.sessions.get(&id) {
+                let deadline = self.deadline(old);
+                self.by_deadline.remove(&(deadline, id.clone()));
+            }
+            self.by_deadline.insert((self.deadline(&lease), id.clone()));
         }
-        self.by_deadline.insert((lease.deadline_ms, id.clone()));
         self.sessions.insert(id, lease);
     }
 }
@@ -267,8 +375,17 @@ impl Leases {
 mod tests {
     use super::*;
 
+    const TERM: u64 = 3;
+    const CLOCK: u64 = 100;
+
     fn started(l: &mut Leases, id: &str, ttl_ms: u64, at: u64) {
-        l.changed(SessionChange::Started { id: id.into(), ttl_ms }, at, at);
+        l.changed(SessionChange::Started { id: id.into(), ttl_ms }, TERM, at, at);
+    }
+
+    fn leader() -> Leases {
+        let mut l = Leases::default();
+        l.promoted(TERM, 0);
+        l
     }
 
     fn checkpoint_of(bodies: &[Body]) -> Vec<(String, u64)> {
@@ -292,42 +409,55 @@ mod tests {
             .collect()
     }
 
+    fn renewed(id: &str, remaining_ms: u64, checkpoints: u64, leader_ms: u64) -> SessionChange {
+        SessionChange::Renewed { id: id.into(), ttl_ms: 10_000, remaining_ms, checkpoints, leader_ms }
+    }
+
     #[test]
     fn a_keepalive_is_granted_at_once_what_the_log_guarantees_while_half_the_ttl_is_left() {
-        let mut l = Leases::default();
+        let mut l = leader();
         started(&mut l, "s", 10_000, 1_000);
         let grant = l.keep_alive(1, "s", 4_000).expect("answered at once").expect("granted");
         assert_eq!(grant, Grant { ttl_ms: 10_000, granted_ms: 7_000 }, "the lease left, never more");
-        assert!(l.tend(4_000).is_empty(), "nothing to checkpoint while half the TTL is left");
+        assert!(
+            checkpoint_of(&l.tend(4_000, u64::MAX)).is_empty(),
+            "nothing to renew while half the TTL is left"
+        );
     }
 
     #[test]
     fn a_keepalive_with_less_than_half_left_waits_for_a_checkpoint_counted_from_it() {
-        let mut l = Leases::default();
+        let mut l = leader();
         started(&mut l, "s", 10_000, 0);
         assert_eq!(l.keep_alive(7, "s", 6_000), None, "4 s of 10 left: it waits for a checkpoint");
-        let proposed = l.tend(6_100);
+        let proposed = l.tend(6_100, u64::MAX);
         assert_eq!(
             checkpoint_of(&proposed),
             vec![("s".to_string(), 9_900)],
             "TTL counted from the keepalive"
         );
-        assert!(l.tend(6_200).is_empty(), "a session in flight is not checkpointed twice");
-        let change =
-            SessionChange::Renewed { id: "s".into(), ttl_ms: 10_000, remaining_ms: 9_900, checkpoints: 1 };
-        let replies = l.changed(change, 6_100, 6_300);
-        assert_eq!(replies, vec![(7, Ok(Grant { ttl_ms: 10_000, granted_ms: 9_700 }))]);
+        assert!(l.tend(6_200, u64::MAX).is_empty(), "a session in flight is not checkpointed twice");
+        l.changed(SessionChange::Clock { leader_ms: 6_100 }, TERM, 6_100, 6_300);
+        let replies = l.changed(renewed("s", 9_900, 1, 6_100), TERM, 6_300, 6_300);
+        assert_eq!(
+            replies,
+            vec![(7, Ok(Grant { ttl_ms: 10_000, granted_ms: 9_700 }))],
+            "counted on its own clock"
+        );
         assert_eq!(l.remaining("s", 6_300), Some(9_700));
     }
 
     #[test]
     fn the_leader_expires_a_lease_that_ran_out_naming_its_checkpoint_count_once() {
-        let mut l = Leases::default();
+        let mut l = leader();
         started(&mut l, "a", 1_000, 0);
         started(&mut l, "b", 5_000, 0);
-        assert!(expiries_of(&l.tend(999)).is_empty(), "not before the deadline");
-        assert_eq!(expiries_of(&l.tend(1_000)), vec![("a".to_string(), 0)]);
-        assert!(expiries_of(&l.tend(1_050)).is_empty(), "an expiry in flight is not proposed again");
+        assert!(expiries_of(&l.tend(999, u64::MAX)).is_empty(), "not before the deadline");
+        assert_eq!(expiries_of(&l.tend(1_000, u64::MAX)), vec![("a".to_string(), 0)]);
+        assert!(
+            expiries_of(&l.tend(1_050, u64::MAX)).is_empty(),
+            "an expiry in flight is not proposed again"
+        );
         assert_eq!(
             l.keep_alive(3, "a", 1_060),
             Some(Err(RequestError::SessionNotFound { session: "a".into() })),
@@ -335,32 +465,63 @@ mod tests {
         );
         l.time_out(3_000, 2_000, &RequestError::TimedOut { ticks: 1 });
         assert_eq!(
-            expiries_of(&l.tend(3_000)),
+            expiries_of(&l.tend(3_000, u64::MAX)),
             vec![("a".to_string(), 0)],
             "a lost expiry is proposed again"
         );
-        l.changed(SessionChange::Ended { id: "a".into() }, 3_100, 3_100);
+        l.changed(SessionChange::Ended { id: "a".into() }, TERM, 3_100, 3_100);
         assert_eq!(l.remaining("a", 3_100), None);
     }
 
     #[test]
     fn no_expiry_while_a_checkpoint_of_the_session_is_in_flight() {
-        let mut l = Leases::default();
+        let mut l = leader();
         started(&mut l, "s", 1_000, 0);
         assert_eq!(l.keep_alive(1, "s", 900), None);
-        assert_eq!(checkpoint_of(&l.tend(900)).len(), 1);
-        assert!(expiries_of(&l.tend(1_200)).is_empty(), "its renewal may still commit");
+        assert_eq!(checkpoint_of(&l.tend(900, u64::MAX)).len(), 1);
+        assert!(expiries_of(&l.tend(1_200, u64::MAX)).is_empty(), "its renewal may still commit");
     }
 
     #[test]
-    fn a_new_leader_inherits_deadlines_and_extends_nothing() {
-        let mut l = Leases::default();
+    fn a_new_leader_carries_deadlines_over_and_re_bases_every_lease_in_its_first_checkpoint() {
+        let mut l = leader();
         started(&mut l, "s", 10_000, 0);
         assert_eq!(l.keep_alive(1, "s", 8_000), None);
-        let replies = l.leadership_changed(1, 2);
+        let replies = l.demoted(1, 2);
         assert_eq!(replies, vec![(1, Err(RequestError::NotLeader { member: 1, leader: 2 }))]);
-        assert!(l.tend(9_000).is_empty(), "a keepalive heard as leader before is forgotten");
-        assert_eq!(expiries_of(&l.tend(10_000)).len(), 1, "the inherited deadline stands");
+        assert!(l.tend(9_000, CLOCK).is_empty(), "a follower tends nothing");
+        l.promoted(TERM + 2, 9_000);
+        let first = l.tend(9_000, CLOCK);
+        assert_eq!(checkpoint_of(&first), vec![("s".to_string(), 1_000)], "re-based: what is left, no more");
+        assert_eq!(
+            expiries_of(&l.tend(10_000, CLOCK)),
+            Vec::<(String, u64)>::new(),
+            "its checkpoint is in flight"
+        );
+        l.changed(SessionChange::Clock { leader_ms: 9_000 }, TERM + 2, 9_000, 9_010);
+        l.changed(renewed("s", 1_000, 1, 9_000), TERM + 2, 9_010, 9_010);
+        assert_eq!(
+            expiries_of(&l.tend(10_000, CLOCK)),
+            vec![("s".to_string(), 1)],
+            "the carried-over deadline"
+        );
+    }
+
+    #[test]
+    fn a_follower_counts_a_leaders_reading_with_the_least_offset_it_saw() {
+        let mut f = Leases::default();
+        // The leader's clock reads 5 000 when this member's reads 1 000 (offset −4 000); the
+        // first checkpoint arrives 300 ms late, the next one 10 ms late.
+        f.changed(SessionChange::Clock { leader_ms: 5_000 }, 7, 0, 1_300);
+        f.changed(renewed("s", 8_000, 1, 5_000), 7, 0, 1_300);
+        assert_eq!(f.remaining("s", 1_300), Some(8_000), "counted from the late arrival: never early");
+        f.changed(SessionChange::Clock { leader_ms: 6_000 }, 7, 0, 2_010);
+        assert_eq!(
+            f.remaining("s", 2_010),
+            Some(7_000),
+            "tightened by the prompt sample: 13 000 − 3 990 here"
+        );
+        assert_eq!(f.remaining("s", 9_010), Some(0), "ends at the leader's 13 000, 9 010 here");
     }
 
     #[test]
@@ -368,6 +529,11 @@ mod tests {
         let mut l = Leases::default();
         l.reload([("s".to_string(), 10_000, 4_000, 3)], 500);
         assert_eq!(l.remaining("s", 500), Some(4_000));
-        assert_eq!(expiries_of(&l.tend(4_500)), vec![("s".to_string(), 3)]);
+        l.promoted(TERM, 500);
+        assert_eq!(
+            expiries_of(&l.tend(4_500, u64::MAX)),
+            Vec::<(String, u64)>::new(),
+            "the re-basing checkpoint is in flight"
+        );
     }
 }

@@ -101,11 +101,20 @@ pub struct Timing {
     pub request_timeout_ticks: u64,
     /// A ReadIndex not answered after this many ticks is asked again under a new context.
     pub read_retry_ticks: u64,
+    /// Milliseconds of a tick, as the driver runs them: the lease clock's readings go into the
+    /// log at least every election timeout (see `leases`).
+    pub tick_ms: u64,
 }
 
 impl Default for Timing {
     fn default() -> Self {
-        Timing { election_tick: 10, heartbeat_tick: 1, request_timeout_ticks: 200, read_retry_ticks: 10 }
+        Timing {
+            election_tick: 10,
+            heartbeat_tick: 1,
+            request_timeout_ticks: 200,
+            read_retry_ticks: 10,
+            tick_ms: 50,
+        }
     }
 }
 
@@ -566,26 +575,32 @@ impl Core {
         }
     }
 
-    /// Whether this member leads and has applied every entry of earlier terms.
+    /// Whether this member leads and its leases are promoted (see [`Core::tend_leases`]).
     fn leases_ready(&self) -> bool {
-        self.raw.raft.state == StateRole::Leader
-            && self
-                .lease_ready_from
-                .is_some_and(|(term, index)| term == self.raw.raft.term && self.applied.index >= index)
+        self.raw.raft.state == StateRole::Leader && self.leases.leading() == Some(self.raw.raft.term)
     }
 
-    /// The leader's lease work for this turn: keepalives that waited for it to be ready, and
-    /// its checkpoints and expiries, proposed under its own ids.
+    /// The leader's lease work for this turn. Once it has applied every entry of earlier terms
+    /// its leases are promoted; then keepalives that waited for that are answered, and its
+    /// checkpoints and expiries proposed under its own ids.
     fn tend_leases(&mut self) {
-        if !self.leases_ready() {
+        let r = &self.raw.raft;
+        let applied_earlier_terms =
+            self.lease_ready_from.is_some_and(|(term, index)| term == r.term && self.applied.index >= index);
+        if r.state != StateRole::Leader || !applied_earlier_terms {
             return;
+        }
+        if self.leases.leading() != Some(r.term) {
+            let term = r.term;
+            self.leases.promoted(term, self.clock_ms);
         }
         for (waiter, id, _) in std::mem::take(&mut self.early_keepalives) {
             if let Some(result) = self.leases.keep_alive(waiter, &id, self.clock_ms) {
                 self.actions.push(Action::KeptAlive { waiter, result });
             }
         }
-        for body in self.leases.tend(self.clock_ms) {
+        let clock_every = self.timing.election_tick as u64 * self.timing.tick_ms;
+        for body in self.leases.tend(self.clock_ms, clock_every) {
             self.propose_own(OWN_WAITER, body);
         }
     }
@@ -851,7 +866,7 @@ impl Core {
         let failed: Vec<Action> =
             reads.map(|w| Action::ReadFailed { waiter: w, error: RequestError::ShuttingDown }).collect();
         self.actions.extend(failed);
-        let keepalives = self.leases.leadership_changed(self.id(), 0);
+        let keepalives = self.leases.demoted(self.id(), 0);
         let early = std::mem::take(&mut self.early_keepalives).into_iter().map(|(w, _, _)| w);
         for waiter in keepalives.into_iter().map(|(w, _)| w).chain(early) {
             self.actions.push(Action::KeptAlive { waiter, result: Err(RequestError::ShuttingDown) });
@@ -977,9 +992,9 @@ impl Core {
         }
         if !overtaken {
             for a in &progress.commands {
-                let base = self.learned_at(a.index);
+                let learned_at = self.learned_at(a.index);
                 for change in a.sessions.iter().cloned() {
-                    let replies = self.leases.changed(change, base, self.clock_ms);
+                    let replies = self.leases.changed(change, a.term, learned_at, self.clock_ms);
                     self.kept_alive(replies);
                 }
             }
@@ -1100,7 +1115,7 @@ impl Core {
             _ => {}
         }
         if (now.role == Role::Leader) != (before.role == Role::Leader) || now.term != before.term {
-            let replies = self.leases.leadership_changed(member, now.leader);
+            let replies = self.leases.demoted(member, now.leader);
             self.kept_alive(replies);
             self.append_times.clear();
             self.lease_ready_from = (now.role == Role::Leader).then_some((now.term, index));

@@ -38,8 +38,11 @@ pub struct Event {
 pub enum SessionChange {
     /// Created with a lease of its whole TTL.
     Started { id: String, ttl_ms: u64 },
-    /// A checkpoint renewed it: `remaining_ms` left, its `checkpoints`-th renewal.
-    Renewed { id: String, ttl_ms: u64, remaining_ms: u64, checkpoints: u64 },
+    /// A checkpoint renewed it: `remaining_ms` left from the leader's clock reading
+    /// `leader_ms`, its `checkpoints`-th renewal.
+    Renewed { id: String, ttl_ms: u64, remaining_ms: u64, checkpoints: u64, leader_ms: u64 },
+    /// A checkpoint's leader clock reading (one per checkpoint, before its renewals).
+    Clock { leader_ms: u64 },
     /// Closed or expired: it and everything it owned are gone.
     Ended { id: String },
 }

@@ -90,8 +90,9 @@ pub enum FsmError {
 /// What applying one command produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppliedCommand {
-    /// The log index of the entry.
+    /// The log index and term of the entry.
     pub index: u64,
+    pub term: u64,
     /// Empty when the command had none or could not be decoded.
     pub request_id: String,
     /// FNV-1a of the whole encoded command ([`command_hash`]): a waiter is answered only for the
@@ -168,7 +169,7 @@ pub fn apply_entry(
     let result = if data.is_empty() {
         None
     } else {
-        Some(apply_command(txn, index, &mut pos.revision, data, bounds)?)
+        Some(apply_command(txn, index, term, &mut pos.revision, data, bounds)?)
     };
     pos.index = index;
     pos.term = term;
@@ -210,6 +211,7 @@ pub fn state_hash(txn: &ReadTransaction) -> Result<u64, FsmError> {
 fn apply_command(
     txn: &WriteTransaction,
     index: u64,
+    term: u64,
     revision: &mut i64,
     data: &[u8],
     bounds: &Bounds,
@@ -222,6 +224,7 @@ fn apply_command(
             let outcome = Outcome { revision: *revision, data_omitted: false, result: Some(why) };
             return Ok(AppliedCommand {
                 index,
+                term,
                 request_id: String::new(),
                 command_hash,
                 outcome,
@@ -234,6 +237,7 @@ fn apply_command(
         if let requests::Seen::Answered(outcome) = requests::lookup(txn, &cmd.request_id, command_hash)? {
             return Ok(AppliedCommand {
                 index,
+                term,
                 request_id: cmd.request_id,
                 command_hash,
                 outcome,
@@ -266,7 +270,7 @@ fn apply_command(
     if !cmd.request_id.is_empty() {
         requests::remember(txn, index, &cmd.request_id, command_hash, &outcome, bounds.request_memory_bytes)?;
     }
-    Ok(AppliedCommand { index, request_id: cmd.request_id, command_hash, outcome, events, sessions })
+    Ok(AppliedCommand { index, term, request_id: cmd.request_id, command_hash, outcome, events, sessions })
 }
 
 /// Opens a table for reading; a table that was never created reads as absent.

@@ -134,6 +134,7 @@ pub(crate) fn expire(ap: &mut Apply, req: ExpireSession) -> Result<outcome::Resu
 /// longer than the TTL is cut to it.
 pub(crate) fn checkpoint(ap: &mut Apply, req: CheckpointSessions) -> Result<outcome::Result, FsmError> {
     let mut sessions = ap.txn.open_table(SESSIONS)?;
+    ap.session_changed(SessionChange::Clock { leader_ms: req.leader_ms });
     for lease in req.leases {
         let Some(mut row) = get_in(&sessions, &lease.id)? else { continue };
         row.remaining_ms = lease.remaining_ms.min(row.ttl_ms);
@@ -144,6 +145,7 @@ pub(crate) fn checkpoint(ap: &mut Apply, req: CheckpointSessions) -> Result<outc
             ttl_ms: row.ttl_ms,
             remaining_ms: row.remaining_ms,
             checkpoints: row.checkpoints,
+            leader_ms: req.leader_ms,
         });
     }
     Ok(outcome::Result::Session(SessionResult::default()))
@@ -432,6 +434,7 @@ mod tests {
                     SessionLease { id: "s".into(), remaining_ms },
                     SessionLease { id: "gone".into(), remaining_ms: 5 },
                 ],
+                leader_ms: 40,
             })
         };
         let rev = s.applied().revision;
@@ -439,12 +442,16 @@ mod tests {
         assert_eq!(renewed.outcome.revision, rev, "a checkpoint raises no revision");
         assert_eq!(
             renewed.sessions,
-            vec![SessionChange::Renewed {
-                id: "s".into(),
-                ttl_ms: 10_000,
-                remaining_ms: 7_000,
-                checkpoints: 1
-            }],
+            vec![
+                SessionChange::Clock { leader_ms: 40 },
+                SessionChange::Renewed {
+                    id: "s".into(),
+                    ttl_ms: 10_000,
+                    remaining_ms: 7_000,
+                    checkpoints: 1,
+                    leader_ms: 40
+                }
+            ],
             "only existing sessions are renewed"
         );
         s.apply("", cp(99_000));

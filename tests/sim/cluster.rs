@@ -58,7 +58,13 @@ const SETTLE_BUDGET_US: u64 = 40_000_000;
 
 /// The raft timing of every member (in ticks).
 fn timing() -> Timing {
-    Timing { election_tick: 10, heartbeat_tick: 2, request_timeout_ticks: 150, read_retry_ticks: 10 }
+    Timing {
+        election_tick: 10,
+        heartbeat_tick: 2,
+        request_timeout_ticks: 150,
+        read_retry_ticks: 10,
+        tick_ms: TICK_US / 1_000,
+    }
 }
 
 /// What a seed decides about its run.
