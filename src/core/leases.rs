@@ -30,6 +30,8 @@
 //!   first wins (see `fsm::sessions`).
 //! - Nothing extends a lease but a keepalive: leader changes carry deadlines over, off by the
 //!   offset estimate's error at most (the delay of the freshest checkpoint's application).
+//! - Nothing moves a lease back either: a checkpoint applied after one with a later deadline
+//!   (it was read earlier, and handed to raft again) leaves the later deadline.
 //! - Memory: one entry per live session, one offset per term seen since the start (terms change
 //!   only on elections); waiting keepalives, in-flight checkpoints and expiries are bounded by
 //!   the sessions and time out.
@@ -49,6 +51,19 @@ const MAX_EXPIRIES_PER_TURN: usize = 1024;
 /// is that old has been re-based by every leader since).
 const MAX_TERMS: usize = 64;
 
+/// A session's lease as the state stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub id: String,
+    pub ttl_ms: u64,
+    /// Left at the reading `leader_ms` of the clock of the leader of `term` (0: never
+    /// checkpointed; left since its creation).
+    pub remaining_ms: u64,
+    pub checkpoints: u64,
+    pub term: u64,
+    pub leader_ms: u64,
+}
+
 /// What a keepalive is answered with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grant {
@@ -65,6 +80,10 @@ enum Basis {
     Local(u64),
     /// A reading of the clock of the leader of `term`.
     Leader { term: u64, leader_ms: u64 },
+    /// A reading of the clock of the leader of `term`, loaded from the state at `at` on this
+    /// member's clock (a start, a snapshot): counted from the reading once this member knows
+    /// that leader's offset, and never later than from `at`.
+    Loaded { term: u64, leader_ms: u64, at: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -105,21 +124,25 @@ pub struct Leases {
 type Replies = Vec<(Waiter, Result<Grant, RequestError>)>;
 
 impl Leases {
-    /// Forgets every lease and loads `sessions` (id, ttl, lease left, checkpoint count) as read
-    /// from the state, counting from `now`: at start, and after a snapshot replaced the state.
-    /// Waiting keepalives are answered not found.
-    pub fn reload(
-        &mut self,
-        sessions: impl IntoIterator<Item = (String, u64, u64, u64)>,
-        now: u64,
-    ) -> Replies {
+    /// Forgets every lease and loads `sessions` as read from the state at `now`: at start, and
+    /// after a snapshot replaced the state. Waiting keepalives are answered not found.
+    pub fn reload(&mut self, sessions: impl IntoIterator<Item = Stored>, now: u64) -> Replies {
         let replies = self.fail_waiting(|id| RequestError::SessionNotFound { session: id.to_string() });
         let leading = self.leading;
         *self = Leases { offsets: std::mem::take(&mut self.offsets), ..Leases::default() };
-        for (id, ttl_ms, remaining_ms, checkpoints) in sessions {
-            let lease =
-                Lease { ttl_ms, basis: Basis::Local(now), remaining_ms, checkpoints, renewed_at: None };
-            self.sessions.insert(id, lease);
+        for st in sessions {
+            let basis = match st.term {
+                0 => Basis::Local(now),
+                term => Basis::Loaded { term, leader_ms: st.leader_ms, at: now },
+            };
+            let lease = Lease {
+                ttl_ms: st.ttl_ms,
+                basis,
+                remaining_ms: st.remaining_ms,
+                checkpoints: st.checkpoints,
+                renewed_at: None,
+            };
+            self.sessions.insert(st.id, lease);
         }
         if let Some(term) = leading {
             self.promoted(term, now);
@@ -144,20 +167,26 @@ impl Leases {
     fn deadline(&self, lease: &Lease) -> u64 {
         let start = match lease.basis {
             Basis::Local(at) => at,
-            Basis::Leader { term, .. } if self.leading == Some(term) => self.leader_ms(lease),
+            Basis::Leader { term, .. } | Basis::Loaded { term, .. } if self.leading == Some(term) => {
+                self.leader_ms(lease)
+            }
             Basis::Leader { term, leader_ms } => {
                 // Every applied checkpoint of a term left a sample first; a forgotten term
                 // counts from its reading as if the clocks agreed at the latest sample known.
                 let offset = self.offsets.get(&term).copied().unwrap_or_else(|| self.latest_offset());
                 (leader_ms as i64).saturating_add(offset).max(0) as u64
             }
+            Basis::Loaded { term, leader_ms, at } => match self.offsets.get(&term) {
+                Some(offset) => at.min((leader_ms as i64).saturating_add(*offset).max(0) as u64),
+                None => at,
+            },
         };
         start.saturating_add(lease.remaining_ms)
     }
 
     fn leader_ms(&self, lease: &Lease) -> u64 {
         match lease.basis {
-            Basis::Leader { leader_ms, .. } => leader_ms,
+            Basis::Leader { leader_ms, .. } | Basis::Loaded { leader_ms, .. } => leader_ms,
             Basis::Local(at) => at,
         }
     }
@@ -197,16 +226,34 @@ impl Leases {
             }
             SessionChange::Renewed { id, ttl_ms, remaining_ms, checkpoints, leader_ms } => {
                 self.checkpointing.remove(&id);
+                // An expiry in flight names an older count: it will be a no-op.
+                self.expiring.remove(&id);
                 let renewed_at = self.sessions.get(&id).and_then(|l| l.renewed_at);
-                let lease = Lease {
+                let mut lease = Lease {
                     ttl_ms,
                     basis: Basis::Leader { term, leader_ms },
                     remaining_ms,
                     checkpoints,
                     renewed_at,
                 };
-                let grant = Grant { ttl_ms, granted_ms: self.deadline(&lease).saturating_sub(now) };
+                // A checkpoint read earlier can be applied after one read later (a proposal
+                // handed to raft again): a lease never moves back; the grants the later
+                // reading gave stand.
+                if let Some(old) = self.sessions.get(&id) {
+                    if self.deadline(old) > self.deadline(&lease) {
+                        lease = Lease { checkpoints, ..old.clone() };
+                    }
+                }
+                let deadline = self.deadline(&lease);
+                let grant = Grant { ttl_ms, granted_ms: deadline.saturating_sub(now) };
+                // A keepalive that arrived while another checkpoint was in flight is not in it:
+                // it waits for one of its own.
+                let uncovered = lease.renewed_at.is_some_and(|at| at + ttl_ms > deadline);
                 self.set(id.clone(), lease);
+                if uncovered && self.leading.is_some() && self.waiting.contains_key(&id) {
+                    self.to_checkpoint.insert(id);
+                    return Vec::new();
+                }
                 self.waiting
                     .remove(&id)
                     .unwrap_or_default()
@@ -266,7 +313,7 @@ impl Leases {
         let gone = || RequestError::SessionNotFound { session: id.to_string() };
         let Some(lease) = self.sessions.get(id) else { return Some(Err(gone())) };
         let deadline = self.deadline(lease);
-        if deadline <= now || self.expiring.contains_key(id) {
+        if deadline <= now {
             // Its lease ran out: no grant can be given from the log any more.
             return Some(Err(gone()));
         }
@@ -289,9 +336,7 @@ impl Leases {
     /// leases to renew or re-base (or of none, to give members a reading of its clock at least
     /// every `clock_every_ms` while sessions live), and expiries of the leases that ran out.
     pub fn tend(&mut self, now: u64, clock_every_ms: u64) -> Vec<Body> {
-        if self.leading.is_none() {
-            return Vec::new();
-        }
+        let Some(term) = self.leading else { return Vec::new() };
         let mut out = Vec::new();
         let mut leases = Vec::new();
         while leases.len() < MAX_LEASES_PER_CHECKPOINT {
@@ -307,7 +352,7 @@ impl Leases {
             !self.sessions.is_empty() && now.saturating_sub(self.last_checkpoint) >= clock_every_ms;
         if !leases.is_empty() || clock_due {
             self.last_checkpoint = now;
-            out.push(Body::CheckpointSessions(CheckpointSessions { leases, leader_ms: now }));
+            out.push(Body::CheckpointSessions(CheckpointSessions { leases, leader_ms: now, term }));
         }
         let due: Vec<(String, u64)> = self
             .by_deadline
@@ -319,7 +364,7 @@ impl Leases {
             .collect();
         for (id, checkpoints) in due {
             self.expiring.insert(id.clone(), now);
-            out.push(Body::ExpireSession(ExpireSession { id, checkpoints }));
+            out.push(Body::ExpireSession(ExpireSession { id, checkpoints, term }));
         }
         out
     }
@@ -474,6 +519,25 @@ mod tests {
     }
 
     #[test]
+    fn a_keepalive_that_arrived_during_another_checkpoint_waits_for_its_own() {
+        let mut l = leader();
+        started(&mut l, "s", 10_000, 0);
+        l.promoted(TERM, 7_000); // re-bases "s": 3 s left, in flight
+        assert_eq!(checkpoint_of(&l.tend(7_000, u64::MAX)), vec![("s".to_string(), 3_000)]);
+        assert_eq!(l.keep_alive(9, "s", 7_100), None, "2.9 s of 10 left: it waits");
+        l.changed(SessionChange::Clock { leader_ms: 7_000 }, TERM, 7_000, 7_200);
+        let replies = l.changed(renewed("s", 3_000, 1, 7_000), TERM, 7_200, 7_200);
+        assert!(replies.is_empty(), "the re-basing checkpoint does not hold the keepalive's renewal");
+        assert_eq!(
+            checkpoint_of(&l.tend(7_200, u64::MAX)),
+            vec![("s".to_string(), 9_900)],
+            "its own one does"
+        );
+        let replies = l.changed(renewed("s", 9_900, 2, 7_200), TERM, 7_300, 7_300);
+        assert_eq!(replies, vec![(9, Ok(Grant { ttl_ms: 10_000, granted_ms: 9_800 }))]);
+    }
+
+    #[test]
     fn no_expiry_while_a_checkpoint_of_the_session_is_in_flight() {
         let mut l = leader();
         started(&mut l, "s", 1_000, 0);
@@ -525,9 +589,50 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_read_earlier_but_applied_later_never_moves_a_lease_back() {
+        let mut f = Leases::default();
+        f.changed(SessionChange::Clock { leader_ms: 9_690 }, 21, 0, 9_696);
+        f.changed(renewed("s", 999, 38, 9_690), 21, 0, 9_696);
+        let before = f.remaining("s", 9_800);
+        f.changed(SessionChange::Clock { leader_ms: 9_518 }, 21, 0, 9_836);
+        f.changed(renewed("s", 1_000, 39, 9_518), 21, 0, 9_836);
+        assert_eq!(f.remaining("s", 9_800), before, "the deadline of checkpoint 38 stands");
+    }
+
+    #[test]
+    fn a_loaded_lease_counts_from_its_leaders_reading_once_the_offset_is_known_never_later_than_from_loading()
+    {
+        let mut f = Leases::default();
+        let stored = Stored {
+            id: "s".into(),
+            ttl_ms: 1_500,
+            remaining_ms: 1_259,
+            checkpoints: 32,
+            term: 18,
+            leader_ms: 12_868,
+        };
+        f.reload([stored], 13_080);
+        assert_eq!(f.remaining("s", 13_080), Some(1_259), "no offset known yet: counted from the load");
+        f.changed(SessionChange::Clock { leader_ms: 13_072 }, 18, 0, 13_083);
+        assert_eq!(
+            f.remaining("s", 13_083),
+            Some(1_055),
+            "then from the leader's reading: 12 868 + 11 + 1 259"
+        );
+    }
+
+    #[test]
     fn reload_counts_the_stored_leases_from_now() {
         let mut l = Leases::default();
-        l.reload([("s".to_string(), 10_000, 4_000, 3)], 500);
+        let stored = Stored {
+            id: "s".into(),
+            ttl_ms: 10_000,
+            remaining_ms: 4_000,
+            checkpoints: 3,
+            term: 0,
+            leader_ms: 0,
+        };
+        l.reload([stored], 500);
         assert_eq!(l.remaining("s", 500), Some(4_000));
         l.promoted(TERM, 500);
         assert_eq!(

@@ -395,6 +395,9 @@ pub struct Core {
     /// As leader: when it appended its entries, (first index, last index, clock), for the
     /// entries not applied yet (see `leases`).
     append_times: VecDeque<(u64, u64, u64)>,
+    /// Request ids of this leader's lease checkpoints and expiries not applied yet: dropped,
+    /// not handed on, when it stops leading (they would be no-ops in another term).
+    lease_proposals: std::collections::BTreeSet<String>,
 }
 
 impl Core {
@@ -478,6 +481,7 @@ impl Core {
             lease_ready_from: None,
             early_keepalives: Vec::new(),
             append_times: VecDeque::new(),
+            lease_proposals: Default::default(),
         };
         Ok((core, applier))
     }
@@ -600,8 +604,11 @@ impl Core {
             }
         }
         let clock_every = self.timing.election_tick as u64 * self.timing.tick_ms;
+        let proposals = &self.proposals;
+        self.lease_proposals.retain(|id| proposals.contains_key(id));
         for body in self.leases.tend(self.clock_ms, clock_every) {
-            self.propose_own(OWN_WAITER, body);
+            let id = self.propose_own(OWN_WAITER, body);
+            self.lease_proposals.insert(id);
         }
     }
 
@@ -1118,6 +1125,9 @@ impl Core {
             let replies = self.leases.demoted(member, now.leader);
             self.kept_alive(replies);
             self.append_times.clear();
+            for id in std::mem::take(&mut self.lease_proposals) {
+                self.proposals.remove(&id);
+            }
             self.lease_ready_from = (now.role == Role::Leader).then_some((now.term, index));
             let early = std::mem::take(&mut self.early_keepalives);
             for (waiter, _, _) in early {
@@ -1137,9 +1147,19 @@ impl Core {
     }
 }
 
-/// Every session's lease as stored: (id, TTL, lease left at its last checkpoint, checkpoints).
-fn stored_leases(db: &Database) -> Result<Vec<(String, u64, u64, u64)>, CoreError> {
+/// Every session's lease as stored.
+fn stored_leases(db: &Database) -> Result<Vec<leases::Stored>, CoreError> {
     let txn = db.begin_read().map_err(redb_err)?;
     let rows = fsm::sessions::all(&txn)?;
-    Ok(rows.into_iter().map(|(id, r)| (id, r.ttl_ms, r.remaining_ms, r.checkpoints)).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(id, r)| leases::Stored {
+            id,
+            ttl_ms: r.ttl_ms,
+            remaining_ms: r.remaining_ms,
+            checkpoints: r.checkpoints,
+            term: r.checkpoint_term,
+            leader_ms: r.leader_ms,
+        })
+        .collect())
 }

@@ -260,8 +260,8 @@ fn apply_command(
             Some(Body::Txn(req)) => kv::txn(&mut ap, req)?,
             Some(Body::CreateSession(req)) => sessions::create(&mut ap, req)?,
             Some(Body::CloseSession(req)) => sessions::close(&mut ap, req)?,
-            Some(Body::ExpireSession(req)) => sessions::expire(&mut ap, req)?,
-            Some(Body::CheckpointSessions(req)) => sessions::checkpoint(&mut ap, req)?,
+            Some(Body::ExpireSession(req)) => sessions::expire(&mut ap, req, term)?,
+            Some(Body::CheckpointSessions(req)) => sessions::checkpoint(&mut ap, req, term)?,
         }
     };
     let (after, events, sessions) = ap.finish();

@@ -14,6 +14,9 @@
 //! - An expiry applies only if no checkpoint renewed the session since the leader decided it
 //!   (its `checkpoints` count is the one the expiry names); otherwise it is a no-op, so that a
 //!   renewal racing an expiry through the log is never lost.
+//! - Checkpoints and expiries apply only in an entry of the term of the leader that proposed
+//!   them (a proposal handed on to the next leader is a no-op): a checkpoint's clock reading
+//!   and an expiry's verdict are that leader's alone.
 //! - Creating a session and checkpointing leases write rows but raise no revision: nothing a
 //!   reader of keys can see changes. Closing or expiring raises one.
 
@@ -98,6 +101,8 @@ pub(crate) fn create(ap: &mut Apply, req: CreateSession) -> Result<outcome::Resu
         checkpoints: 0,
         created_revision: ap.revision(),
         keys: 0,
+        checkpoint_term: 0,
+        leader_ms: 0,
     };
     sessions.insert(req.id.as_bytes(), row.encode_to_vec().as_slice())?;
     ap.session_changed(SessionChange::Started { id: req.id.clone(), ttl_ms: req.ttl_ms });
@@ -116,7 +121,12 @@ pub(crate) fn close(ap: &mut Apply, req: CloseSession) -> Result<outcome::Result
     }
 }
 
-pub(crate) fn expire(ap: &mut Apply, req: ExpireSession) -> Result<outcome::Result, FsmError> {
+/// Ends a session the leader of `term` found out of lease, unless a checkpoint renewed it since
+/// or the expiry reached the log in another leader's term (see the module doc).
+pub(crate) fn expire(ap: &mut Apply, req: ExpireSession, term: u64) -> Result<outcome::Result, FsmError> {
+    if req.term != term {
+        return Ok(outcome::Result::Session(SessionResult { id: req.id, ..Default::default() }));
+    }
     match get(ap.txn, &req.id)? {
         None => Ok(not_found(req.id)),
         // Renewed since the leader decided: the renewal wins.
@@ -130,14 +140,31 @@ pub(crate) fn expire(ap: &mut Apply, req: ExpireSession) -> Result<outcome::Resu
     }
 }
 
-/// Records the leases the leader measured. A session that ended meanwhile is skipped; a lease
-/// longer than the TTL is cut to it.
-pub(crate) fn checkpoint(ap: &mut Apply, req: CheckpointSessions) -> Result<outcome::Result, FsmError> {
+/// Records the leases the leader of `term` measured. A session that ended meanwhile is skipped;
+/// a lease longer than the TTL is cut to it. A checkpoint that reached the log in another
+/// leader's term is a no-op: its clock reading is not that leader's.
+pub(crate) fn checkpoint(
+    ap: &mut Apply,
+    req: CheckpointSessions,
+    term: u64,
+) -> Result<outcome::Result, FsmError> {
+    if req.term != term {
+        return Ok(outcome::Result::Session(SessionResult::default()));
+    }
     let mut sessions = ap.txn.open_table(SESSIONS)?;
     ap.session_changed(SessionChange::Clock { leader_ms: req.leader_ms });
     for lease in req.leases {
         let Some(mut row) = get_in(&sessions, &lease.id)? else { continue };
-        row.remaining_ms = lease.remaining_ms.min(row.ttl_ms);
+        let remaining_ms = lease.remaining_ms.min(row.ttl_ms);
+        // Within one term the readings are of one clock: a checkpoint read earlier but applied
+        // later (handed to raft again) never moves the lease back.
+        let earlier = row.checkpoint_term == term
+            && req.leader_ms.saturating_add(remaining_ms) < row.leader_ms.saturating_add(row.remaining_ms);
+        if !earlier {
+            row.remaining_ms = remaining_ms;
+            row.checkpoint_term = term;
+            row.leader_ms = req.leader_ms;
+        }
         row.checkpoints += 1;
         sessions.insert(lease.id.as_bytes(), row.encode_to_vec().as_slice())?;
         ap.session_changed(SessionChange::Renewed {
@@ -145,7 +172,7 @@ pub(crate) fn checkpoint(ap: &mut Apply, req: CheckpointSessions) -> Result<outc
             ttl_ms: row.ttl_ms,
             remaining_ms: row.remaining_ms,
             checkpoints: row.checkpoints,
-            leader_ms: req.leader_ms,
+            leader_ms: row.leader_ms,
         });
     }
     Ok(outcome::Result::Session(SessionResult::default()))
@@ -435,6 +462,7 @@ mod tests {
                     SessionLease { id: "gone".into(), remaining_ms: 5 },
                 ],
                 leader_ms: 40,
+                term: 1,
             })
         };
         let rev = s.applied().revision;
@@ -460,14 +488,33 @@ mod tests {
             Some((10_000, 2)),
             "cut to the TTL"
         );
-        let stale =
-            as_session(s.apply("", Body::ExpireSession(ExpireSession { id: "s".into(), checkpoints: 1 })));
+        let stale = as_session(
+            s.apply("", Body::ExpireSession(ExpireSession { id: "s".into(), checkpoints: 1, term: 1 })),
+        );
         assert!(!stale.ended, "an expiry decided before the last checkpoint is a no-op");
         assert!(s.get("k").is_some());
-        let expired = s.apply_full("", Body::ExpireSession(ExpireSession { id: "s".into(), checkpoints: 2 }));
+        let expired =
+            s.apply_full("", Body::ExpireSession(ExpireSession { id: "s".into(), checkpoints: 2, term: 1 }));
         assert_eq!(expired.outcome.revision, rev + 1);
         assert!(as_session(expired.outcome).ended, "an expiry at the current checkpoint ends it");
         assert_eq!(s.get("k"), None, "with its keys");
+    }
+
+    #[test]
+    fn a_checkpoint_or_expiry_in_an_entry_of_another_term_is_a_no_op() {
+        let mut s = Store::new(); // applies every entry in term 1
+        create(&mut s, "s", 10_000);
+        let hash = s.hash();
+        let cp = CheckpointSessions {
+            leases: vec![SessionLease { id: "s".into(), remaining_ms: 5 }],
+            leader_ms: 7,
+            term: 2,
+        };
+        let handed_on = s.apply_full("", Body::CheckpointSessions(cp));
+        assert!(handed_on.sessions.is_empty(), "another leader's clock reading is not applied");
+        let expiry = Body::ExpireSession(ExpireSession { id: "s".into(), checkpoints: 0, term: 2 });
+        assert!(!as_session(s.apply("", expiry)).ended, "another leader's verdict is not applied");
+        assert_eq!(s.hash(), hash, "neither changed anything");
     }
 
     #[test]

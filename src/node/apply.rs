@@ -14,11 +14,14 @@
 //! written since the last one — about 7 ms at 1,000 puts/s, during which the apply thread,
 //! and every reply, would wait. A [`Preflush`] thread fsyncs the file first, beside the apply
 //! thread; the durable commit that follows finds little left to write. (An fsync at any moment
-//! is safe: redb's commit protocol never depends on what reached the disk when.)
+//! is safe: redb's commit protocol never depends on what reached the disk when.) A failed
+//! pre-flush stops the member, as a failed durable commit does: after a failed fsync, a later
+//! one may succeed without the lost pages ever reaching the disk.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use raft::eraftpb::Entry;
@@ -27,6 +30,7 @@ use super::Event;
 use crate::core::{Applier, CoreError, ReadyObserver};
 use crate::fsm::Applied;
 use crate::metrics::RaftMetrics;
+use crate::storage::StorageError;
 
 /// Batches the raft thread may queue ahead of the apply thread (each at most
 /// `core::MAX_COMMITTED_BYTES_PER_READY`).
@@ -90,56 +94,87 @@ pub struct Preflush {
     file: std::fs::File,
 }
 
+/// What the pre-flush thread reports to the apply thread.
+#[derive(Default)]
+struct Flushes {
+    /// The number of the last request it served.
+    done: AtomicU64,
+    /// The first fsync that failed: the member stops (see [`StorageError::StateSync`]).
+    failed: Mutex<Option<std::io::Error>>,
+}
+
 impl Preflush {
     pub fn open(state_file: &Path) -> std::io::Result<Preflush> {
         Ok(Preflush { file: std::fs::File::open(state_file)? })
     }
 
-    /// Fsyncs the file each time it is asked, then raises `flushed`; ends when the asking side
-    /// is gone.
-    fn serve(self, asked: Receiver<()>, flushed: &AtomicBool) {
-        while asked.recv().is_ok() {
+    /// Fsyncs the file for each numbered request, then records the number (and a failure);
+    /// ends when the asking side is gone.
+    fn serve(self, asked: Receiver<u64>, flushes: &Flushes) {
+        while let Ok(n) = asked.recv() {
             if let Err(e) = self.file.sync_data() {
-                // The durable commit that follows syncs again, and fails the member if the disk
-                // does.
-                tracing::warn!(error = %e, "pre-flushing the state file failed");
+                let mut failed = flushes.failed.lock().unwrap_or_else(|p| p.into_inner());
+                failed.get_or_insert(e);
             }
-            flushed.store(true, Ordering::Release);
+            flushes.done.store(n, Ordering::Release);
         }
     }
 }
 
 /// When the apply thread's durable commit may run: at once without a [`Preflush`] thread; with
-/// one, once it has fsynced the file since it was asked (or took longer than a sync interval).
+/// one, once it served the request this commit made (or took longer than a sync interval).
 struct SyncGate<'a> {
-    ask: Option<SyncSender<()>>,
-    flushed: &'a AtomicBool,
-    asked_at: Option<Instant>,
+    ask: Option<SyncSender<u64>>,
+    flushes: &'a Flushes,
+    /// The request this commit waits for, and when it was made.
+    asked: Option<(u64, Instant)>,
+    /// The number of the last request sent.
+    sent: u64,
 }
 
-impl SyncGate<'_> {
-    fn ready(&mut self) -> bool {
-        let Some(ask) = &self.ask else { return true };
-        match self.asked_at {
-            None => match ask.try_send(()) {
-                Ok(()) | Err(TrySendError::Full(())) => {
-                    self.asked_at = Some(Instant::now());
-                    false
+impl<'a> SyncGate<'a> {
+    fn new(ask: Option<SyncSender<u64>>, flushes: &'a Flushes) -> SyncGate<'a> {
+        SyncGate { ask, flushes, asked: None, sent: 0 }
+    }
+
+    /// Whether the durable commit may run now; an error when a pre-flush failed.
+    fn ready(&mut self) -> Result<bool, CoreError> {
+        if let Some(e) = self.flushes.failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(CoreError::Storage(StorageError::StateSync(e)));
+        }
+        let Some(ask) = &self.ask else { return Ok(true) };
+        match self.asked {
+            None => match ask.try_send(self.sent + 1) {
+                Ok(()) => {
+                    self.sent += 1;
+                    self.asked = Some((self.sent, Instant::now()));
+                    Ok(false)
                 }
-                Err(TrySendError::Disconnected(())) => {
+                // The last request is still queued: this commit waits for it.
+                Err(TrySendError::Full(_)) => {
+                    self.asked = Some((self.sent, Instant::now()));
+                    Ok(false)
+                }
+                Err(TrySendError::Disconnected(_)) => {
                     self.ask = None;
-                    true
+                    Ok(true)
                 }
             },
-            Some(at) => {
-                if self.flushed.swap(false, Ordering::Acquire) || at.elapsed() >= SYNC_INTERVAL {
-                    self.asked_at = None;
-                    true
+            Some((n, at)) => {
+                let served = self.flushes.done.load(Ordering::Acquire) >= n;
+                if served || at.elapsed() >= SYNC_INTERVAL {
+                    self.asked = None;
+                    Ok(true)
                 } else {
-                    false
+                    Ok(false)
                 }
             }
         }
+    }
+
+    /// A durable commit happened without the gate (idle, a snapshot): the next one asks anew.
+    fn synced(&mut self) {
+        self.asked = None;
     }
 }
 
@@ -152,14 +187,14 @@ pub fn run(
     metrics: &RaftMetrics,
     preflush: Option<Preflush>,
 ) {
-    let flushed = AtomicBool::new(false);
+    let flushes = Flushes::default();
     std::thread::scope(|scope| {
-        let mut gate = SyncGate { ask: None, flushed: &flushed, asked_at: None };
+        let mut gate = SyncGate::new(None, &flushes);
         if let Some(p) = preflush {
             let (ask, asked) = mpsc::sync_channel(1);
             let name = std::thread::current().name().map_or("latch-flush".into(), |n| format!("{n}-flush"));
-            let flushed = &flushed;
-            match std::thread::Builder::new().name(name).spawn_scoped(scope, move || p.serve(asked, flushed))
+            let flushes = &flushes;
+            match std::thread::Builder::new().name(name).spawn_scoped(scope, move || p.serve(asked, flushes))
             {
                 Ok(_) => gate.ask = Some(ask),
                 Err(e) => {
@@ -191,6 +226,7 @@ fn apply_loop(
                     if !report(timed_sync(&mut applier, metrics), &events) {
                         return;
                     }
+                    gate.synced();
                     last_sync = Instant::now();
                     continue;
                 }
@@ -219,15 +255,25 @@ fn apply_loop(
                 if !report(applier.apply(entries, &mut timer).map(Some), &events) {
                     return;
                 }
-                if last_sync.elapsed() >= SYNC_INTERVAL && gate.ready() {
-                    if !report(timed_sync(&mut applier, metrics), &events) {
-                        return;
+                if last_sync.elapsed() >= SYNC_INTERVAL {
+                    match gate.ready() {
+                        Err(e) => {
+                            let _ = events.send(Event::ApplyFailed(e));
+                            return;
+                        }
+                        Ok(false) => {}
+                        Ok(true) => {
+                            if !report(timed_sync(&mut applier, metrics), &events) {
+                                return;
+                            }
+                            last_sync = Instant::now();
+                        }
                     }
-                    last_sync = Instant::now();
                 }
             }
             Job::Install { token, index, term, reply } => {
                 let _ = reply.send(applier.install(&token, index, term));
+                gate.synced();
                 last_sync = Instant::now();
             }
         }
@@ -265,23 +311,44 @@ mod tests {
 
     #[test]
     fn a_durable_commit_waits_for_the_pre_flush_it_asked_for() {
-        let flushed = AtomicBool::new(false);
-        let mut inline = SyncGate { ask: None, flushed: &flushed, asked_at: None };
-        assert!(inline.ready(), "without a pre-flush thread the durable commit runs at once");
+        let flushes = Flushes::default();
+        let mut inline = SyncGate::new(None, &flushes);
+        assert!(
+            inline.ready().expect("no failure"),
+            "without a pre-flush thread the durable commit runs at once"
+        );
 
         let (ask, asked) = mpsc::sync_channel(1);
-        let mut gate = SyncGate { ask: Some(ask), flushed: &flushed, asked_at: None };
-        assert!(!gate.ready(), "the first call asks for a pre-flush and waits for it");
-        assert!(asked.try_recv().is_ok(), "the pre-flush thread was asked");
-        assert!(!gate.ready(), "not ready until the pre-flush is done");
+        let mut gate = SyncGate::new(Some(ask), &flushes);
+        assert!(!gate.ready().expect("no failure"), "the first call asks for a pre-flush and waits for it");
+        assert_eq!(asked.try_recv().ok(), Some(1), "the pre-flush thread was asked, request 1");
+        assert!(!gate.ready().expect("no failure"), "not ready until the pre-flush is done");
         assert!(asked.try_recv().is_err(), "asked only once while waiting");
-        flushed.store(true, Ordering::Release);
-        assert!(gate.ready(), "ready once the file was fsynced");
-        assert!(!gate.ready(), "the next durable commit asks for a new pre-flush");
-        assert!(asked.try_recv().is_ok());
+        flushes.done.store(1, Ordering::Release);
+        assert!(gate.ready().expect("no failure"), "ready once request 1 was served");
+        assert!(!gate.ready().expect("no failure"), "the next durable commit asks for a new pre-flush");
+        assert_eq!(asked.try_recv().ok(), Some(2));
+        gate.synced();
+        assert!(!gate.ready().expect("no failure"), "after a sync elsewhere, a commit asks anew");
+        assert_eq!(asked.try_recv().ok(), Some(3), "… and request 2's service does not count for it");
+        flushes.done.store(2, Ordering::Release);
+        assert!(!gate.ready().expect("no failure"), "request 3 is not served yet");
 
         drop(asked);
-        let mut orphan = SyncGate { ask: gate.ask.take(), flushed: &flushed, asked_at: None };
-        assert!(orphan.ready(), "a pre-flush thread that is gone never holds the commit back");
+        let mut orphan = SyncGate::new(gate.ask.take(), &flushes);
+        assert!(
+            orphan.ready().expect("no failure"),
+            "a pre-flush thread that is gone never holds the commit back"
+        );
+    }
+
+    #[test]
+    fn a_failed_pre_flush_stops_the_member() {
+        let flushes = Flushes::default();
+        *flushes.failed.lock().expect("not poisoned") = Some(std::io::Error::other("EIO"));
+        let (ask, _asked) = mpsc::sync_channel(1);
+        let mut gate = SyncGate::new(Some(ask), &flushes);
+        let err = gate.ready().expect_err("a failed fsync is fatal");
+        assert!(err.to_string().contains("fsync of the state file failed"), "{err}");
     }
 }

@@ -28,10 +28,12 @@ use std::io::Write as _;
 
 use std::sync::Arc;
 
+use latch::core::RequestError;
 use latch::core::{self, Action, Applier, Core, MemoryInbox, Role, Timing, Waiter};
 use latch::fsm;
+use latch::fsm::SessionChange;
 use latch::storage::{Identity, Stores};
-use latch_proto::internal::{command::Body, outcome, Command, KeyValue, Put, Range};
+use latch_proto::internal::{command::Body, outcome, Command, CreateSession, KeyValue, Put, Range};
 use raft::eraftpb::Message;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -43,6 +45,7 @@ use crate::clients::{Client, History, Op, OpKind};
 use crate::disk::{SimDir, SimDisk};
 use crate::invariants::{self, Ack, Before, Checker, Ctx, Fnv};
 use crate::network::{Delivery, NetConfig, Network};
+use crate::sessions::{Keeper, LeaseChecker};
 
 pub const CLUSTER_ID: u64 = 0x1a7c_5eed;
 /// Nominal tick interval (production's default is of this order).
@@ -67,9 +70,24 @@ fn timing() -> Timing {
     }
 }
 
+/// What a run's faults are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Crashes, partitions, pauses and fsync failures at random.
+    Chaos,
+    /// Nothing but the leader cut off from the others every half session TTL (healed before
+    /// the next), so that leadership changes all the time; the lease rule's upper bound is
+    /// checked too.
+    LeaderChanges,
+}
+
 /// What a seed decides about its run.
 #[derive(Debug, Clone)]
 pub struct Params {
+    pub mode: Mode,
+    /// Session keepers, their sessions' TTL, and when each stops (a dead client), if it does.
+    pub keepers: Vec<Option<u64>>,
+    pub session_ttl_ms: u64,
     pub nodes: u64,
     pub snapshot_entries: u64,
     pub net: NetConfig,
@@ -82,12 +100,35 @@ pub struct Params {
 }
 
 impl Params {
-    pub fn draw(seed: u64, rng: &mut SmallRng, chaos_us: u64) -> Params {
+    pub fn draw(seed: u64, rng: &mut SmallRng, chaos_us: u64, mode: Mode) -> Params {
+        let (session_ttl_ms, keepers) = match mode {
+            Mode::Chaos => {
+                let ttl = rng.gen_range(300..1_500);
+                let n = rng.gen_range(0..=3);
+                let keepers = (0..n)
+                    .map(|_| rng.gen_bool(0.5).then(|| rng.gen_range(chaos_us / 5..chaos_us)))
+                    .collect();
+                (ttl, keepers)
+            }
+            Mode::LeaderChanges => {
+                let ttl = 1_500;
+                let n = rng.gen_range(3..=5);
+                // Some stop between the 2nd and the 15th TTL; the others never do.
+                let keepers = (0..n)
+                    .map(|i| (i % 2 == 0).then(|| rng.gen_range(2 * ttl * 1_000..15 * ttl * 1_000)))
+                    .collect();
+                (ttl, keepers)
+            }
+        };
         Params {
+            mode,
+            keepers,
+            session_ttl_ms,
             nodes: if seed % 2 == 0 { 3 } else { 5 },
             snapshot_entries: if rng.gen_bool(0.6) { rng.gen_range(10..=40) } else { 10_000 },
             net: NetConfig::draw(rng),
-            clients: rng.gen_range(3..=5),
+            // Leader-change runs are about sessions: one client keeps the log busy.
+            clients: if mode == Mode::LeaderChanges { 1 } else { rng.gen_range(3..=5) },
             think_us: (1_000, rng.gen_range(10_000..40_000)),
             client_timeout_us: rng.gen_range(300_000..800_000),
             chaos_us,
@@ -121,6 +162,9 @@ pub struct Report {
     /// Operations on shared keys judged by the linearizability checker.
     pub shared_ops: u64,
     pub serial_reads: u64,
+    /// Session leases granted, and sessions expired.
+    pub grants: u64,
+    pub expiries: u64,
 }
 
 impl std::fmt::Display for Report {
@@ -129,7 +173,8 @@ impl std::fmt::Display for Report {
             f,
             "seed {} ({} nodes, snapshot every {}): {} steps, {:.1}s virtual, {} msgs; puts {} acked {} reads {} \
              retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}), \
-             partitions {}, pauses {}, snapshots {}; max term {}, revision {}, {} hash checks; trace {:016x}",
+             partitions {}, pauses {}, snapshots {}; max term {}, revision {}, {} hash checks; lease grants {}, \
+             expiries {}; trace {:016x}",
             self.seed,
             self.nodes,
             self.snapshot_entries,
@@ -150,6 +195,8 @@ impl std::fmt::Display for Report {
             self.max_term,
             self.final_revision,
             self.hash_checks,
+            self.grants,
+            self.expiries,
             self.trace_hash
         )
     }
@@ -221,6 +268,25 @@ enum Ev {
     ClientWake {
         client: usize,
     },
+    KeeperWake {
+        keeper: usize,
+    },
+    KeeperRequest {
+        node: u64,
+        keeper: usize,
+        attempt: u64,
+        call: KeeperCall,
+    },
+    KeeperReply {
+        keeper: usize,
+        attempt: u64,
+        result: KeeperResult,
+    },
+    KeeperTimeout {
+        keeper: usize,
+        attempt: u64,
+    },
+    LeaderChange,
     Chaos,
     Restart {
         node: u64,
@@ -240,6 +306,7 @@ impl Ev {
             Ev::Tick { node, .. }
             | Ev::Notice { node, .. }
             | Ev::ClientRequest { node, .. }
+            | Ev::KeeperRequest { node, .. }
             | Ev::ApplyTurn { node, .. } => Some(*node),
             Ev::Deliver { d, .. } => Some(d.to),
             _ => None,
@@ -247,8 +314,26 @@ impl Ev {
     }
 }
 
+/// A keeper's call to a member.
+#[derive(Debug, Clone, Copy)]
+enum KeeperCall {
+    Create,
+    KeepAlive { sent_us: u64 },
+}
+
+#[derive(Debug, Clone)]
+enum KeeperResult {
+    Created,
+    Granted { sent_us: u64, granted_ms: u64 },
+    NotLeader(u64),
+    Gone,
+    Failed(String),
+}
+
 struct SimNode {
     id: u64,
+    /// When this life of the process started: its monotonic clock reads from there.
+    started_at: u64,
     /// The raft log's directory and the state machine's disk.
     log_dir: SimDir,
     state_disk: SimDisk,
@@ -288,6 +373,10 @@ pub struct Sim {
     waiters: BTreeMap<Waiter, WaitInfo>,
     next_waiter: Waiter,
     checker: Checker,
+    keepers: Vec<Keeper>,
+    leases: LeaseChecker,
+    /// Keepers' calls waiting for a member: (keeper, attempt, member, call).
+    keeper_waiters: BTreeMap<Waiter, (usize, u64, u64, KeeperCall)>,
     trace: Fnv,
     touched: BTreeSet<u64>,
     settling: bool,
@@ -298,7 +387,12 @@ pub struct Sim {
 
 /// Runs one seed to the end: chaos, settle, final checks. Panics on any violation.
 pub fn run(seed: u64, chaos_us: u64, verbose: bool) -> Report {
-    let mut sim = Sim::new(seed, chaos_us, verbose);
+    run_mode(seed, chaos_us, verbose, Mode::Chaos)
+}
+
+/// Runs one seed in `mode` for `us` of faults, then settles and checks.
+pub fn run_mode(seed: u64, chaos_us: u64, verbose: bool, mode: Mode) -> Report {
+    let mut sim = Sim::new(seed, chaos_us, verbose, mode);
     sim.boot();
     while sim.now < sim.params.chaos_us {
         if !sim.step() {
@@ -310,12 +404,19 @@ pub fn run(seed: u64, chaos_us: u64, verbose: bool) -> Report {
 }
 
 impl Sim {
-    fn new(seed: u64, chaos_us: u64, verbose: bool) -> Sim {
+    fn new(seed: u64, chaos_us: u64, verbose: bool, mode: Mode) -> Sim {
         let mut rng = SmallRng::seed_from_u64(seed ^ 0x6c61_7463_6873_696d);
-        let params = Params::draw(seed, &mut rng, chaos_us);
+        let params = Params::draw(seed, &mut rng, chaos_us, mode);
+        let keepers = params
+            .keepers
+            .iter()
+            .enumerate()
+            .map(|(i, stop)| Keeper::new(i, params.session_ttl_ms, *stop, rng.gen_range(1..=params.nodes)))
+            .collect();
         let nodes = (1..=params.nodes)
             .map(|id| SimNode {
                 id,
+                started_at: 0,
                 log_dir: SimDir::new(),
                 state_disk: SimDisk::new(),
                 core: None,
@@ -350,6 +451,9 @@ impl Sim {
             waiters: BTreeMap::new(),
             next_waiter: 0,
             checker: Checker::new(),
+            keepers,
+            leases: LeaseChecker::default(),
+            keeper_waiters: BTreeMap::new(),
             trace: Fnv::default(),
             touched: BTreeSet::new(),
             settling: false,
@@ -389,8 +493,30 @@ impl Sim {
             let d = self.rng.gen_range(50_000..300_000);
             self.at(d, Ev::ClientWake { client: c });
         }
-        let d = self.chaos_delay();
-        self.at(d, Ev::Chaos);
+        for k in 0..self.keepers.len() {
+            let d = self.rng.gen_range(50_000..300_000);
+            self.at(d, Ev::KeeperWake { keeper: k });
+        }
+        match self.params.mode {
+            Mode::Chaos => {
+                let d = self.chaos_delay();
+                self.at(d, Ev::Chaos);
+            }
+            Mode::LeaderChanges => {
+                let half = self.params.session_ttl_ms * 500;
+                self.at(half, Ev::LeaderChange);
+            }
+        }
+    }
+
+    /// Sets member `id`'s clock from the virtual time (milliseconds since its process started).
+    fn set_clock(&mut self, id: u64) {
+        let now = self.now;
+        let n = &mut self.nodes[(id - 1) as usize];
+        let started = n.started_at;
+        if let Some(core) = n.core.as_mut() {
+            core.set_clock((now - started) / 1_000);
+        }
     }
 
     /// Opens the member's disk in a new process and loads its core.
@@ -434,6 +560,7 @@ impl Sim {
         node.to_apply.clear();
         node.apply_scheduled = false;
         node.paused_until = 0;
+        node.started_at = ctx.time_us;
         let inc = node.inc;
         self.at(tick_offset, Ev::Tick { node: id, inc });
         self.checker.restarted(id);
@@ -466,6 +593,7 @@ impl Sim {
         node.inc += 1;
         node.paused_until = 0;
         self.report.crashes += 1;
+        self.keeper_waiters.retain(|_, (_, _, node, _)| *node != id);
         let lost: Vec<Waiter> = self.waiters.iter().filter(|(_, w)| w.node == id).map(|(k, _)| *k).collect();
         for waiter in lost {
             if let Some(w) = self.waiters.remove(&waiter) {
@@ -520,6 +648,11 @@ impl Sim {
         let up: Vec<(u64, &Core)> =
             self.nodes.iter().filter_map(|n| n.core.as_ref().map(|c| (n.id, c))).collect();
         self.checker.after_step(ctx, &up);
+        if self.params.mode == Mode::LeaderChanges {
+            // TTL + 2 × the longest election timeout raft-rs draws (20 ticks).
+            let bound = self.params.session_ttl_ms * 1_000 + 2 * 20 * TICK_US;
+            self.leases.check_bounds(ctx, &self.keepers, bound);
+        }
         let mut h = self.trace;
         h.u64(self.step);
         h.u64(self.now);
@@ -556,7 +689,8 @@ impl Sim {
                     return;
                 }
                 let interval = n.tick_us;
-                if let Some(core) = n.core.as_mut() {
+                self.set_clock(node);
+                if let Some(core) = self.node(node).core.as_mut() {
                     core.tick();
                 }
                 self.touched.insert(node);
@@ -590,6 +724,19 @@ impl Sim {
                 }
             }
             Ev::ClientWake { client } => self.client_wake(client),
+            Ev::KeeperWake { keeper } => self.keeper_wake(keeper),
+            Ev::KeeperRequest { node, keeper, attempt, call } => {
+                self.keeper_request(node, keeper, attempt, call)
+            }
+            Ev::KeeperReply { keeper, attempt, result } => self.keeper_reply(keeper, attempt, result),
+            Ev::KeeperTimeout { keeper, attempt } => {
+                let k = &mut self.keepers[keeper];
+                if k.in_flight && k.attempt == attempt {
+                    k.in_flight = false;
+                    self.keeper_retry(keeper, None);
+                }
+            }
+            Ev::LeaderChange => self.leader_change(),
             Ev::Chaos => self.chaos(),
             Ev::Restart { node } => self.start_node(node),
             Ev::ApplyTurn { node, inc } => {
@@ -649,6 +796,7 @@ impl Sim {
     /// A member's turn, as the production driver takes it. A snapshot is installed by the
     /// member's applier at once (the raft thread waits for the apply thread to do it).
     fn turn(&mut self, id: u64) {
+        self.set_clock(id);
         let n = &mut self.nodes[(id - 1) as usize];
         let inc = n.inc;
         let (Some(core), Some(applier)) = (n.core.as_mut(), n.applier.as_mut()) else { return };
@@ -665,10 +813,16 @@ impl Sim {
             applier.install(token, index, term)
         };
         let mut result = core.handle_ready(&mut |msgs| out.extend(msgs), &mut (), &mut install);
+        let mut ended = Vec::new();
         if let Ok(actions) = &mut result {
             for p in progress {
+                ended.extend(ended_sessions(&p));
                 actions.extend(core.on_applied(p));
             }
+        }
+        for session in ended {
+            self.log(|| format!("node {id} applied the end of {session}"));
+            self.leases.ended(self.ctx(), id, &session, self.now);
         }
         for msg in out {
             self.send(id, inc, msg);
@@ -683,13 +837,21 @@ impl Sim {
     /// one transaction, then (now and then) a durable commit; the progress goes to the core.
     fn apply_turn(&mut self, id: u64) {
         let sync = self.rng.gen_bool(0.1);
+        self.set_clock(id);
+        let (ctx, now) = (self.ctx(), self.now);
         let n = &mut self.nodes[(id - 1) as usize];
         n.apply_scheduled = false;
         let entries = std::mem::take(&mut n.to_apply);
         let (Some(core), Some(applier)) = (n.core.as_mut(), n.applier.as_mut()) else { return };
         let mut result = Ok(Vec::new());
         if !entries.is_empty() {
-            result = applier.apply(entries, &mut ()).map(|p| core.on_applied(p));
+            let leases = &mut self.leases;
+            result = applier.apply(entries, &mut ()).map(|p| {
+                for session in ended_sessions(&p) {
+                    leases.ended(ctx, id, &session, now);
+                }
+                core.on_applied(p)
+            });
         }
         if sync {
             if let Ok(actions) = &mut result {
@@ -771,6 +933,49 @@ impl Sim {
     fn carry_out(&mut self, id: u64, actions: Vec<Action>) {
         for a in actions {
             let (waiter, result) = match a {
+                Action::Reply { waiter, result } if self.keeper_waiters.contains_key(&waiter) => {
+                    let answer = match result {
+                        Ok(o) => match o.result {
+                            Some(outcome::Result::Session(_)) => KeeperResult::Created,
+                            // Its first answer was forgotten: the session was created then.
+                            Some(outcome::Result::Rejected(why)) if why.contains("exists") => {
+                                KeeperResult::Created
+                            }
+                            other => {
+                                self.ctx().fail(Some(id), "create_session outcome", format!("{other:?}"))
+                            }
+                        },
+                        Err(e) => KeeperResult::Failed(e.to_string()),
+                    };
+                    self.keeper_answered(id, waiter, answer);
+                    continue;
+                }
+                Action::KeptAlive { waiter, result } => {
+                    let Some(&(keeper, _, _, call)) = self.keeper_waiters.get(&waiter) else { continue };
+                    let answer = match (result, call) {
+                        (Ok(grant), KeeperCall::KeepAlive { sent_us }) => {
+                            let session = self.keepers[keeper].session.clone();
+                            let until = sent_us + grant.granted_ms * 1_000;
+                            self.log(|| {
+                                format!(
+                                    "node {id} granted {session} {} ms (sent t={:.3}s)",
+                                    grant.granted_ms,
+                                    sent_us as f64 / 1e6
+                                )
+                            });
+                            self.leases.granted(self.ctx(), id, &session, until);
+                            KeeperResult::Granted { sent_us, granted_ms: grant.granted_ms }
+                        }
+                        (Err(RequestError::NotLeader { leader, .. }), _) => KeeperResult::NotLeader(leader),
+                        (Err(RequestError::SessionNotFound { .. }), _) => KeeperResult::Gone,
+                        (Err(e), _) => KeeperResult::Failed(e.to_string()),
+                        (Ok(_), KeeperCall::Create) => {
+                            self.ctx().fail(Some(id), "keepalive", "a create answered as a keepalive".into())
+                        }
+                    };
+                    self.keeper_answered(id, waiter, answer);
+                    continue;
+                }
                 Action::Reply { waiter, result } => {
                     let Some(w) = self.waiters.get(&waiter) else { continue };
                     let r = match result {
@@ -815,7 +1020,6 @@ impl Sim {
                     self.checker.restored(self.ctx(), id, revision);
                     continue;
                 }
-                Action::KeptAlive { .. } => continue,
                 Action::Apply { entries } => {
                     let d = self.rng.gen_range(100..1_500);
                     let node = self.node(id);
@@ -1067,6 +1271,127 @@ impl Sim {
         self.at(timeout, Ev::ClientTimeout { client, seq, attempt });
     }
 
+    fn keeper_wake(&mut self, keeper: usize) {
+        let now = self.now;
+        let k = &mut self.keepers[keeper];
+        if k.gone || k.in_flight || (k.created && k.stopped(now)) {
+            return;
+        }
+        let call = if k.created {
+            k.last_sent_us = now;
+            KeeperCall::KeepAlive { sent_us: now }
+        } else {
+            k.create_sent_us.get_or_insert(now);
+            KeeperCall::Create
+        };
+        k.attempt += 1;
+        k.in_flight = true;
+        let (node, attempt) = (k.target, k.attempt);
+        self.log(|| format!("keeper {keeper} attempt {attempt}: {call:?} to node {node}"));
+        let d = self.rng.gen_range(100..2_000);
+        self.at(d, Ev::KeeperRequest { node, keeper, attempt, call });
+        self.at(100_000, Ev::KeeperTimeout { keeper, attempt });
+    }
+
+    fn keeper_request(&mut self, node: u64, keeper: usize, attempt: u64, call: KeeperCall) {
+        if !self.is_up(node) {
+            let d = self.rng.gen_range(200..2_000);
+            let result = KeeperResult::Failed("connection refused".into());
+            self.at(d, Ev::KeeperReply { keeper, attempt, result });
+            return;
+        }
+        self.set_clock(node);
+        self.next_waiter += 1;
+        let waiter = self.next_waiter;
+        let k = &self.keepers[keeper];
+        let (session, request_id, ttl_ms) = (k.session.clone(), k.request_id.clone(), k.ttl_ms);
+        let Some(core) = self.node(node).core.as_mut() else { return };
+        match call {
+            KeeperCall::Create => {
+                let body = Body::CreateSession(CreateSession { id: session, name: String::new(), ttl_ms });
+                let cmd = Command { version: fsm::COMMAND_VERSION, request_id, body: Some(body) };
+                core.propose(waiter, cmd);
+            }
+            KeeperCall::KeepAlive { .. } => core.keep_alive(waiter, session),
+        }
+        self.keeper_waiters.insert(waiter, (keeper, attempt, node, call));
+        self.touched.insert(node);
+    }
+
+    fn keeper_answered(&mut self, node: u64, waiter: Waiter, result: KeeperResult) {
+        let Some((keeper, attempt, at, _)) = self.keeper_waiters.remove(&waiter) else { return };
+        if at != node {
+            self.ctx().fail(
+                Some(node),
+                "waiters",
+                format!("keeper waiter {waiter} answered by {node}, sent to {at}"),
+            );
+        }
+        let d = self.rng.gen_range(100..2_000);
+        self.at(d, Ev::KeeperReply { keeper, attempt, result });
+    }
+
+    fn keeper_reply(&mut self, keeper: usize, attempt: u64, result: KeeperResult) {
+        self.log(|| format!("keeper {keeper} attempt {attempt}: {result:?}"));
+        let k = &mut self.keepers[keeper];
+        if !k.in_flight || k.attempt != attempt {
+            return;
+        }
+        k.in_flight = false;
+        match result {
+            KeeperResult::Created => {
+                k.created = true;
+                let half = k.ttl_ms * 500;
+                self.at(half, Ev::KeeperWake { keeper });
+            }
+            KeeperResult::Granted { sent_us, granted_ms } => {
+                // As the Rust client: when half the TTL is left of the grant (see `Session`).
+                let ttl_us = k.ttl_ms * 1_000;
+                let after = (granted_ms * 1_000).saturating_sub(ttl_us / 2).max(ttl_us / 10);
+                let next = (sent_us + after).saturating_sub(self.now);
+                self.at(next, Ev::KeeperWake { keeper });
+            }
+            KeeperResult::NotLeader(leader) => {
+                let hint = (leader != 0).then_some(leader);
+                self.keeper_retry(keeper, hint);
+            }
+            KeeperResult::Gone => k.gone = true,
+            KeeperResult::Failed(why) => {
+                self.log(|| format!("keeper {keeper}: {why}"));
+                self.keeper_retry(keeper, None);
+            }
+        }
+    }
+
+    /// Tries again soon: at the named leader, or at another member.
+    fn keeper_retry(&mut self, keeper: usize, leader: Option<u64>) {
+        let n = self.params.nodes;
+        let other = self.rng.gen_range(1..=n);
+        let k = &mut self.keepers[keeper];
+        k.target = leader.unwrap_or(if other == k.target { other % n + 1 } else { other });
+        let d = self.rng.gen_range(2_000..20_000);
+        self.at(d, Ev::KeeperWake { keeper });
+    }
+
+    /// Cuts the leader off from the others, healing before the next change.
+    fn leader_change(&mut self) {
+        if self.settling || self.now >= self.params.chaos_us {
+            return;
+        }
+        if let Some(leader) = self.leader() {
+            let n = self.params.nodes;
+            let rest: Vec<u64> = (1..=n).filter(|&x| x != leader).collect();
+            self.net.heal();
+            self.net.split(&[leader], &rest);
+            self.report.partitions += 1;
+            self.log(|| format!("leader {leader} cut off"));
+            let d = self.rng.gen_range(200_000..350_000);
+            self.at(d, Ev::Heal);
+        }
+        let half = self.params.session_ttl_ms * 500;
+        self.at(half, Ev::LeaderChange);
+    }
+
     fn up_nodes(&self) -> Vec<u64> {
         self.nodes.iter().filter(|n| n.core.is_some()).map(|n| n.id).collect()
     }
@@ -1237,6 +1562,8 @@ impl Sim {
         r.retries = self.history.retries;
         r.hash_checks = self.checker.hash_checks;
         r.final_revision = up.first().map_or(0, |(_, c)| c.status().applied.revision);
+        r.grants = self.leases.grants;
+        r.expiries = self.leases.expiries;
         // The run is over: end every process the cheap way (see `crash`).
         let crashes = self.report.crashes;
         for id in 1..=self.params.nodes {
@@ -1261,4 +1588,16 @@ fn payload_of(op: &Op) -> Payload {
         }
         OpKind::SerialRead { key } => Payload::SerialRead { key: key.clone() },
     }
+}
+
+/// The sessions whose end a batch applied.
+fn ended_sessions(p: &core::Progress) -> Vec<String> {
+    p.commands
+        .iter()
+        .flat_map(|a| &a.sessions)
+        .filter_map(|c| match c {
+            SessionChange::Ended { id } => Some(id.clone()),
+            _ => None,
+        })
+        .collect()
 }

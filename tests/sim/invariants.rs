@@ -167,6 +167,9 @@ struct Seen {
     serial_revision: i64,
     /// The durable applied index last seen.
     durable_index: u64,
+    /// The highest applied index seen while the member was caught up (serving serializable
+    /// reads), in any life: a caught-up member is never behind it.
+    caught_up_index: u64,
 }
 
 #[derive(Debug)]
@@ -253,6 +256,19 @@ impl Checker {
                     "revision never decreases within a life",
                     format!("revision {} after {}", s.applied.revision, seen.revision),
                 );
+            }
+            if s.caught_up {
+                if s.applied.index < seen.caught_up_index {
+                    ctx.fail(
+                        Some(id),
+                        "a caught-up member is never behind what it served before",
+                        format!(
+                            "caught up at applied index {}, after serving up to {} (in this or an earlier life)",
+                            s.applied.index, seen.caught_up_index
+                        ),
+                    );
+                }
+                seen.caught_up_index = s.applied.index;
             }
             if s.durable_index < seen.durable_index {
                 ctx.fail(

@@ -20,6 +20,7 @@ mod invariants;
 mod network;
 mod scenarios;
 mod scripted;
+mod sessions;
 
 use std::time::Instant;
 
@@ -57,7 +58,11 @@ fn seeds_for(nodes: u64) -> Vec<u64> {
 /// Runs one seed; any panic (an invariant, or one inside raft-rs, redb or the core) is
 /// re-raised naming the seed and how to replay it.
 fn run_one(seed: u64, chaos_us: u64, verbose: bool) -> cluster::Report {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cluster::run(seed, chaos_us, verbose))) {
+    run_guarded(seed, || cluster::run(seed, chaos_us, verbose))
+}
+
+fn run_guarded(seed: u64, run: impl FnOnce() -> cluster::Report) -> cluster::Report {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
         Ok(r) => r,
         Err(payload) => {
             let what = payload
@@ -106,6 +111,45 @@ fn three_nodes_survive_faults_across_seeds() {
 #[test]
 fn five_nodes_survive_faults_across_seeds() {
     run_seeds(5);
+}
+
+/// Seeds of the leader-change runs per CI run (`LATCH_SIM_SESSION_SEEDS` for more).
+const DEFAULT_SESSION_SEEDS: u64 = 200;
+/// A leader-change run lasts 20 session TTLs of 1.5 s.
+const SESSION_RUN_US: u64 = 30_000_000;
+
+/// Sessions while the leader is cut off every half TTL for 20 TTLs: never expired early,
+/// expired within TTL + 2 election timeouts once their keepers stop, never while kept alive
+/// (`sessions.rs`), on 3 and 5 members; every other invariant as in the chaos runs.
+#[test]
+fn sessions_hold_their_leases_across_leader_changes() {
+    let seeds: Vec<u64> = match env_u64("LATCH_SIM_SEED") {
+        Some(seed) => vec![seed],
+        None => {
+            let base = env_u64("LATCH_SIM_SEED_BASE").unwrap_or(DEFAULT_SEED_BASE);
+            (base..base + env_u64("LATCH_SIM_SESSION_SEEDS").unwrap_or(DEFAULT_SESSION_SEEDS)).collect()
+        }
+    };
+    let single = std::env::var("LATCH_SIM_SEED").is_ok();
+    let started = Instant::now();
+    let (mut grants, mut expiries, mut elections) = (0, 0, 0);
+    for &seed in &seeds {
+        let r = run_guarded(seed, || {
+            cluster::run_mode(seed, SESSION_RUN_US, single, cluster::Mode::LeaderChanges)
+        });
+        if single || verbose() {
+            eprintln!("{r}");
+        }
+        grants += r.grants;
+        expiries += r.expiries;
+        elections += r.max_term;
+    }
+    eprintln!(
+        "leader changes: {} seeds passed in {:.1}s ({grants} lease grants, {expiries} sessions expired, \
+         {elections} terms)",
+        seeds.len(),
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// The same seed, run twice, takes exactly the same course (same trace hash).

@@ -234,7 +234,7 @@ impl Drop for Session {
     }
 }
 
-/// Keeps session `id` alive every third of its TTL, retrying sooner when a keepalive fails, and
+/// Keeps session `id` alive whenever half its TTL is left, retrying sooner when a keepalive fails, and
 /// moves the state as the module doc says.
 async fn keep_alive_loop(
     client: Client,
@@ -244,9 +244,8 @@ async fn keep_alive_loop(
     shared: Arc<Shared>,
     state: watch::Sender<SessionState>,
 ) {
-    let every = ttl / 3;
     let retry = (ttl / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let mut next = Instant::now() + every;
+    let mut next = Instant::now() + ttl / 2;
     let jeopardy = |state: &watch::Sender<SessionState>| {
         state.send_if_modified(|s| std::mem::replace(s, SessionState::Jeopardy) != SessionState::Jeopardy);
     };
@@ -271,7 +270,10 @@ async fn keep_alive_loop(
                 let granted = Duration::from_millis(u64::try_from(ack.granted_ms).unwrap_or(0));
                 shared.set_lease_end(sent + granted);
                 state.send_if_modified(|s| std::mem::replace(s, SessionState::Safe) != SessionState::Safe);
-                next = sent + every.min(granted / 2);
+                // When half the TTL is left of the grant: the leader then renews the lease in
+                // the log and grants it whole again, so about half the TTL always stays in hand
+                // to ride out a leader change.
+                next = sent + granted.saturating_sub(ttl / 2).max(ttl / 10);
             }
             Some(Err(e)) if e.code() == Code::NotFound => {
                 tracing::debug!(session = %id, "the cluster says the session is gone");

@@ -1,0 +1,159 @@
+//! Session keepers and the lease rule (DESIGN.md §1 Sessions; docs/sessions.md) in the
+//! simulator. A keeper creates a session, keeps it alive as the Rust client does (every third
+//! of its TTL, at the leader a member names), and in some runs stops at a drawn time, as a
+//! client that died.
+//!
+//! What is checked:
+//! - Never early: no member applies the end of a session before every lease granted to it has
+//!   run out (a grant counts from when its keepalive was sent; a creation from when it was first
+//!   sent), and no grant reaches past an end already applied.
+//! - Never late (runs that ask for it): once a keeper stops, its session ends within its TTL
+//!   plus two of the longest election timeouts of its last keepalive; a keeper that never stops
+//!   never loses its session.
+
+use std::collections::BTreeMap;
+
+use crate::invariants::Ctx;
+
+/// One simulated client that owns a session.
+#[derive(Debug, Clone)]
+pub struct Keeper {
+    /// The session's id, chosen before the first create attempt (a retry proposes the same).
+    pub session: String,
+    pub request_id: String,
+    pub ttl_ms: u64,
+    /// When the first create attempt was sent (the creation's lease counts from it).
+    pub create_sent_us: Option<u64>,
+    pub created: bool,
+    /// The member it believes leads.
+    pub target: u64,
+    /// Attempt number of the call in flight, if any.
+    pub attempt: u64,
+    pub in_flight: bool,
+    /// When it stops keeping alive (a dead client), if it does.
+    pub stop_at_us: Option<u64>,
+    /// When it sent its last keepalive.
+    pub last_sent_us: u64,
+    /// The cluster said the session is gone.
+    pub gone: bool,
+}
+
+impl Keeper {
+    pub fn new(index: usize, ttl_ms: u64, stop_at_us: Option<u64>, target: u64) -> Keeper {
+        Keeper {
+            session: format!("session-{index}"),
+            request_id: format!("create-session-{index}"),
+            ttl_ms,
+            create_sent_us: None,
+            created: false,
+            target,
+            attempt: 0,
+            in_flight: false,
+            stop_at_us,
+            last_sent_us: 0,
+            gone: false,
+        }
+    }
+
+    pub fn stopped(&self, now: u64) -> bool {
+        self.stop_at_us.is_some_and(|t| now >= t)
+    }
+}
+
+/// The leases granted and the ends applied, per session.
+#[derive(Debug, Default)]
+pub struct LeaseChecker {
+    /// Latest end of any lease granted (virtual µs), per session.
+    promised: BTreeMap<String, u64>,
+    /// When a member first applied the session's end.
+    ended: BTreeMap<String, u64>,
+    pub grants: u64,
+    pub expiries: u64,
+}
+
+impl LeaseChecker {
+    /// A lease granted to `session` that the client counts until `until`.
+    pub fn granted(&mut self, ctx: Ctx, node: u64, session: &str, until: u64) {
+        self.grants += 1;
+        if let Some(&ended) = self.ended.get(session) {
+            if until > ended {
+                ctx.fail(
+                    Some(node),
+                    "sessions: never expired early",
+                    format!(
+                        "{session} was granted a lease to t={:.3}s, but its end was applied at t={:.3}s",
+                        until as f64 / 1e6,
+                        ended as f64 / 1e6
+                    ),
+                );
+            }
+        }
+        let p = self.promised.entry(session.to_string()).or_insert(0);
+        *p = (*p).max(until);
+    }
+
+    /// A member applied the end of `session` at `now`.
+    pub fn ended(&mut self, ctx: Ctx, node: u64, session: &str, now: u64) {
+        let promised = self.promised.get(session).copied().unwrap_or(0);
+        if now < promised {
+            ctx.fail(
+                Some(node),
+                "sessions: never expired early",
+                format!(
+                    "the end of {session} was applied at t={:.3}s, before the lease granted to t={:.3}s ran out",
+                    now as f64 / 1e6,
+                    promised as f64 / 1e6
+                ),
+            );
+        }
+        if !self.ended.contains_key(session) {
+            self.expiries += 1;
+            self.ended.insert(session.to_string(), now);
+        }
+    }
+
+    pub fn ended_at(&self, session: &str) -> Option<u64> {
+        self.ended.get(session).copied()
+    }
+
+    /// The never-late checks at `now`: a stopped keeper's session ends within `bound_us` of its
+    /// last keepalive; a keeper that never stops keeps its session.
+    pub fn check_bounds(&self, ctx: Ctx, keepers: &[Keeper], bound_us: u64) {
+        for k in keepers.iter().filter(|k| k.created) {
+            let ended = self.ended_at(&k.session);
+            match k.stop_at_us {
+                Some(stop) if ctx.time_us >= stop => {
+                    let last = k.last_sent_us.max(k.create_sent_us.unwrap_or(0));
+                    if ended.is_none() && ctx.time_us > last + bound_us {
+                        ctx.fail(
+                            None,
+                            "sessions: expired within TTL + 2 election timeouts",
+                            format!(
+                                "{} ({} ms TTL) was last kept alive at t={:.3}s and still lives at t={:.3}s \
+                                 (bound {} ms)",
+                                k.session,
+                                k.ttl_ms,
+                                last as f64 / 1e6,
+                                ctx.time_us as f64 / 1e6,
+                                bound_us / 1_000
+                            ),
+                        );
+                    }
+                }
+                _ => {
+                    if let Some(at) = ended {
+                        ctx.fail(
+                            None,
+                            "sessions: a session kept alive lives",
+                            format!(
+                                "{} is kept alive, yet its end was applied at t={:.3}s",
+                                k.session,
+                                at as f64 / 1e6
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
