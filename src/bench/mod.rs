@@ -34,6 +34,7 @@ pub mod mixed;
 pub mod progress;
 pub mod put;
 pub mod report;
+pub mod sessions;
 pub mod target;
 pub mod txn_cas;
 pub mod zk;

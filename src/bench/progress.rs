@@ -47,6 +47,16 @@ impl Progress {
         }
     }
 
+    /// Shows the creation of `sessions` sessions before the clock starts; [`loaded`](Self::loaded)
+    /// counts them.
+    pub fn sessions(&self, sessions: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_style(style("creating sessions {bar:40} {pos}/{len}"));
+            bar.set_length(sessions);
+            bar.set_position(0);
+        }
+    }
+
     /// Counts `keys` more keys loaded.
     pub fn loaded(&self, keys: u64) {
         if let Some(bar) = &self.bar {

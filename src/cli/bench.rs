@@ -47,6 +47,20 @@ pub enum WorkloadArgs {
     TxnCas,
     /// Gets (a --read-ratio of them) and puts of random keys, after writing the key space once.
     Mixed(MixedArgs),
+    /// Keep --sessions sessions (etcd: leases) alive over --connections streams; times every
+    /// keepalive, and counts sessions lost although kept alive (must be 0).
+    SessionKeepalive(SessionKeepaliveArgs),
+}
+
+/// `latch bench session-keepalive`.
+#[derive(Debug, Args)]
+pub struct SessionKeepaliveArgs {
+    /// Sessions created before the clock starts and kept alive during the run.
+    #[arg(long, value_name = "N", default_value_t = 1_000)]
+    pub sessions: usize,
+    /// Their TTL (humantime).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub ttl: Duration,
 }
 
 /// `latch bench get`.
@@ -173,6 +187,10 @@ pub async fn run(command: BenchCommand, client: &ClientArgs) -> anyhow::Result<E
         WorkloadArgs::Mixed(args) => {
             let mixed = Mixed::new(args.read_ratio, args.consistency.into()).map_err(UsageError)?;
             bench::run(mixed, &settings, progress, interrupt).await
+        }
+        WorkloadArgs::SessionKeepalive(args) => {
+            let ka = bench::sessions::KeepAlive { sessions: args.sessions, ttl: args.ttl };
+            bench::sessions::run(ka, &settings, progress, interrupt).await
         }
     };
     let report = match result {
