@@ -326,7 +326,9 @@ enum Answer {
 type Answers = mpsc::Receiver<Option<Result<Duration, Answer>>>;
 
 /// Opens a keepalive stream at `endpoint`: a sender of session ids, and the answers in order
-/// (the lease granted), `None` when the stream ended.
+/// (the lease granted), `None` when the stream ended. The call is made in a task of its own,
+/// so that the first keepalive can be sent before the server answers the call (etcd's server
+/// sends nothing, headers included, before its first answer).
 async fn open(system: System, endpoint: &str) -> Result<(mpsc::Sender<String>, AnswersRx), OpError> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
         .map_err(|e| OpError { kind: "CLIENT", message: e.to_string() })?
@@ -338,27 +340,21 @@ async fn open(system: System, endpoint: &str) -> Result<(mpsc::Sender<String>, A
     let (answer_tx, answer_rx) = mpsc::channel(1024);
     match system {
         System::Latch => {
-            let requests = ReceiverStream::new(rx).map(|id| KeepAliveRequest { id });
-            let mut stream = SessionClient::new(channel)
-                .keep_alive(requests)
-                .await
-                .map_err(|s| OpError::from(latch_client::Error::from(s)))?
-                .into_inner();
             tokio::spawn(async move {
+                let requests = ReceiverStream::new(rx).map(|id| KeepAliveRequest { id });
+                let call = SessionClient::new(channel).keep_alive(requests).await;
+                let mut stream = match call {
+                    Ok(response) => response.into_inner(),
+                    Err(status) => {
+                        let _ = answer_tx.send(Some(Err(failure(status)))).await;
+                        return;
+                    }
+                };
                 loop {
                     let answer = match stream.message().await {
                         Ok(Some(r)) => Some(Ok(Duration::from_millis(r.granted_ms.max(0) as u64))),
                         Ok(None) => None,
-                        Err(status) => {
-                            let leader = status
-                                .metadata()
-                                .get(latch_client::LEADER_ADDR_METADATA)
-                                .and_then(|v| v.to_str().ok())
-                                .map(str::to_string);
-                            let gone = status.code() == tonic::Code::NotFound;
-                            let e = OpError::from(latch_client::Error::from(status));
-                            Some(Err(if gone { Answer::Gone(e.message) } else { Answer::Failed(e, leader) }))
-                        }
+                        Err(status) => Some(Err(failure(status))),
                     };
                     let end = !matches!(answer, Some(Ok(_)));
                     if answer_tx.send(answer).await.is_err() || end {
@@ -367,9 +363,26 @@ async fn open(system: System, endpoint: &str) -> Result<(mpsc::Sender<String>, A
                 }
             });
         }
-        _ => etcd::open(channel, rx, answer_tx).await?,
+        _ => etcd::open(channel, rx, answer_tx),
     }
     Ok((tx, AnswersRx(answer_rx)))
+}
+
+/// What a failed call says: the session is gone (NOT_FOUND), or another failure with the
+/// leader a member named.
+fn failure(status: tonic::Status) -> Answer {
+    let leader = status
+        .metadata()
+        .get(latch_client::LEADER_ADDR_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let gone = status.code() == tonic::Code::NotFound;
+    let e = OpError::from(latch_client::Error::from(status));
+    if gone {
+        Answer::Gone(e.message)
+    } else {
+        Answer::Failed(e, leader)
+    }
 }
 
 /// The answers of one stream.
@@ -402,31 +415,36 @@ mod etcd {
         pub ttl: i64,
     }
 
-    pub async fn open(
+    pub fn open(
         channel: tonic::transport::Channel,
         rx: mpsc::Receiver<String>,
         answers: mpsc::Sender<Option<Result<Duration, Answer>>>,
-    ) -> Result<(), OpError> {
-        let mut grpc = tonic::client::Grpc::new(channel);
-        grpc.ready().await.map_err(|e| OpError { kind: "UNAVAILABLE", message: e.to_string() })?;
-        let requests =
-            ReceiverStream::new(rx).map(|id| LeaseKeepAliveRequest { id: id.parse().unwrap_or_default() });
-        let path = tonic::codegen::http::uri::PathAndQuery::from_static("/etcdserverpb.Lease/LeaseKeepAlive");
-        let codec = tonic::codec::ProstCodec::<LeaseKeepAliveRequest, LeaseKeepAliveResponse>::default();
-        let mut stream = grpc
-            .streaming(tonic::Request::new(requests), path, codec)
-            .await
-            .map_err(|s| OpError::from(latch_client::Error::from(s)))?
-            .into_inner();
+    ) {
         tokio::spawn(async move {
+            let mut grpc = tonic::client::Grpc::new(channel);
+            if let Err(e) = grpc.ready().await {
+                let e = OpError { kind: "UNAVAILABLE", message: e.to_string() };
+                let _ = answers.send(Some(Err(Answer::Failed(e, None)))).await;
+                return;
+            }
+            let requests = ReceiverStream::new(rx)
+                .map(|id| LeaseKeepAliveRequest { id: id.parse().unwrap_or_default() });
+            let path =
+                tonic::codegen::http::uri::PathAndQuery::from_static("/etcdserverpb.Lease/LeaseKeepAlive");
+            let codec = tonic::codec::ProstCodec::<LeaseKeepAliveRequest, LeaseKeepAliveResponse>::default();
+            let mut stream = match grpc.streaming(tonic::Request::new(requests), path, codec).await {
+                Ok(response) => response.into_inner(),
+                Err(status) => {
+                    let _ = answers.send(Some(Err(failure(status)))).await;
+                    return;
+                }
+            };
             loop {
                 let answer = match stream.message().await {
                     Ok(Some(r)) if r.ttl > 0 => Some(Ok(Duration::from_secs(r.ttl as u64))),
                     Ok(Some(r)) => Some(Err(Answer::Gone(format!("lease {} has TTL {}", r.id, r.ttl)))),
                     Ok(None) => None,
-                    Err(status) => {
-                        Some(Err(Answer::Failed(OpError::from(latch_client::Error::from(status)), None)))
-                    }
+                    Err(status) => Some(Err(failure(status))),
                 };
                 let end = !matches!(answer, Some(Ok(_)) | Some(Err(Answer::Gone(_))));
                 if answers.send(answer).await.is_err() || end {
@@ -434,6 +452,5 @@ mod etcd {
                 }
             }
         });
-        Ok(())
     }
 }

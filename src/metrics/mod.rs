@@ -69,6 +69,8 @@ pub struct RaftMetrics {
     pub log_cached_bytes: Gauge,
     /// Reads confirmed by the leader, waiting for this member to apply up to their index.
     pub reads_awaiting_apply: Gauge,
+    /// Live sessions, as this member's leases count them.
+    pub sessions: Gauge,
     /// Bytes of client requests this member holds (`--max-pending-bytes`).
     pub pending_bytes: Gauge,
     /// Bytes of peer messages queued for the raft thread (`--max-peer-queue-bytes`).
@@ -179,6 +181,7 @@ impl Metrics {
             compacted_index: Gauge::default(),
             log_cached_bytes: Gauge::default(),
             reads_awaiting_apply: Gauge::default(),
+            sessions: Gauge::default(),
             pending_bytes: Gauge::default(),
             peer_queue_bytes: Gauge::default(),
         };
@@ -278,6 +281,7 @@ impl Metrics {
             Unit::Bytes,
             raft.log_cached_bytes.clone(),
         );
+        r.register("sessions", "Live sessions, as this member's leases count them", raft.sessions.clone());
         r.register(
             "reads_awaiting_apply",
             "Linearizable reads confirmed by the leader, waiting for this member to apply up to their index",

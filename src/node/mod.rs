@@ -321,6 +321,7 @@ fn record_status(m: &RaftMetrics, before: &Status, now: &Status) {
     m.compacted_index.set(i64::try_from(now.compacted_index).unwrap_or(i64::MAX));
     m.log_cached_bytes.set(i64::try_from(now.log_cached_bytes).unwrap_or(i64::MAX));
     m.reads_awaiting_apply.set(i64::try_from(now.reads_awaiting_apply).unwrap_or(i64::MAX));
+    m.sessions.set(i64::try_from(now.sessions).unwrap_or(i64::MAX));
     m.durable_index.set(i64::try_from(now.durable_index).unwrap_or(i64::MAX));
     let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     m.term.set(gauge(now.term));
