@@ -201,7 +201,9 @@ fn check_txn(limits: &Limits, req: &TxnRequest) -> Result<(), ApiError> {
                             ),
                         });
                     }
-                    written.push(&p.key);
+                    if !p.sequential {
+                        written.push(&p.key);
+                    }
                 }
                 Some(request_op::Request::DeleteRange(d)) => check_key(limits, "delete_range.key", &d.key)?,
                 None => {

@@ -20,7 +20,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -76,15 +76,29 @@ pub async fn run(
     }
     let connections =
         super::target::connect(&settings.target, settings.connections, settings.timeout).await?;
-    progress.sessions(ka.sessions as u64);
-    let ids = create(&connections, ka, &progress)
-        .await
-        .map_err(|error| Error::Prepare { workload: "session-keepalive", error })?;
     let endpoints = stream_endpoints(&connections[0], settings).await?;
-
     let counts = Arc::new(Counts::default());
     let stop = Arc::new(AtomicBool::new(false));
+    let clock = Arc::new(Clock { started: OnceLock::new(), duration: settings.stop });
+    // The streams run from the start: a session is kept alive from its creation, however long
+    // creating all of them takes; the clock starts once all exist.
+    let mut tasks = Vec::new();
+    let mut adders = Vec::new();
+    for s in 0..settings.connections {
+        let (add, adds) = mpsc::unbounded_channel();
+        adders.push(add);
+        let endpoint = endpoints[s % endpoints.len()].clone();
+        let (system, counts, stop, clock) =
+            (settings.target.system, counts.clone(), stop.clone(), clock.clone());
+        tasks.push(tokio::spawn(stream_task(system, endpoint, adds, ka.ttl, clock, counts, stop)));
+    }
+    progress.sessions(ka.sessions as u64);
+    create(&connections, ka, &progress, &adders)
+        .await
+        .map_err(|error| Error::Prepare { workload: "session-keepalive", error })?;
+    drop(adders);
     let started = Instant::now();
+    let _ = clock.started.set(started);
     let interrupter = tokio::spawn({
         let stop = stop.clone();
         async move {
@@ -93,29 +107,6 @@ pub async fn run(
         }
     });
     progress.timing(settings.stop);
-    let deadline = match settings.stop {
-        Stop::Duration(d) => started + d,
-        Stop::Ops(_) => started + Duration::from_secs(3600),
-    };
-    let ops_budget = match settings.stop {
-        Stop::Ops(n) => n,
-        Stop::Duration(_) => u64::MAX,
-    };
-    let streams = settings.connections;
-    let mut tasks = Vec::new();
-    for s in 0..streams {
-        let mine: Vec<Kept> = ids
-            .iter()
-            .skip(s)
-            .step_by(streams)
-            .map(|id| Kept { id: id.clone(), lease_end: started + ka.ttl, lost: false })
-            .collect();
-        let endpoint = endpoints[s % endpoints.len()].clone();
-        let (system, counts, stop) = (settings.target.system, counts.clone(), stop.clone());
-        tasks.push(tokio::spawn(stream_task(
-            system, endpoint, mine, ka.ttl, deadline, ops_budget, counts, stop,
-        )));
-    }
     let ticker = tokio::spawn({
         let (counts, progress, stop_at) = (counts.clone(), progress.clone(), settings.stop);
         async move {
@@ -149,20 +140,22 @@ pub async fn run(
     Ok(Report::new("session-keepalive", parameters, settings, tally, elapsed))
 }
 
-/// Creates the sessions (etcd: grants the leases), `CREATES_IN_FLIGHT` at a time.
+/// Creates the sessions (etcd: grants the leases), `CREATES_IN_FLIGHT` at a time, handing each
+/// to a stream as soon as it exists.
 async fn create(
     connections: &[Connection],
     ka: KeepAlive,
     progress: &Progress,
-) -> Result<Vec<String>, OpError> {
-    let results: Vec<Result<String, OpError>> = futures::stream::iter(0..ka.sessions)
+    adders: &[mpsc::UnboundedSender<(String, Instant)>],
+) -> Result<(), OpError> {
+    let mut created = futures::stream::iter(0..ka.sessions)
         .map(|i| {
             let connection = connections[i % connections.len()].clone();
             async move {
                 match connection {
-                    Connection::Latch(client) => {
-                        Ok(client.create_session(ka.ttl, "bench").await.map_err(OpError::from)?.0)
-                    }
+                    Connection::Latch(client) => Ok::<String, OpError>(
+                        client.create_session(ka.ttl, "bench").await.map_err(OpError::from)?.0,
+                    ),
                     #[cfg(feature = "etcd")]
                     Connection::Etcd(client) => {
                         let ttl = ka.ttl.as_secs().max(1) as i64;
@@ -177,11 +170,14 @@ async fn create(
                 }
             }
         })
-        .buffer_unordered(CREATES_IN_FLIGHT)
-        .inspect(|_| progress.loaded(1))
-        .collect()
-        .await;
-    results.into_iter().collect()
+        .buffer_unordered(CREATES_IN_FLIGHT);
+    let mut n = 0;
+    while let Some(id) = created.next().await {
+        let _ = adders[n % adders.len()].send((id?, Instant::now()));
+        n += 1;
+        progress.loaded(1);
+    }
+    Ok(())
 }
 
 /// Where the keepalive streams go: the Latch leader; every etcd endpoint given.
@@ -200,26 +196,60 @@ async fn stream_endpoints(connection: &Connection, settings: &Settings) -> Resul
     }
 }
 
-/// Keeps `sessions` alive over one stream until `deadline` (or `stop`), reopening the stream
-/// when it breaks.
-#[allow(clippy::too_many_arguments)]
+/// When the timed phase started, and how long it lasts.
+struct Clock {
+    started: OnceLock<Instant>,
+    duration: Stop,
+}
+
+impl Clock {
+    fn deadline(&self) -> Option<Instant> {
+        let started = *self.started.get()?;
+        Some(match self.duration {
+            Stop::Duration(d) => started + d,
+            Stop::Ops(_) => started + Duration::from_secs(3600),
+        })
+    }
+
+    fn ops_budget(&self) -> u64 {
+        match self.duration {
+            Stop::Ops(n) => n,
+            Stop::Duration(_) => u64::MAX,
+        }
+    }
+
+    /// Whether a keepalive sent at `sent` is timed (the clock had started).
+    fn timed(&self, sent: Instant) -> bool {
+        self.started.get().is_some_and(|s| sent >= *s)
+    }
+}
+
+/// Keeps the sessions `adds` hands it alive over one stream until the timed phase ends (or
+/// `stop`), reopening the stream when it breaks.
 async fn stream_task(
     system: System,
     mut endpoint: String,
-    mut sessions: Vec<Kept>,
+    mut adds: mpsc::UnboundedReceiver<(String, Instant)>,
     ttl: Duration,
-    deadline: Instant,
-    ops_budget: u64,
+    clock: Arc<Clock>,
     counts: Arc<Counts>,
     stop: Arc<AtomicBool>,
 ) -> Tally {
     let mut tally = Tally::new();
-    let now = Instant::now();
-    let n = sessions.len().max(1) as u32;
-    // First keepalives spread over the first half TTL.
-    let mut due: BinaryHeap<Reverse<(Instant, usize)>> =
-        (0..sessions.len()).map(|i| Reverse((now + ttl / 2 * i as u32 / n, i))).collect();
-    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+    let mut sessions: Vec<Kept> = Vec::new();
+    let mut due: BinaryHeap<Reverse<(Instant, usize)>> = BinaryHeap::new();
+    let mut adding = true;
+    // When a session's next keepalive is due after an answer (or its creation).
+    let after = |granted: Duration| match system {
+        System::Latch => granted.saturating_sub(ttl / 2).max(granted / 4),
+        _ => ttl / 3,
+    };
+    let over = |counts: &Counts| {
+        stop.load(Ordering::Relaxed)
+            || clock.deadline().is_some_and(|d| Instant::now() >= d)
+            || counts.ok.load(Ordering::Relaxed) >= clock.ops_budget()
+    };
+    while !over(&counts) {
         let (tx, mut answers) = match open(system, &endpoint).await {
             Ok(pair) => pair,
             Err(e) => {
@@ -230,16 +260,18 @@ async fn stream_task(
             }
         };
         let mut in_flight: VecDeque<(usize, Instant)> = VecDeque::new();
-        loop {
-            if stop.load(Ordering::Relaxed) || counts.ok.load(Ordering::Relaxed) >= ops_budget {
-                break;
-            }
-            let next_due = due.peek().map(|Reverse((at, _))| *at).unwrap_or(deadline);
+        while !over(&counts) {
+            let horizon = Instant::now() + Duration::from_millis(50);
+            let next_due = due.peek().map_or(horizon, |Reverse((at, _))| *at).min(horizon);
             tokio::select! {
-                _ = tokio::time::sleep_until(next_due.min(deadline).into()) => {
-                    if Instant::now() >= deadline {
-                        break;
+                add = adds.recv(), if adding => match add {
+                    Some((id, created)) => {
+                        sessions.push(Kept { id, lease_end: created + ttl, lost: false });
+                        due.push(Reverse((created + after(ttl), sessions.len() - 1)));
                     }
+                    None => adding = false,
+                },
+                _ = tokio::time::sleep_until(next_due.into()) => {
                     while let Some(Reverse((at, i))) = due.peek().copied() {
                         if at > Instant::now() {
                             break;
@@ -260,14 +292,12 @@ async fn stream_task(
                     let Some((i, sent)) = in_flight.pop_front() else { break };
                     match answer {
                         Some(Ok(granted)) if granted > Duration::ZERO => {
-                            tally.record(sent.elapsed(), "kept");
-                            counts.ok.fetch_add(1, Ordering::Relaxed);
+                            if clock.timed(sent) {
+                                tally.record(sent.elapsed(), "kept");
+                                counts.ok.fetch_add(1, Ordering::Relaxed);
+                            }
                             sessions[i].lease_end = sent + granted;
-                            let after = match system {
-                                System::Latch => granted.saturating_sub(ttl / 2).max(ttl / 10),
-                                _ => ttl / 3,
-                            };
-                            due.push(Reverse((sent + after, i)));
+                            due.push(Reverse((sent + after(granted), i)));
                         }
                         Some(Ok(_)) | Some(Err(Answer::Gone(_))) => {
                             if !sessions[i].lost {
@@ -278,7 +308,8 @@ async fn stream_task(
                                 Some(Err(Answer::Gone(why))) => why,
                                 _ => "granted no lease".to_string(),
                             };
-                            tally.record_error(OpError { kind: "NOT_FOUND", message: format!("session {}: {why}", sessions[i].id) });
+                            let message = format!("session {}: {why}", sessions[i].id);
+                            tally.record_error(OpError { kind: "NOT_FOUND", message });
                             counts.failed.fetch_add(1, Ordering::Relaxed);
                             // A Latch stream ends after NOT_FOUND: open it again.
                             if system == System::Latch {
@@ -307,9 +338,6 @@ async fn stream_task(
             if !sessions[i].lost {
                 due.push(Reverse((Instant::now(), i)));
             }
-        }
-        if stop.load(Ordering::Relaxed) || counts.ok.load(Ordering::Relaxed) >= ops_budget {
-            break;
         }
     }
     tally

@@ -24,7 +24,10 @@
 //!   and is answered once it is applied.
 //! - A leader acts only once it has applied every entry of earlier terms (`Core` tells it:
 //!   [`Leases::promoted`]); its first act re-bases every lease in a checkpoint of its own term,
-//!   so that the newest basis of every lease is a recent reading of a live leader's clock.
+//!   so that the newest basis of every lease is a recent reading of a live leader's clock. Until
+//!   a lease is based on its own reading, a keepalive of it waits for that checkpoint: its view
+//!   of another leader's reading may be looser than the next leader's, and a grant from it
+//!   could outlast what the next leader honours.
 //! - The leader expires a session only when its deadline has passed and no checkpoint of it is
 //!   in flight; the expiry names the session's checkpoint count, so a checkpoint that commits
 //!   first wins (see `fsm::sessions`).
@@ -96,6 +99,11 @@ struct Lease {
     checkpoints: u64,
     /// Leader only: when the last keepalive arrived, if one did in this term.
     renewed_at: Option<u64>,
+    /// Leader only: the basis is this leader's own reading (its checkpoint, or a creation it
+    /// appended), so every other member's deadline is at least as late. Until it is, a
+    /// keepalive waits for the re-basing checkpoint: this member's view of another leader's
+    /// reading may be looser than the next leader's.
+    exact: bool,
 }
 
 /// The leases of every live session, as this member counts them.
@@ -141,6 +149,7 @@ impl Leases {
                 remaining_ms: st.remaining_ms,
                 checkpoints: st.checkpoints,
                 renewed_at: None,
+                exact: false,
             };
             self.sessions.insert(st.id, lease);
         }
@@ -220,6 +229,9 @@ impl Leases {
                     remaining_ms: ttl_ms,
                     checkpoints: 0,
                     renewed_at: None,
+                    // Applied while leading: this leader appended it (promotion waits for every
+                    // entry of earlier terms), and counts it from its append.
+                    exact: self.leading.is_some(),
                 };
                 self.set(id, lease);
                 Vec::new()
@@ -235,6 +247,7 @@ impl Leases {
                     remaining_ms,
                     checkpoints,
                     renewed_at,
+                    exact: self.leading == Some(term),
                 };
                 // A checkpoint read earlier can be applied after one read later (a proposal
                 // handed to raft again): a lease never moves back; the grants the later
@@ -285,6 +298,9 @@ impl Leases {
     /// checkpoint.
     pub fn promoted(&mut self, term: u64, now: u64) {
         self.leading = Some(term);
+        for lease in self.sessions.values_mut() {
+            lease.exact = false;
+        }
         self.by_deadline = self.sessions.iter().map(|(id, l)| (self.deadline(l), id.clone())).collect();
         self.to_checkpoint = self.sessions.keys().cloned().collect();
         self.last_checkpoint = now;
@@ -317,12 +333,12 @@ impl Leases {
             // Its lease ran out: no grant can be given from the log any more.
             return Some(Err(gone()));
         }
-        let ttl_ms = lease.ttl_ms;
+        let (ttl_ms, exact) = (lease.ttl_ms, lease.exact);
         if let Some(lease) = self.sessions.get_mut(id) {
             lease.renewed_at = Some(now);
         }
         let left = deadline - now;
-        if left >= ttl_ms / 2 {
+        if exact && left >= ttl_ms / 2 {
             return Some(Ok(Grant { ttl_ms, granted_ms: left }));
         }
         if !self.checkpointing.contains_key(id) {
@@ -374,13 +390,27 @@ impl Leases {
         self.leading
     }
 
-    /// Forgets checkpoints, expiries and keepalive waits older than `timeout_ms` (a lost
-    /// proposal: they are tried again). Returns the keepalives that timed out, answered
-    /// `timed_out`.
-    pub fn time_out(&mut self, now: u64, timeout_ms: u64, timed_out: &RequestError) -> Replies {
-        let old = |since: &u64| now.saturating_sub(*since) >= timeout_ms;
-        self.checkpointing.retain(|_, since| !old(since));
-        self.expiring.retain(|_, since| !old(since));
+    /// Forgets checkpoints and expiries proposed `proposal_timeout_ms` ago or more (lost: they
+    /// are proposed again), and keepalives waiting `wait_timeout_ms` or more. Returns the
+    /// keepalives that timed out, answered `timed_out`.
+    pub fn time_out(
+        &mut self,
+        now: u64,
+        proposal_timeout_ms: u64,
+        wait_timeout_ms: u64,
+        timed_out: &RequestError,
+    ) -> Replies {
+        let lost = |since: &u64| now.saturating_sub(*since) >= proposal_timeout_ms;
+        let (lost_checkpoints, in_flight): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            std::mem::take(&mut self.checkpointing).into_iter().partition(|(_, since)| lost(since));
+        self.checkpointing = in_flight;
+        if self.leading.is_some() {
+            // A lost checkpoint (a renewal, or the re-basing one) is proposed again.
+            self.to_checkpoint
+                .extend(lost_checkpoints.into_keys().filter(|id| self.sessions.contains_key(id)));
+        }
+        self.expiring.retain(|_, since| !lost(since));
+        let old = |since: &u64| now.saturating_sub(*since) >= wait_timeout_ms;
         let mut replies = Vec::new();
         for (id, waits) in self.waiting.iter_mut() {
             let (expired, kept): (Vec<_>, Vec<_>) =
@@ -508,7 +538,7 @@ mod tests {
             Some(Err(RequestError::SessionNotFound { session: "a".into() })),
             "a lease that ran out is not renewed"
         );
-        l.time_out(3_000, 2_000, &RequestError::TimedOut { ticks: 1 });
+        l.time_out(3_000, 2_000, 2_000, &RequestError::TimedOut { ticks: 1 });
         assert_eq!(
             expiries_of(&l.tend(3_000, u64::MAX)),
             vec![("a".to_string(), 0)],
@@ -619,6 +649,56 @@ mod tests {
             Some(1_055),
             "then from the leader's reading: 12 868 + 11 + 1 259"
         );
+    }
+
+    #[test]
+    fn a_new_leader_grants_only_from_its_own_reading_never_from_a_looser_view_of_an_older_one() {
+        // B restarted at 105 000: its view of A's checkpoint (100 000 + 10 000) counts from
+        // 105 000. Promoted, it must not grant from that view: C, which applied the checkpoint
+        // promptly, would end the session at 110 000.
+        let mut b = Leases::default();
+        let stored = Stored {
+            id: "s".into(),
+            ttl_ms: 10_000,
+            remaining_ms: 10_000,
+            checkpoints: 1,
+            term: 5,
+            leader_ms: 100_000,
+        };
+        b.reload([stored], 105_000);
+        b.promoted(6, 105_000);
+        assert_eq!(b.keep_alive(1, "s", 105_500), None, "it waits for the re-basing checkpoint");
+        let rebase = b.tend(105_500, u64::MAX);
+        assert_eq!(checkpoint_of(&rebase), vec![("s".to_string(), 10_000)], "renewed from the keepalive");
+        b.changed(SessionChange::Clock { leader_ms: 105_500 }, 6, 0, 105_510);
+        let replies = b.changed(
+            SessionChange::Renewed {
+                id: "s".into(),
+                ttl_ms: 10_000,
+                remaining_ms: 10_000,
+                checkpoints: 2,
+                leader_ms: 105_500,
+            },
+            6,
+            0,
+            105_510,
+        );
+        assert_eq!(
+            replies,
+            vec![(1, Ok(Grant { ttl_ms: 10_000, granted_ms: 9_990 }))],
+            "granted once committed"
+        );
+        assert!(b.keep_alive(2, "s", 106_000).is_some(), "then from its own reading, at once");
+    }
+
+    #[test]
+    fn a_lost_re_basing_checkpoint_is_proposed_again() {
+        let mut l = leader();
+        started(&mut l, "s", 10_000, 0);
+        l.promoted(TERM + 1, 1_000);
+        assert_eq!(checkpoint_of(&l.tend(1_000, u64::MAX)).len(), 1);
+        l.time_out(1_500, 400, 3_000, &RequestError::TimedOut { ticks: 1 });
+        assert_eq!(checkpoint_of(&l.tend(1_500, u64::MAX)), vec![("s".to_string(), 8_500)], "proposed again");
     }
 
     #[test]

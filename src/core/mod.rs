@@ -88,9 +88,9 @@ pub type Waiter = u64;
 /// The waiter of the core's own proposals (lease checkpoints, expiries): nobody waits on them.
 pub const OWN_WAITER: Waiter = Waiter::MAX;
 
-/// How long the leader waits for its own lease checkpoint or expiry to apply before it tries
-/// again, and a keepalive for a checkpoint before it fails, in milliseconds of its clock.
-pub const LEASE_PROPOSAL_TIMEOUT_MS: u64 = 3_000;
+/// How long a keepalive waits for the checkpoint that renews its lease before it fails, in
+/// milliseconds of the leader's clock.
+pub const LEASE_WAIT_TIMEOUT_MS: u64 = 3_000;
 
 /// Ticks and thresholds, in ticks.
 #[derive(Debug, Clone, Copy)]
@@ -673,12 +673,16 @@ impl Core {
             }
         }
         self.confirmed_reads.retain(|_, reads| !reads.is_empty());
-        let replies = self.leases.time_out(self.clock_ms, LEASE_PROPOSAL_TIMEOUT_MS, &timed_out);
+        // A lost lease proposal is retried within two election timeouts (the rule's slack); a
+        // waiting keepalive fails after a few seconds, as a client's request would.
+        let proposal_timeout = 2 * self.timing.election_tick as u64 * self.timing.tick_ms;
+        let replies =
+            self.leases.time_out(self.clock_ms, proposal_timeout, LEASE_WAIT_TIMEOUT_MS, &timed_out);
         self.kept_alive(replies);
         let clock = self.clock_ms;
         let (late, early): (Vec<_>, Vec<_>) = std::mem::take(&mut self.early_keepalives)
             .into_iter()
-            .partition(|(_, _, at)| clock.saturating_sub(*at) >= LEASE_PROPOSAL_TIMEOUT_MS);
+            .partition(|(_, _, at)| clock.saturating_sub(*at) >= LEASE_WAIT_TIMEOUT_MS);
         self.early_keepalives = early;
         for (waiter, _, _) in late {
             self.actions.push(Action::KeptAlive { waiter, result: Err(timed_out.clone()) });

@@ -293,7 +293,7 @@ fn check_txn(req: &Txn) -> Result<(), String> {
         check_key(&format!("txn: compare[{i}]"), &c.key)?;
         if c.target.is_none() {
             return Err(format!(
-                "txn: compare[{i}]: target is missing (expected value, version, create_revision or mod_revision)"
+                "txn: compare[{i}]: target is missing (expected value, version, create_revision, mod_revision or session)"
             ));
         }
         if compare::Result::try_from(c.result).is_err() {

@@ -463,6 +463,9 @@ fn drive(
         // Everything already queued joins this turn (group commit), up to a bound.
         let queued = std::iter::from_fn(|| rx.try_recv().ok());
         for ev in first.into_iter().chain(queued).take(MAX_EVENTS_PER_TURN) {
+            // Read per event: a keepalive or creation counted from a reading older than its
+            // arrival would over-state a lease by the turn's length.
+            core.set_clock(started.elapsed().as_millis() as u64);
             match hand(ev, &mut core, &mut waiters, metrics, &mut apply) {
                 Ok(false) => {}
                 Ok(true) => break 'driver Ok(()),
@@ -478,6 +481,7 @@ fn drive(
             }
         }
         core.flush_reads();
+        core.set_clock(started.elapsed().as_millis() as u64);
         let mut timer = ReadyTimer { metrics, commit_started: None };
         let mut install = |token: &[u8], index: u64, term: u64| {
             // In order behind every batch queued before it; the raft thread waits for it.

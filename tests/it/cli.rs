@@ -153,3 +153,45 @@ async fn cli_client_flags_work_before_the_subcommand_and_the_server_refuses_them
         assert!(stderr(&refused).contains(flag), "stderr should name {flag}; got: {}", stderr(&refused));
     }
 }
+
+#[tokio::test]
+async fn cli_sessions_create_bind_list_and_close_in_json() {
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let created =
+        latch(&c, &["session", "create", "--ttl", "30s", "--name", "worker", "--output", "json"]).await;
+    assert_eq!(created.status.code(), Some(0), "session create; stderr: {}", stderr(&created));
+    let created: serde_json::Value = serde_json::from_str(&stdout(&created)).expect("one JSON document");
+    let id = created["id"].as_str().expect("the session id").to_string();
+    assert_eq!(created["ttl_ms"], 30_000);
+
+    let put = latch(&c, &["kv", "put", "held", "v", "--session", &id]).await;
+    assert_eq!(put.status.code(), Some(0), "kv put --session; stderr: {}", stderr(&put));
+    let seq = latch(&c, &["kv", "put", "jobs/", "x", "--sequential"]).await;
+    assert_eq!(stdout(&seq), "jobs/00000000000000000000\n", "a sequential put prints the key it created");
+
+    let list = latch(&c, &["session", "list", "--output", "json"]).await;
+    let list: serde_json::Value = serde_json::from_str(&stdout(&list)).expect("one JSON document");
+    let s = &list["sessions"][0];
+    assert_eq!(
+        (s["id"].as_str(), s["name"].as_str(), s["keys"].as_i64()),
+        (Some(id.as_str()), Some("worker"), Some(1))
+    );
+    let left = s["remaining_ms"].as_i64().expect("remaining_ms");
+    assert!(left > 0 && left <= 30_000, "the lease left is within the TTL: {left}");
+
+    let closed = latch(&c, &["session", "close", &id, "--output", "json"]).await;
+    assert_eq!(closed.status.code(), Some(0), "session close; stderr: {}", stderr(&closed));
+    let closed: serde_json::Value = serde_json::from_str(&stdout(&closed)).expect("one JSON document");
+    assert_eq!(closed["keys_deleted"], 1, "closing deletes the bound key");
+    let again = latch(&c, &["session", "close", &id]).await;
+    assert_eq!(again.status.code(), Some(1), "closing it again fails");
+    assert!(
+        stderr(&again).contains("NOT_FOUND") && stderr(&again).contains(&id),
+        "names the session: {}",
+        stderr(&again)
+    );
+    let bad = latch(&c, &["session", "create", "--ttl", "2h"]).await;
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("1s … 1h"), "names the bounds: {}", stderr(&bad));
+}

@@ -947,6 +947,15 @@ impl Sim {
                         },
                         Err(e) => KeeperResult::Failed(e.to_string()),
                     };
+                    if let (KeeperResult::Created, Some(&(keeper, ..))) =
+                        (&answer, self.keeper_waiters.get(&waiter))
+                    {
+                        // A creation grants the whole TTL from the first attempt's sending.
+                        let k = &self.keepers[keeper];
+                        let until = k.create_sent_us.unwrap_or(0) + k.ttl_ms * 1_000;
+                        let session = k.session.clone();
+                        self.leases.granted(self.ctx(), id, &session, until);
+                    }
                     self.keeper_answered(id, waiter, answer);
                     continue;
                 }
@@ -1347,7 +1356,7 @@ impl Sim {
             KeeperResult::Granted { sent_us, granted_ms } => {
                 // As the Rust client: when half the TTL is left of the grant (see `Session`).
                 let ttl_us = k.ttl_ms * 1_000;
-                let after = (granted_ms * 1_000).saturating_sub(ttl_us / 2).max(ttl_us / 10);
+                let after = (granted_ms * 1_000).saturating_sub(ttl_us / 2).max(granted_ms * 250);
                 let next = (sent_us + after).saturating_sub(self.now);
                 self.at(next, Ev::KeeperWake { keeper });
             }

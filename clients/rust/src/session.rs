@@ -273,11 +273,18 @@ async fn keep_alive_loop(
                 // When half the TTL is left of the grant: the leader then renews the lease in
                 // the log and grants it whole again, so about half the TTL always stays in hand
                 // to ride out a leader change.
-                next = sent + granted.saturating_sub(ttl / 2).max(ttl / 10);
+                next = sent + granted.saturating_sub(ttl / 2).max(granted / 4);
             }
             Some(Err(e)) if e.code() == Code::NotFound => {
-                tracing::debug!(session = %id, "the cluster says the session is gone");
-                break;
+                // A deposed leader that has not heard of the session yet says so too: only a
+                // linearizable read settles it.
+                match client.session_info(&id).await {
+                    Err(e) if e.code() == Code::NotFound => {
+                        tracing::debug!(session = %id, "the cluster says the session is gone");
+                        break;
+                    }
+                    _ => next = Instant::now() + retry,
+                }
             }
             None => {
                 tracing::debug!(session = %id, "no keepalive answered within the lease and the grace period");
