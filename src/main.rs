@@ -6,8 +6,7 @@ use std::process::ExitCode;
 use latch::cli::{Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse_args();
     // RUST_LOG wins; without it a server logs at info and a client command only warns.
     let filter =
@@ -18,5 +17,16 @@ async fn main() -> ExitCode {
         // One object per line, the event's fields (message included) at its top level.
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
-    latch::cli::run(cli).await
+    let runtime = match cli.runtime_threads() {
+        Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+        None => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    };
+    match runtime {
+        Ok(runtime) => runtime.block_on(latch::cli::run(cli)),
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -137,6 +137,12 @@ pub struct BenchOptions {
     /// How many distinct keys the operations pick from, uniformly.
     #[arg(long, global = true, value_name = "N", default_value_t = 100_000)]
     pub keyspace: u64,
+    /// Threads of the load generator. One (the default) runs every client on one thread, which
+    /// costs the least CPU per operation (no wake-ups across threads; measured in
+    /// docs/performance.md) and leaves the most to the servers on a shared machine; more only
+    /// when one thread cannot keep up.
+    #[arg(long, global = true, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: u16,
 }
 
 impl BenchOptions {
@@ -301,6 +307,13 @@ mod tests {
             Stop::Duration(Duration::from_secs(60))
         );
         assert!(settings(&["put", "--ops", "0"]).expect_err("no ops").contains("--ops"));
+    }
+
+    #[test]
+    fn the_load_generator_runs_on_one_thread_unless_told_otherwise() {
+        assert_eq!(parse(&["put"]).expect("valid").options.threads, 1);
+        assert_eq!(parse(&["put", "--threads", "4"]).expect("valid").options.threads, 4);
+        assert_eq!(parse(&["put", "--threads", "0"]).expect_err("no threads").exit_code(), 2);
     }
 
     #[test]

@@ -140,6 +140,17 @@ impl Cli {
         }
     }
 
+    /// The threads the command's runtime runs on: `None` for as many as cores (a server), or
+    /// the bench's `--threads` (one thread runs a current-thread runtime).
+    pub fn runtime_threads(&self) -> Option<usize> {
+        match &self.command {
+            Command::Bench(bench) => Some(usize::from(bench.options.threads)),
+            // A client command does one call at a time: one thread does it with the least work.
+            Command::Kv(_) | Command::Cluster(_) | Command::Session(_) => Some(1),
+            Command::Server(_) => None,
+        }
+    }
+
     /// How to write log lines: `--log-format`, else (for `latch server`) the config file's
     /// `log-format`, else text. A config file that cannot be read counts as not setting it
     /// here; `latch server` reports the problem once it resolves its configuration.

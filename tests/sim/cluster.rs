@@ -111,7 +111,10 @@ impl Params {
                 (ttl, keepers)
             }
             Mode::LeaderChanges => {
-                let ttl = 1_500;
+                // 20 election timeouts: a lease in hand (half the TTL at the least) outlasts an
+                // election that takes a few rounds, as production's 10 s TTLs and 0.5–1 s
+                // elections do.
+                let ttl = 2_000;
                 let n = rng.gen_range(3..=5);
                 // Some stop between the 2nd and the 15th TTL; the others never do.
                 let keepers = (0..n)

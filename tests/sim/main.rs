@@ -115,8 +115,8 @@ fn five_nodes_survive_faults_across_seeds() {
 
 /// Seeds of the leader-change runs per CI run (`LATCH_SIM_SESSION_SEEDS` for more).
 const DEFAULT_SESSION_SEEDS: u64 = 200;
-/// A leader-change run lasts 20 session TTLs of 1.5 s.
-const SESSION_RUN_US: u64 = 30_000_000;
+/// A leader-change run lasts 20 session TTLs of 2 s.
+const SESSION_RUN_US: u64 = 40_000_000;
 
 /// Sessions while the leader is cut off every half TTL for 20 TTLs: never expired early,
 /// expired within TTL + 2 election timeouts once their keepers stop, never while kept alive
