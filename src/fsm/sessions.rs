@@ -91,8 +91,14 @@ pub(crate) fn create(ap: &mut Apply, req: CreateSession) -> Result<outcome::Resu
         )));
     }
     let mut sessions = ap.txn.open_table(SESSIONS)?;
-    if sessions.get(req.id.as_bytes())?.is_some() {
-        return Ok(outcome::Result::Rejected(format!("create_session: session {} exists", req.id)));
+    if let Some(row) = get_in(&sessions, &req.id)? {
+        // Ids are drawn at random or derived from the request id: an existing one is a retry
+        // whose first answer was forgotten. It gets the session, unchanged.
+        return Ok(outcome::Result::Session(SessionResult {
+            id: req.id,
+            ttl_ms: row.ttl_ms,
+            ..Default::default()
+        }));
     }
     let row = SessionRow {
         name: req.name,
@@ -526,7 +532,12 @@ mod tests {
         );
         assert_eq!(created.sessions, vec![SessionChange::Started { id: "s".into(), ttl_ms: 5 }]);
         assert_eq!(created.outcome.revision, 0, "creating a session raises no revision");
-        assert!(as_rejected(create(&mut s, "s", 10)).contains("exists"), "an existing id is refused");
+        let again = as_session(create(&mut s, "s", 10));
+        assert_eq!(
+            (again.id.as_str(), again.ttl_ms),
+            ("s", 5),
+            "an existing id is answered with the session"
+        );
         assert_eq!(row(&s, "s").map(|r| r.ttl_ms), Some(5), "… and the first session stays");
         assert!(as_rejected(create(&mut s, "", 10)).contains("session id"));
         assert!(as_rejected(create(&mut s, "z", 0)).contains("ttl"));
