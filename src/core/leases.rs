@@ -159,6 +159,17 @@ impl Leases {
         replies
     }
 
+    /// The member's clock starts at `at`: leases loaded before it, counted from 0, count from
+    /// `at` instead.
+    pub fn clock_started(&mut self, at: u64) {
+        for lease in self.sessions.values_mut() {
+            match &mut lease.basis {
+                Basis::Local(t) | Basis::Loaded { at: t, .. } => *t += at,
+                Basis::Leader { .. } => {}
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.sessions.len()
     }
@@ -699,6 +710,22 @@ mod tests {
         assert_eq!(checkpoint_of(&l.tend(1_000, u64::MAX)).len(), 1);
         l.time_out(1_500, 400, 3_000, &RequestError::TimedOut { ticks: 1 });
         assert_eq!(checkpoint_of(&l.tend(1_500, u64::MAX)), vec![("s".to_string(), 8_500)], "proposed again");
+    }
+
+    #[test]
+    fn leases_loaded_before_the_clock_started_count_from_its_first_reading() {
+        let mut l = Leases::default();
+        let stored = Stored {
+            id: "s".into(),
+            ttl_ms: 10_000,
+            remaining_ms: 4_000,
+            checkpoints: 3,
+            term: 0,
+            leader_ms: 0,
+        };
+        l.reload([stored], 0);
+        l.clock_started(750_000);
+        assert_eq!(l.remaining("s", 750_000), Some(4_000), "not run out at a clock that starts high");
     }
 
     #[test]

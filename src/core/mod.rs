@@ -386,6 +386,8 @@ pub struct Core {
     /// This member's monotonic clock, in milliseconds since the core was made (the driver
     /// sets it): what session leases are counted on.
     clock_ms: u64,
+    /// Whether the driver has set the clock yet.
+    clock_set: bool,
     leases: Leases,
     /// As leader: (term, index) from which it may act on leases — once it applied that far,
     /// it has seen every entry of earlier terms.
@@ -477,6 +479,7 @@ impl Core {
             actions: Vec::new(),
             election_rng: None,
             clock_ms: 0,
+            clock_set: false,
             leases,
             lease_ready_from: None,
             early_keepalives: Vec::new(),
@@ -552,7 +555,12 @@ impl Core {
     }
 
     /// Sets this member's clock (milliseconds, monotonic: a value behind the clock is ignored).
+    /// The first reading is where the clock starts: leases loaded before it count from there.
     pub fn set_clock(&mut self, now_ms: u64) {
+        if !self.clock_set {
+            self.clock_set = true;
+            self.leases.clock_started(now_ms);
+        }
         self.clock_ms = self.clock_ms.max(now_ms);
     }
 

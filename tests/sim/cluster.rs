@@ -335,8 +335,10 @@ enum KeeperResult {
 
 struct SimNode {
     id: u64,
-    /// When this life of the process started: its monotonic clock reads from there.
+    /// When this life of the process started, and where its monotonic clock then read (drawn
+    /// per life: clocks of different members and lives start anywhere).
     started_at: u64,
+    clock_origin_ms: u64,
     /// The raft log's directory and the state machine's disk.
     log_dir: SimDir,
     state_disk: SimDisk,
@@ -420,6 +422,7 @@ impl Sim {
             .map(|id| SimNode {
                 id,
                 started_at: 0,
+                clock_origin_ms: 0,
                 log_dir: SimDir::new(),
                 state_disk: SimDisk::new(),
                 core: None,
@@ -432,7 +435,12 @@ impl Sim {
             })
             .collect();
         let clients = (0..params.clients).map(Client::new).collect();
-        let net = Network::new(params.net);
+        let mut net = Network::new(params.net);
+        if mode == Mode::LeaderChanges {
+            // Delays but no loss: no bound holds while an election's own messages can be lost
+            // (a lost vote costs another election timeout).
+            net.set_calm(true);
+        }
         Sim {
             seed,
             report: Report {
@@ -516,9 +524,9 @@ impl Sim {
     fn set_clock(&mut self, id: u64) {
         let now = self.now;
         let n = &mut self.nodes[(id - 1) as usize];
-        let started = n.started_at;
+        let (started, origin) = (n.started_at, n.clock_origin_ms);
         if let Some(core) = n.core.as_mut() {
-            core.set_clock((now - started) / 1_000);
+            core.set_clock(origin + (now - started) / 1_000);
         }
     }
 
@@ -535,6 +543,7 @@ impl Sim {
         let tick_offset = self.rng.gen_range(0..TICK_US);
         let sync_every = self.rng.gen_range(1..=64);
         let segment_bytes = self.rng.gen_range(2_000..20_000);
+        let clock_origin_ms = self.rng.gen_range(0..1_000_000);
         let node = self.node(id);
         let open = |disk: &mut SimDisk, what: &str| {
             latch::storage::open_with_backend(disk.open(), CLUSTER_ID, id).unwrap_or_else(|e| {
@@ -564,6 +573,7 @@ impl Sim {
         node.apply_scheduled = false;
         node.paused_until = 0;
         node.started_at = ctx.time_us;
+        node.clock_origin_ms = clock_origin_ms;
         let inc = node.inc;
         self.at(tick_offset, Ev::Tick { node: id, inc });
         self.checker.restarted(id);
@@ -652,8 +662,11 @@ impl Sim {
             self.nodes.iter().filter_map(|n| n.core.as_ref().map(|c| (n.id, c))).collect();
         self.checker.after_step(ctx, &up);
         if self.params.mode == Mode::LeaderChanges {
-            // TTL + 2 × the longest election timeout raft-rs draws (20 ticks).
-            let bound = self.params.session_ttl_ms * 1_000 + 2 * 20 * TICK_US;
+            // TTL + 2 × the longest election timeout raft-rs draws (20 ticks), and the message
+            // round trips of an election that may fall between the deadline and the expiry
+            // (pre-vote, vote) and of two commits (the new leader's first entry, the expiry).
+            let round_trip = 2 * self.params.net.delay_us.1;
+            let bound = self.params.session_ttl_ms * 1_000 + 2 * 20 * TICK_US + 4 * round_trip;
             self.leases.check_bounds(ctx, &self.keepers, bound);
         }
         let mut h = self.trace;

@@ -7,9 +7,10 @@
 //! - Never early: no member applies the end of a session before every lease granted to it has
 //!   run out (a grant counts from when its keepalive was sent; a creation from when it was first
 //!   sent), and no grant reaches past an end already applied.
-//! - Never late (runs that ask for it): once a keeper stops, its session ends within its TTL
-//!   plus two of the longest election timeouts of its last keepalive; a keeper that never stops
-//!   never loses its session.
+//! - Never late (runs that ask for it, on a network that delays but loses nothing):
+//!   once a keeper stops, its session ends within its TTL plus two of the longest election
+//!   timeouts, plus the message round trips of one election and two commits, of its last
+//!   keepalive; a keeper that never stops never loses its session.
 
 use std::collections::BTreeMap;
 
