@@ -626,10 +626,12 @@ impl Core {
 
     /// When this member learned of entry `index`: when it appended it as leader, else now.
     fn learned_at(&self, index: u64) -> u64 {
-        self.append_times
-            .iter()
-            .find(|(first, last, _)| (*first..=*last).contains(&index))
-            .map_or(self.clock_ms, |(_, _, at)| *at)
+        // Ordered and disjoint: the first batch ending at or after `index` holds it, if any does.
+        let at = self.append_times.partition_point(|(_, last, _)| *last < index);
+        match self.append_times.get(at) {
+            Some((first, _, appended)) if *first <= index => *appended,
+            _ => self.clock_ms,
+        }
     }
 
     /// Advances logical time by one tick: raft's election and heartbeat clocks, request
@@ -1010,7 +1012,7 @@ impl Core {
             self.applied = progress.applied;
         }
         if !overtaken {
-            for a in &progress.commands {
+            for a in progress.commands.iter().filter(|a| !a.sessions.is_empty()) {
                 let learned_at = self.learned_at(a.index);
                 for change in a.sessions.iter().cloned() {
                     let replies = self.leases.changed(change, a.term, learned_at, self.clock_ms);

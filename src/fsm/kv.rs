@@ -389,11 +389,13 @@ fn write_delete(
     req: &DeleteRange,
     budget: &mut usize,
 ) -> Result<DeleteResult, FsmError> {
-    let mut doomed: Vec<(Vec<u8>, Option<KeyValue>)> = Vec::new();
+    // (key, the session it is bound to, its previous kv when asked).
+    let mut doomed: Vec<(Vec<u8>, String, Option<KeyValue>)> = Vec::new();
     if let Some(selected) = selection(&req.key, &req.range_end) {
         for row in table.range::<&[u8]>(selected)? {
             let (k, v) = row?;
             let stored = decode_stored("table kv", k.value(), v.value())?;
+            let session = stored.session.clone();
             let mut prev = None;
             if req.prev_kv {
                 let kv = key_value(k.value(), stored);
@@ -403,23 +405,20 @@ fn write_delete(
                     prev = Some(kv);
                 }
             }
-            doomed.push((k.value().to_vec(), prev));
+            doomed.push((k.value().to_vec(), session, prev));
         }
     }
     if doomed.is_empty() {
         return Ok(DeleteResult::default());
     }
     let revision = ap.write_revision()?;
-    for (key, _) in &doomed {
-        if let Some(row) = table.remove(key.as_slice())? {
-            let session = decode_stored("table kv", key, row.value())?.session;
-            drop(row);
-            sessions::rebind(ap.txn, key, &session, "")?;
-        }
+    for (key, session, _) in &doomed {
+        table.remove(key.as_slice())?;
+        sessions::rebind(ap.txn, key, session, "")?;
     }
     let deleted = i64::try_from(doomed.len()).unwrap_or(i64::MAX);
     let mut prev_kvs = Vec::new();
-    for (key, prev) in doomed {
+    for (key, _, prev) in doomed {
         let kv = KeyValue { key, mod_revision: revision, ..Default::default() };
         ap.emit(Event { kind: EventKind::Delete, kv, prev_kv: prev.clone() });
         prev_kvs.extend(prev);
