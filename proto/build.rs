@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/latch/v1/kv.proto",
         "proto/latch/v1/cluster.proto",
         "proto/latch/v1/session.proto",
+        "proto/latch/v1/lock.proto",
+        "proto/latch/v1/election.proto",
         "proto/latch/internal/v1/internal.proto",
         "proto/latch/internal/v1/log.proto",
     ];

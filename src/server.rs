@@ -13,12 +13,17 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 use latch_proto::v1::cluster_server::ClusterServer;
+use latch_proto::v1::election_server::ElectionServer;
 use latch_proto::v1::kv_server::KvServer;
+use latch_proto::v1::lock_server::LockServer;
 use latch_proto::v1::session_server::SessionServer;
 use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 
-use crate::api::{self, cluster::ClusterService, kv::KvService, session::SessionService, Context};
+use crate::api::{
+    self, cluster::ClusterService, election::ElectionService, kv::KvService, lock::LockService,
+    session::SessionService, Context,
+};
 use crate::config::{Config, Peer};
 use crate::core::{self, Core, CoreError, Timing};
 use crate::fsm;
@@ -29,10 +34,12 @@ use crate::storage::{self, StorageError};
 use crate::transport::{self, member_status, Faults, FaultsService, Links, PeerSenders, PeerService};
 
 /// The public services on the client port, as the gRPC health service names them.
-const SERVICES: [&str; 3] = [
+const SERVICES: [&str; 5] = [
     <KvServer<KvService> as NamedService>::NAME,
     <ClusterServer<ClusterService> as NamedService>::NAME,
     <SessionServer<SessionService> as NamedService>::NAME,
+    <LockServer<LockService> as NamedService>::NAME,
+    <ElectionServer<ElectionService> as NamedService>::NAME,
 ];
 
 /// Where incoming snapshots are staged, inside `--data-dir`.
@@ -209,6 +216,8 @@ pub async fn run(
         .add_service(KvService::server(ctx.clone()))
         .add_service(ClusterService::server(ctx.clone()))
         .add_service(SessionService::server(ctx.clone()))
+        .add_service(LockService::server(ctx.clone()))
+        .add_service(ElectionService::server(ctx.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -17,6 +17,8 @@ mod generated {
     }
 }
 
+pub mod sequencer;
+
 pub use generated::latch::internal::v1 as internal;
 pub use generated::latch::v1;
 

@@ -96,7 +96,7 @@ impl Kv for KvService {
             check_txn(&self.ctx.limits, &req)?;
             check_request_id(&req.request_id)?;
             let id = req.request_id.clone();
-            match self.ctx.write(&id, Body::Txn(convert::txn(req))).await? {
+            match self.ctx.write(&id, Body::Txn(convert::txn(req, self.ctx.node.cluster_id)?)).await? {
                 (header, outcome::Result::Txn(r)) => Ok(convert::txn_response(r, header)),
                 _ => Err(mismatched("txn")),
             }

@@ -2,7 +2,9 @@
 //! error → fill the header. [`ApiError`] and its one mapping to `tonic::Status` live here.
 
 pub mod cluster;
+pub mod election;
 pub mod kv;
+pub mod lock;
 pub mod session;
 
 use std::collections::BTreeMap;
@@ -82,6 +84,16 @@ pub const METHODS: &[&str] = &[
     "/latch.v1.Session/Close",
     "/latch.v1.Session/Get",
     "/latch.v1.Session/List",
+    "/latch.v1.Lock/Acquire",
+    "/latch.v1.Lock/Release",
+    "/latch.v1.Lock/CheckSequencer",
+    "/latch.v1.Lock/DescribeLock",
+    "/latch.v1.Lock/ListLocks",
+    "/latch.v1.Election/Campaign",
+    "/latch.v1.Election/Proclaim",
+    "/latch.v1.Election/Leader",
+    "/latch.v1.Election/Observe",
+    "/latch.v1.Election/Resign",
 ];
 
 /// What every service needs.
@@ -145,6 +157,10 @@ pub enum ApiError {
     InvalidArgument { field: &'static str, problem: String },
     #[error("{0}")]
     OverLimit(String),
+    /// The request cannot apply to the state as it is (a lock already held, a sequencer that
+    /// no longer holds).
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error(transparent)]
     Request(#[from] RequestError),
     #[error("request rejected by the state machine: {0}")]
@@ -189,9 +205,9 @@ impl Context {
             ApiError::NotFound { .. } | ApiError::Request(RequestError::SessionNotFound { .. }) => {
                 Status::not_found(msg)
             }
-            ApiError::RequestConflict { .. } | ApiError::Request(RequestError::RequestInFlight { .. }) => {
-                Status::failed_precondition(msg)
-            }
+            ApiError::RequestConflict { .. }
+            | ApiError::FailedPrecondition(_)
+            | ApiError::Request(RequestError::RequestInFlight { .. }) => Status::failed_precondition(msg),
             ApiError::AlreadyApplied { revision, succeeded, .. } => {
                 let mut status = Status::failed_precondition(msg);
                 let m = status.metadata_mut();

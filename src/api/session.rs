@@ -56,17 +56,23 @@ impl SessionService {
     async fn infos(&self, rows: Vec<(String, SessionRow)>) -> Result<Vec<SessionInfo>, ApiError> {
         let ids = rows.iter().map(|(id, _)| id.clone()).collect();
         let leases = self.ctx.node.leases(ids).await?;
+        let txn = self.ctx.node.db().begin_read()?;
+        let locks = rows
+            .iter()
+            .map(|(id, _)| crate::fsm::locks::count_of(&txn, id))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(rows
             .into_iter()
             .zip(leases)
-            .map(|((id, row), left)| SessionInfo {
+            .zip(locks)
+            .map(|(((id, row), left), locks)| SessionInfo {
                 id,
                 name: row.name,
                 ttl_ms: row.ttl_ms as i64,
                 remaining_ms: left.unwrap_or(0) as i64,
                 created_revision: row.created_revision,
                 keys: row.keys as i64,
-                locks: 0,
+                locks: locks as i64,
                 instances: 0,
             })
             .collect())

@@ -49,6 +49,7 @@
 
 pub mod applier;
 pub mod leases;
+pub mod lock_delays;
 pub mod snapshots;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -59,12 +60,13 @@ use raft::eraftpb::{Entry, Message, MessageType};
 use raft::{RawNode, StateRole};
 use redb::Database;
 
-use crate::fsm::{self, Applied, Event};
+use crate::fsm::{self, Applied, Event, LockChange};
 use crate::storage::{Identity, LogStore, StorageError, Stores};
 pub use applier::{Applier, Progress};
 use latch_proto::internal::{command::Body, Command, Outcome};
 pub use leases::Grant;
 use leases::Leases;
+use lock_delays::LockDelays;
 pub use snapshots::{Inbox, MemoryInbox, SnapshotError, Snapshots};
 
 /// Most bytes of entries raft puts in one append message (one entry may exceed it).
@@ -241,6 +243,11 @@ pub enum Action {
         index: u64,
         revision: i64,
     },
+    /// Commands changed locks or elections: their changes, in order, after the state holding
+    /// them is committed (for waiters and observers; a `Restored` covers the ones it skipped).
+    LocksChanged {
+        changes: Vec<LockChange>,
+    },
     /// A keepalive's answer.
     KeptAlive {
         waiter: Waiter,
@@ -400,6 +407,7 @@ pub struct Core {
     /// Request ids of this leader's lease checkpoints and expiries not applied yet: dropped,
     /// not handed on, when it stops leading (they would be no-ops in another term).
     lease_proposals: std::collections::BTreeSet<String>,
+    lock_delays: LockDelays,
 }
 
 impl Core {
@@ -453,6 +461,8 @@ impl Core {
         let applier = Applier::new(state_db.clone(), snapshots.clone(), config.bounds)?;
         let mut leases = Leases::default();
         leases.reload(stored_leases(&state_db)?, 0);
+        let mut lock_delays = LockDelays::default();
+        lock_delays.reload(stored_lock_delays(&state_db)?, 0);
         let core = Core {
             raw,
             state_db,
@@ -485,6 +495,7 @@ impl Core {
             early_keepalives: Vec::new(),
             append_times: VecDeque::new(),
             lease_proposals: Default::default(),
+            lock_delays,
         };
         Ok((core, applier))
     }
@@ -560,6 +571,7 @@ impl Core {
         if !self.clock_set {
             self.clock_set = true;
             self.leases.clock_started(now_ms);
+            self.lock_delays.clock_started(now_ms);
         }
         self.clock_ms = self.clock_ms.max(now_ms);
     }
@@ -617,6 +629,9 @@ impl Core {
         for body in self.leases.tend(self.clock_ms, clock_every) {
             let id = self.propose_own(OWN_WAITER, body);
             self.lease_proposals.insert(id);
+        }
+        for body in self.lock_delays.due(self.clock_ms, 2 * clock_every) {
+            self.propose_own(OWN_WAITER, body);
         }
     }
 
@@ -931,6 +946,7 @@ impl Core {
             self.snapshots_installed += 1;
             let replies = self.leases.reload(stored_leases(&self.state_db)?, self.clock_ms);
             self.kept_alive(replies);
+            self.lock_delays.reload(stored_lock_delays(&self.state_db)?, self.clock_ms);
             installed = Some((snap, self.applied.revision));
         }
         self.hand_out(ready.take_committed_entries(), &mut to_apply);
@@ -1033,6 +1049,12 @@ impl Core {
                         self.actions.push(Action::Reply { waiter: w, result: Ok(a.outcome.clone()) });
                     }
                 }
+            }
+            if !a.locks.is_empty() && !overtaken {
+                for change in &a.locks {
+                    self.lock_delays.changed(change, self.clock_ms);
+                }
+                self.actions.push(Action::LocksChanged { changes: a.locks });
             }
             if !a.events.is_empty() && !overtaken {
                 self.actions.push(Action::Applied { revision: a.outcome.revision, events: a.events });
@@ -1138,6 +1160,7 @@ impl Core {
         if (now.role == Role::Leader) != (before.role == Role::Leader) || now.term != before.term {
             let replies = self.leases.demoted(member, now.leader);
             self.kept_alive(replies);
+            self.lock_delays.demoted();
             self.append_times.clear();
             for id in std::mem::take(&mut self.lease_proposals) {
                 self.proposals.remove(&id);
@@ -1159,6 +1182,11 @@ impl Core {
             }
         }
     }
+}
+
+/// Every lock-delay in force, as stored.
+fn stored_lock_delays(db: &Database) -> Result<Vec<(Vec<u8>, i64, u64)>, CoreError> {
+    Ok(fsm::locks::delays(&db.begin_read().map_err(redb_err)?)?)
 }
 
 /// Every session's lease as stored.

@@ -47,6 +47,21 @@ pub enum SessionChange {
     Ended { id: String },
 }
 
+/// What a command did to locks and elections, for the member's waiters, observers and
+/// lock-delay timers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockChange {
+    /// The request applied under `request_id` left the queue: granted, cancelled, or its
+    /// session ended. Its waiter reads which from the state.
+    Settled { request_id: String },
+    /// The holders of lock `key` changed, or its leader's value.
+    Changed { key: Vec<u8> },
+    /// Lock `key` entered a lock-delay at `since_revision`, for `delay_ms`.
+    DelayStarted { key: Vec<u8>, since_revision: i64, delay_ms: u64 },
+    /// Its delay ended.
+    DelayEnded { key: Vec<u8> },
+}
+
 /// The application of one command: its transaction, its log index and its revision.
 pub struct Apply<'t> {
     pub(crate) txn: &'t WriteTransaction,
@@ -57,11 +72,20 @@ pub struct Apply<'t> {
     wrote: bool,
     events: Vec<Event>,
     sessions: Vec<SessionChange>,
+    locks: Vec<LockChange>,
 }
 
 impl<'t> Apply<'t> {
     pub(crate) fn new(txn: &'t WriteTransaction, base: i64, max_response_bytes: usize) -> Self {
-        Apply { txn, max_response_bytes, base, wrote: false, events: Vec::new(), sessions: Vec::new() }
+        Apply {
+            txn,
+            max_response_bytes,
+            base,
+            wrote: false,
+            events: Vec::new(),
+            sessions: Vec::new(),
+            locks: Vec::new(),
+        }
     }
 
     /// The revision the command's writes carry; calling it marks the command as writing.
@@ -91,8 +115,15 @@ impl<'t> Apply<'t> {
         self.sessions.push(change);
     }
 
-    /// The revision after the command, its events and what it did to sessions.
-    pub(crate) fn finish(self) -> (i64, Vec<Event>, Vec<SessionChange>) {
-        (self.revision(), self.events, self.sessions)
+    /// Notes a change to a lock; repeats of the last one are left out.
+    pub(crate) fn lock_changed(&mut self, change: LockChange) {
+        if self.locks.last() != Some(&change) {
+            self.locks.push(change);
+        }
+    }
+
+    /// The revision after the command, its events and what it did to sessions and locks.
+    pub(crate) fn finish(self) -> (i64, Vec<Event>, Vec<SessionChange>, Vec<LockChange>) {
+        (self.revision(), self.events, self.sessions, self.locks)
     }
 }

@@ -33,7 +33,7 @@ use prost::Message;
 use redb::{ReadTransaction, ReadableTable, Table};
 
 use super::apply::{Apply, Event, EventKind};
-use super::{open_read, sessions, Applied, Domain, FsmError, TableDef};
+use super::{locks, open_read, sessions, Applied, Domain, FsmError, TableDef};
 use crate::storage::schema::{KV, SEQUENCES};
 
 /// Digits of a sequential key's counter (ZooKeeper pads to 10; 20 holds any u64).
@@ -148,7 +148,11 @@ pub(crate) fn txn(ap: &mut Apply, req: Txn) -> Result<outcome::Result, FsmError>
     {
         let table = ap.txn.open_table(KV)?;
         for c in &req.compare {
-            if !holds(&table, c)? {
+            let held = match &c.target {
+                Some(compare::Target::Sequencer(seq)) => fenced(c, locks::check_in(ap.txn, seq)?),
+                _ => holds(&table, c)?,
+            };
+            if !held {
                 succeeded = false;
                 break;
             }
@@ -290,10 +294,12 @@ fn check_key(what: &str, key: &[u8]) -> Result<(), String> {
 
 fn check_txn(req: &Txn) -> Result<(), String> {
     for (i, c) in req.compare.iter().enumerate() {
-        check_key(&format!("txn: compare[{i}]"), &c.key)?;
+        if !matches!(c.target, Some(compare::Target::Sequencer(_))) {
+            check_key(&format!("txn: compare[{i}]"), &c.key)?;
+        }
         if c.target.is_none() {
             return Err(format!(
-                "txn: compare[{i}]: target is missing (expected value, version, create_revision, mod_revision or session)"
+                "txn: compare[{i}]: target is missing (expected value, version, create_revision, mod_revision, session or sequencer)"
             ));
         }
         if compare::Result::try_from(c.result).is_err() {
@@ -426,6 +432,15 @@ fn write_delete(
     Ok(DeleteResult { deleted, prev_kvs })
 }
 
+/// A sequencer compare: EQUAL holds while the sequencer holds its lock, NOT_EQUAL once not.
+fn fenced(c: &Compare, valid: bool) -> bool {
+    match compare::Result::try_from(c.result) {
+        Ok(compare::Result::Equal) => valid,
+        Ok(compare::Result::NotEqual) => !valid,
+        _ => false,
+    }
+}
+
 fn holds<T: ReadableTable<&'static [u8], &'static [u8]>>(table: &T, c: &Compare) -> Result<bool, FsmError> {
     let kv = get(table, &c.key)?;
     let number = |f: fn(&KeyValue) -> i64| kv.as_ref().map_or(0, f);
@@ -439,6 +454,7 @@ fn holds<T: ReadableTable<&'static [u8], &'static [u8]>>(table: &T, c: &Compare)
         Some(compare::Target::CreateRevision(n)) => number(|kv| kv.create_revision).cmp(n),
         Some(compare::Target::ModRevision(n)) => number(|kv| kv.mod_revision).cmp(n),
         Some(compare::Target::Session(s)) => kv.as_ref().map_or("", |kv| kv.session.as_str()).cmp(s.as_str()),
+        Some(compare::Target::Sequencer(_)) => return Ok(false), // see `fenced`
     };
     Ok(match compare::Result::try_from(c.result) {
         Ok(compare::Result::Equal) => ord == Ordering::Equal,

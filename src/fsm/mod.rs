@@ -27,7 +27,9 @@
 //!   naming the table and key; nothing here panics on stored data.
 
 mod apply;
+pub mod elections;
 mod kv;
+pub mod locks;
 mod requests;
 pub mod sessions;
 pub mod snapshot;
@@ -36,7 +38,7 @@ use latch_proto::internal::{command::Body, outcome, Command, Outcome, Range, Ran
 use prost::Message;
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 
-pub use apply::{Event, EventKind, SessionChange};
+pub use apply::{Event, EventKind, LockChange, SessionChange};
 pub use kv::SEQUENCE_DIGITS;
 pub use requests::REQUEST_MEMORY_BYTES;
 
@@ -47,7 +49,8 @@ use apply::Apply;
 pub const COMMAND_VERSION: u32 = 2;
 
 /// Every domain, in the order their tables appear in a snapshot.
-const DOMAINS: [&dyn Domain; 3] = [&kv::KvDomain, &requests::RequestsDomain, &sessions::SessionsDomain];
+const DOMAINS: [&dyn Domain; 4] =
+    [&kv::KvDomain, &requests::RequestsDomain, &sessions::SessionsDomain, &locks::LocksDomain];
 
 /// A domain table: every one is keyed and valued by bytes, so that snapshot, restore and the
 /// state hash handle them alike.
@@ -103,6 +106,8 @@ pub struct AppliedCommand {
     pub events: Vec<Event>,
     /// What it did to sessions' leases, in order.
     pub sessions: Vec<SessionChange>,
+    /// What it did to locks and elections, in order.
+    pub locks: Vec<LockChange>,
 }
 
 /// Creates every fsm table so read transactions can open them; idempotent.
@@ -230,6 +235,7 @@ fn apply_command(
                 outcome,
                 events: Vec::new(),
                 sessions: Vec::new(),
+                locks: Vec::new(),
             });
         }
     };
@@ -243,6 +249,7 @@ fn apply_command(
                 outcome,
                 events: Vec::new(),
                 sessions: Vec::new(),
+                locks: Vec::new(),
             });
         }
     }
@@ -262,15 +269,29 @@ fn apply_command(
             Some(Body::CloseSession(req)) => sessions::close(&mut ap, req)?,
             Some(Body::ExpireSession(req)) => sessions::expire(&mut ap, req, term)?,
             Some(Body::CheckpointSessions(req)) => sessions::checkpoint(&mut ap, req, term)?,
+            Some(Body::Acquire(req)) => locks::acquire(&mut ap, req, &cmd.request_id)?,
+            Some(Body::Release(req)) => locks::release(&mut ap, req)?,
+            Some(Body::CancelWait(req)) => locks::cancel_wait(&mut ap, req)?,
+            Some(Body::EndLockDelay(req)) => locks::end_delay(&mut ap, req)?,
+            Some(Body::Proclaim(req)) => elections::proclaim(&mut ap, req)?,
         }
     };
-    let (after, events, sessions) = ap.finish();
+    let (after, events, sessions, locks) = ap.finish();
     *revision = after;
     let outcome = Outcome { revision: after, data_omitted: false, result: Some(result) };
     if !cmd.request_id.is_empty() {
         requests::remember(txn, index, &cmd.request_id, command_hash, &outcome, bounds.request_memory_bytes)?;
     }
-    Ok(AppliedCommand { index, term, request_id: cmd.request_id, command_hash, outcome, events, sessions })
+    Ok(AppliedCommand {
+        index,
+        term,
+        request_id: cmd.request_id,
+        command_hash,
+        outcome,
+        events,
+        sessions,
+        locks,
+    })
 }
 
 /// Opens a table for reading; a table that was never created reads as absent.
@@ -350,6 +371,20 @@ pub(crate) mod testing {
         compare, op, op_result, Compare, DeleteRange, DeleteResult, KeyValue, Op, OpResult, Put, PutResult,
         Txn, TxnResult,
     };
+
+    /// Restores a snapshot stream into `store` at (index, term).
+    pub(crate) fn restore_into(
+        store: &mut Store,
+        stream: &[u8],
+        index: u64,
+        term: u64,
+    ) -> Result<Applied, FsmError> {
+        let txn = store.db.begin_write().expect("a write transaction begins");
+        let pos = snapshot::restore(&txn, &mut &stream[..], index, term)?;
+        txn.commit().expect("restore commits");
+        store.index = pos.index;
+        Ok(pos)
+    }
 
     pub(crate) struct Store {
         pub(crate) db: redb::Database,
@@ -514,14 +549,6 @@ mod tests {
     use super::testing::*;
     use super::*;
     use latch_proto::internal::{Op, Put, SnapshotChunk};
-
-    fn restore_into(store: &mut Store, stream: &[u8], index: u64, term: u64) -> Result<Applied, FsmError> {
-        let txn = store.db.begin_write().expect("a write transaction begins");
-        let pos = snapshot::restore(&txn, &mut &stream[..], index, term)?;
-        txn.commit().expect("restore commits");
-        store.index = pos.index;
-        Ok(pos)
-    }
 
     #[test]
     fn fresh_store_is_at_zero() {

@@ -28,7 +28,7 @@ use prost::Message;
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::apply::{Apply, SessionChange};
-use super::{kv, open_read, Applied, Domain, FsmError, TableDef};
+use super::{kv, locks, open_read, Applied, Domain, FsmError, TableDef};
 use crate::storage::schema::{SESSIONS, SESSION_KEYS};
 
 /// Most bytes of a session id.
@@ -123,7 +123,7 @@ pub(crate) fn create(ap: &mut Apply, req: CreateSession) -> Result<outcome::Resu
 pub(crate) fn close(ap: &mut Apply, req: CloseSession) -> Result<outcome::Result, FsmError> {
     match get(ap.txn, &req.id)? {
         None => Ok(not_found(req.id)),
-        Some(row) => end(ap, req.id, row),
+        Some(row) => end(ap, req.id, row, false),
     }
 }
 
@@ -142,7 +142,7 @@ pub(crate) fn expire(ap: &mut Apply, req: ExpireSession, term: u64) -> Result<ou
             ended: false,
             keys_deleted: 0,
         })),
-        Some(row) => end(ap, req.id, row),
+        Some(row) => end(ap, req.id, row, true),
     }
 }
 
@@ -184,8 +184,9 @@ pub(crate) fn checkpoint(
     Ok(outcome::Result::Session(SessionResult::default()))
 }
 
-/// Ends a session: deletes it and every key bound to it, in one revision.
-fn end(ap: &mut Apply, id: String, row: SessionRow) -> Result<outcome::Result, FsmError> {
+/// Ends a session: deletes it and every key bound to it, and takes it out of every lock it
+/// holds or awaits, in one revision. `expired`: its locks enter their lock-delay.
+fn end(ap: &mut Apply, id: String, row: SessionRow, expired: bool) -> Result<outcome::Result, FsmError> {
     let keys = owned_keys(ap.txn, &id)?;
     if keys.len() as u64 != row.keys {
         return Err(FsmError::Corrupt(format!(
@@ -202,6 +203,7 @@ fn end(ap: &mut Apply, id: String, row: SessionRow) -> Result<outcome::Result, F
         }
     }
     kv::delete_owned(ap, &keys)?;
+    locks::session_ended(ap, &id, expired)?;
     ap.txn.open_table(SESSIONS)?.remove(id.as_bytes())?;
     ap.session_changed(SessionChange::Ended { id: id.clone() });
     Ok(outcome::Result::Session(SessionResult {

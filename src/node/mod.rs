@@ -32,6 +32,7 @@ use tokio::sync::oneshot;
 pub mod apply;
 pub mod budget;
 pub mod inbox;
+pub mod lock_hub;
 
 use crate::core::{
     Action, Applier, Core, CoreError, Grant, Progress, ReadyObserver, RequestError, Snapshots, Status, Waiter,
@@ -39,6 +40,7 @@ use crate::core::{
 use crate::metrics::{Metrics, RaftMetrics};
 use budget::{Budget, Permit};
 use latch_proto::internal::{Command, Outcome};
+pub use lock_hub::LockHub;
 
 /// What a waiting read costs the pending budget: its reply channel and its place in the core.
 pub const READ_BYTES: usize = 256;
@@ -107,6 +109,7 @@ pub struct NodeHandle {
     /// True while the driver thread runs (for `/health`).
     running: Arc<AtomicBool>,
     db: Arc<Database>,
+    locks: Arc<LockHub>,
     pub member_id: u64,
     pub cluster_id: u64,
 }
@@ -202,6 +205,11 @@ impl NodeHandle {
         &self.db
     }
 
+    /// Where lock waiters and election observers learn of this member's applied changes.
+    pub fn locks(&self) -> &Arc<LockHub> {
+        &self.locks
+    }
+
     /// Whether the driver thread still runs (it ends on `Stop` or a fatal error).
     pub fn is_running(&self) -> bool {
         self.running.load(Ordering::Acquire)
@@ -246,6 +254,7 @@ impl Node {
             status: Arc::new(Mutex::new(core.status())),
             running: Arc::new(AtomicBool::new(true)),
             db: core.state_db().clone(),
+            locks: Arc::new(LockHub::default()),
             member_id: core.id(),
             cluster_id,
         };
@@ -253,6 +262,7 @@ impl Node {
         let status = handle.status.clone();
         let budgets = [handle.pending.clone(), handle.peer_queue.clone()];
         let running = RunningFlag(handle.running.clone());
+        let locks = handle.locks.clone();
         let (jobs, queued) = apply::queue();
         let (events, apply_metrics) = (handle.events.clone(), metrics.clone());
         let applying = std::thread::Builder::new()
@@ -261,7 +271,7 @@ impl Node {
         let thread =
             std::thread::Builder::new().name(format!("latch-node-{}", core.id())).spawn(move || {
                 let _running = running;
-                let result = drive(core, rx, outbox, jobs, status, tick, &metrics, budgets);
+                let result = drive(core, rx, outbox, jobs, status, tick, &metrics, budgets, locks);
                 // The queue is closed (`jobs` dropped): the apply thread finishes what it has.
                 let _ = applying.join();
                 result
@@ -339,8 +349,8 @@ fn record_status(m: &RaftMetrics, before: &Status, now: &Status) {
 }
 
 /// The requests waiting for the core, each with the permit of the bytes it holds.
-#[derive(Default)]
 struct Waiters {
+    locks: Arc<LockHub>,
     next: Waiter,
     proposals: HashMap<Waiter, (oneshot::Sender<Result<Outcome, RequestError>>, Permit)>,
     reads: HashMap<Waiter, (oneshot::Sender<Result<(), RequestError>>, Permit)>,
@@ -381,8 +391,10 @@ impl Waiters {
                         let _ = tx.send(result);
                     }
                 }
-                // Nothing consumes applied events yet (watches and lock waiters will).
-                Action::Applied { .. } | Action::Restored { .. } => {}
+                Action::LocksChanged { changes } => self.locks.changed(&changes),
+                Action::Restored { .. } => self.locks.restored(),
+                // Nothing consumes applied events yet (watches will).
+                Action::Applied { .. } => {}
             }
         }
     }
@@ -440,9 +452,16 @@ fn drive(
     tick: Duration,
     metrics: &Metrics,
     [pending, peer_queue]: [Arc<Budget>; 2],
+    locks: Arc<LockHub>,
 ) -> Result<(), CoreError> {
     let metrics = &metrics.raft;
-    let mut waiters = Waiters::default();
+    let mut waiters = Waiters {
+        locks,
+        next: 0,
+        proposals: HashMap::new(),
+        reads: HashMap::new(),
+        keepalives: HashMap::new(),
+    };
     // Blocks when the apply thread is APPLY_QUEUE batches behind: backpressure, not memory.
     let mut apply = |entries| {
         let _ = jobs.send(apply::Job::Apply(entries));
@@ -531,6 +550,7 @@ mod tests {
             status: Arc::new(Mutex::new(Status::default())),
             running: Arc::new(AtomicBool::new(true)),
             db,
+            locks: Arc::new(LockHub::default()),
             member_id: 7,
             cluster_id: 1,
         };

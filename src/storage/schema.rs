@@ -46,3 +46,12 @@ pub const SEQUENCES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("seque
 pub const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
 /// The ephemeral keys of each session: session id, a 0 byte, the key → empty.
 pub const SESSION_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("session_keys");
+
+/// Locks and elections: the space's byte (`L` lock, `E` election), then the name →
+/// `latch.internal.v1.LockRow`.
+pub const LOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("locks");
+/// The locks each session holds or awaits: session id, a 0 byte, the lock's key → empty.
+pub const SESSION_LOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("session_locks");
+/// The lock generation counter: `generation` → the last generation granted (8 bytes, big endian).
+pub const LOCK_META: TableDefinition<&[u8], &[u8]> = TableDefinition::new("lock_meta");
+pub const LOCK_META_GENERATION: &str = "generation";

@@ -1045,6 +1045,7 @@ impl Sim {
                     self.checker.restored(self.ctx(), id, revision);
                     continue;
                 }
+                Action::LocksChanged { .. } => continue,
                 Action::Apply { entries } => {
                     let d = self.rng.gen_range(100..1_500);
                     let node = self.node(id);

@@ -312,7 +312,8 @@ impl Scripted {
                 Action::Applied { .. }
                 | Action::Restored { .. }
                 | Action::Apply { .. }
-                | Action::KeptAlive { .. } => continue,
+                | Action::KeptAlive { .. }
+                | Action::LocksChanged { .. } => continue,
             };
             self.answers.insert(w, (id, answer));
         }

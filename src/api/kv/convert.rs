@@ -5,6 +5,8 @@
 use latch_proto::internal as log;
 use latch_proto::v1;
 
+use crate::api::{lock, ApiError};
+
 pub(super) fn range(r: &v1::RangeRequest) -> log::Range {
     log::Range {
         key: r.key.clone(),
@@ -23,25 +25,27 @@ pub(super) fn delete_range(d: v1::DeleteRangeRequest) -> log::DeleteRange {
     log::DeleteRange { key: d.key, range_end: d.range_end, prev_kv: d.prev_kv }
 }
 
-pub(super) fn txn(t: v1::TxnRequest) -> log::Txn {
+/// A txn; a sequencer compare must be of this cluster (`cluster_id`).
+pub(super) fn txn(t: v1::TxnRequest, cluster_id: u64) -> Result<log::Txn, ApiError> {
     let ops = |ops: Vec<v1::RequestOp>| ops.into_iter().map(op).collect();
-    log::Txn {
-        compare: t.compare.into_iter().map(compare).collect(),
-        success: ops(t.success),
-        failure: ops(t.failure),
-    }
+    let compare = t.compare.into_iter().map(|c| compare(c, cluster_id)).collect::<Result<_, _>>()?;
+    Ok(log::Txn { compare, success: ops(t.success), failure: ops(t.failure) })
 }
 
-fn compare(c: v1::Compare) -> log::Compare {
+fn compare(c: v1::Compare, cluster_id: u64) -> Result<log::Compare, ApiError> {
     use log::compare::Target as L;
     use v1::compare::Target as V;
-    let target = c.target.map(|t| match t {
-        V::Value(v) => L::Value(v),
-        V::Version(n) => L::Version(n),
-        V::CreateRevision(n) => L::CreateRevision(n),
-        V::ModRevision(n) => L::ModRevision(n),
-        V::Session(s) => L::Session(s),
-    });
+    let target = match c.target {
+        None => None,
+        Some(V::Value(v)) => Some(L::Value(v)),
+        Some(V::Version(n)) => Some(L::Version(n)),
+        Some(V::CreateRevision(n)) => Some(L::CreateRevision(n)),
+        Some(V::ModRevision(n)) => Some(L::ModRevision(n)),
+        Some(V::Session(s)) => Some(L::Session(s)),
+        Some(V::Sequencer(token)) => {
+            Some(L::Sequencer(lock::sequencer_of(&token, cluster_id, "compare.sequencer")?))
+        }
+    };
     // The two enums number their results alike (EQUAL 0, GREATER 1, LESS 2, NOT_EQUAL 3); an
     // unknown number is passed on for the fsm to reject by name.
     let result = match v1::compare::CompareResult::try_from(c.result) {
@@ -51,7 +55,7 @@ fn compare(c: v1::Compare) -> log::Compare {
         Ok(v1::compare::CompareResult::NotEqual) => log::compare::Result::NotEqual as i32,
         Err(_) => c.result,
     };
-    log::Compare { result, key: c.key, target }
+    Ok(log::Compare { result, key: c.key, target })
 }
 
 fn op(o: v1::RequestOp) -> log::Op {
@@ -127,7 +131,8 @@ mod tests {
             (v1::compare::CompareResult::Less, log::compare::Result::Less),
             (v1::compare::CompareResult::NotEqual, log::compare::Result::NotEqual),
         ] {
-            let c = compare(v1::Compare { result: v as i32, key: b"k".to_vec(), target: None });
+            let c = compare(v1::Compare { result: v as i32, key: b"k".to_vec(), target: None }, 1)
+                .expect("converts");
             assert_eq!(c.result, l as i32, "{v:?} should become {l:?}");
         }
     }
@@ -158,7 +163,7 @@ mod tests {
             failure: vec![v1::RequestOp { request: None }],
             request_id: "ignored".into(),
         };
-        let l = txn(t);
+        let l = txn(t, 1).expect("converts");
         assert_eq!(l.compare[0].target, Some(log::compare::Target::ModRevision(7)));
         assert!(matches!(&l.success[0].op, Some(log::op::Op::Put(p)) if p.key == b"p"));
         assert!(matches!(&l.success[1].op, Some(log::op::Op::Range(r)) if r.limit == 3));

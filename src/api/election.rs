@@ -1,0 +1,194 @@
+//! The Election service: Campaign, Proclaim, Leader, Observe, Resign — an election is an
+//! exclusive lock in its own space (`fsm::elections`), so campaigning is acquiring with no
+//! time limit (`api::lock::acquire`) and resigning is releasing.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use latch_proto::internal::{
+    command::Body, lock_result::Status as LockStatus, LockMode, LockSpace, Proclaim,
+};
+use latch_proto::v1::election_server::{Election, ElectionServer};
+use latch_proto::v1::*;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::kv::check_request_id;
+use super::lock::{acquire, lock_result, public_sequencer, release, sequencer_of, Wait, Want};
+use super::{ApiError, Context};
+use crate::fsm::elections::{self, Leader};
+use crate::fsm::locks;
+
+/// Most bytes of a published value.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+pub struct ElectionService {
+    ctx: Context,
+}
+
+impl ElectionService {
+    pub fn server(ctx: Context) -> ElectionServer<ElectionService> {
+        ElectionServer::new(ElectionService { ctx })
+    }
+}
+
+fn check_value(value: &[u8]) -> Result<(), ApiError> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(ApiError::InvalidArgument {
+            field: "value",
+            problem: format!("is {} bytes, at most {MAX_VALUE_BYTES} allowed", value.len()),
+        });
+    }
+    Ok(())
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    locks::check_name(name).map_err(|problem| ApiError::InvalidArgument { field: "name", problem })
+}
+
+fn leadership(l: Leader, cluster_id: u64) -> Leadership {
+    Leadership {
+        name: l.sequencer.name.clone(),
+        value: l.value,
+        sequencer: Some(public_sequencer(&l.sequencer, cluster_id)),
+    }
+}
+
+type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Election for ElectionService {
+    async fn campaign(&self, req: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
+        let req = req.into_inner();
+        let run = async {
+            check_value(&req.value)?;
+            let want = Want {
+                space: LockSpace::Elections,
+                name: req.name.clone(),
+                session: req.session_id,
+                mode: LockMode::Exclusive,
+                wait: Wait::Forever,
+                lock_delay_ms: req.lock_delay_ms,
+                value: req.value.clone(),
+                request_id: req.request_id,
+            };
+            let (header, seq) = acquire(&self.ctx, want).await?;
+            let Some(seq) = seq else {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "the campaign for {:?} was withdrawn before it won",
+                    req.name
+                )));
+            };
+            // The value is the leader's as of its grant (a proclaim may have changed it since).
+            let txn = self.ctx.node.db().begin_read()?;
+            let value = match elections::leader(&txn, &req.name)? {
+                Some(l) if l.sequencer == seq => l.value,
+                _ => req.value,
+            };
+            let leader = Leadership {
+                name: req.name,
+                value,
+                sequencer: Some(public_sequencer(&seq, self.ctx.node.cluster_id)),
+            };
+            Ok(CampaignResponse { header: Some(header), leader: Some(leader) })
+        };
+        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+    }
+
+    async fn proclaim(&self, req: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {
+        let req = req.into_inner();
+        let run = async {
+            check_value(&req.value)?;
+            check_request_id(&req.request_id)?;
+            let seq = sequencer_of(&req.sequencer, self.ctx.node.cluster_id, "sequencer")?;
+            if seq.space != LockSpace::Elections as i32 {
+                return Err(ApiError::InvalidArgument {
+                    field: "sequencer",
+                    problem: "is a lock's, not an election's leadership".into(),
+                });
+            }
+            let name = seq.name.clone();
+            let body = Body::Proclaim(Proclaim { sequencer: Some(seq), value: req.value });
+            let (header, r) = self.ctx.write(&req.request_id, body).await?;
+            if lock_result(r, "proclaim")?.status != LockStatus::Done as i32 {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "the sequencer does not lead {name:?}: it resigned, or its session ended"
+                )));
+            }
+            Ok(ProclaimResponse { header: Some(header) })
+        };
+        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+    }
+
+    async fn leader(&self, req: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
+        let req = req.into_inner();
+        let run = async {
+            check_name(&req.name)?;
+            self.ctx.node.read_index().await?;
+            let txn = self.ctx.node.db().begin_read()?;
+            let Some(l) = elections::leader(&txn, &req.name)? else {
+                return Err(ApiError::NotFound { kind: "leader of election".into(), name: req.name });
+            };
+            Ok(LeaderResponse {
+                header: Some(self.ctx.header(crate::fsm::applied(&txn)?.revision)),
+                leader: Some(leadership(l, self.ctx.node.cluster_id)),
+            })
+        };
+        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+    }
+
+    type ObserveStream = ObserveStream;
+
+    async fn observe(&self, req: Request<ObserveRequest>) -> Result<Response<Self::ObserveStream>, Status> {
+        let req = req.into_inner();
+        check_name(&req.name).map_err(|e| self.ctx.to_status(e))?;
+        // Subscribed before the first read, so that no change falls between the two.
+        let mut changes = self.ctx.node.locks().observe(&locks::lock_key(LockSpace::Elections, &req.name));
+        self.ctx.node.read_index().await.map_err(|e| self.ctx.to_status(e.into()))?;
+        let (tx, rx) = mpsc::channel(16);
+        let ctx = self.ctx.clone();
+        tokio::spawn(async move {
+            // (generation, value) of the last leader sent; `Some(None)`: "nobody" was sent.
+            let mut last: Option<Option<(u64, Vec<u8>)>> = None;
+            loop {
+                changes.borrow_and_update();
+                let now = ctx.node.db().begin_read().map_err(ApiError::from).and_then(|txn| {
+                    Ok((elections::leader(&txn, &req.name)?, crate::fsm::applied(&txn)?.revision))
+                });
+                let (leader, revision) = match now {
+                    Ok(x) => x,
+                    Err(e) => {
+                        let _ = tx.send(Err(ctx.to_status(e))).await;
+                        return;
+                    }
+                };
+                let seen = leader.as_ref().map(|l| (l.sequencer.generation, l.value.clone()));
+                if last.as_ref() != Some(&seen) {
+                    last = Some(seen);
+                    let answer = LeaderResponse {
+                        header: Some(ctx.header(revision)),
+                        leader: leader.map(|l| leadership(l, ctx.node.cluster_id)),
+                    };
+                    if tx.send(Ok(answer)).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn resign(&self, req: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
+        let req = req.into_inner();
+        let run = async {
+            let header = release(&self.ctx, &req.sequencer, &req.request_id, true).await?;
+            Ok(ResignResponse { header: Some(header) })
+        };
+        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+    }
+}

@@ -1,0 +1,410 @@
+//! The Lock service: Acquire, Release, CheckSequencer, DescribeLock, ListLocks (see
+//! `fsm::locks` for the replicated rules, `core::lock_delays` for the lock-delay's timer). The
+//! waiting half of Acquire lives here and is shared with Election.Campaign: a queued request
+//! waits on this member for its grant (`node::LockHub`), and gives up its place in the queue
+//! when its time is up or its caller goes away.
+
+use std::time::Duration;
+
+use latch_proto::internal::{
+    self as log, command::Body, lock_result::Status as LockStatus, outcome, Acquire, CancelWait, LockSpace,
+    Release,
+};
+use latch_proto::v1::lock_server::{Lock, LockServer};
+use latch_proto::v1::*;
+use tonic::{Request, Response, Status};
+
+use super::kv::check_request_id;
+use super::{ApiError, Context};
+use crate::fsm::locks::{self, RequestState, MAX_LOCK_DELAY_MS};
+use crate::fsm::sessions;
+
+/// Lock-delay when a request names none (Chubby's default is a minute; 5 s here, as etcd
+/// users expect locks to move on quickly).
+pub const DEFAULT_LOCK_DELAY_MS: u64 = 5_000;
+/// Most locks one ListLocks answers.
+const MAX_LIST: usize = 10_000;
+
+pub struct LockService {
+    ctx: Context,
+}
+
+impl LockService {
+    pub fn server(ctx: Context) -> LockServer<LockService> {
+        LockServer::new(LockService { ctx })
+    }
+}
+
+/// How long an acquire may wait for its grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    No,
+    For(Duration),
+    Forever,
+}
+
+/// What an acquire asks for.
+pub(crate) struct Want {
+    pub space: LockSpace,
+    pub name: String,
+    pub session: String,
+    pub mode: log::LockMode,
+    pub wait: Wait,
+    pub lock_delay_ms: Option<u64>,
+    pub value: Vec<u8>,
+    pub request_id: String,
+}
+
+/// Acquires a lock (or an election's leadership) as asked, waiting on this member for the
+/// grant. Answers the grant, or `None` when it was not granted in time.
+pub(crate) async fn acquire(
+    ctx: &Context,
+    want: Want,
+) -> Result<(ResponseHeader, Option<log::Sequencer>), ApiError> {
+    locks::check_name(&want.name).map_err(|problem| ApiError::InvalidArgument { field: "name", problem })?;
+    sessions::check_id(want.session.as_bytes())
+        .map_err(|problem| ApiError::InvalidArgument { field: "session_id", problem })?;
+    let lock_delay_ms = want.lock_delay_ms.unwrap_or(DEFAULT_LOCK_DELAY_MS);
+    if lock_delay_ms > MAX_LOCK_DELAY_MS {
+        return Err(ApiError::InvalidArgument {
+            field: "lock_delay_ms",
+            problem: format!("{lock_delay_ms} ms is more than the {MAX_LOCK_DELAY_MS} ms allowed"),
+        });
+    }
+    check_request_id(&want.request_id)?;
+    let request_id =
+        if want.request_id.is_empty() { uuid::Uuid::now_v7().to_string() } else { want.request_id.clone() };
+    // Registered before the proposal: a grant applied before we wait is not missed.
+    let settlement = ctx.node.locks().settlement(&request_id);
+    let body = Body::Acquire(Acquire {
+        space: want.space as i32,
+        name: want.name.clone(),
+        session: want.session.clone(),
+        mode: want.mode as i32,
+        wait: want.wait != Wait::No,
+        lock_delay_ms,
+        value: want.value,
+    });
+    // From here until it is answered, a request whose caller goes away (or whose proposal
+    // fails, and may yet apply) gives up its place.
+    let mut abandon =
+        Abandon { ctx: Some(ctx.clone()), space: want.space, name: want.name.clone(), request_id };
+    let (header, r) = ctx.write(&abandon.request_id, body).await?;
+    let r = lock_result(r, "acquire")?;
+    if r.status != LockStatus::Queued as i32 {
+        abandon.disarm();
+    }
+    match LockStatus::try_from(r.status) {
+        Ok(LockStatus::Granted) => return Ok((header, r.sequencer)),
+        Ok(LockStatus::Busy) => return Ok((header, None)),
+        Ok(LockStatus::Already) => {
+            let what = if r.sequencer.is_some() { "holds" } else { "already waits for" };
+            return Err(ApiError::FailedPrecondition(format!(
+                "session {} already {what} {:?}",
+                want.session, want.name
+            )));
+        }
+        Ok(LockStatus::Queued) => {}
+        _ => return Err(ApiError::Internal(format!("acquire answered status {}", r.status))),
+    }
+    let key = locks::lock_key(want.space, &want.name);
+    let deadline = match want.wait {
+        Wait::For(d) => Some(tokio::time::Instant::now() + d),
+        Wait::No | Wait::Forever => None,
+    };
+    loop {
+        let txn = ctx.node.db().begin_read()?;
+        match locks::request_state(&txn, &key, &abandon.request_id)? {
+            RequestState::Held(seq) => {
+                abandon.disarm();
+                return Ok((ctx.header(crate::fsm::applied(&txn)?.revision), Some(seq)));
+            }
+            RequestState::Gone => {
+                abandon.disarm();
+                if sessions::read(&txn, &want.session)?.is_none() {
+                    return Err(ApiError::NotFound { kind: "session".into(), name: want.session });
+                }
+                return Ok((ctx.header(crate::fsm::applied(&txn)?.revision), None));
+            }
+            RequestState::Waiting => {}
+        }
+        drop(txn);
+        let timed_out = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = settlement.woken() => continue,
+            _ = timed_out => {}
+        }
+        // Time is up: leave the queue, unless the grant came first.
+        abandon.disarm();
+        let cancel = CancelWait {
+            space: want.space as i32,
+            name: want.name.clone(),
+            request_id: abandon.request_id.clone(),
+            release_granted: false,
+        };
+        let (header, r) = ctx.write("", Body::CancelWait(cancel)).await?;
+        let r = lock_result(r, "cancel")?;
+        let granted = r.status == LockStatus::Granted as i32;
+        return Ok((header, if granted { r.sequencer } else { None }));
+    }
+}
+
+/// Gives up a queued request whose caller went away (its future dropped): leaves the queue, and
+/// releases a grant that raced the departure.
+struct Abandon {
+    ctx: Option<Context>,
+    space: LockSpace,
+    name: String,
+    request_id: String,
+}
+
+impl Abandon {
+    fn disarm(&mut self) {
+        self.ctx = None;
+    }
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        let Some(ctx) = self.ctx.take() else { return };
+        let cancel = CancelWait {
+            space: self.space as i32,
+            name: std::mem::take(&mut self.name),
+            request_id: std::mem::take(&mut self.request_id),
+            release_granted: true,
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        runtime.spawn(async move {
+            // Under its own request id, so that a retry applies once.
+            let id = uuid::Uuid::now_v7().to_string();
+            for _ in 0..5 {
+                match ctx.write(&id, Body::CancelWait(cancel.clone())).await {
+                    Ok(_) => return,
+                    Err(e) => tracing::debug!(error = %e, "giving up a lock request: retrying"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            tracing::warn!(
+                lock = cancel.name,
+                "a lock request whose caller went away could not be withdrawn; its session's end will"
+            );
+        });
+    }
+}
+
+pub(crate) fn lock_result(r: outcome::Result, what: &str) -> Result<log::LockResult, ApiError> {
+    match r {
+        outcome::Result::Lock(r) => Ok(r),
+        _ => Err(ApiError::Internal(format!("the state machine answered {what} with another outcome"))),
+    }
+}
+
+/// Parses a sequencer's string form, which must be of this cluster.
+pub(crate) fn sequencer_of(
+    token: &str,
+    cluster_id: u64,
+    field: &'static str,
+) -> Result<log::Sequencer, ApiError> {
+    let s = latch_proto::sequencer::parse(token)
+        .map_err(|e| ApiError::InvalidArgument { field, problem: e.to_string() })?;
+    if s.cluster_id != cluster_id {
+        return Err(ApiError::InvalidArgument {
+            field,
+            problem: format!(
+                "the sequencer is of cluster {:016x}; this is cluster {cluster_id:016x}",
+                s.cluster_id
+            ),
+        });
+    }
+    let mode =
+        if s.mode == LockMode::Shared as i32 { log::LockMode::Shared } else { log::LockMode::Exclusive };
+    Ok(log::Sequencer {
+        space: if s.election { LockSpace::Elections } else { LockSpace::Locks } as i32,
+        name: s.name,
+        mode: mode as i32,
+        generation: s.generation,
+        session: s.session_id,
+    })
+}
+
+/// The public form of a sequencer of this cluster, with its string form.
+pub(crate) fn public_sequencer(seq: &log::Sequencer, cluster_id: u64) -> Sequencer {
+    let mut s = Sequencer {
+        name: seq.name.clone(),
+        mode: public_mode(seq.mode) as i32,
+        generation: seq.generation,
+        session_id: seq.session.clone(),
+        cluster_id,
+        election: seq.space == LockSpace::Elections as i32,
+        token: String::new(),
+    };
+    s.token = latch_proto::sequencer::format(&s);
+    s
+}
+
+fn public_mode(mode: i32) -> LockMode {
+    if mode == log::LockMode::Shared as i32 {
+        LockMode::Shared
+    } else {
+        LockMode::Exclusive
+    }
+}
+
+/// Releases the hold a sequencer names (a lock's, or an election's leadership).
+pub(crate) async fn release(
+    ctx: &Context,
+    token: &str,
+    request_id: &str,
+    election: bool,
+) -> Result<ResponseHeader, ApiError> {
+    check_request_id(request_id)?;
+    let seq = sequencer_of(token, ctx.node.cluster_id, "sequencer")?;
+    if (seq.space == LockSpace::Elections as i32) != election {
+        let want = if election { "an election's leadership" } else { "a lock's" };
+        return Err(ApiError::InvalidArgument { field: "sequencer", problem: format!("is not {want}") });
+    }
+    let name = seq.name.clone();
+    let (header, r) = ctx.write(request_id, Body::Release(Release { sequencer: Some(seq) })).await?;
+    match LockStatus::try_from(lock_result(r, "release")?.status) {
+        Ok(LockStatus::Done) => Ok(header),
+        _ => Err(ApiError::FailedPrecondition(format!(
+            "the sequencer does not hold {name:?}: it was released, or its session ended"
+        ))),
+    }
+}
+
+fn lock_info(name: String, row: log::LockRow) -> LockInfo {
+    LockInfo {
+        name,
+        holders: row
+            .holders
+            .into_iter()
+            .map(|h| LockHolder {
+                session_id: h.session,
+                mode: public_mode(h.mode) as i32,
+                generation: h.generation,
+                held_since_revision: h.revision,
+                lock_delay_ms: h.lock_delay_ms,
+            })
+            .collect(),
+        waiters: row
+            .waiters
+            .into_iter()
+            .map(|w| LockWaiter {
+                session_id: w.session,
+                mode: public_mode(w.mode) as i32,
+                queued_revision: w.revision,
+            })
+            .collect(),
+        delayed: row.delay_revision != 0,
+        delay_since_revision: row.delay_revision,
+        delay_ms: row.delay_ms,
+    }
+}
+
+#[tonic::async_trait]
+impl Lock for LockService {
+    async fn acquire(&self, req: Request<AcquireRequest>) -> Result<Response<AcquireResponse>, Status> {
+        let req = req.into_inner();
+        let run = async {
+            let wait = match (req.wait_forever, req.wait_ms) {
+                (true, _) => Wait::Forever,
+                (false, 0) => Wait::No,
+                (false, ms) => Wait::For(Duration::from_millis(ms)),
+            };
+            let mode = if req.mode == LockMode::Shared as i32 {
+                log::LockMode::Shared
+            } else if req.mode == LockMode::Exclusive as i32 {
+                log::LockMode::Exclusive
+            } else {
+                return Err(ApiError::InvalidArgument {
+                    field: "mode",
+                    problem: format!("{} is not a lock mode", req.mode),
+                });
+            };
+            let want = Want {
+                space: LockSpace::Locks,
+                name: req.name,
+                session: req.session_id,
+                mode,
+                wait,
+                lock_delay_ms: req.lock_delay_ms,
+                value: Vec::new(),
+                request_id: req.request_id,
+            };
+            let (header, seq) = acquire(&self.ctx, want).await?;
+            let sequencer = seq.map(|s| public_sequencer(&s, self.ctx.node.cluster_id));
+            Ok(AcquireResponse { header: Some(header), acquired: sequencer.is_some(), sequencer })
+        };
+        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+    }
+
+    async fn release(&self, req: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {
+        let req = req.into_inner();
+        let run = async {
+            let header = release(&self.ctx, &req.sequencer, &req.request_id, false).await?;
+            Ok(ReleaseResponse { header: Some(header) })
+        };
+        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+    }
+
+    async fn check_sequencer(
+        &self,
+        req: Request<CheckSequencerRequest>,
+    ) -> Result<Response<CheckSequencerResponse>, Status> {
+        let req = req.into_inner();
+        let run = async {
+            let seq = sequencer_of(&req.sequencer, self.ctx.node.cluster_id, "sequencer")?;
+            self.ctx.node.read_index().await?;
+            let txn = self.ctx.node.db().begin_read()?;
+            let verdict = locks::check(&txn, &seq)?;
+            Ok(CheckSequencerResponse {
+                header: Some(self.ctx.header(crate::fsm::applied(&txn)?.revision)),
+                valid: verdict.is_ok(),
+                reason: verdict.err().unwrap_or_default(),
+            })
+        };
+        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+    }
+
+    async fn describe_lock(
+        &self,
+        req: Request<DescribeLockRequest>,
+    ) -> Result<Response<DescribeLockResponse>, Status> {
+        let req = req.into_inner();
+        let run = async {
+            locks::check_name(&req.name)
+                .map_err(|problem| ApiError::InvalidArgument { field: "name", problem })?;
+            self.ctx.node.read_index().await?;
+            let txn = self.ctx.node.db().begin_read()?;
+            let row = locks::read(&txn, &locks::lock_key(LockSpace::Locks, &req.name))?;
+            Ok(DescribeLockResponse {
+                header: Some(self.ctx.header(crate::fsm::applied(&txn)?.revision)),
+                lock: row.map(|r| lock_info(req.name, r)),
+            })
+        };
+        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+    }
+
+    async fn list_locks(
+        &self,
+        req: Request<ListLocksRequest>,
+    ) -> Result<Response<ListLocksResponse>, Status> {
+        let req = req.into_inner();
+        let run = async {
+            self.ctx.node.read_index().await?;
+            let txn = self.ctx.node.db().begin_read()?;
+            let rows = locks::list(&txn, LockSpace::Locks, &req.prefix, MAX_LIST)?;
+            Ok(ListLocksResponse {
+                header: Some(self.ctx.header(crate::fsm::applied(&txn)?.revision)),
+                locks: rows.into_iter().map(|(name, row)| lock_info(name, row)).collect(),
+            })
+        };
+        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+    }
+}

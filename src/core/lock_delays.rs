@@ -1,0 +1,154 @@
+//! Lock-delay timers (DESIGN.md §1 Locks, §2 rules 2–3). When a holder's session expires, its
+//! lock enters a lock-delay in the replicated state; only the leader ends it, by proposing
+//! `EndLockDelay` once the delay has passed on its clock. Every member keeps the timers, so a
+//! member promoted to leader ends them without a gap.
+//!
+//! Invariants:
+//! - A member counts a delay from when it applied the revision that began it (or, for a delay
+//!   it found in a state it loaded — at start, or from a snapshot — from when it loaded it).
+//!   Every member applies that revision after it was committed, so no member's count ends
+//!   before the delay has passed since the commit: whichever member leads, no grant comes
+//!   early. A delay is at most `MAX_LOCK_DELAY_MS` longer than it had to be, on a member that
+//!   loaded it.
+//! - An `EndLockDelay` names the revision its delay began at, so it never ends a later delay of
+//!   the same lock. One not applied within `retry_ms` (lost with a leader) is proposed again.
+//! - Memory: one entry per lock in a delay.
+
+use std::collections::BTreeMap;
+
+use latch_proto::internal::{command::Body, EndLockDelay};
+
+use crate::fsm::locks::split_lock_key;
+use crate::fsm::LockChange;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Delay {
+    since_revision: i64,
+    ends_at: u64,
+    /// When this member, as leader, last proposed its end.
+    proposed_at: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+pub struct LockDelays {
+    delays: BTreeMap<Vec<u8>, Delay>,
+}
+
+impl LockDelays {
+    /// Replaces the timers with the delays of a state just loaded: (lock key, since revision,
+    /// delay), each counted in full from `now`.
+    pub fn reload(&mut self, delays: Vec<(Vec<u8>, i64, u64)>, now: u64) {
+        self.delays = delays
+            .into_iter()
+            .map(|(key, since_revision, ms)| {
+                (key, Delay { since_revision, ends_at: now.saturating_add(ms), proposed_at: None })
+            })
+            .collect();
+    }
+
+    /// The clock's first reading: delays loaded before it count from there.
+    pub fn clock_started(&mut self, at: u64) {
+        for d in self.delays.values_mut() {
+            d.ends_at = d.ends_at.saturating_add(at);
+        }
+    }
+
+    /// A lock change this member applied at `now`.
+    pub fn changed(&mut self, change: &LockChange, now: u64) {
+        match change {
+            LockChange::DelayStarted { key, since_revision, delay_ms } => {
+                let d = Delay {
+                    since_revision: *since_revision,
+                    ends_at: now.saturating_add(*delay_ms),
+                    proposed_at: None,
+                };
+                self.delays.insert(key.clone(), d);
+            }
+            LockChange::DelayEnded { key } => {
+                self.delays.remove(key);
+            }
+            LockChange::Settled { .. } | LockChange::Changed { .. } => {}
+        }
+    }
+
+    /// As leader: the ends of the delays that have passed, except those proposed within
+    /// `retry_ms`.
+    pub fn due(&mut self, now: u64, retry_ms: u64) -> Vec<Body> {
+        let mut out = Vec::new();
+        for (key, d) in self.delays.iter_mut() {
+            let recently = d.proposed_at.is_some_and(|at| now.saturating_sub(at) < retry_ms);
+            if d.ends_at > now || recently {
+                continue;
+            }
+            let Some((space, name)) = split_lock_key(key) else { continue };
+            d.proposed_at = Some(now);
+            out.push(Body::EndLockDelay(EndLockDelay {
+                space: space as i32,
+                name: name.to_string(),
+                since_revision: d.since_revision,
+            }));
+        }
+        out
+    }
+
+    /// Forgets when ends were proposed (leadership moved: a new leader proposes its own).
+    pub fn demoted(&mut self) {
+        for d in self.delays.values_mut() {
+            d.proposed_at = None;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.delays.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.delays.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsm::locks::lock_key;
+    use latch_proto::internal::LockSpace;
+
+    fn started(key: &[u8], since: i64, ms: u64) -> LockChange {
+        LockChange::DelayStarted { key: key.to_vec(), since_revision: since, delay_ms: ms }
+    }
+
+    fn ends(bodies: &[Body]) -> Vec<(String, i64)> {
+        bodies
+            .iter()
+            .map(|b| match b {
+                Body::EndLockDelay(e) => (e.name.clone(), e.since_revision),
+                b => panic!("expected an end of a lock-delay, got {b:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_delay_ends_once_it_has_passed_since_this_member_applied_it_and_again_if_lost() {
+        let key = lock_key(LockSpace::Locks, "n");
+        let mut d = LockDelays::default();
+        d.changed(&started(&key, 7, 5_000), 1_000);
+        assert!(d.due(5_999, 1_000).is_empty(), "not before 5 s after it was applied");
+        assert_eq!(ends(&d.due(6_000, 1_000)), [("n".to_string(), 7)]);
+        assert!(d.due(6_500, 1_000).is_empty(), "not proposed twice within the retry time");
+        assert_eq!(ends(&d.due(7_000, 1_000)), [("n".to_string(), 7)], "a lost end is proposed again");
+        d.changed(&LockChange::DelayEnded { key: key.clone() }, 7_100);
+        assert!(d.is_empty() && d.due(10_000, 1_000).is_empty(), "an ended delay is forgotten");
+    }
+
+    #[test]
+    fn a_delay_found_in_a_loaded_state_counts_in_full_from_loading_or_from_the_first_clock_reading() {
+        let key = lock_key(LockSpace::Elections, "e");
+        let mut d = LockDelays::default();
+        d.reload(vec![(key.clone(), 3, 2_000)], 0);
+        d.clock_started(50_000);
+        assert!(d.due(51_999, 1_000).is_empty(), "counted from the clock's first reading");
+        assert_eq!(ends(&d.due(52_000, 1_000)), [("e".to_string(), 3)]);
+        d.reload(vec![(key, 4, 2_000)], 60_000);
+        assert!(d.due(61_000, 0).is_empty() && d.len() == 1, "a reload counts from itself");
+    }
+}

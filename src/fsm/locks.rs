@@ -1,0 +1,793 @@
+//! The locks domain: Chubby's advisory locks with sequencers, lock-delay and a fair queue; the
+//! machinery of elections too (`elections` adds their values). A lock is held by sessions;
+//! grants happen on apply, so every member computes the same holders and generations.
+//!
+//! Invariants:
+//! - Per lock: either one exclusive holder, or any number of shared holders, or none. A session
+//!   appears at most once in a lock (holding or waiting).
+//! - The queue is FIFO: only its head is ever granted, and only when compatible with the holders
+//!   (exclusive: no holders; shared: no exclusive holder) and no lock-delay is in force. A new
+//!   request is granted at once only when nobody waits, so a shared request never overtakes a
+//!   waiting exclusive one.
+//! - Every grant takes the next value of one counter (`lock_meta`), so a lock's generations
+//!   strictly increase for the life of the cluster, whatever became of the lock's row.
+//! - `session_locks` names exactly the locks each session holds or awaits.
+//! - A session's end removes it from every lock in the revision that ends it; when it ended by
+//!   expiry, each lock it held enters its lock-delay (no grant until the leader's
+//!   `EndLockDelay` for that delay applies); a normal release hands the lock on at once.
+//! - A row exists only while the lock has a holder, a waiter or a delay.
+
+use latch_proto::internal::{
+    lock_result::Status, outcome, Acquire, CancelWait, EndLockDelay, LockHolder, LockMode, LockResult,
+    LockRow, LockSpace, LockWaiter, Release, Sequencer,
+};
+use prost::Message;
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+
+use super::apply::{Apply, LockChange};
+use super::{open_read, sessions, Applied, Domain, FsmError, TableDef};
+use crate::storage::schema::{LOCKS, LOCK_META, LOCK_META_GENERATION, SESSION_LOCKS};
+
+/// Most bytes of a lock or election name.
+pub const MAX_LOCK_NAME_BYTES: usize = 1024;
+/// Longest lock-delay one may ask for.
+pub const MAX_LOCK_DELAY_MS: u64 = 60_000;
+
+pub(crate) struct LocksDomain;
+
+impl Domain for LocksDomain {
+    fn name(&self) -> &'static str {
+        "locks"
+    }
+
+    fn tables(&self) -> &'static [TableDef] {
+        &[LOCKS, SESSION_LOCKS, LOCK_META]
+    }
+
+    fn check_row(&self, table: &str, key: &[u8], value: &[u8], _at: &Applied) -> Result<(), FsmError> {
+        let corrupt = |why: &str| FsmError::Corrupt(format!("table {table}, key {:?}: {why}", show(key)));
+        match table {
+            "locks" => {
+                split_lock_key(key).ok_or_else(|| corrupt("not a lock space byte and a name"))?;
+                decode_row(key, value)?;
+            }
+            "session_locks" => {
+                let at = key.iter().position(|b| *b == 0).ok_or_else(|| corrupt("no 0 byte"))?;
+                if sessions::check_id(&key[..at]).is_err()
+                    || split_lock_key(&key[at + 1..]).is_none()
+                    || !value.is_empty()
+                {
+                    return Err(corrupt("not a session id, a 0 byte and a lock key, with no value"));
+                }
+            }
+            _ => {
+                if key != LOCK_META_GENERATION.as_bytes() || value.len() != 8 {
+                    return Err(corrupt("not the 8-byte generation counter"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `name` can name a lock: 1 to [`MAX_LOCK_NAME_BYTES`] bytes without a 0 byte.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_LOCK_NAME_BYTES || name.contains('\0') {
+        return Err(format!("a lock name must be 1 to {MAX_LOCK_NAME_BYTES} bytes without a 0 byte"));
+    }
+    Ok(())
+}
+
+/// The `locks` key of a name in a space: the space's byte (`L` or `E`), then the name.
+pub fn lock_key(space: LockSpace, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(match space {
+        LockSpace::Locks => b'L',
+        LockSpace::Elections => b'E',
+    });
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// A `locks` key as (space, name).
+pub fn split_lock_key(key: &[u8]) -> Option<(LockSpace, &str)> {
+    let space = match key.first()? {
+        b'L' => LockSpace::Locks,
+        b'E' => LockSpace::Elections,
+        _ => return None,
+    };
+    let name = std::str::from_utf8(&key[1..]).ok()?;
+    check_name(name).ok()?;
+    Some((space, name))
+}
+
+pub(crate) fn acquire(ap: &mut Apply, req: Acquire, request_id: &str) -> Result<outcome::Result, FsmError> {
+    let (space, mode) = match (LockSpace::try_from(req.space), LockMode::try_from(req.mode)) {
+        (Ok(s), Ok(m)) => (s, m),
+        _ => return Ok(rejected("acquire: unknown lock space or mode")),
+    };
+    if let Err(why) = check_name(&req.name) {
+        return Ok(rejected(&format!("acquire: {why}")));
+    }
+    if req.lock_delay_ms > MAX_LOCK_DELAY_MS {
+        return Ok(rejected(&format!("acquire: lock_delay must be 0 … {MAX_LOCK_DELAY_MS} ms")));
+    }
+    if req.wait && request_id.is_empty() {
+        return Ok(rejected("acquire: a waiting request needs a request id"));
+    }
+    if space == LockSpace::Elections && mode != LockMode::Exclusive {
+        return Ok(rejected("acquire: an election is held exclusively"));
+    }
+    if !sessions::exists(ap.txn, &req.session)? {
+        return Ok(sessions::not_found(req.session));
+    }
+    let key = lock_key(space, &req.name);
+    let mut row = read_row(ap.txn, &key)?.unwrap_or_default();
+    if let Some(h) = row.holders.iter().find(|h| h.session == req.session) {
+        return Ok(result(Status::Already, Some(sequencer(space, &req.name, h)), 0));
+    }
+    if row.waiters.iter().any(|w| w.session == req.session) {
+        return Ok(result(Status::Already, None, 0));
+    }
+    let grantable = row.waiters.is_empty() && row.delay_revision == 0 && compatible(&row.holders, mode);
+    if !grantable && !req.wait {
+        return Ok(result(Status::Busy, None, 0));
+    }
+    let revision = ap.write_revision()?;
+    let status = if grantable {
+        let holder = LockHolder {
+            session: req.session.clone(),
+            mode: mode as i32,
+            generation: next_generation(ap.txn)?,
+            revision,
+            request_id: request_id.to_string(),
+            lock_delay_ms: req.lock_delay_ms,
+            value: req.value,
+        };
+        let seq = sequencer(space, &req.name, &holder);
+        row.holders.push(holder);
+        ap.lock_changed(LockChange::Changed { key: key.clone() });
+        result(Status::Granted, Some(seq), 0)
+    } else {
+        row.waiters.push(LockWaiter {
+            session: req.session.clone(),
+            mode: mode as i32,
+            revision,
+            request_id: request_id.to_string(),
+            lock_delay_ms: req.lock_delay_ms,
+            value: req.value,
+        });
+        result(Status::Queued, None, row.waiters.len() as u64 - 1)
+    };
+    ap.txn.open_table(SESSION_LOCKS)?.insert(index_key(&req.session, &key).as_slice(), [].as_slice())?;
+    write_row(ap.txn, &key, &row)?;
+    Ok(status)
+}
+
+pub(crate) fn release(ap: &mut Apply, req: Release) -> Result<outcome::Result, FsmError> {
+    let Some(seq) = req.sequencer else { return Ok(rejected("release: the sequencer is missing")) };
+    let Ok(space) = LockSpace::try_from(seq.space) else {
+        return Ok(rejected("release: unknown lock space"));
+    };
+    let key = lock_key(space, &seq.name);
+    let Some(mut row) = read_row(ap.txn, &key)? else { return Ok(result(Status::NotHeld, None, 0)) };
+    let Some(at) = row.holders.iter().position(|h| holds(h, &seq)) else {
+        return Ok(result(Status::NotHeld, None, 0));
+    };
+    let revision = ap.write_revision()?;
+    let holder = row.holders.remove(at);
+    ap.txn.open_table(SESSION_LOCKS)?.remove(index_key(&holder.session, &key).as_slice())?;
+    ap.lock_changed(LockChange::Changed { key: key.clone() });
+    grant_waiters(ap, &key, &mut row, revision)?;
+    write_row(ap.txn, &key, &row)?;
+    Ok(result(Status::Done, Some(seq), 0))
+}
+
+/// Gives up a request: see `CancelWait` in log.proto.
+pub(crate) fn cancel_wait(ap: &mut Apply, req: CancelWait) -> Result<outcome::Result, FsmError> {
+    let Ok(space) = LockSpace::try_from(req.space) else { return Ok(rejected("cancel: unknown lock space")) };
+    let key = lock_key(space, &req.name);
+    let Some(mut row) = read_row(ap.txn, &key)? else { return Ok(result(Status::NotHeld, None, 0)) };
+    if let Some(at) = row.waiters.iter().position(|w| w.request_id == req.request_id) {
+        let revision = ap.write_revision()?;
+        let waiter = row.waiters.remove(at);
+        ap.txn.open_table(SESSION_LOCKS)?.remove(index_key(&waiter.session, &key).as_slice())?;
+        ap.lock_changed(LockChange::Settled { request_id: waiter.request_id });
+        // The head leaving may let the requests behind it in.
+        grant_waiters(ap, &key, &mut row, revision)?;
+        write_row(ap.txn, &key, &row)?;
+        return Ok(result(Status::Done, None, 0));
+    }
+    let Some(holder) = row.holders.iter().find(|h| h.request_id == req.request_id) else {
+        return Ok(result(Status::NotHeld, None, 0));
+    };
+    let seq = sequencer(space, &req.name, holder);
+    if req.release_granted {
+        release(ap, Release { sequencer: Some(seq) })
+    } else {
+        Ok(result(Status::Granted, Some(seq), 0))
+    }
+}
+
+/// Ends the lock-delay that began at `since_revision`, and grants what the queue allows.
+pub(crate) fn end_delay(ap: &mut Apply, req: EndLockDelay) -> Result<outcome::Result, FsmError> {
+    let Ok(space) = LockSpace::try_from(req.space) else {
+        return Ok(rejected("end delay: unknown lock space"));
+    };
+    let key = lock_key(space, &req.name);
+    let Some(mut row) = read_row(ap.txn, &key)? else { return Ok(result(Status::NotHeld, None, 0)) };
+    if row.delay_revision == 0 || row.delay_revision != req.since_revision {
+        return Ok(result(Status::NotHeld, None, 0));
+    }
+    let revision = ap.write_revision()?;
+    row.delay_revision = 0;
+    row.delay_ms = 0;
+    ap.lock_changed(LockChange::DelayEnded { key: key.clone() });
+    grant_waiters(ap, &key, &mut row, revision)?;
+    write_row(ap.txn, &key, &row)?;
+    Ok(result(Status::Done, None, 0))
+}
+
+/// Removes a session that is ending (in the revision that ends it) from every lock it holds or
+/// awaits. `expired`: its holds end abnormally, and their locks enter their lock-delay.
+pub(crate) fn session_ended(ap: &mut Apply, session: &str, expired: bool) -> Result<u64, FsmError> {
+    let keys = owned(ap.txn, session)?;
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let revision = ap.write_revision()?;
+    for key in &keys {
+        let Some(mut row) = read_row(ap.txn, key)? else {
+            return Err(FsmError::Corrupt(format!(
+                "table session_locks: session {session:?} names lock {:?}, which does not exist",
+                show(key)
+            )));
+        };
+        let mut delay = None;
+        for h in row.holders.iter().filter(|h| h.session == session) {
+            ap.lock_changed(LockChange::Changed { key: key.clone() });
+            if expired && h.lock_delay_ms > 0 {
+                delay = Some(h.lock_delay_ms);
+            }
+        }
+        row.holders.retain(|h| h.session != session);
+        for w in row.waiters.iter().filter(|w| w.session == session) {
+            ap.lock_changed(LockChange::Settled { request_id: w.request_id.clone() });
+        }
+        row.waiters.retain(|w| w.session != session);
+        if let Some(ms) = delay {
+            // A delay already in force is replaced by one at least as long from now.
+            row.delay_ms = if row.delay_revision != 0 { row.delay_ms.max(ms) } else { ms };
+            row.delay_revision = revision;
+            ap.lock_changed(LockChange::DelayStarted {
+                key: key.clone(),
+                since_revision: revision,
+                delay_ms: row.delay_ms,
+            });
+        }
+        grant_waiters(ap, key, &mut row, revision)?;
+        write_row(ap.txn, key, &row)?;
+        ap.txn.open_table(SESSION_LOCKS)?.remove(index_key(session, key).as_slice())?;
+    }
+    Ok(keys.len() as u64)
+}
+
+/// Grants the head of the queue for as long as it is compatible with the holders and no delay
+/// is in force.
+fn grant_waiters(ap: &mut Apply, key: &[u8], row: &mut LockRow, revision: i64) -> Result<(), FsmError> {
+    while row.delay_revision == 0 {
+        let Some(head) = row.waiters.first() else { break };
+        let mode = LockMode::try_from(head.mode).unwrap_or(LockMode::Exclusive);
+        if !compatible(&row.holders, mode) {
+            break;
+        }
+        let w = row.waiters.remove(0);
+        row.holders.push(LockHolder {
+            session: w.session,
+            mode: w.mode,
+            generation: next_generation(ap.txn)?,
+            revision,
+            request_id: w.request_id.clone(),
+            lock_delay_ms: w.lock_delay_ms,
+            value: w.value,
+        });
+        ap.lock_changed(LockChange::Settled { request_id: w.request_id });
+        ap.lock_changed(LockChange::Changed { key: key.to_vec() });
+    }
+    Ok(())
+}
+
+/// Whether a request in `mode` can join `holders`.
+fn compatible(holders: &[LockHolder], mode: LockMode) -> bool {
+    match mode {
+        LockMode::Exclusive => holders.is_empty(),
+        LockMode::Shared => holders.iter().all(|h| h.mode == LockMode::Shared as i32),
+    }
+}
+
+/// Whether `holder` is the grant `seq` names.
+fn holds(holder: &LockHolder, seq: &Sequencer) -> bool {
+    holder.generation == seq.generation && holder.session == seq.session && holder.mode == seq.mode
+}
+
+/// The sequencer of a holder.
+pub fn sequencer(space: LockSpace, name: &str, holder: &LockHolder) -> Sequencer {
+    Sequencer {
+        space: space as i32,
+        name: name.to_string(),
+        mode: holder.mode,
+        generation: holder.generation,
+        session: holder.session.clone(),
+    }
+}
+
+/// Whether `seq` still holds its lock; if not, why.
+pub fn check(txn: &ReadTransaction, seq: &Sequencer) -> Result<Result<(), String>, FsmError> {
+    let space = LockSpace::try_from(seq.space).unwrap_or(LockSpace::Locks);
+    let key = lock_key(space, &seq.name);
+    let row = match open_read(txn, LOCKS)? {
+        Some(t) => get_row(&t, &key)?,
+        None => None,
+    };
+    Ok(verdict(row.as_ref(), seq))
+}
+
+/// Whether `seq` still holds its lock, in a write transaction (a fenced txn's compare).
+pub(crate) fn check_in(txn: &WriteTransaction, seq: &Sequencer) -> Result<bool, FsmError> {
+    let space = LockSpace::try_from(seq.space).unwrap_or(LockSpace::Locks);
+    Ok(verdict(read_row(txn, &lock_key(space, &seq.name))?.as_ref(), seq).is_ok())
+}
+
+fn verdict(row: Option<&LockRow>, seq: &Sequencer) -> Result<(), String> {
+    if row.is_some_and(|r| r.holders.iter().any(|h| holds(h, seq))) {
+        return Ok(());
+    }
+    let latest = row.and_then(|r| r.holders.iter().map(|h| h.generation).max());
+    Err(match latest {
+        Some(g) if g > seq.generation => format!(
+            "generation {} no longer holds {:?}: it was released or its session ended, and generation {g} holds it now",
+            seq.generation, seq.name
+        ),
+        _ => format!(
+            "generation {} does not hold {:?}: it was released or its session ended",
+            seq.generation, seq.name
+        ),
+    })
+}
+
+/// Where the request applied under `request_id` stands in lock `key`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestState {
+    Held(Sequencer),
+    Waiting,
+    /// Neither holding nor waiting: cancelled, released, or its session ended.
+    Gone,
+}
+
+pub fn request_state(txn: &ReadTransaction, key: &[u8], request_id: &str) -> Result<RequestState, FsmError> {
+    let Some((space, name)) = split_lock_key(key) else { return Ok(RequestState::Gone) };
+    let Some(row) = read(txn, key)? else { return Ok(RequestState::Gone) };
+    if let Some(h) = row.holders.iter().find(|h| h.request_id == request_id) {
+        return Ok(RequestState::Held(sequencer(space, name, h)));
+    }
+    if row.waiters.iter().any(|w| w.request_id == request_id) {
+        return Ok(RequestState::Waiting);
+    }
+    Ok(RequestState::Gone)
+}
+
+/// One lock's row, if it has holders, waiters or a delay.
+pub fn read(txn: &ReadTransaction, key: &[u8]) -> Result<Option<LockRow>, FsmError> {
+    match open_read(txn, LOCKS)? {
+        Some(t) => get_row(&t, key),
+        None => Ok(None),
+    }
+}
+
+/// The locks of `space` whose names begin with `prefix`, in name order, at most `limit`.
+pub fn list(
+    txn: &ReadTransaction,
+    space: LockSpace,
+    prefix: &str,
+    limit: usize,
+) -> Result<Vec<(String, LockRow)>, FsmError> {
+    let Some(table) = open_read(txn, LOCKS)? else { return Ok(Vec::new()) };
+    let start = lock_key(space, prefix);
+    let mut out = Vec::new();
+    for row in table.range::<&[u8]>(start.as_slice()..)? {
+        let (k, v) = row?;
+        if !k.value().starts_with(&start) || out.len() >= limit {
+            break;
+        }
+        let name = split_lock_key(k.value())
+            .map(|(_, n)| n.to_string())
+            .ok_or_else(|| FsmError::Corrupt(format!("table locks: bad key {:?}", show(k.value()))))?;
+        out.push((name, decode_row(k.value(), v.value())?));
+    }
+    Ok(out)
+}
+
+/// Every lock-delay in force: (lock key, since revision, delay), for the leader's timers.
+pub fn delays(txn: &ReadTransaction) -> Result<Vec<(Vec<u8>, i64, u64)>, FsmError> {
+    let Some(table) = open_read(txn, LOCKS)? else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for row in table.iter()? {
+        let (k, v) = row?;
+        let r = decode_row(k.value(), v.value())?;
+        if r.delay_revision != 0 {
+            out.push((k.value().to_vec(), r.delay_revision, r.delay_ms));
+        }
+    }
+    Ok(out)
+}
+
+/// How many locks session `id` holds or awaits.
+pub fn count_of(txn: &ReadTransaction, id: &str) -> Result<u64, FsmError> {
+    let Some(index) = open_read(txn, SESSION_LOCKS)? else { return Ok(0) };
+    let (start, end) = session_span(id);
+    Ok(index.range::<&[u8]>(start.as_slice()..end.as_slice())?.count() as u64)
+}
+
+/// The lock keys session `id` holds or awaits, in key order.
+fn owned(txn: &WriteTransaction, id: &str) -> Result<Vec<Vec<u8>>, FsmError> {
+    let index = txn.open_table(SESSION_LOCKS)?;
+    let (start, end) = session_span(id);
+    let mut keys = Vec::new();
+    for row in index.range::<&[u8]>(start.as_slice()..end.as_slice())? {
+        keys.push(row?.0.value()[start.len()..].to_vec());
+    }
+    Ok(keys)
+}
+
+fn session_span(id: &str) -> (Vec<u8>, Vec<u8>) {
+    let start = index_key(id, b"");
+    let mut end = id.as_bytes().to_vec();
+    end.push(1);
+    (start, end)
+}
+
+fn index_key(session: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(session.len() + 1 + key.len());
+    k.extend_from_slice(session.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key);
+    k
+}
+
+fn next_generation(txn: &WriteTransaction) -> Result<u64, FsmError> {
+    let mut meta = txn.open_table(LOCK_META)?;
+    let key = LOCK_META_GENERATION.as_bytes();
+    let last = match meta.get(key)? {
+        Some(v) => <[u8; 8]>::try_from(v.value())
+            .map(u64::from_be_bytes)
+            .map_err(|_| FsmError::Corrupt("table lock_meta, key generation: not 8 bytes".into()))?,
+        None => 0,
+    };
+    let next = last.checked_add(1).ok_or_else(|| {
+        FsmError::Corrupt("table lock_meta, key generation: the counter cannot grow".into())
+    })?;
+    meta.insert(key, next.to_be_bytes().as_slice())?;
+    Ok(next)
+}
+
+pub(crate) fn read_row(txn: &WriteTransaction, key: &[u8]) -> Result<Option<LockRow>, FsmError> {
+    get_row(&txn.open_table(LOCKS)?, key)
+}
+
+/// Writes a lock's row, or removes it when it holds nothing.
+pub(crate) fn write_row(txn: &WriteTransaction, key: &[u8], row: &LockRow) -> Result<(), FsmError> {
+    let mut table = txn.open_table(LOCKS)?;
+    if row.holders.is_empty() && row.waiters.is_empty() && row.delay_revision == 0 {
+        table.remove(key)?;
+    } else {
+        table.insert(key, row.encode_to_vec().as_slice())?;
+    }
+    Ok(())
+}
+
+fn get_row<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+    key: &[u8],
+) -> Result<Option<LockRow>, FsmError> {
+    match table.get(key)? {
+        Some(v) => Ok(Some(decode_row(key, v.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn decode_row(key: &[u8], bytes: &[u8]) -> Result<LockRow, FsmError> {
+    let row = LockRow::decode(bytes)
+        .map_err(|e| FsmError::Corrupt(format!("table locks, key {:?}: undecodable row: {e}", show(key))))?;
+    let exclusive = row.holders.iter().filter(|h| h.mode == LockMode::Exclusive as i32).count();
+    if exclusive > 1 || (exclusive == 1 && row.holders.len() > 1) {
+        return Err(FsmError::Corrupt(format!(
+            "table locks, key {:?}: an exclusive holder beside other holders",
+            show(key)
+        )));
+    }
+    Ok(row)
+}
+
+pub(crate) fn result(status: Status, sequencer: Option<Sequencer>, ahead: u64) -> outcome::Result {
+    outcome::Result::Lock(LockResult { status: status as i32, sequencer, ahead })
+}
+
+fn rejected(why: &str) -> outcome::Result {
+    outcome::Result::Rejected(why.to_string())
+}
+
+fn show(key: &[u8]) -> String {
+    key.escape_ascii().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+    use latch_proto::internal::command::Body;
+    use latch_proto::internal::{CloseSession, CreateSession, ExpireSession};
+
+    fn session(s: &mut Store, id: &str) {
+        s.apply(
+            "",
+            Body::CreateSession(CreateSession { id: id.into(), name: String::new(), ttl_ms: 10_000 }),
+        );
+    }
+
+    fn acquire_req(name: &str, session: &str, mode: LockMode, wait: bool) -> Body {
+        Body::Acquire(Acquire {
+            space: LockSpace::Locks as i32,
+            name: name.into(),
+            session: session.into(),
+            mode: mode as i32,
+            wait,
+            lock_delay_ms: 5_000,
+            value: Vec::new(),
+        })
+    }
+
+    fn lock(s: &mut Store, id: &str, name: &str, session: &str, mode: LockMode) -> LockResult {
+        as_lock(s.apply(id, acquire_req(name, session, mode, true)))
+    }
+
+    fn as_lock(o: latch_proto::internal::Outcome) -> LockResult {
+        match o.result {
+            Some(outcome::Result::Lock(r)) => r,
+            r => panic!("expected a lock result, got {r:?}"),
+        }
+    }
+
+    fn status(r: &LockResult) -> Status {
+        Status::try_from(r.status).expect("a known status")
+    }
+
+    fn row(s: &Store, name: &str) -> Option<LockRow> {
+        s.read(|t| read(t, &lock_key(LockSpace::Locks, name))).expect("the row reads")
+    }
+
+    fn holders(s: &Store, name: &str) -> Vec<(String, u64)> {
+        row(s, name)
+            .map_or(Vec::new(), |r| r.holders.into_iter().map(|h| (h.session, h.generation)).collect())
+    }
+
+    fn release_body(seq: Sequencer) -> Body {
+        Body::Release(Release { sequencer: Some(seq) })
+    }
+
+    fn expire(s: &mut Store, id: &str) {
+        s.apply("", Body::ExpireSession(ExpireSession { id: id.into(), checkpoints: 0, term: 1 }));
+    }
+
+    #[test]
+    fn the_queue_is_fifo_and_a_shared_request_behind_a_waiting_exclusive_one_waits() {
+        let mut s = Store::new();
+        for id in ["a", "b", "c", "d"] {
+            session(&mut s, id);
+        }
+        let a = lock(&mut s, "ra", "n", "a", LockMode::Shared);
+        assert_eq!(status(&a), Status::Granted, "a shared request on a free lock is granted");
+        let b = lock(&mut s, "rb", "n", "b", LockMode::Exclusive);
+        assert_eq!(
+            (status(&b), b.ahead),
+            (Status::Queued, 0),
+            "an exclusive request behind a shared holder waits"
+        );
+        let c = lock(&mut s, "rc", "n", "c", LockMode::Shared);
+        assert_eq!(
+            (status(&c), c.ahead),
+            (Status::Queued, 1),
+            "a shared request behind a waiting exclusive one waits, though the holder is shared"
+        );
+        let d = lock(&mut s, "rd", "n", "d", LockMode::Shared);
+        assert_eq!(status(&d), Status::Queued);
+        // a releases: b (the head) is granted alone; c and d still wait.
+        let out = s.apply_full("", release_body(a.sequencer.expect("a granted request has a sequencer")));
+        assert!(out.locks.contains(&LockChange::Settled { request_id: "rb".into() }), "rb's waiter is told");
+        assert_eq!(holders(&s, "n").iter().map(|h| h.0.as_str()).collect::<Vec<_>>(), ["b"]);
+        // b releases: c and d are granted together.
+        let b_seq = s.read(|t| request_state(t, &lock_key(LockSpace::Locks, "n"), "rb")).expect("reads");
+        let RequestState::Held(b_seq) = b_seq else { panic!("rb holds, got {b_seq:?}") };
+        s.apply("", release_body(b_seq));
+        let h = holders(&s, "n");
+        assert_eq!(
+            h.iter().map(|h| h.0.as_str()).collect::<Vec<_>>(),
+            ["c", "d"],
+            "both shared waiters hold"
+        );
+        assert!(h[0].1 < h[1].1, "each grant has its own generation");
+        assert!(row(&s, "n").expect("held").waiters.is_empty());
+    }
+
+    #[test]
+    fn shared_holders_share_and_exclusive_excludes() {
+        let mut s = Store::new();
+        for id in ["a", "b", "c"] {
+            session(&mut s, id);
+        }
+        let try_once =
+            |s: &mut Store, sess: &str, mode| as_lock(s.apply("", acquire_req("n", sess, mode, false)));
+        assert_eq!(status(&try_once(&mut s, "a", LockMode::Shared)), Status::Granted);
+        assert_eq!(status(&try_once(&mut s, "b", LockMode::Shared)), Status::Granted, "shared holders share");
+        let rev = s.applied().revision;
+        assert_eq!(
+            status(&try_once(&mut s, "c", LockMode::Exclusive)),
+            Status::Busy,
+            "exclusive waits for shared"
+        );
+        assert_eq!(s.applied().revision, rev, "a busy try writes nothing");
+        assert_eq!(row(&s, "n").expect("held").waiters.len(), 0, "a try-once request is not queued");
+        assert_eq!(
+            status(&try_once(&mut s, "a", LockMode::Shared)),
+            Status::Already,
+            "one session holds once"
+        );
+    }
+
+    #[test]
+    fn generations_strictly_increase_per_name_even_after_the_lock_was_forgotten() {
+        let mut s = Store::new();
+        session(&mut s, "a");
+        let mut last = 0;
+        for _ in 0..3 {
+            let r = as_lock(s.apply("", acquire_req("n", "a", LockMode::Exclusive, false)));
+            let seq = r.sequencer.expect("granted");
+            assert!(seq.generation > last, "generation {} after {last}", seq.generation);
+            last = seq.generation;
+            s.apply("", release_body(seq));
+            assert_eq!(row(&s, "n"), None, "a free lock keeps no row");
+        }
+        let stream = s.snapshot();
+        let mut other = Store::new();
+        restore_into(&mut other, &stream, s.index, 1).expect("restore succeeds");
+        let r = as_lock(other.apply("", acquire_req("n", "a", LockMode::Exclusive, false)));
+        assert!(r.sequencer.expect("granted").generation > last, "the counter survives a snapshot");
+    }
+
+    #[test]
+    fn lock_delay_follows_an_expiry_only_and_ends_with_the_leaders_command() {
+        let mut s = Store::new();
+        for id in ["a", "b", "c"] {
+            session(&mut s, id);
+        }
+        lock(&mut s, "ra", "n", "a", LockMode::Exclusive);
+        lock(&mut s, "rb", "n", "b", LockMode::Exclusive);
+        // A close is a normal release: b is granted at once.
+        let out = s.apply_full("", Body::CloseSession(CloseSession { id: "a".into() }));
+        assert!(out.locks.contains(&LockChange::Settled { request_id: "rb".into() }));
+        assert_eq!(holders(&s, "n").iter().map(|h| h.0.as_str()).collect::<Vec<_>>(), ["b"]);
+        lock(&mut s, "rc", "n", "c", LockMode::Exclusive);
+        // b expires: abnormal; c waits out the delay.
+        let out =
+            s.apply_full("", Body::ExpireSession(ExpireSession { id: "b".into(), checkpoints: 0, term: 1 }));
+        let since = out.outcome.revision;
+        assert!(
+            out.locks.contains(&LockChange::DelayStarted {
+                key: lock_key(LockSpace::Locks, "n"),
+                since_revision: since,
+                delay_ms: 5_000
+            }),
+            "the expiry starts the delay: {:?}",
+            out.locks
+        );
+        let r = row(&s, "n").expect("delayed");
+        assert!(r.holders.is_empty() && r.waiters.len() == 1, "no grant during the delay");
+        // An end naming another delay is a no-op; the right one grants c.
+        let end =
+            |since| Body::EndLockDelay(EndLockDelay { space: 0, name: "n".into(), since_revision: since });
+        assert_eq!(status(&as_lock(s.apply("", end(since - 1)))), Status::NotHeld);
+        assert!(holders(&s, "n").is_empty(), "a stale end does not end the delay");
+        s.apply("", end(since));
+        assert_eq!(holders(&s, "n").iter().map(|h| h.0.as_str()).collect::<Vec<_>>(), ["c"]);
+        // A delay of 0 starts no delay.
+        session(&mut s, "d");
+        let zero = Body::Acquire(Acquire {
+            lock_delay_ms: 0,
+            ..match acquire_req("m", "d", LockMode::Exclusive, true) {
+                Body::Acquire(a) => a,
+                _ => unreachable!(),
+            }
+        });
+        s.apply("rd", zero);
+        expire(&mut s, "d");
+        assert_eq!(row(&s, "m"), None, "no delay after a holder asked for none");
+    }
+
+    #[test]
+    fn a_sessions_end_releases_its_locks_and_drops_its_waits_in_its_revision() {
+        let mut s = Store::new();
+        session(&mut s, "a");
+        session(&mut s, "b");
+        let a1 = lock(&mut s, "r1", "x", "a", LockMode::Exclusive).sequencer.expect("granted");
+        lock(&mut s, "r2", "y", "b", LockMode::Exclusive);
+        lock(&mut s, "r3", "y", "a", LockMode::Exclusive);
+        assert_eq!(s.read(|t| count_of(t, "a")).expect("reads"), 2);
+        let before = s.applied().revision;
+        let out = s.apply_full("", Body::CloseSession(CloseSession { id: "a".into() }));
+        assert_eq!(out.outcome.revision, before + 1, "one revision");
+        assert_eq!(row(&s, "x"), None, "x is released");
+        assert!(row(&s, "y").expect("b holds y").waiters.is_empty(), "a's wait on y is dropped");
+        assert!(out.locks.contains(&LockChange::Settled { request_id: "r3".into() }), "r3's waiter is told");
+        assert_eq!(s.read(|t| count_of(t, "a")).expect("reads"), 0);
+        let verdict = s.read(|t| check(t, &a1)).expect("reads");
+        assert!(verdict.is_err(), "a's sequencer is no longer valid");
+    }
+
+    #[test]
+    fn cancelling_a_wait_leaves_the_queue_and_a_raced_grant_is_answered_or_released() {
+        let mut s = Store::new();
+        for id in ["a", "b", "c"] {
+            session(&mut s, id);
+        }
+        let a = lock(&mut s, "ra", "n", "a", LockMode::Exclusive).sequencer.expect("granted");
+        lock(&mut s, "rb", "n", "b", LockMode::Exclusive);
+        lock(&mut s, "rc", "n", "c", LockMode::Exclusive);
+        let cancel = |id: &str, release_granted| {
+            Body::CancelWait(CancelWait {
+                space: 0,
+                name: "n".into(),
+                request_id: id.into(),
+                release_granted,
+            })
+        };
+        assert_eq!(status(&as_lock(s.apply("", cancel("rb", false)))), Status::Done);
+        s.apply("", release_body(a));
+        assert_eq!(holders(&s, "n")[0].0, "c", "the cancelled request was skipped");
+        let r = as_lock(s.apply("", cancel("rc", false)));
+        assert_eq!(status(&r), Status::Granted, "a grant that raced the cancel is answered");
+        assert_eq!(status(&as_lock(s.apply("", cancel("rc", true)))), Status::Done);
+        assert_eq!(row(&s, "n"), None, "… or released when the requester went away");
+    }
+
+    #[test]
+    fn bad_requests_are_refused_and_write_nothing() {
+        let mut s = Store::new();
+        session(&mut s, "a");
+        let rev = s.applied().revision;
+        let o = s.apply("x", acquire_req("n", "nobody", LockMode::Exclusive, true));
+        assert!(matches!(o.result, Some(outcome::Result::NotFound(_))), "unknown session: {o:?}");
+        for (body, says) in [
+            (acquire_req("", "a", LockMode::Exclusive, true), "name"),
+            (acquire_req("n", "a", LockMode::Exclusive, true), "request id"),
+            (
+                Body::Acquire(Acquire {
+                    lock_delay_ms: 60_001,
+                    name: "n".into(),
+                    session: "a".into(),
+                    ..Default::default()
+                }),
+                "lock_delay",
+            ),
+        ] {
+            let id = if says == "request id" { String::new() } else { format!("y-{says}") };
+            match s.apply(&id, body).result {
+                Some(outcome::Result::Rejected(why)) => {
+                    assert!(why.contains(says), "{why} should name {says}")
+                }
+                r => panic!("expected a rejection naming {says}, got {r:?}"),
+            }
+        }
+        assert_eq!(s.applied().revision, rev, "nothing written");
+        let stale = Sequencer { name: "n".into(), generation: 7, session: "a".into(), ..Default::default() };
+        assert_eq!(status(&as_lock(s.apply("", release_body(stale)))), Status::NotHeld);
+    }
+}
