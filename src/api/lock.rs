@@ -57,6 +57,12 @@ pub(crate) struct Want {
 
 /// Acquires a lock (or an election's leadership) as asked, waiting on this member for the
 /// grant. Answers the grant, or `None` when it was not granted in time.
+///
+/// Retries are safe: a session that already holds the lock gets its hold back (etcd's locks
+/// are re-entrant per lease alike), and one that already waits joins that wait, so a request
+/// resent after a lost answer neither queues twice nor misses its grant. A waiting request
+/// whose caller goes away leaves the queue (`Abandon`); if it was withdrawn under a waiter that
+/// still wants it (a resent request joined it), that waiter asks again.
 pub(crate) async fn acquire(
     ctx: &Context,
     want: Want,
@@ -72,90 +78,107 @@ pub(crate) async fn acquire(
         });
     }
     check_request_id(&want.request_id)?;
-    let request_id =
-        if want.request_id.is_empty() { uuid::Uuid::now_v7().to_string() } else { want.request_id.clone() };
-    // Registered before the proposal: a grant applied before we wait is not missed.
-    let settlement = ctx.node.locks().settlement(&request_id);
-    let body = Body::Acquire(Acquire {
-        space: want.space as i32,
-        name: want.name.clone(),
-        session: want.session.clone(),
-        mode: want.mode as i32,
-        wait: want.wait != Wait::No,
-        lock_delay_ms,
-        value: want.value,
-    });
-    // From here until it is answered, a request whose caller goes away (or whose proposal
-    // fails, and may yet apply) gives up its place.
-    let mut abandon =
-        Abandon { ctx: Some(ctx.clone()), space: want.space, name: want.name.clone(), request_id };
-    let (header, r) = ctx.write(&abandon.request_id, body).await?;
-    let r = lock_result(r, "acquire")?;
-    if r.status != LockStatus::Queued as i32 {
-        abandon.disarm();
-    }
-    match LockStatus::try_from(r.status) {
-        Ok(LockStatus::Granted) => return Ok((header, r.sequencer)),
-        Ok(LockStatus::Busy) => return Ok((header, None)),
-        Ok(LockStatus::Already) => {
-            let what = if r.sequencer.is_some() { "holds" } else { "already waits for" };
-            return Err(ApiError::FailedPrecondition(format!(
-                "session {} already {what} {:?}",
-                want.session, want.name
-            )));
-        }
-        Ok(LockStatus::Queued) => {}
-        _ => return Err(ApiError::Internal(format!("acquire answered status {}", r.status))),
-    }
-    let key = locks::lock_key(want.space, &want.name);
     let deadline = match want.wait {
         Wait::For(d) => Some(tokio::time::Instant::now() + d),
         Wait::No | Wait::Forever => None,
     };
+    let key = locks::lock_key(want.space, &want.name);
+    let mut request_id =
+        if want.request_id.is_empty() { uuid::Uuid::now_v7().to_string() } else { want.request_id.clone() };
     loop {
-        let txn = ctx.node.db().begin_read()?;
-        match locks::request_state(&txn, &key, &abandon.request_id)? {
-            RequestState::Held(seq) => {
-                abandon.disarm();
-                return Ok((ctx.header(crate::fsm::applied(&txn)?.revision), Some(seq)));
-            }
-            RequestState::Gone => {
-                abandon.disarm();
-                if sessions::read(&txn, &want.session)?.is_none() {
-                    return Err(ApiError::NotFound { kind: "session".into(), name: want.session });
-                }
-                return Ok((ctx.header(crate::fsm::applied(&txn)?.revision), None));
-            }
-            RequestState::Waiting => {}
-        }
-        drop(txn);
-        let timed_out = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = settlement.woken() => continue,
-            _ = timed_out => {}
-        }
-        // Time is up: leave the queue, unless the grant came first.
-        abandon.disarm();
-        let cancel = CancelWait {
+        // Registered before the proposal: a grant applied before we wait is not missed.
+        let mut settlement = ctx.node.locks().settlement(&request_id);
+        let body = Body::Acquire(Acquire {
             space: want.space as i32,
             name: want.name.clone(),
-            request_id: abandon.request_id.clone(),
-            release_granted: false,
+            session: want.session.clone(),
+            mode: want.mode as i32,
+            wait: want.wait != Wait::No,
+            lock_delay_ms,
+            value: want.value.clone(),
+        });
+        // From here until it is answered, a request whose caller goes away (or whose proposal
+        // fails, and may yet apply) gives up its place.
+        let mut abandon = Abandon {
+            ctx: Some(ctx.clone()),
+            space: want.space,
+            name: want.name.clone(),
+            request_id: request_id.clone(),
         };
-        let (header, r) = ctx.write("", Body::CancelWait(cancel)).await?;
-        let r = lock_result(r, "cancel")?;
-        let granted = r.status == LockStatus::Granted as i32;
-        return Ok((header, if granted { r.sequencer } else { None }));
+        let (header, r) = ctx.write(&request_id, body).await?;
+        let r = lock_result(r, "acquire")?;
+        match LockStatus::try_from(r.status) {
+            Ok(LockStatus::Granted) => {
+                abandon.disarm();
+                return Ok((header, r.sequencer));
+            }
+            Ok(LockStatus::Busy) => {
+                abandon.disarm();
+                return Ok((header, None));
+            }
+            Ok(LockStatus::Already) if r.sequencer.is_some() => {
+                abandon.disarm();
+                return Ok((header, r.sequencer));
+            }
+            Ok(LockStatus::Already) => {
+                // This session waits already, under that request: wait for it.
+                settlement = ctx.node.locks().settlement(&r.request_id);
+                abandon.request_id = r.request_id;
+            }
+            Ok(LockStatus::Queued) => {}
+            _ => return Err(ApiError::Internal(format!("acquire answered status {}", r.status))),
+        }
+        loop {
+            let txn = ctx.node.db().begin_read()?;
+            let revision = crate::fsm::applied(&txn)?.revision;
+            match locks::request_state(&txn, &key, &abandon.request_id)? {
+                RequestState::Held(seq) => {
+                    abandon.disarm();
+                    return Ok((ctx.header(revision), Some(seq)));
+                }
+                RequestState::Waiting => {}
+                RequestState::Gone => {
+                    abandon.disarm();
+                    if sessions::read(&txn, &want.session)?.is_none() {
+                        return Err(ApiError::NotFound { kind: "session".into(), name: want.session });
+                    }
+                    if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+                        return Ok((ctx.header(revision), None));
+                    }
+                    break; // withdrawn by a caller that went away: ask again
+                }
+            }
+            drop(txn);
+            let timed_out = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = settlement.woken() => continue,
+                _ = timed_out => {}
+            }
+            // Time is up: leave the queue, unless the grant came first.
+            abandon.disarm();
+            let cancel = CancelWait {
+                space: want.space as i32,
+                name: want.name.clone(),
+                request_id: abandon.request_id.clone(),
+                release_granted: false,
+            };
+            let (header, r) = ctx.write("", Body::CancelWait(cancel)).await?;
+            let r = lock_result(r, "cancel")?;
+            let granted = r.status == LockStatus::Granted as i32;
+            return Ok((header, if granted { r.sequencer } else { None }));
+        }
+        request_id = uuid::Uuid::now_v7().to_string();
     }
 }
 
-/// Gives up a queued request whose caller went away (its future dropped): leaves the queue, and
-/// releases a grant that raced the departure.
+/// Gives up a queued request whose caller went away (its future dropped): leaves the queue. A
+/// grant that raced the departure is kept — it is the session's, and a resent request gets it
+/// back; releasing it could pull a lock from under a resent request that was answered with it.
 struct Abandon {
     ctx: Option<Context>,
     space: LockSpace,
@@ -176,7 +199,7 @@ impl Drop for Abandon {
             space: self.space as i32,
             name: std::mem::take(&mut self.name),
             request_id: std::mem::take(&mut self.request_id),
-            release_granted: true,
+            release_granted: false,
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         runtime.spawn(async move {

@@ -19,7 +19,9 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod elect;
 pub mod kv;
+pub mod lock;
 pub mod server;
 pub mod session;
 
@@ -72,6 +74,10 @@ pub enum Command {
     Cluster(cluster::ClusterCommand),
     /// Create, keep alive, list and close sessions.
     Session(session::SessionCommand),
+    /// Run a command while holding a lock (`latch lock NAME -- CMD`); describe and list locks.
+    Lock(lock::LockCommand),
+    /// Campaign in an election and lead until interrupted, or observe its leaders.
+    Elect(elect::ElectCommand),
     /// Load a Latch, an etcd or a ZooKeeper cluster and measure throughput and latency.
     Bench(bench::BenchCommand),
 }
@@ -136,7 +142,12 @@ impl Cli {
     pub fn default_log_filter(&self) -> &'static str {
         match self.command {
             Command::Server(_) => "info",
-            Command::Kv(_) | Command::Cluster(_) | Command::Session(_) | Command::Bench(_) => "warn",
+            Command::Kv(_)
+            | Command::Cluster(_)
+            | Command::Session(_)
+            | Command::Lock(_)
+            | Command::Elect(_)
+            | Command::Bench(_) => "warn",
         }
     }
 
@@ -146,7 +157,11 @@ impl Cli {
         match &self.command {
             Command::Bench(bench) => Some(usize::from(bench.options.threads)),
             // A client command does one call at a time: one thread does it with the least work.
-            Command::Kv(_) | Command::Cluster(_) | Command::Session(_) => Some(1),
+            Command::Kv(_)
+            | Command::Cluster(_)
+            | Command::Session(_)
+            | Command::Lock(_)
+            | Command::Elect(_) => Some(1),
             Command::Server(_) => None,
         }
     }
@@ -243,6 +258,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Kv(command) => ("kv", kv::run(command, client).await),
         Command::Cluster(command) => ("cluster", cluster::run(command, client).await),
         Command::Session(command) => ("session", session::run(command, client).await),
+        Command::Lock(command) => ("lock", lock::run(command, client).await),
+        Command::Elect(command) => ("elect", elect::run(command, client).await),
         Command::Bench(command) => ("bench", bench::run(command, client).await),
     };
     match result {

@@ -126,8 +126,13 @@ pub(crate) fn acquire(ap: &mut Apply, req: Acquire, request_id: &str) -> Result<
     if let Some(h) = row.holders.iter().find(|h| h.session == req.session) {
         return Ok(result(Status::Already, Some(sequencer(space, &req.name, h)), 0));
     }
-    if row.waiters.iter().any(|w| w.session == req.session) {
-        return Ok(result(Status::Already, None, 0));
+    if let Some(w) = row.waiters.iter().find(|w| w.session == req.session) {
+        let request_id = w.request_id.clone();
+        return Ok(outcome::Result::Lock(LockResult {
+            status: Status::Already as i32,
+            request_id,
+            ..Default::default()
+        }));
     }
     let grantable = row.waiters.is_empty() && row.delay_revision == 0 && compatible(&row.holders, mode);
     if !grantable && !req.wait {
@@ -509,7 +514,7 @@ fn decode_row(key: &[u8], bytes: &[u8]) -> Result<LockRow, FsmError> {
 }
 
 pub(crate) fn result(status: Status, sequencer: Option<Sequencer>, ahead: u64) -> outcome::Result {
-    outcome::Result::Lock(LockResult { status: status as i32, sequencer, ahead })
+    outcome::Result::Lock(LockResult { status: status as i32, sequencer, ahead, request_id: String::new() })
 }
 
 fn rejected(why: &str) -> outcome::Result {

@@ -122,12 +122,32 @@ impl Client {
     /// Runs `attempt` against one endpoint after another until one answers, an error that must
     /// not be retried comes back, or the retry budget is spent. The caller guarantees that
     /// sending the request more than once is safe (a read, or a write with a request id).
-    pub(crate) async fn call<T, F, Fut>(&self, method: &'static str, mut attempt: F) -> Result<T, Error>
+    pub(crate) async fn call<T, F, Fut>(&self, method: &'static str, attempt: F) -> Result<T, Error>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call_waiting(method, Some(Duration::ZERO), attempt).await
+    }
+
+    /// Like [`call`](Client::call), for a call that may wait on the server (a lock's grant):
+    /// each attempt may take `wait` beyond the request timeout, or as long as it takes (`None`).
+    pub(crate) async fn call_waiting<T, F, Fut>(
+        &self,
+        method: &'static str,
+        wait: Option<Duration>,
+        mut attempt: F,
+    ) -> Result<T, Error>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let options = self.inner.options;
+        let Some(wait) = wait else { return self.call_unbounded(method, attempt).await };
+        let options = ClientOptions {
+            request_timeout: options.request_timeout + wait,
+            retry_budget: options.retry_budget + wait,
+        };
         let deadline = Instant::now() + options.retry_budget.max(options.request_timeout);
         let mut backoff = INITIAL_BACKOFF;
         let (mut index, mut target) = {
@@ -162,6 +182,38 @@ impl Client {
                 leader_hint = hint.as_deref(),
                 "retrying on another endpoint"
             );
+            (index, target) = self.next_target(index, hint.as_deref());
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Attempts with no time limit (a campaign): retried on transient failures, with backoff,
+    /// until one answers or fails for good.
+    async fn call_unbounded<T, F, Fut>(&self, method: &'static str, mut attempt: F) -> Result<T, Error>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let mut backoff = INITIAL_BACKOFF;
+        let (mut index, mut target) = {
+            let targets = self.targets();
+            let index = targets.preferred % targets.list.len();
+            (index, targets.list[index].clone())
+        };
+        loop {
+            let status = match attempt(target.channel.clone()).await {
+                Ok(response) => {
+                    self.targets().preferred = index;
+                    return Ok(response.into_inner());
+                }
+                Err(status) => status,
+            };
+            if !is_retryable(&status) {
+                return Err(Error::from(with_context(status, &target.addr)));
+            }
+            let hint = leader_hint(&status);
+            tracing::debug!(method, endpoint = %target.addr, code = ?status.code(), "retrying on another endpoint");
             (index, target) = self.next_target(index, hint.as_deref());
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);

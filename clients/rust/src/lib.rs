@@ -23,21 +23,29 @@
 //!   [`prefix_end`] for ranges.
 //! - [`Session`]: a session kept alive in the background, with Chubby's states
 //!   ([`SessionState`]): what ephemeral keys (`PutRequest::session`) hang on.
+//! - Locks ([`Session::lock`], [`LockGuard`], [`Client::acquire`]) with fencing sequencers
+//!   ([`Client::check_sequencer`], [`Compare::sequencer`]), and [`Election`]s.
 //! - [`Error`]: every failure, with the gRPC code and the server's message.
 //! - [`proto`]: the wire types (`latch.v1`), for requests the typed methods do not cover.
 //!
 //! This crate depends on the API's proto crate alone, never on the server.
 
 mod client;
+mod election;
 mod error;
 mod kv;
+mod lock;
 mod session;
 #[cfg(test)]
 mod tests;
 mod txn;
 
 pub use client::{Client, ClientOptions, LEADER_ADDR_METADATA};
+pub use election::Election;
 pub use error::Error;
+/// A sequencer's string form: `format` and `parse` (see [`proto::Sequencer`]).
+pub use latch_proto::sequencer;
+pub use lock::{LockGuard, LockOptions, Wait};
 pub use session::{Session, SessionOptions, SessionState};
 pub use txn::{prefix_end, prefix_range, Compare, CompareResult, Op, Txn};
 
@@ -45,8 +53,9 @@ pub use txn::{prefix_end, prefix_range, Compare, CompareResult, Op, Txn};
 pub use latch_proto::v1 as proto;
 
 pub use latch_proto::v1::{
-    DeleteRangeRequest, DeleteRangeResponse, KeyValue, Member, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, ResponseHeader, StatusResponse, TxnRequest, TxnResponse,
+    CheckSequencerResponse, DeleteRangeRequest, DeleteRangeResponse, KeyValue, Leadership, LockInfo,
+    LockMode, Member, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, Sequencer,
+    StatusResponse, TxnRequest, TxnResponse,
 };
 /// gRPC status codes, as returned by [`Error::code`].
 pub use tonic::Code;

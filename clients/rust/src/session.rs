@@ -186,6 +186,11 @@ impl Session {
         &self.id
     }
 
+    /// The client the session was made with.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     pub fn ttl(&self) -> Duration {
         self.ttl
     }

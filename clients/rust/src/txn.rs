@@ -87,6 +87,11 @@ impl Compare {
         Compare::new(key, result, Target::ModRevision(revision))
     }
 
+    /// Holds while the sequencer (string form) still holds its lock: a write fenced by a lock.
+    pub fn sequencer(token: impl Into<String>) -> Compare {
+        Compare::new(Vec::new(), CompareResult::Equal, Target::Sequencer(token.into()))
+    }
+
     /// Holds when the key does not exist (its version is 0): "create only if absent".
     pub fn missing(key: impl Into<Vec<u8>>) -> Compare {
         Compare::version(key, CompareResult::Equal, 0)

@@ -1,0 +1,148 @@
+//! Elections: [`Election`] campaigns, proclaims, resigns, and observes who leads. An election
+//! is an exclusive lock whose holder publishes a value; the leadership's [`Sequencer`] fences
+//! what the leader writes, as a lock's does.
+
+use std::time::Duration;
+
+use futures::Stream;
+use latch_proto::v1::election_client::ElectionClient;
+use latch_proto::v1::{
+    CampaignRequest, LeaderRequest, Leadership, ObserveRequest, ProclaimRequest, ResignRequest,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+use crate::{Client, Error};
+
+/// One election, by name.
+#[derive(Debug, Clone)]
+pub struct Election {
+    client: Client,
+    name: String,
+}
+
+impl Client {
+    pub fn election(&self, name: impl Into<String>) -> Election {
+        Election { client: self.clone(), name: name.into() }
+    }
+}
+
+impl Election {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Waits until `session` leads, publishing `value`; answers the leadership. Dropping the
+    /// future gives up the candidacy. A session that leads already gets its leadership back.
+    pub async fn campaign(&self, session: &str, value: impl Into<Vec<u8>>) -> Result<Leadership, Error> {
+        let request = CampaignRequest {
+            name: self.name.clone(),
+            session_id: session.to_string(),
+            value: value.into(),
+            lock_delay_ms: None,
+            request_id: uuid::Uuid::now_v7().to_string(),
+        };
+        let r = self
+            .client
+            .call_waiting("Campaign", None, |channel| {
+                let request = request.clone();
+                async move { ElectionClient::new(channel).campaign(request).await }
+            })
+            .await?;
+        r.leader.ok_or_else(|| Error::from(tonic::Status::internal("the answer carries no leadership")))
+    }
+
+    /// Publishes a new value as leader; FAILED_PRECONDITION once it no longer leads.
+    pub async fn proclaim(&self, leadership: &Leadership, value: impl Into<Vec<u8>>) -> Result<(), Error> {
+        let request = ProclaimRequest {
+            sequencer: token(leadership),
+            value: value.into(),
+            request_id: uuid::Uuid::now_v7().to_string(),
+        };
+        self.client
+            .call("Proclaim", |channel| {
+                let request = request.clone();
+                async move { ElectionClient::new(channel).proclaim(request).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The leader now (linearizable); `None` when nobody leads.
+    pub async fn leader(&self) -> Result<Option<Leadership>, Error> {
+        let request = LeaderRequest { name: self.name.clone() };
+        let r = self
+            .client
+            .call("Leader", |channel| {
+                let request = request.clone();
+                async move { ElectionClient::new(channel).leader(request).await }
+            })
+            .await;
+        match r {
+            Ok(r) => Ok(r.leader),
+            Err(e) if e.code() == Code::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives up leadership.
+    pub async fn resign(&self, leadership: &Leadership) -> Result<(), Error> {
+        let request =
+            ResignRequest { sequencer: token(leadership), request_id: uuid::Uuid::now_v7().to_string() };
+        self.client
+            .call("Resign", |channel| {
+                let request = request.clone();
+                async move { ElectionClient::new(channel).resign(request).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The leader now, then every change (`None`: nobody leads). The stream moves to another
+    /// member by itself when one fails, and never repeats a leader it just reported.
+    pub fn observe(&self) -> impl Stream<Item = Option<Leadership>> + Send + 'static {
+        let (tx, rx) = mpsc::channel(16);
+        let (client, name) = (self.client.clone(), self.name.clone());
+        tokio::spawn(async move {
+            let mut last: Option<Option<(u64, Vec<u8>)>> = None;
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                let request = ObserveRequest { name: name.clone() };
+                let opened = client
+                    .call("Observe", |channel| {
+                        let request = request.clone();
+                        async move { ElectionClient::new(channel).observe(request).await }
+                    })
+                    .await;
+                if let Ok(mut stream) = opened {
+                    backoff = Duration::from_millis(50);
+                    while let Ok(Some(answer)) = stream.message().await {
+                        let seen = answer.leader.as_ref().map(|l| (generation(l), l.value.clone()));
+                        if last.as_ref() == Some(&seen) {
+                            continue;
+                        }
+                        last = Some(seen);
+                        if tx.send(answer.leader).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+}
+
+fn token(l: &Leadership) -> String {
+    l.sequencer.as_ref().map(|s| s.token.clone()).unwrap_or_default()
+}
+
+fn generation(l: &Leadership) -> u64 {
+    l.sequencer.as_ref().map_or(0, |s| s.generation)
+}

@@ -1,0 +1,99 @@
+//! `latch elect NAME VALUE`: campaigns, prints when elected, and leads until interrupted
+//! (then resigns); exits [`super::lock::LOST`] if the session is lost meanwhile.
+//! `latch elect NAME --observe`: prints every leader, one line (or JSON document) each.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use futures::StreamExt;
+use latch_client::{Leadership, SessionOptions, SessionState};
+use serde_json::json;
+
+use super::{print_bytes, print_json, ClientArgs, Output, UsageError};
+
+/// `latch elect`.
+#[derive(Debug, Args)]
+pub struct ElectCommand {
+    /// The election's name.
+    pub name: String,
+    /// The value to publish while leading (an address, say).
+    #[arg(required_unless_present = "observe", conflicts_with = "observe")]
+    pub value: Option<String>,
+    /// Print each leader instead of campaigning.
+    #[arg(long)]
+    pub observe: bool,
+    /// The TTL of the campaigning session.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub ttl: Duration,
+}
+
+pub async fn run(command: ElectCommand, client: &ClientArgs) -> anyhow::Result<ExitCode> {
+    let output = client.output;
+    let client = client.connect().await?;
+    let election = client.election(command.name.clone());
+    if command.observe {
+        let leaders = election.observe();
+        tokio::pin!(leaders);
+        loop {
+            tokio::select! {
+                leader = leaders.next() => match leader {
+                    Some(leader) => print_leader(output, &command.name, leader.as_ref())?,
+                    None => return Ok(ExitCode::from(1)),
+                },
+                _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            }
+        }
+    }
+    let value = command.value.ok_or_else(|| UsageError("a VALUE to publish is required".into()))?;
+    let session = client
+        .session(SessionOptions::new(command.ttl).name(format!("latch elect {}", command.name)))
+        .await?;
+    let leadership = tokio::select! {
+        l = election.campaign(session.id(), value.into_bytes()) => l?,
+        _ = tokio::signal::ctrl_c() => {
+            session.close().await?;
+            return Ok(ExitCode::from(1));
+        }
+    };
+    print_leader(output, &command.name, Some(&leadership))?;
+    let mut state = session.watch();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {
+            election.resign(&leadership).await?;
+            session.close().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        _ = state.wait_for(|s| *s == SessionState::Expired) => {
+            eprintln!("latch elect: the session was lost: no longer the leader of {:?}", command.name);
+            Ok(ExitCode::from(super::lock::LOST))
+        }
+    }
+}
+
+fn print_leader(output: Output, name: &str, leader: Option<&Leadership>) -> anyhow::Result<()> {
+    let seq = leader.and_then(|l| l.sequencer.as_ref());
+    match output {
+        Output::Json => print_json(&json!({
+            "election": name,
+            "leader": leader.map(|l| json!({
+                "value": String::from_utf8_lossy(&l.value),
+                "session": seq.map(|s| s.session_id.clone()),
+                "generation": seq.map(|s| s.generation),
+                "sequencer": seq.map(|s| s.token.clone()),
+            })),
+        })),
+        Output::Text => print_bytes(
+            match (leader, seq) {
+                (Some(l), Some(s)) => format!(
+                    "leader of {name}: {} (session {}, generation {})\n",
+                    String::from_utf8_lossy(&l.value),
+                    s.session_id,
+                    s.generation
+                ),
+                _ => format!("{name}: no leader\n"),
+            }
+            .as_bytes(),
+        ),
+    }
+}
