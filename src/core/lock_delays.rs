@@ -64,8 +64,10 @@ impl LockDelays {
                 };
                 self.delays.insert(key.clone(), d);
             }
-            LockChange::DelayEnded { key } => {
-                self.delays.remove(key);
+            LockChange::DelayEnded { key, since_revision } => {
+                if self.delays.get(key).is_some_and(|d| d.since_revision == *since_revision) {
+                    self.delays.remove(key);
+                }
             }
             LockChange::Settled { .. } | LockChange::Changed { .. } => {}
         }
@@ -136,7 +138,7 @@ mod tests {
         assert_eq!(ends(&d.due(6_000, 1_000)), [("n".to_string(), 7)]);
         assert!(d.due(6_500, 1_000).is_empty(), "not proposed twice within the retry time");
         assert_eq!(ends(&d.due(7_000, 1_000)), [("n".to_string(), 7)], "a lost end is proposed again");
-        d.changed(&LockChange::DelayEnded { key: key.clone() }, 7_100);
+        d.changed(&LockChange::DelayEnded { key: key.clone(), since_revision: 7 }, 7_100);
         assert!(d.is_empty() && d.due(10_000, 1_000).is_empty(), "an ended delay is forgotten");
     }
 

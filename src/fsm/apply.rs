@@ -58,8 +58,8 @@ pub enum LockChange {
     Changed { key: Vec<u8> },
     /// Lock `key` entered a lock-delay at `since_revision`, for `delay_ms`.
     DelayStarted { key: Vec<u8>, since_revision: i64, delay_ms: u64 },
-    /// Its delay ended.
-    DelayEnded { key: Vec<u8> },
+    /// Its delay that began at `since_revision` ended.
+    DelayEnded { key: Vec<u8>, since_revision: i64 },
 }
 
 /// The application of one command: its transaction, its log index and its revision.

@@ -227,7 +227,7 @@ pub(crate) fn end_delay(ap: &mut Apply, req: EndLockDelay) -> Result<outcome::Re
     let revision = ap.write_revision()?;
     row.delay_revision = 0;
     row.delay_ms = 0;
-    ap.lock_changed(LockChange::DelayEnded { key: key.clone() });
+    ap.lock_changed(LockChange::DelayEnded { key: key.clone(), since_revision: req.since_revision });
     grant_waiters(ap, &key, &mut row, revision)?;
     write_row(ap.txn, &key, &row)?;
     Ok(result(Status::Done, None, 0))

@@ -76,7 +76,7 @@ impl LockHub {
                 }
                 LockChange::Changed { key }
                 | LockChange::DelayStarted { key, .. }
-                | LockChange::DelayEnded { key } => {
+                | LockChange::DelayEnded { key, .. } => {
                     if let Ok(o) = self.observers.lock() {
                         if let Some(tx) = o.get(key) {
                             tx.send_modify(|n| *n += 1);

@@ -44,6 +44,7 @@ use latch_proto::internal::{compare, op, op_result, Compare, DeleteRange, Op as 
 use crate::clients::{Client, History, Op, OpKind};
 use crate::disk::{SimDir, SimDisk};
 use crate::invariants::{self, Ack, Before, Checker, Ctx, Fnv};
+use crate::locks::{LockChecker, Locker};
 use crate::network::{Delivery, NetConfig, Network};
 use crate::sessions::{Keeper, LeaseChecker};
 
@@ -88,6 +89,8 @@ pub struct Params {
     /// Session keepers, their sessions' TTL, and when each stops (a dead client), if it does.
     pub keepers: Vec<Option<u64>>,
     pub session_ttl_ms: u64,
+    /// Lock clients, each with the keeper whose session it uses.
+    pub lockers: Vec<usize>,
     pub nodes: u64,
     pub snapshot_entries: u64,
     pub net: NetConfig,
@@ -101,7 +104,7 @@ pub struct Params {
 
 impl Params {
     pub fn draw(seed: u64, rng: &mut SmallRng, chaos_us: u64, mode: Mode) -> Params {
-        let (session_ttl_ms, keepers) = match mode {
+        let (session_ttl_ms, keepers): (u64, Vec<Option<u64>>) = match mode {
             Mode::Chaos => {
                 let ttl = rng.gen_range(300..1_500);
                 let n = rng.gen_range(0..=3);
@@ -123,10 +126,17 @@ impl Params {
                 (ttl, keepers)
             }
         };
+        let lockers = if keepers.is_empty() {
+            Vec::new()
+        } else {
+            let n = rng.gen_range(1..=4);
+            (0..n).map(|i| i % keepers.len()).collect()
+        };
         Params {
             mode,
             keepers,
             session_ttl_ms,
+            lockers,
             nodes: if seed % 2 == 0 { 3 } else { 5 },
             snapshot_entries: if rng.gen_bool(0.6) { rng.gen_range(10..=40) } else { 10_000 },
             net: NetConfig::draw(rng),
@@ -168,6 +178,9 @@ pub struct Report {
     /// Session leases granted, and sessions expired.
     pub grants: u64,
     pub expiries: u64,
+    /// Lock grants seen in the members' states, and lock-delays ended.
+    pub lock_grants: u64,
+    pub lock_delays_ended: u64,
 }
 
 impl std::fmt::Display for Report {
@@ -177,7 +190,7 @@ impl std::fmt::Display for Report {
             "seed {} ({} nodes, snapshot every {}): {} steps, {:.1}s virtual, {} msgs; puts {} acked {} reads {} \
              retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}), \
              partitions {}, pauses {}, snapshots {}; max term {}, revision {}, {} hash checks; lease grants {}, \
-             expiries {}; trace {:016x}",
+             expiries {}; lock grants {}, lock-delays ended {}; trace {:016x}",
             self.seed,
             self.nodes,
             self.snapshot_entries,
@@ -200,6 +213,8 @@ impl std::fmt::Display for Report {
             self.hash_checks,
             self.grants,
             self.expiries,
+            self.lock_grants,
+            self.lock_delays_ended,
             self.trace_hash
         )
     }
@@ -289,6 +304,25 @@ enum Ev {
         keeper: usize,
         attempt: u64,
     },
+    LockerWake {
+        locker: usize,
+    },
+    LockerRequest {
+        node: u64,
+        locker: usize,
+        attempt: u64,
+        body: Box<Body>,
+        request_id: String,
+    },
+    LockerReply {
+        locker: usize,
+        attempt: u64,
+        result: Result<Outcome, String>,
+    },
+    LockerTimeout {
+        locker: usize,
+        attempt: u64,
+    },
     LeaderChange,
     Chaos,
     Restart {
@@ -310,6 +344,7 @@ impl Ev {
             | Ev::Notice { node, .. }
             | Ev::ClientRequest { node, .. }
             | Ev::KeeperRequest { node, .. }
+            | Ev::LockerRequest { node, .. }
             | Ev::ApplyTurn { node, .. } => Some(*node),
             Ev::Deliver { d, .. } => Some(d.to),
             _ => None,
@@ -382,6 +417,10 @@ pub struct Sim {
     leases: LeaseChecker,
     /// Keepers' calls waiting for a member: (keeper, attempt, member, call).
     keeper_waiters: BTreeMap<Waiter, (usize, u64, u64, KeeperCall)>,
+    lockers: Vec<Locker>,
+    /// Lockers' calls waiting for a member: (locker, attempt, member).
+    locker_waiters: BTreeMap<Waiter, (usize, u64, u64)>,
+    lock_checker: LockChecker,
     trace: Fnv,
     touched: BTreeSet<u64>,
     settling: bool,
@@ -418,6 +457,7 @@ impl Sim {
             .enumerate()
             .map(|(i, stop)| Keeper::new(i, params.session_ttl_ms, *stop, rng.gen_range(1..=params.nodes)))
             .collect();
+        let lockers = params.lockers.iter().enumerate().map(|(i, &keeper)| Locker::new(i, keeper)).collect();
         let nodes = (1..=params.nodes)
             .map(|id| SimNode {
                 id,
@@ -465,6 +505,9 @@ impl Sim {
             keepers,
             leases: LeaseChecker::default(),
             keeper_waiters: BTreeMap::new(),
+            lockers,
+            locker_waiters: BTreeMap::new(),
+            lock_checker: LockChecker::default(),
             trace: Fnv::default(),
             touched: BTreeSet::new(),
             settling: false,
@@ -507,6 +550,10 @@ impl Sim {
         for k in 0..self.keepers.len() {
             let d = self.rng.gen_range(50_000..300_000);
             self.at(d, Ev::KeeperWake { keeper: k });
+        }
+        for l in 0..self.lockers.len() {
+            let d = self.rng.gen_range(100_000..400_000);
+            self.at(d, Ev::LockerWake { locker: l });
         }
         match self.params.mode {
             Mode::Chaos => {
@@ -607,6 +654,7 @@ impl Sim {
         node.paused_until = 0;
         self.report.crashes += 1;
         self.keeper_waiters.retain(|_, (_, _, node, _)| *node != id);
+        self.locker_waiters.retain(|_, (_, _, node)| *node != id);
         let lost: Vec<Waiter> = self.waiters.iter().filter(|(_, w)| w.node == id).map(|(k, _)| *k).collect();
         for waiter in lost {
             if let Some(w) = self.waiters.remove(&waiter) {
@@ -661,6 +709,7 @@ impl Sim {
         let up: Vec<(u64, &Core)> =
             self.nodes.iter().filter_map(|n| n.core.as_ref().map(|c| (n.id, c))).collect();
         self.checker.after_step(ctx, &up);
+        self.lock_checker.after_step(ctx, &up);
         if self.params.mode == Mode::LeaderChanges {
             // TTL + 2 × the longest election timeout raft-rs draws (20 ticks), and the message
             // round trips of an election that may fall between the deadline and the expiry
@@ -750,6 +799,19 @@ impl Sim {
                 if k.in_flight && k.attempt == attempt {
                     k.in_flight = false;
                     self.keeper_retry(keeper, None);
+                }
+            }
+            Ev::LockerWake { locker } => self.locker_wake(locker),
+            Ev::LockerRequest { node, locker, attempt, body, request_id } => {
+                self.locker_request(node, locker, attempt, *body, request_id)
+            }
+            Ev::LockerReply { locker, attempt, result } => self.locker_reply(locker, attempt, result),
+            Ev::LockerTimeout { locker, attempt } => {
+                let l = &mut self.lockers[locker];
+                if l.in_flight.is_some() && l.attempt == attempt {
+                    l.in_flight = None;
+                    let d = self.rng.gen_range(10_000..50_000);
+                    self.at(d, Ev::LockerWake { locker });
                 }
             }
             Ev::LeaderChange => self.leader_change(),
@@ -975,6 +1037,14 @@ impl Sim {
                     self.keeper_answered(id, waiter, answer);
                     continue;
                 }
+                Action::Reply { waiter, result } if self.locker_waiters.contains_key(&waiter) => {
+                    if let Some((locker, attempt, _)) = self.locker_waiters.remove(&waiter) {
+                        let d = self.rng.gen_range(100..2_000);
+                        let result = result.map_err(|e| e.to_string());
+                        self.at(d, Ev::LockerReply { locker, attempt, result });
+                    }
+                    continue;
+                }
                 Action::KeptAlive { waiter, result } => {
                     let Some(&(keeper, _, _, call)) = self.keeper_waiters.get(&waiter) else { continue };
                     let answer = match (result, call) {
@@ -1045,7 +1115,10 @@ impl Sim {
                     self.checker.restored(self.ctx(), id, revision);
                     continue;
                 }
-                Action::LocksChanged { .. } => continue,
+                Action::LocksChanged { changes } => {
+                    self.lock_checker.changed(self.ctx(), id, &changes);
+                    continue;
+                }
                 Action::Apply { entries } => {
                     let d = self.rng.gen_range(100..1_500);
                     let node = self.node(id);
@@ -1389,6 +1462,66 @@ impl Sim {
         }
     }
 
+    /// A locker's turn: learn how its waits stand at a member, then send one call. It stops for
+    /// good once its keeper has stopped (a dead client) or lost its session.
+    fn locker_wake(&mut self, locker: usize) {
+        let now = self.now;
+        let keeper = &self.keepers[self.lockers[locker].keeper];
+        if keeper.gone || (keeper.created && keeper.stopped(now)) || self.settling {
+            return;
+        }
+        if !keeper.created || self.lockers[locker].in_flight.is_some() {
+            let d = self.rng.gen_range(20_000..100_000);
+            self.at(d, Ev::LockerWake { locker });
+            return;
+        }
+        let session = keeper.session.clone();
+        let node = self.rng.gen_range(1..=self.params.nodes);
+        if let Some(core) = self.nodes[(node - 1) as usize].core.as_ref() {
+            self.lockers[locker].look(core);
+        }
+        let (body, request_id, call) = self.lockers[locker].next_call(&mut self.rng, &session);
+        let l = &mut self.lockers[locker];
+        l.attempt += 1;
+        l.in_flight = Some(call);
+        let attempt = l.attempt;
+        let d = self.rng.gen_range(100..2_000);
+        self.at(d, Ev::LockerRequest { node, locker, attempt, body: Box::new(body), request_id });
+        self.at(300_000, Ev::LockerTimeout { locker, attempt });
+    }
+
+    fn locker_request(&mut self, node: u64, locker: usize, attempt: u64, body: Body, request_id: String) {
+        if !self.is_up(node) {
+            let d = self.rng.gen_range(200..2_000);
+            self.at(d, Ev::LockerReply { locker, attempt, result: Err("connection refused".into()) });
+            return;
+        }
+        self.set_clock(node);
+        self.next_waiter += 1;
+        let waiter = self.next_waiter;
+        let cmd = Command { version: fsm::COMMAND_VERSION, request_id, body: Some(body) };
+        if let Some(core) = self.node(node).core.as_mut() {
+            core.propose(waiter, cmd);
+        }
+        self.locker_waiters.insert(waiter, (locker, attempt, node));
+        self.touched.insert(node);
+    }
+
+    fn locker_reply(&mut self, locker: usize, attempt: u64, result: Result<Outcome, String>) {
+        let l = &mut self.lockers[locker];
+        if l.attempt != attempt {
+            return;
+        }
+        let Some(call) = l.in_flight.take() else { return };
+        if let Ok(outcome) = &result {
+            l.answered(&call, outcome);
+        }
+        // A failed acquire may still apply: its wait stays listed until a look settles it.
+        self.log(|| format!("locker {locker} attempt {attempt}: {call:?} -> {result:?}"));
+        let d = self.rng.gen_range(20_000..150_000);
+        self.at(d, Ev::LockerWake { locker });
+    }
+
     /// Tries again soon: at the named leader, or at another member.
     fn keeper_retry(&mut self, keeper: usize, leader: Option<u64>) {
         let n = self.params.nodes;
@@ -1590,6 +1723,8 @@ impl Sim {
         r.final_revision = up.first().map_or(0, |(_, c)| c.status().applied.revision);
         r.grants = self.leases.grants;
         r.expiries = self.leases.expiries;
+        r.lock_grants = self.lock_checker.grants();
+        r.lock_delays_ended = self.lock_checker.delays_ended;
         // The run is over: end every process the cheap way (see `crash`).
         let crashes = self.report.crashes;
         for id in 1..=self.params.nodes {

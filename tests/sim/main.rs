@@ -17,6 +17,7 @@ mod clients;
 mod cluster;
 mod disk;
 mod invariants;
+mod locks;
 mod network;
 mod scenarios;
 mod scripted;

@@ -1,0 +1,289 @@
+//! Lockers and the lock invariants (DESIGN.md §1 Locks) in the simulator. A locker is a client
+//! that uses a keeper's session: it acquires locks and elections (waiting or not, shared or
+//! exclusive, with a drawn lock-delay), releases what it holds, gives up waits, and learns of
+//! grants by reading a member's applied state, as the API's waiting half does. When its keeper
+//! stops (a dead client), it stops too, holding what it holds: its session's expiry releases
+//! that abnormally, and the lock-delay follows.
+//!
+//! What is checked, after every step, in every member's applied state:
+//! - Per lock: one exclusive holder, or only shared holders; every holder and waiter belongs to
+//!   a live session; while a lock-delay is in force no holder was granted at or after it began.
+//! - A generation names one grant forever (the same lock, session and revision wherever and
+//!   whenever it is seen), and per lock, generations increase with the revisions of their
+//!   grants: strictly increasing for the life of the cluster.
+//!
+//! And from the members' applied changes: no lock-delay ends before its length has passed
+//! since the first member applied its beginning (so no grant comes during it).
+
+use std::collections::BTreeMap;
+
+use latch::core::Core;
+use latch::fsm::{self, locks::lock_key, LockChange};
+use latch_proto::internal::{
+    command::Body, lock_result::Status, outcome, Acquire, CancelWait, LockMode, LockSpace, Outcome, Release,
+    Sequencer,
+};
+use rand::rngs::SmallRng;
+use rand::Rng;
+
+use crate::invariants::Ctx;
+
+/// The locks lockers contend for: (space, name).
+const NAMES: [(LockSpace, &str); 3] =
+    [(LockSpace::Locks, "a"), (LockSpace::Locks, "b"), (LockSpace::Elections, "e")];
+
+/// One simulated lock client.
+#[derive(Debug, Clone)]
+pub struct Locker {
+    pub index: usize,
+    /// The keeper whose session it uses.
+    pub keeper: usize,
+    pub attempt: u64,
+    pub in_flight: Option<LockCall>,
+    /// Grants it was told of (some may have ended since: a release then finds nothing).
+    pub held: Vec<Sequencer>,
+    /// Requests it queued, by (space, name, request id), until it learns how they ended.
+    pub waiting: Vec<(LockSpace, String, String)>,
+    next_id: u64,
+}
+
+/// What a locker asked.
+#[derive(Debug, Clone)]
+pub enum LockCall {
+    Acquire { request_id: String },
+    Release,
+    Cancel { request_id: String },
+}
+
+impl Locker {
+    pub fn new(index: usize, keeper: usize) -> Locker {
+        Locker {
+            index,
+            keeper,
+            attempt: 0,
+            in_flight: None,
+            held: Vec::new(),
+            waiting: Vec::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Draws the next call for a locker whose session is `session`: a command body and its
+    /// request id.
+    pub fn next_call(&mut self, rng: &mut SmallRng, session: &str) -> (Body, String, LockCall) {
+        self.next_id += 1;
+        let request_id = format!("locker-{}-{}", self.index, self.next_id);
+        if !self.held.is_empty() && rng.gen_bool(0.4) {
+            let seq = self.held.swap_remove(rng.gen_range(0..self.held.len()));
+            return (Body::Release(Release { sequencer: Some(seq) }), request_id, LockCall::Release);
+        }
+        if !self.waiting.is_empty() && rng.gen_bool(0.2) {
+            let (space, name, id) = self.waiting[rng.gen_range(0..self.waiting.len())].clone();
+            let body = Body::CancelWait(CancelWait {
+                space: space as i32,
+                name,
+                request_id: id.clone(),
+                release_granted: rng.gen_bool(0.5),
+            });
+            return (body, request_id, LockCall::Cancel { request_id: id });
+        }
+        let (space, name) = NAMES[rng.gen_range(0..NAMES.len())];
+        let shared = space == LockSpace::Locks && rng.gen_bool(0.3);
+        let wait = rng.gen_bool(0.7);
+        let body = Body::Acquire(Acquire {
+            space: space as i32,
+            name: name.to_string(),
+            session: session.to_string(),
+            mode: if shared { LockMode::Shared } else { LockMode::Exclusive } as i32,
+            wait,
+            lock_delay_ms: if rng.gen_bool(0.3) { 0 } else { rng.gen_range(50..400) },
+            value: format!("locker-{}", self.index).into_bytes(),
+        });
+        if wait {
+            self.waiting.push((space, name.to_string(), request_id.clone()));
+        }
+        (body, request_id.clone(), LockCall::Acquire { request_id })
+    }
+
+    /// The outcome of `call`.
+    pub fn answered(&mut self, call: &LockCall, outcome: &Outcome) {
+        let Some(outcome::Result::Lock(r)) = &outcome.result else { return };
+        let granted = (r.status == Status::Granted as i32 || r.status == Status::Already as i32)
+            .then(|| r.sequencer.clone())
+            .flatten();
+        match call {
+            LockCall::Acquire { request_id, .. } | LockCall::Cancel { request_id, .. } => {
+                if granted.is_some() || r.status != Status::Queued as i32 {
+                    self.waiting.retain(|(_, _, id)| id != request_id);
+                }
+            }
+            LockCall::Release => {}
+        }
+        if let Some(seq) = granted {
+            if !self.held.contains(&seq) {
+                self.held.push(seq);
+            }
+        }
+    }
+
+    /// Learns from a member's applied state how its queued requests stand.
+    pub fn look(&mut self, core: &Core) {
+        let Ok(txn) = core.state_db().begin_read() else { return };
+        let mut still = Vec::new();
+        for (space, name, id) in std::mem::take(&mut self.waiting) {
+            match fsm::locks::request_state(&txn, &lock_key(space, &name), &id) {
+                Ok(fsm::locks::RequestState::Held(seq)) => {
+                    if !self.held.contains(&seq) {
+                        self.held.push(seq);
+                    }
+                }
+                // Settled without a grant — or not applied at this member yet: either way it is
+                // forgotten (a grant it missed is its session's until the session ends).
+                Ok(fsm::locks::RequestState::Gone) => {}
+                Ok(fsm::locks::RequestState::Waiting) | Err(_) => still.push((space, name, id)),
+            }
+        }
+        self.waiting = still;
+    }
+}
+
+/// The lock invariants (see the module doc).
+#[derive(Debug, Default)]
+pub struct LockChecker {
+    /// generation → (lock key, session, revision of the grant).
+    grants: BTreeMap<u64, (Vec<u8>, String, i64)>,
+    /// Per lock: generation → revision of its grant.
+    order: BTreeMap<Vec<u8>, BTreeMap<u64, i64>>,
+    /// (lock key, revision it began at) → (when a member first applied it, its length in ms).
+    delays: BTreeMap<(Vec<u8>, i64), (u64, u64)>,
+    /// The applied index each member was last checked at.
+    checked: BTreeMap<u64, u64>,
+    pub delays_ended: u64,
+}
+
+impl LockChecker {
+    /// Lock changes member `node` applied at `ctx.time_us`.
+    pub fn changed(&mut self, ctx: Ctx, node: u64, changes: &[LockChange]) {
+        for change in changes {
+            match change {
+                LockChange::DelayStarted { key, since_revision, delay_ms } => {
+                    self.delays.entry((key.clone(), *since_revision)).or_insert((ctx.time_us, *delay_ms));
+                }
+                LockChange::DelayEnded { key, since_revision } => {
+                    self.delays_ended += 1;
+                    let Some(&(began, ms)) = self.delays.get(&(key.clone(), *since_revision)) else {
+                        continue;
+                    };
+                    // Members' clocks read whole milliseconds: one may read 1 ms more than has passed.
+                    if ctx.time_us + 1_000 < began + ms * 1_000 {
+                        ctx.fail(
+                            Some(node),
+                            "locks: no grant during a lock-delay",
+                            format!(
+                                "the lock-delay of {} ms of {:?} that began at revision {since_revision} (first \
+                                 applied at t={:.3}s) ended at t={:.3}s",
+                                ms,
+                                key.escape_ascii().to_string(),
+                                began as f64 / 1e6,
+                                ctx.time_us as f64 / 1e6
+                            ),
+                        );
+                    }
+                }
+                LockChange::Settled { .. } | LockChange::Changed { .. } => {}
+            }
+        }
+    }
+
+    /// Checks the applied state of every member that applied something since its last check.
+    pub fn after_step(&mut self, ctx: Ctx, up: &[(u64, &Core)]) {
+        for &(id, core) in up {
+            let applied = core.status().applied.index;
+            if self.checked.get(&id) == Some(&applied) {
+                continue;
+            }
+            self.checked.insert(id, applied);
+            let txn = match core.state_db().begin_read() {
+                Ok(t) => t,
+                Err(e) => ctx.fail(Some(id), "locks: state readable", e.to_string()),
+            };
+            for space in [LockSpace::Locks, LockSpace::Elections] {
+                let rows = fsm::locks::list(&txn, space, "", usize::MAX).unwrap_or_else(|e| {
+                    ctx.fail(Some(id), "locks: at most one exclusive holder", e.to_string())
+                });
+                for (name, row) in rows {
+                    let key = lock_key(space, &name);
+                    let exclusive =
+                        row.holders.iter().filter(|h| h.mode == LockMode::Exclusive as i32).count();
+                    if exclusive > 1 || (exclusive == 1 && row.holders.len() > 1) {
+                        ctx.fail(
+                            Some(id),
+                            "locks: at most one exclusive holder",
+                            format!("{name:?} is held by {:?}", row.holders),
+                        );
+                    }
+                    let sessions =
+                        row.holders.iter().map(|h| &h.session).chain(row.waiters.iter().map(|w| &w.session));
+                    for s in sessions {
+                        if !matches!(fsm::sessions::read(&txn, s), Ok(Some(_))) {
+                            ctx.fail(
+                                Some(id),
+                                "locks: a session's end releases its locks and drops its waits",
+                                format!("{name:?} is held or awaited by session {s}, which is not live"),
+                            );
+                        }
+                    }
+                    if row.delay_revision != 0 && row.holders.iter().any(|h| h.revision >= row.delay_revision)
+                    {
+                        ctx.fail(
+                            Some(id),
+                            "locks: no grant during a lock-delay",
+                            format!(
+                                "{name:?} is in a lock-delay since revision {}: {:?}",
+                                row.delay_revision, row.holders
+                            ),
+                        );
+                    }
+                    for h in &row.holders {
+                        self.grant(ctx, id, &key, &h.session, h.generation, h.revision);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A grant seen in a member's state: the same as every sighting of its generation, and in
+    /// revision order with the other grants of its lock.
+    fn grant(&mut self, ctx: Ctx, node: u64, key: &[u8], session: &str, generation: u64, revision: i64) {
+        let this = (key.to_vec(), session.to_string(), revision);
+        match self.grants.get(&generation) {
+            Some(seen) if *seen != this => ctx.fail(
+                Some(node),
+                "locks: a generation names one grant",
+                format!("generation {generation} is {this:?} here, {seen:?} elsewhere"),
+            ),
+            Some(_) => return,
+            None => {}
+        }
+        self.grants.insert(generation, this);
+        let order = self.order.entry(key.to_vec()).or_default();
+        let before = order.range(..generation).next_back().map(|(g, r)| (*g, *r));
+        let after = order.range(generation + 1..).next().map(|(g, r)| (*g, *r));
+        if before.is_some_and(|(_, r)| r > revision) || after.is_some_and(|(_, r)| r < revision) {
+            ctx.fail(
+                Some(node),
+                "locks: generations strictly increase per lock",
+                format!(
+                    "{:?}: generation {generation} granted at revision {revision}, but generation {before:?} \
+                     and {after:?} (generation, revision) around it",
+                    key.escape_ascii().to_string()
+                ),
+            );
+        }
+        order.insert(generation, revision);
+    }
+
+    pub fn grants(&self) -> u64 {
+        self.grants.len() as u64
+    }
+}
