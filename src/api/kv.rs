@@ -174,7 +174,10 @@ fn check_txn(limits: &Limits, req: &TxnRequest) -> Result<(), ApiError> {
         )));
     }
     for c in &req.compare {
-        check_key(limits, "compare.key", &c.key)?;
+        // A sequencer compare names no key (its lock is in the sequencer).
+        if !matches!(c.target, Some(compare::Target::Sequencer(_))) {
+            check_key(limits, "compare.key", &c.key)?;
+        }
         if c.target.is_none() {
             return Err(ApiError::InvalidArgument { field: "compare.target", problem: "must be set".into() });
         }
