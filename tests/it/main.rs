@@ -15,6 +15,7 @@ mod faults;
 mod harness;
 mod limits;
 mod linearizability;
+mod locks;
 mod observability;
 mod partitions;
 mod replication;

@@ -1,0 +1,720 @@
+//! Locks and elections on real processes (lock.proto, election.proto; `fsm::locks`): a holder
+//! that is paused (SIGSTOP) loses its lock only after its TTL and lock-delay, and its sequencer
+//! is fenced after that; a leader's death keeps holders, queues and generations; an election's
+//! observer sees the next leader once the killed leader's session and lock-delay have run out;
+//! `latch lock` runs its commands one at a time and ends its command when the session is lost;
+//! and the API refuses bad requests by name.
+//!
+//! The `latch lock` / `latch elect` processes of these tests run in process groups of their own
+//! ([`LatchProcess`]), so that a test can pause or kill them and leaves none of them, nor what
+//! they ran, behind.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use futures::StreamExt;
+use latch_client::{
+    Client, Code, Compare, LockInfo, LockMode, LockOptions, Op, Sequencer, SessionOptions, Txn, Wait,
+};
+use rustix::process::{Pid, Signal};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::harness::{eventually, latch_bin, Cluster, STARTUP, TICK};
+
+/// How often the tests that watch a lock change look again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Raft's election timeout in these clusters at its longest: raft-rs draws it from
+/// [10, 20) ticks.
+fn longest_election_timeout() -> Duration {
+    humantime::parse_duration(TICK).unwrap() * 20
+}
+
+/// Every member's client address, as `--endpoints` takes them.
+fn endpoints(c: &Cluster) -> String {
+    c.ids().iter().map(|id| c.member(*id).client_addr.clone()).collect::<Vec<_>>().join(",")
+}
+
+/// The processes of process group `pgid` that have not ended (zombies excluded): (pid, name).
+fn group_alive(pgid: i32) -> Vec<(i32, String)> {
+    let mut alive = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Some((name, state, group)) = proc_stat(pid) else { continue };
+        if group == pgid && state != "Z" {
+            alive.push((pid, name));
+        }
+    }
+    alive
+}
+
+/// Process `pid`'s name, state and process group, from /proc; `None` once it is gone.
+fn proc_stat(pid: i32) -> Option<(String, String, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let mut fields = stat[close + 1..].split_whitespace();
+    let state = fields.next()?.to_string();
+    let _parent = fields.next()?;
+    let group = fields.next()?.parse().ok()?;
+    Some((stat[open + 1..close].to_string(), state, group))
+}
+
+/// Whether process `pid` still runs (a zombie has ended).
+fn running(pid: i32) -> bool {
+    proc_stat(pid).is_some_and(|(_, state, _)| state != "Z")
+}
+
+/// A `latch` command run as a child process, leader of a process group of its own, with its
+/// stdout and stderr in files. Dropping it SIGKILLs the whole group (the command and whatever
+/// it ran), stopped or not.
+struct LatchProcess {
+    what: String,
+    child: tokio::process::Child,
+    pid: Pid,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl LatchProcess {
+    fn spawn(dir: &Path, tag: &str, args: &[&str]) -> LatchProcess {
+        let stdout = dir.join(format!("{tag}.stdout"));
+        let stderr = dir.join(format!("{tag}.stderr"));
+        let mut cmd = tokio::process::Command::new(latch_bin());
+        cmd.args(args)
+            .env_remove("LATCH_ENDPOINTS")
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).unwrap())
+            .stderr(File::create(&stderr).unwrap())
+            .process_group(0)
+            .kill_on_drop(true);
+        let what = format!("latch {}", args.join(" "));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run `{what}`: {e}"));
+        let pid = Pid::from_raw(child.id().unwrap() as i32).unwrap();
+        LatchProcess { what, child, pid, stdout, stderr }
+    }
+
+    fn pid(&self) -> i32 {
+        self.pid.as_raw_nonzero().get()
+    }
+
+    fn signal(&self, signal: Signal) {
+        rustix::process::kill_process(self.pid, signal)
+            .unwrap_or_else(|e| panic!("sending {signal:?} to `{}`: {e}", self.what));
+    }
+
+    /// Its exit status; panics, with what it printed, if it still runs after `timeout`.
+    async fn exit_within(&mut self, timeout: Duration) -> ExitStatus {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => panic!(
+                "expected `{}` to exit within {timeout:?}; it still runs. {}",
+                self.what,
+                self.output()
+            ),
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// What it printed, for assert messages.
+    fn output(&self) -> String {
+        let stdout = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+        format!("Its stdout: {stdout:?}; its stderr: {:?}", self.stderr())
+    }
+
+    /// The processes of its group still running: itself, and what it ran.
+    fn group_alive(&self) -> Vec<(i32, String)> {
+        group_alive(self.pid())
+    }
+}
+
+impl Drop for LatchProcess {
+    fn drop(&mut self) {
+        // Only while the group has members: its id could otherwise be another group's by now.
+        if !self.group_alive().is_empty() {
+            let _ = rustix::process::kill_process_group(self.pid, Signal::KILL);
+        }
+    }
+}
+
+/// Lock `name` as `describe_lock` answers it; `Err` says why not (for [`eventually`]).
+async fn describe(client: &Client, name: &str) -> Result<LockInfo, String> {
+    match client.describe_lock(name).await {
+        Ok(Some(info)) => Ok(info),
+        Ok(None) => Err(format!("{name:?} is free")),
+        Err(e) => Err(format!("describe_lock({name:?}): {e}")),
+    }
+}
+
+fn holder_sessions(info: &LockInfo) -> Vec<&str> {
+    info.holders.iter().map(|h| h.session_id.as_str()).collect()
+}
+
+fn waiter_sessions(info: &LockInfo) -> Vec<&str> {
+    info.waiters.iter().map(|w| w.session_id.as_str()).collect()
+}
+
+/// Waits until lock `name` is held by `holders` and awaited by `waiters` (in queue order).
+async fn until_lock_is(client: &Client, name: &str, holders: &[&str], waiters: &[&str]) -> LockInfo {
+    let what = format!("{name:?} held by {holders:?} and awaited by {waiters:?}");
+    eventually(&what, STARTUP, || async {
+        let info = describe(client, name).await?;
+        if holder_sessions(&info) == holders && waiter_sessions(&info) == waiters {
+            Ok(info)
+        } else {
+            Err(format!("{info:?}"))
+        }
+    })
+    .await
+}
+
+/// Asks for exclusive lock `name` for `session` in a task of its own, waiting as long as it
+/// takes; the task answers the grant and when it came.
+fn acquire_in_background(
+    client: &Client,
+    session: &str,
+    name: &str,
+    options: LockOptions,
+) -> JoinHandle<(Option<Sequencer>, Instant)> {
+    let (client, session, name) = (client.clone(), session.to_string(), name.to_string());
+    tokio::spawn(async move {
+        let granted = client
+            .acquire(&session, &name, options)
+            .await
+            .unwrap_or_else(|e| panic!("acquire {name:?} for session {session}: {e}"));
+        (granted, Instant::now())
+    })
+}
+
+/// The grant a background acquire got, within `timeout`.
+async fn granted_within(
+    task: JoinHandle<(Option<Sequencer>, Instant)>,
+    who: &str,
+    timeout: Duration,
+) -> Sequencer {
+    let (granted, _) = tokio::time::timeout(timeout, task)
+        .await
+        .unwrap_or_else(|_| panic!("expected {who} to be granted the lock within {timeout:?}"))
+        .unwrap();
+    granted.unwrap_or_else(|| panic!("{who} waits as long as it takes, so it is granted, not refused"))
+}
+
+#[tokio::test]
+async fn two_clients_contend_and_a_paused_holder_is_fenced_after_ttl_plus_lock_delay() {
+    const NAME: &str = "jobs/nightly";
+    let c = Cluster::start(3, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let lock_delay = Duration::from_secs(1);
+    let file = dir.path().join("sequencer");
+    let script = format!("echo \"$LATCH_LOCK_SEQUENCER\" > '{}'; exec sleep 60", file.display());
+    let eps = endpoints(&c);
+    let args =
+        ["--endpoints", &eps, "lock", NAME, "--ttl", "1s", "--lock-delay", "1s", "--", "sh", "-c", &script];
+    let mut holder = LatchProcess::spawn(dir.path(), "holder", &args);
+    let old = eventually("the holder's command to write down its sequencer", STARTUP, || async {
+        match std::fs::read_to_string(&file) {
+            Ok(text) if text.ends_with('\n') => latch_client::sequencer::parse(text.trim())
+                .map_err(|e| format!("LATCH_LOCK_SEQUENCER {text:?}: {e}")),
+            Ok(text) => Err(format!("the file holds {text:?} so far")),
+            Err(e) => Err(format!("{e}; {}", holder.output())),
+        }
+    })
+    .await;
+    let info = describe(&client, NAME).await.unwrap();
+    assert_eq!(holder_sessions(&info), [old.session_id.as_str()], "the holder's session holds {NAME:?}");
+    assert_eq!(info.holders[0].lock_delay_ms, 1_000, "with the lock-delay it asked for");
+
+    let contender =
+        client.session(SessionOptions::new(Duration::from_secs(10)).name("contender")).await.unwrap();
+    let options = LockOptions::exclusive().lock_delay(lock_delay);
+    let waiting = acquire_in_background(&client, contender.id(), NAME, options);
+    until_lock_is(&client, NAME, &[&old.session_id], &[contender.id()]).await;
+
+    holder.signal(Signal::STOP);
+    let stopped = Instant::now();
+    // Watch the hand-over: the holder's session expires, the lock sits out its lock-delay with
+    // nobody holding it, then the contender gets it.
+    let mut delayed = None;
+    while !waiting.is_finished() {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(20),
+            "expected the contender to get {NAME:?} within 20 s of the holder's pause; it is {:?}",
+            client.describe_lock(NAME).await
+        );
+        if let Ok(Some(info)) = client.describe_lock(NAME).await {
+            if info.delayed && info.holders.is_empty() && delayed.is_none() {
+                delayed = Some(info);
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let (granted, at) = waiting.await.unwrap();
+    let new = granted.expect("the contender waits as long as it takes, so it is granted");
+    let waited = at - stopped;
+    eprintln!("the contender got {NAME:?} {waited:?} after the holder was paused");
+    assert!(
+        waited >= lock_delay,
+        "the contender got the lock {waited:?} after the holder's pause: before the holder's \
+         lock-delay ({lock_delay:?}) could have passed, let alone its TTL"
+    );
+    assert_eq!(new.session_id, contender.id(), "the contender holds the lock now");
+    assert!(
+        new.generation > old.generation,
+        "the new grant's generation {} should be above the paused holder's {}",
+        new.generation,
+        old.generation
+    );
+    let delayed = delayed.expect(
+        "between the holder's expiry and the next grant, the lock should be seen in its lock-delay, held by nobody",
+    );
+    assert_eq!(delayed.delay_ms, 1_000, "the delay is the one the expired holder asked for");
+    assert_eq!(
+        waiter_sessions(&delayed),
+        [contender.id()],
+        "the contender waited out the delay in the queue"
+    );
+
+    // The paused holder is fenced: its sequencer is no longer valid.
+    let verdict = client.check_sequencer(&old.token).await.unwrap();
+    assert!(!verdict.valid, "the paused holder's sequencer should be invalid once its session expired");
+    assert!(!verdict.reason.is_empty(), "an invalid sequencer comes with a reason");
+    eprintln!("CheckSequencer on the paused holder's sequencer: {:?}", verdict.reason);
+    assert!(client.check_sequencer(&new.token).await.unwrap().valid, "the new holder's sequencer is valid");
+
+    // Woken up, the ex-holder finds its session gone: it ends its command and exits 3.
+    holder.signal(Signal::CONT);
+    let status = holder.exit_within(Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(3), "a `latch lock` whose session was lost exits 3. {}", holder.output());
+    assert_eq!(holder.group_alive(), [], "the ex-holder's command should be ended with it");
+
+    // Nor does its sequencer pass a fenced txn (Compare::sequencer leaves the compare's key
+    // empty: kv.proto says a sequencer compare ignores it).
+    let stale = Txn::new()
+        .when([Compare::sequencer(old.token.clone())])
+        .and_then([Op::put("jobs/nightly/output", "from the paused holder")]);
+    let stale = client.txn(stale).await.unwrap_or_else(|e| {
+        panic!("a txn fenced by the paused holder's sequencer should be answered (not succeeded), not refused: {e}")
+    });
+    assert!(!stale.succeeded, "a txn fenced by the paused holder's sequencer should fail");
+    assert!(client.get("jobs/nightly/output").await.unwrap().is_none(), "… and its put must not happen");
+    let fresh = Txn::new()
+        .when([Compare::sequencer(new.token.clone())])
+        .and_then([Op::put("jobs/nightly/output", "from the new holder")]);
+    let fresh = client.txn(fresh).await.unwrap_or_else(|e| {
+        panic!("a txn fenced by the holder's sequencer should be answered (succeeded), not refused: {e}")
+    });
+    assert!(fresh.succeeded, "a txn fenced by the holder's sequencer succeeds");
+    let kv = client.get("jobs/nightly/output").await.unwrap().expect("the new holder's put happened");
+    assert_eq!(kv.value, b"from the new holder");
+    contender.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn killing_the_leader_keeps_holders_queue_and_generations() {
+    const NAME: &str = "shards/7";
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    // The leader first: the waits are on the member that dies, and move to another.
+    let mut order = vec![leader];
+    order.extend(c.ids().into_iter().filter(|id| *id != leader));
+    let client = c.client_of_many(&order).await;
+    let ttl = Duration::from_secs(10);
+    let a = client.session(SessionOptions::new(ttl).name("a")).await.unwrap();
+    let b = client.session(SessionOptions::new(ttl).name("b")).await.unwrap();
+    let cs = client.session(SessionOptions::new(ttl).name("c")).await.unwrap();
+    let held = client
+        .acquire(a.id(), NAME, LockOptions::exclusive().wait(Wait::No))
+        .await
+        .unwrap()
+        .expect("a free lock is granted at once");
+    let waiting_b = acquire_in_background(&client, b.id(), NAME, LockOptions::exclusive());
+    until_lock_is(&client, NAME, &[a.id()], &[b.id()]).await;
+    let waiting_c = acquire_in_background(&client, cs.id(), NAME, LockOptions::exclusive());
+    let before = until_lock_is(&client, NAME, &[a.id()], &[b.id(), cs.id()]).await;
+    assert_eq!(before.holders[0].generation, held.generation, "describe_lock shows A's grant");
+
+    c.kill(leader);
+    let new_leader = c.leader().await;
+    assert_ne!(new_leader, leader, "a new leader is elected");
+    let after =
+        eventually("describe_lock to answer under the new leader", STARTUP, || describe(&client, NAME)).await;
+    assert_eq!(after, before, "the new leader should keep A's hold (same generation) and the queue [B, C]");
+    // Once the waits have moved to live members (the client backs off at most 500 ms).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later = describe(&client, NAME).await.unwrap();
+    assert_eq!(
+        later, before,
+        "the waits moving to another member must neither queue them again nor reorder them"
+    );
+    assert!(!waiting_b.is_finished() && !waiting_c.is_finished(), "B and C still wait behind A");
+
+    client.release(&held.token).await.unwrap();
+    let b_seq = granted_within(waiting_b, "B, at the head of the queue,", Duration::from_secs(10)).await;
+    assert_eq!(b_seq.session_id, b.id());
+    assert!(
+        b_seq.generation > held.generation,
+        "B's generation {} should be above A's {}",
+        b_seq.generation,
+        held.generation
+    );
+    until_lock_is(&client, NAME, &[b.id()], &[cs.id()]).await;
+    assert!(!waiting_c.is_finished(), "C still waits while B holds");
+    client.release(&b_seq.token).await.unwrap();
+    let c_seq = granted_within(waiting_c, "C, next in the queue,", Duration::from_secs(10)).await;
+    assert_eq!(c_seq.session_id, cs.id());
+    assert!(
+        c_seq.generation > b_seq.generation,
+        "C's generation {} should be above B's {}",
+        c_seq.generation,
+        b_seq.generation
+    );
+}
+
+#[tokio::test]
+async fn election_observer_sees_the_new_leader_after_the_leaders_process_is_killed() {
+    const NAME: &str = "db-primary";
+    let c = Cluster::start(3, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let eps = endpoints(&c);
+    let ttl = Duration::from_secs(1);
+    let default_lock_delay = Duration::from_secs(5);
+    let election = client.election(NAME);
+    let mut first = LatchProcess::spawn(
+        dir.path(),
+        "first",
+        &["--endpoints", &eps, "elect", NAME, "first", "--ttl", "1s"],
+    );
+    let first_leads = eventually("the first `latch elect` to lead", STARTUP, || async {
+        match election.leader().await {
+            Ok(Some(l)) if l.value == b"first" => Ok(l),
+            other => Err(format!("{other:?}; {}", first.output())),
+        }
+    })
+    .await;
+    let first_session = first_leads.sequencer.as_ref().unwrap().session_id.clone();
+    let second = LatchProcess::spawn(
+        dir.path(),
+        "second",
+        &["--endpoints", &eps, "elect", NAME, "second", "--ttl", "1s"],
+    );
+    // The second campaigns once its session awaits the election's lock.
+    eventually("the second `latch elect` to campaign", STARTUP, || async {
+        let sessions = client.sessions().await.map_err(|e| e.to_string())?;
+        let candidates: Vec<_> = sessions.iter().filter(|s| s.id != first_session && s.locks == 1).collect();
+        if candidates.len() == 1 {
+            Ok(())
+        } else {
+            Err(format!("sessions: {sessions:?}; {}", second.output()))
+        }
+    })
+    .await;
+
+    let leaders = election.observe();
+    tokio::pin!(leaders);
+    let seen = tokio::time::timeout(Duration::from_secs(10), leaders.next()).await;
+    let seen = seen.expect("the observer reports the current leader at once").unwrap();
+    assert_eq!(
+        seen.as_ref().map(|l| l.value.as_slice()),
+        Some(&b"first"[..]),
+        "the observer sees the first lead"
+    );
+
+    first.signal(Signal::KILL);
+    let killed = Instant::now();
+    let bound = ttl + default_lock_delay + Duration::from_secs(1) + 2 * longest_election_timeout();
+    let mut seen_after = Vec::new();
+    let second_leads = loop {
+        let left = bound.saturating_sub(killed.elapsed());
+        let next = tokio::time::timeout(left, leaders.next()).await.unwrap_or_else(|_| {
+            panic!(
+                "expected the observer to see \"second\" lead within {bound:?} (TTL + lock-delay + 1 s + 2 \
+                 election timeouts) of the first's death; it saw {seen_after:?}"
+            )
+        });
+        let leader = next.expect("the observer's stream does not end");
+        seen_after.push(leader.as_ref().map(|l| String::from_utf8_lossy(&l.value).into_owned()));
+        if let Some(l) = leader.filter(|l| l.value == b"second") {
+            break l;
+        }
+    };
+    let took = killed.elapsed();
+    eprintln!("the observer saw the second lead {took:?} after the first was killed; it saw {seen_after:?}");
+    assert!(
+        took >= default_lock_delay,
+        "the second led {took:?} after the first's death: before the lock-delay ({default_lock_delay:?}) could pass"
+    );
+    assert!(
+        seen_after[..seen_after.len() - 1].iter().all(Option::is_none),
+        "between the two leaders the observer may see nobody lead, nothing else: {seen_after:?}"
+    );
+    let (old, new) = (first_leads.sequencer.unwrap(), second_leads.sequencer.unwrap());
+    assert!(
+        new.generation > old.generation,
+        "the second's generation {} above the first's {}",
+        new.generation,
+        old.generation
+    );
+    let status = first.exit_within(Duration::from_secs(5)).await;
+    assert!(status.code().is_none(), "the first `latch elect` was killed, {status}");
+    drop(second);
+}
+
+#[tokio::test]
+async fn latch_lock_commands_run_one_at_a_time_with_increasing_fencing_tokens() {
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let script = format!(
+        "echo \"start $LATCH_FENCING_TOKEN\" >> '{0}'; sleep 1; echo \"end $LATCH_FENCING_TOKEN\" >> '{0}'",
+        log.display()
+    );
+    let eps = endpoints(&c);
+    let args = ["--endpoints", &eps, "lock", "deploy", "--", "sh", "-c", &script];
+    let mut one = LatchProcess::spawn(dir.path(), "one", &args);
+    let mut two = LatchProcess::spawn(dir.path(), "two", &args);
+    for p in [&mut one, &mut two] {
+        let status = p.exit_within(Duration::from_secs(30)).await;
+        assert_eq!(status.code(), Some(0), "`latch lock` exits with its command's status, 0. {}", p.output());
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<(&str, u64)> = text
+        .lines()
+        .map(|l| {
+            let (what, token) = l.split_once(' ').unwrap_or_else(|| panic!("a line {l:?} in {text:?}"));
+            (what, token.parse().unwrap_or_else(|_| panic!("LATCH_FENCING_TOKEN {token:?} is not a number")))
+        })
+        .collect();
+    let kinds: Vec<&str> = lines.iter().map(|l| l.0).collect();
+    assert_eq!(kinds, ["start", "end", "start", "end"], "the commands must not overlap: {text:?}");
+    assert_eq!(lines[0].1, lines[1].1, "the first command's start and end: {text:?}");
+    assert_eq!(lines[2].1, lines[3].1, "the second command's start and end: {text:?}");
+    assert!(lines[2].1 > lines[0].1, "the second command's fencing token is the larger: {text:?}");
+    let client = c.client().await;
+    assert_eq!(client.describe_lock("deploy").await.unwrap(), None, "both released the lock");
+}
+
+#[tokio::test]
+async fn a_session_lost_while_the_command_runs_gets_it_terminated_and_exit_status_3() {
+    let mut c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let eps = endpoints(&c);
+    let args = ["--endpoints", &eps, "lock", "batch", "--ttl", "1s", "--grace", "1s", "--", "sleep", "60"];
+    let mut holder = LatchProcess::spawn(dir.path(), "holder", &args);
+    let sleep = eventually("the locked command (sleep) to run", STARTUP, || async {
+        let group = holder.group_alive();
+        match group.iter().find(|(_, name)| name == "sleep") {
+            Some((pid, _)) => Ok(*pid),
+            None => Err(format!("its process group: {group:?}; {}", holder.output())),
+        }
+    })
+    .await;
+    let info = describe(&client, "batch").await.unwrap();
+    assert_eq!(info.holders.len(), 1, "the lock is held while its command runs: {info:?}");
+
+    c.kill(1);
+    let killed = Instant::now();
+    let status = holder.exit_within(Duration::from_secs(10)).await;
+    eprintln!("`latch lock` exited {status} {:?} after the cluster was killed", killed.elapsed());
+    assert_eq!(status.code(), Some(3), "a `latch lock` whose session was lost exits 3. {}", holder.output());
+    assert!(
+        !running(sleep),
+        "the command (sleep, pid {sleep}) should be terminated when the session is lost"
+    );
+    assert_eq!(holder.group_alive(), [], "nothing `latch lock` ran is left");
+    assert!(holder.stderr().contains("lost"), "`latch lock` says the session was lost. {}", holder.output());
+}
+
+#[tokio::test]
+async fn a_command_that_ignores_sigterm_is_killed_once_its_grace_period_is_over() {
+    let mut c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let dir = tempfile::tempdir().unwrap();
+    let eps = endpoints(&c);
+    let grace = Duration::from_secs(1);
+    // sleep inherits the shell's ignoring of SIGTERM.
+    let script = "trap '' TERM; exec sleep 60";
+    let args =
+        ["--endpoints", &eps, "lock", "batch", "--ttl", "1s", "--grace", "1s", "--", "sh", "-c", script];
+    let mut holder = LatchProcess::spawn(dir.path(), "holder", &args);
+    let sleep = eventually("the locked command (sleep) to run", STARTUP, || async {
+        let group = holder.group_alive();
+        match group.iter().find(|(_, name)| name == "sleep") {
+            Some((pid, _)) => Ok(*pid),
+            None => Err(format!("its process group: {group:?}; {}", holder.output())),
+        }
+    })
+    .await;
+
+    c.kill(1);
+    let killed = Instant::now();
+    let status = holder.exit_within(Duration::from_secs(10)).await;
+    let took = killed.elapsed();
+    eprintln!("`latch lock` exited {status} {took:?} after the cluster was killed");
+    assert_eq!(status.code(), Some(3), "a `latch lock` whose session was lost exits 3. {}", holder.output());
+    assert!(
+        took >= grace,
+        "`latch lock` was done {took:?} after the cluster's death: its command should have had the \
+         grace period ({grace:?}) between SIGTERM and SIGKILL"
+    );
+    assert!(
+        !running(sleep),
+        "the command (pid {sleep}) ignoring SIGTERM should be SIGKILLed after the grace"
+    );
+    assert_eq!(holder.group_alive(), [], "nothing `latch lock` ran is left");
+}
+
+#[tokio::test]
+async fn bad_lock_requests_are_refused_by_name() {
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let session = client.session(SessionOptions::new(Duration::from_secs(10))).await.unwrap();
+    for wait in [Wait::No, Wait::Forever] {
+        let attempt = client.acquire("ghost-session", "l", LockOptions::exclusive().wait(wait));
+        let err = tokio::time::timeout(Duration::from_secs(10), attempt)
+            .await
+            .unwrap_or_else(|_| panic!("an acquire ({wait:?}) for an unknown session should fail, not wait"))
+            .expect_err("unknown session");
+        assert_eq!(err.code(), Code::NotFound, "{err}");
+        assert!(err.to_string().contains("ghost-session"), "names the session: {err}");
+    }
+    let err = client.acquire(session.id(), "", LockOptions::exclusive()).await.expect_err("empty name");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("name"), "names the field: {err}");
+    let too_long = LockOptions::exclusive().lock_delay(Duration::from_millis(60_001));
+    let err = client.acquire(session.id(), "l", too_long).await.expect_err("lock-delay over 60 s");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("lock_delay"), "names the field: {err}");
+    assert_eq!(client.describe_lock("l").await.unwrap(), None, "refused requests leave nothing behind");
+
+    // A sequencer of another cluster: this one's with another cluster id.
+    let held = client.acquire(session.id(), "l", LockOptions::exclusive()).await.unwrap().expect("granted");
+    let (prefix, rest) = held.token.split_once(':').unwrap();
+    let (cluster, rest) = rest.split_once(':').unwrap();
+    let other = format!("{:016x}", u64::from_str_radix(cluster, 16).unwrap() ^ 0xffff);
+    let foreign = format!("{prefix}:{other}:{rest}");
+    let err = client.check_sequencer(&foreign).await.expect_err("another cluster's sequencer");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.to_string().contains(&other), "names the other cluster: {err}");
+    let err = client.release(&foreign).await.expect_err("another cluster's sequencer");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    let fenced = Txn::new().when([Compare::sequencer(foreign)]).and_then([Op::put("k", "v")]);
+    let err = client.txn(fenced).await.expect_err("a txn fenced by another cluster's sequencer");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(
+        err.to_string().contains(&other),
+        "names the other cluster (not the compare's unused key): {err}"
+    );
+    assert!(client.check_sequencer(&held.token).await.unwrap().valid, "this cluster's own is still valid");
+    let err = client.check_sequencer("not a sequencer").await.expect_err("not a sequencer");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+}
+
+#[tokio::test]
+async fn shared_holders_share_while_an_exclusive_request_waits_and_a_hold_is_released_once() {
+    const NAME: &str = "config";
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    assert_eq!(
+        client.describe_lock(NAME).await.unwrap(),
+        None,
+        "a lock nobody asked for is described as None"
+    );
+    let ttl = Duration::from_secs(10);
+    let [r1, r2, w, r3] = [
+        client.session(SessionOptions::new(ttl).name("reader 1")).await.unwrap(),
+        client.session(SessionOptions::new(ttl).name("reader 2")).await.unwrap(),
+        client.session(SessionOptions::new(ttl).name("writer")).await.unwrap(),
+        client.session(SessionOptions::new(ttl).name("reader 3")).await.unwrap(),
+    ];
+    let once = |mode| LockOptions { mode, wait: Wait::No, lock_delay: None };
+    let s1 = client.acquire(r1.id(), NAME, once(LockMode::Shared)).await.unwrap().expect("a free lock");
+    let s2 =
+        client.acquire(r2.id(), NAME, once(LockMode::Shared)).await.unwrap().expect("shared holders share");
+    assert!(s2.generation > s1.generation, "each grant has its own generation");
+    let busy = client.acquire(w.id(), NAME, once(LockMode::Exclusive)).await.unwrap();
+    assert_eq!(busy, None, "trying once for an exclusive hold of a shared-held lock gets None");
+    until_lock_is(&client, NAME, &[r1.id(), r2.id()], &[]).await;
+    let writer = acquire_in_background(&client, w.id(), NAME, LockOptions::exclusive());
+    let info = until_lock_is(&client, NAME, &[r1.id(), r2.id()], &[w.id()]).await;
+    assert!(info.holders.iter().all(|h| h.mode == LockMode::Shared as i32), "both hold shared: {info:?}");
+    let late = client.acquire(r3.id(), NAME, once(LockMode::Shared)).await.unwrap();
+    assert_eq!(late, None, "a shared request does not overtake the waiting exclusive one");
+
+    client.release(&s1.token).await.unwrap();
+    let err = client.release(&s1.token).await.expect_err("released twice");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(!writer.is_finished(), "the writer waits while a reader still holds");
+    client.release(&s2.token).await.unwrap();
+    let ws = granted_within(writer, "the writer, once the readers released,", Duration::from_secs(10)).await;
+    assert_eq!((ws.session_id.as_str(), ws.mode), (w.id(), LockMode::Exclusive as i32));
+    assert!(ws.generation > s2.generation, "the writer's generation is the largest yet");
+    let busy = client.acquire(r3.id(), NAME, once(LockMode::Shared)).await.unwrap();
+    assert_eq!(busy, None, "a shared request is refused while the writer holds");
+    client.release(&ws.token).await.unwrap();
+    assert_eq!(client.describe_lock(NAME).await.unwrap(), None, "a released lock is free again");
+}
+
+#[tokio::test]
+async fn an_election_leads_with_the_first_candidate_who_proclaims_then_resigns_to_the_next() {
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let election = client.election("primary");
+    assert!(election.leader().await.unwrap().is_none(), "an election nobody campaigned in has no leader");
+    let ttl = Duration::from_secs(10);
+    let x = client.session(SessionOptions::new(ttl).name("x")).await.unwrap();
+    let y = client.session(SessionOptions::new(ttl).name("y")).await.unwrap();
+    let lx = election.campaign(x.id(), "10.0.0.1:5432").await.unwrap();
+    let now = election.leader().await.unwrap().expect("x leads");
+    assert_eq!(now.value, b"10.0.0.1:5432");
+    let x_seq = lx.sequencer.clone().unwrap();
+    assert_eq!(now.sequencer.as_ref().map(|s| s.session_id.as_str()), Some(x.id()));
+    assert!(x_seq.election, "a leadership's sequencer is an election's");
+
+    election.proclaim(&lx, "10.0.0.1:6432").await.unwrap();
+    let now = election.leader().await.unwrap().expect("x still leads");
+    assert_eq!(now.value, b"10.0.0.1:6432", "the leader's proclaim changes the published value");
+    assert_eq!(now.sequencer.map(|s| s.generation), Some(x_seq.generation), "… not the leadership");
+
+    let candidate = {
+        let (election, id) = (election.clone(), y.id().to_string());
+        tokio::spawn(async move { election.campaign(&id, "10.0.0.2:5432").await })
+    };
+    eventually("y to campaign", STARTUP, || async {
+        match client.session_info(y.id()).await {
+            Ok(info) if info.locks == 1 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(!candidate.is_finished(), "y waits while x leads");
+    election.resign(&lx).await.unwrap();
+    let ly = tokio::time::timeout(Duration::from_secs(10), candidate)
+        .await
+        .expect("y leads once x resigned")
+        .unwrap()
+        .unwrap();
+    assert_eq!(ly.value, b"10.0.0.2:5432");
+    let y_seq = ly.sequencer.clone().unwrap();
+    assert_eq!(y_seq.session_id, y.id());
+    assert!(y_seq.generation > x_seq.generation, "the next leader's generation is the larger");
+    let now = election.leader().await.unwrap().expect("y leads");
+    assert_eq!(now.value, b"10.0.0.2:5432", "leader() shows the next candidate");
+    let err = election.proclaim(&lx, "stale").await.expect_err("an ex-leader's proclaim");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert_eq!(election.leader().await.unwrap().expect("y leads").value, b"10.0.0.2:5432");
+}
