@@ -125,6 +125,15 @@ pub(crate) async fn acquire(
                 settlement = ctx.node.locks().settlement(&r.request_id);
                 abandon.request_id = r.request_id;
             }
+            Ok(LockStatus::OtherMode) => {
+                abandon.disarm();
+                let what = if r.sequencer.is_some() { "holds" } else { "awaits" };
+                return Err(ApiError::FailedPrecondition(format!(
+                    "session {} {what} {:?} in the other mode; release it first (a lock is not upgraded or \
+                     downgraded in place)",
+                    want.session, want.name
+                )));
+            }
             Ok(LockStatus::Queued) => {}
             _ => return Err(ApiError::Internal(format!("acquire answered status {}", r.status))),
         }

@@ -4,8 +4,9 @@
 //! The child sees `LATCH_LOCK_SEQUENCER` (the sequencer's string form) and `LATCH_FENCING_TOKEN`
 //! (its generation, a decimal integer) in its environment. Exit status: CMD's own (128 + the
 //! signal if a signal ended it); 1 when the lock was not acquired in time; [`LOST`] when the
-//! session was lost while CMD ran — CMD was then sent SIGTERM, and SIGKILL after `--grace`,
-//! since a holder must not go on believing it holds the lock.
+//! session was lost while CMD ran — CMD and what it started (its process group) were then sent
+//! SIGTERM, and SIGKILL after `--grace`, since a holder must not go on believing it holds the
+//! lock. SIGINT and SIGTERM sent to `latch lock` are passed on to that group.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -120,19 +121,38 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                 .args(program_args)
                 .env("LATCH_LOCK_SEQUENCER", guard.token())
                 .env("LATCH_FENCING_TOKEN", guard.generation().to_string())
+                // A group of its own, so that whatever CMD starts is signalled with it.
+                .process_group(0)
                 .kill_on_drop(true)
                 .spawn()
                 .map_err(|e| anyhow::anyhow!("cannot run {program:?}: {e}"))?;
-            let code = tokio::select! {
-                status = child.wait() => exit_code(status?),
-                () = lost(&session) => {
-                    eprintln!(
-                        "latch lock: the session holding {name:?} was lost while {program:?} ran; \
-                         sending it SIGTERM (SIGKILL after {})",
-                        humantime::format_duration(args.grace)
-                    );
-                    terminate(&mut child, args.grace).await?;
-                    return Ok(ExitCode::from(LOST));
+            let group = child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32));
+            let signal = |s: rustix::process::Signal| {
+                if let Some(group) = group {
+                    let _ = rustix::process::kill_process_group(group, s);
+                }
+            };
+            let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+            let mut terminations = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let code = loop {
+                tokio::select! {
+                    status = child.wait() => break exit_code(status?),
+                    // Not in the terminal's foreground group any more: pass interruptions on.
+                    _ = interrupts.recv() => signal(rustix::process::Signal::INT),
+                    _ = terminations.recv() => signal(rustix::process::Signal::TERM),
+                    () = lost(&session) => {
+                        eprintln!(
+                            "latch lock: the session holding {name:?} was lost while {program:?} ran; \
+                             sending it SIGTERM (SIGKILL after {})",
+                            humantime::format_duration(args.grace)
+                        );
+                        signal(rustix::process::Signal::TERM);
+                        if tokio::time::timeout(args.grace, child.wait()).await.is_err() {
+                            signal(rustix::process::Signal::KILL);
+                            child.wait().await?;
+                        }
+                        return Ok(ExitCode::from(LOST));
+                    }
                 }
             };
             // The lock goes with the session; releasing first makes the hand-over immediate.
@@ -168,18 +188,6 @@ async fn lost(session: &Session) {
             }
         }
     }
-}
-
-/// SIGTERM, then SIGKILL after `grace` if it still runs.
-async fn terminate(child: &mut tokio::process::Child, grace: Duration) -> anyhow::Result<()> {
-    if let Some(pid) = child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)) {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-    }
-    if tokio::time::timeout(grace, child.wait()).await.is_err() {
-        child.start_kill()?;
-        child.wait().await?;
-    }
-    Ok(())
 }
 
 /// A child's exit status as ours: its code, or 128 + the signal that ended it.

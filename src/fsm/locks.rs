@@ -123,10 +123,15 @@ pub(crate) fn acquire(ap: &mut Apply, req: Acquire, request_id: &str) -> Result<
     }
     let key = lock_key(space, &req.name);
     let mut row = read_row(ap.txn, &key)?.unwrap_or_default();
+    let same_mode = |m: i32| m == mode as i32;
     if let Some(h) = row.holders.iter().find(|h| h.session == req.session) {
-        return Ok(result(Status::Already, Some(sequencer(space, &req.name, h)), 0));
+        let status = if same_mode(h.mode) { Status::Already } else { Status::OtherMode };
+        return Ok(result(status, Some(sequencer(space, &req.name, h)), 0));
     }
     if let Some(w) = row.waiters.iter().find(|w| w.session == req.session) {
+        if !same_mode(w.mode) {
+            return Ok(result(Status::OtherMode, None, 0));
+        }
         let request_id = w.request_id.clone();
         return Ok(outcome::Result::Lock(LockResult {
             status: Status::Already as i32,

@@ -38,33 +38,37 @@ fn endpoints(c: &Cluster) -> String {
     c.ids().iter().map(|id| c.member(*id).client_addr.clone()).collect::<Vec<_>>().join(",")
 }
 
-/// The processes of process group `pgid` that have not ended (zombies excluded): (pid, name).
+/// The processes that have not ended (zombies excluded) of process group `pgid` and of the
+/// groups led by its leader's children (`latch lock` runs its command in a group of its own):
+/// (pid, name).
 fn group_alive(pgid: i32) -> Vec<(i32, String)> {
-    let mut alive = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let Some((name, state, group)) = proc_stat(pid) else { continue };
-        if group == pgid && state != "Z" {
-            alive.push((pid, name));
-        }
-    }
-    alive
+    let all: Vec<(i32, String, String, i32, i32)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .filter_map(|pid| {
+            proc_stat(pid).map(|(name, state, parent, group)| (pid, name, state, parent, group))
+        })
+        .collect();
+    let mut groups = vec![pgid];
+    groups.extend(all.iter().filter(|p| p.3 == pgid && p.4 == p.0).map(|p| p.0));
+    all.into_iter().filter(|p| groups.contains(&p.4) && p.2 != "Z").map(|p| (p.0, p.1)).collect()
 }
 
-/// Process `pid`'s name, state and process group, from /proc; `None` once it is gone.
-fn proc_stat(pid: i32) -> Option<(String, String, i32)> {
+/// Process `pid`'s name, state, parent and process group, from /proc; `None` once it is gone.
+fn proc_stat(pid: i32) -> Option<(String, String, i32, i32)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (open, close) = (stat.find('(')?, stat.rfind(')')?);
     let mut fields = stat[close + 1..].split_whitespace();
     let state = fields.next()?.to_string();
-    let _parent = fields.next()?;
+    let parent = fields.next()?.parse().ok()?;
     let group = fields.next()?.parse().ok()?;
-    Some((stat[open + 1..close].to_string(), state, group))
+    Some((stat[open + 1..close].to_string(), state, parent, group))
 }
 
 /// Whether process `pid` still runs (a zombie has ended).
 fn running(pid: i32) -> bool {
-    proc_stat(pid).is_some_and(|(_, state, _)| state != "Z")
+    proc_stat(pid).is_some_and(|(_, state, _, _)| state != "Z")
 }
 
 /// A `latch` command run as a child process, leader of a process group of its own, with its
@@ -135,9 +139,11 @@ impl LatchProcess {
 
 impl Drop for LatchProcess {
     fn drop(&mut self) {
-        // Only while the group has members: its id could otherwise be another group's by now.
-        if !self.group_alive().is_empty() {
-            let _ = rustix::process::kill_process_group(self.pid, Signal::KILL);
+        // Only processes still alive: an ended one's id could be another's by now.
+        for (pid, _) in self.group_alive() {
+            if let Some(pid) = Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, Signal::KILL);
+            }
         }
     }
 }
@@ -510,7 +516,21 @@ async fn a_session_lost_while_the_command_runs_gets_it_terminated_and_exit_statu
     let client = c.client().await;
     let dir = tempfile::tempdir().unwrap();
     let eps = endpoints(&c);
-    let args = ["--endpoints", &eps, "lock", "batch", "--ttl", "1s", "--grace", "1s", "--", "sleep", "60"];
+    // sleep is the shell's child: what the command starts is ended with it.
+    let args = [
+        "--endpoints",
+        &eps,
+        "lock",
+        "batch",
+        "--ttl",
+        "1s",
+        "--grace",
+        "1s",
+        "--",
+        "sh",
+        "-c",
+        "sleep 60; true",
+    ];
     let mut holder = LatchProcess::spawn(dir.path(), "holder", &args);
     let sleep = eventually("the locked command (sleep) to run", STARTUP, || async {
         let group = holder.group_alive();
