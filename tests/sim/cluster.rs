@@ -89,8 +89,9 @@ pub struct Params {
     /// Session keepers, their sessions' TTL, and when each stops (a dead client), if it does.
     pub keepers: Vec<Option<u64>>,
     pub session_ttl_ms: u64,
-    /// Lock clients, each with the keeper whose session it uses.
+    /// Lock clients, each with the keeper whose session it uses, and their think time.
     pub lockers: Vec<usize>,
+    pub locker_think_us: (u64, u64),
     pub nodes: u64,
     pub snapshot_entries: u64,
     pub net: NetConfig,
@@ -126,10 +127,15 @@ impl Params {
                 (ttl, keepers)
             }
         };
+        // Leader-change runs are long: fewer, slower lockers keep them as cheap as they were.
+        let (most, locker_think_us) = match mode {
+            Mode::Chaos => (4, (20_000, 150_000)),
+            Mode::LeaderChanges => (2, (200_000, 600_000)),
+        };
         let lockers = if keepers.is_empty() {
             Vec::new()
         } else {
-            let n = rng.gen_range(1..=4);
+            let n = rng.gen_range(1..=most);
             (0..n).map(|i| i % keepers.len()).collect()
         };
         Params {
@@ -137,6 +143,7 @@ impl Params {
             keepers,
             session_ttl_ms,
             lockers,
+            locker_think_us,
             nodes: if seed % 2 == 0 { 3 } else { 5 },
             snapshot_entries: if rng.gen_bool(0.6) { rng.gen_range(10..=40) } else { 10_000 },
             net: NetConfig::draw(rng),
@@ -1518,7 +1525,8 @@ impl Sim {
         }
         // A failed acquire may still apply: its wait stays listed until a look settles it.
         self.log(|| format!("locker {locker} attempt {attempt}: {call:?} -> {result:?}"));
-        let d = self.rng.gen_range(20_000..150_000);
+        let (least, most) = self.params.locker_think_us;
+        let d = self.rng.gen_range(least..most);
         self.at(d, Ev::LockerWake { locker });
     }
 
