@@ -26,6 +26,10 @@ pub use generated::latch::v1;
 /// `latch.internal.v1`), for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("latch_descriptor");
 
+/// The lock-delay of a grant whose request names none (`AcquireRequest.lock_delay_ms`,
+/// `CampaignRequest.lock_delay_ms`): part of the wire contract of `latch.v1`.
+pub const DEFAULT_LOCK_DELAY_MS: u64 = 5_000;
+
 /// gRPC metadata key under which a member answering UNAVAILABLE names the leader's client
 /// address (`host:port`), when it knows one. Part of the wire contract of `latch.v1`.
 pub const LEADER_ADDR_METADATA: &str = "latch-leader-addr";

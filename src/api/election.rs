@@ -20,8 +20,9 @@ use super::{ApiError, Context};
 use crate::fsm::elections::{self, Leader};
 use crate::fsm::locks;
 
-/// Most bytes of a published value.
-pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+/// Most bytes of a published value. Every candidate's value lives in the election's one row,
+/// which each change rewrites: kept small, as what is published is an address or a name.
+pub const MAX_VALUE_BYTES: usize = 4 * 1024;
 
 pub struct ElectionService {
     ctx: Context,

@@ -21,9 +21,10 @@ use crate::fsm::sessions;
 
 /// Lock-delay when a request names none (Chubby's default is a minute; 5 s here, as etcd
 /// users expect locks to move on quickly).
-pub const DEFAULT_LOCK_DELAY_MS: u64 = 5_000;
-/// Most locks one ListLocks answers.
-const MAX_LIST: usize = 10_000;
+pub use latch_proto::DEFAULT_LOCK_DELAY_MS;
+/// Most locks one ListLocks answers (a name is at most 1 KiB: the answer stays well within a
+/// client's default 4 MiB message limit).
+const MAX_LIST: usize = 1_000;
 
 pub struct LockService {
     ctx: Context,
@@ -60,9 +61,9 @@ pub(crate) struct Want {
 ///
 /// Retries are safe: a session that already holds the lock gets its hold back (etcd's locks
 /// are re-entrant per lease alike), and one that already waits joins that wait, so a request
-/// resent after a lost answer neither queues twice nor misses its grant. A waiting request
-/// whose caller goes away leaves the queue (`Abandon`); if it was withdrawn under a waiter that
-/// still wants it (a resent request joined it), that waiter asks again.
+/// resent after a lost answer neither queues twice nor misses its grant. Only the RPC that
+/// queued a request withdraws it (`Abandon`, when its caller goes away or its time is up): a
+/// joiner leaves it to its owner, and if the owner withdrew it meanwhile, the joiner asks again.
 pub(crate) async fn acquire(
     ctx: &Context,
     want: Want,
@@ -99,34 +100,41 @@ pub(crate) async fn acquire(
         });
         // From here until it is answered, a request whose caller goes away (or whose proposal
         // fails, and may yet apply) gives up its place.
-        let mut abandon = Abandon {
-            ctx: Some(ctx.clone()),
-            space: want.space,
-            name: want.name.clone(),
-            request_id: request_id.clone(),
-        };
+        let mut abandon = Abandon::new(ctx, want.space, &want.name, &want.session, &request_id);
         let (header, r) = ctx.write(&request_id, body).await?;
         let r = lock_result(r, "acquire")?;
-        match LockStatus::try_from(r.status) {
-            Ok(LockStatus::Granted) => {
+        let status = LockStatus::try_from(r.status);
+        let mut waiting_on = request_id.clone();
+        match status {
+            Ok(LockStatus::Queued) => {}
+            Ok(LockStatus::Already) if r.sequencer.is_none() => {
+                // This session waits already, under that request: its owner withdraws it, not us.
                 abandon.disarm();
-                return Ok((header, r.sequencer));
-            }
-            Ok(LockStatus::Busy) => {
-                abandon.disarm();
-                return Ok((header, None));
-            }
-            Ok(LockStatus::Already) if r.sequencer.is_some() => {
-                abandon.disarm();
-                return Ok((header, r.sequencer));
-            }
-            Ok(LockStatus::Already) => {
-                // This session waits already, under that request: wait for it.
+                if want.wait == Wait::No {
+                    return Ok((header, None));
+                }
                 settlement = ctx.node.locks().settlement(&r.request_id);
-                abandon.request_id = r.request_id;
+                waiting_on = r.request_id;
             }
+            _ => abandon.disarm(),
+        }
+        match status {
+            Ok(LockStatus::Granted) | Ok(LockStatus::Already) if r.sequencer.is_some() => {
+                // A resent request is answered from memory: make sure the grant still holds.
+                let txn = ctx.node.db().begin_read()?;
+                match r.sequencer {
+                    Some(seq) if locks::check(&txn, &seq)?.is_ok() => return Ok((header, Some(seq))),
+                    _ if sessions::read(&txn, &want.session)?.is_none() => {
+                        return Err(ApiError::NotFound { kind: "session".into(), name: want.session })
+                    }
+                    _ => {
+                        request_id = uuid::Uuid::now_v7().to_string();
+                        continue; // released since: ask again
+                    }
+                }
+            }
+            Ok(LockStatus::Busy) => return Ok((header, None)),
             Ok(LockStatus::OtherMode) => {
-                abandon.disarm();
                 let what = if r.sequencer.is_some() { "holds" } else { "awaits" };
                 return Err(ApiError::FailedPrecondition(format!(
                     "session {} {what} {:?} in the other mode; release it first (a lock is not upgraded or \
@@ -134,13 +142,16 @@ pub(crate) async fn acquire(
                     want.session, want.name
                 )));
             }
-            Ok(LockStatus::Queued) => {}
+            Ok(LockStatus::Queued) | Ok(LockStatus::Already) => {}
             _ => return Err(ApiError::Internal(format!("acquire answered status {}", r.status))),
         }
+        // Every few election timeouts, a ReadIndex: a member cut off from the leader learns of
+        // no grant, and must say so (the client then asks another member) rather than wait on.
+        let mut freshness = tokio::time::interval_at(tokio::time::Instant::now() + FRESHNESS, FRESHNESS);
         loop {
             let txn = ctx.node.db().begin_read()?;
             let revision = crate::fsm::applied(&txn)?.revision;
-            match locks::request_state(&txn, &key, &abandon.request_id)? {
+            match locks::request_state(&txn, &key, &waiting_on)? {
                 RequestState::Held(seq) => {
                     abandon.disarm();
                     return Ok((ctx.header(revision), Some(seq)));
@@ -154,7 +165,7 @@ pub(crate) async fn acquire(
                     if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
                         return Ok((ctx.header(revision), None));
                     }
-                    break; // withdrawn by a caller that went away: ask again
+                    break; // withdrawn by another RPC of this request: ask again
                 }
             }
             drop(txn);
@@ -166,17 +177,26 @@ pub(crate) async fn acquire(
             };
             tokio::select! {
                 _ = settlement.woken() => continue,
+                _ = freshness.tick() => {
+                    ctx.node.read_index().await?;
+                    continue;
+                }
                 _ = timed_out => {}
             }
-            // Time is up: leave the queue, unless the grant came first.
-            abandon.disarm();
+            if !abandon.armed() {
+                // A joined wait: its owner decides when it ends.
+                return Ok((ctx.header(revision), None));
+            }
+            // Time is up: leave the queue, unless the grant came first. Until the cancel is
+            // applied, `abandon` stays armed: a failed cancel is retried in the background.
             let cancel = CancelWait {
                 space: want.space as i32,
                 name: want.name.clone(),
-                request_id: abandon.request_id.clone(),
+                request_id: waiting_on.clone(),
                 release_granted: false,
             };
             let (header, r) = ctx.write("", Body::CancelWait(cancel)).await?;
+            abandon.disarm();
             let r = lock_result(r, "cancel")?;
             let granted = r.status == LockStatus::Granted as i32;
             return Ok((header, if granted { r.sequencer } else { None }));
@@ -185,25 +205,49 @@ pub(crate) async fn acquire(
     }
 }
 
-/// Gives up a queued request whose caller went away (its future dropped): leaves the queue. A
-/// grant that raced the departure is kept — it is the session's, and a resent request gets it
-/// back; releasing it could pull a lock from under a resent request that was answered with it.
+/// How often a waiting acquire checks that its member still hears from the leader.
+const FRESHNESS: Duration = Duration::from_secs(2);
+/// How long a withdrawal is retried in the background before the session's end is left to do it.
+const ABANDON_FOR: Duration = Duration::from_secs(120);
+
+/// Gives up a queued request whose caller went away (its future dropped) or whose proposal
+/// failed: leaves the queue, retried until this member's state shows the request gone or its
+/// session ended. A grant that raced the departure is kept — it is the session's, a resent
+/// request gets it back; releasing it could pull a lock from under a resent request that was
+/// answered with it.
 struct Abandon {
     ctx: Option<Context>,
     space: LockSpace,
     name: String,
+    session: String,
     request_id: String,
 }
 
 impl Abandon {
+    fn new(ctx: &Context, space: LockSpace, name: &str, session: &str, request_id: &str) -> Abandon {
+        Abandon {
+            ctx: Some(ctx.clone()),
+            space,
+            name: name.to_string(),
+            session: session.to_string(),
+            request_id: request_id.to_string(),
+        }
+    }
+
     fn disarm(&mut self) {
         self.ctx = None;
+    }
+
+    fn armed(&self) -> bool {
+        self.ctx.is_some()
     }
 }
 
 impl Drop for Abandon {
     fn drop(&mut self) {
         let Some(ctx) = self.ctx.take() else { return };
+        let key = locks::lock_key(self.space, &self.name);
+        let session = std::mem::take(&mut self.session);
         let cancel = CancelWait {
             space: self.space as i32,
             name: std::mem::take(&mut self.name),
@@ -214,10 +258,22 @@ impl Drop for Abandon {
         runtime.spawn(async move {
             // Under its own request id, so that a retry applies once.
             let id = uuid::Uuid::now_v7().to_string();
-            for _ in 0..5 {
+            let until = tokio::time::Instant::now() + ABANDON_FOR;
+            while tokio::time::Instant::now() < until {
                 match ctx.write(&id, Body::CancelWait(cancel.clone())).await {
                     Ok(_) => return,
                     Err(e) => tracing::debug!(error = %e, "giving up a lock request: retrying"),
+                }
+                // Settled meanwhile (granted and kept, withdrawn, or the session ended)?
+                let settled = ctx.node.db().begin_read().ok().is_some_and(|txn| {
+                    let gone = matches!(
+                        locks::request_state(&txn, &key, &cancel.request_id),
+                        Ok(RequestState::Gone)
+                    );
+                    gone || matches!(sessions::read(&txn, &session), Ok(None))
+                });
+                if settled {
+                    return;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

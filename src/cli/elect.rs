@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 use futures::StreamExt;
-use latch_client::{Leadership, SessionOptions, SessionState};
+use latch_client::{Leadership, SessionOptions};
 use serde_json::json;
 
 use super::{print_bytes, print_json, ClientArgs, Output, UsageError};
@@ -57,14 +57,14 @@ pub async fn run(command: ElectCommand, client: &ClientArgs) -> anyhow::Result<E
         }
     };
     print_leader(output, &command.name, Some(&leadership))?;
-    let mut state = session.watch();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {
             election.resign(&leadership).await?;
             session.close().await?;
             Ok(ExitCode::SUCCESS)
         }
-        _ = state.wait_for(|s| *s == SessionState::Expired) => {
+        // Once the lease may have run out, it may no longer lead.
+        () = super::lock::lost(&session, Duration::ZERO) => {
             eprintln!("latch elect: the session was lost: no longer the leader of {:?}", command.name);
             Ok(ExitCode::from(super::lock::LOST))
         }

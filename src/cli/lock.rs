@@ -5,8 +5,17 @@
 //! (its generation, a decimal integer) in its environment. Exit status: CMD's own (128 + the
 //! signal if a signal ended it); 1 when the lock was not acquired in time; [`LOST`] when the
 //! session was lost while CMD ran — CMD and what it started (its process group) were then sent
-//! SIGTERM, and SIGKILL after `--grace`, since a holder must not go on believing it holds the
-//! lock. SIGINT and SIGTERM sent to `latch lock` are passed on to that group.
+//! SIGTERM, and SIGKILL `--grace` later: a holder must not go on believing it holds the lock.
+//! SIGTERM comes when keepalives have failed until the lease ran out (or the cluster ended the
+//! session), or earlier when `--grace` is longer than the lock-delay, so that SIGKILL always
+//! lands before the cluster can grant the lock to anyone else.
+//!
+//! CMD runs in a process group of its own, as GNU `timeout` runs its command: SIGINT, SIGTERM,
+//! SIGHUP and SIGQUIT sent to `latch lock` are passed on to it; Ctrl-Z stops both (and on
+//! resumption CMD goes on only if the session is still surely alive, else it is killed and the
+//! status is 3). Limits: CMD is not in the terminal's foreground group, so a CMD that reads the
+//! terminal is stopped by SIGTTIN (give it its input another way); and if `latch lock` itself is
+//! SIGKILLed, nothing is left to stop CMD when the session expires.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -62,7 +71,8 @@ pub struct RunArgs {
     /// Lock-delay should the session expire while holding (0 … 60s); the server's 5s if not given.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub lock_delay: Option<Duration>,
-    /// How long CMD has between SIGTERM and SIGKILL once the lock is lost.
+    /// How long CMD has between SIGTERM and SIGKILL once the lock is lost (never past the
+    /// lock-delay's end, when another holder may be granted the lock).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     pub grace: Duration,
 }
@@ -117,55 +127,130 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                 session.close().await?;
                 return Ok(ExitCode::from(1));
             };
-            let mut child = tokio::process::Command::new(program)
+            let spawned = tokio::process::Command::new(program)
                 .args(program_args)
                 .env("LATCH_LOCK_SEQUENCER", guard.token())
                 .env("LATCH_FENCING_TOKEN", guard.generation().to_string())
                 // A group of its own, so that whatever CMD starts is signalled with it.
                 .process_group(0)
                 .kill_on_drop(true)
-                .spawn()
-                .map_err(|e| anyhow::anyhow!("cannot run {program:?}: {e}"))?;
-            let group = child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32));
-            let signal = |s: rustix::process::Signal| {
-                if let Some(group) = group {
-                    let _ = rustix::process::kill_process_group(group, s);
+                .spawn();
+            let mut child = match spawned {
+                Ok(child) => child,
+                Err(e) => {
+                    // Hand the lock on at once rather than after the session's expiry.
+                    let _ = guard.release().await;
+                    let _ = session.close().await;
+                    return Err(anyhow::anyhow!("cannot run {program:?}: {e}"));
                 }
             };
-            let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-            let mut terminations = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let group = Group(child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)));
+            // Once the lease may have run out, nobody is granted the lock before the lock-delay
+            // has passed too: CMD is sent SIGTERM so that SIGKILL, `--grace` later, lands by then
+            // — and at the latest when the lease runs out.
+            let lock_delay =
+                args.lock_delay.unwrap_or(Duration::from_millis(latch_client::DEFAULT_LOCK_DELAY_MS));
+            let term_before = args.grace.saturating_sub(lock_delay);
+            let mut signals = Signals::new()?;
             let code = loop {
                 tokio::select! {
                     status = child.wait() => break exit_code(status?),
-                    // Not in the terminal's foreground group any more: pass interruptions on.
-                    _ = interrupts.recv() => signal(rustix::process::Signal::INT),
-                    _ = terminations.recv() => signal(rustix::process::Signal::TERM),
-                    () = lost(&session) => {
+                    // CMD is not in the terminal's foreground group: pass what it sends on.
+                    Some(signal) = signals.next() => match signal {
+                        Signal::STOP => {
+                            // Ctrl-Z: CMD stops with us, and the shell gets the terminal back.
+                            group.send(Signal::STOP);
+                            let _ = rustix::process::kill_process(rustix::process::getpid(), Signal::STOP);
+                        }
+                        Signal::CONT => {
+                            // Resumed: CMD may go on only if the lock is still surely ours.
+                            if session.state() == SessionState::Safe && !session.lease_left().is_zero() {
+                                group.send(Signal::CONT);
+                            } else {
+                                eprintln!("latch lock: resumed after the session holding {name:?} may have ended; killing {program:?}");
+                                group.send(Signal::KILL);
+                                child.wait().await?;
+                                return Ok(ExitCode::from(LOST));
+                            }
+                        }
+                        other => group.send(other),
+                    },
+                    () = lost(&session, term_before) => {
+                        let kill_in = args.grace.min(session.lease_left() + lock_delay);
                         eprintln!(
-                            "latch lock: the session holding {name:?} was lost while {program:?} ran; \
+                            "latch lock: the session holding {name:?} is lost while {program:?} runs; \
                              sending it SIGTERM (SIGKILL after {})",
-                            humantime::format_duration(args.grace)
+                            humantime::format_duration(kill_in)
                         );
-                        signal(rustix::process::Signal::TERM);
-                        if tokio::time::timeout(args.grace, child.wait()).await.is_err() {
-                            signal(rustix::process::Signal::KILL);
+                        group.send(Signal::TERM);
+                        if tokio::time::timeout(kill_in, child.wait()).await.is_err() {
+                            group.send(Signal::KILL);
                             child.wait().await?;
                         }
                         return Ok(ExitCode::from(LOST));
                     }
                 }
             };
-            // The lock goes with the session; releasing first makes the hand-over immediate.
-            guard.release().await?;
-            session.close().await?;
+            // The lock goes with the session; releasing first makes the hand-over immediate. The
+            // command has run: its status is the answer, whatever becomes of these two.
+            if let Err(e) = guard.release().await {
+                tracing::warn!(error = %e, "releasing the lock failed; closing the session releases it");
+            }
+            if let Err(e) = session.close().await {
+                tracing::warn!(error = %e, "closing the session failed; it expires by itself");
+            }
             Ok(ExitCode::from(code))
         }
     }
 }
 
-/// Resolves once the session can no longer be sure it lives: its lease ran out while keepalives
-/// failed, or the cluster ended it.
-async fn lost(session: &Session) {
+use rustix::process::Signal;
+
+/// CMD's process group.
+struct Group(Option<rustix::process::Pid>);
+
+impl Group {
+    fn send(&self, signal: Signal) {
+        if let Some(group) = self.0 {
+            let _ = rustix::process::kill_process_group(group, signal);
+        }
+    }
+}
+
+/// The signals `latch lock` passes on to CMD's group (SIGTSTP arrives as [`Signal::STOP`]).
+struct Signals(Vec<(Signal, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let kinds = [
+            (Signal::INT, SignalKind::interrupt()),
+            (Signal::TERM, SignalKind::terminate()),
+            (Signal::HUP, SignalKind::hangup()),
+            (Signal::QUIT, SignalKind::quit()),
+            (Signal::STOP, SignalKind::from_raw(Signal::TSTP.as_raw())),
+            (Signal::CONT, SignalKind::from_raw(Signal::CONT.as_raw())),
+        ];
+        let mut out = Vec::new();
+        for (ours, kind) in kinds {
+            out.push((ours, signal(kind)?));
+        }
+        Ok(Signals(out))
+    }
+
+    /// The next signal received.
+    async fn next(&mut self) -> Option<Signal> {
+        let waits = self.0.iter_mut().map(|(s, stream)| {
+            let s = *s;
+            Box::pin(async move { stream.recv().await.map(|()| s) })
+        });
+        futures::future::select_all(waits).await.0
+    }
+}
+
+/// Resolves once the session can no longer be sure to live `margin` more: keepalives are
+/// failing and no more than `margin` of the lease is left, or the cluster ended it.
+pub(super) async fn lost(session: &Session, margin: Duration) {
     let mut state = session.watch();
     loop {
         let now = *state.borrow_and_update();
@@ -177,13 +262,13 @@ async fn lost(session: &Session) {
                 }
             }
             SessionState::Jeopardy => {
+                let until = session.lease_left().saturating_sub(margin);
+                if until.is_zero() {
+                    return;
+                }
                 tokio::select! {
                     changed = state.changed() => if changed.is_err() { return },
-                    () = tokio::time::sleep(session.lease_left()) => {
-                        if session.lease_left().is_zero() && session.state() != SessionState::Safe {
-                            return;
-                        }
-                    }
+                    () = tokio::time::sleep(until) => {}
                 }
             }
         }

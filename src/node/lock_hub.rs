@@ -5,7 +5,9 @@
 //!
 //! Invariants:
 //! - A wake-up is never lost: a waiter registers before its request is proposed, and a
-//!   `Notify` keeps a wake-up that comes before the waiter waits.
+//!   `Notify` keeps a wake-up that comes before the waiter waits. Several waiters may wait on
+//!   one request (a resent request joins the wait of its first sending): each has its own
+//!   registration, all are woken, and each removes only its own.
 //! - The apply path never waits here: notifying is a map lookup under a short lock.
 //! - Memory: one entry per waiting request and per observed lock, removed when the last
 //!   interested party goes.
@@ -19,7 +21,7 @@ use crate::fsm::LockChange;
 
 #[derive(Default)]
 pub struct LockHub {
-    waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    waiters: Mutex<HashMap<String, Vec<Arc<Notify>>>>,
     observers: Mutex<HashMap<Vec<u8>, watch::Sender<u64>>>,
 }
 
@@ -40,7 +42,12 @@ impl Settlement {
 impl Drop for Settlement {
     fn drop(&mut self) {
         if let Ok(mut w) = self.hub.waiters.lock() {
-            w.remove(&self.request_id);
+            if let Some(list) = w.get_mut(&self.request_id) {
+                list.retain(|n| !Arc::ptr_eq(n, &self.notify));
+                if list.is_empty() {
+                    w.remove(&self.request_id);
+                }
+            }
         }
     }
 }
@@ -50,7 +57,7 @@ impl LockHub {
     pub fn settlement(self: &Arc<Self>, request_id: &str) -> Settlement {
         let notify = Arc::new(Notify::new());
         if let Ok(mut w) = self.waiters.lock() {
-            w.insert(request_id.to_string(), notify.clone());
+            w.entry(request_id.to_string()).or_default().push(notify.clone());
         }
         Settlement { hub: self.clone(), request_id: request_id.to_string(), notify }
     }
@@ -70,16 +77,22 @@ impl LockHub {
         for change in changes {
             match change {
                 LockChange::Settled { request_id } => {
-                    if let Some(n) = self.waiters.lock().ok().and_then(|w| w.get(request_id).cloned()) {
-                        n.notify_one();
+                    if let Ok(w) = self.waiters.lock() {
+                        for n in w.get(request_id).into_iter().flatten() {
+                            n.notify_one();
+                        }
                     }
                 }
                 LockChange::Changed { key }
                 | LockChange::DelayStarted { key, .. }
                 | LockChange::DelayEnded { key, .. } => {
-                    if let Ok(o) = self.observers.lock() {
+                    if let Ok(mut o) = self.observers.lock() {
                         if let Some(tx) = o.get(key) {
-                            tx.send_modify(|n| *n += 1);
+                            if tx.receiver_count() == 0 {
+                                o.remove(key);
+                            } else {
+                                tx.send_modify(|n| *n += 1);
+                            }
                         }
                     }
                 }
@@ -90,7 +103,7 @@ impl LockHub {
     /// A snapshot replaced the state: everyone looks again.
     pub fn restored(&self) {
         if let Ok(w) = self.waiters.lock() {
-            for n in w.values() {
+            for n in w.values().flatten() {
                 n.notify_one();
             }
         }
@@ -119,6 +132,22 @@ mod tests {
             hub.waiters.lock().expect("not poisoned").is_empty(),
             "the registration is gone with its waiter"
         );
+    }
+
+    #[tokio::test]
+    async fn two_waiters_on_one_request_are_both_woken_and_each_leaves_alone() {
+        let hub = Arc::new(LockHub::default());
+        let first = hub.settlement("r1");
+        let second = hub.settlement("r1");
+        drop(second);
+        hub.changed(&[LockChange::Settled { request_id: "r1".into() }]);
+        tokio::time::timeout(std::time::Duration::from_secs(5), first.woken())
+            .await
+            .expect("the first waiter is still registered and woken after the second left");
+        let third = hub.settlement("r1");
+        hub.changed(&[LockChange::Settled { request_id: "r1".into() }]);
+        tokio::time::timeout(std::time::Duration::from_secs(5), third.woken()).await.expect("woken");
+        tokio::time::timeout(std::time::Duration::from_secs(5), first.woken()).await.expect("woken too");
     }
 
     #[tokio::test]

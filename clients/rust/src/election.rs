@@ -34,7 +34,9 @@ impl Election {
     }
 
     /// Waits until `session` leads, publishing `value`; answers the leadership. Dropping the
-    /// future gives up the candidacy. A session that leads already gets its leadership back.
+    /// future withdraws a candidacy still waiting; a leadership granted just as it was dropped
+    /// stays the session's until resigned or the session ends (campaign again with the session
+    /// to get it back). A session that leads already gets its leadership back.
     pub async fn campaign(&self, session: &str, value: impl Into<Vec<u8>>) -> Result<Leadership, Error> {
         let request = CampaignRequest {
             name: self.name.clone(),
@@ -117,7 +119,13 @@ impl Election {
                     .await;
                 if let Ok(mut stream) = opened {
                     backoff = Duration::from_millis(50);
-                    while let Ok(Some(answer)) = stream.message().await {
+                    loop {
+                        // Ends with its consumer, not only at the next change it would send.
+                        let answer = tokio::select! {
+                            answer = stream.message() => answer,
+                            () = tx.closed() => return,
+                        };
+                        let Ok(Some(answer)) = answer else { break };
                         let seen = answer.leader.as_ref().map(|l| (generation(l), l.value.clone()));
                         if last.as_ref() == Some(&seen) {
                             continue;

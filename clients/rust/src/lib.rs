@@ -45,6 +45,7 @@ pub use election::Election;
 pub use error::Error;
 /// A sequencer's string form: `format` and `parse` (see [`proto::Sequencer`]).
 pub use latch_proto::sequencer;
+pub use latch_proto::DEFAULT_LOCK_DELAY_MS;
 pub use lock::{LockGuard, LockOptions, Wait};
 pub use session::{Session, SessionOptions, SessionState};
 pub use txn::{prefix_end, prefix_range, Compare, CompareResult, Op, Txn};

@@ -61,7 +61,9 @@ impl LockOptions {
 
 impl Client {
     /// Asks for lock `name` for `session`; `None` when it was not granted in the time allowed.
-    /// Re-entrant per session: a session that holds the lock gets its sequencer again.
+    /// Re-entrant per session: a session that holds the lock gets its sequencer again. Dropping
+    /// the future withdraws a request still waiting; a grant that came just as it was dropped
+    /// stays the session's until released or the session ends (acquire again to get it back).
     pub async fn acquire(
         &self,
         session: &str,
