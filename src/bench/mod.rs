@@ -8,6 +8,9 @@
 //!   per workload: [`put`], [`get`], [`txn_cas`], [`mixed`]. A new domain (locks, sessions,
 //!   watches, DNS) adds its workload as one more file here and one subcommand in
 //!   `cli/bench.rs`.
+//! - Workloads with state of their own per client run a loop of their own into the same
+//!   [`Report`] and [`Progress`]: [`sessions`] (sessions kept alive) and [`locks`] (acquire +
+//!   release of a lock, each client with its own session; it shares [`run`]'s stop rule).
 //! - [`target`]: the systems under test behind one [`Connection`] type: Latch through
 //!   `latch-client`, etcd through `etcd-client` (cargo feature `etcd`), ZooKeeper through
 //!   `zookeeper-client` (cargo feature `zk`), so all three meet the same load generator.
@@ -30,6 +33,7 @@
 
 pub mod get;
 pub mod keys;
+pub mod locks;
 pub mod mixed;
 pub mod progress;
 pub mod put;

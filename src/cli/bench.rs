@@ -50,6 +50,40 @@ pub enum WorkloadArgs {
     /// Keep --sessions sessions (etcd: leases) alive over --connections streams; times every
     /// keepalive, and counts sessions lost although kept alive (must be 0).
     SessionKeepalive(SessionKeepaliveArgs),
+    /// Acquire + release an exclusive lock, again and again: a random one of --names names, or
+    /// with --uncontended each client its own. Each client has its own session (etcd: lease;
+    /// ZooKeeper: session, Curator's lock recipe), opened before the clock starts.
+    ///
+    /// One operation is the pair, timed from the acquire's request to the release's answer,
+    /// the wait for the lock included.
+    Lock(LockArgs),
+}
+
+/// `latch bench lock`.
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// Lock names the clients pick from, uniformly at random for each pair; 1: every client
+    /// contends for the same lock.
+    #[arg(long, value_name = "N", default_value_t = 100, conflicts_with = "uncontended")]
+    pub names: u64,
+    /// Each client its own lock name (client i takes name i), so no acquire waits for another
+    /// client.
+    #[arg(long)]
+    pub uncontended: bool,
+    /// TTL of every client's session (etcd: lease; ZooKeeper: session timeout) (humantime).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub ttl: Duration,
+}
+
+impl LockArgs {
+    /// What `bench::locks` is asked.
+    pub fn bench(&self) -> bench::locks::LockBench {
+        let names = match self.uncontended {
+            true => bench::locks::Names::PerClient,
+            false => bench::locks::Names::Random(self.names),
+        };
+        bench::locks::LockBench { names, ttl: self.ttl }
+    }
 }
 
 /// `latch bench session-keepalive`.
@@ -198,6 +232,7 @@ pub async fn run(command: BenchCommand, client: &ClientArgs) -> anyhow::Result<E
             let ka = bench::sessions::KeepAlive { sessions: args.sessions, ttl: args.ttl };
             bench::sessions::run(ka, &settings, progress, interrupt).await
         }
+        WorkloadArgs::Lock(args) => bench::locks::run(args.bench(), &settings, progress, interrupt).await,
     };
     let report = match result {
         Ok(report) => report,
@@ -329,6 +364,23 @@ mod tests {
         assert!(matches!(parse(&["txn-cas"]).expect("valid").workload, WorkloadArgs::TxnCas));
         assert_eq!(parse(&["get", "--consistency", "eventual"]).expect_err("bad").exit_code(), 2);
         assert_eq!(parse(&["scan"]).expect_err("no such workload").exit_code(), 2);
+    }
+
+    #[test]
+    fn lock_takes_random_names_or_one_per_client() {
+        use bench::locks::Names;
+        let default = parse(&["lock"]).expect("valid");
+        let WorkloadArgs::Lock(args) = default.workload else { panic!("lock expected") };
+        assert_eq!(args.bench().names, Names::Random(100));
+        assert_eq!(args.bench().ttl, Duration::from_secs(10));
+        let one = parse(&["lock", "--names", "1", "--ttl", "3s"]).expect("valid");
+        let WorkloadArgs::Lock(args) = one.workload else { panic!("lock expected") };
+        assert_eq!((args.bench().names, args.bench().ttl), (Names::Random(1), Duration::from_secs(3)));
+        let own = parse(&["lock", "--uncontended", "--clients", "16"]).expect("valid");
+        let WorkloadArgs::Lock(args) = own.workload else { panic!("lock expected") };
+        assert_eq!(args.bench().names, Names::PerClient);
+        let both = parse(&["lock", "--uncontended", "--names", "5"]).expect_err("both");
+        assert_eq!(both.exit_code(), 2);
     }
 
     #[test]
