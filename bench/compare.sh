@@ -519,7 +519,17 @@ for c in open(commands):
         seen.append(c)
 L.extend(seen)
 L.append("```")
-open(out, "w").write("\n".join(L) + "\n")
+# Sections other scripts write into the same file (sessions.sh, locks.sh: "## Sessions …",
+# "## Locks …") are kept as they are, after this script's own.
+ours = {l for l in L if l.startswith("## ")}
+kept, keep = [], False
+if os.path.exists(out):
+    for line in open(out).read().splitlines():
+        if line.startswith("## "):
+            keep = line not in ours
+        if keep:
+            kept.append(line)
+open(out, "w").write("\n".join(L) + "\n" + ("\n" + "\n".join(kept) + "\n" if kept else ""))
 print(f"wrote {out}")
 PY
 if [ -s "$DEAD" ]; then
