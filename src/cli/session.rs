@@ -91,8 +91,8 @@ pub async fn run(command: SessionCommand, client: &ClientArgs) -> anyhow::Result
                     let mut text = String::new();
                     for s in &sessions {
                         text.push_str(&format!(
-                            "{}  name={:?} ttl={}ms left={}ms keys={}\n",
-                            s.id, s.name, s.ttl_ms, s.remaining_ms, s.keys
+                            "{}  name={:?} ttl={}ms left={}ms keys={} locks={}\n",
+                            s.id, s.name, s.ttl_ms, s.remaining_ms, s.keys, s.locks
                         ));
                     }
                     print_bytes(text.as_bytes())?;

@@ -195,3 +195,49 @@ async fn cli_sessions_create_bind_list_and_close_in_json() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(stderr(&bad).contains("1s … 1h"), "names the bounds: {}", stderr(&bad));
 }
+
+#[tokio::test]
+async fn cli_lock_runs_its_command_holding_the_lock_that_describe_then_shows_and_exits_with_its_status() {
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let addr = c.member(1).client_addr.clone();
+    // The command describes its own lock, then exits 7.
+    let describe =
+        format!("'{}' lock describe jobs/nightly --output json --endpoints {addr}; exit 7", latch_bin());
+    // The client flags go before `--`: what follows is the command's.
+    let run = latch_exactly(&[
+        "--endpoints",
+        &addr,
+        "lock",
+        "jobs/nightly",
+        "--ttl",
+        "5s",
+        "--",
+        "sh",
+        "-c",
+        &describe,
+    ])
+    .await;
+    assert_eq!(
+        run.status.code(),
+        Some(7),
+        "`latch lock` exits with its command's status; stderr: {}",
+        stderr(&run)
+    );
+    let described: serde_json::Value = serde_json::from_str(stdout(&run).trim()).unwrap_or_else(|e| {
+        panic!("`lock describe --output json` prints one JSON document ({e}): {}", stdout(&run))
+    });
+    assert_eq!(described["name"], "jobs/nightly");
+    let holders = described["holders"].as_array().expect("a holders list");
+    assert_eq!(holders.len(), 1, "the lock is held while its command runs: {described}");
+    assert_eq!(holders[0]["mode"], "exclusive");
+    assert_eq!(holders[0]["lock_delay_ms"], 5_000, "the default lock-delay");
+    // Released with the command's end: free, and a try-once takes it at once.
+    let after = latch(&c, &["lock", "describe", "jobs/nightly"]).await;
+    assert_eq!(stdout(&after), "jobs/nightly: free\n", "stderr: {}", stderr(&after));
+    let once =
+        latch_exactly(&["--endpoints", &addr, "lock", "jobs/nightly", "--wait", "0s", "--", "true"]).await;
+    assert_eq!(once.status.code(), Some(0), "a free lock is taken by a try-once; stderr: {}", stderr(&once));
+    let usage = latch(&c, &["lock", "jobs/nightly"]).await;
+    assert_eq!(usage.status.code(), Some(2), "a lock without a command is a usage error: {}", stderr(&usage));
+}
