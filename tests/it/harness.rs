@@ -235,6 +235,15 @@ impl Cluster {
         writeln!(log, "==== harness: member {id} killed (SIGKILL)").unwrap();
     }
 
+    /// Sends `signal` to member `id`'s process (SIGSTOP freezes it: its sockets stay open but
+    /// nothing answers; SIGCONT resumes it).
+    pub fn signal(&self, id: u64, signal: rustix::process::Signal) {
+        let m = self.member(id);
+        let pid = m.child.as_ref().and_then(|c| rustix::process::Pid::from_raw(c.id() as i32));
+        let pid = pid.unwrap_or_else(|| panic!("member {id} is not running"));
+        rustix::process::kill_process(pid, signal).unwrap_or_else(|e| panic!("signal to member {id}: {e}"));
+    }
+
     /// Starts member `id` again on its data dir and waits until it serves.
     pub async fn restart(&mut self, id: u64) {
         self.spawn(id);

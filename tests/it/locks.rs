@@ -779,3 +779,45 @@ async fn a_second_request_of_a_waiting_session_joins_its_wait_without_ending_it(
         "a holder asking again gets its own hold back"
     );
 }
+
+#[tokio::test]
+async fn a_campaign_waiting_on_a_frozen_member_moves_to_another_and_wins() {
+    const NAME: &str = "frozen";
+    let c = Cluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let frozen = c.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    let others: Vec<u64> = c.ids().into_iter().filter(|&id| id != frozen).collect();
+    let client = c.client_of_many(&others).await;
+    // The candidate's client tries the follower that will freeze first.
+    let candidate_client = c.client_of_many(&[frozen, others[0], others[1]]).await;
+    let ttl = Duration::from_secs(30);
+    let holder = client.session(SessionOptions::new(ttl).name("holder")).await.unwrap();
+    let candidate = client.session(SessionOptions::new(ttl).name("candidate")).await.unwrap();
+    let election = client.election(NAME);
+    let first = election.campaign(holder.id(), "first").await.unwrap();
+    let campaign = {
+        let (election, id) = (candidate_client.election(NAME), candidate.id().to_string());
+        tokio::spawn(async move { election.campaign(&id, "second").await })
+    };
+    eventually("the candidate to wait in the election", STARTUP, || async {
+        match client.session_info(candidate.id()).await {
+            Ok(s) if s.locks == 1 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    c.signal(frozen, Signal::STOP);
+    election.resign(&first).await.unwrap();
+    // The grant is applied on the live members; the campaign's call on the frozen one hears
+    // nothing, until the connection's pings go unanswered and the client asks elsewhere.
+    let won = tokio::time::timeout(Duration::from_secs(30), campaign)
+        .await
+        .expect("the campaign should move off the frozen member and win within 30 s")
+        .unwrap()
+        .expect("the campaign wins");
+    c.signal(frozen, Signal::CONT);
+    assert_eq!(won.value, b"second", "the candidate leads");
+    let now = election.leader().await.unwrap().expect("a leader");
+    assert_eq!(now.sequencer.map(|s| s.session_id), Some(candidate.id().to_string()));
+}

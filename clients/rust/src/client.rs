@@ -20,6 +20,10 @@ pub use latch_proto::LEADER_ADDR_METADATA;
 
 /// How long a TCP connection to an endpoint may take before the endpoint counts as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a connection is pinged, and how long an unanswered ping may take before the
+/// connection counts as broken (its calls fail UNAVAILABLE and are retried elsewhere).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// First pause between two attempts; doubled after each failed attempt up to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_millis(20);
 /// Longest pause between two attempts.
@@ -267,7 +271,14 @@ impl Target {
         if !has_host || uri.port_u16().is_none() || uri.path() != "/" || uri.query().is_some() {
             return Err(bad("expected host:port"));
         }
-        let channel = endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true).connect_lazy();
+        // HTTP/2 pings find a member that stopped answering (frozen, or cut off at the network)
+        // even while a call waits on it for a long time (a lock, a campaign, an observation).
+        let channel = endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .connect_lazy();
         Ok(Target { addr: addr.to_string(), channel })
     }
 }
