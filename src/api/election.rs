@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use super::kv::check_request_id;
 use super::lock::{acquire, lock_result, public_sequencer, release, sequencer_of, Wait, Want};
 use super::{ApiError, Context};
+use crate::core::RequestError;
 use crate::fsm::elections::{self, Leader};
 use crate::fsm::locks;
 
@@ -152,6 +153,9 @@ impl Election for ElectionService {
         tokio::spawn(async move {
             // (generation, value) of the last leader sent; `Some(None)`: "nobody" was sent.
             let mut last: Option<Option<(u64, Vec<u8>)>> = None;
+            let every = super::lock::FRESHNESS;
+            let mut freshness = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            freshness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 changes.borrow_and_update();
                 let now = ctx.node.db().begin_read().map_err(ApiError::from).and_then(|txn| {
@@ -178,6 +182,17 @@ impl Election for ElectionService {
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { return },
                     _ = tx.closed() => return,
+                    _ = freshness.tick() => {
+                        // A member cut off from the leader would stream a stale leader forever:
+                        // it says so instead, and the client observes through another member.
+                        match ctx.node.read_index().await {
+                            Ok(()) | Err(RequestError::Overloaded { .. }) => {}
+                            Err(e) => {
+                                let _ = tx.send(Err(ctx.to_status(e.into()))).await;
+                                return;
+                            }
+                        }
+                    }
                 }
             }
         });

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 
 use super::kv::check_request_id;
 use super::{ApiError, Context};
+use crate::core::RequestError;
 use crate::fsm::locks::{self, RequestState, MAX_LOCK_DELAY_MS};
 use crate::fsm::sessions;
 
@@ -148,6 +149,7 @@ pub(crate) async fn acquire(
         // Every few election timeouts, a ReadIndex: a member cut off from the leader learns of
         // no grant, and must say so (the client then asks another member) rather than wait on.
         let mut freshness = tokio::time::interval_at(tokio::time::Instant::now() + FRESHNESS, FRESHNESS);
+        freshness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let txn = ctx.node.db().begin_read()?;
             let revision = crate::fsm::applied(&txn)?.revision;
@@ -175,13 +177,27 @@ pub(crate) async fn acquire(
                     None => std::future::pending().await,
                 }
             };
+            tokio::pin!(timed_out);
             tokio::select! {
                 _ = settlement.woken() => continue,
                 _ = freshness.tick() => {
-                    ctx.node.read_index().await?;
-                    continue;
+                    let fresh = tokio::select! {
+                        r = ctx.node.read_index() => Some(r),
+                        _ = &mut timed_out => None,
+                    };
+                    match fresh {
+                        // Overloaded is not cut off: keep waiting, look again at the next tick.
+                        Some(Ok(())) | Some(Err(RequestError::Overloaded { .. })) => continue,
+                        Some(Err(e)) => {
+                            // The client resends to another member, which joins this wait: it
+                            // is not withdrawn from here (the session's end bounds it).
+                            abandon.disarm();
+                            return Err(e.into());
+                        }
+                        None => {}
+                    }
                 }
-                _ = timed_out => {}
+                _ = &mut timed_out => {}
             }
             if !abandon.armed() {
                 // A joined wait: its owner decides when it ends.
@@ -205,8 +221,9 @@ pub(crate) async fn acquire(
     }
 }
 
-/// How often a waiting acquire checks that its member still hears from the leader.
-const FRESHNESS: Duration = Duration::from_secs(2);
+/// How often a waiting acquire (or an election's observation) checks that its member still
+/// hears from the leader.
+pub(crate) const FRESHNESS: Duration = Duration::from_secs(2);
 /// How long a withdrawal is retried in the background before the session's end is left to do it.
 const ABANDON_FOR: Duration = Duration::from_secs(120);
 
@@ -260,20 +277,31 @@ impl Drop for Abandon {
             let id = uuid::Uuid::now_v7().to_string();
             let until = tokio::time::Instant::now() + ABANDON_FOR;
             while tokio::time::Instant::now() < until {
-                match ctx.write(&id, Body::CancelWait(cancel.clone())).await {
-                    Ok(_) => return,
-                    Err(e) => tracing::debug!(error = %e, "giving up a lock request: retrying"),
-                }
-                // Settled meanwhile (granted and kept, withdrawn, or the session ended)?
+                let cancelled = match ctx.write(&id, Body::CancelWait(cancel.clone())).await {
+                    Ok(_) => true,
+                    Err(ApiError::Request(RequestError::ShuttingDown)) => return,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "giving up a lock request: retrying");
+                        false
+                    }
+                };
+                // Done once the acquire itself has been applied here (a cancel applied before
+                // it withdrew nothing) and it waits no more: granted and kept, withdrawn, or
+                // its session ended.
                 let settled = ctx.node.db().begin_read().ok().is_some_and(|txn| {
-                    let gone = matches!(
+                    let applied = matches!(crate::fsm::remembered(&txn, &cancel.request_id), Ok(true));
+                    let waiting = matches!(
                         locks::request_state(&txn, &key, &cancel.request_id),
-                        Ok(RequestState::Gone)
+                        Ok(RequestState::Waiting)
                     );
-                    gone || matches!(sessions::read(&txn, &session), Ok(None))
+                    let ended = applied && matches!(sessions::read(&txn, &session), Ok(None));
+                    (applied && !waiting) || ended
                 });
                 if settled {
                     return;
+                }
+                if cancelled {
+                    tracing::debug!("a lock request's withdrawal was applied before the request: again");
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

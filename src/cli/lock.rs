@@ -127,6 +127,8 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                 session.close().await?;
                 return Ok(ExitCode::from(1));
             };
+            // Registered before CMD starts, so no signal meant for it gets its default action.
+            let mut signals = Signals::new()?;
             let spawned = tokio::process::Command::new(program)
                 .args(program_args)
                 .env("LATCH_LOCK_SEQUENCER", guard.token())
@@ -151,23 +153,34 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
             let lock_delay =
                 args.lock_delay.unwrap_or(Duration::from_millis(latch_client::DEFAULT_LOCK_DELAY_MS));
             let term_before = args.grace.saturating_sub(lock_delay);
-            let mut signals = Signals::new()?;
+            let mut stopped_self = false;
             let code = loop {
                 tokio::select! {
+                    biased;
                     status = child.wait() => break exit_code(status?),
                     // CMD is not in the terminal's foreground group: pass what it sends on.
                     Some(signal) = signals.next() => match signal {
                         Signal::STOP => {
                             // Ctrl-Z: CMD stops with us, and the shell gets the terminal back.
                             group.send(Signal::STOP);
+                            stopped_self = true;
                             let _ = rustix::process::kill_process(rustix::process::getpid(), Signal::STOP);
                         }
-                        Signal::CONT => {
+                        Signal::CONT if stopped_self => {
+                            stopped_self = false;
                             // Resumed: CMD may go on only if the lock is still surely ours.
-                            if session.state() == SessionState::Safe && !session.lease_left().is_zero() {
+                            let ours = match session.state() {
+                                SessionState::Safe => !session.lease_left().is_zero(),
+                                SessionState::Jeopardy => session.lease_left() > term_before,
+                                SessionState::Expired => false,
+                            };
+                            if ours {
                                 group.send(Signal::CONT);
                             } else {
-                                eprintln!("latch lock: resumed after the session holding {name:?} may have ended; killing {program:?}");
+                                eprintln!(
+                                    "latch lock: resumed after the session holding {name:?} may have ended; \
+                                     killing {program:?}"
+                                );
                                 group.send(Signal::KILL);
                                 child.wait().await?;
                                 return Ok(ExitCode::from(LOST));
@@ -176,17 +189,25 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                         other => group.send(other),
                     },
                     () = lost(&session, term_before) => {
-                        let kill_in = args.grace.min(session.lease_left() + lock_delay);
+                        let now = tokio::time::Instant::now();
+                        let kill_at = (now + args.grace).min(session.lease_end() + lock_delay).max(now);
                         eprintln!(
                             "latch lock: the session holding {name:?} is lost while {program:?} runs; \
                              sending it SIGTERM (SIGKILL after {})",
-                            humantime::format_duration(kill_in)
+                            humantime::format_duration(kill_at - now)
                         );
                         group.send(Signal::TERM);
-                        if tokio::time::timeout(kill_in, child.wait()).await.is_err() {
-                            group.send(Signal::KILL);
-                            child.wait().await?;
+                        group.send(Signal::CONT);
+                        // Until the deadline or until nothing of the group is left; then SIGKILL
+                        // for whatever is (CMD may be gone while what it started is not).
+                        while tokio::time::Instant::now() < kill_at && group.alive() {
+                            let _ = tokio::time::timeout_at(kill_at, child.wait()).await;
+                            if group.alive() {
+                                tokio::time::sleep(Duration::from_millis(20).min(kill_at - tokio::time::Instant::now())).await;
+                            }
                         }
+                        group.send(Signal::KILL);
+                        child.wait().await?;
                         return Ok(ExitCode::from(LOST));
                     }
                 }
@@ -214,6 +235,11 @@ impl Group {
         if let Some(group) = self.0 {
             let _ = rustix::process::kill_process_group(group, signal);
         }
+    }
+
+    /// Whether any process of the group is left (a zombie CMD not reaped yet counts).
+    fn alive(&self) -> bool {
+        self.0.is_some_and(|group| rustix::process::test_kill_process_group(group).is_ok())
     }
 }
 

@@ -40,7 +40,7 @@ use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition, Table
 
 pub use apply::{Event, EventKind, LockChange, SessionChange};
 pub use kv::SEQUENCE_DIGITS;
-pub use requests::REQUEST_MEMORY_BYTES;
+pub use requests::{remembered, REQUEST_MEMORY_BYTES};
 
 use crate::storage::schema::{FSM_APPLIED_INDEX, FSM_APPLIED_TERM, FSM_META, FSM_REVISION};
 use apply::Apply;

@@ -79,6 +79,14 @@ pub(crate) enum Seen {
     Answered(Outcome),
 }
 
+/// Whether request `id` is remembered in a read transaction: applied here, and not forgotten.
+pub fn remembered(txn: &redb::ReadTransaction, id: &str) -> Result<bool, FsmError> {
+    match super::open_read(txn, REQUESTS)? {
+        Some(requests) => Ok(requests.get(id.as_bytes())?.is_some()),
+        None => Ok(false),
+    }
+}
+
 /// Looks `id` up; `command_hash` is the hash of the whole encoded command.
 pub(crate) fn lookup(txn: &WriteTransaction, id: &str, command_hash: u64) -> Result<Seen, FsmError> {
     let requests = txn.open_table(REQUESTS)?;

@@ -596,6 +596,40 @@ async fn a_command_that_ignores_sigterm_is_killed_once_its_grace_period_is_over(
 }
 
 #[tokio::test]
+async fn what_the_command_started_is_killed_after_the_grace_even_when_the_command_itself_ended() {
+    let mut c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let dir = tempfile::tempdir().unwrap();
+    let eps = endpoints(&c);
+    let grace = Duration::from_secs(1);
+    // The shell dies of SIGTERM at once; the sleep it started ignores SIGTERM.
+    let script = "(trap '' TERM; exec sleep 60) & wait";
+    let args =
+        ["--endpoints", &eps, "lock", "batch", "--ttl", "1s", "--grace", "1s", "--", "sh", "-c", script];
+    let mut holder = LatchProcess::spawn(dir.path(), "holder", &args);
+    let sleep = eventually("the command's child (sleep) to run", STARTUP, || async {
+        let group = holder.group_alive();
+        match group.iter().find(|(_, name)| name == "sleep") {
+            Some((pid, _)) => Ok(*pid),
+            None => Err(format!("its process group: {group:?}; {}", holder.output())),
+        }
+    })
+    .await;
+
+    c.kill(1);
+    let killed = Instant::now();
+    let status = holder.exit_within(Duration::from_secs(10)).await;
+    let took = killed.elapsed();
+    assert_eq!(status.code(), Some(3), "a `latch lock` whose session was lost exits 3. {}", holder.output());
+    assert!(took >= grace, "the group had the grace period ({grace:?}) before SIGKILL; took {took:?}");
+    assert!(
+        !running(sleep),
+        "the command's child (pid {sleep}) ignoring SIGTERM is SIGKILLed with the group"
+    );
+    assert_eq!(holder.group_alive(), [], "nothing `latch lock` ran is left");
+}
+
+#[tokio::test]
 async fn bad_lock_requests_are_refused_by_name() {
     let c = Cluster::start(1, &[]).await;
     c.leader().await;

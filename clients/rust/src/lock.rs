@@ -84,9 +84,15 @@ impl Client {
             lock_delay_ms: options.lock_delay.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             request_id: uuid::Uuid::now_v7().to_string(),
         };
+        // A resent request waits only what is left of the time allowed.
+        let until = wait.map(|d| tokio::time::Instant::now() + d);
         let r = self
             .call_waiting("Acquire", wait, |channel| {
-                let request = request.clone();
+                let mut request = request.clone();
+                if let (Some(until), false) = (until, request.wait_ms == 0) {
+                    let left = until.saturating_duration_since(tokio::time::Instant::now());
+                    request.wait_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1);
+                }
                 async move { LockClient::new(channel).acquire(request).await }
             })
             .await?;

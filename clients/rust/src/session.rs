@@ -204,6 +204,11 @@ impl Session {
         self.state.clone()
     }
 
+    /// When the lease the cluster last granted runs out, on this client's clock.
+    pub fn lease_end(&self) -> Instant {
+        self.shared.lease_end()
+    }
+
     /// What is left of the lease the cluster last granted, on this client's clock.
     pub fn lease_left(&self) -> Duration {
         self.shared.lease_end().saturating_duration_since(Instant::now())
