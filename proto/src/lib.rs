@@ -27,7 +27,8 @@ pub use generated::latch::v1;
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("latch_descriptor");
 
 /// The lock-delay of a grant whose request names none (`AcquireRequest.lock_delay_ms`,
-/// `CampaignRequest.lock_delay_ms`): part of the wire contract of `latch.v1`.
+/// `CampaignRequest.lock_delay_ms`): part of the wire contract of `latch.v1`. Chubby's default
+/// is a minute; 5 s here, as etcd users expect a lock to move on quickly.
 pub const DEFAULT_LOCK_DELAY_MS: u64 = 5_000;
 
 /// gRPC metadata key under which a member answering UNAVAILABLE names the leader's client

@@ -12,6 +12,7 @@ use latch_proto::internal::{
 };
 use latch_proto::v1::lock_server::{Lock, LockServer};
 use latch_proto::v1::*;
+use latch_proto::DEFAULT_LOCK_DELAY_MS;
 use tonic::{Request, Response, Status};
 
 use super::kv::check_request_id;
@@ -20,9 +21,6 @@ use crate::core::RequestError;
 use crate::fsm::locks::{self, RequestState, MAX_LOCK_DELAY_MS};
 use crate::fsm::sessions;
 
-/// Lock-delay when a request names none (Chubby's default is a minute; 5 s here, as etcd
-/// users expect locks to move on quickly).
-pub use latch_proto::DEFAULT_LOCK_DELAY_MS;
 /// Most locks one ListLocks answers (a name is at most 1 KiB: the answer stays well within a
 /// client's default 4 MiB message limit).
 const MAX_LIST: usize = 1_000;
@@ -104,46 +102,42 @@ pub(crate) async fn acquire(
         let mut abandon = Abandon::new(ctx, want.space, &want.name, &want.session, &request_id);
         let (header, r) = ctx.write(&request_id, body).await?;
         let r = lock_result(r, "acquire")?;
-        let status = LockStatus::try_from(r.status);
         let mut waiting_on = request_id.clone();
-        match status {
-            Ok(LockStatus::Queued) => {}
-            Ok(LockStatus::Already) if r.sequencer.is_none() => {
-                // This session waits already, under that request: its owner withdraws it, not us.
-                abandon.disarm();
+        if r.status != LockStatus::Queued as i32 {
+            // Answered, or queued under another request (whose owner withdraws it, not us).
+            abandon.disarm();
+        }
+        match (LockStatus::try_from(r.status), r.sequencer) {
+            (Ok(LockStatus::Queued), _) => {}
+            (Ok(LockStatus::Already), None) => {
+                // This session waits already, under that request: join it.
                 if want.wait == Wait::No {
                     return Ok((header, None));
                 }
                 settlement = ctx.node.locks().settlement(&r.request_id);
                 waiting_on = r.request_id;
             }
-            _ => abandon.disarm(),
-        }
-        match status {
-            Ok(LockStatus::Granted) | Ok(LockStatus::Already) if r.sequencer.is_some() => {
+            (Ok(LockStatus::Granted | LockStatus::Already), Some(seq)) => {
                 // A resent request is answered from memory: make sure the grant still holds.
                 let txn = ctx.node.db().begin_read()?;
-                match r.sequencer {
-                    Some(seq) if locks::check(&txn, &seq)?.is_ok() => return Ok((header, Some(seq))),
-                    _ if sessions::read(&txn, &want.session)?.is_none() => {
-                        return Err(ApiError::NotFound { kind: "session".into(), name: want.session })
-                    }
-                    _ => {
-                        request_id = uuid::Uuid::now_v7().to_string();
-                        continue; // released since: ask again
-                    }
+                if locks::check(&txn, &seq)?.is_ok() {
+                    return Ok((header, Some(seq)));
                 }
+                if sessions::read(&txn, &want.session)?.is_none() {
+                    return Err(ApiError::NotFound { kind: "session".into(), name: want.session });
+                }
+                request_id = uuid::Uuid::now_v7().to_string();
+                continue; // released since: ask again
             }
-            Ok(LockStatus::Busy) => return Ok((header, None)),
-            Ok(LockStatus::OtherMode) => {
-                let what = if r.sequencer.is_some() { "holds" } else { "awaits" };
+            (Ok(LockStatus::Busy), _) => return Ok((header, None)),
+            (Ok(LockStatus::OtherMode), held) => {
+                let what = if held.is_some() { "holds" } else { "awaits" };
                 return Err(ApiError::FailedPrecondition(format!(
                     "session {} {what} {:?} in the other mode; release it first (a lock is not upgraded or \
                      downgraded in place)",
                     want.session, want.name
                 )));
             }
-            Ok(LockStatus::Queued) | Ok(LockStatus::Already) => {}
             _ => return Err(ApiError::Internal(format!("acquire answered status {}", r.status))),
         }
         // Every few election timeouts, a ReadIndex: a member cut off from the leader learns of

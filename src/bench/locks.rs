@@ -44,7 +44,7 @@
 //! (`sessions_restarted`). Failures to end or open a session count as errors too.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -160,33 +160,8 @@ pub async fn run(
         create_lock_parents(client, names, settings.timeout).await.map_err(prepare)?;
     }
 
-    let shared = Arc::new(Shared {
-        stop: settings.stop,
-        started: Instant::now(),
-        claimed: AtomicU64::new(0),
-        interrupted: AtomicBool::new(false),
-        succeeded: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-    });
     let counts = Arc::new(Counts::default());
-    let interrupter = tokio::spawn({
-        let shared = shared.clone();
-        async move {
-            interrupt.await;
-            shared.interrupted.store(true, Ordering::Relaxed);
-        }
-    });
-    progress.timing(settings.stop);
-    let ticker = tokio::spawn({
-        let (shared, progress) = (shared.clone(), progress.clone());
-        async move {
-            loop {
-                tokio::time::sleep(super::progress::REFRESH).await;
-                let (ok, failed) = (shared.succeeded(), shared.failed());
-                progress.update(shared.stop, ok, failed, shared.started.elapsed());
-            }
-        }
-    });
+    let (shared, clock) = super::start_clock(settings.stop, &progress, interrupt);
 
     let seed: u64 = rand::random();
     let tasks: Vec<_> = vias
@@ -218,9 +193,7 @@ pub async fn run(
             Err(e) => panicked = Some(e.to_string()),
         }
     }
-    let elapsed = shared.started.elapsed();
-    ticker.abort();
-    interrupter.abort();
+    let elapsed = clock.stop(&shared);
     // Not measured: every session ends, so that the servers forget it now.
     let not_closed = futures::stream::iter(left)
         .map(|owner| owner.close(settings.timeout))
@@ -517,21 +490,9 @@ async fn create_lock_parents(
     names: u64,
     timeout: Duration,
 ) -> Result<(), OpError> {
-    use zookeeper_client::{Acls, CreateMode, Error as ZkError};
-    let persistent = CreateMode::Persistent.with_acls(Acls::anyone_all());
     let mut paths = vec![ZK_LOCKS.to_string()];
     paths.extend((0..names).map(|i| format!("{ZK_LOCKS}/{}", lock_name(i))));
-    let creating: Vec<_> = paths.iter().map(|path| client.create(path, &[], &persistent)).collect();
-    within(timeout, async {
-        for created in futures::future::join_all(creating).await {
-            match created {
-                Ok(_) | Err(ZkError::NodeExists) => {}
-                Err(e) => return Err(OpError::from(e)),
-            }
-        }
-        Ok(())
-    })
-    .await
+    super::zk::create_missing(client, &paths, &[], timeout).await
 }
 
 /// Curator's acquire (see the module doc): returns the path of the client's child once it is

@@ -256,32 +256,7 @@ pub async fn run<W: Workload>(
     workload.prepare(&setup).await.map_err(|error| Error::Prepare { workload: workload.name(), error })?;
 
     let workload = Arc::new(workload);
-    let shared = Arc::new(Shared {
-        stop: settings.stop,
-        started: Instant::now(),
-        claimed: AtomicU64::new(0),
-        interrupted: AtomicBool::new(false),
-        succeeded: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-    });
-    let interrupter = tokio::spawn({
-        let shared = shared.clone();
-        async move {
-            interrupt.await;
-            shared.interrupted.store(true, Ordering::Relaxed);
-        }
-    });
-    progress.timing(settings.stop);
-    let ticker = tokio::spawn({
-        let (shared, progress) = (shared.clone(), progress.clone());
-        async move {
-            loop {
-                tokio::time::sleep(progress::REFRESH).await;
-                let (ok, failed) = (shared.succeeded(), shared.failed());
-                progress.update(shared.stop, ok, failed, shared.started.elapsed());
-            }
-        }
-    });
+    let (shared, clock) = start_clock(settings.stop, &progress, interrupt);
 
     let seed: u64 = rand::random();
     let tasks: Vec<_> = (0..settings.clients)
@@ -303,15 +278,65 @@ pub async fn run<W: Workload>(
             Err(e) => panicked = Some(e.to_string()),
         }
     }
-    let elapsed = shared.started.elapsed();
-    ticker.abort();
-    interrupter.abort();
+    let elapsed = clock.stop(&shared);
     target::close(connections, settings.timeout).await;
     progress.finish();
     if let Some(why) = panicked {
         return Err(Error::Task(why));
     }
     Ok(Report::new(workload.name(), workload.parameters(), settings, tally, elapsed))
+}
+
+/// Starts the timed phase: the counts the client tasks share, the task that stops new
+/// operations once `interrupt` completes, and the one that updates the progress bar.
+fn start_clock(
+    stop: Stop,
+    progress: &Progress,
+    interrupt: impl Future<Output = ()> + Send + 'static,
+) -> (Arc<Shared>, Clock) {
+    let shared = Arc::new(Shared {
+        stop,
+        started: Instant::now(),
+        claimed: AtomicU64::new(0),
+        interrupted: AtomicBool::new(false),
+        succeeded: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+    });
+    let interrupter = tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            interrupt.await;
+            shared.interrupted.store(true, Ordering::Relaxed);
+        }
+    });
+    progress.timing(stop);
+    let ticker = tokio::spawn({
+        let (shared, progress) = (shared.clone(), progress.clone());
+        async move {
+            loop {
+                tokio::time::sleep(progress::REFRESH).await;
+                let (ok, failed) = (shared.succeeded(), shared.failed());
+                progress.update(shared.stop, ok, failed, shared.started.elapsed());
+            }
+        }
+    });
+    (shared, Clock { interrupter, ticker })
+}
+
+/// The timed phase's background tasks (see [`start_clock`]).
+struct Clock {
+    interrupter: tokio::task::JoinHandle<()>,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl Clock {
+    /// Ends the timed phase; returns how long it lasted.
+    fn stop(self, shared: &Shared) -> std::time::Duration {
+        let elapsed = shared.started.elapsed();
+        self.ticker.abort();
+        self.interrupter.abort();
+        elapsed
+    }
 }
 
 /// What the client tasks share: the budget of operations, and counts for the progress bar.

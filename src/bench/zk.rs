@@ -95,7 +95,7 @@ impl CreatedKeySpaces {
 }
 
 #[cfg(feature = "zk")]
-pub use client::{create_key_space, Session};
+pub use client::{create_key_space, create_missing, Session};
 
 #[cfg(feature = "zk")]
 mod client {
@@ -252,18 +252,7 @@ mod client {
                 Err(MultiWriteError::OperationFailed { source: ZkError::NodeExists, .. }) => {}
                 Err(other) => return Err(other.into()),
             }
-            let creating: Vec<_> =
-                paths.iter().map(|path| self.client.create(path, value, &persistent)).collect();
-            within(self.timeout, async {
-                for created in futures::future::join_all(creating).await {
-                    match created {
-                        Ok(_) | Err(ZkError::NodeExists) => {}
-                        Err(e) => return Err(OpError::from(e)),
-                    }
-                }
-                Ok(())
-            })
-            .await
+            create_missing(&self.client, &paths, value, self.timeout).await
         }
 
         /// Closes the session, so that the servers forget it now rather than when it expires.
@@ -274,6 +263,29 @@ mod client {
             let _ = tokio::time::timeout(timeout, async { while !state.changed().await.is_terminated() {} })
                 .await;
         }
+    }
+
+    /// Creates each of `paths` with `value` where it does not exist (the others are left as
+    /// they are), all sent before the first answer is awaited: in order on the session, so a
+    /// parent listed before its children is created first.
+    pub async fn create_missing(
+        client: &Client,
+        paths: &[String],
+        value: &[u8],
+        timeout: Duration,
+    ) -> Result<(), OpError> {
+        let persistent = CreateMode::Persistent.with_acls(Acls::anyone_all());
+        let creating: Vec<_> = paths.iter().map(|path| client.create(path, value, &persistent)).collect();
+        within(timeout, async {
+            for created in futures::future::join_all(creating).await {
+                match created {
+                    Ok(_) | Err(ZkError::NodeExists) => {}
+                    Err(e) => return Err(OpError::from(e)),
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// `operation`, failed with `DEADLINE_EXCEEDED` if it takes longer than `timeout`.

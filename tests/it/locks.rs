@@ -509,30 +509,14 @@ async fn latch_lock_commands_run_one_at_a_time_with_increasing_fencing_tokens() 
     assert_eq!(client.describe_lock("deploy").await.unwrap(), None, "both released the lock");
 }
 
-#[tokio::test]
-async fn a_session_lost_while_the_command_runs_gets_it_terminated_and_exit_status_3() {
-    let mut c = Cluster::start(1, &[]).await;
-    c.leader().await;
-    let client = c.client().await;
-    let dir = tempfile::tempdir().unwrap();
-    let eps = endpoints(&c);
-    // sleep is the shell's child: what the command starts is ended with it.
-    let args = [
-        "--endpoints",
-        &eps,
-        "lock",
-        "batch",
-        "--ttl",
-        "1s",
-        "--grace",
-        "1s",
-        "--",
-        "sh",
-        "-c",
-        "sleep 60; true",
-    ];
-    let mut holder = LatchProcess::spawn(dir.path(), "holder", &args);
-    let sleep = eventually("the locked command (sleep) to run", STARTUP, || async {
+/// `latch lock batch --ttl 1s --grace 1s -- sh -c SCRIPT` against `c`, once SCRIPT's `sleep`
+/// runs: the process and the sleep's pid.
+async fn holding_batch(c: &Cluster, dir: &Path, script: &str) -> (LatchProcess, i32) {
+    let eps = endpoints(c);
+    let args =
+        ["--endpoints", &eps, "lock", "batch", "--ttl", "1s", "--grace", "1s", "--", "sh", "-c", script];
+    let holder = LatchProcess::spawn(dir, "holder", &args);
+    let sleep = eventually("the locked command's sleep to run", STARTUP, || async {
         let group = holder.group_alive();
         match group.iter().find(|(_, name)| name == "sleep") {
             Some((pid, _)) => Ok(*pid),
@@ -540,19 +524,34 @@ async fn a_session_lost_while_the_command_runs_gets_it_terminated_and_exit_statu
         }
     })
     .await;
-    let info = describe(&client, "batch").await.unwrap();
-    assert_eq!(info.holders.len(), 1, "the lock is held while its command runs: {info:?}");
+    (holder, sleep)
+}
 
+/// Kills the one-member cluster under `holder`, whose session is then lost: it must exit 3
+/// with nothing it ran left. Returns how long after the kill it exited.
+async fn lose_the_session(c: &mut Cluster, holder: &mut LatchProcess, sleep: i32) -> Duration {
     c.kill(1);
     let killed = Instant::now();
     let status = holder.exit_within(Duration::from_secs(10)).await;
-    eprintln!("`latch lock` exited {status} {:?} after the cluster was killed", killed.elapsed());
+    let took = killed.elapsed();
+    eprintln!("`latch lock` exited {status} {took:?} after the cluster was killed");
     assert_eq!(status.code(), Some(3), "a `latch lock` whose session was lost exits 3. {}", holder.output());
-    assert!(
-        !running(sleep),
-        "the command (sleep, pid {sleep}) should be terminated when the session is lost"
-    );
+    assert!(!running(sleep), "the command's sleep (pid {sleep}) should be ended when the session is lost");
     assert_eq!(holder.group_alive(), [], "nothing `latch lock` ran is left");
+    took
+}
+
+#[tokio::test]
+async fn a_session_lost_while_the_command_runs_gets_it_terminated_and_exit_status_3() {
+    let mut c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    // sleep is the shell's child: what the command starts is ended with it.
+    let (mut holder, sleep) = holding_batch(&c, dir.path(), "sleep 60; true").await;
+    let info = describe(&client, "batch").await.unwrap();
+    assert_eq!(info.holders.len(), 1, "the lock is held while its command runs: {info:?}");
+    lose_the_session(&mut c, &mut holder, sleep).await;
     assert!(holder.stderr().contains("lost"), "`latch lock` says the session was lost. {}", holder.output());
 }
 
@@ -561,38 +560,15 @@ async fn a_command_that_ignores_sigterm_is_killed_once_its_grace_period_is_over(
     let mut c = Cluster::start(1, &[]).await;
     c.leader().await;
     let dir = tempfile::tempdir().unwrap();
-    let eps = endpoints(&c);
     let grace = Duration::from_secs(1);
     // sleep inherits the shell's ignoring of SIGTERM.
-    let script = "trap '' TERM; exec sleep 60";
-    let args =
-        ["--endpoints", &eps, "lock", "batch", "--ttl", "1s", "--grace", "1s", "--", "sh", "-c", script];
-    let mut holder = LatchProcess::spawn(dir.path(), "holder", &args);
-    let sleep = eventually("the locked command (sleep) to run", STARTUP, || async {
-        let group = holder.group_alive();
-        match group.iter().find(|(_, name)| name == "sleep") {
-            Some((pid, _)) => Ok(*pid),
-            None => Err(format!("its process group: {group:?}; {}", holder.output())),
-        }
-    })
-    .await;
-
-    c.kill(1);
-    let killed = Instant::now();
-    let status = holder.exit_within(Duration::from_secs(10)).await;
-    let took = killed.elapsed();
-    eprintln!("`latch lock` exited {status} {took:?} after the cluster was killed");
-    assert_eq!(status.code(), Some(3), "a `latch lock` whose session was lost exits 3. {}", holder.output());
+    let (mut holder, sleep) = holding_batch(&c, dir.path(), "trap '' TERM; exec sleep 60").await;
+    let took = lose_the_session(&mut c, &mut holder, sleep).await;
     assert!(
         took >= grace,
         "`latch lock` was done {took:?} after the cluster's death: its command should have had the \
          grace period ({grace:?}) between SIGTERM and SIGKILL"
     );
-    assert!(
-        !running(sleep),
-        "the command (pid {sleep}) ignoring SIGTERM should be SIGKILLed after the grace"
-    );
-    assert_eq!(holder.group_alive(), [], "nothing `latch lock` ran is left");
 }
 
 #[tokio::test]
@@ -600,33 +576,11 @@ async fn what_the_command_started_is_killed_after_the_grace_even_when_the_comman
     let mut c = Cluster::start(1, &[]).await;
     c.leader().await;
     let dir = tempfile::tempdir().unwrap();
-    let eps = endpoints(&c);
     let grace = Duration::from_secs(1);
     // The shell dies of SIGTERM at once; the sleep it started ignores SIGTERM.
-    let script = "(trap '' TERM; exec sleep 60) & wait";
-    let args =
-        ["--endpoints", &eps, "lock", "batch", "--ttl", "1s", "--grace", "1s", "--", "sh", "-c", script];
-    let mut holder = LatchProcess::spawn(dir.path(), "holder", &args);
-    let sleep = eventually("the command's child (sleep) to run", STARTUP, || async {
-        let group = holder.group_alive();
-        match group.iter().find(|(_, name)| name == "sleep") {
-            Some((pid, _)) => Ok(*pid),
-            None => Err(format!("its process group: {group:?}; {}", holder.output())),
-        }
-    })
-    .await;
-
-    c.kill(1);
-    let killed = Instant::now();
-    let status = holder.exit_within(Duration::from_secs(10)).await;
-    let took = killed.elapsed();
-    assert_eq!(status.code(), Some(3), "a `latch lock` whose session was lost exits 3. {}", holder.output());
+    let (mut holder, sleep) = holding_batch(&c, dir.path(), "(trap '' TERM; exec sleep 60) & wait").await;
+    let took = lose_the_session(&mut c, &mut holder, sleep).await;
     assert!(took >= grace, "the group had the grace period ({grace:?}) before SIGKILL; took {took:?}");
-    assert!(
-        !running(sleep),
-        "the command's child (pid {sleep}) ignoring SIGTERM is SIGKILLed with the group"
-    );
-    assert_eq!(holder.group_alive(), [], "nothing `latch lock` ran is left");
 }
 
 #[tokio::test]

@@ -146,13 +146,12 @@ impl Client {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let options = self.inner.options;
-        let Some(wait) = wait else { return self.call_unbounded(method, attempt).await };
-        let options = ClientOptions {
-            request_timeout: options.request_timeout + wait,
-            retry_budget: options.retry_budget + wait,
-        };
-        let deadline = Instant::now() + options.retry_budget.max(options.request_timeout);
+        // (attempt timeout, deadline of the whole call); none for a call that may wait forever.
+        let limits = wait.map(|wait| {
+            let options = self.inner.options;
+            let (per_attempt, budget) = (options.request_timeout + wait, options.retry_budget + wait);
+            (per_attempt, Instant::now() + budget.max(per_attempt))
+        });
         let mut backoff = INITIAL_BACKOFF;
         let (mut index, mut target) = {
             let targets = self.targets();
@@ -160,22 +159,27 @@ impl Client {
             (index, targets.list[index].clone())
         };
         loop {
-            let timeout = options.request_timeout.min(deadline.saturating_duration_since(Instant::now()));
-            let status = match tokio::time::timeout(timeout, attempt(target.channel.clone())).await {
+            let answer = match limits {
+                Some((per_attempt, deadline)) => {
+                    let timeout = per_attempt.min(deadline.saturating_duration_since(Instant::now()));
+                    tokio::time::timeout(timeout, attempt(target.channel.clone())).await.map_err(|_| {
+                        Status::deadline_exceeded(format!("{}: no answer within {timeout:.1?}", target.addr))
+                    })
+                }
+                None => Ok(attempt(target.channel.clone()).await),
+            };
+            let status = match answer {
                 Ok(Ok(response)) => {
                     self.targets().preferred = index;
                     return Ok(response.into_inner());
                 }
-                Ok(Err(status)) => status,
-                Err(_elapsed) => {
-                    Status::deadline_exceeded(format!("{}: no answer within {timeout:.1?}", target.addr))
-                }
+                Ok(Err(status)) | Err(status) => status,
             };
             if !is_retryable(&status) {
                 return Err(Error::from(with_context(status, &target.addr)));
             }
             let hint = leader_hint(&status);
-            if Instant::now() + backoff >= deadline {
+            if limits.is_some_and(|(_, deadline)| Instant::now() + backoff >= deadline) {
                 return Err(Error::from(with_context(status, &target.addr)));
             }
             tracing::debug!(
@@ -186,38 +190,6 @@ impl Client {
                 leader_hint = hint.as_deref(),
                 "retrying on another endpoint"
             );
-            (index, target) = self.next_target(index, hint.as_deref());
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
-    }
-
-    /// Attempts with no time limit (a campaign): retried on transient failures, with backoff,
-    /// until one answers or fails for good.
-    async fn call_unbounded<T, F, Fut>(&self, method: &'static str, mut attempt: F) -> Result<T, Error>
-    where
-        F: FnMut(Channel) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
-    {
-        let mut backoff = INITIAL_BACKOFF;
-        let (mut index, mut target) = {
-            let targets = self.targets();
-            let index = targets.preferred % targets.list.len();
-            (index, targets.list[index].clone())
-        };
-        loop {
-            let status = match attempt(target.channel.clone()).await {
-                Ok(response) => {
-                    self.targets().preferred = index;
-                    return Ok(response.into_inner());
-                }
-                Err(status) => status,
-            };
-            if !is_retryable(&status) {
-                return Err(Error::from(with_context(status, &target.addr)));
-            }
-            let hint = leader_hint(&status);
-            tracing::debug!(method, endpoint = %target.addr, code = ?status.code(), "retrying on another endpoint");
             (index, target) = self.next_target(index, hint.as_deref());
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
