@@ -14,6 +14,8 @@ use super::{print_bytes, print_json, ClientArgs, Output, UsageError};
 
 /// `latch elect`.
 #[derive(Debug, Args)]
+#[command(after_help = "Exit status: 0 after resigning on Ctrl-C; 1 if the campaign failed; 3 if the \
+                        session was lost while leading; 2 usage error.")]
 pub struct ElectCommand {
     /// The election's name.
     pub name: String,

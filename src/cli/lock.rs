@@ -32,7 +32,15 @@ pub const LOST: u8 = 3;
 
 /// `latch lock`.
 #[derive(Debug, Args)]
-#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "CMD sees LATCH_LOCK_SEQUENCER (the sequencer's string form) and LATCH_FENCING_TOKEN \
+                  (its generation) in its environment.\n\
+                  Exit status: CMD's own (128 + the signal that ended it); 1 if the lock was not acquired \
+                  in time; 3 if the session was lost while CMD ran (CMD then got SIGTERM, and SIGKILL after \
+                  --grace); 2 usage error."
+)]
 pub struct LockCommand {
     #[command(subcommand)]
     pub op: Option<LockOp>,

@@ -1,9 +1,10 @@
-//! The `latch` command line (DESIGN.md §5): `latch server` runs a member; `latch kv` and
-//! `latch cluster` are clients, built on `latch-client` like any other program; `latch bench`
-//! is the load generator ([`crate::bench`]).
+//! The `latch` command line (DESIGN.md §5): `latch server` runs a member; `latch kv`,
+//! `session`, `lock`, `elect` and `cluster` are clients, built on `latch-client` like any other
+//! program; `latch bench` is the load generator ([`crate::bench`]).
 //!
 //! Exit codes: 0 success; 1 the operation failed (the server's message is printed, with its
-//! gRPC code); 2 usage error (clap's own, or bad input caught here before anything is sent).
+//! gRPC code); 2 usage error (clap's own, or bad input caught here before anything is sent);
+//! 3 (`lock`, `elect`) the session holding the lock or the leadership was lost.
 //!
 //! The client flags ([`ClientArgs`]: `--endpoints`, `--output`, `--timeout`) and `--log-format`
 //! belong to the root and are global: accepted before or after any subcommand
@@ -118,7 +119,7 @@ impl Cli {
         let refusal = match &cli.command {
             Command::Server(_) => CLIENT_FLAGS.into_iter().find(|f| given(f)).map(|flag| {
                 let message = format!(
-                    "--{flag} is a flag of the client commands (kv, cluster, bench); `latch server` \
+                    "--{flag} is a flag of the client commands (kv, session, lock, elect, cluster, bench); `latch server` \
                      does not take it"
                 );
                 ("server", message)
