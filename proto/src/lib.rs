@@ -14,6 +14,16 @@ mod generated {
                 tonic::include_proto!("latch.internal.v1");
             }
         }
+        pub mod wire {
+            pub mod v1 {
+                tonic::include_proto!("latch.wire.v1");
+            }
+        }
+    }
+    /// The server side of `latch.v1.Watch` (built by hand in build.rs), answering with
+    /// [`wire::WatchResponse`](super::wire::WatchResponse).
+    pub mod watch_wire {
+        include!(concat!(env!("OUT_DIR"), "/latch.v1.Watch.rs"));
     }
 }
 
@@ -21,6 +31,14 @@ pub mod sequencer;
 
 pub use generated::latch::internal::v1 as internal;
 pub use generated::latch::v1;
+
+/// The members' form of what they send: `latch.v1` messages whose repeated parts are already
+/// encoded, so that one encoding is shared by every stream it goes to. Identical on the wire to
+/// their `latch.v1` namesakes, which clients decode.
+pub mod wire {
+    pub use super::generated::latch::wire::v1::WatchResponse;
+    pub use super::generated::watch_wire::watch_server;
+}
 
 /// The encoded `FileDescriptorSet` of every .proto file of this crate (`latch.v1` and
 /// `latch.internal.v1`), for gRPC server reflection.
@@ -31,6 +49,73 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("latc
 /// is a minute; 5 s here, as etcd users expect a lock to move on quickly.
 pub const DEFAULT_LOCK_DELAY_MS: u64 = 5_000;
 
+/// gRPC metadata key under which a member answering OUT_OF_RANGE for a compacted revision
+/// names the compact revision. Part of the wire contract of `latch.v1`.
+pub const COMPACT_REVISION_METADATA: &str = "latch-compact-revision";
+
 /// gRPC metadata key under which a member answering UNAVAILABLE names the leader's client
 /// address (`host:port`), when it knows one. Part of the wire contract of `latch.v1`.
 pub const LEADER_ADDR_METADATA: &str = "latch-leader-addr";
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::{v1, wire};
+
+    #[test]
+    fn a_wire_watch_response_decodes_as_the_typed_one() {
+        let kv = |key: &str, rev: i64| v1::KeyValue {
+            key: key.into(),
+            value: b"v".to_vec(),
+            create_revision: 1,
+            mod_revision: rev,
+            version: rev,
+            session: String::new(),
+        };
+        let events = vec![
+            v1::Event {
+                r#type: v1::event::EventType::Put as i32,
+                kv: Some(kv("a", 7)),
+                prev_kv: Some(kv("a", 6)),
+            },
+            v1::Event { r#type: v1::event::EventType::Delete as i32, kv: Some(kv("b", 7)), prev_kv: None },
+        ];
+        let header = v1::ResponseHeader { cluster_id: 1, member_id: 2, revision: 7, raft_term: 3 };
+        let typed = v1::WatchResponse {
+            header: Some(header),
+            watch_id: 4,
+            created: true,
+            canceled: true,
+            compact_revision: 5,
+            cancel_reason: v1::watch_response::CancelReason::Slow as i32,
+            cancel_message: "m".into(),
+            progress: true,
+            fragment: true,
+            snapshot: true,
+            events: events.clone(),
+            snapshot_kvs: vec![kv("c", 2)],
+        };
+        let sent = wire::WatchResponse {
+            header: Some(header),
+            watch_id: 4,
+            created: true,
+            canceled: true,
+            compact_revision: 5,
+            cancel_reason: v1::watch_response::CancelReason::Slow as i32,
+            cancel_message: "m".into(),
+            progress: true,
+            fragment: true,
+            snapshot: true,
+            events: events.iter().map(|e| e.encode_to_vec().into()).collect(),
+            snapshot_kvs: vec![kv("c", 2)],
+        };
+        let bytes = sent.encode_to_vec();
+        assert_eq!(
+            bytes,
+            typed.encode_to_vec(),
+            "the wire form should encode byte for byte as the typed one"
+        );
+        assert_eq!(v1::WatchResponse::decode(bytes.as_slice()).expect("decodes"), typed);
+    }
+}

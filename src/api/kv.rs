@@ -1,4 +1,4 @@
-//! The KV service: Range, Put, DeleteRange, Txn.
+//! The KV service: Range, Put, DeleteRange, Txn, Compact.
 //!
 //! Writes are proposed as a `Command` and answered with the outcome the fsm produced (the same
 //! one on a retry of the request id). Reads are linearizable through ReadIndex unless the
@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 
 use super::{ApiError, Context};
 use crate::config::Limits;
+use crate::fsm::history::RevisionError;
 
 pub struct KvService {
     ctx: Context,
@@ -41,6 +42,12 @@ impl Kv for KvService {
                 return Err(ApiError::InvalidArgument {
                     field: "limit",
                     problem: "must not be negative".into(),
+                });
+            }
+            if req.revision < 0 {
+                return Err(ApiError::InvalidArgument {
+                    field: "revision",
+                    problem: format!("{} is negative (0 = the current revision)", req.revision),
                 });
             }
             if req.serializable {
@@ -102,6 +109,36 @@ impl Kv for KvService {
             }
         };
         run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+    }
+
+    async fn compact(&self, req: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        let req = req.into_inner();
+        let run = async {
+            if req.revision <= 0 {
+                return Err(ApiError::InvalidArgument {
+                    field: "revision",
+                    problem: format!("{} is not a revision (revisions start at 1)", req.revision),
+                });
+            }
+            check_request_id(&req.request_id)?;
+            let body = Body::Compact(latch_proto::internal::Compact { revision: req.revision });
+            let (header, result) = self.ctx.write(&req.request_id, body).await.map_err(|e| match e {
+                ApiError::Revision(RevisionError::Compacted { compact_revision, .. }) => {
+                    ApiError::Revision(RevisionError::Compacted { asked: req.revision, compact_revision })
+                }
+                e => e,
+            })?;
+            Ok(CompactionResponse { compact_revision: compacted(result)?, header: Some(header) })
+        };
+        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+    }
+}
+
+/// Compact's answer to an outcome: the compact revision now, or why not.
+fn compacted(result: outcome::Result) -> Result<i64, ApiError> {
+    match result {
+        outcome::Result::Compact(c) => Ok(c.compact_revision),
+        _ => Err(mismatched("compact")),
     }
 }
 

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use crate::config::{Limits, Peer};
 use crate::core::RequestError;
+use crate::fsm::history::RevisionError;
 use crate::fsm::FsmError;
 use crate::fsm::COMMAND_VERSION;
 use crate::node::NodeHandle;
@@ -28,6 +29,7 @@ pub use latch_proto::LEADER_ADDR_METADATA;
 /// kept: the revision it was applied at, and for a txn whether its compares held.
 pub const APPLIED_REVISION_METADATA: &str = "latch-applied-revision";
 pub const TXN_SUCCEEDED_METADATA: &str = "latch-txn-succeeded";
+pub use latch_proto::COMPACT_REVISION_METADATA;
 
 /// gRPC's metadata key for how long a client should wait before retrying (gRFC A6).
 pub const RETRY_PUSHBACK_METADATA: &str = "grpc-retry-pushback-ms";
@@ -78,6 +80,8 @@ pub const METHODS: &[&str] = &[
     "/latch.v1.KV/Put",
     "/latch.v1.KV/DeleteRange",
     "/latch.v1.KV/Txn",
+    "/latch.v1.KV/Compact",
+    "/latch.v1.Watch/Watch",
     "/latch.v1.Cluster/Status",
     "/latch.v1.Session/Create",
     "/latch.v1.Session/KeepAlive",
@@ -135,6 +139,10 @@ impl Context {
                 Err(ApiError::RequestConflict { request_id, first_applied_at: c.first_applied_at })
             }
             Some(outcome::Result::NotFound(n)) => Err(ApiError::NotFound { kind: n.kind, name: n.name }),
+            Some(outcome::Result::Compacted(c)) => Err(ApiError::Revision(RevisionError::Compacted {
+                asked: 0,
+                compact_revision: c.compact_revision,
+            })),
             Some(r) => Ok((header, r)),
             None => Err(ApiError::Internal("the state machine returned an empty outcome".into())),
         }
@@ -179,13 +187,19 @@ pub enum ApiError {
         match .succeeded { Some(true) => " (its compares held)", Some(false) => " (its compares failed)", None => "" }
     )]
     AlreadyApplied { request_id: String, revision: i64, succeeded: Option<bool> },
+    /// A revision the history cannot serve (compacted, or in the future).
+    #[error(transparent)]
+    Revision(RevisionError),
     #[error("{0}")]
     Internal(String),
 }
 
 impl From<FsmError> for ApiError {
     fn from(e: FsmError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            FsmError::Revision(e) => ApiError::Revision(e),
+            e => ApiError::Internal(e.to_string()),
+        }
     }
 }
 
@@ -240,6 +254,14 @@ impl Context {
                     addr.filter(|_| leader != self.node.member_id).and_then(|a| a.parse().ok())
                 {
                     status.metadata_mut().insert(LEADER_ADDR_METADATA, value);
+                }
+                status
+            }
+            ApiError::Revision(e) => {
+                let mut status = Status::out_of_range(msg);
+                if let RevisionError::Compacted { compact_revision, .. } = e {
+                    let m = status.metadata_mut();
+                    m.insert(COMPACT_REVISION_METADATA, MetadataValue::from(compact_revision));
                 }
                 status
             }

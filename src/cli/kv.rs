@@ -1,4 +1,4 @@
-//! `latch kv put | get | del`: the key-value commands.
+//! `latch kv put | get | del | compact`: the key-value commands.
 //!
 //! Text output follows etcdctl: `put` prints `OK`, `get` of one key prints its value alone,
 //! `get --prefix` prints key and value on alternate lines, `del` prints how many keys went.
@@ -30,6 +30,16 @@ pub enum KvOp {
     Get(GetArgs),
     /// Delete KEY, or every key starting with it (--prefix).
     Del(DelArgs),
+    /// Forget the history at and below REV: reads and watches from there are refused.
+    Compact(CompactArgs),
+}
+
+/// `latch kv compact`.
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// The revision to compact up to (inclusive).
+    #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+    pub revision: i64,
 }
 
 /// `latch kv put`.
@@ -72,6 +82,9 @@ pub struct GetArgs {
     /// Print only how many keys match.
     #[arg(long, conflicts_with = "keys_only")]
     pub count_only: bool,
+    /// Read the keys as they were at revision N (until compacted; 0 = now).
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
+    pub rev: i64,
 }
 
 /// `latch kv del`.
@@ -111,7 +124,21 @@ pub async fn run(command: KvCommand, client: &ClientArgs) -> anyhow::Result<Exit
         KvOp::Put(args) => put(client, args, output).await,
         KvOp::Get(args) => get(client, args, output).await,
         KvOp::Del(args) => del(client, args, output).await,
+        KvOp::Compact(args) => compact(client, args, output).await,
     }
+}
+
+async fn compact(client: &ClientArgs, args: CompactArgs, output: Output) -> anyhow::Result<ExitCode> {
+    let client = client.connect().await?;
+    let response = client.compact(args.revision).await?;
+    match output {
+        Output::Json => print_json(&json!({
+            "header": header_json(response.header.as_ref()),
+            "compact_revision": response.compact_revision,
+        }))?,
+        Output::Text => println!("compacted up to revision {}", response.compact_revision),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn put(client: &ClientArgs, args: PutArgs, output: Output) -> anyhow::Result<ExitCode> {
@@ -160,6 +187,7 @@ async fn get(client: &ClientArgs, args: GetArgs, output: Output) -> anyhow::Resu
             serializable: args.serializable,
             keys_only: args.keys_only,
             count_only: args.count_only,
+            revision: args.rev,
         })
         .await?;
     // One key asked for and not there is a failed lookup (exit 1), as `test -e` would say;

@@ -9,9 +9,10 @@
 //!   so that watchers and waiters can be fed from applied revisions alone.
 
 use latch_proto::internal::KeyValue;
-use redb::WriteTransaction;
+use redb::{Table, WriteTransaction};
 
-use super::FsmError;
+use super::{history, FsmError};
+use crate::storage::schema::HISTORY;
 
 /// What a change did to one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +71,8 @@ pub struct Apply<'t> {
     /// The store revision before the command.
     base: i64,
     wrote: bool,
+    /// The history table, opened at the first event.
+    history: Option<Table<'t, &'static [u8], &'static [u8]>>,
     events: Vec<Event>,
     sessions: Vec<SessionChange>,
     locks: Vec<LockChange>,
@@ -82,6 +85,7 @@ impl<'t> Apply<'t> {
             max_response_bytes,
             base,
             wrote: false,
+            history: None,
             events: Vec::new(),
             sessions: Vec::new(),
             locks: Vec::new(),
@@ -107,8 +111,19 @@ impl<'t> Apply<'t> {
         }
     }
 
-    pub(crate) fn emit(&mut self, event: Event) {
+    /// Notes a change to a key at the write revision: `prev` is what the key held before
+    /// (for the history, whatever `event.prev_kv` carries for the answer).
+    pub(crate) fn emit(&mut self, event: Event, prev: Option<&KeyValue>) -> Result<(), FsmError> {
+        let n = u32::try_from(self.events.len())
+            .map_err(|_| FsmError::Corrupt("a command with more than 2^32 changes".into()))?;
+        let table = match &mut self.history {
+            Some(table) => table,
+            None => self.history.insert(self.txn.open_table(HISTORY)?),
+        };
+        let delete = event.kind == EventKind::Delete;
+        history::record(table, event.kv.mod_revision, n, delete, &event.kv, prev)?;
         self.events.push(event);
+        Ok(())
     }
 
     pub(crate) fn session_changed(&mut self, change: SessionChange) {

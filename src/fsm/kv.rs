@@ -9,10 +9,11 @@
 //!   [`super::apply::Apply`]), and every key it wrote carries that revision. A command that
 //!   writes nothing leaves the revision unchanged.
 //! - Every write emits one event per key changed: a put with the key as written, a delete with
-//!   the key and the revision of its deletion. An event carries the key's previous value only
-//!   when the command asked for it (`prev_kv`) and the answer carries it, so that what apply
-//!   holds in memory is bounded by the request and the response bound, however many keys a
-//!   delete removes (a deleted key's value is read only to answer `prev_kv`).
+//!   the key and the revision of its deletion; the history (`fsm::history`) gets each with the
+//!   key's previous value. An event held in memory carries the previous value only when the
+//!   command asked for it (`prev_kv`) and the answer carries it, so that what apply holds is
+//!   bounded by the request and the response bound, however many keys a delete removes (the
+//!   deleted values go to the history one at a time).
 //! - Validation happens before any write, so a rejected command writes nothing.
 //! - Key selection: `range_end` empty → the single key; `range_end` = "\0" → every key >= `key`;
 //!   otherwise `[key, range_end)` (empty when `range_end <= key`).
@@ -23,7 +24,7 @@
 //! - Deterministic: no clock, no randomness; everything iterates in key order.
 
 use std::cmp::Ordering;
-use std::ops::Bound;
+use std::ops::{Bound, RangeBounds};
 
 use latch_proto::internal::{
     compare, op, op_result, outcome, Compare, DeleteRange, DeleteResult, KeyValue, OpResult, Put, PutResult,
@@ -33,8 +34,8 @@ use prost::Message;
 use redb::{ReadTransaction, ReadableTable, Table};
 
 use super::apply::{Apply, Event, EventKind};
-use super::{locks, open_read, sessions, Applied, Domain, FsmError, TableDef};
-use crate::storage::schema::{KV, SEQUENCES};
+use super::{history, locks, open_read, sessions, Applied, Domain, FsmError, TableDef};
+use crate::storage::schema::{HISTORY, KV, SEQUENCES};
 
 /// Digits of a sequential key's counter (ZooKeeper pads to 10; 20 holds any u64).
 pub const SEQUENCE_DIGITS: usize = 20;
@@ -117,14 +118,17 @@ pub(crate) fn delete_owned(ap: &mut Apply, keys: &[Vec<u8>]) -> Result<(), FsmEr
     let revision = ap.revision();
     let mut table = ap.txn.open_table(KV)?;
     for key in keys {
-        if table.remove(key.as_slice())?.is_none() {
-            return Err(FsmError::Corrupt(format!(
-                "table session_keys names key {:?}, missing from table kv",
-                show(key)
-            )));
-        }
+        let prev = match table.remove(key.as_slice())? {
+            Some(old) => key_value(key, decode_stored("table kv", key, old.value())?),
+            None => {
+                return Err(FsmError::Corrupt(format!(
+                    "table session_keys names key {:?}, missing from table kv",
+                    show(key)
+                )))
+            }
+        };
         let kv = KeyValue { key: key.clone(), mod_revision: revision, ..Default::default() };
-        ap.emit(Event { kind: EventKind::Delete, kv, prev_kv: None });
+        ap.emit(Event { kind: EventKind::Delete, kv, prev_kv: None }, Some(&prev))?;
     }
     Ok(())
 }
@@ -190,9 +194,13 @@ pub(crate) fn read_range(
     max_response_bytes: usize,
 ) -> Result<RangeResult, FsmError> {
     let mut budget = max_response_bytes;
-    match open_read(txn, KV)? {
-        Some(table) => range_in(&table, req, &mut budget),
-        None => Ok(RangeResult::default()),
+    let Some(table) = open_read(txn, KV)? else { return Ok(RangeResult::default()) };
+    if req.revision == 0 {
+        return range_in(&table, req, &mut budget);
+    }
+    match open_read(txn, HISTORY)? {
+        Some(history) => range_at(&table, &history, req, &mut budget),
+        None => range_in(&table, req, &mut budget),
     }
 }
 
@@ -256,32 +264,97 @@ fn range_in<T>(table: &T, req: &Range, budget: &mut usize) -> Result<RangeResult
 where
     T: ReadableTable<&'static [u8], &'static [u8]>,
 {
-    let mut resp = RangeResult::default();
-    let Some(selected) = selection(&req.key, &req.range_end) else { return Ok(resp) };
-    let limit = usize::try_from(req.limit).ok().filter(|l| *l > 0).unwrap_or(usize::MAX);
+    let mut out = Collector::new(req, budget);
+    let Some(selected) = selection(&req.key, &req.range_end) else { return Ok(out.result) };
     for row in table.range::<&[u8]>(selected)? {
         let (k, v) = row?;
-        resp.count += 1;
-        if req.count_only || resp.more {
-            continue;
+        if out.wants_next() {
+            out.push(key_value(k.value(), decode_stored("table kv", k.value(), v.value())?));
         }
-        if resp.kvs.len() >= limit {
-            resp.more = true;
-            continue;
+    }
+    Ok(out.result)
+}
+
+/// A range as it was at `req.revision` (checked against the compact and store revisions by
+/// the caller): the current rows with the changes after it undone (see `history`).
+fn range_at<T, H>(table: &T, history: &H, req: &Range, budget: &mut usize) -> Result<RangeResult, FsmError>
+where
+    T: ReadableTable<&'static [u8], &'static [u8]>,
+    H: ReadableTable<&'static [u8], &'static [u8]>,
+{
+    let mut out = Collector::new(req, budget);
+    let Some(selected) = selection(&req.key, &req.range_end) else { return Ok(out.result) };
+    let then =
+        history::changed_since(history, req.revision, |k| RangeBounds::<[u8]>::contains(&selected, k))?;
+    let mut past = then.values().filter_map(|prev| prev.as_ref()).peekable();
+    for row in table.range::<&[u8]>(selected)? {
+        let (k, v) = row?;
+        while let Some(p) = past.next_if(|p| p.key.as_slice() < k.value()) {
+            if out.wants_next() {
+                out.push(p.clone());
+            }
         }
-        let mut kv = key_value(k.value(), decode_stored("table kv", k.value(), v.value())?);
-        if req.keys_only {
+        if then.contains_key(k.value()) {
+            continue; // changed since: `past` has what it held then, if anything
+        }
+        if out.wants_next() {
+            out.push(key_value(k.value(), decode_stored("table kv", k.value(), v.value())?));
+        }
+    }
+    for p in past {
+        if out.wants_next() {
+            out.push(p.clone());
+        }
+    }
+    Ok(out.result)
+}
+
+/// Gathers a range's answer in key order: counts every key, keeps what `limit` and the byte
+/// budget allow, and says `more` when they cut it short.
+struct Collector<'b> {
+    result: RangeResult,
+    limit: usize,
+    count_only: bool,
+    keys_only: bool,
+    budget: &'b mut usize,
+}
+
+impl<'b> Collector<'b> {
+    fn new(req: &Range, budget: &'b mut usize) -> Self {
+        Collector {
+            result: RangeResult::default(),
+            limit: usize::try_from(req.limit).ok().filter(|l| *l > 0).unwrap_or(usize::MAX),
+            count_only: req.count_only,
+            keys_only: req.keys_only,
+            budget,
+        }
+    }
+
+    /// Counts the next key; whether its kv is wanted (else it need not be decoded).
+    fn wants_next(&mut self) -> bool {
+        self.result.count += 1;
+        if self.count_only || self.result.more {
+            return false;
+        }
+        if self.result.kvs.len() >= self.limit {
+            self.result.more = true;
+            return false;
+        }
+        true
+    }
+
+    fn push(&mut self, mut kv: KeyValue) {
+        if self.keys_only {
             kv.value = Vec::new();
         }
         let size = kv.encoded_len();
-        if size > *budget && !resp.kvs.is_empty() {
-            resp.more = true;
-            continue;
+        if size > *self.budget && !self.result.kvs.is_empty() {
+            self.result.more = true;
+            return;
         }
-        *budget = budget.saturating_sub(size);
-        resp.kvs.push(kv);
+        *self.budget = self.budget.saturating_sub(size);
+        self.result.kvs.push(kv);
     }
-    Ok(resp)
 }
 
 fn check_key(what: &str, key: &[u8]) -> Result<(), String> {
@@ -314,7 +387,15 @@ fn check_txn(req: &Txn) -> Result<(), String> {
                         "txn: {branch}[{i}]: op is missing (expected range, put or delete_range)"
                     ))
                 }
-                Some(op::Op::Range(r)) => check_key(&format!("txn: {branch}[{i}]: range"), &r.key)?,
+                Some(op::Op::Range(r)) => {
+                    check_key(&format!("txn: {branch}[{i}]: range"), &r.key)?;
+                    if r.revision != 0 {
+                        return Err(format!(
+                            "txn: {branch}[{i}]: range: a read at a past revision ({}) is not served inside a transaction; use Range",
+                            r.revision
+                        ));
+                    }
+                }
                 Some(op::Op::Put(p)) => check_put(&format!("txn: {branch}[{i}]: put"), p)?,
                 Some(op::Op::DeleteRange(d)) => {
                     check_key(&format!("txn: {branch}[{i}]: delete_range"), &d.key)?
@@ -358,9 +439,9 @@ fn write_put(ap: &mut Apply, table: &mut KvTable, mut req: Put) -> Result<PutRes
     };
     table.insert(req.key.as_slice(), stored.encode_to_vec().as_slice())?;
     let kv = key_value(&req.key, stored);
-    let prev_kv = if req.prev_kv { prev } else { None };
-    ap.emit(Event { kind: EventKind::Put, kv, prev_kv: prev_kv.clone() });
-    Ok(PutResult { prev_kv, key: req.key })
+    let answer = if req.prev_kv { prev.clone() } else { None };
+    ap.emit(Event { kind: EventKind::Put, kv, prev_kv: answer.clone() }, prev.as_ref())?;
+    Ok(PutResult { prev_kv: answer, key: req.key })
 }
 
 /// The next free key of a sequence: the prefix and its counter, 20 digits; the counter moves
@@ -418,16 +499,23 @@ fn write_delete(
         return Ok(DeleteResult::default());
     }
     let revision = ap.write_revision()?;
-    for (key, session, _) in &doomed {
-        table.remove(key.as_slice())?;
-        sessions::rebind(ap.txn, key, session, "")?;
-    }
     let deleted = i64::try_from(doomed.len()).unwrap_or(i64::MAX);
     let mut prev_kvs = Vec::new();
-    for (key, _, prev) in doomed {
+    for (key, session, answer) in doomed {
+        // The value is read back one key at a time, for the history.
+        let prev = match table.remove(key.as_slice())? {
+            Some(old) => key_value(&key, decode_stored("table kv", &key, old.value())?),
+            None => {
+                return Err(FsmError::Corrupt(format!(
+                    "table kv: key {:?} vanished while deleted",
+                    show(&key)
+                )))
+            }
+        };
+        sessions::rebind(ap.txn, &key, &session, "")?;
         let kv = KeyValue { key, mod_revision: revision, ..Default::default() };
-        ap.emit(Event { kind: EventKind::Delete, kv, prev_kv: prev.clone() });
-        prev_kvs.extend(prev);
+        ap.emit(Event { kind: EventKind::Delete, kv, prev_kv: answer.clone() }, Some(&prev))?;
+        prev_kvs.extend(answer);
     }
     Ok(DeleteResult { deleted, prev_kvs })
 }

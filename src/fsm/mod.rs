@@ -28,13 +28,16 @@
 
 mod apply;
 pub mod elections;
+pub mod history;
 mod kv;
 pub mod locks;
 mod requests;
 pub mod sessions;
 pub mod snapshot;
 
-use latch_proto::internal::{command::Body, outcome, Command, Outcome, Range, RangeResult};
+use latch_proto::internal::{
+    command::Body, outcome, Command, CompactResult, Compacted, Outcome, Range, RangeResult,
+};
 use prost::Message;
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 
@@ -49,8 +52,13 @@ use apply::Apply;
 pub const COMMAND_VERSION: u32 = 2;
 
 /// Every domain, in the order their tables appear in a snapshot.
-const DOMAINS: [&dyn Domain; 4] =
-    [&kv::KvDomain, &requests::RequestsDomain, &sessions::SessionsDomain, &locks::LocksDomain];
+const DOMAINS: [&dyn Domain; 5] = [
+    &kv::KvDomain,
+    &requests::RequestsDomain,
+    &sessions::SessionsDomain,
+    &locks::LocksDomain,
+    &history::HistoryDomain,
+];
 
 /// A domain table: every one is keyed and valued by bytes, so that snapshot, restore and the
 /// state hash handle them alike.
@@ -88,6 +96,10 @@ pub enum FsmError {
     /// Stored data (or a snapshot) that this code cannot have written.
     #[error("corrupt state machine data: {0}")]
     Corrupt(String),
+    /// A read asked for a revision the history cannot serve: the reader's error, not the
+    /// member's.
+    #[error(transparent)]
+    Revision(#[from] history::RevisionError),
 }
 
 /// What applying one command produced.
@@ -176,19 +188,24 @@ pub fn apply_entry(
     } else {
         Some(apply_command(txn, index, term, &mut pos.revision, data, bounds)?)
     };
+    history::purge_step(txn)?;
     pos.index = index;
     pos.term = term;
     write_meta(txn, pos)?;
     Ok(result)
 }
 
-/// Serves a range from the current state: the store revision and the result.
+/// Serves a range from the current state (or, with `req.revision`, as it was then): the store
+/// revision and the result.
 pub fn range(
     txn: &ReadTransaction,
     req: &Range,
     max_response_bytes: usize,
 ) -> Result<(i64, RangeResult), FsmError> {
     let revision = applied(txn)?.revision;
+    if req.revision != 0 {
+        history::check_revision(req.revision, revision, history::compact_revision_read(txn)?)?;
+    }
     Ok((revision, kv::read_range(txn, req, max_response_bytes)?))
 }
 
@@ -274,6 +291,13 @@ fn apply_command(
             Some(Body::CancelWait(req)) => locks::cancel_wait(&mut ap, req)?,
             Some(Body::EndLockDelay(req)) => locks::end_delay(&mut ap, req)?,
             Some(Body::Proclaim(req)) => elections::proclaim(&mut ap, req)?,
+            Some(Body::Compact(req)) => match history::compact(txn, req.revision, ap.revision())? {
+                Ok(compact_revision) => outcome::Result::Compact(CompactResult { compact_revision }),
+                Err(history::RevisionError::Compacted { compact_revision, .. }) => {
+                    outcome::Result::Compacted(Compacted { compact_revision })
+                }
+                Err(e) => outcome::Result::Rejected(format!("compact: {e}")),
+            },
         }
     };
     let (after, events, sessions, locks) = ap.finish();

@@ -55,3 +55,10 @@ pub const SESSION_LOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("s
 /// The lock generation counter: `generation` → the last generation granted (8 bytes, big endian).
 pub const LOCK_META: TableDefinition<&[u8], &[u8]> = TableDefinition::new("lock_meta");
 pub const LOCK_META_GENERATION: &str = "generation";
+
+/// The history of the key-value state: revision (8 bytes, big endian) and the change's index
+/// in it (4 bytes, big endian) → `latch.internal.v1.HistoryEvent` (see `fsm::history`).
+pub const HISTORY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("history");
+/// `compact` → the compact revision (8 bytes, big endian).
+pub const HISTORY_META: TableDefinition<&[u8], &[u8]> = TableDefinition::new("history_meta");
+pub const HISTORY_META_COMPACT: &str = "compact";

@@ -43,6 +43,13 @@ impl Error {
         }
     }
 
+    /// For a read or a watch refused because its revision is compacted (OUT_OF_RANGE): the
+    /// compact revision, above which the history still is.
+    pub fn compact_revision(&self) -> Option<i64> {
+        let value = self.status()?.metadata().get(latch_proto::COMPACT_REVISION_METADATA)?;
+        value.to_str().ok()?.parse().ok()
+    }
+
     /// The canonical gRPC name of [`Error::code`], e.g. `"RESOURCE_EXHAUSTED"`.
     pub fn code_name(&self) -> &'static str {
         code_name(self.code())

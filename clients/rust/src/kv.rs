@@ -1,9 +1,9 @@
 //! The key-value calls and the cluster status, as methods of [`Client`].
 
 use latch_proto::v1::{
-    cluster_client::ClusterClient, kv_client::KvClient, DeleteRangeRequest, DeleteRangeResponse, KeyValue,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse, TxnRequest,
-    TxnResponse,
+    cluster_client::ClusterClient, kv_client::KvClient, CompactionRequest, CompactionResponse,
+    DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    StatusRequest, StatusResponse, TxnRequest, TxnResponse,
 };
 use tonic::transport::Channel;
 
@@ -65,6 +65,19 @@ impl Client {
         self.call("Range", |channel| {
             let request = request.clone();
             async move { kv(channel).range(request).await }
+        })
+        .await
+    }
+
+    /// Forgets the history at and below `revision`: reads and watches from there on fail
+    /// OUT_OF_RANGE ([`Error::compact_revision`](crate::Error::compact_revision) names it).
+    /// Compacting at or below the compact revision in force fails the same way.
+    pub async fn compact(&self, revision: i64) -> Result<CompactionResponse, Error> {
+        let mut request = CompactionRequest { revision, request_id: String::new() };
+        ensure_request_id(&mut request.request_id);
+        self.call("Compact", |channel| {
+            let request = request.clone();
+            async move { kv(channel).compact(request).await }
         })
         .await
     }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use latch_proto::v1::kv_server::{Kv, KvServer};
 use latch_proto::v1::{
-    DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status};
@@ -73,6 +73,14 @@ impl Kv for ScriptedKv {
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         self.answer(request.into_inner().request_id, TxnResponse { succeeded: true, ..Default::default() })
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let r = request.into_inner();
+        self.answer(r.request_id, CompactionResponse { compact_revision: r.revision, ..Default::default() })
     }
 }
 

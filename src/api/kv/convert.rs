@@ -14,6 +14,7 @@ pub(super) fn range(r: &v1::RangeRequest) -> log::Range {
         limit: r.limit,
         keys_only: r.keys_only,
         count_only: r.count_only,
+        revision: r.revision,
     }
 }
 

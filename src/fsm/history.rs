@@ -1,0 +1,437 @@
+//! The history of the key-value state (MVCC): every change of every revision, kept until
+//! compacted, for watches (catch-up and resume) and for reads at a past revision.
+//!
+//! Invariants:
+//! - Every event an [`Apply`](super::apply::Apply) emits is written here in the same
+//!   transaction, as row `(revision, n)` (n counts the command's events from 0) holding the
+//!   key as written and what it held before (`prev_kv`, absent when it did not exist), however
+//!   the command was asked to answer. So the rows of one revision are exactly its changes, in
+//!   order, and every member holds the same rows (the table is replicated state: in snapshots
+//!   and in the state hash).
+//! - `compact` (in `history_meta`) never decreases and never exceeds the store revision; it
+//!   moves only by a `Compact` command. Revisions at or below it are gone for every reader at
+//!   once, whatever rows are still stored: a read or a watch from there is refused
+//!   ([`RevisionError::Compacted`]), never answered from partial history.
+//! - The rows at or below `compact` are removed in steps of at most [`PURGE_STEP`] with each
+//!   applied entry ([`purge_step`]): a compaction of any size never stalls the writes behind it.
+//!   Deterministic (it depends on the state alone), so members stay identical.
+//! - A read at revision R is the current state with every change after R undone: the first
+//!   change after R to a key carries what the key held at R. Its cost grows with the history
+//!   after R (documented in docs/watches.md).
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use latch_proto::internal::{history_event, HistoryEvent, KeyValue};
+use prost::Message;
+use redb::{ReadTransaction, ReadableTable, Table, TableHandle, WriteTransaction};
+
+use super::{open_read, Applied, Domain, FsmError, TableDef};
+use crate::storage::schema::{HISTORY, HISTORY_META, HISTORY_META_COMPACT};
+
+/// Most history rows removed with one applied entry.
+pub const PURGE_STEP: usize = 64;
+
+/// A revision a read or a watch cannot be served at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RevisionError {
+    #[error(
+        "revision {asked} is compacted: the history starts after revision {compact_revision} \
+         (the compact revision)"
+    )]
+    Compacted { asked: i64, compact_revision: i64 },
+    #[error("revision {asked} is in the future: the store is at revision {current}")]
+    Future { asked: i64, current: i64 },
+}
+
+/// The history domain's part in the seam.
+pub(crate) struct HistoryDomain;
+
+impl Domain for HistoryDomain {
+    fn name(&self) -> &'static str {
+        "history"
+    }
+
+    fn tables(&self) -> &'static [TableDef] {
+        &[HISTORY, HISTORY_META]
+    }
+
+    fn check_row(&self, table: &str, key: &[u8], value: &[u8], at: &Applied) -> Result<(), FsmError> {
+        if table == HISTORY_META.name() {
+            let revision = decode_u64(table, key, value)?;
+            if key != HISTORY_META_COMPACT.as_bytes() || revision > at.revision as u64 {
+                return Err(FsmError::Corrupt(format!(
+                    "table {table}: row {:?} = {revision} is not a compact revision at or below {}",
+                    key.escape_ascii().to_string(),
+                    at.revision
+                )));
+            }
+            return Ok(());
+        }
+        let (revision, _) = split_key(key)?;
+        if revision < 1 || revision > at.revision {
+            return Err(FsmError::Corrupt(format!(
+                "table history: a row of revision {revision}, outside 1..={}",
+                at.revision
+            )));
+        }
+        decode_event(key, value).map(|_| ())
+    }
+}
+
+/// One change as the history keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub revision: i64,
+    pub delete: bool,
+    pub kv: KeyValue,
+    pub prev_kv: Option<KeyValue>,
+}
+
+/// Writes the `n`-th change of `revision`.
+pub(crate) fn record(
+    table: &mut Table<&'static [u8], &'static [u8]>,
+    revision: i64,
+    n: u32,
+    delete: bool,
+    kv: &KeyValue,
+    prev_kv: Option<&KeyValue>,
+) -> Result<(), FsmError> {
+    let kind = if delete { history_event::Kind::Delete } else { history_event::Kind::Put };
+    let row = HistoryEvent { kind: kind as i32, kv: Some(kv.clone()), prev_kv: prev_kv.cloned() };
+    table.insert(row_key(revision, n).as_slice(), row.encode_to_vec().as_slice())?;
+    Ok(())
+}
+
+/// The compact revision (0 when nothing was compacted).
+pub fn compact_revision<T: ReadableTable<&'static [u8], &'static [u8]>>(meta: &T) -> Result<i64, FsmError> {
+    match meta.get(HISTORY_META_COMPACT.as_bytes())? {
+        Some(v) => Ok(decode_u64("history_meta", HISTORY_META_COMPACT.as_bytes(), v.value())? as i64),
+        None => Ok(0),
+    }
+}
+
+/// The compact revision as seen by a read transaction.
+pub fn compact_revision_read(txn: &ReadTransaction) -> Result<i64, FsmError> {
+    match open_read(txn, HISTORY_META)? {
+        Some(meta) => compact_revision(&meta),
+        None => Ok(0),
+    }
+}
+
+/// Checks that history can answer for revision `asked` (> 0) with the store at `current`.
+pub fn check_revision(asked: i64, current: i64, compact_revision: i64) -> Result<(), RevisionError> {
+    if asked > current {
+        return Err(RevisionError::Future { asked, current });
+    }
+    if asked <= compact_revision {
+        return Err(RevisionError::Compacted { asked, compact_revision });
+    }
+    Ok(())
+}
+
+/// Applies a `Compact`: forgets revisions up to `revision` (the rows go in later steps).
+/// Refused, writing nothing, when `revision` is in the future or already compacted.
+pub(crate) fn compact(
+    txn: &WriteTransaction,
+    revision: i64,
+    current: i64,
+) -> Result<Result<i64, RevisionError>, FsmError> {
+    let mut meta = txn.open_table(HISTORY_META)?;
+    let compacted = compact_revision(&meta)?;
+    if revision > current {
+        return Ok(Err(RevisionError::Future { asked: revision, current }));
+    }
+    if revision <= compacted {
+        return Ok(Err(RevisionError::Compacted { asked: revision, compact_revision: compacted }));
+    }
+    meta.insert(HISTORY_META_COMPACT.as_bytes(), (revision as u64).to_be_bytes().as_slice())?;
+    Ok(Ok(revision))
+}
+
+/// Removes at most [`PURGE_STEP`] rows at or below the compact revision; called once per
+/// applied entry.
+pub(crate) fn purge_step(txn: &WriteTransaction) -> Result<(), FsmError> {
+    let compacted = compact_revision(&txn.open_table(HISTORY_META)?)?;
+    if compacted == 0 {
+        return Ok(());
+    }
+    let mut table = txn.open_table(HISTORY)?;
+    let end = row_key(compacted.saturating_add(1), 0);
+    let doomed: Vec<Vec<u8>> = table
+        .range::<&[u8]>(..end.as_slice())?
+        .take(PURGE_STEP)
+        .map(|row| row.map(|(k, _)| k.value().to_vec()))
+        .collect::<Result<_, _>>()?;
+    for key in doomed {
+        table.remove(key.as_slice())?;
+    }
+    Ok(())
+}
+
+/// The changes of revisions `from..=to`, in order, read from `txn`; stops early (before a
+/// revision's first change) once `max_bytes` of kvs were read, so a caller can go on from the
+/// revision after the last one returned. The caller checked `from` against the compact
+/// revision in the same transaction.
+pub fn changes(txn: &ReadTransaction, from: i64, to: i64, max_bytes: usize) -> Result<Vec<Change>, FsmError> {
+    let Some(table) = open_read(txn, HISTORY)? else { return Ok(Vec::new()) };
+    if from > to {
+        return Ok(Vec::new());
+    }
+    let (start, end) = (row_key(from, 0), row_key(to.saturating_add(1), 0));
+    let mut out: Vec<Change> = Vec::new();
+    let mut bytes = 0usize;
+    for row in table.range::<&[u8]>(start.as_slice()..end.as_slice())? {
+        let (k, v) = row?;
+        let (revision, _) = split_key(k.value())?;
+        if bytes >= max_bytes && out.last().is_some_and(|c| c.revision != revision) {
+            break;
+        }
+        let change = decode_event(k.value(), v.value())?;
+        bytes += v.value().len();
+        out.push(change);
+    }
+    Ok(out)
+}
+
+/// What the keys `select` accepts held at `revision` (checked by the caller), for each one
+/// changed after it: the first later change's `prev_kv` (`None`: it did not exist). Keys not
+/// in the map hold at `revision` what they hold now.
+pub(crate) fn changed_since<H>(
+    history: &H,
+    revision: i64,
+    select: impl Fn(&[u8]) -> bool,
+) -> Result<BTreeMap<Vec<u8>, Option<KeyValue>>, FsmError>
+where
+    H: ReadableTable<&'static [u8], &'static [u8]>,
+{
+    let mut then: BTreeMap<Vec<u8>, Option<KeyValue>> = BTreeMap::new();
+    let start = row_key(revision.saturating_add(1), 0);
+    for row in history.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Unbounded))? {
+        let (k, v) = row?;
+        let change = decode_event(k.value(), v.value())?;
+        if select(&change.kv.key) && !then.contains_key(&change.kv.key) {
+            then.insert(change.kv.key, change.prev_kv);
+        }
+    }
+    Ok(then)
+}
+
+fn row_key(revision: i64, n: u32) -> [u8; 12] {
+    let mut key = [0u8; 12];
+    key[..8].copy_from_slice(&(revision.max(0) as u64).to_be_bytes());
+    key[8..].copy_from_slice(&n.to_be_bytes());
+    key
+}
+
+fn split_key(key: &[u8]) -> Result<(i64, u32), FsmError> {
+    let (Ok(rev), Ok(n)) = (
+        <[u8; 8]>::try_from(&key[..key.len().min(8)]),
+        <[u8; 4]>::try_from(key.get(8..).unwrap_or_default()),
+    ) else {
+        return Err(FsmError::Corrupt(format!(
+            "table history: key {:?} is not a revision and an index (12 bytes)",
+            key.escape_ascii().to_string()
+        )));
+    };
+    let revision = i64::try_from(u64::from_be_bytes(rev))
+        .map_err(|_| FsmError::Corrupt("table history: a revision beyond i64".into()))?;
+    Ok((revision, u32::from_be_bytes(n)))
+}
+
+fn decode_event(key: &[u8], value: &[u8]) -> Result<Change, FsmError> {
+    let (revision, n) = split_key(key)?;
+    let corrupt = |why: &str| FsmError::Corrupt(format!("table history, row ({revision}, {n}): {why}"));
+    let e = HistoryEvent::decode(value).map_err(|e| corrupt(&format!("undecodable HistoryEvent: {e}")))?;
+    let delete = match history_event::Kind::try_from(e.kind) {
+        Ok(history_event::Kind::Put) => false,
+        Ok(history_event::Kind::Delete) => true,
+        Err(_) => return Err(corrupt(&format!("kind {} is neither put nor delete", e.kind))),
+    };
+    let kv = e.kv.ok_or_else(|| corrupt("no kv"))?;
+    if kv.mod_revision != revision {
+        return Err(corrupt(&format!("its kv has mod_revision {}", kv.mod_revision)));
+    }
+    Ok(Change { revision, delete, kv, prev_kv: e.prev_kv })
+}
+
+fn decode_u64(table: &str, key: &[u8], value: &[u8]) -> Result<u64, FsmError> {
+    <[u8; 8]>::try_from(value).map(u64::from_be_bytes).map_err(|_| {
+        FsmError::Corrupt(format!(
+            "table {table}, key {:?}: not an 8-byte number",
+            key.escape_ascii().to_string()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use latch_proto::internal::command::Body;
+    use latch_proto::internal::{outcome, Compact, Range};
+    use rand::{Rng, SeedableRng};
+
+    use super::super::testing::*;
+    use super::*;
+
+    fn range_at(s: &Store, revision: i64, key: &str, range_end: &[u8]) -> Result<RangeResult, FsmError> {
+        let req = Range { key: key.into(), range_end: range_end.to_vec(), revision, ..Default::default() };
+        s.read(|t| super::super::range(t, &req, usize::MAX)).map(|(_, r)| r)
+    }
+
+    fn all_changes(s: &Store) -> Vec<Change> {
+        s.read(|t| changes(t, 1, i64::MAX, usize::MAX)).expect("history reads")
+    }
+
+    fn compact(s: &mut Store, revision: i64) -> Outcome {
+        s.apply("", Body::Compact(Compact { revision }))
+    }
+
+    use latch_proto::internal::{Outcome, RangeResult};
+
+    /// Random puts, deletes, txns and session ends; after each, the whole state is recorded;
+    /// then a read at every past revision must give exactly the state recorded then.
+    #[test]
+    fn a_read_at_any_past_revision_sees_the_state_of_that_revision() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let mut s = Store::new();
+        let mut states: BTreeMap<i64, Vec<KeyValue>> = BTreeMap::new();
+        let all = |s: &Store| {
+            s.range(Range { key: b"\0".to_vec(), range_end: b"\0".to_vec(), ..Default::default() }).kvs
+        };
+        states.insert(0, all(&s));
+        s.apply(
+            "",
+            Body::CreateSession(latch_proto::internal::CreateSession {
+                id: "s1".into(),
+                name: "n".into(),
+                ttl_ms: 1000,
+            }),
+        );
+        for step in 0..300 {
+            let key = format!("k{}", rng.gen_range(0..12));
+            let body = match rng.gen_range(0..10) {
+                0..=5 => put(&key, &format!("v{step}")),
+                6 => {
+                    let mut p = put_req(&key, "eph");
+                    p.session = "s1".into();
+                    Body::Put(p)
+                }
+                7 => del(&key, b""),
+                8 => del("k1", b"k5"),
+                _ => txn(vec![], vec![op_put(&key, "t"), op_del("k9", b"")], vec![]),
+            };
+            s.apply("", body);
+            states.insert(s.applied().revision, all(&s));
+        }
+        s.apply("", Body::CloseSession(latch_proto::internal::CloseSession { id: "s1".into() }));
+        states.insert(s.applied().revision, all(&s));
+        let head = s.applied().revision;
+        for (revision, want) in &states {
+            if *revision == 0 {
+                continue;
+            }
+            let got = range_at(&s, *revision, "\0", b"\0").expect("a kept revision reads");
+            assert_eq!(
+                &got.kvs, want,
+                "the read at revision {revision} (head {head}) should be the state then"
+            );
+            let one = range_at(&s, *revision, "k3", b"").expect("reads");
+            let want_one: Vec<_> = want.iter().filter(|kv| kv.key == b"k3").cloned().collect();
+            assert_eq!(one.kvs, want_one, "key k3 at revision {revision}");
+            let part = range_at(&s, *revision, "k2", b"k6").expect("reads");
+            let want_part: Vec<_> = want
+                .iter()
+                .filter(|kv| kv.key.as_slice() >= b"k2".as_slice() && kv.key.as_slice() < b"k6".as_slice())
+                .cloned()
+                .collect();
+            assert_eq!(part.kvs, want_part, "range [k2, k6) at revision {revision}");
+        }
+        // Every revision's changes are in the history, each with the key's previous value.
+        let changes = all_changes(&s);
+        let mut model: BTreeMap<Vec<u8>, KeyValue> = BTreeMap::new();
+        for c in &changes {
+            assert_eq!(
+                c.prev_kv.as_ref(),
+                model.get(&c.kv.key),
+                "prev_kv of {:?} at revision {}",
+                c.kv.key,
+                c.revision
+            );
+            if c.delete {
+                model.remove(&c.kv.key);
+            } else {
+                model.insert(c.kv.key.clone(), c.kv.clone());
+            }
+        }
+        assert_eq!(model.into_values().collect::<Vec<_>>(), all(&s), "replaying the history gives the state");
+    }
+
+    #[test]
+    fn compaction_refuses_older_reads_at_once_and_removes_rows_in_steps() {
+        let mut s = Store::new();
+        let keys = PURGE_STEP * 3;
+        for i in 0..keys {
+            s.apply("", put(&format!("k{i}"), "v"));
+        }
+        let head = s.applied().revision;
+        assert_eq!(head, keys as i64);
+
+        let before = s.applied();
+        let future = compact(&mut s, head + 1);
+        assert!(as_rejected(future).contains("is in the future"), "compacting past the head is refused");
+        assert_eq!(s.read(compact_revision_read).expect("reads"), 0, "a refused compaction writes nothing");
+        assert_eq!(s.applied().revision, before.revision);
+
+        let done = compact(&mut s, head - 2);
+        assert_eq!(done.result, Some(outcome::Result::Compact(CompactResult { compact_revision: head - 2 })));
+        assert_eq!(done.revision, head, "a compaction is not a write: the revision stays");
+        let err = range_at(&s, head - 2, "k0", b"").expect_err("a compacted revision is refused");
+        assert!(
+            matches!(err, FsmError::Revision(RevisionError::Compacted { asked, compact_revision }) if asked == head - 2 && compact_revision == head - 2),
+            "{err}"
+        );
+        range_at(&s, head - 1, "k0", b"").expect("the revision after the compact one reads");
+        let err = range_at(&s, head + 1, "k0", b"").expect_err("a future revision is refused");
+        assert!(matches!(err, FsmError::Revision(RevisionError::Future { .. })), "{err}");
+
+        // The compaction's own entry removed one step; each later entry removes another.
+        let left = |s: &Store| all_changes(s).iter().filter(|c| c.revision <= head - 2).count();
+        assert_eq!(left(&s), keys - 2 - PURGE_STEP, "one step of rows went with the compaction's entry");
+        s.apply("", put("x", "1"));
+        assert_eq!(left(&s), keys - 2 - 2 * PURGE_STEP, "and one with the next entry");
+        let mut writes = 1;
+        while left(&s) > 0 {
+            s.apply("", put("x", "1"));
+            writes += 1;
+        }
+        assert_eq!(writes, 2, "{keys} rows go in steps of {PURGE_STEP}");
+        assert_eq!(
+            all_changes(&s).iter().filter(|c| c.revision > head - 2).count(),
+            2 + writes,
+            "newer rows are kept"
+        );
+
+        let again = compact(&mut s, head - 3);
+        assert_eq!(again.result, Some(outcome::Result::Compacted(Compacted { compact_revision: head - 2 })));
+    }
+
+    #[test]
+    fn the_history_and_the_compact_revision_travel_in_snapshots() {
+        let mut s = Store::new();
+        for i in 0..10 {
+            s.apply("", put("k", &format!("{i}")));
+        }
+        compact(&mut s, 4);
+        let stream = s.snapshot();
+        let mut t = Store::new();
+        let at = s.applied();
+        restore_into(&mut t, &stream, at.index, at.term).expect("restores");
+        assert_eq!(t.hash(), s.hash(), "the restored state hashes the same, history included");
+        assert_eq!(range_at(&t, 6, "k", b"").expect("reads").kvs[0].value, b"5");
+        assert!(range_at(&t, 4, "k", b"").is_err(), "the compact revision came along");
+    }
+
+    use latch_proto::internal::{CompactResult, Compacted};
+}
