@@ -110,6 +110,17 @@ pub struct ServerArgs {
     /// overloaded [default: 67108864].
     #[arg(long)]
     pub max_uncommitted_bytes: Option<u64>,
+    /// How long a watch that asked for progress notifications may go without a response before
+    /// it gets one (humantime) [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub watch_progress_interval: Option<Duration>,
+    /// How much history to keep for watches and past reads: a number of revisions (`100000`)
+    /// or a duration (`1h`); older revisions are compacted by the leader. `0` keeps all
+    /// [default: 100000].
+    #[arg(long, value_parser = Retention::parse)]
+    #[serde(default, deserialize_with = "retention_opt")]
+    pub history_retention: Option<Retention>,
     /// Serve the test-only `Faults` service on the peer port, through which anyone who can
     /// reach that port can cut this member off from its peers (docs/architecture.md). Hidden
     /// from --help: for the integration tests, never for production.
@@ -145,6 +156,51 @@ mod humantime_serde_opt {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let s: Option<String> = Option::deserialize(d)?;
         s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
+    }
+}
+
+/// How much history a cluster keeps (`--history-retention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Everything: nothing is compacted but by `Compact`.
+    All,
+    /// The newest this many revisions.
+    Revisions(u64),
+    /// The revisions of about this long: the leader compacts to the newest revision it saw
+    /// applied at least this long ago.
+    Duration(Duration),
+}
+
+impl Retention {
+    pub const DEFAULT: Retention = Retention::Revisions(100_000);
+
+    /// `0` (all), a number of revisions, or a humantime duration.
+    pub fn parse(s: &str) -> Result<Retention, String> {
+        match s.trim().parse::<u64>() {
+            Ok(0) => Ok(Retention::All),
+            Ok(n) => Ok(Retention::Revisions(n)),
+            Err(_) => match humantime::parse_duration(s.trim()) {
+                Ok(d) if d.is_zero() => Ok(Retention::All),
+                Ok(d) => Ok(Retention::Duration(d)),
+                Err(_) => Err(format!(
+                    "{s:?} is neither a number of revisions (e.g. 100000) nor a duration (e.g. 1h)"
+                )),
+            },
+        }
+    }
+}
+
+fn retention_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Retention>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(u64),
+        Text(String),
+    }
+    match Option::<Raw>::deserialize(d)? {
+        None => Ok(None),
+        Some(Raw::Number(n)) => Retention::parse(&n.to_string()).map(Some).map_err(serde::de::Error::custom),
+        Some(Raw::Text(t)) => Retention::parse(&t).map(Some).map_err(serde::de::Error::custom),
     }
 }
 
@@ -220,6 +276,9 @@ pub struct Config {
     pub tick_interval: Duration,
     pub limits: Limits,
     pub peer_limits: PeerLimits,
+    /// Idle time after which a watch asking for it gets a progress response.
+    pub watch_progress_interval: Duration,
+    pub history_retention: Retention,
     /// Serve the test-only `Faults` service on the peer port (`--fault-injection`).
     pub fault_injection: bool,
 }
@@ -239,6 +298,8 @@ impl Config {
             tick_interval: Duration::from_millis(50),
             limits: Limits::default(),
             peer_limits: PeerLimits::default(),
+            watch_progress_interval: Duration::from_secs(10),
+            history_retention: Retention::DEFAULT,
             fault_injection: false,
         }
     }
@@ -388,6 +449,16 @@ impl Config {
         if tick_interval.is_zero() {
             return Err(ConfigError::Invalid { flag: "tick-interval", problem: "must be positive".into() });
         }
+        let watch_progress_interval =
+            flags.watch_progress_interval.or(file.watch_progress_interval).unwrap_or(Duration::from_secs(10));
+        if watch_progress_interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                flag: "watch-progress-interval",
+                problem: "must be positive".into(),
+            });
+        }
+        let history_retention =
+            flags.history_retention.or(file.history_retention).unwrap_or(Retention::DEFAULT);
         Ok(Config {
             id,
             data_dir,
@@ -399,6 +470,8 @@ impl Config {
             tick_interval,
             limits,
             peer_limits,
+            watch_progress_interval,
+            history_retention,
             fault_injection: flags.fault_injection || file.fault_injection,
         })
     }

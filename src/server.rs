@@ -17,12 +17,19 @@ use latch_proto::v1::election_server::ElectionServer;
 use latch_proto::v1::kv_server::KvServer;
 use latch_proto::v1::lock_server::LockServer;
 use latch_proto::v1::session_server::SessionServer;
+use latch_proto::wire::watch_server::WatchServer;
 use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 
 use crate::api::{
-    self, cluster::ClusterService, election::ElectionService, kv::KvService, lock::LockService,
-    session::SessionService, Context,
+    self,
+    cluster::ClusterService,
+    election::ElectionService,
+    kv::KvService,
+    lock::LockService,
+    session::SessionService,
+    watch::{Recent, WatchService},
+    Context,
 };
 use crate::config::{Config, Peer};
 use crate::core::{self, Core, CoreError, Timing};
@@ -34,12 +41,13 @@ use crate::storage::{self, StorageError};
 use crate::transport::{self, member_status, Faults, FaultsService, Links, PeerSenders, PeerService};
 
 /// The public services on the client port, as the gRPC health service names them.
-const SERVICES: [&str; 5] = [
+const SERVICES: [&str; 6] = [
     <KvServer<KvService> as NamedService>::NAME,
     <ClusterServer<ClusterService> as NamedService>::NAME,
     <SessionServer<SessionService> as NamedService>::NAME,
     <LockServer<LockService> as NamedService>::NAME,
     <ElectionServer<ElectionService> as NamedService>::NAME,
+    <WatchServer<WatchService> as NamedService>::NAME,
 ];
 
 /// Where incoming snapshots are staged, inside `--data-dir`.
@@ -71,6 +79,8 @@ pub enum ServerError {
     Grpc(#[from] tonic::transport::Error),
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot start serving watches: {0}")]
+    Watches(fsm::FsmError),
 }
 
 /// The member's bound sockets.
@@ -211,6 +221,8 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let recent = Recent::start(node.handle(), stop_rx.clone()).map_err(ServerError::Watches)?;
+    let watches = WatchService::server(ctx.clone(), recent, stop_rx.clone(), config.watch_progress_interval);
     let client_srv = tonic::transport::Server::builder()
         .layer(grpc_metrics)
         .add_service(KvService::server(ctx.clone()))
@@ -218,6 +230,7 @@ pub async fn run(
         .add_service(SessionService::server(ctx.clone()))
         .add_service(LockService::server(ctx.clone()))
         .add_service(ElectionService::server(ctx.clone()))
+        .add_service(watches)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -4,7 +4,7 @@
 //! one on a retry of the request id). Reads are linearizable through ReadIndex unless the
 //! request asks for `serializable`; either way they are served from this member's applied state.
 
-mod convert;
+pub(super) mod convert;
 
 use latch_proto::internal::{command::Body, outcome};
 use latch_proto::v1::kv_server::{Kv, KvServer};

@@ -6,6 +6,7 @@ pub mod election;
 pub mod kv;
 pub mod lock;
 pub mod session;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

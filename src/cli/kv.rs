@@ -107,7 +107,7 @@ fn non_empty_key(key: &str) -> Result<String, String> {
 }
 
 /// The range selecting `key`, or every key starting with it.
-fn key_range(key: &str, prefix: bool) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+pub(super) fn key_range(key: &str, prefix: bool) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
     if prefix {
         return Ok(prefix_range(key.as_bytes()));
     }
@@ -244,7 +244,7 @@ fn push_line(text: &mut Vec<u8>, bytes: &[u8]) {
     text.push(b'\n');
 }
 
-fn kv_json(kv: &KeyValue) -> serde_json::Value {
+pub(super) fn kv_json(kv: &KeyValue) -> serde_json::Value {
     json!({
         "key": String::from_utf8_lossy(&kv.key),
         "value": String::from_utf8_lossy(&kv.value),

@@ -25,6 +25,7 @@ pub mod kv;
 pub mod lock;
 pub mod server;
 pub mod session;
+pub mod watch;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -79,6 +80,8 @@ pub enum Command {
     Lock(lock::LockCommand),
     /// Campaign in an election and lead until interrupted, or observe its leaders.
     Elect(elect::ElectCommand),
+    /// Print every change of a key or a prefix, from now or from a past revision.
+    Watch(watch::WatchCommand),
     /// Load a Latch, an etcd or a ZooKeeper cluster and measure throughput and latency.
     Bench(bench::BenchCommand),
 }
@@ -119,7 +122,7 @@ impl Cli {
         let refusal = match &cli.command {
             Command::Server(_) => CLIENT_FLAGS.into_iter().find(|f| given(f)).map(|flag| {
                 let message = format!(
-                    "--{flag} is a flag of the client commands (kv, session, lock, elect, cluster, bench); `latch server` \
+                    "--{flag} is a flag of the client commands (kv, session, lock, elect, watch, cluster, bench); `latch server` \
                      does not take it"
                 );
                 ("server", message)
@@ -148,6 +151,7 @@ impl Cli {
             | Command::Session(_)
             | Command::Lock(_)
             | Command::Elect(_)
+            | Command::Watch(_)
             | Command::Bench(_) => "warn",
         }
     }
@@ -162,7 +166,8 @@ impl Cli {
             | Command::Cluster(_)
             | Command::Session(_)
             | Command::Lock(_)
-            | Command::Elect(_) => Some(1),
+            | Command::Elect(_)
+            | Command::Watch(_) => Some(1),
             Command::Server(_) => None,
         }
     }
@@ -261,6 +266,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Session(command) => ("session", session::run(command, client).await),
         Command::Lock(command) => ("lock", lock::run(command, client).await),
         Command::Elect(command) => ("elect", elect::run(command, client).await),
+        Command::Watch(command) => ("watch", watch::run(command, client).await),
         Command::Bench(command) => ("bench", bench::run(command, client).await),
     };
     match result {

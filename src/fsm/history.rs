@@ -169,29 +169,35 @@ pub(crate) fn purge_step(txn: &WriteTransaction) -> Result<(), FsmError> {
     Ok(())
 }
 
-/// The changes of revisions `from..=to`, in order, read from `txn`; stops early (before a
-/// revision's first change) once `max_bytes` of kvs were read, so a caller can go on from the
-/// revision after the last one returned. The caller checked `from` against the compact
-/// revision in the same transaction.
-pub fn changes(txn: &ReadTransaction, from: i64, to: i64, max_bytes: usize) -> Result<Vec<Change>, FsmError> {
-    let Some(table) = open_read(txn, HISTORY)? else { return Ok(Vec::new()) };
+/// The changes of revisions `from..=to`, in order, read from `txn`, and the revision they
+/// cover through: `to`, or less when `max_bytes` of rows were read first (it stops at a
+/// revision's boundary, never inside one), so that a caller can go on from the revision after.
+/// The caller checked `from` against the compact revision in the same transaction.
+pub fn changes(
+    txn: &ReadTransaction,
+    from: i64,
+    to: i64,
+    max_bytes: usize,
+) -> Result<(Vec<Change>, i64), FsmError> {
+    let mut out: Vec<Change> = Vec::new();
+    let Some(table) = open_read(txn, HISTORY)? else { return Ok((out, to)) };
     if from > to {
-        return Ok(Vec::new());
+        return Ok((out, to));
     }
     let (start, end) = (row_key(from, 0), row_key(to.saturating_add(1), 0));
-    let mut out: Vec<Change> = Vec::new();
     let mut bytes = 0usize;
     for row in table.range::<&[u8]>(start.as_slice()..end.as_slice())? {
         let (k, v) = row?;
         let (revision, _) = split_key(k.value())?;
-        if bytes >= max_bytes && out.last().is_some_and(|c| c.revision != revision) {
-            break;
+        if bytes >= max_bytes {
+            if let Some(last) = out.last().map(|c| c.revision).filter(|r| *r != revision) {
+                return Ok((out, last));
+            }
         }
-        let change = decode_event(k.value(), v.value())?;
         bytes += v.value().len();
-        out.push(change);
+        out.push(decode_event(k.value(), v.value())?);
     }
-    Ok(out)
+    Ok((out, to))
 }
 
 /// What the keys `select` accepts held at `revision` (checked by the caller), for each one
@@ -281,7 +287,7 @@ mod tests {
     }
 
     fn all_changes(s: &Store) -> Vec<Change> {
-        s.read(|t| changes(t, 1, i64::MAX, usize::MAX)).expect("history reads")
+        s.read(|t| changes(t, 1, i64::MAX, usize::MAX)).expect("history reads").0
     }
 
     fn compact(s: &mut Store, revision: i64) -> Outcome {

@@ -110,6 +110,8 @@ pub struct NodeHandle {
     running: Arc<AtomicBool>,
     db: Arc<Database>,
     locks: Arc<LockHub>,
+    /// The newest revision whose changes this member applied and committed (for watches).
+    revisions: Arc<tokio::sync::watch::Sender<i64>>,
     pub member_id: u64,
     pub cluster_id: u64,
 }
@@ -210,6 +212,12 @@ impl NodeHandle {
         &self.locks
     }
 
+    /// The newest revision with changes this member applied (its state holds them), moving
+    /// forward as it applies more: where watches learn there is something new to read.
+    pub fn revisions(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.revisions.subscribe()
+    }
+
     /// Whether the driver thread still runs (it ends on `Stop` or a fatal error).
     pub fn is_running(&self) -> bool {
         self.running.load(Ordering::Acquire)
@@ -255,6 +263,7 @@ impl Node {
             running: Arc::new(AtomicBool::new(true)),
             db: core.state_db().clone(),
             locks: Arc::new(LockHub::default()),
+            revisions: Arc::new(tokio::sync::watch::Sender::new(core.status().applied.revision)),
             member_id: core.id(),
             cluster_id,
         };
@@ -262,7 +271,7 @@ impl Node {
         let status = handle.status.clone();
         let budgets = [handle.pending.clone(), handle.peer_queue.clone()];
         let running = RunningFlag(handle.running.clone());
-        let locks = handle.locks.clone();
+        let hubs = (handle.locks.clone(), handle.revisions.clone());
         let (jobs, queued) = apply::queue();
         let (events, apply_metrics) = (handle.events.clone(), metrics.clone());
         let applying = std::thread::Builder::new()
@@ -271,7 +280,7 @@ impl Node {
         let thread =
             std::thread::Builder::new().name(format!("latch-node-{}", core.id())).spawn(move || {
                 let _running = running;
-                let result = drive(core, rx, outbox, jobs, status, tick, &metrics, budgets, locks);
+                let result = drive(core, rx, outbox, jobs, status, tick, &metrics, budgets, hubs);
                 // The queue is closed (`jobs` dropped): the apply thread finishes what it has.
                 let _ = applying.join();
                 result
@@ -351,6 +360,7 @@ fn record_status(m: &RaftMetrics, before: &Status, now: &Status) {
 /// The requests waiting for the core, each with the permit of the bytes it holds.
 struct Waiters {
     locks: Arc<LockHub>,
+    revisions: Arc<tokio::sync::watch::Sender<i64>>,
     next: Waiter,
     proposals: HashMap<Waiter, (oneshot::Sender<Result<Outcome, RequestError>>, Permit)>,
     reads: HashMap<Waiter, (oneshot::Sender<Result<(), RequestError>>, Permit)>,
@@ -392,9 +402,14 @@ impl Waiters {
                     }
                 }
                 Action::LocksChanged { changes } => self.locks.changed(&changes),
-                Action::Restored { .. } => self.locks.restored(),
-                // Nothing consumes applied events yet (watches will).
-                Action::Applied { .. } => {}
+                Action::Restored { revision, .. } => {
+                    self.locks.restored();
+                    self.revisions.send_if_modified(|r| std::mem::replace(r, revision.max(*r)) != *r);
+                }
+                // Watches read the changes from the history; they only need to hear of them.
+                Action::Applied { revision, .. } => {
+                    self.revisions.send_if_modified(|r| std::mem::replace(r, revision.max(*r)) != *r);
+                }
             }
         }
     }
@@ -452,11 +467,12 @@ fn drive(
     tick: Duration,
     metrics: &Metrics,
     [pending, peer_queue]: [Arc<Budget>; 2],
-    locks: Arc<LockHub>,
+    (locks, revisions): (Arc<LockHub>, Arc<tokio::sync::watch::Sender<i64>>),
 ) -> Result<(), CoreError> {
     let metrics = &metrics.raft;
     let mut waiters = Waiters {
         locks,
+        revisions,
         next: 0,
         proposals: HashMap::new(),
         reads: HashMap::new(),
@@ -551,6 +567,7 @@ mod tests {
             running: Arc::new(AtomicBool::new(true)),
             db,
             locks: Arc::new(LockHub::default()),
+            revisions: Arc::new(tokio::sync::watch::Sender::new(0)),
             member_id: 7,
             cluster_id: 1,
         };

@@ -196,6 +196,12 @@ impl Client {
         }
     }
 
+    /// Prefers the next endpoint from now on (a stream on the preferred one broke).
+    pub(crate) fn move_on(&self) {
+        let mut targets = self.targets();
+        targets.preferred = (targets.preferred + 1) % targets.list.len();
+    }
+
     /// The endpoint to try after `failed`: the named leader if there is a usable hint (added to
     /// the list if new), else the next endpoint in the list.
     fn next_target(&self, failed: usize, hint: Option<&str>) -> (usize, Target) {

@@ -39,6 +39,7 @@ mod session;
 #[cfg(test)]
 mod tests;
 mod txn;
+mod watch;
 
 pub use client::{Client, ClientOptions, LEADER_ADDR_METADATA};
 pub use election::Election;
@@ -49,14 +50,15 @@ pub use latch_proto::DEFAULT_LOCK_DELAY_MS;
 pub use lock::{LockGuard, LockOptions, Wait};
 pub use session::{Session, SessionOptions, SessionState};
 pub use txn::{prefix_end, prefix_range, Compare, CompareResult, Op, Txn};
+pub use watch::{WatchOptions, WatchUpdate};
 
 /// The wire types of Latch's gRPC API, package `latch.v1`.
 pub use latch_proto::v1 as proto;
 
 pub use latch_proto::v1::{
-    CheckSequencerResponse, DeleteRangeRequest, DeleteRangeResponse, KeyValue, Leadership, LockInfo,
-    LockMode, Member, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, Sequencer,
-    StatusResponse, TxnRequest, TxnResponse,
+    CheckSequencerResponse, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, Event, KeyValue,
+    Leadership, LockInfo, LockMode, Member, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    ResponseHeader, Sequencer, StatusResponse, TxnRequest, TxnResponse,
 };
 /// gRPC status codes, as returned by [`Error::code`].
 pub use tonic::Code;

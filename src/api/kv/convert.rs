@@ -68,7 +68,7 @@ fn op(o: v1::RequestOp) -> log::Op {
     log::Op { op }
 }
 
-pub(super) fn key_value(kv: log::KeyValue) -> v1::KeyValue {
+pub(in crate::api) fn key_value(kv: log::KeyValue) -> v1::KeyValue {
     v1::KeyValue {
         key: kv.key,
         create_revision: kv.create_revision,

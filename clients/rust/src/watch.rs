@@ -1,0 +1,254 @@
+//! Watches: [`Client::watch`] streams the changes of a key, a prefix or a range, revision by
+//! revision, and resumes by itself — on another member when one fails, after a leader change,
+//! or when the member cut it off as too slow — from the revision after the last one it
+//! delivered, so that the caller sees every revision once, in order, with no gap.
+
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use latch_proto::v1::watch_client::WatchClient;
+use latch_proto::v1::watch_create_request::OnCompacted;
+use latch_proto::v1::watch_request::Request as Ask;
+use latch_proto::v1::watch_response::CancelReason;
+use latch_proto::v1::{Event, KeyValue, WatchCreateRequest, WatchRequest, WatchResponse};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+use tonic::Status;
+
+use crate::{prefix_range, Client, Error};
+
+/// What to watch and how. Build it with [`WatchOptions::key`], [`prefix`](WatchOptions::prefix)
+/// or [`range`](WatchOptions::range), then the builder methods.
+#[derive(Debug, Clone, Default)]
+pub struct WatchOptions {
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    start_revision: i64,
+    prev_kv: bool,
+    no_put: bool,
+    no_delete: bool,
+    progress_notify: bool,
+    snapshot_on_compacted: bool,
+}
+
+impl WatchOptions {
+    /// One key.
+    pub fn key(key: impl Into<Vec<u8>>) -> Self {
+        WatchOptions { key: key.into(), ..Default::default() }
+    }
+
+    /// Every key starting with `prefix` (the empty prefix: every key).
+    pub fn prefix(prefix: impl AsRef<[u8]>) -> Self {
+        let (key, range_end) = prefix_range(prefix.as_ref());
+        WatchOptions { key, range_end, ..Default::default() }
+    }
+
+    /// The keys in `[key, range_end)`.
+    pub fn range(key: impl Into<Vec<u8>>, range_end: impl Into<Vec<u8>>) -> Self {
+        WatchOptions { key: key.into(), range_end: range_end.into(), ..Default::default() }
+    }
+
+    /// Start with the events of `revision` (by default: the revisions after the member's
+    /// current one).
+    pub fn from_revision(mut self, revision: i64) -> Self {
+        self.start_revision = revision;
+        self
+    }
+
+    /// Each event carries the key's previous kv.
+    pub fn prev_kv(mut self) -> Self {
+        self.prev_kv = true;
+        self
+    }
+
+    pub fn no_put(mut self) -> Self {
+        self.no_put = true;
+        self
+    }
+
+    pub fn no_delete(mut self) -> Self {
+        self.no_delete = true;
+        self
+    }
+
+    /// Ask for [`WatchUpdate::Progress`] when nothing happened for the member's progress
+    /// interval.
+    pub fn progress_notify(mut self) -> Self {
+        self.progress_notify = true;
+        self
+    }
+
+    /// When the next revision is compacted (at the start, or on a resume), receive the range's
+    /// state ([`WatchUpdate::Snapshot`]) and go on from there, instead of ending with an
+    /// OUT_OF_RANGE error.
+    pub fn snapshot_on_compacted(mut self) -> Self {
+        self.snapshot_on_compacted = true;
+        self
+    }
+
+    fn create(&self, start_revision: i64) -> WatchRequest {
+        let on_compacted =
+            if self.snapshot_on_compacted { OnCompacted::Snapshot } else { OnCompacted::Error };
+        WatchRequest {
+            request: Some(Ask::Create(WatchCreateRequest {
+                key: self.key.clone(),
+                range_end: self.range_end.clone(),
+                start_revision,
+                prev_kv: self.prev_kv,
+                no_put: self.no_put,
+                no_delete: self.no_delete,
+                progress_notify: self.progress_notify,
+                watch_id: 1,
+                on_compacted: on_compacted as i32,
+            })),
+        }
+    }
+}
+
+/// What a watch delivers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchUpdate {
+    /// The watch is open: it delivers the revisions after `revision`.
+    Started { revision: i64 },
+    /// Every event of revision `revision` the watch selects, in order.
+    Events { revision: i64, events: Vec<Event> },
+    /// Every event at or below `revision` has been delivered.
+    Progress { revision: i64 },
+    /// The watched range held exactly `kvs` at `revision` (its history before was compacted):
+    /// replace what you had; events after `revision` follow.
+    Snapshot { revision: i64, kvs: Vec<KeyValue> },
+}
+
+/// Why a watch stream should be opened again, and from where.
+enum Reopen {
+    /// The stream broke (the member failed or shut down): try another member.
+    Elsewhere,
+    /// The member cut the watch off as slow: it is fine, reopen anywhere.
+    Again,
+}
+
+impl Client {
+    /// Watches what `options` selects. The stream ends with an error only when the watch cannot
+    /// go on: a refused request (INVALID_ARGUMENT), or a compacted revision without
+    /// [`WatchOptions::snapshot_on_compacted`] (OUT_OF_RANGE; see [`Error::compact_revision`]).
+    /// Dropping the stream ends the watch.
+    pub fn watch(
+        &self,
+        options: WatchOptions,
+    ) -> impl Stream<Item = Result<WatchUpdate, Error>> + Send + 'static {
+        let (tx, rx) = mpsc::channel(64);
+        let client = self.clone();
+        tokio::spawn(async move {
+            // The first revision not delivered yet (0: from now, until the member says which).
+            let mut next = options.start_revision;
+            let mut backoff = Duration::from_millis(50);
+            let mut started = false;
+            loop {
+                let outcome = follow(&client, &options, &mut next, &mut started, &tx).await;
+                match outcome {
+                    Ok(Reopen::Again) => backoff = Duration::from_millis(50),
+                    Ok(Reopen::Elsewhere) => {
+                        client.move_on();
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                    Err(Some(e)) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                    Err(None) => return,
+                }
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+}
+
+/// Runs one stream of the watch until it must be reopened (`Ok`) or the watch ends (`Err`,
+/// with the error to hand the caller, or none when the caller went away).
+async fn follow(
+    client: &Client,
+    options: &WatchOptions,
+    next: &mut i64,
+    started: &mut bool,
+    tx: &mpsc::Sender<Result<WatchUpdate, Error>>,
+) -> Result<Reopen, Option<Error>> {
+    let create = options.create(*next);
+    let opened = client
+        .call("Watch", |channel| {
+            // The one request, then a side that stays open as long as the stream: the watch
+            // ends when the stream is dropped.
+            let asks =
+                futures::stream::once(std::future::ready(create.clone())).chain(futures::stream::pending());
+            async move { WatchClient::new(channel).max_decoding_message_size(usize::MAX).watch(asks).await }
+        })
+        .await;
+    let mut stream = match opened {
+        Ok(stream) => stream,
+        Err(e) if e.code() == tonic::Code::InvalidArgument => return Err(Some(e)),
+        Err(_) => return Ok(Reopen::Elsewhere),
+    };
+    let mut events: Vec<Event> = Vec::new();
+    let mut kvs: Vec<KeyValue> = Vec::new();
+    loop {
+        let response = tokio::select! {
+            r = stream.message() => r,
+            () = tx.closed() => return Err(None),
+        };
+        let r: WatchResponse = match response {
+            Ok(Some(r)) => r,
+            Ok(None) | Err(_) => return Ok(Reopen::Elsewhere),
+        };
+        let revision = r.header.as_ref().map_or(0, |h| h.revision);
+        let update = if r.canceled {
+            return match CancelReason::try_from(r.cancel_reason) {
+                Ok(CancelReason::Slow) => {
+                    *next = revision + 1;
+                    Ok(Reopen::Again)
+                }
+                Ok(CancelReason::Compacted) => {
+                    let mut status = Status::out_of_range(r.cancel_message);
+                    status.metadata_mut().insert(
+                        latch_proto::COMPACT_REVISION_METADATA,
+                        MetadataValue::from(r.compact_revision),
+                    );
+                    Err(Some(Error::from(status)))
+                }
+                _ => Err(Some(Error::from(Status::invalid_argument(r.cancel_message)))),
+            };
+        } else if r.created {
+            if *next == 0 {
+                *next = revision + 1;
+            }
+            WatchUpdate::Started { revision }
+        } else if r.progress {
+            *next = (*next).max(revision + 1);
+            WatchUpdate::Progress { revision }
+        } else if r.snapshot {
+            kvs.extend(r.snapshot_kvs);
+            if r.fragment {
+                continue;
+            }
+            *next = revision + 1;
+            WatchUpdate::Snapshot { revision, kvs: std::mem::take(&mut kvs) }
+        } else {
+            events.extend(r.events);
+            if r.fragment {
+                continue;
+            }
+            *next = revision + 1;
+            WatchUpdate::Events { revision, events: std::mem::take(&mut events) }
+        };
+        // A resumed stream says `Started` again; the caller heard it the first time.
+        if matches!(update, WatchUpdate::Started { .. }) && std::mem::replace(started, true) {
+            continue;
+        }
+        if tx.send(Ok(update)).await.is_err() {
+            return Err(None);
+        }
+    }
+}

@@ -1,0 +1,543 @@
+//! The Watch service: one bidirectional stream per client carrying many watches, served by
+//! this member from its applied state (DESIGN.md §1 Watches, §3 watch; docs/watches.md).
+//!
+//! Each stream is one task. A watch is a selection, its filters, and `next`: the first revision
+//! it has not delivered. The task brings every watch up to the member's newest revision: from
+//! the shared window of recent revisions (`recent`, read and encoded once for every stream)
+//! when `next` is in it, else from the history in the state (a watch that starts in the past,
+//! catching up in bounded steps). Responses go out through a bounded channel; when the client
+//! does not read, the task waits there, and nothing else does.
+//!
+//! Invariants (the guarantees of proto/latch/v1/watch.proto):
+//! - A watch's `next` only grows, and only past revisions whose events it sent (or that had
+//!   none it selects): events go out in revision order, each once, with no gap.
+//! - The events one watch selects of one revision go out in one response, or in consecutive
+//!   fragments of it marked `fragment` but the last.
+//! - A progress response says `next − 1` (of the watch, or the least of the stream's): never
+//!   ahead of what was delivered.
+//! - A watch served from the window that fell below it (its client read too slowly while the
+//!   window moved on) is canceled SLOW at `next − 1`; one whose `next` was compacted is
+//!   canceled COMPACTED, or with `on_compacted = SNAPSHOT` gets the range's state at the
+//!   member's revision R and goes on from R + 1.
+
+mod recent;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use latch_proto::internal::Range;
+use latch_proto::v1::watch_request::Request as Ask;
+use latch_proto::v1::watch_response::CancelReason;
+use latch_proto::v1::{watch_create_request, ResponseHeader, WatchCreateRequest, WatchRequest};
+use latch_proto::wire;
+use latch_proto::wire::watch_server::{Watch as WatchApi, WatchServer};
+use prost::bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+pub use recent::Recent;
+use recent::{Batch, Encoded, READ_STEP_BYTES};
+
+use super::{ApiError, Context};
+use crate::fsm::{self, history};
+
+/// Responses queued for one stream before its task waits for the client.
+const OUTBOX: usize = 64;
+/// Most bytes of events in one response; a revision's events past it are split in fragments.
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// Most watches on one stream.
+pub const MAX_WATCHES_PER_STREAM: usize = 10_000;
+/// Revisions one watch takes from the window before the others get their turn.
+const BATCHES_PER_TURN: usize = 1024;
+/// Kvs of one snapshot response (on_compacted = SNAPSHOT).
+const SNAPSHOT_PAGE: i64 = 1000;
+
+pub struct WatchService {
+    ctx: Context,
+    recent: std::sync::Arc<Recent>,
+    stop: watch::Receiver<bool>,
+    progress_every: Duration,
+}
+
+impl WatchService {
+    pub fn server(
+        ctx: Context,
+        recent: std::sync::Arc<Recent>,
+        stop: watch::Receiver<bool>,
+        progress_every: Duration,
+    ) -> WatchServer<WatchService> {
+        let max = ctx.limits.max_request_bytes;
+        WatchServer::new(WatchService { ctx, recent, stop, progress_every })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(usize::MAX)
+    }
+}
+
+#[tonic::async_trait]
+impl WatchApi for WatchService {
+    type WatchStream = ReceiverStream<Result<wire::WatchResponse, Status>>;
+
+    async fn watch(
+        &self,
+        req: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let (out, rx) = mpsc::channel(OUTBOX);
+        let stream = Stream {
+            ctx: self.ctx.clone(),
+            recent: self.recent.clone(),
+            out,
+            watches: BTreeMap::new(),
+            progress_every: self.progress_every,
+        };
+        tokio::spawn(stream.run(req.into_inner(), self.stop.clone()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// One watch of a stream.
+struct Watch {
+    id: i64,
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    prev_kv: bool,
+    no_put: bool,
+    no_delete: bool,
+    progress_notify: bool,
+    snapshot_on_compacted: bool,
+    /// The first revision not delivered yet.
+    next: i64,
+    /// Served from the window at least once: falling below it now is being slow.
+    live: bool,
+    /// The compact revision when it was created: a start at or below it is served from the
+    /// history (which refuses it, or sends a snapshot), even while the window still holds it.
+    compact_at_start: i64,
+    /// When it last got a response (for idle progress).
+    last_sent: Instant,
+}
+
+impl Watch {
+    fn selects(&self, e: &Encoded) -> bool {
+        let key = e.key.as_slice();
+        let in_range = if self.range_end.is_empty() {
+            key == self.key.as_slice()
+        } else if self.range_end == b"\0" {
+            key >= self.key.as_slice()
+        } else {
+            key >= self.key.as_slice() && key < self.range_end.as_slice()
+        };
+        in_range && !(e.delete && self.no_delete) && !(!e.delete && self.no_put)
+    }
+}
+
+/// Why a stream's task ends.
+enum End {
+    /// The client went away.
+    Gone,
+    /// The member failed to serve it: the status goes to the client.
+    Failed(Status),
+}
+
+struct Stream {
+    ctx: Context,
+    recent: std::sync::Arc<Recent>,
+    out: mpsc::Sender<Result<wire::WatchResponse, Status>>,
+    watches: BTreeMap<i64, Watch>,
+    progress_every: Duration,
+}
+
+impl Stream {
+    async fn run(mut self, mut requests: Streaming<WatchRequest>, mut stop: watch::Receiver<bool>) {
+        let mut moved = self.recent.subscribe();
+        let tick_every = (self.progress_every / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut asking = true;
+        loop {
+            moved.borrow_and_update();
+            let behind = match self.deliver().await {
+                Ok(behind) => behind,
+                Err(end) => return self.end(end).await,
+            };
+            let step = tokio::select! {
+                biased;
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => Err(End::Failed(Status::unavailable("the member is shutting down: resume the watches on another member"))),
+                _ = self.out.closed() => Err(End::Gone),
+                msg = requests.message(), if asking => match msg {
+                    Ok(Some(req)) => self.handle(req).await,
+                    // The client sends no more requests; its watches go on.
+                    Ok(None) => { asking = false; Ok(()) }
+                    Err(_) => Err(End::Gone),
+                },
+                _ = std::future::ready(()), if behind => Ok(()),
+                changed = moved.changed() => if changed.is_err() { Err(End::Gone) } else { Ok(()) },
+                _ = tick.tick() => self.idle_progress().await,
+            };
+            if let Err(end) = step {
+                return self.end(end).await;
+            }
+        }
+    }
+
+    async fn end(self, end: End) {
+        if let End::Failed(status) = end {
+            let _ = self.out.send(Err(status)).await;
+        }
+    }
+
+    fn fail(&self, e: impl Into<ApiError>) -> End {
+        End::Failed(self.ctx.to_status(e.into()))
+    }
+
+    async fn send(&self, response: wire::WatchResponse) -> Result<(), End> {
+        self.out.send(Ok(response)).await.map_err(|_| End::Gone)
+    }
+
+    fn header(&self, revision: i64) -> ResponseHeader {
+        self.ctx.header(revision)
+    }
+
+    async fn handle(&mut self, req: WatchRequest) -> Result<(), End> {
+        match req.request {
+            Some(Ask::Create(c)) => self.create(c).await,
+            Some(Ask::Cancel(c)) => {
+                let (reason, revision, message) = match self.watches.remove(&c.watch_id) {
+                    Some(w) => (CancelReason::Client, w.next - 1, String::new()),
+                    None => (
+                        CancelReason::Invalid,
+                        self.recent.span().last,
+                        format!("watch_id: no watch {} on this stream", c.watch_id),
+                    ),
+                };
+                self.cancel(c.watch_id, reason, revision, message, 0).await
+            }
+            Some(Ask::Progress(_)) => {
+                let revision = self
+                    .watches
+                    .values()
+                    .map(|w| w.next - 1)
+                    .min()
+                    .unwrap_or_else(|| self.recent.span().last);
+                self.send(wire::WatchResponse {
+                    header: Some(self.header(revision)),
+                    watch_id: -1,
+                    progress: true,
+                    ..Default::default()
+                })
+                .await
+            }
+            None => {
+                let revision = self.recent.span().last;
+                self.cancel(
+                    -1,
+                    CancelReason::Invalid,
+                    revision,
+                    "request: none of create, cancel, progress is set".into(),
+                    0,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn cancel(
+        &self,
+        watch_id: i64,
+        reason: CancelReason,
+        revision: i64,
+        message: String,
+        compact_revision: i64,
+    ) -> Result<(), End> {
+        self.send(wire::WatchResponse {
+            header: Some(self.header(revision)),
+            watch_id,
+            canceled: true,
+            cancel_reason: reason as i32,
+            cancel_message: message,
+            compact_revision,
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn create(&mut self, c: WatchCreateRequest) -> Result<(), End> {
+        let id = if c.watch_id == 0 {
+            self.watches.last_key_value().map_or(1, |(id, _)| id + 1)
+        } else {
+            c.watch_id
+        };
+        if let Err(problem) = self.check_create(&c, id) {
+            let revision = self.recent.span().last;
+            return self
+                .send(wire::WatchResponse {
+                    header: Some(self.header(revision)),
+                    watch_id: c.watch_id,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: CancelReason::Invalid as i32,
+                    cancel_message: problem,
+                    ..Default::default()
+                })
+                .await;
+        }
+        let txn = self.ctx.node.db().begin_read().map_err(|e| self.fail(e))?;
+        let next = if c.start_revision == 0 {
+            fsm::applied(&txn).map_err(|e| self.fail(e))?.revision + 1
+        } else {
+            c.start_revision
+        };
+        let compact_at_start = history::compact_revision_read(&txn).map_err(|e| self.fail(e))?;
+        drop(txn);
+        let snapshot_on_compacted = c.on_compacted == watch_create_request::OnCompacted::Snapshot as i32;
+        self.watches.insert(
+            id,
+            Watch {
+                id,
+                key: c.key,
+                range_end: c.range_end,
+                prev_kv: c.prev_kv,
+                no_put: c.no_put,
+                no_delete: c.no_delete,
+                progress_notify: c.progress_notify,
+                snapshot_on_compacted,
+                next,
+                live: false,
+                compact_at_start,
+                last_sent: Instant::now(),
+            },
+        );
+        self.send(wire::WatchResponse {
+            header: Some(self.header(next - 1)),
+            watch_id: id,
+            created: true,
+            ..Default::default()
+        })
+        .await
+    }
+
+    fn check_create(&self, c: &WatchCreateRequest, id: i64) -> Result<(), String> {
+        let limits = &self.ctx.limits;
+        if c.key.is_empty() {
+            return Err(
+                "key: must not be empty (watch every key with key \"\\0\" and range_end \"\\0\")".into()
+            );
+        }
+        for (field, bytes) in [("key", &c.key), ("range_end", &c.range_end)] {
+            if bytes.len() > limits.max_key_bytes {
+                return Err(format!(
+                    "{field}: is {} bytes, over the limit of {} (--max-key-bytes)",
+                    bytes.len(),
+                    limits.max_key_bytes
+                ));
+            }
+        }
+        if c.start_revision < 0 {
+            return Err(format!("start_revision: {} is negative (0 = from now)", c.start_revision));
+        }
+        if c.watch_id < 0 {
+            return Err(format!("watch_id: {} is negative (0 = the member picks one)", c.watch_id));
+        }
+        if watch_create_request::OnCompacted::try_from(c.on_compacted).is_err() {
+            return Err(format!("on_compacted: {} is neither ERROR nor SNAPSHOT", c.on_compacted));
+        }
+        if self.watches.contains_key(&id) {
+            return Err(format!("watch_id: {id} is in use on this stream"));
+        }
+        if self.watches.len() >= MAX_WATCHES_PER_STREAM {
+            return Err(format!(
+                "this stream has {MAX_WATCHES_PER_STREAM} watches, the most one stream carries: open another stream"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Brings every watch as far as one turn goes; `true` when some watch has more to do.
+    async fn deliver(&mut self) -> Result<bool, End> {
+        let span = self.recent.span();
+        let mut behind = false;
+        let ids: Vec<i64> = self.watches.keys().copied().collect();
+        for id in ids {
+            let Some((next, compacted)) =
+                self.watches.get(&id).map(|w| (w.next, w.next <= w.compact_at_start))
+            else {
+                continue;
+            };
+            if compacted {
+                behind |= self.from_history(id).await?;
+                continue;
+            }
+            if next > span.last {
+                continue;
+            }
+            match self.recent.from(next, BATCHES_PER_TURN) {
+                Some((batches, through)) => {
+                    for b in &batches {
+                        self.send_batch(id, b).await?;
+                    }
+                    if let Some(w) = self.watches.get_mut(&id) {
+                        w.next = w.next.max(through + 1);
+                        w.live = true;
+                        behind |= w.next <= span.last;
+                    }
+                }
+                None => behind |= self.from_history(id).await?,
+            }
+        }
+        Ok(behind)
+    }
+
+    /// Serves watch `id`, whose next revision is below the window, from the state's history:
+    /// one step of catch-up, or its end (compacted, or slow). `true` when it has more to do.
+    async fn from_history(&mut self, id: i64) -> Result<bool, End> {
+        let Some(w) = self.watches.get(&id) else { return Ok(false) };
+        let (next, live, snapshot) = (w.next, w.live, w.snapshot_on_compacted);
+        let txn = self.ctx.node.db().begin_read().map_err(|e| self.fail(e))?;
+        let current = fsm::applied(&txn).map_err(|e| self.fail(e))?.revision;
+        let compact = history::compact_revision_read(&txn).map_err(|e| self.fail(e))?;
+        if next <= compact {
+            if snapshot {
+                self.send_snapshot(id, &txn, current).await?;
+                if let Some(w) = self.watches.get_mut(&id) {
+                    w.next = current + 1;
+                    w.live = false;
+                }
+                return Ok(true);
+            }
+            self.watches.remove(&id);
+            let message =
+                history::RevisionError::Compacted { asked: next, compact_revision: compact }.to_string();
+            self.cancel(id, CancelReason::Compacted, next - 1, message, compact).await?;
+            return Ok(false);
+        }
+        if live {
+            self.watches.remove(&id);
+            let message = format!(
+                "the watch fell behind the member's recent revisions (its client reads too slowly); resume from revision {next}"
+            );
+            self.cancel(id, CancelReason::Slow, next - 1, message, 0).await?;
+            return Ok(false);
+        }
+        let (changes, through) =
+            history::changes(&txn, next, current, READ_STEP_BYTES).map_err(|e| self.fail(e))?;
+        drop(txn);
+        for b in Batch::of(changes) {
+            self.send_batch(id, &b).await?;
+        }
+        if let Some(w) = self.watches.get_mut(&id) {
+            w.next = w.next.max(through + 1);
+        }
+        Ok(true)
+    }
+
+    /// Sends watch `id` the events it selects of `batch`: one response, or fragments.
+    async fn send_batch(&mut self, id: i64, batch: &Batch) -> Result<(), End> {
+        let Some(w) = self.watches.get(&id) else { return Ok(()) };
+        let events: Vec<Bytes> = batch
+            .events
+            .iter()
+            .filter(|e| w.selects(e))
+            .map(|e| if w.prev_kv { e.with_prev.clone() } else { e.plain.clone() })
+            .collect();
+        if events.is_empty() {
+            return Ok(());
+        }
+        let header = self.header(batch.revision);
+        let mut chunk: Vec<Bytes> = Vec::new();
+        let mut size = 0;
+        for e in events {
+            if !chunk.is_empty() && size + e.len() > MAX_RESPONSE_BYTES {
+                let events = std::mem::take(&mut chunk);
+                self.send(wire::WatchResponse {
+                    header: Some(header),
+                    watch_id: id,
+                    fragment: true,
+                    events,
+                    ..Default::default()
+                })
+                .await?;
+                size = 0;
+            }
+            size += e.len();
+            chunk.push(e);
+        }
+        self.send(wire::WatchResponse {
+            header: Some(header),
+            watch_id: id,
+            events: chunk,
+            ..Default::default()
+        })
+        .await?;
+        if let Some(w) = self.watches.get_mut(&id) {
+            w.last_sent = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Sends watch `id` the state of its range at `revision` (what `txn` reads), in pages.
+    async fn send_snapshot(
+        &mut self,
+        id: i64,
+        txn: &redb::ReadTransaction,
+        revision: i64,
+    ) -> Result<(), End> {
+        let Some(w) = self.watches.get(&id) else { return Ok(()) };
+        let mut page = Range {
+            key: w.key.clone(),
+            range_end: w.range_end.clone(),
+            limit: SNAPSHOT_PAGE,
+            ..Default::default()
+        };
+        let header = self.header(revision);
+        loop {
+            let (_, result) =
+                fsm::range(txn, &page, self.ctx.limits.max_response_bytes).map_err(|e| self.fail(e))?;
+            let more = result.more;
+            let next_key = result.kvs.last().map(|kv| {
+                let mut k = kv.key.clone();
+                k.push(0);
+                k
+            });
+            let kvs = result.kvs.into_iter().map(super::kv::convert::key_value).collect();
+            self.send(wire::WatchResponse {
+                header: Some(header),
+                watch_id: id,
+                snapshot: true,
+                fragment: more,
+                snapshot_kvs: kvs,
+                ..Default::default()
+            })
+            .await?;
+            match next_key {
+                Some(k) if more => page.key = k,
+                _ => break,
+            }
+        }
+        if let Some(w) = self.watches.get_mut(&id) {
+            w.last_sent = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// A progress response to every watch that asked for them and got nothing for a while.
+    async fn idle_progress(&mut self) -> Result<(), End> {
+        let idle: Vec<(i64, i64)> = self
+            .watches
+            .values()
+            .filter(|w| w.progress_notify && w.last_sent.elapsed() >= self.progress_every)
+            .map(|w| (w.id, w.next - 1))
+            .collect();
+        for (id, revision) in idle {
+            self.send(wire::WatchResponse {
+                header: Some(self.header(revision)),
+                watch_id: id,
+                progress: true,
+                ..Default::default()
+            })
+            .await?;
+            if let Some(w) = self.watches.get_mut(&id) {
+                w.last_sent = Instant::now();
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,219 @@
+//! The member's recent revisions, read once from the history and encoded once, shared by every
+//! watch stream: the live part of serving watches (DESIGN.md §3, watch).
+//!
+//! One feeder task follows the member's applied revision (`NodeHandle::revisions`): it reads
+//! the changes of the revisions it has not read yet from the history, in one read transaction,
+//! encodes each change as a `latch.v1.Event` (with and without its previous kv), and appends a
+//! [`Batch`] per revision to a bounded window. Streams copy `Arc`s out of the window under a
+//! short lock; nothing they do can hold the feeder, and the apply path only bumps a counter.
+//!
+//! Invariants:
+//! - The window covers revisions `first..=last`: every revision in it that has changes has its
+//!   batch there, in order, with all its changes. `last` only grows; `first` grows as old
+//!   batches are dropped (past [`WINDOW_BYTES`] or [`WINDOW_BATCHES`]) or when a compaction
+//!   removed revisions the feeder had not read (then the window restarts above the compact
+//!   revision: no revision is ever skipped silently).
+//! - What the window holds is bounded in bytes, whatever the writes and the watchers do.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock};
+
+use latch_proto::v1;
+use prost::bytes::Bytes;
+use prost::Message as _;
+use tokio::sync::watch;
+
+use crate::api::kv::convert::key_value;
+use crate::fsm::history::{self, Change};
+use crate::fsm::{self, FsmError};
+use crate::node::NodeHandle;
+
+/// Most bytes of encoded events the window holds.
+pub const WINDOW_BYTES: usize = 64 * 1024 * 1024;
+/// Most revisions the window holds.
+pub const WINDOW_BATCHES: usize = 100_000;
+/// Bytes of history read in one step (by the feeder, or a stream catching up).
+pub const READ_STEP_BYTES: usize = 1024 * 1024;
+
+/// One change, encoded for the wire.
+#[derive(Debug)]
+pub struct Encoded {
+    pub key: Vec<u8>,
+    pub delete: bool,
+    /// A `latch.v1.Event` without `prev_kv`, and with it.
+    pub plain: Bytes,
+    pub with_prev: Bytes,
+}
+
+/// The changes of one revision.
+#[derive(Debug)]
+pub struct Batch {
+    pub revision: i64,
+    pub events: Vec<Encoded>,
+    bytes: usize,
+}
+
+impl Batch {
+    /// The batches of `changes` (in revision order), one per revision.
+    pub fn of(changes: Vec<Change>) -> Vec<Batch> {
+        let mut out: Vec<Batch> = Vec::new();
+        for c in changes {
+            let e = encode(c.delete, c.kv, c.prev_kv);
+            match out.last_mut() {
+                Some(b) if b.revision == e.0 => {
+                    b.bytes += e.1.plain.len() + e.1.with_prev.len();
+                    b.events.push(e.1);
+                }
+                _ => out.push(Batch {
+                    revision: e.0,
+                    bytes: e.1.plain.len() + e.1.with_prev.len(),
+                    events: vec![e.1],
+                }),
+            }
+        }
+        out
+    }
+}
+
+fn encode(
+    delete: bool,
+    kv: latch_proto::internal::KeyValue,
+    prev: Option<latch_proto::internal::KeyValue>,
+) -> (i64, Encoded) {
+    let revision = kv.mod_revision;
+    let kind = if delete { v1::event::EventType::Delete } else { v1::event::EventType::Put };
+    let key = kv.key.clone();
+    let mut event = v1::Event { r#type: kind as i32, kv: Some(key_value(kv)), prev_kv: None };
+    let plain = Bytes::from(event.encode_to_vec());
+    event.prev_kv = prev.map(key_value);
+    let with_prev = if event.prev_kv.is_some() { Bytes::from(event.encode_to_vec()) } else { plain.clone() };
+    (revision, Encoded { key, delete, plain, with_prev })
+}
+
+/// What the window covers: revisions `first..=last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub first: i64,
+    pub last: i64,
+}
+
+struct Window {
+    span: Span,
+    batches: VecDeque<Arc<Batch>>,
+    bytes: usize,
+}
+
+/// The shared window and where streams wait for it to move.
+pub struct Recent {
+    window: RwLock<Window>,
+    span: watch::Sender<Span>,
+}
+
+impl Recent {
+    /// An empty window just above `revision`.
+    fn new(revision: i64) -> Recent {
+        let span = Span { first: revision + 1, last: revision };
+        Recent {
+            window: RwLock::new(Window { span, batches: VecDeque::new(), bytes: 0 }),
+            span: watch::Sender::new(span),
+        }
+    }
+
+    /// Starts the feeder for `node`; it ends when the node's revisions end or `stop` fires.
+    pub fn start(node: NodeHandle, mut stop: watch::Receiver<bool>) -> Result<Arc<Recent>, FsmError> {
+        let txn = node.db().begin_read().map_err(|e| FsmError::Corrupt(format!("read transaction: {e}")))?;
+        let recent = Arc::new(Recent::new(fsm::applied(&txn)?.revision));
+        drop(txn);
+        let feeder = recent.clone();
+        let mut revisions = node.revisions();
+        tokio::spawn(async move {
+            loop {
+                revisions.borrow_and_update();
+                let (r, n) = (feeder.clone(), node.clone());
+                match tokio::task::spawn_blocking(move || r.read_new(&n)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "watches: reading the history failed"),
+                    Err(e) => tracing::error!(error = %e, "watches: the history reader panicked"),
+                }
+                tokio::select! {
+                    changed = revisions.changed() => if changed.is_err() { return },
+                    _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+                }
+            }
+        });
+        Ok(recent)
+    }
+
+    /// Reads every revision the member applied past the window's end into it.
+    fn read_new(&self, node: &NodeHandle) -> Result<(), FsmError> {
+        loop {
+            let txn =
+                node.db().begin_read().map_err(|e| FsmError::Corrupt(format!("read transaction: {e}")))?;
+            let current = fsm::applied(&txn)?.revision;
+            let compact = history::compact_revision_read(&txn)?;
+            let last = self.span().last;
+            if current <= last {
+                return Ok(());
+            }
+            let from = if compact > last {
+                // Revisions this window never held were compacted before it read them.
+                self.restart_above(compact);
+                compact + 1
+            } else {
+                last + 1
+            };
+            let (changes, through) = history::changes(&txn, from, current, READ_STEP_BYTES)?;
+            self.append(Batch::of(changes), through);
+        }
+    }
+
+    fn restart_above(&self, compact: i64) {
+        let mut w = self.window.write().unwrap_or_else(|p| p.into_inner());
+        w.batches.clear();
+        w.bytes = 0;
+        w.span = Span { first: compact + 1, last: compact };
+        self.span.send_replace(w.span);
+    }
+
+    fn append(&self, batches: Vec<Batch>, through: i64) {
+        let mut w = self.window.write().unwrap_or_else(|p| p.into_inner());
+        for b in batches {
+            w.bytes += b.bytes;
+            w.batches.push_back(Arc::new(b));
+        }
+        while w.bytes > WINDOW_BYTES || w.batches.len() > WINDOW_BATCHES {
+            let Some(old) = w.batches.pop_front() else { break };
+            w.bytes -= old.bytes;
+            w.span.first = old.revision + 1;
+        }
+        w.span.last = w.span.last.max(through);
+        self.span.send_replace(w.span);
+    }
+
+    /// What the window covers now.
+    pub fn span(&self) -> Span {
+        self.window.read().unwrap_or_else(|p| p.into_inner()).span
+    }
+
+    /// Where a stream waits for the window to move.
+    pub fn subscribe(&self) -> watch::Receiver<Span> {
+        self.span.subscribe()
+    }
+
+    /// The batches of revisions `from..` (at most `max`), and the revision they cover through;
+    /// `None` when `from` is below the window (its revisions are no longer here).
+    pub fn from(&self, from: i64, max: usize) -> Option<(Vec<Arc<Batch>>, i64)> {
+        let w = self.window.read().unwrap_or_else(|p| p.into_inner());
+        if from < w.span.first {
+            return None;
+        }
+        let start = w.batches.partition_point(|b| b.revision < from);
+        let batches: Vec<Arc<Batch>> = w.batches.iter().skip(start).take(max).cloned().collect();
+        let through = if start + batches.len() < w.batches.len() {
+            batches.last().map_or(w.span.last, |b| b.revision)
+        } else {
+            w.span.last
+        };
+        Some((batches, through))
+    }
+}
