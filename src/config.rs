@@ -115,6 +115,10 @@ pub struct ServerArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub watch_progress_interval: Option<Duration>,
+    /// Most revisions the shared window of recent revisions holds for watches [default:
+    /// 100000]. Hidden: a small window lets tests make a watch fall behind (SLOW).
+    #[arg(long, hide = true)]
+    pub watch_window_revisions: Option<usize>,
     /// How much history to keep for watches and past reads: a number of revisions (`100000`)
     /// or a duration (`1h`); older revisions are compacted by the leader. `0` keeps all
     /// [default: 100000].
@@ -278,6 +282,8 @@ pub struct Config {
     pub peer_limits: PeerLimits,
     /// Idle time after which a watch asking for it gets a progress response.
     pub watch_progress_interval: Duration,
+    /// Most revisions of the shared window of recent revisions (`--watch-window-revisions`).
+    pub watch_window_revisions: usize,
     pub history_retention: Retention,
     /// Serve the test-only `Faults` service on the peer port (`--fault-injection`).
     pub fault_injection: bool,
@@ -299,6 +305,7 @@ impl Config {
             limits: Limits::default(),
             peer_limits: PeerLimits::default(),
             watch_progress_interval: Duration::from_secs(10),
+            watch_window_revisions: 100_000,
             history_retention: Retention::DEFAULT,
             fault_injection: false,
         }
@@ -457,6 +464,8 @@ impl Config {
                 problem: "must be positive".into(),
             });
         }
+        let watch_window_revisions =
+            flags.watch_window_revisions.or(file.watch_window_revisions).unwrap_or(100_000).max(1);
         let history_retention =
             flags.history_retention.or(file.history_retention).unwrap_or(Retention::DEFAULT);
         Ok(Config {
@@ -471,6 +480,7 @@ impl Config {
             limits,
             peer_limits,
             watch_progress_interval,
+            watch_window_revisions,
             history_retention,
             fault_injection: flags.fault_injection || file.fault_injection,
         })

@@ -221,8 +221,16 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let recent = Recent::start(node.handle(), stop_rx.clone()).map_err(ServerError::Watches)?;
-    let watches = WatchService::server(ctx.clone(), recent, stop_rx.clone(), config.watch_progress_interval);
+    let recent =
+        Recent::start(node.handle(), config.watch_window_revisions, metrics.clone(), stop_rx.clone())
+            .map_err(ServerError::Watches)?;
+    let watches = WatchService::server(
+        ctx.clone(),
+        recent,
+        metrics.clone(),
+        stop_rx.clone(),
+        config.watch_progress_interval,
+    );
     let client_srv = tonic::transport::Server::builder()
         .layer(grpc_metrics)
         .add_service(KvService::server(ctx.clone()))

@@ -8,6 +8,8 @@
 //!   at a time. Operations whose outcome the client never learnt (timeouts, lost connections) are
 //!   *indeterminate* and may have taken effect or not. [`linearizability::check`] is the entry
 //!   point; the search itself is its private submodule `linearizability/search.rs`.
+//! - [`watch`]: etcd's six watch guarantees (ordered, unique, atomic, reliable, resumable,
+//!   bookmarkable) over what watchers recorded, against the known history and each other.
 //!
 //! What it may import: std only, and nothing of Latch. The deterministic simulator (`tests/sim`)
 //! and the integration tests on real processes (`tests/it`) both record their client histories in
@@ -15,3 +17,4 @@
 //! on hand-made histories alone.
 
 pub mod linearizability;
+pub mod watch;

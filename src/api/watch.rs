@@ -23,6 +23,7 @@
 mod recent;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use latch_proto::internal::Range;
@@ -41,6 +42,7 @@ use recent::{Batch, Encoded, READ_STEP_BYTES};
 
 use super::{ApiError, Context};
 use crate::fsm::{self, history};
+use crate::metrics::Metrics;
 
 /// Responses queued for one stream before its task waits for the client.
 const OUTBOX: usize = 64;
@@ -55,20 +57,23 @@ const SNAPSHOT_PAGE: i64 = 1000;
 
 pub struct WatchService {
     ctx: Context,
-    recent: std::sync::Arc<Recent>,
+    recent: Arc<Recent>,
+    metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
     progress_every: Duration,
 }
 
 impl WatchService {
+    /// The service on `recent`; its streams end when `stop` fires.
     pub fn server(
         ctx: Context,
-        recent: std::sync::Arc<Recent>,
+        recent: Arc<Recent>,
+        metrics: Arc<Metrics>,
         stop: watch::Receiver<bool>,
         progress_every: Duration,
     ) -> WatchServer<WatchService> {
         let max = ctx.limits.max_request_bytes;
-        WatchServer::new(WatchService { ctx, recent, stop, progress_every })
+        WatchServer::new(WatchService { ctx, recent, metrics, stop, progress_every })
             .max_decoding_message_size(max)
             .max_encoding_message_size(usize::MAX)
     }
@@ -83,9 +88,11 @@ impl WatchApi for WatchService {
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let (out, rx) = mpsc::channel(OUTBOX);
+        self.metrics.watch.streams.inc();
         let stream = Stream {
             ctx: self.ctx.clone(),
             recent: self.recent.clone(),
+            metrics: self.metrics.clone(),
             out,
             watches: BTreeMap::new(),
             progress_every: self.progress_every,
@@ -126,7 +133,8 @@ impl Watch {
         } else {
             key >= self.key.as_slice() && key < self.range_end.as_slice()
         };
-        in_range && !(e.delete && self.no_delete) && !(!e.delete && self.no_put)
+        let filtered = if e.delete { self.no_delete } else { self.no_put };
+        in_range && !filtered
     }
 }
 
@@ -140,10 +148,18 @@ enum End {
 
 struct Stream {
     ctx: Context,
-    recent: std::sync::Arc<Recent>,
+    recent: Arc<Recent>,
+    metrics: Arc<Metrics>,
     out: mpsc::Sender<Result<wire::WatchResponse, Status>>,
     watches: BTreeMap<i64, Watch>,
     progress_every: Duration,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.metrics.watch.streams.dec();
+        self.metrics.watch.watches.dec_by(self.watches.len() as i64);
+    }
 }
 
 impl Stream {
@@ -185,6 +201,14 @@ impl Stream {
         }
     }
 
+    /// Forgets watch `id`, counting why.
+    fn forget(&mut self, id: i64, reason: CancelReason) -> Option<Watch> {
+        let w = self.watches.remove(&id)?;
+        self.metrics.watch.watches.dec();
+        self.metrics.watch.canceled(reason.as_str_name());
+        Some(w)
+    }
+
     fn fail(&self, e: impl Into<ApiError>) -> End {
         End::Failed(self.ctx.to_status(e.into()))
     }
@@ -201,7 +225,7 @@ impl Stream {
         match req.request {
             Some(Ask::Create(c)) => self.create(c).await,
             Some(Ask::Cancel(c)) => {
-                let (reason, revision, message) = match self.watches.remove(&c.watch_id) {
+                let (reason, revision, message) = match self.forget(c.watch_id, CancelReason::Client) {
                     Some(w) => (CancelReason::Client, w.next - 1, String::new()),
                     None => (
                         CancelReason::Invalid,
@@ -289,6 +313,7 @@ impl Stream {
         let compact_at_start = history::compact_revision_read(&txn).map_err(|e| self.fail(e))?;
         drop(txn);
         let snapshot_on_compacted = c.on_compacted == watch_create_request::OnCompacted::Snapshot as i32;
+        self.metrics.watch.watches.inc();
         self.watches.insert(
             id,
             Watch {
@@ -363,13 +388,13 @@ impl Stream {
                 continue;
             };
             if compacted {
-                behind |= self.from_history(id).await?;
+                behind |= self.serve_from_history(id).await?;
                 continue;
             }
             if next > span.last {
                 continue;
             }
-            match self.recent.from(next, BATCHES_PER_TURN) {
+            match self.recent.batches_from(next, BATCHES_PER_TURN) {
                 Some((batches, through)) => {
                     for b in &batches {
                         self.send_batch(id, b).await?;
@@ -380,7 +405,7 @@ impl Stream {
                         behind |= w.next <= span.last;
                     }
                 }
-                None => behind |= self.from_history(id).await?,
+                None => behind |= self.serve_from_history(id).await?,
             }
         }
         Ok(behind)
@@ -388,7 +413,7 @@ impl Stream {
 
     /// Serves watch `id`, whose next revision is below the window, from the state's history:
     /// one step of catch-up, or its end (compacted, or slow). `true` when it has more to do.
-    async fn from_history(&mut self, id: i64) -> Result<bool, End> {
+    async fn serve_from_history(&mut self, id: i64) -> Result<bool, End> {
         let Some(w) = self.watches.get(&id) else { return Ok(false) };
         let (next, live, snapshot) = (w.next, w.live, w.snapshot_on_compacted);
         let txn = self.ctx.node.db().begin_read().map_err(|e| self.fail(e))?;
@@ -410,7 +435,7 @@ impl Stream {
             return Ok(false);
         }
         if live {
-            self.watches.remove(&id);
+            self.forget(id, CancelReason::Slow);
             let message = format!(
                 "the watch fell behind the member's recent revisions (its client reads too slowly); resume from revision {next}"
             );
@@ -441,6 +466,7 @@ impl Stream {
         if events.is_empty() {
             return Ok(());
         }
+        self.metrics.watch.events_sent.inc_by(events.len() as u64);
         let header = self.header(batch.revision);
         let mut chunk: Vec<Bytes> = Vec::new();
         let mut size = 0;

@@ -29,6 +29,34 @@ pub struct Metrics {
     pub raft: RaftMetrics,
     pub peer: PeerMetrics,
     pub grpc: GrpcMetrics,
+    pub watch: WatchMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// Watches served by this member (`api::watch`).
+pub struct WatchMetrics {
+    /// Open watch streams.
+    pub streams: Gauge,
+    /// Watches on them.
+    pub watches: Gauge,
+    /// Events sent to watches (one per event per watch).
+    pub events_sent: Counter,
+    /// Watches ended by the member or the client, by reason.
+    canceled: Family<ReasonLabels, Counter>,
+    /// Revisions and bytes of encoded events in the shared window of recent revisions.
+    pub window_revisions: Gauge,
+    pub window_bytes: Gauge,
+}
+
+impl WatchMetrics {
+    /// A watch ended for `reason` (client, compacted, slow, invalid).
+    pub fn canceled(&self, reason: &'static str) {
+        self.canceled.get_or_create(&ReasonLabels { reason }).inc();
+    }
 }
 
 /// Raft and the apply path, as the node driver sees them each turn.
@@ -356,7 +384,38 @@ impl Metrics {
             Unit::Seconds,
             grpc.duration.clone(),
         );
-        Metrics { registry, raft, peer, grpc }
+        let watch = WatchMetrics {
+            streams: Gauge::default(),
+            watches: Gauge::default(),
+            events_sent: Counter::default(),
+            canceled: Family::default(),
+            window_revisions: Gauge::default(),
+            window_bytes: Gauge::default(),
+        };
+        r.register("watch_streams", "Open Watch streams on this member", watch.streams.clone());
+        r.register("watches", "Watches on this member's open streams", watch.watches.clone());
+        r.register(
+            "watch_events_sent",
+            "Events sent to watches (an event sent to n watches counts n)",
+            watch.events_sent.clone(),
+        );
+        r.register(
+            "watch_canceled",
+            "Watches ended by a cancel, by reason (client, compacted, slow, invalid)",
+            watch.canceled.clone(),
+        );
+        r.register(
+            "watch_window_revisions",
+            "Revisions with changes held in the shared window of recent revisions",
+            watch.window_revisions.clone(),
+        );
+        r.register_with_unit(
+            "watch_window",
+            "Bytes of encoded events held in the shared window of recent revisions",
+            Unit::Bytes,
+            watch.window_bytes.clone(),
+        );
+        Metrics { registry, raft, peer, grpc, watch }
     }
 
     /// The OpenMetrics text of every metric (ends with `# EOF`).

@@ -20,3 +20,4 @@ mod observability;
 mod partitions;
 mod replication;
 mod sessions;
+mod watches;

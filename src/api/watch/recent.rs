@@ -10,7 +10,7 @@
 //! Invariants:
 //! - The window covers revisions `first..=last`: every revision in it that has changes has its
 //!   batch there, in order, with all its changes. `last` only grows; `first` grows as old
-//!   batches are dropped (past [`WINDOW_BYTES`] or [`WINDOW_BATCHES`]) or when a compaction
+//!   batches are dropped (past [`WINDOW_BYTES`] or its most revisions, `--watch-window-revisions`) or when a compaction
 //!   removed revisions the feeder had not read (then the window restarts above the compact
 //!   revision: no revision is ever skipped silently).
 //! - What the window holds is bounded in bytes, whatever the writes and the watchers do.
@@ -26,12 +26,11 @@ use tokio::sync::watch;
 use crate::api::kv::convert::key_value;
 use crate::fsm::history::{self, Change};
 use crate::fsm::{self, FsmError};
+use crate::metrics::Metrics;
 use crate::node::NodeHandle;
 
 /// Most bytes of encoded events the window holds.
 pub const WINDOW_BYTES: usize = 64 * 1024 * 1024;
-/// Most revisions the window holds.
-pub const WINDOW_BATCHES: usize = 100_000;
 /// Bytes of history read in one step (by the feeder, or a stream catching up).
 pub const READ_STEP_BYTES: usize = 1024 * 1024;
 
@@ -107,22 +106,33 @@ struct Window {
 pub struct Recent {
     window: RwLock<Window>,
     span: watch::Sender<Span>,
+    /// Most revisions held.
+    max_batches: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl Recent {
     /// An empty window just above `revision`.
-    fn new(revision: i64) -> Recent {
+    fn new(revision: i64, max_batches: usize, metrics: Arc<Metrics>) -> Recent {
         let span = Span { first: revision + 1, last: revision };
         Recent {
             window: RwLock::new(Window { span, batches: VecDeque::new(), bytes: 0 }),
             span: watch::Sender::new(span),
+            max_batches,
+            metrics,
         }
     }
 
-    /// Starts the feeder for `node`; it ends when the node's revisions end or `stop` fires.
-    pub fn start(node: NodeHandle, mut stop: watch::Receiver<bool>) -> Result<Arc<Recent>, FsmError> {
+    /// Starts the feeder for `node`, holding at most `max_batches` revisions; it ends when the
+    /// node's revisions end or `stop` fires.
+    pub fn start(
+        node: NodeHandle,
+        max_batches: usize,
+        metrics: Arc<Metrics>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<Arc<Recent>, FsmError> {
         let txn = node.db().begin_read().map_err(|e| FsmError::Corrupt(format!("read transaction: {e}")))?;
-        let recent = Arc::new(Recent::new(fsm::applied(&txn)?.revision));
+        let recent = Arc::new(Recent::new(fsm::applied(&txn)?.revision, max_batches, metrics));
         drop(txn);
         let feeder = recent.clone();
         let mut revisions = node.revisions();
@@ -181,12 +191,14 @@ impl Recent {
             w.bytes += b.bytes;
             w.batches.push_back(Arc::new(b));
         }
-        while w.bytes > WINDOW_BYTES || w.batches.len() > WINDOW_BATCHES {
+        while w.bytes > WINDOW_BYTES || w.batches.len() > self.max_batches {
             let Some(old) = w.batches.pop_front() else { break };
             w.bytes -= old.bytes;
             w.span.first = old.revision + 1;
         }
         w.span.last = w.span.last.max(through);
+        self.metrics.watch.window_revisions.set(w.batches.len() as i64);
+        self.metrics.watch.window_bytes.set(w.bytes as i64);
         self.span.send_replace(w.span);
     }
 
@@ -202,7 +214,7 @@ impl Recent {
 
     /// The batches of revisions `from..` (at most `max`), and the revision they cover through;
     /// `None` when `from` is below the window (its revisions are no longer here).
-    pub fn from(&self, from: i64, max: usize) -> Option<(Vec<Arc<Batch>>, i64)> {
+    pub fn batches_from(&self, from: i64, max: usize) -> Option<(Vec<Arc<Batch>>, i64)> {
         let w = self.window.read().unwrap_or_else(|p| p.into_inner());
         if from < w.span.first {
             return None;

@@ -1,0 +1,557 @@
+//! Watches on real processes (watch.proto; `api::watch`, `fsm::history`): what watchers record
+//! through a leader kill, a follower restart, compaction every 200 ms and a watcher too slow
+//! for the member's window is checked against etcd's six guarantees (`latch_check::watch`);
+//! 1,000 watches on one prefix see identical sequences; a compacted start revision is refused
+//! naming the compact revision, or answered with a snapshot.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use latch_check::watch::{check, Change, Seen, Watch};
+use latch_client::proto::event::EventType;
+use latch_client::proto::watch_client::WatchClient;
+use latch_client::proto::watch_request::Request as Ask;
+use latch_client::proto::watch_response::CancelReason;
+use latch_client::proto::{WatchCreateRequest, WatchProgressRequest, WatchRequest};
+use latch_client::{prefix_range, Client, Code, Event, Op, RangeRequest, Txn, WatchOptions, WatchUpdate};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::harness::{eventually, sample, Cluster};
+
+const PREFIX: &str = "w/";
+
+fn change(e: &Event) -> Change {
+    let kv = e.kv.clone().unwrap_or_default();
+    let delete = e.r#type == EventType::Delete as i32;
+    Change { key: kv.key, value: if delete { Vec::new() } else { kv.value }, delete }
+}
+
+/// A watch recorded through the Rust client, as it goes.
+struct Recorder {
+    name: String,
+    start: Arc<Mutex<Option<i64>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    error: Arc<Mutex<Option<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Recorder {
+    /// Follows `options` through `client`; while `slow` is set, waits that long after each
+    /// update (a consumer that cannot keep up).
+    fn start(
+        client: &Client,
+        name: &str,
+        options: WatchOptions,
+        slow: Option<(Duration, Arc<AtomicBool>)>,
+    ) -> Recorder {
+        let (start, seen, error) =
+            (Arc::new(Mutex::new(None)), Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(None)));
+        let updates = client.watch(options);
+        let (s, v, e) = (start.clone(), seen.clone(), error.clone());
+        let task = tokio::spawn(async move {
+            tokio::pin!(updates);
+            while let Some(update) = updates.next().await {
+                match update {
+                    Ok(WatchUpdate::Started { revision }) => *s.lock().unwrap() = Some(revision + 1),
+                    Ok(WatchUpdate::Events { revision, events }) => v
+                        .lock()
+                        .unwrap()
+                        .push(Seen::Events { revision, changes: events.iter().map(change).collect() }),
+                    Ok(WatchUpdate::Progress { revision }) => {
+                        v.lock().unwrap().push(Seen::Progress { revision })
+                    }
+                    Ok(WatchUpdate::Snapshot { revision, .. }) => {
+                        *e.lock().unwrap() = Some(format!("an unasked-for snapshot at {revision}"));
+                        return;
+                    }
+                    Err(err) => {
+                        *e.lock().unwrap() = Some(err.to_string());
+                        return;
+                    }
+                }
+                if let Some((pause, on)) = &slow {
+                    if on.load(Ordering::Relaxed) {
+                        tokio::time::sleep(*pause).await;
+                    }
+                }
+            }
+        });
+        Recorder { name: name.into(), start, seen, error, task }
+    }
+
+    async fn started(&self) -> i64 {
+        eventually(&format!("{} to start", self.name), Duration::from_secs(20), || async {
+            self.start.lock().unwrap().ok_or_else(|| "not started".to_string())
+        })
+        .await
+    }
+
+    /// The last revision it vouched for (delivered, or named by a progress response).
+    fn vouched(&self) -> i64 {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| match s {
+                Seen::Events { revision, .. } | Seen::Progress { revision } => *revision,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    async fn wait_vouched(&self, revision: i64) {
+        eventually(
+            &format!("{} to vouch for revision {revision}", self.name),
+            Duration::from_secs(30),
+            || async {
+                if let Some(e) = self.error.lock().unwrap().clone() {
+                    panic!("{} ended: {e}", self.name);
+                }
+                let v = self.vouched();
+                if v >= revision {
+                    Ok(())
+                } else {
+                    Err(format!("vouched for {v}"))
+                }
+            },
+        )
+        .await
+    }
+
+    fn record(&self) -> Watch {
+        let start = self.start.lock().unwrap().unwrap_or(1);
+        Watch {
+            name: self.name.clone(),
+            prefix: PREFIX.into(),
+            start,
+            seen: self.seen.lock().unwrap().clone(),
+        }
+    }
+}
+
+/// A raw watch stream of `PREFIX` that reads nothing until `go`, through HTTP/2 windows of
+/// 1 KiB (the member's queue for it fills within a few dozen revisions); after `go`, each SLOW
+/// cancel is answered by a new watch from the revision after the one the cancel names.
+struct SlowWatcher {
+    task: tokio::task::JoinHandle<(Watch, usize)>,
+    last: tokio::sync::watch::Sender<i64>,
+}
+
+impl SlowWatcher {
+    async fn start(addr: &str) -> (tokio::sync::watch::Sender<bool>, SlowWatcher) {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .initial_stream_window_size(Some(1024))
+            .initial_connection_window_size(Some(1024))
+            .connect()
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        let mut stream = WatchClient::new(channel).watch(ReceiverStream::new(rx)).await.unwrap().into_inner();
+        let (key, range_end) = prefix_range(PREFIX.as_bytes());
+        let create = move |watch_id: i64, start_revision: i64| WatchRequest {
+            request: Some(Ask::Create(WatchCreateRequest {
+                key: key.clone(),
+                range_end: range_end.clone(),
+                start_revision,
+                watch_id,
+                progress_notify: true,
+                ..Default::default()
+            })),
+        };
+        tx.send(create(1, 0)).await.unwrap();
+        let first = stream.message().await.unwrap().expect("the created response");
+        assert!(first.created && !first.canceled, "the slow watch is created: {first:?}");
+        let start = first.header.map_or(0, |h| h.revision) + 1;
+        let (go_tx, mut go) = tokio::sync::watch::channel(false);
+        let (last_tx, mut last) = tokio::sync::watch::channel(0i64);
+        let task = tokio::spawn(async move {
+            go.wait_for(|g| *g).await.unwrap();
+            let mut record = Watch { name: "slow".into(), prefix: PREFIX.into(), start, seen: Vec::new() };
+            let (mut cancels, mut id) = (0, 1);
+            let mut fragments = Vec::new();
+            loop {
+                let r = tokio::select! {
+                    r = stream.message() => r.unwrap().expect("the slow stream goes on"),
+                    _ = last.changed() => continue,
+                };
+                let revision = r.header.as_ref().map_or(0, |h| h.revision);
+                if r.canceled {
+                    assert_eq!(r.cancel_reason, CancelReason::Slow as i32, "only SLOW cancels: {r:?}");
+                    cancels += 1;
+                    id += 1;
+                    tx.send(create(id, revision + 1)).await.unwrap();
+                } else if r.created {
+                    assert_eq!(r.watch_id, id);
+                } else if r.progress {
+                    record.seen.push(Seen::Progress { revision });
+                    let end = *last.borrow();
+                    if end > 0 && revision >= end {
+                        return (record, cancels);
+                    }
+                } else if r.watch_id == id {
+                    fragments.extend(r.events.iter().map(change));
+                    if !r.fragment {
+                        record.seen.push(Seen::Events { revision, changes: std::mem::take(&mut fragments) });
+                    }
+                }
+            }
+        });
+        (go_tx, SlowWatcher { task, last: last_tx })
+    }
+
+    /// Its record once it vouched for `last`, and how many times it was canceled SLOW.
+    async fn finish(self, last: i64) -> (Watch, usize) {
+        self.last.send(last).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("the slow watch catches up within 30 s")
+            .unwrap()
+    }
+}
+
+/// Writes under `w/` (and one key outside it in the same revisions) until `stop`; each
+/// acknowledged revision's changes go to `known`.
+fn writer(
+    client: Client,
+    stop: Arc<AtomicBool>,
+    known: Arc<Mutex<BTreeMap<i64, Vec<Change>>>>,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut acked = 0;
+        let mut i: u64 = 0;
+        while !stop.load(Ordering::Relaxed) {
+            i += 1;
+            let (a, b) = (format!("{PREFIX}k{}", i % 13), format!("{PREFIX}k{}", (i + 5) % 13));
+            let value = format!("v{i}");
+            if i % 5 == 0 {
+                if let Ok(r) = client
+                    .delete_range(latch_client::DeleteRangeRequest {
+                        key: a.clone().into(),
+                        ..Default::default()
+                    })
+                    .await
+                {
+                    if r.deleted > 0 {
+                        let revision = r.header.map_or(0, |h| h.revision);
+                        known.lock().unwrap().insert(
+                            revision,
+                            vec![Change { key: a.into(), value: Vec::new(), delete: true }],
+                        );
+                        acked += 1;
+                    }
+                }
+                continue;
+            }
+            let txn = Txn::new().and_then([
+                Op::put(a.clone(), value.clone()),
+                Op::put(b.clone(), value.clone()),
+                Op::put("x/noise", value.clone()),
+            ]);
+            if let Ok(r) = client.txn(txn).await {
+                let revision = r.header.map_or(0, |h| h.revision);
+                let put = |k: String| Change { key: k.into(), value: value.clone().into(), delete: false };
+                known.lock().unwrap().insert(revision, vec![put(a), put(b), put("x/noise".into())]);
+                acked += 1;
+            }
+        }
+        acked
+    })
+}
+
+fn last_known(known: &Mutex<BTreeMap<i64, Vec<Change>>>) -> i64 {
+    known.lock().unwrap().keys().next_back().copied().unwrap_or(0)
+}
+
+async fn wait_acked(known: &Arc<Mutex<BTreeMap<i64, Vec<Change>>>>, more: usize, what: &str) {
+    let from = known.lock().unwrap().len();
+    eventually(&format!("{more} more acknowledged writes {what}"), Duration::from_secs(30), || async {
+        let n = known.lock().unwrap().len();
+        if n >= from + more {
+            Ok(())
+        } else {
+            Err(format!("{} so far", n - from))
+        }
+    })
+    .await
+}
+
+async fn total(c: &Cluster, series: &str) -> f64 {
+    let mut sum = 0.0;
+    for id in c.live_ids() {
+        if let Ok(text) = c.metrics_of(id).await {
+            sum += sample(&text, series).unwrap_or(0.0);
+        }
+    }
+    sum
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watches_keep_etcds_six_guarantees_through_a_leader_kill_a_follower_restart_compaction_and_a_slow_watcher(
+) {
+    let mut c =
+        Cluster::start(3, &["--watch-progress-interval", "200ms", "--watch-window-revisions", "16"]).await;
+    let leader = c.leader().await;
+    let followers: Vec<u64> = c.ids().into_iter().filter(|id| *id != leader).collect();
+    let (f1, f2) = (followers[0], followers[1]);
+    let client = c.client().await;
+    let options = || WatchOptions::prefix(PREFIX).progress_notify();
+
+    // On the leader (to be killed), on a follower (to be restarted), and a slow one.
+    let on_leader = Recorder::start(&c.client_of_many(&[leader, f1, f2]).await, "on-leader", options(), None);
+    let on_follower =
+        Recorder::start(&c.client_of_many(&[f1, f2, leader]).await, "on-follower", options(), None);
+    for r in [&on_leader, &on_follower] {
+        r.started().await;
+    }
+    // A stream that reads nothing until told to (with small HTTP/2 windows, so that the member
+    // soon cannot send to it), then resumes every watch the member cuts off as slow.
+    let (go, slow) = SlowWatcher::start(&c.member(f2).client_addr).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let known = Arc::new(Mutex::new(BTreeMap::new()));
+    let writing = writer(client.clone(), stop.clone(), known.clone());
+    // Compaction every 200 ms, 300 revisions behind the newest acknowledged write.
+    let compactor = {
+        let (client, stop, known) = (client.clone(), stop.clone(), known.clone());
+        tokio::spawn(async move {
+            let mut compactions = 0;
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let to = last_known(&known) - 300;
+                if to > 0 && client.compact(to).await.is_ok() {
+                    compactions += 1;
+                }
+            }
+            compactions
+        })
+    };
+
+    wait_acked(&known, 150, "before the leader is killed").await;
+    // Far behind the window by now, well within the history.
+    go.send(true).unwrap();
+    c.kill(leader);
+    wait_acked(&known, 150, "after the leader was killed").await;
+    c.restart(leader).await;
+    c.kill(f1);
+    wait_acked(&known, 150, "with a follower down").await;
+    c.restart(f1).await;
+    wait_acked(&known, 150, "after the follower restarted").await;
+    stop.store(true, Ordering::Relaxed);
+    let acked = writing.await.unwrap();
+    let compactions = compactor.await.unwrap();
+    let last = last_known(&known);
+    assert!(compactions >= 5, "expected compactions every 200 ms while writing, got {compactions}");
+
+    for r in [&on_leader, &on_follower] {
+        r.wait_vouched(last).await;
+    }
+    let (slow, slow_cancels) = slow.finish(last).await;
+    assert!(slow_cancels >= 1, "the slow watch should have been canceled SLOW at least once (and resumed)");
+    // Resumable: a watch created at r + 1, for r one of the on-leader watch's revisions, delivers
+    // exactly what it delivered after r (the check compares every pair of watches).
+    let resume_at = {
+        let seen = on_leader.seen.lock().unwrap();
+        let revisions: Vec<i64> = seen
+            .iter()
+            .filter_map(|s| if let Seen::Events { revision, .. } = s { Some(*revision) } else { None })
+            .collect();
+        revisions[revisions.len() - 100]
+    };
+    let resumed = Recorder::start(&client, "resumed", options().from_revision(resume_at + 1), None);
+    resumed.wait_vouched(last).await;
+
+    let counted = total(&c, "latch_watch_canceled_total{reason=\"SLOW\"}").await;
+    assert!(counted >= slow_cancels as f64, "the member counts its SLOW cancels ({counted})");
+    let records: Vec<Watch> =
+        [&on_leader, &on_follower, &resumed].iter().map(|r| r.record()).chain([slow]).collect();
+    let known = known.lock().unwrap().clone();
+    if let Err(violation) = check(&known, &records) {
+        panic!("watch guarantees violated: {violation}\n({acked} acknowledged writes, last revision {last})");
+    }
+    for r in [on_leader, on_follower, resumed] {
+        r.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_compacted_start_revision_is_refused_naming_the_compact_revision_or_answered_with_a_snapshot() {
+    let c = Cluster::start(1, &[]).await;
+    let client = c.client().await;
+    for i in 0..10 {
+        client.put(format!("{PREFIX}k{}", i % 3), format!("v{i}")).await.unwrap();
+    }
+    let compacted = client.compact(6).await.unwrap().compact_revision;
+    assert_eq!(compacted, 6);
+    let again = client.compact(5).await.expect_err("compacting below the compact revision is refused");
+    assert_eq!((again.code(), again.compact_revision()), (Code::OutOfRange, Some(6)), "{again}");
+
+    let read = client
+        .range(RangeRequest { key: format!("{PREFIX}k0").into(), revision: 3, ..Default::default() })
+        .await
+        .expect_err("a read at a compacted revision is refused");
+    assert_eq!((read.code(), read.compact_revision()), (Code::OutOfRange, Some(6)), "{read}");
+    let (key, range_end) = prefix_range(PREFIX.as_bytes());
+    let past = client
+        .range(RangeRequest {
+            key: key.clone(),
+            range_end: range_end.clone(),
+            revision: 8,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let values: Vec<String> =
+        past.kvs.iter().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()).collect();
+    assert_eq!(values, ["v6", "v7", "v5"], "the keys as they were at revision 8");
+
+    let refused = client.watch(WatchOptions::prefix(PREFIX).from_revision(2));
+    tokio::pin!(refused);
+    let mut outcome = None;
+    while let Some(u) = refused.next().await {
+        if let Err(e) = u {
+            outcome = Some(e);
+            break;
+        }
+    }
+    let e = outcome.expect("the watch ends with an error");
+    assert_eq!((e.code(), e.compact_revision()), (Code::OutOfRange, Some(6)), "{e}");
+    assert!(e.to_string().contains("revision 2 is compacted"), "{e}");
+
+    let snapshot = client.watch(WatchOptions::prefix(PREFIX).from_revision(2).snapshot_on_compacted());
+    tokio::pin!(snapshot);
+    let (revision, kvs) = loop {
+        match snapshot.next().await.expect("the watch goes on").expect("no error") {
+            WatchUpdate::Snapshot { revision, kvs } => break (revision, kvs),
+            WatchUpdate::Started { .. } => continue,
+            other => panic!("expected the snapshot first, got {other:?}"),
+        }
+    };
+    let now = client.range(RangeRequest { key, range_end, ..Default::default() }).await.unwrap();
+    assert_eq!((revision, kvs), (10, now.kvs), "the snapshot is the range's state at the member's revision");
+    client.put(format!("{PREFIX}k9"), "after").await.unwrap();
+    match snapshot.next().await.expect("the watch goes on").expect("no error") {
+        WatchUpdate::Events { revision: 11, events } => assert_eq!(events.len(), 1),
+        other => panic!("expected revision 11's events after the snapshot, got {other:?}"),
+    }
+}
+
+/// One raw stream carrying `n` watches of `PREFIX` (ids 1..=n), demultiplexed.
+async fn raw_stream(
+    addr: &str,
+    n: i64,
+) -> (mpsc::Sender<WatchRequest>, tonic::Streaming<latch_client::proto::WatchResponse>) {
+    let (tx, rx) = mpsc::channel(16);
+    let (key, range_end) = prefix_range(PREFIX.as_bytes());
+    let mut client = WatchClient::connect(format!("http://{addr}")).await.unwrap();
+    let stream = client.watch(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    for id in 1..=n {
+        let create = WatchCreateRequest {
+            key: key.clone(),
+            range_end: range_end.clone(),
+            watch_id: id,
+            ..Default::default()
+        };
+        tx.send(WatchRequest { request: Some(Ask::Create(create)) }).await.unwrap();
+    }
+    (tx, stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_watches_on_one_prefix_see_identical_sequences() {
+    let c = Cluster::start(3, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let (streams, per_stream) = (10, 100);
+    // The writer's last revision, once it stopped: each stream then asks for progress until
+    // every watch on it has delivered it.
+    let (last_tx, last_rx) = tokio::sync::watch::channel(0i64);
+    let mut readers = Vec::new();
+    for s in 0..streams {
+        let member = c.ids()[s % 3];
+        let (tx, mut stream) = raw_stream(&c.member(member).client_addr, per_stream).await;
+        let mut last_rx = last_rx.clone();
+        readers.push(tokio::spawn(async move {
+            let mut seen: BTreeMap<i64, Vec<Seen>> = BTreeMap::new();
+            let mut fragments: BTreeMap<i64, Vec<Change>> = BTreeMap::new();
+            let mut created = 0;
+            let mut start = 0;
+            loop {
+                let r = tokio::select! {
+                    r = stream.message() => r.unwrap().unwrap_or_else(|| panic!("stream {s} ended")),
+                    _ = last_rx.changed() => {
+                        tx.send(WatchRequest { request: Some(Ask::Progress(WatchProgressRequest {})) }).await.unwrap();
+                        continue;
+                    }
+                };
+                let revision = r.header.as_ref().map_or(0, |h| h.revision);
+                if r.created {
+                    assert!(!r.canceled, "stream {s}: watch {} refused: {}", r.watch_id, r.cancel_message);
+                    created += 1;
+                    start = revision + 1;
+                } else if r.progress {
+                    let last = *last_rx.borrow();
+                    if last > 0 && revision >= last {
+                        return (created, start, seen);
+                    }
+                    if last > 0 {
+                        tx.send(WatchRequest { request: Some(Ask::Progress(WatchProgressRequest {})) }).await.unwrap();
+                    }
+                } else {
+                    let buf = fragments.entry(r.watch_id).or_default();
+                    buf.extend(r.events.iter().map(change));
+                    if !r.fragment {
+                        let changes = std::mem::take(buf);
+                        seen.entry(r.watch_id).or_default().push(Seen::Events { revision, changes });
+                    }
+                }
+            }
+        }));
+    }
+    // Every watch was created before the first write: a write acknowledged now is after them.
+    let known = Arc::new(Mutex::new(BTreeMap::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    eventually("1,000 watches created", Duration::from_secs(20), || async {
+        let n = total(&c, "latch_watches").await;
+        if n >= (streams as i64 * per_stream) as f64 {
+            Ok(())
+        } else {
+            Err(format!("{n} watches"))
+        }
+    })
+    .await;
+    let writing = writer(client.clone(), stop.clone(), known.clone());
+    wait_acked(&known, 200, "for the watches").await;
+    stop.store(true, Ordering::Relaxed);
+    writing.await.unwrap();
+    last_tx.send(last_known(&known)).unwrap();
+
+    let mut records = Vec::new();
+    for (s, reader) in readers.into_iter().enumerate() {
+        let (created, start, seen) = tokio::time::timeout(Duration::from_secs(30), reader)
+            .await
+            .unwrap_or_else(|_| panic!("stream {s} did not deliver every revision within 30 s"))
+            .unwrap();
+        assert_eq!(created, per_stream, "stream {s}: every watch created");
+        for id in 1..=per_stream {
+            let seen = seen.get(&id).cloned().unwrap_or_default();
+            records.push(Watch {
+                name: format!("stream {s} watch {id}"),
+                prefix: PREFIX.into(),
+                start,
+                seen,
+            });
+        }
+    }
+    let first = records[0].seen.clone();
+    assert!(first.len() >= 200, "each watch saw every acknowledged write (got {})", first.len());
+    for r in &records {
+        assert!(r.seen == first, "{} saw another sequence than {}", r.name, records[0].name);
+    }
+    let known = known.lock().unwrap().clone();
+    check(&known, &records[..20]).unwrap_or_else(|v| panic!("watch guarantees violated: {v}"));
+}
