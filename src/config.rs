@@ -163,36 +163,7 @@ mod humantime_serde_opt {
     }
 }
 
-/// How much history a cluster keeps (`--history-retention`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retention {
-    /// Everything: nothing is compacted but by `Compact`.
-    All,
-    /// The newest this many revisions.
-    Revisions(u64),
-    /// The revisions of about this long: the leader compacts to the newest revision it saw
-    /// applied at least this long ago.
-    Duration(Duration),
-}
-
-impl Retention {
-    pub const DEFAULT: Retention = Retention::Revisions(100_000);
-
-    /// `0` (all), a number of revisions, or a humantime duration.
-    pub fn parse(s: &str) -> Result<Retention, String> {
-        match s.trim().parse::<u64>() {
-            Ok(0) => Ok(Retention::All),
-            Ok(n) => Ok(Retention::Revisions(n)),
-            Err(_) => match humantime::parse_duration(s.trim()) {
-                Ok(d) if d.is_zero() => Ok(Retention::All),
-                Ok(d) => Ok(Retention::Duration(d)),
-                Err(_) => Err(format!(
-                    "{s:?} is neither a number of revisions (e.g. 100000) nor a duration (e.g. 1h)"
-                )),
-            },
-        }
-    }
-}
+pub use crate::core::Retention;
 
 fn retention_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Retention>, D::Error> {
     #[derive(Deserialize)]

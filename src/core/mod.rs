@@ -48,6 +48,7 @@
 //!   id, nonce, counter).
 
 pub mod applier;
+pub mod compactor;
 pub mod leases;
 pub mod lock_delays;
 pub mod snapshots;
@@ -63,7 +64,9 @@ use redb::Database;
 use crate::fsm::{self, Applied, Event, LockChange};
 use crate::storage::{Identity, LogStore, StorageError, Stores};
 pub use applier::{Applier, Progress};
-use latch_proto::internal::{command::Body, Command, Outcome};
+use compactor::Compactor;
+pub use compactor::Retention;
+use latch_proto::internal::{command::Body, Command, Compact, Outcome};
 pub use leases::Grant;
 use leases::Leases;
 use lock_delays::LockDelays;
@@ -137,6 +140,8 @@ pub struct Config {
     /// Bytes of proposals the leader holds uncommitted before it refuses more; at least
     /// [`MAX_MESSAGE_BYTES`] (raft-rs requires it).
     pub max_uncommitted_bytes: u64,
+    /// How much history the leader keeps when it compacts by itself.
+    pub history_retention: Retention,
     /// Drawn at random by the caller for every start of the member (the simulator draws it
     /// from its seed): it makes read contexts and own request ids unique across lives.
     pub nonce: u64,
@@ -154,6 +159,7 @@ impl Config {
             log_cache_bytes: 64 * 1024 * 1024,
             log_segment_bytes: crate::storage::log::SEGMENT_BYTES,
             max_uncommitted_bytes: 64 * 1024 * 1024,
+            history_retention: Retention::DEFAULT,
             nonce,
         }
     }
@@ -408,6 +414,7 @@ pub struct Core {
     /// not handed on, when it stops leading (they would be no-ops in another term).
     lease_proposals: std::collections::BTreeSet<String>,
     lock_delays: LockDelays,
+    compactor: Compactor,
 }
 
 impl Core {
@@ -496,6 +503,7 @@ impl Core {
             append_times: VecDeque::new(),
             lease_proposals: Default::default(),
             lock_delays,
+            compactor: Compactor::new(config.history_retention),
         };
         Ok((core, applier))
     }
@@ -632,6 +640,9 @@ impl Core {
         }
         for body in self.lock_delays.due(self.clock_ms, 2 * clock_every) {
             self.propose_own(OWN_WAITER, body);
+        }
+        if let Some(revision) = self.compactor.due(self.clock_ms, self.applied.revision) {
+            self.propose_own(OWN_WAITER, Body::Compact(Compact { revision }));
         }
     }
 
@@ -1026,6 +1037,7 @@ impl Core {
         let overtaken = progress.applied.index < self.applied.index;
         if !overtaken {
             self.applied = progress.applied;
+            self.compactor.applied(self.applied.revision, self.clock_ms);
         }
         if !overtaken {
             for a in progress.commands.iter().filter(|a| !a.sessions.is_empty()) {
@@ -1161,6 +1173,7 @@ impl Core {
             let replies = self.leases.demoted(member, now.leader);
             self.kept_alive(replies);
             self.lock_delays.demoted();
+            self.compactor.demoted();
             self.append_times.clear();
             for id in std::mem::take(&mut self.lease_proposals) {
                 self.proposals.remove(&id);

@@ -555,3 +555,52 @@ async fn a_thousand_watches_on_one_prefix_see_identical_sequences() {
     let known = known.lock().unwrap().clone();
     check(&known, &records[..20]).unwrap_or_else(|v| panic!("watch guarantees violated: {v}"));
 }
+
+/// The compact revision member `c`'s history is at, as a read at revision 1 reports it (0: none).
+async fn compact_revision(client: &Client) -> i64 {
+    match client.range(RangeRequest { key: b"k".to_vec(), revision: 1, ..Default::default() }).await {
+        Ok(_) => 0,
+        Err(e) => {
+            e.compact_revision().unwrap_or_else(|| panic!("a read at revision 1 failed otherwise: {e}"))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_compacts_to_the_retention_by_count_and_by_time() {
+    let c = Cluster::start(1, &["--history-retention", "20"]).await;
+    let client = c.client().await;
+    let mut last = 0;
+    for i in 0..60 {
+        last = client.put("k", format!("{i}")).await.unwrap().header.unwrap().revision;
+    }
+    let compacted =
+        eventually("a compaction keeping about 20 revisions", Duration::from_secs(10), || async {
+            match compact_revision(&client).await {
+                r if r >= last - 22 => Ok(r),
+                r => Err(format!("compact revision {r}, last revision {last}")),
+            }
+        })
+        .await;
+    assert!(compacted <= last - 20, "never more than the retention is compacted: {compacted} of {last}");
+    drop(c);
+
+    let c = Cluster::start(1, &["--history-retention", "1s"]).await;
+    let client = c.client().await;
+    // The member applies the put after this instant, and may compact it a second after that.
+    let before = tokio::time::Instant::now();
+    let first = client.put("k", "a").await.unwrap().header.unwrap().revision;
+    let compacted = eventually("a compaction of what is a second old", Duration::from_secs(10), || async {
+        client.put("k", "b").await.unwrap();
+        match compact_revision(&client).await {
+            r if r >= first => Ok(r),
+            r => Err(format!("compact revision {r}")),
+        }
+    })
+    .await;
+    assert!(
+        written.elapsed() >= Duration::from_secs(1),
+        "revision {first} compacted before it was a second old"
+    );
+    assert!(compacted >= first);
+}
