@@ -16,6 +16,7 @@
 //! not of the ones whose answer it lost); every watch is then also a witness for the others.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 /// One change to one key, as of its revision.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -120,7 +121,7 @@ fn check_one(known: &BTreeMap<i64, Vec<Change>>, w: &Watch) -> Result<(), String
             }
             Seen::Progress { revision } => {
                 // Every known selected change at or below it must have come first.
-                for (r, all) in known.range(w.start..=*revision) {
+                for (r, all) in span(known, w.start, *revision) {
                     if all.iter().any(|c| w.selects(c)) && !delivered.contains_key(r) {
                         return Err(format!(
                             "{}: bookmarkable: progress at {revision} (response {at}) before revision {r}, which changed keys it selects",
@@ -133,7 +134,7 @@ fn check_one(known: &BTreeMap<i64, Vec<Change>>, w: &Watch) -> Result<(), String
         }
     }
     let vouched = w.vouched();
-    for (r, all) in known.range(w.start..=vouched) {
+    for (r, all) in span(known, w.start, vouched) {
         if all.iter().any(|c| w.selects(c)) && !delivered.contains_key(r) {
             return Err(format!(
                 "{}: reliable: revision {r} changed keys it selects, but it was not delivered (the watch covers {}..={vouched})",
@@ -142,6 +143,16 @@ fn check_one(known: &BTreeMap<i64, Vec<Change>>, w: &Watch) -> Result<(), String
         }
     }
     Ok(())
+}
+
+/// The known revisions `from..=to` (none when `to < from`).
+fn span(
+    known: &BTreeMap<i64, Vec<Change>>,
+    from: i64,
+    to: i64,
+) -> impl Iterator<Item = (&i64, &Vec<Change>)> {
+    let end = if to >= from { Bound::Included(to) } else { Bound::Excluded(from) };
+    known.range((Bound::Included(from), end))
 }
 
 /// What `b` delivered within the span `a` covers must be exactly what `a` delivered there (for

@@ -49,7 +49,7 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     locks::check_name(name).map_err(|problem| ApiError::InvalidArgument { field: "name", problem })
 }
 
-fn leadership(l: Leader, cluster_id: u64) -> Leadership {
+pub(super) fn leadership(l: Leader, cluster_id: u64) -> Leadership {
     Leadership {
         name: l.sequencer.name.clone(),
         value: l.value,

@@ -388,7 +388,7 @@ pub(crate) async fn release(
     }
 }
 
-fn lock_info(name: String, row: log::LockRow) -> LockInfo {
+pub(super) fn lock_info(name: String, row: log::LockRow) -> LockInfo {
     LockInfo {
         name,
         holders: row

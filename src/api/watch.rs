@@ -41,7 +41,8 @@ pub use recent::Recent;
 use recent::{Batch, Encoded, READ_STEP_BYTES};
 
 use super::{ApiError, Context};
-use crate::fsm::{self, history};
+use crate::fsm;
+use crate::fsm::history::{self, Space};
 use crate::metrics::Metrics;
 
 /// Responses queued for one stream before its task waits for the client.
@@ -105,6 +106,8 @@ impl WatchApi for WatchService {
 /// One watch of a stream.
 struct Watch {
     id: i64,
+    /// What it watches: keys, or sessions', locks' or elections' states.
+    space: Space,
     key: Vec<u8>,
     range_end: Vec<u8>,
     prev_kv: bool,
@@ -125,6 +128,9 @@ struct Watch {
 
 impl Watch {
     fn selects(&self, e: &Encoded) -> bool {
+        if e.space != self.space {
+            return false;
+        }
         let key = e.key.as_slice();
         let in_range = if self.range_end.is_empty() {
             key == self.key.as_slice()
@@ -313,11 +319,18 @@ impl Stream {
         let compact_at_start = history::compact_revision_read(&txn).map_err(|e| self.fail(e))?;
         drop(txn);
         let snapshot_on_compacted = c.on_compacted == watch_create_request::OnCompacted::Snapshot as i32;
+        let space = match watch_create_request::Target::try_from(c.target) {
+            Ok(watch_create_request::Target::Keys) | Err(_) => Space::Kv,
+            Ok(watch_create_request::Target::Sessions) => Space::Sessions,
+            Ok(watch_create_request::Target::Locks) => Space::Locks,
+            Ok(watch_create_request::Target::Elections) => Space::Elections,
+        };
         self.metrics.watch.watches.inc();
         self.watches.insert(
             id,
             Watch {
                 id,
+                space,
                 key: c.key,
                 range_end: c.range_end,
                 prev_kv: c.prev_kv,
@@ -364,6 +377,14 @@ impl Stream {
         }
         if watch_create_request::OnCompacted::try_from(c.on_compacted).is_err() {
             return Err(format!("on_compacted: {} is neither ERROR nor SNAPSHOT", c.on_compacted));
+        }
+        if watch_create_request::Target::try_from(c.target).is_err() {
+            return Err(format!("target: {} is none of KEYS, SESSIONS, LOCKS, ELECTIONS", c.target));
+        }
+        if c.target != watch_create_request::Target::Keys as i32
+            && c.on_compacted == watch_create_request::OnCompacted::Snapshot as i32
+        {
+            return Err("on_compacted: SNAPSHOT is served for keys only (read sessions, locks and elections through their services)".into());
         }
         if self.watches.contains_key(&id) {
             return Err(format!("watch_id: {id} is in use on this stream"));
@@ -445,7 +466,8 @@ impl Stream {
         let (changes, through) =
             history::changes(&txn, next, current, READ_STEP_BYTES).map_err(|e| self.fail(e))?;
         drop(txn);
-        for b in Batch::of(changes) {
+        let batches = Batch::of(changes, self.ctx.node.cluster_id).map_err(|e| self.fail(e))?;
+        for b in batches {
             self.send_batch(id, &b).await?;
         }
         if let Some(w) = self.watches.get_mut(&id) {

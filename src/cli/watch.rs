@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use futures::StreamExt;
-use latch_client::{proto::event::EventType, Event, WatchOptions, WatchUpdate};
+use latch_client::{proto, proto::event::EventType, Event, WatchOptions, WatchTarget, WatchUpdate};
 use serde_json::json;
 
 use super::kv::{key_range, kv_json};
@@ -31,8 +31,21 @@ pub struct WatchCommand {
     pub prev_kv: bool,
     /// When the start revision is compacted, print the keys' state at a revision (lines
     /// `SNAPSHOT REVISION KEY VALUE`) and go on from there, instead of failing.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "target")]
     pub snapshot: bool,
+    /// Watch sessions (KEY: a session id), locks or elections (KEY: a name) instead of keys.
+    /// Each event then prints the state after it: a session's name and TTL, a lock's holders
+    /// and waiters, an election's leader and value.
+    #[arg(long, value_enum)]
+    pub target: Option<Target>,
+}
+
+/// What `--target` watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    Sessions,
+    Locks,
+    Elections,
 }
 
 pub async fn run(command: WatchCommand, client: &ClientArgs) -> anyhow::Result<ExitCode> {
@@ -46,6 +59,14 @@ pub async fn run(command: WatchCommand, client: &ClientArgs) -> anyhow::Result<E
     if command.snapshot {
         options = options.snapshot_on_compacted();
     }
+    let target = command.target;
+    if let Some(t) = target {
+        options = options.target(match t {
+            Target::Sessions => WatchTarget::Sessions,
+            Target::Locks => WatchTarget::Locks,
+            Target::Elections => WatchTarget::Elections,
+        });
+    }
     let updates = client.watch(options);
     tokio::pin!(updates);
     loop {
@@ -54,14 +75,40 @@ pub async fn run(command: WatchCommand, client: &ClientArgs) -> anyhow::Result<E
             _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
         };
         match update {
-            Some(Ok(update)) => print_update(output, &update)?,
+            Some(Ok(update)) => print_update(output, target, &update)?,
             Some(Err(e)) => return Err(e.into()),
             None => return Ok(ExitCode::from(1)),
         }
     }
 }
 
-fn print_update(output: Output, update: &WatchUpdate) -> anyhow::Result<()> {
+fn print_update(output: Output, target: Option<Target>, update: &WatchUpdate) -> anyhow::Result<()> {
+    if let (Some(target), WatchUpdate::Events { revision, events }) = (target, update) {
+        for e in events {
+            let kv = e.kv.clone().unwrap_or_default();
+            let name = String::from_utf8_lossy(&kv.key).into_owned();
+            let state = if e.r#type == EventType::Delete as i32 {
+                serde_json::Value::Null
+            } else {
+                state(target, &kv.value)?
+            };
+            match output {
+                Output::Json => print_json(
+                    &json!({ "type": kind(e), "revision": revision, "name": name, "state": state }),
+                )?,
+                Output::Text => print_bytes(
+                    format!(
+                        "{} {revision} {} {}\n",
+                        kind(e),
+                        name.escape_default(),
+                        if state.is_null() { String::new() } else { state.to_string() }
+                    )
+                    .as_bytes(),
+                )?,
+            }
+        }
+        return Ok(());
+    }
     match (output, update) {
         (_, WatchUpdate::Started { .. } | WatchUpdate::Progress { .. }) => Ok(()),
         (Output::Json, WatchUpdate::Events { revision, events }) => {
@@ -97,6 +144,33 @@ fn print_update(output: Output, update: &WatchUpdate) -> anyhow::Result<()> {
             print_bytes(&text)
         }
     }
+}
+
+/// A session's, lock's or election's state as an event carries it, as JSON.
+fn state(target: Target, value: &[u8]) -> anyhow::Result<serde_json::Value> {
+    use prost::Message as _;
+    Ok(match target {
+        Target::Sessions => {
+            let s = proto::SessionInfo::decode(value)?;
+            json!({ "name": s.name, "ttl_ms": s.ttl_ms, "created_revision": s.created_revision })
+        }
+        Target::Locks => {
+            let l = proto::LockInfo::decode(value)?;
+            json!({
+                "holders": l.holders.iter().map(|h| json!({ "session": h.session_id, "generation": h.generation })).collect::<Vec<_>>(),
+                "waiters": l.waiters.iter().map(|w| w.session_id.clone()).collect::<Vec<_>>(),
+                "delayed": l.delayed,
+            })
+        }
+        Target::Elections => {
+            let l = proto::Leadership::decode(value)?;
+            json!({
+                "value": String::from_utf8_lossy(&l.value),
+                "session": l.sequencer.as_ref().map(|s| s.session_id.clone()),
+                "generation": l.sequencer.as_ref().map(|s| s.generation),
+            })
+        }
+    })
 }
 
 fn kind(e: &Event) -> &'static str {

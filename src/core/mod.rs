@@ -237,8 +237,9 @@ pub enum Action {
         waiter: Waiter,
         error: RequestError,
     },
-    /// A command changed the state: its revision and its changes, in order. Emitted once per
-    /// revision, in revision order, after the state holding them is committed.
+    /// A command changed the state: its revision and its key changes, in order (none when it
+    /// changed sessions or locks only). Emitted once per revision, in revision order, after the
+    /// state holding them is committed.
     Applied {
         revision: i64,
         events: Vec<Event>,
@@ -415,6 +416,8 @@ pub struct Core {
     lease_proposals: std::collections::BTreeSet<String>,
     lock_delays: LockDelays,
     compactor: Compactor,
+    /// The last revision announced by `Action::Applied` or `Action::Restored`.
+    announced_revision: i64,
 }
 
 impl Core {
@@ -504,6 +507,7 @@ impl Core {
             lease_proposals: Default::default(),
             lock_delays,
             compactor: Compactor::new(config.history_retention),
+            announced_revision: applied.revision,
         };
         Ok((core, applier))
     }
@@ -998,6 +1002,7 @@ impl Core {
                 revision,
                 "snapshot installed"
             );
+            self.announced_revision = self.announced_revision.max(revision);
             self.actions.push(Action::Restored { index, revision });
         }
 
@@ -1068,7 +1073,8 @@ impl Core {
                 }
                 self.actions.push(Action::LocksChanged { changes: a.locks });
             }
-            if !a.events.is_empty() && !overtaken {
+            if a.outcome.revision > self.announced_revision && !overtaken {
+                self.announced_revision = a.outcome.revision;
                 self.actions.push(Action::Applied { revision: a.outcome.revision, events: a.events });
             }
         }

@@ -8,10 +8,13 @@
 //! - Every change to replicated data is described by an [`Event`], in the order it was made,
 //!   so that watchers and waiters can be fed from applied revisions alone.
 
-use latch_proto::internal::KeyValue;
+use std::collections::BTreeSet;
+
+use latch_proto::internal::{KeyValue, LockSpace};
 use redb::{Table, WriteTransaction};
 
-use super::{history, FsmError};
+use super::history::{self, Space};
+use super::{locks, FsmError};
 use crate::storage::schema::HISTORY;
 
 /// What a change did to one key.
@@ -71,8 +74,12 @@ pub struct Apply<'t> {
     /// The store revision before the command.
     base: i64,
     wrote: bool,
-    /// The history table, opened at the first event.
+    /// The history table, opened at the first change.
     history: Option<Table<'t, &'static [u8], &'static [u8]>>,
+    /// Changes written to the history so far (the next one's index in its revision).
+    recorded: u32,
+    /// Lock and election rows written, recorded in the history once, as they end up.
+    locks_written: BTreeSet<Vec<u8>>,
     events: Vec<Event>,
     sessions: Vec<SessionChange>,
     locks: Vec<LockChange>,
@@ -86,6 +93,8 @@ impl<'t> Apply<'t> {
             base,
             wrote: false,
             history: None,
+            recorded: 0,
+            locks_written: BTreeSet::new(),
             events: Vec::new(),
             sessions: Vec::new(),
             locks: Vec::new(),
@@ -114,16 +123,69 @@ impl<'t> Apply<'t> {
     /// Notes a change to a key at the write revision: `prev` is what the key held before
     /// (for the history, whatever `event.prev_kv` carries for the answer).
     pub(crate) fn emit(&mut self, event: Event, prev: Option<&KeyValue>) -> Result<(), FsmError> {
-        let n = u32::try_from(self.events.len())
-            .map_err(|_| FsmError::Corrupt("a command with more than 2^32 changes".into()))?;
+        let delete = event.kind == EventKind::Delete;
+        self.record(Space::Kv, delete, &event.kv, prev)?;
+        self.events.push(event);
+        Ok(())
+    }
+
+    /// Records in the history that a session (its id) or a lock (its key) changed at the write
+    /// revision: its row after it, or `None` when it is gone.
+    pub(crate) fn state_changed(
+        &mut self,
+        space: Space,
+        key: &[u8],
+        row: Option<Vec<u8>>,
+    ) -> Result<(), FsmError> {
+        let kv = KeyValue {
+            key: key.to_vec(),
+            mod_revision: self.write_revision()?,
+            value: row.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        self.record(space, row.is_none(), &kv, None)
+    }
+
+    /// A lock's or election's row was written (it is recorded by [`Apply::record_locks`]).
+    pub(crate) fn lock_written(&mut self, key: &[u8]) {
+        self.locks_written.insert(key.to_vec());
+    }
+
+    /// Records each lock and election row written by the command, as it ends up.
+    pub(crate) fn record_locks(&mut self) -> Result<(), FsmError> {
+        for key in std::mem::take(&mut self.locks_written) {
+            let row = locks::read_row_bytes(self.txn, &key)?;
+            let (space, name) = match locks::split_lock_key(&key) {
+                Some((LockSpace::Elections, name)) => (Space::Elections, name.as_bytes().to_vec()),
+                Some((_, name)) => (Space::Locks, name.as_bytes().to_vec()),
+                None => {
+                    return Err(FsmError::Corrupt(format!(
+                        "table locks: a key {:?} of no space",
+                        key.escape_ascii().to_string()
+                    )))
+                }
+            };
+            self.state_changed(space, &name, row)?;
+        }
+        Ok(())
+    }
+
+    fn record(
+        &mut self,
+        space: Space,
+        delete: bool,
+        kv: &KeyValue,
+        prev: Option<&KeyValue>,
+    ) -> Result<(), FsmError> {
+        let n = self.recorded;
+        self.recorded = n
+            .checked_add(1)
+            .ok_or_else(|| FsmError::Corrupt("a command with more than 2^32 changes".into()))?;
         let table = match &mut self.history {
             Some(table) => table,
             None => self.history.insert(self.txn.open_table(HISTORY)?),
         };
-        let delete = event.kind == EventKind::Delete;
-        history::record(table, event.kv.mod_revision, n, delete, &event.kv, prev)?;
-        self.events.push(event);
-        Ok(())
+        history::record(table, kv.mod_revision, n, space, delete, kv, prev)
     }
 
     pub(crate) fn session_changed(&mut self, change: SessionChange) {

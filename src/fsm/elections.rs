@@ -6,7 +6,9 @@
 //! - At most one leader per election: its lock's one exclusive holder.
 //! - Only the leader's sequencer changes the value; a proclaim raises one revision.
 
-use latch_proto::internal::{lock_result::Status, outcome, LockHolder, LockSpace, Proclaim, Sequencer};
+use latch_proto::internal::{
+    lock_result::Status, outcome, LockHolder, LockRow, LockSpace, Proclaim, Sequencer,
+};
 use redb::ReadTransaction;
 
 use super::apply::{Apply, LockChange};
@@ -38,7 +40,7 @@ pub(crate) fn proclaim(ap: &mut Apply, req: Proclaim) -> Result<outcome::Result,
     };
     ap.write_revision()?;
     holder.value = req.value;
-    locks::write_row(ap.txn, &key, &row)?;
+    locks::write_row(ap, &key, &row)?;
     ap.lock_changed(LockChange::Changed { key });
     Ok(locks::result(Status::Done, Some(seq), 0))
 }
@@ -49,12 +51,16 @@ fn leads(h: &LockHolder, seq: &Sequencer) -> bool {
 
 /// The leader of election `name`, if any.
 pub fn leader(txn: &ReadTransaction, name: &str) -> Result<Option<Leader>, FsmError> {
-    let Some(row) = locks::read(txn, &lock_key(LockSpace::Elections, name))? else { return Ok(None) };
-    Ok(row.holders.first().map(|h| Leader {
+    Ok(locks::read(txn, &lock_key(LockSpace::Elections, name))?.and_then(|row| leader_of(name, &row)))
+}
+
+/// The leader of election `name` whose row is `row`, if any.
+pub fn leader_of(name: &str, row: &LockRow) -> Option<Leader> {
+    row.holders.first().map(|h| Leader {
         sequencer: locks::sequencer(LockSpace::Elections, name, h),
         value: h.value.clone(),
         revision: h.revision,
-    }))
+    })
 }
 
 #[cfg(test)]

@@ -15,6 +15,9 @@
 //! - The rows at or below `compact` are removed in steps of at most [`PURGE_STEP`] with each
 //!   applied entry ([`purge_step`]): a compaction of any size never stalls the writes behind it.
 //!   Deterministic (it depends on the state alone), so members stay identical.
+//! - Sessions, locks and elections record their changes here too, in spaces of their own
+//!   (`Space`): a session's creation and end, a lock's or election's row after each revision
+//!   that changed it (once per revision, its final state), so that they are watched like keys.
 //! - A read at revision R is the current state with every change after R undone: the first
 //!   change after R to a key carries what the key held at R. Its cost grows with the history
 //!   after R (documented in docs/watches.md).
@@ -79,10 +82,14 @@ impl Domain for HistoryDomain {
     }
 }
 
+/// What a change is to: a key, or a session's, lock's or election's state.
+pub use history_event::Space;
+
 /// One change as the history keeps it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Change {
     pub revision: i64,
+    pub space: Space,
     pub delete: bool,
     pub kv: KeyValue,
     pub prev_kv: Option<KeyValue>,
@@ -93,12 +100,18 @@ pub(crate) fn record(
     table: &mut Table<&'static [u8], &'static [u8]>,
     revision: i64,
     n: u32,
+    space: Space,
     delete: bool,
     kv: &KeyValue,
     prev_kv: Option<&KeyValue>,
 ) -> Result<(), FsmError> {
     let kind = if delete { history_event::Kind::Delete } else { history_event::Kind::Put };
-    let row = HistoryEvent { kind: kind as i32, kv: Some(kv.clone()), prev_kv: prev_kv.cloned() };
+    let row = HistoryEvent {
+        kind: kind as i32,
+        kv: Some(kv.clone()),
+        prev_kv: prev_kv.cloned(),
+        space: space as i32,
+    };
     table.insert(row_key(revision, n).as_slice(), row.encode_to_vec().as_slice())?;
     Ok(())
 }
@@ -216,7 +229,7 @@ where
     for row in history.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Unbounded))? {
         let (k, v) = row?;
         let change = decode_event(k.value(), v.value())?;
-        if select(&change.kv.key) && !then.contains_key(&change.kv.key) {
+        if change.space == Space::Kv && select(&change.kv.key) && !then.contains_key(&change.kv.key) {
             then.insert(change.kv.key, change.prev_kv);
         }
     }
@@ -254,11 +267,12 @@ fn decode_event(key: &[u8], value: &[u8]) -> Result<Change, FsmError> {
         Ok(history_event::Kind::Delete) => true,
         Err(_) => return Err(corrupt(&format!("kind {} is neither put nor delete", e.kind))),
     };
+    let space = Space::try_from(e.space).map_err(|_| corrupt(&format!("space {} is unknown", e.space)))?;
     let kv = e.kv.ok_or_else(|| corrupt("no kv"))?;
     if kv.mod_revision != revision {
         return Err(corrupt(&format!("its kv has mod_revision {}", kv.mod_revision)));
     }
-    Ok(Change { revision, delete, kv, prev_kv: e.prev_kv })
+    Ok(Change { revision, space, delete, kv, prev_kv: e.prev_kv })
 }
 
 fn decode_u64(table: &str, key: &[u8], value: &[u8]) -> Result<u64, FsmError> {
@@ -357,7 +371,7 @@ mod tests {
         // Every revision's changes are in the history, each with the key's previous value.
         let changes = all_changes(&s);
         let mut model: BTreeMap<Vec<u8>, KeyValue> = BTreeMap::new();
-        for c in &changes {
+        for c in changes.iter().filter(|c| c.space == Space::Kv) {
             assert_eq!(
                 c.prev_kv.as_ref(),
                 model.get(&c.kv.key),
@@ -372,6 +386,14 @@ mod tests {
             }
         }
         assert_eq!(model.into_values().collect::<Vec<_>>(), all(&s), "replaying the history gives the state");
+        // The session's life is in its own space: created at its revision, gone at its close.
+        let session: Vec<(i64, bool)> =
+            changes.iter().filter(|c| c.space == Space::Sessions).map(|c| (c.revision, c.delete)).collect();
+        assert_eq!(
+            session,
+            vec![(1, false), (head, true)],
+            "the session's creation and end, at their revisions"
+        );
     }
 
     #[test]

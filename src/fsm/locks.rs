@@ -170,7 +170,7 @@ pub(crate) fn acquire(ap: &mut Apply, req: Acquire, request_id: &str) -> Result<
         result(Status::Queued, None, row.waiters.len() as u64 - 1)
     };
     ap.txn.open_table(SESSION_LOCKS)?.insert(index_key(&req.session, &key).as_slice(), [].as_slice())?;
-    write_row(ap.txn, &key, &row)?;
+    write_row(ap, &key, &row)?;
     Ok(status)
 }
 
@@ -189,7 +189,7 @@ pub(crate) fn release(ap: &mut Apply, req: Release) -> Result<outcome::Result, F
     ap.txn.open_table(SESSION_LOCKS)?.remove(index_key(&holder.session, &key).as_slice())?;
     ap.lock_changed(LockChange::Changed { key: key.clone() });
     grant_waiters(ap, &key, &mut row, revision)?;
-    write_row(ap.txn, &key, &row)?;
+    write_row(ap, &key, &row)?;
     Ok(result(Status::Done, Some(seq), 0))
 }
 
@@ -205,7 +205,7 @@ pub(crate) fn cancel_wait(ap: &mut Apply, req: CancelWait) -> Result<outcome::Re
         ap.lock_changed(LockChange::Settled { request_id: waiter.request_id });
         // The head leaving may let the requests behind it in.
         grant_waiters(ap, &key, &mut row, revision)?;
-        write_row(ap.txn, &key, &row)?;
+        write_row(ap, &key, &row)?;
         return Ok(result(Status::Done, None, 0));
     }
     let Some(holder) = row.holders.iter().find(|h| h.request_id == req.request_id) else {
@@ -234,7 +234,7 @@ pub(crate) fn end_delay(ap: &mut Apply, req: EndLockDelay) -> Result<outcome::Re
     row.delay_ms = 0;
     ap.lock_changed(LockChange::DelayEnded { key: key.clone(), since_revision: req.since_revision });
     grant_waiters(ap, &key, &mut row, revision)?;
-    write_row(ap.txn, &key, &row)?;
+    write_row(ap, &key, &row)?;
     Ok(result(Status::Done, None, 0))
 }
 
@@ -276,7 +276,7 @@ pub(crate) fn session_ended(ap: &mut Apply, session: &str, expired: bool) -> Res
             });
         }
         grant_waiters(ap, key, &mut row, revision)?;
-        write_row(ap.txn, key, &row)?;
+        write_row(ap, key, &row)?;
         ap.txn.open_table(SESSION_LOCKS)?.remove(index_key(session, key).as_slice())?;
     }
     Ok(keys.len() as u64)
@@ -484,9 +484,15 @@ pub(crate) fn read_row(txn: &WriteTransaction, key: &[u8]) -> Result<Option<Lock
     get_row(&txn.open_table(LOCKS)?, key)
 }
 
-/// Writes a lock's row, or removes it when it holds nothing.
-pub(crate) fn write_row(txn: &WriteTransaction, key: &[u8], row: &LockRow) -> Result<(), FsmError> {
-    let mut table = txn.open_table(LOCKS)?;
+/// A lock's row as stored, if there is one.
+pub(crate) fn read_row_bytes(txn: &WriteTransaction, key: &[u8]) -> Result<Option<Vec<u8>>, FsmError> {
+    Ok(txn.open_table(LOCKS)?.get(key)?.map(|v| v.value().to_vec()))
+}
+
+/// Writes a lock's row, or removes it when it holds nothing (and notes it for the history).
+pub(crate) fn write_row(ap: &mut Apply, key: &[u8], row: &LockRow) -> Result<(), FsmError> {
+    ap.lock_written(key);
+    let mut table = ap.txn.open_table(LOCKS)?;
     if row.holders.is_empty() && row.waiters.is_empty() && row.delay_revision == 0 {
         table.remove(key)?;
     } else {
@@ -586,6 +592,50 @@ mod tests {
 
     fn expire(s: &mut Store, id: &str) {
         s.apply("", Body::ExpireSession(ExpireSession { id: id.into(), checkpoints: 0, term: 1 }));
+    }
+
+    #[test]
+    fn every_change_of_a_lock_is_in_the_history_once_per_revision_as_it_ended_up() {
+        let mut s = Store::new();
+        session(&mut s, "a");
+        session(&mut s, "b");
+        let granted = lock(&mut s, "r1", "l", "a", LockMode::Exclusive);
+        let queued = lock(&mut s, "r2", "l", "b", LockMode::Exclusive);
+        let seq = granted.sequencer.expect("a holds");
+        s.apply("", release_body(seq));
+        let handed = s.applied().revision;
+        s.apply("", Body::CloseSession(CloseSession { id: "b".into() }));
+        let changes =
+            s.read(|t| super::super::history::changes(t, 1, i64::MAX, usize::MAX)).expect("history reads").0;
+        let of_l: Vec<(i64, bool, Vec<String>)> = changes
+            .iter()
+            .filter(|c| c.space == super::super::history::Space::Locks)
+            .map(|c| {
+                assert_eq!(c.kv.key, b"l", "a lock's change names the lock");
+                let holders = if c.delete {
+                    Vec::new()
+                } else {
+                    LockRow::decode(c.kv.value.as_slice())
+                        .expect("a LockRow")
+                        .holders
+                        .into_iter()
+                        .map(|h| h.session)
+                        .collect()
+                };
+                (c.revision, c.delete, holders)
+            })
+            .collect();
+        assert_eq!(status(&queued), Status::Queued);
+        assert_eq!(
+            of_l,
+            vec![
+                (3, false, vec!["a".to_string()]),
+                (4, false, vec!["a".to_string()]),
+                (handed, false, vec!["b".to_string()]),
+                (handed + 1, true, Vec::new()),
+            ],
+            "granted to a, b queued, handed to b, gone with b's session"
+        );
     }
 
     #[test]

@@ -300,6 +300,7 @@ fn apply_command(
             },
         }
     };
+    ap.record_locks()?;
     let (after, events, sessions, locks) = ap.finish();
     *revision = after;
     let outcome = Outcome { revision: after, data_omitted: false, result: Some(result) };

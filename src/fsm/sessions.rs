@@ -28,6 +28,7 @@ use prost::Message;
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::apply::{Apply, SessionChange};
+use super::history::Space;
 use super::{kv, locks, open_read, Applied, Domain, FsmError, TableDef};
 use crate::storage::schema::{SESSIONS, SESSION_KEYS};
 
@@ -105,12 +106,14 @@ pub(crate) fn create(ap: &mut Apply, req: CreateSession) -> Result<outcome::Resu
         ttl_ms: req.ttl_ms,
         remaining_ms: req.ttl_ms,
         checkpoints: 0,
-        created_revision: ap.revision(),
+        created_revision: ap.write_revision()?,
         keys: 0,
         checkpoint_term: 0,
         leader_ms: 0,
     };
     sessions.insert(req.id.as_bytes(), row.encode_to_vec().as_slice())?;
+    drop(sessions);
+    ap.state_changed(Space::Sessions, req.id.as_bytes(), Some(row.encode_to_vec()))?;
     ap.session_changed(SessionChange::Started { id: req.id.clone(), ttl_ms: req.ttl_ms });
     Ok(outcome::Result::Session(SessionResult {
         id: req.id,
@@ -205,6 +208,7 @@ fn end(ap: &mut Apply, id: String, row: SessionRow, expired: bool) -> Result<out
     kv::delete_owned(ap, &keys)?;
     locks::session_ended(ap, &id, expired)?;
     ap.txn.open_table(SESSIONS)?.remove(id.as_bytes())?;
+    ap.state_changed(Space::Sessions, id.as_bytes(), None)?;
     ap.session_changed(SessionChange::Ended { id: id.clone() });
     Ok(outcome::Result::Session(SessionResult {
         id,
@@ -533,7 +537,8 @@ mod tests {
             Body::CreateSession(CreateSession { id: "s".into(), name: "n".into(), ttl_ms: 5 }),
         );
         assert_eq!(created.sessions, vec![SessionChange::Started { id: "s".into(), ttl_ms: 5 }]);
-        assert_eq!(created.outcome.revision, 0, "creating a session raises no revision");
+        assert_eq!(created.outcome.revision, 1, "a session's creation is a revision (sessions are watched)");
+        assert_eq!(row(&s, "s").map(|r| r.created_revision), Some(1), "… the one it records");
         let again = as_session(create(&mut s, "s", 10));
         assert_eq!(
             (again.id.as_str(), again.ttl_ms),
@@ -541,6 +546,7 @@ mod tests {
             "an existing id is answered with the session"
         );
         assert_eq!(row(&s, "s").map(|r| r.ttl_ms), Some(5), "… and the first session stays");
+        assert_eq!(s.applied().revision, 1, "… and the retry writes nothing");
         assert!(as_rejected(create(&mut s, "", 10)).contains("session id"));
         assert!(as_rejected(create(&mut s, "z", 0)).contains("ttl"));
         let long = Body::CreateSession(CreateSession { id: "y".into(), name: "x".repeat(300), ttl_ms: 1 });

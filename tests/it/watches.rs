@@ -604,3 +604,76 @@ async fn the_leader_compacts_to_the_retention_by_count_and_by_time() {
     );
     assert!(compacted >= first);
 }
+
+/// The next events of a typed watch: (type, name, revision) and the decoded state.
+async fn next_events(
+    updates: &mut (impl futures::Stream<Item = Result<WatchUpdate, latch_client::Error>> + Unpin),
+) -> Vec<(bool, String, i64, Vec<u8>)> {
+    loop {
+        let update = tokio::time::timeout(Duration::from_secs(10), updates.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("the watch goes on")
+            .expect("no error");
+        if let WatchUpdate::Events { events, .. } = update {
+            return events
+                .iter()
+                .map(|e| {
+                    let kv = e.kv.clone().unwrap_or_default();
+                    let delete = e.r#type == EventType::Delete as i32;
+                    (delete, String::from_utf8_lossy(&kv.key).into_owned(), kv.mod_revision, kv.value)
+                })
+                .collect();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_locks_and_elections_are_watched_as_targets_at_their_revisions() {
+    use latch_client::proto::{Leadership, LockInfo, SessionInfo};
+    use latch_client::{LockOptions, SessionOptions, WatchTarget};
+    use prost::Message as _;
+
+    let c = Cluster::start(1, &[]).await;
+    let client = c.client().await;
+    let watch = |target| Box::pin(client.watch(WatchOptions::prefix("").target(target)));
+    let (mut sessions, mut locks, mut elections) =
+        (watch(WatchTarget::Sessions), watch(WatchTarget::Locks), watch(WatchTarget::Elections));
+    for w in [&mut sessions, &mut locks, &mut elections] {
+        assert!(matches!(w.next().await, Some(Ok(WatchUpdate::Started { .. }))));
+    }
+
+    let session = client.session(SessionOptions::new(Duration::from_secs(10)).name("worker")).await.unwrap();
+    let created = next_events(&mut sessions).await;
+    assert_eq!(created.len(), 1, "one event for the creation: {created:?}");
+    let (deleted, id, created_at, value) = created[0].clone();
+    let info = SessionInfo::decode(value.as_slice()).unwrap();
+    assert_eq!(
+        (deleted, id.as_str(), info.name.as_str(), info.ttl_ms),
+        (false, session.id(), "worker", 10_000)
+    );
+    assert_eq!(info.created_revision, created_at, "the session was created at the event's revision");
+
+    let guard = session.lock("jobs/1", LockOptions::exclusive()).await.unwrap().expect("granted");
+    let granted = next_events(&mut locks).await;
+    let info = LockInfo::decode(granted[0].3.as_slice()).unwrap();
+    assert_eq!((granted[0].0, granted[0].1.as_str()), (false, "jobs/1"));
+    assert_eq!(info.holders.iter().map(|h| h.session_id.as_str()).collect::<Vec<_>>(), [session.id()]);
+    assert_eq!(info.holders[0].held_since_revision, granted[0].2, "held since the event's revision");
+    guard.release().await.unwrap();
+    let released = next_events(&mut locks).await;
+    assert_eq!((released[0].0, released[0].1.as_str()), (true, "jobs/1"), "a free lock is a DELETE");
+
+    let leadership = client.election("db").campaign(session.id(), "10.0.0.7:5432").await.unwrap();
+    let elected = next_events(&mut elections).await;
+    let leader = Leadership::decode(elected[0].3.as_slice()).unwrap();
+    assert_eq!((elected[0].1.as_str(), leader.value.as_slice()), ("db", b"10.0.0.7:5432".as_slice()));
+    assert_eq!(leader.sequencer.map(|s| s.token), leadership.sequencer.map(|s| s.token));
+
+    let id = session.id().to_string();
+    session.close().await.unwrap();
+    let ended = next_events(&mut sessions).await;
+    assert_eq!((ended[0].0, ended[0].1.as_str()), (true, id.as_str()), "a session's end is a DELETE");
+    let gone = next_events(&mut elections).await;
+    assert_eq!((gone[0].0, gone[0].2), (true, ended[0].2), "its election went with it, in the same revision");
+}

@@ -47,6 +47,7 @@ use crate::invariants::{self, Ack, Before, Checker, Ctx, Fnv};
 use crate::locks::{LockChecker, Locker};
 use crate::network::{Delivery, NetConfig, Network};
 use crate::sessions::{Keeper, LeaseChecker};
+use crate::watches::WatchChecker;
 
 pub const CLUSTER_ID: u64 = 0x1a7c_5eed;
 /// Nominal tick interval (production's default is of this order).
@@ -101,6 +102,8 @@ pub struct Params {
     pub chaos_us: u64,
     /// Mean time between fault decisions.
     pub chaos_every_us: u64,
+    /// How much history the leader keeps (drawn apart from the rest, see `Params::draw`).
+    pub history_retention: core::Retention,
 }
 
 impl Params {
@@ -153,6 +156,11 @@ impl Params {
             client_timeout_us: rng.gen_range(300_000..800_000),
             chaos_us,
             chaos_every_us: rng.gen_range(150_000..400_000),
+            history_retention: {
+                // Its own generator: the draws above are what they were before it existed.
+                let mut own = SmallRng::seed_from_u64(seed ^ 0x6869_7374_6f72_79);
+                core::Retention::Revisions(own.gen_range(30..300))
+            },
         }
     }
 }
@@ -428,6 +436,7 @@ pub struct Sim {
     /// Lockers' calls waiting for a member: (locker, attempt, member).
     locker_waiters: BTreeMap<Waiter, (usize, u64, u64)>,
     lock_checker: LockChecker,
+    watch_checker: WatchChecker,
     trace: Fnv,
     touched: BTreeSet<u64>,
     settling: bool,
@@ -482,6 +491,7 @@ impl Sim {
             })
             .collect();
         let clients = (0..params.clients).map(Client::new).collect();
+        let watch_checker = WatchChecker::draw(seed, params.nodes, params.chaos_us);
         let mut net = Network::new(params.net);
         if mode == Mode::LeaderChanges {
             // Delays but no loss: no bound holds while an election's own messages can be lost
@@ -515,6 +525,7 @@ impl Sim {
             lockers,
             locker_waiters: BTreeMap::new(),
             lock_checker: LockChecker::default(),
+            watch_checker,
             trace: Fnv::default(),
             touched: BTreeSet::new(),
             settling: false,
@@ -592,6 +603,7 @@ impl Sim {
         let ctx = self.ctx();
         let voters: Vec<u64> = (1..=self.params.nodes).collect();
         let (snapshot_entries, logger) = (self.params.snapshot_entries, self.logger.clone());
+        let history_retention = self.params.history_retention;
         let seed: u64 = self.rng.gen();
         let nonce: u64 = self.rng.gen();
         let tick_offset = self.rng.gen_range(0..TICK_US);
@@ -611,6 +623,8 @@ impl Sim {
             snapshot_entries,
             // Small segments: rotation and deletion happen in every run.
             log_segment_bytes: segment_bytes,
+            // A small history: the leader compacts in every run (watchers that fall behind end).
+            history_retention,
             ..core::Config::new(id, &voters, nonce)
         };
         let identity = Identity { cluster_id: CLUSTER_ID, member_id: id };
@@ -717,6 +731,7 @@ impl Sim {
             self.nodes.iter().filter_map(|n| n.core.as_ref().map(|c| (n.id, c))).collect();
         self.checker.after_step(ctx, &up);
         self.lock_checker.after_step(ctx, &up);
+        self.watch_checker.after_step(ctx, &up);
         if self.params.mode == Mode::LeaderChanges {
             // TTL + 2 × the longest election timeout raft-rs draws (20 ticks), and the message
             // round trips of an election that may fall between the deadline and the expiry
@@ -1116,6 +1131,7 @@ impl Sim {
                 Action::ReadFailed { waiter, error } => (waiter, Err(error.to_string())),
                 Action::Applied { revision, events } => {
                     self.checker.applied_events(self.ctx(), id, revision, &events);
+                    self.watch_checker.applied(self.ctx(), id, revision, &events);
                     continue;
                 }
                 Action::Restored { revision, .. } => {
@@ -1713,6 +1729,7 @@ impl Sim {
         let up: Vec<(u64, &Core)> =
             self.nodes.iter().filter_map(|n| n.core.as_ref().map(|c| (n.id, c))).collect();
         invariants::check_final(ctx, &up, &self.history.acked, &self.history.written);
+        self.watch_checker.check_final(ctx);
         let lin = latch_check::linearizability::check(&self.history.shared);
         if !lin.is_linearizable() {
             ctx.fail(None, "linearizability (Wing–Gong–Lowe, per key)", format!("{lin}"));

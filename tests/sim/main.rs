@@ -22,6 +22,7 @@ mod network;
 mod scenarios;
 mod scripted;
 mod sessions;
+mod watches;
 
 use std::time::Instant;
 

@@ -50,7 +50,7 @@ pub use latch_proto::DEFAULT_LOCK_DELAY_MS;
 pub use lock::{LockGuard, LockOptions, Wait};
 pub use session::{Session, SessionOptions, SessionState};
 pub use txn::{prefix_end, prefix_range, Compare, CompareResult, Op, Txn};
-pub use watch::{WatchOptions, WatchUpdate};
+pub use watch::{WatchOptions, WatchTarget, WatchUpdate};
 
 /// The wire types of Latch's gRPC API, package `latch.v1`.
 pub use latch_proto::v1 as proto;

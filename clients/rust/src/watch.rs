@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use latch_proto::v1::watch_client::WatchClient;
 use latch_proto::v1::watch_create_request::OnCompacted;
+pub use latch_proto::v1::watch_create_request::Target as WatchTarget;
 use latch_proto::v1::watch_request::Request as Ask;
 use latch_proto::v1::watch_response::CancelReason;
 use latch_proto::v1::{Event, KeyValue, WatchCreateRequest, WatchRequest, WatchResponse};
@@ -30,6 +31,7 @@ pub struct WatchOptions {
     no_delete: bool,
     progress_notify: bool,
     snapshot_on_compacted: bool,
+    target: WatchTarget,
 }
 
 impl WatchOptions {
@@ -72,6 +74,14 @@ impl WatchOptions {
         self
     }
 
+    /// Watch sessions, locks or elections instead of keys: the key, prefix or range then
+    /// selects session ids or names, and each event's value is the encoded state (see
+    /// `WatchCreateRequest.target` in watch.proto).
+    pub fn target(mut self, target: WatchTarget) -> Self {
+        self.target = target;
+        self
+    }
+
     /// Ask for [`WatchUpdate::Progress`] when nothing happened for the member's progress
     /// interval.
     pub fn progress_notify(mut self) -> Self {
@@ -101,6 +111,7 @@ impl WatchOptions {
                 progress_notify: self.progress_notify,
                 watch_id: 1,
                 on_compacted: on_compacted as i32,
+                target: self.target as i32,
             })),
         }
     }

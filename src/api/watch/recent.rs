@@ -23,8 +23,13 @@ use prost::bytes::Bytes;
 use prost::Message as _;
 use tokio::sync::watch;
 
+use latch_proto::internal::{LockRow, SessionRow};
+
+use crate::api::election::leadership;
 use crate::api::kv::convert::key_value;
-use crate::fsm::history::{self, Change};
+use crate::api::lock::lock_info;
+use crate::fsm::elections;
+use crate::fsm::history::{self, Change, Space};
 use crate::fsm::{self, FsmError};
 use crate::metrics::Metrics;
 use crate::node::NodeHandle;
@@ -37,6 +42,7 @@ pub const READ_STEP_BYTES: usize = 1024 * 1024;
 /// One change, encoded for the wire.
 #[derive(Debug)]
 pub struct Encoded {
+    pub space: Space,
     pub key: Vec<u8>,
     pub delete: bool,
     /// A `latch.v1.Event` without `prev_kv`, and with it.
@@ -53,11 +59,12 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// The batches of `changes` (in revision order), one per revision.
-    pub fn of(changes: Vec<Change>) -> Vec<Batch> {
+    /// The batches of `changes` (in revision order), one per revision; sequencers name
+    /// `cluster_id`.
+    pub fn of(changes: Vec<Change>, cluster_id: u64) -> Result<Vec<Batch>, FsmError> {
         let mut out: Vec<Batch> = Vec::new();
         for c in changes {
-            let e = encode(c.delete, c.kv, c.prev_kv);
+            let e = encode(c, cluster_id)?;
             match out.last_mut() {
                 Some(b) if b.revision == e.0 => {
                     b.bytes += e.1.plain.len() + e.1.with_prev.len();
@@ -70,23 +77,53 @@ impl Batch {
                 }),
             }
         }
-        out
+        Ok(out)
     }
 }
 
-fn encode(
-    delete: bool,
-    kv: latch_proto::internal::KeyValue,
-    prev: Option<latch_proto::internal::KeyValue>,
-) -> (i64, Encoded) {
-    let revision = kv.mod_revision;
-    let kind = if delete { v1::event::EventType::Delete } else { v1::event::EventType::Put };
-    let key = kv.key.clone();
-    let mut event = v1::Event { r#type: kind as i32, kv: Some(key_value(kv)), prev_kv: None };
+/// A change as a `latch.v1.Event`: a key's as it is; a session's, lock's or election's with its
+/// row turned into the public message watch.proto names (`WatchCreateRequest.target`).
+fn encode(c: Change, cluster_id: u64) -> Result<(i64, Encoded), FsmError> {
+    let revision = c.revision;
+    let kind = if c.delete { v1::event::EventType::Delete } else { v1::event::EventType::Put };
+    let key = c.kv.key.clone();
+    let mut kv = key_value(c.kv);
+    if !c.delete {
+        kv.value = match c.space {
+            Space::Kv => kv.value,
+            Space::Sessions => {
+                let row = SessionRow::decode(kv.value.as_slice()).map_err(|e| corrupt(revision, &e))?;
+                let id = String::from_utf8_lossy(&key).into_owned();
+                let info = v1::SessionInfo {
+                    id,
+                    name: row.name,
+                    ttl_ms: row.ttl_ms as i64,
+                    created_revision: row.created_revision,
+                    ..Default::default()
+                };
+                info.encode_to_vec()
+            }
+            Space::Locks | Space::Elections => {
+                let row = LockRow::decode(kv.value.as_slice()).map_err(|e| corrupt(revision, &e))?;
+                let name = String::from_utf8_lossy(&key).into_owned();
+                if c.space == Space::Locks {
+                    lock_info(name, row).encode_to_vec()
+                } else {
+                    let leader = elections::leader_of(&name, &row);
+                    leader.map(|l| leadership(l, cluster_id)).unwrap_or_default().encode_to_vec()
+                }
+            }
+        };
+    }
+    let mut event = v1::Event { r#type: kind as i32, kv: Some(kv), prev_kv: None };
     let plain = Bytes::from(event.encode_to_vec());
-    event.prev_kv = prev.map(key_value);
+    event.prev_kv = c.prev_kv.map(key_value);
     let with_prev = if event.prev_kv.is_some() { Bytes::from(event.encode_to_vec()) } else { plain.clone() };
-    (revision, Encoded { key, delete, plain, with_prev })
+    Ok((revision, Encoded { space: c.space, key, delete: c.delete, plain, with_prev }))
+}
+
+fn corrupt(revision: i64, e: &prost::DecodeError) -> FsmError {
+    FsmError::Corrupt(format!("table history, revision {revision}: a state row that does not decode: {e}"))
 }
 
 /// What the window covers: revisions `first..=last`.
@@ -173,7 +210,7 @@ impl Recent {
                 last + 1
             };
             let (changes, through) = history::changes(&txn, from, current, READ_STEP_BYTES)?;
-            self.append(Batch::of(changes), through);
+            self.append(Batch::of(changes, node.cluster_id)?, through);
         }
     }
 
