@@ -196,6 +196,11 @@ pub struct Report {
     /// Lock grants seen in the members' states, and lock-delays ended.
     pub lock_grants: u64,
     pub lock_delays_ended: u64,
+    /// Revisions watchers delivered, their moves to another member, and watches ended by a
+    /// compaction.
+    pub watch_revisions: u64,
+    pub watch_moves: u64,
+    pub watch_compacted: u64,
 }
 
 impl std::fmt::Display for Report {
@@ -205,7 +210,8 @@ impl std::fmt::Display for Report {
             "seed {} ({} nodes, snapshot every {}): {} steps, {:.1}s virtual, {} msgs; puts {} acked {} reads {} \
              retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}), \
              partitions {}, pauses {}, snapshots {}; max term {}, revision {}, {} hash checks; lease grants {}, \
-             expiries {}; lock grants {}, lock-delays ended {}; trace {:016x}",
+             expiries {}; lock grants {}, lock-delays ended {}; watched revisions {} (moves {}, compacted {}); \
+             trace {:016x}",
             self.seed,
             self.nodes,
             self.snapshot_entries,
@@ -230,6 +236,9 @@ impl std::fmt::Display for Report {
             self.expiries,
             self.lock_grants,
             self.lock_delays_ended,
+            self.watch_revisions,
+            self.watch_moves,
+            self.watch_compacted,
             self.trace_hash
         )
     }
@@ -1750,6 +1759,9 @@ impl Sim {
         r.expiries = self.leases.expiries;
         r.lock_grants = self.lock_checker.grants();
         r.lock_delays_ended = self.lock_checker.delays_ended;
+        r.watch_revisions = self.watch_checker.delivered;
+        r.watch_moves = self.watch_checker.moves;
+        r.watch_compacted = self.watch_checker.compacted;
         // The run is over: end every process the cheap way (see `crash`).
         let crashes = self.report.crashes;
         for id in 1..=self.params.nodes {
