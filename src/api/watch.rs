@@ -15,6 +15,8 @@
 //!   fragments of it marked `fragment` but the last.
 //! - A progress response says `next − 1` (of the watch, or the least of the stream's): never
 //!   ahead of what was delivered.
+//! - A stream with watches confirms every `lock::FRESHNESS` that its member is in touch with a
+//!   leader (a ReadIndex); a member cut off ends it UNAVAILABLE, so clients resume elsewhere.
 //! - A watch served from the window that fell below it (its client read too slowly while the
 //!   window moved on) is canceled SLOW at `next − 1`; one whose `next` was compacted is
 //!   canceled COMPACTED, or with `on_compacted = SNAPSHOT` gets the range's state at the
@@ -41,6 +43,7 @@ pub use recent::Recent;
 use recent::{Batch, Encoded, READ_STEP_BYTES};
 
 use super::{ApiError, Context};
+use crate::core::RequestError;
 use crate::fsm;
 use crate::fsm::history::{self, Space};
 use crate::metrics::Metrics;
@@ -174,6 +177,9 @@ impl Stream {
         let tick_every = (self.progress_every / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let every = super::lock::FRESHNESS;
+        let mut freshness = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        freshness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut asking = true;
         loop {
             moved.borrow_and_update();
@@ -194,6 +200,7 @@ impl Stream {
                 _ = std::future::ready(()), if behind => Ok(()),
                 changed = moved.changed() => if changed.is_err() { Err(End::Gone) } else { Ok(()) },
                 _ = tick.tick() => self.idle_progress().await,
+                _ = freshness.tick(), if !self.watches.is_empty() => self.check_freshness().await,
             };
             if let Err(end) = step {
                 return self.end(end).await;
@@ -564,6 +571,15 @@ impl Stream {
             w.last_sent = Instant::now();
         }
         Ok(())
+    }
+
+    /// A member cut off from the leader would stream nothing new, silently: it ends the stream
+    /// UNAVAILABLE instead, and the client resumes its watches on another member.
+    async fn check_freshness(&self) -> Result<(), End> {
+        match self.ctx.node.read_index().await {
+            Ok(()) | Err(RequestError::Overloaded { .. }) => Ok(()),
+            Err(e) => Err(self.fail(e)),
+        }
     }
 
     /// A progress response to every watch that asked for them and got nothing for a while.

@@ -677,3 +677,28 @@ async fn sessions_locks_and_elections_are_watched_as_targets_at_their_revisions(
     let gone = next_events(&mut elections).await;
     assert_eq!((gone[0].0, gone[0].2), (true, ended[0].2), "its election went with it, in the same revision");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_a_member_cut_off_from_the_leader_moves_to_another_member() {
+    let c = Cluster::start(3, &["--fault-injection"]).await;
+    let leader = c.leader().await;
+    let cut = c.ids().into_iter().find(|id| *id != leader).unwrap();
+    let others: Vec<u64> = c.ids().into_iter().filter(|id| *id != cut).collect();
+    let watcher = c.client_of_many(&[cut, others[0], others[1]]).await;
+    let mut updates = Box::pin(watcher.watch(WatchOptions::prefix(PREFIX)));
+    assert!(matches!(updates.next().await, Some(Ok(WatchUpdate::Started { .. }))));
+    let writer = c.client_of_many(&others).await;
+    let before = writer.put(format!("{PREFIX}a"), "1").await.unwrap().header.unwrap().revision;
+    assert!(matches!(next_events(&mut updates).await[..], [(false, _, r, _)] if r == before));
+
+    c.isolate(cut).await;
+    let after = writer.put(format!("{PREFIX}a"), "2").await.unwrap().header.unwrap().revision;
+    // The cut-off member never applies it: the watch must end there and resume elsewhere.
+    let events = next_events(&mut updates).await;
+    assert_eq!(
+        events.iter().map(|e| (e.2, e.3.clone())).collect::<Vec<_>>(),
+        vec![(after, b"2".to_vec())],
+        "the write made while the watch's member was cut off arrives, once"
+    );
+    c.heal_all().await;
+}
