@@ -539,6 +539,36 @@ mod tests {
     }
 
     #[test]
+    fn history_retention_is_a_count_a_duration_or_zero_in_flags_and_file() {
+        assert_eq!(Retention::parse("5000"), Ok(Retention::Revisions(5000)));
+        assert_eq!(Retention::parse("1h"), Ok(Retention::Duration(Duration::from_secs(3600))));
+        assert_eq!(Retention::parse("0"), Ok(Retention::All));
+        let bad = Retention::parse("lots").expect_err("neither");
+        assert!(bad.contains("neither a number of revisions"), "{bad}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("latch.toml");
+        for (text, want) in [
+            ("history-retention = 20", Retention::Revisions(20)),
+            ("history-retention = \"2m\"", Retention::Duration(Duration::from_secs(120))),
+        ] {
+            std::fs::write(
+                &path,
+                format!("id = 1\ndata-dir = \"/tmp/x\"\n{text}\nwatch-progress-interval = \"3s\"\n"),
+            )
+            .expect("write config");
+            let c = Config::from_args(ServerArgs { config: Some(path.clone()), ..Default::default() })
+                .expect(text);
+            assert_eq!(
+                (c.history_retention, c.watch_progress_interval),
+                (want, Duration::from_secs(3)),
+                "{text}"
+            );
+        }
+        let dev = Config::from_args(ServerArgs { dev: true, ..Default::default() }).expect("--dev");
+        assert_eq!(dev.history_retention, Retention::DEFAULT);
+    }
+
+    #[test]
     fn fault_injection_is_off_unless_the_flag_or_the_file_turns_it_on() {
         let dev = Config::from_args(ServerArgs { dev: true, ..Default::default() }).expect("--dev");
         assert!(!dev.fault_injection);
