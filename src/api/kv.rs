@@ -229,7 +229,17 @@ fn check_txn(limits: &Limits, req: &TxnRequest) -> Result<(), ApiError> {
         let mut written: Vec<&[u8]> = Vec::new();
         for op in ops {
             match &op.request {
-                Some(request_op::Request::Range(r)) => check_key(limits, "range.key", &r.key)?,
+                Some(request_op::Request::Range(r)) => {
+                    check_key(limits, "range.key", &r.key)?;
+                    if r.revision != 0 {
+                        return Err(ApiError::InvalidArgument {
+                            field: "range.revision",
+                            problem:
+                                "a read at a past revision is not served inside a transaction; use Range"
+                                    .into(),
+                        });
+                    }
+                }
                 Some(request_op::Request::Put(p)) => {
                     check_put(limits, p)?;
                     if !p.sequential && written.contains(&p.key.as_slice()) {

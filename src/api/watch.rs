@@ -16,7 +16,8 @@
 //! - A progress response says `next − 1` (of the watch, or the least of the stream's): never
 //!   ahead of what was delivered.
 //! - A stream with watches confirms every `lock::FRESHNESS` that its member is in touch with a
-//!   leader (a ReadIndex); a member cut off ends it UNAVAILABLE, so clients resume elsewhere.
+//!   leader (a ReadIndex, beside the stream); after two failures in a row (a member cut off: it
+//!   would stream nothing new, silently) it ends UNAVAILABLE, so clients resume elsewhere.
 //! - A watch served from the window that fell below it (its client read too slowly while the
 //!   window moved on) is canceled SLOW at `next − 1`; one whose `next` was compacted is
 //!   canceled COMPACTED, or with `on_compacted = SNAPSHOT` gets the range's state at the
@@ -28,7 +29,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use latch_proto::internal::Range;
 use latch_proto::v1::watch_request::Request as Ask;
 use latch_proto::v1::watch_response::CancelReason;
 use latch_proto::v1::{watch_create_request, ResponseHeader, WatchCreateRequest, WatchRequest};
@@ -54,10 +54,14 @@ const OUTBOX: usize = 64;
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Most watches on one stream.
 pub const MAX_WATCHES_PER_STREAM: usize = 10_000;
-/// Revisions one watch takes from the window before the others get their turn.
+/// Revisions, and bytes of encoded events, one watch takes from the window before the others
+/// get their turn.
 const BATCHES_PER_TURN: usize = 1024;
-/// Kvs of one snapshot response (on_compacted = SNAPSHOT).
-const SNAPSHOT_PAGE: i64 = 1000;
+const BYTES_PER_TURN: usize = 1024 * 1024;
+/// Kvs of one snapshot response (on_compacted = SNAPSHOT), and how long the client may take
+/// to accept one.
+const SNAPSHOT_PAGE: usize = 1000;
+const SNAPSHOT_PAGE_WAIT: Duration = Duration::from_secs(30);
 
 pub struct WatchService {
     ctx: Context,
@@ -181,6 +185,10 @@ impl Stream {
         let mut freshness = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         freshness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut asking = true;
+        // The freshness check in flight (it runs beside the stream, never holding it), and the
+        // failures in a row so far: one failed ReadIndex (an election under way) is forgiven.
+        let mut checking: Option<tokio::task::JoinHandle<Result<(), RequestError>>> = None;
+        let mut failures = 0;
         loop {
             moved.borrow_and_update();
             let behind = match self.deliver().await {
@@ -200,7 +208,25 @@ impl Stream {
                 _ = std::future::ready(()), if behind => Ok(()),
                 changed = moved.changed() => if changed.is_err() { Err(End::Gone) } else { Ok(()) },
                 _ = tick.tick() => self.idle_progress().await,
-                _ = freshness.tick(), if !self.watches.is_empty() => self.check_freshness().await,
+                _ = freshness.tick(), if !self.watches.is_empty() && checking.is_none() => {
+                    let node = self.ctx.node.clone();
+                    checking = Some(tokio::spawn(async move { node.read_index().await }));
+                    Ok(())
+                }
+                checked = async {
+                    match checking.as_mut() {
+                        Some(check) => check.await,
+                        None => std::future::pending().await,
+                    }
+                }, if checking.is_some() => {
+                    checking = None;
+                    match checked {
+                        Ok(Ok(())) | Ok(Err(RequestError::Overloaded { .. })) => { failures = 0; Ok(()) }
+                        Ok(Err(e)) if failures == 0 => { failures += 1; tracing::debug!(error = %e, "watch stream: a freshness check failed"); Ok(()) }
+                        Ok(Err(e)) => Err(self.fail(e)),
+                        Err(_) => Ok(()),
+                    }
+                }
             };
             if let Err(end) = step {
                 return self.end(end).await;
@@ -298,8 +324,9 @@ impl Stream {
     }
 
     async fn create(&mut self, c: WatchCreateRequest) -> Result<(), End> {
+        // The next free id above the highest; i64::MAX in use makes the member pick none.
         let id = if c.watch_id == 0 {
-            self.watches.last_key_value().map_or(1, |(id, _)| id + 1)
+            self.watches.last_key_value().map_or(Some(1), |(id, _)| id.checked_add(1)).unwrap_or(i64::MAX)
         } else {
             c.watch_id
         };
@@ -316,6 +343,11 @@ impl Stream {
                     ..Default::default()
                 })
                 .await;
+        }
+        if c.start_revision == 0 {
+            // "Now" is the cluster's now, not a lagging member's: a watch created on a member
+            // that restarted far behind would otherwise replay old revisions as new.
+            self.ctx.node.read_index().await.map_err(|e| self.fail(e))?;
         }
         let txn = self.ctx.node.db().begin_read().map_err(|e| self.fail(e))?;
         let next = if c.start_revision == 0 {
@@ -406,6 +438,11 @@ impl Stream {
 
     /// Brings every watch as far as one turn goes; `true` when some watch has more to do.
     async fn deliver(&mut self) -> Result<bool, End> {
+        if let Some(why) = self.recent.failed() {
+            return Err(End::Failed(Status::unavailable(format!(
+                "this member cannot serve watches ({why}): resume them on another member"
+            ))));
+        }
         let span = self.recent.span();
         let mut behind = false;
         let ids: Vec<i64> = self.watches.keys().copied().collect();
@@ -422,7 +459,7 @@ impl Stream {
             if next > span.last {
                 continue;
             }
-            match self.recent.batches_from(next, BATCHES_PER_TURN) {
+            match self.recent.batches_from(next, BATCHES_PER_TURN, BYTES_PER_TURN) {
                 Some((batches, through)) => {
                     for b in &batches {
                         self.send_batch(id, b).await?;
@@ -536,50 +573,42 @@ impl Stream {
         revision: i64,
     ) -> Result<(), End> {
         let Some(w) = self.watches.get(&id) else { return Ok(()) };
-        let mut page = Range {
-            key: w.key.clone(),
-            range_end: w.range_end.clone(),
-            limit: SNAPSHOT_PAGE,
-            ..Default::default()
-        };
+        let (key, range_end) = (w.key.clone(), w.range_end.clone());
         let header = self.header(revision);
+        let mut from: Vec<u8> = Vec::new();
         loop {
-            let (_, result) =
-                fsm::range(txn, &page, self.ctx.limits.max_response_bytes).map_err(|e| self.fail(e))?;
-            let more = result.more;
-            let next_key = result.kvs.last().map(|kv| {
-                let mut k = kv.key.clone();
-                k.push(0);
-                k
-            });
-            let kvs = result.kvs.into_iter().map(super::kv::convert::key_value).collect();
-            self.send(wire::WatchResponse {
+            let (kvs, more) = fsm::read_page(txn, &key, &range_end, &from, SNAPSHOT_PAGE, MAX_RESPONSE_BYTES)
+                .map_err(|e| self.fail(e))?;
+            if let Some(last) = kvs.last() {
+                from = last.key.clone();
+                from.push(0);
+            }
+            let response = wire::WatchResponse {
                 header: Some(header),
                 watch_id: id,
                 snapshot: true,
                 fragment: more,
-                snapshot_kvs: kvs,
+                snapshot_kvs: kvs.into_iter().map(super::kv::convert::key_value).collect(),
                 ..Default::default()
-            })
-            .await?;
-            match next_key {
-                Some(k) if more => page.key = k,
-                _ => break,
+            };
+            // The read transaction stays open while the client takes the pages: one that does
+            // not is cut off rather than left holding it.
+            match tokio::time::timeout(SNAPSHOT_PAGE_WAIT, self.send(response)).await {
+                Ok(sent) => sent?,
+                Err(_) => {
+                    return Err(End::Failed(Status::unavailable(format!(
+                        "the client took no snapshot page for {SNAPSHOT_PAGE_WAIT:?}"
+                    ))))
+                }
+            }
+            if !more {
+                break;
             }
         }
         if let Some(w) = self.watches.get_mut(&id) {
             w.last_sent = Instant::now();
         }
         Ok(())
-    }
-
-    /// A member cut off from the leader would stream nothing new, silently: it ends the stream
-    /// UNAVAILABLE instead, and the client resumes its watches on another member.
-    async fn check_freshness(&self) -> Result<(), End> {
-        match self.ctx.node.read_index().await {
-            Ok(()) | Err(RequestError::Overloaded { .. }) => Ok(()),
-            Err(e) => Err(self.fail(e)),
-        }
     }
 
     /// A progress response to every watch that asked for them and got nothing for a while.

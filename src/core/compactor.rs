@@ -33,6 +33,7 @@ impl Retention {
     pub fn parse(s: &str) -> Result<Retention, String> {
         match s.trim().parse::<u64>() {
             Ok(0) => Ok(Retention::All),
+            Ok(n) if n > i64::MAX as u64 => Err(format!("{n} revisions is more than a revision can count")),
             Ok(n) => Ok(Retention::Revisions(n)),
             Err(_) => match humantime::parse_duration(s.trim()) {
                 Ok(d) if d.is_zero() => Ok(Retention::All),

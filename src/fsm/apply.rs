@@ -199,8 +199,9 @@ impl<'t> Apply<'t> {
         }
     }
 
-    /// The revision after the command, its events and what it did to sessions and locks.
-    pub(crate) fn finish(self) -> (i64, Vec<Event>, Vec<SessionChange>, Vec<LockChange>) {
-        (self.revision(), self.events, self.sessions, self.locks)
+    /// The revision after the command, its events, what it did to sessions and locks, and how
+    /// many history rows it wrote.
+    pub(crate) fn finish(self) -> (i64, Vec<Event>, Vec<SessionChange>, Vec<LockChange>, u32) {
+        (self.revision(), self.events, self.sessions, self.locks, self.recorded)
     }
 }

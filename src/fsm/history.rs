@@ -12,8 +12,10 @@
 //!   moves only by a `Compact` command. Revisions at or below it are gone for every reader at
 //!   once, whatever rows are still stored: a read or a watch from there is refused
 //!   ([`RevisionError::Compacted`]), never answered from partial history.
-//! - The rows at or below `compact` are removed in steps of at most [`PURGE_STEP`] with each
-//!   applied entry ([`purge_step`]): a compaction of any size never stalls the writes behind it.
+//! - The rows at or below `compact` are removed in steps with each applied entry
+//!   ([`purge_step`]: [`PURGE_STEP`] rows, plus as many as the entry wrote, so that the backlog
+//!   shrinks however large the writes): a compaction of any size never stalls the writes
+//!   behind it.
 //!   Deterministic (it depends on the state alone), so members stay identical.
 //! - Sessions, locks and elections record their changes here too, in spaces of their own
 //!   (`Space`): a session's creation and end, a lock's or election's row after each revision
@@ -32,7 +34,7 @@ use redb::{ReadTransaction, ReadableTable, Table, TableHandle, WriteTransaction}
 use super::{open_read, Applied, Domain, FsmError, TableDef};
 use crate::storage::schema::{HISTORY, HISTORY_META, HISTORY_META_COMPACT};
 
-/// Most history rows removed with one applied entry.
+/// History rows removed with each applied entry, beyond as many as the entry wrote.
 pub const PURGE_STEP: usize = 64;
 
 /// A revision a read or a watch cannot be served at.
@@ -162,9 +164,10 @@ pub(crate) fn compact(
     Ok(Ok(revision))
 }
 
-/// Removes at most [`PURGE_STEP`] rows at or below the compact revision; called once per
-/// applied entry.
-pub(crate) fn purge_step(txn: &WriteTransaction) -> Result<(), FsmError> {
+/// Removes at most `budget` rows at or below the compact revision; called once per applied
+/// entry, with [`PURGE_STEP`] plus the rows the entry wrote, so that a compaction's backlog
+/// shrinks whatever the writes do.
+pub(crate) fn purge_step(txn: &WriteTransaction, budget: usize) -> Result<(), FsmError> {
     let compacted = compact_revision(&txn.open_table(HISTORY_META)?)?;
     if compacted == 0 {
         return Ok(());
@@ -173,7 +176,7 @@ pub(crate) fn purge_step(txn: &WriteTransaction) -> Result<(), FsmError> {
     let end = row_key(compacted.saturating_add(1), 0);
     let doomed: Vec<Vec<u8>> = table
         .range::<&[u8]>(..end.as_slice())?
-        .take(PURGE_STEP)
+        .take(budget)
         .map(|row| row.map(|(k, _)| k.value().to_vec()))
         .collect::<Result<_, _>>()?;
     for key in doomed {
@@ -213,27 +216,43 @@ pub fn changes(
     Ok((out, to))
 }
 
-/// What the keys `select` accepts held at `revision` (checked by the caller), for each one
-/// changed after it: the first later change's `prev_kv` (`None`: it did not exist). Keys not
-/// in the map hold at `revision` what they hold now.
+/// The keys `select` accepts that changed after `revision` (checked by the caller), each with
+/// where its first later change is: that change's `prev_kv` ([`held_before`]) is what the key
+/// held at `revision`. Keys not in the map hold at `revision` what they hold now. Only keys are
+/// kept in memory.
 pub(crate) fn changed_since<H>(
     history: &H,
     revision: i64,
     select: impl Fn(&[u8]) -> bool,
-) -> Result<BTreeMap<Vec<u8>, Option<KeyValue>>, FsmError>
+) -> Result<BTreeMap<Vec<u8>, [u8; 12]>, FsmError>
 where
     H: ReadableTable<&'static [u8], &'static [u8]>,
 {
-    let mut then: BTreeMap<Vec<u8>, Option<KeyValue>> = BTreeMap::new();
+    let mut then: BTreeMap<Vec<u8>, [u8; 12]> = BTreeMap::new();
     let start = row_key(revision.saturating_add(1), 0);
     for row in history.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Unbounded))? {
         let (k, v) = row?;
         let change = decode_event(k.value(), v.value())?;
         if change.space == Space::Kv && select(&change.kv.key) && !then.contains_key(&change.kv.key) {
-            then.insert(change.kv.key, change.prev_kv);
+            let at = <[u8; 12]>::try_from(k.value())
+                .map_err(|_| FsmError::Corrupt("table history: a key of another length".into()))?;
+            then.insert(change.kv.key, at);
         }
     }
     Ok(then)
+}
+
+/// What the change at `at` (a row of [`changed_since`]) says its key held before it.
+pub(crate) fn held_before<H>(history: &H, at: &[u8; 12]) -> Result<Option<KeyValue>, FsmError>
+where
+    H: ReadableTable<&'static [u8], &'static [u8]>,
+{
+    match history.get(at.as_slice())? {
+        Some(v) => Ok(decode_event(at, v.value())?.prev_kv),
+        None => {
+            Err(FsmError::Corrupt(format!("table history: row {:?} vanished while read", split_key(at)?)))
+        }
+    }
 }
 
 fn row_key(revision: i64, n: u32) -> [u8; 12] {
@@ -428,7 +447,11 @@ mod tests {
         let left = |s: &Store| all_changes(s).iter().filter(|c| c.revision <= head - 2).count();
         assert_eq!(left(&s), keys - 2 - PURGE_STEP, "one step of rows went with the compaction's entry");
         s.apply("", put("x", "1"));
-        assert_eq!(left(&s), keys - 2 - 2 * PURGE_STEP, "and one with the next entry");
+        assert_eq!(
+            left(&s),
+            keys - 2 - 2 * PURGE_STEP - 1,
+            "and one with the next entry, plus as many as it wrote"
+        );
         let mut writes = 1;
         while left(&s) > 0 {
             s.apply("", put("x", "1"));

@@ -204,6 +204,34 @@ pub(crate) fn read_range(
     }
 }
 
+/// One page of the current keys `key`/`range_end` select, from `from` (inclusive; `key` when
+/// empty): at most `limit` kvs and about `max_bytes`, and whether more follow. Unlike a range
+/// it neither counts nor reads past the page.
+pub(crate) fn read_page(
+    txn: &ReadTransaction,
+    key: &[u8],
+    range_end: &[u8],
+    from: &[u8],
+    limit: usize,
+    max_bytes: usize,
+) -> Result<(Vec<KeyValue>, bool), FsmError> {
+    let mut kvs = Vec::new();
+    let Some(table) = open_read(txn, KV)? else { return Ok((kvs, false)) };
+    let Some((start, end)) = selection(key, range_end) else { return Ok((kvs, false)) };
+    let start = if from.is_empty() { start } else { Bound::Included(from) };
+    let mut bytes = 0;
+    for row in table.range::<&[u8]>((start, end))? {
+        let (k, v) = row?;
+        if kvs.len() >= limit.max(1) || bytes >= max_bytes {
+            return Ok((kvs, true));
+        }
+        let kv = key_value(k.value(), decode_stored("table kv", k.value(), v.value())?);
+        bytes += kv.encoded_len();
+        kvs.push(kv);
+    }
+    Ok((kvs, false))
+}
+
 /// A key for error messages: printable ASCII as is, other bytes escaped.
 fn show(key: &[u8]) -> String {
     key.escape_ascii().to_string()
@@ -286,25 +314,31 @@ where
     let Some(selected) = selection(&req.key, &req.range_end) else { return Ok(out.result) };
     let then =
         history::changed_since(history, req.revision, |k| RangeBounds::<[u8]>::contains(&selected, k))?;
-    let mut past = then.values().filter_map(|prev| prev.as_ref()).peekable();
-    for row in table.range::<&[u8]>(selected)? {
-        let (k, v) = row?;
-        while let Some(p) = past.next_if(|p| p.key.as_slice() < k.value()) {
+    // What a changed key held then, if it existed: counted, and read only when wanted.
+    let take_past = |out: &mut Collector, at: &[u8; 12]| -> Result<(), FsmError> {
+        if let Some(kv) = history::held_before(history, at)? {
             if out.wants_next() {
-                out.push(p.clone());
+                out.push(kv);
             }
         }
-        if then.contains_key(k.value()) {
-            continue; // changed since: `past` has what it held then, if anything
+        Ok(())
+    };
+    let mut past = then.iter().peekable();
+    for row in table.range::<&[u8]>(selected)? {
+        let (k, v) = row?;
+        while let Some((_, at)) = past.next_if(|(key, _)| key.as_slice() < k.value()) {
+            take_past(&mut out, at)?;
+        }
+        if let Some((_, at)) = past.next_if(|(key, _)| key.as_slice() == k.value()) {
+            take_past(&mut out, at)?; // changed since: what it held then, if anything
+            continue;
         }
         if out.wants_next() {
             out.push(key_value(k.value(), decode_stored("table kv", k.value(), v.value())?));
         }
     }
-    for p in past {
-        if out.wants_next() {
-            out.push(p.clone());
-        }
+    for (_, at) in past {
+        take_past(&mut out, at)?;
     }
     Ok(out.result)
 }

@@ -36,13 +36,25 @@ pub mod sessions;
 pub mod snapshot;
 
 use latch_proto::internal::{
-    command::Body, outcome, Command, CompactResult, Compacted, Outcome, Range, RangeResult,
+    command::Body, outcome, Command, CompactResult, Compacted, KeyValue, Outcome, Range, RangeResult,
 };
 use prost::Message;
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 
 pub use apply::{Event, EventKind, LockChange, SessionChange};
 pub use kv::SEQUENCE_DIGITS;
+
+/// One page of the current keys a selection holds (see `kv::read_page`).
+pub fn read_page(
+    txn: &ReadTransaction,
+    key: &[u8],
+    range_end: &[u8],
+    from: &[u8],
+    limit: usize,
+    max_bytes: usize,
+) -> Result<(Vec<KeyValue>, bool), FsmError> {
+    kv::read_page(txn, key, range_end, from, limit, max_bytes)
+}
 pub use requests::{remembered, REQUEST_MEMORY_BYTES};
 
 use crate::storage::schema::{FSM_APPLIED_INDEX, FSM_APPLIED_TERM, FSM_META, FSM_REVISION};
@@ -183,12 +195,14 @@ pub fn apply_entry(
     if index <= pos.index {
         return Err(FsmError::OutOfOrder { applied: pos.index, index });
     }
-    let result = if data.is_empty() {
-        None
+    let (result, recorded) = if data.is_empty() {
+        (None, 0)
     } else {
-        Some(apply_command(txn, index, term, &mut pos.revision, data, bounds)?)
+        let (applied, recorded) = apply_command(txn, index, term, &mut pos.revision, data, bounds)?;
+        (Some(applied), recorded)
     };
-    history::purge_step(txn)?;
+    // At least as many rows go as the entry added: a compaction's backlog never grows.
+    history::purge_step(txn, history::PURGE_STEP + recorded as usize)?;
     pos.index = index;
     pos.term = term;
     write_meta(txn, pos)?;
@@ -230,6 +244,7 @@ pub fn state_hash(txn: &ReadTransaction) -> Result<u64, FsmError> {
 }
 
 /// Applies one non-empty entry: decode, answer a remembered request id, dispatch, remember.
+/// Also says how many history rows it wrote.
 fn apply_command(
     txn: &WriteTransaction,
     index: u64,
@@ -237,14 +252,14 @@ fn apply_command(
     revision: &mut i64,
     data: &[u8],
     bounds: &Bounds,
-) -> Result<AppliedCommand, FsmError> {
+) -> Result<(AppliedCommand, u32), FsmError> {
     let command_hash = command_hash(data);
     let cmd = match Command::decode(data) {
         Ok(cmd) => cmd,
         Err(e) => {
             let why = outcome::Result::Rejected(format!("command: undecodable Command: {e}"));
             let outcome = Outcome { revision: *revision, data_omitted: false, result: Some(why) };
-            return Ok(AppliedCommand {
+            let applied = AppliedCommand {
                 index,
                 term,
                 request_id: String::new(),
@@ -253,12 +268,13 @@ fn apply_command(
                 events: Vec::new(),
                 sessions: Vec::new(),
                 locks: Vec::new(),
-            });
+            };
+            return Ok((applied, 0));
         }
     };
     if !cmd.request_id.is_empty() {
         if let requests::Seen::Answered(outcome) = requests::lookup(txn, &cmd.request_id, command_hash)? {
-            return Ok(AppliedCommand {
+            let applied = AppliedCommand {
                 index,
                 term,
                 request_id: cmd.request_id,
@@ -267,7 +283,8 @@ fn apply_command(
                 events: Vec::new(),
                 sessions: Vec::new(),
                 locks: Vec::new(),
-            });
+            };
+            return Ok((applied, 0));
         }
     }
     let mut ap = Apply::new(txn, *revision, bounds.max_response_bytes);
@@ -301,13 +318,13 @@ fn apply_command(
         }
     };
     ap.record_locks()?;
-    let (after, events, sessions, locks) = ap.finish();
+    let (after, events, sessions, locks, recorded) = ap.finish();
     *revision = after;
     let outcome = Outcome { revision: after, data_omitted: false, result: Some(result) };
     if !cmd.request_id.is_empty() {
         requests::remember(txn, index, &cmd.request_id, command_hash, &outcome, bounds.request_memory_bytes)?;
     }
-    Ok(AppliedCommand {
+    let applied = AppliedCommand {
         index,
         term,
         request_id: cmd.request_id,
@@ -316,7 +333,8 @@ fn apply_command(
         events,
         sessions,
         locks,
-    })
+    };
+    Ok((applied, recorded))
 }
 
 /// Opens a table for reading; a table that was never created reads as absent.

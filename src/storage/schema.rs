@@ -12,8 +12,11 @@ pub const NODE_MEMBER_ID: &str = "member_id";
 pub const NODE_FORMAT: &str = "format";
 /// The data format this build writes and reads. Format 1 (the first build) kept the raft log
 /// and the state in one redb file, with `latch.v1` messages in the log; a format-1 data dir
-/// has no raft log directory and is refused by name (its `latch.redb` is not opened).
-pub const FORMAT_VERSION: u64 = 2;
+/// has no raft log directory and is refused by name (its `latch.redb` is not opened). Format 2
+/// kept no history (and a session's creation took no revision): its state could not answer
+/// reads at past revisions or watches truthfully, so it is refused too (the log segments' and
+/// the state's format both say which).
+pub const FORMAT_VERSION: u64 = 3;
 
 /// The state machine's position: written in the same transaction as the state it describes,
 /// so that after a crash the log is replayed from exactly the entry after `applied_index`.

@@ -702,3 +702,113 @@ async fn a_watch_on_a_member_cut_off_from_the_leader_moves_to_another_member() {
     );
     c.heal_all().await;
 }
+
+/// The responses of a raw stream until one satisfies `until`.
+async fn responses_until(
+    stream: &mut tonic::Streaming<latch_client::proto::WatchResponse>,
+    mut until: impl FnMut(&latch_client::proto::WatchResponse) -> bool,
+) -> Vec<latch_client::proto::WatchResponse> {
+    let mut got = Vec::new();
+    loop {
+        let r = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("a response within 10 s")
+            .expect("the stream goes on")
+            .expect("the stream is open");
+        let done = until(&r);
+        got.push(r);
+        if done {
+            return got;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_stream_serves_filters_previous_values_fragments_cancels_and_refusals() {
+    let c = Cluster::start(1, &[]).await;
+    let client = c.client().await;
+    let (tx, rx) = mpsc::channel(16);
+    let mut stream = WatchClient::connect(format!("http://{}", c.member(1).client_addr))
+        .await
+        .unwrap()
+        .watch(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let (key, range_end) = prefix_range(PREFIX.as_bytes());
+    let create = |watch_id: i64, f: fn(&mut WatchCreateRequest)| {
+        let mut c = WatchCreateRequest {
+            key: key.clone(),
+            range_end: range_end.clone(),
+            watch_id,
+            ..Default::default()
+        };
+        f(&mut c);
+        WatchRequest { request: Some(Ask::Create(c)) }
+    };
+    tx.send(create(1, |c| c.no_delete = true)).await.unwrap();
+    tx.send(create(2, |c| c.no_put = true)).await.unwrap();
+    tx.send(create(3, |c| c.prev_kv = true)).await.unwrap();
+    tx.send(create(3, |_| {})).await.unwrap();
+    let created = responses_until(&mut stream, |r| r.created && r.watch_id == 3 && r.canceled).await;
+    assert!(created[..3].iter().all(|r| r.created && !r.canceled), "three watches created: {created:?}");
+    let refused = created.last().unwrap();
+    assert_eq!(refused.cancel_reason, CancelReason::Invalid as i32);
+    assert!(refused.cancel_message.contains("watch_id: 3 is in use"), "{}", refused.cancel_message);
+
+    let put = client.put(format!("{PREFIX}a"), "1").await.unwrap().header.unwrap().revision;
+    client.put(format!("{PREFIX}a"), "2").await.unwrap();
+    let del = client.delete(format!("{PREFIX}a")).await.unwrap();
+    assert_eq!(del, 1);
+    // Watch 1 sees the two puts, watch 2 the delete, watch 3 all three with previous values.
+    let got = responses_until(&mut stream, |r| {
+        r.watch_id == 3 && r.events.iter().any(|e| e.r#type == EventType::Delete as i32)
+    })
+    .await;
+    let of = |id: i64| -> Vec<(i64, i32, Option<Vec<u8>>)> {
+        got.iter()
+            .filter(|r| r.watch_id == id)
+            .flat_map(|r| {
+                r.events.iter().map(|e| {
+                    (r.header.unwrap().revision, e.r#type, e.prev_kv.as_ref().map(|p| p.value.clone()))
+                })
+            })
+            .collect()
+    };
+    let (p, d) = (EventType::Put as i32, EventType::Delete as i32);
+    assert_eq!(
+        of(3),
+        vec![(put, p, None), (put + 1, p, Some(b"1".to_vec())), (put + 2, d, Some(b"2".to_vec()))]
+    );
+    // One task serves the stream's watches in turn: by watch 3's delete, 1 and 2 were served.
+    let all: Vec<_> = got.iter().collect();
+    let revisions = |id: i64| {
+        all.iter().filter(|r| r.watch_id == id).map(|r| r.header.unwrap().revision).collect::<Vec<_>>()
+    };
+    assert_eq!(revisions(1), vec![put, put + 1], "no_delete leaves the delete out");
+    assert_eq!(revisions(2), vec![put + 2], "no_put leaves the puts out");
+
+    // A revision over 1 MiB of events comes in fragments, all of one revision, the last unmarked.
+    tx.send(WatchRequest {
+        request: Some(Ask::Cancel(latch_client::proto::WatchCancelRequest { watch_id: 2 })),
+    })
+    .await
+    .unwrap();
+    let big = vec![b'x'; 700 * 1024];
+    let txn = Txn::new()
+        .and_then([Op::put(format!("{PREFIX}b"), big.clone()), Op::put(format!("{PREFIX}c"), big.clone())]);
+    let revision = client.txn(txn).await.unwrap().header.unwrap().revision;
+    let parts =
+        responses_until(&mut stream, |r| r.watch_id == 1 && !r.fragment && !r.events.is_empty()).await;
+    let canceled = parts.iter().find(|r| r.watch_id == 2).expect("the cancel is answered");
+    assert!(canceled.canceled && canceled.cancel_reason == CancelReason::Client as i32);
+    let of_1: Vec<_> = parts.iter().filter(|r| r.watch_id == 1).collect();
+    assert_eq!(
+        of_1.len(),
+        2,
+        "two fragments: {:?}",
+        of_1.iter().map(|r| (r.fragment, r.events.len())).collect::<Vec<_>>()
+    );
+    assert!(of_1[0].fragment && !of_1[1].fragment, "the first says more follow, the last does not");
+    assert!(of_1.iter().all(|r| r.header.unwrap().revision == revision && r.events.len() == 1));
+}

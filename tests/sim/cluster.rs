@@ -158,7 +158,7 @@ impl Params {
             chaos_every_us: rng.gen_range(150_000..400_000),
             history_retention: {
                 // Its own generator: the draws above are what they were before it existed.
-                let mut own = SmallRng::seed_from_u64(seed ^ 0x6869_7374_6f72_79);
+                let mut own = SmallRng::seed_from_u64(seed ^ 0x0068_6973_746f_7279);
                 core::Retention::Revisions(own.gen_range(30..300))
             },
         }

@@ -179,6 +179,20 @@ impl Client {
     }
 }
 
+/// Whether a failure says the watch itself cannot be served (no member would do better): the
+/// watch then ends with it rather than retrying forever.
+fn gives_up(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::InvalidArgument
+            | tonic::Code::OutOfRange
+            | tonic::Code::Unimplemented
+            | tonic::Code::PermissionDenied
+            | tonic::Code::Unauthenticated
+            | tonic::Code::ResourceExhausted
+    )
+}
+
 /// Runs one stream of the watch until it must be reopened (`Ok`) or the watch ends (`Err`,
 /// with the error to hand the caller, or none when the caller went away).
 async fn follow(
@@ -200,7 +214,7 @@ async fn follow(
         .await;
     let mut stream = match opened {
         Ok(stream) => stream,
-        Err(e) if e.code() == tonic::Code::InvalidArgument => return Err(Some(e)),
+        Err(e) if gives_up(e.code()) => return Err(Some(e)),
         Err(_) => return Ok(Reopen::Elsewhere),
     };
     let mut events: Vec<Event> = Vec::new();
@@ -212,13 +226,14 @@ async fn follow(
         };
         let r: WatchResponse = match response {
             Ok(Some(r)) => r,
+            Err(status) if gives_up(status.code()) => return Err(Some(Error::from(status))),
             Ok(None) | Err(_) => return Ok(Reopen::Elsewhere),
         };
         let revision = r.header.as_ref().map_or(0, |h| h.revision);
         let update = if r.canceled {
             return match CancelReason::try_from(r.cancel_reason) {
                 Ok(CancelReason::Slow) => {
-                    *next = revision + 1;
+                    *next = (*next).max(revision + 1);
                     Ok(Reopen::Again)
                 }
                 Ok(CancelReason::Compacted) => {
@@ -247,6 +262,10 @@ async fn follow(
             *next = revision + 1;
             WatchUpdate::Snapshot { revision, kvs: std::mem::take(&mut kvs) }
         } else {
+            if revision < *next {
+                // Already delivered (a member never sends one again; this guards the promise).
+                continue;
+            }
             events.extend(r.events);
             if r.fragment {
                 continue;

@@ -50,6 +50,14 @@ pub struct Encoded {
     pub with_prev: Bytes,
 }
 
+impl Encoded {
+    /// What it holds (`with_prev` is `plain` when there is no previous kv).
+    fn bytes(&self) -> usize {
+        let shared = self.with_prev.as_ptr() == self.plain.as_ptr();
+        self.key.len() + self.plain.len() + if shared { 0 } else { self.with_prev.len() }
+    }
+}
+
 /// The changes of one revision.
 #[derive(Debug)]
 pub struct Batch {
@@ -65,16 +73,13 @@ impl Batch {
         let mut out: Vec<Batch> = Vec::new();
         for c in changes {
             let e = encode(c, cluster_id)?;
+            let bytes = e.1.bytes();
             match out.last_mut() {
                 Some(b) if b.revision == e.0 => {
-                    b.bytes += e.1.plain.len() + e.1.with_prev.len();
+                    b.bytes += bytes;
                     b.events.push(e.1);
                 }
-                _ => out.push(Batch {
-                    revision: e.0,
-                    bytes: e.1.plain.len() + e.1.with_prev.len(),
-                    events: vec![e.1],
-                }),
+                _ => out.push(Batch { revision: e.0, bytes, events: vec![e.1] }),
             }
         }
         Ok(out)
@@ -142,6 +147,8 @@ struct Window {
 /// The shared window and where streams wait for it to move.
 pub struct Recent {
     window: RwLock<Window>,
+    /// Why the feeder stopped, if it did: streams then end UNAVAILABLE (clients move on).
+    failed: std::sync::Mutex<Option<String>>,
     span: watch::Sender<Span>,
     /// Most revisions held.
     max_batches: usize,
@@ -154,6 +161,7 @@ impl Recent {
         let span = Span { first: revision + 1, last: revision };
         Recent {
             window: RwLock::new(Window { span, batches: VecDeque::new(), bytes: 0 }),
+            failed: std::sync::Mutex::new(None),
             span: watch::Sender::new(span),
             max_batches,
             metrics,
@@ -177,10 +185,16 @@ impl Recent {
             loop {
                 revisions.borrow_and_update();
                 let (r, n) = (feeder.clone(), node.clone());
-                match tokio::task::spawn_blocking(move || r.read_new(&n)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::error!(error = %e, "watches: reading the history failed"),
-                    Err(e) => tracing::error!(error = %e, "watches: the history reader panicked"),
+                let why = match tokio::task::spawn_blocking(move || r.read_new(&n)).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(format!("reading the history failed: {e}")),
+                    Err(e) => Some(format!("the history reader panicked: {e}")),
+                };
+                if let Some(why) = why {
+                    tracing::error!(error = %why, "watches: this member stops serving them");
+                    *feeder.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                    feeder.span.send_modify(|_| {});
+                    return;
                 }
                 tokio::select! {
                     changed = revisions.changed() => if changed.is_err() { return },
@@ -239,6 +253,11 @@ impl Recent {
         self.span.send_replace(w.span);
     }
 
+    /// Why the feeder stopped, if it did.
+    pub fn failed(&self) -> Option<String> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// What the window covers now.
     pub fn span(&self) -> Span {
         self.window.read().unwrap_or_else(|p| p.into_inner()).span
@@ -249,15 +268,28 @@ impl Recent {
         self.span.subscribe()
     }
 
-    /// The batches of revisions `from..` (at most `max`), and the revision they cover through;
-    /// `None` when `from` is below the window (its revisions are no longer here).
-    pub fn batches_from(&self, from: i64, max: usize) -> Option<(Vec<Arc<Batch>>, i64)> {
+    /// The batches of revisions `from..` (at most `max`, and past the first, about `max_bytes`),
+    /// and the revision they cover through; `None` when `from` is below the window (its
+    /// revisions are no longer here).
+    pub fn batches_from(&self, from: i64, max: usize, max_bytes: usize) -> Option<(Vec<Arc<Batch>>, i64)> {
         let w = self.window.read().unwrap_or_else(|p| p.into_inner());
         if from < w.span.first {
             return None;
         }
         let start = w.batches.partition_point(|b| b.revision < from);
-        let batches: Vec<Arc<Batch>> = w.batches.iter().skip(start).take(max).cloned().collect();
+        let mut bytes = 0;
+        let batches: Vec<Arc<Batch>> = w
+            .batches
+            .iter()
+            .skip(start)
+            .take(max)
+            .take_while(|b| {
+                let fits = bytes == 0 || bytes + b.bytes <= max_bytes;
+                bytes += b.bytes;
+                fits
+            })
+            .cloned()
+            .collect();
         let through = if start + batches.len() < w.batches.len() {
             batches.last().map_or(w.span.last, |b| b.revision)
         } else {
