@@ -159,7 +159,7 @@ impl Params {
             history_retention: {
                 // Its own generator: the draws above are what they were before it existed.
                 let mut own = SmallRng::seed_from_u64(seed ^ 0x0068_6973_746f_7279);
-                core::Retention::Revisions(own.gen_range(30..300))
+                core::Retention::Revisions(own.gen_range(20..150))
             },
         }
     }
@@ -201,6 +201,7 @@ pub struct Report {
     pub watch_revisions: u64,
     pub watch_moves: u64,
     pub watch_compacted: u64,
+    pub compact_revision: i64,
 }
 
 impl std::fmt::Display for Report {
@@ -210,7 +211,7 @@ impl std::fmt::Display for Report {
             "seed {} ({} nodes, snapshot every {}): {} steps, {:.1}s virtual, {} msgs; puts {} acked {} reads {} \
              retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}), \
              partitions {}, pauses {}, snapshots {}; max term {}, revision {}, {} hash checks; lease grants {}, \
-             expiries {}; lock grants {}, lock-delays ended {}; watched revisions {} (moves {}, compacted {}); \
+             expiries {}; lock grants {}, lock-delays ended {}; watched revisions {} (moves {}, compacted {}), compact revision {}; \
              trace {:016x}",
             self.seed,
             self.nodes,
@@ -239,6 +240,7 @@ impl std::fmt::Display for Report {
             self.watch_revisions,
             self.watch_moves,
             self.watch_compacted,
+            self.compact_revision,
             self.trace_hash
         )
     }
@@ -1762,6 +1764,7 @@ impl Sim {
         r.watch_revisions = self.watch_checker.delivered;
         r.watch_moves = self.watch_checker.moves;
         r.watch_compacted = self.watch_checker.compacted;
+        r.compact_revision = self.watch_checker.compact_revision;
         // The run is over: end every process the cheap way (see `crash`).
         let crashes = self.report.crashes;
         for id in 1..=self.params.nodes {

@@ -42,6 +42,8 @@ pub struct WatchChecker {
     pub delivered: u64,
     pub moves: u64,
     pub compacted: u64,
+    /// The highest compact revision a watcher saw on a member.
+    pub compact_revision: i64,
 }
 
 fn change(e: &Event) -> Change {
@@ -109,6 +111,7 @@ impl WatchChecker {
             };
             let current = fsm::applied(&txn).unwrap_or_else(|e| fail(e)).revision;
             let compact = history::compact_revision_read(&txn).unwrap_or_else(|e| fail(e));
+            self.compact_revision = self.compact_revision.max(compact);
             if w.start.is_none() {
                 // A watch from now: the revisions after the member's current one.
                 w.start = Some(current + 1);
