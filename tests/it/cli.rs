@@ -241,3 +241,41 @@ async fn cli_lock_runs_its_command_holding_the_lock_that_describe_then_shows_and
     let usage = latch(&c, &["lock", "jobs/nightly"]).await;
     assert_eq!(usage.status.code(), Some(2), "a lock without a command is a usage error: {}", stderr(&usage));
 }
+
+#[tokio::test]
+async fn cli_watch_prints_each_change_reads_the_past_and_refuses_a_compacted_start() {
+    use tokio::io::AsyncBufReadExt;
+    let c = Cluster::start(1, &[]).await;
+    for args in [["kv", "put", "p/a", "1"], ["kv", "put", "p/b", "2"], ["kv", "put", "p/a", "3"]] {
+        assert!(latch(&c, &args).await.status.success());
+    }
+    assert!(latch(&c, &["kv", "del", "p/b"]).await.status.success());
+    let then = latch(&c, &["kv", "get", "p/a", "--rev", "1"]).await;
+    assert_eq!(stdout(&then), "1\n", "p/a as it was at revision 1: {}", stderr(&then));
+
+    // From revision 1: the history, one line per event, then whatever comes next.
+    let mut watch = tokio::process::Command::new(latch_bin());
+    watch.args(["watch", "p/", "--prefix", "--rev", "1", "--endpoints", &c.member(1).client_addr]);
+    let mut watch = watch.stdout(std::process::Stdio::piped()).kill_on_drop(true).spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for i in 0..5 {
+        if i == 4 {
+            assert!(latch(&c, &["kv", "put", "p/c", "new value"]).await.status.success());
+        }
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await;
+        seen.push(line.expect("a line within 10 s").unwrap().expect("a line"));
+    }
+    assert_eq!(seen, ["PUT 1 p/a 1", "PUT 2 p/b 2", "PUT 3 p/a 3", "DELETE 4 p/b ", "PUT 5 p/c new value"]);
+    watch.kill().await.unwrap();
+
+    let compacted = latch(&c, &["kv", "compact", "3"]).await;
+    assert_eq!(stdout(&compacted), "compacted up to revision 3\n", "{}", stderr(&compacted));
+    let refused = latch(&c, &["watch", "p/", "--prefix", "--rev", "2"]).await;
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("OUT_OF_RANGE: revision 2 is compacted"),
+        "a compacted start is refused naming it: {}",
+        stderr(&refused)
+    );
+}
