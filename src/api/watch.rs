@@ -104,6 +104,7 @@ impl WatchApi for WatchService {
             out,
             watches: BTreeMap::new(),
             progress_every: self.progress_every,
+            turn_header: ResponseHeader::default(),
         };
         tokio::spawn(stream.run(req.into_inner(), self.stop.clone()));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -166,6 +167,8 @@ struct Stream {
     out: mpsc::Sender<Result<wire::WatchResponse, Status>>,
     watches: BTreeMap<i64, Watch>,
     progress_every: Duration,
+    /// This turn's response header (its revision set per response).
+    turn_header: ResponseHeader,
 }
 
 impl Drop for Stream {
@@ -258,6 +261,12 @@ impl Stream {
 
     fn header(&self, revision: i64) -> ResponseHeader {
         self.ctx.header(revision)
+    }
+
+    /// The header of events at `revision`, from a term read once per turn (not once per
+    /// response: a turn may send thousands).
+    fn events_header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader { revision, ..self.turn_header }
     }
 
     async fn handle(&mut self, req: WatchRequest) -> Result<(), End> {
@@ -444,6 +453,7 @@ impl Stream {
             ))));
         }
         let span = self.recent.span();
+        self.turn_header = self.ctx.header(0);
         let mut behind = false;
         let ids: Vec<i64> = self.watches.keys().copied().collect();
         for id in ids {
@@ -533,7 +543,7 @@ impl Stream {
             return Ok(());
         }
         self.metrics.watch.events_sent.inc_by(events.len() as u64);
-        let header = self.header(batch.revision);
+        let header = self.events_header(batch.revision);
         let mut chunk: Vec<Bytes> = Vec::new();
         let mut size = 0;
         for e in events {
