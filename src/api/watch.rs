@@ -190,7 +190,7 @@ impl Stream {
         let mut asking = true;
         // The freshness check in flight (it runs beside the stream, never holding it), and the
         // failures in a row so far: one failed ReadIndex (an election under way) is forgiven.
-        let mut checking: Option<tokio::task::JoinHandle<Result<(), RequestError>>> = None;
+        let mut checking: Option<tokio::task::JoinHandle<Result<(), String>>> = None;
         let mut failures = 0;
         loop {
             moved.borrow_and_update();
@@ -213,7 +213,15 @@ impl Stream {
                 _ = tick.tick() => self.idle_progress().await,
                 _ = freshness.tick(), if !self.watches.is_empty() && checking.is_none() => {
                     let node = self.ctx.node.clone();
-                    checking = Some(tokio::spawn(async move { node.read_index().await }));
+                    // Not a request's whole timeout: a member that cannot confirm within the
+                    // check's period is as good as cut off for a watcher.
+                    checking = Some(tokio::spawn(async move {
+                        match tokio::time::timeout(every, node.read_index()).await {
+                            Ok(Ok(()) | Err(RequestError::Overloaded { .. })) => Ok(()),
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(_) => Err(format!("no leader confirmed this member's state within {every:?}")),
+                        }
+                    }));
                     Ok(())
                 }
                 checked = async {
@@ -224,9 +232,11 @@ impl Stream {
                 }, if checking.is_some() => {
                     checking = None;
                     match checked {
-                        Ok(Ok(())) | Ok(Err(RequestError::Overloaded { .. })) => { failures = 0; Ok(()) }
+                        Ok(Ok(())) => { failures = 0; Ok(()) }
                         Ok(Err(e)) if failures == 0 => { failures += 1; tracing::debug!(error = %e, "watch stream: a freshness check failed"); Ok(()) }
-                        Ok(Err(e)) => Err(self.fail(e)),
+                        Ok(Err(e)) => Err(End::Failed(Status::unavailable(format!(
+                            "{e}: this member may be cut off from the cluster; resume the watches on another member"
+                        )))),
                         Err(_) => Ok(()),
                     }
                 }

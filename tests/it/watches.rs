@@ -610,9 +610,9 @@ async fn next_events(
     updates: &mut (impl futures::Stream<Item = Result<WatchUpdate, latch_client::Error>> + Unpin),
 ) -> Vec<(bool, String, i64, Vec<u8>)> {
     loop {
-        let update = tokio::time::timeout(Duration::from_secs(10), updates.next())
+        let update = tokio::time::timeout(Duration::from_secs(20), updates.next())
             .await
-            .expect("an event within 10 s")
+            .expect("an event within 20 s")
             .expect("the watch goes on")
             .expect("no error");
         if let WatchUpdate::Events { events, .. } = update {
@@ -693,8 +693,11 @@ async fn a_watch_on_a_member_cut_off_from_the_leader_moves_to_another_member() {
 
     c.isolate(cut).await;
     let after = writer.put(format!("{PREFIX}a"), "2").await.unwrap().header.unwrap().revision;
-    // The cut-off member never applies it: the watch must end there and resume elsewhere.
-    let events = next_events(&mut updates).await;
+    // The cut-off member never applies it: the watch must end there (two failed freshness
+    // checks of 2 s, one every 2 s) and resume elsewhere.
+    let events = tokio::time::timeout(Duration::from_secs(20), next_events(&mut updates))
+        .await
+        .expect("the write arrives within 20 s");
     assert_eq!(
         events.iter().map(|e| (e.2, e.3.clone())).collect::<Vec<_>>(),
         vec![(after, b"2".to_vec())],
