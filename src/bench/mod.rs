@@ -10,7 +10,8 @@
 //!   `cli/bench.rs`.
 //! - Workloads with state of their own per client run a loop of their own into the same
 //!   [`Report`] and [`Progress`]: [`sessions`] (sessions kept alive) and [`locks`] (acquire +
-//!   release of a lock, each client with its own session; it shares [`run`]'s stop rule).
+//!   release of a lock, each client with its own session; it shares [`run`]'s stop rule) and
+//!   [`watches`] (one writer's puts, timed from each put's answer to each watcher's event).
 //! - [`target`]: the systems under test behind one [`Connection`] type: Latch through
 //!   `latch-client`, etcd through `etcd-client` (cargo feature `etcd`), ZooKeeper through
 //!   `zookeeper-client` (cargo feature `zk`), so all three meet the same load generator.
@@ -41,6 +42,7 @@ pub mod report;
 pub mod sessions;
 pub mod target;
 pub mod txn_cas;
+pub mod watches;
 pub mod zk;
 
 use std::future::Future;

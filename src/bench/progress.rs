@@ -57,6 +57,16 @@ impl Progress {
         }
     }
 
+    /// Shows the opening of `watches` watches before the clock starts; [`loaded`](Self::loaded)
+    /// counts them.
+    pub fn watches(&self, watches: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_style(style("opening watches {bar:40} {pos}/{len}"));
+            bar.set_length(watches);
+            bar.set_position(0);
+        }
+    }
+
     /// Counts `keys` more keys loaded.
     pub fn loaded(&self, keys: u64) {
         if let Some(bar) = &self.bar {

@@ -80,9 +80,22 @@ impl Tally {
         }
     }
 
+    /// Adds another tally's failed operations to these, and nothing of its successful ones
+    /// (e.g. the puts of `watch-latency`, whose report times events, not puts).
+    pub fn merge_errors(&mut self, other: Tally) {
+        for (kind, theirs) in other.errors {
+            self.errors.entry(kind).and_modify(|e| e.count += theirs.count).or_insert(theirs);
+        }
+    }
+
     /// Successful operations counted.
     pub fn succeeded(&self) -> u64 {
         self.latencies.len()
+    }
+
+    /// The latency percentiles of the successful operations counted.
+    pub fn latency(&self) -> Latency {
+        Latency::of(&self.latencies)
     }
 }
 

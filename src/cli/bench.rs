@@ -57,6 +57,23 @@ pub enum WorkloadArgs {
     /// One operation is the pair, timed from the acquire's request to the release's answer,
     /// the wait for the lock included.
     Lock(LockArgs),
+    /// One writer puts keys bench/watch/0, 1, … one at a time while --watchers watches on the
+    /// prefix bench/watch/ (spread over --connections connections) receive every change.
+    ///
+    /// Each event is timed from the instant its put's answer reached the writer to the instant
+    /// it reached the watcher (clamped at 0: a watcher may be told before the writer); the rate
+    /// is events received per second. Counts missed events (must be 0). Every watch is open
+    /// before the clock starts; --clients does not apply.
+    WatchLatency(WatchLatencyArgs),
+}
+
+/// `latch bench watch-latency`.
+#[derive(Debug, Args)]
+pub struct WatchLatencyArgs {
+    /// Watches on the prefix, one stream each, spread round-robin over --connections
+    /// connections [default connections: the smaller of --watchers and 16].
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub watchers: usize,
 }
 
 /// `latch bench lock`.
@@ -210,7 +227,13 @@ impl BenchOptions {
 
 /// Runs `latch bench …`.
 pub async fn run(command: BenchCommand, client: &ClientArgs) -> anyhow::Result<ExitCode> {
-    let settings = command.options.settings(client).map_err(UsageError)?;
+    let mut options = command.options.clone();
+    if let WorkloadArgs::WatchLatency(args) = &command.workload {
+        // The watchers are the clients that --connections are shared by (too few of them is
+        // refused by the workload, naming --watchers).
+        options.clients = args.watchers.max(options.connections.unwrap_or(1));
+    }
+    let settings = options.settings(client).map_err(UsageError)?;
     let progress = Progress::new(std::io::stderr().is_terminal());
     // Ctrl-C during the timed phase ends the run early, with a report of what was done.
     let interrupt = async {
@@ -233,6 +256,10 @@ pub async fn run(command: BenchCommand, client: &ClientArgs) -> anyhow::Result<E
             bench::sessions::run(ka, &settings, progress, interrupt).await
         }
         WorkloadArgs::Lock(args) => bench::locks::run(args.bench(), &settings, progress, interrupt).await,
+        WorkloadArgs::WatchLatency(args) => {
+            let bench = bench::watches::WatchLatency { watchers: args.watchers };
+            bench::watches::run(bench, &settings, progress, interrupt).await
+        }
     };
     let report = match result {
         Ok(report) => report,
@@ -381,6 +408,16 @@ mod tests {
         assert_eq!(args.bench().names, Names::PerClient);
         let both = parse(&["lock", "--uncontended", "--names", "5"]).expect_err("both");
         assert_eq!(both.exit_code(), 2);
+    }
+
+    #[test]
+    fn watch_latency_shares_the_connections_among_its_watchers() {
+        let parsed = parse(&["watch-latency", "--watchers", "10000", "--connections", "64"]).expect("valid");
+        let WorkloadArgs::WatchLatency(args) = parsed.workload else { panic!("watch-latency expected") };
+        assert_eq!(args.watchers, 10_000);
+        let default = parse(&["watch-latency"]).expect("valid");
+        let WorkloadArgs::WatchLatency(args) = default.workload else { panic!("watch-latency expected") };
+        assert_eq!(args.watchers, 100);
     }
 
     #[test]
