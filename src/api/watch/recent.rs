@@ -184,12 +184,20 @@ impl Recent {
         tokio::spawn(async move {
             loop {
                 revisions.borrow_and_update();
-                let (r, n) = (feeder.clone(), node.clone());
-                let why = match tokio::task::spawn_blocking(move || r.read_new(&n)).await {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(format!("reading the history failed: {e}")),
-                    Err(e) => Some(format!("the history reader panicked: {e}")),
-                };
+                // Inline, one bounded step at a time with a yield between: the new rows were
+                // just committed and are in redb's cache, and a thread hop would add its
+                // wake-up to every event's latency.
+                let mut why = None;
+                loop {
+                    match feeder.read_step(&node) {
+                        Ok(true) => tokio::task::yield_now().await,
+                        Ok(false) => break,
+                        Err(e) => {
+                            why = Some(format!("reading the history failed: {e}"));
+                            break;
+                        }
+                    }
+                }
                 if let Some(why) = why {
                     tracing::error!(error = %why, "watches: this member stops serving them");
                     *feeder.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
@@ -206,26 +214,26 @@ impl Recent {
     }
 
     /// Reads every revision the member applied past the window's end into it.
-    fn read_new(&self, node: &NodeHandle) -> Result<(), FsmError> {
-        loop {
-            let txn =
-                node.db().begin_read().map_err(|e| FsmError::Corrupt(format!("read transaction: {e}")))?;
-            let current = fsm::applied(&txn)?.revision;
-            let compact = history::compact_revision_read(&txn)?;
-            let last = self.span().last;
-            if current <= last {
-                return Ok(());
-            }
-            let from = if compact > last {
-                // Revisions this window never held were compacted before it read them.
-                self.restart_above(compact);
-                compact + 1
-            } else {
-                last + 1
-            };
-            let (changes, through) = history::changes(&txn, from, current, READ_STEP_BYTES)?;
-            self.append(Batch::of(changes, node.cluster_id)?, through);
+    /// Reads one step (about [`READ_STEP_BYTES`]) of what the member applied past the window's
+    /// end into it; `true` when there is more.
+    fn read_step(&self, node: &NodeHandle) -> Result<bool, FsmError> {
+        let txn = node.db().begin_read().map_err(|e| FsmError::Corrupt(format!("read transaction: {e}")))?;
+        let current = fsm::applied(&txn)?.revision;
+        let compact = history::compact_revision_read(&txn)?;
+        let last = self.span().last;
+        if current <= last {
+            return Ok(false);
         }
+        let from = if compact > last {
+            // Revisions this window never held were compacted before it read them.
+            self.restart_above(compact);
+            compact + 1
+        } else {
+            last + 1
+        };
+        let (changes, through) = history::changes(&txn, from, current, READ_STEP_BYTES)?;
+        self.append(Batch::of(changes, node.cluster_id)?, through);
+        Ok(through < current)
     }
 
     fn restart_above(&self, compact: i64) {
