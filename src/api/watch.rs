@@ -139,16 +139,8 @@ impl Watch {
         if e.space != self.space {
             return false;
         }
-        let key = e.key.as_slice();
-        let in_range = if self.range_end.is_empty() {
-            key == self.key.as_slice()
-        } else if self.range_end == b"\0" {
-            key >= self.key.as_slice()
-        } else {
-            key >= self.key.as_slice() && key < self.range_end.as_slice()
-        };
         let filtered = if e.delete { self.no_delete } else { self.no_put };
-        in_range && !filtered
+        !filtered && fsm::selects(&self.key, &self.range_end, &e.key)
     }
 }
 

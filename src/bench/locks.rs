@@ -144,17 +144,11 @@ pub async fn run(
     let prepare = |error| Error::Prepare { workload: NAME, error };
 
     progress.sessions(settings.clients as u64);
-    let mut opened: Vec<(usize, Owner)> = futures::stream::iter(vias.iter().enumerate())
-        .map(|(i, via)| async move { via.open(bench.ttl, settings.timeout).await.map(|owner| (i, owner)) })
-        .buffer_unordered(OPENS_IN_FLIGHT)
-        .inspect(|_| progress.loaded(1))
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, OpError>>()
-        .map_err(prepare)?;
-    opened.sort_by_key(|(i, _)| *i);
-    let owners: Vec<Owner> = opened.into_iter().map(|(_, owner)| owner).collect();
+    let owners: Vec<Owner> = super::open_all(vias.len(), OPENS_IN_FLIGHT, &progress, |i| {
+        vias[i].open(bench.ttl, settings.timeout)
+    })
+    .await
+    .map_err(prepare)?;
     #[cfg(feature = "zk")]
     if let Some(Owner::Zk(client)) = owners.first() {
         create_lock_parents(client, names, settings.timeout).await.map_err(prepare)?;

@@ -50,6 +50,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
@@ -395,6 +396,27 @@ async fn client_task<W: Workload>(
         }
     }
     tally
+}
+
+/// Opens `n` things before the clock starts (sessions, watches), at most `in_flight` at once,
+/// each counted on `progress` as it opens; in index order. The first failure fails them all.
+pub(crate) async fn open_all<T, Fut>(
+    n: usize,
+    in_flight: usize,
+    progress: &Progress,
+    open: impl FnMut(usize) -> Fut,
+) -> Result<Vec<T>, OpError>
+where
+    Fut: Future<Output = Result<T, OpError>>,
+{
+    futures::stream::iter(0..n)
+        .map(open)
+        .buffered(in_flight)
+        .inspect(|_| progress.loaded(1))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
 }
 
 #[cfg(test)]

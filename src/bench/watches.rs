@@ -197,19 +197,11 @@ pub async fn run(
 
     progress.watches(bench.watchers as u64);
     let timeout = settings.timeout;
-    let mut opened: Vec<(usize, Feed)> = futures::stream::iter(0..bench.watchers)
-        .map(|i| {
-            let connection = connections[i % connections.len()].clone();
-            async move { Feed::open(connection, timeout).await.map(|feed| (i, feed)) }
-        })
-        .buffer_unordered(OPENS_IN_FLIGHT)
-        .inspect(|_| progress.loaded(1))
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, OpError>>()
-        .map_err(prepare)?;
-    opened.sort_by_key(|(i, _)| *i);
+    let feeds: Vec<Feed> = super::open_all(bench.watchers, OPENS_IN_FLIGHT, &progress, |i| {
+        Feed::open(connections[i % connections.len()].clone(), timeout)
+    })
+    .await
+    .map_err(prepare)?;
     // Every watch is open: the revision now is below every revision the writer will make.
     let base = current_revision(&mut writer).await.map_err(prepare)?;
 
@@ -220,8 +212,9 @@ pub async fn run(
         shards: (0..settings.connections).map(|_| Mutex::new(Tally::new())).collect(),
     });
     let (stop, stopped) = watch::channel(false);
-    let watchers: Vec<_> = opened
+    let watchers: Vec<_> = feeds
         .into_iter()
+        .enumerate()
         .map(|(i, feed)| tokio::spawn(watcher_task(feed, i, board.clone(), stopped.clone())))
         .collect();
 

@@ -252,6 +252,11 @@ fn selection<'a>(key: &'a [u8], range_end: &'a [u8]) -> Option<Selection<'a>> {
     }
 }
 
+/// Whether `key` and `range_end` select `k` (the module's selection rule).
+pub fn selects(key: &[u8], range_end: &[u8], k: &[u8]) -> bool {
+    selection(key, range_end).is_some_and(|selected| RangeBounds::<[u8]>::contains(&selected, k))
+}
+
 /// Decodes a stored row, checking what every row must satisfy.
 fn decode_stored(table: &str, key: &[u8], bytes: &[u8]) -> Result<StoredValue, FsmError> {
     let corrupt = |why: String| FsmError::Corrupt(format!("{table}, key {:?}: {why}", show(key)));

@@ -42,7 +42,7 @@ use prost::Message;
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 
 pub use apply::{Event, EventKind, LockChange, SessionChange};
-pub use kv::SEQUENCE_DIGITS;
+pub use kv::{selects, SEQUENCE_DIGITS};
 
 /// One page of the current keys a selection holds (see `kv::read_page`).
 pub fn read_page(
