@@ -198,9 +198,10 @@ impl Stream {
                     Ok(Some(req)) => self.handle(req).await,
                     // The client sends no more requests; its watches go on.
                     Ok(None) => { asking = false; Ok(()) }
-                    Err(_) => Err(End::Gone),
+                    // A request that does not decode (too large, say) is answered with why; a
+                    // client that went away does not read it.
+                    Err(status) => Err(End::Failed(status)),
                 },
-                _ = std::future::ready(()), if behind => Ok(()),
                 changed = moved.changed() => if changed.is_err() { Err(End::Gone) } else { Ok(()) },
                 _ = tick.tick() => self.idle_progress().await,
                 _ = freshness.tick(), if !self.watches.is_empty() && checking.is_none() => {
@@ -232,6 +233,8 @@ impl Stream {
                         Err(_) => Ok(()),
                     }
                 }
+                // Last: a stream with catching up to do still checks, ticks and reads requests.
+                _ = std::future::ready(()), if behind => Ok(()),
             };
             if let Err(end) = step {
                 return self.end(end).await;
@@ -505,7 +508,7 @@ impl Stream {
                 }
                 return Ok(true);
             }
-            self.watches.remove(&id);
+            self.forget(id, CancelReason::Compacted);
             let message =
                 history::RevisionError::Compacted { asked: next, compact_revision: compact }.to_string();
             self.cancel(id, CancelReason::Compacted, next - 1, message, compact).await?;

@@ -50,7 +50,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
@@ -399,7 +399,8 @@ async fn client_task<W: Workload>(
 }
 
 /// Opens `n` things before the clock starts (sessions, watches), at most `in_flight` at once,
-/// each counted on `progress` as it opens; in index order. The first failure fails them all.
+/// each counted on `progress` as it opens; in index order. The first failure fails them all,
+/// at once.
 pub(crate) async fn open_all<T, Fut>(
     n: usize,
     in_flight: usize,
@@ -409,14 +410,13 @@ pub(crate) async fn open_all<T, Fut>(
 where
     Fut: Future<Output = Result<T, OpError>>,
 {
+    let mut open = open;
     futures::stream::iter(0..n)
-        .map(open)
-        .buffered(in_flight)
-        .inspect(|_| progress.loaded(1))
-        .collect::<Vec<_>>()
+        .map(|i| Ok::<_, OpError>(open(i)))
+        .try_buffered(in_flight)
+        .inspect_ok(|_| progress.loaded(1))
+        .try_collect()
         .await
-        .into_iter()
-        .collect()
 }
 
 #[cfg(test)]

@@ -421,6 +421,9 @@ async fn a_compacted_start_revision_is_refused_naming_the_compact_revision_or_an
     let e = outcome.expect("the watch ends with an error");
     assert_eq!((e.code(), e.compact_revision()), (Code::OutOfRange, Some(6)), "{e}");
     assert!(e.to_string().contains("revision 2 is compacted"), "{e}");
+    let counted = total(&c, "latch_watch_canceled_total{reason=\"COMPACTED\"}").await;
+    assert_eq!(counted, 1.0, "the member counts the compacted cancel");
+    assert_eq!(total(&c, "latch_watches").await, 0.0, "… and holds no watch for it");
 
     let snapshot = client.watch(WatchOptions::prefix(PREFIX).from_revision(2).snapshot_on_compacted());
     tokio::pin!(snapshot);

@@ -2,7 +2,7 @@
 //! watch stream: the live part of serving watches (DESIGN.md §3, watch).
 //!
 //! One feeder task follows the member's applied revision (`NodeHandle::revisions`): it reads
-//! the changes of the revisions it has not read yet from the history, in one read transaction,
+//! the changes of the revisions it has not read yet from the history, in steps of about 1 MiB,
 //! encodes each change as a `latch.v1.Event` (with and without its previous kv), and appends a
 //! [`Batch`] per revision to a bounded window. Streams copy `Arc`s out of the window under a
 //! short lock; nothing they do can hold the feeder, and the apply path only bumps a counter.
@@ -213,7 +213,6 @@ impl Recent {
         Ok(recent)
     }
 
-    /// Reads every revision the member applied past the window's end into it.
     /// Reads one step (about [`READ_STEP_BYTES`]) of what the member applied past the window's
     /// end into it; `true` when there is more.
     fn read_step(&self, node: &NodeHandle) -> Result<bool, FsmError> {
