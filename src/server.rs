@@ -16,6 +16,7 @@ use latch_proto::v1::cluster_server::ClusterServer;
 use latch_proto::v1::election_server::ElectionServer;
 use latch_proto::v1::kv_server::KvServer;
 use latch_proto::v1::lock_server::LockServer;
+use latch_proto::v1::registry_server::RegistryServer;
 use latch_proto::v1::session_server::SessionServer;
 use latch_proto::wire::watch_server::WatchServer;
 use tonic::server::NamedService;
@@ -27,6 +28,7 @@ use crate::api::{
     election::ElectionService,
     kv::KvService,
     lock::LockService,
+    registry::RegistryService,
     session::SessionService,
     watch::{Recent, WatchService},
     Context,
@@ -41,13 +43,14 @@ use crate::storage::{self, StorageError};
 use crate::transport::{self, member_status, Faults, FaultsService, Links, PeerSenders, PeerService};
 
 /// The public services on the client port, as the gRPC health service names them.
-const SERVICES: [&str; 6] = [
+const SERVICES: [&str; 7] = [
     <KvServer<KvService> as NamedService>::NAME,
     <ClusterServer<ClusterService> as NamedService>::NAME,
     <SessionServer<SessionService> as NamedService>::NAME,
     <LockServer<LockService> as NamedService>::NAME,
     <ElectionServer<ElectionService> as NamedService>::NAME,
     <WatchServer<WatchService> as NamedService>::NAME,
+    <RegistryServer<RegistryService> as NamedService>::NAME,
 ];
 
 /// Where incoming snapshots are staged, inside `--data-dir`.
@@ -239,6 +242,7 @@ pub async fn run(
         .add_service(SessionService::server(ctx.clone()))
         .add_service(LockService::server(ctx.clone()))
         .add_service(ElectionService::server(ctx.clone()))
+        .add_service(RegistryService::server(ctx.clone()))
         .add_service(watches)
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod election;
 pub mod kv;
 pub mod lock;
+pub mod registry;
 pub mod session;
 pub mod watch;
 
@@ -99,6 +100,11 @@ pub const METHODS: &[&str] = &[
     "/latch.v1.Election/Leader",
     "/latch.v1.Election/Observe",
     "/latch.v1.Election/Resign",
+    "/latch.v1.Registry/Register",
+    "/latch.v1.Registry/Deregister",
+    "/latch.v1.Registry/Heartbeat",
+    "/latch.v1.Registry/List",
+    "/latch.v1.Registry/Services",
 ];
 
 /// What every service needs.

@@ -61,11 +61,16 @@ impl SessionService {
             .iter()
             .map(|(id, _)| crate::fsm::locks::count_of(&txn, id))
             .collect::<Result<Vec<_>, _>>()?;
+        let instances = rows
+            .iter()
+            .map(|(id, _)| crate::fsm::registry::count_of(&txn, id))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(rows
             .into_iter()
             .zip(leases)
             .zip(locks)
-            .map(|(((id, row), left), locks)| SessionInfo {
+            .zip(instances)
+            .map(|((((id, row), left), locks), instances)| SessionInfo {
                 id,
                 name: row.name,
                 ttl_ms: row.ttl_ms as i64,
@@ -73,7 +78,7 @@ impl SessionService {
                 created_revision: row.created_revision,
                 keys: row.keys as i64,
                 locks: locks as i64,
-                instances: 0,
+                instances: instances as i64,
             })
             .collect())
     }

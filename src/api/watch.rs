@@ -377,6 +377,7 @@ impl Stream {
             Ok(watch_create_request::Target::Sessions) => Space::Sessions,
             Ok(watch_create_request::Target::Locks) => Space::Locks,
             Ok(watch_create_request::Target::Elections) => Space::Elections,
+            Ok(watch_create_request::Target::Registry) => Space::Registry,
         };
         self.metrics.watch.watches.inc();
         self.watches.insert(
@@ -432,12 +433,15 @@ impl Stream {
             return Err(format!("on_compacted: {} is neither ERROR nor SNAPSHOT", c.on_compacted));
         }
         if watch_create_request::Target::try_from(c.target).is_err() {
-            return Err(format!("target: {} is none of KEYS, SESSIONS, LOCKS, ELECTIONS", c.target));
+            return Err(format!(
+                "target: {} is none of KEYS, SESSIONS, LOCKS, ELECTIONS, REGISTRY",
+                c.target
+            ));
         }
         if c.target != watch_create_request::Target::Keys as i32
             && c.on_compacted == watch_create_request::OnCompacted::Snapshot as i32
         {
-            return Err("on_compacted: SNAPSHOT is served for keys only (read sessions, locks and elections through their services)".into());
+            return Err("on_compacted: SNAPSHOT is served for keys only (read sessions, locks, elections and the registry through their services)".into());
         }
         if self.watches.contains_key(&id) {
             return Err(format!("watch_id: {id} is in use on this stream"));

@@ -66,6 +66,37 @@ pub enum LockChange {
     DelayEnded { key: Vec<u8>, since_revision: i64 },
 }
 
+/// What a command did to a registry instance, for the leader's timers
+/// (`core::instance_timers`): the timer its row calls for now, `None` when it needs none or is
+/// gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceChange {
+    /// Its registry key, `service/id`.
+    pub key: Vec<u8>,
+    pub timer: Option<InstanceTimer>,
+}
+
+/// A registry instance's timer, counted by every member from when it applied the change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceTimer {
+    /// A passing TTL check: critical unless a heartbeat comes within `ttl_ms` (its
+    /// `beats`-th heartbeat was the last).
+    Heartbeat { ttl_ms: u64, beats: u64 },
+    /// A critical instance: removed `after_ms` after it turned critical at `since_revision`.
+    Reap { since_revision: i64, after_ms: u64 },
+}
+
+/// Everything one command's application produced besides its writes.
+pub(crate) struct Finished {
+    pub(crate) revision: i64,
+    pub(crate) events: Vec<Event>,
+    pub(crate) sessions: Vec<SessionChange>,
+    pub(crate) locks: Vec<LockChange>,
+    pub(crate) instances: Vec<InstanceChange>,
+    /// History rows written.
+    pub(crate) recorded: u32,
+}
+
 /// The application of one command: its transaction, its log index and its revision.
 pub struct Apply<'t> {
     pub(crate) txn: &'t WriteTransaction,
@@ -83,6 +114,7 @@ pub struct Apply<'t> {
     events: Vec<Event>,
     sessions: Vec<SessionChange>,
     locks: Vec<LockChange>,
+    instances: Vec<InstanceChange>,
 }
 
 impl<'t> Apply<'t> {
@@ -98,6 +130,7 @@ impl<'t> Apply<'t> {
             events: Vec::new(),
             sessions: Vec::new(),
             locks: Vec::new(),
+            instances: Vec::new(),
         }
     }
 
@@ -199,9 +232,18 @@ impl<'t> Apply<'t> {
         }
     }
 
-    /// The revision after the command, its events, what it did to sessions and locks, and how
-    /// many history rows it wrote.
-    pub(crate) fn finish(self) -> (i64, Vec<Event>, Vec<SessionChange>, Vec<LockChange>, u32) {
-        (self.revision(), self.events, self.sessions, self.locks, self.recorded)
+    pub(crate) fn instance_changed(&mut self, change: InstanceChange) {
+        self.instances.push(change);
+    }
+
+    pub(crate) fn finish(self) -> Finished {
+        Finished {
+            revision: self.revision(),
+            events: self.events,
+            sessions: self.sessions,
+            locks: self.locks,
+            instances: self.instances,
+            recorded: self.recorded,
+        }
     }
 }

@@ -31,6 +31,7 @@ pub mod elections;
 pub mod history;
 mod kv;
 pub mod locks;
+pub mod registry;
 mod requests;
 pub mod sessions;
 pub mod snapshot;
@@ -41,7 +42,7 @@ use latch_proto::internal::{
 use prost::Message;
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 
-pub use apply::{Event, EventKind, LockChange, SessionChange};
+pub use apply::{Event, EventKind, InstanceChange, InstanceTimer, LockChange, SessionChange};
 pub use kv::{selects, SEQUENCE_DIGITS};
 
 /// One page of the current keys a selection holds (see `kv::read_page`).
@@ -64,11 +65,12 @@ use apply::Apply;
 pub const COMMAND_VERSION: u32 = 2;
 
 /// Every domain, in the order their tables appear in a snapshot.
-const DOMAINS: [&dyn Domain; 5] = [
+const DOMAINS: [&dyn Domain; 6] = [
     &kv::KvDomain,
     &requests::RequestsDomain,
     &sessions::SessionsDomain,
     &locks::LocksDomain,
+    &registry::RegistryDomain,
     &history::HistoryDomain,
 ];
 
@@ -132,6 +134,8 @@ pub struct AppliedCommand {
     pub sessions: Vec<SessionChange>,
     /// What it did to locks and elections, in order.
     pub locks: Vec<LockChange>,
+    /// What it did to registry instances' timers, in order.
+    pub instances: Vec<InstanceChange>,
 }
 
 /// Creates every fsm table so read transactions can open them; idempotent.
@@ -268,6 +272,7 @@ fn apply_command(
                 events: Vec::new(),
                 sessions: Vec::new(),
                 locks: Vec::new(),
+                instances: Vec::new(),
             };
             return Ok((applied, 0));
         }
@@ -283,6 +288,7 @@ fn apply_command(
                 events: Vec::new(),
                 sessions: Vec::new(),
                 locks: Vec::new(),
+                instances: Vec::new(),
             };
             return Ok((applied, 0));
         }
@@ -308,6 +314,12 @@ fn apply_command(
             Some(Body::CancelWait(req)) => locks::cancel_wait(&mut ap, req)?,
             Some(Body::EndLockDelay(req)) => locks::end_delay(&mut ap, req)?,
             Some(Body::Proclaim(req)) => elections::proclaim(&mut ap, req)?,
+            Some(Body::Register(req)) => registry::register(&mut ap, req)?,
+            Some(Body::Deregister(req)) => registry::deregister(&mut ap, req)?,
+            Some(Body::Heartbeat(req)) => registry::heartbeat(&mut ap, req)?,
+            Some(Body::MarkCritical(req)) => registry::mark_critical(&mut ap, req)?,
+            Some(Body::SetHealth(req)) => registry::set_health(&mut ap, req)?,
+            Some(Body::Reap(req)) => registry::reap(&mut ap, req)?,
             Some(Body::Compact(req)) => match history::compact(txn, req.revision, ap.revision())? {
                 Ok(compact_revision) => outcome::Result::Compact(CompactResult { compact_revision }),
                 Err(history::RevisionError::Compacted { compact_revision, .. }) => {
@@ -318,9 +330,9 @@ fn apply_command(
         }
     };
     ap.record_locks()?;
-    let (after, events, sessions, locks, recorded) = ap.finish();
-    *revision = after;
-    let outcome = Outcome { revision: after, data_omitted: false, result: Some(result) };
+    let done = ap.finish();
+    *revision = done.revision;
+    let outcome = Outcome { revision: done.revision, data_omitted: false, result: Some(result) };
     if !cmd.request_id.is_empty() {
         requests::remember(txn, index, &cmd.request_id, command_hash, &outcome, bounds.request_memory_bytes)?;
     }
@@ -330,11 +342,12 @@ fn apply_command(
         request_id: cmd.request_id,
         command_hash,
         outcome,
-        events,
-        sessions,
-        locks,
+        events: done.events,
+        sessions: done.sessions,
+        locks: done.locks,
+        instances: done.instances,
     };
-    Ok((applied, recorded))
+    Ok((applied, done.recorded))
 }
 
 /// Opens a table for reading; a table that was never created reads as absent.

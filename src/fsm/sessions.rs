@@ -29,7 +29,7 @@ use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::apply::{Apply, SessionChange};
 use super::history::Space;
-use super::{kv, locks, open_read, Applied, Domain, FsmError, TableDef};
+use super::{kv, locks, open_read, registry, Applied, Domain, FsmError, TableDef};
 use crate::storage::schema::{SESSIONS, SESSION_KEYS};
 
 /// Most bytes of a session id.
@@ -207,6 +207,7 @@ fn end(ap: &mut Apply, id: String, row: SessionRow, expired: bool) -> Result<out
     }
     kv::delete_owned(ap, &keys)?;
     locks::session_ended(ap, &id, expired)?;
+    registry::session_ended(ap, &id)?;
     ap.txn.open_table(SESSIONS)?.remove(id.as_bytes())?;
     ap.state_changed(Space::Sessions, id.as_bytes(), None)?;
     ap.session_changed(SessionChange::Ended { id: id.clone() });

@@ -59,6 +59,11 @@ pub const SESSION_LOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("s
 pub const LOCK_META: TableDefinition<&[u8], &[u8]> = TableDefinition::new("lock_meta");
 pub const LOCK_META_GENERATION: &str = "generation";
 
+/// The service registry: `service/id` → `latch.internal.v1.InstanceRow`.
+pub const REGISTRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("registry");
+/// The instances each session owns: session id, a 0 byte, `service/id` → empty.
+pub const SESSION_INSTANCES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("session_instances");
+
 /// The history of the key-value state: revision (8 bytes, big endian) and the change's index
 /// in it (4 bytes, big endian) → `latch.internal.v1.HistoryEvent` (see `fsm::history`).
 pub const HISTORY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("history");

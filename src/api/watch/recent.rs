@@ -23,7 +23,7 @@ use prost::bytes::Bytes;
 use prost::Message as _;
 use tokio::sync::watch;
 
-use latch_proto::internal::{LockRow, SessionRow};
+use latch_proto::internal::{InstanceRow, LockRow, SessionRow};
 
 use crate::api::election::leadership;
 use crate::api::kv::convert::key_value;
@@ -107,6 +107,10 @@ fn encode(c: Change, cluster_id: u64) -> Result<(i64, Encoded), FsmError> {
                     ..Default::default()
                 };
                 info.encode_to_vec()
+            }
+            Space::Registry => {
+                let row = InstanceRow::decode(kv.value.as_slice()).map_err(|e| corrupt(revision, &e))?;
+                crate::api::registry::instance_info(row).encode_to_vec()
             }
             Space::Locks | Space::Elections => {
                 let row = LockRow::decode(kv.value.as_slice()).map_err(|e| corrupt(revision, &e))?;

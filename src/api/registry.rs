@@ -1,0 +1,264 @@
+//! The Registry service: Register, Deregister, Heartbeat, List, Services (see `fsm::registry`
+//! for what is replicated, `health` for the leader's probes).
+
+use latch_proto::internal::{self, outcome, Deregister, Heartbeat, InstanceRow, Register};
+use latch_proto::v1::registry_server::{Registry, RegistryServer};
+use latch_proto::v1::*;
+use tonic::{Request, Response, Status};
+
+use super::kv::check_request_id;
+use super::{ApiError, Context};
+use crate::fsm::registry::{self, FieldError};
+
+pub struct RegistryService {
+    ctx: Context,
+}
+
+impl RegistryService {
+    pub fn server(ctx: Context) -> RegistryServer<RegistryService> {
+        RegistryServer::new(RegistryService { ctx })
+    }
+
+    /// Waits until this member may answer a read as asked.
+    async fn ready_to_read(&self, serializable: bool) -> Result<(), ApiError> {
+        if serializable {
+            self.ctx.node.read_serializable().await?;
+        } else {
+            self.ctx.node.read_index().await?;
+        }
+        Ok(())
+    }
+}
+
+fn invalid((field, problem): FieldError) -> ApiError {
+    ApiError::InvalidArgument { field, problem }
+}
+
+fn instance_of(i: ServiceInstance) -> internal::Instance {
+    internal::Instance {
+        service: i.service,
+        id: i.id,
+        address: i.address,
+        port: i.port,
+        tags: i.tags,
+        meta: i.meta,
+        weight: i.weight,
+    }
+}
+
+fn check_of(c: HealthCheck) -> Result<internal::Check, ApiError> {
+    let negative = [
+        ("check.ttl_ms", c.ttl_ms),
+        ("check.interval_ms", c.interval_ms),
+        ("check.timeout_ms", c.timeout_ms),
+        ("check.deregister_after_ms", c.deregister_after_ms),
+    ];
+    if let Some((field, v)) = negative.into_iter().find(|(_, v)| *v < 0) {
+        return Err(ApiError::InvalidArgument { field, problem: format!("{v} is negative") });
+    }
+    registry::check_check(&internal::Check {
+        kind: c.kind,
+        ttl_ms: c.ttl_ms as u64,
+        url: c.url,
+        tcp_address: c.tcp_address,
+        interval_ms: c.interval_ms as u64,
+        timeout_ms: c.timeout_ms as u64,
+        deregister_after_ms: c.deregister_after_ms as u64,
+    })
+    .map_err(invalid)
+}
+
+/// An instance row as the public API shows it.
+pub fn instance_info(row: InstanceRow) -> InstanceInfo {
+    let i = row.instance.unwrap_or_default();
+    let c = row.check.unwrap_or_default();
+    InstanceInfo {
+        instance: Some(ServiceInstance {
+            service: i.service,
+            id: i.id,
+            address: i.address,
+            port: i.port,
+            tags: i.tags,
+            meta: i.meta,
+            weight: i.weight,
+        }),
+        session: row.session,
+        check: Some(HealthCheck {
+            kind: c.kind,
+            ttl_ms: c.ttl_ms as i64,
+            url: c.url,
+            tcp_address: c.tcp_address,
+            interval_ms: c.interval_ms as i64,
+            timeout_ms: c.timeout_ms as i64,
+            deregister_after_ms: c.deregister_after_ms as i64,
+        }),
+        health: row.health,
+        output: row.output,
+        registered_revision: row.registered_revision,
+        mod_revision: row.mod_revision,
+        critical_since_revision: row.critical_since,
+    }
+}
+
+/// Whether an instance carries `tag` (compared without regard to case); any instance for "".
+pub fn has_tag(row: &InstanceRow, tag: &str) -> bool {
+    tag.is_empty()
+        || row.instance.as_ref().is_some_and(|i| i.tags.iter().any(|t| t.eq_ignore_ascii_case(tag)))
+}
+
+fn check_names(service: &str, id: &str) -> Result<(), ApiError> {
+    registry::check_label("service", service).map_err(invalid)?;
+    registry::check_label("id", id).map_err(invalid)
+}
+
+#[tonic::async_trait]
+impl Registry for RegistryService {
+    async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+        let req = req.into_inner();
+        let run = async {
+            check_request_id(&req.request_id)?;
+            let instance = req.instance.map(instance_of).ok_or_else(|| ApiError::InvalidArgument {
+                field: "instance",
+                problem: "is missing".into(),
+            })?;
+            registry::check_instance(&instance)
+                .map_err(|(field, problem)| invalid((field_in_instance(field), problem)))?;
+            let check = check_of(req.check.unwrap_or_default())?;
+            if !req.session.is_empty() {
+                crate::fsm::sessions::check_id(req.session.as_bytes())
+                    .map_err(|problem| ApiError::InvalidArgument { field: "session", problem })?;
+            }
+            let body = internal::command::Body::Register(Register {
+                instance: Some(instance),
+                session: req.session,
+                check: Some(check),
+            });
+            match self.ctx.write(&req.request_id, body).await? {
+                (header, outcome::Result::Registry(r)) => {
+                    Ok(RegisterResponse { header: Some(header), instance: r.instance.map(instance_info) })
+                }
+                (_, other) => Err(ApiError::Internal(format!("register: unexpected outcome {other:?}"))),
+            }
+        };
+        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+    }
+
+    async fn deregister(
+        &self,
+        req: Request<DeregisterRequest>,
+    ) -> Result<Response<DeregisterResponse>, Status> {
+        let req = req.into_inner();
+        let run = async {
+            check_request_id(&req.request_id)?;
+            check_names(&req.service, &req.id)?;
+            let body = internal::command::Body::Deregister(Deregister { service: req.service, id: req.id });
+            let (header, _) = self.ctx.write(&req.request_id, body).await?;
+            Ok(DeregisterResponse { header: Some(header) })
+        };
+        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+    }
+
+    async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        let req = req.into_inner();
+        let run = async {
+            check_request_id(&req.request_id)?;
+            check_names(&req.service, &req.id)?;
+            if req.output.len() > registry::MAX_OUTPUT_BYTES {
+                return Err(ApiError::InvalidArgument {
+                    field: "output",
+                    problem: format!(
+                        "is {} bytes, at most {} allowed",
+                        req.output.len(),
+                        registry::MAX_OUTPUT_BYTES
+                    ),
+                });
+            }
+            let body = internal::command::Body::Heartbeat(Heartbeat {
+                service: req.service,
+                id: req.id,
+                output: req.output,
+            });
+            let (header, out) = self.ctx.write(&req.request_id, body).await?;
+            let health = match out {
+                outcome::Result::Registry(r) => r.instance.map_or(Health::Passing as i32, |i| i.health),
+                _ => Health::Passing as i32,
+            };
+            Ok(HeartbeatResponse { header: Some(header), health })
+        };
+        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+    }
+
+    async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let req = req.into_inner();
+        let run = async {
+            if !req.service.is_empty() {
+                registry::check_label("service", &req.service).map_err(invalid)?;
+            }
+            if !req.tag.is_empty() {
+                registry::check_tag(&req.tag).map_err(|(_, p)| invalid(("tag", p)))?;
+            }
+            self.ready_to_read(req.serializable).await?;
+            let txn = self.ctx.node.db().begin_read()?;
+            let revision = crate::fsm::applied(&txn)?.revision;
+            let rows = registry::list(&txn, &req.service, |row| {
+                (req.include_critical || registry::is_passing(row)) && has_tag(row, &req.tag)
+            })?;
+            drop(txn);
+            let budget = self.ctx.limits.max_response_bytes;
+            let (mut instances, mut bytes, mut more) = (Vec::with_capacity(rows.len()), 0usize, false);
+            for row in rows {
+                let info = instance_info(row);
+                bytes += prost::Message::encoded_len(&info) + 4;
+                if bytes > budget && !instances.is_empty() {
+                    more = true;
+                    break;
+                }
+                instances.push(info);
+            }
+            Ok(ListResponse { header: Some(self.ctx.header(revision)), instances, more })
+        };
+        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+    }
+
+    async fn services(&self, req: Request<ServicesRequest>) -> Result<Response<ServicesResponse>, Status> {
+        let req = req.into_inner();
+        let run = async {
+            self.ready_to_read(req.serializable).await?;
+            let txn = self.ctx.node.db().begin_read()?;
+            let revision = crate::fsm::applied(&txn)?.revision;
+            let mut services: Vec<ServiceSummary> = Vec::new();
+            registry::list(&txn, "", |row| {
+                let Some(i) = row.instance.as_ref() else { return false };
+                if services.last().is_none_or(|s| s.name != i.service) {
+                    services.push(ServiceSummary { name: i.service.clone(), ..Default::default() });
+                }
+                if let Some(s) = services.last_mut() {
+                    s.instances += 1;
+                    s.passing += i64::from(registry::is_passing(row));
+                    s.tags.extend(i.tags.iter().cloned());
+                }
+                false
+            })?;
+            for s in &mut services {
+                s.tags.sort();
+                s.tags.dedup();
+            }
+            Ok(ServicesResponse { header: Some(self.ctx.header(revision)), services })
+        };
+        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+    }
+}
+
+/// An instance field's name as the request spells it.
+fn field_in_instance(field: &'static str) -> &'static str {
+    match field {
+        "service" => "instance.service",
+        "id" => "instance.id",
+        "address" => "instance.address",
+        "port" => "instance.port",
+        "weight" => "instance.weight",
+        "tags" => "instance.tags",
+        "meta" => "instance.meta",
+        other => other,
+    }
+}
