@@ -10,6 +10,10 @@
 //!   future (`run(config, listeners, shutdown)`).
 //! - [`api`]: thin gRPC handlers: validate → propose or read → map the error → fill the header.
 //! - [`http`]: the HTTP port: `/metrics`, `/health`, `/ready`.
+//! - [`dns`]: the DNS port: names of services, members, election leaders and static records,
+//!   answered from the member's applied state.
+//! - [`health`]: the leader's active health checks (HTTP, TCP) of registry instances, proposed
+//!   through the log only when a result changes.
 //! - [`transport`]: the peer service and the per-peer senders (raft messages as opaque bytes),
 //!   with the test-only fault injector that drops the messages of blocked peers.
 //! - [`node`]: the driver: one thread owns the [`core`], feeds it time, requests and peer
@@ -29,6 +33,7 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod fsm;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod node;

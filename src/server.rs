@@ -272,6 +272,7 @@ pub async fn run(
         crate::http::router(node.handle(), metrics.clone()),
         stopped(stop_rx.clone()),
     );
+    let checks_task = tokio::spawn(crate::health::run(ctx.clone(), stop_rx.clone()));
     let client_task = tokio::spawn(client_srv);
     let peer_task = tokio::spawn(peer_srv);
     let http_task = tokio::spawn(http_srv);
@@ -290,6 +291,7 @@ pub async fn run(
     }
     let _ = stop_tx.send(true);
     learner.abort();
+    checks_task.abort();
     let result =
         tokio::task::spawn_blocking(move || node.stop()).await.unwrap_or(Ok(())).map_err(ServerError::from);
     for t in [client_task, peer_task] {

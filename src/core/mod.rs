@@ -49,6 +49,7 @@
 
 pub mod applier;
 pub mod compactor;
+pub mod instance_timers;
 pub mod leases;
 pub mod lock_delays;
 pub mod snapshots;
@@ -66,6 +67,7 @@ use crate::storage::{Identity, LogStore, StorageError, Stores};
 pub use applier::{Applier, Progress};
 use compactor::Compactor;
 pub use compactor::Retention;
+use instance_timers::InstanceTimers;
 use latch_proto::internal::{command::Body, Command, Compact, Outcome};
 pub use leases::Grant;
 use leases::Leases;
@@ -415,6 +417,7 @@ pub struct Core {
     /// not handed on, when it stops leading (they would be no-ops in another term).
     lease_proposals: std::collections::BTreeSet<String>,
     lock_delays: LockDelays,
+    instance_timers: InstanceTimers,
     compactor: Compactor,
     /// The last revision announced by `Action::Applied` or `Action::Restored`.
     announced_revision: i64,
@@ -473,6 +476,8 @@ impl Core {
         leases.reload(stored_leases(&state_db)?, 0);
         let mut lock_delays = LockDelays::default();
         lock_delays.reload(stored_lock_delays(&state_db)?, 0);
+        let mut instance_timers = InstanceTimers::default();
+        instance_timers.reload(stored_instance_timers(&state_db)?, 0);
         let core = Core {
             raw,
             state_db,
@@ -506,6 +511,7 @@ impl Core {
             append_times: VecDeque::new(),
             lease_proposals: Default::default(),
             lock_delays,
+            instance_timers,
             compactor: Compactor::new(config.history_retention),
             announced_revision: applied.revision,
         };
@@ -584,6 +590,7 @@ impl Core {
             self.clock_set = true;
             self.leases.clock_started(now_ms);
             self.lock_delays.clock_started(now_ms);
+            self.instance_timers.clock_started(now_ms);
         }
         self.clock_ms = self.clock_ms.max(now_ms);
     }
@@ -643,6 +650,9 @@ impl Core {
             self.lease_proposals.insert(id);
         }
         for body in self.lock_delays.due(self.clock_ms, 2 * clock_every) {
+            self.propose_own(OWN_WAITER, body);
+        }
+        for body in self.instance_timers.due(self.clock_ms, 2 * clock_every) {
             self.propose_own(OWN_WAITER, body);
         }
         if let Some(revision) = self.compactor.due(self.clock_ms, self.applied.revision) {
@@ -962,6 +972,7 @@ impl Core {
             let replies = self.leases.reload(stored_leases(&self.state_db)?, self.clock_ms);
             self.kept_alive(replies);
             self.lock_delays.reload(stored_lock_delays(&self.state_db)?, self.clock_ms);
+            self.instance_timers.reload(stored_instance_timers(&self.state_db)?, self.clock_ms);
             installed = Some((snap, self.applied.revision));
         }
         self.hand_out(ready.take_committed_entries(), &mut to_apply);
@@ -1065,6 +1076,11 @@ impl Core {
                     for w in p.waiters {
                         self.actions.push(Action::Reply { waiter: w, result: Ok(a.outcome.clone()) });
                     }
+                }
+            }
+            if !overtaken {
+                for change in &a.instances {
+                    self.instance_timers.changed(change, self.clock_ms);
                 }
             }
             if !a.locks.is_empty() && !overtaken {
@@ -1179,6 +1195,7 @@ impl Core {
             let replies = self.leases.demoted(member, now.leader);
             self.kept_alive(replies);
             self.lock_delays.demoted();
+            self.instance_timers.demoted();
             self.compactor.demoted();
             self.append_times.clear();
             for id in std::mem::take(&mut self.lease_proposals) {
@@ -1206,6 +1223,11 @@ impl Core {
 /// Every lock-delay in force, as stored.
 fn stored_lock_delays(db: &Database) -> Result<Vec<(Vec<u8>, i64, u64)>, CoreError> {
     Ok(fsm::locks::delays(&db.begin_read().map_err(redb_err)?)?)
+}
+
+/// Every registry instance's timer, as its stored row calls for.
+fn stored_instance_timers(db: &Database) -> Result<Vec<(Vec<u8>, fsm::InstanceTimer)>, CoreError> {
+    Ok(fsm::registry::timers(&db.begin_read().map_err(redb_err)?)?)
 }
 
 /// Every session's lease as stored.

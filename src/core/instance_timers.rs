@@ -1,0 +1,168 @@
+//! Registry timers (DESIGN.md §2 rules 2–3): a TTL check's overdue heartbeat, and the removal
+//! of an instance critical for its `deregister_after_ms`. The replicated state holds only
+//! durations and what they count from (heartbeat counts, revisions); every member counts them
+//! on its own clock from when it applied the change, and only the leader acts, by proposing
+//! `MarkCritical` or `Reap`.
+//!
+//! Invariants:
+//! - A member counts a timer from when it applied the change that started it (or, for one it
+//!   found in a state it loaded, from when it loaded it). Every member applies a change after
+//!   it was committed, and a heartbeat is acknowledged only once committed, so whichever member
+//!   leads, no instance turns critical before its TTL has passed since a heartbeat was
+//!   acknowledged, and none is removed before it was critical for its `deregister_after_ms`.
+//! - A verdict names what it was counted from (the heartbeat count, the critical-since
+//!   revision): the state machine ignores one that a newer change overtook in the log. One not
+//!   applied within `retry_ms` (lost with a leader) is proposed again.
+//! - Memory: one entry per TTL-checked or critical instance.
+
+use std::collections::BTreeMap;
+
+use latch_proto::internal::{command::Body, MarkCritical, Reap};
+
+use crate::fsm::registry::split_key;
+use crate::fsm::{InstanceChange, InstanceTimer};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Armed {
+    timer: InstanceTimer,
+    ends_at: u64,
+    /// When this member, as leader, last proposed its verdict.
+    proposed_at: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+pub struct InstanceTimers {
+    timers: BTreeMap<Vec<u8>, Armed>,
+}
+
+fn length(t: &InstanceTimer) -> u64 {
+    match t {
+        InstanceTimer::Heartbeat { ttl_ms, .. } => *ttl_ms,
+        InstanceTimer::Reap { after_ms, .. } => *after_ms,
+    }
+}
+
+impl InstanceTimers {
+    /// Replaces the timers with those of a state just loaded, each counted in full from `now`.
+    pub fn reload(&mut self, timers: Vec<(Vec<u8>, InstanceTimer)>, now: u64) {
+        self.timers = timers
+            .into_iter()
+            .map(|(key, timer)| {
+                (key, Armed { timer, ends_at: now.saturating_add(length(&timer)), proposed_at: None })
+            })
+            .collect();
+    }
+
+    /// The clock's first reading: timers loaded before it count from there.
+    pub fn clock_started(&mut self, at: u64) {
+        for t in self.timers.values_mut() {
+            t.ends_at = t.ends_at.saturating_add(at);
+        }
+    }
+
+    /// An instance change this member applied at `now`. A timer the change leaves as it was
+    /// keeps counting from where it started.
+    pub fn changed(&mut self, change: &InstanceChange, now: u64) {
+        match change.timer {
+            None => {
+                self.timers.remove(&change.key);
+            }
+            Some(timer) => {
+                if self.timers.get(&change.key).is_some_and(|a| a.timer == timer) {
+                    return;
+                }
+                let armed = Armed { timer, ends_at: now.saturating_add(length(&timer)), proposed_at: None };
+                self.timers.insert(change.key.clone(), armed);
+            }
+        }
+    }
+
+    /// As leader: the verdicts of the timers that ran out, except those proposed within
+    /// `retry_ms`.
+    pub fn due(&mut self, now: u64, retry_ms: u64) -> Vec<Body> {
+        let mut out = Vec::new();
+        for (key, a) in self.timers.iter_mut() {
+            let recently = a.proposed_at.is_some_and(|at| now.saturating_sub(at) < retry_ms);
+            if a.ends_at > now || recently {
+                continue;
+            }
+            let Some((service, id)) = split_key(key) else { continue };
+            let (service, id) = (service.to_string(), id.to_string());
+            a.proposed_at = Some(now);
+            out.push(match a.timer {
+                InstanceTimer::Heartbeat { beats, .. } => {
+                    Body::MarkCritical(MarkCritical { service, id, beats })
+                }
+                InstanceTimer::Reap { since_revision, .. } => {
+                    Body::Reap(Reap { service, id, critical_since: since_revision })
+                }
+            });
+        }
+        out
+    }
+
+    /// Forgets when verdicts were proposed (leadership moved: a new leader proposes its own).
+    pub fn demoted(&mut self) {
+        for a in self.timers.values_mut() {
+            a.proposed_at = None;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.timers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.timers.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(key: &str, timer: Option<InstanceTimer>) -> InstanceChange {
+        InstanceChange { key: key.as_bytes().to_vec(), timer }
+    }
+
+    #[test]
+    fn a_missed_heartbeat_is_judged_once_the_ttl_passed_since_this_member_applied_the_last_one() {
+        let mut t = InstanceTimers::default();
+        t.changed(&change("web/1", Some(InstanceTimer::Heartbeat { ttl_ms: 1_000, beats: 0 })), 100);
+        t.changed(&change("web/1", Some(InstanceTimer::Heartbeat { ttl_ms: 1_000, beats: 1 })), 600);
+        assert!(t.due(1_599, 500).is_empty(), "a heartbeat restarts the count");
+        match t.due(1_600, 500).as_slice() {
+            [Body::MarkCritical(m)] => {
+                assert_eq!((m.service.as_str(), m.id.as_str(), m.beats), ("web", "1", 1))
+            }
+            other => panic!("expected one MarkCritical, got {other:?}"),
+        }
+        assert!(t.due(1_900, 500).is_empty(), "not proposed twice within the retry time");
+        assert_eq!(t.due(2_100, 500).len(), 1, "a lost verdict is proposed again");
+        t.changed(&change("web/1", None), 2_200);
+        assert!(t.is_empty(), "a removed instance needs no timer");
+    }
+
+    #[test]
+    fn a_critical_instance_is_reaped_after_its_deregister_time_and_a_repeat_change_does_not_restart_it() {
+        let mut t = InstanceTimers::default();
+        let reap = InstanceTimer::Reap { since_revision: 9, after_ms: 5_000 };
+        t.changed(&change("db/a", Some(reap)), 1_000);
+        t.changed(&change("db/a", Some(reap)), 3_000);
+        match t.due(6_000, 500).as_slice() {
+            [Body::Reap(r)] => assert_eq!(r.critical_since, 9),
+            other => panic!("expected one Reap counted from the first change, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn timers_of_a_loaded_state_count_in_full_from_loading_or_from_the_first_clock_reading() {
+        let mut t = InstanceTimers::default();
+        t.reload(vec![(b"web/1".to_vec(), InstanceTimer::Heartbeat { ttl_ms: 2_000, beats: 4 })], 0);
+        t.clock_started(10_000);
+        assert!(t.due(11_999, 0).is_empty());
+        assert_eq!(t.due(12_000, 0).len(), 1);
+        t.reload(vec![], 20_000);
+        assert!(t.is_empty() && t.len() == 0);
+    }
+}
