@@ -110,7 +110,7 @@ LATCH_CLUSTER="1=127.0.0.1:17380,2=127.0.0.1:27380,3=127.0.0.1:37380"
 LATCH_ENDPOINTS="127.0.0.1:17379,127.0.0.1:27379,127.0.0.1:37379"
 for i in 1 2 3; do
   cmd=("$LATCH" server --id "$i" --data-dir "$WORK/latch$i" --client-addr "127.0.0.1:${i}7379"
-    --peer-addr "127.0.0.1:${i}7380" --http-addr "127.0.0.1:${i}7381" --initial-cluster "$LATCH_CLUSTER")
+    --peer-addr "127.0.0.1:${i}7380" --http-addr "127.0.0.1:${i}7381" --dns-addr "127.0.0.1:${i}8600" --initial-cluster "$LATCH_CLUSTER")
   echo "latch ${cmd[*]:1}" >>"$SERVER_COMMANDS"
   "${cmd[@]}" >"$WORK/latch$i.log" 2>&1 &
   started latch $!

@@ -33,7 +33,7 @@ start_latch() {
   local cluster="1=127.0.0.1:17380,2=127.0.0.1:27380,3=127.0.0.1:37380"
   for i in 1 2 3; do
     "$LATCH" server --id "$i" --data-dir "$WORK/latch$i" --client-addr "127.0.0.1:${i}7379" \
-      --peer-addr "127.0.0.1:${i}7380" --http-addr "127.0.0.1:${i}7381" --initial-cluster "$cluster" \
+      --peer-addr "127.0.0.1:${i}7380" --http-addr "127.0.0.1:${i}7381" --dns-addr "127.0.0.1:${i}8600" --initial-cluster "$cluster" \
       >"$WORK/latch$i.log" 2>&1 &
     echo $! >"$WORK/latch$i.pid"
   done

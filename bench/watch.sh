@@ -96,7 +96,7 @@ start() { # system
       # Clients 17379/27379/37379, peers 17380/27380/37380, HTTP 17381/27381/37381.
       for i in 1 2 3; do
         cmd=("$LATCH" server --id "$i" --data-dir "$WORK/data/latch$i" --client-addr "127.0.0.1:${i}7379"
-          --peer-addr "127.0.0.1:${i}7380" --http-addr "127.0.0.1:${i}7381"
+          --peer-addr "127.0.0.1:${i}7380" --http-addr "127.0.0.1:${i}7381" --dns-addr "127.0.0.1:${i}8600"
           --initial-cluster "1=127.0.0.1:17380,2=127.0.0.1:27380,3=127.0.0.1:37380")
         echo "latch ${cmd[*]:1}" >>"$SERVER_COMMANDS"
         "${cmd[@]}" >"$WORK/latch$i.log" 2>&1 &

@@ -11,6 +11,8 @@ use serde::Deserialize;
 pub const DEFAULT_CLIENT_ADDR: &str = "127.0.0.1:7379";
 pub const DEFAULT_PEER_ADDR: &str = "127.0.0.1:7380";
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:7381";
+pub const DEFAULT_DNS_ADDR: &str = "127.0.0.1:8600";
+pub const DEFAULT_DNS_DOMAIN: &str = "latch.";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -57,6 +59,25 @@ pub struct ServerArgs {
     /// Address for HTTP (/metrics, /health, /ready), host:port [default: 127.0.0.1:7381].
     #[arg(long)]
     pub http_addr: Option<String>,
+    /// Address of the DNS port, UDP and TCP, host:port [default: 127.0.0.1:8600].
+    #[arg(long)]
+    pub dns_addr: Option<String>,
+    /// The domain the DNS port answers for [default: latch.].
+    #[arg(long)]
+    pub dns_domain: Option<String>,
+    /// TTL of the DNS port's answers (humantime; at least 1s) [default: 5s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub dns_ttl: Option<Duration>,
+    /// How long resolvers may keep a negative DNS answer (the SOA minimum) [default: 5s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub dns_negative_ttl: Option<Duration>,
+    /// Answer DNS queries SERVFAIL once this member has been out of touch with a leader this
+    /// long, rather than answer stale data [default: 5s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub dns_max_stale: Option<Duration>,
     /// Peer addresses of the first members: 1=host:port,2=host:port,3=host:port.
     #[arg(long)]
     pub initial_cluster: Option<String>,
@@ -237,6 +258,26 @@ pub struct Peer {
 }
 
 /// A node's resolved configuration.
+/// The DNS port's answers (`--dns-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    pub domain: String,
+    pub ttl: Duration,
+    pub negative_ttl: Duration,
+    pub max_stale: Duration,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns {
+            domain: DEFAULT_DNS_DOMAIN.into(),
+            ttl: Duration::from_secs(5),
+            negative_ttl: Duration::from_secs(5),
+            max_stale: Duration::from_secs(5),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub id: u64,
@@ -245,6 +286,9 @@ pub struct Config {
     pub peer_addr: String,
     /// Serves /metrics, /health and /ready.
     pub http_addr: String,
+    /// The DNS port, UDP and TCP.
+    pub dns_addr: String,
+    pub dns: Dns,
     /// Every member, this one included, sorted by id.
     pub initial_cluster: Vec<Peer>,
     pub snapshot_entries: u64,
@@ -271,6 +315,8 @@ impl Config {
             client_addr,
             peer_addr,
             http_addr: "127.0.0.1:0".into(),
+            dns_addr: "127.0.0.1:0".into(),
+            dns: Dns::default(),
             snapshot_entries: 10_000,
             tick_interval: Duration::from_millis(50),
             limits: Limits::default(),
@@ -439,12 +485,37 @@ impl Config {
             flags.watch_window_revisions.or(file.watch_window_revisions).unwrap_or(100_000).max(1);
         let history_retention =
             flags.history_retention.or(file.history_retention).unwrap_or(Retention::DEFAULT);
+        let dns_addr = pick(flags.dns_addr, file.dns_addr).unwrap_or_else(|| DEFAULT_DNS_ADDR.into());
+        let dns_defaults = Dns::default();
+        let dns = Dns {
+            domain: pick(flags.dns_domain, file.dns_domain).unwrap_or(dns_defaults.domain),
+            ttl: flags.dns_ttl.or(file.dns_ttl).unwrap_or(dns_defaults.ttl),
+            negative_ttl: flags
+                .dns_negative_ttl
+                .or(file.dns_negative_ttl)
+                .unwrap_or(dns_defaults.negative_ttl),
+            max_stale: flags.dns_max_stale.or(file.dns_max_stale).unwrap_or(dns_defaults.max_stale),
+        };
+        crate::dns::zone::Zone::new(&dns.domain, 1, 1)
+            .map_err(|problem| ConfigError::Invalid { flag: "dns-domain", problem })?;
+        for (flag, d) in
+            [("dns-ttl", dns.ttl), ("dns-negative-ttl", dns.negative_ttl), ("dns-max-stale", dns.max_stale)]
+        {
+            if d < Duration::from_secs(1) || d > Duration::from_secs(24 * 3600) {
+                return Err(ConfigError::Invalid {
+                    flag,
+                    problem: format!("{} is outside 1s … 24h", humantime::format_duration(d)),
+                });
+            }
+        }
         Ok(Config {
             id,
             data_dir,
             client_addr,
             peer_addr,
             http_addr,
+            dns_addr,
+            dns,
             initial_cluster,
             snapshot_entries,
             tick_interval,

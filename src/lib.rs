@@ -32,6 +32,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod core;
+pub mod dns;
 pub mod fsm;
 pub mod health;
 pub mod http;

@@ -84,6 +84,8 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("cannot start serving watches: {0}")]
     Watches(fsm::FsmError),
+    #[error("--dns-domain: {0}")]
+    DnsDomain(String),
 }
 
 /// The member's bound sockets.
@@ -92,6 +94,8 @@ pub struct Listeners {
     pub peer: TcpListener,
     /// Metrics, health and readiness over HTTP.
     pub http: TcpListener,
+    /// The DNS port: UDP and TCP on one address.
+    pub dns: (tokio::net::UdpSocket, TcpListener),
 }
 
 impl Listeners {
@@ -104,6 +108,11 @@ impl Listeners {
             client: bind("--client-addr", config.client_addr.clone()).await?,
             peer: bind("--peer-addr", config.peer_addr.clone()).await?,
             http: bind("--http-addr", config.http_addr.clone()).await?,
+            dns: crate::dns::bind(&config.dns_addr).await.map_err(|source| ServerError::Bind {
+                what: "--dns-addr",
+                addr: config.dns_addr.clone(),
+                source,
+            })?,
         })
     }
 
@@ -206,6 +215,13 @@ pub async fn run(
     let client_addr = client_addr.map_or(config.client_addr.clone(), |a| a.to_string());
     let peer_addr = peer_addr.map_or(config.peer_addr.clone(), |a| a.to_string());
     let http_addr = http_addr.map_or(config.http_addr.clone(), |a| a.to_string());
+    let dns_addr = listeners.dns.0.local_addr().map_or(config.dns_addr.clone(), |a| a.to_string());
+    let zone = crate::dns::zone::Zone::new(
+        &config.dns.domain,
+        config.dns.ttl.as_secs() as u32,
+        config.dns.negative_ttl.as_secs() as u32,
+    )
+    .map_err(ServerError::DnsDomain)?;
     let client_addrs = Arc::new(RwLock::new(BTreeMap::from([(id, client_addr.clone())])));
     let ctx = Context {
         node: node.handle(),
@@ -216,7 +232,7 @@ pub async fn run(
         client_addrs: client_addrs.clone(),
     };
     let learner = tokio::spawn(learn_members(id, config.initial_cluster.clone(), client_addrs));
-    tracing::info!(member = id, cluster = %format!("{cluster_id:016x}"), %client_addr, %peer_addr, %http_addr, data_dir = %config.data_dir.display(), "member started");
+    tracing::info!(member = id, cluster = %format!("{cluster_id:016x}"), %client_addr, %peer_addr, %http_addr, %dns_addr, data_dir = %config.data_dir.display(), "member started");
 
     let grpc_metrics =
         GrpcMetricsLayer::new(metrics.clone(), api::METHODS.iter().copied().chain(STANDARD_METHODS));
@@ -273,6 +289,14 @@ pub async fn run(
         stopped(stop_rx.clone()),
     );
     let checks_task = tokio::spawn(crate::health::run(ctx.clone(), stop_rx.clone()));
+    let dns_task = tokio::spawn(crate::dns::serve(
+        node.handle(),
+        crate::dns::Settings { zone, max_stale: config.dns.max_stale },
+        ctx.client_addrs.clone(),
+        metrics.clone(),
+        listeners.dns,
+        stop_rx.clone(),
+    ));
     let client_task = tokio::spawn(client_srv);
     let peer_task = tokio::spawn(peer_srv);
     let http_task = tokio::spawn(http_srv);
@@ -294,6 +318,7 @@ pub async fn run(
     checks_task.abort();
     let result =
         tokio::task::spawn_blocking(move || node.stop()).await.unwrap_or(Ok(())).map_err(ServerError::from);
+    let _ = dns_task.await;
     for t in [client_task, peer_task] {
         if let Ok(Err(e)) = t.await {
             tracing::warn!(error = %e, "gRPC server ended with an error");

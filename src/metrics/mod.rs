@@ -30,6 +30,24 @@ pub struct Metrics {
     pub peer: PeerMetrics,
     pub grpc: GrpcMetrics,
     pub watch: WatchMetrics,
+    pub dns: DnsMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: &'static str,
+}
+
+/// Queries answered on this member's DNS port (`dns`).
+pub struct DnsMetrics {
+    answered: Family<CodeLabels, Counter>,
+}
+
+impl DnsMetrics {
+    /// A query answered with response code `code` (NOERROR, NXDOMAIN, SERVFAIL, …).
+    pub fn answered(&self, code: &'static str) {
+        self.answered.get_or_create(&CodeLabels { code }).inc();
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -415,7 +433,13 @@ impl Metrics {
             Unit::Bytes,
             watch.window_bytes.clone(),
         );
-        Metrics { registry, raft, peer, grpc, watch }
+        let dns = DnsMetrics { answered: Family::default() };
+        r.register(
+            "dns_queries",
+            "DNS queries answered by this member, by response code",
+            dns.answered.clone(),
+        );
+        Metrics { registry, raft, peer, grpc, watch, dns }
     }
 
     /// The OpenMetrics text of every metric (ends with `# EOF`).

@@ -88,6 +88,8 @@ pub struct Member {
     /// Metrics, health and readiness (`--http-addr`); every member needs its own, or test
     /// clusters running in parallel would all want the default port.
     pub http_addr: String,
+    /// The DNS port (`--dns-addr`, UDP and TCP), its own for the same reason.
+    pub dns_addr: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -114,6 +116,7 @@ impl Cluster {
             let client_addr = format!("127.0.0.1:{}", free_port());
             let peer_addr = format!("127.0.0.1:{}", free_port());
             let http_addr = format!("127.0.0.1:{}", free_port());
+            let dns_addr = format!("127.0.0.1:{}", free_port());
             let status_client = Client::connect_with(
                 [client_addr.clone()],
                 ClientOptions { request_timeout: Duration::from_secs(3), retry_budget: Duration::ZERO },
@@ -125,6 +128,7 @@ impl Cluster {
                 client_addr,
                 peer_addr,
                 http_addr,
+                dns_addr,
                 data_dir: dir.path().join(format!("member-{id}")),
                 log: dir.path().join(format!("member-{id}.log")),
                 child: None,
@@ -181,6 +185,8 @@ impl Cluster {
             .arg(&m.peer_addr)
             .arg("--http-addr")
             .arg(&m.http_addr)
+            .arg("--dns-addr")
+            .arg(&m.dns_addr)
             .arg("--initial-cluster")
             .arg(initial_cluster)
             .args(&self.flags)

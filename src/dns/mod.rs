@@ -1,0 +1,265 @@
+//! The DNS port (DESIGN.md §4): every member answers, over UDP and TCP, from its own applied
+//! state — services, instances, members, election leaders and static records (`zone`,
+//! `names`, `records`). hickory-server owns the sockets, the message codec and UDP truncation
+//! (TC set when an answer exceeds 512 bytes or the client's EDNS size; the client retries over
+//! TCP); every question is answered here.
+//!
+//! Invariants:
+//! - Bounded staleness: a member answers only while a ReadIndex it *asked* at most
+//!   `max_stale` ago has succeeded — its applied state then covered everything the leader had
+//!   committed when it asked, so no answer is older than `max_stale` behind the leader. Past
+//!   that it answers SERVFAIL, never stale data.
+//! - A malformed query gets FORMERR (hickory, or here for a message without exactly one
+//!   question), an update or other opcode NOTIMP, a name outside the domain REFUSED; nothing
+//!   a client sends can panic the member.
+
+pub mod names;
+pub mod records;
+pub mod zone;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use hickory_server::net::runtime::Time;
+use hickory_server::proto::op::{Edns, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use latch_proto::internal::{InstanceRow, Range};
+use redb::ReadTransaction;
+use tokio::net::{TcpListener, UdpSocket};
+
+use crate::fsm;
+use crate::metrics::Metrics;
+use crate::node::NodeHandle;
+use zone::{Source, Zone};
+
+/// How long a TCP connection may stay idle between queries.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Responses buffered per TCP connection.
+const TCP_RESPONSE_BUFFER: usize = 32;
+/// How long one freshness ReadIndex may take.
+const FRESHNESS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The DNS settings of a member.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub zone: Zone,
+    /// Answer SERVFAIL once the member has been out of touch with a leader this long.
+    pub max_stale: Duration,
+}
+
+/// When this member last knew its state was fresh: the time it asked a ReadIndex that then
+/// succeeded (milliseconds since `base`, 0 = never).
+pub struct Freshness {
+    base: Instant,
+    asked_ms: AtomicU64,
+}
+
+impl Freshness {
+    fn new() -> Freshness {
+        Freshness { base: Instant::now(), asked_ms: AtomicU64::new(0) }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64 + 1
+    }
+
+    /// How far behind the leader the state may be; `None` before the first confirmation.
+    pub fn stale_for(&self) -> Option<Duration> {
+        match self.asked_ms.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(Duration::from_millis(self.now_ms().saturating_sub(at))),
+        }
+    }
+
+    /// Confirms freshness every `every` (every 100 ms while it fails) until the node stops.
+    async fn keep(self: Arc<Self>, node: NodeHandle, every: Duration) {
+        loop {
+            let asked = self.now_ms();
+            let confirmed =
+                matches!(tokio::time::timeout(FRESHNESS_TIMEOUT, node.read_index()).await, Ok(Ok(())));
+            if confirmed {
+                self.asked_ms.fetch_max(asked, Ordering::Relaxed);
+            }
+            tokio::time::sleep(if confirmed { every } else { Duration::from_millis(100) }).await;
+        }
+    }
+}
+
+/// The member's state as the zone reads it: one read transaction per query.
+struct State<'a> {
+    txn: ReadTransaction,
+    revision: i64,
+    members: &'a BTreeMap<u64, String>,
+}
+
+impl Source for State<'_> {
+    fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    fn instances(&self, service: &str) -> Result<Vec<InstanceRow>, String> {
+        fsm::registry::list(&self.txn, service, |_| true).map_err(|e| e.to_string())
+    }
+
+    fn leader(&self, election: &str) -> Result<Option<Vec<u8>>, String> {
+        Ok(fsm::elections::leader(&self.txn, election).map_err(|e| e.to_string())?.map(|l| l.value))
+    }
+
+    fn static_value(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+        let key = format!("{}{name}", names::STATIC_PREFIX).into_bytes();
+        let (_, mut found) = fsm::range(&self.txn, &Range { key, ..Default::default() }, usize::MAX)
+            .map_err(|e| e.to_string())?;
+        Ok(found.kvs.pop().map(|kv| kv.value))
+    }
+
+    fn member(&self, id: u64) -> Option<String> {
+        self.members.get(&id).cloned()
+    }
+}
+
+/// Answers every query of the port.
+pub struct Handler {
+    node: NodeHandle,
+    settings: Settings,
+    members: Arc<RwLock<BTreeMap<u64, String>>>,
+    freshness: Arc<Freshness>,
+    rotate: AtomicUsize,
+    metrics: Arc<Metrics>,
+}
+
+impl Handler {
+    /// What to answer `request`: the response code and, for a question, its answer.
+    fn decide(&self, request: &Request) -> Result<zone::Answer, ResponseCode> {
+        if request.metadata.message_type != MessageType::Query {
+            return Err(ResponseCode::FormErr);
+        }
+        if request.metadata.op_code != OpCode::Query {
+            return Err(ResponseCode::NotImp);
+        }
+        let info = request.request_info().map_err(|_| ResponseCode::FormErr)?;
+        let qname = info.query.name().into();
+        let Some(labels) = names::labels_of(&qname) else {
+            // No name Latch answers has a label that is not ASCII.
+            let inside = self.settings.zone.domain.zone_of(&qname.to_lowercase());
+            return Err(if inside { ResponseCode::NXDomain } else { ResponseCode::Refused });
+        };
+        if names::parse(&labels, &self.settings.zone.labels).is_none() {
+            return Err(ResponseCode::Refused);
+        }
+        match self.freshness.stale_for() {
+            Some(behind) if behind <= self.settings.max_stale => {}
+            _ => return Err(ResponseCode::ServFail),
+        }
+        let txn = self.node.db().begin_read().map_err(|_| ResponseCode::ServFail)?;
+        let revision = fsm::applied(&txn).map_err(|_| ResponseCode::ServFail)?.revision;
+        let members = self.members.read().map_err(|_| ResponseCode::ServFail)?;
+        let state = State { txn, revision, members: &members };
+        let rotate = self.rotate.fetch_add(1, Ordering::Relaxed);
+        Ok(zone::answer(&state, &self.settings.zone, &labels, &qname, info.query.query_type(), rotate))
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let mut edns = None;
+        if let Some(asked) = request.edns.as_ref() {
+            let mut e = Edns::new();
+            e.set_max_payload(asked.max_payload().clamp(512, 4096));
+            e.set_version(0);
+            edns = Some(e);
+        }
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(e) = edns.as_ref() {
+            builder.edns(e);
+        }
+        let decided = self.decide(request);
+        let code = match &decided {
+            Ok(a) => a.code,
+            Err(code) => *code,
+        };
+        self.metrics.dns.answered(code_name(code));
+        let sent = match decided {
+            Ok(a) => {
+                let mut metadata = Metadata::response_from_request(&request.metadata);
+                metadata.authoritative = a.code != ResponseCode::Refused;
+                metadata.recursion_available = false;
+                metadata.response_code = a.code;
+                let response =
+                    builder.build(metadata, a.answers.iter(), [], a.soa.iter(), a.additionals.iter());
+                response_handle.send_response(response).await
+            }
+            Err(code) => {
+                let response = builder.error_msg(&request.metadata, code);
+                response_handle.send_response(response).await
+            }
+        };
+        match sent {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::debug!(error = %e, "DNS: sending an answer failed");
+                let mut metadata = Metadata::response_from_request(&request.metadata);
+                metadata.response_code = ResponseCode::ServFail;
+                hickory_server::proto::op::Header { metadata, counts: Default::default() }.into()
+            }
+        }
+    }
+}
+
+fn code_name(code: ResponseCode) -> &'static str {
+    match code {
+        ResponseCode::NoError => "NOERROR",
+        ResponseCode::FormErr => "FORMERR",
+        ResponseCode::ServFail => "SERVFAIL",
+        ResponseCode::NXDomain => "NXDOMAIN",
+        ResponseCode::NotImp => "NOTIMP",
+        ResponseCode::Refused => "REFUSED",
+        _ => "OTHER",
+    }
+}
+
+/// Binds `addr` for UDP and TCP on one port (with port 0: the port UDP got).
+pub async fn bind(addr: &str) -> std::io::Result<(UdpSocket, TcpListener)> {
+    let mut last = None;
+    for _ in 0..16 {
+        let udp = UdpSocket::bind(addr).await?;
+        let local = udp.local_addr()?;
+        match TcpListener::bind(local).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            // Port 0 gave UDP a port whose TCP twin is taken: draw again.
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && addr.ends_with(":0") => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no port free for both UDP and TCP")))
+}
+
+/// Serves the DNS port until `stop` says so.
+pub async fn serve(
+    node: NodeHandle,
+    settings: Settings,
+    members: Arc<RwLock<BTreeMap<u64, String>>>,
+    metrics: Arc<Metrics>,
+    sockets: (UdpSocket, TcpListener),
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let freshness = Arc::new(Freshness::new());
+    let every = (settings.max_stale / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let keeper = tokio::spawn(freshness.clone().keep(node.clone(), every));
+    let handler = Handler { node, settings, members, freshness, rotate: AtomicUsize::new(0), metrics };
+    let mut server = hickory_server::Server::new(handler);
+    server.register_socket(sockets.0);
+    server.register_listener(sockets.1, TCP_IDLE, TCP_RESPONSE_BUFFER);
+    let _ = stop.wait_for(|s| *s).await;
+    keeper.abort();
+    if let Err(e) = server.shutdown_gracefully().await {
+        tracing::debug!(error = %e, "DNS server ended with an error");
+    }
+}

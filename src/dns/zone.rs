@@ -1,0 +1,433 @@
+//! The answers: what Latch's zone says for a name and type, from a [`Source`] of state — the
+//! member's applied state when serving, what the gRPC API returns for `latch dns records`. One
+//! function answers both, so the command shows exactly what the port would say.
+//!
+//! Rules (DESIGN.md §4, RFC 1034/2308/2782):
+//! - Only PASSING instances are answered; a service with none does not exist (NXDOMAIN).
+//! - A name that exists without records of the asked type is NOERROR with no answer (NODATA);
+//!   both that and NXDOMAIN carry the zone's SOA, whose minimum is the negative TTL.
+//! - A/AAAA answers of a service are rotated per query (`rotate`); SRV answers carry the
+//!   targets' addresses in the additional section.
+
+use std::net::IpAddr;
+
+use hickory_server::proto::op::ResponseCode;
+use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, SOA, SRV, TXT};
+use hickory_server::proto::rr::{Name, RData, Record, RecordType};
+use latch_proto::internal::InstanceRow;
+
+use super::names::{self, Question};
+use super::records;
+use crate::fsm::registry;
+
+/// The state a zone is answered from. Errors are reading failures: the query gets SERVFAIL.
+pub trait Source {
+    /// The revision the state is at (the SOA serial, modulo 2^32).
+    fn revision(&self) -> i64;
+    /// Every instance of `service`, in id order, whatever its health.
+    fn instances(&self, service: &str) -> Result<Vec<InstanceRow>, String>;
+    /// The value the leader of `election` published, if it has a leader.
+    fn leader(&self, election: &str) -> Result<Option<Vec<u8>>, String>;
+    /// The value of the KV key `/dns/<name>`.
+    fn static_value(&self, name: &str) -> Result<Option<Vec<u8>>, String>;
+    /// The client address (`host:port`) of member `id`, if known.
+    fn member(&self, id: u64) -> Option<String>;
+}
+
+/// The zone's settings.
+#[derive(Debug, Clone)]
+pub struct Zone {
+    pub domain: Name,
+    /// The domain's labels, lowercase.
+    pub labels: Vec<String>,
+    /// TTL of every generated answer, and the default of static records.
+    pub ttl: u32,
+    /// The SOA minimum: how long resolvers keep a negative answer.
+    pub negative_ttl: u32,
+}
+
+impl Zone {
+    /// A zone for `domain` (`latch.`; a missing final dot is added).
+    pub fn new(domain: &str, ttl: u32, negative_ttl: u32) -> Result<Zone, String> {
+        let mut name =
+            Name::from_ascii(domain).map_err(|e| format!("{domain:?} is not a domain name: {e}"))?;
+        name.set_fqdn(true);
+        let name = name.to_lowercase();
+        if name.is_root() {
+            return Err("the root cannot be Latch's domain".into());
+        }
+        let labels = names::labels_of(&name).ok_or_else(|| format!("{domain:?}: labels must be ASCII"))?;
+        Ok(Zone { domain: name, labels, ttl, negative_ttl })
+    }
+
+    fn name(&self, relative: &str) -> Result<Name, String> {
+        Name::from_ascii(relative)
+            .and_then(|n| n.append_domain(&self.domain))
+            .map_err(|e| format!("{relative:?} makes no domain name: {e}"))
+    }
+
+    /// The zone's SOA record; its serial is the revision (modulo 2^32).
+    pub fn soa(&self, revision: i64) -> Record {
+        let mname = self.name("ns").unwrap_or_else(|_| self.domain.clone());
+        let rname = self.name("hostmaster").unwrap_or_else(|_| self.domain.clone());
+        let soa = SOA::new(mname, rname, revision as u32, 3600, 600, 86400, self.negative_ttl);
+        Record::from_rdata(self.domain.clone(), self.negative_ttl, RData::SOA(soa))
+    }
+}
+
+/// What the zone says for one question.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub code: ResponseCode,
+    pub answers: Vec<Record>,
+    pub additionals: Vec<Record>,
+    /// The SOA, for NXDOMAIN and NODATA.
+    pub soa: Vec<Record>,
+}
+
+impl Answer {
+    fn code(code: ResponseCode) -> Answer {
+        Answer { code, answers: Vec::new(), additionals: Vec::new(), soa: Vec::new() }
+    }
+}
+
+/// Answers `qname` (its lowercase `labels`) of type `qtype`.
+pub fn answer(
+    src: &dyn Source,
+    zone: &Zone,
+    labels: &[String],
+    qname: &Name,
+    qtype: RecordType,
+    rotate: usize,
+) -> Answer {
+    let Some(question) = names::parse(labels, &zone.labels) else {
+        return Answer::code(ResponseCode::Refused);
+    };
+    match records_for(src, zone, &question, qname, qtype, rotate) {
+        Err(why) => {
+            tracing::debug!(name = %qname, %why, "DNS: answered SERVFAIL");
+            Answer::code(ResponseCode::ServFail)
+        }
+        Ok(None) => Answer { soa: vec![zone.soa(src.revision())], ..Answer::code(ResponseCode::NXDomain) },
+        Ok(Some((answers, additionals))) => {
+            let soa = if answers.is_empty() { vec![zone.soa(src.revision())] } else { Vec::new() };
+            Answer { code: ResponseCode::NoError, answers, additionals, soa }
+        }
+    }
+}
+
+/// Records and additionals of a name that exists; `None` if it does not.
+type Found = Option<(Vec<Record>, Vec<Record>)>;
+
+fn records_for(
+    src: &dyn Source,
+    zone: &Zone,
+    question: &Question,
+    qname: &Name,
+    qtype: RecordType,
+    rotate: usize,
+) -> Result<Found, String> {
+    let wants = |t: RecordType| qtype == t || qtype == RecordType::ANY;
+    let addresses = |addrs: Vec<IpAddr>| -> Vec<Record> {
+        addrs
+            .into_iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(v4) if wants(RecordType::A) => Some(RData::A(A(v4))),
+                IpAddr::V6(v6) if wants(RecordType::AAAA) => Some(RData::AAAA(AAAA(v6))),
+                _ => None,
+            })
+            .map(|rdata| Record::from_rdata(qname.clone(), zone.ttl, rdata))
+            .collect()
+    };
+    Ok(match question {
+        Question::Apex => Some((
+            if wants(RecordType::SOA) { vec![zone.soa(src.revision())] } else { Vec::new() },
+            Vec::new(),
+        )),
+        Question::Nothing => None,
+        Question::Service { service, tag } => {
+            let mut healthy = passing(src, service, tag.as_deref())?;
+            if healthy.is_empty() {
+                return Ok(None);
+            }
+            let n = healthy.len();
+            healthy.rotate_left(rotate % n);
+            if wants(RecordType::SRV) && qtype == RecordType::SRV {
+                Some(srv(zone, qname, &healthy))
+            } else {
+                let ips = healthy.iter().filter_map(|r| ip_of(r)).collect();
+                Some((addresses(ips), Vec::new()))
+            }
+        }
+        Question::Srv { service, tag } => {
+            let healthy = passing(src, service, tag.as_deref())?;
+            if healthy.is_empty() {
+                return Ok(None);
+            }
+            if wants(RecordType::SRV) {
+                Some(srv(zone, qname, &healthy))
+            } else {
+                Some((Vec::new(), Vec::new()))
+            }
+        }
+        Question::Instance { service, id } => {
+            let found = src
+                .instances(service)?
+                .into_iter()
+                .find(|r| registry::is_passing(r) && r.instance.as_ref().is_some_and(|i| &i.id == id));
+            let Some(row) = found else { return Ok(None) };
+            match ip_of(&row) {
+                Some(ip) => Some((addresses(vec![ip]), Vec::new())),
+                None => {
+                    let host = row.instance.as_ref().map(|i| i.address.as_str()).unwrap_or_default();
+                    let target = fqdn(host)?;
+                    Some((
+                        vec![Record::from_rdata(qname.clone(), zone.ttl, RData::CNAME(CNAME(target)))],
+                        Vec::new(),
+                    ))
+                }
+            }
+        }
+        Question::Node { id } => {
+            let Some(addr) = src.member(*id) else { return Ok(None) };
+            let ip = addr
+                .parse::<std::net::SocketAddr>()
+                .map(|a| a.ip())
+                .or_else(|_| addr.parse::<IpAddr>())
+                .map_err(|_| format!("member {id}'s client address {addr:?} is not an IP address"))?;
+            Some((addresses(vec![ip]), Vec::new()))
+        }
+        Question::Leader { election } => {
+            let Some(value) = src.leader(election)? else { return Ok(None) };
+            let text = String::from_utf8_lossy(&value);
+            let ip = text
+                .parse::<IpAddr>()
+                .ok()
+                .or_else(|| text.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()));
+            match ip {
+                Some(ip) => Some((addresses(vec![ip]), Vec::new())),
+                None if wants(RecordType::TXT) => {
+                    let txt = RData::TXT(TXT::new(records::txt_strings(&value)));
+                    Some((vec![Record::from_rdata(qname.clone(), zone.ttl, txt)], Vec::new()))
+                }
+                None => Some((Vec::new(), Vec::new())),
+            }
+        }
+        Question::Static { name } => {
+            let Some(value) = src.static_value(name)? else { return Ok(None) };
+            let all = records::parse(qname, &value, zone.ttl)
+                .map_err(|why| format!("static record {}{name}: {why}", names::STATIC_PREFIX))?;
+            let cname = all.iter().any(|r| r.record_type() == RecordType::CNAME);
+            let answers = all.into_iter().filter(|r| cname || wants(r.record_type())).collect();
+            Some((answers, Vec::new()))
+        }
+    })
+}
+
+/// The passing instances of `service` with `tag` (any, if none), in id order.
+fn passing(src: &dyn Source, service: &str, tag: Option<&str>) -> Result<Vec<InstanceRow>, String> {
+    Ok(src
+        .instances(service)?
+        .into_iter()
+        .filter(|r| registry::is_passing(r) && tag.is_none_or(|t| crate::api::registry::has_tag(r, t)))
+        .collect())
+}
+
+fn ip_of(row: &InstanceRow) -> Option<IpAddr> {
+    row.instance.as_ref()?.address.parse().ok()
+}
+
+fn fqdn(host: &str) -> Result<Name, String> {
+    let mut n = Name::from_ascii(host).map_err(|e| format!("address {host:?} is not a host name: {e}"))?;
+    n.set_fqdn(true);
+    Ok(n)
+}
+
+/// SRV records of `instances` (RFC 2782: priority 1, the instance's weight, 1 if none), each
+/// targeting `<id>.<service>.instance.<domain>` (whose address goes in the additional section)
+/// or its host name.
+fn srv(zone: &Zone, qname: &Name, instances: &[InstanceRow]) -> (Vec<Record>, Vec<Record>) {
+    let (mut answers, mut additionals) = (Vec::new(), Vec::new());
+    for row in instances {
+        let Some(i) = row.instance.as_ref() else { continue };
+        let target = match ip_of(row) {
+            Some(ip) => {
+                let Ok(target) = zone.name(&format!("{}.{}.instance", i.id, i.service)) else { continue };
+                let rdata = match ip {
+                    IpAddr::V4(v4) => RData::A(A(v4)),
+                    IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+                };
+                additionals.push(Record::from_rdata(target.clone(), zone.ttl, rdata));
+                target
+            }
+            None => match fqdn(&i.address) {
+                Ok(t) => t,
+                Err(_) => continue,
+            },
+        };
+        let weight = if i.weight == 0 { 1 } else { i.weight.min(u32::from(u16::MAX)) as u16 };
+        let port = i.port.min(u32::from(u16::MAX)) as u16;
+        let rdata = RData::SRV(SRV::new(1, weight, port, target));
+        answers.push(Record::from_rdata(qname.clone(), zone.ttl, rdata));
+    }
+    (answers, additionals)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use latch_proto::internal::{check, Health, Instance};
+
+    /// The state as the tests set it.
+    #[derive(Default)]
+    struct State {
+        instances: Vec<InstanceRow>,
+        leaders: BTreeMap<String, Vec<u8>>,
+        statics: BTreeMap<String, Vec<u8>>,
+    }
+
+    impl Source for State {
+        fn revision(&self) -> i64 {
+            42
+        }
+        fn instances(&self, service: &str) -> Result<Vec<InstanceRow>, String> {
+            Ok(self
+                .instances
+                .iter()
+                .filter(|r| r.instance.as_ref().is_some_and(|i| i.service == service))
+                .cloned()
+                .collect())
+        }
+        fn leader(&self, election: &str) -> Result<Option<Vec<u8>>, String> {
+            Ok(self.leaders.get(election).cloned())
+        }
+        fn static_value(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+            Ok(self.statics.get(name).cloned())
+        }
+        fn member(&self, id: u64) -> Option<String> {
+            (id == 1).then(|| "127.0.0.1:7379".to_string())
+        }
+    }
+
+    fn row(id: &str, address: &str, tags: &[&str], healthy: bool) -> InstanceRow {
+        InstanceRow {
+            instance: Some(Instance {
+                service: "web".into(),
+                id: id.into(),
+                address: address.into(),
+                port: 8080,
+                tags: tags.iter().map(|t| t.to_string()).collect(),
+                ..Default::default()
+            }),
+            check: Some(latch_proto::internal::Check { kind: check::Kind::Ttl as i32, ..Default::default() }),
+            health: if healthy { Health::Passing } else { Health::Critical } as i32,
+            critical_since: if healthy { 0 } else { 3 },
+            ..Default::default()
+        }
+    }
+
+    fn ask(state: &State, name: &str, t: RecordType) -> Answer {
+        ask_rotated(state, name, t, 0)
+    }
+
+    fn ask_rotated(state: &State, name: &str, t: RecordType, rotate: usize) -> Answer {
+        let zone = Zone::new("latch.", 5, 7).expect("a zone");
+        let qname = Name::from_ascii(name).expect("a name");
+        let labels = names::labels_of(&qname).expect("ASCII");
+        answer(state, &zone, &labels, &qname, t, rotate)
+    }
+
+    fn data(a: &Answer) -> Vec<String> {
+        a.answers.iter().map(|r| r.data.to_string()).collect()
+    }
+
+    fn web() -> State {
+        State {
+            instances: vec![
+                row("w1", "10.0.0.1", &["v1"], true),
+                row("w2", "10.0.0.2", &["v2"], true),
+                row("w3", "fd00::3", &["v1"], true),
+                row("w4", "10.0.0.4", &["v1"], false),
+                row("w5", "host.example.com", &[], true),
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_service_answers_its_passing_addresses_of_the_asked_family_rotated_per_query() {
+        let s = web();
+        let a = ask(&s, "web.service.latch.", RecordType::A);
+        assert_eq!(
+            (a.code, data(&a)),
+            (ResponseCode::NoError, vec!["10.0.0.1".to_string(), "10.0.0.2".into()])
+        );
+        assert!(a.answers.iter().all(|r| r.ttl == 5), "the configured TTL, never 0");
+        let r = ask_rotated(&s, "WEB.Service.latch.", RecordType::A, 1);
+        assert_eq!(data(&r), ["10.0.0.2", "10.0.0.1"], "rotated, and case does not matter");
+        assert_eq!(data(&ask(&s, "web.service.latch.", RecordType::AAAA)), ["fd00::3"]);
+        let tagged = ask(&s, "v1.web.service.latch.", RecordType::A);
+        assert_eq!(data(&tagged), ["10.0.0.1"], "the tag filters, and critical w4 is left out");
+    }
+
+    #[test]
+    fn srv_names_answer_rfc_2782_records_with_the_targets_in_the_additional_section() {
+        let s = web();
+        let a = ask(&s, "_web._tcp.service.latch.", RecordType::SRV);
+        assert_eq!(a.code, ResponseCode::NoError);
+        assert_eq!(a.answers.len(), 4, "four passing instances: {:?}", data(&a));
+        assert!(data(&a).contains(&"1 1 8080 w1.web.instance.latch.".to_string()), "{:?}", data(&a));
+        assert!(
+            data(&a).contains(&"1 1 8080 host.example.com.".to_string()),
+            "a host name is its own target"
+        );
+        let extra: Vec<String> = a.additionals.iter().map(|r| format!("{} {}", r.name, r.data)).collect();
+        assert!(extra.contains(&"w1.web.instance.latch. 10.0.0.1".to_string()), "{extra:?}");
+        let target = ask(&s, "w1.web.instance.latch.", RecordType::A);
+        assert_eq!(data(&target), ["10.0.0.1"], "the target resolves");
+        let tagged = ask(&s, "_web._v2.service.latch.", RecordType::SRV);
+        assert_eq!(tagged.answers.len(), 1);
+    }
+
+    #[test]
+    fn missing_names_are_nxdomain_and_missing_types_nodata_both_with_the_soa() {
+        let s = web();
+        for name in [
+            "db.service.latch.",
+            "w4.web.instance.latch.",
+            "9.node.latch.",
+            "nope.latch.",
+            "x.y.service.latch.",
+        ] {
+            let a = ask(&s, name, RecordType::A);
+            assert_eq!(a.code, ResponseCode::NXDomain, "{name}");
+            assert_eq!(a.soa.len(), 1, "{name}: an SOA for the negative TTL");
+            assert_eq!(a.soa[0].ttl, 7);
+        }
+        let nodata = ask(&s, "web.service.latch.", RecordType::MX);
+        assert_eq!((nodata.code, nodata.answers.len(), nodata.soa.len()), (ResponseCode::NoError, 0, 1));
+        assert_eq!(ask(&s, "example.com.", RecordType::A).code, ResponseCode::Refused);
+    }
+
+    #[test]
+    fn members_leaders_and_static_records_answer_and_a_bad_static_record_is_servfail() {
+        let mut s = web();
+        s.leaders.insert("jobs".into(), b"10.1.1.1:9000".to_vec());
+        s.leaders.insert("cron".into(), b"worker-7".to_vec());
+        s.statics.insert("www".into(), br#"{"type":"CNAME","target":"web.service.latch."}"#.to_vec());
+        s.statics.insert("bad".into(), b"{".to_vec());
+        assert_eq!(data(&ask(&s, "1.node.latch.", RecordType::A)), ["127.0.0.1"]);
+        assert_eq!(data(&ask(&s, "leader.jobs.election.latch.", RecordType::A)), ["10.1.1.1"]);
+        let txt = ask(&s, "leader.cron.election.latch.", RecordType::TXT);
+        assert_eq!(txt.answers.len(), 1);
+        assert!(data(&txt)[0].contains("worker-7"), "{:?}", data(&txt));
+        assert_eq!(ask(&s, "leader.none.election.latch.", RecordType::A).code, ResponseCode::NXDomain);
+        let www = ask(&s, "www.latch.", RecordType::A);
+        assert_eq!(data(&www), ["web.service.latch."], "a CNAME answers any type");
+        assert_eq!(ask(&s, "bad.latch.", RecordType::A).code, ResponseCode::ServFail);
+        let soa = ask(&s, "latch.", RecordType::SOA);
+        assert_eq!(soa.answers.len(), 1);
+    }
+}
