@@ -23,10 +23,11 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{Edns, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
-use latch_proto::internal::{InstanceRow, Range};
+use latch_proto::internal::{InstanceRow, LockSpace, Range};
 use redb::ReadTransaction;
 use tokio::net::{TcpListener, UdpSocket};
 
@@ -120,6 +121,42 @@ impl Source for State<'_> {
     }
 }
 
+/// The whole zone as the member's state has it now (for a zone transfer).
+fn snapshot_of(
+    txn: &ReadTransaction,
+    members: &BTreeMap<u64, String>,
+) -> Result<zone::Snapshot, fsm::FsmError> {
+    let mut snap = zone::Snapshot {
+        revision: fsm::applied(txn)?.revision,
+        members: members.clone(),
+        ..Default::default()
+    };
+    for row in fsm::registry::list(txn, "", |_| true)? {
+        let service = row.instance.as_ref().map(|i| i.service.clone()).unwrap_or_default();
+        snap.instances.entry(service).or_default().push(row);
+    }
+    for (name, row) in fsm::locks::list(txn, LockSpace::Elections, "", usize::MAX)? {
+        if let Some(leader) = fsm::elections::leader_of(&name, &row) {
+            snap.leaders.insert(name, leader.value);
+        }
+    }
+    let prefix = names::STATIC_PREFIX.as_bytes();
+    let mut end = prefix.to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    let range = Range { key: prefix.to_vec(), range_end: end, ..Default::default() };
+    for kv in fsm::range(txn, &range, usize::MAX)?.1.kvs {
+        if let Ok(name) = String::from_utf8(kv.key[prefix.len()..].to_vec()) {
+            snap.statics.insert(name, kv.value);
+        }
+    }
+    Ok(snap)
+}
+
+/// Records per message of a zone transfer.
+const TRANSFER_RECORDS_PER_MESSAGE: usize = 256;
+
 /// Answers every query of the port.
 pub struct Handler {
     node: NodeHandle,
@@ -131,6 +168,30 @@ pub struct Handler {
 }
 
 impl Handler {
+    /// A zone transfer's records (AXFR of the domain, over TCP only).
+    fn transfer(&self, request: &Request) -> Result<Vec<hickory_server::proto::rr::Record>, ResponseCode> {
+        if request.protocol() != Protocol::Tcp {
+            return Err(ResponseCode::Refused);
+        }
+        let info = request.request_info().map_err(|_| ResponseCode::FormErr)?;
+        let qname: hickory_server::proto::rr::Name = info.query.name().into();
+        if qname.to_lowercase() != self.settings.zone.domain {
+            return Err(ResponseCode::Refused);
+        }
+        if !self.freshness.stale_for().is_some_and(|b| b <= self.settings.max_stale) {
+            return Err(ResponseCode::ServFail);
+        }
+        let txn = self.node.db().begin_read().map_err(|_| ResponseCode::ServFail)?;
+        let members = self.members.read().map_err(|_| ResponseCode::ServFail)?.clone();
+        let snap = snapshot_of(&txn, &members).map_err(|_| ResponseCode::ServFail)?;
+        drop(txn);
+        let (records, problems) = zone::transfer(&snap, &self.settings.zone);
+        for p in problems {
+            tracing::debug!(problem = %p, "DNS: a name left out of a zone transfer");
+        }
+        Ok(records)
+    }
+
     /// What to answer `request`: the response code and, for a question, its answer.
     fn decide(&self, request: &Request) -> Result<zone::Answer, ResponseCode> {
         if request.metadata.message_type != MessageType::Query {
@@ -169,6 +230,12 @@ impl RequestHandler for Handler {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
+        let is_transfer = request
+            .request_info()
+            .is_ok_and(|i| i.query.query_type() == hickory_server::proto::rr::RecordType::AXFR);
+        if is_transfer {
+            return self.send_transfer(request, response_handle).await;
+        }
         let mut edns = None;
         if let Some(asked) = request.edns.as_ref() {
             let mut e = Edns::new();
@@ -205,12 +272,51 @@ impl RequestHandler for Handler {
             Ok(info) => info,
             Err(e) => {
                 tracing::debug!(error = %e, "DNS: sending an answer failed");
-                let mut metadata = Metadata::response_from_request(&request.metadata);
-                metadata.response_code = ResponseCode::ServFail;
-                hickory_server::proto::op::Header { metadata, counts: Default::default() }.into()
+                failed(request)
             }
         }
     }
+}
+
+impl Handler {
+    async fn send_transfer<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let records = match self.transfer(request) {
+            Ok(r) => r,
+            Err(code) => {
+                self.metrics.dns.answered(code_name(code));
+                let response =
+                    MessageResponseBuilder::from_message_request(request).error_msg(&request.metadata, code);
+                return match response_handle.send_response(response).await {
+                    Ok(info) => info,
+                    Err(_) => failed(request),
+                };
+            }
+        };
+        self.metrics.dns.answered(code_name(ResponseCode::NoError));
+        let mut info = failed(request);
+        for chunk in records.chunks(TRANSFER_RECORDS_PER_MESSAGE) {
+            let mut metadata = Metadata::response_from_request(&request.metadata);
+            metadata.authoritative = true;
+            let response =
+                MessageResponseBuilder::new(&request.queries, None).build(metadata, chunk.iter(), [], [], []);
+            match response_handle.send_response(response).await {
+                Ok(i) => info = i,
+                Err(_) => return failed(request),
+            }
+        }
+        info
+    }
+}
+
+/// What a response that could not be sent is reported as.
+fn failed(request: &Request) -> ResponseInfo {
+    let mut metadata = Metadata::response_from_request(&request.metadata);
+    metadata.response_code = ResponseCode::ServFail;
+    hickory_server::proto::op::Header { metadata, counts: Default::default() }.into()
 }
 
 fn code_name(code: ResponseCode) -> &'static str {

@@ -9,6 +9,7 @@
 //! - A/AAAA answers of a service are rotated per query (`rotate`); SRV answers carry the
 //!   targets' addresses in the additional section.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use hickory_server::proto::op::ResponseCode;
@@ -224,6 +225,106 @@ fn records_for(
     })
 }
 
+/// The whole zone at one revision, read once: the source of a zone transfer (AXFR), which
+/// `latch dns records` asks for.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub revision: i64,
+    /// Instances by service, in id order.
+    pub instances: BTreeMap<String, Vec<InstanceRow>>,
+    /// The values election leaders published, by election.
+    pub leaders: BTreeMap<String, Vec<u8>>,
+    /// Static records' values, by name relative to the domain.
+    pub statics: BTreeMap<String, Vec<u8>>,
+    /// Members' client addresses, by id.
+    pub members: BTreeMap<u64, String>,
+}
+
+impl Source for Snapshot {
+    fn revision(&self) -> i64 {
+        self.revision
+    }
+    fn instances(&self, service: &str) -> Result<Vec<InstanceRow>, String> {
+        Ok(self.instances.get(service).cloned().unwrap_or_default())
+    }
+    fn leader(&self, election: &str) -> Result<Option<Vec<u8>>, String> {
+        Ok(self.leaders.get(election).cloned())
+    }
+    fn static_value(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+        Ok(self.statics.get(name).cloned())
+    }
+    fn member(&self, id: u64) -> Option<String> {
+        self.members.get(&id).cloned()
+    }
+}
+
+/// Every record of the zone, as the port answers each name (RFC 5936 order: the SOA first
+/// and last). A name whose answer fails (a bad static record) is left out, and said in
+/// `problems`.
+pub fn transfer(snap: &Snapshot, zone: &Zone) -> (Vec<Record>, Vec<String>) {
+    let mut names: Vec<(String, &[RecordType])> = Vec::new();
+    const ADDRESSES: &[RecordType] = &[RecordType::A, RecordType::AAAA];
+    const SRV_ONLY: &[RecordType] = &[RecordType::SRV];
+    for (service, rows) in &snap.instances {
+        let healthy: Vec<&InstanceRow> = rows.iter().filter(|r| registry::is_passing(r)).collect();
+        if healthy.is_empty() {
+            continue;
+        }
+        names.push((format!("{service}.service"), ADDRESSES));
+        names.push((format!("_{service}._tcp.service"), SRV_ONLY));
+        let mut tags: Vec<String> = healthy
+            .iter()
+            .flat_map(|r| r.instance.iter().flat_map(|i| i.tags.iter().map(|t| t.to_ascii_lowercase())))
+            .collect();
+        tags.sort();
+        tags.dedup();
+        for tag in tags {
+            names.push((format!("{tag}.{service}.service"), ADDRESSES));
+            names.push((format!("_{service}._{tag}.service"), SRV_ONLY));
+        }
+        for r in healthy {
+            if let Some(i) = r.instance.as_ref() {
+                names.push((format!("{}.{service}.instance", i.id), &[RecordType::ANY]));
+            }
+        }
+    }
+    for id in snap.members.keys() {
+        names.push((format!("{id}.node"), ADDRESSES));
+    }
+    for election in snap.leaders.keys() {
+        names.push((format!("leader.{election}.election"), &[RecordType::ANY]));
+    }
+    for name in snap.statics.keys() {
+        names.push((name.clone(), &[RecordType::ANY]));
+    }
+    let soa = zone.soa(snap.revision);
+    let (mut out, mut problems) = (vec![soa.clone()], Vec::new());
+    for (relative, types) in names {
+        let Ok(qname) = zone.name(&relative) else {
+            problems.push(format!("{relative}: not a domain name"));
+            continue;
+        };
+        let Some(labels) = names::labels_of(&qname) else { continue };
+        for t in types {
+            let a = answer(snap, zone, &labels, &qname, *t, 0);
+            if a.code == ResponseCode::ServFail {
+                let why = match names::parse(&labels, &zone.labels) {
+                    Some(Question::Static { name }) => snap
+                        .statics
+                        .get(&name)
+                        .map(|v| records::parse(&qname, v, zone.ttl).err().unwrap_or_default())
+                        .unwrap_or_default(),
+                    _ => String::new(),
+                };
+                problems.push(format!("{qname}: answered SERVFAIL {why}"));
+            }
+            out.extend(a.answers);
+        }
+    }
+    out.push(soa);
+    (out, problems)
+}
+
 /// The passing instances of `service` with `tag` (any, if none), in id order.
 fn passing(src: &dyn Source, service: &str, tag: Option<&str>) -> Result<Vec<InstanceRow>, String> {
     Ok(src
@@ -275,8 +376,6 @@ fn srv(zone: &Zone, qname: &Name, instances: &[InstanceRow]) -> (Vec<Record>, Ve
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
     use latch_proto::internal::{check, Health, Instance};
 
@@ -409,6 +508,40 @@ mod tests {
         let nodata = ask(&s, "web.service.latch.", RecordType::MX);
         assert_eq!((nodata.code, nodata.answers.len(), nodata.soa.len()), (ResponseCode::NoError, 0, 1));
         assert_eq!(ask(&s, "example.com.", RecordType::A).code, ResponseCode::Refused);
+    }
+
+    #[test]
+    fn a_transfer_holds_every_answered_name_between_two_soas_and_names_bad_static_records() {
+        let web = web();
+        let mut snap = Snapshot { revision: 42, ..Default::default() };
+        snap.instances.insert("web".into(), web.instances);
+        snap.leaders.insert("jobs".into(), b"10.1.1.1".to_vec());
+        snap.statics.insert("www".into(), br#"{"type":"A","address":"10.7.7.7"}"#.to_vec());
+        snap.statics.insert("bad".into(), b"{".to_vec());
+        snap.members.insert(1, "127.0.0.1:7379".into());
+        let zone = Zone::new("latch.", 5, 7).expect("a zone");
+        let (records, problems) = transfer(&snap, &zone);
+        assert_eq!(records.first().map(|r| r.record_type()), Some(RecordType::SOA));
+        assert_eq!(records.last().map(|r| r.record_type()), Some(RecordType::SOA));
+        let has = |name: &str, t: RecordType| {
+            records.iter().any(|r| r.name.to_ascii() == name && r.record_type() == t)
+        };
+        for (name, t) in [
+            ("web.service.latch.", RecordType::A),
+            ("web.service.latch.", RecordType::AAAA),
+            ("v1.web.service.latch.", RecordType::A),
+            ("_web._tcp.service.latch.", RecordType::SRV),
+            ("w1.web.instance.latch.", RecordType::A),
+            ("w5.web.instance.latch.", RecordType::CNAME),
+            ("1.node.latch.", RecordType::A),
+            ("leader.jobs.election.latch.", RecordType::A),
+            ("www.latch.", RecordType::A),
+        ] {
+            assert!(has(name, t), "the transfer holds {name} {t}");
+        }
+        assert!(!has("w4.web.instance.latch.", RecordType::A), "no critical instance");
+        assert_eq!(problems.len(), 1, "the bad static record is named: {problems:?}");
+        assert!(problems[0].contains("bad.latch."), "{problems:?}");
     }
 
     #[test]
