@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{Edns, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_server::proto::rr::{Name, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use latch_proto::internal::{InstanceRow, LockSpace, Range};
@@ -174,7 +175,7 @@ impl Handler {
             return Err(ResponseCode::Refused);
         }
         let info = request.request_info().map_err(|_| ResponseCode::FormErr)?;
-        let qname: hickory_server::proto::rr::Name = info.query.name().into();
+        let qname: Name = info.query.name().into();
         if qname.to_lowercase() != self.settings.zone.domain {
             return Err(ResponseCode::Refused);
         }
@@ -194,22 +195,7 @@ impl Handler {
 
     /// What to answer `request`: the response code and, for a question, its answer.
     fn decide(&self, request: &Request) -> Result<zone::Answer, ResponseCode> {
-        if request.metadata.message_type != MessageType::Query {
-            return Err(ResponseCode::FormErr);
-        }
-        if request.metadata.op_code != OpCode::Query {
-            return Err(ResponseCode::NotImp);
-        }
-        let info = request.request_info().map_err(|_| ResponseCode::FormErr)?;
-        let qname = info.query.name().into();
-        let Some(labels) = names::labels_of(&qname) else {
-            // No name Latch answers has a label that is not ASCII.
-            let inside = self.settings.zone.domain.zone_of(&qname.to_lowercase());
-            return Err(if inside { ResponseCode::NXDomain } else { ResponseCode::Refused });
-        };
-        if names::parse(&labels, &self.settings.zone.labels).is_none() {
-            return Err(ResponseCode::Refused);
-        }
+        let (qname, labels, qtype) = question_of(request, &self.settings.zone)?;
         match self.freshness.stale_for() {
             Some(behind) if behind <= self.settings.max_stale => {}
             _ => return Err(ResponseCode::ServFail),
@@ -219,8 +205,31 @@ impl Handler {
         let members = self.members.read().map_err(|_| ResponseCode::ServFail)?;
         let state = State { txn, revision, members: &members };
         let rotate = self.rotate.fetch_add(1, Ordering::Relaxed);
-        Ok(zone::answer(&state, &self.settings.zone, &labels, &qname, info.query.query_type(), rotate))
+        Ok(zone::answer(&state, &self.settings.zone, &labels, &qname, qtype, rotate))
     }
+}
+
+/// The one question of a query inside `zone`: its name, lowercase labels and type; otherwise
+/// the response code that refuses it (FORMERR: not one question or not a query; NOTIMP:
+/// another opcode; REFUSED: outside the zone; NXDOMAIN: inside it, with a label no name of
+/// Latch's has). The first half of the request path (the fuzz target drives it).
+pub fn question_of(request: &Request, zone: &Zone) -> Result<(Name, Vec<String>, RecordType), ResponseCode> {
+    if request.metadata.message_type != MessageType::Query {
+        return Err(ResponseCode::FormErr);
+    }
+    if request.metadata.op_code != OpCode::Query {
+        return Err(ResponseCode::NotImp);
+    }
+    let info = request.request_info().map_err(|_| ResponseCode::FormErr)?;
+    let qname: Name = info.query.name().into();
+    let Some(labels) = names::labels_of(&qname) else {
+        let inside = zone.domain.zone_of(&qname.to_lowercase());
+        return Err(if inside { ResponseCode::NXDomain } else { ResponseCode::Refused });
+    };
+    if names::parse(&labels, &zone.labels).is_none() {
+        return Err(ResponseCode::Refused);
+    }
+    Ok((qname, labels, info.query.query_type()))
 }
 
 #[async_trait::async_trait]
@@ -230,9 +239,7 @@ impl RequestHandler for Handler {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
-        let is_transfer = request
-            .request_info()
-            .is_ok_and(|i| i.query.query_type() == hickory_server::proto::rr::RecordType::AXFR);
+        let is_transfer = request.request_info().is_ok_and(|i| i.query.query_type() == RecordType::AXFR);
         if is_transfer {
             return self.send_transfer(request, response_handle).await;
         }
@@ -367,5 +374,128 @@ pub async fn serve(
     keeper.abort();
     if let Err(e) = server.shutdown_gracefully().await {
         tracing::debug!(error = %e, "DNS server ended with an error");
+    }
+}
+
+/// The request path for one datagram, without sockets or a member: decode (hickory), the
+/// question ([`question_of`]), the answer from `snap` ([`zone::answer`]), and the encoded
+/// response; `None` when the bytes are not even a header (the server drops those). What the
+/// fuzz target (`fuzz/fuzz_targets/dns_request.rs`) and the tests below drive.
+pub fn answer_datagram(snap: &zone::Snapshot, zone: &Zone, bytes: &[u8]) -> Option<Vec<u8>> {
+    use hickory_server::proto::op::{Header, Message};
+    use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder};
+    let src = std::net::SocketAddr::from(([127, 0, 0, 1], 53));
+    let mut response = match Request::from_bytes(bytes.to_vec(), src, Protocol::Udp) {
+        Ok(request) => {
+            let mut m = Message::new(request.metadata.id, MessageType::Response, request.metadata.op_code);
+            m.metadata = Metadata::response_from_request(&request.metadata);
+            for q in request.queries.queries() {
+                m.add_query(q.original().clone());
+            }
+            match question_of(&request, zone) {
+                Ok((qname, labels, qtype)) => {
+                    let a = zone::answer(snap, zone, &labels, &qname, qtype, 0);
+                    m.metadata.response_code = a.code;
+                    m.add_answers(a.answers);
+                    m.add_authorities(a.soa);
+                    m.add_additionals(a.additionals);
+                }
+                Err(code) => m.metadata.response_code = code,
+            }
+            m
+        }
+        Err(_) => {
+            // The header alone, as hickory's server answers a message it cannot decode.
+            let header = Header::read(&mut BinDecoder::new(bytes)).ok()?;
+            let mut m = Message::new(header.metadata.id, MessageType::Response, header.metadata.op_code);
+            m.metadata.response_code = ResponseCode::FormErr;
+            m
+        }
+    };
+    response.metadata.message_type = MessageType::Response;
+    response.to_vec().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_server::proto::op::{Message, Query};
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use latch_proto::internal::{Health, Instance};
+
+    fn snapshot() -> zone::Snapshot {
+        let mut snap = zone::Snapshot { revision: 9, ..Default::default() };
+        let row = InstanceRow {
+            instance: Some(Instance {
+                service: "web".into(),
+                id: "w1".into(),
+                address: "10.0.0.1".into(),
+                port: 80,
+                ..Default::default()
+            }),
+            health: Health::Passing as i32,
+            ..Default::default()
+        };
+        snap.instances.insert("web".into(), vec![row]);
+        snap.statics.insert("bad".into(), b"{".to_vec());
+        snap
+    }
+
+    fn query(name: &str, t: RecordType) -> Vec<u8> {
+        let mut m = Message::new(7, MessageType::Query, OpCode::Query);
+        m.add_query(Query::query(Name::from_ascii(name).expect("a name"), t));
+        m.to_vec().expect("encodes")
+    }
+
+    #[test]
+    fn a_datagram_is_answered_through_the_whole_request_path() {
+        let zone = Zone::new("latch.", 5, 5).expect("a zone");
+        let snap = snapshot();
+        let out =
+            answer_datagram(&snap, &zone, &query("web.service.latch.", RecordType::A)).expect("an answer");
+        let m = Message::from_vec(&out).expect("decodes");
+        assert_eq!((m.metadata.id, m.metadata.response_code, m.answers.len()), (7, ResponseCode::NoError, 1));
+        let refused =
+            answer_datagram(&snap, &zone, &query("example.com.", RecordType::A)).expect("an answer");
+        assert_eq!(
+            Message::from_vec(&refused).expect("decodes").metadata.response_code,
+            ResponseCode::Refused
+        );
+        let header_only = [0x12u8, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0];
+        let formerr = answer_datagram(&snap, &zone, &header_only).expect("an answer to a header");
+        assert_eq!(
+            Message::from_vec(&formerr).expect("decodes").metadata.response_code,
+            ResponseCode::FormErr
+        );
+        assert_eq!(answer_datagram(&snap, &zone, &[1, 2, 3]), None, "less than a header: dropped");
+    }
+
+    /// A seeded stand-in for the fuzz target on stable Rust: random bytes, and valid queries
+    /// with random bytes flipped, through the whole request path; nothing may panic.
+    #[test]
+    fn no_datagram_panics_the_request_path() {
+        let zone = Zone::new("latch.", 5, 5).expect("a zone");
+        let snap = snapshot();
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+        let seeds = [
+            query("web.service.latch.", RecordType::A),
+            query("_web._tcp.service.latch.", RecordType::SRV),
+            query("bad.latch.", RecordType::TXT),
+            query("w1.web.instance.latch.", RecordType::ANY),
+        ];
+        for i in 0..20_000 {
+            let bytes: Vec<u8> = if i % 4 == 0 {
+                (0..rng.gen_range(0..80)).map(|_| rng.gen()).collect()
+            } else {
+                let mut b = seeds[i % seeds.len()].clone();
+                for _ in 0..rng.gen_range(1..4) {
+                    let at = rng.gen_range(0..b.len());
+                    b[at] = rng.gen();
+                }
+                b
+            };
+            let _ = answer_datagram(&snap, &zone, &bytes);
+        }
     }
 }
