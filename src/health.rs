@@ -25,7 +25,9 @@ use tokio::time::Instant;
 use crate::api::Context;
 use crate::fsm::registry;
 
-/// How often the schedule is looked at, and at most how often the registry is read again.
+/// How often the schedule is looked at, and how often the registry is read again (new and
+/// changed registrations, and the stored health a result is compared with: a result whose
+/// proposal was lost is proposed again once the stored health says it did not change).
 const TURN: Duration = Duration::from_millis(100);
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
 const MAX_PROBES_IN_FLIGHT: usize = 64;
@@ -53,7 +55,7 @@ pub async fn run(ctx: Context, mut stop: tokio::sync::watch::Receiver<bool>) {
     let (found_tx, mut found) = mpsc::unbounded_channel::<Finding>();
     let mut ticker = tokio::time::interval(TURN);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut scanned: Option<(Instant, i64)> = None;
+    let mut scanned: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
@@ -70,11 +72,9 @@ pub async fn run(ctx: Context, mut stop: tokio::sync::watch::Receiver<bool>) {
             continue;
         }
         let now = Instant::now();
-        let revision = status.applied.revision;
-        let stale = scanned.is_none_or(|(at, rev)| rev != revision && now.duration_since(at) >= RESCAN_EVERY);
-        if stale {
+        if scanned.is_none_or(|at| now.duration_since(at) >= RESCAN_EVERY) {
             match rescan(&ctx, &mut schedule, now) {
-                Ok(()) => scanned = Some((now, revision)),
+                Ok(()) => scanned = Some(now),
                 Err(e) => tracing::warn!(error = %e, "health checks: reading the registry failed"),
             }
         }
