@@ -138,8 +138,12 @@ fn fresh(row: &InstanceRow, check: Check, now: Instant) -> Probed {
 /// Proposes a finding that differs from the health last read, and notes it.
 fn report(ctx: &Context, schedule: &mut BTreeMap<Vec<u8>, Probed>, f: Finding) {
     let Some(p) = schedule.get_mut(&f.key) else { return };
+    if p.registered_revision != f.registered_revision {
+        // A probe of a registration since replaced: its own probe is scheduled apart.
+        return;
+    }
     p.in_flight = false;
-    if p.registered_revision != f.registered_revision || p.health == f.health as i32 {
+    if p.health == f.health as i32 {
         return;
     }
     let Some((service, id)) = registry::split_key(&f.key) else { return };
