@@ -21,6 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_build::configure()
         .file_descriptor_set_path(out_dir.join("latch_descriptor.bin"))
         .bytes([".latch.wire.v1.WatchResponse.events"])
+        // Keeps `Outcome` small: it travels in every reply of the raft thread.
+        .boxed(".latch.internal.v1.RegistryResult.instance")
         .compile_protos(&protos, &["proto"])?;
     // The server side of latch.v1.Watch, answering with the wire form of WatchResponse (see
     // proto/latch/wire/v1/watch.proto); clients use the generated latch.v1 client.

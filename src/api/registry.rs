@@ -134,9 +134,10 @@ impl Registry for RegistryService {
                 check: Some(check),
             });
             match self.ctx.write(&req.request_id, body).await? {
-                (header, outcome::Result::Registry(r)) => {
-                    Ok(RegisterResponse { header: Some(header), instance: r.instance.map(instance_info) })
-                }
+                (header, outcome::Result::Registry(r)) => Ok(RegisterResponse {
+                    header: Some(header),
+                    instance: r.instance.map(|row| instance_info(*row)),
+                }),
                 (_, other) => Err(ApiError::Internal(format!("register: unexpected outcome {other:?}"))),
             }
         };
@@ -239,11 +240,20 @@ impl Registry for RegistryService {
                 }
                 false
             })?;
+            let (budget, mut bytes, mut more) = (self.ctx.limits.max_response_bytes, 0usize, false);
+            let mut kept = 0;
             for s in &mut services {
                 s.tags.sort();
                 s.tags.dedup();
+                bytes += prost::Message::encoded_len(s) + 4;
+                if bytes > budget && kept > 0 {
+                    more = true;
+                    break;
+                }
+                kept += 1;
             }
-            Ok(ServicesResponse { header: Some(self.ctx.header(revision)), services })
+            services.truncate(kept);
+            Ok(ServicesResponse { header: Some(self.ctx.header(revision)), services, more })
         };
         run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
     }

@@ -438,10 +438,12 @@ impl Stream {
                 c.target
             ));
         }
-        if c.target != watch_create_request::Target::Keys as i32
+        let snapshots =
+            [watch_create_request::Target::Keys as i32, watch_create_request::Target::Registry as i32];
+        if !snapshots.contains(&c.target)
             && c.on_compacted == watch_create_request::OnCompacted::Snapshot as i32
         {
-            return Err("on_compacted: SNAPSHOT is served for keys only (read sessions, locks, elections and the registry through their services)".into());
+            return Err("on_compacted: SNAPSHOT is served for keys and the registry only (read sessions, locks and elections through their services)".into());
         }
         if self.watches.contains_key(&id) {
             return Err(format!("watch_id: {id} is in use on this stream"));
@@ -592,12 +594,11 @@ impl Stream {
         revision: i64,
     ) -> Result<(), End> {
         let Some(w) = self.watches.get(&id) else { return Ok(()) };
-        let (key, range_end) = (w.key.clone(), w.range_end.clone());
+        let (key, range_end, space) = (w.key.clone(), w.range_end.clone(), w.space);
         let header = self.header(revision);
         let mut from: Vec<u8> = Vec::new();
         loop {
-            let (kvs, more) = fsm::read_page(txn, &key, &range_end, &from, SNAPSHOT_PAGE, MAX_RESPONSE_BYTES)
-                .map_err(|e| self.fail(e))?;
+            let (kvs, more) = snapshot_page(txn, space, &key, &range_end, &from).map_err(|e| self.fail(e))?;
             if let Some(last) = kvs.last() {
                 from = last.key.clone();
                 from.push(0);
@@ -607,7 +608,7 @@ impl Stream {
                 watch_id: id,
                 snapshot: true,
                 fragment: more,
-                snapshot_kvs: kvs.into_iter().map(super::kv::convert::key_value).collect(),
+                snapshot_kvs: kvs,
                 ..Default::default()
             };
             // The read transaction stays open while the client takes the pages: one that does
@@ -652,4 +653,41 @@ impl Stream {
         }
         Ok(())
     }
+}
+
+/// One page of a snapshot of what a watch selects, as its events carry it: keys as they are,
+/// registry instances as an encoded `InstanceInfo` under `service/id` (`mod_revision` their
+/// last change, `create_revision` their registration).
+fn snapshot_page(
+    txn: &redb::ReadTransaction,
+    space: Space,
+    key: &[u8],
+    range_end: &[u8],
+    from: &[u8],
+) -> Result<(Vec<latch_proto::v1::KeyValue>, bool), fsm::FsmError> {
+    if space == Space::Registry {
+        let (rows, more) =
+            fsm::registry::read_page(txn, key, range_end, from, SNAPSHOT_PAGE, MAX_RESPONSE_BYTES)?;
+        let kvs = rows
+            .into_iter()
+            .map(|row| {
+                let i = row.instance.as_ref();
+                let k = fsm::registry::instance_key(
+                    i.map_or("", |i| i.service.as_str()),
+                    i.map_or("", |i| i.id.as_str()),
+                );
+                latch_proto::v1::KeyValue {
+                    key: k,
+                    create_revision: row.registered_revision,
+                    mod_revision: row.mod_revision,
+                    version: 1,
+                    session: row.session.clone(),
+                    value: prost::Message::encode_to_vec(&super::registry::instance_info(row)),
+                }
+            })
+            .collect();
+        return Ok((kvs, more));
+    }
+    let (kvs, more) = fsm::read_page(txn, key, range_end, from, SNAPSHOT_PAGE, MAX_RESPONSE_BYTES)?;
+    Ok((kvs.into_iter().map(super::kv::convert::key_value).collect(), more))
 }

@@ -1,6 +1,7 @@
 //! The `latch` command line (DESIGN.md §5): `latch server` runs a member; `latch kv`,
-//! `session`, `lock`, `elect` and `cluster` are clients, built on `latch-client` like any other
-//! program; `latch bench` is the load generator ([`crate::bench`]).
+//! `session`, `lock`, `elect`, `watch`, `svc` and `cluster` are clients, built on
+//! `latch-client` like any other program; `latch bench` is the load generator
+//! ([`crate::bench`]).
 //!
 //! Exit codes: 0 success; 1 the operation failed (the server's message is printed, with its
 //! gRPC code); 2 usage error (clap's own, or bad input caught here before anything is sent);
@@ -20,11 +21,13 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod dns;
 pub mod elect;
 pub mod kv;
 pub mod lock;
 pub mod server;
 pub mod session;
+pub mod svc;
 pub mod watch;
 
 use std::ffi::OsString;
@@ -82,6 +85,10 @@ pub enum Command {
     Elect(elect::ElectCommand),
     /// Print every change of a key or a prefix, from now or from a past revision.
     Watch(watch::WatchCommand),
+    /// Register, list and deregister service instances (the service registry).
+    Svc(svc::SvcCommand),
+    /// What a member's DNS port answers.
+    Dns(dns::DnsCommand),
     /// Load a Latch, an etcd or a ZooKeeper cluster and measure throughput and latency.
     Bench(bench::BenchCommand),
 }
@@ -122,7 +129,7 @@ impl Cli {
         let refusal = match &cli.command {
             Command::Server(_) => CLIENT_FLAGS.into_iter().find(|f| given(f)).map(|flag| {
                 let message = format!(
-                    "--{flag} is a flag of the client commands (kv, session, lock, elect, watch, cluster, bench); `latch server` \
+                    "--{flag} is a flag of the client commands (kv, session, lock, elect, watch, svc, cluster, bench); `latch server` \
                      does not take it"
                 );
                 ("server", message)
@@ -152,6 +159,8 @@ impl Cli {
             | Command::Lock(_)
             | Command::Elect(_)
             | Command::Watch(_)
+            | Command::Svc(_)
+            | Command::Dns(_)
             | Command::Bench(_) => "warn",
         }
     }
@@ -167,7 +176,9 @@ impl Cli {
             | Command::Session(_)
             | Command::Lock(_)
             | Command::Elect(_)
-            | Command::Watch(_) => Some(1),
+            | Command::Watch(_)
+            | Command::Svc(_)
+            | Command::Dns(_) => Some(1),
             Command::Server(_) => None,
         }
     }
@@ -267,6 +278,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Lock(command) => ("lock", lock::run(command, client).await),
         Command::Elect(command) => ("elect", elect::run(command, client).await),
         Command::Watch(command) => ("watch", watch::run(command, client).await),
+        Command::Svc(command) => ("svc", svc::run(command, client).await),
+        Command::Dns(command) => ("dns", dns::run(command, client).await),
         Command::Bench(command) => ("bench", bench::run(command, client).await),
     };
     match result {

@@ -179,7 +179,7 @@ impl Handler {
         if qname.to_lowercase() != self.settings.zone.domain {
             return Err(ResponseCode::Refused);
         }
-        if !self.freshness.stale_for().is_some_and(|b| b <= self.settings.max_stale) {
+        if self.freshness.stale_for().is_none_or(|b| b > self.settings.max_stale) {
             return Err(ResponseCode::ServFail);
         }
         let txn = self.node.db().begin_read().map_err(|_| ResponseCode::ServFail)?;

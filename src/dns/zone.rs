@@ -156,7 +156,7 @@ fn records_for(
             if wants(RecordType::SRV) && qtype == RecordType::SRV {
                 Some(srv(zone, qname, &healthy))
             } else {
-                let ips = healthy.iter().filter_map(|r| ip_of(r)).collect();
+                let ips = healthy.iter().filter_map(ip_of).collect();
                 Some((addresses(ips), Vec::new()))
             }
         }

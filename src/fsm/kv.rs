@@ -237,10 +237,10 @@ fn show(key: &[u8]) -> String {
     key.escape_ascii().to_string()
 }
 
-type Selection<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+pub(crate) type Selection<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
 
 /// The keys `key` and `range_end` select, or `None` when they select nothing.
-fn selection<'a>(key: &'a [u8], range_end: &'a [u8]) -> Option<Selection<'a>> {
+pub(crate) fn selection<'a>(key: &'a [u8], range_end: &'a [u8]) -> Option<Selection<'a>> {
     if range_end.is_empty() {
         Some((Bound::Included(key), Bound::Included(key)))
     } else if range_end == b"\0" {

@@ -12,9 +12,10 @@
 //! - `session_instances` names exactly the instances bound to a session, each under its
 //!   session, and only live sessions. A session's end removes them, in its revision.
 //! - A row is CRITICAL iff `critical_since != 0`; only TTL, HTTP and TCP checks turn critical.
-//! - Every change a reader can see (register, deregister, health, removal) raises one revision
-//!   and is recorded in the history (space REGISTRY) as the row after it; a heartbeat of a
-//!   passing instance writes its row without a revision (like a session's checkpoint).
+//! - Every change a reader can see (register, deregister, health, a check's output, removal)
+//!   raises one revision and is recorded in the history (space REGISTRY) as the row after it;
+//!   a heartbeat that changes neither the health nor the output writes only its count, without
+//!   a revision (like a session's checkpoint).
 //! - `MarkCritical`, `SetHealth` and `Reap` carry what the leader saw (heartbeat count,
 //!   registration, critical-since revision): one that crossed a newer change in the log is a
 //!   no-op, so no heartbeat, registration or recovery is ever overridden by a stale verdict.
@@ -344,14 +345,15 @@ pub(crate) fn heartbeat(ap: &mut Apply, req: Heartbeat) -> Result<outcome::Resul
         return Ok(rejected(&format!("heartbeat: output is over {MAX_OUTPUT_BYTES} bytes")));
     }
     row.beats += 1;
-    row.output = req.output;
-    if row.health == Health::Critical as i32 {
+    if row.health == Health::Critical as i32 || row.output != req.output {
+        // A change a reader sees (health, or what the check says): a revision.
         row.health = Health::Passing as i32;
         row.critical_since = 0;
+        row.output = req.output;
         row.mod_revision = ap.write_revision()?;
         write(ap, &key, &row)?;
     } else {
-        // Nothing a reader can see changed but the output: no revision.
+        // Only the heartbeat count moved, which no reader sees: no revision.
         ap.txn.open_table(REGISTRY)?.insert(key.as_slice(), row.encode_to_vec().as_slice())?;
         ap.instance_changed(InstanceChange { key, timer: timer_of(&row) });
     }
@@ -476,7 +478,7 @@ fn truncate(mut s: String, max: usize) -> String {
 }
 
 fn result(instance: Option<InstanceRow>, changed: bool) -> outcome::Result {
-    outcome::Result::Registry(RegistryResult { instance, changed })
+    outcome::Result::Registry(RegistryResult { instance: instance.map(Box::new), changed })
 }
 
 fn rejected(why: &str) -> outcome::Result {
@@ -532,6 +534,33 @@ pub fn list(
         }
     }
     Ok(out)
+}
+
+/// One page of the instances whose keys `key`/`range_end` select (as keys are selected), from
+/// `from` (inclusive; `key` when empty): at most `limit` rows and about `max_bytes`, and
+/// whether more follow. For a watch's snapshot of the registry.
+pub fn read_page(
+    txn: &ReadTransaction,
+    key: &[u8],
+    range_end: &[u8],
+    from: &[u8],
+    limit: usize,
+    max_bytes: usize,
+) -> Result<(Vec<InstanceRow>, bool), FsmError> {
+    let mut rows = Vec::new();
+    let Some(table) = open_read(txn, REGISTRY)? else { return Ok((rows, false)) };
+    let Some((start, end)) = super::kv::selection(key, range_end) else { return Ok((rows, false)) };
+    let start = if from.is_empty() { start } else { std::ops::Bound::Included(from) };
+    let mut bytes = 0;
+    for row in table.range::<&[u8]>((start, end))? {
+        let (k, v) = row?;
+        if rows.len() >= limit.max(1) || bytes >= max_bytes {
+            return Ok((rows, true));
+        }
+        bytes += k.value().len() + v.value().len();
+        rows.push(decode_row(k.value(), v.value())?);
+    }
+    Ok((rows, false))
 }
 
 /// The keys `service/` … of one service: [`service/`, `service0`) ('0' follows '/').
@@ -765,15 +794,20 @@ mod tests {
         assert_eq!((r.health, r.beats), (Health::Passing as i32, 0));
         let beat =
             || Body::Heartbeat(Heartbeat { service: "web".into(), id: "1".into(), output: "ok".into() });
+        s.apply("", beat());
         let rev = s.applied().revision;
         s.apply("", beat());
-        assert_eq!(s.applied().revision, rev, "a heartbeat of a passing instance raises no revision");
-        assert_eq!(row(&s, "1").expect("there").beats, 1);
+        assert_eq!(
+            s.applied().revision,
+            rev,
+            "a heartbeat that changes nothing a reader sees raises no revision"
+        );
+        assert_eq!(row(&s, "1").expect("there").beats, 2);
         // A verdict that crossed that heartbeat in the log is a no-op.
-        let stale = MarkCritical { service: "web".into(), id: "1".into(), beats: 0 };
+        let stale = MarkCritical { service: "web".into(), id: "1".into(), beats: 1 };
         s.apply("", Body::MarkCritical(stale));
         assert!(is_passing(&row(&s, "1").expect("there")), "the heartbeat wins");
-        s.apply("", Body::MarkCritical(MarkCritical { service: "web".into(), id: "1".into(), beats: 1 }));
+        s.apply("", Body::MarkCritical(MarkCritical { service: "web".into(), id: "1".into(), beats: 2 }));
         let r = row(&s, "1").expect("kept while critical");
         assert_eq!((r.health, r.critical_since), (Health::Critical as i32, rev + 1));
         assert_eq!(timer_of(&r), Some(InstanceTimer::Reap { since_revision: rev + 1, after_ms: 60_000 }));

@@ -279,3 +279,129 @@ async fn cli_watch_prints_each_change_reads_the_past_and_refuses_a_compacted_sta
         stderr(&refused)
     );
 }
+
+#[tokio::test]
+async fn cli_svc_register_list_json_and_deregister_and_bad_input_named() {
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let args = ["svc", "register", "web", "--id", "web-1", "--address", "10.0.0.1", "--port", "8080"];
+    let registered = latch(&c, &[&args[..], &["--tag", "v1", "--meta", "zone=a"]].concat()).await;
+    assert_eq!(registered.status.code(), Some(0), "svc register; stderr: {}", stderr(&registered));
+    assert_eq!(stdout(&registered), "registered web/web-1 at 10.0.0.1:8080 (passing)\n");
+
+    let list = latch(&c, &["svc", "list", "web"]).await;
+    assert_eq!(list.status.code(), Some(0), "svc list; stderr: {}", stderr(&list));
+    assert_eq!(
+        stdout(&list),
+        "web web-1 10.0.0.1:8080 passing v1\n",
+        "one line: service id address:port health tags"
+    );
+    let json = latch(&c, &["svc", "list", "web", "--output", "json"]).await;
+    let text = stdout(&json);
+    assert_eq!(text.lines().count(), 1, "one JSON document on one line: {text}");
+    let doc: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("svc list --output json prints JSON ({e}): {text}"));
+    let i = &doc["instances"][0];
+    assert_eq!(
+        (i["service"].as_str(), i["id"].as_str(), i["port"].as_u64(), i["health"].as_str()),
+        (Some("web"), Some("web-1"), Some(8080), Some("passing")),
+        "{doc}"
+    );
+    assert_eq!(
+        (i["meta"]["zone"].as_str(), i["check"]["kind"].as_str()),
+        (Some("a"), Some("session")),
+        "{doc}"
+    );
+    assert!(doc["revision"].as_i64().is_some_and(|r| r >= 1), "{doc}");
+    let services = latch(&c, &["svc", "services"]).await;
+    assert_eq!(stdout(&services), "web instances=1 passing=1 tags=v1\n", "stderr: {}", stderr(&services));
+
+    let gone = latch(&c, &["svc", "deregister", "web", "web-1"]).await;
+    assert_eq!(gone.status.code(), Some(0), "svc deregister; stderr: {}", stderr(&gone));
+    assert_eq!(stdout(&gone), "deregistered web/web-1\n");
+    let list = latch(&c, &["svc", "list", "web", "--all"]).await;
+    assert_eq!(stdout(&list), "", "nothing left; stderr: {}", stderr(&list));
+    let again = latch(&c, &["svc", "deregister", "web", "web-1"]).await;
+    assert_eq!(again.status.code(), Some(1), "deregistering a missing instance fails");
+    assert!(stderr(&again).contains("NOT_FOUND"), "stderr: {}", stderr(&again));
+
+    let bad =
+        latch(&c, &["svc", "register", "Web", "--id", "x", "--address", "10.0.0.1", "--port", "80"]).await;
+    assert_eq!(bad.status.code(), Some(1), "the server refuses a bad service name; stderr: {}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("INVALID_ARGUMENT") && stderr(&bad).contains("service"),
+        "stderr should name the service field: {}",
+        stderr(&bad)
+    );
+    let usage = latch(&c, &[&args[..], &["--meta", "novalue"]].concat()).await;
+    assert_eq!(usage.status.code(), Some(2), "a malformed --meta is a usage error: {}", stderr(&usage));
+    assert!(stderr(&usage).contains("KEY=VALUE"), "stderr: {}", stderr(&usage));
+    let list = latch(&c, &["svc", "list", "--all"]).await;
+    assert_eq!(stdout(&list), "", "nothing was registered by the refused commands");
+}
+
+/// Runs a staying `latch svc register web --id ID … EXTRA` (TTL check of 2 s), checks that it
+/// keeps the instance passing for two TTLs, sends it `signal`, and checks that it deregistered
+/// and exited 0. Answers the instance as it was listed while the command ran.
+async fn svc_register_stays_until(
+    c: &Cluster,
+    id: &str,
+    extra: &[&str],
+    signal: rustix::process::Signal,
+) -> latch_client::InstanceInfo {
+    use latch_client::{Health, ListOptions};
+    use tokio::io::AsyncBufReadExt;
+    let client = c.client().await;
+    let mut cmd = tokio::process::Command::new(latch_bin());
+    cmd.args(["svc", "register", "web", "--id", id, "--address", "10.0.0.2", "--port", "80"])
+        .args(["--check-ttl", "2s", "--endpoints", &c.member(1).client_addr])
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("a line once registered, within 20 s")
+        .unwrap()
+        .expect("a line");
+    let printed = format!("registered web/{id} at 10.0.0.2:80 (passing");
+    assert!(line.starts_with(&printed), "expected {printed:?}…, got: {line}");
+    let find = || async {
+        let list = client.list(ListOptions::service("web").include_critical()).await.unwrap();
+        list.instances.into_iter().find(|i| i.instance.as_ref().is_some_and(|i| i.id == id))
+    };
+    let info = find().await.expect("registered");
+    // Two TTLs of its check: the command heartbeats it, so it stays passing.
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < until {
+        let info = find().await.expect("still registered");
+        assert_eq!(info.health, Health::Passing as i32, "heartbeated every third of its TTL: {info:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pid = rustix::process::Pid::from_raw(child.id().expect("running") as i32).expect("a pid");
+    rustix::process::kill_process(pid, signal).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits within 20 s of the signal")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{signal:?} deregisters and exits 0");
+    assert!(find().await.is_none(), "deregistered on {signal:?}");
+    info
+}
+
+#[tokio::test]
+async fn cli_svc_register_that_stays_heartbeats_until_sigterm_or_sigint_then_deregisters() {
+    use rustix::process::Signal;
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    // --ttl: bound to a session that the command keeps alive, and closes on SIGTERM.
+    let bound = svc_register_stays_until(&c, "web-2", &["--ttl", "5s"], Signal::TERM).await;
+    assert!(!bound.session.is_empty(), "bound to a session: {bound:?}");
+    let err = c.client().await.session_info(&bound.session).await.expect_err("its session is closed");
+    assert_eq!(err.code(), latch_client::Code::NotFound);
+    // --heartbeat: no session, heartbeats only; SIGINT stops it too.
+    let alone = svc_register_stays_until(&c, "web-3", &["--heartbeat"], Signal::INT).await;
+    assert_eq!(alone.session, "", "no session: {alone:?}");
+}

@@ -11,6 +11,7 @@
 mod bench;
 mod bounds;
 mod cli;
+mod dns;
 mod faults;
 mod harness;
 mod limits;
@@ -18,6 +19,7 @@ mod linearizability;
 mod locks;
 mod observability;
 mod partitions;
+mod registry;
 mod replication;
 mod sessions;
 mod watches;

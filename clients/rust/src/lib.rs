@@ -25,6 +25,10 @@
 //!   ([`SessionState`]): what ephemeral keys (`PutRequest::session`) hang on.
 //! - Locks ([`Session::lock`], [`LockGuard`], [`Client::acquire`]) with fencing sequencers
 //!   ([`Client::check_sequencer`], [`Compare::sequencer`]), and [`Election`]s.
+//! - The service registry: [`Client::register`] ([`RegisterOptions`], [`Check`]),
+//!   [`Client::list`], [`Client::resolve`]; [`ServiceCache`], one service's instances kept up
+//!   to date by a watch; [`Registration`], an instance bound to a session of its own and
+//!   registered again whenever that session ends.
 //! - [`Error`]: every failure, with the gRPC code and the server's message.
 //! - [`proto`]: the wire types (`latch.v1`), for requests the typed methods do not cover.
 //!
@@ -35,6 +39,7 @@ mod election;
 mod error;
 mod kv;
 mod lock;
+mod registry;
 mod session;
 #[cfg(test)]
 mod tests;
@@ -48,6 +53,10 @@ pub use error::Error;
 pub use latch_proto::sequencer;
 pub use latch_proto::DEFAULT_LOCK_DELAY_MS;
 pub use lock::{LockGuard, LockOptions, Wait};
+pub use registry::{
+    Check, InstanceList, ListOptions, RegisterOptions, Registration, RegistrationState, ServiceCache,
+    ServiceSnapshot,
+};
 pub use session::{Session, SessionOptions, SessionState};
 pub use txn::{prefix_end, prefix_range, Compare, CompareResult, Op, Txn};
 pub use watch::{WatchOptions, WatchTarget, WatchUpdate};
@@ -56,9 +65,10 @@ pub use watch::{WatchOptions, WatchTarget, WatchUpdate};
 pub use latch_proto::v1 as proto;
 
 pub use latch_proto::v1::{
-    CheckSequencerResponse, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, Event, KeyValue,
-    Leadership, LockInfo, LockMode, Member, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    ResponseHeader, Sequencer, StatusResponse, TxnRequest, TxnResponse,
+    CheckSequencerResponse, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, Event, Health,
+    HealthCheck, InstanceInfo, KeyValue, Leadership, LockInfo, LockMode, Member, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, ResponseHeader, Sequencer, ServiceInstance, ServiceSummary, StatusResponse,
+    TxnRequest, TxnResponse,
 };
 /// gRPC status codes, as returned by [`Error::code`].
 pub use tonic::Code;

@@ -1,0 +1,114 @@
+//! `latch dns records`: every record a member's DNS port answers, fetched from that port as a
+//! zone transfer (AXFR over TCP) — so what it prints is what resolvers get, by construction.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use clap::{Args, Subcommand};
+use hickory_server::proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_server::proto::rr::{Name, Record, RecordType};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{print_bytes, print_json, ClientArgs, Output, UsageError};
+use crate::config::{DEFAULT_DNS_ADDR, DEFAULT_DNS_DOMAIN};
+
+/// `latch dns`.
+#[derive(Debug, Args)]
+pub struct DnsCommand {
+    #[command(subcommand)]
+    pub op: DnsOp,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DnsOp {
+    /// Every record the member's DNS port answers (its zone, by transfer): name, TTL, type,
+    /// data.
+    Records {
+        /// The member's DNS port (its --dns-addr).
+        #[arg(long, default_value = DEFAULT_DNS_ADDR, env = "LATCH_DNS_ADDR")]
+        dns_addr: String,
+        /// The domain it answers for (its --dns-domain).
+        #[arg(long, default_value = DEFAULT_DNS_DOMAIN)]
+        domain: String,
+    },
+}
+
+/// How long the transfer may take.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn run(command: DnsCommand, client_args: &ClientArgs) -> anyhow::Result<ExitCode> {
+    match command.op {
+        DnsOp::Records { dns_addr, domain } => {
+            let mut name = Name::from_ascii(&domain)
+                .map_err(|e| UsageError(format!("--domain {domain:?} is not a domain name: {e}")))?;
+            name.set_fqdn(true);
+            let records = tokio::time::timeout(TIMEOUT, transfer(&dns_addr, name))
+                .await
+                .map_err(|_| anyhow!("the zone transfer from {dns_addr} took longer than {TIMEOUT:?}"))??;
+            match client_args.output {
+                Output::Json => {
+                    let all: Vec<_> = records
+                        .iter()
+                        .map(|r| {
+                            json!({
+                                "name": r.name.to_ascii(),
+                                "ttl": r.ttl,
+                                "type": r.record_type().to_string(),
+                                "data": r.data.to_string(),
+                            })
+                        })
+                        .collect();
+                    print_json(&json!({ "records": all }))?
+                }
+                Output::Text => {
+                    let mut out = String::new();
+                    for r in &records {
+                        out.push_str(&format!("{} {} IN {} {}\n", r.name, r.ttl, r.record_type(), r.data));
+                    }
+                    print_bytes(out.as_bytes())?
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Asks `addr` for the zone `domain` over TCP; the records without the closing SOA.
+async fn transfer(addr: &str, domain: Name) -> anyhow::Result<Vec<Record>> {
+    let mut stream =
+        TcpStream::connect(addr).await.with_context(|| format!("connecting to the DNS port {addr}"))?;
+    let mut query = Message::new(rand::random(), MessageType::Query, OpCode::Query);
+    query.add_query(Query::query(domain.clone(), RecordType::AXFR));
+    let bytes = query.to_vec().context("encoding the query")?;
+    let len = u16::try_from(bytes.len()).context("query length")?;
+    stream.write_all(&len.to_be_bytes()).await?;
+    stream.write_all(&bytes).await?;
+    let mut records: Vec<Record> = Vec::new();
+    let mut soas = 0;
+    while soas < 2 {
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len).await.context("the member closed the transfer early")?;
+        let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut buf).await.context("reading the transfer")?;
+        let message = Message::from_vec(&buf).context("decoding the transfer")?;
+        if message.metadata.response_code != ResponseCode::NoError {
+            bail!(
+                "the DNS port at {addr} answered {} for a transfer of {domain} (is --domain its --dns-domain?)",
+                message.metadata.response_code
+            );
+        }
+        for r in message.answers {
+            if r.record_type() == RecordType::SOA {
+                soas += 1;
+                if soas == 2 {
+                    break;
+                }
+            }
+            records.push(r);
+        }
+    }
+    Ok(records)
+}
