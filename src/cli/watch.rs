@@ -33,9 +33,10 @@ pub struct WatchCommand {
     /// `SNAPSHOT REVISION KEY VALUE`) and go on from there, instead of failing.
     #[arg(long, conflicts_with = "target")]
     pub snapshot: bool,
-    /// Watch sessions (KEY: a session id), locks or elections (KEY: a name) instead of keys.
-    /// Each event then prints the state after it: a session's name and TTL, a lock's holders
-    /// and waiters, an election's leader and value.
+    /// Watch sessions (KEY: a session id), locks or elections (KEY: a name), or registry
+    /// instances (KEY: `service/id`; `web/ --prefix` for a service) instead of keys. Each event
+    /// then prints the state after it: a session's name and TTL, a lock's holders and waiters,
+    /// an election's leader and value, an instance's address and health.
     #[arg(long, value_enum)]
     pub target: Option<Target>,
 }
@@ -46,6 +47,7 @@ pub enum Target {
     Sessions,
     Locks,
     Elections,
+    Registry,
 }
 
 pub async fn run(command: WatchCommand, client: &ClientArgs) -> anyhow::Result<ExitCode> {
@@ -65,6 +67,7 @@ pub async fn run(command: WatchCommand, client: &ClientArgs) -> anyhow::Result<E
             Target::Sessions => WatchTarget::Sessions,
             Target::Locks => WatchTarget::Locks,
             Target::Elections => WatchTarget::Elections,
+            Target::Registry => WatchTarget::Registry,
         });
     }
     let updates = client.watch(options);
@@ -146,7 +149,7 @@ fn print_update(output: Output, target: Option<Target>, update: &WatchUpdate) ->
     }
 }
 
-/// A session's, lock's or election's state as an event carries it, as JSON.
+/// A session's, lock's, election's or instance's state as an event carries it, as JSON.
 fn state(target: Target, value: &[u8]) -> anyhow::Result<serde_json::Value> {
     use prost::Message as _;
     Ok(match target {
@@ -168,6 +171,22 @@ fn state(target: Target, value: &[u8]) -> anyhow::Result<serde_json::Value> {
                 "value": String::from_utf8_lossy(&l.value),
                 "session": l.sequencer.as_ref().map(|s| s.session_id.clone()),
                 "generation": l.sequencer.as_ref().map(|s| s.generation),
+            })
+        }
+        Target::Registry => {
+            let info = proto::InstanceInfo::decode(value)?;
+            let i = info.instance.unwrap_or_default();
+            let health = proto::Health::try_from(info.health).map_or("unknown", |h| match h {
+                proto::Health::Passing => "passing",
+                proto::Health::Critical => "critical",
+            });
+            json!({
+                "address": i.address,
+                "port": i.port,
+                "tags": i.tags,
+                "health": health,
+                "output": info.output,
+                "session": info.session,
             })
         }
     })
