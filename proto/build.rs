@@ -23,6 +23,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes([".latch.wire.v1.WatchResponse.events"])
         // Keeps `Outcome` small: it travels in every reply of the raft thread.
         .boxed(".latch.internal.v1.RegistryResult.instance")
+        // Maps in key order: a HashMap encodes in a random order, and what the log carries and
+        // the state machine stores must be the same bytes on every member (and on every retry).
+        .btree_map([".latch.internal.v1.Instance.meta", ".latch.v1.ServiceInstance.meta"])
         .compile_protos(&protos, &["proto"])?;
     // The server side of latch.v1.Watch, answering with the wire form of WatchResponse (see
     // proto/latch/wire/v1/watch.proto); clients use the generated latch.v1 client.

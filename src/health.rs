@@ -8,7 +8,8 @@
 //!   leader starts its own, probing every instance at once).
 //! - A result is proposed for the registration it probed (`registered_revision`): one that
 //!   crossed a re-registration in the log is a no-op in the state machine.
-//! - At most `MAX_PROBES_IN_FLIGHT` probes run at once; an instance has at most one in flight.
+//! - At most `MAX_PROBES_IN_FLIGHT` probes run at once; an instance has at most one in flight;
+//!   the probes due longest go first, so slow ones cannot starve the rest.
 //!   Memory: one schedule entry per probed instance.
 
 use std::collections::BTreeMap;
@@ -78,15 +79,20 @@ pub async fn run(ctx: Context, mut stop: tokio::sync::watch::Receiver<bool>) {
                 Err(e) => tracing::warn!(error = %e, "health checks: reading the registry failed"),
             }
         }
-        for (key, p) in schedule.iter_mut() {
-            if p.in_flight || p.next_at > now {
-                continue;
-            }
+        // The longest-waiting first, so that probes that hang until their timeout cannot keep
+        // the others from their turn.
+        let mut due: Vec<(Instant, Vec<u8>)> = schedule
+            .iter()
+            .filter(|(_, p)| !p.in_flight && p.next_at <= now)
+            .map(|(key, p)| (p.next_at, key.clone()))
+            .collect();
+        due.sort();
+        for (_, key) in due {
             let Ok(permit) = permits.clone().try_acquire_owned() else { break };
+            let Some(p) = schedule.get_mut(&key) else { continue };
             p.in_flight = true;
             p.next_at = now + Duration::from_millis(p.check.interval_ms);
-            let (key, check, registered_revision, tx) =
-                (key.clone(), p.check.clone(), p.registered_revision, found_tx.clone());
+            let (check, registered_revision, tx) = (p.check.clone(), p.registered_revision, found_tx.clone());
             tokio::spawn(async move {
                 let (health, output) = probe(&check).await;
                 drop(permit);

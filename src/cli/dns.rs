@@ -94,6 +94,11 @@ async fn transfer(addr: &str, domain: Name) -> anyhow::Result<Vec<Record>> {
         let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
         stream.read_exact(&mut buf).await.context("reading the transfer")?;
         let message = Message::from_vec(&buf).context("decoding the transfer")?;
+        if message.metadata.truncation {
+            bail!(
+                "the DNS port at {addr} sent a truncated transfer message: the listing would be incomplete"
+            );
+        }
         if message.metadata.response_code != ResponseCode::NoError {
             bail!(
                 "the DNS port at {addr} answered {} for a transfer of {domain} (is --domain its --dns-domain?)",

@@ -6,10 +6,11 @@
 //!
 //! Invariants:
 //! - A member counts a timer from when it applied the change that started it (or, for one it
-//!   found in a state it loaded, from when it loaded it). Every member applies a change after
-//!   it was committed, and a heartbeat is acknowledged only once committed, so whichever member
-//!   leads, no instance turns critical before its TTL has passed since a heartbeat was
-//!   acknowledged, and none is removed before it was critical for its `deregister_after_ms`.
+//!   found in a state it loaded, from when it loaded it). Every member applies a heartbeat after
+//!   its client sent it, so whichever member leads, no instance turns critical before its TTL
+//!   has passed since its last heartbeat was sent, and none is removed before it was critical
+//!   for its `deregister_after_ms` (counted from the critical turn's commit). (Not "since it was
+//!   acknowledged": a follower acknowledges what it applied, maybe after the leader did.)
 //! - A verdict names what it was counted from (the heartbeat count, the critical-since
 //!   revision): the state machine ignores one that a newer change overtook in the log. One not
 //!   applied within `retry_ms` (lost with a leader) is proposed again.
@@ -90,8 +91,8 @@ impl InstanceTimers {
             let (service, id) = (service.to_string(), id.to_string());
             a.proposed_at = Some(now);
             out.push(match a.timer {
-                InstanceTimer::Heartbeat { beats, .. } => {
-                    Body::MarkCritical(MarkCritical { service, id, beats })
+                InstanceTimer::Heartbeat { beats, registered_revision, .. } => {
+                    Body::MarkCritical(MarkCritical { service, id, beats, registered_revision })
                 }
                 InstanceTimer::Reap { since_revision, .. } => {
                     Body::Reap(Reap { service, id, critical_since: since_revision })
@@ -128,8 +129,20 @@ mod tests {
     #[test]
     fn a_missed_heartbeat_is_judged_once_the_ttl_passed_since_this_member_applied_the_last_one() {
         let mut t = InstanceTimers::default();
-        t.changed(&change("web/1", Some(InstanceTimer::Heartbeat { ttl_ms: 1_000, beats: 0 })), 100);
-        t.changed(&change("web/1", Some(InstanceTimer::Heartbeat { ttl_ms: 1_000, beats: 1 })), 600);
+        t.changed(
+            &change(
+                "web/1",
+                Some(InstanceTimer::Heartbeat { ttl_ms: 1_000, beats: 0, registered_revision: 3 }),
+            ),
+            100,
+        );
+        t.changed(
+            &change(
+                "web/1",
+                Some(InstanceTimer::Heartbeat { ttl_ms: 1_000, beats: 1, registered_revision: 3 }),
+            ),
+            600,
+        );
         assert!(t.due(1_599, 500).is_empty(), "a heartbeat restarts the count");
         match t.due(1_600, 500).as_slice() {
             [Body::MarkCritical(m)] => {
@@ -158,7 +171,13 @@ mod tests {
     #[test]
     fn timers_of_a_loaded_state_count_in_full_from_loading_or_from_the_first_clock_reading() {
         let mut t = InstanceTimers::default();
-        t.reload(vec![(b"web/1".to_vec(), InstanceTimer::Heartbeat { ttl_ms: 2_000, beats: 4 })], 0);
+        t.reload(
+            vec![(
+                b"web/1".to_vec(),
+                InstanceTimer::Heartbeat { ttl_ms: 2_000, beats: 4, registered_revision: 3 },
+            )],
+            0,
+        );
         t.clock_started(10_000);
         assert!(t.due(11_999, 0).is_empty());
         assert_eq!(t.due(12_000, 0).len(), 1);

@@ -106,6 +106,10 @@ impl Source for State<'_> {
         fsm::registry::list(&self.txn, service, |_| true).map_err(|e| e.to_string())
     }
 
+    fn instance(&self, service: &str, id: &str) -> Result<Option<InstanceRow>, String> {
+        fsm::registry::get(&self.txn, service, id).map_err(|e| e.to_string())
+    }
+
     fn leader(&self, election: &str) -> Result<Option<Vec<u8>>, String> {
         Ok(fsm::elections::leader(&self.txn, election).map_err(|e| e.to_string())?.map(|l| l.value))
     }
@@ -155,8 +159,33 @@ fn snapshot_of(
     Ok(snap)
 }
 
-/// Records per message of a zone transfer.
+/// Records per message of a zone transfer, and about how many bytes (a message holds 64 KiB).
 const TRANSFER_RECORDS_PER_MESSAGE: usize = 256;
+const TRANSFER_BYTES_PER_MESSAGE: usize = 32 * 1024;
+
+/// The records of a transfer in messages of at most [`TRANSFER_RECORDS_PER_MESSAGE`] records
+/// and about [`TRANSFER_BYTES_PER_MESSAGE`] (a record is at most ~4.4 KiB: a 4 KiB static TXT,
+/// or an election's value, capped alike, and a name).
+fn transfer_messages(
+    records: &[hickory_server::proto::rr::Record],
+) -> Vec<&[hickory_server::proto::rr::Record]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, r) in records.iter().enumerate() {
+        let size = r.name.len() + 16 + r.data.to_string().len();
+        if i > start
+            && (i - start >= TRANSFER_RECORDS_PER_MESSAGE || bytes + size > TRANSFER_BYTES_PER_MESSAGE)
+        {
+            out.push(&records[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < records.len() {
+        out.push(&records[start..]);
+    }
+    out
+}
 
 /// Answers every query of the port.
 pub struct Handler {
@@ -170,7 +199,10 @@ pub struct Handler {
 
 impl Handler {
     /// A zone transfer's records (AXFR of the domain, over TCP only).
-    fn transfer(&self, request: &Request) -> Result<Vec<hickory_server::proto::rr::Record>, ResponseCode> {
+    async fn transfer(
+        &self,
+        request: &Request,
+    ) -> Result<Vec<hickory_server::proto::rr::Record>, ResponseCode> {
         if request.protocol() != Protocol::Tcp {
             return Err(ResponseCode::Refused);
         }
@@ -182,11 +214,17 @@ impl Handler {
         if self.freshness.stale_for().is_none_or(|b| b > self.settings.max_stale) {
             return Err(ResponseCode::ServFail);
         }
-        let txn = self.node.db().begin_read().map_err(|_| ResponseCode::ServFail)?;
+        let db = self.node.db().clone();
         let members = self.members.read().map_err(|_| ResponseCode::ServFail)?.clone();
-        let snap = snapshot_of(&txn, &members).map_err(|_| ResponseCode::ServFail)?;
-        drop(txn);
-        let (records, problems) = zone::transfer(&snap, &self.settings.zone);
+        let zone = self.settings.zone.clone();
+        // Reading and answering the whole zone is work in proportion to it: off the runtime.
+        let built = tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(|_| ResponseCode::ServFail)?;
+            let snap = snapshot_of(&txn, &members).map_err(|_| ResponseCode::ServFail)?;
+            drop(txn);
+            Ok::<_, ResponseCode>(zone::transfer(&snap, &zone))
+        });
+        let (records, problems) = built.await.map_err(|_| ResponseCode::ServFail)??;
         for p in problems {
             tracing::debug!(problem = %p, "DNS: a name left out of a zone transfer");
         }
@@ -291,7 +329,7 @@ impl Handler {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
-        let records = match self.transfer(request) {
+        let records = match self.transfer(request).await {
             Ok(r) => r,
             Err(code) => {
                 self.metrics.dns.answered(code_name(code));
@@ -305,7 +343,7 @@ impl Handler {
         };
         self.metrics.dns.answered(code_name(ResponseCode::NoError));
         let mut info = failed(request);
-        for chunk in records.chunks(TRANSFER_RECORDS_PER_MESSAGE) {
+        for chunk in transfer_messages(&records) {
             let mut metadata = Metadata::response_from_request(&request.metadata);
             metadata.authoritative = true;
             let response =

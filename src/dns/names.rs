@@ -39,6 +39,18 @@ pub enum Question {
     Static {
         name: String,
     },
+    /// A name of the zone's structure that has names below it but no records of its own
+    /// (`service.D`, `_tcp.service.D`, `node.D`): NODATA, never NXDOMAIN (RFC 8020).
+    Structure,
+    /// `<service>.instance.D`: exists (without records) while the service has an instance to
+    /// answer below it.
+    InstancesOf {
+        service: String,
+    },
+    /// `<election>.election.D`: exists (without records) while the election has a leader.
+    ElectionOf {
+        election: String,
+    },
     /// A name under one of the reserved kinds that fits none of their forms.
     Nothing,
 }
@@ -58,6 +70,9 @@ pub fn parse(labels: &[String], domain: &[String]) -> Option<Question> {
     let rel = &labels[..labels.len() - domain.len()];
     let Some((kind, rest)) = rel.split_last() else { return Some(Question::Apex) };
     let q = match (kind.as_str(), rest) {
+        (kind, []) if RESERVED.contains(&kind) => Question::Structure,
+        ("service", [under]) if under.starts_with('_') => Question::Structure,
+        ("instance", [service]) => Question::InstancesOf { service: service.clone() },
         ("service", [service]) if !service.starts_with('_') => {
             Question::Service { service: service.clone(), tag: None }
         }
@@ -77,6 +92,7 @@ pub fn parse(labels: &[String], domain: &[String]) -> Option<Question> {
         ("election", [leader, election @ ..]) if leader == "leader" && !election.is_empty() => {
             Question::Leader { election: election.join(".") }
         }
+        ("election", election) => Question::ElectionOf { election: election.join(".") },
         (kind, _) if RESERVED.contains(&kind) => Question::Nothing,
         _ => Question::Static { name: rel.join(".") },
     };
@@ -135,9 +151,27 @@ mod tests {
         assert_eq!(ask("latch.example.com."), None, "the domain must be the suffix");
         assert_eq!(ask("a.b.c.service.latch."), Some(Question::Nothing));
         assert_eq!(ask("_web.v1.service.latch."), Some(Question::Nothing));
-        assert_eq!(ask("service.latch."), Some(Question::Nothing));
         assert_eq!(ask("0.node.latch."), Some(Question::Nothing));
         assert_eq!(ask("x.node.latch."), Some(Question::Nothing));
-        assert_eq!(ask("follower.jobs.election.latch."), Some(Question::Nothing));
+        assert_eq!(
+            ask("follower.jobs.election.latch."),
+            Some(Question::ElectionOf { election: s("follower.jobs") })
+        );
+    }
+
+    #[test]
+    fn names_with_names_below_them_are_told_from_names_that_do_not_exist() {
+        for name in [
+            "service.latch.",
+            "_tcp.service.latch.",
+            "_v1.service.latch.",
+            "node.latch.",
+            "instance.latch.",
+            "election.latch.",
+        ] {
+            assert_eq!(ask(name), Some(Question::Structure), "{name}");
+        }
+        assert_eq!(ask("web.instance.latch."), Some(Question::InstancesOf { service: s("web") }));
+        assert_eq!(ask("jobs.election.latch."), Some(Question::ElectionOf { election: s("jobs") }));
     }
 }

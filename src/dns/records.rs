@@ -41,7 +41,7 @@ enum OneOrMany {
 }
 
 /// Most bytes of a TXT record's text (split into strings of 255 on the wire).
-const MAX_TXT_BYTES: usize = 4096;
+pub const MAX_TXT_BYTES: usize = 4096;
 
 /// Reads a `/dns/` value as the records of `name`; the error says what is wrong with it.
 pub fn parse(name: &Name, value: &[u8], default_ttl: u32) -> Result<Vec<Record>, String> {

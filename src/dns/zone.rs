@@ -27,6 +27,8 @@ pub trait Source {
     fn revision(&self) -> i64;
     /// Every instance of `service`, in id order, whatever its health.
     fn instances(&self, service: &str) -> Result<Vec<InstanceRow>, String>;
+    /// One instance, whatever its health.
+    fn instance(&self, service: &str, id: &str) -> Result<Option<InstanceRow>, String>;
     /// The value the leader of `election` published, if it has a leader.
     fn leader(&self, election: &str) -> Result<Option<Vec<u8>>, String>;
     /// The value of the KV key `/dns/<name>`.
@@ -146,6 +148,11 @@ fn records_for(
             Vec::new(),
         )),
         Question::Nothing => None,
+        Question::Structure => Some((Vec::new(), Vec::new())),
+        Question::InstancesOf { service } => {
+            (!passing(src, service, None)?.is_empty()).then(|| (Vec::new(), Vec::new()))
+        }
+        Question::ElectionOf { election } => src.leader(election)?.map(|_| (Vec::new(), Vec::new())),
         Question::Service { service, tag } => {
             let mut healthy = passing(src, service, tag.as_deref())?;
             if healthy.is_empty() {
@@ -208,7 +215,9 @@ fn records_for(
             match ip {
                 Some(ip) => Some((addresses(vec![ip]), Vec::new())),
                 None if wants(RecordType::TXT) => {
-                    let txt = RData::TXT(TXT::new(records::txt_strings(&value)));
+                    // As long as a static TXT record may be.
+                    let value = &value[..value.len().min(records::MAX_TXT_BYTES)];
+                    let txt = RData::TXT(TXT::new(records::txt_strings(value)));
                     Some((vec![Record::from_rdata(qname.clone(), zone.ttl, txt)], Vec::new()))
                 }
                 None => Some((Vec::new(), Vec::new())),
@@ -246,6 +255,12 @@ impl Source for Snapshot {
     }
     fn instances(&self, service: &str) -> Result<Vec<InstanceRow>, String> {
         Ok(self.instances.get(service).cloned().unwrap_or_default())
+    }
+    fn instance(&self, service: &str, id: &str) -> Result<Option<InstanceRow>, String> {
+        let Some(rows) = self.instances.get(service) else { return Ok(None) };
+        // In id order (the registry's key order).
+        let at = rows.binary_search_by(|r| r.instance.as_ref().map_or("", |i| i.id.as_str()).cmp(id));
+        Ok(at.ok().map(|at| rows[at].clone()))
     }
     fn leader(&self, election: &str) -> Result<Option<Vec<u8>>, String> {
         Ok(self.leaders.get(election).cloned())
@@ -399,6 +414,9 @@ mod tests {
                 .cloned()
                 .collect())
         }
+        fn instance(&self, service: &str, id: &str) -> Result<Option<InstanceRow>, String> {
+            Ok(self.instances(service)?.into_iter().find(|r| r.instance.as_ref().is_some_and(|i| i.id == id)))
+        }
         fn leader(&self, election: &str) -> Result<Option<Vec<u8>>, String> {
             Ok(self.leaders.get(election).cloned())
         }
@@ -505,8 +523,18 @@ mod tests {
             assert_eq!(a.soa.len(), 1, "{name}: an SOA for the negative TTL");
             assert_eq!(a.soa[0].ttl, 7);
         }
-        let nodata = ask(&s, "web.service.latch.", RecordType::MX);
-        assert_eq!((nodata.code, nodata.answers.len(), nodata.soa.len()), (ResponseCode::NoError, 0, 1));
+        for (name, t) in [
+            ("web.service.latch.", RecordType::MX),
+            ("service.latch.", RecordType::A),
+            ("web.instance.latch.", RecordType::A),
+        ] {
+            let nodata = ask(&s, name, t);
+            assert_eq!(
+                (nodata.code, nodata.answers.len(), nodata.soa.len()),
+                (ResponseCode::NoError, 0, 1),
+                "{name}: NODATA"
+            );
+        }
         assert_eq!(ask(&s, "example.com.", RecordType::A).code, ResponseCode::Refused);
     }
 

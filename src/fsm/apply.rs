@@ -79,9 +79,9 @@ pub struct InstanceChange {
 /// A registry instance's timer, counted by every member from when it applied the change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InstanceTimer {
-    /// A passing TTL check: critical unless a heartbeat comes within `ttl_ms` (its
-    /// `beats`-th heartbeat was the last).
-    Heartbeat { ttl_ms: u64, beats: u64 },
+    /// A passing TTL check of the registration at `registered_revision`: critical unless a
+    /// heartbeat comes within `ttl_ms` (its `beats`-th heartbeat was the last).
+    Heartbeat { ttl_ms: u64, beats: u64, registered_revision: i64 },
     /// A critical instance: removed `after_ms` after it turned critical at `since_revision`.
     Reap { since_revision: i64, after_ms: u64 },
 }

@@ -16,8 +16,8 @@
 //!   raises one revision and is recorded in the history (space REGISTRY) as the row after it;
 //!   a heartbeat that changes neither the health nor the output writes only its count, without
 //!   a revision (like a session's checkpoint).
-//! - `MarkCritical`, `SetHealth` and `Reap` carry what the leader saw (heartbeat count,
-//!   registration, critical-since revision): one that crossed a newer change in the log is a
+//! - `MarkCritical`, `SetHealth` and `Reap` carry what the leader saw (registration and
+//!   heartbeat count, registration, critical-since revision): one that crossed a newer change in the log is a
 //!   no-op, so no heartbeat, registration or recovery is ever overridden by a stale verdict.
 
 use latch_proto::internal::{
@@ -365,7 +365,8 @@ pub(crate) fn mark_critical(ap: &mut Apply, req: MarkCritical) -> Result<outcome
     let Some(mut row) = read_row(ap.txn, &key)? else {
         return Ok(not_found(&req.service, &req.id));
     };
-    if kind_of(&row) != check::Kind::Ttl || row.health != Health::Passing as i32 || row.beats != req.beats {
+    let counted = row.registered_revision == req.registered_revision && row.beats == req.beats;
+    if kind_of(&row) != check::Kind::Ttl || row.health != Health::Passing as i32 || !counted {
         return Ok(result(Some(row), false));
     }
     let ttl_ms = row.check.as_ref().map_or(0, |c| c.ttl_ms);
@@ -454,8 +455,11 @@ pub fn timer_of(row: &InstanceRow) -> Option<InstanceTimer> {
             after_ms: check.deregister_after_ms,
         });
     }
-    (kind_of(row) == check::Kind::Ttl)
-        .then_some(InstanceTimer::Heartbeat { ttl_ms: check.ttl_ms, beats: row.beats })
+    (kind_of(row) == check::Kind::Ttl).then_some(InstanceTimer::Heartbeat {
+        ttl_ms: check.ttl_ms,
+        beats: row.beats,
+        registered_revision: row.registered_revision,
+    })
 }
 
 pub fn kind_of(row: &InstanceRow) -> check::Kind {
@@ -804,13 +808,29 @@ mod tests {
         );
         assert_eq!(row(&s, "1").expect("there").beats, 2);
         // A verdict that crossed that heartbeat in the log is a no-op.
-        let stale = MarkCritical { service: "web".into(), id: "1".into(), beats: 1 };
+        let reg = row(&s, "1").expect("there").registered_revision;
+        let stale =
+            MarkCritical { service: "web".into(), id: "1".into(), beats: 1, registered_revision: reg };
         s.apply("", Body::MarkCritical(stale));
         assert!(is_passing(&row(&s, "1").expect("there")), "the heartbeat wins");
-        s.apply("", Body::MarkCritical(MarkCritical { service: "web".into(), id: "1".into(), beats: 2 }));
+        let other =
+            MarkCritical { service: "web".into(), id: "1".into(), beats: 2, registered_revision: reg - 1 };
+        s.apply("", Body::MarkCritical(other));
+        assert!(is_passing(&row(&s, "1").expect("there")), "a verdict on another registration is a no-op");
+        s.apply(
+            "",
+            Body::MarkCritical(MarkCritical {
+                service: "web".into(),
+                id: "1".into(),
+                beats: 2,
+                registered_revision: reg,
+            }),
+        );
         let r = row(&s, "1").expect("kept while critical");
         assert_eq!((r.health, r.critical_since), (Health::Critical as i32, rev + 1));
         assert_eq!(timer_of(&r), Some(InstanceTimer::Reap { since_revision: rev + 1, after_ms: 60_000 }));
+        // A verdict counted on a registration since replaced never reaches the new one, even
+        // when the new one's heartbeat count starts over.
         s.apply("", beat());
         let r = row(&s, "1").expect("there");
         assert!(is_passing(&r) && r.critical_since == 0, "a heartbeat brings it back");
@@ -830,7 +850,16 @@ mod tests {
     fn a_reap_removes_only_an_instance_still_critical_since_the_same_revision() {
         let mut s = Store::new();
         register(&mut s, "1", "", ttl(1_000));
-        s.apply("", Body::MarkCritical(MarkCritical { service: "web".into(), id: "1".into(), beats: 0 }));
+        let reg = row(&s, "1").expect("there").registered_revision;
+        s.apply(
+            "",
+            Body::MarkCritical(MarkCritical {
+                service: "web".into(),
+                id: "1".into(),
+                beats: 0,
+                registered_revision: reg,
+            }),
+        );
         let since = row(&s, "1").expect("there").critical_since;
         s.apply("", Body::Reap(Reap { service: "web".into(), id: "1".into(), critical_since: since - 1 }));
         assert!(row(&s, "1").is_some(), "a reap of another critical spell is a no-op");
@@ -864,6 +893,36 @@ mod tests {
         // Registered again with the same check: what the probes found stands.
         register(&mut s, "1", "", http());
         assert!(is_passing(&row(&s, "1").expect("there")));
+    }
+
+    #[test]
+    fn an_instance_with_meta_encodes_the_same_bytes_however_its_map_was_filled() {
+        let build = |order: &[usize]| {
+            let mut i = instance("web", "1");
+            for n in order {
+                i.meta.insert(format!("k{n}"), format!("v{n}"));
+            }
+            Register { instance: Some(i), session: String::new(), check: None }.encode_to_vec()
+        };
+        assert_eq!(
+            build(&[0, 1, 2, 3, 4, 5, 6, 7]),
+            build(&[7, 3, 5, 1, 0, 6, 2, 4]),
+            "the log and the state must carry the same bytes on every member and every retry"
+        );
+        let mut a = Store::new();
+        let mut b = Store::new();
+        let data = build(&[0, 1, 2, 3, 4, 5, 6, 7]);
+        let cmd = |d: &[u8]| {
+            super::super::Command {
+                version: super::super::COMMAND_VERSION,
+                request_id: "r".into(),
+                body: Some(Body::Register(Register::decode(d).expect("decodes"))),
+            }
+            .encode_to_vec()
+        };
+        a.apply_data(&cmd(&data));
+        b.apply_data(&cmd(&build(&[7, 6, 5, 4, 3, 2, 1, 0])));
+        assert_eq!(a.hash(), b.hash(), "equal states, equal hashes");
     }
 
     #[test]
