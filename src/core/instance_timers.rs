@@ -14,9 +14,10 @@
 //! - A verdict names what it was counted from (the heartbeat count, the critical-since
 //!   revision): the state machine ignores one that a newer change overtook in the log. One not
 //!   applied within `retry_ms` (lost with a leader) is proposed again.
-//! - Memory: one entry per TTL-checked or critical instance.
+//! - Memory: one entry per TTL-checked or critical instance (and one in the by-due index); the
+//!   leader's turn looks only at the timers that are due.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use latch_proto::internal::{command::Body, MarkCritical, Reap};
 
@@ -27,13 +28,16 @@ use crate::fsm::{InstanceChange, InstanceTimer};
 struct Armed {
     timer: InstanceTimer,
     ends_at: u64,
-    /// When this member, as leader, last proposed its verdict.
-    proposed_at: Option<u64>,
+    /// When it is next looked at: `ends_at`, or once its verdict was proposed, when it may be
+    /// proposed again.
+    due_at: u64,
 }
 
 #[derive(Debug, Default)]
 pub struct InstanceTimers {
     timers: BTreeMap<Vec<u8>, Armed>,
+    /// Every armed timer by `(due_at, key)`: the leader's turn looks at the due ones only.
+    by_due: BTreeSet<(u64, Vec<u8>)>,
 }
 
 fn length(t: &InstanceTimer) -> u64 {
@@ -46,18 +50,22 @@ fn length(t: &InstanceTimer) -> u64 {
 impl InstanceTimers {
     /// Replaces the timers with those of a state just loaded, each counted in full from `now`.
     pub fn reload(&mut self, timers: Vec<(Vec<u8>, InstanceTimer)>, now: u64) {
-        self.timers = timers
-            .into_iter()
-            .map(|(key, timer)| {
-                (key, Armed { timer, ends_at: now.saturating_add(length(&timer)), proposed_at: None })
-            })
-            .collect();
+        self.timers.clear();
+        self.by_due.clear();
+        for (key, timer) in timers {
+            let ends_at = now.saturating_add(length(&timer));
+            self.arm(key, Armed { timer, ends_at, due_at: ends_at });
+        }
     }
 
     /// The clock's first reading: timers loaded before it count from there.
     pub fn clock_started(&mut self, at: u64) {
-        for t in self.timers.values_mut() {
-            t.ends_at = t.ends_at.saturating_add(at);
+        let timers = std::mem::take(&mut self.timers);
+        self.by_due.clear();
+        for (key, mut a) in timers {
+            a.ends_at = a.ends_at.saturating_add(at);
+            a.due_at = a.ends_at;
+            self.arm(key, a);
         }
     }
 
@@ -65,31 +73,32 @@ impl InstanceTimers {
     /// keeps counting from where it started.
     pub fn changed(&mut self, change: &InstanceChange, now: u64) {
         match change.timer {
-            None => {
-                self.timers.remove(&change.key);
-            }
+            None => self.disarm(&change.key),
             Some(timer) => {
                 if self.timers.get(&change.key).is_some_and(|a| a.timer == timer) {
                     return;
                 }
-                let armed = Armed { timer, ends_at: now.saturating_add(length(&timer)), proposed_at: None };
-                self.timers.insert(change.key.clone(), armed);
+                self.disarm(&change.key);
+                let ends_at = now.saturating_add(length(&timer));
+                self.arm(change.key.clone(), Armed { timer, ends_at, due_at: ends_at });
             }
         }
     }
 
     /// As leader: the verdicts of the timers that ran out, except those proposed within
-    /// `retry_ms`.
+    /// `retry_ms`. Looks at the due timers only.
     pub fn due(&mut self, now: u64, retry_ms: u64) -> Vec<Body> {
         let mut out = Vec::new();
-        for (key, a) in self.timers.iter_mut() {
-            let recently = a.proposed_at.is_some_and(|at| now.saturating_sub(at) < retry_ms);
-            if a.ends_at > now || recently {
-                continue;
+        while let Some((due_at, key)) = self.by_due.first().cloned() {
+            if due_at > now {
+                break;
             }
-            let Some((service, id)) = split_key(key) else { continue };
+            self.by_due.remove(&(due_at, key.clone()));
+            let Some(a) = self.timers.get_mut(&key) else { continue };
+            a.due_at = now.saturating_add(retry_ms.max(1));
+            self.by_due.insert((a.due_at, key.clone()));
+            let Some((service, id)) = split_key(&key) else { continue };
             let (service, id) = (service.to_string(), id.to_string());
-            a.proposed_at = Some(now);
             out.push(match a.timer {
                 InstanceTimer::Heartbeat { beats, registered_revision, .. } => {
                     Body::MarkCritical(MarkCritical { service, id, beats, registered_revision })
@@ -104,8 +113,10 @@ impl InstanceTimers {
 
     /// Forgets when verdicts were proposed (leadership moved: a new leader proposes its own).
     pub fn demoted(&mut self) {
-        for a in self.timers.values_mut() {
-            a.proposed_at = None;
+        self.by_due.clear();
+        for (key, a) in self.timers.iter_mut() {
+            a.due_at = a.ends_at;
+            self.by_due.insert((a.due_at, key.clone()));
         }
     }
 
@@ -115,6 +126,17 @@ impl InstanceTimers {
 
     pub fn is_empty(&self) -> bool {
         self.timers.is_empty()
+    }
+
+    fn arm(&mut self, key: Vec<u8>, a: Armed) {
+        self.by_due.insert((a.due_at, key.clone()));
+        self.timers.insert(key, a);
+    }
+
+    fn disarm(&mut self, key: &[u8]) {
+        if let Some(a) = self.timers.remove(key) {
+            self.by_due.remove(&(a.due_at, key.to_vec()));
+        }
     }
 }
 
@@ -183,5 +205,25 @@ mod tests {
         assert_eq!(t.due(12_000, 0).len(), 1);
         t.reload(vec![], 20_000);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn the_by_due_index_follows_every_change_removal_demotion_and_reload() {
+        let mut t = InstanceTimers::default();
+        let hb = |beats| Some(InstanceTimer::Heartbeat { ttl_ms: 1_000, beats, registered_revision: 1 });
+        for n in 0..100 {
+            t.changed(&change(&format!("web/i{n}"), hb(0)), n);
+        }
+        t.changed(&change("web/i5", None), 100);
+        t.changed(&change("web/i6", hb(1)), 500);
+        assert_eq!(t.by_due.len(), t.timers.len(), "one index entry per timer");
+        let due = t.due(1_100, 10_000).len();
+        assert_eq!(due, 98, "every timer that ran out but the removed and the re-armed one");
+        assert!(t.due(1_200, 10_000).is_empty(), "proposed ones wait for the retry time");
+        t.demoted();
+        assert_eq!(t.due(1_200, 10_000).len(), 98, "a new leader proposes its own at once");
+        assert_eq!(t.due(1_500, 10_000).len(), 1, "the re-armed one, 1 s after its heartbeat");
+        t.reload(Vec::new(), 2_000);
+        assert!(t.is_empty() && t.by_due.is_empty());
     }
 }
