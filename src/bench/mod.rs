@@ -9,9 +9,11 @@
 //!   watches, DNS) adds its workload as one more file here and one subcommand in
 //!   `cli/bench.rs`.
 //! - Workloads with state of their own per client run a loop of their own into the same
-//!   [`Report`] and [`Progress`]: [`sessions`] (sessions kept alive) and [`locks`] (acquire +
-//!   release of a lock, each client with its own session; it shares [`run`]'s stop rule) and
-//!   [`watches`] (one writer's puts, timed from each put's answer to each watcher's event).
+//!   [`Report`] and [`Progress`]: [`sessions`] (sessions kept alive), [`locks`] (acquire +
+//!   release of a lock, each client with its own session; it shares [`run`]'s stop rule),
+//!   [`watches`] (one writer's puts, timed from each put's answer to each watcher's event),
+//!   [`dns`] (UDP lookups of one name against a DNS port, Latch's or any server's) and
+//!   [`registry`] (a large service registered, then `List` of it).
 //! - [`target`]: the systems under test behind one [`Connection`] type: Latch through
 //!   `latch-client`, etcd through `etcd-client` (cargo feature `etcd`), ZooKeeper through
 //!   `zookeeper-client` (cargo feature `zk`), so all three meet the same load generator.
@@ -20,8 +22,9 @@
 //! - [`report`]: what a run measured, and how it prints (text, JSON).
 //! - [`progress`]: the progress bar, drawn on stderr when it is a terminal.
 //!
-//! May import: `latch-client`, `etcd-client` and `zookeeper-client`; never the server's layers:
-//! a benchmark sees the cluster exactly as any client does.
+//! May import: `latch-client`, `etcd-client` and `zookeeper-client` (and, for [`dns`] and
+//! [`registry`], hickory's DNS message codec and latch-proto's public gRPC client); never the
+//! server's layers: a benchmark sees the cluster exactly as any client does.
 //!
 //! Measuring: an operation is timed from just before its first request to its answer, into an
 //! HDR histogram (microseconds, 3 significant digits, up to 60 s). Failed operations are
@@ -32,12 +35,14 @@
 //! divided by the wall time from the start to the end of the last operation; with `--duration`
 //! the operations still in flight at the deadline finish and count.
 
+pub mod dns;
 pub mod get;
 pub mod keys;
 pub mod locks;
 pub mod mixed;
 pub mod progress;
 pub mod put;
+pub mod registry;
 pub mod report;
 pub mod sessions;
 pub mod target;

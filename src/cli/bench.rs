@@ -9,11 +9,12 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Subcommand, ValueEnum};
 
 use super::{print_bytes, print_json, ClientArgs, Output, UsageError};
 use crate::bench::{self, get::Get, mixed::Mixed, put::Put, txn_cas::TxnCas, Consistency, KeySpace};
-use crate::bench::{Progress, Settings, Stop, TargetSpec};
+use crate::bench::{Progress, Settings, Stop, System, TargetSpec};
+use crate::config::{DEFAULT_DNS_ADDR, DEFAULT_DNS_DOMAIN};
 
 /// Where `--target` points when neither it nor `--endpoints` names a member.
 const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7379";
@@ -65,6 +66,92 @@ pub enum WorkloadArgs {
     /// is events received per second. Counts missed events (must be 0). Every watch is open
     /// before the clock starts; --clients does not apply.
     WatchLatency(WatchLatencyArgs),
+    /// UDP lookups of one name (--service S: S.service.latch.) against one DNS port, Latch's
+    /// (--dns-addr) or any server's, from --clients clients, each its own socket with one query
+    /// in flight.
+    ///
+    /// Counts queries/s, latency, lost queries (no answer within --query-timeout), answers by
+    /// response code, answer records (so an empty answer shows) and truncated answers. Latch
+    /// only: etcd and ZooKeeper have no DNS port (--target does not apply; --connections is the
+    /// clients).
+    Dns(DnsArgs),
+    /// Register --instances instances of --service (--registrars at a time; not timed, but
+    /// measured), then time List of the service from --clients clients; with --rss-pid, the
+    /// member's resident memory before and after. Latch only.
+    ///
+    /// Every call goes to the first member of --target (registrations follow the leader it
+    /// names, should it not be the leader).
+    Registry(RegistryArgs),
+}
+
+/// `latch bench dns`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("question").args(["service", "name"]).required(true)))]
+pub struct DnsArgs {
+    /// The DNS port to query: a member's --dns-addr, or any DNS server's host:port.
+    #[arg(long, value_name = "H:P", default_value = DEFAULT_DNS_ADDR, env = "LATCH_DNS_ADDR")]
+    pub dns_addr: String,
+    /// Ask for SERVICE.service.DOMAIN.
+    #[arg(long, value_name = "SERVICE")]
+    pub service: Option<String>,
+    /// Ask for this name instead (fully qualified; the trailing dot is implied).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// The domain of --service (the member's --dns-domain).
+    #[arg(long, value_name = "DOMAIN", default_value = DEFAULT_DNS_DOMAIN)]
+    pub domain: String,
+    /// The record type asked: A, AAAA, SRV, TXT, …
+    #[arg(long = "type", value_name = "TYPE", default_value = "A")]
+    pub record_type: String,
+    /// A query unanswered this long is lost (humantime); the client asks the next one.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    pub query_timeout: Duration,
+}
+
+impl DnsArgs {
+    /// What `bench::dns` is asked; or a message naming the flag at fault.
+    pub fn bench(&self) -> Result<bench::dns::DnsBench, String> {
+        let name = match (&self.service, &self.name) {
+            (Some(service), _) => bench::dns::DnsBench::service_name(service, &self.domain)?,
+            (None, Some(name)) => bench::dns::DnsBench::name(name)?,
+            (None, None) => return Err("--service or --name is needed".into()),
+        };
+        let record_type = self
+            .record_type
+            .to_ascii_uppercase()
+            .parse()
+            .map_err(|e| format!("--type {:?} is not a record type: {e}", self.record_type))?;
+        Ok(bench::dns::DnsBench {
+            server: self.dns_addr.trim().to_string(),
+            name,
+            record_type,
+            query_timeout: self.query_timeout,
+        })
+    }
+}
+
+/// `latch bench registry`.
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// The service registered and listed.
+    #[arg(long, value_name = "SERVICE", default_value = "bench-registry")]
+    pub service: String,
+    /// Instances registered before the clock starts (not timed; measured).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub instances: usize,
+    /// Registrations in flight at once (over --connections channels).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub registrars: usize,
+    /// The service has its --instances registered already (by an earlier run): only List.
+    #[arg(long)]
+    pub registered: bool,
+    /// How each List is served.
+    #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+    pub consistency: ConsistencyArg,
+    /// The member's process id (on this machine): report its resident memory (VmRSS) before
+    /// registering, after, and after the Lists.
+    #[arg(long, value_name = "PID")]
+    pub rss_pid: Option<u32>,
 }
 
 /// `latch bench watch-latency`.
@@ -233,7 +320,20 @@ pub async fn run(command: BenchCommand, client: &ClientArgs) -> anyhow::Result<E
         // refused by the workload, naming --watchers).
         options.clients = args.watchers.max(options.connections.unwrap_or(1));
     }
+    if let WorkloadArgs::Dns(_) = &command.workload {
+        // Each client is a socket of its own.
+        options.connections = Some(options.clients);
+    }
     let settings = options.settings(client).map_err(UsageError)?;
+    let is_dns = matches!(command.workload, WorkloadArgs::Dns(_));
+    if is_dns && settings.target.system != System::Latch {
+        return Err(UsageError(format!(
+            "{} has no DNS port: `latch bench dns` asks a DNS port (a Latch member's, or any \
+             server's) named by --dns-addr, not --target",
+            settings.target.system.name()
+        ))
+        .into());
+    }
     let progress = Progress::new(std::io::stderr().is_terminal());
     // Ctrl-C during the timed phase ends the run early, with a report of what was done.
     let interrupt = async {
@@ -260,6 +360,21 @@ pub async fn run(command: BenchCommand, client: &ClientArgs) -> anyhow::Result<E
             let bench = bench::watches::WatchLatency { watchers: args.watchers };
             bench::watches::run(bench, &settings, progress, interrupt).await
         }
+        WorkloadArgs::Dns(args) => {
+            let dns = args.bench().map_err(UsageError)?;
+            bench::dns::run(dns, &settings, progress, interrupt).await
+        }
+        WorkloadArgs::Registry(args) => {
+            let registry = bench::registry::RegistryBench {
+                service: args.service,
+                instances: args.instances,
+                registrars: args.registrars,
+                registered: args.registered,
+                consistency: args.consistency.into(),
+                rss_pid: args.rss_pid,
+            };
+            bench::registry::run(registry, &settings, progress, interrupt).await
+        }
     };
     let report = match result {
         Ok(report) => report,
@@ -267,7 +382,9 @@ pub async fn run(command: BenchCommand, client: &ClientArgs) -> anyhow::Result<E
         Err(e) => return Err(e.into()),
     };
     match client.output {
+        Output::Json if is_dns => print_json(&bench::dns::to_json(&report))?,
         Output::Json => print_json(&report.to_json())?,
+        Output::Text if is_dns => print_bytes(bench::dns::to_text(&report).as_bytes())?,
         Output::Text => print_bytes(report.to_text().as_bytes())?,
     }
     if report.ops == 0 && report.failed() > 0 {
@@ -418,6 +535,63 @@ mod tests {
         let default = parse(&["watch-latency"]).expect("valid");
         let WorkloadArgs::WatchLatency(args) = default.workload else { panic!("watch-latency expected") };
         assert_eq!(args.watchers, 100);
+    }
+
+    #[test]
+    fn dns_asks_a_service_or_a_name_at_a_dns_port() {
+        let parsed = parse(&["dns", "--service", "web", "--clients", "64"]).expect("valid");
+        assert_eq!(parsed.options.clients, 64);
+        let WorkloadArgs::Dns(args) = parsed.workload else { panic!("dns expected") };
+        assert_eq!(args.dns_addr, DEFAULT_DNS_ADDR);
+        let dns = args.bench().expect("valid");
+        assert_eq!(dns.name.to_ascii(), "web.service.latch.");
+        assert_eq!((dns.record_type.to_string().as_str(), dns.query_timeout), ("A", Duration::from_secs(1)));
+        let parsed = parse(&[
+            "dns",
+            "--name",
+            "leader.db.election.latch",
+            "--type",
+            "txt",
+            "--dns-addr",
+            "127.0.0.1:5353",
+        ])
+        .expect("valid");
+        let WorkloadArgs::Dns(args) = parsed.workload else { panic!("dns expected") };
+        let dns = args.bench().expect("valid");
+        assert_eq!(
+            (dns.server.as_str(), dns.name.to_ascii()),
+            ("127.0.0.1:5353", "leader.db.election.latch.".into())
+        );
+        assert_eq!(dns.record_type.to_string(), "TXT");
+        assert_eq!(parse(&["dns"]).expect_err("no question").exit_code(), 2);
+        assert_eq!(parse(&["dns", "--service", "a", "--name", "b"]).expect_err("both").exit_code(), 2);
+        let parsed = parse(&["dns", "--service", "web", "--type", "NOPE"]).expect("parses");
+        let WorkloadArgs::Dns(args) = parsed.workload else { panic!("dns expected") };
+        assert!(args.bench().expect_err("bad type").contains("--type"));
+    }
+
+    #[tokio::test]
+    async fn dns_refuses_an_etcd_target_before_asking_anything() {
+        let (bench, client) = parse_cli(&["dns", "--service", "web", "--target", "etcd://127.0.0.1:2379"])
+            .expect("valid command line");
+        let e = run(bench, &client).await.expect_err("etcd has no DNS port");
+        assert!(e.downcast_ref::<UsageError>().is_some(), "{e}");
+        assert!(e.to_string().contains("etcd has no DNS port"), "{e}");
+    }
+
+    #[test]
+    fn registry_registers_ten_thousand_instances_by_default() {
+        let parsed = parse(&["registry", "--rss-pid", "42", "--consistency", "serializable"]).expect("valid");
+        let WorkloadArgs::Registry(args) = parsed.workload else { panic!("registry expected") };
+        assert_eq!(
+            (args.instances, args.service.as_str(), args.rss_pid),
+            (10_000, "bench-registry", Some(42))
+        );
+        assert_eq!(args.consistency, ConsistencyArg::Serializable);
+        assert_eq!((args.registrars, args.registered), (64, false));
+        let again = parse(&["registry", "--registered", "--registrars", "8"]).expect("valid");
+        let WorkloadArgs::Registry(args) = again.workload else { panic!("registry expected") };
+        assert_eq!((args.registrars, args.registered), (8, true));
     }
 
     #[test]
