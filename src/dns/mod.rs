@@ -17,9 +17,9 @@ pub mod names;
 pub mod records;
 pub mod zone;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use hickory_server::net::runtime::Time;
@@ -90,33 +90,79 @@ impl Freshness {
     }
 }
 
-/// The member's state as the zone reads it: one read transaction per query.
-struct State<'a> {
-    txn: ReadTransaction,
+/// The instances of the services asked lately, as of one revision: a query for a service asks
+/// the store only when the member applied a newer revision since (every change of the
+/// registry is a revision, so an entry of the newest revision is exactly the state).
+#[derive(Default)]
+struct Answered {
     revision: i64,
+    services: HashMap<String, Arc<Vec<InstanceRow>>>,
+}
+
+/// Services kept in [`Answered`] at most; past that it starts over.
+const MAX_CACHED_SERVICES: usize = 4096;
+
+/// The member's state as the zone reads it for one query: services from [`Answered`] when it
+/// is as new as the member's newest revision, the rest from a read transaction opened at the
+/// first need.
+struct State<'a> {
+    /// The newest revision the member announced applied when the query came.
+    announced: i64,
+    answered: &'a Mutex<Answered>,
+    txn: OnceLock<Result<(ReadTransaction, i64), String>>,
+    db: &'a Arc<redb::Database>,
     members: &'a BTreeMap<u64, String>,
+}
+
+impl State<'_> {
+    fn txn(&self) -> Result<&(ReadTransaction, i64), String> {
+        let opened = self.txn.get_or_init(|| {
+            let txn = self.db.begin_read().map_err(|e| e.to_string())?;
+            let revision = fsm::applied(&txn).map_err(|e| e.to_string())?.revision;
+            Ok((txn, revision))
+        });
+        opened.as_ref().map_err(Clone::clone)
+    }
 }
 
 impl Source for State<'_> {
     fn revision(&self) -> i64 {
-        self.revision
+        self.announced
     }
 
-    fn instances(&self, service: &str) -> Result<Vec<InstanceRow>, String> {
-        fsm::registry::list(&self.txn, service, |_| true).map_err(|e| e.to_string())
+    fn instances(&self, service: &str) -> Result<Arc<Vec<InstanceRow>>, String> {
+        if let Ok(answered) = self.answered.lock() {
+            if answered.revision >= self.announced {
+                if let Some(rows) = answered.services.get(service) {
+                    return Ok(rows.clone());
+                }
+            }
+        }
+        let (txn, revision) = self.txn()?;
+        let rows = Arc::new(fsm::registry::list(txn, service, |_| true).map_err(|e| e.to_string())?);
+        if let Ok(mut answered) = self.answered.lock() {
+            if *revision > answered.revision || answered.services.len() >= MAX_CACHED_SERVICES {
+                answered.services.clear();
+                answered.revision = (*revision).max(answered.revision);
+            }
+            if *revision == answered.revision {
+                answered.services.insert(service.to_string(), rows.clone());
+            }
+        }
+        Ok(rows)
     }
 
     fn instance(&self, service: &str, id: &str) -> Result<Option<InstanceRow>, String> {
-        fsm::registry::get(&self.txn, service, id).map_err(|e| e.to_string())
+        fsm::registry::get(&self.txn()?.0, service, id).map_err(|e| e.to_string())
     }
 
     fn leader(&self, election: &str) -> Result<Option<Vec<u8>>, String> {
-        Ok(fsm::elections::leader(&self.txn, election).map_err(|e| e.to_string())?.map(|l| l.value))
+        Ok(fsm::elections::leader(&self.txn()?.0, election).map_err(|e| e.to_string())?.map(|l| l.value))
     }
 
     fn static_value(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
         let key = format!("{}{name}", names::STATIC_PREFIX).into_bytes();
-        let (_, mut found) = fsm::range(&self.txn, &Range { key, ..Default::default() }, usize::MAX)
+        let (_, mut found) = fsm::range(&self.txn()?.0, &Range { key, ..Default::default() }, usize::MAX)
             .map_err(|e| e.to_string())?;
         Ok(found.kvs.pop().map(|kv| kv.value))
     }
@@ -136,10 +182,12 @@ fn snapshot_of(
         members: members.clone(),
         ..Default::default()
     };
+    let mut grouped: BTreeMap<String, Vec<InstanceRow>> = BTreeMap::new();
     for row in fsm::registry::list(txn, "", |_| true)? {
         let service = row.instance.as_ref().map(|i| i.service.clone()).unwrap_or_default();
-        snap.instances.entry(service).or_default().push(row);
+        grouped.entry(service).or_default().push(row);
     }
+    snap.instances = grouped.into_iter().map(|(service, rows)| (service, Arc::new(rows))).collect();
     for (name, row) in fsm::locks::list(txn, LockSpace::Elections, "", usize::MAX)? {
         if let Some(leader) = fsm::elections::leader_of(&name, &row) {
             snap.leaders.insert(name, leader.value);
@@ -195,6 +243,9 @@ pub struct Handler {
     freshness: Arc<Freshness>,
     rotate: AtomicUsize,
     metrics: Arc<Metrics>,
+    /// The newest revision the member applied.
+    revisions: tokio::sync::watch::Receiver<i64>,
+    answered: Mutex<Answered>,
 }
 
 impl Handler {
@@ -238,12 +289,23 @@ impl Handler {
             Some(behind) if behind <= self.settings.max_stale => {}
             _ => return Err(ResponseCode::ServFail),
         }
-        let txn = self.node.db().begin_read().map_err(|_| ResponseCode::ServFail)?;
-        let revision = fsm::applied(&txn).map_err(|_| ResponseCode::ServFail)?.revision;
         let members = self.members.read().map_err(|_| ResponseCode::ServFail)?;
-        let state = State { txn, revision, members: &members };
+        let state = State {
+            announced: *self.revisions.borrow(),
+            answered: &self.answered,
+            txn: OnceLock::new(),
+            db: self.node.db(),
+            members: &members,
+        };
         let rotate = self.rotate.fetch_add(1, Ordering::Relaxed);
-        Ok(zone::answer(&state, &self.settings.zone, &labels, &qname, qtype, rotate))
+        // More records than the message holds are never built: over UDP the client's buffer
+        // (512 bytes without EDNS), over TCP 64 KiB.
+        let bytes: u16 = match request.protocol() {
+            Protocol::Udp => request.edns.as_ref().map_or(512, |e| e.max_payload().clamp(512, 4096)),
+            _ => u16::MAX,
+        };
+        let pick = zone::Pick::for_message(usize::from(bytes), rotate);
+        Ok(zone::answer(&state, &self.settings.zone, &labels, &qname, qtype, pick))
     }
 }
 
@@ -404,7 +466,17 @@ pub async fn serve(
     let freshness = Arc::new(Freshness::new());
     let every = (settings.max_stale / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let keeper = tokio::spawn(freshness.clone().keep(node.clone(), every));
-    let handler = Handler { node, settings, members, freshness, rotate: AtomicUsize::new(0), metrics };
+    let revisions = node.revisions();
+    let handler = Handler {
+        node,
+        settings,
+        members,
+        freshness,
+        rotate: AtomicUsize::new(0),
+        metrics,
+        revisions,
+        answered: Mutex::new(Answered::default()),
+    };
     let mut server = hickory_server::Server::new(handler);
     server.register_socket(sockets.0);
     server.register_listener(sockets.1, TCP_IDLE, TCP_RESPONSE_BUFFER);
@@ -432,7 +504,7 @@ pub fn answer_datagram(snap: &zone::Snapshot, zone: &Zone, bytes: &[u8]) -> Opti
             }
             match question_of(&request, zone) {
                 Ok((qname, labels, qtype)) => {
-                    let a = zone::answer(snap, zone, &labels, &qname, qtype, 0);
+                    let a = zone::answer(snap, zone, &labels, &qname, qtype, zone::Pick::for_message(512, 0));
                     m.metadata.response_code = a.code;
                     m.add_answers(a.answers);
                     m.add_authorities(a.soa);
@@ -475,7 +547,7 @@ mod tests {
             health: Health::Passing as i32,
             ..Default::default()
         };
-        snap.instances.insert("web".into(), vec![row]);
+        snap.instances.insert("web".into(), Arc::new(vec![row]));
         snap.statics.insert("bad".into(), b"{".to_vec());
         snap
     }

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use hickory_server::proto::op::ResponseCode;
 use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, SOA, SRV, TXT};
@@ -26,7 +27,7 @@ pub trait Source {
     /// The revision the state is at (the SOA serial, modulo 2^32).
     fn revision(&self) -> i64;
     /// Every instance of `service`, in id order, whatever its health.
-    fn instances(&self, service: &str) -> Result<Vec<InstanceRow>, String>;
+    fn instances(&self, service: &str) -> Result<Arc<Vec<InstanceRow>>, String>;
     /// One instance, whatever its health.
     fn instance(&self, service: &str, id: &str) -> Result<Option<InstanceRow>, String>;
     /// The value the leader of `election` published, if it has a leader.
@@ -94,6 +95,26 @@ impl Answer {
     }
 }
 
+/// How a service's answer is chosen: rotated by `rotate`, at most `limit` instances (the
+/// caller passes more than its message can hold, so that a cut answer is still marked
+/// truncated).
+#[derive(Debug, Clone, Copy)]
+pub struct Pick {
+    pub rotate: usize,
+    pub limit: usize,
+}
+
+impl Pick {
+    /// Every instance, in id order.
+    pub const ALL: Pick = Pick { rotate: 0, limit: usize::MAX };
+
+    /// For a message of at most `bytes`: more records than fit (an A record takes at least
+    /// 16 bytes), rotated by `rotate`.
+    pub fn for_message(bytes: usize, rotate: usize) -> Pick {
+        Pick { rotate, limit: bytes / 16 + 1 }
+    }
+}
+
 /// Answers `qname` (its lowercase `labels`) of type `qtype`.
 pub fn answer(
     src: &dyn Source,
@@ -101,12 +122,12 @@ pub fn answer(
     labels: &[String],
     qname: &Name,
     qtype: RecordType,
-    rotate: usize,
+    pick: Pick,
 ) -> Answer {
     let Some(question) = names::parse(labels, &zone.labels) else {
         return Answer::code(ResponseCode::Refused);
     };
-    match records_for(src, zone, &question, qname, qtype, rotate) {
+    match records_for(src, zone, &question, qname, qtype, pick) {
         Err(why) => {
             tracing::debug!(name = %qname, %why, "DNS: answered SERVFAIL");
             Answer::code(ResponseCode::ServFail)
@@ -128,7 +149,7 @@ fn records_for(
     question: &Question,
     qname: &Name,
     qtype: RecordType,
-    rotate: usize,
+    pick: Pick,
 ) -> Result<Found, String> {
     let wants = |t: RecordType| qtype == t || qtype == RecordType::ANY;
     let addresses = |addrs: Vec<IpAddr>| -> Vec<Record> {
@@ -150,40 +171,42 @@ fn records_for(
         Question::Nothing => None,
         Question::Structure => Some((Vec::new(), Vec::new())),
         Question::InstancesOf { service } => {
-            (!passing(src, service, None)?.is_empty()).then(|| (Vec::new(), Vec::new()))
+            (!passing(src, service, None)?.1.is_empty()).then(|| (Vec::new(), Vec::new()))
         }
         Question::ElectionOf { election } => src.leader(election)?.map(|_| (Vec::new(), Vec::new())),
         Question::Service { service, tag } => {
-            let mut healthy = passing(src, service, tag.as_deref())?;
+            let (rows, mut healthy) = passing(src, service, tag.as_deref())?;
             if healthy.is_empty() {
                 return Ok(None);
             }
             let n = healthy.len();
-            healthy.rotate_left(rotate % n);
-            if wants(RecordType::SRV) && qtype == RecordType::SRV {
-                Some(srv(zone, qname, &healthy))
+            healthy.rotate_left(pick.rotate % n);
+            healthy.truncate(pick.limit.max(1));
+            let chosen: Vec<&InstanceRow> = healthy.iter().map(|at| &rows[*at]).collect();
+            if qtype == RecordType::SRV {
+                Some(srv(zone, qname, &chosen))
             } else {
-                let ips = healthy.iter().filter_map(ip_of).collect();
+                let ips = chosen.iter().filter_map(|r| ip_of(r)).collect();
                 Some((addresses(ips), Vec::new()))
             }
         }
         Question::Srv { service, tag } => {
-            let healthy = passing(src, service, tag.as_deref())?;
+            let (rows, mut healthy) = passing(src, service, tag.as_deref())?;
             if healthy.is_empty() {
                 return Ok(None);
             }
             if wants(RecordType::SRV) {
-                Some(srv(zone, qname, &healthy))
+                let n = healthy.len();
+                healthy.rotate_left(pick.rotate % n);
+                healthy.truncate(pick.limit.max(1));
+                let chosen: Vec<&InstanceRow> = healthy.iter().map(|at| &rows[*at]).collect();
+                Some(srv(zone, qname, &chosen))
             } else {
                 Some((Vec::new(), Vec::new()))
             }
         }
         Question::Instance { service, id } => {
-            let found = src
-                .instances(service)?
-                .into_iter()
-                .find(|r| registry::is_passing(r) && r.instance.as_ref().is_some_and(|i| &i.id == id));
-            let Some(row) = found else { return Ok(None) };
+            let Some(row) = src.instance(service, id)?.filter(registry::is_passing) else { return Ok(None) };
             match ip_of(&row) {
                 Some(ip) => Some((addresses(vec![ip]), Vec::new())),
                 None => {
@@ -240,7 +263,7 @@ fn records_for(
 pub struct Snapshot {
     pub revision: i64,
     /// Instances by service, in id order.
-    pub instances: BTreeMap<String, Vec<InstanceRow>>,
+    pub instances: BTreeMap<String, Arc<Vec<InstanceRow>>>,
     /// The values election leaders published, by election.
     pub leaders: BTreeMap<String, Vec<u8>>,
     /// Static records' values, by name relative to the domain.
@@ -253,7 +276,7 @@ impl Source for Snapshot {
     fn revision(&self) -> i64 {
         self.revision
     }
-    fn instances(&self, service: &str) -> Result<Vec<InstanceRow>, String> {
+    fn instances(&self, service: &str) -> Result<Arc<Vec<InstanceRow>>, String> {
         Ok(self.instances.get(service).cloned().unwrap_or_default())
     }
     fn instance(&self, service: &str, id: &str) -> Result<Option<InstanceRow>, String> {
@@ -321,7 +344,7 @@ pub fn transfer(snap: &Snapshot, zone: &Zone) -> (Vec<Record>, Vec<String>) {
         };
         let Some(labels) = names::labels_of(&qname) else { continue };
         for t in types {
-            let a = answer(snap, zone, &labels, &qname, *t, 0);
+            let a = answer(snap, zone, &labels, &qname, *t, Pick::ALL);
             if a.code == ResponseCode::ServFail {
                 let why = match names::parse(&labels, &zone.labels) {
                     Some(Question::Static { name }) => snap
@@ -340,13 +363,21 @@ pub fn transfer(snap: &Snapshot, zone: &Zone) -> (Vec<Record>, Vec<String>) {
     (out, problems)
 }
 
-/// The passing instances of `service` with `tag` (any, if none), in id order.
-fn passing(src: &dyn Source, service: &str, tag: Option<&str>) -> Result<Vec<InstanceRow>, String> {
-    Ok(src
-        .instances(service)?
-        .into_iter()
-        .filter(|r| registry::is_passing(r) && tag.is_none_or(|t| crate::api::registry::has_tag(r, t)))
-        .collect())
+/// The instances of `service`, and where the passing ones with `tag` (any, if none) are among
+/// them, in id order.
+fn passing(
+    src: &dyn Source,
+    service: &str,
+    tag: Option<&str>,
+) -> Result<(Arc<Vec<InstanceRow>>, Vec<usize>), String> {
+    let rows = src.instances(service)?;
+    let at = rows
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| registry::is_passing(r) && tag.is_none_or(|t| crate::api::registry::has_tag(r, t)))
+        .map(|(at, _)| at)
+        .collect();
+    Ok((rows, at))
 }
 
 fn ip_of(row: &InstanceRow) -> Option<IpAddr> {
@@ -362,7 +393,7 @@ fn fqdn(host: &str) -> Result<Name, String> {
 /// SRV records of `instances` (RFC 2782: priority 1, the instance's weight, 1 if none), each
 /// targeting `<id>.<service>.instance.<domain>` (whose address goes in the additional section)
 /// or its host name.
-fn srv(zone: &Zone, qname: &Name, instances: &[InstanceRow]) -> (Vec<Record>, Vec<Record>) {
+fn srv(zone: &Zone, qname: &Name, instances: &[&InstanceRow]) -> (Vec<Record>, Vec<Record>) {
     let (mut answers, mut additionals) = (Vec::new(), Vec::new());
     for row in instances {
         let Some(i) = row.instance.as_ref() else { continue };
@@ -406,16 +437,21 @@ mod tests {
         fn revision(&self) -> i64 {
             42
         }
-        fn instances(&self, service: &str) -> Result<Vec<InstanceRow>, String> {
-            Ok(self
-                .instances
-                .iter()
-                .filter(|r| r.instance.as_ref().is_some_and(|i| i.service == service))
-                .cloned()
-                .collect())
+        fn instances(&self, service: &str) -> Result<Arc<Vec<InstanceRow>>, String> {
+            Ok(Arc::new(
+                self.instances
+                    .iter()
+                    .filter(|r| r.instance.as_ref().is_some_and(|i| i.service == service))
+                    .cloned()
+                    .collect(),
+            ))
         }
         fn instance(&self, service: &str, id: &str) -> Result<Option<InstanceRow>, String> {
-            Ok(self.instances(service)?.into_iter().find(|r| r.instance.as_ref().is_some_and(|i| i.id == id)))
+            Ok(self
+                .instances(service)?
+                .iter()
+                .find(|r| r.instance.as_ref().is_some_and(|i| i.id == id))
+                .cloned())
         }
         fn leader(&self, election: &str) -> Result<Option<Vec<u8>>, String> {
             Ok(self.leaders.get(election).cloned())
@@ -453,7 +489,7 @@ mod tests {
         let zone = Zone::new("latch.", 5, 7).expect("a zone");
         let qname = Name::from_ascii(name).expect("a name");
         let labels = names::labels_of(&qname).expect("ASCII");
-        answer(state, &zone, &labels, &qname, t, rotate)
+        answer(state, &zone, &labels, &qname, t, Pick { rotate, limit: usize::MAX })
     }
 
     fn data(a: &Answer) -> Vec<String> {
@@ -542,7 +578,7 @@ mod tests {
     fn a_transfer_holds_every_answered_name_between_two_soas_and_names_bad_static_records() {
         let web = web();
         let mut snap = Snapshot { revision: 42, ..Default::default() };
-        snap.instances.insert("web".into(), web.instances);
+        snap.instances.insert("web".into(), Arc::new(web.instances));
         snap.leaders.insert("jobs".into(), b"10.1.1.1".to_vec());
         snap.statics.insert("www".into(), br#"{"type":"A","address":"10.7.7.7"}"#.to_vec());
         snap.statics.insert("bad".into(), b"{".to_vec());
