@@ -37,6 +37,9 @@ struct Probed {
     registered_revision: i64,
     check: Check,
     health: i32,
+    /// It was never checked (its output says it awaits its first check): the first result is
+    /// proposed even when it leaves the health as it is.
+    first: bool,
     next_at: Instant,
     in_flight: bool,
 }
@@ -121,6 +124,7 @@ fn rescan(
         let entry = match schedule.remove(&key) {
             Some(mut p) if p.registered_revision == row.registered_revision && p.check == check => {
                 p.health = row.health;
+                p.first = row.output == registry::AWAITING_FIRST_CHECK;
                 p
             }
             _ => fresh(&row, check, now),
@@ -136,6 +140,7 @@ fn fresh(row: &InstanceRow, check: Check, now: Instant) -> Probed {
         registered_revision: row.registered_revision,
         check,
         health: row.health,
+        first: row.output == registry::AWAITING_FIRST_CHECK,
         next_at: now,
         in_flight: false,
     }
@@ -149,9 +154,10 @@ fn report(ctx: &Context, schedule: &mut BTreeMap<Vec<u8>, Probed>, f: Finding) {
         return;
     }
     p.in_flight = false;
-    if p.health == f.health as i32 {
+    if p.health == f.health as i32 && !p.first {
         return;
     }
+    p.first = false;
     let Some((service, id)) = registry::split_key(&f.key) else { return };
     p.health = f.health as i32;
     let body = Body::SetHealth(SetHealth {

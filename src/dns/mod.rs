@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{Edns, MessageType, Metadata, OpCode, ResponseCode};
-use hickory_server::proto::rr::{Name, RecordType};
+use hickory_server::proto::rr::{DNSClass, Name, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use latch_proto::internal::{InstanceRow, LockSpace, Range};
@@ -321,6 +321,10 @@ pub fn question_of(request: &Request, zone: &Zone) -> Result<(Name, Vec<String>,
         return Err(ResponseCode::NotImp);
     }
     let info = request.request_info().map_err(|_| ResponseCode::FormErr)?;
+    if !matches!(info.query.query_class(), DNSClass::IN | DNSClass::ANY) {
+        // Latch's names are Internet-class names only (CHAOS, HESIOD: not here).
+        return Err(ResponseCode::Refused);
+    }
     let qname: Name = info.query.name().into();
     let Some(labels) = names::labels_of(&qname) else {
         let inside = zone.domain.zone_of(&qname.to_lowercase());

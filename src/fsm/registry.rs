@@ -387,12 +387,17 @@ pub(crate) fn set_health(ap: &mut Apply, req: SetHealth) -> Result<outcome::Resu
         return Ok(rejected(&format!("set_health: health {} is unknown", req.health)));
     };
     let probed = matches!(kind_of(&row), check::Kind::Http | check::Kind::Tcp);
-    if !probed || row.registered_revision != req.registered_revision || row.health == health as i32 {
+    // The first result is written even when it leaves the health as it was (critical), so
+    // that the output says what the check found rather than that it was never run.
+    let unchanged = row.health == health as i32 && row.output != AWAITING_FIRST_CHECK;
+    if !probed || row.registered_revision != req.registered_revision || unchanged {
         return Ok(result(Some(row), false));
     }
     let revision = ap.write_revision()?;
+    if row.health != health as i32 {
+        row.critical_since = if health == Health::Critical { revision } else { 0 };
+    }
     row.health = health as i32;
-    row.critical_since = if health == Health::Critical { revision } else { 0 };
     row.mod_revision = revision;
     row.output = truncate(req.output, MAX_OUTPUT_BYTES);
     write(ap, &key, &row)?;
@@ -890,6 +895,25 @@ mod tests {
         assert_eq!(s.applied().revision, rev + 1);
         s.apply("", set(r.registered_revision, Health::Passing));
         assert_eq!(s.applied().revision, rev + 1, "an unchanged status writes nothing");
+        // A first result that leaves it critical says why, once.
+        register(&mut s, "2", "", http());
+        let r2 = row(&s, "2").expect("there");
+        let fail = |reg: i64| {
+            Body::SetHealth(SetHealth {
+                service: "web".into(),
+                id: "2".into(),
+                registered_revision: reg,
+                health: Health::Critical as i32,
+                output: "connection refused".into(),
+            })
+        };
+        s.apply("", fail(r2.registered_revision));
+        let after = row(&s, "2").expect("there");
+        assert_eq!(after.output, "connection refused", "the first result's output is kept");
+        assert_eq!(after.critical_since, r2.critical_since, "still critical since its registration");
+        let rev2 = s.applied().revision;
+        s.apply("", fail(r2.registered_revision));
+        assert_eq!(s.applied().revision, rev2, "a second unchanged result writes nothing");
         // Registered again with the same check: what the probes found stands.
         register(&mut s, "1", "", http());
         assert!(is_passing(&row(&s, "1").expect("there")));
