@@ -19,9 +19,10 @@
 # without and with EDNS (the TC bit and the records that fit), over TCP (all of them), and as a
 # resolver asks (UDP, then TCP on TC); and `latch bench dns` of it over UDP.
 #
-# Latch is measured twice: as it ships (`latch server` logs at info, and hickory-server logs two
-# lines per query at info) and with RUST_LOG=info,hickory_server=warn (`latch-quiet`, a second
-# member on ports of its own), to show what that log costs.
+# Latch runs as it ships: `latch server`'s default log filter
+# (info,hickory_server=warn,hickory_proto=warn,hickory_net=warn, src/cli/mod.rs) writes no line
+# per query. (An earlier version of this script also ran a member with hickory-server's per-query
+# log turned off, when the default still wrote two lines per query; that is now the default.)
 #
 # Prints a markdown section "## DNS (issue 11)": medians over the rounds of queries/s (and
 # their spread), latency p50/p99/p999, lost queries (summed; must be 0), the answers by code and
@@ -36,8 +37,8 @@
 #   ROUNDS=1 DURATION=5s CLIENTS=16 OUT=- bench/dns.sh
 #
 # Environment: ROUNDS (3), DURATION per run (15s), WARMUP per server and round, untimed (3s),
-# CLIENTS ("16 64"), SERVERS ("latch latch-quiet nsd"; latch is always started: NSD serves the
-# records it answers), INSTANCES (10000), BIG (1000), NSD_SERVERS (NSD's server-count, 1: its
+# CLIENTS ("16 64"), SERVERS ("latch nsd"; latch is always started: NSD serves the records it
+# answers), INSTANCES (10000), BIG (1000), NSD_SERVERS (NSD's server-count, 1: its
 # default), OUT (docs/benchmarks.md), KEEP_WORK=1 to keep the servers' data and logs. Needs
 # cargo and python3; nsd and dig (dnsutils) are installed with apt-get if missing. Stops every
 # process it started, by pid, on any exit. A run that fails, or a server that dies, stops the
@@ -52,18 +53,16 @@ CLIENTS=${CLIENTS:-"16 64"}
 INSTANCES=${INSTANCES:-10000}
 BIG=${BIG:-1000}
 NSD_SERVERS=${NSD_SERVERS:-1}
-SERVERS=${SERVERS:-"latch latch-quiet nsd"}
+SERVERS=${SERVERS:-"latch nsd"}
 OUT=${OUT:-docs/benchmarks.md}
 SECTION="## DNS (issue 11)"
 MARKER="<!-- bench/dns.sh writes the part of this section above this line; what follows is written by hand and kept -->"
 
 # Ports of this script alone (below the ephemeral range), so that it can run beside the other
 # bench scripts' clusters and the tests' members.
-# latch: 19379 (clients), 19380 (peers), 19381 (HTTP), 19600 (DNS); latch-quiet: 29379, 29380,
-# 29381, 29600; NSD: 19653.
+# latch: 19379 (clients), 19380 (peers), 19381 (HTTP), 19600 (DNS); NSD: 19653.
 CLIENT_ADDR=127.0.0.1:19379
 LATCH_DNS=127.0.0.1:19600
-QUIET_DNS=127.0.0.1:29600
 NSD_DNS=127.0.0.1:19653
 
 need_apt=()
@@ -84,7 +83,6 @@ LATCH=${CARGO_TARGET_DIR:-$ROOT/target}/release/latch
 WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/latch-dns.XXXXXX")
 PIDS=()
 LATCH_PID=
-QUIET_PID=
 NSD_PID=
 stop_servers() {
   local pid
@@ -92,7 +90,6 @@ stop_servers() {
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   PIDS=()
   LATCH_PID=
-  QUIET_PID=
   NSD_PID=
 }
 finish() {
@@ -128,30 +125,20 @@ dig_short() { # addr name [dig flags…]: the sorted answer records' data
 
 SERVER_COMMANDS="$WORK/servers.txt"
 : >"$SERVER_COMMANDS"
-# A fresh single-member Latch cluster: `latch` as it ships (its log at info, so hickory-server's
-# two lines per query are written), or `latch-quiet`, the same on ports of its own with
-# RUST_LOG=info,hickory_server=warn (no line per query). Sets LATCH_PID or QUIET_PID. Its log is
-# a file in $WORK (emptied before each run: at tens of thousands of queries per second the
-# per-query lines would fill the disk).
-start_latch() { # latch|latch-quiet
-  local variant=${1:-latch} base env=()
-  case $variant in
-    latch) base=19 ;;
-    latch-quiet) base=29 env=(RUST_LOG=info,hickory_server=warn) ;;
-  esac
-  rm -rf "$WORK/$variant-data"
-  local cmd=("$LATCH" server --id 1 --data-dir "$WORK/$variant-data" --client-addr "127.0.0.1:${base}379"
-    --peer-addr "127.0.0.1:${base}380" --http-addr "127.0.0.1:${base}381" --dns-addr "127.0.0.1:${base}600"
-    --initial-cluster "1=127.0.0.1:${base}380")
-  echo "${env[*]:+${env[*]} }latch ${cmd[*]:1}" >>"$SERVER_COMMANDS"
-  env "${env[@]}" "${cmd[@]}" >>"$WORK/$variant.log" 2>&1 &
-  PIDS+=($!)
-  case $variant in
-    latch) LATCH_PID=$! ;;
-    latch-quiet) QUIET_PID=$! ;;
-  esac
-  wait_for "$variant to have a leader" sh -c \
-    "'$LATCH' cluster status --endpoints '127.0.0.1:${base}379' --output json | grep -q '\"leader\":[1-9]'"
+# A fresh single-member Latch cluster, as it ships (its default log filter: no line per DNS
+# query; RUST_LOG is cleared so that the caller's does not change that). Sets LATCH_PID. Its log
+# is a file in $WORK (emptied before each run, in case a filter that logs per query is set).
+start_latch() {
+  rm -rf "$WORK/latch-data"
+  local cmd=("$LATCH" server --id 1 --data-dir "$WORK/latch-data" --client-addr "$CLIENT_ADDR"
+    --peer-addr 127.0.0.1:19380 --http-addr 127.0.0.1:19381 --dns-addr "$LATCH_DNS"
+    --initial-cluster 1=127.0.0.1:19380)
+  echo "latch ${cmd[*]:1}" >>"$SERVER_COMMANDS"
+  env -u RUST_LOG "${cmd[@]}" >>"$WORK/latch.log" 2>&1 &
+  LATCH_PID=$!
+  PIDS+=("$LATCH_PID")
+  wait_for "latch to have a leader" sh -c \
+    "'$LATCH' cluster status --endpoints '$CLIENT_ADDR' --output json | grep -q '\"leader\":[1-9]'"
   alive || {
     KEEP_WORK=1
     exit 1
@@ -159,16 +146,15 @@ start_latch() { # latch|latch-quiet
 }
 
 # `web` with 3 instances, answered by the member's DNS port.
-register_web() { # latch|latch-quiet
-  local variant=${1:-latch} base=19 i cmd
-  [ "$variant" = latch-quiet ] && base=29
+register_web() {
+  local i cmd
   for i in 1 2 3; do
-    cmd=(svc register web --id "web-$i" --address "10.0.0.$i" --port 8080 --endpoints "127.0.0.1:${base}379")
+    cmd=(svc register web --id "web-$i" --address "10.0.0.$i" --port 8080 --endpoints "$CLIENT_ADDR")
     echo "latch ${cmd[*]}" >>"$SERVER_COMMANDS"
     "$LATCH" "${cmd[@]}" >&2
   done
-  wait_for "$variant's DNS port to answer web's 3 instances" \
-    sh -c "[ \"\$(dig @127.0.0.1 -p ${base}600 web.service.latch A +short +time=1 +tries=1 | wc -l)\" = 3 ]"
+  wait_for "latch's DNS port to answer web's 3 instances" \
+    sh -c "[ \"\$(dig @${LATCH_DNS%:*} -p ${LATCH_DNS#*:} web.service.latch A +short +time=1 +tries=1 | wc -l)\" = 3 ]"
 }
 
 # A fresh NSD serving web.service.latch. with the records Latch answers; sets NSD_PID.
@@ -325,7 +311,6 @@ run_dns() { # server clients duration [results]
   local server=$1 clients=$2 duration=$3 results=${4:-$RESULTS} addr pid
   case $server in
     latch) addr=$LATCH_DNS pid=$LATCH_PID ;;
-    latch-quiet) addr=$QUIET_DNS pid=$QUIET_PID ;;
     nsd) addr=$NSD_DNS pid=$NSD_PID ;;
   esac
   for log in "$WORK"/latch*.log; do [ -e "$log" ] && : >"$log"; done
@@ -349,12 +334,8 @@ read -r -a CLIENT_COUNTS <<<"$CLIENTS"
 MAX_CLIENTS=$(printf '%s\n' "${CLIENT_COUNTS[@]}" | sort -n | tail -1)
 for ROUND in $(seq 1 "$ROUNDS"); do
   echo "== round $ROUND: fresh servers: ${SERVERS[*]}" >&2
-  start_latch latch
-  register_web latch
-  if [[ " ${SERVERS[*]} " == *" latch-quiet "* ]]; then
-    start_latch latch-quiet
-    register_web latch-quiet
-  fi
+  start_latch
+  register_web
   start_nsd
   for server in "${SERVERS[@]}"; do run_dns "$server" "$MAX_CLIENTS" "$WARMUP" /dev/null; done
   i=0
@@ -371,7 +352,7 @@ done
 # The registry: INSTANCES instances of `reg`, then BIG of `big`, on one fresh member.
 echo "== the registry: $INSTANCES instances, then a service of $BIG" >&2
 ROUND=0
-start_latch latch
+start_latch
 REGISTRY="$WORK/registry.jsonl"
 : >"$REGISTRY"
 registry() { # label flags…: one `latch bench registry` run, its report appended to $REGISTRY
@@ -444,8 +425,8 @@ runs = [json.loads(l) for l in open(results) if l.strip()]
 regs = [json.loads(l) for l in open(registry) if l.strip()]
 bigs = [json.loads(l) for l in open(bigdns) if l.strip()]
 dig_rows = [l.rstrip("\n").split("\t") for l in open(digs) if l.strip()]
-NAMES = {"latch": "Latch", "latch-quiet": "Latch, no per-query log", "nsd": "NSD"}
-ORDER = {"latch": 0, "latch-quiet": 1, "nsd": 2}
+NAMES = {"latch": "Latch", "nsd": "NSD"}
+ORDER = {"latch": 0, "nsd": 1}
 wrap = lambda l: textwrap.fill(l, 100, break_on_hyphens=False, break_long_words=False) if l else l
 
 groups = {}
@@ -482,9 +463,8 @@ for r in runs:
 L = [section, "",
      f"`bench/dns.sh`, {datetime.date.today()}: {rounds} round(s); in each, a fresh single-member Latch "
      "cluster on 127.0.0.1 with the service `web` registered with 3 instances (`latch svc register`) as it "
-     "ships (its log at info, so hickory-server writes two lines per query), the same with "
-     "`RUST_LOG=info,hickory_server=warn` (*no per-query log*), and a "
-     "fresh NSD serving a zone file with the same A records for `web.service.latch.` (read back from Latch "
+     "ships (its default log filter, `info,hickory_server=warn,hickory_proto=warn,hickory_net=warn`: no "
+     "line per query), and a fresh NSD serving a zone file with the same A records for `web.service.latch.` (read back from Latch "
      "with dig; the same TTL; plus the SOA and NS NSD needs), with round-robin and minimal responses as Latch "
      f"answers, its response rate limiting off, server-count {nsd_servers}. After an untimed warm-up of "
      f"{warmup} against each, `latch bench dns` measures both with the same flags, alternating (rotating which "
@@ -510,7 +490,7 @@ for r in rows:
              f"{lo if lo == hi else f'{lo}–{hi}'} | {r['server_us']:.1f} | {r['bench_us']:.1f} | "
              f"{r['server_cores']:.2f} | {r['bench_cores']:.2f} | {r['other']:.2f} | {r['load'][0]:.1f}–{r['load'][1]:.1f} |")
 L += [""]
-for server in ("latch", "latch-quiet"):
+for server in ("latch",):
     shares = []
     for clients in sorted({c for c, _ in qps}):
         if (clients, server) in qps and (clients, "nsd") in qps and qps[(clients, "nsd")] > 0:
@@ -520,7 +500,7 @@ for server in ("latch", "latch-quiet"):
     if shares:
         L += [wrap(f"{NAMES[server]}: queries/s as a share of NSD's (goal: at least 50 % with no lost query): "
                    + "; ".join(shares) + "."), ""]
-for server in ("latch", "latch-quiet", "nsd"):
+for server in ("latch", "nsd"):
     if example.get(server):
         L += [wrap(f"{NAMES[server]}'s answer (the first client's probe, before the clock): "
                    + "; ".join(f"`{e}`" for e in example[server])), ""]
