@@ -1,5 +1,7 @@
 //! `latch dns records`: every record a member's DNS port answers, fetched from that port as a
-//! zone transfer (AXFR over TCP) — so what it prints is what resolvers get, by construction.
+//! zone transfer (AXFR over TCP) — so what it prints is what resolvers get, by construction —
+//! and, on stderr, each static record under `/dns/` whose value does not parse (read through
+//! the KV API: a transfer leaves such names out).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -45,9 +47,13 @@ pub async fn run(command: DnsCommand, client_args: &ClientArgs) -> anyhow::Resul
             let mut name = Name::from_ascii(&domain)
                 .map_err(|e| UsageError(format!("--domain {domain:?} is not a domain name: {e}")))?;
             name.set_fqdn(true);
-            let records = tokio::time::timeout(TIMEOUT, transfer(&dns_addr, name))
+            let records = tokio::time::timeout(TIMEOUT, transfer(&dns_addr, name.clone()))
                 .await
                 .map_err(|_| anyhow!("the zone transfer from {dns_addr} took longer than {TIMEOUT:?}"))??;
+            let problems = static_problems(client_args, &name).await?;
+            for p in &problems {
+                eprintln!("{p}");
+            }
             match client_args.output {
                 Output::Json => {
                     let all: Vec<_> = records
@@ -74,6 +80,28 @@ pub async fn run(command: DnsCommand, client_args: &ClientArgs) -> anyhow::Resul
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The static records under `/dns/` whose values do not parse, each named with why.
+async fn static_problems(client_args: &ClientArgs, domain: &Name) -> anyhow::Result<Vec<String>> {
+    let client = client_args.connect().await?;
+    let mut out = Vec::new();
+    for kv in client.get_prefix(crate::dns::names::STATIC_PREFIX).await? {
+        let relative =
+            String::from_utf8_lossy(&kv.key[crate::dns::names::STATIC_PREFIX.len()..]).into_owned();
+        let name = Name::from_ascii(&relative).and_then(|n| n.append_domain(domain));
+        let why = match name {
+            Err(e) => Some(format!("{relative:?} makes no domain name: {e}")),
+            Ok(name) => crate::dns::records::parse(&name, &kv.value, 1).err(),
+        };
+        if let Some(why) = why {
+            out.push(format!(
+                "static record {}: {why} (its name answers SERVFAIL)",
+                String::from_utf8_lossy(&kv.key)
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// Asks `addr` for the zone `domain` over TCP; the records without the closing SOA.

@@ -4,7 +4,7 @@
 use std::process::Output;
 use std::time::Duration;
 
-use crate::harness::{latch_bin, Cluster};
+use crate::harness::{eventually, latch_bin, Cluster};
 
 /// Runs `latch ARGS --endpoints <member 1>` and returns what it printed and its exit code.
 async fn latch(c: &Cluster, args: &[&str]) -> Output {
@@ -404,4 +404,51 @@ async fn cli_svc_register_that_stays_heartbeats_until_sigterm_or_sigint_then_der
     // --heartbeat: no session, heartbeats only; SIGINT stops it too.
     let alone = svc_register_stays_until(&c, "web-3", &["--heartbeat"], Signal::INT).await;
     assert_eq!(alone.session, "", "no session: {alone:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_dns_records_prints_the_zone_as_the_port_answers_it_and_names_bad_static_records() {
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let args =
+        ["svc", "register", "web", "--id", "web-1", "--address", "10.0.0.1", "--port", "8080", "--tag", "v1"];
+    assert_eq!(latch(&c, &args).await.status.code(), Some(0));
+    let put = latch(&c, &["kv", "put", "/dns/www", r#"{"type":"A","address":"10.7.7.7"}"#]).await;
+    assert_eq!(put.status.code(), Some(0), "stderr: {}", stderr(&put));
+    let bad = latch(&c, &["kv", "put", "/dns/bad", "not json"]).await;
+    assert_eq!(bad.status.code(), Some(0));
+    let dns = c.member(1).dns_addr.clone();
+    let out = eventually("latch dns records lists the zone", Duration::from_secs(15), || {
+        let c = &c;
+        let dns = dns.clone();
+        async move {
+            let out = latch(c, &["dns", "records", "--dns-addr", &dns]).await;
+            if out.status.code() == Some(0) {
+                Ok(out)
+            } else {
+                Err(stderr(&out))
+            }
+        }
+    })
+    .await;
+    let text = stdout(&out);
+    for line in [
+        "web.service.latch. 5 IN A 10.0.0.1",
+        "_web._tcp.service.latch. 5 IN SRV 1 1 8080 web-1.web.instance.latch.",
+        "v1.web.service.latch. 5 IN A 10.0.0.1",
+        "web-1.web.instance.latch. 5 IN A 10.0.0.1",
+        "1.node.latch. 5 IN A 127.0.0.1",
+        "www.latch. 5 IN A 10.7.7.7",
+    ] {
+        assert!(text.lines().any(|l| l == line), "the zone has {line:?}: {text}");
+    }
+    assert!(text.starts_with("latch. 5 IN SOA "), "the SOA first: {text}");
+    assert!(!text.contains("bad.latch."), "a static record that does not parse is left out: {text}");
+    assert!(stderr(&out).contains("/dns/bad"), "and named on stderr: {}", stderr(&out));
+    let json = latch(&c, &["dns", "records", "--dns-addr", &dns, "--output", "json"]).await;
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&json)).expect("one JSON document");
+    assert!(doc["records"].as_array().is_some_and(|r| r.len() == text.lines().count()), "{doc}");
+    let wrong = latch(&c, &["dns", "records", "--dns-addr", &dns, "--domain", "other."]).await;
+    assert_eq!(wrong.status.code(), Some(1), "another domain is refused");
+    assert!(stderr(&wrong).contains("Refused"), "{}", stderr(&wrong));
 }
