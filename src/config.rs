@@ -108,6 +108,11 @@ pub struct ServerArgs {
     /// be read); past it requests are refused as overloaded [default: 67108864].
     #[arg(long)]
     pub max_pending_bytes: Option<usize>,
+    /// Most reads at a past revision (`RangeRequest.revision`) this member serves at once, each
+    /// off the async runtime; one that finds none free for a second is refused
+    /// RESOURCE_EXHAUSTED [default: 4].
+    #[arg(long)]
+    pub max_past_reads: Option<usize>,
     /// Shortest session TTL a client may ask for (humantime) [default: 1s].
     #[arg(long, value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
@@ -210,6 +215,8 @@ pub struct Limits {
     pub max_txn_ops: usize,
     pub max_response_bytes: usize,
     pub max_pending_bytes: usize,
+    /// Reads at a past revision served at once (`--max-past-reads`).
+    pub max_past_reads: usize,
     /// Bounds of a session's TTL.
     pub session_ttl_min: Duration,
     pub session_ttl_max: Duration,
@@ -224,6 +231,7 @@ impl Default for Limits {
             max_txn_ops: 128,
             max_response_bytes: 4 * 1024 * 1024,
             max_pending_bytes: 64 * 1024 * 1024,
+            max_past_reads: 4,
             session_ttl_min: Duration::from_secs(1),
             session_ttl_max: Duration::from_secs(3600),
         }
@@ -393,6 +401,7 @@ impl Config {
                 .max_pending_bytes
                 .or(file.max_pending_bytes)
                 .unwrap_or(defaults.max_pending_bytes),
+            max_past_reads: flags.max_past_reads.or(file.max_past_reads).unwrap_or(defaults.max_past_reads),
             session_ttl_min: flags
                 .session_ttl_min
                 .or(file.session_ttl_min)
@@ -410,6 +419,15 @@ impl Config {
                     humantime::format_duration(limits.session_ttl_max)
                 ),
             });
+        }
+        for (flag, n) in [("max-past-reads", limits.max_past_reads)] {
+            // A semaphore holds at most usize::MAX >> 3 permits; a u32 is plenty for any of these.
+            if n == 0 || n > u32::MAX as usize {
+                return Err(ConfigError::Invalid {
+                    flag,
+                    problem: format!("{n} is outside 1 … {}", u32::MAX),
+                });
+            }
         }
         let peer_defaults = PeerLimits::default();
         let peer_limits = PeerLimits {
@@ -664,7 +682,7 @@ mod tests {
 
     #[test]
     fn bounds_that_could_not_hold_one_request_are_refused_naming_the_flag() {
-        let cases: [(ServerArgs, &str); 3] = [
+        let cases: [(ServerArgs, &str); 4] = [
             (
                 ServerArgs { max_peer_message_bytes: Some(1000), ..Default::default() },
                 "--max-peer-message-bytes",
@@ -674,6 +692,7 @@ mod tests {
                 "--max-uncommitted-bytes",
             ),
             (ServerArgs { max_pending_bytes: Some(1000), ..Default::default() }, "--max-pending-bytes"),
+            (ServerArgs { max_past_reads: Some(0), ..Default::default() }, "--max-past-reads"),
         ];
         for (flags, flag) in cases {
             let e = Config::from_args(ServerArgs { dev: true, ..flags }).expect_err(flag);
@@ -682,6 +701,7 @@ mod tests {
         let ok =
             Config::from_args(ServerArgs { dev: true, ..Default::default() }).expect("the defaults hold");
         assert_eq!(ok.limits.max_response_bytes, 4 * 1024 * 1024);
+        assert_eq!(ok.limits.max_past_reads, 4);
         assert_eq!(ok.peer_limits, PeerLimits::default());
     }
 }

@@ -3,8 +3,11 @@
 //! Writes are proposed as a `Command` and answered with the outcome the fsm produced (the same
 //! one on a retry of the request id). Reads are linearizable through ReadIndex unless the
 //! request asks for `serializable`; either way they are served from this member's applied state.
+//! A read at a past revision scans the history after it: it runs off the async runtime, a few at
+//! a time (`past`).
 
 pub(super) mod convert;
+mod past;
 
 use latch_proto::internal::{command::Body, outcome};
 use latch_proto::v1::kv_server::{Kv, KvServer};
@@ -18,12 +21,17 @@ use crate::fsm::history::RevisionError;
 
 pub struct KvService {
     ctx: Context,
+    /// The member's slots for reads at a past revision (one service per member).
+    past: past::PastReads,
 }
 
 impl KvService {
     pub fn server(ctx: Context) -> KvServer<KvService> {
         let max = ctx.limits.max_request_bytes * 2 + 64 * 1024;
-        KvServer::new(KvService { ctx }).max_decoding_message_size(max).max_encoding_message_size(usize::MAX)
+        let past = past::PastReads::new(ctx.limits.max_past_reads);
+        KvServer::new(KvService { ctx, past })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(usize::MAX)
     }
 }
 
@@ -55,9 +63,13 @@ impl Kv for KvService {
             } else {
                 self.ctx.node.read_index().await?;
             }
-            let txn = self.ctx.node.db().begin_read()?;
-            let (revision, result) =
-                crate::fsm::range(&txn, &convert::range(&req), self.ctx.limits.max_response_bytes)?;
+            let max = self.ctx.limits.max_response_bytes;
+            let (revision, result) = if req.revision == 0 {
+                let txn = self.ctx.node.db().begin_read()?;
+                crate::fsm::range(&txn, &convert::range(&req), max)?
+            } else {
+                self.past.range(self.ctx.node.db().clone(), convert::range(&req), max).await?
+            };
             Ok(convert::range_response(result, self.ctx.header(revision)))
         };
         run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))

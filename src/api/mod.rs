@@ -205,6 +205,7 @@ impl From<FsmError> for ApiError {
     fn from(e: FsmError) -> Self {
         match e {
             FsmError::Revision(e) => ApiError::Revision(e),
+            FsmError::OverLimit(why) => ApiError::OverLimit(why),
             e => ApiError::Internal(e.to_string()),
         }
     }

@@ -216,43 +216,149 @@ pub fn changes(
     Ok((out, to))
 }
 
+/// Most bytes of keys one read at a past revision holds (the keys changed since it, see
+/// [`changed_since`]); a read that would hold more is refused ([`FsmError::OverLimit`]).
+pub const PAST_READ_KEY_BYTES: usize = 64 * 1024 * 1024;
+/// What [`changed_since`] counts for each key it holds besides the key's bytes: the row key
+/// and the map's own overhead, about.
+const KEY_OVERHEAD_BYTES: usize = 48;
+
 /// The keys `select` accepts that changed after `revision` (checked by the caller), each with
 /// where its first later change is: that change's `prev_kv` ([`held_before`]) is what the key
 /// held at `revision`. Keys not in the map hold at `revision` what they hold now. Only keys are
-/// kept in memory.
+/// decoded and kept in memory, at most `max_bytes` of them (else [`FsmError::OverLimit`]).
 pub(crate) fn changed_since<H>(
     history: &H,
     revision: i64,
     select: impl Fn(&[u8]) -> bool,
+    max_bytes: usize,
 ) -> Result<BTreeMap<Vec<u8>, [u8; 12]>, FsmError>
 where
     H: ReadableTable<&'static [u8], &'static [u8]>,
 {
     let mut then: BTreeMap<Vec<u8>, [u8; 12]> = BTreeMap::new();
+    let mut held = 0usize;
     let start = row_key(revision.saturating_add(1), 0);
     for row in history.range::<&[u8]>((Bound::Included(start.as_slice()), Bound::Unbounded))? {
         let (k, v) = row?;
-        let change = decode_event(k.value(), v.value())?;
-        if change.space == Space::Kv && select(&change.kv.key) && !then.contains_key(&change.kv.key) {
-            let at = <[u8; 12]>::try_from(k.value())
-                .map_err(|_| FsmError::Corrupt("table history: a key of another length".into()))?;
-            then.insert(change.kv.key, at);
+        let at = <[u8; 12]>::try_from(k.value())
+            .map_err(|_| FsmError::Corrupt("table history: a key of another length".into()))?;
+        let change = RowKey::decode(v.value()).map_err(|e| undecodable(&at, &e))?;
+        let Some(key) = change.kv.map(|kv| kv.key) else {
+            return Err(FsmError::Corrupt(format!("table history, row {}: no kv", row_name(&at))));
+        };
+        if change.space == Space::Kv as i32 && select(&key) && !then.contains_key(&key) {
+            held += key.len() + KEY_OVERHEAD_BYTES;
+            if held > max_bytes {
+                return Err(FsmError::OverLimit(format!(
+                    "a read at revision {revision} would undo changes to more than {max_bytes} bytes of \
+                     keys changed since: read a later revision or a narrower range"
+                )));
+            }
+            then.insert(key, at);
         }
     }
     Ok(then)
 }
 
-/// What the change at `at` (a row of [`changed_since`]) says its key held before it.
-pub(crate) fn held_before<H>(history: &H, at: &[u8; 12]) -> Result<Option<KeyValue>, FsmError>
+/// How much of a key's previous kv a read at a past revision needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Detail {
+    /// Whether it existed only (counted, not returned): the kv returned is empty.
+    Exists,
+    /// Everything but the value (`keys_only`).
+    NoValue,
+    Full,
+}
+
+/// What the change at `at` (a row of [`changed_since`]) says its key held before it, decoded
+/// as far as `detail` asks.
+pub(crate) fn held_before<H>(history: &H, at: &[u8; 12], detail: Detail) -> Result<Option<KeyValue>, FsmError>
 where
     H: ReadableTable<&'static [u8], &'static [u8]>,
 {
-    match history.get(at.as_slice())? {
-        Some(v) => Ok(decode_event(at, v.value())?.prev_kv),
-        None => {
-            Err(FsmError::Corrupt(format!("table history: row {:?} vanished while read", split_key(at)?)))
+    let Some(v) = history.get(at.as_slice())? else {
+        return Err(FsmError::Corrupt(format!(
+            "table history: row {:?} vanished while read",
+            split_key(at)?
+        )));
+    };
+    let corrupt = |e: prost::DecodeError| undecodable(at, &e);
+    match detail {
+        Detail::Full => Ok(decode_event(at, v.value())?.prev_kv),
+        Detail::Exists => {
+            Ok(Existed::decode(v.value()).map_err(corrupt)?.prev_kv.map(|_| KeyValue::default()))
         }
+        Detail::NoValue => Ok(HeldNoValue::decode(v.value()).map_err(corrupt)?.prev_kv.map(|kv| KeyValue {
+            key: kv.key,
+            value: Vec::new(),
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+            session: kv.session,
+        })),
     }
+}
+
+fn undecodable(at: &[u8; 12], e: &prost::DecodeError) -> FsmError {
+    FsmError::Corrupt(format!("table history, row {}: undecodable HistoryEvent: {e}", row_name(at)))
+}
+
+/// A row key as `(revision, n)`, for error messages.
+fn row_name(at: &[u8; 12]) -> String {
+    match split_key(at) {
+        Ok((revision, n)) => format!("({revision}, {n})"),
+        Err(_) => at.escape_ascii().to_string(),
+    }
+}
+
+// Partial views of a `HistoryEvent` row (same tags as log.proto's): a past read decodes no
+// more of a row than it needs, and never a value it will not return.
+
+/// A row's key and space.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RowKey {
+    #[prost(message, optional, tag = "2")]
+    kv: Option<KeyOnly>,
+    #[prost(int32, tag = "4")]
+    space: i32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct KeyOnly {
+    #[prost(bytes = "vec", tag = "1")]
+    key: Vec<u8>,
+}
+
+/// Whether the row's key existed before it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Existed {
+    #[prost(message, optional, tag = "3")]
+    prev_kv: Option<Nothing>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Nothing {}
+
+/// The previous kv without its value.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HeldNoValue {
+    #[prost(message, optional, tag = "3")]
+    prev_kv: Option<KvNoValue>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct KvNoValue {
+    #[prost(bytes = "vec", tag = "1")]
+    key: Vec<u8>,
+    #[prost(int64, tag = "3")]
+    create_revision: i64,
+    #[prost(int64, tag = "4")]
+    mod_revision: i64,
+    #[prost(int64, tag = "5")]
+    version: i64,
+    #[prost(string, tag = "6")]
+    session: String,
 }
 
 fn row_key(revision: i64, n: u32) -> [u8; 12] {

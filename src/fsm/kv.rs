@@ -261,13 +261,50 @@ pub fn selects(key: &[u8], range_end: &[u8], k: &[u8]) -> bool {
 fn decode_stored(table: &str, key: &[u8], bytes: &[u8]) -> Result<StoredValue, FsmError> {
     let corrupt = |why: String| FsmError::Corrupt(format!("{table}, key {:?}: {why}", show(key)));
     let v = StoredValue::decode(bytes).map_err(|e| corrupt(format!("undecodable StoredValue: {e}")))?;
+    check_stored(&v).map_err(corrupt)?;
+    Ok(v)
+}
+
+/// What every stored row satisfies.
+fn check_stored(v: &StoredValue) -> Result<(), String> {
     if v.create_revision < 1 || v.mod_revision < v.create_revision || v.version < 1 {
-        return Err(corrupt(format!(
+        return Err(format!(
             "impossible row: create_revision {}, mod_revision {}, version {}",
             v.create_revision, v.mod_revision, v.version
-        )));
+        ));
     }
-    Ok(v)
+    Ok(())
+}
+
+/// A `kv` row as a range returns it: with `keys_only`, its value is not even decoded.
+fn row_kv(key: &[u8], bytes: &[u8], keys_only: bool) -> Result<KeyValue, FsmError> {
+    if !keys_only {
+        return Ok(key_value(key, decode_stored("table kv", key, bytes)?));
+    }
+    let corrupt = |why: String| FsmError::Corrupt(format!("table kv, key {:?}: {why}", show(key)));
+    let v = StoredNoValue::decode(bytes).map_err(|e| corrupt(format!("undecodable StoredValue: {e}")))?;
+    let stored = StoredValue {
+        value: Vec::new(),
+        create_revision: v.create_revision,
+        mod_revision: v.mod_revision,
+        version: v.version,
+        session: v.session,
+    };
+    check_stored(&stored).map_err(corrupt)?;
+    Ok(key_value(key, stored))
+}
+
+/// A `StoredValue` without its value (same tags as log.proto's).
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredNoValue {
+    #[prost(int64, tag = "2")]
+    create_revision: i64,
+    #[prost(int64, tag = "3")]
+    mod_revision: i64,
+    #[prost(int64, tag = "4")]
+    version: i64,
+    #[prost(string, tag = "5")]
+    session: String,
 }
 
 fn key_value(key: &[u8], v: StoredValue) -> KeyValue {
@@ -302,7 +339,7 @@ where
     for row in table.range::<&[u8]>(selected)? {
         let (k, v) = row?;
         if out.wants_next() {
-            out.push(key_value(k.value(), decode_stored("table kv", k.value(), v.value())?));
+            out.push(row_kv(k.value(), v.value(), req.keys_only)?);
         }
     }
     Ok(out.result)
@@ -317,11 +354,21 @@ where
 {
     let mut out = Collector::new(req, budget);
     let Some(selected) = selection(&req.key, &req.range_end) else { return Ok(out.result) };
-    let then =
-        history::changed_since(history, req.revision, |k| RangeBounds::<[u8]>::contains(&selected, k))?;
-    // What a changed key held then, if it existed: counted, and read only when wanted.
+    let then = history::changed_since(
+        history,
+        req.revision,
+        |k| RangeBounds::<[u8]>::contains(&selected, k),
+        history::PAST_READ_KEY_BYTES,
+    )?;
+    // What a changed key held then, if it existed: counted, and decoded only as far as wanted
+    // (whether it existed, for a key past the limit or a count; no value, for keys_only).
     let take_past = |out: &mut Collector, at: &[u8; 12]| -> Result<(), FsmError> {
-        if let Some(kv) = history::held_before(history, at)? {
+        let detail = match (out.would_take_next(), req.keys_only) {
+            (false, _) => history::Detail::Exists,
+            (true, true) => history::Detail::NoValue,
+            (true, false) => history::Detail::Full,
+        };
+        if let Some(kv) = history::held_before(history, at, detail)? {
             if out.wants_next() {
                 out.push(kv);
             }
@@ -339,7 +386,7 @@ where
             continue;
         }
         if out.wants_next() {
-            out.push(key_value(k.value(), decode_stored("table kv", k.value(), v.value())?));
+            out.push(row_kv(k.value(), v.value(), req.keys_only)?);
         }
     }
     for (_, at) in past {
@@ -367,6 +414,11 @@ impl<'b> Collector<'b> {
             keys_only: req.keys_only,
             budget,
         }
+    }
+
+    /// Whether [`Collector::wants_next`] would want the next key's kv, counting nothing.
+    fn would_take_next(&self) -> bool {
+        !self.count_only && !self.result.more && self.result.kvs.len() < self.limit
     }
 
     /// Counts the next key; whether its kv is wanted (else it need not be decoded).
@@ -596,6 +648,7 @@ fn holds<T: ReadableTable<&'static [u8], &'static [u8]>>(table: &T, c: &Compare)
 mod tests {
     use super::super::testing::*;
     use super::super::{Applied, EventKind};
+    use super::{history, FsmError, KeyValue, HISTORY};
     use compare::{Result as R, Target as T};
     use latch_proto::internal::command::Body;
     use latch_proto::internal::{compare, Compare, DeleteRange, Op, Put, Range, RangeResult};
@@ -1043,6 +1096,69 @@ mod tests {
             sizes,
             vec![(4, true), (1, true), (1, true)],
             "the first range takes the budget; the rest one kv each"
+        );
+    }
+
+    /// A read at a past revision decodes only what it returns; what it returns for keys_only,
+    /// count_only or a limit is the full read's, projected.
+    #[test]
+    fn past_reads_for_keys_counts_and_pages_answer_as_the_full_read_does() {
+        let mut s = Store::new();
+        for step in 0..120 {
+            let key = format!("k{}", step % 9);
+            let body = match step % 5 {
+                3 => del(&key, b""),
+                4 => del("k2", b"k4"),
+                _ => put(&key, &format!("v{step}")),
+            };
+            s.apply("", body);
+        }
+        let head = s.applied().revision;
+        for revision in 1..=head {
+            let at = |f: fn(&mut Range)| {
+                let mut r = Range { revision, ..range_req(b"k", b"l") };
+                f(&mut r);
+                s.range(r)
+            };
+            let full = at(|_| {});
+            let keys_only = at(|r| r.keys_only = true);
+            let stripped: Vec<_> =
+                full.kvs.iter().map(|kv| KeyValue { value: Vec::new(), ..kv.clone() }).collect();
+            assert_eq!(keys_only.kvs, stripped, "keys_only at revision {revision}: the kvs without values");
+            assert_eq!(keys_only.count, full.count);
+            let counted = at(|r| r.count_only = true);
+            assert_eq!(
+                (counted.count, counted.kvs.len()),
+                (full.count, 0),
+                "count_only at revision {revision}"
+            );
+            let page = at(|r| r.limit = 2);
+            assert_eq!(
+                page.kvs,
+                full.kvs.iter().take(2).cloned().collect::<Vec<_>>(),
+                "limit 2 at {revision}"
+            );
+            assert_eq!((page.count, page.more), (full.count, full.count > 2), "limit 2 at {revision}");
+        }
+    }
+
+    #[test]
+    fn a_past_read_that_would_hold_too_many_changed_keys_is_refused_as_over_a_limit() {
+        let mut s = Store::new();
+        for i in 0..100 {
+            s.apply("", put(&format!("key-{i:03}"), "v"));
+        }
+        let changed = |max_bytes: usize| {
+            s.read(|t| {
+                let history = super::super::open_read(t, HISTORY)?.expect("the history table exists");
+                history::changed_since(&history, 1, |_| true, max_bytes).map(|m| m.len())
+            })
+        };
+        assert_eq!(changed(usize::MAX).expect("no bound"), 99, "keys changed after revision 1");
+        let err = changed(1000).expect_err("99 keys hold more than 1000 bytes");
+        assert!(
+            matches!(&err, FsmError::OverLimit(m) if m.contains("more than 1000 bytes")),
+            "expected OverLimit naming the bound, got {err}"
         );
     }
 }

@@ -114,6 +114,9 @@ pub enum FsmError {
     /// member's.
     #[error(transparent)]
     Revision(#[from] history::RevisionError),
+    /// A read that would hold more than a bound allows: the reader's error, not the member's.
+    #[error("{0}")]
+    OverLimit(String),
 }
 
 /// What applying one command produced.
