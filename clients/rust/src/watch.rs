@@ -141,7 +141,8 @@ enum Reopen {
 
 impl Client {
     /// Watches what `options` selects. The stream ends with an error only when the watch cannot
-    /// go on: a refused request (INVALID_ARGUMENT), or a compacted revision without
+    /// go on: a refused request (INVALID_ARGUMENT), a member's limit (RESOURCE_EXHAUSTED: its
+    /// watch streams or snapshots at once), or a compacted revision without
     /// [`WatchOptions::snapshot_on_compacted`] (OUT_OF_RANGE; see [`Error::compact_revision`]).
     /// Dropping the stream ends the watch.
     pub fn watch(
@@ -243,6 +244,11 @@ async fn follow(
                         MetadataValue::from(r.compact_revision),
                     );
                     Err(Some(Error::from(status)))
+                }
+                // The member could not confirm "now" with a leader: another member may.
+                Ok(CancelReason::Unavailable) => Ok(Reopen::Elsewhere),
+                Ok(CancelReason::ResourceExhausted) => {
+                    Err(Some(Error::from(Status::resource_exhausted(r.cancel_message))))
                 }
                 _ => Err(Some(Error::from(Status::invalid_argument(r.cancel_message)))),
             };
