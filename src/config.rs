@@ -113,6 +113,20 @@ pub struct ServerArgs {
     /// RESOURCE_EXHAUSTED [default: 4].
     #[arg(long)]
     pub max_past_reads: Option<usize>,
+    /// Most Watch streams this member serves at once; past it a new stream is refused
+    /// RESOURCE_EXHAUSTED [default: 20000].
+    #[arg(long)]
+    pub max_watch_streams: Option<usize>,
+    /// Most snapshots (watches with `on_compacted = SNAPSHOT` whose start was compacted) this
+    /// member sends at once, each holding a read transaction; past it the watch is refused
+    /// [default: 8].
+    #[arg(long)]
+    pub max_watch_snapshots: Option<usize>,
+    /// How long a client may take to read a whole snapshot; one not read by then is canceled
+    /// (the watch resumes with a new one) (humantime) [default: 60s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub watch_snapshot_deadline: Option<Duration>,
     /// Shortest session TTL a client may ask for (humantime) [default: 1s].
     #[arg(long, value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
@@ -217,6 +231,12 @@ pub struct Limits {
     pub max_pending_bytes: usize,
     /// Reads at a past revision served at once (`--max-past-reads`).
     pub max_past_reads: usize,
+    /// Watch streams served at once (`--max-watch-streams`).
+    pub max_watch_streams: usize,
+    /// Snapshots of watches sent at once (`--max-watch-snapshots`), and the time a client has
+    /// to read one (`--watch-snapshot-deadline`).
+    pub max_watch_snapshots: usize,
+    pub watch_snapshot_deadline: Duration,
     /// Bounds of a session's TTL.
     pub session_ttl_min: Duration,
     pub session_ttl_max: Duration,
@@ -232,6 +252,9 @@ impl Default for Limits {
             max_response_bytes: 4 * 1024 * 1024,
             max_pending_bytes: 64 * 1024 * 1024,
             max_past_reads: 4,
+            max_watch_streams: 20_000,
+            max_watch_snapshots: 8,
+            watch_snapshot_deadline: Duration::from_secs(60),
             session_ttl_min: Duration::from_secs(1),
             session_ttl_max: Duration::from_secs(3600),
         }
@@ -402,6 +425,18 @@ impl Config {
                 .or(file.max_pending_bytes)
                 .unwrap_or(defaults.max_pending_bytes),
             max_past_reads: flags.max_past_reads.or(file.max_past_reads).unwrap_or(defaults.max_past_reads),
+            max_watch_streams: flags
+                .max_watch_streams
+                .or(file.max_watch_streams)
+                .unwrap_or(defaults.max_watch_streams),
+            max_watch_snapshots: flags
+                .max_watch_snapshots
+                .or(file.max_watch_snapshots)
+                .unwrap_or(defaults.max_watch_snapshots),
+            watch_snapshot_deadline: flags
+                .watch_snapshot_deadline
+                .or(file.watch_snapshot_deadline)
+                .unwrap_or(defaults.watch_snapshot_deadline),
             session_ttl_min: flags
                 .session_ttl_min
                 .or(file.session_ttl_min)
@@ -420,7 +455,11 @@ impl Config {
                 ),
             });
         }
-        for (flag, n) in [("max-past-reads", limits.max_past_reads)] {
+        for (flag, n) in [
+            ("max-past-reads", limits.max_past_reads),
+            ("max-watch-streams", limits.max_watch_streams),
+            ("max-watch-snapshots", limits.max_watch_snapshots),
+        ] {
             // A semaphore holds at most usize::MAX >> 3 permits; a u32 is plenty for any of these.
             if n == 0 || n > u32::MAX as usize {
                 return Err(ConfigError::Invalid {
@@ -428,6 +467,12 @@ impl Config {
                     problem: format!("{n} is outside 1 … {}", u32::MAX),
                 });
             }
+        }
+        if limits.watch_snapshot_deadline.is_zero() {
+            return Err(ConfigError::Invalid {
+                flag: "watch-snapshot-deadline",
+                problem: "must be positive".into(),
+            });
         }
         let peer_defaults = PeerLimits::default();
         let peer_limits = PeerLimits {
@@ -682,7 +727,7 @@ mod tests {
 
     #[test]
     fn bounds_that_could_not_hold_one_request_are_refused_naming_the_flag() {
-        let cases: [(ServerArgs, &str); 4] = [
+        let cases: [(ServerArgs, &str); 7] = [
             (
                 ServerArgs { max_peer_message_bytes: Some(1000), ..Default::default() },
                 "--max-peer-message-bytes",
@@ -693,6 +738,12 @@ mod tests {
             ),
             (ServerArgs { max_pending_bytes: Some(1000), ..Default::default() }, "--max-pending-bytes"),
             (ServerArgs { max_past_reads: Some(0), ..Default::default() }, "--max-past-reads"),
+            (ServerArgs { max_watch_streams: Some(0), ..Default::default() }, "--max-watch-streams"),
+            (ServerArgs { max_watch_snapshots: Some(0), ..Default::default() }, "--max-watch-snapshots"),
+            (
+                ServerArgs { watch_snapshot_deadline: Some(Duration::ZERO), ..Default::default() },
+                "--watch-snapshot-deadline",
+            ),
         ];
         for (flags, flag) in cases {
             let e = Config::from_args(ServerArgs { dev: true, ..flags }).expect_err(flag);
@@ -701,7 +752,10 @@ mod tests {
         let ok =
             Config::from_args(ServerArgs { dev: true, ..Default::default() }).expect("the defaults hold");
         assert_eq!(ok.limits.max_response_bytes, 4 * 1024 * 1024);
-        assert_eq!(ok.limits.max_past_reads, 4);
+        assert_eq!(
+            (ok.limits.max_past_reads, ok.limits.max_watch_streams, ok.limits.max_watch_snapshots),
+            (4, 20_000, 8)
+        );
         assert_eq!(ok.peer_limits, PeerLimits::default());
     }
 }

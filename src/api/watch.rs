@@ -5,8 +5,14 @@
 //! it has not delivered. The task brings every watch up to the member's newest revision: from
 //! the shared window of recent revisions (`recent`, read and encoded once for every stream)
 //! when `next` is in it, else from the history in the state (a watch that starts in the past,
-//! catching up in bounded steps). Responses go out through a bounded channel; when the client
-//! does not read, the task waits there, and nothing else does.
+//! catching up in bounded steps). Responses go out through a queue bounded in count and bytes
+//! (`outbox`); when the client does not read, the task waits there, and nothing else does.
+//!
+//! What a member holds for watches is bounded: streams (`--max-watch-streams`), watches per
+//! stream ([`MAX_WATCHES_PER_STREAM`]), each stream's queue ([`outbox::OUTBOX_BYTES`]), and
+//! snapshots in progress, each holding a read transaction (`--max-watch-snapshots`, each for at
+//! most `--watch-snapshot-deadline`). A create over a limit is refused alone (`created` and
+//! `canceled`, RESOURCE_EXHAUSTED), a stream over the limit RESOURCE_EXHAUSTED.
 //!
 //! Invariants (the guarantees of proto/latch/v1/watch.proto):
 //! - A watch's `next` only grows, and only past revisions whose events it sent (or that had
@@ -14,16 +20,21 @@
 //! - The events one watch selects of one revision go out in one response, or in consecutive
 //!   fragments of it marked `fragment` but the last.
 //! - A progress response says `next − 1` (of the watch, or the least of the stream's): never
-//!   ahead of what was delivered.
+//!   ahead of what was delivered; and like a `created` response's, never ahead of the member's
+//!   applied revision (a watch that starts in the future).
 //! - A stream with watches confirms every `lock::FRESHNESS` that its member is in touch with a
 //!   leader (a ReadIndex, beside the stream); after two failures in a row (a member cut off: it
-//!   would stream nothing new, silently) it ends UNAVAILABLE, so clients resume elsewhere.
+//!   would stream nothing new, silently) it ends UNAVAILABLE, so clients resume elsewhere. A
+//!   watch from now waits at most `lock::FRESHNESS` for its own ReadIndex; failing, that create
+//!   alone is refused (UNAVAILABLE), the stream and its other watches go on.
 //! - A watch served from the window that fell below it (its client read too slowly while the
 //!   window moved on) is canceled SLOW at `next − 1`; one whose `next` was compacted is
 //!   canceled COMPACTED, or with `on_compacted = SNAPSHOT` gets the range's state at the
 //!   member's revision R and goes on from R + 1.
 
+mod outbox;
 mod recent;
+mod snapshot;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,12 +46,13 @@ use latch_proto::v1::{watch_create_request, ResponseHeader, WatchCreateRequest, 
 use latch_proto::wire;
 use latch_proto::wire::watch_server::{Watch as WatchApi, WatchServer};
 use prost::bytes::Bytes;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
+use outbox::{Outbox, Outflow};
 pub use recent::Recent;
 use recent::{Batch, Encoded, READ_STEP_BYTES};
+use snapshot::{snapshot_page, SnapshotSlot};
 
 use super::{ApiError, Context};
 use crate::core::RequestError;
@@ -48,8 +60,6 @@ use crate::fsm;
 use crate::fsm::history::{self, Space};
 use crate::metrics::Metrics;
 
-/// Responses queued for one stream before its task waits for the client.
-const OUTBOX: usize = 64;
 /// Most bytes of events in one response; a revision's events past it are split in fragments.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Most watches on one stream.
@@ -58,10 +68,8 @@ pub const MAX_WATCHES_PER_STREAM: usize = 10_000;
 /// get their turn.
 const BATCHES_PER_TURN: usize = 1024;
 const BYTES_PER_TURN: usize = 1024 * 1024;
-/// Kvs of one snapshot response (on_compacted = SNAPSHOT), and how long the client may take
-/// to accept one.
-const SNAPSHOT_PAGE: usize = 1000;
-const SNAPSHOT_PAGE_WAIT: Duration = Duration::from_secs(30);
+/// How long a create from now waits for a leader to confirm the member's revision.
+const CREATE_FRESHNESS: Duration = super::lock::FRESHNESS;
 
 pub struct WatchService {
     ctx: Context,
@@ -69,6 +77,10 @@ pub struct WatchService {
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
     progress_every: Duration,
+    /// One permit per stream the member may serve (`--max-watch-streams`).
+    streams: Arc<Semaphore>,
+    /// One permit per snapshot the member may send at once (`--max-watch-snapshots`).
+    snapshots: Arc<Semaphore>,
 }
 
 impl WatchService {
@@ -81,7 +93,10 @@ impl WatchService {
         progress_every: Duration,
     ) -> WatchServer<WatchService> {
         let max = ctx.limits.max_request_bytes;
-        WatchServer::new(WatchService { ctx, recent, metrics, stop, progress_every })
+        let permits = |n: usize| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS)));
+        let (streams, snapshots) =
+            (permits(ctx.limits.max_watch_streams), permits(ctx.limits.max_watch_snapshots));
+        WatchServer::new(WatchService { ctx, recent, metrics, stop, progress_every, streams, snapshots })
             .max_decoding_message_size(max)
             .max_encoding_message_size(usize::MAX)
     }
@@ -89,13 +104,20 @@ impl WatchService {
 
 #[tonic::async_trait]
 impl WatchApi for WatchService {
-    type WatchStream = ReceiverStream<Result<wire::WatchResponse, Status>>;
+    type WatchStream = Outflow;
 
     async fn watch(
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let (out, rx) = mpsc::channel(OUTBOX);
+        let Ok(slot) = self.streams.clone().try_acquire_owned() else {
+            return Err(self.ctx.to_status(ApiError::OverLimit(format!(
+                "this member serves {} watch streams, its most (--max-watch-streams): watch through \
+                 another member, or put more watches on one stream",
+                self.ctx.limits.max_watch_streams
+            ))));
+        };
+        let (out, outflow) = Outbox::new(self.metrics.watch.queued_bytes.clone());
         self.metrics.watch.streams.inc();
         let stream = Stream {
             ctx: self.ctx.clone(),
@@ -105,9 +127,11 @@ impl WatchApi for WatchService {
             watches: BTreeMap::new(),
             progress_every: self.progress_every,
             turn_header: ResponseHeader::default(),
+            snapshots: self.snapshots.clone(),
+            _slot: slot,
         };
         tokio::spawn(stream.run(req.into_inner(), self.stop.clone()));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(outflow))
     }
 }
 
@@ -132,6 +156,9 @@ struct Watch {
     compact_at_start: i64,
     /// When it last got a response (for idle progress).
     last_sent: Instant,
+    /// Held from a create whose start was compacted (with `on_compacted = SNAPSHOT`) until its
+    /// snapshot went out: the slot was checked when it was created, not later.
+    snapshot_slot: Option<SnapshotSlot>,
 }
 
 impl Watch {
@@ -156,11 +183,15 @@ struct Stream {
     ctx: Context,
     recent: Arc<Recent>,
     metrics: Arc<Metrics>,
-    out: mpsc::Sender<Result<wire::WatchResponse, Status>>,
+    out: Outbox,
     watches: BTreeMap<i64, Watch>,
     progress_every: Duration,
     /// This turn's response header (its revision set per response).
     turn_header: ResponseHeader,
+    /// The member's snapshot slots.
+    snapshots: Arc<Semaphore>,
+    /// This stream's place under `--max-watch-streams`, given back when the task ends.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Drop for Stream {
@@ -268,6 +299,12 @@ impl Stream {
         self.ctx.header(revision)
     }
 
+    /// The member's applied revision: no header vouches for more (a watch that starts in the
+    /// future says `next − 1` no further than this).
+    fn applied(&self) -> i64 {
+        *self.ctx.node.revisions().borrow()
+    }
+
     /// The header of events at `revision`, from a term read once per turn (not once per
     /// response: a turn may send thousands).
     fn events_header(&self, revision: i64) -> ResponseHeader {
@@ -279,7 +316,7 @@ impl Stream {
             Some(Ask::Create(c)) => self.create(c).await,
             Some(Ask::Cancel(c)) => {
                 let (reason, revision, message) = match self.forget(c.watch_id, CancelReason::Client) {
-                    Some(w) => (CancelReason::Client, w.next - 1, String::new()),
+                    Some(w) => (CancelReason::Client, (w.next - 1).min(self.applied()), String::new()),
                     None => (
                         CancelReason::Invalid,
                         self.recent.span().last,
@@ -289,12 +326,8 @@ impl Stream {
                 self.cancel(c.watch_id, reason, revision, message, 0).await
             }
             Some(Ask::Progress(_)) => {
-                let revision = self
-                    .watches
-                    .values()
-                    .map(|w| w.next - 1)
-                    .min()
-                    .unwrap_or_else(|| self.recent.span().last);
+                let least = self.watches.values().map(|w| w.next - 1).min();
+                let revision = least.map_or_else(|| self.recent.span().last, |r| r.min(self.applied()));
                 self.send(wire::WatchResponse {
                     header: Some(self.header(revision)),
                     watch_id: -1,
@@ -344,34 +377,47 @@ impl Stream {
         } else {
             c.watch_id
         };
-        if let Err(problem) = self.check_create(&c, id) {
-            let revision = self.recent.span().last;
-            return self
-                .send(wire::WatchResponse {
-                    header: Some(self.header(revision)),
-                    watch_id: c.watch_id,
-                    created: true,
-                    canceled: true,
-                    cancel_reason: CancelReason::Invalid as i32,
-                    cancel_message: problem,
-                    ..Default::default()
-                })
-                .await;
+        if let Err((reason, problem)) = self.check_create(&c, id) {
+            return self.refuse(c.watch_id, reason, problem).await;
         }
         if c.start_revision == 0 {
             // "Now" is the cluster's now, not a lagging member's: a watch created on a member
-            // that restarted far behind would otherwise replay old revisions as new.
-            self.ctx.node.read_index().await.map_err(|e| self.fail(e))?;
+            // that restarted far behind would otherwise replay old revisions as new. Waited for
+            // briefly (the stream's other watches wait meanwhile); failing, this create alone
+            // is refused.
+            let confirmed = match tokio::time::timeout(CREATE_FRESHNESS, self.ctx.node.read_index()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no leader confirmed this member's state within {CREATE_FRESHNESS:?}")),
+            };
+            if let Err(why) = confirmed {
+                let problem = format!(
+                    "{why}: a watch from now needs the cluster's current revision; create it again, \
+                     on another member if this one stays cut off"
+                );
+                return self.refuse(c.watch_id, CancelReason::Unavailable, problem).await;
+            }
         }
         let txn = self.ctx.node.db().begin_read().map_err(|e| self.fail(e))?;
-        let next = if c.start_revision == 0 {
-            fsm::applied(&txn).map_err(|e| self.fail(e))?.revision + 1
-        } else {
-            c.start_revision
-        };
+        let current = fsm::applied(&txn).map_err(|e| self.fail(e))?.revision;
+        let next = if c.start_revision == 0 { current + 1 } else { c.start_revision };
         let compact_at_start = history::compact_revision_read(&txn).map_err(|e| self.fail(e))?;
         drop(txn);
         let snapshot_on_compacted = c.on_compacted == watch_create_request::OnCompacted::Snapshot as i32;
+        // A snapshot needed from the start is checked against the member's limit now, so that
+        // the create, not the watch later, is refused.
+        let snapshot_slot = if snapshot_on_compacted && next <= compact_at_start {
+            match SnapshotSlot::take(&self.snapshots, &self.metrics.watch.snapshots) {
+                Some(slot) => Some(slot),
+                None => {
+                    return self
+                        .refuse(c.watch_id, CancelReason::ResourceExhausted, self.no_snapshot_slot())
+                        .await
+                }
+            }
+        } else {
+            None
+        };
         let space = match watch_create_request::Target::try_from(c.target) {
             Ok(watch_create_request::Target::Keys) | Err(_) => Space::Kv,
             Ok(watch_create_request::Target::Sessions) => Space::Sessions,
@@ -396,10 +442,12 @@ impl Stream {
                 live: false,
                 compact_at_start,
                 last_sent: Instant::now(),
+                snapshot_slot,
             },
         );
+        // A start in the future is not vouched for beyond the member's revision.
         self.send(wire::WatchResponse {
-            header: Some(self.header(next - 1)),
+            header: Some(self.header((next - 1).min(current))),
             watch_id: id,
             created: true,
             ..Default::default()
@@ -407,50 +455,80 @@ impl Stream {
         .await
     }
 
-    fn check_create(&self, c: &WatchCreateRequest, id: i64) -> Result<(), String> {
+    /// Refuses a create (`watch_id` as asked) for `reason`: a `created` response that is
+    /// `canceled` too. The stream and its other watches go on.
+    async fn refuse(&self, watch_id: i64, reason: CancelReason, problem: String) -> Result<(), End> {
+        self.metrics.watch.canceled(reason.as_str_name());
+        let revision = self.recent.span().last;
+        self.send(wire::WatchResponse {
+            header: Some(self.header(revision)),
+            watch_id,
+            created: true,
+            canceled: true,
+            cancel_reason: reason as i32,
+            cancel_message: problem,
+            ..Default::default()
+        })
+        .await
+    }
+
+    fn no_snapshot_slot(&self) -> String {
+        format!(
+            "this member sends {} snapshots at once, its most (--max-watch-snapshots): create the \
+             watch again later, or on another member",
+            self.ctx.limits.max_watch_snapshots
+        )
+    }
+
+    /// Whether a create may be served; else why it is refused.
+    fn check_create(&self, c: &WatchCreateRequest, id: i64) -> Result<(), (CancelReason, String)> {
+        let invalid = |problem: String| (CancelReason::Invalid, problem);
         let limits = &self.ctx.limits;
         if c.key.is_empty() {
-            return Err(
-                "key: must not be empty (watch every key with key \"\\0\" and range_end \"\\0\")".into()
-            );
+            return Err(invalid(
+                "key: must not be empty (watch every key with key \"\\0\" and range_end \"\\0\")".into(),
+            ));
         }
         for (field, bytes) in [("key", &c.key), ("range_end", &c.range_end)] {
             if bytes.len() > limits.max_key_bytes {
-                return Err(format!(
+                return Err(invalid(format!(
                     "{field}: is {} bytes, over the limit of {} (--max-key-bytes)",
                     bytes.len(),
                     limits.max_key_bytes
-                ));
+                )));
             }
         }
         if c.start_revision < 0 {
-            return Err(format!("start_revision: {} is negative (0 = from now)", c.start_revision));
+            return Err(invalid(format!("start_revision: {} is negative (0 = from now)", c.start_revision)));
         }
         if c.watch_id < 0 {
-            return Err(format!("watch_id: {} is negative (0 = the member picks one)", c.watch_id));
+            return Err(invalid(format!("watch_id: {} is negative (0 = the member picks one)", c.watch_id)));
         }
         if watch_create_request::OnCompacted::try_from(c.on_compacted).is_err() {
-            return Err(format!("on_compacted: {} is neither ERROR nor SNAPSHOT", c.on_compacted));
+            return Err(invalid(format!("on_compacted: {} is neither ERROR nor SNAPSHOT", c.on_compacted)));
         }
         if watch_create_request::Target::try_from(c.target).is_err() {
-            return Err(format!(
+            return Err(invalid(format!(
                 "target: {} is none of KEYS, SESSIONS, LOCKS, ELECTIONS, REGISTRY",
                 c.target
-            ));
+            )));
         }
         let snapshots =
             [watch_create_request::Target::Keys as i32, watch_create_request::Target::Registry as i32];
         if !snapshots.contains(&c.target)
             && c.on_compacted == watch_create_request::OnCompacted::Snapshot as i32
         {
-            return Err("on_compacted: SNAPSHOT is served for keys and the registry only (read sessions, locks and elections through their services)".into());
+            return Err(invalid("on_compacted: SNAPSHOT is served for keys and the registry only (read sessions, locks and elections through their services)".into()));
         }
         if self.watches.contains_key(&id) {
-            return Err(format!("watch_id: {id} is in use on this stream"));
+            return Err(invalid(format!("watch_id: {id} is in use on this stream")));
         }
         if self.watches.len() >= MAX_WATCHES_PER_STREAM {
-            return Err(format!(
-                "this stream has {MAX_WATCHES_PER_STREAM} watches, the most one stream carries: open another stream"
+            return Err((
+                CancelReason::ResourceExhausted,
+                format!(
+                    "this stream has {MAX_WATCHES_PER_STREAM} watches, the most one stream carries: open another stream"
+                ),
             ));
         }
         Ok(())
@@ -507,7 +585,31 @@ impl Stream {
         let compact = history::compact_revision_read(&txn).map_err(|e| self.fail(e))?;
         if next <= compact {
             if snapshot {
-                self.send_snapshot(id, &txn, current).await?;
+                // The slot taken at the create, or (compacted while catching up) a free one.
+                let held = self.watches.get_mut(&id).and_then(|w| w.snapshot_slot.take());
+                let Some(slot) =
+                    held.or_else(|| SnapshotSlot::take(&self.snapshots, &self.metrics.watch.snapshots))
+                else {
+                    drop(txn);
+                    self.forget(id, CancelReason::ResourceExhausted);
+                    let message = self.no_snapshot_slot();
+                    self.cancel(id, CancelReason::ResourceExhausted, next - 1, message, 0).await?;
+                    return Ok(false);
+                };
+                let sent = self.send_snapshot(id, &txn, current).await?;
+                // The read transaction and the slot go as soon as the snapshot is sent, or its
+                // time is up.
+                drop((txn, slot));
+                if !sent {
+                    self.forget(id, CancelReason::Slow);
+                    let deadline = self.ctx.limits.watch_snapshot_deadline;
+                    let message = format!(
+                        "the client did not read the snapshot at revision {current} within {deadline:?} \
+                         (--watch-snapshot-deadline); resume from revision {next}"
+                    );
+                    self.cancel(id, CancelReason::Slow, next - 1, message, 0).await?;
+                    return Ok(false);
+                }
                 if let Some(w) = self.watches.get_mut(&id) {
                     w.next = current + 1;
                     w.live = false;
@@ -586,16 +688,20 @@ impl Stream {
         Ok(())
     }
 
-    /// Sends watch `id` the state of its range at `revision` (what `txn` reads), in pages.
+    /// Sends watch `id` the state of its range at `revision` (what `txn` reads), in pages:
+    /// `false` when its client did not take them all within `--watch-snapshot-deadline` (the
+    /// read transaction stays open while it takes them; a client that does not is cut off
+    /// rather than left holding it).
     async fn send_snapshot(
         &mut self,
         id: i64,
         txn: &redb::ReadTransaction,
         revision: i64,
-    ) -> Result<(), End> {
-        let Some(w) = self.watches.get(&id) else { return Ok(()) };
+    ) -> Result<bool, End> {
+        let Some(w) = self.watches.get(&id) else { return Ok(true) };
         let (key, range_end, space) = (w.key.clone(), w.range_end.clone(), w.space);
         let header = self.header(revision);
+        let deadline = tokio::time::Instant::now() + self.ctx.limits.watch_snapshot_deadline;
         let mut from: Vec<u8> = Vec::new();
         loop {
             let (kvs, more) = snapshot_page(txn, space, &key, &range_end, &from).map_err(|e| self.fail(e))?;
@@ -611,15 +717,9 @@ impl Stream {
                 snapshot_kvs: kvs,
                 ..Default::default()
             };
-            // The read transaction stays open while the client takes the pages: one that does
-            // not is cut off rather than left holding it.
-            match tokio::time::timeout(SNAPSHOT_PAGE_WAIT, self.send(response)).await {
+            match tokio::time::timeout_at(deadline, self.send(response)).await {
                 Ok(sent) => sent?,
-                Err(_) => {
-                    return Err(End::Failed(Status::unavailable(format!(
-                        "the client took no snapshot page for {SNAPSHOT_PAGE_WAIT:?}"
-                    ))))
-                }
+                Err(_) => return Ok(false),
             }
             if !more {
                 break;
@@ -628,16 +728,17 @@ impl Stream {
         if let Some(w) = self.watches.get_mut(&id) {
             w.last_sent = Instant::now();
         }
-        Ok(())
+        Ok(true)
     }
 
     /// A progress response to every watch that asked for them and got nothing for a while.
     async fn idle_progress(&mut self) -> Result<(), End> {
+        let applied = self.applied();
         let idle: Vec<(i64, i64)> = self
             .watches
             .values()
             .filter(|w| w.progress_notify && w.last_sent.elapsed() >= self.progress_every)
-            .map(|w| (w.id, w.next - 1))
+            .map(|w| (w.id, (w.next - 1).min(applied)))
             .collect();
         for (id, revision) in idle {
             self.send(wire::WatchResponse {
@@ -653,41 +754,4 @@ impl Stream {
         }
         Ok(())
     }
-}
-
-/// One page of a snapshot of what a watch selects, as its events carry it: keys as they are,
-/// registry instances as an encoded `InstanceInfo` under `service/id` (`mod_revision` their
-/// last change, `create_revision` their registration).
-fn snapshot_page(
-    txn: &redb::ReadTransaction,
-    space: Space,
-    key: &[u8],
-    range_end: &[u8],
-    from: &[u8],
-) -> Result<(Vec<latch_proto::v1::KeyValue>, bool), fsm::FsmError> {
-    if space == Space::Registry {
-        let (rows, more) =
-            fsm::registry::read_page(txn, key, range_end, from, SNAPSHOT_PAGE, MAX_RESPONSE_BYTES)?;
-        let kvs = rows
-            .into_iter()
-            .map(|row| {
-                let i = row.instance.as_ref();
-                let k = fsm::registry::instance_key(
-                    i.map_or("", |i| i.service.as_str()),
-                    i.map_or("", |i| i.id.as_str()),
-                );
-                latch_proto::v1::KeyValue {
-                    key: k,
-                    create_revision: row.registered_revision,
-                    mod_revision: row.mod_revision,
-                    version: 1,
-                    session: row.session.clone(),
-                    value: prost::Message::encode_to_vec(&super::registry::instance_info(row)),
-                }
-            })
-            .collect();
-        return Ok((kvs, more));
-    }
-    let (kvs, more) = fsm::read_page(txn, key, range_end, from, SNAPSHOT_PAGE, MAX_RESPONSE_BYTES)?;
-    Ok((kvs.into_iter().map(super::kv::convert::key_value).collect(), more))
 }

@@ -68,6 +68,10 @@ pub struct WatchMetrics {
     /// Revisions and bytes of encoded events in the shared window of recent revisions.
     pub window_revisions: Gauge,
     pub window_bytes: Gauge,
+    /// Bytes of responses queued for clients, over every stream (each bounded).
+    pub queued_bytes: Gauge,
+    /// Snapshots in progress (`--max-watch-snapshots`), each holding a read transaction.
+    pub snapshots: Gauge,
 }
 
 impl WatchMetrics {
@@ -409,6 +413,8 @@ impl Metrics {
             canceled: Family::default(),
             window_revisions: Gauge::default(),
             window_bytes: Gauge::default(),
+            queued_bytes: Gauge::default(),
+            snapshots: Gauge::default(),
         };
         r.register("watch_streams", "Open Watch streams on this member", watch.streams.clone());
         r.register("watches", "Watches on this member's open streams", watch.watches.clone());
@@ -419,7 +425,7 @@ impl Metrics {
         );
         r.register(
             "watch_canceled",
-            "Watches ended by a cancel, by reason (client, compacted, slow, invalid)",
+            "Watches ended by a cancel, by reason (client, compacted, slow, invalid, unavailable, resource_exhausted)",
             watch.canceled.clone(),
         );
         r.register(
@@ -432,6 +438,17 @@ impl Metrics {
             "Bytes of encoded events held in the shared window of recent revisions",
             Unit::Bytes,
             watch.window_bytes.clone(),
+        );
+        r.register_with_unit(
+            "watch_queued",
+            "Bytes of watch responses queued for their clients, over every stream (at most 4 MiB each)",
+            Unit::Bytes,
+            watch.queued_bytes.clone(),
+        );
+        r.register(
+            "watch_snapshots",
+            "Snapshots of compacted watches being sent, each holding a read transaction (bounded by --max-watch-snapshots)",
+            watch.snapshots.clone(),
         );
         let dns = DnsMetrics { answered: Family::default() };
         r.register(
