@@ -46,6 +46,7 @@ use crate::disk::{SimDir, SimDisk};
 use crate::invariants::{self, Ack, Before, Checker, Ctx, Fnv};
 use crate::locks::{LockChecker, Locker};
 use crate::network::{Delivery, NetConfig, Network};
+use crate::registry::{Heartbeater, Next, RegistryChecker};
 use crate::sessions::{Keeper, LeaseChecker};
 use crate::watches::WatchChecker;
 
@@ -60,6 +61,8 @@ const MAX_STEPS: u64 = 20_000;
 const MAX_STEPS_PER_CHAOS_SECOND: u64 = 2_000;
 /// How long the cluster gets to converge once faults stop.
 const SETTLE_BUDGET_US: u64 = 40_000_000;
+/// How long a leader-change run cuts the leader off (µs, drawn in this range).
+const LEADER_CUT_OFF_US: (u64, u64) = (200_000, 350_000);
 
 /// The raft timing of every member (in ticks).
 fn timing() -> Timing {
@@ -93,6 +96,8 @@ pub struct Params {
     /// Lock clients, each with the keeper whose session it uses, and their think time.
     pub lockers: Vec<usize>,
     pub locker_think_us: (u64, u64),
+    /// Heartbeaters and their instances' checks (drawn apart from the rest, see `registry::draw`).
+    pub heartbeaters: Vec<crate::registry::Spec>,
     pub nodes: u64,
     pub snapshot_entries: u64,
     pub net: NetConfig,
@@ -141,8 +146,10 @@ impl Params {
             let n = rng.gen_range(1..=most);
             (0..n).map(|i| i % keepers.len()).collect()
         };
+        let heartbeaters = crate::registry::draw(seed, mode == Mode::LeaderChanges, keepers.len(), chaos_us);
         Params {
             mode,
+            heartbeaters,
             keepers,
             session_ttl_ms,
             lockers,
@@ -196,6 +203,12 @@ pub struct Report {
     /// Lock grants seen in the members' states, and lock-delays ended.
     pub lock_grants: u64,
     pub lock_delays_ended: u64,
+    /// Registry: heartbeats and registrations applied, turns to critical, reaps, and instances
+    /// removed with their session.
+    pub heartbeats: u64,
+    pub criticals: u64,
+    pub reaps: u64,
+    pub session_removals: u64,
     /// Revisions watchers delivered, their moves to another member, and watches ended by a
     /// compaction.
     pub watch_revisions: u64,
@@ -211,8 +224,8 @@ impl std::fmt::Display for Report {
             "seed {} ({} nodes, snapshot every {}): {} steps, {:.1}s virtual, {} msgs; puts {} acked {} reads {} \
              retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}), \
              partitions {}, pauses {}, snapshots {}; max term {}, revision {}, {} hash checks; lease grants {}, \
-             expiries {}; lock grants {}, lock-delays ended {}; watched revisions {} (moves {}, compacted {}), compact revision {}; \
-             trace {:016x}",
+             expiries {}; lock grants {}, lock-delays ended {}; heartbeats {}, critical {}, reaped {}, removed with \
+             their session {}; watched revisions {} (moves {}, compacted {}), compact revision {}; trace {:016x}",
             self.seed,
             self.nodes,
             self.snapshot_entries,
@@ -237,6 +250,10 @@ impl std::fmt::Display for Report {
             self.expiries,
             self.lock_grants,
             self.lock_delays_ended,
+            self.heartbeats,
+            self.criticals,
+            self.reaps,
+            self.session_removals,
             self.watch_revisions,
             self.watch_moves,
             self.watch_compacted,
@@ -349,6 +366,25 @@ enum Ev {
         locker: usize,
         attempt: u64,
     },
+    HeartbeaterWake {
+        heartbeater: usize,
+    },
+    HeartbeaterRequest {
+        node: u64,
+        heartbeater: usize,
+        attempt: u64,
+        body: Box<Body>,
+        request_id: String,
+    },
+    HeartbeaterReply {
+        heartbeater: usize,
+        attempt: u64,
+        result: Result<Outcome, String>,
+    },
+    HeartbeaterTimeout {
+        heartbeater: usize,
+        attempt: u64,
+    },
     LeaderChange,
     Chaos,
     Restart {
@@ -371,6 +407,7 @@ impl Ev {
             | Ev::ClientRequest { node, .. }
             | Ev::KeeperRequest { node, .. }
             | Ev::LockerRequest { node, .. }
+            | Ev::HeartbeaterRequest { node, .. }
             | Ev::ApplyTurn { node, .. } => Some(*node),
             Ev::Deliver { d, .. } => Some(d.to),
             _ => None,
@@ -447,6 +484,10 @@ pub struct Sim {
     /// Lockers' calls waiting for a member: (locker, attempt, member).
     locker_waiters: BTreeMap<Waiter, (usize, u64, u64)>,
     lock_checker: LockChecker,
+    heartbeaters: Vec<Heartbeater>,
+    /// Heartbeaters' calls waiting for a member: (heartbeater, attempt, member).
+    heartbeater_waiters: BTreeMap<Waiter, (usize, u64, u64)>,
+    registry: RegistryChecker,
     watch_checker: WatchChecker,
     trace: Fnv,
     touched: BTreeSet<u64>,
@@ -485,6 +526,12 @@ impl Sim {
             .map(|(i, stop)| Keeper::new(i, params.session_ttl_ms, *stop, rng.gen_range(1..=params.nodes)))
             .collect();
         let lockers = params.lockers.iter().enumerate().map(|(i, &keeper)| Locker::new(i, keeper)).collect();
+        let heartbeaters = params
+            .heartbeaters
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| Heartbeater::new(i, spec.clone()))
+            .collect();
         let nodes = (1..=params.nodes)
             .map(|id| SimNode {
                 id,
@@ -536,6 +583,9 @@ impl Sim {
             lockers,
             locker_waiters: BTreeMap::new(),
             lock_checker: LockChecker::default(),
+            heartbeaters,
+            heartbeater_waiters: BTreeMap::new(),
+            registry: RegistryChecker::new(),
             watch_checker,
             trace: Fnv::default(),
             touched: BTreeSet::new(),
@@ -583,6 +633,10 @@ impl Sim {
         for l in 0..self.lockers.len() {
             let d = self.rng.gen_range(100_000..400_000);
             self.at(d, Ev::LockerWake { locker: l });
+        }
+        for h in 0..self.heartbeaters.len() {
+            let d = self.rng.gen_range(50_000..300_000);
+            self.at(d, Ev::HeartbeaterWake { heartbeater: h });
         }
         match self.params.mode {
             Mode::Chaos => {
@@ -656,6 +710,7 @@ impl Sim {
         let inc = node.inc;
         self.at(tick_offset, Ev::Tick { node: id, inc });
         self.checker.restarted(id);
+        self.registry.touched(id);
         self.touched.insert(id);
         self.log(|| format!("node {id} started (incarnation {inc})"));
     }
@@ -687,6 +742,7 @@ impl Sim {
         self.report.crashes += 1;
         self.keeper_waiters.retain(|_, (_, _, node, _)| *node != id);
         self.locker_waiters.retain(|_, (_, _, node)| *node != id);
+        self.heartbeater_waiters.retain(|_, (_, _, node)| *node != id);
         let lost: Vec<Waiter> = self.waiters.iter().filter(|(_, w)| w.node == id).map(|(k, _)| *k).collect();
         for waiter in lost {
             if let Some(w) = self.waiters.remove(&waiter) {
@@ -742,6 +798,7 @@ impl Sim {
             self.nodes.iter().filter_map(|n| n.core.as_ref().map(|c| (n.id, c))).collect();
         self.checker.after_step(ctx, &up);
         self.lock_checker.after_step(ctx, &up);
+        self.registry.after_step(ctx, &up);
         self.watch_checker.after_step(ctx, &up);
         if self.params.mode == Mode::LeaderChanges {
             // TTL + 2 × the longest election timeout raft-rs draws (20 ticks), and the message
@@ -750,6 +807,10 @@ impl Sim {
             let round_trip = 2 * self.params.net.delay_us.1;
             let bound = self.params.session_ttl_ms * 1_000 + 2 * 20 * TICK_US + 4 * round_trip;
             self.leases.check_bounds(ctx, &self.keepers, bound);
+            // A heartbeat's TTL counts from its application: the same past the TTL, counted from
+            // its first application, plus the longest a cut-off leader takes to apply it.
+            let extra = 2 * 20 * TICK_US + LEADER_CUT_OFF_US.1 + 4 * round_trip;
+            self.registry.check_bounds(ctx, &self.heartbeaters, &self.keepers, extra);
         }
         let mut h = self.trace;
         h.u64(self.step);
@@ -839,6 +900,22 @@ impl Sim {
                 self.locker_request(node, locker, attempt, *body, request_id)
             }
             Ev::LockerReply { locker, attempt, result } => self.locker_reply(locker, attempt, result),
+            Ev::HeartbeaterWake { heartbeater } => self.heartbeater_wake(heartbeater),
+            Ev::HeartbeaterRequest { node, heartbeater, attempt, body, request_id } => {
+                self.heartbeater_request(node, heartbeater, attempt, *body, request_id)
+            }
+            Ev::HeartbeaterReply { heartbeater, attempt, result } => {
+                self.heartbeater_reply(heartbeater, attempt, result)
+            }
+            Ev::HeartbeaterTimeout { heartbeater, attempt } => {
+                let h = &mut self.heartbeaters[heartbeater];
+                if h.in_flight.is_some() && h.attempt == attempt {
+                    h.in_flight = None;
+                    self.log(|| format!("heartbeater {heartbeater} attempt {attempt}: timed out"));
+                    let d = self.rng.gen_range(2_000..20_000);
+                    self.at(d, Ev::HeartbeaterWake { heartbeater });
+                }
+            }
             Ev::LockerTimeout { locker, attempt } => {
                 let l = &mut self.lockers[locker];
                 if l.in_flight.is_some() && l.attempt == attempt {
@@ -899,6 +976,7 @@ impl Sim {
         }
         if snapshot {
             self.report.snapshots += 1;
+            self.log(|| format!("node {to} got a snapshot from node {from}"));
             let delay = self.rng.gen_range(100..2_000);
             self.at(delay, Ev::Notice { node: from, inc: from_inc, what: Notice::Snapshot(to, true) });
         }
@@ -908,6 +986,7 @@ impl Sim {
     /// member's applier at once (the raft thread waits for the apply thread to do it).
     fn turn(&mut self, id: u64) {
         self.set_clock(id);
+        let ctx = self.ctx();
         let n = &mut self.nodes[(id - 1) as usize];
         let inc = n.inc;
         let (Some(core), Some(applier)) = (n.core.as_mut(), n.applier.as_mut()) else { return };
@@ -928,6 +1007,7 @@ impl Sim {
         if let Ok(actions) = &mut result {
             for p in progress {
                 ended.extend(ended_sessions(&p));
+                self.registry.applied(ctx, id, &p.commands);
                 actions.extend(core.on_applied(p));
             }
         }
@@ -956,18 +1036,22 @@ impl Sim {
         let (Some(core), Some(applier)) = (n.core.as_mut(), n.applier.as_mut()) else { return };
         let mut result = Ok(Vec::new());
         if !entries.is_empty() {
-            let leases = &mut self.leases;
+            let (leases, registry) = (&mut self.leases, &mut self.registry);
             result = applier.apply(entries, &mut ()).map(|p| {
                 for session in ended_sessions(&p) {
                     leases.ended(ctx, id, &session, now);
                 }
+                registry.applied(ctx, id, &p.commands);
                 core.on_applied(p)
             });
         }
         if sync {
             if let Ok(actions) = &mut result {
                 match applier.sync() {
-                    Ok(Some(p)) => actions.extend(core.on_applied(p)),
+                    Ok(Some(p)) => {
+                        self.registry.applied(ctx, id, &p.commands);
+                        actions.extend(core.on_applied(p))
+                    }
                     Ok(None) => {}
                     Err(e) => result = Err(e),
                 }
@@ -1070,6 +1154,21 @@ impl Sim {
                     self.keeper_answered(id, waiter, answer);
                     continue;
                 }
+                Action::Reply { waiter, result } if self.heartbeater_waiters.contains_key(&waiter) => {
+                    if let Some((heartbeater, attempt, at)) = self.heartbeater_waiters.remove(&waiter) {
+                        if at != id {
+                            self.ctx().fail(
+                                Some(id),
+                                "waiters",
+                                format!("heartbeater waiter {waiter} answered by {id}, sent to {at}"),
+                            );
+                        }
+                        let d = self.rng.gen_range(100..2_000);
+                        let result = result.map_err(|e| e.to_string());
+                        self.at(d, Ev::HeartbeaterReply { heartbeater, attempt, result });
+                    }
+                    continue;
+                }
                 Action::Reply { waiter, result } if self.locker_waiters.contains_key(&waiter) => {
                     if let Some((locker, attempt, _)) = self.locker_waiters.remove(&waiter) {
                         let d = self.rng.gen_range(100..2_000);
@@ -1147,6 +1246,7 @@ impl Sim {
                 }
                 Action::Restored { revision, .. } => {
                     self.checker.restored(self.ctx(), id, revision);
+                    self.registry.touched(id);
                     continue;
                 }
                 Action::LocksChanged { changes } => {
@@ -1525,10 +1625,22 @@ impl Sim {
     }
 
     fn locker_request(&mut self, node: u64, locker: usize, attempt: u64, body: Body, request_id: String) {
+        match self.client_propose(node, body, request_id) {
+            Some(waiter) => {
+                self.locker_waiters.insert(waiter, (locker, attempt, node));
+            }
+            None => {
+                let d = self.rng.gen_range(200..2_000);
+                self.at(d, Ev::LockerReply { locker, attempt, result: Err("connection refused".into()) });
+            }
+        }
+    }
+
+    /// A client's command proposed at member `node` under a new waiter; `None` when the member
+    /// is down (the client's connection is refused).
+    fn client_propose(&mut self, node: u64, body: Body, request_id: String) -> Option<Waiter> {
         if !self.is_up(node) {
-            let d = self.rng.gen_range(200..2_000);
-            self.at(d, Ev::LockerReply { locker, attempt, result: Err("connection refused".into()) });
-            return;
+            return None;
         }
         self.set_clock(node);
         self.next_waiter += 1;
@@ -1537,8 +1649,8 @@ impl Sim {
         if let Some(core) = self.node(node).core.as_mut() {
             core.propose(waiter, cmd);
         }
-        self.locker_waiters.insert(waiter, (locker, attempt, node));
         self.touched.insert(node);
+        Some(waiter)
     }
 
     fn locker_reply(&mut self, locker: usize, attempt: u64, result: Result<Outcome, String>) {
@@ -1555,6 +1667,82 @@ impl Sim {
         let (least, most) = self.params.locker_think_us;
         let d = self.rng.gen_range(least..most);
         self.at(d, Ev::LockerWake { locker });
+    }
+
+    /// A heartbeater's turn: its next registration or heartbeat, to a member drawn at random
+    /// (a follower forwards it). It stops for good once stopped (a dead client, or its keeper
+    /// died) or its session is gone; one bound to a session waits for its keeper to create it.
+    fn heartbeater_wake(&mut self, heartbeater: usize) {
+        let now = self.now;
+        let h = &self.heartbeaters[heartbeater];
+        if h.gone || h.in_flight.is_some() || h.stopped(now, &self.keepers) {
+            return;
+        }
+        let session = match h.spec.keeper {
+            Some(k) if !self.keepers[k].created => {
+                let d = self.rng.gen_range(20_000..100_000);
+                self.at(d, Ev::HeartbeaterWake { heartbeater });
+                return;
+            }
+            Some(k) => self.keepers[k].session.clone(),
+            None => String::new(),
+        };
+        let h = &mut self.heartbeaters[heartbeater];
+        let (body, call) = h.next_call(now, &session);
+        let (key, attempt, timeout) = (h.key(), h.attempt, h.spec.timeout_us);
+        self.registry.sent(&call.request_id, key, call.register, now);
+        let node = self.rng.gen_range(1..=self.params.nodes);
+        self.log(|| format!("heartbeater {heartbeater} attempt {attempt}: {call:?} to node {node}"));
+        let d = self.rng.gen_range(100..2_000);
+        let request_id = call.request_id;
+        self.at(d, Ev::HeartbeaterRequest { node, heartbeater, attempt, body: Box::new(body), request_id });
+        self.at(timeout, Ev::HeartbeaterTimeout { heartbeater, attempt });
+    }
+
+    fn heartbeater_request(
+        &mut self,
+        node: u64,
+        heartbeater: usize,
+        attempt: u64,
+        body: Body,
+        request_id: String,
+    ) {
+        match self.client_propose(node, body, request_id) {
+            Some(waiter) => {
+                self.heartbeater_waiters.insert(waiter, (heartbeater, attempt, node));
+            }
+            None => {
+                let d = self.rng.gen_range(200..2_000);
+                let result = Err("connection refused".into());
+                self.at(d, Ev::HeartbeaterReply { heartbeater, attempt, result });
+            }
+        }
+    }
+
+    fn heartbeater_reply(&mut self, heartbeater: usize, attempt: u64, result: Result<Outcome, String>) {
+        let h = &mut self.heartbeaters[heartbeater];
+        if h.attempt != attempt {
+            return;
+        }
+        let Some(call) = h.in_flight.take() else { return };
+        let next = result.as_ref().ok().map(|outcome| h.answered(&call, outcome));
+        self.log(|| format!("heartbeater {heartbeater} attempt {attempt}: {call:?} -> {result:?}"));
+        match next {
+            Some(Ok(Next::Beat)) => {
+                let interval = self.heartbeaters[heartbeater].spec.interval_us;
+                let d = (call.sent_us + interval).saturating_sub(self.now);
+                self.at(d, Ev::HeartbeaterWake { heartbeater });
+            }
+            Some(Ok(Next::Register)) => self.at(0, Ev::HeartbeaterWake { heartbeater }),
+            Some(Ok(Next::Gone)) => {}
+            Some(Err(why)) => self.ctx().fail(None, "registry: heartbeat outcome", why),
+            None => {
+                // Failed at that member (down, not leader and none known, timed out): again
+                // soon, at another member.
+                let d = self.rng.gen_range(2_000..20_000);
+                self.at(d, Ev::HeartbeaterWake { heartbeater });
+            }
+        }
     }
 
     /// Tries again soon: at the named leader, or at another member.
@@ -1579,7 +1767,7 @@ impl Sim {
             self.net.split(&[leader], &rest);
             self.report.partitions += 1;
             self.log(|| format!("leader {leader} cut off"));
-            let d = self.rng.gen_range(200_000..350_000);
+            let d = self.rng.gen_range(LEADER_CUT_OFF_US.0..LEADER_CUT_OFF_US.1);
             self.at(d, Ev::Heal);
         }
         let half = self.params.session_ttl_ms * 500;
@@ -1741,6 +1929,7 @@ impl Sim {
             self.nodes.iter().filter_map(|n| n.core.as_ref().map(|c| (n.id, c))).collect();
         invariants::check_final(ctx, &up, &self.history.acked, &self.history.written);
         self.watch_checker.check_final(ctx);
+        self.registry.check_final(ctx, &up);
         let lin = latch_check::linearizability::check(&self.history.shared);
         if !lin.is_linearizable() {
             ctx.fail(None, "linearizability (Wing–Gong–Lowe, per key)", format!("{lin}"));
@@ -1761,6 +1950,10 @@ impl Sim {
         r.expiries = self.leases.expiries;
         r.lock_grants = self.lock_checker.grants();
         r.lock_delays_ended = self.lock_checker.delays_ended;
+        r.heartbeats = self.registry.beats;
+        r.criticals = self.registry.criticals;
+        r.reaps = self.registry.reaps;
+        r.session_removals = self.registry.session_removals;
         r.watch_revisions = self.watch_checker.delivered;
         r.watch_moves = self.watch_checker.moves;
         r.watch_compacted = self.watch_checker.compacted;
