@@ -274,9 +274,10 @@ impl Node {
         let hubs = (handle.locks.clone(), handle.revisions.clone());
         let (jobs, queued) = apply::queue();
         let (events, apply_metrics) = (handle.events.clone(), metrics.clone());
+        let announce = handle.revisions.clone();
         let applying = std::thread::Builder::new()
             .name(format!("latch-apply-{}", core.id()))
-            .spawn(move || apply::run(applier, queued, events, &apply_metrics.raft, preflush))?;
+            .spawn(move || apply::run(applier, queued, (events, announce), &apply_metrics.raft, preflush))?;
         let thread =
             std::thread::Builder::new().name(format!("latch-node-{}", core.id())).spawn(move || {
                 let _running = running;
@@ -406,7 +407,9 @@ impl Waiters {
                     self.locks.restored();
                     self.revisions.send_if_modified(|r| std::mem::replace(r, revision.max(*r)) != *r);
                 }
-                // Watches read the changes from the history; they only need to hear of them.
+                // Watches read the changes from the history; they only need to hear of them. The
+                // apply thread already told them as it committed (this covers a restart's replay
+                // and progress overtaken by a snapshot).
                 Action::Applied { revision, .. } => {
                     self.revisions.send_if_modified(|r| std::mem::replace(r, revision.max(*r)) != *r);
                 }
