@@ -12,8 +12,6 @@ pub use latch_proto::v1::watch_create_request::Target as WatchTarget;
 use latch_proto::v1::watch_request::Request as Ask;
 use latch_proto::v1::watch_response::CancelReason;
 use latch_proto::v1::{Event, KeyValue, WatchCreateRequest, WatchRequest, WatchResponse};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::Status;
 
@@ -139,44 +137,200 @@ enum Reopen {
     Again,
 }
 
+/// What reading a stream came to: an update for the caller, a reopening, or the watch's end
+/// (with the error to hand the caller).
+enum Step {
+    Update(WatchUpdate),
+    /// Nothing for the caller yet (a fragment, a repeat): read on.
+    Skip,
+    Reopen(Reopen),
+    End(Error),
+}
+
 impl Client {
     /// Watches what `options` selects. The stream ends with an error only when the watch cannot
     /// go on: a refused request (INVALID_ARGUMENT), a member's limit (RESOURCE_EXHAUSTED: its
     /// watch streams or snapshots at once), or a compacted revision without
     /// [`WatchOptions::snapshot_on_compacted`] (OUT_OF_RANGE; see [`Error::compact_revision`]).
     /// Dropping the stream ends the watch.
+    ///
+    /// The watch runs inside the returned stream's polling (no task of its own, no queue in
+    /// between): a response is read from the member only when the caller asks for the next
+    /// update, so a caller that stops reading holds the member's flow control, not memory here.
     pub fn watch(
         &self,
         options: WatchOptions,
-    ) -> impl Stream<Item = Result<WatchUpdate, Error>> + Send + 'static {
-        let (tx, rx) = mpsc::channel(64);
-        let client = self.clone();
-        tokio::spawn(async move {
+    ) -> impl Stream<Item = Result<WatchUpdate, Error>> + Send + Unpin + 'static {
+        let follower = Follower {
+            client: self.clone(),
             // The first revision not delivered yet (0: from now, until the member says which).
-            let mut next = options.start_revision;
-            let mut backoff = Duration::from_millis(50);
-            let mut started = false;
-            loop {
-                let outcome = follow(&client, &options, &mut next, &mut started, &tx).await;
-                match outcome {
-                    Ok(Reopen::Again) => backoff = Duration::from_millis(50),
-                    Ok(Reopen::Elsewhere) => {
-                        client.move_on();
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
-                    }
-                    Err(Some(e)) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                    Err(None) => return,
+            next: options.start_revision,
+            options,
+            started: false,
+            backoff: INITIAL_BACKOFF,
+            stream: None,
+            events: Vec::new(),
+            kvs: Vec::new(),
+            ended: false,
+        };
+        Box::pin(futures::stream::unfold(follower, |mut f| async move {
+            let update = f.next_update().await?;
+            Some((update, f))
+        }))
+    }
+}
+
+const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
+
+/// One watch, followed across streams and members.
+struct Follower {
+    client: Client,
+    options: WatchOptions,
+    /// The first revision not delivered yet (0: from now, until a member says which).
+    next: i64,
+    /// `Started` was delivered (a resumed stream says it again; the caller heard it once).
+    started: bool,
+    backoff: Duration,
+    /// The stream being read, if one is open.
+    stream: Option<tonic::Streaming<WatchResponse>>,
+    /// Fragments of a revision (or of a snapshot) read so far.
+    events: Vec<Event>,
+    kvs: Vec<KeyValue>,
+    /// The watch ended: nothing more comes.
+    ended: bool,
+}
+
+impl Follower {
+    /// The next update for the caller, `Some(Err)` once when the watch ends with an error,
+    /// then `None`.
+    async fn next_update(&mut self) -> Option<Result<WatchUpdate, Error>> {
+        loop {
+            if self.ended {
+                return None;
+            }
+            let step = match self.stream.as_mut() {
+                Some(stream) => {
+                    let response = stream.message().await;
+                    self.read(response)
                 }
-                if tx.is_closed() {
-                    return;
+                None => match open(&self.client, &self.options, self.next).await {
+                    Ok(stream) => {
+                        self.stream = Some(stream);
+                        continue;
+                    }
+                    Err(step) => step,
+                },
+            };
+            match step {
+                Step::Update(update) => return Some(Ok(update)),
+                Step::Skip => {}
+                Step::End(e) => {
+                    self.ended = true;
+                    self.stream = None;
+                    return Some(Err(e));
+                }
+                Step::Reopen(how) => {
+                    // Fragments of a stream that broke are read again from the next one.
+                    self.stream = None;
+                    self.events.clear();
+                    self.kvs.clear();
+                    match how {
+                        Reopen::Again => self.backoff = INITIAL_BACKOFF,
+                        Reopen::Elsewhere => {
+                            self.client.move_on();
+                            tokio::time::sleep(self.backoff).await;
+                            self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
+                        }
+                    }
                 }
             }
-        });
-        ReceiverStream::new(rx)
+        }
+    }
+
+    /// What one response read from the stream comes to.
+    fn read(&mut self, response: Result<Option<WatchResponse>, Status>) -> Step {
+        let r: WatchResponse = match response {
+            Ok(Some(r)) => r,
+            Err(status) if gives_up(status.code()) => return Step::End(Error::from(status)),
+            Ok(None) | Err(_) => return Step::Reopen(Reopen::Elsewhere),
+        };
+        let revision = r.header.as_ref().map_or(0, |h| h.revision);
+        let update = if r.canceled {
+            return match CancelReason::try_from(r.cancel_reason) {
+                Ok(CancelReason::Slow) => {
+                    self.next = self.next.max(revision + 1);
+                    Step::Reopen(Reopen::Again)
+                }
+                Ok(CancelReason::Compacted) => {
+                    let mut status = Status::out_of_range(r.cancel_message);
+                    status.metadata_mut().insert(
+                        latch_proto::COMPACT_REVISION_METADATA,
+                        MetadataValue::from(r.compact_revision),
+                    );
+                    Step::End(Error::from(status))
+                }
+                // The member could not confirm "now" with a leader: another member may.
+                Ok(CancelReason::Unavailable) => Step::Reopen(Reopen::Elsewhere),
+                Ok(CancelReason::ResourceExhausted) => {
+                    Step::End(Error::from(Status::resource_exhausted(r.cancel_message)))
+                }
+                _ => Step::End(Error::from(Status::invalid_argument(r.cancel_message))),
+            };
+        } else if r.created {
+            if self.next == 0 {
+                self.next = revision + 1;
+            }
+            // A resumed stream says `Started` again; the caller heard it the first time.
+            if std::mem::replace(&mut self.started, true) {
+                return Step::Skip;
+            }
+            WatchUpdate::Started { revision }
+        } else if r.progress {
+            self.next = self.next.max(revision + 1);
+            WatchUpdate::Progress { revision }
+        } else if r.snapshot {
+            self.kvs.extend(r.snapshot_kvs);
+            if r.fragment {
+                return Step::Skip;
+            }
+            self.next = revision + 1;
+            WatchUpdate::Snapshot { revision, kvs: std::mem::take(&mut self.kvs) }
+        } else {
+            if revision < self.next {
+                // Already delivered (a member never sends one again; this guards the promise).
+                return Step::Skip;
+            }
+            self.events.extend(r.events);
+            if r.fragment {
+                return Step::Skip;
+            }
+            self.next = revision + 1;
+            WatchUpdate::Events { revision, events: std::mem::take(&mut self.events) }
+        };
+        Step::Update(update)
+    }
+}
+
+/// Opens a stream of `options` from revision `next`.
+async fn open(
+    client: &Client,
+    options: &WatchOptions,
+    next: i64,
+) -> Result<tonic::Streaming<WatchResponse>, Step> {
+    let create = options.create(next);
+    let opened = client
+        .call("Watch", |channel| {
+            // The one request, then a side that stays open as long as the stream: the watch
+            // ends when the stream is dropped.
+            let asks =
+                futures::stream::once(std::future::ready(create.clone())).chain(futures::stream::pending());
+            async move { WatchClient::new(channel).max_decoding_message_size(usize::MAX).watch(asks).await }
+        })
+        .await;
+    match opened {
+        Ok(stream) => Ok(stream),
+        Err(e) if gives_up(e.code()) => Err(Step::End(e)),
+        Err(_) => Err(Step::Reopen(Reopen::Elsewhere)),
     }
 }
 
@@ -192,99 +346,4 @@ fn gives_up(code: tonic::Code) -> bool {
             | tonic::Code::Unauthenticated
             | tonic::Code::ResourceExhausted
     )
-}
-
-/// Runs one stream of the watch until it must be reopened (`Ok`) or the watch ends (`Err`,
-/// with the error to hand the caller, or none when the caller went away).
-async fn follow(
-    client: &Client,
-    options: &WatchOptions,
-    next: &mut i64,
-    started: &mut bool,
-    tx: &mpsc::Sender<Result<WatchUpdate, Error>>,
-) -> Result<Reopen, Option<Error>> {
-    let create = options.create(*next);
-    let opened = client
-        .call("Watch", |channel| {
-            // The one request, then a side that stays open as long as the stream: the watch
-            // ends when the stream is dropped.
-            let asks =
-                futures::stream::once(std::future::ready(create.clone())).chain(futures::stream::pending());
-            async move { WatchClient::new(channel).max_decoding_message_size(usize::MAX).watch(asks).await }
-        })
-        .await;
-    let mut stream = match opened {
-        Ok(stream) => stream,
-        Err(e) if gives_up(e.code()) => return Err(Some(e)),
-        Err(_) => return Ok(Reopen::Elsewhere),
-    };
-    let mut events: Vec<Event> = Vec::new();
-    let mut kvs: Vec<KeyValue> = Vec::new();
-    loop {
-        let response = tokio::select! {
-            r = stream.message() => r,
-            () = tx.closed() => return Err(None),
-        };
-        let r: WatchResponse = match response {
-            Ok(Some(r)) => r,
-            Err(status) if gives_up(status.code()) => return Err(Some(Error::from(status))),
-            Ok(None) | Err(_) => return Ok(Reopen::Elsewhere),
-        };
-        let revision = r.header.as_ref().map_or(0, |h| h.revision);
-        let update = if r.canceled {
-            return match CancelReason::try_from(r.cancel_reason) {
-                Ok(CancelReason::Slow) => {
-                    *next = (*next).max(revision + 1);
-                    Ok(Reopen::Again)
-                }
-                Ok(CancelReason::Compacted) => {
-                    let mut status = Status::out_of_range(r.cancel_message);
-                    status.metadata_mut().insert(
-                        latch_proto::COMPACT_REVISION_METADATA,
-                        MetadataValue::from(r.compact_revision),
-                    );
-                    Err(Some(Error::from(status)))
-                }
-                // The member could not confirm "now" with a leader: another member may.
-                Ok(CancelReason::Unavailable) => Ok(Reopen::Elsewhere),
-                Ok(CancelReason::ResourceExhausted) => {
-                    Err(Some(Error::from(Status::resource_exhausted(r.cancel_message))))
-                }
-                _ => Err(Some(Error::from(Status::invalid_argument(r.cancel_message)))),
-            };
-        } else if r.created {
-            if *next == 0 {
-                *next = revision + 1;
-            }
-            WatchUpdate::Started { revision }
-        } else if r.progress {
-            *next = (*next).max(revision + 1);
-            WatchUpdate::Progress { revision }
-        } else if r.snapshot {
-            kvs.extend(r.snapshot_kvs);
-            if r.fragment {
-                continue;
-            }
-            *next = revision + 1;
-            WatchUpdate::Snapshot { revision, kvs: std::mem::take(&mut kvs) }
-        } else {
-            if revision < *next {
-                // Already delivered (a member never sends one again; this guards the promise).
-                continue;
-            }
-            events.extend(r.events);
-            if r.fragment {
-                continue;
-            }
-            *next = revision + 1;
-            WatchUpdate::Events { revision, events: std::mem::take(&mut events) }
-        };
-        // A resumed stream says `Started` again; the caller heard it the first time.
-        if matches!(update, WatchUpdate::Started { .. }) && std::mem::replace(started, true) {
-            continue;
-        }
-        if tx.send(Ok(update)).await.is_err() {
-            return Err(None);
-        }
-    }
 }
