@@ -195,25 +195,117 @@ pub fn changes(
     to: i64,
     max_bytes: usize,
 ) -> Result<(Vec<Change>, i64), FsmError> {
-    let mut out: Vec<Change> = Vec::new();
+    let (parts, through) = parts(txn, from, to, max_bytes, usize::MAX)?;
+    let changes = parts
+        .into_iter()
+        .filter_map(|p| match p {
+            Part::Change(c) => Some(c),
+            Part::Oversized { .. } => None,
+        })
+        .collect();
+    Ok((changes, through))
+}
+
+/// What [`parts`] reads: a change, or a revision whose rows are more than the caller holds at
+/// once (read it with [`rows_of`], a step at a time).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part {
+    Change(Change),
+    Oversized { revision: i64 },
+}
+
+impl Part {
+    pub fn revision(&self) -> i64 {
+        match self {
+            Part::Change(c) => c.revision,
+            Part::Oversized { revision } => *revision,
+        }
+    }
+}
+
+/// As [`changes`], except that a revision whose rows pass `max_revision_bytes` is not held: it
+/// is one [`Part::Oversized`] in its place (its rows are still scanned, not decoded). So what
+/// one call holds is at most about `max_bytes + max_revision_bytes`, whatever one revision
+/// wrote (a delete of a large range, a session's end with many keys).
+pub fn parts(
+    txn: &ReadTransaction,
+    from: i64,
+    to: i64,
+    max_bytes: usize,
+    max_revision_bytes: usize,
+) -> Result<(Vec<Part>, i64), FsmError> {
+    let mut out: Vec<Part> = Vec::new();
     let Some(table) = open_read(txn, HISTORY)? else { return Ok((out, to)) };
     if from > to {
         return Ok((out, to));
     }
     let (start, end) = (row_key(from, 0), row_key(to.saturating_add(1), 0));
     let mut bytes = 0usize;
+    let mut current: Option<Reading> = None;
     for row in table.range::<&[u8]>(start.as_slice()..end.as_slice())? {
         let (k, v) = row?;
         let (revision, _) = split_key(k.value())?;
-        if bytes >= max_bytes {
-            if let Some(last) = out.last().map(|c| c.revision).filter(|r| *r != revision) {
-                return Ok((out, last));
+        let reading = match current.as_mut() {
+            Some(r) if r.revision == revision => r,
+            _ => {
+                // Every revision in `out` is whole: a step may end here.
+                if let Some(last) = out.last().map(Part::revision).filter(|_| bytes >= max_bytes) {
+                    return Ok((out, last));
+                }
+                current.insert(Reading { revision, first: out.len(), held: 0, oversized: false })
             }
+        };
+        if reading.oversized {
+            continue;
+        }
+        let len = v.value().len();
+        reading.held += len;
+        if reading.held > max_revision_bytes {
+            out.truncate(reading.first);
+            bytes -= reading.held - len;
+            reading.oversized = true;
+            out.push(Part::Oversized { revision });
+            continue;
+        }
+        bytes += len;
+        out.push(Part::Change(decode_event(k.value(), v.value())?));
+    }
+    Ok((out, to))
+}
+
+/// The revision [`parts`] is reading: where its parts start in the output, the bytes of its
+/// rows so far, and whether it is too large to hold.
+struct Reading {
+    revision: i64,
+    first: usize,
+    held: usize,
+    oversized: bool,
+}
+
+/// The changes of revision `revision` from its `n`-th on, about `max_bytes` of them (at least
+/// one row when there is one), and the index of the next row of the revision, `None` when these
+/// were its last. The caller checked `revision` against the compact revision in the same
+/// transaction.
+pub fn rows_of(
+    txn: &ReadTransaction,
+    revision: i64,
+    n: u32,
+    max_bytes: usize,
+) -> Result<(Vec<Change>, Option<u32>), FsmError> {
+    let mut out = Vec::new();
+    let Some(table) = open_read(txn, HISTORY)? else { return Ok((out, None)) };
+    let (start, end) = (row_key(revision, n), row_key(revision.saturating_add(1), 0));
+    let mut bytes = 0usize;
+    for row in table.range::<&[u8]>(start.as_slice()..end.as_slice())? {
+        let (k, v) = row?;
+        if bytes >= max_bytes {
+            let (_, next) = split_key(k.value())?;
+            return Ok((out, Some(next)));
         }
         bytes += v.value().len();
         out.push(decode_event(k.value(), v.value())?);
     }
-    Ok((out, to))
+    Ok((out, None))
 }
 
 /// Most bytes of keys one read at a past revision holds (the keys changed since it, see
@@ -434,6 +526,76 @@ mod tests {
     }
 
     use latch_proto::internal::{Outcome, RangeResult};
+
+    /// A revision larger than a reader holds is one marker in `parts`, read whole through
+    /// `rows_of` in steps; the revisions around it read as `changes` reads them, and every
+    /// step ends at a revision's boundary.
+    #[test]
+    fn an_oversized_revision_is_a_marker_read_in_steps_and_its_neighbours_as_ever() {
+        let mut s = Store::new();
+        s.apply("", put("a", "1"));
+        let big = "x".repeat(1_000);
+        for i in 0..40 {
+            s.apply("", put(&format!("big/{i:02}"), &big));
+        }
+        s.apply("", put("b", "2"));
+        let head_before = s.applied().revision;
+        s.apply("", del("big/", b"big0"));
+        let deleted = s.applied().revision;
+        s.apply("", put("c", "3"));
+        let head = s.applied().revision;
+        assert_eq!(deleted, head_before + 1);
+
+        let whole = s.read(|t| changes(t, 1, head, usize::MAX)).expect("history reads").0;
+        let of_deleted: Vec<Change> = whole.iter().filter(|c| c.revision == deleted).cloned().collect();
+        assert_eq!(of_deleted.len(), 40, "the delete removed 40 keys in one revision");
+
+        // Each of its rows holds a previous value of 1,000 bytes: 10 KiB passes the bound.
+        let (got, through) = s.read(|t| parts(t, 1, head, usize::MAX, 10 * 1024)).expect("reads");
+        assert_eq!(through, head);
+        let markers: Vec<i64> = got
+            .iter()
+            .filter_map(|p| match p {
+                Part::Oversized { revision } => Some(*revision),
+                Part::Change(_) => None,
+            })
+            .collect();
+        assert_eq!(markers, vec![deleted], "only the delete's revision passes 10 KiB");
+        let held: Vec<Change> = got
+            .into_iter()
+            .filter_map(|p| match p {
+                Part::Change(c) => Some(c),
+                Part::Oversized { .. } => None,
+            })
+            .collect();
+        let others: Vec<Change> = whole.iter().filter(|c| c.revision != deleted).cloned().collect();
+        assert_eq!(held, others, "every other revision reads as changes() reads it");
+
+        // Small steps end at revision boundaries; together they cover everything once.
+        let (mut from, mut seen) = (1, Vec::new());
+        while from <= head {
+            let (step, through) = s.read(|t| parts(t, from, head, 2_000, 10 * 1024)).expect("reads");
+            assert!(through >= from, "a step makes progress");
+            assert!(step.iter().all(|p| p.revision() <= through), "a step holds nothing past its end");
+            seen.extend(step.iter().map(Part::revision));
+            from = through + 1;
+        }
+        seen.dedup();
+        assert!(seen.contains(&deleted) && seen.windows(2).all(|w| w[0] < w[1]), "in order: {seen:?}");
+
+        // The marker's rows, in steps of about 3 KiB: all 40, in order, once.
+        let (mut n, mut rows) = (0, Vec::new());
+        loop {
+            let (step, next) = s.read(|t| rows_of(t, deleted, n, 3 * 1024)).expect("reads");
+            assert!(!step.is_empty(), "a step reads at least one row");
+            rows.extend(step);
+            match next {
+                Some(next) => n = next,
+                None => break,
+            }
+        }
+        assert_eq!(rows, of_deleted, "the steps of rows_of are the revision's changes");
+    }
 
     /// Random puts, deletes, txns and session ends; after each, the whole state is recorded;
     /// then a read at every past revision must give exactly the state recorded then.

@@ -22,4 +22,5 @@ mod partitions;
 mod registry;
 mod replication;
 mod sessions;
+mod watch_limits;
 mod watches;
