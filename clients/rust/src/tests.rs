@@ -1,19 +1,27 @@
 //! The retry loop against scripted in-process servers: endpoint failover, leader hints,
-//! request ids kept across retries, errors that must not be retried, the retry budget.
+//! request ids kept across retries, errors that must not be retried, the retry budget; and a
+//! watch resumed on another member when one ends its stream over its limits.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::{Stream, StreamExt};
 use latch_proto::v1::kv_server::{Kv, KvServer};
+use latch_proto::v1::watch_request::Request as Ask;
+use latch_proto::v1::watch_server::{Watch, WatchServer};
 use latch_proto::v1::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, Event, KeyValue,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+    WatchRequest, WatchResponse,
 };
 use tonic::transport::server::TcpIncoming;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Response, Status, Streaming};
 
-use crate::{Client, ClientOptions, Compare, CompareResult, Op, Txn, LEADER_ADDR_METADATA};
+use crate::{
+    Client, ClientOptions, Compare, CompareResult, Op, Txn, WatchOptions, WatchUpdate, LEADER_ADDR_METADATA,
+};
 
 /// How a scripted server answers every call.
 #[derive(Clone)]
@@ -191,4 +199,104 @@ async fn a_member_without_leader_sends_the_call_to_the_next_endpoint() {
 
     assert_eq!(received(&at_lost).len(), 1);
     assert_eq!(received(&at_good).len(), 2);
+}
+
+/// A member's Watch service: each stream answers its create with `created` and one event at the
+/// start revision; then the member ends the stream RESOURCE_EXHAUSTED if `cut`, or keeps it open.
+#[derive(Clone)]
+struct ScriptedWatch {
+    cut: bool,
+    /// The start revision of every create received, in order.
+    starts: Arc<Mutex<Vec<i64>>>,
+}
+
+type Responses = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Watch for ScriptedWatch {
+    type WatchStream = Responses;
+
+    async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Responses>, Status> {
+        let Some(Ask::Create(create)) = request.into_inner().message().await?.and_then(|r| r.request) else {
+            return Err(Status::invalid_argument("a create comes first"));
+        };
+        let start = create.start_revision;
+        self.starts.lock().expect("test lock").push(start);
+        let header = |revision| Some(ResponseHeader { revision, ..Default::default() });
+        let kv =
+            KeyValue { key: create.key, value: b"v".to_vec(), mod_revision: start, ..Default::default() };
+        let responses = [
+            WatchResponse { header: header(start - 1), watch_id: 1, created: true, ..Default::default() },
+            WatchResponse {
+                header: header(start),
+                watch_id: 1,
+                events: vec![Event { kv: Some(kv), ..Default::default() }],
+                ..Default::default()
+            },
+        ];
+        let sent = futures::stream::iter(responses.map(Ok));
+        if self.cut {
+            let end = Status::resource_exhausted(
+                "this member holds 1073741824 bytes of watch responses queued for its clients, its most \
+                 (--max-watch-queued-bytes): resume the watches",
+            );
+            Ok(Response::new(Box::pin(sent.chain(futures::stream::once(async move { Err(end) })))))
+        } else {
+            Ok(Response::new(Box::pin(sent.chain(futures::stream::pending()))))
+        }
+    }
+}
+
+/// Starts a scripted Watch member on a free port; returns its address and the starts it got.
+async fn serve_watch(cut: bool) -> (String, Arc<Mutex<Vec<i64>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+    let addr = listener.local_addr().expect("bound address").to_string();
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    let service = WatchServer::new(ScriptedWatch { cut, starts: starts.clone() });
+    let incoming = TcpIncoming::from_listener(listener, true, None).expect("incoming");
+    tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
+    (addr, starts)
+}
+
+#[tokio::test]
+async fn a_watch_whose_stream_a_member_ends_over_its_limits_resumes_on_another_member_from_the_next_revision()
+{
+    let (loaded, at_loaded) = serve_watch(true).await;
+    let (other, at_other) = serve_watch(false).await;
+    let client = Client::connect([loaded, other]).await.expect("valid endpoints");
+
+    let updates: Vec<_> = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.watch(WatchOptions::key("k").from_revision(5)).take(3).collect(),
+    )
+    .await
+    .expect("three updates within 10 s");
+
+    let updates: Vec<WatchUpdate> = updates
+        .into_iter()
+        .map(|u| u.expect("a stream ended RESOURCE_EXHAUSTED after it was served is resumed, not an error"))
+        .collect();
+    let revisions: Vec<_> = updates
+        .iter()
+        .map(|u| match u {
+            WatchUpdate::Started { revision } => ("started", *revision),
+            WatchUpdate::Events { revision, .. } => ("events", *revision),
+            other => panic!("only Started and Events are scripted: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        revisions,
+        [("started", 4), ("events", 5), ("events", 6)],
+        "started once, then revision 5 from the loaded member and 6 from the other"
+    );
+    assert_eq!(
+        *at_loaded.lock().expect("test lock"),
+        [5],
+        "the loaded member is asked from revision 5, once"
+    );
+    assert_eq!(
+        *at_other.lock().expect("test lock"),
+        [6],
+        "the other member resumes the watch from revision 6"
+    );
 }

@@ -1,7 +1,8 @@
 //! Watches: [`Client::watch`] streams the changes of a key, a prefix or a range, revision by
 //! revision, and resumes by itself — on another member when one fails, after a leader change,
-//! or when the member cut it off as too slow — from the revision after the last one it
-//! delivered, so that the caller sees every revision once, in order, with no gap.
+//! when the member cut it off as too slow, or when a member ended its stream for the memory
+//! its clients' queues hold — from the revision after the last one it delivered, so that the
+//! caller sees every revision once, in order, with no gap.
 
 use std::time::Duration;
 
@@ -131,7 +132,8 @@ pub enum WatchUpdate {
 
 /// Why a watch stream should be opened again, and from where.
 enum Reopen {
-    /// The stream broke (the member failed or shut down): try another member.
+    /// The stream broke (the member failed, shut down, or ended it over its limits): try
+    /// another member.
     Elsewhere,
     /// The member cut the watch off as slow: it is fine, reopen anywhere.
     Again,
@@ -149,14 +151,20 @@ enum Step {
 
 impl Client {
     /// Watches what `options` selects. The stream ends with an error only when the watch cannot
-    /// go on: a refused request (INVALID_ARGUMENT), a member's limit (RESOURCE_EXHAUSTED: its
-    /// watch streams or snapshots at once), or a compacted revision without
+    /// go on: a refused request (INVALID_ARGUMENT), a member's limit refusing it
+    /// (RESOURCE_EXHAUSTED: a stream refused as it opens, past the member's watch streams, or
+    /// a create past its snapshots at once), or a compacted revision without
     /// [`WatchOptions::snapshot_on_compacted`] (OUT_OF_RANGE; see [`Error::compact_revision`]).
-    /// Dropping the stream ends the watch.
+    /// A stream the member ends once it was serving it — RESOURCE_EXHAUSTED for the bytes it
+    /// holds queued for its clients, UNAVAILABLE when this caller read nothing for the member's
+    /// stall deadline — is resumed, on another member if there is one. Dropping the stream ends
+    /// the watch.
     ///
     /// The watch runs inside the returned stream's polling (no task of its own, no queue in
     /// between): a response is read from the member only when the caller asks for the next
-    /// update, so a caller that stops reading holds the member's flow control, not memory here.
+    /// update, so a caller that stops reading holds the member's flow control, not memory here
+    /// (and the member's queue for at most its `--watch-stall-deadline`: then the member drops
+    /// it and ends the stream, and the watch resumes once the caller reads again).
     pub fn watch(
         &self,
         options: WatchOptions,
@@ -251,6 +259,12 @@ impl Follower {
     fn read(&mut self, response: Result<Option<WatchResponse>, Status>) -> Step {
         let r: WatchResponse = match response {
             Ok(Some(r)) => r,
+            // A stream ended over a member's limit once it was served (the bytes queued for
+            // its clients) says the member is loaded, not that the watch is wrong: another
+            // member, or this one a moment later, serves it.
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                return Step::Reopen(Reopen::Elsewhere)
+            }
             Err(status) if gives_up(status.code()) => return Step::End(Error::from(status)),
             Ok(None) | Err(_) => return Step::Reopen(Reopen::Elsewhere),
         };
