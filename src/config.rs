@@ -127,6 +127,18 @@ pub struct ServerArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub watch_snapshot_deadline: Option<Duration>,
+    /// Most bytes of watch responses this member holds queued for its clients, over every
+    /// stream (each stream holds at most 4 MiB); a stream whose next response finds no room
+    /// within a second is ended RESOURCE_EXHAUSTED, and clients resume its watches
+    /// [default: 1073741824].
+    #[arg(long)]
+    pub max_watch_queued_bytes: Option<usize>,
+    /// How long a watch stream waits for its client to make room in its queue; a client that
+    /// reads nothing for longer has its stream ended UNAVAILABLE and what was queued for it
+    /// dropped, and clients resume its watches (humantime) [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub watch_stall_deadline: Option<Duration>,
     /// Shortest session TTL a client may ask for (humantime) [default: 1s].
     #[arg(long, value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
@@ -237,6 +249,11 @@ pub struct Limits {
     /// to read one (`--watch-snapshot-deadline`).
     pub max_watch_snapshots: usize,
     pub watch_snapshot_deadline: Duration,
+    /// Bytes of watch responses queued for clients over every stream
+    /// (`--max-watch-queued-bytes`), and how long one stream waits for its client to make room
+    /// in its queue (`--watch-stall-deadline`).
+    pub max_watch_queued_bytes: usize,
+    pub watch_stall_deadline: Duration,
     /// Bounds of a session's TTL.
     pub session_ttl_min: Duration,
     pub session_ttl_max: Duration,
@@ -255,6 +272,8 @@ impl Default for Limits {
             max_watch_streams: 20_000,
             max_watch_snapshots: 8,
             watch_snapshot_deadline: Duration::from_secs(60),
+            max_watch_queued_bytes: 1024 * 1024 * 1024,
+            watch_stall_deadline: Duration::from_secs(30),
             session_ttl_min: Duration::from_secs(1),
             session_ttl_max: Duration::from_secs(3600),
         }
@@ -437,6 +456,14 @@ impl Config {
                 .watch_snapshot_deadline
                 .or(file.watch_snapshot_deadline)
                 .unwrap_or(defaults.watch_snapshot_deadline),
+            max_watch_queued_bytes: flags
+                .max_watch_queued_bytes
+                .or(file.max_watch_queued_bytes)
+                .unwrap_or(defaults.max_watch_queued_bytes),
+            watch_stall_deadline: flags
+                .watch_stall_deadline
+                .or(file.watch_stall_deadline)
+                .unwrap_or(defaults.watch_stall_deadline),
             session_ttl_min: flags
                 .session_ttl_min
                 .or(file.session_ttl_min)
@@ -468,9 +495,17 @@ impl Config {
                 });
             }
         }
-        if limits.watch_snapshot_deadline.is_zero() {
+        for (flag, d) in [
+            ("watch-snapshot-deadline", limits.watch_snapshot_deadline),
+            ("watch-stall-deadline", limits.watch_stall_deadline),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Invalid { flag, problem: "must be positive".into() });
+            }
+        }
+        if limits.max_watch_queued_bytes == 0 {
             return Err(ConfigError::Invalid {
-                flag: "watch-snapshot-deadline",
+                flag: "max-watch-queued-bytes",
                 problem: "must be positive".into(),
             });
         }
@@ -727,7 +762,7 @@ mod tests {
 
     #[test]
     fn bounds_that_could_not_hold_one_request_are_refused_naming_the_flag() {
-        let cases: [(ServerArgs, &str); 7] = [
+        let cases: [(ServerArgs, &str); 9] = [
             (
                 ServerArgs { max_peer_message_bytes: Some(1000), ..Default::default() },
                 "--max-peer-message-bytes",
@@ -744,6 +779,14 @@ mod tests {
                 ServerArgs { watch_snapshot_deadline: Some(Duration::ZERO), ..Default::default() },
                 "--watch-snapshot-deadline",
             ),
+            (
+                ServerArgs { watch_stall_deadline: Some(Duration::ZERO), ..Default::default() },
+                "--watch-stall-deadline",
+            ),
+            (
+                ServerArgs { max_watch_queued_bytes: Some(0), ..Default::default() },
+                "--max-watch-queued-bytes",
+            ),
         ];
         for (flags, flag) in cases {
             let e = Config::from_args(ServerArgs { dev: true, ..flags }).expect_err(flag);
@@ -757,5 +800,34 @@ mod tests {
             (4, 20_000, 8)
         );
         assert_eq!(ok.peer_limits, PeerLimits::default());
+        assert_eq!(
+            (ok.limits.max_watch_queued_bytes, ok.limits.watch_stall_deadline),
+            (1 << 30, Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn watch_queue_limits_are_read_from_the_config_file_and_flags_win() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("latch.toml");
+        std::fs::write(
+            &path,
+            "dev = true\nmax-watch-queued-bytes = 5000000\nwatch-stall-deadline = \"7s\"\n",
+        )
+        .expect("write config");
+        let c = Config::from_args(ServerArgs { config: Some(path.clone()), ..Default::default() })
+            .expect("valid config");
+        assert_eq!(
+            (c.limits.max_watch_queued_bytes, c.limits.watch_stall_deadline),
+            (5_000_000, Duration::from_secs(7)),
+            "both keys of the file are read"
+        );
+        let flags = ServerArgs {
+            config: Some(path),
+            watch_stall_deadline: Some(Duration::from_secs(2)),
+            ..Default::default()
+        };
+        let c = Config::from_args(flags).expect("valid config");
+        assert_eq!(c.limits.watch_stall_deadline, Duration::from_secs(2), "the flag wins over the file");
     }
 }

@@ -9,10 +9,18 @@
 //! (`outbox`); when the client does not read, the task waits there, and nothing else does.
 //!
 //! What a member holds for watches is bounded: streams (`--max-watch-streams`), watches per
-//! stream ([`MAX_WATCHES_PER_STREAM`]), each stream's queue ([`outbox::OUTBOX_BYTES`]), and
-//! snapshots in progress, each holding a read transaction (`--max-watch-snapshots`, each for at
-//! most `--watch-snapshot-deadline`). A create over a limit is refused alone (`created` and
+//! stream ([`MAX_WATCHES_PER_STREAM`]), each stream's queue ([`outbox::OUTBOX_BYTES`]) and
+//! every stream's queue together (`--max-watch-queued-bytes`), and snapshots in progress, each
+//! holding a read transaction (`--max-watch-snapshots`, each for at most
+//! `--watch-snapshot-deadline`). A create over a limit is refused alone (`created` and
 //! `canceled`, RESOURCE_EXHAUSTED), a stream over the limit RESOURCE_EXHAUSTED.
+//!
+//! A stream whose client reads nothing holds its queue for at most `--watch-stall-deadline`;
+//! one whose next response finds no room in the member's queued bytes within
+//! [`outbox::MEMBER_WAIT`] no longer than that. Either is then cut: what was queued for it is
+//! dropped at once and the stream ends, UNAVAILABLE (stalled) or RESOURCE_EXHAUSTED (the
+//! member's queued bytes), telling the client to resume its watches from the revision after
+//! the last it received (the Rust client does, on another member if there is one).
 //!
 //! Invariants (the guarantees of proto/latch/v1/watch.proto):
 //! - A watch's `next` only grows, and only past revisions whose events it sent (or that had
@@ -49,7 +57,7 @@ use prost::bytes::Bytes;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
-use outbox::{Outbox, Outflow};
+use outbox::{Outbox, Outflow, QueueBudget, Unsent};
 pub use recent::Recent;
 use recent::{Batch, Encoded, READ_STEP_BYTES};
 use snapshot::{snapshot_page, SnapshotSlot};
@@ -81,6 +89,8 @@ pub struct WatchService {
     streams: Arc<Semaphore>,
     /// One permit per snapshot the member may send at once (`--max-watch-snapshots`).
     snapshots: Arc<Semaphore>,
+    /// Bytes queued for clients over every stream (`--max-watch-queued-bytes`).
+    queued: QueueBudget,
 }
 
 impl WatchService {
@@ -96,9 +106,19 @@ impl WatchService {
         let permits = |n: usize| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS)));
         let (streams, snapshots) =
             (permits(ctx.limits.max_watch_streams), permits(ctx.limits.max_watch_snapshots));
-        WatchServer::new(WatchService { ctx, recent, metrics, stop, progress_every, streams, snapshots })
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(usize::MAX)
+        let queued = QueueBudget::new(ctx.limits.max_watch_queued_bytes, metrics.watch.queued_bytes.clone());
+        WatchServer::new(WatchService {
+            ctx,
+            recent,
+            metrics,
+            stop,
+            progress_every,
+            streams,
+            snapshots,
+            queued,
+        })
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(usize::MAX)
     }
 }
 
@@ -117,7 +137,7 @@ impl WatchApi for WatchService {
                 self.ctx.limits.max_watch_streams
             ))));
         };
-        let (out, outflow) = Outbox::new(self.metrics.watch.queued_bytes.clone());
+        let (out, outflow) = Outbox::new(&self.queued, self.ctx.limits.watch_stall_deadline);
         self.metrics.watch.streams.inc();
         let stream = Stream {
             ctx: self.ctx.clone(),
@@ -175,8 +195,11 @@ impl Watch {
 enum End {
     /// The client went away.
     Gone,
-    /// The member failed to serve it: the status goes to the client.
+    /// The member failed to serve it: the status goes to the client, after what is queued.
     Failed(Status),
+    /// The stream was cut for holding the member's memory (`reason`, as counted): what is
+    /// queued is dropped and the status goes to the client at once.
+    Cut(&'static str, Status),
 }
 
 struct Stream {
@@ -274,8 +297,22 @@ impl Stream {
     }
 
     async fn end(self, end: End) {
-        if let End::Failed(status) = end {
-            let _ = self.out.send(Err(status)).await;
+        match end {
+            End::Gone => {}
+            End::Failed(status) => {
+                // A client that does not take the status in time is cut with it.
+                let reason = match self.out.send(Err(status.clone())).await {
+                    Err(Unsent::Stalled) => "stalled",
+                    Err(Unsent::MemberFull) => "queued_bytes",
+                    Ok(()) | Err(Unsent::Gone) => return,
+                };
+                self.metrics.watch.cut(reason);
+                self.out.cut(status);
+            }
+            End::Cut(reason, status) => {
+                self.metrics.watch.cut(reason);
+                self.out.cut(status);
+            }
         }
     }
 
@@ -292,7 +329,35 @@ impl Stream {
     }
 
     async fn send(&self, response: wire::WatchResponse) -> Result<(), End> {
-        self.out.send(Ok(response)).await.map_err(|_| End::Gone)
+        self.out.send(Ok(response)).await.map_err(|unsent| self.unsent(unsent))
+    }
+
+    /// How the stream ends when a response could not be queued.
+    fn unsent(&self, unsent: Unsent) -> End {
+        let limits = &self.ctx.limits;
+        match unsent {
+            Unsent::Gone => End::Gone,
+            Unsent::Stalled => End::Cut(
+                "stalled",
+                Status::unavailable(format!(
+                    "the client took no response for {:?} (--watch-stall-deadline): this member \
+                     dropped what it had queued for it; resume the watches from the revision after \
+                     the last one received",
+                    limits.watch_stall_deadline
+                )),
+            ),
+            Unsent::MemberFull => End::Cut(
+                "queued_bytes",
+                self.ctx.to_status(ApiError::OverLimit(format!(
+                    "this member holds {} bytes of watch responses queued for its clients, its most \
+                     (--max-watch-queued-bytes), and had no room for this stream's next within \
+                     {:?}: resume the watches from the revision after the last one received, on \
+                     another member or later",
+                    limits.max_watch_queued_bytes,
+                    outbox::MEMBER_WAIT
+                ))),
+            ),
+        }
     }
 
     fn header(&self, revision: i64) -> ResponseHeader {

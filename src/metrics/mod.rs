@@ -68,8 +68,11 @@ pub struct WatchMetrics {
     /// Revisions and bytes of encoded events in the shared window of recent revisions.
     pub window_revisions: Gauge,
     pub window_bytes: Gauge,
-    /// Bytes of responses queued for clients, over every stream (each bounded).
+    /// Bytes of responses queued for clients, over every stream (each bounded, and all of them
+    /// by `--max-watch-queued-bytes`).
     pub queued_bytes: Gauge,
+    /// Streams the member ended at once, dropping what was queued for them, by reason.
+    streams_cut: Family<ReasonLabels, Counter>,
     /// Snapshots in progress (`--max-watch-snapshots`), each holding a read transaction.
     pub snapshots: Gauge,
 }
@@ -78,6 +81,12 @@ impl WatchMetrics {
     /// A watch ended for `reason` (client, compacted, slow, invalid).
     pub fn canceled(&self, reason: &'static str) {
         self.canceled.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// A stream was ended at once for `reason`: `stalled` (its client read nothing for
+    /// `--watch-stall-deadline`) or `queued_bytes` (`--max-watch-queued-bytes` had no room).
+    pub fn cut(&self, reason: &'static str) {
+        self.streams_cut.get_or_create(&ReasonLabels { reason }).inc();
     }
 }
 
@@ -414,6 +423,7 @@ impl Metrics {
             window_revisions: Gauge::default(),
             window_bytes: Gauge::default(),
             queued_bytes: Gauge::default(),
+            streams_cut: Family::default(),
             snapshots: Gauge::default(),
         };
         r.register("watch_streams", "Open Watch streams on this member", watch.streams.clone());
@@ -441,9 +451,14 @@ impl Metrics {
         );
         r.register_with_unit(
             "watch_queued",
-            "Bytes of watch responses queued for their clients, over every stream (at most 4 MiB each)",
+            "Bytes of watch responses queued for their clients, over every stream (at most 4 MiB each, and --max-watch-queued-bytes in all)",
             Unit::Bytes,
             watch.queued_bytes.clone(),
+        );
+        r.register(
+            "watch_streams_cut",
+            "Watch streams ended at once by the member, what was queued for them dropped, by reason (stalled: the client read nothing for --watch-stall-deadline; queued_bytes: no room in --max-watch-queued-bytes)",
+            watch.streams_cut.clone(),
         );
         r.register(
             "watch_snapshots",

@@ -1,15 +1,20 @@
-//! A member's limits on watches, on real processes (`api::watch`; docs/watches.md, "Limits and
-//! costs"): streams past `--max-watch-streams` are refused; a snapshot not read within
-//! `--watch-snapshot-deadline` gives its slot back; a create from now on a member cut off is
-//! refused alone; a start in the future vouches for nothing past the member's revision.
+//! A member's limits on watches, on real processes (`api::watch`, `api::watch::outbox`;
+//! docs/watches.md, "Limits and costs"): streams past `--max-watch-streams` are refused; a
+//! snapshot not read within `--watch-snapshot-deadline` gives its slot back; a create from now
+//! on a member cut off is refused alone; a start in the future vouches for nothing past the
+//! member's revision; a client that reads nothing is cut at `--watch-stall-deadline` and gives
+//! its queue back while other streams go on; a stream cut for `--max-watch-queued-bytes` is
+//! resumed by the Rust client with nothing missed.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use latch_client::prefix_range;
+use futures::StreamExt;
 use latch_client::proto::watch_client::WatchClient;
 use latch_client::proto::watch_request::Request as Ask;
 use latch_client::proto::watch_response::CancelReason;
 use latch_client::proto::{WatchCreateRequest, WatchProgressRequest, WatchRequest};
+use latch_client::{prefix_range, WatchOptions, WatchUpdate};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -186,4 +191,175 @@ async fn a_watch_that_starts_in_the_future_vouches_for_no_revision_past_the_memb
     assert_eq!(asked.header.unwrap().revision, head, "the progress asked for");
     let idle = responses_until(&mut stream, |r| r.progress && r.watch_id == 1).await.pop().unwrap();
     assert_eq!(idle.header.unwrap().revision, head, "the idle watch's own progress");
+}
+
+/// The sum of `series` over the live members of `c`, once `ok` holds of it (within 30 s).
+async fn metric_until(c: &Cluster, what: &str, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    eventually(what, Duration::from_secs(30), || async {
+        let n = total(c, series).await;
+        if ok(n) {
+            Ok(n)
+        } else {
+            Err(format!("{series} = {n}"))
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_client_reads_nothing_is_cut_at_the_stall_deadline_while_another_stream_goes_on() {
+    let c = Cluster::start(1, &["--watch-stall-deadline", "2s"]).await;
+    let client = c.client().await;
+    let addr = c.member(1).client_addr.clone();
+    let watched = prefix_range(PREFIX.as_bytes());
+
+    // One client reads nothing (its HTTP/2 windows hold 1 KiB); another reads all along.
+    let (silent_tx, mut silent) = open_stream(&addr, Some(1024)).await.unwrap();
+    silent_tx.send(create_of(1, watched.clone(), 0, |_| {})).await.unwrap();
+    let created = responses_until(&mut silent, |r| r.created).await.pop().unwrap();
+    assert!(!created.canceled, "the silent watch is created: {created:?}");
+    let (reader_tx, mut reader) = open_stream(&addr, None).await.unwrap();
+    reader_tx.send(create_of(1, watched, 0, |_| {})).await.unwrap();
+    let created = responses_until(&mut reader, |r| r.created).await.pop().unwrap();
+    assert!(!created.canceled, "the reading watch is created: {created:?}");
+    let read = Arc::new(Mutex::new(Vec::new()));
+    let reading = {
+        let read = read.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(r)) = reader.message().await {
+                if !r.events.is_empty() {
+                    read.lock().unwrap().push(r.header.unwrap().revision);
+                }
+            }
+        })
+    };
+
+    // 100 revisions: more than the silent stream's queue holds (64 responses).
+    let mut written = Vec::new();
+    for i in 0..100 {
+        let put = client.put(format!("{PREFIX}{i:03}"), vec![b'v'; 1024]).await.unwrap();
+        written.push(put.header.unwrap().revision);
+    }
+    metric_until(
+        &c,
+        "the silent stream to be cut as stalled",
+        "latch_watch_streams_cut_total{reason=\"stalled\"}",
+        |n| n == 1.0,
+    )
+    .await;
+    metric_until(&c, "the silent stream's queue to be given back", "latch_watch_queued_bytes", |n| n == 0.0)
+        .await;
+    metric_until(&c, "the reading stream alone to be served", "latch_watch_streams", |n| n == 1.0).await;
+
+    let after = client.put(format!("{PREFIX}after"), "a").await.unwrap().header.unwrap().revision;
+    written.push(after);
+    eventually("the reading stream to receive every revision", Duration::from_secs(20), || async {
+        let got = read.lock().unwrap().clone();
+        if got == written {
+            Ok(())
+        } else {
+            Err(format!("{} of {} revisions, the last {:?}", got.len(), written.len(), got.last()))
+        }
+    })
+    .await;
+    assert_eq!(
+        total(&c, "latch_watch_streams_cut_total{reason=\"stalled\"}").await,
+        1.0,
+        "the reading stream was never cut"
+    );
+
+    // The silent client, reading at last, gets what HTTP/2 held for it, then the end: its
+    // queue was dropped.
+    let mut got = Vec::new();
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), silent.message()).await {
+            Ok(Ok(Some(r))) => got.push(r.header.unwrap().revision),
+            Ok(Ok(None)) => panic!("the silent stream should end with a status, not cleanly"),
+            Ok(Err(status)) => break status,
+            Err(_) => {
+                panic!("the silent stream should end at once when read; it got {} responses", got.len())
+            }
+        }
+    };
+    assert_eq!(end.code(), tonic::Code::Unavailable, "the stalled stream ends UNAVAILABLE: {end:?}");
+    assert!(end.message().contains("--watch-stall-deadline"), "the end names the flag: {}", end.message());
+    assert!(end.message().contains("resume"), "the end says to resume the watches: {}", end.message());
+    assert!(
+        got.len() < 64,
+        "the silent client gets no more than HTTP/2 held, not its dropped queue: {}",
+        got.len()
+    );
+    assert_eq!(got, written[..got.len()], "what it got is the first revisions, in order");
+    reading.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_cut_for_the_members_queued_bytes_is_resumed_by_the_client_with_nothing_missed() {
+    let c = Cluster::start(1, &["--max-watch-queued-bytes", "100000", "--watch-stall-deadline", "8s"]).await;
+    let client = c.client().await;
+    let addr = c.member(1).client_addr.clone();
+
+    // A client that reads nothing holds its whole queue (64 responses of about 1 KiB) of the
+    // member's 100,000 bytes.
+    let (silent_tx, mut silent) = open_stream(&addr, Some(1024)).await.unwrap();
+    silent_tx.send(create_of(1, prefix_range(PREFIX.as_bytes()), 0, |_| {})).await.unwrap();
+    responses_until(&mut silent, |r| r.created).await;
+    let updates = client.watch(WatchOptions::prefix(PREFIX));
+    let (read, error) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(None)));
+    let (r, e) = (read.clone(), error.clone());
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    let reading = tokio::spawn(async move {
+        let mut started_tx = Some(started_tx);
+        tokio::pin!(updates);
+        while let Some(update) = updates.next().await {
+            match update {
+                Ok(WatchUpdate::Started { .. }) => {
+                    if let Some(tx) = started_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(WatchUpdate::Events { revision, .. }) => r.lock().unwrap().push(revision),
+                Ok(other) => *e.lock().unwrap() = Some(format!("unexpected {other:?}")),
+                Err(err) => {
+                    *e.lock().unwrap() = Some(err.to_string());
+                    return;
+                }
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), started).await.unwrap().unwrap();
+
+    let mut written = Vec::new();
+    for i in 0..70 {
+        let put = client.put(format!("{PREFIX}{i:03}"), vec![b'v'; 1024]).await.unwrap();
+        written.push(put.header.unwrap().revision);
+    }
+    metric_until(&c, "the silent stream to fill its queue", "latch_watch_queued_bytes", |n| n >= 60_000.0)
+        .await;
+    // 40 KB more does not fit beside it: the reading client's stream is cut, and resumes.
+    let big = client.put(format!("{PREFIX}big"), vec![b'b'; 40_000]).await.unwrap();
+    written.push(big.header.unwrap().revision);
+    eventually("the reading client to receive every revision", Duration::from_secs(30), || async {
+        if let Some(e) = error.lock().unwrap().clone() {
+            panic!("the watch should resume, not end: {e}");
+        }
+        let got = read.lock().unwrap().clone();
+        if got == written {
+            Ok(())
+        } else {
+            Err(format!("{} of {} revisions, the last {:?}", got.len(), written.len(), got.last()))
+        }
+    })
+    .await;
+    let cut = total(&c, "latch_watch_streams_cut_total{reason=\"queued_bytes\"}").await;
+    assert!(
+        cut >= 1.0,
+        "the reading client's stream was cut for the member's queued bytes at least once: {cut}"
+    );
+    assert_eq!(
+        total(&c, "latch_watch_streams_cut_total{reason=\"stalled\"}").await,
+        1.0,
+        "the silent stream was cut at its stall deadline, which let the big revision through"
+    );
+    reading.abort();
 }

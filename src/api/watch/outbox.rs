@@ -1,17 +1,26 @@
-//! A stream's queue of responses on their way to its client, bounded by count and by bytes.
+//! A stream's queue of responses on their way to its client, bounded by count and by bytes, and
+//! the member's budget of bytes queued over every stream.
 //!
 //! The stream's task sends into an [`Outbox`]; tonic takes from the [`Outflow`] as HTTP/2 flow
 //! control lets it. Invariants:
 //! - A client that does not read holds at most [`OUTBOX`] responses and [`OUTBOX_BYTES`] of
 //!   them in its queue (or one larger response alone), whatever its watches select: the task
 //!   waits for room, and only its own stream waits.
-//! - A response's bytes are given back when tonic takes it, or when the queue is dropped with
-//!   it; the gauge handed to [`Outbox::new`] counts exactly the bytes held.
-//! - A send never outlives the client: it ends [`Gone`] as soon as the `Outflow` is dropped.
+//! - Every stream's queue together holds at most the member's [`QueueBudget`]
+//!   (`--max-watch-queued-bytes`): a response takes its bytes from its stream's budget and from
+//!   the member's, and holds both until tonic takes it, or until its queue is dropped or cut.
+//! - A send waits at most its stall deadline (`--watch-stall-deadline`) for room in its own
+//!   queue, then at most [`MEMBER_WAIT`] for the member's budget; past either it fails
+//!   ([`Unsent::Stalled`], [`Unsent::MemberFull`]) and the stream is to be [`Outbox::cut`]:
+//!   what its queue holds is dropped then, not when the client reads or its connection closes.
+//! - The gauge of the [`QueueBudget`] counts exactly the bytes of budget held.
+//! - A send never outlives the client: it ends [`Unsent::Gone`] as soon as the `Outflow` is
+//!   dropped.
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use latch_proto::wire;
 use prometheus_client::metrics::gauge::Gauge;
@@ -23,23 +32,55 @@ use tonic::Status;
 pub const OUTBOX: usize = 64;
 /// Most bytes of responses queued for one stream.
 pub const OUTBOX_BYTES: usize = 4 * 1024 * 1024;
+/// How long a response that has room in its stream's queue waits for the member's budget.
+pub const MEMBER_WAIT: Duration = Duration::from_secs(1);
 
 /// What a stream sends its client: a response, or the status that ends the stream.
 pub type Item = Result<wire::WatchResponse, Status>;
 
-/// The client went away.
+/// Why a send did not queue its response.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Gone;
+pub enum Unsent {
+    /// The client went away.
+    Gone,
+    /// The stream's own queue had no room for the stall deadline: its client reads nothing.
+    Stalled,
+    /// The member's budget of queued bytes had no room within [`MEMBER_WAIT`].
+    MemberFull,
+}
 
-/// A queued response and the bytes of the budget it holds.
+/// The member's budget of bytes queued for watch clients (`--max-watch-queued-bytes`), shared
+/// by every stream's [`Outbox`], and the gauge that counts what is taken of it
+/// (`latch_watch_queued_bytes`).
+///
+/// A semaphore, one permit a byte, rather than `node::budget::Budget`: a response waits a
+/// moment for bytes ([`MEMBER_WAIT`], first come first served) where a request is refused at
+/// once.
+#[derive(Clone)]
+pub struct QueueBudget {
+    bytes: Arc<Semaphore>,
+    /// The budget's size: no one response takes more (a larger one waits for all of it).
+    limit: usize,
+    gauge: Gauge,
+}
+
+impl QueueBudget {
+    pub fn new(limit: usize, gauge: Gauge) -> QueueBudget {
+        let limit = limit.clamp(1, Semaphore::MAX_PERMITS);
+        QueueBudget { bytes: Arc::new(Semaphore::new(limit)), limit, gauge }
+    }
+}
+
+/// A queued response and the bytes of the budgets it holds.
 struct Queued {
     item: Item,
     _held: Held,
 }
 
-/// Bytes of a stream's budget, given back (and uncounted) when dropped.
+/// Bytes of a stream's budget and of the member's, given back (and uncounted) when dropped.
 struct Held {
-    _permit: OwnedSemaphorePermit,
+    _own: OwnedSemaphorePermit,
+    _member: OwnedSemaphorePermit,
     bytes: i64,
     gauge: Gauge,
 }
@@ -50,39 +91,105 @@ impl Drop for Held {
     }
 }
 
+/// The receiving end of a stream's queue, shared by its [`Outflow`] (which takes from it) and
+/// its [`Outbox`] (which may cut it: drop what it holds and end it with a status).
+struct Taker {
+    /// `None` once the queue is cut or the `Outflow` dropped: what it held is dropped with it.
+    rx: Option<mpsc::Receiver<Queued>>,
+    /// The status that ends a cut stream, until the `Outflow` hands it over.
+    last: Option<Status>,
+    /// The `Outflow`'s task while it waits for a response, woken by a cut.
+    waker: Option<Waker>,
+}
+
+/// The lock of a [`Taker`]. Nothing panics while holding it, so a poisoned one is still sound.
+fn lock(taker: &Mutex<Taker>) -> MutexGuard<'_, Taker> {
+    taker.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// The sending side.
 pub struct Outbox {
     tx: mpsc::Sender<Queued>,
+    /// The stream's own budget of bytes ([`OUTBOX_BYTES`]).
     bytes: Arc<Semaphore>,
-    /// Bytes queued on every stream of the member (`latch_watch_queued_bytes`).
-    gauge: Gauge,
+    member: QueueBudget,
+    /// Most bytes one response takes of either budget (a larger one waits for all of it).
+    most: usize,
+    /// How long a send may wait for room in this queue (`--watch-stall-deadline`).
+    stall_deadline: Duration,
+    taker: Arc<Mutex<Taker>>,
 }
 
 impl Outbox {
-    /// A queue whose held bytes `gauge` counts (shared by every stream of the member).
-    pub fn new(gauge: Gauge) -> (Outbox, Outflow) {
+    /// A queue drawing on the member's `budget`, whose sends wait at most `stall_deadline` for
+    /// room in it.
+    pub fn new(budget: &QueueBudget, stall_deadline: Duration) -> (Outbox, Outflow) {
         let (tx, rx) = mpsc::channel(OUTBOX);
-        (Outbox { tx, bytes: Arc::new(Semaphore::new(OUTBOX_BYTES)), gauge }, Outflow { rx })
+        let taker = Arc::new(Mutex::new(Taker { rx: Some(rx), last: None, waker: None }));
+        let outbox = Outbox {
+            tx,
+            bytes: Arc::new(Semaphore::new(OUTBOX_BYTES)),
+            member: budget.clone(),
+            most: OUTBOX_BYTES.min(budget.limit),
+            stall_deadline,
+            taker: taker.clone(),
+        };
+        (outbox, Outflow { taker })
     }
 
-    /// Queues `item` once there is room for it, in count and in bytes.
-    pub async fn send(&self, item: Item) -> Result<(), Gone> {
+    /// Queues `item` once there is room for it, in count and in bytes, in this queue (waiting
+    /// at most the stall deadline) and in the member's budget (at most [`MEMBER_WAIT`]).
+    pub async fn send(&self, item: Item) -> Result<(), Unsent> {
         let size = match &item {
             Ok(r) => r.encoded_len(),
             Err(status) => status.message().len(),
         };
-        // A response over the whole budget waits for an empty queue, then goes alone.
-        let size = size.clamp(1, OUTBOX_BYTES);
-        let permit = tokio::select! {
-            permit = self.bytes.clone().acquire_many_owned(size as u32) => permit.map_err(|_| Gone)?,
-            () = self.tx.closed() => return Err(Gone),
+        // A response over a budget waits for all of it, then goes alone. `most` is at most
+        // OUTBOX_BYTES, so it fits a u32.
+        let size = size.clamp(1, self.most);
+        let permits = size as u32;
+        let own = async {
+            let slot = self.tx.reserve().await.map_err(|_| Unsent::Gone)?;
+            let bytes = self.bytes.clone().acquire_many_owned(permits).await.map_err(|_| Unsent::Gone)?;
+            Ok::<_, Unsent>((slot, bytes))
         };
-        self.gauge.inc_by(size as i64);
-        let held = Held { _permit: permit, bytes: size as i64, gauge: self.gauge.clone() };
-        self.tx.send(Queued { item, _held: held }).await.map_err(|_| Gone)
+        let (slot, own) = tokio::select! {
+            room = tokio::time::timeout(self.stall_deadline, own) => room.map_err(|_| Unsent::Stalled)??,
+            () = self.tx.closed() => return Err(Unsent::Gone),
+        };
+        let member = tokio::select! {
+            room = tokio::time::timeout(MEMBER_WAIT, self.member.bytes.clone().acquire_many_owned(permits)) => {
+                // The member's semaphore is never closed.
+                room.map_err(|_| Unsent::MemberFull)?.map_err(|_| Unsent::Gone)?
+            }
+            () = self.tx.closed() => return Err(Unsent::Gone),
+        };
+        let gauge = self.member.gauge.clone();
+        gauge.inc_by(size as i64);
+        let held = Held { _own: own, _member: member, bytes: size as i64, gauge };
+        slot.send(Queued { item, _held: held });
+        Ok(())
     }
 
-    /// Resolves when the client went away.
+    /// Ends the stream at once: what its queue holds is dropped (its bytes given back now) and
+    /// the client gets `status` next. Sends after it are [`Unsent::Gone`].
+    pub fn cut(&self, status: Status) {
+        let (dropped, waker) = {
+            let mut taker = lock(&self.taker);
+            if taker.rx.is_none() {
+                // The client went away; there is no one to tell.
+                return;
+            }
+            taker.last = Some(status);
+            (taker.rx.take(), taker.waker.take())
+        };
+        drop(dropped);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Resolves when the client went away (or the queue was cut).
     pub async fn closed(&self) {
         self.tx.closed().await
     }
@@ -90,30 +197,51 @@ impl Outbox {
 
 /// The receiving side: the body of the gRPC response.
 pub struct Outflow {
-    rx: mpsc::Receiver<Queued>,
+    taker: Arc<Mutex<Taker>>,
 }
 
 impl tokio_stream::Stream for Outflow {
     type Item = Item;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        let mut taker = lock(&self.taker);
+        let Some(rx) = taker.rx.as_mut() else {
+            // Cut: the status that ends the stream, then the end.
+            return Poll::Ready(taker.last.take().map(Err));
+        };
         // The queued response's bytes go back as it is handed over.
-        match self.rx.poll_recv(cx) {
+        match rx.poll_recv(cx) {
             Poll::Ready(Some(queued)) => Poll::Ready(Some(queued.item)),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                if !taker.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    taker.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
         }
+    }
+}
+
+impl Drop for Outflow {
+    fn drop(&mut self) {
+        // What is queued goes now, and the sender learns the client is gone.
+        let rx = lock(&self.taker).rx.take();
+        drop(rx);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use prost::bytes::Bytes;
+    use tokio::time::Instant;
     use tokio_stream::StreamExt as _;
 
     use super::*;
+
+    const MIB: usize = 1024 * 1024;
+    /// A stall deadline no test below reaches, unless it means to.
+    const NEVER: Duration = Duration::from_secs(24 * 3600);
 
     fn response(id: i64, bytes: usize) -> wire::WatchResponse {
         wire::WatchResponse {
@@ -123,41 +251,130 @@ mod tests {
         }
     }
 
-    /// Whether sending `response` completes before an hour of (paused) time has passed.
+    /// A member's budget far larger than any test queues.
+    fn roomy() -> QueueBudget {
+        QueueBudget::new(1 << 40, Gauge::default())
+    }
+
+    /// Whether sending `response` is queued before an hour of (paused) time has passed.
     async fn fits(outbox: &Outbox, response: wire::WatchResponse) -> bool {
-        tokio::time::timeout(Duration::from_secs(3600), outbox.send(Ok(response))).await.is_ok()
+        matches!(tokio::time::timeout(Duration::from_secs(3600), outbox.send(Ok(response))).await, Ok(Ok(())))
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_client_that_does_not_read_holds_at_most_the_outbox_bytes() {
-        let gauge = Gauge::default();
-        let (outbox, mut outflow) = Outbox::new(gauge.clone());
-        let mib = 1024 * 1024;
+        let budget = roomy();
+        let (outbox, mut outflow) = Outbox::new(&budget, NEVER);
         for id in 1..=3 {
-            assert!(fits(&outbox, response(id, mib)).await, "response {id} of 1 MiB fits in 4 MiB");
+            assert!(fits(&outbox, response(id, MIB)).await, "response {id} of 1 MiB fits in 4 MiB");
         }
-        assert!(!fits(&outbox, response(4, mib)).await, "a fourth MiB does not: the sender waits");
-        let held = gauge.get();
-        assert!((3 * mib as i64..4 * mib as i64).contains(&held), "the gauge counts 3 MiB held: {held}");
+        assert!(!fits(&outbox, response(4, MIB)).await, "a fourth MiB does not: the sender waits");
+        let held = budget.gauge.get();
+        assert!((3 * MIB as i64..4 * MIB as i64).contains(&held), "the gauge counts 3 MiB held: {held}");
         let first = outflow.next().await.expect("a response is queued").expect("not an error");
         assert_eq!(first.watch_id, 1, "responses leave in order");
-        assert!(fits(&outbox, response(4, mib)).await, "the response taken gave its bytes back");
-        assert!(!fits(&outbox, response(5, 8 * mib)).await, "one over the budget waits for an empty queue");
+        assert!(fits(&outbox, response(4, MIB)).await, "the response taken gave its bytes back");
+        assert!(!fits(&outbox, response(5, 8 * MIB)).await, "one over the budget waits for an empty queue");
         for id in 2..=4 {
             assert_eq!(outflow.next().await.expect("queued").expect("not an error").watch_id, id);
         }
-        assert!(fits(&outbox, response(5, 8 * mib)).await, "… then goes alone");
+        assert!(fits(&outbox, response(5, 8 * MIB)).await, "… then goes alone");
         drop(outflow);
-        assert_eq!(gauge.get(), 0, "a dropped queue gives back everything it held");
-        assert_eq!(outbox.send(Ok(response(6, 1))).await, Err(Gone), "a send after the client went is Gone");
+        assert_eq!(budget.gauge.get(), 0, "a dropped queue gives back everything it held");
+        assert_eq!(
+            outbox.send(Ok(response(6, 1))).await,
+            Err(Unsent::Gone),
+            "a send after the client went is Gone"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn small_responses_are_bounded_by_count() {
-        let (outbox, _outflow) = Outbox::new(Gauge::default());
+        let (outbox, _outflow) = Outbox::new(&roomy(), NEVER);
         for id in 0..OUTBOX as i64 {
             assert!(fits(&outbox, response(id, 10)).await, "response {id} fits");
         }
         assert!(!fits(&outbox, response(-1, 10)).await, "one past {OUTBOX} waits");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_member_budget_bounds_the_bytes_queued_over_every_stream_and_a_send_that_finds_none_fails_after_the_wait(
+    ) {
+        let budget = QueueBudget::new(3 * MIB, Gauge::default());
+        let (a, mut a_flow) = Outbox::new(&budget, NEVER);
+        let (b, mut b_flow) = Outbox::new(&budget, NEVER);
+        let (c, _c_flow) = Outbox::new(&budget, NEVER);
+        let (d, _d_flow) = Outbox::new(&budget, NEVER);
+        let almost_a_mib = || response(0, MIB - 64);
+        for (name, outbox) in [("a", &a), ("b", &b), ("c", &c)] {
+            assert!(fits(outbox, almost_a_mib()).await, "stream {name}'s MiB fits in the member's 3 MiB");
+        }
+        let queued = budget.gauge.get();
+        assert!(
+            (3 * MIB as i64 - 256..=3 * MIB as i64).contains(&queued),
+            "the gauge counts the 3 MiB: {queued}"
+        );
+
+        let asked = Instant::now();
+        let unsent = d.send(Ok(almost_a_mib())).await;
+        assert_eq!(
+            unsent,
+            Err(Unsent::MemberFull),
+            "stream d's MiB finds no room in the member's 3 MiB, though its own queue is empty"
+        );
+        assert_eq!(asked.elapsed(), MEMBER_WAIT, "… after waiting {MEMBER_WAIT:?} for it, no longer");
+        assert_eq!(budget.gauge.get(), queued, "the failed send holds nothing");
+
+        let (sent, taken) = tokio::join!(d.send(Ok(almost_a_mib())), async {
+            tokio::time::sleep(MEMBER_WAIT / 2).await;
+            a_flow.next().await
+        });
+        assert!(matches!(taken, Some(Ok(_))), "stream a's client takes its response: {taken:?}");
+        assert_eq!(sent, Ok(()), "the bytes stream a's client took went to d, which was waiting for them");
+
+        b.cut(Status::resource_exhausted("cut"));
+        let after_cut = budget.gauge.get();
+        assert!(after_cut <= 2 * MIB as i64, "a cut stream gives the member its bytes at once, though its client read nothing: {after_cut} held");
+        let last =
+            b_flow.next().await.expect("the cut stream's status").expect_err("a status, not a response");
+        assert_eq!(last.code(), tonic::Code::ResourceExhausted, "{last:?}");
+        assert!(b_flow.next().await.is_none(), "after the status, the cut stream ends");
+        assert_eq!(b.send(Ok(response(1, 1))).await, Err(Unsent::Gone), "a cut stream sends nothing more");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_send_that_finds_no_room_in_its_queue_within_the_stall_deadline_fails_stalled() {
+        let budget = roomy();
+        let deadline = Duration::from_secs(30);
+        let (outbox, mut outflow) = Outbox::new(&budget, deadline);
+        for id in 0..OUTBOX as i64 {
+            assert!(fits(&outbox, response(id, 10)).await, "response {id} fits");
+        }
+        let (sent, taken) = tokio::join!(outbox.send(Ok(response(-1, 10))), async {
+            tokio::time::sleep(deadline - Duration::from_secs(1)).await;
+            outflow.next().await
+        });
+        assert!(matches!(taken, Some(Ok(_))), "the client takes one response: {taken:?}");
+        assert_eq!(sent, Ok(()), "a send that found room within the deadline is queued");
+
+        let asked = Instant::now();
+        match tokio::time::timeout(deadline * 2, outbox.send(Ok(response(-2, 10)))).await {
+            Ok(unsent) => {
+                assert_eq!(unsent, Err(Unsent::Stalled), "a send with no room for {deadline:?} fails")
+            }
+            Err(_) => panic!(
+                "a send with no room should fail at its {deadline:?} deadline, and waited {:?}",
+                deadline * 2
+            ),
+        }
+        assert_eq!(asked.elapsed(), deadline, "… at its deadline, not before");
+        assert!(budget.gauge.get() > 0, "the queue still holds its responses until it is cut");
+
+        outbox.cut(Status::unavailable("stalled"));
+        assert_eq!(budget.gauge.get(), 0, "a cut queue gives back everything it held");
+        let last =
+            outflow.next().await.expect("the cut stream's status").expect_err("a status, not a response");
+        assert_eq!(last.code(), tonic::Code::Unavailable, "{last:?}");
+        assert!(outflow.next().await.is_none(), "after the status, the cut stream ends");
     }
 }
