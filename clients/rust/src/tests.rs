@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use latch_proto::v1::kv_server::{Kv, KvServer};
 use latch_proto::v1::watch_request::Request as Ask;
+use latch_proto::v1::watch_response::CancelReason;
 use latch_proto::v1::watch_server::{Watch, WatchServer};
 use latch_proto::v1::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, Event, KeyValue,
@@ -202,12 +203,26 @@ async fn a_member_without_leader_sends_the_call_to_the_next_endpoint() {
 }
 
 /// A member's Watch service: each stream answers its create with `created` and one event at the
-/// start revision; then the member ends the stream RESOURCE_EXHAUSTED if `cut`, or keeps it open.
+/// start revision; then what `script` says.
 #[derive(Clone)]
 struct ScriptedWatch {
-    cut: bool,
+    script: WatchScript,
     /// The start revision of every create received, in order.
     starts: Arc<Mutex<Vec<i64>>>,
+}
+
+/// What a scripted member does after the first event.
+#[derive(Clone, Copy, PartialEq)]
+enum WatchScript {
+    /// Keeps the stream open.
+    Serve,
+    /// Ends the stream RESOURCE_EXHAUSTED (over the member's queued bytes).
+    Cut,
+    /// Sends a progress notification three revisions behind the event (a member catching up),
+    /// then keeps the stream open.
+    Behind,
+    /// Cancels the watch: its next revision was compacted.
+    Compacted,
 }
 
 type Responses = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
@@ -235,24 +250,36 @@ impl Watch for ScriptedWatch {
             },
         ];
         let sent = futures::stream::iter(responses.map(Ok));
-        if self.cut {
-            let end = Status::resource_exhausted(
+        let then = match self.script {
+            WatchScript::Serve => None,
+            WatchScript::Cut => Some(Err(Status::resource_exhausted(
                 "this member holds 1073741824 bytes of watch responses queued for its clients, its most \
                  (--max-watch-queued-bytes): resume the watches",
-            );
-            Ok(Response::new(Box::pin(sent.chain(futures::stream::once(async move { Err(end) })))))
-        } else {
-            Ok(Response::new(Box::pin(sent.chain(futures::stream::pending()))))
-        }
+            ))),
+            WatchScript::Behind => {
+                Some(Ok(WatchResponse { header: header(start - 3), progress: true, ..Default::default() }))
+            }
+            WatchScript::Compacted => Some(Ok(WatchResponse {
+                header: header(start),
+                watch_id: 1,
+                canceled: true,
+                cancel_reason: CancelReason::Compacted as i32,
+                cancel_message: "compacted".into(),
+                compact_revision: start + 1,
+                ..Default::default()
+            })),
+        };
+        let then = futures::stream::iter(then).chain(futures::stream::pending());
+        Ok(Response::new(Box::pin(sent.chain(then))))
     }
 }
 
 /// Starts a scripted Watch member on a free port; returns its address and the starts it got.
-async fn serve_watch(cut: bool) -> (String, Arc<Mutex<Vec<i64>>>) {
+async fn serve_watch(script: WatchScript) -> (String, Arc<Mutex<Vec<i64>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
     let addr = listener.local_addr().expect("bound address").to_string();
     let starts = Arc::new(Mutex::new(Vec::new()));
-    let service = WatchServer::new(ScriptedWatch { cut, starts: starts.clone() });
+    let service = WatchServer::new(ScriptedWatch { script, starts: starts.clone() });
     let incoming = TcpIncoming::from_listener(listener, true, None).expect("incoming");
     tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
     (addr, starts)
@@ -261,8 +288,8 @@ async fn serve_watch(cut: bool) -> (String, Arc<Mutex<Vec<i64>>>) {
 #[tokio::test]
 async fn a_watch_whose_stream_a_member_ends_over_its_limits_resumes_on_another_member_from_the_next_revision()
 {
-    let (loaded, at_loaded) = serve_watch(true).await;
-    let (other, at_other) = serve_watch(false).await;
+    let (loaded, at_loaded) = serve_watch(WatchScript::Cut).await;
+    let (other, at_other) = serve_watch(WatchScript::Serve).await;
     let client = Client::connect([loaded, other]).await.expect("valid endpoints");
 
     let updates: Vec<_> = tokio::time::timeout(
@@ -299,4 +326,55 @@ async fn a_watch_whose_stream_a_member_ends_over_its_limits_resumes_on_another_m
         [6],
         "the other member resumes the watch from revision 6"
     );
+}
+
+#[tokio::test]
+async fn a_progress_notification_from_a_member_behind_never_takes_the_watchs_progress_back() {
+    let (behind, _) = serve_watch(WatchScript::Behind).await;
+    let client = Client::connect([behind]).await.expect("valid endpoints");
+    let updates: Vec<_> = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.watch(WatchOptions::key("k").from_revision(5)).take(3).collect(),
+    )
+    .await
+    .expect("three updates within 10 s");
+    let updates: Vec<WatchUpdate> = updates.into_iter().map(|u| u.expect("no error")).collect();
+    assert!(
+        matches!(updates[..], [WatchUpdate::Started { .. }, WatchUpdate::Events { revision: 5, .. }, _]),
+        "{updates:?}"
+    );
+    assert_eq!(
+        updates[2],
+        WatchUpdate::Progress { revision: 5 },
+        "the member said 2, but revision 5 was delivered: progress says 5"
+    );
+}
+
+#[tokio::test]
+async fn a_watch_that_ended_stays_ended_when_polled_again() {
+    let (compacted, _) = serve_watch(WatchScript::Compacted).await;
+    let client = Client::connect([compacted]).await.expect("valid endpoints");
+    let mut watch = client.watch(WatchOptions::key("k").from_revision(5));
+    let mut ended_with = None;
+    for _ in 0..3 {
+        match tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .expect("an update within 10 s")
+        {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                ended_with = Some(e);
+                break;
+            }
+            None => panic!("the watch ended without its error"),
+        }
+    }
+    let e = ended_with.expect("the compacted watch ends with an error");
+    assert_eq!(e.code(), Code::OutOfRange, "{e}");
+    for _ in 0..2 {
+        assert!(
+            watch.next().await.is_none(),
+            "after its end the watch says None, again and again (no panic)"
+        );
+    }
 }

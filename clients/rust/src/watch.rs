@@ -155,6 +155,8 @@ impl Client {
     /// (RESOURCE_EXHAUSTED: a stream refused as it opens, past the member's watch streams, or
     /// a create past its snapshots at once), or a compacted revision without
     /// [`WatchOptions::snapshot_on_compacted`] (OUT_OF_RANGE; see [`Error::compact_revision`]).
+    /// (Those limits end the watch only when the caller's own first create meets them; a
+    /// resume that meets them waits and tries again, on another member if there is one.)
     /// A stream the member ends once it was serving it — RESOURCE_EXHAUSTED for the bytes it
     /// holds queued for its clients, UNAVAILABLE when this caller read nothing for the member's
     /// stall deadline — is resumed, on another member if there is one. Dropping the stream ends
@@ -181,10 +183,14 @@ impl Client {
             kvs: Vec::new(),
             ended: false,
         };
-        Box::pin(futures::stream::unfold(follower, |mut f| async move {
-            let update = f.next_update().await?;
-            Some((update, f))
-        }))
+        // Fused: polled again after its end, it says `None` again.
+        Box::pin(
+            futures::stream::unfold(follower, |mut f| async move {
+                let update = f.next_update().await?;
+                Some((update, f))
+            })
+            .fuse(),
+        )
     }
 }
 
@@ -221,7 +227,7 @@ impl Follower {
                     let response = stream.message().await;
                     self.read(response)
                 }
-                None => match open(&self.client, &self.options, self.next).await {
+                None => match open(&self.client, &self.options, self.next, self.started).await {
                     Ok(stream) => {
                         self.stream = Some(stream);
                         continue;
@@ -285,6 +291,9 @@ impl Follower {
                 }
                 // The member could not confirm "now" with a leader: another member may.
                 Ok(CancelReason::Unavailable) => Step::Reopen(Reopen::Elsewhere),
+                // Over a member's limit (its snapshots at once): the caller's own create is
+                // refused; a resume of a watch already serving waits and tries elsewhere.
+                Ok(CancelReason::ResourceExhausted) if self.started => Step::Reopen(Reopen::Elsewhere),
                 Ok(CancelReason::ResourceExhausted) => {
                     Step::End(Error::from(Status::resource_exhausted(r.cancel_message)))
                 }
@@ -301,7 +310,9 @@ impl Follower {
             WatchUpdate::Started { revision }
         } else if r.progress {
             self.next = self.next.max(revision + 1);
-            WatchUpdate::Progress { revision }
+            // A member still catching up vouches for less than was delivered already: the
+            // caller's progress never goes back.
+            WatchUpdate::Progress { revision: self.next - 1 }
         } else if r.snapshot {
             self.kvs.extend(r.snapshot_kvs);
             if r.fragment {
@@ -325,11 +336,12 @@ impl Follower {
     }
 }
 
-/// Opens a stream of `options` from revision `next`.
+/// Opens a stream of `options` from revision `next` (`resuming`: the watch was served before).
 async fn open(
     client: &Client,
     options: &WatchOptions,
     next: i64,
+    resuming: bool,
 ) -> Result<tonic::Streaming<WatchResponse>, Step> {
     let create = options.create(next);
     let opened = client
@@ -343,6 +355,11 @@ async fn open(
         .await;
     match opened {
         Ok(stream) => Ok(stream),
+        // A member at its watch streams refuses a resume as it would a first watch; the first
+        // is the caller's to hear of, a resume tries elsewhere (with the backoff).
+        Err(e) if resuming && e.code() == tonic::Code::ResourceExhausted => {
+            Err(Step::Reopen(Reopen::Elsewhere))
+        }
         Err(e) if gives_up(e.code()) => Err(Step::End(e)),
         Err(_) => Err(Step::Reopen(Reopen::Elsewhere)),
     }
