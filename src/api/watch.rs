@@ -59,7 +59,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use outbox::{Outbox, Outflow, QueueBudget, Unsent};
 pub use recent::Recent;
-use recent::{Batch, Encoded, READ_STEP_BYTES};
+use recent::{Batch, Encoded, OVERSIZED_REVISION_BYTES, READ_STEP_BYTES};
 use snapshot::{snapshot_page, SnapshotSlot};
 
 use super::{ApiError, Context};
@@ -179,6 +179,18 @@ struct Watch {
     /// Held from a create whose start was compacted (with `on_compacted = SNAPSHOT`) until its
     /// snapshot went out: the slot was checked when it was created, not later.
     snapshot_slot: Option<SnapshotSlot>,
+    /// Revision `next` is oversized (`recent::OVERSIZED_REVISION_BYTES`) and is being read from
+    /// the history a step at a time: where the next step starts.
+    within: Option<Within>,
+}
+
+/// Where a watch is inside an oversized revision.
+#[derive(Debug, Clone, Copy, Default)]
+struct Within {
+    /// The index of the revision's next history row.
+    row: u32,
+    /// Some of the revision's events went out already (as fragments).
+    sent: bool,
 }
 
 impl Watch {
@@ -508,6 +520,7 @@ impl Stream {
                 compact_at_start,
                 last_sent: Instant::now(),
                 snapshot_slot,
+                within: None,
             },
         );
         // A start in the future is not vouched for beyond the member's revision.
@@ -616,6 +629,10 @@ impl Stream {
             else {
                 continue;
             };
+            if self.watches.get(&id).is_some_and(|w| w.within.is_some()) {
+                behind |= self.serve_oversized(id).await?;
+                continue;
+            }
             if compacted {
                 behind |= self.serve_from_history(id).await?;
                 continue;
@@ -625,8 +642,9 @@ impl Stream {
             }
             match self.recent.batches_from(next, BATCHES_PER_TURN, BYTES_PER_TURN) {
                 Some((batches, through)) => {
-                    for b in &batches {
-                        self.send_batch(id, b).await?;
+                    if self.send_batches(id, &batches).await? {
+                        behind = true;
+                        continue;
                     }
                     if let Some(w) = self.watches.get_mut(&id) {
                         w.next = w.next.max(through + 1);
@@ -695,30 +713,103 @@ impl Stream {
             self.cancel(id, CancelReason::Slow, next - 1, message, 0).await?;
             return Ok(false);
         }
-        let (changes, through) =
-            history::changes(&txn, next, current, READ_STEP_BYTES).map_err(|e| self.fail(e))?;
+        let (parts, through) = history::parts(&txn, next, current, READ_STEP_BYTES, OVERSIZED_REVISION_BYTES)
+            .map_err(|e| self.fail(e))?;
         drop(txn);
-        let batches = Batch::of(changes, self.ctx.node.cluster_id).map_err(|e| self.fail(e))?;
-        for b in batches {
-            self.send_batch(id, &b).await?;
-        }
-        if let Some(w) = self.watches.get_mut(&id) {
-            w.next = w.next.max(through + 1);
+        let batches = Batch::of_parts(parts, self.ctx.node.cluster_id).map_err(|e| self.fail(e))?;
+        let batches: Vec<Arc<Batch>> = batches.into_iter().map(Arc::new).collect();
+        if !self.send_batches(id, &batches).await? {
+            if let Some(w) = self.watches.get_mut(&id) {
+                w.next = w.next.max(through + 1);
+            }
         }
         Ok(true)
     }
 
-    /// Sends watch `id` the events it selects of `batch`: one response, or fragments.
-    async fn send_batch(&mut self, id: i64, batch: &Batch) -> Result<(), End> {
-        let Some(w) = self.watches.get(&id) else { return Ok(()) };
+    /// Sends watch `id` the events it selects of `batches`, in order, up to the first oversized
+    /// one: then the watch reads that revision from the history, a step a turn, and `true`
+    /// says so (its `next` is that revision).
+    async fn send_batches(&mut self, id: i64, batches: &[Arc<Batch>]) -> Result<bool, End> {
+        for b in batches {
+            if b.oversized {
+                if let Some(w) = self.watches.get_mut(&id) {
+                    w.next = b.revision;
+                    w.within = Some(Within::default());
+                    // It reads from the history now: behind the window afterwards, it catches
+                    // up from there rather than being cut off as slow.
+                    w.live = false;
+                }
+                return Ok(true);
+            }
+            self.send_batch(id, b, true, false).await?;
+        }
+        Ok(false)
+    }
+
+    /// One step of watch `id`'s oversized revision `next` (see [`Within`]): its events from
+    /// the history, sent as fragments, the last one unmarked. `true`: more to do.
+    async fn serve_oversized(&mut self, id: i64) -> Result<bool, End> {
+        let Some(w) = self.watches.get(&id) else { return Ok(false) };
+        let (next, within) = (w.next, w.within.unwrap_or_default());
+        let txn = self.ctx.node.db().begin_read().map_err(|e| self.fail(e))?;
+        let compact = history::compact_revision_read(&txn).map_err(|e| self.fail(e))?;
+        if next <= compact {
+            drop(txn);
+            if let Some(w) = self.watches.get_mut(&id) {
+                w.within = None;
+            }
+            if !within.sent {
+                // Nothing of it went out: as any compacted next revision.
+                return self.serve_from_history(id).await;
+            }
+            // Part of it went out: the client drops those fragments when the watch ends and
+            // asks again, from the same revision (compacted now: an error, or a snapshot).
+            self.forget(id, CancelReason::Slow);
+            let message = format!(
+                "revision {next} was compacted while it was being sent in fragments; resume from revision {next}"
+            );
+            self.cancel(id, CancelReason::Slow, next - 1, message, 0).await?;
+            return Ok(false);
+        }
+        let (changes, more) =
+            history::rows_of(&txn, next, within.row, READ_STEP_BYTES).map_err(|e| self.fail(e))?;
+        drop(txn);
+        let batches = Batch::of(changes, self.ctx.node.cluster_id).map_err(|e| self.fail(e))?;
+        let last = more.is_none();
+        let mut sent = within.sent;
+        match batches.first() {
+            Some(b) => sent |= self.send_batch(id, b, last, sent).await?,
+            None if last && sent => {
+                self.send_batch(id, &Batch::empty(next), true, true).await?;
+            }
+            None => {}
+        }
+        if let Some(w) = self.watches.get_mut(&id) {
+            match more {
+                Some(row) => w.within = Some(Within { row, sent }),
+                None => {
+                    w.within = None;
+                    w.next = next + 1;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Sends watch `id` the events it selects of `batch`: one response, or fragments. `last`:
+    /// these are the last of their revision (else every response is a fragment); `sent`:
+    /// fragments of the revision went out before, so its end is sent even with no events.
+    /// `true` when it sent something.
+    async fn send_batch(&mut self, id: i64, batch: &Batch, last: bool, sent: bool) -> Result<bool, End> {
+        let Some(w) = self.watches.get(&id) else { return Ok(false) };
         let events: Vec<Bytes> = batch
             .events
             .iter()
             .filter(|e| w.selects(e))
             .map(|e| if w.prev_kv { e.with_prev.clone() } else { e.plain.clone() })
             .collect();
-        if events.is_empty() {
-            return Ok(());
+        if events.is_empty() && !(last && sent) {
+            return Ok(false);
         }
         self.metrics.watch.events_sent.inc_by(events.len() as u64);
         let header = self.events_header(batch.revision);
@@ -743,6 +834,7 @@ impl Stream {
         self.send(wire::WatchResponse {
             header: Some(header),
             watch_id: id,
+            fragment: !last,
             events: chunk,
             ..Default::default()
         })
@@ -750,7 +842,7 @@ impl Stream {
         if let Some(w) = self.watches.get_mut(&id) {
             w.last_sent = Instant::now();
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Sends watch `id` the state of its range at `revision` (what `txn` reads), in pages:

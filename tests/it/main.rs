@@ -23,4 +23,5 @@ mod registry;
 mod replication;
 mod sessions;
 mod watch_limits;
+mod watch_revisions;
 mod watches;

@@ -13,7 +13,9 @@
 //!   batches are dropped (past [`WINDOW_BYTES`] or its most revisions, `--watch-window-revisions`) or when a compaction
 //!   removed revisions the feeder had not read (then the window restarts above the compact
 //!   revision: no revision is ever skipped silently).
-//! - What the window holds is bounded in bytes, whatever the writes and the watchers do.
+//! - What the window holds is bounded in bytes, whatever the writes and the watchers do; so is
+//!   what the feeder holds while reading: a revision of more than [`OVERSIZED_REVISION_BYTES`]
+//!   of rows is a marker batch, never read whole (streams read it in steps, see `watch.rs`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
@@ -29,7 +31,7 @@ use crate::api::election::leadership;
 use crate::api::kv::convert::key_value;
 use crate::api::lock::lock_info;
 use crate::fsm::elections;
-use crate::fsm::history::{self, Change, Space};
+use crate::fsm::history::{self, Change, Part, Space};
 use crate::fsm::{self, FsmError};
 use crate::metrics::Metrics;
 use crate::node::NodeHandle;
@@ -38,6 +40,9 @@ use crate::node::NodeHandle;
 pub const WINDOW_BYTES: usize = 64 * 1024 * 1024;
 /// Bytes of history read in one step (by the feeder, or a stream catching up).
 pub const READ_STEP_BYTES: usize = 1024 * 1024;
+/// A revision whose history rows are more than this is not held whole, in the window or by a
+/// stream: each watch reads it a step at a time and sends it in fragments.
+pub const OVERSIZED_REVISION_BYTES: usize = 8 * 1024 * 1024;
 
 /// One change, encoded for the wire.
 #[derive(Debug)]
@@ -58,11 +63,13 @@ impl Encoded {
     }
 }
 
-/// The changes of one revision.
+/// The changes of one revision, or (`oversized`) none: the revision's rows are more than
+/// [`OVERSIZED_REVISION_BYTES`], and each watch reads them from the history a step at a time.
 #[derive(Debug)]
 pub struct Batch {
     pub revision: i64,
     pub events: Vec<Encoded>,
+    pub oversized: bool,
     bytes: usize,
 }
 
@@ -70,8 +77,26 @@ impl Batch {
     /// The batches of `changes` (in revision order), one per revision; sequencers name
     /// `cluster_id`.
     pub fn of(changes: Vec<Change>, cluster_id: u64) -> Result<Vec<Batch>, FsmError> {
+        Batch::of_parts(changes.into_iter().map(Part::Change).collect(), cluster_id)
+    }
+
+    /// No events of `revision` (what ends the fragments of an oversized one).
+    pub fn empty(revision: i64) -> Batch {
+        Batch { revision, events: Vec::new(), oversized: false, bytes: 0 }
+    }
+
+    /// The batches of `parts` (in revision order): one per revision, a marker for an oversized
+    /// one.
+    pub fn of_parts(parts: Vec<Part>, cluster_id: u64) -> Result<Vec<Batch>, FsmError> {
         let mut out: Vec<Batch> = Vec::new();
-        for c in changes {
+        for p in parts {
+            let c = match p {
+                Part::Change(c) => c,
+                Part::Oversized { revision } => {
+                    out.push(Batch { revision, events: Vec::new(), oversized: true, bytes: 0 });
+                    continue;
+                }
+            };
             let e = encode(c, cluster_id)?;
             let bytes = e.1.bytes();
             match out.last_mut() {
@@ -79,7 +104,7 @@ impl Batch {
                     b.bytes += bytes;
                     b.events.push(e.1);
                 }
-                _ => out.push(Batch { revision: e.0, bytes, events: vec![e.1] }),
+                _ => out.push(Batch { revision: e.0, bytes, events: vec![e.1], oversized: false }),
             }
         }
         Ok(out)
@@ -234,8 +259,9 @@ impl Recent {
         } else {
             last + 1
         };
-        let (changes, through) = history::changes(&txn, from, current, READ_STEP_BYTES)?;
-        self.append(Batch::of(changes, node.cluster_id)?, through);
+        let (parts, through) =
+            history::parts(&txn, from, current, READ_STEP_BYTES, OVERSIZED_REVISION_BYTES)?;
+        self.append(Batch::of_parts(parts, node.cluster_id)?, through);
         Ok(through < current)
     }
 
