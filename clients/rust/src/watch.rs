@@ -162,6 +162,10 @@ impl Client {
     /// stall deadline — is resumed, on another member if there is one. Dropping the stream ends
     /// the watch.
     ///
+    /// The watch opens when the stream is first polled: a watch from now starts at the
+    /// revision its [`WatchUpdate::Started`] names, so wait for that before writing what it
+    /// must see.
+    ///
     /// The watch runs inside the returned stream's polling (no task of its own, no queue in
     /// between): a response is read from the member only when the caller asks for the next
     /// update, so a caller that stops reading holds the member's flow control, not memory here
