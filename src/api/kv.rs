@@ -64,10 +64,14 @@ impl Kv for KvService {
                 self.ctx.node.read_index().await?;
             }
             let max = self.ctx.limits.max_response_bytes;
-            let (revision, result) = if req.revision == 0 {
-                let txn = self.ctx.node.db().begin_read()?;
+            let txn = self.ctx.node.db().begin_read()?;
+            // At the current revision (0, or named: pages of a list read at one revision, etcd
+            // style, while nothing changed) there is nothing to undo: read here, not in a slot.
+            let current = req.revision == 0 || req.revision == crate::fsm::applied(&txn)?.revision;
+            let (revision, result) = if current {
                 crate::fsm::range(&txn, &convert::range(&req), max)?
             } else {
+                drop(txn);
                 self.past.range(self.ctx.node.db().clone(), convert::range(&req), max).await?
             };
             Ok(convert::range_response(result, self.ctx.header(revision)))

@@ -679,7 +679,8 @@ impl Stream {
                     self.cancel(id, CancelReason::ResourceExhausted, next - 1, message, 0).await?;
                     return Ok(false);
                 };
-                let sent = self.send_snapshot(id, &txn, current).await?;
+                let deadline = slot.taken + self.ctx.limits.watch_snapshot_deadline;
+                let sent = self.send_snapshot(id, &txn, current, deadline).await?;
                 // The read transaction and the slot go as soon as the snapshot is sent, or its
                 // time is up.
                 drop((txn, slot));
@@ -846,19 +847,19 @@ impl Stream {
     }
 
     /// Sends watch `id` the state of its range at `revision` (what `txn` reads), in pages:
-    /// `false` when its client did not take them all within `--watch-snapshot-deadline` (the
-    /// read transaction stays open while it takes them; a client that does not is cut off
-    /// rather than left holding it).
+    /// `false` when its client did not take them all by `deadline` (`--watch-snapshot-deadline`
+    /// from when its slot was taken; the read transaction stays open while it takes them; a
+    /// client that does not is cut off rather than left holding it).
     async fn send_snapshot(
         &mut self,
         id: i64,
         txn: &redb::ReadTransaction,
         revision: i64,
+        deadline: tokio::time::Instant,
     ) -> Result<bool, End> {
         let Some(w) = self.watches.get(&id) else { return Ok(true) };
         let (key, range_end, space) = (w.key.clone(), w.range_end.clone(), w.space);
         let header = self.header(revision);
-        let deadline = tokio::time::Instant::now() + self.ctx.limits.watch_snapshot_deadline;
         let mut from: Vec<u8> = Vec::new();
         loop {
             let (kvs, more) = snapshot_page(txn, space, &key, &range_end, &from).map_err(|e| self.fail(e))?;

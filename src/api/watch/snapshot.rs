@@ -21,6 +21,10 @@ const SNAPSHOT_PAGE: usize = 1000;
 pub(super) struct SnapshotSlot {
     _permit: OwnedSemaphorePermit,
     gauge: Gauge,
+    /// When it was taken: the snapshot's deadline counts from here, so a slot is never held
+    /// longer than `--watch-snapshot-deadline` (plus one page), however long the stream took
+    /// to start sending (a full queue, other watches first).
+    pub(super) taken: tokio::time::Instant,
 }
 
 impl SnapshotSlot {
@@ -28,7 +32,7 @@ impl SnapshotSlot {
     pub(super) fn take(snapshots: &Arc<Semaphore>, gauge: &Gauge) -> Option<SnapshotSlot> {
         let permit = snapshots.clone().try_acquire_owned().ok()?;
         gauge.inc();
-        Some(SnapshotSlot { _permit: permit, gauge: gauge.clone() })
+        Some(SnapshotSlot { _permit: permit, gauge: gauge.clone(), taken: tokio::time::Instant::now() })
     }
 }
 
