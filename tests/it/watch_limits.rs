@@ -4,7 +4,8 @@
 //! on a member cut off is refused alone; a start in the future vouches for nothing past the
 //! member's revision; a client that reads nothing is cut at `--watch-stall-deadline` and gives
 //! its queue back while other streams go on; a stream cut for `--max-watch-queued-bytes` is
-//! resumed by the Rust client with nothing missed.
+//! resumed by the Rust client with nothing missed; watches the caller does not read never hold
+//! up the Rust client's other calls (they are on a connection of their own).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -362,4 +363,51 @@ async fn a_watch_cut_for_the_members_queued_bytes_is_resumed_by_the_client_with_
         "the silent stream was cut at its stall deadline, which let the big revision through"
     );
     reading.abort();
+}
+
+/// Watches the caller stops reading hold the HTTP/2 window of the connection they are on; the
+/// Rust client opens them on a connection of their own per member, so its other calls — puts,
+/// a session's keepalives — go on. (On one shared connection, three unread watches of 2 MiB
+/// stream windows fill hyper's 5 MiB connection window, and the client's next answer waits
+/// behind them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_a_caller_does_not_read_never_hold_up_the_clients_other_calls() {
+    let c = Cluster::start(1, &[]).await;
+    let client = c.client().await;
+    let writer = c.client().await;
+    let mut unread = Vec::new();
+    for _ in 0..3 {
+        let mut watch = client.watch(WatchOptions::prefix(PREFIX));
+        match tokio::time::timeout(Duration::from_secs(10), watch.next()).await {
+            Ok(Some(Ok(WatchUpdate::Started { .. }))) => {}
+            other => panic!("expected the watch to start, got {other:?}"),
+        }
+        unread.push(watch);
+    }
+    // 8 MiB of events for each watch, none of it read; the member sends each as much as its
+    // windows take (2 MiB a stream).
+    let value = vec![b'v'; 256 * 1024];
+    for i in 0..32 {
+        writer.put(format!("{PREFIX}{i}"), value.clone()).await.unwrap();
+    }
+    eventually(
+        "the member has sent the unread watches what their windows take",
+        Duration::from_secs(10),
+        || async {
+            let metrics = c.metrics_of(1).await.map_err(|e| e.to_string())?;
+            let sent = crate::harness::sample(&metrics, "latch_watch_events_sent_total").unwrap_or(0.0);
+            if sent >= 60.0 {
+                Ok(())
+            } else {
+                Err(format!("{sent} events sent"))
+            }
+        },
+    )
+    .await;
+    let put = tokio::time::timeout(Duration::from_secs(5), client.put("elsewhere", "x")).await;
+    assert!(
+        matches!(put, Ok(Ok(_))),
+        "the client's put should be answered while its watches go unread: {put:?}"
+    );
+    drop(unread);
 }

@@ -78,6 +78,17 @@ struct Target {
     /// `host:port`, without a scheme: compared with the leader hints servers send.
     addr: String,
     channel: Channel,
+    /// A connection of its own for long-lived streams (watches, observations), opened when the
+    /// first one is: a stream its caller does not read holds HTTP/2 window of its connection,
+    /// which must never starve the calls on `channel` (keepalives of sessions among them).
+    streams: Channel,
+}
+
+/// Which of a member's connections a call goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    Calls,
+    Streams,
 }
 
 impl Client {
@@ -131,13 +142,37 @@ impl Client {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.call_waiting(method, Some(Duration::ZERO), attempt).await
+        self.call_on(Lane::Calls, method, Some(Duration::ZERO), attempt).await
+    }
+
+    /// Like [`call`](Client::call), opening a long-lived stream: on the members' stream
+    /// connections ([`Lane::Streams`]).
+    pub(crate) async fn open_stream<T, F, Fut>(&self, method: &'static str, attempt: F) -> Result<T, Error>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call_on(Lane::Streams, method, Some(Duration::ZERO), attempt).await
     }
 
     /// Like [`call`](Client::call), for a call that may wait on the server (a lock's grant):
     /// each attempt may take `wait` beyond the request timeout, or as long as it takes (`None`).
     pub(crate) async fn call_waiting<T, F, Fut>(
         &self,
+        method: &'static str,
+        wait: Option<Duration>,
+        attempt: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call_on(Lane::Calls, method, wait, attempt).await
+    }
+
+    async fn call_on<T, F, Fut>(
+        &self,
+        lane: Lane,
         method: &'static str,
         wait: Option<Duration>,
         mut attempt: F,
@@ -162,11 +197,11 @@ impl Client {
             let answer = match limits {
                 Some((per_attempt, deadline)) => {
                     let timeout = per_attempt.min(deadline.saturating_duration_since(Instant::now()));
-                    tokio::time::timeout(timeout, attempt(target.channel.clone())).await.map_err(|_| {
+                    tokio::time::timeout(timeout, attempt(target.on(lane))).await.map_err(|_| {
                         Status::deadline_exceeded(format!("{}: no answer within {timeout:.1?}", target.addr))
                     })
                 }
-                None => Ok(attempt(target.channel.clone()).await),
+                None => Ok(attempt(target.on(lane)).await),
             };
             let status = match answer {
                 Ok(Ok(response)) => {
@@ -251,13 +286,22 @@ impl Target {
         }
         // HTTP/2 pings find a member that stopped answering (frozen, or cut off at the network)
         // even while a call waits on it for a long time (a lock, a campaign, an observation).
-        let channel = endpoint
+        let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .connect_lazy();
-        Ok(Target { addr: addr.to_string(), channel })
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+        // Each lazy channel is a connection of its own.
+        let (channel, streams) = (endpoint.connect_lazy(), endpoint.connect_lazy());
+        Ok(Target { addr: addr.to_string(), channel, streams })
+    }
+
+    /// The channel of `lane`.
+    fn on(&self, lane: Lane) -> Channel {
+        match lane {
+            Lane::Calls => self.channel.clone(),
+            Lane::Streams => self.streams.clone(),
+        }
     }
 }
 

@@ -112,7 +112,7 @@ impl Election {
             loop {
                 let request = ObserveRequest { name: name.clone() };
                 let opened = client
-                    .call("Observe", |channel| {
+                    .open_stream("Observe", |channel| {
                         let request = request.clone();
                         async move { ElectionClient::new(channel).observe(request).await }
                     })

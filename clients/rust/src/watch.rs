@@ -349,7 +349,7 @@ async fn open(
 ) -> Result<tonic::Streaming<WatchResponse>, Step> {
     let create = options.create(next);
     let opened = client
-        .call("Watch", |channel| {
+        .open_stream("Watch", |channel| {
             // The one request, then a side that stays open as long as the stream: the watch
             // ends when the stream is dropped.
             let asks =
