@@ -22,6 +22,19 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::harness::{eventually, Cluster};
 use crate::watches::{responses_until, total, PREFIX};
 
+/// Waits (at most `timeout`) until the member reports `n` snapshots in progress.
+async fn snapshots_in_progress(c: &Cluster, n: f64, what: &str, timeout: Duration) {
+    eventually(what, timeout, || async {
+        let now = total(c, "latch_watch_snapshots").await;
+        if now == n {
+            Ok(())
+        } else {
+            Err(format!("{now} snapshots in progress"))
+        }
+    })
+    .await;
+}
+
 /// A raw watch stream to `addr`, its HTTP/2 windows `window` bytes when given (a client that
 /// reads nothing then takes no more than that), fed by the returned sender.
 async fn open_stream(
@@ -97,15 +110,7 @@ async fn a_snapshot_not_read_within_its_deadline_is_canceled_and_frees_the_membe
 
     let (a_tx, mut a) = open_stream(&addr, Some(64 * 1024)).await.unwrap();
     a_tx.send(create_of(1, prefix_range(format!("{PREFIX}big/").as_bytes()), 1, snapshot)).await.unwrap();
-    eventually("the unread snapshot to take the slot", Duration::from_secs(10), || async {
-        let n = total(&c, "latch_watch_snapshots").await;
-        if n == 1.0 {
-            Ok(())
-        } else {
-            Err(format!("{n} snapshots in progress"))
-        }
-    })
-    .await;
+    snapshots_in_progress(&c, 1.0, "the unread snapshot to take the slot", Duration::from_secs(10)).await;
 
     let small = (format!("{PREFIX}small").into_bytes(), Vec::new());
     let (b_tx, mut b) = open_stream(&addr, None).await.unwrap();
@@ -119,14 +124,12 @@ async fn a_snapshot_not_read_within_its_deadline_is_canceled_and_frees_the_membe
     let got = responses_until(&mut b, |r| r.watch_id == 1 && !r.events.is_empty()).await;
     assert_eq!(got.last().unwrap().header.unwrap().revision, after, "the stream's other watch goes on");
 
-    eventually("the unread snapshot to be given up at its deadline", Duration::from_secs(20), || async {
-        let n = total(&c, "latch_watch_snapshots").await;
-        if n == 0.0 {
-            Ok(())
-        } else {
-            Err(format!("{n} snapshots in progress"))
-        }
-    })
+    snapshots_in_progress(
+        &c,
+        0.0,
+        "the unread snapshot to be given up at its deadline",
+        Duration::from_secs(20),
+    )
     .await;
     b_tx.send(create_of(3, small, 1, snapshot)).await.unwrap();
     let got = responses_until(&mut b, |r| r.watch_id == 3 && r.snapshot).await;
