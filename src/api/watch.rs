@@ -895,7 +895,10 @@ impl Stream {
         let idle: Vec<(i64, i64)> = self
             .watches
             .values()
+            // Never between the fragments of a revision (a client assembling them by watch id
+            // would take the progress for one).
             .filter(|w| w.progress_notify && w.last_sent.elapsed() >= self.progress_every)
+            .filter(|w| !w.within.is_some_and(|within| within.sent))
             .map(|w| (w.id, (w.next - 1).min(applied)))
             .collect();
         for (id, revision) in idle {

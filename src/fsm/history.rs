@@ -224,9 +224,10 @@ impl Part {
 }
 
 /// As [`changes`], except that a revision whose rows pass `max_revision_bytes` is not held: it
-/// is one [`Part::Oversized`] in its place (its rows are still scanned, not decoded). So what
-/// one call holds is at most about `max_bytes + max_revision_bytes`, whatever one revision
-/// wrote (a delete of a large range, a session's end with many keys).
+/// is one [`Part::Oversized`] in its place, and the step ends there (through that revision; the
+/// rest of its rows are not read). So what one call reads and holds is at most about
+/// `max_bytes + max_revision_bytes`, whatever one revision wrote (a delete of a large range, a
+/// session's end with many keys).
 pub fn parts(
     txn: &ReadTransaction,
     from: i64,
@@ -252,20 +253,15 @@ pub fn parts(
                 if let Some(last) = out.last().map(Part::revision).filter(|_| bytes >= max_bytes) {
                     return Ok((out, last));
                 }
-                current.insert(Reading { revision, first: out.len(), held: 0, oversized: false })
+                current.insert(Reading { revision, first: out.len(), held: 0 })
             }
         };
-        if reading.oversized {
-            continue;
-        }
         let len = v.value().len();
         reading.held += len;
         if reading.held > max_revision_bytes {
             out.truncate(reading.first);
-            bytes -= reading.held - len;
-            reading.oversized = true;
             out.push(Part::Oversized { revision });
-            continue;
+            return Ok((out, revision));
         }
         bytes += len;
         out.push(Part::Change(decode_event(k.value(), v.value())?));
@@ -273,13 +269,12 @@ pub fn parts(
     Ok((out, to))
 }
 
-/// The revision [`parts`] is reading: where its parts start in the output, the bytes of its
-/// rows so far, and whether it is too large to hold.
+/// The revision [`parts`] is reading: where its parts start in the output, and the bytes of
+/// its rows so far.
 struct Reading {
     revision: i64,
     first: usize,
     held: usize,
-    oversized: bool,
 }
 
 /// The changes of revision `revision` from its `n`-th on, about `max_bytes` of them (at least
@@ -550,9 +545,14 @@ mod tests {
         let of_deleted: Vec<Change> = whole.iter().filter(|c| c.revision == deleted).cloned().collect();
         assert_eq!(of_deleted.len(), 40, "the delete removed 40 keys in one revision");
 
-        // Each of its rows holds a previous value of 1,000 bytes: 10 KiB passes the bound.
-        let (got, through) = s.read(|t| parts(t, 1, head, usize::MAX, 10 * 1024)).expect("reads");
+        // Each of its rows holds a previous value of 1,000 bytes: 10 KiB passes the bound. The
+        // step ends at the marker; the next one goes on after it.
+        let (mut got, through) = s.read(|t| parts(t, 1, head, usize::MAX, 10 * 1024)).expect("reads");
+        assert_eq!(through, deleted, "the step ends with the oversized revision");
+        assert_eq!(got.last(), Some(&Part::Oversized { revision: deleted }));
+        let (rest, through) = s.read(|t| parts(t, deleted + 1, head, usize::MAX, 10 * 1024)).expect("reads");
         assert_eq!(through, head);
+        got.extend(rest);
         let markers: Vec<i64> = got
             .iter()
             .filter_map(|p| match p {

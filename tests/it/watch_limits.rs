@@ -369,10 +369,10 @@ async fn a_watch_cut_for_the_members_queued_bytes_is_resumed_by_the_client_with_
 }
 
 /// Watches the caller stops reading hold the HTTP/2 window of the connection they are on; the
-/// Rust client opens them on a connection of their own per member, so its other calls — puts,
-/// a session's keepalives — go on. (On one shared connection, three unread watches of 2 MiB
-/// stream windows fill hyper's 5 MiB connection window, and the client's next answer waits
-/// behind them.)
+/// Rust client opens them on a connection of their own per member, with the largest connection
+/// window, so its other calls — puts, a session's keepalives — and its other watches go on. (On
+/// a connection with hyper's 5 MiB window, three unread watches of 2 MiB stream windows fill
+/// it, and every other answer on it waits behind them.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_a_caller_does_not_read_never_hold_up_the_clients_other_calls() {
     let c = Cluster::start(1, &[]).await;
@@ -386,6 +386,12 @@ async fn watches_a_caller_does_not_read_never_hold_up_the_clients_other_calls() 
             other => panic!("expected the watch to start, got {other:?}"),
         }
         unread.push(watch);
+    }
+    // A watch of the same client that is read (its service cache, say), on another prefix.
+    let mut read = client.watch(WatchOptions::prefix("elsewhere/"));
+    match tokio::time::timeout(Duration::from_secs(10), read.next()).await {
+        Ok(Some(Ok(WatchUpdate::Started { .. }))) => {}
+        other => panic!("expected the read watch to start, got {other:?}"),
     }
     // 8 MiB of events for each watch, none of it read; the member sends each as much as its
     // windows take (2 MiB a stream).
@@ -407,10 +413,15 @@ async fn watches_a_caller_does_not_read_never_hold_up_the_clients_other_calls() 
         },
     )
     .await;
-    let put = tokio::time::timeout(Duration::from_secs(5), client.put("elsewhere", "x")).await;
+    let put = tokio::time::timeout(Duration::from_secs(5), client.put("elsewhere/x", "x")).await;
     assert!(
         matches!(put, Ok(Ok(_))),
         "the client's put should be answered while its watches go unread: {put:?}"
+    );
+    let event = tokio::time::timeout(Duration::from_secs(5), read.next()).await;
+    assert!(
+        matches!(event, Ok(Some(Ok(WatchUpdate::Events { .. })))),
+        "the client's watch that is read should get its event while the others go unread: {event:?}"
     );
     drop(unread);
 }

@@ -84,6 +84,9 @@ struct Target {
     streams: Channel,
 }
 
+/// The HTTP/2 connection window of the streams' connection: the protocol's largest (2^31 − 1).
+const STREAMS_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+
 /// Which of a member's connections a call goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Lane {
@@ -291,8 +294,11 @@ impl Target {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT);
-        // Each lazy channel is a connection of its own.
-        let (channel, streams) = (endpoint.connect_lazy(), endpoint.connect_lazy());
+        // Each lazy channel is a connection of its own. On the streams' one, the connection's
+        // window is the largest HTTP/2 allows: each stream is held to its own window (2 MiB),
+        // so one its caller does not read never holds up another's.
+        let channel = endpoint.connect_lazy();
+        let streams = endpoint.initial_connection_window_size(STREAMS_CONNECTION_WINDOW).connect_lazy();
         Ok(Target { addr: addr.to_string(), channel, streams })
     }
 

@@ -148,21 +148,35 @@ impl Outbox {
         // OUTBOX_BYTES, so it fits a u32.
         let size = size.clamp(1, self.most);
         let permits = size as u32;
-        let own = async {
-            let slot = self.tx.reserve().await.map_err(|_| Unsent::Gone)?;
-            let bytes = self.bytes.clone().acquire_many_owned(permits).await.map_err(|_| Unsent::Gone)?;
-            Ok::<_, Unsent>((slot, bytes))
-        };
-        let (slot, own) = tokio::select! {
-            room = tokio::time::timeout(self.stall_deadline, own) => room.map_err(|_| Unsent::Stalled)??,
-            () = self.tx.closed() => return Err(Unsent::Gone),
-        };
-        let member = tokio::select! {
-            room = tokio::time::timeout(MEMBER_WAIT, self.member.bytes.clone().acquire_many_owned(permits)) => {
-                // The member's semaphore is never closed.
-                room.map_err(|_| Unsent::MemberFull)?.map_err(|_| Unsent::Gone)?
+        // Room at once, the usual case (a client that reads): no timer, no wait registered.
+        let at_once = self.tx.try_reserve().ok().and_then(|slot| {
+            let bytes = self.bytes.clone().try_acquire_many_owned(permits).ok()?;
+            Some((slot, bytes))
+        });
+        let (slot, own) = match at_once {
+            Some(room) => room,
+            None => {
+                let own = async {
+                    let slot = self.tx.reserve().await.map_err(|_| Unsent::Gone)?;
+                    let bytes =
+                        self.bytes.clone().acquire_many_owned(permits).await.map_err(|_| Unsent::Gone)?;
+                    Ok::<_, Unsent>((slot, bytes))
+                };
+                tokio::select! {
+                    room = tokio::time::timeout(self.stall_deadline, own) => room.map_err(|_| Unsent::Stalled)??,
+                    () = self.tx.closed() => return Err(Unsent::Gone),
+                }
             }
-            () = self.tx.closed() => return Err(Unsent::Gone),
+        };
+        let member = match self.member.bytes.clone().try_acquire_many_owned(permits) {
+            Ok(member) => member,
+            Err(_) => tokio::select! {
+                room = tokio::time::timeout(MEMBER_WAIT, self.member.bytes.clone().acquire_many_owned(permits)) => {
+                    // The member's semaphore is never closed.
+                    room.map_err(|_| Unsent::MemberFull)?.map_err(|_| Unsent::Gone)?
+                }
+                () = self.tx.closed() => return Err(Unsent::Gone),
+            },
         };
         let gauge = self.member.gauge.clone();
         gauge.inc_by(size as i64);
