@@ -22,19 +22,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::harness::{eventually, Cluster};
 use crate::watches::{responses_until, total, PREFIX};
 
-/// Waits (at most `timeout`) until the member reports `n` snapshots in progress.
-async fn snapshots_in_progress(c: &Cluster, n: f64, what: &str, timeout: Duration) {
-    eventually(what, timeout, || async {
-        let now = total(c, "latch_watch_snapshots").await;
-        if now == n {
-            Ok(())
-        } else {
-            Err(format!("{now} snapshots in progress"))
-        }
-    })
-    .await;
-}
-
 /// A raw watch stream to `addr`, its HTTP/2 windows `window` bytes when given (a client that
 /// reads nothing then takes no more than that), fed by the returned sender.
 async fn open_stream(
@@ -110,7 +97,7 @@ async fn a_snapshot_not_read_within_its_deadline_is_canceled_and_frees_the_membe
 
     let (a_tx, mut a) = open_stream(&addr, Some(64 * 1024)).await.unwrap();
     a_tx.send(create_of(1, prefix_range(format!("{PREFIX}big/").as_bytes()), 1, snapshot)).await.unwrap();
-    snapshots_in_progress(&c, 1.0, "the unread snapshot to take the slot", Duration::from_secs(10)).await;
+    metric_until(&c, "the unread snapshot to take the slot", "latch_watch_snapshots", |n| n == 1.0).await;
 
     let small = (format!("{PREFIX}small").into_bytes(), Vec::new());
     let (b_tx, mut b) = open_stream(&addr, None).await.unwrap();
@@ -124,12 +111,9 @@ async fn a_snapshot_not_read_within_its_deadline_is_canceled_and_frees_the_membe
     let got = responses_until(&mut b, |r| r.watch_id == 1 && !r.events.is_empty()).await;
     assert_eq!(got.last().unwrap().header.unwrap().revision, after, "the stream's other watch goes on");
 
-    snapshots_in_progress(
-        &c,
-        0.0,
-        "the unread snapshot to be given up at its deadline",
-        Duration::from_secs(20),
-    )
+    metric_until(&c, "the unread snapshot to be given up at its deadline", "latch_watch_snapshots", |n| {
+        n == 0.0
+    })
     .await;
     b_tx.send(create_of(3, small, 1, snapshot)).await.unwrap();
     let got = responses_until(&mut b, |r| r.watch_id == 3 && r.snapshot).await;
@@ -210,6 +194,29 @@ async fn metric_until(c: &Cluster, what: &str, series: &str, ok: impl Fn(f64) ->
     .await
 }
 
+/// Waits (at most `timeout`) until the revisions in `read` are exactly `written`; a watch that
+/// ended (`error` set) fails at once: it should have resumed.
+async fn received_all(
+    read: &Mutex<Vec<i64>>,
+    written: &[i64],
+    error: Option<&Mutex<Option<String>>>,
+    what: &str,
+    timeout: Duration,
+) {
+    eventually(what, timeout, || async {
+        if let Some(e) = error.and_then(|e| e.lock().unwrap().clone()) {
+            panic!("the watch should resume, not end: {e}");
+        }
+        let got = read.lock().unwrap().clone();
+        if got == written {
+            Ok(())
+        } else {
+            Err(format!("{} of {} revisions, the last {:?}", got.len(), written.len(), got.last()))
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_whose_client_reads_nothing_is_cut_at_the_stall_deadline_while_another_stream_goes_on() {
     let c = Cluster::start(1, &["--watch-stall-deadline", "2s"]).await;
@@ -257,14 +264,13 @@ async fn a_stream_whose_client_reads_nothing_is_cut_at_the_stall_deadline_while_
 
     let after = client.put(format!("{PREFIX}after"), "a").await.unwrap().header.unwrap().revision;
     written.push(after);
-    eventually("the reading stream to receive every revision", Duration::from_secs(20), || async {
-        let got = read.lock().unwrap().clone();
-        if got == written {
-            Ok(())
-        } else {
-            Err(format!("{} of {} revisions, the last {:?}", got.len(), written.len(), got.last()))
-        }
-    })
+    received_all(
+        &read,
+        &written,
+        None,
+        "the reading stream to receive every revision",
+        Duration::from_secs(20),
+    )
     .await;
     assert_eq!(
         total(&c, "latch_watch_streams_cut_total{reason=\"stalled\"}").await,
@@ -343,17 +349,13 @@ async fn a_watch_cut_for_the_members_queued_bytes_is_resumed_by_the_client_with_
     // 40 KB more does not fit beside it: the reading client's stream is cut, and resumes.
     let big = client.put(format!("{PREFIX}big"), vec![b'b'; 40_000]).await.unwrap();
     written.push(big.header.unwrap().revision);
-    eventually("the reading client to receive every revision", Duration::from_secs(30), || async {
-        if let Some(e) = error.lock().unwrap().clone() {
-            panic!("the watch should resume, not end: {e}");
-        }
-        let got = read.lock().unwrap().clone();
-        if got == written {
-            Ok(())
-        } else {
-            Err(format!("{} of {} revisions, the last {:?}", got.len(), written.len(), got.last()))
-        }
-    })
+    received_all(
+        &read,
+        &written,
+        Some(&error),
+        "the reading client to receive every revision",
+        Duration::from_secs(30),
+    )
     .await;
     let cut = total(&c, "latch_watch_streams_cut_total{reason=\"queued_bytes\"}").await;
     assert!(
@@ -399,18 +401,11 @@ async fn watches_a_caller_does_not_read_never_hold_up_the_clients_other_calls() 
     for i in 0..32 {
         writer.put(format!("{PREFIX}{i}"), value.clone()).await.unwrap();
     }
-    eventually(
-        "the member has sent the unread watches what their windows take",
-        Duration::from_secs(10),
-        || async {
-            let metrics = c.metrics_of(1).await.map_err(|e| e.to_string())?;
-            let sent = crate::harness::sample(&metrics, "latch_watch_events_sent_total").unwrap_or(0.0);
-            if sent >= 60.0 {
-                Ok(())
-            } else {
-                Err(format!("{sent} events sent"))
-            }
-        },
+    metric_until(
+        &c,
+        "the member to send the unread watches what their windows take",
+        "latch_watch_events_sent_total",
+        |n| n >= 60.0,
     )
     .await;
     let put = tokio::time::timeout(Duration::from_secs(5), client.put("elsewhere/x", "x")).await;
