@@ -379,7 +379,7 @@ impl Stream {
     /// The member's applied revision: no header vouches for more (a watch that starts in the
     /// future says `next − 1` no further than this).
     fn applied(&self) -> i64 {
-        *self.ctx.node.revisions().borrow()
+        self.ctx.node.applied_revision()
     }
 
     /// The header of events at `revision`, from a term read once per turn (not once per
@@ -775,16 +775,13 @@ impl Stream {
         let (changes, more) =
             history::rows_of(&txn, next, within.row, READ_STEP_BYTES).map_err(|e| self.fail(e))?;
         drop(txn);
-        let batches = Batch::of(changes, self.ctx.node.cluster_id).map_err(|e| self.fail(e))?;
+        // The rows of one revision: one batch (none only if the revision had no rows left).
+        let batch = Batch::of(changes, self.ctx.node.cluster_id)
+            .map_err(|e| self.fail(e))?
+            .pop()
+            .unwrap_or_else(|| Batch::empty(next));
         let last = more.is_none();
-        let mut sent = within.sent;
-        match batches.first() {
-            Some(b) => sent |= self.send_batch(id, b, last, sent).await?,
-            None if last && sent => {
-                self.send_batch(id, &Batch::empty(next), true, true).await?;
-            }
-            None => {}
-        }
+        let sent = self.send_batch(id, &batch, last, within.sent).await? || within.sent;
         if let Some(w) = self.watches.get_mut(&id) {
             match more {
                 Some(row) => w.within = Some(Within { row, sent }),

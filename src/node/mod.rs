@@ -212,6 +212,12 @@ impl NodeHandle {
         &self.locks
     }
 
+    /// The newest revision with changes this member applied (its state holds them), as
+    /// announced by the apply thread when it committed them.
+    pub fn applied_revision(&self) -> i64 {
+        *self.revisions.borrow()
+    }
+
     /// The newest revision with changes this member applied (its state holds them), moving
     /// forward as it applies more: where watches learn there is something new to read.
     pub fn revisions(&self) -> tokio::sync::watch::Receiver<i64> {
