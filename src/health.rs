@@ -6,8 +6,10 @@
 //! Invariants:
 //! - Only the member that leads probes; one that stops leading forgets its schedule (a new
 //!   leader starts its own, probing every instance at once).
-//! - A result is proposed for the registration it probed (`registered_revision`): one that
-//!   crossed a re-registration in the log is a no-op in the state machine.
+//! - A result is proposed for the registration it probed (`registered_revision`) and in the
+//!   term its member led when it probed: one that crossed a re-registration in the log, or that
+//!   a deposed leader's proposal carried into its successor's term, is a no-op in the state
+//!   machine.
 //! - At most `MAX_PROBES_IN_FLIGHT` probes run at once; an instance has at most one in flight;
 //!   the probes due longest go first, so slow ones cannot starve the rest.
 //!   Memory: one schedule entry per probed instance.
@@ -44,9 +46,10 @@ struct Probed {
     in_flight: bool,
 }
 
-/// What one probe found.
+/// What one probe found, in the term its member led when it probed.
 struct Finding {
     key: Vec<u8>,
+    term: u64,
     registered_revision: i64,
     health: Health,
     output: String,
@@ -96,10 +99,11 @@ pub async fn run(ctx: Context, mut stop: tokio::sync::watch::Receiver<bool>) {
             p.in_flight = true;
             p.next_at = now + Duration::from_millis(p.check.interval_ms);
             let (check, registered_revision, tx) = (p.check.clone(), p.registered_revision, found_tx.clone());
+            let term = status.term;
             tokio::spawn(async move {
                 let (health, output) = probe(&check).await;
                 drop(permit);
-                let _ = tx.send(Finding { key, registered_revision, health, output });
+                let _ = tx.send(Finding { key, term, registered_revision, health, output });
             });
         }
     }
@@ -166,6 +170,7 @@ fn report(ctx: &Context, schedule: &mut BTreeMap<Vec<u8>, Probed>, f: Finding) {
         registered_revision: f.registered_revision,
         health: f.health as i32,
         output: f.output,
+        term: f.term,
     });
     let ctx = ctx.clone();
     tokio::spawn(async move {

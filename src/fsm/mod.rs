@@ -321,7 +321,7 @@ fn apply_command(
             Some(Body::Deregister(req)) => registry::deregister(&mut ap, req)?,
             Some(Body::Heartbeat(req)) => registry::heartbeat(&mut ap, req)?,
             Some(Body::MarkCritical(req)) => registry::mark_critical(&mut ap, req)?,
-            Some(Body::SetHealth(req)) => registry::set_health(&mut ap, req)?,
+            Some(Body::SetHealth(req)) => registry::set_health(&mut ap, req, term)?,
             Some(Body::Reap(req)) => registry::reap(&mut ap, req)?,
             Some(Body::Compact(req)) => match history::compact(txn, req.revision, ap.revision())? {
                 Ok(compact_revision) => outcome::Result::Compact(CompactResult { compact_revision }),

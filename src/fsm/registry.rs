@@ -48,6 +48,9 @@ pub const MIN_INTERVAL_MS: u64 = 100;
 pub const MAX_INTERVAL_MS: u64 = 3600 * 1000;
 pub const DEFAULT_INTERVAL_MS: u64 = 10_000;
 pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+/// The longest a probe may wait: the leader runs a bounded number at once, and probes that
+/// hang to a long timeout would hold every place for that long.
+pub const MAX_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_DEREGISTER_AFTER_MS: u64 = 3600 * 1000;
 pub const MIN_DEREGISTER_AFTER_MS: u64 = 1_000;
 pub const MAX_DEREGISTER_AFTER_MS: u64 = 30 * 24 * 3600 * 1000;
@@ -205,7 +208,7 @@ pub fn check_check(c: &Check) -> Result<Check, FieldError> {
                 MAX_INTERVAL_MS,
             )?;
             let timeout = or(c.timeout_ms, DEFAULT_TIMEOUT_MS.min(out.interval_ms));
-            out.timeout_ms = within("check.timeout_ms", timeout, 1, out.interval_ms)?;
+            out.timeout_ms = within("check.timeout_ms", timeout, 1, out.interval_ms.min(MAX_TIMEOUT_MS))?;
         }
     }
     out.deregister_after_ms = within(
@@ -378,7 +381,8 @@ pub(crate) fn mark_critical(ap: &mut Apply, req: MarkCritical) -> Result<outcome
     Ok(result(Some(row), true))
 }
 
-pub(crate) fn set_health(ap: &mut Apply, req: SetHealth) -> Result<outcome::Result, FsmError> {
+/// Applies a probe's result proposed by the leader of `req.term`, in an entry of `term`.
+pub(crate) fn set_health(ap: &mut Apply, req: SetHealth, term: u64) -> Result<outcome::Result, FsmError> {
     let key = instance_key(&req.service, &req.id);
     let Some(mut row) = read_row(ap.txn, &key)? else {
         return Ok(not_found(&req.service, &req.id));
@@ -390,7 +394,8 @@ pub(crate) fn set_health(ap: &mut Apply, req: SetHealth) -> Result<outcome::Resu
     // The first result is written even when it leaves the health as it was (critical), so
     // that the output says what the check found rather than that it was never run.
     let unchanged = row.health == health as i32 && row.output != AWAITING_FIRST_CHECK;
-    if !probed || row.registered_revision != req.registered_revision || unchanged {
+    // A result of another term is a deposed leader's, forwarded: void (as an expiry's is).
+    if !probed || row.registered_revision != req.registered_revision || unchanged || req.term != term {
         return Ok(result(Some(row), false));
     }
     let revision = ap.write_revision()?;
@@ -730,6 +735,16 @@ mod tests {
                 },
                 "check.timeout_ms",
             ),
+            (
+                Check {
+                    kind: check::Kind::Http as i32,
+                    url: "http://h:1/".into(),
+                    interval_ms: MAX_INTERVAL_MS,
+                    timeout_ms: MAX_TIMEOUT_MS + 1,
+                    ..Default::default()
+                },
+                "check.timeout_ms",
+            ),
         ] {
             assert_eq!(check_check(&c).expect_err("a bad check is refused").0, field);
         }
@@ -885,11 +900,22 @@ mod tests {
                 registered_revision: reg,
                 health: h as i32,
                 output: "HTTP 200".into(),
+                term: 1,
             })
         };
         let rev = s.applied().revision;
         s.apply("", set(r.registered_revision - 1, Health::Passing));
         assert_eq!(s.applied().revision, rev, "a result for another registration writes nothing");
+        let mut deposed = set(r.registered_revision, Health::Passing);
+        if let Body::SetHealth(h) = &mut deposed {
+            h.term = 2;
+        }
+        s.apply("", deposed);
+        assert_eq!(
+            s.applied().revision,
+            rev,
+            "a result proposed in another term (a deposed leader's, forwarded) writes nothing"
+        );
         s.apply("", set(r.registered_revision, Health::Passing));
         assert!(is_passing(&row(&s, "1").expect("there")));
         assert_eq!(s.applied().revision, rev + 1);
@@ -905,6 +931,7 @@ mod tests {
                 registered_revision: reg,
                 health: Health::Critical as i32,
                 output: "connection refused".into(),
+                term: 1,
             })
         };
         s.apply("", fail(r2.registered_revision));
