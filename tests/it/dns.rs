@@ -188,6 +188,26 @@ async fn every_name_of_design_4_answers_dig_from_a_follower() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_domain_and_both_ttls_are_what_the_member_was_started_with() {
+    let c =
+        Cluster::start(1, &["--dns-domain", "corp.example.", "--dns-ttl", "30s", "--dns-negative-ttl", "7s"])
+            .await;
+    let m = c.member(1);
+    let mut r = registry(&m.client_addr).await;
+    register(&mut r, instance("w1", "10.0.0.1", &[]), None).await;
+    until_a(&m.dns_addr, "web.service.corp.example.", &["10.0.0.1"]).await;
+    let a = dig(&m.dns_addr, "web.service.corp.example.", "A", &[]).expect("dig");
+    assert!(a.records.iter().all(|rec| rec.2 == 30), "answers carry --dns-ttl 30s: {a:?}");
+    let nx = dig(&m.dns_addr, "nope.service.corp.example.", "A", &[]).expect("dig");
+    assert_eq!(nx.status, "NXDOMAIN");
+    let soa: Vec<_> = nx.records.iter().filter(|rec| rec.0 == "AUTHORITY" && rec.3 == "SOA").collect();
+    assert_eq!(soa.len(), 1, "NXDOMAIN carries the SOA: {nx:?}");
+    assert_eq!(soa[0].2, 7, "with --dns-negative-ttl 7s: {nx:?}");
+    let outside = dig(&m.dns_addr, "web.service.latch.", "A", &[]).expect("dig");
+    assert_eq!(outside.status, "REFUSED", "the default domain is outside this member's: {outside:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_large_answer_is_truncated_over_udp_and_whole_over_tcp() {
     let c = Cluster::start(1, &[]).await;
     let m = c.member(1);
