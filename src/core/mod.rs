@@ -48,6 +48,7 @@
 //!   id, nonce, counter).
 
 pub mod applier;
+pub mod coalesce;
 pub mod compactor;
 pub mod instance_timers;
 pub mod leases;
@@ -937,7 +938,8 @@ impl Core {
 
     /// Processes raft's Ready, if any, in raft-rs's documented order. `send` is called with
     /// messages as soon as they may leave: the leader's appends before its own fsync (raft
-    /// thesis §10.2.1), everything else after the commit. `observer` is told when the commit
+    /// thesis §10.2.1), everything else after the commit, each batch coalesced (`coalesce`:
+    /// one append per follower, one answer per leader). `observer` is told when the commit
     /// starts and finishes. `install` restores a snapshot in the state, durably (the applier's
     /// [`Applier::install`], on whatever thread it runs), before the log records it. Returns the
     /// actions for the driver.
@@ -954,7 +956,7 @@ impl Core {
         }
         let mut ready = self.raw.ready();
         if !ready.messages().is_empty() {
-            send(ready.take_messages());
+            send(coalesce::coalesce(ready.take_messages()));
         }
         let mut to_apply = Vec::new();
 
@@ -1018,10 +1020,10 @@ impl Core {
         }
 
         if !persisted.is_empty() {
-            send(persisted);
+            send(coalesce::coalesce(persisted));
         }
         if !light.messages().is_empty() {
-            send(light.take_messages());
+            send(coalesce::coalesce(light.take_messages()));
         }
         // Handed out only now: the commit index that covers them is on disk.
         if !to_apply.is_empty() {

@@ -159,13 +159,24 @@ fn commands_a_member_proposes_itself_carry_ids_unique_across_members_and_lives()
     ids.push(s.core(2).propose_own(w, Body::Put(Put { key: b"own/2".to_vec(), ..Default::default() })));
     let distinct: std::collections::BTreeSet<_> = ids.iter().collect();
     assert_eq!(distinct.len(), ids.len(), "own request ids should all differ, across lives too: {ids:?}");
-    let leader = s.leader().expect("a leader");
-    let version = {
-        let txn = s.core(leader).state_db().begin_read().expect("a read transaction begins");
-        let req = Range { key: b"own/1".to_vec(), ..Default::default() };
-        fsm::range(&txn, &req, 1 << 20).expect("range succeeds").1.kvs.pop().map(|kv| kv.version)
-    };
-    assert_eq!(version, Some(2), "both own puts of member 1 were applied, neither taken for a retry");
+    // The restarted member may lead before its state caught up with its log: read once every
+    // member applied what was committed before the restart.
+    let committed = (1..=3).map(|i| s.core(i).status().commit_index).max().unwrap_or(0);
+    s.until("every member applied what was committed", 300, &mut all, &mut |s| {
+        (1..=3).all(|i| s.core(i).status().applied.index >= committed)
+    });
+    for member in 1..=3 {
+        let version = {
+            let txn = s.core(member).state_db().begin_read().expect("a read transaction begins");
+            let req = Range { key: b"own/1".to_vec(), ..Default::default() };
+            fsm::range(&txn, &req, 1 << 20).expect("range succeeds").1.kvs.pop().map(|kv| kv.version)
+        };
+        assert_eq!(
+            version,
+            Some(2),
+            "member {member}: both own puts of member 1 were applied, neither taken for a retry"
+        );
+    }
 }
 
 /// A request id reused for another command is never answered with the first command's outcome:
