@@ -540,6 +540,17 @@ impl Config {
                 ),
             });
         }
+        // A message the queue could never hold would be dropped on every resend.
+        if peer_limits.max_peer_queue_bytes < peer_limits.max_peer_message_bytes {
+            return Err(ConfigError::Invalid {
+                flag: "max-peer-queue-bytes",
+                problem: format!(
+                    "{} is below --max-peer-message-bytes ({}): a raft message that large could never \
+                     be queued, and a peer sending it would be dropped on every resend",
+                    peer_limits.max_peer_queue_bytes, peer_limits.max_peer_message_bytes
+                ),
+            });
+        }
         let uncommitted_min = (2 * limits.max_request_bytes as u64).max(crate::core::MAX_MESSAGE_BYTES);
         if peer_limits.max_uncommitted_bytes < uncommitted_min {
             return Err(ConfigError::Invalid {
@@ -762,10 +773,14 @@ mod tests {
 
     #[test]
     fn bounds_that_could_not_hold_one_request_are_refused_naming_the_flag() {
-        let cases: [(ServerArgs, &str); 9] = [
+        let cases: [(ServerArgs, &str); 10] = [
             (
                 ServerArgs { max_peer_message_bytes: Some(1000), ..Default::default() },
                 "--max-peer-message-bytes",
+            ),
+            (
+                ServerArgs { max_peer_queue_bytes: Some(32 * 1024 * 1024), ..Default::default() },
+                "--max-peer-queue-bytes",
             ),
             (
                 ServerArgs { max_uncommitted_bytes: Some(1000), ..Default::default() },

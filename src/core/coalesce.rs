@@ -16,8 +16,11 @@
 //!   (`index`, `log_term`) is the earlier one's last entry (or its previous entry, when it has
 //!   none). The joined append carries the entries of both, in order, and the larger commit
 //!   index; a follower takes it as it would have taken the two in turn.
-//! - A joined append stays within [`MAX_MESSAGE_BYTES`] of entry data, the bound raft-rs keeps
-//!   its own appends to (`max_size_per_msg`); past it a new message starts.
+//! - A joined append stays within [`MAX_MESSAGE_BYTES`] of entries (their data and context,
+//!   plus a generous [`ENTRY_OVERHEAD_BYTES`] each), about the bound raft-rs keeps its own
+//!   appends to (`max_size_per_msg`, by its encoded size); past it a new message starts. So a
+//!   peer never gets a larger append than raft-rs alone would send it (one entry over the bound
+//!   goes alone), and the member's `--max-peer-queue-bytes` holds any of them.
 //! - An accepting append answer (not a rejection) is dropped when a later one to the same peer,
 //!   of the same term, acknowledges an index at least as high: the later one says everything
 //!   the earlier did. Rejections, and every other message, leave as raft-rs made them, in order
@@ -39,20 +42,25 @@ pub fn coalesce(msgs: Vec<Message>) -> Vec<Message> {
     }
     let mut out: Vec<Message> = Vec::with_capacity(msgs.len());
     // Per peer: where in `out` its last kept message is, if it is one a later message may
-    // join (an append) or replace (an accepting append answer). Clusters are small: a list.
-    let mut open: Vec<(u64, usize)> = Vec::new();
+    // join (an append) or replace (an accepting append answer), and that message's entry
+    // bytes. Clusters are small: a list.
+    let mut open: Vec<Open> = Vec::new();
     for m in msgs {
-        let slot = open.iter().position(|&(to, _)| to == m.to);
-        let last = slot.map(|s| open[s].1);
+        let slot = open.iter().position(|o| o.to == m.to);
+        let last = slot.map(|s| (open[s].at, open[s].bytes));
+        let bytes = entry_bytes(&m);
         match m.get_msg_type() {
             MessageType::MsgAppend => {
-                if let Some(i) = last.filter(|&i| joins(&out[i], &m)) {
+                if let Some((i, held)) = last.filter(|&(i, held)| joins(&out[i], &m, held + bytes)) {
                     join(&mut out[i], m);
+                    if let Some(s) = slot {
+                        open[s].bytes = held + bytes;
+                    }
                     continue;
                 }
             }
             MessageType::MsgAppendResponse if !m.reject => {
-                if let Some(i) = last.filter(|&i| supersedes(&m, &out[i])) {
+                if let Some((i, _)) = last.filter(|&(i, _)| supersedes(&m, &out[i])) {
                     out[i] = m;
                     continue;
                 }
@@ -66,17 +74,28 @@ pub fn coalesce(msgs: Vec<Message>) -> Vec<Message> {
                 continue;
             }
         }
+        let kept = Open { to: m.to, at: out.len(), bytes };
         match slot {
-            Some(s) => open[s].1 = out.len(),
-            None => open.push((m.to, out.len())),
+            Some(s) => open[s] = kept,
+            None => open.push(kept),
         }
         out.push(m);
     }
     out
 }
 
-/// Whether append `b` may be joined to `a`, the last message kept for the same peer.
-fn joins(a: &Message, b: &Message) -> bool {
+/// A peer's last kept message, while later ones may join or replace it.
+struct Open {
+    to: u64,
+    /// Its place in the output.
+    at: usize,
+    /// Its entry bytes ([`entry_bytes`]).
+    bytes: u64,
+}
+
+/// Whether append `b` may be joined to `a`, the last message kept for the same peer, giving
+/// `joined_bytes` of entries.
+fn joins(a: &Message, b: &Message, joined_bytes: u64) -> bool {
     let next = a.index + a.entries.len() as u64;
     let last_term = a.entries.last().map_or(a.log_term, |e| e.term);
     a.get_msg_type() == MessageType::MsgAppend
@@ -84,7 +103,7 @@ fn joins(a: &Message, b: &Message) -> bool {
         && a.from == b.from
         && b.index == next
         && b.log_term == last_term
-        && entry_bytes(a) + entry_bytes(b) <= MAX_MESSAGE_BYTES
+        && joined_bytes <= MAX_MESSAGE_BYTES
 }
 
 fn join(a: &mut Message, b: Message) {
