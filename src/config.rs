@@ -148,7 +148,7 @@ pub struct ServerArgs {
     #[serde(default, with = "humantime_serde_opt")]
     pub session_ttl_max: Option<Duration>,
     /// Most bytes of raft messages from peers queued for this member's raft thread; past it
-    /// they are dropped (raft resends) [default: 134217728].
+    /// they are dropped (raft resends). At least --max-peer-message-bytes [default: 134217728].
     #[arg(long)]
     pub max_peer_queue_bytes: Option<usize>,
     /// Largest raft message accepted from a peer (snapshots are streamed apart) [default: 67108864].

@@ -47,30 +47,26 @@ pub fn coalesce(msgs: Vec<Message>) -> Vec<Message> {
     let mut open: Vec<Open> = Vec::new();
     for m in msgs {
         let slot = open.iter().position(|o| o.to == m.to);
-        let last = slot.map(|s| (open[s].at, open[s].bytes));
+        let append = m.get_msg_type() == MessageType::MsgAppend;
+        let answer = m.get_msg_type() == MessageType::MsgAppendResponse && !m.reject;
+        if !append && !answer {
+            // Anything else to this peer ends what may be joined before it.
+            if let Some(s) = slot {
+                open.swap_remove(s);
+            }
+            out.push(m);
+            continue;
+        }
         let bytes = entry_bytes(&m);
-        match m.get_msg_type() {
-            MessageType::MsgAppend => {
-                if let Some((i, held)) = last.filter(|&(i, held)| joins(&out[i], &m, held + bytes)) {
-                    join(&mut out[i], m);
-                    if let Some(s) = slot {
-                        open[s].bytes = held + bytes;
-                    }
-                    continue;
-                }
+        if let Some(s) = slot {
+            let (at, joined) = (open[s].at, open[s].bytes + bytes);
+            if append && joins(&out[at], &m, joined) {
+                join(&mut out[at], m);
+                open[s].bytes = joined;
+                continue;
             }
-            MessageType::MsgAppendResponse if !m.reject => {
-                if let Some((i, _)) = last.filter(|&(i, _)| supersedes(&m, &out[i])) {
-                    out[i] = m;
-                    continue;
-                }
-            }
-            _ => {
-                // Anything else to this peer ends what may be joined before it.
-                if let Some(s) = slot {
-                    open.swap_remove(s);
-                }
-                out.push(m);
+            if answer && supersedes(&m, &out[at]) {
+                out[at] = m;
                 continue;
             }
         }

@@ -954,9 +954,11 @@ impl Core {
         if !self.raw.has_ready() {
             return Ok(std::mem::take(&mut self.actions));
         }
+        // Every batch leaves coalesced, whichever point of the Ready sends it.
+        let send = &mut |msgs| send(coalesce::coalesce(msgs));
         let mut ready = self.raw.ready();
         if !ready.messages().is_empty() {
-            send(coalesce::coalesce(ready.take_messages()));
+            send(ready.take_messages());
         }
         let mut to_apply = Vec::new();
 
@@ -1020,10 +1022,10 @@ impl Core {
         }
 
         if !persisted.is_empty() {
-            send(coalesce::coalesce(persisted));
+            send(persisted);
         }
         if !light.messages().is_empty() {
-            send(coalesce::coalesce(light.take_messages()));
+            send(light.take_messages());
         }
         // Handed out only now: the commit index that covers them is on disk.
         if !to_apply.is_empty() {
