@@ -10,7 +10,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 
 use latch_proto::v1::cluster_server::ClusterServer;
 use latch_proto::v1::election_server::ElectionServer;
@@ -41,6 +40,8 @@ use crate::node::inbox::FileInbox;
 use crate::node::{Budgets, Node};
 use crate::storage::{self, StorageError};
 use crate::transport::{self, member_status, Faults, FaultsService, Links, PeerSenders, PeerService};
+
+mod sockets;
 
 /// The public services on the client port, as the gRPC health service names them.
 const SERVICES: [&str; 7] = [
@@ -77,7 +78,7 @@ pub enum ServerError {
     #[error("cannot open the snapshot inbox {dir}: {source}")]
     Inbox { dir: std::path::PathBuf, source: std::io::Error },
     #[error("cannot accept connections: {0}")]
-    Incoming(String),
+    Incoming(std::io::Error),
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("gRPC reflection: {0}")]
@@ -263,7 +264,10 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming(listeners.client)?, stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            sockets::gathered(listeners.client).map_err(ServerError::Incoming)?,
+            stopped(stop_rx.clone()),
+        );
     let fault_injection = config.fault_injection.then(|| {
         tracing::warn!(
             member = id,
@@ -282,7 +286,10 @@ pub async fn run(
             shared,
         ))
         .add_optional_service(fault_injection)
-        .serve_with_incoming_shutdown(incoming(listeners.peer)?, stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            sockets::accepted(listeners.peer).map_err(ServerError::Incoming)?,
+            stopped(stop_rx.clone()),
+        );
     let http_srv = crate::http::serve(
         listeners.http,
         crate::http::router(node.handle(), metrics.clone()),
@@ -348,13 +355,6 @@ async fn learn_members(me: u64, peers: Vec<Peer>, addrs: Arc<RwLock<BTreeMap<u64
         }
         tokio::time::sleep(Duration::from_secs(if all_known { 30 } else { 1 })).await;
     }
-}
-
-/// Accepted connections of a listener, with TCP_NODELAY set on each: small responses must not
-/// wait for Nagle's algorithm (≈ 40 ms with delayed ACKs). `Server::tcp_nodelay` only applies to
-/// sockets tonic binds itself, not to a listener handed to it.
-fn incoming(listener: TcpListener) -> Result<TcpIncoming, ServerError> {
-    TcpIncoming::from_listener(listener, true, None).map_err(|e| ServerError::Incoming(e.to_string()))
 }
 
 /// Binds the configured addresses and runs until SIGINT or SIGTERM.

@@ -1,0 +1,281 @@
+//! Accepted sockets of the gRPC ports: TCP_NODELAY on each, and on the client port, writes
+//! gathered until a flush.
+//!
+//! Why gather: h2 (under tonic) writes a DATA frame whose payload is at least 256 bytes on its
+//! own, in one `writev` with the frame's head, whenever the socket says it takes vectored
+//! writes — and it flushes after each such frame. A watch stream's response for one put is
+//! about 300 bytes, so a member fanning one revision out to 3,000 watchers made thousands of
+//! `writev`s (docs/performance.md, "Writes gathered on the client port"). To a socket that
+//! does not take vectored writes, h2 copies payloads under 1 KiB into its 16 KiB write buffer
+//! instead, and writes that buffer once it fills or the connection has nothing more to send.
+//! [`Gathered`] is such a socket: it says it takes no vectored writes, and holds what is
+//! written to it until a flush (or until holding it would pass [`HOLD_BYTES`]), so that a
+//! larger payload h2 still writes on its own goes out in the same `writev` as the head and
+//! frames before it. h2 flushes at the end of every write it makes, so nothing waits here
+//! for more than the call that wrote it.
+//!
+//! Invariants:
+//! - Bytes reach the socket in the order they were written, each once; a flush returns ready
+//!   only once everything written before it reached the socket.
+//! - At most [`HOLD_BYTES`] are held per connection, and none are kept past a flush that
+//!   emptied a buffer grown past [`KEEP_BYTES`] (an idle connection holds at most that).
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use futures::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
+
+/// Most bytes held before a write goes to the socket: h2's write buffer (16 KiB) and a frame
+/// of the default largest size (16 KiB) after it.
+pub const HOLD_BYTES: usize = 32 * 1024;
+/// Capacity of the held buffer kept after a flush; a larger one is given back.
+pub const KEEP_BYTES: usize = 4 * 1024;
+
+/// Accepted connections of `listener`, with TCP_NODELAY set on each: small responses must not
+/// wait for Nagle's algorithm (≈ 40 ms with delayed ACKs). `Server::tcp_nodelay` only applies
+/// to sockets tonic binds itself, not to a listener handed to it.
+pub fn accepted(listener: TcpListener) -> io::Result<TcpIncoming> {
+    TcpIncoming::from_listener(listener, true, None).map_err(io::Error::other)
+}
+
+/// [`accepted`] connections, their writes gathered ([`Gathered`]).
+pub fn gathered(listener: TcpListener) -> io::Result<impl Stream<Item = io::Result<Gathered<TcpStream>>>> {
+    Ok(accepted(listener)?.map(|socket| socket.map(Gathered::new)))
+}
+
+/// A socket whose writes are held until a flush, up to [`HOLD_BYTES`]; it reports that it
+/// takes no vectored writes (see the module's documentation).
+#[derive(Debug)]
+pub struct Gathered<S> {
+    io: S,
+    held: Vec<u8>,
+}
+
+impl<S> Gathered<S> {
+    pub fn new(io: S) -> Gathered<S> {
+        Gathered { io, held: Vec::new() }
+    }
+
+    /// Forgets the `n` bytes the socket took from the front of what is held.
+    fn taken(&mut self, n: usize) {
+        self.held.drain(..n);
+        if self.held.is_empty() && self.held.capacity() > KEEP_BYTES {
+            self.held = Vec::new();
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Gathered<S> {
+    /// Writes what is held until none is.
+    fn poll_write_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.held.is_empty() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.held))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.taken(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Gathered<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.held.len() + buf.len() <= HOLD_BYTES {
+            this.held.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        // Too much to hold: what is held goes first, with as much of `buf` as the socket takes
+        // in the same call.
+        while !this.held.is_empty() {
+            let both = [IoSlice::new(&this.held), IoSlice::new(buf)];
+            let n = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, &both))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            let held = this.held.len();
+            this.taken(n.min(held));
+            if n > held {
+                return Poll::Ready(Ok(n - held));
+            }
+        }
+        Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_write_held(cx))?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_write_held(cx))?;
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    /// No: h2 then copies small frames into its write buffer instead of writing each alone.
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Gathered<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl Connected for Gathered<TcpStream> {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A socket that takes at most `per_call` bytes per write, refuses every other call when
+    /// `busy` (Pending, then wakes the caller), and records each call's size.
+    #[derive(Default)]
+    struct Sink {
+        got: Vec<u8>,
+        calls: Vec<usize>,
+        per_call: usize,
+        busy: bool,
+        refuse_next: bool,
+        flushes: usize,
+    }
+
+    impl Sink {
+        fn new(per_call: usize) -> Sink {
+            Sink { per_call, ..Default::default() }
+        }
+
+        fn take(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+            if self.busy {
+                self.refuse_next = !self.refuse_next;
+                if self.refuse_next {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+            }
+            let mut n = 0;
+            for b in bufs {
+                let k = b.len().min(self.per_call - n);
+                self.got.extend_from_slice(&b[..k]);
+                n += k;
+            }
+            self.calls.push(n);
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    impl AsyncWrite for Sink {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.take(cx, &[IoSlice::new(buf)])
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.take(cx, bufs)
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.flushes += 1;
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn bytes(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    #[tokio::test]
+    async fn small_writes_wait_for_the_flush_and_leave_in_one_call() {
+        let mut g = Gathered::new(Sink::new(usize::MAX));
+        let frames: Vec<Vec<u8>> = (0..40).map(|i| bytes(300, i)).collect();
+        for f in &frames {
+            g.write_all(f).await.expect("a held write succeeds");
+        }
+        assert!(g.io.calls.is_empty(), "nothing reaches the socket before a flush: {:?}", g.io.calls);
+        g.flush().await.expect("flush");
+        assert_eq!(g.io.calls, vec![12_000], "40 writes of 300 bytes leave in one call");
+        assert_eq!(g.io.got, frames.concat(), "the bytes arrive in order, each once");
+        assert_eq!(g.io.flushes, 1, "the socket itself is flushed");
+    }
+
+    #[tokio::test]
+    async fn a_write_past_the_hold_goes_out_with_what_is_held_in_one_call() {
+        let mut g = Gathered::new(Sink::new(usize::MAX));
+        let (head, payload) = (bytes(2_000, 1), bytes(HOLD_BYTES, 2));
+        g.write_all(&head).await.expect("held");
+        g.write_all(&payload).await.expect("written");
+        assert_eq!(g.io.calls, vec![2_000 + HOLD_BYTES], "head and payload in one vectored call");
+        assert!(g.held.is_empty(), "nothing is left held");
+        assert_eq!(g.io.got, [head, payload].concat());
+    }
+
+    #[tokio::test]
+    async fn partial_and_refused_writes_keep_the_order() {
+        // The socket takes 1,000 bytes per call and refuses every other call.
+        let mut g = Gathered::new(Sink { busy: true, ..Sink::new(1_000) });
+        let writes: Vec<Vec<u8>> = [700, 20_000, 30_000, 5, HOLD_BYTES + 3, 64]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| bytes(n, i as u8))
+            .collect();
+        for w in &writes {
+            g.write_all(w).await.expect("written");
+        }
+        g.flush().await.expect("flush");
+        assert_eq!(g.io.got, writes.concat(), "every byte once, in order, despite partial writes");
+        assert!(g.io.calls.iter().all(|&n| n <= 1_000 && n > 0), "calls: {:?}", g.io.calls);
+    }
+
+    #[tokio::test]
+    async fn a_flush_gives_back_a_grown_buffer() {
+        let mut g = Gathered::new(Sink::new(usize::MAX));
+        g.write_all(&bytes(KEEP_BYTES + 1, 0)).await.expect("held");
+        g.flush().await.expect("flush");
+        assert_eq!(g.held.capacity(), 0, "a buffer grown past KEEP_BYTES is not kept");
+        g.write_all(&bytes(100, 0)).await.expect("held");
+        g.flush().await.expect("flush");
+        assert!(g.held.capacity() > 0, "a small one is kept for the next flush");
+        assert!(g.held.capacity() <= KEEP_BYTES);
+    }
+
+    #[tokio::test]
+    async fn shutdown_writes_what_is_held_first() {
+        let mut g = Gathered::new(Sink::new(usize::MAX));
+        g.write_all(b"last words").await.expect("held");
+        g.shutdown().await.expect("shutdown");
+        assert_eq!(g.io.got, b"last words");
+    }
+
+    #[test]
+    fn it_takes_no_vectored_writes() {
+        assert!(
+            !Gathered::new(Sink::new(1)).is_write_vectored(),
+            "h2 must copy small frames, not chain them"
+        );
+    }
+}
