@@ -100,6 +100,7 @@ impl Applier {
         observer.apply_started();
         let mut commands = Vec::new();
         let mut applied = 0;
+        let mut batch = fsm::Batch::begin(&txn, self.bounds)?;
         for e in entries {
             if e.index <= self.applied.index {
                 continue; // covered by an installed snapshot
@@ -109,18 +110,17 @@ impl Applier {
                 // Membership is static (--initial-cluster); a conf change only advances the index.
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => &[],
             };
-            if let Some(c) = fsm::apply_entry(&txn, e.index, e.term, data, &self.bounds)? {
+            if let Some(c) = batch.apply_entry(e.index, e.term, data)? {
                 commands.push(c);
             }
-            self.applied.index = e.index;
-            self.applied.term = e.term;
             applied += 1;
         }
+        let position = batch.finish()?;
         observer.apply_finished(applied);
         observer.commit_started();
         txn.commit().map_err(redb_err)?;
         observer.commit_finished(0);
-        self.applied = fsm::applied(&self.db.begin_read().map_err(redb_err)?)?;
+        self.applied = position;
         if durable {
             self.durable_index = self.applied.index;
         }

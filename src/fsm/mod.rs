@@ -189,8 +189,73 @@ impl Default for Bounds {
     }
 }
 
-/// Applies one committed raft entry's data at (index, term). Empty `data` (raft's leader no-op,
-/// or any entry the caller has nothing to apply for) only advances the applied index and term.
+/// Committed entries applied in one transaction, in index order. The applied position is read
+/// when the batch begins and written once, by [`Batch::finish`]; the request memory's tables
+/// stay open from the first entry that needs them to the end. What a batch wrote is what the
+/// same entries applied one [`apply_entry`] at a time would have written. A batch that fails is
+/// abandoned with its transaction.
+pub struct Batch<'t> {
+    txn: &'t WriteTransaction,
+    bounds: Bounds,
+    /// The position after the entries applied so far.
+    pos: Applied,
+    applied_any: bool,
+    memory: Option<requests::Memory<'t>>,
+}
+
+impl<'t> Batch<'t> {
+    pub fn begin(txn: &'t WriteTransaction, bounds: Bounds) -> Result<Batch<'t>, FsmError> {
+        let pos = read_meta(&txn.open_table(FSM_META)?)?;
+        Ok(Batch { txn, bounds, pos, applied_any: false, memory: None })
+    }
+
+    /// Applies one committed raft entry's data at (index, term). Empty `data` (raft's leader
+    /// no-op, or any entry the caller has nothing to apply for) only advances the applied index
+    /// and term.
+    pub fn apply_entry(
+        &mut self,
+        index: u64,
+        term: u64,
+        data: &[u8],
+    ) -> Result<Option<AppliedCommand>, FsmError> {
+        if index <= self.pos.index {
+            return Err(FsmError::OutOfOrder { applied: self.pos.index, index });
+        }
+        let (result, recorded) = if data.is_empty() {
+            (None, 0)
+        } else {
+            let (applied, recorded) = apply_command(
+                self.txn,
+                &mut self.memory,
+                index,
+                term,
+                &mut self.pos.revision,
+                data,
+                &self.bounds,
+            )?;
+            (Some(applied), recorded)
+        };
+        // At least as many rows go as the entry added: a compaction's backlog never grows.
+        history::purge_step(self.txn, history::PURGE_STEP + recorded as usize)?;
+        self.pos.index = index;
+        self.pos.term = term;
+        self.applied_any = true;
+        Ok(result)
+    }
+
+    /// Writes what the batch keeps until its end; the position after it.
+    pub fn finish(self) -> Result<Applied, FsmError> {
+        if let Some(memory) = self.memory {
+            memory.close()?;
+        }
+        if self.applied_any {
+            write_meta(self.txn, self.pos)?;
+        }
+        Ok(self.pos)
+    }
+}
+
+/// Applies one committed raft entry's data at (index, term), as a batch of one ([`Batch`]).
 pub fn apply_entry(
     txn: &WriteTransaction,
     index: u64,
@@ -198,21 +263,9 @@ pub fn apply_entry(
     data: &[u8],
     bounds: &Bounds,
 ) -> Result<Option<AppliedCommand>, FsmError> {
-    let mut pos = read_meta(&txn.open_table(FSM_META)?)?;
-    if index <= pos.index {
-        return Err(FsmError::OutOfOrder { applied: pos.index, index });
-    }
-    let (result, recorded) = if data.is_empty() {
-        (None, 0)
-    } else {
-        let (applied, recorded) = apply_command(txn, index, term, &mut pos.revision, data, bounds)?;
-        (Some(applied), recorded)
-    };
-    // At least as many rows go as the entry added: a compaction's backlog never grows.
-    history::purge_step(txn, history::PURGE_STEP + recorded as usize)?;
-    pos.index = index;
-    pos.term = term;
-    write_meta(txn, pos)?;
+    let mut batch = Batch::begin(txn, *bounds)?;
+    let result = batch.apply_entry(index, term, data)?;
+    batch.finish()?;
     Ok(result)
 }
 
@@ -252,8 +305,9 @@ pub fn state_hash(txn: &ReadTransaction) -> Result<u64, FsmError> {
 
 /// Applies one non-empty entry: decode, answer a remembered request id, dispatch, remember.
 /// Also says how many history rows it wrote.
-fn apply_command(
-    txn: &WriteTransaction,
+fn apply_command<'t>(
+    txn: &'t WriteTransaction,
+    memory: &mut Option<requests::Memory<'t>>,
     index: u64,
     term: u64,
     revision: &mut i64,
@@ -280,8 +334,13 @@ fn apply_command(
             return Ok((applied, 0));
         }
     };
-    if !cmd.request_id.is_empty() {
-        if let requests::Seen::Answered(outcome) = requests::lookup(txn, &cmd.request_id, command_hash)? {
+    let mut memory = match (cmd.request_id.is_empty(), memory) {
+        (true, _) => None,
+        (false, Some(memory)) => Some(memory),
+        (false, memory) => Some(memory.insert(requests::Memory::open(txn)?)),
+    };
+    if let Some(memory) = &memory {
+        if let requests::Seen::Answered(outcome) = memory.lookup(&cmd.request_id, command_hash)? {
             let applied = AppliedCommand {
                 index,
                 term,
@@ -336,8 +395,8 @@ fn apply_command(
     let done = ap.finish();
     *revision = done.revision;
     let outcome = Outcome { revision: done.revision, data_omitted: false, result: Some(result) };
-    if !cmd.request_id.is_empty() {
-        requests::remember(txn, index, &cmd.request_id, command_hash, &outcome, bounds.request_memory_bytes)?;
+    if let Some(memory) = &mut memory {
+        memory.remember(index, &cmd.request_id, command_hash, &outcome, bounds.request_memory_bytes)?;
     }
     let applied = AppliedCommand {
         index,
@@ -631,6 +690,45 @@ mod tests {
             }
         }
         assert!(!names.contains(FSM_META.name()), "fsm_meta is not a domain table");
+    }
+
+    #[test]
+    fn a_batch_writes_what_its_entries_applied_one_at_a_time_write() {
+        // Request ids, retries of them (the same command, and another under the same id),
+        // commands without ids, empty entries, a lock taken and given back, and a request
+        // memory small enough that the batch forgets rows it wrote itself.
+        let bounds = Bounds { request_memory_bytes: 300, ..Bounds::default() };
+        let mut entries: Vec<Vec<u8>> = Vec::new();
+        for i in 0..10 {
+            let id = format!("req-{i:02}");
+            let key = format!("k{i}");
+            entries.push(command(&id, put(&key, "v")).encode_to_vec());
+            entries.push(command(&id, put(&key, "v")).encode_to_vec());
+            entries.push(command(&id, put(&key, "other")).encode_to_vec());
+            entries.push(command("", put("plain", &key)).encode_to_vec());
+            entries.push(Vec::new());
+        }
+        entries.push(command("req-00", put("k0", "v")).encode_to_vec());
+        let mut one_by_one = Store::new();
+        one_by_one.bounds = bounds;
+        let expected: Vec<_> = entries.iter().map(|e| one_by_one.apply_data(e)).collect();
+
+        let batched = Store::new();
+        let txn = batched.db.begin_write().expect("a write transaction begins");
+        let mut batch = Batch::begin(&txn, bounds).expect("a batch begins");
+        let got: Vec<_> = (1..)
+            .zip(&entries)
+            .map(|(index, e)| batch.apply_entry(index, 1, e).expect("the entry applies"))
+            .collect();
+        let position = batch.finish().expect("the batch finishes");
+        txn.commit().expect("the batch commits");
+
+        assert_eq!(got, expected, "a batch answers each entry as applying it alone does");
+        assert_eq!(position, one_by_one.applied(), "the batch's position is the state's");
+        assert_eq!(batched.applied(), one_by_one.applied(), "the batch writes the applied position");
+        assert_eq!(batched.hash(), one_by_one.hash(), "the same state, request memory included");
+        let forgot_first = batched.read(|t| remembered(t, "req-01")).expect("a lookup");
+        assert!(!forgot_first, "the memory's bound made the batch forget its oldest rows");
     }
 
     #[test]

@@ -1,24 +1,25 @@
 //! Accepted sockets of the gRPC ports: TCP_NODELAY on each, and on the client port, writes
 //! gathered until a flush.
 //!
-//! Why gather: h2 (under tonic) writes a DATA frame whose payload is at least 256 bytes on its
-//! own, in one `writev` with the frame's head, whenever the socket says it takes vectored
-//! writes — and it flushes after each such frame. A watch stream's response for one put is
-//! about 300 bytes, so a member fanning one revision out to 3,000 watchers made thousands of
-//! `writev`s (docs/performance.md, "Writes gathered on the client port"). To a socket that
+//! Why gather: whenever the socket says it takes vectored writes (a TCP socket does), h2 (under
+//! tonic) ends a write at every DATA frame whose payload is 256 bytes or more: it writes its
+//! buffer and that payload in one `writev`, and flushes. A watch stream's response for one put
+//! is about 300 bytes, so a member fanning one revision out to 3,000 watchers made thousands
+//! of `writev`s (docs/performance.md, "Writes gathered on the client port"). To a socket that
 //! does not take vectored writes, h2 copies payloads under 1 KiB into its 16 KiB write buffer
-//! instead, and writes that buffer once it fills or the connection has nothing more to send.
-//! [`Gathered`] is such a socket: it says it takes no vectored writes, and holds what is
-//! written to it until a flush (or until holding it would pass [`HOLD_BYTES`]), so that a
-//! larger payload h2 still writes on its own goes out in the same `writev` as the head and
-//! frames before it. h2 flushes at the end of every write it makes, so nothing waits here
-//! for more than the call that wrote it.
+//! instead, and writes that buffer once it fills or the connection has nothing more to send;
+//! a larger payload it then writes in two calls, its buffer first. [`Gathered`] is such a
+//! socket: it says it takes no vectored writes, holds a write under [`DIRECT_BYTES`] until the
+//! flush, and sends a larger one in one `writev` behind what it holds, without copying it —
+//! so a large frame still costs one system call. h2 flushes at the end of every write it
+//! makes, so nothing waits here for more than the call that wrote it.
 //!
 //! Invariants:
 //! - Bytes reach the socket in the order they were written, each once; a flush returns ready
 //!   only once everything written before it reached the socket.
-//! - At most [`HOLD_BYTES`] are held per connection, and none are kept past a flush that
-//!   emptied a buffer grown past [`KEEP_BYTES`] (an idle connection holds at most that).
+//! - At most [`HOLD_BYTES`] are held per connection, in a buffer of at most that capacity,
+//!   given back at a flush when it grew past [`KEEP_BYTES`] (an idle connection holds at most
+//!   that).
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -32,6 +33,9 @@ use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 /// Most bytes held before a write goes to the socket: h2's write buffer (16 KiB) and a frame
 /// of the default largest size (16 KiB) after it.
 pub const HOLD_BYTES: usize = 32 * 1024;
+/// A write of this many bytes or more is not held (copied) but sent at once, in one call
+/// behind what is held.
+pub const DIRECT_BYTES: usize = 4 * 1024;
 /// Capacity of the held buffer kept after a flush; a larger one is given back.
 pub const KEEP_BYTES: usize = 4 * 1024;
 
@@ -86,13 +90,21 @@ impl<S: AsyncWrite + Unpin> Gathered<S> {
 impl<S: AsyncWrite + Unpin> AsyncWrite for Gathered<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.held.len() + buf.len() <= HOLD_BYTES {
-            this.held.extend_from_slice(buf);
-            return Poll::Ready(Ok(buf.len()));
-        }
-        // Too much to hold: what is held goes first, with as much of `buf` as the socket takes
-        // in the same call.
-        while !this.held.is_empty() {
+        loop {
+            let need = this.held.len() + buf.len();
+            if buf.len() < DIRECT_BYTES && need <= HOLD_BYTES {
+                if need > this.held.capacity() {
+                    let grown = need.max(2 * this.held.capacity()).min(HOLD_BYTES);
+                    this.held.reserve_exact(grown - this.held.len());
+                }
+                this.held.extend_from_slice(buf);
+                return Poll::Ready(Ok(buf.len()));
+            }
+            if this.held.is_empty() {
+                return Pin::new(&mut this.io).poll_write(cx, buf);
+            }
+            // What is held goes first, with as much of `buf` as the socket takes in the same
+            // call; what the socket leaves of `buf` may then be held after all.
             let both = [IoSlice::new(&this.held), IoSlice::new(buf)];
             let n = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, &both))?;
             if n == 0 {
@@ -104,7 +116,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gathered<S> {
                 return Poll::Ready(Ok(n - held));
             }
         }
-        Pin::new(&mut this.io).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -156,6 +167,7 @@ mod tests {
         busy: bool,
         refuse_next: bool,
         flushes: usize,
+        shut: bool,
     }
 
     impl Sink {
@@ -200,7 +212,8 @@ mod tests {
             self.flushes += 1;
             Poll::Ready(Ok(()))
         }
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.shut = true;
             Poll::Ready(Ok(()))
         }
     }
@@ -224,14 +237,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_write_past_the_hold_goes_out_with_what_is_held_in_one_call() {
+    async fn a_large_write_goes_out_behind_what_is_held_in_one_call_uncopied() {
         let mut g = Gathered::new(Sink::new(usize::MAX));
-        let (head, payload) = (bytes(2_000, 1), bytes(HOLD_BYTES, 2));
+        let (head, payload) = (bytes(2_000, 1), bytes(15_000, 2));
         g.write_all(&head).await.expect("held");
         g.write_all(&payload).await.expect("written");
-        assert_eq!(g.io.calls, vec![2_000 + HOLD_BYTES], "head and payload in one vectored call");
+        assert_eq!(g.io.calls, vec![17_000], "head and payload in one vectored call");
         assert!(g.held.is_empty(), "nothing is left held");
+        assert!(g.held.capacity() < DIRECT_BYTES, "the payload was not copied into the buffer");
         assert_eq!(g.io.got, [head, payload].concat());
+    }
+
+    #[tokio::test]
+    async fn small_writes_past_the_hold_go_out_and_the_rest_is_held() {
+        // The socket takes exactly what is held: the write that did not fit is then held.
+        let mut g = Gathered::new(Sink::new(31 * 1_000));
+        let small: Vec<Vec<u8>> = (0..31).map(|i| bytes(1_000, i)).collect();
+        for w in &small {
+            g.write_all(w).await.expect("held");
+        }
+        let last = bytes(3_000, 99);
+        g.write_all(&last).await.expect("written");
+        assert_eq!(g.io.calls, vec![31_000], "what was held left in one call");
+        assert_eq!(g.held.len(), 3_000, "the write that did not fit waits for the flush");
+        assert!(g.held.capacity() <= HOLD_BYTES, "the buffer never grows past the hold");
+        g.flush().await.expect("flush");
+        assert_eq!(g.io.got, [small.concat(), last].concat(), "every byte once, in order");
     }
 
     #[tokio::test]
@@ -254,7 +285,9 @@ mod tests {
     #[tokio::test]
     async fn a_flush_gives_back_a_grown_buffer() {
         let mut g = Gathered::new(Sink::new(usize::MAX));
-        g.write_all(&bytes(KEEP_BYTES + 1, 0)).await.expect("held");
+        g.write_all(&bytes(KEEP_BYTES / 2 + 1, 0)).await.expect("held");
+        g.write_all(&bytes(KEEP_BYTES / 2 + 1, 1)).await.expect("held");
+        assert!(g.held.capacity() > KEEP_BYTES, "the buffer grew past KEEP_BYTES");
         g.flush().await.expect("flush");
         assert_eq!(g.held.capacity(), 0, "a buffer grown past KEEP_BYTES is not kept");
         g.write_all(&bytes(100, 0)).await.expect("held");
@@ -269,6 +302,15 @@ mod tests {
         g.write_all(b"last words").await.expect("held");
         g.shutdown().await.expect("shutdown");
         assert_eq!(g.io.got, b"last words");
+        assert!(g.io.shut, "the socket itself is shut down, after the held bytes");
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_takes_nothing_fails_the_flush() {
+        let mut g = Gathered::new(Sink::new(0));
+        g.write_all(b"nowhere to go").await.expect("held");
+        let err = g.flush().await.expect_err("a socket that writes 0 bytes fails the flush");
+        assert_eq!(err.kind(), io::ErrorKind::WriteZero, "got {err}");
     }
 
     #[test]
