@@ -192,8 +192,14 @@ impl Default for Bounds {
 /// Committed entries applied in one transaction, in index order. The applied position is read
 /// when the batch begins and written once, by [`Batch::finish`]; the request memory's tables
 /// stay open from the first entry that needs them to the end. What a batch wrote is what the
-/// same entries applied one [`apply_entry`] at a time would have written. A batch that fails is
+/// same entries applied one [`apply_entry`] at a time would have written: members cut batches
+/// where their own timing falls, so nothing may depend on where. A batch that fails is
 /// abandoned with its transaction.
+///
+/// Until [`Batch::finish`], `fsm_meta` and `requests_meta` in the transaction are as they were
+/// before the batch: nothing applying a command may read them there (the revision comes from
+/// the `Apply` context, the request memory from the batch's).
+#[must_use = "a batch's position and request memory are written by Batch::finish"]
 pub struct Batch<'t> {
     txn: &'t WriteTransaction,
     bounds: Bounds,
@@ -692,13 +698,28 @@ mod tests {
         assert!(!names.contains(FSM_META.name()), "fsm_meta is not a domain table");
     }
 
-    #[test]
-    fn a_batch_writes_what_its_entries_applied_one_at_a_time_write() {
-        // Request ids, retries of them (the same command, and another under the same id),
-        // commands without ids, empty entries, a lock taken and given back, and a request
-        // memory small enough that the batch forgets rows it wrote itself.
-        let bounds = Bounds { request_memory_bytes: 300, ..Bounds::default() };
+    /// Entries of every kind the request memory and the position see: request ids, retries of
+    /// them (the same command, and another under the same id), commands without ids, empty
+    /// entries, sessions, a lock held and waited for, and a session's close handing it on.
+    fn mixed_entries() -> Vec<Vec<u8>> {
+        use latch_proto::internal::{Acquire, CloseSession, CreateSession, LockMode, LockSpace};
+        let session = |id: &str| {
+            Body::CreateSession(CreateSession { id: id.into(), name: String::new(), ttl_ms: 10_000 })
+        };
+        let acquire = |session: &str| {
+            Body::Acquire(Acquire {
+                space: LockSpace::Locks as i32,
+                name: "the-lock".into(),
+                session: session.into(),
+                mode: LockMode::Exclusive as i32,
+                wait: true,
+                lock_delay_ms: 5_000,
+                value: Vec::new(),
+            })
+        };
         let mut entries: Vec<Vec<u8>> = Vec::new();
+        entries.push(command("s1", session("s1")).encode_to_vec());
+        entries.push(command("", session("s2")).encode_to_vec());
         for i in 0..10 {
             let id = format!("req-{i:02}");
             let key = format!("k{i}");
@@ -707,28 +728,82 @@ mod tests {
             entries.push(command(&id, put(&key, "other")).encode_to_vec());
             entries.push(command("", put("plain", &key)).encode_to_vec());
             entries.push(Vec::new());
+            if i == 3 {
+                entries.push(command("lock-1", acquire("s1")).encode_to_vec());
+                entries.push(command("lock-2", acquire("s2")).encode_to_vec());
+                entries.push(command("lock-2", acquire("s2")).encode_to_vec());
+            }
+            if i == 6 {
+                entries.push(
+                    command("close-1", Body::CloseSession(CloseSession { id: "s1".into() })).encode_to_vec(),
+                );
+            }
         }
         entries.push(command("req-00", put("k0", "v")).encode_to_vec());
+        entries
+    }
+
+    /// Applies `entries` (at indexes 1, 2, …) in consecutive batches, a new one starting at
+    /// each of `cuts`, each batch committed: every entry's answer, the last batch's position,
+    /// and the store.
+    fn apply_in_batches(
+        entries: &[Vec<u8>],
+        cuts: &[usize],
+        bounds: Bounds,
+    ) -> (Vec<Option<AppliedCommand>>, Applied, Store) {
+        let store = Store::new();
+        let (mut answers, mut position) = (Vec::new(), Applied::default());
+        let mut starts: Vec<usize> = std::iter::once(0).chain(cuts.iter().copied()).collect();
+        starts.push(entries.len());
+        for pair in starts.windows(2) {
+            let txn = store.db.begin_write().expect("a write transaction begins");
+            let mut batch = Batch::begin(&txn, bounds).expect("a batch begins");
+            for (i, entry) in entries.iter().enumerate().take(pair[1]).skip(pair[0]) {
+                answers.push(batch.apply_entry(i as u64 + 1, 1, entry).expect("the entry applies"));
+            }
+            position = batch.finish().expect("the batch finishes");
+            txn.commit().expect("the batch commits");
+        }
+        (answers, position, store)
+    }
+
+    #[test]
+    fn batches_write_what_their_entries_applied_one_at_a_time_write_wherever_they_are_cut() {
+        // Members cut batches where their own timing falls: nothing may depend on where. The
+        // memory's bound is small enough that a batch forgets rows it wrote itself.
+        let bounds = Bounds { request_memory_bytes: 300, ..Bounds::default() };
+        let entries = mixed_entries();
         let mut one_by_one = Store::new();
         one_by_one.bounds = bounds;
         let expected: Vec<_> = entries.iter().map(|e| one_by_one.apply_data(e)).collect();
-
-        let batched = Store::new();
-        let txn = batched.db.begin_write().expect("a write transaction begins");
-        let mut batch = Batch::begin(&txn, bounds).expect("a batch begins");
-        let got: Vec<_> = (1..)
-            .zip(&entries)
-            .map(|(index, e)| batch.apply_entry(index, 1, e).expect("the entry applies"))
-            .collect();
-        let position = batch.finish().expect("the batch finishes");
-        txn.commit().expect("the batch commits");
-
-        assert_eq!(got, expected, "a batch answers each entry as applying it alone does");
-        assert_eq!(position, one_by_one.applied(), "the batch's position is the state's");
-        assert_eq!(batched.applied(), one_by_one.applied(), "the batch writes the applied position");
-        assert_eq!(batched.hash(), one_by_one.hash(), "the same state, request memory included");
-        let forgot_first = batched.read(|t| remembered(t, "req-01")).expect("a lookup");
-        assert!(!forgot_first, "the memory's bound made the batch forget its oldest rows");
+        for cut in 0..=entries.len() {
+            let (got, position, store) = apply_in_batches(&entries, &[cut], bounds);
+            assert_eq!(got, expected, "batches cut at {cut} answer each entry as applying it alone does");
+            assert_eq!(
+                position,
+                one_by_one.applied(),
+                "cut at {cut}: the last batch's position is the state's"
+            );
+            assert_eq!(
+                store.applied(),
+                one_by_one.applied(),
+                "cut at {cut}: the applied position is written"
+            );
+            assert_eq!(
+                store.hash(),
+                one_by_one.hash(),
+                "cut at {cut}: the same state, request memory included"
+            );
+        }
+        let (_, _, whole) = apply_in_batches(&entries, &[], bounds);
+        let still_remembered = whole.read(|t| remembered(t, "req-01")).expect("a lookup");
+        assert!(!still_remembered, "the memory's bound made the one batch forget rows it wrote");
+        let row = whole
+            .read(|t| locks::read(t, &locks::lock_key(latch_proto::internal::LockSpace::Locks, "the-lock")))
+            .expect("the lock reads")
+            .expect("the lock is held");
+        let holders: Vec<_> = row.holders.iter().map(|h| h.session.as_str()).collect();
+        assert_eq!(holders, ["s2"], "the close handed the lock to the waiter");
     }
 
     #[test]
