@@ -541,25 +541,10 @@ mod tests {
     use super::super::testing::*;
     use super::*;
     use latch_proto::internal::command::Body;
-    use latch_proto::internal::{CloseSession, CreateSession, ExpireSession};
+    use latch_proto::internal::{CloseSession, ExpireSession};
 
     fn session(s: &mut Store, id: &str) {
-        s.apply(
-            "",
-            Body::CreateSession(CreateSession { id: id.into(), name: String::new(), ttl_ms: 10_000 }),
-        );
-    }
-
-    fn acquire_req(name: &str, session: &str, mode: LockMode, wait: bool) -> Body {
-        Body::Acquire(Acquire {
-            space: LockSpace::Locks as i32,
-            name: name.into(),
-            session: session.into(),
-            mode: mode as i32,
-            wait,
-            lock_delay_ms: 5_000,
-            value: Vec::new(),
-        })
+        s.apply("", create_session(id));
     }
 
     fn lock(s: &mut Store, id: &str, name: &str, session: &str, mode: LockMode) -> LockResult {

@@ -495,6 +495,7 @@ pub(crate) mod testing {
         compare, op, op_result, Compare, DeleteRange, DeleteResult, KeyValue, Op, OpResult, Put, PutResult,
         Txn, TxnResult,
     };
+    use latch_proto::internal::{Acquire, CreateSession, LockMode, LockSpace};
 
     /// Restores a snapshot stream into `store` at (index, term).
     pub(crate) fn restore_into(
@@ -604,6 +605,24 @@ pub(crate) mod testing {
         Body::Put(put_req(key, value))
     }
 
+    /// Creates session `id` with a TTL of 10 s.
+    pub(crate) fn create_session(id: &str) -> Body {
+        Body::CreateSession(CreateSession { id: id.into(), name: String::new(), ttl_ms: 10_000 })
+    }
+
+    /// Acquires lock `name` for `session` in `mode`, waiting if `wait`, with a lock-delay of 5 s.
+    pub(crate) fn acquire_req(name: &str, session: &str, mode: LockMode, wait: bool) -> Body {
+        Body::Acquire(Acquire {
+            space: LockSpace::Locks as i32,
+            name: name.into(),
+            session: session.into(),
+            mode: mode as i32,
+            wait,
+            lock_delay_ms: 5_000,
+            value: Vec::new(),
+        })
+    }
+
     pub(crate) fn del_req(key: &str, range_end: &[u8]) -> DeleteRange {
         DeleteRange { key: key.into(), range_end: range_end.to_vec(), ..Default::default() }
     }
@@ -702,21 +721,9 @@ mod tests {
     /// them (the same command, and another under the same id), commands without ids, empty
     /// entries, sessions, a lock held and waited for, and a session's close handing it on.
     fn mixed_entries() -> Vec<Vec<u8>> {
-        use latch_proto::internal::{Acquire, CloseSession, CreateSession, LockMode, LockSpace};
-        let session = |id: &str| {
-            Body::CreateSession(CreateSession { id: id.into(), name: String::new(), ttl_ms: 10_000 })
-        };
-        let acquire = |session: &str| {
-            Body::Acquire(Acquire {
-                space: LockSpace::Locks as i32,
-                name: "the-lock".into(),
-                session: session.into(),
-                mode: LockMode::Exclusive as i32,
-                wait: true,
-                lock_delay_ms: 5_000,
-                value: Vec::new(),
-            })
-        };
+        use latch_proto::internal::{CloseSession, LockMode};
+        let (session, acquire) =
+            (create_session, |session: &str| acquire_req("the-lock", session, LockMode::Exclusive, true));
         let mut entries: Vec<Vec<u8>> = Vec::new();
         entries.push(command("s1", session("s1")).encode_to_vec());
         entries.push(command("", session("s2")).encode_to_vec());
