@@ -245,7 +245,11 @@ async fn two_clients_contend_and_a_paused_holder_is_fenced_after_ttl_plus_lock_d
     let stopped = Instant::now();
     // The lease the paused holder still has, as the leader counts it: nobody may be granted the
     // lock before it and then the lock-delay have passed.
-    let lease_left = leader_client.session_info(&old.session_id).await.map_or(0, |s| s.remaining_ms);
+    let lease_left = leader_client
+        .session_info(&old.session_id)
+        .await
+        .expect("the leader still knows the paused holder's session, the moment it was paused")
+        .remaining_ms;
     let earliest = Duration::from_millis(u64::try_from(lease_left).unwrap_or(0)) + lock_delay;
     // Watch the hand-over: the holder's session expires, the lock sits out its lock-delay with
     // nobody holding it, then the contender gets it.
