@@ -181,6 +181,63 @@ async fn a_watch_that_starts_in_the_future_vouches_for_no_revision_past_the_memb
     assert_eq!(idle.header.unwrap().revision, head, "the idle watch's own progress");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_reports_no_progress_past_the_members_revision_for_a_watch_that_starts_in_the_future()
+{
+    let c = Cluster::start(1, &["--watch-progress-interval", "1s"]).await;
+    let client = c.client().await;
+    let head = client.put(format!("{PREFIX}a"), "1").await.unwrap().header.unwrap().revision;
+    let mut watch =
+        client.watch(WatchOptions::key(format!("{PREFIX}a")).from_revision(head + 100).progress_notify());
+    assert_eq!(
+        next_update(&mut watch).await,
+        WatchUpdate::Started { revision: head },
+        "started at the member's revision"
+    );
+    // The member's idle progress (every second) vouches for its own revision; so must the client.
+    assert_eq!(
+        next_update(&mut watch).await,
+        WatchUpdate::Progress { revision: head },
+        "progress names the member's revision {head}, not the watch's start less one ({})",
+        head + 99
+    );
+    // Once the cluster reaches the start, the watch's events come, and progress follows them.
+    for i in head + 1..head + 100 {
+        client.put(format!("{PREFIX}b"), i.to_string()).await.unwrap();
+    }
+    let start = client.put(format!("{PREFIX}a"), "2").await.unwrap().header.unwrap().revision;
+    assert_eq!(start, head + 100, "the puts brought the cluster to the watch's start");
+    loop {
+        match next_update(&mut watch).await {
+            WatchUpdate::Progress { revision } => {
+                assert!(revision <= head + 99, "progress {revision} before revision {start}'s events came")
+            }
+            WatchUpdate::Events { revision, events } => {
+                assert_eq!((revision, events.len()), (start, 1), "the watch's first event is at its start");
+                break;
+            }
+            other => panic!("expected progress or revision {start}'s events, got {other:?}"),
+        }
+    }
+    match next_update(&mut watch).await {
+        WatchUpdate::Progress { revision } => {
+            assert_eq!(revision, start, "after revision {start} was delivered, progress names it")
+        }
+        other => panic!("expected the idle watch's progress, got {other:?}"),
+    }
+}
+
+/// The watch's next update (within 30 s).
+async fn next_update(
+    watch: &mut (impl futures::Stream<Item = Result<WatchUpdate, latch_client::Error>> + Unpin),
+) -> WatchUpdate {
+    tokio::time::timeout(Duration::from_secs(30), watch.next())
+        .await
+        .expect("an update within 30 s")
+        .expect("the watch goes on")
+        .expect("the watch has no error")
+}
+
 /// The sum of `series` over the live members of `c`, once `ok` holds of it (within 30 s).
 async fn metric_until(c: &Cluster, what: &str, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
     eventually(what, Duration::from_secs(30), || async {

@@ -123,7 +123,9 @@ pub enum WatchUpdate {
     Started { revision: i64 },
     /// Every event of revision `revision` the watch selects, in order.
     Events { revision: i64, events: Vec<Event> },
-    /// Every event at or below `revision` has been delivered.
+    /// Every event at or below `revision` has been delivered. `revision` is one a member
+    /// reached (a watch that starts in the future hears of the member's revision until the
+    /// cluster gets there), and a later progress never names less.
     Progress { revision: i64 },
     /// The watched range held exactly `kvs` at `revision` (its history before was compacted):
     /// replace what you had; events after `revision` follow.
@@ -179,6 +181,7 @@ impl Client {
             client: self.clone(),
             // The first revision not delivered yet (0: from now, until the member says which).
             next: options.start_revision,
+            vouched: 0,
             options,
             started: false,
             backoff: INITIAL_BACKOFF,
@@ -204,8 +207,14 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
 struct Follower {
     client: Client,
     options: WatchOptions,
-    /// The first revision not delivered yet (0: from now, until a member says which).
+    /// The first revision not delivered yet (0: from now, until a member says which): where a
+    /// resume starts.
     next: i64,
+    /// The highest revision at or below which every event is known delivered: the last
+    /// revision delivered, or one a member vouched for (its progress, or the revision a stream
+    /// started after). Only grows, and never passes what a member reached (unlike `next − 1`,
+    /// which for a watch that starts in the future is a revision no member reached yet).
+    vouched: i64,
     /// `Started` was delivered (a resumed stream says it again; the caller heard it once).
     started: bool,
     backoff: Duration,
@@ -307,6 +316,8 @@ impl Follower {
             if self.next == 0 {
                 self.next = revision + 1;
             }
+            // The member vouches for the revision it starts after (never past its own).
+            self.vouched = self.vouched.max(revision);
             // A resumed stream says `Started` again; the caller heard it the first time.
             if std::mem::replace(&mut self.started, true) {
                 return Step::Skip;
@@ -316,13 +327,15 @@ impl Follower {
             self.next = self.next.max(revision + 1);
             // A member still catching up vouches for less than was delivered already: the
             // caller's progress never goes back.
-            WatchUpdate::Progress { revision: self.next - 1 }
+            self.vouched = self.vouched.max(revision);
+            WatchUpdate::Progress { revision: self.vouched }
         } else if r.snapshot {
             self.kvs.extend(r.snapshot_kvs);
             if r.fragment {
                 return Step::Skip;
             }
             self.next = revision + 1;
+            self.vouched = self.vouched.max(revision);
             WatchUpdate::Snapshot { revision, kvs: std::mem::take(&mut self.kvs) }
         } else {
             if revision < self.next {
@@ -334,6 +347,7 @@ impl Follower {
                 return Step::Skip;
             }
             self.next = revision + 1;
+            self.vouched = self.vouched.max(revision);
             WatchUpdate::Events { revision, events: std::mem::take(&mut self.events) }
         };
         Step::Update(update)
