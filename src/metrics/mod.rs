@@ -65,7 +65,8 @@ pub struct WatchMetrics {
     pub events_sent: Counter,
     /// Watches ended by the member or the client, by reason.
     canceled: Family<ReasonLabels, Counter>,
-    /// Revisions and bytes of encoded events in the shared window of recent revisions.
+    /// Revisions in the shared window of recent revisions, and the bytes it holds (encoded
+    /// events and the memory around them, `api::watch::recent`).
     pub window_revisions: Gauge,
     pub window_bytes: Gauge,
     /// Bytes of responses queued for clients, over every stream (each bounded, and all of them
@@ -445,7 +446,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "watch_window",
-            "Bytes of encoded events held in the shared window of recent revisions",
+            "Bytes held by the shared window of recent revisions: encoded events and the memory around them (structs, keys, allocations), at most 64 MiB",
             Unit::Bytes,
             watch.window_bytes.clone(),
         );

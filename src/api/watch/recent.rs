@@ -16,6 +16,9 @@
 //! - What the window holds is bounded in bytes, whatever the writes and the watchers do; so is
 //!   what the feeder holds while reading: a revision of more than [`OVERSIZED_REVISION_BYTES`]
 //!   of rows is a marker batch, never read whole (streams read it in steps, see `watch.rs`).
+//! - Each batch is charged what it holds, not only its encoded events: its structs, the key's
+//!   and each buffer's allocation (`Batch::holds`). So the bound and `latch_watch_window_bytes`
+//!   describe the memory held for tiny events as for large ones.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
@@ -36,13 +39,27 @@ use crate::fsm::{self, FsmError};
 use crate::metrics::Metrics;
 use crate::node::NodeHandle;
 
-/// Most bytes of encoded events the window holds.
+/// Most bytes the window holds: its batches' events and the memory around them
+/// (`Batch::holds`).
 pub const WINDOW_BYTES: usize = 64 * 1024 * 1024;
 /// Bytes of history read in one step (by the feeder, or a stream catching up).
 pub const READ_STEP_BYTES: usize = 1024 * 1024;
 /// A revision whose history rows are more than this is not held whole, in the window or by a
 /// stream: each watch reads it a step at a time and sends it in fragments.
 pub const OVERSIZED_REVISION_BYTES: usize = 8 * 1024 * 1024;
+
+/// What one heap allocation costs beyond the bytes asked for, as the window counts it: the
+/// allocator's bookkeeping and its rounding up to a size class. glibc's malloc adds an 8-byte
+/// header and rounds to 16 bytes (32 at least); mimalloc (the binary's allocator) keeps no
+/// header but rounds a size up to its class (8-byte steps up to 64 bytes, then classes up to a
+/// quarter apart). For the small allocations where it matters, 16 bytes is about what either
+/// costs: an estimate, not an exact count.
+const ALLOCATION_OVERHEAD: usize = 16;
+
+/// What a `Bytes` made from a `Vec` holds besides its buffer once it is cloned (as `with_prev`
+/// clones `plain`, and as every stream that sends it does): a shared block of a pointer, a
+/// capacity and a reference count, allocated apart.
+const BYTES_SHARED_BLOCK: usize = 3 * std::mem::size_of::<usize>() + ALLOCATION_OVERHEAD;
 
 /// One change, encoded for the wire.
 #[derive(Debug)]
@@ -56,10 +73,22 @@ pub struct Encoded {
 }
 
 impl Encoded {
-    /// What it holds (`with_prev` is `plain` when there is no previous kv).
+    /// `with_prev` is `plain` (no previous kv), not a buffer of its own.
+    fn shares_plain(&self) -> bool {
+        self.with_prev.as_ptr() == self.plain.as_ptr()
+    }
+
+    /// Its encoded bytes, as sent (`with_prev` counted when it is a buffer of its own).
     fn bytes(&self) -> usize {
-        let shared = self.with_prev.as_ptr() == self.plain.as_ptr();
-        self.key.len() + self.plain.len() + if shared { 0 } else { self.with_prev.len() }
+        self.key.len() + self.plain.len() + if self.shares_plain() { 0 } else { self.with_prev.len() }
+    }
+
+    /// The memory it holds outside its own struct: the key's allocation and each buffer's, with
+    /// what every allocation costs ([`ALLOCATION_OVERHEAD`], [`BYTES_SHARED_BLOCK`]).
+    fn held_outside(&self) -> usize {
+        let buffer = |b: &Bytes| b.len() + ALLOCATION_OVERHEAD + BYTES_SHARED_BLOCK;
+        let key = if self.key.capacity() == 0 { 0 } else { self.key.capacity() + ALLOCATION_OVERHEAD };
+        key + buffer(&self.plain) + if self.shares_plain() { 0 } else { buffer(&self.with_prev) }
     }
 }
 
@@ -70,7 +99,11 @@ pub struct Batch {
     pub revision: i64,
     pub events: Vec<Encoded>,
     pub oversized: bool,
+    /// Bytes of its encoded events: what a stream's turn counts.
     bytes: usize,
+    /// The memory it holds, as the window charges it: `bytes` and everything around them (see
+    /// `Batch::holds`). Set once it is whole; it never changes after.
+    held: usize,
 }
 
 impl Batch {
@@ -82,7 +115,7 @@ impl Batch {
 
     /// No events of `revision` (what ends the fragments of an oversized one).
     pub fn empty(revision: i64) -> Batch {
-        Batch { revision, events: Vec::new(), oversized: false, bytes: 0 }
+        Batch { revision, events: Vec::new(), oversized: false, bytes: 0, held: 0 }.whole()
     }
 
     /// The batches of `parts` (in revision order): one per revision, a marker for an oversized
@@ -93,7 +126,7 @@ impl Batch {
             let c = match p {
                 Part::Change(c) => c,
                 Part::Oversized { revision } => {
-                    out.push(Batch { revision, events: Vec::new(), oversized: true, bytes: 0 });
+                    out.push(Batch { revision, events: Vec::new(), oversized: true, bytes: 0, held: 0 });
                     continue;
                 }
             };
@@ -104,10 +137,29 @@ impl Batch {
                     b.bytes += bytes;
                     b.events.push(e.1);
                 }
-                _ => out.push(Batch { revision: e.0, bytes, events: vec![e.1], oversized: false }),
+                _ => out.push(Batch { revision: e.0, bytes, events: vec![e.1], oversized: false, held: 0 }),
             }
         }
-        Ok(out)
+        Ok(out.into_iter().map(Batch::whole).collect())
+    }
+
+    /// The batch with its events all in: `held` counted.
+    fn whole(mut self) -> Batch {
+        self.held = self.holds();
+        self
+    }
+
+    /// The memory it holds in the window: its own struct in the `Arc`'s allocation (with the
+    /// `Arc`'s two counts) and the window's pointer to it; the events' vector, each slot of its
+    /// capacity an `Encoded`; and what each event holds outside its slot.
+    fn holds(&self) -> usize {
+        let arc = std::mem::size_of::<Batch>() + 2 * std::mem::size_of::<usize>() + ALLOCATION_OVERHEAD;
+        let slot = std::mem::size_of::<Arc<Batch>>();
+        let events = match self.events.capacity() {
+            0 => 0,
+            capacity => capacity * std::mem::size_of::<Encoded>() + ALLOCATION_OVERHEAD,
+        };
+        arc + slot + events + self.events.iter().map(Encoded::held_outside).sum::<usize>()
     }
 }
 
@@ -170,6 +222,7 @@ pub struct Span {
 struct Window {
     span: Span,
     batches: VecDeque<Arc<Batch>>,
+    /// The sum of its batches' `held`: at most [`WINDOW_BYTES`] once an append is done.
     bytes: usize,
 }
 
@@ -276,12 +329,12 @@ impl Recent {
     fn append(&self, batches: Vec<Batch>, through: i64) {
         let mut w = self.window.write().unwrap_or_else(|p| p.into_inner());
         for b in batches {
-            w.bytes += b.bytes;
+            w.bytes += b.held;
             w.batches.push_back(Arc::new(b));
         }
         while w.bytes > WINDOW_BYTES || w.batches.len() > self.max_batches {
             let Some(old) = w.batches.pop_front() else { break };
-            w.bytes -= old.bytes;
+            w.bytes -= old.held;
             w.span.first = old.revision + 1;
         }
         w.span.last = w.span.last.max(through);
@@ -333,5 +386,84 @@ impl Recent {
             w.span.last
         };
         Some((batches, through))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::size_of;
+
+    use latch_proto::internal::KeyValue;
+
+    use super::*;
+
+    /// Revisions appended at once, as a feeder's step would.
+    const STEP: i64 = 4096;
+
+    /// A put of a 20-byte key with a 20-byte value at `revision`, as the history gives it.
+    fn tiny_put(revision: i64) -> Change {
+        let kv = KeyValue {
+            key: format!("key/{revision:016}").into_bytes(),
+            value: vec![b'v'; 20],
+            create_revision: revision,
+            mod_revision: revision,
+            version: 1,
+            ..Default::default()
+        };
+        Change { revision, space: Space::Kv, delete: false, kv, prev_kv: None }
+    }
+
+    #[test]
+    fn the_window_charges_each_tiny_event_its_structs_and_allocations_and_evicts_by_them() {
+        let one = Batch::of(vec![tiny_put(1)], 1).expect("a put encodes");
+        let event = &one[0].events[0];
+        assert_eq!(event.key.len(), 20, "the test's keys are 20 bytes");
+        let payload = event.key.len() + event.plain.len();
+        let at_least = size_of::<Encoded>() + payload;
+        assert!(
+            one[0].held >= at_least,
+            "a revision of one tiny event is charged {} bytes: expected at least its struct ({}) and \
+             its payload ({payload})",
+            one[0].held,
+            size_of::<Encoded>()
+        );
+
+        // Filled with such revisions, the window holds no more of them than fit in its bound at
+        // that charge: it drops the oldest before.
+        let metrics = Arc::new(Metrics::new());
+        let recent = Recent::new(0, usize::MAX, metrics.clone());
+        let most = WINDOW_BYTES / at_least;
+        let mut last = 0;
+        while recent.span().first == 1 && last <= most as i64 {
+            let batches =
+                Batch::of((last + 1..=last + STEP).map(tiny_put).collect(), 1).expect("puts encode");
+            last += STEP;
+            recent.append(batches, last);
+        }
+        let w = recent.window.read().expect("no writer panicked");
+        assert!(
+            w.span.first > 1,
+            "after {last} revisions the window still held the first: at {at_least} bytes or more each, \
+             at most {most} fit in {WINDOW_BYTES} bytes"
+        );
+        assert!(
+            w.batches.len() <= most,
+            "the window holds {} revisions: expected at most {most}, at {at_least} bytes or more each",
+            w.batches.len()
+        );
+        assert_eq!(w.span.last, last, "the window reaches the last revision appended");
+        assert_eq!(
+            w.span.first,
+            w.batches.front().map_or(last + 1, |b| b.revision),
+            "the window covers from its oldest batch on"
+        );
+        let charged: usize = w.batches.iter().map(|b| b.held).sum();
+        assert_eq!(w.bytes, charged, "the window's bytes are what its batches are charged");
+        assert!(w.bytes <= WINDOW_BYTES, "the window holds {} bytes, over its bound", w.bytes);
+        assert_eq!(
+            metrics.watch.window_bytes.get(),
+            w.bytes as i64,
+            "latch_watch_window_bytes says what the window is charged"
+        );
     }
 }
