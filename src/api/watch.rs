@@ -145,6 +145,7 @@ impl WatchApi for WatchService {
             metrics: self.metrics.clone(),
             out,
             watches: BTreeMap::new(),
+            next_auto_id: 1,
             progress_every: self.progress_every,
             turn_header: ResponseHeader::default(),
             snapshots: self.snapshots.clone(),
@@ -220,6 +221,10 @@ struct Stream {
     metrics: Arc<Metrics>,
     out: Outbox,
     watches: BTreeMap<i64, Watch>,
+    /// Where the member's choice of the next id starts (a create with `watch_id = 0`). It only
+    /// grows, past each id the member gave: an id it picks is never one a watch of this stream
+    /// had from it before (short of `i64::MAX`), as in etcd.
+    next_auto_id: i64,
     progress_every: Duration,
     /// This turn's response header (its revision set per response).
     turn_header: ResponseHeader,
@@ -448,12 +453,7 @@ impl Stream {
     }
 
     async fn create(&mut self, c: WatchCreateRequest) -> Result<(), End> {
-        // The next free id above the highest; i64::MAX in use makes the member pick none.
-        let id = if c.watch_id == 0 {
-            self.watches.last_key_value().map_or(Some(1), |(id, _)| id.checked_add(1)).unwrap_or(i64::MAX)
-        } else {
-            c.watch_id
-        };
+        let id = if c.watch_id == 0 { self.auto_id() } else { c.watch_id };
         if let Err((reason, problem)) = self.check_create(&c, id) {
             return self.refuse(c.watch_id, reason, problem).await;
         }
@@ -503,6 +503,9 @@ impl Stream {
             Ok(watch_create_request::Target::Registry) => Space::Registry,
         };
         self.metrics.watch.watches.inc();
+        if c.watch_id == 0 {
+            self.next_auto_id = id.saturating_add(1);
+        }
         self.watches.insert(
             id,
             Watch {
@@ -531,6 +534,18 @@ impl Stream {
             ..Default::default()
         })
         .await
+    }
+
+    /// The id for a create with `watch_id = 0`: the first from `next_auto_id` on that no watch
+    /// of the stream has (the client may have chosen some); `i64::MAX` in use makes the member
+    /// pick none (the create is refused as a duplicate). At most one step per watch on the
+    /// stream.
+    fn auto_id(&self) -> i64 {
+        let mut id = self.next_auto_id;
+        while id < i64::MAX && self.watches.contains_key(&id) {
+            id += 1;
+        }
+        id
     }
 
     /// Refuses a create (`watch_id` as asked) for `reason`: a `created` response that is

@@ -2,8 +2,8 @@
 //! through a leader kill, a follower restart, compaction every 200 ms and a watcher too slow
 //! for the member's window is checked against etcd's six guarantees (`latch_check::watch`);
 //! 1,000 watches on one prefix see identical sequences; a compacted start revision is refused
-//! naming the compact revision, or answered with a snapshot. The member's limits on watches
-//! are in `watch_limits.rs`.
+//! naming the compact revision, or answered with a snapshot; an id the member picks is never
+//! reused on a stream. The member's limits on watches are in `watch_limits.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -819,4 +819,55 @@ async fn one_stream_serves_filters_previous_values_fragments_cancels_and_refusal
     );
     assert!(of_1[0].fragment && !of_1[1].fragment, "the first says more follow, the last does not");
     assert!(of_1.iter().all(|r| r.header.unwrap().revision == revision && r.events.len() == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_the_member_picks_is_never_one_a_watch_of_the_stream_had_before() {
+    let c = Cluster::start(1, &[]).await;
+    let (tx, rx) = mpsc::channel(16);
+    let mut stream = WatchClient::connect(format!("http://{}", c.member(1).client_addr))
+        .await
+        .unwrap()
+        .watch(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let (key, range_end) = prefix_range(PREFIX.as_bytes());
+    let create = |watch_id: i64| {
+        let c = WatchCreateRequest {
+            key: key.clone(),
+            range_end: range_end.clone(),
+            watch_id,
+            ..Default::default()
+        };
+        WatchRequest { request: Some(Ask::Create(c)) }
+    };
+    let cancel = |watch_id: i64| WatchRequest {
+        request: Some(Ask::Cancel(latch_client::proto::WatchCancelRequest { watch_id })),
+    };
+    // Each request is answered before the next is sent: the ids are the member's, in order.
+    let mut created = Vec::new();
+    for ask in
+        [create(0), create(0), cancel(2), create(0), create(4), create(0), cancel(5), cancel(4), create(0)]
+    {
+        let asked_create = matches!(ask.request, Some(Ask::Create(_)));
+        tx.send(ask).await.unwrap();
+        let answer = responses_until(&mut stream, |r| r.created || r.canceled).await.pop().unwrap();
+        if asked_create {
+            assert!(answer.created && !answer.canceled, "each create is served: {answer:?}");
+            created.push(answer.watch_id);
+        } else {
+            assert_eq!(
+                answer.cancel_reason,
+                CancelReason::Client as i32,
+                "each cancel is served: {answer:?}"
+            );
+        }
+    }
+    assert_eq!(
+        created,
+        [1, 2, 3, 4, 5, 6],
+        "the member picks 1, 2, then 3 (not 2 again, canceled); the client 4; the member 5 (not \
+         4, in use), then 6 (not 4 or 5, canceled)"
+    );
 }
