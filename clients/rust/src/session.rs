@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
+use crate::lock::Turns;
 use crate::{Client, Error};
 
 /// How sure the client can be that its session lives (see the module doc).
@@ -78,6 +79,8 @@ pub struct Session {
     shared: Arc<Shared>,
     state: watch::Receiver<SessionState>,
     task: Option<JoinHandle<()>>,
+    /// Its lock guards, one per name at a time (see the `lock` module).
+    turns: Arc<Turns>,
 }
 
 #[derive(Debug)]
@@ -107,7 +110,15 @@ impl Client {
         let grace = options.grace.unwrap_or(ttl);
         let task =
             tokio::spawn(keep_alive_loop(self.clone(), created.0.clone(), ttl, grace, shared.clone(), tx));
-        Ok(Session { id: created.0, ttl, client: self.clone(), shared, state, task: Some(task) })
+        Ok(Session {
+            id: created.0,
+            ttl,
+            client: self.clone(),
+            shared,
+            state,
+            task: Some(task),
+            turns: Arc::default(),
+        })
     }
 
     /// Creates a session with this TTL; returns its id and the TTL granted (milliseconds). It
@@ -191,6 +202,10 @@ impl Session {
         &self.client
     }
 
+    pub(crate) fn turns(&self) -> &Arc<Turns> {
+        &self.turns
+    }
+
     pub fn ttl(&self) -> Duration {
         self.ttl
     }
@@ -262,10 +277,11 @@ async fn keep_alive_loop(
     loop {
         tokio::time::sleep_until(next).await;
         let sent = Instant::now();
-        let attempt = client.keep_alive(&id);
+        let attempt = keep_alive_once(&client, &id);
         tokio::pin!(attempt);
-        // Waits for the answer; meanwhile the lease may run low (Jeopardy) or, with the grace
-        // period, out (Expired).
+        // Waits for the answer — the keepalive's, and the read that settles a NOT_FOUND —
+        // while the lease may run low (Jeopardy) or, with the grace period, out (Expired):
+        // nothing the cluster takes long to answer can hold the state at Safe past the lease.
         let answer = loop {
             let lease_end = shared.lease_end();
             let low = lease_end.checked_sub(ttl / 3).unwrap_or(lease_end);
@@ -276,7 +292,7 @@ async fn keep_alive_loop(
             }
         };
         match answer {
-            Some(Ok(ack)) => {
+            Some(KeepAlive::Granted(ack)) => {
                 let granted = Duration::from_millis(u64::try_from(ack.granted_ms).unwrap_or(0));
                 shared.set_lease_end(sent + granted);
                 state.send_if_modified(|s| std::mem::replace(s, SessionState::Safe) != SessionState::Safe);
@@ -285,22 +301,15 @@ async fn keep_alive_loop(
                 // to ride out a leader change.
                 next = sent + granted.saturating_sub(ttl / 2).max(granted / 4);
             }
-            Some(Err(e)) if e.code() == Code::NotFound => {
-                // A deposed leader that has not heard of the session yet says so too: only a
-                // linearizable read settles it.
-                match client.session_info(&id).await {
-                    Err(e) if e.code() == Code::NotFound => {
-                        tracing::debug!(session = %id, "the cluster says the session is gone");
-                        break;
-                    }
-                    _ => next = Instant::now() + retry,
-                }
+            Some(KeepAlive::Gone) => {
+                tracing::debug!(session = %id, "the cluster says the session is gone");
+                break;
             }
             None => {
                 tracing::debug!(session = %id, "no keepalive answered within the lease and the grace period");
                 break;
             }
-            Some(Err(e)) => {
+            Some(KeepAlive::Failed(e)) => {
                 let now = Instant::now();
                 if now >= shared.lease_end() + grace {
                     tracing::debug!(session = %id, error = %e, "keepalives failed past the lease and the grace period");
@@ -314,4 +323,122 @@ async fn keep_alive_loop(
         }
     }
     let _ = state.send(SessionState::Expired);
+}
+
+/// What one keepalive came to.
+enum KeepAlive {
+    Granted(KeepAliveResponse),
+    /// A linearizable read says the session no longer exists.
+    Gone,
+    /// No grant: retry (the failure, or a NOT_FOUND a read did not confirm).
+    Failed(Error),
+}
+
+async fn keep_alive_once(client: &Client, id: &str) -> KeepAlive {
+    match client.keep_alive(id).await {
+        Ok(ack) => KeepAlive::Granted(ack),
+        // A deposed leader that has not heard of the session yet says so too: only a
+        // linearizable read settles it.
+        Err(e) if e.code() == Code::NotFound => match client.session_info(id).await {
+            Err(read) if read.code() == Code::NotFound => KeepAlive::Gone,
+            _ => KeepAlive::Failed(e),
+        },
+        Err(e) => KeepAlive::Failed(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+
+    use futures::Stream;
+    use latch_proto::v1::session_server::{Session as SessionApi, SessionServer};
+    use latch_proto::v1::{
+        CloseSessionResponse, CreateSessionResponse, GetSessionResponse, ListSessionsResponse,
+    };
+    use tonic::transport::server::TcpIncoming;
+    use tonic::{Request, Response, Streaming};
+
+    use super::*;
+
+    /// A member that creates sessions with a 1 s TTL, answers every keepalive NOT_FOUND (as a
+    /// deposed leader that never heard of the session does) and never answers a read.
+    struct Deposed;
+
+    type Acks = Pin<Box<dyn Stream<Item = Result<KeepAliveResponse, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl SessionApi for Deposed {
+        type KeepAliveStream = Acks;
+
+        async fn create(
+            &self,
+            _: Request<CreateSessionRequest>,
+        ) -> Result<Response<CreateSessionResponse>, Status> {
+            Ok(Response::new(CreateSessionResponse { header: None, id: "s1".into(), ttl_ms: 1000 }))
+        }
+
+        async fn keep_alive(
+            &self,
+            _: Request<Streaming<KeepAliveRequest>>,
+        ) -> Result<Response<Acks>, Status> {
+            Err(Status::not_found("session s1 not found"))
+        }
+
+        async fn close(
+            &self,
+            _: Request<CloseSessionRequest>,
+        ) -> Result<Response<CloseSessionResponse>, Status> {
+            Ok(Response::new(CloseSessionResponse::default()))
+        }
+
+        async fn get(&self, _: Request<GetSessionRequest>) -> Result<Response<GetSessionResponse>, Status> {
+            std::future::pending().await
+        }
+
+        async fn list(
+            &self,
+            _: Request<ListSessionsRequest>,
+        ) -> Result<Response<ListSessionsResponse>, Status> {
+            Err(Status::unimplemented("list"))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_keepalive_stuck_settling_not_found_still_moves_the_state_as_the_lease_runs_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let addr = listener.local_addr().expect("bound address").to_string();
+        let incoming = TcpIncoming::from_listener(listener, true, None).expect("incoming");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(SessionServer::new(Deposed))
+                .serve_with_incoming(incoming),
+        );
+        let client = Client::connect([addr]).await.expect("valid endpoint");
+        let session = client
+            .session(SessionOptions::new(Duration::from_secs(1)).grace(Duration::from_millis(200)))
+            .await
+            .expect("the member creates the session");
+        let lease_end = session.lease_end();
+        let mut states = session.watch();
+
+        // The read that would settle the NOT_FOUND never comes back (the client would wait its
+        // whole retry budget, 10 s): the lease must still be watched meanwhile.
+        let jeopardy = tokio::time::timeout_at(
+            lease_end,
+            // The borrow it returns is dropped at once: it holds the state's lock.
+            async { states.wait_for(|s| *s == SessionState::Jeopardy).await.map(|_| ()) },
+        )
+        .await;
+        assert!(
+            jeopardy.is_ok(),
+            "Jeopardy before the lease ran out (a third of the TTL before it), not Safe until the read ends"
+        );
+        let expired = tokio::time::timeout_at(lease_end + Duration::from_secs(2), session.done()).await;
+        assert!(
+            expired.is_ok(),
+            "Expired once the lease and the 200 ms grace are over, whatever the stuck read (state: {:?})",
+            session.state()
+        );
+    }
 }
