@@ -100,7 +100,15 @@ pub(crate) async fn acquire(
         // From here until it is answered, a request whose caller goes away (or whose proposal
         // fails, and may yet apply) gives up its place.
         let mut abandon = Abandon::new(ctx, want.space, &want.name, &want.session, &request_id);
-        let (header, r) = ctx.write(&request_id, body).await?;
+        let (header, r) = match ctx.write(&request_id, body).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                if never_queued(&e) {
+                    abandon.disarm();
+                }
+                return Err(e);
+            }
+        };
         let r = lock_result(r, "acquire")?;
         let mut waiting_on = request_id.clone();
         if r.status != LockStatus::Queued as i32 {
@@ -222,8 +230,10 @@ pub(crate) const FRESHNESS: Duration = Duration::from_secs(2);
 const ABANDON_FOR: Duration = Duration::from_secs(120);
 
 /// Gives up a queued request whose caller went away (its future dropped) or whose proposal
-/// failed: leaves the queue, retried until this member's state shows the request gone or its
-/// session ended. A grant that raced the departure is kept — it is the session's, a resent
+/// failed (unless it surely queued nothing: [`never_queued`]): withdraws it whenever this
+/// member's state shows it waiting, and looks every second, for at most [`ABANDON_FOR`], until
+/// the state shows it applied and not waiting, or its session ended. A request that never
+/// reaches the log costs looks, not log entries. A grant that raced the departure is kept — it is the session's, a resent
 /// request gets it back; releasing it could pull a lock from under a resent request that was
 /// answered with it.
 struct Abandon {
@@ -267,35 +277,27 @@ impl Drop for Abandon {
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         runtime.spawn(async move {
-            // Under its own request id, so that a retry applies once.
-            let id = uuid::Uuid::now_v7().to_string();
+            // Withdraws only what waits: a cancel applied before the acquire (still on its way,
+            // or never proposed) would withdraw nothing, so until this member's state shows the
+            // request waiting, it only looks again. Each withdrawal is a command of its own; a
+            // retry of one whose outcome is unknown keeps its id, so it applies once.
+            let mut id = uuid::Uuid::now_v7().to_string();
             let until = tokio::time::Instant::now() + ABANDON_FOR;
             while tokio::time::Instant::now() < until {
-                let cancelled = match ctx.write(&id, Body::CancelWait(cancel.clone())).await {
-                    Ok(_) => true,
-                    Err(ApiError::Request(RequestError::ShuttingDown)) => return,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "giving up a lock request: retrying");
-                        false
+                match pending(&ctx, &key, &session, &cancel.request_id) {
+                    Pending::Settled => return,
+                    Pending::NotYet => {}
+                    Pending::Waiting => {
+                        match ctx.write(&id, Body::CancelWait(cancel.clone())).await {
+                            // Applied here (a write is answered once its member applied
+                            // it): the next look finds the request withdrawn, or (should it
+                            // wait still) the next withdrawal is a new command, at most one
+                            // a second.
+                            Ok(_) => id = uuid::Uuid::now_v7().to_string(),
+                            Err(ApiError::Request(RequestError::ShuttingDown)) => return,
+                            Err(e) => tracing::debug!(error = %e, "giving up a lock request: retrying"),
+                        }
                     }
-                };
-                // Done once the acquire itself has been applied here (a cancel applied before
-                // it withdrew nothing) and it waits no more: granted and kept, withdrawn, or
-                // its session ended.
-                let settled = ctx.node.db().begin_read().ok().is_some_and(|txn| {
-                    let applied = matches!(crate::fsm::remembered(&txn, &cancel.request_id), Ok(true));
-                    let waiting = matches!(
-                        locks::request_state(&txn, &key, &cancel.request_id),
-                        Ok(RequestState::Waiting)
-                    );
-                    let ended = applied && matches!(sessions::read(&txn, &session), Ok(None));
-                    (applied && !waiting) || ended
-                });
-                if settled {
-                    return;
-                }
-                if cancelled {
-                    tracing::debug!("a lock request's withdrawal was applied before the request: again");
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -305,6 +307,48 @@ impl Drop for Abandon {
             );
         });
     }
+}
+
+/// Where a request being given up stands in this member's state.
+enum Pending {
+    /// It waits in the queue: withdraw it.
+    Waiting,
+    /// It was applied and waits no more (granted and kept, withdrawn), or its session is gone:
+    /// nothing left to do.
+    Settled,
+    /// Not applied here (yet, or ever), or the state could not be read: look again later.
+    NotYet,
+}
+
+fn pending(ctx: &Context, key: &[u8], session: &str, request_id: &str) -> Pending {
+    let Ok(txn) = ctx.node.db().begin_read() else { return Pending::NotYet };
+    if matches!(locks::request_state(&txn, key, request_id), Ok(RequestState::Waiting)) {
+        return Pending::Waiting;
+    }
+    let applied = matches!(crate::fsm::remembered(&txn, request_id), Ok(true));
+    let ended = matches!(sessions::read(&txn, session), Ok(None));
+    if applied || ended {
+        Pending::Settled
+    } else {
+        Pending::NotYet
+    }
+}
+
+/// Whether an acquire that failed so can have left nothing in a queue: it was refused before
+/// it was proposed, or it was applied and answered otherwise than queued.
+fn never_queued(e: &ApiError) -> bool {
+    matches!(
+        e,
+        ApiError::Request(
+            RequestError::Overloaded { .. }
+                | RequestError::SessionNotFound { .. }
+                | RequestError::RequestInFlight { .. }
+        ) | ApiError::Rejected(_)
+            | ApiError::NotFound { .. }
+            | ApiError::RequestConflict { .. }
+            | ApiError::InvalidArgument { .. }
+            | ApiError::OverLimit(_)
+    )
 }
 
 pub(crate) fn lock_result(r: outcome::Result, what: &str) -> Result<log::LockResult, ApiError> {

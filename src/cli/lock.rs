@@ -283,7 +283,9 @@ impl Signals {
 }
 
 /// Resolves once the session can no longer be sure to live `margin` more: keepalives are
-/// failing and no more than `margin` of the lease is left, or the cluster ended it.
+/// failing and no more than `margin` of the lease is left, or the cluster ended it — or, in
+/// any state, once the lease ran out (the state is the keepalive task's word; the lease's end
+/// on this clock is what the cluster promised).
 pub(super) async fn lost(session: &Session, margin: Duration) {
     let mut state = session.watch();
     loop {
@@ -291,8 +293,13 @@ pub(super) async fn lost(session: &Session, margin: Duration) {
         match now {
             SessionState::Expired => return,
             SessionState::Safe => {
-                if state.changed().await.is_err() {
+                let left = session.lease_left();
+                if left.is_zero() {
                     return;
+                }
+                tokio::select! {
+                    changed = state.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep(left) => {}
                 }
             }
             SessionState::Jeopardy => {

@@ -830,3 +830,104 @@ async fn a_campaign_waiting_on_a_frozen_member_moves_to_another_and_wins() {
     let now = election.leader().await.unwrap().expect("a leader");
     assert_eq!(now.sequencer.map(|s| s.session_id), Some(candidate.id().to_string()));
 }
+
+#[tokio::test]
+async fn a_guard_dropped_and_asked_for_again_at_once_is_not_released_by_the_drop() {
+    // A session holds a lock once (re-entrant), so a drop's release that lands after the next
+    // acquire of the same session would end the hold the new guard stands for.
+    const NAME: &str = "loop";
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let ttl = Duration::from_secs(10);
+    let worker = client.session(SessionOptions::new(ttl).name("worker")).await.unwrap();
+    let other = client.session(SessionOptions::new(ttl).name("other")).await.unwrap();
+    let once = LockOptions::exclusive().wait(Wait::No);
+    let mut last = 0;
+    for turn in 0..20 {
+        let guard = worker.lock(NAME, once).await.unwrap().expect("the worker's lock is free at each turn");
+        assert!(guard.generation() > last, "turn {turn}: a new hold, with a larger generation");
+        let dropped = guard.generation();
+        drop(guard);
+        let again =
+            worker.lock(NAME, once).await.unwrap().expect("free again once the drop's release landed");
+        assert!(again.generation() > dropped, "turn {turn}: granted anew after the release, not re-entered");
+        // Anything the drop sent was answered before the acquire left: the hold stands.
+        let check = client.check_sequencer(again.token()).await.unwrap();
+        assert!(check.valid, "turn {turn}: the new guard's sequencer holds: {check:?}");
+        let taken = client.acquire(other.id(), NAME, once).await.unwrap();
+        assert_eq!(taken, None, "turn {turn}: another session cannot take what the worker's guard holds");
+        last = again.generation();
+        again.release().await.unwrap();
+    }
+
+    // Two users of one session: the second guard waits for the first to be gone.
+    let worker = std::sync::Arc::new(worker);
+    let first = worker.lock(NAME, LockOptions::exclusive()).await.unwrap().expect("free");
+    let second = {
+        let worker = worker.clone();
+        tokio::spawn(async move { worker.lock(NAME, LockOptions::exclusive()).await })
+    };
+    tokio::task::yield_now().await;
+    assert!(!second.is_finished(), "a second guard of the session waits while the first holds");
+    drop(first);
+    let second = second.await.unwrap().unwrap().expect("granted once the first guard's release landed");
+    let check = client.check_sequencer(second.token()).await.unwrap();
+    assert!(check.valid, "the second guard's hold stands after the first guard's release: {check:?}");
+}
+
+#[tokio::test]
+async fn an_acquire_answered_without_queueing_sends_no_withdrawal_after_it() {
+    // An acquire applied with an answer other than "queued" (here: its session does not
+    // exist) left nothing in a queue: nothing may be proposed after it to withdraw it.
+    let c = Cluster::start(1, &[]).await;
+    let leader = c.leader().await;
+    let client = c.client_of(leader).await;
+    client.put("before", "x").await.unwrap();
+    let applied = || async { c.self_status(leader).await.unwrap().applied_index };
+    let before = applied().await;
+    let addr = format!("http://{}", c.member(leader).client_addr);
+    let mut locks = latch_proto::v1::lock_client::LockClient::connect(addr).await.unwrap();
+    let acquire = latch_proto::v1::AcquireRequest {
+        name: "nobody".into(),
+        session_id: "0123456789abcdef".into(),
+        mode: LockMode::Exclusive as i32,
+        wait_forever: true,
+        request_id: "no-such-session".into(),
+        ..Default::default()
+    };
+    let refused = locks.acquire(acquire).await.expect_err("an acquire of a session that does not exist");
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    // A withdrawal would have been proposed as the acquire's answer left, ahead of this put.
+    client.put("after", "x").await.unwrap();
+    assert_eq!(
+        applied().await,
+        before + 2,
+        "the log holds the acquire and the put, and no withdrawal of the acquire"
+    );
+    assert_eq!(client.describe_lock("nobody").await.unwrap(), None, "nothing queued");
+}
+
+#[tokio::test]
+async fn a_waiting_acquire_whose_caller_goes_away_leaves_the_queue_and_is_never_granted() {
+    const NAME: &str = "gone";
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let ttl = Duration::from_secs(10);
+    let holder = client.session(SessionOptions::new(ttl).name("holder")).await.unwrap();
+    let leaver = client.session(SessionOptions::new(ttl).name("leaver")).await.unwrap();
+    let held = holder.lock(NAME, LockOptions::exclusive()).await.unwrap().expect("free");
+    let waiting = acquire_in_background(&client, leaver.id(), NAME, LockOptions::exclusive());
+    until_lock_is(&client, NAME, &[holder.id()], &[leaver.id()]).await;
+
+    // The caller goes away: its call is dropped, and the member withdraws what it queued.
+    waiting.abort();
+    until_lock_is(&client, NAME, &[holder.id()], &[]).await;
+    held.release().await.unwrap();
+    assert_eq!(
+        client.describe_lock(NAME).await.unwrap(),
+        None,
+        "released with nobody waiting, the lock is free: the gone caller was not granted it"
+    );
+}
