@@ -158,8 +158,12 @@ impl Session {
     /// Asks for lock `name` for this session (see [`Client::acquire`]); the guard releases it
     /// when dropped. `None` when not granted in the time allowed.
     ///
-    /// While a guard of this session holds `name` (or the release of a dropped one is still on
-    /// its way), this waits for it to be gone first: see the module doc. The time waiting here
+    /// The session holds a lock once (see the module doc): while a guard of this session holds
+    /// `name`, this waits for it to be gone and its release answered — so a task that holds a
+    /// guard and locks the same name again waits for itself. With [`Wait::No`] it returns
+    /// `None` at once while a guard holds the name, waiting only for a dropped guard's release
+    /// on its way. A release whose answer never came (it failed, or its future was dropped) is
+    /// sent again, and answered, before the name is asked for anew. The time waiting here
     /// counts against `options.wait`.
     pub async fn lock(&self, name: &str, options: LockOptions) -> Result<Option<LockGuard>, Error> {
         let (turn, options) = match options.wait {
@@ -177,23 +181,55 @@ impl Session {
             }
         };
         let client = self.client().clone();
+        if let Some(token) = turn.unreleased() {
+            // It may still be on its way: should it land after this acquire re-entered the same
+            // hold, it would end it. So it goes first, answered.
+            release_in_turn(&client, &token, &turn).await?;
+        }
         let sequencer = client.acquire(self.id(), name, options).await?;
         Ok(sequencer.map(|sequencer| LockGuard { client, sequencer, held: true, turn: Some(turn) }))
     }
 }
 
-/// A session's guards, one per lock name at a time: for each name taken or waited for, a
-/// local mutex, how many [`Turn`]s hold or await it (the entry goes when that is 0, so the map
-/// holds only names in use), and whether the turn holding it is only releasing.
+/// Releases `token` in `turn`: noted as unanswered before it is sent, and no longer once the
+/// cluster answered it (released, or FAILED_PRECONDITION: it held no more).
+async fn release_in_turn(client: &Client, token: &str, turn: &Turn) -> Result<(), Error> {
+    turn.note_unreleased(token);
+    match client.release(token).await {
+        Ok(()) => {
+            turn.settled(token);
+            Ok(())
+        }
+        Err(e) if e.code() == tonic::Code::FailedPrecondition => {
+            turn.settled(token);
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A session's guards, one per lock name at a time (see the module doc).
 #[derive(Debug, Default)]
-pub(crate) struct Turns(Mutex<HashMap<String, Name>>);
+pub(crate) struct Turns(Mutex<TurnsInner>);
+
+#[derive(Debug, Default)]
+struct TurnsInner {
+    /// Each name taken or waited for; an entry goes when no turn holds or awaits it.
+    names: HashMap<String, Name>,
+    /// For a name, the sequencer of a release sent but never answered. Kept when the name's
+    /// entry goes: at most one per name the session locked.
+    unreleased: HashMap<String, String>,
+}
 
 #[derive(Debug, Default)]
 struct Name {
     mutex: Arc<tokio::sync::Mutex<()>>,
+    /// Turns that hold or await the name.
     users: usize,
     /// The holding turn's guard is gone; its release is on its way.
     releasing: bool,
+    /// Told when a holding turn ends.
+    ended: Arc<tokio::sync::Notify>,
 }
 
 /// A session's turn at one lock name: from [`Session::lock`] until the guard is gone and its
@@ -205,12 +241,17 @@ struct Turn {
     held: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
+impl Turns {
+    fn inner(&self) -> std::sync::MutexGuard<'_, TurnsInner> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 impl Turn {
     /// Waits for the name, however long its current guard lives.
     async fn take(turns: &Arc<Turns>, name: &str) -> Turn {
         let (mut turn, mutex) = Turn::join(turns, name);
         turn.held = Some(mutex.lock_owned().await);
-        turn.set_releasing(false);
         turn
     }
 
@@ -218,55 +259,73 @@ impl Turn {
     /// release on its way (a dropped guard's), never for a guard still held.
     async fn take_unless_held(turns: &Arc<Turns>, name: &str) -> Option<Turn> {
         let (mut turn, mutex) = Turn::join(turns, name);
-        let releasing = {
-            let map = turns.0.lock().unwrap_or_else(PoisonError::into_inner);
-            match mutex.clone().try_lock_owned() {
-                Ok(held) => {
+        loop {
+            let ended = {
+                let inner = turns.inner();
+                if let Ok(held) = mutex.clone().try_lock_owned() {
                     turn.held = Some(held);
-                    false
+                    return Some(turn);
                 }
-                Err(_) => map.get(name).is_some_and(|n| n.releasing),
+                match inner.names.get(name) {
+                    Some(n) if n.releasing => n.ended.clone(),
+                    _ => return None, // a guard holds it
+                }
+            };
+            // The holding turn ends under the lock just released: told, whenever that is.
+            let told = ended.notified();
+            tokio::pin!(told);
+            told.as_mut().enable();
+            let still = turns.inner().names.get(name).is_some_and(|n| n.releasing);
+            if still {
+                told.await;
             }
-        };
-        if turn.held.is_none() {
-            if !releasing {
-                return None;
-            }
-            turn.held = Some(mutex.lock_owned().await);
         }
-        turn.set_releasing(false);
-        Some(turn)
     }
 
     /// Counts one more turn at the name; the turn's drop counts it off.
     fn join(turns: &Arc<Turns>, name: &str) -> (Turn, Arc<tokio::sync::Mutex<()>>) {
-        let mut map = turns.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = map.entry(name.to_string()).or_default();
+        let mut inner = turns.inner();
+        let entry = inner.names.entry(name.to_string()).or_default();
         entry.users += 1;
         let mutex = entry.mutex.clone();
         (Turn { turns: turns.clone(), name: name.to_string(), held: None }, mutex)
     }
 
-    /// Says that this turn's guard is gone and only its release is left (or, `false`, that a
-    /// new turn holds the name).
-    fn set_releasing(&self, releasing: bool) {
-        let mut map = self.turns.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = map.get_mut(&self.name) {
-            entry.releasing = releasing;
+    /// This (holding) turn's guard is gone and only its release is left.
+    fn set_releasing(&self) {
+        if let Some(entry) = self.turns.inner().names.get_mut(&self.name) {
+            entry.releasing = true;
         }
+    }
+
+    fn note_unreleased(&self, token: &str) {
+        self.turns.inner().unreleased.insert(self.name.clone(), token.to_string());
+    }
+
+    fn settled(&self, token: &str) {
+        let mut inner = self.turns.inner();
+        if inner.unreleased.get(&self.name).is_some_and(|t| t == token) {
+            inner.unreleased.remove(&self.name);
+        }
+    }
+
+    fn unreleased(&self) -> Option<String> {
+        self.turns.inner().unreleased.get(&self.name).cloned()
     }
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        let mut map = self.turns.0.lock().unwrap_or_else(PoisonError::into_inner);
-        // Let the next waiter in before the entry may go: it holds its own count.
-        self.held = None;
-        if let Some(entry) = map.get_mut(&self.name) {
-            entry.users -= 1;
-            if entry.users == 0 {
-                map.remove(&self.name);
-            }
+        let mut inner = self.turns.inner();
+        let Some(entry) = inner.names.get_mut(&self.name) else { return };
+        if self.held.take().is_some() {
+            // The holding turn ends: the next waiter gets the name, a try looks again.
+            entry.releasing = false;
+            entry.ended.notify_waiters();
+        }
+        entry.users -= 1;
+        if entry.users == 0 {
+            inner.names.remove(&self.name);
         }
     }
 }
@@ -299,11 +358,11 @@ impl LockGuard {
 
     pub async fn release(mut self) -> Result<(), Error> {
         self.held = false;
-        if let Some(turn) = &self.turn {
-            turn.set_releasing(true);
-        }
-        self.client.release(&self.sequencer.token).await
-        // The turn ends here, with the guard, once the release was answered.
+        let Some(turn) = self.turn.take() else { return self.client.release(&self.sequencer.token).await };
+        turn.set_releasing();
+        release_in_turn(&self.client, &self.sequencer.token, &turn).await
+        // The turn ends here, once the release was answered (or failed: then the session's
+        // next lock of the name sends it again first).
     }
 }
 
@@ -312,21 +371,18 @@ impl Drop for LockGuard {
         if !self.held {
             return;
         }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (client, token) = (self.client.clone(), self.sequencer.token.clone());
-            // The session's turn at the name goes with the release: its next lock of the name is
-            // sent only once this one was answered.
-            let turn = self.turn.take();
-            if let Some(turn) = &turn {
-                turn.set_releasing(true);
+        let Some(turn) = self.turn.take() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (client, token) = (self.client.clone(), self.sequencer.token.clone());
+        // The session's turn at the name goes with the release: its next lock of the name is
+        // sent only once this one was answered.
+        turn.set_releasing();
+        runtime.spawn(async move {
+            if let Err(e) = release_in_turn(&client, &token, &turn).await {
+                tracing::debug!(sequencer = %token, error = %e, "releasing a dropped lock failed");
             }
-            runtime.spawn(async move {
-                if let Err(e) = client.release(&token).await {
-                    tracing::debug!(sequencer = %token, error = %e, "releasing a dropped lock failed");
-                }
-                drop(turn);
-            });
-        }
+            drop(turn);
+        });
     }
 }
 
@@ -335,8 +391,7 @@ mod tests {
     use super::*;
 
     fn names_in_use(turns: &Arc<Turns>) -> Vec<String> {
-        let map = turns.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut names: Vec<String> = map.keys().cloned().collect();
+        let mut names: Vec<String> = turns.inner().names.keys().cloned().collect();
         names.sort();
         names
     }
@@ -371,11 +426,42 @@ mod tests {
 
         // A turn whose guard is gone and whose release is on its way: the next try waits for it.
         let releasing = Turn::take_unless_held(&turns, "d").await.expect("free");
-        releasing.set_releasing(true);
+        releasing.set_releasing();
         let mut next = Box::pin(Turn::take_unless_held(&turns, "d"));
         assert!(futures::poll!(&mut next).is_pending(), "a try waits for a release on its way");
         drop(releasing);
         assert!(next.await.is_some(), "and takes the name once the release was answered");
         assert!(names_in_use(&turns).is_empty(), "nothing left once every turn is gone");
+
+        // A try waiting for a release never waits for a guard that takes the name first.
+        let releasing = Turn::take_unless_held(&turns, "e").await.expect("free");
+        releasing.set_releasing();
+        let mut forever = Box::pin(Turn::take(&turns, "e"));
+        assert!(futures::poll!(&mut forever).is_pending(), "queued behind the releasing turn");
+        let mut attempt = Box::pin(Turn::take_unless_held(&turns, "e"));
+        assert!(futures::poll!(&mut attempt).is_pending(), "the try waits for the release");
+        drop(releasing);
+        let holder = forever.await;
+        assert!(
+            attempt.await.is_none(),
+            "once a guard holds the name, the try says None instead of waiting for it"
+        );
+        drop(holder);
+        assert!(names_in_use(&turns).is_empty(), "nothing left once every turn is gone");
+    }
+
+    #[test]
+    fn a_release_never_answered_is_remembered_for_the_name_until_one_is() {
+        let turns = Arc::new(Turns::default());
+        let (turn, _) = Turn::join(&turns, "a");
+        turn.note_unreleased("seq-1");
+        drop(turn);
+        assert!(names_in_use(&turns).is_empty(), "the name's entry goes with its last turn");
+        let (turn, _) = Turn::join(&turns, "a");
+        assert_eq!(turn.unreleased().as_deref(), Some("seq-1"), "the unanswered release outlives the entry");
+        turn.settled("seq-0");
+        assert_eq!(turn.unreleased().as_deref(), Some("seq-1"), "another sequencer's answer settles nothing");
+        turn.settled("seq-1");
+        assert_eq!(turn.unreleased(), None, "answered: forgotten");
     }
 }
