@@ -99,11 +99,13 @@ pub(crate) async fn acquire(
         });
         // From here until it is answered, a request whose caller goes away (or whose proposal
         // fails, and may yet apply) gives up its place.
-        let mut abandon = Abandon::new(ctx, want.space, &want.name, &want.session, &request_id);
+        let mut abandon = Abandon::new(ctx, want.space, &want.name, &request_id);
         let (header, r) = match ctx.write(&request_id, body).await {
             Ok(answer) => answer,
             Err(e) => {
-                if never_queued(&e) {
+                // Unless a resend's request of that id waits here already (its owner may have
+                // left it): then this call withdraws it, as any call that owns it would.
+                if never_queued(&e) && !matches!(pending(ctx, &key, &request_id), Pending::Waiting) {
                     abandon.disarm();
                 }
                 return Err(e);
@@ -232,27 +234,21 @@ const ABANDON_FOR: Duration = Duration::from_secs(120);
 /// Gives up a queued request whose caller went away (its future dropped) or whose proposal
 /// failed (unless it surely queued nothing: [`never_queued`]): withdraws it whenever this
 /// member's state shows it waiting, and looks every second, for at most [`ABANDON_FOR`], until
-/// the state shows it applied and not waiting, or its session ended. A request that never
-/// reaches the log costs looks, not log entries. A grant that raced the departure is kept — it is the session's, a resent
+/// the state shows it applied and not waiting. A request that never reaches the log costs
+/// looks, not log entries; one this member applies only after [`ABANDON_FOR`] is left to its
+/// session's end. A grant that raced the departure is kept — it is the session's, a resent
 /// request gets it back; releasing it could pull a lock from under a resent request that was
 /// answered with it.
 struct Abandon {
     ctx: Option<Context>,
     space: LockSpace,
     name: String,
-    session: String,
     request_id: String,
 }
 
 impl Abandon {
-    fn new(ctx: &Context, space: LockSpace, name: &str, session: &str, request_id: &str) -> Abandon {
-        Abandon {
-            ctx: Some(ctx.clone()),
-            space,
-            name: name.to_string(),
-            session: session.to_string(),
-            request_id: request_id.to_string(),
-        }
+    fn new(ctx: &Context, space: LockSpace, name: &str, request_id: &str) -> Abandon {
+        Abandon { ctx: Some(ctx.clone()), space, name: name.to_string(), request_id: request_id.to_string() }
     }
 
     fn disarm(&mut self) {
@@ -268,7 +264,6 @@ impl Drop for Abandon {
     fn drop(&mut self) {
         let Some(ctx) = self.ctx.take() else { return };
         let key = locks::lock_key(self.space, &self.name);
-        let session = std::mem::take(&mut self.session);
         let cancel = CancelWait {
             space: self.space as i32,
             name: std::mem::take(&mut self.name),
@@ -284,7 +279,7 @@ impl Drop for Abandon {
             let mut id = uuid::Uuid::now_v7().to_string();
             let until = tokio::time::Instant::now() + ABANDON_FOR;
             while tokio::time::Instant::now() < until {
-                match pending(&ctx, &key, &session, &cancel.request_id) {
+                match pending(&ctx, &key, &cancel.request_id) {
                     Pending::Settled => return,
                     Pending::NotYet => {}
                     Pending::Waiting => {
@@ -320,14 +315,15 @@ enum Pending {
     NotYet,
 }
 
-fn pending(ctx: &Context, key: &[u8], session: &str, request_id: &str) -> Pending {
+fn pending(ctx: &Context, key: &[u8], request_id: &str) -> Pending {
     let Ok(txn) = ctx.node.db().begin_read() else { return Pending::NotYet };
     if matches!(locks::request_state(&txn, key, request_id), Ok(RequestState::Waiting)) {
         return Pending::Waiting;
     }
-    let applied = matches!(crate::fsm::remembered(&txn, request_id), Ok(true));
-    let ended = matches!(sessions::read(&txn, session), Ok(None));
-    if applied || ended {
+    // Applied and not waiting: granted, withdrawn, or its session ended. (A session missing
+    // here says nothing of a request not applied yet: this member may lag the one that created
+    // it.)
+    if matches!(crate::fsm::remembered(&txn, request_id), Ok(true)) {
         Pending::Settled
     } else {
         Pending::NotYet
