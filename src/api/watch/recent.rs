@@ -47,6 +47,12 @@ pub const READ_STEP_BYTES: usize = 1024 * 1024;
 /// A revision whose history rows are more than this is not held whole, in the window or by a
 /// stream: each watch reads it a step at a time and sends it in fragments.
 pub const OVERSIZED_REVISION_BYTES: usize = 8 * 1024 * 1024;
+/// A revision whose events would hold more than this in memory (`Batch::holds`) is oversized
+/// too, whatever its rows' bytes: many tiny events cost several times their rows (a delete of
+/// 230,000 short keys, under 8 MiB of rows, would hold about 70 MB). So one revision never
+/// holds more than a quarter of the window, and appending it never empties the window (which
+/// would cut every live watch off as slow).
+pub const OVERSIZED_REVISION_HELD: usize = WINDOW_BYTES / 4;
 
 /// What one heap allocation costs beyond the bytes asked for, as the window counts it: the
 /// allocator's bookkeeping and its rounding up to a size class. glibc's malloc adds an 8-byte
@@ -110,7 +116,7 @@ impl Batch {
     /// The batches of `changes` (in revision order), one per revision; sequencers name
     /// `cluster_id`.
     pub fn of(changes: Vec<Change>, cluster_id: u64) -> Result<Vec<Batch>, FsmError> {
-        Batch::of_parts(changes.into_iter().map(Part::Change).collect(), cluster_id)
+        Batch::encode_parts(changes.into_iter().map(Part::Change).collect(), cluster_id)
     }
 
     /// No events of `revision` (what ends the fragments of an oversized one).
@@ -119,14 +125,27 @@ impl Batch {
     }
 
     /// The batches of `parts` (in revision order): one per revision, a marker for an oversized
-    /// one.
+    /// one — by its rows' bytes, or by what its events would hold ([`OVERSIZED_REVISION_HELD`]).
     pub fn of_parts(parts: Vec<Part>, cluster_id: u64) -> Result<Vec<Batch>, FsmError> {
+        let batches = Batch::encode_parts(parts, cluster_id)?;
+        Ok(batches
+            .into_iter()
+            .map(|b| if b.held > OVERSIZED_REVISION_HELD { Batch::marker(b.revision) } else { b })
+            .collect())
+    }
+
+    /// The marker of an oversized revision: no events, read from the history by each watch.
+    fn marker(revision: i64) -> Batch {
+        Batch { revision, events: Vec::new(), oversized: true, bytes: 0, held: 0 }
+    }
+
+    fn encode_parts(parts: Vec<Part>, cluster_id: u64) -> Result<Vec<Batch>, FsmError> {
         let mut out: Vec<Batch> = Vec::new();
         for p in parts {
             let c = match p {
                 Part::Change(c) => c,
                 Part::Oversized { revision } => {
-                    out.push(Batch { revision, events: Vec::new(), oversized: true, bytes: 0, held: 0 });
+                    out.push(Batch::marker(revision));
                     continue;
                 }
             };
@@ -464,6 +483,37 @@ mod tests {
             metrics.watch.window_bytes.get(),
             w.bytes as i64,
             "latch_watch_window_bytes says what the window is charged"
+        );
+    }
+
+    #[test]
+    fn a_revision_of_more_tiny_events_than_a_quarter_of_the_window_holds_is_a_marker_and_keeps_the_window() {
+        let metrics = Arc::new(Metrics::new());
+        let recent = Recent::new(0, usize::MAX, metrics);
+        recent.append(Batch::of_parts(vec![Part::Change(tiny_put(1))], 1).expect("encodes"), 1);
+        // One revision (one delete of many short keys, say) of events that would hold more
+        // than OVERSIZED_REVISION_HELD, with rows far under OVERSIZED_REVISION_BYTES.
+        let held_each = Batch::of(vec![tiny_put(2)], 1).expect("encodes")[0].held;
+        let n = OVERSIZED_REVISION_HELD / held_each * 2;
+        let big: Vec<Part> = (0..n)
+            .map(|i| {
+                let mut c = tiny_put(2);
+                c.kv.key = format!("k{i}").into_bytes();
+                Part::Change(c)
+            })
+            .collect();
+        let batches = Batch::of_parts(big, 1).expect("encodes");
+        assert_eq!(batches.len(), 1, "one revision, one batch");
+        assert!(
+            batches[0].oversized && batches[0].events.is_empty(),
+            "a revision of {n} tiny events is a marker, read from the history by each watch"
+        );
+        recent.append(batches, 2);
+        let w = recent.window.read().expect("no writer panicked");
+        assert_eq!(
+            (w.span.first, w.span.last),
+            (1, 2),
+            "the window keeps the revision before and holds the marker: no watch falls out of it"
         );
     }
 }
