@@ -149,7 +149,10 @@ async fn the_client_is_safe_again_when_the_cluster_returns_within_the_grace_peri
     let mut c = Cluster::start(3, &[]).await;
     c.leader().await;
     let client = c.client().await;
-    let options = SessionOptions::new(Duration::from_secs(2)).grace(Duration::from_secs(60));
+    // The restarted members count each stored lease from their start: the TTL must cover a
+    // restart of all three, an election and the client's next keepalive (2 s did not, on a
+    // 2-core machine running debug builds).
+    let options = SessionOptions::new(Duration::from_secs(6)).grace(Duration::from_secs(60));
     let session = client.session(options).await.unwrap();
     ephemeral_put(&client, "survivor", session.id()).await;
     let mut states = session.watch();
