@@ -308,8 +308,8 @@ impl Drop for Abandon {
 enum Pending {
     /// It waits in the queue: withdraw it.
     Waiting,
-    /// It was applied and waits no more (granted and kept, withdrawn), or its session is gone:
-    /// nothing left to do.
+    /// It was applied here and waits no more (granted and kept, withdrawn, or its session
+    /// ended): nothing left to do.
     Settled,
     /// Not applied here (yet, or ever), or the state could not be read: look again later.
     NotYet,

@@ -445,7 +445,7 @@ async fn a_compacted_start_revision_is_refused_naming_the_compact_revision_or_an
     }
 }
 
-/// One raw stream carrying `n` watches of `PREFIX` (ids 1..=n), demultiplexed.
+/// One raw stream carrying `n` watches of `PREFIX` (ids 1..=n; none with 0), demultiplexed.
 async fn raw_stream(
     addr: &str,
     n: i64,
@@ -735,14 +735,7 @@ pub(crate) async fn responses_until(
 async fn one_stream_serves_filters_previous_values_fragments_cancels_and_refusals() {
     let c = Cluster::start(1, &[]).await;
     let client = c.client().await;
-    let (tx, rx) = mpsc::channel(16);
-    let mut stream = WatchClient::connect(format!("http://{}", c.member(1).client_addr))
-        .await
-        .unwrap()
-        .watch(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut stream) = raw_stream(&c.member(1).client_addr, 0).await;
     let (key, range_end) = prefix_range(PREFIX.as_bytes());
     let create = |watch_id: i64, f: fn(&mut WatchCreateRequest)| {
         let mut c = WatchCreateRequest {
@@ -824,14 +817,7 @@ async fn one_stream_serves_filters_previous_values_fragments_cancels_and_refusal
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_the_member_picks_is_never_one_a_watch_of_the_stream_had_before() {
     let c = Cluster::start(1, &[]).await;
-    let (tx, rx) = mpsc::channel(16);
-    let mut stream = WatchClient::connect(format!("http://{}", c.member(1).client_addr))
-        .await
-        .unwrap()
-        .watch(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut stream) = raw_stream(&c.member(1).client_addr, 0).await;
     let (key, range_end) = prefix_range(PREFIX.as_bytes());
     let create = |watch_id: i64| {
         let c = WatchCreateRequest {
