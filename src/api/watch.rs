@@ -180,8 +180,9 @@ struct Watch {
     /// Held from a create whose start was compacted (with `on_compacted = SNAPSHOT`) until its
     /// snapshot went out: the slot was checked when it was created, not later.
     snapshot_slot: Option<SnapshotSlot>,
-    /// Revision `next` is oversized (`recent::OVERSIZED_REVISION_BYTES`) and is being read from
-    /// the history a step at a time: where the next step starts.
+    /// Revision `next` is oversized (`recent::OVERSIZED_REVISION_BYTES` of rows, or
+    /// `recent::OVERSIZED_REVISION_HELD` held) and is being read from the history a step at a
+    /// time: where the next step starts.
     within: Option<Within>,
 }
 

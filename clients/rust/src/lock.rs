@@ -163,8 +163,9 @@ impl Session {
     /// guard and locks the same name again waits for itself. With [`Wait::No`] it returns
     /// `None` at once while a guard holds the name, waiting only for a dropped guard's release
     /// on its way. A release whose answer never came (it failed, or its future was dropped) is
-    /// sent again, and answered, before the name is asked for anew. The time waiting here
-    /// counts against `options.wait`.
+    /// sent again, and answered, before the name is asked for anew: that takes what the call
+    /// takes (up to the client's retry budget), whatever `options.wait`. Otherwise the time
+    /// waiting here counts against `options.wait`.
     pub async fn lock(&self, name: &str, options: LockOptions) -> Result<Option<LockGuard>, Error> {
         let (turn, options) = match options.wait {
             Wait::Forever => (Turn::take(self.turns(), name).await, options),

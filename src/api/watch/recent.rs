@@ -99,7 +99,8 @@ impl Encoded {
 }
 
 /// The changes of one revision, or (`oversized`) none: the revision's rows are more than
-/// [`OVERSIZED_REVISION_BYTES`], and each watch reads them from the history a step at a time.
+/// [`OVERSIZED_REVISION_BYTES`], or its events would hold more than
+/// [`OVERSIZED_REVISION_HELD`], and each watch reads them from the history a step at a time.
 #[derive(Debug)]
 pub struct Batch {
     pub revision: i64,
