@@ -128,7 +128,8 @@ pub struct ServerArgs {
     #[serde(default, with = "humantime_serde_opt")]
     pub watch_snapshot_deadline: Option<Duration>,
     /// Most bytes of watch responses this member holds queued for its clients, over every
-    /// stream (each stream holds at most 4 MiB); a stream whose next response finds no room
+    /// stream (each stream holds at most 4 MiB), and the steps of history that streams
+    /// catching up hold while they send them; a stream whose next response finds no room
     /// within a second is ended RESOURCE_EXHAUSTED, and clients resume its watches
     /// [default: 1073741824].
     #[arg(long)]

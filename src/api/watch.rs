@@ -65,7 +65,7 @@ use snapshot::{snapshot_page, SnapshotSlot};
 use super::{ApiError, Context};
 use crate::core::RequestError;
 use crate::fsm;
-use crate::fsm::history::{self, Space};
+use crate::fsm::history::{self, Part, Space};
 use crate::metrics::Metrics;
 
 /// Most bytes of events in one response; a revision's events past it are split in fragments.
@@ -197,11 +197,16 @@ struct Within {
 
 impl Watch {
     fn selects(&self, e: &Encoded) -> bool {
-        if e.space != self.space {
+        self.selects_change(e.space, e.delete, &e.key)
+    }
+
+    /// Whether the watch takes a change of `key` in `space` (a delete, or a put).
+    fn selects_change(&self, space: Space, delete: bool, key: &[u8]) -> bool {
+        if space != self.space {
             return false;
         }
-        let filtered = if e.delete { self.no_delete } else { self.no_put };
-        !filtered && fsm::selects(&self.key, &self.range_end, &e.key)
+        let filtered = if delete { self.no_delete } else { self.no_put };
+        !filtered && fsm::selects(&self.key, &self.range_end, key)
     }
 }
 
@@ -677,6 +682,15 @@ impl Stream {
     /// Serves watch `id`, whose next revision is below the window, from the state's history:
     /// one step of catch-up, or its end (compacted, or slow). `true` when it has more to do.
     async fn serve_from_history(&mut self, id: i64) -> Result<bool, End> {
+        let served = self.catch_up(id).await;
+        self.out.release_ahead();
+        served
+    }
+
+    /// [`Stream::serve_from_history`], holding what it read and encoded only with as many
+    /// bytes of the member's budget taken ahead (see `outbox`): a client that reads nothing
+    /// keeps the step it waits on inside `--max-watch-queued-bytes`.
+    async fn catch_up(&mut self, id: i64) -> Result<bool, End> {
         let Some(w) = self.watches.get(&id) else { return Ok(false) };
         let (next, live, snapshot) = (w.next, w.live, w.snapshot_on_compacted);
         let txn = self.ctx.node.db().begin_read().map_err(|e| self.fail(e))?;
@@ -730,10 +744,25 @@ impl Stream {
             self.cancel(id, CancelReason::Slow, next - 1, message, 0).await?;
             return Ok(false);
         }
-        let (parts, through) = history::parts(&txn, next, current, READ_STEP_BYTES, OVERSIZED_REVISION_BYTES)
-            .map_err(|e| self.fail(e))?;
+        let (mut parts, through) =
+            history::parts(&txn, next, current, READ_STEP_BYTES, OVERSIZED_REVISION_BYTES)
+                .map_err(|e| self.fail(e))?;
         drop(txn);
+        // The step serves this watch alone: it encodes, and holds, only what the watch takes.
+        if let Some(w) = self.watches.get(&id) {
+            parts.retain(|p| match p {
+                Part::Change(c) => w.selects_change(c.space, c.delete, &c.kv.key),
+                Part::Oversized { .. } => true,
+            });
+        }
         let batches = Batch::of_parts(parts, self.ctx.node.cluster_id).map_err(|e| self.fail(e))?;
+        let held = batches.iter().map(|b| b.held()).sum();
+        if !self.out.take_ahead(held) {
+            // No room now: hold nothing while waiting for it, then read the step again.
+            drop(batches);
+            self.out.wait_ahead(held).await.map_err(|unsent| self.unsent(unsent))?;
+            return Box::pin(self.catch_up(id)).await;
+        }
         let batches: Vec<Arc<Batch>> = batches.into_iter().map(Arc::new).collect();
         if !self.send_batches(id, &batches).await? {
             if let Some(w) = self.watches.get_mut(&id) {
@@ -766,6 +795,13 @@ impl Stream {
     /// One step of watch `id`'s oversized revision `next` (see [`Within`]): its events from
     /// the history, sent as fragments, the last one unmarked. `true`: more to do.
     async fn serve_oversized(&mut self, id: i64) -> Result<bool, End> {
+        let served = self.oversized_step(id).await;
+        self.out.release_ahead();
+        served
+    }
+
+    /// [`Stream::serve_oversized`], with the step's bytes taken ahead as in [`Stream::catch_up`].
+    async fn oversized_step(&mut self, id: i64) -> Result<bool, End> {
         let Some(w) = self.watches.get(&id) else { return Ok(false) };
         let (next, within) = (w.next, w.within.unwrap_or_default());
         let txn = self.ctx.node.db().begin_read().map_err(|e| self.fail(e))?;
@@ -777,7 +813,7 @@ impl Stream {
             }
             if !within.sent {
                 // Nothing of it went out: as any compacted next revision.
-                return self.serve_from_history(id).await;
+                return Box::pin(self.catch_up(id)).await;
             }
             // Part of it went out: the client drops those fragments when the watch ends and
             // asks again, from the same revision (compacted now: an error, or a snapshot).
@@ -788,14 +824,23 @@ impl Stream {
             self.cancel(id, CancelReason::Slow, next - 1, message, 0).await?;
             return Ok(false);
         }
-        let (changes, more) =
+        let (mut changes, more) =
             history::rows_of(&txn, next, within.row, READ_STEP_BYTES).map_err(|e| self.fail(e))?;
         drop(txn);
+        if let Some(w) = self.watches.get(&id) {
+            changes.retain(|c| w.selects_change(c.space, c.delete, &c.kv.key));
+        }
         // The rows of one revision: one batch (none only if the revision had no rows left).
         let batch = Batch::of(changes, self.ctx.node.cluster_id)
             .map_err(|e| self.fail(e))?
             .pop()
             .unwrap_or_else(|| Batch::empty(next));
+        if !self.out.take_ahead(batch.held()) {
+            let held = batch.held();
+            drop(batch);
+            self.out.wait_ahead(held).await.map_err(|unsent| self.unsent(unsent))?;
+            return Box::pin(self.oversized_step(id)).await;
+        }
         let last = more.is_none();
         let sent = self.send_batch(id, &batch, last, within.sent).await? || within.sent;
         if let Some(w) = self.watches.get_mut(&id) {

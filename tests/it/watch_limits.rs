@@ -427,6 +427,80 @@ async fn a_watch_cut_for_the_members_queued_bytes_is_resumed_by_the_client_with_
     reading.abort();
 }
 
+/// A stream catching up from the history holds the step it read (about 1 MiB of rows, those
+/// its watch selects, encoded) while it waits on its client. That step is held inside
+/// `--max-watch-queued-bytes`, not beside it: a second silent stream finds no room for its own
+/// step and is cut, where before each silent stream held a step outside the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_stream_catching_up_holds_its_step_of_history_inside_the_members_queued_bytes() {
+    // A window of one revision: a watch from revision 1 catches up from the history.
+    let c = Cluster::start(
+        1,
+        &[
+            "--watch-window-revisions",
+            "1",
+            "--max-watch-queued-bytes",
+            "2000000",
+            "--watch-stall-deadline",
+            "120s",
+        ],
+    )
+    .await;
+    let client = c.client().await;
+    let addr = c.member(1).client_addr.clone();
+
+    // 200 revisions of 1 KiB are more than a silent client takes (its queue holds 64
+    // responses, and tonic and HTTP/2 take about 60 more); after them, 10 of 400 KB. The first
+    // step of history (1 MiB of rows or more) is the 200 and the first large ones.
+    let small = format!("{PREFIX}small");
+    let first = client.put(small.as_str(), vec![b's'; 1024]).await.unwrap().header.unwrap().revision;
+    for _ in 1..200 {
+        client.put(small.as_str(), vec![b's'; 1024]).await.unwrap();
+    }
+    for i in 0..10 {
+        client.put(format!("{PREFIX}large/{i}"), vec![b'l'; 400_000]).await.unwrap();
+    }
+    let watched = prefix_range(PREFIX.as_bytes());
+
+    let (a_tx, mut a) = open_stream(&addr, Some(1024)).await.unwrap();
+    a_tx.send(create_of(1, watched.clone(), first, |_| {})).await.unwrap();
+    let created = responses_until(&mut a, |r| r.created).await.pop().unwrap();
+    assert!(!created.canceled, "the first silent watch is created: {created:?}");
+    // Its queue holds 64 responses of 1 KiB; the step it waits on, two or more of 400 KB too.
+    metric_until(
+        &c,
+        "the first silent stream's queue and step to be counted",
+        "latch_watch_queued_bytes",
+        |n| n >= 1_200_000.0,
+    )
+    .await;
+    assert_eq!(
+        total(&c, "latch_watch_streams_cut_total{reason=\"queued_bytes\"}").await,
+        0.0,
+        "one silent stream alone fits the member's bytes"
+    );
+
+    // A second one: its first step (as large) does not fit beside the first in the member's 2 MB.
+    let (b_tx, mut b) = open_stream(&addr, None).await.unwrap();
+    b_tx.send(create_of(1, watched, first, |_| {})).await.unwrap();
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(30), b.message()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => panic!("the second stream should end with a status, not cleanly"),
+            Ok(Err(status)) => break status,
+            Err(_) => panic!("the second stream should be cut for the member's bytes within 30 s"),
+        }
+    };
+    assert_eq!(end.code(), tonic::Code::ResourceExhausted, "cut for the member's bytes: {end:?}");
+    assert!(end.message().contains("--max-watch-queued-bytes"), "the end names the flag: {}", end.message());
+    assert_eq!(
+        total(&c, "latch_watch_streams_cut_total{reason=\"queued_bytes\"}").await,
+        1.0,
+        "the second stream was cut for the member's queued bytes"
+    );
+    drop(a_tx);
+}
+
 /// Watches the caller stops reading hold the HTTP/2 window of the connection they are on; the
 /// Rust client opens them on a connection of their own per member, with the largest connection
 /// window, so its other calls — puts, a session's keepalives — and its other watches go on. (On

@@ -13,6 +13,11 @@
 //!   queue, then at most [`MEMBER_WAIT`] for the member's budget; past either it fails
 //!   ([`Unsent::Stalled`], [`Unsent::MemberFull`]) and the stream is to be [`Outbox::cut`]:
 //!   what its queue holds is dropped then, not when the client reads or its connection closes.
+//! - What a stream's task holds outside its queue while it sends it (a step of history read
+//!   and encoded, [`Outbox::take_ahead`]) holds the member's budget too, taken ahead before the
+//!   task waits on its client; the responses it sends take their bytes from what was taken
+//!   ahead, so nothing is counted twice, and the rest goes back when the step is sent
+//!   ([`Outbox::release_ahead`]) or the queue is cut or dropped.
 //! - The gauge of the [`QueueBudget`] counts exactly the bytes of budget held.
 //! - A send never outlives the client: it ends [`Unsent::Gone`] as soon as the `Outflow` is
 //!   dropped.
@@ -34,6 +39,8 @@ pub const OUTBOX: usize = 64;
 pub const OUTBOX_BYTES: usize = 4 * 1024 * 1024;
 /// How long a response that has room in its stream's queue waits for the member's budget.
 pub const MEMBER_WAIT: Duration = Duration::from_secs(1);
+/// How often a stream waiting to take bytes ahead (for a step of history) tries again.
+pub const AHEAD_RETRY: Duration = Duration::from_millis(10);
 
 /// What a stream sends its client: a response, or the status that ends the stream.
 pub type Item = Result<wire::WatchResponse, Status>;
@@ -77,10 +84,25 @@ struct Queued {
     _held: Held,
 }
 
-/// Bytes of a stream's budget and of the member's, given back (and uncounted) when dropped.
+/// Bytes of the member's budget taken ahead for what a stream's task holds outside its queue,
+/// given back (and uncounted) when dropped.
+struct Ahead {
+    member: OwnedSemaphorePermit,
+    gauge: Gauge,
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        self.gauge.dec_by(self.member.num_permits() as i64);
+    }
+}
+
+/// Bytes of a stream's budget and of the member's (those taken for it, `bytes` of them, and
+/// those it took of what was taken ahead), given back (and uncounted) when dropped.
 struct Held {
     _own: OwnedSemaphorePermit,
-    _member: OwnedSemaphorePermit,
+    _member: Option<OwnedSemaphorePermit>,
+    _ahead: Option<Ahead>,
     bytes: i64,
     gauge: Gauge,
 }
@@ -107,6 +129,11 @@ fn lock(taker: &Mutex<Taker>) -> MutexGuard<'_, Taker> {
     taker.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The lock of what was taken ahead. Nothing panics while holding it.
+fn lock_ahead(ahead: &Mutex<Option<Ahead>>) -> MutexGuard<'_, Option<Ahead>> {
+    ahead.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// The sending side.
 pub struct Outbox {
     tx: mpsc::Sender<Queued>,
@@ -118,6 +145,9 @@ pub struct Outbox {
     /// How long a send may wait for room in this queue (`--watch-stall-deadline`).
     stall_deadline: Duration,
     taker: Arc<Mutex<Taker>>,
+    /// What [`Outbox::take_ahead`] took of the member's budget and no send took from it yet.
+    /// Locked only between awaits.
+    ahead: Mutex<Option<Ahead>>,
 }
 
 impl Outbox {
@@ -133,6 +163,7 @@ impl Outbox {
             most: OUTBOX_BYTES.min(budget.limit),
             stall_deadline,
             taker: taker.clone(),
+            ahead: Mutex::new(None),
         };
         (outbox, Outflow { taker })
     }
@@ -168,21 +199,107 @@ impl Outbox {
                 }
             }
         };
-        let member = match self.member.bytes.clone().try_acquire_many_owned(permits) {
-            Ok(member) => member,
-            Err(_) => tokio::select! {
-                room = tokio::time::timeout(MEMBER_WAIT, self.member.bytes.clone().acquire_many_owned(permits)) => {
-                    // The member's semaphore is never closed.
-                    room.map_err(|_| Unsent::MemberFull)?.map_err(|_| Unsent::Gone)?
-                }
-                () = self.tx.closed() => return Err(Unsent::Gone),
-            },
+        // What was taken ahead is counted already (and given back uncounted if this fails);
+        // the rest is taken from the member's budget and counted now.
+        let ahead = self.take_from_ahead(size);
+        let rest = size - ahead.as_ref().map_or(0, |a| a.member.num_permits());
+        let member = match rest {
+            0 => None,
+            rest => {
+                // At most `size`, which fits a u32.
+                let rest = rest as u32;
+                let member = match self.member.bytes.clone().try_acquire_many_owned(rest) {
+                    Ok(member) => member,
+                    Err(_) => tokio::select! {
+                        room = tokio::time::timeout(MEMBER_WAIT, self.member.bytes.clone().acquire_many_owned(rest)) => {
+                            // The member's semaphore is never closed.
+                            room.map_err(|_| Unsent::MemberFull)?.map_err(|_| Unsent::Gone)?
+                        }
+                        () = self.tx.closed() => return Err(Unsent::Gone),
+                    },
+                };
+                Some(member)
+            }
         };
         let gauge = self.member.gauge.clone();
-        gauge.inc_by(size as i64);
-        let held = Held { _own: own, _member: member, bytes: size as i64, gauge };
+        gauge.inc_by(rest as i64);
+        let held = Held { _own: own, _member: member, _ahead: ahead, bytes: rest as i64, gauge };
         slot.send(Queued { item, _held: held });
         Ok(())
+    }
+
+    /// Up to `size` bytes of what was taken ahead, still counted.
+    fn take_from_ahead(&self, size: usize) -> Option<Ahead> {
+        let mut ahead = lock_ahead(&self.ahead);
+        let left = ahead.as_ref()?.member.num_permits();
+        if left <= size {
+            return ahead.take();
+        }
+        let member = ahead.as_mut()?.member.split(size)?;
+        Some(Ahead { member, gauge: self.member.gauge.clone() })
+    }
+
+    /// Takes from the member's budget, now or not at all, what is missing for `bytes` to be
+    /// taken ahead: for what the stream's task is about to hold outside its queue while it
+    /// sends it. Its sends take their bytes from these first. `false`: the budget has no room
+    /// now; the task should drop what it holds, [`Outbox::wait_ahead`], and read it again.
+    /// More than the whole budget takes all of it.
+    pub fn take_ahead(&self, bytes: usize) -> bool {
+        let Some(missing) = self.missing_ahead(bytes) else { return true };
+        match self.member.bytes.clone().try_acquire_many_owned(missing) {
+            Ok(permit) => {
+                self.add_ahead(permit);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Waits for what is missing for `bytes` to be taken ahead, at most [`MEMBER_WAIT`] (then
+    /// [`Unsent::MemberFull`]), and takes it. It does not queue for the budget, where it would
+    /// hold up every smaller send behind it (the semaphore serves its queue in order): it
+    /// tries again every [`AHEAD_RETRY`].
+    pub async fn wait_ahead(&self, bytes: usize) -> Result<(), Unsent> {
+        let until = tokio::time::Instant::now() + MEMBER_WAIT;
+        loop {
+            if self.take_ahead(bytes) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(Unsent::MemberFull);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(AHEAD_RETRY) => {}
+                () = self.tx.closed() => return Err(Unsent::Gone),
+            }
+        }
+    }
+
+    /// Gives back what was taken ahead and no send took.
+    pub fn release_ahead(&self) {
+        let ahead = lock_ahead(&self.ahead).take();
+        drop(ahead);
+    }
+
+    /// How many bytes of the member's budget `bytes` taken ahead still needs (`None`: none),
+    /// `bytes` counted at most the whole budget.
+    fn missing_ahead(&self, bytes: usize) -> Option<u32> {
+        if bytes == 0 {
+            return None;
+        }
+        let have = lock_ahead(&self.ahead).as_ref().map_or(0, |a| a.member.num_permits());
+        // One acquire takes at most u32::MAX permits.
+        let want = bytes.clamp(1, self.member.limit.min(u32::MAX as usize));
+        (want > have).then(|| u32::try_from(want - have).unwrap_or(u32::MAX))
+    }
+
+    fn add_ahead(&self, permit: OwnedSemaphorePermit) {
+        self.member.gauge.inc_by(permit.num_permits() as i64);
+        let mut ahead = lock_ahead(&self.ahead);
+        match ahead.as_mut() {
+            Some(a) => a.member.merge(permit),
+            None => *ahead = Some(Ahead { member: permit, gauge: self.member.gauge.clone() }),
+        }
     }
 
     /// Ends the stream at once: what its queue holds is dropped (its bytes given back now) and
@@ -198,6 +315,7 @@ impl Outbox {
             (taker.rx.take(), taker.waker.take())
         };
         drop(dropped);
+        self.release_ahead();
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -390,5 +508,54 @@ mod tests {
             outflow.next().await.expect("the cut stream's status").expect_err("a status, not a response");
         assert_eq!(last.code(), tonic::Code::Unavailable, "{last:?}");
         assert!(outflow.next().await.is_none(), "after the status, the cut stream ends");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_taken_ahead_count_once_in_the_members_budget_and_the_sends_take_theirs_from_them() {
+        let budget = QueueBudget::new(3 * MIB, Gauge::default());
+        let (a, mut a_flow) = Outbox::new(&budget, NEVER);
+        let (b, _b_flow) = Outbox::new(&budget, NEVER);
+        assert!(a.take_ahead(2 * MIB), "2 MiB of an empty 3 MiB budget are taken ahead at once");
+        assert_eq!(budget.gauge.get(), 2 * MIB as i64, "the gauge counts what was taken ahead");
+        assert!(fits(&a, response(1, MIB - 64)).await, "a send of almost a MiB is queued");
+        let counted = budget.gauge.get();
+        assert_eq!(counted, 2 * MIB as i64, "… from what was taken ahead: nothing is counted twice");
+        assert!(a.take_ahead(MIB), "taking a MiB ahead again takes nothing more: about 1 MiB is left ahead");
+        assert_eq!(budget.gauge.get(), counted, "… and counts nothing more");
+
+        assert!(!b.take_ahead(2 * MIB), "another stream's 2 MiB do not fit beside them, now");
+        assert_eq!(b.wait_ahead(2 * MIB).await, Err(Unsent::MemberFull), "… nor within {MEMBER_WAIT:?}");
+        assert_eq!(budget.gauge.get(), counted, "a failed take holds nothing");
+
+        a.release_ahead();
+        let queued = budget.gauge.get();
+        assert!(
+            (MIB as i64 - 256..MIB as i64).contains(&queued),
+            "what no send took goes back; the queued response keeps its bytes: {queued}"
+        );
+        assert!(b.take_ahead(2 * MIB), "now the other stream's 2 MiB fit");
+        assert!(!a.take_ahead(MIB), "and the first stream's next MiB does not");
+        a_flow.next().await.expect("the queued response").expect("not an error");
+        assert_eq!(budget.gauge.get(), 2 * MIB as i64, "the response taken gave its bytes back");
+        b.cut(Status::unavailable("cut"));
+        assert_eq!(budget.gauge.get(), 0, "a cut stream gives back what it took ahead");
+        assert!(a.take_ahead(8 * MIB), "more than the whole budget takes all of it, when it is free");
+        assert_eq!(budget.gauge.get(), 3 * MIB as i64, "… and counts the whole budget");
+        drop(a);
+        assert_eq!(budget.gauge.get(), 0, "a dropped queue gives back what it took ahead");
+        assert_eq!(budget.bytes.available_permits(), 3 * MIB, "… and the budget has every byte back");
+
+        let (c, mut c_flow) = Outbox::new(&budget, NEVER);
+        assert!(c.take_ahead(100), "100 bytes are taken ahead");
+        assert!(fits(&c, response(1, 1000)).await, "a larger send is queued");
+        let size = response(1, 1000).encoded_len();
+        assert_eq!(budget.gauge.get(), size as i64, "… taking the 100 and the rest, counted once");
+        assert_eq!(budget.bytes.available_permits(), 3 * MIB - size, "… and holding just its size");
+        c.release_ahead();
+        c_flow.next().await.expect("the queued response").expect("not an error");
+        assert_eq!(budget.gauge.get(), 0, "taken, it gives back both");
+        assert_eq!(budget.bytes.available_permits(), 3 * MIB, "… every byte");
+        assert!(c.take_ahead(0), "nothing taken ahead needs no room");
+        assert_eq!(budget.gauge.get(), 0, "… and takes none");
     }
 }

@@ -120,6 +120,11 @@ impl Batch {
         Batch::encode_parts(changes.into_iter().map(Part::Change).collect(), cluster_id)
     }
 
+    /// The memory it holds, as the window charges it (and a stream catching up takes ahead).
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
     /// No events of `revision` (what ends the fragments of an oversized one).
     pub fn empty(revision: i64) -> Batch {
         Batch { revision, events: Vec::new(), oversized: false, bytes: 0, held: 0 }.whole()
