@@ -43,7 +43,7 @@ use latch_proto::internal::{compare, op, op_result, Compare, DeleteRange, Op as 
 
 use crate::clients::{Client, History, Op, OpKind};
 use crate::disk::{SimDir, SimDisk};
-use crate::invariants::{self, Ack, Before, Checker, Ctx, Fnv};
+use crate::invariants::{self, Ack, Before, Checker, Ctx, Fnv, HASH_EVERY, HASH_EVERY_LEADER_CHANGES};
 use crate::locks::{LockChecker, Locker};
 use crate::network::{Delivery, NetConfig, Network};
 use crate::registry::{Heartbeater, Next, RegistryChecker};
@@ -576,7 +576,10 @@ impl Sim {
             history: History::default(),
             waiters: BTreeMap::new(),
             next_waiter: 0,
-            checker: Checker::new(),
+            checker: Checker::new(match mode {
+                Mode::Chaos => HASH_EVERY,
+                Mode::LeaderChanges => HASH_EVERY_LEADER_CHANGES,
+            }),
             keepers,
             leases: LeaseChecker::default(),
             keeper_waiters: BTreeMap::new(),

@@ -6,8 +6,10 @@
 //! Environment:
 //! - `LATCH_SIM_SEED=N`: run exactly seed N (even seeds run 3 members, odd seeds 5), with a
 //!   log of faults and a summary.
-//! - `LATCH_SIM_SEEDS` (default 500) seeds from `LATCH_SIM_SEED_BASE` (default 1); the 3-member
-//!   test takes the even ones, the 5-member test the odd ones.
+//! - `LATCH_SIM_SEEDS` (default 500) chaos seeds from `LATCH_SIM_SEED_BASE` (default 1); the
+//!   3-member test takes the even ones, the 5-member test the odd ones.
+//! - `LATCH_SIM_SESSION_SEEDS` (default 200) leader-change seeds from the same base, shared
+//!   the same way.
 //! - `LATCH_SIM_VERBOSE=1`: log faults and a summary line per seed.
 //! - `LATCH_SIM_CHAOS_MS`: length of the fault phase per seed (virtual ms, default 5000).
 //! - `LATCH_SIM_REGISTRY_NEVER_LATE=1`: leader-change runs also check that a stopped
@@ -50,14 +52,16 @@ fn verbose() -> bool {
     std::env::var("LATCH_SIM_VERBOSE").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
-/// The seeds this run takes for a cluster of `nodes` members (even seeds: 3, odd seeds: 5).
-fn seeds_for(nodes: u64) -> Vec<u64> {
+/// The seeds this run takes for a cluster of `nodes` members (even seeds: 3, odd seeds: 5):
+/// `LATCH_SIM_SEED` alone, or of the `count_var` (default `default_count`) seeds from
+/// `LATCH_SIM_SEED_BASE`, those of the cluster's parity.
+fn seeds_for(nodes: u64, count_var: &str, default_count: u64) -> Vec<u64> {
     let parity = if nodes == 3 { 0 } else { 1 };
     if let Some(seed) = env_u64("LATCH_SIM_SEED") {
         return if seed % 2 == parity { vec![seed] } else { Vec::new() };
     }
     let base = env_u64("LATCH_SIM_SEED_BASE").unwrap_or(DEFAULT_SEED_BASE);
-    let count = env_u64("LATCH_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
+    let count = env_u64(count_var).unwrap_or(default_count);
     (base..base + count).filter(|s| s % 2 == parity).collect()
 }
 
@@ -85,7 +89,7 @@ fn run_guarded(seed: u64, run: impl FnOnce() -> cluster::Report) -> cluster::Rep
 }
 
 fn run_seeds(nodes: u64) {
-    let seeds = seeds_for(nodes);
+    let seeds = seeds_for(nodes, "LATCH_SIM_SEEDS", DEFAULT_SEEDS);
     let single = std::env::var("LATCH_SIM_SEED").is_ok();
     let verbose = verbose() || single;
     let started = Instant::now();
@@ -126,17 +130,24 @@ const SESSION_RUN_US: u64 = 40_000_000;
 
 /// Sessions while the leader is cut off every half TTL for 20 TTLs: never expired early,
 /// expired within TTL + 2 election timeouts once their keepers stop, never while kept alive
-/// (`sessions.rs`), on 3 and 5 members; a heartbeater's instance never critical while it
-/// beats (`registry.rs`); every other invariant as in the chaos runs.
+/// (`sessions.rs`); a heartbeater's instance never critical while it beats (`registry.rs`);
+/// every other invariant as in the chaos runs. On 3 members (the even seeds).
 #[test]
-fn sessions_hold_their_leases_across_leader_changes() {
-    let seeds: Vec<u64> = match env_u64("LATCH_SIM_SEED") {
-        Some(seed) => vec![seed],
-        None => {
-            let base = env_u64("LATCH_SIM_SEED_BASE").unwrap_or(DEFAULT_SEED_BASE);
-            (base..base + env_u64("LATCH_SIM_SESSION_SEEDS").unwrap_or(DEFAULT_SESSION_SEEDS)).collect()
-        }
-    };
+fn sessions_hold_their_leases_across_leader_changes_on_three_members() {
+    run_leader_change_seeds(3);
+}
+
+/// The same on 5 members (the odd seeds). Two tests, so that the test threads share the
+/// seeds as they share the chaos seeds.
+#[test]
+fn sessions_hold_their_leases_across_leader_changes_on_five_members() {
+    run_leader_change_seeds(5);
+}
+
+/// Runs this run's leader-change seeds of clusters of `nodes` members: of
+/// `LATCH_SIM_SESSION_SEEDS` (default 200, between the two tests), those of its parity.
+fn run_leader_change_seeds(nodes: u64) {
+    let seeds = seeds_for(nodes, "LATCH_SIM_SESSION_SEEDS", DEFAULT_SESSION_SEEDS);
     let single = std::env::var("LATCH_SIM_SEED").is_ok();
     let started = Instant::now();
     let (mut grants, mut expiries, mut elections) = (0, 0, 0);
@@ -152,8 +163,8 @@ fn sessions_hold_their_leases_across_leader_changes() {
         elections += r.max_term;
     }
     eprintln!(
-        "leader changes: {} seeds passed in {:.1}s ({grants} lease grants, {expiries} sessions expired, \
-         {elections} terms)",
+        "leader changes, {nodes} nodes: {} seeds passed in {:.1}s ({grants} lease grants, {expiries} sessions \
+         expired, {elections} terms)",
         seeds.len(),
         started.elapsed().as_secs_f64()
     );
