@@ -210,6 +210,17 @@ impl Watch {
     }
 }
 
+/// How far [`Stream::send_batches`] went.
+enum Sent {
+    /// Through the last batch.
+    All,
+    /// To an oversized revision's marker, which the watch reads from the history next.
+    ToOversized,
+    /// To `revision`, whose batch found no room in the stream's queue: `room` is what it
+    /// needs (responses, bytes).
+    ToFull { revision: i64, room: (usize, usize) },
+}
+
 /// Why a stream's task ends.
 enum End {
     /// The client went away.
@@ -661,22 +672,49 @@ impl Stream {
             if next > span.last {
                 continue;
             }
-            match self.recent.batches_from(next, BATCHES_PER_TURN, BYTES_PER_TURN) {
-                Some((batches, through)) => {
-                    if self.send_batches(id, &batches).await? {
-                        behind = true;
-                        continue;
-                    }
-                    if let Some(w) = self.watches.get_mut(&id) {
-                        w.next = w.next.max(through + 1);
-                        w.live = true;
-                        behind |= w.next <= span.last;
-                    }
-                }
-                None => behind |= self.serve_from_history(id).await?,
-            }
+            behind |= self.serve_from_window(id, next, span.last).await?;
         }
         Ok(behind)
+    }
+
+    /// Serves watch `id` a turn of the window from revision `next` (the window's last is
+    /// `last`): `true` when it has more to do. A turn whose stream's queue fills lets go of the
+    /// window's batches while its client makes room: once the window drops them, a stream
+    /// holding them would keep them beside every bound. It then goes on with the rest of the
+    /// turn, so that the other watches of the stream cannot take the room it waited for, turn
+    /// after turn.
+    async fn serve_from_window(&mut self, id: i64, next: i64, last: i64) -> Result<bool, End> {
+        let mut from = next;
+        let mut turn_through = None;
+        loop {
+            let Some((batches, through)) = self.recent.batches_from(from, BATCHES_PER_TURN, BYTES_PER_TURN)
+            else {
+                return self.serve_from_history(id).await;
+            };
+            let turn_end = *turn_through.get_or_insert(through);
+            match self.send_batches(id, &batches, true).await? {
+                Sent::All => {
+                    let Some(w) = self.watches.get_mut(&id) else { return Ok(false) };
+                    w.next = w.next.max(through + 1);
+                    w.live = true;
+                    return Ok(w.next <= last);
+                }
+                Sent::ToOversized => return Ok(true),
+                Sent::ToFull { revision, room } => {
+                    drop(batches);
+                    let Some(w) = self.watches.get_mut(&id) else { return Ok(false) };
+                    if revision > w.next {
+                        w.next = revision;
+                        w.live = true;
+                    }
+                    self.out.wait_room(room.0, room.1).await.map_err(|unsent| self.unsent(unsent))?;
+                    if revision > turn_end {
+                        return Ok(true);
+                    }
+                    from = revision;
+                }
+            }
+        }
     }
 
     /// Serves watch `id`, whose next revision is below the window, from the state's history:
@@ -764,7 +802,7 @@ impl Stream {
             return Box::pin(self.catch_up(id)).await;
         }
         let batches: Vec<Arc<Batch>> = batches.into_iter().map(Arc::new).collect();
-        if !self.send_batches(id, &batches).await? {
+        if let Sent::All = self.send_batches(id, &batches, false).await? {
             if let Some(w) = self.watches.get_mut(&id) {
                 w.next = w.next.max(through + 1);
             }
@@ -773,9 +811,15 @@ impl Stream {
     }
 
     /// Sends watch `id` the events it selects of `batches`, in order, up to the first oversized
-    /// one: then the watch reads that revision from the history, a step a turn, and `true`
-    /// says so (its `next` is that revision).
-    async fn send_batches(&mut self, id: i64, batches: &[Arc<Batch>]) -> Result<bool, End> {
+    /// one: then the watch reads that revision from the history, a step a turn (its `next` is
+    /// that revision). With `stop_when_full`, also up to the first batch its queue has no
+    /// room for now, rather than wait for room holding them all.
+    async fn send_batches(
+        &mut self,
+        id: i64,
+        batches: &[Arc<Batch>],
+        stop_when_full: bool,
+    ) -> Result<Sent, End> {
         for b in batches {
             if b.oversized {
                 if let Some(w) = self.watches.get_mut(&id) {
@@ -785,11 +829,20 @@ impl Stream {
                     // up from there rather than being cut off as slow.
                     w.live = false;
                 }
-                return Ok(true);
+                return Ok(Sent::ToOversized);
+            }
+            if stop_when_full {
+                // Room for its responses at most (fragments of MAX_RESPONSE_BYTES, each with a
+                // header), events and their length prefixes.
+                let responses = 1 + b.bytes() / MAX_RESPONSE_BYTES;
+                let room = (responses, b.bytes() + 8 * b.events.len() + 128 * responses);
+                if !self.out.has_room(room.0, room.1) {
+                    return Ok(Sent::ToFull { revision: b.revision, room });
+                }
             }
             self.send_batch(id, b, true, false).await?;
         }
-        Ok(false)
+        Ok(Sent::All)
     }
 
     /// One step of watch `id`'s oversized revision `next` (see [`Within`]): its events from

@@ -501,6 +501,61 @@ async fn a_silent_stream_catching_up_holds_its_step_of_history_inside_the_member
     drop(a_tx);
 }
 
+/// A stream whose queue fills while it serves a turn of the window lets go of the rest of the
+/// turn while its client makes room: it does not keep revisions the window has dropped since.
+/// So a silent watch 500 revisions behind, once the window moves past them, is canceled SLOW
+/// right after what its queue (and HTTP/2) held; it is not sent the rest of its turn first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_queue_fills_keeps_none_of_its_turn_of_the_window_while_its_client_makes_room() {
+    let c = Cluster::start(1, &["--watch-window-revisions", "1000", "--watch-stall-deadline", "120s"]).await;
+    let client = c.client().await;
+    let addr = c.member(1).client_addr.clone();
+    let put = |i: usize| client.put(format!("{PREFIX}{i:05}"), vec![b'v'; 1024]);
+
+    // 500 revisions in the window: a watch from the first has them in its first turn, more
+    // than its client takes (a queue of 64 responses, and what tonic and HTTP/2 take).
+    let first = put(0).await.unwrap().header.unwrap().revision;
+    for i in 1..500 {
+        put(i).await.unwrap();
+    }
+    let (a_tx, mut a) = open_stream(&addr, Some(1024)).await.unwrap();
+    a_tx.send(create_of(1, prefix_range(PREFIX.as_bytes()), first, |_| {})).await.unwrap();
+    let created = responses_until(&mut a, |r| r.created).await.pop().unwrap();
+    assert!(!created.canceled, "the silent watch is created: {created:?}");
+    metric_until(&c, "the silent stream's queue to fill", "latch_watch_queued_bytes", |n| n >= 60_000.0)
+        .await;
+
+    // 1,500 more: the window (1,000 revisions) moves past the 500.
+    for i in 500..2000 {
+        put(i).await.unwrap();
+    }
+    let got = responses_until(&mut a, |r| r.canceled).await;
+    let cancel = got.last().unwrap();
+    assert_eq!(
+        cancel.cancel_reason,
+        CancelReason::Slow as i32,
+        "the watch fell behind the window: {cancel:?}"
+    );
+    let revisions: Vec<i64> =
+        got.iter().filter(|r| !r.events.is_empty()).map(|r| r.header.unwrap().revision).collect();
+    assert_eq!(
+        revisions,
+        (first..first + revisions.len() as i64).collect::<Vec<_>>(),
+        "the revisions it got are the first ones, in order"
+    );
+    assert!(
+        revisions.len() < 300,
+        "it got what its queue and HTTP/2 held, not the rest of its turn of 500: {}",
+        revisions.len()
+    );
+    assert_eq!(
+        cancel.header.unwrap().revision,
+        first + revisions.len() as i64 - 1,
+        "it resumes right after the last revision it got"
+    );
+    drop(a_tx);
+}
+
 /// Watches the caller stops reading hold the HTTP/2 window of the connection they are on; the
 /// Rust client opens them on a connection of their own per member, with the largest connection
 /// window, so its other calls — puts, a session's keepalives — and its other watches go on. (On

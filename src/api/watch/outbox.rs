@@ -228,6 +228,31 @@ impl Outbox {
         Ok(())
     }
 
+    /// Whether the queue has room now for `responses` responses of `bytes` in all (as much as
+    /// it ever has, for more).
+    pub fn has_room(&self, responses: usize, bytes: usize) -> bool {
+        self.tx.capacity() >= responses.clamp(1, OUTBOX)
+            && self.bytes.available_permits() >= bytes.clamp(1, self.most)
+    }
+
+    /// Waits until the queue has room for `responses` responses of `bytes` in all, at most the
+    /// stall deadline (then [`Unsent::Stalled`]), and takes none of it: for a task that let go
+    /// of what it held rather than hold it while its client makes room.
+    pub async fn wait_room(&self, responses: usize, bytes: usize) -> Result<(), Unsent> {
+        // `most` is at most OUTBOX_BYTES, so it fits a u32.
+        let (responses, bytes) = (responses.clamp(1, OUTBOX), bytes.clamp(1, self.most) as u32);
+        let room = async {
+            let slots = self.tx.reserve_many(responses).await.map_err(|_| Unsent::Gone)?;
+            let own = self.bytes.acquire_many(bytes).await.map_err(|_| Unsent::Gone)?;
+            drop((slots, own));
+            Ok::<_, Unsent>(())
+        };
+        tokio::select! {
+            room = tokio::time::timeout(self.stall_deadline, room) => room.map_err(|_| Unsent::Stalled)?,
+            () = self.tx.closed() => Err(Unsent::Gone),
+        }
+    }
+
     /// Up to `size` bytes of what was taken ahead, still counted.
     fn take_from_ahead(&self, size: usize) -> Option<Ahead> {
         let mut ahead = lock_ahead(&self.ahead);
@@ -557,5 +582,33 @@ mod tests {
         assert_eq!(budget.bytes.available_permits(), 3 * MIB, "… every byte");
         assert!(c.take_ahead(0), "nothing taken ahead needs no room");
         assert_eq!(budget.gauge.get(), 0, "… and takes none");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn room_is_waited_for_without_taking_it_and_at_most_the_stall_deadline() {
+        let budget = roomy();
+        let deadline = Duration::from_secs(30);
+        let (outbox, mut outflow) = Outbox::new(&budget, deadline);
+        assert!(outbox.has_room(OUTBOX, OUTBOX_BYTES), "an empty queue has room for all it holds");
+        for id in 0..3 {
+            assert!(fits(&outbox, response(id, MIB)).await, "response {id} of 1 MiB fits");
+        }
+        assert!(outbox.has_room(1, MIB - 1024), "almost a MiB is left");
+        assert!(!outbox.has_room(1, 2 * MIB), "two are not");
+        assert!(!outbox.has_room(OUTBOX, 10), "nor {OUTBOX} responses");
+        assert_eq!(outbox.wait_room(1, MIB - 1024).await, Ok(()), "room that is there is not waited for");
+        assert!(outbox.has_room(1, MIB - 1024), "… nor taken");
+
+        let (room, taken) = tokio::join!(outbox.wait_room(1, MIB + MIB / 2), async {
+            tokio::time::sleep(deadline / 2).await;
+            outflow.next().await
+        });
+        assert!(matches!(taken, Some(Ok(_))), "the client takes a response: {taken:?}");
+        assert_eq!(room, Ok(()), "the room it gave is found within the deadline");
+        let asked = Instant::now();
+        assert_eq!(outbox.wait_room(1, 3 * MIB).await, Err(Unsent::Stalled), "room never made is not found");
+        assert_eq!(asked.elapsed(), deadline, "… after the stall deadline, not before");
+        drop(outflow);
+        assert_eq!(outbox.wait_room(1, 1).await, Err(Unsent::Gone), "a client gone has no room to wait for");
     }
 }
