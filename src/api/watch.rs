@@ -210,6 +210,16 @@ impl Watch {
     }
 }
 
+/// What [`Stream::send_batch`] did.
+enum Batched {
+    /// Nothing: the watch selects none of the batch's events.
+    Nothing,
+    /// Queued the batch's responses.
+    Sent,
+    /// Nothing: the stream's queue has no room now for its `responses` responses of `bytes`.
+    NoRoom { responses: usize, bytes: usize },
+}
+
 /// How far [`Stream::send_batches`] went.
 enum Sent {
     /// Through the last batch.
@@ -831,16 +841,11 @@ impl Stream {
                 }
                 return Ok(Sent::ToOversized);
             }
-            if stop_when_full {
-                // Room for its responses at most (fragments of MAX_RESPONSE_BYTES, each with a
-                // header), events and their length prefixes.
-                let responses = 1 + b.bytes() / MAX_RESPONSE_BYTES;
-                let room = (responses, b.bytes() + 8 * b.events.len() + 128 * responses);
-                if !self.out.has_room(room.0, room.1) {
-                    return Ok(Sent::ToFull { revision: b.revision, room });
-                }
+            if let Batched::NoRoom { responses, bytes } =
+                self.send_batch(id, b, true, false, stop_when_full).await?
+            {
+                return Ok(Sent::ToFull { revision: b.revision, room: (responses, bytes) });
             }
-            self.send_batch(id, b, true, false).await?;
         }
         Ok(Sent::All)
     }
@@ -895,7 +900,8 @@ impl Stream {
             return Box::pin(self.oversized_step(id)).await;
         }
         let last = more.is_none();
-        let sent = self.send_batch(id, &batch, last, within.sent).await? || within.sent;
+        let sent = matches!(self.send_batch(id, &batch, last, within.sent, false).await?, Batched::Sent)
+            || within.sent;
         if let Some(w) = self.watches.get_mut(&id) {
             match more {
                 Some(row) => w.within = Some(Within { row, sent }),
@@ -911,9 +917,17 @@ impl Stream {
     /// Sends watch `id` the events it selects of `batch`: one response, or fragments. `last`:
     /// these are the last of their revision (else every response is a fragment); `sent`:
     /// fragments of the revision went out before, so its end is sent even with no events.
-    /// `true` when it sent something.
-    async fn send_batch(&mut self, id: i64, batch: &Batch, last: bool, sent: bool) -> Result<bool, End> {
-        let Some(w) = self.watches.get(&id) else { return Ok(false) };
+    /// With `only_with_room`, it sends nothing unless its stream's queue has room for every
+    /// response of it now.
+    async fn send_batch(
+        &mut self,
+        id: i64,
+        batch: &Batch,
+        last: bool,
+        sent: bool,
+        only_with_room: bool,
+    ) -> Result<Batched, End> {
+        let Some(w) = self.watches.get(&id) else { return Ok(Batched::Nothing) };
         let events: Vec<Bytes> = batch
             .events
             .iter()
@@ -921,40 +935,43 @@ impl Stream {
             .map(|e| if w.prev_kv { e.with_prev.clone() } else { e.plain.clone() })
             .collect();
         if events.is_empty() && !(last && sent) {
-            return Ok(false);
+            return Ok(Batched::Nothing);
         }
-        self.metrics.watch.events_sent.inc_by(events.len() as u64);
+        let count = events.len() as u64;
         let header = self.events_header(batch.revision);
+        let response = |events: Vec<Bytes>, fragment: bool| wire::WatchResponse {
+            header: Some(header),
+            watch_id: id,
+            fragment,
+            events,
+            ..Default::default()
+        };
+        let mut responses = Vec::new();
         let mut chunk: Vec<Bytes> = Vec::new();
         let mut size = 0;
         for e in events {
             if !chunk.is_empty() && size + e.len() > MAX_RESPONSE_BYTES {
-                let events = std::mem::take(&mut chunk);
-                self.send(wire::WatchResponse {
-                    header: Some(header),
-                    watch_id: id,
-                    fragment: true,
-                    events,
-                    ..Default::default()
-                })
-                .await?;
+                responses.push(response(std::mem::take(&mut chunk), true));
                 size = 0;
             }
             size += e.len();
             chunk.push(e);
         }
-        self.send(wire::WatchResponse {
-            header: Some(header),
-            watch_id: id,
-            fragment: !last,
-            events: chunk,
-            ..Default::default()
-        })
-        .await?;
+        responses.push(response(chunk, !last));
+        if only_with_room {
+            let bytes = responses.iter().map(|r| prost::Message::encoded_len(r).max(1)).sum();
+            if !self.out.has_room(responses.len(), bytes) {
+                return Ok(Batched::NoRoom { responses: responses.len(), bytes });
+            }
+        }
+        self.metrics.watch.events_sent.inc_by(count);
+        for r in responses {
+            self.send(r).await?;
+        }
         if let Some(w) = self.watches.get_mut(&id) {
             w.last_sent = Instant::now();
         }
-        Ok(true)
+        Ok(Batched::Sent)
     }
 
     /// Sends watch `id` the state of its range at `revision` (what `txn` reads), in pages:

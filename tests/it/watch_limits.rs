@@ -556,6 +556,57 @@ async fn a_stream_whose_queue_fills_keeps_none_of_its_turn_of_the_window_while_i
     drop(a_tx);
 }
 
+/// A stream whose queue is nearly full waits for room only for what its watches select:
+/// revisions it does not watch pass it by, however large, so other keys' writes do not get it
+/// cut as stalled, and its client, reading late, gets every revision it watches and the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_with_a_nearly_full_queue_is_not_held_up_by_revisions_it_does_not_watch() {
+    let c = Cluster::start(1, &["--watch-stall-deadline", "2s"]).await;
+    let client = c.client().await;
+    let addr = c.member(1).client_addr.clone();
+    let watched = format!("{PREFIX}watched/");
+
+    let (a_tx, mut a) = open_stream(&addr, Some(1024)).await.unwrap();
+    a_tx.send(create_of(1, prefix_range(watched.as_bytes()), 0, |_| {})).await.unwrap();
+    responses_until(&mut a, |r| r.created).await;
+    // 36 watched revisions of 100 KB: all of them fit in its queue (64 responses, 4 MiB), which
+    // then has less than 1 MB of room.
+    let mut written = Vec::new();
+    for i in 0..36 {
+        let put = client.put(format!("{watched}{i:03}"), vec![b'w'; 100_000]).await.unwrap();
+        written.push(put.header.unwrap().revision);
+    }
+    metric_until(&c, "the silent stream's queue to fill", "latch_watch_queued_bytes", |n| n >= 3_300_000.0)
+        .await;
+    // Revisions of 1 MB it does not watch, then twice the stall deadline: a stream that waited
+    // for room for them would be cut as stalled meanwhile.
+    for i in 0..5 {
+        client.put(format!("{PREFIX}other/{i}"), vec![b'o'; 1_000_000]).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        total(&c, "latch_watch_streams_cut_total{reason=\"stalled\"}").await,
+        0.0,
+        "the stream had nothing to wait for room for"
+    );
+    let mut got = Vec::new();
+    while got.len() < written.len() {
+        let r = tokio::time::timeout(Duration::from_secs(10), a.message())
+            .await
+            .expect("a response within 10 s")
+            .expect("the stream goes on, not cut")
+            .expect("the stream is open");
+        if !r.events.is_empty() {
+            got.push(r.header.unwrap().revision);
+        }
+    }
+    assert_eq!(got, written, "every watched revision, in order");
+    let next = client.put(format!("{watched}next"), "n").await.unwrap().header.unwrap().revision;
+    let more = responses_until(&mut a, |r| !r.events.is_empty()).await;
+    assert_eq!(more.last().unwrap().header.unwrap().revision, next, "and the next one");
+    drop(a_tx);
+}
+
 /// Watches the caller stops reading hold the HTTP/2 window of the connection they are on; the
 /// Rust client opens them on a connection of their own per member, with the largest connection
 /// window, so its other calls — puts, a session's keepalives — and its other watches go on. (On

@@ -599,12 +599,15 @@ mod tests {
         assert_eq!(outbox.wait_room(1, MIB - 1024).await, Ok(()), "room that is there is not waited for");
         assert!(outbox.has_room(1, MIB - 1024), "… nor taken");
 
+        let waited = Instant::now();
         let (room, taken) = tokio::join!(outbox.wait_room(1, MIB + MIB / 2), async {
             tokio::time::sleep(deadline / 2).await;
             outflow.next().await
         });
         assert!(matches!(taken, Some(Ok(_))), "the client takes a response: {taken:?}");
         assert_eq!(room, Ok(()), "the room it gave is found within the deadline");
+        assert_eq!(waited.elapsed(), deadline / 2, "… when the client took it, not before");
+        assert!(outbox.has_room(1, MIB + MIB / 2), "… and is left there");
         let asked = Instant::now();
         assert_eq!(outbox.wait_room(1, 3 * MIB).await, Err(Unsent::Stalled), "room never made is not found");
         assert_eq!(asked.elapsed(), deadline, "… after the stall deadline, not before");

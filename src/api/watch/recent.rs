@@ -120,12 +120,6 @@ impl Batch {
         Batch::encode_parts(changes.into_iter().map(Part::Change).collect(), cluster_id)
     }
 
-    /// Bytes of its encoded events (keys, and both forms of each event): no response of its
-    /// events carries more, but for their headers.
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
-
     /// The memory it holds, as the window charges it (and a stream catching up takes ahead).
     pub fn held(&self) -> usize {
         self.held
