@@ -226,9 +226,9 @@ enum Sent {
     All,
     /// To an oversized revision's marker, which the watch reads from the history next.
     ToOversized,
-    /// To `revision`, whose batch found no room in the stream's queue: `room` is what it
-    /// needs (responses, bytes).
-    ToFull { revision: i64, room: (usize, usize) },
+    /// To `revision`, whose batch found no room in the stream's queue for its `responses`
+    /// responses of `bytes`.
+    ToFull { revision: i64, responses: usize, bytes: usize },
 }
 
 /// Why a stream's task ends.
@@ -710,14 +710,14 @@ impl Stream {
                     return Ok(w.next <= last);
                 }
                 Sent::ToOversized => return Ok(true),
-                Sent::ToFull { revision, room } => {
+                Sent::ToFull { revision, responses, bytes } => {
                     drop(batches);
                     let Some(w) = self.watches.get_mut(&id) else { return Ok(false) };
                     if revision > w.next {
                         w.next = revision;
                         w.live = true;
                     }
-                    self.out.wait_room(room.0, room.1).await.map_err(|unsent| self.unsent(unsent))?;
+                    self.out.wait_room(responses, bytes).await.map_err(|unsent| self.unsent(unsent))?;
                     if revision > turn_end {
                         return Ok(true);
                     }
@@ -805,12 +805,9 @@ impl Stream {
         }
         let batches = Batch::of_parts(parts, self.ctx.node.cluster_id).map_err(|e| self.fail(e))?;
         let held = batches.iter().map(|b| b.held()).sum();
-        if !self.out.take_ahead(held) {
-            // No room now: hold nothing while waiting for it, then read the step again.
-            drop(batches);
-            self.out.wait_ahead(held).await.map_err(|unsent| self.unsent(unsent))?;
+        let Some(batches) = self.hold_step(batches, held).await? else {
             return Box::pin(self.catch_up(id)).await;
-        }
+        };
         let batches: Vec<Arc<Batch>> = batches.into_iter().map(Arc::new).collect();
         if let Sent::All = self.send_batches(id, &batches, false).await? {
             if let Some(w) = self.watches.get_mut(&id) {
@@ -818,6 +815,18 @@ impl Stream {
             }
         }
         Ok(true)
+    }
+
+    /// A step read from the history, kept if the member's budget has room for the `held` bytes
+    /// it holds now (taken ahead, see `outbox`). Else `None`: the step is dropped, and room for
+    /// it waited for, so that the caller reads it again holding nothing meanwhile.
+    async fn hold_step<T>(&self, step: T, held: usize) -> Result<Option<T>, End> {
+        if self.out.take_ahead(held) {
+            return Ok(Some(step));
+        }
+        drop(step);
+        self.out.wait_ahead(held).await.map_err(|unsent| self.unsent(unsent))?;
+        Ok(None)
     }
 
     /// Sends watch `id` the events it selects of `batches`, in order, up to the first oversized
@@ -844,7 +853,7 @@ impl Stream {
             if let Batched::NoRoom { responses, bytes } =
                 self.send_batch(id, b, true, false, stop_when_full).await?
             {
-                return Ok(Sent::ToFull { revision: b.revision, room: (responses, bytes) });
+                return Ok(Sent::ToFull { revision: b.revision, responses, bytes });
             }
         }
         Ok(Sent::All)
@@ -893,12 +902,10 @@ impl Stream {
             .map_err(|e| self.fail(e))?
             .pop()
             .unwrap_or_else(|| Batch::empty(next));
-        if !self.out.take_ahead(batch.held()) {
-            let held = batch.held();
-            drop(batch);
-            self.out.wait_ahead(held).await.map_err(|unsent| self.unsent(unsent))?;
+        let held = batch.held();
+        let Some(batch) = self.hold_step(batch, held).await? else {
             return Box::pin(self.oversized_step(id)).await;
-        }
+        };
         let last = more.is_none();
         let sent = matches!(self.send_batch(id, &batch, last, within.sent, false).await?, Batched::Sent)
             || within.sent;

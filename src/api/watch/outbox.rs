@@ -97,19 +97,18 @@ impl Drop for Ahead {
     }
 }
 
-/// Bytes of a stream's budget and of the member's (those taken for it, `bytes` of them, and
-/// those it took of what was taken ahead), given back (and uncounted) when dropped.
+/// Bytes of a stream's budget and of the member's (those taken for it, and those it took of
+/// what was taken ahead, which uncount themselves), given back (and uncounted) when dropped.
 struct Held {
     _own: OwnedSemaphorePermit,
-    _member: Option<OwnedSemaphorePermit>,
+    member: Option<OwnedSemaphorePermit>,
     _ahead: Option<Ahead>,
-    bytes: i64,
     gauge: Gauge,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.gauge.dec_by(self.bytes);
+        self.gauge.dec_by(self.member.as_ref().map_or(0, |m| m.num_permits()) as i64);
     }
 }
 
@@ -223,7 +222,7 @@ impl Outbox {
         };
         let gauge = self.member.gauge.clone();
         gauge.inc_by(rest as i64);
-        let held = Held { _own: own, _member: member, _ahead: ahead, bytes: rest as i64, gauge };
+        let held = Held { _own: own, member, _ahead: ahead, gauge };
         slot.send(Queued { item, _held: held });
         Ok(())
     }
