@@ -36,6 +36,7 @@ use crate::config::{Config, Peer};
 use crate::core::{self, Core, CoreError, Timing};
 use crate::fsm;
 use crate::metrics::{GrpcMetricsLayer, Metrics};
+use crate::node::freshness::{self, Freshness};
 use crate::node::inbox::FileInbox;
 use crate::node::{Budgets, Node};
 use crate::storage::{self, StorageError};
@@ -224,7 +225,23 @@ pub async fn run(
     )
     .map_err(ServerError::DnsDomain)?;
     let client_addrs = Arc::new(RwLock::new(BTreeMap::from([(id, client_addr.clone())])));
+    // One check for the member that DNS answers, watch streams, waiting acquires and election
+    // observers all ask; often enough for `--dns-max-stale`.
+    let freshness = Arc::new(Freshness::new(id));
+    let keeper = {
+        let (freshness, node) = (freshness.clone(), node.handle());
+        let every = (config.dns.max_stale / 4).clamp(freshness::RETRY_EVERY, freshness::CHECK_EVERY);
+        tokio::spawn(async move {
+            freshness
+                .keep(every, || {
+                    let node = node.clone();
+                    async move { node.read_index().await }
+                })
+                .await
+        })
+    };
     let ctx = Context {
+        freshness,
         node: node.handle(),
         limits: config.limits,
         members: config.initial_cluster.clone(),
@@ -298,6 +315,7 @@ pub async fn run(
     let checks_task = tokio::spawn(crate::health::run(ctx.clone(), stop_rx.clone()));
     let dns_task = tokio::spawn(crate::dns::serve(
         node.handle(),
+        ctx.freshness.clone(),
         crate::dns::Settings { zone, max_stale: config.dns.max_stale },
         ctx.client_addrs.clone(),
         metrics.clone(),
@@ -322,6 +340,7 @@ pub async fn run(
     }
     let _ = stop_tx.send(true);
     learner.abort();
+    keeper.abort();
     checks_task.abort();
     let result =
         tokio::task::spawn_blocking(move || node.stop()).await.unwrap_or(Ok(())).map_err(ServerError::from);

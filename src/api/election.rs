@@ -17,9 +17,9 @@ use tonic::{Request, Response, Status};
 use super::kv::check_request_id;
 use super::lock::{acquire, lock_result, public_sequencer, release, sequencer_of, Wait, Want};
 use super::{ApiError, Context};
-use crate::core::RequestError;
 use crate::fsm::elections::{self, Leader};
 use crate::fsm::locks;
+use crate::node::freshness::CUT_OFF_AFTER;
 
 /// Most bytes of a published value. Every candidate's value lives in the election's one row,
 /// which each change rewrites: kept small, as what is published is an address or a name.
@@ -185,12 +185,9 @@ impl Election for ElectionService {
                     _ = freshness.tick() => {
                         // A member cut off from the leader would stream a stale leader forever:
                         // it says so instead, and the client observes through another member.
-                        match ctx.node.read_index().await {
-                            Ok(()) | Err(RequestError::Overloaded { .. }) => {}
-                            Err(e) => {
-                                let _ = tx.send(Err(ctx.to_status(e.into()))).await;
-                                return;
-                            }
+                        if let Some(cut_off) = ctx.freshness.cut_off(CUT_OFF_AFTER) {
+                            let _ = tx.send(Err(ctx.to_status(cut_off.into()))).await;
+                            return;
                         }
                     }
                 }

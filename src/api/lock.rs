@@ -20,6 +20,7 @@ use super::{ApiError, Context};
 use crate::core::RequestError;
 use crate::fsm::locks::{self, RequestState, MAX_LOCK_DELAY_MS};
 use crate::fsm::sessions;
+use crate::node::freshness;
 
 /// Most locks one ListLocks answers (a name is at most 1 KiB: the answer stays well within a
 /// client's default 4 MiB message limit).
@@ -150,8 +151,8 @@ pub(crate) async fn acquire(
             }
             _ => return Err(ApiError::Internal(format!("acquire answered status {}", r.status))),
         }
-        // Every few election timeouts, a ReadIndex: a member cut off from the leader learns of
-        // no grant, and must say so (the client then asks another member) rather than wait on.
+        // A member cut off from the leader learns of no grant, and must say so (the client then
+        // asks another member) rather than wait on: it looks at the member's freshness check.
         let mut freshness = tokio::time::interval_at(tokio::time::Instant::now() + FRESHNESS, FRESHNESS);
         freshness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -184,23 +185,15 @@ pub(crate) async fn acquire(
             tokio::pin!(timed_out);
             tokio::select! {
                 _ = settlement.woken() => continue,
-                _ = freshness.tick() => {
-                    let fresh = tokio::select! {
-                        r = ctx.node.read_index() => Some(r),
-                        _ = &mut timed_out => None,
-                    };
-                    match fresh {
-                        // Overloaded is not cut off: keep waiting, look again at the next tick.
-                        Some(Ok(())) | Some(Err(RequestError::Overloaded { .. })) => continue,
-                        Some(Err(e)) => {
-                            // The client resends to another member, which joins this wait: it
-                            // is not withdrawn from here (the session's end bounds it).
-                            abandon.disarm();
-                            return Err(e.into());
-                        }
-                        None => {}
+                _ = freshness.tick() => match ctx.freshness.cut_off(freshness::CUT_OFF_AFTER) {
+                    None => continue,
+                    Some(cut_off) => {
+                        // The client resends to another member, which joins this wait: it is
+                        // not withdrawn from here (the session's end bounds it).
+                        abandon.disarm();
+                        return Err(cut_off.into());
                     }
-                }
+                },
                 _ = &mut timed_out => {}
             }
             if !abandon.armed() {

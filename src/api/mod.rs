@@ -19,7 +19,7 @@ use crate::core::RequestError;
 use crate::fsm::history::RevisionError;
 use crate::fsm::FsmError;
 use crate::fsm::COMMAND_VERSION;
-use crate::node::NodeHandle;
+use crate::node::{Freshness, NodeHandle};
 use latch_proto::internal::{command::Body, outcome, Command};
 use latch_proto::v1::ResponseHeader;
 use tonic::metadata::MetadataValue;
@@ -117,6 +117,8 @@ pub struct Context {
     pub peer_addr: String,
     /// Client addresses of the members, as they reported them (see `server::learn_members`).
     pub client_addrs: Arc<RwLock<BTreeMap<u64, String>>>,
+    /// Whether the member is in touch with a leader (one check for all who ask).
+    pub freshness: Arc<Freshness>,
 }
 
 impl Context {
@@ -254,7 +256,8 @@ impl Context {
             ApiError::Request(RequestError::NoLeader { .. })
             | ApiError::Request(RequestError::NotLeader { .. })
             | ApiError::Request(RequestError::ShuttingDown)
-            | ApiError::Request(RequestError::TimedOut { .. }) => {
+            | ApiError::Request(RequestError::TimedOut { .. })
+            | ApiError::Request(RequestError::CutOff { .. }) => {
                 let mut status = Status::unavailable(msg);
                 let leader = self.node.status().leader;
                 let addr = self.client_addrs.read().ok().and_then(|m| m.get(&leader).cloned());

@@ -30,9 +30,10 @@
 //! - A progress response says `next − 1` (of the watch, or the least of the stream's): never
 //!   ahead of what was delivered; and like a `created` response's, never ahead of the member's
 //!   applied revision (a watch that starts in the future).
-//! - A stream with watches confirms every `lock::FRESHNESS` that its member is in touch with a
-//!   leader (a ReadIndex, beside the stream); after two failures in a row (a member cut off: it
-//!   would stream nothing new, silently) it ends UNAVAILABLE, so clients resume elsewhere. A
+//! - A stream with watches on a member that no leader confirmed for
+//!   `freshness::CUT_OFF_AFTER` (a member cut off: it would stream nothing new, silently) ends
+//!   UNAVAILABLE, so clients resume elsewhere; the member's one check (`node::freshness`)
+//!   serves every stream. A
 //!   watch from now waits at most `lock::FRESHNESS` for its own ReadIndex; failing, that create
 //!   alone is refused (UNAVAILABLE), the stream and its other watches go on.
 //! - A watch served from the window that fell below it (its client read too slowly while the
@@ -40,6 +41,7 @@
 //!   canceled COMPACTED, or with `on_compacted = SNAPSHOT` gets the range's state at the
 //!   member's revision R and goes on from R + 1.
 
+mod gate;
 mod outbox;
 mod recent;
 mod snapshot;
@@ -57,16 +59,18 @@ use prost::bytes::Bytes;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
+use futures::StreamExt as _;
+use gate::Gated;
 use outbox::{Outbox, Outflow, QueueBudget, Unsent};
 pub use recent::Recent;
 use recent::{Batch, Encoded, OVERSIZED_REVISION_BYTES, READ_STEP_BYTES};
 use snapshot::{snapshot_page, SnapshotSlot};
 
 use super::{ApiError, Context};
-use crate::core::RequestError;
 use crate::fsm;
 use crate::fsm::history::{self, Part, Space};
 use crate::metrics::Metrics;
+use crate::node::freshness;
 
 /// Most bytes of events in one response; a revision's events past it are split in fragments.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -269,19 +273,21 @@ impl Drop for Stream {
 }
 
 impl Stream {
-    async fn run(mut self, mut requests: Streaming<WatchRequest>, mut stop: watch::Receiver<bool>) {
+    async fn run(mut self, requests: Streaming<WatchRequest>, stop: watch::Receiver<bool>) {
         let mut moved = self.recent.subscribe();
+        // Every source but the window's is gated: woken for a revision (every stream is, on
+        // every revision), the task looks at each of them with an atomic swap, not a poll.
+        let mut requests = Gated::new(requests);
+        let mut stopping = Gated::new(Box::pin(async move {
+            let mut stop = stop;
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+        let mut gone = Gated::new(Box::pin(self.out.on_close()));
         let tick_every = (self.progress_every / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let every = super::lock::FRESHNESS;
-        let mut freshness = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        freshness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = Gated::new(tokio_stream::wrappers::IntervalStream::new(tick));
         let mut asking = true;
-        // The freshness check in flight (it runs beside the stream, never holding it), and the
-        // failures in a row so far: one failed ReadIndex (an election under way) is forgiven.
-        let mut checking: Option<tokio::task::JoinHandle<Result<(), String>>> = None;
-        let mut failures = 0;
         loop {
             moved.borrow_and_update();
             let behind = match self.deliver().await {
@@ -290,54 +296,37 @@ impl Stream {
             };
             let step = tokio::select! {
                 biased;
-                _ = async { let _ = stop.wait_for(|s| *s).await; } => Err(End::Failed(Status::unavailable("the member is shutting down: resume the watches on another member"))),
-                _ = self.out.closed() => Err(End::Gone),
-                msg = requests.message(), if asking => match msg {
-                    Ok(Some(req)) => self.handle(req).await,
+                _ = &mut stopping => Err(End::Failed(Status::unavailable("the member is shutting down: resume the watches on another member"))),
+                _ = &mut gone => Err(End::Gone),
+                msg = requests.next(), if asking => match msg {
+                    Some(Ok(req)) => self.handle(req).await,
                     // The client sends no more requests; its watches go on.
-                    Ok(None) => { asking = false; Ok(()) }
+                    None => { asking = false; Ok(()) }
                     // A request that does not decode (too large, say) is answered with why; a
                     // client that went away does not read it.
-                    Err(status) => Err(End::Failed(status)),
+                    Some(Err(status)) => Err(End::Failed(status)),
                 },
                 changed = moved.changed() => if changed.is_err() { Err(End::Gone) } else { Ok(()) },
-                _ = tick.tick() => self.idle_progress().await,
-                _ = freshness.tick(), if !self.watches.is_empty() && checking.is_none() => {
-                    let node = self.ctx.node.clone();
-                    // Not a request's whole timeout: a member that cannot confirm within the
-                    // check's period is as good as cut off for a watcher.
-                    checking = Some(tokio::spawn(async move {
-                        match tokio::time::timeout(every, node.read_index()).await {
-                            Ok(Ok(()) | Err(RequestError::Overloaded { .. })) => Ok(()),
-                            Ok(Err(e)) => Err(e.to_string()),
-                            Err(_) => Err(format!("no leader confirmed this member's state within {every:?}")),
-                        }
-                    }));
-                    Ok(())
-                }
-                checked = async {
-                    match checking.as_mut() {
-                        Some(check) => check.await,
-                        None => std::future::pending().await,
-                    }
-                }, if checking.is_some() => {
-                    checking = None;
-                    match checked {
-                        Ok(Ok(())) => { failures = 0; Ok(()) }
-                        Ok(Err(e)) if failures == 0 => { failures += 1; tracing::debug!(error = %e, "watch stream: a freshness check failed"); Ok(()) }
-                        Ok(Err(e)) => Err(End::Failed(Status::unavailable(format!(
-                            "{e}: this member may be cut off from the cluster; resume the watches on another member"
-                        )))),
-                        Err(_) => Ok(()),
-                    }
-                }
-                // Last: a stream with catching up to do still checks, ticks and reads requests.
+                _ = ticks.next() => self.on_tick().await,
+                // Last: a stream with catching up to do still ticks and reads requests.
                 _ = std::future::ready(()), if behind => Ok(()),
             };
             if let Err(end) = step {
                 return self.end(end).await;
             }
         }
+    }
+
+    /// A tick: a stream with watches on a member no leader confirmed for
+    /// [`freshness::CUT_OFF_AFTER`] ends (its member would stream nothing new, silently; its
+    /// client resumes elsewhere); else the idle watches that asked for it get progress.
+    async fn on_tick(&mut self) -> Result<(), End> {
+        if !self.watches.is_empty() {
+            if let Some(cut_off) = self.ctx.freshness.cut_off(freshness::CUT_OFF_AFTER) {
+                return Err(End::Failed(Status::unavailable(format!("{cut_off}: resume the watches there"))));
+            }
+        }
+        self.idle_progress().await
     }
 
     async fn end(self, end: End) {

@@ -192,6 +192,13 @@ pub enum RequestError {
     /// another member) may succeed.
     #[error("member {member} is overloaded: {what} would exceed {limit} bytes ({flag}); retry later")]
     Overloaded { member: u64, what: &'static str, limit: u64, flag: &'static str },
+    /// No leader confirmed the member's state for a while (see `node::freshness`): what it
+    /// serves may be stale, and stay so.
+    #[error(
+        "no leader confirmed member {member}'s state for {silent_ms} ms ({why}): it may be cut off \
+         from the cluster; retry on another member"
+    )]
+    CutOff { member: u64, silent_ms: u64, why: String },
 }
 
 /// A failure the node cannot continue after: its disk or its state is in doubt.

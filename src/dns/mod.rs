@@ -18,9 +18,9 @@ pub mod records;
 pub mod zone;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
@@ -34,15 +34,13 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use crate::fsm;
 use crate::metrics::Metrics;
-use crate::node::NodeHandle;
+use crate::node::{Freshness, NodeHandle};
 use zone::{Source, Zone};
 
 /// How long a TCP connection may stay idle between queries.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Responses buffered per TCP connection.
 const TCP_RESPONSE_BUFFER: usize = 32;
-/// How long one freshness ReadIndex may take.
-const FRESHNESS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The DNS settings of a member.
 #[derive(Debug, Clone)]
@@ -50,44 +48,6 @@ pub struct Settings {
     pub zone: Zone,
     /// Answer SERVFAIL once the member has been out of touch with a leader this long.
     pub max_stale: Duration,
-}
-
-/// When this member last knew its state was fresh: the time it asked a ReadIndex that then
-/// succeeded (milliseconds since `base`, 0 = never).
-pub struct Freshness {
-    base: Instant,
-    asked_ms: AtomicU64,
-}
-
-impl Freshness {
-    fn new() -> Freshness {
-        Freshness { base: Instant::now(), asked_ms: AtomicU64::new(0) }
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.base.elapsed().as_millis() as u64 + 1
-    }
-
-    /// How far behind the leader the state may be; `None` before the first confirmation.
-    pub fn stale_for(&self) -> Option<Duration> {
-        match self.asked_ms.load(Ordering::Relaxed) {
-            0 => None,
-            at => Some(Duration::from_millis(self.now_ms().saturating_sub(at))),
-        }
-    }
-
-    /// Confirms freshness every `every` (every 100 ms while it fails) until the node stops.
-    async fn keep(self: Arc<Self>, node: NodeHandle, every: Duration) {
-        loop {
-            let asked = self.now_ms();
-            let confirmed =
-                matches!(tokio::time::timeout(FRESHNESS_TIMEOUT, node.read_index()).await, Ok(Ok(())));
-            if confirmed {
-                self.asked_ms.fetch_max(asked, Ordering::Relaxed);
-            }
-            tokio::time::sleep(if confirmed { every } else { Duration::from_millis(100) }).await;
-        }
-    }
 }
 
 /// The instances of the services asked lately, as of one revision: a query for a service asks
@@ -461,15 +421,13 @@ pub async fn bind(addr: &str) -> std::io::Result<(UdpSocket, TcpListener)> {
 /// Serves the DNS port until `stop` says so.
 pub async fn serve(
     node: NodeHandle,
+    freshness: Arc<Freshness>,
     settings: Settings,
     members: Arc<RwLock<BTreeMap<u64, String>>>,
     metrics: Arc<Metrics>,
     sockets: (UdpSocket, TcpListener),
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let freshness = Arc::new(Freshness::new());
-    let every = (settings.max_stale / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
-    let keeper = tokio::spawn(freshness.clone().keep(node.clone(), every));
     let revisions = node.revisions();
     let handler = Handler {
         node,
@@ -485,7 +443,6 @@ pub async fn serve(
     server.register_socket(sockets.0);
     server.register_listener(sockets.1, TCP_IDLE, TCP_RESPONSE_BUFFER);
     let _ = stop.wait_for(|s| *s).await;
-    keeper.abort();
     if let Err(e) = server.shutdown_gracefully().await {
         tracing::debug!(error = %e, "DNS server ended with an error");
     }

@@ -31,6 +31,7 @@ use tokio::sync::oneshot;
 
 pub mod apply;
 pub mod budget;
+pub mod freshness;
 pub mod inbox;
 pub mod lock_hub;
 
@@ -39,6 +40,7 @@ use crate::core::{
 };
 use crate::metrics::{Metrics, RaftMetrics};
 use budget::{Budget, Permit};
+pub use freshness::Freshness;
 use latch_proto::internal::{Command, Outcome};
 pub use lock_hub::LockHub;
 

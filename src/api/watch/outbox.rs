@@ -345,9 +345,10 @@ impl Outbox {
         }
     }
 
-    /// Resolves when the client went away (or the queue was cut).
-    pub async fn closed(&self) {
-        self.tx.closed().await
+    /// Resolves when the client went away (or the queue was cut); holds none of the outbox.
+    pub fn on_close(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let tx = self.tx.clone();
+        async move { tx.closed().await }
     }
 }
 
