@@ -228,18 +228,6 @@ pub async fn run(
     // One check for the member that DNS answers, watch streams, waiting acquires and election
     // observers all ask; often enough for `--dns-max-stale`.
     let freshness = Arc::new(Freshness::new(id));
-    let keeper = {
-        let (freshness, node) = (freshness.clone(), node.handle());
-        let every = (config.dns.max_stale / 4).clamp(freshness::RETRY_EVERY, freshness::CHECK_EVERY);
-        tokio::spawn(async move {
-            freshness
-                .keep(every, || {
-                    let node = node.clone();
-                    async move { node.read_index().await }
-                })
-                .await
-        })
-    };
     let ctx = Context {
         freshness,
         node: node.handle(),
@@ -312,6 +300,18 @@ pub async fn run(
         crate::http::router(node.handle(), metrics.clone()),
         stopped(stop_rx.clone()),
     );
+    let keeper = {
+        let (fresh, node) = (ctx.freshness.clone(), node.handle());
+        let every = (config.dns.max_stale / 4).clamp(freshness::RETRY_EVERY, freshness::CHECK_EVERY);
+        tokio::spawn(async move {
+            fresh
+                .keep(every, || {
+                    let node = node.clone();
+                    async move { node.read_index_for_freshness().await }
+                })
+                .await
+        })
+    };
     let checks_task = tokio::spawn(crate::health::run(ctx.clone(), stop_rx.clone()));
     let dns_task = tokio::spawn(crate::dns::serve(
         node.handle(),

@@ -3,7 +3,9 @@
 //!
 //! Invariant: a [`Permit`] holds its bytes from [`Budget::try_take`] until it is dropped, and
 //! whoever holds the thing it pays for (a queued event, a waiting request) holds the permit, so
-//! `used` is at most `limit` plus nothing: a take that would pass the limit fails.
+//! `used` is at most `limit` plus nothing: a take that would pass the limit fails. The one
+//! exception, [`Budget::take_beyond`], is for the member's own freshness check, one at a time:
+//! `used` passes `limit` by at most that check's bytes.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -45,6 +47,16 @@ impl Budget {
                 Err(now) => used = now,
             }
         }
+    }
+}
+
+impl Budget {
+    /// Takes `bytes` even past the limit: only for what the member must ask whatever its
+    /// clients hold (its one freshness check, `node::freshness`; a member cut off from the
+    /// leader fills the budget with requests nobody answers, and its check must still ask).
+    pub fn take_beyond(self: &Arc<Budget>, bytes: usize) -> Permit {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+        Permit { budget: self.clone(), bytes }
     }
 }
 

@@ -5,18 +5,21 @@
 //!
 //! A member cut off from the leader applies nothing new, and nothing on it says so: it would
 //! answer its old state and stream nothing, silently. Each of those once ran a ReadIndex of its
-//! own every [`CHECK_EVERY`]; with 10,000 watch streams that was 5,000 ReadIndex rounds a
+//! own every 2 s; with 10,000 watch streams that was 5,000 ReadIndex rounds a
 //! second for the cluster, to learn one fact about the member. Now the member learns it once
-//! and each asks [`Freshness::cut_off`], a load of two atomics.
+//! and each asks [`Freshness::cut_off`], a load of an atomic.
 //!
 //! Invariants:
 //! - `confirmed` only grows, and is when a ReadIndex was *asked* that then succeeded: the
-//!   member's state was as new as the leader's commit at that instant, so `stale_for` never
-//!   understates how far behind it may be.
-//! - `refused` (a check refused as overloaded: the member is busy, not cut off) only grows; it
-//!   spares streams and waits, never DNS (an overloaded member confirmed nothing).
+//!   member's state was as new as the leader's commit at that instant, so `stale_for` (DNS)
+//!   never understates how far behind it may be.
+//! - `answered` only grows, and is when a check last succeeded. A member in touch is never
+//!   silent for longer than the period plus [`CHECK_TIMEOUT`] (3 s), so [`CUT_OFF_AFTER`] cuts
+//!   off only a member whose checks fail or go unanswered: a slow check is not a failed one.
 //! - One check is in flight at a time: one a period while they succeed, one every
-//!   [`RETRY_EVERY`] while they fail, so a member back in touch says so within that.
+//!   [`RETRY_EVERY`] while they fail, so a member back in touch says so within that. The check
+//!   is never refused for the client requests the member holds
+//!   (`NodeHandle::read_index_for_freshness`): those fill up exactly when it is cut off.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -33,19 +36,20 @@ pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// The period of checks while they fail.
 pub const RETRY_EVERY: Duration = Duration::from_millis(100);
-/// How long a member may go without a confirmation before streams and waits on it end (their
-/// clients go on through another member): two failed checks of [`CHECK_TIMEOUT`] in a row. One
-/// is forgiven, an election under way.
-pub const CUT_OFF_AFTER: Duration = Duration::from_secs(4);
+/// How long a member may go without a check answering before watch streams, waiting acquires
+/// and election observers on it end (their clients go on through another member): longer than
+/// a member in touch is ever silent (a period and a whole [`CHECK_TIMEOUT`]), so that only a
+/// member whose checks fail for about two timeouts is cut off.
+pub const CUT_OFF_AFTER: Duration = Duration::from_secs(5);
 
 pub struct Freshness {
     member: u64,
     base: Instant,
     /// Milliseconds since `base` (+1; 0: never) when the last ReadIndex that succeeded was asked.
     confirmed: AtomicU64,
-    /// Likewise, for the last check refused as overloaded.
-    refused: AtomicU64,
-    /// Why the last check failed, while they fail.
+    /// Likewise, when the last check succeeded.
+    answered: AtomicU64,
+    /// Why the last check failed, until one succeeds.
     failure: Mutex<Option<String>>,
 }
 
@@ -55,7 +59,7 @@ impl Freshness {
             member,
             base: Instant::now(),
             confirmed: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
             failure: Mutex::new(None),
         }
     }
@@ -77,12 +81,11 @@ impl Freshness {
         }
     }
 
-    /// `Some(error)` when nothing confirmed (or refused as overloaded) the member's state for
-    /// longer than `after` — counted from when checking started, for a member that never
-    /// confirmed — saying for how long and why: the caller ends what it serves with it.
+    /// `Some(error)` when no check answered for longer than `after` — counted from when the
+    /// member began checking, for one that never confirmed — saying for how long and why: the
+    /// caller ends what it serves with it.
     pub fn cut_off(&self, after: Duration) -> Option<RequestError> {
-        let heard = self.confirmed.load(Ordering::Relaxed).max(self.refused.load(Ordering::Relaxed)).max(1);
-        let silent = self.since(heard);
+        let silent = self.since(self.answered.load(Ordering::Relaxed).max(1));
         if silent <= after {
             return None;
         }
@@ -90,7 +93,7 @@ impl Freshness {
         Some(RequestError::CutOff {
             member: self.member,
             silent_ms: silent.as_millis() as u64,
-            why: why.unwrap_or_else(|| "no check has answered".into()),
+            why: why.unwrap_or_else(|| "a check is in flight, unanswered".into()),
         })
     }
 
@@ -104,19 +107,21 @@ impl Freshness {
         loop {
             let asked = self.now_ms();
             let failure = match tokio::time::timeout(CHECK_TIMEOUT, confirm()).await {
-                Ok(Ok(())) => {
-                    self.confirmed.fetch_max(asked, Ordering::Relaxed);
-                    None
-                }
-                Ok(Err(RequestError::Overloaded { .. })) => {
-                    self.refused.fetch_max(asked, Ordering::Relaxed);
-                    None
-                }
+                Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e.to_string()),
                 Err(_) => Some(format!("no leader confirmed this member's state within {CHECK_TIMEOUT:?}")),
             };
             let failed = failure.is_some();
-            *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = failure;
+            match failure {
+                None => {
+                    // The reason goes first: a cut-off that reads the timestamps before these
+                    // stores and the reason after gives at worst no reason, never an old one.
+                    *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                    self.confirmed.fetch_max(asked, Ordering::Relaxed);
+                    self.answered.fetch_max(self.now_ms(), Ordering::Relaxed);
+                }
+                Some(why) => *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(why),
+            }
             tokio::time::sleep(if failed { RETRY_EVERY } else { every }).await;
         }
     }
@@ -128,43 +133,46 @@ mod tests {
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
 
+    fn keeper<F, Fut>(fresh: &Arc<Freshness>, confirm: F) -> tokio::task::JoinHandle<()>
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), RequestError>> + Send,
+    {
+        let fresh = fresh.clone();
+        tokio::spawn(async move { fresh.keep(CHECK_EVERY, confirm).await })
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn a_member_is_cut_off_only_after_going_unconfirmed_longer_than_the_limit_and_says_why() {
+    async fn a_member_is_cut_off_only_after_no_check_answered_longer_than_the_limit_and_says_why() {
         let fresh = Arc::new(Freshness::new(7));
         let answering = Arc::new(AtomicBool::new(true));
-        let keeper = {
-            let (fresh, answering) = (fresh.clone(), answering.clone());
-            tokio::spawn(async move {
-                fresh
-                    .keep(Duration::from_secs(1), || {
-                        let up = answering.load(Ordering::Relaxed);
-                        async move {
-                            if up {
-                                Ok(())
-                            } else {
-                                Err(RequestError::NoLeader { member: 7 })
-                            }
-                        }
-                    })
-                    .await
-            })
-        };
+        let up = answering.clone();
+        let keeper = keeper(&fresh, move || {
+            let up = up.load(Ordering::Relaxed);
+            async move {
+                if up {
+                    Ok(())
+                } else {
+                    Err(RequestError::NoLeader { member: 7 })
+                }
+            }
+        });
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(fresh.stale_for().is_some_and(|s| s < Duration::from_millis(20)), "confirmed at once");
         assert!(fresh.cut_off(CUT_OFF_AFTER).is_none());
 
+        // Answered last when checking began (the next check, at 1 s, fails).
         answering.store(false, Ordering::Relaxed);
-        // Confirmed last when checking began (the next check, at 1 s, fails).
-        tokio::time::sleep(Duration::from_millis(3_900)).await;
-        assert!(fresh.cut_off(CUT_OFF_AFTER).is_none(), "3.9 s without a confirmation is not yet cut off");
+        tokio::time::sleep(Duration::from_millis(4_890)).await;
+        assert!(fresh.cut_off(CUT_OFF_AFTER).is_none(), "4.9 s without an answer is not yet cut off");
         tokio::time::sleep(Duration::from_millis(200)).await;
         let Some(RequestError::CutOff { member, silent_ms, why }) = fresh.cut_off(CUT_OFF_AFTER) else {
-            panic!("cut off after 4.1 s without a confirmation");
+            panic!("cut off after 5.1 s without an answer");
         };
         assert_eq!(member, 7);
-        assert!((4_001..=4_200).contains(&silent_ms), "silent since the last confirmation: {silent_ms} ms");
+        assert!((5_001..=5_200).contains(&silent_ms), "silent since the last answer: {silent_ms} ms");
         assert!(why.contains("no leader is known"), "the last check's failure: {why}");
-        assert!(fresh.stale_for().is_some_and(|s| s > Duration::from_secs(4)), "DNS sees it stale too");
+        assert!(fresh.stale_for().is_some_and(|s| s > Duration::from_secs(5)), "DNS sees it stale too");
 
         answering.store(true, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -173,36 +181,28 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_overloaded_check_keeps_streams_but_confirms_nothing_to_dns() {
+    async fn a_member_whose_checks_are_slow_but_answer_is_never_cut_off() {
         let fresh = Arc::new(Freshness::new(1));
-        let keeper = {
-            let fresh = fresh.clone();
-            tokio::spawn(async move {
-                fresh
-                    .keep(Duration::from_secs(1), || async {
-                        Err(RequestError::Overloaded { member: 1, what: "reads", limit: 1, flag: "--flag" })
-                    })
-                    .await
-            })
-        };
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        assert!(fresh.cut_off(CUT_OFF_AFTER).is_none(), "overloaded is not cut off");
-        assert_eq!(fresh.stale_for(), None, "nothing was confirmed");
+        let keeper = keeper(&fresh, || async {
+            tokio::time::sleep(CHECK_TIMEOUT - Duration::from_millis(50)).await;
+            Ok(())
+        });
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(fresh.cut_off(CUT_OFF_AFTER).map(|e| e.to_string()), None, "answered every 2.95 s");
+        }
+        assert!(fresh.stale_for().is_some_and(|s| s <= Duration::from_millis(2_950 + 1_950)));
         keeper.abort();
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_member_that_never_confirmed_is_cut_off_counting_from_when_checks_began() {
         let fresh = Arc::new(Freshness::new(2));
-        let keeper = {
-            let fresh = fresh.clone();
-            tokio::spawn(async move {
-                fresh.keep(Duration::from_secs(1), std::future::pending::<Result<(), RequestError>>).await
-            })
-        };
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        assert!(fresh.cut_off(CUT_OFF_AFTER).is_none(), "3 s after it began");
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        let keeper = keeper(&fresh, std::future::pending::<Result<(), RequestError>>);
+        tokio::time::sleep(Duration::from_millis(4_900)).await;
+        assert!(fresh.cut_off(CUT_OFF_AFTER).is_none(), "4.9 s after it began");
+        assert_eq!(fresh.stale_for(), None, "nothing confirmed: DNS answers SERVFAIL");
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let cut = fresh.cut_off(CUT_OFF_AFTER).map(|e| e.to_string()).unwrap_or_default();
         assert!(cut.contains("within 2s"), "the check timed out: {cut}");
         keeper.abort();

@@ -130,6 +130,17 @@ impl NodeHandle {
     /// Waits until a linearizable read may be served from this node's applied state.
     pub async fn read_index(&self) -> Result<(), RequestError> {
         let permit = self.take_pending(READ_BYTES)?;
+        self.read_index_with(permit).await
+    }
+
+    /// [`NodeHandle::read_index`] for the member's freshness check (`node::freshness`), one at
+    /// a time: never refused for the client requests the member holds, which fill up exactly
+    /// when it is cut off.
+    pub async fn read_index_for_freshness(&self) -> Result<(), RequestError> {
+        self.read_index_with(self.pending.take_beyond(READ_BYTES)).await
+    }
+
+    async fn read_index_with(&self, permit: Permit) -> Result<(), RequestError> {
         let (reply, rx) = oneshot::channel();
         self.events.send(Event::Read { reply, permit }).map_err(|_| RequestError::ShuttingDown)?;
         rx.await.map_err(|_| RequestError::ShuttingDown)?

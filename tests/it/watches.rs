@@ -698,8 +698,8 @@ async fn a_watch_on_a_member_cut_off_from_the_leader_moves_to_another_member() {
 
     c.isolate(cut).await;
     let after = writer.put(format!("{PREFIX}a"), "2").await.unwrap().header.unwrap().revision;
-    // The cut-off member never applies it: the watch must end there (two failed freshness
-    // checks of 2 s, one every 2 s) and resume elsewhere.
+    // The cut-off member never applies it: the watch must end there (its member's freshness
+    // check unanswered for 5 s) and resume elsewhere.
     let events = tokio::time::timeout(Duration::from_secs(20), next_events(&mut updates))
         .await
         .expect("the write arrives within 20 s");

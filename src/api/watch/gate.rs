@@ -100,6 +100,7 @@ mod tests {
     use super::*;
     use futures::StreamExt as _;
     use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
 
     /// A stream that counts its polls and yields what was pushed into its channel.
     struct Counted {
@@ -115,12 +116,17 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    /// `what`, or a failure naming it if it does not come within a (paused) minute.
+    async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(60), f).await.unwrap_or_else(|_| panic!("{what} never came"))
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_gated_stream_is_polled_only_after_it_woke_and_loses_no_item() {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let polls = Arc::new(AtomicUsize::new(0));
         let mut gated = Gated::new(Counted { rx, polls: polls.clone() });
-        let mut other = tokio::time::interval(std::time::Duration::from_millis(1));
+        let mut other = tokio::time::interval(Duration::from_millis(1));
         // Woken 20 times by another source: the gated stream is polled once (to register).
         for _ in 0..20 {
             tokio::select! {
@@ -134,17 +140,31 @@ mod tests {
         // second announced itself with no wake of its own.
         tx.send(1).unwrap();
         tx.send(2).unwrap();
-        assert_eq!(gated.next().await, Some(1));
-        assert_eq!(gated.next().await, Some(2));
+        assert_eq!(within("the first item", gated.next()).await, Some(1));
+        assert_eq!(within("the second item", gated.next()).await, Some(2));
         drop(tx);
-        assert_eq!(gated.next().await, None, "its end comes through");
+        assert_eq!(within("the end", gated.next()).await, None, "its end comes through");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
+    async fn a_gated_interval_keeps_ticking() {
+        // An interval re-arms its timer without a new registration after a tick: the gate must
+        // poll it again after each tick, or it would never tick twice.
+        let mut ticks = Gated::new(tokio_stream::wrappers::IntervalStream::new(tokio::time::interval(
+            Duration::from_secs(1),
+        )));
+        let start = tokio::time::Instant::now();
+        for n in 0..5u64 {
+            within("a tick", ticks.next()).await.expect("an interval never ends");
+            assert_eq!(start.elapsed(), Duration::from_secs(n), "tick {n} on time");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_gated_future_completes_when_its_inner_does() {
         let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
         let mut gated = Gated::new(rx);
-        let mut other = tokio::time::interval(std::time::Duration::from_millis(1));
+        let mut other = tokio::time::interval(Duration::from_millis(1));
         for _ in 0..3 {
             tokio::select! {
                 biased;
@@ -153,6 +173,6 @@ mod tests {
             }
         }
         tx.send(7).unwrap();
-        assert_eq!((&mut gated).await, Ok(7));
+        assert_eq!(within("the value", &mut gated).await, Ok(7));
     }
 }
