@@ -20,9 +20,12 @@
 //! watchers). So a flush of less than [`YIELD_BELOW`] yields once first: it wakes its task and
 //! returns Pending, which puts the connection's task at the back of its worker's queue, behind
 //! the tasks ready now — those streams' tasks, whose responses join the same write. The next
-//! flush writes: a response waits at most one turn of its worker's queue. A yield that gathered
-//! nothing (a connection with one request answered at a time) costs a turn of the connection's
-//! task for no gain, so after one the next [`SKIP_AFTER_NO_GAIN`] flushes write at once.
+//! flush writes, even if the socket makes it wait first: a response waits for the tasks that
+//! were ready before its connection's (in the worker's queue, or the runtime's shared one when
+//! that overflows). A yield that gathered nothing costs a turn of the connection's task for no
+//! gain, so after one the next [`SKIP_AFTER_NO_GAIN`] flushes write at once. That is also what
+//! a connection still receiving requests gets: hyper polls h2 again at once for the next
+//! request, which flushes again with nothing added.
 //!
 //! Invariants:
 //! - Bytes reach the socket in the order they were written, each once; a flush returns ready
@@ -140,7 +143,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gathered<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.yielded.take() {
+        match self.yielded {
+            // The write is owed now, even if the socket makes it wait.
             Some(held) if held == self.held.len() => self.skip = SKIP_AFTER_NO_GAIN,
             Some(_) => {}
             None if self.held.is_empty() || self.held.len() >= YIELD_BELOW => {}
@@ -153,6 +157,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gathered<S> {
             }
         }
         ready!(self.poll_write_held(cx))?;
+        self.yielded = None;
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
@@ -316,6 +321,25 @@ mod tests {
         write(&mut g, &bytes(300, 9));
         assert!(Pin::new(&mut g).poll_flush(&mut cx).is_pending(), "then it tries a yield again");
         assert_eq!(woken.load(std::sync::atomic::Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_flush_that_yielded_writes_next_even_after_the_socket_made_it_wait() {
+        use futures::task::noop_waker_ref;
+        let mut cx = Context::from_waker(noop_waker_ref());
+        // The socket refuses every other call.
+        let mut g = Gathered::new(Sink { busy: true, ..Sink::new(usize::MAX) });
+        let held = Pin::new(&mut g).poll_write(&mut cx, &bytes(300, 1));
+        assert!(matches!(held, Poll::Ready(Ok(300))));
+        assert!(Pin::new(&mut g).poll_flush(&mut cx).is_pending(), "the flush yields");
+        // Another response joins meanwhile (the yield gathered something).
+        let joined = Pin::new(&mut g).poll_write(&mut cx, &bytes(300, 2));
+        assert!(matches!(joined, Poll::Ready(Ok(300))));
+        assert!(Pin::new(&mut g).poll_flush(&mut cx).is_pending(), "the socket refuses the write");
+        assert!(g.io.calls.is_empty());
+        assert!(Pin::new(&mut g).poll_flush(&mut cx).is_ready(), "written now: no second yield");
+        assert_eq!(g.io.calls, vec![600]);
+        assert_eq!(g.io.flushes, 1, "the socket was flushed once, after the write");
     }
 
     #[tokio::test]
