@@ -163,13 +163,8 @@ impl WatchApi for WatchService {
 /// One watch of a stream.
 struct Watch {
     id: i64,
-    /// What it watches: keys, or sessions', locks' or elections' states.
-    space: Space,
-    key: Vec<u8>,
-    range_end: Vec<u8>,
+    selection: Selection,
     prev_kv: bool,
-    no_put: bool,
-    no_delete: bool,
     progress_notify: bool,
     snapshot_on_compacted: bool,
     /// The first revision not delivered yet.
@@ -199,18 +194,31 @@ struct Within {
     sent: bool,
 }
 
-impl Watch {
-    fn selects(&self, e: &Encoded) -> bool {
-        self.selects_change(e.space, e.delete, &e.key)
-    }
+/// The changes a watch takes.
+#[derive(Clone)]
+struct Selection {
+    /// Keys, or sessions', locks' or elections' states.
+    space: Space,
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    no_put: bool,
+    no_delete: bool,
+}
 
-    /// Whether the watch takes a change of `key` in `space` (a delete, or a put).
-    fn selects_change(&self, space: Space, delete: bool, key: &[u8]) -> bool {
+impl Selection {
+    /// Whether it takes a change of `key` in `space` (a delete, or a put).
+    fn takes(&self, space: Space, delete: bool, key: &[u8]) -> bool {
         if space != self.space {
             return false;
         }
         let filtered = if delete { self.no_delete } else { self.no_put };
         !filtered && fsm::selects(&self.key, &self.range_end, key)
+    }
+}
+
+impl Watch {
+    fn selects(&self, e: &Encoded) -> bool {
+        self.selection.takes(e.space, e.delete, &e.key)
     }
 }
 
@@ -526,12 +534,14 @@ impl Stream {
             id,
             Watch {
                 id,
-                space,
-                key: c.key,
-                range_end: c.range_end,
+                selection: Selection {
+                    space,
+                    key: c.key,
+                    range_end: c.range_end,
+                    no_put: c.no_put,
+                    no_delete: c.no_delete,
+                },
                 prev_kv: c.prev_kv,
-                no_put: c.no_put,
-                no_delete: c.no_delete,
                 progress_notify: c.progress_notify,
                 snapshot_on_compacted,
                 next,
@@ -781,18 +791,23 @@ impl Stream {
             self.cancel(id, CancelReason::Slow, next - 1, message, 0).await?;
             return Ok(false);
         }
-        let (mut parts, through) =
-            history::parts(&txn, next, current, READ_STEP_BYTES, OVERSIZED_REVISION_BYTES)
-                .map_err(|e| self.fail(e))?;
-        drop(txn);
-        // The step serves this watch alone: it encodes, and holds, only what the watch takes.
-        if let Some(w) = self.watches.get(&id) {
-            parts.retain(|p| match p {
-                Part::Change(c) => w.selects_change(c.space, c.delete, &c.kv.key),
-                Part::Oversized { .. } => true,
-            });
-        }
-        let batches = Batch::of_parts(parts, self.ctx.node.cluster_id).map_err(|e| self.fail(e))?;
+        let selection = self.watches.get(&id).map(|w| w.selection.clone());
+        let cluster_id = self.ctx.node.cluster_id;
+        let (batches, through) = self
+            .off_runtime(move || {
+                let (mut parts, through) =
+                    history::parts(&txn, next, current, READ_STEP_BYTES, OVERSIZED_REVISION_BYTES)?;
+                drop(txn);
+                // The step serves this watch alone: it encodes, and holds, only what it takes.
+                if let Some(s) = selection {
+                    parts.retain(|p| match p {
+                        Part::Change(c) => s.takes(c.space, c.delete, &c.kv.key),
+                        Part::Oversized { .. } => true,
+                    });
+                }
+                Ok((Batch::of_parts(parts, cluster_id)?, through))
+            })
+            .await?;
         let held = batches.iter().map(|b| b.held()).sum();
         let Some(batches) = self.hold_step(batches, held).await? else {
             return Box::pin(self.catch_up(id)).await;
@@ -804,6 +819,18 @@ impl Stream {
             }
         }
         Ok(true)
+    }
+
+    /// Runs `read`, a step read from the history and encoded (milliseconds of work), on the
+    /// blocking pool rather than on a runtime worker that every other stream waits for.
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        read: impl FnOnce() -> Result<T, fsm::FsmError> + Send + 'static,
+    ) -> Result<T, End> {
+        match tokio::task::spawn_blocking(read).await {
+            Ok(read) => read.map_err(|e| self.fail(e)),
+            Err(e) => Err(self.fail(ApiError::Internal(format!("a read of the history failed: {e}")))),
+        }
     }
 
     /// A step read from the history, kept if the member's budget has room for the `held` bytes
@@ -880,17 +907,20 @@ impl Stream {
             self.cancel(id, CancelReason::Slow, next - 1, message, 0).await?;
             return Ok(false);
         }
-        let (mut changes, more) =
-            history::rows_of(&txn, next, within.row, READ_STEP_BYTES).map_err(|e| self.fail(e))?;
-        drop(txn);
-        if let Some(w) = self.watches.get(&id) {
-            changes.retain(|c| w.selects_change(c.space, c.delete, &c.kv.key));
-        }
-        // The rows of one revision: one batch (none only if the revision had no rows left).
-        let batch = Batch::of(changes, self.ctx.node.cluster_id)
-            .map_err(|e| self.fail(e))?
-            .pop()
-            .unwrap_or_else(|| Batch::empty(next));
+        let selection = self.watches.get(&id).map(|w| w.selection.clone());
+        let cluster_id = self.ctx.node.cluster_id;
+        let (batch, more) = self
+            .off_runtime(move || {
+                let (mut changes, more) = history::rows_of(&txn, next, within.row, READ_STEP_BYTES)?;
+                drop(txn);
+                if let Some(s) = selection {
+                    changes.retain(|c| s.takes(c.space, c.delete, &c.kv.key));
+                }
+                // The rows of one revision: one batch (none only if the revision had no rows left).
+                let batch = Batch::of(changes, cluster_id)?.pop().unwrap_or_else(|| Batch::empty(next));
+                Ok((batch, more))
+            })
+            .await?;
         let held = batch.held();
         let Some(batch) = self.hold_step(batch, held).await? else {
             return Box::pin(self.oversized_step(id)).await;
@@ -982,7 +1012,7 @@ impl Stream {
         deadline: tokio::time::Instant,
     ) -> Result<bool, End> {
         let Some(w) = self.watches.get(&id) else { return Ok(true) };
-        let (key, range_end, space) = (w.key.clone(), w.range_end.clone(), w.space);
+        let Selection { space, key, range_end, .. } = w.selection.clone();
         let header = self.header(revision);
         let mut from: Vec<u8> = Vec::new();
         loop {
