@@ -95,6 +95,8 @@ pub struct WatchService {
     snapshots: Arc<Semaphore>,
     /// Bytes queued for clients over every stream (`--max-watch-queued-bytes`).
     queued: QueueBudget,
+    /// One permit per step of history being read at once (see [`Stream::off_runtime`]).
+    history_reads: Arc<Semaphore>,
 }
 
 impl WatchService {
@@ -120,6 +122,7 @@ impl WatchService {
             streams,
             snapshots,
             queued,
+            history_reads: permits(std::thread::available_parallelism().map_or(2, |n| n.get())),
         })
         .max_decoding_message_size(max)
         .max_encoding_message_size(usize::MAX)
@@ -153,6 +156,7 @@ impl WatchApi for WatchService {
             progress_every: self.progress_every,
             turn_header: ResponseHeader::default(),
             snapshots: self.snapshots.clone(),
+            history_reads: self.history_reads.clone(),
             _slot: slot,
         };
         tokio::spawn(stream.run(req.into_inner(), self.stop.clone()));
@@ -269,6 +273,8 @@ struct Stream {
     turn_header: ResponseHeader,
     /// The member's snapshot slots.
     snapshots: Arc<Semaphore>,
+    /// The member's reads of history steps at once.
+    history_reads: Arc<Semaphore>,
     /// This stream's place under `--max-watch-streams`, given back when the task ends.
     _slot: OwnedSemaphorePermit,
 }
@@ -740,10 +746,13 @@ impl Stream {
     async fn catch_up(&mut self, id: i64) -> Result<bool, End> {
         let Some(w) = self.watches.get(&id) else { return Ok(false) };
         let (next, live, snapshot) = (w.next, w.live, w.snapshot_on_compacted);
+        let permit = self.history_permit().await?;
         let txn = self.ctx.node.db().begin_read().map_err(|e| self.fail(e))?;
         let current = fsm::applied(&txn).map_err(|e| self.fail(e))?.revision;
         let compact = history::compact_revision_read(&txn).map_err(|e| self.fail(e))?;
         if next <= compact {
+            // A snapshot is paged out under its own limit (--max-watch-snapshots).
+            drop(permit);
             if snapshot {
                 // The slot taken at the create, or (compacted while catching up) a free one.
                 let held = self.watches.get_mut(&id).and_then(|w| w.snapshot_slot.take());
@@ -794,7 +803,7 @@ impl Stream {
         let selection = self.watches.get(&id).map(|w| w.selection.clone());
         let cluster_id = self.ctx.node.cluster_id;
         let (batches, through) = self
-            .off_runtime(move || {
+            .off_runtime(permit, move || {
                 let (mut parts, through) =
                     history::parts(&txn, next, current, READ_STEP_BYTES, OVERSIZED_REVISION_BYTES)?;
                 drop(txn);
@@ -822,14 +831,32 @@ impl Stream {
     }
 
     /// Runs `read`, a step read from the history and encoded (milliseconds of work), on the
-    /// blocking pool rather than on a runtime worker that every other stream waits for.
+    /// blocking pool rather than on a runtime worker that every other stream waits for. As
+    /// many run at once as the machine has cores, as when they ran on the workers: what a step
+    /// holds before its bytes are taken from the member's budget ([`Stream::hold_step`]) stays
+    /// that many steps, however many streams catch up. The permit ([`Stream::history_permit`])
+    /// goes with the read, which runs to its end even if the stream goes away meanwhile.
     async fn off_runtime<T: Send + 'static>(
         &self,
+        permit: OwnedSemaphorePermit,
         read: impl FnOnce() -> Result<T, fsm::FsmError> + Send + 'static,
     ) -> Result<T, End> {
+        let read = move || {
+            let _permit = permit;
+            read()
+        };
         match tokio::task::spawn_blocking(read).await {
             Ok(read) => read.map_err(|e| self.fail(e)),
             Err(e) => Err(self.fail(ApiError::Internal(format!("a read of the history failed: {e}")))),
+        }
+    }
+
+    /// A place among the member's history reads, taken before the read transaction is opened
+    /// (a transaction waiting for its turn would keep old pages of the file from reuse).
+    async fn history_permit(&self) -> Result<OwnedSemaphorePermit, End> {
+        match self.history_reads.clone().acquire_owned().await {
+            Ok(permit) => Ok(permit),
+            Err(_) => Err(self.fail(ApiError::Internal("the member's history reads were closed".into()))),
         }
     }
 
@@ -887,10 +914,11 @@ impl Stream {
     async fn oversized_step(&mut self, id: i64) -> Result<bool, End> {
         let Some(w) = self.watches.get(&id) else { return Ok(false) };
         let (next, within) = (w.next, w.within.unwrap_or_default());
+        let permit = self.history_permit().await?;
         let txn = self.ctx.node.db().begin_read().map_err(|e| self.fail(e))?;
         let compact = history::compact_revision_read(&txn).map_err(|e| self.fail(e))?;
         if next <= compact {
-            drop(txn);
+            drop((txn, permit));
             if let Some(w) = self.watches.get_mut(&id) {
                 w.within = None;
             }
@@ -910,7 +938,7 @@ impl Stream {
         let selection = self.watches.get(&id).map(|w| w.selection.clone());
         let cluster_id = self.ctx.node.cluster_id;
         let (batch, more) = self
-            .off_runtime(move || {
+            .off_runtime(permit, move || {
                 let (mut changes, more) = history::rows_of(&txn, next, within.row, READ_STEP_BYTES)?;
                 drop(txn);
                 if let Some(s) = selection {
