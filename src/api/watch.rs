@@ -786,6 +786,7 @@ impl Stream {
                 }
                 return Ok(true);
             }
+            drop(txn);
             self.forget(id, CancelReason::Compacted);
             let message =
                 history::RevisionError::Compacted { asked: next, compact_revision: compact }.to_string();
@@ -793,6 +794,8 @@ impl Stream {
             return Ok(false);
         }
         if live {
+            // Its cancel may wait for a client that reads slowly: holding neither.
+            drop((txn, permit));
             self.forget(id, CancelReason::Slow);
             let message = format!(
                 "the watch fell behind the member's recent revisions (its client reads too slowly); resume from revision {next}"
@@ -802,7 +805,7 @@ impl Stream {
         }
         let selection = self.watches.get(&id).map(|w| w.selection.clone());
         let cluster_id = self.ctx.node.cluster_id;
-        let (batches, through) = self
+        let ((batches, through), permit) = self
             .off_runtime(permit, move || {
                 let (mut parts, through) =
                     history::parts(&txn, next, current, READ_STEP_BYTES, OVERSIZED_REVISION_BYTES)?;
@@ -818,7 +821,7 @@ impl Stream {
             })
             .await?;
         let held = batches.iter().map(|b| b.held()).sum();
-        let Some(batches) = self.hold_step(batches, held).await? else {
+        let Some(batches) = self.hold_step(batches, held, permit).await? else {
             return Box::pin(self.catch_up(id)).await;
         };
         let batches: Vec<Arc<Batch>> = batches.into_iter().map(Arc::new).collect();
@@ -835,16 +838,15 @@ impl Stream {
     /// many run at once as the machine has cores, as when they ran on the workers: what a step
     /// holds before its bytes are taken from the member's budget ([`Stream::hold_step`]) stays
     /// that many steps, however many streams catch up. The permit ([`Stream::history_permit`])
-    /// goes with the read, which runs to its end even if the stream goes away meanwhile.
+    /// goes with the read, which runs to its end even if the stream goes away meanwhile, and
+    /// comes back with what it read, for [`Stream::hold_step`] to let go of once its bytes are
+    /// counted.
     async fn off_runtime<T: Send + 'static>(
         &self,
         permit: OwnedSemaphorePermit,
         read: impl FnOnce() -> Result<T, fsm::FsmError> + Send + 'static,
-    ) -> Result<T, End> {
-        let read = move || {
-            let _permit = permit;
-            read()
-        };
+    ) -> Result<(T, OwnedSemaphorePermit), End> {
+        let read = move || read().map(|step| (step, permit));
         match tokio::task::spawn_blocking(read).await {
             Ok(read) => read.map_err(|e| self.fail(e)),
             Err(e) => Err(self.fail(ApiError::Internal(format!("a read of the history failed: {e}")))),
@@ -863,11 +865,18 @@ impl Stream {
     /// A step read from the history, kept if the member's budget has room for the `held` bytes
     /// it holds now (taken ahead, see `outbox`). Else `None`: the step is dropped, and room for
     /// it waited for, so that the caller reads it again holding nothing meanwhile.
-    async fn hold_step<T>(&self, step: T, held: usize) -> Result<Option<T>, End> {
+    /// The step's read `permit` goes once its bytes are counted, or it is dropped: until then
+    /// it is what bounds the steps held outside the member's budget.
+    async fn hold_step<T>(
+        &self,
+        step: T,
+        held: usize,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Option<T>, End> {
         if self.out.take_ahead(held) {
             return Ok(Some(step));
         }
-        drop(step);
+        drop((step, permit));
         self.out.wait_ahead(held).await.map_err(|unsent| self.unsent(unsent))?;
         Ok(None)
     }
@@ -937,7 +946,7 @@ impl Stream {
         }
         let selection = self.watches.get(&id).map(|w| w.selection.clone());
         let cluster_id = self.ctx.node.cluster_id;
-        let (batch, more) = self
+        let ((batch, more), permit) = self
             .off_runtime(permit, move || {
                 let (mut changes, more) = history::rows_of(&txn, next, within.row, READ_STEP_BYTES)?;
                 drop(txn);
@@ -950,7 +959,7 @@ impl Stream {
             })
             .await?;
         let held = batch.held();
-        let Some(batch) = self.hold_step(batch, held).await? else {
+        let Some(batch) = self.hold_step(batch, held, permit).await? else {
             return Box::pin(self.oversized_step(id)).await;
         };
         let last = more.is_none();

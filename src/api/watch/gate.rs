@@ -55,10 +55,26 @@ impl<T> Gated<T> {
         Gated { inner, flag, waker }
     }
 
-    /// Whether `inner` is to be polled now; registers the task's waker either way.
-    fn due(&self, cx: &Context<'_>) -> bool {
+    /// Polls `inner` with `poll` if it is due — on the first poll, after it woke the task, or
+    /// after it was ready (it may hold more than a wake will say) — with the flag's waker;
+    /// registers the task's waker either way.
+    fn poll_gated<R>(
+        &mut self,
+        cx: &Context<'_>,
+        poll: impl FnOnce(Pin<&mut T>, &mut Context<'_>) -> Poll<R>,
+    ) -> Poll<R>
+    where
+        T: Unpin,
+    {
         self.flag.task.register(cx.waker());
-        self.flag.woken.swap(false, Ordering::AcqRel)
+        if !self.flag.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let polled = poll(Pin::new(&mut self.inner), &mut Context::from_waker(&self.waker));
+        if polled.is_ready() {
+            self.flag.woken.store(true, Ordering::Release);
+        }
+        polled
     }
 }
 
@@ -66,15 +82,7 @@ impl<F: Future + Unpin> Future for Gated<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.get_mut();
-        if !this.due(cx) {
-            return Poll::Pending;
-        }
-        let polled = Pin::new(&mut this.inner).poll(&mut Context::from_waker(&this.waker));
-        if polled.is_ready() {
-            this.flag.woken.store(true, Ordering::Release);
-        }
-        polled
+        self.get_mut().poll_gated(cx, |inner, cx| inner.poll(cx))
     }
 }
 
@@ -82,16 +90,7 @@ impl<S: Stream + Unpin> Stream for Gated<S> {
     type Item = S::Item;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
-        let this = self.get_mut();
-        if !this.due(cx) {
-            return Poll::Pending;
-        }
-        let polled = Pin::new(&mut this.inner).poll_next(&mut Context::from_waker(&this.waker));
-        if polled.is_ready() {
-            // It may hold more than a wake will say: look again next time.
-            this.flag.woken.store(true, Ordering::Release);
-        }
-        polled
+        self.get_mut().poll_gated(cx, |inner, cx| inner.poll_next(cx))
     }
 }
 
