@@ -19,7 +19,6 @@ use super::lock::{acquire, lock_result, public_sequencer, release, sequencer_of,
 use super::{ApiError, Context};
 use crate::fsm::elections::{self, Leader};
 use crate::fsm::locks;
-use crate::node::freshness::CUT_OFF_AFTER;
 
 /// Most bytes of a published value. Every candidate's value lives in the election's one row,
 /// which each change rewrites: kept small, as what is published is an address or a name.
@@ -185,7 +184,7 @@ impl Election for ElectionService {
                     _ = freshness.tick() => {
                         // A member cut off from the leader would stream a stale leader forever:
                         // it says so instead, and the client observes through another member.
-                        if let Some(cut_off) = ctx.freshness.cut_off(CUT_OFF_AFTER) {
+                        if let Some(cut_off) = ctx.freshness.cut_off() {
                             let _ = tx.send(Err(ctx.to_status(cut_off.into()))).await;
                             return;
                         }

@@ -20,7 +20,6 @@ use super::{ApiError, Context};
 use crate::core::RequestError;
 use crate::fsm::locks::{self, RequestState, MAX_LOCK_DELAY_MS};
 use crate::fsm::sessions;
-use crate::node::freshness;
 
 /// Most locks one ListLocks answers (a name is at most 1 KiB: the answer stays well within a
 /// client's default 4 MiB message limit).
@@ -185,7 +184,7 @@ pub(crate) async fn acquire(
             tokio::pin!(timed_out);
             tokio::select! {
                 _ = settlement.woken() => continue,
-                _ = freshness.tick() => match ctx.freshness.cut_off(freshness::CUT_OFF_AFTER) {
+                _ = freshness.tick() => match ctx.freshness.cut_off() {
                     None => continue,
                     Some(cut_off) => {
                         // The client resends to another member, which joins this wait: it is

@@ -70,7 +70,6 @@ use super::{ApiError, Context};
 use crate::fsm;
 use crate::fsm::history::{self, Part, Space};
 use crate::metrics::Metrics;
-use crate::node::freshness;
 
 /// Most bytes of events in one response; a revision's events past it are split in fragments.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
@@ -332,11 +331,11 @@ impl Stream {
     }
 
     /// A tick: a stream with watches on a member no leader confirmed for
-    /// [`freshness::CUT_OFF_AFTER`] ends (its member would stream nothing new, silently; its
+    /// `node::freshness::CUT_OFF_AFTER` ends (its member would stream nothing new, silently; its
     /// client resumes elsewhere); else the idle watches that asked for it get progress.
     async fn on_tick(&mut self) -> Result<(), End> {
         if !self.watches.is_empty() {
-            if let Some(cut_off) = self.ctx.freshness.cut_off(freshness::CUT_OFF_AFTER) {
+            if let Some(cut_off) = self.ctx.freshness.cut_off() {
                 return Err(End::Failed(Status::unavailable(format!("{cut_off}: resume the watches there"))));
             }
         }

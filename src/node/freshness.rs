@@ -81,12 +81,12 @@ impl Freshness {
         }
     }
 
-    /// `Some(error)` when no check answered for longer than `after` — counted from when the
-    /// member began checking, for one that never confirmed — saying for how long and why: the
-    /// caller ends what it serves with it.
-    pub fn cut_off(&self, after: Duration) -> Option<RequestError> {
+    /// `Some(error)` when no check answered for longer than [`CUT_OFF_AFTER`] — counted from
+    /// when the member began checking, for one that never confirmed — saying for how long and
+    /// why: the caller ends what it serves with it.
+    pub fn cut_off(&self) -> Option<RequestError> {
         let silent = self.since(self.answered.load(Ordering::Relaxed).max(1));
-        if silent <= after {
+        if silent <= CUT_OFF_AFTER {
             return None;
         }
         let why = self.failure.lock().unwrap_or_else(PoisonError::into_inner).clone();
@@ -159,14 +159,14 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(fresh.stale_for().is_some_and(|s| s < Duration::from_millis(20)), "confirmed at once");
-        assert!(fresh.cut_off(CUT_OFF_AFTER).is_none());
+        assert!(fresh.cut_off().is_none());
 
         // Answered last when checking began (the next check, at 1 s, fails).
         answering.store(false, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(4_890)).await;
-        assert!(fresh.cut_off(CUT_OFF_AFTER).is_none(), "4.9 s without an answer is not yet cut off");
+        assert!(fresh.cut_off().is_none(), "4.9 s without an answer is not yet cut off");
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let Some(RequestError::CutOff { member, silent_ms, why }) = fresh.cut_off(CUT_OFF_AFTER) else {
+        let Some(RequestError::CutOff { member, silent_ms, why }) = fresh.cut_off() else {
             panic!("cut off after 5.1 s without an answer");
         };
         assert_eq!(member, 7);
@@ -176,7 +176,7 @@ mod tests {
 
         answering.store(true, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(150)).await;
-        assert!(fresh.cut_off(CUT_OFF_AFTER).is_none(), "in touch again within a retry period");
+        assert!(fresh.cut_off().is_none(), "in touch again within a retry period");
         keeper.abort();
     }
 
@@ -189,7 +189,7 @@ mod tests {
         });
         for _ in 0..200 {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            assert_eq!(fresh.cut_off(CUT_OFF_AFTER).map(|e| e.to_string()), None, "answered every 2.95 s");
+            assert_eq!(fresh.cut_off().map(|e| e.to_string()), None, "answered every 2.95 s");
         }
         assert!(fresh.stale_for().is_some_and(|s| s <= Duration::from_millis(2_950 + 1_950)));
         keeper.abort();
@@ -200,10 +200,10 @@ mod tests {
         let fresh = Arc::new(Freshness::new(2));
         let keeper = keeper(&fresh, std::future::pending::<Result<(), RequestError>>);
         tokio::time::sleep(Duration::from_millis(4_900)).await;
-        assert!(fresh.cut_off(CUT_OFF_AFTER).is_none(), "4.9 s after it began");
+        assert!(fresh.cut_off().is_none(), "4.9 s after it began");
         assert_eq!(fresh.stale_for(), None, "nothing confirmed: DNS answers SERVFAIL");
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let cut = fresh.cut_off(CUT_OFF_AFTER).map(|e| e.to_string()).unwrap_or_default();
+        let cut = fresh.cut_off().map(|e| e.to_string()).unwrap_or_default();
         assert!(cut.contains("within 2s"), "the check timed out: {cut}");
         keeper.abort();
     }
