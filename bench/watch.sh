@@ -4,9 +4,11 @@
 # Debian's `etcd-server`; both fsync their log before they acknowledge a write), an untimed
 # warm-up of WARMUP with 100 watchers, then `latch bench watch-latency` with each of WATCHERS
 # watchers on that one cluster, DURATION each. One writer puts keys bench/watch/0, 1, … one at a
-# time; every watcher watches the prefix bench/watch/ on a stream of its own, the watchers spread
-# over CONNECTIONS client connections (default: the bench's, the smaller of the watchers and 16)
-# and so over the members. Each event is timed from the instant its put's answer reached the
+# time; every watcher watches the prefix bench/watch/ on a stream of its own, or with STREAMS set,
+# the watchers share that many streams (`--watches-per-stream`: Latch's watch groups, which the
+# members answer with shared responses; etcd: that many creates on one Watch stream); the streams
+# spread over CONNECTIONS client connections (default: the bench's, the smaller of the streams and
+# 16) and so over the members. Each event is timed from the instant its put's answer reached the
 # writer to the instant it reached the watcher, clamped at 0. See src/bench/watches.rs.
 #
 # Prints a markdown section "## Watches (issue 10)", medians over the rounds: system, watchers,
@@ -22,7 +24,8 @@
 #   ROUNDS=1 DURATION=5s WATCHERS="100 1000" SYSTEMS=latch OUT=- bench/watch.sh
 #
 # Environment: ROUNDS (1), DURATION per run (15s), WARMUP per system, untimed (3s), WATCHERS
-# ("100 1000 10000"), CONNECTIONS (unset: the bench's default), SYSTEMS ("latch etcd"), OUT
+# ("100 1000 10000"), STREAMS (unset: a stream per watcher), CONNECTIONS (unset: the bench's
+# default), SYSTEMS ("latch etcd"), OUT
 # (docs/benchmarks.md), KEEP_WORK=1 to keep the servers' data and logs. Needs cargo and
 # python3; etcd, etcdctl and protoc are installed with apt-get if missing. Stops every process it
 # started, by pid, on any exit. A run that fails, or a server that dies, stops the script with
@@ -34,6 +37,7 @@ DURATION=${DURATION:-15s}
 WARMUP=${WARMUP:-3s}
 WATCHERS=${WATCHERS:-"100 1000 10000"}
 CONNECTIONS=${CONNECTIONS:-}
+STREAMS=${STREAMS:-}
 SYSTEMS=${SYSTEMS:-"latch etcd"}
 ROUNDS=${ROUNDS:-1}
 OUT=${OUT:-docs/benchmarks.md}
@@ -201,6 +205,7 @@ PY
 run_one() { # system watchers duration [results]
   local system=$1 watchers=$2 duration=$3 results=${4:-$RESULTS}
   local flags=(--watchers "$watchers")
+  [ -n "$STREAMS" ] && flags+=(--watches-per-stream $(((watchers + STREAMS - 1) / STREAMS)))
   [ -n "$CONNECTIONS" ] && flags+=(--connections "$CONNECTIONS")
   [ "$results" = "$RESULTS" ] &&
     echo "latch bench watch-latency ${flags[*]} --target $TARGET --duration $duration --output json" >>"$COMMANDS"
@@ -253,6 +258,7 @@ for (system, watchers), rs in sorted(groups.items(), key=lambda g: (g[0][1], g[0
             errors[kind] = errors.get(kind, 0) + n
     rows.append({
         "system": system, "watchers": watchers, "connections": rs[0]["connections"],
+        "per_stream": rs[0]["parameters"].get("watches_per_stream", 1),
         "puts_per_s": med(lambda r: r["parameters"]["puts"] / r["elapsed_s"] if r["elapsed_s"] else 0),
         "events_per_s": med(lambda r: r["throughput"]),
         "p50": med(lambda r: r["latency_ms"]["p50"]), "p99": med(lambda r: r["latency_ms"]["p99"]),
@@ -272,8 +278,12 @@ L = [section, "",
      f"acknowledge a write), an untimed warm-up of {warmup} with 100 watchers, then "
      f"`latch bench watch-latency` with each watcher count on that one cluster, {duration} each. One writer "
      "puts keys `bench/watch/0`, `1`, … one at a time (each put waits for its answer); every watcher "
-     "watches the prefix `bench/watch/` on a stream of its own (Latch: `Client::watch`; etcd: "
-     "etcd-client's `watch` with a prefix), the watchers spread over the connections and so over the "
+     "watches the prefix `bench/watch/`, "
+     + ("on a stream of its own (Latch: `Client::watch`; etcd: etcd-client's `watch` with a prefix)"
+        if all(r["per_stream"] == 1 for r in rows) else
+        "*per stream* watches to a stream (Latch: a `Client::watch_group`, whose watches take shared "
+        "responses; etcd: that many creates on one Watch stream through etcd-client's `Watcher::watch`)")
+     + ", the streams spread over the connections and so over the "
      "members, every watch open before the clock starts. *Event latency* is from the instant a put's "
      "answer reached the writer to the instant its event reached a watcher, per event, clamped at 0; "
      "*before answer* is the share of events that reached their watcher first (timed as 0). *Events/s* "
@@ -288,13 +298,13 @@ L = [section, "",
      ]
 # Prose wrapped at 100 columns, as the rest of docs/benchmarks.md.
 L = [textwrap.fill(l, 100, break_on_hyphens=False, break_long_words=False) if l else l for l in L] + [
-     "| system | watchers | connections | puts/s | put p50 ms | events/s | event p50 ms | event p99 ms | "
+     "| system | watchers | per stream | connections | puts/s | put p50 ms | events/s | event p50 ms | event p99 ms | "
      "event max ms | before answer | missed | drain ms | errors | servers' CPU µs/event | bench CPU µs/event | "
      "servers' cores | bench cores | other load (cores) |",
-     "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+     "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
 for r in rows:
     errors = ", ".join(f"{k} {v}" for k, v in sorted(r["errors"].items())) or "0"
-    L.append(f"| {NAMES[r['system']]} | {r['watchers']:,} | {r['connections']} | {r['puts_per_s']:,.0f} | "
+    L.append(f"| {NAMES[r['system']]} | {r['watchers']:,} | {r['per_stream']:,} | {r['connections']} | {r['puts_per_s']:,.0f} | "
              f"{r['put_p50']:.2f} | {r['events_per_s']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['max']:.1f} | "
              f"{r['early']:.0f}% | {r['missed']:,} | {r['drain']:,.0f} | {errors} | {r['server_us']:.1f} | "
              f"{r['bench_us']:.1f} | {r['servers']:.2f} | {r['bench']:.2f} | {r['other']:.2f} |")

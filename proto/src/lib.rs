@@ -95,6 +95,7 @@ mod tests {
             snapshot: true,
             events: events.clone(),
             snapshot_kvs: vec![kv("c", 2)],
+            also_watch_ids: vec![8, 9],
         };
         let sent = wire::WatchResponse {
             header: Some(header),
@@ -109,6 +110,7 @@ mod tests {
             snapshot: true,
             events: events.iter().map(|e| e.encode_to_vec().into()).collect(),
             snapshot_kvs: vec![kv("c", 2)],
+            also_watch_ids: vec![8, 9],
         };
         let bytes = sent.encode_to_vec();
         assert_eq!(

@@ -46,7 +46,8 @@ mod outbox;
 mod recent;
 mod snapshot;
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -170,6 +171,9 @@ struct Watch {
     prev_kv: bool,
     progress_notify: bool,
     snapshot_on_compacted: bool,
+    /// Its client takes responses shared with other watches of the stream
+    /// (`shared_responses`): see [`Stream::turn_groups`].
+    shared: bool,
     /// The first revision not delivered yet.
     next: i64,
     /// Served from the window at least once: falling below it now is being slow.
@@ -198,7 +202,7 @@ struct Within {
 }
 
 /// The changes a watch takes.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct Selection {
     /// Keys, or sessions', locks' or elections' states.
     space: Space,
@@ -222,6 +226,33 @@ impl Selection {
 impl Watch {
     fn selects(&self, e: &Encoded) -> bool {
         self.selection.takes(e.space, e.delete, &e.key)
+    }
+}
+
+/// What a stream's turn does for a watch (see [`Stream::turns`]).
+enum Turn {
+    /// A step of its oversized revision, from the history.
+    Oversized(i64),
+    /// A step of catch-up from the history (or its end: compacted, or slow).
+    History(i64),
+    /// Revisions from the window, for one watch or for a group that takes the same responses.
+    Window(Group),
+}
+
+/// Watches of a stream served together: `id`, and `also` (in id order), which get the very
+/// same responses from it (see [`Stream::turns`]).
+struct Group {
+    id: i64,
+    also: Vec<i64>,
+}
+
+impl Group {
+    fn one(id: i64) -> Group {
+        Group { id, also: Vec::new() }
+    }
+
+    fn ids(&self) -> impl Iterator<Item = i64> + '_ {
+        std::iter::once(self.id).chain(self.also.iter().copied())
     }
 }
 
@@ -549,6 +580,7 @@ impl Stream {
                 prev_kv: c.prev_kv,
                 progress_notify: c.progress_notify,
                 snapshot_on_compacted,
+                shared: c.shared_responses,
                 next,
                 live: false,
                 compact_at_start,
@@ -668,58 +700,90 @@ impl Stream {
         let span = self.recent.span();
         self.turn_header = self.ctx.header(0);
         let mut behind = false;
-        let ids: Vec<i64> = self.watches.keys().copied().collect();
-        for id in ids {
-            let Some((next, compacted)) =
-                self.watches.get(&id).map(|w| (w.next, w.next <= w.compact_at_start))
-            else {
-                continue;
+        // Each watch's state changes only as it is served, so the turn's plan holds throughout.
+        for turn in self.turns(span.last) {
+            behind |= match turn {
+                Turn::Oversized(id) => self.serve_oversized(id).await?,
+                Turn::History(id) => self.serve_from_history(id).await?,
+                Turn::Window(group) => self.serve_from_window(&group, span.last).await?,
             };
-            if self.watches.get(&id).is_some_and(|w| w.within.is_some()) {
-                behind |= self.serve_oversized(id).await?;
-                continue;
-            }
-            if compacted {
-                behind |= self.serve_from_history(id).await?;
-                continue;
-            }
-            if next > span.last {
-                continue;
-            }
-            behind |= self.serve_from_window(id, next, span.last).await?;
         }
         Ok(behind)
     }
 
-    /// Serves watch `id` a turn of the window from revision `next` (the window's last is
+    /// What this turn serves, in id order: each watch with something to deliver, except that
+    /// watches which take shared responses and would be sent the very same ones — the same
+    /// selection and `prev_kv`, the same next revision, in the window — are one [`Group`],
+    /// served once: a revision's events go out in one response naming them all.
+    fn turns(&self, last: i64) -> Vec<Turn> {
+        let mut turns = Vec::new();
+        let mut groups: HashMap<(&Selection, bool, i64), usize> = HashMap::new();
+        for (&id, w) in &self.watches {
+            if w.within.is_some() {
+                turns.push(Turn::Oversized(id));
+            } else if w.next <= w.compact_at_start {
+                turns.push(Turn::History(id));
+            } else if w.next <= last {
+                if w.shared {
+                    match groups.entry((&w.selection, w.prev_kv, w.next)) {
+                        Entry::Occupied(at) => {
+                            if let Some(Turn::Window(group)) = turns.get_mut(*at.get()) {
+                                group.also.push(id);
+                            }
+                            continue;
+                        }
+                        Entry::Vacant(at) => {
+                            at.insert(turns.len());
+                        }
+                    }
+                }
+                turns.push(Turn::Window(Group::one(id)));
+            }
+        }
+        turns
+    }
+
+    /// Serves `group` a turn of the window from its next revision (the window's last is
     /// `last`): `true` when it has more to do. A turn whose stream's queue fills lets go of the
     /// window's batches while its client makes room: once the window drops them, a stream
     /// holding them would keep them beside every bound. It then goes on with the rest of the
     /// turn, so that the other watches of the stream cannot take the room it waited for, turn
     /// after turn.
-    async fn serve_from_window(&mut self, id: i64, next: i64, last: i64) -> Result<bool, End> {
-        let mut from = next;
+    async fn serve_from_window(&mut self, group: &Group, last: i64) -> Result<bool, End> {
+        let Some(mut from) = self.watches.get(&group.id).map(|w| w.next) else { return Ok(false) };
         let mut turn_through = None;
         loop {
             let Some((batches, through)) = self.recent.batches_from(from, BATCHES_PER_TURN, BYTES_PER_TURN)
             else {
-                return self.serve_from_history(id).await;
+                let mut behind = false;
+                for id in group.ids() {
+                    behind |= self.serve_from_history(id).await?;
+                }
+                return Ok(behind);
             };
             let turn_end = *turn_through.get_or_insert(through);
-            match self.send_batches(id, &batches, true).await? {
+            match self.send_batches(group, &batches, true).await? {
                 Sent::All => {
-                    let Some(w) = self.watches.get_mut(&id) else { return Ok(false) };
-                    w.next = w.next.max(through + 1);
-                    w.live = true;
-                    return Ok(w.next <= last);
+                    let mut behind = false;
+                    for id in group.ids() {
+                        if let Some(w) = self.watches.get_mut(&id) {
+                            w.next = w.next.max(through + 1);
+                            w.live = true;
+                            behind |= w.next <= last;
+                        }
+                    }
+                    return Ok(behind);
                 }
                 Sent::ToOversized => return Ok(true),
                 Sent::ToFull { revision, responses, bytes } => {
                     drop(batches);
-                    let Some(w) = self.watches.get_mut(&id) else { return Ok(false) };
-                    if revision > w.next {
-                        w.next = revision;
-                        w.live = true;
+                    for id in group.ids() {
+                        if let Some(w) = self.watches.get_mut(&id) {
+                            if revision > w.next {
+                                w.next = revision;
+                                w.live = true;
+                            }
+                        }
                     }
                     self.out.wait_room(responses, bytes).await.map_err(|unsent| self.unsent(unsent))?;
                     if revision > turn_end {
@@ -824,7 +888,7 @@ impl Stream {
             return Box::pin(self.catch_up(id)).await;
         };
         let batches: Vec<Arc<Batch>> = batches.into_iter().map(Arc::new).collect();
-        if let Sent::All = self.send_batches(id, &batches, false).await? {
+        if let Sent::All = self.send_batches(&Group::one(id), &batches, false).await? {
             if let Some(w) = self.watches.get_mut(&id) {
                 w.next = w.next.max(through + 1);
             }
@@ -886,23 +950,25 @@ impl Stream {
     /// room for now, rather than wait for room holding them all.
     async fn send_batches(
         &mut self,
-        id: i64,
+        group: &Group,
         batches: &[Arc<Batch>],
         stop_when_full: bool,
     ) -> Result<Sent, End> {
         for b in batches {
             if b.oversized {
-                if let Some(w) = self.watches.get_mut(&id) {
-                    w.next = b.revision;
-                    w.within = Some(Within::default());
-                    // It reads from the history now: behind the window afterwards, it catches
-                    // up from there rather than being cut off as slow.
-                    w.live = false;
+                for id in group.ids() {
+                    if let Some(w) = self.watches.get_mut(&id) {
+                        w.next = b.revision;
+                        w.within = Some(Within::default());
+                        // It reads from the history now (alone): behind the window afterwards,
+                        // it catches up from there rather than being cut off as slow.
+                        w.live = false;
+                    }
                 }
                 return Ok(Sent::ToOversized);
             }
             if let Batched::NoRoom { responses, bytes } =
-                self.send_batch(id, b, true, false, stop_when_full).await?
+                self.send_batch(group, b, true, false, stop_when_full).await?
             {
                 return Ok(Sent::ToFull { revision: b.revision, responses, bytes });
             }
@@ -962,8 +1028,10 @@ impl Stream {
             return Box::pin(self.oversized_step(id)).await;
         };
         let last = more.is_none();
-        let sent = matches!(self.send_batch(id, &batch, last, within.sent, false).await?, Batched::Sent)
-            || within.sent;
+        let sent = matches!(
+            self.send_batch(&Group::one(id), &batch, last, within.sent, false).await?,
+            Batched::Sent
+        ) || within.sent;
         if let Some(w) = self.watches.get_mut(&id) {
             match more {
                 Some(row) => w.within = Some(Within { row, sent }),
@@ -976,20 +1044,20 @@ impl Stream {
         Ok(true)
     }
 
-    /// Sends watch `id` the events it selects of `batch`: one response, or fragments. `last`:
+    /// Sends `group` the events it selects of `batch`: one response, or fragments. `last`:
     /// these are the last of their revision (else every response is a fragment); `sent`:
     /// fragments of the revision went out before, so its end is sent even with no events.
     /// With `only_with_room`, it sends nothing unless its stream's queue has room for every
     /// response of it now.
     async fn send_batch(
         &mut self,
-        id: i64,
+        group: &Group,
         batch: &Batch,
         last: bool,
         sent: bool,
         only_with_room: bool,
     ) -> Result<Batched, End> {
-        let Some(w) = self.watches.get(&id) else { return Ok(Batched::Nothing) };
+        let Some(w) = self.watches.get(&group.id) else { return Ok(Batched::Nothing) };
         let events: Vec<Bytes> = batch
             .events
             .iter()
@@ -1003,7 +1071,8 @@ impl Stream {
         let header = self.events_header(batch.revision);
         let response = |events: Vec<Bytes>, fragment: bool| wire::WatchResponse {
             header: Some(header),
-            watch_id: id,
+            watch_id: group.id,
+            also_watch_ids: group.also.clone(),
             fragment,
             events,
             ..Default::default()
@@ -1026,12 +1095,15 @@ impl Stream {
                 return Ok(Batched::NoRoom { responses: responses.len(), bytes });
             }
         }
-        self.metrics.watch.events_sent.inc_by(count);
+        self.metrics.watch.events_sent.inc_by(count * group.ids().count() as u64);
         for r in responses {
             self.send(r).await?;
         }
-        if let Some(w) = self.watches.get_mut(&id) {
-            w.last_sent = Instant::now();
+        let now = Instant::now();
+        for id in group.ids() {
+            if let Some(w) = self.watches.get_mut(&id) {
+                w.last_sent = now;
+            }
         }
         Ok(Batched::Sent)
     }

@@ -14,8 +14,8 @@
 //! events received and timed, its throughput the events delivered per second: all events
 //! received by all watchers over the wall time from the first put to the last event received.
 //!
-//! Each system's own watch, taken as its users take it, one watch per watcher on a stream of
-//! its own:
+//! Each system's own watch, taken as its users take it. By default one watch per watcher on a
+//! stream of its own:
 //! - Latch: `Client::watch(WatchOptions::prefix("bench/watch/"))`, a stream of
 //!   `WatchUpdate::Events { revision, events }` (the client resumes it by itself, on another
 //!   member if needed, without a gap).
@@ -23,11 +23,21 @@
 //!   per watcher; an event's revision is its kv's mod revision (etcd may pack several
 //!   revisions into one response).
 //!
-//! The watchers are spread round-robin over `--connections` clients (gRPC channels, so HTTP/2
+//! With `--watches-per-stream K`, the watchers share streams, K to a stream (as etcd's own
+//! `benchmark watch-latency` does with `--streams` and `--watchers-per-stream`, and etcd's Go
+//! client with watches of one context):
+//! - Latch: a `Client::watch_group()` with K watches of the prefix: the member sends each
+//!   revision once per stream, naming every watch it is for (`shared_responses`), and the
+//!   client hands it to each.
+//! - etcd: K creates on one Watch stream (etcd-client's `Watcher::watch`): etcd sends each
+//!   watch its own response.
+//!
+//! The streams are spread round-robin over `--connections` clients (gRPC channels, so HTTP/2
 //! connections; the i-th with the endpoints rotated by i, so the watchers spread over the
-//! members); the writer has a client of its own, with the endpoints in the order given. Every
-//! watch is open and confirmed before the clock starts (Latch: `WatchUpdate::Started`; etcd: the
-//! created response), so setting them up is not measured; `--clients` does not apply.
+//! members); the writer has a client of its own, with the endpoints in the order given. One
+//! task reads each stream. Every watch is open and confirmed before the clock starts (Latch:
+//! `WatchUpdate::Started`; etcd: the created response), so setting them up is not measured;
+//! `--clients` does not apply.
 //!
 //! The clock is the one of [`super::run`]: puts start until `--ops` were started or `--duration`
 //! passed. Then the run waits, at most [`DRAIN_LIMIT`], for every watcher to receive the
@@ -36,7 +46,7 @@
 //! a watch that ends (etcd: canceled; either: its stream fails for good) is counted by kind
 //! too, and its watcher receives no more.
 //!
-//! The report's parameters: `watchers`; `puts` (answered); `put_p50_ms`, `put_p99_ms` (the
+//! The report's parameters: `watchers`; `watches_per_stream`; `puts` (answered); `put_p50_ms`, `put_p99_ms` (the
 //! writer's own put latency); `missed_events` (revisions of answered puts some watcher did not
 //! receive, summed over the watchers — must be 0) and `watchers_missing_events`;
 //! `duplicate_events` (a revision a watcher received twice — must be 0);
@@ -55,6 +65,8 @@ use futures::StreamExt;
 use latch_client::{RangeRequest, WatchUpdate};
 use serde_json::{json, Map};
 use tokio::sync::watch;
+
+use crate::api::watch::MAX_WATCHES_PER_STREAM;
 
 use super::{Connection, Consistency, Error, OpError, Progress, Report, Settings, Shared, System, Tally};
 
@@ -78,18 +90,33 @@ const EVENT: &str = "event";
 pub struct WatchLatency {
     /// Watches on the prefix, each a watcher of its own.
     pub watchers: usize,
+    /// Watches on one stream (the last stream may have fewer).
+    pub per_stream: usize,
 }
 
 impl WatchLatency {
+    /// Streams the watchers take.
+    pub fn streams(&self) -> usize {
+        self.watchers.div_ceil(self.per_stream.max(1))
+    }
+
     /// Checks what the types cannot; the message names the flag at fault.
     pub fn validate(&self, settings: &Settings) -> Result<(), Error> {
         if self.watchers == 0 {
             return Err(Error::Settings("--watchers must be at least 1".into()));
         }
-        if settings.connections == 0 || settings.connections > self.watchers {
+        if self.per_stream == 0 || self.per_stream > MAX_WATCHES_PER_STREAM.min(self.watchers) {
             return Err(Error::Settings(format!(
-                "--connections must be between 1 and --watchers ({}), got {}",
-                self.watchers, settings.connections
+                "--watches-per-stream must be between 1 and the smaller of --watchers ({}) and {MAX_WATCHES_PER_STREAM} \
+                 (the most a Latch member takes on one stream), got {}",
+                self.watchers, self.per_stream
+            )));
+        }
+        if settings.connections == 0 || settings.connections > self.streams() {
+            return Err(Error::Settings(format!(
+                "--connections must be between 1 and the streams ({}: --watchers / --watches-per-stream), got {}",
+                self.streams(),
+                settings.connections
             )));
         }
         if settings.target.system == System::Zk {
@@ -195,10 +222,13 @@ pub async fn run(
     }
     let prepare = |error| Error::Prepare { workload: NAME, error };
 
-    progress.watches(bench.watchers as u64);
+    let (streams, per_stream) = (bench.streams(), bench.per_stream);
+    progress.watches(streams as u64);
     let timeout = settings.timeout;
-    let feeds: Vec<Feed> = super::open_all(bench.watchers, OPENS_IN_FLIGHT, &progress, |i| {
-        Feed::open(connections[i % connections.len()].clone(), timeout)
+    // Stream `s` carries watchers `s * per_stream` … (fewer on the last).
+    let feeds: Vec<Feed> = super::open_all(streams, OPENS_IN_FLIGHT, &progress, |s| {
+        let watches = per_stream.min(bench.watchers - s * per_stream);
+        Feed::open(connections[s % connections.len()].clone(), timeout, watches)
     })
     .await
     .map_err(prepare)?;
@@ -212,10 +242,10 @@ pub async fn run(
         shards: (0..settings.connections).map(|_| Mutex::new(Tally::new())).collect(),
     });
     let (stop, stopped) = watch::channel(false);
-    let watchers: Vec<_> = feeds
+    let readers: Vec<_> = feeds
         .into_iter()
         .enumerate()
-        .map(|(i, feed)| tokio::spawn(watcher_task(feed, i, board.clone(), stopped.clone())))
+        .map(|(s, feed)| tokio::spawn(stream_task(feed, s * per_stream, board.clone(), stopped.clone())))
         .collect();
 
     let (shared, clock) = super::start_clock(settings.stop, &progress, interrupt);
@@ -234,11 +264,11 @@ pub async fn run(
     }
     let drain = drain_started.elapsed();
     let _ = stop.send(true);
-    let mut seen = Vec::with_capacity(watchers.len());
+    let mut seen = Vec::with_capacity(bench.watchers);
     let mut panicked = None;
-    for task in watchers {
+    for task in readers {
         match task.await {
-            Ok(s) => seen.push(s),
+            Ok(s) => seen.extend(s),
             Err(e) => panicked = Some(e.to_string()),
         }
     }
@@ -261,6 +291,7 @@ pub async fn run(
 
     let parameters = Map::from_iter([
         ("watchers".to_string(), json!(bench.watchers)),
+        ("watches_per_stream".to_string(), json!(bench.per_stream)),
         ("puts".to_string(), json!(puts)),
         ("put_p50_ms".to_string(), json!(put_latency.p50 as f64 / 1000.0)),
         ("put_p99_ms".to_string(), json!(put_latency.p99 as f64 / 1000.0)),
@@ -332,35 +363,49 @@ async fn writer_task(
     Written { tally, keys, last_revision, ended: Instant::now() }
 }
 
-/// One watcher: receives until its watch ends or the run stops it; times every event whose
-/// put was answered already.
-async fn watcher_task(
+/// The watchers of one stream (`first` and the next ones, as many as its feed has): receives
+/// until every watch ended or the run stops it; times every event whose put was answered
+/// already.
+async fn stream_task(
     mut feed: Feed,
-    index: usize,
+    first: usize,
     board: Arc<Board>,
     mut stop: watch::Receiver<bool>,
-) -> Seen {
-    let mut seen = Seen::default();
+) -> Vec<Seen> {
+    let mut seen: Vec<Seen> = (0..feed.watches()).map(|_| Seen::default()).collect();
+    let mut ended = 0;
     let mut latencies = Vec::new();
     // One wait for the stop, across all the events (not one registered anew for each).
     let mut stopping = std::pin::pin!(async move {
         let _ = stop.wait_for(|stop| *stop).await;
     });
-    loop {
+    while ended < seen.len() {
         let said = tokio::select! {
             biased;
             () = &mut stopping => break,
             said = feed.next() => said,
         };
-        let revisions = match said {
-            Said::Events(revisions) => revisions,
+        let (watcher, revisions) = match said {
+            Said::Events { watcher, revisions } => (watcher, revisions),
             Said::Nothing => continue,
-            Said::Ended(error) => {
-                seen.ended = Some(error);
-                board.newest[index].store(i64::MAX, Ordering::Relaxed);
+            Said::Ended { watcher, error } => {
+                if let Some(seen) = seen.get_mut(watcher).filter(|s| s.ended.is_none()) {
+                    seen.ended = Some(error);
+                    ended += 1;
+                    board.newest[first + watcher].store(i64::MAX, Ordering::Relaxed);
+                }
+                continue;
+            }
+            Said::StreamEnded(error) => {
+                for (watcher, seen) in seen.iter_mut().enumerate().filter(|(_, s)| s.ended.is_none()) {
+                    seen.ended = Some(error.clone());
+                    board.newest[first + watcher].store(i64::MAX, Ordering::Relaxed);
+                }
                 break;
             }
         };
+        let Some(seen) = seen.get_mut(watcher) else { continue };
+        let index = first + watcher;
         let arrived = Instant::now();
         let base = board.base;
         {
@@ -495,92 +540,166 @@ async fn within<T>(
     })
 }
 
-/// One watcher's watch.
+/// The watches of one stream.
 enum Feed {
-    /// A Latch watch (its client resumes it by itself).
+    /// One Latch watch (its client resumes it by itself).
     Latch(BoxStream<'static, Result<WatchUpdate, latch_client::Error>>),
-    /// An etcd watch: the request side, kept so that the stream stays open, and the responses
-    /// (boxed: far larger than a Latch stream).
+    /// Latch watches of one group, and the watcher of each watch id (boxed: far larger than
+    /// one watch's stream).
+    LatchGroup { group: Box<latch_client::WatchGroup>, watchers: HashMap<latch_client::WatchId, usize> },
+    /// etcd watches of one stream: the request side, kept so that the stream stays open, the
+    /// responses (boxed: far larger than a Latch stream), and the watcher of each watch id.
     #[cfg(feature = "etcd")]
-    Etcd { _watcher: etcd_client::Watcher, stream: Box<etcd_client::WatchStream> },
+    Etcd {
+        _watcher: etcd_client::Watcher,
+        stream: Box<etcd_client::WatchStream>,
+        watchers: HashMap<i64, usize>,
+    },
 }
 
-/// What a watch said next.
+/// What a stream said next.
 enum Said {
-    /// The revisions of one response's events, one per event.
-    Events(Vec<i64>),
+    /// The revisions of one response's events to watcher `watcher` of the stream, one per event.
+    Events { watcher: usize, revisions: Vec<i64> },
     /// Nothing to count (progress).
     Nothing,
-    /// The watch ended: no more events come.
-    Ended(OpError),
+    /// Watcher `watcher`'s watch ended: no more events come to it.
+    Ended { watcher: usize, error: OpError },
+    /// The stream ended: no more events come to any of its watchers.
+    StreamEnded(OpError),
 }
 
 impl Feed {
-    /// Opens a watch on [`PREFIX`] from now on, and waits until the system says it started.
-    async fn open(connection: Connection, timeout: Duration) -> Result<Feed, OpError> {
+    /// Opens `watches` watches on [`PREFIX`] from now on, on one stream, and waits until the
+    /// system says each started.
+    async fn open(connection: Connection, timeout: Duration, watches: usize) -> Result<Feed, OpError> {
         match connection {
-            Connection::Latch(client) => {
+            Connection::Latch(client) if watches == 1 => {
                 let mut stream = client.watch(latch_client::WatchOptions::prefix(PREFIX)).boxed();
                 match within(timeout, async { Ok::<_, OpError>(stream.next().await) }).await? {
                     Some(Ok(WatchUpdate::Started { .. })) => Ok(Feed::Latch(stream)),
-                    Some(Ok(other)) => Err(OpError {
-                        kind: "CLIENT",
-                        message: format!("a watch's first update is not Started but {other:?}"),
-                    }),
+                    Some(Ok(other)) => Err(not_started(&other)),
                     Some(Err(e)) => Err(e.into()),
-                    None => Err(OpError {
-                        kind: "UNAVAILABLE",
-                        message: "the watch ended before it started".into(),
-                    }),
+                    None => Err(ended_unstarted()),
                 }
+            }
+            Connection::Latch(client) => {
+                let mut group = client.watch_group();
+                let watchers: HashMap<_, _> = (0..watches)
+                    .map(|w| (group.add(latch_client::WatchOptions::prefix(PREFIX)), w))
+                    .collect();
+                // The member creates them one after the other: each within the timeout.
+                for _ in 0..watches {
+                    match within(timeout, async { Ok::<_, OpError>(group.next().await) }).await? {
+                        Some((_, Ok(WatchUpdate::Started { .. }))) => {}
+                        Some((_, Ok(other))) => return Err(not_started(&other)),
+                        Some((_, Err(e))) => return Err(e.into()),
+                        None => return Err(ended_unstarted()),
+                    }
+                }
+                Ok(Feed::LatchGroup { group: Box::new(group), watchers })
             }
             #[cfg(feature = "etcd")]
             Connection::Etcd(mut client) => {
-                // Returns once etcd answered the create request.
-                let options = etcd_client::WatchOptions::new().with_prefix();
-                let (watcher, stream) = within(timeout, async {
-                    client.watch(PREFIX, Some(options)).await.map_err(OpError::from)
-                })
-                .await?;
-                Ok(Feed::Etcd { _watcher: watcher, stream: Box::new(stream) })
+                // Returns once etcd answered the first create request.
+                let options = || Some(etcd_client::WatchOptions::new().with_prefix());
+                let (mut watcher, mut stream) =
+                    within(timeout, async { client.watch(PREFIX, options()).await.map_err(OpError::from) })
+                        .await?;
+                let mut watchers = HashMap::from([(watcher.watch_id(), 0)]);
+                for w in 1..watches {
+                    within(timeout, async {
+                        watcher.watch(PREFIX, options()).await?;
+                        match stream.message().await? {
+                            Some(r) if r.created() && !r.canceled() => {
+                                watchers.insert(r.watch_id(), w);
+                                Ok(())
+                            }
+                            Some(r) => Err(OpError {
+                                kind: "CLIENT",
+                                message: format!("etcd answered a create with {r:?}"),
+                            }),
+                            None => Err(ended_unstarted()),
+                        }
+                    })
+                    .await?;
+                }
+                Ok(Feed::Etcd { _watcher: watcher, stream: Box::new(stream), watchers })
             }
             #[cfg(feature = "zk")]
             Connection::Zk(_) => Err(zk_refused()),
         }
     }
 
+    /// How many watches the stream carries.
+    fn watches(&self) -> usize {
+        match self {
+            Feed::Latch(_) => 1,
+            Feed::LatchGroup { watchers, .. } => watchers.len(),
+            #[cfg(feature = "etcd")]
+            Feed::Etcd { watchers, .. } => watchers.len(),
+        }
+    }
+
     async fn next(&mut self) -> Said {
         let ended = || OpError { kind: "UNAVAILABLE", message: "the watch stream ended".into() };
+        let events = |watcher: usize, revision: i64, events: &[latch_client::Event]| Said::Events {
+            watcher,
+            revisions: vec![revision; events.len()],
+        };
         match self {
             Feed::Latch(stream) => match stream.next().await {
-                Some(Ok(WatchUpdate::Events { revision, events })) => {
-                    Said::Events(vec![revision; events.len()])
-                }
+                Some(Ok(WatchUpdate::Events { revision, events: e })) => events(0, revision, &e),
                 Some(Ok(_)) => Said::Nothing,
-                Some(Err(e)) => Said::Ended(e.into()),
-                None => Said::Ended(ended()),
+                Some(Err(e)) => Said::Ended { watcher: 0, error: e.into() },
+                None => Said::StreamEnded(ended()),
+            },
+            Feed::LatchGroup { group, watchers } => match group.next().await {
+                Some((id, update)) => {
+                    let Some(&watcher) = watchers.get(&id) else { return Said::Nothing };
+                    match update {
+                        Ok(WatchUpdate::Events { revision, events: e }) => events(watcher, revision, &e),
+                        Ok(_) => Said::Nothing,
+                        Err(e) => Said::Ended { watcher, error: e.into() },
+                    }
+                }
+                None => Said::StreamEnded(ended()),
             },
             #[cfg(feature = "etcd")]
-            Feed::Etcd { stream, .. } => match stream.message().await {
-                Ok(Some(r)) if r.canceled() => Said::Ended(OpError {
-                    kind: "CANCELLED",
-                    message: format!(
-                        "etcd canceled the watch: {:?}, compact revision {}",
-                        r.cancel_reason(),
-                        r.compact_revision()
-                    ),
-                }),
+            Feed::Etcd { stream, watchers, .. } => match stream.message().await {
                 Ok(Some(r)) => {
+                    let Some(&watcher) = watchers.get(&r.watch_id()) else { return Said::Nothing };
+                    if r.canceled() {
+                        return Said::Ended {
+                            watcher,
+                            error: OpError {
+                                kind: "CANCELLED",
+                                message: format!(
+                                    "etcd canceled the watch: {:?}, compact revision {}",
+                                    r.cancel_reason(),
+                                    r.compact_revision()
+                                ),
+                            },
+                        };
+                    }
                     let header = r.header().map_or(0, |h| h.revision());
-                    Said::Events(
-                        r.events().iter().map(|e| e.kv().map_or(header, |kv| kv.mod_revision())).collect(),
-                    )
+                    let revisions =
+                        r.events().iter().map(|e| e.kv().map_or(header, |kv| kv.mod_revision())).collect();
+                    Said::Events { watcher, revisions }
                 }
-                Ok(None) => Said::Ended(ended()),
-                Err(e) => Said::Ended(e.into()),
+                Ok(None) => Said::StreamEnded(ended()),
+                Err(e) => Said::StreamEnded(e.into()),
             },
         }
     }
+}
+
+fn not_started(first: &WatchUpdate) -> OpError {
+    OpError { kind: "CLIENT", message: format!("a watch's first update is not Started but {first:?}") }
+}
+
+fn ended_unstarted() -> OpError {
+    OpError { kind: "UNAVAILABLE", message: "the watch ended before it started".into() }
 }
 
 #[cfg(test)]
@@ -601,14 +720,31 @@ mod tests {
     }
 
     #[test]
-    fn no_watchers_or_more_connections_than_watchers_are_refused_naming_the_flag() {
-        let e = WatchLatency { watchers: 0 }.validate(&settings(1)).expect_err("no watchers");
+    fn no_watchers_or_more_connections_than_streams_are_refused_naming_the_flag() {
+        let bench = |watchers, per_stream| WatchLatency { watchers, per_stream };
+        let e = bench(0, 1).validate(&settings(1)).expect_err("no watchers");
         assert!(e.to_string().contains("--watchers") && e.is_usage(), "{e}");
-        let e = WatchLatency { watchers: 4 }.validate(&settings(8)).expect_err("too many connections");
+        let e = bench(4, 1).validate(&settings(8)).expect_err("too many connections");
         assert!(e.to_string().contains("--connections"), "{e}");
-        assert!(WatchLatency { watchers: 10_000 }.validate(&settings(16)).is_ok());
+        assert!(bench(10_000, 1).validate(&settings(16)).is_ok());
         let zk = Settings { target: TargetSpec::parse("zk://h:1").expect("valid"), ..settings(1) };
-        assert!(WatchLatency { watchers: 1 }.validate(&zk).is_err());
+        assert!(bench(1, 1).validate(&zk).is_err());
+    }
+
+    #[test]
+    fn watches_per_stream_must_fit_the_watchers_and_leave_a_stream_per_connection() {
+        let bench = |watchers, per_stream| WatchLatency { watchers, per_stream };
+        assert_eq!(bench(10_000, 625).streams(), 16);
+        assert_eq!(bench(1_000, 300).streams(), 4, "the last stream takes the rest (100)");
+        assert!(bench(10_000, 625).validate(&settings(16)).is_ok());
+        let e = bench(100, 0).validate(&settings(1)).expect_err("no watches per stream");
+        assert!(e.to_string().contains("--watches-per-stream"), "{e}");
+        let e = bench(100, 101).validate(&settings(1)).expect_err("more per stream than watchers");
+        assert!(e.to_string().contains("--watches-per-stream"), "{e}");
+        let e = bench(20_000, 20_000).validate(&settings(1)).expect_err("over a member's watches per stream");
+        assert!(e.to_string().contains("10000"), "{e}");
+        let e = bench(1_000, 100).validate(&settings(16)).expect_err("10 streams on 16 connections");
+        assert!(e.to_string().contains("--connections") && e.to_string().contains("streams (10"), "{e}");
     }
 
     #[test]

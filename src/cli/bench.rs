@@ -157,10 +157,15 @@ pub struct RegistryArgs {
 /// `latch bench watch-latency`.
 #[derive(Debug, Args)]
 pub struct WatchLatencyArgs {
-    /// Watches on the prefix, one stream each, spread round-robin over --connections
-    /// connections [default connections: the smaller of --watchers and 16].
+    /// Watches on the prefix, --watches-per-stream to a stream, the streams spread
+    /// round-robin over --connections connections [default connections: the smaller of the
+    /// streams and 16].
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub watchers: usize,
+    /// Watches on one stream (Latch: a watch group, which takes shared responses; etcd: that
+    /// many creates on one Watch stream); 1: each watch a stream of its own.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub watches_per_stream: usize,
 }
 
 /// `latch bench lock`.
@@ -316,9 +321,10 @@ impl BenchOptions {
 pub async fn run(command: BenchCommand, client: &ClientArgs) -> anyhow::Result<ExitCode> {
     let mut options = command.options.clone();
     if let WorkloadArgs::WatchLatency(args) = &command.workload {
-        // The watchers are the clients that --connections are shared by (too few of them is
+        // The streams are the clients that --connections are shared by (too few of them is
         // refused by the workload, naming --watchers).
-        options.clients = args.watchers.max(options.connections.unwrap_or(1));
+        let streams = args.watchers.div_ceil(args.watches_per_stream.max(1));
+        options.clients = streams.max(options.connections.unwrap_or(1));
     }
     if let WorkloadArgs::Dns(_) = &command.workload {
         // Each client is a socket of its own.
@@ -357,7 +363,8 @@ pub async fn run(command: BenchCommand, client: &ClientArgs) -> anyhow::Result<E
         }
         WorkloadArgs::Lock(args) => bench::locks::run(args.bench(), &settings, progress, interrupt).await,
         WorkloadArgs::WatchLatency(args) => {
-            let bench = bench::watches::WatchLatency { watchers: args.watchers };
+            let bench =
+                bench::watches::WatchLatency { watchers: args.watchers, per_stream: args.watches_per_stream };
             bench::watches::run(bench, &settings, progress, interrupt).await
         }
         WorkloadArgs::Dns(args) => {

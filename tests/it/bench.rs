@@ -159,3 +159,31 @@ async fn bench_against_nothing_fails_before_measuring() {
     assert!(stderr.contains("does not serve"), "stderr should say the target does not serve; got: {stderr}");
     assert!(out.stdout.is_empty(), "no report for a run that never started");
 }
+
+#[tokio::test]
+async fn bench_watch_latency_delivers_every_put_to_every_watcher_one_stream_each_or_grouped() {
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    for per_stream in ["1", "10"] {
+        let args = [
+            "watch-latency",
+            "--watchers",
+            "20",
+            "--watches-per-stream",
+            per_stream,
+            "--ops",
+            "30",
+            "--output",
+            "json",
+        ];
+        let what = format!("latch bench watch-latency --watches-per-stream {per_stream}");
+        let r = report(&bench(Some(&c), &args).await, &what);
+        let p = &r["parameters"];
+        assert_eq!(p["watches_per_stream"], per_stream.parse::<u64>().unwrap(), "{what}: {r}");
+        assert_eq!(p["puts"], 30, "{what}: every put answered: {r}");
+        assert_eq!(p["missed_events"], 0, "{what}: no watcher misses an answered put: {r}");
+        assert_eq!(p["duplicate_events"], 0, "{what}: {r}");
+        assert_eq!(r["ops"], 20 * 30, "{what}: every watcher timed every put's event: {r}");
+        assert_eq!(r["errors"], serde_json::json!({}), "{what}: no errors expected: {r}");
+    }
+}

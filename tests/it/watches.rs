@@ -37,7 +37,8 @@ struct Recorder {
     start: Arc<Mutex<Option<i64>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
     error: Arc<Mutex<Option<String>>>,
-    task: tokio::task::JoinHandle<()>,
+    /// What feeds it (for watches of a group, the first one's holds the group's).
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Recorder {
@@ -56,23 +57,8 @@ impl Recorder {
         let task = tokio::spawn(async move {
             tokio::pin!(updates);
             while let Some(update) = updates.next().await {
-                match update {
-                    Ok(WatchUpdate::Started { revision }) => *s.lock().unwrap() = Some(revision + 1),
-                    Ok(WatchUpdate::Events { revision, events }) => v
-                        .lock()
-                        .unwrap()
-                        .push(Seen::Events { revision, changes: events.iter().map(change).collect() }),
-                    Ok(WatchUpdate::Progress { revision }) => {
-                        v.lock().unwrap().push(Seen::Progress { revision })
-                    }
-                    Ok(WatchUpdate::Snapshot { revision, .. }) => {
-                        *e.lock().unwrap() = Some(format!("an unasked-for snapshot at {revision}"));
-                        return;
-                    }
-                    Err(err) => {
-                        *e.lock().unwrap() = Some(err.to_string());
-                        return;
-                    }
+                if !Recorder::note(&s, &v, &e, update) {
+                    return;
                 }
                 if let Some((pause, on)) = &slow {
                     if on.load(Ordering::Relaxed) {
@@ -81,7 +67,62 @@ impl Recorder {
                 }
             }
         });
-        Recorder { name: name.into(), start, seen, error, task }
+        Recorder { name: name.into(), start, seen, error, task: Some(task) }
+    }
+
+    /// Follows each of `watches` (named) as a watch of one [`latch_client::WatchGroup`] of
+    /// `client`'s: one stream, one task; each recorded as [`Recorder::start`] records one.
+    fn group(client: &Client, watches: Vec<(&str, WatchOptions)>) -> Vec<Recorder> {
+        let mut group = client.watch_group();
+        let mut recorders = Vec::new();
+        let mut by_id = BTreeMap::new();
+        for (name, options) in watches {
+            let (start, seen, error) =
+                (Arc::new(Mutex::new(None)), Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(None)));
+            by_id.insert(group.add(options), (start.clone(), seen.clone(), error.clone()));
+            recorders.push((name.to_string(), start, seen, error));
+        }
+        let task = tokio::spawn(async move {
+            while let Some((id, update)) = group.next().await {
+                let (s, v, e) = &by_id[&id];
+                if !Recorder::note(s, v, e, update) {
+                    group.remove(id);
+                }
+            }
+        });
+        // The first recorder holds the group's task.
+        let mut task = Some(task);
+        recorders
+            .into_iter()
+            .map(|(name, start, seen, error)| Recorder { name, start, seen, error, task: task.take() })
+            .collect()
+    }
+
+    /// Records `update` of a watch; `false` once the watch is over (an error, or a snapshot
+    /// nobody asked for).
+    fn note(
+        start: &Mutex<Option<i64>>,
+        seen: &Mutex<Vec<Seen>>,
+        error: &Mutex<Option<String>>,
+        update: Result<WatchUpdate, latch_client::Error>,
+    ) -> bool {
+        match update {
+            Ok(WatchUpdate::Started { revision }) => *start.lock().unwrap() = Some(revision + 1),
+            Ok(WatchUpdate::Events { revision, events }) => seen
+                .lock()
+                .unwrap()
+                .push(Seen::Events { revision, changes: events.iter().map(change).collect() }),
+            Ok(WatchUpdate::Progress { revision }) => seen.lock().unwrap().push(Seen::Progress { revision }),
+            Ok(WatchUpdate::Snapshot { revision, .. }) => {
+                *error.lock().unwrap() = Some(format!("an unasked-for snapshot at {revision}"));
+                return false;
+            }
+            Err(err) => {
+                *error.lock().unwrap() = Some(err.to_string());
+                return false;
+            }
+        }
+        true
     }
 
     async fn started(&self) -> i64 {
@@ -307,7 +348,13 @@ async fn watches_keep_etcds_six_guarantees_through_a_leader_kill_a_follower_rest
     let on_leader = Recorder::start(&c.client_of_many(&[leader, f1, f2]).await, "on-leader", options(), None);
     let on_follower =
         Recorder::start(&c.client_of_many(&[f1, f2, leader]).await, "on-follower", options(), None);
-    for r in [&on_leader, &on_follower] {
+    // Three watches of one group on the follower to be restarted: two that the member serves
+    // with shared responses, one (prev_kv) on its own.
+    let in_group = Recorder::group(
+        &c.client_of_many(&[f1, f2, leader]).await,
+        vec![("group-a", options()), ("group-b", options()), ("group-prev-kv", options().prev_kv())],
+    );
+    for r in [&on_leader, &on_follower].into_iter().chain(&in_group) {
         r.started().await;
     }
     // A stream that reads nothing until told to (with small HTTP/2 windows, so that the member
@@ -349,7 +396,7 @@ async fn watches_keep_etcds_six_guarantees_through_a_leader_kill_a_follower_rest
     let last = last_known(&known);
     assert!(compactions >= 5, "expected compactions every 200 ms while writing, got {compactions}");
 
-    for r in [&on_leader, &on_follower] {
+    for r in [&on_leader, &on_follower].into_iter().chain(&in_group) {
         r.wait_vouched(last).await;
     }
     let (slow, slow_cancels) = slow.finish(last).await;
@@ -369,14 +416,20 @@ async fn watches_keep_etcds_six_guarantees_through_a_leader_kill_a_follower_rest
 
     let counted = total(&c, "latch_watch_canceled_total{reason=\"SLOW\"}").await;
     assert!(counted >= slow_cancels as f64, "the member counts its SLOW cancels ({counted})");
-    let records: Vec<Watch> =
-        [&on_leader, &on_follower, &resumed].iter().map(|r| r.record()).chain([slow]).collect();
+    let records: Vec<Watch> = [&on_leader, &on_follower, &resumed]
+        .into_iter()
+        .chain(&in_group)
+        .map(|r| r.record())
+        .chain([slow])
+        .collect();
     let known = known.lock().unwrap().clone();
     if let Err(violation) = check(&known, &records) {
         panic!("watch guarantees violated: {violation}\n({acked} acknowledged writes, last revision {last})");
     }
-    for r in [on_leader, on_follower, resumed] {
-        r.task.abort();
+    for r in [on_leader, on_follower, resumed].into_iter().chain(in_group) {
+        if let Some(task) = r.task {
+            task.abort();
+        }
     }
 }
 
@@ -445,10 +498,12 @@ async fn a_compacted_start_revision_is_refused_naming_the_compact_revision_or_an
     }
 }
 
-/// One raw stream carrying `n` watches of `PREFIX` (ids 1..=n; none with 0), demultiplexed.
+/// One raw stream carrying `n` watches of `PREFIX` (ids 1..=n; none with 0), demultiplexed;
+/// `shared`: they take shared responses.
 async fn raw_stream(
     addr: &str,
     n: i64,
+    shared: bool,
 ) -> (mpsc::Sender<WatchRequest>, tonic::Streaming<latch_client::proto::WatchResponse>) {
     let (tx, rx) = mpsc::channel(16);
     let (key, range_end) = prefix_range(PREFIX.as_bytes());
@@ -459,6 +514,7 @@ async fn raw_stream(
             key: key.clone(),
             range_end: range_end.clone(),
             watch_id: id,
+            shared_responses: shared,
             ..Default::default()
         };
         tx.send(WatchRequest { request: Some(Ask::Create(create)) }).await.unwrap();
@@ -467,24 +523,28 @@ async fn raw_stream(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_thousand_watches_on_one_prefix_see_identical_sequences() {
+async fn a_thousand_watches_on_one_prefix_see_identical_sequences_shared_responses_or_not() {
     let c = Cluster::start(3, &[]).await;
     c.leader().await;
     let client = c.client().await;
     let (streams, per_stream) = (10, 100);
+    // The odd streams' watches take shared responses: one response per revision names them all.
+    let shares = |s: usize| s % 2 == 1;
     // The writer's last revision, once it stopped: each stream then asks for progress until
     // every watch on it has delivered it.
     let (last_tx, last_rx) = tokio::sync::watch::channel(0i64);
     let mut readers = Vec::new();
     for s in 0..streams {
         let member = c.ids()[s % 3];
-        let (tx, mut stream) = raw_stream(&c.member(member).client_addr, per_stream).await;
+        let (tx, mut stream) = raw_stream(&c.member(member).client_addr, per_stream, shares(s)).await;
         let mut last_rx = last_rx.clone();
         readers.push(tokio::spawn(async move {
             let mut seen: BTreeMap<i64, Vec<Seen>> = BTreeMap::new();
             let mut fragments: BTreeMap<i64, Vec<Change>> = BTreeMap::new();
             let mut created = 0;
             let mut start = 0;
+            // Responses with events, and the watches they were for.
+            let (mut responses, mut deliveries) = (0usize, 0usize);
             loop {
                 let r = tokio::select! {
                     r = stream.message() => r.unwrap().unwrap_or_else(|| panic!("stream {s} ended")),
@@ -501,17 +561,21 @@ async fn a_thousand_watches_on_one_prefix_see_identical_sequences() {
                 } else if r.progress {
                     let last = *last_rx.borrow();
                     if last > 0 && revision >= last {
-                        return (created, start, seen);
+                        return (created, start, seen, responses, deliveries);
                     }
                     if last > 0 {
                         tx.send(WatchRequest { request: Some(Ask::Progress(WatchProgressRequest {})) }).await.unwrap();
                     }
                 } else {
-                    let buf = fragments.entry(r.watch_id).or_default();
-                    buf.extend(r.events.iter().map(change));
-                    if !r.fragment {
-                        let changes = std::mem::take(buf);
-                        seen.entry(r.watch_id).or_default().push(Seen::Events { revision, changes });
+                    responses += 1;
+                    for id in [r.watch_id].into_iter().chain(r.also_watch_ids.iter().copied()) {
+                        deliveries += 1;
+                        let buf = fragments.entry(id).or_default();
+                        buf.extend(r.events.iter().map(change));
+                        if !r.fragment {
+                            let changes = std::mem::take(buf);
+                            seen.entry(id).or_default().push(Seen::Events { revision, changes });
+                        }
                     }
                 }
             }
@@ -537,11 +601,22 @@ async fn a_thousand_watches_on_one_prefix_see_identical_sequences() {
 
     let mut records = Vec::new();
     for (s, reader) in readers.into_iter().enumerate() {
-        let (created, start, seen) = tokio::time::timeout(Duration::from_secs(30), reader)
-            .await
-            .unwrap_or_else(|_| panic!("stream {s} did not deliver every revision within 30 s"))
-            .unwrap();
+        let (created, start, seen, responses, deliveries) =
+            tokio::time::timeout(Duration::from_secs(30), reader)
+                .await
+                .unwrap_or_else(|_| panic!("stream {s} did not deliver every revision within 30 s"))
+                .unwrap();
         assert_eq!(created, per_stream, "stream {s}: every watch created");
+        if shares(s) {
+            // Watches created together at the same revision stay together: one response each
+            // revision (a few more if a turn found the stream's queue full and split them).
+            assert!(
+                deliveries >= 10 * responses,
+                "stream {s}: shared responses name many watches each ({deliveries} deliveries in {responses} responses)"
+            );
+        } else {
+            assert_eq!(deliveries, responses, "stream {s}: a response per watch without shared_responses");
+        }
         for id in 1..=per_stream {
             let seen = seen.get(&id).cloned().unwrap_or_default();
             records.push(Watch {
@@ -558,7 +633,9 @@ async fn a_thousand_watches_on_one_prefix_see_identical_sequences() {
         assert!(r.seen == first, "{} saw another sequence than {}", r.name, records[0].name);
     }
     let known = known.lock().unwrap().clone();
-    check(&known, &records[..20]).unwrap_or_else(|v| panic!("watch guarantees violated: {v}"));
+    // Ten watches of a stream without shared responses, ten of one with.
+    let checked: Vec<Watch> = records[..10].iter().chain(&records[100..110]).cloned().collect();
+    check(&known, &checked).unwrap_or_else(|v| panic!("watch guarantees violated: {v}"));
 }
 
 /// The compact revision member `c`'s history is at, as a read at revision 1 reports it (0: none).
@@ -735,7 +812,7 @@ pub(crate) async fn responses_until(
 async fn one_stream_serves_filters_previous_values_fragments_cancels_and_refusals() {
     let c = Cluster::start(1, &[]).await;
     let client = c.client().await;
-    let (tx, mut stream) = raw_stream(&c.member(1).client_addr, 0).await;
+    let (tx, mut stream) = raw_stream(&c.member(1).client_addr, 0, false).await;
     let (key, range_end) = prefix_range(PREFIX.as_bytes());
     let create = |watch_id: i64, f: fn(&mut WatchCreateRequest)| {
         let mut c = WatchCreateRequest {
@@ -817,7 +894,7 @@ async fn one_stream_serves_filters_previous_values_fragments_cancels_and_refusal
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_the_member_picks_is_never_one_a_watch_of_the_stream_had_before() {
     let c = Cluster::start(1, &[]).await;
-    let (tx, mut stream) = raw_stream(&c.member(1).client_addr, 0).await;
+    let (tx, mut stream) = raw_stream(&c.member(1).client_addr, 0, false).await;
     let (key, range_end) = prefix_range(PREFIX.as_bytes());
     let create = |watch_id: i64| {
         let c = WatchCreateRequest {

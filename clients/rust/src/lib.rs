@@ -59,7 +59,7 @@ pub use registry::{
 };
 pub use session::{Session, SessionOptions, SessionState};
 pub use txn::{prefix_end, prefix_range, Compare, CompareResult, Op, Txn};
-pub use watch::{WatchOptions, WatchTarget, WatchUpdate};
+pub use watch::{WatchGroup, WatchId, WatchOptions, WatchTarget, WatchUpdate};
 
 /// The wire types of Latch's gRPC API, package `latch.v1`.
 pub use latch_proto::v1 as proto;

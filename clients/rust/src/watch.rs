@@ -4,6 +4,8 @@
 //! its clients' queues hold — from the revision after the last one it delivered, so that the
 //! caller sees every revision once, in order, with no gap.
 
+mod group;
+
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -15,6 +17,8 @@ use latch_proto::v1::watch_response::CancelReason;
 use latch_proto::v1::{Event, KeyValue, WatchCreateRequest, WatchRequest, WatchResponse};
 use tonic::metadata::MetadataValue;
 use tonic::Status;
+
+pub use group::{WatchGroup, WatchId};
 
 use crate::{prefix_range, Client, Error};
 
@@ -96,7 +100,9 @@ impl WatchOptions {
         self
     }
 
-    fn create(&self, start_revision: i64) -> WatchRequest {
+    /// The create of this watch as `watch_id` on a stream, from `start_revision`; `shared`: it
+    /// takes responses shared with the stream's other watches (`also_watch_ids`).
+    fn create(&self, start_revision: i64, watch_id: i64, shared: bool) -> WatchRequest {
         let on_compacted =
             if self.snapshot_on_compacted { OnCompacted::Snapshot } else { OnCompacted::Error };
         WatchRequest {
@@ -108,9 +114,10 @@ impl WatchOptions {
                 no_put: self.no_put,
                 no_delete: self.no_delete,
                 progress_notify: self.progress_notify,
-                watch_id: 1,
+                watch_id,
                 on_compacted: on_compacted as i32,
                 target: self.target as i32,
+                shared_responses: shared,
             })),
         }
     }
@@ -179,15 +186,9 @@ impl Client {
     ) -> impl Stream<Item = Result<WatchUpdate, Error>> + Send + Unpin + 'static {
         let follower = Follower {
             client: self.clone(),
-            // The first revision not delivered yet (0: from now, until the member says which).
-            next: options.start_revision,
-            vouched: 0,
-            options,
-            started: false,
+            watch: Position::new(options),
             backoff: INITIAL_BACKOFF,
             stream: None,
-            events: Vec::new(),
-            kvs: Vec::new(),
             ended: false,
         };
         // Fused: polled again after its end, it says `None` again.
@@ -206,6 +207,18 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
 /// One watch, followed across streams and members.
 struct Follower {
     client: Client,
+    watch: Position,
+    backoff: Duration,
+    /// The stream being read, if one is open.
+    stream: Option<tonic::Streaming<WatchResponse>>,
+    /// The watch ended: nothing more comes.
+    ended: bool,
+}
+
+/// Where one watch is: what it delivered, and what it read of a revision not delivered yet.
+/// What a stream says of it moves it on ([`Position::take`]); a stream opened again carries it
+/// on from `next`.
+struct Position {
     options: WatchOptions,
     /// The first revision not delivered yet (0: from now, until a member says which): where a
     /// resume starts.
@@ -217,14 +230,9 @@ struct Follower {
     vouched: i64,
     /// `Started` was delivered (a resumed stream says it again; the caller heard it once).
     started: bool,
-    backoff: Duration,
-    /// The stream being read, if one is open.
-    stream: Option<tonic::Streaming<WatchResponse>>,
     /// Fragments of a revision (or of a snapshot) read so far.
     events: Vec<Event>,
     kvs: Vec<KeyValue>,
-    /// The watch ended: nothing more comes.
-    ended: bool,
 }
 
 impl Follower {
@@ -240,7 +248,7 @@ impl Follower {
                     let response = stream.message().await;
                     self.read(response)
                 }
-                None => match open(&self.client, &self.options, self.next, self.started).await {
+                None => match open(&self.client, &self.watch).await {
                     Ok(stream) => {
                         self.stream = Some(stream);
                         continue;
@@ -259,8 +267,7 @@ impl Follower {
                 Step::Reopen(how) => {
                     // Fragments of a stream that broke are read again from the next one.
                     self.stream = None;
-                    self.events.clear();
-                    self.kvs.clear();
+                    self.watch.forget_fragments();
                     match how {
                         Reopen::Again => self.backoff = INITIAL_BACKOFF,
                         Reopen::Elsewhere => {
@@ -276,17 +283,47 @@ impl Follower {
 
     /// What one response read from the stream comes to.
     fn read(&mut self, response: Result<Option<WatchResponse>, Status>) -> Step {
-        let r: WatchResponse = match response {
-            Ok(Some(r)) => r,
-            // A stream ended over a member's limit once it was served (the bytes queued for
-            // its clients) says the member is loaded, not that the watch is wrong: another
-            // member, or this one a moment later, serves it.
-            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
-                return Step::Reopen(Reopen::Elsewhere)
-            }
-            Err(status) if gives_up(status.code()) => return Step::End(Error::from(status)),
-            Ok(None) | Err(_) => return Step::Reopen(Reopen::Elsewhere),
-        };
+        match response {
+            Ok(Some(r)) => self.watch.take(r),
+            Ok(None) => Step::Reopen(Reopen::Elsewhere),
+            Err(status) => stream_failed(status),
+        }
+    }
+}
+
+/// What a stream that failed (`status`) comes to for the watches it carried.
+fn stream_failed(status: Status) -> Step {
+    match status.code() {
+        // A stream ended over a member's limit once it was served (the bytes queued for its
+        // clients) says the member is loaded, not that the watch is wrong: another member, or
+        // this one a moment later, serves it.
+        tonic::Code::ResourceExhausted => Step::Reopen(Reopen::Elsewhere),
+        code if gives_up(code) => Step::End(Error::from(status)),
+        _ => Step::Reopen(Reopen::Elsewhere),
+    }
+}
+
+impl Position {
+    fn new(options: WatchOptions) -> Position {
+        Position {
+            // The first revision not delivered yet (0: from now, until the member says which).
+            next: options.start_revision,
+            vouched: 0,
+            options,
+            started: false,
+            events: Vec::new(),
+            kvs: Vec::new(),
+        }
+    }
+
+    /// Drops the fragments read of a revision: a stream opened again sends them again.
+    fn forget_fragments(&mut self) {
+        self.events.clear();
+        self.kvs.clear();
+    }
+
+    /// What one response of this watch comes to.
+    fn take(&mut self, r: WatchResponse) -> Step {
         let revision = r.header.as_ref().map_or(0, |h| h.revision);
         let update = if r.canceled {
             return match CancelReason::try_from(r.cancel_reason) {
@@ -354,14 +391,9 @@ impl Follower {
     }
 }
 
-/// Opens a stream of `options` from revision `next` (`resuming`: the watch was served before).
-async fn open(
-    client: &Client,
-    options: &WatchOptions,
-    next: i64,
-    resuming: bool,
-) -> Result<tonic::Streaming<WatchResponse>, Step> {
-    let create = options.create(next);
+/// Opens a stream of `watch`, from its next revision.
+async fn open(client: &Client, watch: &Position) -> Result<tonic::Streaming<WatchResponse>, Step> {
+    let create = watch.options.create(watch.next, 1, false);
     let opened = client
         .open_stream("Watch", |channel| {
             // The one request, then a side that stays open as long as the stream: the watch
@@ -371,15 +403,18 @@ async fn open(
             async move { WatchClient::new(channel).max_decoding_message_size(usize::MAX).watch(asks).await }
         })
         .await;
-    match opened {
-        Ok(stream) => Ok(stream),
+    opened.map_err(|e| open_failed(e, watch.started))
+}
+
+/// What a stream that could not be opened (`e`) comes to for its watches; `resuming`: one of
+/// them was served before.
+fn open_failed(e: Error, resuming: bool) -> Step {
+    match e.code() {
         // A member at its watch streams refuses a resume as it would a first watch; the first
         // is the caller's to hear of, a resume tries elsewhere (with the backoff).
-        Err(e) if resuming && e.code() == tonic::Code::ResourceExhausted => {
-            Err(Step::Reopen(Reopen::Elsewhere))
-        }
-        Err(e) if gives_up(e.code()) => Err(Step::End(e)),
-        Err(_) => Err(Step::Reopen(Reopen::Elsewhere)),
+        tonic::Code::ResourceExhausted if resuming => Step::Reopen(Reopen::Elsewhere),
+        code if gives_up(code) => Step::End(e),
+        _ => Step::Reopen(Reopen::Elsewhere),
     }
 }
 

@@ -1,0 +1,235 @@
+//! Many watches on one stream: [`Client::watch_group`]. Each watch of a group keeps every
+//! promise of [`Client::watch`] (every revision once, in order, with no gap, resumed by itself
+//! on another member); what they share is the stream, and with it the member's work: watches
+//! that select the same changes the same way and have delivered as far get each revision's
+//! events in one response naming them all (`shared_responses`), which the group hands to each.
+//!
+//! As with [`Client::watch`], the group runs inside its caller's [`WatchGroup::next`]: a
+//! response is read only when the caller asks for the next update, so a caller that stops
+//! reading holds the member's flow control, not memory here. Updates of one response wait in
+//! the group until they are asked for (at most one per watch of the group, and their events
+//! once each).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use latch_proto::v1::watch_client::WatchClient;
+use latch_proto::v1::watch_request::Request as Ask;
+use latch_proto::v1::{WatchCancelRequest, WatchRequest, WatchResponse};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use super::{open_failed, stream_failed, Position, Reopen, Step, WatchOptions, WatchUpdate, INITIAL_BACKOFF};
+use crate::{Client, Error};
+
+/// A watch's id in its group: also its id on the group's stream.
+pub type WatchId = i64;
+
+/// Watches on one stream; see the module doc. Add watches with [`WatchGroup::add`], read what
+/// any of them delivers with [`WatchGroup::next`].
+pub struct WatchGroup {
+    client: Client,
+    /// The group's watches that have not ended, by id.
+    watches: BTreeMap<WatchId, Position>,
+    /// The id the next watch added gets (never one a watch of the group had).
+    next_id: WatchId,
+    stream: Option<Open>,
+    /// Updates read and not asked for yet, in the order they were read.
+    ready: VecDeque<(WatchId, Result<WatchUpdate, Error>)>,
+    backoff: Duration,
+}
+
+/// The group's open stream.
+struct Open {
+    responses: tonic::Streaming<WatchResponse>,
+    /// The request side: creates, and cancels of watches removed.
+    asks: mpsc::UnboundedSender<WatchRequest>,
+}
+
+impl Client {
+    /// A group of watches on one stream: see [`WatchGroup`]. A process that watches the same
+    /// prefix many times over (a watcher per worker, say) lets the member send each revision
+    /// once for all of them.
+    pub fn watch_group(&self) -> WatchGroup {
+        WatchGroup {
+            client: self.clone(),
+            watches: BTreeMap::new(),
+            next_id: 1,
+            stream: None,
+            ready: VecDeque::new(),
+            backoff: INITIAL_BACKOFF,
+        }
+    }
+}
+
+impl WatchGroup {
+    /// Adds the watch `options` selects, and says its id. It opens with the group's stream
+    /// (at the next [`WatchGroup::next`], or at once if the stream is open); its updates,
+    /// starting with [`WatchUpdate::Started`], come through [`WatchGroup::next`].
+    pub fn add(&mut self, options: WatchOptions) -> WatchId {
+        let id = self.next_id;
+        self.next_id += 1;
+        let watch = Position::new(options);
+        if let Some(open) = &self.stream {
+            // A stream that went away is found so when next read; the watch opens on the next.
+            let _ = open.asks.send(watch.options.create(watch.next, id, true));
+        }
+        self.watches.insert(id, watch);
+        id
+    }
+
+    /// Ends watch `id`: nothing more of it comes (updates of it already read are dropped).
+    /// Whether it was a watch of the group that had not ended.
+    pub fn remove(&mut self, id: WatchId) -> bool {
+        if self.watches.remove(&id).is_none() {
+            return false;
+        }
+        self.ready.retain(|(of, _)| *of != id);
+        if let Some(open) = &self.stream {
+            let cancel = WatchCancelRequest { watch_id: id };
+            let _ = open.asks.send(WatchRequest { request: Some(Ask::Cancel(cancel)) });
+        }
+        true
+    }
+
+    /// How many watches of the group have not ended.
+    pub fn len(&self) -> usize {
+        self.watches.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.watches.is_empty()
+    }
+
+    /// The next update of one of the group's watches, with its id. An error ends that watch
+    /// alone, for the reasons [`Client::watch`] gives; the others go on. `None` once no watch
+    /// is left (add one to go on).
+    pub async fn next(&mut self) -> Option<(WatchId, Result<WatchUpdate, Error>)> {
+        loop {
+            if let Some(update) = self.ready.pop_front() {
+                return Some(update);
+            }
+            if self.watches.is_empty() {
+                // A stream with no watch left is closed (the member forgets it too).
+                self.stream = None;
+                return None;
+            }
+            let step = match self.stream.as_mut() {
+                Some(open) => match open.responses.message().await {
+                    Ok(Some(r)) => {
+                        self.take(r).await;
+                        continue;
+                    }
+                    Ok(None) => Step::Reopen(Reopen::Elsewhere),
+                    Err(status) => stream_failed(status),
+                },
+                None => match self.open().await {
+                    Ok(open) => {
+                        self.stream = Some(open);
+                        continue;
+                    }
+                    Err(step) => step,
+                },
+            };
+            // The stream as a whole failed, or could not be opened.
+            match step {
+                Step::End(e) => {
+                    self.stream = None;
+                    for (id, _) in std::mem::take(&mut self.watches) {
+                        self.ready.push_back((id, Err(copy_of(&e))));
+                    }
+                }
+                _ => self.reopen_elsewhere().await,
+            }
+        }
+    }
+
+    /// Hands response `r` to each watch it is for.
+    async fn take(&mut self, mut r: WatchResponse) {
+        let also = std::mem::take(&mut r.also_watch_ids);
+        let mut elsewhere = false;
+        let mut ids = also.into_iter().chain([r.watch_id]).peekable();
+        while let Some(id) = ids.next() {
+            let Some(watch) = self.watches.get_mut(&id) else {
+                // A watch removed (its cancel's answer, or what came before it), or a
+                // stream-wide response.
+                continue;
+            };
+            // The last one named takes the response itself; the others a copy each.
+            let response = if ids.peek().is_some() { r.clone() } else { std::mem::take(&mut r) };
+            match watch.take(response) {
+                Step::Update(update) => {
+                    self.backoff = INITIAL_BACKOFF;
+                    self.ready.push_back((id, Ok(update)));
+                }
+                Step::Skip => {}
+                Step::End(e) => {
+                    self.watches.remove(&id);
+                    self.ready.push_back((id, Err(e)));
+                }
+                Step::Reopen(Reopen::Again) => {
+                    // Canceled SLOW: the member forgot it; created again at once, same id.
+                    watch.forget_fragments();
+                    let create = watch.options.create(watch.next, id, true);
+                    if let Some(open) = &self.stream {
+                        let _ = open.asks.send(create);
+                    }
+                }
+                Step::Reopen(Reopen::Elsewhere) => elsewhere = true,
+            }
+        }
+        if elsewhere {
+            self.reopen_elsewhere().await;
+        }
+    }
+
+    /// Drops the stream and waits the backoff: the next read opens one on the next member,
+    /// each watch from its next revision.
+    async fn reopen_elsewhere(&mut self) {
+        self.stream = None;
+        for watch in self.watches.values_mut() {
+            watch.forget_fragments();
+        }
+        self.client.move_on();
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
+    }
+
+    /// Opens a stream carrying every watch of the group, each from its next revision.
+    async fn open(&mut self) -> Result<Open, Step> {
+        let creates: Vec<WatchRequest> =
+            self.watches.iter().map(|(&id, w)| w.options.create(w.next, id, true)).collect();
+        let resuming = self.watches.values().any(|w| w.started);
+        let mut asks = None;
+        let opened = self
+            .client
+            .open_stream("Watch", |channel| {
+                // Each attempt gets a request side of its own, the creates first; the last
+                // one's stays with the stream, and the group sends on it.
+                let (sender, receiver) = mpsc::unbounded_channel();
+                for create in &creates {
+                    let _ = sender.send(create.clone());
+                }
+                asks = Some(sender);
+                let requests = UnboundedReceiverStream::new(receiver);
+                async move {
+                    WatchClient::new(channel).max_decoding_message_size(usize::MAX).watch(requests).await
+                }
+            })
+            .await;
+        match (opened, asks) {
+            (Ok(responses), Some(asks)) => Ok(Open { responses, asks }),
+            (Ok(_), None) => Err(Step::Reopen(Reopen::Elsewhere)),
+            (Err(e), _) => Err(open_failed(e, resuming)),
+        }
+    }
+}
+
+/// The same failure for another watch (a transport error becomes a status of its code and
+/// message).
+fn copy_of(e: &Error) -> Error {
+    match e.status() {
+        Some(status) => Error::from(status.clone()),
+        None => Error::from(tonic::Status::new(e.code(), e.to_string())),
+    }
+}
