@@ -5,8 +5,9 @@
 # warm-up of WARMUP with 100 watchers, then `latch bench watch-latency` with each of WATCHERS
 # watchers on that one cluster, DURATION each. One writer puts keys bench/watch/0, 1, … one at a
 # time; every watcher watches the prefix bench/watch/ on a stream of its own, or with STREAMS set,
-# the watchers share that many streams (`--watches-per-stream`: Latch's watch groups, which the
-# members answer with shared responses; etcd: that many creates on one Watch stream); the streams
+# the watchers share at most that many streams, `--watches-per-stream` = watchers / STREAMS rounded
+# up (100 watchers and STREAMS=16 take 15 streams of 7). Latch: a watch group per stream, which the
+# members answer with shared responses; etcd: that many creates on one Watch stream. The streams
 # spread over CONNECTIONS client connections (default: the bench's, the smaller of the streams and
 # 16) and so over the members. Each event is timed from the instant its put's answer reached the
 # writer to the instant it reached the watcher, clamped at 0. See src/bench/watches.rs.

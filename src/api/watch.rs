@@ -172,7 +172,7 @@ struct Watch {
     progress_notify: bool,
     snapshot_on_compacted: bool,
     /// Its client takes responses shared with other watches of the stream
-    /// (`shared_responses`): see [`Stream::turn_groups`].
+    /// (`shared_responses`): see [`Stream::turns`].
     shared: bool,
     /// The first revision not delivered yet.
     next: i64,
@@ -1090,7 +1090,7 @@ impl Stream {
         }
         responses.push(response(chunk, !last));
         if only_with_room {
-            let bytes = responses.iter().map(|r| prost::Message::encoded_len(r).max(1)).sum();
+            let bytes = responses.iter().map(|r| outbox::held(r).max(1)).sum();
             if !self.out.has_room(responses.len(), bytes) {
                 return Ok(Batched::NoRoom { responses: responses.len(), bytes });
             }

@@ -1,6 +1,7 @@
 //! The retry loop against scripted in-process servers: endpoint failover, leader hints,
-//! request ids kept across retries, errors that must not be retried, the retry budget; and a
-//! watch resumed on another member when one ends its stream over its limits.
+//! request ids kept across retries, errors that must not be retried, the retry budget; a
+//! watch resumed on another member when one ends its stream over its limits; and a watch
+//! group's shared response and refused resume.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -377,4 +378,135 @@ async fn a_watch_that_ended_stays_ended_when_polled_again() {
             "after its end the watch says None, again and again (no panic)"
         );
     }
+}
+
+/// A member's Watch service for a watch group: on each stream, answers every create with
+/// `created` and records it (the stream's number, the watch id, its start); once watches 1 and
+/// 2 are created, sends revision 5 in one response naming both, then refuses watch 2's resume
+/// over its limits (RESOURCE_EXHAUSTED); when watch 2 is created again, sends it revision 6.
+#[derive(Clone, Default)]
+struct GroupWatch {
+    creates: Arc<Mutex<Vec<(usize, i64, i64)>>>,
+    streams: Arc<Mutex<usize>>,
+}
+
+#[tonic::async_trait]
+impl Watch for GroupWatch {
+    type WatchStream = Responses;
+
+    async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Responses>, Status> {
+        let stream = {
+            let mut streams = self.streams.lock().expect("test lock");
+            *streams += 1;
+            *streams
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let creates = self.creates.clone();
+        let mut requests = request.into_inner();
+        tokio::spawn(async move {
+            let header = |revision| Some(ResponseHeader { revision, ..Default::default() });
+            let event = |revision: i64| Event {
+                kv: Some(KeyValue { key: b"k".to_vec(), mod_revision: revision, ..Default::default() }),
+                ..Default::default()
+            };
+            let mut seen = 0;
+            while let Ok(Some(WatchRequest { request: Some(Ask::Create(c)) })) = requests.message().await {
+                creates.lock().expect("test lock").push((stream, c.watch_id, c.start_revision));
+                seen += 1;
+                let mut out = vec![WatchResponse {
+                    header: header(c.start_revision - 1),
+                    watch_id: c.watch_id,
+                    created: true,
+                    ..Default::default()
+                }];
+                match seen {
+                    2 => out.extend([
+                        WatchResponse {
+                            header: header(5),
+                            watch_id: 1,
+                            also_watch_ids: vec![2],
+                            events: vec![event(5)],
+                            ..Default::default()
+                        },
+                        WatchResponse {
+                            header: header(5),
+                            watch_id: 2,
+                            canceled: true,
+                            cancel_reason: CancelReason::ResourceExhausted as i32,
+                            cancel_message: "this member sends 1 snapshots at once".into(),
+                            ..Default::default()
+                        },
+                    ]),
+                    3 => out.push(WatchResponse {
+                        header: header(6),
+                        watch_id: 2,
+                        events: vec![event(6)],
+                        ..Default::default()
+                    }),
+                    _ => {}
+                }
+                for r in out {
+                    let _ = tx.send(Ok(r));
+                }
+            }
+        });
+        let responses = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(responses)))
+    }
+}
+
+#[tokio::test]
+async fn a_watch_group_hands_a_shared_response_to_each_watch_and_retries_a_refused_resume_on_the_same_stream()
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+    let addr = listener.local_addr().expect("bound address").to_string();
+    let service = GroupWatch::default();
+    let incoming = TcpIncoming::from_listener(listener, true, None).expect("incoming");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(WatchServer::new(service.clone()))
+            .serve_with_incoming(incoming),
+    );
+    let client = Client::connect([addr]).await.expect("valid endpoints");
+    let mut group = client.watch_group();
+    let (a, b) = (
+        group.add(WatchOptions::key("k").from_revision(5)),
+        group.add(WatchOptions::key("k").from_revision(5)),
+    );
+    let mut updates = Vec::new();
+    while updates.len() < 5 {
+        let (id, update) = tokio::time::timeout(Duration::from_secs(10), group.next())
+            .await
+            .expect("an update within 10 s")
+            .expect("the group has watches");
+        let update = update.expect("no watch of the group ends");
+        updates.push((
+            id,
+            match update {
+                WatchUpdate::Started { revision } => ("started", revision),
+                WatchUpdate::Events { revision, events } => {
+                    assert_eq!(events.len(), 1, "each watch gets the revision's one event");
+                    ("events", revision)
+                }
+                other => panic!("only Started and Events are scripted: {other:?}"),
+            },
+        ));
+    }
+    assert_eq!(
+        updates,
+        [
+            (a, ("started", 4)),
+            (b, ("started", 4)),
+            (a, ("events", 5)),
+            (b, ("events", 5)),
+            (b, ("events", 6))
+        ],
+        "both watches take the shared revision 5; watch {b}, refused, goes on with revision 6"
+    );
+    assert_eq!(
+        *service.creates.lock().expect("test lock"),
+        [(1, a, 5), (1, b, 5), (1, b, 6)],
+        "the refused watch is created again from revision 6 on the same stream, the other left alone"
+    );
+    assert_eq!(*service.streams.lock().expect("test lock"), 1, "no other stream was opened");
 }

@@ -6,6 +6,7 @@
 
 mod group;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -141,17 +142,49 @@ pub enum WatchUpdate {
 
 /// Why a watch stream should be opened again, and from where.
 enum Reopen {
-    /// The stream broke (the member failed, shut down, or ended it over its limits): try
-    /// another member.
+    /// The stream broke (the member failed, shut down, or ended it over its limits), or the
+    /// member could not confirm its state with a leader: try another member.
     Elsewhere,
     /// The member cut the watch off as slow: it is fine, reopen anywhere.
     Again,
+    /// The member refused this watch's resume over one of its limits (its snapshots at once):
+    /// create it again after a while (a single watch: on another member).
+    Later,
+}
+
+/// A revision's events as read so far: each response's events, shared by every watch the
+/// response named (a watch group's shared response is decoded once, not once per watch).
+type Chunks = Vec<Arc<Vec<Event>>>;
+
+/// An update read and not yet handed to the caller: a revision's events stay shared until then,
+/// and are copied (or, when no other watch holds them any more, moved) as they are handed over.
+enum Delivery {
+    Update(WatchUpdate),
+    Events { revision: i64, chunks: Chunks },
+}
+
+impl Delivery {
+    fn into_update(self) -> WatchUpdate {
+        match self {
+            Delivery::Update(update) => update,
+            Delivery::Events { revision, chunks } => {
+                let mut events = Vec::with_capacity(chunks.iter().map(|c| c.len()).sum());
+                for chunk in chunks {
+                    match Arc::try_unwrap(chunk) {
+                        Ok(own) => events.extend(own),
+                        Err(shared) => events.extend(shared.iter().cloned()),
+                    }
+                }
+                WatchUpdate::Events { revision, events }
+            }
+        }
+    }
 }
 
 /// What reading a stream came to: an update for the caller, a reopening, or the watch's end
 /// (with the error to hand the caller).
 enum Step {
-    Update(WatchUpdate),
+    Update(Delivery),
     /// Nothing for the caller yet (a fragment, a repeat): read on.
     Skip,
     Reopen(Reopen),
@@ -231,7 +264,7 @@ struct Position {
     /// `Started` was delivered (a resumed stream says it again; the caller heard it once).
     started: bool,
     /// Fragments of a revision (or of a snapshot) read so far.
-    events: Vec<Event>,
+    events: Chunks,
     kvs: Vec<KeyValue>,
 }
 
@@ -257,7 +290,7 @@ impl Follower {
                 },
             };
             match step {
-                Step::Update(update) => return Some(Ok(update)),
+                Step::Update(delivery) => return Some(Ok(delivery.into_update())),
                 Step::Skip => {}
                 Step::End(e) => {
                     self.ended = true;
@@ -270,7 +303,7 @@ impl Follower {
                     self.watch.forget_fragments();
                     match how {
                         Reopen::Again => self.backoff = INITIAL_BACKOFF,
-                        Reopen::Elsewhere => {
+                        Reopen::Elsewhere | Reopen::Later => {
                             self.client.move_on();
                             tokio::time::sleep(self.backoff).await;
                             self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
@@ -323,7 +356,14 @@ impl Position {
     }
 
     /// What one response of this watch comes to.
-    fn take(&mut self, r: WatchResponse) -> Step {
+    fn take(&mut self, mut r: WatchResponse) -> Step {
+        let events = Arc::new(std::mem::take(&mut r.events));
+        self.take_shared(r, events)
+    }
+
+    /// What one response of this watch comes to, its events (`r.events` is not read) shared
+    /// with the other watches it names.
+    fn take_shared(&mut self, r: WatchResponse, events: Arc<Vec<Event>>) -> Step {
         let revision = r.header.as_ref().map_or(0, |h| h.revision);
         let update = if r.canceled {
             return match CancelReason::try_from(r.cancel_reason) {
@@ -342,8 +382,8 @@ impl Position {
                 // The member could not confirm "now" with a leader: another member may.
                 Ok(CancelReason::Unavailable) => Step::Reopen(Reopen::Elsewhere),
                 // Over a member's limit (its snapshots at once): the caller's own create is
-                // refused; a resume of a watch already serving waits and tries elsewhere.
-                Ok(CancelReason::ResourceExhausted) if self.started => Step::Reopen(Reopen::Elsewhere),
+                // refused; a resume of a watch already serving waits and tries again.
+                Ok(CancelReason::ResourceExhausted) if self.started => Step::Reopen(Reopen::Later),
                 Ok(CancelReason::ResourceExhausted) => {
                     Step::End(Error::from(Status::resource_exhausted(r.cancel_message)))
                 }
@@ -379,15 +419,17 @@ impl Position {
                 // Already delivered (a member never sends one again; this guards the promise).
                 return Step::Skip;
             }
-            self.events.extend(r.events);
+            if !events.is_empty() {
+                self.events.push(events);
+            }
             if r.fragment {
                 return Step::Skip;
             }
             self.next = revision + 1;
             self.vouched = self.vouched.max(revision);
-            WatchUpdate::Events { revision, events: std::mem::take(&mut self.events) }
+            return Step::Update(Delivery::Events { revision, chunks: std::mem::take(&mut self.events) });
         };
-        Step::Update(update)
+        Step::Update(Delivery::Update(update))
     }
 }
 

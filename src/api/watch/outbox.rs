@@ -171,7 +171,7 @@ impl Outbox {
     /// at most the stall deadline) and in the member's budget (at most [`MEMBER_WAIT`]).
     pub async fn send(&self, item: Item) -> Result<(), Unsent> {
         let size = match &item {
-            Ok(r) => r.encoded_len(),
+            Ok(r) => held(r),
             Err(status) => status.message().len(),
         };
         // A response over a budget waits for all of it, then goes alone. `most` is at most
@@ -386,6 +386,12 @@ impl Drop for Outflow {
         let rx = lock(&self.taker).rx.take();
         drop(rx);
     }
+}
+
+/// The bytes a queued response is counted for: its encoding, and the list of the other
+/// watches a shared response names, held unencoded (8 bytes an id; 1 or 2 on the wire).
+pub fn held(r: &wire::WatchResponse) -> usize {
+    r.encoded_len() + r.also_watch_ids.len() * std::mem::size_of::<i64>()
 }
 
 #[cfg(test)]

@@ -5,25 +5,41 @@
 //! events in one response naming them all (`shared_responses`), which the group hands to each.
 //!
 //! As with [`Client::watch`], the group runs inside its caller's [`WatchGroup::next`]: a
-//! response is read only when the caller asks for the next update, so a caller that stops
-//! reading holds the member's flow control, not memory here. Updates of one response wait in
-//! the group until they are asked for (at most one per watch of the group, and their events
-//! once each).
+//! response is read only when the caller asks for the next update and none is waiting, so a
+//! caller that stops reading holds the member's flow control, not memory here. The updates of
+//! one response wait in the group until they are asked for: at most one per watch it names,
+//! holding its events once (shared), each watch's copy made as its update is handed over.
+//!
+//! The stream moves to another member only for what concerns it whole (it broke, or its member
+//! could not confirm its state with a leader). A watch canceled SLOW is created again on the
+//! same stream at once; one whose resume the member refused over a limit of its own (its
+//! snapshots at once) after [`PARKED_FOR`]; an error ends its watch alone.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use latch_proto::v1::watch_client::WatchClient;
 use latch_proto::v1::watch_request::Request as Ask;
 use latch_proto::v1::{WatchCancelRequest, WatchRequest, WatchResponse};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use super::{open_failed, stream_failed, Position, Reopen, Step, WatchOptions, WatchUpdate, INITIAL_BACKOFF};
+use super::{
+    open_failed, stream_failed, Delivery, Position, Reopen, Step, WatchOptions, WatchUpdate, INITIAL_BACKOFF,
+};
 use crate::{Client, Error};
 
 /// A watch's id in its group: also its id on the group's stream.
 pub type WatchId = i64;
+
+/// How long a watch whose resume a member refused over its limits waits before it is created
+/// again on the group's stream.
+pub const PARKED_FOR: Duration = Duration::from_secs(1);
+/// Most bytes of key and range end a watch may have: a create past what a member decodes would
+/// end the whole stream, not the one watch (`Client::watch` refuses it alone).
+const MAX_SELECTION_BYTES: usize = 1024 * 1024;
 
 /// Watches on one stream; see the module doc. Add watches with [`WatchGroup::add`], read what
 /// any of them delivers with [`WatchGroup::next`].
@@ -34,8 +50,12 @@ pub struct WatchGroup {
     /// The id the next watch added gets (never one a watch of the group had).
     next_id: WatchId,
     stream: Option<Open>,
+    /// The stream was left for another member: the next opens there, after the backoff.
+    moving: bool,
+    /// Watches waiting to be created again on the stream, and from when.
+    parked: Vec<(WatchId, Instant)>,
     /// Updates read and not asked for yet, in the order they were read.
-    ready: VecDeque<(WatchId, Result<WatchUpdate, Error>)>,
+    ready: VecDeque<(WatchId, Result<Delivery, Error>)>,
     backoff: Duration,
 }
 
@@ -56,6 +76,8 @@ impl Client {
             watches: BTreeMap::new(),
             next_id: 1,
             stream: None,
+            moving: false,
+            parked: Vec::new(),
             ready: VecDeque::new(),
             backoff: INITIAL_BACKOFF,
         }
@@ -66,9 +88,18 @@ impl WatchGroup {
     /// Adds the watch `options` selects, and says its id. It opens with the group's stream
     /// (at the next [`WatchGroup::next`], or at once if the stream is open); its updates,
     /// starting with [`WatchUpdate::Started`], come through [`WatchGroup::next`].
+    /// A watch whose key and range end pass 1 MiB ends at once, with INVALID_ARGUMENT.
     pub fn add(&mut self, options: WatchOptions) -> WatchId {
         let id = self.next_id;
         self.next_id += 1;
+        let selection = options.key.len() + options.range_end.len();
+        if selection > MAX_SELECTION_BYTES {
+            let problem = format!(
+                "key and range_end: {selection} bytes, over the {MAX_SELECTION_BYTES} a watch may have"
+            );
+            self.ready.push_back((id, Err(Error::from(tonic::Status::invalid_argument(problem)))));
+            return id;
+        }
         let watch = Position::new(options);
         if let Some(open) = &self.stream {
             // A stream that went away is found so when next read; the watch opens on the next.
@@ -85,6 +116,7 @@ impl WatchGroup {
             return false;
         }
         self.ready.retain(|(of, _)| *of != id);
+        self.parked.retain(|(of, _)| *of != id);
         if let Some(open) = &self.stream {
             let cancel = WatchCancelRequest { watch_id: id };
             let _ = open.asks.send(WatchRequest { request: Some(Ask::Cancel(cancel)) });
@@ -106,8 +138,8 @@ impl WatchGroup {
     /// is left (add one to go on).
     pub async fn next(&mut self) -> Option<(WatchId, Result<WatchUpdate, Error>)> {
         loop {
-            if let Some(update) = self.ready.pop_front() {
-                return Some(update);
+            if let Some((id, delivery)) = self.ready.pop_front() {
+                return Some((id, delivery.map(Delivery::into_update)));
             }
             if self.watches.is_empty() {
                 // A stream with no watch left is closed (the member forgets it too).
@@ -115,52 +147,72 @@ impl WatchGroup {
                 return None;
             }
             let step = match self.stream.as_mut() {
-                Some(open) => match open.responses.message().await {
-                    Ok(Some(r)) => {
-                        self.take(r).await;
-                        continue;
+                Some(open) => {
+                    let due = self.parked.iter().map(|(_, at)| *at).min();
+                    let far = Instant::now() + Duration::from_secs(3600);
+                    tokio::select! {
+                        response = open.responses.message() => match response {
+                            Ok(Some(r)) => {
+                                self.take(r);
+                                continue;
+                            }
+                            Ok(None) => Step::Reopen(Reopen::Elsewhere),
+                            Err(status) => stream_failed(status),
+                        },
+                        () = tokio::time::sleep_until(due.unwrap_or(far)), if due.is_some() => {
+                            self.unpark();
+                            continue;
+                        }
                     }
-                    Ok(None) => Step::Reopen(Reopen::Elsewhere),
-                    Err(status) => stream_failed(status),
-                },
-                None => match self.open().await {
-                    Ok(open) => {
-                        self.stream = Some(open);
-                        continue;
+                }
+                None => {
+                    if std::mem::take(&mut self.moving) {
+                        self.client.move_on();
+                        tokio::time::sleep(self.backoff).await;
+                        self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
                     }
-                    Err(step) => step,
-                },
+                    match self.open().await {
+                        Ok(open) => {
+                            self.stream = Some(open);
+                            continue;
+                        }
+                        Err(step) => step,
+                    }
+                }
             };
             // The stream as a whole failed, or could not be opened.
             match step {
                 Step::End(e) => {
                     self.stream = None;
+                    self.parked.clear();
                     for (id, _) in std::mem::take(&mut self.watches) {
                         self.ready.push_back((id, Err(copy_of(&e))));
                     }
                 }
-                _ => self.reopen_elsewhere().await,
+                _ => self.leave(),
             }
         }
     }
 
-    /// Hands response `r` to each watch it is for.
-    async fn take(&mut self, mut r: WatchResponse) {
+    /// Hands response `r` to each watch it is for: its events decoded once, shared by them all.
+    fn take(&mut self, mut r: WatchResponse) {
         let also = std::mem::take(&mut r.also_watch_ids);
-        let mut elsewhere = false;
-        let mut ids = also.into_iter().chain([r.watch_id]).peekable();
-        while let Some(id) = ids.next() {
+        let events = Arc::new(std::mem::take(&mut r.events));
+        let mut leave = false;
+        // In the order named; the last one takes the rest of the response itself (a shared
+        // response is one of events: a header and flags left to copy).
+        let ids: Vec<WatchId> = [r.watch_id].into_iter().chain(also).collect();
+        for (i, &id) in ids.iter().enumerate() {
             let Some(watch) = self.watches.get_mut(&id) else {
                 // A watch removed (its cancel's answer, or what came before it), or a
                 // stream-wide response.
                 continue;
             };
-            // The last one named takes the response itself; the others a copy each.
-            let response = if ids.peek().is_some() { r.clone() } else { std::mem::take(&mut r) };
-            match watch.take(response) {
-                Step::Update(update) => {
+            let response = if i + 1 < ids.len() { r.clone() } else { std::mem::take(&mut r) };
+            match watch.take_shared(response, events.clone()) {
+                Step::Update(delivery) => {
                     self.backoff = INITIAL_BACKOFF;
-                    self.ready.push_back((id, Ok(update)));
+                    self.ready.push_back((id, Ok(delivery)));
                 }
                 Step::Skip => {}
                 Step::End(e) => {
@@ -175,24 +227,42 @@ impl WatchGroup {
                         let _ = open.asks.send(create);
                     }
                 }
-                Step::Reopen(Reopen::Elsewhere) => elsewhere = true,
+                Step::Reopen(Reopen::Later) => {
+                    watch.forget_fragments();
+                    self.parked.push((id, Instant::now() + PARKED_FOR));
+                }
+                Step::Reopen(Reopen::Elsewhere) => leave = true,
             }
         }
-        if elsewhere {
-            self.reopen_elsewhere().await;
+        if leave {
+            self.leave();
         }
     }
 
-    /// Drops the stream and waits the backoff: the next read opens one on the next member,
-    /// each watch from its next revision.
-    async fn reopen_elsewhere(&mut self) {
+    /// Creates the parked watches that waited long enough again, on the stream.
+    fn unpark(&mut self) {
+        let now = Instant::now();
+        let Some(open) = &self.stream else { return };
+        self.parked.retain(|&(id, at)| {
+            if at > now {
+                return true;
+            }
+            if let Some(w) = self.watches.get(&id) {
+                let _ = open.asks.send(w.options.create(w.next, id, true));
+            }
+            false
+        });
+    }
+
+    /// Leaves the stream: the next read opens one on the next member, after the backoff, each
+    /// watch (parked ones too) from its next revision.
+    fn leave(&mut self) {
         self.stream = None;
+        self.moving = true;
+        self.parked.clear();
         for watch in self.watches.values_mut() {
             watch.forget_fragments();
         }
-        self.client.move_on();
-        tokio::time::sleep(self.backoff).await;
-        self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
     }
 
     /// Opens a stream carrying every watch of the group, each from its next revision.
