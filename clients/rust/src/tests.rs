@@ -387,6 +387,8 @@ async fn a_watch_that_ended_stays_ended_when_polled_again() {
 #[derive(Clone, Default)]
 struct GroupWatch {
     creates: Arc<Mutex<Vec<(usize, i64, i64)>>>,
+    /// When each create arrived.
+    created_at: Arc<Mutex<Vec<tokio::time::Instant>>>,
     streams: Arc<Mutex<usize>>,
 }
 
@@ -401,7 +403,7 @@ impl Watch for GroupWatch {
             *streams
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let creates = self.creates.clone();
+        let (creates, created_at) = (self.creates.clone(), self.created_at.clone());
         let mut requests = request.into_inner();
         tokio::spawn(async move {
             let header = |revision| Some(ResponseHeader { revision, ..Default::default() });
@@ -412,6 +414,7 @@ impl Watch for GroupWatch {
             let mut seen = 0;
             while let Ok(Some(WatchRequest { request: Some(Ask::Create(c)) })) = requests.message().await {
                 creates.lock().expect("test lock").push((stream, c.watch_id, c.start_revision));
+                created_at.lock().expect("test lock").push(tokio::time::Instant::now());
                 seen += 1;
                 let mut out = vec![WatchResponse {
                     header: header(c.start_revision - 1),
@@ -509,4 +512,11 @@ async fn a_watch_group_hands_a_shared_response_to_each_watch_and_retries_a_refus
         "the refused watch is created again from revision 6 on the same stream, the other left alone"
     );
     assert_eq!(*service.streams.lock().expect("test lock"), 1, "no other stream was opened");
+    let at = service.created_at.lock().expect("test lock").clone();
+    assert!(
+        at[2] - at[1] >= crate::watch::PARKED_FOR,
+        "the refused watch waits {:?} before it is created again (waited {:?})",
+        crate::watch::PARKED_FOR,
+        at[2] - at[1]
+    );
 }

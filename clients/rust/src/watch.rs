@@ -19,6 +19,8 @@ use latch_proto::v1::{Event, KeyValue, WatchCreateRequest, WatchRequest, WatchRe
 use tonic::metadata::MetadataValue;
 use tonic::Status;
 
+#[cfg(test)]
+pub(crate) use group::PARKED_FOR;
 pub use group::{WatchGroup, WatchId};
 
 use crate::{prefix_range, Client, Error};

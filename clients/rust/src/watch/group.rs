@@ -13,7 +13,9 @@
 //! The stream moves to another member only for what concerns it whole (it broke, or its member
 //! could not confirm its state with a leader). A watch canceled SLOW is created again on the
 //! same stream at once; one whose resume the member refused over a limit of its own (its
-//! snapshots at once) after [`PARKED_FOR`]; an error ends its watch alone.
+//! snapshots at once, its watches per stream) after [`PARKED_FOR`], and after
+//! [`REFUSALS_BEFORE_MOVING`] refusals in a row on another member, with the rest of the group;
+//! an error ends its watch alone.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -36,7 +38,9 @@ pub type WatchId = i64;
 
 /// How long a watch whose resume a member refused over its limits waits before it is created
 /// again on the group's stream.
-pub const PARKED_FOR: Duration = Duration::from_secs(1);
+pub(crate) const PARKED_FOR: Duration = Duration::from_secs(1);
+/// Refusals in a row of one watch's resume after which the group moves to another member.
+pub(crate) const REFUSALS_BEFORE_MOVING: u32 = 3;
 /// Most bytes of key and range end a watch may have: a create past what a member decodes would
 /// end the whole stream, not the one watch (`Client::watch` refuses it alone).
 const MAX_SELECTION_BYTES: usize = 1024 * 1024;
@@ -54,6 +58,8 @@ pub struct WatchGroup {
     moving: bool,
     /// Watches waiting to be created again on the stream, and from when.
     parked: Vec<(WatchId, Instant)>,
+    /// Watches whose resume the stream's member refused, and how many times in a row.
+    refused: BTreeMap<WatchId, u32>,
     /// Updates read and not asked for yet, in the order they were read.
     ready: VecDeque<(WatchId, Result<Delivery, Error>)>,
     backoff: Duration,
@@ -78,6 +84,7 @@ impl Client {
             stream: None,
             moving: false,
             parked: Vec::new(),
+            refused: BTreeMap::new(),
             ready: VecDeque::new(),
             backoff: INITIAL_BACKOFF,
         }
@@ -110,13 +117,15 @@ impl WatchGroup {
     }
 
     /// Ends watch `id`: nothing more of it comes (updates of it already read are dropped).
-    /// Whether it was a watch of the group that had not ended.
+    /// Whether it was a watch of the group that had not ended, or had updates waiting.
     pub fn remove(&mut self, id: WatchId) -> bool {
-        if self.watches.remove(&id).is_none() {
-            return false;
-        }
+        let waiting = self.ready.len();
         self.ready.retain(|(of, _)| *of != id);
         self.parked.retain(|(of, _)| *of != id);
+        self.refused.remove(&id);
+        if self.watches.remove(&id).is_none() {
+            return self.ready.len() < waiting;
+        }
         if let Some(open) = &self.stream {
             let cancel = WatchCancelRequest { watch_id: id };
             let _ = open.asks.send(WatchRequest { request: Some(Ask::Cancel(cancel)) });
@@ -166,10 +175,12 @@ impl WatchGroup {
                     }
                 }
                 None => {
-                    if std::mem::take(&mut self.moving) {
+                    if self.moving {
                         self.client.move_on();
                         tokio::time::sleep(self.backoff).await;
                         self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
+                        // Only now: a caller that drops `next` during the sleep waits it again.
+                        self.moving = false;
                     }
                     match self.open().await {
                         Ok(open) => {
@@ -212,6 +223,7 @@ impl WatchGroup {
             match watch.take_shared(response, events.clone()) {
                 Step::Update(delivery) => {
                     self.backoff = INITIAL_BACKOFF;
+                    self.refused.remove(&id);
                     self.ready.push_back((id, Ok(delivery)));
                 }
                 Step::Skip => {}
@@ -229,7 +241,14 @@ impl WatchGroup {
                 }
                 Step::Reopen(Reopen::Later) => {
                     watch.forget_fragments();
-                    self.parked.push((id, Instant::now() + PARKED_FOR));
+                    let refusals = self.refused.entry(id).or_default();
+                    *refusals += 1;
+                    if *refusals >= REFUSALS_BEFORE_MOVING {
+                        // This member keeps refusing it: another may not.
+                        leave = true;
+                    } else {
+                        self.parked.push((id, Instant::now() + PARKED_FOR));
+                    }
                 }
                 Step::Reopen(Reopen::Elsewhere) => leave = true,
             }
@@ -260,6 +279,7 @@ impl WatchGroup {
         self.stream = None;
         self.moving = true;
         self.parked.clear();
+        self.refused.clear();
         for watch in self.watches.values_mut() {
             watch.forget_fragments();
         }
