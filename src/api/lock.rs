@@ -217,8 +217,8 @@ pub(crate) async fn acquire(
     }
 }
 
-/// How often a waiting acquire (or an election's observation) checks that its member still
-/// hears from the leader.
+/// How often a waiting acquire (or an election's observation) looks at its member's freshness
+/// check (`node::freshness`), which says whether the member still hears from the leader.
 pub(crate) const FRESHNESS: Duration = Duration::from_secs(2);
 /// How long a withdrawal is retried in the background before the session's end is left to do it.
 const ABANDON_FOR: Duration = Duration::from_secs(120);

@@ -743,6 +743,15 @@ impl Stream {
         turns
     }
 
+    /// Runs `f` on each watch of `group` the stream still has.
+    fn each_of(&mut self, group: &Group, mut f: impl FnMut(&mut Watch)) {
+        for id in group.ids() {
+            if let Some(w) = self.watches.get_mut(&id) {
+                f(w);
+            }
+        }
+    }
+
     /// Serves `group` a turn of the window from its next revision (the window's last is
     /// `last`): `true` when it has more to do. A turn whose stream's queue fills lets go of the
     /// window's batches while its client makes room: once the window drops them, a stream
@@ -765,26 +774,22 @@ impl Stream {
             match self.send_batches(group, &batches, true).await? {
                 Sent::All => {
                     let mut behind = false;
-                    for id in group.ids() {
-                        if let Some(w) = self.watches.get_mut(&id) {
-                            w.next = w.next.max(through + 1);
-                            w.live = true;
-                            behind |= w.next <= last;
-                        }
-                    }
+                    self.each_of(group, |w| {
+                        w.next = w.next.max(through + 1);
+                        w.live = true;
+                        behind |= w.next <= last;
+                    });
                     return Ok(behind);
                 }
                 Sent::ToOversized => return Ok(true),
                 Sent::ToFull { revision, responses, bytes } => {
                     drop(batches);
-                    for id in group.ids() {
-                        if let Some(w) = self.watches.get_mut(&id) {
-                            if revision > w.next {
-                                w.next = revision;
-                                w.live = true;
-                            }
+                    self.each_of(group, |w| {
+                        if revision > w.next {
+                            w.next = revision;
+                            w.live = true;
                         }
-                    }
+                    });
                     self.out.wait_room(responses, bytes).await.map_err(|unsent| self.unsent(unsent))?;
                     if revision > turn_end {
                         return Ok(true);
@@ -956,15 +961,13 @@ impl Stream {
     ) -> Result<Sent, End> {
         for b in batches {
             if b.oversized {
-                for id in group.ids() {
-                    if let Some(w) = self.watches.get_mut(&id) {
-                        w.next = b.revision;
-                        w.within = Some(Within::default());
-                        // It reads from the history now (alone): behind the window afterwards,
-                        // it catches up from there rather than being cut off as slow.
-                        w.live = false;
-                    }
-                }
+                self.each_of(group, |w| {
+                    w.next = b.revision;
+                    w.within = Some(Within::default());
+                    // It reads from the history now (alone): behind the window afterwards, it
+                    // catches up from there rather than being cut off as slow.
+                    w.live = false;
+                });
                 return Ok(Sent::ToOversized);
             }
             if let Batched::NoRoom { responses, bytes } =
@@ -1095,16 +1098,12 @@ impl Stream {
                 return Ok(Batched::NoRoom { responses: responses.len(), bytes });
             }
         }
-        self.metrics.watch.events_sent.inc_by(count * group.ids().count() as u64);
+        self.metrics.watch.events_sent.inc_by(count * (1 + group.also.len() as u64));
         for r in responses {
             self.send(r).await?;
         }
         let now = Instant::now();
-        for id in group.ids() {
-            if let Some(w) = self.watches.get_mut(&id) {
-                w.last_sent = now;
-            }
-        }
+        self.each_of(group, |w| w.last_sent = now);
         Ok(Batched::Sent)
     }
 

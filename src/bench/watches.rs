@@ -228,7 +228,7 @@ pub async fn run(
     // Stream `s` carries watchers `s * per_stream` … (fewer on the last).
     let feeds: Vec<Feed> = super::open_all(streams, OPENS_IN_FLIGHT, &progress, |s| {
         let watches = per_stream.min(bench.watchers - s * per_stream);
-        Feed::open(connections[s % connections.len()].clone(), timeout, watches)
+        Feed::open(connections[s % connections.len()].clone(), timeout, watches, per_stream > 1)
     })
     .await
     .map_err(prepare)?;
@@ -571,10 +571,17 @@ enum Said {
 
 impl Feed {
     /// Opens `watches` watches on [`PREFIX`] from now on, on one stream, and waits until the
-    /// system says each started.
-    async fn open(connection: Connection, timeout: Duration, watches: usize) -> Result<Feed, OpError> {
+    /// system says each started. `grouped`: the run puts several watches on a stream (a Latch
+    /// watch group, even for a last stream that takes fewer), else each watch is a stream of
+    /// its own (Latch: `Client::watch`).
+    async fn open(
+        connection: Connection,
+        timeout: Duration,
+        watches: usize,
+        grouped: bool,
+    ) -> Result<Feed, OpError> {
         match connection {
-            Connection::Latch(client) if watches == 1 => {
+            Connection::Latch(client) if !grouped => {
                 let mut stream = client.watch(latch_client::WatchOptions::prefix(PREFIX)).boxed();
                 match within(timeout, async { Ok::<_, OpError>(stream.next().await) }).await? {
                     Some(Ok(WatchUpdate::Started { .. })) => Ok(Feed::Latch(stream)),

@@ -168,6 +168,12 @@ pub struct WatchLatencyArgs {
     pub watches_per_stream: usize,
 }
 
+impl WatchLatencyArgs {
+    pub fn bench(&self) -> bench::watches::WatchLatency {
+        bench::watches::WatchLatency { watchers: self.watchers, per_stream: self.watches_per_stream }
+    }
+}
+
 /// `latch bench lock`.
 #[derive(Debug, Args)]
 pub struct LockArgs {
@@ -323,8 +329,7 @@ pub async fn run(command: BenchCommand, client: &ClientArgs) -> anyhow::Result<E
     if let WorkloadArgs::WatchLatency(args) = &command.workload {
         // The streams are the clients that --connections are shared by (too few of them is
         // refused by the workload, naming --watchers).
-        let streams = args.watchers.div_ceil(args.watches_per_stream.max(1));
-        options.clients = streams.max(options.connections.unwrap_or(1));
+        options.clients = args.bench().streams().max(options.connections.unwrap_or(1));
     }
     if let WorkloadArgs::Dns(_) = &command.workload {
         // Each client is a socket of its own.
@@ -363,9 +368,7 @@ pub async fn run(command: BenchCommand, client: &ClientArgs) -> anyhow::Result<E
         }
         WorkloadArgs::Lock(args) => bench::locks::run(args.bench(), &settings, progress, interrupt).await,
         WorkloadArgs::WatchLatency(args) => {
-            let bench =
-                bench::watches::WatchLatency { watchers: args.watchers, per_stream: args.watches_per_stream };
-            bench::watches::run(bench, &settings, progress, interrupt).await
+            bench::watches::run(args.bench(), &settings, progress, interrupt).await
         }
         WorkloadArgs::Dns(args) => {
             let dns = args.bench().map_err(UsageError)?;

@@ -4,8 +4,9 @@
 //! Invariant: a [`Permit`] holds its bytes from [`Budget::try_take`] until it is dropped, and
 //! whoever holds the thing it pays for (a queued event, a waiting request) holds the permit, so
 //! `used` is at most `limit` plus nothing: a take that would pass the limit fails. The one
-//! exception, [`Budget::take_beyond`], is for the member's own freshness check, one at a time:
-//! `used` passes `limit` by at most that check's bytes.
+//! exception, [`Budget::take_beyond`], is for the member's own freshness checks (one awaited at
+//! a time, and the few it gave up on until their request timeout; see `node::freshness`):
+//! `used` passes `limit` by at most their bytes.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -16,10 +16,13 @@
 //! - `answered` only grows, and is when a check last succeeded. A member in touch is never
 //!   silent for longer than the period plus [`CHECK_TIMEOUT`] (3 s), so [`CUT_OFF_AFTER`] cuts
 //!   off only a member whose checks fail or go unanswered: a slow check is not a failed one.
-//! - One check is in flight at a time: one a period while they succeed, one every
-//!   [`RETRY_EVERY`] while they fail, so a member back in touch says so within that. The check
-//!   is never refused for the client requests the member holds
-//!   (`NodeHandle::read_index_for_freshness`): those fill up exactly when it is cut off.
+//! - One check is awaited at a time: one a period while they succeed, one every
+//!   [`RETRY_EVERY`] while they fail, so a member back in touch says so within that. A check
+//!   given up after [`CHECK_TIMEOUT`] stays with the raft thread until its request timeout
+//!   (`request_timeout_ticks`, 10 s at the default tick), so a member cut off holds a handful
+//!   of them (about five), each a few bytes. The check is never refused for the client
+//!   requests the member holds (`NodeHandle::read_index_for_freshness`): those fill up
+//!   exactly when it is cut off.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};

@@ -351,6 +351,11 @@ impl Position {
         }
     }
 
+    /// Its create as `watch_id` on a stream, from its next revision (see [`WatchOptions`]'s).
+    fn create(&self, watch_id: i64, shared: bool) -> WatchRequest {
+        self.options.create(self.next, watch_id, shared)
+    }
+
     /// Drops the fragments read of a revision: a stream opened again sends them again.
     fn forget_fragments(&mut self) {
         self.events.clear();
@@ -437,7 +442,7 @@ impl Position {
 
 /// Opens a stream of `watch`, from its next revision.
 async fn open(client: &Client, watch: &Position) -> Result<tonic::Streaming<WatchResponse>, Step> {
-    let create = watch.options.create(watch.next, 1, false);
+    let create = watch.create(1, false);
     let opened = client
         .open_stream("Watch", |channel| {
             // The one request, then a side that stays open as long as the stream: the watch
