@@ -6,9 +6,10 @@
 //! budget). Consecutive batches are applied in one transaction. Progress goes back to the raft
 //! thread as an [`Event::Applied`]; a failure, as [`Event::ApplyFailed`], stops the member.
 //!
-//! Durability: every state commit is lazy except one every [`SYNC_INTERVAL`] (or every
+//! Durability: every state commit is lazy except one every sync interval ([`SyncPace`]: at
+//! least [`SYNC_INTERVAL_MIN`], and ten times what durable commits take) or every
 //! `applier::SYNC_EVERY_ENTRIES` entries, or when the thread goes idle with something not
-//! durable): the log holds everything the state may lose.
+//! durable: the log holds everything the state may lose.
 //!
 //! Watches hear of each committed batch from this thread ([`Announce`]), before its progress
 //! reaches the raft thread and the writers' answers leave: a watcher's event starts on its way
@@ -19,7 +20,11 @@
 //! A lazy commit still writes its pages to the file, so a durable commit fsyncs everything
 //! written since the last one — about 7 ms at 1,000 puts/s, during which the apply thread,
 //! and every reply, would wait. A [`Preflush`] thread fsyncs the file first, beside the apply
-//! thread; the durable commit that follows finds little left to write. (An fsync at any moment
+//! thread; the durable commit that follows finds little left to write. What it still does —
+//! free the pages the lazy commits since the last one replaced, write the header, one fsync —
+//! grows with the interval, and every batch that arrives meanwhile waits it out: the shortest
+//! interval that keeps these waits to a tenth of the thread's time makes the shortest tail
+//! (docs/performance.md, "A durable state commit every 10 ms"). (An fsync at any moment
 //! is safe: redb's commit protocol never depends on what reached the disk when.) A failed
 //! pre-flush stops the member, as a failed durable commit does: after a failed fsync, a later
 //! one may succeed without the lost pages ever reaching the disk.
@@ -41,8 +46,41 @@ use crate::storage::StorageError;
 /// Batches the raft thread may queue ahead of the apply thread (each at most
 /// `core::MAX_COMMITTED_BYTES_PER_READY`).
 pub const APPLY_QUEUE: usize = 16;
-/// Longest time applied state stays not durable while the apply thread is busy.
-pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
+/// Shortest time between two durable state commits while the apply thread is busy.
+pub const SYNC_INTERVAL_MIN: Duration = Duration::from_millis(10);
+/// Longest: on a disk whose fsyncs take 100 ms, applied state still becomes durable every second.
+pub const SYNC_INTERVAL_MAX: Duration = Duration::from_secs(1);
+/// The interval is at least this many times what a durable commit takes (smoothed), so that the
+/// apply thread spends at most about a tenth of its time in them.
+const SYNC_SHARE: u32 = 10;
+
+/// How often the apply thread makes the state durable: as often as [`SYNC_INTERVAL_MIN`], and no
+/// more often than keeps the durable commits to a [`SYNC_SHARE`]th of its time — on a disk with
+/// slow fsyncs, less often. Each durable commit's stall grows with the interval (more pages to
+/// free), so shorter and more frequent ones shorten the tail of every write they hold up.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncPace {
+    /// What durable commits take, smoothed: an exponential moving average (weight 1/4).
+    took: Duration,
+}
+
+impl Default for SyncPace {
+    fn default() -> SyncPace {
+        SyncPace { took: Duration::ZERO }
+    }
+}
+
+impl SyncPace {
+    /// Time allowed between two durable commits.
+    pub fn interval(&self) -> Duration {
+        (self.took * SYNC_SHARE).clamp(SYNC_INTERVAL_MIN, SYNC_INTERVAL_MAX)
+    }
+
+    /// Records what one durable commit took.
+    pub fn record(&mut self, took: Duration) {
+        self.took = (self.took * 3 + took) / 4;
+    }
+}
 /// Most entries applied in one transaction.
 const MAX_ENTRIES_PER_BATCH: usize = 4096;
 
@@ -143,8 +181,9 @@ impl<'a> SyncGate<'a> {
         SyncGate { ask, flushes, asked: None, sent: 0 }
     }
 
-    /// Whether the durable commit may run now; an error when a pre-flush failed.
-    fn ready(&mut self) -> Result<bool, CoreError> {
+    /// Whether the durable commit may run now (a pre-flush is waited for at most `patience`);
+    /// an error when a pre-flush failed.
+    fn ready(&mut self, patience: Duration) -> Result<bool, CoreError> {
         if let Some(e) = self.flushes.failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
             return Err(CoreError::Storage(StorageError::StateSync(e)));
         }
@@ -168,7 +207,7 @@ impl<'a> SyncGate<'a> {
             },
             Some((n, at)) => {
                 let served = self.flushes.done.load(Ordering::Acquire) >= n;
-                if served || at.elapsed() >= SYNC_INTERVAL {
+                if served || at.elapsed() >= patience {
                     self.asked = None;
                     Ok(true)
                 } else {
@@ -224,28 +263,32 @@ fn apply_loop(
     gate: &mut SyncGate,
 ) {
     let mut last_sync = Instant::now();
+    let mut pace = SyncPace::default();
     let mut next: Option<Job> = None;
     loop {
-        let job = match next.take() {
-            Some(job) => job,
-            None => match jobs.recv_timeout(SYNC_INTERVAL) {
-                Ok(job) => job,
-                Err(RecvTimeoutError::Timeout) => {
-                    // Idle: make what was applied durable.
-                    if !report(timed_sync(&mut applier, metrics), &events) {
-                        return;
-                    }
-                    gate.synced();
-                    last_sync = Instant::now();
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    // The member stops: leave the state durable, so that the next start need
-                    // not replay it.
-                    let _ = report(applier.sync(), &events);
+        // Waits for work; with nothing to make durable, without a timeout.
+        let received = match next.take() {
+            Some(job) => Ok(job),
+            None if applier.dirty() => jobs.recv_timeout(pace.interval()),
+            None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        let job = match received {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => {
+                // Idle: make what was applied durable.
+                if !report(timed_sync(&mut applier, metrics, &mut pace), &events) {
                     return;
                 }
-            },
+                gate.synced();
+                last_sync = Instant::now();
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                // The member stops: leave the state durable, so that the next start need
+                // not replay it.
+                let _ = report(applier.sync(), &events);
+                return;
+            }
         };
         match job {
             Job::Apply(mut entries) => {
@@ -269,15 +312,15 @@ fn apply_loop(
                 if !report(applied.map(Some), &events) {
                     return;
                 }
-                if last_sync.elapsed() >= SYNC_INTERVAL {
-                    match gate.ready() {
+                if last_sync.elapsed() >= pace.interval() {
+                    match gate.ready(pace.interval()) {
                         Err(e) => {
                             let _ = events.send(Event::ApplyFailed(e));
                             return;
                         }
                         Ok(false) => {}
                         Ok(true) => {
-                            if !report(timed_sync(&mut applier, metrics), &events) {
+                            if !report(timed_sync(&mut applier, metrics, &mut pace), &events) {
                                 return;
                             }
                             last_sync = Instant::now();
@@ -294,15 +337,19 @@ fn apply_loop(
     }
 }
 
-/// A durable commit of what was applied, timed when it had something to do.
+/// A durable commit of what was applied, timed (for the metrics and the pace) when it had
+/// something to do.
 fn timed_sync(
     applier: &mut Applier,
     metrics: &RaftMetrics,
+    pace: &mut SyncPace,
 ) -> Result<Option<crate::core::Progress>, CoreError> {
     let started = Instant::now();
     let result = applier.sync();
     if let Ok(Some(_)) = result {
-        metrics.state_sync_seconds.observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        metrics.state_sync_seconds.observe(took.as_secs_f64());
+        pace.record(took);
     }
     result
 }
@@ -328,31 +375,72 @@ mod tests {
         let flushes = Flushes::default();
         let mut inline = SyncGate::new(None, &flushes);
         assert!(
-            inline.ready().expect("no failure"),
+            inline.ready(SYNC_INTERVAL_MIN).expect("no failure"),
             "without a pre-flush thread the durable commit runs at once"
         );
 
         let (ask, asked) = mpsc::sync_channel(1);
         let mut gate = SyncGate::new(Some(ask), &flushes);
-        assert!(!gate.ready().expect("no failure"), "the first call asks for a pre-flush and waits for it");
+        assert!(
+            !gate.ready(SYNC_INTERVAL_MIN).expect("no failure"),
+            "the first call asks for a pre-flush and waits for it"
+        );
         assert_eq!(asked.try_recv().ok(), Some(1), "the pre-flush thread was asked, request 1");
-        assert!(!gate.ready().expect("no failure"), "not ready until the pre-flush is done");
+        assert!(!gate.ready(SYNC_INTERVAL_MIN).expect("no failure"), "not ready until the pre-flush is done");
         assert!(asked.try_recv().is_err(), "asked only once while waiting");
         flushes.done.store(1, Ordering::Release);
-        assert!(gate.ready().expect("no failure"), "ready once request 1 was served");
-        assert!(!gate.ready().expect("no failure"), "the next durable commit asks for a new pre-flush");
+        assert!(gate.ready(SYNC_INTERVAL_MIN).expect("no failure"), "ready once request 1 was served");
+        assert!(
+            !gate.ready(SYNC_INTERVAL_MIN).expect("no failure"),
+            "the next durable commit asks for a new pre-flush"
+        );
         assert_eq!(asked.try_recv().ok(), Some(2));
         gate.synced();
-        assert!(!gate.ready().expect("no failure"), "after a sync elsewhere, a commit asks anew");
+        assert!(
+            !gate.ready(SYNC_INTERVAL_MIN).expect("no failure"),
+            "after a sync elsewhere, a commit asks anew"
+        );
         assert_eq!(asked.try_recv().ok(), Some(3), "… and request 2's service does not count for it");
         flushes.done.store(2, Ordering::Release);
-        assert!(!gate.ready().expect("no failure"), "request 3 is not served yet");
+        assert!(!gate.ready(SYNC_INTERVAL_MIN).expect("no failure"), "request 3 is not served yet");
 
         drop(asked);
         let mut orphan = SyncGate::new(gate.ask.take(), &flushes);
         assert!(
-            orphan.ready().expect("no failure"),
+            orphan.ready(SYNC_INTERVAL_MIN).expect("no failure"),
             "a pre-flush thread that is gone never holds the commit back"
+        );
+    }
+
+    #[test]
+    fn durable_commits_are_paced_to_a_tenth_of_the_apply_threads_time() {
+        let mut pace = SyncPace::default();
+        assert_eq!(pace.interval(), SYNC_INTERVAL_MIN, "before any durable commit, the shortest interval");
+        for _ in 0..20 {
+            pace.record(Duration::from_micros(800));
+        }
+        assert_eq!(pace.interval(), SYNC_INTERVAL_MIN, "commits of 0.8 ms: every 10 ms, not every 8 ms");
+        for _ in 0..20 {
+            pace.record(Duration::from_millis(20));
+        }
+        let slow = pace.interval();
+        assert!(
+            slow > Duration::from_millis(190) && slow <= Duration::from_millis(200),
+            "commits of 20 ms (a slow disk): about every 200 ms, got {slow:?}"
+        );
+        pace.record(Duration::from_millis(2));
+        assert!(
+            pace.interval() > Duration::from_millis(140),
+            "one fast commit does not undo the average: {:?}",
+            pace.interval()
+        );
+        for _ in 0..20 {
+            pace.record(Duration::from_secs(1));
+        }
+        assert_eq!(
+            pace.interval(),
+            SYNC_INTERVAL_MAX,
+            "however slow the disk, durable at least every second"
         );
     }
 
@@ -362,7 +450,7 @@ mod tests {
         *flushes.failed.lock().expect("not poisoned") = Some(std::io::Error::other("EIO"));
         let (ask, _asked) = mpsc::sync_channel(1);
         let mut gate = SyncGate::new(Some(ask), &flushes);
-        let err = gate.ready().expect_err("a failed fsync is fatal");
+        let err = gate.ready(SYNC_INTERVAL_MIN).expect_err("a failed fsync is fatal");
         assert!(err.to_string().contains("fsync of the state file failed"), "{err}");
     }
 }
