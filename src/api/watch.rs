@@ -60,7 +60,7 @@ use prost::bytes::Bytes;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use gate::Gated;
 use outbox::{Outbox, Outflow, QueueBudget, Unsent};
 pub use recent::Recent;
@@ -80,6 +80,8 @@ pub const MAX_WATCHES_PER_STREAM: usize = 10_000;
 /// get their turn.
 const BATCHES_PER_TURN: usize = 1024;
 const BYTES_PER_TURN: usize = 1024 * 1024;
+/// Most requests handled in a row, when they arrived together, before the next turn.
+const REQUESTS_PER_TURN: usize = 64;
 /// How long a create from now waits for a leader to confirm the member's revision.
 const CREATE_FRESHNESS: Duration = super::lock::FRESHNESS;
 
@@ -192,8 +194,12 @@ struct Watch {
     within: Option<Within>,
 }
 
+/// What the watches of one [`Group`] share: the selection, `prev_kv`, the next revision and,
+/// if it is oversized, the place inside it.
+type Alike<'a> = (&'a Selection, bool, i64, Option<Within>);
+
 /// Where a watch is inside an oversized revision.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 struct Within {
     /// The index of the revision's next history row.
     row: u32,
@@ -231,9 +237,11 @@ impl Watch {
 
 /// What a stream's turn does for a watch (see [`Stream::turns`]).
 enum Turn {
-    /// A step of its oversized revision, from the history.
-    Oversized(i64),
-    /// A step of catch-up from the history (or its end: compacted, or slow).
+    /// A step of an oversized revision, from the history, for one watch or for a group at the
+    /// same place in it.
+    Oversized(Group),
+    /// A step of catch-up from the history for a watch whose start was compacted when it was
+    /// created (it is refused, or sent a snapshot).
     History(i64),
     /// Revisions from the window, for one watch or for a group that takes the same responses.
     Window(Group),
@@ -253,6 +261,12 @@ impl Group {
 
     fn ids(&self) -> impl Iterator<Item = i64> + '_ {
         std::iter::once(self.id).chain(self.also.iter().copied())
+    }
+
+    /// The group of `ids` (in id order), if any.
+    fn of(ids: Vec<i64>) -> Option<Group> {
+        let mut ids = ids.into_iter();
+        ids.next().map(|id| Group { id, also: ids.collect() })
     }
 }
 
@@ -343,7 +357,7 @@ impl Stream {
                 _ = &mut stopping => Err(End::Failed(Status::unavailable("the member is shutting down: resume the watches on another member"))),
                 _ = &mut gone => Err(End::Gone),
                 msg = requests.next(), if asking => match msg {
-                    Some(Ok(req)) => self.handle(req).await,
+                    Some(Ok(req)) => self.handle_arrived(req, &mut requests, &mut asking).await,
                     // The client sends no more requests; its watches go on.
                     None => { asking = false; Ok(()) }
                     // A request that does not decode (too large, say) is answered with why; a
@@ -359,6 +373,30 @@ impl Stream {
                 return self.end(end).await;
             }
         }
+    }
+
+    /// Handles `first` and the requests that arrived with it (up to [`REQUESTS_PER_TURN`])
+    /// before the next turn: watches created together start together, and those that select
+    /// alike are one group from their first step, from the history as from the window.
+    async fn handle_arrived(
+        &mut self,
+        first: WatchRequest,
+        requests: &mut Gated<Streaming<WatchRequest>>,
+        asking: &mut bool,
+    ) -> Result<(), End> {
+        self.handle(first).await?;
+        for _ in 1..REQUESTS_PER_TURN {
+            match requests.next().now_or_never() {
+                Some(Some(Ok(req))) => self.handle(req).await?,
+                Some(Some(Err(status))) => return Err(End::Failed(status)),
+                Some(None) => {
+                    *asking = false;
+                    break;
+                }
+                None => break,
+            }
+        }
+        Ok(())
     }
 
     /// A tick: a stream with watches on a member no leader confirmed for
@@ -703,8 +741,8 @@ impl Stream {
         // Each watch's state changes only as it is served, so the turn's plan holds throughout.
         for turn in self.turns(span.last) {
             behind |= match turn {
-                Turn::Oversized(id) => self.serve_oversized(id).await?,
-                Turn::History(id) => self.serve_from_history(id).await?,
+                Turn::Oversized(group) => self.serve_oversized(&group).await?,
+                Turn::History(id) => self.serve_from_history(&Group::one(id)).await?,
                 Turn::Window(group) => self.serve_from_window(&group, span.last).await?,
             };
         }
@@ -713,32 +751,38 @@ impl Stream {
 
     /// What this turn serves, in id order: each watch with something to deliver, except that
     /// watches which take shared responses and would be sent the very same ones — the same
-    /// selection and `prev_kv`, the same next revision, in the window — are one [`Group`],
-    /// served once: a revision's events go out in one response naming them all.
+    /// selection and `prev_kv`, the same next revision (and the same place in it, if it is
+    /// oversized) — are one [`Group`], served once: a revision's events go out in one response
+    /// naming them all, and a group behind the window reads each step of the history once.
     fn turns(&self, last: i64) -> Vec<Turn> {
         let mut turns = Vec::new();
-        let mut groups: HashMap<(&Selection, bool, i64), usize> = HashMap::new();
+        let mut groups: HashMap<Alike, usize> = HashMap::new();
         for (&id, w) in &self.watches {
-            if w.within.is_some() {
-                turns.push(Turn::Oversized(id));
-            } else if w.next <= w.compact_at_start {
-                turns.push(Turn::History(id));
-            } else if w.next <= last {
-                if w.shared {
-                    match groups.entry((&w.selection, w.prev_kv, w.next)) {
-                        Entry::Occupied(at) => {
-                            if let Some(Turn::Window(group)) = turns.get_mut(*at.get()) {
-                                group.also.push(id);
-                            }
-                            continue;
+            let within = w.within;
+            if within.is_none() {
+                if w.next <= w.compact_at_start {
+                    turns.push(Turn::History(id));
+                    continue;
+                }
+                if w.next > last {
+                    continue;
+                }
+            }
+            if w.shared {
+                match groups.entry((&w.selection, w.prev_kv, w.next, within)) {
+                    Entry::Occupied(at) => {
+                        if let Some(Turn::Window(group) | Turn::Oversized(group)) = turns.get_mut(*at.get()) {
+                            group.also.push(id);
                         }
-                        Entry::Vacant(at) => {
-                            at.insert(turns.len());
-                        }
+                        continue;
+                    }
+                    Entry::Vacant(at) => {
+                        at.insert(turns.len());
                     }
                 }
-                turns.push(Turn::Window(Group::one(id)));
             }
+            let group = Group::one(id);
+            turns.push(if within.is_some() { Turn::Oversized(group) } else { Turn::Window(group) });
         }
         turns
     }
@@ -764,11 +808,7 @@ impl Stream {
         loop {
             let Some((batches, through)) = self.recent.batches_from(from, BATCHES_PER_TURN, BYTES_PER_TURN)
             else {
-                let mut behind = false;
-                for id in group.ids() {
-                    behind |= self.serve_from_history(id).await?;
-                }
-                return Ok(behind);
+                return self.serve_from_history(group).await;
             };
             let turn_end = *turn_through.get_or_insert(through);
             match self.send_batches(group, &batches, true).await? {
@@ -800,24 +840,61 @@ impl Stream {
         }
     }
 
-    /// Serves watch `id`, whose next revision is below the window, from the state's history:
-    /// one step of catch-up, or its end (compacted, or slow). `true` when it has more to do.
-    async fn serve_from_history(&mut self, id: i64) -> Result<bool, End> {
-        let served = self.catch_up(id).await;
+    /// Serves `group`, whose next revision is below the window, from the state's history: one
+    /// step of catch-up, or its end (compacted, or slow). `true` when it has more to do.
+    async fn serve_from_history(&mut self, group: &Group) -> Result<bool, End> {
+        let served = self.catch_up(group).await;
         self.out.release_ahead();
         served
     }
 
+    /// Serves each watch of `ids` still on the stream alone (a step of its oversized revision,
+    /// or of its catch-up): how a group's watches end (slow, compacted) or get a snapshot
+    /// differs from watch to watch. `true` when one of them has more to do.
+    async fn one_by_one(&mut self, ids: Vec<i64>, oversized: bool) -> Result<bool, End> {
+        let mut behind = false;
+        for id in ids {
+            let alone = Group::one(id);
+            behind |= if oversized {
+                Box::pin(self.oversized_step(&alone)).await?
+            } else {
+                Box::pin(self.catch_up(&alone)).await?
+            };
+        }
+        Ok(behind)
+    }
+
     /// [`Stream::serve_from_history`], holding what it read and encoded only with as many
     /// bytes of the member's budget taken ahead (see `outbox`): a client that reads nothing
-    /// keeps the step it waits on inside `--max-watch-queued-bytes`.
-    async fn catch_up(&mut self, id: i64) -> Result<bool, End> {
+    /// keeps the step it waits on inside `--max-watch-queued-bytes`. A group reads and sends
+    /// each step once; its live watches (falling behind the window, they are slow) and a
+    /// compacted next revision are served one watch at a time.
+    async fn catch_up(&mut self, group: &Group) -> Result<bool, End> {
+        if !group.also.is_empty() {
+            let (live, rest): (Vec<i64>, Vec<i64>) = group
+                .ids()
+                .filter(|id| self.watches.contains_key(id))
+                .partition(|id| self.watches.get(id).is_some_and(|w| w.live));
+            // Some are live, or gone: the others go on together.
+            if !live.is_empty() || rest.len() <= group.also.len() {
+                let mut behind = self.one_by_one(live, false).await?;
+                if let Some(rest) = Group::of(rest) {
+                    behind |= Box::pin(self.catch_up(&rest)).await?;
+                }
+                return Ok(behind);
+            }
+        }
+        let id = group.id;
         let Some(w) = self.watches.get(&id) else { return Ok(false) };
         let (next, live, snapshot) = (w.next, w.live, w.snapshot_on_compacted);
         let permit = self.history_permit().await?;
         let txn = self.ctx.node.db().begin_read().map_err(|e| self.fail(e))?;
         let current = fsm::applied(&txn).map_err(|e| self.fail(e))?.revision;
         let compact = history::compact_revision_read(&txn).map_err(|e| self.fail(e))?;
+        if next <= compact && !group.also.is_empty() {
+            drop((txn, permit));
+            return self.one_by_one(group.ids().collect(), false).await;
+        }
         if next <= compact {
             // A snapshot is paged out under its own limit (--max-watch-snapshots).
             drop(permit);
@@ -878,7 +955,7 @@ impl Stream {
                 let (mut parts, through) =
                     history::parts(&txn, next, current, READ_STEP_BYTES, OVERSIZED_REVISION_BYTES)?;
                 drop(txn);
-                // The step serves this watch alone: it encodes, and holds, only what it takes.
+                // The step serves these watches alone: it encodes, and holds, only what they take.
                 if let Some(s) = selection {
                     parts.retain(|p| match p {
                         Part::Change(c) => s.takes(c.space, c.delete, &c.kv.key),
@@ -890,13 +967,11 @@ impl Stream {
             .await?;
         let held = batches.iter().map(|b| b.held()).sum();
         let Some(batches) = self.hold_step(batches, held, permit).await? else {
-            return Box::pin(self.catch_up(id)).await;
+            return Box::pin(self.catch_up(group)).await;
         };
         let batches: Vec<Arc<Batch>> = batches.into_iter().map(Arc::new).collect();
-        if let Sent::All = self.send_batches(&Group::one(id), &batches, false).await? {
-            if let Some(w) = self.watches.get_mut(&id) {
-                w.next = w.next.max(through + 1);
-            }
+        if let Sent::All = self.send_batches(group, &batches, false).await? {
+            self.each_of(group, |w| w.next = w.next.max(through + 1));
         }
         Ok(true)
     }
@@ -979,21 +1054,29 @@ impl Stream {
         Ok(Sent::All)
     }
 
-    /// One step of watch `id`'s oversized revision `next` (see [`Within`]): its events from
-    /// the history, sent as fragments, the last one unmarked. `true`: more to do.
-    async fn serve_oversized(&mut self, id: i64) -> Result<bool, End> {
-        let served = self.oversized_step(id).await;
+    /// One step of `group`'s oversized revision `next` (see [`Within`]; every watch of the
+    /// group is at the same place in it): its events from the history, sent as fragments, the
+    /// last one unmarked. `true`: more to do.
+    async fn serve_oversized(&mut self, group: &Group) -> Result<bool, End> {
+        let served = self.oversized_step(group).await;
         self.out.release_ahead();
         served
     }
 
     /// [`Stream::serve_oversized`], with the step's bytes taken ahead as in [`Stream::catch_up`].
-    async fn oversized_step(&mut self, id: i64) -> Result<bool, End> {
+    /// A group reads and sends each step once; compacted under it, its watches end (or start
+    /// over) one at a time.
+    async fn oversized_step(&mut self, group: &Group) -> Result<bool, End> {
+        let id = group.id;
         let Some(w) = self.watches.get(&id) else { return Ok(false) };
         let (next, within) = (w.next, w.within.unwrap_or_default());
         let permit = self.history_permit().await?;
         let txn = self.ctx.node.db().begin_read().map_err(|e| self.fail(e))?;
         let compact = history::compact_revision_read(&txn).map_err(|e| self.fail(e))?;
+        if next <= compact && !group.also.is_empty() {
+            drop((txn, permit));
+            return self.one_by_one(group.ids().collect(), true).await;
+        }
         if next <= compact {
             drop((txn, permit));
             if let Some(w) = self.watches.get_mut(&id) {
@@ -1001,7 +1084,7 @@ impl Stream {
             }
             if !within.sent {
                 // Nothing of it went out: as any compacted next revision.
-                return Box::pin(self.catch_up(id)).await;
+                return Box::pin(self.catch_up(group)).await;
             }
             // Part of it went out: the client drops those fragments when the watch ends and
             // asks again, from the same revision (compacted now: an error, or a snapshot).
@@ -1028,22 +1111,18 @@ impl Stream {
             .await?;
         let held = batch.held();
         let Some(batch) = self.hold_step(batch, held, permit).await? else {
-            return Box::pin(self.oversized_step(id)).await;
+            return Box::pin(self.oversized_step(group)).await;
         };
         let last = more.is_none();
-        let sent = matches!(
-            self.send_batch(&Group::one(id), &batch, last, within.sent, false).await?,
-            Batched::Sent
-        ) || within.sent;
-        if let Some(w) = self.watches.get_mut(&id) {
-            match more {
-                Some(row) => w.within = Some(Within { row, sent }),
-                None => {
-                    w.within = None;
-                    w.next = next + 1;
-                }
+        let sent = matches!(self.send_batch(group, &batch, last, within.sent, false).await?, Batched::Sent)
+            || within.sent;
+        self.each_of(group, |w| match more {
+            Some(row) => w.within = Some(Within { row, sent }),
+            None => {
+                w.within = None;
+                w.next = next + 1;
             }
-        }
+        });
         Ok(true)
     }
 

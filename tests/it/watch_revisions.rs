@@ -148,3 +148,92 @@ async fn a_revision_larger_than_a_member_holds_reaches_every_watch_whole_in_frag
     check("catching up", revision, &events, true);
     assert_eq!(next_events(&mut catch_up, "catching up").await.0, after);
 }
+
+/// Watches of one stream that take shared responses, selecting alike and starting together
+/// behind the window: the member reads each step of the history once for all of them, and
+/// the oversized revision's fragments once, so every response names the whole group — from
+/// the first put, through the delete's fragments, to the put after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_group_behind_the_window_gets_the_history_and_an_oversized_revision_in_shared_responses() {
+    // A window of 4 revisions: the group starts 90 revisions behind it.
+    let c = Cluster::start(1, &["--watch-window-revisions", "4"]).await;
+    let client: Client = c.client().await;
+    let value = vec![b'v'; VALUE_BYTES];
+    let first =
+        client.put(format!("{PREFIX}{:03}", 0), value.clone()).await.unwrap().header.unwrap().revision;
+    for i in 1..KEYS {
+        client.put(format!("{PREFIX}{i:03}"), value.clone()).await.unwrap();
+    }
+    let deleted = client.delete_prefix(format!("{PREFIX}0")).await.unwrap();
+    assert_eq!(deleted, KEYS as i64, "the delete removed every large key in one revision");
+    let after = client.put(format!("{PREFIX}after"), "a").await.unwrap().header.unwrap().revision;
+    let delete_revision = after - 1;
+
+    // The three creates are queued before the stream opens, so they reach the member together
+    // and it handles them before its first turn.
+    let (tx, rx) = mpsc::channel(4);
+    let (key, range_end) = prefix_range(PREFIX.as_bytes());
+    for watch_id in 1..=3 {
+        let create = WatchCreateRequest {
+            key: key.clone(),
+            range_end: range_end.clone(),
+            watch_id,
+            start_revision: first,
+            prev_kv: true,
+            shared_responses: true,
+            ..Default::default()
+        };
+        tx.send(WatchRequest { request: Some(Ask::Create(create)) }).await.unwrap();
+    }
+    let mut raw = WatchClient::connect(format!("http://{}", c.member(1).client_addr))
+        .await
+        .unwrap()
+        .max_decoding_message_size(usize::MAX)
+        .watch(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    // Per revision: the events of its responses, and whether its last response ended it.
+    let mut revisions: Vec<(i64, usize, usize)> = Vec::new();
+    let mut responses = 0;
+    loop {
+        let r = tokio::time::timeout(std::time::Duration::from_secs(30), raw.message())
+            .await
+            .expect("a response within 30 s")
+            .unwrap()
+            .expect("the stream goes on");
+        assert!(!r.canceled, "no watch of the group ends: {}", r.cancel_message);
+        if r.created || r.events.is_empty() {
+            continue;
+        }
+        responses += 1;
+        let revision = r.header.unwrap().revision;
+        assert_eq!(
+            (r.watch_id, r.also_watch_ids.as_slice()),
+            (1, [2, 3].as_slice()),
+            "revision {revision}: a response for the whole group"
+        );
+        match revisions.last_mut() {
+            Some((at, events, _)) if *at == revision => *events += r.events.len(),
+            _ => revisions.push((revision, r.events.len(), 0)),
+        }
+        if let Some(last) = revisions.last_mut() {
+            last.2 += 1;
+        }
+        if revision == after && !r.fragment {
+            break;
+        }
+    }
+    let puts: Vec<(i64, usize)> = (0..KEYS as i64).map(|i| (first + i, 1)).collect();
+    let got_puts: Vec<(i64, usize)> = revisions[..KEYS].iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(got_puts, puts, "catching up: each put once, in order, one response each");
+    let (revision, events, parts) = revisions[KEYS];
+    assert_eq!((revision, events), (delete_revision, KEYS), "then the delete, every event once");
+    assert!(parts >= 9, "9 MiB of events with previous values come in fragments, got {parts}");
+    assert_eq!(
+        revisions[KEYS + 1..].iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![after],
+        "then the put after it"
+    );
+    assert_eq!(responses, KEYS + parts + 1, "no response for one watch alone");
+}
