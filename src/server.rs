@@ -148,6 +148,8 @@ pub async fn run(
         ..core::Config::new(config.id, &voters, rand::random())
     };
     let identity = storage::Identity { cluster_id, member_id: config.id };
+    // Raft's randomized election timeout is at most twice `election_tick` ticks.
+    let longest_election = config.tick_interval.saturating_mul(2 * core_config.timing.election_tick as u32);
     let (core, applier) = Core::new(core_config, identity, stores, Arc::new(inbox), &logger)?;
 
     // The standard services beside Latch's own, so that grpc-health-probe, Kubernetes gRPC
@@ -227,7 +229,7 @@ pub async fn run(
     let client_addrs = Arc::new(RwLock::new(BTreeMap::from([(id, client_addr.clone())])));
     // One check for the member that DNS answers, watch streams, waiting acquires and election
     // observers all ask; often enough for `--dns-max-stale`.
-    let freshness = Arc::new(Freshness::new(id));
+    let freshness = Arc::new(Freshness::new(id, longest_election));
     let ctx = Context {
         freshness,
         node: node.handle(),

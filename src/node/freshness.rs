@@ -16,6 +16,8 @@
 //! - `answered` only grows, and is when a check last succeeded. A member in touch is never
 //!   silent for longer than the period plus [`CHECK_TIMEOUT`] (3 s), so [`CUT_OFF_AFTER`] cuts
 //!   off only a member whose checks fail or go unanswered: a slow check is not a failed one.
+//!   Nor is an election: a member is cut off only after two of the longest elections its
+//!   `--tick-interval` allows, when that is longer ([`Freshness::new`]).
 //! - One check is awaited at a time: one a period while they succeed, one every
 //!   [`RETRY_EVERY`] while they fail, so a member back in touch says so within that. A check
 //!   given up after [`CHECK_TIMEOUT`] stays with the raft thread until its request timeout
@@ -42,11 +44,14 @@ pub const RETRY_EVERY: Duration = Duration::from_millis(100);
 /// How long a member may go without a check answering before watch streams, waiting acquires
 /// and election observers on it end (their clients go on through another member): longer than
 /// a member in touch is ever silent (a period and a whole [`CHECK_TIMEOUT`]), so that only a
-/// member whose checks fail for about two timeouts is cut off.
+/// member whose checks fail for about two timeouts is cut off. The least: a slow tick makes it
+/// longer ([`Freshness::new`]).
 pub const CUT_OFF_AFTER: Duration = Duration::from_secs(5);
 
 pub struct Freshness {
     member: u64,
+    /// [`CUT_OFF_AFTER`], or two of the member's longest elections if that is longer.
+    cut_off_after: Duration,
     base: Instant,
     /// Milliseconds since `base` (+1; 0: never) when the last ReadIndex that succeeded was asked.
     confirmed: AtomicU64,
@@ -57,9 +62,14 @@ pub struct Freshness {
 }
 
 impl Freshness {
-    pub fn new(member: u64) -> Freshness {
+    /// The check of `member`, whose longest election (raft's randomized election timeout at
+    /// its most, `2 × election_tick` ticks) is `longest_election`: while the cluster elects a
+    /// leader every check fails, and an election, even one that takes two rounds, is not being
+    /// cut off.
+    pub fn new(member: u64, longest_election: Duration) -> Freshness {
         Freshness {
             member,
+            cut_off_after: CUT_OFF_AFTER.max(longest_election.saturating_mul(2)),
             base: Instant::now(),
             confirmed: AtomicU64::new(0),
             answered: AtomicU64::new(0),
@@ -84,12 +94,13 @@ impl Freshness {
         }
     }
 
-    /// `Some(error)` when no check answered for longer than [`CUT_OFF_AFTER`] — counted from
+    /// `Some(error)` when no check answered for longer than [`CUT_OFF_AFTER`] (or two
+    /// elections, see [`Freshness::new`]) — counted from
     /// when the member began checking, for one that never confirmed — saying for how long and
     /// why: the caller ends what it serves with it.
     pub fn cut_off(&self) -> Option<RequestError> {
         let silent = self.since(self.answered.load(Ordering::Relaxed).max(1));
-        if silent <= CUT_OFF_AFTER {
+        if silent <= self.cut_off_after {
             return None;
         }
         let why = self.failure.lock().unwrap_or_else(PoisonError::into_inner).clone();
@@ -147,7 +158,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_member_is_cut_off_only_after_no_check_answered_longer_than_the_limit_and_says_why() {
-        let fresh = Arc::new(Freshness::new(7));
+        let fresh = Arc::new(Freshness::new(7, Duration::from_secs(1)));
         let answering = Arc::new(AtomicBool::new(true));
         let up = answering.clone();
         let keeper = keeper(&fresh, move || {
@@ -185,7 +196,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_member_whose_checks_are_slow_but_answer_is_never_cut_off() {
-        let fresh = Arc::new(Freshness::new(1));
+        let fresh = Arc::new(Freshness::new(1, Duration::from_secs(1)));
         let keeper = keeper(&fresh, || async {
             tokio::time::sleep(CHECK_TIMEOUT - Duration::from_millis(50)).await;
             Ok(())
@@ -200,7 +211,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_member_that_never_confirmed_is_cut_off_counting_from_when_checks_began() {
-        let fresh = Arc::new(Freshness::new(2));
+        let fresh = Arc::new(Freshness::new(2, Duration::from_secs(1)));
         let keeper = keeper(&fresh, std::future::pending::<Result<(), RequestError>>);
         tokio::time::sleep(Duration::from_millis(4_900)).await;
         assert!(fresh.cut_off().is_none(), "4.9 s after it began");
@@ -208,6 +219,18 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let cut = fresh.cut_off().map(|e| e.to_string()).unwrap_or_default();
         assert!(cut.contains("within 2s"), "the check timed out: {cut}");
+        keeper.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_with_a_slow_tick_is_not_cut_off_while_two_of_its_elections_may_last() {
+        // --tick-interval 500ms: an election may take up to 20 ticks, 10 s.
+        let fresh = Arc::new(Freshness::new(3, Duration::from_secs(10)));
+        let keeper = keeper(&fresh, || async { Err(RequestError::NoLeader { member: 3 }) });
+        tokio::time::sleep(Duration::from_millis(19_900)).await;
+        assert!(fresh.cut_off().is_none(), "19.9 s without a leader: two elections may take 20 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(fresh.cut_off().is_some(), "cut off after 20.1 s without a leader");
         keeper.abort();
     }
 }
