@@ -80,8 +80,10 @@ pub const MAX_WATCHES_PER_STREAM: usize = 10_000;
 /// get their turn.
 const BATCHES_PER_TURN: usize = 1024;
 const BYTES_PER_TURN: usize = 1024 * 1024;
-/// Most requests handled in a row, when they arrived together, before the next turn.
+/// Most requests handled in a row, when they arrived together, before the next turn; and
+/// longest such a run goes on (a create from now may wait for a ReadIndex).
 const REQUESTS_PER_TURN: usize = 64;
+const REQUESTS_TURN_TIME: Duration = Duration::from_millis(10);
 /// How long a create from now waits for a leader to confirm the member's revision.
 const CREATE_FRESHNESS: Duration = super::lock::FRESHNESS;
 
@@ -375,17 +377,22 @@ impl Stream {
         }
     }
 
-    /// Handles `first` and the requests that arrived with it (up to [`REQUESTS_PER_TURN`])
-    /// before the next turn: watches created together start together, and those that select
-    /// alike are one group from their first step, from the history as from the window.
+    /// Handles `first` and the requests that arrived with it (up to [`REQUESTS_PER_TURN`], and
+    /// no more once [`REQUESTS_TURN_TIME`] went by: the stream's watches wait meanwhile) before
+    /// the next turn: watches created together start together, and those that select alike
+    /// are one group from their first step, from the history as from the window.
     async fn handle_arrived(
         &mut self,
         first: WatchRequest,
         requests: &mut Gated<Streaming<WatchRequest>>,
         asking: &mut bool,
     ) -> Result<(), End> {
+        let started = Instant::now();
         self.handle(first).await?;
         for _ in 1..REQUESTS_PER_TURN {
+            if started.elapsed() >= REQUESTS_TURN_TIME {
+                break;
+            }
             match requests.next().now_or_never() {
                 Some(Some(Ok(req))) => self.handle(req).await?,
                 Some(Some(Err(status))) => return Err(End::Failed(status)),
@@ -1024,10 +1031,11 @@ impl Stream {
         Ok(None)
     }
 
-    /// Sends watch `id` the events it selects of `batches`, in order, up to the first oversized
-    /// one: then the watch reads that revision from the history, a step a turn (its `next` is
-    /// that revision). With `stop_when_full`, also up to the first batch its queue has no
-    /// room for now, rather than wait for room holding them all.
+    /// Sends `group` the events it selects of `batches` (from the window, or a step of the
+    /// history), in order, up to the first oversized one: then the group reads that revision
+    /// from the history, a step a turn (its `next` is that revision). With `stop_when_full`,
+    /// also up to the first batch its queue has no room for now, rather than wait for room
+    /// holding them all.
     async fn send_batches(
         &mut self,
         group: &Group,
