@@ -105,12 +105,12 @@ for i in 1 2 3; do
   started etcd $!
 done
 
-# Latch: clients 17379/27379/37379, peers 17380/27380/37380, HTTP 17381/27381/37381.
-LATCH_CLUSTER="1=127.0.0.1:17380,2=127.0.0.1:27380,3=127.0.0.1:37380"
-LATCH_ENDPOINTS="127.0.0.1:17379,127.0.0.1:27379,127.0.0.1:37379"
+# Latch: clients 21379/22379/23379, peers 21380/22380/23380, HTTP 21381/22381/23381.
+LATCH_CLUSTER="1=127.0.0.1:21380,2=127.0.0.1:22380,3=127.0.0.1:23380"
+LATCH_ENDPOINTS="127.0.0.1:21379,127.0.0.1:22379,127.0.0.1:23379"
 for i in 1 2 3; do
-  cmd=("$LATCH" server --id "$i" --data-dir "$WORK/latch$i" --client-addr "127.0.0.1:${i}7379"
-    --peer-addr "127.0.0.1:${i}7380" --http-addr "127.0.0.1:${i}7381" --dns-addr "127.0.0.1:${i}8600" --initial-cluster "$LATCH_CLUSTER")
+  cmd=("$LATCH" server --id "$i" --data-dir "$WORK/latch$i" --client-addr "127.0.0.1:2${i}379"
+    --peer-addr "127.0.0.1:2${i}380" --http-addr "127.0.0.1:2${i}381" --dns-addr "127.0.0.1:2${i}600" --initial-cluster "$LATCH_CLUSTER")
   echo "latch ${cmd[*]:1}" >>"$SERVER_COMMANDS"
   "${cmd[@]}" >"$WORK/latch$i.log" 2>&1 &
   started latch $!

@@ -30,15 +30,15 @@ LATCH=${CARGO_TARGET_DIR:-target}/release/latch
 TICKS=$(getconf CLK_TCK)
 
 start_latch() {
-  local cluster="1=127.0.0.1:17380,2=127.0.0.1:27380,3=127.0.0.1:37380"
+  local cluster="1=127.0.0.1:21380,2=127.0.0.1:22380,3=127.0.0.1:23380"
   for i in 1 2 3; do
-    "$LATCH" server --id "$i" --data-dir "$WORK/latch$i" --client-addr "127.0.0.1:${i}7379" \
-      --peer-addr "127.0.0.1:${i}7380" --http-addr "127.0.0.1:${i}7381" --dns-addr "127.0.0.1:${i}8600" --initial-cluster "$cluster" \
+    "$LATCH" server --id "$i" --data-dir "$WORK/latch$i" --client-addr "127.0.0.1:2${i}379" \
+      --peer-addr "127.0.0.1:2${i}380" --http-addr "127.0.0.1:2${i}381" --dns-addr "127.0.0.1:2${i}600" --initial-cluster "$cluster" \
       >"$WORK/latch$i.log" 2>&1 &
     echo $! >"$WORK/latch$i.pid"
   done
   for _ in $(seq 100); do
-    "$LATCH" cluster status --endpoints 127.0.0.1:17379 --output json 2>/dev/null | grep -q '"leader":[1-9]' && return
+    "$LATCH" cluster status --endpoints 127.0.0.1:21379 --output json 2>/dev/null | grep -q '"leader":[1-9]' && return
     sleep 0.2
   done
   echo "latch did not elect a leader" >&2; exit 1
@@ -72,7 +72,7 @@ stop_all() {
 leader_pid() {
   if [ "$1" = latch ]; then
     local id
-    id=$("$LATCH" cluster status --endpoints 127.0.0.1:17379 --output json | sed 's/.*"leader":\([0-9]*\).*/\1/')
+    id=$("$LATCH" cluster status --endpoints 127.0.0.1:21379 --output json | sed 's/.*"leader":\([0-9]*\).*/\1/')
     cat "$WORK/latch$id.pid"
   else
     local i
@@ -92,8 +92,8 @@ sys.exit(0 if s["header"]["member_id"] == s["leader"] else 1)'; then
 sessions_of() {
   if [ "$1" = latch ]; then
     local id
-    id=$("$LATCH" cluster status --endpoints 127.0.0.1:17379 --output json | sed 's/.*"leader":\([0-9]*\).*/\1/')
-    curl -s "127.0.0.1:${id}7381/metrics" | awk '/^latch_sessions /{print $2}'
+    id=$("$LATCH" cluster status --endpoints 127.0.0.1:21379 --output json | sed 's/.*"leader":\([0-9]*\).*/\1/')
+    curl -s "127.0.0.1:2${id}381/metrics" | awk '/^latch_sessions /{print $2}'
   else
     curl -s 127.0.0.1:23791/metrics | awk '/^etcd_debugging_lease_granted_total /{print int($2)}'
   fi
@@ -106,7 +106,7 @@ ROWS=()
 for n in $SESSIONS; do
   for system in $SYSTEMS; do
     echo "== $system, $n sessions" >&2
-    if [ "$system" = latch ]; then start_latch; target="latch://127.0.0.1:17379,127.0.0.1:27379,127.0.0.1:37379"
+    if [ "$system" = latch ]; then start_latch; target="latch://127.0.0.1:21379,127.0.0.1:22379,127.0.0.1:23379"
     else
       # Every stream to the leader, as Latch's go: an etcd follower forwards each keepalive to
       # the leader one HTTP request at a time.

@@ -98,16 +98,16 @@ start() { # system
   mkdir -p "$WORK/data"
   case $1 in
     latch)
-      # Clients 17379/27379/37379, peers 17380/27380/37380, HTTP 17381/27381/37381.
+      # Clients 21379/22379/23379, peers 21380/22380/23380, HTTP 21381/22381/23381.
       for i in 1 2 3; do
-        cmd=("$LATCH" server --id "$i" --data-dir "$WORK/data/latch$i" --client-addr "127.0.0.1:${i}7379"
-          --peer-addr "127.0.0.1:${i}7380" --http-addr "127.0.0.1:${i}7381" --dns-addr "127.0.0.1:${i}8600"
-          --initial-cluster "1=127.0.0.1:17380,2=127.0.0.1:27380,3=127.0.0.1:37380")
+        cmd=("$LATCH" server --id "$i" --data-dir "$WORK/data/latch$i" --client-addr "127.0.0.1:2${i}379"
+          --peer-addr "127.0.0.1:2${i}380" --http-addr "127.0.0.1:2${i}381" --dns-addr "127.0.0.1:2${i}600"
+          --initial-cluster "1=127.0.0.1:21380,2=127.0.0.1:22380,3=127.0.0.1:23380")
         echo "latch ${cmd[*]:1}" >>"$SERVER_COMMANDS"
         "${cmd[@]}" >"$WORK/latch$i.log" 2>&1 &
         PIDS+=($!)
       done
-      TARGET="latch://127.0.0.1:17379,127.0.0.1:27379,127.0.0.1:37379"
+      TARGET="latch://127.0.0.1:21379,127.0.0.1:22379,127.0.0.1:23379"
       wait_for "latch to have a leader" sh -c \
         "'$LATCH' cluster status --endpoints '${TARGET#latch://}' --output json | grep -q '\"leader\":[1-9]'"
       ;;
