@@ -82,7 +82,7 @@ const BATCHES_PER_TURN: usize = 1024;
 const BYTES_PER_TURN: usize = 1024 * 1024;
 /// Most requests handled in a row, when they arrived together, before the next turn; and
 /// longest such a run goes on (a create from now may wait for a ReadIndex).
-const REQUESTS_PER_TURN: usize = 64;
+const REQUESTS_PER_TURN: usize = 1024;
 const REQUESTS_TURN_TIME: Duration = Duration::from_millis(10);
 /// How long a create from now waits for a leader to confirm the member's revision.
 const CREATE_FRESHNESS: Duration = super::lock::FRESHNESS;
