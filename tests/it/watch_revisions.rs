@@ -39,6 +39,32 @@ async fn next_events(
     }
 }
 
+/// Puts the [`KEYS`] large keys, one revision each; the first one's revision.
+async fn write_large_keys(client: &Client) -> i64 {
+    let value = vec![b'v'; VALUE_BYTES];
+    let first =
+        client.put(format!("{PREFIX}{:03}", 0), value.clone()).await.unwrap().header.unwrap().revision;
+    for i in 1..KEYS {
+        client.put(format!("{PREFIX}{i:03}"), value.clone()).await.unwrap();
+    }
+    first
+}
+
+/// A raw Watch stream to member 1 carrying the requests of `rx`, taking responses of any size.
+async fn raw_stream(
+    c: &Cluster,
+    rx: mpsc::Receiver<WatchRequest>,
+) -> tonic::Streaming<latch_client::proto::WatchResponse> {
+    WatchClient::connect(format!("http://{}", c.member(1).client_addr))
+        .await
+        .unwrap()
+        .max_decoding_message_size(usize::MAX)
+        .watch(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// The bytes the member's window of recent revisions holds (it has read every revision
 /// applied: the test's watches received them first).
 async fn window_bytes(c: &Cluster) -> f64 {
@@ -50,25 +76,13 @@ async fn window_bytes(c: &Cluster) -> f64 {
 async fn a_revision_larger_than_a_member_holds_reaches_every_watch_whole_in_fragments() {
     let c = Cluster::start(1, &[]).await;
     let client: Client = c.client().await;
-    let value = vec![b'v'; VALUE_BYTES];
-    let first =
-        client.put(format!("{PREFIX}{:03}", 0), value.clone()).await.unwrap().header.unwrap().revision;
-    for i in 1..KEYS {
-        client.put(format!("{PREFIX}{i:03}"), value.clone()).await.unwrap();
-    }
+    let first = write_large_keys(&client).await;
     // Live watches, served from the member's window: with previous values, and without.
     let mut with_prev = client.watch(WatchOptions::prefix(PREFIX).prev_kv());
     let mut plain = client.watch(WatchOptions::prefix(PREFIX));
     // A raw stream, to see the fragments themselves.
     let (tx, rx) = mpsc::channel(4);
-    let mut raw = WatchClient::connect(format!("http://{}", c.member(1).client_addr))
-        .await
-        .unwrap()
-        .max_decoding_message_size(usize::MAX)
-        .watch(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut raw = raw_stream(&c, rx).await;
     let (key, range_end) = prefix_range(PREFIX.as_bytes());
     let create = WatchCreateRequest { key, range_end, watch_id: 1, prev_kv: true, ..Default::default() };
     tx.send(WatchRequest { request: Some(Ask::Create(create)) }).await.unwrap();
@@ -158,12 +172,7 @@ async fn a_watch_group_behind_the_window_gets_the_history_and_an_oversized_revis
     // A window of 4 revisions: the group starts 90 revisions behind it.
     let c = Cluster::start(1, &["--watch-window-revisions", "4"]).await;
     let client: Client = c.client().await;
-    let value = vec![b'v'; VALUE_BYTES];
-    let first =
-        client.put(format!("{PREFIX}{:03}", 0), value.clone()).await.unwrap().header.unwrap().revision;
-    for i in 1..KEYS {
-        client.put(format!("{PREFIX}{i:03}"), value.clone()).await.unwrap();
-    }
+    let first = write_large_keys(&client).await;
     let deleted = client.delete_prefix(format!("{PREFIX}0")).await.unwrap();
     assert_eq!(deleted, KEYS as i64, "the delete removed every large key in one revision");
     let after = client.put(format!("{PREFIX}after"), "a").await.unwrap().header.unwrap().revision;
@@ -185,15 +194,8 @@ async fn a_watch_group_behind_the_window_gets_the_history_and_an_oversized_revis
         };
         tx.send(WatchRequest { request: Some(Ask::Create(create)) }).await.unwrap();
     }
-    let mut raw = WatchClient::connect(format!("http://{}", c.member(1).client_addr))
-        .await
-        .unwrap()
-        .max_decoding_message_size(usize::MAX)
-        .watch(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    // Per revision: the events of its responses, and whether its last response ended it.
+    let mut raw = raw_stream(&c, rx).await;
+    // Per revision: its number, its events, and the responses that carried them.
     let mut revisions: Vec<(i64, usize, usize)> = Vec::new();
     let mut responses = 0;
     loop {
