@@ -882,8 +882,8 @@ impl Stream {
                 .ids()
                 .filter(|id| self.watches.contains_key(id))
                 .partition(|id| self.watches.get(id).is_some_and(|w| w.live));
-            // Some are live, or gone: the others go on together.
-            if !live.is_empty() || rest.len() <= group.also.len() {
+            // Some are live (slow now: one at a time), or gone: the others go on together.
+            if rest.len() <= group.also.len() {
                 let mut behind = self.one_by_one(live, false).await?;
                 if let Some(rest) = Group::of(rest) {
                     behind |= Box::pin(self.catch_up(&rest)).await?;

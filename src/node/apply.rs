@@ -62,16 +62,10 @@ const SYNC_SHARE: u32 = 10;
 /// more often than keeps the durable commits to a [`SYNC_SHARE`]th of its time — on a disk with
 /// slow fsyncs, less often. Each durable commit's stall grows with the interval (more pages to
 /// free), so shorter and more frequent ones shorten the tail of every write they hold up.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct SyncPace {
     /// What durable commits take, smoothed: an exponential moving average (weight 1/4).
     took: Duration,
-}
-
-impl Default for SyncPace {
-    fn default() -> SyncPace {
-        SyncPace { took: Duration::ZERO }
-    }
 }
 
 impl SyncPace {
