@@ -196,6 +196,7 @@ impl WatchGroup {
                 Step::End(e) => {
                     self.stream = None;
                     self.parked.clear();
+                    self.refused.clear();
                     for (id, _) in std::mem::take(&mut self.watches) {
                         self.ready.push_back((id, Err(copy_of(&e))));
                     }
@@ -209,6 +210,9 @@ impl WatchGroup {
     fn take(&mut self, mut r: WatchResponse) {
         let also = std::mem::take(&mut r.also_watch_ids);
         let events = Arc::new(std::mem::take(&mut r.events));
+        // A create the member took ends a watch's run of refusals (a resumed watch's `created`
+        // is no update for the caller).
+        let accepted = r.created && !r.canceled;
         let mut leave = false;
         // In the order named; the last one takes the rest of the response itself (a shared
         // response is one of events: a header and flags left to copy).
@@ -219,6 +223,9 @@ impl WatchGroup {
                 // stream-wide response.
                 continue;
             };
+            if accepted {
+                self.refused.remove(&id);
+            }
             let response = if i + 1 < ids.len() { r.clone() } else { std::mem::take(&mut r) };
             match watch.take_shared(response, events.clone()) {
                 Step::Update(delivery) => {
@@ -229,6 +236,7 @@ impl WatchGroup {
                 Step::Skip => {}
                 Step::End(e) => {
                     self.watches.remove(&id);
+                    self.refused.remove(&id);
                     self.ready.push_back((id, Err(e)));
                 }
                 Step::Reopen(Reopen::Again) => {
