@@ -19,6 +19,7 @@ mod linearizability;
 mod locks;
 mod observability;
 mod partitions;
+mod python;
 mod registry;
 mod replication;
 mod sessions;

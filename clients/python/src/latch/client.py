@@ -1,0 +1,375 @@
+"""The connection side of the client, and the calls that need no state of their own (keys,
+transactions, locks by sequencer, the registry, the cluster's status).
+
+Retry contract (as the Rust client's): a call is sent again, to another member, only when that
+cannot apply it twice. Reads have no effect; every write carries a request id chosen before its
+first attempt and kept across attempts, and the server applies an id at most once. Only
+UNAVAILABLE and DEADLINE_EXCEEDED are retried; an error that says the request itself is wrong
+(INVALID_ARGUMENT, FAILED_PRECONDITION, …) comes back at once.
+"""
+
+import math
+import os
+import threading
+import time
+import uuid
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, TypeVar, Union
+
+import grpc
+
+from .errors import LatchError, trailing
+from .txn import Bytes, Txn, as_bytes, prefix_end
+from .v1 import (cluster_pb2, cluster_pb2_grpc, election_pb2_grpc, kv_pb2, kv_pb2_grpc, lock_pb2,
+                 lock_pb2_grpc, registry_pb2, registry_pb2_grpc, session_pb2, session_pb2_grpc,
+                 watch_pb2_grpc)
+
+#: Where a client connects when it is given no endpoints and $LATCH_ENDPOINTS is unset.
+DEFAULT_ENDPOINT = "127.0.0.1:7379"
+#: Metadata of an UNAVAILABLE answer: the leader's client address, where to go instead.
+LEADER_ADDR_METADATA = "latch-leader-addr"
+#: First pause between two attempts; doubled after each failed one, up to MAX_BACKOFF.
+INITIAL_BACKOFF = 0.02
+MAX_BACKOFF = 0.5
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+#: Pings on idle connections, so that a member that vanished is noticed (seconds).
+KEEPALIVE_INTERVAL_MS = 5000
+KEEPALIVE_TIMEOUT_MS = 5000
+#: Largest response accepted (a watch's fragment or a large range): the server bounds its own.
+MAX_RECEIVE_BYTES = 256 << 20
+
+T = TypeVar("T")
+
+_SERVICES = {
+    "kv": kv_pb2_grpc.KVStub,
+    "cluster": cluster_pb2_grpc.ClusterStub,
+    "session": session_pb2_grpc.SessionStub,
+    "lock": lock_pb2_grpc.LockStub,
+    "election": election_pb2_grpc.ElectionStub,
+    "watch": watch_pb2_grpc.WatchStub,
+    "registry": registry_pb2_grpc.RegistryStub,
+}
+
+
+def request_id() -> str:
+    """A fresh id for a write: the same id on every attempt makes a retry safe."""
+    return str(uuid.uuid4())
+
+
+def parse_endpoint(endpoint: str) -> str:
+    """``host:port`` from ``host:port`` or ``http://host:port``; ValueError naming the problem."""
+    e = endpoint.strip()
+    for scheme in ("http://", "grpc://"):
+        if e.startswith(scheme):
+            e = e[len(scheme):]
+    e = e.rstrip("/")
+    host, sep, port = e.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"endpoint {endpoint!r}: expected host:port (a port from 1 to 65535)")
+    return e
+
+
+class _Target:
+    """One member: a connection for calls, and one of its own for long-lived streams (a stream
+    its caller does not read must never hold up the calls, session keepalives among them)."""
+
+    def __init__(self, addr: str):
+        self.addr = addr
+        self._channels: Dict[str, grpc.Channel] = {}
+        self._stubs: Dict[tuple, object] = {}
+        self._lock = threading.Lock()
+
+    def stub(self, service: str, lane: str = "calls"):
+        with self._lock:
+            stub = self._stubs.get((service, lane))
+            if stub is None:
+                channel = self._channels.get(lane)
+                if channel is None:
+                    options = [
+                        ("grpc.keepalive_time_ms", KEEPALIVE_INTERVAL_MS),
+                        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+                        ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+                        ("grpc.max_send_message_length", MAX_RECEIVE_BYTES),
+                        # A connection of this channel's own, not one shared with the other lane.
+                        ("grpc.use_local_subchannel_pool", 1),
+                        ("grpc.enable_retries", 0),
+                    ]
+                    channel = grpc.insecure_channel(self.addr, options=options)
+                    self._channels[lane] = channel
+                stub = _SERVICES[service](channel)
+                self._stubs[(service, lane)] = stub
+            return stub
+
+    def close(self) -> None:
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
+            self._stubs.clear()
+
+
+class Client:
+    """A handle on a Latch cluster, safe to share between threads.
+
+    ``endpoints``: ``"host:port"`` strings (a comma-separated string too); by default
+    ``$LATCH_ENDPOINTS``, else 127.0.0.1:7379. Connections open lazily, on the first call that
+    needs them. Any member serves any call (followers forward writes to the leader); when one
+    does not answer, the call moves on to the next endpoint, or to the leader a member names.
+
+    ``request_timeout``: how long one attempt at one member may take (seconds, default 5).
+    ``retry_budget``: how long a call keeps retrying across members (default 10).
+    """
+
+    def __init__(self, endpoints: Union[None, str, Sequence[str]] = None, *, request_timeout: float = 5.0,
+                 retry_budget: float = 10.0):
+        if endpoints is None:
+            endpoints = os.environ.get("LATCH_ENDPOINTS") or DEFAULT_ENDPOINT
+        if isinstance(endpoints, str):
+            endpoints = [e for e in endpoints.split(",") if e.strip()]
+        addrs = [parse_endpoint(e) for e in endpoints]
+        if not addrs:
+            raise ValueError("no endpoints: give at least one host:port")
+        if request_timeout <= 0 or retry_budget < 0:
+            raise ValueError(f"request_timeout must be > 0 and retry_budget >= 0 "
+                             f"(got {request_timeout} and {retry_budget})")
+        self.request_timeout = request_timeout
+        self.retry_budget = retry_budget
+        self._targets: List[_Target] = []
+        for addr in addrs:
+            if addr not in (t.addr for t in self._targets):
+                self._targets.append(_Target(addr))
+        self._preferred = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes every connection; calls in flight fail CANCELLED."""
+        with self._lock:
+            targets = list(self._targets)
+        for t in targets:
+            t.close()
+
+    @property
+    def endpoints(self) -> List[str]:
+        """The members known: those given, then leaders that members named."""
+        with self._lock:
+            return [t.addr for t in self._targets]
+
+    # -- the retry loop ------------------------------------------------------------------------
+
+    def _target_of(self, addr: str) -> int:
+        with self._lock:
+            for i, t in enumerate(self._targets):
+                if t.addr == addr:
+                    return i
+            self._targets.append(_Target(addr))
+            return len(self._targets) - 1
+
+    def _attempts(self, what: str, attempt: Callable[["_Target", Optional[float]], T], *,
+                  wait: Optional[float] = 0.0, until: Optional[float] = None) -> T:
+        """Runs ``attempt(target, timeout)`` on one member after another until one answers,
+        an error that must not be retried comes back, or the retry budget is spent.
+        ``wait``: how long the call itself may wait on the server (a lock's wait), added to
+        each attempt's timeout; ``None`` for no timeout at all. ``until``: a ``time.monotonic()``
+        instant no attempt may outlast (DEADLINE_EXCEEDED after it)."""
+        per_attempt = None if wait is None else self.request_timeout + wait
+        budget = math.inf if wait is None else max(self.retry_budget + wait, per_attempt)
+        deadline = time.monotonic() + budget
+        if until is not None:
+            deadline = min(deadline, until)
+        backoff = INITIAL_BACKOFF
+        with self._lock:
+            i = self._preferred
+        while True:
+            with self._lock:
+                target = self._targets[i % len(self._targets)]
+                n = len(self._targets)
+            timeout = per_attempt
+            if until is not None:
+                left = until - time.monotonic()
+                if left <= 0:
+                    raise LatchError(grpc.StatusCode.DEADLINE_EXCEEDED, f"{what}: out of time", target.addr)
+                timeout = left if timeout is None else min(timeout, left)
+            try:
+                result = attempt(target, timeout)
+            except grpc.RpcError as e:
+                error = LatchError.from_rpc(e, target.addr)
+                if error.code not in RETRYABLE:
+                    raise error from None
+                hint = trailing(e, LEADER_ADDR_METADATA)
+                if hint and hint != target.addr:
+                    i, pause = self._target_of(hint), 0.0
+                else:
+                    i, pause = (i + 1) % max(n, 1), backoff
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+                if time.monotonic() + pause >= deadline:
+                    raise LatchError(error.code, f"{what}: {error.message} (retried for {budget:.1f} s)",
+                                     error.endpoint, error.compact_revision) from None
+                time.sleep(pause)
+                continue
+            with self._lock:
+                self._preferred = i % len(self._targets)
+            return result
+
+    def _call(self, service: str, method: str, request, *, wait: Optional[float] = 0.0):
+        return self._attempts(f"{service}.{method}",
+                              lambda t, timeout: getattr(t.stub(service), method)(request, timeout=timeout),
+                              wait=wait)
+
+    # -- keys ----------------------------------------------------------------------------------
+
+    def get(self, key: Bytes, *, serializable: bool = False, revision: int = 0) -> Optional[kv_pb2.KeyValue]:
+        """The kv of ``key``, or None. Linearizable unless ``serializable`` (the answering
+        member's applied state); ``revision`` reads the past (OUT_OF_RANGE once compacted)."""
+        kvs = self.range(key, serializable=serializable, revision=revision).kvs
+        return kvs[0] if kvs else None
+
+    def get_prefix(self, prefix: Bytes, *, serializable: bool = False) -> List[kv_pb2.KeyValue]:
+        """Every kv whose key starts with ``prefix``, in key order."""
+        return list(self.range(prefix, prefix_end(prefix), serializable=serializable).kvs)
+
+    def range(self, key: Bytes, range_end: Bytes = b"", *, limit: int = 0, serializable: bool = False,
+              keys_only: bool = False, count_only: bool = False, revision: int = 0) -> kv_pb2.RangeResponse:
+        """The keys in ``[key, range_end)`` (just ``key`` when ``range_end`` is empty; every key
+        from ``key`` on when it is ``b"\\0"``)."""
+        request = kv_pb2.RangeRequest(key=as_bytes(key), range_end=as_bytes(range_end, "range_end"),
+                                      limit=limit, serializable=serializable, keys_only=keys_only,
+                                      count_only=count_only, revision=revision)
+        return self._call("kv", "Range", request)
+
+    def put(self, key: Bytes, value: Bytes, *, session: str = "", prev_kv: bool = False,
+            sequential: bool = False) -> kv_pb2.PutResponse:
+        """Sets ``key`` to ``value``: ephemeral when bound to ``session`` (deleted when it
+        ends); with ``sequential``, at ``key`` followed by a number that grows with every such
+        put (``response.key``). ``response.header.revision`` is the write's revision."""
+        request = kv_pb2.PutRequest(key=as_bytes(key), value=as_bytes(value, "value"), session=session,
+                                    prev_kv=prev_kv, sequential=sequential, request_id=request_id())
+        return self._call("kv", "Put", request)
+
+    def delete(self, key: Bytes, *, prefix: bool = False) -> int:
+        """Deletes ``key`` (every key starting with it, with ``prefix``); how many were deleted."""
+        k = as_bytes(key)
+        request = kv_pb2.DeleteRangeRequest(key=k, range_end=prefix_end(k) if prefix else b"",
+                                            request_id=request_id())
+        return self._call("kv", "DeleteRange", request).deleted
+
+    def txn(self, txn: Union[Txn, kv_pb2.TxnRequest]) -> kv_pb2.TxnResponse:
+        """Runs a transaction atomically; ``succeeded`` tells which branch ran."""
+        request = kv_pb2.TxnRequest()
+        request.CopyFrom(txn.request if isinstance(txn, Txn) else txn)
+        if not request.request_id:
+            request.request_id = request_id()
+        return self._call("kv", "Txn", request)
+
+    def compact(self, revision: int) -> int:
+        """Forgets the history at and below ``revision``; returns the compact revision."""
+        request = kv_pb2.CompactionRequest(revision=revision, request_id=request_id())
+        return self._call("kv", "Compact", request).compact_revision
+
+    def status(self) -> cluster_pb2.StatusResponse:
+        """The cluster as the answering member sees it: leader, term, members."""
+        return self._call("cluster", "Status", cluster_pb2.StatusRequest())
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    def session(self, ttl: float = 10.0, *, name: str = "", grace: Optional[float] = None):
+        """A new session of ``ttl`` seconds, kept alive by a background thread until closed
+        (a context manager: closed on exit)."""
+        from .session import Session
+
+        return Session.create(self, ttl, name=name, grace=grace)
+
+    def session_info(self, session_id: str) -> session_pb2.SessionInfo:
+        """What the cluster knows of a session; NOT_FOUND once it ended."""
+        return self._call("session", "Get", session_pb2.GetSessionRequest(id=session_id)).session
+
+    # -- locks ---------------------------------------------------------------------------------
+
+    def acquire(self, name: str, session_id: str, *, shared: bool = False, wait: Optional[float] = 0.0,
+                lock_delay: Optional[float] = None) -> Optional[lock_pb2.Sequencer]:
+        """Asks for lock ``name`` for the session; its sequencer, or None if not granted within
+        ``wait`` seconds (0: try once; None: wait as long as it takes). ``lock_delay``: seconds
+        the lock stays ungranted after this holder's session expires (0 … 60; 5 by default)."""
+        request = lock_pb2.AcquireRequest(name=name, session_id=session_id,
+                                          mode=lock_pb2.SHARED if shared else lock_pb2.EXCLUSIVE,
+                                          request_id=request_id())
+        if wait is None:
+            request.wait_forever = True
+        else:
+            if wait < 0:
+                raise ValueError(f"wait: {wait} s is negative")
+            request.wait_ms = round(wait * 1000)
+        if lock_delay is not None:
+            request.lock_delay_ms = round(lock_delay * 1000)
+        response = self._call("lock", "Acquire", request, wait=wait)
+        return response.sequencer if response.acquired else None
+
+    def release(self, sequencer: str) -> None:
+        """Releases the hold that ``sequencer`` (its token) names; FAILED_PRECONDITION when it
+        holds nothing."""
+        self._call("lock", "Release", lock_pb2.ReleaseRequest(sequencer=sequencer, request_id=request_id()))
+
+    def check_sequencer(self, sequencer: str) -> lock_pb2.CheckSequencerResponse:
+        """Whether ``sequencer`` still holds its lock (``valid``), and if not, ``reason``."""
+        return self._call("lock", "CheckSequencer", lock_pb2.CheckSequencerRequest(sequencer=sequencer))
+
+    def describe_lock(self, name: str) -> Optional[lock_pb2.LockInfo]:
+        """Holders, waiters in order and lock-delay of ``name``; None when nobody holds,
+        awaits or delays it."""
+        response = self._call("lock", "DescribeLock", lock_pb2.DescribeLockRequest(name=name))
+        return response.lock if response.HasField("lock") else None
+
+    def list_locks(self, prefix: str = "") -> List[lock_pb2.LockInfo]:
+        return list(self._call("lock", "ListLocks", lock_pb2.ListLocksRequest(prefix=prefix)).locks)
+
+    def election(self, name: str):
+        """Election ``name``: campaign, proclaim, leader, observe, resign."""
+        from .election import Election
+
+        return Election(self, name)
+
+    # -- watches -------------------------------------------------------------------------------
+
+    def watch(self, key: Bytes, range_end: Bytes = b"", *, prefix: bool = False, start_revision: int = 0,
+              prev_kv: bool = False, no_put: bool = False, no_delete: bool = False,
+              on_compacted: str = "error", progress_notify: bool = False, target: str = "keys"):
+        """A watch of ``key`` (of every key starting with it, with ``prefix``; or of
+        ``[key, range_end)``) from ``start_revision`` (0: from now). Iterate it for
+        ``WatchBatch``es; it resumes by itself on another member after a failure, from the
+        revision after the last it delivered. Cancel it with ``cancel()`` (or ``with``)."""
+        from .watch import Watch
+
+        k = as_bytes(key)
+        end = prefix_end(k) if prefix else as_bytes(range_end, "range_end")
+        return Watch(self, k, end, start_revision=start_revision, prev_kv=prev_kv, no_put=no_put,
+                     no_delete=no_delete, on_compacted=on_compacted, progress_notify=progress_notify,
+                     target=target)
+
+    # -- the registry --------------------------------------------------------------------------
+
+    def register(self, service: str, instance_id: str, address: str, port: int, *,
+                 tags: Iterable[str] = (), meta: Optional[Dict[str, str]] = None, weight: int = 0,
+                 session: str = "", check: Optional[registry_pb2.HealthCheck] = None) -> registry_pb2.InstanceInfo:
+        """Registers an instance (bound to ``session`` when given: gone when it ends)."""
+        instance = registry_pb2.ServiceInstance(service=service, id=instance_id, address=address, port=port,
+                                                tags=list(tags), meta=meta or {}, weight=weight)
+        request = registry_pb2.RegisterRequest(instance=instance, session=session, request_id=request_id())
+        if check is not None:
+            request.check.CopyFrom(check)
+        return self._call("registry", "Register", request).instance
+
+    def deregister(self, service: str, instance_id: str) -> None:
+        self._call("registry", "Deregister",
+                   registry_pb2.DeregisterRequest(service=service, id=instance_id, request_id=request_id()))
+
+    def instances(self, service: str = "", *, tag: str = "", include_critical: bool = False,
+                  serializable: bool = False) -> List[registry_pb2.InstanceInfo]:
+        """The instances of ``service`` (all services when empty): the passing ones, unless
+        ``include_critical``."""
+        request = registry_pb2.ListRequest(service=service, tag=tag, include_critical=include_critical,
+                                           serializable=serializable)
+        return list(self._call("registry", "List", request).instances)

@@ -1,0 +1,172 @@
+"""Watches that resume by themselves.
+
+A ``Watch`` yields ``WatchBatch``es: the events of one revision together (fragments of a large
+revision are put back together first), a snapshot of the watched range (``on_compacted =
+"snapshot"``), or a progress notice. When its member fails, or cancels it as SLOW, it creates the
+watch again — on the next member — from the revision after the last it delivered, so that the
+caller sees every revision once, in order, with no gap (etcd's six guarantees, docs/watches.md).
+A compacted start revision raises ``LatchError`` (OUT_OF_RANGE, with ``compact_revision``) unless
+the watch asked for a snapshot.
+"""
+
+import dataclasses
+import threading
+from typing import List, Optional
+
+import grpc
+
+from .client import INITIAL_BACKOFF, MAX_BACKOFF, RETRYABLE
+from .errors import LatchError
+from .v1 import kv_pb2, watch_pb2
+
+_TARGETS = {
+    "keys": watch_pb2.WatchCreateRequest.KEYS,
+    "sessions": watch_pb2.WatchCreateRequest.SESSIONS,
+    "locks": watch_pb2.WatchCreateRequest.LOCKS,
+    "elections": watch_pb2.WatchCreateRequest.ELECTIONS,
+    "registry": watch_pb2.WatchCreateRequest.REGISTRY,
+}
+_ON_COMPACTED = {"error": watch_pb2.WatchCreateRequest.ERROR, "snapshot": watch_pb2.WatchCreateRequest.SNAPSHOT}
+_R = watch_pb2.WatchResponse
+
+
+@dataclasses.dataclass
+class WatchBatch:
+    """What a watch delivered at ``revision``: its ``events`` (all of that revision's); or, with
+    ``snapshot``, the watched range's ``kvs`` at that revision (replace what you had); or, with
+    ``progress``, that every event up to it was delivered."""
+
+    revision: int
+    events: List[watch_pb2.Event] = dataclasses.field(default_factory=list)
+    snapshot: bool = False
+    kvs: List[kv_pb2.KeyValue] = dataclasses.field(default_factory=list)
+    progress: bool = False
+
+
+class Watch:
+    def __init__(self, client, key: bytes, range_end: bytes, *, start_revision: int, prev_kv: bool, no_put: bool,
+                 no_delete: bool, on_compacted: str, progress_notify: bool, target: str):
+        if target not in _TARGETS:
+            raise ValueError(f"watch target {target!r}: expected one of {', '.join(_TARGETS)}")
+        if on_compacted not in _ON_COMPACTED:
+            raise ValueError(f"on_compacted {on_compacted!r}: expected one of {', '.join(_ON_COMPACTED)}")
+        if start_revision < 0:
+            raise ValueError(f"start_revision {start_revision}: a revision is never negative")
+        self.client = client
+        self._create = watch_pb2.WatchCreateRequest(key=key, range_end=range_end, prev_kv=prev_kv, no_put=no_put,
+                                                    no_delete=no_delete, progress_notify=progress_notify,
+                                                    on_compacted=_ON_COMPACTED[on_compacted],
+                                                    target=_TARGETS[target])
+        #: The first revision not yet delivered; 0 until a member said where "now" is.
+        self.next_revision = start_revision
+        self._closed = threading.Event()
+        self._call = None
+        self._responses = None
+        self._target = 0
+        self._backoff = INITIAL_BACKOFF
+        self._pending: Optional[WatchBatch] = None
+
+    def __iter__(self) -> "Watch":
+        return self
+
+    def __enter__(self) -> "Watch":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cancel()
+
+    def cancel(self) -> None:
+        """Ends the watch; iteration stops."""
+        self._closed.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+
+    def _open(self) -> None:
+        create = watch_pb2.WatchCreateRequest()
+        create.CopyFrom(self._create)
+        create.start_revision = self.next_revision
+        closed = self._closed
+
+        def requests():
+            yield watch_pb2.WatchRequest(create=create)
+            # The request side stays open while the watch lives: a half-closed stream is an ended one.
+            closed.wait()
+
+        targets = self.client._targets
+        target = targets[self._target % len(targets)]
+        self._addr = target.addr
+        self._call = target.stub("watch", "streams").Watch(requests())
+        self._responses = iter(self._call)
+        self._pending = None
+        if closed.is_set():
+            self._call.cancel()
+
+    def _reopen_elsewhere(self) -> None:
+        """The stream failed: the next member, after a pause that grows while failures repeat."""
+        if self._call is not None:
+            self._call.cancel()
+        self._call = self._responses = None
+        self._target += 1
+        if self._closed.wait(self._backoff):
+            raise StopIteration
+        self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+
+    def __next__(self) -> WatchBatch:
+        while True:
+            if self._closed.is_set():
+                raise StopIteration
+            if self._responses is None:
+                self._open()
+            try:
+                r = next(self._responses)
+            except StopIteration:
+                self._reopen_elsewhere()
+                continue
+            except grpc.RpcError as e:
+                if self._closed.is_set():
+                    raise StopIteration from None
+                if e.code() in RETRYABLE:
+                    self._reopen_elsewhere()
+                    continue
+                raise LatchError.from_rpc(e, self._addr) from None
+            batch = self._take(r)
+            if batch is not None:
+                self._backoff = INITIAL_BACKOFF
+                return batch
+
+    def _take(self, r: watch_pb2.WatchResponse) -> Optional[WatchBatch]:
+        """What response ``r`` adds; a batch when one is whole."""
+        if r.canceled:
+            return self._canceled(r)
+        if r.created:
+            if self.next_revision == 0:
+                self.next_revision = r.header.revision + 1
+            return None
+        revision = r.header.revision
+        if r.progress:
+            return WatchBatch(revision=revision, progress=True)
+        if self._pending is None or self._pending.revision != revision:
+            self._pending = WatchBatch(revision=revision, snapshot=r.snapshot)
+        self._pending.events.extend(r.events)
+        self._pending.kvs.extend(r.snapshot_kvs)
+        if r.fragment:
+            return None
+        batch, self._pending = self._pending, None
+        self.next_revision = revision + 1
+        return batch
+
+    def _canceled(self, r: watch_pb2.WatchResponse) -> Optional[WatchBatch]:
+        reason = r.cancel_reason
+        if reason == _R.CLIENT:
+            raise StopIteration
+        if reason in (_R.SLOW, _R.UNAVAILABLE):
+            # Resume from the revision after the last one delivered (SLOW: here or elsewhere).
+            self._reopen_elsewhere()
+            return None
+        if reason == _R.COMPACTED:
+            raise LatchError(grpc.StatusCode.OUT_OF_RANGE,
+                             f"revision {self.next_revision} is compacted (compact revision {r.compact_revision})",
+                             self._addr, r.compact_revision)
+        code = grpc.StatusCode.RESOURCE_EXHAUSTED if reason == _R.RESOURCE_EXHAUSTED else grpc.StatusCode.INVALID_ARGUMENT
+        raise LatchError(code, r.cancel_message or "the watch was refused", self._addr)

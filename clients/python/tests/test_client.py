@@ -1,0 +1,262 @@
+"""The Python client against a real cluster: $LATCH_ENDPOINTS names it (tests/it/python.rs
+starts one and runs this file; by hand: ``LATCH_ENDPOINTS=127.0.0.1:7379 python3 -m unittest
+discover -s clients/python/tests``). Every test works under a prefix of its own, so the file
+can run against a cluster that holds other data."""
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+import unittest
+import uuid
+
+import grpc
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+
+import latch  # noqa: E402
+from latch.v1 import lock_pb2, watch_pb2  # noqa: E402
+
+ENDPOINTS = os.environ.get("LATCH_ENDPOINTS")
+#: How long a test waits for something the cluster must do (not a measure of speed).
+PATIENCE = 30.0
+
+
+def unique(what: str) -> str:
+    return f"py-test/{what}/{uuid.uuid4().hex[:8]}/"
+
+
+def in_thread(f):
+    """Runs ``f`` in a thread; the returned queue gets its result or its exception."""
+    out = queue.Queue()
+
+    def run():
+        try:
+            out.put(f())
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            out.put(e)
+
+    threading.Thread(target=run, daemon=True).start()
+    return out
+
+
+def result(out: queue.Queue):
+    value = out.get(timeout=PATIENCE)
+    if isinstance(value, BaseException):
+        raise value
+    return value
+
+
+@unittest.skipUnless(ENDPOINTS, "needs LATCH_ENDPOINTS: tests/it/python.rs starts a cluster and sets it")
+class ClientTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.client = latch.Client(ENDPOINTS)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+
+    # -- keys and transactions ---------------------------------------------------------------
+
+    def test_a_put_is_read_back_with_its_revisions_and_a_delete_removes_it(self):
+        p = unique("kv")
+        first = self.client.put(p + "a", "1").header.revision
+        second = self.client.put(p + "a", b"2", prev_kv=True)
+        self.assertEqual(second.prev_kv.value, b"1", "prev_kv carries the value the put replaced")
+        kv = self.client.get(p + "a")
+        self.assertEqual((kv.value, kv.version, kv.create_revision, kv.mod_revision),
+                         (b"2", 2, first, second.header.revision), "the key's value, version and revisions")
+        self.assertEqual(self.client.get(p + "a", revision=first).value, b"1", "a read at the first revision")
+        self.client.put(p + "b", "3")
+        self.assertEqual([kv.key for kv in self.client.get_prefix(p)], [(p + "a").encode(), (p + "b").encode()])
+        self.assertEqual(self.client.delete(p, prefix=True), 2, "both keys under the prefix deleted")
+        self.assertIsNone(self.client.get(p + "a"), "a deleted key reads as absent")
+
+    def test_a_transaction_runs_the_branch_its_compares_choose(self):
+        p = unique("txn")
+        self.client.put(p + "k", "v1")
+        cas = latch.Txn().when([latch.Compare.value(p + "k", "==", "v1")]).and_then([latch.Op.put(p + "k", "v2")])
+        self.assertTrue(self.client.txn(cas).succeeded, "the compare holds: the success branch runs")
+        again = self.client.txn(latch.Txn().when([latch.Compare.value(p + "k", "==", "v1")])
+                                .and_then([latch.Op.put(p + "k", "v3")]).or_else([latch.Op.get(p + "k")]))
+        self.assertFalse(again.succeeded, "the value changed: the failure branch runs")
+        self.assertEqual(again.responses[0].range.kvs[0].value, b"v2", "the failure branch read the key")
+        absent = latch.Txn().when([latch.Compare.version(p + "new", "==", 0)]).and_then([latch.Op.put(p + "new", "x")])
+        self.assertTrue(self.client.txn(absent).succeeded, "version 0: the key did not exist")
+
+    def test_a_compacted_revision_is_refused_naming_the_compact_revision(self):
+        p = unique("compact")
+        old = self.client.put(p + "k", "1").header.revision
+        now = self.client.put(p + "k", "2").header.revision
+        self.client.compact(now)
+        with self.assertRaises(latch.LatchError) as caught:
+            self.client.get(p + "k", revision=old)
+        self.assertEqual(caught.exception.code, grpc.StatusCode.OUT_OF_RANGE)
+        self.assertGreaterEqual(caught.exception.compact_revision, now, "the error names the compact revision")
+
+    def test_bad_input_gets_an_error_naming_the_problem(self):
+        with self.assertRaises(latch.LatchError) as caught:
+            self.client.put("", "v")
+        self.assertEqual(caught.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("key", caught.exception.message, "the server's message names the key")
+        with self.assertRaisesRegex(ValueError, "host:port"):
+            latch.Client(["127.0.0.1"])
+        with self.assertRaisesRegex(ValueError, "compare result"):
+            latch.Compare.value("k", "=~", "v")
+        with self.assertRaisesRegex(ValueError, "the kind is not one of"):
+            latch.parse_sequencer("latch1:0000000000000001:QQ:1:s:name")
+
+    # -- sessions, locks, elections ----------------------------------------------------------
+
+    def test_an_ephemeral_key_goes_with_its_closed_session(self):
+        p = unique("ephemeral")
+        with self.client.session(ttl=10) as s:
+            self.assertEqual(s.state, latch.SessionState.SAFE)
+            self.client.put(p + "k", "v", session=s.id)
+            self.assertEqual(self.client.get(p + "k").session, s.id, "the key names its session")
+        self.assertEqual(s.state, latch.SessionState.EXPIRED, "a closed session is expired for good")
+        self.assertIsNone(self.client.get(p + "k"), "the session's key was deleted with it")
+
+    def test_an_abandoned_session_is_expired_by_the_cluster_and_its_lock_fenced(self):
+        p = unique("expiry")
+        s = self.client.session(ttl=1)
+        lock = s.lock(p + "lock", wait=0, lock_delay=0)
+        # Watch the session's end rather than sleeping for it.
+        ended = self.client.watch(s.id, target="sessions", start_revision=self.client.status().header.revision + 1)
+        s.abandon()
+        for batch in ended:
+            if any(e.type == watch_pb2.Event.DELETE for e in batch.events):
+                break
+        ended.cancel()
+        check = self.client.check_sequencer(lock.token)
+        self.assertFalse(check.valid, "the expired holder's sequencer no longer holds")
+        fenced = self.client.txn(latch.Txn().when([latch.Compare.sequencer_valid(lock.token)])
+                                 .and_then([latch.Op.put(p + "resource", "stale write")]))
+        self.assertFalse(fenced.succeeded, "a write fenced by the stale sequencer does not happen")
+        self.assertIsNone(self.client.get(p + "resource"))
+
+    def test_an_exclusive_lock_is_granted_to_one_session_at_a_time_with_growing_generations(self):
+        name = unique("lock") + "l"
+        with self.client.session(ttl=10) as a, self.client.session(ttl=10) as b:
+            held = a.lock(name, wait=0)
+            with self.assertRaises(latch.LockNotAcquired):
+                b.lock(name, wait=0)
+            waiting = in_thread(lambda: b.lock(name, wait=None))
+            info = self._eventually(lambda: (lambda i: i if i and i.waiters else None)(self.client.describe_lock(name)))
+            self.assertEqual([w.session_id for w in info.waiters], [b.id], "b waits in the queue")
+            self.assertEqual([h.session_id for h in info.holders], [a.id], "a holds")
+            held.release()
+            second = result(waiting)
+            self.assertGreater(second.generation, held.generation, "a later grant has a larger fencing token")
+            self.assertFalse(self.client.check_sequencer(held.token).valid, "the released sequencer is invalid")
+            self.assertTrue(self.client.check_sequencer(second.token).valid)
+            self.assertEqual(latch.parse_sequencer(second.token).session_id, b.id)
+            second.release()
+        self.assertIsNone(self.client.describe_lock(name), "nobody holds or awaits the lock")
+
+    def test_shared_holders_hold_together_and_an_exclusive_request_waits_for_them(self):
+        name = unique("shared") + "l"
+        with self.client.session(ttl=10) as a, self.client.session(ttl=10) as b, self.client.session(ttl=10) as c:
+            ra = a.lock(name, shared=True, wait=0)
+            rb = b.lock(name, shared=True, wait=0)
+            self.assertEqual(rb.sequencer.mode, lock_pb2.SHARED)
+            with self.assertRaises(latch.LockNotAcquired):
+                c.lock(name, wait=0)
+            ra.release()
+            rb.release()
+            c.lock(name, wait=0).release()
+
+    def test_an_election_hands_leadership_on_and_an_observer_sees_each_change(self):
+        name = unique("election") + "e"
+        election = self.client.election(name)
+        with self.client.session(ttl=10) as a, self.client.session(ttl=10) as b:
+            first = election.campaign(a, "a")
+            observed = election.observe()
+            self.assertEqual(next(observed).value, b"a", "the observer starts with the current leader")
+            election.proclaim(first, "a2")
+            self.assertEqual(next(observed).value, b"a2", "a proclaimed value is observed")
+            waiting = in_thread(lambda: election.campaign(b, "b"))
+            election.resign(first)
+            second = result(waiting)
+            self.assertEqual(second.value, b"b")
+            self.assertGreater(second.sequencer.generation, first.sequencer.generation)
+            seen = next(observed)
+            while seen is None or seen.value != b"b":  # a moment without a leader may show in between
+                seen = next(observed)
+            self.assertEqual(election.leader().sequencer.session_id, b.id)
+            observed.close()
+            election.resign(second)
+        self.assertIsNone(election.leader(), "nobody leads after both resigned")
+
+    # -- watches -----------------------------------------------------------------------------
+
+    def test_a_watch_delivers_every_revision_once_in_order_with_previous_values(self):
+        p = unique("watch")
+        start = self.client.put(p + "a", "1").header.revision
+        second = self.client.put(p + "a", "2").header.revision
+        txn = latch.Txn().and_then([latch.Op.put(p + "b", "x"), latch.Op.delete(p + "a")])
+        last = self.client.txn(txn).header.revision
+        batches = []
+        with self.client.watch(p, prefix=True, start_revision=start, prev_kv=True) as w:
+            for batch in w:
+                batches.append(batch)
+                if batch.revision >= last:
+                    break
+        self.assertEqual([b.revision for b in batches], [start, second, last], "one batch per revision, in order")
+        self.assertEqual([(e.type, e.kv.key) for e in batches[-1].events],
+                         [(watch_pb2.Event.PUT, (p + "b").encode()), (watch_pb2.Event.DELETE, (p + "a").encode())],
+                         "a transaction's events come together, in its order")
+        self.assertEqual(batches[1].events[0].prev_kv.value, b"1", "prev_kv of the second put")
+
+    def test_a_compacted_start_gets_a_snapshot_then_the_events_after_it(self):
+        p = unique("snapshot")
+        old = self.client.put(p + "a", "1").header.revision
+        now = self.client.put(p + "b", "2").header.revision
+        self.client.compact(now)
+        with self.assertRaises(latch.LatchError) as caught:
+            next(iter(self.client.watch(p, prefix=True, start_revision=old)))
+        self.assertEqual(caught.exception.code, grpc.StatusCode.OUT_OF_RANGE, "on_compacted=error refuses")
+        with self.client.watch(p, prefix=True, start_revision=old, on_compacted="snapshot") as w:
+            snapshot = next(w)
+            self.assertTrue(snapshot.snapshot, "the first batch is the range's state")
+            self.assertEqual(sorted(kv.key for kv in snapshot.kvs), [(p + "a").encode(), (p + "b").encode()])
+            after = self.client.put(p + "c", "3").header.revision
+            batch = next(w)
+            while batch.revision < after:
+                batch = next(w)
+            self.assertEqual([e.kv.key for e in batch.events], [(p + "c").encode()], "then the events after it")
+
+    def test_a_typed_watch_sees_a_lock_change_hands(self):
+        name = unique("locks") + "l"
+        start = self.client.status().header.revision + 1
+        with self.client.session(ttl=10) as s:
+            s.lock(name, wait=0).release()
+        with self.client.watch(name, target="locks", start_revision=start) as w:
+            first = next(w)
+            info = lock_pb2.LockInfo.FromString(first.events[0].kv.value)
+            self.assertEqual([h.session_id for h in info.holders], [s.id], "the grant, as a LockInfo")
+            self.assertEqual(next(w).events[0].type, watch_pb2.Event.DELETE, "then the release")
+
+    def _eventually(self, probe):
+        """Polls ``probe`` until it returns something true (a bounded wait for a named state)."""
+        deadline = time.monotonic() + PATIENCE
+        while time.monotonic() < deadline:
+            value = probe()
+            if value:
+                return value
+            time.sleep(0.01)
+        self.fail(f"{probe} never held within {PATIENCE} s")
+
+
+class GeneratedTest(unittest.TestCase):
+    def test_the_wire_types_are_generated_from_the_proto_files_as_they_are(self):
+        script = os.path.join(os.path.dirname(__file__), "..", "generate.py")
+        run = subprocess.run([sys.executable, script, "--check"], capture_output=True, text=True)
+        self.assertEqual(run.returncode, 0, run.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()

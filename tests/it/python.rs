@@ -1,0 +1,130 @@
+//! The Python client (clients/python) against real members: its own test suite, run by
+//! `python3` with grpcio — a gRPC implementation nobody here wrote (DESIGN.md §7, layer 4) — and
+//! a watch of its examples that must resume, without a gap or a repeat, on another member when
+//! its own is killed. Needs `python3` with clients/python/requirements-dev.txt installed
+//! (`.ci/run` installs them).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{ChildStdout, Command};
+
+use crate::harness::{free_port, Cluster};
+
+/// How long the suite may take on a loaded 2-core machine (it takes about 2 s alone).
+const SUITE_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long a watch may take to print an event (a resume elsewhere included).
+const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn python_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/python")
+}
+
+fn python3() -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.env("PYTHONDONTWRITEBYTECODE", "1").env("PYTHONUNBUFFERED", "1").kill_on_drop(true);
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_clients_suite_passes_through_a_dead_endpoint_and_a_follower() {
+    let c = Cluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let followers: Vec<u64> = c.ids().into_iter().filter(|id| *id != leader).collect();
+    // A port nobody listens on first, then a follower: calls fail over, writes are forwarded,
+    // keepalives follow the leader the follower names.
+    let endpoints = [format!("127.0.0.1:{}", free_port()), c.member(followers[0]).client_addr.clone()]
+        .into_iter()
+        .chain(std::iter::once(c.member(leader).client_addr.clone()))
+        .chain(followers[1..].iter().map(|id| c.member(*id).client_addr.clone()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut suite = python3();
+    suite
+        .args(["-m", "unittest", "-v", "test_client"])
+        .current_dir(python_dir().join("tests"))
+        .env("LATCH_ENDPOINTS", &endpoints);
+    let out = tokio::time::timeout(SUITE_TIMEOUT, suite.output())
+        .await
+        .unwrap_or_else(|_| panic!("the Python suite did not finish within {SUITE_TIMEOUT:?}"))
+        .unwrap_or_else(|e| {
+            panic!("running python3 (clients/python/requirements-dev.txt; .ci/run installs them): {e}")
+        });
+    let report = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the Python client's suite failed against {endpoints}:\n{report}");
+    assert!(
+        !report.contains("skipped"),
+        "every test of the Python suite must run (LATCH_ENDPOINTS was set):\n{report}"
+    );
+    assert!(report.contains("\nOK"), "unittest reports OK:\n{report}");
+}
+
+/// Puts `key` (its own name as the value); the put's revision.
+async fn put(client: &latch_client::Client, key: &str) -> i64 {
+    let answer = client.put(key, key).await.unwrap_or_else(|e| panic!("put {key}: {e}"));
+    answer.header.expect("a put's answer has a header").revision
+}
+
+/// The next JSON line the watch printed.
+async fn next_event(lines: &mut Lines<BufReader<ChildStdout>>) -> Value {
+    let line = tokio::time::timeout(EVENT_TIMEOUT, lines.next_line())
+        .await
+        .unwrap_or_else(|_| panic!("the Python watch printed no event within {EVENT_TIMEOUT:?}"))
+        .expect("reading the watch's output")
+        .expect("the watch ended before its last event");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line: {line:?}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_watch_resumes_on_another_member_when_its_member_is_killed() {
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let watched = c.ids().into_iter().find(|id| *id != leader).expect("a follower");
+    let others: Vec<u64> = c.ids().into_iter().filter(|id| *id != watched).collect();
+    let client = c.client_of_many(&others).await;
+    let start = put(&client, "w/0").await;
+
+    // The watch's first endpoint is the member that will be killed.
+    let endpoints = std::iter::once(watched)
+        .chain(others.iter().copied())
+        .map(|id| c.member(id).client_addr.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut watch = python3();
+    watch
+        .arg(python_dir().join("examples/watch.py"))
+        .args(["w/", "--rev", &start.to_string(), "--until-end", "--endpoints", &endpoints])
+        .stdout(Stdio::piped());
+    let mut watch = watch.spawn().expect("python3 (.ci/run installs the client's requirements)");
+    let mut lines = BufReader::new(watch.stdout.take().expect("piped")).lines();
+
+    let mut written = vec![(start, "w/0".to_string())];
+    for i in 1..10 {
+        let key = format!("w/{i}");
+        written.push((put(&client, &key).await, key));
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 10 {
+        seen.push(next_event(&mut lines).await);
+    }
+    c.kill(watched);
+    for i in 10..20 {
+        let key = format!("w/{i}");
+        written.push((put(&client, &key).await, key));
+    }
+    written.push((put(&client, "w/END").await, "w/END".to_string()));
+    while seen.len() < written.len() {
+        seen.push(next_event(&mut lines).await);
+    }
+    let seen: Vec<(i64, String)> = seen
+        .iter()
+        .map(|e| (e["revision"].as_i64().expect("a revision"), e["key"].as_str().expect("a key").to_string()))
+        .collect();
+    assert_eq!(seen, written, "every put once, in order, across the kill of the watch's member");
+    let status =
+        tokio::time::timeout(EVENT_TIMEOUT, watch.wait()).await.expect("the watch exits after w/END");
+    assert!(status.expect("waited").success(), "the watch exits 0");
+}
