@@ -29,7 +29,7 @@ def main() -> int:
         for batch in watch:
             for event in batch.events:
                 kind = "DELETE" if event.type == watch_pb2.Event.DELETE else "PUT"
-                print(json.dumps({"revision": batch.revision, "type": kind, "key": event.kv.key.decode(),
+                print(json.dumps({"revision": batch.revision, "type": kind, "key": event.kv.key.decode(errors="replace"),
                                   "value": event.kv.value.decode(errors="replace")}), flush=True)
                 if args.until_end and event.kv.key == end:
                     return 0

@@ -1,7 +1,7 @@
 """The Python client against a real cluster: $LATCH_ENDPOINTS names it (tests/it/python.rs
 starts one and runs this file; by hand: ``LATCH_ENDPOINTS=127.0.0.1:7379 python3 -m unittest
-discover -s clients/python/tests``). Every test works under a prefix of its own, so the file
-can run against a cluster that holds other data."""
+discover -s clients/python/tests``). Every test works under a prefix of its own; two of them
+compact the cluster's history up to their own last write."""
 
 import os
 import queue
@@ -108,6 +108,16 @@ class ClientTest(unittest.TestCase):
             latch.Compare.value("k", "=~", "v")
         with self.assertRaisesRegex(ValueError, "the kind is not one of"):
             latch.parse_sequencer("latch1:0000000000000001:QQ:1:s:name")
+        with self.assertRaisesRegex(ValueError, "host:port"):
+            latch.Client(["https://127.0.0.1:7379"])
+        with self.client.session(ttl=10) as s:
+            with self.assertRaisesRegex(ValueError, "wait: nan"):
+                s.lock(unique("bad") + "l", wait=float("nan"))
+            with self.assertRaisesRegex(ValueError, "lock_delay: -1"):
+                s.lock(unique("bad") + "l", lock_delay=-1)
+        with self.assertRaises(latch.LatchError) as caught:
+            self.client.session(ttl=0.001)
+        self.assertEqual(caught.exception.code, grpc.StatusCode.INVALID_ARGUMENT, "a TTL under the server's minimum")
 
     # -- sessions, locks, elections ----------------------------------------------------------
 
@@ -120,12 +130,21 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(s.state, latch.SessionState.EXPIRED, "a closed session is expired for good")
         self.assertIsNone(self.client.get(p + "k"), "the session's key was deleted with it")
 
+    def test_a_session_kept_alive_outlives_its_ttl_many_times(self):
+        with self.client.session(ttl=1) as s:
+            # Time is what is tested here: three TTLs, about six keepalives, each through the
+            # first endpoints (a dead one, a follower that names the leader).
+            time.sleep(3)
+            self.assertEqual(s.state, latch.SessionState.SAFE, "keepalives were answered")
+            self.assertEqual(self.client.session_info(s.id).id, s.id, "the cluster still has the session")
+
     def test_an_abandoned_session_is_expired_by_the_cluster_and_its_lock_fenced(self):
         p = unique("expiry")
+        before = self.client.status().header.revision
         s = self.client.session(ttl=1)
         lock = s.lock(p + "lock", wait=0, lock_delay=0)
-        # Watch the session's end rather than sleeping for it.
-        ended = self.client.watch(s.id, target="sessions", start_revision=self.client.status().header.revision + 1)
+        # Watch the session's end (from before it began) rather than sleeping for it.
+        ended = self.client.watch(s.id, target="sessions", start_revision=before + 1)
         s.abandon()
         for batch in ended:
             if any(e.type == watch_pb2.Event.DELETE for e in batch.events):
@@ -157,7 +176,7 @@ class ClientTest(unittest.TestCase):
             second.release()
         self.assertIsNone(self.client.describe_lock(name), "nobody holds or awaits the lock")
 
-    def test_shared_holders_hold_together_and_an_exclusive_request_waits_for_them(self):
+    def test_shared_holders_hold_together_and_an_exclusive_request_is_refused_until_they_release(self):
         name = unique("shared") + "l"
         with self.client.session(ttl=10) as a, self.client.session(ttl=10) as b, self.client.session(ttl=10) as c:
             ra = a.lock(name, shared=True, wait=0)
@@ -219,6 +238,7 @@ class ClientTest(unittest.TestCase):
         with self.assertRaises(latch.LatchError) as caught:
             next(iter(self.client.watch(p, prefix=True, start_revision=old)))
         self.assertEqual(caught.exception.code, grpc.StatusCode.OUT_OF_RANGE, "on_compacted=error refuses")
+        self.assertGreaterEqual(caught.exception.compact_revision, now, "naming the compact revision")
         with self.client.watch(p, prefix=True, start_revision=old, on_compacted="snapshot") as w:
             snapshot = next(w)
             self.assertTrue(snapshot.snapshot, "the first batch is the range's state")

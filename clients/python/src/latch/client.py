@@ -63,9 +63,26 @@ def parse_endpoint(endpoint: str) -> str:
             e = e[len(scheme):]
     e = e.rstrip("/")
     host, sep, port = e.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if "://" in e or "/" in e or not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"endpoint {endpoint!r}: expected host:port (a port from 1 to 65535)")
     return e
+
+
+def _endpoint_or_none(text: Optional[str]) -> Optional[str]:
+    try:
+        return parse_endpoint(text) if text else None
+    except ValueError:
+        return None
+
+
+def seconds(value: Optional[float], what: str, *, none_ok: bool = False) -> Optional[float]:
+    """``value`` checked as a finite, non-negative number of seconds (None where allowed)."""
+    if value is None and none_ok:
+        return None
+    if not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        allowed = " or None" if none_ok else ""
+        raise ValueError(f"{what}: {value!r} is not a finite number of seconds >= 0{allowed}")
+    return float(value)
 
 
 class _Target:
@@ -128,9 +145,9 @@ class Client:
         addrs = [parse_endpoint(e) for e in endpoints]
         if not addrs:
             raise ValueError("no endpoints: give at least one host:port")
-        if request_timeout <= 0 or retry_budget < 0:
-            raise ValueError(f"request_timeout must be > 0 and retry_budget >= 0 "
-                             f"(got {request_timeout} and {retry_budget})")
+        if not (0 < request_timeout < math.inf and 0 <= retry_budget < math.inf):
+            raise ValueError(f"request_timeout must be a finite number of seconds > 0 and retry_budget "
+                             f"one >= 0 (got {request_timeout} and {retry_budget})")
         self.request_timeout = request_timeout
         self.retry_budget = retry_budget
         self._targets: List[_Target] = []
@@ -139,6 +156,7 @@ class Client:
                 self._targets.append(_Target(addr))
         self._preferred = 0
         self._lock = threading.Lock()
+        self._closed = False
 
     def __enter__(self) -> "Client":
         return self
@@ -147,8 +165,9 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Closes every connection; calls in flight fail CANCELLED."""
+        """Closes every connection; calls in flight fail CANCELLED, later ones at once."""
         with self._lock:
+            self._closed = True
             targets = list(self._targets)
         for t in targets:
             t.close()
@@ -169,13 +188,22 @@ class Client:
             self._targets.append(_Target(addr))
             return len(self._targets) - 1
 
+    def target(self, i: int) -> _Target:
+        """The ``i``-th known member (modulo how many); CANCELLED once the client is closed."""
+        with self._lock:
+            if self._closed:
+                raise LatchError(grpc.StatusCode.CANCELLED, "the client was closed")
+            return self._targets[i % len(self._targets)]
+
     def _attempts(self, what: str, attempt: Callable[["_Target", Optional[float]], T], *,
-                  wait: Optional[float] = 0.0, until: Optional[float] = None) -> T:
+                  wait: Optional[float] = 0.0, until: Optional[float] = None,
+                  stop: Optional[threading.Event] = None) -> T:
         """Runs ``attempt(target, timeout)`` on one member after another until one answers,
         an error that must not be retried comes back, or the retry budget is spent.
         ``wait``: how long the call itself may wait on the server (a lock's wait), added to
         each attempt's timeout; ``None`` for no timeout at all. ``until``: a ``time.monotonic()``
-        instant no attempt may outlast (DEADLINE_EXCEEDED after it)."""
+        instant no attempt may outlast (DEADLINE_EXCEEDED after it). ``stop``: an event that
+        ends the retries (CANCELLED) when set."""
         per_attempt = None if wait is None else self.request_timeout + wait
         budget = math.inf if wait is None else max(self.retry_budget + wait, per_attempt)
         deadline = time.monotonic() + budget
@@ -184,9 +212,10 @@ class Client:
         backoff = INITIAL_BACKOFF
         with self._lock:
             i = self._preferred
+        hinted = False
         while True:
+            target = self.target(i)
             with self._lock:
-                target = self._targets[i % len(self._targets)]
                 n = len(self._targets)
             timeout = per_attempt
             if until is not None:
@@ -200,16 +229,23 @@ class Client:
                 error = LatchError.from_rpc(e, target.addr)
                 if error.code not in RETRYABLE:
                     raise error from None
-                hint = trailing(e, LEADER_ADDR_METADATA)
+                hint = _endpoint_or_none(trailing(e, LEADER_ADDR_METADATA))
                 if hint and hint != target.addr:
-                    i, pause = self._target_of(hint), 0.0
+                    # Straight to the leader named, the first time; members that keep naming
+                    # each other (an election under way) get the backoff too.
+                    i, pause = self._target_of(hint), backoff if hinted else 0.0
+                    hinted = True
                 else:
-                    i, pause = (i + 1) % max(n, 1), backoff
+                    i, pause, hinted = (i + 1) % max(n, 1), backoff, False
+                if pause:
                     backoff = min(backoff * 2, MAX_BACKOFF)
                 if time.monotonic() + pause >= deadline:
                     raise LatchError(error.code, f"{what}: {error.message} (retried for {budget:.1f} s)",
                                      error.endpoint, error.compact_revision) from None
-                time.sleep(pause)
+                if stop is None:
+                    time.sleep(pause)
+                elif stop.wait(pause):
+                    raise LatchError(grpc.StatusCode.CANCELLED, f"{what}: stopped", target.addr) from None
                 continue
             with self._lock:
                 self._preferred = i % len(self._targets)
@@ -297,14 +333,13 @@ class Client:
         request = lock_pb2.AcquireRequest(name=name, session_id=session_id,
                                           mode=lock_pb2.SHARED if shared else lock_pb2.EXCLUSIVE,
                                           request_id=request_id())
+        wait = seconds(wait, "wait", none_ok=True)
         if wait is None:
             request.wait_forever = True
         else:
-            if wait < 0:
-                raise ValueError(f"wait: {wait} s is negative")
             request.wait_ms = round(wait * 1000)
         if lock_delay is not None:
-            request.lock_delay_ms = round(lock_delay * 1000)
+            request.lock_delay_ms = round(seconds(lock_delay, "lock_delay") * 1000)
         response = self._call("lock", "Acquire", request, wait=wait)
         return response.sequencer if response.acquired else None
 

@@ -51,16 +51,18 @@ class Election:
         """The current leadership, then every change of leader or value (None while nobody
         leads). Moves to another member when the one it reads from fails; a change seen again
         there is not repeated. The generator ends when closed (``close()``)."""
-        last = _NOTHING
+        last, last_revision = _NOTHING, 0
         backoff = INITIAL_BACKOFF
         i = 0
         while True:
-            targets = self.client._targets
-            target = targets[i % len(targets)]
+            target = self.client.target(i)
             call = target.stub("election", "streams").Observe(election_pb2.ObserveRequest(name=self.name))
             try:
                 for response in call:
                     backoff = INITIAL_BACKOFF
+                    if response.header.revision < last_revision:
+                        continue  # a member behind the last one: what it says was seen already
+                    last_revision = response.header.revision
                     leadership = response.leader if response.HasField("leader") else None
                     seen = None if leadership is None else leadership.SerializeToString(deterministic=True)
                     if seen != last:

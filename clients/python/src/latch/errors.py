@@ -6,6 +6,11 @@ import grpc
 
 #: Trailing metadata of a read or watch refused because its revision is compacted.
 COMPACT_REVISION_METADATA = "latch-compact-revision"
+#: Trailing metadata of a retried write whose first attempt was applied but whose answer carried
+#: data the server no longer holds (FAILED_PRECONDITION "already applied"): its revision, and
+#: for a transaction which branch ran.
+APPLIED_REVISION_METADATA = "latch-applied-revision"
+TXN_SUCCEEDED_METADATA = "latch-txn-succeeded"
 
 
 class LatchError(Exception):
@@ -14,13 +19,19 @@ class LatchError(Exception):
     answered last."""
 
     def __init__(self, code: grpc.StatusCode, message: str, endpoint: str = "",
-                 compact_revision: Optional[int] = None):
+                 compact_revision: Optional[int] = None, applied_revision: Optional[int] = None,
+                 txn_succeeded: Optional[bool] = None):
         self.code = code
         self.message = message
         self.endpoint = endpoint
         #: For OUT_OF_RANGE (a compacted revision): the compact revision, above which the
         #: history still is.
         self.compact_revision = compact_revision
+        #: For a write retried after a lost answer whose first attempt WAS applied (at this
+        #: revision), when that answer carried data the server no longer holds (``prev_kv``,
+        #: a transaction's reads): do not send it again. ``txn_succeeded``: which branch ran.
+        self.applied_revision = applied_revision
+        self.txn_succeeded = txn_succeeded
         where = f" (at {endpoint})" if endpoint else ""
         super().__init__(f"{code.name}: {message}{where}")
 
@@ -28,12 +39,22 @@ class LatchError(Exception):
     def from_rpc(cls, error: grpc.RpcError, endpoint: str) -> "LatchError":
         code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
         details = error.details() if hasattr(error, "details") else str(error)
-        compacted = trailing(error, COMPACT_REVISION_METADATA)
-        try:
-            compact_revision = int(compacted) if compacted else None
-        except ValueError:
-            compact_revision = None
-        return cls(code or grpc.StatusCode.UNKNOWN, details or "", endpoint, compact_revision)
+        succeeded = trailing(error, TXN_SUCCEEDED_METADATA)
+        return cls(code or grpc.StatusCode.UNKNOWN, details or "", endpoint,
+                   _int(trailing(error, COMPACT_REVISION_METADATA)), _int(trailing(error, APPLIED_REVISION_METADATA)),
+                   None if succeeded is None else succeeded == "true")
+
+    @property
+    def already_applied(self) -> bool:
+        """The write was applied by an earlier attempt (see ``applied_revision``)."""
+        return self.applied_revision is not None
+
+
+def _int(text: Optional[str]) -> Optional[int]:
+    try:
+        return int(text) if text else None
+    except ValueError:
+        return None
 
 
 def trailing(error: grpc.RpcError, key: str) -> Optional[str]:

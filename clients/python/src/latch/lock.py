@@ -9,6 +9,9 @@ write after its session ended.
 
 from typing import Optional
 
+import grpc
+
+from .errors import LatchError
 from .v1 import lock_pb2
 
 _PREFIX = "latch1"
@@ -88,9 +91,16 @@ class Lock:
         return self.sequencer.generation
 
     def release(self) -> None:
-        if not self.released:
+        """Releases the lock; a lock already lost (its session ended, or released) counts as
+        released."""
+        if self.released:
+            return
+        try:
             self.session.client.release(self.token)
-            self.released = True
+        except LatchError as e:
+            if e.code != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+        self.released = True
 
     def __enter__(self) -> "Lock":
         return self

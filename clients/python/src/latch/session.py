@@ -14,13 +14,14 @@ session before it runs out. The client keeps that lease on its own clock (``leas
 """
 
 import enum
+import logging
 import threading
 import time
 from typing import Optional
 
 import grpc
 
-from .client import request_id
+from .client import request_id, seconds
 from .errors import LatchError
 from .v1 import session_pb2
 
@@ -33,7 +34,9 @@ class SessionState(enum.Enum):
 
 class Session:
     """A session and the thread that keeps it alive. ``with client.session(10) as s: ...``
-    closes it on exit (deleting its ephemeral keys, releasing its locks)."""
+    closes it on exit (deleting its ephemeral keys, releasing its locks). Close it, or abandon
+    it: the thread holds it, so a session dropped without either lives as long as the process
+    keeps it alive (as etcd's leases with a keepalive do)."""
 
     def __init__(self, client, session_id: str, ttl: float, lease_end: float, grace: float):
         self.client = client
@@ -51,8 +54,9 @@ class Session:
 
     @classmethod
     def create(cls, client, ttl: float, *, name: str = "", grace: Optional[float] = None) -> "Session":
-        if ttl <= 0:
-            raise ValueError(f"ttl: {ttl} s; a session needs a positive TTL")
+        if seconds(ttl, "ttl") == 0:
+            raise ValueError("ttl: 0 s; a session needs a positive TTL")
+        seconds(grace, "grace", none_ok=True)
         request = session_pb2.CreateSessionRequest(ttl_ms=round(ttl * 1000), name=name,
                                                    request_id=request_id())
         sent = time.monotonic()
@@ -113,19 +117,31 @@ class Session:
     # -- the keepalive thread -------------------------------------------------------------------
 
     def _keep_alive_loop(self) -> None:
+        """Until stopped, or the session is gone or lost; then EXPIRED, whatever ended it."""
+        try:
+            self._keep_alive_until_ended()
+        except Exception as e:  # noqa: BLE001 - a thread has no caller to raise to
+            logging.getLogger(__name__).warning("session %s: keepalives stopped: %r", self.id, e)
+        finally:
+            if not self._stop.is_set():
+                self.ended.set()
+
+    def _keep_alive_until_ended(self) -> None:
         retry = min(max(self.ttl / 10, 0.05), 1.0)
-        next_at = time.monotonic() + self.ttl / 2
+        with self._lock:
+            # Half the TTL into the lease, which counts from before the Create was sent.
+            next_at = min(time.monotonic() + self.ttl / 2, self._lease_end - self.ttl / 2)
         while not self._stop.wait(max(0.0, next_at - time.monotonic())):
             with self._lock:
                 give_up_at = self._lease_end + self.grace
             sent = time.monotonic()
             if sent >= give_up_at:
-                break
+                return
             try:
                 ack = self._keep_alive_once(give_up_at)
             except LatchError as e:
-                if e.code == grpc.StatusCode.NOT_FOUND and self._gone():
-                    break
+                if e.code == grpc.StatusCode.CANCELLED or (e.code == grpc.StatusCode.NOT_FOUND and self._gone()):
+                    return
                 next_at = time.monotonic() + retry
                 continue
             granted = ack.granted_ms / 1000
@@ -134,8 +150,6 @@ class Session:
             # When half the TTL is left of the grant: the leader then renews the lease in its log
             # and grants it whole again, so about half the TTL stays in hand through a leader change.
             next_at = sent + max(granted - self.ttl / 2, granted / 4)
-        if not self._stop.is_set():
-            self.ended.set()
 
     def _keep_alive_once(self, until: float) -> session_pb2.KeepAliveResponse:
         def attempt(target, timeout):
@@ -149,7 +163,7 @@ class Session:
             raise _Unanswered()
 
         try:
-            return self.client._attempts("Session.KeepAlive", attempt, until=until)
+            return self.client._attempts("Session.KeepAlive", attempt, until=until, stop=self._stop)
         except _Unanswered:
             raise LatchError(grpc.StatusCode.UNAVAILABLE, "the keepalive stream ended without an answer")
 

@@ -11,6 +11,7 @@ the watch asked for a snapshot.
 
 import dataclasses
 import threading
+import weakref
 from typing import List, Optional
 
 import grpc
@@ -60,11 +61,18 @@ class Watch:
         #: The first revision not yet delivered; 0 until a member said where "now" is.
         self.next_revision = start_revision
         self._closed = threading.Event()
+        #: Set to end the current stream's request side (each stream has its own).
+        self._stream_done = threading.Event()
         self._call = None
         self._responses = None
         self._target = 0
         self._backoff = INITIAL_BACKOFF
         self._pending: Optional[WatchBatch] = None
+        # A watch dropped without cancel() still ends its stream and the thread grpc runs its
+        # requests on.
+        self._finalizer = weakref.finalize(self, _end, self._closed, self._stream_done)
+        # Open now, so that a watch "from now" starts when it is made, not at the first next().
+        self._open()
 
     def __iter__(self) -> "Watch":
         return self
@@ -78,39 +86,46 @@ class Watch:
     def cancel(self) -> None:
         """Ends the watch; iteration stops."""
         self._closed.set()
-        call = self._call
-        if call is not None:
-            call.cancel()
+        self._end_stream()
+
+    def _end_stream(self) -> None:
+        self._stream_done.set()
+        if self._call is not None:
+            self._call.cancel()
+        self._call = self._responses = None
 
     def _open(self) -> None:
         create = watch_pb2.WatchCreateRequest()
         create.CopyFrom(self._create)
         create.start_revision = self.next_revision
-        closed = self._closed
+        done = self._stream_done = threading.Event()
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, _end, self._closed, done)
 
         def requests():
             yield watch_pb2.WatchRequest(create=create)
-            # The request side stays open while the watch lives: a half-closed stream is an ended one.
-            closed.wait()
+            # The request side stays open while the stream lives: a half-closed stream is an ended one.
+            done.wait()
 
-        targets = self.client._targets
-        target = targets[self._target % len(targets)]
+        target = self.client.target(self._target)
         self._addr = target.addr
         self._call = target.stub("watch", "streams").Watch(requests())
         self._responses = iter(self._call)
         self._pending = None
-        if closed.is_set():
-            self._call.cancel()
 
     def _reopen_elsewhere(self) -> None:
         """The stream failed: the next member, after a pause that grows while failures repeat."""
-        if self._call is not None:
-            self._call.cancel()
-        self._call = self._responses = None
+        self._end_stream()
         self._target += 1
         if self._closed.wait(self._backoff):
             raise StopIteration
         self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+
+    def _fail(self, error: LatchError) -> LatchError:
+        """Ends the watch for good with ``error``."""
+        self._closed.set()
+        self._end_stream()
+        return error
 
     def __next__(self) -> WatchBatch:
         while True:
@@ -126,10 +141,11 @@ class Watch:
             except grpc.RpcError as e:
                 if self._closed.is_set():
                     raise StopIteration from None
-                if e.code() in RETRYABLE:
+                if e.code() in RETRYABLE or e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    # RESOURCE_EXHAUSTED: the member cut the stream for its queued bytes.
                     self._reopen_elsewhere()
                     continue
-                raise LatchError.from_rpc(e, self._addr) from None
+                raise self._fail(LatchError.from_rpc(e, self._addr)) from None
             batch = self._take(r)
             if batch is not None:
                 self._backoff = INITIAL_BACKOFF
@@ -145,7 +161,11 @@ class Watch:
             return None
         revision = r.header.revision
         if r.progress:
+            # Every event up to it was delivered: a resume starts after it.
+            self.next_revision = max(self.next_revision, revision + 1)
             return WatchBatch(revision=revision, progress=True)
+        if revision < self.next_revision and not r.snapshot:
+            return None  # delivered already (a resume's start overlapped)
         if self._pending is None or self._pending.revision != revision:
             self._pending = WatchBatch(revision=revision, snapshot=r.snapshot)
         self._pending.events.extend(r.events)
@@ -160,13 +180,22 @@ class Watch:
         reason = r.cancel_reason
         if reason == _R.CLIENT:
             raise StopIteration
-        if reason in (_R.SLOW, _R.UNAVAILABLE):
-            # Resume from the revision after the last one delivered (SLOW: here or elsewhere).
+        if reason in (_R.SLOW, _R.UNAVAILABLE, _R.RESOURCE_EXHAUSTED):
+            # Resume after the last revision fully delivered, on the next member (SLOW names it;
+            # a member over its limits or cut off may serve it later, or another now).
+            if reason == _R.SLOW:
+                self.next_revision = max(self.next_revision, r.header.revision + 1)
             self._reopen_elsewhere()
             return None
         if reason == _R.COMPACTED:
-            raise LatchError(grpc.StatusCode.OUT_OF_RANGE,
-                             f"revision {self.next_revision} is compacted (compact revision {r.compact_revision})",
-                             self._addr, r.compact_revision)
-        code = grpc.StatusCode.RESOURCE_EXHAUSTED if reason == _R.RESOURCE_EXHAUSTED else grpc.StatusCode.INVALID_ARGUMENT
-        raise LatchError(code, r.cancel_message or "the watch was refused", self._addr)
+            raise self._fail(LatchError(
+                grpc.StatusCode.OUT_OF_RANGE,
+                f"revision {self.next_revision} is compacted (compact revision {r.compact_revision})",
+                self._addr, r.compact_revision))
+        raise self._fail(LatchError(grpc.StatusCode.INVALID_ARGUMENT, r.cancel_message or "the watch was refused",
+                                    self._addr))
+
+
+def _end(closed: threading.Event, stream_done: threading.Event) -> None:
+    closed.set()
+    stream_done.set()
