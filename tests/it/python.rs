@@ -68,13 +68,18 @@ async fn put(client: &latch_client::Client, key: &str) -> i64 {
     answer.header.expect("a put's answer has a header").revision
 }
 
+/// The next line a Python program printed.
+async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> String {
+    tokio::time::timeout(EVENT_TIMEOUT, lines.next_line())
+        .await
+        .unwrap_or_else(|_| panic!("the Python program printed nothing within {EVENT_TIMEOUT:?}"))
+        .expect("reading the Python program's output")
+        .expect("the Python program ended before its last line")
+}
+
 /// The next JSON line the watch printed.
 async fn next_event(lines: &mut Lines<BufReader<ChildStdout>>) -> Value {
-    let line = tokio::time::timeout(EVENT_TIMEOUT, lines.next_line())
-        .await
-        .unwrap_or_else(|_| panic!("the Python watch printed no event within {EVENT_TIMEOUT:?}"))
-        .expect("reading the watch's output")
-        .expect("the watch ended before its last event");
+    let line = next_line(lines).await;
     serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line: {line:?}: {e}"))
 }
 
@@ -127,4 +132,60 @@ async fn a_python_watch_resumes_on_another_member_when_its_member_is_killed() {
     let status =
         tokio::time::timeout(EVENT_TIMEOUT, watch.wait()).await.expect("the watch exits after w/END");
     assert!(status.expect("waited").success(), "the watch exits 0");
+}
+
+/// Keeps a session of `ttl_s` seconds alive over $LATCH_ENDPOINTS; prints its id, then, on each
+/// line read, its state; closes it at end of input.
+const SESSION_KEEPER: &str = r#"
+import os, sys
+sys.path.insert(0, os.path.join(os.environ["LATCH_PYTHON_DIR"], "src"))
+import latch
+with latch.Client() as client, client.session(ttl=float(sys.argv[1])) as session:
+    print(session.id, flush=True)
+    for _ in sys.stdin:
+        print(session.state.value, flush=True)
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_session_outlives_the_leaders_sigkill_by_twice_its_ttl() {
+    const TTL: Duration = Duration::from_secs(2);
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let others: Vec<u64> = c.ids().into_iter().filter(|id| *id != leader).collect();
+    // The leader first: the keeper's keepalives go there until it dies.
+    let endpoints = std::iter::once(leader)
+        .chain(others.iter().copied())
+        .map(|id| c.member(id).client_addr.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut keeper = python3();
+    keeper
+        .args(["-c", SESSION_KEEPER, &TTL.as_secs_f64().to_string()])
+        .env("LATCH_ENDPOINTS", &endpoints)
+        .env("LATCH_PYTHON_DIR", python_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut keeper = keeper.spawn().expect("python3 (.ci/run installs the client's requirements)");
+    let mut ask = keeper.stdin.take().expect("piped");
+    let mut lines = BufReader::new(keeper.stdout.take().expect("piped")).lines();
+    let id = next_line(&mut lines).await;
+
+    c.kill(leader);
+    let new_leader = c.leader_among(&others).await;
+    // What is tested is time passing: twice the TTL after the new leader took over, the session
+    // must still be there, kept alive through the member the old leader's failure left.
+    tokio::time::sleep(2 * TTL).await;
+    let client = c.client_of(new_leader).await;
+    let info = client.session_info(&id).await.unwrap_or_else(|e| panic!("session {id} after the kill: {e}"));
+    assert_eq!(info.id, id);
+    tokio::io::AsyncWriteExt::write_all(&mut ask, b"state?\n").await.expect("asking the keeper");
+    assert_eq!(
+        next_line(&mut lines).await,
+        "safe",
+        "the keeper's session is SAFE, its keepalives answered by the new leader"
+    );
+    drop(ask);
+    let status =
+        tokio::time::timeout(EVENT_TIMEOUT, keeper.wait()).await.expect("the keeper exits at end of input");
+    assert!(status.expect("waited").success(), "the keeper closes its session and exits 0");
 }
