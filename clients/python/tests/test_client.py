@@ -17,7 +17,7 @@ import grpc
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 import latch  # noqa: E402
-from latch.v1 import lock_pb2, watch_pb2  # noqa: E402
+from latch.v1 import lock_pb2, registry_pb2, watch_pb2  # noqa: E402
 
 ENDPOINTS = os.environ.get("LATCH_ENDPOINTS")
 #: How long a test waits for something the cluster must do (not a measure of speed).
@@ -209,6 +209,26 @@ class ClientTest(unittest.TestCase):
             observed.close()
             election.resign(second)
         self.assertIsNone(election.leader(), "nobody leads after both resigned")
+
+    # -- the registry ------------------------------------------------------------------------
+
+    def test_a_session_bound_instance_is_listed_until_its_session_ends_and_a_ttl_check_takes_heartbeats(self):
+        service = "py-" + uuid.uuid4().hex[:8]
+        with self.client.session(ttl=10) as s:
+            self.client.register(service, "a", "10.0.0.1", 8080, tags=["v1"], session=s.id)
+            self.client.register(service, "b", "10.0.0.2", 8080, check=latch.Check.ttl(30))
+            self.assertEqual(self.client.heartbeat(service, "b", "all good"), registry_pb2.PASSING)
+            listed = {(i.instance.id, i.instance.address) for i in self.client.instances(service)}
+            self.assertEqual(listed, {("a", "10.0.0.1"), ("b", "10.0.0.2")}, "both instances are listed")
+            self.assertEqual([i.instance.id for i in self.client.instances(service, tag="v1")], ["a"])
+            summary = [x for x in self.client.services() if x.name == service]
+            self.assertEqual([(x.instances, x.passing) for x in summary], [(2, 2)], "the service's counts")
+        self.assertEqual([i.instance.id for i in self.client.instances(service)], ["b"],
+                         "the session's instance went with it")
+        self.client.deregister(service, "b")
+        self.assertEqual(self.client.instances(service), [])
+        with self.assertRaisesRegex(ValueError, "interval: -1"):
+            latch.Check.http("http://127.0.0.1:1/", interval=-1)
 
     # -- watches -----------------------------------------------------------------------------
 

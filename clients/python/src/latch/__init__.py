@@ -13,10 +13,11 @@ What is here: ``Client`` (keys, transactions, compaction, the registry, the clus
 retries on another member, with request ids that make a retried write apply once),
 ``Txn``/``Compare``/``Op``; ``Session`` (kept alive by a thread, with Chubby's states); ``Lock``
 and sequencers (``parse_sequencer``, ``Client.check_sequencer``, ``Compare.sequencer_valid``);
-``Election``; ``Watch`` (resumes by itself); ``LatchError``; and the wire types, ``latch.v1``.
+``Election``; ``Watch`` (resumes by itself); the registry (``Client.register``, ``Check``,
+``Client.instances``); ``LatchError``; and the wire types, ``latch.v1``.
 """
 
-from .client import DEFAULT_ENDPOINT, Client
+from .client import DEFAULT_ENDPOINT, Check, Client
 from .election import Election
 from .errors import LatchError
 from .lock import Lock, LockNotAcquired, format_sequencer, parse_sequencer
@@ -25,6 +26,6 @@ from .txn import Compare, Op, Txn, prefix_end
 from .watch import Watch, WatchBatch
 
 __all__ = [
-    "DEFAULT_ENDPOINT", "Client", "Compare", "Election", "LatchError", "Lock", "LockNotAcquired", "Op", "Session",
+    "DEFAULT_ENDPOINT", "Check", "Client", "Compare", "Election", "LatchError", "Lock", "LockNotAcquired", "Op", "Session",
     "SessionState", "Txn", "Watch", "WatchBatch", "format_sequencer", "parse_sequencer", "prefix_end",
 ]

@@ -85,6 +85,41 @@ def seconds(value: Optional[float], what: str, *, none_ok: bool = False) -> Opti
     return float(value)
 
 
+class Check:
+    """How the cluster decides an instance is healthy (``Client.register(check=...)``)."""
+
+    @staticmethod
+    def session() -> registry_pb2.HealthCheck:
+        """Healthy while its session lives (the default with a session)."""
+        return registry_pb2.HealthCheck(kind=registry_pb2.HealthCheck.SESSION)
+
+    @staticmethod
+    def ttl(ttl: float, *, deregister_after: float = 0) -> registry_pb2.HealthCheck:
+        """Critical unless ``Client.heartbeat`` comes every ``ttl`` seconds."""
+        return registry_pb2.HealthCheck(kind=registry_pb2.HealthCheck.TTL, ttl_ms=_ms(ttl, "ttl"),
+                                        deregister_after_ms=_ms(deregister_after, "deregister_after"))
+
+    @staticmethod
+    def http(url: str, *, interval: float = 10, timeout: float = 2,
+             deregister_after: float = 0) -> registry_pb2.HealthCheck:
+        """The leader GETs ``url`` every ``interval`` seconds; a 2xx answer passes."""
+        return registry_pb2.HealthCheck(kind=registry_pb2.HealthCheck.HTTP, url=url,
+                                        interval_ms=_ms(interval, "interval"), timeout_ms=_ms(timeout, "timeout"),
+                                        deregister_after_ms=_ms(deregister_after, "deregister_after"))
+
+    @staticmethod
+    def tcp(address: str, *, interval: float = 10, timeout: float = 2,
+            deregister_after: float = 0) -> registry_pb2.HealthCheck:
+        """The leader connects to ``address`` (host:port) every ``interval`` seconds."""
+        return registry_pb2.HealthCheck(kind=registry_pb2.HealthCheck.TCP, tcp_address=address,
+                                        interval_ms=_ms(interval, "interval"), timeout_ms=_ms(timeout, "timeout"),
+                                        deregister_after_ms=_ms(deregister_after, "deregister_after"))
+
+
+def _ms(value: float, what: str) -> int:
+    return round(seconds(value, what) * 1000)
+
+
 class _Target:
     """One member: a connection for calls, and one of its own for long-lived streams (a stream
     its caller does not read must never hold up the calls, session keepalives among them)."""
@@ -400,6 +435,17 @@ class Client:
     def deregister(self, service: str, instance_id: str) -> None:
         self._call("registry", "Deregister",
                    registry_pb2.DeregisterRequest(service=service, id=instance_id, request_id=request_id()))
+
+    def heartbeat(self, service: str, instance_id: str, output: str = "") -> int:
+        """Passes an instance's TTL check (``Check.ttl``) for another TTL; its health after
+        (``registry_pb2.PASSING`` or ``CRITICAL``)."""
+        request = registry_pb2.HeartbeatRequest(service=service, id=instance_id, output=output,
+                                                request_id=request_id())
+        return self._call("registry", "Heartbeat", request).health
+
+    def services(self, *, serializable: bool = False) -> List[registry_pb2.ServiceSummary]:
+        """Every service with its instance counts and tags, in name order."""
+        return list(self._call("registry", "Services", registry_pb2.ServicesRequest(serializable=serializable)).services)
 
     def instances(self, service: str = "", *, tag: str = "", include_critical: bool = False,
                   serializable: bool = False) -> List[registry_pb2.InstanceInfo]:
