@@ -21,7 +21,7 @@ from latch.v1 import lock_pb2, registry_pb2, watch_pb2  # noqa: E402
 
 ENDPOINTS = os.environ.get("LATCH_ENDPOINTS")
 #: How long a test waits for something the cluster must do (not a measure of speed).
-PATIENCE = 30.0
+PATIENCE = float(os.environ.get("LATCH_TEST_PATIENCE", "30"))
 
 
 def unique(what: str) -> str:
@@ -43,7 +43,10 @@ def in_thread(f):
 
 
 def result(out: queue.Queue):
-    value = out.get(timeout=PATIENCE)
+    try:
+        value = out.get(timeout=PATIENCE)
+    except queue.Empty:
+        raise AssertionError(f"nothing came within {PATIENCE} s") from None
     if isinstance(value, BaseException):
         raise value
     return value
@@ -131,11 +134,11 @@ class ClientTest(unittest.TestCase):
         self.assertIsNone(self.client.get(p + "k"), "the session's key was deleted with it")
 
     def test_a_session_kept_alive_outlives_its_ttl_many_times(self):
-        with self.client.session(ttl=1) as s:
-            # Time is what is tested here: three TTLs, about six keepalives, each through the
-            # first endpoints (a dead one, a follower that names the leader).
-            time.sleep(3)
-            self.assertEqual(s.state, latch.SessionState.SAFE, "keepalives were answered")
+        with self.client.session(ttl=2) as s:
+            # Time is what is tested here: three TTLs, about six keepalives.
+            time.sleep(6)
+            self.assertNotEqual(s.state, latch.SessionState.EXPIRED, "keepalives were answered")
+            self.assertGreater(s.lease_left(), 0, "the client holds a lease")
             self.assertEqual(self.client.session_info(s.id).id, s.id, "the cluster still has the session")
 
     def test_an_abandoned_session_is_expired_by_the_cluster_and_its_lock_fenced(self):
@@ -146,9 +149,15 @@ class ClientTest(unittest.TestCase):
         # Watch the session's end (from before it began) rather than sleeping for it.
         ended = self.client.watch(s.id, target="sessions", start_revision=before + 1)
         s.abandon()
-        for batch in ended:
-            if any(e.type == watch_pb2.Event.DELETE for e in batch.events):
-                break
+        self.assertEqual(s.state, latch.SessionState.EXPIRED, "an abandoned session may not be acted on")
+
+        def until_deleted():
+            for batch in ended:
+                if any(e.type == watch_pb2.Event.DELETE for e in batch.events):
+                    return batch.revision
+            return None
+
+        self.assertIsNotNone(result(in_thread(until_deleted)), "the session's end was watched")
         ended.cancel()
         check = self.client.check_sequencer(lock.token)
         self.assertFalse(check.valid, "the expired holder's sequencer no longer holds")
@@ -249,6 +258,16 @@ class ClientTest(unittest.TestCase):
                          [(watch_pb2.Event.PUT, (p + "b").encode()), (watch_pb2.Event.DELETE, (p + "a").encode())],
                          "a transaction's events come together, in its order")
         self.assertEqual(batches[1].events[0].prev_kv.value, b"1", "prev_kv of the second put")
+
+    def test_a_watch_from_now_gets_every_write_after_it_was_made(self):
+        p = unique("from-now")
+        self.client.put(p + "before", "x")
+        # A client whose first endpoint is down: the watch must still start when it is made.
+        with latch.Client(["127.0.0.1:1"] + ENDPOINTS.split(",")) as fresh, fresh.watch(p, prefix=True) as w:
+            after = self.client.put(p + "after", "y").header.revision
+            batch = result(in_thread(lambda: next(w)))
+        self.assertEqual((batch.revision, [e.kv.key for e in batch.events]), (after, [(p + "after").encode()]),
+                         "the first write after watch() returned is the first event, the one before it is not")
 
     def test_a_compacted_start_gets_a_snapshot_then_the_events_after_it(self):
         p = unique("snapshot")

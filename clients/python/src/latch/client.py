@@ -208,6 +208,11 @@ class Client:
             t.close()
 
     @property
+    def closed(self) -> bool:
+        with self._lock:
+            return self._closed
+
+    @property
     def endpoints(self) -> List[str]:
         """The members known: those given, then leaders that members named."""
         with self._lock:

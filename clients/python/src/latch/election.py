@@ -7,7 +7,7 @@ from typing import Iterator, Optional
 
 import grpc
 
-from .client import INITIAL_BACKOFF, MAX_BACKOFF, RETRYABLE, request_id
+from .client import INITIAL_BACKOFF, MAX_BACKOFF, RETRYABLE, request_id, seconds
 from .errors import LatchError
 from .txn import Bytes, as_bytes
 from .v1 import election_pb2
@@ -24,7 +24,7 @@ class Election:
         request = election_pb2.CampaignRequest(name=self.name, session_id=_session_id(session),
                                                value=as_bytes(value, "value"), request_id=request_id())
         if lock_delay is not None:
-            request.lock_delay_ms = round(lock_delay * 1000)
+            request.lock_delay_ms = round(seconds(lock_delay, "lock_delay") * 1000)
         return self.client._call("election", "Campaign", request, wait=None).leader
 
     def proclaim(self, leadership: election_pb2.Leadership, value: Bytes) -> None:

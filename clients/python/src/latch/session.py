@@ -101,9 +101,11 @@ class Session:
 
     def abandon(self) -> None:
         """Stops the keepalives without closing: the cluster expires the session after its
-        TTL, as if this process had died (its locks then go through their lock-delay)."""
+        TTL, as if this process had died (its locks then go through their lock-delay). The
+        session counts as EXPIRED here at once: nothing it owns may be acted on any more."""
         self._stop.set()
         self._thread.join()
+        self.ended.set()
 
     def lock(self, name: str, *, shared: bool = False, wait: Optional[float] = None,
              lock_delay: Optional[float] = None):
@@ -140,7 +142,9 @@ class Session:
             try:
                 ack = self._keep_alive_once(give_up_at)
             except LatchError as e:
-                if e.code == grpc.StatusCode.CANCELLED or (e.code == grpc.StatusCode.NOT_FOUND and self._gone()):
+                if self._stop.is_set() or self.client.closed:
+                    return
+                if e.code == grpc.StatusCode.NOT_FOUND and self._gone(give_up_at):
                     return
                 next_at = time.monotonic() + retry
                 continue
@@ -167,11 +171,13 @@ class Session:
         except _Unanswered:
             raise LatchError(grpc.StatusCode.UNAVAILABLE, "the keepalive stream ended without an answer")
 
-    def _gone(self) -> bool:
+    def _gone(self, until: float) -> bool:
         """Whether a linearizable read confirms the session is gone (a deposed leader may say
         NOT_FOUND of a session it has not heard of yet)."""
+        request = session_pb2.GetSessionRequest(id=self.id)
         try:
-            self.client.session_info(self.id)
+            self.client._attempts("Session.Get", lambda t, timeout: t.stub("session").Get(request, timeout=timeout),
+                                  until=until, stop=self._stop)
             return False
         except LatchError as e:
             return e.code == grpc.StatusCode.NOT_FOUND

@@ -71,7 +71,14 @@ class Watch:
         # A watch dropped without cancel() still ends its stream and the thread grpc runs its
         # requests on.
         self._finalizer = weakref.finalize(self, _end, self._closed, self._stream_done)
-        # Open now, so that a watch "from now" starts when it is made, not at the first next().
+        with client._lock:
+            self._target = client._preferred
+        if start_revision == 0:
+            # "Now" is the cluster's revision as a linearizable read sees it when the watch is
+            # made: a write that returned before watch() is not delivered, every later one is,
+            # whichever member serves the watch and whenever the stream opens.
+            now = client.range(key, range_end, count_only=True).header.revision
+            self.next_revision = now + 1
         self._open()
 
     def __iter__(self) -> "Watch":
@@ -112,6 +119,8 @@ class Watch:
         self._call = target.stub("watch", "streams").Watch(requests())
         self._responses = iter(self._call)
         self._pending = None
+        if self._closed.is_set():  # cancel() raced this open
+            self._end_stream()
 
     def _reopen_elsewhere(self) -> None:
         """The stream failed: the next member, after a pause that grows while failures repeat."""
@@ -130,9 +139,11 @@ class Watch:
     def __next__(self) -> WatchBatch:
         while True:
             if self._closed.is_set():
+                self._end_stream()
                 raise StopIteration
             if self._responses is None:
                 self._open()
+                continue
             try:
                 r = next(self._responses)
             except StopIteration:
@@ -161,8 +172,10 @@ class Watch:
             return None
         revision = r.header.revision
         if r.progress:
+            if revision < self.next_revision - 1:
+                return None  # a member behind the last one (after a resume): nothing new
             # Every event up to it was delivered: a resume starts after it.
-            self.next_revision = max(self.next_revision, revision + 1)
+            self.next_revision = revision + 1
             return WatchBatch(revision=revision, progress=True)
         if revision < self.next_revision and not r.snapshot:
             return None  # delivered already (a resume's start overlapped)
@@ -179,6 +192,8 @@ class Watch:
     def _canceled(self, r: watch_pb2.WatchResponse) -> Optional[WatchBatch]:
         reason = r.cancel_reason
         if reason == _R.CLIENT:
+            self._closed.set()
+            self._end_stream()
             raise StopIteration
         if reason in (_R.SLOW, _R.UNAVAILABLE, _R.RESOURCE_EXHAUSTED):
             # Resume after the last revision fully delivered, on the next member (SLOW names it;
