@@ -92,9 +92,7 @@ class ClientTest(unittest.TestCase):
 
     def test_a_compacted_revision_is_refused_naming_the_compact_revision(self):
         p = unique("compact")
-        old = self.client.put(p + "k", "1").header.revision
-        now = self.client.put(p + "k", "2").header.revision
-        self.client.compact(now)
+        old, now = self._two_writes_then_compact(p + "k", p + "k")
         with self.assertRaises(latch.LatchError) as caught:
             self.client.get(p + "k", revision=old)
         self.assertEqual(caught.exception.code, grpc.StatusCode.OUT_OF_RANGE)
@@ -271,9 +269,7 @@ class ClientTest(unittest.TestCase):
 
     def test_a_compacted_start_gets_a_snapshot_then_the_events_after_it(self):
         p = unique("snapshot")
-        old = self.client.put(p + "a", "1").header.revision
-        now = self.client.put(p + "b", "2").header.revision
-        self.client.compact(now)
+        old, now = self._two_writes_then_compact(p + "a", p + "b")
         with self.assertRaises(latch.LatchError) as caught:
             next(iter(self.client.watch(p, prefix=True, start_revision=old)))
         self.assertEqual(caught.exception.code, grpc.StatusCode.OUT_OF_RANGE, "on_compacted=error refuses")
@@ -298,6 +294,14 @@ class ClientTest(unittest.TestCase):
             info = lock_pb2.LockInfo.FromString(first.events[0].kv.value)
             self.assertEqual([h.session_id for h in info.holders], [s.id], "the grant, as a LockInfo")
             self.assertEqual(next(w).events[0].type, watch_pb2.Event.DELETE, "then the release")
+
+    def _two_writes_then_compact(self, first: str, second: str):
+        """Puts ``first`` then ``second`` and compacts at the second put: the first put's
+        revision is then compacted. Returns both revisions."""
+        old = self.client.put(first, "1").header.revision
+        now = self.client.put(second, "2").header.revision
+        self.client.compact(now)
+        return old, now
 
     def _eventually(self, probe):
         """Polls ``probe`` until it returns something true (a bounded wait for a named state)."""

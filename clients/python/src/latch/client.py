@@ -103,17 +103,21 @@ class Check:
     def http(url: str, *, interval: float = 10, timeout: float = 2,
              deregister_after: float = 0) -> registry_pb2.HealthCheck:
         """The leader GETs ``url`` every ``interval`` seconds; a 2xx answer passes."""
-        return registry_pb2.HealthCheck(kind=registry_pb2.HealthCheck.HTTP, url=url,
-                                        interval_ms=_ms(interval, "interval"), timeout_ms=_ms(timeout, "timeout"),
-                                        deregister_after_ms=_ms(deregister_after, "deregister_after"))
+        return Check._probe(registry_pb2.HealthCheck.HTTP, interval, timeout, deregister_after, url=url)
 
     @staticmethod
     def tcp(address: str, *, interval: float = 10, timeout: float = 2,
             deregister_after: float = 0) -> registry_pb2.HealthCheck:
         """The leader connects to ``address`` (host:port) every ``interval`` seconds."""
-        return registry_pb2.HealthCheck(kind=registry_pb2.HealthCheck.TCP, tcp_address=address,
-                                        interval_ms=_ms(interval, "interval"), timeout_ms=_ms(timeout, "timeout"),
-                                        deregister_after_ms=_ms(deregister_after, "deregister_after"))
+        return Check._probe(registry_pb2.HealthCheck.TCP, interval, timeout, deregister_after, tcp_address=address)
+
+    @staticmethod
+    def _probe(kind: int, interval: float, timeout: float, deregister_after: float,
+               **target: str) -> registry_pb2.HealthCheck:
+        """A check the leader runs itself, every ``interval`` seconds."""
+        return registry_pb2.HealthCheck(kind=kind, interval_ms=_ms(interval, "interval"),
+                                        timeout_ms=_ms(timeout, "timeout"),
+                                        deregister_after_ms=_ms(deregister_after, "deregister_after"), **target)
 
 
 def _ms(value: float, what: str) -> int:
