@@ -152,9 +152,10 @@ impl Election for ElectionService {
         tokio::spawn(async move {
             // (generation, value) of the last leader sent; `Some(None)`: "nobody" was sent.
             let mut last: Option<Option<(u64, Vec<u8>)>> = None;
-            let every = super::lock::FRESHNESS;
-            let mut freshness = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            freshness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // A member cut off from the leader would stream a stale leader forever: it says so
+            // instead, and the client observes through another member.
+            let cut_off = ctx.freshness.until_cut_off();
+            tokio::pin!(cut_off);
             loop {
                 changes.borrow_and_update();
                 let now = ctx.node.db().begin_read().map_err(ApiError::from).and_then(|txn| {
@@ -181,13 +182,9 @@ impl Election for ElectionService {
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { return },
                     _ = tx.closed() => return,
-                    _ = freshness.tick() => {
-                        // A member cut off from the leader would stream a stale leader forever:
-                        // it says so instead, and the client observes through another member.
-                        if let Some(cut_off) = ctx.freshness.cut_off() {
-                            let _ = tx.send(Err(ctx.to_status(cut_off.into()))).await;
-                            return;
-                        }
+                    cut_off = &mut cut_off => {
+                        let _ = tx.send(Err(ctx.to_status(cut_off.into()))).await;
+                        return;
                     }
                 }
             }

@@ -152,8 +152,8 @@ pub(crate) async fn acquire(
         }
         // A member cut off from the leader learns of no grant, and must say so (the client then
         // asks another member) rather than wait on: it looks at the member's freshness check.
-        let mut freshness = tokio::time::interval_at(tokio::time::Instant::now() + FRESHNESS, FRESHNESS);
-        freshness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let cut_off = ctx.freshness.until_cut_off();
+        tokio::pin!(cut_off);
         loop {
             let txn = ctx.node.db().begin_read()?;
             let revision = crate::fsm::applied(&txn)?.revision;
@@ -184,15 +184,12 @@ pub(crate) async fn acquire(
             tokio::pin!(timed_out);
             tokio::select! {
                 _ = settlement.woken() => continue,
-                _ = freshness.tick() => match ctx.freshness.cut_off() {
-                    None => continue,
-                    Some(cut_off) => {
-                        // The client resends to another member, which joins this wait: it is
-                        // not withdrawn from here (the session's end bounds it).
-                        abandon.disarm();
-                        return Err(cut_off.into());
-                    }
-                },
+                cut_off = &mut cut_off => {
+                    // The client resends to another member, which joins this wait: it is not
+                    // withdrawn from here (the session's end bounds it).
+                    abandon.disarm();
+                    return Err(cut_off.into());
+                }
                 _ = &mut timed_out => {}
             }
             if !abandon.armed() {
@@ -217,9 +214,6 @@ pub(crate) async fn acquire(
     }
 }
 
-/// How often a waiting acquire (or an election's observation) looks at its member's freshness
-/// check (`node::freshness`), which says whether the member still hears from the leader.
-pub(crate) const FRESHNESS: Duration = Duration::from_secs(2);
 /// How long a withdrawal is retried in the background before the session's end is left to do it.
 const ABANDON_FOR: Duration = Duration::from_secs(120);
 

@@ -34,7 +34,7 @@
 //!   `freshness::CUT_OFF_AFTER` (a member cut off: it would stream nothing new, silently) ends
 //!   UNAVAILABLE, so clients resume elsewhere; the member's one check (`node::freshness`)
 //!   serves every stream. A
-//!   watch from now waits at most `lock::FRESHNESS` for its own ReadIndex; failing, that create
+//!   watch from now waits at most `freshness::CHECK_TIMEOUT` for its own ReadIndex; failing, that create
 //!   alone is refused (UNAVAILABLE), the stream and its other watches go on.
 //! - A watch served from the window that fell below it (its client read too slowly while the
 //!   window moved on) is canceled SLOW at `next − 1`; one whose `next` was compacted is
@@ -85,7 +85,7 @@ const BYTES_PER_TURN: usize = 1024 * 1024;
 const REQUESTS_PER_TURN: usize = 1024;
 const REQUESTS_TURN_TIME: Duration = Duration::from_millis(10);
 /// How long a create from now waits for a leader to confirm the member's revision.
-const CREATE_FRESHNESS: Duration = super::lock::FRESHNESS;
+const CREATE_FRESHNESS: Duration = crate::node::freshness::CHECK_TIMEOUT;
 
 pub struct WatchService {
     ctx: Context,

@@ -47,6 +47,9 @@ pub const RETRY_EVERY: Duration = Duration::from_millis(100);
 /// member whose checks fail for about two timeouts is cut off. The least: a slow tick makes it
 /// longer ([`Freshness::new`]).
 pub const CUT_OFF_AFTER: Duration = Duration::from_secs(5);
+/// How often [`Freshness::until_cut_off`] looks (a load of an atomic): what waits on it hears
+/// of a cut-off within this of it.
+pub const LOOK_EVERY: Duration = Duration::from_secs(2);
 
 pub struct Freshness {
     member: u64,
@@ -109,6 +112,21 @@ impl Freshness {
             silent_ms: silent.as_millis() as u64,
             why: why.unwrap_or_else(|| "a check is in flight, unanswered".into()),
         })
+    }
+
+    /// Resolves, with what [`Freshness::cut_off`] says, once the member is cut off; looks
+    /// every [`LOOK_EVERY`]. For what serves a member's state for long (a waiting acquire, an
+    /// election's observer): pin it once and select on it across their wake-ups, since made
+    /// anew at each one it would start its period over.
+    pub async fn until_cut_off(&self) -> RequestError {
+        let mut looks = tokio::time::interval_at(Instant::now() + LOOK_EVERY, LOOK_EVERY);
+        looks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            looks.tick().await;
+            if let Some(cut_off) = self.cut_off() {
+                return cut_off;
+            }
+        }
     }
 
     /// Checks with `confirm` (a ReadIndex) every `every` while it succeeds, every
@@ -191,6 +209,24 @@ mod tests {
         answering.store(true, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert!(fresh.cut_off().is_none(), "in touch again within a retry period");
+        keeper.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_hears_of_the_cut_off_at_its_first_look_after_it() {
+        let fresh = Arc::new(Freshness::new(3, Duration::from_secs(1)));
+        // Never answered: cut off from 5 s on; looks at 2, 4, 6 s.
+        let keeper = keeper(&fresh, || async { Err(RequestError::NoLeader { member: 3 }) });
+        let started = Instant::now();
+        let waiter = fresh.clone();
+        let cut_off = tokio::spawn(async move { waiter.until_cut_off().await });
+        tokio::time::sleep(Duration::from_millis(5_900)).await;
+        assert!(!cut_off.is_finished(), "the looks at 2 and 4 s come before the cut-off");
+        let Ok(RequestError::CutOff { member, .. }) = cut_off.await else {
+            panic!("the look at 6 s finds it cut off");
+        };
+        assert_eq!(member, 3);
+        assert_eq!(started.elapsed().as_secs(), 6, "heard at the first look after the cut-off");
         keeper.abort();
     }
 

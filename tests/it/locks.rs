@@ -931,3 +931,61 @@ async fn a_waiting_acquire_whose_caller_goes_away_leaves_the_queue_and_is_never_
         "released with nobody waiting, the lock is free: the gone caller was not granted it"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_acquire_and_an_election_observer_on_a_member_cut_off_from_the_leader_end_unavailable() {
+    use latch_client::proto::election_client::ElectionClient;
+    use latch_client::proto::lock_client::LockClient;
+    use latch_client::proto::{AcquireRequest, ObserveRequest};
+
+    let c = Cluster::start(3, &["--fault-injection"]).await;
+    let leader = c.leader().await;
+    let cut = c.ids().into_iter().find(|id| *id != leader).expect("a follower");
+    let others: Vec<u64> = c.ids().into_iter().filter(|id| *id != cut).collect();
+    let client = c.client_of_many(&others).await;
+    let holder = client.session(SessionOptions::new(Duration::from_secs(30))).await.expect("a session");
+    let waiter = client.session(SessionOptions::new(Duration::from_secs(30))).await.expect("a session");
+    let _held = holder.lock("cut/lock", LockOptions::exclusive()).await.expect("acquire").expect("granted");
+    client.election("cut/election").campaign(holder.id(), "h").await.expect("leads");
+
+    // Raw calls to the member that will be cut off: no client retries elsewhere.
+    let addr = format!("http://{}", c.member(cut).client_addr);
+    let mut locks = LockClient::connect(addr.clone()).await.expect("connect");
+    let request = AcquireRequest {
+        name: "cut/lock".into(),
+        session_id: waiter.id().into(),
+        wait_forever: true,
+        request_id: "cut-off-acquire".into(),
+        ..Default::default()
+    };
+    let acquire = tokio::spawn(async move { locks.acquire(request).await });
+    let mut observe = ElectionClient::connect(addr)
+        .await
+        .expect("connect")
+        .observe(ObserveRequest { name: "cut/election".into() })
+        .await
+        .expect("observing")
+        .into_inner();
+    let first = observe.message().await.expect("the current leader").expect("the stream is open");
+    assert_eq!(first.leader.expect("a leader").value, b"h", "the observer starts with the leader");
+    eventually("the waiter queued behind the holder", STARTUP, || async {
+        match client.describe_lock("cut/lock").await {
+            Ok(Some(info)) if info.waiters.iter().any(|w| w.session_id == waiter.id()) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    c.isolate(cut).await;
+    // The member's freshness check fails from here: after its cut-off (5 s) and the next look
+    // (every 2 s), both end rather than wait on a state that no longer moves.
+    let within = Duration::from_secs(30);
+    let acquired = tokio::time::timeout(within, acquire).await.expect("the acquire ends").expect("joined");
+    let refused = acquired.expect_err("a cut-off member does not keep the acquire waiting");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("cut off"), "the error says why: {}", refused.message());
+    let observed = tokio::time::timeout(within, observe.message()).await.expect("the observation ends");
+    let ended = observed.expect_err("a cut-off member ends the observation");
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    c.heal_all().await;
+}
