@@ -314,6 +314,35 @@ class ClientTest(unittest.TestCase):
         self.fail(f"{probe} never held within {PATIENCE} s")
 
 
+class OfflineTest(unittest.TestCase):
+    """What needs no cluster."""
+
+    def test_prefix_end_increments_the_last_byte_below_0xff(self):
+        self.assertEqual(latch.prefix_end("a/"), b"a0")
+        self.assertEqual(latch.prefix_end(b"a\xff\xff"), b"b")
+        self.assertEqual(latch.prefix_end(b""), b"\0", "the empty prefix: every key")
+        self.assertEqual(latch.prefix_end(b"\xff"), b"\0")
+
+    def test_a_sequencer_survives_its_string_form_with_colons_and_percents_in_the_session(self):
+        seq = lock_pb2.Sequencer(name="jobs:nightly/a", mode=lock_pb2.SHARED, generation=42, session_id="s:1%2",
+                                 cluster_id=0xABC, election=True)
+        token = latch.format_sequencer(seq)
+        self.assertEqual(token, "latch1:0000000000000abc:ES:42:s%3A1%252:jobs:nightly/a",
+                         "the Rust crate's format: the name last and as is, ':' and '%' escaped in the session")
+        back = latch.parse_sequencer(token)
+        seq.token = token
+        self.assertEqual(back, seq)
+
+    def test_endpoints_are_host_and_port_with_an_optional_http_scheme(self):
+        self.assertEqual(latch.Client("http://127.0.0.1:7379/, 127.0.0.2:1").endpoints,
+                         ["127.0.0.1:7379", "127.0.0.2:1"])
+        for bad in ["127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", "https://h:1", "h:1/path", ":7379"]:
+            with self.assertRaisesRegex(ValueError, "host:port", msg=bad):
+                latch.Client([bad])
+        with self.assertRaisesRegex(ValueError, "no endpoints"):
+            latch.Client(" , ")
+
+
 class GeneratedTest(unittest.TestCase):
     def test_the_wire_types_are_generated_from_the_proto_files_as_they_are(self):
         script = os.path.join(os.path.dirname(__file__), "..", "generate.py")
