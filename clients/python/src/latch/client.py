@@ -68,6 +68,22 @@ def parse_endpoint(endpoint: str) -> str:
     return e
 
 
+class Backoff:
+    """Pauses between attempts: INITIAL_BACKOFF, doubled after each up to MAX_BACKOFF, and
+    back to the first after a success (``reset``)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._next = INITIAL_BACKOFF
+
+    def pause(self) -> float:
+        """The pause to take now; the next one doubles."""
+        pause, self._next = self._next, min(self._next * 2, MAX_BACKOFF)
+        return pause
+
+
 def _endpoint_or_none(text: Optional[str]) -> Optional[str]:
     try:
         return parse_endpoint(text) if text else None
@@ -232,6 +248,11 @@ class Client:
             self._targets.append(_Target(addr))
             return len(self._targets) - 1
 
+    def preferred(self) -> int:
+        """The index of the member that answered last: where calls and streams start."""
+        with self._lock:
+            return self._preferred
+
     def target(self, i: int) -> _Target:
         """The ``i``-th known member (modulo how many); CANCELLED once the client is closed."""
         with self._lock:
@@ -253,9 +274,8 @@ class Client:
         deadline = time.monotonic() + budget
         if until is not None:
             deadline = min(deadline, until)
-        backoff = INITIAL_BACKOFF
-        with self._lock:
-            i = self._preferred
+        backoff = Backoff()
+        i = self.preferred()
         hinted = False
         while True:
             target = self.target(i)
@@ -277,12 +297,10 @@ class Client:
                 if hint and hint != target.addr:
                     # Straight to the leader named, the first time; members that keep naming
                     # each other (an election under way) get the backoff too.
-                    i, pause = self._target_of(hint), backoff if hinted else 0.0
+                    i, pause = self._target_of(hint), backoff.pause() if hinted else 0.0
                     hinted = True
                 else:
-                    i, pause, hinted = (i + 1) % max(n, 1), backoff, False
-                if pause:
-                    backoff = min(backoff * 2, MAX_BACKOFF)
+                    i, pause, hinted = (i + 1) % max(n, 1), backoff.pause(), False
                 if time.monotonic() + pause >= deadline:
                     raise LatchError(error.code, f"{what}: {error.message} (retried for {budget:.1f} s)",
                                      error.endpoint, error.compact_revision) from None
@@ -295,10 +313,11 @@ class Client:
                 self._preferred = i % len(self._targets)
             return result
 
-    def _call(self, service: str, method: str, request, *, wait: Optional[float] = 0.0):
+    def _call(self, service: str, method: str, request, *, wait: Optional[float] = 0.0,
+              until: Optional[float] = None, stop: Optional[threading.Event] = None):
         return self._attempts(f"{service}.{method}",
                               lambda t, timeout: getattr(t.stub(service), method)(request, timeout=timeout),
-                              wait=wait)
+                              wait=wait, until=until, stop=stop)
 
     # -- keys ----------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from typing import Iterator, Optional
 
 import grpc
 
-from .client import INITIAL_BACKOFF, MAX_BACKOFF, RETRYABLE, request_id, seconds
+from .client import RETRYABLE, Backoff, request_id, seconds
 from .errors import LatchError
 from .txn import Bytes, as_bytes
 from .v1 import election_pb2
@@ -52,14 +52,14 @@ class Election:
         leads). Moves to another member when the one it reads from fails; a change seen again
         there is not repeated. The generator ends when closed (``close()``)."""
         last, last_revision = _NOTHING, 0
-        backoff = INITIAL_BACKOFF
-        i = 0
+        backoff = Backoff()
+        i = self.client.preferred()
         while True:
             target = self.client.target(i)
             call = target.stub("election", "streams").Observe(election_pb2.ObserveRequest(name=self.name))
             try:
                 for response in call:
-                    backoff = INITIAL_BACKOFF
+                    backoff.reset()
                     if response.header.revision < last_revision:
                         continue  # a member behind the last one: what it says was seen already
                     last_revision = response.header.revision
@@ -74,8 +74,7 @@ class Election:
             finally:
                 call.cancel()
             i += 1
-            time.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF)
+            time.sleep(backoff.pause())
 
 
 _NOTHING = object()

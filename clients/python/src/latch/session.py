@@ -174,10 +174,9 @@ class Session:
     def _gone(self, until: float) -> bool:
         """Whether a linearizable read confirms the session is gone (a deposed leader may say
         NOT_FOUND of a session it has not heard of yet)."""
-        request = session_pb2.GetSessionRequest(id=self.id)
         try:
-            self.client._attempts("Session.Get", lambda t, timeout: t.stub("session").Get(request, timeout=timeout),
-                                  until=until, stop=self._stop)
+            self.client._call("session", "Get", session_pb2.GetSessionRequest(id=self.id), until=until,
+                              stop=self._stop)
             return False
         except LatchError as e:
             return e.code == grpc.StatusCode.NOT_FOUND

@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import grpc
 
-from .client import INITIAL_BACKOFF, MAX_BACKOFF, RETRYABLE
+from .client import RETRYABLE, Backoff
 from .errors import LatchError
 from .v1 import kv_pb2, watch_pb2
 
@@ -66,13 +66,12 @@ class Watch:
         self._call = None
         self._responses = None
         self._target = 0
-        self._backoff = INITIAL_BACKOFF
+        self._backoff = Backoff()
         self._pending: Optional[WatchBatch] = None
         # A watch dropped without cancel() still ends its stream and the thread grpc runs its
         # requests on.
         self._finalizer = weakref.finalize(self, _end, self._closed, self._stream_done)
-        with client._lock:
-            self._target = client._preferred
+        self._target = client.preferred()
         if start_revision == 0:
             # "Now" is the cluster's revision as a linearizable read sees it when the watch is
             # made: a write that returned before watch() is not delivered, every later one is,
@@ -126,9 +125,8 @@ class Watch:
         """The stream failed: the next member, after a pause that grows while failures repeat."""
         self._end_stream()
         self._target += 1
-        if self._closed.wait(self._backoff):
+        if self._closed.wait(self._backoff.pause()):
             raise StopIteration
-        self._backoff = min(self._backoff * 2, MAX_BACKOFF)
 
     def _fail(self, error: LatchError) -> LatchError:
         """Ends the watch for good with ``error``."""
@@ -159,7 +157,7 @@ class Watch:
                 raise self._fail(LatchError.from_rpc(e, self._addr)) from None
             batch = self._take(r)
             if batch is not None:
-                self._backoff = INITIAL_BACKOFF
+                self._backoff.reset()
                 return batch
 
     def _take(self, r: watch_pb2.WatchResponse) -> Optional[WatchBatch]:
