@@ -968,9 +968,21 @@ async fn a_waiting_acquire_and_an_election_observer_on_a_member_cut_off_from_the
         .into_inner();
     let first = observe.message().await.expect("the current leader").expect("the stream is open");
     assert_eq!(first.leader.expect("a leader").value, b"h", "the observer starts with the leader");
-    eventually("the waiter queued behind the holder", STARTUP, || async {
+    let queued_at = eventually("the waiter queued behind the holder", STARTUP, || async {
         match client.describe_lock("cut/lock").await {
-            Ok(Some(info)) if info.waiters.iter().any(|w| w.session_id == waiter.id()) => Ok(()),
+            Ok(Some(info)) => match info.waiters.iter().find(|w| w.session_id == waiter.id()) {
+                Some(w) => Ok(w.queued_revision),
+                None => Err(format!("{info:?}")),
+            },
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    // The cut member must have applied the queueing too, or its acquire would end as a timed-out
+    // proposal rather than as a cut-off.
+    eventually("the member to be cut off applied the queueing", STARTUP, || async {
+        match c.local_kvs(cut).await {
+            Ok((revision, _)) if revision >= queued_at => Ok(()),
             other => Err(format!("{other:?}")),
         }
     })
