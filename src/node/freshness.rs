@@ -19,7 +19,11 @@
 //!   Nor is an election: a member is cut off only after two of the longest elections its
 //!   `--tick-interval` allows, when that is longer ([`Freshness::new`]).
 //! - One check is awaited at a time: one a period while they succeed, one every
-//!   [`RETRY_EVERY`] while they fail, so a member back in touch says so within that. A check
+//!   [`RETRY_EVERY`] while they fail, so a member back in touch says so within that.
+//! - What waits for a cut-off ([`Freshness::until_cut_off`]) is told by the keeper the moment
+//!   the member is cut off, through one `watch` channel: a waiter holds a registration in it,
+//!   not a timer of its own, and the channel says `true` only while [`Freshness::cut_off`]
+//!   would say so (or for the instant between a check answering and the keeper clearing it). A check
 //!   given up after [`CHECK_TIMEOUT`] stays with the raft thread until its request timeout
 //!   (`request_timeout_ticks`, 10 s at the default tick), so a member cut off holds a handful
 //!   of them (about five), each a few bytes. The check is never refused for the client
@@ -30,6 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::core::RequestError;
@@ -47,9 +52,6 @@ pub const RETRY_EVERY: Duration = Duration::from_millis(100);
 /// member whose checks fail for about two timeouts is cut off. The least: a slow tick makes it
 /// longer ([`Freshness::new`]).
 pub const CUT_OFF_AFTER: Duration = Duration::from_secs(5);
-/// How often [`Freshness::until_cut_off`] looks (a load of an atomic): what waits on it hears
-/// of a cut-off within this of it.
-pub const LOOK_EVERY: Duration = Duration::from_secs(2);
 
 pub struct Freshness {
     member: u64,
@@ -62,6 +64,8 @@ pub struct Freshness {
     answered: AtomicU64,
     /// Why the last check failed, until one succeeds.
     failure: Mutex<Option<String>>,
+    /// Whether the member is cut off, as the keeper last announced it.
+    cut: watch::Sender<bool>,
 }
 
 impl Freshness {
@@ -77,6 +81,7 @@ impl Freshness {
             confirmed: AtomicU64::new(0),
             answered: AtomicU64::new(0),
             failure: Mutex::new(None),
+            cut: watch::Sender::new(false),
         }
     }
 
@@ -114,24 +119,56 @@ impl Freshness {
         })
     }
 
-    /// Resolves, with what [`Freshness::cut_off`] says, once the member is cut off; looks
-    /// every [`LOOK_EVERY`]. For what serves a member's state for long (a waiting acquire, an
-    /// election's observer): pin it once and select on it across their wake-ups, since made
-    /// anew at each one it would start its period over.
+    /// Resolves, with what [`Freshness::cut_off`] says, as soon as the keeper
+    /// ([`Freshness::keep`]) announces the member cut off — at once if it is now. For what
+    /// serves a member's state for long (a waiting acquire, an election's observer): pin it
+    /// once and select on it across their wake-ups. Costs a registration in a channel, no timer.
     pub async fn until_cut_off(&self) -> RequestError {
-        let mut looks = tokio::time::interval_at(Instant::now() + LOOK_EVERY, LOOK_EVERY);
-        looks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut cut = self.cut.subscribe();
         loop {
-            looks.tick().await;
+            if cut.wait_for(|&cut| cut).await.is_err() {
+                // The sender is part of `self`, which this borrow keeps alive.
+                std::future::pending::<()>().await;
+            }
             if let Some(cut_off) = self.cut_off() {
                 return cut_off;
             }
+            // A check answered since the announcement: wait for the next one.
+            let _ = cut.changed().await;
         }
     }
 
     /// Checks with `confirm` (a ReadIndex) every `every` while it succeeds, every
-    /// [`RETRY_EVERY`] while it fails; runs until dropped.
-    pub async fn keep<F, Fut>(&self, every: Duration, mut confirm: F)
+    /// [`RETRY_EVERY`] while it fails, and announces the cut-off to
+    /// [`Freshness::until_cut_off`] the moment it begins; runs until dropped.
+    pub async fn keep<F, Fut>(&self, every: Duration, confirm: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), RequestError>>,
+    {
+        tokio::join!(self.check(every, confirm), self.announce_cut_offs());
+    }
+
+    /// Sleeps until the instant the member would be cut off if no check answers before it;
+    /// then, if none did, announces it, and waits for a check to answer.
+    async fn announce_cut_offs(&self) {
+        let mut cut = self.cut.subscribe();
+        loop {
+            let answered = self.answered.load(Ordering::Relaxed).max(1);
+            // `now_ms` counts from 1: past this instant, `cut_off` finds the silence longer
+            // than the limit (a check answering meanwhile moves the instant on).
+            let cut_at = self.base + Duration::from_millis(answered + 1) + self.cut_off_after;
+            tokio::time::sleep_until(cut_at).await;
+            if self.cut_off().is_some() {
+                self.cut.send_replace(true);
+                if cut.wait_for(|&cut| !cut).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn check<F, Fut>(&self, every: Duration, mut confirm: F)
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<(), RequestError>>,
@@ -151,6 +188,7 @@ impl Freshness {
                     *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = None;
                     self.confirmed.fetch_max(asked, Ordering::Relaxed);
                     self.answered.fetch_max(self.now_ms(), Ordering::Relaxed);
+                    self.cut.send_if_modified(|cut| std::mem::replace(cut, false));
                 }
                 Some(why) => *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(why),
             }
@@ -213,20 +251,77 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_waiter_hears_of_the_cut_off_at_its_first_look_after_it() {
+    async fn a_waiter_hears_of_the_cut_off_the_moment_it_begins() {
         let fresh = Arc::new(Freshness::new(3, Duration::from_secs(1)));
-        // Never answered: cut off from 5 s on; looks at 2, 4, 6 s.
+        // Never answered: cut off 5 s after checking began.
         let keeper = keeper(&fresh, || async { Err(RequestError::NoLeader { member: 3 }) });
         let started = Instant::now();
         let waiter = fresh.clone();
         let cut_off = tokio::spawn(async move { waiter.until_cut_off().await });
-        tokio::time::sleep(Duration::from_millis(5_900)).await;
-        assert!(!cut_off.is_finished(), "the looks at 2 and 4 s come before the cut-off");
-        let Ok(RequestError::CutOff { member, .. }) = cut_off.await else {
-            panic!("the look at 6 s finds it cut off");
+        tokio::time::sleep(Duration::from_millis(4_990)).await;
+        assert!(!cut_off.is_finished(), "4.99 s without an answer is not yet cut off");
+        let Ok(Ok(RequestError::CutOff { member, .. })) =
+            tokio::time::timeout(Duration::from_secs(60), cut_off).await
+        else {
+            panic!("the waiter ends with the cut-off, within a minute");
         };
         assert_eq!(member, 3);
-        assert_eq!(started.elapsed().as_secs(), 6, "heard at the first look after the cut-off");
+        let heard = started.elapsed();
+        assert!(
+            heard > CUT_OFF_AFTER && heard <= CUT_OFF_AFTER + Duration::from_millis(5),
+            "heard as the cut-off began (5 s), not at a look of its own: {heard:?}"
+        );
+        keeper.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_on_a_cut_off_member_hears_at_once_and_one_back_in_touch_waits_for_the_next_cut_off() {
+        let fresh = Arc::new(Freshness::new(4, Duration::from_secs(1)));
+        let answering = Arc::new(AtomicBool::new(false));
+        let up = answering.clone();
+        let keeper = keeper(&fresh, move || {
+            let up = up.load(Ordering::Relaxed);
+            async move {
+                if up {
+                    Ok(())
+                } else {
+                    Err(RequestError::NoLeader { member: 4 })
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let asked = Instant::now();
+        assert!(
+            matches!(
+                tokio::time::timeout(Duration::from_secs(60), fresh.until_cut_off()).await,
+                Ok(RequestError::CutOff { member: 4, .. })
+            ),
+            "a member cut off for 1 s tells a new waiter"
+        );
+        assert_eq!(asked.elapsed(), Duration::ZERO, "at once");
+
+        answering.store(true, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let waiter = fresh.clone();
+        let cut_off = tokio::spawn(async move { waiter.until_cut_off().await });
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!cut_off.is_finished(), "in touch again: a new waiter waits");
+
+        // The next check (at most a second away) fails: cut off 5 s after the last answer.
+        answering.store(false, Ordering::Relaxed);
+        let stopped = Instant::now();
+        assert!(
+            matches!(
+                tokio::time::timeout(Duration::from_secs(60), cut_off).await,
+                Ok(Ok(RequestError::CutOff { member: 4, .. }))
+            ),
+            "cut off again, within a minute"
+        );
+        let heard = stopped.elapsed();
+        assert!(
+            heard > Duration::from_secs(4) && heard <= CUT_OFF_AFTER + Duration::from_millis(5),
+            "5 s after the last answer, which came at most 1 s before the checks failed: {heard:?}"
+        );
         keeper.abort();
     }
 
