@@ -17,7 +17,7 @@ import grpc
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 import latch  # noqa: E402
-from latch.v1 import lock_pb2, registry_pb2, watch_pb2  # noqa: E402
+from latch.v1 import kv_pb2, lock_pb2, registry_pb2, watch_pb2, watch_pb2_grpc  # noqa: E402
 
 ENDPOINTS = os.environ.get("LATCH_ENDPOINTS")
 #: How long a test waits for something the cluster must do (not a measure of speed).
@@ -341,6 +341,48 @@ class OfflineTest(unittest.TestCase):
                 latch.Client([bad])
         with self.assertRaisesRegex(ValueError, "no endpoints"):
             latch.Client(" , ")
+
+
+class SlowBeforeAnyEvent(watch_pb2_grpc.WatchServicer):
+    """A member that answers each watch's create, then cancels it SLOW before any event (a
+    snapshot its client did not read in time); records each create's start revision."""
+
+    def __init__(self):
+        self.starts = []
+
+    def Watch(self, requests, context):
+        create = next(requests).create
+        self.starts.append(create.start_revision)
+        header = kv_pb2.ResponseHeader(revision=create.start_revision - 1)
+        yield watch_pb2.WatchResponse(header=header, watch_id=create.watch_id, created=True)
+        yield watch_pb2.WatchResponse(header=header, watch_id=create.watch_id, canceled=True,
+                                      cancel_reason=watch_pb2.WatchResponse.SLOW,
+                                      cancel_message="the client did not read the snapshot in time")
+        while context.is_active():
+            time.sleep(0.01)
+
+
+class ScriptedMemberTest(unittest.TestCase):
+    """The client against an in-process gRPC member that plays a script."""
+
+    def test_a_watch_cut_off_as_slow_again_and_again_with_nothing_delivered_ends_with_the_members_reason(self):
+        from concurrent import futures
+        member = SlowBeforeAnyEvent()
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        watch_pb2_grpc.add_WatchServicer_to_server(member, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        self.addCleanup(server.stop, None)
+        with latch.Client(f"127.0.0.1:{port}") as client:
+            watch = client.watch("k", start_revision=5)
+            with self.assertRaises(latch.LatchError) as caught:
+                next(watch)
+            watch.cancel()
+        e = caught.exception
+        self.assertEqual(e.code, grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        self.assertIn("did not read the snapshot in time", str(e))
+        self.assertIn("3 times in a row at revision 5", str(e), "asking again repeated it")
+        self.assertEqual(member.starts, [5, 5, 5], "asked three times from revision 5, then given up")
 
 
 class GeneratedTest(unittest.TestCase):

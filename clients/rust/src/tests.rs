@@ -224,6 +224,9 @@ enum WatchScript {
     Behind,
     /// Cancels the watch: its next revision was compacted.
     Compacted,
+    /// Answers the create, then cancels the watch SLOW at once, before any event (a snapshot
+    /// the client did not read within the member's deadline).
+    SlowBeforeAnyEvent,
 }
 
 type Responses = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
@@ -241,8 +244,22 @@ impl Watch for ScriptedWatch {
         let header = |revision| Some(ResponseHeader { revision, ..Default::default() });
         let kv =
             KeyValue { key: create.key, value: b"v".to_vec(), mod_revision: start, ..Default::default() };
+        let created =
+            WatchResponse { header: header(start - 1), watch_id: 1, created: true, ..Default::default() };
+        if self.script == WatchScript::SlowBeforeAnyEvent {
+            let slow = WatchResponse {
+                header: header(start - 1),
+                watch_id: 1,
+                canceled: true,
+                cancel_reason: CancelReason::Slow as i32,
+                cancel_message: "the client did not read the snapshot in time".into(),
+                ..Default::default()
+            };
+            let sent = futures::stream::iter([created, slow].map(Ok)).chain(futures::stream::pending());
+            return Ok(Response::new(Box::pin(sent)));
+        }
         let responses = [
-            WatchResponse { header: header(start - 1), watch_id: 1, created: true, ..Default::default() },
+            created,
             WatchResponse {
                 header: header(start),
                 watch_id: 1,
@@ -252,7 +269,7 @@ impl Watch for ScriptedWatch {
         ];
         let sent = futures::stream::iter(responses.map(Ok));
         let then = match self.script {
-            WatchScript::Serve => None,
+            WatchScript::Serve | WatchScript::SlowBeforeAnyEvent => None,
             WatchScript::Cut => Some(Err(Status::resource_exhausted(
                 "this member holds 1073741824 bytes of watch responses queued for its clients, its most \
                  (--max-watch-queued-bytes): resume the watches",
@@ -326,6 +343,32 @@ async fn a_watch_whose_stream_a_member_ends_over_its_limits_resumes_on_another_m
         *at_other.lock().expect("test lock"),
         [6],
         "the other member resumes the watch from revision 6"
+    );
+}
+
+#[tokio::test]
+async fn a_watch_cut_off_as_slow_again_and_again_with_nothing_delivered_ends_with_the_members_reason() {
+    let (slow, starts) = serve_watch(WatchScript::SlowBeforeAnyEvent).await;
+    let client = Client::connect([slow]).await.expect("valid endpoints");
+    let updates: Vec<_> = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.watch(WatchOptions::key("k").from_revision(5)).collect(),
+    )
+    .await
+    .expect("the watch ends within 10 s");
+    assert!(matches!(updates[..], [Ok(WatchUpdate::Started { revision: 4 }), Err(_)]), "{updates:?}");
+    let Err(e) = &updates[1] else { unreachable!() };
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    let message = e.to_string();
+    assert!(
+        message.contains("did not read the snapshot in time")
+            && message.contains("3 times in a row at revision 5"),
+        "the member's reason, and that asking again repeated it: {message}"
+    );
+    assert_eq!(
+        *starts.lock().expect("test lock"),
+        [5, 5, 5],
+        "asked three times from revision 5, then given up"
     );
 }
 

@@ -149,8 +149,9 @@ enum Reopen {
     Elsewhere,
     /// The member cut the watch off as slow: it is fine, reopen anywhere.
     Again,
-    /// The member refused this watch's resume over one of its limits (its snapshots at once):
-    /// create it again after a while (a single watch: on another member).
+    /// The member refused this watch's resume over one of its limits (its snapshots at once),
+    /// or cut it off as slow again with nothing delivered since: create it again after a while
+    /// (a single watch: on another member).
     Later,
 }
 
@@ -238,6 +239,11 @@ impl Client {
 }
 
 const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
+/// SLOW cancels in a row at the same revision, nothing delivered between them, after which a
+/// watch ends with the member's reason: it asks for what the member cannot get to it in time
+/// (a snapshot its client does not read within `--watch-snapshot-deadline`), and asking again
+/// would only repeat that, silently.
+const SLOW_WITHOUT_PROGRESS: u32 = 3;
 
 /// One watch, followed across streams and members.
 struct Follower {
@@ -265,6 +271,8 @@ struct Position {
     vouched: i64,
     /// `Started` was delivered (a resumed stream says it again; the caller heard it once).
     started: bool,
+    /// The `next` the last SLOW cancel left, and how many in a row left it there.
+    slow_at: (i64, u32),
     /// Fragments of a revision (or of a snapshot) read so far.
     events: Chunks,
     kvs: Vec<KeyValue>,
@@ -292,7 +300,10 @@ impl Follower {
                 },
             };
             match step {
-                Step::Update(delivery) => return Some(Ok(delivery.into_update())),
+                Step::Update(delivery) => {
+                    self.backoff = INITIAL_BACKOFF;
+                    return Some(Ok(delivery.into_update()));
+                }
                 Step::Skip => {}
                 Step::End(e) => {
                     self.ended = true;
@@ -346,6 +357,7 @@ impl Position {
             vouched: 0,
             options,
             started: false,
+            slow_at: (0, 0),
             events: Vec::new(),
             kvs: Vec::new(),
         }
@@ -376,7 +388,17 @@ impl Position {
             return match CancelReason::try_from(r.cancel_reason) {
                 Ok(CancelReason::Slow) => {
                     self.next = self.next.max(revision + 1);
-                    Step::Reopen(Reopen::Again)
+                    let (at, times) = &mut self.slow_at;
+                    *times = if *at == self.next { *times + 1 } else { 1 };
+                    *at = self.next;
+                    match *times {
+                        1 => Step::Reopen(Reopen::Again),
+                        n if n < SLOW_WITHOUT_PROGRESS => Step::Reopen(Reopen::Later),
+                        n => Step::End(Error::from(Status::resource_exhausted(format!(
+                            "{} (canceled so {n} times in a row at revision {}, nothing delivered between)",
+                            r.cancel_message, self.next
+                        )))),
+                    }
                 }
                 Ok(CancelReason::Compacted) => {
                     let mut status = Status::out_of_range(r.cancel_message);

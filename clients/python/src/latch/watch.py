@@ -29,6 +29,10 @@ _TARGETS = {
 }
 _ON_COMPACTED = {"error": watch_pb2.WatchCreateRequest.ERROR, "snapshot": watch_pb2.WatchCreateRequest.SNAPSHOT}
 _R = watch_pb2.WatchResponse
+#: SLOW cancels in a row at the same revision, nothing delivered between, after which a watch
+#: ends with the member's reason (a snapshot its client does not read within the member's
+#: --watch-snapshot-deadline: asking again would repeat it, silently).
+SLOW_WITHOUT_PROGRESS = 3
 
 
 @dataclasses.dataclass
@@ -67,6 +71,8 @@ class Watch:
         self._responses = None
         self._target = 0
         self._backoff = Backoff()
+        # The next revision the last SLOW cancel left, and how many in a row left it there.
+        self._slow_at = (0, 0)
         self._pending: Optional[WatchBatch] = None
         # A watch dropped without cancel() still ends its stream and the thread grpc runs its
         # requests on.
@@ -198,6 +204,14 @@ class Watch:
             # a member over its limits or cut off may serve it later, or another now).
             if reason == _R.SLOW:
                 self.next_revision = max(self.next_revision, r.header.revision + 1)
+                at, times = self._slow_at
+                times = times + 1 if at == self.next_revision else 1
+                self._slow_at = (self.next_revision, times)
+                if times >= SLOW_WITHOUT_PROGRESS:
+                    raise self._fail(LatchError(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"{r.cancel_message} (canceled so {times} times in a row at revision {self.next_revision}, "
+                        "nothing delivered between)", self._addr))
             self._reopen_elsewhere()
             return None
         if reason == _R.COMPACTED:
