@@ -49,6 +49,10 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("latc
 /// is a minute; 5 s here, as etcd users expect a lock to move on quickly.
 pub const DEFAULT_LOCK_DELAY_MS: u64 = 5_000;
 
+/// The longest lock-delay an acquire or a campaign may ask for; a longer one is refused
+/// (INVALID_ARGUMENT).
+pub const MAX_LOCK_DELAY_MS: u64 = 60_000;
+
 /// gRPC metadata key under which a member answering OUT_OF_RANGE for a compacted revision
 /// names the compact revision. Part of the wire contract of `latch.v1`.
 pub const COMPACT_REVISION_METADATA: &str = "latch-compact-revision";

@@ -1,6 +1,8 @@
 //! `latch elect NAME VALUE`: campaigns, prints when elected, and leads until interrupted
-//! (then resigns); exits [`super::lock::LOST`] if the session is lost meanwhile.
-//! `latch elect NAME --observe`: prints every leader, one line (or JSON document) each.
+//! (SIGINT, SIGTERM or SIGHUP: then resigns and closes its session); exits
+//! [`super::lock::LOST`] if the session is lost meanwhile.
+//! `latch elect NAME --observe`: prints every leader, one line (or JSON document) each; the
+//! first (the leader now, or "no leader") must come within `--timeout`.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,12 +12,13 @@ use futures::StreamExt;
 use latch_client::{Leadership, SessionOptions};
 use serde_json::json;
 
-use super::{print_bytes, print_json, ClientArgs, Output, UsageError};
+use super::{interrupted, killed_by, print_bytes, print_json, ClientArgs, Output, UsageError};
 
 /// `latch elect`.
 #[derive(Debug, Args)]
-#[command(after_help = "Exit status: 0 after resigning on Ctrl-C; 1 if the campaign failed; 3 if the \
-                        session was lost while leading; 2 usage error.")]
+#[command(after_help = "Exit status: 0 after resigning on SIGINT (Ctrl-C), SIGTERM or SIGHUP; 128 + \
+                        the signal if one came while campaigning (the campaign is withdrawn); 1 if the \
+                        campaign failed; 3 if the session was lost while leading; 2 usage error.")]
 pub struct ElectCommand {
     /// The election's name.
     pub name: String,
@@ -31,19 +34,39 @@ pub struct ElectCommand {
 }
 
 pub async fn run(command: ElectCommand, client: &ClientArgs) -> anyhow::Result<ExitCode> {
-    let output = client.output;
+    if command.name.is_empty() {
+        return Err(UsageError("the election's NAME must not be empty".into()).into());
+    }
+    let (output, timeout) = (client.output, client.timeout);
     let client = client.connect().await?;
     let election = client.election(command.name.clone());
+    let stop = interrupted();
+    tokio::pin!(stop);
     if command.observe {
         let leaders = election.observe();
         tokio::pin!(leaders);
+        let first_by = tokio::time::Instant::now() + timeout;
+        let mut answered = false;
         loop {
             tokio::select! {
                 leader = leaders.next() => match leader {
-                    Some(leader) => print_leader(output, &command.name, leader.as_ref())?,
+                    Some(leader) => {
+                        answered = true;
+                        print_leader(output, &command.name, leader.as_ref())?;
+                    }
                     None => return Ok(ExitCode::from(1)),
                 },
-                _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+                stopped = &mut stop => {
+                    stopped?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                () = tokio::time::sleep_until(first_by), if !answered => {
+                    return Err(anyhow::anyhow!(
+                        "no member of --endpoints said who leads {:?} within {} (--timeout)",
+                        command.name,
+                        humantime::format_duration(timeout)
+                    ));
+                }
             }
         }
     }
@@ -53,14 +76,21 @@ pub async fn run(command: ElectCommand, client: &ClientArgs) -> anyhow::Result<E
         .await?;
     let leadership = tokio::select! {
         l = election.campaign(session.id(), value.into_bytes()) => l?,
-        _ = tokio::signal::ctrl_c() => {
+        stopped = &mut stop => {
+            // Closing the session withdraws the campaign.
             session.close().await?;
-            return Ok(ExitCode::from(1));
+            return Ok(killed_by(stopped?));
         }
     };
-    print_leader(output, &command.name, Some(&leadership))?;
+    if let Err(e) = print_leader(output, &command.name, Some(&leadership)) {
+        // Nobody reads what it does: it leads no longer.
+        election.resign(&leadership).await?;
+        session.close().await?;
+        return Err(e);
+    }
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {
+        stopped = &mut stop => {
+            stopped?;
             election.resign(&leadership).await?;
             session.close().await?;
             Ok(ExitCode::SUCCESS)

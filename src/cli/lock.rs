@@ -3,7 +3,9 @@
 //!
 //! The child sees `LATCH_LOCK_SEQUENCER` (the sequencer's string form) and `LATCH_FENCING_TOKEN`
 //! (its generation, a decimal integer) in its environment. Exit status: CMD's own (128 + the
-//! signal if a signal ended it); 1 when the lock was not acquired in time; [`LOST`] when the
+//! signal if a signal ended it); 1 when the lock was not acquired in time; 126 when CMD cannot
+//! be run, 127 when it is not found (as `env` and `timeout` say); 128 + the signal when SIGINT,
+//! SIGTERM or SIGHUP came while waiting for the lock; [`LOST`] when the
 //! session was lost while CMD ran — CMD and what it started (its process group) were then sent
 //! SIGTERM, and SIGKILL `--grace` later: a holder must not go on believing it holds the lock.
 //! SIGTERM comes when keepalives have failed until the lease ran out (or the cluster ended the
@@ -13,9 +15,11 @@
 //! CMD runs in a process group of its own, as GNU `timeout` runs its command: SIGINT, SIGTERM,
 //! SIGHUP and SIGQUIT sent to `latch lock` are passed on to it; Ctrl-Z stops both (and on
 //! resumption CMD goes on only if the session is still surely alive, else it is killed and the
-//! status is 3). Limits: CMD is not in the terminal's foreground group, so a CMD that reads the
-//! terminal is stopped by SIGTTIN (give it its input another way); and if `latch lock` itself is
-//! SIGKILLed, nothing is left to stop CMD when the session expires.
+//! status is 3). If `latch lock` itself dies (SIGKILL, say), CMD gets SIGKILL from the kernel
+//! (`PR_SET_PDEATHSIG`): nothing would be left to stop it before its session expires and the
+//! lock goes to another. Limits: what CMD started itself is not covered by that; and CMD is not
+//! in the terminal's foreground group, so a CMD that reads the terminal is stopped by SIGTTIN
+//! (give it its input another way).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,7 +29,7 @@ use latch_client::proto::{LockInfo, LockMode};
 use latch_client::{LockOptions, Session, SessionOptions, SessionState, Wait};
 use serde_json::json;
 
-use super::{print_bytes, print_json, ClientArgs, Output, UsageError};
+use super::{interrupted, killed_by, print_bytes, print_json, ClientArgs, Output, UsageError};
 
 /// The exit status of `latch lock` when the session (and so the lock) was lost while CMD ran.
 pub const LOST: u8 = 3;
@@ -39,7 +43,9 @@ pub const LOST: u8 = 3;
                   (its generation) in its environment.\n\
                   Exit status: CMD's own (128 + the signal that ended it); 1 if the lock was not acquired \
                   in time; 3 if the session was lost while CMD ran (CMD then got SIGTERM, and SIGKILL after \
-                  --grace); 2 usage error."
+                  --grace); 126 if CMD cannot be run, 127 if it is not found; 128 + the signal if SIGINT, \
+                  SIGTERM or SIGHUP came while waiting; 2 usage error.\n\
+                  If `latch lock` itself is killed, CMD gets SIGKILL."
 )]
 pub struct LockCommand {
     #[command(subcommand)]
@@ -76,7 +82,7 @@ pub struct RunArgs {
     /// Wait at most this long for the lock (0s: try once); as long as it takes when not given.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub wait: Option<Duration>,
-    /// Lock-delay should the session expire while holding (0 … 60s); the server's 5s if not given.
+    /// Lock-delay should the session expire while holding (0 … 60s); 5s if not given.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub lock_delay: Option<Duration>,
     /// How long CMD has between SIGTERM and SIGKILL once the lock is lost (never past the
@@ -87,12 +93,18 @@ pub struct RunArgs {
 
 pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<ExitCode> {
     let output = client.output;
+    if command.op.is_none() {
+        check(&command.run)?;
+    }
     let client = client.connect().await?;
     match command.op {
         Some(LockOp::Describe { name }) => {
             let lock = client.describe_lock(&name).await?;
             match output {
-                Output::Json => print_json(&lock.as_ref().map_or(json!({"name": name}), info_json))?,
+                Output::Json => print_json(&info_json(
+                    // A free lock: no holders, no waiters, no delay.
+                    &lock.clone().unwrap_or(LockInfo { name: name.clone(), ..Default::default() }),
+                ))?,
                 Output::Text => {
                     print_bytes(lock.map_or(format!("{name}: free\n"), |l| info_text(&l)).as_bytes())?
                 }
@@ -128,7 +140,13 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
             };
             let guard = tokio::select! {
                 guard = session.lock(&name, options) => guard?,
-                _ = tokio::signal::ctrl_c() => None,
+                stopped = interrupted() => {
+                    let signal = stopped?;
+                    eprintln!("latch lock: interrupted (signal {signal}) while waiting for {name:?}");
+                    // Closing the session withdraws the wait.
+                    session.close().await?;
+                    return Ok(killed_by(signal));
+                }
             };
             let Some(guard) = guard else {
                 eprintln!("latch lock: {name:?} was not acquired in time");
@@ -137,21 +155,31 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
             };
             // Registered before CMD starts, so no signal meant for it gets its default action.
             let mut signals = Signals::new()?;
-            let spawned = tokio::process::Command::new(program)
+            // Through `latch lock-exec`, which dies with us and becomes CMD.
+            let mut spawned = tokio::process::Command::new(std::env::current_exe()?);
+            spawned
+                .args([
+                    "lock-exec",
+                    "--parent",
+                    &rustix::process::getpid().as_raw_nonzero().to_string(),
+                    "--",
+                ])
+                .arg(program)
                 .args(program_args)
                 .env("LATCH_LOCK_SEQUENCER", guard.token())
                 .env("LATCH_FENCING_TOKEN", guard.generation().to_string())
                 // A group of its own, so that whatever CMD starts is signalled with it.
                 .process_group(0)
-                .kill_on_drop(true)
-                .spawn();
+                .kill_on_drop(true);
+            let spawned = spawned.spawn();
             let mut child = match spawned {
                 Ok(child) => child,
                 Err(e) => {
                     // Hand the lock on at once rather than after the session's expiry.
                     let _ = guard.release().await;
                     let _ = session.close().await;
-                    return Err(anyhow::anyhow!("cannot run {program:?}: {e}"));
+                    eprintln!("latch lock: cannot start {program:?}: {e}");
+                    return Ok(ExitCode::from(126));
                 }
             };
             let group = Group(child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)));
@@ -234,6 +262,53 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
 }
 
 use rustix::process::Signal;
+
+/// What `latch lock NAME -- CMD` is given that the server would refuse, refused before a
+/// session is made for it (a usage error naming the flag).
+fn check(args: &RunArgs) -> Result<(), UsageError> {
+    if args.name.as_deref().is_some_and(str::is_empty) {
+        return Err(UsageError("the lock's NAME must not be empty".into()));
+    }
+    let most = Duration::from_millis(latch_client::MAX_LOCK_DELAY_MS);
+    if args.lock_delay.is_some_and(|d| d > most) {
+        return Err(UsageError(format!(
+            "--lock-delay: at most {} (a lock is unusable that long after its holder's session expires)",
+            humantime::format_duration(most)
+        )));
+    }
+    Ok(())
+}
+
+/// `latch lock-exec --parent PID -- CMD [ARGS]` (hidden): what `latch lock` starts in CMD's
+/// place, to become CMD.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The `latch lock` process that holds the lock.
+    #[arg(long)]
+    pub parent: i32,
+    /// CMD and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// Asks the kernel for SIGKILL when `latch lock` (`--parent`) dies — so that a CMD left behind
+/// never goes on holding a lock whose session nobody keeps alive — and becomes CMD (`exec`,
+/// which keeps that request). Returns only when CMD cannot be run: 127 when it is not found,
+/// 126 otherwise, as `env` and `timeout` say; 137 when `latch lock` died already.
+pub fn exec_held(args: ExecArgs) -> anyhow::Result<ExitCode> {
+    use std::os::unix::process::CommandExt;
+    let Some((program, program_args)) = args.command.split_first() else {
+        return Err(UsageError("the command to run goes after `--`".into()).into());
+    };
+    rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+    if rustix::process::Pid::as_raw(rustix::process::getppid()) != args.parent {
+        // Died between the fork and the request: the kernel will not signal for it.
+        return Ok(ExitCode::from(128 + Signal::KILL.as_raw() as u8));
+    }
+    let e = std::process::Command::new(program).args(program_args).exec();
+    eprintln!("latch lock: cannot run {program:?}: {e}");
+    Ok(ExitCode::from(if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 }))
+}
 
 /// CMD's process group.
 struct Group(Option<rustix::process::Pid>);

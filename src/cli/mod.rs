@@ -5,7 +5,10 @@
 //!
 //! Exit codes: 0 success; 1 the operation failed (the server's message is printed, with its
 //! gRPC code); 2 usage error (clap's own, or bad input caught here before anything is sent);
-//! 3 (`lock`, `elect`) the session holding the lock or the leadership was lost.
+//! 3 (`lock`, `elect`) the session holding the lock or the leadership was lost; 128 + the
+//! signal when SIGINT, SIGTERM or SIGHUP ended a command before it finished (`elect`, `session
+//! keepalive` and `watch` end so on purpose: 0). A closed standard output (`latch watch … |
+//! head -1`) ends a command quietly with 0 at its next write, as `head` expects.
 //!
 //! The client flags ([`ClientArgs`]: `--endpoints`, `--output`, `--timeout`) and `--log-format`
 //! belong to the root and are global: accepted before or after any subcommand
@@ -91,6 +94,9 @@ pub enum Command {
     Dns(dns::DnsCommand),
     /// Load a Latch, an etcd or a ZooKeeper cluster and measure throughput and latency.
     Bench(bench::BenchCommand),
+    /// What `latch lock` runs CMD through (it dies with `latch lock`).
+    #[command(hide = true)]
+    LockExec(lock::ExecArgs),
 }
 
 impl Cli {
@@ -163,7 +169,8 @@ impl Cli {
             | Command::Watch(_)
             | Command::Svc(_)
             | Command::Dns(_)
-            | Command::Bench(_) => "warn",
+            | Command::Bench(_)
+            | Command::LockExec(_) => "warn",
         }
     }
 
@@ -180,7 +187,8 @@ impl Cli {
             | Command::Elect(_)
             | Command::Watch(_)
             | Command::Svc(_)
-            | Command::Dns(_) => Some(1),
+            | Command::Dns(_)
+            | Command::LockExec(_) => Some(1),
             Command::Server(_) => None,
         }
     }
@@ -225,7 +233,8 @@ pub struct ClientArgs {
         value_name = "H:P,H:P"
     )]
     pub endpoints: Vec<String>,
-    /// Output format: text for people, json (one document) for programs.
+    /// Output format: text for people, json (one document; one per line for `watch`, `elect
+    /// --observe` and `session keepalive`) for programs.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,
     /// Give up after this long, retries on other members included (humantime: "500ms", "10s").
@@ -283,9 +292,11 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Svc(command) => ("svc", svc::run(command, client).await),
         Command::Dns(command) => ("dns", dns::run(command, client).await),
         Command::Bench(command) => ("bench", bench::run(command, client).await),
+        Command::LockExec(args) => ("lock-exec", lock::exec_held(args)),
     };
     match result {
         Ok(code) => code,
+        Err(error) if error.is::<StdoutClosed>() => ExitCode::SUCCESS,
         Err(error) => match error.downcast_ref::<UsageError>() {
             Some(usage) => {
                 // The subcommand's own usage line, e.g. "Usage: latch kv [OPTIONS] <COMMAND>".
@@ -302,14 +313,54 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-/// Writes a command's output to stdout in one piece. A closed pipe (`latch kv get … | head`)
-/// is not an error of the command.
+/// Standard output was closed by its reader (`latch watch … | head -1`): the command ends,
+/// with status 0 (see the module's doc), and what it holds is given back first where it can
+/// be (a leadership resigned, a session closed).
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("standard output was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// Writes a command's output to stdout in one piece; [`StdoutClosed`] when its reader is gone.
 fn print_bytes(bytes: &[u8]) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
         other => Ok(other?),
     }
+}
+
+/// Resolves with the signal's number when SIGINT, SIGTERM or SIGHUP arrives: what a command
+/// that runs until stopped (a watch, a leadership, a keepalive loop) ends on, after giving
+/// back what it holds. (systemd, Kubernetes and `timeout` stop a process with SIGTERM, a
+/// terminal with SIGINT or SIGHUP.)
+async fn interrupted() -> std::io::Result<i32> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let kinds = [SignalKind::interrupt(), SignalKind::terminate(), SignalKind::hangup()];
+    let mut streams = Vec::new();
+    for kind in kinds {
+        streams.push((kind.as_raw_value(), signal(kind)?));
+    }
+    let waits = streams.iter_mut().map(|(number, stream)| {
+        let number = *number;
+        Box::pin(async move {
+            stream.recv().await;
+            number
+        })
+    });
+    let number = futures::future::select_all(waits).await.0;
+    Ok(number)
+}
+
+/// The exit code of a command ended by signal `number` before it finished: 128 + it.
+fn killed_by(number: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(128 + number).unwrap_or(1))
 }
 
 /// Prints one JSON document on one line.

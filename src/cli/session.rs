@@ -1,7 +1,9 @@
 //! `latch session create | keepalive | list | close`: sessions by hand.
 //!
 //! `create` prints the new session's id; the session then lives only as long as something keeps
-//! it alive — `latch session keepalive ID` does, until interrupted (Ctrl-C), and then closes it.
+//! it alive — `latch session keepalive ID` does, until interrupted (SIGINT, SIGTERM or SIGHUP)
+//! or its output's reader is gone, and then closes it; it exits [`super::lock::LOST`] when the
+//! cluster no longer has the session.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,7 +12,7 @@ use clap::{Args, Subcommand};
 use latch_client::proto::SessionInfo;
 use serde_json::json;
 
-use super::{print_bytes, print_json, ClientArgs, Output};
+use super::{interrupted, print_bytes, print_json, ClientArgs, Output, StdoutClosed};
 
 /// `latch session`.
 #[derive(Debug, Args)]
@@ -23,7 +25,7 @@ pub struct SessionCommand {
 pub enum SessionOp {
     /// Create a session and print its id.
     Create(CreateArgs),
-    /// Keep session ID alive until interrupted, then close it.
+    /// Keep session ID alive until interrupted, then close it (exit 3 if the session is gone).
     Keepalive(IdArgs),
     /// List the live sessions.
     List,
@@ -59,17 +61,40 @@ pub async fn run(command: SessionCommand, client: &ClientArgs) -> anyhow::Result
             }
         }
         SessionOp::Keepalive(IdArgs { id }) => {
-            let first = client.keep_alive(&id).await?;
+            let gone = |e: latch_client::Error| {
+                if e.code() == tonic::Code::NotFound {
+                    eprintln!("latch session keepalive: session {id} is gone (expired, or closed): {e}");
+                    Ok(ExitCode::from(super::lock::LOST))
+                } else {
+                    Err(anyhow::Error::new(e))
+                }
+            };
+            let first = match client.keep_alive(&id).await {
+                Ok(first) => first,
+                Err(e) => return gone(e),
+            };
             let ttl = Duration::from_millis(u64::try_from(first.ttl_ms).unwrap_or(0));
             let mut next = tokio::time::Instant::now() + ttl / 3;
+            let stop = interrupted();
+            tokio::pin!(stop);
             loop {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => break,
+                    stopped = &mut stop => {
+                        stopped?;
+                        break;
+                    }
                     _ = tokio::time::sleep_until(next) => {
-                        let ack = client.keep_alive(&id).await?;
-                        match output {
-                            Output::Json => print_json(&json!({"id": ack.id, "ttl_ms": ack.ttl_ms, "granted_ms": ack.granted_ms}))?,
-                            Output::Text => print_bytes(format!("kept alive: {} ms granted\n", ack.granted_ms).as_bytes())?,
+                        let ack = match client.keep_alive(&id).await {
+                            Ok(ack) => ack,
+                            Err(e) => return gone(e),
+                        };
+                        let printed = match output {
+                            Output::Json => print_json(&json!({"id": ack.id, "ttl_ms": ack.ttl_ms, "granted_ms": ack.granted_ms})),
+                            Output::Text => print_bytes(format!("kept alive: {} ms granted\n", ack.granted_ms).as_bytes()),
+                        };
+                        match printed {
+                            Err(e) if e.is::<StdoutClosed>() => break,
+                            other => other?,
                         }
                         next = tokio::time::Instant::now() + ttl / 3;
                     }

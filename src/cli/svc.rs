@@ -277,7 +277,11 @@ async fn register(args: RegisterArgs, client: &Client, output: Output) -> anyhow
     let Some(ttl) = args.ttl else {
         // --heartbeat: no session, only heartbeats.
         let info = client.register(options).await?;
-        print_registered(output, &info)?;
+        if let Err(e) = print_registered(output, &info) {
+            // Nobody reads what it does (a closed output): it stays no longer.
+            client.deregister(&args.service, &args.id).await?;
+            return Err(e);
+        }
         loop {
             tokio::select! {
                 () = signals.next() => {
@@ -305,7 +309,10 @@ async fn register(args: RegisterArgs, client: &Client, output: Output) -> anyhow
         match state {
             RegistrationState::Registered { session, instance } => {
                 if printed.as_ref() != Some(&session) {
-                    print_registered(output, &instance)?;
+                    if let Err(e) = print_registered(output, &instance) {
+                        registration.stop().await?;
+                        return Err(e);
+                    }
                     printed = Some(session);
                 }
             }

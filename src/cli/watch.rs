@@ -1,6 +1,7 @@
 //! `latch watch KEY [--prefix] [--rev N]`: prints every change, one line per event (or one
 //! JSON document per line with `--output json`), until interrupted. The watch resumes by
-//! itself when a member fails, so it never skips or repeats a revision.
+//! itself when a member fails, so it never skips or repeats a revision; but it must start
+//! within `--timeout`, so that a wrong or dead endpoint is an error, not a silent wait.
 
 use std::process::ExitCode;
 
@@ -10,13 +11,14 @@ use latch_client::{proto, proto::event::EventType, Event, WatchOptions, WatchTar
 use serde_json::json;
 
 use super::kv::{key_range, kv_json};
-use super::{print_bytes, print_json, ClientArgs, Output};
+use super::{interrupted, print_bytes, print_json, ClientArgs, Output};
 
 /// `latch watch`.
 #[derive(Debug, Args)]
 #[command(after_help = "Text output: one line per event, `PUT|DELETE REVISION KEY VALUE` (bytes that \
                         are not printable escaped). Exit status: 0 on Ctrl-C; 1 if the watch could not \
-                        go on (a compacted revision: see --snapshot).")]
+                        go on (a compacted revision: see --snapshot) or did not start within --timeout. Once started, \
+                        it resumes on another member by itself when one fails.")]
 pub struct WatchCommand {
     /// The key; with --prefix, the prefix (empty = every key).
     pub key: String,
@@ -53,6 +55,7 @@ pub enum Target {
 pub async fn run(command: WatchCommand, client: &ClientArgs) -> anyhow::Result<ExitCode> {
     let output = client.output;
     let (key, range_end) = key_range(&command.key, command.prefix)?;
+    let timeout = client.timeout;
     let client = client.connect().await?;
     let mut options = WatchOptions::range(key, range_end).from_revision(command.rev);
     if command.prev_kv {
@@ -72,11 +75,25 @@ pub async fn run(command: WatchCommand, client: &ClientArgs) -> anyhow::Result<E
     }
     let updates = client.watch(options);
     tokio::pin!(updates);
+    let stop = interrupted();
+    tokio::pin!(stop);
+    let start_by = tokio::time::Instant::now() + timeout;
+    let mut started = false;
     loop {
         let update = tokio::select! {
             u = updates.next() => u,
-            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            stopped = &mut stop => {
+                stopped?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            () = tokio::time::sleep_until(start_by), if !started => {
+                return Err(anyhow::anyhow!(
+                    "the watch did not start within {} (--timeout): no member of --endpoints took it",
+                    humantime::format_duration(timeout)
+                ));
+            }
         };
+        started = true;
         match update {
             Some(Ok(update)) => print_update(output, target, &update)?,
             Some(Err(e)) => return Err(e.into()),

@@ -30,8 +30,7 @@ use crate::storage::schema::{LOCKS, LOCK_META, LOCK_META_GENERATION, SESSION_LOC
 
 /// Most bytes of a lock or election name.
 pub const MAX_LOCK_NAME_BYTES: usize = 1024;
-/// Longest lock-delay one may ask for.
-pub const MAX_LOCK_DELAY_MS: u64 = 60_000;
+pub use latch_proto::MAX_LOCK_DELAY_MS;
 
 pub(crate) struct LocksDomain;
 

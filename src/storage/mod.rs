@@ -40,6 +40,10 @@ pub enum StorageError {
     CreateDir { path: PathBuf, source: std::io::Error },
     #[error("cannot open data file {path} (corrupt, or not a Latch data file): {source}")]
     Open { path: PathBuf, source: Box<redb::DatabaseError> },
+    /// The state file is locked by another process: it, and the whole data dir (whose raft
+    /// log is touched only once the state file is open), belong to a member that runs.
+    #[error("data file {path} is in use by another process: is a latch server already running on this --data-dir?")]
+    InUse { path: PathBuf },
     #[error(
         "data file {path} belongs to cluster {found:016x}, not {expected:016x}: \
          --initial-cluster differs from the one it was created with; use a fresh --data-dir"
@@ -88,8 +92,10 @@ pub fn open(dir: &Path, cluster_id: u64, member_id: u64) -> Result<Stores, Stora
 fn open_file(dir: &Path, name: &str, cluster_id: u64, member_id: u64) -> Result<Arc<Database>, StorageError> {
     let path = dir.join(name);
     let fresh = !path.exists();
-    let db = Database::create(&path)
-        .map_err(|source| StorageError::Open { path: path.clone(), source: Box::new(source) })?;
+    let db = Database::create(&path).map_err(|source| match source {
+        redb::DatabaseError::DatabaseAlreadyOpen => StorageError::InUse { path: path.clone() },
+        source => StorageError::Open { path: path.clone(), source: Box::new(source) },
+    })?;
     if fresh {
         // The new file's directory entry must be durable before anything in the file counts.
         std::fs::File::open(dir)

@@ -452,3 +452,220 @@ async fn cli_dns_records_prints_the_zone_as_the_port_answers_it_and_names_bad_st
     assert_eq!(wrong.status.code(), Some(1), "another domain is refused");
     assert!(stderr(&wrong).contains("Refused"), "{}", stderr(&wrong));
 }
+
+#[tokio::test]
+async fn cli_lock_refuses_bad_input_before_making_a_session_and_exits_126_or_127_for_a_command_it_cannot_run()
+{
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let delay = latch(&c, &["lock", "jobs/a", "--lock-delay", "61s", "--", "true"]).await;
+    assert_eq!(delay.status.code(), Some(2), "a usage error: {}", stderr(&delay));
+    assert!(stderr(&delay).contains("--lock-delay: at most 1m"), "names the flag: {}", stderr(&delay));
+    let empty = latch(&c, &["lock", "", "--", "true"]).await;
+    assert_eq!(empty.status.code(), Some(2), "a usage error: {}", stderr(&empty));
+    assert!(stderr(&empty).contains("NAME must not be empty"), "{}", stderr(&empty));
+    assert_eq!(client.sessions().await.unwrap(), [], "refused before any session was made");
+
+    let missing = latch(&c, &["lock", "jobs/a", "--", "no-such-command-here"]).await;
+    assert_eq!(missing.status.code(), Some(127), "not found, as `env` says: {}", stderr(&missing));
+    assert!(stderr(&missing).contains("cannot run \"no-such-command-here\""), "{}", stderr(&missing));
+    let dir = tempfile::tempdir().unwrap();
+    let not_executable = dir.path().join("script");
+    std::fs::write(&not_executable, "#!/bin/sh\ntrue\n").unwrap();
+    let denied = latch(&c, &["lock", "jobs/a", "--", not_executable.to_str().unwrap()]).await;
+    assert_eq!(denied.status.code(), Some(126), "found but not runnable: {}", stderr(&denied));
+    assert_eq!(
+        client.describe_lock("jobs/a").await.unwrap(),
+        None,
+        "released when the command could not run"
+    );
+    assert_eq!(client.sessions().await.unwrap(), [], "and its session closed");
+
+    let free = latch(&c, &["lock", "describe", "jobs/a", "--output", "json"]).await;
+    let free: serde_json::Value = serde_json::from_str(stdout(&free).trim()).unwrap();
+    assert_eq!(
+        free,
+        serde_json::json!({"name": "jobs/a", "holders": [], "waiters": [], "delayed": false,
+                           "delay_since_revision": 0, "delay_ms": 0}),
+        "a free lock has the fields of a held one"
+    );
+}
+
+/// Whether process `pid` is gone (or a zombie nobody reaped: it runs no more).
+fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[tokio::test]
+async fn cli_lock_a_command_dies_with_latch_lock_when_latch_lock_is_sigkilled() {
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let script = format!("echo $$ > '{}'; exec sleep 300", pid_file.display());
+    let mut lock = tokio::process::Command::new(latch_bin())
+        .args(["lock", "jobs/b", "--endpoints", &c.member(1).client_addr, "--", "sh", "-c", &script])
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let cmd: i32 = eventually("the command to start holding the lock", Duration::from_secs(20), || async {
+        let text = std::fs::read_to_string(&pid_file).map_err(|e| e.to_string())?;
+        text.trim().parse::<i32>().map_err(|e| format!("{text:?}: {e}"))
+    })
+    .await;
+    assert!(!gone(cmd), "the command runs while `latch lock` does");
+    lock.start_kill().unwrap();
+    lock.wait().await.unwrap();
+    eventually("the command to die with `latch lock`", Duration::from_secs(5), || async {
+        if gone(cmd) {
+            Ok(())
+        } else {
+            Err(format!("process {cmd} still runs; nothing keeps its session alive"))
+        }
+    })
+    .await;
+}
+
+/// Starts `latch ARGS --endpoints <member 1>` with its output piped; sends it `signal` once its
+/// first line is printed, and returns that line and its exit code.
+async fn signalled_after_first_line(
+    c: &Cluster,
+    args: &[&str],
+    signal: rustix::process::Signal,
+) -> (String, i32) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(latch_bin())
+        .args(args)
+        .args(["--endpoints", &c.member(1).client_addr])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .unwrap_or_else(|_| panic!("`latch {}` printed a line within 20 s", args.join(" ")))
+        .unwrap()
+        .expect("a line");
+    let pid = rustix::process::Pid::from_raw(child.id().expect("running") as i32).expect("a pid");
+    rustix::process::kill_process(pid, signal).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits within 20 s of the signal")
+        .unwrap();
+    (line, status.code().expect("exited, not killed"))
+}
+
+#[tokio::test]
+async fn cli_elect_and_session_keepalive_give_back_what_they_hold_on_sigterm_and_a_waiting_lock_exits_128_plus_it(
+) {
+    use rustix::process::Signal;
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    // A TTL far longer than the test: only the command's own giving back can free them.
+    let (line, code) =
+        signalled_after_first_line(&c, &["elect", "db", "10.0.0.1", "--ttl", "1h"], Signal::TERM).await;
+    assert!(line.starts_with("leader of db: 10.0.0.1"), "{line}");
+    assert_eq!(code, 0, "resigned on SIGTERM");
+    assert_eq!(client.election("db").leader().await.unwrap(), None, "nobody leads once it resigned");
+
+    // Kept alive (and printed) every third of its TTL; closed by the command, not expired.
+    let session = client.create_session(Duration::from_secs(6), "by hand").await.unwrap().0;
+    let (line, code) = signalled_after_first_line(&c, &["session", "keepalive", &session], Signal::HUP).await;
+    assert!(line.starts_with("kept alive"), "{line}");
+    assert_eq!(code, 0);
+    assert_eq!(client.sessions().await.unwrap(), [], "closed on SIGHUP");
+
+    // A waiting `latch lock` withdraws its wait on SIGTERM and says it was interrupted.
+    let holder = client.session(latch_client::SessionOptions::new(Duration::from_secs(3600))).await.unwrap();
+    let _held = holder.lock("jobs/c", latch_client::LockOptions::exclusive()).await.unwrap().expect("free");
+    let waiter = tokio::process::Command::new(latch_bin())
+        .args(["lock", "jobs/c", "--endpoints", &c.member(1).client_addr, "--", "true"])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    eventually("the waiter to queue", Duration::from_secs(20), || async {
+        let info = client.describe_lock("jobs/c").await.map_err(|e| e.to_string())?;
+        match info {
+            Some(info) if info.waiters.len() == 1 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let pid = rustix::process::Pid::from_raw(waiter.id().expect("running") as i32).expect("a pid");
+    rustix::process::kill_process(pid, Signal::TERM).unwrap();
+    let out =
+        tokio::time::timeout(Duration::from_secs(20), waiter.wait_with_output()).await.unwrap().unwrap();
+    assert_eq!(out.status.code(), Some(128 + 15), "128 + SIGTERM: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("interrupted (signal 15) while waiting for \"jobs/c\""),
+        "{}",
+        stderr(&out)
+    );
+    let info = client.describe_lock("jobs/c").await.unwrap().expect("still held");
+    assert_eq!(info.waiters, [], "the wait is withdrawn with the closed session");
+}
+
+#[tokio::test]
+async fn cli_watch_and_observe_fail_within_the_timeout_on_a_dead_endpoint_and_a_watch_ends_when_its_reader_does(
+) {
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
+    for args in [&["watch", "k"][..], &["elect", "db", "--observe"][..]] {
+        let started = std::time::Instant::now();
+        let out = latch_exactly(&[args, &["--endpoints", &dead, "--timeout", "1s"][..]].concat()).await;
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "`latch {}` on a dead endpoint fails: {}",
+            args.join(" "),
+            stderr(&out)
+        );
+        assert!(stderr(&out).contains("within 1s (--timeout)"), "names the timeout: {}", stderr(&out));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "at the timeout, not later: {:?}",
+            started.elapsed()
+        );
+    }
+
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let mut watch = tokio::process::Command::new(latch_bin())
+        .args(["watch", "p/", "--prefix", "--endpoints", &c.member(1).client_addr])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut reader = watch.stdout.take().unwrap();
+    let mut first = vec![0; 64];
+    let n = loop {
+        client.put("p/1", "a").await.unwrap();
+        if let Ok(n) = tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::io::AsyncReadExt::read(&mut reader, &mut first),
+        )
+        .await
+        {
+            break n.unwrap();
+        }
+    };
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("PUT "), "{:?}", &first[..n]);
+    drop(reader);
+    client.put("p/2", "b").await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), watch.wait())
+        .await
+        .expect("the watch ends at its first write after its reader left")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "quietly, as `head` expects");
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use latch_client::{prefix_end, Client, KeyValue, PutRequest, RangeRequest, RangeResponse};
 use tokio::time::Instant;
 
-use crate::harness::{eventually, free_port, Cluster, STARTUP};
+use crate::harness::{eventually, free_port, latch_bin, Cluster, STARTUP};
 
 #[tokio::test]
 async fn every_acknowledged_write_survives_sigkill_of_every_member_mid_load() {
@@ -322,10 +322,53 @@ async fn a_member_restarted_on_a_data_dir_of_another_cluster_refuses_to_start() 
     );
 }
 
+#[tokio::test]
+async fn a_second_server_on_a_running_members_data_dir_refuses_to_start_saying_it_is_in_use() {
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    c.client().await.put("mine", "kept").await.unwrap();
+    let m = c.member(1);
+    let port = || format!("127.0.0.1:{}", free_port());
+    let mut second = std::process::Command::new(latch_bin());
+    second
+        .args(["server", "--id", "1", "--data-dir"])
+        .arg(&m.data_dir)
+        .args([
+            "--client-addr",
+            &port(),
+            "--peer-addr",
+            &port(),
+            "--http-addr",
+            &port(),
+            "--dns-addr",
+            &port(),
+        ])
+        .args(["--initial-cluster", &format!("1={}", m.peer_addr)])
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    let (status, stderr) = exits_by_itself(second).await;
+    assert!(
+        !status.success(),
+        "a second server on the same data dir must not run: {status}; stderr: {stderr}"
+    );
+    assert!(
+        stderr
+            .contains("is in use by another process: is a latch server already running on this --data-dir?"),
+        "stderr should say the data dir is in use, not that it is corrupt; got: {stderr}"
+    );
+    let kv = c.client().await.get("mine").await.unwrap();
+    assert_eq!(kv.map(|kv| kv.value), Some(b"kept".to_vec()), "the running member goes on, its data intact");
+}
+
 /// Starts member 1 with `initial_cluster` and waits for it to exit on its own, returning how it
 /// exited and what it printed on stderr. Fails the test if it keeps running.
 async fn refused_start(c: &Cluster, initial_cluster: &str) -> (std::process::ExitStatus, String) {
-    let mut cmd = c.server_command(1, initial_cluster);
+    exits_by_itself(c.server_command(1, initial_cluster)).await
+}
+
+/// Runs `cmd` (a server that must refuse to start) until it exits on its own, returning how it
+/// exited and what it printed on stderr. Fails the test if it keeps running.
+async fn exits_by_itself(mut cmd: std::process::Command) -> (std::process::ExitStatus, String) {
     cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let deadline = Instant::now() + STARTUP;
@@ -336,7 +379,7 @@ async fn refused_start(c: &Cluster, initial_cluster: &str) -> (std::process::Exi
         if Instant::now() >= deadline {
             child.kill().unwrap();
             child.wait().unwrap();
-            panic!("member 1 should refuse to start, but it kept running");
+            panic!("the server should refuse to start, but it kept running");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };

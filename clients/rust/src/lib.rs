@@ -51,7 +51,7 @@ pub use election::Election;
 pub use error::Error;
 /// A sequencer's string form: `format` and `parse` (see [`proto::Sequencer`]).
 pub use latch_proto::sequencer;
-pub use latch_proto::DEFAULT_LOCK_DELAY_MS;
+pub use latch_proto::{DEFAULT_LOCK_DELAY_MS, MAX_LOCK_DELAY_MS};
 pub use lock::{LockGuard, LockOptions, Wait};
 pub use registry::{
     Check, InstanceList, ListOptions, RegisterOptions, Registration, RegistrationState, ServiceCache,
