@@ -504,6 +504,18 @@ impl Config {
                 return Err(ConfigError::Invalid { flag, problem: "must be positive".into() });
             }
         }
+        for (flag, n) in [
+            ("max-key-bytes", limits.max_key_bytes),
+            ("max-value-bytes", limits.max_value_bytes),
+            ("max-request-bytes", limits.max_request_bytes),
+            ("max-txn-ops", limits.max_txn_ops),
+            ("max-response-bytes", limits.max_response_bytes),
+        ] {
+            // 0 would start a member that refuses every write (or every answer).
+            if n == 0 {
+                return Err(ConfigError::Invalid { flag, problem: "must be at least 1".into() });
+            }
+        }
         if limits.max_watch_queued_bytes == 0 {
             return Err(ConfigError::Invalid {
                 flag: "max-watch-queued-bytes",
@@ -774,7 +786,12 @@ mod tests {
 
     #[test]
     fn bounds_that_could_not_hold_one_request_are_refused_naming_the_flag() {
-        let cases: [(ServerArgs, &str); 10] = [
+        let cases: [(ServerArgs, &str); 15] = [
+            (ServerArgs { max_key_bytes: Some(0), ..Default::default() }, "--max-key-bytes"),
+            (ServerArgs { max_value_bytes: Some(0), ..Default::default() }, "--max-value-bytes"),
+            (ServerArgs { max_request_bytes: Some(0), ..Default::default() }, "--max-request-bytes"),
+            (ServerArgs { max_txn_ops: Some(0), ..Default::default() }, "--max-txn-ops"),
+            (ServerArgs { max_response_bytes: Some(0), ..Default::default() }, "--max-response-bytes"),
             (
                 ServerArgs { max_peer_message_bytes: Some(1000), ..Default::default() },
                 "--max-peer-message-bytes",

@@ -297,19 +297,28 @@ pub async fn run(cli: Cli) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) if error.is::<StdoutClosed>() => ExitCode::SUCCESS,
-        Err(error) => match error.downcast_ref::<UsageError>() {
-            Some(usage) => {
-                // The subcommand's own usage line, e.g. "Usage: latch kv [OPTIONS] <COMMAND>".
-                let error = subcommand_error(Cli::definition(), name, ErrorKind::ValueValidation, usage);
-                // Printing to stderr can only fail if stderr is gone; the exit code still says it.
-                let _ = error.print();
-                ExitCode::from(2)
+        Err(error) => {
+            match error.downcast_ref::<UsageError>() {
+                Some(usage) => {
+                    // The subcommand's own usage line, e.g. "Usage: latch kv [OPTIONS] <COMMAND>".
+                    let error = subcommand_error(Cli::definition(), name, ErrorKind::ValueValidation, usage);
+                    // Printing to stderr can only fail if stderr is gone; the exit code still says it.
+                    let _ = error.print();
+                    ExitCode::from(2)
+                }
+                None => {
+                    eprintln!("Error: {error}");
+                    let wrong_port = error
+                        .downcast_ref::<latch_client::Error>()
+                        .is_some_and(|e| e.code() == latch_client::Code::Unimplemented);
+                    if wrong_port {
+                        // What an HTTP or peer port (or another gRPC server) answers a Latch call.
+                        eprintln!("(is --endpoints a member's client port? its HTTP and peer ports answer other calls)");
+                    }
+                    ExitCode::from(1)
+                }
             }
-            None => {
-                eprintln!("Error: {error}");
-                ExitCode::from(1)
-            }
-        },
+        }
     }
 }
 

@@ -669,3 +669,12 @@ async fn cli_watch_and_observe_fail_within_the_timeout_on_a_dead_endpoint_and_a_
         .unwrap();
     assert_eq!(status.code(), Some(0), "quietly, as `head` expects");
 }
+
+#[tokio::test]
+async fn cli_a_call_to_a_members_http_port_exits_1_asking_whether_it_is_the_client_port() {
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let out = latch_exactly(&["kv", "get", "k", "--endpoints", &c.member(1).http_addr]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is --endpoints a member's client port?"), "{}", stderr(&out));
+}
