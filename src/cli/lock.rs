@@ -1,5 +1,6 @@
 //! `latch lock NAME [--shared] [--ttl 10s] [--wait 30s] -- CMD [ARGS]`: runs CMD while holding
-//! the lock, and `latch lock describe NAME`.
+//! the lock; `latch lock describe NAME`, `latch lock list [PREFIX]`, and `latch lock check
+//! SEQUENCER` (does it still hold its lock? for a script that fences a resource).
 //!
 //! The child sees `LATCH_LOCK_SEQUENCER` (the sequencer's string form) and `LATCH_FENCING_TOKEN`
 //! (its generation, a decimal integer) in its environment. Exit status: CMD's own (128 + the
@@ -63,6 +64,9 @@ pub enum LockOp {
         #[arg(default_value = "")]
         prefix: String,
     },
+    /// Whether SEQUENCER (a holder's LATCH_LOCK_SEQUENCER) still holds its lock: exit 0 if it
+    /// does, 1 saying why not (released, its session ended, a later generation holds it, …).
+    Check { sequencer: String },
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +114,30 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Some(LockOp::Check { sequencer }) => {
+            let seq = latch_client::sequencer::parse(&sequencer)
+                .map_err(|e| UsageError(format!("SEQUENCER {sequencer:?}: {e}")))?;
+            let answer = client.check_sequencer(&sequencer).await?;
+            let revision = answer.header.as_ref().map_or(0, |h| h.revision);
+            match output {
+                Output::Json => print_json(&json!({
+                    "valid": answer.valid,
+                    "reason": answer.reason,
+                    "name": seq.name,
+                    "generation": seq.generation,
+                    "revision": revision,
+                }))?,
+                Output::Text if answer.valid => print_bytes(
+                    format!(
+                        "valid: holds {:?} (generation {}) at revision {revision}\n",
+                        seq.name, seq.generation
+                    )
+                    .as_bytes(),
+                )?,
+                Output::Text => print_bytes(format!("invalid: {}\n", answer.reason).as_bytes())?,
+            }
+            Ok(ExitCode::from(if answer.valid { 0 } else { 1 }))
         }
         Some(LockOp::List { prefix }) => {
             let locks = client.list_locks(&prefix).await?;

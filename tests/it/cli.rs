@@ -240,6 +240,24 @@ async fn cli_lock_runs_its_command_holding_the_lock_that_describe_then_shows_and
     assert_eq!(once.status.code(), Some(0), "a free lock is taken by a try-once; stderr: {}", stderr(&once));
     let usage = latch(&c, &["lock", "jobs/nightly"]).await;
     assert_eq!(usage.status.code(), Some(2), "a lock without a command is a usage error: {}", stderr(&usage));
+
+    // `lock check`: a script fences with its sequencer while it holds, and is told once it no
+    // longer does.
+    let check = format!(
+        "'{}' lock check \"$LATCH_LOCK_SEQUENCER\" --endpoints {addr} && echo \"$LATCH_LOCK_SEQUENCER\"",
+        latch_bin()
+    );
+    let held = latch_exactly(&["--endpoints", &addr, "lock", "jobs/nightly", "--", "sh", "-c", &check]).await;
+    assert_eq!(held.status.code(), Some(0), "valid while held; stderr: {}", stderr(&held));
+    let (said, sequencer) =
+        stdout(&held).trim().split_once('\n').map(|(a, b)| (a.to_string(), b.to_string())).unwrap();
+    assert!(said.starts_with("valid: holds \"jobs/nightly\""), "{said}");
+    let after = latch(&c, &["lock", "check", &sequencer]).await;
+    assert_eq!(after.status.code(), Some(1), "invalid once released: {}", stdout(&after));
+    assert!(stdout(&after).starts_with("invalid: "), "says why: {}", stdout(&after));
+    let garbage = latch(&c, &["lock", "check", "latch1:nope"]).await;
+    assert_eq!(garbage.status.code(), Some(2), "not a sequencer: a usage error: {}", stderr(&garbage));
+    assert!(stderr(&garbage).contains("cluster id is not 16 hex digits"), "{}", stderr(&garbage));
 }
 
 #[tokio::test]
