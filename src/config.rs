@@ -66,16 +66,16 @@ pub struct ServerArgs {
     #[arg(long)]
     pub dns_domain: Option<String>,
     /// TTL of the DNS port's answers (humantime; at least 1s) [default: 5s].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub dns_ttl: Option<Duration>,
     /// How long resolvers may keep a negative DNS answer (the SOA minimum) [default: 5s].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub dns_negative_ttl: Option<Duration>,
     /// Answer DNS queries SERVFAIL once this member has been out of touch with a leader this
     /// long, rather than answer stale data [default: 5s].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub dns_max_stale: Option<Duration>,
     /// Peer addresses of the first members: 1=host:port,2=host:port,3=host:port.
@@ -85,7 +85,7 @@ pub struct ServerArgs {
     #[arg(long)]
     pub snapshot_entries: Option<u64>,
     /// Interval of a raft tick (humantime) [default: 50ms]; elections time out after 10–20 ticks.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub tick_interval: Option<Duration>,
     /// Largest key, in bytes [default: 4096].
@@ -124,7 +124,7 @@ pub struct ServerArgs {
     pub max_watch_snapshots: Option<usize>,
     /// How long a client may take to read a whole snapshot; one not read by then is canceled
     /// (the watch resumes with a new one) (humantime) [default: 60s].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub watch_snapshot_deadline: Option<Duration>,
     /// Most bytes of watch responses this member holds queued for its clients, over every
@@ -137,15 +137,15 @@ pub struct ServerArgs {
     /// How long a watch stream waits for its client to make room in its queue; a client that
     /// reads nothing for longer has its stream ended UNAVAILABLE and what was queued for it
     /// dropped, and clients resume its watches (humantime) [default: 30s].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub watch_stall_deadline: Option<Duration>,
     /// Shortest session TTL a client may ask for (humantime) [default: 1s].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub session_ttl_min: Option<Duration>,
     /// Longest session TTL a client may ask for (humantime) [default: 1h].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub session_ttl_max: Option<Duration>,
     /// Most bytes of raft messages from peers queued for this member's raft thread; past it
@@ -165,7 +165,7 @@ pub struct ServerArgs {
     pub max_uncommitted_bytes: Option<u64>,
     /// How long a watch that asked for progress notifications may go without a response before
     /// it gets one (humantime) [default: 10s].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub watch_progress_interval: Option<Duration>,
     /// Most revisions the shared window of recent revisions holds for watches [default:
@@ -206,13 +206,20 @@ impl ServerArgs {
     }
 }
 
+/// A duration as flags and the config file give it ("500ms", "10s", "1m30s"), with an error
+/// that says what one looks like.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("not a duration ({e}): write one such as 500ms, 10s, 1m or 1h30m"))
+}
+
 mod humantime_serde_opt {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let s: Option<String> = Option::deserialize(d)?;
-        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
+        s.map(|s| super::parse_duration(&s).map_err(serde::de::Error::custom)).transpose()
     }
 }
 

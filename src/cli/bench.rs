@@ -104,7 +104,7 @@ pub struct DnsArgs {
     #[arg(long = "type", value_name = "TYPE", default_value = "A")]
     pub record_type: String,
     /// A query unanswered this long is lost (humantime); the client asks the next one.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "1s")]
     pub query_timeout: Duration,
 }
 
@@ -186,7 +186,7 @@ pub struct LockArgs {
     #[arg(long)]
     pub uncontended: bool,
     /// TTL of every client's session (etcd: lease; ZooKeeper: session timeout) (humantime).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "10s")]
     pub ttl: Duration,
 }
 
@@ -208,7 +208,7 @@ pub struct SessionKeepaliveArgs {
     #[arg(long, value_name = "N", default_value_t = 1_000)]
     pub sessions: usize,
     /// Their TTL (humantime).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "10s")]
     pub ttl: Duration,
 }
 
@@ -275,7 +275,7 @@ pub struct BenchOptions {
     #[arg(long, global = true, value_name = "N", conflicts_with = "duration")]
     pub ops: Option<u64>,
     /// Stop after this long (humantime: "30s", "2m") [default: 10s unless --ops is given].
-    #[arg(long, global = true, value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, value_parser = crate::config::parse_duration)]
     pub duration: Option<Duration>,
     /// Bytes of every key: "bench/" and a zero-padded index.
     #[arg(long, global = true, value_name = "BYTES", default_value_t = 32)]

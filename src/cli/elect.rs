@@ -29,7 +29,7 @@ pub struct ElectCommand {
     #[arg(long)]
     pub observe: bool,
     /// The TTL of the campaigning session.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "10s")]
     pub ttl: Duration,
 }
 

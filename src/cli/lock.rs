@@ -81,17 +81,17 @@ pub struct RunArgs {
     #[arg(long)]
     pub shared: bool,
     /// The TTL of the session that holds the lock.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "10s")]
     pub ttl: Duration,
     /// Wait at most this long for the lock (0s: try once); as long as it takes when not given.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = crate::config::parse_duration)]
     pub wait: Option<Duration>,
     /// Lock-delay should the session expire while holding (0 … 60s); 5s if not given.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = crate::config::parse_duration)]
     pub lock_delay: Option<Duration>,
     /// How long CMD has between SIGTERM and SIGKILL once the lock is lost (never past the
     /// lock-delay's end, when another holder may be granted the lock).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    #[arg(long, value_parser = crate::config::parse_duration, default_value = "2s")]
     pub grace: Duration,
 }
 

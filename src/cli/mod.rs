@@ -238,7 +238,7 @@ pub struct ClientArgs {
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,
     /// Give up after this long, retries on other members included (humantime: "500ms", "10s").
-    #[arg(long, global = true, value_parser = humantime::parse_duration, default_value = "5s")]
+    #[arg(long, global = true, value_parser = crate::config::parse_duration, default_value = "5s")]
     pub timeout: Duration,
 }
 
@@ -447,6 +447,12 @@ mod tests {
         assert_eq!(cli.client.timeout, Duration::from_secs(60));
         let e = parse(&["cluster", "status", "--timeout", "soon"]).expect_err("not a duration");
         assert_eq!(e.exit_code(), 2);
+        let e = parse(&["cluster", "status", "--timeout", "5"]).expect_err("a number without a unit");
+        assert!(
+            e.to_string().contains("not a duration (time unit needed")
+                && e.to_string().contains("such as 500ms, 10s"),
+            "says what is wrong and what a duration looks like: {e}"
+        );
     }
 
     #[test]

@@ -82,10 +82,10 @@ pub struct RegisterArgs {
     pub weight: Option<u16>,
     /// Bind the instance to a session of this TTL, kept alive (and made again if it ends) until
     /// the command is interrupted.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = crate::config::parse_duration)]
     pub ttl: Option<Duration>,
     /// A TTL check: the instance must be heartbeated within this long.
-    #[arg(long, value_name = "D", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "D", value_parser = crate::config::parse_duration)]
     pub check_ttl: Option<Duration>,
     /// An HTTP check run by the leader: GET URL (http://host:port/path), 2xx passes.
     #[arg(long, value_name = "URL")]
@@ -94,14 +94,14 @@ pub struct RegisterArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub tcp: Option<String>,
     /// How often the leader probes (--http, --tcp); the server's 10s if not given.
-    #[arg(long, value_name = "D", requires = "probe", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "D", requires = "probe", value_parser = crate::config::parse_duration)]
     pub interval: Option<Duration>,
     /// How long one probe may take (--http, --tcp); at most the interval, 5s if not given.
-    #[arg(long, value_name = "D", requires = "probe", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "D", requires = "probe", value_parser = crate::config::parse_duration)]
     pub check_timeout: Option<Duration>,
     /// Remove the instance once it has been critical this long (a check flag is needed); the
     /// server's 1h if not given.
-    #[arg(long, value_name = "D", requires = "check", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "D", requires = "check", value_parser = crate::config::parse_duration)]
     pub deregister_after: Option<Duration>,
     /// Stay without a session, heartbeating the --check-ttl check every D/3, until interrupted;
     /// then deregister.
