@@ -183,8 +183,9 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
             };
             // Registered before CMD starts, so no signal meant for it gets its default action.
             let mut signals = Signals::new()?;
-            // Through `latch lock-exec`, which dies with us and becomes CMD.
-            let mut spawned = tokio::process::Command::new(std::env::current_exe()?);
+            // Through `latch lock-exec`, which dies with us and becomes CMD: this very binary,
+            // even if its file was replaced (an upgrade) while we waited for the lock.
+            let mut spawned = tokio::process::Command::new("/proc/self/exe");
             spawned
                 .args([
                     "lock-exec",
