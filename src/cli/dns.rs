@@ -121,7 +121,9 @@ async fn transfer(addr: &str, domain: Name) -> anyhow::Result<Vec<Record>> {
         stream.read_exact(&mut len).await.context("the member closed the transfer early")?;
         let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
         stream.read_exact(&mut buf).await.context("reading the transfer")?;
-        let message = Message::from_vec(&buf).context("decoding the transfer")?;
+        let message = Message::from_vec(&buf).with_context(|| {
+            format!("decoding the transfer (is {addr} a member's DNS port, its --dns-addr?)")
+        })?;
         if message.metadata.truncation {
             bail!(
                 "the DNS port at {addr} sent a truncated transfer message: the listing would be incomplete"

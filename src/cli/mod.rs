@@ -307,7 +307,8 @@ pub async fn run(cli: Cli) -> ExitCode {
                     ExitCode::from(2)
                 }
                 None => {
-                    eprintln!("Error: {error}");
+                    // With its causes: "connecting to the DNS port X: Connection refused".
+                    eprintln!("Error: {error:#}");
                     let wrong_port = error
                         .downcast_ref::<latch_client::Error>()
                         .is_some_and(|e| e.code() == latch_client::Code::Unimplemented);
