@@ -12,7 +12,7 @@ use futures::StreamExt;
 use latch_client::{Leadership, SessionOptions};
 use serde_json::json;
 
-use super::{interrupted, killed_by, print_bytes, print_json, ClientArgs, Output, UsageError};
+use super::{interrupted, killed_by, stream_bytes, stream_json, ClientArgs, Output, UsageError};
 
 /// `latch elect`.
 #[derive(Debug, Args)]
@@ -77,9 +77,12 @@ pub async fn run(command: ElectCommand, client: &ClientArgs) -> anyhow::Result<E
     let leadership = tokio::select! {
         l = election.campaign(session.id(), value.into_bytes()) => l?,
         stopped = &mut stop => {
-            // Closing the session withdraws the campaign.
-            session.close().await?;
-            return Ok(killed_by(stopped?));
+            // Closing the session withdraws the campaign (or, failing that, its expiry does).
+            let signal = stopped?;
+            if let Err(e) = session.close().await {
+                eprintln!("latch elect: closing the session failed ({e}); it expires by itself");
+            }
+            return Ok(killed_by(signal));
         }
     };
     if let Err(e) = print_leader(output, &command.name, Some(&leadership)) {
@@ -106,7 +109,7 @@ pub async fn run(command: ElectCommand, client: &ClientArgs) -> anyhow::Result<E
 fn print_leader(output: Output, name: &str, leader: Option<&Leadership>) -> anyhow::Result<()> {
     let seq = leader.and_then(|l| l.sequencer.as_ref());
     match output {
-        Output::Json => print_json(&json!({
+        Output::Json => stream_json(&json!({
             "election": name,
             "leader": leader.map(|l| json!({
                 "value": String::from_utf8_lossy(&l.value),
@@ -115,7 +118,7 @@ fn print_leader(output: Output, name: &str, leader: Option<&Leadership>) -> anyh
                 "sequencer": seq.map(|s| s.token.clone()),
             })),
         })),
-        Output::Text => print_bytes(
+        Output::Text => stream_bytes(
             match (leader, seq) {
                 (Some(l), Some(s)) => format!(
                     "leader of {name}: {} (session {}, generation {})\n",

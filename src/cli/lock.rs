@@ -18,9 +18,11 @@
 //! resumption CMD goes on only if the session is still surely alive, else it is killed and the
 //! status is 3). If `latch lock` itself dies (SIGKILL, say), CMD gets SIGKILL from the kernel
 //! (`PR_SET_PDEATHSIG`): nothing would be left to stop it before its session expires and the
-//! lock goes to another. Limits: what CMD started itself is not covered by that; and CMD is not
-//! in the terminal's foreground group, so a CMD that reads the terminal is stopped by SIGTTIN
-//! (give it its input another way).
+//! lock goes to another. Limits: what CMD started itself is not covered by that, nor a CMD that
+//! changes user or runs a set-user-ID program (`sudo`, `su`, `runuser`, `setpriv`: the kernel
+//! drops the request then); and CMD is not in the terminal's foreground group, so a CMD that
+//! reads the terminal is stopped by SIGTTIN (give it its input another way). `describe`, `list`
+//! and `check` name subcommands, not locks: `latch lock check -- CMD` is a usage error.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -46,7 +48,8 @@ pub const LOST: u8 = 3;
                   in time; 3 if the session was lost while CMD ran (CMD then got SIGTERM, and SIGKILL after \
                   --grace); 126 if CMD cannot be run, 127 if it is not found; 128 + the signal if SIGINT, \
                   SIGTERM or SIGHUP came while waiting; 2 usage error.\n\
-                  If `latch lock` itself is killed, CMD gets SIGKILL."
+                  If `latch lock` itself is killed, CMD gets SIGKILL (unless CMD changed user: sudo, su, …).\n\
+                  `describe`, `list` and `check` are subcommands: not usable as a lock NAME."
 )]
 pub struct LockCommand {
     #[command(subcommand)]
@@ -171,8 +174,10 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                 stopped = interrupted() => {
                     let signal = stopped?;
                     eprintln!("latch lock: interrupted (signal {signal}) while waiting for {name:?}");
-                    // Closing the session withdraws the wait.
-                    session.close().await?;
+                    // Closing the session withdraws the wait (or, failing that, its expiry does).
+                    if let Err(e) = session.close().await {
+                        eprintln!("latch lock: closing the session failed ({e}); it expires by itself");
+                    }
                     return Ok(killed_by(signal));
                 }
             };
@@ -184,17 +189,21 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
             // Registered before CMD starts, so no signal meant for it gets its default action.
             let mut signals = Signals::new()?;
             // Through `latch lock-exec`, which dies with us and becomes CMD: this very binary,
-            // even if its file was replaced (an upgrade) while we waited for the lock.
-            let mut spawned = tokio::process::Command::new("/proc/self/exe");
+            // even if its file was replaced (an upgrade) while we waited for the lock. Without
+            // /proc (a bare chroot), CMD runs directly, and is not killed should we die.
+            const SELF: &str = "/proc/self/exe";
+            let mut spawned = if std::path::Path::new(SELF).exists() {
+                let mut through = tokio::process::Command::new(SELF);
+                let parent = rustix::process::getpid().as_raw_nonzero().to_string();
+                through.args(["lock-exec", "--parent", &parent, "--"]).arg(program).args(program_args);
+                through
+            } else {
+                eprintln!("latch lock: no {SELF}: {program:?} will not be killed if latch lock dies");
+                let mut direct = tokio::process::Command::new(program);
+                direct.args(program_args);
+                direct
+            };
             spawned
-                .args([
-                    "lock-exec",
-                    "--parent",
-                    &rustix::process::getpid().as_raw_nonzero().to_string(),
-                    "--",
-                ])
-                .arg(program)
-                .args(program_args)
                 .env("LATCH_LOCK_SEQUENCER", guard.token())
                 .env("LATCH_FENCING_TOKEN", guard.generation().to_string())
                 // A group of its own, so that whatever CMD starts is signalled with it.
@@ -207,8 +216,13 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                     // Hand the lock on at once rather than after the session's expiry.
                     let _ = guard.release().await;
                     let _ = session.close().await;
-                    eprintln!("latch lock: cannot start {program:?}: {e}");
-                    return Ok(ExitCode::from(126));
+                    eprintln!("latch lock: cannot run {program:?}: {e}");
+                    // As `env`, `timeout` and shells say it.
+                    return Ok(ExitCode::from(if e.kind() == std::io::ErrorKind::NotFound {
+                        127
+                    } else {
+                        126
+                    }));
                 }
             };
             let group = Group(child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)));

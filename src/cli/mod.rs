@@ -323,9 +323,9 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-/// Standard output was closed by its reader (`latch watch … | head -1`): the command ends,
-/// with status 0 (see the module's doc), and what it holds is given back first where it can
-/// be (a leadership resigned, a session closed).
+/// Standard output was closed by its reader (`latch watch … | head -1`): a command that runs
+/// until stopped ends, with status 0 (see the module's doc), giving back what it holds first
+/// (a leadership resigned, a session closed). A one-shot command's status stands.
 #[derive(Debug)]
 pub struct StdoutClosed;
 
@@ -337,8 +337,20 @@ impl fmt::Display for StdoutClosed {
 
 impl std::error::Error for StdoutClosed {}
 
-/// Writes a command's output to stdout in one piece; [`StdoutClosed`] when its reader is gone.
+/// Writes a one-shot command's output to stdout in one piece. A closed pipe (`latch kv get … |
+/// head -0`) is not an error: the command's own status stands (`lock check` says invalid
+/// with 1 whether or not anyone reads why).
 fn print_bytes(bytes: &[u8]) -> anyhow::Result<()> {
+    match stream_bytes(bytes) {
+        Err(e) if e.is::<StdoutClosed>() => Ok(()),
+        other => other,
+    }
+}
+
+/// Writes the output of a command that runs until stopped (a watch, an observer, a keepalive
+/// loop, a registration that stays) in one piece; [`StdoutClosed`] once its reader is gone,
+/// which ends the command.
+fn stream_bytes(bytes: &[u8]) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
@@ -373,11 +385,21 @@ fn killed_by(number: i32) -> ExitCode {
     ExitCode::from(u8::try_from(128 + number).unwrap_or(1))
 }
 
-/// Prints one JSON document on one line.
-fn print_json(document: &serde_json::Value) -> anyhow::Result<()> {
+/// One JSON document on one line.
+fn json_line(document: &serde_json::Value) -> anyhow::Result<Vec<u8>> {
     let mut line = serde_json::to_vec(document)?;
     line.push(b'\n');
-    print_bytes(&line)
+    Ok(line)
+}
+
+/// Prints one JSON document on one line, as [`print_bytes`] does.
+fn print_json(document: &serde_json::Value) -> anyhow::Result<()> {
+    print_bytes(&json_line(document)?)
+}
+
+/// Prints one JSON document on one line, as [`stream_bytes`] does.
+fn stream_json(document: &serde_json::Value) -> anyhow::Result<()> {
+    stream_bytes(&json_line(document)?)
 }
 
 #[cfg(test)]

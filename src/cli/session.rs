@@ -12,7 +12,9 @@ use clap::{Args, Subcommand};
 use latch_client::proto::SessionInfo;
 use serde_json::json;
 
-use super::{interrupted, print_bytes, print_json, ClientArgs, Output, StdoutClosed};
+use super::{
+    interrupted, print_bytes, print_json, stream_bytes, stream_json, ClientArgs, Output, StdoutClosed,
+};
 
 /// `latch session`.
 #[derive(Debug, Args)]
@@ -89,8 +91,8 @@ pub async fn run(command: SessionCommand, client: &ClientArgs) -> anyhow::Result
                             Err(e) => return gone(e),
                         };
                         let printed = match output {
-                            Output::Json => print_json(&json!({"id": ack.id, "ttl_ms": ack.ttl_ms, "granted_ms": ack.granted_ms})),
-                            Output::Text => print_bytes(format!("kept alive: {} ms granted\n", ack.granted_ms).as_bytes()),
+                            Output::Json => stream_json(&json!({"id": ack.id, "ttl_ms": ack.ttl_ms, "granted_ms": ack.granted_ms})),
+                            Output::Text => stream_bytes(format!("kept alive: {} ms granted\n", ack.granted_ms).as_bytes()),
                         };
                         match printed {
                             Err(e) if e.is::<StdoutClosed>() => break,

@@ -21,7 +21,7 @@ use latch_client::{
 use serde_json::json;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use super::{print_bytes, print_json, ClientArgs, Output, UsageError};
+use super::{json_line, print_bytes, print_json, stream_bytes, ClientArgs, Output, UsageError};
 
 /// `latch svc`.
 #[derive(Debug, Args)]
@@ -268,7 +268,7 @@ async fn register(args: RegisterArgs, client: &Client, output: Output) -> anyhow
     let name = format!("{}/{}", args.service, args.id);
     if !stays {
         let info = client.register(options).await?;
-        print_registered(output, &info)?;
+        print_bytes(&registered(output, &info)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     // Before anything is registered, so that no signal meant to stop us kills us.
@@ -277,7 +277,7 @@ async fn register(args: RegisterArgs, client: &Client, output: Output) -> anyhow
     let Some(ttl) = args.ttl else {
         // --heartbeat: no session, only heartbeats.
         let info = client.register(options).await?;
-        if let Err(e) = print_registered(output, &info) {
+        if let Err(e) = stream_bytes(&registered(output, &info)?) {
             // Nobody reads what it does (a closed output): it stays no longer.
             client.deregister(&args.service, &args.id).await?;
             return Err(e);
@@ -309,7 +309,7 @@ async fn register(args: RegisterArgs, client: &Client, output: Output) -> anyhow
         match state {
             RegistrationState::Registered { session, instance } => {
                 if printed.as_ref() != Some(&session) {
-                    if let Err(e) = print_registered(output, &instance) {
+                    if let Err(e) = stream_bytes(&registered(output, &instance)?) {
                         registration.stop().await?;
                         return Err(e);
                     }
@@ -395,9 +395,10 @@ impl Signals {
     }
 }
 
-fn print_registered(output: Output, info: &InstanceInfo) -> anyhow::Result<()> {
+/// What `svc register` prints once registered.
+fn registered(output: Output, info: &InstanceInfo) -> anyhow::Result<Vec<u8>> {
     match output {
-        Output::Json => print_json(&instance_json(info)),
+        Output::Json => json_line(&instance_json(info)),
         Output::Text => {
             let i = info.instance.clone().unwrap_or_default();
             let mut line = format!("registered {}/{} at {}", i.service, i.id, host_port(&i.address, i.port));
@@ -409,7 +410,7 @@ fn print_registered(output: Output, info: &InstanceInfo) -> anyhow::Result<()> {
                 line.push_str(&format!(", session {}", info.session));
             }
             line.push_str(")\n");
-            print_bytes(line.as_bytes())
+            Ok(line.into_bytes())
         }
     }
 }

@@ -11,7 +11,7 @@ use latch_client::{proto, proto::event::EventType, Event, WatchOptions, WatchTar
 use serde_json::json;
 
 use super::kv::{key_range, kv_json};
-use super::{interrupted, print_bytes, print_json, ClientArgs, Output};
+use super::{interrupted, stream_bytes, stream_json, ClientArgs, Output};
 
 /// `latch watch`.
 #[derive(Debug, Args)]
@@ -113,10 +113,10 @@ fn print_update(output: Output, target: Option<Target>, update: &WatchUpdate) ->
                 state(target, &kv.value)?
             };
             match output {
-                Output::Json => print_json(
+                Output::Json => stream_json(
                     &json!({ "type": kind(e), "revision": revision, "name": name, "state": state }),
                 )?,
-                Output::Text => print_bytes(
+                Output::Text => stream_bytes(
                     format!(
                         "{} {revision} {} {}\n",
                         kind(e),
@@ -133,7 +133,7 @@ fn print_update(output: Output, target: Option<Target>, update: &WatchUpdate) ->
         (_, WatchUpdate::Started { .. } | WatchUpdate::Progress { .. }) => Ok(()),
         (Output::Json, WatchUpdate::Events { revision, events }) => {
             for e in events {
-                print_json(&json!({
+                stream_json(&json!({
                     "type": kind(e),
                     "revision": revision,
                     "kv": e.kv.as_ref().map(kv_json),
@@ -142,7 +142,7 @@ fn print_update(output: Output, target: Option<Target>, update: &WatchUpdate) ->
             }
             Ok(())
         }
-        (Output::Json, WatchUpdate::Snapshot { revision, kvs }) => print_json(
+        (Output::Json, WatchUpdate::Snapshot { revision, kvs }) => stream_json(
             &json!({ "type": "SNAPSHOT", "revision": revision, "kvs": kvs.iter().map(kv_json).collect::<Vec<_>>() }),
         ),
         (Output::Text, WatchUpdate::Events { revision, events }) => {
@@ -154,14 +154,14 @@ fn print_update(output: Output, target: Option<Target>, update: &WatchUpdate) ->
                     line(&mut text, "PREV", prev.mod_revision, &prev.key, &prev.value);
                 }
             }
-            print_bytes(&text)
+            stream_bytes(&text)
         }
         (Output::Text, WatchUpdate::Snapshot { revision, kvs }) => {
             let mut text = Vec::new();
             for kv in kvs {
                 line(&mut text, "SNAPSHOT", *revision, &kv.key, &kv.value);
             }
-            print_bytes(&text)
+            stream_bytes(&text)
         }
     }
 }

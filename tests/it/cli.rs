@@ -255,6 +255,17 @@ async fn cli_lock_runs_its_command_holding_the_lock_that_describe_then_shows_and
     let after = latch(&c, &["lock", "check", &sequencer]).await;
     assert_eq!(after.status.code(), Some(1), "invalid once released: {}", stdout(&after));
     assert!(stdout(&after).starts_with("invalid: "), "says why: {}", stdout(&after));
+    // Whether or not anyone reads why: a closed output does not turn "invalid" into success.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let unread = tokio::process::Command::new(latch_bin())
+        .args(["lock", "check", &sequencer, "--endpoints", &addr])
+        .env_remove("RUST_LOG")
+        .stdout(writer)
+        .status()
+        .await
+        .unwrap();
+    assert_eq!(unread.code(), Some(1), "invalid, with nobody reading stdout");
     let garbage = latch(&c, &["lock", "check", "latch1:nope"]).await;
     assert_eq!(garbage.status.code(), Some(2), "not a sequencer: a usage error: {}", stderr(&garbage));
     assert!(stderr(&garbage).contains("cluster id is not 16 hex digits"), "{}", stderr(&garbage));
