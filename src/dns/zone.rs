@@ -175,19 +175,24 @@ fn records_for(
         }
         Question::ElectionOf { election } => src.leader(election)?.map(|_| (Vec::new(), Vec::new())),
         Question::Service { service, tag } => {
-            let (rows, mut healthy) = passing(src, service, tag.as_deref())?;
+            let (rows, healthy) = passing(src, service, tag.as_deref())?;
             if healthy.is_empty() {
                 return Ok(None);
             }
-            let n = healthy.len();
-            healthy.rotate_left(pick.rotate % n);
-            healthy.truncate(pick.limit.max(1));
-            let chosen: Vec<&InstanceRow> = healthy.iter().map(|at| &rows[*at]).collect();
             if qtype == RecordType::SRV {
-                Some(srv(zone, qname, &chosen))
+                let chosen: Vec<&InstanceRow> = healthy.iter().map(|at| &rows[*at]).collect();
+                Some(srv(zone, qname, &picked(chosen, pick)))
             } else {
-                let ips = chosen.iter().filter_map(|r| ip_of(r)).collect();
-                Some((addresses(ips), Vec::new()))
+                // One record per address, though instances share it (one host, several
+                // ports): RFC 2181 §5.
+                let mut seen = std::collections::HashSet::new();
+                let ips = healthy
+                    .iter()
+                    .filter_map(|at| ip_of(&rows[*at]))
+                    .filter(|ip| wants(if ip.is_ipv4() { RecordType::A } else { RecordType::AAAA }))
+                    .filter(|ip| seen.insert(*ip))
+                    .collect();
+                Some((addresses(picked(ips, pick)), Vec::new()))
             }
         }
         Question::Srv { service, tag } => {
@@ -380,6 +385,17 @@ fn passing(
     Ok((rows, at))
 }
 
+/// `pick`'s share of `items`: rotated by `pick.rotate`, so that successive answers spread the
+/// load, and at most `pick.limit` (at least one).
+fn picked<T>(mut items: Vec<T>, pick: Pick) -> Vec<T> {
+    if !items.is_empty() {
+        let n = items.len();
+        items.rotate_left(pick.rotate % n);
+        items.truncate(pick.limit.max(1));
+    }
+    items
+}
+
 fn ip_of(row: &InstanceRow) -> Option<IpAddr> {
     row.instance.as_ref()?.address.parse().ok()
 }
@@ -523,6 +539,24 @@ mod tests {
         assert_eq!(data(&ask(&s, "web.service.latch.", RecordType::AAAA)), ["fd00::3"]);
         let tagged = ask(&s, "v1.web.service.latch.", RecordType::A);
         assert_eq!(data(&tagged), ["10.0.0.1"], "the tag filters, and critical w4 is left out");
+    }
+
+    #[test]
+    fn instances_sharing_an_address_answer_it_once_and_each_keeps_its_srv_record() {
+        let mut s = web();
+        let mut w6 = row("w6", "10.0.0.1", &[], true);
+        if let Some(i) = w6.instance.as_mut() {
+            i.port = 8081;
+        }
+        s.instances.push(w6);
+        let a = ask(&s, "web.service.latch.", RecordType::A);
+        assert_eq!(data(&a), ["10.0.0.1", "10.0.0.2"], "no duplicate record in the set (RFC 2181 §5)");
+        for rotate in 0..4 {
+            let r = ask_rotated(&s, "web.service.latch.", RecordType::A, rotate);
+            assert_eq!(r.answers.len(), 2, "rotated over the distinct addresses: {:?}", data(&r));
+        }
+        let srv = ask(&s, "_web._tcp.service.latch.", RecordType::SRV);
+        assert_eq!(srv.answers.len(), 5, "one SRV per passing instance: w1, w2, w3, w5 (by host name), w6");
     }
 
     #[test]

@@ -72,7 +72,9 @@ impl Domain for LocksDomain {
 /// Whether `name` can name a lock: 1 to [`MAX_LOCK_NAME_BYTES`] bytes without a 0 byte.
 pub fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_LOCK_NAME_BYTES || name.contains('\0') {
-        return Err(format!("a lock or election name must be 1 to {MAX_LOCK_NAME_BYTES} bytes without a 0 byte"));
+        return Err(format!(
+            "a lock or election name must be 1 to {MAX_LOCK_NAME_BYTES} bytes without a 0 byte"
+        ));
     }
     Ok(())
 }
