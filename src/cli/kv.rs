@@ -195,7 +195,16 @@ async fn get(client: &ClientArgs, args: GetArgs, output: Output) -> anyhow::Resu
     let not_found = !args.prefix && !args.count_only && response.kvs.is_empty();
     match output {
         Output::Json => print_json(&json!({
-            "kvs": response.kvs.iter().map(kv_json).collect::<Vec<_>>(),
+            "kvs": response.kvs.iter().map(|kv| {
+                let mut kv = kv_json(kv);
+                if args.keys_only {
+                    // The member sent no values: an empty one would read as a value.
+                    if let Some(fields) = kv.as_object_mut() {
+                        fields.remove("value");
+                    }
+                }
+                kv
+            }).collect::<Vec<_>>(),
             "count": response.count,
             "more": response.more,
             "revision": response.header.as_ref().map_or(0, |h| h.revision),

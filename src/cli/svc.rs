@@ -248,7 +248,12 @@ async fn register(args: RegisterArgs, client: &Client, output: Output) -> anyhow
     if let Some(d) = args.deregister_after {
         check = check.deregister_after(d);
     }
-    for (flag, d) in [("--ttl", args.ttl), ("--check-ttl", args.check_ttl)] {
+    for (flag, d) in [
+        ("--ttl", args.ttl),
+        ("--check-ttl", args.check_ttl),
+        ("--check-timeout", args.check_timeout),
+        ("--interval", args.interval),
+    ] {
         if d.is_some_and(|d| d.is_zero()) {
             return Err(UsageError(format!("{flag} must be more than 0")).into());
         }

@@ -44,6 +44,13 @@ async fn cli_kv_put_then_get_round_trips_a_value() {
     // The CLI wrote through the same API as the library.
     let kv = c.client().await.get("greeting").await.unwrap().expect("the key the CLI wrote");
     assert_eq!(kv.value, b"hello world");
+    let keys = latch(&c, &["kv", "get", "greet", "--prefix", "--keys-only", "--output", "json"]).await;
+    let keys: serde_json::Value = serde_json::from_str(stdout(&keys).trim()).unwrap();
+    assert_eq!(keys["kvs"][0]["key"], "greeting");
+    assert!(
+        keys["kvs"][0].get("value").is_none(),
+        "keys only: no value field to mistake for an empty value: {keys}"
+    );
 }
 
 #[tokio::test]
@@ -365,6 +372,15 @@ async fn cli_svc_register_list_json_and_deregister_and_bad_input_named() {
     let usage = latch(&c, &[&args[..], &["--meta", "novalue"]].concat()).await;
     assert_eq!(usage.status.code(), Some(2), "a malformed --meta is a usage error: {}", stderr(&usage));
     assert!(stderr(&usage).contains("KEY=VALUE"), "stderr: {}", stderr(&usage));
+    let probe = ["--http", "http://127.0.0.1:1/", "--check-timeout", "0s"];
+    let zero = latch(&c, &[&args[..], &probe[..]].concat()).await;
+    assert_eq!(
+        zero.status.code(),
+        Some(2),
+        "a probe that may take no time is a usage error: {}",
+        stderr(&zero)
+    );
+    assert!(stderr(&zero).contains("--check-timeout must be more than 0"), "stderr: {}", stderr(&zero));
     let list = latch(&c, &["svc", "list", "--all"]).await;
     assert_eq!(stdout(&list), "", "nothing was registered by the refused commands");
 }
