@@ -236,60 +236,75 @@ impl Watch for ScriptedWatch {
     type WatchStream = Responses;
 
     async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Responses>, Status> {
-        let Some(Ask::Create(create)) = request.into_inner().message().await?.and_then(|r| r.request) else {
-            return Err(Status::invalid_argument("a create comes first"));
-        };
-        let start = create.start_revision;
-        self.starts.lock().expect("test lock").push(start);
-        let header = |revision| Some(ResponseHeader { revision, ..Default::default() });
-        let kv =
-            KeyValue { key: create.key, value: b"v".to_vec(), mod_revision: start, ..Default::default() };
-        let created =
-            WatchResponse { header: header(start - 1), watch_id: 1, created: true, ..Default::default() };
-        if self.script == WatchScript::SlowBeforeAnyEvent {
-            let slow = WatchResponse {
-                header: header(start - 1),
-                watch_id: 1,
-                canceled: true,
-                cancel_reason: CancelReason::Slow as i32,
-                cancel_message: "the client did not read the snapshot in time".into(),
-                ..Default::default()
-            };
-            let sent = futures::stream::iter([created, slow].map(Ok)).chain(futures::stream::pending());
-            return Ok(Response::new(Box::pin(sent)));
-        }
-        let responses = [
-            created,
-            WatchResponse {
-                header: header(start),
-                watch_id: 1,
-                events: vec![Event { kv: Some(kv), ..Default::default() }],
-                ..Default::default()
-            },
-        ];
-        let sent = futures::stream::iter(responses.map(Ok));
-        let then = match self.script {
-            WatchScript::Serve | WatchScript::SlowBeforeAnyEvent => None,
-            WatchScript::Cut => Some(Err(Status::resource_exhausted(
-                "this member holds 1073741824 bytes of watch responses queued for its clients, its most \
-                 (--max-watch-queued-bytes): resume the watches",
-            ))),
-            WatchScript::Behind => {
-                Some(Ok(WatchResponse { header: header(start - 3), progress: true, ..Default::default() }))
+        // Each create on the stream (a watch created again after a SLOW cancel comes on the
+        // same stream) is answered by the script; the stream stays open while its client's does.
+        let mut requests = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (script, starts) = (self.script, self.starts.clone());
+        tokio::spawn(async move {
+            while let Ok(Some(WatchRequest { request: Some(Ask::Create(create)) })) = requests.message().await
+            {
+                starts.lock().expect("test lock").push(create.start_revision);
+                for response in scripted(script, create) {
+                    if tx.send(response).is_err() {
+                        return;
+                    }
+                }
             }
-            WatchScript::Compacted => Some(Ok(WatchResponse {
-                header: header(start),
-                watch_id: 1,
-                canceled: true,
-                cancel_reason: CancelReason::Compacted as i32,
-                cancel_message: "compacted".into(),
-                compact_revision: start + 1,
-                ..Default::default()
-            })),
-        };
-        let then = futures::stream::iter(then).chain(futures::stream::pending());
-        Ok(Response::new(Box::pin(sent.chain(then))))
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))))
     }
+}
+
+/// What a scripted member answers `create` with.
+fn scripted(
+    script: WatchScript,
+    create: latch_proto::v1::WatchCreateRequest,
+) -> Vec<Result<WatchResponse, Status>> {
+    let (start, watch_id) = (create.start_revision, create.watch_id);
+    let header = |revision| Some(ResponseHeader { revision, ..Default::default() });
+    let created = WatchResponse { header: header(start - 1), watch_id, created: true, ..Default::default() };
+    if script == WatchScript::SlowBeforeAnyEvent {
+        let slow = WatchResponse {
+            header: header(start - 1),
+            watch_id,
+            canceled: true,
+            cancel_reason: CancelReason::Slow as i32,
+            cancel_message: "the client did not read the snapshot in time".into(),
+            ..Default::default()
+        };
+        return vec![Ok(created), Ok(slow)];
+    }
+    let kv = KeyValue { key: create.key, value: b"v".to_vec(), mod_revision: start, ..Default::default() };
+    let event = WatchResponse {
+        header: header(start),
+        watch_id,
+        events: vec![Event { kv: Some(kv), ..Default::default() }],
+        ..Default::default()
+    };
+    let then = match script {
+        WatchScript::Serve | WatchScript::SlowBeforeAnyEvent => None,
+        WatchScript::Cut => Some(Err(Status::resource_exhausted(
+            "this member holds 1073741824 bytes of watch responses queued for its clients, its most \
+             (--max-watch-queued-bytes): resume the watches",
+        ))),
+        WatchScript::Behind => Some(Ok(WatchResponse {
+            header: header(start - 3),
+            watch_id,
+            progress: true,
+            ..Default::default()
+        })),
+        WatchScript::Compacted => Some(Ok(WatchResponse {
+            header: header(start),
+            watch_id,
+            canceled: true,
+            cancel_reason: CancelReason::Compacted as i32,
+            cancel_message: "compacted".into(),
+            compact_revision: start + 1,
+            ..Default::default()
+        })),
+    };
+    [Ok(created), Ok(event)].into_iter().chain(then).collect()
 }
 
 /// Starts a scripted Watch member on a free port; returns its address and the starts it got.

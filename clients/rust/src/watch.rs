@@ -3,6 +3,9 @@
 //! when the member cut it off as too slow, or when a member ended its stream for the memory
 //! its clients' queues hold — from the revision after the last one it delivered, so that the
 //! caller sees every revision once, in order, with no gap.
+//!
+//! One machine does the resuming: [`WatchGroup`] (many watches on one stream); a single watch
+//! is a group of one. [`Position`] is where each watch is, and what a response makes of it.
 
 mod group;
 
@@ -10,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use latch_proto::v1::watch_client::WatchClient;
 use latch_proto::v1::watch_create_request::OnCompacted;
 pub use latch_proto::v1::watch_create_request::Target as WatchTarget;
 use latch_proto::v1::watch_request::Request as Ask;
@@ -103,9 +105,10 @@ impl WatchOptions {
         self
     }
 
-    /// The create of this watch as `watch_id` on a stream, from `start_revision`; `shared`: it
-    /// takes responses shared with the stream's other watches (`also_watch_ids`).
-    fn create(&self, start_revision: i64, watch_id: i64, shared: bool) -> WatchRequest {
+    /// The create of this watch as `watch_id` on a stream, from `start_revision`. It takes
+    /// responses shared with the stream's other watches (`also_watch_ids`): every watch is one
+    /// of a [`WatchGroup`], a group of one for [`Client::watch`].
+    fn create(&self, start_revision: i64, watch_id: i64) -> WatchRequest {
         let on_compacted =
             if self.snapshot_on_compacted { OnCompacted::Snapshot } else { OnCompacted::Error };
         WatchRequest {
@@ -120,7 +123,7 @@ impl WatchOptions {
                 watch_id,
                 on_compacted: on_compacted as i32,
                 target: self.target as i32,
-                shared_responses: shared,
+                shared_responses: true,
             })),
         }
     }
@@ -205,7 +208,7 @@ impl Client {
     /// A stream the member ends once it was serving it — RESOURCE_EXHAUSTED for the bytes it
     /// holds queued for its clients, UNAVAILABLE when this caller read nothing for the member's
     /// stall deadline — is resumed, on another member if there is one. Dropping the stream ends
-    /// the watch.
+    /// the watch. (It is a [`WatchGroup`] of one: the same resuming, on a stream of its own.)
     ///
     /// The watch opens when the stream is first polled: a watch from now starts at the
     /// revision its [`WatchUpdate::Started`] names, so wait for that before writing what it
@@ -220,18 +223,14 @@ impl Client {
         &self,
         options: WatchOptions,
     ) -> impl Stream<Item = Result<WatchUpdate, Error>> + Send + Unpin + 'static {
-        let follower = Follower {
-            client: self.clone(),
-            watch: Position::new(options),
-            backoff: INITIAL_BACKOFF,
-            stream: None,
-            ended: false,
-        };
-        // Fused: polled again after its end, it says `None` again.
+        // A group of one: the same resume machine as many watches on one stream.
+        let mut group = self.watch_group();
+        group.add(options);
+        // Fused: polled again after its end, it says `None` again (the group has no watch left).
         Box::pin(
-            futures::stream::unfold(follower, |mut f| async move {
-                let update = f.next_update().await?;
-                Some((update, f))
+            futures::stream::unfold(group, |mut group| async move {
+                let (_, update) = group.next().await?;
+                Some((update, group))
             })
             .fuse(),
         )
@@ -244,17 +243,6 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(50);
 /// (a snapshot its client does not read within `--watch-snapshot-deadline`), and asking again
 /// would only repeat that, silently.
 const SLOW_WITHOUT_PROGRESS: u32 = 3;
-
-/// One watch, followed across streams and members.
-struct Follower {
-    client: Client,
-    watch: Position,
-    backoff: Duration,
-    /// The stream being read, if one is open.
-    stream: Option<tonic::Streaming<WatchResponse>>,
-    /// The watch ended: nothing more comes.
-    ended: bool,
-}
 
 /// Where one watch is: what it delivered, and what it read of a revision not delivered yet.
 /// What a stream says of it moves it on ([`Position::take`]); a stream opened again carries it
@@ -276,65 +264,6 @@ struct Position {
     /// Fragments of a revision (or of a snapshot) read so far.
     events: Chunks,
     kvs: Vec<KeyValue>,
-}
-
-impl Follower {
-    /// The next update for the caller, `Some(Err)` once when the watch ends with an error,
-    /// then `None`.
-    async fn next_update(&mut self) -> Option<Result<WatchUpdate, Error>> {
-        loop {
-            if self.ended {
-                return None;
-            }
-            let step = match self.stream.as_mut() {
-                Some(stream) => {
-                    let response = stream.message().await;
-                    self.read(response)
-                }
-                None => match open(&self.client, &self.watch).await {
-                    Ok(stream) => {
-                        self.stream = Some(stream);
-                        continue;
-                    }
-                    Err(step) => step,
-                },
-            };
-            match step {
-                Step::Update(delivery) => {
-                    self.backoff = INITIAL_BACKOFF;
-                    return Some(Ok(delivery.into_update()));
-                }
-                Step::Skip => {}
-                Step::End(e) => {
-                    self.ended = true;
-                    self.stream = None;
-                    return Some(Err(e));
-                }
-                Step::Reopen(how) => {
-                    // Fragments of a stream that broke are read again from the next one.
-                    self.stream = None;
-                    self.watch.forget_fragments();
-                    match how {
-                        Reopen::Again => self.backoff = INITIAL_BACKOFF,
-                        Reopen::Elsewhere | Reopen::Later => {
-                            self.client.move_on();
-                            tokio::time::sleep(self.backoff).await;
-                            self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// What one response read from the stream comes to.
-    fn read(&mut self, response: Result<Option<WatchResponse>, Status>) -> Step {
-        match response {
-            Ok(Some(r)) => self.watch.take(r),
-            Ok(None) => Step::Reopen(Reopen::Elsewhere),
-            Err(status) => stream_failed(status),
-        }
-    }
 }
 
 /// What a stream that failed (`status`) comes to for the watches it carried.
@@ -364,20 +293,14 @@ impl Position {
     }
 
     /// Its create as `watch_id` on a stream, from its next revision (see [`WatchOptions`]'s).
-    fn create(&self, watch_id: i64, shared: bool) -> WatchRequest {
-        self.options.create(self.next, watch_id, shared)
+    fn create(&self, watch_id: i64) -> WatchRequest {
+        self.options.create(self.next, watch_id)
     }
 
     /// Drops the fragments read of a revision: a stream opened again sends them again.
     fn forget_fragments(&mut self) {
         self.events.clear();
         self.kvs.clear();
-    }
-
-    /// What one response of this watch comes to.
-    fn take(&mut self, mut r: WatchResponse) -> Step {
-        let events = Arc::new(std::mem::take(&mut r.events));
-        self.take_shared(r, events)
     }
 
     /// What one response of this watch comes to, its events (`r.events` is not read) shared
@@ -460,21 +383,6 @@ impl Position {
         };
         Step::Update(Delivery::Update(update))
     }
-}
-
-/// Opens a stream of `watch`, from its next revision.
-async fn open(client: &Client, watch: &Position) -> Result<tonic::Streaming<WatchResponse>, Step> {
-    let create = watch.create(1, false);
-    let opened = client
-        .open_stream("Watch", |channel| {
-            // The one request, then a side that stays open as long as the stream: the watch
-            // ends when the stream is dropped.
-            let asks =
-                futures::stream::once(std::future::ready(create.clone())).chain(futures::stream::pending());
-            async move { WatchClient::new(channel).max_decoding_message_size(usize::MAX).watch(asks).await }
-        })
-        .await;
-    opened.map_err(|e| open_failed(e, watch.started))
 }
 
 /// What a stream that could not be opened (`e`) comes to for its watches; `resuming`: one of

@@ -110,7 +110,7 @@ impl WatchGroup {
         let watch = Position::new(options);
         if let Some(open) = &self.stream {
             // A stream that went away is found so when next read; the watch opens on the next.
-            let _ = open.asks.send(watch.create(id, true));
+            let _ = open.asks.send(watch.create(id));
         }
         self.watches.insert(id, watch);
         id
@@ -242,7 +242,7 @@ impl WatchGroup {
                 Step::Reopen(Reopen::Again) => {
                     // Canceled SLOW: the member forgot it; created again at once, same id.
                     watch.forget_fragments();
-                    let create = watch.create(id, true);
+                    let create = watch.create(id);
                     if let Some(open) = &self.stream {
                         let _ = open.asks.send(create);
                     }
@@ -275,7 +275,7 @@ impl WatchGroup {
                 return true;
             }
             if let Some(w) = self.watches.get(&id) {
-                let _ = open.asks.send(w.create(id, true));
+                let _ = open.asks.send(w.create(id));
             }
             false
         });
@@ -295,7 +295,7 @@ impl WatchGroup {
 
     /// Opens a stream carrying every watch of the group, each from its next revision.
     async fn open(&mut self) -> Result<Open, Step> {
-        let creates: Vec<WatchRequest> = self.watches.iter().map(|(&id, w)| w.create(id, true)).collect();
+        let creates: Vec<WatchRequest> = self.watches.iter().map(|(&id, w)| w.create(id)).collect();
         let resuming = self.watches.values().any(|w| w.started);
         let mut asks = None;
         let opened = self
