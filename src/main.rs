@@ -16,7 +16,9 @@ fn main() -> ExitCode {
     // RUST_LOG wins; without it a server logs at info and a client command only warns.
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(cli.default_log_filter()));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a terminal (and not when NO_COLOR asks): a log file gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match cli.log_format() {
         LogFormat::Text => logs.init(),
         // One object per line, the event's fields (message included) at its top level.

@@ -723,3 +723,19 @@ async fn cli_a_call_to_a_members_http_port_exits_1_asking_whether_it_is_the_clie
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("is --endpoints a member's client port?"), "{}", stderr(&out));
 }
+
+#[tokio::test]
+async fn cli_logs_written_to_a_file_or_pipe_carry_no_colour_codes() {
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
+    let out = tokio::process::Command::new(latch_bin())
+        .args(["kv", "get", "k", "--endpoints", &dead, "--timeout", "300ms"])
+        .env("RUST_LOG", "debug")
+        .env_remove("NO_COLOR")
+        .env_remove("LATCH_ENDPOINTS")
+        .output()
+        .await
+        .unwrap();
+    let logs = stderr(&out);
+    assert!(logs.contains("DEBUG"), "debug lines were logged: {logs}");
+    assert!(!logs.contains('\u{1b}'), "no ANSI escapes on a pipe: {logs:?}");
+}
