@@ -212,21 +212,31 @@ mod tests {
         tokio::spawn(async move { fresh.keep(CHECK_EVERY, confirm).await })
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_member_is_cut_off_only_after_no_check_answered_longer_than_the_limit_and_says_why() {
-        let fresh = Arc::new(Freshness::new(7, Duration::from_secs(1)));
-        let answering = Arc::new(AtomicBool::new(true));
+    /// A keeper of `fresh` whose checks answer while `answering` says so, and fail (no leader
+    /// known to `member`) while not.
+    fn switchable_keeper(
+        fresh: &Arc<Freshness>,
+        member: u64,
+        answering: &Arc<AtomicBool>,
+    ) -> tokio::task::JoinHandle<()> {
         let up = answering.clone();
-        let keeper = keeper(&fresh, move || {
+        keeper(fresh, move || {
             let up = up.load(Ordering::Relaxed);
             async move {
                 if up {
                     Ok(())
                 } else {
-                    Err(RequestError::NoLeader { member: 7 })
+                    Err(RequestError::NoLeader { member })
                 }
             }
-        });
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_is_cut_off_only_after_no_check_answered_longer_than_the_limit_and_says_why() {
+        let fresh = Arc::new(Freshness::new(7, Duration::from_secs(1)));
+        let answering = Arc::new(AtomicBool::new(true));
+        let keeper = switchable_keeper(&fresh, 7, &answering);
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(fresh.stale_for().is_some_and(|s| s < Duration::from_millis(20)), "confirmed at once");
         assert!(fresh.cut_off().is_none());
@@ -278,17 +288,7 @@ mod tests {
     async fn a_waiter_on_a_cut_off_member_hears_at_once_and_one_back_in_touch_waits_for_the_next_cut_off() {
         let fresh = Arc::new(Freshness::new(4, Duration::from_secs(1)));
         let answering = Arc::new(AtomicBool::new(false));
-        let up = answering.clone();
-        let keeper = keeper(&fresh, move || {
-            let up = up.load(Ordering::Relaxed);
-            async move {
-                if up {
-                    Ok(())
-                } else {
-                    Err(RequestError::NoLeader { member: 4 })
-                }
-            }
-        });
+        let keeper = switchable_keeper(&fresh, 4, &answering);
         tokio::time::sleep(Duration::from_secs(6)).await;
         let asked = Instant::now();
         assert!(

@@ -23,6 +23,11 @@ async fn latch_exactly(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `args` as the `&str`s [`latch_exactly`] takes.
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -425,12 +430,7 @@ async fn svc_register_stays_until(
         assert_eq!(info.health, Health::Passing as i32, "heartbeated every third of its TTL: {info:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let pid = rustix::process::Pid::from_raw(child.id().expect("running") as i32).expect("a pid");
-    rustix::process::kill_process(pid, signal).unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("exits within 20 s of the signal")
-        .unwrap();
+    let status = signal_and_wait(&mut child, signal).await;
     assert_eq!(status.code(), Some(0), "{signal:?} deregisters and exits 0");
     assert!(find().await.is_none(), "deregistered on {signal:?}");
     info
@@ -504,21 +504,26 @@ async fn cli_lock_refuses_bad_input_before_making_a_session_and_exits_126_or_127
     let c = Cluster::start(1, &[]).await;
     c.leader().await;
     let client = c.client().await;
-    let delay = latch(&c, &["lock", "jobs/a", "--lock-delay", "61s", "--", "true"]).await;
+    // The client flags go before `--`: what follows is the command's.
+    let addr = c.member(1).client_addr.clone();
+    let lock = |rest: &[&str]| -> Vec<String> {
+        ["--endpoints", &addr, "lock", "jobs/a"].iter().chain(rest).map(|a| a.to_string()).collect()
+    };
+    let delay = latch_exactly(&strs(&lock(&["--lock-delay", "61s", "--", "true"]))).await;
     assert_eq!(delay.status.code(), Some(2), "a usage error: {}", stderr(&delay));
     assert!(stderr(&delay).contains("--lock-delay: at most 1m"), "names the flag: {}", stderr(&delay));
-    let empty = latch(&c, &["lock", "", "--", "true"]).await;
+    let empty = latch_exactly(&["--endpoints", &addr, "lock", "", "--", "true"]).await;
     assert_eq!(empty.status.code(), Some(2), "a usage error: {}", stderr(&empty));
     assert!(stderr(&empty).contains("NAME must not be empty"), "{}", stderr(&empty));
     assert_eq!(client.sessions().await.unwrap(), [], "refused before any session was made");
 
-    let missing = latch(&c, &["lock", "jobs/a", "--", "no-such-command-here"]).await;
+    let missing = latch_exactly(&strs(&lock(&["--", "no-such-command-here"]))).await;
     assert_eq!(missing.status.code(), Some(127), "not found, as `env` says: {}", stderr(&missing));
     assert!(stderr(&missing).contains("cannot run \"no-such-command-here\""), "{}", stderr(&missing));
     let dir = tempfile::tempdir().unwrap();
     let not_executable = dir.path().join("script");
     std::fs::write(&not_executable, "#!/bin/sh\ntrue\n").unwrap();
-    let denied = latch(&c, &["lock", "jobs/a", "--", not_executable.to_str().unwrap()]).await;
+    let denied = latch_exactly(&strs(&lock(&["--", not_executable.to_str().unwrap()]))).await;
     assert_eq!(denied.status.code(), Some(126), "found but not runnable: {}", stderr(&denied));
     assert_eq!(
         client.describe_lock("jobs/a").await.unwrap(),
@@ -598,13 +603,21 @@ async fn signalled_after_first_line(
         .unwrap_or_else(|_| panic!("`latch {}` printed a line within 20 s", args.join(" ")))
         .unwrap()
         .expect("a line");
+    let status = signal_and_wait(&mut child, signal).await;
+    (line, status.code().expect("exited, not killed"))
+}
+
+/// Sends `child` `signal` and waits (at most 20 s) for it to exit.
+async fn signal_and_wait(
+    child: &mut tokio::process::Child,
+    signal: rustix::process::Signal,
+) -> std::process::ExitStatus {
     let pid = rustix::process::Pid::from_raw(child.id().expect("running") as i32).expect("a pid");
     rustix::process::kill_process(pid, signal).unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+    tokio::time::timeout(Duration::from_secs(20), child.wait())
         .await
         .expect("exits within 20 s of the signal")
-        .unwrap();
-    (line, status.code().expect("exited, not killed"))
+        .unwrap()
 }
 
 #[tokio::test]
