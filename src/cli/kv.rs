@@ -7,6 +7,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use latch_client::{prefix_range, DeleteRangeRequest, KeyValue, PutRequest, RangeRequest, ResponseHeader};
 use serde_json::json;
@@ -48,9 +49,10 @@ pub struct PutArgs {
     /// The key (not empty).
     #[arg(value_parser = non_empty_key)]
     pub key: String,
-    /// The value (may be empty, or start with '-').
+    /// The value (may be empty, or start with '-'). Not given: read from standard input, as is
+    /// (any bytes, any size the server allows), as etcdctl does.
     #[arg(allow_hyphen_values = true)]
-    pub value: String,
+    pub value: Option<String>,
     /// Also print the key's previous value, if it had one.
     #[arg(long)]
     pub prev_kv: bool,
@@ -128,6 +130,22 @@ pub async fn run(command: KvCommand, client: &ClientArgs) -> anyhow::Result<Exit
     }
 }
 
+/// The value `kv put KEY` reads when none is given: all of standard input, unless it is a
+/// terminal (a forgotten VALUE, not a value typed until Ctrl-D).
+async fn value_from_stdin() -> anyhow::Result<Vec<u8>> {
+    use std::io::IsTerminal;
+    use tokio::io::AsyncReadExt;
+    if std::io::stdin().is_terminal() {
+        return Err(UsageError(
+            "a VALUE is required (or give it on standard input: `latch kv put KEY < FILE`)".into(),
+        )
+        .into());
+    }
+    let mut value = Vec::new();
+    tokio::io::stdin().read_to_end(&mut value).await.context("reading the value from standard input")?;
+    Ok(value)
+}
+
 async fn compact(client: &ClientArgs, args: CompactArgs, output: Output) -> anyhow::Result<ExitCode> {
     let client = client.connect().await?;
     let response = client.compact(args.revision).await?;
@@ -142,11 +160,15 @@ async fn compact(client: &ClientArgs, args: CompactArgs, output: Output) -> anyh
 }
 
 async fn put(client: &ClientArgs, args: PutArgs, output: Output) -> anyhow::Result<ExitCode> {
+    let value = match args.value {
+        Some(value) => value.into_bytes(),
+        None => value_from_stdin().await?,
+    };
     let client = client.connect().await?;
     let response = client
         .put_request(PutRequest {
             key: args.key.into_bytes(),
-            value: args.value.into_bytes(),
+            value,
             prev_kv: args.prev_kv,
             session: args.session.unwrap_or_default(),
             sequential: args.sequential,
@@ -299,7 +321,7 @@ mod tests {
     fn put_accepts_an_empty_value_and_one_starting_with_a_dash() {
         for value in ["", "-1"] {
             match parse_kv(&["put", "k", value]).expect("valid put") {
-                KvOp::Put(put) => assert_eq!(put.value, value),
+                KvOp::Put(put) => assert_eq!(put.value.as_deref(), Some(value)),
                 other => panic!("put expected, got {other:?}"),
             }
         }

@@ -752,3 +752,29 @@ async fn cli_logs_written_to_a_file_or_pipe_carry_no_colour_codes() {
     assert!(logs.contains("DEBUG"), "debug lines were logged: {logs}");
     assert!(!logs.contains('\u{1b}'), "no ANSI escapes on a pipe: {logs:?}");
 }
+
+#[tokio::test]
+async fn cli_kv_put_without_a_value_reads_any_bytes_of_any_size_from_standard_input() {
+    use tokio::io::AsyncWriteExt;
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    // Not UTF-8, and larger than one argument may be (128 KiB on Linux).
+    let value: Vec<u8> = (0..200 * 1024).map(|i| (i % 251) as u8).chain([0xff, 0xfe, 0]).collect();
+    let mut put = tokio::process::Command::new(latch_bin())
+        .args(["kv", "put", "blob", "--endpoints", &c.member(1).client_addr])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = put.stdin.take().unwrap();
+    stdin.write_all(&value).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(30), put.wait_with_output()).await.unwrap().unwrap();
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "OK\n");
+    let kv = c.client().await.get("blob").await.unwrap().expect("written");
+    assert_eq!(kv.value, value, "the bytes of standard input, exactly");
+}
