@@ -12,7 +12,7 @@ use futures::StreamExt;
 use latch_client::{Leadership, SessionOptions};
 use serde_json::json;
 
-use super::{interrupted, killed_by, stream_bytes, stream_json, ClientArgs, Output, UsageError};
+use super::{interrupted, killed_by, stream_bytes, stream_json, unanswered, ClientArgs, Output, UsageError};
 
 /// `latch elect`.
 #[derive(Debug, Args)]
@@ -45,13 +45,13 @@ pub async fn run(command: ElectCommand, client: &ClientArgs) -> anyhow::Result<E
     if command.observe {
         let leaders = election.observe();
         tokio::pin!(leaders);
-        let first_by = tokio::time::Instant::now() + timeout;
-        let mut answered = false;
+        let mut first_by = Some(tokio::time::Instant::now() + timeout);
+        let said = format!("said who leads {:?}", command.name);
         loop {
             tokio::select! {
                 leader = leaders.next() => match leader {
                     Some(leader) => {
-                        answered = true;
+                        first_by = None;
                         print_leader(output, &command.name, leader.as_ref())?;
                     }
                     None => return Ok(ExitCode::from(1)),
@@ -60,13 +60,7 @@ pub async fn run(command: ElectCommand, client: &ClientArgs) -> anyhow::Result<E
                     stopped?;
                     return Ok(ExitCode::SUCCESS);
                 }
-                () = tokio::time::sleep_until(first_by), if !answered => {
-                    return Err(anyhow::anyhow!(
-                        "no member of --endpoints said who leads {:?} within {} (--timeout)",
-                        command.name,
-                        humantime::format_duration(timeout)
-                    ));
-                }
+                late = unanswered(first_by, timeout, &said) => return Err(late),
             }
         }
     }

@@ -101,7 +101,7 @@ pub struct RunArgs {
 pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<ExitCode> {
     let output = client.output;
     if command.op.is_none() {
-        check(&command.run)?;
+        refuse_bad_run_args(&command.run)?;
     }
     let client = client.connect().await?;
     match command.op {
@@ -216,13 +216,7 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                     // Hand the lock on at once rather than after the session's expiry.
                     let _ = guard.release().await;
                     let _ = session.close().await;
-                    eprintln!("latch lock: cannot run {program:?}: {e}");
-                    // As `env`, `timeout` and shells say it.
-                    return Ok(ExitCode::from(if e.kind() == std::io::ErrorKind::NotFound {
-                        127
-                    } else {
-                        126
-                    }));
+                    return Ok(cannot_run(program, &e));
                 }
             };
             let group = Group(child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)));
@@ -308,7 +302,7 @@ use rustix::process::Signal;
 
 /// What `latch lock NAME -- CMD` is given that the server would refuse, refused before a
 /// session is made for it (a usage error naming the flag).
-fn check(args: &RunArgs) -> Result<(), UsageError> {
+fn refuse_bad_run_args(args: &RunArgs) -> Result<(), UsageError> {
     if args.name.as_deref().is_some_and(str::is_empty) {
         return Err(UsageError("the lock's NAME must not be empty".into()));
     }
@@ -349,8 +343,14 @@ pub fn exec_held(args: ExecArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(128 + Signal::KILL.as_raw() as u8));
     }
     let e = std::process::Command::new(program).args(program_args).exec();
+    Ok(cannot_run(program, &e))
+}
+
+/// Says why CMD could not be run, and the status for it: 127 when it is not found, 126
+/// otherwise, as `env`, `timeout` and shells say it.
+fn cannot_run(program: &str, e: &std::io::Error) -> ExitCode {
     eprintln!("latch lock: cannot run {program:?}: {e}");
-    Ok(ExitCode::from(if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 }))
+    ExitCode::from(if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 })
 }
 
 /// CMD's process group.

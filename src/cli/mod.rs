@@ -380,6 +380,21 @@ async fn interrupted() -> std::io::Result<i32> {
     Ok(number)
 }
 
+/// The first answer of a command that runs until stopped (a watch, an observer) must come by
+/// `by` (`--timeout` after it began), so that a dead or wrong endpoint is an error, not a
+/// silent wait: resolves then with the error saying no member of `--endpoints` `did` it;
+/// never once the answer came (`by` is `None`).
+async fn unanswered(by: Option<tokio::time::Instant>, timeout: Duration, did: &str) -> anyhow::Error {
+    match by {
+        Some(by) => tokio::time::sleep_until(by).await,
+        None => std::future::pending().await,
+    }
+    anyhow::anyhow!(
+        "no member of --endpoints {did} within {} (--timeout)",
+        humantime::format_duration(timeout)
+    )
+}
+
 /// The exit code of a command ended by signal `number` before it finished: 128 + it.
 fn killed_by(number: i32) -> ExitCode {
     ExitCode::from(u8::try_from(128 + number).unwrap_or(1))

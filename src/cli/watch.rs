@@ -11,7 +11,7 @@ use latch_client::{proto, proto::event::EventType, Event, WatchOptions, WatchTar
 use serde_json::json;
 
 use super::kv::{key_range, kv_json};
-use super::{interrupted, stream_bytes, stream_json, ClientArgs, Output};
+use super::{interrupted, stream_bytes, stream_json, unanswered, ClientArgs, Output};
 
 /// `latch watch`.
 #[derive(Debug, Args)]
@@ -77,8 +77,7 @@ pub async fn run(command: WatchCommand, client: &ClientArgs) -> anyhow::Result<E
     tokio::pin!(updates);
     let stop = interrupted();
     tokio::pin!(stop);
-    let start_by = tokio::time::Instant::now() + timeout;
-    let mut started = false;
+    let mut start_by = Some(tokio::time::Instant::now() + timeout);
     loop {
         let update = tokio::select! {
             u = updates.next() => u,
@@ -86,14 +85,9 @@ pub async fn run(command: WatchCommand, client: &ClientArgs) -> anyhow::Result<E
                 stopped?;
                 return Ok(ExitCode::SUCCESS);
             }
-            () = tokio::time::sleep_until(start_by), if !started => {
-                return Err(anyhow::anyhow!(
-                    "the watch did not start within {} (--timeout): no member of --endpoints took it",
-                    humantime::format_duration(timeout)
-                ));
-            }
+            late = unanswered(start_by, timeout, "started the watch") => return Err(late),
         };
-        started = true;
+        start_by = None;
         match update {
             Some(Ok(update)) => print_update(output, target, &update)?,
             Some(Err(e)) => return Err(e.into()),
