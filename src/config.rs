@@ -209,9 +209,18 @@ impl ServerArgs {
 /// A duration as flags and the config file give it ("500ms", "10s", "1m30s"), with an error
 /// that says what one looks like.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("not a duration ({e}): write one such as 500ms, 10s, 1m or 1h30m"))
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("not a duration ({e}): write one such as 500ms, 10s, 1m or 1h30m"))?;
+    // Past this, an instant that far ahead would overflow the clock (a panic, not an error).
+    if d > MAX_DURATION {
+        return Err(format!("at most {}", humantime::format_duration(MAX_DURATION)));
+    }
+    Ok(d)
 }
+
+/// The longest duration a flag or the config file may give: ten years, more than any timeout,
+/// TTL or retention means.
+pub const MAX_DURATION: Duration = Duration::from_secs(315_576_000); // 10 × 365.25 days
 
 mod humantime_serde_opt {
     use serde::{Deserialize, Deserializer};

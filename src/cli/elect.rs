@@ -40,7 +40,7 @@ pub async fn run(command: ElectCommand, client: &ClientArgs) -> anyhow::Result<E
     let (output, timeout) = (client.output, client.timeout);
     let client = client.connect().await?;
     let election = client.election(command.name.clone());
-    let stop = interrupted();
+    let stop = interrupted()?;
     tokio::pin!(stop);
     if command.observe {
         let leaders = election.observe();
@@ -56,10 +56,7 @@ pub async fn run(command: ElectCommand, client: &ClientArgs) -> anyhow::Result<E
                     }
                     None => return Ok(ExitCode::from(1)),
                 },
-                stopped = &mut stop => {
-                    stopped?;
-                    return Ok(ExitCode::SUCCESS);
-                }
+                _ = &mut stop => return Ok(ExitCode::SUCCESS),
                 late = unanswered(first_by, timeout, &said) => return Err(late),
             }
         }
@@ -70,9 +67,8 @@ pub async fn run(command: ElectCommand, client: &ClientArgs) -> anyhow::Result<E
         .await?;
     let leadership = tokio::select! {
         l = election.campaign(session.id(), value.into_bytes()) => l?,
-        stopped = &mut stop => {
+        signal = &mut stop => {
             // Closing the session withdraws the campaign (or, failing that, its expiry does).
-            let signal = stopped?;
             if let Err(e) = session.close().await {
                 eprintln!("latch elect: closing the session failed ({e}); it expires by itself");
             }
@@ -86,8 +82,7 @@ pub async fn run(command: ElectCommand, client: &ClientArgs) -> anyhow::Result<E
         return Err(e);
     }
     tokio::select! {
-        stopped = &mut stop => {
-            stopped?;
+        _ = &mut stop => {
             election.resign(&leadership).await?;
             session.close().await?;
             Ok(ExitCode::SUCCESS)

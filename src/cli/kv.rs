@@ -130,8 +130,13 @@ pub async fn run(command: KvCommand, client: &ClientArgs) -> anyhow::Result<Exit
     }
 }
 
+/// Most bytes `kv put KEY` reads from standard input: far above any value a member takes
+/// (`--max-value-bytes`), so that a pipe that never ends cannot fill this process's memory.
+const MAX_STDIN_VALUE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// The value `kv put KEY` reads when none is given: all of standard input, unless it is a
-/// terminal (a forgotten VALUE, not a value typed until Ctrl-D).
+/// terminal (a forgotten VALUE, not a value typed until Ctrl-D) or empty (`< /dev/null`
+/// under cron, or an unquoted empty `$VALUE`: a silent empty value would be a lost write).
 async fn value_from_stdin() -> anyhow::Result<Vec<u8>> {
     use std::io::IsTerminal;
     use tokio::io::AsyncReadExt;
@@ -142,7 +147,23 @@ async fn value_from_stdin() -> anyhow::Result<Vec<u8>> {
         .into());
     }
     let mut value = Vec::new();
-    tokio::io::stdin().read_to_end(&mut value).await.context("reading the value from standard input")?;
+    tokio::io::stdin()
+        .take(MAX_STDIN_VALUE_BYTES + 1)
+        .read_to_end(&mut value)
+        .await
+        .context("reading the value from standard input")?;
+    if value.is_empty() {
+        return Err(UsageError(
+            "no VALUE given and standard input is empty (give an empty value as '')".into(),
+        )
+        .into());
+    }
+    if value.len() as u64 > MAX_STDIN_VALUE_BYTES {
+        return Err(UsageError(format!(
+            "standard input holds more than {MAX_STDIN_VALUE_BYTES} bytes: no member takes a value that large"
+        ))
+        .into());
+    }
     Ok(value)
 }
 

@@ -158,6 +158,7 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
             let Some((program, program_args)) = args.command.split_first() else {
                 return Err(UsageError("the command to run goes after `--`".into()).into());
             };
+            let stop = interrupted()?;
             let session =
                 client.session(SessionOptions::new(args.ttl).name(format!("latch lock {name}"))).await?;
             let options = LockOptions {
@@ -171,8 +172,7 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
             };
             let guard = tokio::select! {
                 guard = session.lock(&name, options) => guard?,
-                stopped = interrupted() => {
-                    let signal = stopped?;
+                signal = stop => {
                     eprintln!("latch lock: interrupted (signal {signal}) while waiting for {name:?}");
                     // Closing the session withdraws the wait (or, failing that, its expiry does).
                     if let Err(e) = session.close().await {

@@ -358,26 +358,28 @@ fn stream_bytes(bytes: &[u8]) -> anyhow::Result<()> {
     }
 }
 
-/// Resolves with the signal's number when SIGINT, SIGTERM or SIGHUP arrives: what a command
-/// that runs until stopped (a watch, a leadership, a keepalive loop) ends on, after giving
-/// back what it holds. (systemd, Kubernetes and `timeout` stop a process with SIGTERM, a
-/// terminal with SIGINT or SIGHUP.)
-async fn interrupted() -> std::io::Result<i32> {
+/// Listens for SIGINT, SIGTERM and SIGHUP from now on — before a command takes anything to
+/// give back, so that a failure to listen leaves nothing behind — and resolves with the number
+/// of the first: what a command that runs until stopped (a watch, a leadership, a keepalive
+/// loop, a wait for a lock) ends on, after giving back what it holds. (systemd, Kubernetes and
+/// `timeout` stop a process with SIGTERM, a terminal with SIGINT or SIGHUP.)
+fn interrupted() -> std::io::Result<impl std::future::Future<Output = i32>> {
     use tokio::signal::unix::{signal, SignalKind};
     let kinds = [SignalKind::interrupt(), SignalKind::terminate(), SignalKind::hangup()];
     let mut streams = Vec::new();
     for kind in kinds {
         streams.push((kind.as_raw_value(), signal(kind)?));
     }
-    let waits = streams.iter_mut().map(|(number, stream)| {
-        let number = *number;
-        Box::pin(async move {
-            stream.recv().await;
-            number
-        })
-    });
-    let number = futures::future::select_all(waits).await.0;
-    Ok(number)
+    Ok(async move {
+        let waits = streams.iter_mut().map(|(number, stream)| {
+            let number = *number;
+            Box::pin(async move {
+                stream.recv().await;
+                number
+            })
+        });
+        futures::future::select_all(waits).await.0
+    })
 }
 
 /// The first answer of a command that runs until stopped (a watch, an observer) must come by
@@ -491,6 +493,8 @@ mod tests {
                 && e.to_string().contains("such as 500ms, 10s"),
             "says what is wrong and what a duration looks like: {e}"
         );
+        let e = parse(&["cluster", "status", "--timeout", "300000000000y"]).expect_err("past the clock");
+        assert!(e.to_string().contains("at most 10years"), "refused, not a panic later: {e}");
     }
 
     #[test]

@@ -77,14 +77,11 @@ pub async fn run(command: SessionCommand, client: &ClientArgs) -> anyhow::Result
             };
             let ttl = Duration::from_millis(u64::try_from(first.ttl_ms).unwrap_or(0));
             let mut next = tokio::time::Instant::now() + ttl / 3;
-            let stop = interrupted();
+            let stop = interrupted()?;
             tokio::pin!(stop);
             loop {
                 tokio::select! {
-                    stopped = &mut stop => {
-                        stopped?;
-                        break;
-                    }
+                    _ = &mut stop => break,
                     _ = tokio::time::sleep_until(next) => {
                         let ack = match client.keep_alive(&id).await {
                             Ok(ack) => ack,

@@ -16,7 +16,8 @@ use super::{interrupted, stream_bytes, stream_json, unanswered, ClientArgs, Outp
 /// `latch watch`.
 #[derive(Debug, Args)]
 #[command(after_help = "Text output: one line per event, `PUT|DELETE REVISION KEY VALUE` (bytes that \
-                        are not printable escaped). Exit status: 0 on Ctrl-C; 1 if the watch could not \
+                        are not printable escaped). Exit status: 0 on SIGINT (Ctrl-C), SIGTERM or SIGHUP, or once \
+                        its output's reader is gone; 1 if the watch could not \
                         go on (a compacted revision: see --snapshot) or did not start within --timeout. Once started, \
                         it resumes on another member by itself when one fails.")]
 pub struct WatchCommand {
@@ -75,16 +76,13 @@ pub async fn run(command: WatchCommand, client: &ClientArgs) -> anyhow::Result<E
     }
     let updates = client.watch(options);
     tokio::pin!(updates);
-    let stop = interrupted();
+    let stop = interrupted()?;
     tokio::pin!(stop);
     let mut start_by = Some(tokio::time::Instant::now() + timeout);
     loop {
         let update = tokio::select! {
             u = updates.next() => u,
-            stopped = &mut stop => {
-                stopped?;
-                return Ok(ExitCode::SUCCESS);
-            }
+            _ = &mut stop => return Ok(ExitCode::SUCCESS),
             late = unanswered(start_by, timeout, "started the watch") => return Err(late),
         };
         start_by = None;

@@ -777,4 +777,10 @@ async fn cli_kv_put_without_a_value_reads_any_bytes_of_any_size_from_standard_in
     assert_eq!(stdout(&out), "OK\n");
     let kv = c.client().await.get("blob").await.unwrap().expect("written");
     assert_eq!(kv.value, value, "the bytes of standard input, exactly");
+    // An empty standard input (cron's /dev/null, an unquoted empty variable) writes nothing.
+    let empty = latch(&c, &["kv", "put", "blob"]).await;
+    assert_eq!(empty.status.code(), Some(2), "a usage error: {}", stderr(&empty));
+    assert!(stderr(&empty).contains("standard input is empty"), "{}", stderr(&empty));
+    let kv = c.client().await.get("blob").await.unwrap().expect("still there");
+    assert_eq!(kv.value, value, "the value stands");
 }
