@@ -16,6 +16,7 @@ mod faults;
 mod harness;
 mod limits;
 mod linearizability;
+mod lock_safety;
 mod locks;
 mod observability;
 mod partitions;
