@@ -1,6 +1,7 @@
-//! The Election service: Campaign, Proclaim, Leader, Observe, Resign — an election is an
-//! exclusive lock in its own space (`fsm::elections`), so campaigning is acquiring with no
-//! time limit (`api::lock::acquire`) and resigning is releasing.
+//! The Election service: Campaign, Proclaim, Leader, Observe, Resign, Withdraw — an election
+//! is an exclusive lock in its own space (`fsm::elections`), so campaigning is acquiring with no
+//! time limit (`api::lock::acquire`), resigning is releasing, and withdrawing a campaign is
+//! withdrawing an acquire (`api::lock::withdraw`).
 
 use std::pin::Pin;
 
@@ -15,7 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::kv::check_request_id;
-use super::lock::{acquire, lock_result, public_sequencer, release, sequencer_of, Wait, Want};
+use super::lock::{acquire, lock_result, public_sequencer, release, sequencer_of, withdraw, Wait, Want};
 use super::{ApiError, Context};
 use crate::fsm::elections::{self, Leader};
 use crate::fsm::locks;
@@ -190,6 +191,30 @@ impl Election for ElectionService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn withdraw(
+        &self,
+        req: Request<WithdrawCandidacyRequest>,
+    ) -> Result<Response<WithdrawCandidacyResponse>, Status> {
+        let req = req.into_inner();
+        let run = async {
+            let (header, seq) = withdraw(&self.ctx, LockSpace::Elections, &req.name, &req.request_id).await?;
+            let leader = match seq {
+                None => None,
+                Some(seq) => {
+                    let txn = self.ctx.node.db().begin_read()?;
+                    let value = match elections::leader(&txn, &req.name)? {
+                        Some(l) if l.sequencer == seq => l.value,
+                        _ => Vec::new(),
+                    };
+                    let sequencer = Some(public_sequencer(&seq, self.ctx.node.cluster_id));
+                    Some(Leadership { name: req.name, value, sequencer })
+                }
+            };
+            Ok(WithdrawCandidacyResponse { header: Some(header), leader })
+        };
+        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
     }
 
     async fn resign(&self, req: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {

@@ -1,4 +1,4 @@
-//! The Lock service: Acquire, Release, CheckSequencer, DescribeLock, ListLocks (see
+//! The Lock service: Acquire, Release, Withdraw, CheckSequencer, DescribeLock, ListLocks (see
 //! `fsm::locks` for the replicated rules, `core::lock_delays` for the lock-delay's timer). The
 //! waiting half of Acquire lives here and is shared with Election.Campaign: a queued request
 //! waits on this member for its grant (`node::LockHub`), and gives up its place in the queue
@@ -212,6 +212,74 @@ pub(crate) async fn acquire(
         }
         request_id = uuid::Uuid::now_v7().to_string();
     }
+}
+
+/// Rounds of [`withdraw`] before it gives up: each one ends the call, or found that the acquire
+/// was applied or proposed here after it looked (at most once each), or waited for an acquire
+/// still being proposed on this member.
+const WITHDRAW_ROUNDS: usize = 40;
+/// How long [`withdraw`] waits before looking again at an acquire still being proposed here.
+const WITHDRAW_LOOK_AGAIN: Duration = Duration::from_millis(50);
+
+/// Gives up the acquire sent under `request_id` (see `Withdraw` in lock.proto): withdraws it if
+/// it waits, answers its grant if it holds, and if it has not been applied here, spends its id
+/// with a withdrawal proposed *under that id* — of the two commands, the log applies whichever
+/// comes first, and refuses the other as a conflict (`fsm::requests`): an acquire that comes
+/// second is never queued, a withdrawal that comes second changes nothing and is looked at
+/// again, now with the acquire applied.
+pub(crate) async fn withdraw(
+    ctx: &Context,
+    space: LockSpace,
+    name: &str,
+    request_id: &str,
+) -> Result<(ResponseHeader, Option<log::Sequencer>), ApiError> {
+    locks::check_name(name).map_err(|problem| ApiError::InvalidArgument { field: "name", problem })?;
+    if request_id.is_empty() {
+        return Err(ApiError::InvalidArgument {
+            field: "request_id",
+            problem: "must name the acquire to withdraw".into(),
+        });
+    }
+    check_request_id(request_id)?;
+    let key = locks::lock_key(space, name);
+    let cancel = CancelWait {
+        space: space as i32,
+        name: name.to_string(),
+        request_id: request_id.to_string(),
+        release_granted: false,
+    };
+    let mut in_flight = None;
+    for _ in 0..WITHDRAW_ROUNDS {
+        let (state, applied, revision) = {
+            let txn = ctx.node.db().begin_read()?;
+            let state = locks::request_state(&txn, &key, request_id)?;
+            (state, crate::fsm::remembered(&txn, request_id)?, crate::fsm::applied(&txn)?.revision)
+        };
+        match state {
+            RequestState::Held(seq) => return Ok((ctx.header(revision), Some(seq))),
+            RequestState::Waiting => {
+                let (header, r) = ctx.write("", Body::CancelWait(cancel)).await?;
+                let r = lock_result(r, "withdraw")?;
+                let granted = r.status == LockStatus::Granted as i32;
+                return Ok((header, if granted { r.sequencer } else { None }));
+            }
+            RequestState::Gone if applied => return Ok((ctx.header(revision), None)),
+            RequestState::Gone => match ctx.write(request_id, Body::CancelWait(cancel.clone())).await {
+                // Applied first: the id is spent, and nothing waited under it.
+                Ok((header, _)) => return Ok((header, None)),
+                // The acquire was applied first (here now too: the conflict was answered
+                // after it), or is being proposed on this member: look again.
+                Err(ApiError::RequestConflict { .. }) => {}
+                Err(e @ ApiError::Request(RequestError::RequestInFlight { .. })) => {
+                    in_flight = Some(e);
+                    tokio::time::sleep(WITHDRAW_LOOK_AGAIN).await;
+                }
+                Err(e) => return Err(e),
+            },
+        }
+    }
+    Err(in_flight
+        .unwrap_or_else(|| ApiError::Internal(format!("the acquire {request_id:?} could not be settled"))))
 }
 
 /// How long a withdrawal is retried in the background before the session's end is left to do it.
@@ -485,6 +553,16 @@ impl Lock for LockService {
         let run = async {
             let header = release(&self.ctx, &req.sequencer, &req.request_id, false).await?;
             Ok(ReleaseResponse { header: Some(header) })
+        };
+        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+    }
+
+    async fn withdraw(&self, req: Request<WithdrawRequest>) -> Result<Response<WithdrawResponse>, Status> {
+        let req = req.into_inner();
+        let run = async {
+            let (header, seq) = withdraw(&self.ctx, LockSpace::Locks, &req.name, &req.request_id).await?;
+            let sequencer = seq.map(|s| public_sequencer(&s, self.ctx.node.cluster_id));
+            Ok(WithdrawResponse { header: Some(header), held: sequencer.is_some(), sequencer })
         };
         run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
     }

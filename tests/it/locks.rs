@@ -933,10 +933,11 @@ async fn a_waiting_acquire_whose_caller_goes_away_leaves_the_queue_and_is_never_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_waiting_acquire_and_an_election_observer_on_a_member_cut_off_from_the_leader_end_unavailable() {
+async fn a_waiting_acquire_and_an_election_observer_on_a_member_cut_off_from_the_leader_end_unavailable_and_the_wait_left_is_withdrawn_by_its_request_id(
+) {
     use latch_client::proto::election_client::ElectionClient;
     use latch_client::proto::lock_client::LockClient;
-    use latch_client::proto::{AcquireRequest, ObserveRequest};
+    use latch_client::proto::{AcquireRequest, ObserveRequest, WithdrawRequest};
 
     let c = Cluster::start(3, &["--fault-injection"]).await;
     let leader = c.leader().await;
@@ -945,7 +946,7 @@ async fn a_waiting_acquire_and_an_election_observer_on_a_member_cut_off_from_the
     let client = c.client_of_many(&others).await;
     let holder = client.session(SessionOptions::new(Duration::from_secs(30))).await.expect("a session");
     let waiter = client.session(SessionOptions::new(Duration::from_secs(30))).await.expect("a session");
-    let _held = holder.lock("cut/lock", LockOptions::exclusive()).await.expect("acquire").expect("granted");
+    let held = holder.lock("cut/lock", LockOptions::exclusive()).await.expect("acquire").expect("granted");
     client.election("cut/election").campaign(holder.id(), "h").await.expect("leads");
 
     // Raw calls to the member that will be cut off: no client retries elsewhere.
@@ -999,5 +1000,93 @@ async fn a_waiting_acquire_and_an_election_observer_on_a_member_cut_off_from_the
     let observed = tokio::time::timeout(within, observe.message()).await.expect("the observation ends");
     let ended = observed.expect_err("a cut-off member ends the observation");
     assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+
+    // The cut-off member left the wait queued, for a resend to join. A caller that gives up
+    // instead withdraws it by its request id (the clients do), through any member in touch.
+    until_lock_is(&client, "cut/lock", &[holder.id()], &[waiter.id()]).await;
+    let withdraw = WithdrawRequest { name: "cut/lock".into(), request_id: "cut-off-acquire".into() };
+    let in_touch = format!("http://{}", c.member(leader).client_addr);
+    let mut locks = LockClient::connect(in_touch).await.expect("connect");
+    for round in ["withdrawn", "withdrawn again (a retry is safe)"] {
+        let answer =
+            locks.withdraw(withdraw.clone()).await.expect("a member in touch withdraws").into_inner();
+        assert!(!answer.held && answer.sequencer.is_none(), "{round}: it was never granted: {answer:?}");
+        until_lock_is(&client, "cut/lock", &[holder.id()], &[]).await;
+    }
     c.heal_all().await;
+    held.release().await.expect("released");
+    assert_eq!(
+        client.describe_lock("cut/lock").await.expect("describe"),
+        None,
+        "released with nobody waiting, the lock is free: the withdrawn wait was not granted"
+    );
+}
+
+#[tokio::test]
+async fn a_withdrawal_answers_a_grant_that_came_first_and_spends_the_id_of_an_acquire_or_campaign_not_applied_yet(
+) {
+    use latch_client::proto::election_client::ElectionClient;
+    use latch_client::proto::lock_client::LockClient;
+    use latch_client::proto::{AcquireRequest, CampaignRequest, WithdrawCandidacyRequest, WithdrawRequest};
+
+    let c = Cluster::start(1, &[]).await;
+    let leader = c.leader().await;
+    let client = c.client().await;
+    let session = client.session(SessionOptions::new(Duration::from_secs(30))).await.expect("a session");
+    let mut locks =
+        LockClient::connect(format!("http://{}", c.member(leader).client_addr)).await.expect("connect");
+    let acquire = |request_id: &str| AcquireRequest {
+        name: "w/lock".into(),
+        session_id: session.id().into(),
+        wait_forever: true,
+        request_id: request_id.into(),
+        ..Default::default()
+    };
+    let withdraw =
+        |request_id: &str| WithdrawRequest { name: "w/lock".into(), request_id: request_id.into() };
+
+    // Granted before the withdrawal: answered, and kept.
+    let granted = locks.acquire(acquire("granted")).await.expect("acquire").into_inner();
+    let answer = locks.withdraw(withdraw("granted")).await.expect("withdraw").into_inner();
+    assert!(answer.held, "a grant that came first is answered: {answer:?}");
+    assert_eq!(answer.sequencer, granted.sequencer, "… with its own sequencer");
+    until_lock_is(&client, "w/lock", &[session.id()], &[]).await;
+    let token = granted.sequencer.expect("granted").token;
+    client.release(&token).await.expect("released");
+
+    // Withdrawn before it was applied (still on its way, say): the acquire, when it comes, is
+    // refused and queues nothing.
+    let answer = locks.withdraw(withdraw("late")).await.expect("withdraw").into_inner();
+    assert!(!answer.held, "nothing was granted: {answer:?}");
+    let refused = locks.acquire(acquire("late")).await.expect_err("an acquire whose id was spent");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("\"late\""), "the error names the id: {}", refused.message());
+    assert_eq!(client.describe_lock("w/lock").await.expect("describe"), None, "nothing held or queued");
+
+    let bad = locks.withdraw(withdraw("")).await.expect_err("a withdrawal naming no acquire");
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+    assert!(bad.message().contains("request_id"), "the error names the field: {}", bad.message());
+
+    // An election's campaign alike: a leadership won first is answered with its value; a
+    // campaign not applied yet is refused when it comes.
+    let mut elections =
+        ElectionClient::connect(format!("http://{}", c.member(leader).client_addr)).await.expect("connect");
+    let campaign = |request_id: &str| CampaignRequest {
+        name: "w/election".into(),
+        session_id: session.id().into(),
+        value: b"me".to_vec(),
+        request_id: request_id.into(),
+        ..Default::default()
+    };
+    let candidacy = |request_id: &str| WithdrawCandidacyRequest {
+        name: "w/election".into(),
+        request_id: request_id.into(),
+    };
+    let won = elections.campaign(campaign("won")).await.expect("campaign").into_inner();
+    let answer = elections.withdraw(candidacy("won")).await.expect("withdraw").into_inner();
+    assert_eq!(answer.leader, won.leader, "a leadership won first is answered, with its value");
+    let answer = elections.withdraw(candidacy("late")).await.expect("withdraw").into_inner();
+    assert_eq!(answer.leader, None, "nothing was won");
+    let refused = elections.campaign(campaign("late")).await.expect_err("a campaign whose id was spent");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
 }

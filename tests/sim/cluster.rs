@@ -203,6 +203,8 @@ pub struct Report {
     /// Lock grants seen in the members' states, and lock-delays ended.
     pub lock_grants: u64,
     pub lock_delays_ended: u64,
+    /// Acquires whose withdrawal was applied first (each then sent, and refused).
+    pub lock_ids_spent: u64,
     /// Registry: heartbeats and registrations applied, turns to critical, reaps, and instances
     /// removed with their session.
     pub heartbeats: u64,
@@ -224,7 +226,7 @@ impl std::fmt::Display for Report {
             "seed {} ({} nodes, snapshot every {}): {} steps, {:.1}s virtual, {} msgs; puts {} acked {} reads {} \
              retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}), \
              partitions {}, pauses {}, snapshots {}; max term {}, revision {}, {} hash checks; lease grants {}, \
-             expiries {}; lock grants {}, lock-delays ended {}; heartbeats {}, critical {}, reaped {}, removed with \
+             expiries {}; lock grants {}, lock-delays ended {}, acquires withdrawn first {}; heartbeats {}, critical {}, reaped {}, removed with \
              their session {}; watched revisions {} (moves {}, compacted {}), compact revision {}; trace {:016x}",
             self.seed,
             self.nodes,
@@ -250,6 +252,7 @@ impl std::fmt::Display for Report {
             self.expiries,
             self.lock_grants,
             self.lock_delays_ended,
+            self.lock_ids_spent,
             self.heartbeats,
             self.criticals,
             self.reaps,
@@ -1662,8 +1665,8 @@ impl Sim {
             return;
         }
         let Some(call) = l.in_flight.take() else { return };
-        if let Ok(outcome) = &result {
-            l.answered(&call, outcome);
+        if let Some(spent) = result.as_ref().ok().and_then(|outcome| l.answered(&call, outcome)) {
+            self.lock_checker.spent(spent);
         }
         // A failed acquire may still apply: its wait stays listed until a look settles it.
         self.log(|| format!("locker {locker} attempt {attempt}: {call:?} -> {result:?}"));
@@ -1953,6 +1956,7 @@ impl Sim {
         r.expiries = self.leases.expiries;
         r.lock_grants = self.lock_checker.grants();
         r.lock_delays_ended = self.lock_checker.delays_ended;
+        r.lock_ids_spent = self.lock_checker.spent_ids();
         r.heartbeats = self.registry.beats;
         r.criticals = self.registry.criticals;
         r.reaps = self.registry.reaps;

@@ -11,11 +11,13 @@
 //! - A generation names one grant forever (the same lock, session and revision wherever and
 //!   whenever it is seen), and per lock, generations increase with the revisions of their
 //!   grants: strictly increasing for the life of the cluster.
+//! - An acquire whose withdrawal was applied first, under its own request id (Lock.Withdraw of
+//!   an acquire still on its way), never holds or waits.
 //!
 //! And from the members' applied changes: no lock-delay ends before its length has passed
 //! since the first member applied its beginning (so no grant comes during it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use latch::core::Core;
 use latch::fsm::{self, locks::lock_key, LockChange};
@@ -44,15 +46,28 @@ pub struct Locker {
     pub held: Vec<Sequencer>,
     /// Requests it queued, by (space, name, request id), until it learns how they ended.
     pub waiting: Vec<(LockSpace, String, String)>,
+    /// An id whose withdrawal was applied before any acquire under it (Lock.Withdraw of an
+    /// acquire still on its way): its acquire is sent next, and must never queue.
+    spent: Option<(LockSpace, String, String)>,
     next_id: u64,
 }
 
 /// What a locker asked.
 #[derive(Debug, Clone)]
 pub enum LockCall {
-    Acquire { request_id: String },
+    Acquire {
+        request_id: String,
+    },
     Release,
-    Cancel { request_id: String },
+    Cancel {
+        request_id: String,
+    },
+    /// A withdrawal proposed under the id of an acquire not sent yet.
+    Spend {
+        space: LockSpace,
+        name: String,
+        request_id: String,
+    },
 }
 
 impl Locker {
@@ -64,6 +79,7 @@ impl Locker {
             in_flight: None,
             held: Vec::new(),
             waiting: Vec::new(),
+            spent: None,
             next_id: 0,
         }
     }
@@ -73,6 +89,30 @@ impl Locker {
     pub fn next_call(&mut self, rng: &mut SmallRng, session: &str) -> (Body, String, LockCall) {
         self.next_id += 1;
         let request_id = format!("locker-{}-{}", self.index, self.next_id);
+        if let Some((space, name, id)) = self.spent.take() {
+            // The acquire whose withdrawal came first: refused as a conflict, never queued.
+            let body = Body::Acquire(Acquire {
+                space: space as i32,
+                name,
+                session: session.to_string(),
+                mode: LockMode::Exclusive as i32,
+                wait: true,
+                lock_delay_ms: 0,
+                value: Vec::new(),
+            });
+            return (body, id.clone(), LockCall::Acquire { request_id: id });
+        }
+        if rng.gen_bool(0.05) {
+            let (space, name) = NAMES[rng.gen_range(0..NAMES.len())];
+            let body = Body::CancelWait(CancelWait {
+                space: space as i32,
+                name: name.to_string(),
+                request_id: request_id.clone(),
+                release_granted: false,
+            });
+            let call = LockCall::Spend { space, name: name.to_string(), request_id: request_id.clone() };
+            return (body, request_id, call);
+        }
         if !self.held.is_empty() && rng.gen_bool(0.4) {
             let seq = self.held.swap_remove(rng.gen_range(0..self.held.len()));
             return (Body::Release(Release { sequencer: Some(seq) }), request_id, LockCall::Release);
@@ -105,9 +145,13 @@ impl Locker {
         (body, request_id.clone(), LockCall::Acquire { request_id })
     }
 
-    /// The outcome of `call`.
-    pub fn answered(&mut self, call: &LockCall, outcome: &Outcome) {
-        let Some(outcome::Result::Lock(r)) = &outcome.result else { return };
+    /// The outcome of `call`; the id it spent, if it was a withdrawal applied before its acquire.
+    pub fn answered(&mut self, call: &LockCall, outcome: &Outcome) -> Option<String> {
+        let Some(outcome::Result::Lock(r)) = &outcome.result else { return None };
+        if let LockCall::Spend { space, name, request_id } = call {
+            self.spent = Some((*space, name.clone(), request_id.clone()));
+            return Some(request_id.clone());
+        }
         let granted = (r.status == Status::Granted as i32 || r.status == Status::Already as i32)
             .then(|| r.sequencer.clone())
             .flatten();
@@ -117,13 +161,14 @@ impl Locker {
                     self.waiting.retain(|(_, _, id)| id != request_id);
                 }
             }
-            LockCall::Release => {}
+            LockCall::Release | LockCall::Spend { .. } => {}
         }
         if let Some(seq) = granted {
             if !self.held.contains(&seq) {
                 self.held.push(seq);
             }
         }
+        None
     }
 
     /// Learns from a member's applied state how its queued requests stand.
@@ -158,6 +203,8 @@ pub struct LockChecker {
     delays: BTreeMap<(Vec<u8>, i64), (u64, u64)>,
     /// The applied index each member was last checked at.
     checked: BTreeMap<u64, u64>,
+    /// Request ids whose withdrawal was applied before any acquire under them.
+    spent: BTreeSet<String>,
     pub delays_ended: u64,
 }
 
@@ -244,6 +291,20 @@ impl LockChecker {
                             ),
                         );
                     }
+                    let ids = row
+                        .holders
+                        .iter()
+                        .map(|h| &h.request_id)
+                        .chain(row.waiters.iter().map(|w| &w.request_id));
+                    if let Some(request_id) = ids.into_iter().find(|r| self.spent.contains(*r)) {
+                        ctx.fail(
+                            Some(id),
+                            "locks: an acquire withdrawn before it was applied never queues",
+                            format!(
+                                "{name:?} holds or queues request {request_id}, whose withdrawal came first"
+                            ),
+                        );
+                    }
                     for h in &row.holders {
                         self.grant(ctx, id, &key, &h.session, h.generation, h.revision);
                     }
@@ -281,6 +342,15 @@ impl LockChecker {
             );
         }
         order.insert(generation, revision);
+    }
+
+    /// A withdrawal under `request_id` was applied before any acquire under it.
+    pub fn spent(&mut self, request_id: String) {
+        self.spent.insert(request_id);
+    }
+
+    pub fn spent_ids(&self) -> u64 {
+        self.spent.len() as u64
     }
 
     pub fn grants(&self) -> u64 {

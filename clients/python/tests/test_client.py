@@ -17,7 +17,7 @@ import grpc
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 import latch  # noqa: E402
-from latch.v1 import kv_pb2, lock_pb2, registry_pb2, watch_pb2, watch_pb2_grpc  # noqa: E402
+from latch.v1 import kv_pb2, lock_pb2, lock_pb2_grpc, registry_pb2, watch_pb2, watch_pb2_grpc  # noqa: E402
 
 ENDPOINTS = os.environ.get("LATCH_ENDPOINTS")
 #: How long a test waits for something the cluster must do (not a measure of speed).
@@ -362,18 +362,57 @@ class SlowBeforeAnyEvent(watch_pb2_grpc.WatchServicer):
             time.sleep(0.01)
 
 
+class CutOffLocks(lock_pb2_grpc.LockServicer):
+    """A member whose acquires never settle for session "cut" (UNAVAILABLE, as from a member cut
+    off from the leader after the request was queued) and find no session "gone"; records each
+    acquire's and each withdrawal's request id."""
+
+    def __init__(self):
+        self.acquires, self.withdrawals = [], []
+
+    def Acquire(self, request, context):
+        self.acquires.append((request.session_id, request.request_id))
+        if request.session_id == "gone":
+            context.abort(grpc.StatusCode.NOT_FOUND, "session gone not found")
+        context.abort(grpc.StatusCode.UNAVAILABLE, "cut off from the leader")
+
+    def Withdraw(self, request, context):
+        self.withdrawals.append((request.name, request.request_id))
+        return lock_pb2.WithdrawResponse()
+
+
 class ScriptedMemberTest(unittest.TestCase):
     """The client against an in-process gRPC member that plays a script."""
 
-    def test_a_watch_cut_off_as_slow_again_and_again_with_nothing_delivered_ends_with_the_members_reason(self):
+    def serve(self, add, member) -> str:
         from concurrent import futures
-        member = SlowBeforeAnyEvent()
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        watch_pb2_grpc.add_WatchServicer_to_server(member, server)
+        add(member, server)
         port = server.add_insecure_port("127.0.0.1:0")
         server.start()
         self.addCleanup(server.stop, None)
-        with latch.Client(f"127.0.0.1:{port}") as client:
+        return f"127.0.0.1:{port}"
+
+    def test_an_acquire_given_up_after_its_request_may_have_been_queued_is_withdrawn_by_its_request_id(self):
+        member = CutOffLocks()
+        endpoint = self.serve(lock_pb2_grpc.add_LockServicer_to_server, member)
+        with latch.Client(endpoint, request_timeout=0.1, retry_budget=0.3) as client:
+            with self.assertRaises(latch.LatchError) as refused:
+                client.acquire("l", "gone", wait=0.2)
+            self.assertEqual(refused.exception.code, grpc.StatusCode.NOT_FOUND, "refused as asked")
+            with self.assertRaises(latch.LatchError) as unsettled:
+                client.acquire("l", "cut", wait=0.2)
+            self.assertEqual(unsettled.exception.code, grpc.StatusCode.UNAVAILABLE, str(unsettled.exception))
+        cut = {i for s, i in member.acquires if s == "cut"}
+        self.assertEqual(len(cut), 1, f"one request id across retries: {member.acquires}")
+        self.assertEqual(member.withdrawals, [("l", cut.pop())],
+                         "the acquire given up unsettled, and only it, was withdrawn under its own id "
+                         "before its error left")
+
+    def test_a_watch_cut_off_as_slow_again_and_again_with_nothing_delivered_ends_with_the_members_reason(self):
+        member = SlowBeforeAnyEvent()
+        endpoint = self.serve(watch_pb2_grpc.add_WatchServicer_to_server, member)
+        with latch.Client(endpoint) as client:
             watch = client.watch("k", start_revision=5)
             with self.assertRaises(latch.LatchError) as caught:
                 next(watch)

@@ -8,11 +8,13 @@ use futures::Stream;
 use latch_proto::v1::election_client::ElectionClient;
 use latch_proto::v1::{
     CampaignRequest, LeaderRequest, Leadership, ObserveRequest, ProclaimRequest, ResignRequest,
+    WithdrawCandidacyRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
+use crate::lock::{Queue, Unsettled};
 use crate::{Client, Error};
 
 /// One election, by name.
@@ -26,6 +28,23 @@ impl Client {
     pub fn election(&self, name: impl Into<String>) -> Election {
         Election { client: self.clone(), name: name.into() }
     }
+
+    /// Gives up the campaign sent under `request_id` (Election.Withdraw): its place among the
+    /// candidates, or its chance to be one; `Some` when it had won first (the session leads).
+    pub(crate) async fn withdraw_candidacy(
+        &self,
+        name: &str,
+        request_id: &str,
+    ) -> Result<Option<Leadership>, Error> {
+        let request = WithdrawCandidacyRequest { name: name.to_string(), request_id: request_id.to_string() };
+        let r = self
+            .call("Withdraw", |channel| {
+                let request = request.clone();
+                async move { ElectionClient::new(channel).withdraw(request).await }
+            })
+            .await?;
+        Ok(r.leader)
+    }
 }
 
 impl Election {
@@ -34,7 +53,8 @@ impl Election {
     }
 
     /// Waits until `session` leads, publishing `value`; answers the leadership. Dropping the
-    /// future withdraws a candidacy still waiting; a leadership granted just as it was dropped
+    /// future (or an error after the candidacy may have been queued) withdraws a candidacy still
+    /// waiting, in the background; a leadership granted just as it was dropped
     /// stays the session's until resigned or the session ends (campaign again with the session
     /// to get it back). A session that leads already gets its leadership back.
     pub async fn campaign(&self, session: &str, value: impl Into<Vec<u8>>) -> Result<Leadership, Error> {
@@ -45,14 +65,16 @@ impl Election {
             lock_delay_ms: None,
             request_id: uuid::Uuid::now_v7().to_string(),
         };
+        let mut unsettled = Unsettled::new(&self.client, Queue::Election, &self.name, &request.request_id);
         let r = self
             .client
             .call_waiting("Campaign", None, |channel| {
                 let request = request.clone();
                 async move { ElectionClient::new(channel).campaign(request).await }
             })
-            .await?;
-        r.leader.ok_or_else(|| Error::from(tonic::Status::internal("the answer carries no leadership")))
+            .await;
+        unsettled.settle_on(&r);
+        r?.leader.ok_or_else(|| Error::from(tonic::Status::internal("the answer carries no leadership")))
     }
 
     /// Publishes a new value as leader; FAILED_PRECONDITION once it no longer leads.

@@ -20,7 +20,7 @@ use std::time::Duration;
 use latch_proto::v1::lock_client::LockClient;
 use latch_proto::v1::{
     AcquireRequest, CheckSequencerRequest, CheckSequencerResponse, DescribeLockRequest, ListLocksRequest,
-    LockInfo, LockMode, ReleaseRequest, Sequencer,
+    LockInfo, LockMode, ReleaseRequest, Sequencer, WithdrawRequest,
 };
 
 use crate::{Client, Error, Session};
@@ -70,8 +70,10 @@ impl LockOptions {
 impl Client {
     /// Asks for lock `name` for `session`; `None` when it was not granted in the time allowed.
     /// Re-entrant per session: a session that holds the lock gets its sequencer again. Dropping
-    /// the future withdraws a request still waiting; a grant that came just as it was dropped
-    /// stays the session's until released or the session ends (acquire again to get it back).
+    /// the future, or an error after the request may have been queued (a member cut off, the
+    /// retry budget spent), withdraws the request in the background; a grant that came just
+    /// before stays the session's until released or the session ends (acquire again to get it
+    /// back).
     pub async fn acquire(
         &self,
         session: &str,
@@ -94,6 +96,7 @@ impl Client {
         };
         // A resent request waits only what is left of the time allowed.
         let until = wait.map(|d| tokio::time::Instant::now() + d);
+        let mut unsettled = Unsettled::new(self, Queue::Lock, name, &request.request_id);
         let r = self
             .call_waiting("Acquire", wait, |channel| {
                 let mut request = request.clone();
@@ -103,8 +106,23 @@ impl Client {
                 }
                 async move { LockClient::new(channel).acquire(request).await }
             })
-            .await?;
+            .await;
+        unsettled.settle_on(&r);
+        let r = r?;
         Ok(r.sequencer.filter(|_| r.acquired))
+    }
+
+    /// Gives up the acquire sent under `request_id` (Lock.Withdraw): its place in the queue, or
+    /// its chance to be queued; `Some` when it had been granted first (the session keeps it).
+    pub(crate) async fn withdraw(&self, name: &str, request_id: &str) -> Result<Option<Sequencer>, Error> {
+        let request = WithdrawRequest { name: name.to_string(), request_id: request_id.to_string() };
+        let r = self
+            .call("Withdraw", |channel| {
+                let request = request.clone();
+                async move { LockClient::new(channel).withdraw(request).await }
+            })
+            .await?;
+        Ok(r.sequencer.filter(|_| r.held))
     }
 
     /// Releases the hold a sequencer names; FAILED_PRECONDITION when it holds no more.
@@ -189,6 +207,114 @@ impl Session {
         }
         let sequencer = client.acquire(self.id(), name, options).await?;
         Ok(sequencer.map(|sequencer| LockGuard { client, sequencer, held: true, turn: Some(turn) }))
+    }
+}
+
+/// Whether an acquire that failed with `code` left nothing to withdraw: it was refused as asked
+/// (a bad request, no such session, a mode the session does not hold it in, an id used before),
+/// whatever attempt answered it. Any other failure may have come after an attempt was queued.
+fn settles(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        InvalidArgument | NotFound | FailedPrecondition | Unimplemented | PermissionDenied | Unauthenticated
+    )
+}
+
+/// Attempts at withdrawing an acquire given up, each with the client's own retries over the
+/// members, before the session's end is left to do it.
+const WITHDRAW_ATTEMPTS: u32 = 8;
+/// The wait before the first attempt's retry; it doubles each time (about a minute in all).
+const WITHDRAW_BACKOFF: Duration = Duration::from_millis(250);
+
+/// The queue an unsettled request waits in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Queue {
+    /// A lock's (Acquire; Lock.Withdraw).
+    Lock,
+    /// An election's candidates (Campaign; Election.Withdraw).
+    Election,
+}
+
+/// A request for a lock or a leadership whose outcome is unknown: while `client` is set,
+/// dropping it withdraws the request in the background (Lock.Withdraw, Election.Withdraw),
+/// retried for about a minute. It is set from the first attempt until an answer settles the call
+/// — so a request that failed after it may have been queued (a member cut off, a connection
+/// lost, the retry budget spent), or whose future was dropped between attempts, leaves no wait
+/// behind to be granted to a session whose caller was told it did not get the lock. (A future
+/// dropped during an attempt is withdrawn by the member too, as it sees the call go.) A grant
+/// that came first is kept, as the member's own withdrawal keeps it (docs/locks.md, "Giving
+/// up"): the session's next request of the name gets it back.
+pub(crate) struct Unsettled {
+    client: Option<Client>,
+    queue: Queue,
+    name: String,
+    request_id: String,
+}
+
+impl Unsettled {
+    pub(crate) fn new(client: &Client, queue: Queue, name: &str, request_id: &str) -> Unsettled {
+        Unsettled {
+            client: Some(client.clone()),
+            queue,
+            name: name.to_string(),
+            request_id: request_id.to_string(),
+        }
+    }
+
+    /// Disarms unless `result` leaves the request's fate unknown.
+    pub(crate) fn settle_on<T>(&mut self, result: &Result<T, Error>) {
+        if result.as_ref().map_or_else(|e| settles(e.code()), |_| true) {
+            self.client = None;
+        }
+    }
+}
+
+impl Drop for Unsettled {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (queue, name, request_id) =
+            (self.queue, std::mem::take(&mut self.name), std::mem::take(&mut self.request_id));
+        runtime.spawn(async move {
+            let mut backoff = WITHDRAW_BACKOFF;
+            for _ in 0..WITHDRAW_ATTEMPTS {
+                let granted = match queue {
+                    Queue::Lock => client.withdraw(&name, &request_id).await.map(|s| s.map(|s| s.generation)),
+                    Queue::Election => client
+                        .withdraw_candidacy(&name, &request_id)
+                        .await
+                        .map(|l| l.and_then(|l| l.sequencer).map(|s| s.generation)),
+                };
+                match granted {
+                    Ok(None) => return,
+                    Ok(Some(generation)) => {
+                        tracing::warn!(
+                            ?queue,
+                            name,
+                            generation,
+                            "a request given up had been granted first: its session holds it until it \
+                             releases it or ends"
+                        );
+                        return;
+                    }
+                    Err(e) if settles(e.code()) => {
+                        tracing::debug!(?queue, name, error = %e, "a request given up needs no withdrawal");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!(?queue, name, error = %e, "withdrawing a request given up: retrying")
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            tracing::warn!(
+                ?queue,
+                name,
+                "a request given up could not be withdrawn; its session's end will withdraw it"
+            );
+        });
     }
 }
 

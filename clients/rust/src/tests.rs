@@ -1,7 +1,7 @@
 //! The retry loop against scripted in-process servers: endpoint failover, leader hints,
 //! request ids kept across retries, errors that must not be retried, the retry budget; a
-//! watch resumed on another member when one ends its stream over its limits; and a watch
-//! group's shared response and refused resume.
+//! watch resumed on another member when one ends its stream over its limits; a watch group's
+//! shared response and refused resume; and an acquire given up unsettled, withdrawn.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -10,19 +10,23 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use latch_proto::v1::kv_server::{Kv, KvServer};
+use latch_proto::v1::lock_server::{Lock, LockServer};
 use latch_proto::v1::watch_request::Request as Ask;
 use latch_proto::v1::watch_response::CancelReason;
 use latch_proto::v1::watch_server::{Watch, WatchServer};
 use latch_proto::v1::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, Event, KeyValue,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
-    WatchRequest, WatchResponse,
+    AcquireRequest, AcquireResponse, CheckSequencerRequest, CheckSequencerResponse, CompactionRequest,
+    CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, DescribeLockRequest, DescribeLockResponse,
+    Event, KeyValue, ListLocksRequest, ListLocksResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, ReleaseRequest, ReleaseResponse, ResponseHeader, TxnRequest, TxnResponse, WatchRequest,
+    WatchResponse, WithdrawRequest, WithdrawResponse,
 };
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::{
-    Client, ClientOptions, Compare, CompareResult, Op, Txn, WatchOptions, WatchUpdate, LEADER_ADDR_METADATA,
+    Client, ClientOptions, Compare, CompareResult, LockOptions, Op, Txn, Wait, WatchOptions, WatchUpdate,
+    LEADER_ADDR_METADATA,
 };
 
 /// How a scripted server answers every call.
@@ -576,5 +580,99 @@ async fn a_watch_group_hands_a_shared_response_to_each_watch_and_retries_a_refus
         "the refused watch waits {:?} before it is created again (waited {:?})",
         crate::watch::PARKED_FOR,
         at[2] - at[1]
+    );
+}
+
+/// A member's Lock service whose acquires never settle for session "cut" (UNAVAILABLE, as from a
+/// member cut off from the leader after the request was queued) and find no session "gone"
+/// (NOT_FOUND); it records each acquire's and each withdrawal's request id.
+#[derive(Clone, Default)]
+struct ScriptedLock {
+    acquires: Arc<Mutex<Vec<(String, String)>>>,
+    withdrawals: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+#[tonic::async_trait]
+impl Lock for ScriptedLock {
+    async fn acquire(&self, request: Request<AcquireRequest>) -> Result<Response<AcquireResponse>, Status> {
+        let r = request.into_inner();
+        self.acquires.lock().expect("test lock").push((r.session_id.clone(), r.request_id));
+        match r.session_id.as_str() {
+            "gone" => Err(Status::not_found("session gone not found")),
+            _ => Err(Status::unavailable("cut off from the leader")),
+        }
+    }
+
+    async fn release(&self, _: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {
+        Err(Status::unimplemented("not scripted"))
+    }
+
+    async fn withdraw(
+        &self,
+        request: Request<WithdrawRequest>,
+    ) -> Result<Response<WithdrawResponse>, Status> {
+        let r = request.into_inner();
+        self.withdrawals.lock().expect("test lock").push((r.name, r.request_id));
+        Ok(Response::new(WithdrawResponse::default()))
+    }
+
+    async fn check_sequencer(
+        &self,
+        _: Request<CheckSequencerRequest>,
+    ) -> Result<Response<CheckSequencerResponse>, Status> {
+        Err(Status::unimplemented("not scripted"))
+    }
+
+    async fn describe_lock(
+        &self,
+        _: Request<DescribeLockRequest>,
+    ) -> Result<Response<DescribeLockResponse>, Status> {
+        Err(Status::unimplemented("not scripted"))
+    }
+
+    async fn list_locks(&self, _: Request<ListLocksRequest>) -> Result<Response<ListLocksResponse>, Status> {
+        Err(Status::unimplemented("not scripted"))
+    }
+}
+
+#[tokio::test]
+async fn an_acquire_given_up_after_its_request_may_have_been_queued_is_withdrawn_by_its_request_id() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+    let addr = listener.local_addr().expect("bound address").to_string();
+    let member = ScriptedLock::default();
+    let incoming = TcpIncoming::from_listener(listener, true, None).expect("incoming");
+    let service = LockServer::new(member.clone());
+    tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
+    let options = ClientOptions {
+        request_timeout: Duration::from_millis(100),
+        retry_budget: Duration::from_millis(300),
+    };
+    let client = Client::connect_with([addr.as_str()], options).await.expect("valid endpoint");
+    let wait = LockOptions::exclusive().wait(Wait::For(Duration::from_millis(200)));
+
+    // Refused as asked: nothing was queued, nothing is withdrawn.
+    let err = client.acquire("gone", "l", wait).await.expect_err("no such session");
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+    // Never settled: the member may hold it queued.
+    let err = client.acquire("cut", "l", wait).await.expect_err("the member never settles it");
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    let acquires = member.acquires.lock().expect("test lock").clone();
+    let cut_id =
+        acquires.iter().find(|(s, _)| s == "cut").map(|(_, id)| id.clone()).expect("an acquire of cut");
+    assert!(
+        acquires.iter().filter(|(s, _)| s == "cut").all(|(_, id)| *id == cut_id),
+        "one request id across retries"
+    );
+
+    let started = std::time::Instant::now();
+    while member.withdrawals.lock().expect("test lock").is_empty()
+        && started.elapsed() < Duration::from_secs(5)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        member.withdrawals.lock().expect("test lock").clone(),
+        vec![("l".to_string(), cut_id)],
+        "the acquire given up unsettled, and only it, is withdrawn under its own request id"
     );
 }

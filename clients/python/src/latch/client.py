@@ -19,8 +19,8 @@ import grpc
 
 from .errors import LatchError, trailing
 from .txn import Bytes, Txn, as_bytes, prefix_end
-from .v1 import (cluster_pb2, cluster_pb2_grpc, election_pb2_grpc, kv_pb2, kv_pb2_grpc, lock_pb2,
-                 lock_pb2_grpc, registry_pb2, registry_pb2_grpc, session_pb2, session_pb2_grpc,
+from .v1 import (cluster_pb2, cluster_pb2_grpc, election_pb2, election_pb2_grpc, kv_pb2, kv_pb2_grpc,
+                 lock_pb2, lock_pb2_grpc, registry_pb2, registry_pb2_grpc, session_pb2, session_pb2_grpc,
                  watch_pb2_grpc)
 
 #: Where a client connects when it is given no endpoints and $LATCH_ENDPOINTS is unset.
@@ -31,6 +31,15 @@ LEADER_ADDR_METADATA = "latch-leader-addr"
 INITIAL_BACKOFF = 0.02
 MAX_BACKOFF = 0.5
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+#: Failures of an acquire that leave nothing to withdraw: refused as asked (a bad request, no such
+#: session, the other mode, an id used before), whichever attempt answered. Any other failure may
+#: have come after an attempt was queued.
+SETTLED = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
+           grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+#: Attempts at withdrawing an acquire given up in the background, the first pause before them
+#: (doubling).
+WITHDRAW_ATTEMPTS = 8
+WITHDRAW_BACKOFF = 0.25
 #: Pings on idle connections, so that a member that vanished is noticed (seconds).
 KEEPALIVE_INTERVAL_MS = 5000
 KEEPALIVE_TIMEOUT_MS = 5000
@@ -392,7 +401,10 @@ class Client:
                 lock_delay: Optional[float] = None) -> Optional[lock_pb2.Sequencer]:
         """Asks for lock ``name`` for the session; its sequencer, or None if not granted within
         ``wait`` seconds (0: try once; None: wait as long as it takes). ``lock_delay``: seconds
-        the lock stays ungranted after this holder's session expires (0 … 60; 5 by default)."""
+        the lock stays ungranted after this holder's session expires (0 … 60; 5 by default).
+        An acquire that fails after its request may have been queued (a member cut off, the
+        retry budget spent) or is interrupted is withdrawn before the error leaves, or in the
+        background (``_withdraw``)."""
         request = lock_pb2.AcquireRequest(name=name, session_id=session_id,
                                           mode=lock_pb2.SHARED if shared else lock_pb2.EXCLUSIVE,
                                           request_id=request_id())
@@ -403,8 +415,51 @@ class Client:
             request.wait_ms = round(wait * 1000)
         if lock_delay is not None:
             request.lock_delay_ms = round(seconds(lock_delay, "lock_delay") * 1000)
-        response = self._call("lock", "Acquire", request, wait=wait)
+        try:
+            response = self._call("lock", "Acquire", request, wait=wait)
+        except LatchError as e:
+            if e.code not in SETTLED:
+                self._withdraw("lock", name, request.request_id, first_here=True)
+            raise
+        except BaseException:  # interrupted (KeyboardInterrupt) during or between attempts
+            self._withdraw("lock", name, request.request_id, first_here=False)
+            raise
         return response.sequencer if response.acquired else None
+
+    def _withdraw(self, service: str, name: str, acquire_id: str, *, first_here: bool) -> None:
+        """Gives up the acquire (``service`` "lock") or campaign ("election") sent under
+        ``acquire_id`` (Lock.Withdraw, Election.Withdraw): a request given up while its outcome
+        is unknown (a member cut off, the retry budget spent, an interrupt) leaves no wait
+        behind to be granted to a session whose caller was told it did not get it. With
+        ``first_here``, one try of at most ``request_timeout`` before returning (so that a
+        ``with Client(...)`` block that ends on the error does not close the client first);
+        then, or at once, a daemon thread retries for about a minute while the client is open.
+        A grant that came first is kept (the session's next request of the name gets it back),
+        as the member's own withdrawal keeps it."""
+        if service == "lock":
+            request = lock_pb2.WithdrawRequest(name=name, request_id=acquire_id)
+        else:
+            request = election_pb2.WithdrawCandidacyRequest(name=name, request_id=acquire_id)
+
+        def once(until: Optional[float]) -> bool:
+            try:
+                self._call(service, "Withdraw", request, until=until)
+                return True
+            except LatchError as e:
+                return e.code in SETTLED or self.closed
+
+        if first_here and once(time.monotonic() + self.request_timeout):
+            return
+
+        def retry():
+            pause = WITHDRAW_BACKOFF
+            for _ in range(WITHDRAW_ATTEMPTS):
+                time.sleep(pause)
+                pause *= 2
+                if self.closed or once(None):
+                    return
+
+        threading.Thread(target=retry, name=f"latch-withdraw-{name}", daemon=True).start()
 
     def release(self, sequencer: str) -> None:
         """Releases the hold that ``sequencer`` (its token) names; FAILED_PRECONDITION when it

@@ -7,7 +7,7 @@ from typing import Iterator, Optional
 
 import grpc
 
-from .client import RETRYABLE, Backoff, request_id, seconds
+from .client import RETRYABLE, SETTLED, Backoff, request_id, seconds
 from .errors import LatchError
 from .txn import Bytes, as_bytes
 from .v1 import election_pb2
@@ -20,12 +20,21 @@ class Election:
 
     def campaign(self, session, value: Bytes, *, lock_delay: Optional[float] = None) -> election_pb2.Leadership:
         """Waits until ``session`` (a Session or its id) leads, then returns the leadership.
-        A session that leads already gets its leadership back."""
+        A session that leads already gets its leadership back. A campaign that fails after it
+        may have been queued, or is interrupted, is withdrawn (as ``Client.acquire`` is)."""
         request = election_pb2.CampaignRequest(name=self.name, session_id=_session_id(session),
                                                value=as_bytes(value, "value"), request_id=request_id())
         if lock_delay is not None:
             request.lock_delay_ms = round(seconds(lock_delay, "lock_delay") * 1000)
-        return self.client._call("election", "Campaign", request, wait=None).leader
+        try:
+            return self.client._call("election", "Campaign", request, wait=None).leader
+        except LatchError as e:
+            if e.code not in SETTLED:
+                self.client._withdraw("election", self.name, request.request_id, first_here=True)
+            raise
+        except BaseException:  # interrupted (KeyboardInterrupt) during or between attempts
+            self.client._withdraw("election", self.name, request.request_id, first_here=False)
+            raise
 
     def proclaim(self, leadership: election_pb2.Leadership, value: Bytes) -> None:
         """Publishes a new value; FAILED_PRECONDITION unless the leadership still leads."""

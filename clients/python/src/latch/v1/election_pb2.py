@@ -27,7 +27,7 @@ from latch.v1 import kv_pb2 as latch_dot_v1_dot_kv__pb2
 from latch.v1 import lock_pb2 as latch_dot_v1_dot_lock__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17latch/v1/election.proto\x12\x08latch.v1\x1a\x11latch/v1/kv.proto\x1a\x13latch/v1/lock.proto\"\x84\x01\n\x0f\x43\x61mpaignRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x1a\n\rlock_delay_ms\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\x10\n\x0e_lock_delay_ms\"Q\n\nLeadership\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12&\n\tsequencer\x18\x03 \x01(\x0b\x32\x13.latch.v1.Sequencer\"b\n\x10\x43\x61mpaignResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\x12$\n\x06leader\x18\x02 \x01(\x0b\x32\x14.latch.v1.Leadership\"G\n\x0fProclaimRequest\x12\x11\n\tsequencer\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"<\n\x10ProclaimResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\"\x1d\n\rLeaderRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"`\n\x0eLeaderResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\x12$\n\x06leader\x18\x02 \x01(\x0b\x32\x14.latch.v1.Leadership\"\x1e\n\x0eObserveRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"6\n\rResignRequest\x12\x11\n\tsequencer\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\":\n\x0eResignResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader2\xcb\x02\n\x08\x45lection\x12\x41\n\x08\x43\x61mpaign\x12\x19.latch.v1.CampaignRequest\x1a\x1a.latch.v1.CampaignResponse\x12\x41\n\x08Proclaim\x12\x19.latch.v1.ProclaimRequest\x1a\x1a.latch.v1.ProclaimResponse\x12;\n\x06Leader\x12\x17.latch.v1.LeaderRequest\x1a\x18.latch.v1.LeaderResponse\x12?\n\x07Observe\x12\x18.latch.v1.ObserveRequest\x1a\x18.latch.v1.LeaderResponse0\x01\x12;\n\x06Resign\x12\x17.latch.v1.ResignRequest\x1a\x18.latch.v1.ResignResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17latch/v1/election.proto\x12\x08latch.v1\x1a\x11latch/v1/kv.proto\x1a\x13latch/v1/lock.proto\"\x84\x01\n\x0f\x43\x61mpaignRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x1a\n\rlock_delay_ms\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\x10\n\x0e_lock_delay_ms\"Q\n\nLeadership\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12&\n\tsequencer\x18\x03 \x01(\x0b\x32\x13.latch.v1.Sequencer\"b\n\x10\x43\x61mpaignResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\x12$\n\x06leader\x18\x02 \x01(\x0b\x32\x14.latch.v1.Leadership\"G\n\x0fProclaimRequest\x12\x11\n\tsequencer\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"<\n\x10ProclaimResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\"\x1d\n\rLeaderRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"`\n\x0eLeaderResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\x12$\n\x06leader\x18\x02 \x01(\x0b\x32\x14.latch.v1.Leadership\"\x1e\n\x0eObserveRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x18WithdrawCandidacyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"k\n\x19WithdrawCandidacyResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\x12$\n\x06leader\x18\x02 \x01(\x0b\x32\x14.latch.v1.Leadership\"6\n\rResignRequest\x12\x11\n\tsequencer\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\":\n\x0eResignResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader2\xa0\x03\n\x08\x45lection\x12\x41\n\x08\x43\x61mpaign\x12\x19.latch.v1.CampaignRequest\x1a\x1a.latch.v1.CampaignResponse\x12\x41\n\x08Proclaim\x12\x19.latch.v1.ProclaimRequest\x1a\x1a.latch.v1.ProclaimResponse\x12;\n\x06Leader\x12\x17.latch.v1.LeaderRequest\x1a\x18.latch.v1.LeaderResponse\x12?\n\x07Observe\x12\x18.latch.v1.ObserveRequest\x1a\x18.latch.v1.LeaderResponse0\x01\x12;\n\x06Resign\x12\x17.latch.v1.ResignRequest\x1a\x18.latch.v1.ResignResponse\x12S\n\x08Withdraw\x12\".latch.v1.WithdrawCandidacyRequest\x1a#.latch.v1.WithdrawCandidacyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,10 +50,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LEADERRESPONSE']._serialized_end=657
   _globals['_OBSERVEREQUEST']._serialized_start=659
   _globals['_OBSERVEREQUEST']._serialized_end=689
-  _globals['_RESIGNREQUEST']._serialized_start=691
-  _globals['_RESIGNREQUEST']._serialized_end=745
-  _globals['_RESIGNRESPONSE']._serialized_start=747
-  _globals['_RESIGNRESPONSE']._serialized_end=805
-  _globals['_ELECTION']._serialized_start=808
-  _globals['_ELECTION']._serialized_end=1139
+  _globals['_WITHDRAWCANDIDACYREQUEST']._serialized_start=691
+  _globals['_WITHDRAWCANDIDACYREQUEST']._serialized_end=751
+  _globals['_WITHDRAWCANDIDACYRESPONSE']._serialized_start=753
+  _globals['_WITHDRAWCANDIDACYRESPONSE']._serialized_end=860
+  _globals['_RESIGNREQUEST']._serialized_start=862
+  _globals['_RESIGNREQUEST']._serialized_end=916
+  _globals['_RESIGNRESPONSE']._serialized_start=918
+  _globals['_RESIGNRESPONSE']._serialized_end=976
+  _globals['_ELECTION']._serialized_start=979
+  _globals['_ELECTION']._serialized_end=1395
 # @@protoc_insertion_point(module_scope)

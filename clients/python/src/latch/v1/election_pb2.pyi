@@ -76,6 +76,22 @@ class ObserveRequest(_message.Message):
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
+class WithdrawCandidacyRequest(_message.Message):
+    __slots__ = ("name", "request_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class WithdrawCandidacyResponse(_message.Message):
+    __slots__ = ("header", "leader")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    header: _kv_pb2.ResponseHeader
+    leader: Leadership
+    def __init__(self, header: _Optional[_Union[_kv_pb2.ResponseHeader, _Mapping]] = ..., leader: _Optional[_Union[Leadership, _Mapping]] = ...) -> None: ...
+
 class ResignRequest(_message.Message):
     __slots__ = ("sequencer", "request_id")
     SEQUENCER_FIELD_NUMBER: _ClassVar[int]

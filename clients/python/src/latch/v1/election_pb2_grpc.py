@@ -60,6 +60,11 @@ class ElectionStub:
                 request_serializer=latch_dot_v1_dot_election__pb2.ResignRequest.SerializeToString,
                 response_deserializer=latch_dot_v1_dot_election__pb2.ResignResponse.FromString,
                 _registered_method=True)
+        self.Withdraw = channel.unary_unary(
+                '/latch.v1.Election/Withdraw',
+                request_serializer=latch_dot_v1_dot_election__pb2.WithdrawCandidacyRequest.SerializeToString,
+                response_deserializer=latch_dot_v1_dot_election__pb2.WithdrawCandidacyResponse.FromString,
+                _registered_method=True)
 
 
 class ElectionServicer:
@@ -103,6 +108,16 @@ class ElectionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Withdraw(self, request, context):
+        """Gives up a Campaign whose answer never came, by its request id, as Lock.Withdraw gives up
+        an acquire: its place among the candidates, or, not applied yet, its chance to be. A
+        leadership won first is kept and answered. Safe to retry; the clients call it whenever they
+        give up a campaign whose outcome they do not know.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ElectionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +145,11 @@ def add_ElectionServicer_to_server(servicer, server):
                     servicer.Resign,
                     request_deserializer=latch_dot_v1_dot_election__pb2.ResignRequest.FromString,
                     response_serializer=latch_dot_v1_dot_election__pb2.ResignResponse.SerializeToString,
+            ),
+            'Withdraw': grpc.unary_unary_rpc_method_handler(
+                    servicer.Withdraw,
+                    request_deserializer=latch_dot_v1_dot_election__pb2.WithdrawCandidacyRequest.FromString,
+                    response_serializer=latch_dot_v1_dot_election__pb2.WithdrawCandidacyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +287,33 @@ class Election:
             '/latch.v1.Election/Resign',
             latch_dot_v1_dot_election__pb2.ResignRequest.SerializeToString,
             latch_dot_v1_dot_election__pb2.ResignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Withdraw(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latch.v1.Election/Withdraw',
+            latch_dot_v1_dot_election__pb2.WithdrawCandidacyRequest.SerializeToString,
+            latch_dot_v1_dot_election__pb2.WithdrawCandidacyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,15 +26,15 @@ _sym_db = _symbol_database.Default()
 from latch.v1 import kv_pb2 as latch_dot_v1_dot_kv__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13latch/v1/lock.proto\x12\x08latch.v1\x1a\x11latch/v1/kv.proto\"\x98\x01\n\tSequencer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12 \n\x04mode\x18\x02 \x01(\x0e\x32\x12.latch.v1.LockMode\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x12\n\ncluster_id\x18\x05 \x01(\x04\x12\x10\n\x08\x65lection\x18\x06 \x01(\x08\x12\r\n\x05token\x18\x07 \x01(\t\"\xbd\x01\n\x0e\x41\x63quireRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12 \n\x04mode\x18\x03 \x01(\x0e\x32\x12.latch.v1.LockMode\x12\x0f\n\x07wait_ms\x18\x04 \x01(\x04\x12\x14\n\x0cwait_forever\x18\x05 \x01(\x08\x12\x1a\n\rlock_delay_ms\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x07 \x01(\tB\x10\n\x0e_lock_delay_ms\"u\n\x0f\x41\x63quireResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\x12\x10\n\x08\x61\x63quired\x18\x02 \x01(\x08\x12&\n\tsequencer\x18\x03 \x01(\x0b\x32\x13.latch.v1.Sequencer\"7\n\x0eReleaseRequest\x12\x11\n\tsequencer\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\";\n\x0fReleaseResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\"*\n\x15\x43heckSequencerRequest\x12\x11\n\tsequencer\x18\x01 \x01(\t\"a\n\x16\x43heckSequencerResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\x12\r\n\x05valid\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"#\n\x13\x44\x65scribeLockRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x8a\x01\n\nLockHolder\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12 \n\x04mode\x18\x02 \x01(\x0e\x32\x12.latch.v1.LockMode\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x1b\n\x13held_since_revision\x18\x04 \x01(\x03\x12\x15\n\rlock_delay_ms\x18\x05 \x01(\x04\"[\n\nLockWaiter\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12 \n\x04mode\x18\x02 \x01(\x0e\x32\x12.latch.v1.LockMode\x12\x17\n\x0fqueued_revision\x18\x03 \x01(\x03\"\xa7\x01\n\x08LockInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x07holders\x18\x02 \x03(\x0b\x32\x14.latch.v1.LockHolder\x12%\n\x07waiters\x18\x03 \x03(\x0b\x32\x14.latch.v1.LockWaiter\x12\x0f\n\x07\x64\x65layed\x18\x04 \x01(\x08\x12\x1c\n\x14\x64\x65lay_since_revision\x18\x05 \x01(\x03\x12\x10\n\x08\x64\x65lay_ms\x18\x06 \x01(\x04\"b\n\x14\x44\x65scribeLockResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\x12 \n\x04lock\x18\x02 \x01(\x0b\x32\x12.latch.v1.LockInfo\"\"\n\x10ListLocksRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\"`\n\x11ListLocksResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\x12!\n\x05locks\x18\x02 \x03(\x0b\x32\x12.latch.v1.LockInfo*%\n\x08LockMode\x12\r\n\tEXCLUSIVE\x10\x00\x12\n\n\x06SHARED\x10\x01\x32\xf0\x02\n\x04Lock\x12>\n\x07\x41\x63quire\x12\x18.latch.v1.AcquireRequest\x1a\x19.latch.v1.AcquireResponse\x12>\n\x07Release\x12\x18.latch.v1.ReleaseRequest\x1a\x19.latch.v1.ReleaseResponse\x12S\n\x0e\x43heckSequencer\x12\x1f.latch.v1.CheckSequencerRequest\x1a .latch.v1.CheckSequencerResponse\x12M\n\x0c\x44\x65scribeLock\x12\x1d.latch.v1.DescribeLockRequest\x1a\x1e.latch.v1.DescribeLockResponse\x12\x44\n\tListLocks\x12\x1a.latch.v1.ListLocksRequest\x1a\x1b.latch.v1.ListLocksResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13latch/v1/lock.proto\x12\x08latch.v1\x1a\x11latch/v1/kv.proto\"\x98\x01\n\tSequencer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12 \n\x04mode\x18\x02 \x01(\x0e\x32\x12.latch.v1.LockMode\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x12\n\ncluster_id\x18\x05 \x01(\x04\x12\x10\n\x08\x65lection\x18\x06 \x01(\x08\x12\r\n\x05token\x18\x07 \x01(\t\"\xbd\x01\n\x0e\x41\x63quireRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12 \n\x04mode\x18\x03 \x01(\x0e\x32\x12.latch.v1.LockMode\x12\x0f\n\x07wait_ms\x18\x04 \x01(\x04\x12\x14\n\x0cwait_forever\x18\x05 \x01(\x08\x12\x1a\n\rlock_delay_ms\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x07 \x01(\tB\x10\n\x0e_lock_delay_ms\"u\n\x0f\x41\x63quireResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\x12\x10\n\x08\x61\x63quired\x18\x02 \x01(\x08\x12&\n\tsequencer\x18\x03 \x01(\x0b\x32\x13.latch.v1.Sequencer\"7\n\x0eReleaseRequest\x12\x11\n\tsequencer\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\";\n\x0fReleaseResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\"3\n\x0fWithdrawRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"r\n\x10WithdrawResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\x12\x0c\n\x04held\x18\x02 \x01(\x08\x12&\n\tsequencer\x18\x03 \x01(\x0b\x32\x13.latch.v1.Sequencer\"*\n\x15\x43heckSequencerRequest\x12\x11\n\tsequencer\x18\x01 \x01(\t\"a\n\x16\x43heckSequencerResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\x12\r\n\x05valid\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"#\n\x13\x44\x65scribeLockRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x8a\x01\n\nLockHolder\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12 \n\x04mode\x18\x02 \x01(\x0e\x32\x12.latch.v1.LockMode\x12\x12\n\ngeneration\x18\x03 \x01(\x04\x12\x1b\n\x13held_since_revision\x18\x04 \x01(\x03\x12\x15\n\rlock_delay_ms\x18\x05 \x01(\x04\"[\n\nLockWaiter\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12 \n\x04mode\x18\x02 \x01(\x0e\x32\x12.latch.v1.LockMode\x12\x17\n\x0fqueued_revision\x18\x03 \x01(\x03\"\xa7\x01\n\x08LockInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x07holders\x18\x02 \x03(\x0b\x32\x14.latch.v1.LockHolder\x12%\n\x07waiters\x18\x03 \x03(\x0b\x32\x14.latch.v1.LockWaiter\x12\x0f\n\x07\x64\x65layed\x18\x04 \x01(\x08\x12\x1c\n\x14\x64\x65lay_since_revision\x18\x05 \x01(\x03\x12\x10\n\x08\x64\x65lay_ms\x18\x06 \x01(\x04\"b\n\x14\x44\x65scribeLockResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\x12 \n\x04lock\x18\x02 \x01(\x0b\x32\x12.latch.v1.LockInfo\"\"\n\x10ListLocksRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\"`\n\x11ListLocksResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\x12!\n\x05locks\x18\x02 \x03(\x0b\x32\x12.latch.v1.LockInfo*%\n\x08LockMode\x12\r\n\tEXCLUSIVE\x10\x00\x12\n\n\x06SHARED\x10\x01\x32\xb3\x03\n\x04Lock\x12>\n\x07\x41\x63quire\x12\x18.latch.v1.AcquireRequest\x1a\x19.latch.v1.AcquireResponse\x12>\n\x07Release\x12\x18.latch.v1.ReleaseRequest\x1a\x19.latch.v1.ReleaseResponse\x12\x41\n\x08Withdraw\x12\x19.latch.v1.WithdrawRequest\x1a\x1a.latch.v1.WithdrawResponse\x12S\n\x0e\x43heckSequencer\x12\x1f.latch.v1.CheckSequencerRequest\x1a .latch.v1.CheckSequencerResponse\x12M\n\x0c\x44\x65scribeLock\x12\x1d.latch.v1.DescribeLockRequest\x1a\x1e.latch.v1.DescribeLockResponse\x12\x44\n\tListLocks\x12\x1a.latch.v1.ListLocksRequest\x1a\x1b.latch.v1.ListLocksResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'latch.v1.lock_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOCKMODE']._serialized_start=1454
-  _globals['_LOCKMODE']._serialized_end=1491
+  _globals['_LOCKMODE']._serialized_start=1623
+  _globals['_LOCKMODE']._serialized_end=1660
   _globals['_SEQUENCER']._serialized_start=53
   _globals['_SEQUENCER']._serialized_end=205
   _globals['_ACQUIREREQUEST']._serialized_start=208
@@ -45,24 +45,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELEASEREQUEST']._serialized_end=573
   _globals['_RELEASERESPONSE']._serialized_start=575
   _globals['_RELEASERESPONSE']._serialized_end=634
-  _globals['_CHECKSEQUENCERREQUEST']._serialized_start=636
-  _globals['_CHECKSEQUENCERREQUEST']._serialized_end=678
-  _globals['_CHECKSEQUENCERRESPONSE']._serialized_start=680
-  _globals['_CHECKSEQUENCERRESPONSE']._serialized_end=777
-  _globals['_DESCRIBELOCKREQUEST']._serialized_start=779
-  _globals['_DESCRIBELOCKREQUEST']._serialized_end=814
-  _globals['_LOCKHOLDER']._serialized_start=817
-  _globals['_LOCKHOLDER']._serialized_end=955
-  _globals['_LOCKWAITER']._serialized_start=957
-  _globals['_LOCKWAITER']._serialized_end=1048
-  _globals['_LOCKINFO']._serialized_start=1051
-  _globals['_LOCKINFO']._serialized_end=1218
-  _globals['_DESCRIBELOCKRESPONSE']._serialized_start=1220
-  _globals['_DESCRIBELOCKRESPONSE']._serialized_end=1318
-  _globals['_LISTLOCKSREQUEST']._serialized_start=1320
-  _globals['_LISTLOCKSREQUEST']._serialized_end=1354
-  _globals['_LISTLOCKSRESPONSE']._serialized_start=1356
-  _globals['_LISTLOCKSRESPONSE']._serialized_end=1452
-  _globals['_LOCK']._serialized_start=1494
-  _globals['_LOCK']._serialized_end=1862
+  _globals['_WITHDRAWREQUEST']._serialized_start=636
+  _globals['_WITHDRAWREQUEST']._serialized_end=687
+  _globals['_WITHDRAWRESPONSE']._serialized_start=689
+  _globals['_WITHDRAWRESPONSE']._serialized_end=803
+  _globals['_CHECKSEQUENCERREQUEST']._serialized_start=805
+  _globals['_CHECKSEQUENCERREQUEST']._serialized_end=847
+  _globals['_CHECKSEQUENCERRESPONSE']._serialized_start=849
+  _globals['_CHECKSEQUENCERRESPONSE']._serialized_end=946
+  _globals['_DESCRIBELOCKREQUEST']._serialized_start=948
+  _globals['_DESCRIBELOCKREQUEST']._serialized_end=983
+  _globals['_LOCKHOLDER']._serialized_start=986
+  _globals['_LOCKHOLDER']._serialized_end=1124
+  _globals['_LOCKWAITER']._serialized_start=1126
+  _globals['_LOCKWAITER']._serialized_end=1217
+  _globals['_LOCKINFO']._serialized_start=1220
+  _globals['_LOCKINFO']._serialized_end=1387
+  _globals['_DESCRIBELOCKRESPONSE']._serialized_start=1389
+  _globals['_DESCRIBELOCKRESPONSE']._serialized_end=1487
+  _globals['_LISTLOCKSREQUEST']._serialized_start=1489
+  _globals['_LISTLOCKSREQUEST']._serialized_end=1523
+  _globals['_LISTLOCKSRESPONSE']._serialized_start=1525
+  _globals['_LISTLOCKSRESPONSE']._serialized_end=1621
+  _globals['_LOCK']._serialized_start=1663
+  _globals['_LOCK']._serialized_end=2098
 # @@protoc_insertion_point(module_scope)

@@ -76,6 +76,24 @@ class ReleaseResponse(_message.Message):
     header: _kv_pb2.ResponseHeader
     def __init__(self, header: _Optional[_Union[_kv_pb2.ResponseHeader, _Mapping]] = ...) -> None: ...
 
+class WithdrawRequest(_message.Message):
+    __slots__ = ("name", "request_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class WithdrawResponse(_message.Message):
+    __slots__ = ("header", "held", "sequencer")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCER_FIELD_NUMBER: _ClassVar[int]
+    header: _kv_pb2.ResponseHeader
+    held: bool
+    sequencer: Sequencer
+    def __init__(self, header: _Optional[_Union[_kv_pb2.ResponseHeader, _Mapping]] = ..., held: _Optional[bool] = ..., sequencer: _Optional[_Union[Sequencer, _Mapping]] = ...) -> None: ...
+
 class CheckSequencerRequest(_message.Message):
     __slots__ = ("sequencer",)
     SEQUENCER_FIELD_NUMBER: _ClassVar[int]

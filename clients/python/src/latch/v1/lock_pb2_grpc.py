@@ -45,6 +45,11 @@ class LockStub:
                 request_serializer=latch_dot_v1_dot_lock__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=latch_dot_v1_dot_lock__pb2.ReleaseResponse.FromString,
                 _registered_method=True)
+        self.Withdraw = channel.unary_unary(
+                '/latch.v1.Lock/Withdraw',
+                request_serializer=latch_dot_v1_dot_lock__pb2.WithdrawRequest.SerializeToString,
+                response_deserializer=latch_dot_v1_dot_lock__pb2.WithdrawResponse.FromString,
+                _registered_method=True)
         self.CheckSequencer = channel.unary_unary(
                 '/latch.v1.Lock/CheckSequencer',
                 request_serializer=latch_dot_v1_dot_lock__pb2.CheckSequencerRequest.SerializeToString,
@@ -85,6 +90,19 @@ class LockServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Withdraw(self, request, context):
+        """Gives up an Acquire whose answer never came (its connection broke, the member it waited on
+        was cut off from the leader, its caller gave up between retries): its place in the queue,
+        or, when it has not been applied yet, its chance to be. A grant that came first is kept
+        and answered. Safe to retry. The clients call it whenever they give up an acquire whose
+        outcome they do not know, so that no wait stays queued for a session whose caller was
+        told "not acquired" (and then granted, held by nobody who knows it, until the session
+        ends).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CheckSequencer(self, request, context):
         """Linearizable: whether the sequencer still holds its lock.
         """
@@ -117,6 +135,11 @@ def add_LockServicer_to_server(servicer, server):
                     servicer.Release,
                     request_deserializer=latch_dot_v1_dot_lock__pb2.ReleaseRequest.FromString,
                     response_serializer=latch_dot_v1_dot_lock__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'Withdraw': grpc.unary_unary_rpc_method_handler(
+                    servicer.Withdraw,
+                    request_deserializer=latch_dot_v1_dot_lock__pb2.WithdrawRequest.FromString,
+                    response_serializer=latch_dot_v1_dot_lock__pb2.WithdrawResponse.SerializeToString,
             ),
             'CheckSequencer': grpc.unary_unary_rpc_method_handler(
                     servicer.CheckSequencer,
@@ -188,6 +211,33 @@ class Lock:
             '/latch.v1.Lock/Release',
             latch_dot_v1_dot_lock__pb2.ReleaseRequest.SerializeToString,
             latch_dot_v1_dot_lock__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Withdraw(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latch.v1.Lock/Withdraw',
+            latch_dot_v1_dot_lock__pb2.WithdrawRequest.SerializeToString,
+            latch_dot_v1_dot_lock__pb2.WithdrawResponse.FromString,
             options,
             channel_credentials,
             insecure,
