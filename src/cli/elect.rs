@@ -66,7 +66,15 @@ pub async fn run(command: ElectCommand, client: &ClientArgs) -> anyhow::Result<E
         .session(SessionOptions::new(command.ttl).name(format!("latch elect {}", command.name)))
         .await?;
     let leadership = tokio::select! {
-        l = election.campaign(session.id(), value.into_bytes()) => l?,
+        l = election.campaign(session.id(), value.into_bytes()) => match l {
+            Ok(l) => l,
+            Err(e) => {
+                // A candidacy the failed campaign may have left queued goes with the session,
+                // now rather than at its expiry (this process is about to exit).
+                let _ = session.close().await;
+                return Err(e.into());
+            }
+        },
         signal = &mut stop => {
             // Closing the session withdraws the campaign (or, failing that, its expiry does).
             if let Err(e) = session.close().await {

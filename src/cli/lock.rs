@@ -171,7 +171,15 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                 lock_delay: args.lock_delay,
             };
             let guard = tokio::select! {
-                guard = session.lock(&name, options) => guard?,
+                guard = session.lock(&name, options) => match guard {
+                    Ok(guard) => guard,
+                    Err(e) => {
+                        // What the failed acquire may have left queued goes with the session,
+                        // now rather than at its expiry (this process is about to exit).
+                        let _ = session.close().await;
+                        return Err(e.into());
+                    }
+                },
                 signal = stop => {
                     eprintln!("latch lock: interrupted (signal {signal}) while waiting for {name:?}");
                     // Closing the session withdraws the wait (or, failing that, its expiry does).
