@@ -62,7 +62,8 @@ pub(crate) struct Want {
 /// are re-entrant per lease alike), and one that already waits joins that wait, so a request
 /// resent after a lost answer neither queues twice nor misses its grant. Only the RPC that
 /// queued a request withdraws it (`Abandon`, when its caller goes away or its time is up): a
-/// joiner leaves it to its owner, and if the owner withdrew it meanwhile, the joiner asks again.
+/// joiner leaves it to its owner, and if the owner withdrew it meanwhile, the joiner asks again
+/// — unless the client gave this request up ([`withdraw`]): then it answers "not granted".
 pub(crate) async fn acquire(
     ctx: &Context,
     want: Want,
@@ -85,6 +86,8 @@ pub(crate) async fn acquire(
     let key = locks::lock_key(want.space, &want.name);
     let mut request_id =
         if want.request_id.is_empty() { uuid::Uuid::now_v7().to_string() } else { want.request_id.clone() };
+    // The id the client knows: a withdrawal names it, whatever ids this call asks again under.
+    let given_up = withdrawn_marker(&request_id);
     loop {
         // Registered before the proposal: a grant applied before we wait is not missed.
         let mut settlement = ctx.node.locks().settlement(&request_id);
@@ -171,6 +174,10 @@ pub(crate) async fn acquire(
                     if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
                         return Ok((ctx.header(revision), None));
                     }
+                    if crate::fsm::remembered(&txn, &given_up)? {
+                        // Its client gave it up (Lock.Withdraw): nobody waits for an answer.
+                        return Ok((ctx.header(revision), None));
+                    }
                     break; // withdrawn by another RPC of this request: ask again
                 }
             }
@@ -221,12 +228,22 @@ const WITHDRAW_ROUNDS: usize = 40;
 /// How long [`withdraw`] waits before looking again at an acquire still being proposed here.
 const WITHDRAW_LOOK_AGAIN: Duration = Duration::from_millis(50);
 
+/// The request id under which [`withdraw`] records that the acquire `request_id` was given up
+/// by its client: an RPC of that request that finds it gone then ends instead of asking again
+/// (see [`acquire`]).
+fn withdrawn_marker(request_id: &str) -> String {
+    format!("{request_id}~withdrawn")
+}
+
 /// Gives up the acquire sent under `request_id` (see `Withdraw` in lock.proto): withdraws it if
 /// it waits, answers its grant if it holds, and if it has not been applied here, spends its id
 /// with a withdrawal proposed *under that id* — of the two commands, the log applies whichever
 /// comes first, and refuses the other as a conflict (`fsm::requests`): an acquire that comes
 /// second is never queued, a withdrawal that comes second changes nothing and is looked at
-/// again, now with the acquire applied.
+/// again, now with the acquire applied. Once the acquire was applied, the withdrawal goes under
+/// [`withdrawn_marker`] (a retry is the same command), which a live RPC of the request (a
+/// resend the client forgot, on a member that did not see its connection go) reads as "given
+/// up". (The spent id holds as long as the request memory remembers it: `fsm::requests`.)
 pub(crate) async fn withdraw(
     ctx: &Context,
     space: LockSpace,
@@ -248,7 +265,11 @@ pub(crate) async fn withdraw(
         request_id: request_id.to_string(),
         release_granted: false,
     };
-    let mut in_flight = None;
+    // A grant the withdrawal's own answer carries (it raced it), or none.
+    let granted = |r: outcome::Result| -> Result<Option<log::Sequencer>, ApiError> {
+        let r = lock_result(r, "withdraw")?;
+        Ok(r.sequencer.filter(|_| r.status == LockStatus::Granted as i32))
+    };
     for _ in 0..WITHDRAW_ROUNDS {
         let (state, applied, revision) = {
             let txn = ctx.node.db().begin_read()?;
@@ -257,29 +278,30 @@ pub(crate) async fn withdraw(
         };
         match state {
             RequestState::Held(seq) => return Ok((ctx.header(revision), Some(seq))),
-            RequestState::Waiting => {
-                let (header, r) = ctx.write("", Body::CancelWait(cancel)).await?;
-                let r = lock_result(r, "withdraw")?;
-                let granted = r.status == LockStatus::Granted as i32;
-                return Ok((header, if granted { r.sequencer } else { None }));
+            // Applied: withdrawn now if it waits (a no-op otherwise), and marked given up.
+            RequestState::Waiting | RequestState::Gone if applied => {
+                let (header, r) = ctx.write(&withdrawn_marker(request_id), Body::CancelWait(cancel)).await?;
+                return Ok((header, granted(r)?));
             }
-            RequestState::Gone if applied => return Ok((ctx.header(revision), None)),
-            RequestState::Gone => match ctx.write(request_id, Body::CancelWait(cancel.clone())).await {
-                // Applied first: the id is spent, and nothing waited under it.
-                Ok((header, _)) => return Ok((header, None)),
-                // The acquire was applied first (here now too: the conflict was answered
-                // after it), or is being proposed on this member: look again.
-                Err(ApiError::RequestConflict { .. }) => {}
-                Err(e @ ApiError::Request(RequestError::RequestInFlight { .. })) => {
-                    in_flight = Some(e);
-                    tokio::time::sleep(WITHDRAW_LOOK_AGAIN).await;
+            RequestState::Waiting | RequestState::Gone => {
+                match ctx.write(request_id, Body::CancelWait(cancel.clone())).await {
+                    // Applied first: the id is spent, and nothing waited under it.
+                    Ok((header, r)) => return Ok((header, granted(r)?)),
+                    // The acquire was applied first (here now too: the conflict was answered
+                    // after it), or is being proposed on this member: look again.
+                    Err(ApiError::RequestConflict { .. }) => {}
+                    Err(ApiError::Request(RequestError::RequestInFlight { .. })) => {
+                        tokio::time::sleep(WITHDRAW_LOOK_AGAIN).await;
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
-            },
+            }
         }
     }
-    Err(in_flight
-        .unwrap_or_else(|| ApiError::Internal(format!("the acquire {request_id:?} could not be settled"))))
+    Err(ApiError::Unavailable(format!(
+        "the acquire {request_id:?} is still being proposed on this member (for up to its request timeout): \
+         withdraw it again"
+    )))
 }
 
 /// How long a withdrawal is retried in the background before the session's end is left to do it.

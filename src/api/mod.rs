@@ -201,6 +201,9 @@ pub enum ApiError {
     /// A revision the history cannot serve (compacted, or in the future).
     #[error(transparent)]
     Revision(RevisionError),
+    /// Not now, for a reason that passes: ask again (this member or another).
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -278,6 +281,7 @@ impl Context {
                 }
                 status
             }
+            ApiError::Unavailable(_) => Status::unavailable(msg),
             ApiError::Internal(_) => Status::internal(msg),
         }
     }

@@ -22,7 +22,7 @@ use rustix::process::{Pid, Signal};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::harness::{eventually, latch_bin, Cluster, STARTUP};
+use crate::harness::{eventually, latch_bin, sample, Cluster, STARTUP};
 
 /// How often the tests that watch a lock change look again.
 const POLL: Duration = Duration::from_millis(20);
@@ -1023,6 +1023,60 @@ async fn a_waiting_acquire_and_an_election_observer_on_a_member_cut_off_from_the
 }
 
 #[tokio::test]
+async fn a_withdrawal_on_a_member_where_the_acquire_is_still_being_proposed_asks_to_be_sent_again() {
+    use latch_client::proto::lock_client::LockClient;
+    use latch_client::proto::{AcquireRequest, WithdrawRequest};
+
+    let c = Cluster::start(3, &["--fault-injection"]).await;
+    let leader = c.leader().await;
+    let cut = c.ids().into_iter().find(|id| *id != leader).expect("a follower");
+    let client = c.client_of(leader).await;
+    let session = client.session(SessionOptions::new(Duration::from_secs(30))).await.expect("a session");
+    c.isolate(cut).await;
+    let connect = |id: u64| LockClient::connect(format!("http://{}", c.member(id).client_addr));
+    let at_cut = connect(cut).await.expect("connect");
+    let request = AcquireRequest {
+        name: "p/lock".into(),
+        session_id: session.id().into(),
+        wait_forever: true,
+        request_id: "in-flight".into(),
+        ..Default::default()
+    };
+    // Proposed on the cut-off member, where it stays in flight.
+    let stuck = tokio::spawn({
+        let mut at_cut = at_cut.clone();
+        async move { at_cut.acquire(request).await }
+    });
+    eventually("the acquire in flight on the cut-off member", STARTUP, || async {
+        match c.metrics_of(cut).await.map(|m| sample(&m, "latch_proposals_pending")) {
+            Ok(Some(n)) if n >= 1.0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let withdraw = WithdrawRequest { name: "p/lock".into(), request_id: "in-flight".into() };
+    let busy = eventually("a withdrawal refused while the acquire is in flight", STARTUP, || {
+        let (mut at_cut, withdraw) = (at_cut.clone(), withdraw.clone());
+        async move {
+            match at_cut.withdraw(withdraw).await {
+                Err(e) if e.code() == Code::Unavailable && e.message().contains("still being proposed") => {
+                    Ok(e)
+                }
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    assert!(busy.message().contains("\"in-flight\""), "it names the acquire: {}", busy.message());
+    // Sent again through a member in touch, it spends the id: the acquire never queues.
+    let answer = connect(leader).await.expect("connect").withdraw(withdraw.clone()).await.expect("withdrawn");
+    assert!(!answer.into_inner().held, "nothing was granted");
+    c.heal_all().await;
+    let _ = tokio::time::timeout(Duration::from_secs(20), stuck).await;
+    assert_eq!(client.describe_lock("p/lock").await.expect("describe"), None, "nothing held or queued");
+}
+
+#[tokio::test]
 async fn a_withdrawal_answers_a_grant_that_came_first_and_spends_the_id_of_an_acquire_or_campaign_not_applied_yet(
 ) {
     use latch_client::proto::election_client::ElectionClient;
@@ -1062,6 +1116,27 @@ async fn a_withdrawal_answers_a_grant_that_came_first_and_spends_the_id_of_an_ac
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert!(refused.message().contains("\"late\""), "the error names the id: {}", refused.message());
     assert_eq!(client.describe_lock("w/lock").await.expect("describe"), None, "nothing held or queued");
+
+    // Withdrawn while a call still waits for it (a resend the client forgot about, on a member
+    // that never saw its connection go): the call ends "not acquired" rather than queueing anew.
+    let other = client.session(SessionOptions::new(Duration::from_secs(30))).await.expect("a session");
+    let held = client.acquire(other.id(), "w/lock", LockOptions::exclusive()).await.expect("acquire");
+    let forgotten = tokio::spawn({
+        let mut locks = locks.clone();
+        let request = acquire("forgotten");
+        async move { locks.acquire(request).await }
+    });
+    until_lock_is(&client, "w/lock", &[other.id()], &[session.id()]).await;
+    let answer = locks.withdraw(withdraw("forgotten")).await.expect("withdraw").into_inner();
+    assert!(!answer.held, "nothing was granted: {answer:?}");
+    let ended = tokio::time::timeout(Duration::from_secs(10), forgotten)
+        .await
+        .expect("the call waiting for a withdrawn request ends")
+        .expect("joined")
+        .expect("answered");
+    assert!(!ended.into_inner().acquired, "… not acquired");
+    until_lock_is(&client, "w/lock", &[other.id()], &[]).await;
+    client.release(&held.expect("free").token).await.expect("released");
 
     let bad = locks.withdraw(withdraw("")).await.expect_err("a withdrawal naming no acquire");
     assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");

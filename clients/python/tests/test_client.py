@@ -396,7 +396,7 @@ class ScriptedMemberTest(unittest.TestCase):
     def test_an_acquire_given_up_after_its_request_may_have_been_queued_is_withdrawn_by_its_request_id(self):
         member = CutOffLocks()
         endpoint = self.serve(lock_pb2_grpc.add_LockServicer_to_server, member)
-        with latch.Client(endpoint, request_timeout=0.1, retry_budget=0.3) as client:
+        with latch.Client(endpoint, request_timeout=1.0, retry_budget=0.3) as client:
             with self.assertRaises(latch.LatchError) as refused:
                 client.acquire("l", "gone", wait=0.2)
             self.assertEqual(refused.exception.code, grpc.StatusCode.NOT_FOUND, "refused as asked")

@@ -132,6 +132,11 @@ impl Client {
         self.targets().list.iter().map(|t| t.addr.clone()).collect()
     }
 
+    /// How long one attempt may take ([`ClientOptions::request_timeout`]).
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.options.request_timeout
+    }
+
     fn targets(&self) -> MutexGuard<'_, Targets> {
         // The lock guards no invariant a panic could break half-way: a poisoned list is usable.
         self.inner.targets.lock().unwrap_or_else(PoisonError::into_inner)

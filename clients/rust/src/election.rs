@@ -73,7 +73,7 @@ impl Election {
                 async move { ElectionClient::new(channel).campaign(request).await }
             })
             .await;
-        unsettled.settle_on(&r);
+        unsettled.settle_on(&r).await;
         r?.leader.ok_or_else(|| Error::from(tonic::Status::internal("the answer carries no leadership")))
     }
 

@@ -107,7 +107,7 @@ impl Client {
                 async move { LockClient::new(channel).acquire(request).await }
             })
             .await;
-        unsettled.settle_on(&r);
+        unsettled.settle_on(&r).await;
         let r = r?;
         Ok(r.sequencer.filter(|_| r.acquired))
     }
@@ -262,10 +262,71 @@ impl Unsettled {
         }
     }
 
-    /// Disarms unless `result` leaves the request's fate unknown.
-    pub(crate) fn settle_on<T>(&mut self, result: &Result<T, Error>) {
+    /// Disarms unless `result` leaves the request's fate unknown. When it does, one withdrawal
+    /// is tried (within the request timeout) before the caller hears of the error — so that
+    /// asking again at once does not join the wait being withdrawn, and lose its place when
+    /// the withdrawal lands — and, failing that, retried in the background as the guard drops.
+    pub(crate) async fn settle_on<T>(&mut self, result: &Result<T, Error>) {
         if result.as_ref().map_or_else(|e| settles(e.code()), |_| true) {
             self.client = None;
+            return;
+        }
+        let Some(client) = self.client.clone() else { return };
+        let once = withdraw_once(&client, self.queue, &self.name, &self.request_id);
+        if let Ok(answer) = tokio::time::timeout(client.request_timeout(), once).await {
+            if withdrawn(self.queue, &self.name, answer) {
+                self.client = None;
+            }
+        }
+    }
+}
+
+/// One withdrawal of `request_id` (with the client's retries over the members): the
+/// generation of a grant that came first, if one did.
+async fn withdraw_once(
+    client: &Client,
+    queue: Queue,
+    name: &str,
+    request_id: &str,
+) -> Result<Option<u64>, Error> {
+    match queue {
+        Queue::Lock => client.withdraw(name, request_id).await.map(|s| s.map(|s| s.generation)),
+        Queue::Election => client
+            .withdraw_candidacy(name, request_id)
+            .await
+            .map(|l| l.and_then(|l| l.sequencer).map(|s| s.generation)),
+    }
+}
+
+/// Whether a withdrawal's `answer` ends the matter (a grant that came first is kept, and said).
+fn withdrawn(queue: Queue, name: &str, answer: Result<Option<u64>, Error>) -> bool {
+    match answer {
+        Ok(None) => true,
+        Ok(Some(generation)) => {
+            tracing::warn!(
+                ?queue,
+                name,
+                generation,
+                "a request given up had been granted first: its session holds it until it releases it or ends"
+            );
+            true
+        }
+        // Refused as asked: asking again would be refused alike.
+        Err(e)
+            if matches!(
+                e.code(),
+                tonic::Code::InvalidArgument
+                    | tonic::Code::Unimplemented
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::Unauthenticated
+            ) =>
+        {
+            tracing::debug!(?queue, name, error = %e, "a request given up cannot be withdrawn");
+            true
+        }
+        Err(e) => {
+            tracing::debug!(?queue, name, error = %e, "withdrawing a request given up: retrying");
+            false
         }
     }
 }
@@ -279,32 +340,8 @@ impl Drop for Unsettled {
         runtime.spawn(async move {
             let mut backoff = WITHDRAW_BACKOFF;
             for _ in 0..WITHDRAW_ATTEMPTS {
-                let granted = match queue {
-                    Queue::Lock => client.withdraw(&name, &request_id).await.map(|s| s.map(|s| s.generation)),
-                    Queue::Election => client
-                        .withdraw_candidacy(&name, &request_id)
-                        .await
-                        .map(|l| l.and_then(|l| l.sequencer).map(|s| s.generation)),
-                };
-                match granted {
-                    Ok(None) => return,
-                    Ok(Some(generation)) => {
-                        tracing::warn!(
-                            ?queue,
-                            name,
-                            generation,
-                            "a request given up had been granted first: its session holds it until it \
-                             releases it or ends"
-                        );
-                        return;
-                    }
-                    Err(e) if settles(e.code()) => {
-                        tracing::debug!(?queue, name, error = %e, "a request given up needs no withdrawal");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::debug!(?queue, name, error = %e, "withdrawing a request given up: retrying")
-                    }
+                if withdrawn(queue, &name, withdraw_once(&client, queue, &name, &request_id).await) {
+                    return;
                 }
                 tokio::time::sleep(backoff).await;
                 backoff *= 2;

@@ -36,6 +36,9 @@ RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 #: have come after an attempt was queued.
 SETTLED = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
            grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+#: Failures of a withdrawal that asking again would meet alike.
+WITHDRAWAL_REFUSED = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED,
+                      grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 #: Attempts at withdrawing an acquire given up in the background, the first pause before them
 #: (doubling).
 WITHDRAW_ATTEMPTS = 8
@@ -446,7 +449,9 @@ class Client:
                 self._call(service, "Withdraw", request, until=until)
                 return True
             except LatchError as e:
-                return e.code in SETTLED or self.closed
+                return e.code in WITHDRAWAL_REFUSED or self.closed
+            except Exception:  # noqa: BLE001 - the client closed under the call, say: nothing to do
+                return True
 
         if first_here and once(time.monotonic() + self.request_timeout):
             return

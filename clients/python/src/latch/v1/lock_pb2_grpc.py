@@ -94,10 +94,14 @@ class LockServicer:
         """Gives up an Acquire whose answer never came (its connection broke, the member it waited on
         was cut off from the leader, its caller gave up between retries): its place in the queue,
         or, when it has not been applied yet, its chance to be. A grant that came first is kept
-        and answered. Safe to retry. The clients call it whenever they give up an acquire whose
-        outcome they do not know, so that no wait stays queued for a session whose caller was
-        told "not acquired" (and then granted, held by nobody who knows it, until the session
-        ends).
+        and answered. A call of the acquire still waiting on some member ends "not acquired"
+        instead of asking again. Safe to retry; UNAVAILABLE while the acquire is still being
+        proposed on the answering member (ask again, there or elsewhere). The clients call it
+        whenever they give up an acquire whose outcome they do not know, so that no wait stays
+        queued for a session whose caller was told "not acquired" (and then granted, held by
+        nobody who knows it, until the session ends). An id is spent for as long as the members
+        remember request ids (32 MiB of them: about 330,000 requests, docs/architecture.md): an
+        acquire arriving later than that would be new to them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
