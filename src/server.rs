@@ -58,7 +58,6 @@ const SERVICES: [&str; 7] = [
 /// Where incoming snapshots are staged, inside `--data-dir`.
 const SNAPSHOT_INBOX_DIR: &str = "snapshots";
 
-/// The gRPC paths of the health and reflection services, for the metrics' `method` label.
 /// How often the client port pings a connection, and how long the answer may take before the
 /// connection is closed: a client that vanished without closing (its host or its network gone)
 /// has its calls ended, and what they waited for withdrawn (`api::lock`'s `Abandon`), within
@@ -66,6 +65,7 @@ const SNAPSHOT_INBOX_DIR: &str = "snapshots";
 const CLIENT_PING_INTERVAL: Duration = Duration::from_secs(15);
 const CLIENT_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The gRPC paths of the health and reflection services, for the metrics' `method` label.
 const STANDARD_METHODS: [&str; 4] = [
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",

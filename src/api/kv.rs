@@ -168,11 +168,14 @@ pub(super) fn check_request(limits: &Limits, len: usize) -> Result<(), ApiError>
     Ok(())
 }
 
+/// Most bytes of a client's request id.
+pub(super) const MAX_REQUEST_ID_BYTES: usize = 64;
+
 pub(super) fn check_request_id(id: &str) -> Result<(), ApiError> {
-    if id.len() > 64 {
+    if id.len() > MAX_REQUEST_ID_BYTES {
         return Err(ApiError::InvalidArgument {
             field: "request_id",
-            problem: format!("is {} bytes, at most 64 allowed", id.len()),
+            problem: format!("is {} bytes, at most {MAX_REQUEST_ID_BYTES} allowed", id.len()),
         });
     }
     Ok(())

@@ -15,7 +15,7 @@ use latch_proto::v1::*;
 use latch_proto::DEFAULT_LOCK_DELAY_MS;
 use tonic::{Request, Response, Status};
 
-use super::kv::check_request_id;
+use super::kv::{check_request_id, MAX_REQUEST_ID_BYTES};
 use super::{ApiError, Context};
 use crate::core::RequestError;
 use crate::fsm::locks::{self, RequestState, MAX_LOCK_DELAY_MS};
@@ -88,6 +88,7 @@ pub(crate) async fn acquire(
         if want.request_id.is_empty() { uuid::Uuid::now_v7().to_string() } else { want.request_id.clone() };
     // The id the client knows: a withdrawal names it, whatever ids this call asks again under.
     let given_up = withdrawn_marker(&request_id);
+    let mut asked_again = false;
     loop {
         // Registered before the proposal: a grant applied before we wait is not missed.
         let mut settlement = ctx.node.locks().settlement(&request_id);
@@ -139,7 +140,11 @@ pub(crate) async fn acquire(
                 if sessions::read(&txn, &want.session)?.is_none() {
                     return Err(ApiError::NotFound { kind: "session".into(), name: want.session });
                 }
+                if crate::fsm::remembered(&txn, &given_up)? {
+                    return Ok((header, None)); // its client gave it up (Lock.Withdraw)
+                }
                 request_id = uuid::Uuid::now_v7().to_string();
+                asked_again = true;
                 continue; // released since: ask again
             }
             (Ok(LockStatus::Busy), _) => return Ok((header, None)),
@@ -165,6 +170,16 @@ pub(crate) async fn acquire(
                     abandon.disarm();
                     return Ok((ctx.header(revision), Some(seq)));
                 }
+                // A call that asked again under an id of its own is the client's no more once
+                // the client gave up its request: it leaves the queue as if its time were up.
+                RequestState::Waiting if asked_again && crate::fsm::remembered(&txn, &given_up)? => {
+                    drop(txn);
+                    if !abandon.armed() {
+                        // A joined wait: its owner decides when it ends.
+                        return Ok((ctx.header(revision), None));
+                    }
+                    return give_up(ctx, &want, &waiting_on, &mut abandon).await;
+                }
                 RequestState::Waiting => {}
                 RequestState::Gone => {
                     abandon.disarm();
@@ -189,8 +204,18 @@ pub(crate) async fn acquire(
                 }
             };
             tokio::pin!(timed_out);
+            // Nothing wakes a call that asked again when its client gives the request up: it
+            // looks at the marker now and then.
+            let look_again = async {
+                if asked_again {
+                    tokio::time::sleep(LOOK_FOR_GIVE_UP).await
+                } else {
+                    std::future::pending().await
+                }
+            };
             tokio::select! {
                 _ = settlement.woken() => continue,
+                _ = look_again => continue,
                 cut_off = &mut cut_off => {
                     // The client resends to another member, which joins this wait: it is not
                     // withdrawn from here (the session's end bounds it).
@@ -203,22 +228,37 @@ pub(crate) async fn acquire(
                 // A joined wait: its owner decides when it ends.
                 return Ok((ctx.header(revision), None));
             }
-            // Time is up: leave the queue, unless the grant came first. Until the cancel is
-            // applied, `abandon` stays armed: a failed cancel is retried in the background.
-            let cancel = CancelWait {
-                space: want.space as i32,
-                name: want.name.clone(),
-                request_id: waiting_on.clone(),
-                release_granted: false,
-            };
-            let (header, r) = ctx.write("", Body::CancelWait(cancel)).await?;
-            abandon.disarm();
-            let r = lock_result(r, "cancel")?;
-            let granted = r.status == LockStatus::Granted as i32;
-            return Ok((header, if granted { r.sequencer } else { None }));
+            return give_up(ctx, &want, &waiting_on, &mut abandon).await;
         }
         request_id = uuid::Uuid::now_v7().to_string();
+        asked_again = true;
     }
+}
+
+/// How often a call that asked again under an id of its own looks whether its client gave the
+/// request up.
+const LOOK_FOR_GIVE_UP: Duration = Duration::from_secs(1);
+
+/// Leaves the queue (time is up, or the client gave the request up), unless the grant came
+/// first: then it is answered. Until the cancel is applied, `abandon` stays armed: a failed
+/// cancel is retried in the background.
+async fn give_up(
+    ctx: &Context,
+    want: &Want,
+    waiting_on: &str,
+    abandon: &mut Abandon,
+) -> Result<(ResponseHeader, Option<log::Sequencer>), ApiError> {
+    let cancel = CancelWait {
+        space: want.space as i32,
+        name: want.name.clone(),
+        request_id: waiting_on.to_string(),
+        release_granted: false,
+    };
+    let (header, r) = ctx.write("", Body::CancelWait(cancel)).await?;
+    abandon.disarm();
+    let r = lock_result(r, "cancel")?;
+    let granted = r.status == LockStatus::Granted as i32;
+    Ok((header, if granted { r.sequencer } else { None }))
 }
 
 /// Rounds of [`withdraw`] before it gives up: each one ends the call, or found that the acquire
@@ -232,7 +272,9 @@ const WITHDRAW_LOOK_AGAIN: Duration = Duration::from_millis(50);
 /// by its client: an RPC of that request that finds it gone then ends instead of asking again
 /// (see [`acquire`]).
 fn withdrawn_marker(request_id: &str) -> String {
-    format!("{request_id}~withdrawn")
+    // Longer than any id a client may send (`check_request_id`), so no request collides with
+    // it; the tildes after "withdrawn" pad it, so the id before them is unambiguous.
+    format!("{:~<width$}", format!("{request_id}~withdrawn"), width = MAX_REQUEST_ID_BYTES + 1)
 }
 
 /// Gives up the acquire sent under `request_id` (see `Withdraw` in lock.proto): withdraws it if
@@ -271,19 +313,23 @@ pub(crate) async fn withdraw(
         Ok(r.sequencer.filter(|_| r.status == LockStatus::Granted as i32))
     };
     for _ in 0..WITHDRAW_ROUNDS {
-        let (state, applied, revision) = {
+        let (state, applied) = {
             let txn = ctx.node.db().begin_read()?;
-            let state = locks::request_state(&txn, &key, request_id)?;
-            (state, crate::fsm::remembered(&txn, request_id)?, crate::fsm::applied(&txn)?.revision)
+            (locks::request_state(&txn, &key, request_id)?, crate::fsm::remembered(&txn, request_id)?)
         };
         match state {
-            RequestState::Held(seq) => return Ok((ctx.header(revision), Some(seq))),
-            // Applied: withdrawn now if it waits (a no-op otherwise), and marked given up.
-            RequestState::Waiting | RequestState::Gone if applied => {
+            // Applied (a request held or queued was, even if the memory forgot its id):
+            // withdrawn now if it waits, its grant answered if it holds, and marked given up
+            // either way, so that no RPC of it asks again.
+            RequestState::Held(_) | RequestState::Waiting => {
                 let (header, r) = ctx.write(&withdrawn_marker(request_id), Body::CancelWait(cancel)).await?;
                 return Ok((header, granted(r)?));
             }
-            RequestState::Waiting | RequestState::Gone => {
+            RequestState::Gone if applied => {
+                let (header, r) = ctx.write(&withdrawn_marker(request_id), Body::CancelWait(cancel)).await?;
+                return Ok((header, granted(r)?));
+            }
+            RequestState::Gone => {
                 match ctx.write(request_id, Body::CancelWait(cancel.clone())).await {
                     // Applied first: the id is spent, and nothing waited under it.
                     Ok((header, r)) => return Ok((header, granted(r)?)),

@@ -1027,7 +1027,9 @@ async fn a_withdrawal_on_a_member_where_the_acquire_is_still_being_proposed_asks
     use latch_client::proto::lock_client::LockClient;
     use latch_client::proto::{AcquireRequest, WithdrawRequest};
 
-    let c = Cluster::start(3, &["--fault-injection"]).await;
+    // Ticks of 50 ms: the acquire stays in flight for its 200 ticks, 10 s, while each refused
+    // withdrawal takes 2 s.
+    let c = Cluster::start(3, &["--fault-injection", "--tick-interval", "50ms"]).await;
     let leader = c.leader().await;
     let cut = c.ids().into_iter().find(|id| *id != leader).expect("a follower");
     let client = c.client_of(leader).await;
@@ -1132,6 +1134,48 @@ async fn a_withdrawal_answers_a_grant_that_came_first_and_spends_the_id_of_an_ac
     let ended = tokio::time::timeout(Duration::from_secs(10), forgotten)
         .await
         .expect("the call waiting for a withdrawn request ends")
+        .expect("joined")
+        .expect("answered");
+    assert!(!ended.into_inner().acquired, "… not acquired");
+    until_lock_is(&client, "w/lock", &[other.id()], &[]).await;
+
+    // Two calls of one request; one goes away, and its member withdraws the request, so the
+    // other asks again under an id of its own. The client then gives the request up: that call
+    // too leaves the queue, though no withdrawal names the id it waits under.
+    let first = tokio::spawn({
+        let (mut locks, request) = (locks.clone(), acquire("twice"));
+        async move { locks.acquire(request).await }
+    });
+    let queued_at =
+        until_lock_is(&client, "w/lock", &[other.id()], &[session.id()]).await.waiters[0].queued_revision;
+    let applied = || async { c.self_status(leader).await.map(|m| m.applied_index) };
+    let before = applied().await.expect("status");
+    let second = tokio::spawn({
+        let (mut locks, request) = (locks.clone(), acquire("twice"));
+        async move { locks.acquire(request).await }
+    });
+    // The resend's own entry applied (answered from the request memory: the same wait).
+    eventually("the second call's resend applied", STARTUP, || async {
+        match applied().await {
+            Ok(now) if now > before => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    second.abort();
+    eventually("the first call asking again under an id of its own", STARTUP, || async {
+        let info = describe(&client, "w/lock").await?;
+        match info.waiters.first() {
+            Some(w) if w.session_id == session.id() && w.queued_revision > queued_at => Ok(()),
+            _ => Err(format!("{info:?}")),
+        }
+    })
+    .await;
+    let answer = locks.withdraw(withdraw("twice")).await.expect("withdraw").into_inner();
+    assert!(!answer.held, "nothing was granted: {answer:?}");
+    let ended = tokio::time::timeout(Duration::from_secs(10), first)
+        .await
+        .expect("the call that asked again ends once its client gave the request up")
         .expect("joined")
         .expect("answered");
     assert!(!ended.into_inner().acquired, "… not acquired");

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
-use crate::lock::{Queue, Unsettled};
+use crate::lock::{Granted, Queue, Unsettled};
 use crate::{Client, Error};
 
 /// One election, by name.
@@ -73,7 +73,9 @@ impl Election {
                 async move { ElectionClient::new(channel).campaign(request).await }
             })
             .await;
-        unsettled.settle_on(&r).await;
+        if let Some(Granted::Election(leadership)) = unsettled.settle_on(&r).await {
+            return Ok(leadership);
+        }
         r?.leader.ok_or_else(|| Error::from(tonic::Status::internal("the answer carries no leadership")))
     }
 

@@ -107,7 +107,9 @@ impl Client {
                 async move { LockClient::new(channel).acquire(request).await }
             })
             .await;
-        unsettled.settle_on(&r).await;
+        if let Some(Granted::Lock(seq)) = unsettled.settle_on(&r).await {
+            return Ok(Some(seq));
+        }
         let r = r?;
         Ok(r.sequencer.filter(|_| r.acquired))
     }
@@ -266,43 +268,63 @@ impl Unsettled {
     /// is tried (within the request timeout) before the caller hears of the error — so that
     /// asking again at once does not join the wait being withdrawn, and lose its place when
     /// the withdrawal lands — and, failing that, retried in the background as the guard drops.
-    pub(crate) async fn settle_on<T>(&mut self, result: &Result<T, Error>) {
+    /// A grant that withdrawal finds is returned: the caller gets it instead of the error.
+    pub(crate) async fn settle_on<T>(&mut self, result: &Result<T, Error>) -> Option<Granted> {
         if result.as_ref().map_or_else(|e| settles(e.code()), |_| true) {
             self.client = None;
-            return;
+            return None;
         }
-        let Some(client) = self.client.clone() else { return };
+        let client = self.client.clone()?;
         let once = withdraw_once(&client, self.queue, &self.name, &self.request_id);
-        if let Ok(answer) = tokio::time::timeout(client.request_timeout(), once).await {
-            if withdrawn(self.queue, &self.name, answer) {
-                self.client = None;
-            }
+        let Ok(answer) = tokio::time::timeout(client.request_timeout(), once).await else { return None };
+        if let Ok(Some(granted)) = answer {
+            self.client = None;
+            return Some(granted);
+        }
+        if withdrawn(self.queue, &self.name, answer) {
+            self.client = None;
+        }
+        None
+    }
+}
+
+/// A grant a withdrawal found, come before it.
+pub(crate) enum Granted {
+    Lock(Sequencer),
+    Election(latch_proto::v1::Leadership),
+}
+
+impl Granted {
+    fn generation(&self) -> u64 {
+        match self {
+            Granted::Lock(s) => s.generation,
+            Granted::Election(l) => l.sequencer.as_ref().map_or(0, |s| s.generation),
         }
     }
 }
 
-/// One withdrawal of `request_id` (with the client's retries over the members): the
-/// generation of a grant that came first, if one did.
+/// One withdrawal of `request_id` (with the client's retries over the members): the grant
+/// that came first, if one did.
 async fn withdraw_once(
     client: &Client,
     queue: Queue,
     name: &str,
     request_id: &str,
-) -> Result<Option<u64>, Error> {
+) -> Result<Option<Granted>, Error> {
     match queue {
-        Queue::Lock => client.withdraw(name, request_id).await.map(|s| s.map(|s| s.generation)),
-        Queue::Election => client
-            .withdraw_candidacy(name, request_id)
-            .await
-            .map(|l| l.and_then(|l| l.sequencer).map(|s| s.generation)),
+        Queue::Lock => client.withdraw(name, request_id).await.map(|s| s.map(Granted::Lock)),
+        Queue::Election => {
+            client.withdraw_candidacy(name, request_id).await.map(|l| l.map(Granted::Election))
+        }
     }
 }
 
 /// Whether a withdrawal's `answer` ends the matter (a grant that came first is kept, and said).
-fn withdrawn(queue: Queue, name: &str, answer: Result<Option<u64>, Error>) -> bool {
+fn withdrawn(queue: Queue, name: &str, answer: Result<Option<Granted>, Error>) -> bool {
     match answer {
         Ok(None) => true,
-        Ok(Some(generation)) => {
+        Ok(Some(granted)) => {
+            let generation = granted.generation();
             tracing::warn!(
                 ?queue,
                 name,

@@ -422,14 +422,16 @@ class Client:
             response = self._call("lock", "Acquire", request, wait=wait)
         except LatchError as e:
             if e.code not in SETTLED:
-                self._withdraw("lock", name, request.request_id, first_here=True)
+                found = self._withdraw("lock", name, request.request_id, first_here=True)
+                if found is not None and found.held:
+                    return found.sequencer  # granted after all
             raise
         except BaseException:  # interrupted (KeyboardInterrupt) during or between attempts
             self._withdraw("lock", name, request.request_id, first_here=False)
             raise
         return response.sequencer if response.acquired else None
 
-    def _withdraw(self, service: str, name: str, acquire_id: str, *, first_here: bool) -> None:
+    def _withdraw(self, service: str, name: str, acquire_id: str, *, first_here: bool):
         """Gives up the acquire (``service`` "lock") or campaign ("election") sent under
         ``acquire_id`` (Lock.Withdraw, Election.Withdraw): a request given up while its outcome
         is unknown (a member cut off, the retry budget spent, an interrupt) leaves no wait
@@ -437,24 +439,28 @@ class Client:
         ``first_here``, one try of at most ``request_timeout`` before returning (so that a
         ``with Client(...)`` block that ends on the error does not close the client first);
         then, or at once, a daemon thread retries for about a minute while the client is open.
-        A grant that came first is kept (the session's next request of the name gets it back),
-        as the member's own withdrawal keeps it."""
+        A grant that came first is kept, as the member's own withdrawal keeps it: the first
+        try's answer is returned (its ``held``/``leader`` says so; None if it did not answer),
+        for the caller to hand the grant on instead of the error."""
         if service == "lock":
             request = lock_pb2.WithdrawRequest(name=name, request_id=acquire_id)
         else:
             request = election_pb2.WithdrawCandidacyRequest(name=name, request_id=acquire_id)
 
+        answer = None
+
         def once(until: Optional[float]) -> bool:
+            nonlocal answer
             try:
-                self._call(service, "Withdraw", request, until=until)
+                answer = self._call(service, "Withdraw", request, until=until)
                 return True
             except LatchError as e:
                 return e.code in WITHDRAWAL_REFUSED or self.closed
-            except Exception:  # noqa: BLE001 - the client closed under the call, say: nothing to do
-                return True
+            except Exception:  # noqa: BLE001 - the client closed under the call, say
+                return self.closed
 
         if first_here and once(time.monotonic() + self.request_timeout):
-            return
+            return answer
 
         def retry():
             pause = WITHDRAW_BACKOFF
@@ -465,6 +471,7 @@ class Client:
                     return
 
         threading.Thread(target=retry, name=f"latch-withdraw-{name}", daemon=True).start()
+        return None
 
     def release(self, sequencer: str) -> None:
         """Releases the hold that ``sequencer`` (its token) names; FAILED_PRECONDITION when it

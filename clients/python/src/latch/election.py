@@ -30,7 +30,9 @@ class Election:
             return self.client._call("election", "Campaign", request, wait=None).leader
         except LatchError as e:
             if e.code not in SETTLED:
-                self.client._withdraw("election", self.name, request.request_id, first_here=True)
+                found = self.client._withdraw("election", self.name, request.request_id, first_here=True)
+                if found is not None and found.HasField("leader"):
+                    return found.leader  # won after all
             raise
         except BaseException:  # interrupted (KeyboardInterrupt) during or between attempts
             self.client._withdraw("election", self.name, request.request_id, first_here=False)
