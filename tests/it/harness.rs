@@ -47,6 +47,19 @@ pub fn latch_bin() -> &'static str {
     env!("CARGO_BIN_EXE_latch")
 }
 
+/// A tiny xorshift: a load generator's choices from its own seed, the same on every run.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
 /// Polls `check` every few milliseconds until it returns `Ok`, and returns that value; panics
 /// after `timeout` naming `what` was expected and the last value `check` observed (its `Err`).
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
@@ -259,6 +272,21 @@ impl Cluster {
     /// A client over every member's endpoint (killed ones included).
     pub async fn client(&self) -> Client {
         Client::connect(self.members.iter().map(|m| m.client_addr.clone())).await.unwrap()
+    }
+
+    /// `n` clients over every member's endpoint, each with its own connections, that give an
+    /// attempt 500 ms and a call 2 s: the load a fault test keeps up while members fail.
+    pub async fn impatient_clients(&self, n: u64) -> Vec<Client> {
+        let endpoints: Vec<String> = self.members.iter().map(|m| m.client_addr.clone()).collect();
+        let options = ClientOptions {
+            request_timeout: Duration::from_millis(500),
+            retry_budget: Duration::from_secs(2),
+        };
+        let mut clients = Vec::new();
+        for _ in 0..n {
+            clients.push(Client::connect_with(endpoints.clone(), options).await.unwrap());
+        }
+        clients
     }
 
     /// A client over these members' endpoints only.

@@ -9,28 +9,15 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use latch_check::linearizability::{check, Call, Operation, Return};
-use latch_client::{Client, ClientOptions, Compare, CompareResult, Op, Txn};
+use latch_client::{Client, Compare, CompareResult, Op, Txn};
 use tokio::time::Instant;
 
-use crate::harness::{eventually, Cluster, STARTUP};
+use crate::harness::{eventually, Cluster, Rng, STARTUP};
 
 const KEYS: u64 = 3;
 const WORKERS: u64 = 4;
-
-/// A tiny xorshift: each worker's choices from its own seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 struct Recorder {
     started: Instant,
@@ -111,12 +98,8 @@ async fn puts_gets_deletes_and_swaps_through_partitions_and_kills_are_linearizab
         answered: AtomicU64::new(0),
         stop: AtomicBool::new(false),
     });
-    let endpoints: Vec<String> = c.ids().iter().map(|id| c.member(*id).client_addr.clone()).collect();
-    let options =
-        ClientOptions { request_timeout: Duration::from_millis(500), retry_budget: Duration::from_secs(2) };
     let mut workers = Vec::new();
-    for id in 0..WORKERS {
-        let client = Client::connect_with(endpoints.clone(), options).await.unwrap();
+    for (id, client) in (0..WORKERS).zip(c.impatient_clients(WORKERS).await) {
         workers.push(tokio::spawn(worker(id, client, rec.clone())));
     }
 

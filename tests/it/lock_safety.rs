@@ -28,13 +28,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use latch_client::{
-    Client, ClientOptions, Code, Compare, LockInfo, LockOptions, Op, Txn, Wait, WatchOptions, WatchTarget,
-    WatchUpdate,
+    Client, Code, Compare, LockInfo, LockOptions, Op, Txn, Wait, WatchOptions, WatchTarget, WatchUpdate,
 };
 use prost::Message;
 use rustix::process::Signal;
 
-use crate::harness::{eventually, Cluster, STARTUP};
+use crate::harness::{eventually, Cluster, Rng, STARTUP};
 
 const WORKERS: u64 = 4;
 const NAMES: u64 = 2;
@@ -46,18 +45,6 @@ const PAUSE: Duration = Duration::from_millis(3_200);
 const PAUSE_ONE_IN: u64 = 6;
 const LOCKS: &str = "safety/";
 const FENCED: &str = "fenced/";
-
-/// A tiny xorshift: each worker's choices from its own seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 /// A grant a worker was answered.
 #[derive(Debug, Clone)]
@@ -217,12 +204,8 @@ async fn fenced_writes_under_partitions_kills_and_pauses_only_ever_apply_while_t
     let mut c = Cluster::start(3, &["--fault-injection"]).await;
     c.leader().await;
     let rec = Arc::new(Recorder::default());
-    let endpoints: Vec<String> = c.ids().iter().map(|id| c.member(*id).client_addr.clone()).collect();
-    let options =
-        ClientOptions { request_timeout: Duration::from_millis(500), retry_budget: Duration::from_secs(2) };
     let mut workers = Vec::new();
-    for id in 0..WORKERS {
-        let client = Client::connect_with(endpoints.clone(), options).await.unwrap();
+    for (id, client) in (0..WORKERS).zip(c.impatient_clients(WORKERS).await) {
         workers.push(tokio::spawn(worker(id, client, rec.clone())));
     }
 
