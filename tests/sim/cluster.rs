@@ -1625,8 +1625,18 @@ impl Sim {
         l.attempt += 1;
         l.in_flight = Some(call);
         let attempt = l.attempt;
+        let race = l.take_race();
         let d = self.rng.gen_range(100..2_000);
         self.at(d, Ev::LockerRequest { node, locker, attempt, body: Box::new(body), request_id });
+        if let Some((body, request_id)) = race {
+            // Attempt 0: its answer is dropped, as no call awaits it.
+            let other = self.rng.gen_range(1..=self.params.nodes);
+            let d = self.rng.gen_range(100..2_000);
+            self.at(
+                d,
+                Ev::LockerRequest { node: other, locker, attempt: 0, body: Box::new(body), request_id },
+            );
+        }
         self.at(300_000, Ev::LockerTimeout { locker, attempt });
     }
 

@@ -12,7 +12,8 @@
 //!   whenever it is seen), and per lock, generations increase with the revisions of their
 //!   grants: strictly increasing for the life of the cluster.
 //! - An acquire whose withdrawal was applied first, under its own request id (Lock.Withdraw of
-//!   an acquire still on its way), never holds or waits.
+//!   an acquire still on its way), never holds or waits — half the time with the acquire sent
+//!   at once through another member, racing it.
 //!
 //! And from the members' applied changes: no lock-delay ends before its length has passed
 //! since the first member applied its beginning (so no grant comes during it).
@@ -49,6 +50,8 @@ pub struct Locker {
     /// An id whose withdrawal was applied before any acquire under it (Lock.Withdraw of an
     /// acquire still on its way): its acquire is sent next, and must never queue.
     spent: Option<(LockSpace, String, String)>,
+    /// An acquire sent along with the withdrawal drawn last, under the same id, to race it.
+    race: Option<(Body, String)>,
     next_id: u64,
 }
 
@@ -80,6 +83,7 @@ impl Locker {
             held: Vec::new(),
             waiting: Vec::new(),
             spent: None,
+            race: None,
             next_id: 0,
         }
     }
@@ -91,16 +95,7 @@ impl Locker {
         let request_id = format!("locker-{}-{}", self.index, self.next_id);
         if let Some((space, name, id)) = self.spent.take() {
             // The acquire whose withdrawal came first: refused as a conflict, never queued.
-            let body = Body::Acquire(Acquire {
-                space: space as i32,
-                name,
-                session: session.to_string(),
-                mode: LockMode::Exclusive as i32,
-                wait: true,
-                lock_delay_ms: 0,
-                value: Vec::new(),
-            });
-            return (body, id.clone(), LockCall::Acquire { request_id: id });
+            return (spent_acquire(space, &name, session), id.clone(), LockCall::Acquire { request_id: id });
         }
         if rng.gen_bool(0.05) {
             let (space, name) = NAMES[rng.gen_range(0..NAMES.len())];
@@ -110,6 +105,12 @@ impl Locker {
                 request_id: request_id.clone(),
                 release_granted: false,
             });
+            if rng.gen_bool(0.5) {
+                // The acquire is on its way at once, through another member: the log orders
+                // the two, and only one may take effect.
+                self.race = Some((spent_acquire(space, name, session), request_id.clone()));
+                self.waiting.push((space, name.to_string(), request_id.clone()));
+            }
             let call = LockCall::Spend { space, name: name.to_string(), request_id: request_id.clone() };
             return (body, request_id, call);
         }
@@ -143,6 +144,12 @@ impl Locker {
             self.waiting.push((space, name.to_string(), request_id.clone()));
         }
         (body, request_id.clone(), LockCall::Acquire { request_id })
+    }
+
+    /// The acquire to send along with the withdrawal just drawn, if it races one: its body and
+    /// request id (its answer is not awaited; the locker learns of it by looking).
+    pub fn take_race(&mut self) -> Option<(Body, String)> {
+        self.race.take()
     }
 
     /// The outcome of `call`; the id it spent, if it was a withdrawal applied before its acquire.
@@ -190,6 +197,20 @@ impl Locker {
         }
         self.waiting = still;
     }
+}
+
+/// The acquire sent under an id a withdrawal may have spent (always the same command, so that
+/// the racing copy and the one sent after are one request).
+fn spent_acquire(space: LockSpace, name: &str, session: &str) -> Body {
+    Body::Acquire(Acquire {
+        space: space as i32,
+        name: name.to_string(),
+        session: session.to_string(),
+        mode: LockMode::Exclusive as i32,
+        wait: true,
+        lock_delay_ms: 0,
+        value: Vec::new(),
+    })
 }
 
 /// The lock invariants (see the module doc).
