@@ -1,6 +1,6 @@
-//! Locks under faults, judged as Jepsen judged etcd's ("etcd 3.4.3", 2020: a lock that fences
-//! nothing is no lock). Workers, each with a session it keeps alive itself, take two locks in
-//! turn and, holding one, write a fenced Txn (`sequencer_valid`, then a put naming the writer's
+//! Locks and elections under faults, judged as Jepsen judged etcd's ("etcd 3.4.3", 2020: a lock
+//! that fences nothing is no lock). Workers, each with a session it keeps alive itself, take two
+//! locks (or lead two elections) in turn and, holding one, write a fenced Txn (`sequencer_valid`, then a put naming the writer's
 //! generation); now and then a holder "pauses" — stops its keepalives and sleeps past its TTL and
 //! lock-delay — and writes only afterwards, as a process stopped by GC or the scheduler would.
 //! Meanwhile the leader is cut off in a minority, the partition heals, the leader is SIGKILLed and
@@ -28,7 +28,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use latch_client::{
-    Client, Code, Compare, LockInfo, LockOptions, Op, Txn, Wait, WatchOptions, WatchTarget, WatchUpdate,
+    Client, Code, Compare, Error, Leadership, LockInfo, LockOptions, Op, Sequencer, Txn, Wait, WatchOptions,
+    WatchTarget, WatchUpdate,
 };
 use prost::Message;
 use rustix::process::Signal;
@@ -43,8 +44,78 @@ const LOCK_DELAY: Duration = Duration::from_millis(200);
 const PAUSE: Duration = Duration::from_millis(3_200);
 /// One hold in this many pauses.
 const PAUSE_ONE_IN: u64 = 6;
-const LOCKS: &str = "safety/";
 const FENCED: &str = "fenced/";
+
+/// What the workers take: a lock, or an election's leadership (an exclusive lock in a space of
+/// its own, with a campaign that waits as long as it takes).
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Lock,
+    Election,
+}
+
+impl Kind {
+    /// The names the workers take start with it.
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::Lock => "safety/",
+            Kind::Election => "leading/",
+        }
+    }
+
+    fn target(self) -> WatchTarget {
+        match self {
+            Kind::Lock => WatchTarget::Locks,
+            Kind::Election => WatchTarget::Elections,
+        }
+    }
+
+    /// The holders (generation, session) a history event's value shows.
+    fn holders(self, value: &[u8]) -> Vec<(u64, String)> {
+        match self {
+            Kind::Lock => {
+                let info = LockInfo::decode(value).expect("a lock event's value is a LockInfo");
+                info.holders.into_iter().map(|h| (h.generation, h.session_id)).collect()
+            }
+            Kind::Election => {
+                let l = Leadership::decode(value).expect("an election event's value is a Leadership");
+                l.sequencer.into_iter().map(|s| (s.generation, s.session_id)).collect()
+            }
+        }
+    }
+
+    /// Takes `name` for `session`, waiting about a second: its sequencer, `None` when not
+    /// granted in time.
+    async fn take(self, client: &Client, session: &str, name: &str) -> Result<Option<Sequencer>, Error> {
+        match self {
+            Kind::Lock => {
+                let options =
+                    LockOptions::exclusive().wait(Wait::For(Duration::from_secs(1))).lock_delay(LOCK_DELAY);
+                client.acquire(session, name, options).await
+            }
+            Kind::Election => {
+                let election = client.election(name).lock_delay(LOCK_DELAY);
+                match tokio::time::timeout(Duration::from_secs(1), election.campaign(session, "v")).await {
+                    Ok(leadership) => leadership.map(|l| l.sequencer),
+                    // Dropped: the client withdraws the candidacy.
+                    Err(_) => Ok(None),
+                }
+            }
+        }
+    }
+
+    /// Gives `token`'s hold of `name` back.
+    async fn give_back(self, client: &Client, name: &str, token: &Sequencer) -> Result<(), Error> {
+        match self {
+            Kind::Lock => client.release(&token.token).await,
+            Kind::Election => {
+                let leadership =
+                    Leadership { name: name.to_string(), value: Vec::new(), sequencer: Some(token.clone()) };
+                client.election(name).resign(&leadership).await
+            }
+        }
+    }
+}
 
 /// A grant a worker was answered.
 #[derive(Debug, Clone)]
@@ -126,7 +197,7 @@ impl Kept {
     }
 }
 
-async fn worker(id: u64, client: Client, rec: Arc<Recorder>) {
+async fn worker(kind: Kind, id: u64, client: Client, rec: Arc<Recorder>) {
     let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ (id + 1));
     let mut session: Option<Kept> = None;
     let mut written = 0u64;
@@ -139,9 +210,8 @@ async fn worker(id: u64, client: Client, rec: Arc<Recorder>) {
             }
         }
         let Some(s) = session.as_ref() else { continue };
-        let name = format!("{LOCKS}{}", rng.below(NAMES));
-        let options = LockOptions::exclusive().wait(Wait::For(Duration::from_secs(1))).lock_delay(LOCK_DELAY);
-        let seq = match client.acquire(&s.id, &name, options).await {
+        let name = format!("{}{}", kind.prefix(), rng.below(NAMES));
+        let seq = match kind.take(&client, &s.id, &name).await {
             Ok(Some(seq)) => seq,
             Err(e) if e.code() == Code::NotFound => {
                 session = None;
@@ -166,13 +236,13 @@ async fn worker(id: u64, client: Client, rec: Arc<Recorder>) {
             .when([Compare::sequencer(seq.token.clone())])
             .and_then([Op::put(format!("{FENCED}{name}"), value.clone())]);
         let answer = client.txn(txn).await.ok().map(|r| (r.succeeded, r.header.map_or(0, |h| h.revision)));
-        rec.writes.lock().unwrap().push(Write { name, value, paused, answer });
+        rec.writes.lock().unwrap().push(Write { name: name.clone(), value, paused, answer });
         if paused {
             // Its keepalives stopped: a new session for the next round.
             session = None;
             continue;
         }
-        let _ = client.release(&seq.token).await;
+        let _ = kind.give_back(&client, &name, &seq).await;
     }
 }
 
@@ -200,13 +270,22 @@ async fn history(client: &Client, options: WatchOptions, until: &[u8]) -> Vec<(i
 }
 
 #[tokio::test]
-async fn fenced_writes_under_partitions_kills_and_pauses_only_ever_apply_while_their_generation_holds() {
+async fn fenced_writes_under_partitions_kills_and_pauses_only_ever_apply_while_their_lock_generation_holds() {
+    run(Kind::Lock).await;
+}
+
+#[tokio::test]
+async fn fenced_writes_under_partitions_kills_and_pauses_only_ever_apply_while_their_leadership_holds() {
+    run(Kind::Election).await;
+}
+
+async fn run(kind: Kind) {
     let mut c = Cluster::start(3, &["--fault-injection"]).await;
     c.leader().await;
     let rec = Arc::new(Recorder::default());
     let mut workers = Vec::new();
     for (id, client) in (0..WORKERS).zip(c.impatient_clients(WORKERS).await) {
-        workers.push(tokio::spawn(worker(id, client, rec.clone())));
+        workers.push(tokio::spawn(worker(kind, id, client, rec.clone())));
     }
 
     rec.progress(40, "40 grants before any fault").await;
@@ -231,62 +310,59 @@ async fn fenced_writes_under_partitions_kills_and_pauses_only_ever_apply_while_t
         w.await.unwrap();
     }
 
-    // Markers that end each history: a last fenced-prefix put, a last lock taken and given back.
+    // Markers that end each history: a last fenced-prefix put, a last name taken and given back.
     let client = c.client().await;
-    let end_lock = format!("{LOCKS}~end");
+    let end_lock = format!("{}~end", kind.prefix());
     let end_put = format!("{FENCED}~end");
     let marker = client.session(latch_client::SessionOptions::new(TTL)).await.unwrap();
-    let held = client.acquire(marker.id(), &end_lock, LockOptions::exclusive()).await.unwrap().expect("free");
-    client.release(&held.token).await.unwrap();
+    let held = kind.take(&client, marker.id(), &end_lock).await.unwrap().expect("free");
+    kind.give_back(&client, &end_lock, &held).await.unwrap();
     client.put(end_put.clone(), "end").await.unwrap();
 
     let lock_events =
-        history(&client, WatchOptions::prefix(LOCKS).target(WatchTarget::Locks), end_lock.as_bytes()).await;
+        history(&client, WatchOptions::prefix(kind.prefix()).target(kind.target()), end_lock.as_bytes())
+            .await;
     let write_events = history(&client, WatchOptions::prefix(FENCED), end_put.as_bytes()).await;
     let grants = rec.grants.lock().unwrap().clone();
     let writes = rec.writes.lock().unwrap().clone();
 
-    // Each lock's state from each revision it changed at (None: free), and every generation
-    // ever granted, with its session.
-    let mut states: HashMap<String, BTreeMap<i64, Option<LockInfo>>> = HashMap::new();
+    // Each name's holders from each revision it changed at, and every generation ever granted,
+    // with its session.
+    let mut states: HashMap<String, BTreeMap<i64, Vec<(u64, String)>>> = HashMap::new();
     let mut granted: HashMap<(String, u64), String> = HashMap::new();
     let mut newest: HashMap<String, u64> = HashMap::new();
     for (revision, e) in &lock_events {
-        let kv = e.kv.as_ref().expect("a lock event names its lock");
-        let name = String::from_utf8(kv.key.clone()).expect("a lock name is UTF-8");
-        let state = if e.r#type == latch_client::proto::event::EventType::Delete as i32 {
-            None
+        let kv = e.kv.as_ref().expect("an event names its lock or election");
+        let name = String::from_utf8(kv.key.clone()).expect("a name is UTF-8");
+        let holders = if e.r#type == latch_client::proto::event::EventType::Delete as i32 {
+            Vec::new()
         } else {
-            Some(LockInfo::decode(kv.value.as_slice()).expect("a lock event's value is a LockInfo"))
+            kind.holders(&kv.value)
         };
-        if let Some(info) = &state {
-            assert!(
-                info.holders.len() <= 1,
-                "lock {name} had {} exclusive holders at revision {revision}: {info:?}",
-                info.holders.len()
-            );
-            for h in &info.holders {
-                let key = (name.clone(), h.generation);
-                match granted.get(&key) {
-                    Some(session) => assert_eq!(
-                        session, &h.session_id,
-                        "generation {} of {name} held by two sessions (revision {revision})",
-                        h.generation
-                    ),
-                    None => {
-                        let before = newest.get(&name).copied().unwrap_or(0);
-                        assert!(
-                            h.generation > before,
-                            "a new holder of {name} at revision {revision} has generation {} after {before}",
-                            h.generation
-                        );
-                        newest.insert(name.clone(), h.generation);
-                        granted.insert(key, h.session_id.clone());
-                    }
+        assert!(
+            holders.len() <= 1,
+            "{name} had {} exclusive holders at revision {revision}: {holders:?}",
+            holders.len()
+        );
+        for (generation, holder) in &holders {
+            let key = (name.clone(), *generation);
+            match granted.get(&key) {
+                Some(session) => assert_eq!(
+                    session, holder,
+                    "generation {generation} of {name} held by two sessions (revision {revision})"
+                ),
+                None => {
+                    let before = newest.get(&name).copied().unwrap_or(0);
+                    assert!(
+                        *generation > before,
+                        "a new holder of {name} at revision {revision} has generation {generation} after {before}"
+                    );
+                    newest.insert(name.clone(), *generation);
+                    granted.insert(key, holder.clone());
                 }
             }
         }
-        states.entry(name).or_default().insert(*revision, state);
+        states.entry(name).or_default().insert(*revision, holders);
     }
 
     for g in &grants {
@@ -314,10 +390,9 @@ async fn fenced_writes_under_partitions_kills_and_pauses_only_ever_apply_while_t
         let holder = states
             .get(&name)
             .and_then(|s| s.range(..*revision).next_back())
-            .and_then(|(_, state)| state.as_ref())
-            .and_then(|info| info.holders.first());
+            .and_then(|(_, holders)| holders.first());
         assert!(
-            holder.is_some_and(|h| h.generation == generation && h.session_id == session),
+            holder.is_some_and(|(g, s)| *g == generation && s == session),
             "the fenced write {value:?} to {key} applied at revision {revision} while {name} was held by {holder:?}"
         );
         applied.insert(value, *revision);

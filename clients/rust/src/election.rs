@@ -22,11 +22,12 @@ use crate::{Client, Error};
 pub struct Election {
     client: Client,
     name: String,
+    lock_delay: Option<Duration>,
 }
 
 impl Client {
     pub fn election(&self, name: impl Into<String>) -> Election {
-        Election { client: self.clone(), name: name.into() }
+        Election { client: self.clone(), name: name.into(), lock_delay: None }
     }
 
     /// Gives up the campaign sent under `request_id` (Election.Withdraw): its place among the
@@ -52,6 +53,13 @@ impl Election {
         &self.name
     }
 
+    /// How long nobody else leads after this candidate's session expires while it leads
+    /// (0 … 60 s; 5 s by default), as a lock's lock-delay.
+    pub fn lock_delay(mut self, delay: Duration) -> Election {
+        self.lock_delay = Some(delay);
+        self
+    }
+
     /// Waits until `session` leads, publishing `value`; answers the leadership. Dropping the
     /// future (or an error after the candidacy may have been queued) withdraws a candidacy still
     /// waiting, in the background; a leadership granted just as it was dropped
@@ -62,7 +70,7 @@ impl Election {
             name: self.name.clone(),
             session_id: session.to_string(),
             value: value.into(),
-            lock_delay_ms: None,
+            lock_delay_ms: self.lock_delay.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             request_id: uuid::Uuid::now_v7().to_string(),
         };
         let mut unsettled = Unsettled::new(&self.client, Queue::Election, &self.name, &request.request_id);
