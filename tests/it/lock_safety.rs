@@ -339,6 +339,8 @@ async fn run(kind: Kind) {
         } else {
             kind.holders(&kv.value)
         };
+        // (A Leadership names one leader at most: for elections, two leaders at once would show
+        // in the fenced writes below, not here.)
         assert!(
             holders.len() <= 1,
             "{name} had {} exclusive holders at revision {revision}: {holders:?}",
