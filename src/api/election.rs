@@ -57,6 +57,22 @@ pub(super) fn leadership(l: Leader, cluster_id: u64) -> Leadership {
     }
 }
 
+/// The leadership a campaign was granted under `seq`, with the leader's value as of now (a
+/// proclaim may have changed it since the grant), or `asked` if it no longer leads.
+fn granted_leadership(
+    ctx: &Context,
+    name: String,
+    seq: latch_proto::internal::Sequencer,
+    asked: Vec<u8>,
+) -> Result<Leadership, ApiError> {
+    let txn = ctx.node.db().begin_read()?;
+    let value = match elections::leader(&txn, &name)? {
+        Some(l) if l.sequencer == seq => l.value,
+        _ => asked,
+    };
+    Ok(Leadership { name, value, sequencer: Some(public_sequencer(&seq, ctx.node.cluster_id)) })
+}
+
 type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -82,17 +98,7 @@ impl Election for ElectionService {
                     req.name
                 )));
             };
-            // The value is the leader's as of its grant (a proclaim may have changed it since).
-            let txn = self.ctx.node.db().begin_read()?;
-            let value = match elections::leader(&txn, &req.name)? {
-                Some(l) if l.sequencer == seq => l.value,
-                _ => req.value,
-            };
-            let leader = Leadership {
-                name: req.name,
-                value,
-                sequencer: Some(public_sequencer(&seq, self.ctx.node.cluster_id)),
-            };
+            let leader = granted_leadership(&self.ctx, req.name, seq, req.value)?;
             Ok(CampaignResponse { header: Some(header), leader: Some(leader) })
         };
         run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
@@ -200,18 +206,8 @@ impl Election for ElectionService {
         let req = req.into_inner();
         let run = async {
             let (header, seq) = withdraw(&self.ctx, LockSpace::Elections, &req.name, &req.request_id).await?;
-            let leader = match seq {
-                None => None,
-                Some(seq) => {
-                    let txn = self.ctx.node.db().begin_read()?;
-                    let value = match elections::leader(&txn, &req.name)? {
-                        Some(l) if l.sequencer == seq => l.value,
-                        _ => Vec::new(),
-                    };
-                    let sequencer = Some(public_sequencer(&seq, self.ctx.node.cluster_id));
-                    Some(Leadership { name: req.name, value, sequencer })
-                }
-            };
+            let leader =
+                seq.map(|seq| granted_leadership(&self.ctx, req.name, seq, Vec::new())).transpose()?;
             Ok(WithdrawCandidacyResponse { header: Some(header), leader })
         };
         run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))

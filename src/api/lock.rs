@@ -313,35 +313,28 @@ pub(crate) async fn withdraw(
         Ok(r.sequencer.filter(|_| r.status == LockStatus::Granted as i32))
     };
     for _ in 0..WITHDRAW_ROUNDS {
-        let (state, applied) = {
+        // Applied (a request held or queued was, even if the memory forgot its id).
+        let applied = {
             let txn = ctx.node.db().begin_read()?;
-            (locks::request_state(&txn, &key, request_id)?, crate::fsm::remembered(&txn, request_id)?)
+            !matches!(locks::request_state(&txn, &key, request_id)?, RequestState::Gone)
+                || crate::fsm::remembered(&txn, request_id)?
         };
-        match state {
-            // Applied (a request held or queued was, even if the memory forgot its id):
-            // withdrawn now if it waits, its grant answered if it holds, and marked given up
+        if applied {
+            // Withdrawn now if it waits, its grant answered if it holds, and marked given up
             // either way, so that no RPC of it asks again.
-            RequestState::Held(_) | RequestState::Waiting => {
-                let (header, r) = ctx.write(&withdrawn_marker(request_id), Body::CancelWait(cancel)).await?;
-                return Ok((header, granted(r)?));
+            let (header, r) = ctx.write(&withdrawn_marker(request_id), Body::CancelWait(cancel)).await?;
+            return Ok((header, granted(r)?));
+        }
+        match ctx.write(request_id, Body::CancelWait(cancel.clone())).await {
+            // Applied first: the id is spent, and nothing waited under it.
+            Ok((header, r)) => return Ok((header, granted(r)?)),
+            // The acquire was applied first (here now too: the conflict was answered after
+            // it), or is being proposed on this member: look again.
+            Err(ApiError::RequestConflict { .. }) => {}
+            Err(ApiError::Request(RequestError::RequestInFlight { .. })) => {
+                tokio::time::sleep(WITHDRAW_LOOK_AGAIN).await;
             }
-            RequestState::Gone if applied => {
-                let (header, r) = ctx.write(&withdrawn_marker(request_id), Body::CancelWait(cancel)).await?;
-                return Ok((header, granted(r)?));
-            }
-            RequestState::Gone => {
-                match ctx.write(request_id, Body::CancelWait(cancel.clone())).await {
-                    // Applied first: the id is spent, and nothing waited under it.
-                    Ok((header, r)) => return Ok((header, granted(r)?)),
-                    // The acquire was applied first (here now too: the conflict was answered
-                    // after it), or is being proposed on this member: look again.
-                    Err(ApiError::RequestConflict { .. }) => {}
-                    Err(ApiError::Request(RequestError::RequestInFlight { .. })) => {
-                        tokio::time::sleep(WITHDRAW_LOOK_AGAIN).await;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+            Err(e) => return Err(e),
         }
     }
     Err(ApiError::Unavailable(format!(

@@ -418,18 +418,27 @@ class Client:
             request.wait_ms = round(wait * 1000)
         if lock_delay is not None:
             request.lock_delay_ms = round(seconds(lock_delay, "lock_delay") * 1000)
+        response, found = self._call_or_withdraw("lock", "Acquire", name, request, wait)
+        if found is not None:
+            return found.sequencer  # granted after all
+        return response.sequencer if response.acquired else None
+
+    def _call_or_withdraw(self, service: str, method: str, name: str, request, wait: Optional[float]):
+        """Sends an Acquire or a Campaign: ``(response, None)``, or when the call failed after
+        its request may have been queued, ``(None, answer)`` with the answer of its withdrawal
+        (``_withdraw``) when that says it was granted after all. Any other failure is raised."""
         try:
-            response = self._call("lock", "Acquire", request, wait=wait)
+            return self._call(service, method, request, wait=wait), None
         except LatchError as e:
             if e.code not in SETTLED:
-                found = self._withdraw("lock", name, request.request_id, first_here=True)
-                if found is not None and found.held:
-                    return found.sequencer  # granted after all
+                found = self._withdraw(service, name, request.request_id, first_here=True)
+                granted = found is not None and (found.held if service == "lock" else found.HasField("leader"))
+                if granted:
+                    return None, found
             raise
         except BaseException:  # interrupted (KeyboardInterrupt) during or between attempts
-            self._withdraw("lock", name, request.request_id, first_here=False)
+            self._withdraw(service, name, request.request_id, first_here=False)
             raise
-        return response.sequencer if response.acquired else None
 
     def _withdraw(self, service: str, name: str, acquire_id: str, *, first_here: bool):
         """Gives up the acquire (``service`` "lock") or campaign ("election") sent under

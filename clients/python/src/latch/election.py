@@ -7,7 +7,7 @@ from typing import Iterator, Optional
 
 import grpc
 
-from .client import RETRYABLE, SETTLED, Backoff, request_id, seconds
+from .client import RETRYABLE, Backoff, request_id, seconds
 from .errors import LatchError
 from .txn import Bytes, as_bytes
 from .v1 import election_pb2
@@ -26,17 +26,8 @@ class Election:
                                                value=as_bytes(value, "value"), request_id=request_id())
         if lock_delay is not None:
             request.lock_delay_ms = round(seconds(lock_delay, "lock_delay") * 1000)
-        try:
-            return self.client._call("election", "Campaign", request, wait=None).leader
-        except LatchError as e:
-            if e.code not in SETTLED:
-                found = self.client._withdraw("election", self.name, request.request_id, first_here=True)
-                if found is not None and found.HasField("leader"):
-                    return found.leader  # won after all
-            raise
-        except BaseException:  # interrupted (KeyboardInterrupt) during or between attempts
-            self.client._withdraw("election", self.name, request.request_id, first_here=False)
-            raise
+        response, found = self.client._call_or_withdraw("election", "Campaign", self.name, request, None)
+        return (found if response is None else response).leader
 
     def proclaim(self, leadership: election_pb2.Leadership, value: Bytes) -> None:
         """Publishes a new value; FAILED_PRECONDITION unless the leadership still leads."""
