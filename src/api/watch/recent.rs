@@ -22,6 +22,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use latch_proto::v1;
 use prost::bytes::Bytes;
@@ -42,6 +43,10 @@ use crate::node::NodeHandle;
 /// Most bytes the window holds: its batches' events and the memory around them
 /// (`Batch::holds`).
 pub const WINDOW_BYTES: usize = 64 * 1024 * 1024;
+/// How long the feeder waits before it tries a failed read again; it doubles each time up to
+/// [`RETRY_MOST`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MOST: Duration = Duration::from_secs(10);
 /// Bytes of history read in one step (by the feeder, or a stream catching up).
 pub const READ_STEP_BYTES: usize = 1024 * 1024;
 /// A revision whose history rows are more than this is not held whole, in the window or by a
@@ -254,7 +259,8 @@ struct Window {
 /// The shared window and where streams wait for it to move.
 pub struct Recent {
     window: RwLock<Window>,
-    /// Why the feeder stopped, if it did: streams then end UNAVAILABLE (clients move on).
+    /// Why the feeder's last read failed, while it has not read since: streams end
+    /// UNAVAILABLE (clients move on).
     failed: std::sync::Mutex<Option<String>>,
     span: watch::Sender<Span>,
     /// Most revisions held.
@@ -281,43 +287,66 @@ impl Recent {
         node: NodeHandle,
         max_batches: usize,
         metrics: Arc<Metrics>,
-        mut stop: watch::Receiver<bool>,
+        stop: watch::Receiver<bool>,
     ) -> Result<Arc<Recent>, FsmError> {
         let txn = node.db().begin_read().map_err(|e| FsmError::Corrupt(format!("read transaction: {e}")))?;
         let recent = Arc::new(Recent::new(fsm::applied(&txn)?.revision, max_batches, metrics));
         drop(txn);
         let feeder = recent.clone();
-        let mut revisions = node.revisions();
-        tokio::spawn(async move {
-            loop {
-                revisions.borrow_and_update();
-                // Inline, one bounded step at a time with a yield between: the new rows were
-                // just committed and are in redb's cache, and a thread hop would add its
-                // wake-up to every event's latency.
-                let mut why = None;
-                loop {
-                    match feeder.read_step(&node) {
-                        Ok(true) => tokio::task::yield_now().await,
-                        Ok(false) => break,
-                        Err(e) => {
-                            why = Some(format!("reading the history failed: {e}"));
-                            break;
-                        }
-                    }
-                }
-                if let Some(why) = why {
-                    tracing::error!(error = %why, "watches: this member stops serving them");
-                    *feeder.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
-                    feeder.span.send_modify(|_| {});
-                    return;
-                }
-                tokio::select! {
-                    changed = revisions.changed() => if changed.is_err() { return },
-                    _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
-                }
-            }
-        });
+        let revisions = node.revisions();
+        tokio::spawn(async move { feeder.follow(|f| f.read_step(&node), revisions, stop).await });
         Ok(recent)
+    }
+
+    /// The feeder: each time the applied revision moves, `step` until the window holds it all.
+    /// Inline, one bounded step at a time with a yield between: the new rows were just
+    /// committed and are in redb's cache, and a thread hop would add its wake-up to every
+    /// event's latency.
+    ///
+    /// A step that fails marks the window failed (every stream ends UNAVAILABLE and its client
+    /// resumes on another member) and is tried again after [`RETRY_FIRST`], doubling up to
+    /// [`RETRY_MOST`]; the first that succeeds clears the mark, and the window goes on from
+    /// where it stopped (a failed step appended nothing). Ends when the revisions end or `stop`
+    /// fires.
+    async fn follow(
+        &self,
+        mut step: impl FnMut(&Recent) -> Result<bool, FsmError>,
+        mut revisions: watch::Receiver<i64>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut retry = RETRY_FIRST;
+        loop {
+            revisions.borrow_and_update();
+            let failure = loop {
+                match step(self) {
+                    Ok(true) => tokio::task::yield_now().await,
+                    Ok(false) => break None,
+                    Err(e) => break Some(format!("reading the history failed: {e}")),
+                }
+            };
+            let wait = match failure {
+                None => {
+                    if self.failed.lock().unwrap_or_else(|p| p.into_inner()).take().is_some() {
+                        tracing::info!("watches: this member serves them again");
+                    }
+                    retry = RETRY_FIRST;
+                    None
+                }
+                Some(why) => {
+                    tracing::error!(error = %why, retry_in = ?retry, "watches: this member stops serving them");
+                    *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                    self.span.send_modify(|_| {});
+                    let wait = retry;
+                    retry = (retry * 2).min(RETRY_MOST);
+                    Some(wait)
+                }
+            };
+            tokio::select! {
+                changed = revisions.changed(), if wait.is_none() => if changed.is_err() { return },
+                _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {}
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+            }
+        }
     }
 
     /// Reads one step (about [`READ_STEP_BYTES`]) of what the member applied past the window's
@@ -368,7 +397,7 @@ impl Recent {
         self.span.send_replace(w.span);
     }
 
-    /// Why the feeder stopped, if it did.
+    /// Why the feeder's last read failed, while it is failing.
     pub fn failed(&self) -> Option<String> {
         self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -436,6 +465,58 @@ mod tests {
             ..Default::default()
         };
         Change { revision, space: Space::Kv, delete: false, kv, prev_kv: None }
+    }
+
+    /// The feeder whose history read fails: streams are told at once, and the read is tried
+    /// again 100 ms later, then 200 ms after that, until one succeeds and serves on.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_history_read_ends_streams_and_is_tried_again_until_one_succeeds() {
+        let recent = Arc::new(Recent::new(0, 100, Arc::new(Metrics::new())));
+        let (applied, revisions) = watch::channel(0i64);
+        let (_stop, stop) = watch::channel(false);
+        let mut told = recent.subscribe();
+        told.borrow_and_update();
+        let tries = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let feeder = recent.clone();
+        let seen = tries.clone();
+        tokio::spawn(async move {
+            let step = move |r: &Recent| {
+                let mut seen = seen.lock().expect("the test's lock");
+                seen.push(tokio::time::Instant::now());
+                if seen.len() <= 2 {
+                    return Err(FsmError::Corrupt("the disk said no".into()));
+                }
+                let last = r.span().last;
+                if last < 1 {
+                    r.append(Batch::of(vec![tiny_put(1)], 1)?, 1);
+                }
+                Ok(false)
+            };
+            feeder.follow(step, revisions, stop).await
+        });
+        let started = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let why = recent.failed().expect("after a failed read the window is marked failed");
+        assert!(why.contains("the disk said no"), "the mark names the read's error, got {why:?}");
+        assert!(
+            told.has_changed().expect("the window lives"),
+            "streams waiting on the window are woken to end"
+        );
+
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(tries.lock().expect("lock").len(), 2, "one retry 100 ms after the failure");
+        assert!(recent.failed().is_some(), "still failed after a second failed read");
+
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let at: Vec<u128> = tries.lock().expect("lock").iter().map(|t| (*t - started).as_millis()).collect();
+        assert_eq!(at, vec![0, 100, 300], "tries at 0, then 100 ms and 200 ms more (doubling)");
+        assert_eq!(recent.failed(), None, "a read that succeeds clears the mark");
+        assert_eq!(recent.span(), Span { first: 1, last: 1 }, "the window went on from where it stopped");
+
+        // Back to following the applied revision: a new one is read without waiting.
+        applied.send_replace(2);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(tries.lock().expect("lock").len(), 4, "a new applied revision is read at once");
     }
 
     #[test]
