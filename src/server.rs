@@ -65,6 +65,24 @@ const SNAPSHOT_INBOX_DIR: &str = "snapshots";
 const CLIENT_PING_INTERVAL: Duration = Duration::from_secs(15);
 const CLIENT_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The peer port's pings, as often as the members' own dialing side pings (`transport::dial`):
+/// a peer whose host or network vanished mid-message has its calls ended within 10 s, and
+/// with them the partly received message and the partly staged snapshot they held.
+const PEER_PING_INTERVAL: Duration = Duration::from_secs(5);
+const PEER_PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// Calls one connection to the peer port carries at once. A member uses one message stream,
+/// one snapshot call and a few status calls per connection; each stream may hold a message
+/// being received (up to `--max-peer-message-bytes`), so their number is bounded too.
+const PEER_MAX_STREAMS: u32 = 16;
+
+/// The peer port's server: pinged connections, a bounded number of calls on each.
+fn peer_port() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(PEER_PING_INTERVAL))
+        .http2_keepalive_timeout(Some(PEER_PING_TIMEOUT))
+        .max_concurrent_streams(Some(PEER_MAX_STREAMS))
+}
+
 /// The gRPC paths of the health and reflection services, for the metrics' `method` label.
 const STANDARD_METHODS: [&str; 4] = [
     "/grpc.health.v1.Health/Check",
@@ -293,7 +311,7 @@ pub async fn run(
         let members = config.initial_cluster.iter().map(|p| p.id).collect();
         FaultsService::server(faults.clone(), id, members)
     });
-    let peer_srv = tonic::transport::Server::builder()
+    let peer_srv = peer_port()
         .add_service(PeerService::new(
             node.handle(),
             client_addr,
@@ -412,5 +430,58 @@ async fn signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// The HTTP/2 frame types in `bytes`, in order (what a server sent on a connection).
+    fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
+        let mut types = Vec::new();
+        while bytes.len() >= 9 {
+            let len = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+            types.push(bytes[3]);
+            bytes = &bytes[(9 + len).min(bytes.len())..];
+        }
+        types
+    }
+
+    /// A peer that goes silent mid-connection — its host gone, or its process stopped — is
+    /// pinged and, unanswered, cut off within the pings' interval and timeout, not kept (with
+    /// whatever its calls hold) until the kernel gives up.
+    #[tokio::test(start_paused = true)]
+    async fn the_peer_port_closes_a_connection_that_stops_answering_its_pings() {
+        const PING: u8 = 0x6;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
+        let addr = listener.local_addr().expect("a bound address");
+        let (_, health) = tonic_health::server::health_reporter();
+        let incoming = sockets::accepted(listener).expect("accepting");
+        tokio::spawn(peer_port().add_service(health).serve_with_incoming(incoming));
+
+        let mut peer = tokio::net::TcpStream::connect(addr).await.expect("connect to the port");
+        // An HTTP/2 client's preface and an empty SETTINGS frame; then it reads, answers nothing.
+        peer.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .expect("write the preface");
+        let started = tokio::time::Instant::now();
+        let mut sent = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(3600), peer.read_to_end(&mut sent)).await;
+        let took = started.elapsed();
+        assert!(read.is_ok(), "the port kept a connection that answered no ping for an hour");
+        assert!(
+            frame_types(&sent).contains(&PING),
+            "the port closed the connection without pinging it first; it sent frames {:?}",
+            frame_types(&sent)
+        );
+        let most = PEER_PING_INTERVAL + PEER_PING_TIMEOUT + Duration::from_secs(1);
+        assert!(
+            took >= PEER_PING_INTERVAL && took <= most,
+            "closed after {took:?}: expected between the ping interval ({PEER_PING_INTERVAL:?}) and \
+             interval + timeout ({most:?})"
+        );
     }
 }

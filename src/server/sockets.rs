@@ -61,10 +61,15 @@ pub const SKIP_AFTER_NO_GAIN: u32 = 64;
 
 /// Accepted connections of `listener`, with TCP_NODELAY set on each: small responses must not
 /// wait for Nagle's algorithm (≈ 40 ms with delayed ACKs). `Server::tcp_nodelay` only applies
-/// to sockets tonic binds itself, not to a listener handed to it.
+/// to sockets tonic binds itself, not to a listener handed to it. TCP keepalive too, probing
+/// after [`TCP_KEEPALIVE_IDLE`] of silence: a connection whose host vanished is closed by the
+/// kernel even if nothing above it asks (each port's HTTP/2 pings find it sooner).
 pub fn accepted(listener: TcpListener) -> io::Result<TcpIncoming> {
-    TcpIncoming::from_listener(listener, true, None).map_err(io::Error::other)
+    TcpIncoming::from_listener(listener, true, Some(TCP_KEEPALIVE_IDLE)).map_err(io::Error::other)
 }
+
+/// Silence on an accepted connection after which the kernel starts its keepalive probes.
+pub const TCP_KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// [`accepted`] connections, their writes gathered ([`Gathered`]).
 pub fn gathered(listener: TcpListener) -> io::Result<impl Stream<Item = io::Result<Gathered<TcpStream>>>> {
