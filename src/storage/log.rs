@@ -27,6 +27,12 @@
 //!   so an entry read back from a file is always one that was written there.
 //! - A segment is deleted only when every entry in it is compacted and the record saying so is
 //!   durable in a later segment, and never the active one: replay never meets a gap.
+//! - A segment's `last_index` bounds the entries in it that are still the log's: when an entry
+//!   replaces others, every older segment's bound drops below it. So a segment holding replaced
+//!   entries goes no later than the segment holding what replaced them; otherwise replay could
+//!   meet the replaced entries with nothing after them to say they were replaced (once
+//!   compaction reaches the log's end), and bring them back.
+//! - Terms never decrease along the log; a replay that finds one that does refuses to load.
 //! - A torn tail — a crash in the middle of a write that was never synced, which a disk may
 //!   leave with any of its sectors written or not — is told from corruption as etcd tells it: a
 //!   bad record in the last segment that runs past the file's end or holds a sector of zeros
@@ -107,7 +113,8 @@ struct Place {
 struct Segment {
     name: String,
     file: Box<dyn File>,
-    /// The highest entry index written in it (0: none).
+    /// The highest index of an entry in it that is still in the log (0: none); while loading,
+    /// of any entry in it, replaced or not (an over-estimate keeps it longer, never shorter).
     last_index: u64,
 }
 
@@ -349,6 +356,16 @@ impl LogStore {
             store.replay(seq, i + 1 == n, floor)?;
         }
         store.compact_to(floor);
+        // Replay may hold replaced entries for a while (a later record replaces them); what it
+        // ends with must be a log raft could have written.
+        if let Some(w) = store.terms.windows(2).find(|w| w[1].1 < w[0].1) {
+            let ((from, term), (index, lower)) = (w[0], w[1]);
+            return Err(corrupt(format!(
+                "{}: entry {index} has term {lower}, below the term {term} of the entries from {from} \
+                 before it: entries a new leader replaced came back",
+                store.dir.describe("")
+            )));
+        }
         if store.segments.is_empty() {
             store.start_segment(1)?;
         }
@@ -786,6 +803,11 @@ impl LogStore {
         }
         self.places.truncate((index - self.compacted.index - 1) as usize);
         self.last = index - 1;
+        // What older segments hold from `index` on is replaced: they may go once the entries
+        // before it are compacted (the module's invariants).
+        for s in self.segments.values_mut() {
+            s.last_index = s.last_index.min(index - 1);
+        }
         while self.terms.len() > 1 && self.terms.last().is_some_and(|&(from, _)| from >= index) {
             self.terms.pop();
         }
@@ -1264,6 +1286,52 @@ mod tests {
         }
         let log = open(dir.path(), 1 << 20).expect("reloads");
         assert_eq!(log.last_index().expect("last"), 8, "entries 9 and 10 of term 1 stay gone");
+    }
+
+    /// A follower's entries 11..=20 of term 1 are replaced by a new leader's 11..=12 of term 2,
+    /// the segment with those fills, and compaction reaches the log's end (12): the segment
+    /// holding the replaced entries must go with the one that replaced them, or a reload
+    /// brings 13..=20 of term 1 back behind 12 of term 2.
+    #[test]
+    fn compaction_to_the_end_of_the_log_never_brings_replaced_entries_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut log = open(dir.path(), 1024).expect("fresh log");
+            for from in [1, 6, 11, 16] {
+                append(&mut log, from, from + 4, 1);
+            }
+            append(&mut log, 11, 12, 2);
+            let segments = log.segment_names().len();
+            while log.segment_names().len() == segments {
+                let hs = HardState { term: 2, commit: 12, ..Default::default() };
+                log.set_hard_state(&hs).expect("hard state");
+                log.flush().expect("flush");
+            }
+            log.compact(12).expect("compact");
+            log.flush().expect("flush");
+            assert_eq!(all(&log), Vec::<(u64, u64)>::new(), "everything up to 12 is compacted");
+        }
+        let log = open(dir.path(), 1024).expect("reloads");
+        assert_eq!(log.last_index().expect("last"), 12, "the log ends where it ended: {:?}", all(&log));
+        assert_eq!(log.term(12).expect("term"), 2);
+    }
+
+    /// Entries whose terms go down cannot be a log raft wrote: loading refuses them, naming the
+    /// segment, rather than serve a log that could vote for a stale candidate.
+    #[test]
+    fn a_log_whose_terms_decrease_is_refused_naming_the_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut log = open(dir.path(), 1 << 20).expect("fresh log");
+            append(&mut log, 1, 3, 2);
+            // Not something `append` lets raft-rs do; written here as a damaged log would be.
+            let bytes = pb_bytes(&entry(4, 1)).expect("encodes");
+            log.write(KIND_ENTRY, &bytes);
+            log.flush().expect("flush");
+        }
+        let err = open(dir.path(), 1 << 20).err().expect("a log with terms 2, 2, 2, 1 is refused");
+        let msg = err.to_string();
+        assert!(msg.contains("entry 4") && msg.contains("term 1"), "the error names the entry: {msg}");
     }
 
     #[test]
