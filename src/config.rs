@@ -140,6 +140,20 @@ pub struct ServerArgs {
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub watch_stall_deadline: Option<Duration>,
+    /// Most calls one client connection carries at once (HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS,
+    /// as etcd's flag of the same name): a client past it waits for one of its calls to end
+    /// before the next starts [default: 10000].
+    #[arg(long)]
+    pub max_concurrent_streams: Option<usize>,
+    /// Most sessions the cluster holds: past it (as this member counts the live sessions)
+    /// CreateSession is refused RESOURCE_EXHAUSTED [default: 250000].
+    #[arg(long)]
+    pub max_sessions: Option<usize>,
+    /// Most requests one lock's or election's queue holds: an acquire or campaign that would
+    /// wait behind that many is refused RESOURCE_EXHAUSTED, and nothing is written
+    /// [default: 1000].
+    #[arg(long)]
+    pub max_lock_waiters: Option<usize>,
     /// Shortest session TTL a client may ask for (humantime) [default: 1s].
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
@@ -271,6 +285,13 @@ pub struct Limits {
     /// in its queue (`--watch-stall-deadline`).
     pub max_watch_queued_bytes: usize,
     pub watch_stall_deadline: Duration,
+    /// Calls one client connection carries at once (`--max-concurrent-streams`).
+    pub max_concurrent_streams: usize,
+    /// Live sessions past which CreateSession is refused (`--max-sessions`).
+    pub max_sessions: usize,
+    /// Requests one lock's queue holds at most (`--max-lock-waiters`); the proposing member's
+    /// value travels in each acquire, so every member applies the same bound.
+    pub max_lock_waiters: usize,
     /// Bounds of a session's TTL.
     pub session_ttl_min: Duration,
     pub session_ttl_max: Duration,
@@ -291,6 +312,9 @@ impl Default for Limits {
             watch_snapshot_deadline: Duration::from_secs(60),
             max_watch_queued_bytes: 1024 * 1024 * 1024,
             watch_stall_deadline: Duration::from_secs(30),
+            max_concurrent_streams: 10_000,
+            max_sessions: 250_000,
+            max_lock_waiters: 1_000,
             session_ttl_min: Duration::from_secs(1),
             session_ttl_max: Duration::from_secs(3600),
         }
@@ -481,6 +505,15 @@ impl Config {
                 .watch_stall_deadline
                 .or(file.watch_stall_deadline)
                 .unwrap_or(defaults.watch_stall_deadline),
+            max_concurrent_streams: flags
+                .max_concurrent_streams
+                .or(file.max_concurrent_streams)
+                .unwrap_or(defaults.max_concurrent_streams),
+            max_sessions: flags.max_sessions.or(file.max_sessions).unwrap_or(defaults.max_sessions),
+            max_lock_waiters: flags
+                .max_lock_waiters
+                .or(file.max_lock_waiters)
+                .unwrap_or(defaults.max_lock_waiters),
             session_ttl_min: flags
                 .session_ttl_min
                 .or(file.session_ttl_min)
@@ -503,6 +536,9 @@ impl Config {
             ("max-past-reads", limits.max_past_reads),
             ("max-watch-streams", limits.max_watch_streams),
             ("max-watch-snapshots", limits.max_watch_snapshots),
+            ("max-concurrent-streams", limits.max_concurrent_streams),
+            ("max-sessions", limits.max_sessions),
+            ("max-lock-waiters", limits.max_lock_waiters),
         ] {
             // A semaphore holds at most usize::MAX >> 3 permits; a u32 is plenty for any of these.
             if n == 0 || n > u32::MAX as usize {
@@ -802,7 +838,7 @@ mod tests {
 
     #[test]
     fn bounds_that_could_not_hold_one_request_are_refused_naming_the_flag() {
-        let cases: [(ServerArgs, &str); 15] = [
+        let cases: [(ServerArgs, &str); 18] = [
             (ServerArgs { max_key_bytes: Some(0), ..Default::default() }, "--max-key-bytes"),
             (ServerArgs { max_value_bytes: Some(0), ..Default::default() }, "--max-value-bytes"),
             (ServerArgs { max_request_bytes: Some(0), ..Default::default() }, "--max-request-bytes"),
@@ -824,6 +860,12 @@ mod tests {
             (ServerArgs { max_past_reads: Some(0), ..Default::default() }, "--max-past-reads"),
             (ServerArgs { max_watch_streams: Some(0), ..Default::default() }, "--max-watch-streams"),
             (ServerArgs { max_watch_snapshots: Some(0), ..Default::default() }, "--max-watch-snapshots"),
+            (ServerArgs { max_sessions: Some(0), ..Default::default() }, "--max-sessions"),
+            (
+                ServerArgs { max_concurrent_streams: Some(0), ..Default::default() },
+                "--max-concurrent-streams",
+            ),
+            (ServerArgs { max_lock_waiters: Some(0), ..Default::default() }, "--max-lock-waiters"),
             (
                 ServerArgs { watch_snapshot_deadline: Some(Duration::ZERO), ..Default::default() },
                 "--watch-snapshot-deadline",
@@ -847,6 +889,10 @@ mod tests {
         assert_eq!(
             (ok.limits.max_past_reads, ok.limits.max_watch_streams, ok.limits.max_watch_snapshots),
             (4, 20_000, 8)
+        );
+        assert_eq!(
+            (ok.limits.max_concurrent_streams, ok.limits.max_sessions, ok.limits.max_lock_waiters),
+            (10_000, 250_000, 1_000)
         );
         assert_eq!(ok.peer_limits, PeerLimits::default());
         assert_eq!(

@@ -287,6 +287,7 @@ pub async fn run(
     let client_srv = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(CLIENT_PING_INTERVAL))
         .http2_keepalive_timeout(Some(CLIENT_PING_TIMEOUT))
+        .max_concurrent_streams(u32::try_from(config.limits.max_concurrent_streams).ok())
         .layer(grpc_metrics)
         .add_service(KvService::server(ctx.clone()))
         .add_service(ClusterService::server(ctx.clone()))

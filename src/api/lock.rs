@@ -100,6 +100,7 @@ pub(crate) async fn acquire(
             wait: want.wait != Wait::No,
             lock_delay_ms,
             value: want.value.clone(),
+            max_waiters: u32::try_from(ctx.limits.max_lock_waiters).unwrap_or(u32::MAX),
         });
         // From here until it is answered, a request whose caller goes away (or whose proposal
         // fails, and may yet apply) gives up its place.
@@ -148,6 +149,14 @@ pub(crate) async fn acquire(
                 continue; // released since: ask again
             }
             (Ok(LockStatus::Busy), _) => return Ok((header, None)),
+            (Ok(LockStatus::QueueFull), _) => {
+                let what = if want.space == LockSpace::Elections { "election" } else { "lock" };
+                return Err(ApiError::OverLimit(format!(
+                    "{what} {:?} has {} requests waiting, the most --max-lock-waiters allows: \
+                     nothing was queued; try again later",
+                    want.name, r.ahead
+                )));
+            }
             (Ok(LockStatus::OtherMode), held) => {
                 let what = if held.is_some() { "holds" } else { "awaits" };
                 return Err(ApiError::FailedPrecondition(format!(

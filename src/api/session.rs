@@ -36,6 +36,22 @@ impl SessionService {
         SessionServer::new(SessionService { ctx })
     }
 
+    /// Refuses a new session past `--max-sessions` (as this member counts the live ones); a
+    /// create resent under a request id already applied is answered from memory as before.
+    fn check_room(&self, request_id: &str) -> Result<(), ApiError> {
+        let live = self.ctx.node.status().sessions;
+        if live < self.ctx.limits.max_sessions as u64 {
+            return Ok(());
+        }
+        if !request_id.is_empty() && crate::fsm::remembered(&self.ctx.node.db().begin_read()?, request_id)? {
+            return Ok(());
+        }
+        Err(ApiError::OverLimit(format!(
+            "the cluster holds {live} sessions, the most --max-sessions allows: close the sessions no \
+             longer needed, or let them expire"
+        )))
+    }
+
     fn check_ttl(&self, ttl_ms: i64) -> Result<u64, ApiError> {
         let (min, max) = (self.ctx.limits.session_ttl_min, self.ctx.limits.session_ttl_max);
         let ttl = u64::try_from(ttl_ms).ok().map(Duration::from_millis);
@@ -106,6 +122,7 @@ impl Session for SessionService {
                 });
             }
             check_request_id(&req.request_id)?;
+            self.check_room(&req.request_id)?;
             let id = if req.request_id.is_empty() {
                 uuid::Uuid::new_v4()
             } else {

@@ -85,6 +85,7 @@ mod tests {
                 wait: true,
                 lock_delay_ms: 0,
                 value: value.into(),
+                max_waiters: 0,
             }),
         );
     }

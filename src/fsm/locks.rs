@@ -144,6 +144,9 @@ pub(crate) fn acquire(ap: &mut Apply, req: Acquire, request_id: &str) -> Result<
     if !grantable && !req.wait {
         return Ok(result(Status::Busy, None, 0));
     }
+    if !grantable && req.max_waiters > 0 && row.waiters.len() >= req.max_waiters as usize {
+        return Ok(result(Status::QueueFull, None, row.waiters.len() as u64));
+    }
     let revision = ap.write_revision()?;
     let status = if grantable {
         let holder = LockHolder {
@@ -622,6 +625,49 @@ mod tests {
             ],
             "granted to a, b queued, handed to b, gone with b's session"
         );
+    }
+
+    /// An acquire carries its member's `--max-lock-waiters`: one that would wait behind that
+    /// many is refused and writes nothing, not even a revision; a grant is never refused, and
+    /// once the queue is shorter, the next request joins it.
+    #[test]
+    fn an_acquire_that_would_wait_behind_its_bound_is_refused_and_writes_nothing() {
+        let mut s = Store::new();
+        for id in ["a", "b", "c", "d"] {
+            session(&mut s, id);
+        }
+        let bounded = |session: &str| match acquire_req("n", session, LockMode::Exclusive, true) {
+            Body::Acquire(a) => Body::Acquire(Acquire { max_waiters: 2, ..a }),
+            _ => unreachable!("acquire_req makes an acquire"),
+        };
+        let a = as_lock(s.apply("ra", bounded("a")));
+        assert_eq!(status(&a), Status::Granted);
+        for (id, session) in [("rb", "b"), ("rc", "c")] {
+            assert_eq!(status(&as_lock(s.apply(id, bounded(session)))), Status::Queued);
+        }
+        let before = (s.applied().revision, row(&s, "n"));
+        let d = as_lock(s.apply("rd", bounded("d")));
+        assert_eq!(
+            (status(&d), d.ahead),
+            (Status::QueueFull, 2),
+            "a third waiter is refused, naming the two"
+        );
+        assert_eq!((s.applied().revision, row(&s, "n")), before, "a refused acquire writes nothing");
+        let unbounded = as_lock(s.apply("rd2", acquire_req("n", "d", LockMode::Exclusive, true)));
+        assert_eq!(status(&unbounded), Status::Queued, "an acquire without a bound (max_waiters 0) queues");
+
+        // The holder leaves: b holds, c and d wait; e fits behind them only with a bound of 3.
+        s.apply("", release_body(a.sequencer.expect("a holds")));
+        session(&mut s, "e");
+        assert_eq!(status(&as_lock(s.apply("re", bounded("e")))), Status::QueueFull);
+        let roomier = match bounded("e") {
+            Body::Acquire(a) => Body::Acquire(Acquire { max_waiters: 3, ..a }),
+            _ => unreachable!(),
+        };
+        assert_eq!(status(&as_lock(s.apply("re2", roomier))), Status::Queued);
+        let waiting: Vec<String> =
+            row(&s, "n").expect("held").waiters.into_iter().map(|w| w.session).collect();
+        assert_eq!(waiting, ["c", "d", "e"], "the queue kept its order");
     }
 
     #[test]

@@ -658,6 +658,7 @@ pub(crate) mod testing {
             wait,
             lock_delay_ms: 5_000,
             value: Vec::new(),
+            max_waiters: 0,
         })
     }
 

@@ -111,3 +111,53 @@ async fn an_empty_key_is_invalid_argument_naming_the_key() {
     );
     assert_eq!(store_state(&client).await, before, "rejected requests must write nothing");
 }
+
+/// `--max-concurrent-streams 2` (etcd's flag of the same name): one client connection carries
+/// two calls at once; a third waits until one of them ends, then goes through.
+#[tokio::test]
+async fn a_connection_carries_at_most_max_concurrent_streams_calls_at_once() {
+    use latch_client::{LockOptions, Wait};
+    use std::time::Duration;
+
+    let c = Cluster::start(1, &["--max-concurrent-streams", "2"]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let ttl = Duration::from_secs(60);
+    let mut sessions = Vec::new();
+    for who in ["holder", "first", "second"] {
+        sessions.push(client.create_session(ttl, who).await.unwrap().0);
+    }
+    client
+        .acquire(&sessions[0], "busy", LockOptions::exclusive().wait(Wait::No))
+        .await
+        .unwrap()
+        .expect("a free lock is granted at once");
+    // Two acquires that wait as long as the lock is held: two streams of the connection in use.
+    let waits: Vec<_> = sessions[1..]
+        .iter()
+        .map(|s| {
+            let (client, s) = (client.clone(), s.clone());
+            tokio::spawn(async move { client.acquire(&s, "busy", LockOptions::exclusive()).await })
+        })
+        .collect();
+    // Seen through another connection: this one has no stream to spare.
+    let other = c.client().await;
+    crate::harness::eventually("both acquires to wait", crate::harness::STARTUP, || async {
+        match other.describe_lock("busy").await {
+            Ok(Some(info)) if info.waiters.len() == 2 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let third = tokio::spawn({
+        let client = client.clone();
+        async move { client.get("anything").await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!third.is_finished(), "a third call went through while two streams were in use");
+    waits[0].abort();
+    let got = tokio::time::timeout(Duration::from_secs(10), third)
+        .await
+        .expect("the third call goes through once a stream is free");
+    assert_eq!(got.expect("the task").expect("the get"), None);
+}

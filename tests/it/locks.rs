@@ -1198,3 +1198,45 @@ async fn a_withdrawal_answers_a_grant_that_came_first_and_spends_the_id_of_an_ac
     let refused = elections.campaign(campaign("late")).await.expect_err("a campaign whose id was spent");
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
 }
+
+/// `--max-lock-waiters 2`: with two requests waiting, a third that would wait is refused
+/// RESOURCE_EXHAUSTED naming the flag, and nothing is queued (one that would not wait is still
+/// just "not granted"); once the queue is shorter, a new request joins it.
+#[tokio::test]
+async fn a_request_past_max_lock_waiters_is_refused_naming_the_flag_and_queues_nothing() {
+    const NAME: &str = "bounded-queue";
+    let c = Cluster::start(1, &["--max-lock-waiters", "2"]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let ttl = Duration::from_secs(10);
+    let mut sessions = Vec::new();
+    for who in ["a", "b", "c", "d"] {
+        sessions.push(client.session(SessionOptions::new(ttl).name(who)).await.unwrap());
+    }
+    let [a, b, cs, d] = [0, 1, 2, 3].map(|i| sessions[i].id().to_string());
+    let held = client
+        .acquire(&a, NAME, LockOptions::exclusive().wait(Wait::No))
+        .await
+        .unwrap()
+        .expect("a free lock is granted at once");
+    let waiting_b = acquire_in_background(&client, &b, NAME, LockOptions::exclusive());
+    until_lock_is(&client, NAME, &[&a], &[&b]).await;
+    let _waiting_c = acquire_in_background(&client, &cs, NAME, LockOptions::exclusive());
+    let before = until_lock_is(&client, NAME, &[&a], &[&b, &cs]).await;
+
+    let refused = client.acquire(&d, NAME, LockOptions::exclusive()).await;
+    let e = refused.expect_err("a third waiter is past --max-lock-waiters 2");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    for needle in ["--max-lock-waiters", "2 requests waiting", NAME] {
+        assert!(e.to_string().contains(needle), "the refusal should mention {needle:?}: {e}");
+    }
+    assert_eq!(describe(&client, NAME).await.unwrap(), before, "the refused request queued nothing");
+    let busy = client.acquire(&d, NAME, LockOptions::exclusive().wait(Wait::No)).await;
+    assert_eq!(busy.unwrap(), None, "a request that would not wait is answered 'not granted', as before");
+
+    // A's release hands the lock to B: one waiter is left, and D joins behind C.
+    client.release(&held.token).await.unwrap();
+    granted_within(waiting_b, "B", STARTUP).await;
+    let _waiting_d = acquire_in_background(&client, &d, NAME, LockOptions::exclusive());
+    until_lock_is(&client, NAME, &[&b], &[&cs, &d]).await;
+}

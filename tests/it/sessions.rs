@@ -214,3 +214,29 @@ async fn sequential_puts_through_the_api_name_the_keys_they_created() {
         vec!["jobs/00000000000000000000", "jobs/00000000000000000001", "jobs/00000000000000000002"]
     );
 }
+
+/// `--max-sessions 2`: a third session is refused RESOURCE_EXHAUSTED naming the flag, and none
+/// is created; once one of the two ends, a new one is.
+#[tokio::test]
+async fn a_session_past_max_sessions_is_refused_naming_the_flag_until_one_ends() {
+    let c = Cluster::start(1, &["--max-sessions", "2"]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let ttl = Duration::from_secs(10);
+    let (a, _) = client.create_session(ttl, "a").await.unwrap();
+    client.create_session(ttl, "b").await.unwrap();
+    let e = client.create_session(ttl, "c").await.expect_err("a third session is past --max-sessions 2");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    for needle in ["--max-sessions", "2 sessions"] {
+        assert!(e.to_string().contains(needle), "the refusal should mention {needle:?}: {e}");
+    }
+    assert_eq!(client.sessions().await.unwrap().len(), 2, "the refused create made no session");
+
+    client.close_session(&a).await.unwrap();
+    // The member counts the close as it applies it, a moment after the answer may leave.
+    eventually("a session to be created once one of two ended", STARTUP, || async {
+        client.create_session(ttl, "c").await.map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(client.sessions().await.unwrap().len(), 2);
+}

@@ -205,6 +205,8 @@ pub struct Report {
     pub lock_delays_ended: u64,
     /// Acquires whose withdrawal was applied first (each then sent, and refused).
     pub lock_ids_spent: u64,
+    /// Acquires refused because the lock's queue was at its bound.
+    pub lock_queues_full: u64,
     /// Registry: heartbeats and registrations applied, turns to critical, reaps, and instances
     /// removed with their session.
     pub heartbeats: u64,
@@ -226,7 +228,7 @@ impl std::fmt::Display for Report {
             "seed {} ({} nodes, snapshot every {}): {} steps, {:.1}s virtual, {} msgs; puts {} acked {} reads {} \
              retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}), \
              partitions {}, pauses {}, snapshots {}; max term {}, revision {}, {} hash checks; lease grants {}, \
-             expiries {}; lock grants {}, lock-delays ended {}, acquires withdrawn first {}; heartbeats {}, critical {}, reaped {}, removed with \
+             expiries {}; lock grants {}, lock-delays ended {}, acquires withdrawn first {}, queues full {}; heartbeats {}, critical {}, reaped {}, removed with \
              their session {}; watched revisions {} (moves {}, compacted {}), compact revision {}; trace {:016x}",
             self.seed,
             self.nodes,
@@ -253,6 +255,7 @@ impl std::fmt::Display for Report {
             self.lock_grants,
             self.lock_delays_ended,
             self.lock_ids_spent,
+            self.lock_queues_full,
             self.heartbeats,
             self.criticals,
             self.reaps,
@@ -1967,6 +1970,7 @@ impl Sim {
         r.lock_grants = self.lock_checker.grants();
         r.lock_delays_ended = self.lock_checker.delays_ended;
         r.lock_ids_spent = self.lock_checker.spent_ids();
+        r.lock_queues_full = self.lockers.iter().map(|l| l.queues_full).sum();
         r.heartbeats = self.registry.beats;
         r.criticals = self.registry.criticals;
         r.reaps = self.registry.reaps;

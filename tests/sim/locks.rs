@@ -14,6 +14,8 @@
 //! - An acquire whose withdrawal was applied first, under its own request id (Lock.Withdraw of
 //!   an acquire still on its way), never holds or waits — half the time with the acquire sent
 //!   at once through another member, racing it.
+//! - No queue holds more than the bound every acquire carries ([`QUEUE_BOUND`], as a member's
+//!   `--max-lock-waiters` would set it): past it an acquire is refused, QUEUE_FULL.
 //!
 //! And from the members' applied changes: no lock-delay ends before its length has passed
 //! since the first member applied its beginning (so no grant comes during it).
@@ -35,6 +37,9 @@ use crate::invariants::Ctx;
 const NAMES: [(LockSpace, &str); 3] =
     [(LockSpace::Locks, "a"), (LockSpace::Locks, "b"), (LockSpace::Elections, "e")];
 
+/// The `max_waiters` of every acquire: small, so that lockers contending for one name meet it.
+const QUEUE_BOUND: u32 = 1;
+
 /// One simulated lock client.
 #[derive(Debug, Clone)]
 pub struct Locker {
@@ -53,6 +58,8 @@ pub struct Locker {
     /// An acquire sent along with the withdrawal drawn last, under the same id, to race it.
     race: Option<(Body, String)>,
     next_id: u64,
+    /// Acquires refused because the queue held [`QUEUE_BOUND`] requests.
+    pub queues_full: u64,
 }
 
 /// What a locker asked.
@@ -85,6 +92,7 @@ impl Locker {
             spent: None,
             race: None,
             next_id: 0,
+            queues_full: 0,
         }
     }
 
@@ -139,6 +147,7 @@ impl Locker {
             wait,
             lock_delay_ms: if rng.gen_bool(0.3) { 0 } else { rng.gen_range(50..400) },
             value: format!("locker-{}", self.index).into_bytes(),
+            max_waiters: QUEUE_BOUND,
         });
         if wait {
             self.waiting.push((space, name.to_string(), request_id.clone()));
@@ -158,6 +167,9 @@ impl Locker {
         if let LockCall::Spend { space, name, request_id } = call {
             self.spent = Some((*space, name.clone(), request_id.clone()));
             return Some(request_id.clone());
+        }
+        if r.status == Status::QueueFull as i32 {
+            self.queues_full += 1;
         }
         let granted = (r.status == Status::Granted as i32 || r.status == Status::Already as i32)
             .then(|| r.sequencer.clone())
@@ -210,6 +222,7 @@ fn spent_acquire(space: LockSpace, name: &str, session: &str) -> Body {
         wait: true,
         lock_delay_ms: 0,
         value: Vec::new(),
+        max_waiters: QUEUE_BOUND,
     })
 }
 
@@ -309,6 +322,17 @@ impl LockChecker {
                             format!(
                                 "{name:?} is in a lock-delay since revision {}: {:?}",
                                 row.delay_revision, row.holders
+                            ),
+                        );
+                    }
+                    if row.waiters.len() > QUEUE_BOUND as usize {
+                        ctx.fail(
+                            Some(id),
+                            "locks: no queue holds more than the bound its acquires carry",
+                            format!(
+                                "{name:?} queues {} requests, past {QUEUE_BOUND}: {:?}",
+                                row.waiters.len(),
+                                row.waiters
                             ),
                         );
                     }

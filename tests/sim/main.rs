@@ -93,7 +93,7 @@ fn run_seeds(nodes: u64) {
     let single = std::env::var("LATCH_SIM_SEED").is_ok();
     let verbose = verbose() || single;
     let started = Instant::now();
-    let (mut acked, mut crashes, mut snapshots, mut steps, mut spent) = (0, 0, 0, 0, 0);
+    let (mut acked, mut crashes, mut snapshots, mut steps, mut spent, mut full) = (0, 0, 0, 0, 0, 0);
     for &seed in &seeds {
         let t = Instant::now();
         let r = run_one(seed, chaos_us(), single);
@@ -105,16 +105,23 @@ fn run_seeds(nodes: u64) {
         snapshots += r.snapshots;
         steps += r.steps;
         spent += r.lock_ids_spent;
+        full += r.lock_queues_full;
     }
     eprintln!(
         "{nodes} nodes: {} seeds passed in {:.1}s ({steps} steps, {acked} acknowledged writes, {crashes} crashes, \
-         {snapshots} snapshots delivered, {spent} acquires withdrawn before they were applied)",
+         {snapshots} snapshots delivered, {spent} acquires withdrawn before they were applied, {full} refused \
+         at a full queue)",
         seeds.len(),
         started.elapsed().as_secs_f64()
     );
     assert!(
         single || seeds.len() < 20 || spent > 0,
         "over {} seeds, some acquire should have been withdrawn before it was applied (the check is not idle)",
+        seeds.len()
+    );
+    assert!(
+        single || seeds.len() < 20 || full > 0,
+        "over {} seeds, some acquire should have met a full queue (the bound's check is not idle)",
         seeds.len()
     );
 }

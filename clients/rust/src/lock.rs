@@ -213,13 +213,20 @@ impl Session {
 }
 
 /// Whether an acquire that failed with `code` left nothing to withdraw: it was refused as asked
-/// (a bad request, no such session, a mode the session does not hold it in, an id used before),
-/// whatever attempt answered it. Any other failure may have come after an attempt was queued.
+/// (a bad request, no such session, a mode the session does not hold it in, an id used before,
+/// a queue or request over a limit), whatever attempt answered it. Any other failure may have
+/// come after an attempt was queued.
 fn settles(code: tonic::Code) -> bool {
     use tonic::Code::*;
     matches!(
         code,
-        InvalidArgument | NotFound | FailedPrecondition | Unimplemented | PermissionDenied | Unauthenticated
+        InvalidArgument
+            | NotFound
+            | FailedPrecondition
+            | ResourceExhausted
+            | Unimplemented
+            | PermissionDenied
+            | Unauthenticated
     )
 }
 
