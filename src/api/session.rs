@@ -20,6 +20,10 @@ use super::kv::check_request_id;
 use super::{ApiError, Context};
 use crate::fsm::sessions::{self, MAX_SESSION_NAME_BYTES};
 
+/// What a `SessionInfo` costs in an answer beyond its id and name: six integers of at most 10
+/// bytes and eight field tags and lengths.
+const SESSION_INFO_OVERHEAD_BYTES: usize = 80;
+
 /// Keepalives of one stream in flight at once (answered in order).
 const KEEPALIVES_IN_FLIGHT: usize = 256;
 
@@ -227,17 +231,34 @@ impl Session for SessionService {
         run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
     }
 
+    /// A page of sessions: as many as `limit` asks and `--max-response-bytes` holds (at least
+    /// one), `more` when others follow.
     async fn list(
         &self,
-        _req: Request<ListSessionsRequest>,
+        req: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
+        let req = req.into_inner();
         let run = async {
+            if req.limit < 0 {
+                return Err(ApiError::InvalidArgument {
+                    field: "limit",
+                    problem: "must not be negative".into(),
+                });
+            }
             self.ctx.node.read_index().await?;
             let txn = self.ctx.node.db().begin_read()?;
             let revision = crate::fsm::applied(&txn)?.revision;
-            let rows = sessions::all(&txn)?;
+            let max =
+                if req.limit == 0 { usize::MAX } else { usize::try_from(req.limit).unwrap_or(usize::MAX) };
+            let mut room = self.ctx.limits.max_response_bytes;
+            let (rows, more) = sessions::page(&txn, &req.start_after, max, |id, row| {
+                let cost = id.len() + row.name.len() + SESSION_INFO_OVERHEAD_BYTES;
+                room = room.saturating_sub(cost);
+                room > 0
+            })?;
+            drop(txn);
             let sessions = self.infos(rows).await?;
-            Ok(ListSessionsResponse { header: Some(self.ctx.header(revision)), sessions })
+            Ok(ListSessionsResponse { header: Some(self.ctx.header(revision)), sessions, more })
         };
         run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
     }

@@ -268,16 +268,33 @@ pub fn read(txn: &ReadTransaction, id: &str) -> Result<Option<SessionRow>, FsmEr
 
 /// Every session, in id order.
 pub fn all(txn: &ReadTransaction) -> Result<Vec<(String, SessionRow)>, FsmError> {
-    let Some(table) = open_read(txn, SESSIONS)? else { return Ok(Vec::new()) };
+    Ok(page(txn, "", usize::MAX, |_, _| true)?.0)
+}
+
+/// The sessions whose ids sort after `start_after`, in id order: at most `max`, and no more
+/// once `fits` (given the id and row of the next one) says no, though always one; and whether
+/// more follow.
+pub fn page(
+    txn: &ReadTransaction,
+    start_after: &str,
+    max: usize,
+    mut fits: impl FnMut(&str, &SessionRow) -> bool,
+) -> Result<(Vec<(String, SessionRow)>, bool), FsmError> {
+    let Some(table) = open_read(txn, SESSIONS)? else { return Ok((Vec::new(), false)) };
     let mut out = Vec::new();
-    for row in table.iter()? {
+    let after = (std::ops::Bound::Excluded(start_after.as_bytes()), std::ops::Bound::Unbounded);
+    for row in table.range::<&[u8]>(after)? {
         let (k, v) = row?;
         let id = String::from_utf8(k.value().to_vec()).map_err(|_| {
             FsmError::Corrupt(format!("table sessions, key {:?}: not UTF-8", show(k.value())))
         })?;
-        out.push((id, decode_row(k.value(), v.value())?));
+        let row = decode_row(k.value(), v.value())?;
+        if out.len() >= max || (!out.is_empty() && !fits(&id, &row)) {
+            return Ok((out, true));
+        }
+        out.push((id, row));
     }
-    Ok(out)
+    Ok((out, false))
 }
 
 fn get(txn: &WriteTransaction, id: &str) -> Result<Option<SessionRow>, FsmError> {

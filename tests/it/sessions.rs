@@ -240,3 +240,52 @@ async fn a_session_past_max_sessions_is_refused_naming_the_flag_until_one_ends()
     .await;
     assert_eq!(client.sessions().await.unwrap().len(), 2);
 }
+
+/// Session.List answers a page: at most `limit` sessions (or what `--max-response-bytes`
+/// holds) after `start_after`, with `more` while others follow; the client reads every page.
+#[tokio::test]
+async fn sessions_are_listed_a_page_at_a_time_and_the_client_reads_every_page() {
+    use latch_proto::v1::session_client::SessionClient;
+    use latch_proto::v1::ListSessionsRequest;
+
+    // 700 bytes hold about four sessions with their names.
+    let c = Cluster::start(1, &["--max-response-bytes", "700"]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let ttl = Duration::from_secs(60);
+    let name = "n".repeat(64);
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(client.create_session(ttl, &name).await.unwrap().0);
+    }
+    ids.sort();
+    let mut raw = SessionClient::connect(format!("http://{}", c.member(1).client_addr)).await.unwrap();
+    let list = |start_after: &str, limit: i64| ListSessionsRequest { start_after: start_after.into(), limit };
+
+    let page = raw.list(list("", 3)).await.unwrap().into_inner();
+    let first: Vec<String> = page.sessions.into_iter().map(|s| s.id).collect();
+    assert_eq!(first, ids[..3], "limit 3: the first three, in id order");
+    assert!(page.more, "seven more follow");
+
+    let mut seen = Vec::new();
+    let mut start_after = String::new();
+    loop {
+        let page = raw.list(list(&start_after, 0)).await.unwrap().into_inner();
+        assert!(
+            !page.sessions.is_empty() && page.sessions.len() < ids.len(),
+            "a page holds at least one session and, at 700 bytes, not all ten: {}",
+            page.sessions.len()
+        );
+        seen.extend(page.sessions.iter().map(|s| s.id.clone()));
+        if !page.more {
+            break;
+        }
+        start_after = seen.last().cloned().unwrap_or_default();
+    }
+    assert_eq!(seen, ids, "the pages together list every session once, in id order");
+    let all: Vec<String> = client.sessions().await.unwrap().into_iter().map(|s| s.id).collect();
+    assert_eq!(all, ids, "the client's sessions() reads every page");
+    let e = raw.list(list("", -1)).await.expect_err("a negative limit");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("limit"), "{e:?}");
+}

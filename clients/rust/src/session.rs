@@ -181,14 +181,27 @@ impl Client {
         r.session.ok_or_else(|| Error::from(Status::internal("the answer carries no session")))
     }
 
-    /// Every live session, in id order.
+    /// Every live session, in id order, read a page at a time (each page one member's answer
+    /// at its own revision: a session created or ended while they are read may be missed or
+    /// shown, as with any paged read).
     pub async fn sessions(&self) -> Result<Vec<SessionInfo>, Error> {
-        let r = self
-            .call("ListSessions", |channel| async move {
-                SessionClient::new(channel).list(ListSessionsRequest {}).await
-            })
-            .await?;
-        Ok(r.sessions)
+        let mut all = Vec::new();
+        let mut start_after = String::new();
+        loop {
+            let request = ListSessionsRequest { start_after: start_after.clone(), limit: 0 };
+            let r = self
+                .call("ListSessions", |channel| {
+                    let request = request.clone();
+                    async move { SessionClient::new(channel).list(request).await }
+                })
+                .await?;
+            let last = r.sessions.last().map(|s| s.id.clone());
+            all.extend(r.sessions);
+            match last {
+                Some(id) if r.more => start_after = id,
+                _ => return Ok(all),
+            }
+        }
     }
 }
 
