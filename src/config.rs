@@ -142,7 +142,9 @@ pub struct ServerArgs {
     pub watch_stall_deadline: Option<Duration>,
     /// Most calls one client connection carries at once (HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS,
     /// as etcd's flag of the same name): a client past it waits for one of its calls to end
-    /// before the next starts [default: 10000].
+    /// before the next starts — its session keepalives too, so a client holding that many
+    /// long calls (waits, watches, observes) keeps its sessions on another connection
+    /// [default: 10000].
     #[arg(long)]
     pub max_concurrent_streams: Option<usize>,
     /// Most sessions the cluster holds: past it (as this member counts the live sessions)

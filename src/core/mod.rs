@@ -814,7 +814,7 @@ impl Core {
         }
         let id = cmd.request_id.clone();
         let data = cmd.encode_to_vec();
-        let hash = fsm::command_hash(&data);
+        let hash = fsm::request_hash(&cmd, &data);
         if let Some(p) = self.proposals.get_mut(&id) {
             if p.hash == hash {
                 p.waiters.push(waiter);

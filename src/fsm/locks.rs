@@ -670,6 +670,30 @@ mod tests {
         assert_eq!(waiting, ["c", "d", "e"], "the queue kept its order");
     }
 
+    /// The bound an acquire carries is its member's, not the client's: a retry under the same
+    /// request id through a member with another `--max-lock-waiters` is the same request,
+    /// answered as it was first applied, not a conflicting use of the id.
+    #[test]
+    fn an_acquire_retried_through_a_member_with_another_bound_is_the_same_request() {
+        let mut s = Store::new();
+        session(&mut s, "a");
+        session(&mut s, "b");
+        assert_eq!(status(&lock(&mut s, "ra", "n", "a", LockMode::Exclusive)), Status::Granted);
+        let with = |bound: u32| match acquire_req("n", "b", LockMode::Exclusive, true) {
+            Body::Acquire(a) => Body::Acquire(Acquire { max_waiters: bound, ..a }),
+            _ => unreachable!("acquire_req makes an acquire"),
+        };
+        let first = as_lock(s.apply("rb", with(2)));
+        assert_eq!(status(&first), Status::Queued);
+        let retried = s.apply("rb", with(7));
+        assert_eq!(
+            retried.result,
+            Some(outcome::Result::Lock(first)),
+            "the retry is answered as the first was applied"
+        );
+        assert_eq!(row(&s, "n").expect("held").waiters.len(), 1, "and queues nothing more");
+    }
+
     #[test]
     fn the_queue_is_fifo_and_a_shared_request_behind_a_waiting_exclusive_one_waits() {
         let mut s = Store::new();

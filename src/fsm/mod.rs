@@ -358,10 +358,10 @@ fn apply_command<'t>(
     data: &[u8],
     bounds: &Bounds,
 ) -> Result<(AppliedCommand, u32), FsmError> {
-    let command_hash = command_hash(data);
     let cmd = match Command::decode(data) {
         Ok(cmd) => cmd,
         Err(e) => {
+            let command_hash = command_hash(data);
             let why = outcome::Result::Rejected(format!("command: undecodable Command: {e}"));
             let outcome = Outcome { revision: *revision, data_omitted: false, result: Some(why) };
             let applied = AppliedCommand {
@@ -378,6 +378,7 @@ fn apply_command<'t>(
             return Ok((applied, 0));
         }
     };
+    let command_hash = request_hash(&cmd, data);
     let mut memory = match (cmd.request_id.is_empty(), memory) {
         (true, _) => None,
         (false, Some(memory)) => Some(memory),
@@ -487,8 +488,24 @@ fn write_meta(txn: &WriteTransaction, pos: Applied) -> Result<(), FsmError> {
     Ok(())
 }
 
-/// The hash by which a request id's command is told from another one under the same id: FNV-1a
-/// of the whole encoded command.
+/// The hash by which a request id's command is told from another one under the same id:
+/// [`command_hash`] of the command less what the proposing member adds of its own (an acquire's
+/// `max_waiters`, its `--max-lock-waiters`), so that a retry sent through a member with other
+/// limits is the same request, not a conflict.
+pub fn request_hash(cmd: &Command, encoded: &[u8]) -> u64 {
+    match &cmd.body {
+        Some(latch_proto::internal::command::Body::Acquire(a)) if a.max_waiters != 0 => {
+            let mut bare = cmd.clone();
+            if let Some(latch_proto::internal::command::Body::Acquire(a)) = &mut bare.body {
+                a.max_waiters = 0;
+            }
+            command_hash(&bare.encode_to_vec())
+        }
+        _ => command_hash(encoded),
+    }
+}
+
+/// FNV-1a of an encoded command (the hash of one that does not decode).
 pub fn command_hash(encoded: &[u8]) -> u64 {
     let mut h = Fnv::new();
     h.write(encoded);

@@ -28,7 +28,8 @@
 //! - A segment is deleted only when every entry in it is compacted and the record saying so is
 //!   durable in a later segment, and never the active one: replay never meets a gap.
 //! - A segment's `last_index` bounds the entries in it that are still the log's: when an entry
-//!   replaces others, every older segment's bound drops below it. So a segment holding replaced
+//!   replaces others, every older segment's bound drops below it, and a load sets each bound
+//!   from the entries the log holds (not from what replay read, replaced entries included). So a segment holding replaced
 //!   entries goes no later than the segment holding what replaced them; otherwise replay could
 //!   meet the replaced entries with nothing after them to say they were replaced (once
 //!   compaction reaches the log's end), and bring them back.
@@ -113,8 +114,8 @@ struct Place {
 struct Segment {
     name: String,
     file: Box<dyn File>,
-    /// The highest index of an entry in it that is still in the log (0: none); while loading,
-    /// of any entry in it, replaced or not (an over-estimate keeps it longer, never shorter).
+    /// The highest index of an entry in it that is still in the log (0: none). While loading,
+    /// of any entry in it, replaced or not, until the load sets it from `places`.
     last_index: u64,
 }
 
@@ -365,6 +366,16 @@ impl LogStore {
                  before it: entries a new leader replaced came back",
                 store.dir.describe("")
             )));
+        }
+        // Each segment's bound from the entries of the log it holds: replay read replaced ones
+        // too, and a bound they raised would keep their segment past the one that replaced
+        // them (the module's invariants).
+        let mut bounds = BTreeMap::new();
+        for (index, place) in (store.compacted.index + 1..).zip(&store.places) {
+            bounds.insert(place.segment, index);
+        }
+        for (seq, segment) in store.segments.iter_mut() {
+            segment.last_index = bounds.get(seq).copied().unwrap_or(0);
         }
         if store.segments.is_empty() {
             store.start_segment(1)?;
@@ -1314,6 +1325,59 @@ mod tests {
         let log = open(dir.path(), 1024).expect("reloads");
         assert_eq!(log.last_index().expect("last"), 12, "the log ends where it ended: {:?}", all(&log));
         assert_eq!(log.term(12).expect("term"), 2);
+    }
+
+    /// As above, but a crash lost the removal of both segments (their unlinks were not yet
+    /// durable): reloaded, they are back. Their bounds come from what the log holds, so the
+    /// segment of replaced entries still goes with the one that replaced them.
+    #[test]
+    fn segments_a_crash_kept_from_removal_still_go_with_what_replaced_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kept = tempfile::tempdir().expect("tempdir");
+        let copy_all = |from: &std::path::Path, to: &std::path::Path| {
+            for f in std::fs::read_dir(from).expect("lists") {
+                let f = f.expect("an entry");
+                std::fs::copy(f.path(), to.join(f.file_name())).expect("copies");
+            }
+        };
+        {
+            let mut log = open(dir.path(), 1024).expect("fresh log");
+            for from in [1, 6, 11, 16] {
+                append(&mut log, from, from + 4, 1);
+            }
+            append(&mut log, 11, 12, 2);
+            let segments = log.segment_names().len();
+            while log.segment_names().len() == segments {
+                let hs = HardState { term: 2, commit: 12, ..Default::default() };
+                log.set_hard_state(&hs).expect("hard state");
+                log.flush().expect("flush");
+            }
+            copy_all(dir.path(), kept.path());
+            log.compact(12).expect("compact");
+            log.flush().expect("flush");
+        }
+        // The crash: the removed segments are back, and the active one is as it was last written.
+        for f in std::fs::read_dir(kept.path()).expect("lists") {
+            let f = f.expect("an entry");
+            if !dir.path().join(f.file_name()).exists() {
+                std::fs::copy(f.path(), dir.path().join(f.file_name())).expect("restores");
+            }
+        }
+        {
+            let mut log = open(dir.path(), 1024).expect("reloads with the segments back");
+            assert_eq!(log.last_index().expect("last"), 12);
+            append(&mut log, 13, 13, 2);
+            let segments = log.segment_names().len();
+            while log.segment_names().len() == segments {
+                let hs = HardState { term: 2, commit: 13, ..Default::default() };
+                log.set_hard_state(&hs).expect("hard state");
+                log.flush().expect("flush");
+            }
+            log.compact(13).expect("compact");
+            log.flush().expect("flush");
+        }
+        let log = open(dir.path(), 1024).expect("reloads after compacting to its end again");
+        assert_eq!(log.last_index().expect("last"), 13, "the log ends where it ended: {:?}", all(&log));
     }
 
     /// Entries whose terms go down cannot be a log raft wrote: loading refuses them, naming the

@@ -109,6 +109,8 @@ pub struct Params {
     pub chaos_every_us: u64,
     /// How much history the leader keeps (drawn apart from the rest, see `Params::draw`).
     pub history_retention: core::Retention,
+    /// The queue bound every acquire carries (`max_waiters`; 0: none), drawn apart too.
+    pub lock_queue_bound: u32,
 }
 
 impl Params {
@@ -167,6 +169,10 @@ impl Params {
                 // Its own generator: the draws above are what they were before it existed.
                 let mut own = SmallRng::seed_from_u64(seed ^ 0x0068_6973_746f_7279);
                 core::Retention::Revisions(own.gen_range(20..150))
+            },
+            lock_queue_bound: {
+                let mut own = SmallRng::seed_from_u64(seed ^ 0x0071_7565_7565);
+                [0, 1, 1, 2, 3][own.gen_range(0..5)]
             },
         }
     }
@@ -525,13 +531,19 @@ impl Sim {
     fn new(seed: u64, chaos_us: u64, verbose: bool, mode: Mode) -> Sim {
         let mut rng = SmallRng::seed_from_u64(seed ^ 0x6c61_7463_6873_696d);
         let params = Params::draw(seed, &mut rng, chaos_us, mode);
+        let queue_bound = params.lock_queue_bound;
         let keepers = params
             .keepers
             .iter()
             .enumerate()
             .map(|(i, stop)| Keeper::new(i, params.session_ttl_ms, *stop, rng.gen_range(1..=params.nodes)))
             .collect();
-        let lockers = params.lockers.iter().enumerate().map(|(i, &keeper)| Locker::new(i, keeper)).collect();
+        let lockers = params
+            .lockers
+            .iter()
+            .enumerate()
+            .map(|(i, &keeper)| Locker::new(i, keeper, params.lock_queue_bound))
+            .collect();
         let heartbeaters = params
             .heartbeaters
             .iter()
@@ -591,7 +603,7 @@ impl Sim {
             keeper_waiters: BTreeMap::new(),
             lockers,
             locker_waiters: BTreeMap::new(),
-            lock_checker: LockChecker::default(),
+            lock_checker: LockChecker::with_queue_bound(queue_bound),
             heartbeaters,
             heartbeater_waiters: BTreeMap::new(),
             registry: RegistryChecker::new(),

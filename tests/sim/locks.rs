@@ -14,8 +14,9 @@
 //! - An acquire whose withdrawal was applied first, under its own request id (Lock.Withdraw of
 //!   an acquire still on its way), never holds or waits — half the time with the acquire sent
 //!   at once through another member, racing it.
-//! - No queue holds more than the bound every acquire carries ([`QUEUE_BOUND`], as a member's
-//!   `--max-lock-waiters` would set it): past it an acquire is refused, QUEUE_FULL.
+//! - No queue holds more than the bound every acquire of the run carries (drawn per seed: none,
+//!   or 1 to 3, as a member's `--max-lock-waiters` would set it): past it an acquire is
+//!   refused, QUEUE_FULL.
 //!
 //! And from the members' applied changes: no lock-delay ends before its length has passed
 //! since the first member applied its beginning (so no grant comes during it).
@@ -37,9 +38,6 @@ use crate::invariants::Ctx;
 const NAMES: [(LockSpace, &str); 3] =
     [(LockSpace::Locks, "a"), (LockSpace::Locks, "b"), (LockSpace::Elections, "e")];
 
-/// The `max_waiters` of every acquire: small, so that lockers contending for one name meet it.
-const QUEUE_BOUND: u32 = 1;
-
 /// One simulated lock client.
 #[derive(Debug, Clone)]
 pub struct Locker {
@@ -58,7 +56,9 @@ pub struct Locker {
     /// An acquire sent along with the withdrawal drawn last, under the same id, to race it.
     race: Option<(Body, String)>,
     next_id: u64,
-    /// Acquires refused because the queue held [`QUEUE_BOUND`] requests.
+    /// The `max_waiters` its acquires carry (0: none).
+    queue_bound: u32,
+    /// Acquires refused because the queue held `queue_bound` requests.
     pub queues_full: u64,
 }
 
@@ -81,7 +81,7 @@ pub enum LockCall {
 }
 
 impl Locker {
-    pub fn new(index: usize, keeper: usize) -> Locker {
+    pub fn new(index: usize, keeper: usize, queue_bound: u32) -> Locker {
         Locker {
             index,
             keeper,
@@ -92,6 +92,7 @@ impl Locker {
             spent: None,
             race: None,
             next_id: 0,
+            queue_bound,
             queues_full: 0,
         }
     }
@@ -103,7 +104,11 @@ impl Locker {
         let request_id = format!("locker-{}-{}", self.index, self.next_id);
         if let Some((space, name, id)) = self.spent.take() {
             // The acquire whose withdrawal came first: refused as a conflict, never queued.
-            return (spent_acquire(space, &name, session), id.clone(), LockCall::Acquire { request_id: id });
+            return (
+                spent_acquire(space, &name, session, self.queue_bound),
+                id.clone(),
+                LockCall::Acquire { request_id: id },
+            );
         }
         if rng.gen_bool(0.05) {
             let (space, name) = NAMES[rng.gen_range(0..NAMES.len())];
@@ -116,7 +121,7 @@ impl Locker {
             if rng.gen_bool(0.5) {
                 // The acquire is on its way at once, through another member: the log orders
                 // the two, and only one may take effect.
-                self.race = Some((spent_acquire(space, name, session), request_id.clone()));
+                self.race = Some((spent_acquire(space, name, session, self.queue_bound), request_id.clone()));
                 self.waiting.push((space, name.to_string(), request_id.clone()));
             }
             let call = LockCall::Spend { space, name: name.to_string(), request_id: request_id.clone() };
@@ -147,7 +152,7 @@ impl Locker {
             wait,
             lock_delay_ms: if rng.gen_bool(0.3) { 0 } else { rng.gen_range(50..400) },
             value: format!("locker-{}", self.index).into_bytes(),
-            max_waiters: QUEUE_BOUND,
+            max_waiters: self.queue_bound,
         });
         if wait {
             self.waiting.push((space, name.to_string(), request_id.clone()));
@@ -213,7 +218,7 @@ impl Locker {
 
 /// The acquire sent under an id a withdrawal may have spent (always the same command, so that
 /// the racing copy and the one sent after are one request).
-fn spent_acquire(space: LockSpace, name: &str, session: &str) -> Body {
+fn spent_acquire(space: LockSpace, name: &str, session: &str, queue_bound: u32) -> Body {
     Body::Acquire(Acquire {
         space: space as i32,
         name: name.to_string(),
@@ -222,7 +227,7 @@ fn spent_acquire(space: LockSpace, name: &str, session: &str) -> Body {
         wait: true,
         lock_delay_ms: 0,
         value: Vec::new(),
-        max_waiters: QUEUE_BOUND,
+        max_waiters: queue_bound,
     })
 }
 
@@ -239,10 +244,16 @@ pub struct LockChecker {
     checked: BTreeMap<u64, u64>,
     /// Request ids whose withdrawal was applied before any acquire under them.
     spent: BTreeSet<String>,
+    /// The bound every acquire of the run carries (0: none).
+    queue_bound: u32,
     pub delays_ended: u64,
 }
 
 impl LockChecker {
+    pub fn with_queue_bound(queue_bound: u32) -> LockChecker {
+        LockChecker { queue_bound, ..LockChecker::default() }
+    }
+
     /// Lock changes member `node` applied at `ctx.time_us`.
     pub fn changed(&mut self, ctx: Ctx, node: u64, changes: &[LockChange]) {
         for change in changes {
@@ -325,13 +336,14 @@ impl LockChecker {
                             ),
                         );
                     }
-                    if row.waiters.len() > QUEUE_BOUND as usize {
+                    if self.queue_bound > 0 && row.waiters.len() > self.queue_bound as usize {
                         ctx.fail(
                             Some(id),
                             "locks: no queue holds more than the bound its acquires carry",
                             format!(
-                                "{name:?} queues {} requests, past {QUEUE_BOUND}: {:?}",
+                                "{name:?} queues {} requests, past {}: {:?}",
                                 row.waiters.len(),
+                                self.queue_bound,
                                 row.waiters
                             ),
                         );
