@@ -1299,25 +1299,38 @@ mod tests {
         assert_eq!(log.last_index().expect("last"), 8, "entries 9 and 10 of term 1 stay gone");
     }
 
-    /// A follower's entries 11..=20 of term 1 are replaced by a new leader's 11..=12 of term 2,
-    /// the segment with those fills, and compaction reaches the log's end (12): the segment
-    /// holding the replaced entries must go with the one that replaced them, or a reload
-    /// brings 13..=20 of term 1 back behind 12 of term 2.
+    /// Records hard states (commit `commit`, term 2) until the active segment fills and the
+    /// next one starts.
+    fn fill_segment(log: &mut LogStore, commit: u64) {
+        let segments = log.segment_names().len();
+        while log.segment_names().len() == segments {
+            let hs = HardState { term: 2, commit, ..Default::default() };
+            log.set_hard_state(&hs).expect("hard state");
+            log.flush().expect("flush");
+        }
+    }
+
+    /// A follower's log of entries 1..=20 of term 1 in segments of a few entries, whose 11..=20
+    /// a new leader replaced with 11..=12 of term 2, in a segment since filled: a fresh log in
+    /// `dir`, ready to compact to its end (12).
+    fn replaced_then_filled(dir: &std::path::Path) -> LogStore {
+        let mut log = open(dir, 1024).expect("fresh log");
+        for from in [1, 6, 11, 16] {
+            append(&mut log, from, from + 4, 1);
+        }
+        append(&mut log, 11, 12, 2);
+        fill_segment(&mut log, 12);
+        log
+    }
+
+    /// Compaction reaches the log's end (12): the segment holding the replaced entries must go
+    /// with the one that replaced them, or a reload brings 13..=20 of term 1 back behind 12 of
+    /// term 2.
     #[test]
     fn compaction_to_the_end_of_the_log_never_brings_replaced_entries_back() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let mut log = open(dir.path(), 1024).expect("fresh log");
-            for from in [1, 6, 11, 16] {
-                append(&mut log, from, from + 4, 1);
-            }
-            append(&mut log, 11, 12, 2);
-            let segments = log.segment_names().len();
-            while log.segment_names().len() == segments {
-                let hs = HardState { term: 2, commit: 12, ..Default::default() };
-                log.set_hard_state(&hs).expect("hard state");
-                log.flush().expect("flush");
-            }
+            let mut log = replaced_then_filled(dir.path());
             log.compact(12).expect("compact");
             log.flush().expect("flush");
             assert_eq!(all(&log), Vec::<(u64, u64)>::new(), "everything up to 12 is compacted");
@@ -1334,25 +1347,12 @@ mod tests {
     fn segments_a_crash_kept_from_removal_still_go_with_what_replaced_them() {
         let dir = tempfile::tempdir().expect("tempdir");
         let kept = tempfile::tempdir().expect("tempdir");
-        let copy_all = |from: &std::path::Path, to: &std::path::Path| {
-            for f in std::fs::read_dir(from).expect("lists") {
-                let f = f.expect("an entry");
-                std::fs::copy(f.path(), to.join(f.file_name())).expect("copies");
-            }
-        };
         {
-            let mut log = open(dir.path(), 1024).expect("fresh log");
-            for from in [1, 6, 11, 16] {
-                append(&mut log, from, from + 4, 1);
+            let mut log = replaced_then_filled(dir.path());
+            for f in std::fs::read_dir(dir.path()).expect("lists") {
+                let f = f.expect("an entry");
+                std::fs::copy(f.path(), kept.path().join(f.file_name())).expect("copies");
             }
-            append(&mut log, 11, 12, 2);
-            let segments = log.segment_names().len();
-            while log.segment_names().len() == segments {
-                let hs = HardState { term: 2, commit: 12, ..Default::default() };
-                log.set_hard_state(&hs).expect("hard state");
-                log.flush().expect("flush");
-            }
-            copy_all(dir.path(), kept.path());
             log.compact(12).expect("compact");
             log.flush().expect("flush");
         }
@@ -1367,12 +1367,7 @@ mod tests {
             let mut log = open(dir.path(), 1024).expect("reloads with the segments back");
             assert_eq!(log.last_index().expect("last"), 12);
             append(&mut log, 13, 13, 2);
-            let segments = log.segment_names().len();
-            while log.segment_names().len() == segments {
-                let hs = HardState { term: 2, commit: 13, ..Default::default() };
-                log.set_hard_state(&hs).expect("hard state");
-                log.flush().expect("flush");
-            }
+            fill_segment(&mut log, 13);
             log.compact(13).expect("compact");
             log.flush().expect("flush");
         }
