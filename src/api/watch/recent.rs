@@ -315,6 +315,7 @@ impl Recent {
         mut stop: watch::Receiver<bool>,
     ) {
         let mut retry = RETRY_FIRST;
+        let mut failing = false;
         loop {
             revisions.borrow_and_update();
             let failure = loop {
@@ -324,27 +325,32 @@ impl Recent {
                     Err(e) => break Some(format!("reading the history failed: {e}")),
                 }
             };
-            let wait = match failure {
+            let stopped = async {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            match failure {
                 None => {
-                    if self.failed.lock().unwrap_or_else(|p| p.into_inner()).take().is_some() {
+                    if std::mem::take(&mut failing) {
+                        *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = None;
                         tracing::info!("watches: this member serves them again");
+                        retry = RETRY_FIRST;
                     }
-                    retry = RETRY_FIRST;
-                    None
+                    tokio::select! {
+                        changed = revisions.changed() => if changed.is_err() { return },
+                        _ = stopped => return,
+                    }
                 }
                 Some(why) => {
                     tracing::error!(error = %why, retry_in = ?retry, "watches: this member stops serving them");
+                    failing = true;
                     *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
                     self.span.send_modify(|_| {});
-                    let wait = retry;
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry) => {}
+                        _ = stopped => return,
+                    }
                     retry = (retry * 2).min(RETRY_MOST);
-                    Some(wait)
                 }
-            };
-            tokio::select! {
-                changed = revisions.changed(), if wait.is_none() => if changed.is_err() { return },
-                _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {}
-                _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
             }
         }
     }
