@@ -25,14 +25,14 @@
 //!   holds `cache_from ..= last` of them; `places` says where each one's record is.
 //! - An entry leaves the cache only after the flush that wrote it (see [`LogStore::committed`]),
 //!   so an entry read back from a file is always one that was written there.
-//! - A segment is deleted only when every entry in it is compacted and the record saying so is
-//!   durable in a later segment, and never the active one: replay never meets a gap.
-//! - A segment's `last_index` bounds the entries in it that are still the log's: when an entry
-//!   replaces others, every older segment's bound drops below it, and a load sets each bound
-//!   from the entries the log holds (not from what replay read, replaced entries included). So a segment holding replaced
-//!   entries goes no later than the segment holding what replaced them; otherwise replay could
-//!   meet the replaced entries with nothing after them to say they were replaced (once
-//!   compaction reaches the log's end), and bring them back.
+//! - A segment is deleted only when every entry written in it is compacted, the record saying
+//!   so is durable in a later segment, and every segment before it goes too (never the active
+//!   one): segments go from the front only. So what stays is a suffix of what was written, and
+//!   replays as it did: its first entry follows one at or below the compaction point (replay
+//!   never meets a gap), and an entry in it that a later one replaced is replaced there too — a
+//!   record that replaces entries always comes after them. (Deleting by each segment's own bound
+//!   alone could keep a segment of replaced entries while deleting the later one that replaced
+//!   them, and bring them back.)
 //! - Terms never decrease along the log; a replay that finds one that does refuses to load.
 //! - A torn tail — a crash in the middle of a write that was never synced, which a disk may
 //!   leave with any of its sectors written or not — is told from corruption as etcd tells it: a
@@ -114,8 +114,7 @@ struct Place {
 struct Segment {
     name: String,
     file: Box<dyn File>,
-    /// The highest index of an entry in it that is still in the log (0: none). While loading,
-    /// of any entry in it, replaced or not, until the load sets it from `places`.
+    /// The highest entry index written in it, replaced since or not (0: none).
     last_index: u64,
 }
 
@@ -366,16 +365,6 @@ impl LogStore {
                  before it: entries a new leader replaced came back",
                 store.dir.describe("")
             )));
-        }
-        // Each segment's bound from the entries of the log it holds: replay read replaced ones
-        // too, and a bound they raised would keep their segment past the one that replaced
-        // them (the module's invariants).
-        let mut bounds = BTreeMap::new();
-        for (index, place) in (store.compacted.index + 1..).zip(&store.places) {
-            bounds.insert(place.segment, index);
-        }
-        for (seq, segment) in store.segments.iter_mut() {
-            segment.last_index = bounds.get(seq).copied().unwrap_or(0);
         }
         if store.segments.is_empty() {
             store.start_segment(1)?;
@@ -814,11 +803,6 @@ impl LogStore {
         }
         self.places.truncate((index - self.compacted.index - 1) as usize);
         self.last = index - 1;
-        // What older segments hold from `index` on is replaced: they may go once the entries
-        // before it are compacted (the module's invariants).
-        for s in self.segments.values_mut() {
-            s.last_index = s.last_index.min(index - 1);
-        }
         while self.terms.len() > 1 && self.terms.last().is_some_and(|&(from, _)| from >= index) {
             self.terms.pop();
         }
@@ -883,14 +867,11 @@ impl LogStore {
         let record = WalCompact { index: to, term };
         self.write(KIND_COMPACT, &record.encode_to_vec());
         self.compact_to(Compacted { index: to, term });
-        // Whole segments of compacted entries go once this record is durable.
-        self.doomed.extend(
-            self.segments
-                .iter()
-                .filter(|(seq, s)| **seq != self.active && s.last_index <= to && !self.doomed.contains(seq))
-                .map(|(seq, _)| *seq)
-                .collect::<Vec<_>>(),
-        );
+        // Whole segments of compacted entries go once this record is durable, from the front
+        // only (the module's invariants).
+        let front = self.segments.iter().take_while(|(seq, s)| **seq != self.active && s.last_index <= to);
+        let doomed: Vec<u64> = front.map(|(seq, _)| *seq).filter(|seq| !self.doomed.contains(seq)).collect();
+        self.doomed.extend(doomed);
         Ok(())
     }
 
@@ -1373,6 +1354,33 @@ mod tests {
         }
         let log = open(dir.path(), 1024).expect("reloads after compacting to its end again");
         assert_eq!(log.last_index().expect("last"), 13, "the log ends where it ended: {:?}", all(&log));
+    }
+
+    /// Replaced entries that fill a segment of their own, and start the next one: compaction
+    /// below them keeps that segment (the next one's replaced entries follow from it), and the
+    /// log reloads whole after each compaction.
+    #[test]
+    fn a_segment_of_replaced_entries_stays_while_the_next_one_continues_from_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut log = open(dir.path(), 1024).expect("fresh log");
+            append(&mut log, 1, 12, 1);
+            append(&mut log, 13, 20, 1);
+            let mut es: Vec<Entry> = (21..=25).map(|i| entry(i, 1)).collect();
+            es.extend((13..=14).map(|i| entry(i, 2)));
+            log.append(&es).expect("append");
+            log.flush().expect("flush");
+        }
+        for to in [5, 12, 13] {
+            let mut log = open(dir.path(), 1024).expect("reloads");
+            log.compact(to).expect("compact");
+            log.flush().expect("flush");
+            drop(log);
+            let log =
+                open(dir.path(), 1024).unwrap_or_else(|e| panic!("reloads after compacting to {to}: {e}"));
+            let expect: Vec<(u64, u64)> = (to + 1..=14).map(|i| (i, if i > 12 { 2 } else { 1 })).collect();
+            assert_eq!(all(&log), expect, "after compacting to {to}");
+        }
     }
 
     /// Entries whose terms go down cannot be a log raft wrote: loading refuses them, naming the
