@@ -192,7 +192,10 @@ impl Client {
             let r = self
                 .call("ListSessions", |channel| {
                     let request = request.clone();
-                    async move { SessionClient::new(channel).list(request).await }
+                    // A page is as large as the member's --max-response-bytes allows.
+                    async move {
+                        SessionClient::new(channel).max_decoding_message_size(usize::MAX).list(request).await
+                    }
                 })
                 .await?;
             let last = r.sessions.last().map(|s| s.id.clone());
