@@ -194,6 +194,11 @@ pub struct ServerArgs {
     #[arg(long, value_parser = Retention::parse)]
     #[serde(default, deserialize_with = "retention_opt")]
     pub history_retention: Option<Retention>,
+    /// The most bytes of history to keep (its rows' keys and values); past it the leader
+    /// compacts the oldest revisions, whatever `--history-retention` allows. `0` sets no byte
+    /// bound [default: 1073741824].
+    #[arg(long)]
+    pub history_retention_bytes: Option<u64>,
     /// Serve the test-only `Faults` service on the peer port, through which anyone who can
     /// reach that port can cut this member off from its peers (docs/architecture.md). Hidden
     /// from --help: for the integration tests, never for production.
@@ -393,6 +398,8 @@ pub struct Config {
     /// Most revisions of the shared window of recent revisions (`--watch-window-revisions`).
     pub watch_window_revisions: usize,
     pub history_retention: Retention,
+    /// `--history-retention-bytes` (0: no byte bound).
+    pub history_retention_bytes: u64,
     /// Serve the test-only `Faults` service on the peer port (`--fault-injection`).
     pub fault_injection: bool,
 }
@@ -417,6 +424,7 @@ impl Config {
             watch_progress_interval: Duration::from_secs(10),
             watch_window_revisions: 100_000,
             history_retention: Retention::DEFAULT,
+            history_retention_bytes: crate::core::HISTORY_RETENTION_BYTES,
             fault_injection: false,
         }
     }
@@ -661,6 +669,10 @@ impl Config {
             flags.watch_window_revisions.or(file.watch_window_revisions).unwrap_or(100_000).max(1);
         let history_retention =
             flags.history_retention.or(file.history_retention).unwrap_or(Retention::DEFAULT);
+        let history_retention_bytes = flags
+            .history_retention_bytes
+            .or(file.history_retention_bytes)
+            .unwrap_or(crate::core::HISTORY_RETENTION_BYTES);
         let dns_addr = pick(flags.dns_addr, file.dns_addr).unwrap_or_else(|| DEFAULT_DNS_ADDR.into());
         let dns_defaults = Dns::default();
         let dns = Dns {
@@ -700,6 +712,7 @@ impl Config {
             watch_progress_interval,
             watch_window_revisions,
             history_retention,
+            history_retention_bytes,
             fault_injection: flags.fault_injection || file.fault_injection,
         })
     }
@@ -813,6 +826,19 @@ mod tests {
         }
         let dev = Config::from_args(ServerArgs { dev: true, ..Default::default() }).expect("--dev");
         assert_eq!(dev.history_retention, Retention::DEFAULT);
+        assert_eq!(
+            dev.history_retention_bytes,
+            crate::core::HISTORY_RETENTION_BYTES,
+            "a 1 GiB byte bound by default"
+        );
+        std::fs::write(&path, "id = 1\ndata-dir = \"/tmp/x\"\nhistory-retention-bytes = 65536\n")
+            .expect("write config");
+        let c = Config::from_args(ServerArgs { config: Some(path.clone()), ..Default::default() })
+            .expect("bytes");
+        assert_eq!(c.history_retention_bytes, 65_536, "the byte bound from the file");
+        let flags = ServerArgs { config: Some(path), history_retention_bytes: Some(0), ..Default::default() };
+        let c = Config::from_args(flags).expect("bytes");
+        assert_eq!(c.history_retention_bytes, 0, "the flag wins; 0 sets no byte bound");
     }
 
     #[test]

@@ -170,6 +170,7 @@ pub async fn run(
         log_cache_bytes: config.peer_limits.log_cache_bytes,
         max_uncommitted_bytes: config.peer_limits.max_uncommitted_bytes,
         history_retention: config.history_retention,
+        history_retention_bytes: config.history_retention_bytes,
         ..core::Config::new(config.id, &voters, rand::random())
     };
     let identity = storage::Identity { cluster_id, member_id: config.id };

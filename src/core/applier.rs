@@ -39,6 +39,8 @@ pub struct Progress {
     pub durable_index: u64,
     /// The commands of the batch, in order, with their outcomes and events.
     pub commands: Vec<AppliedCommand>,
+    /// The history's size after the batch (`None` when it applied nothing).
+    pub history: Option<fsm::HistorySize>,
 }
 
 pub struct Applier {
@@ -115,6 +117,7 @@ impl Applier {
             }
             applied += 1;
         }
+        let history = batch.history();
         let position = batch.finish()?;
         observer.apply_finished(applied);
         observer.commit_started();
@@ -124,7 +127,7 @@ impl Applier {
         if durable {
             self.durable_index = self.applied.index;
         }
-        Ok(Progress { applied: self.applied, durable_index: self.durable_index, commands })
+        Ok(Progress { applied: self.applied, durable_index: self.durable_index, commands, history })
     }
 
     /// Makes everything applied durable (one empty durable commit makes every earlier commit
@@ -137,7 +140,12 @@ impl Applier {
         txn.set_durability(Durability::Immediate);
         txn.commit().map_err(redb_err)?;
         self.durable_index = self.applied.index;
-        Ok(Some(Progress { applied: self.applied, durable_index: self.durable_index, commands: Vec::new() }))
+        Ok(Some(Progress {
+            applied: self.applied,
+            durable_index: self.durable_index,
+            commands: Vec::new(),
+            history: None,
+        }))
     }
 
     /// Replaces the state with the snapshot staged under `token` at `(index, term)`, durably.

@@ -67,7 +67,7 @@ use crate::fsm::{self, Applied, Event, LockChange};
 use crate::storage::{Identity, LogStore, StorageError, Stores};
 pub use applier::{Applier, Progress};
 use compactor::Compactor;
-pub use compactor::Retention;
+pub use compactor::{Retention, HISTORY_RETENTION_BYTES};
 use instance_timers::InstanceTimers;
 use latch_proto::internal::{command::Body, Command, Compact, Outcome};
 pub use leases::Grant;
@@ -145,6 +145,8 @@ pub struct Config {
     pub max_uncommitted_bytes: u64,
     /// How much history the leader keeps when it compacts by itself.
     pub history_retention: Retention,
+    /// The most bytes of history it keeps (0: no byte bound).
+    pub history_retention_bytes: u64,
     /// Drawn at random by the caller for every start of the member (the simulator draws it
     /// from its seed): it makes read contexts and own request ids unique across lives.
     pub nonce: u64,
@@ -163,6 +165,7 @@ impl Config {
             log_segment_bytes: crate::storage::log::SEGMENT_BYTES,
             max_uncommitted_bytes: 64 * 1024 * 1024,
             history_retention: Retention::DEFAULT,
+            history_retention_bytes: HISTORY_RETENTION_BYTES,
             nonce,
         }
     }
@@ -520,7 +523,7 @@ impl Core {
             lease_proposals: Default::default(),
             lock_delays,
             instance_timers,
-            compactor: Compactor::new(config.history_retention),
+            compactor: Compactor::new(config.history_retention, config.history_retention_bytes),
             announced_revision: applied.revision,
         };
         Ok((core, applier))
@@ -1025,6 +1028,7 @@ impl Core {
                 "snapshot installed"
             );
             self.announced_revision = self.announced_revision.max(revision);
+            self.compactor.restored();
             self.actions.push(Action::Restored { index, revision });
         }
 
@@ -1064,7 +1068,7 @@ impl Core {
         let overtaken = progress.applied.index < self.applied.index;
         if !overtaken {
             self.applied = progress.applied;
-            self.compactor.applied(self.applied.revision, self.clock_ms);
+            self.compactor.applied(self.applied.revision, self.clock_ms, progress.history);
         }
         if !overtaken {
             for a in progress.commands.iter().filter(|a| !a.sessions.is_empty()) {

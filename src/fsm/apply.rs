@@ -95,6 +95,8 @@ pub(crate) struct Finished {
     pub(crate) instances: Vec<InstanceChange>,
     /// History rows written.
     pub(crate) recorded: u32,
+    /// Their bytes (`history::row_bytes`).
+    pub(crate) recorded_bytes: u64,
 }
 
 /// The application of one command: its transaction, its log index and its revision.
@@ -109,6 +111,8 @@ pub struct Apply<'t> {
     history: Option<Table<'t, &'static [u8], &'static [u8]>>,
     /// Changes written to the history so far (the next one's index in its revision).
     recorded: u32,
+    /// Their bytes.
+    recorded_bytes: u64,
     /// Lock and election rows written, recorded in the history once, as they end up.
     locks_written: BTreeSet<Vec<u8>>,
     events: Vec<Event>,
@@ -126,6 +130,7 @@ impl<'t> Apply<'t> {
             wrote: false,
             history: None,
             recorded: 0,
+            recorded_bytes: 0,
             locks_written: BTreeSet::new(),
             events: Vec::new(),
             sessions: Vec::new(),
@@ -218,7 +223,9 @@ impl<'t> Apply<'t> {
             Some(table) => table,
             None => self.history.insert(self.txn.open_table(HISTORY)?),
         };
-        history::record(table, kv.mod_revision, n, space, delete, kv, prev)
+        let bytes = history::record(table, kv.mod_revision, n, space, delete, kv, prev)?;
+        self.recorded_bytes = self.recorded_bytes.saturating_add(bytes);
+        Ok(())
     }
 
     pub(crate) fn session_changed(&mut self, change: SessionChange) {
@@ -244,6 +251,7 @@ impl<'t> Apply<'t> {
             locks: self.locks,
             instances: self.instances,
             recorded: self.recorded,
+            recorded_bytes: self.recorded_bytes,
         }
     }
 }

@@ -32,10 +32,12 @@ use prost::Message;
 use redb::{ReadTransaction, ReadableTable, Table, TableHandle, WriteTransaction};
 
 use super::{open_read, Applied, Domain, FsmError, TableDef};
-use crate::storage::schema::{HISTORY, HISTORY_META, HISTORY_META_COMPACT};
+use crate::storage::schema::{FSM_META, HISTORY, HISTORY_META, HISTORY_META_COMPACT};
 
 /// History rows removed with each applied entry, beyond as many as the entry wrote.
 pub const PURGE_STEP: usize = 64;
+/// Rows an entry may remove beyond that to free twice the bytes it wrote (see [`purge_step`]).
+pub const PURGE_EXTRA_ROWS: usize = 16 * PURGE_STEP;
 
 /// A revision a read or a watch cannot be served at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -97,7 +99,7 @@ pub struct Change {
     pub prev_kv: Option<KeyValue>,
 }
 
-/// Writes the `n`-th change of `revision`.
+/// Writes the `n`-th change of `revision`; the bytes of the row (see [`row_bytes`]).
 pub(crate) fn record(
     table: &mut Table<&'static [u8], &'static [u8]>,
     revision: i64,
@@ -106,7 +108,7 @@ pub(crate) fn record(
     delete: bool,
     kv: &KeyValue,
     prev_kv: Option<&KeyValue>,
-) -> Result<(), FsmError> {
+) -> Result<u64, FsmError> {
     let kind = if delete { history_event::Kind::Delete } else { history_event::Kind::Put };
     let row = HistoryEvent {
         kind: kind as i32,
@@ -114,8 +116,61 @@ pub(crate) fn record(
         prev_kv: prev_kv.cloned(),
         space: space as i32,
     };
-    table.insert(row_key(revision, n).as_slice(), row.encode_to_vec().as_slice())?;
-    Ok(())
+    let value = row.encode_to_vec();
+    table.insert(row_key(revision, n).as_slice(), value.as_slice())?;
+    Ok(row_bytes(value.len()))
+}
+
+/// What a history row counts toward `--history-retention-bytes`: its key and its value (not
+/// the file's own overhead).
+pub fn row_bytes(value_len: usize) -> u64 {
+    (ROW_KEY_BYTES + value_len) as u64
+}
+
+/// The history's size as a member's state holds it, by a scan (for tests and the simulator).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Measured {
+    /// What `fsm_meta` counts, if it counts at the applied index (`None` before the first batch
+    /// of a state that did not count).
+    pub counted: Option<u64>,
+    /// The bytes of every row stored.
+    pub stored: u64,
+    /// The bytes of the rows after the compact revision.
+    pub retained: u64,
+    pub compact_revision: i64,
+}
+
+pub fn measure(txn: &ReadTransaction) -> Result<Measured, FsmError> {
+    let counted = match open_read(txn, FSM_META)? {
+        Some(meta) => super::counted_history_bytes(&meta)?,
+        None => None,
+    };
+    let compact_revision = compact_revision_read(txn)?;
+    let (mut stored, mut retained) = (0u64, 0u64);
+    if let Some(history) = open_read(txn, HISTORY)? {
+        for row in history.iter()? {
+            let (key, value) = row?;
+            let bytes = row_bytes(value.value().len());
+            stored += bytes;
+            if split_key(key.value())?.0 > compact_revision {
+                retained += bytes;
+            }
+        }
+    }
+    Ok(Measured { counted, stored, retained, compact_revision })
+}
+
+/// The bytes of every history row stored ([`row_bytes`] summed), by a scan: for a state that
+/// does not count them yet.
+pub(crate) fn count_bytes<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    history: &T,
+) -> Result<u64, FsmError> {
+    let mut bytes = 0u64;
+    for row in history.iter()? {
+        let (_, value) = row?;
+        bytes = bytes.saturating_add(row_bytes(value.value().len()));
+    }
+    Ok(bytes)
 }
 
 /// The compact revision (0 when nothing was compacted).
@@ -164,25 +219,43 @@ pub(crate) fn compact(
     Ok(Ok(revision))
 }
 
-/// Removes at most `budget` rows at or below the compact revision; called once per applied
-/// entry, with [`PURGE_STEP`] plus the rows the entry wrote, so that a compaction's backlog
-/// shrinks whatever the writes do.
-pub(crate) fn purge_step(txn: &WriteTransaction, budget: usize) -> Result<(), FsmError> {
+/// What one [`purge_step`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Purged {
+    /// The bytes of the rows removed ([`row_bytes`]).
+    pub(crate) bytes: u64,
+    /// Whether rows at or below the compact revision are left.
+    pub(crate) backlog: bool,
+}
+
+/// Removes the oldest rows at or below the compact revision: `rows` of them, and more (up to
+/// [`PURGE_EXTRA_ROWS`]) until `bytes` are freed. Called once per applied entry with
+/// [`PURGE_STEP`] plus the rows the entry wrote and twice their bytes, so that a compaction's
+/// backlog shrinks in rows whatever the writes do, and in bytes too unless an entry writes more
+/// than the extra rows hold (old rows a thousandth the size of new ones).
+pub(crate) fn purge_step(txn: &WriteTransaction, rows: usize, bytes: u64) -> Result<Purged, FsmError> {
     let compacted = compact_revision(&txn.open_table(HISTORY_META)?)?;
     if compacted == 0 {
-        return Ok(());
+        return Ok(Purged::default());
     }
     let mut table = txn.open_table(HISTORY)?;
     let end = row_key(compacted.saturating_add(1), 0);
-    let doomed: Vec<Vec<u8>> = table
-        .range::<&[u8]>(..end.as_slice())?
-        .take(budget)
-        .map(|row| row.map(|(k, _)| k.value().to_vec()))
-        .collect::<Result<_, _>>()?;
+    let most = rows.saturating_add(PURGE_EXTRA_ROWS);
+    let mut purged = Purged::default();
+    let mut doomed: Vec<Vec<u8>> = Vec::new();
+    for row in table.range::<&[u8]>(..end.as_slice())? {
+        if doomed.len() >= rows && (purged.bytes >= bytes || doomed.len() >= most) {
+            purged.backlog = true;
+            break;
+        }
+        let (key, value) = row?;
+        purged.bytes = purged.bytes.saturating_add(row_bytes(value.value().len()));
+        doomed.push(key.value().to_vec());
+    }
     for key in doomed {
         table.remove(key.as_slice())?;
     }
-    Ok(())
+    Ok(purged)
 }
 
 /// The changes of revisions `from..=to`, in order, read from `txn`, and the revision they
@@ -448,8 +521,11 @@ struct KvNoValue {
     session: String,
 }
 
-fn row_key(revision: i64, n: u32) -> [u8; 12] {
-    let mut key = [0u8; 12];
+/// A history row's key: its revision (8 bytes) and its index in the revision (4).
+const ROW_KEY_BYTES: usize = 12;
+
+fn row_key(revision: i64, n: u32) -> [u8; ROW_KEY_BYTES] {
+    let mut key = [0u8; ROW_KEY_BYTES];
     key[..8].copy_from_slice(&(revision.max(0) as u64).to_be_bytes());
     key[8..].copy_from_slice(&n.to_be_bytes());
     key
@@ -750,6 +826,75 @@ mod tests {
         assert_eq!(t.hash(), s.hash(), "the restored state hashes the same, history included");
         assert_eq!(range_at(&t, 6, "k", b"").expect("reads").kvs[0].value, b"5");
         assert!(range_at(&t, 4, "k", b"").is_err(), "the compact revision came along");
+    }
+
+    #[test]
+    fn the_history_counts_its_bytes_as_rows_are_recorded_and_purged() {
+        let mut s = Store::new();
+        let measure = |s: &Store| s.read(super::measure).expect("measures");
+        for i in 0..PURGE_STEP * 2 {
+            s.apply("", put(&format!("k{i}"), &"v".repeat(i)));
+        }
+        let grown = measure(&s);
+        assert!(grown.stored > 0);
+        assert_eq!(grown.counted, Some(grown.stored), "the count follows every row recorded");
+        assert_eq!(grown.retained, grown.stored, "nothing compacted yet");
+
+        compact(&mut s, PURGE_STEP as i64 + 10);
+        let after = measure(&s);
+        assert!(after.retained < grown.stored, "the compacted rows no longer count as retained");
+        assert!(after.stored < grown.stored, "the compaction's entry purged a step");
+        assert_eq!(after.counted, Some(after.stored), "the count follows the rows purged");
+        while measure(&s).stored > measure(&s).retained {
+            s.apply("", put("x", "1"));
+        }
+        let purged = measure(&s);
+        assert_eq!(purged.counted, Some(purged.stored), "and every later step");
+
+        // A count left at an earlier index (a build that did not keep it applied since) is not
+        // trusted: the next batch counts again.
+        use crate::storage::schema::{FSM_APPLIED_INDEX, FSM_HISTORY_BYTES, FSM_HISTORY_BYTES_INDEX};
+        let txn = s.db.begin_write().expect("begins");
+        {
+            let mut meta = txn.open_table(FSM_META).expect("opens");
+            let index = meta.get(FSM_APPLIED_INDEX).expect("reads").expect("an applied index").value();
+            meta.insert(FSM_HISTORY_BYTES, 7).expect("writes");
+            meta.insert(FSM_HISTORY_BYTES_INDEX, index - 1).expect("writes");
+        }
+        txn.commit().expect("commits");
+        assert_eq!(measure(&s).counted, None, "a count of another index is not taken");
+        s.apply("", put("y", "2"));
+        let counted = measure(&s);
+        assert_eq!(counted.counted, Some(counted.stored), "counted by a scan, then followed");
+
+        // A restored state is counted as its rows arrive.
+        let stream = s.snapshot();
+        let mut t = Store::new();
+        let at = s.applied();
+        restore_into(&mut t, &stream, at.index, at.term).expect("restores");
+        let restored = measure(&t);
+        assert_eq!(restored.counted, Some(restored.stored), "a restored state counts its rows");
+        assert_eq!(restored.stored, counted.stored, "the same rows as the state it came from");
+    }
+
+    #[test]
+    fn a_large_write_purges_compacted_rows_until_it_freed_twice_its_bytes() {
+        let mut s = Store::new();
+        for i in 0..300 {
+            s.apply("", put(&format!("k{i}"), "v"));
+        }
+        let head = s.applied().revision;
+        compact(&mut s, head);
+        let measure = |s: &Store| s.read(super::measure).expect("measures");
+        let backlog = measure(&s);
+        assert!(backlog.stored > backlog.retained, "the compaction's own entry purged one step only");
+        let small_row = backlog.stored / (300 - PURGE_STEP as u64);
+        s.apply("", put("big", &"x".repeat(2 * small_row as usize * 300)));
+        let after = measure(&s);
+        assert_eq!(
+            after.stored, after.retained,
+            "rows of {small_row} bytes go until twice the new row's bytes are freed: the whole backlog"
+        );
     }
 
     use latch_proto::internal::{CompactResult, Compacted};

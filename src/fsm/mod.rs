@@ -58,7 +58,10 @@ pub fn read_page(
 }
 pub use requests::{remembered, REQUEST_MEMORY_BYTES};
 
-use crate::storage::schema::{FSM_APPLIED_INDEX, FSM_APPLIED_TERM, FSM_META, FSM_REVISION};
+use crate::storage::schema::{
+    FSM_APPLIED_INDEX, FSM_APPLIED_TERM, FSM_HISTORY_BYTES, FSM_HISTORY_BYTES_INDEX, FSM_META, FSM_REVISION,
+    HISTORY,
+};
 use apply::Apply;
 
 /// The `Command.version` this build applies; a command of another version is rejected.
@@ -207,12 +210,37 @@ pub struct Batch<'t> {
     pos: Applied,
     applied_any: bool,
     memory: Option<requests::Memory<'t>>,
+    /// The history's bytes after the entries applied so far, and what they recorded.
+    history: HistorySize,
+}
+
+/// How large the history is, for `--history-retention-bytes` (see `history::row_bytes`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistorySize {
+    /// The bytes of the rows stored, compacted ones not yet purged included.
+    pub stored: u64,
+    /// The bytes of the rows a batch recorded.
+    pub recorded: u64,
+    /// Whether compacted rows are left to purge (then `stored` is more than what is kept).
+    pub purging: bool,
 }
 
 impl<'t> Batch<'t> {
     pub fn begin(txn: &'t WriteTransaction, bounds: Bounds) -> Result<Batch<'t>, FsmError> {
-        let pos = read_meta(&txn.open_table(FSM_META)?)?;
-        Ok(Batch { txn, bounds, pos, applied_any: false, memory: None })
+        let meta = txn.open_table(FSM_META)?;
+        let pos = read_meta(&meta)?;
+        let stored = match counted_history_bytes(&meta)? {
+            Some(bytes) => bytes,
+            // A restored state, or one a build that did not count applied to: counted again.
+            None => history::count_bytes(&txn.open_table(HISTORY)?)?,
+        };
+        let history = HistorySize { stored, recorded: 0, purging: false };
+        Ok(Batch { txn, bounds, pos, applied_any: false, memory: None, history })
+    }
+
+    /// The history's size after the entries applied so far (`None` before the first).
+    pub fn history(&self) -> Option<HistorySize> {
+        self.applied_any.then_some(self.history)
     }
 
     /// Applies one committed raft entry's data at (index, term). Empty `data` (raft's leader
@@ -228,7 +256,7 @@ impl<'t> Batch<'t> {
             return Err(FsmError::OutOfOrder { applied: self.pos.index, index });
         }
         let (result, recorded) = if data.is_empty() {
-            (None, 0)
+            (None, Recorded::default())
         } else {
             let (applied, recorded) = apply_command(
                 self.txn,
@@ -242,7 +270,14 @@ impl<'t> Batch<'t> {
             (Some(applied), recorded)
         };
         // At least as many rows go as the entry added: a compaction's backlog never grows.
-        history::purge_step(self.txn, history::PURGE_STEP + recorded as usize)?;
+        let purged = history::purge_step(
+            self.txn,
+            history::PURGE_STEP + recorded.rows as usize,
+            recorded.bytes.saturating_mul(2),
+        )?;
+        self.history.recorded = self.history.recorded.saturating_add(recorded.bytes);
+        self.history.stored = self.history.stored.saturating_add(recorded.bytes).saturating_sub(purged.bytes);
+        self.history.purging = purged.backlog;
         self.pos.index = index;
         self.pos.term = term;
         self.applied_any = true;
@@ -255,10 +290,17 @@ impl<'t> Batch<'t> {
             memory.close()?;
         }
         if self.applied_any {
-            write_meta(self.txn, self.pos)?;
+            write_meta(self.txn, self.pos, Some(self.history.stored))?;
         }
         Ok(self.pos)
     }
+}
+
+/// What one command wrote to the history.
+#[derive(Debug, Clone, Copy, Default)]
+struct Recorded {
+    rows: u32,
+    bytes: u64,
 }
 
 /// Applies one committed raft entry's data at (index, term), as a batch of one ([`Batch`]).
@@ -357,7 +399,7 @@ fn apply_command<'t>(
     revision: &mut i64,
     data: &[u8],
     bounds: &Bounds,
-) -> Result<(AppliedCommand, u32), FsmError> {
+) -> Result<(AppliedCommand, Recorded), FsmError> {
     let cmd = match Command::decode(data) {
         Ok(cmd) => cmd,
         Err(e) => {
@@ -375,7 +417,7 @@ fn apply_command<'t>(
                 locks: Vec::new(),
                 instances: Vec::new(),
             };
-            return Ok((applied, 0));
+            return Ok((applied, Recorded::default()));
         }
     };
     let command_hash = request_hash(&cmd, data);
@@ -397,7 +439,7 @@ fn apply_command<'t>(
                 locks: Vec::new(),
                 instances: Vec::new(),
             };
-            return Ok((applied, 0));
+            return Ok((applied, Recorded::default()));
         }
     }
     let mut ap = Apply::new(txn, *revision, bounds.max_response_bytes);
@@ -454,7 +496,7 @@ fn apply_command<'t>(
         locks: done.locks,
         instances: done.instances,
     };
-    Ok((applied, done.recorded))
+    Ok((applied, Recorded { rows: done.recorded, bytes: done.recorded_bytes }))
 }
 
 /// Opens a table for reading; a table that was never created reads as absent.
@@ -477,7 +519,18 @@ fn read_meta<T: ReadableTable<&'static str, u64>>(meta: &T) -> Result<Applied, F
     Ok(Applied { index: get(FSM_APPLIED_INDEX)?, term: get(FSM_APPLIED_TERM)?, revision })
 }
 
-fn write_meta(txn: &WriteTransaction, pos: Applied) -> Result<(), FsmError> {
+/// The history's bytes as `fsm_meta` counts them, if the count is as of its applied index.
+fn counted_history_bytes<T: ReadableTable<&'static str, u64>>(meta: &T) -> Result<Option<u64>, FsmError> {
+    let at = meta.get(FSM_HISTORY_BYTES_INDEX)?.map(|v| v.value());
+    let applied = meta.get(FSM_APPLIED_INDEX)?.map(|v| v.value()).unwrap_or(0);
+    if at != Some(applied) {
+        return Ok(None);
+    }
+    Ok(meta.get(FSM_HISTORY_BYTES)?.map(|v| v.value()))
+}
+
+/// Writes the position, and the history's bytes as of it when given (see `FSM_HISTORY_BYTES`).
+fn write_meta(txn: &WriteTransaction, pos: Applied, history_bytes: Option<u64>) -> Result<(), FsmError> {
     let revision = u64::try_from(pos.revision).map_err(|_| {
         FsmError::Corrupt(format!("table fsm_meta, key {FSM_REVISION}: {} is negative", pos.revision))
     })?;
@@ -485,6 +538,10 @@ fn write_meta(txn: &WriteTransaction, pos: Applied) -> Result<(), FsmError> {
     meta.insert(FSM_APPLIED_INDEX, pos.index)?;
     meta.insert(FSM_APPLIED_TERM, pos.term)?;
     meta.insert(FSM_REVISION, revision)?;
+    if let Some(bytes) = history_bytes {
+        meta.insert(FSM_HISTORY_BYTES, bytes)?;
+        meta.insert(FSM_HISTORY_BYTES_INDEX, pos.index)?;
+    }
     Ok(())
 }
 

@@ -24,7 +24,8 @@ use latch_proto::internal::{
 use prost::Message;
 use redb::{ReadTransaction, ReadableTable, TableHandle, WriteTransaction};
 
-use super::{applied, open_read, write_meta, Applied, Fnv, FsmError, TableDef, DOMAINS};
+use super::{applied, history, open_read, write_meta, Applied, Fnv, FsmError, TableDef, DOMAINS};
+use crate::storage::schema::HISTORY;
 
 /// The snapshot format this build writes and reads.
 pub const SNAPSHOT_VERSION: u32 = 2;
@@ -115,6 +116,7 @@ pub fn restore(
     super::clear(txn)?;
     let mut sum = Fnv::new();
     let mut rows = 0u64;
+    let mut history_bytes = 0u64;
     let mut done: BTreeSet<String> = BTreeSet::new();
     let mut current: Option<(String, Vec<u8>)> = None;
     loop {
@@ -143,6 +145,9 @@ pub fn restore(
                         .map_err(|e| corrupt(format!("domain {}: {e}", domain.name())))?;
                     add_row(&mut sum, &chunk.table, &row);
                     rows += 1;
+                    if chunk.table == HISTORY.name() {
+                        history_bytes = history_bytes.saturating_add(history::row_bytes(row.value.len()));
+                    }
                     table.insert(row.key.as_slice(), row.value.as_slice())?;
                 }
             }
@@ -164,7 +169,7 @@ pub fn restore(
     if input.read(&mut trailing).map_err(|e| corrupt(format!("cannot read: {e}")))? != 0 {
         return Err(corrupt("bytes after the end".into()));
     }
-    write_meta(txn, pos)?;
+    write_meta(txn, pos, Some(history_bytes))?;
     Ok(pos)
 }
 

@@ -127,6 +127,8 @@ pub struct RaftMetrics {
     pub compacted_index: Gauge,
     /// Bytes of raft log entries held in memory (`--log-cache-bytes`).
     pub log_cached_bytes: Gauge,
+    /// Bytes of history rows stored (`--history-retention-bytes`).
+    pub history_bytes: Gauge,
     /// Reads confirmed by the leader, waiting for this member to apply up to their index.
     pub reads_awaiting_apply: Gauge,
     /// Live sessions, as this member's leases count them.
@@ -240,6 +242,7 @@ impl Metrics {
             durable_index: Gauge::default(),
             compacted_index: Gauge::default(),
             log_cached_bytes: Gauge::default(),
+            history_bytes: Gauge::default(),
             reads_awaiting_apply: Gauge::default(),
             sessions: Gauge::default(),
             pending_bytes: Gauge::default(),
@@ -334,6 +337,12 @@ impl Metrics {
             "raft_compacted_index",
             "The last log index removed by compaction",
             raft.compacted_index.clone(),
+        );
+        r.register_with_unit(
+            "history",
+            "Keys and values of the history rows stored (bounded by --history-retention-bytes; compacted rows count until they are removed)",
+            Unit::Bytes,
+            raft.history_bytes.clone(),
         );
         r.register_with_unit(
             "raft_log_cached",

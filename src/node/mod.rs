@@ -469,7 +469,12 @@ fn hand(
         Event::Leases { sessions, reply } => {
             let _ = reply.send(sessions.iter().map(|id| core.lease_remaining(id)).collect());
         }
-        Event::Applied(progress) => waiters.carry_out(core.on_applied(progress), metrics, apply),
+        Event::Applied(progress) => {
+            if let Some(history) = progress.history {
+                metrics.history_bytes.set(history.stored as i64);
+            }
+            waiters.carry_out(core.on_applied(progress), metrics, apply)
+        }
         Event::ApplyFailed(e) => return Err(e),
         Event::Peer(msg, _permit) => core.step(*msg)?,
         Event::Unreachable(peer) => core.report_unreachable(peer),

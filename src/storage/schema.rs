@@ -25,6 +25,13 @@ pub const FSM_APPLIED_INDEX: &str = "applied_index";
 pub const FSM_APPLIED_TERM: &str = "applied_term";
 /// The store's global revision (stored as u64, exposed as i64 like etcd's).
 pub const FSM_REVISION: &str = "revision";
+/// Bytes of the history rows stored (keys and values, compacted rows not yet purged
+/// included), for `--history-retention-bytes`. A member's own bookkeeping, kept with the
+/// position: a function of the history table, so not part of snapshots or the state hash.
+pub const FSM_HISTORY_BYTES: &str = "history_bytes";
+/// The applied index the count above was written at. A count at another index (a restored
+/// state, or one a build that did not keep the count applied to) is counted again by a scan.
+pub const FSM_HISTORY_BYTES_INDEX: &str = "history_bytes_index";
 
 // The state machine's domain tables are all `&[u8] → &[u8]` (see `fsm::Domain`), so that the
 // snapshot stream, restore and the state hash handle every domain alike. Their names are part

@@ -687,6 +687,43 @@ async fn the_leader_compacts_to_the_retention_by_count_and_by_time() {
     assert!(compacted >= first);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_compacts_the_history_to_its_byte_bound_whatever_the_count_allows() {
+    const BOUND: u64 = 64 * 1024;
+    let c = Cluster::start(1, &["--history-retention", "0", "--history-retention-bytes", &BOUND.to_string()])
+        .await;
+    let client = c.client().await;
+    // Each put's history row holds its 2,000-byte value and the one before: 40 of them are
+    // about 160 KiB, over twice the bound.
+    let mut last = 0;
+    for i in 0..40 {
+        let value = format!("{i:02}").repeat(1000);
+        last = client.put("k", value).await.unwrap().header.unwrap().revision;
+    }
+    let stored = eventually("the history compacted to its byte bound", Duration::from_secs(10), || async {
+        // A small write each time: compaction steps and row removals ride on applied entries.
+        client.put("tick", "x").await.map_err(|e| e.to_string())?;
+        let text = c.metrics_of(1).await?;
+        let stored = sample(&text, "latch_history_bytes").ok_or("no latch_history_bytes")?;
+        match compact_revision(&client).await {
+            r if r > 0 && stored <= BOUND as f64 => Ok(stored),
+            r => Err(format!("compact revision {r}, {stored} bytes of history stored")),
+        }
+    })
+    .await;
+    let compacted = compact_revision(&client).await;
+    assert!(compacted < last, "the newest revisions are kept: compact revision {compacted} of {last}");
+    assert!(
+        stored >= 0.8 * BOUND as f64,
+        "about the bound is kept, not less: {stored} bytes of history, bound {BOUND}"
+    );
+    let kept = client
+        .range(RangeRequest { key: b"k".to_vec(), revision: last, ..Default::default() })
+        .await
+        .expect("a revision after the compact one reads");
+    assert_eq!(kept.kvs[0].value, "39".repeat(1000).into_bytes(), "the value at revision {last}");
+}
+
 /// The next events of a typed watch: (type, name, revision) and the decoded state.
 async fn next_events(
     updates: &mut (impl futures::Stream<Item = Result<WatchUpdate, latch_client::Error>> + Unpin),

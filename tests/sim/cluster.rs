@@ -111,6 +111,8 @@ pub struct Params {
     pub history_retention: core::Retention,
     /// The queue bound every acquire carries (`max_waiters`; 0: none), drawn apart too.
     pub lock_queue_bound: u32,
+    /// The most bytes of history the leader keeps (0: no byte bound), drawn apart too.
+    pub history_retention_bytes: u64,
 }
 
 impl Params {
@@ -174,6 +176,14 @@ impl Params {
                 let mut own = SmallRng::seed_from_u64(seed ^ 0x0071_7565_7565);
                 [0, 1, 1, 2, 3][own.gen_range(0..5)]
             },
+            history_retention_bytes: {
+                let mut own = SmallRng::seed_from_u64(seed ^ 0x0062_7974_6573);
+                if own.gen_bool(0.5) {
+                    own.gen_range(500..8_000)
+                } else {
+                    0
+                }
+            },
         }
     }
 }
@@ -225,6 +235,12 @@ pub struct Report {
     pub watch_moves: u64,
     pub watch_compacted: u64,
     pub compact_revision: i64,
+    /// The byte bound of the history, and the bytes after the compact revision at the end (on
+    /// the first member up).
+    pub history_bound: u64,
+    pub history_retained: u64,
+    /// Whether the byte bound compacted further than the count would have.
+    pub byte_compacted: bool,
 }
 
 impl std::fmt::Display for Report {
@@ -235,7 +251,7 @@ impl std::fmt::Display for Report {
              retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}), \
              partitions {}, pauses {}, snapshots {}; max term {}, revision {}, {} hash checks; lease grants {}, \
              expiries {}; lock grants {}, lock-delays ended {}, acquires withdrawn first {}, queues full {}; heartbeats {}, critical {}, reaped {}, removed with \
-             their session {}; watched revisions {} (moves {}, compacted {}), compact revision {}; trace {:016x}",
+             their session {}; watched revisions {} (moves {}, compacted {}), compact revision {}; history bytes {} of bound {} (byte-compacted {}); trace {:016x}",
             self.seed,
             self.nodes,
             self.snapshot_entries,
@@ -270,6 +286,9 @@ impl std::fmt::Display for Report {
             self.watch_moves,
             self.watch_compacted,
             self.compact_revision,
+            self.history_retained,
+            self.history_bound,
+            self.byte_compacted,
             self.trace_hash
         )
     }
@@ -689,7 +708,8 @@ impl Sim {
         let ctx = self.ctx();
         let voters: Vec<u64> = (1..=self.params.nodes).collect();
         let (snapshot_entries, logger) = (self.params.snapshot_entries, self.logger.clone());
-        let history_retention = self.params.history_retention;
+        let (history_retention, history_retention_bytes) =
+            (self.params.history_retention, self.params.history_retention_bytes);
         let seed: u64 = self.rng.gen();
         let nonce: u64 = self.rng.gen();
         let tick_offset = self.rng.gen_range(0..TICK_US);
@@ -711,6 +731,7 @@ impl Sim {
             log_segment_bytes: segment_bytes,
             // A small history: the leader compacts in every run (watchers that fall behind end).
             history_retention,
+            history_retention_bytes,
             ..core::Config::new(id, &voters, nonce)
         };
         let identity = Identity { cluster_id: CLUSTER_ID, member_id: id };
@@ -1991,6 +2012,14 @@ impl Sim {
         r.watch_moves = self.watch_checker.moves;
         r.watch_compacted = self.watch_checker.compacted;
         r.compact_revision = self.watch_checker.compact_revision;
+        r.history_bound = self.params.history_retention_bytes;
+        if let Some(m) = invariants::check_history_bytes(ctx, &up, self.params.history_retention_bytes) {
+            r.history_retained = m.retained;
+            let core::Retention::Revisions(n) = self.params.history_retention else {
+                unreachable!("the simulator draws a count retention")
+            };
+            r.byte_compacted = m.compact_revision > (r.final_revision - n as i64).max(0);
+        }
         // The run is over: end every process the cheap way (see `crash`).
         let crashes = self.report.crashes;
         for id in 1..=self.params.nodes {

@@ -644,6 +644,45 @@ pub fn stored_state(ctx: Ctx, id: u64, core: &Core) -> (fsm::Applied, u64) {
         })
 }
 
+/// Every member counts its history's bytes exactly (`fsm_meta`), and with a byte bound the
+/// leader kept the history after the compact revision within reach of it: at most twice the
+/// bound (a leader that just started), plus what was recorded since its last step. Returns the
+/// first member's measure.
+pub fn check_history_bytes(ctx: Ctx, up: &[(u64, &Core)], bound: u64) -> Option<fsm::history::Measured> {
+    let mut first = None;
+    for &(id, core) in up {
+        let m = core
+            .state_db()
+            .begin_read()
+            .map_err(|e| e.to_string())
+            .and_then(|txn| fsm::history::measure(&txn).map_err(|e| e.to_string()))
+            .unwrap_or_else(|e| {
+                ctx.fail(Some(id), "readable state", format!("cannot measure the history: {e}"))
+            });
+        // `None`: a snapshot installed and nothing applied since (counted at the next batch).
+        if m.counted.is_some_and(|c| c != m.stored) {
+            ctx.fail(
+                Some(id),
+                "history byte count",
+                format!("fsm_meta counts {:?} bytes of history, its rows hold {}", m.counted, m.stored),
+            );
+        }
+        first.get_or_insert(m);
+    }
+    let m = first?;
+    if bound > 0 && m.retained > 3 * bound {
+        ctx.fail(
+            None,
+            "history byte bound",
+            format!(
+                "{} bytes of history after compact revision {}, bound {bound}",
+                m.retained, m.compact_revision
+            ),
+        );
+    }
+    Some(m)
+}
+
 /// Every kv of a member, by key.
 pub fn all_kvs(ctx: Ctx, id: u64, core: &Core) -> BTreeMap<Vec<u8>, KeyValue> {
     let req = Range { key: vec![0], range_end: vec![0], ..Default::default() };

@@ -94,6 +94,7 @@ fn run_seeds(nodes: u64) {
     let verbose = verbose() || single;
     let started = Instant::now();
     let (mut acked, mut crashes, mut snapshots, mut steps, mut spent, mut full) = (0, 0, 0, 0, 0, 0);
+    let mut byte_compacted = 0;
     for &seed in &seeds {
         let t = Instant::now();
         let r = run_one(seed, chaos_us(), single);
@@ -106,17 +107,24 @@ fn run_seeds(nodes: u64) {
         steps += r.steps;
         spent += r.lock_ids_spent;
         full += r.lock_queues_full;
+        byte_compacted += u64::from(r.byte_compacted);
     }
     eprintln!(
         "{nodes} nodes: {} seeds passed in {:.1}s ({steps} steps, {acked} acknowledged writes, {crashes} crashes, \
          {snapshots} snapshots delivered, {spent} acquires withdrawn before they were applied, {full} refused \
-         at a full queue)",
+         at a full queue, {byte_compacted} runs compacted by the byte bound)",
         seeds.len(),
         started.elapsed().as_secs_f64()
     );
     assert!(
         single || seeds.len() < 20 || spent > 0,
         "over {} seeds, some acquire should have been withdrawn before it was applied (the check is not idle)",
+        seeds.len()
+    );
+    assert!(
+        single || seeds.len() < 100 || byte_compacted > 0,
+        "over {} seeds, the history's byte bound should have compacted some run further than its count \
+         (the bound is not idle)",
         seeds.len()
     );
     assert!(
