@@ -175,6 +175,14 @@ impl Compactor {
     pub fn restored(&mut self) {
         self.byte_samples.clear();
         self.first_byte_sample = None;
+        // Unknown until the next batch says: nothing is far over the bound meanwhile.
+        self.stored = 0;
+        self.purging = true;
+    }
+
+    /// Bytes of history stored, as of the last applied batch this member reported.
+    pub fn stored(&self) -> u64 {
+        self.stored
     }
 
     /// The leadership changed: a new one proposes from scratch.
@@ -262,13 +270,10 @@ mod tests {
 
         let mut far = Compactor::new(Retention::All, 1000);
         let (mut revision, mut stored) = (100i64, 1995u64);
-        far.applied(revision + 1, 0, Some(HistorySize { stored: stored + 10, recorded: 10, purging: true }));
-        assert_eq!(
-            far.due(0, revision + 1),
-            None,
-            "over twice the bound, but compacted rows count until purged"
-        );
-        write(&mut far, &mut revision, &mut stored, 10);
+        far.applied(101, 0, Some(HistorySize { stored: 2005, recorded: 10, purging: true }));
+        assert_eq!(far.due(0, 101), None, "over twice the bound, but compacted rows count until purged");
+        revision += 1;
+        stored += 10;
         write(&mut far, &mut revision, &mut stored, 10);
         assert_eq!(far.due(0, revision), Some(101), "over twice the bound, nothing left to purge: at once");
 

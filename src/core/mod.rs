@@ -447,7 +447,13 @@ impl Core {
         let Stores { log: log_dir, state: state_db } = stores;
         {
             let txn = state_db.begin_write().map_err(redb_err)?;
-            fsm::init(&txn)?;
+            if let Some(bytes) = fsm::init(&txn)?.filter(|b| *b > 0) {
+                tracing::info!(
+                    member = config.id,
+                    bytes,
+                    "history bytes counted (a state of an earlier build)"
+                );
+            }
             txn.commit().map_err(redb_err)?;
         }
         let snapshots = Arc::new(Snapshots::new(state_db.clone(), inbox));
@@ -567,6 +573,11 @@ impl Core {
     /// The raft log as stored (read-only), for checks such as log matching in the simulator.
     pub fn log(&self) -> &LogStore {
         self.raw.store()
+    }
+
+    /// Bytes of history stored, as of the last batch applied (`--history-retention-bytes`).
+    pub fn history_bytes(&self) -> u64 {
+        self.compactor.stored()
     }
 
     pub fn status(&self) -> Status {

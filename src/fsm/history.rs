@@ -13,9 +13,10 @@
 //!   once, whatever rows are still stored: a read or a watch from there is refused
 //!   ([`RevisionError::Compacted`]), never answered from partial history.
 //! - The rows at or below `compact` are removed in steps with each applied entry
-//!   ([`purge_step`]: [`PURGE_STEP`] rows, plus as many as the entry wrote, so that the backlog
-//!   shrinks however large the writes): a compaction of any size never stalls the writes
-//!   behind it.
+//!   ([`purge_step`]: [`PURGE_STEP`] rows plus as many as the entry wrote, so that the backlog
+//!   shrinks in rows however many the writes add, and more, up to [`PURGE_EXTRA_ROWS`], until
+//!   twice the bytes the entry wrote are freed): a compaction of any size never stalls the
+//!   writes behind it.
 //!   Deterministic (it depends on the state alone), so members stay identical.
 //! - Sessions, locks and elections record their changes here too, in spaces of their own
 //!   (`Space`): a session's creation and end, a lock's or election's row after each revision
@@ -895,6 +896,24 @@ mod tests {
             after.stored, after.retained,
             "rows of {small_row} bytes go until twice the new row's bytes are freed: the whole backlog"
         );
+
+        // Past PURGE_EXTRA_ROWS more, the rest waits for the next entries.
+        let mut s = Store::new();
+        let rows = 3 * PURGE_EXTRA_ROWS;
+        for i in 0..rows {
+            s.apply("", put(&format!("k{i}"), "v"));
+        }
+        let head = s.applied().revision;
+        compact(&mut s, head);
+        let left = |s: &Store| all_changes(s).iter().filter(|c| c.revision <= head).count();
+        assert_eq!(left(&s), rows - PURGE_STEP);
+        s.apply("", put("big", &"x".repeat(1 << 20)));
+        assert_eq!(
+            left(&s),
+            rows - PURGE_STEP - (PURGE_STEP + 1 + PURGE_EXTRA_ROWS),
+            "one entry removes at most its step, its own rows and PURGE_EXTRA_ROWS"
+        );
+        assert!(measure(&s).stored > measure(&s).retained, "a backlog is left");
     }
 
     use latch_proto::internal::{CompactResult, Compacted};

@@ -144,15 +144,25 @@ pub struct AppliedCommand {
     pub instances: Vec<InstanceChange>,
 }
 
-/// Creates every fsm table so read transactions can open them; idempotent.
-pub fn init(txn: &WriteTransaction) -> Result<(), FsmError> {
+/// Creates every fsm table so read transactions can open them, and counts the history's bytes
+/// if they are not counted as of the applied position (a data dir of an earlier build: one scan
+/// as the member opens, not on the apply thread), returning the count it made; idempotent.
+pub fn init(txn: &WriteTransaction) -> Result<Option<u64>, FsmError> {
     txn.open_table(FSM_META)?;
     for domain in DOMAINS {
         for def in domain.tables() {
             txn.open_table(*def)?;
         }
     }
-    Ok(())
+    let meta = txn.open_table(FSM_META)?;
+    if counted_history_bytes(&meta)?.is_none() {
+        let pos = read_meta(&meta)?;
+        drop(meta);
+        let bytes = history::count_bytes(&txn.open_table(HISTORY)?)?;
+        write_meta(txn, pos, Some(bytes))?;
+        return Ok(Some(bytes));
+    }
+    Ok(None)
 }
 
 /// Empties every fsm table (before a restore).
@@ -163,7 +173,7 @@ fn clear(txn: &WriteTransaction) -> Result<(), FsmError> {
             txn.delete_table(*def)?;
         }
     }
-    init(txn)
+    init(txn).map(|_| ())
 }
 
 /// Position of the state machine (0/0/0 for a fresh store; revision starts at 0, the first write

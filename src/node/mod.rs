@@ -470,10 +470,9 @@ fn hand(
             let _ = reply.send(sessions.iter().map(|id| core.lease_remaining(id)).collect());
         }
         Event::Applied(progress) => {
-            if let Some(history) = progress.history {
-                metrics.history_bytes.set(history.stored as i64);
-            }
-            waiters.carry_out(core.on_applied(progress), metrics, apply)
+            let actions = core.on_applied(progress);
+            metrics.history_bytes.set(core.history_bytes() as i64);
+            waiters.carry_out(actions, metrics, apply)
         }
         Event::ApplyFailed(e) => return Err(e),
         Event::Peer(msg, _permit) => core.step(*msg)?,
