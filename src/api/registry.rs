@@ -1,6 +1,9 @@
 //! The Registry service: Register, Deregister, Heartbeat, List, Services (see `fsm::registry`
 //! for what is replicated, `health` for the leader's probes).
 
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+
 use latch_proto::internal::{self, outcome, Deregister, Heartbeat, InstanceRow, Register};
 use latch_proto::v1::registry_server::{Registry, RegistryServer};
 use latch_proto::v1::*;
@@ -201,21 +204,21 @@ impl Registry for RegistryService {
             self.ready_to_read(req.serializable).await?;
             let txn = self.ctx.node.db().begin_read()?;
             let revision = crate::fsm::applied(&txn)?.revision;
-            let rows = registry::list(&txn, &req.service, |row| {
-                (req.include_critical || registry::is_passing(row)) && has_tag(row, &req.tag)
-            })?;
-            drop(txn);
             let budget = self.ctx.limits.max_response_bytes;
-            let (mut instances, mut bytes, mut more) = (Vec::with_capacity(rows.len()), 0usize, false);
-            for row in rows {
+            let (mut instances, mut bytes, mut more) = (Vec::new(), 0usize, false);
+            registry::visit(&txn, &req.service, |row| {
+                if !(req.include_critical || registry::is_passing(&row)) || !has_tag(&row, &req.tag) {
+                    return ControlFlow::Continue(());
+                }
                 let info = instance_info(row);
                 bytes += prost::Message::encoded_len(&info) + 4;
                 if bytes > budget && !instances.is_empty() {
                     more = true;
-                    break;
+                    return ControlFlow::Break(());
                 }
                 instances.push(info);
-            }
+                ControlFlow::Continue(())
+            })?;
             Ok(ListResponse { header: Some(self.ctx.header(revision)), instances, more })
         };
         run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
@@ -227,35 +230,67 @@ impl Registry for RegistryService {
             self.ready_to_read(req.serializable).await?;
             let txn = self.ctx.node.db().begin_read()?;
             let revision = crate::fsm::applied(&txn)?.revision;
-            let mut services: Vec<ServiceSummary> = Vec::new();
-            registry::list(&txn, "", |row| {
-                let Some(i) = row.instance.as_ref() else { return false };
-                if services.last().is_none_or(|s| s.name != i.service) {
-                    services.push(ServiceSummary { name: i.service.clone(), ..Default::default() });
-                }
-                if let Some(s) = services.last_mut() {
-                    s.instances += 1;
-                    s.passing += i64::from(registry::is_passing(row));
-                    s.tags.extend(i.tags.iter().cloned());
-                }
-                false
+            // Services come one after another in key order: each is summed up (its tags as a
+            // set), then kept if it fits; the first that does not fit ends the answer.
+            let mut page = ServicesPage::new(self.ctx.limits.max_response_bytes);
+            registry::visit(&txn, "", |row| {
+                let Some(i) = row.instance.as_ref() else { return ControlFlow::Continue(()) };
+                page.add(&i.service, &i.tags, registry::is_passing(&row))
             })?;
-            let (budget, mut bytes, mut more) = (self.ctx.limits.max_response_bytes, 0usize, false);
-            let mut kept = 0;
-            for s in &mut services {
-                s.tags.sort();
-                s.tags.dedup();
-                bytes += prost::Message::encoded_len(s) + 4;
-                if bytes > budget && kept > 0 {
-                    more = true;
-                    break;
-                }
-                kept += 1;
-            }
-            services.truncate(kept);
+            let (services, more) = page.finish();
             Ok(ServicesResponse { header: Some(self.ctx.header(revision)), services, more })
         };
         run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+    }
+}
+
+/// The summaries of one Services answer, built as the instances go by, within a byte budget.
+struct ServicesPage {
+    budget: usize,
+    bytes: usize,
+    done: Vec<ServiceSummary>,
+    /// The service being summed up: its summary and its tags.
+    current: Option<(ServiceSummary, BTreeSet<String>)>,
+    more: bool,
+}
+
+impl ServicesPage {
+    fn new(budget: usize) -> ServicesPage {
+        ServicesPage { budget, bytes: 0, done: Vec::new(), current: None, more: false }
+    }
+
+    /// One instance of `service`; breaks once a finished service did not fit.
+    fn add(&mut self, service: &str, tags: &[String], passing: bool) -> ControlFlow<()> {
+        if self.current.as_ref().is_some_and(|(s, _)| s.name != service) && self.close().is_break() {
+            return ControlFlow::Break(());
+        }
+        let (summary, set) = self.current.get_or_insert_with(|| {
+            (ServiceSummary { name: service.to_string(), ..Default::default() }, BTreeSet::new())
+        });
+        summary.instances += 1;
+        summary.passing += i64::from(passing);
+        set.extend(tags.iter().cloned());
+        ControlFlow::Continue(())
+    }
+
+    /// Keeps the service being summed up if it fits (the first always does).
+    fn close(&mut self) -> ControlFlow<()> {
+        let Some((mut summary, tags)) = self.current.take() else { return ControlFlow::Continue(()) };
+        summary.tags = tags.into_iter().collect();
+        self.bytes += prost::Message::encoded_len(&summary) + 4;
+        if self.bytes > self.budget && !self.done.is_empty() {
+            self.more = true;
+            return ControlFlow::Break(());
+        }
+        self.done.push(summary);
+        ControlFlow::Continue(())
+    }
+
+    fn finish(mut self) -> (Vec<ServiceSummary>, bool) {
+        if !self.more {
+            let _ = self.close();
+        }
+        (self.done, self.more)
     }
 }
 
@@ -270,5 +305,72 @@ fn field_in_instance(field: &'static str) -> &'static str {
         "tags" => "instance.tags",
         "meta" => "instance.meta",
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(page: &mut ServicesPage, instances: &[(&str, &[&str], bool)]) -> bool {
+        for (service, tags, passing) in instances {
+            let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+            if page.add(service, &tags, *passing).is_break() {
+                return false;
+            }
+        }
+        true
+    }
+
+    const INSTANCES: &[(&str, &[&str], bool)] = &[
+        ("api", &["v2", "eu"], true),
+        ("api", &["eu"], false),
+        ("db", &["primary"], true),
+        ("web", &["b", "a"], true),
+    ];
+
+    #[test]
+    fn services_are_summed_up_with_their_tags_as_a_sorted_set() {
+        let mut page = ServicesPage::new(usize::MAX);
+        assert!(feed(&mut page, INSTANCES), "nothing stops an unbounded page");
+        let (services, more) = page.finish();
+        assert!(!more);
+        let got: Vec<(&str, i64, i64, Vec<&str>)> = services
+            .iter()
+            .map(|s| (s.name.as_str(), s.instances, s.passing, s.tags.iter().map(String::as_str).collect()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("api", 2, 1, vec!["eu", "v2"]),
+                ("db", 1, 1, vec!["primary"]),
+                ("web", 1, 1, vec!["a", "b"])
+            ]
+        );
+    }
+
+    #[test]
+    fn a_services_page_stops_at_the_first_service_that_does_not_fit_and_says_more() {
+        let one = ServiceSummary {
+            name: "api".into(),
+            instances: 2,
+            passing: 1,
+            tags: vec!["eu".into(), "v2".into()],
+        };
+        let budget = prost::Message::encoded_len(&one) + 4;
+        let mut page = ServicesPage::new(budget);
+        assert!(!feed(&mut page, INSTANCES), "the walk stops once a finished service does not fit");
+        let (services, more) = page.finish();
+        assert_eq!(services, vec![one], "only what fits is kept");
+        assert!(more, "and the answer says more follow");
+
+        let mut tiny = ServicesPage::new(1);
+        feed(&mut tiny, &INSTANCES[..2]);
+        let (services, more) = tiny.finish();
+        assert_eq!(
+            (services.len(), more),
+            (1, false),
+            "the first service is always answered, whatever its size"
+        );
     }
 }

@@ -24,6 +24,8 @@ use latch_proto::internal::{
     check, outcome, Check, Deregister, Health, Heartbeat, Instance, InstanceRow, MarkCritical, NotFound,
     Reap, Register, RegistryResult, SetHealth,
 };
+use std::ops::{Bound, ControlFlow};
+
 use prost::Message;
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
@@ -526,28 +528,36 @@ pub fn list(
     service: &str,
     mut keep: impl FnMut(&InstanceRow) -> bool,
 ) -> Result<Vec<InstanceRow>, FsmError> {
-    let Some(table) = open_read(txn, REGISTRY)? else { return Ok(Vec::new()) };
     let mut out = Vec::new();
-    let mut push = |k: &[u8], v: &[u8]| -> Result<(), FsmError> {
-        let row = decode_row(k, v)?;
+    visit(txn, service, |row| {
         if keep(&row) {
             out.push(row);
         }
-        Ok(())
+        ControlFlow::Continue(())
+    })?;
+    Ok(out)
+}
+
+/// Hands the instances of `service` (every service when empty) to `f` in key order, one at a
+/// time, until it breaks: a caller that answers within a bound holds no more than it answers.
+pub fn visit(
+    txn: &ReadTransaction,
+    service: &str,
+    mut f: impl FnMut(InstanceRow) -> ControlFlow<()>,
+) -> Result<(), FsmError> {
+    let Some(table) = open_read(txn, REGISTRY)? else { return Ok(()) };
+    let span = (!service.is_empty()).then(|| service_span(service));
+    let bounds = match &span {
+        Some((start, end)) => (Bound::Included(start.as_slice()), Bound::Excluded(end.as_slice())),
+        None => (Bound::Unbounded, Bound::Unbounded),
     };
-    if service.is_empty() {
-        for row in table.iter()? {
-            let (k, v) = row?;
-            push(k.value(), v.value())?;
-        }
-    } else {
-        let (start, end) = service_span(service);
-        for row in table.range::<&[u8]>(start.as_slice()..end.as_slice())? {
-            let (k, v) = row?;
-            push(k.value(), v.value())?;
+    for row in table.range::<&[u8]>(bounds)? {
+        let (k, v) = row?;
+        if f(decode_row(k.value(), v.value())?).is_break() {
+            break;
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// One page of the instances whose keys `key`/`range_end` select (as keys are selected), from

@@ -629,3 +629,43 @@ async fn a_registry_watch_from_a_compacted_revision_gets_the_instances_then_the_
     assert_eq!(rev, after, "then the revision after the snapshot");
     assert_eq!(events.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), ["web/web-4"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_and_services_answers_stop_at_max_response_bytes_and_say_more() {
+    let c = Cluster::start(1, &["--max-response-bytes", "2048"]).await;
+    let client = c.client().await;
+    for n in 0..100 {
+        let options =
+            RegisterOptions::new(format!("svc-{n:03}"), "i", "127.0.0.1", 9000).tag(format!("t{n}"));
+        client.register(options).await.expect("registers");
+    }
+    let list = client.list(ListOptions::default()).await.expect("List");
+    assert!(list.more, "100 instances do not fit in 2,048 bytes: the answer says more follow");
+    let bytes: usize = list.instances.iter().map(|i| i.encoded_len() + 4).sum();
+    assert!(bytes <= 2048, "the instances answered fit the bound: {bytes} bytes");
+    let want: Vec<String> = (0..list.instances.len()).map(|n| format!("svc-{n:03}")).collect();
+    let got: Vec<String> =
+        list.instances.iter().filter_map(|i| Some(i.instance.as_ref()?.service.clone())).collect();
+    assert_eq!(got, want, "the first instances in key order");
+
+    let mut registry =
+        RegistryClient::connect(format!("http://{}", c.member(1).client_addr)).await.expect("connects");
+    let answer = registry
+        .services(latch_client::proto::ServicesRequest { serializable: true })
+        .await
+        .expect("Services")
+        .into_inner();
+    assert!(answer.more, "100 summaries do not fit either");
+    assert!(
+        !answer.services.is_empty() && answer.services.len() < 100,
+        "{} summaries",
+        answer.services.len()
+    );
+    for (n, s) in answer.services.iter().enumerate() {
+        assert_eq!(
+            (s.name.clone(), s.instances, s.passing, s.tags.clone()),
+            (format!("svc-{n:03}"), 1, 1, vec![format!("t{n}")]),
+            "the first services in name order, each summed up"
+        );
+    }
+}
