@@ -249,7 +249,11 @@ impl Context {
             }
             ApiError::OverLimit(_) => {
                 REFUSALS.note(self.node.member_id, &msg);
-                Status::resource_exhausted(msg)
+                let mut status = Status::resource_exhausted(msg);
+                status
+                    .metadata_mut()
+                    .insert(latch_proto::OVER_LIMIT_METADATA, MetadataValue::from_static("true"));
+                status
             }
             ApiError::Request(RequestError::Overloaded { .. }) => {
                 REFUSALS.note(self.node.member_id, &msg);

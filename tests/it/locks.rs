@@ -1227,6 +1227,10 @@ async fn a_request_past_max_lock_waiters_is_refused_naming_the_flag_and_queues_n
     let refused = client.acquire(&d, NAME, LockOptions::exclusive()).await;
     let e = refused.expect_err("a third waiter is past --max-lock-waiters 2");
     assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    assert!(
+        e.over_limit(),
+        "the member marks its own refusal (latch-over-limit), so nothing is withdrawn: {e}"
+    );
     for needle in ["--max-lock-waiters", "2 requests waiting", NAME] {
         assert!(e.to_string().contains(needle), "the refusal should mention {needle:?}: {e}");
     }

@@ -364,8 +364,10 @@ class SlowBeforeAnyEvent(watch_pb2_grpc.WatchServicer):
 
 class CutOffLocks(lock_pb2_grpc.LockServicer):
     """A member whose acquires never settle for session "cut" (UNAVAILABLE, as from a member cut
-    off from the leader after the request was queued) and find no session "gone"; records each
-    acquire's and each withdrawal's request id."""
+    off from the leader after the request was queued), find no session "gone", find the queue
+    full for session "full" (RESOURCE_EXHAUSTED marked as the member's own limit) and meet the
+    transport's RESOURCE_EXHAUSTED for session "calm" (no mark, as HTTP/2's ENHANCE_YOUR_CALM);
+    records each acquire's and each withdrawal's request id."""
 
     def __init__(self):
         self.acquires, self.withdrawals = [], []
@@ -374,6 +376,11 @@ class CutOffLocks(lock_pb2_grpc.LockServicer):
         self.acquires.append((request.session_id, request.request_id))
         if request.session_id == "gone":
             context.abort(grpc.StatusCode.NOT_FOUND, "session gone not found")
+        if request.session_id == "full":
+            context.set_trailing_metadata([("latch-over-limit", "true")])
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full (--max-lock-waiters)")
+        if request.session_id == "calm":
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "ENHANCE_YOUR_CALM")
         context.abort(grpc.StatusCode.UNAVAILABLE, "cut off from the leader")
 
     def Withdraw(self, request, context):
@@ -400,14 +407,22 @@ class ScriptedMemberTest(unittest.TestCase):
             with self.assertRaises(latch.LatchError) as refused:
                 client.acquire("l", "gone", wait=0.2)
             self.assertEqual(refused.exception.code, grpc.StatusCode.NOT_FOUND, "refused as asked")
+            with self.assertRaises(latch.LatchError) as full:
+                client.acquire("l", "full", wait=0.2)
+            self.assertTrue(full.exception.over_limit, f"the member's own refusal: {full.exception}")
             with self.assertRaises(latch.LatchError) as unsettled:
                 client.acquire("l", "cut", wait=0.2)
             self.assertEqual(unsettled.exception.code, grpc.StatusCode.UNAVAILABLE, str(unsettled.exception))
+            with self.assertRaises(latch.LatchError) as calm:
+                client.acquire("l", "calm", wait=0.2)
+            self.assertEqual(calm.exception.code, grpc.StatusCode.RESOURCE_EXHAUSTED, str(calm.exception))
+            self.assertFalse(calm.exception.over_limit, "unmarked: it may have come after the request was queued")
         cut = {i for s, i in member.acquires if s == "cut"}
+        calm = {i for s, i in member.acquires if s == "calm"}
         self.assertEqual(len(cut), 1, f"one request id across retries: {member.acquires}")
-        self.assertEqual(member.withdrawals, [("l", cut.pop())],
-                         "the acquire given up unsettled, and only it, was withdrawn under its own id "
-                         "before its error left")
+        self.assertEqual(member.withdrawals, [("l", cut.pop()), ("l", calm.pop())],
+                         "the acquires given up unsettled, and only they, were withdrawn under their own "
+                         "ids before their errors left")
 
     def test_a_watch_cut_off_as_slow_again_and_again_with_nothing_delivered_ends_with_the_members_reason(self):
         member = SlowBeforeAnyEvent()

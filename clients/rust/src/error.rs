@@ -50,6 +50,14 @@ impl Error {
         value.to_str().ok()?.parse().ok()
     }
 
+    /// A member refused the request over one of its limits (RESOURCE_EXHAUSTED, marked by the
+    /// member): nothing was written. A RESOURCE_EXHAUSTED without the mark may have come from
+    /// the transport after the request was acted on.
+    pub fn over_limit(&self) -> bool {
+        self.code() == Code::ResourceExhausted
+            && self.status().is_some_and(|s| s.metadata().get(latch_proto::OVER_LIMIT_METADATA).is_some())
+    }
+
     /// The canonical gRPC name of [`Error::code`], e.g. `"RESOURCE_EXHAUSTED"`.
     pub fn code_name(&self) -> &'static str {
         code_name(self.code())

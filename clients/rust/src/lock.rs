@@ -212,22 +212,16 @@ impl Session {
     }
 }
 
-/// Whether an acquire that failed with `code` left nothing to withdraw: it was refused as asked
+/// Whether an acquire that failed with `e` left nothing to withdraw: it was refused as asked
 /// (a bad request, no such session, a mode the session does not hold it in, an id used before,
-/// a queue or request over a limit), whatever attempt answered it. Any other failure may have
-/// come after an attempt was queued.
-fn settles(code: tonic::Code) -> bool {
+/// a queue or request over a limit the member marked as its own), whatever attempt answered it.
+/// Any other failure may have come after an attempt was queued.
+fn settles(e: &Error) -> bool {
     use tonic::Code::*;
     matches!(
-        code,
-        InvalidArgument
-            | NotFound
-            | FailedPrecondition
-            | ResourceExhausted
-            | Unimplemented
-            | PermissionDenied
-            | Unauthenticated
-    )
+        e.code(),
+        InvalidArgument | NotFound | FailedPrecondition | Unimplemented | PermissionDenied | Unauthenticated
+    ) || e.over_limit()
 }
 
 /// Attempts at withdrawing an acquire given up, each with the client's own retries over the
@@ -277,7 +271,7 @@ impl Unsettled {
     /// the withdrawal lands — and, failing that, retried in the background as the guard drops.
     /// A grant that withdrawal finds is returned: the caller gets it instead of the error.
     pub(crate) async fn settle_on<T>(&mut self, result: &Result<T, Error>) -> Option<Granted> {
-        if result.as_ref().map_or_else(|e| settles(e.code()), |_| true) {
+        if result.as_ref().map_or_else(settles, |_| true) {
             self.client = None;
             return None;
         }

@@ -584,8 +584,10 @@ async fn a_watch_group_hands_a_shared_response_to_each_watch_and_retries_a_refus
 }
 
 /// A member's Lock service whose acquires never settle for session "cut" (UNAVAILABLE, as from a
-/// member cut off from the leader after the request was queued) and find no session "gone"
-/// (NOT_FOUND); it records each acquire's and each withdrawal's request id.
+/// member cut off from the leader after the request was queued), find no session "gone"
+/// (NOT_FOUND), find the queue full for session "full" (RESOURCE_EXHAUSTED marked as the
+/// member's own limit) and meet the transport's RESOURCE_EXHAUSTED for session "calm" (no mark,
+/// as HTTP/2's ENHANCE_YOUR_CALM); it records each acquire's and each withdrawal's request id.
 #[derive(Clone, Default)]
 struct ScriptedLock {
     acquires: Arc<Mutex<Vec<(String, String)>>>,
@@ -599,6 +601,14 @@ impl Lock for ScriptedLock {
         self.acquires.lock().expect("test lock").push((r.session_id.clone(), r.request_id));
         match r.session_id.as_str() {
             "gone" => Err(Status::not_found("session gone not found")),
+            "full" => {
+                let mut status = Status::resource_exhausted("queue full (--max-lock-waiters)");
+                status
+                    .metadata_mut()
+                    .insert(latch_proto::OVER_LIMIT_METADATA, "true".parse().expect("ascii"));
+                Err(status)
+            }
+            "calm" => Err(Status::resource_exhausted("h2 protocol error: ENHANCE_YOUR_CALM")),
             _ => Err(Status::unavailable("cut off from the leader")),
         }
     }
@@ -653,6 +663,11 @@ async fn an_acquire_given_up_after_its_request_may_have_been_queued_is_withdrawn
     // Refused as asked: nothing was queued, nothing is withdrawn.
     let err = client.acquire("gone", "l", wait).await.expect_err("no such session");
     assert_eq!(err.code(), Code::NotFound, "{err}");
+    let err = client.acquire("full", "l", wait).await.expect_err("a full queue");
+    assert!(err.over_limit(), "the member's own refusal: {err}");
+    // RESOURCE_EXHAUSTED the member did not mark may have come after the request was queued.
+    let err = client.acquire("calm", "l", wait).await.expect_err("the transport's refusal");
+    assert!(err.code() == Code::ResourceExhausted && !err.over_limit(), "{err}");
     // Never settled: the member may hold it queued.
     let err = client.acquire("cut", "l", wait).await.expect_err("the member never settles it");
     assert_eq!(err.code(), Code::Unavailable, "{err}");
@@ -664,15 +679,21 @@ async fn an_acquire_given_up_after_its_request_may_have_been_queued_is_withdrawn
         "one request id across retries"
     );
 
+    let calm_id =
+        acquires.iter().find(|(s, _)| s == "calm").map(|(_, id)| id.clone()).expect("an acquire of calm");
+
     let started = std::time::Instant::now();
-    while member.withdrawals.lock().expect("test lock").is_empty()
+    while member.withdrawals.lock().expect("test lock").len() < 2
         && started.elapsed() < Duration::from_secs(5)
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let mut withdrawn = member.withdrawals.lock().expect("test lock").clone();
+    withdrawn.sort();
+    let mut want = vec![("l".to_string(), calm_id), ("l".to_string(), cut_id)];
+    want.sort();
     assert_eq!(
-        member.withdrawals.lock().expect("test lock").clone(),
-        vec![("l".to_string(), cut_id)],
-        "the acquire given up unsettled, and only it, is withdrawn under its own request id"
+        withdrawn, want,
+        "the acquires given up unsettled, and only they, are withdrawn under their own request ids"
     );
 }

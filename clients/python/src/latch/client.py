@@ -32,10 +32,10 @@ INITIAL_BACKOFF = 0.02
 MAX_BACKOFF = 0.5
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 #: Failures of an acquire that leave nothing to withdraw: refused as asked (a bad request, no such
-#: session, the other mode, an id used before, a queue or request over a limit), whichever attempt
-#: answered. Any other failure may have come after an attempt was queued.
+#: session, the other mode, an id used before), whichever attempt answered; so is a queue or
+#: request over a limit, when the member marks it (``LatchError.over_limit``). Any other failure
+#: may have come after an attempt was queued.
 SETTLED = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
-           grpc.StatusCode.RESOURCE_EXHAUSTED,
            grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 #: Failures of a withdrawal that asking again would meet alike.
 WITHDRAWAL_REFUSED = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED,
@@ -431,7 +431,7 @@ class Client:
         try:
             return self._call(service, method, request, wait=wait), None
         except LatchError as e:
-            if e.code not in SETTLED:
+            if e.code not in SETTLED and not e.over_limit:
                 found = self._withdraw(service, name, request.request_id, first_here=True)
                 granted = found is not None and (found.held if service == "lock" else found.HasField("leader"))
                 if granted:

@@ -11,6 +11,9 @@ COMPACT_REVISION_METADATA = "latch-compact-revision"
 #: for a transaction which branch ran.
 APPLIED_REVISION_METADATA = "latch-applied-revision"
 TXN_SUCCEEDED_METADATA = "latch-txn-succeeded"
+#: Trailing metadata (``true``) of a member's own RESOURCE_EXHAUSTED: the request was over one of
+#: its limits and nothing was written (without it, the code may come from the transport).
+OVER_LIMIT_METADATA = "latch-over-limit"
 
 
 class LatchError(Exception):
@@ -20,7 +23,7 @@ class LatchError(Exception):
 
     def __init__(self, code: grpc.StatusCode, message: str, endpoint: str = "",
                  compact_revision: Optional[int] = None, applied_revision: Optional[int] = None,
-                 txn_succeeded: Optional[bool] = None):
+                 txn_succeeded: Optional[bool] = None, over_limit: bool = False):
         self.code = code
         self.message = message
         self.endpoint = endpoint
@@ -32,6 +35,8 @@ class LatchError(Exception):
         #: a transaction's reads): do not send it again. ``txn_succeeded``: which branch ran.
         self.applied_revision = applied_revision
         self.txn_succeeded = txn_succeeded
+        #: RESOURCE_EXHAUSTED marked by the member as over one of its limits: nothing written.
+        self.over_limit = over_limit and code == grpc.StatusCode.RESOURCE_EXHAUSTED
         where = f" (at {endpoint})" if endpoint else ""
         super().__init__(f"{code.name}: {message}{where}")
 
@@ -42,7 +47,8 @@ class LatchError(Exception):
         succeeded = trailing(error, TXN_SUCCEEDED_METADATA)
         return cls(code or grpc.StatusCode.UNKNOWN, details or "", endpoint,
                    _int(trailing(error, COMPACT_REVISION_METADATA)), _int(trailing(error, APPLIED_REVISION_METADATA)),
-                   None if succeeded is None else succeeded == "true")
+                   None if succeeded is None else succeeded == "true",
+                   trailing(error, OVER_LIMIT_METADATA) == "true")
 
     @property
     def already_applied(self) -> bool:
