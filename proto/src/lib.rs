@@ -62,7 +62,7 @@ pub const COMPACT_REVISION_METADATA: &str = "latch-compact-revision";
 pub const LEADER_ADDR_METADATA: &str = "latch-leader-addr";
 
 /// gRPC metadata key (value `true`) of a member's own RESOURCE_EXHAUSTED refusals: the request
-/// was over one of its limits and nothing was written. RESOURCE_EXHAUSTED without it may come
+/// was over one of its limits and nothing was queued or changed. RESOURCE_EXHAUSTED without it may come
 /// from elsewhere (HTTP/2's ENHANCE_YOUR_CALM, a proxy) after the request was acted on. Part of
 /// the wire contract of `latch.v1`.
 pub const OVER_LIMIT_METADATA: &str = "latch-over-limit";

@@ -51,11 +51,13 @@ impl Error {
     }
 
     /// A member refused the request over one of its limits (RESOURCE_EXHAUSTED, marked by the
-    /// member): nothing was written. A RESOURCE_EXHAUSTED without the mark may have come from
-    /// the transport after the request was acted on.
+    /// member): nothing was queued or changed. A RESOURCE_EXHAUSTED without the mark may have
+    /// come from the transport after the request was acted on.
     pub fn over_limit(&self) -> bool {
         self.code() == Code::ResourceExhausted
-            && self.status().is_some_and(|s| s.metadata().get(latch_proto::OVER_LIMIT_METADATA).is_some())
+            && self.status().is_some_and(|s| {
+                s.metadata().get(latch_proto::OVER_LIMIT_METADATA).is_some_and(|v| v == "true")
+            })
     }
 
     /// The canonical gRPC name of [`Error::code`], e.g. `"RESOURCE_EXHAUSTED"`.

@@ -12,7 +12,7 @@ COMPACT_REVISION_METADATA = "latch-compact-revision"
 APPLIED_REVISION_METADATA = "latch-applied-revision"
 TXN_SUCCEEDED_METADATA = "latch-txn-succeeded"
 #: Trailing metadata (``true``) of a member's own RESOURCE_EXHAUSTED: the request was over one of
-#: its limits and nothing was written (without it, the code may come from the transport).
+#: its limits and nothing was queued or changed (without it, the code may come from the transport).
 OVER_LIMIT_METADATA = "latch-over-limit"
 
 
@@ -35,7 +35,8 @@ class LatchError(Exception):
         #: a transaction's reads): do not send it again. ``txn_succeeded``: which branch ran.
         self.applied_revision = applied_revision
         self.txn_succeeded = txn_succeeded
-        #: RESOURCE_EXHAUSTED marked by the member as over one of its limits: nothing written.
+        #: RESOURCE_EXHAUSTED marked by the member as over one of its limits: nothing queued or
+        #: changed.
         self.over_limit = over_limit and code == grpc.StatusCode.RESOURCE_EXHAUSTED
         where = f" (at {endpoint})" if endpoint else ""
         super().__init__(f"{code.name}: {message}{where}")
