@@ -148,7 +148,6 @@ pub struct AppliedCommand {
 /// if they are not counted as of the applied position (a data dir of an earlier build: one scan
 /// as the member opens, not on the apply thread), returning the count it made; idempotent.
 pub fn init(txn: &WriteTransaction) -> Result<Option<u64>, FsmError> {
-    txn.open_table(FSM_META)?;
     for domain in DOMAINS {
         for def in domain.tables() {
             txn.open_table(*def)?;
@@ -159,7 +158,7 @@ pub fn init(txn: &WriteTransaction) -> Result<Option<u64>, FsmError> {
         let pos = read_meta(&meta)?;
         drop(meta);
         let bytes = history::count_bytes(&txn.open_table(HISTORY)?)?;
-        write_meta(txn, pos, Some(bytes))?;
+        write_meta(txn, pos, bytes)?;
         return Ok(Some(bytes));
     }
     Ok(None)
@@ -300,7 +299,7 @@ impl<'t> Batch<'t> {
             memory.close()?;
         }
         if self.applied_any {
-            write_meta(self.txn, self.pos, Some(self.history.stored))?;
+            write_meta(self.txn, self.pos, self.history.stored)?;
         }
         Ok(self.pos)
     }
@@ -539,8 +538,8 @@ fn counted_history_bytes<T: ReadableTable<&'static str, u64>>(meta: &T) -> Resul
     Ok(meta.get(FSM_HISTORY_BYTES)?.map(|v| v.value()))
 }
 
-/// Writes the position, and the history's bytes as of it when given (see `FSM_HISTORY_BYTES`).
-fn write_meta(txn: &WriteTransaction, pos: Applied, history_bytes: Option<u64>) -> Result<(), FsmError> {
+/// Writes the position, and the history's bytes as of it (see `FSM_HISTORY_BYTES`).
+fn write_meta(txn: &WriteTransaction, pos: Applied, history_bytes: u64) -> Result<(), FsmError> {
     let revision = u64::try_from(pos.revision).map_err(|_| {
         FsmError::Corrupt(format!("table fsm_meta, key {FSM_REVISION}: {} is negative", pos.revision))
     })?;
@@ -548,10 +547,8 @@ fn write_meta(txn: &WriteTransaction, pos: Applied, history_bytes: Option<u64>) 
     meta.insert(FSM_APPLIED_INDEX, pos.index)?;
     meta.insert(FSM_APPLIED_TERM, pos.term)?;
     meta.insert(FSM_REVISION, revision)?;
-    if let Some(bytes) = history_bytes {
-        meta.insert(FSM_HISTORY_BYTES, bytes)?;
-        meta.insert(FSM_HISTORY_BYTES_INDEX, pos.index)?;
-    }
+    meta.insert(FSM_HISTORY_BYTES, history_bytes)?;
+    meta.insert(FSM_HISTORY_BYTES_INDEX, pos.index)?;
     Ok(())
 }
 

@@ -169,7 +169,7 @@ pub fn restore(
     if input.read(&mut trailing).map_err(|e| corrupt(format!("cannot read: {e}")))? != 0 {
         return Err(corrupt("bytes after the end".into()));
     }
-    write_meta(txn, pos, Some(history_bytes))?;
+    write_meta(txn, pos, history_bytes)?;
     Ok(pos)
 }
 
