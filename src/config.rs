@@ -189,8 +189,8 @@ pub struct ServerArgs {
     #[arg(long, hide = true)]
     pub watch_window_revisions: Option<usize>,
     /// How much history to keep for watches and past reads: a number of revisions (`100000`)
-    /// or a duration (`1h`); older revisions are compacted by the leader. `0` keeps all
-    /// [default: 100000].
+    /// or a duration (`1h`); older revisions are compacted by the leader. `0` keeps all that
+    /// `--history-retention-bytes` allows (set that to 0 too to keep everything) [default: 100000].
     #[arg(long, value_parser = Retention::parse)]
     #[serde(default, deserialize_with = "retention_opt")]
     pub history_retention: Option<Retention>,

@@ -249,10 +249,13 @@ struct ServicesPage {
     budget: usize,
     bytes: usize,
     done: Vec<ServiceSummary>,
-    /// The service being summed up: its summary and its tags.
-    current: Option<(ServiceSummary, BTreeSet<String>)>,
+    /// The service being summed up: its summary, its tags and about how many bytes they take.
+    current: Option<(ServiceSummary, BTreeSet<String>, usize)>,
     more: bool,
 }
+
+/// What a summary costs in an answer besides its name and tags (counts, field tags, lengths).
+const SUMMARY_OVERHEAD_BYTES: usize = 32;
 
 impl ServicesPage {
     fn new(budget: usize) -> ServicesPage {
@@ -261,21 +264,32 @@ impl ServicesPage {
 
     /// One instance of `service`; breaks once a finished service did not fit.
     fn add(&mut self, service: &str, tags: &[String], passing: bool) -> ControlFlow<()> {
-        if self.current.as_ref().is_some_and(|(s, _)| s.name != service) && self.close().is_break() {
+        if self.current.as_ref().is_some_and(|(s, _, _)| s.name != service) && self.close().is_break() {
             return ControlFlow::Break(());
         }
-        let (summary, set) = self.current.get_or_insert_with(|| {
-            (ServiceSummary { name: service.to_string(), ..Default::default() }, BTreeSet::new())
+        let (summary, set, bytes) = self.current.get_or_insert_with(|| {
+            let summary = ServiceSummary { name: service.to_string(), ..Default::default() };
+            (summary, BTreeSet::new(), service.len() + SUMMARY_OVERHEAD_BYTES)
         });
         summary.instances += 1;
         summary.passing += i64::from(passing);
-        set.extend(tags.iter().cloned());
+        for tag in tags {
+            if set.insert(tag.clone()) {
+                *bytes += tag.len() + 2;
+            }
+        }
+        // A service whose tags alone cannot fit any more is not summed up to the end.
+        if !self.done.is_empty() && self.bytes + *bytes > self.budget {
+            self.current = None;
+            self.more = true;
+            return ControlFlow::Break(());
+        }
         ControlFlow::Continue(())
     }
 
     /// Keeps the service being summed up if it fits (the first always does).
     fn close(&mut self) -> ControlFlow<()> {
-        let Some((mut summary, tags)) = self.current.take() else { return ControlFlow::Continue(()) };
+        let Some((mut summary, tags, _)) = self.current.take() else { return ControlFlow::Continue(()) };
         summary.tags = tags.into_iter().collect();
         self.bytes += prost::Message::encoded_len(&summary) + 4;
         if self.bytes > self.budget && !self.done.is_empty() {

@@ -148,13 +148,15 @@ impl Compactor {
                 (at <= horizon && target > self.proposed).then_some(target)
             }),
         };
-        let target = by_retention.max(self.by_bytes()).filter(|t| *t >= 1)?;
+        let target = by_retention.max(self.by_bytes(revision)).filter(|t| *t >= 1)?;
         self.proposed = target;
         Some(target)
     }
 
-    /// The target the byte bound asks for, if any.
-    fn by_bytes(&self) -> Option<i64> {
+    /// The target the byte bound asks for, if any: never `revision` itself (a batch that alone
+    /// recorded more than the bound leaves only its own revision as a sample), so that a read
+    /// at the revision a client was just answered is not refused as compacted.
+    fn by_bytes(&self, revision: i64) -> Option<i64> {
         let max = self.max_bytes?;
         if self.stored <= max {
             return None;
@@ -168,6 +170,7 @@ impl Compactor {
         if blind && self.recorded - seen < max / 10 * 9 && !far_over {
             return None;
         }
+        let target = target.min(revision - 1);
         (self.recorded - seen <= max && target > self.proposed).then_some(target)
     }
 
@@ -244,6 +247,12 @@ mod tests {
             write(&mut both, &mut revision, &mut stored, 250);
         }
         assert_eq!(both.due(0, revision), Some(4), "2000 stored: bytes ask for revision 4, the count only 3");
+        let mut huge = Compactor::new(Retention::All, 1000);
+        let (mut revision, mut stored) = (0i64, 0u64);
+        for _ in 0..3 {
+            write(&mut huge, &mut revision, &mut stored, 5000);
+        }
+        assert_eq!(huge.due(0, revision), Some(2), "a batch over the bound alone: all but its own revision");
         let mut none = Compactor::new(Retention::All, 0);
         let (mut revision, mut stored) = (0i64, 0u64);
         write(&mut none, &mut revision, &mut stored, u64::MAX / 2);
