@@ -46,12 +46,7 @@ impl Kv for KvService {
         let req = req.into_inner();
         let run = async {
             check_key(&self.ctx.limits, "key", &req.key)?;
-            if req.limit < 0 {
-                return Err(ApiError::InvalidArgument {
-                    field: "limit",
-                    problem: "must not be negative".into(),
-                });
-            }
+            super::page_limit(req.limit)?;
             if req.revision < 0 {
                 return Err(ApiError::InvalidArgument {
                     field: "revision",

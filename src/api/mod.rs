@@ -208,6 +208,15 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// A page's `limit` as a count: at most that many, any number for 0; negative is refused.
+pub(crate) fn page_limit(limit: i64) -> Result<usize, ApiError> {
+    match limit {
+        0 => Ok(usize::MAX),
+        n if n < 0 => Err(ApiError::InvalidArgument { field: "limit", problem: format!("{n} is negative") }),
+        n => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+    }
+}
+
 impl From<FsmError> for ApiError {
     fn from(e: FsmError) -> Self {
         match e {

@@ -201,14 +201,33 @@ impl Registry for RegistryService {
             if !req.tag.is_empty() {
                 registry::check_tag(&req.tag).map_err(|(_, p)| invalid(("tag", p)))?;
             }
+            let from = match req.start_after.as_str() {
+                "" => registry::From::Start,
+                after => {
+                    let (service, id) = registry::split_key(after.as_bytes()).ok_or_else(|| {
+                        invalid((
+                            "start_after",
+                            format!(
+                                "{after:?} is not service/id (two DNS labels: the last instance of a page)"
+                            ),
+                        ))
+                    })?;
+                    registry::From::AfterInstance(service, id)
+                }
+            };
+            let limit = super::page_limit(req.limit)?;
             self.ready_to_read(req.serializable).await?;
             let txn = self.ctx.node.db().begin_read()?;
             let revision = crate::fsm::applied(&txn)?.revision;
             let budget = self.ctx.limits.max_response_bytes;
             let (mut instances, mut bytes, mut more) = (Vec::new(), 0usize, false);
-            registry::visit(&txn, &req.service, |row| {
+            registry::visit(&txn, &req.service, from, |row| {
                 if !(req.include_critical || registry::is_passing(&row)) || !has_tag(&row, &req.tag) {
                     return ControlFlow::Continue(());
+                }
+                if instances.len() >= limit {
+                    more = true;
+                    return ControlFlow::Break(());
                 }
                 let info = instance_info(row);
                 bytes += prost::Message::encoded_len(&info) + 4;
@@ -227,13 +246,21 @@ impl Registry for RegistryService {
     async fn services(&self, req: Request<ServicesRequest>) -> Result<Response<ServicesResponse>, Status> {
         let req = req.into_inner();
         let run = async {
+            let from = match req.start_after.as_str() {
+                "" => registry::From::Start,
+                after => {
+                    registry::check_label("start_after", after).map_err(invalid)?;
+                    registry::From::AfterService(after)
+                }
+            };
+            let limit = super::page_limit(req.limit)?;
             self.ready_to_read(req.serializable).await?;
             let txn = self.ctx.node.db().begin_read()?;
             let revision = crate::fsm::applied(&txn)?.revision;
             // Services come one after another in key order: each is summed up (its tags as a
             // set), then kept if it fits; the first that does not fit ends the answer.
-            let mut page = ServicesPage::new(self.ctx.limits.max_response_bytes);
-            registry::visit(&txn, "", |row| {
+            let mut page = ServicesPage::new(self.ctx.limits.max_response_bytes, limit);
+            registry::visit(&txn, "", from, |row| {
                 let Some(i) = row.instance.as_ref() else { return ControlFlow::Continue(()) };
                 page.add(&i.service, &i.tags, registry::is_passing(&row))
             })?;
@@ -244,9 +271,11 @@ impl Registry for RegistryService {
     }
 }
 
-/// The summaries of one Services answer, built as the instances go by, within a byte budget.
+/// The summaries of one Services answer, built as the instances go by, within a byte budget
+/// and a count.
 struct ServicesPage {
     budget: usize,
+    limit: usize,
     bytes: usize,
     done: Vec<ServiceSummary>,
     /// The service being summed up: its summary, its tags and about how many bytes they take.
@@ -258,13 +287,18 @@ struct ServicesPage {
 const SUMMARY_OVERHEAD_BYTES: usize = 32;
 
 impl ServicesPage {
-    fn new(budget: usize) -> ServicesPage {
-        ServicesPage { budget, bytes: 0, done: Vec::new(), current: None, more: false }
+    fn new(budget: usize, limit: usize) -> ServicesPage {
+        ServicesPage { budget, limit, bytes: 0, done: Vec::new(), current: None, more: false }
     }
 
-    /// One instance of `service`; breaks once a finished service did not fit.
+    /// One instance of `service`; breaks once a finished service did not fit, or at a
+    /// service past the count.
     fn add(&mut self, service: &str, tags: &[String], passing: bool) -> ControlFlow<()> {
         if self.current.as_ref().is_some_and(|(s, _, _)| s.name != service) && self.close().is_break() {
+            return ControlFlow::Break(());
+        }
+        if self.current.is_none() && self.done.len() >= self.limit {
+            self.more = true;
             return ControlFlow::Break(());
         }
         let (summary, set, bytes) = self.current.get_or_insert_with(|| {
@@ -345,7 +379,7 @@ mod tests {
 
     #[test]
     fn services_are_summed_up_with_their_tags_as_a_sorted_set() {
-        let mut page = ServicesPage::new(usize::MAX);
+        let mut page = ServicesPage::new(usize::MAX, usize::MAX);
         assert!(feed(&mut page, INSTANCES), "nothing stops an unbounded page");
         let (services, more) = page.finish();
         assert!(!more);
@@ -372,13 +406,13 @@ mod tests {
             tags: vec!["eu".into(), "v2".into()],
         };
         let budget = prost::Message::encoded_len(&one) + 4;
-        let mut page = ServicesPage::new(budget);
+        let mut page = ServicesPage::new(budget, usize::MAX);
         assert!(!feed(&mut page, INSTANCES), "the walk stops once a finished service does not fit");
         let (services, more) = page.finish();
         assert_eq!(services, vec![one], "only what fits is kept");
         assert!(more, "and the answer says more follow");
 
-        let mut tiny = ServicesPage::new(1);
+        let mut tiny = ServicesPage::new(1, usize::MAX);
         feed(&mut tiny, &INSTANCES[..2]);
         let (services, more) = tiny.finish();
         assert_eq!(
@@ -386,5 +420,20 @@ mod tests {
             (1, false),
             "the first service is always answered, whatever its size"
         );
+    }
+
+    #[test]
+    fn a_services_page_holds_at_most_its_limit_and_says_more_only_when_another_follows() {
+        let names = |services: &[ServiceSummary]| services.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+        let mut two = ServicesPage::new(usize::MAX, 2);
+        assert!(!feed(&mut two, INSTANCES), "the walk stops at the third service");
+        let (services, more) = two.finish();
+        assert_eq!((names(&services), more), (vec!["api".to_string(), "db".to_string()], true));
+        assert_eq!(services[0].instances, 2, "a service is summed up whole before the limit counts it");
+
+        let mut three = ServicesPage::new(usize::MAX, 3);
+        assert!(feed(&mut three, INSTANCES), "three services fit a limit of three");
+        let (services, more) = three.finish();
+        assert_eq!((services.len(), more), (3, false), "nothing follows the third");
     }
 }

@@ -239,17 +239,10 @@ impl Session for SessionService {
     ) -> Result<Response<ListSessionsResponse>, Status> {
         let req = req.into_inner();
         let run = async {
-            if req.limit < 0 {
-                return Err(ApiError::InvalidArgument {
-                    field: "limit",
-                    problem: "must not be negative".into(),
-                });
-            }
+            let max = super::page_limit(req.limit)?;
             self.ctx.node.read_index().await?;
             let txn = self.ctx.node.db().begin_read()?;
             let revision = crate::fsm::applied(&txn)?.revision;
-            let max =
-                if req.limit == 0 { usize::MAX } else { usize::try_from(req.limit).unwrap_or(usize::MAX) };
             let mut room = self.ctx.limits.max_response_bytes;
             let (rows, more) = sessions::page(&txn, &req.start_after, max, |id, row| {
                 let cost = id.len() + row.name.len() + SESSION_INFO_OVERHEAD_BYTES;

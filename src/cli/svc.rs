@@ -196,9 +196,6 @@ pub async fn run(command: SvcCommand, client: &ClientArgs) -> anyhow::Result<Exi
                 Output::Text => {
                     let text: String = list.instances.iter().map(instance_line).collect();
                     print_bytes(text.as_bytes())?;
-                    if list.more {
-                        eprintln!("latch svc list: the list was cut at the member's response size bound; ask per service");
-                    }
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -529,7 +529,7 @@ pub fn list(
     mut keep: impl FnMut(&InstanceRow) -> bool,
 ) -> Result<Vec<InstanceRow>, FsmError> {
     let mut out = Vec::new();
-    visit(txn, service, |row| {
+    visit(txn, service, From::Start, |row| {
         if keep(&row) {
             out.push(row);
         }
@@ -538,19 +538,45 @@ pub fn list(
     Ok(out)
 }
 
-/// Hands the instances of `service` (every service when empty) to `f` in key order, one at a
-/// time, until it breaks: a caller that answers within a bound holds no more than it answers.
+/// Where a walk of the registry starts (a page's: after the last row or service of the page
+/// before).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum From<'a> {
+    Start,
+    /// After the instance `service/id`.
+    AfterInstance(&'a str, &'a str),
+    /// After every instance of the service.
+    AfterService(&'a str),
+}
+
+/// Hands the instances of `service` (every service when empty) to `f` in key order from
+/// `from`, one at a time, until it breaks: a caller that answers within a bound holds no more
+/// than it answers.
 pub fn visit(
     txn: &ReadTransaction,
     service: &str,
+    from: From<'_>,
     mut f: impl FnMut(InstanceRow) -> ControlFlow<()>,
 ) -> Result<(), FsmError> {
     let Some(table) = open_read(txn, REGISTRY)? else { return Ok(()) };
-    let span = (!service.is_empty()).then(|| service_span(service));
-    let bounds = match &span {
-        Some((start, end)) => (Bound::Included(start.as_slice()), Bound::Excluded(end.as_slice())),
-        None => (Bound::Unbounded, Bound::Unbounded),
+    let (mut start, mut end) = (Bound::Unbounded, Bound::Unbounded);
+    if !service.is_empty() {
+        let (first, past) = service_span(service);
+        (start, end) = (Bound::Included(first), Bound::Excluded(past));
+    }
+    let after = match from {
+        From::Start => Bound::Unbounded,
+        From::AfterInstance(service, id) => Bound::Excluded(instance_key(service, id)),
+        // Every key of the service is below its span's end and every later key at or above it.
+        From::AfterService(service) => Bound::Included(service_span(service).1),
     };
+    let start = later(start, after);
+    if let (Bound::Included(s) | Bound::Excluded(s), Bound::Excluded(e)) = (&start, &end) {
+        if s >= e {
+            return Ok(());
+        }
+    }
+    let bounds = (bound_ref(&start), bound_ref(&end));
     for row in table.range::<&[u8]>(bounds)? {
         let (k, v) = row?;
         if f(decode_row(k.value(), v.value())?).is_break() {
@@ -558,6 +584,26 @@ pub fn visit(
         }
     }
     Ok(())
+}
+
+/// The later of two lower bounds (at the same key, the one that excludes it).
+fn later(a: Bound<Vec<u8>>, b: Bound<Vec<u8>>) -> Bound<Vec<u8>> {
+    use Bound::{Excluded, Included, Unbounded};
+    match (&a, &b) {
+        (Unbounded, _) => b,
+        (_, Unbounded) => a,
+        (Included(x) | Excluded(x), Included(y) | Excluded(y)) => {
+            if x > y || (x == y && matches!(a, Excluded(_))) {
+                a
+            } else {
+                b
+            }
+        }
+    }
+}
+
+fn bound_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    b.as_ref().map(Vec::as_slice)
 }
 
 /// One page of the instances whose keys `key`/`range_end` select (as keys are selected), from
@@ -760,6 +806,41 @@ mod tests {
         }
         assert_eq!(s.applied().revision, before, "nothing refused raised the revision");
         assert!(s.read(|t| list(t, "", |_| true)).expect("list").is_empty());
+    }
+
+    #[test]
+    fn a_walk_starts_after_an_instance_or_after_a_whole_service_in_key_order() {
+        let mut s = Store::new();
+        for (service, id) in [("web", "1"), ("web", "2"), ("web-a", "1"), ("webb", "1"), ("api", "1")] {
+            let req = Register { instance: Some(instance(service, id)), session: String::new(), check: None };
+            s.apply("", Body::Register(req));
+        }
+        let walk = |service: &str, from: From<'_>| {
+            let mut keys = Vec::new();
+            s.read(|t| {
+                visit(t, service, from, |row| {
+                    let i = row.instance.unwrap_or_default();
+                    keys.push(format!("{}/{}", i.service, i.id));
+                    ControlFlow::Continue(())
+                })
+            })
+            .expect("the walk reads");
+            keys
+        };
+        let all = ["api/1", "web-a/1", "web/1", "web/2", "webb/1"];
+        assert_eq!(walk("", From::Start), all, "key order: '-' sorts before '/'");
+        assert_eq!(walk("", From::AfterInstance("web", "1")), all[3..], "after web/1");
+        assert_eq!(walk("", From::AfterService("web")), ["webb/1"], "after every instance of web");
+        assert_eq!(walk("", From::AfterService("web-a")), all[2..], "web comes after web-a");
+        assert_eq!(walk("web", From::AfterInstance("web", "1")), ["web/2"], "within the service");
+        assert_eq!(
+            walk("web", From::AfterInstance("api", "9")),
+            ["web/1", "web/2"],
+            "a start before the service"
+        );
+        assert!(walk("web", From::AfterInstance("web", "2")).is_empty(), "after the service's last");
+        assert!(walk("web", From::AfterService("web")).is_empty(), "a start past the service's end");
+        assert!(walk("web", From::AfterInstance("zzz", "1")).is_empty(), "a start past every key");
     }
 
     #[test]

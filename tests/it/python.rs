@@ -31,7 +31,8 @@ fn python3() -> Command {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_python_clients_suite_passes_through_a_dead_endpoint_and_a_follower() {
-    let c = Cluster::start(3, &[]).await;
+    // Answers bounded small, for the suite's paged reads.
+    let c = Cluster::start(3, &["--max-response-bytes", "16384"]).await;
     let leader = c.leader().await;
     let followers: Vec<u64> = c.ids().into_iter().filter(|id| *id != leader).collect();
     // A port nobody listens on first, then a follower: calls fail over, writes are forwarded,

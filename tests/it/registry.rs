@@ -14,10 +14,10 @@ use futures::StreamExt;
 use latch_client::proto::event::EventType;
 use latch_client::proto::health_check::Kind;
 use latch_client::proto::registry_client::RegistryClient;
-use latch_client::proto::{RegisterRequest, ServiceInstance};
+use latch_client::proto::{ListRequest, RegisterRequest, ServiceInstance};
 use latch_client::{
-    Check, Client, Code, Health, InstanceInfo, ListOptions, RegisterOptions, Registration, RegistrationState,
-    ServiceCache, SessionOptions, WatchOptions, WatchTarget, WatchUpdate,
+    Check, Client, Code, Health, InstanceInfo, InstanceList, ListOptions, RegisterOptions, Registration,
+    RegistrationState, ServiceCache, SessionOptions, WatchOptions, WatchTarget, WatchUpdate,
 };
 use prost::Message as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -631,7 +631,7 @@ async fn a_registry_watch_from_a_compacted_revision_gets_the_instances_then_the_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_and_services_answers_stop_at_max_response_bytes_and_say_more() {
+async fn list_and_services_answer_pages_cut_at_max_response_bytes_or_the_limit_and_read_on_after_the_last() {
     let c = Cluster::start(1, &["--max-response-bytes", "2048"]).await;
     let client = c.client().await;
     for n in 0..100 {
@@ -639,7 +639,7 @@ async fn list_and_services_answers_stop_at_max_response_bytes_and_say_more() {
             RegisterOptions::new(format!("svc-{n:03}"), "i", "127.0.0.1", 9000).tag(format!("t{n}"));
         client.register(options).await.expect("registers");
     }
-    let list = client.list(ListOptions::default()).await.expect("List");
+    let list = client.list_page(ListOptions::default()).await.expect("List");
     assert!(list.more, "100 instances do not fit in 2,048 bytes: the answer says more follow");
     let bytes: usize = list.instances.iter().map(|i| i.encoded_len() + 4).sum();
     assert!(bytes <= 2048, "the instances answered fit the bound: {bytes} bytes");
@@ -651,7 +651,7 @@ async fn list_and_services_answers_stop_at_max_response_bytes_and_say_more() {
     let mut registry =
         RegistryClient::connect(format!("http://{}", c.member(1).client_addr)).await.expect("connects");
     let answer = registry
-        .services(latch_client::proto::ServicesRequest { serializable: true })
+        .services(latch_client::proto::ServicesRequest { serializable: true, ..Default::default() })
         .await
         .expect("Services")
         .into_inner();
@@ -668,4 +668,48 @@ async fn list_and_services_answers_stop_at_max_response_bytes_and_say_more() {
             "the first services in name order, each summed up"
         );
     }
+
+    // Read on: a page starts after the last of the one before, and the clients read them all.
+    let names = |n: std::ops::Range<usize>| n.map(|n| format!("svc-{n:03}")).collect::<Vec<_>>();
+    let services_of = |list: &InstanceList| {
+        list.instances.iter().filter_map(|i| Some(i.instance.as_ref()?.service.clone())).collect::<Vec<_>>()
+    };
+    let ten = client.list_page(ListOptions::all().limit(10)).await.expect("a page of ten");
+    assert_eq!((services_of(&ten), ten.more), (names(0..10), true), "the limit cuts the page");
+    let next = ten.next_page(ListOptions::all().limit(10)).expect("more follow: a next page");
+    let second = client.list_page(next).await.expect("the second page");
+    assert_eq!(services_of(&second), names(10..20), "the second page starts after svc-009/i");
+    let last = client.list_page(ListOptions::all().start_after("svc-095", "i")).await.expect("the last page");
+    assert_eq!((services_of(&last), last.more), (names(96..100), false), "nothing follows svc-099");
+    let all = client.list(ListOptions::all()).await.expect("List of every page");
+    assert_eq!((services_of(&all), all.more), (names(0..100), false), "every instance, each once, in order");
+    let every: Vec<String> = client.services().await.expect("Services").into_iter().map(|s| s.name).collect();
+    assert_eq!(every, names(0..100), "every service, each once, in order");
+    let page = registry
+        .services(latch_client::proto::ServicesRequest {
+            start_after: "svc-049".into(),
+            limit: 5,
+            ..Default::default()
+        })
+        .await
+        .expect("Services after svc-049")
+        .into_inner();
+    let got: Vec<String> = page.services.into_iter().map(|s| s.name).collect();
+    assert_eq!((got, page.more), (names(50..55), true), "five services after svc-049");
+
+    for (request, field) in [
+        (ListRequest { start_after: "svc-001".into(), ..Default::default() }, "start_after"),
+        (ListRequest { start_after: "svc-001/I".into(), ..Default::default() }, "start_after"),
+        (ListRequest { limit: -1, ..Default::default() }, "limit"),
+    ] {
+        let e = registry.list(request.clone()).await.expect_err("a bad page is refused");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{request:?}: {e:?}");
+        assert!(e.message().starts_with(field), "{request:?}: the error names {field}: {}", e.message());
+    }
+    let e = registry
+        .services(latch_client::proto::ServicesRequest { start_after: "Svc".into(), ..Default::default() })
+        .await
+        .expect_err("a service name that is no DNS label");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("start_after"), "the error names the field: {}", e.message());
 }

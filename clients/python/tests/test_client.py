@@ -237,6 +237,29 @@ class ClientTest(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "interval: -1"):
             latch.Check.http("http://127.0.0.1:1/", interval=-1)
 
+    def test_instances_and_services_larger_than_one_answer_are_read_page_by_page(self):
+        # tests/it/python.rs bounds an answer at 16 KiB: 40 instances of about 500 bytes, and
+        # 20 services of about 1.3 KB of tags each, take two pages or more.
+        p = "pg-" + uuid.uuid4().hex[:8]
+        pad = {"pad": "x" * 450}
+        for n in range(40):
+            self.client.register(p + "-big", f"i{n:02}", "10.0.0.1", 8000 + n, meta=pad)
+        first = self.client._call("registry", "List", registry_pb2.ListRequest(service=p + "-big"))
+        self.assertTrue(first.more and len(first.instances) < 40, "one answer does not hold them all")
+        listed = [i.instance.id for i in self.client.instances(p + "-big")]
+        self.assertEqual(listed, [f"i{n:02}" for n in range(40)], "every instance, in id order, each once")
+        for n in range(20):
+            tags = [f"t{n:02}-{k:02}-" + "y" * 34 for k in range(30)]
+            self.client.register(f"{p}-s{n:02}", "a", "10.0.0.1", 9000, tags=tags)
+        first = self.client._call("registry", "Services", registry_pb2.ServicesRequest(start_after=p + "-big"))
+        self.assertTrue(first.more, "one answer does not hold the 20 services' tags")
+        names = [s.name for s in self.client.services() if s.name.startswith(p + "-s")]
+        self.assertEqual(names, [f"{p}-s{n:02}" for n in range(20)], "every service, in order, each once")
+        with self.assertRaises(latch.LatchError) as caught:
+            self.client._call("registry", "List", registry_pb2.ListRequest(start_after="no-slash"))
+        self.assertEqual(caught.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("start_after", caught.exception.message, "the error names the field")
+
     # -- watches -----------------------------------------------------------------------------
 
     def test_a_watch_delivers_every_revision_once_in_order_with_previous_values(self):

@@ -202,6 +202,8 @@ pub struct ListOptions {
     tag: String,
     include_critical: bool,
     serializable: bool,
+    start_after: String,
+    limit: i64,
 }
 
 impl ListOptions {
@@ -233,17 +235,51 @@ impl ListOptions {
         self.serializable = true;
         self
     }
+
+    /// Only instances after `service/id` (the last of the page before).
+    pub fn start_after(mut self, service: &str, id: &str) -> ListOptions {
+        self.start_after = format!("{service}/{id}");
+        self
+    }
+
+    /// At most `n` instances a page (besides the member's --max-response-bytes).
+    pub fn limit(mut self, n: u32) -> ListOptions {
+        self.limit = i64::from(n);
+        self
+    }
+
+    fn request(&self) -> ListRequest {
+        ListRequest {
+            service: self.service.clone(),
+            tag: self.tag.clone(),
+            include_critical: self.include_critical,
+            serializable: self.serializable,
+            start_after: self.start_after.clone(),
+            limit: self.limit,
+        }
+    }
 }
 
-/// What [`Client::list`] answers.
+/// What [`Client::list`] and [`Client::list_page`] answer.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct InstanceList {
-    /// The revision the list was read at: watch from `revision + 1` to follow it.
+    /// The revision the list (its first page) was read at: watch from `revision + 1` to
+    /// follow it.
     pub revision: i64,
-    /// In (service, id) order.
+    /// In the order of their keys `service/id` (by service, then id; `web-a/x` comes before
+    /// `web/x`, as '-' sorts before '/').
     pub instances: Vec<InstanceInfo>,
-    /// The list was cut at the member's response size bound: ask per service.
+    /// More instances follow the last one ([`Client::list_page`] only): ask again with
+    /// [`ListOptions::start_after`] it.
     pub more: bool,
+}
+
+impl InstanceList {
+    /// The options of the page after this one, if more follow.
+    pub fn next_page(&self, options: ListOptions) -> Option<ListOptions> {
+        let last = self.instances.last()?.instance.as_ref()?;
+        self.more.then(|| options.start_after(&last.service, &last.id))
+    }
 }
 
 /// An instance's `(address, port)`, as [`Client::resolve`] and [`ServiceCache::addresses`]
@@ -316,14 +352,26 @@ impl Client {
         Ok(Health::try_from(r.health).unwrap_or(Health::Critical))
     }
 
-    /// The instances `options` selects, with the revision they were read at.
+    /// Every instance `options` selects, read a page at a time as the members cut the answer
+    /// (at `--max-response-bytes`, or at [`ListOptions::limit`]). Each page is read at its own
+    /// revision: `revision` is the first's, so that a watch from `revision + 1` replays every
+    /// change the pages may have missed.
     pub async fn list(&self, options: ListOptions) -> Result<InstanceList, Error> {
-        let request = ListRequest {
-            service: options.service,
-            tag: options.tag,
-            include_critical: options.include_critical,
-            serializable: options.serializable,
-        };
+        let mut list = self.list_page(options.clone()).await?;
+        let mut next = list.next_page(options);
+        while let Some(options) = next {
+            let page = self.list_page(options.clone()).await?;
+            next = page.next_page(options);
+            list.instances.extend(page.instances);
+        }
+        list.more = false;
+        Ok(list)
+    }
+
+    /// One page of the instances `options` selects, with the revision it was read at, and
+    /// whether more follow.
+    pub async fn list_page(&self, options: ListOptions) -> Result<InstanceList, Error> {
+        let request = options.request();
         let r = self
             .call("List", |channel| {
                 let request = request.clone();
@@ -339,15 +387,34 @@ impl Client {
         })
     }
 
-    /// Every service, in name order, with its counts of instances and of passing ones, and
-    /// its tags. Linearizable.
+    /// Every service, in the order of the registry's keys (as [`InstanceList::instances`]),
+    /// with its counts of instances and of passing ones, and its tags; read a page at a time,
+    /// each page linearizable.
     pub async fn services(&self) -> Result<Vec<ServiceSummary>, Error> {
-        let r = self
-            .call("Services", |channel| async move {
-                RegistryClient::new(channel).services(ServicesRequest { serializable: false }).await
-            })
-            .await?;
-        Ok(r.services)
+        let mut all: Vec<ServiceSummary> = Vec::new();
+        loop {
+            let request = ServicesRequest {
+                serializable: false,
+                start_after: all.last().map(|s| s.name.clone()).unwrap_or_default(),
+                limit: 0,
+            };
+            let r = self
+                .call("Services", |channel| {
+                    let request = request.clone();
+                    async move {
+                        RegistryClient::new(channel)
+                            .max_decoding_message_size(usize::MAX)
+                            .services(request)
+                            .await
+                    }
+                })
+                .await?;
+            let done = !r.more || r.services.is_empty();
+            all.extend(r.services);
+            if done {
+                return Ok(all);
+            }
+        }
     }
 
     /// Where the PASSING instances of `service` are: `(address, port)` in id order, as
@@ -482,9 +549,10 @@ impl ServiceCache {
     }
 }
 
-/// Every instance of `service`, CRITICAL ones too, at the revision of a linearizable List.
+/// Every instance of `service`, CRITICAL ones too, at the revision of a linearizable List of
+/// one page (a list of several pages, each at its own revision, could mix two states).
 async fn list_service(client: &Client, service: &str) -> Result<ServiceSnapshot, Error> {
-    let list = client.list(ListOptions::service(service).include_critical()).await?;
+    let list = client.list_page(ListOptions::service(service).include_critical()).await?;
     if list.more {
         return Err(Error::from(Status::resource_exhausted(format!(
             "the instances of {service:?} do not fit in one answer of the member \

@@ -549,13 +549,30 @@ class Client:
         return self._call("registry", "Heartbeat", request).health
 
     def services(self, *, serializable: bool = False) -> List[registry_pb2.ServiceSummary]:
-        """Every service with its instance counts and tags, in name order."""
-        return list(self._call("registry", "Services", registry_pb2.ServicesRequest(serializable=serializable)).services)
+        """Every service with its instance counts and tags, in the order of the registry's
+        keys (see ``instances``); read a page at a time, as the members cut the answer."""
+        services: List[registry_pb2.ServiceSummary] = []
+        while True:
+            after = services[-1].name if services else ""
+            request = registry_pb2.ServicesRequest(serializable=serializable, start_after=after)
+            page = self._call("registry", "Services", request)
+            services.extend(page.services)
+            if not page.more or not page.services:
+                return services
 
     def instances(self, service: str = "", *, tag: str = "", include_critical: bool = False,
                   serializable: bool = False) -> List[registry_pb2.InstanceInfo]:
         """The instances of ``service`` (all services when empty): the passing ones, unless
-        ``include_critical``."""
-        request = registry_pb2.ListRequest(service=service, tag=tag, include_critical=include_critical,
-                                           serializable=serializable)
-        return list(self._call("registry", "List", request).instances)
+        ``include_critical``. In the order of their keys ``service/id`` (``web-a/x`` before
+        ``web/x``: '-' sorts before '/'); read a page at a time as the members cut the answer,
+        each page at its own revision."""
+        instances: List[registry_pb2.InstanceInfo] = []
+        while True:
+            last = instances[-1].instance if instances else None
+            request = registry_pb2.ListRequest(service=service, tag=tag, include_critical=include_critical,
+                                               serializable=serializable,
+                                               start_after=f"{last.service}/{last.id}" if last else "")
+            page = self._call("registry", "List", request)
+            instances.extend(page.instances)
+            if not page.more or not page.instances:
+                return instances

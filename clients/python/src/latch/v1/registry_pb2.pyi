@@ -146,16 +146,20 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[_kv_pb2.ResponseHeader, _Mapping]] = ..., health: _Optional[_Union[Health, str]] = ...) -> None: ...
 
 class ListRequest(_message.Message):
-    __slots__ = ("service", "tag", "include_critical", "serializable")
+    __slots__ = ("service", "tag", "include_critical", "serializable", "start_after", "limit")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     TAG_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_CRITICAL_FIELD_NUMBER: _ClassVar[int]
     SERIALIZABLE_FIELD_NUMBER: _ClassVar[int]
+    START_AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
     service: str
     tag: str
     include_critical: bool
     serializable: bool
-    def __init__(self, service: _Optional[str] = ..., tag: _Optional[str] = ..., include_critical: _Optional[bool] = ..., serializable: _Optional[bool] = ...) -> None: ...
+    start_after: str
+    limit: int
+    def __init__(self, service: _Optional[str] = ..., tag: _Optional[str] = ..., include_critical: _Optional[bool] = ..., serializable: _Optional[bool] = ..., start_after: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class ListResponse(_message.Message):
     __slots__ = ("header", "instances", "more")
@@ -168,10 +172,14 @@ class ListResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[_kv_pb2.ResponseHeader, _Mapping]] = ..., instances: _Optional[_Iterable[_Union[InstanceInfo, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class ServicesRequest(_message.Message):
-    __slots__ = ("serializable",)
+    __slots__ = ("serializable", "start_after", "limit")
     SERIALIZABLE_FIELD_NUMBER: _ClassVar[int]
+    START_AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
     serializable: bool
-    def __init__(self, serializable: _Optional[bool] = ...) -> None: ...
+    start_after: str
+    limit: int
+    def __init__(self, serializable: _Optional[bool] = ..., start_after: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class ServiceSummary(_message.Message):
     __slots__ = ("name", "instances", "passing", "tags")

@@ -88,14 +88,15 @@ class RegistryServicer:
         raise NotImplementedError('Method not implemented!')
 
     def List(self, request, context):
-        """The instances of a service (or of all), with the revision they were read at.
+        """The instances of a service (or of all), with the revision they were read at: a page of
+        them, as many as `limit` asks and --max-response-bytes holds (at least one).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Services(self, request, context):
-        """Every service, with counts.
+        """Every service, with counts: a page of them, as List.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
