@@ -202,7 +202,7 @@ impl Registry for RegistryService {
                 registry::check_tag(&req.tag).map_err(|(_, p)| invalid(("tag", p)))?;
             }
             let from = match req.start_after.as_str() {
-                "" => registry::From::Start,
+                "" => registry::Start::First,
                 after => {
                     let (service, id) = registry::split_key(after.as_bytes()).ok_or_else(|| {
                         invalid((
@@ -212,7 +212,7 @@ impl Registry for RegistryService {
                             ),
                         ))
                     })?;
-                    registry::From::AfterInstance(service, id)
+                    registry::Start::AfterInstance(service, id)
                 }
             };
             let limit = super::page_limit(req.limit)?;
@@ -247,10 +247,10 @@ impl Registry for RegistryService {
         let req = req.into_inner();
         let run = async {
             let from = match req.start_after.as_str() {
-                "" => registry::From::Start,
+                "" => registry::Start::First,
                 after => {
                     registry::check_label("start_after", after).map_err(invalid)?;
-                    registry::From::AfterService(after)
+                    registry::Start::AfterService(after)
                 }
             };
             let limit = super::page_limit(req.limit)?;
@@ -312,8 +312,17 @@ impl ServicesPage {
                 *bytes += tag.len() + 2;
             }
         }
-        // A service whose tags alone cannot fit any more is not summed up to the end.
-        if !self.done.is_empty() && self.bytes + *bytes > self.budget {
+        if self.done.is_empty() {
+            // The first service is always answered: its tags are cut to the smallest that fit,
+            // so that they never take more than the budget.
+            // (`bytes` counts the name and the overhead besides the tags.)
+            while *bytes - (service.len() + SUMMARY_OVERHEAD_BYTES) > self.budget {
+                let Some(largest) = set.pop_last() else { break };
+                *bytes -= largest.len() + 2;
+                summary.tags_cut = true;
+            }
+        } else if self.bytes + *bytes > self.budget {
+            // A service whose tags alone cannot fit any more is not summed up to the end.
             self.current = None;
             self.more = true;
             return ControlFlow::Break(());
@@ -404,6 +413,7 @@ mod tests {
             instances: 2,
             passing: 1,
             tags: vec!["eu".into(), "v2".into()],
+            tags_cut: false,
         };
         let budget = prost::Message::encoded_len(&one) + 4;
         let mut page = ServicesPage::new(budget, usize::MAX);
@@ -420,6 +430,23 @@ mod tests {
             (1, false),
             "the first service is always answered, whatever its size"
         );
+    }
+
+    #[test]
+    fn the_first_services_tags_are_cut_to_the_smallest_that_fit_the_budget() {
+        let budget = 2 * ("t01".len() + 2);
+        let mut page = ServicesPage::new(budget, usize::MAX);
+        let tags = ["t05", "t09", "t01", "t07", "t03"].map(String::from);
+        for tag in &tags {
+            assert!(page.add("api", std::slice::from_ref(tag), true).is_continue());
+        }
+        let (services, _) = page.finish();
+        assert_eq!(services[0].tags, ["t01", "t03"], "the smallest two of five, whatever their order");
+        assert!(services[0].tags_cut, "the summary says its tags were cut");
+        assert_eq!(services[0].instances, 5, "every instance is counted");
+        let mut roomy = ServicesPage::new(usize::MAX, usize::MAX);
+        assert!(roomy.add("api", &tags, true).is_continue());
+        assert!(!roomy.finish().0[0].tags_cut, "nothing cut when they fit");
     }
 
     #[test]

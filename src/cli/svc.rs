@@ -211,11 +211,12 @@ pub async fn run(command: SvcCommand, client: &ClientArgs) -> anyhow::Result<Exi
                         .iter()
                         .map(|s| {
                             format!(
-                                "{} instances={} passing={} tags={}\n",
+                                "{} instances={} passing={} tags={}{}\n",
                                 s.name,
                                 s.instances,
                                 s.passing,
-                                s.tags.join(",")
+                                s.tags.join(","),
+                                if s.tags_cut { ",…" } else { "" }
                             )
                         })
                         .collect();
@@ -493,7 +494,7 @@ fn instance_json(info: &InstanceInfo) -> serde_json::Value {
 }
 
 fn service_json(s: &ServiceSummary) -> serde_json::Value {
-    json!({"name": s.name, "instances": s.instances, "passing": s.passing, "tags": s.tags})
+    json!({"name": s.name, "instances": s.instances, "passing": s.passing, "tags": s.tags, "tags_cut": s.tags_cut})
 }
 
 #[cfg(test)]

@@ -529,7 +529,7 @@ pub fn list(
     mut keep: impl FnMut(&InstanceRow) -> bool,
 ) -> Result<Vec<InstanceRow>, FsmError> {
     let mut out = Vec::new();
-    visit(txn, service, From::Start, |row| {
+    visit(txn, service, Start::First, |row| {
         if keep(&row) {
             out.push(row);
         }
@@ -541,8 +541,8 @@ pub fn list(
 /// Where a walk of the registry starts (a page's: after the last row or service of the page
 /// before).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum From<'a> {
-    Start,
+pub enum Start<'a> {
+    First,
     /// After the instance `service/id`.
     AfterInstance(&'a str, &'a str),
     /// After every instance of the service.
@@ -555,7 +555,7 @@ pub enum From<'a> {
 pub fn visit(
     txn: &ReadTransaction,
     service: &str,
-    from: From<'_>,
+    from: Start<'_>,
     mut f: impl FnMut(InstanceRow) -> ControlFlow<()>,
 ) -> Result<(), FsmError> {
     let Some(table) = open_read(txn, REGISTRY)? else { return Ok(()) };
@@ -565,10 +565,10 @@ pub fn visit(
         (start, end) = (Bound::Included(first), Bound::Excluded(past));
     }
     let after = match from {
-        From::Start => Bound::Unbounded,
-        From::AfterInstance(service, id) => Bound::Excluded(instance_key(service, id)),
+        Start::First => Bound::Unbounded,
+        Start::AfterInstance(service, id) => Bound::Excluded(instance_key(service, id)),
         // Every key of the service is below its span's end and every later key at or above it.
-        From::AfterService(service) => Bound::Included(service_span(service).1),
+        Start::AfterService(service) => Bound::Included(service_span(service).1),
     };
     let start = later(start, after);
     if let (Bound::Included(s) | Bound::Excluded(s), Bound::Excluded(e)) = (&start, &end) {
@@ -815,7 +815,7 @@ mod tests {
             let req = Register { instance: Some(instance(service, id)), session: String::new(), check: None };
             s.apply("", Body::Register(req));
         }
-        let walk = |service: &str, from: From<'_>| {
+        let walk = |service: &str, from: Start<'_>| {
             let mut keys = Vec::new();
             s.read(|t| {
                 visit(t, service, from, |row| {
@@ -828,19 +828,19 @@ mod tests {
             keys
         };
         let all = ["api/1", "web-a/1", "web/1", "web/2", "webb/1"];
-        assert_eq!(walk("", From::Start), all, "key order: '-' sorts before '/'");
-        assert_eq!(walk("", From::AfterInstance("web", "1")), all[3..], "after web/1");
-        assert_eq!(walk("", From::AfterService("web")), ["webb/1"], "after every instance of web");
-        assert_eq!(walk("", From::AfterService("web-a")), all[2..], "web comes after web-a");
-        assert_eq!(walk("web", From::AfterInstance("web", "1")), ["web/2"], "within the service");
+        assert_eq!(walk("", Start::First), all, "key order: '-' sorts before '/'");
+        assert_eq!(walk("", Start::AfterInstance("web", "1")), all[3..], "after web/1");
+        assert_eq!(walk("", Start::AfterService("web")), ["webb/1"], "after every instance of web");
+        assert_eq!(walk("", Start::AfterService("web-a")), all[2..], "web comes after web-a");
+        assert_eq!(walk("web", Start::AfterInstance("web", "1")), ["web/2"], "within the service");
         assert_eq!(
-            walk("web", From::AfterInstance("api", "9")),
+            walk("web", Start::AfterInstance("api", "9")),
             ["web/1", "web/2"],
             "a start before the service"
         );
-        assert!(walk("web", From::AfterInstance("web", "2")).is_empty(), "after the service's last");
-        assert!(walk("web", From::AfterService("web")).is_empty(), "a start past the service's end");
-        assert!(walk("web", From::AfterInstance("zzz", "1")).is_empty(), "a start past every key");
+        assert!(walk("web", Start::AfterInstance("web", "2")).is_empty(), "after the service's last");
+        assert!(walk("web", Start::AfterService("web")).is_empty(), "a start past the service's end");
+        assert!(walk("web", Start::AfterInstance("zzz", "1")).is_empty(), "a start past every key");
     }
 
     #[test]

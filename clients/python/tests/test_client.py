@@ -340,6 +340,18 @@ class ClientTest(unittest.TestCase):
 class OfflineTest(unittest.TestCase):
     """What needs no cluster."""
 
+    def test_a_page_that_does_not_start_after_the_one_before_fails_instead_of_looping(self):
+        from latch.client import _moved_on
+
+        _moved_on("web/b", "web/c")
+        _moved_on("web-a/", "web/")  # key order: '-' sorts before '/'
+        with self.assertRaises(latch.LatchError) as caught:
+            _moved_on("web/b", "web/a")
+        self.assertEqual(caught.exception.code, grpc.StatusCode.FAILED_PRECONDITION)
+        self.assertIn("not after 'web/b'", caught.exception.message)
+        with self.assertRaises(latch.LatchError):
+            _moved_on("web/b", "web/b")
+
     def test_prefix_end_increments_the_last_byte_below_0xff(self):
         self.assertEqual(latch.prefix_end("a/"), b"a0")
         self.assertEqual(latch.prefix_end(b"a\xff\xff"), b"b")

@@ -263,14 +263,14 @@ impl ListOptions {
 /// What [`Client::list`] and [`Client::list_page`] answer.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct InstanceList {
-    /// The revision the list (its first page) was read at: watch from `revision + 1` to
-    /// follow it.
+    /// The revision the list was read at (of several pages, the lowest): watch from
+    /// `revision + 1` to follow it.
     pub revision: i64,
     /// In the order of their keys `service/id` (by service, then id; `web-a/x` comes before
     /// `web/x`, as '-' sorts before '/').
     pub instances: Vec<InstanceInfo>,
-    /// More instances follow the last one ([`Client::list_page`] only): ask again with
-    /// [`ListOptions::start_after`] it.
+    /// More instances follow the last one ([`Client::list_page`] only): the options of the next
+    /// page are [`InstanceList::next_page`]'s.
     pub more: bool,
 }
 
@@ -354,14 +354,19 @@ impl Client {
 
     /// Every instance `options` selects, read a page at a time as the members cut the answer
     /// (at `--max-response-bytes`, or at [`ListOptions::limit`]). Each page is read at its own
-    /// revision: `revision` is the first's, so that a watch from `revision + 1` replays every
+    /// revision: `revision` is the lowest, so that a watch from `revision + 1` replays every
     /// change the pages may have missed.
     pub async fn list(&self, options: ListOptions) -> Result<InstanceList, Error> {
         let mut list = self.list_page(options.clone()).await?;
         let mut next = list.next_page(options);
         while let Some(options) = next {
             let page = self.list_page(options.clone()).await?;
+            let first = page.instances.first().and_then(|i| i.instance.as_ref());
+            moved_on(&options.start_after, first.map(|i| format!("{}/{}", i.service, i.id)))?;
             next = page.next_page(options);
+            // A page from a member behind the first page's (another member, serializable):
+            // the lowest revision is the one a watch must follow from.
+            list.revision = list.revision.min(page.revision);
             list.instances.extend(page.instances);
         }
         list.more = false;
@@ -409,6 +414,11 @@ impl Client {
                     }
                 })
                 .await?;
+            if !request.start_after.is_empty() {
+                // Services follow one another as their keys `service/…` do.
+                let first = r.services.first().map(|s| format!("{}/", s.name));
+                moved_on(&format!("{}/", request.start_after), first)?;
+            }
             let done = !r.more || r.services.is_empty();
             all.extend(r.services);
             if done {
@@ -423,6 +433,20 @@ impl Client {
     pub async fn resolve(&self, service: &str) -> Result<Vec<(String, u16)>, Error> {
         let list = self.list(ListOptions::service(service)).await?;
         Ok(list.instances.iter().filter_map(address_of).collect())
+    }
+}
+
+/// Checks that a page begins after the key it was asked to start after: a member that ignores
+/// `start_after` (one older than this client) would answer the first page again and again.
+fn moved_on(after: &str, first: Option<String>) -> Result<(), Error> {
+    match first {
+        Some(first) if first.as_bytes() <= after.as_bytes() => {
+            Err(Error::from(Status::failed_precondition(format!(
+                "the member answered a page starting at {first:?}, not after {after:?}: it does not \
+                 page (a member older than this client?)"
+            ))))
+        }
+        _ => Ok(()),
     }
 }
 

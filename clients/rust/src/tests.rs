@@ -1,7 +1,8 @@
 //! The retry loop against scripted in-process servers: endpoint failover, leader hints,
 //! request ids kept across retries, errors that must not be retried, the retry budget; a
 //! watch resumed on another member when one ends its stream over its limits; a watch group's
-//! shared response and refused resume; and an acquire given up unsettled, withdrawn.
+//! shared response and refused resume; an acquire given up unsettled, withdrawn; and a paged
+//! registry read from a member that does not page.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -11,22 +12,25 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use latch_proto::v1::kv_server::{Kv, KvServer};
 use latch_proto::v1::lock_server::{Lock, LockServer};
+use latch_proto::v1::registry_server::{Registry, RegistryServer};
 use latch_proto::v1::watch_request::Request as Ask;
 use latch_proto::v1::watch_response::CancelReason;
 use latch_proto::v1::watch_server::{Watch, WatchServer};
 use latch_proto::v1::{
     AcquireRequest, AcquireResponse, CheckSequencerRequest, CheckSequencerResponse, CompactionRequest,
-    CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, DescribeLockRequest, DescribeLockResponse,
-    Event, KeyValue, ListLocksRequest, ListLocksResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, ReleaseRequest, ReleaseResponse, ResponseHeader, TxnRequest, TxnResponse, WatchRequest,
-    WatchResponse, WithdrawRequest, WithdrawResponse,
+    CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, DeregisterRequest, DeregisterResponse,
+    DescribeLockRequest, DescribeLockResponse, Event, HeartbeatRequest, HeartbeatResponse, InstanceInfo,
+    KeyValue, ListLocksRequest, ListLocksResponse, ListRequest, ListResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, RegisterRequest, RegisterResponse, ReleaseRequest, ReleaseResponse,
+    ResponseHeader, ServiceInstance, ServiceSummary, ServicesRequest, ServicesResponse, TxnRequest,
+    TxnResponse, WatchRequest, WatchResponse, WithdrawRequest, WithdrawResponse,
 };
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::{
-    Client, ClientOptions, Compare, CompareResult, LockOptions, Op, Txn, Wait, WatchOptions, WatchUpdate,
-    LEADER_ADDR_METADATA,
+    Client, ClientOptions, Compare, CompareResult, ListOptions, LockOptions, Op, Txn, Wait, WatchOptions,
+    WatchUpdate, LEADER_ADDR_METADATA,
 };
 
 /// How a scripted server answers every call.
@@ -696,4 +700,66 @@ async fn an_acquire_given_up_after_its_request_may_have_been_queued_is_withdrawn
         withdrawn, want,
         "the acquires given up unsettled, and only they, are withdrawn under their own request ids"
     );
+}
+
+/// A member older than paging: it ignores `start_after` and answers the first page again,
+/// saying more follow.
+#[derive(Clone, Default)]
+struct PagelessRegistry;
+
+#[tonic::async_trait]
+impl Registry for PagelessRegistry {
+    async fn register(&self, _: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+        Err(Status::unimplemented("not scripted"))
+    }
+
+    async fn deregister(
+        &self,
+        _: Request<DeregisterRequest>,
+    ) -> Result<Response<DeregisterResponse>, Status> {
+        Err(Status::unimplemented("not scripted"))
+    }
+
+    async fn heartbeat(&self, _: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        Err(Status::unimplemented("not scripted"))
+    }
+
+    async fn list(&self, _: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let instance = |id: &str| InstanceInfo {
+            instance: Some(ServiceInstance { service: "web".into(), id: id.into(), ..Default::default() }),
+            ..Default::default()
+        };
+        Ok(Response::new(ListResponse {
+            header: Some(ResponseHeader { revision: 7, ..Default::default() }),
+            instances: vec![instance("a"), instance("b")],
+            more: true,
+        }))
+    }
+
+    async fn services(&self, _: Request<ServicesRequest>) -> Result<Response<ServicesResponse>, Status> {
+        let summary = |name: &str| ServiceSummary { name: name.into(), ..Default::default() };
+        Ok(Response::new(ServicesResponse {
+            header: Some(ResponseHeader { revision: 7, ..Default::default() }),
+            services: vec![summary("api"), summary("web")],
+            more: true,
+        }))
+    }
+}
+
+#[tokio::test]
+async fn a_member_that_answers_the_same_page_again_fails_the_paged_read_instead_of_looping() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+    let addr = listener.local_addr().expect("bound address").to_string();
+    let incoming = TcpIncoming::from_listener(listener, true, None).expect("incoming");
+    let service = RegistryServer::new(PagelessRegistry);
+    tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
+    let client = Client::connect([addr.as_str()]).await.expect("valid endpoint");
+
+    let page = client.list_page(ListOptions::all()).await.expect("one page is fine");
+    assert_eq!((page.instances.len(), page.more), (2, true));
+    let err = client.list(ListOptions::all()).await.expect_err("the second page starts at web/a again");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(err.to_string().contains("not after \"web/b\""), "the error says where it stalled: {err}");
+    let err = client.services().await.expect_err("the second page starts at api again");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
 }

@@ -149,6 +149,16 @@ class Check:
                                         deregister_after_ms=_ms(deregister_after, "deregister_after"), **target)
 
 
+def _moved_on(after: str, first: str) -> None:
+    """Checks that a page begins after the key it was asked to start after: a member that
+    ignores ``start_after`` (one older than this client) would answer the first page again and
+    again."""
+    if first.encode() <= after.encode():
+        raise LatchError(grpc.StatusCode.FAILED_PRECONDITION,
+                         f"the member answered a page starting at {first!r}, not after {after!r}: "
+                         "it does not page (a member older than this client?)")
+
+
 def _ms(value: float, what: str) -> int:
     return round(seconds(value, what) * 1000)
 
@@ -556,6 +566,9 @@ class Client:
             after = services[-1].name if services else ""
             request = registry_pb2.ServicesRequest(serializable=serializable, start_after=after)
             page = self._call("registry", "Services", request)
+            if after and page.services:
+                # Services follow one another as their keys "service/..." do.
+                _moved_on(after + "/", page.services[0].name + "/")
             services.extend(page.services)
             if not page.more or not page.services:
                 return services
@@ -573,6 +586,9 @@ class Client:
                                                serializable=serializable,
                                                start_after=f"{last.service}/{last.id}" if last else "")
             page = self._call("registry", "List", request)
+            if last is not None and page.instances:
+                first = page.instances[0].instance
+                _moved_on(request.start_after, f"{first.service}/{first.id}")
             instances.extend(page.instances)
             if not page.more or not page.instances:
                 return instances

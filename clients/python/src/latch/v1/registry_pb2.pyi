@@ -182,16 +182,18 @@ class ServicesRequest(_message.Message):
     def __init__(self, serializable: _Optional[bool] = ..., start_after: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class ServiceSummary(_message.Message):
-    __slots__ = ("name", "instances", "passing", "tags")
+    __slots__ = ("name", "instances", "passing", "tags", "tags_cut")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     PASSING_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
+    TAGS_CUT_FIELD_NUMBER: _ClassVar[int]
     name: str
     instances: int
     passing: int
     tags: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., instances: _Optional[int] = ..., passing: _Optional[int] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
+    tags_cut: bool
+    def __init__(self, name: _Optional[str] = ..., instances: _Optional[int] = ..., passing: _Optional[int] = ..., tags: _Optional[_Iterable[str]] = ..., tags_cut: _Optional[bool] = ...) -> None: ...
 
 class ServicesResponse(_message.Message):
     __slots__ = ("header", "services", "more")
