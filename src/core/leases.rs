@@ -366,8 +366,22 @@ impl Leases {
         let Some(term) = self.leading else { return Vec::new() };
         let mut out = Vec::new();
         let mut leases = Vec::new();
+        // Leases a keepalive waits on first: after a promotion every lease is queued, and a
+        // backlog of thousands must not hold a live client's renewal past its deadline.
+        let awaited: Vec<String> = self
+            .waiting
+            .keys()
+            .filter(|id| self.to_checkpoint.contains(*id))
+            .take(MAX_LEASES_PER_CHECKPOINT)
+            .cloned()
+            .collect();
+        let mut awaited = awaited.into_iter();
         while leases.len() < MAX_LEASES_PER_CHECKPOINT {
-            let Some(id) = self.to_checkpoint.pop_first() else { break };
+            let next = match awaited.next() {
+                Some(id) => self.to_checkpoint.take(&id),
+                None => self.to_checkpoint.pop_first(),
+            };
+            let Some(id) = next else { break };
             let Some(lease) = self.sessions.get(&id) else { continue };
             // From the last keepalive, or what the log already gives, whichever is later. The
             // entry is proposed now: every member counts it from now or later.
@@ -386,6 +400,8 @@ impl Leases {
             .iter()
             .take_while(|(deadline, _)| *deadline <= now)
             .filter(|(_, id)| !self.checkpointing.contains_key(id) && !self.expiring.contains_key(id))
+            // Nor one a keepalive renewed in time, queued for its checkpoint (a backlog).
+            .filter(|(_, id)| !(self.to_checkpoint.contains(id) && self.waiting.contains_key(id)))
             .take(MAX_EXPIRIES_PER_TURN)
             .filter_map(|(_, id)| self.sessions.get(id).map(|l| (id.clone(), l.checkpoints)))
             .collect();
@@ -576,6 +592,45 @@ mod tests {
         );
         let replies = l.changed(renewed("s", 9_900, 2, 7_200), TERM, 7_300, 7_300);
         assert_eq!(replies, vec![(9, Ok(Grant { ttl_ms: 10_000, granted_ms: 9_800 }))]);
+    }
+
+    #[test]
+    fn after_a_promotion_the_leases_keepalives_wait_on_are_checkpointed_before_the_backlog() {
+        let mut l = Leases::default();
+        let n = MAX_LEASES_PER_CHECKPOINT + 10;
+        for i in 0..n {
+            started(&mut l, &format!("s{i:05}"), 10_000, 0);
+        }
+        l.promoted(TERM, 8_000);
+        let last = format!("s{:05}", n - 1);
+        assert_eq!(l.keep_alive(1, &last, 8_100), None, "it waits for its re-basing checkpoint");
+        let first = checkpoint_of(&l.tend(8_100, u64::MAX));
+        assert_eq!(first.len(), MAX_LEASES_PER_CHECKPOINT, "one checkpoint holds the most it may");
+        assert_eq!(first[0].0, last, "the lease a keepalive waits on goes first, whatever its id");
+        assert!(
+            expiries_of(&l.tend(10_500, u64::MAX)).iter().all(|(id, _)| *id != last),
+            "in flight, it is not expired"
+        );
+
+        // More keepalives wait than one checkpoint holds, and the first tend comes after
+        // their deadlines: the one left queued is renewed later, never expired meanwhile.
+        let mut backlog = Leases::default();
+        let ids: Vec<String> = (0..=MAX_LEASES_PER_CHECKPOINT).map(|i| format!("s{i:05}")).collect();
+        for id in &ids {
+            started(&mut backlog, id, 1_000, 0);
+        }
+        backlog.promoted(TERM, 500);
+        for (waiter, id) in ids.iter().enumerate() {
+            assert_eq!(backlog.keep_alive(waiter as u64, id, 600), None, "{id} waits, queued");
+        }
+        let proposed = backlog.tend(1_200, u64::MAX);
+        assert_eq!(checkpoint_of(&proposed).len(), MAX_LEASES_PER_CHECKPOINT);
+        assert!(
+            expiries_of(&proposed).is_empty(),
+            "a lease a keepalive renewed in time is not expired while queued for its checkpoint"
+        );
+        let left = checkpoint_of(&backlog.tend(1_250, u64::MAX));
+        assert_eq!(left, vec![(ids[MAX_LEASES_PER_CHECKPOINT].clone(), 350)], "renewed from its keepalive");
     }
 
     #[test]

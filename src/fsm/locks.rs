@@ -140,6 +140,15 @@ pub(crate) fn acquire(ap: &mut Apply, req: Acquire, request_id: &str) -> Result<
             ..Default::default()
         }));
     }
+    // A request id names one request of one session: one that another session's hold or wait
+    // carries is a client's reuse, not a retry (its answer would be that request's).
+    let ids = row.holders.iter().map(|h| &h.request_id).chain(row.waiters.iter().map(|w| &w.request_id));
+    if !request_id.is_empty() && ids.into_iter().any(|id| id == request_id) {
+        return Ok(rejected(&format!(
+            "acquire: request id {request_id:?} is another session's request on this lock; a new request \
+             needs a new id"
+        )));
+    }
     let grantable = row.waiters.is_empty() && row.delay_revision == 0 && compatible(&row.holders, mode);
     if !grantable && !req.wait {
         return Ok(result(Status::Busy, None, 0));
@@ -581,6 +590,32 @@ mod tests {
 
     fn expire(s: &mut Store, id: &str) {
         s.apply("", Body::ExpireSession(ExpireSession { id: id.into(), checkpoints: 0, term: 1 }));
+    }
+
+    #[test]
+    fn a_request_id_another_sessions_hold_or_wait_carries_is_refused_once_the_memory_forgot_it() {
+        let mut s = Store::new();
+        s.bounds.request_memory_bytes = 300;
+        for id in ["a", "b", "c"] {
+            session(&mut s, id);
+        }
+        let granted = lock(&mut s, "r1", "l", "a", LockMode::Exclusive);
+        assert_eq!(status(&granted), Status::Granted);
+        assert_eq!(status(&lock(&mut s, "r2", "l", "b", LockMode::Exclusive)), Status::Queued);
+        for n in 0..20 {
+            s.apply(&format!("filler-{n:02}"), Body::Put(put_req("k", "v")));
+        }
+        let forgotten = s.read(|t| crate::fsm::remembered(t, "r1")).expect("the memory reads");
+        assert!(!forgotten, "the request memory forgot r1 (the test's premise)");
+        for reused in ["r1", "r2"] {
+            let before = row(&s, "l");
+            let out = s.apply(reused, acquire_req("l", "c", LockMode::Exclusive, true));
+            assert!(
+                matches!(&out.result, Some(outcome::Result::Rejected(why)) if why.contains("another session's request")),
+                "{reused} names a's hold or b's wait: refused, never answered with theirs: {out:?}"
+            );
+            assert_eq!(row(&s, "l"), before, "and nothing written");
+        }
     }
 
     #[test]

@@ -94,7 +94,15 @@ pub(crate) fn create(ap: &mut Apply, req: CreateSession) -> Result<outcome::Resu
     let mut sessions = ap.txn.open_table(SESSIONS)?;
     if let Some(row) = get_in(&sessions, &req.id)? {
         // Ids are drawn at random or derived from the request id: an existing one is a retry
-        // whose first answer was forgotten. It gets the session, unchanged.
+        // whose first answer was forgotten, and gets the session, unchanged; unless it asks for
+        // another session (a client reusing a request id).
+        if row.name != req.name || row.ttl_ms != req.ttl_ms {
+            return Ok(outcome::Result::Rejected(format!(
+                "create_session: session {} was created for the same request id with another name or \
+                 ttl; a new request needs a new id",
+                req.id
+            )));
+        }
         return Ok(outcome::Result::Session(SessionResult {
             id: req.id,
             ttl_ms: row.ttl_ms,
@@ -400,6 +408,29 @@ mod tests {
     use latch_proto::internal::Outcome;
 
     #[test]
+    fn a_create_for_an_existing_id_is_a_retry_only_if_it_asks_for_the_same_session() {
+        let mut s = Store::new();
+        create(&mut s, "s1", 10_000);
+        let retry = create(&mut s, "s1", 10_000);
+        assert!(
+            matches!(&retry.result, Some(outcome::Result::Session(r)) if r.id == "s1"),
+            "the same request again gets the session: {retry:?}"
+        );
+        let before = row(&s, "s1");
+        let other = s.apply(
+            "",
+            Body::CreateSession(CreateSession { id: "s1".into(), name: "x".into(), ttl_ms: 10_000 }),
+        );
+        assert!(
+            matches!(&other.result, Some(outcome::Result::Rejected(why)) if why.contains("same request id")),
+            "another name: a reused request id, refused: {other:?}"
+        );
+        let longer = create(&mut s, "s1", 20_000);
+        assert!(matches!(longer.result, Some(outcome::Result::Rejected(_))), "another ttl too: {longer:?}");
+        assert_eq!(row(&s, "s1"), before, "the session is as it was");
+    }
+
+    #[test]
     fn a_sessions_end_deletes_its_ephemeral_keys_and_only_them_in_one_revision() {
         let mut s = Store::new();
         create(&mut s, "s1", 10_000);
@@ -557,11 +588,16 @@ mod tests {
         assert_eq!(created.sessions, vec![SessionChange::Started { id: "s".into(), ttl_ms: 5 }]);
         assert_eq!(created.outcome.revision, 1, "a session's creation is a revision (sessions are watched)");
         assert_eq!(row(&s, "s").map(|r| r.created_revision), Some(1), "… the one it records");
-        let again = as_session(create(&mut s, "s", 10));
+        let same = Body::CreateSession(CreateSession { id: "s".into(), name: "n".into(), ttl_ms: 5 });
+        let again = as_session(s.apply("", same));
         assert_eq!(
             (again.id.as_str(), again.ttl_ms),
             ("s", 5),
             "an existing id is answered with the session"
+        );
+        assert!(
+            as_rejected(create(&mut s, "s", 10)).contains("same request id"),
+            "unless it asks for another"
         );
         assert_eq!(row(&s, "s").map(|r| r.ttl_ms), Some(5), "… and the first session stays");
         assert_eq!(s.applied().revision, 1, "… and the retry writes nothing");
