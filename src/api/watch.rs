@@ -187,9 +187,6 @@ struct Watch {
     compact_at_start: i64,
     /// When it last got a response (for idle progress).
     last_sent: Instant,
-    /// Held from a create whose start was compacted (with `on_compacted = SNAPSHOT`) until its
-    /// snapshot went out: the slot was checked when it was created, not later.
-    snapshot_slot: Option<SnapshotSlot>,
     /// Revision `next` is oversized (`recent::OVERSIZED_REVISION_BYTES` of rows, or
     /// `recent::OVERSIZED_REVISION_HELD` held) and is being read from the history a step at a
     /// time: where the next step starts.
@@ -587,19 +584,12 @@ impl Stream {
         drop(txn);
         let snapshot_on_compacted = c.on_compacted == watch_create_request::OnCompacted::Snapshot as i32;
         // A snapshot needed from the start is checked against the member's limit now, so that
-        // the create, not the watch later, is refused.
-        let snapshot_slot = if snapshot_on_compacted && next <= compact_at_start {
-            match SnapshotSlot::take(&self.snapshots, &self.metrics.watch.snapshots) {
-                Some(slot) => Some(slot),
-                None => {
-                    return self
-                        .refuse(c.watch_id, CancelReason::ResourceExhausted, self.no_snapshot_slot())
-                        .await
-                }
-            }
-        } else {
-            None
-        };
+        // the create, not the watch later, is refused while every slot is busy. The slot itself
+        // is taken when the snapshot's turn comes: held from here, it could outlast
+        // --watch-snapshot-deadline behind the stream's other watches.
+        if snapshot_on_compacted && next <= compact_at_start && self.snapshots.available_permits() == 0 {
+            return self.refuse(c.watch_id, CancelReason::ResourceExhausted, self.no_snapshot_slot()).await;
+        }
         let space = match watch_create_request::Target::try_from(c.target) {
             Ok(watch_create_request::Target::Keys) | Err(_) => Space::Kv,
             Ok(watch_create_request::Target::Sessions) => Space::Sessions,
@@ -630,7 +620,6 @@ impl Stream {
                 live: false,
                 compact_at_start,
                 last_sent: Instant::now(),
-                snapshot_slot,
                 within: None,
             },
         );
@@ -906,11 +895,9 @@ impl Stream {
             // A snapshot is paged out under its own limit (--max-watch-snapshots).
             drop(permit);
             if snapshot {
-                // The slot taken at the create, or (compacted while catching up) a free one.
-                let held = self.watches.get_mut(&id).and_then(|w| w.snapshot_slot.take());
-                let Some(slot) =
-                    held.or_else(|| SnapshotSlot::take(&self.snapshots, &self.metrics.watch.snapshots))
-                else {
+                // Busy slots (taken since the create was let in, or compacted while catching up):
+                // the watch cannot be served.
+                let Some(slot) = SnapshotSlot::take(&self.snapshots, &self.metrics.watch.snapshots) else {
                     drop(txn);
                     self.forget(id, CancelReason::ResourceExhausted);
                     let message = self.no_snapshot_slot();

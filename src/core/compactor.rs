@@ -143,8 +143,11 @@ impl Compactor {
                 let target = revision - n as i64;
                 (target >= self.proposed + step).then_some(target)
             }
+            // Never `revision` itself (a member idle for the whole retention has it as its
+            // oldest sample): a watch from the revision a client was just answered still starts.
             Retention::Duration(d) => now_ms.checked_sub(d.as_millis() as u64).and_then(|horizon| {
                 let (at, target) = *self.samples.front()?;
+                let target = target.min(revision - 1);
                 (at <= horizon && target > self.proposed).then_some(target)
             }),
         };
@@ -315,6 +318,7 @@ mod tests {
             None,
             "a member that started applying 5 s ago compacts nothing, whatever the revisions' age"
         );
-        assert_eq!(fresh.due(1_010_000, 5000), Some(5000));
+        assert_eq!(fresh.due(1_010_000, 5000), Some(4999), "never the revision applied last");
+        assert_eq!(fresh.due(1_020_000, 5000), None, "idle on: nothing more to compact");
     }
 }
