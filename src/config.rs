@@ -117,6 +117,10 @@ pub struct ServerArgs {
     /// RESOURCE_EXHAUSTED [default: 20000].
     #[arg(long)]
     pub max_watch_streams: Option<usize>,
+    /// Most watches this member serves at once, over every stream (each holds its key and
+    /// range end); past it a create is refused RESOURCE_EXHAUSTED [default: 1000000].
+    #[arg(long)]
+    pub max_watches: Option<usize>,
     /// Most snapshots (watches with `on_compacted = SNAPSHOT` whose start was compacted) this
     /// member sends at once, each holding a read transaction; past it the watch is refused
     /// [default: 8].
@@ -283,6 +287,8 @@ pub struct Limits {
     pub max_past_reads: usize,
     /// Watch streams served at once (`--max-watch-streams`).
     pub max_watch_streams: usize,
+    /// Watches served at once over every stream (`--max-watches`).
+    pub max_watches: usize,
     /// Snapshots of watches sent at once (`--max-watch-snapshots`), and the time a client has
     /// to read one (`--watch-snapshot-deadline`).
     pub max_watch_snapshots: usize,
@@ -315,6 +321,7 @@ impl Default for Limits {
             max_pending_bytes: 64 * 1024 * 1024,
             max_past_reads: 4,
             max_watch_streams: 20_000,
+            max_watches: 1_000_000,
             max_watch_snapshots: 8,
             watch_snapshot_deadline: Duration::from_secs(60),
             max_watch_queued_bytes: 1024 * 1024 * 1024,
@@ -499,6 +506,7 @@ impl Config {
                 .max_watch_streams
                 .or(file.max_watch_streams)
                 .unwrap_or(defaults.max_watch_streams),
+            max_watches: flags.max_watches.or(file.max_watches).unwrap_or(defaults.max_watches),
             max_watch_snapshots: flags
                 .max_watch_snapshots
                 .or(file.max_watch_snapshots)
@@ -545,6 +553,7 @@ impl Config {
         for (flag, n) in [
             ("max-past-reads", limits.max_past_reads),
             ("max-watch-streams", limits.max_watch_streams),
+            ("max-watches", limits.max_watches),
             ("max-watch-snapshots", limits.max_watch_snapshots),
             ("max-concurrent-streams", limits.max_concurrent_streams),
             ("max-sessions", limits.max_sessions),
@@ -866,7 +875,7 @@ mod tests {
 
     #[test]
     fn bounds_that_could_not_hold_one_request_are_refused_naming_the_flag() {
-        let cases: [(ServerArgs, &str); 18] = [
+        let cases: [(ServerArgs, &str); 19] = [
             (ServerArgs { max_key_bytes: Some(0), ..Default::default() }, "--max-key-bytes"),
             (ServerArgs { max_value_bytes: Some(0), ..Default::default() }, "--max-value-bytes"),
             (ServerArgs { max_request_bytes: Some(0), ..Default::default() }, "--max-request-bytes"),
@@ -887,6 +896,7 @@ mod tests {
             (ServerArgs { max_pending_bytes: Some(1000), ..Default::default() }, "--max-pending-bytes"),
             (ServerArgs { max_past_reads: Some(0), ..Default::default() }, "--max-past-reads"),
             (ServerArgs { max_watch_streams: Some(0), ..Default::default() }, "--max-watch-streams"),
+            (ServerArgs { max_watches: Some(0), ..Default::default() }, "--max-watches"),
             (ServerArgs { max_watch_snapshots: Some(0), ..Default::default() }, "--max-watch-snapshots"),
             (ServerArgs { max_sessions: Some(0), ..Default::default() }, "--max-sessions"),
             (

@@ -9,7 +9,7 @@
 //! (`outbox`); when the client does not read, the task waits there, and nothing else does.
 //!
 //! What a member holds for watches is bounded: streams (`--max-watch-streams`), watches per
-//! stream ([`MAX_WATCHES_PER_STREAM`]), each stream's queue ([`outbox::OUTBOX_BYTES`]) and
+//! stream ([`MAX_WATCHES_PER_STREAM`]) and over every stream (`--max-watches`), each stream's queue ([`outbox::OUTBOX_BYTES`]) and
 //! every stream's queue together (`--max-watch-queued-bytes`), and snapshots in progress, each
 //! holding a read transaction (`--max-watch-snapshots`, each for at most
 //! `--watch-snapshot-deadline`). A create over a limit is refused alone (`created` and
@@ -95,6 +95,8 @@ pub struct WatchService {
     progress_every: Duration,
     /// One permit per stream the member may serve (`--max-watch-streams`).
     streams: Arc<Semaphore>,
+    /// One permit per watch the member may serve over every stream (`--max-watches`).
+    places: Arc<Semaphore>,
     /// One permit per snapshot the member may send at once (`--max-watch-snapshots`).
     snapshots: Arc<Semaphore>,
     /// Bytes queued for clients over every stream (`--max-watch-queued-bytes`).
@@ -116,6 +118,7 @@ impl WatchService {
         let permits = |n: usize| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS)));
         let (streams, snapshots) =
             (permits(ctx.limits.max_watch_streams), permits(ctx.limits.max_watch_snapshots));
+        let places = permits(ctx.limits.max_watches);
         let queued = QueueBudget::new(ctx.limits.max_watch_queued_bytes, metrics.watch.queued_bytes.clone());
         WatchServer::new(WatchService {
             ctx,
@@ -124,6 +127,7 @@ impl WatchService {
             stop,
             progress_every,
             streams,
+            places,
             snapshots,
             queued,
             history_reads: permits(std::thread::available_parallelism().map_or(2, |n| n.get())),
@@ -160,6 +164,7 @@ impl WatchApi for WatchService {
             progress_every: self.progress_every,
             turn_header: ResponseHeader::default(),
             snapshots: self.snapshots.clone(),
+            places: self.places.clone(),
             history_reads: self.history_reads.clone(),
             _slot: slot,
         };
@@ -191,6 +196,8 @@ struct Watch {
     /// `recent::OVERSIZED_REVISION_HELD` held) and is being read from the history a step at a
     /// time: where the next step starts.
     within: Option<Within>,
+    /// Its place under `--max-watches`, given back as it is forgotten or its stream ends.
+    _place: OwnedSemaphorePermit,
 }
 
 /// What the watches of one [`Group`] share: the selection, `prev_kv`, the next revision and,
@@ -320,6 +327,8 @@ struct Stream {
     history_reads: Arc<Semaphore>,
     /// This stream's place under `--max-watch-streams`, given back when the task ends.
     _slot: OwnedSemaphorePermit,
+    /// The member's places for watches (`--max-watches`): each watch holds one.
+    places: Arc<Semaphore>,
 }
 
 impl Drop for Stream {
@@ -559,6 +568,14 @@ impl Stream {
         if let Err((reason, problem)) = self.check_create(&c, id) {
             return self.refuse(c.watch_id, reason, problem).await;
         }
+        let Ok(place) = self.places.clone().try_acquire_owned() else {
+            let problem = format!(
+                "this member serves {} watches, its most (--max-watches): cancel some, or watch \
+                 through another member",
+                self.ctx.limits.max_watches
+            );
+            return self.refuse(c.watch_id, CancelReason::ResourceExhausted, problem).await;
+        };
         if c.start_revision == 0 {
             // "Now" is the cluster's now, not a lagging member's: a watch created on a member
             // that restarted far behind would otherwise replay old revisions as new. Waited for
@@ -621,6 +638,7 @@ impl Stream {
                 compact_at_start,
                 last_sent: Instant::now(),
                 within: None,
+                _place: place,
             },
         );
         // A start in the future is not vouched for beyond the member's revision.

@@ -1,5 +1,6 @@
 //! A member's limits on watches, on real processes (`api::watch`, `api::watch::outbox`;
-//! docs/watches.md, "Limits and costs"): streams past `--max-watch-streams` are refused; a
+//! docs/watches.md, "Limits and costs"): streams past `--max-watch-streams` are refused, and
+//! creates past `--max-watches` over every stream; a
 //! snapshot not read within `--watch-snapshot-deadline` gives its slot back; a create from now
 //! on a member cut off is refused alone; a start in the future vouches for nothing past the
 //! member's revision; a client that reads nothing is cut at `--watch-stall-deadline` and gives
@@ -77,6 +78,43 @@ async fn watch_streams_past_max_watch_streams_are_refused_naming_the_flag_until_
         open_stream(&addr, None).await.map_err(|e| e.to_string())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_past_max_watches_over_every_stream_are_refused_alone_until_a_watch_goes() {
+    let c = Cluster::start(1, &["--max-watches", "3"]).await;
+    let client = c.client().await;
+    let addr = c.member(1).client_addr.clone();
+    let keys = prefix_range(PREFIX.as_bytes());
+    let (a_tx, mut a) = open_stream(&addr, None).await.unwrap();
+    for id in [1, 2] {
+        a_tx.send(create_of(id, keys.clone(), 0, |_| {})).await.unwrap();
+        let created = responses_until(&mut a, |r| r.watch_id == id).await.pop().unwrap();
+        assert!(created.created && !created.canceled, "watch {id} of 3 is served: {created:?}");
+    }
+    let (b_tx, mut b) = open_stream(&addr, None).await.unwrap();
+    b_tx.send(create_of(1, keys.clone(), 0, |_| {})).await.unwrap();
+    assert!(!responses_until(&mut b, |r| r.watch_id == 1).await.pop().unwrap().canceled, "the third");
+    b_tx.send(create_of(2, keys.clone(), 0, |_| {})).await.unwrap();
+    let refused = responses_until(&mut b, |r| r.watch_id == 2).await.pop().unwrap();
+    assert!(refused.created && refused.canceled, "a fourth, on another stream, is refused: {refused:?}");
+    assert_eq!(refused.cancel_reason, CancelReason::ResourceExhausted as i32, "{refused:?}");
+    assert!(
+        refused.cancel_message.contains("3 watches") && refused.cancel_message.contains("--max-watches"),
+        "the refusal names the flag: {}",
+        refused.cancel_message
+    );
+    let put = client.put(format!("{PREFIX}k"), "v").await.unwrap().header.unwrap().revision;
+    let got = responses_until(&mut b, |r| r.watch_id == 1 && !r.events.is_empty()).await;
+    assert_eq!(got.last().unwrap().header.unwrap().revision, put, "the stream's served watch goes on");
+
+    let cancel = latch_client::proto::WatchCancelRequest { watch_id: 1 };
+    a_tx.send(WatchRequest { request: Some(Ask::Cancel(cancel)) }).await.unwrap();
+    let gone = responses_until(&mut a, |r| r.watch_id == 1 && r.canceled).await.pop().unwrap();
+    assert!(gone.canceled, "the first stream's watch 1 is canceled");
+    b_tx.send(create_of(3, keys, 0, |_| {})).await.unwrap();
+    let served = responses_until(&mut b, |r| r.watch_id == 3).await.pop().unwrap();
+    assert!(served.created && !served.canceled, "its place serves a create on the other stream: {served:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
