@@ -80,6 +80,20 @@ impl Client {
         name: &str,
         options: LockOptions,
     ) -> Result<Option<Sequencer>, Error> {
+        self.acquire_in(session, name, options, None).await.map(|(sequencer, _)| sequencer)
+    }
+
+    /// [`acquire`](Client::acquire) in a session's `turn` at the name, given back with the
+    /// answer. Should the call be given up unsettled, the turn stays with its withdrawal, which
+    /// then releases a grant that came first (nobody holds a guard of it), and only then lets
+    /// the session's next lock of the name go.
+    pub(crate) async fn acquire_in(
+        &self,
+        session: &str,
+        name: &str,
+        options: LockOptions,
+        turn: Option<Turn>,
+    ) -> Result<(Option<Sequencer>, Option<Turn>), Error> {
         let (wait_ms, wait_forever, wait) = match options.wait {
             Wait::No => (0, false, Some(Duration::ZERO)),
             Wait::For(d) => (u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1), false, Some(d)),
@@ -97,6 +111,7 @@ impl Client {
         // A resent request waits only what is left of the time allowed.
         let until = wait.map(|d| tokio::time::Instant::now() + d);
         let mut unsettled = Unsettled::new(self, Queue::Lock, name, &request.request_id);
+        unsettled.turn = turn;
         let r = self
             .call_waiting("Acquire", wait, |channel| {
                 let mut request = request.clone();
@@ -108,10 +123,11 @@ impl Client {
             })
             .await;
         if let Some(Granted::Lock(seq)) = unsettled.settle_on(&r).await {
-            return Ok(Some(seq));
+            return Ok((Some(seq), unsettled.turn.take()));
         }
+        // An error leaves the turn with the withdrawal, if one is still to be made.
         let r = r?;
-        Ok(r.sequencer.filter(|_| r.acquired))
+        Ok((r.sequencer.filter(|_| r.acquired), unsettled.turn.take()))
     }
 
     /// Gives up the acquire sent under `request_id` (Lock.Withdraw): its place in the queue, or
@@ -186,6 +202,10 @@ impl Session {
     /// sent again, and answered, before the name is asked for anew: that takes what the call
     /// takes (up to the client's retry budget), whatever `options.wait`. Otherwise the time
     /// waiting here counts against `options.wait`.
+    ///
+    /// Dropping the future (a `timeout` or `select!` around it) withdraws the request in the
+    /// background; a grant that came first is released there, not kept, and the session's next
+    /// lock of the name waits for that.
     pub async fn lock(&self, name: &str, options: LockOptions) -> Result<Option<LockGuard>, Error> {
         let (turn, options) = match options.wait {
             Wait::Forever => (Turn::take(self.turns(), name).await, options),
@@ -207,8 +227,8 @@ impl Session {
             // hold, it would end it. So it goes first, answered.
             release_in_turn(&client, &token, &turn).await?;
         }
-        let sequencer = client.acquire(self.id(), name, options).await?;
-        Ok(sequencer.map(|sequencer| LockGuard { client, sequencer, held: true, turn: Some(turn) }))
+        let (sequencer, turn) = client.acquire_in(self.id(), name, options, Some(turn)).await?;
+        Ok(sequencer.map(|sequencer| LockGuard { client, sequencer, held: true, turn }))
     }
 }
 
@@ -246,13 +266,16 @@ pub(crate) enum Queue {
 /// lost, the retry budget spent), or whose future was dropped between attempts, leaves no wait
 /// behind to be granted to a session whose caller was told it did not get the lock. (A future
 /// dropped during an attempt is withdrawn by the member too, as it sees the call go.) A grant
-/// that came first is kept, as the member's own withdrawal keeps it (docs/locks.md, "Giving
-/// up"): the session's next request of the name gets it back.
+/// that came first is released when the request was a [`Session::lock`]'s, whose turn at the
+/// name the withdrawal holds until then; otherwise it is kept, as the member's own withdrawal
+/// keeps it (docs/locks.md, "Giving up"): the session's next request of the name gets it back.
 pub(crate) struct Unsettled {
     client: Option<Client>,
     queue: Queue,
     name: String,
     request_id: String,
+    /// The session's turn at the name ([`Session::lock`]), kept until the request is settled.
+    turn: Option<Turn>,
 }
 
 impl Unsettled {
@@ -262,6 +285,7 @@ impl Unsettled {
             queue,
             name: name.to_string(),
             request_id: request_id.to_string(),
+            turn: None,
         }
     }
 
@@ -360,10 +384,26 @@ impl Drop for Unsettled {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let (queue, name, request_id) =
             (self.queue, std::mem::take(&mut self.name), std::mem::take(&mut self.request_id));
+        let turn = self.turn.take();
         runtime.spawn(async move {
             let mut backoff = WITHDRAW_BACKOFF;
             for _ in 0..WITHDRAW_ATTEMPTS {
-                if withdrawn(queue, &name, withdraw_once(&client, queue, &name, &request_id).await) {
+                let answer = withdraw_once(&client, queue, &name, &request_id).await;
+                if let (Some(turn), Ok(Some(Granted::Lock(seq)))) = (&turn, &answer) {
+                    // Granted first, to a caller who is gone: no guard holds it. Released in
+                    // the turn, so the session's next lock of the name waits for the answer.
+                    turn.set_releasing();
+                    match release_in_turn(&client, &seq.token, turn).await {
+                        Ok(()) => tracing::debug!(name, "a lock given up had been granted first: released"),
+                        Err(e) => tracing::warn!(
+                            name,
+                            error = %e,
+                            "releasing a lock given up, granted first, failed; the session's next lock of the name sends it again"
+                        ),
+                    }
+                    return;
+                }
+                if withdrawn(queue, &name, answer) {
                     return;
                 }
                 tokio::time::sleep(backoff).await;
@@ -422,7 +462,7 @@ struct Name {
 /// A session's turn at one lock name: from [`Session::lock`] until the guard is gone and its
 /// release was answered (or failed).
 #[derive(Debug)]
-struct Turn {
+pub(crate) struct Turn {
     turns: Arc<Turns>,
     name: String,
     held: Option<tokio::sync::OwnedMutexGuard<()>>,
@@ -576,6 +616,93 @@ impl Drop for LockGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use latch_proto::v1::lock_server::{Lock, LockServer};
+    use latch_proto::v1::{
+        AcquireRequest, AcquireResponse, CheckSequencerRequest, CheckSequencerResponse, DescribeLockRequest,
+        DescribeLockResponse, ListLocksRequest, ListLocksResponse, ReleaseRequest, ReleaseResponse,
+        WithdrawRequest, WithdrawResponse,
+    };
+    use tonic::{Request, Response, Status};
+
+    /// A member where an acquire never answers, its withdrawal finds it granted (it came
+    /// first), and releases are recorded.
+    #[derive(Clone, Default)]
+    struct GrantedFirst {
+        released: Arc<Mutex<Vec<String>>>,
+    }
+
+    #[tonic::async_trait]
+    impl Lock for GrantedFirst {
+        async fn acquire(&self, _: Request<AcquireRequest>) -> Result<Response<AcquireResponse>, Status> {
+            futures::future::pending().await
+        }
+
+        async fn release(
+            &self,
+            request: Request<ReleaseRequest>,
+        ) -> Result<Response<ReleaseResponse>, Status> {
+            self.released.lock().expect("test lock").push(request.into_inner().sequencer);
+            Ok(Response::new(ReleaseResponse::default()))
+        }
+
+        async fn withdraw(&self, _: Request<WithdrawRequest>) -> Result<Response<WithdrawResponse>, Status> {
+            let sequencer =
+                Sequencer { name: "l".into(), generation: 7, token: "tok-7".into(), ..Default::default() };
+            Ok(Response::new(WithdrawResponse {
+                held: true,
+                sequencer: Some(sequencer),
+                ..Default::default()
+            }))
+        }
+
+        async fn check_sequencer(
+            &self,
+            _: Request<CheckSequencerRequest>,
+        ) -> Result<Response<CheckSequencerResponse>, Status> {
+            Err(Status::unimplemented("not scripted"))
+        }
+
+        async fn describe_lock(
+            &self,
+            _: Request<DescribeLockRequest>,
+        ) -> Result<Response<DescribeLockResponse>, Status> {
+            Err(Status::unimplemented("not scripted"))
+        }
+
+        async fn list_locks(
+            &self,
+            _: Request<ListLocksRequest>,
+        ) -> Result<Response<ListLocksResponse>, Status> {
+            Err(Status::unimplemented("not scripted"))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_locks_grant_found_by_the_withdrawal_of_a_dropped_call_is_released_before_its_next_turn(
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let addr = listener.local_addr().expect("bound address").to_string();
+        let member = GrantedFirst::default();
+        let incoming =
+            tonic::transport::server::TcpIncoming::from_listener(listener, true, None).expect("incoming");
+        let service = LockServer::new(member.clone());
+        tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
+        let client = Client::connect([addr.as_str()]).await.expect("valid endpoint");
+        let turns = Arc::new(Turns::default());
+
+        let turn = Turn::take(&turns, "l").await;
+        let call = client.acquire_in("s", "l", LockOptions::exclusive(), Some(turn));
+        let given_up = tokio::time::timeout(Duration::from_millis(200), call).await;
+        assert!(given_up.is_err(), "the caller gave up on an acquire that never answered");
+        // The next turn at the name comes only once the withdrawal released the grant it found.
+        let next = tokio::time::timeout(Duration::from_secs(10), Turn::take(&turns, "l")).await;
+        assert!(next.is_ok(), "the withdrawal hands the turn on");
+        assert_eq!(
+            *member.released.lock().expect("test lock"),
+            ["tok-7"],
+            "the grant nobody holds a guard of was released, before the next turn"
+        );
+    }
 
     fn names_in_use(turns: &Arc<Turns>) -> Vec<String> {
         let mut names: Vec<String> = turns.inner().names.keys().cloned().collect();
