@@ -913,9 +913,11 @@ impl Stream {
             // A snapshot is paged out under its own limit (--max-watch-snapshots).
             drop(permit);
             if snapshot {
-                // Busy slots (taken since the create was let in, or compacted while catching up):
-                // the watch cannot be served.
-                let Some(slot) = SnapshotSlot::take(&self.snapshots, &self.metrics.watch.snapshots) else {
+                // Every slot busy (taken since the create was let in, or compacted while catching
+                // up): one that frees within a second serves it, else the watch is canceled.
+                let slot =
+                    SnapshotSlot::wait(&self.snapshots, &self.metrics.watch.snapshots, snapshot::SLOT_WAIT);
+                let Some(slot) = slot.await else {
                     drop(txn);
                     self.forget(id, CancelReason::ResourceExhausted);
                     let message = self.no_snapshot_slot();

@@ -102,7 +102,14 @@ pub fn split_lock_key(key: &[u8]) -> Option<(LockSpace, &str)> {
     Some((space, name))
 }
 
-pub(crate) fn acquire(ap: &mut Apply, req: Acquire, request_id: &str) -> Result<outcome::Result, FsmError> {
+/// `ids_checked` (commands of version 3 on): refuse a request id another session's hold or
+/// wait carries.
+pub(crate) fn acquire(
+    ap: &mut Apply,
+    req: Acquire,
+    request_id: &str,
+    ids_checked: bool,
+) -> Result<outcome::Result, FsmError> {
     let (space, mode) = match (LockSpace::try_from(req.space), LockMode::try_from(req.mode)) {
         (Ok(s), Ok(m)) => (s, m),
         _ => return Ok(rejected("acquire: unknown lock space or mode")),
@@ -143,7 +150,7 @@ pub(crate) fn acquire(ap: &mut Apply, req: Acquire, request_id: &str) -> Result<
     // A request id names one request of one session: one that another session's hold or wait
     // carries is a client's reuse, not a retry (its answer would be that request's).
     let ids = row.holders.iter().map(|h| &h.request_id).chain(row.waiters.iter().map(|w| &w.request_id));
-    if !request_id.is_empty() && ids.into_iter().any(|id| id == request_id) {
+    if ids_checked && !request_id.is_empty() && ids.into_iter().any(|id| id == request_id) {
         return Ok(rejected(&format!(
             "acquire: request id {request_id:?} is another session's request on this lock; a new request \
              needs a new id"
@@ -616,6 +623,19 @@ mod tests {
             );
             assert_eq!(row(&s, "l"), before, "and nothing written");
         }
+        // A command of version 2 (a log an older build wrote, replayed) is applied by that
+        // version's rules: queued, as that build did. (Fillers first: the refusals above are
+        // remembered under r2 too.)
+        for n in 20..40 {
+            s.apply(&format!("filler-{n:02}"), Body::Put(put_req("k", "v")));
+        }
+        let old = latch_proto::internal::Command {
+            version: 2,
+            request_id: "r2".into(),
+            body: Some(acquire_req("l", "c", LockMode::Exclusive, true)),
+        };
+        let applied = s.apply_data(&prost::Message::encode_to_vec(&old)).expect("an outcome");
+        assert_eq!(status(&as_lock(applied.outcome)), Status::Queued, "version 2 applies it as it did");
     }
 
     #[test]

@@ -64,8 +64,14 @@ use crate::storage::schema::{
 };
 use apply::Apply;
 
-/// The `Command.version` this build applies; a command of another version is rejected.
-pub const COMMAND_VERSION: u32 = 2;
+/// The `Command.version` this build proposes. It applies [`OLDEST_COMMAND_VERSION`] too, by
+/// that version's rules, so that a member replaying a log an older build wrote reaches the
+/// state that build reached; any other version is rejected. Version 3: an acquire under the
+/// request id of another session's hold or wait, and a session create for an existing session
+/// asking another name or TTL, are refused (version 2 applied them).
+pub const COMMAND_VERSION: u32 = 3;
+/// The oldest `Command.version` this build applies.
+pub const OLDEST_COMMAND_VERSION: u32 = 2;
 
 /// Every domain, in the order their tables appear in a snapshot.
 const DOMAINS: [&dyn Domain; 6] = [
@@ -452,22 +458,24 @@ fn apply_command<'t>(
         }
     }
     let mut ap = Apply::new(txn, *revision, bounds.max_response_bytes);
-    let result = if cmd.version != COMMAND_VERSION {
+    let result = if !(OLDEST_COMMAND_VERSION..=COMMAND_VERSION).contains(&cmd.version) {
         outcome::Result::Rejected(format!(
-            "command: version {} is not supported (this build applies version {COMMAND_VERSION})",
+            "command: version {} is not supported (this build applies versions \
+             {OLDEST_COMMAND_VERSION} to {COMMAND_VERSION})",
             cmd.version
         ))
     } else {
+        let ids_checked = cmd.version >= 3;
         match cmd.body {
             None => outcome::Result::Rejected("command: body is missing".to_string()),
             Some(Body::Put(req)) => kv::put(&mut ap, req)?,
             Some(Body::DeleteRange(req)) => kv::delete_range(&mut ap, req)?,
             Some(Body::Txn(req)) => kv::txn(&mut ap, req)?,
-            Some(Body::CreateSession(req)) => sessions::create(&mut ap, req)?,
+            Some(Body::CreateSession(req)) => sessions::create(&mut ap, req, ids_checked)?,
             Some(Body::CloseSession(req)) => sessions::close(&mut ap, req)?,
             Some(Body::ExpireSession(req)) => sessions::expire(&mut ap, req, term)?,
             Some(Body::CheckpointSessions(req)) => sessions::checkpoint(&mut ap, req, term)?,
-            Some(Body::Acquire(req)) => locks::acquire(&mut ap, req, &cmd.request_id)?,
+            Some(Body::Acquire(req)) => locks::acquire(&mut ap, req, &cmd.request_id, ids_checked)?,
             Some(Body::Release(req)) => locks::release(&mut ap, req)?,
             Some(Body::CancelWait(req)) => locks::cancel_wait(&mut ap, req)?,
             Some(Body::EndLockDelay(req)) => locks::end_delay(&mut ap, req)?,
@@ -563,7 +571,22 @@ pub fn request_hash(cmd: &Command, encoded: &[u8]) -> u64 {
             if let Some(latch_proto::internal::command::Body::Acquire(a)) = &mut bare.body {
                 a.max_waiters = 0;
             }
-            command_hash(&bare.encode_to_vec())
+            versionless_hash(&bare.encode_to_vec())
+        }
+        _ => versionless_hash(encoded),
+    }
+}
+
+/// The hash of an encoded command as if it were of version 2: a request sent again across the
+/// upgrade that raised the version (a client retrying through the restart) is the same
+/// request. `version` is field 1, a varint, so it encodes first: `08 03` becomes `08 02`.
+fn versionless_hash(encoded: &[u8]) -> u64 {
+    match encoded {
+        [0x08, 0x03, rest @ ..] => {
+            let mut h = Fnv::new();
+            h.write(&[0x08, 0x02]);
+            h.write(rest);
+            h.finish()
         }
         _ => command_hash(encoded),
     }
@@ -973,6 +996,22 @@ mod tests {
         assert!(as_rejected(applied.outcome).contains("body"), "the rejection names the missing body");
         assert_eq!(s.applied().revision, 0, "rejected commands write nothing");
         assert_eq!(s.get("a"), None, "rejected commands write nothing");
+        let cmd =
+            Command { version: COMMAND_VERSION + 1, request_id: "next".into(), body: Some(put("a", "1")) };
+        let applied = s.apply_data(&cmd.encode_to_vec()).expect("an outcome");
+        assert!(as_rejected(applied.outcome).contains("versions 2 to 3"), "a later version too");
+    }
+
+    #[test]
+    fn a_request_resent_across_the_version_3_upgrade_hashes_as_the_same_request() {
+        let of = |version| {
+            let cmd = Command { version, request_id: "r".into(), body: Some(put("k", "v")) };
+            request_hash(&cmd, &cmd.encode_to_vec())
+        };
+        assert_eq!(of(3), of(2), "only the version differs: the same request");
+        assert_ne!(of(4), of(2), "a version this build does not know is another request");
+        let v2 = Command { version: 2, request_id: "r".into(), body: Some(put("k", "v")) }.encode_to_vec();
+        assert_eq!(of(2), command_hash(&v2), "a version-2 command hashes as older builds hashed it");
     }
 
     #[test]

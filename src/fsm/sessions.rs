@@ -82,7 +82,13 @@ pub fn check_id(id: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-pub(crate) fn create(ap: &mut Apply, req: CreateSession) -> Result<outcome::Result, FsmError> {
+/// `ids_checked` (commands of version 3 on): refuse an existing id asked for with another name
+/// or TTL.
+pub(crate) fn create(
+    ap: &mut Apply,
+    req: CreateSession,
+    ids_checked: bool,
+) -> Result<outcome::Result, FsmError> {
     if let Err(why) = check_id(req.id.as_bytes()) {
         return Ok(outcome::Result::Rejected(format!("create_session: {why}")));
     }
@@ -96,7 +102,7 @@ pub(crate) fn create(ap: &mut Apply, req: CreateSession) -> Result<outcome::Resu
         // Ids are drawn at random or derived from the request id: an existing one is a retry
         // whose first answer was forgotten, and gets the session, unchanged; unless it asks for
         // another session (a client reusing a request id).
-        if row.name != req.name || row.ttl_ms != req.ttl_ms {
+        if ids_checked && (row.name != req.name || row.ttl_ms != req.ttl_ms) {
             return Ok(outcome::Result::Rejected(format!(
                 "create_session: session {} was created for the same request id with another name or \
                  ttl; a new request needs a new id",
@@ -428,6 +434,14 @@ mod tests {
         let longer = create(&mut s, "s1", 20_000);
         assert!(matches!(longer.result, Some(outcome::Result::Rejected(_))), "another ttl too: {longer:?}");
         assert_eq!(row(&s, "s1"), before, "the session is as it was");
+        // A command of version 2 (an older build's log, replayed) by that version's rules.
+        let body = Body::CreateSession(CreateSession { id: "s1".into(), name: "y".into(), ttl_ms: 1 });
+        let old = latch_proto::internal::Command { version: 2, request_id: String::new(), body: Some(body) };
+        let applied = s.apply_data(&prost::Message::encode_to_vec(&old)).expect("an outcome");
+        assert!(
+            matches!(&applied.outcome.result, Some(outcome::Result::Session(r)) if r.id == "s1"),
+            "version 2 answers the session, as it did: {applied:?}"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! once (a [`SnapshotSlot`] each), each for at most `--watch-snapshot-deadline`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -13,6 +14,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::MAX_RESPONSE_BYTES;
 use crate::fsm;
 use crate::fsm::history::Space;
+
+/// How long a snapshot whose turn came waits for a slot before its watch is canceled.
+pub(super) const SLOT_WAIT: Duration = Duration::from_secs(1);
 
 /// Kvs of one snapshot response.
 const SNAPSHOT_PAGE: usize = 1000;
@@ -28,9 +32,13 @@ pub(super) struct SnapshotSlot {
 }
 
 impl SnapshotSlot {
-    /// A free slot, if any.
-    pub(super) fn take(snapshots: &Arc<Semaphore>, gauge: &Gauge) -> Option<SnapshotSlot> {
-        let permit = snapshots.clone().try_acquire_owned().ok()?;
+    /// A slot free now or within `within`, if one is.
+    pub(super) async fn wait(
+        snapshots: &Arc<Semaphore>,
+        gauge: &Gauge,
+        within: Duration,
+    ) -> Option<SnapshotSlot> {
+        let permit = tokio::time::timeout(within, snapshots.clone().acquire_owned()).await.ok()?.ok()?;
         gauge.inc();
         Some(SnapshotSlot { _permit: permit, gauge: gauge.clone(), taken: tokio::time::Instant::now() })
     }
@@ -83,16 +91,23 @@ pub(super) fn snapshot_page(
 mod tests {
     use super::*;
 
-    #[test]
-    fn snapshot_slots_are_bounded_and_counted_while_held() {
+    #[tokio::test(start_paused = true)]
+    async fn snapshot_slots_are_bounded_counted_while_held_and_waited_for_a_while() {
         let (slots, gauge) = (Arc::new(Semaphore::new(2)), Gauge::default());
-        let first = SnapshotSlot::take(&slots, &gauge).expect("a slot is free");
-        let second = SnapshotSlot::take(&slots, &gauge).expect("a second slot is free");
-        assert!(SnapshotSlot::take(&slots, &gauge).is_none(), "a third is not");
+        let now = Duration::ZERO;
+        let first = SnapshotSlot::wait(&slots, &gauge, now).await.expect("a slot is free");
+        let second = SnapshotSlot::wait(&slots, &gauge, now).await.expect("a second slot is free");
+        assert!(
+            SnapshotSlot::wait(&slots, &gauge, SLOT_WAIT).await.is_none(),
+            "a third is not, within the wait"
+        );
         assert_eq!(gauge.get(), 2, "two snapshots in progress");
+        let third = SnapshotSlot::wait(&slots, &gauge, SLOT_WAIT);
+        tokio::pin!(third);
+        assert!(futures::poll!(&mut third).is_pending(), "a third waits");
         drop(first);
-        let _third = SnapshotSlot::take(&slots, &gauge).expect("a slot given back is free again");
+        let _third = third.await.expect("a slot given back within the wait serves it");
         drop(second);
-        assert_eq!(gauge.get(), 1);
+        assert_eq!(gauge.get(), 1, "only the third is in progress");
     }
 }
