@@ -915,15 +915,18 @@ impl Stream {
             if snapshot {
                 // Every slot busy (taken since the create was let in, or compacted while catching
                 // up): one that frees within a second serves it, else the watch is canceled.
+                // Nothing is held while it waits; the snapshot is of the state once it has one.
+                drop(txn);
                 let slot =
                     SnapshotSlot::wait(&self.snapshots, &self.metrics.watch.snapshots, snapshot::SLOT_WAIT);
                 let Some(slot) = slot.await else {
-                    drop(txn);
                     self.forget(id, CancelReason::ResourceExhausted);
                     let message = self.no_snapshot_slot();
                     self.cancel(id, CancelReason::ResourceExhausted, next - 1, message, 0).await?;
                     return Ok(false);
                 };
+                let txn = self.ctx.node.db().begin_read().map_err(|e| self.fail(e))?;
+                let current = fsm::applied(&txn).map_err(|e| self.fail(e))?.revision;
                 let deadline = slot.taken + self.ctx.limits.watch_snapshot_deadline;
                 let sent = self.send_snapshot(id, &txn, current, deadline).await?;
                 // The read transaction and the slot go as soon as the snapshot is sent, or its

@@ -204,8 +204,9 @@ impl Session {
     /// waiting here counts against `options.wait`.
     ///
     /// Dropping the future (a `timeout` or `select!` around it) withdraws the request in the
-    /// background; a grant that came first is released there, not kept, and the session's next
-    /// lock of the name waits for that.
+    /// background; a grant that came first is released there, not kept. The session's next
+    /// lock of the name waits for that withdrawal (seconds at most while the cluster answers;
+    /// about two minutes of retries when it does not), as for a release on its way.
     pub async fn lock(&self, name: &str, options: LockOptions) -> Result<Option<LockGuard>, Error> {
         let (turn, options) = match options.wait {
             Wait::Forever => (Turn::take(self.turns(), name).await, options),
@@ -385,6 +386,11 @@ impl Drop for Unsettled {
         let (queue, name, request_id) =
             (self.queue, std::mem::take(&mut self.name), std::mem::take(&mut self.request_id));
         let turn = self.turn.take();
+        if let Some(turn) = &turn {
+            // A `Wait::No` lock of the name waits for the withdrawal, as for a release on its
+            // way, rather than taking it for a guard's.
+            turn.set_releasing();
+        }
         runtime.spawn(async move {
             let mut backoff = WITHDRAW_BACKOFF;
             for _ in 0..WITHDRAW_ATTEMPTS {
@@ -392,7 +398,6 @@ impl Drop for Unsettled {
                 if let (Some(turn), Ok(Some(Granted::Lock(seq)))) = (&turn, &answer) {
                     // Granted first, to a caller who is gone: no guard holds it. Released in
                     // the turn, so the session's next lock of the name waits for the answer.
-                    turn.set_releasing();
                     match release_in_turn(&client, &seq.token, turn).await {
                         Ok(()) => tracing::debug!(name, "a lock given up had been granted first: released"),
                         Err(e) => tracing::warn!(
@@ -694,9 +699,10 @@ mod tests {
         let call = client.acquire_in("s", "l", LockOptions::exclusive(), Some(turn));
         let given_up = tokio::time::timeout(Duration::from_millis(200), call).await;
         assert!(given_up.is_err(), "the caller gave up on an acquire that never answered");
-        // The next turn at the name comes only once the withdrawal released the grant it found.
-        let next = tokio::time::timeout(Duration::from_secs(10), Turn::take(&turns, "l")).await;
-        assert!(next.is_ok(), "the withdrawal hands the turn on");
+        // The next turn at the name comes only once the withdrawal released the grant it found;
+        // even a `Wait::No` lock waits for it (no guard holds the name), rather than give up.
+        let next = tokio::time::timeout(Duration::from_secs(10), Turn::take_unless_held(&turns, "l")).await;
+        assert!(next.expect("the withdrawal hands the turn on").is_some(), "the name was free of guards");
         assert_eq!(
             *member.released.lock().expect("test lock"),
             ["tok-7"],
