@@ -301,27 +301,25 @@ impl ServicesPage {
             self.more = true;
             return ControlFlow::Break(());
         }
-        let (summary, set, bytes) = self.current.get_or_insert_with(|| {
-            let summary = ServiceSummary { name: service.to_string(), ..Default::default() };
-            (summary, BTreeSet::new(), service.len() + SUMMARY_OVERHEAD_BYTES)
+        let (summary, set, tag_bytes) = self.current.get_or_insert_with(|| {
+            (ServiceSummary { name: service.to_string(), ..Default::default() }, BTreeSet::new(), 0)
         });
         summary.instances += 1;
         summary.passing += i64::from(passing);
         for tag in tags {
             if set.insert(tag.clone()) {
-                *bytes += tag.len() + 2;
+                *tag_bytes += tag.len() + 2;
             }
         }
         if self.done.is_empty() {
             // The first service is always answered: its tags are cut to the smallest that fit,
             // so that they never take more than the budget.
-            // (`bytes` counts the name and the overhead besides the tags.)
-            while *bytes - (service.len() + SUMMARY_OVERHEAD_BYTES) > self.budget {
+            while *tag_bytes > self.budget {
                 let Some(largest) = set.pop_last() else { break };
-                *bytes -= largest.len() + 2;
+                *tag_bytes -= largest.len() + 2;
                 summary.tags_cut = true;
             }
-        } else if self.bytes + *bytes > self.budget {
+        } else if self.bytes + service.len() + SUMMARY_OVERHEAD_BYTES + *tag_bytes > self.budget {
             // A service whose tags alone cannot fit any more is not summed up to the end.
             self.current = None;
             self.more = true;

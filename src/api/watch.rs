@@ -9,9 +9,10 @@
 //! (`outbox`); when the client does not read, the task waits there, and nothing else does.
 //!
 //! What a member holds for watches is bounded: streams (`--max-watch-streams`), watches per
-//! stream ([`MAX_WATCHES_PER_STREAM`]) and over every stream (`--max-watches`), each stream's queue ([`outbox::OUTBOX_BYTES`]) and
-//! every stream's queue together (`--max-watch-queued-bytes`), and snapshots in progress, each
-//! holding a read transaction (`--max-watch-snapshots`, each for at most
+//! stream ([`MAX_WATCHES_PER_STREAM`]) and over every stream (`--max-watches`), each stream's
+//! queue ([`outbox::OUTBOX_BYTES`]) and every stream's queue together
+//! (`--max-watch-queued-bytes`), and snapshots in progress, each holding a read transaction
+//! (`--max-watch-snapshots`, each for at most
 //! `--watch-snapshot-deadline`). A create over a limit is refused alone (`created` and
 //! `canceled`, RESOURCE_EXHAUSTED), a stream over the limit RESOURCE_EXHAUSTED.
 //!

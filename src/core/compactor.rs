@@ -143,23 +143,25 @@ impl Compactor {
                 let target = revision - n as i64;
                 (target >= self.proposed + step).then_some(target)
             }
-            // Never `revision` itself (a member idle for the whole retention has it as its
-            // oldest sample): a watch from the revision a client was just answered still starts.
             Retention::Duration(d) => now_ms.checked_sub(d.as_millis() as u64).and_then(|horizon| {
                 let (at, target) = *self.samples.front()?;
-                let target = target.min(revision - 1);
-                (at <= horizon && target > self.proposed).then_some(target)
+                (at <= horizon).then_some(target)
             }),
         };
-        let target = by_retention.max(self.by_bytes(revision)).filter(|t| *t >= 1)?;
+        // Never `revision` itself, whichever bound asks (a member idle for the whole retention
+        // has it as its oldest sample; a batch that alone recorded more than the byte bound
+        // leaves only its own revision as a sample): a read or a watch from the revision a
+        // client was just answered is not refused as compacted.
+        let target = by_retention
+            .max(self.by_bytes())
+            .map(|t| t.min(revision - 1))
+            .filter(|t| *t >= 1 && *t > self.proposed)?;
         self.proposed = target;
         Some(target)
     }
 
-    /// The target the byte bound asks for, if any: never `revision` itself (a batch that alone
-    /// recorded more than the bound leaves only its own revision as a sample), so that a read
-    /// at the revision a client was just answered is not refused as compacted.
-    fn by_bytes(&self, revision: i64) -> Option<i64> {
+    /// The target the byte bound asks for, if any.
+    fn by_bytes(&self) -> Option<i64> {
         let max = self.max_bytes?;
         if self.stored <= max {
             return None;
@@ -173,8 +175,7 @@ impl Compactor {
         if blind && self.recorded - seen < max / 10 * 9 && !far_over {
             return None;
         }
-        let target = target.min(revision - 1);
-        (self.recorded - seen <= max && target > self.proposed).then_some(target)
+        (self.recorded - seen <= max).then_some(target)
     }
 
     /// A snapshot replaced the state: what this member saw recorded says nothing of it.

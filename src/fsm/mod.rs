@@ -72,6 +72,8 @@ use apply::Apply;
 pub const COMMAND_VERSION: u32 = 3;
 /// The oldest `Command.version` this build applies.
 pub const OLDEST_COMMAND_VERSION: u32 = 2;
+/// The first version whose acquires and session creates check request ids (see above).
+const IDS_CHECKED_FROM: u32 = 3;
 
 /// Every domain, in the order their tables appear in a snapshot.
 const DOMAINS: [&dyn Domain; 6] = [
@@ -465,7 +467,7 @@ fn apply_command<'t>(
             cmd.version
         ))
     } else {
-        let ids_checked = cmd.version >= 3;
+        let ids_checked = cmd.version >= IDS_CHECKED_FROM;
         match cmd.body {
             None => outcome::Result::Rejected("command: body is missing".to_string()),
             Some(Body::Put(req)) => kv::put(&mut ap, req)?,
@@ -577,14 +579,16 @@ pub fn request_hash(cmd: &Command, encoded: &[u8]) -> u64 {
     }
 }
 
-/// The hash of an encoded command as if it were of version 2: a request sent again across the
-/// upgrade that raised the version (a client retrying through the restart) is the same
-/// request. `version` is field 1, a varint, so it encodes first: `08 03` becomes `08 02`.
+/// The hash of an encoded command as if it were of [`OLDEST_COMMAND_VERSION`], whatever version
+/// this build applies it as: a request sent again across an upgrade that raised the version (a
+/// client retrying through the restart) is the same request. `version` is field 1, a one-byte
+/// varint for every version applied, so it encodes first (`08 v`); the oldest hashes as the
+/// builds that wrote it hashed it.
 fn versionless_hash(encoded: &[u8]) -> u64 {
     match encoded {
-        [0x08, 0x03, rest @ ..] => {
+        [0x08, v, rest @ ..] if (OLDEST_COMMAND_VERSION..=COMMAND_VERSION).contains(&u32::from(*v)) => {
             let mut h = Fnv::new();
-            h.write(&[0x08, 0x02]);
+            h.write(&[0x08, OLDEST_COMMAND_VERSION as u8]);
             h.write(rest);
             h.finish()
         }
