@@ -48,7 +48,7 @@ mod recent;
 mod snapshot;
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -161,6 +161,7 @@ impl WatchApi for WatchService {
             metrics: self.metrics.clone(),
             out,
             watches: BTreeMap::new(),
+            selections: HashSet::new(),
             next_auto_id: 1,
             progress_every: self.progress_every,
             turn_header: ResponseHeader::default(),
@@ -177,7 +178,8 @@ impl WatchApi for WatchService {
 /// One watch of a stream.
 struct Watch {
     id: i64,
-    selection: Selection,
+    /// Shared with every watch of the stream that selects the same ([`Stream::selections`]).
+    selection: Arc<Selection>,
     prev_kv: bool,
     progress_notify: bool,
     snapshot_on_compacted: bool,
@@ -201,9 +203,9 @@ struct Watch {
     _place: OwnedSemaphorePermit,
 }
 
-/// What the watches of one [`Group`] share: the selection, `prev_kv`, the next revision and,
-/// if it is oversized, the place inside it.
-type Alike<'a> = (&'a Selection, bool, i64, Option<Within>);
+/// What the watches of one [`Group`] share: the selection (by its place: the stream keeps one
+/// of each), `prev_kv`, the next revision and, if it is oversized, the place inside it.
+type Alike = (*const Selection, bool, i64, Option<Within>);
 
 /// Where a watch is inside an oversized revision.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -315,6 +317,11 @@ struct Stream {
     metrics: Arc<Metrics>,
     out: Outbox,
     watches: BTreeMap<i64, Watch>,
+    /// One of each selection the stream's watches have, which watches that select the same
+    /// share: grouping them then compares places, not keys (a selection's keys are hashed at
+    /// its first watch's create and its last one's end, where every turn hashed them again).
+    /// It holds exactly the selections of the stream's watches.
+    selections: HashSet<Arc<Selection>>,
     /// Where the member's choice of the next id starts (a create with `watch_id = 0`). It only
     /// grows, past each id the member gave: an id it picks is never one a watch of this stream
     /// had from it before (short of `i64::MAX`), as in etcd.
@@ -448,6 +455,10 @@ impl Stream {
     /// Forgets watch `id`, counting why.
     fn forget(&mut self, id: i64, reason: CancelReason) -> Option<Watch> {
         let w = self.watches.remove(&id)?;
+        // Its selection, if no other watch has it: held by the set and by `w` alone.
+        if Arc::strong_count(&w.selection) == 2 {
+            self.selections.remove(&*w.selection);
+        }
         self.metrics.watch.watches.dec();
         self.metrics.watch.canceled(reason.as_str_name());
         Some(w)
@@ -619,17 +630,18 @@ impl Stream {
         if c.watch_id == 0 {
             self.next_auto_id = id.saturating_add(1);
         }
+        let selection = self.selection(Selection {
+            space,
+            key: c.key,
+            range_end: c.range_end,
+            no_put: c.no_put,
+            no_delete: c.no_delete,
+        });
         self.watches.insert(
             id,
             Watch {
                 id,
-                selection: Selection {
-                    space,
-                    key: c.key,
-                    range_end: c.range_end,
-                    no_put: c.no_put,
-                    no_delete: c.no_delete,
-                },
+                selection,
                 prev_kv: c.prev_kv,
                 progress_notify: c.progress_notify,
                 snapshot_on_compacted,
@@ -650,6 +662,16 @@ impl Stream {
             ..Default::default()
         })
         .await
+    }
+
+    /// The stream's one copy of `selection`, kept from now on.
+    fn selection(&mut self, selection: Selection) -> Arc<Selection> {
+        if let Some(kept) = self.selections.get(&selection) {
+            return kept.clone();
+        }
+        let kept = Arc::new(selection);
+        self.selections.insert(kept.clone());
+        kept
     }
 
     /// The id for a create with `watch_id = 0`: the first from `next_auto_id` on that no watch
@@ -784,7 +806,7 @@ impl Stream {
                 }
             }
             if w.shared {
-                match groups.entry((&w.selection, w.prev_kv, w.next, within)) {
+                match groups.entry((Arc::as_ptr(&w.selection), w.prev_kv, w.next, within)) {
                     Entry::Occupied(at) => {
                         if let Some(Turn::Window(group) | Turn::Oversized(group)) = turns.get_mut(*at.get()) {
                             group.also.push(id);
@@ -1217,11 +1239,12 @@ impl Stream {
         deadline: tokio::time::Instant,
     ) -> Result<bool, End> {
         let Some(w) = self.watches.get(&id) else { return Ok(true) };
-        let Selection { space, key, range_end, .. } = w.selection.clone();
+        let selection = w.selection.clone();
+        let Selection { space, ref key, ref range_end, .. } = *selection;
         let header = self.header(revision);
         let mut from: Vec<u8> = Vec::new();
         loop {
-            let (kvs, more) = snapshot_page(txn, space, &key, &range_end, &from).map_err(|e| self.fail(e))?;
+            let (kvs, more) = snapshot_page(txn, space, key, range_end, &from).map_err(|e| self.fail(e))?;
             if let Some(last) = kvs.last() {
                 from = last.key.clone();
                 from.push(0);
