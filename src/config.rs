@@ -160,6 +160,11 @@ pub struct ServerArgs {
     /// [default: 1000].
     #[arg(long)]
     pub max_lock_waiters: Option<usize>,
+    /// Most locks and elections one session holds or awaits at once: an acquire or campaign
+    /// past it is refused RESOURCE_EXHAUSTED, and nothing is written. It bounds what a
+    /// session's end releases in one entry [default: 10000].
+    #[arg(long)]
+    pub max_locks_per_session: Option<usize>,
     /// Shortest session TTL a client may ask for (humantime) [default: 1s].
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
@@ -305,6 +310,9 @@ pub struct Limits {
     /// Requests one lock's queue holds at most (`--max-lock-waiters`); the proposing member's
     /// value travels in each acquire, so every member applies the same bound.
     pub max_lock_waiters: usize,
+    /// Locks and elections one session holds or awaits at most (`--max-locks-per-session`),
+    /// carried in each acquire like `max_lock_waiters`.
+    pub max_locks_per_session: usize,
     /// Bounds of a session's TTL.
     pub session_ttl_min: Duration,
     pub session_ttl_max: Duration,
@@ -329,6 +337,7 @@ impl Default for Limits {
             max_concurrent_streams: 10_000,
             max_sessions: 250_000,
             max_lock_waiters: 1_000,
+            max_locks_per_session: 10_000,
             session_ttl_min: Duration::from_secs(1),
             session_ttl_max: Duration::from_secs(3600),
         }
@@ -532,6 +541,10 @@ impl Config {
                 .max_lock_waiters
                 .or(file.max_lock_waiters)
                 .unwrap_or(defaults.max_lock_waiters),
+            max_locks_per_session: flags
+                .max_locks_per_session
+                .or(file.max_locks_per_session)
+                .unwrap_or(defaults.max_locks_per_session),
             session_ttl_min: flags
                 .session_ttl_min
                 .or(file.session_ttl_min)
@@ -558,6 +571,7 @@ impl Config {
             ("max-concurrent-streams", limits.max_concurrent_streams),
             ("max-sessions", limits.max_sessions),
             ("max-lock-waiters", limits.max_lock_waiters),
+            ("max-locks-per-session", limits.max_locks_per_session),
         ] {
             // A semaphore holds at most usize::MAX >> 3 permits; a u32 is plenty for any of these.
             if n == 0 || n > u32::MAX as usize {
@@ -875,7 +889,7 @@ mod tests {
 
     #[test]
     fn bounds_that_could_not_hold_one_request_are_refused_naming_the_flag() {
-        let cases: [(ServerArgs, &str); 19] = [
+        let cases: [(ServerArgs, &str); 20] = [
             (ServerArgs { max_key_bytes: Some(0), ..Default::default() }, "--max-key-bytes"),
             (ServerArgs { max_value_bytes: Some(0), ..Default::default() }, "--max-value-bytes"),
             (ServerArgs { max_request_bytes: Some(0), ..Default::default() }, "--max-request-bytes"),
@@ -904,6 +918,7 @@ mod tests {
                 "--max-concurrent-streams",
             ),
             (ServerArgs { max_lock_waiters: Some(0), ..Default::default() }, "--max-lock-waiters"),
+            (ServerArgs { max_locks_per_session: Some(0), ..Default::default() }, "--max-locks-per-session"),
             (
                 ServerArgs { watch_snapshot_deadline: Some(Duration::ZERO), ..Default::default() },
                 "--watch-snapshot-deadline",
@@ -932,6 +947,7 @@ mod tests {
             (ok.limits.max_concurrent_streams, ok.limits.max_sessions, ok.limits.max_lock_waiters),
             (10_000, 250_000, 1_000)
         );
+        assert_eq!(ok.limits.max_locks_per_session, 10_000);
         assert_eq!(ok.peer_limits, PeerLimits::default());
         assert_eq!(
             (ok.limits.max_watch_queued_bytes, ok.limits.watch_stall_deadline),

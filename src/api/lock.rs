@@ -101,6 +101,7 @@ pub(crate) async fn acquire(
             lock_delay_ms,
             value: want.value.clone(),
             max_waiters: u32::try_from(ctx.limits.max_lock_waiters).unwrap_or(u32::MAX),
+            max_session_locks: u32::try_from(ctx.limits.max_locks_per_session).unwrap_or(u32::MAX),
         });
         // From here until it is answered, a request whose caller goes away (or whose proposal
         // fails, and may yet apply) gives up its place.
@@ -155,6 +156,13 @@ pub(crate) async fn acquire(
                     "{what} {:?} has {} requests waiting, the most --max-lock-waiters allows: \
                      nothing was queued; try again later",
                     want.name, r.ahead
+                )));
+            }
+            (Ok(LockStatus::SessionFull), _) => {
+                return Err(ApiError::OverLimit(format!(
+                    "session {} holds or awaits {} locks and elections, the most --max-locks-per-session \
+                     allows: nothing was queued; release one first, or use another session",
+                    want.session, r.ahead
                 )));
             }
             (Ok(LockStatus::OtherMode), held) => {

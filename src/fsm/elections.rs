@@ -86,6 +86,7 @@ mod tests {
                 lock_delay_ms: 0,
                 value: value.into(),
                 max_waiters: 0,
+                max_session_locks: 0,
             }),
         );
     }

@@ -163,6 +163,12 @@ pub(crate) fn acquire(
     if !grantable && req.max_waiters > 0 && row.waiters.len() >= req.max_waiters as usize {
         return Ok(result(Status::QueueFull, None, row.waiters.len() as u64));
     }
+    if req.max_session_locks > 0 {
+        let owned = count_owned(ap.txn, &req.session, req.max_session_locks)?;
+        if owned >= u64::from(req.max_session_locks) {
+            return Ok(result(Status::SessionFull, None, owned));
+        }
+    }
     let revision = ap.write_revision()?;
     let status = if grantable {
         let holder = LockHolder {
@@ -458,6 +464,14 @@ pub fn count_of(txn: &ReadTransaction, id: &str) -> Result<u64, FsmError> {
     Ok(index.range::<&[u8]>(start.as_slice()..end.as_slice())?.count() as u64)
 }
 
+/// How many locks session `id` holds or awaits, counted up to `most`: a session under the bound
+/// costs the walk of what it owns, one at it `most` steps.
+fn count_owned(txn: &WriteTransaction, id: &str, most: u32) -> Result<u64, FsmError> {
+    let index = txn.open_table(SESSION_LOCKS)?;
+    let (start, end) = session_span(id);
+    Ok(index.range::<&[u8]>(start.as_slice()..end.as_slice())?.take(most as usize).count() as u64)
+}
+
 /// The lock keys session `id` holds or awaits, in key order.
 fn owned(txn: &WriteTransaction, id: &str) -> Result<Vec<Vec<u8>>, FsmError> {
     let index = txn.open_table(SESSION_LOCKS)?;
@@ -725,6 +739,50 @@ mod tests {
         assert_eq!(waiting, ["c", "d", "e"], "the queue kept its order");
     }
 
+    /// An acquire carries its member's `--max-locks-per-session`: a session holding or awaiting
+    /// that many is refused and nothing is written; what it holds or awaits already is still
+    /// answered (a resend); once it lets one go, it may take another.
+    #[test]
+    fn a_session_at_its_lock_bound_is_refused_a_new_lock_and_writes_nothing() {
+        let mut s = Store::new();
+        session(&mut s, "a");
+        session(&mut s, "b");
+        let bounded = |name: &str, session: &str| match acquire_req(name, session, LockMode::Exclusive, true)
+        {
+            Body::Acquire(a) => Body::Acquire(Acquire { max_session_locks: 2, ..a }),
+            _ => unreachable!("acquire_req makes an acquire"),
+        };
+        assert_eq!(status(&lock(&mut s, "rb", "w", "b", LockMode::Exclusive)), Status::Granted);
+        let held = as_lock(s.apply("r1", bounded("n1", "a")));
+        assert_eq!(status(&held), Status::Granted);
+        assert_eq!(status(&as_lock(s.apply("r2", bounded("w", "a")))), Status::Queued, "a wait counts too");
+        let before = (s.applied().revision, row(&s, "n3"), s.read(|t| count_of(t, "a")).expect("reads"));
+        let third = as_lock(s.apply("r3", bounded("n3", "a")));
+        assert_eq!(
+            (status(&third), third.ahead),
+            (Status::SessionFull, 2),
+            "a third lock is refused, naming the two"
+        );
+        assert_eq!(
+            (s.applied().revision, row(&s, "n3"), s.read(|t| count_of(t, "a")).expect("reads")),
+            before,
+            "a refused acquire writes nothing"
+        );
+        let again = as_lock(s.apply("r1b", bounded("n1", "a")));
+        assert_eq!(status(&again), Status::Already, "a lock the session holds is answered at the bound");
+        let unbounded = as_lock(s.apply("r3b", acquire_req("n3", "a", LockMode::Exclusive, true)));
+        assert_eq!(status(&unbounded), Status::Granted, "an acquire without a bound (0) is taken");
+
+        s.apply("", release_body(unbounded.sequencer.expect("a holds n3")));
+        s.apply("", release_body(held.sequencer.expect("a holds n1")));
+        assert_eq!(
+            status(&as_lock(s.apply("r4", bounded("n4", "a")))),
+            Status::Granted,
+            "room again after releases"
+        );
+        assert_eq!(s.read(|t| count_of(t, "a")).expect("reads"), 2);
+    }
+
     /// The bound an acquire carries is its member's, not the client's: a retry under the same
     /// request id through a member with another `--max-lock-waiters` is the same request,
     /// answered as it was first applied, not a conflicting use of the id.
@@ -735,7 +793,9 @@ mod tests {
         session(&mut s, "b");
         assert_eq!(status(&lock(&mut s, "ra", "n", "a", LockMode::Exclusive)), Status::Granted);
         let with = |bound: u32| match acquire_req("n", "b", LockMode::Exclusive, true) {
-            Body::Acquire(a) => Body::Acquire(Acquire { max_waiters: bound, ..a }),
+            Body::Acquire(a) => {
+                Body::Acquire(Acquire { max_waiters: bound, max_session_locks: bound + 1, ..a })
+            }
             _ => unreachable!("acquire_req makes an acquire"),
         };
         let first = as_lock(s.apply("rb", with(2)));

@@ -564,14 +564,18 @@ fn write_meta(txn: &WriteTransaction, pos: Applied, history_bytes: u64) -> Resul
 
 /// The hash by which a request id's command is told from another one under the same id:
 /// [`command_hash`] of the command less what the proposing member adds of its own (an acquire's
-/// `max_waiters`, its `--max-lock-waiters`), so that a retry sent through a member with other
-/// limits is the same request, not a conflict.
+/// `max_waiters` and `max_session_locks`, its `--max-lock-waiters` and
+/// `--max-locks-per-session`), so that a retry sent through a member with other limits is the
+/// same request, not a conflict.
 pub fn request_hash(cmd: &Command, encoded: &[u8]) -> u64 {
     match &cmd.body {
-        Some(latch_proto::internal::command::Body::Acquire(a)) if a.max_waiters != 0 => {
+        Some(latch_proto::internal::command::Body::Acquire(a))
+            if a.max_waiters != 0 || a.max_session_locks != 0 =>
+        {
             let mut bare = cmd.clone();
             if let Some(latch_proto::internal::command::Body::Acquire(a)) = &mut bare.body {
                 a.max_waiters = 0;
+                a.max_session_locks = 0;
             }
             versionless_hash(&bare.encode_to_vec())
         }
@@ -767,6 +771,7 @@ pub(crate) mod testing {
             lock_delay_ms: 5_000,
             value: Vec::new(),
             max_waiters: 0,
+            max_session_locks: 0,
         })
     }
 

@@ -1244,3 +1244,36 @@ async fn a_request_past_max_lock_waiters_is_refused_naming_the_flag_and_queues_n
     let _waiting_d = acquire_in_background(&client, &d, NAME, LockOptions::exclusive());
     until_lock_is(&client, NAME, &[&b], &[&cs, &d]).await;
 }
+
+/// `--max-locks-per-session 2`: a session holding two locks is refused a third
+/// RESOURCE_EXHAUSTED naming the flag, and nothing is written; asking again for one it holds is
+/// answered as before, and once it releases one, it takes another.
+#[tokio::test]
+async fn a_session_past_max_locks_per_session_is_refused_naming_the_flag_and_writes_nothing() {
+    let c = Cluster::start(1, &["--max-locks-per-session", "2"]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let session = client.session(SessionOptions::new(Duration::from_secs(10)).name("many")).await.unwrap();
+    let id = session.id().to_string();
+    let now = || LockOptions::exclusive().wait(Wait::No);
+    let first = client.acquire(&id, "first", now()).await.unwrap().expect("a free lock is granted");
+    client.acquire(&id, "second", now()).await.unwrap().expect("a second one too");
+
+    let e = client.acquire(&id, "third", now()).await.expect_err("a third is past --max-locks-per-session 2");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    assert!(e.over_limit(), "the member marks its own refusal: {e}");
+    for needle in ["--max-locks-per-session", "holds or awaits 2 locks", id.as_str()] {
+        assert!(e.to_string().contains(needle), "the refusal should mention {needle:?}: {e}");
+    }
+    assert_eq!(
+        client.describe_lock("third").await.unwrap(),
+        None,
+        "nothing was written for the refused lock"
+    );
+    let again =
+        client.acquire(&id, "first", now()).await.unwrap().expect("a held lock is answered at the bound");
+    assert_eq!(again.token, first.token, "with the hold's own sequencer");
+
+    client.release(&first.token).await.unwrap();
+    client.acquire(&id, "third", now()).await.unwrap().expect("room again after a release");
+}

@@ -153,6 +153,7 @@ impl Locker {
             lock_delay_ms: if rng.gen_bool(0.3) { 0 } else { rng.gen_range(50..400) },
             value: format!("locker-{}", self.index).into_bytes(),
             max_waiters: self.queue_bound,
+            max_session_locks: 0,
         });
         if wait {
             self.waiting.push((space, name.to_string(), request_id.clone()));
@@ -228,6 +229,7 @@ fn spent_acquire(space: LockSpace, name: &str, session: &str, queue_bound: u32) 
         lock_delay_ms: 0,
         value: Vec::new(),
         max_waiters: queue_bound,
+        max_session_locks: 0,
     })
 }
 
