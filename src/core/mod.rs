@@ -60,7 +60,7 @@ use std::sync::Arc;
 
 use prost::Message as _;
 use raft::eraftpb::{Entry, Message, MessageType};
-use raft::{RawNode, StateRole};
+use raft::{ProgressState, RawNode, StateRole};
 use redb::Database;
 
 use crate::fsm::{self, Applied, Event, LockChange};
@@ -83,6 +83,15 @@ pub const MAX_COMMITTED_BYTES_PER_READY: u64 = 4 * 1024 * 1024;
 
 /// Most raft log entries one Ready's transaction deletes when compacting.
 pub const COMPACTION_STEP: u64 = 1024;
+
+/// How many times `snapshot_entries` a leader keeps, at most, below its compaction target for
+/// followers catching up (see [`Core::followers_floor`]).
+pub const CATCH_UP_SNAPSHOTS: u64 = 4;
+
+/// How long after a follower's last message a leader still keeps log entries for it to catch
+/// up from, in milliseconds of its clock (a follower restoring a large snapshot may be silent
+/// for a while).
+pub const CATCH_UP_SILENCE_MS: u64 = 30_000;
 
 /// Whether a raft message is a snapshot: whoever carries it reports its delivery to raft with
 /// [`Core::report_snapshot`] (the transport sends it over a call of its own).
@@ -406,6 +415,8 @@ pub struct Core {
     /// forwarded to it may be lost.
     leader_link_lost: bool,
     snapshots_installed: u64,
+    /// When each peer's last message arrived, on `clock_ms` (see [`Core::followers_floor`]).
+    heard_from: BTreeMap<u64, u64>,
     actions: Vec<Action>,
     /// When set, raft's randomized election timeouts are drawn from it (see
     /// [`Core::seed_election_timeouts`]) instead of raft-rs's thread rng.
@@ -518,6 +529,7 @@ impl Core {
             seen: Seen::default(),
             leader_link_lost: false,
             snapshots_installed: 0,
+            heard_from: BTreeMap::new(),
             actions: Vec::new(),
             election_rng: None,
             clock_ms: 0,
@@ -775,7 +787,11 @@ impl Core {
         let staged = is_snapshot(&msg).then(|| msg.get_snapshot().data.to_vec());
         let from_leader = msg.from == self.raw.raft.leader_id && msg.term == self.raw.raft.term;
         let pending_before = self.pending_snapshot();
+        let from = msg.from;
         let result = self.raw.step(msg);
+        if from != self.id() && self.raw.raft.prs().get(from).is_some() {
+            self.heard_from.insert(from, self.clock_ms);
+        }
         self.redraw_election_timeout(false);
         let pending = self.pending_snapshot();
         for token in [staged, pending_before].into_iter().flatten() {
@@ -1041,6 +1057,10 @@ impl Core {
             self.announced_revision = self.announced_revision.max(revision);
             self.compactor.restored();
             self.actions.push(Action::Restored { index, revision });
+            // A proposal whose entry the snapshot covers is never handed to the applier, so no
+            // apply answers it: proposed again under its request id, it is answered from the
+            // request memory the snapshot brought (or applied, if the snapshot did not cover it).
+            self.propose_again();
         }
 
         if !persisted.is_empty() {
@@ -1132,13 +1152,17 @@ impl Core {
     /// One Ready removes at most [`COMPACTION_STEP`] entries: deleting thousands at once stalls
     /// that Ready's commit (measured: p99 put latency 264 ms instead of 47 ms at 256 clients).
     /// Never past the state's durable applied index: a crash may take the rest of the state,
-    /// which the log then replays. Returns whether it wrote.
+    /// which the log then replays. On a leader, never past what a follower catching up needs
+    /// ([`Core::followers_floor`]). Returns whether it wrote.
     fn maybe_compact(&mut self) -> Result<bool, CoreError> {
         let tail = self.snapshot_entries / 4;
         let compacted = self.raw.store().compacted().index;
         let applied = self.applied.index.min(self.durable_index);
         if applied >= compacted + self.snapshot_entries + tail {
-            let target = applied - tail;
+            let target = self.followers_floor(applied - tail);
+            if target <= compacted {
+                return Ok(false);
+            }
             let to = target.min(compacted + COMPACTION_STEP);
             self.raw.mut_store().compact(to)?;
             if compacted + COMPACTION_STEP >= target || compacted == 0 {
@@ -1153,6 +1177,39 @@ impl Core {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Where a leader may compact to, short of `target`: not past what a follower it heard
+    /// from in the last [`CATCH_UP_SILENCE_MS`] goes on from — the snapshot it is being sent,
+    /// the index before the next one it is probed with (after a snapshot, the snapshot's), or
+    /// what it has. Compacted past a snapshot in transfer, the follower that installed it could
+    /// not go on from its index, and would be sent another, and another, for as long as a
+    /// transfer outlasts the writes between two compactions; compacted past a follower that
+    /// answers, it would need a snapshot where the log would do. A follower that never
+    /// finishes keeps at most [`CATCH_UP_SNAPSHOTS`] × `snapshot_entries` below `target`, and
+    /// a silent one nothing: neither makes the log grow without bound.
+    fn followers_floor(&self, target: u64) -> u64 {
+        if self.raw.raft.state != StateRole::Leader {
+            return target;
+        }
+        let lowest = target.saturating_sub(CATCH_UP_SNAPSHOTS * self.snapshot_entries);
+        let mut floor = target;
+        for (&id, pr) in self.raw.raft.prs().iter() {
+            let heard = self
+                .heard_from
+                .get(&id)
+                .is_some_and(|&at| self.clock_ms.saturating_sub(at) <= CATCH_UP_SILENCE_MS);
+            if id == self.id() || !heard {
+                continue;
+            }
+            let needs = match pr.state {
+                ProgressState::Snapshot => pr.pending_snapshot,
+                ProgressState::Probe => pr.next_idx.saturating_sub(1),
+                ProgressState::Replicate => pr.matched,
+            };
+            floor = floor.min(needs.max(lowest));
+        }
+        floor
     }
 
     /// A ReadIndex confirmation: accepted only for a context of this member's current life that

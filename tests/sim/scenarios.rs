@@ -443,3 +443,77 @@ fn a_restarted_member_whose_commit_index_was_lost_serves_nothing_older_than_befo
     );
     assert_eq!(value_on(&mut s, follower, "k").as_deref(), Some(b"v1".as_slice()));
 }
+
+/// A follower being sent a snapshot while writes go on catches up from the log after it: the
+/// leader does not compact past the snapshot it is sending, so the follower that installs it
+/// goes on from its index rather than being sent another, and another, for as long as a
+/// transfer outlasts the writes between two compactions. A write the follower forwarded, which
+/// the snapshot covers, is answered at once, not when its request times out.
+#[test]
+fn a_follower_that_installs_a_snapshot_while_writes_go_on_catches_up_from_the_log() {
+    const SNAPSHOT_ENTRIES: u64 = 8;
+    let mut s = Scripted::with_snapshot_entries(3, 41, SNAPSHOT_ENTRIES);
+    s.until("a leader", 200, &mut all, &mut |s| s.leader().is_some());
+    let leader = s.leader().expect("a leader");
+    let lagging = if leader == 1 { 2 } else { 1 };
+    let mut put_all = |s: &mut Scripted,
+                       keys: std::ops::Range<usize>,
+                       route: &mut dyn FnMut(&Message) -> Route| {
+        let waiters: Vec<_> = keys
+            .map(|i| s.propose(leader, put(&format!("p{i}"), &format!("k{i}"), &format!("v{i}"))))
+            .collect();
+        s.until("the puts acknowledged", 400, route, &mut |s| waiters.iter().all(|w| s.answer(*w).is_some()));
+    };
+    // Its appends lost, the follower falls behind what the leader's log keeps (more than
+    // `CATCH_UP_SNAPSHOTS` × `SNAPSHOT_ENTRIES` behind). Heartbeats still pass, so it keeps
+    // its leader, and so do the proposals it forwards: one of its own commits meanwhile.
+    let mut cut_off = |m: &Message| {
+        let appends = matches!(m.get_msg_type(), MessageType::MsgAppend | MessageType::MsgAppendResponse);
+        if appends && (m.to == lagging || m.from == lagging) {
+            Route::Drop
+        } else if latch::core::is_snapshot(m) {
+            Route::Hold
+        } else {
+            Route::Deliver
+        }
+    };
+    let forwarded = s.propose(lagging, put("forwarded", "f", "from the follower"));
+    put_all(&mut s, 0..60, &mut cut_off);
+    for _ in 0..10 {
+        s.round(&mut cut_off); // heartbeats: Readies that compact
+    }
+    let compacted = s.core(leader).log().compacted().index;
+    assert!(compacted > 0, "the leader compacted its log (to {compacted})");
+
+    // Back in touch, it is sent a snapshot, which takes its time while 20 more writes apply
+    // (more than the leader's log keeps past its applied index).
+    let mut hold_snapshots =
+        |m: &Message| if latch::core::is_snapshot(m) { Route::Hold } else { Route::Deliver };
+    s.until("a snapshot sent to the follower", 400, &mut hold_snapshots, &mut |s| {
+        s.held(MessageType::MsgSnapshot, lagging) > 0
+    });
+    put_all(&mut s, 60..80, &mut hold_snapshots);
+    assert_eq!(s.answer(forwarded), None, "the follower has not applied its own write yet");
+    let index = s.deliver_held_snapshot(lagging);
+    assert!(
+        s.core(leader).log().compacted().index <= index,
+        "the leader kept its log from the snapshot's index {index} on (compacted to {})",
+        s.core(leader).log().compacted().index
+    );
+    s.until("the forwarded write answered", 10, &mut hold_snapshots, &mut |s| s.answer(forwarded).is_some());
+    assert!(
+        matches!(s.answer(forwarded), Some(Answer::Applied(Ok(_)))),
+        "the forwarded write is answered as applied: {:?}",
+        s.answer(forwarded)
+    );
+
+    // From the snapshot's index it follows the log: no second snapshot, and it has every write.
+    s.until("the follower caught up", 400, &mut hold_snapshots, &mut |s| {
+        s.held(MessageType::MsgSnapshot, lagging) > 0 || value_on(s, lagging, "k79").is_some()
+    });
+    assert_eq!(s.held(MessageType::MsgSnapshot, lagging), 0, "one snapshot was enough");
+    assert_eq!(value_on(&mut s, lagging, "f"), Some(b"from the follower".to_vec()), "the forwarded write");
+    for i in 0..80 {
+        assert_eq!(value_on(&mut s, lagging, &format!("k{i}")), Some(format!("v{i}").into_bytes()), "k{i}");
+    }
+}

@@ -55,6 +55,8 @@ pub struct Scripted {
     answers: BTreeMap<Waiter, (u64, Answer)>,
     next_waiter: Waiter,
     seed: u64,
+    /// The members' `snapshot_entries` from their next start (the default when `None`).
+    snapshot_entries: Option<u64>,
     logger: slog::Logger,
 }
 
@@ -67,6 +69,15 @@ fn timing() -> Timing {
 impl Scripted {
     /// `n` members, all started.
     pub fn new(n: u64, seed: u64) -> Scripted {
+        Scripted::started(n, seed, None)
+    }
+
+    /// `n` members whose logs are compacted every `snapshot_entries` entries, all started.
+    pub fn with_snapshot_entries(n: u64, seed: u64, snapshot_entries: u64) -> Scripted {
+        Scripted::started(n, seed, Some(snapshot_entries))
+    }
+
+    fn started(n: u64, seed: u64, snapshot_entries: Option<u64>) -> Scripted {
         let mut s = Scripted {
             failed: Default::default(),
             members: (0..n)
@@ -82,6 +93,7 @@ impl Scripted {
             answers: BTreeMap::new(),
             next_waiter: 0,
             seed,
+            snapshot_entries,
             logger: slog::Logger::root(slog::Discard, slog::o!()),
         };
         for id in 1..=n {
@@ -112,17 +124,19 @@ impl Scripted {
     pub fn try_start(&mut self, id: u64) -> Result<(), String> {
         let voters = self.ids();
         self.seed += 1;
-        let (seed, logger) = (self.seed, self.logger.clone());
+        let (seed, logger, snapshot_entries) = (self.seed, self.logger.clone(), self.snapshot_entries);
         self.failed.remove(&id);
         let m = self.member(id);
         assert!(m.core.is_none(), "member {id} is already up");
         let state = latch::storage::open_with_backend(m.state_disk.open(), CLUSTER_ID, id)
             .map_err(|e| e.to_string())?;
         let stores = Stores { log: Box::new(m.log_dir.open()), state };
+        let defaults = core::Config::new(id, &voters, seed);
         let config = core::Config {
             timing: timing(),
             log_segment_bytes: 64 * 1024,
-            ..core::Config::new(id, &voters, seed)
+            snapshot_entries: snapshot_entries.unwrap_or(defaults.snapshot_entries),
+            ..defaults
         };
         m.inbox = Arc::new(MemoryInbox::default());
         let identity = latch::storage::Identity { cluster_id: CLUSTER_ID, member_id: id };
@@ -130,7 +144,9 @@ impl Scripted {
             Core::new(config, identity, stores, m.inbox.clone(), &logger).map_err(|e| e.to_string())?;
         core.seed_election_timeouts(seed);
         m.core = Some(core);
-        m.applier = Some(applier);
+        // A log compacted that often needs a state made durable as often (it is never compacted
+        // past the durable applied index).
+        m.applier = Some(if snapshot_entries.is_some() { applier.sync_every(1) } else { applier });
         Ok(())
     }
 
@@ -251,6 +267,37 @@ impl Scripted {
     /// Messages held so far of type `t` to member `to`.
     pub fn held(&self, t: MessageType, to: u64) -> usize {
         self.held.iter().filter(|m| m.get_msg_type() == t && m.to == to).count()
+    }
+
+    /// Delivers the snapshot held for member `to` as the transports would: streamed from its
+    /// sender (at the index it was prepared at), staged in `to`'s inbox, stepped, and reported
+    /// to the sender as delivered; then gives `to` a turn. Returns its index.
+    pub fn deliver_held_snapshot(&mut self, to: u64) -> u64 {
+        let at = self.held.iter().position(|m| core::is_snapshot(m) && m.to == to);
+        let mut msg = self.held.remove(at.unwrap_or_else(|| panic!("no snapshot held for member {to}")));
+        let from = msg.from;
+        let token = msg.get_snapshot().data.to_vec();
+        let meta = msg.get_snapshot().get_metadata().clone();
+        let snapshots = self.core(from).snapshots().clone();
+        let mut stream = Vec::new();
+        snapshots
+            .stream(&token, &mut |frame: Vec<u8>| -> Result<(), core::SnapshotError> {
+                stream.extend(frame);
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("member {from}: the snapshot streams: {e}"));
+        snapshots.finish(&token);
+        let (mut w, staged) = core::Inbox::create(&**self.inbox(to), from, meta.index, meta.term)
+            .unwrap_or_else(|e| panic!("member {to}: the snapshot is staged: {e}"));
+        std::io::Write::write_all(&mut w, &stream).unwrap_or_else(|e| panic!("member {to}: staged: {e}"));
+        drop(w);
+        msg.mut_snapshot().data = staged.into();
+        self.deliver(msg);
+        self.core(from).report_snapshot(to, true);
+        let mut sent = Vec::new();
+        self.turn(to, &mut sent);
+        self.held.extend(sent);
+        meta.index
     }
 
     /// Delivers the held messages of type `t` to member `to`, then gives it a turn.
