@@ -456,9 +456,9 @@ fn a_follower_that_installs_a_snapshot_while_writes_go_on_catches_up_from_the_lo
     s.until("a leader", 200, &mut all, &mut |s| s.leader().is_some());
     let leader = s.leader().expect("a leader");
     let lagging = if leader == 1 { 2 } else { 1 };
-    let mut put_all = |s: &mut Scripted,
-                       keys: std::ops::Range<usize>,
-                       route: &mut dyn FnMut(&Message) -> Route| {
+    let put_all = |s: &mut Scripted,
+                   keys: std::ops::Range<usize>,
+                   route: &mut dyn FnMut(&Message) -> Route| {
         let waiters: Vec<_> = keys
             .map(|i| s.propose(leader, put(&format!("p{i}"), &format!("k{i}"), &format!("v{i}"))))
             .collect();
