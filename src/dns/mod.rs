@@ -91,6 +91,10 @@ impl Source for State<'_> {
     }
 
     fn instances(&self, service: &str) -> Result<Arc<Vec<InstanceRow>>, String> {
+        // The registry reads an empty service as every service: no name asks for that.
+        if service.is_empty() {
+            return Ok(Arc::default());
+        }
         if let Ok(answered) = self.answered.lock() {
             if answered.revision >= self.announced {
                 if let Some(rows) = answered.services.get(service) {
@@ -206,7 +210,17 @@ pub struct Handler {
     /// The newest revision the member applied.
     revisions: tokio::sync::watch::Receiver<i64>,
     answered: Mutex<Answered>,
+    /// Zone transfers built or sent at once ([`TRANSFERS_AT_ONCE`]): each holds the whole zone.
+    transfers: tokio::sync::Semaphore,
 }
+
+/// Zone transfers one member serves at once; one more is refused (REFUSED). A transfer holds
+/// every record of the zone in memory while it is built and sent, in proportion to the
+/// registry's instances times their tags.
+const TRANSFERS_AT_ONCE: usize = 2;
+
+/// How long a transfer's client has to take its messages before the transfer is given up.
+const TRANSFER_SEND_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Handler {
     /// A zone transfer's records (AXFR of the domain, over TCP only).
@@ -355,7 +369,12 @@ impl Handler {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
-        let records = match self.transfer(request).await {
+        let permit = self.transfers.try_acquire();
+        let built = match permit {
+            Ok(_) => self.transfer(request).await,
+            Err(_) => Err(ResponseCode::Refused),
+        };
+        let records = match built {
             Ok(r) => r,
             Err(code) => {
                 self.metrics.dns.answered(code_name(code));
@@ -368,18 +387,27 @@ impl Handler {
             }
         };
         self.metrics.dns.answered(code_name(ResponseCode::NoError));
-        let mut info = failed(request);
-        for chunk in transfer_messages(&records) {
-            let mut metadata = Metadata::response_from_request(&request.metadata);
-            metadata.authoritative = true;
-            let response =
-                MessageResponseBuilder::new(&request.queries, None).build(metadata, chunk.iter(), [], [], []);
-            match response_handle.send_response(response).await {
-                Ok(i) => info = i,
-                Err(_) => return failed(request),
+        let send = async {
+            let mut info = failed(request);
+            for chunk in transfer_messages(&records) {
+                let mut metadata = Metadata::response_from_request(&request.metadata);
+                metadata.authoritative = true;
+                let response = MessageResponseBuilder::new(&request.queries, None).build(
+                    metadata,
+                    chunk.iter(),
+                    [],
+                    [],
+                    [],
+                );
+                match response_handle.send_response(response).await {
+                    Ok(i) => info = i,
+                    Err(_) => return failed(request),
+                }
             }
-        }
-        info
+            info
+        };
+        // The permit is held until the last message went out, or the deadline passed.
+        tokio::time::timeout(TRANSFER_SEND_DEADLINE, send).await.unwrap_or_else(|_| failed(request))
     }
 }
 
@@ -438,6 +466,7 @@ pub async fn serve(
         metrics,
         revisions,
         answered: Mutex::new(Answered::default()),
+        transfers: tokio::sync::Semaphore::new(TRANSFERS_AT_ONCE),
     };
     let mut server = hickory_server::Server::new(handler);
     server.register_socket(sockets.0);

@@ -77,6 +77,8 @@ pub fn parse(labels: &[String], domain: &[String]) -> Option<Question> {
             Question::Service { service: service.clone(), tag: None }
         }
         ("service", [first, second]) => match (first.strip_prefix('_'), second.strip_prefix('_')) {
+            // A bare `_` names no service (nor tag): never every instance of every service.
+            (Some(""), _) | (_, Some("")) => Question::Nothing,
             (Some(service), Some(proto)) => Question::Srv {
                 service: service.to_string(),
                 tag: (proto != "tcp").then(|| proto.to_string()),
@@ -130,6 +132,9 @@ mod tests {
             Some(Question::Service { service: s("web"), tag: Some(s("v1")) })
         );
         assert_eq!(ask("_web._tcp.service.latch."), Some(Question::Srv { service: s("web"), tag: None }));
+        for bare in ["_._tcp.service.latch.", "_._v1.service.latch.", "_web._.service.latch."] {
+            assert_eq!(ask(bare), Some(Question::Nothing), "{bare} names no service or tag");
+        }
         assert_eq!(
             ask("_web._v1.service.latch."),
             Some(Question::Srv { service: s("web"), tag: Some(s("v1")) })
