@@ -63,20 +63,29 @@ pub async fn run(ctx: Context, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(TURN);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut scanned: Option<Instant> = None;
+    // The term the schedule was built in: a finding of another term is dropped. Its SetHealth
+    // would be voided by the fsm, yet noted as the health last read, the next term's probe
+    // finding the same would propose nothing until the next rescan.
+    let mut schedule_term = 0;
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             Some(f) = found.recv() => {
-                report(&ctx, &mut schedule, f);
+                if f.term == schedule_term {
+                    report(&ctx, &mut schedule, f);
+                }
                 continue;
             }
             _ = ticker.tick() => {}
         }
         let status = ctx.node.status();
-        if status.leader != ctx.node.member_id {
+        if status.leader != ctx.node.member_id || status.term != schedule_term {
             schedule.clear();
             scanned = None;
-            continue;
+            schedule_term = status.term;
+            if status.leader != ctx.node.member_id {
+                continue;
+            }
         }
         let now = Instant::now();
         if scanned.is_none_or(|at| now.duration_since(at) >= RESCAN_EVERY) {

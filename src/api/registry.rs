@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use latch_proto::internal::{self, outcome, Deregister, Heartbeat, InstanceRow, Register};
+use latch_proto::v1::health_check::Kind;
 use latch_proto::v1::registry_server::{Registry, RegistryServer};
 use latch_proto::v1::*;
 use tonic::{Request, Response, Status};
@@ -58,6 +59,37 @@ fn check_of(c: HealthCheck) -> Result<internal::Check, ApiError> {
     ];
     if let Some((field, v)) = negative.into_iter().find(|(_, v)| *v < 0) {
         return Err(ApiError::InvalidArgument { field, problem: format!("{v} is negative") });
+    }
+    // A field the check's kind does not use is a mistake (a kind left unset is SESSION), not
+    // something to drop without a word.
+    if let Ok(kind) = Kind::try_from(c.kind) {
+        let used: &[&str] = match kind {
+            Kind::Session => &[],
+            Kind::Ttl => &["check.ttl_ms", "check.deregister_after_ms"],
+            Kind::Http => {
+                &["check.url", "check.interval_ms", "check.timeout_ms", "check.deregister_after_ms"]
+            }
+            Kind::Tcp => {
+                &["check.tcp_address", "check.interval_ms", "check.timeout_ms", "check.deregister_after_ms"]
+            }
+        };
+        let set = [
+            ("check.ttl_ms", c.ttl_ms != 0),
+            ("check.url", !c.url.is_empty()),
+            ("check.tcp_address", !c.tcp_address.is_empty()),
+            ("check.interval_ms", c.interval_ms != 0),
+            ("check.timeout_ms", c.timeout_ms != 0),
+            ("check.deregister_after_ms", c.deregister_after_ms != 0),
+        ];
+        if let Some((field, _)) = set.into_iter().find(|&(field, set)| set && !used.contains(&field)) {
+            return Err(ApiError::InvalidArgument {
+                field,
+                problem: format!(
+                    "does not apply to a {} check (check.kind; unset, it is SESSION)",
+                    kind.as_str_name()
+                ),
+            });
+        }
     }
     registry::check_check(&internal::Check {
         kind: c.kind,

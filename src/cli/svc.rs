@@ -251,6 +251,7 @@ async fn register(args: RegisterArgs, client: &Client, output: Output) -> anyhow
         ("--check-ttl", args.check_ttl),
         ("--check-timeout", args.check_timeout),
         ("--interval", args.interval),
+        ("--deregister-after", args.deregister_after),
     ] {
         if d.is_some_and(|d| d.is_zero()) {
             return Err(UsageError(format!("{flag} must be more than 0")).into());

@@ -68,12 +68,17 @@ use apply::Apply;
 /// that version's rules, so that a member replaying a log an older build wrote reaches the
 /// state that build reached; any other version is rejected. Version 3: an acquire under the
 /// request id of another session's hold or wait, and a session create for an existing session
-/// asking another name or TTL, are refused (version 2 applied them).
-pub const COMMAND_VERSION: u32 = 3;
+/// asking another name or TTL, are refused (version 2 applied them). Version 4: the request
+/// memory keeps only the health of what the registry's periodic commands answer
+/// (`requests`' module doc).
+pub const COMMAND_VERSION: u32 = 4;
 /// The oldest `Command.version` this build applies.
 pub const OLDEST_COMMAND_VERSION: u32 = 2;
 /// The first version whose acquires and session creates check request ids (see above).
 const IDS_CHECKED_FROM: u32 = 3;
+/// The first version whose registry heartbeats, verdicts, reaps and deregistrations are
+/// remembered by their health alone (see above).
+const HEALTH_ONLY_FROM: u32 = 4;
 
 /// Every domain, in the order their tables appear in a snapshot.
 const DOMAINS: [&dyn Domain; 6] = [
@@ -460,6 +465,7 @@ fn apply_command<'t>(
         }
     }
     let mut ap = Apply::new(txn, *revision, bounds.max_response_bytes);
+    let mut health_only = false;
     let result = if !(OLDEST_COMMAND_VERSION..=COMMAND_VERSION).contains(&cmd.version) {
         outcome::Result::Rejected(format!(
             "command: version {} is not supported (this build applies versions \
@@ -468,6 +474,17 @@ fn apply_command<'t>(
         ))
     } else {
         let ids_checked = cmd.version >= IDS_CHECKED_FROM;
+        health_only = cmd.version >= HEALTH_ONLY_FROM
+            && matches!(
+                cmd.body,
+                Some(
+                    Body::Heartbeat(_)
+                        | Body::MarkCritical(_)
+                        | Body::SetHealth(_)
+                        | Body::Reap(_)
+                        | Body::Deregister(_)
+                )
+            );
         match cmd.body {
             None => outcome::Result::Rejected("command: body is missing".to_string()),
             Some(Body::Put(req)) => kv::put(&mut ap, req)?,
@@ -502,7 +519,14 @@ fn apply_command<'t>(
     *revision = done.revision;
     let outcome = Outcome { revision: done.revision, data_omitted: false, result: Some(result) };
     if let Some(memory) = &mut memory {
-        memory.remember(index, &cmd.request_id, command_hash, &outcome, bounds.request_memory_bytes)?;
+        memory.remember(
+            index,
+            &cmd.request_id,
+            command_hash,
+            &outcome,
+            health_only,
+            bounds.request_memory_bytes,
+        )?;
     }
     let applied = AppliedCommand {
         index,
@@ -1008,17 +1032,19 @@ mod tests {
         let cmd =
             Command { version: COMMAND_VERSION + 1, request_id: "next".into(), body: Some(put("a", "1")) };
         let applied = s.apply_data(&cmd.encode_to_vec()).expect("an outcome");
-        assert!(as_rejected(applied.outcome).contains("versions 2 to 3"), "a later version too");
+        let named = format!("versions {OLDEST_COMMAND_VERSION} to {COMMAND_VERSION}");
+        assert!(as_rejected(applied.outcome).contains(&named), "a later version too");
     }
 
     #[test]
-    fn a_request_resent_across_the_version_3_upgrade_hashes_as_the_same_request() {
+    fn a_request_resent_across_the_version_upgrades_hashes_as_the_same_request() {
         let of = |version| {
             let cmd = Command { version, request_id: "r".into(), body: Some(put("k", "v")) };
             request_hash(&cmd, &cmd.encode_to_vec())
         };
         assert_eq!(of(3), of(2), "only the version differs: the same request");
-        assert_ne!(of(4), of(2), "a version this build does not know is another request");
+        assert_eq!(of(4), of(2), "only the version differs: the same request");
+        assert_ne!(of(5), of(2), "a version this build does not know is another request");
         let v2 = Command { version: 2, request_id: "r".into(), body: Some(put("k", "v")) }.encode_to_vec();
         assert_eq!(of(2), command_hash(&v2), "a version-2 command hashes as older builds hashed it");
     }

@@ -869,6 +869,46 @@ mod tests {
         assert_eq!(s.applied().revision, r1 + 2);
     }
 
+    /// A heartbeat's answer is the instance's health, and that is all the request memory keeps
+    /// of it (from command version 4): heartbeats of instances with large metadata do not flush
+    /// the memory every other request's retry depends on. A version-3 heartbeat (a log an
+    /// older build wrote) is remembered whole, as that build remembered it.
+    #[test]
+    fn a_heartbeat_is_remembered_by_its_health_alone() {
+        let mut s = Store::new();
+        let mut big = instance("web", "1");
+        big.meta = (0..32).map(|i| (format!("key-{i}"), "x".repeat(400))).collect();
+        let req = Register { instance: Some(big), session: String::new(), check: Some(ttl(10_000)) };
+        s.apply("", Body::Register(req));
+        let beat =
+            || Body::Heartbeat(Heartbeat { service: "web".into(), id: "1".into(), output: String::new() });
+        let remembered = |s: &Store, id: &str| {
+            s.read(|t| {
+                let requests =
+                    crate::fsm::open_read(t, crate::storage::schema::REQUESTS)?.expect("requests exists");
+                Ok(requests.get(id.as_bytes())?.map(|v| v.value().len()))
+            })
+            .expect("reads")
+            .expect("remembered")
+        };
+        let health = |o: &latch_proto::internal::Outcome| match &o.result {
+            Some(outcome::Result::Registry(r)) => r.instance.as_ref().map(|i| i.health),
+            other => panic!("a registry outcome, not {other:?}"),
+        };
+
+        let first = s.apply("hb", beat());
+        assert!(remembered(&s, "hb") < 200, "a heartbeat is remembered in {} bytes", remembered(&s, "hb"));
+        let retried = s.apply("hb", beat());
+        assert!(!retried.data_omitted, "the retry's answer holds all a heartbeat answers");
+        assert_eq!(health(&retried), health(&first), "the retry answers the first heartbeat's health");
+        assert_eq!(retried.revision, first.revision);
+
+        let v3 =
+            latch_proto::internal::Command { version: 3, request_id: "hb-v3".into(), body: Some(beat()) };
+        s.apply_data(&prost::Message::encode_to_vec(&v3));
+        assert!(remembered(&s, "hb-v3") > 12_000, "a version-3 heartbeat is remembered whole");
+    }
+
     #[test]
     fn a_sessions_end_removes_its_instances_in_the_revision_that_ends_it() {
         let mut s = Store::new();

@@ -10,7 +10,11 @@
 //!   nothing.
 //! - What is remembered depends on the command and the state only, never on a member's response
 //!   bound (`--max-response-bytes` may differ between members): range results are dropped whole,
-//!   and previous values are present exactly when asked for and existing.
+//!   and previous values are present exactly when asked for and existing. Of the registry's
+//!   periodic commands (heartbeats, health verdicts, reaps, and deregistrations), from command
+//!   version 4, only the instance's health is kept: all their answer says (a heartbeat's), where
+//!   the whole instance, its metadata included, let heartbeats of large instances flush the
+//!   memory within seconds.
 //! - The table is bounded in bytes: when the remembered rows add up to more than the bound
 //!   ([`REQUEST_MEMORY_BYTES`], the same on every member), the oldest (by applying index) are forgotten, each at most once,
 //!   in the apply that crossed the bound. The window this gives in time is documented in
@@ -18,7 +22,9 @@
 //! - `requests_by_index` names exactly the rows of `requests`, each under the index its row
 //!   records; `requests_meta/bytes` is the sum of [`row_bytes`] over them.
 
-use latch_proto::internal::{op_result, outcome, Outcome, RangeResult, Remembered, RequestConflict};
+use latch_proto::internal::{
+    op_result, outcome, InstanceRow, Outcome, RangeResult, Remembered, RequestConflict,
+};
 use prost::Message;
 use redb::{ReadableTable, Table, WriteTransaction};
 
@@ -141,9 +147,10 @@ impl<'t> Memory<'t> {
         id: &str,
         command_hash: u64,
         outcome: &Outcome,
+        health_only: bool,
         bound: u64,
     ) -> Result<(), FsmError> {
-        let (outcome, stripped) = strip(outcome);
+        let (outcome, stripped) = strip(outcome, health_only);
         let row = Remembered { index, command_hash, outcome: Some(outcome), stripped }.encode_to_vec();
         self.requests.insert(id.as_bytes(), row.as_slice())?;
         self.by_index.insert(index.to_be_bytes().as_slice(), id.as_bytes())?;
@@ -181,9 +188,10 @@ pub(crate) fn row_bytes(id_len: usize, row_len: usize) -> u64 {
     (2 * id_len + row_len + 8) as u64
 }
 
-/// The outcome without previous values and range results, and whether its answer carried data
-/// (see the module doc: decided by the command and the state alone).
-fn strip(o: &Outcome) -> (Outcome, bool) {
+/// The outcome without previous values and range results (and with `health_only`, a registry
+/// outcome's instance reduced to its health), and whether its answer carried data that is not
+/// kept (see the module doc: decided by the command and the state alone).
+fn strip(o: &Outcome, health_only: bool) -> (Outcome, bool) {
     fn take<T>(v: &mut Vec<T>) -> bool {
         !std::mem::take(v).is_empty()
     }
@@ -203,6 +211,12 @@ fn strip(o: &Outcome) -> (Outcome, bool) {
             };
             stripped | this
         }),
+        Some(outcome::Result::Registry(r)) if health_only => {
+            if let Some(i) = r.instance.as_mut() {
+                **i = InstanceRow { health: i.health, ..Default::default() };
+            }
+            false
+        }
         _ => false,
     };
     (o, stripped)

@@ -616,7 +616,9 @@ impl LogStore {
         if self.fresh && index > 0 {
             return Err(StorageError::Corrupt(format!(
                 "the raft log ({}) is missing or empty, but the state machine is at index {index}: \
-                 the log was lost (restore the whole data dir, or wipe it to rejoin as a new member)",
+                 the log was lost: restore this member's whole data dir from a copy (a member does not \
+                 rejoin under its id with an empty log: it would have forgotten its vote and the entries \
+                 it acknowledged, and a write the cluster acknowledged could be lost)",
                 self.dir.describe("")
             )));
         }

@@ -448,6 +448,12 @@ async fn bad_registry_requests_are_refused_by_name_and_write_nothing() {
                 .check(Check::tcp("h:1").interval(Duration::from_secs(1)).timeout(Duration::from_secs(2))),
             "check.timeout_ms",
         ),
+        // A field its kind does not use (a session check's, here) is refused, not dropped.
+        (web("1", 80).check(Check::session().interval(Duration::from_secs(1))), "check.interval_ms"),
+        (
+            web("1", 80).check(Check::ttl(Duration::from_secs(1)).timeout(Duration::from_secs(1))),
+            "check.timeout_ms",
+        ),
     ] {
         let err = client.register(options).await.expect_err("a bad registration is refused");
         assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err}");

@@ -129,15 +129,18 @@ class Check:
                                         deregister_after_ms=_ms(deregister_after, "deregister_after"))
 
     @staticmethod
-    def http(url: str, *, interval: float = 10, timeout: float = 2,
+    def http(url: str, *, interval: float = 10, timeout: float = 0,
              deregister_after: float = 0) -> registry_pb2.HealthCheck:
-        """The leader GETs ``url`` every ``interval`` seconds; a 2xx answer passes."""
+        """The leader GETs ``url`` every ``interval`` seconds; a 2xx answer passes. A probe
+        takes at most ``timeout`` seconds (0: the member's default, 5 s or the interval if
+        shorter)."""
         return Check._probe(registry_pb2.HealthCheck.HTTP, interval, timeout, deregister_after, url=url)
 
     @staticmethod
-    def tcp(address: str, *, interval: float = 10, timeout: float = 2,
+    def tcp(address: str, *, interval: float = 10, timeout: float = 0,
             deregister_after: float = 0) -> registry_pb2.HealthCheck:
-        """The leader connects to ``address`` (host:port) every ``interval`` seconds."""
+        """The leader connects to ``address`` (host:port) every ``interval`` seconds, taking
+        at most ``timeout`` seconds (0: the member's default)."""
         return Check._probe(registry_pb2.HealthCheck.TCP, interval, timeout, deregister_after, tcp_address=address)
 
     @staticmethod
