@@ -114,7 +114,22 @@ impl Kv for KvService {
             check_txn(&self.ctx.limits, &req)?;
             check_request_id(&req.request_id)?;
             let id = req.request_id.clone();
-            match self.ctx.write(&id, Body::Txn(convert::txn(req, self.ctx.node.cluster_id)?)).await? {
+            let txn = convert::txn(req, self.ctx.node.cluster_id)?;
+            if crate::fsm::writes_nothing(&txn) {
+                // Only compares and ranges: a linearizable read, as etcd serves it, not a log
+                // entry every member applies (and builds the ranges' results for) alike.
+                self.ctx.node.read_index().await?;
+                let max = self.ctx.limits.max_response_bytes;
+                let read = self.ctx.node.db().begin_read()?;
+                return match crate::fsm::read_txn(&read, &txn, max)? {
+                    (revision, outcome::Result::Txn(r)) => {
+                        Ok(convert::txn_response(r, self.ctx.header(revision)))
+                    }
+                    (_, outcome::Result::Rejected(why)) => Err(ApiError::Rejected(why)),
+                    _ => Err(mismatched("txn")),
+                };
+            }
+            match self.ctx.write(&id, Body::Txn(txn)).await? {
                 (header, outcome::Result::Txn(r)) => Ok(convert::txn_response(r, header)),
                 _ => Err(mismatched("txn")),
             }

@@ -48,7 +48,7 @@ mod recent;
 mod snapshot;
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -161,7 +161,7 @@ impl WatchApi for WatchService {
             metrics: self.metrics.clone(),
             out,
             watches: BTreeMap::new(),
-            selections: HashSet::new(),
+            selections: HashMap::new(),
             next_auto_id: 1,
             progress_every: self.progress_every,
             turn_header: ResponseHeader::default(),
@@ -320,8 +320,8 @@ struct Stream {
     /// One of each selection the stream's watches have, which watches that select the same
     /// share: grouping them then compares places, not keys (a selection's keys are hashed at
     /// its first watch's create and its last one's end, where every turn hashed them again).
-    /// It holds exactly the selections of the stream's watches.
-    selections: HashSet<Arc<Selection>>,
+    /// It holds exactly the selections of the stream's watches, each with how many have it.
+    selections: HashMap<Arc<Selection>, usize>,
     /// Where the member's choice of the next id starts (a create with `watch_id = 0`). It only
     /// grows, past each id the member gave: an id it picks is never one a watch of this stream
     /// had from it before (short of `i64::MAX`), as in etcd.
@@ -455,9 +455,11 @@ impl Stream {
     /// Forgets watch `id`, counting why.
     fn forget(&mut self, id: i64, reason: CancelReason) -> Option<Watch> {
         let w = self.watches.remove(&id)?;
-        // Its selection, if no other watch has it: held by the set and by `w` alone.
-        if Arc::strong_count(&w.selection) == 2 {
-            self.selections.remove(&*w.selection);
+        if let Some(watching) = self.selections.get_mut(&*w.selection) {
+            *watching -= 1;
+            if *watching == 0 {
+                self.selections.remove(&*w.selection);
+            }
         }
         self.metrics.watch.watches.dec();
         self.metrics.watch.canceled(reason.as_str_name());
@@ -666,12 +668,17 @@ impl Stream {
 
     /// The stream's one copy of `selection`, kept from now on.
     fn selection(&mut self, selection: Selection) -> Arc<Selection> {
-        if let Some(kept) = self.selections.get(&selection) {
-            return kept.clone();
+        match self.selections.entry(Arc::new(selection)) {
+            Entry::Occupied(mut at) => {
+                *at.get_mut() += 1;
+                at.key().clone()
+            }
+            Entry::Vacant(at) => {
+                let kept = at.key().clone();
+                at.insert(1);
+                kept
+            }
         }
-        let kept = Arc::new(selection);
-        self.selections.insert(kept.clone());
-        kept
     }
 
     /// The id for a create with `watch_id = 0`: the first from `next_auto_id` on that no watch

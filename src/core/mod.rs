@@ -85,8 +85,9 @@ pub const MAX_COMMITTED_BYTES_PER_READY: u64 = 4 * 1024 * 1024;
 pub const COMPACTION_STEP: u64 = 1024;
 
 /// How many times `snapshot_entries` a leader keeps, at most, below its compaction target for
-/// followers catching up (see [`Core::followers_floor`]).
-pub const CATCH_UP_SNAPSHOTS: u64 = 4;
+/// followers catching up (see [`Core::followers_floor`]): with the default 10,000, a snapshot's
+/// transfer and install may take as long as 100,000 writes.
+pub const CATCH_UP_SNAPSHOTS: u64 = 10;
 
 /// How long after a follower's last message a leader still keeps log entries for it to catch
 /// up from, in milliseconds of its clock (a follower restoring a large snapshot may be silent
@@ -417,6 +418,9 @@ pub struct Core {
     snapshots_installed: u64,
     /// When each peer's last message arrived, on `clock_ms` (see [`Core::followers_floor`]).
     heard_from: BTreeMap<u64, u64>,
+    /// The index of the last snapshot delivered to each peer (it may be installing it, silent,
+    /// for longer than [`CATCH_UP_SILENCE_MS`]).
+    snapshots_delivered: BTreeMap<u64, u64>,
     actions: Vec<Action>,
     /// When set, raft's randomized election timeouts are drawn from it (see
     /// [`Core::seed_election_timeouts`]) instead of raft-rs's thread rng.
@@ -530,6 +534,7 @@ impl Core {
             leader_link_lost: false,
             snapshots_installed: 0,
             heard_from: BTreeMap::new(),
+            snapshots_delivered: BTreeMap::new(),
             actions: Vec::new(),
             election_rng: None,
             clock_ms: 0,
@@ -829,6 +834,11 @@ impl Core {
     }
 
     pub fn report_snapshot(&mut self, peer: u64, ok: bool) {
+        if ok {
+            if let Some(pr) = self.raw.raft.prs().get(peer).filter(|pr| pr.state == ProgressState::Snapshot) {
+                self.snapshots_delivered.insert(peer, pr.pending_snapshot);
+            }
+        }
         let status = if ok { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
         self.raw.report_snapshot(peer, status);
         self.redraw_election_timeout(false);
@@ -1057,10 +1067,7 @@ impl Core {
             self.announced_revision = self.announced_revision.max(revision);
             self.compactor.restored();
             self.actions.push(Action::Restored { index, revision });
-            // A proposal whose entry the snapshot covers is never handed to the applier, so no
-            // apply answers it: proposed again under its request id, it is answered from the
-            // request memory the snapshot brought (or applied, if the snapshot did not cover it).
-            self.propose_again();
+            self.answer_from_memory()?;
         }
 
         if !persisted.is_empty() {
@@ -1158,7 +1165,7 @@ impl Core {
         let tail = self.snapshot_entries / 4;
         let compacted = self.raw.store().compacted().index;
         let applied = self.applied.index.min(self.durable_index);
-        if applied >= compacted + self.snapshot_entries + tail {
+        if applied >= compacted.saturating_add(self.snapshot_entries).saturating_add(tail) {
             let target = self.followers_floor(applied - tail);
             if target <= compacted {
                 return Ok(false);
@@ -1179,33 +1186,37 @@ impl Core {
         Ok(false)
     }
 
-    /// Where a leader may compact to, short of `target`: not past what a follower it heard
-    /// from in the last [`CATCH_UP_SILENCE_MS`] goes on from — the snapshot it is being sent,
-    /// the index before the next one it is probed with (after a snapshot, the snapshot's), or
-    /// what it has. Compacted past a snapshot in transfer, the follower that installed it could
-    /// not go on from its index, and would be sent another, and another, for as long as a
-    /// transfer outlasts the writes between two compactions; compacted past a follower that
-    /// answers, it would need a snapshot where the log would do. A follower that never
-    /// finishes keeps at most [`CATCH_UP_SNAPSHOTS`] × `snapshot_entries` below `target`, and
-    /// a silent one nothing: neither makes the log grow without bound.
+    /// Where a leader may compact to, short of `target`: not past what a follower goes on
+    /// from — the snapshot it is being sent, or was sent and has not reached yet (installing
+    /// it, it may be silent for long), else, if it was heard from in the last
+    /// [`CATCH_UP_SILENCE_MS`], the index before the next one it is probed with, or what it has.
+    /// Compacted past a snapshot in transfer or being installed, the follower could not go on
+    /// from its index, and would be sent another, and another, for as long as a transfer
+    /// outlasts the writes between two compactions; compacted past a follower that answers,
+    /// it would need a snapshot where the log would do. A follower keeps at most
+    /// [`CATCH_UP_SNAPSHOTS`] × `snapshot_entries` below `target` (a transfer and install that
+    /// outlast that many writes start over), and a silent one nothing: neither makes the log
+    /// grow without bound.
     fn followers_floor(&self, target: u64) -> u64 {
         if self.raw.raft.state != StateRole::Leader {
             return target;
         }
-        let lowest = target.saturating_sub(CATCH_UP_SNAPSHOTS * self.snapshot_entries);
+        let lowest = target.saturating_sub(CATCH_UP_SNAPSHOTS.saturating_mul(self.snapshot_entries));
         let mut floor = target;
         for (&id, pr) in self.raw.raft.prs().iter() {
+            if id == self.id() {
+                continue;
+            }
+            let installing = self.snapshots_delivered.get(&id).is_some_and(|&at| pr.matched < at);
             let heard = self
                 .heard_from
                 .get(&id)
                 .is_some_and(|&at| self.clock_ms.saturating_sub(at) <= CATCH_UP_SILENCE_MS);
-            if id == self.id() || !heard {
-                continue;
-            }
             let needs = match pr.state {
                 ProgressState::Snapshot => pr.pending_snapshot,
-                ProgressState::Probe => pr.next_idx.saturating_sub(1),
-                ProgressState::Replicate => pr.matched,
+                ProgressState::Probe if installing || heard => pr.next_idx.saturating_sub(1),
+                ProgressState::Replicate if heard => pr.matched,
+                ProgressState::Probe | ProgressState::Replicate => continue,
             };
             floor = floor.min(needs.max(lowest));
         }
@@ -1237,6 +1248,25 @@ impl Core {
                 self.actions.push(Action::ReadReady { waiter: r.waiter });
             }
         }
+    }
+
+    /// Answers each pending proposal whose request id the state's request memory remembers, as
+    /// its apply would have (after a snapshot install: a proposal whose entry the snapshot
+    /// covers is never handed to the applier, so no apply answers it). The others wait for
+    /// their entries as before.
+    fn answer_from_memory(&mut self) -> Result<(), CoreError> {
+        let txn = self.state_db.begin_read().map_err(redb_err)?;
+        let ids: Vec<String> = self.proposals.keys().cloned().collect();
+        for id in ids {
+            let Some(hash) = self.proposals.get(&id).map(|p| p.hash) else { continue };
+            let Some(outcome) = fsm::answer_of(&txn, &id, hash)? else { continue };
+            if let Some(p) = self.proposals.remove(&id) {
+                for w in p.waiters {
+                    self.actions.push(Action::Reply { waiter: w, result: Ok(outcome.clone()) });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Hands raft every pending proposal again, under the same request ids.

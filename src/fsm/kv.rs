@@ -187,6 +187,50 @@ pub(crate) fn txn(ap: &mut Apply, req: Txn) -> Result<outcome::Result, FsmError>
     Ok(outcome::Result::Txn(TxnResult { succeeded, results }))
 }
 
+/// Whether a txn writes nothing whichever branch runs: only compares and ranges.
+pub fn writes_nothing(req: &Txn) -> bool {
+    req.success.iter().chain(&req.failure).all(|o| matches!(o.op, Some(op::Op::Range(_))))
+}
+
+/// Answers a txn that writes nothing ([`writes_nothing`]) from a read transaction: what its
+/// apply would answer at the state `txn` reads, without a log entry. A txn that is not valid
+/// is refused, as its apply refuses it.
+pub(crate) fn read_txn(
+    txn: &ReadTransaction,
+    req: &Txn,
+    max_response_bytes: usize,
+) -> Result<outcome::Result, FsmError> {
+    if let Err(why) = check_txn(req) {
+        return Ok(outcome::Result::Rejected(why));
+    }
+    debug_assert!(writes_nothing(req), "read_txn serves txns that write nothing");
+    // `fsm::init` made every table: a missing one is not an empty one.
+    let Some(table) = open_read(txn, KV)? else {
+        return Err(FsmError::Corrupt("table kv is missing".into()));
+    };
+    let mut succeeded = true;
+    for c in &req.compare {
+        let held = match &c.target {
+            Some(compare::Target::Sequencer(seq)) => fenced(c, locks::check(txn, seq)?.is_ok()),
+            _ => holds(&table, c)?,
+        };
+        if !held {
+            succeeded = false;
+            break;
+        }
+    }
+    let ops = if succeeded { &req.success } else { &req.failure };
+    let mut budget = max_response_bytes;
+    let mut results = Vec::with_capacity(ops.len());
+    for o in ops {
+        if let Some(op::Op::Range(r)) = &o.op {
+            results
+                .push(OpResult { result: Some(op_result::Result::Range(range_in(&table, r, &mut budget)?)) });
+        }
+    }
+    Ok(outcome::Result::Txn(TxnResult { succeeded, results }))
+}
+
 /// Serves a range from a read transaction, within `max_response_bytes`.
 pub(crate) fn read_range(
     txn: &ReadTransaction,
@@ -653,6 +697,64 @@ mod tests {
     use latch_proto::internal::command::Body;
     use latch_proto::internal::{compare, Compare, DeleteRange, Op, Put, Range, RangeResult};
     use std::collections::BTreeMap;
+
+    /// A txn that writes nothing is answered from a read transaction exactly as its apply
+    /// answers it: compares on values, versions of absent keys and sequencers, ranges, the
+    /// failure branch, and a refusal.
+    #[test]
+    fn a_txn_that_writes_nothing_reads_what_its_apply_answers() {
+        let mut s = Store::new();
+        s.apply("", put("a", "1"));
+        s.apply("", put("b", "2"));
+        s.apply("", create_session("s"));
+        let granted = s.apply("", acquire_req("l", "s", latch_proto::internal::LockMode::Exclusive, false));
+        let Some(latch_proto::internal::outcome::Result::Lock(l)) = granted.result else {
+            panic!("a lock outcome")
+        };
+        let seq = l.sequencer.expect("granted");
+        let stale = latch_proto::internal::Sequencer { generation: seq.generation + 1, ..seq.clone() };
+        let all = Op {
+            op: Some(latch_proto::internal::op::Op::Range(Range {
+                key: b"a".to_vec(),
+                range_end: b"z".to_vec(),
+                ..Default::default()
+            })),
+        };
+        let cases = [
+            txn(
+                vec![cmp("a", R::Equal, T::Value(b"1".to_vec()))],
+                vec![op_get("a"), all.clone()],
+                vec![op_get("b")],
+            ),
+            txn(
+                vec![cmp("a", R::Equal, T::Value(b"9".to_vec()))],
+                vec![op_get("a")],
+                vec![op_get("b"), all.clone()],
+            ),
+            txn(vec![cmp("absent", R::Equal, T::Version(0))], vec![op_get("absent")], vec![]),
+            txn(
+                vec![Compare { result: R::Equal as i32, key: Vec::new(), target: Some(T::Sequencer(seq)) }],
+                vec![all.clone()],
+                vec![],
+            ),
+            txn(
+                vec![Compare { result: R::Equal as i32, key: Vec::new(), target: Some(T::Sequencer(stale)) }],
+                vec![all],
+                vec![op_get("a")],
+            ),
+            txn(vec![], vec![Op { op: None }], vec![]),
+        ];
+        for body in cases {
+            let Body::Txn(req) = body.clone() else { unreachable!("txn makes a txn") };
+            assert!(super::writes_nothing(&req) || req.success.iter().any(|o| o.op.is_none()));
+            let before = s.applied().revision;
+            let read = s.read(|t| super::super::read_txn(t, &req, 4 * 1024 * 1024)).expect("reads");
+            let applied = s.apply("", body);
+            assert_eq!(read.0, before, "read at the current revision");
+            assert_eq!(Some(read.1), applied.result, "{req:?}: the read answers what the apply answers");
+            assert_eq!(s.applied().revision, before, "and the apply wrote nothing either");
+        }
+    }
 
     fn kv_of(s: &Store, key: &str) -> (i64, i64, i64) {
         let kv = s.get(key).unwrap_or_else(|| panic!("expected key {key:?} to exist"));

@@ -163,8 +163,11 @@ pub(crate) fn acquire(
     if !grantable && req.max_waiters > 0 && row.waiters.len() >= req.max_waiters as usize {
         return Ok(result(Status::QueueFull, None, row.waiters.len() as u64));
     }
+    // The session's index, opened once for the count and the insert.
+    let txn = ap.txn;
+    let mut owned_index = txn.open_table(SESSION_LOCKS)?;
     if req.max_session_locks > 0 {
-        let owned = count_owned(ap.txn, &req.session, req.max_session_locks)?;
+        let owned = count_owned(&owned_index, &req.session, req.max_session_locks)?;
         if owned >= u64::from(req.max_session_locks) {
             return Ok(result(Status::SessionFull, None, owned));
         }
@@ -195,7 +198,8 @@ pub(crate) fn acquire(
         });
         result(Status::Queued, None, row.waiters.len() as u64 - 1)
     };
-    ap.txn.open_table(SESSION_LOCKS)?.insert(index_key(&req.session, &key).as_slice(), [].as_slice())?;
+    owned_index.insert(index_key(&req.session, &key).as_slice(), [].as_slice())?;
+    drop(owned_index);
     write_row(ap, &key, &row)?;
     Ok(status)
 }
@@ -466,8 +470,11 @@ pub fn count_of(txn: &ReadTransaction, id: &str) -> Result<u64, FsmError> {
 
 /// How many locks session `id` holds or awaits, counted up to `most`: a session under the bound
 /// costs the walk of what it owns, one at it `most` steps.
-fn count_owned(txn: &WriteTransaction, id: &str, most: u32) -> Result<u64, FsmError> {
-    let index = txn.open_table(SESSION_LOCKS)?;
+fn count_owned(
+    index: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    id: &str,
+    most: u32,
+) -> Result<u64, FsmError> {
     let (start, end) = session_span(id);
     Ok(index.range::<&[u8]>(start.as_slice()..end.as_slice())?.take(most as usize).count() as u64)
 }

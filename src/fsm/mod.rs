@@ -30,6 +30,8 @@ mod apply;
 pub mod elections;
 pub mod history;
 mod kv;
+pub use kv::writes_nothing;
+pub use requests::answer_of;
 pub mod locks;
 pub mod registry;
 mod requests;
@@ -351,6 +353,16 @@ pub fn range(
         history::check_revision(req.revision, revision, history::compact_revision_read(txn)?)?;
     }
     Ok((revision, kv::read_range(txn, req, max_response_bytes)?))
+}
+
+/// Answers a txn that writes nothing (`kv::writes_nothing`) at the state `txn` reads, and that
+/// state's revision: a read, not a log entry.
+pub fn read_txn(
+    txn: &ReadTransaction,
+    req: &latch_proto::internal::Txn,
+    max_response_bytes: usize,
+) -> Result<(i64, outcome::Result), FsmError> {
+    Ok((applied(txn)?.revision, kv::read_txn(txn, req, max_response_bytes)?))
 }
 
 /// Deterministic hash of the store revision and every row of every domain table; equal states

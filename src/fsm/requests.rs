@@ -85,6 +85,30 @@ pub(crate) enum Seen {
     Answered(Outcome),
 }
 
+/// What a retry of request `id`, of command hash `command_hash`, is answered from the memory
+/// `txn` reads (as [`Memory::lookup`] answers it at apply); `None` when the memory does not
+/// remember the id.
+pub fn answer_of(
+    txn: &redb::ReadTransaction,
+    id: &str,
+    command_hash: u64,
+) -> Result<Option<Outcome>, FsmError> {
+    let Some(requests) = super::open_read(txn, REQUESTS)? else { return Ok(None) };
+    let Some(row) = requests.get(id.as_bytes())? else { return Ok(None) };
+    Ok(Some(answer(decode(id.as_bytes(), row.value())?, command_hash)))
+}
+
+/// The answer to a request of `command_hash` under the id `r` remembers: its first outcome (its
+/// data omitted if it was stripped), or a conflict if it is another command.
+fn answer(r: Remembered, command_hash: u64) -> Outcome {
+    let first = r.outcome.unwrap_or_default();
+    if r.command_hash != command_hash {
+        let result = outcome::Result::Conflict(RequestConflict { first_applied_at: r.index });
+        return Outcome { revision: first.revision, data_omitted: false, result: Some(result) };
+    }
+    Outcome { data_omitted: r.stripped, ..first }
+}
+
 /// Whether request `id` is remembered in a read transaction: applied here, and not forgotten.
 pub fn remembered(txn: &redb::ReadTransaction, id: &str) -> Result<bool, FsmError> {
     match super::open_read(txn, REQUESTS)? {
@@ -126,17 +150,7 @@ impl<'t> Memory<'t> {
     /// Looks `id` up; `command_hash` is the hash of the whole encoded command.
     pub(crate) fn lookup(&self, id: &str, command_hash: u64) -> Result<Seen, FsmError> {
         let Some(row) = self.requests.get(id.as_bytes())? else { return Ok(Seen::New) };
-        let r = decode(id.as_bytes(), row.value())?;
-        let first = r.outcome.unwrap_or_default();
-        if r.command_hash != command_hash {
-            let result = outcome::Result::Conflict(RequestConflict { first_applied_at: r.index });
-            return Ok(Seen::Answered(Outcome {
-                revision: first.revision,
-                data_omitted: false,
-                result: Some(result),
-            }));
-        }
-        Ok(Seen::Answered(Outcome { data_omitted: r.stripped, ..first }))
+        Ok(Seen::Answered(answer(decode(id.as_bytes(), row.value())?, command_hash)))
     }
 
     /// Remembers the outcome of `id`, applied at `index`, then forgets the oldest rows while

@@ -180,7 +180,9 @@ async fn check_every_ack_is_stored(c: &Cluster, acks: &[Ack], when: &str) {
 
 #[tokio::test]
 async fn a_follower_that_missed_many_snapshots_worth_of_writes_catches_up_by_snapshot() {
-    const KEYS: usize = 100;
+    // More than the leader keeps for a follower it heard from lately (`core::CATCH_UP_SNAPSHOTS`
+    // × 20 entries past its compaction target).
+    const KEYS: usize = 300;
     let mut c = Cluster::start(3, &["--snapshot-entries", "20"]).await;
     let leader = c.leader().await;
     let follower = c.ids().into_iter().find(|id| *id != leader).unwrap();
@@ -216,8 +218,9 @@ async fn a_follower_that_missed_many_snapshots_worth_of_writes_catches_up_by_sna
     let me = c.self_status(follower).await.unwrap();
     assert!(
         me.snapshots_installed >= 1,
-        "member {follower} missed {KEYS} writes with --snapshot-entries 20, so the leader's log was \
-         compacted past it and it should have caught up by installing a snapshot; status: {me:?}"
+        "member {follower} missed {KEYS} writes with --snapshot-entries 20 (more than the 10 × 20 kept \
+         for it), so the leader's log was compacted past it and it should have caught up by installing \
+         a snapshot; status: {me:?}"
     );
     let read = serializable_range(&c, follower, "snap/").await;
     assert_eq!(read.header.unwrap().member_id, follower, "the serializable read should be served locally");

@@ -478,7 +478,7 @@ fn a_follower_that_installs_a_snapshot_while_writes_go_on_catches_up_from_the_lo
         }
     };
     let forwarded = s.propose(lagging, put("forwarded", "f", "from the follower"));
-    put_all(&mut s, 0..60, &mut cut_off);
+    put_all(&mut s, 0..120, &mut cut_off);
     for _ in 0..10 {
         s.round(&mut cut_off); // heartbeats: Readies that compact
     }
@@ -492,7 +492,7 @@ fn a_follower_that_installs_a_snapshot_while_writes_go_on_catches_up_from_the_lo
     s.until("a snapshot sent to the follower", 400, &mut hold_snapshots, &mut |s| {
         s.held(MessageType::MsgSnapshot, lagging) > 0
     });
-    put_all(&mut s, 60..80, &mut hold_snapshots);
+    put_all(&mut s, 120..140, &mut hold_snapshots);
     assert_eq!(s.answer(forwarded), None, "the follower has not applied its own write yet");
     let index = s.deliver_held_snapshot(lagging);
     assert!(
@@ -509,11 +509,11 @@ fn a_follower_that_installs_a_snapshot_while_writes_go_on_catches_up_from_the_lo
 
     // From the snapshot's index it follows the log: no second snapshot, and it has every write.
     s.until("the follower caught up", 400, &mut hold_snapshots, &mut |s| {
-        s.held(MessageType::MsgSnapshot, lagging) > 0 || value_on(s, lagging, "k79").is_some()
+        s.held(MessageType::MsgSnapshot, lagging) > 0 || value_on(s, lagging, "k139").is_some()
     });
     assert_eq!(s.held(MessageType::MsgSnapshot, lagging), 0, "one snapshot was enough");
     assert_eq!(value_on(&mut s, lagging, "f"), Some(b"from the follower".to_vec()), "the forwarded write");
-    for i in 0..80 {
+    for i in 0..140 {
         assert_eq!(value_on(&mut s, lagging, &format!("k{i}")), Some(format!("v{i}").into_bytes()), "k{i}");
     }
 }
