@@ -24,6 +24,7 @@
 //! reads the terminal is stopped by SIGTTIN (give it its input another way). `describe`, `list`
 //! and `check` name subcommands, not locks: `latch lock check -- CMD` is a usage error.
 
+use futures::FutureExt as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -194,6 +195,12 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                 session.close().await?;
                 return Ok(ExitCode::from(1));
             };
+            // A grant that came after the lease may have run out is no lock to run CMD under.
+            if lost(&session, Duration::ZERO).now_or_never().is_some() {
+                eprintln!("latch lock: {name:?} was granted after the session may have ended; not running {program:?}");
+                let _ = session.close().await;
+                return Ok(ExitCode::from(1));
+            }
             // Registered before CMD starts, so no signal meant for it gets its default action.
             let mut signals = Signals::new()?;
             // Through `latch lock-exec`, which dies with us and becomes CMD: this very binary,
@@ -258,11 +265,12 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                             if ours {
                                 group.send(Signal::CONT);
                             } else {
-                                eprintln!(
-                                    "latch lock: resumed after the session holding {name:?} may have ended; \
-                                     killing {program:?}"
-                                );
+                                // The signal first: a blocked or closed stderr must not hold it up.
                                 group.send(Signal::KILL);
+                                say(format_args!(
+                                    "latch lock: resumed after the session holding {name:?} may have ended; \
+                                     killed {program:?}"
+                                ));
                                 child.wait().await?;
                                 return Ok(ExitCode::from(LOST));
                             }
@@ -272,13 +280,14 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                     () = lost(&session, term_before) => {
                         let now = tokio::time::Instant::now();
                         let kill_at = (now + args.grace).min(session.lease_end() + lock_delay).max(now);
-                        eprintln!(
-                            "latch lock: the session holding {name:?} is lost while {program:?} runs; \
-                             sending it SIGTERM (SIGKILL after {})",
-                            humantime::format_duration(kill_at - now)
-                        );
+                        // The signals first: a blocked or closed stderr must not hold them up.
                         group.send(Signal::TERM);
                         group.send(Signal::CONT);
+                        say(format_args!(
+                            "latch lock: the session holding {name:?} is lost while {program:?} runs; \
+                             sent it SIGTERM (SIGKILL after {})",
+                            humantime::format_duration(kill_at - now)
+                        ));
                         // Until the deadline or until nothing of the group is left; then SIGKILL
                         // for whatever is (CMD may be gone while what it started is not).
                         while tokio::time::Instant::now() < kill_at && group.alive() {
@@ -412,6 +421,12 @@ impl Signals {
 /// failing and no more than `margin` of the lease is left, or the cluster ended it — or, in
 /// any state, once the lease ran out (the state is the keepalive task's word; the lease's end
 /// on this clock is what the cluster promised).
+/// Writes `message` on stderr, if it can: never panics (a closed stderr) where `eprintln!` would.
+fn say(message: std::fmt::Arguments) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{message}");
+}
+
 pub(super) async fn lost(session: &Session, margin: Duration) {
     let mut state = session.watch();
     loop {

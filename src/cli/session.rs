@@ -63,30 +63,49 @@ pub async fn run(command: SessionCommand, client: &ClientArgs) -> anyhow::Result
             }
         }
         SessionOp::Keepalive(IdArgs { id }) => {
-            let gone = |e: latch_client::Error| {
-                if e.code() == tonic::Code::NotFound {
-                    eprintln!("latch session keepalive: session {id} is gone (expired, or closed): {e}");
-                    Ok(ExitCode::from(super::lock::LOST))
-                } else {
-                    Err(anyhow::Error::new(e))
-                }
+            // Gone only when a linearizable read agrees: a deposed leader that has not heard of
+            // the session answers a keepalive NOT_FOUND too.
+            let gone = |e: &latch_client::Error| e.code() == tonic::Code::NotFound;
+            let confirmed_gone = |e: latch_client::Error| {
+                eprintln!("latch session keepalive: session {id} is gone (expired, or closed): {e}");
+                Ok(ExitCode::from(super::lock::LOST))
             };
+            let sent = tokio::time::Instant::now();
             let first = match client.keep_alive(&id).await {
                 Ok(first) => first,
-                Err(e) => return gone(e),
+                Err(e) if gone(&e) && client.session_info(&id).await.is_err_and(|r| gone(&r)) => {
+                    return confirmed_gone(e)
+                }
+                Err(e) => return Err(e.into()),
             };
             let ttl = Duration::from_millis(u64::try_from(first.ttl_ms).unwrap_or(0));
-            let mut next = tokio::time::Instant::now() + ttl / 3;
+            let retry = (ttl / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+            let mut lease_end = sent + Duration::from_millis(u64::try_from(first.granted_ms).unwrap_or(0));
+            let mut next = tokio::time::Instant::now() + (ttl / 3).max(retry);
             let stop = interrupted()?;
             tokio::pin!(stop);
             loop {
                 tokio::select! {
                     _ = &mut stop => break,
                     _ = tokio::time::sleep_until(next) => {
+                        let sent = tokio::time::Instant::now();
                         let ack = match client.keep_alive(&id).await {
                             Ok(ack) => ack,
-                            Err(e) => return gone(e),
+                            Err(e) if gone(&e) && client.session_info(&id).await.is_err_and(|r| gone(&r)) => {
+                                return confirmed_gone(e)
+                            }
+                            // Another failure is tried again while the lease granted last lasts.
+                            Err(e) if tokio::time::Instant::now() + retry < lease_end => {
+                                eprintln!("latch session keepalive: {e}; trying again");
+                                next = tokio::time::Instant::now() + retry;
+                                continue;
+                            }
+                            Err(e) => {
+                                eprintln!("latch session keepalive: no keepalive answered within the lease: {e}");
+                                return Ok(ExitCode::from(super::lock::LOST));
+                            }
                         };
+                        lease_end = sent + Duration::from_millis(u64::try_from(ack.granted_ms).unwrap_or(0));
                         let printed = match output {
                             Output::Json => stream_json(&json!({"id": ack.id, "ttl_ms": ack.ttl_ms, "granted_ms": ack.granted_ms})),
                             Output::Text => stream_bytes(format!("kept alive: {} ms granted\n", ack.granted_ms).as_bytes()),
@@ -95,7 +114,7 @@ pub async fn run(command: SessionCommand, client: &ClientArgs) -> anyhow::Result
                             Err(e) if e.is::<StdoutClosed>() => break,
                             other => other?,
                         }
-                        next = tokio::time::Instant::now() + ttl / 3;
+                        next = tokio::time::Instant::now() + (ttl / 3).max(retry);
                     }
                 }
             }

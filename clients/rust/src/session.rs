@@ -104,12 +104,19 @@ impl Client {
     pub async fn session(&self, options: SessionOptions) -> Result<Session, Error> {
         let sent = Instant::now();
         let created = self.create_session(options.ttl, &options.name).await?;
-        let ttl = Duration::from_millis(created.1 as u64);
+        // A TTL a member could not grant (negative, or past any lease) is no lease at all.
+        let ttl = Duration::from_millis(u64::try_from(created.1).unwrap_or(0).min(MAX_TTL_MS));
         let shared = Arc::new(Shared { lease_end: Mutex::new(sent + ttl) });
         let (tx, state) = watch::channel(SessionState::Safe);
         let grace = options.grace.unwrap_or(ttl);
-        let task =
-            tokio::spawn(keep_alive_loop(self.clone(), created.0.clone(), ttl, grace, shared.clone(), tx));
+        let task = tokio::spawn(keep_alive_loop(
+            self.clone(),
+            created.0.clone(),
+            (sent, ttl),
+            grace,
+            shared.clone(),
+            tx,
+        ));
         Ok(Session {
             id: created.0,
             ttl,
@@ -140,7 +147,12 @@ impl Client {
 
     /// One keepalive of session `id`, sent to the leader (found through the members).
     pub async fn keep_alive(&self, id: &str) -> Result<KeepAliveResponse, Error> {
-        self.call("KeepAlive", |channel| {
+        self.keep_alive_within(id, self.options().request_timeout).await
+    }
+
+    /// One keepalive, each attempt given at most `cap` before the next member is tried.
+    async fn keep_alive_within(&self, id: &str, cap: Duration) -> Result<KeepAliveResponse, Error> {
+        self.call_capped("KeepAlive", cap, |channel| {
             let request = KeepAliveRequest { id: id.to_string() };
             async move {
                 let mut stream = SessionClient::new(channel)
@@ -277,23 +289,32 @@ impl Drop for Session {
 
 /// Keeps session `id` alive whenever half its TTL is left, retrying sooner when a keepalive fails, and
 /// moves the state as the module doc says.
+/// The longest TTL the client takes a member's word for (a day, past any member's
+/// `--session-ttl-max`): a larger answer is not a lease it could keep.
+const MAX_TTL_MS: u64 = 24 * 3600 * 1000;
+
+/// Keeps session `id` alive, created at `created` (when its create was sent) with `ttl`.
 async fn keep_alive_loop(
     client: Client,
     id: String,
-    ttl: Duration,
+    (created, ttl): (Instant, Duration),
     grace: Duration,
     shared: Arc<Shared>,
     state: watch::Sender<SessionState>,
 ) {
     let retry = (ttl / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let mut next = Instant::now() + ttl / 2;
+    // Each attempt gets a sixth of the TTL before the next member is tried: a member that
+    // stopped answering (frozen, cut off) costs a keepalive that much, not the whole lease.
+    let cap = (ttl / 6).max(Duration::from_millis(100));
+    // The lease counts from when the create was sent, and so does the first keepalive.
+    let mut next = created + ttl / 2;
     let jeopardy = |state: &watch::Sender<SessionState>| {
         state.send_if_modified(|s| std::mem::replace(s, SessionState::Jeopardy) != SessionState::Jeopardy);
     };
     loop {
         tokio::time::sleep_until(next).await;
         let sent = Instant::now();
-        let attempt = keep_alive_once(&client, &id);
+        let attempt = keep_alive_once(&client, &id, cap);
         tokio::pin!(attempt);
         // Waits for the answer — the keepalive's, and the read that settles a NOT_FOUND —
         // while the lease may run low (Jeopardy) or, with the grace period, out (Expired):
@@ -309,13 +330,14 @@ async fn keep_alive_loop(
         };
         match answer {
             Some(KeepAlive::Granted(ack)) => {
-                let granted = Duration::from_millis(u64::try_from(ack.granted_ms).unwrap_or(0));
+                let granted =
+                    Duration::from_millis(u64::try_from(ack.granted_ms).unwrap_or(0).min(MAX_TTL_MS));
                 shared.set_lease_end(sent + granted);
                 state.send_if_modified(|s| std::mem::replace(s, SessionState::Safe) != SessionState::Safe);
                 // When half the TTL is left of the grant: the leader then renews the lease in
                 // the log and grants it whole again, so about half the TTL always stays in hand
-                // to ride out a leader change.
-                next = sent + granted.saturating_sub(ttl / 2).max(granted / 4);
+                // to ride out a leader change. Never sooner than a retry (a grant of nothing).
+                next = (sent + granted.saturating_sub(ttl / 2).max(granted / 4)).max(Instant::now() + retry);
             }
             Some(KeepAlive::Gone) => {
                 tracing::debug!(session = %id, "the cluster says the session is gone");
@@ -350,8 +372,8 @@ enum KeepAlive {
     Failed(Error),
 }
 
-async fn keep_alive_once(client: &Client, id: &str) -> KeepAlive {
-    match client.keep_alive(id).await {
+async fn keep_alive_once(client: &Client, id: &str, cap: Duration) -> KeepAlive {
+    match client.keep_alive_within(id, cap).await {
         Ok(ack) => KeepAlive::Granted(ack),
         // A deposed leader that has not heard of the session yet says so too: only a
         // linearizable read settles it.
@@ -418,6 +440,88 @@ mod tests {
         ) -> Result<Response<ListSessionsResponse>, Status> {
             Err(Status::unimplemented("list"))
         }
+    }
+
+    /// A member that creates sessions with a 1 s TTL and grants keepalives: when `frozen`, it
+    /// takes keepalives and never answers them (a member SIGSTOPped, or cut off).
+    struct Member {
+        frozen: bool,
+    }
+
+    #[tonic::async_trait]
+    impl SessionApi for Member {
+        type KeepAliveStream = Acks;
+
+        async fn create(
+            &self,
+            _: Request<CreateSessionRequest>,
+        ) -> Result<Response<CreateSessionResponse>, Status> {
+            Ok(Response::new(CreateSessionResponse { header: None, id: "s1".into(), ttl_ms: 1000 }))
+        }
+
+        async fn keep_alive(
+            &self,
+            _: Request<Streaming<KeepAliveRequest>>,
+        ) -> Result<Response<Acks>, Status> {
+            if self.frozen {
+                std::future::pending::<()>().await;
+            }
+            let ack =
+                KeepAliveResponse { id: "s1".into(), ttl_ms: 1000, granted_ms: 1000, ..Default::default() };
+            Ok(Response::new(Box::pin(futures::stream::iter([Ok(ack)]))))
+        }
+
+        async fn close(
+            &self,
+            _: Request<CloseSessionRequest>,
+        ) -> Result<Response<CloseSessionResponse>, Status> {
+            Ok(Response::new(CloseSessionResponse::default()))
+        }
+
+        async fn get(&self, _: Request<GetSessionRequest>) -> Result<Response<GetSessionResponse>, Status> {
+            Err(Status::unimplemented("get"))
+        }
+
+        async fn list(
+            &self,
+            _: Request<ListSessionsRequest>,
+        ) -> Result<Response<ListSessionsResponse>, Status> {
+            Err(Status::unimplemented("list"))
+        }
+    }
+
+    async fn serve(member: impl SessionApi) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let addr = listener.local_addr().expect("bound address").to_string();
+        let incoming = TcpIncoming::from_listener(listener, true, None).expect("incoming");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(SessionServer::new(member))
+                .serve_with_incoming(incoming),
+        );
+        addr
+    }
+
+    /// The member a session's keepalives go to stops answering: the next keepalive goes to
+    /// another member within a sixth of the TTL, not after the request timeout (5 s, five
+    /// leases of 1 s), and the session lives on.
+    #[tokio::test]
+    async fn a_keepalive_to_a_member_that_stopped_answering_moves_on_within_the_lease() {
+        let frozen = serve(Member { frozen: true }).await;
+        let healthy = serve(Member { frozen: false }).await;
+        let client = Client::connect([frozen, healthy]).await.expect("valid endpoints");
+        let session = client
+            .session(SessionOptions::new(Duration::from_secs(1)).grace(Duration::from_millis(200)))
+            .await
+            .expect("the first member creates the session");
+        let first_lease_end = session.lease_end();
+        let ended = tokio::time::timeout(Duration::from_secs(3), session.done()).await;
+        assert!(
+            ended.is_err(),
+            "the session lives through three TTLs with one member frozen (state: {:?})",
+            session.state()
+        );
+        assert!(session.lease_end() > first_lease_end + Duration::from_secs(1), "its lease was renewed");
     }
 
     #[tokio::test]
