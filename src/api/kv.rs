@@ -114,11 +114,12 @@ impl Kv for KvService {
             check_txn(&self.ctx.limits, &req)?;
             check_request_id(&req.request_id)?;
             let id = req.request_id.clone();
+            let size = req.encoded_len();
             let txn = convert::txn(req, self.ctx.node.cluster_id)?;
             if crate::fsm::writes_nothing(&txn) {
                 // Only compares and ranges: a linearizable read, as etcd serves it, not a log
                 // entry every member applies (and builds the ranges' results for) alike.
-                self.ctx.node.read_index().await?;
+                self.ctx.node.read_index_holding(size).await?;
                 let max = self.ctx.limits.max_response_bytes;
                 let read = self.ctx.node.db().begin_read()?;
                 return match crate::fsm::read_txn(&read, &txn, max)? {

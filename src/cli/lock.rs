@@ -417,16 +417,16 @@ impl Signals {
     }
 }
 
-/// Resolves once the session can no longer be sure to live `margin` more: keepalives are
-/// failing and no more than `margin` of the lease is left, or the cluster ended it — or, in
-/// any state, once the lease ran out (the state is the keepalive task's word; the lease's end
-/// on this clock is what the cluster promised).
 /// Writes `message` on stderr, if it can: never panics (a closed stderr) where `eprintln!` would.
 fn say(message: std::fmt::Arguments) {
     use std::io::Write as _;
     let _ = writeln!(std::io::stderr(), "{message}");
 }
 
+/// Resolves once the session can no longer be sure to live `margin` more: keepalives are
+/// failing and no more than `margin` of the lease is left, or the cluster ended it — or, in
+/// any state, once the lease ran out (the state is the keepalive task's word; the lease's end
+/// on this clock is what the cluster promised).
 pub(super) async fn lost(session: &Session, margin: Duration) {
     let mut state = session.watch();
     loop {

@@ -89,7 +89,8 @@ pub async fn run(command: SessionCommand, client: &ClientArgs) -> anyhow::Result
                     _ = &mut stop => break,
                     _ = tokio::time::sleep_until(next) => {
                         let sent = tokio::time::Instant::now();
-                        let ack = match client.keep_alive(&id).await {
+                        // A member that stopped answering costs a sixth of the TTL, not the lease.
+                        let ack = match client.keep_alive_hedged(&id, (ttl / 6).max(Duration::from_millis(100))).await {
                             Ok(ack) => ack,
                             Err(e) if gone(&e) && client.session_info(&id).await.is_err_and(|r| gone(&r)) => {
                                 return confirmed_gone(e)

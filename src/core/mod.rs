@@ -90,9 +90,13 @@ pub const COMPACTION_STEP: u64 = 1024;
 pub const CATCH_UP_SNAPSHOTS: u64 = 10;
 
 /// How long after a follower's last message a leader still keeps log entries for it to catch
-/// up from, in milliseconds of its clock (a follower restoring a large snapshot may be silent
-/// for a while).
+/// up from, in milliseconds of its clock.
 pub const CATCH_UP_SILENCE_MS: u64 = 30_000;
+
+/// How long after a snapshot was delivered to a follower a leader keeps the log from its index
+/// while the follower is silent (installing it), in milliseconds of its clock: a follower that
+/// died meanwhile holds nothing after that.
+pub const INSTALL_SILENCE_MS: u64 = 300_000;
 
 /// Whether a raft message is a snapshot: whoever carries it reports its delivery to raft with
 /// [`Core::report_snapshot`] (the transport sends it over a call of its own).
@@ -418,9 +422,9 @@ pub struct Core {
     snapshots_installed: u64,
     /// When each peer's last message arrived, on `clock_ms` (see [`Core::followers_floor`]).
     heard_from: BTreeMap<u64, u64>,
-    /// The index of the last snapshot delivered to each peer (it may be installing it, silent,
-    /// for longer than [`CATCH_UP_SILENCE_MS`]).
-    snapshots_delivered: BTreeMap<u64, u64>,
+    /// The index of the last snapshot delivered to each peer, and when (on `clock_ms`): it may
+    /// be installing it, silent, for longer than [`CATCH_UP_SILENCE_MS`].
+    snapshots_delivered: BTreeMap<u64, (u64, u64)>,
     actions: Vec<Action>,
     /// When set, raft's randomized election timeouts are drawn from it (see
     /// [`Core::seed_election_timeouts`]) instead of raft-rs's thread rng.
@@ -836,7 +840,7 @@ impl Core {
     pub fn report_snapshot(&mut self, peer: u64, ok: bool) {
         if ok {
             if let Some(pr) = self.raw.raft.prs().get(peer).filter(|pr| pr.state == ProgressState::Snapshot) {
-                self.snapshots_delivered.insert(peer, pr.pending_snapshot);
+                self.snapshots_delivered.insert(peer, (pr.pending_snapshot, self.clock_ms));
             }
         }
         let status = if ok { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
@@ -1187,16 +1191,16 @@ impl Core {
     }
 
     /// Where a leader may compact to, short of `target`: not past what a follower goes on
-    /// from — the snapshot it is being sent, or was sent and has not reached yet (installing
-    /// it, it may be silent for long), else, if it was heard from in the last
-    /// [`CATCH_UP_SILENCE_MS`], the index before the next one it is probed with, or what it has.
-    /// Compacted past a snapshot in transfer or being installed, the follower could not go on
+    /// from — the snapshot it is being sent, or was sent in the last [`INSTALL_SILENCE_MS`] and
+    /// has not reached yet (installing it, it may be silent for long), else, if it was heard
+    /// from in the last [`CATCH_UP_SILENCE_MS`], the index before the next one it is probed
+    /// with, or what it has. Compacted past a snapshot in transfer or being installed, the follower could not go on
     /// from its index, and would be sent another, and another, for as long as a transfer
     /// outlasts the writes between two compactions; compacted past a follower that answers,
     /// it would need a snapshot where the log would do. A follower keeps at most
     /// [`CATCH_UP_SNAPSHOTS`] × `snapshot_entries` below `target` (a transfer and install that
-    /// outlast that many writes start over), and a silent one nothing: neither makes the log
-    /// grow without bound.
+    /// outlast that many writes start over), and one silent past those windows nothing:
+    /// neither makes the log grow without bound.
     fn followers_floor(&self, target: u64) -> u64 {
         if self.raw.raft.state != StateRole::Leader {
             return target;
@@ -1207,7 +1211,9 @@ impl Core {
             if id == self.id() {
                 continue;
             }
-            let installing = self.snapshots_delivered.get(&id).is_some_and(|&at| pr.matched < at);
+            let installing = self.snapshots_delivered.get(&id).is_some_and(|&(index, at)| {
+                pr.matched < index && self.clock_ms.saturating_sub(at) <= INSTALL_SILENCE_MS
+            });
             let heard = self
                 .heard_from
                 .get(&id)

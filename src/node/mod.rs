@@ -129,7 +129,14 @@ impl NodeHandle {
 
     /// Waits until a linearizable read may be served from this node's applied state.
     pub async fn read_index(&self) -> Result<(), RequestError> {
-        let permit = self.take_pending(READ_BYTES)?;
+        self.read_index_holding(0).await
+    }
+
+    /// [`NodeHandle::read_index`] for a request that holds `bytes` of the member's memory while
+    /// it waits (a txn that writes nothing): counted against `--max-pending-bytes` as a write
+    /// of that size is.
+    pub async fn read_index_holding(&self, bytes: usize) -> Result<(), RequestError> {
+        let permit = self.take_pending(READ_BYTES.saturating_add(bytes))?;
         self.read_index_with(permit).await
     }
 

@@ -1,5 +1,6 @@
-//! Linearizability on real processes (issue 6 §2): clients put, get, delete and compare-and-swap
-//! the same few keys through every member while the leader is cut off in a minority, the
+//! Linearizability on real processes (issue 6 §2): clients put, get (a third of the gets as a
+//! txn that writes nothing, which is served as a read), delete and compare-and-swap the same
+//! few keys through every member while the leader is cut off in a minority, the
 //! partition heals and a member is SIGKILLed and restarted; the recorded history goes through
 //! the Wing–Gong–Lowe checker of `latch-check`. An operation whose answer never came (a timeout,
 //! a lost connection) is recorded as indeterminate: it may have taken effect or not.
@@ -67,8 +68,18 @@ async fn worker(id: u64, client: Client, rec: Arc<Recorder>) {
                 Call::Cas { expected: expected(written).into_bytes(), new }
             }
         };
+        // Some gets go as a txn that writes nothing: a read served after a ReadIndex too, with
+        // a compare that decides which branch reads.
+        let in_txn = matches!(call, Call::Get) && rng.below(3) == 0;
         let invoked = rec.now();
         let result = match &call {
+            Call::Get if in_txn => {
+                let txn = Txn::new()
+                    .when([Compare::value(key.clone(), CompareResult::Equal, b"w0-1".to_vec())])
+                    .and_then([Op::get(key.clone())])
+                    .or_else([Op::get(key.clone())]);
+                client.txn(txn).await.map(|r| Return::Get(value_of(&r)))
+            }
             Call::Put { value } => client.put(key.clone(), value.clone()).await.map(|_| Return::Put),
             Call::Get => client.get(key.clone()).await.map(|kv| Return::Get(kv.map(|kv| kv.value))),
             Call::Delete => client.delete(key.clone()).await.map(|n| Return::Delete { deleted: n > 0 }),
@@ -86,6 +97,16 @@ async fn worker(id: u64, client: Client, rec: Arc<Recorder>) {
         let op = Operation { client: id, key: key.into_bytes(), call, invoked, completed };
         rec.history.lock().unwrap().push(op);
     }
+}
+
+/// The value a one-get txn read (either branch).
+fn value_of(r: &latch_client::TxnResponse) -> Option<Vec<u8>> {
+    r.responses.iter().find_map(|op| match &op.response {
+        Some(latch_client::proto::response_op::Response::Range(range)) => {
+            range.kvs.first().map(|kv| kv.value.clone())
+        }
+        _ => None,
+    })
 }
 
 #[tokio::test]

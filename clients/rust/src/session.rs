@@ -14,6 +14,8 @@
 //! - [`SessionState::Expired`]: the cluster said the session is gone, or the grace period
 //!   passed without an answer, or it was closed. Final.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -145,14 +147,32 @@ impl Client {
         Ok((r.id, r.ttl_ms))
     }
 
-    /// One keepalive of session `id`, sent to the leader (found through the members).
-    pub async fn keep_alive(&self, id: &str) -> Result<KeepAliveResponse, Error> {
-        self.keep_alive_within(id, self.options().request_timeout).await
+    /// One keepalive of session `id` that waits on no member for long: when none answered
+    /// within `hedge_after`, a second one goes to the next member too, and the first grant
+    /// counts (or, if neither grants, the last failure). A member that stopped answering
+    /// (frozen, cut off) then costs a keepalive `hedge_after`, not the request timeout, while a
+    /// slow one still answers.
+    pub async fn keep_alive_hedged(
+        &self,
+        id: &str,
+        hedge_after: Duration,
+    ) -> Result<KeepAliveResponse, Error> {
+        type Attempt<'a> = Pin<Box<dyn Future<Output = Result<KeepAliveResponse, Error>> + Send + 'a>>;
+        let mut first: Attempt = Box::pin(self.keep_alive(id));
+        tokio::select! {
+            answer = &mut first => return answer,
+            () = tokio::time::sleep(hedge_after) => {}
+        }
+        let second: Attempt = Box::pin(async move {
+            self.move_on();
+            self.keep_alive(id).await
+        });
+        futures::future::select_ok([first, second]).await.map(|(ack, _)| ack)
     }
 
-    /// One keepalive, each attempt given at most `cap` before the next member is tried.
-    async fn keep_alive_within(&self, id: &str, cap: Duration) -> Result<KeepAliveResponse, Error> {
-        self.call_capped("KeepAlive", cap, |channel| {
+    /// One keepalive of session `id`, sent to the leader (found through the members).
+    pub async fn keep_alive(&self, id: &str) -> Result<KeepAliveResponse, Error> {
+        self.call("KeepAlive", |channel| {
             let request = KeepAliveRequest { id: id.to_string() };
             async move {
                 let mut stream = SessionClient::new(channel)
@@ -287,13 +307,13 @@ impl Drop for Session {
     }
 }
 
-/// Keeps session `id` alive whenever half its TTL is left, retrying sooner when a keepalive fails, and
-/// moves the state as the module doc says.
 /// The longest TTL the client takes a member's word for (a day, past any member's
 /// `--session-ttl-max`): a larger answer is not a lease it could keep.
 const MAX_TTL_MS: u64 = 24 * 3600 * 1000;
 
-/// Keeps session `id` alive, created at `created` (when its create was sent) with `ttl`.
+/// Keeps session `id` (created at `created`, when its create was sent, with `ttl`) alive
+/// whenever half its TTL is left, retrying sooner when a keepalive fails, and moves the state
+/// as the module doc says.
 async fn keep_alive_loop(
     client: Client,
     id: String,
@@ -303,9 +323,9 @@ async fn keep_alive_loop(
     state: watch::Sender<SessionState>,
 ) {
     let retry = (ttl / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    // Each attempt gets a sixth of the TTL before the next member is tried: a member that
+    // After a sixth of the TTL without an answer, the next member is asked too: a member that
     // stopped answering (frozen, cut off) costs a keepalive that much, not the whole lease.
-    let cap = (ttl / 6).max(Duration::from_millis(100));
+    let hedge_after = (ttl / 6).max(Duration::from_millis(100));
     // The lease counts from when the create was sent, and so does the first keepalive.
     let mut next = created + ttl / 2;
     let jeopardy = |state: &watch::Sender<SessionState>| {
@@ -314,7 +334,7 @@ async fn keep_alive_loop(
     loop {
         tokio::time::sleep_until(next).await;
         let sent = Instant::now();
-        let attempt = keep_alive_once(&client, &id, cap);
+        let attempt = keep_alive_once(&client, &id, hedge_after);
         tokio::pin!(attempt);
         // Waits for the answer — the keepalive's, and the read that settles a NOT_FOUND —
         // while the lease may run low (Jeopardy) or, with the grace period, out (Expired):
@@ -372,8 +392,8 @@ enum KeepAlive {
     Failed(Error),
 }
 
-async fn keep_alive_once(client: &Client, id: &str, cap: Duration) -> KeepAlive {
-    match client.keep_alive_within(id, cap).await {
+async fn keep_alive_once(client: &Client, id: &str, hedge_after: Duration) -> KeepAlive {
+    match client.keep_alive_hedged(id, hedge_after).await {
         Ok(ack) => KeepAlive::Granted(ack),
         // A deposed leader that has not heard of the session yet says so too: only a
         // linearizable read settles it.
@@ -443,9 +463,11 @@ mod tests {
     }
 
     /// A member that creates sessions with a 1 s TTL and grants keepalives: when `frozen`, it
-    /// takes keepalives and never answers them (a member SIGSTOPped, or cut off).
+    /// takes keepalives and never answers them (a member SIGSTOPped, or cut off); else after
+    /// `slow`.
     struct Member {
         frozen: bool,
+        slow: Duration,
     }
 
     #[tonic::async_trait]
@@ -466,6 +488,7 @@ mod tests {
             if self.frozen {
                 std::future::pending::<()>().await;
             }
+            tokio::time::sleep(self.slow).await;
             let ack =
                 KeepAliveResponse { id: "s1".into(), ttl_ms: 1000, granted_ms: 1000, ..Default::default() };
             Ok(Response::new(Box::pin(futures::stream::iter([Ok(ack)]))))
@@ -502,13 +525,13 @@ mod tests {
         addr
     }
 
-    /// The member a session's keepalives go to stops answering: the next keepalive goes to
-    /// another member within a sixth of the TTL, not after the request timeout (5 s, five
+    /// The member a session's keepalives go to stops answering: within a sixth of the TTL the
+    /// next keepalive goes to another member too, not after the request timeout (5 s, five
     /// leases of 1 s), and the session lives on.
     #[tokio::test]
     async fn a_keepalive_to_a_member_that_stopped_answering_moves_on_within_the_lease() {
-        let frozen = serve(Member { frozen: true }).await;
-        let healthy = serve(Member { frozen: false }).await;
+        let frozen = serve(Member { frozen: true, slow: Duration::ZERO }).await;
+        let healthy = serve(Member { frozen: false, slow: Duration::ZERO }).await;
         let client = Client::connect([frozen, healthy]).await.expect("valid endpoints");
         let session = client
             .session(SessionOptions::new(Duration::from_secs(1)).grace(Duration::from_millis(200)))
@@ -522,6 +545,22 @@ mod tests {
             session.state()
         );
         assert!(session.lease_end() > first_lease_end + Duration::from_secs(1), "its lease was renewed");
+    }
+
+    /// Every member answers keepalives, slower than the sixth of the TTL after which another is
+    /// asked too (300 ms, TTL 1 s): the first answer still counts, and the session lives on.
+    #[tokio::test]
+    async fn keepalives_slower_than_the_hedge_still_keep_the_session() {
+        let slow = Duration::from_millis(300);
+        let a = serve(Member { frozen: false, slow }).await;
+        let b = serve(Member { frozen: false, slow }).await;
+        let client = Client::connect([a, b]).await.expect("valid endpoints");
+        let session = client
+            .session(SessionOptions::new(Duration::from_secs(1)).grace(Duration::from_millis(200)))
+            .await
+            .expect("a member creates the session");
+        let ended = tokio::time::timeout(Duration::from_secs(3), session.done()).await;
+        assert!(ended.is_err(), "the session lives through three TTLs (state: {:?})", session.state());
     }
 
     #[tokio::test]
