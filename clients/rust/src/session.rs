@@ -419,56 +419,21 @@ mod tests {
 
     use super::*;
 
-    /// A member that creates sessions with a 1 s TTL, answers every keepalive NOT_FOUND (as a
-    /// deposed leader that never heard of the session does) and never answers a read.
-    struct Deposed;
-
     type Acks = Pin<Box<dyn Stream<Item = Result<KeepAliveResponse, Status>> + Send>>;
 
-    #[tonic::async_trait]
-    impl SessionApi for Deposed {
-        type KeepAliveStream = Acks;
-
-        async fn create(
-            &self,
-            _: Request<CreateSessionRequest>,
-        ) -> Result<Response<CreateSessionResponse>, Status> {
-            Ok(Response::new(CreateSessionResponse { header: None, id: "s1".into(), ttl_ms: 1000 }))
-        }
-
-        async fn keep_alive(
-            &self,
-            _: Request<Streaming<KeepAliveRequest>>,
-        ) -> Result<Response<Acks>, Status> {
-            Err(Status::not_found("session s1 not found"))
-        }
-
-        async fn close(
-            &self,
-            _: Request<CloseSessionRequest>,
-        ) -> Result<Response<CloseSessionResponse>, Status> {
-            Ok(Response::new(CloseSessionResponse::default()))
-        }
-
-        async fn get(&self, _: Request<GetSessionRequest>) -> Result<Response<GetSessionResponse>, Status> {
-            std::future::pending().await
-        }
-
-        async fn list(
-            &self,
-            _: Request<ListSessionsRequest>,
-        ) -> Result<Response<ListSessionsResponse>, Status> {
-            Err(Status::unimplemented("list"))
-        }
+    /// How a scripted member answers keepalives.
+    enum Keepalives {
+        /// NOT_FOUND, as a deposed leader that never heard of the session does; and it never
+        /// answers the read that would settle it.
+        NotFound,
+        /// Never: a member SIGSTOPped, or cut off.
+        Frozen,
+        /// A grant of the whole TTL, after this long.
+        After(Duration),
     }
 
-    /// A member that creates sessions with a 1 s TTL and grants keepalives: when `frozen`, it
-    /// takes keepalives and never answers them (a member SIGSTOPped, or cut off); else after
-    /// `slow`.
-    struct Member {
-        frozen: bool,
-        slow: Duration,
-    }
+    /// A member that creates sessions with a 1 s TTL and answers keepalives as told.
+    struct Member(Keepalives);
 
     #[tonic::async_trait]
     impl SessionApi for Member {
@@ -485,10 +450,11 @@ mod tests {
             &self,
             _: Request<Streaming<KeepAliveRequest>>,
         ) -> Result<Response<Acks>, Status> {
-            if self.frozen {
-                std::future::pending::<()>().await;
+            match self.0 {
+                Keepalives::NotFound => return Err(Status::not_found("session s1 not found")),
+                Keepalives::Frozen => std::future::pending::<()>().await,
+                Keepalives::After(delay) => tokio::time::sleep(delay).await,
             }
-            tokio::time::sleep(self.slow).await;
             let ack =
                 KeepAliveResponse { id: "s1".into(), ttl_ms: 1000, granted_ms: 1000, ..Default::default() };
             Ok(Response::new(Box::pin(futures::stream::iter([Ok(ack)]))))
@@ -502,7 +468,10 @@ mod tests {
         }
 
         async fn get(&self, _: Request<GetSessionRequest>) -> Result<Response<GetSessionResponse>, Status> {
-            Err(Status::unimplemented("get"))
+            match self.0 {
+                Keepalives::NotFound => std::future::pending().await,
+                _ => Err(Status::unimplemented("get")),
+            }
         }
 
         async fn list(
@@ -530,8 +499,8 @@ mod tests {
     /// leases of 1 s), and the session lives on.
     #[tokio::test]
     async fn a_keepalive_to_a_member_that_stopped_answering_moves_on_within_the_lease() {
-        let frozen = serve(Member { frozen: true, slow: Duration::ZERO }).await;
-        let healthy = serve(Member { frozen: false, slow: Duration::ZERO }).await;
+        let frozen = serve(Member(Keepalives::Frozen)).await;
+        let healthy = serve(Member(Keepalives::After(Duration::ZERO))).await;
         let client = Client::connect([frozen, healthy]).await.expect("valid endpoints");
         let session = client
             .session(SessionOptions::new(Duration::from_secs(1)).grace(Duration::from_millis(200)))
@@ -552,8 +521,8 @@ mod tests {
     #[tokio::test]
     async fn keepalives_slower_than_the_hedge_still_keep_the_session() {
         let slow = Duration::from_millis(300);
-        let a = serve(Member { frozen: false, slow }).await;
-        let b = serve(Member { frozen: false, slow }).await;
+        let a = serve(Member(Keepalives::After(slow))).await;
+        let b = serve(Member(Keepalives::After(slow))).await;
         let client = Client::connect([a, b]).await.expect("valid endpoints");
         let session = client
             .session(SessionOptions::new(Duration::from_secs(1)).grace(Duration::from_millis(200)))
@@ -565,14 +534,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_keepalive_stuck_settling_not_found_still_moves_the_state_as_the_lease_runs_out() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
-        let addr = listener.local_addr().expect("bound address").to_string();
-        let incoming = TcpIncoming::from_listener(listener, true, None).expect("incoming");
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(SessionServer::new(Deposed))
-                .serve_with_incoming(incoming),
-        );
+        let addr = serve(Member(Keepalives::NotFound)).await;
         let client = Client::connect([addr]).await.expect("valid endpoint");
         let session = client
             .session(SessionOptions::new(Duration::from_secs(1)).grace(Duration::from_millis(200)))
