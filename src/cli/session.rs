@@ -71,7 +71,8 @@ pub async fn run(command: SessionCommand, client: &ClientArgs) -> anyhow::Result
                 Ok(ExitCode::from(super::lock::LOST))
             };
             let sent = tokio::time::Instant::now();
-            let first = match client.keep_alive(&id).await {
+            // The TTL is not known yet: the first keepalive is hedged after a second.
+            let first = match client.keep_alive_hedged(&id, Duration::from_secs(1)).await {
                 Ok(first) => first,
                 Err(e) if gone(&e) && client.session_info(&id).await.is_err_and(|r| gone(&r)) => {
                     return confirmed_gone(e)

@@ -153,6 +153,22 @@ impl Client {
         self.call_on(Lane::Calls, method, Some(Duration::ZERO), attempt).await
     }
 
+    /// Like [`call`](Client::call), with each attempt given at most `cap` (and the request
+    /// timeout) before the next member is tried: for a call that must be answered within a
+    /// deadline of its own (a keepalive, within the lease) even when a member stops answering.
+    pub(crate) async fn call_capped<T, F, Fut>(
+        &self,
+        method: &'static str,
+        cap: Duration,
+        attempt: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call_limited(Lane::Calls, method, Some(Duration::ZERO), Some(cap), attempt).await
+    }
+
     /// Like [`call`](Client::call), opening a long-lived stream: on the members' stream
     /// connections ([`Lane::Streams`]).
     pub(crate) async fn open_stream<T, F, Fut>(&self, method: &'static str, attempt: F) -> Result<T, Error>
@@ -183,6 +199,21 @@ impl Client {
         lane: Lane,
         method: &'static str,
         wait: Option<Duration>,
+        attempt: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call_limited(lane, method, wait, None, attempt).await
+    }
+
+    async fn call_limited<T, F, Fut>(
+        &self,
+        lane: Lane,
+        method: &'static str,
+        wait: Option<Duration>,
+        cap: Option<Duration>,
         mut attempt: F,
     ) -> Result<T, Error>
     where
@@ -193,6 +224,7 @@ impl Client {
         let limits = wait.map(|wait| {
             let options = self.inner.options;
             let (per_attempt, budget) = (options.request_timeout + wait, options.retry_budget + wait);
+            let per_attempt = cap.map_or(per_attempt, |cap| per_attempt.min(cap));
             (per_attempt, Instant::now() + budget.max(per_attempt))
         });
         let mut backoff = INITIAL_BACKOFF;

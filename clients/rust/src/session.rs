@@ -14,8 +14,6 @@
 //! - [`SessionState::Expired`]: the cluster said the session is gone, or the grace period
 //!   passed without an answer, or it was closed. Final.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -148,31 +146,49 @@ impl Client {
     }
 
     /// One keepalive of session `id` that waits on no member for long: when none answered
-    /// within `hedge_after`, a second one goes to the next member too, and the first grant
-    /// counts (or, if neither grants, the last failure). A member that stopped answering
-    /// (frozen, cut off) then costs a keepalive `hedge_after`, not the request timeout, while a
-    /// slow one still answers.
+    /// within `hedge_after`, a second one goes out beside it, starting at the next member and
+    /// giving each member it tries at most `hedge_after` (a follower's hint may name the very
+    /// member that stopped answering). The first grant counts; if neither grants, a NOT_FOUND
+    /// (the session may be gone) before any other failure. A member that stopped answering
+    /// (frozen, cut off) then costs a keepalive about `hedge_after`, not the request timeout,
+    /// while a link slower than `hedge_after` still renews through the first.
     pub async fn keep_alive_hedged(
         &self,
         id: &str,
         hedge_after: Duration,
     ) -> Result<KeepAliveResponse, Error> {
-        type Attempt<'a> = Pin<Box<dyn Future<Output = Result<KeepAliveResponse, Error>> + Send + 'a>>;
-        let mut first: Attempt = Box::pin(self.keep_alive(id));
+        use futures::future::{select, Either};
+        let mut first = Box::pin(self.keep_alive_within(id, self.options().request_timeout));
         tokio::select! {
             answer = &mut first => return answer,
             () = tokio::time::sleep(hedge_after) => {}
         }
-        let second: Attempt = Box::pin(async move {
-            self.move_on();
-            self.keep_alive(id).await
-        });
-        futures::future::select_ok([first, second]).await.map(|(ack, _)| ack)
+        self.move_on();
+        let second = Box::pin(self.keep_alive_within(id, hedge_after));
+        let (failed, other) = match select(first, second).await {
+            Either::Left((Ok(ack), _)) | Either::Right((Ok(ack), _)) => return Ok(ack),
+            Either::Left((Err(e), other)) => (e, Either::Left(other)),
+            Either::Right((Err(e), other)) => (e, Either::Right(other)),
+        };
+        let last = match other {
+            Either::Left(second) => second.await,
+            Either::Right(first) => first.await,
+        };
+        match last {
+            Ok(ack) => Ok(ack),
+            Err(e) if failed.code() == Code::NotFound && e.code() != Code::NotFound => Err(failed),
+            Err(e) => Err(e),
+        }
     }
 
     /// One keepalive of session `id`, sent to the leader (found through the members).
     pub async fn keep_alive(&self, id: &str) -> Result<KeepAliveResponse, Error> {
-        self.call("KeepAlive", |channel| {
+        self.keep_alive_within(id, self.options().request_timeout).await
+    }
+
+    /// One keepalive, each member it tries given at most `cap` (and the request timeout).
+    async fn keep_alive_within(&self, id: &str, cap: Duration) -> Result<KeepAliveResponse, Error> {
+        self.call_capped("KeepAlive", cap, |channel| {
             let request = KeepAliveRequest { id: id.to_string() };
             async move {
                 let mut stream = SessionClient::new(channel)
@@ -430,6 +446,9 @@ mod tests {
         Frozen,
         /// A grant of the whole TTL, after this long.
         After(Duration),
+        /// Until `until`, UNAVAILABLE naming `leader` as the leader (a follower that has not
+        /// noticed its leader stopped); a grant after.
+        Hinting { leader: String, until: Instant },
     }
 
     /// A member that creates sessions with a 1 s TTL and answers keepalives as told.
@@ -454,6 +473,13 @@ mod tests {
                 Keepalives::NotFound => return Err(Status::not_found("session s1 not found")),
                 Keepalives::Frozen => std::future::pending::<()>().await,
                 Keepalives::After(delay) => tokio::time::sleep(delay).await,
+                Keepalives::Hinting { ref leader, until } if Instant::now() < until => {
+                    let mut status = Status::unavailable("not the leader");
+                    let hint = leader.parse().map_err(|_| Status::internal("the hint is ascii"))?;
+                    status.metadata_mut().insert(crate::LEADER_ADDR_METADATA, hint);
+                    return Err(status);
+                }
+                Keepalives::Hinting { .. } => {}
             }
             let ack =
                 KeepAliveResponse { id: "s1".into(), ttl_ms: 1000, granted_ms: 1000, ..Default::default() };
@@ -514,6 +540,23 @@ mod tests {
             session.state()
         );
         assert!(session.lease_end() > first_lease_end + Duration::from_secs(1), "its lease was renewed");
+    }
+
+    /// The leader stops answering, and the other member, for a while yet, sends keepalives back
+    /// to it (its hint): the keepalive sent beside the stuck one gives the frozen member only a
+    /// sixth of the TTL each time, and is granted once the other member knows better.
+    #[tokio::test]
+    async fn a_hedged_keepalive_sent_back_to_the_frozen_leader_by_a_hint_moves_on_again() {
+        let frozen = serve(Member(Keepalives::Frozen)).await;
+        let until = Instant::now() + Duration::from_millis(700);
+        let follower = serve(Member(Keepalives::Hinting { leader: frozen.clone(), until })).await;
+        let client = Client::connect([frozen, follower]).await.expect("valid endpoints");
+        let session = client
+            .session(SessionOptions::new(Duration::from_secs(1)).grace(Duration::from_millis(200)))
+            .await
+            .expect("the first member creates the session");
+        let ended = tokio::time::timeout(Duration::from_secs(3), session.done()).await;
+        assert!(ended.is_err(), "the session lives through three TTLs (state: {:?})", session.state());
     }
 
     /// Every member answers keepalives, slower than the sixth of the TTL after which another is
