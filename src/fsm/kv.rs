@@ -28,7 +28,7 @@ use std::ops::{Bound, RangeBounds};
 
 use latch_proto::internal::{
     compare, op, op_result, outcome, Compare, DeleteRange, DeleteResult, KeyValue, OpResult, Put, PutResult,
-    Range, RangeResult, StoredValue, Txn, TxnResult,
+    Range, RangeResult, Sequencer, StoredValue, Txn, TxnResult,
 };
 use prost::Message;
 use redb::{ReadTransaction, ReadableTable, Table};
@@ -148,20 +148,7 @@ pub(crate) fn txn(ap: &mut Apply, req: Txn) -> Result<outcome::Result, FsmError>
     if let Err(why) = check_txn(&req) {
         return Ok(outcome::Result::Rejected(why));
     }
-    let mut succeeded = true;
-    {
-        let table = ap.txn.open_table(KV)?;
-        for c in &req.compare {
-            let held = match &c.target {
-                Some(compare::Target::Sequencer(seq)) => fenced(c, locks::check_in(ap.txn, seq)?),
-                _ => holds(&table, c)?,
-            };
-            if !held {
-                succeeded = false;
-                break;
-            }
-        }
-    }
+    let succeeded = all_hold(&ap.txn.open_table(KV)?, &req.compare, |seq| locks::check_in(ap.txn, seq))?;
     let ops = if succeeded { req.success } else { req.failure };
     let puts = ops.iter().filter_map(|o| match &o.op {
         Some(op::Op::Put(p)) => Some(p),
@@ -208,17 +195,7 @@ pub(crate) fn read_txn(
     let Some(table) = open_read(txn, KV)? else {
         return Err(FsmError::Corrupt("table kv is missing".into()));
     };
-    let mut succeeded = true;
-    for c in &req.compare {
-        let held = match &c.target {
-            Some(compare::Target::Sequencer(seq)) => fenced(c, locks::check(txn, seq)?.is_ok()),
-            _ => holds(&table, c)?,
-        };
-        if !held {
-            succeeded = false;
-            break;
-        }
-    }
+    let succeeded = all_hold(&table, &req.compare, |seq| Ok(locks::check(txn, seq)?.is_ok()))?;
     let ops = if succeeded { &req.success } else { &req.failure };
     let mut budget = max_response_bytes;
     let mut results = Vec::with_capacity(ops.len());
@@ -653,6 +630,25 @@ fn write_delete(
         prev_kvs.extend(answer);
     }
     Ok(DeleteResult { deleted, prev_kvs })
+}
+
+/// Whether every compare holds, in order, stopping at the first that does not: against `table`
+/// for keys, and `holding` (whether a sequencer still holds its lock) for sequencers.
+fn all_hold<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+    compares: &[Compare],
+    holding: impl Fn(&Sequencer) -> Result<bool, FsmError>,
+) -> Result<bool, FsmError> {
+    for c in compares {
+        let held = match &c.target {
+            Some(compare::Target::Sequencer(seq)) => fenced(c, holding(seq)?),
+            _ => holds(table, c)?,
+        };
+        if !held {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// A sequencer compare: EQUAL holds while the sequencer holds its lock, NOT_EQUAL once not.

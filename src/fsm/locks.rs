@@ -464,8 +464,7 @@ pub fn delays(txn: &ReadTransaction) -> Result<Vec<(Vec<u8>, i64, u64)>, FsmErro
 /// How many locks session `id` holds or awaits.
 pub fn count_of(txn: &ReadTransaction, id: &str) -> Result<u64, FsmError> {
     let Some(index) = open_read(txn, SESSION_LOCKS)? else { return Ok(0) };
-    let (start, end) = session_span(id);
-    Ok(index.range::<&[u8]>(start.as_slice()..end.as_slice())?.count() as u64)
+    count_owned(&index, id, u32::MAX)
 }
 
 /// How many locks session `id` holds or awaits, counted up to `most`: a session under the bound

@@ -520,6 +520,21 @@ mod tests {
         addr
     }
 
+    /// Creates a session of a 1 s TTL (and a 200 ms grace) through `endpoints`, the first
+    /// preferred, and checks that it lives through three TTLs; returns it, and its first lease's
+    /// end.
+    async fn lives_through_three_ttls(endpoints: [String; 2]) -> (Session, Instant) {
+        let client = Client::connect(endpoints).await.expect("valid endpoints");
+        let session = client
+            .session(SessionOptions::new(Duration::from_secs(1)).grace(Duration::from_millis(200)))
+            .await
+            .expect("the first member creates the session");
+        let first_lease_end = session.lease_end();
+        let ended = tokio::time::timeout(Duration::from_secs(3), session.done()).await;
+        assert!(ended.is_err(), "the session lives through three TTLs (state: {:?})", session.state());
+        (session, first_lease_end)
+    }
+
     /// The member a session's keepalives go to stops answering: within a sixth of the TTL the
     /// next keepalive goes to another member too, not after the request timeout (5 s, five
     /// leases of 1 s), and the session lives on.
@@ -527,18 +542,7 @@ mod tests {
     async fn a_keepalive_to_a_member_that_stopped_answering_moves_on_within_the_lease() {
         let frozen = serve(Member(Keepalives::Frozen)).await;
         let healthy = serve(Member(Keepalives::After(Duration::ZERO))).await;
-        let client = Client::connect([frozen, healthy]).await.expect("valid endpoints");
-        let session = client
-            .session(SessionOptions::new(Duration::from_secs(1)).grace(Duration::from_millis(200)))
-            .await
-            .expect("the first member creates the session");
-        let first_lease_end = session.lease_end();
-        let ended = tokio::time::timeout(Duration::from_secs(3), session.done()).await;
-        assert!(
-            ended.is_err(),
-            "the session lives through three TTLs with one member frozen (state: {:?})",
-            session.state()
-        );
+        let (session, first_lease_end) = lives_through_three_ttls([frozen, healthy]).await;
         assert!(session.lease_end() > first_lease_end + Duration::from_secs(1), "its lease was renewed");
     }
 
@@ -550,13 +554,7 @@ mod tests {
         let frozen = serve(Member(Keepalives::Frozen)).await;
         let until = Instant::now() + Duration::from_millis(700);
         let follower = serve(Member(Keepalives::Hinting { leader: frozen.clone(), until })).await;
-        let client = Client::connect([frozen, follower]).await.expect("valid endpoints");
-        let session = client
-            .session(SessionOptions::new(Duration::from_secs(1)).grace(Duration::from_millis(200)))
-            .await
-            .expect("the first member creates the session");
-        let ended = tokio::time::timeout(Duration::from_secs(3), session.done()).await;
-        assert!(ended.is_err(), "the session lives through three TTLs (state: {:?})", session.state());
+        lives_through_three_ttls([frozen, follower]).await;
     }
 
     /// Every member answers keepalives, slower than the sixth of the TTL after which another is
@@ -566,13 +564,7 @@ mod tests {
         let slow = Duration::from_millis(300);
         let a = serve(Member(Keepalives::After(slow))).await;
         let b = serve(Member(Keepalives::After(slow))).await;
-        let client = Client::connect([a, b]).await.expect("valid endpoints");
-        let session = client
-            .session(SessionOptions::new(Duration::from_secs(1)).grace(Duration::from_millis(200)))
-            .await
-            .expect("a member creates the session");
-        let ended = tokio::time::timeout(Duration::from_secs(3), session.done()).await;
-        assert!(ended.is_err(), "the session lives through three TTLs (state: {:?})", session.state());
+        lives_through_three_ttls([a, b]).await;
     }
 
     #[tokio::test]
