@@ -230,8 +230,7 @@ fn check_put(limits: &Limits, req: &PutRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Checks every op and compare; a txn writing one key twice is refused (as etcd does), since
-/// the outcome would depend on op order in a way callers rarely mean.
+/// Checks every op and compare, and that no branch writes a key twice (`check_writes_once`).
 fn check_txn(limits: &Limits, req: &TxnRequest) -> Result<(), ApiError> {
     let ops = req.compare.len() + req.success.len() + req.failure.len();
     if ops > limits.max_txn_ops {
@@ -248,19 +247,31 @@ fn check_txn(limits: &Limits, req: &TxnRequest) -> Result<(), ApiError> {
         if c.target.is_none() {
             return Err(ApiError::InvalidArgument { field: "compare.target", problem: "must be set".into() });
         }
-        if compare::CompareResult::try_from(c.result).is_err() {
+        let result = compare::CompareResult::try_from(c.result).map_err(|_| ApiError::InvalidArgument {
+            field: "compare.result",
+            problem: format!("{} is not a compare result", c.result),
+        })?;
+        let sequencer = matches!(c.target, Some(compare::Target::Sequencer(_)));
+        if sequencer && !matches!(result, compare::CompareResult::Equal | compare::CompareResult::NotEqual) {
             return Err(ApiError::InvalidArgument {
                 field: "compare.result",
-                problem: format!("{} is not a compare result", c.result),
+                problem: format!(
+                    "{} is not a sequencer compare: EQUAL holds while the sequencer holds its lock, NOT_EQUAL once it does not",
+                    result.as_str_name()
+                ),
             });
         }
     }
     for (branch, ops) in [("success", &req.success), ("failure", &req.failure)] {
-        let mut written: Vec<&[u8]> = Vec::new();
+        check_writes_once(branch, ops)?;
         for op in ops {
             match &op.request {
                 Some(request_op::Request::Range(r)) => {
                     check_key(limits, "range.key", &r.key)?;
+                    super::page_limit(r.limit).map_err(|_| ApiError::InvalidArgument {
+                        field: "range.limit",
+                        problem: format!("{} is negative (0 = no limit)", r.limit),
+                    })?;
                     if r.revision != 0 {
                         return Err(ApiError::InvalidArgument {
                             field: "range.revision",
@@ -270,21 +281,7 @@ fn check_txn(limits: &Limits, req: &TxnRequest) -> Result<(), ApiError> {
                         });
                     }
                 }
-                Some(request_op::Request::Put(p)) => {
-                    check_put(limits, p)?;
-                    if !p.sequential && written.contains(&p.key.as_slice()) {
-                        return Err(ApiError::InvalidArgument {
-                            field: "txn",
-                            problem: format!(
-                                "{branch} writes key {:?} twice",
-                                String::from_utf8_lossy(&p.key)
-                            ),
-                        });
-                    }
-                    if !p.sequential {
-                        written.push(&p.key);
-                    }
-                }
+                Some(request_op::Request::Put(p)) => check_put(limits, p)?,
                 Some(request_op::Request::DeleteRange(d)) => check_key(limits, "delete_range.key", &d.key)?,
                 None => {
                     return Err(ApiError::InvalidArgument {
@@ -292,6 +289,65 @@ fn check_txn(limits: &Limits, req: &TxnRequest) -> Result<(), ApiError> {
                         problem: format!("an op of {branch} has no request set"),
                     })
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A branch may write each key once, as etcd requires: no key put twice, and no put of a key a
+/// delete of the same branch selects, in either order. Otherwise the outcome would hang on the
+/// order of the ops, and one revision would hold two changes of one key (two history rows, two
+/// events of one key in one watch response). A sequential put may write any key of its prefix
+/// and 20 digits; deletes may overlap each other (what one deletes, the other finds gone).
+fn check_writes_once(branch: &str, ops: &[RequestOp]) -> Result<(), ApiError> {
+    use std::ops::Bound;
+    let twice = |key: &[u8], how: &str| ApiError::InvalidArgument {
+        field: "txn",
+        problem: format!("{branch} writes key {:?} twice ({how})", String::from_utf8_lossy(key)),
+    };
+    let deletes: Vec<&DeleteRangeRequest> = ops
+        .iter()
+        .filter_map(|o| match &o.request {
+            Some(request_op::Request::DeleteRange(d)) => Some(d),
+            _ => None,
+        })
+        .collect();
+    let mut put: Vec<&[u8]> = Vec::new();
+    for o in ops {
+        let Some(request_op::Request::Put(p)) = &o.request else { continue };
+        // The keys this put may write, first and last (both included).
+        let (first, last) = if p.sequential {
+            let digits = |d: u8| [p.key.as_slice(), &[d; crate::fsm::SEQUENCE_DIGITS]].concat();
+            (digits(b'0'), digits(b'9'))
+        } else {
+            if put.contains(&p.key.as_slice()) {
+                return Err(twice(&p.key, "two puts"));
+            }
+            put.push(&p.key);
+            (p.key.clone(), p.key.clone())
+        };
+        for d in &deletes {
+            let Some((Bound::Included(from), to)) = crate::fsm::selection(&d.key, &d.range_end) else {
+                continue;
+            };
+            let below_end = match to {
+                Bound::Included(to) => first.as_slice() <= to,
+                Bound::Excluded(to) => first.as_slice() < to,
+                Bound::Unbounded => true,
+            };
+            if from <= last.as_slice() && below_end {
+                return Err(if p.sequential {
+                    ApiError::InvalidArgument {
+                        field: "txn",
+                        problem: format!(
+                            "{branch} has a sequential put of prefix {:?} and a delete_range that may select its key",
+                            String::from_utf8_lossy(&p.key)
+                        ),
+                    }
+                } else {
+                    twice(&p.key, "a put and a delete_range that selects it")
+                });
             }
         }
     }

@@ -45,6 +45,7 @@ use prost::Message;
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 
 pub use apply::{Event, EventKind, InstanceChange, InstanceTimer, LockChange, SessionChange};
+pub(crate) use kv::selection;
 pub use kv::{selects, SEQUENCE_DIGITS};
 
 /// One page of the current keys a selection holds (see `kv::read_page`).

@@ -112,6 +112,105 @@ async fn an_empty_key_is_invalid_argument_naming_the_key() {
     assert_eq!(store_state(&client).await, before, "rejected requests must write nothing");
 }
 
+/// A branch of a txn writes each key once (etcd's rule), a sequencer compare is EQUAL or
+/// NOT_EQUAL, and a range's limit is not negative; each breach is refused naming it, and
+/// nothing is written.
+#[tokio::test]
+async fn a_txn_writing_a_key_twice_or_asking_what_cannot_be_answered_is_refused_and_writes_nothing() {
+    use latch_client::{LockOptions, Wait};
+    use latch_proto::v1::{compare, request_op, Compare as RawCompare, PutRequest, RequestOp, TxnRequest};
+    use std::time::Duration;
+
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    client.put("queue/a", "1").await.unwrap();
+    let before = store_state(&client).await;
+    let sequential = |prefix: &str| {
+        Op::from(PutRequest {
+            key: prefix.into(),
+            value: b"v".to_vec(),
+            sequential: true,
+            ..Default::default()
+        })
+    };
+    let refused: [(&str, Txn, &[&str]); 5] = [
+        (
+            "two puts of one key",
+            Txn::new().and_then([Op::put("k", "1"), Op::put("k", "2")]),
+            &["success", "\"k\"", "twice"],
+        ),
+        (
+            "a delete of a prefix, then a put under it",
+            Txn::new().or_else([Op::delete_prefix("queue/"), Op::put("queue/b", "2")]),
+            &["failure", "queue/b", "twice"],
+        ),
+        (
+            "a put, then a delete of that key",
+            Txn::new().and_then([Op::put("k", "1"), Op::delete("k")]),
+            &["twice"],
+        ),
+        (
+            "a sequential put and a delete of its prefix",
+            Txn::new().and_then([sequential("queue/"), Op::delete_prefix("queue/")]),
+            &["sequential put", "queue/", "delete_range"],
+        ),
+        (
+            "a range with a negative limit",
+            Txn::new().and_then([Op::from(RangeRequest {
+                key: b"queue/a".to_vec(),
+                limit: -1,
+                ..Default::default()
+            })]),
+            &["range.limit", "-1", "negative"],
+        ),
+    ];
+    for (what, txn, needles) in refused {
+        assert_rejected(what, client.txn(txn).await, Code::InvalidArgument, needles);
+    }
+    // What stays allowed: deletes that overlap, and puts beside a delete that selects other keys.
+    let allowed = Txn::new().and_then([
+        Op::delete_prefix("queue/"),
+        Op::delete("queue/a"),
+        Op::put("queuf", "x"),
+        sequential("jobs/"),
+    ]);
+    client.txn(allowed).await.expect("overlapping deletes and puts outside them are one txn");
+    let after_allowed = store_state(&client).await;
+
+    // A sequencer compare with GREATER (the typed client cannot build one: a raw request).
+    let session = client.create_session(Duration::from_secs(60), "fenced").await.unwrap().0;
+    let held = client
+        .acquire(&session, "fence", LockOptions::exclusive().wait(Wait::No))
+        .await
+        .unwrap()
+        .expect("a free lock is granted at once");
+    let at = store_state(&client).await;
+    let mut raw = c.kv_of_only(1).await;
+    let greater = TxnRequest {
+        compare: vec![RawCompare {
+            result: compare::CompareResult::Greater as i32,
+            target: Some(compare::Target::Sequencer(held.token.clone())),
+            ..Default::default()
+        }],
+        success: vec![RequestOp {
+            request: Some(request_op::Request::Put(PutRequest {
+                key: b"fenced".to_vec(),
+                value: b"w".to_vec(),
+                ..Default::default()
+            })),
+        }],
+        ..Default::default()
+    };
+    let e = raw.txn(greater).await.expect_err("a GREATER sequencer compare must be refused");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "a GREATER sequencer compare: {e:?}");
+    for needle in ["compare.result", "GREATER", "sequencer"] {
+        assert!(e.message().contains(needle), "the error should mention {needle:?}; got: {}", e.message());
+    }
+    assert_eq!(store_state(&client).await, at, "the refused fenced txn must write nothing");
+    assert_eq!(after_allowed.0, before.0 + 1, "the allowed txn is one revision");
+}
+
 /// `--max-concurrent-streams 2` (etcd's flag of the same name): one client connection carries
 /// two calls at once; a third waits until one of them ends, then goes through.
 #[tokio::test]
