@@ -60,10 +60,14 @@ pub(crate) struct Want {
 ///
 /// Retries are safe: a session that already holds the lock gets its hold back (etcd's locks
 /// are re-entrant per lease alike), and one that already waits joins that wait, so a request
-/// resent after a lost answer neither queues twice nor misses its grant. Only the RPC that
-/// queued a request withdraws it (`Abandon`, when its caller goes away or its time is up): a
-/// joiner leaves it to its owner, and if the owner withdrew it meanwhile, the joiner asks again
-/// — unless the client gave this request up ([`withdraw`]): then it answers "not granted".
+/// resent after a lost answer neither queues twice nor misses its grant. Only an RPC that
+/// queued a request (or was answered "queued" for its id) withdraws it (`Abandon`, when its
+/// caller goes away or its time is up), under [`abandoned_marker`]: a joiner leaves it to its
+/// owner, and if the owner withdrew it meanwhile, the joiner asks again — unless the client
+/// gave this request up ([`withdraw`]): then it answers "not granted". A request found gone
+/// any other way was granted and released since (the client saw the grant through another
+/// RPC, since only a holder of the sequencer releases it), and is answered "not granted":
+/// asking again would hand the session a lock its client does not know of.
 pub(crate) async fn acquire(
     ctx: &Context,
     want: Want,
@@ -145,9 +149,14 @@ pub(crate) async fn acquire(
                 if crate::fsm::remembered(&txn, &given_up)? {
                     return Ok((header, None)); // its client gave it up (Lock.Withdraw)
                 }
+                if r.status == LockStatus::Granted as i32 {
+                    // Its own grant, released since by a holder of the sequencer: the client
+                    // had it through another RPC of this request, and let it go.
+                    return Ok((header, None));
+                }
                 request_id = uuid::Uuid::now_v7().to_string();
                 asked_again = true;
-                continue; // released since: ask again
+                continue; // the session's other hold, released since: ask again
             }
             (Ok(LockStatus::Busy), _) => return Ok((header, None)),
             (Ok(LockStatus::QueueFull), _) => {
@@ -208,6 +217,11 @@ pub(crate) async fn acquire(
                     }
                     if crate::fsm::remembered(&txn, &given_up)? {
                         // Its client gave it up (Lock.Withdraw): nobody waits for an answer.
+                        return Ok((ctx.header(revision), None));
+                    }
+                    if !withdrawn_by_an_rpc(&txn, &waiting_on)? {
+                        // Granted and released since (see above), or withdrawn so long ago
+                        // that the request memory forgot it: not granted to this call.
                         return Ok((ctx.header(revision), None));
                     }
                     break; // withdrawn by another RPC of this request: ask again
@@ -271,7 +285,7 @@ async fn give_up(
         request_id: waiting_on.to_string(),
         release_granted: false,
     };
-    let (header, r) = ctx.write("", Body::CancelWait(cancel)).await?;
+    let (header, r) = ctx.write(&abandoned_marker(waiting_on), Body::CancelWait(cancel)).await?;
     abandon.disarm();
     let r = lock_result(r, "cancel")?;
     let granted = r.status == LockStatus::Granted as i32;
@@ -292,6 +306,25 @@ fn withdrawn_marker(request_id: &str) -> String {
     // Longer than any id a client may send (`check_request_id`), so no request collides with
     // it; the tildes after "withdrawn" pad it, so the id before them is unambiguous.
     format!("{:~<width$}", format!("{request_id}~withdrawn"), width = MAX_REQUEST_ID_BYTES + 1)
+}
+
+/// The request id under which an RPC of the acquire `request_id` withdraws it from its queue
+/// (`Abandon`, `give_up`): another RPC of that request that finds it gone asks again only if
+/// this withdrawal applied and withdrew it. Distinct from every client id and every
+/// [`withdrawn_marker`], as that is.
+fn abandoned_marker(request_id: &str) -> String {
+    format!("{:~<width$}", format!("{request_id}~abandoned"), width = MAX_REQUEST_ID_BYTES + 1)
+}
+
+/// Whether an RPC of the acquire `request_id` withdrew it from its queue: its cancel under
+/// [`abandoned_marker`] is remembered, and answered that it withdrew a waiting request.
+fn withdrawn_by_an_rpc(txn: &redb::ReadTransaction, request_id: &str) -> Result<bool, ApiError> {
+    Ok(match crate::fsm::first_outcome(txn, &abandoned_marker(request_id))? {
+        Some(log::Outcome { result: Some(outcome::Result::Lock(r)), .. }) => {
+            r.status == LockStatus::Done as i32
+        }
+        _ => false,
+    })
 }
 
 /// Gives up the acquire sent under `request_id` (see `Withdraw` in lock.proto): withdraws it if
@@ -407,8 +440,9 @@ impl Drop for Abandon {
             // Withdraws only what waits: a cancel applied before the acquire (still on its way,
             // or never proposed) would withdraw nothing, so until this member's state shows the
             // request waiting, it only looks again. Each withdrawal is a command of its own; a
-            // retry of one whose outcome is unknown keeps its id, so it applies once.
-            let mut id = uuid::Uuid::now_v7().to_string();
+            // retry of one whose outcome is unknown keeps its id, so it applies once. The first
+            // goes under the request's `abandoned_marker`, which other RPCs of it look for.
+            let mut id = abandoned_marker(&cancel.request_id);
             let until = tokio::time::Instant::now() + ABANDON_FOR;
             while tokio::time::Instant::now() < until {
                 match pending(&ctx, &key, &cancel.request_id) {

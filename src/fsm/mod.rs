@@ -31,7 +31,7 @@ pub mod elections;
 pub mod history;
 mod kv;
 pub use kv::writes_nothing;
-pub use requests::answer_of;
+pub use requests::{answer_of, first_outcome};
 pub mod locks;
 pub mod registry;
 mod requests;

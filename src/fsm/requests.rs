@@ -109,6 +109,14 @@ fn answer(r: Remembered, command_hash: u64) -> Outcome {
     Outcome { data_omitted: r.stripped, ..first }
 }
 
+/// The first outcome of request `id` the memory `txn` reads remembers, whatever its command;
+/// `None` when it does not remember the id.
+pub fn first_outcome(txn: &redb::ReadTransaction, id: &str) -> Result<Option<Outcome>, FsmError> {
+    let Some(requests) = super::open_read(txn, REQUESTS)? else { return Ok(None) };
+    let Some(row) = requests.get(id.as_bytes())? else { return Ok(None) };
+    Ok(Some(decode(id.as_bytes(), row.value())?.outcome.unwrap_or_default()))
+}
+
 /// Whether request `id` is remembered in a read transaction: applied here, and not forgotten.
 pub fn remembered(txn: &redb::ReadTransaction, id: &str) -> Result<bool, FsmError> {
     match super::open_read(txn, REQUESTS)? {

@@ -1078,6 +1078,62 @@ async fn a_withdrawal_on_a_member_where_the_acquire_is_still_being_proposed_asks
     assert_eq!(client.describe_lock("p/lock").await.expect("describe"), None, "nothing held or queued");
 }
 
+/// A call of a request that was granted, and released by the client that saw the grant through
+/// another call of it, is answered "not acquired": asking again would give the session a hold
+/// its client does not know of, kept until the session ends. Both ways a late call meets such a
+/// request: answered "granted" from the request memory, or "queued" (the request's first
+/// answer) and then finding it gone.
+#[tokio::test]
+async fn a_late_call_of_a_request_granted_and_released_since_is_not_granted_again() {
+    use latch_client::proto::lock_client::LockClient;
+    use latch_client::proto::AcquireRequest;
+
+    let c = Cluster::start(1, &[]).await;
+    let leader = c.leader().await;
+    let client = c.client().await;
+    let session = client.session(SessionOptions::new(Duration::from_secs(30))).await.expect("a session");
+    let mut locks =
+        LockClient::connect(format!("http://{}", c.member(leader).client_addr)).await.expect("connect");
+    let acquire = |request_id: &str| AcquireRequest {
+        name: "late/lock".into(),
+        session_id: session.id().into(),
+        wait_forever: true,
+        request_id: request_id.into(),
+        ..Default::default()
+    };
+
+    // Granted at once, released, then the same request again.
+    let granted = locks.acquire(acquire("at-once")).await.expect("acquire").into_inner();
+    client.release(&granted.sequencer.expect("a free lock").token).await.expect("released");
+    let late = locks.acquire(acquire("at-once")).await.expect("the late call answered").into_inner();
+    assert!(!late.acquired, "a late call of a grant released since is not granted: {late:?}");
+    assert_eq!(client.describe_lock("late/lock").await.expect("describe"), None, "nothing held or queued");
+
+    // Queued behind another session, granted when it released, released; then the same request.
+    let other = client.session(SessionOptions::new(Duration::from_secs(30))).await.expect("a session");
+    let held = client.acquire(other.id(), "late/lock", LockOptions::exclusive()).await.expect("acquire");
+    let first = tokio::spawn({
+        let (mut locks, request) = (locks.clone(), acquire("queued"));
+        async move { locks.acquire(request).await }
+    });
+    until_lock_is(&client, "late/lock", &[other.id()], &[session.id()]).await;
+    client.release(&held.expect("free").token).await.expect("released");
+    let first = tokio::time::timeout(Duration::from_secs(10), first)
+        .await
+        .expect("the queued call is granted once the holder released")
+        .expect("joined")
+        .expect("answered")
+        .into_inner();
+    client.release(&first.sequencer.expect("granted").token).await.expect("released");
+    let late = tokio::time::timeout(Duration::from_secs(10), locks.acquire(acquire("queued")))
+        .await
+        .expect("the late call is answered at once")
+        .expect("answered")
+        .into_inner();
+    assert!(!late.acquired, "a late call of a request granted and released since is not granted: {late:?}");
+    assert_eq!(client.describe_lock("late/lock").await.expect("describe"), None, "nothing held or queued");
+}
+
 #[tokio::test]
 async fn a_withdrawal_answers_a_grant_that_came_first_and_spends_the_id_of_an_acquire_or_campaign_not_applied_yet(
 ) {
