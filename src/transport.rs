@@ -244,6 +244,23 @@ impl PeerRpc for PeerService {
                 return Err(e);
             }
         };
+        // Checked before raft sees it: raft cannot forget a snapshot it took, and one that
+        // fails to restore would stop this member at every start (the leader sends it again).
+        let checked = {
+            let (inbox, token, index, term) = (inbox.clone(), token.clone(), meta.index, meta.term);
+            tokio::task::spawn_blocking(move || -> Result<(), String> {
+                let file = inbox.open(&token).map_err(|e| format!("cannot read it back: {e}"))?;
+                let mut input = std::io::BufReader::with_capacity(256 * 1024, file);
+                crate::fsm::snapshot::verify(&mut input, index, term).map(|_| ()).map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("its check did not finish: {e}")))
+        };
+        if let Err(why) = checked {
+            inbox.remove(&token);
+            tracing::warn!(member, peer = from, index = meta.index, error = %why, "a received snapshot does not check; refused");
+            return Err(Status::invalid_argument(format!("the snapshot does not check: {why}")));
+        }
         tracing::info!(member, peer = from, term = msg.term, index = meta.index, bytes, "snapshot received");
         msg.mut_snapshot().data = token.clone().into();
         if !node.deliver(msg, 1024) {
@@ -367,10 +384,7 @@ async fn send_loop(
     while let Some(msg) = queue.recv().await {
         if shared.faults.blocks(peer.id) {
             // Dropped without a word, as by a partition; a snapshot's call would fail.
-            if crate::core::is_snapshot(&msg) {
-                node.snapshots().finish(&msg.get_snapshot().data);
-                node.send(Event::SnapshotSent { peer: peer.id, ok: false });
-            }
+            drop_message(&node, peer.id, &msg);
             continue;
         }
         if crate::core::is_snapshot(&msg) {
@@ -407,10 +421,22 @@ async fn send_loop(
         if !send_frames(&sink, frames(me, cluster_id, bytes)) {
             // The call ended: drop what is queued; raft will retransmit.
             stream = None;
-            while queue.try_recv().is_ok() {}
+            while let Ok(dropped) = queue.try_recv() {
+                drop_message(&node, peer.id, &dropped);
+            }
             node.send(Event::Unreachable(peer.id));
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// Drops a message to `peer` unsent. Raft retransmits entries and heartbeats by itself, but a
+/// snapshot must be reported failed: until then raft-rs pauses the peer's progress, and the
+/// follower would get no appends and no snapshot until the next leader.
+fn drop_message(node: &NodeHandle, peer: u64, msg: &Message) {
+    if crate::core::is_snapshot(msg) {
+        node.snapshots().finish(&msg.get_snapshot().data);
+        node.send(Event::SnapshotSent { peer, ok: false });
     }
 }
 

@@ -24,6 +24,11 @@ use latch_proto::internal::{command::Body, MarkCritical, Reap};
 use crate::fsm::registry::split_key;
 use crate::fsm::{InstanceChange, InstanceTimer};
 
+/// Most verdicts proposed in one turn (as `leases` bounds its expiries): a fleet whose
+/// heartbeats stop together, or a new leader finding every timer overdue, must not put a
+/// hundred thousand proposals in one Ready.
+const MAX_VERDICTS_PER_TURN: usize = 1024;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Armed {
     timer: InstanceTimer,
@@ -86,12 +91,12 @@ impl InstanceTimers {
     }
 
     /// As leader: the verdicts of the timers that ran out, except those proposed within
-    /// `retry_ms`. Looks at the due timers only.
+    /// `retry_ms`; at most [`MAX_VERDICTS_PER_TURN`]. Looks at the due timers only.
     pub fn due(&mut self, now: u64, retry_ms: u64) -> Vec<Body> {
         let mut out = Vec::new();
         while let Some((due_at, key)) = self.by_due.first().cloned() {
-            if due_at > now {
-                break;
+            if due_at > now || out.len() == MAX_VERDICTS_PER_TURN {
+                break; // the rest in the next turns
             }
             self.by_due.remove(&(due_at, key.clone()));
             let Some(a) = self.timers.get_mut(&key) else { continue };
@@ -176,6 +181,18 @@ mod tests {
         assert_eq!(t.due(2_100, 500).len(), 1, "a lost verdict is proposed again");
         t.changed(&change("web/1", None), 2_200);
         assert!(t.is_empty(), "a removed instance needs no timer");
+    }
+
+    #[test]
+    fn at_most_a_bounded_number_of_verdicts_are_proposed_in_one_turn_and_the_rest_in_the_next() {
+        let mut t = InstanceTimers::default();
+        let n = super::MAX_VERDICTS_PER_TURN + 10;
+        for i in 0..n {
+            let timer = Some(InstanceTimer::Heartbeat { ttl_ms: 1_000, beats: 0, registered_revision: 3 });
+            t.changed(&change(&format!("web/{i}"), timer), 0);
+        }
+        assert_eq!(t.due(1_000, 500).len(), super::MAX_VERDICTS_PER_TURN, "the first turn is bounded");
+        assert_eq!(t.due(1_001, 500).len(), 10, "the next turn proposes the rest");
     }
 
     #[test]

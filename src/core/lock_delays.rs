@@ -21,6 +21,10 @@ use latch_proto::internal::{command::Body, EndLockDelay};
 use crate::fsm::locks::split_lock_key;
 use crate::fsm::LockChange;
 
+/// Most delay ends proposed in one turn (as `leases` bounds its expiries): a thousand delays
+/// that end together must not swell one Ready past what the pending budget sees.
+const MAX_ENDS_PER_TURN: usize = 1024;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Delay {
     since_revision: i64,
@@ -74,10 +78,13 @@ impl LockDelays {
     }
 
     /// As leader: the ends of the delays that have passed, except those proposed within
-    /// `retry_ms`.
+    /// `retry_ms`; at most [`MAX_ENDS_PER_TURN`].
     pub fn due(&mut self, now: u64, retry_ms: u64) -> Vec<Body> {
         let mut out = Vec::new();
         for (key, d) in self.delays.iter_mut() {
+            if out.len() == MAX_ENDS_PER_TURN {
+                break; // the rest in the next turns
+            }
             let recently = d.proposed_at.is_some_and(|at| now.saturating_sub(at) < retry_ms);
             if d.ends_at > now || recently {
                 continue;
@@ -140,6 +147,17 @@ mod tests {
         assert_eq!(ends(&d.due(7_000, 1_000)), [("n".to_string(), 7)], "a lost end is proposed again");
         d.changed(&LockChange::DelayEnded { key: key.clone(), since_revision: 7 }, 7_100);
         assert!(d.is_empty() && d.due(10_000, 1_000).is_empty(), "an ended delay is forgotten");
+    }
+
+    #[test]
+    fn at_most_a_bounded_number_of_delay_ends_are_proposed_in_one_turn_and_the_rest_in_the_next() {
+        let mut d = LockDelays::default();
+        let n = super::MAX_ENDS_PER_TURN + 10;
+        for i in 0..n {
+            d.changed(&started(&lock_key(LockSpace::Locks, &format!("n{i}")), 7, 1_000), 0);
+        }
+        assert_eq!(d.due(1_000, 500).len(), super::MAX_ENDS_PER_TURN, "the first turn is bounded");
+        assert_eq!(d.due(1_001, 500).len(), 10, "the next turn proposes the rest");
     }
 
     #[test]

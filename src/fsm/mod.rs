@@ -1248,7 +1248,7 @@ mod tests {
     }
 
     #[test]
-    fn restore_rejects_garbage_truncation_tampering_and_another_position() {
+    fn restore_and_verify_reject_garbage_truncation_tampering_and_another_position() {
         let mut s = Store::new();
         s.apply("id", put("a", "1"));
         s.apply("", put("b", "zzzz"));
@@ -1272,7 +1272,13 @@ mod tests {
                 "checksum",
             ),
         ];
+        snapshot::verify(&mut &stream[..], 2, 1).expect("a whole snapshot checks");
         for (what, bytes, index, says) in cases {
+            let checked = snapshot::verify(&mut &bytes[..], index, 1).expect_err(what);
+            assert!(
+                matches!(&checked, FsmError::Corrupt(m) if m.contains(says)),
+                "{what}: verify: expected {says:?} in {checked}"
+            );
             let mut other = Store::new();
             let err = restore_into(&mut other, &bytes, index, 1).expect_err(what);
             assert!(

@@ -13,7 +13,8 @@
 //! - [`restore`] writes only inside the caller's write transaction and fails (so the caller
 //!   aborts it) on anything a writer could not have produced: a wrong version or position, an
 //!   unknown table, keys out of order, a row its domain rejects, a missing or wrong end, bytes
-//!   after the end. Nothing half-restored is ever committed.
+//!   after the end. Nothing half-restored is ever committed. [`verify`] fails on the same,
+//!   writing nothing.
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -93,6 +94,37 @@ pub fn restore(
     index: u64,
     term: u64,
 ) -> Result<Applied, FsmError> {
+    // Cleared first: on any failure the caller aborts the transaction, the clear with it.
+    super::clear(txn)?;
+    let (pos, history_bytes) = walk(input, index, term, &mut |def, rows| {
+        let mut table = txn.open_table(def)?;
+        for row in rows {
+            table.insert(row.key.as_slice(), row.value.as_slice())?;
+        }
+        Ok(())
+    })?;
+    write_meta(txn, pos, history_bytes)?;
+    Ok(pos)
+}
+
+/// Checks the snapshot read from `input` as [`restore`] does, writing nothing: a member checks
+/// a snapshot it received before raft takes it, since raft cannot be made to forget one it
+/// took, and one that fails to restore would stop the member at every start.
+pub fn verify(input: &mut dyn Read, index: u64, term: u64) -> Result<Applied, FsmError> {
+    walk(input, index, term, &mut |_, _| Ok(())).map(|(pos, _)| pos)
+}
+
+/// What [`walk`] hands each chunk of checked rows to.
+type RowsOf<'a> = dyn FnMut(TableDef, &[SnapshotRow]) -> Result<(), FsmError> + 'a;
+
+/// Reads a snapshot stream, checking every frame, and hands each chunk of checked rows to
+/// `rows_of` with its table; returns the snapshot's position and its history's byte count.
+fn walk(
+    input: &mut dyn Read,
+    index: u64,
+    term: u64,
+    rows_of: &mut RowsOf,
+) -> Result<(Applied, u64), FsmError> {
     let header = match read_chunk(input)? {
         Some(snapshot_chunk::Chunk::Header(h)) => h,
         other => return Err(corrupt(format!("expected a header first, found {}", describe(&other)))),
@@ -113,7 +145,6 @@ pub fn restore(
         return Err(corrupt(format!("revision {} is negative", header.revision)));
     }
     let pos = Applied { index, term, revision: header.revision };
-    super::clear(txn)?;
     let mut sum = Fnv::new();
     let mut rows = 0u64;
     let mut history_bytes = 0u64;
@@ -132,8 +163,7 @@ pub fn restore(
                     }
                     current = Some((chunk.table.clone(), Vec::new()));
                 }
-                let mut table = txn.open_table(def)?;
-                for row in chunk.rows {
+                for row in &chunk.rows {
                     if let Some((_, last)) = current.as_mut() {
                         if !last.is_empty() && row.key.as_slice() <= last.as_slice() {
                             return Err(corrupt(format!("table {}: keys out of order", chunk.table)));
@@ -143,13 +173,13 @@ pub fn restore(
                     domain
                         .check_row(&chunk.table, &row.key, &row.value, &pos)
                         .map_err(|e| corrupt(format!("domain {}: {e}", domain.name())))?;
-                    add_row(&mut sum, &chunk.table, &row);
+                    add_row(&mut sum, &chunk.table, row);
                     rows += 1;
                     if chunk.table == HISTORY.name() {
                         history_bytes = history_bytes.saturating_add(history::row_bytes(row.value.len()));
                     }
-                    table.insert(row.key.as_slice(), row.value.as_slice())?;
                 }
+                rows_of(def, &chunk.rows)?;
             }
             Some(snapshot_chunk::Chunk::End(end)) => {
                 if end.rows != rows || end.checksum != sum.finish() {
@@ -169,8 +199,7 @@ pub fn restore(
     if input.read(&mut trailing).map_err(|e| corrupt(format!("cannot read: {e}")))? != 0 {
         return Err(corrupt("bytes after the end".into()));
     }
-    write_meta(txn, pos, history_bytes)?;
-    Ok(pos)
+    Ok((pos, history_bytes))
 }
 
 fn frame(chunk: snapshot_chunk::Chunk) -> Vec<u8> {

@@ -205,7 +205,7 @@ async fn a_follower_behind_a_tiny_log_cache_catches_up_from_the_log_on_disk() {
 }
 
 #[tokio::test]
-async fn the_peer_port_refuses_strangers_and_snapshots_outside_a_snapshot_call() {
+async fn the_peer_port_refuses_strangers_snapshots_outside_a_snapshot_call_and_snapshots_that_do_not_check() {
     use protobuf::Message as _;
     let c = Cluster::start(3, &[]).await;
     c.leader().await;
@@ -225,5 +225,25 @@ async fn the_peer_port_refuses_strangers_and_snapshots_outside_a_snapshot_call()
     let snapshot = PeerFrame { from: 2, cluster_id, chunk: bytes, last: true };
     let status = client.stream(tokio_stream::iter([snapshot])).await.expect_err("no stream, no snapshot");
     assert!(status.message().contains("snapshot call"), "the error says why: {}", status.message());
+
+    // A snapshot call whose stream does not check is refused before raft takes it: a snapshot
+    // raft took and the state machine cannot restore would stop the member at every start.
+    let mut msg = raft::eraftpb::Message::default();
+    msg.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
+    (msg.from, msg.to, msg.term) = (2, 1, 1);
+    msg.mut_snapshot().mut_metadata().index = 1_000;
+    msg.mut_snapshot().mut_metadata().term = 1;
+    let message = PeerFrame { from: 2, cluster_id, chunk: msg.write_to_bytes().unwrap(), last: true };
+    let garbage = PeerFrame { from: 2, cluster_id, chunk: vec![0, 0, 0, 3, 0xff, 0x01, 0x02], last: true };
+    let status =
+        client.snapshot(tokio_stream::iter([message, garbage])).await.expect_err("a garbled snapshot");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("does not check") && status.message().contains("undecodable"),
+        "the error says why: {}",
+        status.message()
+    );
     c.client().await.put("still", "serving").await.expect("the member serves on");
+    let me = c.self_status(1).await.unwrap();
+    assert_eq!(me.snapshots_installed, 0, "the garbled snapshot was not installed");
 }
