@@ -3,8 +3,10 @@ starts one and runs this file; by hand: ``LATCH_ENDPOINTS=127.0.0.1:7379 python3
 discover -s clients/python/tests``). Every test works under a prefix of its own; two of them
 compact the cluster's history up to their own last write."""
 
+import logging
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
@@ -17,7 +19,8 @@ import grpc
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 import latch  # noqa: E402
-from latch.v1 import kv_pb2, lock_pb2, lock_pb2_grpc, registry_pb2, watch_pb2, watch_pb2_grpc  # noqa: E402
+from latch.v1 import (kv_pb2, lock_pb2, lock_pb2_grpc, registry_pb2, session_pb2, session_pb2_grpc,  # noqa: E402
+                      watch_pb2, watch_pb2_grpc)
 
 ENDPOINTS = os.environ.get("LATCH_ENDPOINTS")
 #: How long a test waits for something the cluster must do (not a measure of speed).
@@ -376,6 +379,59 @@ class OfflineTest(unittest.TestCase):
                 latch.Client([bad])
         with self.assertRaisesRegex(ValueError, "no endpoints"):
             latch.Client(" , ")
+        self.assertEqual(latch.Client(["[::1]:7379"]).endpoints, ["[::1]:7379"], "an IPv6 host in brackets")
+
+    def test_an_endpoint_holding_a_list_or_a_second_colon_is_refused_naming_it(self):
+        with self.assertRaisesRegex(ValueError, r"endpoint 'a:1,b:2': one host:port per endpoint"):
+            latch.Client(["a:1,b:2"])
+        for bad in ["a:1:2", "::1:7379", "[::1:7379", "a]:1"]:
+            with self.assertRaisesRegex(ValueError, rf"endpoint {re.escape(repr(bad))}.*one ':'.*brackets", msg=bad):
+                latch.Client([bad])
+
+    def test_an_empty_prefix_selects_every_key_as_key_0_to_range_end_0_in_every_call(self):
+        self.assertEqual(latch.prefix_range(""), (b"\0", b"\0"), "the empty key is no key: from \\0 on")
+        self.assertEqual(latch.prefix_range("a/"), (b"a/", b"a0"))
+        self.assertEqual((latch.Op.get("", prefix=True).range.key, latch.Op.get("", prefix=True).range.range_end),
+                         (b"\0", b"\0"))
+        delete = latch.Op.delete(b"", prefix=True).delete_range
+        self.assertEqual((delete.key, delete.range_end), (b"\0", b"\0"))
+        sent = []
+
+        def call(service, method, request, **kw):
+            sent.append((method, request.key, request.range_end))
+            return {"Range": kv_pb2.RangeResponse(), "DeleteRange": kv_pb2.DeleteRangeResponse()}[method]
+
+        client = latch.Client("127.0.0.1:1")  # nobody listens: every call is answered here
+        client._call = call
+        client.get_prefix("")
+        client.delete("", prefix=True)
+        client.delete("k")
+        watch = client.watch("", prefix=True)  # from now: a count of the range first
+        watch.cancel()
+        client.close()
+        self.assertEqual(sent, [("Range", b"\0", b"\0"), ("DeleteRange", b"\0", b"\0"), ("DeleteRange", b"k", b""),
+                                ("Range", b"\0", b"\0")])
+        self.assertEqual((watch._create.key, watch._create.range_end), (b"\0", b"\0"), "the watch's own range")
+
+    def test_a_grant_of_nothing_waits_a_retry_interval_and_an_absurd_grant_is_capped_at_a_day(self):
+        from latch.session import MAX_TTL, _lease_seconds, _next_keepalive_at
+
+        self.assertAlmostEqual(_next_keepalive_at(sent=100.0, granted=0.0, ttl=1.0, retry=0.1, now=100.5), 100.6,
+                               msg="a grant of nothing: not back to back, a retry interval after now")
+        self.assertEqual(_next_keepalive_at(sent=100.0, granted=10.0, ttl=10.0, retry=1.0, now=100.1), 105.0,
+                         "a whole grant: when half the TTL is left of it")
+        self.assertEqual(_next_keepalive_at(sent=100.0, granted=4.0, ttl=10.0, retry=0.5, now=100.1), 101.0,
+                         "a grant under half the TTL: a quarter into it")
+        self.assertEqual(MAX_TTL, 86400.0)
+        self.assertEqual(_lease_seconds(10 ** 15), MAX_TTL, "an absurd grant")
+        self.assertEqual(_lease_seconds(-5), 0.0, "a negative grant is none")
+        client = latch.Client("127.0.0.1:1")
+        client._call = lambda *a, **kw: session_pb2.CreateSessionResponse(id="s", ttl_ms=2 ** 62)
+        session = latch.Session.create(client, 10)
+        self.assertEqual((session.ttl, session.grace), (MAX_TTL, MAX_TTL), "an absurd TTL granted at create")
+        self.assertLessEqual(session.lease_left(), MAX_TTL)
+        session.abandon()
+        client.close()
 
 
 class SlowBeforeAnyEvent(watch_pb2_grpc.WatchServicer):
@@ -446,7 +502,9 @@ class ScriptedMemberTest(unittest.TestCase):
                 client.acquire("l", "full", wait=0.2)
             self.assertTrue(full.exception.over_limit, f"the member's own refusal: {full.exception}")
             with self.assertRaises(latch.LatchError) as unsettled:
-                client.acquire("l", "cut", wait=0.2)
+                # Try once: a wait that ran out while retrying is "not acquired", not the error
+                # (test_an_acquire_whose_wait_ran_out_while_failing_is_withdrawn_and_not_acquired).
+                client.acquire("l", "cut", wait=0)
             self.assertEqual(unsettled.exception.code, grpc.StatusCode.UNAVAILABLE, str(unsettled.exception))
             with self.assertRaises(latch.LatchError) as calm:
                 client.acquire("l", "calm", wait=0.2)
@@ -472,6 +530,217 @@ class ScriptedMemberTest(unittest.TestCase):
         self.assertIn("did not read the snapshot in time", str(e))
         self.assertIn("3 times in a row at revision 5", str(e), "asking again repeated it")
         self.assertEqual(member.starts, [5, 5, 5], "asked three times from revision 5, then given up")
+
+
+class FrozenOrGrantingSessions(session_pb2_grpc.SessionServicer):
+    """A member whose keepalives either never answer (``frozen``: SIGSTOPped, cut off) until the
+    client cancels them, or grant the whole TTL at once; it closes any session. Records, per
+    session, that a keepalive reached it (``reached``), that a frozen one was cancelled
+    (``cancelled``) and that one was granted (``granted``)."""
+
+    def __init__(self, frozen: bool, ttl_ms: int = 0):
+        self.frozen, self.ttl_ms = frozen, ttl_ms
+        self._events = {}
+        self._lock = threading.Lock()
+
+    def event(self, what: str, session_id: str) -> threading.Event:
+        with self._lock:
+            return self._events.setdefault((what, session_id), threading.Event())
+
+    def KeepAlive(self, requests, context):
+        for request in requests:
+            self.event("reached", request.id).set()
+            if self.frozen:
+                ended = threading.Event()
+                context.add_callback(ended.set)
+                ended.wait(PATIENCE)
+                self.event("cancelled", request.id).set()
+                return
+            self.event("granted", request.id).set()
+            yield session_pb2.KeepAliveResponse(id=request.id, ttl_ms=self.ttl_ms, granted_ms=self.ttl_ms)
+
+    def Close(self, request, context):
+        return session_pb2.CloseSessionResponse()
+
+
+class LateGrantLocks(lock_pb2_grpc.LockServicer):
+    """A member whose acquires never settle (UNAVAILABLE), and whose withdrawals fail too until
+    ``grant`` is set, then find the acquire granted first, under the token ``tok-<session>``;
+    records each release's sequencer (``released`` set at the first)."""
+
+    def __init__(self):
+        self.grant, self.released = threading.Event(), threading.Event()
+        self.releases = []
+        self._sessions = {}
+
+    def Acquire(self, request, context):
+        self._sessions[request.request_id] = request.session_id
+        context.abort(grpc.StatusCode.UNAVAILABLE, "cut off from the leader")
+
+    def Withdraw(self, request, context):
+        if not self.grant.is_set():
+            context.abort(grpc.StatusCode.UNAVAILABLE, "cut off from the leader")
+        session = self._sessions[request.request_id]
+        return lock_pb2.WithdrawResponse(held=True, sequencer=lock_pb2.Sequencer(
+            name=request.name, generation=7, session_id=session, token=f"tok-{session}"))
+
+    def Release(self, request, context):
+        self.releases.append(request.sequencer)
+        self.released.set()
+        return lock_pb2.ReleaseResponse()
+
+
+class SlowFailingLocks(lock_pb2_grpc.LockServicer):
+    """A member whose acquires fail UNAVAILABLE after ``delay`` s (the first ``failures`` of
+    them; later ones answer "not acquired" at once); withdrawals find nothing granted. Records
+    each acquire's (request id, wait_ms) and each withdrawal's request id."""
+
+    def __init__(self, delay: float, failures: int):
+        self.delay, self.failures = delay, failures
+        self.acquires, self.withdrawals = [], []
+
+    def Acquire(self, request, context):
+        self.acquires.append((request.request_id, request.wait_ms))
+        if len(self.acquires) <= self.failures:
+            time.sleep(self.delay)  # the member's own slowness, not a wait for the client
+            context.abort(grpc.StatusCode.UNAVAILABLE, "cut off from the leader")
+        return lock_pb2.AcquireResponse(acquired=False)
+
+    def Withdraw(self, request, context):
+        self.withdrawals.append(request.request_id)
+        return lock_pb2.WithdrawResponse()
+
+
+def serve(test: unittest.TestCase, add, member) -> str:
+    """Starts an in-process gRPC member playing ``member``; its address."""
+    from concurrent import futures
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    add(member, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    test.addCleanup(server.stop, None)
+    return f"127.0.0.1:{port}"
+
+
+class OfflineScriptedTest(unittest.TestCase):
+    """Sessions and locks against in-process members that play a script (no cluster)."""
+
+    def test_a_keepalive_a_frozen_member_holds_is_hedged_to_the_next_member_whose_grant_counts(self):
+        frozen = FrozenOrGrantingSessions(frozen=True)
+        granting = FrozenOrGrantingSessions(frozen=False, ttl_ms=1200)
+        endpoints = [serve(self, session_pb2_grpc.add_SessionServicer_to_server, m) for m in (frozen, granting)]
+        # A request timeout far past the test's patience: only the hedge can renew the lease in time.
+        with latch.Client(endpoints, request_timeout=600, retry_budget=600) as client:
+            # The lease ran out as it starts: the first keepalive goes out at once, to the frozen
+            # member (the preferred one); a sixth of the TTL (0.2 s) later a second goes to the next.
+            session = latch.Session(client, "s", ttl=1.2, lease_end=time.monotonic(), grace=600)
+            self.assertTrue(frozen.event("reached", "s").wait(PATIENCE), "the first went to the frozen member")
+            self.assertTrue(granting.event("granted", "s").wait(PATIENCE), "the hedge reached the next member")
+            deadline = time.monotonic() + PATIENCE
+            while session.lease_left() == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.assertGreater(session.lease_left(), 0, "the hedge's grant renewed the lease")
+            self.assertTrue(frozen.event("cancelled", "s").wait(PATIENCE),
+                            "the attempt still held by the frozen member was cancelled once the other granted")
+            self.assertNotEqual(session.state, latch.SessionState.EXPIRED)
+            session.abandon()
+
+    def test_a_not_found_outranks_the_other_attempts_failure(self):
+        from latch.session import Session
+
+        # A session without its thread, whose attempts are scripted: the first never answers
+        # (the queue stays empty for the hedge's delay); once the second goes out, both fail.
+        session = Session.__new__(Session)
+        order = [latch.LatchError(grpc.StatusCode.NOT_FOUND, "no session s"),
+                 latch.LatchError(grpc.StatusCode.UNAVAILABLE, "cut off")]
+        started = []
+
+        def start(until, cap, answers):
+            started.append(cap)
+            if cap is not None:  # the second: both answers come now, the NOT_FOUND first
+                for error in order:
+                    answers.put((None, error))
+            return type("Flight", (), {"cancel": lambda self: None})()
+
+        session._start_keep_alive = start
+        session.client = type("C", (), {"_move_on": lambda self: None})()
+        with self.assertRaises(latch.LatchError) as caught:
+            session._keep_alive_hedged(until=time.monotonic() + 60, hedge_after=0.01)
+        self.assertEqual(caught.exception.code, grpc.StatusCode.NOT_FOUND, "the session may be gone: said so")
+        self.assertEqual(started, [None, 0.01], "the second attempt capped at the hedge's delay")
+        order.reverse()
+        started.clear()
+        with self.assertRaises(latch.LatchError) as caught:
+            session._keep_alive_hedged(until=time.monotonic() + 60, hedge_after=0.01)
+        self.assertEqual(caught.exception.code, grpc.StatusCode.NOT_FOUND, "whichever attempt said it")
+
+    def test_close_and_abandon_cancel_a_keepalive_in_flight_instead_of_waiting_out_its_timeout(self):
+        frozen = FrozenOrGrantingSessions(frozen=True)
+        endpoint = serve(self, session_pb2_grpc.add_SessionServicer_to_server, frozen)
+        # Neither the request timeout nor the hedge (a sixth of 3600 s) comes within the test's patience.
+        with latch.Client(endpoint, request_timeout=600, retry_budget=600) as client:
+            for end in ("close", "abandon"):
+                session = latch.Session(client, end, ttl=3600, lease_end=time.monotonic(), grace=3600)
+                self.assertTrue(frozen.event("reached", end).wait(PATIENCE), "a keepalive is in flight")
+                result(in_thread(getattr(session, end)))
+                self.assertTrue(frozen.event("cancelled", end).wait(PATIENCE), f"{end}() cancelled the keepalive")
+                self.assertEqual(session.state, latch.SessionState.EXPIRED)
+
+    def test_session_lock_releases_a_grant_only_its_background_withdrawal_found_and_acquire_keeps_it(self):
+        member = LateGrantLocks()
+        endpoint = serve(self, lock_pb2_grpc.add_LockServicer_to_server, member)
+        warned = threading.Event()
+
+        class Said(logging.Handler):
+            def emit(self, record):
+                if record.levelno >= logging.WARNING and "its session holds it" in record.getMessage():
+                    warned.set()
+
+        said = Said()
+        logging.getLogger("latch.client").addHandler(said)
+        self.addCleanup(logging.getLogger("latch.client").removeHandler, said)
+        with latch.Client(endpoint, request_timeout=1.0, retry_budget=0.3) as client:
+            # A session whose keepalive thread sends nothing within the test (half an hour away).
+            session = latch.Session(client, "locker", ttl=3600, lease_end=time.monotonic() + 3600, grace=0)
+            with self.assertRaises(latch.LatchError) as caught:
+                session.lock("l", wait=0)
+            self.assertEqual(caught.exception.code, grpc.StatusCode.UNAVAILABLE, "unsettled, and the first "
+                             "withdrawal failed too: it goes on in the background")
+            member.grant.set()
+            self.assertTrue(member.released.wait(PATIENCE), "the grant found late was released")
+            self.assertEqual(member.releases, ["tok-locker"], "under the grant's own token")
+            session.abandon()
+
+            member.grant.clear()
+            with self.assertRaises(latch.LatchError):
+                client.acquire("l", "raw", wait=0)
+            member.grant.set()
+            self.assertTrue(warned.wait(PATIENCE), "a grant found late for Client.acquire is said")
+            self.assertEqual(member.releases, ["tok-locker"], "and kept: the session holds it")
+
+    def test_a_retried_acquire_waits_only_what_is_left_of_its_wait(self):
+        member = SlowFailingLocks(delay=0.3, failures=1)
+        endpoint = serve(self, lock_pb2_grpc.add_LockServicer_to_server, member)
+        with latch.Client(endpoint, request_timeout=5, retry_budget=5) as client:
+            self.assertIsNone(client.acquire("l", "s", wait=3), "not granted: the member said so")
+        (first_id, first_wait), (second_id, second_wait) = member.acquires
+        self.assertEqual(first_id, second_id, "one request id across attempts")
+        self.assertLessEqual(first_wait, 3000)
+        self.assertLessEqual(second_wait, first_wait - 300, "the second asks for what is left, not 3 s again")
+        self.assertGreater(second_wait, 0, "and still waits (0 would mean try once)")
+
+    def test_an_acquire_whose_wait_ran_out_while_failing_is_withdrawn_and_not_acquired(self):
+        member = SlowFailingLocks(delay=0.3, failures=100)
+        endpoint = serve(self, lock_pb2_grpc.add_LockServicer_to_server, member)
+        with latch.Client(endpoint, request_timeout=5, retry_budget=5) as client:
+            self.assertIsNone(client.acquire("l", "s", wait=0.2), "the documented answer, not UNAVAILABLE")
+            session = latch.Session(client, "locker", ttl=3600, lease_end=time.monotonic() + 3600, grace=0)
+            with self.assertRaises(latch.LockNotAcquired):
+                session.lock("l", wait=0.2)
+            session.abandon()
+        ids = [i for i, _ in member.acquires]
+        self.assertEqual(len(ids), 2, f"one attempt each: none sent past the wait: {member.acquires}")
+        self.assertEqual(member.withdrawals, ids, "each withdrawn under its own id before the answer left")
 
 
 class GeneratedTest(unittest.TestCase):

@@ -22,10 +22,11 @@ from .election import Election
 from .errors import LatchError
 from .lock import Lock, LockNotAcquired, format_sequencer, parse_sequencer
 from .session import Session, SessionState
-from .txn import Compare, Op, Txn, prefix_end
+from .txn import Compare, Op, Txn, prefix_end, prefix_range
 from .watch import Watch, WatchBatch
 
 __all__ = [
     "DEFAULT_ENDPOINT", "Check", "Client", "Compare", "Election", "LatchError", "Lock", "LockNotAcquired", "Op", "Session",
     "SessionState", "Txn", "Watch", "WatchBatch", "format_sequencer", "parse_sequencer", "prefix_end",
+    "prefix_range",
 ]

@@ -8,6 +8,7 @@ UNAVAILABLE and DEADLINE_EXCEEDED are retried; an error that says the request it
 (INVALID_ARGUMENT, FAILED_PRECONDITION, …) comes back at once.
 """
 
+import logging
 import math
 import os
 import threading
@@ -18,7 +19,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, TypeVar, 
 import grpc
 
 from .errors import LatchError, trailing
-from .txn import Bytes, Txn, as_bytes, prefix_end
+from .txn import Bytes, Txn, _key_range, as_bytes, prefix_range
 from .v1 import (cluster_pb2, cluster_pb2_grpc, election_pb2, election_pb2_grpc, kv_pb2, kv_pb2_grpc,
                  lock_pb2, lock_pb2_grpc, registry_pb2, registry_pb2_grpc, session_pb2, session_pb2_grpc,
                  watch_pb2_grpc)
@@ -52,6 +53,8 @@ MAX_RECEIVE_BYTES = 256 << 20
 
 T = TypeVar("T")
 
+_log = logging.getLogger(__name__)
+
 _SERVICES = {
     "kv": kv_pb2_grpc.KVStub,
     "cluster": cluster_pb2_grpc.ClusterStub,
@@ -69,8 +72,13 @@ def request_id() -> str:
 
 
 def parse_endpoint(endpoint: str) -> str:
-    """``host:port`` from ``host:port`` or ``http://host:port``; ValueError naming the problem."""
+    """``host:port`` from ``host:port`` or ``http://host:port`` (an IPv6 host in brackets:
+    ``[::1]:7379``); ValueError naming the endpoint and the problem. One endpoint only: a ','
+    (two endpoints in one list element) or a second ':' outside brackets is refused."""
     e = endpoint.strip()
+    if "," in e:
+        raise ValueError(f"endpoint {endpoint!r}: one host:port per endpoint, not a ','-separated list "
+                         "(give a list of endpoints, or one string of them to Client)")
     for scheme in ("http://", "grpc://"):
         if e.startswith(scheme):
             e = e[len(scheme):]
@@ -78,7 +86,18 @@ def parse_endpoint(endpoint: str) -> str:
     host, sep, port = e.rpartition(":")
     if "://" in e or "/" in e or not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"endpoint {endpoint!r}: expected host:port (a port from 1 to 65535)")
+    if host.startswith("["):
+        one_host = host.endswith("]") and len(host) > 2 and "[" not in host[1:] and "]" not in host[:-1]
+    else:
+        one_host = not any(c in host for c in ":[]")
+    if not one_host:
+        raise ValueError(f"endpoint {endpoint!r}: expected host:port with one ':' "
+                         "(an IPv6 address goes in brackets: [::1]:7379)")
     return e
+
+
+class _WaitOver(Exception):
+    """An acquire's time allowed ran out before another attempt could be sent."""
 
 
 class Backoff:
@@ -286,16 +305,26 @@ class Client:
                 raise LatchError(grpc.StatusCode.CANCELLED, "the client was closed")
             return self._targets[i % len(self._targets)]
 
+    def _move_on(self) -> None:
+        """Makes the member after the preferred one preferred: where the next call starts (a
+        hedged keepalive's second attempt, beside a first that went unanswered)."""
+        with self._lock:
+            self._preferred = (self._preferred + 1) % len(self._targets)
+
     def _attempts(self, what: str, attempt: Callable[["_Target", Optional[float]], T], *,
                   wait: Optional[float] = 0.0, until: Optional[float] = None,
-                  stop: Optional[threading.Event] = None) -> T:
+                  stop: Optional[threading.Event] = None, cap: Optional[float] = None) -> T:
         """Runs ``attempt(target, timeout)`` on one member after another until one answers,
         an error that must not be retried comes back, or the retry budget is spent.
         ``wait``: how long the call itself may wait on the server (a lock's wait), added to
-        each attempt's timeout; ``None`` for no timeout at all. ``until``: a ``time.monotonic()``
-        instant no attempt may outlast (DEADLINE_EXCEEDED after it). ``stop``: an event that
-        ends the retries (CANCELLED) when set."""
+        each attempt's timeout; ``None`` for no timeout at all. No attempt's timeout passes the
+        end of the whole call (its budget, ``retry_budget + wait``). ``until``: a
+        ``time.monotonic()`` instant no attempt may outlast (DEADLINE_EXCEEDED after it).
+        ``stop``: an event that ends the retries (CANCELLED) when set. ``cap``: the longest any
+        one attempt may take (a hedged keepalive's second attempt)."""
         per_attempt = None if wait is None else self.request_timeout + wait
+        if cap is not None:
+            per_attempt = cap if per_attempt is None else min(per_attempt, cap)
         budget = math.inf if wait is None else max(self.retry_budget + wait, per_attempt)
         deadline = time.monotonic() + budget
         if until is not None:
@@ -308,8 +337,8 @@ class Client:
             with self._lock:
                 n = len(self._targets)
             timeout = per_attempt
-            if until is not None:
-                left = until - time.monotonic()
+            if deadline < math.inf:
+                left = deadline - time.monotonic()
                 if left <= 0:
                     raise LatchError(grpc.StatusCode.DEADLINE_EXCEEDED, f"{what}: out of time", target.addr)
                 timeout = left if timeout is None else min(timeout, left)
@@ -354,8 +383,9 @@ class Client:
         return kvs[0] if kvs else None
 
     def get_prefix(self, prefix: Bytes, *, serializable: bool = False) -> List[kv_pb2.KeyValue]:
-        """Every kv whose key starts with ``prefix``, in key order."""
-        return list(self.range(prefix, prefix_end(prefix), serializable=serializable).kvs)
+        """Every kv whose key starts with ``prefix``, in key order (every kv for ``""``)."""
+        key, end = prefix_range(prefix)
+        return list(self.range(key, end, serializable=serializable).kvs)
 
     def range(self, key: Bytes, range_end: Bytes = b"", *, limit: int = 0, serializable: bool = False,
               keys_only: bool = False, count_only: bool = False, revision: int = 0) -> kv_pb2.RangeResponse:
@@ -376,10 +406,10 @@ class Client:
         return self._call("kv", "Put", request)
 
     def delete(self, key: Bytes, *, prefix: bool = False) -> int:
-        """Deletes ``key`` (every key starting with it, with ``prefix``); how many were deleted."""
-        k = as_bytes(key)
-        request = kv_pb2.DeleteRangeRequest(key=k, range_end=prefix_end(k) if prefix else b"",
-                                            request_id=request_id())
+        """Deletes ``key`` (every key starting with it, with ``prefix``: every key for ``""``);
+        how many were deleted."""
+        k, end = _key_range(key, prefix)
+        request = kv_pb2.DeleteRangeRequest(key=k, range_end=end, request_id=request_id())
         return self._call("kv", "DeleteRange", request).deleted
 
     def txn(self, txn: Union[Txn, kv_pb2.TxnRequest]) -> kv_pb2.TxnResponse:
@@ -419,42 +449,93 @@ class Client:
         """Asks for lock ``name`` for the session; its sequencer, or None if not granted within
         ``wait`` seconds (0: try once; None: wait as long as it takes). ``lock_delay``: seconds
         the lock stays ungranted after this holder's session expires (0 … 60; 5 by default).
+
+        ``wait`` counts from this call: an attempt sent again (on another member, after a
+        failure) asks the member to wait only what is left of it, no attempt outlasts the call's
+        retry budget, and none is sent once ``wait`` ran out: the acquire is then withdrawn and,
+        unless the withdrawal finds it granted, not granted (None).
+
         An acquire that fails after its request may have been queued (a member cut off, the
         retry budget spent) or is interrupted is withdrawn before the error leaves, or in the
-        background (``_withdraw``)."""
+        background (``_withdraw``). A grant that background withdrawal finds stays the session's
+        until released or the session ends (acquire again to get it back); ``Session.lock``
+        releases it instead, as no ``Lock`` holds it."""
+        return self._acquire(name, session_id, shared=shared, wait=wait, lock_delay=lock_delay)
+
+    def _acquire(self, name: str, session_id: str, *, shared: bool, wait: Optional[float],
+                 lock_delay: Optional[float], release_late_grant: bool = False) -> Optional[lock_pb2.Sequencer]:
+        """``acquire``; with ``release_late_grant`` (``Session.lock``), a grant found by a
+        withdrawal made in the background, after the caller was answered, is released."""
         request = lock_pb2.AcquireRequest(name=name, session_id=session_id,
                                           mode=lock_pb2.SHARED if shared else lock_pb2.EXCLUSIVE,
                                           request_id=request_id())
         wait = seconds(wait, "wait", none_ok=True)
         if wait is None:
             request.wait_forever = True
-        else:
-            request.wait_ms = round(wait * 1000)
+        elif wait > 0:
+            request.wait_ms = max(1, round(wait * 1000))  # 0 would mean "try once"
         if lock_delay is not None:
             request.lock_delay_ms = round(seconds(lock_delay, "lock_delay") * 1000)
-        response, found = self._call_or_withdraw("lock", "Acquire", name, request, wait)
+        # The end of the time allowed, fixed once: each attempt waits only what is left of it.
+        until = time.monotonic() + wait if wait else None
+        sent = [False]
+
+        def attempt(target: _Target, timeout: Optional[float]):
+            if until is not None:
+                left = until - time.monotonic()
+                if left <= 0 and sent[0]:
+                    raise _WaitOver()
+                sent[0] = True  # the first attempt goes out however short the wait
+                left = max(left, 0.001)
+                request.wait_ms = max(1, round(left * 1000))
+                # The member answers "not acquired" after ``left``; the attempt's timeout (within
+                # the call's budget already) gives it the request timeout beyond that, no more.
+                timeout = min(timeout, self.request_timeout + left)
+            return target.stub("lock").Acquire(request, timeout=timeout)
+
+        response, found = self._call_or_withdraw(
+            "lock", "Acquire", name, request, wait, until=until, release_late_grant=release_late_grant,
+            send=lambda: self._attempts("lock.Acquire", attempt, wait=wait))
         if found is not None:
             return found.sequencer  # granted after all
-        return response.sequencer if response.acquired else None
+        return response.sequencer if response is not None and response.acquired else None
 
-    def _call_or_withdraw(self, service: str, method: str, name: str, request, wait: Optional[float]):
-        """Sends an Acquire or a Campaign: ``(response, None)``, or when the call failed after
-        its request may have been queued, ``(None, answer)`` with the answer of its withdrawal
-        (``_withdraw``) when that says it was granted after all. Any other failure is raised."""
+    def _call_or_withdraw(self, service: str, method: str, name: str, request, wait: Optional[float], *,
+                          send: Optional[Callable[[], object]] = None, until: Optional[float] = None,
+                          release_late_grant: bool = False):
+        """Sends an Acquire or a Campaign (by ``send()``; by default ``_call`` with ``wait``):
+        ``(response, None)``, or when the call failed after its request may have been queued,
+        ``(None, answer)`` with the answer of its withdrawal (``_withdraw``) when that says it
+        was granted after all. ``until``: the end of the time allowed (``time.monotonic()``);
+        when the retries reach it (``_WaitOver``) or fail unanswered (UNAVAILABLE,
+        DEADLINE_EXCEEDED) past it, ``(None, None)``, not granted, once withdrawn. Any other
+        failure is raised. ``release_late_grant``: passed on to ``_withdraw``."""
+        over = False
+        error: Optional[LatchError] = None
         try:
-            return self._call(service, method, request, wait=wait), None
+            return (send() if send is not None else self._call(service, method, request, wait=wait)), None
+        except _WaitOver:
+            over = True
         except LatchError as e:
-            if e.code not in SETTLED and not e.over_limit:
-                found = self._withdraw(service, name, request.request_id, first_here=True)
-                granted = found is not None and (found.held if service == "lock" else found.HasField("leader"))
-                if granted:
-                    return None, found
-            raise
+            if e.code in SETTLED or e.over_limit:
+                raise
+            over = until is not None and e.code in RETRYABLE and time.monotonic() >= until
+            error = e
         except BaseException:  # interrupted (KeyboardInterrupt) during or between attempts
-            self._withdraw(service, name, request.request_id, first_here=False)
+            self._withdraw(service, name, request.request_id, first_here=False,
+                           release_late_grant=release_late_grant)
             raise
+        found = self._withdraw(service, name, request.request_id, first_here=True,
+                               release_late_grant=release_late_grant)
+        granted = found is not None and (found.held if service == "lock" else found.HasField("leader"))
+        if granted:
+            return None, found
+        if over or error is None:
+            return None, None
+        raise error
 
-    def _withdraw(self, service: str, name: str, acquire_id: str, *, first_here: bool):
+    def _withdraw(self, service: str, name: str, acquire_id: str, *, first_here: bool,
+                  release_late_grant: bool = False):
         """Gives up the acquire (``service`` "lock") or campaign ("election") sent under
         ``acquire_id`` (Lock.Withdraw, Election.Withdraw): a request given up while its outcome
         is unknown (a member cut off, the retry budget spent, an interrupt) leaves no wait
@@ -464,7 +545,10 @@ class Client:
         then, or at once, a daemon thread retries for about a minute while the client is open.
         A grant that came first is kept, as the member's own withdrawal keeps it: the first
         try's answer is returned (its ``held``/``leader`` says so; None if it did not answer),
-        for the caller to hand the grant on instead of the error."""
+        for the caller to hand the grant on instead of the error. A lock's grant found by the
+        background retries, after the caller was answered, is kept too (the session holds it
+        until it releases it or ends), unless ``release_late_grant`` (``Session.lock``: no
+        ``Lock`` holds it): then it is released."""
         if service == "lock":
             request = lock_pb2.WithdrawRequest(name=name, request_id=acquire_id)
         else:
@@ -490,11 +574,35 @@ class Client:
             for _ in range(WITHDRAW_ATTEMPTS):
                 time.sleep(pause)
                 pause *= 2
-                if self.closed or once(None):
+                if self.closed:
                     return
+                if once(None):
+                    if service == "lock" and answer is not None and answer.held:
+                        self._late_grant(name, answer.sequencer, release_late_grant)
+                    return
+            _log.warning("%s %r: a request given up could not be withdrawn; its session's end will withdraw it",
+                         service, name)
 
         threading.Thread(target=retry, name=f"latch-withdraw-{name}", daemon=True).start()
         return None
+
+    def _late_grant(self, name: str, sequencer: lock_pb2.Sequencer, release: bool) -> None:
+        """A lock request given up was granted first, to a caller who was answered otherwise:
+        released when ``release``, else left to its session (and said)."""
+        if not release:
+            _log.warning("lock %r: a request given up had been granted first (generation %d): its session holds "
+                         "it until it releases it or ends", name, sequencer.generation)
+            return
+        try:
+            self.release(sequencer.token)
+        except LatchError as e:
+            if e.code != grpc.StatusCode.FAILED_PRECONDITION:  # else it held no more
+                _log.warning("lock %r: releasing a request given up but granted first failed: %s", name, e)
+                return
+        except Exception as e:  # noqa: BLE001 - a background thread: the client closed under it, say
+            _log.warning("lock %r: releasing a request given up but granted first failed: %r", name, e)
+            return
+        _log.debug("lock %r: a request given up had been granted first: released", name)
 
     def release(self, sequencer: str) -> None:
         """Releases the hold that ``sequencer`` (its token) names; FAILED_PRECONDITION when it
@@ -525,14 +633,16 @@ class Client:
     def watch(self, key: Bytes, range_end: Bytes = b"", *, prefix: bool = False, start_revision: int = 0,
               prev_kv: bool = False, no_put: bool = False, no_delete: bool = False,
               on_compacted: str = "error", progress_notify: bool = False, target: str = "keys"):
-        """A watch of ``key`` (of every key starting with it, with ``prefix``; or of
-        ``[key, range_end)``) from ``start_revision`` (0: from now). Iterate it for
+        """A watch of ``key`` (of every key starting with it, with ``prefix``: every key for
+        ``""``; or of ``[key, range_end)``) from ``start_revision`` (0: from now). Iterate it for
         ``WatchBatch``es; it resumes by itself on another member after a failure, from the
         revision after the last it delivered. Cancel it with ``cancel()`` (or ``with``)."""
         from .watch import Watch
 
-        k = as_bytes(key)
-        end = prefix_end(k) if prefix else as_bytes(range_end, "range_end")
+        if prefix:
+            k, end = prefix_range(key)
+        else:
+            k, end = as_bytes(key), as_bytes(range_end, "range_end")
         return Watch(self, k, end, start_revision=start_revision, prev_kv=prev_kv, no_put=no_put,
                      no_delete=no_delete, on_compacted=on_compacted, progress_notify=progress_notify,
                      target=target)

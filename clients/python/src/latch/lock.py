@@ -75,7 +75,11 @@ class Lock:
     @classmethod
     def acquire(cls, session, name: str, *, shared: bool = False, wait: Optional[float] = None,
                 lock_delay: Optional[float] = None) -> "Lock":
-        seq = session.client.acquire(name, session.id, shared=shared, wait=wait, lock_delay=lock_delay)
+        """``Session.lock``: ``Client.acquire`` for ``session``, raising ``LockNotAcquired`` when
+        not granted in time. A grant that only the background withdrawal of a failed or
+        interrupted acquire finds is released there: no ``Lock`` holds it."""
+        seq = session.client._acquire(name, session.id, shared=shared, wait=wait, lock_delay=lock_delay,
+                                      release_late_grant=True)
         if seq is None:
             raise LockNotAcquired(name, wait)
         return cls(session, seq)

@@ -11,19 +11,47 @@ session before it runs out. The client keeps that lease on its own clock (``leas
   makes the session SAFE again.
 - ``SessionState.EXPIRED``: the cluster said the session is gone, or the grace passed without an
   answer, or it was closed. Final.
+
+A keepalive unanswered after a sixth of the TTL (at least 0.1 s) is sent again beside it, starting
+at the next member and giving each member it tries a sixth of the TTL; the first grant counts
+(the Rust client's ``keep_alive_hedged``, docs/sessions.md). A member that stopped answering
+(SIGSTOPped, cut off) then costs a keepalive that long, not the request timeout, while a link
+slower than that still renews through the first attempt.
 """
 
 import enum
 import logging
+import queue
 import threading
 import time
-from typing import Optional
+from typing import Optional, Set
 
 import grpc
 
 from .client import request_id, seconds
 from .errors import LatchError
 from .v1 import session_pb2
+
+#: The longest TTL or grant the client takes a member's word for (a day, past any member's
+#: --session-ttl-max, as the Rust client's): a larger answer is not a lease it could keep.
+MAX_TTL = 24 * 3600.0
+#: The least a keepalive unanswered waits before a second goes out beside it (seconds); else a
+#: sixth of the TTL.
+MIN_HEDGE_AFTER = 0.1
+
+
+def _lease_seconds(ms: int) -> float:
+    """A TTL or grant a member sent (milliseconds) as seconds: none if negative, at most MAX_TTL."""
+    return min(max(ms, 0) / 1000, MAX_TTL)
+
+
+def _next_keepalive_at(sent: float, granted: float, ttl: float, retry: float, now: float) -> float:
+    """When to send the keepalive after one sent at ``sent`` and granted ``granted`` seconds:
+    when half the TTL is left of the grant (the leader then renews the lease in its log and
+    grants it whole again, so about half the TTL stays in hand through a leader change), or a
+    quarter into a grant shorter than that; never sooner than ``retry`` after ``now`` (a grant
+    of nothing would have the keepalives sent back to back)."""
+    return max(sent + max(granted - ttl / 2, granted / 4), now + retry)
 
 
 class SessionState(enum.Enum):
@@ -46,6 +74,8 @@ class Session:
         self._lease_end = lease_end
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        # The calls in flight for the keepalive thread, cancelled when it is stopped.
+        self._in_flight: Set[_InFlight] = set()
         #: Set once the session is EXPIRED (gone, lost, or closed).
         self.ended = threading.Event()
         self._thread = threading.Thread(target=self._keep_alive_loop, name=f"latch-session-{session_id}",
@@ -61,7 +91,7 @@ class Session:
                                                    request_id=request_id())
         sent = time.monotonic()
         response = client._call("session", "Create", request)
-        granted = response.ttl_ms / 1000
+        granted = _lease_seconds(response.ttl_ms)
         return cls(client, response.id, granted, sent + granted, granted if grace is None else grace)
 
     def __enter__(self) -> "Session":
@@ -85,11 +115,10 @@ class Session:
         return SessionState.JEOPARDY if self.lease_left() < self.ttl / 3 else SessionState.SAFE
 
     def close(self) -> None:
-        """Stops the keepalives and ends the session in the cluster (NOT_FOUND ignored: it
+        """Stops the keepalives (cancelling any in flight, so that a member that does not
+        answer holds nothing up) and ends the session in the cluster (NOT_FOUND ignored: it
         ended already)."""
-        self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
+        self._stop_keepalives()
         try:
             self.client._call("session", "Close", session_pb2.CloseSessionRequest(id=self.id,
                                                                                   request_id=request_id()))
@@ -102,10 +131,21 @@ class Session:
     def abandon(self) -> None:
         """Stops the keepalives without closing: the cluster expires the session after its
         TTL, as if this process had died (its locks then go through their lock-delay). The
-        session counts as EXPIRED here at once: nothing it owns may be acted on any more."""
-        self._stop.set()
-        self._thread.join()
+        session counts as EXPIRED here at once: nothing it owns may be acted on any more.
+        A keepalive in flight is cancelled."""
+        self._stop_keepalives()
         self.ended.set()
+
+    def _stop_keepalives(self) -> None:
+        """Stops the keepalive thread: no more keepalives, those in flight (and the read that
+        settles a NOT_FOUND) cancelled; returns once the thread ended."""
+        self._stop.set()
+        with self._lock:
+            in_flight = list(self._in_flight)
+        for flight in in_flight:
+            flight.cancel()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
 
     def lock(self, name: str, *, shared: bool = False, wait: Optional[float] = None,
              lock_delay: Optional[float] = None):
@@ -130,6 +170,7 @@ class Session:
 
     def _keep_alive_until_ended(self) -> None:
         retry = min(max(self.ttl / 10, 0.05), 1.0)
+        hedge_after = max(self.ttl / 6, MIN_HEDGE_AFTER)
         with self._lock:
             # Half the TTL into the lease, which counts from before the Create was sent.
             next_at = min(time.monotonic() + self.ttl / 2, self._lease_end - self.ttl / 2)
@@ -140,7 +181,7 @@ class Session:
             if sent >= give_up_at:
                 return
             try:
-                ack = self._keep_alive_once(give_up_at)
+                ack = self._keep_alive_hedged(give_up_at, hedge_after)
             except LatchError as e:
                 if self._stop.is_set() or self.client.closed:
                     return
@@ -148,38 +189,144 @@ class Session:
                     return
                 next_at = time.monotonic() + retry
                 continue
-            granted = ack.granted_ms / 1000
+            granted = _lease_seconds(ack.granted_ms)
             with self._lock:
                 self._lease_end = max(self._lease_end, sent + granted)
-            # When half the TTL is left of the grant: the leader then renews the lease in its log
-            # and grants it whole again, so about half the TTL stays in hand through a leader change.
-            next_at = sent + max(granted - self.ttl / 2, granted / 4)
+            next_at = _next_keepalive_at(sent, granted, self.ttl, retry, time.monotonic())
 
-    def _keep_alive_once(self, until: float) -> session_pb2.KeepAliveResponse:
-        def attempt(target, timeout):
-            answers = target.stub("session").KeepAlive(iter([session_pb2.KeepAliveRequest(id=self.id)]),
-                                                       timeout=timeout)
+    def _keep_alive_hedged(self, until: float, hedge_after: float) -> session_pb2.KeepAliveResponse:
+        """One keepalive that waits on no member for long (the Rust client's
+        ``keep_alive_hedged``): when none answered within ``hedge_after``, a second goes out
+        beside it, starting at the member after the preferred one and giving each member it
+        tries at most ``hedge_after`` (a follower's hint may name the very member that stopped
+        answering). The first grant counts, and the other attempt is cancelled; if neither
+        grants, a NOT_FOUND (the session may be gone) before the other's failure."""
+        answers: "queue.Queue" = queue.Queue()
+        attempts = [self._start_keep_alive(until, None, answers)]
+        try:
             try:
-                for answer in answers:
+                ack, failed = answers.get(timeout=hedge_after)
+            except queue.Empty:
+                pass
+            else:
+                return _granted_or_raise(ack, failed)
+            self.client._move_on()
+            attempts.append(self._start_keep_alive(until, hedge_after, answers))
+            ack, failed = answers.get()
+            if failed is None:
+                return ack
+            ack, last = answers.get()
+            if last is None:
+                return ack
+            if _code(failed) == grpc.StatusCode.NOT_FOUND and _code(last) != grpc.StatusCode.NOT_FOUND:
+                raise failed
+            raise last
+        finally:
+            for attempt in attempts:
+                attempt.cancel()  # the one still going, if any
+
+    def _start_keep_alive(self, until: float, cap: Optional[float], answers: "queue.Queue") -> "_InFlight":
+        """Starts one keepalive (with the client's retries over the members, each member given
+        at most ``cap`` when set) on a thread of its own; ``(ack, None)`` or ``(None, error)``
+        goes to ``answers``."""
+        flight = self._begin()
+
+        def attempt(target, timeout):
+            answers_of = target.stub("session").KeepAlive(iter([session_pb2.KeepAliveRequest(id=self.id)]),
+                                                          timeout=timeout)
+            flight.track(answers_of)
+            try:
+                for answer in answers_of:
                     return answer
             finally:
-                answers.cancel()
+                answers_of.cancel()
             raise _Unanswered()
 
-        try:
-            return self.client._attempts("Session.KeepAlive", attempt, until=until, stop=self._stop)
-        except _Unanswered:
-            raise LatchError(grpc.StatusCode.UNAVAILABLE, "the keepalive stream ended without an answer")
+        def run():
+            try:
+                ack = self.client._attempts("Session.KeepAlive", attempt, until=until, stop=flight.stop, cap=cap)
+                answers.put((ack, None))
+            except _Unanswered:
+                answers.put((None, LatchError(grpc.StatusCode.UNAVAILABLE,
+                                              "the keepalive stream ended without an answer")))
+            except BaseException as e:  # noqa: BLE001 - handed to the keepalive thread
+                answers.put((None, e))
+            finally:
+                self._end(flight)
+
+        threading.Thread(target=run, name=f"latch-keepalive-{self.id}", daemon=True).start()
+        return flight
+
+    def _begin(self) -> "_InFlight":
+        """A call about to go out for the keepalive thread, cancelled by ``_stop_keepalives``
+        (at once if that came first)."""
+        flight = _InFlight()
+        with self._lock:
+            self._in_flight.add(flight)
+            stopping = self._stop.is_set()
+        if stopping:
+            flight.cancel()
+        return flight
+
+    def _end(self, flight: "_InFlight") -> None:
+        with self._lock:
+            self._in_flight.discard(flight)
 
     def _gone(self, until: float) -> bool:
         """Whether a linearizable read confirms the session is gone (a deposed leader may say
         NOT_FOUND of a session it has not heard of yet)."""
+        flight = self._begin()
+
+        def attempt(target, timeout):
+            call = target.stub("session").Get.future(session_pb2.GetSessionRequest(id=self.id), timeout=timeout)
+            flight.track(call)
+            try:
+                return call.result()
+            except grpc.FutureCancelledError:
+                raise LatchError(grpc.StatusCode.CANCELLED, "session.Get: stopped", target.addr) from None
+
         try:
-            self.client._call("session", "Get", session_pb2.GetSessionRequest(id=self.id), until=until,
-                              stop=self._stop)
+            self.client._attempts("session.Get", attempt, until=until, stop=flight.stop)
             return False
         except LatchError as e:
             return e.code == grpc.StatusCode.NOT_FOUND
+        finally:
+            self._end(flight)
+
+
+class _InFlight:
+    """The call one attempt (with its retries) has in flight, and the event that ends its
+    retries: ``cancel()`` sets it and cancels the call, whichever comes first."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self._call = None
+
+    def track(self, call) -> None:
+        """The call now in flight (cancelled at once if ``cancel()`` came first)."""
+        with self._lock:
+            self._call = call
+            cancelled = self.stop.is_set()
+        if cancelled:
+            call.cancel()
+
+    def cancel(self) -> None:
+        self.stop.set()
+        with self._lock:
+            call = self._call
+        if call is not None:
+            call.cancel()
+
+
+def _code(error: BaseException):
+    return getattr(error, "code", None)
+
+
+def _granted_or_raise(ack, failed):
+    if failed is not None:
+        raise failed
+    return ack
 
 
 class _Unanswered(Exception):

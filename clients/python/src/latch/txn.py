@@ -1,7 +1,7 @@
 """Short ways to write a transaction: ``Txn().when(...).and_then(...).or_else(...)``, with
-``Compare`` and ``Op`` builders, and ``prefix_end`` for ranges."""
+``Compare`` and ``Op`` builders, and ``prefix_range``/``prefix_end`` for ranges."""
 
-from typing import Iterable, Union
+from typing import Iterable, Tuple, Union
 
 from .v1 import kv_pb2
 
@@ -26,8 +26,9 @@ def as_bytes(value: Bytes, what: str = "key") -> bytes:
 
 def prefix_end(prefix: Bytes) -> bytes:
     """The ``range_end`` that selects every key starting with ``prefix``: the prefix with its
-    last byte below 0xff incremented (and what follows it dropped); ``b"\\0"`` (every key) for
-    an empty prefix or one of 0xff bytes only."""
+    last byte below 0xff incremented (and what follows it dropped); ``b"\\0"`` (every key from
+    ``key`` on) for an empty prefix or one of 0xff bytes only. For a whole range use
+    ``prefix_range``: the empty prefix also needs a key other than the empty one."""
     p = bytearray(as_bytes(prefix, "prefix"))
     while p and p[-1] == 0xFF:
         p.pop()
@@ -35,6 +36,23 @@ def prefix_end(prefix: Bytes) -> bytes:
         return b"\0"
     p[-1] += 1
     return bytes(p)
+
+
+def prefix_range(prefix: Bytes) -> Tuple[bytes, bytes]:
+    """``(key, range_end)`` selecting every key that starts with ``prefix``. The empty prefix
+    selects every key: ``(b"\\0", b"\\0")``, as the Rust client's ``prefix_range`` and etcd's
+    client do, since the empty key is no key (a member refuses it). Every call that takes a
+    prefix (``Client.get_prefix``, ``Client.delete``/``Client.watch`` with ``prefix=True``,
+    ``Op.get``/``Op.delete`` with ``prefix=True``) sends this."""
+    p = as_bytes(prefix, "prefix")
+    if not p:
+        return b"\0", b"\0"
+    return p, prefix_end(p)
+
+
+def _key_range(key: Bytes, prefix: bool) -> Tuple[bytes, bytes]:
+    """``(key, range_end)`` of one key, or with ``prefix`` of every key starting with it."""
+    return prefix_range(key) if prefix else (as_bytes(key), b"")
 
 
 class Compare:
@@ -80,14 +98,15 @@ class Op:
 
     @staticmethod
     def get(key: Bytes, *, prefix: bool = False) -> kv_pb2.RequestOp:
-        k = as_bytes(key)
-        return kv_pb2.RequestOp(range=kv_pb2.RangeRequest(key=k, range_end=prefix_end(k) if prefix else b""))
+        """Reads ``key`` (with ``prefix``, every key starting with it: ``prefix_range``)."""
+        k, end = _key_range(key, prefix)
+        return kv_pb2.RequestOp(range=kv_pb2.RangeRequest(key=k, range_end=end))
 
     @staticmethod
     def delete(key: Bytes, *, prefix: bool = False) -> kv_pb2.RequestOp:
-        k = as_bytes(key)
-        return kv_pb2.RequestOp(
-            delete_range=kv_pb2.DeleteRangeRequest(key=k, range_end=prefix_end(k) if prefix else b""))
+        """Deletes ``key`` (with ``prefix``, every key starting with it: ``prefix_range``)."""
+        k, end = _key_range(key, prefix)
+        return kv_pb2.RequestOp(delete_range=kv_pb2.DeleteRangeRequest(key=k, range_end=end))
 
 
 class Txn:
