@@ -53,7 +53,8 @@ pub struct ServerArgs {
     /// Address for clients (gRPC), host:port [default: 127.0.0.1:7379].
     #[arg(long)]
     pub client_addr: Option<String>,
-    /// Address for the other members (raft messages, snapshots), host:port [default: 127.0.0.1:7380].
+    /// Address for the other members (raft messages, snapshots), host:port [default: this
+    /// member's address in --initial-cluster, else 127.0.0.1:7380].
     #[arg(long)]
     pub peer_addr: Option<String>,
     /// Address for HTTP (/metrics, /health, /ready), host:port [default: 127.0.0.1:7381].
@@ -84,7 +85,7 @@ pub struct ServerArgs {
     /// Snapshot the state machine and compact the log after this many applied entries [default: 10000].
     #[arg(long)]
     pub snapshot_entries: Option<u64>,
-    /// Interval of a raft tick (humantime) [default: 50ms]; elections time out after 10–20 ticks.
+    /// Interval of a raft tick (humantime, 1ms … 10s) [default: 50ms]; elections time out after 10–20 ticks.
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub tick_interval: Option<Duration>,
@@ -247,6 +248,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     Ok(d)
 }
+
+/// The shortest `--tick-interval`: the core counts time in milliseconds.
+const MIN_TICK: Duration = Duration::from_millis(1);
+/// The longest `--tick-interval`: with elections 10 to 20 ticks long, a cluster that lost its
+/// leader would stay without one for minutes.
+const MAX_TICK: Duration = Duration::from_secs(10);
 
 /// The longest duration a flag or the config file may give: ten years, more than any timeout,
 /// TTL or retention means.
@@ -467,7 +474,8 @@ impl Config {
         }
         let client_addr =
             pick(flags.client_addr, file.client_addr).unwrap_or_else(|| DEFAULT_CLIENT_ADDR.into());
-        let peer_addr = pick(flags.peer_addr, file.peer_addr).unwrap_or_else(|| DEFAULT_PEER_ADDR.into());
+        let given_peer_addr = pick(flags.peer_addr, file.peer_addr);
+        let peer_addr = given_peer_addr.clone().unwrap_or_else(|| DEFAULT_PEER_ADDR.into());
         let http_addr = pick(flags.http_addr, file.http_addr).unwrap_or_else(|| DEFAULT_HTTP_ADDR.into());
         let data_dir =
             flags.data_dir.or(file.data_dir).or_else(|| dev.then(|| PathBuf::from("latch-data"))).ok_or(
@@ -484,12 +492,15 @@ impl Config {
                 })
             }
         };
-        if !initial_cluster.iter().any(|p| p.id == id) {
+        let Some(me) = initial_cluster.iter().find(|p| p.id == id) else {
             return Err(ConfigError::Invalid {
                 flag: "initial-cluster",
                 problem: format!("does not list this member's id {id}"),
             });
-        }
+        };
+        // Unless given, the peer port listens where the cluster says this member is (etcd
+        // defaults to localhost, and a member on another host then listens where no peer looks).
+        let peer_addr = if given_peer_addr.is_none() { me.peer_addr.clone() } else { peer_addr };
         let defaults = Limits::default();
         let limits = Limits {
             max_key_bytes: flags.max_key_bytes.or(file.max_key_bytes).unwrap_or(defaults.max_key_bytes),
@@ -677,8 +688,16 @@ impl Config {
             });
         }
         let tick_interval = flags.tick_interval.or(file.tick_interval).unwrap_or(Duration::from_millis(50));
-        if tick_interval.is_zero() {
-            return Err(ConfigError::Invalid { flag: "tick-interval", problem: "must be positive".into() });
+        if !(MIN_TICK..=MAX_TICK).contains(&tick_interval) {
+            return Err(ConfigError::Invalid {
+                flag: "tick-interval",
+                problem: format!(
+                    "{} is outside {} … {} (elections take 10 to 20 ticks)",
+                    humantime::format_duration(tick_interval),
+                    humantime::format_duration(MIN_TICK),
+                    humantime::format_duration(MAX_TICK)
+                ),
+            });
         }
         let watch_progress_interval =
             flags.watch_progress_interval.or(file.watch_progress_interval).unwrap_or(Duration::from_secs(10));
@@ -774,19 +793,41 @@ pub fn parse_initial_cluster(spec: &str) -> Result<Vec<Peer>, ConfigError> {
         if id == 0 {
             return Err(bad("member id 0 is reserved; ids start at 1".into()));
         }
-        if !addr.contains(':') {
-            return Err(bad(format!("{addr:?} in {part:?} is not HOST:PORT")));
-        }
+        let addr = addr.trim();
+        check_host_port(addr).map_err(|why| bad(format!("{addr:?} in {part:?} is not HOST:PORT: {why}")))?;
         if peers.iter().any(|p: &Peer| p.id == id) {
             return Err(bad(format!("member id {id} is listed twice")));
         }
-        peers.push(Peer { id, peer_addr: addr.trim().to_string() });
+        if let Some(other) = peers.iter().find(|p: &&Peer| p.peer_addr == addr) {
+            return Err(bad(format!("members {} and {id} share the address {addr}", other.id)));
+        }
+        peers.push(Peer { id, peer_addr: addr.to_string() });
     }
     if peers.is_empty() {
         return Err(bad("lists no members".into()));
     }
     peers.sort_by_key(|p| p.id);
     Ok(peers)
+}
+
+/// Whether `addr` is one `HOST:PORT` (an IPv6 host in brackets): a list pasted with spaces
+/// instead of commas must not pass for one odd address, which would make a one-member cluster.
+fn check_host_port(addr: &str) -> Result<(), String> {
+    if let Some(c) = addr.chars().find(|c| c.is_whitespace() || matches!(c, '=' | ',' | '/')) {
+        return Err(format!("it holds {c:?}"));
+    }
+    let (host, port) = addr.rsplit_once(':').ok_or("no :PORT")?;
+    let one_host = match host.strip_prefix('[') {
+        Some(v6) => v6.strip_suffix(']').is_some_and(|v6| v6.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => !host.is_empty() && !host.contains([':', '[', ']']),
+    };
+    if !one_host {
+        return Err(format!("{host:?} is not a host (an IPv6 address goes in brackets: [::1]:7380)"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("{port:?} is not a port (1 … 65535)")),
+    }
 }
 
 #[cfg(test)]
@@ -805,6 +846,45 @@ mod tests {
         assert!(e.to_string().contains("listed twice"), "{e}");
         let e = parse_initial_cluster("x=h:1").expect_err("bad id");
         assert!(e.to_string().contains("not a member id"), "{e}");
+        for (spec, says) in [
+            // A list pasted with spaces, not commas: one odd address, a one-member cluster.
+            ("1=127.0.0.1:7380 2=127.0.0.1:7480 3=127.0.0.1:7580", "holds ' '"),
+            ("1=h:1:2", "is not a host"),
+            ("1=h:0", "is not a port"),
+            ("1=h:70000", "is not a port"),
+            ("1=h", "no :PORT"),
+            ("1=[::1:7380", "is not a host"),
+            ("1=h:1,2=h:1", "share the address h:1"),
+        ] {
+            let e = parse_initial_cluster(spec).expect_err(spec).to_string();
+            assert!(e.contains(says) && e.contains("initial-cluster"), "{spec}: expected {says:?} in {e}");
+        }
+        let v6 = parse_initial_cluster("1=[::1]:7380,2=node-2.example:7380").expect("IPv6 and host names");
+        assert_eq!(v6[0].peer_addr, "[::1]:7380");
+    }
+
+    #[test]
+    fn the_peer_port_listens_at_this_members_initial_cluster_address_unless_given() {
+        let spec = "1=127.0.0.1:17380,2=127.0.0.1:17480".to_string();
+        let args = |peer_addr: Option<&str>| ServerArgs {
+            id: Some(2),
+            data_dir: Some("/tmp/x".into()),
+            initial_cluster: Some(spec.clone()),
+            peer_addr: peer_addr.map(str::to_string),
+            ..Default::default()
+        };
+        assert_eq!(Config::from_args(args(None)).expect("valid").peer_addr, "127.0.0.1:17480");
+        assert_eq!(Config::from_args(args(Some("0.0.0.0:17480"))).expect("valid").peer_addr, "0.0.0.0:17480");
+    }
+
+    #[test]
+    fn a_tick_interval_outside_a_millisecond_to_ten_seconds_is_refused() {
+        let args = |tick: Duration| ServerArgs { dev: true, tick_interval: Some(tick), ..Default::default() };
+        for tick in [Duration::ZERO, Duration::from_micros(1), Duration::from_secs(11)] {
+            let e = Config::from_args(args(tick)).expect_err("out of bounds").to_string();
+            assert!(e.contains("tick-interval") && e.contains("outside 1ms … 10s"), "{tick:?}: {e}");
+        }
+        Config::from_args(args(Duration::from_millis(20))).expect("20ms is a tick");
     }
 
     #[test]
@@ -828,6 +908,9 @@ mod tests {
         assert_eq!(Retention::parse("0"), Ok(Retention::All));
         let bad = Retention::parse("lots").expect_err("neither");
         assert!(bad.contains("neither a number of revisions"), "{bad}");
+        // A duration past the flags' bound: its milliseconds wrapped to a retention of 1 ms.
+        let huge = Retention::parse("18446744073709551s 617ms").expect_err("past ten years");
+        assert!(huge.contains("at most"), "{huge}");
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("latch.toml");
         for (text, want) in [

@@ -46,11 +46,12 @@ impl Retention {
             Ok(0) => Ok(Retention::All),
             Ok(n) if n > i64::MAX as u64 => Err(format!("{n} revisions is more than a revision can count")),
             Ok(n) => Ok(Retention::Revisions(n)),
-            Err(_) => match humantime::parse_duration(s.trim()) {
+            // Through the flags' duration parser: its bound keeps milliseconds from wrapping.
+            Err(_) => match crate::config::parse_duration(s) {
                 Ok(d) if d.is_zero() => Ok(Retention::All),
                 Ok(d) => Ok(Retention::Duration(d)),
-                Err(_) => Err(format!(
-                    "{s:?} is neither a number of revisions (e.g. 100000) nor a duration (e.g. 1h)"
+                Err(why) => Err(format!(
+                    "{s:?} is neither a number of revisions (e.g. 100000) nor a duration (e.g. 1h): {why}"
                 )),
             },
         }
