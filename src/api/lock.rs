@@ -21,8 +21,7 @@ use crate::core::RequestError;
 use crate::fsm::locks::{self, RequestState, MAX_LOCK_DELAY_MS};
 use crate::fsm::sessions;
 
-/// Most locks one ListLocks answers (a name is at most 1 KiB: the answer stays well within a
-/// client's default 4 MiB message limit).
+/// Most locks one page of ListLocks answers; its bytes are bounded by --max-response-bytes.
 const MAX_LIST: usize = 1_000;
 
 pub struct LockService {
@@ -725,10 +724,13 @@ impl Lock for LockService {
         let run = async {
             self.ctx.node.read_index().await?;
             let txn = self.ctx.node.db().begin_read()?;
-            let rows = locks::list(&txn, LockSpace::Locks, &req.prefix, MAX_LIST)?;
+            let max = self.ctx.limits.max_response_bytes;
+            let (rows, more) =
+                locks::list(&txn, LockSpace::Locks, &req.prefix, &req.start_after, MAX_LIST, max)?;
             Ok(ListLocksResponse {
                 header: Some(self.ctx.header(crate::fsm::applied(&txn)?.revision)),
                 locks: rows.into_iter().map(|(name, row)| lock_info(name, row)).collect(),
+                more,
             })
         };
         run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))

@@ -152,7 +152,7 @@ fn snapshot_of(
         grouped.entry(service).or_default().push(row);
     }
     snap.instances = grouped.into_iter().map(|(service, rows)| (service, Arc::new(rows))).collect();
-    for (name, row) in fsm::locks::list(txn, LockSpace::Elections, "", usize::MAX)? {
+    for (name, row) in fsm::locks::list(txn, LockSpace::Elections, "", "", usize::MAX, usize::MAX)?.0 {
         if let Some(leader) = fsm::elections::leader_of(&name, &row) {
             snap.leaders.insert(name, leader.value);
         }

@@ -429,22 +429,35 @@ pub fn list(
     txn: &ReadTransaction,
     space: LockSpace,
     prefix: &str,
+    start_after: &str,
     limit: usize,
-) -> Result<Vec<(String, LockRow)>, FsmError> {
-    let Some(table) = open_read(txn, LOCKS)? else { return Ok(Vec::new()) };
-    let start = lock_key(space, prefix);
+    max_bytes: usize,
+) -> Result<(Vec<(String, LockRow)>, bool), FsmError> {
+    let Some(table) = open_read(txn, LOCKS)? else { return Ok((Vec::new(), false)) };
+    let within = lock_key(space, prefix);
+    let after = lock_key(space, start_after);
     let mut out = Vec::new();
-    for row in table.range::<&[u8]>(start.as_slice()..)? {
+    let mut bytes = 0usize;
+    let rows = if start_after.is_empty() || after < within {
+        table.range::<&[u8]>(within.as_slice()..)?
+    } else {
+        table.range::<&[u8]>((std::ops::Bound::Excluded(after.as_slice()), std::ops::Bound::Unbounded))?
+    };
+    for row in rows {
         let (k, v) = row?;
-        if !k.value().starts_with(&start) || out.len() >= limit {
+        if !k.value().starts_with(&within) {
             break;
+        }
+        bytes = bytes.saturating_add(k.value().len() + v.value().len());
+        if out.len() >= limit || (bytes > max_bytes && !out.is_empty()) {
+            return Ok((out, true));
         }
         let name = split_lock_key(k.value())
             .map(|(_, n)| n.to_string())
             .ok_or_else(|| FsmError::Corrupt(format!("table locks: bad key {:?}", show(k.value()))))?;
         out.push((name, decode_row(k.value(), v.value())?));
     }
-    Ok(out)
+    Ok((out, false))
 }
 
 /// Every lock-delay in force: (lock key, since revision, delay), for the leader's timers.

@@ -302,9 +302,10 @@ impl LockChecker {
                 Err(e) => ctx.fail(Some(id), "locks: state readable", e.to_string()),
             };
             for space in [LockSpace::Locks, LockSpace::Elections] {
-                let rows = fsm::locks::list(&txn, space, "", usize::MAX).unwrap_or_else(|e| {
-                    ctx.fail(Some(id), "locks: at most one exclusive holder", e.to_string())
-                });
+                let (rows, _) =
+                    fsm::locks::list(&txn, space, "", "", usize::MAX, usize::MAX).unwrap_or_else(|e| {
+                        ctx.fail(Some(id), "locks: at most one exclusive holder", e.to_string())
+                    });
                 for (name, row) in rows {
                     let key = lock_key(space, &name);
                     let exclusive =

@@ -177,16 +177,25 @@ impl Client {
         Ok(r.lock)
     }
 
-    /// The locks whose names begin with `prefix`, in name order.
+    /// The locks whose names begin with `prefix`, in name order: every page of them (each page
+    /// read at its own revision, as a paged list in etcd).
     pub async fn list_locks(&self, prefix: &str) -> Result<Vec<LockInfo>, Error> {
-        let request = ListLocksRequest { prefix: prefix.to_string() };
-        let r = self
-            .call("ListLocks", |channel| {
-                let request = request.clone();
-                async move { LockClient::new(channel).list_locks(request).await }
-            })
-            .await?;
-        Ok(r.locks)
+        let mut all = Vec::new();
+        let mut request = ListLocksRequest { prefix: prefix.to_string(), start_after: String::new() };
+        loop {
+            let r = self
+                .call("ListLocks", |channel| {
+                    let request = request.clone();
+                    async move { LockClient::new(channel).list_locks(request).await }
+                })
+                .await?;
+            let last = r.locks.last().map(|l| l.name.clone());
+            all.extend(r.locks);
+            match last {
+                Some(last) if r.more => request.start_after = last,
+                _ => return Ok(all),
+            }
+        }
     }
 }
 

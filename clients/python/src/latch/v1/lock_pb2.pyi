@@ -165,15 +165,19 @@ class DescribeLockResponse(_message.Message):
     def __init__(self, header: _Optional[_Union[_kv_pb2.ResponseHeader, _Mapping]] = ..., lock: _Optional[_Union[LockInfo, _Mapping]] = ...) -> None: ...
 
 class ListLocksRequest(_message.Message):
-    __slots__ = ("prefix",)
+    __slots__ = ("prefix", "start_after")
     PREFIX_FIELD_NUMBER: _ClassVar[int]
+    START_AFTER_FIELD_NUMBER: _ClassVar[int]
     prefix: str
-    def __init__(self, prefix: _Optional[str] = ...) -> None: ...
+    start_after: str
+    def __init__(self, prefix: _Optional[str] = ..., start_after: _Optional[str] = ...) -> None: ...
 
 class ListLocksResponse(_message.Message):
-    __slots__ = ("header", "locks")
+    __slots__ = ("header", "locks", "more")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     LOCKS_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     header: _kv_pb2.ResponseHeader
     locks: _containers.RepeatedCompositeFieldContainer[LockInfo]
-    def __init__(self, header: _Optional[_Union[_kv_pb2.ResponseHeader, _Mapping]] = ..., locks: _Optional[_Iterable[_Union[LockInfo, _Mapping]]] = ...) -> None: ...
+    more: bool
+    def __init__(self, header: _Optional[_Union[_kv_pb2.ResponseHeader, _Mapping]] = ..., locks: _Optional[_Iterable[_Union[LockInfo, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
