@@ -43,17 +43,18 @@ pub async fn run(command: ElectCommand, client: &ClientArgs) -> anyhow::Result<E
     let stop = interrupted()?;
     tokio::pin!(stop);
     if command.observe {
-        let leaders = election.observe();
+        let leaders = election.observe_or_fail();
         tokio::pin!(leaders);
         let mut first_by = Some(tokio::time::Instant::now() + timeout);
         let said = format!("said who leads {:?}", command.name);
         loop {
             tokio::select! {
                 leader = leaders.next() => match leader {
-                    Some(leader) => {
+                    Some(Ok(leader)) => {
                         first_by = None;
                         print_leader(output, &command.name, leader.as_ref())?;
                     }
+                    Some(Err(refused)) => return Err(refused.into()),
                     None => return Ok(ExitCode::from(1)),
                 },
                 _ = &mut stop => return Ok(ExitCode::SUCCESS),

@@ -70,53 +70,60 @@ pub async fn run(command: SessionCommand, client: &ClientArgs) -> anyhow::Result
                 eprintln!("latch session keepalive: session {id} is gone (expired, or closed): {e}");
                 Ok(ExitCode::from(super::lock::LOST))
             };
-            let sent = tokio::time::Instant::now();
-            // The TTL is not known yet: the first keepalive is hedged after a second.
-            let first = match client.keep_alive_hedged(&id, Duration::from_secs(1)).await {
-                Ok(first) => first,
-                Err(e) if gone(&e) && client.session_info(&id).await.is_err_and(|r| gone(&r)) => {
-                    return confirmed_gone(e)
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let ttl = Duration::from_millis(u64::try_from(first.ttl_ms).unwrap_or(0));
-            let retry = (ttl / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
-            let mut lease_end = sent + Duration::from_millis(u64::try_from(first.granted_ms).unwrap_or(0));
-            let mut next = tokio::time::Instant::now() + (ttl / 3).max(retry);
+            // Listening for signals from the start: one during the first keepalive closes the
+            // session too.
             let stop = interrupted()?;
             tokio::pin!(stop);
-            loop {
-                tokio::select! {
-                    _ = &mut stop => break,
-                    _ = tokio::time::sleep_until(next) => {
-                        let sent = tokio::time::Instant::now();
-                        // A member that stopped answering costs a sixth of the TTL, not the lease.
-                        let ack = match client.keep_alive_hedged(&id, (ttl / 6).max(Duration::from_millis(100))).await {
-                            Ok(ack) => ack,
-                            Err(e) if gone(&e) && client.session_info(&id).await.is_err_and(|r| gone(&r)) => {
-                                return confirmed_gone(e)
+            'kept: {
+                let sent = tokio::time::Instant::now();
+                // The TTL is not known yet: the first keepalive is hedged after a second.
+                let first = tokio::select! {
+                    _ = &mut stop => break 'kept,
+                    first = client.keep_alive_hedged(&id, Duration::from_secs(1)) => first,
+                };
+                let first = match first {
+                    Ok(first) => first,
+                    Err(e) if gone(&e) && client.session_info(&id).await.is_err_and(|r| gone(&r)) => {
+                        return confirmed_gone(e)
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                if !print_grant(output, &first)? {
+                    break 'kept;
+                }
+                let ttl = Duration::from_millis(u64::try_from(first.ttl_ms).unwrap_or(0));
+                let retry = (ttl / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+                let mut lease_end =
+                    sent + Duration::from_millis(u64::try_from(first.granted_ms).unwrap_or(0));
+                let mut next = tokio::time::Instant::now() + (ttl / 3).max(retry);
+                loop {
+                    tokio::select! {
+                        _ = &mut stop => break 'kept,
+                        _ = tokio::time::sleep_until(next) => {
+                            let sent = tokio::time::Instant::now();
+                            // A member that stopped answering costs a sixth of the TTL, not the lease.
+                            let ack = match client.keep_alive_hedged(&id, (ttl / 6).max(Duration::from_millis(100))).await {
+                                Ok(ack) => ack,
+                                Err(e) if gone(&e) && client.session_info(&id).await.is_err_and(|r| gone(&r)) => {
+                                    return confirmed_gone(e)
+                                }
+                                // Another failure is tried again while the lease granted last lasts.
+                                Err(e) if tokio::time::Instant::now() + retry < lease_end => {
+                                    eprintln!("latch session keepalive: {e}; trying again");
+                                    next = tokio::time::Instant::now() + retry;
+                                    continue;
+                                }
+                                Err(e) => {
+                                    eprintln!("latch session keepalive: no keepalive answered within the lease: {e}");
+                                    return Ok(ExitCode::from(super::lock::LOST));
+                                }
+                            };
+                            lease_end = sent + Duration::from_millis(u64::try_from(ack.granted_ms).unwrap_or(0));
+                            if !print_grant(output, &ack)? {
+                                break 'kept;
                             }
-                            // Another failure is tried again while the lease granted last lasts.
-                            Err(e) if tokio::time::Instant::now() + retry < lease_end => {
-                                eprintln!("latch session keepalive: {e}; trying again");
-                                next = tokio::time::Instant::now() + retry;
-                                continue;
-                            }
-                            Err(e) => {
-                                eprintln!("latch session keepalive: no keepalive answered within the lease: {e}");
-                                return Ok(ExitCode::from(super::lock::LOST));
-                            }
-                        };
-                        lease_end = sent + Duration::from_millis(u64::try_from(ack.granted_ms).unwrap_or(0));
-                        let printed = match output {
-                            Output::Json => stream_json(&json!({"id": ack.id, "ttl_ms": ack.ttl_ms, "granted_ms": ack.granted_ms})),
-                            Output::Text => stream_bytes(format!("kept alive: {} ms granted\n", ack.granted_ms).as_bytes()),
-                        };
-                        match printed {
-                            Err(e) if e.is::<StdoutClosed>() => break,
-                            other => other?,
+                            next = tokio::time::Instant::now() + (ttl / 3).max(retry);
                         }
-                        next = tokio::time::Instant::now() + (ttl / 3).max(retry);
                     }
                 }
             }
@@ -153,6 +160,21 @@ pub async fn run(command: SessionCommand, client: &ClientArgs) -> anyhow::Result
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints one grant of `latch session keepalive`; false once stdout is closed (the reader
+/// left: the session is closed, as at a signal).
+fn print_grant(output: Output, ack: &latch_client::proto::KeepAliveResponse) -> anyhow::Result<bool> {
+    let printed = match output {
+        Output::Json => {
+            stream_json(&json!({"id": ack.id, "ttl_ms": ack.ttl_ms, "granted_ms": ack.granted_ms}))
+        }
+        Output::Text => stream_bytes(format!("kept alive: {} ms granted\n", ack.granted_ms).as_bytes()),
+    };
+    match printed {
+        Err(e) if e.is::<StdoutClosed>() => Ok(false),
+        other => other.map(|()| true),
+    }
 }
 
 fn info_json(s: &SessionInfo) -> serde_json::Value {

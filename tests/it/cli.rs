@@ -728,6 +728,21 @@ async fn cli_watch_and_observe_fail_within_the_timeout_on_a_dead_endpoint_and_a_
     assert_eq!(status.code(), Some(0), "quietly, as `head` expects");
 }
 
+/// An observation the members refuse (a name over 1 KiB) ends at once with their error, not
+/// after --timeout with "no member said who leads": retrying cannot mend it.
+#[tokio::test]
+async fn cli_observe_of_a_name_the_members_refuse_fails_at_once_naming_the_name() {
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let name = "x".repeat(1025);
+    let started = std::time::Instant::now();
+    let out = latch(&c, &["elect", &name, "--observe"]).await;
+    assert_ne!(out.status.code(), Some(0), "a refused observation fails: {}", stderr(&out));
+    assert!(stderr(&out).contains("name"), "the error names the field: {}", stderr(&out));
+    assert!(!stderr(&out).contains("--timeout"), "not a timeout: {}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(5), "at once, took {:?}", started.elapsed());
+}
+
 #[tokio::test]
 async fn cli_a_call_to_a_members_http_port_exits_1_asking_whether_it_is_the_client_port() {
     let c = Cluster::start(1, &[]).await;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use latch_proto::v1::election_client::ElectionClient;
 use latch_proto::v1::{
     CampaignRequest, LeaderRequest, Leadership, ObserveRequest, ProclaimRequest, ResignRequest,
@@ -134,8 +134,19 @@ impl Election {
     }
 
     /// The leader now, then every change (`None`: nobody leads). The stream moves to another
-    /// member by itself when one fails, and never repeats a leader it just reported.
+    /// member by itself when one fails, and never repeats a leader it just reported. It ends
+    /// only if the members refuse the observation itself (a name over 1 KiB, say): see
+    /// [`observe_or_fail`](Election::observe_or_fail) for the error.
     pub fn observe(&self) -> impl Stream<Item = Option<Leadership>> + Send + 'static {
+        self.observe_or_fail()
+            .take_while(|item| std::future::ready(item.is_ok()))
+            .filter_map(|item| std::future::ready(item.ok()))
+    }
+
+    /// [`observe`](Election::observe), with the refusal that ends it as its last item: an
+    /// error no member would answer otherwise (INVALID_ARGUMENT, FAILED_PRECONDITION), which
+    /// retrying cannot mend. Failures of members are retried on the others, as by `observe`.
+    pub fn observe_or_fail(&self) -> impl Stream<Item = Result<Option<Leadership>, Error>> + Send + 'static {
         let (tx, rx) = mpsc::channel(16);
         let (client, name) = (self.client.clone(), self.name.clone());
         tokio::spawn(async move {
@@ -149,7 +160,15 @@ impl Election {
                         async move { ElectionClient::new(channel).observe(request).await }
                     })
                     .await;
-                if let Ok(mut stream) = opened {
+                let mut stream = match opened {
+                    Ok(stream) => Some(stream),
+                    Err(e) if matches!(e.code(), Code::InvalidArgument | Code::FailedPrecondition) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                    Err(_) => None,
+                };
+                if let Some(stream) = stream.as_mut() {
                     backoff = Duration::from_millis(50);
                     loop {
                         // Ends with its consumer, not only at the next change it would send.
@@ -163,7 +182,7 @@ impl Election {
                             continue;
                         }
                         last = Some(seen);
-                        if tx.send(answer.leader).await.is_err() {
+                        if tx.send(Ok(answer.leader)).await.is_err() {
                             return;
                         }
                     }
