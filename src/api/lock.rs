@@ -63,10 +63,12 @@ pub(crate) struct Want {
 /// queued a request (or was answered "queued" for its id) withdraws it (`Abandon`, when its
 /// caller goes away or its time is up), under [`abandoned_marker`]: a joiner leaves it to its
 /// owner, and if the owner withdrew it meanwhile, the joiner asks again — unless the client
-/// gave this request up ([`withdraw`]): then it answers "not granted". A request found gone
-/// any other way was granted and released since (the client saw the grant through another
-/// RPC, since only a holder of the sequencer releases it), and is answered "not granted":
-/// asking again would hand the session a lock its client does not know of.
+/// gave this request up ([`withdraw`]): then it answers "not granted". A call's own request
+/// found gone any other way was granted and released since (the client saw the grant through
+/// another RPC, since only a holder of the sequencer releases it), and is answered "not
+/// granted": asking again would hand the session a lock its client does not know of. So is a
+/// resend first answered with a hold released since. (A wait of another request that this
+/// call joined, and that ended, is asked for again: that request was not this call's.)
 pub(crate) async fn acquire(
     ctx: &Context,
     want: Want,
@@ -92,6 +94,12 @@ pub(crate) async fn acquire(
     // The id the client knows: a withdrawal names it, whatever ids this call asks again under.
     let given_up = withdrawn_marker(&request_id);
     let mut asked_again = false;
+    // A resend of a request this member applied already: its answer comes from the request
+    // memory, and may name a hold its client had through another RPC and released since.
+    let mut resent = !want.request_id.is_empty() && {
+        let txn = ctx.node.db().begin_read()?;
+        crate::fsm::remembered(&txn, &request_id)?
+    };
     loop {
         // Registered before the proposal: a grant applied before we wait is not missed.
         let mut settlement = ctx.node.locks().settlement(&request_id);
@@ -105,6 +113,7 @@ pub(crate) async fn acquire(
             value: want.value.clone(),
             max_waiters: u32::try_from(ctx.limits.max_lock_waiters).unwrap_or(u32::MAX),
             max_session_locks: u32::try_from(ctx.limits.max_locks_per_session).unwrap_or(u32::MAX),
+            max_row_bytes: locks::MAX_ROW_BYTES,
         });
         // From here until it is answered, a request whose caller goes away (or whose proposal
         // fails, and may yet apply) gives up its place.
@@ -148,13 +157,15 @@ pub(crate) async fn acquire(
                 if crate::fsm::remembered(&txn, &given_up)? {
                     return Ok((header, None)); // its client gave it up (Lock.Withdraw)
                 }
-                if r.status == LockStatus::Granted as i32 {
-                    // Its own grant, released since by a holder of the sequencer: the client
-                    // had it through another RPC of this request, and let it go.
+                if r.status == LockStatus::Granted as i32 || resent {
+                    // Its own grant, or the hold a resend was first answered with, released
+                    // since by a holder of the sequencer: the client had it through another
+                    // RPC of this request, and let it go.
                     return Ok((header, None));
                 }
                 request_id = uuid::Uuid::now_v7().to_string();
                 asked_again = true;
+                resent = false;
                 continue; // the session's other hold, released since: ask again
             }
             (Ok(LockStatus::Busy), _) => return Ok((header, None)),
@@ -164,6 +175,21 @@ pub(crate) async fn acquire(
                     "{what} {:?} has {} requests waiting, the most --max-lock-waiters allows: \
                      nothing was queued; try again later",
                     want.name, r.ahead
+                )));
+            }
+            (Ok(LockStatus::RowFull), _) => {
+                let (what, who) = if want.space == LockSpace::Elections {
+                    ("election", "candidates")
+                } else {
+                    ("lock", "holders and waiters")
+                };
+                return Err(ApiError::OverLimit(format!(
+                    "{what} {:?}: its {who} take {} bytes, and this request would take it past the {} \
+                     one {what} holds: nothing was queued; try again later{}",
+                    want.name,
+                    r.ahead,
+                    locks::MAX_ROW_BYTES,
+                    if want.value.is_empty() { "" } else { ", or campaign with a smaller value" }
                 )));
             }
             (Ok(LockStatus::SessionFull), _) => {
@@ -218,12 +244,15 @@ pub(crate) async fn acquire(
                         // Its client gave it up (Lock.Withdraw): nobody waits for an answer.
                         return Ok((ctx.header(revision), None));
                     }
-                    if !withdrawn_by_an_rpc(&txn, &waiting_on)? {
-                        // Granted and released since (see above), or withdrawn so long ago
-                        // that the request memory forgot it: not granted to this call.
+                    if waiting_on == request_id && !withdrawn_by_an_rpc(&txn, &waiting_on)? {
+                        // This call's own request, granted and released since (see above), or
+                        // withdrawn so long ago that the request memory forgot it: not granted
+                        // to this call.
                         return Ok((ctx.header(revision), None));
                     }
-                    break; // withdrawn by another RPC of this request: ask again
+                    // Withdrawn by another RPC of this request, or a wait this call joined
+                    // (another request of the session) that ended: ask again.
+                    break;
                 }
             }
             drop(txn);
@@ -262,6 +291,7 @@ pub(crate) async fn acquire(
         }
         request_id = uuid::Uuid::now_v7().to_string();
         asked_again = true;
+        resent = false;
     }
 }
 

@@ -1132,6 +1132,54 @@ async fn a_late_call_of_a_request_granted_and_released_since_is_not_granted_agai
         .into_inner();
     assert!(!late.acquired, "a late call of a request granted and released since is not granted: {late:?}");
     assert_eq!(client.describe_lock("late/lock").await.expect("describe"), None, "nothing held or queued");
+
+    // A second request of a session that holds the lock is answered with that hold; released
+    // since, a resend of the second request is not granted either.
+    let first = locks.acquire(acquire("first")).await.expect("acquire").into_inner();
+    let second = locks.acquire(acquire("second")).await.expect("acquire").into_inner();
+    assert_eq!(second.sequencer, first.sequencer, "the session's hold answers its second request");
+    client.release(&first.sequencer.expect("granted").token).await.expect("released");
+    let late = locks.acquire(acquire("second")).await.expect("the late call answered").into_inner();
+    assert!(!late.acquired, "a resend first answered with a hold released since is not granted: {late:?}");
+    assert_eq!(client.describe_lock("late/lock").await.expect("describe"), None, "nothing held or queued");
+
+    // But a call that joined another request's wait, which ended without a grant, asks again:
+    // its own request was never answered.
+    let held = client.acquire(other.id(), "late/lock", LockOptions::exclusive()).await.expect("acquire");
+    let owner = tokio::spawn({
+        let (mut locks, request) = (locks.clone(), acquire("owner"));
+        async move { locks.acquire(request).await }
+    });
+    until_lock_is(&client, "late/lock", &[other.id()], &[session.id()]).await;
+    let joiner = tokio::spawn({
+        let (mut locks, request) = (locks.clone(), acquire("joiner"));
+        async move { locks.acquire(request).await }
+    });
+    // The same request again, waiting a millisecond: once it is answered, "joiner" has been
+    // applied (joining "owner"), whichever of the two calls came first.
+    let applied = AcquireRequest { wait_forever: false, wait_ms: 1, ..acquire("joiner") };
+    let applied = locks.acquire(applied).await.expect("answered").into_inner();
+    assert!(!applied.acquired, "the joiner waits: {applied:?}");
+    let withdrawn = locks
+        .withdraw(latch_client::proto::WithdrawRequest {
+            name: "late/lock".into(),
+            request_id: "owner".into(),
+        })
+        .await
+        .expect("withdraw")
+        .into_inner();
+    assert!(!withdrawn.held, "the owner's request was waiting: {withdrawn:?}");
+    let owner = tokio::time::timeout(Duration::from_secs(10), owner).await.expect("ends").expect("joined");
+    assert!(!owner.expect("answered").into_inner().acquired, "the withdrawn request is not granted");
+    until_lock_is(&client, "late/lock", &[other.id()], &[session.id()]).await;
+    client.release(&held.expect("free").token).await.expect("released");
+    let joiner = tokio::time::timeout(Duration::from_secs(10), joiner)
+        .await
+        .expect("the joiner is answered once the holder released")
+        .expect("joined")
+        .expect("answered")
+        .into_inner();
+    assert!(joiner.acquired, "a call whose joined wait ended asks again, and is granted: {joiner:?}");
 }
 
 #[tokio::test]
