@@ -97,7 +97,12 @@ def parse_endpoint(endpoint: str) -> str:
 
 
 class _WaitOver(Exception):
-    """An acquire's time allowed ran out before another attempt could be sent."""
+    """An acquire's time allowed ran out before another attempt could be sent: ``error`` (a
+    LatchError) is what the acquire fails with, once withdrawn."""
+
+    def __init__(self, error: LatchError):
+        super().__init__(str(error))
+        self.error = error
 
 
 class Backoff:
@@ -450,22 +455,21 @@ class Client:
         ``wait`` seconds (0: try once; None: wait as long as it takes). ``lock_delay``: seconds
         the lock stays ungranted after this holder's session expires (0 … 60; 5 by default).
 
-        ``wait`` counts from this call: an attempt sent again (on another member, after a
-        failure) asks the member to wait only what is left of it, no attempt outlasts the call's
-        retry budget, and none is sent once ``wait`` ran out: the acquire is then withdrawn and,
-        unless the withdrawal finds it granted, not granted (None).
+        None means a member answered "not acquired" (the lock is busy). An acquire no member
+        answered raises instead (the cluster is unreachable): ``wait`` counts from this call, an
+        attempt sent again (on another member, after a failure) asks the member to wait only what
+        is left of it, no attempt outlasts the call's retry budget, and none is sent once ``wait``
+        ran out; the acquire is then withdrawn and, unless the withdrawal finds it granted (its
+        sequencer is returned), fails: DEADLINE_EXCEEDED naming the wait and the last attempt's
+        error, or that error itself when the retry budget ran out first.
 
         An acquire that fails after its request may have been queued (a member cut off, the
-        retry budget spent) or is interrupted is withdrawn before the error leaves, or in the
-        background (``_withdraw``). A grant that background withdrawal finds stays the session's
-        until released or the session ends (acquire again to get it back); ``Session.lock``
-        releases it instead, as no ``Lock`` holds it."""
-        return self._acquire(name, session_id, shared=shared, wait=wait, lock_delay=lock_delay)
-
-    def _acquire(self, name: str, session_id: str, *, shared: bool, wait: Optional[float],
-                 lock_delay: Optional[float], release_late_grant: bool = False) -> Optional[lock_pb2.Sequencer]:
-        """``acquire``; with ``release_late_grant`` (``Session.lock``), a grant found by a
-        withdrawal made in the background, after the caller was answered, is released."""
+        retry budget spent, the wait out) or is interrupted is withdrawn before the error
+        leaves, or in the background (``_withdraw``). A grant that background withdrawal finds,
+        after the caller was answered, stays the session's (and is logged as a warning): acquire
+        again to get it back (the server answers a session's own hold), else it is released when
+        the session ends. It is never released for the caller: an acquire sent again meanwhile
+        may hold it already."""
         request = lock_pb2.AcquireRequest(name=name, session_id=session_id,
                                           mode=lock_pb2.SHARED if shared else lock_pb2.EXCLUSIVE,
                                           request_id=request_id())
@@ -478,64 +482,62 @@ class Client:
             request.lock_delay_ms = round(seconds(lock_delay, "lock_delay") * 1000)
         # The end of the time allowed, fixed once: each attempt waits only what is left of it.
         until = time.monotonic() + wait if wait else None
-        sent = [False]
+        last: List[Optional[LatchError]] = [None]  # the last attempt's failure
 
         def attempt(target: _Target, timeout: Optional[float]):
             if until is not None:
                 left = until - time.monotonic()
-                if left <= 0 and sent[0]:
-                    raise _WaitOver()
-                sent[0] = True  # the first attempt goes out however short the wait
+                if left <= 0 and last[0] is not None:  # the first attempt goes out however short the wait
+                    error = last[0]
+                    raise _WaitOver(LatchError(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"lock.Acquire {name!r}: no member answered within the wait of {wait:g} s "
+                        f"(the last attempt: {error.code.name}: {error.message})", error.endpoint))
                 left = max(left, 0.001)
                 request.wait_ms = max(1, round(left * 1000))
                 # The member answers "not acquired" after ``left``; the attempt's timeout (within
                 # the call's budget already) gives it the request timeout beyond that, no more.
                 timeout = min(timeout, self.request_timeout + left)
-            return target.stub("lock").Acquire(request, timeout=timeout)
+            try:
+                return target.stub("lock").Acquire(request, timeout=timeout)
+            except grpc.RpcError as e:
+                last[0] = LatchError.from_rpc(e, target.addr)
+                raise
 
         response, found = self._call_or_withdraw(
-            "lock", "Acquire", name, request, wait, until=until, release_late_grant=release_late_grant,
+            "lock", "Acquire", name, request, wait,
             send=lambda: self._attempts("lock.Acquire", attempt, wait=wait))
         if found is not None:
             return found.sequencer  # granted after all
         return response.sequencer if response is not None and response.acquired else None
 
     def _call_or_withdraw(self, service: str, method: str, name: str, request, wait: Optional[float], *,
-                          send: Optional[Callable[[], object]] = None, until: Optional[float] = None,
-                          release_late_grant: bool = False):
+                          send: Optional[Callable[[], object]] = None):
         """Sends an Acquire or a Campaign (by ``send()``; by default ``_call`` with ``wait``):
         ``(response, None)``, or when the call failed after its request may have been queued,
         ``(None, answer)`` with the answer of its withdrawal (``_withdraw``) when that says it
-        was granted after all. ``until``: the end of the time allowed (``time.monotonic()``);
-        when the retries reach it (``_WaitOver``) or fail unanswered (UNAVAILABLE,
-        DEADLINE_EXCEEDED) past it, ``(None, None)``, not granted, once withdrawn. Any other
-        failure is raised. ``release_late_grant``: passed on to ``_withdraw``."""
-        over = False
-        error: Optional[LatchError] = None
+        was granted after all. Else the failure is raised, once withdrawn: a call whose time
+        allowed ran out (``_WaitOver``) or whose retries failed unanswered (UNAVAILABLE,
+        DEADLINE_EXCEEDED) is never "not granted", as no member said so. A failure that settles
+        the request (``SETTLED``, a member's own limit) is raised without a withdrawal."""
         try:
             return (send() if send is not None else self._call(service, method, request, wait=wait)), None
-        except _WaitOver:
-            over = True
+        except _WaitOver as e:
+            error = e.error
         except LatchError as e:
             if e.code in SETTLED or e.over_limit:
                 raise
-            over = until is not None and e.code in RETRYABLE and time.monotonic() >= until
             error = e
         except BaseException:  # interrupted (KeyboardInterrupt) during or between attempts
-            self._withdraw(service, name, request.request_id, first_here=False,
-                           release_late_grant=release_late_grant)
+            self._withdraw(service, name, request.request_id, first_here=False)
             raise
-        found = self._withdraw(service, name, request.request_id, first_here=True,
-                               release_late_grant=release_late_grant)
+        found = self._withdraw(service, name, request.request_id, first_here=True)
         granted = found is not None and (found.held if service == "lock" else found.HasField("leader"))
         if granted:
             return None, found
-        if over or error is None:
-            return None, None
         raise error
 
-    def _withdraw(self, service: str, name: str, acquire_id: str, *, first_here: bool,
-                  release_late_grant: bool = False):
+    def _withdraw(self, service: str, name: str, acquire_id: str, *, first_here: bool):
         """Gives up the acquire (``service`` "lock") or campaign ("election") sent under
         ``acquire_id`` (Lock.Withdraw, Election.Withdraw): a request given up while its outcome
         is unknown (a member cut off, the retry budget spent, an interrupt) leaves no wait
@@ -546,9 +548,11 @@ class Client:
         A grant that came first is kept, as the member's own withdrawal keeps it: the first
         try's answer is returned (its ``held``/``leader`` says so; None if it did not answer),
         for the caller to hand the grant on instead of the error. A lock's grant found by the
-        background retries, after the caller was answered, is kept too (the session holds it
-        until it releases it or ends), unless ``release_late_grant`` (``Session.lock``: no
-        ``Lock`` holds it): then it is released."""
+        background retries, after the caller was answered, is kept too, and logged as a warning:
+        the session holds it until it releases it (acquiring it again gets it back) or ends. It
+        is never released here, as the member's own withdrawal never releases a grant: the
+        caller may have acquired again meanwhile (``Session.lock`` retried), which the member
+        answers with this same hold, now in a live ``Lock``."""
         if service == "lock":
             request = lock_pb2.WithdrawRequest(name=name, request_id=acquire_id)
         else:
@@ -578,31 +582,15 @@ class Client:
                     return
                 if once(None):
                     if service == "lock" and answer is not None and answer.held:
-                        self._late_grant(name, answer.sequencer, release_late_grant)
+                        _log.warning("lock %r: a request given up had been granted first (generation %d): "
+                                     "its session holds it until it releases it or ends (acquire it again "
+                                     "to get it back)", name, answer.sequencer.generation)
                     return
             _log.warning("%s %r: a request given up could not be withdrawn; its session's end will withdraw it",
                          service, name)
 
         threading.Thread(target=retry, name=f"latch-withdraw-{name}", daemon=True).start()
         return None
-
-    def _late_grant(self, name: str, sequencer: lock_pb2.Sequencer, release: bool) -> None:
-        """A lock request given up was granted first, to a caller who was answered otherwise:
-        released when ``release``, else left to its session (and said)."""
-        if not release:
-            _log.warning("lock %r: a request given up had been granted first (generation %d): its session holds "
-                         "it until it releases it or ends", name, sequencer.generation)
-            return
-        try:
-            self.release(sequencer.token)
-        except LatchError as e:
-            if e.code != grpc.StatusCode.FAILED_PRECONDITION:  # else it held no more
-                _log.warning("lock %r: releasing a request given up but granted first failed: %s", name, e)
-                return
-        except Exception as e:  # noqa: BLE001 - a background thread: the client closed under it, say
-            _log.warning("lock %r: releasing a request given up but granted first failed: %r", name, e)
-            return
-        _log.debug("lock %r: a request given up had been granted first: released", name)
 
     def release(self, sequencer: str) -> None:
         """Releases the hold that ``sequencer`` (its token) names; FAILED_PRECONDITION when it

@@ -76,10 +76,13 @@ class Lock:
     def acquire(cls, session, name: str, *, shared: bool = False, wait: Optional[float] = None,
                 lock_delay: Optional[float] = None) -> "Lock":
         """``Session.lock``: ``Client.acquire`` for ``session``, raising ``LockNotAcquired`` when
-        not granted in time. A grant that only the background withdrawal of a failed or
-        interrupted acquire finds is released there: no ``Lock`` holds it."""
-        seq = session.client._acquire(name, session.id, shared=shared, wait=wait, lock_delay=lock_delay,
-                                      release_late_grant=True)
+        a member answered it not granted in time, and the ``LatchError`` when no member answered
+        (the cluster unreachable, as ``Client.acquire``). A grant that only the background
+        withdrawal of a failed or interrupted acquire finds stays the session's, and is logged as
+        a warning: lock it again to get it back in a ``Lock``, else it is released when the
+        session ends. It is not released there: the session may hold it again already, in a
+        ``Lock`` of an acquire sent since (the member answers a session's own hold)."""
+        seq = session.client.acquire(name, session.id, shared=shared, wait=wait, lock_delay=lock_delay)
         if seq is None:
             raise LockNotAcquired(name, wait)
         return cls(session, seq)

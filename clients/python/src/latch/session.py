@@ -151,7 +151,8 @@ class Session:
              lock_delay: Optional[float] = None):
         """Lock ``name`` held by this session, as a context manager that releases it on exit;
         ``wait`` seconds (None: as long as it takes; 0: try once). Raises ``LockNotAcquired``
-        when not granted in time."""
+        when a member answered it not granted in time, a ``LatchError`` when no member answered
+        (``Lock.acquire``)."""
         from .lock import Lock
 
         return Lock.acquire(self, name, shared=shared, wait=wait, lock_delay=lock_delay)
