@@ -87,6 +87,7 @@ mod tests {
                 value: value.into(),
                 max_waiters: 0,
                 max_session_locks: 0,
+                max_row_bytes: 0,
             }),
         );
     }

@@ -73,8 +73,9 @@ use apply::Apply;
 /// request id of another session's hold or wait, and a session create for an existing session
 /// asking another name or TTL, are refused (version 2 applied them). Version 4: the request
 /// memory keeps only the health of what the registry's periodic commands answer
-/// (`requests`' module doc).
-pub const COMMAND_VERSION: u32 = 4;
+/// (`requests`' module doc). Version 5: an acquire may carry `max_row_bytes` (an older build
+/// would apply it without the bound).
+pub const COMMAND_VERSION: u32 = 5;
 /// The oldest `Command.version` this build applies.
 pub const OLDEST_COMMAND_VERSION: u32 = 2;
 /// The first version whose acquires and session creates check request ids (see above).
@@ -601,18 +602,19 @@ fn write_meta(txn: &WriteTransaction, pos: Applied, history_bytes: u64) -> Resul
 
 /// The hash by which a request id's command is told from another one under the same id:
 /// [`command_hash`] of the command less what the proposing member adds of its own (an acquire's
-/// `max_waiters` and `max_session_locks`, its `--max-lock-waiters` and
-/// `--max-locks-per-session`), so that a retry sent through a member with other limits is the
+/// `max_waiters`, `max_session_locks` and `max_row_bytes`, its `--max-lock-waiters`,
+/// `--max-locks-per-session` and row bound), so that a retry sent through a member with other limits is the
 /// same request, not a conflict.
 pub fn request_hash(cmd: &Command, encoded: &[u8]) -> u64 {
     match &cmd.body {
         Some(latch_proto::internal::command::Body::Acquire(a))
-            if a.max_waiters != 0 || a.max_session_locks != 0 =>
+            if a.max_waiters != 0 || a.max_session_locks != 0 || a.max_row_bytes != 0 =>
         {
             let mut bare = cmd.clone();
             if let Some(latch_proto::internal::command::Body::Acquire(a)) = &mut bare.body {
                 a.max_waiters = 0;
                 a.max_session_locks = 0;
+                a.max_row_bytes = 0;
             }
             versionless_hash(&bare.encode_to_vec())
         }
@@ -809,6 +811,7 @@ pub(crate) mod testing {
             value: Vec::new(),
             max_waiters: 0,
             max_session_locks: 0,
+            max_row_bytes: 0,
         })
     }
 
@@ -1057,7 +1060,8 @@ mod tests {
         };
         assert_eq!(of(3), of(2), "only the version differs: the same request");
         assert_eq!(of(4), of(2), "only the version differs: the same request");
-        assert_ne!(of(5), of(2), "a version this build does not know is another request");
+        assert_eq!(of(5), of(2), "only the version differs: the same request");
+        assert_ne!(of(6), of(2), "a version this build does not know is another request");
         let v2 = Command { version: 2, request_id: "r".into(), body: Some(put("k", "v")) }.encode_to_vec();
         assert_eq!(of(2), command_hash(&v2), "a version-2 command hashes as older builds hashed it");
     }

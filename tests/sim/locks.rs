@@ -154,6 +154,7 @@ impl Locker {
             value: format!("locker-{}", self.index).into_bytes(),
             max_waiters: self.queue_bound,
             max_session_locks: 0,
+            max_row_bytes: 0,
         });
         if wait {
             self.waiting.push((space, name.to_string(), request_id.clone()));
@@ -230,6 +231,7 @@ fn spent_acquire(space: LockSpace, name: &str, session: &str, queue_bound: u32) 
         value: Vec::new(),
         max_waiters: queue_bound,
         max_session_locks: 0,
+        max_row_bytes: 0,
     })
 }
 
