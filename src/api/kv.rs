@@ -4,15 +4,19 @@
 //! one on a retry of the request id). Reads are linearizable through ReadIndex unless the
 //! request asks for `serializable`; either way they are served from this member's applied state.
 //! A read at a past revision scans the history after it: it runs off the async runtime, a few at
-//! a time (`past`).
+//! a time (`past`). So does a scan of the current revision (a range or a read-only txn with a
+//! `range_end`, `KvService::scan`); a single key is read on the runtime.
 
 pub(super) mod convert;
 mod past;
+
+use std::sync::Arc;
 
 use latch_proto::internal::{command::Body, outcome};
 use latch_proto::v1::kv_server::{Kv, KvServer};
 use latch_proto::v1::{request_op, *};
 use prost::Message as _;
+use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use super::{ApiError, Context};
@@ -23,15 +27,42 @@ pub struct KvService {
     ctx: Context,
     /// The member's slots for reads at a past revision (one service per member).
     past: past::PastReads,
+    /// The member's slots for scans at the current revision ([`KvService::scan`]).
+    scans: Arc<Semaphore>,
 }
+
+/// Scans at the current revision one member runs at once; more wait for a slot.
+const SCAN_SLOTS: usize = 4;
 
 impl KvService {
     pub fn server(ctx: Context) -> KvServer<KvService> {
         let max = ctx.limits.max_request_bytes * 2 + 64 * 1024;
         let past = past::PastReads::new(ctx.limits.max_past_reads);
-        KvServer::new(KvService { ctx, past })
+        KvServer::new(KvService { ctx, past, scans: Arc::new(Semaphore::new(SCAN_SLOTS)) })
             .max_decoding_message_size(max)
             .max_encoding_message_size(usize::MAX)
+    }
+}
+
+impl KvService {
+    /// `read` on a read transaction of its own, on tokio's blocking pool, in one of the
+    /// member's [`SCAN_SLOTS`]: a read whose cost grows with the rows it selects (a scan
+    /// counts every row, however few it returns) would stall this member's peer streams and
+    /// every other call on its worker, and unbounded, fill the blocking pool. The transaction
+    /// opens in the slot, after the caller's ReadIndex: a queue of scans pins no pages, and
+    /// each reads at least what its ReadIndex confirmed.
+    async fn scan<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&redb::ReadTransaction) -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let slot = self.scans.clone().acquire_owned().await;
+        let slot = slot.map_err(|_| ApiError::Internal("the scan slots are closed".into()))?;
+        let db = self.ctx.node.db().clone();
+        let scan = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            Ok::<_, ApiError>(read(&db.begin_read()?))
+        });
+        scan.await.map_err(|e| ApiError::Internal(format!("a scan failed: {e}")))?
     }
 }
 
@@ -63,8 +94,13 @@ impl Kv for KvService {
             // At the current revision (0, or named: pages of a list read at one revision, etcd
             // style, while nothing changed) there is nothing to undo: read here, not in a slot.
             let current = req.revision == 0 || req.revision == crate::fsm::applied(&txn)?.revision;
-            let (revision, result) = if current {
+            let (revision, result) = if current && req.range_end.is_empty() {
                 crate::fsm::range(&txn, &convert::range(&req), max)?
+            } else if current {
+                // A scan counts every row it selects, however few it returns: in a slot.
+                drop(txn);
+                let range = convert::range(&req);
+                self.scan(move |txn| crate::fsm::range(txn, &range, max)).await??
             } else {
                 drop(txn);
                 self.past.range(self.ctx.node.db().clone(), convert::range(&req), max).await?
@@ -121,8 +157,15 @@ impl Kv for KvService {
                 // entry every member applies (and builds the ranges' results for) alike.
                 self.ctx.node.read_index_holding(size).await?;
                 let max = self.ctx.limits.max_response_bytes;
-                let read = self.ctx.node.db().begin_read()?;
-                return match crate::fsm::read_txn(&read, &txn, max)? {
+                let scans = txn.success.iter().chain(&txn.failure).any(|o| {
+                    matches!(&o.op, Some(latch_proto::internal::op::Op::Range(r)) if !r.range_end.is_empty())
+                });
+                let answer = if scans {
+                    self.scan(move |read| crate::fsm::read_txn(read, &txn, max)).await??
+                } else {
+                    crate::fsm::read_txn(&self.ctx.node.db().begin_read()?, &txn, max)?
+                };
+                return match answer {
                     (revision, outcome::Result::Txn(r)) => {
                         Ok(convert::txn_response(r, self.ctx.header(revision)))
                     }
@@ -299,7 +342,8 @@ fn check_txn(limits: &Limits, req: &TxnRequest) -> Result<(), ApiError> {
 /// delete of the same branch selects, in either order. Otherwise the outcome would hang on the
 /// order of the ops, and one revision would hold two changes of one key (two history rows, two
 /// events of one key in one watch response). A sequential put may write any key of its prefix
-/// and 20 digits; deletes may overlap each other (what one deletes, the other finds gone).
+/// and 20 digits, so a put or delete of such a key beside it is refused too; deletes may overlap
+/// each other (what one deletes, the other finds gone).
 fn check_writes_once(branch: &str, ops: &[RequestOp]) -> Result<(), ApiError> {
     use std::ops::Bound;
     let twice = |key: &[u8], how: &str| ApiError::InvalidArgument {
@@ -313,20 +357,39 @@ fn check_writes_once(branch: &str, ops: &[RequestOp]) -> Result<(), ApiError> {
             _ => None,
         })
         .collect();
-    let mut put: Vec<&[u8]> = Vec::new();
-    for o in ops {
-        let Some(request_op::Request::Put(p)) = &o.request else { continue };
-        // The keys this put may write, first and last (both included).
-        let (first, last) = if p.sequential {
-            let digits = |d: u8| [p.key.as_slice(), &[d; crate::fsm::SEQUENCE_DIGITS]].concat();
-            (digits(b'0'), digits(b'9'))
-        } else {
-            if put.contains(&p.key.as_slice()) {
+    let puts: Vec<&PutRequest> = ops
+        .iter()
+        .filter_map(|o| match &o.request {
+            Some(request_op::Request::Put(p)) => Some(p),
+            _ => None,
+        })
+        .collect();
+    // The keys a sequential put of `prefix` may write, first and last (both included).
+    let span = |prefix: &[u8]| {
+        let digits = |d: u8| [prefix, &[d; crate::fsm::SEQUENCE_DIGITS]].concat();
+        (digits(b'0'), digits(b'9'))
+    };
+    for (i, p) in puts.iter().enumerate() {
+        let (first, last) = if p.sequential { span(&p.key) } else { (p.key.clone(), p.key.clone()) };
+        if !p.sequential {
+            if puts[..i].iter().any(|q| !q.sequential && q.key == p.key) {
                 return Err(twice(&p.key, "two puts"));
             }
-            put.push(&p.key);
-            (p.key.clone(), p.key.clone())
-        };
+            let in_span = |q: &&&PutRequest| {
+                let (from, to) = span(&q.key);
+                q.sequential && from <= p.key && p.key <= to
+            };
+            if let Some(q) = puts.iter().find(in_span) {
+                return Err(ApiError::InvalidArgument {
+                    field: "txn",
+                    problem: format!(
+                        "{branch} puts key {:?}, which its sequential put of prefix {:?} may write",
+                        String::from_utf8_lossy(&p.key),
+                        String::from_utf8_lossy(&q.key)
+                    ),
+                });
+            }
+        }
         for d in &deletes {
             let Some((Bound::Included(from), to)) = crate::fsm::selection(&d.key, &d.range_end) else {
                 continue;

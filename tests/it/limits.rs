@@ -134,7 +134,7 @@ async fn a_txn_writing_a_key_twice_or_asking_what_cannot_be_answered_is_refused_
             ..Default::default()
         })
     };
-    let refused: [(&str, Txn, &[&str]); 5] = [
+    let refused: [(&str, Txn, &[&str]); 6] = [
         (
             "two puts of one key",
             Txn::new().and_then([Op::put("k", "1"), Op::put("k", "2")]),
@@ -154,6 +154,11 @@ async fn a_txn_writing_a_key_twice_or_asking_what_cannot_be_answered_is_refused_
             "a sequential put and a delete of its prefix",
             Txn::new().and_then([sequential("queue/"), Op::delete_prefix("queue/")]),
             &["sequential put", "queue/", "delete_range"],
+        ),
+        (
+            "a put of a key a sequential put beside it may write",
+            Txn::new().and_then([sequential("queue/"), Op::put("queue/00000000000000000007", "x")]),
+            &["queue/00000000000000000007", "sequential put of prefix", "queue/"],
         ),
         (
             "a range with a negative limit",
