@@ -818,7 +818,10 @@ fn check_host_port(addr: &str) -> Result<(), String> {
     }
     let (host, port) = addr.rsplit_once(':').ok_or("no :PORT")?;
     let one_host = match host.strip_prefix('[') {
-        Some(v6) => v6.strip_suffix(']').is_some_and(|v6| v6.parse::<std::net::Ipv6Addr>().is_ok()),
+        // A link-local address may name its interface: [fe80::1%eth0].
+        Some(v6) => v6.strip_suffix(']').is_some_and(|v6| {
+            v6.split_once('%').map_or(v6, |(a, _)| a).parse::<std::net::Ipv6Addr>().is_ok()
+        }),
         None => !host.is_empty() && !host.contains([':', '[', ']']),
     };
     if !one_host {
@@ -859,7 +862,8 @@ mod tests {
             let e = parse_initial_cluster(spec).expect_err(spec).to_string();
             assert!(e.contains(says) && e.contains("initial-cluster"), "{spec}: expected {says:?} in {e}");
         }
-        let v6 = parse_initial_cluster("1=[::1]:7380,2=node-2.example:7380").expect("IPv6 and host names");
+        let v6 = parse_initial_cluster("1=[::1]:7380,2=node-2.example:7380,3=[fe80::1%eth0]:7380")
+            .expect("IPv6, with a zone too, and host names");
         assert_eq!(v6[0].peer_addr, "[::1]:7380");
     }
 

@@ -166,6 +166,7 @@ impl WatchApi for WatchService {
             progress_every: self.progress_every,
             turn_header: ResponseHeader::default(),
             snapshots: self.snapshots.clone(),
+            slot_wait_spent: false,
             places: self.places.clone(),
             history_reads: self.history_reads.clone(),
             _slot: slot,
@@ -331,6 +332,10 @@ struct Stream {
     turn_header: ResponseHeader,
     /// The member's snapshot slots.
     snapshots: Arc<Semaphore>,
+    /// Whether a snapshot of this turn waited out `SLOT_WAIT` for a slot: the turn's other
+    /// snapshots then wait no more (a group resumed in snapshot mode would otherwise hold the
+    /// stream, its cancels and its live watches, a second per watch).
+    slot_wait_spent: bool,
     /// The member's reads of history steps at once.
     history_reads: Arc<Semaphore>,
     /// This stream's place under `--max-watch-streams`, given back when the task ends.
@@ -781,6 +786,7 @@ impl Stream {
         }
         let span = self.recent.span();
         self.turn_header = self.ctx.header(0);
+        self.slot_wait_spent = false;
         let mut behind = false;
         // Each watch's state changes only as it is served, so the turn's plan holds throughout.
         for turn in self.turns(span.last) {
@@ -946,10 +952,12 @@ impl Stream {
                 // Every slot busy (taken since the create was let in, or compacted while catching
                 // up): one that frees within a second serves it, else the watch is canceled.
                 // Nothing is held while it waits; the snapshot is of the state once it has one.
+                // Once one wait of this turn ran out, the turn's others only take a free slot.
                 drop(txn);
-                let slot =
-                    SnapshotSlot::wait(&self.snapshots, &self.metrics.watch.snapshots, snapshot::SLOT_WAIT);
+                let within = if self.slot_wait_spent { Duration::ZERO } else { snapshot::SLOT_WAIT };
+                let slot = SnapshotSlot::wait(&self.snapshots, &self.metrics.watch.snapshots, within);
                 let Some(slot) = slot.await else {
+                    self.slot_wait_spent = true;
                     self.forget(id, CancelReason::ResourceExhausted);
                     let message = self.no_snapshot_slot();
                     self.cancel(id, CancelReason::ResourceExhausted, next - 1, message, 0).await?;
