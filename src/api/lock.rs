@@ -63,12 +63,12 @@ pub(crate) struct Want {
 /// queued a request (or was answered "queued" for its id) withdraws it (`Abandon`, when its
 /// caller goes away or its time is up), under [`abandoned_marker`]: a joiner leaves it to its
 /// owner, and if the owner withdrew it meanwhile, the joiner asks again — unless the client
-/// gave this request up ([`withdraw`]): then it answers "not granted". A call's own request
-/// found gone any other way was granted and released since (the client saw the grant through
-/// another RPC, since only a holder of the sequencer releases it), and is answered "not
-/// granted": asking again would hand the session a lock its client does not know of. So is a
-/// resend first answered with a hold released since. (A wait of another request that this
-/// call joined, and that ended, is asked for again: that request was not this call's.)
+/// gave this request up ([`withdraw`]): then it answers "not granted". A request (its own, or
+/// one it joined) found gone any other way was granted and released since (only a holder of
+/// the sequencer releases it: the client saw the grant through another RPC), and is answered
+/// "not granted": asking again would hand the session a lock its client does not know of. So
+/// is a call answered with a hold released since. A joined wait that its own client withdrew
+/// is asked for again: that request was not this call's.
 pub(crate) async fn acquire(
     ctx: &Context,
     want: Want,
@@ -94,12 +94,6 @@ pub(crate) async fn acquire(
     // The id the client knows: a withdrawal names it, whatever ids this call asks again under.
     let given_up = withdrawn_marker(&request_id);
     let mut asked_again = false;
-    // A resend of a request this member applied already: its answer comes from the request
-    // memory, and may name a hold its client had through another RPC and released since.
-    let mut resent = !want.request_id.is_empty() && {
-        let txn = ctx.node.db().begin_read()?;
-        crate::fsm::remembered(&txn, &request_id)?
-    };
     loop {
         // Registered before the proposal: a grant applied before we wait is not missed.
         let mut settlement = ctx.node.locks().settlement(&request_id);
@@ -157,16 +151,13 @@ pub(crate) async fn acquire(
                 if crate::fsm::remembered(&txn, &given_up)? {
                     return Ok((header, None)); // its client gave it up (Lock.Withdraw)
                 }
-                if r.status == LockStatus::Granted as i32 || resent {
-                    // Its own grant, or the hold a resend was first answered with, released
-                    // since by a holder of the sequencer: the client had it through another
-                    // RPC of this request, and let it go.
-                    return Ok((header, None));
-                }
-                request_id = uuid::Uuid::now_v7().to_string();
-                asked_again = true;
-                resent = false;
-                continue; // the session's other hold, released since: ask again
+                // Its grant, or the session's hold it was answered with, released since by a
+                // holder of the sequencer: the client had it, through this request's answer to
+                // another RPC (a resend, or a call this member still served after the client
+                // moved on), and let it go. Asking again would give the session a hold no one
+                // knows of; a release racing a fresh request of the same session (which the
+                // clients' one guard per name keeps from happening) costs a "not acquired".
+                return Ok((header, None));
             }
             (Ok(LockStatus::Busy), _) => return Ok((header, None)),
             (Ok(LockStatus::QueueFull), _) => {
@@ -244,14 +235,16 @@ pub(crate) async fn acquire(
                         // Its client gave it up (Lock.Withdraw): nobody waits for an answer.
                         return Ok((ctx.header(revision), None));
                     }
-                    if waiting_on == request_id && !withdrawn_by_an_rpc(&txn, &waiting_on)? {
-                        // This call's own request, granted and released since (see above), or
-                        // withdrawn so long ago that the request memory forgot it: not granted
-                        // to this call.
+                    // Withdrawn by another RPC of the request, or (a wait this call joined, of
+                    // another request) by that request's client: ask again. Anything else is a
+                    // grant released since (see above), or a withdrawal so long ago that the
+                    // request memory forgot it: not granted to this call.
+                    let joined = waiting_on != request_id;
+                    let withdrawn = withdrawn_by_an_rpc(&txn, &waiting_on)?
+                        || (joined && crate::fsm::remembered(&txn, &withdrawn_marker(&waiting_on))?);
+                    if !withdrawn {
                         return Ok((ctx.header(revision), None));
                     }
-                    // Withdrawn by another RPC of this request, or a wait this call joined
-                    // (another request of the session) that ended: ask again.
                     break;
                 }
             }
@@ -291,7 +284,6 @@ pub(crate) async fn acquire(
         }
         request_id = uuid::Uuid::now_v7().to_string();
         asked_again = true;
-        resent = false;
     }
 }
 
