@@ -818,10 +818,9 @@ fn check_host_port(addr: &str) -> Result<(), String> {
     }
     let (host, port) = addr.rsplit_once(':').ok_or("no :PORT")?;
     let one_host = match host.strip_prefix('[') {
-        // A link-local address may name its interface: [fe80::1%eth0].
-        Some(v6) => v6.strip_suffix(']').is_some_and(|v6| {
-            v6.split_once('%').map_or(v6, |(a, _)| a).parse::<std::net::Ipv6Addr>().is_ok()
-        }),
+        // A link-local address may name its interface by number ([fe80::1%2]), as a socket
+        // address binds it.
+        Some(_) => addr.parse::<std::net::SocketAddrV6>().is_ok(),
         None => !host.is_empty() && !host.contains([':', '[', ']']),
     };
     if !one_host {
@@ -857,13 +856,14 @@ mod tests {
             ("1=h:70000", "is not a port"),
             ("1=h", "no :PORT"),
             ("1=[::1:7380", "is not a host"),
+            ("1=[fe80::1%eth0]:7380", "is not a host"),
             ("1=h:1,2=h:1", "share the address h:1"),
         ] {
             let e = parse_initial_cluster(spec).expect_err(spec).to_string();
             assert!(e.contains(says) && e.contains("initial-cluster"), "{spec}: expected {says:?} in {e}");
         }
-        let v6 = parse_initial_cluster("1=[::1]:7380,2=node-2.example:7380,3=[fe80::1%eth0]:7380")
-            .expect("IPv6, with a zone too, and host names");
+        let v6 = parse_initial_cluster("1=[::1]:7380,2=node-2.example:7380,3=[fe80::1%2]:7380")
+            .expect("IPv6, with a numbered zone too, and host names");
         assert_eq!(v6[0].peer_addr, "[::1]:7380");
     }
 

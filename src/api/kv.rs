@@ -31,7 +31,8 @@ pub struct KvService {
     scans: Arc<Semaphore>,
 }
 
-/// Scans at the current revision one member runs at once; more wait for a slot.
+/// Scans at the current revision one member runs at once; more wait for a slot, a second at
+/// most (`past::PAST_READ_WAIT`), and are then refused RESOURCE_EXHAUSTED.
 const SCAN_SLOTS: usize = 4;
 
 impl KvService {
@@ -46,17 +47,24 @@ impl KvService {
 
 impl KvService {
     /// `read` on a read transaction of its own, on tokio's blocking pool, in one of the
-    /// member's [`SCAN_SLOTS`]: a read whose cost grows with the rows it selects (a scan
-    /// counts every row, however few it returns) would stall this member's peer streams and
-    /// every other call on its worker, and unbounded, fill the blocking pool. The transaction
-    /// opens in the slot, after the caller's ReadIndex: a queue of scans pins no pages, and
-    /// each reads at least what its ReadIndex confirmed.
+    /// member's [`SCAN_SLOTS`] (refused if none frees within a second): a read whose cost grows
+    /// with the rows it selects (a scan counts every row, however few it returns) would stall
+    /// this member's peer streams and every other call on its worker, and unbounded, fill the
+    /// blocking pool. The transaction opens in the slot, after the caller's ReadIndex: a queue
+    /// of scans pins no pages, and each reads at least what its ReadIndex confirmed.
     async fn scan<T: Send + 'static>(
         &self,
         read: impl FnOnce(&redb::ReadTransaction) -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        let slot = self.scans.clone().acquire_owned().await;
-        let slot = slot.map_err(|_| ApiError::Internal("the scan slots are closed".into()))?;
+        let slot = past::admit(&self.scans, || {
+            format!(
+                "scans (ranges with a range_end): this member runs {SCAN_SLOTS} at once and none ended \
+                 within {:?}; retry later, or read fewer keys at a time (a limit does not shorten a \
+                 count, which reads every row selected)",
+                past::PAST_READ_WAIT
+            )
+        })
+        .await?;
         let db = self.ctx.node.db().clone();
         let scan = tokio::task::spawn_blocking(move || {
             let _slot = slot;
@@ -375,9 +383,12 @@ fn check_writes_once(branch: &str, ops: &[RequestOp]) -> Result<(), ApiError> {
             if puts[..i].iter().any(|q| !q.sequential && q.key == p.key) {
                 return Err(twice(&p.key, "two puts"));
             }
+            // A sequential put writes its prefix and exactly 20 digits.
             let in_span = |q: &&&PutRequest| {
-                let (from, to) = span(&q.key);
-                q.sequential && from <= p.key && p.key <= to
+                q.sequential
+                    && p.key.len() == q.key.len() + crate::fsm::SEQUENCE_DIGITS
+                    && p.key.starts_with(&q.key)
+                    && p.key[q.key.len()..].iter().all(u8::is_ascii_digit)
             };
             if let Some(q) = puts.iter().find(in_span) {
                 return Err(ApiError::InvalidArgument {

@@ -179,6 +179,7 @@ async fn a_txn_writing_a_key_twice_or_asking_what_cannot_be_answered_is_refused_
         Op::delete("queue/a"),
         Op::put("queuf", "x"),
         sequential("jobs/"),
+        Op::put("jobs/2024-cfg", "not 20 digits: no key of the sequence"),
     ]);
     client.txn(allowed).await.expect("overlapping deletes and puts outside them are one txn");
     let after_allowed = store_state(&client).await;

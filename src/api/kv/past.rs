@@ -33,16 +33,14 @@ impl PastReads {
 
     /// A slot, or the refusal once none came free within [`PAST_READ_WAIT`].
     async fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        match tokio::time::timeout(PAST_READ_WAIT, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(slot)) => Ok(slot),
-            // The semaphore is never closed.
-            Ok(Err(_)) => Err(ApiError::Internal("the slots of past reads are closed".into())),
-            Err(_) => Err(ApiError::OverLimit(format!(
+        admit(&self.slots, || {
+            format!(
                 "reads at a past revision: this member serves {} at once (--max-past-reads) and none \
                  ended within {PAST_READ_WAIT:?}; retry later, or read the current revision",
                 self.limit
-            ))),
-        }
+            )
+        })
+        .await
     }
 
     /// `req` (its `revision` set) read from `db` on the blocking pool, in a slot: the store
@@ -60,6 +58,20 @@ impl PastReads {
             Ok::<_, ApiError>(crate::fsm::range(&txn, &req, max_response_bytes)?)
         });
         read.await.map_err(|e| ApiError::Internal(format!("a read at a past revision failed: {e}")))?
+    }
+}
+
+/// A slot of `slots`, or RESOURCE_EXHAUSTED saying `refusal()` once none came free within
+/// [`PAST_READ_WAIT`]: a read never queues for longer.
+pub(super) async fn admit(
+    slots: &Arc<Semaphore>,
+    refusal: impl FnOnce() -> String,
+) -> Result<OwnedSemaphorePermit, ApiError> {
+    match tokio::time::timeout(PAST_READ_WAIT, slots.clone().acquire_owned()).await {
+        Ok(Ok(slot)) => Ok(slot),
+        // The semaphores are never closed.
+        Ok(Err(_)) => Err(ApiError::Internal("the slots of reads are closed".into())),
+        Err(_) => Err(ApiError::OverLimit(refusal())),
     }
 }
 
