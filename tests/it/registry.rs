@@ -115,6 +115,24 @@ async fn find(client: &Client, id: &str) -> Option<InstanceInfo> {
     list.instances.into_iter().find(|i| i.instance.as_ref().is_some_and(|i| i.id == id))
 }
 
+/// A member at its watch limit refuses a cache's watch RESOURCE_EXHAUSTED; the cache waits and
+/// watches again once a place frees, rather than stopping for good.
+#[tokio::test]
+async fn a_service_cache_refused_a_watch_for_a_members_limit_watches_again_once_it_frees() {
+    let c = Cluster::start(1, &["--max-watches", "1"]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let taken = started_watch(&client, WatchOptions::prefix("other/")).await;
+    let mut cache = ServiceCache::start(&client, "web").await.expect("the cache lists the service");
+    client.register(web("web-1", 8001)).await.expect("web-1 registers");
+    drop(taken); // the member's one place frees
+    let seen = tokio::time::timeout(STARTUP, cache.wait_for(|s| s.instances.contains_key("web-1")))
+        .await
+        .expect("the cache sees web-1 once it could watch again")
+        .expect("the cache goes on after a refused watch");
+    assert!(seen.instances.contains_key("web-1"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_are_listed_and_the_registry_watch_sees_registration_health_change_and_removal_in_order() {
     let c = Cluster::start(1, &[]).await;

@@ -605,7 +605,8 @@ async fn relist(client: &Client, service: &str) -> Result<ServiceSnapshot, Error
 
 /// Keeps the cache of `service` up to date until the watch cannot go on; then notes why.
 /// When the revision after the cache's is compacted (the watch fell behind the member's
-/// history), the service is listed again and followed from there.
+/// history), the service is listed again and followed from there; when a member refuses the
+/// watch for its limits (RESOURCE_EXHAUSTED), it is watched again after a pause.
 async fn keep_cached(
     client: Client,
     service: String,
@@ -614,13 +615,26 @@ async fn keep_cached(
     failure: Arc<Mutex<Option<Error>>>,
 ) {
     let prefix = format!("{service}/");
+    let mut backoff = Duration::from_millis(100);
     let outcome = loop {
         let updates = client.watch(
             WatchOptions::prefix(prefix.as_bytes())
                 .target(WatchTarget::Registry)
                 .from_revision(state.revision + 1),
         );
+        let followed_from = state.revision;
         let e = follow(updates, &prefix, &mut state, &tx).await;
+        if e.code() == Code::ResourceExhausted {
+            // A member at its watch limits (--max-watches, say) refused the watch: it frees as
+            // other watches end, so the cache waits and watches again from where it is.
+            if state.revision > followed_from {
+                backoff = Duration::from_millis(100);
+            }
+            tracing::debug!(service = %service, error = %e, "the service cache's watch was refused; watching again");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            continue;
+        }
         if e.code() != Code::OutOfRange {
             break e;
         }

@@ -12,7 +12,7 @@
 //!   grace period ([`SessionOptions::grace`]) past the lease; an answer within it makes it
 //!   `Safe` again (the cluster kept the session: it was unreachable too, say).
 //! - [`SessionState::Expired`]: the cluster said the session is gone, or the grace period
-//!   passed without an answer, or it was closed. Final.
+//!   passed without an answer, or it was closed or dropped. Final.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -78,6 +78,9 @@ pub struct Session {
     client: Client,
     shared: Arc<Shared>,
     state: watch::Receiver<SessionState>,
+    /// The state's publisher, shared with the keepalive task: dropping or closing the session
+    /// publishes `Expired` through it, which the task never moves from ([`publish`]).
+    publisher: Arc<watch::Sender<SessionState>>,
     task: Option<JoinHandle<()>>,
     /// Its lock guards, one per name at a time (see the `lock` module).
     turns: Arc<Turns>,
@@ -108,6 +111,7 @@ impl Client {
         let ttl = Duration::from_millis(u64::try_from(created.1).unwrap_or(0).min(MAX_TTL_MS));
         let shared = Arc::new(Shared { lease_end: Mutex::new(sent + ttl) });
         let (tx, state) = watch::channel(SessionState::Safe);
+        let publisher = Arc::new(tx);
         let grace = options.grace.unwrap_or(ttl);
         let task = tokio::spawn(keep_alive_loop(
             self.clone(),
@@ -115,7 +119,7 @@ impl Client {
             (sent, ttl),
             grace,
             shared.clone(),
-            tx,
+            publisher.clone(),
         ));
         Ok(Session {
             id: created.0,
@@ -123,6 +127,7 @@ impl Client {
             client: self.clone(),
             shared,
             state,
+            publisher,
             task: Some(task),
             turns: Arc::default(),
         })
@@ -299,11 +304,13 @@ impl Session {
         let _ = state.wait_for(|s| *s == SessionState::Expired).await;
     }
 
-    /// Stops the keepalives and closes the session on the cluster.
+    /// Stops the keepalives and closes the session on the cluster. Its state is `Expired`
+    /// from here on (whatever the close answers): nothing it owned may be acted on.
     pub async fn close(mut self) -> Result<i64, Error> {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+        publish(&self.publisher, SessionState::Expired);
         self.client.close_session(&self.id).await
     }
 }
@@ -312,6 +319,8 @@ impl Drop for Session {
     fn drop(&mut self) {
         let Some(task) = self.task.take() else { return };
         task.abort();
+        // Whoever watches the state (a receiver from `watch`) learns the session is over.
+        publish(&self.publisher, SessionState::Expired);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (client, id) = (self.client.clone(), self.id.clone());
             runtime.spawn(async move {
@@ -327,6 +336,12 @@ impl Drop for Session {
 /// `--session-ttl-max`): a larger answer is not a lease it could keep.
 const MAX_TTL_MS: u64 = 24 * 3600 * 1000;
 
+/// Moves the published state to `to`, unless it is `Expired` already: that state is final,
+/// so a keepalive task still running after its session was dropped cannot move it back.
+fn publish(state: &watch::Sender<SessionState>, to: SessionState) {
+    state.send_if_modified(|s| *s != SessionState::Expired && std::mem::replace(s, to) != to);
+}
+
 /// Keeps session `id` (created at `created`, when its create was sent, with `ttl`) alive
 /// whenever half its TTL is left, retrying sooner when a keepalive fails, and moves the state
 /// as the module doc says.
@@ -336,7 +351,7 @@ async fn keep_alive_loop(
     (created, ttl): (Instant, Duration),
     grace: Duration,
     shared: Arc<Shared>,
-    state: watch::Sender<SessionState>,
+    state: Arc<watch::Sender<SessionState>>,
 ) {
     let retry = (ttl / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
     // After a sixth of the TTL without an answer, the next member is asked too: a member that
@@ -344,9 +359,7 @@ async fn keep_alive_loop(
     let hedge_after = (ttl / 6).max(Duration::from_millis(100));
     // The lease counts from when the create was sent, and so does the first keepalive.
     let mut next = created + ttl / 2;
-    let jeopardy = |state: &watch::Sender<SessionState>| {
-        state.send_if_modified(|s| std::mem::replace(s, SessionState::Jeopardy) != SessionState::Jeopardy);
-    };
+    let jeopardy = |state: &watch::Sender<SessionState>| publish(state, SessionState::Jeopardy);
     loop {
         tokio::time::sleep_until(next).await;
         let sent = Instant::now();
@@ -369,7 +382,7 @@ async fn keep_alive_loop(
                 let granted =
                     Duration::from_millis(u64::try_from(ack.granted_ms).unwrap_or(0).min(MAX_TTL_MS));
                 shared.set_lease_end(sent + granted);
-                state.send_if_modified(|s| std::mem::replace(s, SessionState::Safe) != SessionState::Safe);
+                publish(&state, SessionState::Safe);
                 // When half the TTL is left of the grant: the leader then renews the lease in
                 // the log and grants it whole again, so about half the TTL always stays in hand
                 // to ride out a leader change. Never sooner than a retry (a grant of nothing).
@@ -396,7 +409,7 @@ async fn keep_alive_loop(
             }
         }
     }
-    let _ = state.send(SessionState::Expired);
+    publish(&state, SessionState::Expired);
 }
 
 /// What one keepalive came to.
@@ -559,6 +572,24 @@ mod tests {
 
     /// Every member answers keepalives, slower than the sixth of the TTL after which another is
     /// asked too (300 ms, TTL 1 s): the first answer still counts, and the session lives on.
+    /// A receiver of a session's state learns that the session is over when the session is
+    /// dropped: it held Safe forever before.
+    #[tokio::test]
+    async fn a_dropped_session_publishes_expired_to_whoever_watches_its_state() {
+        let addr = serve(Member(Keepalives::After(Duration::ZERO))).await;
+        let client = Client::connect([addr]).await.expect("valid endpoint");
+        let session = client.session(SessionOptions::new(Duration::from_secs(10))).await.expect("created");
+        let mut states = session.watch();
+        assert_eq!(*states.borrow(), SessionState::Safe);
+        drop(session);
+        let seen = tokio::time::timeout(Duration::from_secs(1), async {
+            states.wait_for(|s| *s == SessionState::Expired).await.map(|s| *s)
+        })
+        .await;
+        assert!(matches!(seen, Ok(Ok(SessionState::Expired))), "Expired once dropped, got {seen:?}");
+        assert_eq!(*states.borrow(), SessionState::Expired, "and it stays so");
+    }
+
     #[tokio::test]
     async fn keepalives_slower_than_the_hedge_still_keep_the_session() {
         let slow = Duration::from_millis(300);
