@@ -433,6 +433,45 @@ class OfflineTest(unittest.TestCase):
         session.abandon()
         client.close()
 
+    def test_a_sessions_turn_at_a_name_is_one_at_a_time_forgotten_when_unused_and_waits_no_more_once_it_ended(self):
+        from latch.lock import _Turns
+
+        turns = _Turns()
+        waits = threading.Event()
+        said_waiting_for_turn(self, waits)
+        first = turns.take("a", None)
+        self.assertIsNone(turns.take("a", 0), "a name a turn holds is not taken a second time")
+        self.assertIsNone(turns.take("a", 0.01), "nor within a wait that runs out")
+        other = turns.take("b", 0)
+        self.assertIsNotNone(other, "another name is free")
+        waits.clear()
+        waiting = in_thread(lambda: turns.take("a", None))
+        self.assertTrue(waits.wait(PATIENCE), "a second turn at a held name waits")
+        first.give_back()
+        second = result(waiting)
+        first.give_back()  # a second give-back does nothing
+        self.assertIsNone(turns.take("a", 0), "the waiter holds it now")
+        second.give_back()
+        other.give_back()
+        self.assertEqual(turns.names_in_use(), [], "a name no turn holds or awaits is forgotten")
+        # A try-once waits for a turn with only its withdrawal left, then takes the name.
+        withdrawing = turns.take("c", None)
+        withdrawing.hand_to_withdrawal()
+        waits.clear()
+        attempt = in_thread(lambda: turns.take("c", 0))
+        self.assertTrue(waits.wait(PATIENCE), "the try-once waits")
+        withdrawing.give_back()
+        result(attempt).give_back()
+        # The session ended: a waiter waits no more.
+        held = turns.take("d", None)
+        waits.clear()
+        waiting = in_thread(lambda: turns.take("d", None))
+        self.assertTrue(waits.wait(PATIENCE), "waiting behind the holder")
+        turns.end()
+        result(waiting).give_back()
+        held.give_back()
+        self.assertEqual(turns.names_in_use(), [])
+
 
 class SlowBeforeAnyEvent(watch_pb2_grpc.WatchServicer):
     """A member that answers each watch's create, then cancels it SLOW before any event (a
@@ -566,10 +605,11 @@ class FrozenOrGrantingSessions(session_pb2_grpc.SessionServicer):
 class LateGrantLocks(lock_pb2_grpc.LockServicer):
     """A member whose acquires never settle (UNAVAILABLE), and whose withdrawals fail too until
     ``grant`` is set, then find the acquire granted first, under the token ``tok-<session>``;
-    records each release's sequencer."""
+    records each release's sequencer (and sets ``released``)."""
 
     def __init__(self):
         self.grant = threading.Event()
+        self.released = threading.Event()
         self.releases = []
         self._sessions = {}
 
@@ -586,7 +626,92 @@ class LateGrantLocks(lock_pb2_grpc.LockServicer):
 
     def Release(self, request, context):
         self.releases.append(request.sequencer)
+        self.released.set()
         return lock_pb2.ReleaseResponse()
+
+
+class ReentrantLocks(lock_pb2_grpc.LockServicer):
+    """A member holding its locks as the cluster does for one session, re-entrantly: an acquire
+    while the session holds the lock is answered with that same hold (its sequencer), else it is
+    granted anew, as ``tok-<generation>`` (the generation growing); a release ends the hold its
+    sequencer names (FAILED_PRECONDITION for any other). With ``lose_first``, the first acquire
+    is granted but its answer lost (UNAVAILABLE, again for each resend), and its withdrawals
+    fail (UNAVAILABLE) until ``settle`` is set, then find that grant if it still holds. Records
+    ``acquire <token>`` and ``release <token>`` in ``events``, in order, and sets
+    ``second_acquire`` when an acquire of a second request id comes."""
+
+    def __init__(self, lose_first: bool = False):
+        self.lose_first = lose_first
+        self.settle = threading.Event()
+        self.second_acquire = threading.Event()
+        self.events = []
+        self._lock = threading.Lock()
+        self._hold = None
+        self._generation = 0
+        self._requests = []
+        self._lost = {}  # request id -> the sequencer granted, whose answer was lost
+
+    def Acquire(self, request, context):
+        with self._lock:
+            if request.request_id in self._lost:  # a resend of the lost one
+                context.abort(grpc.StatusCode.UNAVAILABLE, "cut off from the leader")
+            self._requests.append(request.request_id)
+            if self._hold is None:
+                self._generation += 1
+                self._hold = lock_pb2.Sequencer(name=request.name, generation=self._generation,
+                                                session_id=request.session_id, token=f"tok-{self._generation}")
+            seq = lock_pb2.Sequencer()
+            seq.CopyFrom(self._hold)
+            self.events.append(f"acquire {seq.token}")
+            if len(self._requests) == 2:
+                self.second_acquire.set()
+            lost = self.lose_first and len(self._requests) == 1
+            if lost:
+                self._lost[request.request_id] = seq
+        if lost:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "cut off from the leader")
+        return lock_pb2.AcquireResponse(acquired=True, sequencer=seq)
+
+    def Withdraw(self, request, context):
+        if not self.settle.is_set():
+            context.abort(grpc.StatusCode.UNAVAILABLE, "cut off from the leader")
+        with self._lock:
+            seq = self._lost.get(request.request_id)
+            if seq is not None and self._hold is not None and self._hold.token == seq.token:
+                return lock_pb2.WithdrawResponse(held=True, sequencer=seq)
+        return lock_pb2.WithdrawResponse()
+
+    def Release(self, request, context):
+        with self._lock:
+            if self._hold is None or self._hold.token != request.sequencer:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the sequencer holds no more")
+            self._hold = None
+            self.events.append(f"release {request.sequencer}")
+        return lock_pb2.ReleaseResponse()
+
+
+def said_waiting_for_turn(test: unittest.TestCase, event: threading.Event) -> None:
+    """Sets ``event`` when a ``Session.lock`` says (at DEBUG) that it waits for its session's turn
+    at a name, for the rest of ``test``."""
+    class Said(logging.Handler):
+        def emit(self, record):
+            if "waiting for the session's turn" in record.getMessage():
+                event.set()
+
+    logger, said = logging.getLogger("latch.lock"), Said()
+    test.addCleanup(logger.setLevel, logger.level)
+    test.addCleanup(logger.removeHandler, said)
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(said)
+
+
+def join_withdrawals(*names: str) -> None:
+    """Waits for the background withdrawals of lock ``names`` to end (their threads)."""
+    for thread in threading.enumerate():
+        if thread.name in {f"latch-withdraw-{n}" for n in names}:
+            thread.join(PATIENCE)
+            if thread.is_alive():
+                raise AssertionError(f"{thread.name} still runs after {PATIENCE} s")
 
 
 class SlowFailingLocks(lock_pb2_grpc.LockServicer):
@@ -685,37 +810,92 @@ class OfflineScriptedTest(unittest.TestCase):
                 self.assertTrue(frozen.event("cancelled", end).wait(PATIENCE), f"{end}() cancelled the keepalive")
                 self.assertEqual(session.state, latch.SessionState.EXPIRED)
 
-    def test_a_grant_only_the_background_withdrawal_found_is_kept_and_said_for_session_lock_and_acquire(self):
+    def test_a_grant_only_the_background_withdrawal_found_is_released_for_session_lock_and_kept_for_acquire(self):
         member = LateGrantLocks()
         endpoint = serve(self, lock_pb2_grpc.add_LockServicer_to_server, member)
         warned = []
-        said_twice = threading.Event()
+        said = threading.Event()
 
         class Said(logging.Handler):
             def emit(self, record):
                 if record.levelno >= logging.WARNING and "its session holds it" in record.getMessage():
                     warned.append(record.getMessage())
-                    if len(warned) == 2:
-                        said_twice.set()
+                    said.set()
 
-        said = Said()
-        logging.getLogger("latch.client").addHandler(said)
-        self.addCleanup(logging.getLogger("latch.client").removeHandler, said)
+        handler = Said()
+        logging.getLogger("latch.client").addHandler(handler)
+        self.addCleanup(logging.getLogger("latch.client").removeHandler, handler)
         with latch.Client(endpoint, request_timeout=1.0, retry_budget=0.3) as client:
             # A session whose keepalive thread sends nothing within the test (half an hour away).
             session = latch.Session(client, "locker", ttl=3600, lease_end=time.monotonic() + 3600, grace=0)
             with self.assertRaises(latch.LatchError) as caught:
-                session.lock("l", wait=0)
+                session.lock("late-lock", wait=0)
             self.assertEqual(caught.exception.code, grpc.StatusCode.UNAVAILABLE, "unsettled, and the first "
                              "withdrawal failed too: it goes on in the background")
             with self.assertRaises(latch.LatchError):
-                client.acquire("l", "raw", wait=0)
-            # Both found granted late: kept, as the app may have locked again and hold it in a
-            # Lock now (the member answers a session's own hold), and said.
+                client.acquire("late-acquire", "raw", wait=0)
             member.grant.set()
-            self.assertTrue(said_twice.wait(PATIENCE), f"each grant found late is said: {warned}")
-            time.sleep(0.2)  # a release would follow the warning at once
-            self.assertEqual(member.releases, [], "neither released: each session holds its grant")
+            # Session.lock's: nobody holds a Lock of it, and its turn keeps the session's next lock
+            # of the name from re-entering it meanwhile, so it is released.
+            self.assertTrue(member.released.wait(PATIENCE), "the late grant of Session.lock is released")
+            # A bare acquire's: kept (the caller may have acquired again and hold it now), and said.
+            self.assertTrue(said.wait(PATIENCE), "the late grant of acquire is said")
+            join_withdrawals("late-lock", "late-acquire")
+            self.assertEqual(member.releases, ["tok-locker"], "only Session.lock's late grant was released")
+            self.assertEqual(len(warned), 1, warned)
+            self.assertIn("'late-acquire'", warned[0])
+            self.assertEqual(session._turns.names_in_use(), [], "the withdrawal gave the turn back")
+            session.abandon()
+
+    def test_a_second_session_lock_of_a_name_waits_while_the_first_lock_holds_it_and_goes_after_its_release(self):
+        member = ReentrantLocks()
+        endpoint = serve(self, lock_pb2_grpc.add_LockServicer_to_server, member)
+        sent_or_waiting = member.second_acquire
+        said_waiting_for_turn(self, sent_or_waiting)
+        with latch.Client(endpoint, request_timeout=5, retry_budget=5) as client:
+            session = latch.Session(client, "locker", ttl=3600, lease_end=time.monotonic() + 3600, grace=0)
+            first = session.lock("l", wait=0)
+            self.assertEqual(first.token, "tok-1")
+            # Sent, each would be answered with the first's hold (re-entrant), which its release ends.
+            with self.assertRaises(latch.LockNotAcquired):
+                session.lock("l", wait=0)
+            with self.assertRaises(latch.LockNotAcquired):
+                session.lock("l", wait=0.05)  # the wait runs out waiting for the turn
+            self.assertEqual(member.events, ["acquire tok-1"], "neither was sent")
+            sent_or_waiting.clear()
+            second = in_thread(lambda: session.lock("l", wait=PATIENCE))
+            self.assertTrue(sent_or_waiting.wait(PATIENCE), "the second lock is under way")
+            first.release()
+            second = result(second)
+            self.assertEqual(second.token, "tok-2", "a grant of its own, not the first's hold")
+            self.assertEqual(member.events, ["acquire tok-1", "release tok-1", "acquire tok-2"],
+                             "sent only once the first's release was answered")
+            second.release()
+            self.assertEqual(session._turns.names_in_use(), [], "a name no turn holds or awaits is forgotten")
+            session.abandon()
+
+    def test_a_session_lock_retried_while_the_first_ones_withdrawal_runs_waits_for_it_then_gets_a_fresh_grant(self):
+        member = ReentrantLocks(lose_first=True)
+        endpoint = serve(self, lock_pb2_grpc.add_LockServicer_to_server, member)
+        sent_or_waiting = member.second_acquire
+        said_waiting_for_turn(self, sent_or_waiting)
+        with latch.Client(endpoint, request_timeout=1.0, retry_budget=0.3) as client:
+            session = latch.Session(client, "locker", ttl=3600, lease_end=time.monotonic() + 3600, grace=0)
+            with self.assertRaises(latch.LatchError) as caught:
+                session.lock("l", wait=0)
+            self.assertEqual(caught.exception.code, grpc.StatusCode.UNAVAILABLE, "granted, but the answer lost, "
+                             "and the first withdrawal failed: it goes on in the background")
+            # Even a try-once waits for the withdrawal (nobody holds a Lock of the name), rather
+            # than re-enter the grant the withdrawal is about to find and release.
+            retried = in_thread(lambda: session.lock("l", wait=0))
+            self.assertTrue(sent_or_waiting.wait(PATIENCE), "the retried lock is under way")
+            member.settle.set()
+            retried = result(retried)
+            self.assertEqual(retried.token, "tok-2", "a fresh grant, never the released one")
+            self.assertEqual(member.events, ["acquire tok-1", "release tok-1", "acquire tok-2"],
+                             "the late grant released before the retried lock was sent")
+            retried.release()
+            self.assertEqual(session._turns.names_in_use(), [])
             session.abandon()
 
     def test_a_retried_acquire_waits_only_what_is_left_of_its_wait(self):

@@ -468,8 +468,17 @@ class Client:
         leaves, or in the background (``_withdraw``). A grant that background withdrawal finds,
         after the caller was answered, stays the session's (and is logged as a warning): acquire
         again to get it back (the server answers a session's own hold), else it is released when
-        the session ends. It is never released for the caller: an acquire sent again meanwhile
-        may hold it already."""
+        the session ends. It is never released for this call, which knows nothing of the
+        session's other acquires: one sent again meanwhile may hold it already. (``Session.lock``
+        releases it: its turn at the name keeps the session's next lock of the name waiting.)"""
+        return self._acquire(name, session_id, shared=shared, wait=wait, lock_delay=lock_delay, turn=None)
+
+    def _acquire(self, name: str, session_id: str, *, shared: bool, wait: Optional[float],
+                 lock_delay: Optional[float], turn) -> Optional[lock_pb2.Sequencer]:
+        """``acquire``, sent in a session's ``turn`` at the name (``Session.lock``; a
+        ``latch.lock._Turn``) when given. Should its withdrawal go on in the background, the
+        turn goes with it (``_withdraw``) and ``turn.withdrawing`` says so; else the caller
+        keeps it."""
         request = lock_pb2.AcquireRequest(name=name, session_id=session_id,
                                           mode=lock_pb2.SHARED if shared else lock_pb2.EXCLUSIVE,
                                           request_id=request_id())
@@ -506,20 +515,21 @@ class Client:
 
         response, found = self._call_or_withdraw(
             "lock", "Acquire", name, request, wait,
-            send=lambda: self._attempts("lock.Acquire", attempt, wait=wait))
+            send=lambda: self._attempts("lock.Acquire", attempt, wait=wait), turn=turn)
         if found is not None:
             return found.sequencer  # granted after all
         return response.sequencer if response is not None and response.acquired else None
 
     def _call_or_withdraw(self, service: str, method: str, name: str, request, wait: Optional[float], *,
-                          send: Optional[Callable[[], object]] = None):
+                          send: Optional[Callable[[], object]] = None, turn=None):
         """Sends an Acquire or a Campaign (by ``send()``; by default ``_call`` with ``wait``):
         ``(response, None)``, or when the call failed after its request may have been queued,
         ``(None, answer)`` with the answer of its withdrawal (``_withdraw``) when that says it
         was granted after all. Else the failure is raised, once withdrawn: a call whose time
         allowed ran out (``_WaitOver``) or whose retries failed unanswered (UNAVAILABLE,
         DEADLINE_EXCEEDED) is never "not granted", as no member said so. A failure that settles
-        the request (``SETTLED``, a member's own limit) is raised without a withdrawal."""
+        the request (``SETTLED``, a member's own limit) is raised without a withdrawal. ``turn``:
+        the session's turn at the lock name the Acquire was sent in (``_withdraw``)."""
         try:
             return (send() if send is not None else self._call(service, method, request, wait=wait)), None
         except _WaitOver as e:
@@ -529,15 +539,15 @@ class Client:
                 raise
             error = e
         except BaseException:  # interrupted (KeyboardInterrupt) during or between attempts
-            self._withdraw(service, name, request.request_id, first_here=False)
+            self._withdraw(service, name, request.request_id, first_here=False, turn=turn)
             raise
-        found = self._withdraw(service, name, request.request_id, first_here=True)
+        found = self._withdraw(service, name, request.request_id, first_here=True, turn=turn)
         granted = found is not None and (found.held if service == "lock" else found.HasField("leader"))
         if granted:
             return None, found
         raise error
 
-    def _withdraw(self, service: str, name: str, acquire_id: str, *, first_here: bool):
+    def _withdraw(self, service: str, name: str, acquire_id: str, *, first_here: bool, turn=None):
         """Gives up the acquire (``service`` "lock") or campaign ("election") sent under
         ``acquire_id`` (Lock.Withdraw, Election.Withdraw): a request given up while its outcome
         is unknown (a member cut off, the retry budget spent, an interrupt) leaves no wait
@@ -547,12 +557,16 @@ class Client:
         then, or at once, a daemon thread retries for about a minute while the client is open.
         A grant that came first is kept, as the member's own withdrawal keeps it: the first
         try's answer is returned (its ``held``/``leader`` says so; None if it did not answer),
-        for the caller to hand the grant on instead of the error. A lock's grant found by the
-        background retries, after the caller was answered, is kept too, and logged as a warning:
-        the session holds it until it releases it (acquiring it again gets it back) or ends. It
-        is never released here, as the member's own withdrawal never releases a grant: the
-        caller may have acquired again meanwhile (``Session.lock`` retried), which the member
-        answers with this same hold, now in a live ``Lock``."""
+        for the caller to hand the grant on instead of the error.
+
+        A lock's grant found by the background retries, after the caller was answered, nobody
+        holds a ``Lock`` of. Sent in a session's ``turn`` at the name (``Session.lock``), it is
+        released (Release with its sequencer) in that turn, which the thread holds until the
+        withdrawal settled and gives back only then: the session's next lock of the name waits
+        for it, so it cannot re-enter the hold that release ends. Without a turn (a bare
+        ``acquire``), it is kept and logged as a warning: the session holds it until it releases
+        it (acquiring it again gets it back) or ends, as the caller may have acquired again
+        meanwhile, which the member answers with this same hold."""
         if service == "lock":
             request = lock_pb2.WithdrawRequest(name=name, request_id=acquire_id)
         else:
@@ -574,23 +588,45 @@ class Client:
             return answer
 
         def retry():
-            pause = WITHDRAW_BACKOFF
-            for _ in range(WITHDRAW_ATTEMPTS):
-                time.sleep(pause)
-                pause *= 2
-                if self.closed:
-                    return
-                if once(None):
-                    if service == "lock" and answer is not None and answer.held:
-                        _log.warning("lock %r: a request given up had been granted first (generation %d): "
-                                     "its session holds it until it releases it or ends (acquire it again "
-                                     "to get it back)", name, answer.sequencer.generation)
-                    return
-            _log.warning("%s %r: a request given up could not be withdrawn; its session's end will withdraw it",
-                         service, name)
+            try:
+                pause = WITHDRAW_BACKOFF
+                for _ in range(WITHDRAW_ATTEMPTS):
+                    time.sleep(pause)
+                    pause *= 2
+                    if self.closed:
+                        return
+                    if once(None):
+                        if service == "lock" and answer is not None and answer.held:
+                            if turn is None:
+                                _log.warning("lock %r: a request given up had been granted first (generation "
+                                             "%d): its session holds it until it releases it or ends (acquire "
+                                             "it again to get it back)", name, answer.sequencer.generation)
+                            else:
+                                self._release_late_grant(name, answer.sequencer, turn)
+                        return
+                _log.warning("%s %r: a request given up could not be withdrawn; its session's end will withdraw "
+                             "it", service, name)
+            finally:
+                if turn is not None:
+                    turn.give_back()
 
+        if turn is not None:
+            turn.hand_to_withdrawal()
         threading.Thread(target=retry, name=f"latch-withdraw-{name}", daemon=True).start()
         return None
+
+    def _release_late_grant(self, name: str, sequencer: lock_pb2.Sequencer, turn) -> None:
+        """Releases a grant a ``Session.lock``'s background withdrawal found, in its ``turn``;
+        a release that fails stays noted there, for the session's next lock of the name to send
+        again first."""
+        try:
+            turn.release(self, sequencer.token)
+        except Exception as e:  # noqa: BLE001 - a thread has no caller to raise to
+            _log.warning("lock %r: releasing a request given up, granted first (generation %d), failed: %s; the "
+                         "session's next lock of the name sends the release again", name, sequencer.generation, e)
+            return
+        _log.debug("lock %r: a request given up had been granted first (generation %d): released", name,
+                   sequencer.generation)
 
     def release(self, sequencer: str) -> None:
         """Releases the hold that ``sequencer`` (its token) names; FAILED_PRECONDITION when it

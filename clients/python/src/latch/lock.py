@@ -5,14 +5,27 @@ increases per lock name for the life of the cluster. Hand its token to whatever 
 writes to, and have that check it (``Client.check_sequencer``, a transaction's
 ``Compare.sequencer_valid``, or a larger-generation-wins rule): a paused ex-holder then cannot
 write after its session ended.
+
+A session holds a lock once, however many of its ``Lock``\ s ask for it: the server answers a
+session that holds already with the same hold (re-entrant), and one release ends it. So a
+``Session`` hands out one ``Lock`` per name at a time, as the Rust client's ``Session::lock``
+its guards: a second ``Session.lock`` of the name waits for the session's *turn* at the name,
+which the first ``Lock`` holds until its release was answered (``_Turns``). Otherwise releasing
+one ``Lock`` would release what another (or the next turn of a loop) believes it holds.
 """
 
-from typing import Optional
+import logging
+import threading
+import time
+from typing import Dict, Optional
 
 import grpc
 
+from .client import seconds
 from .errors import LatchError
 from .v1 import lock_pb2
+
+_log = logging.getLogger(__name__)
 
 _PREFIX = "latch1"
 _KINDS = {"LX": (False, lock_pb2.EXCLUSIVE), "LS": (False, lock_pb2.SHARED),
@@ -65,27 +78,52 @@ def parse_sequencer(token: str) -> lock_pb2.Sequencer:
 class Lock:
     """A held lock: ``sequencer`` (``token``, ``generation``); released by ``release()`` or
     on leaving its ``with`` block. Holding it is only as sure as its session: check
-    ``session.state`` before acting, and fence what you write with the token."""
+    ``session.state`` before acting, and fence what you write with the token. It holds its
+    session's turn at the name until its release was answered: the session's next
+    ``Session.lock`` of the name waits until then."""
 
-    def __init__(self, session, sequencer: lock_pb2.Sequencer):
+    def __init__(self, session, sequencer: lock_pb2.Sequencer, turn: Optional["_Turn"] = None):
         self.session = session
         self.sequencer = sequencer
         self.released = False
+        self._turn = turn
 
     @classmethod
     def acquire(cls, session, name: str, *, shared: bool = False, wait: Optional[float] = None,
                 lock_delay: Optional[float] = None) -> "Lock":
-        """``Session.lock``: ``Client.acquire`` for ``session``, raising ``LockNotAcquired`` when
-        a member answered it not granted in time, and the ``LatchError`` when no member answered
-        (the cluster unreachable, as ``Client.acquire``). A grant that only the background
-        withdrawal of a failed or interrupted acquire finds stays the session's, and is logged as
-        a warning: lock it again to get it back in a ``Lock``, else it is released when the
-        session ends. It is not released there: the session may hold it again already, in a
-        ``Lock`` of an acquire sent since (the member answers a session's own hold)."""
-        seq = session.client.acquire(name, session.id, shared=shared, wait=wait, lock_delay=lock_delay)
-        if seq is None:
+        """``Session.lock``: ``Client.acquire`` for ``session`` in the session's turn at ``name``,
+        raising ``LockNotAcquired`` when a member answered it not granted in time (or the time
+        allowed ran out waiting for the turn: nothing was sent), and the ``LatchError`` when no
+        member answered (the cluster unreachable, as ``Client.acquire``). The ``Lock`` returned
+        holds the turn until it is released.
+
+        Should the acquire fail unsettled and its withdrawal go on in the background, the turn
+        goes with that withdrawal: a grant it finds, come first (nobody holds a ``Lock`` of it),
+        is released there, and only then does the session's next lock of the name go out — so
+        that one can never re-enter the hold the release ends, and gets a grant of its own."""
+        wait = seconds(wait, "wait", none_ok=True)
+        seconds(lock_delay, "lock_delay", none_ok=True)
+        start = time.monotonic()
+        turn = session._turns.take(name, wait)
+        if turn is None:
             raise LockNotAcquired(name, wait)
-        return cls(session, seq)
+        try:
+            token = turn.unreleased()
+            if token is not None:
+                # A release never answered may still be on its way: should it land after this
+                # acquire re-entered the same hold, it would end it. So it goes first, answered.
+                turn.release(session.client, token)
+            left = None if wait is None else max(0.0, wait - (time.monotonic() - start))
+            seq = session.client._acquire(name, session.id, shared=shared, wait=left, lock_delay=lock_delay,
+                                          turn=turn)
+        except BaseException:
+            if not turn.withdrawing:  # else the background withdrawal gives it back
+                turn.give_back()
+            raise
+        if seq is None:
+            turn.give_back()
+            raise LockNotAcquired(name, wait)
+        return cls(session, seq, turn)
 
     @property
     def token(self) -> str:
@@ -99,14 +137,24 @@ class Lock:
 
     def release(self) -> None:
         """Releases the lock; a lock already lost (its session ended, or released) counts as
-        released."""
+        released. The session's turn at the name is given back once the release was answered,
+        or failed: then the session's next ``Session.lock`` of the name sends it again, and has
+        it answered, before asking for the name (calling ``release()`` again sends it too)."""
         if self.released:
             return
-        try:
-            self.session.client.release(self.token)
-        except LatchError as e:
-            if e.code != grpc.StatusCode.FAILED_PRECONDITION:
-                raise
+        turn, self._turn = self._turn, None
+        if turn is not None:
+            turn.set_releasing()
+            try:
+                turn.release(self.session.client, self.token)
+            finally:
+                turn.give_back()
+        else:
+            turns = getattr(self.session, "_turns", None)
+            if turns is None:
+                _release(self.session.client, self.token)
+            else:
+                turns.release(self.session.client, self.sequencer.name, self.token, note=False)
         self.released = True
 
     def __enter__(self) -> "Lock":
@@ -117,3 +165,162 @@ class Lock:
 
     def __repr__(self) -> str:
         return f"Lock({self.sequencer.name!r}, generation={self.generation}, session={self.session.id!r})"
+
+
+def _release(client, token: str) -> None:
+    """Releases ``token``; FAILED_PRECONDITION (it held no more) counts as released."""
+    try:
+        client.release(token)
+    except LatchError as e:
+        if e.code != grpc.StatusCode.FAILED_PRECONDITION:
+            raise
+
+
+class _Name:
+    """A name's turn in ``_Turns``: whether a turn holds it, whether that turn only has a release
+    or a withdrawal left (``releasing``), how many turns hold or await it (``users``), and the
+    condition (on the map's lock) its waiters wait on."""
+
+    def __init__(self, lock: threading.Lock):
+        self.held = False
+        self.releasing = False
+        self.users = 0
+        self.free = threading.Condition(lock)
+
+
+class _Turns:
+    """A session's turns at its lock names, one per name at a time (the Rust client's
+    ``Turns``): a name's entry is made when a turn takes or awaits it and goes when none does,
+    so the map holds only the names in use. Once the session ended, no turn waits for another
+    (nothing the session held is held any more)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._names: Dict[str, _Name] = {}
+        # For a name, the sequencer of a release sent but never answered. Kept when the name's
+        # entry goes: at most one per name the session locked.
+        self._unreleased: Dict[str, str] = {}
+        self._ended = False
+
+    def take(self, name: str, wait: Optional[float]) -> Optional["_Turn"]:
+        """The session's turn at ``name``, waiting at most ``wait`` seconds for it (None: as
+        long as it takes); None when that ran out. With ``wait`` 0, None at once while a
+        ``Lock`` holds the name, waiting only for a turn that has just its release or its
+        background withdrawal left (``set_releasing``), as the Rust client's ``Wait::No``."""
+        deadline = None if wait is None else time.monotonic() + wait
+        with self._lock:
+            if self._ended:
+                return _Turn(self, name, counted=False)
+            entry = self._names.get(name)
+            if entry is None:
+                entry = self._names[name] = _Name(self._lock)
+            entry.users += 1
+            taken = False
+            try:
+                said = False
+                while entry.held and not self._ended:
+                    if wait == 0:
+                        if not entry.releasing:
+                            return None  # a Lock holds it
+                        left = None
+                    else:
+                        left = None if deadline is None else deadline - time.monotonic()
+                        if left is not None and left <= 0:
+                            return None
+                    if not said:
+                        said = True
+                        _log.debug("lock %r: waiting for the session's turn at the name", name)
+                    entry.free.wait(left)
+                if self._ended:
+                    return _Turn(self, name, counted=False)
+                entry.held, entry.releasing, taken = True, False, True
+                return _Turn(self, name)
+            finally:
+                if not taken:
+                    self._leave(name, entry)
+
+    def end(self) -> None:
+        """The session ended: turns no longer wait for one another."""
+        with self._lock:
+            self._ended = True
+            for entry in self._names.values():
+                entry.free.notify_all()
+
+    def release(self, client, name: str, token: str, *, note: bool = True) -> None:
+        """Releases ``token`` (of lock ``name``): noted as unanswered before it is sent (with
+        ``note``), and no longer once the cluster answered it (released, or FAILED_PRECONDITION:
+        it held no more). Any other failure is raised, the release left noted."""
+        if note:
+            with self._lock:
+                self._unreleased[name] = token
+        _release(client, token)
+        with self._lock:
+            if self._unreleased.get(name) == token:
+                del self._unreleased[name]
+
+    def unreleased(self, name: str) -> Optional[str]:
+        with self._lock:
+            return self._unreleased.get(name)
+
+    def names_in_use(self):
+        """The names a turn holds or awaits, sorted."""
+        with self._lock:
+            return sorted(self._names)
+
+    def _set_releasing(self, name: str) -> None:
+        with self._lock:
+            entry = self._names.get(name)
+            if entry is not None and entry.held:
+                entry.releasing = True
+
+    def _give_back(self, name: str) -> None:
+        with self._lock:
+            entry = self._names.get(name)
+            if entry is None:
+                return
+            entry.held = entry.releasing = False
+            entry.free.notify_all()
+            self._leave(name, entry)
+
+    def _leave(self, name: str, entry: _Name) -> None:
+        """Counts a turn off ``name`` (the lock held); forgets the name when none is left."""
+        entry.users -= 1
+        if entry.users == 0 and self._names.get(name) is entry:
+            del self._names[name]
+
+
+class _Turn:
+    """A session's turn at one lock name (the Rust client's ``Turn``): from ``Session.lock``
+    until its ``Lock``'s release was answered (or failed), or, when the acquire failed
+    unsettled, until its background withdrawal settled (``withdrawing``; the withdrawal gives it
+    back). ``give_back()`` hands it to the next waiter; a second call does nothing."""
+
+    def __init__(self, turns: _Turns, name: str, *, counted: bool = True):
+        self._turns = turns
+        self.name = name
+        self._held = counted
+        #: Handed to the background withdrawal of a failed acquire, which gives it back.
+        self.withdrawing = False
+
+    def set_releasing(self) -> None:
+        """Only a release (or a withdrawal) is left of this turn: a try-once lock of the name
+        waits for it rather than give up."""
+        self._turns._set_releasing(self.name)
+
+    def hand_to_withdrawal(self) -> None:
+        """The turn goes with the background withdrawal of the acquire sent in it."""
+        self.withdrawing = True
+        self.set_releasing()
+
+    def unreleased(self) -> Optional[str]:
+        """The sequencer of a release of this name sent but never answered, if one was."""
+        return self._turns.unreleased(self.name)
+
+    def release(self, client, token: str) -> None:
+        """Releases ``token`` in this turn (``_Turns.release``)."""
+        self._turns.release(client, self.name, token)
+
+    def give_back(self) -> None:
+        if self._held:
+            self._held = False
+            self._turns._give_back(self.name)

@@ -30,6 +30,7 @@ import grpc
 
 from .client import request_id, seconds
 from .errors import LatchError
+from .lock import _Turns
 from .v1 import session_pb2
 
 #: The longest TTL or grant the client takes a member's word for (a day, past any member's
@@ -78,6 +79,8 @@ class Session:
         self._in_flight: Set[_InFlight] = set()
         #: Set once the session is EXPIRED (gone, lost, or closed).
         self.ended = threading.Event()
+        # The session's turns at its lock names: one Lock per name at a time (Session.lock).
+        self._turns = _Turns()
         self._thread = threading.Thread(target=self._keep_alive_loop, name=f"latch-session-{session_id}",
                                         daemon=True)
         self._thread.start()
@@ -126,7 +129,7 @@ class Session:
             if e.code != grpc.StatusCode.NOT_FOUND:
                 raise
         finally:
-            self.ended.set()
+            self._ended()
 
     def abandon(self) -> None:
         """Stops the keepalives without closing: the cluster expires the session after its
@@ -134,7 +137,13 @@ class Session:
         session counts as EXPIRED here at once: nothing it owns may be acted on any more.
         A keepalive in flight is cancelled."""
         self._stop_keepalives()
+        self._ended()
+
+    def _ended(self) -> None:
+        """The session is EXPIRED: ``ended`` is set, and no lock of it waits for another's turn
+        any more (nothing it held is held)."""
         self.ended.set()
+        self._turns.end()
 
     def _stop_keepalives(self) -> None:
         """Stops the keepalive thread: no more keepalives, those in flight (and the read that
@@ -152,7 +161,21 @@ class Session:
         """Lock ``name`` held by this session, as a context manager that releases it on exit;
         ``wait`` seconds (None: as long as it takes; 0: try once). Raises ``LockNotAcquired``
         when a member answered it not granted in time, a ``LatchError`` when no member answered
-        (``Lock.acquire``)."""
+        (``Lock.acquire``).
+
+        One ``Lock`` per name per session at a time, as the Rust client's guards (the session
+        holds a lock once, and one release ends that hold, whoever asked): while a ``Lock`` of
+        this session holds ``name``, this waits until it was released and the release answered
+        — so a thread that holds a ``Lock`` and locks the same name again waits for itself —
+        and that wait counts against ``wait`` (``LockNotAcquired``, nothing sent, when it runs
+        out). With ``wait=0`` it raises ``LockNotAcquired`` at once while a ``Lock`` holds the
+        name, waiting only for a release on its way or for the background withdrawal of an
+        acquire given up. That withdrawal keeps the session's turn at the name until it settled
+        (seconds while the cluster answers; about a minute of retries when it does not) and
+        releases a grant it finds, come first, before the next lock of the name goes out, which
+        then gets a grant of its own. A release that failed is sent again, and answered, before
+        the name is asked for anew (up to the client's retry budget, whatever ``wait``). Once
+        the session ended, no lock of it waits for another."""
         from .lock import Lock
 
         return Lock.acquire(self, name, shared=shared, wait=wait, lock_delay=lock_delay)
@@ -167,7 +190,7 @@ class Session:
             logging.getLogger(__name__).warning("session %s: keepalives stopped: %r", self.id, e)
         finally:
             if not self._stop.is_set():
-                self.ended.set()
+                self._ended()
 
     def _keep_alive_until_ended(self) -> None:
         retry = min(max(self.ttl / 10, 0.05), 1.0)
