@@ -32,7 +32,7 @@ pub struct KvService {
 }
 
 /// Scans at the current revision one member runs at once; more wait for a slot, a second at
-/// most (`past::PAST_READ_WAIT`), and are then refused RESOURCE_EXHAUSTED.
+/// most (`past::PAST_READ_WAIT`), and are then refused UNAVAILABLE (the clients retry).
 const SCAN_SLOTS: usize = 4;
 
 impl KvService {
@@ -56,13 +56,15 @@ impl KvService {
         &self,
         read: impl FnOnce(&redb::ReadTransaction) -> T + Send + 'static,
     ) -> Result<T, ApiError> {
+        // UNAVAILABLE, not RESOURCE_EXHAUSTED: a shortage of the moment, which the clients
+        // retry, on another member first.
         let slot = past::admit(&self.scans, || {
-            format!(
+            ApiError::Unavailable(format!(
                 "scans (ranges with a range_end): this member runs {SCAN_SLOTS} at once and none ended \
-                 within {:?}; retry later, or read fewer keys at a time (a limit does not shorten a \
-                 count, which reads every row selected)",
+                 within {:?}; another member may have a slot (a limit does not shorten a count, which \
+                 reads every row selected)",
                 past::PAST_READ_WAIT
-            )
+            ))
         })
         .await?;
         let db = self.ctx.node.db().clone();

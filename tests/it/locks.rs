@@ -1078,6 +1078,26 @@ async fn a_withdrawal_on_a_member_where_the_acquire_is_still_being_proposed_asks
     assert_eq!(client.describe_lock("p/lock").await.expect("describe"), None, "nothing held or queued");
 }
 
+/// A raw Lock client of member `id`: no retries, no leader hints followed.
+async fn raw_locks(
+    c: &Cluster,
+    id: u64,
+) -> latch_client::proto::lock_client::LockClient<tonic::transport::Channel> {
+    let addr = format!("http://{}", c.member(id).client_addr);
+    latch_client::proto::lock_client::LockClient::connect(addr).await.expect("connect")
+}
+
+/// An acquire of `name` for `session` under `request_id`, waiting as long as it takes.
+fn waiting_acquire(name: &str, session: &str, request_id: &str) -> latch_client::proto::AcquireRequest {
+    latch_client::proto::AcquireRequest {
+        name: name.into(),
+        session_id: session.into(),
+        wait_forever: true,
+        request_id: request_id.into(),
+        ..Default::default()
+    }
+}
+
 /// A call of a request that was granted, and released by the client that saw the grant through
 /// another call of it, is answered "not acquired": asking again would give the session a hold
 /// its client does not know of, kept until the session ends. Both ways a late call meets such a
@@ -1085,22 +1105,14 @@ async fn a_withdrawal_on_a_member_where_the_acquire_is_still_being_proposed_asks
 /// answer) and then finding it gone.
 #[tokio::test]
 async fn a_late_call_of_a_request_granted_and_released_since_is_not_granted_again() {
-    use latch_client::proto::lock_client::LockClient;
     use latch_client::proto::AcquireRequest;
 
     let c = Cluster::start(1, &[]).await;
     let leader = c.leader().await;
     let client = c.client().await;
     let session = client.session(SessionOptions::new(Duration::from_secs(30))).await.expect("a session");
-    let mut locks =
-        LockClient::connect(format!("http://{}", c.member(leader).client_addr)).await.expect("connect");
-    let acquire = |request_id: &str| AcquireRequest {
-        name: "late/lock".into(),
-        session_id: session.id().into(),
-        wait_forever: true,
-        request_id: request_id.into(),
-        ..Default::default()
-    };
+    let mut locks = raw_locks(&c, leader).await;
+    let acquire = |request_id: &str| waiting_acquire("late/lock", session.id(), request_id);
 
     // Granted at once, released, then the same request again.
     let granted = locks.acquire(acquire("at-once")).await.expect("acquire").into_inner();
@@ -1186,22 +1198,14 @@ async fn a_late_call_of_a_request_granted_and_released_since_is_not_granted_agai
 async fn a_withdrawal_answers_a_grant_that_came_first_and_spends_the_id_of_an_acquire_or_campaign_not_applied_yet(
 ) {
     use latch_client::proto::election_client::ElectionClient;
-    use latch_client::proto::lock_client::LockClient;
     use latch_client::proto::{AcquireRequest, CampaignRequest, WithdrawCandidacyRequest, WithdrawRequest};
 
     let c = Cluster::start(1, &[]).await;
     let leader = c.leader().await;
     let client = c.client().await;
     let session = client.session(SessionOptions::new(Duration::from_secs(30))).await.expect("a session");
-    let mut locks =
-        LockClient::connect(format!("http://{}", c.member(leader).client_addr)).await.expect("connect");
-    let acquire = |request_id: &str| AcquireRequest {
-        name: "w/lock".into(),
-        session_id: session.id().into(),
-        wait_forever: true,
-        request_id: request_id.into(),
-        ..Default::default()
-    };
+    let mut locks = raw_locks(&c, leader).await;
+    let acquire = |request_id: &str| waiting_acquire("w/lock", session.id(), request_id);
     let withdraw =
         |request_id: &str| WithdrawRequest { name: "w/lock".into(), request_id: request_id.into() };
 

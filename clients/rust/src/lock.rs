@@ -69,7 +69,11 @@ impl LockOptions {
 
 impl Client {
     /// Asks for lock `name` for `session`; `None` when it was not granted in the time allowed.
-    /// Re-entrant per session: a session that holds the lock gets its sequencer again. Dropping
+    /// Re-entrant per session: a session that holds the lock gets its sequencer again. (So a
+    /// release of that hold by another caller of the session, at the moment this call is
+    /// answered with it, makes even a wait of [`Wait::Forever`] answer `None`: the member
+    /// cannot tell it from a resend whose grant was released since. `Session::lock`'s one
+    /// guard per name keeps this from happening.) Dropping
     /// the future, or an error after the request may have been queued (a member cut off, the
     /// retry budget spent), withdraws the request in the background; a grant that came just
     /// before stays the session's until released or the session ends (acquire again to get it

@@ -624,13 +624,15 @@ async fn keep_cached(
         );
         let followed_from = state.revision;
         let e = follow(updates, &prefix, &mut state, &tx).await;
-        if e.code() == Code::ResourceExhausted {
+        if e.code() == Code::ResourceExhausted && e.over_limit() {
             // A member at its watch limits (--max-watches, say) refused the watch: it frees as
-            // other watches end, so the cache waits and watches again from where it is.
+            // other watches end, so the cache waits and watches again from where it is. (The
+            // client's own RESOURCE_EXHAUSTED, a watch canceled SLOW again and again without
+            // progress, is not marked, and ends the cache.)
             if state.revision > followed_from {
                 backoff = Duration::from_millis(100);
             }
-            tracing::debug!(service = %service, error = %e, "the service cache's watch was refused; watching again");
+            tracing::warn!(service = %service, error = %e, "the service cache's watch was refused; watching again");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
             continue;

@@ -337,7 +337,12 @@ impl Position {
                 // refused; a resume of a watch already serving waits and tries again.
                 Ok(CancelReason::ResourceExhausted) if self.started => Step::Reopen(Reopen::Later),
                 Ok(CancelReason::ResourceExhausted) => {
-                    Step::End(Error::from(Status::resource_exhausted(r.cancel_message)))
+                    // A member's own limit, marked as its refusals are (`Error::over_limit`).
+                    let mut status = Status::resource_exhausted(r.cancel_message);
+                    if let Ok(mark) = "true".parse() {
+                        status.metadata_mut().insert(latch_proto::OVER_LIMIT_METADATA, mark);
+                    }
+                    Step::End(Error::from(status))
                 }
                 _ => Step::End(Error::from(Status::invalid_argument(r.cancel_message))),
             };

@@ -34,11 +34,11 @@ impl PastReads {
     /// A slot, or the refusal once none came free within [`PAST_READ_WAIT`].
     async fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
         admit(&self.slots, || {
-            format!(
+            ApiError::OverLimit(format!(
                 "reads at a past revision: this member serves {} at once (--max-past-reads) and none \
                  ended within {PAST_READ_WAIT:?}; retry later, or read the current revision",
                 self.limit
-            )
+            ))
         })
         .await
     }
@@ -61,17 +61,17 @@ impl PastReads {
     }
 }
 
-/// A slot of `slots`, or RESOURCE_EXHAUSTED saying `refusal()` once none came free within
-/// [`PAST_READ_WAIT`]: a read never queues for longer.
+/// A slot of `slots`, or `refusal()` once none came free within [`PAST_READ_WAIT`]: a read
+/// never queues for longer.
 pub(super) async fn admit(
     slots: &Arc<Semaphore>,
-    refusal: impl FnOnce() -> String,
+    refusal: impl FnOnce() -> ApiError,
 ) -> Result<OwnedSemaphorePermit, ApiError> {
     match tokio::time::timeout(PAST_READ_WAIT, slots.clone().acquire_owned()).await {
         Ok(Ok(slot)) => Ok(slot),
         // The semaphores are never closed.
         Ok(Err(_)) => Err(ApiError::Internal("the slots of reads are closed".into())),
-        Err(_) => Err(ApiError::OverLimit(refusal())),
+        Err(_) => Err(refusal()),
     }
 }
 
