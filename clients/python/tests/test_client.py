@@ -433,7 +433,7 @@ class OfflineTest(unittest.TestCase):
         session.abandon()
         client.close()
 
-    def test_a_sessions_turn_at_a_name_is_one_at_a_time_forgotten_when_unused_and_waits_no_more_once_it_ended(self):
+    def test_a_sessions_turn_at_a_name_is_one_at_a_time_forgotten_when_unused_and_refused_once_it_ended(self):
         from latch.lock import _Turns
 
         turns = _Turns()
@@ -441,7 +441,13 @@ class OfflineTest(unittest.TestCase):
         said_waiting_for_turn(self, waits)
         first = turns.take("a", None)
         self.assertIsNone(turns.take("a", 0), "a name a turn holds is not taken a second time")
-        self.assertIsNone(turns.take("a", 0.01), "nor within a wait that runs out")
+        self.assertIsNone(result(in_thread(lambda: turns.take("a", 0.01))), "nor within a wait that runs out")
+        # The thread holding the turn would wait for itself: refused at once, whatever the wait.
+        for wait in (0.01, None):
+            with self.assertRaises(latch.LatchError) as caught:
+                turns.take("a", wait)
+            self.assertEqual(caught.exception.code, grpc.StatusCode.FAILED_PRECONDITION)
+            self.assertIn("this thread holds the session's lock 'a' already", caught.exception.message)
         other = turns.take("b", 0)
         self.assertIsNotNone(other, "another name is free")
         waits.clear()
@@ -454,21 +460,27 @@ class OfflineTest(unittest.TestCase):
         second.give_back()
         other.give_back()
         self.assertEqual(turns.names_in_use(), [], "a name no turn holds or awaits is forgotten")
-        # A try-once waits for a turn with only its withdrawal left, then takes the name.
+        # A try-once gives up at once on a turn with only its withdrawal left; a wait waits for
+        # it, even in the thread whose acquire is being withdrawn (it holds no Lock of it).
         withdrawing = turns.take("c", None)
         withdrawing.hand_to_withdrawal()
+        self.assertIsNone(turns.take("c", 0), "a try-once does not wait for a withdrawal")
         waits.clear()
-        attempt = in_thread(lambda: turns.take("c", 0))
-        self.assertTrue(waits.wait(PATIENCE), "the try-once waits")
+        attempt = in_thread(lambda: turns.take("c", None))
+        self.assertTrue(waits.wait(PATIENCE), "a wait waits for it")
         withdrawing.give_back()
         result(attempt).give_back()
-        # The session ended: a waiter waits no more.
+        # The session ended: a waiter raises, and no turn is taken any more.
         held = turns.take("d", None)
         waits.clear()
         waiting = in_thread(lambda: turns.take("d", None))
         self.assertTrue(waits.wait(PATIENCE), "waiting behind the holder")
         turns.end()
-        result(waiting).give_back()
+        for refused in (lambda: result(waiting), lambda: turns.take("e", None), lambda: turns.take("e", 0)):
+            with self.assertRaises(latch.LatchError) as caught:
+                refused()
+            self.assertEqual(caught.exception.code, grpc.StatusCode.FAILED_PRECONDITION)
+            self.assertIn("the session ended", caught.exception.message)
         held.give_back()
         self.assertEqual(turns.names_in_use(), [])
 
@@ -857,11 +869,19 @@ class OfflineScriptedTest(unittest.TestCase):
             first = session.lock("l", wait=0)
             self.assertEqual(first.token, "tok-1")
             # Sent, each would be answered with the first's hold (re-entrant), which its release ends.
-            with self.assertRaises(latch.LockNotAcquired):
+            with self.assertRaises(latch.LockNotAcquired) as caught:
                 session.lock("l", wait=0)
-            with self.assertRaises(latch.LockNotAcquired):
-                session.lock("l", wait=0.05)  # the wait runs out waiting for the turn
-            self.assertEqual(member.events, ["acquire tok-1"], "neither was sent")
+            self.assertTrue(caught.exception.waited_for_turn)
+            with self.assertRaises(latch.LockNotAcquired) as caught:
+                result(in_thread(lambda: session.lock("l", wait=0.05)))  # the wait runs out waiting for the turn
+            self.assertTrue(caught.exception.waited_for_turn)
+            self.assertIn("nothing was sent", str(caught.exception))
+            # The thread holding it would wait for itself: refused at once.
+            with self.assertRaises(latch.LatchError) as caught:
+                session.lock("l", wait=PATIENCE)
+            self.assertEqual(caught.exception.code, grpc.StatusCode.FAILED_PRECONDITION)
+            self.assertIn("release it first", caught.exception.message)
+            self.assertEqual(member.events, ["acquire tok-1"], "none was sent")
             sent_or_waiting.clear()
             second = in_thread(lambda: session.lock("l", wait=PATIENCE))
             self.assertTrue(sent_or_waiting.wait(PATIENCE), "the second lock is under way")
@@ -872,6 +892,29 @@ class OfflineScriptedTest(unittest.TestCase):
                              "sent only once the first's release was answered")
             second.release()
             self.assertEqual(session._turns.names_in_use(), [], "a name no turn holds or awaits is forgotten")
+            session.abandon()
+            # Ended client-side: nothing it would lock could be trusted, so nothing is sent.
+            for wait in (0, None):
+                with self.assertRaises(latch.LatchError) as caught:
+                    session.lock("l", wait=wait)
+                self.assertEqual(caught.exception.code, grpc.StatusCode.FAILED_PRECONDITION)
+                self.assertIn("the session ended", caught.exception.message)
+            self.assertEqual(len(member.events), 4, member.events)
+
+    def test_a_lock_dropped_unreleased_is_released_in_the_background_and_gives_its_turn_back(self):
+        import gc
+
+        member = ReentrantLocks()
+        endpoint = serve(self, lock_pb2_grpc.add_LockServicer_to_server, member)
+        with latch.Client(endpoint, request_timeout=5, retry_budget=5) as client:
+            session = latch.Session(client, "locker", ttl=3600, lease_end=time.monotonic() + 3600, grace=0)
+            self.assertEqual(session.lock("l", wait=0).token, "tok-1")  # dropped, never released
+            gc.collect()
+            again = session.lock("l", wait=PATIENCE)  # the same thread: it holds no turn any more
+            self.assertEqual(again.token, "tok-2", "a grant of its own, sent after the dropped one's release")
+            self.assertEqual(member.events, ["acquire tok-1", "release tok-1", "acquire tok-2"])
+            again.release()
+            self.assertEqual(session._turns.names_in_use(), [])
             session.abandon()
 
     def test_a_session_lock_retried_while_the_first_ones_withdrawal_runs_waits_for_it_then_gets_a_fresh_grant(self):
@@ -885,9 +928,13 @@ class OfflineScriptedTest(unittest.TestCase):
                 session.lock("l", wait=0)
             self.assertEqual(caught.exception.code, grpc.StatusCode.UNAVAILABLE, "granted, but the answer lost, "
                              "and the first withdrawal failed: it goes on in the background")
-            # Even a try-once waits for the withdrawal (nobody holds a Lock of the name), rather
-            # than re-enter the grant the withdrawal is about to find and release.
-            retried = in_thread(lambda: session.lock("l", wait=0))
+            # A try-once gives up at once, nothing sent, while the withdrawal holds the turn.
+            with self.assertRaises(latch.LockNotAcquired) as caught:
+                session.lock("l", wait=0)
+            self.assertTrue(caught.exception.waited_for_turn)
+            # A wait waits for the withdrawal (nobody holds a Lock of the name), rather than
+            # re-enter the grant the withdrawal is about to find and release.
+            retried = in_thread(lambda: session.lock("l", wait=PATIENCE))
             self.assertTrue(sent_or_waiting.wait(PATIENCE), "the retried lock is under way")
             member.settle.set()
             retried = result(retried)

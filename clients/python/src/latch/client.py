@@ -584,8 +584,13 @@ class Client:
             except Exception:  # noqa: BLE001 - the client closed under the call, say
                 return self.closed
 
-        if first_here and once(time.monotonic() + self.request_timeout):
-            return answer
+        if first_here:
+            try:
+                if once(time.monotonic() + self.request_timeout):
+                    return answer
+            except BaseException:  # interrupted (KeyboardInterrupt): the retries go on in the background
+                self._withdraw(service, name, acquire_id, first_here=False, turn=turn)
+                raise
 
         def retry():
             try:
@@ -611,8 +616,13 @@ class Client:
                     turn.give_back()
 
         if turn is not None:
-            turn.hand_to_withdrawal()
-        threading.Thread(target=retry, name=f"latch-withdraw-{name}", daemon=True).start()
+            turn.hand_to_withdrawal()  # before the thread starts: it may give the turn back at once
+        try:
+            threading.Thread(target=retry, name=f"latch-withdraw-{name}", daemon=True).start()
+        except BaseException:
+            if turn is not None:
+                turn.give_back()  # no withdrawal holds it (the caller's give-back does nothing)
+            raise
         return None
 
     def _release_late_grant(self, name: str, sequencer: lock_pb2.Sequencer, turn) -> None:

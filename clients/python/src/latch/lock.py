@@ -17,6 +17,7 @@ one ``Lock`` would release what another (or the next turn of a loop) believes it
 import logging
 import threading
 import time
+import weakref
 from typing import Dict, Optional
 
 import grpc
@@ -27,18 +28,30 @@ from .v1 import lock_pb2
 
 _log = logging.getLogger(__name__)
 
+#: Seconds a ``Session.lock`` waits for its session's turn at a name before it logs a warning.
+TURN_WAIT_WARNING = 5.0
+
 _PREFIX = "latch1"
 _KINDS = {"LX": (False, lock_pb2.EXCLUSIVE), "LS": (False, lock_pb2.SHARED),
           "EX": (True, lock_pb2.EXCLUSIVE), "ES": (True, lock_pb2.SHARED)}
 
 
 class LockNotAcquired(Exception):
-    """A lock not granted within the time allowed."""
+    """A lock not granted within the time allowed: a member answered it busy, or
+    (``waited_for_turn``) the time ran out waiting for the session's turn at the name, held by
+    another ``Lock`` of the session or the background withdrawal of an acquire given up, and
+    nothing was sent."""
 
-    def __init__(self, name: str, wait: Optional[float]):
+    def __init__(self, name: str, wait: Optional[float], *, waited_for_turn: bool = False):
         self.name = name
         self.wait = wait
-        super().__init__(f"lock {name!r} was not granted within {wait} s")
+        self.waited_for_turn = waited_for_turn
+        if waited_for_turn:
+            super().__init__(f"lock {name!r} was not granted within {wait} s: the session's turn at the name "
+                             f"did not come (another Lock of this session, or the withdrawal of an acquire "
+                             f"given up, holds it); nothing was sent")
+        else:
+            super().__init__(f"lock {name!r} was not granted within {wait} s")
 
 
 def format_sequencer(seq: lock_pb2.Sequencer) -> str:
@@ -87,6 +100,12 @@ class Lock:
         self.sequencer = sequencer
         self.released = False
         self._turn = turn
+        # A Lock dropped unreleased (an error path) would keep its turn, and so the session's
+        # next lock of the name waiting, for ever: its finalizer releases it in the background.
+        self._finalizer = None
+        if turn is not None:
+            self._finalizer = weakref.finalize(self, _release_dropped, session.client, turn, sequencer.token)
+            self._finalizer.atexit = False
 
     @classmethod
     def acquire(cls, session, name: str, *, shared: bool = False, wait: Optional[float] = None,
@@ -104,9 +123,12 @@ class Lock:
         wait = seconds(wait, "wait", none_ok=True)
         seconds(lock_delay, "lock_delay", none_ok=True)
         start = time.monotonic()
+        ended = getattr(session, "ended", None)
+        if ended is not None and ended.is_set():
+            raise _ended_error(name)
         turn = session._turns.take(name, wait)
         if turn is None:
-            raise LockNotAcquired(name, wait)
+            raise LockNotAcquired(name, wait, waited_for_turn=True)
         try:
             token = turn.unreleased()
             if token is not None:
@@ -142,6 +164,8 @@ class Lock:
         it answered, before asking for the name (calling ``release()`` again sends it too)."""
         if self.released:
             return
+        if self._finalizer is not None:
+            self._finalizer.detach()
         turn, self._turn = self._turn, None
         if turn is not None:
             turn.set_releasing()
@@ -167,6 +191,34 @@ class Lock:
         return f"Lock({self.sequencer.name!r}, generation={self.generation}, session={self.session.id!r})"
 
 
+def _ended_error(name: str) -> LatchError:
+    return LatchError(grpc.StatusCode.FAILED_PRECONDITION,
+                      f"lock {name!r}: the session ended: nothing it would lock could be trusted")
+
+
+def _release_dropped(client, turn: "_Turn", token: str) -> None:
+    """A ``Lock``'s finalizer, when it was dropped unreleased: its release is sent from a daemon
+    thread (noted first, so that should it fail, the session's next lock of the name sends it
+    again) and its turn given back once that was answered or failed."""
+    _log.warning("lock %r: a Lock was dropped unreleased; releasing it in the background", turn.name)
+    turn.set_releasing()
+
+    def run():
+        try:
+            turn.release(client, token)
+        except BaseException as e:  # noqa: BLE001 - a thread has no caller to raise to
+            _log.warning("lock %r: releasing a Lock dropped unreleased failed: %s; the session's next lock of "
+                         "the name sends the release again", turn.name, e)
+        finally:
+            turn.give_back()
+
+    try:
+        threading.Thread(target=run, name=f"latch-release-{turn.name}", daemon=True).start()
+    except BaseException:  # noqa: BLE001 - no thread (interpreter shutting down, say)
+        turn.note_unreleased(token)
+        turn.give_back()
+
+
 def _release(client, token: str) -> None:
     """Releases ``token``; FAILED_PRECONDITION (it held no more) counts as released."""
     try:
@@ -181,9 +233,12 @@ class _Name:
     or a withdrawal left (``releasing``), how many turns hold or await it (``users``), and the
     condition (on the map's lock) its waiters wait on."""
 
-    def __init__(self, lock: threading.Lock):
+    def __init__(self, lock) -> None:
         self.held = False
         self.releasing = False
+        #: The thread that took the turn (``threading.get_ident``), until only its release or
+        #: withdrawal is left: a second lock of the name from it would wait for itself.
+        self.holder: Optional[int] = None
         self.users = 0
         self.free = threading.Condition(lock)
 
@@ -191,11 +246,13 @@ class _Name:
 class _Turns:
     """A session's turns at its lock names, one per name at a time (the Rust client's
     ``Turns``): a name's entry is made when a turn takes or awaits it and goes when none does,
-    so the map holds only the names in use. Once the session ended, no turn waits for another
-    (nothing the session held is held any more)."""
+    so the map holds only the names in use. Once the session ended, no turn is taken (nothing
+    the session would lock could be trusted)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: a dropped Lock's finalizer (``_release_dropped``) may run in a thread that
+        # holds it, from the garbage collector.
+        self._lock = threading.RLock()
         self._names: Dict[str, _Name] = {}
         # For a name, the sequencer of a release sent but never answered. Kept when the name's
         # entry goes: at most one per name the session locked.
@@ -204,43 +261,58 @@ class _Turns:
 
     def take(self, name: str, wait: Optional[float]) -> Optional["_Turn"]:
         """The session's turn at ``name``, waiting at most ``wait`` seconds for it (None: as
-        long as it takes); None when that ran out. With ``wait`` 0, None at once while a
-        ``Lock`` holds the name, waiting only for a turn that has just its release or its
-        background withdrawal left (``set_releasing``), as the Rust client's ``Wait::No``."""
-        deadline = None if wait is None else time.monotonic() + wait
+        long as it takes); None when that ran out. With ``wait`` 0, None at once whenever a
+        turn holds the name (a ``Lock``, its release, or a background withdrawal). Raises a
+        ``LatchError`` (FAILED_PRECONDITION) at once when the session ended, or ended while
+        this waited, and when this thread holds the turn already (it would wait for itself).
+        A wait longer than ``TURN_WAIT_WARNING`` seconds is logged as a warning, once."""
+        me = threading.get_ident()
+        start = time.monotonic()
+        deadline = None if wait is None else start + wait
         with self._lock:
             if self._ended:
-                return _Turn(self, name, counted=False)
+                raise _ended_error(name)
             entry = self._names.get(name)
             if entry is None:
                 entry = self._names[name] = _Name(self._lock)
             entry.users += 1
             taken = False
             try:
-                said = False
+                said = warned = False
                 while entry.held and not self._ended:
                     if wait == 0:
-                        if not entry.releasing:
-                            return None  # a Lock holds it
-                        left = None
-                    else:
-                        left = None if deadline is None else deadline - time.monotonic()
-                        if left is not None and left <= 0:
-                            return None
+                        return None  # a Lock, its release or a withdrawal holds it
+                    if entry.holder == me:
+                        raise LatchError(grpc.StatusCode.FAILED_PRECONDITION,
+                                         f"this thread holds the session's lock {name!r} already; release it "
+                                         f"first")
+                    now = time.monotonic()
+                    left = None if deadline is None else deadline - now
+                    if left is not None and left <= 0:
+                        return None
                     if not said:
                         said = True
                         _log.debug("lock %r: waiting for the session's turn at the name", name)
+                    if not warned:
+                        until_warning = start + TURN_WAIT_WARNING - now
+                        if until_warning <= 0:
+                            warned = True
+                            _log.warning("lock %r: waited %.0f s for the session's turn at the name (another "
+                                         "Lock of this session, or the withdrawal of an acquire given up, "
+                                         "holds it)", name, now - start)
+                        else:
+                            left = until_warning if left is None else min(left, until_warning)
                     entry.free.wait(left)
                 if self._ended:
-                    return _Turn(self, name, counted=False)
-                entry.held, entry.releasing, taken = True, False, True
+                    raise _ended_error(name)
+                entry.held, entry.releasing, entry.holder, taken = True, False, me, True
                 return _Turn(self, name)
             finally:
                 if not taken:
                     self._leave(name, entry)
 
     def end(self) -> None:
-        """The session ended: turns no longer wait for one another."""
+        """The session ended: no turn is taken any more, and those waiting raise."""
         with self._lock:
             self._ended = True
             for entry in self._names.values():
@@ -258,6 +330,10 @@ class _Turns:
             if self._unreleased.get(name) == token:
                 del self._unreleased[name]
 
+    def note_unreleased(self, name: str, token: str) -> None:
+        with self._lock:
+            self._unreleased[name] = token
+
     def unreleased(self, name: str) -> Optional[str]:
         with self._lock:
             return self._unreleased.get(name)
@@ -272,6 +348,7 @@ class _Turns:
             entry = self._names.get(name)
             if entry is not None and entry.held:
                 entry.releasing = True
+                entry.holder = None
 
     def _give_back(self, name: str) -> None:
         with self._lock:
@@ -279,6 +356,7 @@ class _Turns:
             if entry is None:
                 return
             entry.held = entry.releasing = False
+            entry.holder = None
             entry.free.notify_all()
             self._leave(name, entry)
 
@@ -315,6 +393,11 @@ class _Turn:
     def unreleased(self) -> Optional[str]:
         """The sequencer of a release of this name sent but never answered, if one was."""
         return self._turns.unreleased(self.name)
+
+    def note_unreleased(self, token: str) -> None:
+        """Notes ``token`` as a release not yet answered: the session's next lock of the name
+        sends it first."""
+        self._turns.note_unreleased(self.name, token)
 
     def release(self, client, token: str) -> None:
         """Releases ``token`` in this turn (``_Turns.release``)."""

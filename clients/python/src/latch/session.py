@@ -165,17 +165,21 @@ class Session:
 
         One ``Lock`` per name per session at a time, as the Rust client's guards (the session
         holds a lock once, and one release ends that hold, whoever asked): while a ``Lock`` of
-        this session holds ``name``, this waits until it was released and the release answered
-        — so a thread that holds a ``Lock`` and locks the same name again waits for itself —
-        and that wait counts against ``wait`` (``LockNotAcquired``, nothing sent, when it runs
-        out). With ``wait=0`` it raises ``LockNotAcquired`` at once while a ``Lock`` holds the
-        name, waiting only for a release on its way or for the background withdrawal of an
+        this session holds ``name``, this waits until it was released and the release answered,
+        and that wait counts against ``wait`` (``LockNotAcquired``, nothing sent, saying so, when
+        it runs out; a warning is logged once it lasted some seconds). A thread that holds the
+        name's turn and locks it again gets a ``LatchError`` (FAILED_PRECONDITION) at once rather
+        than wait for itself. With ``wait=0`` it raises ``LockNotAcquired`` at once whenever the
+        turn is held: by a ``Lock``, its release on its way, or the background withdrawal of an
         acquire given up. That withdrawal keeps the session's turn at the name until it settled
         (seconds while the cluster answers; about a minute of retries when it does not) and
         releases a grant it finds, come first, before the next lock of the name goes out, which
         then gets a grant of its own. A release that failed is sent again, and answered, before
-        the name is asked for anew (up to the client's retry budget, whatever ``wait``). Once
-        the session ended, no lock of it waits for another."""
+        the name is asked for anew (up to the client's retry budget, whatever ``wait``). A
+        ``Lock`` dropped unreleased is released in the background when it is collected. Once
+        the session ended, this raises a ``LatchError`` (FAILED_PRECONDITION) at once, and so
+        does a lock waiting for its turn when it ends.
+        """
         from .lock import Lock
 
         return Lock.acquire(self, name, shared=shared, wait=wait, lock_delay=lock_delay)
