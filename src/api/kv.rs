@@ -360,20 +360,14 @@ fn check_writes_once(branch: &str, ops: &[RequestOp]) -> Result<(), ApiError> {
         field: "txn",
         problem: format!("{branch} writes key {:?} twice ({how})", String::from_utf8_lossy(key)),
     };
-    let deletes: Vec<&DeleteRangeRequest> = ops
-        .iter()
-        .filter_map(|o| match &o.request {
-            Some(request_op::Request::DeleteRange(d)) => Some(d),
-            _ => None,
-        })
-        .collect();
-    let puts: Vec<&PutRequest> = ops
-        .iter()
-        .filter_map(|o| match &o.request {
-            Some(request_op::Request::Put(p)) => Some(p),
-            _ => None,
-        })
-        .collect();
+    let (mut puts, mut deletes): (Vec<&PutRequest>, Vec<&DeleteRangeRequest>) = (Vec::new(), Vec::new());
+    for o in ops {
+        match &o.request {
+            Some(request_op::Request::Put(p)) => puts.push(p),
+            Some(request_op::Request::DeleteRange(d)) => deletes.push(d),
+            _ => {}
+        }
+    }
     // The keys a sequential put of `prefix` may write, first and last (both included).
     let span = |prefix: &[u8]| {
         let digits = |d: u8| [prefix, &[d; crate::fsm::SEQUENCE_DIGITS]].concat();

@@ -93,9 +93,14 @@ pub fn answer_of(
     id: &str,
     command_hash: u64,
 ) -> Result<Option<Outcome>, FsmError> {
+    Ok(read(txn, id)?.map(|r| answer(r, command_hash)))
+}
+
+/// What the memory `txn` reads remembers of request `id`, if anything.
+fn read(txn: &redb::ReadTransaction, id: &str) -> Result<Option<Remembered>, FsmError> {
     let Some(requests) = super::open_read(txn, REQUESTS)? else { return Ok(None) };
     let Some(row) = requests.get(id.as_bytes())? else { return Ok(None) };
-    Ok(Some(answer(decode(id.as_bytes(), row.value())?, command_hash)))
+    Ok(Some(decode(id.as_bytes(), row.value())?))
 }
 
 /// The answer to a request of `command_hash` under the id `r` remembers: its first outcome (its
@@ -112,9 +117,7 @@ fn answer(r: Remembered, command_hash: u64) -> Outcome {
 /// The first outcome of request `id` the memory `txn` reads remembers, whatever its command;
 /// `None` when it does not remember the id.
 pub fn first_outcome(txn: &redb::ReadTransaction, id: &str) -> Result<Option<Outcome>, FsmError> {
-    let Some(requests) = super::open_read(txn, REQUESTS)? else { return Ok(None) };
-    let Some(row) = requests.get(id.as_bytes())? else { return Ok(None) };
-    Ok(Some(decode(id.as_bytes(), row.value())?.outcome.unwrap_or_default()))
+    Ok(read(txn, id)?.map(|r| r.outcome.unwrap_or_default()))
 }
 
 /// Whether request `id` is remembered in a read transaction: applied here, and not forgotten.
