@@ -200,10 +200,12 @@ def _release_dropped(client, turn: "_Turn", token: str) -> None:
     """A ``Lock``'s finalizer, when it was dropped unreleased: its release is sent from a daemon
     thread (noted first, so that should it fail, the session's next lock of the name sends it
     again) and its turn given back once that was answered or failed."""
-    _log.warning("lock %r: a Lock was dropped unreleased; releasing it in the background", turn.name)
-    turn.set_releasing()
 
     def run():
+        # All of it here, none in the finalizer: the collector may run that in a thread that
+        # holds a logging handler's lock, while another logs under the turns' lock.
+        _log.warning("lock %r: a Lock was dropped unreleased; releasing it in the background", turn.name)
+        turn.set_releasing()
         try:
             turn.release(client, token)
         except BaseException as e:  # noqa: BLE001 - a thread has no caller to raise to
@@ -236,9 +238,10 @@ class _Name:
     def __init__(self, lock) -> None:
         self.held = False
         self.releasing = False
-        #: The thread that took the turn (``threading.get_ident``), until only its release or
-        #: withdrawal is left: a second lock of the name from it would wait for itself.
-        self.holder: Optional[int] = None
+        #: The thread that took the turn (the object: an ident is reused once its thread ended),
+        #: until only its release or withdrawal is left: a second lock of the name from it would
+        #: wait for itself.
+        self.holder: Optional[threading.Thread] = None
         self.users = 0
         self.free = threading.Condition(lock)
 
@@ -266,7 +269,7 @@ class _Turns:
         ``LatchError`` (FAILED_PRECONDITION) at once when the session ended, or ended while
         this waited, and when this thread holds the turn already (it would wait for itself).
         A wait longer than ``TURN_WAIT_WARNING`` seconds is logged as a warning, once."""
-        me = threading.get_ident()
+        me = threading.current_thread()
         start = time.monotonic()
         deadline = None if wait is None else start + wait
         with self._lock:
@@ -282,7 +285,7 @@ class _Turns:
                 while entry.held and not self._ended:
                     if wait == 0:
                         return None  # a Lock, its release or a withdrawal holds it
-                    if entry.holder == me:
+                    if entry.holder is me:
                         raise LatchError(grpc.StatusCode.FAILED_PRECONDITION,
                                          f"this thread holds the session's lock {name!r} already; release it "
                                          f"first")
