@@ -96,14 +96,31 @@ impl Applier {
         entries: Vec<Entry>,
         observer: &mut dyn ReadyObserver,
     ) -> Result<Progress, CoreError> {
+        Ok(self.apply_some(entries, usize::MAX, observer)?.0)
+    }
+
+    /// Applies committed entries (in index order) in one transaction, from the first, until
+    /// all are applied or the commands' answers and events the progress holds pass `max_held`
+    /// bytes ([`fsm::AppliedCommand::held_bytes`]); returns the entries left for another
+    /// transaction. Every member applies every command, and each txn's ranges or delete's
+    /// previous values may hold up to `--max-response-bytes`: without the cut, a batch of
+    /// thousands held gigabytes until its commit. Where batches end changes no state.
+    pub fn apply_some(
+        &mut self,
+        entries: Vec<Entry>,
+        max_held: usize,
+        observer: &mut dyn ReadyObserver,
+    ) -> Result<(Progress, Vec<Entry>), CoreError> {
         let mut txn = self.db.begin_write().map_err(redb_err)?;
         let durable = self.applied.index + entries.len() as u64 >= self.durable_index + self.sync_every;
         txn.set_durability(if durable { Durability::Immediate } else { Durability::None });
         observer.apply_started();
         let mut commands = Vec::new();
         let mut applied = 0;
+        let mut held = 0;
         let mut batch = fsm::Batch::begin(&txn, self.bounds)?;
-        for e in entries {
+        let mut entries = entries.into_iter();
+        for e in entries.by_ref() {
             if e.index <= self.applied.index {
                 continue; // covered by an installed snapshot
             }
@@ -112,11 +129,16 @@ impl Applier {
                 // Membership is static (--initial-cluster); a conf change only advances the index.
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => &[],
             };
-            if let Some(c) = batch.apply_entry(e.index, e.term, data)? {
-                commands.push(c);
-            }
             applied += 1;
+            if let Some(c) = batch.apply_entry(e.index, e.term, data)? {
+                held += c.held_bytes();
+                commands.push(c);
+                if held > max_held {
+                    break;
+                }
+            }
         }
+        let rest: Vec<Entry> = entries.collect();
         let history = batch.history();
         let position = batch.finish()?;
         observer.apply_finished(applied);
@@ -127,7 +149,7 @@ impl Applier {
         if durable {
             self.durable_index = self.applied.index;
         }
-        Ok(Progress { applied: self.applied, durable_index: self.durable_index, commands, history })
+        Ok((Progress { applied: self.applied, durable_index: self.durable_index, commands, history }, rest))
     }
 
     /// Makes everything applied durable (one empty durable commit makes every earlier commit
@@ -157,5 +179,78 @@ impl Applier {
         self.applied = applied;
         self.durable_index = applied.index;
         Ok(applied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use latch_proto::internal::{command::Body, op, Op, Range};
+    use prost::Message as _;
+
+    use super::*;
+    use crate::core::snapshots::MemoryInbox;
+    use crate::fsm::testing::{command, op_put, put, txn, Store};
+
+    fn applier() -> (Arc<Database>, Applier) {
+        let db = Arc::new(Store::new().db);
+        let snapshots = Arc::new(Snapshots::new(db.clone(), Arc::new(MemoryInbox::default())));
+        let applier = Applier::new(db.clone(), snapshots, fsm::Bounds::default()).expect("an applier");
+        (db, applier)
+    }
+
+    fn entries(bodies: Vec<Body>) -> Vec<Entry> {
+        let entry = |(i, body)| {
+            let data = command(&format!("r{i}"), body).encode_to_vec();
+            Entry { index: i as u64 + 1, term: 1, data: data.into(), ..Default::default() }
+        };
+        bodies.into_iter().enumerate().map(entry).collect()
+    }
+
+    /// Ten 1 KiB keys, then txns that each write a key and read all ten (about 10 KiB held).
+    fn workload() -> Vec<Entry> {
+        let mut bodies: Vec<_> = (0..10).map(|i| put(&format!("k{i}"), &"v".repeat(1024))).collect();
+        for i in 0..6 {
+            let all = Op {
+                op: Some(op::Op::Range(Range {
+                    key: b"k".to_vec(),
+                    range_end: b"l".to_vec(),
+                    ..Default::default()
+                })),
+            };
+            bodies.push(txn(Vec::new(), vec![op_put(&format!("w{i}"), "x"), all], Vec::new()));
+        }
+        entries(bodies)
+    }
+
+    /// A batch ends once the answers and events it holds pass the bound, after the command
+    /// that crossed it; the rest applies in the next transactions to the same state, with the
+    /// same outcomes, as one transaction would.
+    #[test]
+    fn a_batch_ends_where_the_answers_it_holds_pass_the_bound_and_the_rest_applies_alike() {
+        let (whole_db, mut whole) = applier();
+        let one = whole.apply(workload(), &mut ()).expect("applies");
+        assert_eq!(one.commands.len(), 16);
+
+        let (db, mut cut) = applier();
+        let mut rest = workload();
+        let mut batches = Vec::new();
+        while !rest.is_empty() {
+            let (progress, left) = cut.apply_some(rest, 25 * 1024, &mut ()).expect("applies");
+            batches.push(progress);
+            rest = left;
+        }
+        let sizes: Vec<usize> = batches.iter().map(|p| p.commands.len()).collect();
+        assert_eq!(
+            sizes,
+            [12, 3, 1],
+            "the ten puts (their events hold their values) and two txns, then three txns, then the last"
+        );
+        assert_eq!(cut.applied(), whole.applied(), "the same position");
+        let outcomes = |p: &[Progress]| -> Vec<_> {
+            p.iter().flat_map(|p| p.commands.iter().map(|c| c.outcome.clone())).collect()
+        };
+        assert_eq!(outcomes(&batches), outcomes(std::slice::from_ref(&one)), "the same outcomes");
+        let hash = |db: &Database| fsm::state_hash(&db.begin_read().expect("reads")).expect("hashes");
+        assert_eq!(hash(&db), hash(&whole_db), "the same state");
     }
 }

@@ -161,6 +161,16 @@ pub struct AppliedCommand {
     pub instances: Vec<InstanceChange>,
 }
 
+impl AppliedCommand {
+    /// About how many bytes it holds: its answer (a txn's ranges, a delete's previous values)
+    /// and its events, which grow with the data a command selects; the rest is small.
+    pub fn held_bytes(&self) -> usize {
+        use prost::Message as _;
+        let event = |e: &Event| e.kv.encoded_len() + e.prev_kv.as_ref().map_or(0, |p| p.encoded_len());
+        self.outcome.encoded_len() + self.events.iter().map(event).sum::<usize>()
+    }
+}
+
 /// Creates every fsm table so read transactions can open them, and counts the history's bytes
 /// if they are not counted as of the applied position (a data dir of an earlier build: one scan
 /// as the member opens, not on the apply thread), returning the count it made; idempotent.

@@ -82,6 +82,10 @@ impl SyncPace {
 /// Most entries applied in one transaction.
 const MAX_ENTRIES_PER_BATCH: usize = 4096;
 
+/// Most bytes of answers and events one transaction's progress holds (past the command that
+/// crosses it): they wait in memory until the raft thread took the progress.
+const MAX_HELD_BYTES: usize = 64 * 1024 * 1024;
+
 /// What the raft thread asks of the apply thread.
 pub enum Job {
     Apply(Vec<Entry>),
@@ -301,29 +305,39 @@ fn apply_loop(
                         Err(_) => break,
                     }
                 }
-                let mut timer = StateTimer { metrics, started: None, apply_started: None };
-                let applied = applier.apply(entries, &mut timer);
-                if let Ok(progress) = &applied {
-                    let revision = progress.applied.revision;
-                    announce.send_if_modified(|r| std::mem::replace(r, revision.max(*r)) != *r);
-                }
-                if !report(applied.map(Some), &events) {
-                    return;
-                }
-                if last_sync.elapsed() >= pace.interval() {
-                    match gate.ready(pace.interval()) {
-                        Err(e) => {
-                            let _ = events.send(Event::ApplyFailed(e));
-                            return;
-                        }
-                        Ok(false) => {}
-                        Ok(true) => {
-                            if !report(timed_sync(&mut applier, metrics, &mut pace), &events) {
+                // In as many transactions as the answers and events they hold take.
+                loop {
+                    let mut timer = StateTimer { metrics, started: None, apply_started: None };
+                    let (applied, rest) = match applier.apply_some(entries, MAX_HELD_BYTES, &mut timer) {
+                        Ok((progress, rest)) => (Ok(progress), rest),
+                        Err(e) => (Err(e), Vec::new()),
+                    };
+                    if let Ok(progress) = &applied {
+                        let revision = progress.applied.revision;
+                        announce.send_if_modified(|r| std::mem::replace(r, revision.max(*r)) != *r);
+                    }
+                    if !report(applied.map(Some), &events) {
+                        return;
+                    }
+                    if last_sync.elapsed() >= pace.interval() {
+                        match gate.ready(pace.interval()) {
+                            Err(e) => {
+                                let _ = events.send(Event::ApplyFailed(e));
                                 return;
                             }
-                            last_sync = Instant::now();
+                            Ok(false) => {}
+                            Ok(true) => {
+                                if !report(timed_sync(&mut applier, metrics, &mut pace), &events) {
+                                    return;
+                                }
+                                last_sync = Instant::now();
+                            }
                         }
                     }
+                    if rest.is_empty() {
+                        break;
+                    }
+                    entries = rest;
                 }
             }
             Job::Install { token, index, term, reply } => {
