@@ -12,17 +12,22 @@
 //!   machine.
 //! - At most `MAX_PROBES_IN_FLIGHT` probes run at once; an instance has at most one in flight;
 //!   the probes due longest go first, so slow ones cannot starve the rest.
+//! - A probe's slot is held until its name lookup (getaddrinfo, on tokio's blocking pool, which
+//!   a timeout cannot stop) ended, and an instance is not probed again before: names that
+//!   resolve slowly hold at most `MAX_PROBES_IN_FLIGHT` of the blocking pool's threads, which
+//!   snapshots, scans and watch catch-ups share.
 //!   Memory: one schedule entry per probed instance.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http_body_util::Empty;
 use hyper::body::Bytes;
 use latch_proto::internal::{check, command::Body, Check, Health, InstanceRow, SetHealth};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::api::Context;
@@ -44,6 +49,8 @@ struct Probed {
     first: bool,
     next_at: Instant,
     in_flight: bool,
+    /// The last probe's slot, alive until the probe and its name lookup ended.
+    slot: Weak<OwnedSemaphorePermit>,
 }
 
 /// What one probe found, in the term its member led when it probed.
@@ -98,20 +105,22 @@ pub async fn run(ctx: Context, mut stop: tokio::sync::watch::Receiver<bool>) {
         // the others from their turn.
         let mut due: Vec<(Instant, Vec<u8>)> = schedule
             .iter()
-            .filter(|(_, p)| !p.in_flight && p.next_at <= now)
+            .filter(|(_, p)| !p.in_flight && p.slot.strong_count() == 0 && p.next_at <= now)
             .map(|(key, p)| (p.next_at, key.clone()))
             .collect();
         due.sort();
         for (_, key) in due {
             let Ok(permit) = permits.clone().try_acquire_owned() else { break };
             let Some(p) = schedule.get_mut(&key) else { continue };
+            let slot = Arc::new(permit);
             p.in_flight = true;
+            p.slot = Arc::downgrade(&slot);
             p.next_at = now + Duration::from_millis(p.check.interval_ms);
             let (check, registered_revision, tx) = (p.check.clone(), p.registered_revision, found_tx.clone());
             let term = status.term;
             tokio::spawn(async move {
-                let (health, output) = probe(&check).await;
-                drop(permit);
+                let (health, output) = probe(&check, &slot).await;
+                drop(slot);
                 let _ = tx.send(Finding { key, term, registered_revision, health, output });
             });
         }
@@ -156,6 +165,7 @@ fn fresh(row: &InstanceRow, check: Check, now: Instant) -> Probed {
         first: row.output == registry::AWAITING_FIRST_CHECK,
         next_at: now,
         in_flight: false,
+        slot: Weak::new(),
     }
 }
 
@@ -190,16 +200,16 @@ fn report(ctx: &Context, schedule: &mut BTreeMap<Vec<u8>, Probed>, f: Finding) {
     });
 }
 
-/// Probes once: (health, what it found).
-async fn probe(check: &Check) -> (Health, String) {
+/// Probes once, in `slot`: (health, what it found).
+async fn probe(check: &Check, slot: &Arc<OwnedSemaphorePermit>) -> (Health, String) {
     let timeout = Duration::from_millis(check.timeout_ms.max(1));
     let run = async {
         match check::Kind::try_from(check.kind) {
-            Ok(check::Kind::Tcp) => TcpStream::connect(&check.tcp_address)
+            Ok(check::Kind::Tcp) => connect(&check.tcp_address, slot)
                 .await
                 .map(|_| "TCP connect succeeded".to_string())
                 .map_err(|e| format!("TCP connect to {}: {e}", check.tcp_address)),
-            Ok(check::Kind::Http) => http_get(&check.url).await,
+            Ok(check::Kind::Http) => http_get(&check.url, slot).await,
             _ => Err("not an active check".to_string()),
         }
     };
@@ -210,15 +220,31 @@ async fn probe(check: &Check) -> (Health, String) {
     }
 }
 
-/// GET `url` (http:// only): Ok with the status when it is 2xx.
-async fn http_get(url: &str) -> Result<String, String> {
+/// A connection to `host_port` (an address, or a name looked up on the blocking pool in
+/// `slot`, which the lookup keeps until it ended, however long that is).
+async fn connect(host_port: &str, slot: &Arc<OwnedSemaphorePermit>) -> std::io::Result<TcpStream> {
+    let addrs: Vec<SocketAddr> = match host_port.parse() {
+        Ok(addr) => vec![addr],
+        Err(_) => {
+            let (name, slot) = (host_port.to_string(), slot.clone());
+            let lookup = tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                name.to_socket_addrs().map(Vec::from_iter)
+            });
+            lookup.await.map_err(std::io::Error::other)??
+        }
+    };
+    TcpStream::connect(&addrs[..]).await
+}
+
+/// GET `url` (http:// only), in `slot`: Ok with the status when it is 2xx.
+async fn http_get(url: &str, slot: &Arc<OwnedSemaphorePermit>) -> Result<String, String> {
     let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
     let host = uri.host().ok_or_else(|| format!("{url}: no host"))?.to_string();
     let port = uri.port_u16().unwrap_or(80);
     // `Uri::host` keeps an IPv6 address's brackets.
     let host_port = format!("{host}:{port}");
-    let stream =
-        TcpStream::connect(host_port.as_str()).await.map_err(|e| format!("HTTP GET {url}: connect: {e}"))?;
+    let stream = connect(&host_port, slot).await.map_err(|e| format!("HTTP GET {url}: connect: {e}"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
         .await
         .map_err(|e| format!("HTTP GET {url}: {e}"))?;
@@ -261,6 +287,11 @@ mod tests {
         addr.to_string()
     }
 
+    /// A probe's slot.
+    fn slot() -> Arc<OwnedSemaphorePermit> {
+        Arc::new(Arc::new(Semaphore::new(1)).try_acquire_owned().expect("a free slot"))
+    }
+
     fn http(url: String) -> Check {
         Check {
             kind: check::Kind::Http as i32,
@@ -274,10 +305,10 @@ mod tests {
     #[tokio::test]
     async fn an_http_check_passes_on_2xx_and_fails_otherwise_saying_why() {
         let ok = server("200 OK").await;
-        let (h, out) = probe(&http(format!("http://{ok}/health"))).await;
+        let (h, out) = probe(&http(format!("http://{ok}/health")), &slot()).await;
         assert_eq!(h, Health::Passing, "200 passes: {out}");
         let bad = server("503 Service Unavailable").await;
-        let (h, out) = probe(&http(format!("http://{bad}/health"))).await;
+        let (h, out) = probe(&http(format!("http://{bad}/health")), &slot()).await;
         assert_eq!(h, Health::Critical, "503 fails");
         assert!(out.contains("503"), "the output names the status: {out}");
     }
@@ -293,9 +324,15 @@ mod tests {
             timeout_ms: 1_000,
             ..Default::default()
         };
-        assert_eq!(probe(&tcp(&addr)).await.0, Health::Passing);
+        assert_eq!(probe(&tcp(&addr), &slot()).await.0, Health::Passing);
+        // A name is looked up in the probe's slot, which it gives back once the lookup ended.
+        let port = addr.rsplit_once(':').expect("host:port").1;
+        let held = slot();
+        let (h, out) = probe(&tcp(&format!("localhost:{port}")), &held).await;
+        assert_eq!(h, Health::Passing, "a name resolving to the listener passes: {out}");
+        assert_eq!(Arc::strong_count(&held), 1, "the lookup gave the slot back");
         drop(listener);
-        let (h, out) = probe(&tcp(&addr)).await;
+        let (h, out) = probe(&tcp(&addr), &slot()).await;
         assert_eq!(h, Health::Critical, "refused fails");
         assert!(out.contains(&addr), "the output names the target: {out}");
     }
