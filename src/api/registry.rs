@@ -50,6 +50,17 @@ fn instance_of(i: ServiceInstance) -> internal::Instance {
     }
 }
 
+/// The port an authority (`[user@]host[:port]`, an IPv6 host in brackets) spells, if any, as
+/// written.
+fn port_of(authority: &str) -> Option<&str> {
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let after_host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or("", |(_, rest)| rest),
+        None => host_port.find(':').map_or("", |i| &host_port[i..]),
+    };
+    after_host.strip_prefix(':')
+}
+
 fn check_of(c: HealthCheck) -> Result<internal::Check, ApiError> {
     let negative = [
         ("check.ttl_ms", c.ttl_ms),
@@ -91,7 +102,7 @@ fn check_of(c: HealthCheck) -> Result<internal::Check, ApiError> {
             });
         }
     }
-    registry::check_check(&internal::Check {
+    let check = registry::check_check(&internal::Check {
         kind: c.kind,
         ttl_ms: c.ttl_ms as u64,
         url: c.url,
@@ -100,7 +111,30 @@ fn check_of(c: HealthCheck) -> Result<internal::Check, ApiError> {
         timeout_ms: c.timeout_ms as u64,
         deregister_after_ms: c.deregister_after_ms as u64,
     })
-    .map_err(invalid)
+    .map_err(invalid)?;
+    if check.kind == Kind::Http as i32 {
+        // What the prober will make of it (`health::http_get`): a URL it cannot read would
+        // leave the instance critical at every probe, and reaped, for a typo.
+        let url = &check.url;
+        let problem = match url.parse::<hyper::Uri>() {
+            Err(e) => Some(format!("{url:?}: {e}")),
+            Ok(uri) if uri.host().is_none_or(str::is_empty) => Some(format!("{url:?}: names no host")),
+            // `Uri` reads `h:abc` as host h with no port, which the prober would take for 80.
+            Ok(uri)
+                if uri
+                    .authority()
+                    .and_then(|a| port_of(a.as_str()))
+                    .is_some_and(|p| !p.parse::<u16>().is_ok_and(|p| p != 0)) =>
+            {
+                Some(format!("{url:?}: the port is not a number from 1 to 65535"))
+            }
+            Ok(_) => None,
+        };
+        if let Some(problem) = problem {
+            return Err(ApiError::InvalidArgument { field: "check.url", problem });
+        }
+    }
+    Ok(check)
 }
 
 /// An instance row as the public API shows it.

@@ -461,6 +461,11 @@ async fn bad_registry_requests_are_refused_by_name_and_write_nothing() {
         (web("1", 80).tag("a.b"), "instance.tags"),
         (web("1", 80).check(Check::ttl(Duration::from_millis(5))), "check.ttl_ms"),
         (web("1", 80).check(Check::http("https://h:1/")), "check.url"),
+        // URLs the prober could not read: an instance would stay critical for a typo.
+        (web("1", 80).check(Check::http("http://h:abc/")), "check.url"),
+        (web("1", 80).check(Check::http("http://h/a<b>")), "check.url"),
+        (web("1", 80).check(Check::http("http://:80/")), "check.url"),
+        (web("1", 80).check(Check::http("http://[::1]:0/")), "check.url"),
         (
             web("1", 80)
                 .check(Check::tcp("h:1").interval(Duration::from_secs(1)).timeout(Duration::from_secs(2))),
