@@ -1385,3 +1385,110 @@ async fn a_session_past_max_locks_per_session_is_refused_naming_the_flag_and_wri
     client.release(&first.token).await.unwrap();
     client.acquire(&id, "third", now()).await.unwrap().expect("room again after a release");
 }
+
+/// An election's candidates live in its one row, bounded to `fsm::locks::MAX_ROW_BYTES` (1 MiB)
+/// counted from each entry's session id, request id and value (+ 64 bytes): of one campaign
+/// more than the row holds (4 KiB values), exactly one is refused RESOURCE_EXHAUSTED, marked
+/// as the member's own refusal and saying what the row takes and its bound, and the queue the
+/// others formed is intact: once the leader resigns and all but one waiter withdraw, that one
+/// leads.
+#[tokio::test]
+async fn a_campaign_past_the_rows_byte_bound_is_refused_saying_so_and_the_queue_stays_intact() {
+    use latch_client::proto::election_client::ElectionClient;
+    use latch_client::proto::{CampaignRequest, ResignRequest, WithdrawCandidacyRequest};
+
+    const NAME: &str = "crowded";
+    const ROW: usize = 1024 * 1024;
+    const VALUE: usize = 4 * 1024;
+    let c = Cluster::start(1, &[]).await;
+    let leader = c.leader().await;
+    let client = c.client().await;
+    let elections =
+        ElectionClient::connect(format!("http://{}", c.member(leader).client_addr)).await.expect("connect");
+    let id = |i: usize| format!("candidate-{i:04}");
+    let ttl = Duration::from_secs(60);
+    let mut sessions = vec![client.session(SessionOptions::new(ttl)).await.expect("a session")];
+    let entry = sessions[0].id().len() + id(0).len() + VALUE + 64;
+    let fits = ROW / entry;
+    while sessions.len() < fits + 1 {
+        sessions.push(client.session(SessionOptions::new(ttl)).await.expect("a session"));
+    }
+    assert!(sessions.iter().all(|s| s.id().len() == sessions[0].id().len()), "entries of one size");
+
+    let mut campaigns: Vec<_> = (0..=fits)
+        .map(|i| {
+            let mut elections = elections.clone();
+            let request = CampaignRequest {
+                name: NAME.into(),
+                session_id: sessions[i].id().into(),
+                value: vec![b'v'; VALUE],
+                request_id: id(i),
+                ..Default::default()
+            };
+            Some(tokio::spawn(async move { elections.campaign(request).await }))
+        })
+        .collect();
+    // The first applied leads at once; the one applied to a full row is refused at once.
+    let mut answered = Vec::new();
+    eventually("two campaigns answered", STARTUP, || {
+        for (i, c) in campaigns.iter_mut().enumerate() {
+            if c.as_ref().is_some_and(|t| t.is_finished()) {
+                answered.push((i, c.take().expect("finished")));
+            }
+        }
+        let n = answered.len();
+        async move {
+            if n >= 2 {
+                Ok(())
+            } else {
+                Err(format!("{n} answered"))
+            }
+        }
+    })
+    .await;
+    let mut leading = None;
+    let mut refused = None;
+    for (i, task) in answered {
+        match task.await.expect("joins") {
+            Ok(answer) => leading = Some((i, answer.into_inner().leader.expect("a leadership"))),
+            Err(status) => refused = Some((i, status)),
+        }
+    }
+    let (first, leadership) = leading.expect("one campaign leads");
+    let (_, refused) = refused.expect("one campaign is refused");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(
+        refused.metadata().get(latch_proto::OVER_LIMIT_METADATA).map(|v| v.to_str().ok()),
+        Some(Some("true")),
+        "the member marks its own refusal: {refused:?}"
+    );
+    let taken = format!("candidates take {} bytes", fits * entry);
+    for needle in [NAME, taken.as_str(), "past the 1048576", "nothing was queued", "smaller value"] {
+        assert!(
+            refused.message().contains(needle),
+            "the refusal should mention {needle:?}: {}",
+            refused.message()
+        );
+    }
+
+    // The others wait in the row: all waiters but the last withdraw, and the leader resigns.
+    let waiting: Vec<usize> = (0..=fits).filter(|&i| campaigns[i].is_some()).collect();
+    assert_eq!(waiting.len(), fits - 1, "every other campaign waits");
+    let mut elections = elections.clone();
+    let (&next, others) = waiting.split_last().expect("waiters");
+    for &i in others {
+        let withdrawn = WithdrawCandidacyRequest { name: NAME.into(), request_id: id(i) };
+        let answer = elections.withdraw(withdrawn).await.expect("withdraw").into_inner();
+        assert_eq!(answer.leader, None, "candidate {i} was waiting, not leading");
+    }
+    let token = leadership.sequencer.expect("a sequencer").token;
+    elections.resign(ResignRequest { sequencer: token, request_id: String::new() }).await.expect("resign");
+    let won = tokio::time::timeout(STARTUP, campaigns[next].take().expect("waiting"))
+        .await
+        .expect("the last waiter leads once the others left")
+        .expect("joins")
+        .expect("its campaign answered")
+        .into_inner();
+    let seq = won.leader.and_then(|l| l.sequencer).expect("a leadership");
+    assert_eq!(seq.session_id, sessions[next].id(), "candidate {next} (after {first}) leads");
+}
