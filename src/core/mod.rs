@@ -1264,8 +1264,8 @@ impl Core {
         let txn = self.state_db.begin_read().map_err(redb_err)?;
         let ids: Vec<String> = self.proposals.keys().cloned().collect();
         for id in ids {
-            let Some(hash) = self.proposals.get(&id).map(|p| p.hash) else { continue };
-            let Some(outcome) = fsm::answer_of(&txn, &id, hash)? else { continue };
+            let Some(p) = self.proposals.get(&id) else { continue };
+            let Some(outcome) = fsm::answer_of(&txn, &id, p.hash, &p.data)? else { continue };
             if let Some(p) = self.proposals.remove(&id) {
                 for w in p.waiters {
                     self.actions.push(Action::Reply { waiter: w, result: Ok(outcome.clone()) });

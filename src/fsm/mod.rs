@@ -74,8 +74,9 @@ use apply::Apply;
 /// asking another name or TTL, are refused (version 2 applied them). Version 4: the request
 /// memory keeps only the health of what the registry's periodic commands answer
 /// (`requests`' module doc). Version 5: an acquire may carry `max_row_bytes` (an older build
-/// would apply it without the bound).
-pub const COMMAND_VERSION: u32 = 5;
+/// would apply it without the bound). Version 6: the request memory leaves out the keys of puts
+/// that are not sequential (`requests`' module doc).
+pub const COMMAND_VERSION: u32 = 6;
 /// The oldest `Command.version` this build applies.
 pub const OLDEST_COMMAND_VERSION: u32 = 2;
 /// The first version whose acquires and session creates check request ids (see above).
@@ -83,6 +84,9 @@ const IDS_CHECKED_FROM: u32 = 3;
 /// The first version whose registry heartbeats, verdicts, reaps and deregistrations are
 /// remembered by their health alone (see above).
 const HEALTH_ONLY_FROM: u32 = 4;
+/// The first version whose remembered outcomes leave out the keys of puts that are not
+/// sequential (see above).
+const OWN_KEYS_LEFT_OUT_FROM: u32 = 6;
 
 /// Every domain, in the order their tables appear in a snapshot.
 const DOMAINS: [&dyn Domain; 6] = [
@@ -473,7 +477,9 @@ fn apply_command<'t>(
         (false, memory) => Some(memory.insert(requests::Memory::open(txn)?)),
     };
     if let Some(memory) = &memory {
-        if let requests::Seen::Answered(outcome) = memory.lookup(&cmd.request_id, command_hash)? {
+        if let requests::Seen::Answered(outcome) =
+            memory.lookup(&cmd.request_id, command_hash, cmd.body.as_ref())?
+        {
             let applied = AppliedCommand {
                 index,
                 term,
@@ -490,6 +496,8 @@ fn apply_command<'t>(
     }
     let mut ap = Apply::new(txn, *revision, bounds.max_response_bytes);
     let mut health_only = false;
+    let own_keys = (memory.is_some() && cmd.version >= OWN_KEYS_LEFT_OUT_FROM)
+        .then(|| requests::OwnKeys::of(cmd.body.as_ref()));
     let result = if !(OLDEST_COMMAND_VERSION..=COMMAND_VERSION).contains(&cmd.version) {
         outcome::Result::Rejected(format!(
             "command: version {} is not supported (this build applies versions \
@@ -548,7 +556,7 @@ fn apply_command<'t>(
             &cmd.request_id,
             command_hash,
             &outcome,
-            health_only,
+            &requests::LeftOut { all_but_health: health_only, own_keys },
             bounds.request_memory_bytes,
         )?;
     }
@@ -1071,7 +1079,8 @@ mod tests {
         assert_eq!(of(3), of(2), "only the version differs: the same request");
         assert_eq!(of(4), of(2), "only the version differs: the same request");
         assert_eq!(of(5), of(2), "only the version differs: the same request");
-        assert_ne!(of(6), of(2), "a version this build does not know is another request");
+        assert_eq!(of(6), of(2), "only the version differs: the same request");
+        assert_ne!(of(7), of(2), "a version this build does not know is another request");
         let v2 = Command { version: 2, request_id: "r".into(), body: Some(put("k", "v")) }.encode_to_vec();
         assert_eq!(of(2), command_hash(&v2), "a version-2 command hashes as older builds hashed it");
     }
@@ -1088,6 +1097,61 @@ mod tests {
         assert!(again.events.is_empty(), "a retry changes nothing, so it has no events");
         assert_eq!(s.hash(), hash, "the retry changes no state");
         assert_eq!(s.applied(), Applied { index: 3, term: 1, revision: 2 }, "the index advances");
+    }
+
+    /// From command version 6 the memory leaves out the keys of puts that are not sequential
+    /// (the command's own, which a retry carries) and puts them back when it answers a retry:
+    /// a put of a 4 KiB key is remembered in about a hundred bytes, not four thousand. A
+    /// sequential put's key, the one it generated, is kept; a version-5 command is remembered
+    /// whole, as the build that wrote it remembered it.
+    #[test]
+    fn a_retry_gets_its_own_put_keys_back_though_the_memory_left_them_out() {
+        let mut s = Store::new();
+        let long = "k".repeat(4096);
+        let remembered = |s: &Store, id: &str| {
+            s.read(|t| {
+                let requests = open_read(t, crate::storage::schema::REQUESTS)?.expect("requests exists");
+                Ok(requests.get(id.as_bytes())?.map(|v| v.value().len()))
+            })
+            .expect("reads")
+            .expect("remembered")
+        };
+
+        let first = s.apply("long", put(&long, "v"));
+        assert_eq!(as_put(first.clone()).key, long.as_bytes(), "the first answer names the key");
+        assert!(remembered(&s, "long") < 200, "remembered in {} bytes", remembered(&s, "long"));
+        assert_eq!(
+            s.apply("long", put(&long, "v")),
+            first,
+            "the retry is answered as the first, key included"
+        );
+
+        let sequential = Op {
+            op: Some(latch_proto::internal::op::Op::Put(Put { sequential: true, ..put_req("job/", "x") })),
+        };
+        let body = txn(Vec::new(), vec![op_put(&long, "w"), sequential.clone()], vec![sequential]);
+        let first = s.apply("txn", body.clone());
+        let keys = |o: Outcome| -> Vec<Vec<u8>> {
+            as_txn(o)
+                .results
+                .into_iter()
+                .filter_map(|r| match r.result {
+                    Some(latch_proto::internal::op_result::Result::Put(p)) => Some(p.key),
+                    _ => None,
+                })
+                .collect()
+        };
+        let generated = format!("job/{:020}", 0).into_bytes();
+        assert_eq!(keys(first.clone()), [long.as_bytes().to_vec(), generated.clone()]);
+        assert!(remembered(&s, "txn") < 200, "remembered in {} bytes", remembered(&s, "txn"));
+        let retried = s.apply("txn", body);
+        assert_eq!(retried, first, "the retry is answered as the first, both keys included");
+
+        let v5 = Command { version: 5, request_id: "v5".into(), body: Some(put(&long, "v")) };
+        s.apply_data(&v5.encode_to_vec());
+        assert!(remembered(&s, "v5") > 4096, "a version-5 put is remembered whole");
+        let retried = s.apply_data(&v5.encode_to_vec()).expect("answered").outcome;
+        assert_eq!(as_put(retried).key, long.as_bytes(), "and answered whole");
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //!   periodic commands (heartbeats, health verdicts, reaps, and deregistrations), from command
 //!   version 4, only the instance's health is kept: all their answer says (a heartbeat's), where
 //!   the whole instance, its metadata included, let heartbeats of large instances flush the
-//!   memory within seconds.
+//!   memory within seconds. From version 6, the key of a put that is not sequential (the
+//!   command's own, which every retry carries) is left out and put back from the retry's
+//!   command when it is answered: puts of long keys, 128 to a txn, flushed the memory as fast.
 //! - The table is bounded in bytes: when the remembered rows add up to more than the bound
 //!   ([`REQUEST_MEMORY_BYTES`], the same on every member), the oldest (by applying index) are forgotten, each at most once,
 //!   in the apply that crossed the bound. The window this gives in time is documented in
@@ -22,8 +24,9 @@
 //! - `requests_by_index` names exactly the rows of `requests`, each under the index its row
 //!   records; `requests_meta/bytes` is the sum of [`row_bytes`] over them.
 
+use latch_proto::internal::command::Body;
 use latch_proto::internal::{
-    op_result, outcome, InstanceRow, Outcome, RangeResult, Remembered, RequestConflict,
+    op, op_result, outcome, InstanceRow, Op, Outcome, RangeResult, Remembered, RequestConflict,
 };
 use prost::Message;
 use redb::{ReadableTable, Table, WriteTransaction};
@@ -85,15 +88,17 @@ pub(crate) enum Seen {
     Answered(Outcome),
 }
 
-/// What a retry of request `id`, of command hash `command_hash`, is answered from the memory
-/// `txn` reads (as [`Memory::lookup`] answers it at apply); `None` when the memory does not
-/// remember the id.
+/// What a retry of request `id`, the encoded `command` of hash `command_hash`, is answered
+/// from the memory `txn` reads (as [`Memory::lookup`] answers it at apply); `None` when the
+/// memory does not remember the id.
 pub fn answer_of(
     txn: &redb::ReadTransaction,
     id: &str,
     command_hash: u64,
+    command: &[u8],
 ) -> Result<Option<Outcome>, FsmError> {
-    Ok(read(txn, id)?.map(|r| answer(r, command_hash)))
+    let body = latch_proto::internal::Command::decode(command).ok().and_then(|c| c.body);
+    Ok(read(txn, id)?.map(|r| answer(r, command_hash, body.as_ref())))
 }
 
 /// What the memory `txn` reads remembers of request `id`, if anything.
@@ -103,15 +108,88 @@ fn read(txn: &redb::ReadTransaction, id: &str) -> Result<Option<Remembered>, Fsm
     Ok(Some(decode(id.as_bytes(), row.value())?))
 }
 
-/// The answer to a request of `command_hash` under the id `r` remembers: its first outcome (its
-/// data omitted if it was stripped), or a conflict if it is another command.
-fn answer(r: Remembered, command_hash: u64) -> Outcome {
-    let first = r.outcome.unwrap_or_default();
+/// The answer to a request of `command_hash` (with `body`) under the id `r` remembers: its
+/// first outcome (its data omitted if it was stripped, its own keys put back), or a conflict if
+/// it is another command.
+fn answer(r: Remembered, command_hash: u64, body: Option<&Body>) -> Outcome {
+    let mut first = r.outcome.unwrap_or_default();
     if r.command_hash != command_hash {
         let result = outcome::Result::Conflict(RequestConflict { first_applied_at: r.index });
         return Outcome { revision: first.revision, data_omitted: false, result: Some(result) };
     }
+    restore_own_keys(&mut first, body);
     Outcome { data_omitted: r.stripped, ..first }
+}
+
+/// What a remembered outcome leaves out besides its data, by its command's version (see the
+/// module doc).
+#[derive(Debug, Default)]
+pub(crate) struct LeftOut {
+    /// A registry outcome's instance but its health.
+    pub(crate) all_but_health: bool,
+    /// These keys of puts.
+    pub(crate) own_keys: Option<OwnKeys>,
+}
+
+/// Which results of a command's outcome answer a put of a key the command names itself (not
+/// sequential): from command version 6 the memory leaves their keys out.
+#[derive(Debug, Default)]
+pub(crate) struct OwnKeys {
+    put: bool,
+    success: Vec<bool>,
+    failure: Vec<bool>,
+}
+
+impl OwnKeys {
+    pub(crate) fn of(body: Option<&Body>) -> OwnKeys {
+        let own =
+            |ops: &[Op]| ops.iter().map(|o| matches!(&o.op, Some(op::Op::Put(p)) if !p.sequential)).collect();
+        match body {
+            Some(Body::Put(p)) => OwnKeys { put: !p.sequential, ..OwnKeys::default() },
+            Some(Body::Txn(t)) => OwnKeys { put: false, success: own(&t.success), failure: own(&t.failure) },
+            _ => OwnKeys::default(),
+        }
+    }
+
+    /// Leaves the own keys out of `o`, the outcome of the command they were taken from.
+    fn forget(&self, o: &mut Outcome) {
+        match o.result.as_mut() {
+            Some(outcome::Result::Put(r)) if self.put => r.key.clear(),
+            Some(outcome::Result::Txn(t)) => {
+                // A txn's results follow its branch's ops one for one (`kv::txn`).
+                let own = if t.succeeded { &self.success } else { &self.failure };
+                for (r, own) in t.results.iter_mut().zip(own) {
+                    match r.result.as_mut() {
+                        Some(op_result::Result::Put(p)) if *own => p.key.clear(),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Puts back into a remembered outcome the keys [`OwnKeys`] left out, from `body`, the command
+/// it answers (a retry: the same command).
+fn restore_own_keys(o: &mut Outcome, body: Option<&Body>) {
+    let restore = |r: &mut latch_proto::internal::PutResult, p: &latch_proto::internal::Put| {
+        if r.key.is_empty() && !p.sequential {
+            r.key.clone_from(&p.key);
+        }
+    };
+    match (o.result.as_mut(), body) {
+        (Some(outcome::Result::Put(r)), Some(Body::Put(p))) => restore(r, p),
+        (Some(outcome::Result::Txn(t)), Some(Body::Txn(req))) => {
+            let ops = if t.succeeded { &req.success } else { &req.failure };
+            for (r, o) in t.results.iter_mut().zip(ops) {
+                if let (Some(op_result::Result::Put(r)), Some(op::Op::Put(p))) = (r.result.as_mut(), &o.op) {
+                    restore(r, p);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// The first outcome of request `id` the memory `txn` reads remembers, whatever its command;
@@ -158,10 +236,10 @@ impl<'t> Memory<'t> {
         })
     }
 
-    /// Looks `id` up; `command_hash` is the hash of the whole encoded command.
-    pub(crate) fn lookup(&self, id: &str, command_hash: u64) -> Result<Seen, FsmError> {
+    /// Looks `id` up; `command_hash` is the hash of the whole encoded command, `body` its body.
+    pub(crate) fn lookup(&self, id: &str, command_hash: u64, body: Option<&Body>) -> Result<Seen, FsmError> {
         let Some(row) = self.requests.get(id.as_bytes())? else { return Ok(Seen::New) };
-        Ok(Seen::Answered(answer(decode(id.as_bytes(), row.value())?, command_hash)))
+        Ok(Seen::Answered(answer(decode(id.as_bytes(), row.value())?, command_hash, body)))
     }
 
     /// Remembers the outcome of `id`, applied at `index`, then forgets the oldest rows while
@@ -172,10 +250,13 @@ impl<'t> Memory<'t> {
         id: &str,
         command_hash: u64,
         outcome: &Outcome,
-        health_only: bool,
+        left_out: &LeftOut,
         bound: u64,
     ) -> Result<(), FsmError> {
-        let (outcome, stripped) = strip(outcome, health_only);
+        let (mut outcome, stripped) = strip(outcome, left_out.all_but_health);
+        if let Some(own) = &left_out.own_keys {
+            own.forget(&mut outcome);
+        }
         let row = Remembered { index, command_hash, outcome: Some(outcome), stripped }.encode_to_vec();
         self.requests.insert(id.as_bytes(), row.as_slice())?;
         self.by_index.insert(index.to_be_bytes().as_slice(), id.as_bytes())?;
