@@ -166,6 +166,7 @@ pub async fn run(
         bounds: fsm::Bounds {
             max_response_bytes: config.limits.max_response_bytes,
             request_memory_bytes: fsm::REQUEST_MEMORY_BYTES,
+            events: false,
         },
         log_cache_bytes: config.peer_limits.log_cache_bytes,
         max_uncommitted_bytes: config.peer_limits.max_uncommitted_bytes,

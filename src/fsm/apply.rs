@@ -115,6 +115,8 @@ pub struct Apply<'t> {
     recorded_bytes: u64,
     /// Lock and election rows written, recorded in the history once, as they end up.
     locks_written: BTreeSet<Vec<u8>>,
+    /// Whether `events` are kept (`Bounds::events`).
+    keep_events: bool,
     events: Vec<Event>,
     sessions: Vec<SessionChange>,
     locks: Vec<LockChange>,
@@ -122,7 +124,12 @@ pub struct Apply<'t> {
 }
 
 impl<'t> Apply<'t> {
-    pub(crate) fn new(txn: &'t WriteTransaction, base: i64, max_response_bytes: usize) -> Self {
+    pub(crate) fn new(
+        txn: &'t WriteTransaction,
+        base: i64,
+        max_response_bytes: usize,
+        keep_events: bool,
+    ) -> Self {
         Apply {
             txn,
             max_response_bytes,
@@ -132,6 +139,7 @@ impl<'t> Apply<'t> {
             recorded: 0,
             recorded_bytes: 0,
             locks_written: BTreeSet::new(),
+            keep_events,
             events: Vec::new(),
             sessions: Vec::new(),
             locks: Vec::new(),
@@ -163,7 +171,9 @@ impl<'t> Apply<'t> {
     pub(crate) fn emit(&mut self, event: Event, prev: Option<&KeyValue>) -> Result<(), FsmError> {
         let delete = event.kind == EventKind::Delete;
         self.record(Space::Kv, delete, &event.kv, prev)?;
-        self.events.push(event);
+        if self.keep_events {
+            self.events.push(event);
+        }
         Ok(())
     }
 

@@ -224,11 +224,19 @@ pub struct Bounds {
     /// Bytes of remembered requests (see `requests`). It shapes the state: every member must
     /// use the same value, [`REQUEST_MEMORY_BYTES`] (tests use small ones).
     pub request_memory_bytes: u64,
+    /// Whether applied commands carry their changes as [`Event`]s: the simulator's checks read
+    /// them; a member's watches read the history, so a member does not build them (a delete of
+    /// a million keys would hold a million events). Shapes nothing stored.
+    pub events: bool,
 }
 
 impl Default for Bounds {
     fn default() -> Self {
-        Bounds { max_response_bytes: 4 * 1024 * 1024, request_memory_bytes: REQUEST_MEMORY_BYTES }
+        Bounds {
+            max_response_bytes: 4 * 1024 * 1024,
+            request_memory_bytes: REQUEST_MEMORY_BYTES,
+            events: true,
+        }
     }
 }
 
@@ -494,7 +502,7 @@ fn apply_command<'t>(
             return Ok((applied, Recorded::default()));
         }
     }
-    let mut ap = Apply::new(txn, *revision, bounds.max_response_bytes);
+    let mut ap = Apply::new(txn, *revision, bounds.max_response_bytes, bounds.events);
     let mut health_only = false;
     let own_keys = (memory.is_some() && cmd.version >= OWN_KEYS_LEFT_OUT_FROM)
         .then(|| requests::OwnKeys::of(cmd.body.as_ref()));
@@ -1152,6 +1160,22 @@ mod tests {
         assert!(remembered(&s, "v5") > 4096, "a version-5 put is remembered whole");
         let retried = s.apply_data(&v5.encode_to_vec()).expect("answered").outcome;
         assert_eq!(as_put(retried).key, long.as_bytes(), "and answered whole");
+    }
+
+    /// A member applies without building events (its watches read the history): the same
+    /// state, history included, as with them.
+    #[test]
+    fn applied_without_events_the_state_and_its_history_are_the_same() {
+        let (mut with, mut without) = (Store::new(), Store::new());
+        without.bounds.events = false;
+        for s in [&mut with, &mut without] {
+            s.apply("", put("a", "1"));
+            s.apply("", put("b", "2"));
+        }
+        let deleted = without.apply_full("", del("a", b"z"));
+        assert!(deleted.events.is_empty(), "no events built: {:?}", deleted.events);
+        assert_eq!(with.apply_full("", del("a", b"z")).events.len(), 2, "two events built");
+        assert_eq!(without.hash(), with.hash(), "the same state and history");
     }
 
     #[test]
