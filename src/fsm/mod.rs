@@ -75,7 +75,8 @@ use apply::Apply;
 /// memory keeps only the health of what the registry's periodic commands answer
 /// (`requests`' module doc). Version 5: an acquire may carry `max_row_bytes` (an older build
 /// would apply it without the bound). Version 6: the request memory leaves out the keys of puts
-/// that are not sequential (`requests`' module doc).
+/// that are not sequential (`requests`' module doc), and a critical instance registered again
+/// with the same check is critical since that registration (`registry::register`).
 pub const COMMAND_VERSION: u32 = 6;
 /// The oldest `Command.version` this build applies.
 pub const OLDEST_COMMAND_VERSION: u32 = 2;
@@ -87,6 +88,8 @@ const HEALTH_ONLY_FROM: u32 = 4;
 /// The first version whose remembered outcomes leave out the keys of puts that are not
 /// sequential (see above).
 const OWN_KEYS_LEFT_OUT_FROM: u32 = 6;
+/// The first version whose registrations start a critical instance's deregister period anew.
+const FRESH_PERIOD_FROM: u32 = 6;
 
 /// Every domain, in the order their tables appear in a snapshot.
 const DOMAINS: [&dyn Domain; 6] = [
@@ -539,7 +542,7 @@ fn apply_command<'t>(
             Some(Body::CancelWait(req)) => locks::cancel_wait(&mut ap, req)?,
             Some(Body::EndLockDelay(req)) => locks::end_delay(&mut ap, req)?,
             Some(Body::Proclaim(req)) => elections::proclaim(&mut ap, req)?,
-            Some(Body::Register(req)) => registry::register(&mut ap, req)?,
+            Some(Body::Register(req)) => registry::register(&mut ap, req, cmd.version >= FRESH_PERIOD_FROM)?,
             Some(Body::Deregister(req)) => registry::deregister(&mut ap, req)?,
             Some(Body::Heartbeat(req)) => registry::heartbeat(&mut ap, req)?,
             Some(Body::MarkCritical(req)) => registry::mark_critical(&mut ap, req)?,

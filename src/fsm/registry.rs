@@ -265,7 +265,13 @@ pub fn split_key(key: &[u8]) -> Option<(&str, &str)> {
     (check_label("service", service).is_ok() && check_label("id", id).is_ok()).then_some((service, id))
 }
 
-pub(crate) fn register(ap: &mut Apply, req: Register) -> Result<outcome::Result, FsmError> {
+/// Applies a registration; `fresh_period` (command version 6 on): a critical instance
+/// registered again with the same check starts its deregister period anew.
+pub(crate) fn register(
+    ap: &mut Apply,
+    req: Register,
+    fresh_period: bool,
+) -> Result<outcome::Result, FsmError> {
     let Some(instance) = req.instance else {
         return Ok(rejected("register: instance is missing"));
     };
@@ -292,11 +298,18 @@ pub(crate) fn register(ap: &mut Apply, req: Register) -> Result<outcome::Result,
         ..Default::default()
     };
     match (kind, &old) {
-        // A probed instance registered again with the same check keeps what its probes found.
+        // A probed instance registered again with the same check keeps what its probes found;
+        // if that is critical, it is critical since this registration (as a new one is), or a
+        // process restarting an hour into its instance's critical spell would see it removed
+        // a moment after it registered.
         (check::Kind::Http | check::Kind::Tcp, Some(old)) if old.check.as_ref() == Some(&check) => {
             row.health = old.health;
             row.output = old.output.clone();
-            row.critical_since = old.critical_since;
+            row.critical_since = if fresh_period && old.health == Health::Critical as i32 {
+                revision
+            } else {
+                old.critical_since
+            };
         }
         (check::Kind::Http | check::Kind::Tcp, _) => {
             row.health = Health::Critical as i32;
@@ -1075,6 +1088,34 @@ mod tests {
         // Registered again with the same check: what the probes found stands.
         register(&mut s, "1", "", http());
         assert!(is_passing(&row(&s, "1").expect("there")));
+        // … and a critical one is critical since it registered again: its deregister period
+        // starts anew, as a new registration's does.
+        register(&mut s, "2", "", http());
+        let again = row(&s, "2").expect("there");
+        assert_eq!(again.output, "connection refused", "what the probes found stands");
+        assert_eq!(
+            (again.critical_since, timer_of(&again)),
+            (
+                again.registered_revision,
+                Some(InstanceTimer::Reap { since_revision: again.registered_revision, after_ms: 3_600_000 })
+            ),
+            "critical since the new registration, {} before",
+            r2.critical_since
+        );
+        // A version-5 registration (a log an older build wrote) kept the old period.
+        let v5 = super::super::Command {
+            version: 5,
+            request_id: String::new(),
+            body: Some(Body::Register(Register {
+                instance: Some(instance("web", "2")),
+                session: String::new(),
+                check: Some(http()),
+            })),
+        };
+        s.apply_data(&v5.encode_to_vec());
+        let v5 = row(&s, "2").expect("there");
+        assert_eq!(v5.critical_since, again.critical_since, "version 5 keeps the period it found");
+        assert!(v5.registered_revision > again.registered_revision);
     }
 
     #[test]
