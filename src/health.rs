@@ -13,9 +13,10 @@
 //! - At most `MAX_PROBES_IN_FLIGHT` probes run at once; an instance has at most one in flight;
 //!   the probes due longest go first, so slow ones cannot starve the rest.
 //! - A probe's slot is held until its name lookup (getaddrinfo, on tokio's blocking pool, which
-//!   a timeout cannot stop) ended, and an instance is not probed again before: names that
-//!   resolve slowly hold at most `MAX_PROBES_IN_FLIGHT` of the blocking pool's threads, which
-//!   snapshots, scans and watch catch-ups share.
+//!   a timeout cannot stop) ended, and an instance is not probed again before (within one
+//!   schedule: a new term or registration starts afresh): names that resolve slowly hold at
+//!   most `MAX_PROBES_IN_FLIGHT` of the blocking pool's threads, which snapshots, scans and
+//!   watch catch-ups share.
 //!   Memory: one schedule entry per probed instance.
 
 use std::collections::BTreeMap;

@@ -41,6 +41,9 @@ pub struct Progress {
     pub commands: Vec<AppliedCommand>,
     /// The history's size after the batch (`None` when it applied nothing).
     pub history: Option<fsm::HistorySize>,
+    /// About how many bytes the commands' answers and events hold
+    /// ([`fsm::AppliedCommand::held_bytes`]).
+    pub held_bytes: usize,
 }
 
 pub struct Applier {
@@ -112,8 +115,6 @@ impl Applier {
         observer: &mut dyn ReadyObserver,
     ) -> Result<(Progress, Vec<Entry>), CoreError> {
         let mut txn = self.db.begin_write().map_err(redb_err)?;
-        let durable = self.applied.index + entries.len() as u64 >= self.durable_index + self.sync_every;
-        txn.set_durability(if durable { Durability::Immediate } else { Durability::None });
         observer.apply_started();
         let mut commands = Vec::new();
         let mut applied = 0;
@@ -141,6 +142,8 @@ impl Applier {
         let rest: Vec<Entry> = entries.collect();
         let history = batch.history();
         let position = batch.finish()?;
+        let durable = position.index >= self.durable_index + self.sync_every;
+        txn.set_durability(if durable { Durability::Immediate } else { Durability::None });
         observer.apply_finished(applied);
         observer.commit_started();
         txn.commit().map_err(redb_err)?;
@@ -149,7 +152,14 @@ impl Applier {
         if durable {
             self.durable_index = self.applied.index;
         }
-        Ok((Progress { applied: self.applied, durable_index: self.durable_index, commands, history }, rest))
+        let progress = Progress {
+            applied: self.applied,
+            durable_index: self.durable_index,
+            commands,
+            history,
+            held_bytes: held,
+        };
+        Ok((progress, rest))
     }
 
     /// Makes everything applied durable (one empty durable commit makes every earlier commit
@@ -167,6 +177,7 @@ impl Applier {
             durable_index: self.durable_index,
             commands: Vec::new(),
             history: None,
+            held_bytes: 0,
         }))
     }
 

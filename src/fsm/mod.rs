@@ -31,7 +31,7 @@ pub mod elections;
 pub mod history;
 mod kv;
 pub use kv::writes_nothing;
-pub use requests::{answer_of, first_outcome};
+pub use requests::{answer_of, first_outcome, omit_data};
 pub mod locks;
 pub mod registry;
 mod requests;
@@ -1157,6 +1157,31 @@ mod tests {
         assert!(remembered(&s, "txn") < 200, "remembered in {} bytes", remembered(&s, "txn"));
         let retried = s.apply("txn", body);
         assert_eq!(retried, first, "the retry is answered as the first, both keys included");
+
+        // A txn whose failure branch ran: its results answer that branch's ops.
+        let never = cmp(
+            "nobody",
+            latch_proto::internal::compare::Result::Equal,
+            latch_proto::internal::compare::Target::Version(7),
+        );
+        let other = "o".repeat(4096);
+        let body =
+            txn(vec![never], vec![op_put(&long, "never")], vec![op_put("short", "f"), op_put(&other, "f")]);
+        let first = s.apply("failed", body.clone());
+        assert_eq!(keys(first.clone()), [b"short".to_vec(), other.as_bytes().to_vec()]);
+        assert!(remembered(&s, "failed") < 200, "remembered in {} bytes", remembered(&s, "failed"));
+        assert_eq!(s.apply("failed", body), first, "the failure branch's keys are put back");
+        // Answered from the memory outside an apply (a proposal a snapshot covered), with the
+        // proposal's command: its keys are put back too.
+        let data = command("long", put(&long, "v")).encode_to_vec();
+        let hash = request_hash(&Command::decode(data.as_slice()).expect("decodes"), &data);
+        let answer = s.read(|t| answer_of(t, "long", hash, &data)).expect("reads").expect("remembered");
+        assert_eq!(as_put(answer).key, long.as_bytes(), "the proposal's key is put back");
+        // Another command under the id is a conflict, with no keys to put back.
+        assert!(
+            matches!(s.apply("failed", put("x", "y")).result, Some(outcome::Result::Conflict(_))),
+            "a conflict"
+        );
 
         let v5 = Command { version: 5, request_id: "v5".into(), body: Some(put(&long, "v")) };
         s.apply_data(&v5.encode_to_vec());

@@ -294,6 +294,13 @@ pub(crate) fn row_bytes(id_len: usize, row_len: usize) -> u64 {
     (2 * id_len + row_len + 8) as u64
 }
 
+/// `o` without its data (previous values, range results), marked `data_omitted` if it had any:
+/// as a retry is answered from the memory.
+pub fn omit_data(o: &Outcome) -> Outcome {
+    let (o, stripped) = strip(o, false);
+    Outcome { data_omitted: stripped, ..o }
+}
+
 /// The outcome without previous values and range results (and with `health_only`, a registry
 /// outcome's instance reduced to its health), and whether its answer carried data that is not
 /// kept (see the module doc: decided by the command and the state alone).

@@ -3,8 +3,12 @@
 //!
 //! The raft thread hands it jobs in order over a bounded channel ([`APPLY_QUEUE`] batches: when
 //! the state falls behind, the raft thread waits, and client requests back up into the pending
-//! budget). Consecutive batches are applied in one transaction. Progress goes back to the raft
-//! thread as an [`Event::Applied`]; a failure, as [`Event::ApplyFailed`], stops the member.
+//! budget). Consecutive batches are applied in one transaction, cut where the answers and events
+//! it holds pass [`MAX_HELD_BYTES`]. Progress goes back to the raft thread as an
+//! [`Event::Applied`]; a failure, as [`Event::ApplyFailed`], stops the member. What progress
+//! holds on its way is counted ([`InFlight`]): past [`MAX_IN_FLIGHT_BYTES`] (the raft thread is
+//! behind, installing a snapshot or stalled on its log) the answers' data is left out, as a
+//! retry's answer from the request memory leaves it out, rather than held.
 //!
 //! Durability: every state commit is lazy except one every sync interval ([`SyncPace`]: at
 //! least [`SYNC_INTERVAL_MIN`], and ten times what durable commits take) or every
@@ -30,7 +34,7 @@
 //! one may succeed without the lost pages ever reaching the disk.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,7 +42,7 @@ use std::time::{Duration, Instant};
 use raft::eraftpb::Entry;
 
 use super::Event;
-use crate::core::{Applier, CoreError, ReadyObserver};
+use crate::core::{Applier, CoreError, Progress, ReadyObserver};
 use crate::fsm::Applied;
 use crate::metrics::RaftMetrics;
 use crate::storage::StorageError;
@@ -85,6 +89,14 @@ const MAX_ENTRIES_PER_BATCH: usize = 4096;
 /// Most bytes of answers and events one transaction's progress holds (past the command that
 /// crosses it): they wait in memory until the raft thread took the progress.
 const MAX_HELD_BYTES: usize = 64 * 1024 * 1024;
+/// Most bytes of answers and events on their way to the raft thread before the apply thread
+/// leaves the answers' data out (see the module doc).
+const MAX_IN_FLIGHT_BYTES: usize = 256 * 1024 * 1024;
+
+/// The bytes of answers and events the apply thread sent and the raft thread has not taken
+/// yet: the apply thread adds a progress's `held_bytes` as it sends it, the raft thread takes
+/// them off as it takes it.
+pub type InFlight = Arc<AtomicUsize>;
 
 /// What the raft thread asks of the apply thread.
 pub enum Job {
@@ -233,7 +245,7 @@ pub type Announce = Arc<tokio::sync::watch::Sender<i64>>;
 pub fn run(
     applier: Applier,
     jobs: Receiver<Job>,
-    (events, announce): (mpsc::Sender<Event>, Announce),
+    (events, announce, in_flight): (mpsc::Sender<Event>, Announce, InFlight),
     metrics: &RaftMetrics,
     preflush: Option<Preflush>,
 ) {
@@ -252,7 +264,7 @@ pub fn run(
                 }
             }
         }
-        apply_loop(applier, jobs, (events, announce), metrics, &mut gate);
+        apply_loop(applier, jobs, (events, announce, in_flight), metrics, &mut gate);
         // Dropping the gate (its sender) ends the pre-flush thread; the scope joins it.
     });
 }
@@ -260,7 +272,7 @@ pub fn run(
 fn apply_loop(
     mut applier: Applier,
     jobs: Receiver<Job>,
-    (events, announce): (mpsc::Sender<Event>, Announce),
+    (events, announce, in_flight): (mpsc::Sender<Event>, Announce, InFlight),
     metrics: &RaftMetrics,
     gate: &mut SyncGate,
 ) {
@@ -309,7 +321,7 @@ fn apply_loop(
                 loop {
                     let mut timer = StateTimer { metrics, started: None, apply_started: None };
                     let (applied, rest) = match applier.apply_some(entries, MAX_HELD_BYTES, &mut timer) {
-                        Ok((progress, rest)) => (Ok(progress), rest),
+                        Ok((progress, rest)) => (Ok(count_in_flight(progress, &in_flight)), rest),
                         Err(e) => (Err(e), Vec::new()),
                     };
                     if let Ok(progress) = &applied {
@@ -349,6 +361,20 @@ fn apply_loop(
     }
 }
 
+/// Counts `p` in what is on its way to the raft thread; past [`MAX_IN_FLIGHT_BYTES`], its
+/// answers' data is left out first (`data_omitted`: a waiter, if any, is told to read again).
+fn count_in_flight(mut p: Progress, in_flight: &AtomicUsize) -> Progress {
+    if in_flight.load(Ordering::Acquire).saturating_add(p.held_bytes) > MAX_IN_FLIGHT_BYTES {
+        for c in &mut p.commands {
+            c.outcome = crate::fsm::omit_data(&c.outcome);
+            c.events = Vec::new();
+        }
+        p.held_bytes = p.commands.iter().map(crate::fsm::AppliedCommand::held_bytes).sum();
+    }
+    in_flight.fetch_add(p.held_bytes, Ordering::AcqRel);
+    p
+}
+
 /// A durable commit of what was applied, timed (for the metrics and the pace) when it had
 /// something to do.
 fn timed_sync(
@@ -381,6 +407,57 @@ fn report(result: Result<Option<crate::core::Progress>, CoreError>, events: &mps
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Progress on its way to the raft thread is counted; past the bound, answers leave
+    /// without their data (marked so), and what they hold is counted as they leave.
+    #[test]
+    fn past_the_in_flight_bound_answers_leave_without_their_data() {
+        use latch_proto::internal::{
+            op_result, outcome, KeyValue, OpResult, Outcome, RangeResult, TxnResult,
+        };
+        let read = |bytes: usize| {
+            let kv = KeyValue { key: b"k".to_vec(), value: vec![b'v'; bytes], ..Default::default() };
+            let range = op_result::Result::Range(RangeResult { kvs: vec![kv], count: 1, more: false });
+            let result = TxnResult { succeeded: true, results: vec![OpResult { result: Some(range) }] };
+            crate::fsm::AppliedCommand {
+                index: 1,
+                term: 1,
+                request_id: "r".into(),
+                command_hash: 0,
+                outcome: Outcome {
+                    revision: 1,
+                    data_omitted: false,
+                    result: Some(outcome::Result::Txn(result)),
+                },
+                events: Vec::new(),
+                sessions: Vec::new(),
+                locks: Vec::new(),
+                instances: Vec::new(),
+            }
+        };
+        let progress = |bytes| {
+            let commands = vec![read(bytes)];
+            Progress { held_bytes: commands[0].held_bytes(), commands, ..Progress::default() }
+        };
+        let in_flight = AtomicUsize::new(0);
+        let kept = count_in_flight(progress(1 << 20), &in_flight);
+        assert!(!kept.commands[0].outcome.data_omitted, "under the bound the answer is whole");
+        assert_eq!(in_flight.load(Ordering::Acquire), kept.held_bytes, "and counted");
+        assert!(kept.held_bytes > 1 << 20);
+
+        in_flight.store(MAX_IN_FLIGHT_BYTES - 1024, Ordering::Release);
+        let omitted = count_in_flight(progress(1 << 20), &in_flight);
+        let outcome = &omitted.commands[0].outcome;
+        assert!(outcome.data_omitted, "past the bound the answer says its data is left out");
+        match &outcome.result {
+            Some(outcome::Result::Txn(t)) => {
+                assert_eq!(t.results[0].result, Some(op_result::Result::Range(RangeResult::default())))
+            }
+            other => panic!("a txn's answer, not {other:?}"),
+        }
+        assert!(omitted.held_bytes < 1024, "what is left holds little: {}", omitted.held_bytes);
+        assert_eq!(in_flight.load(Ordering::Acquire), MAX_IN_FLIGHT_BYTES - 1024 + omitted.held_bytes);
+    }
 
     #[test]
     fn a_durable_commit_waits_for_the_pre_flush_it_asked_for() {

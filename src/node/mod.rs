@@ -297,13 +297,15 @@ impl Node {
         let status = handle.status.clone();
         let budgets = [handle.pending.clone(), handle.peer_queue.clone()];
         let running = RunningFlag(handle.running.clone());
-        let hubs = (handle.locks.clone(), handle.revisions.clone());
+        let in_flight = apply::InFlight::default();
+        let hubs = (handle.locks.clone(), handle.revisions.clone(), in_flight.clone());
         let (jobs, queued) = apply::queue();
         let (events, apply_metrics) = (handle.events.clone(), metrics.clone());
         let announce = handle.revisions.clone();
-        let applying = std::thread::Builder::new()
-            .name(format!("latch-apply-{}", core.id()))
-            .spawn(move || apply::run(applier, queued, (events, announce), &apply_metrics.raft, preflush))?;
+        let applying =
+            std::thread::Builder::new().name(format!("latch-apply-{}", core.id())).spawn(move || {
+                apply::run(applier, queued, (events, announce, in_flight), &apply_metrics.raft, preflush)
+            })?;
         let thread =
             std::thread::Builder::new().name(format!("latch-node-{}", core.id())).spawn(move || {
                 let _running = running;
@@ -388,6 +390,8 @@ fn record_status(m: &RaftMetrics, before: &Status, now: &Status) {
 struct Waiters {
     locks: Arc<LockHub>,
     revisions: Arc<tokio::sync::watch::Sender<i64>>,
+    /// What the apply thread's progress holds on its way here (`apply::InFlight`).
+    in_flight: apply::InFlight,
     next: Waiter,
     proposals: HashMap<Waiter, (oneshot::Sender<Result<Outcome, RequestError>>, Permit)>,
     reads: HashMap<Waiter, (oneshot::Sender<Result<(), RequestError>>, Permit)>,
@@ -477,6 +481,7 @@ fn hand(
             let _ = reply.send(sessions.iter().map(|id| core.lease_remaining(id)).collect());
         }
         Event::Applied(progress) => {
+            waiters.in_flight.fetch_sub(progress.held_bytes, std::sync::atomic::Ordering::AcqRel);
             let actions = core.on_applied(progress);
             metrics.history_bytes.set(core.history_bytes() as i64);
             waiters.carry_out(actions, metrics, apply)
@@ -500,12 +505,13 @@ fn drive(
     tick: Duration,
     metrics: &Metrics,
     [pending, peer_queue]: [Arc<Budget>; 2],
-    (locks, revisions): (Arc<LockHub>, Arc<tokio::sync::watch::Sender<i64>>),
+    (locks, revisions, in_flight): (Arc<LockHub>, Arc<tokio::sync::watch::Sender<i64>>, apply::InFlight),
 ) -> Result<(), CoreError> {
     let metrics = &metrics.raft;
     let mut waiters = Waiters {
         locks,
         revisions,
+        in_flight,
         next: 0,
         proposals: HashMap::new(),
         reads: HashMap::new(),
