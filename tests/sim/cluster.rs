@@ -43,8 +43,9 @@ use latch_proto::internal::{compare, op, op_result, Compare, DeleteRange, Op as 
 
 use crate::clients::{Client, History, Op, OpKind};
 use crate::disk::{SimDir, SimDisk};
+use crate::fencing::FenceChecker;
 use crate::invariants::{self, Ack, Before, Checker, Ctx, Fnv, HASH_EVERY, HASH_EVERY_LEADER_CHANGES};
-use crate::locks::{LockChecker, Locker};
+use crate::locks::{LockCall, LockChecker, Locker};
 use crate::network::{Delivery, NetConfig, Network};
 use crate::registry::{Heartbeater, Next, RegistryChecker};
 use crate::sessions::{Keeper, LeaseChecker};
@@ -223,6 +224,12 @@ pub struct Report {
     pub lock_ids_spent: u64,
     /// Acquires refused because the lock's queue was at its bound.
     pub lock_queues_full: u64,
+    /// Writes guarded by a sequencer: sent, succeeded, refused because their session had ended,
+    /// refused while it lived (the grant was released).
+    pub guarded_sent: u64,
+    pub guarded_succeeded: u64,
+    pub guarded_refused_session_ended: u64,
+    pub guarded_refused_released: u64,
     /// Registry: heartbeats and registrations applied, turns to critical, reaps, and instances
     /// removed with their session.
     pub heartbeats: u64,
@@ -250,8 +257,9 @@ impl std::fmt::Display for Report {
             "seed {} ({} nodes, snapshot every {}): {} steps, {:.1}s virtual, {} msgs; puts {} acked {} reads {} \
              retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}), \
              partitions {}, pauses {}, snapshots {}; max term {}, revision {}, {} hash checks; lease grants {}, \
-             expiries {}; lock grants {}, lock-delays ended {}, acquires withdrawn first {}, queues full {}; heartbeats {}, critical {}, reaped {}, removed with \
-             their session {}; watched revisions {} (moves {}, compacted {}), compact revision {}; history bytes {} of bound {} (byte-compacted {}); trace {:016x}",
+             expiries {}; lock grants {}, lock-delays ended {}, acquires withdrawn first {}, queues full {}; guarded \
+             writes {} (succeeded {}, refused after their session ended {}, refused after a release {}); heartbeats {}, \
+             critical {}, reaped {}, removed with their session {}; watched revisions {} (moves {}, compacted {}), compact revision {}; history bytes {} of bound {} (byte-compacted {}); trace {:016x}",
             self.seed,
             self.nodes,
             self.snapshot_entries,
@@ -278,6 +286,10 @@ impl std::fmt::Display for Report {
             self.lock_delays_ended,
             self.lock_ids_spent,
             self.lock_queues_full,
+            self.guarded_sent,
+            self.guarded_succeeded,
+            self.guarded_refused_session_ended,
+            self.guarded_refused_released,
             self.heartbeats,
             self.criticals,
             self.reaps,
@@ -515,6 +527,7 @@ pub struct Sim {
     /// Lockers' calls waiting for a member: (locker, attempt, member).
     locker_waiters: BTreeMap<Waiter, (usize, u64, u64)>,
     lock_checker: LockChecker,
+    fences: FenceChecker,
     heartbeaters: Vec<Heartbeater>,
     /// Heartbeaters' calls waiting for a member: (heartbeater, attempt, member).
     heartbeater_waiters: BTreeMap<Waiter, (usize, u64, u64)>,
@@ -623,6 +636,7 @@ impl Sim {
             lockers,
             locker_waiters: BTreeMap::new(),
             lock_checker: LockChecker::with_queue_bound(queue_bound),
+            fences: FenceChecker::default(),
             heartbeaters,
             heartbeater_waiters: BTreeMap::new(),
             registry: RegistryChecker::new(),
@@ -1036,11 +1050,12 @@ impl Sim {
         let mut out: Vec<Message> = Vec::new();
         let to_apply = &mut n.to_apply;
         let mut progress = Vec::new();
+        let (db, fences) = (core.state_db().clone(), &mut self.fences);
         // As the apply thread does: whatever was handed out before is applied first, in order.
         let mut install = |token: &[u8], index: u64, term: u64| {
             let queued = std::mem::take(to_apply);
             if !queued.is_empty() {
-                progress.push(applier.apply(queued, &mut ())?);
+                progress.extend(fences.apply(ctx, id, applier, &db, queued)?);
             }
             applier.install(token, index, term)
         };
@@ -1079,12 +1094,17 @@ impl Sim {
         let mut result = Ok(Vec::new());
         if !entries.is_empty() {
             let (leases, registry) = (&mut self.leases, &mut self.registry);
-            result = applier.apply(entries, &mut ()).map(|p| {
-                for session in ended_sessions(&p) {
-                    leases.ended(ctx, id, &session, now);
+            let db = core.state_db().clone();
+            result = self.fences.apply(ctx, id, applier, &db, entries).map(|progress| {
+                let mut actions = Vec::new();
+                for p in progress {
+                    for session in ended_sessions(&p) {
+                        leases.ended(ctx, id, &session, now);
+                    }
+                    registry.applied(ctx, id, &p.commands);
+                    actions.extend(core.on_applied(p));
                 }
-                registry.applied(ctx, id, &p.commands);
-                core.on_applied(p)
+                actions
             });
         }
         if sync {
@@ -1638,14 +1658,17 @@ impl Sim {
         }
     }
 
-    /// A locker's turn: learn how its waits stand at a member, then send one call. It stops for
-    /// good once its keeper has stopped (a dead client) or lost its session.
+    /// A locker's turn: learn how its waits stand at a member, then send one call. Once its
+    /// keeper has stopped (a dead or paused client) or lost its session, it only sends writes
+    /// guarded by what it believes it holds, and stops for good once it believes it holds
+    /// nothing.
     fn locker_wake(&mut self, locker: usize) {
         let now = self.now;
         let keeper = &self.keepers[self.lockers[locker].keeper];
-        if keeper.gone || (keeper.created && keeper.stopped(now)) || self.settling {
+        if self.settling {
             return;
         }
+        let after_its_session = keeper.gone || (keeper.created && keeper.stopped(now));
         if !keeper.created || self.lockers[locker].in_flight.is_some() {
             let d = self.rng.gen_range(20_000..100_000);
             self.at(d, Ev::LockerWake { locker });
@@ -1653,10 +1676,22 @@ impl Sim {
         }
         let session = keeper.session.clone();
         let node = self.rng.gen_range(1..=self.params.nodes);
-        if let Some(core) = self.nodes[(node - 1) as usize].core.as_ref() {
-            self.lockers[locker].look(core);
+        let (body, request_id, call) = if after_its_session {
+            match self.lockers[locker].next_call_after_its_session(&mut self.rng) {
+                Some(next) => next,
+                None => return,
+            }
+        } else {
+            let ctx = self.ctx();
+            if let Some(core) = self.nodes[(node - 1) as usize].core.as_ref() {
+                self.lockers[locker].look(ctx, &session, core);
+            }
+            self.lockers[locker].next_call(&mut self.rng, &session)
+        };
+        if let LockCall::Guarded { request_id, sequencer, released_at } = &call {
+            let ended = self.leases.ended_at(&sequencer.session);
+            self.fences.sent(self.ctx(), locker, request_id, sequencer, *released_at, ended);
         }
-        let (body, request_id, call) = self.lockers[locker].next_call(&mut self.rng, &session);
         let l = &mut self.lockers[locker];
         l.attempt += 1;
         l.in_flight = Some(call);
@@ -1706,12 +1741,15 @@ impl Sim {
     }
 
     fn locker_reply(&mut self, locker: usize, attempt: u64, result: Result<Outcome, String>) {
+        let ctx = self.ctx();
         let l = &mut self.lockers[locker];
         if l.attempt != attempt {
             return;
         }
         let Some(call) = l.in_flight.take() else { return };
-        if let Some(spent) = result.as_ref().ok().and_then(|outcome| l.answered(&call, outcome)) {
+        let session = &self.keepers[l.keeper].session;
+        if let Some(spent) = result.as_ref().ok().and_then(|outcome| l.answered(ctx, session, &call, outcome))
+        {
             self.lock_checker.spent(spent);
         }
         // A failed acquire may still apply: its wait stays listed until a look settles it.
@@ -1982,6 +2020,7 @@ impl Sim {
         invariants::check_final(ctx, &up, &self.history.acked, &self.history.written);
         self.watch_checker.check_final(ctx);
         self.registry.check_final(ctx, &up);
+        self.fences.check_final(ctx, &up);
         let lin = latch_check::linearizability::check(&self.history.shared);
         if !lin.is_linearizable() {
             ctx.fail(None, "linearizability (Wing–Gong–Lowe, per key)", format!("{lin}"));
@@ -2004,6 +2043,10 @@ impl Sim {
         r.lock_delays_ended = self.lock_checker.delays_ended;
         r.lock_ids_spent = self.lock_checker.spent_ids();
         r.lock_queues_full = self.lockers.iter().map(|l| l.queues_full).sum();
+        r.guarded_sent = self.fences.sent_count();
+        r.guarded_succeeded = self.fences.succeeded;
+        r.guarded_refused_session_ended = self.fences.refused_session_ended;
+        r.guarded_refused_released = self.fences.refused_released;
         r.heartbeats = self.registry.beats;
         r.criticals = self.registry.criticals;
         r.reaps = self.registry.reaps;

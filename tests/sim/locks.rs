@@ -1,9 +1,18 @@
 //! Lockers and the lock invariants (DESIGN.md §1 Locks) in the simulator. A locker is a client
 //! that uses a keeper's session: it acquires locks and elections (waiting or not, shared or
 //! exclusive, with a drawn lock-delay), releases what it holds, gives up waits, and learns of
-//! grants by reading a member's applied state, as the API's waiting half does. When its keeper
-//! stops (a dead client), it stops too, holding what it holds: its session's expiry releases
-//! that abnormally, and the lock-delay follows.
+//! grants by reading a member's applied state, as the API's waiting half does. While it holds a
+//! lock it sends, now and then, a write guarded by the grant's sequencer (`guarded_write`; see
+//! `fencing.rs`), and now and then one guarded by a sequencer whose release it saw acknowledged
+//! (a stale token). When its keeper stops (a dead or paused client) or hears that its session is
+//! gone, it asks for nothing more and releases nothing, holding what it holds: its session's
+//! expiry releases that abnormally, and the lock-delay follows. It goes on as a paused client
+//! that woke up and does not know: it sends writes guarded by what it believes it holds until
+//! each is refused.
+//!
+//! Checked as lockers learn of grants: every sequencer a grant hands a locker (an acquire's or a
+//! cancel's answer, or its request found holding in a member's state) names the lock it asked
+//! for, in its space, and the locker's own session; an acquire's names the mode it asked for.
 //!
 //! What is checked, after every step, in every member's applied state:
 //! - Per lock: one exclusive holder, or only shared holders; every holder and waiter belongs to
@@ -26,8 +35,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use latch::core::Core;
 use latch::fsm::{self, locks::lock_key, LockChange};
 use latch_proto::internal::{
-    command::Body, lock_result::Status, outcome, Acquire, CancelWait, LockMode, LockSpace, Outcome, Release,
-    Sequencer,
+    command::Body, compare, lock_result::Status, op, outcome, Acquire, CancelWait, Compare, LockMode,
+    LockSpace, Op, Outcome, Put, Release, Sequencer, Txn,
 };
 use rand::rngs::SmallRng;
 use rand::Rng;
@@ -38,6 +47,13 @@ use crate::invariants::Ctx;
 const NAMES: [(LockSpace, &str); 3] =
     [(LockSpace::Locks, "a"), (LockSpace::Locks, "b"), (LockSpace::Elections, "e")];
 
+/// How often a locker that holds something sends a write guarded by one of its grants, of the
+/// calls it draws; and one guarded by a sequencer whose release it saw acknowledged.
+const GUARDED_WRITE_P: f64 = 0.35;
+const STALE_WRITE_P: f64 = 0.15;
+/// How many acknowledged releases a locker keeps, to send a stale token of.
+const RELEASED_KEPT: usize = 3;
+
 /// One simulated lock client.
 #[derive(Debug, Clone)]
 pub struct Locker {
@@ -46,8 +62,12 @@ pub struct Locker {
     pub keeper: usize,
     pub attempt: u64,
     pub in_flight: Option<LockCall>,
-    /// Grants it was told of (some may have ended since: a release then finds nothing).
+    /// Grants it was told of (some may have ended since: a release then finds nothing, a
+    /// guarded write is refused).
     pub held: Vec<Sequencer>,
+    /// Grants whose release was acknowledged, and when (virtual µs): stale tokens, each sent once
+    /// in a guarded write that must be refused.
+    released: Vec<(Sequencer, u64)>,
     /// Requests it queued, by (space, name, request id), until it learns how they ended.
     pub waiting: Vec<(LockSpace, String, String)>,
     /// An id whose withdrawal was applied before any acquire under it (Lock.Withdraw of an
@@ -67,10 +87,22 @@ pub struct Locker {
 pub enum LockCall {
     Acquire {
         request_id: String,
+        space: LockSpace,
+        name: String,
+        mode: LockMode,
     },
     Release,
     Cancel {
         request_id: String,
+        space: LockSpace,
+        name: String,
+    },
+    /// A write guarded by `sequencer` ([`guarded_write`]); `released_at`: when the locker saw
+    /// the sequencer's release acknowledged, if it did (a stale token).
+    Guarded {
+        request_id: String,
+        sequencer: Sequencer,
+        released_at: Option<u64>,
     },
     /// A withdrawal proposed under the id of an acquire not sent yet.
     Spend {
@@ -88,6 +120,7 @@ impl Locker {
             attempt: 0,
             in_flight: None,
             held: Vec::new(),
+            released: Vec::new(),
             waiting: Vec::new(),
             spent: None,
             race: None,
@@ -104,10 +137,11 @@ impl Locker {
         let request_id = format!("locker-{}-{}", self.index, self.next_id);
         if let Some((space, name, id)) = self.spent.take() {
             // The acquire whose withdrawal came first: refused as a conflict, never queued.
+            let body = spent_acquire(space, &name, session, self.queue_bound);
             return (
-                spent_acquire(space, &name, session, self.queue_bound),
+                body,
                 id.clone(),
-                LockCall::Acquire { request_id: id },
+                LockCall::Acquire { request_id: id, space, name, mode: LockMode::Exclusive },
             );
         }
         if rng.gen_bool(0.05) {
@@ -127,6 +161,14 @@ impl Locker {
             let call = LockCall::Spend { space, name: name.to_string(), request_id: request_id.clone() };
             return (body, request_id, call);
         }
+        if !self.held.is_empty() && rng.gen_bool(GUARDED_WRITE_P) {
+            let seq = self.held[rng.gen_range(0..self.held.len())].clone();
+            return guarded_call(seq, None, request_id);
+        }
+        if !self.released.is_empty() && rng.gen_bool(STALE_WRITE_P) {
+            let (seq, at) = self.released.swap_remove(rng.gen_range(0..self.released.len()));
+            return guarded_call(seq, Some(at), request_id);
+        }
         if !self.held.is_empty() && rng.gen_bool(0.4) {
             let seq = self.held.swap_remove(rng.gen_range(0..self.held.len()));
             return (Body::Release(Release { sequencer: Some(seq) }), request_id, LockCall::Release);
@@ -135,20 +177,21 @@ impl Locker {
             let (space, name, id) = self.waiting[rng.gen_range(0..self.waiting.len())].clone();
             let body = Body::CancelWait(CancelWait {
                 space: space as i32,
-                name,
+                name: name.clone(),
                 request_id: id.clone(),
                 release_granted: rng.gen_bool(0.5),
             });
-            return (body, request_id, LockCall::Cancel { request_id: id });
+            return (body, request_id, LockCall::Cancel { request_id: id, space, name });
         }
         let (space, name) = NAMES[rng.gen_range(0..NAMES.len())];
         let shared = space == LockSpace::Locks && rng.gen_bool(0.3);
+        let mode = if shared { LockMode::Shared } else { LockMode::Exclusive };
         let wait = rng.gen_bool(0.7);
         let body = Body::Acquire(Acquire {
             space: space as i32,
             name: name.to_string(),
             session: session.to_string(),
-            mode: if shared { LockMode::Shared } else { LockMode::Exclusive } as i32,
+            mode: mode as i32,
             wait,
             lock_delay_ms: if rng.gen_bool(0.3) { 0 } else { rng.gen_range(50..400) },
             value: format!("locker-{}", self.index).into_bytes(),
@@ -159,7 +202,20 @@ impl Locker {
         if wait {
             self.waiting.push((space, name.to_string(), request_id.clone()));
         }
-        (body, request_id.clone(), LockCall::Acquire { request_id })
+        (body, request_id.clone(), LockCall::Acquire { request_id, space, name: name.to_string(), mode })
+    }
+
+    /// The next call of a locker whose session has ended, or whose keeper stopped (a paused
+    /// client that woke up): a write guarded by a grant it believes it holds; `None` once it
+    /// believes it holds nothing (each such write that is refused tells it so).
+    pub fn next_call_after_its_session(&mut self, rng: &mut SmallRng) -> Option<(Body, String, LockCall)> {
+        if self.held.is_empty() {
+            return None;
+        }
+        self.next_id += 1;
+        let request_id = format!("locker-{}-{}", self.index, self.next_id);
+        let seq = self.held[rng.gen_range(0..self.held.len())].clone();
+        Some(guarded_call(seq, None, request_id))
     }
 
     /// The acquire to send along with the withdrawal just drawn, if it races one: its body and
@@ -168,8 +224,24 @@ impl Locker {
         self.race.take()
     }
 
-    /// The outcome of `call`; the id it spent, if it was a withdrawal applied before its acquire.
-    pub fn answered(&mut self, call: &LockCall, outcome: &Outcome) -> Option<String> {
+    /// The outcome of `call`, made for `session`; the id it spent, if it was a withdrawal
+    /// applied before its acquire. Fails the run if a grant's sequencer is not the locker's.
+    pub fn answered(
+        &mut self,
+        ctx: Ctx,
+        session: &str,
+        call: &LockCall,
+        outcome: &Outcome,
+    ) -> Option<String> {
+        if let LockCall::Guarded { sequencer, .. } = call {
+            if let Some(outcome::Result::Txn(t)) = &outcome.result {
+                if !t.succeeded {
+                    // Refused: the grant has ended, so the locker no longer believes it holds it.
+                    self.held.retain(|s| s != sequencer);
+                }
+            }
+            return None;
+        }
         let Some(outcome::Result::Lock(r)) = &outcome.result else { return None };
         if let LockCall::Spend { space, name, request_id } = call {
             self.spent = Some((*space, name.clone(), request_id.clone()));
@@ -182,12 +254,37 @@ impl Locker {
             .then(|| r.sequencer.clone())
             .flatten();
         match call {
-            LockCall::Acquire { request_id, .. } | LockCall::Cancel { request_id, .. } => {
+            LockCall::Acquire { request_id, space, name, mode } => {
+                if let Some(seq) = &granted {
+                    self.check_sequencer(
+                        ctx,
+                        session,
+                        (*space, name, Some(*mode)),
+                        seq,
+                        "an acquire's answer",
+                    );
+                }
                 if granted.is_some() || r.status != Status::Queued as i32 {
                     self.waiting.retain(|(_, _, id)| id != request_id);
                 }
             }
-            LockCall::Release | LockCall::Spend { .. } => {}
+            LockCall::Cancel { request_id, space, name } => {
+                if let Some(seq) = &granted {
+                    self.check_sequencer(ctx, session, (*space, name, None), seq, "a cancel's answer");
+                }
+                if granted.is_some() || r.status != Status::Queued as i32 {
+                    self.waiting.retain(|(_, _, id)| id != request_id);
+                }
+            }
+            LockCall::Release | LockCall::Spend { .. } | LockCall::Guarded { .. } => {}
+        }
+        if let (true, Some(seq)) = (r.status == Status::Done as i32, &r.sequencer) {
+            // A release (or a cancel that released its grant) took effect: a stale token now.
+            self.held.retain(|s| s != seq);
+            if self.released.len() == RELEASED_KEPT {
+                self.released.remove(0);
+            }
+            self.released.push((seq.clone(), ctx.time_us));
         }
         if let Some(seq) = granted {
             if !self.held.contains(&seq) {
@@ -197,13 +294,40 @@ impl Locker {
         None
     }
 
-    /// Learns from a member's applied state how its queued requests stand.
-    pub fn look(&mut self, core: &Core) {
+    /// A grant handed to this locker (told by `how`), for `session`, of the lock it asked for
+    /// (`name` in `space`, in `mode` when it asked for one) names that lock, that session and
+    /// that mode.
+    fn check_sequencer(
+        &self,
+        ctx: Ctx,
+        session: &str,
+        (space, name, mode): (LockSpace, &str, Option<LockMode>),
+        seq: &Sequencer,
+        how: &str,
+    ) {
+        let mode_differs = mode.is_some_and(|m| seq.mode != m as i32);
+        if seq.session != session || seq.name != name || seq.space != space as i32 || mode_differs {
+            ctx.fail(
+                None,
+                "locks: a grant's sequencer names the locker's session and the lock",
+                format!(
+                    "locker {} (session {session}) asked for {space:?} {name:?}{}, but {how} handed it {seq:?}",
+                    self.index,
+                    mode.map(|m| format!(" ({m:?})")).unwrap_or_default()
+                ),
+            );
+        }
+    }
+
+    /// Learns from a member's applied state how its queued requests, made for `session`, stand.
+    pub fn look(&mut self, ctx: Ctx, session: &str, core: &Core) {
         let Ok(txn) = core.state_db().begin_read() else { return };
         let mut still = Vec::new();
         for (space, name, id) in std::mem::take(&mut self.waiting) {
             match fsm::locks::request_state(&txn, &lock_key(space, &name), &id) {
                 Ok(fsm::locks::RequestState::Held(seq)) => {
+                    let asked = (space, name.as_str(), None);
+                    self.check_sequencer(ctx, session, asked, &seq, "its request's hold in the state");
                     if !self.held.contains(&seq) {
                         self.held.push(seq);
                     }
@@ -216,6 +340,45 @@ impl Locker {
         }
         self.waiting = still;
     }
+}
+
+/// A call writing under the guard of `seq` (see [`guarded_write`]).
+fn guarded_call(seq: Sequencer, released_at: Option<u64>, request_id: String) -> (Body, String, LockCall) {
+    let body = guarded_write(&seq);
+    (body, request_id.clone(), LockCall::Guarded { request_id, sequencer: seq, released_at })
+}
+
+/// A write guarded by `seq`, as a fenced resource takes it: a txn whose one compare holds while
+/// the sequencer holds its lock (a sequencer compare, EQUAL), and whose success puts the lock's
+/// [`fence_key`] = the generation, in decimal; nothing on failure.
+pub fn guarded_write(seq: &Sequencer) -> Body {
+    Body::Txn(Txn {
+        compare: vec![Compare {
+            result: compare::Result::Equal as i32,
+            key: Vec::new(),
+            target: Some(compare::Target::Sequencer(seq.clone())),
+        }],
+        success: vec![Op {
+            op: Some(op::Op::Put(Put {
+                key: fence_key(seq),
+                value: seq.generation.to_string().into_bytes(),
+                ..Default::default()
+            })),
+        }],
+        failure: Vec::new(),
+    })
+}
+
+/// The key a guarded write of `seq` puts: `f/<space>/<name>` for an exclusive hold. Shared
+/// holders hold together, so their generations need not write in order: theirs put
+/// `f/<space>/<name>/shared`.
+pub fn fence_key(seq: &Sequencer) -> Vec<u8> {
+    let space = match LockSpace::try_from(seq.space) {
+        Ok(LockSpace::Elections) => "elections",
+        _ => "locks",
+    };
+    let shared = if seq.mode == LockMode::Shared as i32 { "/shared" } else { "" };
+    format!("f/{space}/{}{shared}", seq.name).into_bytes()
 }
 
 /// The acquire sent under an id a withdrawal may have spent (always the same command, so that

@@ -16,11 +16,13 @@
 //!   heartbeater's instance turns critical within its TTL and a bound (`registry.rs`; the
 //!   registry does not keep that bound yet, so it is off by default).
 //!
-//! Invariants: see `invariants.rs`; each module states what it models.
+//! Invariants: see `invariants.rs`; each module states what it models (locks and their
+//! sequencers: `locks.rs` and `fencing.rs`).
 
 mod clients;
 mod cluster;
 mod disk;
+mod fencing;
 mod invariants;
 mod locks;
 mod network;
@@ -95,6 +97,7 @@ fn run_seeds(nodes: u64) {
     let started = Instant::now();
     let (mut acked, mut crashes, mut snapshots, mut steps, mut spent, mut full) = (0, 0, 0, 0, 0, 0);
     let mut byte_compacted = 0;
+    let mut locks = LockActivity::default();
     for &seed in &seeds {
         let t = Instant::now();
         let r = run_one(seed, chaos_us(), single);
@@ -108,6 +111,7 @@ fn run_seeds(nodes: u64) {
         spent += r.lock_ids_spent;
         full += r.lock_queues_full;
         byte_compacted += u64::from(r.byte_compacted);
+        locks.add(&r);
     }
     eprintln!(
         "{nodes} nodes: {} seeds passed in {:.1}s ({steps} steps, {acked} acknowledged writes, {crashes} crashes, \
@@ -116,6 +120,10 @@ fn run_seeds(nodes: u64) {
         seeds.len(),
         started.elapsed().as_secs_f64()
     );
+    eprintln!("{nodes} nodes: {locks}");
+    if !single && seeds.len() >= 20 {
+        locks.assert_not_idle(seeds.len());
+    }
     assert!(
         single || seeds.len() < 20 || spent > 0,
         "over {} seeds, some acquire should have been withdrawn before it was applied (the check is not idle)",
@@ -133,6 +141,60 @@ fn run_seeds(nodes: u64) {
         "over {} seeds, some acquire should have met a full queue (the bound's check is not idle)",
         seeds.len()
     );
+}
+
+/// What the lockers' workload exercised over a run of seeds.
+#[derive(Debug, Default)]
+struct LockActivity {
+    grants: u64,
+    delays_ended: u64,
+    guarded_sent: u64,
+    guarded_succeeded: u64,
+    refused_session_ended: u64,
+    refused_released: u64,
+}
+
+impl LockActivity {
+    fn add(&mut self, r: &cluster::Report) {
+        self.grants += r.lock_grants;
+        self.delays_ended += r.lock_delays_ended;
+        self.guarded_sent += r.guarded_sent;
+        self.guarded_succeeded += r.guarded_succeeded;
+        self.refused_session_ended += r.guarded_refused_session_ended;
+        self.refused_released += r.guarded_refused_released;
+    }
+
+    /// Over a run of seeds, each of the lock and fencing checks had something to check: lock
+    /// grants, lock-delays that ended, guarded writes that succeeded, and guarded writes refused
+    /// after their session ended and after their grant was released.
+    fn assert_not_idle(&self, seeds: usize) {
+        let counts = [
+            (self.grants, "a lock should have been granted"),
+            (self.delays_ended, "a lock-delay should have ended"),
+            (self.guarded_succeeded, "a write guarded by a sequencer should have succeeded"),
+            (self.refused_session_ended, "a guarded write should have been refused after its session ended"),
+            (self.refused_released, "a guarded write should have been refused after its grant was released"),
+        ];
+        for (count, expected) in counts {
+            assert!(count > 0, "over {seeds} seeds, {expected} (the check is not idle): {self}");
+        }
+    }
+}
+
+impl std::fmt::Display for LockActivity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} lock grants, {} lock-delays ended; {} guarded writes: {} succeeded, {} refused after their session \
+             ended, {} refused after a release",
+            self.grants,
+            self.delays_ended,
+            self.guarded_sent,
+            self.guarded_succeeded,
+            self.refused_session_ended,
+            self.refused_released
+        )
+    }
 }
 
 #[test]
@@ -173,6 +235,7 @@ fn run_leader_change_seeds(nodes: u64) {
     let single = std::env::var("LATCH_SIM_SEED").is_ok();
     let started = Instant::now();
     let (mut grants, mut expiries, mut elections) = (0, 0, 0);
+    let mut locks = LockActivity::default();
     for &seed in &seeds {
         let r = run_guarded(seed, || {
             cluster::run_mode(seed, SESSION_RUN_US, single, cluster::Mode::LeaderChanges)
@@ -183,6 +246,7 @@ fn run_leader_change_seeds(nodes: u64) {
         grants += r.grants;
         expiries += r.expiries;
         elections += r.max_term;
+        locks.add(&r);
     }
     eprintln!(
         "leader changes, {nodes} nodes: {} seeds passed in {:.1}s ({grants} lease grants, {expiries} sessions \
@@ -190,6 +254,10 @@ fn run_leader_change_seeds(nodes: u64) {
         seeds.len(),
         started.elapsed().as_secs_f64()
     );
+    eprintln!("leader changes, {nodes} nodes: {locks}");
+    if !single && seeds.len() >= 20 {
+        locks.assert_not_idle(seeds.len());
+    }
 }
 
 /// The same seed, run twice, takes exactly the same course (same trace hash).
