@@ -16,7 +16,8 @@
 //!   a timeout cannot stop) ended, and an instance is not probed again before (within one
 //!   schedule: a new term or registration starts afresh): names that resolve slowly hold at
 //!   most `MAX_PROBES_IN_FLIGHT` of the blocking pool's threads, which snapshots, scans and
-//!   watch catch-ups share.
+//!   watch catch-ups share. The price: while a resolver drops queries, that many lookups delay
+//!   (in due order, not starve) the probes of the other instances.
 //!   Memory: one schedule entry per probed instance.
 
 use std::collections::BTreeMap;

@@ -193,8 +193,9 @@ pub enum ApiError {
     )]
     RequestConflict { request_id: String, first_applied_at: u64 },
     #[error(
-        "request id {request_id:?} was already applied, at revision {revision}{}; the data its \
-         first answer carried (a previous value or range results) is not kept: read it again",
+        "request id {request_id:?} was applied, at revision {revision}{}; the data its answer \
+         carried (a previous value or range results) is not kept — an earlier attempt's answer, or \
+         one this member fell too far behind to carry: read it again",
         match .succeeded { Some(true) => " (its compares held)", Some(false) => " (its compares failed)", None => "" }
     )]
     AlreadyApplied { request_id: String, revision: i64, succeeded: Option<bool> },

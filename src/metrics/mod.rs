@@ -129,6 +129,8 @@ pub struct RaftMetrics {
     pub log_cached_bytes: Gauge,
     /// Bytes of history rows stored (`--history-retention-bytes`).
     pub history_bytes: Gauge,
+    /// Bytes of answers the apply thread sent the raft thread that it has not taken yet.
+    pub apply_in_flight_bytes: Gauge,
     /// Reads confirmed by the leader, waiting for this member to apply up to their index.
     pub reads_awaiting_apply: Gauge,
     /// Live sessions, as this member's leases count them.
@@ -243,6 +245,7 @@ impl Metrics {
             compacted_index: Gauge::default(),
             log_cached_bytes: Gauge::default(),
             history_bytes: Gauge::default(),
+            apply_in_flight_bytes: Gauge::default(),
             reads_awaiting_apply: Gauge::default(),
             sessions: Gauge::default(),
             pending_bytes: Gauge::default(),
@@ -343,6 +346,12 @@ impl Metrics {
             "Keys and values of the history rows stored (bounded by --history-retention-bytes; compacted rows count until they are removed)",
             Unit::Bytes,
             raft.history_bytes.clone(),
+        );
+        r.register_with_unit(
+            "apply_in_flight",
+            "Answers the apply thread sent the raft thread that it has not taken yet (past 256 MiB, answers leave without their data)",
+            Unit::Bytes,
+            raft.apply_in_flight_bytes.clone(),
         );
         r.register_with_unit(
             "raft_log_cached",

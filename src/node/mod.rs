@@ -481,7 +481,10 @@ fn hand(
             let _ = reply.send(sessions.iter().map(|id| core.lease_remaining(id)).collect());
         }
         Event::Applied(progress) => {
-            waiters.in_flight.fetch_sub(progress.held_bytes, std::sync::atomic::Ordering::AcqRel);
+            let left = waiters.in_flight.fetch_sub(progress.held_bytes, std::sync::atomic::Ordering::AcqRel);
+            metrics
+                .apply_in_flight_bytes
+                .set(i64::try_from(left.saturating_sub(progress.held_bytes)).unwrap_or(i64::MAX));
             let actions = core.on_applied(progress);
             metrics.history_bytes.set(core.history_bytes() as i64);
             waiters.carry_out(actions, metrics, apply)

@@ -6,9 +6,10 @@ import grpc
 
 #: Trailing metadata of a read or watch refused because its revision is compacted.
 COMPACT_REVISION_METADATA = "latch-compact-revision"
-#: Trailing metadata of a retried write whose first attempt was applied but whose answer carried
-#: data the server no longer holds (FAILED_PRECONDITION "already applied"): its revision, and
-#: for a transaction which branch ran.
+#: Trailing metadata of a write that was applied but whose answer's data the server no longer
+#: holds (FAILED_PRECONDITION "was applied"): a retry whose first attempt's answer was lost, or a
+#: write the member fell too far behind to carry the answer of. Its revision, and for a
+#: transaction which branch ran.
 APPLIED_REVISION_METADATA = "latch-applied-revision"
 TXN_SUCCEEDED_METADATA = "latch-txn-succeeded"
 #: Trailing metadata (``true``) of a member's own RESOURCE_EXHAUSTED: the request was over one of
@@ -53,7 +54,7 @@ class LatchError(Exception):
 
     @property
     def already_applied(self) -> bool:
-        """The write was applied by an earlier attempt (see ``applied_revision``)."""
+        """The write was applied, its answer's data not kept (see ``applied_revision``)."""
         return self.applied_revision is not None
 
 
