@@ -195,6 +195,11 @@ impl Heartbeater {
                     id: self.id(),
                     address: format!("10.0.0.{}", self.index + 1),
                     port: 8_000,
+                    // Several tags and meta entries: what a member stores of them must be the
+                    // same bytes on every member (the state hash compares them; a map encoded
+                    // in a member's iteration order once broke that, 9a47521).
+                    tags: vec!["blue".into(), "canary".into()],
+                    meta: (0..4).map(|k| (format!("key-{k}"), format!("{}-{k}", self.index))).collect(),
                     ..Default::default()
                 }),
                 session: session.to_string(),
