@@ -50,15 +50,12 @@ fn instance_of(i: ServiceInstance) -> internal::Instance {
     }
 }
 
-/// The port an authority (`[user@]host[:port]`, an IPv6 host in brackets) spells, if any, as
-/// written.
-fn port_of(authority: &str) -> Option<&str> {
+/// The port `uri`'s authority spells after its host, if any, as written: `Uri` reads `h:abc` as
+/// host h and no port, which the prober would take for 80.
+fn spelled_port(uri: &hyper::Uri) -> Option<&str> {
+    let authority = uri.authority()?.as_str();
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let after_host = match host_port.strip_prefix('[') {
-        Some(v6) => v6.split_once(']').map_or("", |(_, rest)| rest),
-        None => host_port.find(':').map_or("", |i| &host_port[i..]),
-    };
-    after_host.strip_prefix(':')
+    host_port.strip_prefix(uri.host()?)?.strip_prefix(':')
 }
 
 fn check_of(c: HealthCheck) -> Result<internal::Check, ApiError> {
@@ -119,13 +116,7 @@ fn check_of(c: HealthCheck) -> Result<internal::Check, ApiError> {
         let problem = match url.parse::<hyper::Uri>() {
             Err(e) => Some(format!("{url:?}: {e}")),
             Ok(uri) if uri.host().is_none_or(str::is_empty) => Some(format!("{url:?}: names no host")),
-            // `Uri` reads `h:abc` as host h with no port, which the prober would take for 80.
-            Ok(uri)
-                if uri
-                    .authority()
-                    .and_then(|a| port_of(a.as_str()))
-                    .is_some_and(|p| !p.parse::<u16>().is_ok_and(|p| p != 0)) =>
-            {
+            Ok(uri) if spelled_port(&uri).is_some_and(|p| !p.parse::<u16>().is_ok_and(|p| p != 0)) => {
                 Some(format!("{url:?}: the port is not a number from 1 to 65535"))
             }
             Ok(_) => None,

@@ -506,18 +506,10 @@ fn apply_command<'t>(
         }
     }
     let mut ap = Apply::new(txn, *revision, bounds.max_response_bytes, bounds.events);
-    let mut health_only = false;
-    let own_keys = (memory.is_some() && cmd.version >= OWN_KEYS_LEFT_OUT_FROM)
-        .then(|| requests::OwnKeys::of(cmd.body.as_ref()));
-    let result = if !(OLDEST_COMMAND_VERSION..=COMMAND_VERSION).contains(&cmd.version) {
-        outcome::Result::Rejected(format!(
-            "command: version {} is not supported (this build applies versions \
-             {OLDEST_COMMAND_VERSION} to {COMMAND_VERSION})",
-            cmd.version
-        ))
-    } else {
-        let ids_checked = cmd.version >= IDS_CHECKED_FROM;
-        health_only = cmd.version >= HEALTH_ONLY_FROM
+    // What the request memory leaves out of the outcome, by the command's version (a version
+    // this build does not apply is rejected: its outcome has nothing either rule touches).
+    let left_out = memory.is_some().then(|| requests::LeftOut {
+        all_but_health: cmd.version >= HEALTH_ONLY_FROM
             && matches!(
                 cmd.body,
                 Some(
@@ -527,7 +519,17 @@ fn apply_command<'t>(
                         | Body::Reap(_)
                         | Body::Deregister(_)
                 )
-            );
+            ),
+        own_keys: (cmd.version >= OWN_KEYS_LEFT_OUT_FROM).then(|| requests::OwnKeys::of(cmd.body.as_ref())),
+    });
+    let result = if !(OLDEST_COMMAND_VERSION..=COMMAND_VERSION).contains(&cmd.version) {
+        outcome::Result::Rejected(format!(
+            "command: version {} is not supported (this build applies versions \
+             {OLDEST_COMMAND_VERSION} to {COMMAND_VERSION})",
+            cmd.version
+        ))
+    } else {
+        let ids_checked = cmd.version >= IDS_CHECKED_FROM;
         match cmd.body {
             None => outcome::Result::Rejected("command: body is missing".to_string()),
             Some(Body::Put(req)) => kv::put(&mut ap, req)?,
@@ -561,13 +563,13 @@ fn apply_command<'t>(
     let done = ap.finish();
     *revision = done.revision;
     let outcome = Outcome { revision: done.revision, data_omitted: false, result: Some(result) };
-    if let Some(memory) = &mut memory {
+    if let (Some(memory), Some(left_out)) = (&mut memory, &left_out) {
         memory.remember(
             index,
             &cmd.request_id,
             command_hash,
             &outcome,
-            &requests::LeftOut { all_but_health: health_only, own_keys },
+            left_out,
             bounds.request_memory_bytes,
         )?;
     }

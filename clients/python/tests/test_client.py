@@ -702,6 +702,11 @@ class ReentrantLocks(lock_pb2_grpc.LockServicer):
         return lock_pb2.ReleaseResponse()
 
 
+def idle_session(client: latch.Client) -> latch.Session:
+    """A session whose keepalive thread sends nothing within a test (half an hour away)."""
+    return latch.Session(client, "locker", ttl=3600, lease_end=time.monotonic() + 3600, grace=0)
+
+
 def said_waiting_for_turn(test: unittest.TestCase, event: threading.Event) -> None:
     """Sets ``event`` when a ``Session.lock`` says (at DEBUG) that it waits for its session's turn
     at a name, for the rest of ``test``."""
@@ -838,8 +843,7 @@ class OfflineScriptedTest(unittest.TestCase):
         logging.getLogger("latch.client").addHandler(handler)
         self.addCleanup(logging.getLogger("latch.client").removeHandler, handler)
         with latch.Client(endpoint, request_timeout=1.0, retry_budget=0.3) as client:
-            # A session whose keepalive thread sends nothing within the test (half an hour away).
-            session = latch.Session(client, "locker", ttl=3600, lease_end=time.monotonic() + 3600, grace=0)
+            session = idle_session(client)
             with self.assertRaises(latch.LatchError) as caught:
                 session.lock("late-lock", wait=0)
             self.assertEqual(caught.exception.code, grpc.StatusCode.UNAVAILABLE, "unsettled, and the first "
@@ -865,7 +869,7 @@ class OfflineScriptedTest(unittest.TestCase):
         sent_or_waiting = member.second_acquire
         said_waiting_for_turn(self, sent_or_waiting)
         with latch.Client(endpoint, request_timeout=5, retry_budget=5) as client:
-            session = latch.Session(client, "locker", ttl=3600, lease_end=time.monotonic() + 3600, grace=0)
+            session = idle_session(client)
             first = session.lock("l", wait=0)
             self.assertEqual(first.token, "tok-1")
             # Sent, each would be answered with the first's hold (re-entrant), which its release ends.
@@ -907,7 +911,7 @@ class OfflineScriptedTest(unittest.TestCase):
         member = ReentrantLocks()
         endpoint = serve(self, lock_pb2_grpc.add_LockServicer_to_server, member)
         with latch.Client(endpoint, request_timeout=5, retry_budget=5) as client:
-            session = latch.Session(client, "locker", ttl=3600, lease_end=time.monotonic() + 3600, grace=0)
+            session = idle_session(client)
             self.assertEqual(session.lock("l", wait=0).token, "tok-1")  # dropped, never released
             gc.collect()
             again = session.lock("l", wait=PATIENCE)  # the same thread: it holds no turn any more
@@ -923,7 +927,7 @@ class OfflineScriptedTest(unittest.TestCase):
         sent_or_waiting = member.second_acquire
         said_waiting_for_turn(self, sent_or_waiting)
         with latch.Client(endpoint, request_timeout=1.0, retry_budget=0.3) as client:
-            session = latch.Session(client, "locker", ttl=3600, lease_end=time.monotonic() + 3600, grace=0)
+            session = idle_session(client)
             with self.assertRaises(latch.LatchError) as caught:
                 session.lock("l", wait=0)
             self.assertEqual(caught.exception.code, grpc.StatusCode.UNAVAILABLE, "granted, but the answer lost, "
@@ -966,7 +970,7 @@ class OfflineScriptedTest(unittest.TestCase):
             self.assertEqual(caught.exception.code, grpc.StatusCode.DEADLINE_EXCEEDED, str(caught.exception))
             self.assertIn("0.2 s", caught.exception.message, "it names the wait")
             self.assertIn("UNAVAILABLE", caught.exception.message, "and the last attempt's error")
-            session = latch.Session(client, "locker", ttl=3600, lease_end=time.monotonic() + 3600, grace=0)
+            session = idle_session(client)
             with self.assertRaises(latch.LatchError) as caught:
                 session.lock("l", wait=0.2)
             self.assertEqual(caught.exception.code, grpc.StatusCode.DEADLINE_EXCEEDED, str(caught.exception))
