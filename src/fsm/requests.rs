@@ -294,11 +294,11 @@ pub(crate) fn row_bytes(id_len: usize, row_len: usize) -> u64 {
     (2 * id_len + row_len + 8) as u64
 }
 
-/// `o` without its data (previous values, range results), marked `data_omitted` if it had any:
-/// as a retry is answered from the memory.
+/// `o` without its data (previous values, range results), marked `data_omitted` if it had any
+/// or was so marked already (a retry's answer from the memory): as a retry is answered.
 pub fn omit_data(o: &Outcome) -> Outcome {
-    let (o, stripped) = strip(o, false);
-    Outcome { data_omitted: stripped, ..o }
+    let (stripped, any) = strip(o, false);
+    Outcome { data_omitted: o.data_omitted || any, ..stripped }
 }
 
 /// The outcome without previous values and range results (and with `health_only`, a registry

@@ -413,7 +413,7 @@ mod tests {
     #[test]
     fn past_the_in_flight_bound_answers_leave_without_their_data() {
         use latch_proto::internal::{
-            op_result, outcome, KeyValue, OpResult, Outcome, RangeResult, TxnResult,
+            op_result, outcome, KeyValue, OpResult, Outcome, PutResult, RangeResult, TxnResult,
         };
         let read = |bytes: usize| {
             let kv = KeyValue { key: b"k".to_vec(), value: vec![b'v'; bytes], ..Default::default() };
@@ -447,6 +447,7 @@ mod tests {
 
         in_flight.store(MAX_IN_FLIGHT_BYTES - 1024, Ordering::Release);
         let omitted = count_in_flight(progress(1 << 20), &in_flight);
+        let in_flight_after = in_flight.load(Ordering::Acquire);
         let outcome = &omitted.commands[0].outcome;
         assert!(outcome.data_omitted, "past the bound the answer says its data is left out");
         match &outcome.result {
@@ -456,7 +457,20 @@ mod tests {
             other => panic!("a txn's answer, not {other:?}"),
         }
         assert!(omitted.held_bytes < 1024, "what is left holds little: {}", omitted.held_bytes);
-        assert_eq!(in_flight.load(Ordering::Acquire), MAX_IN_FLIGHT_BYTES - 1024 + omitted.held_bytes);
+        // A retry's answer from the request memory (a put whose previous value is not kept) has
+        // nothing left to leave out: it stays marked, or its waiter would take the missing
+        // previous value for none.
+        let mut remembered = read(0);
+        remembered.outcome = Outcome {
+            revision: 1,
+            data_omitted: true,
+            result: Some(outcome::Result::Put(PutResult { prev_kv: None, key: b"k".to_vec() })),
+        };
+        in_flight.store(MAX_IN_FLIGHT_BYTES, Ordering::Release);
+        let again = Progress { held_bytes: 1, commands: vec![remembered], ..Progress::default() };
+        let again = count_in_flight(again, &in_flight);
+        assert!(again.commands[0].outcome.data_omitted, "a data_omitted answer stays marked");
+        assert_eq!(in_flight_after, MAX_IN_FLIGHT_BYTES - 1024 + omitted.held_bytes);
     }
 
     #[test]
