@@ -40,8 +40,11 @@ use crate::node::freshness::{self, Freshness};
 use crate::node::inbox::FileInbox;
 use crate::node::{Budgets, Node};
 use crate::storage::{self, StorageError};
-use crate::transport::{self, member_status, Faults, FaultsService, Links, PeerSenders, PeerService};
+use crate::transport::{
+    self, member_status, Admission, Faults, FaultsService, Links, PeerSenders, PeerService,
+};
 
+pub mod admission;
 mod sockets;
 
 /// The public services on the client port, as the gRPC health service names them.
@@ -113,6 +116,8 @@ pub enum ServerError {
     Watches(fsm::FsmError),
     #[error("--dns-domain: {0}")]
     DnsDomain(String),
+    #[error("{0}")]
+    Refused(#[from] admission::Refused),
 }
 
 /// The member's bound sockets.
@@ -178,6 +183,8 @@ pub async fn run(
     // Raft's randomized election timeout is at most twice `election_tick` ticks.
     let longest_election = config.tick_interval.saturating_mul(2 * core_config.timing.election_tick as u32);
     let (core, applier) = Core::new(core_config, identity, stores, Arc::new(inbox), &logger)?;
+    // A member whose log is empty takes part only once its peers confirm it has not run before.
+    let asks_peers = core.log_was_fresh() && voters.len() > 1;
 
     // The standard services beside Latch's own, so that grpc-health-probe, Kubernetes gRPC
     // probes and grpcurl work: health reports SERVING for the server ("") and each service.
@@ -216,11 +223,12 @@ pub async fn run(
     };
     let shared = transport::Shared {
         metrics: metrics.clone(),
+        admission: if asks_peers { Admission::closed() } else { Admission::open() },
         // Stays empty unless --fault-injection serves the Faults service that fills it.
         faults: Faults::default(),
         links: Arc::new(Links::new(peers.iter().map(|p| p.id).filter(|p| *p != id))),
     };
-    let faults = shared.faults.clone();
+    let (faults, admission) = (shared.faults.clone(), shared.admission.clone());
     let senders = shared.clone();
     let state_file = config.data_dir.join(storage::STATE_FILE);
     let preflush = match crate::node::apply::Preflush::open(&state_file) {
@@ -230,6 +238,21 @@ pub async fn run(
             None
         }
     };
+    // Everything that can fail on its own, before the node starts.
+    let [client_addr, peer_addr, http_addr] = listeners.addrs();
+    let client_addr = client_addr.map_or(config.client_addr.clone(), |a| a.to_string());
+    let peer_addr = peer_addr.map_or(config.peer_addr.clone(), |a| a.to_string());
+    let http_addr = http_addr.map_or(config.http_addr.clone(), |a| a.to_string());
+    let dns_addr = listeners.dns.0.local_addr().map_or(config.dns_addr.clone(), |a| a.to_string());
+    let zone = crate::dns::zone::Zone::new(
+        &config.dns.domain,
+        config.dns.ttl.as_secs() as u32,
+        config.dns.negative_ttl.as_secs() as u32,
+    )
+    .map_err(ServerError::DnsDomain)?;
+    let client_incoming = sockets::gathered(listeners.client).map_err(ServerError::Incoming)?;
+    let peer_incoming = sockets::accepted(listeners.peer).map_err(ServerError::Incoming)?;
+
     let node = Node::start(
         core,
         applier,
@@ -242,17 +265,64 @@ pub async fn run(
     )
     .map_err(ServerError::Thread)?;
 
-    let [client_addr, peer_addr, http_addr] = listeners.addrs();
-    let client_addr = client_addr.map_or(config.client_addr.clone(), |a| a.to_string());
-    let peer_addr = peer_addr.map_or(config.peer_addr.clone(), |a| a.to_string());
-    let http_addr = http_addr.map_or(config.http_addr.clone(), |a| a.to_string());
-    let dns_addr = listeners.dns.0.local_addr().map_or(config.dns_addr.clone(), |a| a.to_string());
-    let zone = crate::dns::zone::Zone::new(
-        &config.dns.domain,
-        config.dns.ttl.as_secs() as u32,
-        config.dns.negative_ttl.as_secs() as u32,
-    )
-    .map_err(ServerError::DnsDomain)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let fault_injection = config.fault_injection.then(|| {
+        tracing::warn!(
+            member = id,
+            "--fault-injection: the Faults service on the peer port can cut this member off from \
+             its peers; for tests only"
+        );
+        let members = config.initial_cluster.iter().map(|p| p.id).collect();
+        FaultsService::server(faults.clone(), id, members)
+    });
+    let peer_srv = peer_port()
+        .add_service(PeerService::new(
+            node.handle(),
+            client_addr.clone(),
+            peer_addr.clone(),
+            config.peer_limits.max_peer_message_bytes,
+            shared,
+        ))
+        .add_optional_service(fault_injection)
+        .serve_with_incoming_shutdown(peer_incoming, stopped(stop_rx.clone()));
+    let peer_task = tokio::spawn(peer_srv);
+    // `/health` answers from the start (the node runs); `/ready` once a leader is known.
+    let http_srv = crate::http::serve(
+        listeners.http,
+        crate::http::router(node.handle(), metrics.clone()),
+        stopped(stop_rx.clone()),
+    );
+    let http_task = tokio::spawn(http_srv);
+    tokio::pin!(shutdown);
+    // The client port, DNS and health checks start only once the member takes part: a member
+    // that will be refused serves nothing from its empty state meanwhile.
+    if !admission.admits() {
+        let asked = admission::ask_peers(id, cluster_id, &config.initial_cluster, &config.data_dir);
+        let node_ended = async {
+            while !node.is_finished() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        // None: shutdown, or the node stopped on an error (which `stop` returns).
+        let answer = tokio::select! {
+            answer = asked => Some(answer),
+            _ = &mut shutdown => None,
+            _ = node_ended => None,
+        };
+        match answer {
+            Some(Ok(())) => admission.admit(),
+            Some(Err(refused)) => {
+                tracing::error!(member = id, data_dir = %config.data_dir.display(), "{refused}");
+                stop_early(stop_tx, node, peer_task, http_task).await?;
+                return Err(refused.into());
+            }
+            None => return stop_early(stop_tx, node, peer_task, http_task).await,
+        }
+    }
+
     let client_addrs = Arc::new(RwLock::new(BTreeMap::from([(id, client_addr.clone())])));
     // One check for the member that DNS answers, watch streams, waiting acquires and election
     // observers all ask; often enough for `--dns-max-stale`.
@@ -272,13 +342,15 @@ pub async fn run(
     let grpc_metrics =
         GrpcMetricsLayer::new(metrics.clone(), api::METHODS.iter().copied().chain(STANDARD_METHODS));
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let recent =
-        Recent::start(node.handle(), config.watch_window_revisions, metrics.clone(), stop_rx.clone())
-            .map_err(ServerError::Watches)?;
+        match Recent::start(node.handle(), config.watch_window_revisions, metrics.clone(), stop_rx.clone()) {
+            Ok(recent) => recent,
+            Err(e) => {
+                learner.abort();
+                stop_early(stop_tx, node, peer_task, http_task).await?;
+                return Err(ServerError::Watches(e));
+            }
+        };
     let watches = WatchService::server(
         ctx.clone(),
         recent,
@@ -301,37 +373,7 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(
-            sockets::gathered(listeners.client).map_err(ServerError::Incoming)?,
-            stopped(stop_rx.clone()),
-        );
-    let fault_injection = config.fault_injection.then(|| {
-        tracing::warn!(
-            member = id,
-            "--fault-injection: the Faults service on the peer port can cut this member off from \
-             its peers; for tests only"
-        );
-        let members = config.initial_cluster.iter().map(|p| p.id).collect();
-        FaultsService::server(faults.clone(), id, members)
-    });
-    let peer_srv = peer_port()
-        .add_service(PeerService::new(
-            node.handle(),
-            client_addr,
-            peer_addr,
-            config.peer_limits.max_peer_message_bytes,
-            shared,
-        ))
-        .add_optional_service(fault_injection)
-        .serve_with_incoming_shutdown(
-            sockets::accepted(listeners.peer).map_err(ServerError::Incoming)?,
-            stopped(stop_rx.clone()),
-        );
-    let http_srv = crate::http::serve(
-        listeners.http,
-        crate::http::router(node.handle(), metrics.clone()),
-        stopped(stop_rx.clone()),
-    );
+        .serve_with_incoming_shutdown(client_incoming, stopped(stop_rx.clone()));
     let keeper = {
         let (fresh, node) = (ctx.freshness.clone(), node.handle());
         let every = (config.dns.max_stale / 4).clamp(freshness::RETRY_EVERY, freshness::CHECK_EVERY);
@@ -355,11 +397,8 @@ pub async fn run(
         stop_rx.clone(),
     ));
     let client_task = tokio::spawn(client_srv);
-    let peer_task = tokio::spawn(peer_srv);
-    let http_task = tokio::spawn(http_srv);
 
     let mut watchdog = tokio::time::interval(Duration::from_millis(100));
-    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -387,6 +426,30 @@ pub async fn run(
     }
     tracing::info!(member = id, "member stopped");
     result
+}
+
+/// How long the ports of a member stopped before it served clients get to close their
+/// connections: a peer's message stream with nothing to say holds a graceful close open.
+const EARLY_STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Stops a member that never served clients (refused by its peers, shut down while asking
+/// them, or failing to start serving): its node, then its peer and HTTP ports.
+async fn stop_early<P, H>(
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    node: Node,
+    peer_task: tokio::task::JoinHandle<P>,
+    http_task: tokio::task::JoinHandle<H>,
+) -> Result<(), ServerError> {
+    let _ = stop_tx.send(true);
+    let stopped = tokio::task::spawn_blocking(move || node.stop()).await;
+    let (peer_abort, http_abort) = (peer_task.abort_handle(), http_task.abort_handle());
+    if tokio::time::timeout(EARLY_STOP_GRACE, peer_task).await.is_err() {
+        peer_abort.abort();
+    }
+    if tokio::time::timeout(EARLY_STOP_GRACE, http_task).await.is_err() {
+        http_abort.abort();
+    }
+    stopped.unwrap_or(Ok(())).map_err(ServerError::from)
 }
 
 /// Keeps the members' client addresses (for leader hints) by asking each peer for its status:

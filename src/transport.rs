@@ -20,8 +20,10 @@
 //! Every message sent or received is counted in [`PeerMetrics`], by peer and message type,
 //! with its encoded size.
 //!
-//! Both directions consult [`Faults`], the test-only fault injector ([`faults`]): a message to
-//! or from a blocked peer is dropped before it is counted, sent or delivered.
+//! Both directions consult [`Admission`] — a member started on an empty data dir takes no
+//! part until its peers confirm it has not lived before (`server::admission`) — and
+//! [`Faults`], the test-only fault injector ([`faults`]): a message to or from a blocked peer,
+//! or of a member not admitted yet, is dropped before it is counted, sent or delivered.
 
 // The peer service's helpers fail with the `tonic::Status` its handlers return; boxing it only
 // to unbox it one call later would buy nothing.
@@ -127,7 +129,18 @@ async fn receive(
             )));
         }
         buf.extend_from_slice(&frame.chunk);
-        if frame.last && shared.faults.blocks(frame.from) {
+        if !node.is_running() {
+            // Frames a member not admitted drops never reach the node, so the stream would not
+            // notice it stopped, and would hold the peer port's graceful close open.
+            return Err(Status::unavailable("member is shutting down"));
+        }
+        if frame.last && shared.cut_off(frame.from) {
+            if one {
+                return Err(Status::unavailable(format!(
+                    "member {} takes no raft messages from peer {} now",
+                    node.member_id, frame.from
+                )));
+            }
             buf.clear();
         } else if frame.last {
             let msg = Message::parse_from_bytes(&buf).map_err(|e| {
@@ -272,17 +285,21 @@ impl PeerRpc for PeerService {
 
     async fn status(&self, _: Request<MemberStatusRequest>) -> Result<Response<MemberStatus>, Status> {
         let s = self.node.status();
+        let unreadable = |e: String| Status::internal(format!("cannot read the members' records: {e}"));
+        let txn = self.node.db().begin_read().map_err(|e| unreadable(e.to_string()))?;
+        let started_members = crate::fsm::members::recorded(&txn).map_err(|e| unreadable(e.to_string()))?;
         Ok(Response::new(MemberStatus {
             id: s.id,
             client_addr: self.client_addr.clone(),
             peer_addr: self.peer_addr.clone(),
-            role: s.role.as_str().to_string(),
+            role: if self.shared.admission.admits() { s.role.as_str() } else { ADMITTING }.to_string(),
             applied_index: s.applied.index,
             commit_index: s.commit_index,
             term: s.term,
             leader: s.leader,
             cluster_id: self.node.cluster_id,
             snapshots_installed: s.snapshots_installed,
+            started_members,
         }))
     }
 }
@@ -382,7 +399,7 @@ async fn send_loop(
     };
     let mut stream: Option<FrameSink> = None;
     while let Some(msg) = queue.recv().await {
-        if shared.faults.blocks(peer.id) {
+        if shared.cut_off(peer.id) {
             // Dropped without a word, as by a partition; a snapshot's call would fail.
             drop_message(&node, peer.id, &msg);
             continue;
@@ -474,9 +491,47 @@ fn open_stream(
 #[derive(Clone)]
 pub struct Shared {
     pub metrics: Arc<Metrics>,
+    /// Closed while a member started on an empty data dir waits for its peers' word.
+    pub admission: Admission,
     /// The test-only fault injector (empty unless `--fault-injection` fills it).
     pub faults: Faults,
     pub links: Arc<Links>,
+}
+
+impl Shared {
+    /// Whether raft messages to and from `peer` are dropped now.
+    fn cut_off(&self, peer: u64) -> bool {
+        !self.admission.admits() || self.faults.blocks(peer)
+    }
+}
+
+/// The role `Peer.Status` reports while a member's [`Admission`] is closed.
+pub const ADMITTING: &str = "admitting";
+
+/// Whether this member takes part in raft: once open, for the rest of the process. Cheap to
+/// clone: clones share the gate.
+#[derive(Debug, Clone)]
+pub struct Admission(Arc<AtomicBool>);
+
+impl Admission {
+    /// Open from the start: a member that has lived before (its data dir holds its raft state),
+    /// or the only member.
+    pub fn open() -> Admission {
+        Admission(Arc::new(AtomicBool::new(true)))
+    }
+
+    /// Closed until [`Admission::admit`].
+    pub fn closed() -> Admission {
+        Admission(Arc::new(AtomicBool::new(false)))
+    }
+
+    pub fn admits(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    pub fn admit(&self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 /// Whether each peer is reachable, as this member's transport last saw it: lost when a call to

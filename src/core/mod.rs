@@ -69,7 +69,7 @@ pub use applier::{Applier, Progress};
 use compactor::Compactor;
 pub use compactor::{Retention, HISTORY_RETENTION_BYTES};
 use instance_timers::InstanceTimers;
-use latch_proto::internal::{command::Body, Command, Compact, Outcome};
+use latch_proto::internal::{command::Body, outcome, Command, Compact, MemberStarted, Outcome};
 pub use leases::Grant;
 use leases::Leases;
 use lock_delays::LockDelays;
@@ -451,6 +451,21 @@ pub struct Core {
     compactor: Compactor,
     /// The last revision announced by `Action::Applied` or `Action::Restored`.
     announced_revision: i64,
+    /// Whether the member's log held nothing when it was loaded: a first life, or a member
+    /// that lost its data (which its peers tell apart; `server::admission`).
+    log_was_fresh: bool,
+    /// This member's start as the cluster records it (`fsm::members`): recorded in the state,
+    /// or proposed under this request id and not answered yet.
+    start: StartRecord,
+}
+
+/// Where the cluster's record of this member's start stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StartRecord {
+    /// In the applied state: nothing left to do in this life.
+    Recorded,
+    /// Not yet; the request id of the last proposal of it and the tick it was made at.
+    Unrecorded(Option<(String, u64)>),
 }
 
 impl Core {
@@ -489,6 +504,11 @@ impl Core {
         store.reconcile(applied.index, applied.term)?;
         // A first life has no earlier one to catch up with.
         let read_floor = store.is_fresh().then_some(0);
+        let log_was_fresh = store.is_fresh();
+        let start = match fsm::members::is_recorded(&state_db.begin_read().map_err(redb_err)?, config.id)? {
+            true => StartRecord::Recorded,
+            false => StartRecord::Unrecorded(None),
+        };
         let timing = config.timing;
         let cfg = raft::Config {
             id: config.id,
@@ -552,6 +572,8 @@ impl Core {
             instance_timers,
             compactor: Compactor::new(config.history_retention, config.history_retention_bytes),
             announced_revision: applied.revision,
+            log_was_fresh,
+            start,
         };
         Ok((core, applier))
     }
@@ -664,6 +686,48 @@ impl Core {
     /// Whether this member leads and its leases are promoted (see [`Core::tend_leases`]).
     fn leases_ready(&self) -> bool {
         self.raw.raft.state == StateRole::Leader && self.leases.leading() == Some(self.raw.raft.term)
+    }
+
+    /// Whether the member's log held nothing when it was loaded: its first life, or a later
+    /// one on a data dir that lost the log. Such a member must ask its peers before it takes
+    /// part (`server::admission`).
+    pub fn log_was_fresh(&self) -> bool {
+        self.log_was_fresh
+    }
+
+    /// Whether the applied state records this member's start (`fsm::members`).
+    pub fn start_recorded(&self) -> bool {
+        self.start == StartRecord::Recorded
+    }
+
+    /// Notes whether the applied state records this member's start, after a record of some
+    /// member applied or a snapshot was installed (a record replayed from the log, or this
+    /// life's own, or one in the snapshot). A state that cannot be read now is asked again at
+    /// the next record.
+    fn check_start_recorded(&mut self) {
+        if self.start == StartRecord::Recorded {
+            return;
+        }
+        let recorded = self.state_db.begin_read().ok().map(|t| fsm::members::is_recorded(&t, self.id()));
+        if let Some(Ok(true)) = recorded {
+            self.start = StartRecord::Recorded;
+        }
+    }
+
+    /// Proposes the record of this member's start once a leader is known, until it applies:
+    /// again once a proposal is gone (timed out: it may have been lost with a leader; or refused
+    /// by an overloaded leader), a request timeout after the last.
+    fn record_start(&mut self) {
+        let StartRecord::Unrecorded(last) = &self.start else { return };
+        let wait = last.as_ref().is_some_and(|(id, at)| {
+            self.proposals.contains_key(id) || self.now - at < self.timing.request_timeout_ticks
+        });
+        if wait || self.raw.raft.leader_id == raft::INVALID_ID {
+            return;
+        }
+        let member = self.id();
+        let id = self.propose_own(OWN_WAITER, Body::MemberStarted(MemberStarted { member }));
+        self.start = StartRecord::Unrecorded(Some((id, self.now)));
     }
 
     /// The leader's lease work for this turn. Once it has applied every entry of earlier terms
@@ -1002,6 +1066,7 @@ impl Core {
     ) -> Result<Vec<Action>, CoreError> {
         self.observe_raft();
         self.tend_leases();
+        self.record_start();
         if !self.raw.has_ready() {
             return Ok(std::mem::take(&mut self.actions));
         }
@@ -1070,6 +1135,7 @@ impl Core {
             );
             self.announced_revision = self.announced_revision.max(revision);
             self.compactor.restored();
+            self.check_start_recorded();
             self.actions.push(Action::Restored { index, revision });
             self.answer_from_memory()?;
         }
@@ -1125,6 +1191,13 @@ impl Core {
             self.append_times.pop_front();
         }
         self.durable_index = self.durable_index.max(progress.durable_index);
+        if progress
+            .commands
+            .iter()
+            .any(|a| matches!(a.outcome.result, Some(outcome::Result::MemberStarted(_))))
+        {
+            self.check_start_recorded();
+        }
         for a in progress.commands {
             // Only the command a waiter proposed answers it: another one applied under the same
             // id (proposed elsewhere) leaves it waiting for its own (answered as a conflict).

@@ -33,6 +33,7 @@ mod kv;
 pub use kv::writes_nothing;
 pub use requests::{answer_of, first_outcome, omit_data};
 pub mod locks;
+pub mod members;
 pub mod registry;
 mod requests;
 pub mod sessions;
@@ -76,8 +77,9 @@ use apply::Apply;
 /// (`requests`' module doc). Version 5: an acquire may carry `max_row_bytes` (an older build
 /// would apply it without the bound). Version 6: the request memory leaves out the keys of puts
 /// that are not sequential (`requests`' module doc), and a critical instance registered again
-/// with the same check is critical since that registration (`registry::register`).
-pub const COMMAND_VERSION: u32 = 6;
+/// with the same check is critical since that registration (`registry::register`). Version 7:
+/// `MemberStarted` (`members`), which an older build would reject as a command without a body.
+pub const COMMAND_VERSION: u32 = 7;
 /// The oldest `Command.version` this build applies.
 pub const OLDEST_COMMAND_VERSION: u32 = 2;
 /// The first version whose acquires and session creates check request ids (see above).
@@ -92,13 +94,14 @@ const OWN_KEYS_LEFT_OUT_FROM: u32 = 6;
 const FRESH_PERIOD_FROM: u32 = 6;
 
 /// Every domain, in the order their tables appear in a snapshot.
-const DOMAINS: [&dyn Domain; 6] = [
+const DOMAINS: [&dyn Domain; 7] = [
     &kv::KvDomain,
     &requests::RequestsDomain,
     &sessions::SessionsDomain,
     &locks::LocksDomain,
     &registry::RegistryDomain,
     &history::HistoryDomain,
+    &members::MembersDomain,
 ];
 
 /// A domain table: every one is keyed and valued by bytes, so that snapshot, restore and the
@@ -550,6 +553,7 @@ fn apply_command<'t>(
             Some(Body::MarkCritical(req)) => registry::mark_critical(&mut ap, req)?,
             Some(Body::SetHealth(req)) => registry::set_health(&mut ap, req, term)?,
             Some(Body::Reap(req)) => registry::reap(&mut ap, req)?,
+            Some(Body::MemberStarted(req)) => members::started(&mut ap, req, index)?,
             Some(Body::Compact(req)) => match history::compact(txn, req.revision, ap.revision())? {
                 Ok(compact_revision) => outcome::Result::Compact(CompactResult { compact_revision }),
                 Err(history::RevisionError::Compacted { compact_revision, .. }) => {
@@ -1093,7 +1097,8 @@ mod tests {
         assert_eq!(of(4), of(2), "only the version differs: the same request");
         assert_eq!(of(5), of(2), "only the version differs: the same request");
         assert_eq!(of(6), of(2), "only the version differs: the same request");
-        assert_ne!(of(7), of(2), "a version this build does not know is another request");
+        assert_eq!(of(7), of(2), "only the version differs: the same request");
+        assert_ne!(of(8), of(2), "a version this build does not know is another request");
         let v2 = Command { version: 2, request_id: "r".into(), body: Some(put("k", "v")) }.encode_to_vec();
         assert_eq!(of(2), command_hash(&v2), "a version-2 command hashes as older builds hashed it");
     }

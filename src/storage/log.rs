@@ -155,7 +155,8 @@ pub struct LogStore {
     /// The size segments are preallocated to and closed at ([`SEGMENT_BYTES`]; tests use
     /// small ones).
     segment_bytes: u64,
-    /// No segment existed when it was loaded.
+    /// It held no raft state when it was loaded: no entry, compaction, term, vote or commit
+    /// (no segment, or only segments a start that persisted nothing left behind).
     fresh: bool,
 }
 
@@ -342,7 +343,7 @@ impl LogStore {
             must_sync: false,
             doomed: Vec::new(),
             segment_bytes,
-            fresh: seqs.is_empty(),
+            fresh: false,
         };
         // Entries of a segment may follow a gap that a compaction recorded further on (the
         // segment before was deleted once that record was durable): the first pass finds how far
@@ -366,6 +367,12 @@ impl LogStore {
                 store.dir.describe("")
             )));
         }
+        // Judged by what the log holds, not by whether a segment exists: a start that wrote
+        // nothing (refused, or stopped before raft persisted anything) leaves an empty segment,
+        // and the next start must see the same empty log.
+        store.fresh = store.last == 0
+            && store.compacted == Compacted::default()
+            && store.hard_state == HardState::default();
         if store.segments.is_empty() {
             store.start_segment(1)?;
         }
@@ -656,7 +663,8 @@ impl LogStore {
         Ok(())
     }
 
-    /// Whether no segment existed when it was loaded: this is the member's first life.
+    /// Whether it held no raft state when it was loaded: the member's first life, or a later
+    /// one whose log was lost (see `server::admission`).
     pub fn is_fresh(&self) -> bool {
         self.fresh
     }
@@ -1078,6 +1086,29 @@ mod tests {
         let want: Vec<_> = (1..=5).map(|i| (i, 1)).chain((6..=8).map(|i| (i, 2))).collect();
         assert_eq!(all(&log), want, "entries 9 and 10 of term 1 are gone, 6..=8 are term 2");
         assert_eq!((log.hard_state().term, log.hard_state().vote, log.hard_state().commit), (2, 3, 7));
+    }
+
+    /// A start that persisted nothing (a member refused by its peers, or stopped while asking
+    /// them) leaves an empty segment behind; the next start must still see an empty log, or a
+    /// member that lost its data would be let in on its second try.
+    #[test]
+    fn a_log_is_fresh_until_it_holds_raft_state_whatever_segments_exist() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for start in 1..=2 {
+            let log = open(dir.path(), 1 << 20).expect("loads");
+            assert!(log.is_fresh(), "start {start}: nothing persisted yet");
+            assert!(!log.segment_names().is_empty(), "start {start}: the first segment exists");
+        }
+        {
+            let mut log = open(dir.path(), 1 << 20).expect("loads");
+            // A term learned from a peer, no vote, no entry: persisted, so it is not forgotten.
+            log.set_hard_state(&HardState { term: 1, ..Default::default() }).expect("hard state");
+            log.flush().expect("flush");
+        }
+        assert!(!open(dir.path(), 1 << 20).expect("loads").is_fresh(), "a persisted term");
+        let dir = tempfile::tempdir().expect("tempdir");
+        append(&mut open(dir.path(), 1 << 20).expect("loads"), 1, 1, 1);
+        assert!(!open(dir.path(), 1 << 20).expect("loads").is_fresh(), "an entry");
     }
 
     #[test]

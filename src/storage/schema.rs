@@ -71,6 +71,10 @@ pub const REGISTRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("regist
 /// The instances each session owns: session id, a 0 byte, `service/id` → empty.
 pub const SESSION_INSTANCES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("session_instances");
 
+/// The members whose start the cluster recorded: member id (8 bytes, big endian) → the log
+/// index of the entry that first recorded it (8 bytes, big endian). See `fsm::members`.
+pub const MEMBERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("members");
+
 /// The history of the key-value state: revision (8 bytes, big endian) and the change's index
 /// in it (4 bytes, big endian) → `latch.internal.v1.HistoryEvent` (see `fsm::history`).
 pub const HISTORY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("history");

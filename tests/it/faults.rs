@@ -11,7 +11,7 @@ use std::time::Duration;
 use latch_client::{prefix_end, Client, KeyValue, PutRequest, RangeRequest, RangeResponse};
 use tokio::time::Instant;
 
-use crate::harness::{eventually, free_port, latch_bin, Cluster, STARTUP};
+use crate::harness::{eventually, free_port, http_get, latch_bin, Cluster, STARTUP};
 
 #[tokio::test]
 async fn every_acknowledged_write_survives_sigkill_of_every_member_mid_load() {
@@ -389,6 +389,105 @@ async fn exits_by_itself(mut cmd: std::process::Command) -> (std::process::ExitS
     let mut stderr = String::new();
     child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     (status, stderr)
+}
+
+/// A member whose data dir is lost (a replaced disk, a pod on an `emptyDir`) must not rejoin
+/// under its old id: it forgot the entries it acknowledged and the votes it cast, and taking
+/// part again could lose committed writes (`server::admission`). Started again on an empty data
+/// dir it takes no part, and serves no client, while too few peers answer (it reports itself
+/// "admitting"; `/health` answers, `/ready` does not); once a peer that records its start
+/// answers, it exits naming its data dir — and again on its next start, beside a live leader
+/// (what a refused start left in the data dir changes nothing). The cluster keeps its data.
+#[tokio::test]
+async fn a_member_restarted_on_an_empty_data_dir_waits_for_its_peers_then_refuses_to_rejoin() {
+    let mut c = Cluster::start(3, &[]).await;
+    c.leader().await;
+    c.client().await.put("k", "v").await.unwrap();
+    let peers: BTreeMap<u64, String> =
+        c.ids().into_iter().map(|id| (id, c.member(id).peer_addr.clone())).collect();
+    let peer_status = |id: u64| {
+        let addr = peers[&id].clone();
+        async move { latch::transport::member_status(&addr, Duration::from_secs(1)).await }
+    };
+    eventually("member 1 to record every member's start", STARTUP, || async {
+        let s = peer_status(1).await?;
+        if s.started_members == [1, 2, 3] {
+            Ok(())
+        } else {
+            Err(format!("it records {:?}", s.started_members))
+        }
+    })
+    .await;
+    for id in c.ids() {
+        c.kill(id);
+    }
+    let data_dir = c.member(2).data_dir.clone();
+    std::fs::remove_dir_all(&data_dir).unwrap();
+    let start_wiped = |c: &Cluster| {
+        let mut cmd = c.server_command(2, c.initial_cluster());
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    // Alone, member 2 cannot learn whether it ran before: it waits, taking no part.
+    let wiped = start_wiped(&c);
+    eventually("the wiped member 2 to report itself admitting", STARTUP, || async {
+        let s = peer_status(2).await?;
+        if s.role == "admitting" {
+            Ok(())
+        } else {
+            Err(format!("role {:?}", s.role))
+        }
+    })
+    .await;
+    assert!(c.status_of(2).await.is_err(), "an admitting member serves no client requests");
+    let http = c.member(2).http_addr.clone();
+    let health = http_get(&http, "/health").await.expect("the HTTP port answers while admitting");
+    let ready = http_get(&http, "/ready").await.expect("the HTTP port answers while admitting");
+    assert_eq!(
+        (health.status, ready.status),
+        (200, 503),
+        "alive, not ready: {} / {}",
+        health.body,
+        ready.body
+    );
+
+    // Member 1 is back: it records member 2's start, and member 2 exits.
+    c.restart(1).await;
+    refused(wiped, &data_dir, "first start").await;
+
+    // Again, with members 1 and 3 up and led: the empty segment the refused start left is no log.
+    c.restart(3).await;
+    c.leader_among(&[1, 3]).await;
+    refused(start_wiped(&c), &data_dir, "second start, beside a leader").await;
+
+    let kv = c.client_of_many(&[1, 3]).await.get("k").await.unwrap();
+    assert_eq!(kv.map(|kv| kv.value), Some(b"v".to_vec()), "the cluster keeps its data");
+}
+
+/// Waits for the wiped member 2's process to exit on its own, refused by member 1; fails the
+/// test if it keeps running or says otherwise.
+async fn refused(mut wiped: std::process::Child, data_dir: &std::path::Path, when: &str) {
+    let deadline = Instant::now() + STARTUP;
+    let status = loop {
+        if let Some(status) = wiped.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            wiped.kill().unwrap();
+            wiped.wait().unwrap();
+            panic!("{when}: the wiped member 2 kept running beside member 1, which records it");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut stderr = String::new();
+    wiped.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(!status.success(), "{when}: a wiped member must not start: {status}; stderr: {stderr}");
+    assert!(
+        stderr.contains("member 1 records that member 2 has run before")
+            && stderr.contains(&data_dir.display().to_string()),
+        "{when}: stderr should name the peer that records it and the data dir {}; got: {stderr}",
+        data_dir.display()
+    );
 }
 
 #[tokio::test]

@@ -182,6 +182,11 @@ impl Cluster {
         self.members.iter().filter(|m| m.child.is_some()).map(|m| m.id).collect()
     }
 
+    /// The `--initial-cluster` every member runs with.
+    pub fn initial_cluster(&self) -> &str {
+        &self.initial_cluster
+    }
+
     /// The command line that (re)starts member `id` as configured: `latch server --id …`.
     /// Tests may change it (e.g. add a flag) and run it themselves.
     pub fn server_command(&self, id: u64, initial_cluster: &str) -> Command {

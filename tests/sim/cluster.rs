@@ -2005,6 +2005,10 @@ impl Sim {
             }
         }
         let Some(leader) = statuses.iter().find(|s| s.role == Role::Leader) else { return false };
+        // Every member's start is recorded (proposed again after a loss: it may still be on its way).
+        if !self.nodes.iter().all(|n| n.core.as_ref().is_some_and(|c| c.start_recorded())) {
+            return false;
+        }
         statuses.iter().all(|s| {
             s.term == leader.term
                 && s.leader == leader.id
@@ -2018,6 +2022,7 @@ impl Sim {
         let up: Vec<(u64, &Core)> =
             self.nodes.iter().filter_map(|n| n.core.as_ref().map(|c| (n.id, c))).collect();
         invariants::check_final(ctx, &up, &self.history.acked, &self.history.written);
+        invariants::check_members_recorded(ctx, &up, self.nodes.len() as u64);
         self.watch_checker.check_final(ctx);
         self.registry.check_final(ctx, &up);
         self.fences.check_final(ctx, &up);

@@ -30,7 +30,8 @@
 //! read reflects every operation completed before it was issued: no older revision, no missing
 //! write that was acknowledged or already read, no value nobody wrote). At the end:
 //! [`check_final`] (every acknowledged write is on every member with its value and revision,
-//! every key was applied once, all members converge).
+//! every key was applied once, all members converge), [`check_members_recorded`] (every
+//! member's start is recorded in every member's state, which `server::admission` relies on).
 //!
 //! A violation panics with the seed, the step, the member and what was expected, and the
 //! command that replays it.
@@ -885,6 +886,25 @@ pub fn check_final(
                 ),
             ),
             Some(_) => {}
+        }
+    }
+}
+
+/// Every member has run, so every member's state records members 1..=`n` (`fsm::members`): a
+/// member whose record were missing could rejoin on an empty data dir unrefused.
+pub fn check_members_recorded(ctx: Ctx, up: &[(u64, &Core)], n: u64) {
+    let all: Vec<u64> = (1..=n).collect();
+    for &(id, core) in up {
+        let txn =
+            core.state_db().begin_read().unwrap_or_else(|e| ctx.fail(Some(id), "storage", e.to_string()));
+        let recorded =
+            fsm::members::recorded(&txn).unwrap_or_else(|e| ctx.fail(Some(id), "storage", e.to_string()));
+        if recorded != all {
+            ctx.fail(
+                Some(id),
+                "every member's start recorded",
+                format!("the state records the starts of members {recorded:?}, expected {all:?}"),
+            );
         }
     }
 }

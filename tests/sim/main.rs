@@ -25,6 +25,7 @@ mod disk;
 mod fencing;
 mod invariants;
 mod locks;
+mod members;
 mod network;
 mod registry;
 mod scenarios;

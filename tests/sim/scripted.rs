@@ -174,6 +174,14 @@ impl Scripted {
         }
     }
 
+    /// Member `id`'s data dir is lost (a replaced disk): its next start is on empty disks.
+    pub fn wipe(&mut self, id: u64) {
+        let m = self.member(id);
+        assert!(m.core.is_none(), "member {id} is up: crash it first");
+        m.log_dir = SimDir::new();
+        m.state_disk = SimDisk::new();
+    }
+
     /// A fresh waiter, for a request the test hands a core itself.
     pub fn next_waiter(&mut self) -> Waiter {
         self.next_waiter += 1;

@@ -1,0 +1,210 @@
+//! Admission: a member whose raft log was empty when it started takes no part in raft until
+//! its peers confirm it has not lived before.
+//!
+//! Raft's safety rests on a member never forgetting the entries it acknowledged or the vote it
+//! cast. A member whose data dir was lost (a replaced disk, a pod on an `emptyDir`) and that
+//! restarts under its old id has forgotten both: with members L, W and O, an entry L and W
+//! acknowledged is committed; W restarts empty; L crashes before O has the entry; O and W elect
+//! O (W's empty log is no newer than O's), and the committed entry is gone. Nothing on disk
+//! tells that restart from a member's first start, so the cluster remembers instead: every
+//! member records its start in the replicated state once in each life until it applies
+//! (`fsm::members`, proposed by `core`), and a member starting on an empty log asks its peers
+//! (`Peer.Status` lists the members each one's state records). One that lists it → the member
+//! refuses to start. Enough peers answered without listing it → it is admitted.
+//!
+//! Enough is what intersects every quorum that could have committed the record: the record was
+//! acknowledged by a quorum, at most one of which is the member itself, so at least `quorum - 1`
+//! of its `n - 1` peers have it; any `n - quorum + 1` peers include one of them. Peers that are
+//! admitting too (a whole cluster's first start) answer from their own state, and count.
+//!
+//! What this cannot see: a record not applied yet by the peers that hold it (proposed moments
+//! before the data was lost, or held in a peer's log past its applied index), and a loss of
+//! data on more members than the one asking. A member's record is proposed as soon as it knows
+//! a leader, so the first window is the first moments of its first life.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::Peer;
+use crate::transport::{member_status, ADMITTING};
+
+/// How long one peer's answer may take.
+const ASK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the peers are asked until enough have answered.
+const ASK_EVERY: Duration = Duration::from_millis(200);
+/// How often waiting for answers is logged.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// How many peers must answer, none listing the member, before a member of a cluster of
+/// `members` that started on an empty log is admitted (see the module doc).
+pub fn peers_needed(members: usize) -> usize {
+    if members <= 1 {
+        return 0;
+    }
+    let quorum = members / 2 + 1;
+    members - quorum + 1
+}
+
+/// A peer's answer: whether its applied state records the asking member's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    pub lists_me: bool,
+    /// The peer is admitting too (it started on an empty log).
+    pub admitting: bool,
+}
+
+/// What the answers so far decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Admit,
+    /// This peer records the member's start.
+    Refuse {
+        peer: u64,
+    },
+    Wait {
+        answered: usize,
+        needed: usize,
+    },
+}
+
+/// The verdict of `answers` (by peer id) for a member of a cluster of `members`.
+pub fn verdict(members: usize, answers: &BTreeMap<u64, Answer>) -> Verdict {
+    if let Some((peer, _)) = answers.iter().find(|(_, a)| a.lists_me) {
+        return Verdict::Refuse { peer: *peer };
+    }
+    let needed = peers_needed(members);
+    match answers.len() >= needed {
+        true => Verdict::Admit,
+        false => Verdict::Wait { answered: answers.len(), needed },
+    }
+}
+
+/// A peer records the start of a member that started on an empty log: it may not take part.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "member {member} started on an empty raft log in {data_dir}, but member {peer} records that \
+     member {member} has run before: a member that lost its data must not take part again under its \
+     id — its peers counted on the entries it acknowledged and the votes it cast, and committed \
+     writes could be lost. Bring back this data dir as the member left it when it last ran (an older \
+     copy has forgotten as much), or keep the cluster running without member {member} (membership \
+     is fixed by --initial-cluster)"
+)]
+pub struct Refused {
+    pub member: u64,
+    pub peer: u64,
+    pub data_dir: PathBuf,
+}
+
+/// Asks `peers` (the whole cluster, `me` included) until their answers admit member `me` or
+/// one of them records its start. (A data dir that kept its state but lost its log never gets
+/// here: `LogStore::reconcile` refuses it.)
+pub async fn ask_peers(me: u64, cluster_id: u64, peers: &[Peer], data_dir: &Path) -> Result<(), Refused> {
+    let others: Vec<&Peer> = peers.iter().filter(|p| p.id != me).collect();
+    tracing::info!(
+        member = me,
+        needed = peers_needed(peers.len()),
+        "the raft log is empty: asking the peers whether this member has run before"
+    );
+    let mut answers = BTreeMap::new();
+    let mut logged = tokio::time::Instant::now();
+    loop {
+        let asked =
+            others.iter().map(|p| async move { (p.id, member_status(&p.peer_addr, ASK_TIMEOUT).await) });
+        let mut silent = Vec::new();
+        for (peer, answer) in futures::future::join_all(asked).await {
+            match answer {
+                Ok(s) if s.id == peer && s.cluster_id == cluster_id => {
+                    let answer =
+                        Answer { lists_me: s.started_members.contains(&me), admitting: s.role == ADMITTING };
+                    answers.insert(peer, answer);
+                }
+                Ok(s) => silent.push(format!(
+                    "member {peer}: answered as member {} of cluster {:016x}, not of {cluster_id:016x}",
+                    s.id, s.cluster_id
+                )),
+                Err(e) => silent.push(format!("member {peer}: {e}")),
+            }
+        }
+        match verdict(peers.len(), &answers) {
+            Verdict::Admit => {
+                let admitting: Vec<u64> =
+                    answers.iter().filter(|(_, a)| a.admitting).map(|(p, _)| *p).collect();
+                tracing::info!(
+                    member = me,
+                    answered = ?answers.keys().collect::<Vec<_>>(),
+                    ?admitting,
+                    "no peer records this member's start: taking part"
+                );
+                return Ok(());
+            }
+            Verdict::Refuse { peer } => {
+                return Err(Refused { member: me, peer, data_dir: data_dir.to_path_buf() });
+            }
+            Verdict::Wait { answered, needed } => {
+                if logged.elapsed() >= LOG_EVERY {
+                    logged = tokio::time::Instant::now();
+                    tracing::warn!(
+                        member = me,
+                        answered,
+                        needed,
+                        not_answering = ?silent,
+                        "waiting for the peers to say whether this member has run before"
+                    );
+                }
+            }
+        }
+        tokio::time::sleep(ASK_EVERY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answers(list: &[(u64, bool)]) -> BTreeMap<u64, Answer> {
+        list.iter().map(|(p, lists_me)| (*p, Answer { lists_me: *lists_me, admitting: false })).collect()
+    }
+
+    /// Every set of `needed` peers meets every set of `quorum - 1` peers (those holding a record
+    /// a quorum acknowledged, one of its members being the asker itself).
+    #[test]
+    fn the_peers_needed_meet_every_quorum_that_could_hold_the_record() {
+        assert_eq!(peers_needed(1), 0, "a single member has nobody to ask");
+        for members in 2..=9usize {
+            let quorum = members / 2 + 1;
+            let needed = peers_needed(members);
+            let peers = members - 1;
+            let holders = quorum - 1;
+            assert!(
+                needed + holders > peers,
+                "{members} members: {needed} answers could all miss the {holders} peers holding the record"
+            );
+            assert!(
+                needed <= peers - holders + 1,
+                "{members} members: asking {needed} peers asks more than needed"
+            );
+        }
+        assert_eq!((peers_needed(3), peers_needed(5), peers_needed(2)), (2, 3, 1));
+    }
+
+    #[test]
+    fn one_peer_that_records_the_member_refuses_it_however_many_do_not() {
+        let a = answers(&[(1, false), (3, true), (4, false), (5, false)]);
+        assert_eq!(verdict(5, &a), Verdict::Refuse { peer: 3 });
+        assert_eq!(
+            verdict(3, &answers(&[(2, true)])),
+            Verdict::Refuse { peer: 2 },
+            "refused before enough answered"
+        );
+    }
+
+    #[test]
+    fn a_member_waits_for_enough_answers_then_is_admitted() {
+        assert_eq!(verdict(3, &answers(&[])), Verdict::Wait { answered: 0, needed: 2 });
+        assert_eq!(verdict(3, &answers(&[(1, false)])), Verdict::Wait { answered: 1, needed: 2 });
+        assert_eq!(verdict(3, &answers(&[(1, false), (3, false)])), Verdict::Admit);
+        assert_eq!(verdict(5, &answers(&[(1, false), (2, false)])), Verdict::Wait { answered: 2, needed: 3 });
+        assert_eq!(verdict(1, &answers(&[])), Verdict::Admit, "a single member is admitted at once");
+    }
+}

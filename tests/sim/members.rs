@@ -1,0 +1,159 @@
+//! Members that lose their data (`fsm::members`, `server::admission`), on the scripted cluster:
+//! every member's start is recorded in the replicated state; a member restarted on an empty data
+//! dir is refused by the verdict of its peers' states; and what letting it in would cost.
+
+use std::collections::BTreeMap;
+
+use latch::fsm;
+use latch::server::admission::{self, Answer, Verdict};
+use latch_proto::internal::{command::Body, Command, Put, Range};
+use raft::eraftpb::{Message, MessageType};
+
+use crate::scripted::{all, Answer as Reply, Route, Scripted};
+
+/// The members whose start member `id`'s applied state records.
+fn recorded_on(s: &mut Scripted, id: u64) -> Vec<u64> {
+    let txn = s.core(id).state_db().begin_read().expect("a read transaction begins");
+    fsm::members::recorded(&txn).expect("the records read")
+}
+
+/// What the peers of `me` that are up would answer it (`Peer.Status`).
+fn answers_for(s: &mut Scripted, me: u64, up: &[u64]) -> BTreeMap<u64, Answer> {
+    up.iter()
+        .filter(|p| **p != me)
+        .map(|p| (*p, Answer { lists_me: recorded_on(s, *p).contains(&me), admitting: false }))
+        .collect()
+}
+
+fn value_on(s: &mut Scripted, id: u64, key: &str) -> Option<Vec<u8>> {
+    let txn = s.core(id).state_db().begin_read().expect("a read transaction begins");
+    let req = Range { key: key.into(), ..Default::default() };
+    fsm::range(&txn, &req, 1 << 20).expect("range succeeds").1.kvs.pop().map(|kv| kv.value)
+}
+
+/// A 3-member cluster with a leader, every member's start recorded on every member.
+fn recorded_cluster(seed: u64) -> Scripted {
+    let mut s = Scripted::new(3, seed);
+    s.until("a leader", 200, &mut all, &mut |s| s.leader().is_some());
+    s.until("every start recorded on every member", 200, &mut all, &mut |s| {
+        (1..=3).all(|id| s.core(id).start_recorded() && recorded_on(s, id) == vec![1, 2, 3])
+    });
+    s
+}
+
+/// The index of the entry that first recorded `member`, on member `id`.
+fn record_index(s: &mut Scripted, id: u64, member: u64) -> u64 {
+    let txn = s.core(id).state_db().begin_read().expect("a read transaction begins");
+    let table = txn.open_table(latch::storage::schema::MEMBERS).expect("the members table");
+    let row = table.get(member.to_be_bytes().as_slice()).expect("readable").expect("recorded");
+    u64::from_be_bytes(row.value().try_into().expect("8 bytes"))
+}
+
+#[test]
+fn every_member_records_its_start_and_the_first_record_outlives_restarts() {
+    let mut s = recorded_cluster(41);
+    let leader = s.leader().expect("a leader");
+    let follower = if leader == 1 { 2 } else { 1 };
+    let first = record_index(&mut s, leader, follower);
+    for _ in 0..2 {
+        s.crash(follower);
+        s.start(follower);
+        assert!(!s.core(follower).log_was_fresh(), "its log survived the restart");
+        s.until("the restarted member sees its record", 100, &mut all, &mut |s| {
+            s.core(follower).start_recorded()
+        });
+    }
+    for _ in 0..50 {
+        s.round(&mut all);
+    }
+    for id in 1..=3 {
+        assert_eq!(recorded_on(&mut s, id), vec![1, 2, 3], "member {id}'s records");
+        assert_eq!(record_index(&mut s, id, follower), first, "member {id} keeps the first record");
+    }
+}
+
+#[test]
+fn a_member_restarted_on_an_empty_data_dir_is_refused_by_a_peer_that_records_it() {
+    let mut s = recorded_cluster(43);
+    let leader = s.leader().expect("a leader");
+    let wiped = if leader == 3 { 2 } else { 3 };
+    s.crash(wiped);
+    s.wipe(wiped);
+    s.start(wiped);
+    assert!(s.core(wiped).log_was_fresh(), "its log is empty");
+    assert!(!s.core(wiped).start_recorded(), "its state is empty");
+    let up = [1, 2, 3];
+    let verdict = admission::verdict(3, &answers_for(&mut s, wiped, &up));
+    assert!(
+        matches!(verdict, Verdict::Refuse { .. }),
+        "expected the peers to refuse member {wiped}, got {verdict:?}"
+    );
+
+    // A whole cluster's first start: nobody records anybody, and every member is admitted.
+    let mut fresh = Scripted::new(3, 47);
+    for me in 1..=3 {
+        assert_eq!(admission::verdict(3, &answers_for(&mut fresh, me, &up)), Verdict::Admit, "member {me}");
+    }
+}
+
+/// Why the refusal matters: the wiped member's forgotten acknowledgement was part of a commit.
+/// Members L (leader), W and O; O misses the appends; L and W acknowledge k = v (committed, the
+/// client is answered); L crashes; W restarts on an empty data dir; O, whose log lacks k, is
+/// elected with W's vote — and k = v is gone. Admission would have refused W: O records it.
+#[test]
+fn letting_a_wiped_member_take_part_loses_a_committed_write_that_admission_would_have_kept() {
+    let mut s = recorded_cluster(53);
+    let l = s.leader().expect("a leader");
+    let (w, o) = match l {
+        1 => (2, 3),
+        2 => (1, 3),
+        _ => (1, 2),
+    };
+    let mut o_misses_appends = |m: &Message| {
+        let append = matches!(m.get_msg_type(), MessageType::MsgAppend | MessageType::MsgAppendResponse);
+        if append && (m.to == o || m.from == o) {
+            Route::Drop
+        } else {
+            Route::Deliver
+        }
+    };
+    let put = Command {
+        version: fsm::COMMAND_VERSION,
+        request_id: "acknowledged".into(),
+        body: Some(Body::Put(Put { key: "k".into(), value: "v".into(), ..Default::default() })),
+    };
+    let waiter = s.propose(l, put);
+    s.until("k = v answered", 100, &mut o_misses_appends, &mut |s| s.answer(waiter).is_some());
+    assert!(
+        matches!(s.answer(waiter), Some(Reply::Applied(Ok(_)))),
+        "k = v is committed: {:?}",
+        s.answer(waiter)
+    );
+    assert_eq!(value_on(&mut s, o, "k"), None, "O never received k = v");
+
+    s.crash(l);
+    s.crash(w);
+    s.wipe(w);
+    s.start(w);
+    let verdict = admission::verdict(3, &answers_for(&mut s, w, &[o]));
+    assert_eq!(verdict, Verdict::Refuse { peer: o }, "O alone records W's start: W is refused");
+
+    // Let in anyway, W votes O in; O's first commit as leader settles that k = v is lost.
+    s.until("O leads", 300, &mut all, &mut |s| s.core(o).status().role == latch::core::Role::Leader);
+    let after = s.propose(o, Command { request_id: "after".into(), ..s_put("k2", "x") });
+    s.until("a write committed by O and W", 100, &mut all, &mut |s| s.answer(after).is_some());
+    assert_eq!(
+        value_on(&mut s, o, "k"),
+        None,
+        "without admission the acknowledged k = v is lost (if this fails, the scenario no longer \
+         shows the anomaly admission guards against)"
+    );
+}
+
+fn s_put(key: &str, value: &str) -> Command {
+    Command {
+        version: fsm::COMMAND_VERSION,
+        request_id: String::new(),
+        body: Some(Body::Put(Put { key: key.into(), value: value.into(), ..Default::default() })),
+    }
+}
