@@ -316,7 +316,7 @@ pub async fn run(
             Some(Ok(())) => admission.admit(),
             Some(Err(refused)) => {
                 tracing::error!(member = id, data_dir = %config.data_dir.display(), "{refused}");
-                stop_early(stop_tx, node, peer_task, http_task).await?;
+                stop_early(stop_tx, node, peer_task, http_task).await.unwrap_or_else(stop_failed);
                 return Err(refused.into());
             }
             None => return stop_early(stop_tx, node, peer_task, http_task).await,
@@ -347,7 +347,7 @@ pub async fn run(
             Ok(recent) => recent,
             Err(e) => {
                 learner.abort();
-                stop_early(stop_tx, node, peer_task, http_task).await?;
+                stop_early(stop_tx, node, peer_task, http_task).await.unwrap_or_else(stop_failed);
                 return Err(ServerError::Watches(e));
             }
         };
@@ -431,6 +431,11 @@ pub async fn run(
 /// How long the ports of a member stopped before it served clients get to close their
 /// connections: a peer's message stream with nothing to say holds a graceful close open.
 const EARLY_STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// A stop that failed after another error, which is the one `run` returns.
+fn stop_failed(e: ServerError) {
+    tracing::error!(error = %e, "stopping the member failed too");
+}
 
 /// Stops a member that never served clients (refused by its peers, shut down while asking
 /// them, or failing to start serving): its node, then its peer and HTTP ports.

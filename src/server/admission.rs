@@ -106,9 +106,11 @@ pub async fn ask_peers(me: u64, cluster_id: u64, peers: &[Peer], data_dir: &Path
         needed = peers_needed(peers.len()),
         "the raft log is empty: asking the peers whether this member has run before"
     );
-    let mut answers = BTreeMap::new();
     let mut logged = tokio::time::Instant::now();
     loop {
+        // Only one round's answers count: a peer that was behind at an earlier one may have
+        // applied the member's record since.
+        let mut answers = BTreeMap::new();
         let asked =
             others.iter().map(|p| async move { (p.id, member_status(&p.peer_addr, ASK_TIMEOUT).await) });
         let mut silent = Vec::new();
