@@ -29,14 +29,20 @@
 //!
 //! And from the members' applied changes: no lock-delay ends before its length has passed
 //! since the first member applied its beginning (so no grant comes during it).
+//!
+//! And, without the state machine's own delay bookkeeping: when a member's state shows a hold
+//! gone with its session (the workload ends sessions only by expiry), the revision that ended the
+//! session is read from the history, and no grant of that lock at or after that revision may
+//! have been applied anywhere before the hold's lock-delay passed since any member first applied
+//! the session's end. An expiry applied as a normal release would fail here.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use latch::core::Core;
-use latch::fsm::{self, locks::lock_key, LockChange};
+use latch::fsm::{self, history::Space, locks::lock_key, LockChange};
 use latch_proto::internal::{
-    command::Body, compare, lock_result::Status, op, outcome, Acquire, CancelWait, Compare, LockMode,
-    LockSpace, Op, Outcome, Put, Release, Sequencer, Txn,
+    command::Body, compare, lock_result::Status, op, outcome, Acquire, CancelWait, Compare, LockHolder,
+    LockMode, LockSpace, Op, Outcome, Put, Release, Sequencer, Txn,
 };
 use rand::rngs::SmallRng;
 use rand::Rng;
@@ -398,6 +404,9 @@ fn spent_acquire(space: LockSpace, name: &str, session: &str, queue_bound: u32) 
     })
 }
 
+/// The holders of each lock (by its key) in one member's state.
+type Holds = BTreeMap<Vec<u8>, Vec<LockHolder>>;
+
 /// The lock invariants (see the module doc).
 #[derive(Debug, Default)]
 pub struct LockChecker {
@@ -414,6 +423,16 @@ pub struct LockChecker {
     /// The bound every acquire of the run carries (0: none).
     queue_bound: u32,
     pub delays_ended: u64,
+    /// Per member: the holds of each lock at its last check, and its applied revision then.
+    holds: BTreeMap<u64, (i64, Holds)>,
+    /// Per lock: the holds its sessions' expiries ended, (revision of the end, lock-delay ms).
+    expired: BTreeMap<Vec<u8>, BTreeSet<(i64, u64)>>,
+    /// When some member's applied revision first reached each revision: (revision, µs), both
+    /// increasing.
+    reached: BTreeMap<i64, u64>,
+    pub expired_holds: u64,
+    /// Grants (lock key, generation's revision) checked against an expiry's lock-delay.
+    pub grants_after_expiry: BTreeSet<(Vec<u8>, i64)>,
 }
 
 impl LockChecker {
@@ -454,8 +473,17 @@ impl LockChecker {
         }
     }
 
+    /// When some member's applied revision first reached `revision`.
+    fn reached_at(&self, revision: i64) -> Option<u64> {
+        self.reached.range(revision..).next().map(|(_, t)| *t)
+    }
+
     /// Checks the applied state of every member that applied something since its last check.
     pub fn after_step(&mut self, ctx: Ctx, up: &[(u64, &Core)]) {
+        let newest = up.iter().map(|(_, c)| c.status().applied.revision).max().unwrap_or(0);
+        if self.reached.last_key_value().is_none_or(|(r, _)| *r < newest) {
+            self.reached.insert(newest, ctx.time_us);
+        }
         for &(id, core) in up {
             let applied = core.status().applied.index;
             if self.checked.get(&id) == Some(&applied) {
@@ -466,6 +494,8 @@ impl LockChecker {
                 Ok(t) => t,
                 Err(e) => ctx.fail(Some(id), "locks: state readable", e.to_string()),
             };
+            let revision = core.status().applied.revision;
+            let mut holds: Holds = BTreeMap::new();
             for space in [LockSpace::Locks, LockSpace::Elections] {
                 let (rows, _) =
                     fsm::locks::list(&txn, space, "", "", usize::MAX, usize::MAX).unwrap_or_else(|e| {
@@ -533,7 +563,96 @@ impl LockChecker {
                     for h in &row.holders {
                         self.grant(ctx, id, &key, &h.session, h.generation, h.revision);
                     }
+                    holds.insert(key, row.holders);
                 }
+            }
+            let before = self.holds.insert(id, (revision, holds.clone()));
+            if let Some((since, held)) = before {
+                self.expiries_since(ctx, id, &txn, since, &held, &holds);
+            }
+            for (key, holders) in &holds {
+                for h in holders {
+                    self.check_delays(ctx, id, key, h.revision);
+                }
+            }
+        }
+    }
+
+    /// Records the expiries that ended holds member `node` had at revision `since` (`held`) and
+    /// no longer has (`now`): a hold gone with its session, whose end the history places.
+    fn expiries_since(
+        &mut self,
+        ctx: Ctx,
+        node: u64,
+        txn: &redb::ReadTransaction,
+        since: i64,
+        held: &Holds,
+        now: &Holds,
+    ) {
+        let storage =
+            |e: fsm::FsmError| -> ! { ctx.fail(Some(node), "locks: state readable", e.to_string()) };
+        let mut ends: Option<BTreeMap<Vec<u8>, i64>> = None;
+        for (key, holders) in held {
+            for h in holders {
+                let kept = now.get(key).is_some_and(|hs| hs.iter().any(|n| n.generation == h.generation));
+                if kept || h.lock_delay_ms == 0 || matches!(fsm::sessions::read(txn, &h.session), Ok(Some(_)))
+                {
+                    continue;
+                }
+                // The sessions that ended since `since`, by the revision that ended each (none
+                // when the history of those revisions is compacted, or the state went back).
+                let ends = match &mut ends {
+                    Some(e) => e,
+                    None => {
+                        let compacted =
+                            fsm::history::compact_revision_read(txn).unwrap_or_else(|e| storage(e));
+                        let mut found = BTreeMap::new();
+                        if compacted <= since {
+                            let (changes, _) = fsm::history::changes(txn, since + 1, i64::MAX, usize::MAX)
+                                .unwrap_or_else(|e| storage(e));
+                            for c in changes.into_iter().filter(|c| c.space == Space::Sessions && c.delete) {
+                                found.insert(c.kv.key, c.revision);
+                            }
+                        }
+                        ends.insert(found)
+                    }
+                };
+                let Some(&end) = ends.get(h.session.as_bytes()) else { continue };
+                if self.expired.entry(key.clone()).or_default().insert((end, h.lock_delay_ms)) {
+                    self.expired_holds += 1;
+                    // Grants seen before this expiry was: checked against it now.
+                    let granted: Vec<i64> =
+                        self.order.get(key).map(|o| o.values().copied().collect()).unwrap_or_default();
+                    for revision in granted {
+                        self.check_delays(ctx, node, key, revision);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A grant of `key` at `revision` came no earlier than the lock-delay of every hold of the
+    /// lock that an expiry ended at or before that revision.
+    fn check_delays(&mut self, ctx: Ctx, node: u64, key: &[u8], revision: i64) {
+        let Some(expired) = self.expired.get(key) else { return };
+        let Some(granted_at) = self.reached_at(revision) else { return };
+        for &(end, delay_ms) in expired.iter().filter(|(end, _)| *end <= revision) {
+            let Some(ended_at) = self.reached_at(end) else { continue };
+            self.grants_after_expiry.insert((key.to_vec(), revision));
+            // Members' clocks read whole milliseconds: one may read 1 ms more than has passed.
+            if granted_at + 1_000 < ended_at + delay_ms * 1_000 {
+                ctx.fail(
+                    Some(node),
+                    "locks: no grant during a lock-delay (from session ends)",
+                    format!(
+                        "{:?} was granted at revision {revision} (first applied at t={:.3}s), but a hold \
+                         with a lock-delay of {delay_ms} ms ended with its session's expiry at revision \
+                         {end} (first applied at t={:.3}s)",
+                        key.escape_ascii().to_string(),
+                        granted_at as f64 / 1e6,
+                        ended_at as f64 / 1e6
+                    ),
+                );
             }
         }
     }

@@ -149,6 +149,8 @@ fn run_seeds(nodes: u64) {
 struct LockActivity {
     grants: u64,
     delays_ended: u64,
+    expired_holds: u64,
+    grants_after_expiry: u64,
     guarded_sent: u64,
     guarded_succeeded: u64,
     refused_session_ended: u64,
@@ -159,6 +161,8 @@ impl LockActivity {
     fn add(&mut self, r: &cluster::Report) {
         self.grants += r.lock_grants;
         self.delays_ended += r.lock_delays_ended;
+        self.expired_holds += r.lock_expired_holds;
+        self.grants_after_expiry += r.lock_grants_after_expiry;
         self.guarded_sent += r.guarded_sent;
         self.guarded_succeeded += r.guarded_succeeded;
         self.refused_session_ended += r.guarded_refused_session_ended;
@@ -172,6 +176,8 @@ impl LockActivity {
         let counts = [
             (self.grants, "a lock should have been granted"),
             (self.delays_ended, "a lock-delay should have ended"),
+            (self.expired_holds, "a hold should have been seen ended by its session's expiry"),
+            (self.grants_after_expiry, "a lock should have been granted again after a hold's expiry"),
             (self.guarded_succeeded, "a write guarded by a sequencer should have succeeded"),
             (self.refused_session_ended, "a guarded write should have been refused after its session ended"),
             (self.refused_released, "a guarded write should have been refused after its grant was released"),
@@ -186,10 +192,12 @@ impl std::fmt::Display for LockActivity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} lock grants, {} lock-delays ended; {} guarded writes: {} succeeded, {} refused after their session \
+            "{} lock grants, {} lock-delays ended, {} holds ended by expiry ({} grants after them); {} guarded writes: {} succeeded, {} refused after their session \
              ended, {} refused after a release",
             self.grants,
             self.delays_ended,
+            self.expired_holds,
+            self.grants_after_expiry,
             self.guarded_sent,
             self.guarded_succeeded,
             self.refused_session_ended,
