@@ -17,6 +17,8 @@
 //! What is checked, after every step, in every member's applied state:
 //! - Per lock: one exclusive holder, or only shared holders; every holder and waiter belongs to
 //!   a live session; while a lock-delay is in force no holder was granted at or after it began.
+//! - Per lock: the queue is in arrival order, and its head waits only for a reason: a lock-delay
+//!   in force, or holders it cannot join (the queue moves: grants happen as changes apply).
 //! - A generation names one grant forever (the same lock, session and revision wherever and
 //!   whenever it is seen), and per lock, generations increase with the revisions of their
 //!   grants: strictly increasing for the life of the cluster.
@@ -42,8 +44,9 @@ use latch::core::Core;
 use latch::fsm::{self, history::Space, locks::lock_key, LockChange};
 use latch_proto::internal::{
     command::Body, compare, lock_result::Status, op, outcome, Acquire, CancelWait, Compare, LockHolder,
-    LockMode, LockSpace, Op, Outcome, Put, Release, Sequencer, Txn,
+    LockMode, LockRow, LockSpace, Op, Outcome, Put, Release, Sequencer, Txn,
 };
+use prost::Message as _;
 use rand::rngs::SmallRng;
 use rand::Rng;
 
@@ -407,6 +410,44 @@ fn spent_acquire(space: LockSpace, name: &str, session: &str, queue_bound: u32) 
 /// The holders of each lock (by its key) in one member's state.
 type Holds = BTreeMap<Vec<u8>, Vec<LockHolder>>;
 
+/// What a member's history says of the revisions after one: the revision that ended each
+/// session, and each lock's rows (by its key; `None` once gone) by the revision that wrote them.
+/// Empty when the history of those revisions is compacted (or the state went back).
+struct Window {
+    session_ends: BTreeMap<Vec<u8>, i64>,
+    lock_rows: BTreeMap<Vec<u8>, BTreeMap<i64, Option<LockRow>>>,
+}
+
+impl Window {
+    fn read(txn: &redb::ReadTransaction, since: i64) -> Result<Window, fsm::FsmError> {
+        let mut w = Window { session_ends: BTreeMap::new(), lock_rows: BTreeMap::new() };
+        if fsm::history::compact_revision_read(txn)? > since {
+            return Ok(w);
+        }
+        let (changes, _) = fsm::history::changes(txn, since + 1, i64::MAX, usize::MAX)?;
+        for c in changes {
+            let space = match c.space {
+                Space::Sessions if c.delete => {
+                    w.session_ends.insert(c.kv.key, c.revision);
+                    continue;
+                }
+                Space::Locks => LockSpace::Locks,
+                Space::Elections => LockSpace::Elections,
+                _ => continue,
+            };
+            let name = String::from_utf8_lossy(&c.kv.key);
+            let row = match c.delete {
+                true => None,
+                false => Some(LockRow::decode(c.kv.value.as_slice()).map_err(|e| {
+                    fsm::FsmError::Corrupt(format!("history: lock {name:?} at revision {}: {e}", c.revision))
+                })?),
+            };
+            w.lock_rows.entry(lock_key(space, &name)).or_default().insert(c.revision, row);
+        }
+        Ok(w)
+    }
+}
+
 /// The lock invariants (see the module doc).
 #[derive(Debug, Default)]
 pub struct LockChecker {
@@ -534,6 +575,32 @@ impl LockChecker {
                             ),
                         );
                     }
+                    // Grants happen on apply: once a change applied, the head of the queue is one
+                    // that must wait (a lock-delay in force, or holders it cannot join).
+                    if let Some(head) = row.waiters.first().filter(|_| row.delay_revision == 0) {
+                        let joins = if head.mode == LockMode::Shared as i32 {
+                            row.holders.iter().all(|h| h.mode == LockMode::Shared as i32)
+                        } else {
+                            row.holders.is_empty()
+                        };
+                        if joins {
+                            ctx.fail(
+                                Some(id),
+                                "locks: the queue moves (a grantable head is granted)",
+                                format!(
+                                    "{name:?} holds {:?} and no lock-delay, but its head request waits: {head:?}",
+                                    row.holders
+                                ),
+                            );
+                        }
+                    }
+                    if row.waiters.windows(2).any(|w| w[1].revision < w[0].revision) {
+                        ctx.fail(
+                            Some(id),
+                            "locks: the queue is FIFO",
+                            format!("{name:?} queues requests out of their arrival order: {:?}", row.waiters),
+                        );
+                    }
                     if self.queue_bound > 0 && row.waiters.len() > self.queue_bound as usize {
                         ctx.fail(
                             Some(id),
@@ -579,7 +646,8 @@ impl LockChecker {
     }
 
     /// Records the expiries that ended holds member `node` had at revision `since` (`held`) and
-    /// no longer has (`now`): a hold gone with its session, whose end the history places.
+    /// no longer has (`now`): a hold gone with its session, whose end the history places, and
+    /// which the lock still had just before that end (not released first, in the same window).
     fn expiries_since(
         &mut self,
         ctx: Ctx,
@@ -591,7 +659,7 @@ impl LockChecker {
     ) {
         let storage =
             |e: fsm::FsmError| -> ! { ctx.fail(Some(node), "locks: state readable", e.to_string()) };
-        let mut ends: Option<BTreeMap<Vec<u8>, i64>> = None;
+        let mut window: Option<Window> = None;
         for (key, holders) in held {
             for h in holders {
                 let kept = now.get(key).is_some_and(|hs| hs.iter().any(|n| n.generation == h.generation));
@@ -599,26 +667,18 @@ impl LockChecker {
                 {
                     continue;
                 }
-                // The sessions that ended since `since`, by the revision that ended each (none
-                // when the history of those revisions is compacted, or the state went back).
-                let ends = match &mut ends {
-                    Some(e) => e,
-                    None => {
-                        let compacted =
-                            fsm::history::compact_revision_read(txn).unwrap_or_else(|e| storage(e));
-                        let mut found = BTreeMap::new();
-                        if compacted <= since {
-                            let (changes, _) = fsm::history::changes(txn, since + 1, i64::MAX, usize::MAX)
-                                .unwrap_or_else(|e| storage(e));
-                            for c in changes.into_iter().filter(|c| c.space == Space::Sessions && c.delete) {
-                                found.insert(c.kv.key, c.revision);
-                            }
-                        }
-                        ends.insert(found)
-                    }
+                let window =
+                    window.get_or_insert_with(|| Window::read(txn, since).unwrap_or_else(|e| storage(e)));
+                let Some(&end) = window.session_ends.get(h.session.as_bytes()) else { continue };
+                // The lock's row as of the revision before the session's end: the last change of
+                // the window before it, or (none) the row at `since`, which held `h`.
+                let before = window.lock_rows.get(key).and_then(|rows| rows.range(..end).next_back());
+                let held_then = match before {
+                    None => true,
+                    Some((_, None)) => false,
+                    Some((_, Some(row))) => row.holders.iter().any(|x| x.generation == h.generation),
                 };
-                let Some(&end) = ends.get(h.session.as_bytes()) else { continue };
-                if self.expired.entry(key.clone()).or_default().insert((end, h.lock_delay_ms)) {
+                if held_then && self.expired.entry(key.clone()).or_default().insert((end, h.lock_delay_ms)) {
                     self.expired_holds += 1;
                     // Grants seen before this expiry was: checked against it now.
                     let granted: Vec<i64> =
