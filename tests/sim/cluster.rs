@@ -1151,6 +1151,8 @@ impl Sim {
 
     fn send(&mut self, from: u64, inc: u64, msg: Message) {
         self.report.messages += 1;
+        let ctx = self.ctx();
+        self.checker.vote_sent(ctx, from, &msg);
         let to = msg.to;
         let snapshot = latch::core::is_snapshot(&msg);
         let mut stream = None;

@@ -1,6 +1,10 @@
 //! The safety properties the simulator checks, one function each, over the members that are up
 //! (their `Core`, raft log and redb state) and the clients' history.
 //!
+//! Checked as members send: [`Checker::vote_sent`]: a member grants its vote in a term to one
+//! candidate, over the whole run, crashes and restarts included (the vote is fsynced before it
+//! leaves; a member that forgot it could elect two leaders in one term).
+//!
 //! Checked after every step ([`Checker::after_step`]):
 //! - [`Checker::one_leader_per_term`]: over the whole run, at most one member is leader in a term.
 //! - [`Checker::never_backwards`]: a member's term and durable applied index never decrease,
@@ -42,7 +46,7 @@ use latch::core::{Core, Role};
 use latch::fsm;
 use latch::fsm::Event;
 use latch_proto::internal::{KeyValue, Range};
-use raft::eraftpb::Entry;
+use raft::eraftpb::{Entry, Message, MessageType};
 use raft::{GetEntriesContext, Storage};
 
 /// A state hash is recorded at every this-many-th applied index in a chaos run (see
@@ -181,6 +185,8 @@ struct Seen {
 #[derive(Debug)]
 pub struct Checker {
     leaders: BTreeMap<u64, u64>,
+    /// (member, term) → the candidate it granted its vote in that term.
+    votes: BTreeMap<(u64, u64), u64>,
     seen: BTreeMap<u64, Seen>,
     /// Every entry known committed (at or below some member's applied index), by index: its
     /// digest, the member it was first seen committed on, and the lowest term of a member seen
@@ -200,6 +206,7 @@ impl Checker {
     pub fn new(hash_every: u64) -> Checker {
         Checker {
             leaders: BTreeMap::new(),
+            votes: BTreeMap::new(),
             seen: BTreeMap::new(),
             committed: BTreeMap::new(),
             hashes: BTreeMap::new(),
@@ -219,6 +226,24 @@ impl Checker {
         self.log_well_formed(ctx, up);
         self.log_matching(ctx, up);
         self.equal_state_at_equal_index(ctx, up);
+    }
+
+    /// A message member `from` sends: a granted vote is its only one in its term.
+    pub fn vote_sent(&mut self, ctx: Ctx, from: u64, msg: &Message) {
+        if msg.get_msg_type() != MessageType::MsgRequestVoteResponse || msg.reject {
+            return;
+        }
+        let first = *self.votes.entry((from, msg.term)).or_insert(msg.to);
+        if first != msg.to {
+            ctx.fail(
+                Some(from),
+                "one vote per member per term",
+                format!(
+                    "granted its vote in term {} to node {}, after granting it to node {first}",
+                    msg.term, msg.to
+                ),
+            );
+        }
     }
 
     /// Election safety: at most one leader per term, over the whole run.

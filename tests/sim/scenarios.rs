@@ -517,3 +517,66 @@ fn a_follower_that_installs_a_snapshot_while_writes_go_on_catches_up_from_the_lo
         assert_eq!(value_on(&mut s, lagging, &format!("k{i}")), Some(format!("v{i}").into_bytes()), "k{i}");
     }
 }
+
+/// A member's vote is durable before it leaves: restarted after voting, it never grants its
+/// vote in that term to another candidate (two votes in a term can elect two leaders in it).
+/// The leader is cut off; of the two others, the first to campaign gets the other's vote, which
+/// never arrives; the voter crashes and restarts; then only it and the old leader talk, and the
+/// old leader campaigns in that same term.
+#[test]
+fn a_member_restarted_after_voting_never_votes_for_another_candidate_in_that_term() {
+    use std::cell::RefCell;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::rc::Rc;
+
+    let mut s = Scripted::new(3, 61);
+    s.until("a leader", 200, &mut all, &mut |s| s.leader().is_some());
+    let old = s.leader().expect("a leader");
+    /// (voter, term) → the candidates it granted its vote.
+    type Votes = BTreeMap<(u64, u64), BTreeSet<u64>>;
+    let votes: Rc<RefCell<Votes>> = Rc::default();
+    let record = {
+        let votes = votes.clone();
+        move |m: &Message| {
+            if m.get_msg_type() == MessageType::MsgRequestVoteResponse && !m.reject {
+                votes.borrow_mut().entry((m.from, m.term)).or_default().insert(m.to);
+            }
+        }
+    };
+    let mut vote_lost = |m: &Message| {
+        record(m);
+        let granted = m.get_msg_type() == MessageType::MsgRequestVoteResponse && !m.reject;
+        if m.from == old || m.to == old || granted {
+            Route::Drop
+        } else {
+            Route::Deliver
+        }
+    };
+    s.until("a vote granted without the old leader", 1_000, &mut vote_lost, &mut |_| {
+        !votes.borrow().is_empty()
+    });
+    let ((voter, term), candidates) =
+        votes.borrow().iter().next().map(|(k, v)| (*k, v.clone())).expect("a vote");
+    let candidate = *candidates.iter().next().expect("a candidate");
+    s.crash(voter);
+    s.start(voter);
+    assert_eq!(s.core(voter).status().term, term, "the voter's term survived its crash");
+
+    let mut without_candidate = |m: &Message| {
+        record(m);
+        if m.from == candidate || m.to == candidate {
+            Route::Drop
+        } else {
+            Route::Deliver
+        }
+    };
+    s.until("the old leader to campaign", 1_000, &mut without_candidate, &mut |s| {
+        s.core(old).status().term >= term
+    });
+    for _ in 0..300 {
+        s.round(&mut without_candidate);
+    }
+    for ((v, t), granted) in votes.borrow().iter() {
+        assert!(granted.len() == 1, "member {v} granted its vote in term {t} to {granted:?}");
+    }
+}
