@@ -373,7 +373,12 @@ async fn refused_start(c: &Cluster, initial_cluster: &str) -> (std::process::Exi
 /// exited and what it printed on stderr. Fails the test if it keeps running.
 async fn exits_by_itself(mut cmd: std::process::Command) -> (std::process::ExitStatus, String) {
     cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
+    exited(cmd.spawn().unwrap(), "the server should refuse to start").await
+}
+
+/// Waits for `child` (its stderr piped) to exit on its own, returning how it exited and what it
+/// printed on stderr. Fails the test, saying `expected`, if it keeps running.
+async fn exited(mut child: std::process::Child, expected: &str) -> (std::process::ExitStatus, String) {
     let deadline = Instant::now() + STARTUP;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -382,7 +387,7 @@ async fn exits_by_itself(mut cmd: std::process::Command) -> (std::process::ExitS
         if Instant::now() >= deadline {
             child.kill().unwrap();
             child.wait().unwrap();
-            panic!("the server should refuse to start, but it kept running");
+            panic!("{expected}, but it kept running for {STARTUP:?}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
@@ -466,21 +471,9 @@ async fn a_member_restarted_on_an_empty_data_dir_waits_for_its_peers_then_refuse
 
 /// Waits for the wiped member 2's process to exit on its own, refused by member 1; fails the
 /// test if it keeps running or says otherwise.
-async fn refused(mut wiped: std::process::Child, data_dir: &std::path::Path, when: &str) {
-    let deadline = Instant::now() + STARTUP;
-    let status = loop {
-        if let Some(status) = wiped.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            wiped.kill().unwrap();
-            wiped.wait().unwrap();
-            panic!("{when}: the wiped member 2 kept running beside member 1, which records it");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let mut stderr = String::new();
-    wiped.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+async fn refused(wiped: std::process::Child, data_dir: &std::path::Path, when: &str) {
+    let expected = format!("{when}: the wiped member 2 should exit beside member 1, which records it");
+    let (status, stderr) = exited(wiped, &expected).await;
     assert!(!status.success(), "{when}: a wiped member must not start: {status}; stderr: {stderr}");
     assert!(
         stderr.contains("member 1 records that member 2 has run before")
