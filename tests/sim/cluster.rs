@@ -220,8 +220,10 @@ pub struct Report {
     /// Lock grants seen in the members' states, and lock-delays ended.
     pub lock_grants: u64,
     pub lock_delays_ended: u64,
-    /// Holds seen ended by their session's expiry, and grants checked against their delays.
+    /// Holds seen ended by their session's expiry, those whose end could not be placed, and
+    /// expiries after which the lock was granted again (checked against their delays).
     pub lock_expired_holds: u64,
+    pub lock_expiries_unplaced: u64,
     pub lock_grants_after_expiry: u64,
     /// Acquires whose withdrawal was applied first (each then sent, and refused).
     pub lock_ids_spent: u64,
@@ -260,7 +262,7 @@ impl std::fmt::Display for Report {
             "seed {} ({} nodes, snapshot every {}): {} steps, {:.1}s virtual, {} msgs; puts {} acked {} reads {} \
              retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}), \
              partitions {}, pauses {}, snapshots {}; max term {}, revision {}, {} hash checks; lease grants {}, \
-             expiries {}; lock grants {}, lock-delays ended {}, holds expired {} (grants after them {}), acquires withdrawn first {}, queues full {}; guarded \
+             expiries {}; lock grants {}, lock-delays ended {}, holds expired {} (unplaced {}, granted again after {}), acquires withdrawn first {}, queues full {}; guarded \
              writes {} (succeeded {}, refused after their session ended {}, refused after a release {}); heartbeats {}, \
              critical {}, reaped {}, removed with their session {}; watched revisions {} (moves {}, compacted {}), compact revision {}; history bytes {} of bound {} (byte-compacted {}); trace {:016x}",
             self.seed,
@@ -288,6 +290,7 @@ impl std::fmt::Display for Report {
             self.lock_grants,
             self.lock_delays_ended,
             self.lock_expired_holds,
+            self.lock_expiries_unplaced,
             self.lock_grants_after_expiry,
             self.lock_ids_spent,
             self.lock_queues_full,
@@ -1310,6 +1313,7 @@ impl Sim {
                 Action::ReadFailed { waiter, error } => (waiter, Err(error.to_string())),
                 Action::Applied { revision, events } => {
                     self.checker.applied_events(self.ctx(), id, revision, &events);
+                    self.lock_checker.applied(self.ctx(), revision);
                     self.watch_checker.applied(self.ctx(), id, revision, &events);
                     continue;
                 }
@@ -2054,7 +2058,8 @@ impl Sim {
         r.lock_grants = self.lock_checker.grants();
         r.lock_delays_ended = self.lock_checker.delays_ended;
         r.lock_expired_holds = self.lock_checker.expired_holds;
-        r.lock_grants_after_expiry = self.lock_checker.grants_after_expiry.len() as u64;
+        r.lock_expiries_unplaced = self.lock_checker.expiries_unplaced;
+        r.lock_grants_after_expiry = self.lock_checker.regranted.len() as u64;
         r.lock_ids_spent = self.lock_checker.spent_ids();
         r.lock_queues_full = self.lockers.iter().map(|l| l.queues_full).sum();
         r.guarded_sent = self.fences.sent_count();

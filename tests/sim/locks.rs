@@ -468,12 +468,15 @@ pub struct LockChecker {
     holds: BTreeMap<u64, (i64, Holds)>,
     /// Per lock: the holds its sessions' expiries ended, (revision of the end, lock-delay ms).
     expired: BTreeMap<Vec<u8>, BTreeSet<(i64, u64)>>,
-    /// When some member's applied revision first reached each revision: (revision, µs), both
-    /// increasing.
+    /// When some member first applied each revision: (revision, µs), both increasing.
     reached: BTreeMap<i64, u64>,
     pub expired_holds: u64,
-    /// Grants (lock key, generation's revision) checked against an expiry's lock-delay.
-    pub grants_after_expiry: BTreeSet<(Vec<u8>, i64)>,
+    /// Holds gone with their sessions whose end could not be placed (the history of the window
+    /// compacted, or the member's state went back): not checked.
+    pub expiries_unplaced: u64,
+    /// Expiries (lock key, revision of the end) after which the lock was granted again, each
+    /// grant checked against the expiry's lock-delay.
+    pub regranted: BTreeSet<(Vec<u8>, i64)>,
 }
 
 impl LockChecker {
@@ -514,17 +517,20 @@ impl LockChecker {
         }
     }
 
-    /// When some member's applied revision first reached `revision`.
+    /// A member applied the command that made `revision`, at `ctx.time_us`.
+    pub fn applied(&mut self, ctx: Ctx, revision: i64) {
+        if self.reached.last_key_value().is_none_or(|(r, _)| *r < revision) {
+            self.reached.insert(revision, ctx.time_us);
+        }
+    }
+
+    /// When some member first applied `revision` (or a later one).
     fn reached_at(&self, revision: i64) -> Option<u64> {
         self.reached.range(revision..).next().map(|(_, t)| *t)
     }
 
     /// Checks the applied state of every member that applied something since its last check.
     pub fn after_step(&mut self, ctx: Ctx, up: &[(u64, &Core)]) {
-        let newest = up.iter().map(|(_, c)| c.status().applied.revision).max().unwrap_or(0);
-        if self.reached.last_key_value().is_none_or(|(r, _)| *r < newest) {
-            self.reached.insert(newest, ctx.time_us);
-        }
         for &(id, core) in up {
             let applied = core.status().applied.index;
             if self.checked.get(&id) == Some(&applied) {
@@ -633,15 +639,10 @@ impl LockChecker {
                     holds.insert(key, row.holders);
                 }
             }
-            let before = self.holds.insert(id, (revision, holds.clone()));
-            if let Some((since, held)) = before {
+            if let Some((since, held)) = self.holds.remove(&id) {
                 self.expiries_since(ctx, id, &txn, since, &held, &holds);
             }
-            for (key, holders) in &holds {
-                for h in holders {
-                    self.check_delays(ctx, id, key, h.revision);
-                }
-            }
+            self.holds.insert(id, (revision, holds));
         }
     }
 
@@ -663,13 +664,18 @@ impl LockChecker {
         for (key, holders) in held {
             for h in holders {
                 let kept = now.get(key).is_some_and(|hs| hs.iter().any(|n| n.generation == h.generation));
-                if kept || h.lock_delay_ms == 0 || matches!(fsm::sessions::read(txn, &h.session), Ok(Some(_)))
-                {
+                if kept || h.lock_delay_ms == 0 {
+                    continue;
+                }
+                if fsm::sessions::read(txn, &h.session).unwrap_or_else(|e| storage(e)).is_some() {
                     continue;
                 }
                 let window =
                     window.get_or_insert_with(|| Window::read(txn, since).unwrap_or_else(|e| storage(e)));
-                let Some(&end) = window.session_ends.get(h.session.as_bytes()) else { continue };
+                let Some(&end) = window.session_ends.get(h.session.as_bytes()) else {
+                    self.expiries_unplaced += 1;
+                    continue;
+                };
                 // The lock's row as of the revision before the session's end: the last change of
                 // the window before it, or (none) the row at `since`, which held `h`.
                 let before = window.lock_rows.get(key).and_then(|rows| rows.range(..end).next_back());
@@ -680,9 +686,12 @@ impl LockChecker {
                 };
                 if held_then && self.expired.entry(key.clone()).or_default().insert((end, h.lock_delay_ms)) {
                     self.expired_holds += 1;
-                    // Grants seen before this expiry was: checked against it now.
-                    let granted: Vec<i64> =
-                        self.order.get(key).map(|o| o.values().copied().collect()).unwrap_or_default();
+                    // Grants after it seen before it was: checked against it now.
+                    let granted: Vec<i64> = self
+                        .order
+                        .get(key)
+                        .map(|o| o.values().copied().filter(|r| *r >= end).collect())
+                        .unwrap_or_default();
                     for revision in granted {
                         self.check_delays(ctx, node, key, revision);
                     }
@@ -692,13 +701,16 @@ impl LockChecker {
     }
 
     /// A grant of `key` at `revision` came no earlier than the lock-delay of every hold of the
-    /// lock that an expiry ended at or before that revision.
+    /// lock that an expiry ended at or before that revision. Checked once per grant and expiry:
+    /// when the later of the two is first seen.
     fn check_delays(&mut self, ctx: Ctx, node: u64, key: &[u8], revision: i64) {
         let Some(expired) = self.expired.get(key) else { return };
         let Some(granted_at) = self.reached_at(revision) else { return };
-        for &(end, delay_ms) in expired.iter().filter(|(end, _)| *end <= revision) {
+        for &(end, delay_ms) in expired.range(..=(revision, u64::MAX)) {
             let Some(ended_at) = self.reached_at(end) else { continue };
-            self.grants_after_expiry.insert((key.to_vec(), revision));
+            if !self.regranted.contains(&(key.to_vec(), end)) {
+                self.regranted.insert((key.to_vec(), end));
+            }
             // Members' clocks read whole milliseconds: one may read 1 ms more than has passed.
             if granted_at + 1_000 < ended_at + delay_ms * 1_000 {
                 ctx.fail(
@@ -731,6 +743,7 @@ impl LockChecker {
             None => {}
         }
         self.grants.insert(generation, this);
+        self.check_delays(ctx, node, key, revision);
         let order = self.order.entry(key.to_vec()).or_default();
         let before = order.range(..generation).next_back().map(|(g, r)| (*g, *r));
         let after = order.range(generation + 1..).next().map(|(g, r)| (*g, *r));

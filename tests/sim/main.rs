@@ -192,7 +192,7 @@ impl std::fmt::Display for LockActivity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} lock grants, {} lock-delays ended, {} holds ended by expiry ({} grants after them); {} guarded writes: {} succeeded, {} refused after their session \
+            "{} lock grants, {} lock-delays ended, {} holds ended by expiry ({} of them followed by a grant); {} guarded writes: {} succeeded, {} refused after their session \
              ended, {} refused after a release",
             self.grants,
             self.delays_ended,
