@@ -1074,6 +1074,37 @@ mod tests {
         assert_eq!(row(&s, "n"), None, "… or released when the requester went away");
     }
 
+    /// A head that stops waiting lets in, in the same revision, the requests behind it that
+    /// can join the holders: a waiting exclusive request withdrawn from behind a shared holder
+    /// leaves the shared ones queued after it granted at once.
+    #[test]
+    fn cancelling_the_head_of_the_queue_lets_in_the_requests_behind_it() {
+        let mut s = Store::new();
+        for id in ["a", "b", "c", "d"] {
+            session(&mut s, id);
+        }
+        lock(&mut s, "ra", "n", "a", LockMode::Shared);
+        lock(&mut s, "rb", "n", "b", LockMode::Exclusive);
+        lock(&mut s, "rc", "n", "c", LockMode::Shared);
+        lock(&mut s, "rd", "n", "d", LockMode::Shared);
+        let cancel =
+            CancelWait { space: 0, name: "n".into(), request_id: "rb".into(), release_granted: false };
+        let out = s.apply_full("", Body::CancelWait(cancel));
+        assert_eq!(status(&as_lock(out.outcome)), Status::Done);
+        assert_eq!(
+            holders(&s, "n").iter().map(|h| h.0.as_str()).collect::<Vec<_>>(),
+            ["a", "c", "d"],
+            "the shared requests behind the withdrawn head join the shared holder"
+        );
+        for id in ["rc", "rd"] {
+            assert!(
+                out.locks.contains(&LockChange::Settled { request_id: id.into() }),
+                "{id}'s waiter is told by the cancel's own revision"
+            );
+        }
+        assert!(row(&s, "n").expect("held").waiters.is_empty());
+    }
+
     #[test]
     fn bad_requests_are_refused_and_write_nothing() {
         let mut s = Store::new();
