@@ -1063,7 +1063,9 @@ impl Sim {
         let mut install = |token: &[u8], index: u64, term: u64| {
             let queued = std::mem::take(to_apply);
             if !queued.is_empty() {
-                progress.extend(fences.apply(ctx, id, applier, &db, queued)?);
+                let (done, applied) = fences.apply(ctx, id, applier, &db, queued);
+                progress.extend(done);
+                applied?;
             }
             applier.install(token, index, term)
         };
@@ -1075,6 +1077,8 @@ impl Sim {
                 self.registry.applied(ctx, id, &p.commands);
                 actions.extend(core.on_applied(p));
             }
+        } else {
+            self.lock_checker.applied_before_death(ctx, &progress, &[]);
         }
         for session in ended {
             self.log(|| format!("node {id} applied the end of {session}"));
@@ -1103,17 +1107,24 @@ impl Sim {
         if !entries.is_empty() {
             let (leases, registry) = (&mut self.leases, &mut self.registry);
             let db = core.state_db().clone();
-            result = self.fences.apply(ctx, id, applier, &db, entries).map(|progress| {
-                let mut actions = Vec::new();
-                for p in progress {
-                    for session in ended_sessions(&p) {
-                        leases.ended(ctx, id, &session, now);
+            let (progress, applied) = self.fences.apply(ctx, id, applier, &db, entries);
+            result = match applied {
+                Ok(()) => {
+                    let mut actions = Vec::new();
+                    for p in progress {
+                        for session in ended_sessions(&p) {
+                            leases.ended(ctx, id, &session, now);
+                        }
+                        registry.applied(ctx, id, &p.commands);
+                        actions.extend(core.on_applied(p));
                     }
-                    registry.applied(ctx, id, &p.commands);
-                    actions.extend(core.on_applied(p));
+                    Ok(actions)
                 }
-                actions
-            });
+                Err(e) => {
+                    self.lock_checker.applied_before_death(ctx, &progress, &[]);
+                    Err(e)
+                }
+            };
         }
         if sync {
             if let Ok(actions) = &mut result {
@@ -1123,7 +1134,10 @@ impl Sim {
                         actions.extend(core.on_applied(p))
                     }
                     Ok(None) => {}
-                    Err(e) => result = Err(e),
+                    Err(e) => {
+                        self.lock_checker.applied_before_death(ctx, &[], actions);
+                        result = Err(e);
+                    }
                 }
             }
         }

@@ -103,7 +103,9 @@ impl FenceChecker {
 
     /// Applies `entries` at member `node` through `applier` as the apply thread does, except that
     /// each guarded write is applied in a transaction of its own, and checked against the state
-    /// `db` holds just before it; the progress of each transaction, in order.
+    /// `db` holds just before it; the progress of each transaction, in order — and, if one
+    /// failed (an injected fsync failure), the error, with the progress of those before it
+    /// (applied, and visible to readers).
     pub fn apply(
         &mut self,
         ctx: Ctx,
@@ -111,8 +113,21 @@ impl FenceChecker {
         applier: &mut Applier,
         db: &Database,
         entries: Vec<Entry>,
-    ) -> Result<Vec<Progress>, CoreError> {
+    ) -> (Vec<Progress>, Result<(), CoreError>) {
         let mut progress = Vec::new();
+        let result = self.apply_into(ctx, node, applier, db, entries, &mut progress);
+        (progress, result)
+    }
+
+    fn apply_into(
+        &mut self,
+        ctx: Ctx,
+        node: u64,
+        applier: &mut Applier,
+        db: &Database,
+        entries: Vec<Entry>,
+        progress: &mut Vec<Progress>,
+    ) -> Result<(), CoreError> {
         let mut batch = Vec::new();
         for e in entries {
             let Some(request_id) = self.guarded_id(&e) else {
@@ -133,7 +148,7 @@ impl FenceChecker {
         if !batch.is_empty() {
             progress.push(applier.apply(batch, &mut ())?);
         }
-        Ok(progress)
+        Ok(())
     }
 
     /// The request id of a guarded write a locker sent, if `e` is one.

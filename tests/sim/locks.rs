@@ -40,7 +40,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use latch::core::Core;
+use latch::core::{Action, Core, Progress};
 use latch::fsm::{self, history::Space, locks::lock_key, LockChange};
 use latch_proto::internal::{
     command::Body, compare, lock_result::Status, op, outcome, Acquire, CancelWait, Compare, LockHolder,
@@ -521,6 +521,20 @@ impl LockChecker {
     pub fn applied(&mut self, ctx: Ctx, revision: i64) {
         if self.reached.last_key_value().is_none_or(|(r, _)| *r < revision) {
             self.reached.insert(revision, ctx.time_us);
+        }
+    }
+
+    /// A member applied these (its progress, or the actions made of it) and then died of an
+    /// injected fsync failure before they were carried out: what it applied is visible to
+    /// readers, and may outlive the crash, so its revisions count as applied now.
+    pub fn applied_before_death(&mut self, ctx: Ctx, progress: &[Progress], actions: &[Action]) {
+        let commands = progress.iter().flat_map(|p| p.commands.iter().map(|c| c.outcome.revision));
+        let announced = actions.iter().filter_map(|a| match a {
+            Action::Applied { revision, .. } => Some(*revision),
+            _ => None,
+        });
+        for revision in commands.chain(announced) {
+            self.applied(ctx, revision);
         }
     }
 

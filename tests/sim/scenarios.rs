@@ -522,7 +522,8 @@ fn a_follower_that_installs_a_snapshot_while_writes_go_on_catches_up_from_the_lo
 /// vote in that term to another candidate (two votes in a term can elect two leaders in it).
 /// The leader is cut off; of the two others, the first to campaign gets the other's vote, which
 /// never arrives; the voter crashes and restarts; then only it and the old leader talk, the
-/// voter does not campaign, and the old leader asks for its vote in that same term.
+/// voter does not campaign, and the old leader asks for its vote in that same term (a pre-vote
+/// first, which the voter must refuse: granted, the vote itself follows).
 #[test]
 fn a_member_restarted_after_voting_never_votes_for_another_candidate_in_that_term() {
     use std::cell::RefCell;
@@ -562,9 +563,9 @@ fn a_member_restarted_after_voting_never_votes_for_another_candidate_in_that_ter
     s.start(voter);
     assert_eq!(s.core(voter).status().term, term, "the voter's term survived its crash");
 
-    let asked = Rc::new(std::cell::Cell::new(false));
+    let (asked, answered) = (Rc::new(std::cell::Cell::new(false)), Rc::new(std::cell::Cell::new(false)));
     let mut old_asks = {
-        let asked = asked.clone();
+        let (asked, answered) = (asked.clone(), answered.clone());
         move |m: &Message| {
             record(m);
             let asks =
@@ -575,10 +576,19 @@ fn a_member_restarted_after_voting_never_votes_for_another_candidate_in_that_ter
             if asks && m.from == old && m.to == voter && m.term == term {
                 asked.set(true);
             }
+            let answers = matches!(
+                m.get_msg_type(),
+                MessageType::MsgRequestPreVoteResponse | MessageType::MsgRequestVoteResponse
+            );
+            if answers && m.from == voter && m.to == old && asked.get() {
+                answered.set(true);
+            }
             Route::Deliver
         }
     };
-    s.until("the old leader to ask the voter in its term", 1_000, &mut old_asks, &mut |_| asked.get());
+    s.until("the voter to answer the old leader's ask in its term", 1_000, &mut old_asks, &mut |_| {
+        answered.get()
+    });
     for _ in 0..300 {
         s.round(&mut old_asks);
     }
