@@ -455,7 +455,7 @@ pub struct Core {
     /// that lost its data (which its peers tell apart; `server::admission`).
     log_was_fresh: bool,
     /// This member's start as the cluster records it (`fsm::members`): recorded in the state,
-    /// or proposed under this request id and not answered yet.
+    /// or not yet (and when it was last proposed).
     start: StartRecord,
 }
 
