@@ -1090,7 +1090,7 @@ mod tests {
         let cancel =
             CancelWait { space: 0, name: "n".into(), request_id: "rb".into(), release_granted: false };
         let out = s.apply_full("", Body::CancelWait(cancel));
-        assert_eq!(status(&as_lock(out.outcome)), Status::Done);
+        assert_eq!(status(&as_lock(out.outcome.clone())), Status::Done);
         assert_eq!(
             holders(&s, "n").iter().map(|h| h.0.as_str()).collect::<Vec<_>>(),
             ["a", "c", "d"],
@@ -1102,7 +1102,10 @@ mod tests {
                 "{id}'s waiter is told by the cancel's own revision"
             );
         }
-        assert!(row(&s, "n").expect("held").waiters.is_empty());
+        let row = row(&s, "n").expect("held");
+        assert!(row.waiters.is_empty());
+        let granted: Vec<i64> = row.holders.iter().skip(1).map(|h| h.revision).collect();
+        assert_eq!(granted, [out.outcome.revision; 2], "granted in the cancel's revision");
     }
 
     #[test]

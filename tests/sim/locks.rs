@@ -576,7 +576,9 @@ impl LockChecker {
                     let sessions =
                         row.holders.iter().map(|h| &h.session).chain(row.waiters.iter().map(|w| &w.session));
                     for s in sessions {
-                        if !matches!(fsm::sessions::read(&txn, s), Ok(Some(_))) {
+                        let live = fsm::sessions::read(&txn, s)
+                            .unwrap_or_else(|e| ctx.fail(Some(id), "locks: state readable", e.to_string()));
+                        if live.is_none() {
                             ctx.fail(
                                 Some(id),
                                 "locks: a session's end releases its locks and drops its waits",
