@@ -170,14 +170,17 @@ impl LockActivity {
     }
 
     /// Over a run of seeds, each of the lock and fencing checks had something to check: lock
-    /// grants, lock-delays that ended, guarded writes that succeeded, and guarded writes refused
-    /// after their session ended and after their grant was released.
+    /// grants, lock-delays that ended, holds ended by expiry, guarded writes that succeeded, and
+    /// guarded writes refused after their session ended and after their grant was released;
+    /// over 200 seeds or more, also a lock granted again after an expiry (about one seed in
+    /// fifteen has one).
     fn assert_not_idle(&self, seeds: usize) {
+        let regranted = if seeds >= 200 { self.grants_after_expiry } else { 1 };
         let counts = [
             (self.grants, "a lock should have been granted"),
             (self.delays_ended, "a lock-delay should have ended"),
             (self.expired_holds, "a hold should have been seen ended by its session's expiry"),
-            (self.grants_after_expiry, "a lock should have been granted again after a hold's expiry"),
+            (regranted, "a lock should have been granted again after a hold's expiry"),
             (self.guarded_succeeded, "a write guarded by a sequencer should have succeeded"),
             (self.refused_session_ended, "a guarded write should have been refused after its session ended"),
             (self.refused_released, "a guarded write should have been refused after its grant was released"),
