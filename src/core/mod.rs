@@ -451,9 +451,6 @@ pub struct Core {
     compactor: Compactor,
     /// The last revision announced by `Action::Applied` or `Action::Restored`.
     announced_revision: i64,
-    /// Whether the member's log held nothing when it was loaded: a first life, or a member
-    /// that lost its data (which its peers tell apart; `server::admission`).
-    log_was_fresh: bool,
     /// This member's start as the cluster records it (`fsm::members`): recorded in the state,
     /// or not yet (and when it was last proposed).
     start: StartRecord,
@@ -504,7 +501,6 @@ impl Core {
         store.reconcile(applied.index, applied.term)?;
         // A first life has no earlier one to catch up with.
         let read_floor = store.is_fresh().then_some(0);
-        let log_was_fresh = store.is_fresh();
         let start = match fsm::members::is_recorded(&state_db.begin_read().map_err(redb_err)?, config.id)? {
             true => StartRecord::Recorded,
             false => StartRecord::Unrecorded(None),
@@ -572,7 +568,6 @@ impl Core {
             instance_timers,
             compactor: Compactor::new(config.history_retention, config.history_retention_bytes),
             announced_revision: applied.revision,
-            log_was_fresh,
             start,
         };
         Ok((core, applier))
@@ -692,7 +687,7 @@ impl Core {
     /// one on a data dir that lost the log. Such a member must ask its peers before it takes
     /// part (`server::admission`).
     pub fn log_was_fresh(&self) -> bool {
-        self.log_was_fresh
+        self.raw.store().is_fresh()
     }
 
     /// Whether the applied state records this member's start (`fsm::members`).

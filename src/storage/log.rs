@@ -156,7 +156,8 @@ pub struct LogStore {
     /// small ones).
     segment_bytes: u64,
     /// It held no raft state when it was loaded: no entry, compaction, term, vote or commit
-    /// (no segment, or only segments a start that persisted nothing left behind).
+    /// (no segment, or only segments a start that persisted nothing left behind). Set once,
+    /// by `load`.
     fresh: bool,
 }
 

@@ -32,7 +32,7 @@ use prost::Message as _;
 use raft::eraftpb::{Entry, EntryType};
 use redb::Database;
 
-use crate::invariants::Ctx;
+use crate::invariants::{out_of_order, Ctx};
 use crate::locks::fence_key;
 
 /// A guarded write as its locker sent it.
@@ -281,9 +281,7 @@ impl FenceChecker {
     fn written(&mut self, ctx: Ctx, node: u64, request_id: &str, revision: i64, generation: u64) {
         let key = fence_key(&self.sent[request_id].sequencer);
         let writes = self.writes.entry(key.clone()).or_default();
-        let before = writes.range(..revision).next_back().map(|(r, g)| (*r, *g));
-        let after = writes.range(revision + 1..).next().map(|(r, g)| (*r, *g));
-        if before.is_some_and(|(_, g)| g > generation) || after.is_some_and(|(_, g)| g < generation) {
+        if let Some((before, after)) = out_of_order(writes, revision, generation) {
             ctx.fail(
                 Some(node),
                 "fencing: the generation a lock's guarded writes put never decreases",

@@ -121,6 +121,23 @@ pub struct EntryDigest {
     pub hash: u64,
 }
 
+/// The entries of a map just below and just above a key.
+pub type Neighbours<K, V> = (Option<(K, V)>, Option<(K, V)>);
+
+/// The neighbours of `(key, value)` in `map` when putting it there would break the order of the
+/// values along the keys (they never decrease); `None` when it keeps the order.
+pub fn out_of_order<K: Ord + Copy, V: Ord + Copy>(
+    map: &BTreeMap<K, V>,
+    key: K,
+    value: V,
+) -> Option<Neighbours<K, V>> {
+    use std::ops::Bound::{Excluded, Unbounded};
+    let before = map.range(..key).next_back().map(|(k, v)| (*k, *v));
+    let after = map.range((Excluded(key), Unbounded)).next().map(|(k, v)| (*k, *v));
+    (before.is_some_and(|(_, v)| v > value) || after.is_some_and(|(_, v)| v < value))
+        .then_some((before, after))
+}
+
 pub fn digest(e: &Entry) -> EntryDigest {
     let mut h = Fnv::default();
     h.u64(e.get_entry_type() as u64);

@@ -50,7 +50,7 @@ use prost::Message as _;
 use rand::rngs::SmallRng;
 use rand::Rng;
 
-use crate::invariants::Ctx;
+use crate::invariants::{out_of_order, Ctx};
 
 /// The locks lockers contend for: (space, name).
 const NAMES: [(LockSpace, &str); 3] =
@@ -761,9 +761,7 @@ impl LockChecker {
         self.grants.insert(generation, this);
         self.check_delays(ctx, node, key, revision);
         let order = self.order.entry(key.to_vec()).or_default();
-        let before = order.range(..generation).next_back().map(|(g, r)| (*g, *r));
-        let after = order.range(generation + 1..).next().map(|(g, r)| (*g, *r));
-        if before.is_some_and(|(_, r)| r > revision) || after.is_some_and(|(_, r)| r < revision) {
+        if let Some((before, after)) = out_of_order(order, generation, revision) {
             ctx.fail(
                 Some(node),
                 "locks: generations strictly increase per lock",
