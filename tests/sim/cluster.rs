@@ -33,7 +33,9 @@ use latch::core::{self, Action, Applier, Core, MemoryInbox, Role, Timing, Waiter
 use latch::fsm;
 use latch::fsm::SessionChange;
 use latch::storage::{Identity, Stores};
-use latch_proto::internal::{command::Body, outcome, Command, CreateSession, KeyValue, Put, Range};
+use latch_proto::internal::{
+    command::Body, outcome, CloseSession, Command, CreateSession, KeyValue, Put, Range,
+};
 use raft::eraftpb::Message;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -48,7 +50,7 @@ use crate::invariants::{self, Ack, Before, Checker, Ctx, Fnv, HASH_EVERY, HASH_E
 use crate::locks::{LockCall, LockChecker, Locker};
 use crate::network::{Delivery, NetConfig, Network};
 use crate::registry::{Heartbeater, Next, RegistryChecker};
-use crate::sessions::{Keeper, LeaseChecker};
+use crate::sessions::{is_close, Keeper, LeaseChecker};
 use crate::watches::WatchChecker;
 
 pub const CLUSTER_ID: u64 = 0x1a7c_5eed;
@@ -93,6 +95,9 @@ pub struct Params {
     pub mode: Mode,
     /// Session keepers, their sessions' TTL, and when each stops (a dead client), if it does.
     pub keepers: Vec<Option<u64>>,
+    /// Per keeper: whether it closes its session when it stops, rather than let it expire
+    /// (drawn apart from the rest).
+    pub closing: Vec<bool>,
     pub session_ttl_ms: u64,
     /// Lock clients, each with the keeper whose session it uses, and their think time.
     pub lockers: Vec<usize>,
@@ -152,10 +157,17 @@ impl Params {
             (0..n).map(|i| i % keepers.len()).collect()
         };
         let heartbeaters = crate::registry::draw(seed, mode == Mode::LeaderChanges, keepers.len(), chaos_us);
+        // Its own generator: the draws above and below are what they were before it existed.
+        // A third of the keepers that stop close their sessions; the rest die.
+        let closing = {
+            let mut own = SmallRng::seed_from_u64(seed ^ 0x636c_6f73_6573);
+            keepers.iter().map(|stop| stop.is_some() && own.gen_bool(1.0 / 3.0)).collect()
+        };
         Params {
             mode,
             heartbeaters,
             keepers,
+            closing,
             session_ttl_ms,
             lockers,
             locker_think_us,
@@ -214,15 +226,18 @@ pub struct Report {
     /// Operations on shared keys judged by the linearizability checker.
     pub shared_ops: u64,
     pub serial_reads: u64,
-    /// Session leases granted, and sessions expired.
+    /// Session leases granted, sessions expired, and sessions their clients closed.
     pub grants: u64,
     pub expiries: u64,
+    pub closes: u64,
     /// Lock grants seen in the members' states, and lock-delays ended.
     pub lock_grants: u64,
     pub lock_delays_ended: u64,
     /// Holds seen ended by their session's expiry, those whose end could not be placed, and
-    /// expiries after which the lock was granted again (checked against their delays).
+    /// expiries after which the lock was granted again (checked against their delays); holds
+    /// seen ended by their session's close.
     pub lock_expired_holds: u64,
+    pub lock_closed_holds: u64,
     pub lock_expiries_unplaced: u64,
     pub lock_grants_after_expiry: u64,
     /// Acquires whose withdrawal was applied first (each then sent, and refused).
@@ -262,7 +277,7 @@ impl std::fmt::Display for Report {
             "seed {} ({} nodes, snapshot every {}): {} steps, {:.1}s virtual, {} msgs; puts {} acked {} reads {} \
              retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}), \
              partitions {}, pauses {}, snapshots {}; max term {}, revision {}, {} hash checks; lease grants {}, \
-             expiries {}; lock grants {}, lock-delays ended {}, holds expired {} (unplaced {}, granted again after {}), acquires withdrawn first {}, queues full {}; guarded \
+             expiries {}, closes {}; lock grants {}, lock-delays ended {}, holds expired {} (unplaced {}, granted again after {}), closed {}, acquires withdrawn first {}, queues full {}; guarded \
              writes {} (succeeded {}, refused after their session ended {}, refused after a release {}); heartbeats {}, \
              critical {}, reaped {}, removed with their session {}; watched revisions {} (moves {}, compacted {}), compact revision {}; history bytes {} of bound {} (byte-compacted {}); trace {:016x}",
             self.seed,
@@ -287,11 +302,13 @@ impl std::fmt::Display for Report {
             self.hash_checks,
             self.grants,
             self.expiries,
+            self.closes,
             self.lock_grants,
             self.lock_delays_ended,
             self.lock_expired_holds,
             self.lock_expiries_unplaced,
             self.lock_grants_after_expiry,
+            self.lock_closed_holds,
             self.lock_ids_spent,
             self.lock_queues_full,
             self.guarded_sent,
@@ -470,12 +487,17 @@ impl Ev {
 #[derive(Debug, Clone, Copy)]
 enum KeeperCall {
     Create,
-    KeepAlive { sent_us: u64 },
+    KeepAlive {
+        sent_us: u64,
+    },
+    /// Its session's close, once it stopped.
+    Close,
 }
 
 #[derive(Debug, Clone)]
 enum KeeperResult {
     Created,
+    Closed,
     Granted { sent_us: u64, granted_ms: u64 },
     NotLeader(u64),
     Gone,
@@ -576,7 +598,10 @@ impl Sim {
             .keepers
             .iter()
             .enumerate()
-            .map(|(i, stop)| Keeper::new(i, params.session_ttl_ms, *stop, rng.gen_range(1..=params.nodes)))
+            .map(|(i, stop)| {
+                let closes = params.closing[i];
+                Keeper::new(i, params.session_ttl_ms, *stop, closes, rng.gen_range(1..=params.nodes))
+            })
             .collect();
         let lockers = params
             .lockers
@@ -1075,14 +1100,15 @@ impl Sim {
             for p in progress {
                 ended.extend(ended_sessions(&p));
                 self.registry.applied(ctx, id, &p.commands);
+                self.lock_checker.commands(ctx, id, &p.commands);
                 actions.extend(core.on_applied(p));
             }
         } else {
-            self.lock_checker.applied_before_death(ctx, &progress, &[]);
+            self.lock_checker.applied_before_death(ctx, id, &progress, &[]);
         }
-        for session in ended {
-            self.log(|| format!("node {id} applied the end of {session}"));
-            self.leases.ended(self.ctx(), id, &session, self.now);
+        for (session, closed) in ended {
+            self.log(|| format!("node {id} applied the end of {session} (closed: {closed})"));
+            self.leases.ended(self.ctx(), id, &session, closed, self.now);
         }
         for msg in out {
             self.send(id, inc, msg);
@@ -1105,23 +1131,24 @@ impl Sim {
         let (Some(core), Some(applier)) = (n.core.as_mut(), n.applier.as_mut()) else { return };
         let mut result = Ok(Vec::new());
         if !entries.is_empty() {
-            let (leases, registry) = (&mut self.leases, &mut self.registry);
+            let (leases, registry, locks) = (&mut self.leases, &mut self.registry, &mut self.lock_checker);
             let db = core.state_db().clone();
             let (progress, applied) = self.fences.apply(ctx, id, applier, &db, entries);
             result = match applied {
                 Ok(()) => {
                     let mut actions = Vec::new();
                     for p in progress {
-                        for session in ended_sessions(&p) {
-                            leases.ended(ctx, id, &session, now);
+                        for (session, closed) in ended_sessions(&p) {
+                            leases.ended(ctx, id, &session, closed, now);
                         }
                         registry.applied(ctx, id, &p.commands);
+                        locks.commands(ctx, id, &p.commands);
                         actions.extend(core.on_applied(p));
                     }
                     Ok(actions)
                 }
                 Err(e) => {
-                    self.lock_checker.applied_before_death(ctx, &progress, &[]);
+                    locks.applied_before_death(ctx, id, &progress, &[]);
                     Err(e)
                 }
             };
@@ -1131,11 +1158,12 @@ impl Sim {
                 match applier.sync() {
                     Ok(Some(p)) => {
                         self.registry.applied(ctx, id, &p.commands);
+                        self.lock_checker.commands(ctx, id, &p.commands);
                         actions.extend(core.on_applied(p))
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        self.lock_checker.applied_before_death(ctx, &[], actions);
+                        self.lock_checker.applied_before_death(ctx, id, &[], actions);
                         result = Err(e);
                     }
                 }
@@ -1214,6 +1242,22 @@ impl Sim {
     fn carry_out(&mut self, id: u64, actions: Vec<Action>) {
         for a in actions {
             let (waiter, result) = match a {
+                Action::Reply { waiter, result }
+                    if matches!(self.keeper_waiters.get(&waiter), Some((.., KeeperCall::Close))) =>
+                {
+                    let answer = match result {
+                        Ok(o) => match o.result {
+                            Some(outcome::Result::Session(_) | outcome::Result::NotFound(_)) => {
+                                KeeperResult::Closed
+                            }
+                            other => self.ctx().fail(Some(id), "close_session outcome", format!("{other:?}")),
+                        },
+                        Err(RequestError::NotLeader { leader, .. }) => KeeperResult::NotLeader(leader),
+                        Err(e) => KeeperResult::Failed(e.to_string()),
+                    };
+                    self.keeper_answered(id, waiter, answer);
+                    continue;
+                }
                 Action::Reply { waiter, result } if self.keeper_waiters.contains_key(&waiter) => {
                     let answer = match result {
                         Ok(o) => match o.result {
@@ -1282,9 +1326,11 @@ impl Sim {
                         (Err(RequestError::NotLeader { leader, .. }), _) => KeeperResult::NotLeader(leader),
                         (Err(RequestError::SessionNotFound { .. }), _) => KeeperResult::Gone,
                         (Err(e), _) => KeeperResult::Failed(e.to_string()),
-                        (Ok(_), KeeperCall::Create) => {
-                            self.ctx().fail(Some(id), "keepalive", "a create answered as a keepalive".into())
-                        }
+                        (Ok(_), KeeperCall::Create | KeeperCall::Close) => self.ctx().fail(
+                            Some(id),
+                            "keepalive",
+                            format!("a {call:?} answered as a keepalive"),
+                        ),
                     };
                     self.keeper_answered(id, waiter, answer);
                     continue;
@@ -1594,10 +1640,12 @@ impl Sim {
     fn keeper_wake(&mut self, keeper: usize) {
         let now = self.now;
         let k = &mut self.keepers[keeper];
-        if k.gone || k.in_flight || (k.created && k.stopped(now)) {
+        if k.gone || k.closed || k.in_flight || (k.created && k.stopped(now) && !k.closes) {
             return;
         }
-        let call = if k.created {
+        let call = if k.created && k.stopped(now) {
+            KeeperCall::Close
+        } else if k.created {
             k.last_sent_us = now;
             KeeperCall::KeepAlive { sent_us: now }
         } else {
@@ -1633,6 +1681,11 @@ impl Sim {
                 core.propose(waiter, cmd);
             }
             KeeperCall::KeepAlive { .. } => core.keep_alive(waiter, session),
+            KeeperCall::Close => {
+                let request_id = Keeper::close_request_id(&session);
+                let body = Body::CloseSession(CloseSession { id: session });
+                core.propose(waiter, Command { version: fsm::COMMAND_VERSION, request_id, body: Some(body) });
+            }
         }
         self.keeper_waiters.insert(waiter, (keeper, attempt, node, call));
         self.touched.insert(node);
@@ -1676,6 +1729,7 @@ impl Sim {
                 self.keeper_retry(keeper, hint);
             }
             KeeperResult::Gone => k.gone = true,
+            KeeperResult::Closed => k.closed = true,
             KeeperResult::Failed(why) => {
                 self.log(|| format!("keeper {keeper}: {why}"));
                 self.keeper_retry(keeper, None);
@@ -2069,10 +2123,12 @@ impl Sim {
         r.final_revision = up.first().map_or(0, |(_, c)| c.status().applied.revision);
         r.grants = self.leases.grants;
         r.expiries = self.leases.expiries;
+        r.closes = self.leases.closes;
         r.lock_grants = self.lock_checker.grants();
         r.lock_delays_ended = self.lock_checker.delays_ended;
         r.lock_expired_holds = self.lock_checker.expired_holds;
         r.lock_expiries_unplaced = self.lock_checker.expiries_unplaced;
+        r.lock_closed_holds = self.lock_checker.closed_holds.len() as u64;
         r.lock_grants_after_expiry = self.lock_checker.regranted.len() as u64;
         r.lock_ids_spent = self.lock_checker.spent_ids();
         r.lock_queues_full = self.lockers.iter().map(|l| l.queues_full).sum();
@@ -2122,13 +2178,13 @@ fn payload_of(op: &Op) -> Payload {
     }
 }
 
-/// The sessions whose end a batch applied.
-fn ended_sessions(p: &core::Progress) -> Vec<String> {
+/// The sessions whose end a batch applied, each with whether its client closed it.
+fn ended_sessions(p: &core::Progress) -> Vec<(String, bool)> {
     p.commands
         .iter()
-        .flat_map(|a| &a.sessions)
-        .filter_map(|c| match c {
-            SessionChange::Ended { id } => Some(id.clone()),
+        .flat_map(|a| a.sessions.iter().map(move |c| (a, c)))
+        .filter_map(|(a, c)| match c {
+            SessionChange::Ended { id } => Some((id.clone(), is_close(&a.request_id))),
             _ => None,
         })
         .collect()

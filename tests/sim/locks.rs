@@ -29,19 +29,22 @@
 //!   or 1 to 3, as a member's `--max-lock-waiters` would set it): past it an acquire is
 //!   refused, QUEUE_FULL.
 //!
-//! And from the members' applied changes: no lock-delay ends before its length has passed
-//! since the first member applied its beginning (so no grant comes during it).
+//! And from the members' applied commands: a lock-delay begins only with an abnormal release —
+//! in a command a member proposed itself (an expiry) that ended a session, never in a client's
+//! release, cancel or close; and no lock-delay ends before its length has passed since the first
+//! member applied its beginning (so no grant comes during it).
 //!
 //! And, without the state machine's own delay bookkeeping: when a member's state shows a hold
-//! gone with its session (the workload ends sessions only by expiry), the revision that ended the
-//! session is read from the history, and no grant of that lock at or after that revision may
-//! have been applied anywhere before the hold's lock-delay passed since any member first applied
-//! the session's end. An expiry applied as a normal release would fail here.
+//! gone with its session, the revision that ended the session is read from the history; unless
+//! that end was its client's close (a normal release: the next request is granted at once, as
+//! "the queue moves" checks), no grant of that lock at or after that revision may have been
+//! applied anywhere before the hold's lock-delay passed since any member first applied the
+//! session's end. An expiry applied as a normal release would fail here.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use latch::core::{Action, Core, Progress};
-use latch::fsm::{self, history::Space, locks::lock_key, LockChange};
+use latch::fsm::{self, history::Space, locks::lock_key, AppliedCommand, LockChange, SessionChange};
 use latch_proto::internal::{
     command::Body, compare, lock_result::Status, op, outcome, Acquire, CancelWait, Compare, LockHolder,
     LockMode, LockRow, LockSpace, Op, Outcome, Put, Release, Sequencer, Txn,
@@ -51,6 +54,7 @@ use rand::rngs::SmallRng;
 use rand::Rng;
 
 use crate::invariants::{out_of_order, Ctx};
+use crate::sessions::is_close;
 
 /// The locks lockers contend for: (space, name).
 const NAMES: [(LockSpace, &str); 3] =
@@ -477,6 +481,10 @@ pub struct LockChecker {
     /// Expiries (lock key, revision of the end) after which the lock was granted again, each
     /// grant checked against the expiry's lock-delay.
     pub regranted: BTreeSet<(Vec<u8>, i64)>,
+    /// Sessions their clients closed, and the revision of the close.
+    closed: BTreeMap<String, i64>,
+    /// Holds (lock key, generation) seen gone with their session's close (no lock-delay follows).
+    pub closed_holds: BTreeSet<(Vec<u8>, u64)>,
 }
 
 impl LockChecker {
@@ -517,6 +525,39 @@ impl LockChecker {
         }
     }
 
+    /// Commands member `node` applied: a lock-delay begins only in a member's own command (an
+    /// expiry) that ended a session; closes are remembered (their holds end with no delay).
+    pub fn commands(&mut self, ctx: Ctx, node: u64, commands: &[AppliedCommand]) {
+        for a in commands {
+            let ended = a.sessions.iter().any(|c| matches!(c, SessionChange::Ended { .. }));
+            if is_close(&a.request_id) {
+                for c in &a.sessions {
+                    if let SessionChange::Ended { id } = c {
+                        self.closed.insert(id.clone(), a.outcome.revision);
+                    }
+                }
+            }
+            let own = a.request_id.starts_with("member-");
+            for change in &a.locks {
+                if let LockChange::DelayStarted { key, since_revision, .. } = change {
+                    if !(own && ended) {
+                        ctx.fail(
+                            Some(node),
+                            "locks: a lock-delay follows only an abnormal release",
+                            format!(
+                                "{:?} entered a lock-delay at revision {since_revision} in command {:?}, which \
+                                 ended no session by expiry (sessions: {:?})",
+                                key.escape_ascii().to_string(),
+                                a.request_id,
+                                a.sessions
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// A member applied the command that made `revision`, at `ctx.time_us`.
     pub fn applied(&mut self, ctx: Ctx, revision: i64) {
         if self.reached.last_key_value().is_none_or(|(r, _)| *r < revision) {
@@ -527,7 +568,10 @@ impl LockChecker {
     /// A member applied these (its progress, or the actions made of it) and then died of an
     /// injected fsync failure before they were carried out: what it applied is visible to
     /// readers, and may outlive the crash, so its revisions count as applied now.
-    pub fn applied_before_death(&mut self, ctx: Ctx, progress: &[Progress], actions: &[Action]) {
+    pub fn applied_before_death(&mut self, ctx: Ctx, node: u64, progress: &[Progress], actions: &[Action]) {
+        for p in progress {
+            self.commands(ctx, node, &p.commands);
+        }
         let commands = progress.iter().flat_map(|p| p.commands.iter().map(|c| c.outcome.revision));
         let announced = actions.iter().filter_map(|a| match a {
             Action::Applied { revision, .. } => Some(*revision),
@@ -692,6 +736,10 @@ impl LockChecker {
                     self.expiries_unplaced += 1;
                     continue;
                 };
+                if self.closed.get(&h.session) == Some(&end) {
+                    self.closed_holds.insert((key.clone(), h.generation));
+                    continue;
+                }
                 // The lock's row as of the revision before the session's end: the last change of
                 // the window before it, or (none) the row at `since`, which held `h`.
                 let before = window.lock_rows.get(key).and_then(|rows| rows.range(..end).next_back());

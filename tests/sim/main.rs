@@ -151,6 +151,7 @@ struct LockActivity {
     delays_ended: u64,
     expired_holds: u64,
     grants_after_expiry: u64,
+    closed_holds: u64,
     guarded_sent: u64,
     guarded_succeeded: u64,
     refused_session_ended: u64,
@@ -163,6 +164,7 @@ impl LockActivity {
         self.delays_ended += r.lock_delays_ended;
         self.expired_holds += r.lock_expired_holds;
         self.grants_after_expiry += r.lock_grants_after_expiry;
+        self.closed_holds += r.lock_closed_holds;
         self.guarded_sent += r.guarded_sent;
         self.guarded_succeeded += r.guarded_succeeded;
         self.refused_session_ended += r.guarded_refused_session_ended;
@@ -170,7 +172,7 @@ impl LockActivity {
     }
 
     /// Over a run of seeds, each of the lock and fencing checks had something to check: lock
-    /// grants, lock-delays that ended, holds ended by expiry, guarded writes that succeeded, and
+    /// grants, lock-delays that ended, holds ended by expiry and by close, guarded writes that succeeded, and
     /// guarded writes refused after their session ended and after their grant was released;
     /// over 200 seeds or more, also a lock granted again after an expiry (about one seed in
     /// fifteen has one).
@@ -181,6 +183,7 @@ impl LockActivity {
             (self.delays_ended, "a lock-delay should have ended"),
             (self.expired_holds, "a hold should have been seen ended by its session's expiry"),
             (regranted, "a lock should have been granted again after a hold's expiry"),
+            (self.closed_holds, "a hold should have been seen ended by its session's close"),
             (self.guarded_succeeded, "a write guarded by a sequencer should have succeeded"),
             (self.refused_session_ended, "a guarded write should have been refused after its session ended"),
             (self.refused_released, "a guarded write should have been refused after its grant was released"),
@@ -195,12 +198,13 @@ impl std::fmt::Display for LockActivity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} lock grants, {} lock-delays ended, {} holds ended by expiry ({} of them followed by a grant); {} guarded writes: {} succeeded, {} refused after their session \
+            "{} lock grants, {} lock-delays ended, {} holds ended by expiry ({} of them followed by a grant), {} by close; {} guarded writes: {} succeeded, {} refused after their session \
              ended, {} refused after a release",
             self.grants,
             self.delays_ended,
             self.expired_holds,
             self.grants_after_expiry,
+            self.closed_holds,
             self.guarded_sent,
             self.guarded_succeeded,
             self.refused_session_ended,

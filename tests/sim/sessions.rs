@@ -1,12 +1,13 @@
 //! Session keepers and the lease rule (DESIGN.md §1 Sessions; docs/sessions.md) in the
 //! simulator. A keeper creates a session, keeps it alive as the Rust client does (every third
-//! of its TTL, at the leader a member names), and in some runs stops at a drawn time, as a
-//! client that died.
+//! of its TTL, at the leader a member names), and in some runs stops at a drawn time: as a
+//! client that died (its session expires), or as one that closes its session on the way out
+//! (`CloseSession`, retried until answered; an expiry may still come first).
 //!
 //! What is checked:
 //! - Never early: no member applies the end of a session before every lease granted to it has
 //!   run out (a grant counts from when its keepalive was sent; a creation from when it was first
-//!   sent), and no grant reaches past an end already applied.
+//!   sent), and no grant reaches past an end already applied — unless its client closed it.
 //! - Never late (runs that ask for it, on a network that delays but loses nothing):
 //!   once a keeper stops, its session ends within its TTL plus two of the longest election
 //!   timeouts, plus the message round trips of one election and two commits, of its last
@@ -33,6 +34,11 @@ pub struct Keeper {
     pub in_flight: bool,
     /// When it stops keeping alive (a dead client), if it does.
     pub stop_at_us: Option<u64>,
+    /// Whether, once stopped, it closes its session (a client shutting down) instead of
+    /// leaving it to expire.
+    pub closes: bool,
+    /// Its close was answered (the session closed, or already gone).
+    pub closed: bool,
     /// When it sent its last keepalive.
     pub last_sent_us: u64,
     /// The cluster said the session is gone.
@@ -40,7 +46,7 @@ pub struct Keeper {
 }
 
 impl Keeper {
-    pub fn new(index: usize, ttl_ms: u64, stop_at_us: Option<u64>, target: u64) -> Keeper {
+    pub fn new(index: usize, ttl_ms: u64, stop_at_us: Option<u64>, closes: bool, target: u64) -> Keeper {
         Keeper {
             session: format!("session-{index}"),
             request_id: format!("create-session-{index}"),
@@ -51,6 +57,8 @@ impl Keeper {
             attempt: 0,
             in_flight: false,
             stop_at_us,
+            closes,
+            closed: false,
             last_sent_us: 0,
             gone: false,
         }
@@ -59,6 +67,19 @@ impl Keeper {
     pub fn stopped(&self, now: u64) -> bool {
         self.stop_at_us.is_some_and(|t| now >= t)
     }
+
+    /// The request id of its close: a command carrying it ends the session the normal way.
+    pub fn close_request_id(session: &str) -> String {
+        format!("{CLOSE_PREFIX}{session}")
+    }
+}
+
+/// How the request ids of keepers' closes begin.
+const CLOSE_PREFIX: &str = "close-";
+
+/// Whether a command under `request_id` is a keeper's close of its session.
+pub fn is_close(request_id: &str) -> bool {
+    request_id.starts_with(CLOSE_PREFIX)
 }
 
 /// The leases granted and the ends applied, per session.
@@ -68,15 +89,18 @@ pub struct LeaseChecker {
     promised: BTreeMap<String, u64>,
     /// When a member first applied the session's end.
     ended: BTreeMap<String, u64>,
+    /// Sessions their clients closed: a close may come while a lease runs.
+    closed: std::collections::BTreeSet<String>,
     pub grants: u64,
     pub expiries: u64,
+    pub closes: u64,
 }
 
 impl LeaseChecker {
     /// A lease granted to `session` that the client counts until `until`.
     pub fn granted(&mut self, ctx: Ctx, node: u64, session: &str, until: u64) {
         self.grants += 1;
-        if let Some(&ended) = self.ended.get(session) {
+        if let Some(&ended) = self.ended.get(session).filter(|_| !self.closed.contains(session)) {
             if until > ended {
                 ctx.fail(
                     Some(node),
@@ -93,10 +117,14 @@ impl LeaseChecker {
         *p = (*p).max(until);
     }
 
-    /// A member applied the end of `session` at `now`.
-    pub fn ended(&mut self, ctx: Ctx, node: u64, session: &str, now: u64) {
+    /// A member applied the end of `session` at `now`: its client's close (`closed`), or an
+    /// expiry.
+    pub fn ended(&mut self, ctx: Ctx, node: u64, session: &str, closed: bool, now: u64) {
+        if closed && self.closed.insert(session.to_string()) {
+            self.closes += 1;
+        }
         let promised = self.promised.get(session).copied().unwrap_or(0);
-        if now < promised {
+        if now < promised && !self.closed.contains(session) {
             ctx.fail(
                 Some(node),
                 "sessions: never expired early",
@@ -108,7 +136,7 @@ impl LeaseChecker {
             );
         }
         if !self.ended.contains_key(session) {
-            self.expiries += 1;
+            self.expiries += u64::from(!closed);
             self.ended.insert(session.to_string(), now);
         }
     }
