@@ -89,6 +89,9 @@ pub enum Mode {
     LeaderChanges,
 }
 
+/// How many lockers a crowd has (see [`Params::crowd_from`]).
+const CROWD: usize = 3;
+
 /// What a seed decides about its run.
 #[derive(Debug, Clone)]
 pub struct Params {
@@ -101,6 +104,10 @@ pub struct Params {
     pub session_ttl_ms: u64,
     /// Lock clients, each with the keeper whose session it uses, and their think time.
     pub lockers: Vec<usize>,
+    /// Lockers from this index on are a crowd: each with a keeper of its own that never stops,
+    /// all on one lock, half their requests shared (drawn apart, in a quarter of the chaos runs),
+    /// so that queues of several sessions form, mixing modes.
+    pub crowd_from: usize,
     pub locker_think_us: (u64, u64),
     /// Heartbeaters and their instances' checks (drawn apart from the rest, see `registry::draw`).
     pub heartbeaters: Vec<crate::registry::Spec>,
@@ -159,10 +166,19 @@ impl Params {
         let heartbeaters = crate::registry::draw(seed, mode == Mode::LeaderChanges, keepers.len(), chaos_us);
         // Its own generator: the draws above and below are what they were before it existed.
         // A third of the keepers that stop close their sessions; the rest die.
-        let closing = {
+        let mut closing: Vec<bool> = {
             let mut own = SmallRng::seed_from_u64(seed ^ 0x636c_6f73_6573);
             keepers.iter().map(|stop| stop.is_some() && own.gen_bool(1.0 / 3.0)).collect()
         };
+        let crowd_from = lockers.len();
+        let (mut keepers, mut lockers) = (keepers, lockers);
+        if mode == Mode::Chaos && SmallRng::seed_from_u64(seed ^ 0x0063_726f_7764).gen_bool(0.25) {
+            for _ in 0..CROWD {
+                keepers.push(None);
+                closing.push(false);
+                lockers.push(keepers.len() - 1);
+            }
+        }
         Params {
             mode,
             heartbeaters,
@@ -170,6 +186,7 @@ impl Params {
             closing,
             session_ttl_ms,
             lockers,
+            crowd_from,
             locker_think_us,
             nodes: if seed % 2 == 0 { 3 } else { 5 },
             snapshot_entries: if rng.gen_bool(0.6) { rng.gen_range(10..=40) } else { 10_000 },
@@ -238,6 +255,8 @@ pub struct Report {
     /// seen ended by their session's close.
     pub lock_expired_holds: u64,
     pub lock_closed_holds: u64,
+    /// The most requests seen queued on one lock at once.
+    pub lock_longest_queue: u64,
     pub lock_expiries_unplaced: u64,
     pub lock_grants_after_expiry: u64,
     /// Acquires whose withdrawal was applied first (each then sent, and refused).
@@ -277,7 +296,7 @@ impl std::fmt::Display for Report {
             "seed {} ({} nodes, snapshot every {}): {} steps, {:.1}s virtual, {} msgs; puts {} acked {} reads {} \
              retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}), \
              partitions {}, pauses {}, snapshots {}; max term {}, revision {}, {} hash checks; lease grants {}, \
-             expiries {}, closes {}; lock grants {}, lock-delays ended {}, holds expired {} (unplaced {}, granted again after {}), closed {}, acquires withdrawn first {}, queues full {}; guarded \
+             expiries {}, closes {}; lock grants {}, lock-delays ended {}, holds expired {} (unplaced {}, granted again after {}), closed {}, longest queue {}, acquires withdrawn first {}, queues full {}; guarded \
              writes {} (succeeded {}, refused after their session ended {}, refused after a release {}); heartbeats {}, \
              critical {}, reaped {}, removed with their session {}; watched revisions {} (moves {}, compacted {}), compact revision {}; history bytes {} of bound {} (byte-compacted {}); trace {:016x}",
             self.seed,
@@ -309,6 +328,7 @@ impl std::fmt::Display for Report {
             self.lock_expiries_unplaced,
             self.lock_grants_after_expiry,
             self.lock_closed_holds,
+            self.lock_longest_queue,
             self.lock_ids_spent,
             self.lock_queues_full,
             self.guarded_sent,
@@ -607,7 +627,7 @@ impl Sim {
             .lockers
             .iter()
             .enumerate()
-            .map(|(i, &keeper)| Locker::new(i, keeper, params.lock_queue_bound))
+            .map(|(i, &keeper)| Locker::new(i, keeper, params.lock_queue_bound, i >= params.crowd_from))
             .collect();
         let heartbeaters = params
             .heartbeaters
@@ -2129,6 +2149,7 @@ impl Sim {
         r.lock_expired_holds = self.lock_checker.expired_holds;
         r.lock_expiries_unplaced = self.lock_checker.expiries_unplaced;
         r.lock_closed_holds = self.lock_checker.closed_holds.len() as u64;
+        r.lock_longest_queue = self.lock_checker.longest_queue as u64;
         r.lock_grants_after_expiry = self.lock_checker.regranted.len() as u64;
         r.lock_ids_spent = self.lock_checker.spent_ids();
         r.lock_queues_full = self.lockers.iter().map(|l| l.queues_full).sum();

@@ -6,9 +6,13 @@
 //! `fencing.rs`), and now and then one guarded by a sequencer whose release it saw acknowledged
 //! (a stale token). When its keeper stops (a dead or paused client) or hears that its session is
 //! gone, it asks for nothing more and releases nothing, holding what it holds: its session's
-//! expiry releases that abnormally, and the lock-delay follows. It goes on as a paused client
+//! expiry releases that abnormally, and the lock-delay follows (or, for a keeper that closes its
+//! session on the way out, the close releases it normally). It goes on as a paused client
 //! that woke up and does not know: it sends writes guarded by what it believes it holds until
-//! each is refused.
+//! each is refused. In a quarter of the chaos runs a crowd of three more lockers, each with a
+//! session of its own, contends for one lock with shared requests half the time, so that queues
+//! of several sessions and mixed modes form (a grant of only the first of several compatible
+//! waiters, or a cancelled head that lets nobody in, fails "the queue moves" within 300 seeds).
 //!
 //! Checked as lockers learn of grants: every sequencer a grant hands a locker (an acquire's or a
 //! cancel's answer, or its request found holding in a member's state) names the lock it asked
@@ -60,6 +64,9 @@ use crate::sessions::is_close;
 const NAMES: [(LockSpace, &str); 3] =
     [(LockSpace::Locks, "a"), (LockSpace::Locks, "b"), (LockSpace::Elections, "e")];
 
+/// The lock a crowd of lockers contends for (one of [`NAMES`]).
+const CROWD_LOCK: (LockSpace, &str) = NAMES[0];
+
 /// How often a locker that holds something sends a write guarded by one of its grants, of the
 /// calls it draws; and one guarded by a sequencer whose release it saw acknowledged.
 const GUARDED_WRITE_P: f64 = 0.35;
@@ -93,6 +100,8 @@ pub struct Locker {
     queue_bound: u32,
     /// Acquires refused because the queue held `queue_bound` requests.
     pub queues_full: u64,
+    /// One of a crowd: it acquires only [`CROWD_LOCK`], shared half the time.
+    crowd: bool,
 }
 
 /// What a locker asked.
@@ -126,7 +135,7 @@ pub enum LockCall {
 }
 
 impl Locker {
-    pub fn new(index: usize, keeper: usize, queue_bound: u32) -> Locker {
+    pub fn new(index: usize, keeper: usize, queue_bound: u32, crowd: bool) -> Locker {
         Locker {
             index,
             keeper,
@@ -140,6 +149,7 @@ impl Locker {
             next_id: 0,
             queue_bound,
             queues_full: 0,
+            crowd,
         }
     }
 
@@ -196,8 +206,8 @@ impl Locker {
             });
             return (body, request_id, LockCall::Cancel { request_id: id, space, name });
         }
-        let (space, name) = NAMES[rng.gen_range(0..NAMES.len())];
-        let shared = space == LockSpace::Locks && rng.gen_bool(0.3);
+        let (space, name) = if self.crowd { CROWD_LOCK } else { NAMES[rng.gen_range(0..NAMES.len())] };
+        let shared = space == LockSpace::Locks && rng.gen_bool(if self.crowd { 0.5 } else { 0.3 });
         let mode = if shared { LockMode::Shared } else { LockMode::Exclusive };
         let wait = rng.gen_bool(0.7);
         let body = Body::Acquire(Acquire {
@@ -483,6 +493,8 @@ pub struct LockChecker {
     pub regranted: BTreeSet<(Vec<u8>, i64)>,
     /// Sessions their clients closed, and the revision of the close.
     closed: BTreeMap<String, i64>,
+    /// The most requests seen queued on one lock at once.
+    pub longest_queue: usize,
     /// Holds (lock key, generation) seen gone with their session's close (no lock-delay follows).
     pub closed_holds: BTreeSet<(Vec<u8>, u64)>,
 }
@@ -660,6 +672,7 @@ impl LockChecker {
                             );
                         }
                     }
+                    self.longest_queue = self.longest_queue.max(row.waiters.len());
                     if row.waiters.windows(2).any(|w| w[1].revision < w[0].revision) {
                         ctx.fail(
                             Some(id),

@@ -123,7 +123,7 @@ fn run_seeds(nodes: u64) {
     );
     eprintln!("{nodes} nodes: {locks}");
     if !single && seeds.len() >= 20 {
-        locks.assert_not_idle(seeds.len());
+        locks.assert_not_idle(seeds.len(), true);
     }
     assert!(
         single || seeds.len() < 20 || spent > 0,
@@ -152,6 +152,7 @@ struct LockActivity {
     expired_holds: u64,
     grants_after_expiry: u64,
     closed_holds: u64,
+    longest_queue: u64,
     guarded_sent: u64,
     guarded_succeeded: u64,
     refused_session_ended: u64,
@@ -165,6 +166,7 @@ impl LockActivity {
         self.expired_holds += r.lock_expired_holds;
         self.grants_after_expiry += r.lock_grants_after_expiry;
         self.closed_holds += r.lock_closed_holds;
+        self.longest_queue = self.longest_queue.max(r.lock_longest_queue);
         self.guarded_sent += r.guarded_sent;
         self.guarded_succeeded += r.guarded_succeeded;
         self.refused_session_ended += r.guarded_refused_session_ended;
@@ -172,11 +174,12 @@ impl LockActivity {
     }
 
     /// Over a run of seeds, each of the lock and fencing checks had something to check: lock
-    /// grants, lock-delays that ended, holds ended by expiry and by close, guarded writes that succeeded, and
-    /// guarded writes refused after their session ended and after their grant was released;
-    /// over 200 seeds or more, also a lock granted again after an expiry (about one seed in
-    /// fifteen has one).
-    fn assert_not_idle(&self, seeds: usize) {
+    /// grants, lock-delays that ended, holds ended by expiry and by close, guarded writes that
+    /// succeeded, and guarded writes refused after their session ended and after their grant
+    /// was released; over 200 seeds or more, also a lock granted again after an expiry (about
+    /// one seed in fifteen has one); in chaos runs (`crowds`) of 100 seeds or more, a queue of
+    /// three requests.
+    fn assert_not_idle(&self, seeds: usize, crowds: bool) {
         let regranted = if seeds >= 200 { self.grants_after_expiry } else { 1 };
         let counts = [
             (self.grants, "a lock should have been granted"),
@@ -184,6 +187,10 @@ impl LockActivity {
             (self.expired_holds, "a hold should have been seen ended by its session's expiry"),
             (regranted, "a lock should have been granted again after a hold's expiry"),
             (self.closed_holds, "a hold should have been seen ended by its session's close"),
+            (
+                u64::from(!crowds || seeds < 100 || self.longest_queue >= 3),
+                "some lock should have queued three requests at once (a crowd's queue)",
+            ),
             (self.guarded_succeeded, "a write guarded by a sequencer should have succeeded"),
             (self.refused_session_ended, "a guarded write should have been refused after its session ended"),
             (self.refused_released, "a guarded write should have been refused after its grant was released"),
@@ -198,13 +205,14 @@ impl std::fmt::Display for LockActivity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} lock grants, {} lock-delays ended, {} holds ended by expiry ({} of them followed by a grant), {} by close; {} guarded writes: {} succeeded, {} refused after their session \
+            "{} lock grants, {} lock-delays ended, {} holds ended by expiry ({} of them followed by a grant), {} by close; queues of up to {}; {} guarded writes: {} succeeded, {} refused after their session \
              ended, {} refused after a release",
             self.grants,
             self.delays_ended,
             self.expired_holds,
             self.grants_after_expiry,
             self.closed_holds,
+            self.longest_queue,
             self.guarded_sent,
             self.guarded_succeeded,
             self.refused_session_ended,
@@ -272,7 +280,7 @@ fn run_leader_change_seeds(nodes: u64) {
     );
     eprintln!("leader changes, {nodes} nodes: {locks}");
     if !single && seeds.len() >= 20 {
-        locks.assert_not_idle(seeds.len());
+        locks.assert_not_idle(seeds.len(), false);
     }
 }
 
