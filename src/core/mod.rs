@@ -59,7 +59,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use prost::Message as _;
-use raft::eraftpb::{Entry, Message, MessageType};
+use raft::eraftpb::{Entry, HardState, Message, MessageType};
 use raft::{ProgressState, RawNode, StateRole};
 use redb::Database;
 
@@ -1075,6 +1075,7 @@ impl Core {
 
         let mut installed = None;
         if !ready.snapshot().is_empty() {
+            self.persist_term_and_vote(ready.hs())?;
             let snap = ready.snapshot().clone();
             let meta = snap.get_metadata();
             // Every entry handed to the applier before is older than the snapshot: the applier
@@ -1147,6 +1148,27 @@ impl Core {
         }
         self.grant_reads();
         Ok(std::mem::take(&mut self.actions))
+    }
+
+    /// Makes the term and vote of a Ready that carries a snapshot durable in the log before the
+    /// snapshot replaces the state (its commit index is recorded with the snapshot, after). A
+    /// member dying between the install and the log's flush then finds a log that holds raft
+    /// state, and records the snapshot there at its next start (`LogStore::reconcile`). Without
+    /// this, a member in its first life whose first term came with the snapshot (its log held
+    /// nothing yet) would find a state past an empty log — what a lost log looks like — and be
+    /// refused at every start.
+    fn persist_term_and_vote(&mut self, hs: Option<&HardState>) -> Result<(), CoreError> {
+        let store = self.raw.mut_store();
+        let Some(hs) =
+            hs.filter(|hs| hs.term != store.hard_state().term || hs.vote != store.hard_state().vote)
+        else {
+            return Ok(());
+        };
+        let mut early = hs.clone();
+        early.commit = store.hard_state().commit;
+        store.set_hard_state(&early)?;
+        store.flush()?;
+        Ok(())
     }
 
     /// Adds the committed entries not handed to the applier yet (an installed snapshot covers

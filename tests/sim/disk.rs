@@ -231,6 +231,8 @@ struct DirState {
     /// Bumped by each crash: handles of an older process fail.
     process: u64,
     fail_next_sync: bool,
+    /// Syncs that still succeed before the armed failure.
+    syncs_before_failure: u32,
     failed_syncs: u64,
 }
 
@@ -271,6 +273,7 @@ impl SimDir {
         let mut s = lock(&self.state);
         s.process += 1;
         s.fail_next_sync = false;
+        s.syncs_before_failure = 0;
         s.files.retain(|_, f| f.entry_durable);
         for f in s.files.values_mut() {
             f.removed = false;
@@ -291,7 +294,14 @@ impl SimDir {
     }
 
     pub fn fail_next_sync(&self) {
-        lock(&self.state).fail_next_sync = true;
+        self.fail_sync_after(0);
+    }
+
+    /// The sync after the next `ok` fails.
+    pub fn fail_sync_after(&self, ok: u32) {
+        let mut s = lock(&self.state);
+        s.fail_next_sync = true;
+        s.syncs_before_failure = ok;
     }
 
     pub fn take_failed_sync(&self) -> bool {
@@ -306,7 +316,9 @@ impl SimDir {
     }
 
     fn fail_sync(s: &mut DirState) -> io::Result<()> {
-        if s.fail_next_sync {
+        if s.fail_next_sync && s.syncs_before_failure > 0 {
+            s.syncs_before_failure -= 1;
+        } else if s.fail_next_sync {
             s.fail_next_sync = false;
             s.failed_syncs += 1;
             return Err(io::Error::other("injected fsync failure"));

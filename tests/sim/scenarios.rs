@@ -252,6 +252,64 @@ fn a_snapshot_the_member_does_not_need_leaves_nothing_staged() {
     assert_eq!(s.inbox(follower).staged(), 0, "a snapshot raft ignores is removed from the inbox");
 }
 
+/// A member in its first life (its log holds no raft state yet) whose first message is a
+/// snapshot at the leader's term, dying of a failed log fsync at either point of the install —
+/// before the state is replaced, or after it and before the log records the snapshot — starts
+/// again and catches up. The Ready's term reaches the log before the state is replaced; without
+/// that, the second death left a state past an empty log, which reads as a lost log and is
+/// refused at every start ("the raft log ... is missing or empty").
+#[test]
+fn a_first_life_member_dying_while_it_installs_a_snapshot_starts_again() {
+    use latch::storage::SnapshotSource;
+    for ok_syncs in [0, 1] {
+        // Member 3 is down from the first moment (nothing of it on disk) while 1 and 2 elect a
+        // leader and commit a write; then it starts for the first time.
+        let mut s = Scripted::new(3, 37);
+        let fresh = 3;
+        s.crash(fresh);
+        s.wipe(fresh);
+        s.until("a leader", 200, &mut all, &mut |s| s.leader().is_some());
+        let leader = s.leader().expect("a leader");
+        let w = s.propose(leader, put("p", "k", "v"));
+        s.until("k applied", 100, &mut all, &mut |s| s.answer(w).is_some());
+        s.start(fresh);
+        assert!(s.core(fresh).log().is_fresh(), "member {fresh} starts with a log that holds no raft state");
+        let snapshots = s.core(leader).snapshots().clone();
+        let prepared = snapshots.prepare(0).expect("prepare works").expect("a snapshot of the applied state");
+        let mut stream = Vec::new();
+        snapshots
+            .stream(&prepared.token, &mut |frame: Vec<u8>| -> Result<(), latch::core::SnapshotError> {
+                stream.extend(frame);
+                Ok(())
+            })
+            .expect("the snapshot streams");
+        snapshots.finish(&prepared.token);
+        let (mut staging, token) =
+            latch::core::Inbox::create(&**s.inbox(fresh), leader, prepared.index, prepared.term)
+                .expect("staged");
+        std::io::Write::write_all(&mut staging, &stream).expect("written");
+        let mut msg = Message::default();
+        msg.set_msg_type(MessageType::MsgSnapshot);
+        (msg.from, msg.to, msg.term) = (leader, fresh, s.core(leader).status().term);
+        let snap = msg.mut_snapshot();
+        snap.data = token.into();
+        snap.mut_metadata().index = prepared.index;
+        snap.mut_metadata().term = prepared.term;
+        snap.mut_metadata()
+            .set_conf_state(raft::eraftpb::ConfState { voters: vec![1, 2, 3], ..Default::default() });
+
+        s.fail_log_sync_after(fresh, ok_syncs);
+        s.step(fresh, msg);
+        assert!(s.failed(fresh), "{ok_syncs} log syncs after the snapshot arrived, the next one failed");
+        s.crash(fresh);
+        s.try_start(fresh).unwrap_or_else(|e| {
+            panic!("member {fresh}, dead after {ok_syncs} log syncs of its snapshot's install, starts again: {e}")
+        });
+        s.until("the member caught up", 200, &mut all, &mut |s| value_on(s, fresh, "k").is_some());
+        assert_eq!(value_on(&mut s, fresh, "k"), Some(b"v".to_vec()), "after {ok_syncs} syncs");
+    }
+}
+
 /// The state machine is made durable lazily: a crash takes its latest commits, and the member
 /// replays them from its raft log — every acknowledged write comes back once, the revision
 /// continues where it was, a retried request id is still answered, not applied again (issue 7).

@@ -155,6 +155,11 @@ impl Scripted {
         self.member(id).log_dir.fail_next_sync();
     }
 
+    /// The fsync of member `id`'s raft log after the next `ok` fails.
+    pub fn fail_log_sync_after(&mut self, id: u64, ok: u32) {
+        self.member(id).log_dir.fail_sync_after(ok);
+    }
+
     /// Whether a turn of member `id` failed since it started.
     pub fn failed(&self, id: u64) -> bool {
         self.failed.contains(&id)
