@@ -96,7 +96,8 @@ const CROWD: usize = 3;
 #[derive(Debug, Clone)]
 pub struct Params {
     pub mode: Mode,
-    /// Session keepers, their sessions' TTL, and when each stops (a dead client), if it does.
+    /// Session keepers, their sessions' TTL, and when each stops (a dead client, or one that
+    /// closes its session, see `closing`), if it does.
     pub keepers: Vec<Option<u64>>,
     /// Per keeper: whether it closes its session when it stops, rather than let it expire
     /// (drawn apart from the rest).
@@ -250,15 +251,16 @@ pub struct Report {
     /// Lock grants seen in the members' states, and lock-delays ended.
     pub lock_grants: u64,
     pub lock_delays_ended: u64,
-    /// Holds seen ended by their session's expiry, those whose end could not be placed, and
-    /// expiries after which the lock was granted again (checked against their delays); holds
-    /// seen ended by their session's close.
+    /// Holds seen ended by their session's expiry, those whose end could not be placed (or told
+    /// from a close), and expiries after which the lock was granted again (checked against
+    /// their delays).
     pub lock_expired_holds: u64,
-    pub lock_closed_holds: u64,
-    /// The most requests seen queued on one lock at once.
-    pub lock_longest_queue: u64,
     pub lock_expiries_unplaced: u64,
     pub lock_grants_after_expiry: u64,
+    /// Holds seen ended by their session's close.
+    pub lock_closed_holds: u64,
+    /// The most sessions seen queued on one lock at once.
+    pub lock_longest_queue: u64,
     /// Acquires whose withdrawal was applied first (each then sent, and refused).
     pub lock_ids_spent: u64,
     /// Acquires refused because the lock's queue was at its bound.
@@ -1693,6 +1695,9 @@ impl Sim {
         let waiter = self.next_waiter;
         let k = &self.keepers[keeper];
         let (session, request_id, ttl_ms) = (k.session.clone(), k.request_id.clone(), k.ttl_ms);
+        if matches!(call, KeeperCall::Close) {
+            self.lock_checker.close_sent(&session);
+        }
         let Some(core) = self.node(node).core.as_mut() else { return };
         match call {
             KeeperCall::Create => {

@@ -100,7 +100,8 @@ pub struct Locker {
     queue_bound: u32,
     /// Acquires refused because the queue held `queue_bound` requests.
     pub queues_full: u64,
-    /// One of a crowd: it acquires only [`CROWD_LOCK`], shared half the time.
+    /// One of a crowd: its acquires are all of [`CROWD_LOCK`], shared half the time (a
+    /// withdrawal it races may name any lock).
     crowd: bool,
 }
 
@@ -491,9 +492,13 @@ pub struct LockChecker {
     /// Expiries (lock key, revision of the end) after which the lock was granted again, each
     /// grant checked against the expiry's lock-delay.
     pub regranted: BTreeSet<(Vec<u8>, i64)>,
-    /// Sessions their clients closed, and the revision of the close.
+    /// Sessions their clients closed, and the revision of the close (as some member reported
+    /// applying it).
     closed: BTreeMap<String, i64>,
-    /// The most requests seen queued on one lock at once.
+    /// Sessions whose client sent a close: an end of theirs not known as the close may still be
+    /// it (applied by a member that died before reporting it, and kept by its disk).
+    closes_sent: BTreeSet<String>,
+    /// The most sessions seen queued on one lock at once.
     pub longest_queue: usize,
     /// Holds (lock key, generation) seen gone with their session's close (no lock-delay follows).
     pub closed_holds: BTreeSet<(Vec<u8>, u64)>,
@@ -568,6 +573,11 @@ impl LockChecker {
                 }
             }
         }
+    }
+
+    /// `session`'s client sent its close.
+    pub fn close_sent(&mut self, session: &str) {
+        self.closes_sent.insert(session.to_string());
     }
 
     /// A member applied the command that made `revision`, at `ctx.time_us`.
@@ -672,7 +682,8 @@ impl LockChecker {
                             );
                         }
                     }
-                    self.longest_queue = self.longest_queue.max(row.waiters.len());
+                    let queued: BTreeSet<&String> = row.waiters.iter().map(|w| &w.session).collect();
+                    self.longest_queue = self.longest_queue.max(queued.len());
                     if row.waiters.windows(2).any(|w| w[1].revision < w[0].revision) {
                         ctx.fail(
                             Some(id),
@@ -749,19 +760,41 @@ impl LockChecker {
                     self.expiries_unplaced += 1;
                     continue;
                 };
-                if self.closed.get(&h.session) == Some(&end) {
-                    self.closed_holds.insert((key.clone(), h.generation));
-                    continue;
-                }
                 // The lock's row as of the revision before the session's end: the last change of
                 // the window before it, or (none) the row at `since`, which held `h`.
-                let before = window.lock_rows.get(key).and_then(|rows| rows.range(..end).next_back());
+                let rows = window.lock_rows.get(key);
+                let before = rows.and_then(|rows| rows.range(..end).next_back());
                 let held_then = match before {
                     None => true,
                     Some((_, None)) => false,
                     Some((_, Some(row))) => row.holders.iter().any(|x| x.generation == h.generation),
                 };
-                if held_then && self.expired.entry(key.clone()).or_default().insert((end, h.lock_delay_ms)) {
+                if !held_then {
+                    continue;
+                }
+                if self.closed.get(&h.session) == Some(&end) {
+                    // A normal release: the lock is free for the next request at once.
+                    let at_end = rows.and_then(|rows| rows.get(&end)).and_then(|row| row.as_ref());
+                    if let Some(row) = at_end.filter(|row| row.delay_revision == end) {
+                        ctx.fail(
+                            Some(node),
+                            "locks: a close releases normally (no lock-delay)",
+                            format!(
+                                "{:?} entered a lock-delay at revision {end}, the close of {}: {row:?}",
+                                key.escape_ascii().to_string(),
+                                h.session
+                            ),
+                        );
+                    }
+                    self.closed_holds.insert((key.clone(), h.generation));
+                    continue;
+                }
+                if self.closes_sent.contains(&h.session) {
+                    // Its close may have ended it unreported: not told from an expiry.
+                    self.expiries_unplaced += 1;
+                    continue;
+                }
+                if self.expired.entry(key.clone()).or_default().insert((end, h.lock_delay_ms)) {
                     self.expired_holds += 1;
                     // Grants after it seen before it was: checked against it now.
                     let granted: Vec<i64> = self

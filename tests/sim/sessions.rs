@@ -32,7 +32,8 @@ pub struct Keeper {
     /// Attempt number of the call in flight, if any.
     pub attempt: u64,
     pub in_flight: bool,
-    /// When it stops keeping alive (a dead client), if it does.
+    /// When it stops keeping alive (a dead client, or one that closes its session: `closes`),
+    /// if it does.
     pub stop_at_us: Option<u64>,
     /// Whether, once stopped, it closes its session (a client shutting down) instead of
     /// leaving it to expire.
@@ -91,6 +92,9 @@ pub struct LeaseChecker {
     ended: BTreeMap<String, u64>,
     /// Sessions their clients closed: a close may come while a lease runs.
     closed: std::collections::BTreeSet<String>,
+    /// Per closed session, the members that applied its close: none of them may grant it a
+    /// lease afterwards (one that has not applied it yet may).
+    closed_on: BTreeMap<String, std::collections::BTreeSet<u64>>,
     pub grants: u64,
     pub expiries: u64,
     pub closes: u64,
@@ -100,6 +104,16 @@ impl LeaseChecker {
     /// A lease granted to `session` that the client counts until `until`.
     pub fn granted(&mut self, ctx: Ctx, node: u64, session: &str, until: u64) {
         self.grants += 1;
+        if self.closed_on.get(session).is_some_and(|on| on.contains(&node)) {
+            ctx.fail(
+                Some(node),
+                "sessions: a closed session is granted nothing",
+                format!(
+                    "{session} was granted a lease to t={:.3}s after its close applied here",
+                    until as f64 / 1e6
+                ),
+            );
+        }
         if let Some(&ended) = self.ended.get(session).filter(|_| !self.closed.contains(session)) {
             if until > ended {
                 ctx.fail(
@@ -120,8 +134,11 @@ impl LeaseChecker {
     /// A member applied the end of `session` at `now`: its client's close (`closed`), or an
     /// expiry.
     pub fn ended(&mut self, ctx: Ctx, node: u64, session: &str, closed: bool, now: u64) {
-        if closed && self.closed.insert(session.to_string()) {
-            self.closes += 1;
+        if closed {
+            if self.closed.insert(session.to_string()) {
+                self.closes += 1;
+            }
+            self.closed_on.entry(session.to_string()).or_default().insert(node);
         }
         let promised = self.promised.get(session).copied().unwrap_or(0);
         if now < promised && !self.closed.contains(session) {
