@@ -1075,7 +1075,7 @@ impl Core {
 
         let mut installed = None;
         if !ready.snapshot().is_empty() {
-            self.persist_term_and_vote(ready.hs())?;
+            self.persist_term_and_vote(ready.hs(), observer)?;
             let snap = ready.snapshot().clone();
             let meta = snap.get_metadata();
             // Every entry handed to the applier before is older than the snapshot: the applier
@@ -1157,7 +1157,11 @@ impl Core {
     /// this, a member in its first life whose first term came with the snapshot (its log held
     /// nothing yet) would find a state past an empty log — what a lost log looks like — and be
     /// refused at every start.
-    fn persist_term_and_vote(&mut self, hs: Option<&HardState>) -> Result<(), CoreError> {
+    fn persist_term_and_vote(
+        &mut self,
+        hs: Option<&HardState>,
+        observer: &mut dyn ReadyObserver,
+    ) -> Result<(), CoreError> {
         let store = self.raw.mut_store();
         let Some(hs) =
             hs.filter(|hs| hs.term != store.hard_state().term || hs.vote != store.hard_state().vote)
@@ -1167,7 +1171,9 @@ impl Core {
         let mut early = hs.clone();
         early.commit = store.hard_state().commit;
         store.set_hard_state(&early)?;
+        observer.commit_started();
         store.flush()?;
+        observer.commit_finished(0);
         Ok(())
     }
 

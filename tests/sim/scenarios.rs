@@ -298,6 +298,11 @@ fn a_first_life_member_dying_while_it_installs_a_snapshot_starts_again() {
         snap.mut_metadata()
             .set_conf_state(raft::eraftpb::ConfState { voters: vec![1, 2, 3], ..Default::default() });
 
+        assert_eq!(
+            s.core(fresh).log().hard_state(),
+            &raft::eraftpb::HardState::default(),
+            "the snapshot's message is the first member {fresh} hears: no term or vote yet"
+        );
         s.fail_log_sync_after(fresh, ok_syncs);
         s.step(fresh, msg);
         assert!(s.failed(fresh), "{ok_syncs} log syncs after the snapshot arrived, the next one failed");
