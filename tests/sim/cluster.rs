@@ -831,12 +831,15 @@ impl Sim {
         if !self.is_up(id) {
             return;
         }
-        let keep_state = self.rng.gen_bool(0.5);
+        // What the state's disk writes back of what was not synced: nothing, everything (a
+        // process killed; barriers then hold too), or each sector by a coin.
+        let write_back = [0.0, 0.5, 1.0][self.rng.gen_range(0..3)];
+        let keep_state = write_back == 1.0 || self.rng.gen_bool(0.5);
         let n = &mut self.nodes[(id - 1) as usize];
         n.log_dir.disarm();
         n.log_dir.crash(Some(&mut self.rng));
         n.state_disk.disarm();
-        n.state_disk.crash(keep_state);
+        n.state_disk.crash(keep_state, Some((write_back, &mut self.rng)));
         let node = self.node(id);
         node.applier = None;
         node.to_apply.clear();

@@ -9,13 +9,15 @@
 //!   coin decides.
 //! - A crash ([`SimDisk::crash`]) detaches the running process from the disk: every operation it
 //!   still attempts fails (a killed process runs no shutdown code: redb's `Drop` must not reach
-//!   the disk), and the next process ([`SimDisk::open`]) starts from the synced bytes alone.
+//!   the disk), and the next process ([`SimDisk::open`]) starts from the synced bytes, plus
+//!   whatever the crash wrote back of the rest: none, all, or each 512-byte sector by a coin
+//!   (a write-back cut short by a machine's crash, in no order).
 //! - An injected fsync failure ([`SimDisk::fail_next_sync`]): the next `sync_data` returns an
 //!   I/O error and makes nothing durable; the process is expected to die of it.
 //!
-//! Invariants: the durable bytes only ever change by applying, in issue order, exactly the
-//! writes issued before a successful sync (or an eventual barrier); nothing a detached process
-//! does reaches them. Everything is deterministic: no clock, no randomness of its own.
+//! Invariants: while a process runs, the durable bytes only ever change by applying, in issue
+//! order, exactly the writes issued before a successful sync (or an eventual barrier); nothing a
+//! detached process does reaches them. Everything is deterministic: no clock, no randomness of its own.
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -91,9 +93,13 @@ impl SimDisk {
         SimBackend { medium: self.medium.clone(), process }
     }
 
-    /// The process dies: its unsynced writes are lost. Writes behind an eventual barrier become
-    /// durable if `keep_eventual`. Whatever the dead process still does goes nowhere.
-    pub fn crash(&mut self, keep_eventual: bool) {
+    /// The process dies. Writes behind an eventual barrier become durable if `keep_eventual`;
+    /// of the writes after the last sync, each 512-byte sector reaches the disk with probability
+    /// `write_back.0` by the coin `write_back.1` (none: all lost). 0 is a machine that crashed
+    /// before writing any of its page cache back, 1 a process killed on a machine that wrote
+    /// everything back, anything between a write-back cut short, in no order. Whatever the dead
+    /// process still does goes nowhere.
+    pub fn crash(&mut self, keep_eventual: bool, write_back: Option<(f64, &mut rand::rngs::SmallRng)>) {
         let Some(process) = self.current.take() else { return };
         let mut p = lock(&process);
         p.detached = true;
@@ -104,6 +110,31 @@ impl SimDisk {
             }
         }
         p.eventual.clear();
+        if let Some((p_kept, rng)) = write_back {
+            use rand::Rng;
+            const SECTOR: usize = 512;
+            let mut m = lock(&self.medium);
+            for op in std::mem::take(&mut p.pending) {
+                match op {
+                    Pending::Write { offset, data } => {
+                        // A write that extends the file changes its length as a whole (metadata),
+                        // its sectors one by one; none lands past the length the disk has.
+                        let end = offset as usize + data.len();
+                        if end > m.synced.len() && rng.gen_bool(p_kept) {
+                            m.synced.resize(end, 0);
+                        }
+                        for (i, sector) in data.chunks(SECTOR).enumerate() {
+                            let at = offset as usize + i * SECTOR;
+                            if at + sector.len() <= m.synced.len() && rng.gen_bool(p_kept) {
+                                m.synced[at..at + sector.len()].copy_from_slice(sector);
+                            }
+                        }
+                    }
+                    Pending::SetLen(_) if rng.gen_bool(p_kept) => apply(&mut m.synced, &op),
+                    Pending::SetLen(_) => {}
+                }
+            }
+        }
         p.pending.clear();
         p.written = Vec::new();
     }
