@@ -826,15 +826,16 @@ impl Sim {
         self.log(|| format!("node {id} started (incarnation {inc})"));
     }
 
-    /// The member's process dies: unsynced writes are lost, waiting clients are cut off.
+    /// The member's process dies: unsynced writes are lost or written back in part (see
+    /// `disk.rs`), waiting clients are cut off.
     fn crash(&mut self, id: u64, why: &str) {
         if !self.is_up(id) {
             return;
         }
-        // What the state's disk writes back of what was not synced: nothing, everything (a
-        // process killed; barriers then hold too), or each sector by a coin.
+        // What the state's disk writes back of what was not synced: nothing, everything, or
+        // each sector by a coin.
         let write_back = [0.0, 0.5, 1.0][self.rng.gen_range(0..3)];
-        let keep_state = write_back == 1.0 || self.rng.gen_bool(0.5);
+        let keep_state = self.rng.gen_bool(0.5);
         let n = &mut self.nodes[(id - 1) as usize];
         n.log_dir.disarm();
         n.log_dir.crash(Some(&mut self.rng));

@@ -3,17 +3,19 @@
 //!
 //! What it models:
 //! - `write` and `set_len` change the bytes *as written* (what the running process reads back);
-//!   they reach the bytes *as last synced* only through `sync_data`, in the order they were
-//!   issued. `sync_data(eventual = true)` is a write barrier whose writes become durable at
-//!   some later point: on a crash they are kept or lost as a whole, as the simulator's seeded
-//!   coin decides.
+//!   they reach the durable bytes through `sync_data`, in the order they were issued, or in
+//!   part through the crash that ends the process (below). `sync_data(eventual = true)` is a
+//!   write barrier whose writes become durable at some later point: on a crash they are kept or
+//!   lost as a whole, as the simulator's seeded coin decides (Latch commits with `None` and
+//!   `Immediate` durability only, so redb never asks for one).
 //! - A crash ([`SimDisk::crash`]) detaches the running process from the disk: every operation it
 //!   still attempts fails (a killed process runs no shutdown code: redb's `Drop` must not reach
 //!   the disk), and the next process ([`SimDisk::open`]) starts from the synced bytes, plus
 //!   whatever the crash wrote back of the rest: none, all, or each 512-byte sector by a coin
-//!   (a write-back cut short by a machine's crash, in no order).
+//!   (a write-back cut short by a machine's crash, in no order). The writes of a failed sync
+//!   are dropped whole (see `sync_data`): no durable commit is torn.
 //! - An injected fsync failure ([`SimDisk::fail_next_sync`]): the next `sync_data` returns an
-//!   I/O error and makes nothing durable; the process is expected to die of it.
+//!   I/O error and makes nothing durable by itself; the process is expected to die of it.
 //!
 //! Invariants: while a process runs, the durable bytes only ever change by applying, in issue
 //! order, exactly the writes issued before a successful sync (or an eventual barrier); nothing a
@@ -58,7 +60,8 @@ struct Process {
 
 #[derive(Debug, Default)]
 struct Medium {
-    /// The bytes as last synced: all that survives a crash.
+    /// The durable bytes: all that survives a crash (which may write some of the unsynced ones
+    /// back here first).
     synced: Vec<u8>,
     fail_next_sync: bool,
     failed_syncs: u64,
@@ -219,6 +222,10 @@ impl redb::StorageBackend for SimBackend {
             m.fail_next_sync = false;
             m.failed_syncs += 1;
             // What failed to sync is in doubt; the process is expected to die of this error.
+            // Its writes are dropped, not written back in part: a durable commit torn that way
+            // (its header on the disk, the file's growth before it not) makes redb 2.6 panic on
+            // open (`raw_file_len() >= header.layout().len()`; fixed upstream in redb 4.x, see
+            // docs/architecture.md).
             p.pending.clear();
             return Err(io::Error::other("injected fsync failure"));
         }
