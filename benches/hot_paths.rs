@@ -16,6 +16,7 @@ use prost::Message as _;
 use raft::eraftpb::Entry;
 use redb::backends::InMemoryBackend;
 use redb::Database;
+use redb::ReadableDatabase as _;
 
 const BATCH: u64 = 256;
 

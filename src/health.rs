@@ -28,6 +28,7 @@ use std::time::Duration;
 use http_body_util::Empty;
 use hyper::body::Bytes;
 use latch_proto::internal::{check, command::Body, Check, Health, InstanceRow, SetHealth};
+use redb::ReadableDatabase as _;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;

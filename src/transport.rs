@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
+use redb::ReadableDatabase as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use latch_proto::v1::cluster_server::{Cluster, ClusterServer};
 use latch_proto::v1::{Member, StatusRequest, StatusResponse};
+use redb::ReadableDatabase as _;
 use tonic::{Request, Response, Status};
 
 use super::Context;

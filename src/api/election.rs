@@ -11,6 +11,7 @@ use latch_proto::internal::{
 };
 use latch_proto::v1::election_server::{Election, ElectionServer};
 use latch_proto::v1::*;
+use redb::ReadableDatabase as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};

@@ -16,6 +16,7 @@ use latch_proto::internal::{command::Body, outcome};
 use latch_proto::v1::kv_server::{Kv, KvServer};
 use latch_proto::v1::{request_op, *};
 use prost::Message as _;
+use redb::ReadableDatabase as _;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 

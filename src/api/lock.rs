@@ -13,6 +13,7 @@ use latch_proto::internal::{
 use latch_proto::v1::lock_server::{Lock, LockServer};
 use latch_proto::v1::*;
 use latch_proto::DEFAULT_LOCK_DELAY_MS;
+use redb::ReadableDatabase as _;
 use tonic::{Request, Response, Status};
 
 use super::kv::{check_request_id, MAX_REQUEST_ID_BYTES};

@@ -8,6 +8,7 @@ use latch_proto::internal::{self, outcome, Deregister, Heartbeat, InstanceRow, R
 use latch_proto::v1::health_check::Kind;
 use latch_proto::v1::registry_server::{Registry, RegistryServer};
 use latch_proto::v1::*;
+use redb::ReadableDatabase as _;
 use tonic::{Request, Response, Status};
 
 use super::kv::check_request_id;

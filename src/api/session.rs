@@ -12,6 +12,7 @@ use futures::stream::{FuturesOrdered, Stream, StreamExt};
 use latch_proto::internal::{outcome, CloseSession, CreateSession, SessionRow};
 use latch_proto::v1::session_server::{Session, SessionServer};
 use latch_proto::v1::*;
+use redb::ReadableDatabase as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};

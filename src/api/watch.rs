@@ -58,6 +58,7 @@ use latch_proto::v1::{watch_create_request, ResponseHeader, WatchCreateRequest, 
 use latch_proto::wire;
 use latch_proto::wire::watch_server::{Watch as WatchApi, WatchServer};
 use prost::bytes::Bytes;
+use redb::ReadableDatabase as _;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 

@@ -21,7 +21,7 @@
 use std::sync::Arc;
 
 use raft::eraftpb::{Entry, EntryType};
-use redb::{Database, Durability};
+use redb::{Database, Durability, ReadableDatabase as _};
 
 use super::snapshots::Snapshots;
 use super::{redb_err, CoreError, ReadyObserver};
@@ -143,7 +143,8 @@ impl Applier {
         let history = batch.history();
         let position = batch.finish()?;
         let durable = position.index >= self.durable_index + self.sync_every;
-        txn.set_durability(if durable { Durability::Immediate } else { Durability::None });
+        txn.set_durability(if durable { Durability::Immediate } else { Durability::None })
+            .map_err(redb_err)?;
         observer.apply_finished(applied);
         observer.commit_started();
         txn.commit().map_err(redb_err)?;
@@ -169,7 +170,7 @@ impl Applier {
             return Ok(None);
         }
         let mut txn = self.db.begin_write().map_err(redb_err)?;
-        txn.set_durability(Durability::Immediate);
+        txn.set_durability(Durability::Immediate).map_err(redb_err)?;
         txn.commit().map_err(redb_err)?;
         self.durable_index = self.applied.index;
         Ok(Some(Progress {
@@ -184,7 +185,7 @@ impl Applier {
     /// Replaces the state with the snapshot staged under `token` at `(index, term)`, durably.
     pub fn install(&mut self, token: &[u8], index: u64, term: u64) -> Result<Applied, CoreError> {
         let mut txn = self.db.begin_write().map_err(redb_err)?;
-        txn.set_durability(Durability::Immediate);
+        txn.set_durability(Durability::Immediate).map_err(redb_err)?;
         let applied = self.snapshots.install(&txn, token, index, term)?;
         txn.commit().map_err(redb_err)?;
         self.applied = applied;

@@ -61,7 +61,7 @@ use std::sync::Arc;
 use prost::Message as _;
 use raft::eraftpb::{Entry, HardState, Message, MessageType};
 use raft::{ProgressState, RawNode, StateRole};
-use redb::Database;
+use redb::{Database, ReadableDatabase as _};
 
 use crate::fsm::{self, Applied, Event, LockChange};
 use crate::storage::{Identity, LogStore, StorageError, Stores};

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use redb::{Database, ReadTransaction};
+use redb::{Database, ReadTransaction, ReadableDatabase as _};
 
 use crate::fsm::{self, FsmError};
 use crate::storage::{PreparedSnapshot, SnapshotSource};

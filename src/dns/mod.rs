@@ -29,7 +29,7 @@ use hickory_server::proto::rr::{DNSClass, Name, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use latch_proto::internal::{InstanceRow, LockSpace, Range};
-use redb::ReadTransaction;
+use redb::{ReadTransaction, ReadableDatabase as _};
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::fsm;

@@ -720,6 +720,7 @@ pub(crate) mod testing {
         Txn, TxnResult,
     };
     use latch_proto::internal::{Acquire, CreateSession, LockMode, LockSpace};
+    use redb::ReadableDatabase as _;
 
     /// Restores a snapshot stream into `store` at (index, term).
     pub(crate) fn restore_into(
@@ -919,6 +920,7 @@ mod tests {
     use super::testing::*;
     use super::*;
     use latch_proto::internal::{Op, Put, SnapshotChunk};
+    use redb::ReadableDatabase as _;
 
     #[test]
     fn fresh_store_is_at_zero() {

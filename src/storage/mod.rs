@@ -92,7 +92,14 @@ pub fn open(dir: &Path, cluster_id: u64, member_id: u64) -> Result<Stores, Stora
 fn open_file(dir: &Path, name: &str, cluster_id: u64, member_id: u64) -> Result<Arc<Database>, StorageError> {
     let path = dir.join(name);
     let fresh = !path.exists();
-    let db = Database::create(&path).map_err(|source| match source {
+    let db = match Database::create(&path) {
+        Err(redb::DatabaseError::UpgradeRequired(REDB2_FORMAT)) => {
+            upgrade_format(&path)?;
+            Database::create(&path)
+        }
+        opened => opened,
+    };
+    let db = db.map_err(|source| match source {
         redb::DatabaseError::DatabaseAlreadyOpen => StorageError::InUse { path: path.clone() },
         source => StorageError::Open { path: path.clone(), source: Box::new(source) },
     })?;
@@ -104,6 +111,27 @@ fn open_file(dir: &Path, name: &str, cluster_id: u64, member_id: u64) -> Result<
     }
     check_identity(&db, &path, cluster_id, member_id)?;
     Ok(Arc::new(db))
+}
+
+/// The file format redb 2 writes (its `FILE_FORMAT_VERSION2`): what state files made by builds
+/// before the move to redb 4 hold.
+const REDB2_FORMAT: u8 = 2;
+
+/// Upgrades, in place, a state file redb 2 wrote to the file format this build's redb reads,
+/// with redb 2's own upgrade (every table and row kept; durable before it returns). Why the
+/// move: redb 2 could leave a file it cannot open after a machine's crash during a durable
+/// commit that grew the file (docs/architecture.md).
+fn upgrade_format(path: &Path) -> Result<(), StorageError> {
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        StorageError::Corrupt(format!("{}: {what} to upgrade its file format: {e}", path.display()))
+    };
+    let mut old = redb2::Database::open(path).map_err(|e| match e {
+        redb2::DatabaseError::DatabaseAlreadyOpen => StorageError::InUse { path: path.to_path_buf() },
+        e => failed("cannot open it", &e),
+    })?;
+    old.upgrade().map_err(|e| failed("redb could not upgrade it", &e))?;
+    tracing::info!(file = %path.display(), "state file upgraded to redb's current file format");
+    Ok(())
 }
 
 /// Opens the state store on any redb backend (the simulator's fault-injecting one).
@@ -156,4 +184,45 @@ fn check_identity(db: &Database, path: &Path, cluster_id: u64, member_id: u64) -
     }
     txn.commit().map_err(StorageError::redb)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::ReadableDatabase as _;
+
+    /// A state file redb 2 wrote (file format 2, as every build before the move to redb 4 left
+    /// it) opens: upgraded in place, its identity and rows kept; and it is still checked
+    /// against the cluster and member it was made for.
+    #[test]
+    fn a_state_file_written_by_redb_2_is_upgraded_in_place_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().expect("a temporary dir");
+        let path = dir.path().join(STATE_FILE);
+        {
+            let old = redb2::Database::create(&path).expect("redb 2 creates a file");
+            let txn = old.begin_write().expect("a redb 2 write");
+            {
+                let meta: redb2::TableDefinition<&str, u64> = redb2::TableDefinition::new("node_meta");
+                let mut meta = txn.open_table(meta).expect("node_meta");
+                meta.insert(schema::NODE_CLUSTER_ID, 7).expect("cluster id");
+                meta.insert(schema::NODE_MEMBER_ID, 2).expect("member id");
+                meta.insert(schema::NODE_FORMAT, schema::FORMAT_VERSION).expect("format");
+                let kv: redb2::TableDefinition<&[u8], &[u8]> = redb2::TableDefinition::new("kv");
+                txn.open_table(kv)
+                    .expect("kv")
+                    .insert(b"greeting".as_slice(), b"hello".as_slice())
+                    .expect("row");
+            }
+            txn.commit().expect("redb 2 commits");
+        }
+
+        let refused =
+            open(dir.path(), 8, 2).err().expect("another cluster's file is refused after the upgrade");
+        assert!(matches!(refused, StorageError::WrongCluster { found: 7, .. }), "got {refused}");
+        let stores = open(dir.path(), 7, 2).expect("the upgraded file opens");
+        let txn = stores.state.begin_read().expect("a read");
+        let kv = txn.open_table(schema::KV).expect("the kv table survived");
+        let value = kv.get(b"greeting".as_slice()).expect("readable").map(|v| v.value().to_vec());
+        assert_eq!(value.as_deref(), Some(b"hello".as_slice()), "the row redb 2 wrote is there");
+    }
 }

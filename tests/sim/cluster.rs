@@ -39,6 +39,7 @@ use latch_proto::internal::{
 use raft::eraftpb::Message;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use redb::ReadableDatabase as _;
 
 use latch_check::linearizability::{Call, Return};
 use latch_proto::internal::{compare, op, op_result, Compare, DeleteRange, Op as TxnOp, Outcome, Txn};
@@ -835,12 +836,11 @@ impl Sim {
         // What the state's disk writes back of what was not synced: nothing, everything, or
         // each sector by a coin.
         let write_back = [0.0, 0.5, 1.0][self.rng.gen_range(0..3)];
-        let keep_state = self.rng.gen_bool(0.5);
         let n = &mut self.nodes[(id - 1) as usize];
         n.log_dir.disarm();
         n.log_dir.crash(Some(&mut self.rng));
         n.state_disk.disarm();
-        n.state_disk.crash(keep_state, Some((write_back, &mut self.rng)));
+        n.state_disk.crash(Some((write_back, &mut self.rng)));
         let node = self.node(id);
         node.applier = None;
         node.to_apply.clear();

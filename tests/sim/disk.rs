@@ -4,22 +4,19 @@
 //! What it models:
 //! - `write` and `set_len` change the bytes *as written* (what the running process reads back);
 //!   they reach the durable bytes through `sync_data`, in the order they were issued, or in
-//!   part through the crash that ends the process (below). `sync_data(eventual = true)` is a
-//!   write barrier whose writes become durable at some later point: on a crash they are kept or
-//!   lost as a whole, as the simulator's seeded coin decides (Latch commits with `None` and
-//!   `Immediate` durability only, so redb never asks for one).
+//!   part through the crash that ends the process (below).
 //! - A crash ([`SimDisk::crash`]) detaches the running process from the disk: every operation it
 //!   still attempts fails (a killed process runs no shutdown code: redb's `Drop` must not reach
 //!   the disk), and the next process ([`SimDisk::open`]) starts from the synced bytes, plus
 //!   whatever the crash wrote back of the rest: none, all, or each 512-byte sector by a coin
-//!   (a write-back cut short by a machine's crash, in no order). The writes of a failed sync
-//!   are dropped whole (see `sync_data`): no durable commit is torn.
+//!   (a write-back cut short by a machine's crash, in no order) — the writes of a failed sync
+//!   included, so a durable commit can be torn.
 //! - An injected fsync failure ([`SimDisk::fail_next_sync`]): the next `sync_data` returns an
 //!   I/O error and makes nothing durable by itself; the process is expected to die of it.
 //!
 //! Invariants: while a process runs, the durable bytes only ever change by applying, in issue
-//! order, exactly the writes issued before a successful sync (or an eventual barrier); nothing a
-//! detached process does reaches them. Everything is deterministic: no clock, no randomness of its own.
+//! order, exactly the writes issued before a successful sync; nothing a detached process does
+//! reaches them. Everything is deterministic: no clock, no randomness of its own.
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -52,8 +49,6 @@ struct Process {
     written: Vec<u8>,
     /// Changes since the last sync, in issue order.
     pending: Vec<Pending>,
-    /// Changes behind an eventual barrier: durable "at some point", or lost by a crash.
-    eventual: Vec<Pending>,
     /// A crashed process: nothing it does reaches the durable bytes any more.
     detached: bool,
 }
@@ -96,23 +91,15 @@ impl SimDisk {
         SimBackend { medium: self.medium.clone(), process }
     }
 
-    /// The process dies. Writes behind an eventual barrier become durable if `keep_eventual`;
-    /// of the writes after the last sync, each 512-byte sector reaches the disk with probability
-    /// `write_back.0` by the coin `write_back.1` (none: all lost). 0 is a machine that crashed
-    /// before writing any of its page cache back, 1 a process killed on a machine that wrote
-    /// everything back, anything between a write-back cut short, in no order. Whatever the dead
-    /// process still does goes nowhere.
-    pub fn crash(&mut self, keep_eventual: bool, write_back: Option<(f64, &mut rand::rngs::SmallRng)>) {
+    /// The process dies. Of the writes after the last sync, each 512-byte sector reaches the disk
+    /// with probability `write_back.0` by the coin `write_back.1` (none: all lost). 0 is a
+    /// machine that crashed before writing any of its page cache back, 1 a process killed on a
+    /// machine that wrote everything back, anything between a write-back cut short, in no
+    /// order. Whatever the dead process still does goes nowhere.
+    pub fn crash(&mut self, write_back: Option<(f64, &mut rand::rngs::SmallRng)>) {
         let Some(process) = self.current.take() else { return };
         let mut p = lock(&process);
         p.detached = true;
-        if keep_eventual && !p.eventual.is_empty() {
-            let mut m = lock(&self.medium);
-            for op in &p.eventual {
-                apply(&mut m.synced, op);
-            }
-        }
-        p.eventual.clear();
         if let Some((p_kept, rng)) = write_back {
             use rand::Rng;
             const SECTOR: usize = 512;
@@ -189,14 +176,18 @@ impl redb::StorageBackend for SimBackend {
         Ok(p.written.len() as u64)
     }
 
-    fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, io::Error> {
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
         let p = lock(&self.process);
         if p.detached {
             return Err(dead());
         }
+        let len = out.len();
         let start = usize::try_from(offset).map_err(|_| out_of_range(offset, len, p.written.len()))?;
         match start.checked_add(len) {
-            Some(end) if end <= p.written.len() => Ok(p.written[start..end].to_vec()),
+            Some(end) if end <= p.written.len() => {
+                out.copy_from_slice(&p.written[start..end]);
+                Ok(())
+            }
             _ => Err(out_of_range(offset, len, p.written.len())),
         }
     }
@@ -212,7 +203,7 @@ impl redb::StorageBackend for SimBackend {
         Ok(())
     }
 
-    fn sync_data(&self, eventual: bool) -> Result<(), io::Error> {
+    fn sync_data(&self) -> Result<(), io::Error> {
         let mut p = lock(&self.process);
         if p.detached {
             return Err(dead());
@@ -221,22 +212,15 @@ impl redb::StorageBackend for SimBackend {
         if m.fail_next_sync {
             m.fail_next_sync = false;
             m.failed_syncs += 1;
-            // What failed to sync is in doubt; the process is expected to die of this error.
-            // Its writes are dropped, not written back in part: a durable commit torn that way
-            // (its header on the disk, the file's growth before it not) makes redb 2.6 panic on
-            // open (`raw_file_len() >= header.layout().len()`; fixed upstream in redb 4.x, see
-            // docs/architecture.md).
-            p.pending.clear();
+            // What failed to sync is in doubt: any of it may be on the disk (on Linux, some
+            // writes of a failed fsync can be). The process is expected to die of this error;
+            // its crash writes back what it keeps of them, as of any unsynced write — a durable
+            // commit torn so (its header on the disk, the file's growth before it not) made
+            // redb 2 panic on open; redb 4 recovers (docs/architecture.md).
             return Err(io::Error::other("injected fsync failure"));
         }
-        let pending = std::mem::take(&mut p.pending);
-        if eventual {
-            p.eventual.extend(pending);
-        } else {
-            // A full sync makes everything before it durable, earlier eventual barriers first.
-            for op in p.eventual.drain(..).chain(pending) {
-                apply(&mut m.synced, &op);
-            }
+        for op in std::mem::take(&mut p.pending) {
+            apply(&mut m.synced, &op);
         }
         Ok(())
     }

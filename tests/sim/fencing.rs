@@ -31,6 +31,7 @@ use latch_proto::internal::{
 use prost::Message as _;
 use raft::eraftpb::{Entry, EntryType};
 use redb::Database;
+use redb::ReadableDatabase as _;
 
 use crate::invariants::{out_of_order, Ctx};
 use crate::locks::fence_key;

@@ -48,6 +48,7 @@ use latch::fsm::Event;
 use latch_proto::internal::{KeyValue, Range};
 use raft::eraftpb::{Entry, Message, MessageType};
 use raft::{GetEntriesContext, Storage};
+use redb::ReadableDatabase as _;
 
 /// A state hash is recorded at every this-many-th applied index in a chaos run (see
 /// [`Checker::equal_state_at_equal_index`]).

@@ -56,6 +56,7 @@ use latch_proto::internal::{
 use prost::Message as _;
 use rand::rngs::SmallRng;
 use rand::Rng;
+use redb::ReadableDatabase as _;
 
 use crate::invariants::{out_of_order, Ctx};
 use crate::sessions::is_close;

@@ -8,6 +8,7 @@ use latch::fsm;
 use latch::server::admission::{self, Answer, Verdict};
 use latch_proto::internal::{command::Body, Command, Put, Range};
 use raft::eraftpb::{Message, MessageType};
+use redb::ReadableDatabase as _;
 
 use crate::scripted::{all, Answer as Reply, Route, Scripted};
 

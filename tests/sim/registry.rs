@@ -50,6 +50,7 @@ use latch_proto::internal::{
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use redb::ReadableDatabase as _;
 
 use crate::invariants::Ctx;
 use crate::sessions::Keeper;

@@ -4,6 +4,7 @@
 use latch::fsm;
 use latch_proto::internal::{command::Body, outcome, Command, Put, Range};
 use raft::eraftpb::{Message, MessageType};
+use redb::ReadableDatabase as _;
 
 use latch::core::RequestError;
 

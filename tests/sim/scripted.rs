@@ -170,7 +170,7 @@ impl Scripted {
         let m = self.member(id);
         // Nothing unsynced survives: a scripted crash is exact.
         m.log_dir.crash(None);
-        m.state_disk.crash(false, None);
+        m.state_disk.crash(None);
         m.applier = None;
         if let Some(core) = m.core.take() {
             if let Ok(txn) = core.state_db().begin_write() {

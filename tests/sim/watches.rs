@@ -14,6 +14,7 @@ use latch::fsm::{self, history, Event, EventKind};
 use latch_check::watch::{check, Change, Seen, Watch};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use redb::ReadableDatabase as _;
 
 use crate::invariants::Ctx;
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use latch_proto::internal::{Range, RangeResult};
+use redb::ReadableDatabase as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::ApiError;

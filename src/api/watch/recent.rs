@@ -27,6 +27,7 @@ use std::time::Duration;
 use latch_proto::v1;
 use prost::bytes::Bytes;
 use prost::Message as _;
+use redb::ReadableDatabase as _;
 use tokio::sync::watch;
 
 use latch_proto::internal::{InstanceRow, LockRow, SessionRow};
