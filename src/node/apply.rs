@@ -21,10 +21,13 @@
 //! then read is the committed state (a lazy commit is visible to readers), so hearing early
 //! never shows them anything a reader could not see.
 //!
-//! A lazy commit still writes its pages to the file, so a durable commit fsyncs everything
-//! written since the last one — about 7 ms at 1,000 puts/s, during which the apply thread,
-//! and every reply, would wait. A [`Preflush`] thread fsyncs the file first, beside the apply
-//! thread; the durable commit that follows finds little left to write. What it still does —
+//! With redb 2 a lazy commit wrote its pages to the file, so a durable commit fsynced everything
+//! written since the last one — about 7 ms at 1,000 puts/s, during which the apply thread, and
+//! every reply, would wait; a [`Preflush`] thread fsyncs the file first, beside the apply
+//! thread, so that the durable commit found little left to write. redb 4 keeps a lazy commit's
+//! pages in its own write buffer until the next durable commit (bounded by its cache), so the
+//! pre-flush now finds little to sync, and the durable commit writes the pages itself; whether
+//! the thread still earns its keep is to be measured. What a durable commit does —
 //! free the pages the lazy commits since the last one replaced, write the header, one fsync —
 //! grows with the interval, and every batch that arrives meanwhile waits it out: the shortest
 //! interval that keeps these waits to a tenth of the thread's time makes the shortest tail

@@ -125,11 +125,22 @@ fn upgrade_format(path: &Path) -> Result<(), StorageError> {
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         StorageError::Corrupt(format!("{}: {what} to upgrade its file format: {e}", path.display()))
     };
-    let mut old = redb2::Database::open(path).map_err(|e| match e {
-        redb2::DatabaseError::DatabaseAlreadyOpen => StorageError::InUse { path: path.to_path_buf() },
-        e => failed("cannot open it", &e),
+    // redb 2 asserts on some files a machine's crash tore (the reason for the move): a panic
+    // there is reported as what it is, not as a crash of the server.
+    let upgraded = std::panic::catch_unwind(|| -> Result<(), StorageError> {
+        let mut old = redb2::Database::open(path).map_err(|e| match e {
+            redb2::DatabaseError::DatabaseAlreadyOpen => StorageError::InUse { path: path.to_path_buf() },
+            e => failed("cannot open it", &e),
+        })?;
+        old.upgrade().map_err(|e| failed("redb could not upgrade it", &e))?;
+        Ok(())
+    });
+    upgraded.unwrap_or_else(|_| {
+        Err(failed(
+            "redb 2 failed on it (a crash may have torn it; restore this member's data dir from a copy)",
+            &"a panic, printed above",
+        ))
     })?;
-    old.upgrade().map_err(|e| failed("redb could not upgrade it", &e))?;
     tracing::info!(file = %path.display(), "state file upgraded to redb's current file format");
     Ok(())
 }
