@@ -214,20 +214,11 @@ fn a_request_id_reused_for_another_command_never_gets_the_first_ones_outcome() {
     assert_eq!(value_on(&mut s, leader, "k").as_deref(), Some(b"first".as_slice()));
 }
 
-/// A snapshot raft has no use for (the member is already past it) leaves nothing staged in the
-/// member's inbox: staged streams do not pile up on disk (issue 6, §3).
-#[test]
-fn a_snapshot_the_member_does_not_need_leaves_nothing_staged() {
+/// The leader's snapshot of its applied state now, streamed and staged in member `to`'s inbox as
+/// its transport would, and the raft message that carries it (in the leader's term, for the
+/// three members' configuration).
+fn staged_snapshot(s: &mut Scripted, leader: u64, to: u64) -> Message {
     use latch::storage::SnapshotSource;
-    let mut s = Scripted::new(3, 19);
-    s.until("a leader", 200, &mut all, &mut |s| s.leader().is_some());
-    let leader = s.leader().expect("a leader");
-    let follower = if leader == 1 { 2 } else { 1 };
-    let w = s.propose(leader, put("p", "k", "v"));
-    s.until("k applied everywhere", 100, &mut all, &mut |s| {
-        s.answer(w).is_some() && value_on(s, follower, "k").is_some()
-    });
-    // The leader's snapshot of now, streamed and staged at the follower as its transport would.
     let snapshots = s.core(leader).snapshots().clone();
     let prepared = snapshots.prepare(0).expect("prepare works").expect("a snapshot of the applied state");
     let mut stream = Vec::new();
@@ -237,18 +228,36 @@ fn a_snapshot_the_member_does_not_need_leaves_nothing_staged() {
             Ok(())
         })
         .expect("the snapshot streams");
-    let (mut w, token) =
-        latch::core::Inbox::create(&**s.inbox(follower), leader, prepared.index, prepared.term)
-            .expect("staged");
-    std::io::Write::write_all(&mut w, &stream).expect("written");
-    assert_eq!(s.inbox(follower).staged(), 1);
+    snapshots.finish(&prepared.token);
+    let (mut staging, token) =
+        latch::core::Inbox::create(&**s.inbox(to), leader, prepared.index, prepared.term).expect("staged");
+    std::io::Write::write_all(&mut staging, &stream).expect("written");
     let mut msg = Message::default();
     msg.set_msg_type(MessageType::MsgSnapshot);
-    (msg.from, msg.to, msg.term) = (leader, follower, s.core(leader).status().term);
+    (msg.from, msg.to, msg.term) = (leader, to, s.core(leader).status().term);
     let snap = msg.mut_snapshot();
     snap.data = token.into();
     snap.mut_metadata().index = prepared.index;
     snap.mut_metadata().term = prepared.term;
+    snap.mut_metadata()
+        .set_conf_state(raft::eraftpb::ConfState { voters: vec![1, 2, 3], ..Default::default() });
+    msg
+}
+
+/// A snapshot raft has no use for (the member is already past it) leaves nothing staged in the
+/// member's inbox: staged streams do not pile up on disk (issue 6, §3).
+#[test]
+fn a_snapshot_the_member_does_not_need_leaves_nothing_staged() {
+    let mut s = Scripted::new(3, 19);
+    s.until("a leader", 200, &mut all, &mut |s| s.leader().is_some());
+    let leader = s.leader().expect("a leader");
+    let follower = if leader == 1 { 2 } else { 1 };
+    let w = s.propose(leader, put("p", "k", "v"));
+    s.until("k applied everywhere", 100, &mut all, &mut |s| {
+        s.answer(w).is_some() && value_on(s, follower, "k").is_some()
+    });
+    let msg = staged_snapshot(&mut s, leader, follower);
+    assert_eq!(s.inbox(follower).staged(), 1);
     s.step(follower, msg);
     assert_eq!(s.inbox(follower).staged(), 0, "a snapshot raft ignores is removed from the inbox");
 }
@@ -261,7 +270,6 @@ fn a_snapshot_the_member_does_not_need_leaves_nothing_staged() {
 /// refused at every start ("the raft log ... is missing or empty").
 #[test]
 fn a_first_life_member_dying_while_it_installs_a_snapshot_starts_again() {
-    use latch::storage::SnapshotSource;
     for ok_syncs in [0, 1] {
         // Member 3 is down from the first moment (nothing of it on disk) while 1 and 2 elect a
         // leader and commit a write; then it starts for the first time.
@@ -275,29 +283,7 @@ fn a_first_life_member_dying_while_it_installs_a_snapshot_starts_again() {
         s.until("k applied", 100, &mut all, &mut |s| s.answer(w).is_some());
         s.start(fresh);
         assert!(s.core(fresh).log().is_fresh(), "member {fresh} starts with a log that holds no raft state");
-        let snapshots = s.core(leader).snapshots().clone();
-        let prepared = snapshots.prepare(0).expect("prepare works").expect("a snapshot of the applied state");
-        let mut stream = Vec::new();
-        snapshots
-            .stream(&prepared.token, &mut |frame: Vec<u8>| -> Result<(), latch::core::SnapshotError> {
-                stream.extend(frame);
-                Ok(())
-            })
-            .expect("the snapshot streams");
-        snapshots.finish(&prepared.token);
-        let (mut staging, token) =
-            latch::core::Inbox::create(&**s.inbox(fresh), leader, prepared.index, prepared.term)
-                .expect("staged");
-        std::io::Write::write_all(&mut staging, &stream).expect("written");
-        let mut msg = Message::default();
-        msg.set_msg_type(MessageType::MsgSnapshot);
-        (msg.from, msg.to, msg.term) = (leader, fresh, s.core(leader).status().term);
-        let snap = msg.mut_snapshot();
-        snap.data = token.into();
-        snap.mut_metadata().index = prepared.index;
-        snap.mut_metadata().term = prepared.term;
-        snap.mut_metadata()
-            .set_conf_state(raft::eraftpb::ConfState { voters: vec![1, 2, 3], ..Default::default() });
+        let msg = staged_snapshot(&mut s, leader, fresh);
 
         assert_eq!(
             s.core(fresh).log().hard_state(),
