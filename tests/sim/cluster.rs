@@ -2152,7 +2152,7 @@ impl Sim {
         r.final_revision = up.first().map_or(0, |(_, c)| c.status().applied.revision);
         r.grants = self.leases.grants;
         r.expiries = self.leases.expiries;
-        r.closes = self.leases.closes;
+        r.closes = self.leases.closes();
         r.lock_grants = self.lock_checker.grants();
         r.lock_delays_ended = self.lock_checker.delays_ended;
         r.lock_expired_holds = self.lock_checker.expired_holds;

@@ -90,14 +90,12 @@ pub struct LeaseChecker {
     promised: BTreeMap<String, u64>,
     /// When a member first applied the session's end.
     ended: BTreeMap<String, u64>,
-    /// Sessions their clients closed: a close may come while a lease runs.
-    closed: std::collections::BTreeSet<String>,
-    /// Per closed session, the members that applied its close: none of them may grant it a
-    /// lease afterwards (one that has not applied it yet may).
+    /// Sessions their clients closed (a close may come while a lease runs), each with the
+    /// members that applied its close: none of them may grant it a lease afterwards (one that
+    /// has not applied it yet may).
     closed_on: BTreeMap<String, std::collections::BTreeSet<u64>>,
     pub grants: u64,
     pub expiries: u64,
-    pub closes: u64,
 }
 
 impl LeaseChecker {
@@ -114,7 +112,7 @@ impl LeaseChecker {
                 ),
             );
         }
-        if let Some(&ended) = self.ended.get(session).filter(|_| !self.closed.contains(session)) {
+        if let Some(&ended) = self.ended.get(session).filter(|_| !self.closed_on.contains_key(session)) {
             if until > ended {
                 ctx.fail(
                     Some(node),
@@ -135,13 +133,10 @@ impl LeaseChecker {
     /// expiry.
     pub fn ended(&mut self, ctx: Ctx, node: u64, session: &str, closed: bool, now: u64) {
         if closed {
-            if self.closed.insert(session.to_string()) {
-                self.closes += 1;
-            }
             self.closed_on.entry(session.to_string()).or_default().insert(node);
         }
         let promised = self.promised.get(session).copied().unwrap_or(0);
-        if now < promised && !self.closed.contains(session) {
+        if now < promised && !self.closed_on.contains_key(session) {
             ctx.fail(
                 Some(node),
                 "sessions: never expired early",
@@ -156,6 +151,11 @@ impl LeaseChecker {
             self.expiries += u64::from(!closed);
             self.ended.insert(session.to_string(), now);
         }
+    }
+
+    /// Sessions their clients closed.
+    pub fn closes(&self) -> u64 {
+        self.closed_on.len() as u64
     }
 
     pub fn ended_at(&self, session: &str) -> Option<u64> {
