@@ -17,7 +17,7 @@ pub mod schema;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, ReadableTable, StorageBackend};
+use redb::{Database, ReadableTable, StorageBackend, TableHandle};
 
 pub use log::{Identity, LogStore, PreparedSnapshot, SnapshotSource};
 
@@ -94,7 +94,7 @@ fn open_file(dir: &Path, name: &str, cluster_id: u64, member_id: u64) -> Result<
     let fresh = !path.exists();
     let db = match Database::create(&path) {
         Err(redb::DatabaseError::UpgradeRequired(REDB2_FORMAT)) => {
-            upgrade_format(&path)?;
+            upgrade_format(&path, cluster_id, member_id)?;
             Database::create(&path)
         }
         opened => opened,
@@ -120,8 +120,9 @@ const REDB2_FORMAT: u8 = 2;
 /// Upgrades, in place, a state file redb 2 wrote to the file format this build's redb reads,
 /// with redb 2's own upgrade (every table and row kept; durable before it returns). Why the
 /// move: redb 2 could leave a file it cannot open after a machine's crash during a durable
-/// commit that grew the file (docs/architecture.md).
-fn upgrade_format(path: &Path) -> Result<(), StorageError> {
+/// commit that grew the file (docs/architecture.md). A file of another cluster or member is
+/// refused before anything in it changes.
+fn upgrade_format(path: &Path, cluster_id: u64, member_id: u64) -> Result<(), StorageError> {
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         StorageError::Corrupt(format!("{}: {what} to upgrade its file format: {e}", path.display()))
     };
@@ -132,6 +133,20 @@ fn upgrade_format(path: &Path) -> Result<(), StorageError> {
             redb2::DatabaseError::DatabaseAlreadyOpen => StorageError::InUse { path: path.to_path_buf() },
             e => failed("cannot open it", &e),
         })?;
+        let txn = old.begin_read().map_err(|e| failed("cannot read it", &e))?;
+        let meta: redb2::TableDefinition<&str, u64> = redb2::TableDefinition::new(schema::NODE_META.name());
+        let found = match txn.open_table(meta) {
+            Ok(meta) => {
+                let get = |k: &str| -> Result<Option<u64>, StorageError> {
+                    Ok(meta.get(k).map_err(|e| failed("cannot read it", &e))?.map(|v| v.value()))
+                };
+                [get(schema::NODE_CLUSTER_ID)?, get(schema::NODE_MEMBER_ID)?, get(schema::NODE_FORMAT)?]
+            }
+            Err(redb2::TableError::TableDoesNotExist(_)) => [None; 3],
+            Err(e) => return Err(failed("cannot read it", &e)),
+        };
+        drop(txn);
+        judge_identity(path, found, cluster_id, member_id)?;
         old.upgrade().map_err(|e| failed("redb could not upgrade it", &e))?;
         Ok(())
     });
@@ -167,34 +182,54 @@ fn check_identity(db: &Database, path: &Path, cluster_id: u64, member_id: u64) -
         let get = |t: &redb::Table<&str, u64>, k: &str| -> Result<Option<u64>, StorageError> {
             Ok(t.get(k).map_err(StorageError::redb)?.map(|v| v.value()))
         };
-        match (get(&meta, NODE_CLUSTER_ID)?, get(&meta, NODE_MEMBER_ID)?, get(&meta, NODE_FORMAT)?) {
-            (None, None, None) => {
-                meta.insert(NODE_CLUSTER_ID, cluster_id).map_err(StorageError::redb)?;
-                meta.insert(NODE_MEMBER_ID, member_id).map_err(StorageError::redb)?;
-                meta.insert(NODE_FORMAT, FORMAT_VERSION).map_err(StorageError::redb)?;
-            }
-            (Some(c), Some(m), Some(f)) => {
-                let path = path.to_path_buf();
-                if f != FORMAT_VERSION {
-                    return Err(StorageError::Format { path, found: f, expected: FORMAT_VERSION });
-                }
-                if c != cluster_id {
-                    return Err(StorageError::WrongCluster { path, found: c, expected: cluster_id });
-                }
-                if m != member_id {
-                    return Err(StorageError::WrongMember { path, found: m, expected: member_id });
-                }
-            }
-            _ => {
-                return Err(StorageError::Corrupt(format!(
-                    "{}: table node_meta is missing some of cluster_id, member_id, format",
-                    path.display()
-                )))
-            }
+        let found = [get(&meta, NODE_CLUSTER_ID)?, get(&meta, NODE_MEMBER_ID)?, get(&meta, NODE_FORMAT)?];
+        if judge_identity(path, found, cluster_id, member_id)? == Owner::Unset {
+            meta.insert(NODE_CLUSTER_ID, cluster_id).map_err(StorageError::redb)?;
+            meta.insert(NODE_MEMBER_ID, member_id).map_err(StorageError::redb)?;
+            meta.insert(NODE_FORMAT, FORMAT_VERSION).map_err(StorageError::redb)?;
         }
     }
     txn.commit().map_err(StorageError::redb)?;
     Ok(())
+}
+
+/// What a file's `node_meta` says of whom it belongs to.
+#[derive(Debug, PartialEq, Eq)]
+enum Owner {
+    /// Nothing yet: a new file.
+    Unset,
+    /// This cluster's and member's, in this format.
+    Ours,
+}
+
+/// Judges the cluster id, member id and format a file records (`found`, in that order).
+fn judge_identity(
+    path: &Path,
+    found: [Option<u64>; 3],
+    cluster_id: u64,
+    member_id: u64,
+) -> Result<Owner, StorageError> {
+    use schema::FORMAT_VERSION;
+    let path = path.to_path_buf();
+    match found {
+        [None, None, None] => Ok(Owner::Unset),
+        [Some(c), Some(m), Some(f)] => {
+            if f != FORMAT_VERSION {
+                return Err(StorageError::Format { path, found: f, expected: FORMAT_VERSION });
+            }
+            if c != cluster_id {
+                return Err(StorageError::WrongCluster { path, found: c, expected: cluster_id });
+            }
+            if m != member_id {
+                return Err(StorageError::WrongMember { path, found: m, expected: member_id });
+            }
+            Ok(Owner::Ours)
+        }
+        _ => Err(StorageError::Corrupt(format!(
+            "{}: table node_meta is missing some of cluster_id, member_id, format",
+            path.display()
+        ))),
+    }
 }
 
 #[cfg(test)]
