@@ -230,14 +230,6 @@ pub async fn run(
     };
     let (faults, admission) = (shared.faults.clone(), shared.admission.clone());
     let senders = shared.clone();
-    let state_file = config.data_dir.join(storage::STATE_FILE);
-    let preflush = match crate::node::apply::Preflush::open(&state_file) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            tracing::warn!(file = %state_file.display(), error = %e, "cannot open the state file to pre-flush it: durable state commits sync inline");
-            None
-        }
-    };
     // Everything that can fail on its own, before the node starts.
     let [client_addr, peer_addr, http_addr] = listeners.addrs();
     let client_addr = client_addr.map_or(config.client_addr.clone(), |a| a.to_string());
@@ -256,7 +248,6 @@ pub async fn run(
     let node = Node::start(
         core,
         applier,
-        preflush,
         cluster_id,
         config.tick_interval,
         budgets,

@@ -21,25 +21,18 @@
 //! then read is the committed state (a lazy commit is visible to readers), so hearing early
 //! never shows them anything a reader could not see.
 //!
-//! With redb 2 a lazy commit wrote its pages to the file, so a durable commit fsynced everything
-//! written since the last one — about 7 ms at 1,000 puts/s, during which the apply thread, and
-//! every reply, would wait; a [`Preflush`] thread fsyncs the file first, beside the apply
-//! thread, so that the durable commit found little left to write. redb 4 keeps a lazy commit's
-//! pages in its own write buffer until the next durable commit (bounded by its cache), so the
-//! pre-flush now finds little to sync, and the durable commit writes the pages itself; whether
-//! the thread still earns its keep is to be measured. What a durable commit does —
-//! free the pages the lazy commits since the last one replaced, write the header, one fsync —
-//! grows with the interval, and every batch that arrives meanwhile waits it out: the shortest
-//! interval that keeps these waits to a tenth of the thread's time makes the shortest tail
-//! (docs/performance.md, "A durable state commit every 10 ms"). (An fsync at any moment
-//! is safe: redb's commit protocol never depends on what reached the disk when.) A failed
-//! pre-flush stops the member, as a failed durable commit does: after a failed fsync, a later
-//! one may succeed without the lost pages ever reaching the disk.
+//! A durable commit writes the pages the lazy commits since the last one left in redb's write
+//! buffer (redb 4 keeps them there; they reach the file only then), frees the pages they
+//! replaced, writes the header and fsyncs once. What it does grows with the interval, and every
+//! batch that arrives meanwhile waits it out: the shortest interval that keeps these waits to a
+//! tenth of the thread's time makes the shortest tail (docs/performance.md, "A durable state
+//! commit every 10 ms"). (Under redb 2, whose lazy commits wrote their pages to the file, a
+//! thread fsynced the file ahead of each durable commit; under redb 4 it found nothing to sync,
+//! and measured no faster, so it is gone: docs/performance.md, "redb 4".)
 
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raft::eraftpb::Entry;
@@ -48,7 +41,6 @@ use super::Event;
 use crate::core::{Applier, CoreError, Progress, ReadyObserver};
 use crate::fsm::Applied;
 use crate::metrics::RaftMetrics;
-use crate::storage::StorageError;
 
 /// Batches the raft thread may queue ahead of the apply thread (each at most
 /// `core::MAX_COMMITTED_BYTES_PER_READY`).
@@ -56,13 +48,11 @@ pub const APPLY_QUEUE: usize = 16;
 /// Shortest time between two durable state commits while the apply thread is busy.
 pub const SYNC_INTERVAL_MIN: Duration = Duration::from_millis(10);
 /// Longest interval, whatever the disk. A durable commit starts at the first batch after the
-/// interval and may then wait as long again for its pre-flush, so applied state may stay not
-/// durable for up to about three intervals (or `applier::SYNC_EVERY_ENTRIES` entries): what
-/// the log replays after a crash.
+/// interval, so applied state may stay not durable for up to about two intervals (or
+/// `applier::SYNC_EVERY_ENTRIES` entries): what the log replays after a crash.
 pub const SYNC_INTERVAL_MAX: Duration = Duration::from_secs(1);
 /// The interval is at least this many times what the apply thread waits in a durable commit
-/// (smoothed; the pre-flush thread's fsync beside it not counted), so that it spends at most
-/// about a tenth of its time in them.
+/// (smoothed), so that it spends at most about a tenth of its time in them.
 const SYNC_SHARE: u32 = 10;
 
 /// How often the apply thread makes the state durable: as often as [`SYNC_INTERVAL_MIN`], and no
@@ -149,135 +139,15 @@ impl ReadyObserver for StateTimer<'_> {
     }
 }
 
-/// The state's file, opened a second time, to be fsynced from a thread of its own ahead of the
-/// apply thread's durable commits (see the module's doc).
-pub struct Preflush {
-    file: std::fs::File,
-}
-
-/// What the pre-flush thread reports to the apply thread.
-#[derive(Default)]
-struct Flushes {
-    /// The number of the last request it served.
-    done: AtomicU64,
-    /// The first fsync that failed: the member stops (see [`StorageError::StateSync`]).
-    failed: Mutex<Option<std::io::Error>>,
-}
-
-impl Preflush {
-    pub fn open(state_file: &Path) -> std::io::Result<Preflush> {
-        Ok(Preflush { file: std::fs::File::open(state_file)? })
-    }
-
-    /// Fsyncs the file for each numbered request, then records the number (and a failure);
-    /// ends when the asking side is gone.
-    fn serve(self, asked: Receiver<u64>, flushes: &Flushes) {
-        while let Ok(n) = asked.recv() {
-            if let Err(e) = self.file.sync_data() {
-                let mut failed = flushes.failed.lock().unwrap_or_else(|p| p.into_inner());
-                failed.get_or_insert(e);
-            }
-            flushes.done.store(n, Ordering::Release);
-        }
-    }
-}
-
-/// When the apply thread's durable commit may run: at once without a [`Preflush`] thread; with
-/// one, once it served the request this commit made (or took longer than a sync interval).
-struct SyncGate<'a> {
-    ask: Option<SyncSender<u64>>,
-    flushes: &'a Flushes,
-    /// The request this commit waits for, and when it was made.
-    asked: Option<(u64, Instant)>,
-    /// The number of the last request sent.
-    sent: u64,
-}
-
-impl<'a> SyncGate<'a> {
-    fn new(ask: Option<SyncSender<u64>>, flushes: &'a Flushes) -> SyncGate<'a> {
-        SyncGate { ask, flushes, asked: None, sent: 0 }
-    }
-
-    /// Whether the durable commit may run now (a pre-flush is waited for at most `patience`);
-    /// an error when a pre-flush failed.
-    fn ready(&mut self, patience: Duration) -> Result<bool, CoreError> {
-        if let Some(e) = self.flushes.failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            return Err(CoreError::Storage(StorageError::StateSync(e)));
-        }
-        let Some(ask) = &self.ask else { return Ok(true) };
-        match self.asked {
-            None => match ask.try_send(self.sent + 1) {
-                Ok(()) => {
-                    self.sent += 1;
-                    self.asked = Some((self.sent, Instant::now()));
-                    Ok(false)
-                }
-                // The last request is still queued: this commit waits for it.
-                Err(TrySendError::Full(_)) => {
-                    self.asked = Some((self.sent, Instant::now()));
-                    Ok(false)
-                }
-                Err(TrySendError::Disconnected(_)) => {
-                    self.ask = None;
-                    Ok(true)
-                }
-            },
-            Some((n, at)) => {
-                let served = self.flushes.done.load(Ordering::Acquire) >= n;
-                if served || at.elapsed() >= patience {
-                    self.asked = None;
-                    Ok(true)
-                } else {
-                    Ok(false)
-                }
-            }
-        }
-    }
-
-    /// A durable commit happened without the gate (idle, a snapshot): the next one asks anew.
-    fn synced(&mut self) {
-        self.asked = None;
-    }
-}
-
 /// Where the member's applied revision is announced to its watch feeder.
 pub type Announce = Arc<tokio::sync::watch::Sender<i64>>;
 
-/// Runs until the queue closes (the raft thread ended) or the raft thread is gone; with a
-/// [`Preflush`], on a thread of its own beside it.
+/// Runs until the queue closes (the raft thread ended) or the raft thread is gone.
 pub fn run(
-    applier: Applier,
-    jobs: Receiver<Job>,
-    (events, announce, in_flight): (mpsc::Sender<Event>, Announce, InFlight),
-    metrics: &RaftMetrics,
-    preflush: Option<Preflush>,
-) {
-    let flushes = Flushes::default();
-    std::thread::scope(|scope| {
-        let mut gate = SyncGate::new(None, &flushes);
-        if let Some(p) = preflush {
-            let (ask, asked) = mpsc::sync_channel(1);
-            let name = std::thread::current().name().map_or("latch-flush".into(), |n| format!("{n}-flush"));
-            let flushes = &flushes;
-            match std::thread::Builder::new().name(name).spawn_scoped(scope, move || p.serve(asked, flushes))
-            {
-                Ok(_) => gate.ask = Some(ask),
-                Err(e) => {
-                    tracing::warn!(error = %e, "no pre-flush thread: durable state commits sync inline")
-                }
-            }
-        }
-        apply_loop(applier, jobs, (events, announce, in_flight), metrics, &mut gate);
-        // Dropping the gate (its sender) ends the pre-flush thread; the scope joins it.
-    });
-}
-
-fn apply_loop(
     mut applier: Applier,
     jobs: Receiver<Job>,
     (events, announce, in_flight): (mpsc::Sender<Event>, Announce, InFlight),
     metrics: &RaftMetrics,
-    gate: &mut SyncGate,
 ) {
     let mut last_sync = Instant::now();
     let mut pace = SyncPace::default();
@@ -296,7 +166,6 @@ fn apply_loop(
                 if !report(timed_sync(&mut applier, metrics, &mut pace), &events) {
                     return;
                 }
-                gate.synced();
                 last_sync = Instant::now();
                 continue;
             }
@@ -335,19 +204,10 @@ fn apply_loop(
                         return;
                     }
                     if last_sync.elapsed() >= pace.interval() {
-                        match gate.ready(pace.interval()) {
-                            Err(e) => {
-                                let _ = events.send(Event::ApplyFailed(e));
-                                return;
-                            }
-                            Ok(false) => {}
-                            Ok(true) => {
-                                if !report(timed_sync(&mut applier, metrics, &mut pace), &events) {
-                                    return;
-                                }
-                                last_sync = Instant::now();
-                            }
+                        if !report(timed_sync(&mut applier, metrics, &mut pace), &events) {
+                            return;
                         }
+                        last_sync = Instant::now();
                     }
                     if rest.is_empty() {
                         break;
@@ -357,7 +217,6 @@ fn apply_loop(
             }
             Job::Install { token, index, term, reply } => {
                 let _ = reply.send(applier.install(&token, index, term));
-                gate.synced();
                 last_sync = Instant::now();
             }
         }
@@ -477,48 +336,6 @@ mod tests {
     }
 
     #[test]
-    fn a_durable_commit_waits_for_the_pre_flush_it_asked_for() {
-        let flushes = Flushes::default();
-        let mut inline = SyncGate::new(None, &flushes);
-        assert!(
-            inline.ready(SYNC_INTERVAL_MIN).expect("no failure"),
-            "without a pre-flush thread the durable commit runs at once"
-        );
-
-        let (ask, asked) = mpsc::sync_channel(1);
-        let mut gate = SyncGate::new(Some(ask), &flushes);
-        assert!(
-            !gate.ready(SYNC_INTERVAL_MIN).expect("no failure"),
-            "the first call asks for a pre-flush and waits for it"
-        );
-        assert_eq!(asked.try_recv().ok(), Some(1), "the pre-flush thread was asked, request 1");
-        assert!(!gate.ready(SYNC_INTERVAL_MIN).expect("no failure"), "not ready until the pre-flush is done");
-        assert!(asked.try_recv().is_err(), "asked only once while waiting");
-        flushes.done.store(1, Ordering::Release);
-        assert!(gate.ready(SYNC_INTERVAL_MIN).expect("no failure"), "ready once request 1 was served");
-        assert!(
-            !gate.ready(SYNC_INTERVAL_MIN).expect("no failure"),
-            "the next durable commit asks for a new pre-flush"
-        );
-        assert_eq!(asked.try_recv().ok(), Some(2));
-        gate.synced();
-        assert!(
-            !gate.ready(SYNC_INTERVAL_MIN).expect("no failure"),
-            "after a sync elsewhere, a commit asks anew"
-        );
-        assert_eq!(asked.try_recv().ok(), Some(3), "… and request 2's service does not count for it");
-        flushes.done.store(2, Ordering::Release);
-        assert!(!gate.ready(SYNC_INTERVAL_MIN).expect("no failure"), "request 3 is not served yet");
-
-        drop(asked);
-        let mut orphan = SyncGate::new(gate.ask.take(), &flushes);
-        assert!(
-            orphan.ready(SYNC_INTERVAL_MIN).expect("no failure"),
-            "a pre-flush thread that is gone never holds the commit back"
-        );
-    }
-
-    #[test]
     fn durable_commits_are_paced_to_a_tenth_of_the_apply_threads_time() {
         let mut pace = SyncPace::default();
         assert_eq!(pace.interval(), SYNC_INTERVAL_MIN, "before any durable commit, the shortest interval");
@@ -544,15 +361,5 @@ mod tests {
             pace.record(Duration::from_secs(1));
         }
         assert_eq!(pace.interval(), SYNC_INTERVAL_MAX, "however slow the disk, at most a second between two");
-    }
-
-    #[test]
-    fn a_failed_pre_flush_stops_the_member() {
-        let flushes = Flushes::default();
-        *flushes.failed.lock().expect("not poisoned") = Some(std::io::Error::other("EIO"));
-        let (ask, _asked) = mpsc::sync_channel(1);
-        let mut gate = SyncGate::new(Some(ask), &flushes);
-        let err = gate.ready(SYNC_INTERVAL_MIN).expect_err("a failed fsync is fatal");
-        assert!(err.to_string().contains("fsync of the state file failed"), "{err}");
     }
 }

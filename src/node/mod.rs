@@ -266,13 +266,11 @@ pub struct Node {
 impl Node {
     /// Starts the driver thread. `outbox` is built by `make_outbox` from the node's handle, so
     /// that the transport can report back (unreachable peers, finished snapshots). The driver
-    /// keeps `metrics.raft` up to date. `preflush`, if given, fsyncs the state's file ahead of
-    /// the apply thread's durable commits.
+    /// keeps `metrics.raft` up to date.
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         core: Core,
         applier: Applier,
-        preflush: Option<apply::Preflush>,
         cluster_id: u64,
         tick: Duration,
         budgets: Budgets,
@@ -302,10 +300,9 @@ impl Node {
         let (jobs, queued) = apply::queue();
         let (events, apply_metrics) = (handle.events.clone(), metrics.clone());
         let announce = handle.revisions.clone();
-        let applying =
-            std::thread::Builder::new().name(format!("latch-apply-{}", core.id())).spawn(move || {
-                apply::run(applier, queued, (events, announce, in_flight), &apply_metrics.raft, preflush)
-            })?;
+        let applying = std::thread::Builder::new()
+            .name(format!("latch-apply-{}", core.id()))
+            .spawn(move || apply::run(applier, queued, (events, announce, in_flight), &apply_metrics.raft))?;
         let thread =
             std::thread::Builder::new().name(format!("latch-node-{}", core.id())).spawn(move || {
                 let _running = running;

@@ -59,11 +59,6 @@ pub enum StorageError {
     Redb(Box<redb::Error>),
     #[error("raft log: {0}")]
     Log(String),
-    /// An fsync of the state file failed: what was written may not be on disk, and an fsync
-    /// after a failed one may report success without writing it (Linux before 4.13, and other
-    /// systems), so the member stops rather than trust the file.
-    #[error("fsync of the state file failed: {0}; stopping rather than trusting its pages")]
-    StateSync(std::io::Error),
 }
 
 impl StorageError {
