@@ -92,6 +92,8 @@ pub enum Mode {
 
 /// How many lockers a crowd has (see [`Params::crowd_from`]).
 const CROWD: usize = 3;
+/// Most times a locker sends one failed call again (see `Sim::locker_resends`).
+const MAX_RESENDS: u32 = 3;
 
 /// What a seed decides about its run.
 #[derive(Debug, Clone)]
@@ -266,6 +268,10 @@ pub struct Report {
     pub lock_ids_spent: u64,
     /// Acquires refused because the lock's queue was at its bound.
     pub lock_queues_full: u64,
+    /// Lockers' calls sent again after a failure, and copies of a command applied after it
+    /// took effect (each member's count), answered from the request memory.
+    pub lock_resends: u64,
+    pub lock_copies_remembered: u64,
     /// Writes guarded by a sequencer: sent, succeeded, refused because their session had ended,
     /// refused while it lived (the grant was released).
     pub guarded_sent: u64,
@@ -299,7 +305,7 @@ impl std::fmt::Display for Report {
             "seed {} ({} nodes, snapshot every {}): {} steps, {:.1}s virtual, {} msgs; puts {} acked {} reads {} \
              retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}), \
              partitions {}, pauses {}, snapshots {}; max term {}, revision {}, {} hash checks; lease grants {}, \
-             expiries {}, closes {}; lock grants {}, lock-delays ended {}, holds expired {} (unplaced {}, granted again after {}), closed {}, longest queue {}, acquires withdrawn first {}, queues full {}; guarded \
+             expiries {}, closes {}; lock grants {}, lock-delays ended {}, holds expired {} (unplaced {}, granted again after {}), closed {}, longest queue {}, acquires withdrawn first {}, queues full {}, calls sent again {} (copies answered from memory {}); guarded \
              writes {} (succeeded {}, refused after their session ended {}, refused after a release {}); heartbeats {}, \
              critical {}, reaped {}, removed with their session {}; watched revisions {} (moves {}, compacted {}), compact revision {}; history bytes {} of bound {} (byte-compacted {}); trace {:016x}",
             self.seed,
@@ -334,6 +340,8 @@ impl std::fmt::Display for Report {
             self.lock_longest_queue,
             self.lock_ids_spent,
             self.lock_queues_full,
+            self.lock_resends,
+            self.lock_copies_remembered,
             self.guarded_sent,
             self.guarded_succeeded,
             self.guarded_refused_session_ended,
@@ -561,6 +569,11 @@ pub struct Sim {
     seed: u64,
     params: Params,
     rng: SmallRng,
+    /// Draws for lockers' resends, apart from `rng`: a run where no call failed draws as it did
+    /// before resends existed.
+    resend_rng: SmallRng,
+    /// Lockers' calls sent again.
+    resends: u64,
     now: u64,
     step: u64,
     next_seq: u64,
@@ -672,6 +685,8 @@ impl Sim {
             },
             params,
             rng,
+            resend_rng: SmallRng::seed_from_u64(seed ^ 0x7265_7365_6e64),
+            resends: 0,
             now: 0,
             step: 0,
             next_seq: 0,
@@ -1032,9 +1047,9 @@ impl Sim {
                 }
             }
             Ev::LockerTimeout { locker, attempt } => {
-                let l = &mut self.lockers[locker];
-                if l.in_flight.is_some() && l.attempt == attempt {
-                    l.in_flight = None;
+                let l = &self.lockers[locker];
+                if l.in_flight.is_some() && l.attempt == attempt && !self.locker_resends(locker) {
+                    self.lockers[locker].in_flight = None;
                     let d = self.rng.gen_range(10_000..50_000);
                     self.at(d, Ev::LockerWake { locker });
                 }
@@ -1802,6 +1817,8 @@ impl Sim {
         }
         let l = &mut self.lockers[locker];
         l.attempt += 1;
+        l.sent = (!matches!(call, LockCall::Spend { .. })).then(|| (body.clone(), request_id.clone()));
+        l.resent = 0;
         l.in_flight = Some(call);
         let attempt = l.attempt;
         let race = l.take_race();
@@ -1848,12 +1865,38 @@ impl Sim {
         Some(waiter)
     }
 
-    fn locker_reply(&mut self, locker: usize, attempt: u64, result: Result<Outcome, String>) {
-        let ctx = self.ctx();
+    /// A locker's call failed (an error, or no answer in time). Half the time, up to
+    /// [`MAX_RESENDS`] times, it is sent again as the client library sends it: the same command
+    /// under the same request id, to a member drawn anew; `true` when it was.
+    fn locker_resends(&mut self, locker: usize) -> bool {
+        let keeper = &self.keepers[self.lockers[locker].keeper];
+        let alive = !keeper.gone && !keeper.stopped(self.now);
         let l = &mut self.lockers[locker];
-        if l.attempt != attempt {
+        let Some((body, request_id)) = l.sent.clone() else { return false };
+        if self.settling || !alive || l.resent >= MAX_RESENDS || !self.resend_rng.gen_bool(0.5) {
+            return false;
+        }
+        l.resent += 1;
+        l.attempt += 1;
+        let attempt = l.attempt;
+        self.resends += 1;
+        let node = self.resend_rng.gen_range(1..=self.params.nodes);
+        self.log(|| format!("locker {locker} attempt {attempt}: {request_id} sent again to node {node}"));
+        let d = self.resend_rng.gen_range(100..2_000);
+        self.at(d, Ev::LockerRequest { node, locker, attempt, body: Box::new(body), request_id });
+        self.at(300_000, Ev::LockerTimeout { locker, attempt });
+        true
+    }
+
+    fn locker_reply(&mut self, locker: usize, attempt: u64, result: Result<Outcome, String>) {
+        if self.lockers[locker].attempt != attempt {
             return;
         }
+        if result.is_err() && self.locker_resends(locker) {
+            return;
+        }
+        let ctx = self.ctx();
+        let l = &mut self.lockers[locker];
         let Some(call) = l.in_flight.take() else { return };
         let session = &self.keepers[l.keeper].session;
         if let Some(spent) = result.as_ref().ok().and_then(|outcome| l.answered(ctx, session, &call, outcome))
@@ -2162,6 +2205,8 @@ impl Sim {
         r.lock_grants_after_expiry = self.lock_checker.regranted.len() as u64;
         r.lock_ids_spent = self.lock_checker.spent_ids();
         r.lock_queues_full = self.lockers.iter().map(|l| l.queues_full).sum();
+        r.lock_resends = self.resends;
+        r.lock_copies_remembered = self.lock_checker.copies_remembered;
         r.guarded_sent = self.fences.sent_count();
         r.guarded_succeeded = self.fences.succeeded;
         r.guarded_refused_session_ended = self.fences.refused_session_ended;

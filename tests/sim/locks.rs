@@ -13,6 +13,9 @@
 //! session of its own, contends for one lock with shared requests half the time, so that queues
 //! of several sessions and mixed modes form (a grant of only the first of several compatible
 //! waiters, or a cancelled head that lets nobody in, fails "the queue moves" within 300 seeds).
+//! A call that fails (an error, or no answer in time) is sent again half the time, up to three
+//! times, as the client library sends it: the same command under the same request id, to a
+//! member drawn anew (the first copy may have applied, or still be on its way).
 //!
 //! Checked as lockers learn of grants: every sequencer a grant hands a locker (an acquire's or a
 //! cancel's answer, or its request found holding in a member's state) names the lock it asked
@@ -36,7 +39,9 @@
 //! And from the members' applied commands: a lock-delay begins only with an abnormal release —
 //! in a command a member proposed itself (an expiry) that ended a session, never in a client's
 //! release, cancel or close; and no lock-delay ends before its length has passed since the first
-//! member applied its beginning (so no grant comes during it).
+//! member applied its beginning (so no grant comes during it). A locker's command changes the
+//! state at one log index at most, however many copies of it were sent: the others are
+//! answered from the request memory.
 //!
 //! And, without the state machine's own delay bookkeeping: when a member's state shows a hold
 //! gone with its session, the revision that ended the session is read from the history; unless
@@ -83,6 +88,10 @@ pub struct Locker {
     pub keeper: usize,
     pub attempt: u64,
     pub in_flight: Option<LockCall>,
+    /// The command and request id of the call in flight, to send again if it fails (none for a
+    /// withdrawal racing its acquire); and how often it was sent again.
+    pub sent: Option<(Body, String)>,
+    pub resent: u32,
     /// Grants it was told of (some may have ended since: a release then finds nothing, a
     /// guarded write is refused).
     pub held: Vec<Sequencer>,
@@ -143,6 +152,8 @@ impl Locker {
             keeper,
             attempt: 0,
             in_flight: None,
+            sent: None,
+            resent: 0,
             held: Vec::new(),
             released: Vec::new(),
             waiting: Vec::new(),
@@ -503,6 +514,11 @@ pub struct LockChecker {
     pub longest_queue: usize,
     /// Holds (lock key, generation) seen gone with their session's close (no lock-delay follows).
     pub closed_holds: BTreeSet<(Vec<u8>, u64)>,
+    /// Lockers' commands that changed something, by (request id, command hash): the log index
+    /// where they did.
+    took_effect: BTreeMap<(String, u64), u64>,
+    /// Copies of such a command applied at another index, without effect (each member's).
+    pub copies_remembered: u64,
 }
 
 impl LockChecker {
@@ -544,9 +560,34 @@ impl LockChecker {
     }
 
     /// Commands member `node` applied: a lock-delay begins only in a member's own command (an
-    /// expiry) that ended a session; closes are remembered (their holds end with no delay).
+    /// expiry) that ended a session; closes are remembered (their holds end with no delay); a
+    /// locker's command, sent again under its request id after a failure, changes something at
+    /// one log index at most (the request memory answers the copies).
     pub fn commands(&mut self, ctx: Ctx, node: u64, commands: &[AppliedCommand]) {
         for a in commands {
+            let effect = !(a.events.is_empty() && a.locks.is_empty());
+            if a.request_id.starts_with("locker-") && !effect {
+                let copy = self.took_effect.get(&(a.request_id.clone(), a.command_hash));
+                self.copies_remembered += u64::from(copy.is_some_and(|first| *first != a.index));
+            }
+            if a.request_id.starts_with("locker-") && effect {
+                let first =
+                    *self.took_effect.entry((a.request_id.clone(), a.command_hash)).or_insert(a.index);
+                if first != a.index {
+                    ctx.fail(
+                        Some(node),
+                        "locks: a request takes effect once",
+                        format!(
+                            "command {:?} changed the state at log index {first} and again at {} (locks {:?}, {} \
+                             events)",
+                            a.request_id,
+                            a.index,
+                            a.locks,
+                            a.events.len()
+                        ),
+                    );
+                }
+            }
             let ended = a.sessions.iter().any(|c| matches!(c, SessionChange::Ended { .. }));
             if is_close(&a.request_id) {
                 for c in &a.sessions {

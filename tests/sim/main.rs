@@ -157,6 +157,8 @@ struct LockActivity {
     guarded_succeeded: u64,
     refused_session_ended: u64,
     refused_released: u64,
+    resends: u64,
+    copies_remembered: u64,
 }
 
 impl LockActivity {
@@ -171,14 +173,17 @@ impl LockActivity {
         self.guarded_succeeded += r.guarded_succeeded;
         self.refused_session_ended += r.guarded_refused_session_ended;
         self.refused_released += r.guarded_refused_released;
+        self.resends += r.lock_resends;
+        self.copies_remembered += r.lock_copies_remembered;
     }
 
     /// Over a run of seeds, each of the lock and fencing checks had something to check: lock
     /// grants, lock-delays that ended, holds ended by expiry and by close, guarded writes that
     /// succeeded, and guarded writes refused after their session ended and after their grant
-    /// was released; over 100 seeds or more, a hold ended by its session's close, and in chaos
-    /// runs (`crowds`) a queue of three sessions; over 200 seeds or more, a lock granted again
-    /// after an expiry (about one seed in fifteen has one).
+    /// was released; in chaos runs (`crowds`), a locker's failed call sent again; over 100 seeds
+    /// or more, a hold ended by its session's close, and in chaos runs a queue of three
+    /// sessions; over 200 seeds or more, a lock granted again after an expiry (about one seed in
+    /// fifteen has one).
     fn assert_not_idle(&self, seeds: usize, crowds: bool) {
         let regranted = if seeds >= 200 { self.grants_after_expiry } else { 1 };
         let closed = if seeds >= 100 { self.closed_holds } else { 1 };
@@ -191,6 +196,10 @@ impl LockActivity {
             (
                 u64::from(!crowds || seeds < 100 || self.longest_queue >= 3),
                 "some lock should have queued requests of three sessions at once (a crowd's queue)",
+            ),
+            (
+                u64::from(!crowds || self.resends > 0),
+                "a locker's failed call should have been sent again under its request id",
             ),
             (self.guarded_succeeded, "a write guarded by a sequencer should have succeeded"),
             (self.refused_session_ended, "a guarded write should have been refused after its session ended"),
@@ -207,7 +216,8 @@ impl std::fmt::Display for LockActivity {
         write!(
             f,
             "{} lock grants, {} lock-delays ended, {} holds ended by expiry ({} of them followed by a grant), {} by close; queues of up to {} sessions; {} guarded writes: {} succeeded, {} refused after their session \
-             ended, {} refused after a release",
+             ended, {} refused after a release; {} calls sent again after a failure, {} copies applied after \
+             the first took effect (answered from memory)",
             self.grants,
             self.delays_ended,
             self.expired_holds,
@@ -217,7 +227,9 @@ impl std::fmt::Display for LockActivity {
             self.guarded_sent,
             self.guarded_succeeded,
             self.refused_session_ended,
-            self.refused_released
+            self.refused_released,
+            self.resends,
+            self.copies_remembered
         )
     }
 }
