@@ -326,7 +326,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "state_sync_duration",
-            "Duration of each durable commit of the state made on the apply thread's timer or when it goes idle (the fsync of what lazy commits wrote)",
+            "Duration of each durable commit of the state made on the apply thread's timer or when it goes idle (it writes the pages lazy commits left in redb's write buffer, then fsyncs once)",
             Unit::Seconds,
             raft.state_sync_seconds.clone(),
         );

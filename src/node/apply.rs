@@ -22,7 +22,8 @@
 //! never shows them anything a reader could not see.
 //!
 //! A durable commit writes the pages the lazy commits since the last one left in redb's write
-//! buffer (redb 4 keeps them there; they reach the file only then), frees the pages they
+//! buffer (redb 4 keeps them there, up to half its cache, past which they reach the file
+//! unsynced), frees the pages they
 //! replaced, writes the header and fsyncs once. What it does grows with the interval, and every
 //! batch that arrives meanwhile waits it out: the shortest interval that keeps these waits to a
 //! tenth of the thread's time makes the shortest tail (docs/performance.md, "A durable state

@@ -1873,7 +1873,13 @@ impl Sim {
         let alive = !keeper.gone && !keeper.stopped(self.now);
         let l = &mut self.lockers[locker];
         let Some((body, request_id)) = l.sent.clone() else { return false };
-        if self.settling || !alive || l.resent >= MAX_RESENDS || !self.resend_rng.gen_bool(0.5) {
+        // A call already given up (a timeout drew no resend) is not sent again by a late error.
+        if l.in_flight.is_none()
+            || self.settling
+            || !alive
+            || l.resent >= MAX_RESENDS
+            || !self.resend_rng.gen_bool(0.5)
+        {
             return false;
         }
         l.resent += 1;

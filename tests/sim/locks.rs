@@ -15,7 +15,9 @@
 //! waiters, or a cancelled head that lets nobody in, fails "the queue moves" within 300 seeds).
 //! A call that fails (an error, or no answer in time) is sent again half the time, up to three
 //! times, as the client library sends it: the same command under the same request id, to a
-//! member drawn anew (the first copy may have applied, or still be on its way).
+//! member drawn anew (the first copy may have applied, or still be on its way). Withdrawals
+//! under the id of an acquire not sent yet, calls of a locker whose keeper stopped, and calls
+//! while the run settles are not sent again.
 //!
 //! Checked as lockers learn of grants: every sequencer a grant hands a locker (an acquire's or a
 //! cancel's answer, or its request found holding in a member's state) names the lock it asked
@@ -40,8 +42,9 @@
 //! in a command a member proposed itself (an expiry) that ended a session, never in a client's
 //! release, cancel or close; and no lock-delay ends before its length has passed since the first
 //! member applied its beginning (so no grant comes during it). A locker's command changes the
-//! state at one log index at most, however many copies of it were sent: the others are
-//! answered from the request memory.
+//! state at one log index at most, however many copies of it were sent (by the locker, or
+//! proposed again by a member), and a copy applied at another index is answered exactly what
+//! the first was (from the request memory; its `data_omitted` mark aside).
 //!
 //! And, without the state machine's own delay bookkeeping: when a member's state shows a hold
 //! gone with its session, the revision that ended the session is read from the history; unless
@@ -89,7 +92,8 @@ pub struct Locker {
     pub attempt: u64,
     pub in_flight: Option<LockCall>,
     /// The command and request id of the call in flight, to send again if it fails (none for a
-    /// withdrawal racing its acquire); and how often it was sent again.
+    /// withdrawal under the id of an acquire not sent yet: [`LockCall::Spend`]); and how often
+    /// it was sent again.
     pub sent: Option<(Body, String)>,
     pub resent: u32,
     /// Grants it was told of (some may have ended since: a release then finds nothing, a
@@ -515,8 +519,8 @@ pub struct LockChecker {
     /// Holds (lock key, generation) seen gone with their session's close (no lock-delay follows).
     pub closed_holds: BTreeSet<(Vec<u8>, u64)>,
     /// Lockers' commands that changed something, by (request id, command hash): the log index
-    /// where they did.
-    took_effect: BTreeMap<(String, u64), u64>,
+    /// where they did, and their answer.
+    took_effect: BTreeMap<(String, u64), (u64, Outcome)>,
     /// Copies of such a command applied at another index, without effect (each member's).
     pub copies_remembered: u64,
 }
@@ -562,17 +566,34 @@ impl LockChecker {
     /// Commands member `node` applied: a lock-delay begins only in a member's own command (an
     /// expiry) that ended a session; closes are remembered (their holds end with no delay); a
     /// locker's command, sent again under its request id after a failure, changes something at
-    /// one log index at most (the request memory answers the copies).
+    /// one log index at most, and a copy applied at another index is answered what the first
+    /// was (from the request memory; the runs never fill it, past which an id is forgotten and
+    /// applied again by design).
     pub fn commands(&mut self, ctx: Ctx, node: u64, commands: &[AppliedCommand]) {
         for a in commands {
             let effect = !(a.events.is_empty() && a.locks.is_empty());
+            let id = (a.request_id.clone(), a.command_hash);
             if a.request_id.starts_with("locker-") && !effect {
-                let copy = self.took_effect.get(&(a.request_id.clone(), a.command_hash));
-                self.copies_remembered += u64::from(copy.is_some_and(|first| *first != a.index));
+                if let Some((first, answer)) =
+                    self.took_effect.get(&id).filter(|(first, _)| *first != a.index)
+                {
+                    self.copies_remembered += 1;
+                    let copy = Outcome { data_omitted: answer.data_omitted, ..a.outcome.clone() };
+                    if copy != *answer {
+                        ctx.fail(
+                            Some(node),
+                            "locks: a request takes effect once",
+                            format!(
+                                "command {:?}, applied at log index {first} and answered {answer:?}, was \
+                                 answered {:?} when applied again at {}",
+                                a.request_id, a.outcome, a.index
+                            ),
+                        );
+                    }
+                }
             }
             if a.request_id.starts_with("locker-") && effect {
-                let first =
-                    *self.took_effect.entry((a.request_id.clone(), a.command_hash)).or_insert(a.index);
+                let (first, _) = self.took_effect.entry(id).or_insert((a.index, a.outcome.clone())).clone();
                 if first != a.index {
                     ctx.fail(
                         Some(node),

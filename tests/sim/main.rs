@@ -182,7 +182,7 @@ impl LockActivity {
     /// succeeded, and guarded writes refused after their session ended and after their grant
     /// was released; in chaos runs (`crowds`), a locker's failed call sent again; over 100 seeds
     /// or more, a hold ended by its session's close, and in chaos runs a queue of three
-    /// sessions; over 200 seeds or more, a lock granted again after an expiry (about one seed in
+    /// sessions and a copy of a command applied after the first took effect; over 200 seeds or more, a lock granted again after an expiry (about one seed in
     /// fifteen has one).
     fn assert_not_idle(&self, seeds: usize, crowds: bool) {
         let regranted = if seeds >= 200 { self.grants_after_expiry } else { 1 };
@@ -200,6 +200,10 @@ impl LockActivity {
             (
                 u64::from(!crowds || self.resends > 0),
                 "a locker's failed call should have been sent again under its request id",
+            ),
+            (
+                u64::from(!crowds || seeds < 100 || self.copies_remembered > 0),
+                "a copy of a locker's command should have been applied after the first took effect",
             ),
             (self.guarded_succeeded, "a write guarded by a sequencer should have succeeded"),
             (self.refused_session_ended, "a guarded write should have been refused after its session ended"),
