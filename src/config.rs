@@ -13,6 +13,11 @@ pub const DEFAULT_PEER_ADDR: &str = "127.0.0.1:7380";
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:7381";
 pub const DEFAULT_DNS_ADDR: &str = "127.0.0.1:8600";
 pub const DEFAULT_DNS_DOMAIN: &str = "latch.";
+/// redb's cache of the state file. redb 4 keeps written pages in it as well as read ones, so
+/// it fills to this size as the state grows (1 GiB, redb's own default, made a member with a
+/// million keys hold 1.3 GB; docs/performance.md, "Memory").
+pub const STATE_CACHE_BYTES: usize = 256 * 1024 * 1024;
+const MIN_STATE_CACHE_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -194,6 +199,11 @@ pub struct ServerArgs {
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub watch_progress_interval: Option<Duration>,
+    /// Bytes of the state file's pages kept in memory (redb's cache of the pages it read or
+    /// wrote); the rest are read from the file, through the operating system's page cache
+    /// [default: 268435456; at least 1048576].
+    #[arg(long)]
+    pub state_cache_bytes: Option<usize>,
     /// Most revisions the shared window of recent revisions holds for watches [default:
     /// 100000]. Hidden: a small window lets tests make a watch fall behind (SLOW).
     #[arg(long, hide = true)]
@@ -420,6 +430,8 @@ pub struct Config {
     pub watch_progress_interval: Duration,
     /// Most revisions of the shared window of recent revisions (`--watch-window-revisions`).
     pub watch_window_revisions: usize,
+    /// Bytes of redb's cache of the state file (`--state-cache-bytes`).
+    pub state_cache_bytes: usize,
     pub history_retention: Retention,
     /// `--history-retention-bytes` (0: no byte bound).
     pub history_retention_bytes: u64,
@@ -446,6 +458,7 @@ impl Config {
             peer_limits: PeerLimits::default(),
             watch_progress_interval: Duration::from_secs(10),
             watch_window_revisions: 100_000,
+            state_cache_bytes: STATE_CACHE_BYTES,
             history_retention: Retention::DEFAULT,
             history_retention_bytes: crate::core::HISTORY_RETENTION_BYTES,
             fault_injection: false,
@@ -709,6 +722,17 @@ impl Config {
         }
         let watch_window_revisions =
             flags.watch_window_revisions.or(file.watch_window_revisions).unwrap_or(100_000).max(1);
+        let state_cache_bytes =
+            flags.state_cache_bytes.or(file.state_cache_bytes).unwrap_or(STATE_CACHE_BYTES);
+        if state_cache_bytes < MIN_STATE_CACHE_BYTES {
+            return Err(ConfigError::Invalid {
+                flag: "state-cache-bytes",
+                problem: format!(
+                    "{state_cache_bytes} is below {MIN_STATE_CACHE_BYTES} (1 MiB): redb needs room for the pages \
+                     one transaction touches"
+                ),
+            });
+        }
         let history_retention =
             flags.history_retention.or(file.history_retention).unwrap_or(Retention::DEFAULT);
         let history_retention_bytes = flags
@@ -753,6 +777,7 @@ impl Config {
             peer_limits,
             watch_progress_interval,
             watch_window_revisions,
+            state_cache_bytes,
             history_retention,
             history_retention_bytes,
             fault_injection: flags.fault_injection || file.fault_injection,
@@ -879,6 +904,16 @@ mod tests {
         };
         assert_eq!(Config::from_args(args(None)).expect("valid").peer_addr, "127.0.0.1:17480");
         assert_eq!(Config::from_args(args(Some("0.0.0.0:17480"))).expect("valid").peer_addr, "0.0.0.0:17480");
+    }
+
+    #[test]
+    fn the_state_cache_is_a_quarter_gibibyte_unless_given_and_at_least_a_mebibyte() {
+        let args =
+            |bytes: Option<usize>| ServerArgs { dev: true, state_cache_bytes: bytes, ..Default::default() };
+        assert_eq!(Config::from_args(args(None)).expect("valid").state_cache_bytes, 256 * 1024 * 1024);
+        assert_eq!(Config::from_args(args(Some(1 << 20))).expect("valid").state_cache_bytes, 1 << 20);
+        let e = Config::from_args(args(Some(4096))).expect_err("too small").to_string();
+        assert!(e.contains("state-cache-bytes") && e.contains("below 1048576"), "{e}");
     }
 
     #[test]

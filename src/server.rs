@@ -160,7 +160,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let cluster_id = config.cluster_id();
-    let stores = storage::open(&config.data_dir, cluster_id, config.id)?;
+    let stores = storage::open(&config.data_dir, cluster_id, config.id, config.state_cache_bytes)?;
     let voters: Vec<u64> = config.initial_cluster.iter().map(|p| p.id).collect();
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let inbox = FileInbox::open(&config.data_dir.join(SNAPSHOT_INBOX_DIR))

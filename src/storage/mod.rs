@@ -70,7 +70,9 @@ impl StorageError {
 
 /// Opens (creating if missing) the log directory and the state file in `dir`; the state file is
 /// checked to belong to this cluster and member here, the log's segments when they are loaded.
-pub fn open(dir: &Path, cluster_id: u64, member_id: u64) -> Result<Stores, StorageError> {
+/// Opens the member's stores in `dir`; redb keeps up to `cache_bytes` of the state file's pages
+/// in memory.
+pub fn open(dir: &Path, cluster_id: u64, member_id: u64, cache_bytes: usize) -> Result<Stores, StorageError> {
     std::fs::create_dir_all(dir)
         .map_err(|source| StorageError::CreateDir { path: dir.to_path_buf(), source })?;
     let old = dir.join("latch.redb");
@@ -81,16 +83,23 @@ pub fn open(dir: &Path, cluster_id: u64, member_id: u64) -> Result<Stores, Stora
     let log_dir = dir.join(LOG_DIR);
     let log =
         files::FsDir::open(&log_dir).map_err(|source| StorageError::CreateDir { path: log_dir, source })?;
-    Ok(Stores { log: Box::new(log), state: open_file(dir, STATE_FILE, cluster_id, member_id)? })
+    let state = open_file(dir, STATE_FILE, (cluster_id, member_id), cache_bytes)?;
+    Ok(Stores { log: Box::new(log), state })
 }
 
-fn open_file(dir: &Path, name: &str, cluster_id: u64, member_id: u64) -> Result<Arc<Database>, StorageError> {
+fn open_file(
+    dir: &Path,
+    name: &str,
+    (cluster_id, member_id): (u64, u64),
+    cache_bytes: usize,
+) -> Result<Arc<Database>, StorageError> {
     let path = dir.join(name);
     let fresh = !path.exists();
-    let db = match Database::create(&path) {
+    let create = || Database::builder().set_cache_size(cache_bytes).create(&path);
+    let db = match create() {
         Err(redb::DatabaseError::UpgradeRequired(REDB2_FORMAT)) => {
             upgrade_format(&path, cluster_id, member_id)?;
-            Database::create(&path)
+            create()
         }
         opened => opened,
     };
@@ -257,10 +266,10 @@ mod tests {
             txn.commit().expect("redb 2 commits");
         }
 
-        let refused = open(dir.path(), 8, 2).err().expect("another cluster's file is refused");
+        let refused = open(dir.path(), 8, 2, 1 << 20).err().expect("another cluster's file is refused");
         assert!(matches!(refused, StorageError::WrongCluster { found: 7, .. }), "got {refused}");
         drop(redb2::Database::open(&path).expect("a refused file is left as redb 2 wrote it, not upgraded"));
-        let stores = open(dir.path(), 7, 2).expect("the upgraded file opens");
+        let stores = open(dir.path(), 7, 2, 1 << 20).expect("the upgraded file opens");
         let txn = stores.state.begin_read().expect("a read");
         let kv = txn.open_table(schema::KV).expect("the kv table survived");
         let value = kv.get(b"greeting".as_slice()).expect("readable").map(|v| v.value().to_vec());
@@ -330,7 +339,7 @@ mod tests {
             }
             assert!(rows.next().is_none(), "no row beyond those written");
         };
-        let stores = open(dir.path(), 7, 2).expect("the upgraded file opens");
+        let stores = open(dir.path(), 7, 2, 1 << 20).expect("the upgraded file opens");
         check(&stores.state, &expected);
         // redb 4 goes on writing to the converted file (allocating from what redb 2 freed).
         let txn = stores.state.begin_write().expect("a redb 4 write");
@@ -343,7 +352,7 @@ mod tests {
         }
         txn.commit().expect("redb 4 commits");
         drop(stores);
-        let stores = open(dir.path(), 7, 2).expect("it opens again");
+        let stores = open(dir.path(), 7, 2, 1 << 20).expect("it opens again");
         check(&stores.state, &expected);
     }
 }
