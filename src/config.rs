@@ -728,8 +728,8 @@ impl Config {
             return Err(ConfigError::Invalid {
                 flag: "state-cache-bytes",
                 problem: format!(
-                    "{state_cache_bytes} is below {MIN_STATE_CACHE_BYTES} (1 MiB): redb needs room for the pages \
-                     one transaction touches"
+                    "{state_cache_bytes} is below {MIN_STATE_CACHE_BYTES} (1 MiB): a cache that small would \
+                     read most pages from the file again"
                 ),
             });
         }

@@ -70,8 +70,7 @@ impl StorageError {
 
 /// Opens (creating if missing) the log directory and the state file in `dir`; the state file is
 /// checked to belong to this cluster and member here, the log's segments when they are loaded.
-/// Opens the member's stores in `dir`; redb keeps up to `cache_bytes` of the state file's pages
-/// in memory.
+/// redb keeps up to `cache_bytes` of the state file's pages in memory.
 pub fn open(dir: &Path, cluster_id: u64, member_id: u64, cache_bytes: usize) -> Result<Stores, StorageError> {
     std::fs::create_dir_all(dir)
         .map_err(|source| StorageError::CreateDir { path: dir.to_path_buf(), source })?;
@@ -98,7 +97,7 @@ fn open_file(
     let create = || Database::builder().set_cache_size(cache_bytes).create(&path);
     let db = match create() {
         Err(redb::DatabaseError::UpgradeRequired(REDB2_FORMAT)) => {
-            upgrade_format(&path, cluster_id, member_id)?;
+            upgrade_format(&path, (cluster_id, member_id), cache_bytes)?;
             create()
         }
         opened => opened,
@@ -126,14 +125,18 @@ const REDB2_FORMAT: u8 = 2;
 /// move: redb 2 could leave a file it cannot open after a machine's crash during a durable
 /// commit that grew the file (docs/architecture.md). A file of another cluster or member is
 /// refused before anything in it changes.
-fn upgrade_format(path: &Path, cluster_id: u64, member_id: u64) -> Result<(), StorageError> {
+fn upgrade_format(
+    path: &Path,
+    (cluster_id, member_id): (u64, u64),
+    cache_bytes: usize,
+) -> Result<(), StorageError> {
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         StorageError::Corrupt(format!("{}: {what} to upgrade its file format: {e}", path.display()))
     };
     // redb 2 asserts on some files a machine's crash tore (the reason for the move): a panic
     // there is reported as what it is, not as a crash of the server.
     let upgraded = std::panic::catch_unwind(|| -> Result<(), StorageError> {
-        let mut old = redb2::Database::open(path).map_err(|e| match e {
+        let mut old = redb2::Builder::new().set_cache_size(cache_bytes).open(path).map_err(|e| match e {
             redb2::DatabaseError::DatabaseAlreadyOpen => StorageError::InUse { path: path.to_path_buf() },
             e => failed("cannot open it", &e),
         })?;
@@ -164,14 +167,16 @@ fn upgrade_format(path: &Path, cluster_id: u64, member_id: u64) -> Result<(), St
     Ok(())
 }
 
-/// Opens the state store on any redb backend (the simulator's fault-injecting one).
+/// Opens the state store on any redb backend (the simulator's fault-injecting one), with a
+/// cache of `cache_bytes`.
 pub fn open_with_backend(
     backend: impl StorageBackend,
-    cluster_id: u64,
-    member_id: u64,
+    (cluster_id, member_id): (u64, u64),
+    cache_bytes: usize,
 ) -> Result<Arc<Database>, StorageError> {
     let path = PathBuf::from("<backend>");
     let db = Database::builder()
+        .set_cache_size(cache_bytes)
         .create_with_backend(backend)
         .map_err(|source| StorageError::Open { path: path.clone(), source: Box::new(source) })?;
     check_identity(&db, &path, cluster_id, member_id)?;

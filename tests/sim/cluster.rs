@@ -99,6 +99,10 @@ const MAX_RESENDS: u32 = 3;
 #[derive(Debug, Clone)]
 pub struct Params {
     pub mode: Mode,
+    /// redb's cache of each member's state: the default, or (with `LATCH_SIM_SMALL_CACHE=1`, half
+    /// the runs, drawn apart) one so small that the pages lazy commits write spill from its
+    /// buffer to the file unsynced.
+    pub state_cache_bytes: usize,
     /// Session keepers, their sessions' TTL, and when each stops (a dead client, or one that
     /// closes its session, see `closing`), if it does.
     pub keepers: Vec<Option<u64>>,
@@ -183,8 +187,14 @@ impl Params {
                 lockers.push(keepers.len() - 1);
             }
         }
+        // Off unless asked (LATCH_SIM_SMALL_CACHE=1): chaos seed 428 fails "a closed session is
+        // granted nothing" with it (node 2 grants a keepalive it held through a pause after the
+        // close applied), not yet understood.
+        let small_cache = std::env::var("LATCH_SIM_SMALL_CACHE").is_ok_and(|v| v == "1")
+            && SmallRng::seed_from_u64(seed ^ 0x0063_6163_6865).gen_bool(0.5);
         Params {
             mode,
+            state_cache_bytes: if small_cache { 64 * 1024 } else { latch::config::STATE_CACHE_BYTES },
             heartbeaters,
             keepers,
             closing,
@@ -801,11 +811,12 @@ impl Sim {
         let sync_every = self.rng.gen_range(1..=64);
         let segment_bytes = self.rng.gen_range(2_000..20_000);
         let clock_origin_ms = self.rng.gen_range(0..1_000_000);
+        let cache_bytes = self.params.state_cache_bytes;
         let node = self.node(id);
         let open = |disk: &mut SimDisk, what: &str| {
-            latch::storage::open_with_backend(disk.open(), CLUSTER_ID, id).unwrap_or_else(|e| {
-                ctx.fail(Some(id), "restart from disk", format!("cannot open the {what} store: {e}"))
-            })
+            latch::storage::open_with_backend(disk.open(), (CLUSTER_ID, id), cache_bytes).unwrap_or_else(
+                |e| ctx.fail(Some(id), "restart from disk", format!("cannot open the {what} store: {e}")),
+            )
         };
         let stores =
             Stores { log: Box::new(node.log_dir.open()), state: open(&mut node.state_disk, "state") };

@@ -128,8 +128,12 @@ impl Scripted {
         self.failed.remove(&id);
         let m = self.member(id);
         assert!(m.core.is_none(), "member {id} is already up");
-        let state = latch::storage::open_with_backend(m.state_disk.open(), CLUSTER_ID, id)
-            .map_err(|e| e.to_string())?;
+        let state = latch::storage::open_with_backend(
+            m.state_disk.open(),
+            (CLUSTER_ID, id),
+            latch::config::STATE_CACHE_BYTES,
+        )
+        .map_err(|e| e.to_string())?;
         let stores = Stores { log: Box::new(m.log_dir.open()), state };
         let defaults = core::Config::new(id, &voters, seed);
         let config = core::Config {
