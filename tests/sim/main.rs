@@ -12,8 +12,6 @@
 //!   the same way.
 //! - `LATCH_SIM_VERBOSE=1`: log faults and a summary line per seed.
 //! - `LATCH_SIM_CHAOS_MS`: length of the fault phase per seed (virtual ms, default 5000).
-//! - `LATCH_SIM_SMALL_CACHE=1`: half the runs give each member's redb a 64 KiB cache, so that
-//!   pages lazy commits write spill to the file unsynced (off by default: seed 428 fails).
 //! - `LATCH_SIM_REGISTRY_NEVER_LATE=1`: leader-change runs also check that a stopped
 //!   heartbeater's instance turns critical within its TTL and a bound (`registry.rs`; the
 //!   registry does not keep that bound yet, so it is off by default).
