@@ -21,8 +21,12 @@ use redb::ReadableDatabase as _;
 const BATCH: u64 = 256;
 
 fn store() -> Arc<Database> {
-    storage::open_with_backend(InMemoryBackend::new(), (1, 1), latch::config::STATE_CACHE_BYTES)
-        .expect("an in-memory store opens")
+    storage::open_with_backend(
+        InMemoryBackend::new(),
+        storage::Identity { cluster_id: 1, member_id: 1 },
+        latch::config::STATE_CACHE_BYTES,
+    )
+    .expect("an in-memory store opens")
 }
 
 fn put_command(i: u64) -> Vec<u8> {

@@ -160,7 +160,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let cluster_id = config.cluster_id();
-    let stores = storage::open(&config.data_dir, cluster_id, config.id, config.state_cache_bytes)?;
+    let identity = storage::Identity { cluster_id, member_id: config.id };
+    let stores = storage::open(&config.data_dir, identity, config.state_cache_bytes)?;
     let voters: Vec<u64> = config.initial_cluster.iter().map(|p| p.id).collect();
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let inbox = FileInbox::open(&config.data_dir.join(SNAPSHOT_INBOX_DIR))
@@ -179,7 +180,6 @@ pub async fn run(
         history_retention_bytes: config.history_retention_bytes,
         ..core::Config::new(config.id, &voters, rand::random())
     };
-    let identity = storage::Identity { cluster_id, member_id: config.id };
     // Raft's randomized election timeout is at most twice `election_tick` ticks.
     let longest_election = config.tick_interval.saturating_mul(2 * core_config.timing.election_tick as u32);
     let (core, applier) = Core::new(core_config, identity, stores, Arc::new(inbox), &logger)?;

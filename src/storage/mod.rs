@@ -71,7 +71,7 @@ impl StorageError {
 /// Opens (creating if missing) the log directory and the state file in `dir`; the state file is
 /// checked to belong to this cluster and member here, the log's segments when they are loaded.
 /// redb keeps up to `cache_bytes` of the state file's pages in memory.
-pub fn open(dir: &Path, cluster_id: u64, member_id: u64, cache_bytes: usize) -> Result<Stores, StorageError> {
+pub fn open(dir: &Path, identity: Identity, cache_bytes: usize) -> Result<Stores, StorageError> {
     std::fs::create_dir_all(dir)
         .map_err(|source| StorageError::CreateDir { path: dir.to_path_buf(), source })?;
     let old = dir.join("latch.redb");
@@ -82,14 +82,14 @@ pub fn open(dir: &Path, cluster_id: u64, member_id: u64, cache_bytes: usize) -> 
     let log_dir = dir.join(LOG_DIR);
     let log =
         files::FsDir::open(&log_dir).map_err(|source| StorageError::CreateDir { path: log_dir, source })?;
-    let state = open_file(dir, STATE_FILE, (cluster_id, member_id), cache_bytes)?;
+    let state = open_file(dir, STATE_FILE, identity, cache_bytes)?;
     Ok(Stores { log: Box::new(log), state })
 }
 
 fn open_file(
     dir: &Path,
     name: &str,
-    (cluster_id, member_id): (u64, u64),
+    identity: Identity,
     cache_bytes: usize,
 ) -> Result<Arc<Database>, StorageError> {
     let path = dir.join(name);
@@ -97,7 +97,7 @@ fn open_file(
     let create = || Database::builder().set_cache_size(cache_bytes).create(&path);
     let db = match create() {
         Err(redb::DatabaseError::UpgradeRequired(REDB2_FORMAT)) => {
-            upgrade_format(&path, (cluster_id, member_id), cache_bytes)?;
+            upgrade_format(&path, identity, cache_bytes)?;
             create()
         }
         opened => opened,
@@ -112,7 +112,7 @@ fn open_file(
             .and_then(|d| d.sync_all())
             .map_err(|source| StorageError::CreateDir { path: dir.to_path_buf(), source })?;
     }
-    check_identity(&db, &path, cluster_id, member_id)?;
+    check_identity(&db, &path, identity)?;
     Ok(Arc::new(db))
 }
 
@@ -125,11 +125,7 @@ const REDB2_FORMAT: u8 = 2;
 /// move: redb 2 could leave a file it cannot open after a machine's crash during a durable
 /// commit that grew the file (docs/architecture.md). A file of another cluster or member is
 /// refused before anything in it changes.
-fn upgrade_format(
-    path: &Path,
-    (cluster_id, member_id): (u64, u64),
-    cache_bytes: usize,
-) -> Result<(), StorageError> {
+fn upgrade_format(path: &Path, identity: Identity, cache_bytes: usize) -> Result<(), StorageError> {
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         StorageError::Corrupt(format!("{}: {what} to upgrade its file format: {e}", path.display()))
     };
@@ -153,7 +149,7 @@ fn upgrade_format(
             Err(e) => return Err(failed("cannot read it", &e)),
         };
         drop(txn);
-        judge_identity(path, found, cluster_id, member_id)?;
+        judge_identity(path, found, identity)?;
         old.upgrade().map_err(|e| failed("redb could not upgrade it", &e))?;
         Ok(())
     });
@@ -171,7 +167,7 @@ fn upgrade_format(
 /// cache of `cache_bytes`.
 pub fn open_with_backend(
     backend: impl StorageBackend,
-    (cluster_id, member_id): (u64, u64),
+    identity: Identity,
     cache_bytes: usize,
 ) -> Result<Arc<Database>, StorageError> {
     let path = PathBuf::from("<backend>");
@@ -179,11 +175,11 @@ pub fn open_with_backend(
         .set_cache_size(cache_bytes)
         .create_with_backend(backend)
         .map_err(|source| StorageError::Open { path: path.clone(), source: Box::new(source) })?;
-    check_identity(&db, &path, cluster_id, member_id)?;
+    check_identity(&db, &path, identity)?;
     Ok(Arc::new(db))
 }
 
-fn check_identity(db: &Database, path: &Path, cluster_id: u64, member_id: u64) -> Result<(), StorageError> {
+fn check_identity(db: &Database, path: &Path, identity: Identity) -> Result<(), StorageError> {
     use schema::*;
     let txn = db.begin_write().map_err(StorageError::redb)?;
     {
@@ -192,9 +188,9 @@ fn check_identity(db: &Database, path: &Path, cluster_id: u64, member_id: u64) -
             Ok(t.get(k).map_err(StorageError::redb)?.map(|v| v.value()))
         };
         let found = [get(&meta, NODE_CLUSTER_ID)?, get(&meta, NODE_MEMBER_ID)?, get(&meta, NODE_FORMAT)?];
-        if judge_identity(path, found, cluster_id, member_id)? == Owner::Unset {
-            meta.insert(NODE_CLUSTER_ID, cluster_id).map_err(StorageError::redb)?;
-            meta.insert(NODE_MEMBER_ID, member_id).map_err(StorageError::redb)?;
+        if judge_identity(path, found, identity)? == Owner::Unset {
+            meta.insert(NODE_CLUSTER_ID, identity.cluster_id).map_err(StorageError::redb)?;
+            meta.insert(NODE_MEMBER_ID, identity.member_id).map_err(StorageError::redb)?;
             meta.insert(NODE_FORMAT, FORMAT_VERSION).map_err(StorageError::redb)?;
         }
     }
@@ -215,8 +211,7 @@ enum Owner {
 fn judge_identity(
     path: &Path,
     found: [Option<u64>; 3],
-    cluster_id: u64,
-    member_id: u64,
+    Identity { cluster_id, member_id }: Identity,
 ) -> Result<Owner, StorageError> {
     use schema::FORMAT_VERSION;
     let path = path.to_path_buf();
@@ -271,10 +266,13 @@ mod tests {
             txn.commit().expect("redb 2 commits");
         }
 
-        let refused = open(dir.path(), 8, 2, 1 << 20).err().expect("another cluster's file is refused");
+        let refused = open(dir.path(), Identity { cluster_id: 8, member_id: 2 }, 1 << 20)
+            .err()
+            .expect("another cluster's file is refused");
         assert!(matches!(refused, StorageError::WrongCluster { found: 7, .. }), "got {refused}");
         drop(redb2::Database::open(&path).expect("a refused file is left as redb 2 wrote it, not upgraded"));
-        let stores = open(dir.path(), 7, 2, 1 << 20).expect("the upgraded file opens");
+        let stores = open(dir.path(), Identity { cluster_id: 7, member_id: 2 }, 1 << 20)
+            .expect("the upgraded file opens");
         let txn = stores.state.begin_read().expect("a read");
         let kv = txn.open_table(schema::KV).expect("the kv table survived");
         let value = kv.get(b"greeting".as_slice()).expect("readable").map(|v| v.value().to_vec());
@@ -344,7 +342,8 @@ mod tests {
             }
             assert!(rows.next().is_none(), "no row beyond those written");
         };
-        let stores = open(dir.path(), 7, 2, 1 << 20).expect("the upgraded file opens");
+        let stores = open(dir.path(), Identity { cluster_id: 7, member_id: 2 }, 1 << 20)
+            .expect("the upgraded file opens");
         check(&stores.state, &expected);
         // redb 4 goes on writing to the converted file (allocating from what redb 2 freed).
         let txn = stores.state.begin_write().expect("a redb 4 write");
@@ -357,7 +356,8 @@ mod tests {
         }
         txn.commit().expect("redb 4 commits");
         drop(stores);
-        let stores = open(dir.path(), 7, 2, 1 << 20).expect("it opens again");
+        let stores =
+            open(dir.path(), Identity { cluster_id: 7, member_id: 2 }, 1 << 20).expect("it opens again");
         check(&stores.state, &expected);
     }
 }

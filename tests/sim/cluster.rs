@@ -808,11 +808,12 @@ impl Sim {
         let segment_bytes = self.rng.gen_range(2_000..20_000);
         let clock_origin_ms = self.rng.gen_range(0..1_000_000);
         let cache_bytes = self.params.state_cache_bytes;
+        let identity = Identity { cluster_id: CLUSTER_ID, member_id: id };
         let node = self.node(id);
         let open = |disk: &mut SimDisk, what: &str| {
-            latch::storage::open_with_backend(disk.open(), (CLUSTER_ID, id), cache_bytes).unwrap_or_else(
-                |e| ctx.fail(Some(id), "restart from disk", format!("cannot open the {what} store: {e}")),
-            )
+            latch::storage::open_with_backend(disk.open(), identity, cache_bytes).unwrap_or_else(|e| {
+                ctx.fail(Some(id), "restart from disk", format!("cannot open the {what} store: {e}"))
+            })
         };
         let stores =
             Stores { log: Box::new(node.log_dir.open()), state: open(&mut node.state_disk, "state") };
@@ -826,7 +827,6 @@ impl Sim {
             history_retention_bytes,
             ..core::Config::new(id, &voters, nonce)
         };
-        let identity = Identity { cluster_id: CLUSTER_ID, member_id: id };
         let (mut core, applier) =
             Core::new(config, identity, stores, Arc::new(MemoryInbox::default()), &logger).unwrap_or_else(
                 |e| ctx.fail(Some(id), "restart from disk", format!("cannot load the core: {e}")),

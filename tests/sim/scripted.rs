@@ -130,7 +130,7 @@ impl Scripted {
         assert!(m.core.is_none(), "member {id} is already up");
         let state = latch::storage::open_with_backend(
             m.state_disk.open(),
-            (CLUSTER_ID, id),
+            latch::storage::Identity { cluster_id: CLUSTER_ID, member_id: id },
             latch::config::STATE_CACHE_BYTES,
         )
         .map_err(|e| e.to_string())?;
