@@ -571,43 +571,8 @@ impl LockChecker {
     /// applied again by design).
     pub fn commands(&mut self, ctx: Ctx, node: u64, commands: &[AppliedCommand]) {
         for a in commands {
-            let effect = !(a.events.is_empty() && a.locks.is_empty());
-            let id = (a.request_id.clone(), a.command_hash);
-            if a.request_id.starts_with("locker-") && !effect {
-                if let Some((first, answer)) =
-                    self.took_effect.get(&id).filter(|(first, _)| *first != a.index)
-                {
-                    self.copies_remembered += 1;
-                    let copy = Outcome { data_omitted: answer.data_omitted, ..a.outcome.clone() };
-                    if copy != *answer {
-                        ctx.fail(
-                            Some(node),
-                            "locks: a request takes effect once",
-                            format!(
-                                "command {:?}, applied at log index {first} and answered {answer:?}, was \
-                                 answered {:?} when applied again at {}",
-                                a.request_id, a.outcome, a.index
-                            ),
-                        );
-                    }
-                }
-            }
-            if a.request_id.starts_with("locker-") && effect {
-                let (first, _) = self.took_effect.entry(id).or_insert((a.index, a.outcome.clone())).clone();
-                if first != a.index {
-                    ctx.fail(
-                        Some(node),
-                        "locks: a request takes effect once",
-                        format!(
-                            "command {:?} changed the state at log index {first} and again at {} (locks {:?}, {} \
-                             events)",
-                            a.request_id,
-                            a.index,
-                            a.locks,
-                            a.events.len()
-                        ),
-                    );
-                }
+            if a.request_id.starts_with("locker-") {
+                self.took_effect_once(ctx, node, a);
             }
             let ended = a.sessions.iter().any(|c| matches!(c, SessionChange::Ended { .. }));
             if is_close(&a.request_id) {
@@ -635,6 +600,46 @@ impl LockChecker {
                     }
                 }
             }
+        }
+    }
+
+    /// A locker's command `a`, applied at member `node`: it changes the state at one log index
+    /// at most, and a copy applied at another index is answered what the first was.
+    fn took_effect_once(&mut self, ctx: Ctx, node: u64, a: &AppliedCommand) {
+        let id = (a.request_id.clone(), a.command_hash);
+        if a.events.is_empty() && a.locks.is_empty() {
+            let Some((first, answer)) = self.took_effect.get(&id).filter(|(first, _)| *first != a.index)
+            else {
+                return;
+            };
+            self.copies_remembered += 1;
+            let copy = Outcome { data_omitted: answer.data_omitted, ..a.outcome.clone() };
+            if copy != *answer {
+                ctx.fail(
+                    Some(node),
+                    "locks: a request takes effect once",
+                    format!(
+                        "command {:?}, applied at log index {first} and answered {answer:?}, was answered {:?} \
+                         when applied again at {}",
+                        a.request_id, a.outcome, a.index
+                    ),
+                );
+            }
+            return;
+        }
+        let first = self.took_effect.entry(id).or_insert_with(|| (a.index, a.outcome.clone())).0;
+        if first != a.index {
+            ctx.fail(
+                Some(node),
+                "locks: a request takes effect once",
+                format!(
+                    "command {:?} changed the state at log index {first} and again at {} (locks {:?}, {} events)",
+                    a.request_id,
+                    a.index,
+                    a.locks,
+                    a.events.len()
+                ),
+            );
         }
     }
 
