@@ -1879,9 +1879,9 @@ impl Sim {
         let keeper = &self.keepers[self.lockers[locker].keeper];
         let alive = !keeper.gone && !keeper.stopped(self.now);
         let l = &mut self.lockers[locker];
-        let Some((body, request_id)) = l.sent.clone() else { return false };
         // A call already given up (a timeout drew no resend) is not sent again by a late error.
-        if l.in_flight.is_none()
+        if l.sent.is_none()
+            || l.in_flight.is_none()
             || self.settling
             || !alive
             || l.resent >= MAX_RESENDS
@@ -1889,6 +1889,7 @@ impl Sim {
         {
             return false;
         }
+        let Some((body, request_id)) = l.sent.clone() else { return false };
         l.resent += 1;
         l.attempt += 1;
         let attempt = l.attempt;
