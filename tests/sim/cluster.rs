@@ -1154,16 +1154,23 @@ impl Sim {
         } else {
             self.lock_checker.applied_before_death(ctx, id, &progress, &[]);
         }
-        for (session, closed) in ended {
-            self.log(|| format!("node {id} applied the end of {session} (closed: {closed})"));
-            self.leases.ended(self.ctx(), id, &session, closed, self.now);
-        }
         for msg in out {
             self.send(id, inc, msg);
         }
         match result {
             Ok(actions) => self.carry_out(id, actions),
             Err(e) => self.died(id, &format!("handle_ready: {e}")),
+        }
+        self.sessions_ended(id, ended);
+    }
+
+    /// Sessions member `id` applied the end of, told to the lease checker once the grants of the
+    /// same batch were carried out: a batch's grants come from checkpoints before the end in the
+    /// log (a checkpoint skips an ended session), which the checker cannot order within it.
+    fn sessions_ended(&mut self, id: u64, ended: Vec<(String, bool)>) {
+        for (session, closed) in ended {
+            self.log(|| format!("node {id} applied the end of {session} (closed: {closed})"));
+            self.leases.ended(self.ctx(), id, &session, closed, self.now);
         }
     }
 
@@ -1172,23 +1179,22 @@ impl Sim {
     fn apply_turn(&mut self, id: u64) {
         let sync = self.rng.gen_bool(0.1);
         self.set_clock(id);
-        let (ctx, now) = (self.ctx(), self.now);
+        let ctx = self.ctx();
         let n = &mut self.nodes[(id - 1) as usize];
         n.apply_scheduled = false;
         let entries = std::mem::take(&mut n.to_apply);
         let (Some(core), Some(applier)) = (n.core.as_mut(), n.applier.as_mut()) else { return };
         let mut result = Ok(Vec::new());
+        let mut ended = Vec::new();
         if !entries.is_empty() {
-            let (leases, registry, locks) = (&mut self.leases, &mut self.registry, &mut self.lock_checker);
+            let (registry, locks) = (&mut self.registry, &mut self.lock_checker);
             let db = core.state_db().clone();
             let (progress, applied) = self.fences.apply(ctx, id, applier, &db, entries);
             result = match applied {
                 Ok(()) => {
                     let mut actions = Vec::new();
                     for p in progress {
-                        for (session, closed) in ended_sessions(&p) {
-                            leases.ended(ctx, id, &session, closed, now);
-                        }
+                        ended.extend(ended_sessions(&p));
                         registry.applied(ctx, id, &p.commands);
                         locks.commands(ctx, id, &p.commands);
                         actions.extend(core.on_applied(p));
@@ -1222,6 +1228,7 @@ impl Sim {
             Ok(actions) => self.carry_out(id, actions),
             Err(e) => self.died(id, &format!("apply: {e}")),
         }
+        self.sessions_ended(id, ended);
     }
 
     /// The core returned an error: expected only when its fsync was made to fail.

@@ -91,11 +91,10 @@ pub struct LeaseChecker {
     /// When a member first applied the session's end.
     ended: BTreeMap<String, u64>,
     /// Sessions their clients closed (a close may come while a lease runs), each with the
-    /// members that applied its close and the step they did: none of them may grant it a lease
-    /// in a later step (one that has not applied it yet may). A grant in the same step comes
-    /// from the same batch of applied commands, whose order the checker does not see: a
-    /// checkpoint answering a waiting keepalive may precede the close in the log.
-    closed_on: BTreeMap<String, BTreeMap<u64, u64>>,
+    /// members that applied its close: none of them may grant it a lease afterwards (one that
+    /// has not applied it yet may). A close is told after the grants of its own apply batch
+    /// (`Sim::sessions_ended`).
+    closed_on: BTreeMap<String, std::collections::BTreeSet<u64>>,
     pub grants: u64,
     pub expiries: u64,
 }
@@ -104,7 +103,7 @@ impl LeaseChecker {
     /// A lease granted to `session` that the client counts until `until`.
     pub fn granted(&mut self, ctx: Ctx, node: u64, session: &str, until: u64) {
         self.grants += 1;
-        if self.closed_on.get(session).and_then(|on| on.get(&node)).is_some_and(|&step| step < ctx.step) {
+        if self.closed_on.get(session).is_some_and(|on| on.contains(&node)) {
             ctx.fail(
                 Some(node),
                 "sessions: a closed session is granted nothing",
@@ -135,7 +134,7 @@ impl LeaseChecker {
     /// expiry.
     pub fn ended(&mut self, ctx: Ctx, node: u64, session: &str, closed: bool, now: u64) {
         if closed {
-            self.closed_on.entry(session.to_string()).or_default().entry(node).or_insert(ctx.step);
+            self.closed_on.entry(session.to_string()).or_default().insert(node);
         }
         let promised = self.promised.get(session).copied().unwrap_or(0);
         if now < promised && !self.closed_on.contains_key(session) {
