@@ -284,6 +284,9 @@ pub struct Report {
     pub guarded_succeeded: u64,
     pub guarded_refused_session_ended: u64,
     pub guarded_refused_released: u64,
+    /// Of them, proclaims (by an election's sequencer) that succeeded, and that were refused.
+    pub proclaims_succeeded: u64,
+    pub proclaims_refused: u64,
     /// Registry: heartbeats and registrations applied, turns to critical, reaps, and instances
     /// removed with their session.
     pub heartbeats: u64,
@@ -312,7 +315,7 @@ impl std::fmt::Display for Report {
              retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}), \
              partitions {}, pauses {}, snapshots {}; max term {}, revision {}, {} hash checks; lease grants {}, \
              expiries {}, closes {}; lock grants {}, lock-delays ended {}, holds expired {} (unplaced {}, granted again after {}), closed {}, longest queue {}, acquires withdrawn first {}, queues full {}, calls sent again {} (copies answered from memory {}); guarded \
-             writes {} (succeeded {}, refused after their session ended {}, refused after a release {}); heartbeats {}, \
+             writes {} (succeeded {}, refused after their session ended {}, refused after a release {}; proclaims succeeded {}, refused {}); heartbeats {}, \
              critical {}, reaped {}, removed with their session {}; watched revisions {} (moves {}, compacted {}), compact revision {}; history bytes {} of bound {} (byte-compacted {}); trace {:016x}",
             self.seed,
             self.nodes,
@@ -352,6 +355,8 @@ impl std::fmt::Display for Report {
             self.guarded_succeeded,
             self.guarded_refused_session_ended,
             self.guarded_refused_released,
+            self.proclaims_succeeded,
+            self.proclaims_refused,
             self.heartbeats,
             self.criticals,
             self.reaps,
@@ -1825,9 +1830,10 @@ impl Sim {
             }
             self.lockers[locker].next_call(&mut self.rng, &session)
         };
-        if let LockCall::Guarded { request_id, sequencer, released_at } = &call {
+        if let LockCall::Guarded { request_id, sequencer, proclaimed, released_at } = &call {
             let ended = self.leases.ended_at(&sequencer.session);
-            self.fences.sent(self.ctx(), locker, request_id, sequencer, *released_at, ended);
+            let ctx = self.ctx();
+            self.fences.sent(ctx, locker, request_id, sequencer, proclaimed.as_deref(), *released_at, ended);
         }
         let l = &mut self.lockers[locker];
         l.attempt += 1;
@@ -2232,6 +2238,8 @@ impl Sim {
         r.guarded_succeeded = self.fences.succeeded;
         r.guarded_refused_session_ended = self.fences.refused_session_ended;
         r.guarded_refused_released = self.fences.refused_released;
+        r.proclaims_succeeded = self.fences.proclaims_succeeded;
+        r.proclaims_refused = self.fences.proclaims_refused;
         r.heartbeats = self.registry.beats;
         r.criticals = self.registry.criticals;
         r.reaps = self.registry.reaps;

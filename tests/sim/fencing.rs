@@ -5,7 +5,8 @@
 //! the generation). Some come from a locker whose session ended while it still believes it
 //! holds — its keeper stopped (a dead or paused client) or heard that the session is gone — and
 //! some carry a sequencer whose release the locker saw acknowledged (a stale token): the Jepsen
-//! scenario.
+//! scenario. An election's holder sends, half the time, a Proclaim of a value instead (the
+//! election's own guarded write: only the leader's sequencer changes the value).
 //!
 //! Each guarded write is applied by a member in a transaction of its own (the apply thread may
 //! end its batches anywhere: `Applier::apply_some`; where they end changes no state), so that the
@@ -13,20 +14,23 @@
 //! (not an answer from the request memory):
 //! - It succeeded exactly when, in that state, its sequencer's generation held the lock with the
 //!   sequencer's session and mode: no write by a grant that ended, no refusal of one that holds.
+//!   A proclaim that succeeded left its value as the election's, held by its generation.
 //! - It applied the same way everywhere: one revision and one outcome per request id.
-//! - Per lock, the generations written by exclusive holders' writes that succeeded never decrease
-//!   in revision order: what a resource that keeps the highest token it saw accepts.
+//! - Per lock, the generations written by exclusive holders' writes (and proclaims) that
+//!   succeeded never decrease in revision order: what a resource that keeps the highest token it
+//!   saw accepts.
 //! - A write sent after its session's end was applied (at any member), or after its sequencer's
 //!   release was acknowledged, never succeeds: what the client could know when it sent it.
 //!
-//! At the end: every member's fence keys hold the generation of the last write that succeeded.
+//! At the end: every member's fence keys hold the generation of the last guarded txn that
+//! succeeded.
 
 use std::collections::BTreeMap;
 
 use latch::core::{Applier, Core, CoreError, Progress};
 use latch::fsm::{self, locks::lock_key, AppliedCommand};
 use latch_proto::internal::{
-    command::Body, outcome, Command, LockHolder, LockMode, LockSpace, Range, Sequencer,
+    command::Body, lock_result::Status, outcome, Command, LockHolder, LockMode, LockSpace, Range, Sequencer,
 };
 use prost::Message as _;
 use raft::eraftpb::{Entry, EntryType};
@@ -41,6 +45,8 @@ use crate::locks::fence_key;
 struct Guarded {
     locker: usize,
     sequencer: Sequencer,
+    /// The value it proclaims, if it is a Proclaim (else a guarded txn).
+    proclaimed: Option<Vec<u8>>,
     sent_us: u64,
     /// Why it must be refused, as known when it was sent: its session's end was applied, or its
     /// release was acknowledged, before then.
@@ -70,25 +76,34 @@ pub struct FenceChecker {
     sent: BTreeMap<String, Guarded>,
     /// Their first applications, by request id.
     applied: BTreeMap<String, FirstApplication>,
-    /// Per fence key of an exclusive hold: revision → generation of each write that succeeded.
+    /// Per fence key of an exclusive hold: revision → generation of each guarded txn that
+    /// succeeded (what the key holds at the end).
     writes: BTreeMap<Vec<u8>, BTreeMap<i64, u64>>,
+    /// Likewise, with the proclaims that succeeded too (their order).
+    ordered: BTreeMap<Vec<u8>, BTreeMap<i64, u64>>,
     /// Guarded writes that succeeded; refused because their session had ended; refused while
     /// their session lived (the grant was released).
     pub succeeded: u64,
     pub refused_session_ended: u64,
     pub refused_released: u64,
+    /// Of them, proclaims that succeeded, and that were refused.
+    pub proclaims_succeeded: u64,
+    pub proclaims_refused: u64,
 }
 
 impl FenceChecker {
     /// Locker `locker` sent, at `ctx.time_us`, the write guarded by `sequencer` under
-    /// `request_id`; `released_at`: when it saw the sequencer's release acknowledged, and
-    /// `session_ended_at`: when a member first applied the end of its session, if they happened.
+    /// `request_id` (a proclaim of `proclaimed`, or a guarded txn); `released_at`: when it saw
+    /// the sequencer's release acknowledged, and `session_ended_at`: when a member first applied
+    /// the end of its session, if they happened.
+    #[allow(clippy::too_many_arguments)]
     pub fn sent(
         &mut self,
         ctx: Ctx,
         locker: usize,
         request_id: &str,
         sequencer: &Sequencer,
+        proclaimed: Option<&[u8]>,
         released_at: Option<u64>,
         session_ended_at: Option<u64>,
     ) {
@@ -98,7 +113,13 @@ impl FenceChecker {
             (None, Some(t)) => Some(format!("the end of its session was applied at {}", at(t))),
             (None, None) => None,
         };
-        let guarded = Guarded { locker, sequencer: sequencer.clone(), sent_us: ctx.time_us, stale };
+        let guarded = Guarded {
+            locker,
+            sequencer: sequencer.clone(),
+            proclaimed: proclaimed.map(<[u8]>::to_vec),
+            sent_us: ctx.time_us,
+            stale,
+        };
         self.sent.insert(request_id.to_string(), guarded);
     }
 
@@ -142,7 +163,9 @@ impl FenceChecker {
             let p = applier.apply(vec![e], &mut ())?;
             // None: a snapshot covered the entry, so it was not applied here.
             if let Some(c) = p.commands.first() {
-                self.applied(ctx, node, &request_id, &before, c);
+                if self.applied(ctx, node, &request_id, &before, c) {
+                    self.proclaimed(ctx, node, &request_id, db, c);
+                }
             }
             progress.push(p);
         }
@@ -158,8 +181,9 @@ impl FenceChecker {
             return None;
         }
         let cmd = Command::decode(&e.data[..]).ok()?;
-        (matches!(cmd.body, Some(Body::Txn(_))) && self.sent.contains_key(&cmd.request_id))
-            .then_some(cmd.request_id)
+        (matches!(cmd.body, Some(Body::Txn(_) | Body::Proclaim(_)))
+            && self.sent.contains_key(&cmd.request_id))
+        .then_some(cmd.request_id)
     }
 
     fn state_before(&self, ctx: Ctx, node: u64, db: &Database, request_id: &str) -> Before {
@@ -179,8 +203,17 @@ impl FenceChecker {
         read().unwrap_or_else(|e| ctx.fail(Some(node), "fencing: state readable", e))
     }
 
-    /// Member `node` applied guarded write `request_id` as `c`, on the state `before`.
-    fn applied(&mut self, ctx: Ctx, node: u64, request_id: &str, before: &Before, c: &AppliedCommand) {
+    /// Member `node` applied guarded write `request_id` as `c`, on the state `before`; whether
+    /// this was its first application there and it succeeded (not an answer from the request
+    /// memory).
+    fn applied(
+        &mut self,
+        ctx: Ctx,
+        node: u64,
+        request_id: &str,
+        before: &Before,
+        c: &AppliedCommand,
+    ) -> bool {
         let g = &self.sent[request_id];
         let seq = &g.sequencer;
         let what = || {
@@ -196,12 +229,18 @@ impl FenceChecker {
                 g.sent_us as f64 / 1e6
             )
         };
-        let succeeded = match &c.outcome.result {
-            Some(outcome::Result::Txn(t)) => t.succeeded,
-            other => ctx.fail(
+        let succeeded = match (&c.outcome.result, &g.proclaimed) {
+            (Some(outcome::Result::Txn(t)), None) => t.succeeded,
+            (Some(outcome::Result::Lock(r)), Some(_)) if r.status == Status::Done as i32 => true,
+            (Some(outcome::Result::Lock(r)), Some(_)) if r.status == Status::NotHeld as i32 => false,
+            (other, proclaimed) => ctx.fail(
                 Some(node),
-                "fencing: a guarded write is applied as a txn",
-                format!("{} was answered {other:?}, expected a txn result", what()),
+                "fencing: a guarded write is applied as what it is",
+                format!(
+                    "{} was answered {other:?}, expected {}",
+                    what(),
+                    if proclaimed.is_some() { "a proclaim's DONE or NOT_HELD" } else { "a txn result" }
+                ),
             ),
         };
         let revision = c.outcome.revision;
@@ -224,7 +263,7 @@ impl FenceChecker {
         }
         if !first {
             // Answered from the request memory: the outcome of its first application.
-            return;
+            return false;
         }
         let holding = before.holders.iter().any(|h| holds(h, seq));
         if succeeded != holding {
@@ -264,7 +303,7 @@ impl FenceChecker {
             }
         }
         if recorded.is_some() {
-            return;
+            return succeeded;
         }
         self.applied.insert(request_id.to_string(), FirstApplication { node, revision, succeeded });
         match (succeeded, before.session_live) {
@@ -272,16 +311,54 @@ impl FenceChecker {
             (false, false) => self.refused_session_ended += 1,
             (false, true) => self.refused_released += 1,
         }
+        if g.proclaimed.is_some() {
+            *(if succeeded { &mut self.proclaims_succeeded } else { &mut self.proclaims_refused }) += 1;
+        }
         if succeeded && seq.mode == LockMode::Exclusive as i32 {
             self.written(ctx, node, request_id, revision, seq.generation);
         }
+        succeeded
     }
 
-    /// An exclusive holder's guarded write put `generation` at `revision`: in revision order
-    /// with the other writes to its fence key, generations never decrease.
+    /// After member `node` applied `c`, an application of guarded write `request_id` that
+    /// succeeded there (not an answer from the request memory): if a proclaim, the election's
+    /// leader in `db` is the proclaim's generation, with its value.
+    fn proclaimed(&self, ctx: Ctx, node: u64, request_id: &str, db: &Database, c: &AppliedCommand) {
+        let g = &self.sent[request_id];
+        let Some(value) = &g.proclaimed else { return };
+        let leader = db
+            .begin_read()
+            .map_err(|e| e.to_string())
+            .and_then(|txn| fsm::elections::leader(&txn, &g.sequencer.name).map_err(|e| e.to_string()))
+            .unwrap_or_else(|e| ctx.fail(Some(node), "fencing: state readable", e));
+        let found = leader.map(|l| (l.sequencer.generation, l.value));
+        if found.as_ref() != Some(&(g.sequencer.generation, value.clone())) {
+            ctx.fail(
+                Some(node),
+                "fencing: a proclaim that succeeded sets its election's value",
+                format!(
+                    "proclaim {request_id} of generation {} of election {:?} succeeded at revision {}, but the \
+                     election's (generation, value) is then {found:?}, expected ({}, {:?})",
+                    g.sequencer.generation,
+                    g.sequencer.name,
+                    c.outcome.revision,
+                    g.sequencer.generation,
+                    String::from_utf8_lossy(value)
+                ),
+            );
+        }
+    }
+
+    /// An exclusive holder's guarded write (or proclaim) succeeded with `generation` at
+    /// `revision`: in revision order with the other writes under its lock, generations never
+    /// decrease.
     fn written(&mut self, ctx: Ctx, node: u64, request_id: &str, revision: i64, generation: u64) {
-        let key = fence_key(&self.sent[request_id].sequencer);
-        let writes = self.writes.entry(key.clone()).or_default();
+        let g = &self.sent[request_id];
+        let key = fence_key(&g.sequencer);
+        if g.proclaimed.is_none() {
+            self.writes.entry(key.clone()).or_default().insert(revision, generation);
+        }
+        let writes = self.ordered.entry(key.clone()).or_default();
         if let Some((before, after)) = out_of_order(writes, revision, generation) {
             ctx.fail(
                 Some(node),
@@ -296,7 +373,7 @@ impl FenceChecker {
         writes.insert(revision, generation);
     }
 
-    /// At the end: every member's fence keys hold the generation of the last write that
+    /// At the end: every member's fence keys hold the generation of the last guarded txn that
     /// succeeded.
     pub fn check_final(&self, ctx: Ctx, up: &[(u64, &Core)]) {
         for (key, writes) in &self.writes {
@@ -349,7 +426,7 @@ fn verb(succeeded: bool) -> &'static str {
 /// it forbids.
 mod checker {
     use super::*;
-    use latch_proto::internal::{Outcome, TxnResult};
+    use latch_proto::internal::{LockResult, Outcome, TxnResult};
 
     const SESSION: &str = "session-0";
 
@@ -410,7 +487,7 @@ mod checker {
         before: Before,
         succeeded: bool,
     ) {
-        c.sent(ctx(ms), 0, request_id, &seq(generation), None, None);
+        c.sent(ctx(ms), 0, request_id, &seq(generation), None, None, None);
         c.applied(ctx(ms + 1), 1, request_id, &before, &txn(request_id, &before, succeeded));
     }
 
@@ -450,7 +527,7 @@ mod checker {
     #[should_panic(expected = "a write guarded by a grant known to have ended never succeeds")]
     fn a_write_sent_after_its_sessions_end_that_succeeds_fails() {
         let mut c = FenceChecker::default();
-        c.sent(ctx(100), 0, "w1", &seq(1), None, Some(50_000));
+        c.sent(ctx(100), 0, "w1", &seq(1), None, None, Some(50_000));
         // Even where the state (wrongly) still shows the grant.
         let before = state(10, &[1], true);
         c.applied(ctx(101), 1, "w1", &before, &txn("w1", &before, true));
@@ -462,6 +539,47 @@ mod checker {
         let mut c = FenceChecker::default();
         write(&mut c, 0, "w1", 2, state(10, &[2], true), true);
         write(&mut c, 10, "w2", 1, state(12, &[1], true), true);
+    }
+
+    /// Proclaim `request_id` of generation `generation` sent at `ms` and applied on member 1
+    /// on `before`, answered `status`.
+    fn proclaim(
+        c: &mut FenceChecker,
+        ms: u64,
+        request_id: &str,
+        generation: u64,
+        before: Before,
+        status: Status,
+    ) {
+        let mut election = seq(generation);
+        election.space = LockSpace::Elections as i32;
+        c.sent(ctx(ms), 0, request_id, &election, Some(b"v"), None, None);
+        let mut applied = txn(request_id, &before, status == Status::Done);
+        let result = LockResult { status: status as i32, ..Default::default() };
+        applied.outcome.result = Some(outcome::Result::Lock(result));
+        c.applied(ctx(ms + 1), 1, request_id, &before, &applied);
+    }
+
+    #[test]
+    fn a_leaders_proclaim_succeeds_and_an_ended_leaderships_is_refused() {
+        let mut c = FenceChecker::default();
+        proclaim(&mut c, 0, "p1", 1, state(10, &[1], true), Status::Done);
+        proclaim(&mut c, 10, "p2", 1, state(11, &[2], true), Status::NotHeld);
+        assert_eq!((c.proclaims_succeeded, c.proclaims_refused), (1, 1));
+    }
+
+    #[test]
+    #[should_panic(expected = "a guarded write succeeds only while its sequencer holds the lock")]
+    fn a_proclaim_that_succeeds_after_its_leadership_ended_fails() {
+        let mut c = FenceChecker::default();
+        proclaim(&mut c, 0, "p1", 1, state(10, &[2], true), Status::Done);
+    }
+
+    #[test]
+    #[should_panic(expected = "a guarded write is applied as what it is")]
+    fn a_proclaim_answered_otherwise_than_done_or_not_held_fails() {
+        let mut c = FenceChecker::default();
+        proclaim(&mut c, 0, "p1", 1, state(10, &[1], true), Status::Granted);
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! exclusive, with a drawn lock-delay), releases what it holds, gives up waits, and learns of
 //! grants by reading a member's applied state, as the API's waiting half does. While it holds a
 //! lock it sends, now and then, a write guarded by the grant's sequencer (`guarded_write`; see
-//! `fencing.rs`), and now and then one guarded by a sequencer whose release it saw acknowledged
-//! (a stale token). When its keeper stops (a dead or paused client) or hears that its session is
+//! `fencing.rs`) — for an election, half the time a Proclaim of a value instead — and now and
+//! then one guarded by a sequencer whose release it saw acknowledged (a stale token). When its keeper stops (a dead or paused client) or hears that its session is
 //! gone, it asks for nothing more and releases nothing, holding what it holds: its session's
 //! expiry releases that abnormally, and the lock-delay follows (or, for a keeper that closes its
 //! session on the way out, the close releases it normally). It goes on as a paused client
@@ -59,7 +59,7 @@ use latch::core::{Action, Core, Progress};
 use latch::fsm::{self, history::Space, locks::lock_key, AppliedCommand, LockChange, SessionChange};
 use latch_proto::internal::{
     command::Body, compare, lock_result::Status, op, outcome, Acquire, CancelWait, Compare, LockHolder,
-    LockMode, LockRow, LockSpace, Op, Outcome, Put, Release, Sequencer, Txn,
+    LockMode, LockRow, LockSpace, Op, Outcome, Proclaim, Put, Release, Sequencer, Txn,
 };
 use prost::Message as _;
 use rand::rngs::SmallRng;
@@ -134,11 +134,13 @@ pub enum LockCall {
         space: LockSpace,
         name: String,
     },
-    /// A write guarded by `sequencer` ([`guarded_write`]); `released_at`: when the locker saw
-    /// the sequencer's release acknowledged, if it did (a stale token).
+    /// A write guarded by `sequencer` ([`guarded_write`]), or a proclaim of `proclaimed` by an
+    /// election's sequencer; `released_at`: when the locker saw the sequencer's release
+    /// acknowledged, if it did (a stale token).
     Guarded {
         request_id: String,
         sequencer: Sequencer,
+        proclaimed: Option<Vec<u8>>,
         released_at: Option<u64>,
     },
     /// A withdrawal proposed under the id of an acquire not sent yet.
@@ -203,11 +205,11 @@ impl Locker {
         }
         if !self.held.is_empty() && rng.gen_bool(GUARDED_WRITE_P) {
             let seq = self.held[rng.gen_range(0..self.held.len())].clone();
-            return guarded_call(seq, None, request_id);
+            return guarded_call(rng, seq, None, request_id);
         }
         if !self.released.is_empty() && rng.gen_bool(STALE_WRITE_P) {
             let (seq, at) = self.released.swap_remove(rng.gen_range(0..self.released.len()));
-            return guarded_call(seq, Some(at), request_id);
+            return guarded_call(rng, seq, Some(at), request_id);
         }
         if !self.held.is_empty() && rng.gen_bool(0.4) {
             let seq = self.held.swap_remove(rng.gen_range(0..self.held.len()));
@@ -255,7 +257,7 @@ impl Locker {
         self.next_id += 1;
         let request_id = format!("locker-{}-{}", self.index, self.next_id);
         let seq = self.held[rng.gen_range(0..self.held.len())].clone();
-        Some(guarded_call(seq, None, request_id))
+        Some(guarded_call(rng, seq, None, request_id))
     }
 
     /// The acquire to send along with the withdrawal just drawn, if it races one: its body and
@@ -274,11 +276,14 @@ impl Locker {
         outcome: &Outcome,
     ) -> Option<String> {
         if let LockCall::Guarded { sequencer, .. } = call {
-            if let Some(outcome::Result::Txn(t)) = &outcome.result {
-                if !t.succeeded {
-                    // Refused: the grant has ended, so the locker no longer believes it holds it.
-                    self.held.retain(|s| s != sequencer);
-                }
+            let refused = match &outcome.result {
+                Some(outcome::Result::Txn(t)) => !t.succeeded,
+                Some(outcome::Result::Lock(r)) => r.status == Status::NotHeld as i32,
+                _ => false,
+            };
+            if refused {
+                // The grant has ended, so the locker no longer believes it holds it.
+                self.held.retain(|s| s != sequencer);
             }
             return None;
         }
@@ -382,10 +387,21 @@ impl Locker {
     }
 }
 
-/// A call writing under the guard of `seq` (see [`guarded_write`]).
-fn guarded_call(seq: Sequencer, released_at: Option<u64>, request_id: String) -> (Body, String, LockCall) {
-    let body = guarded_write(&seq);
-    (body, request_id.clone(), LockCall::Guarded { request_id, sequencer: seq, released_at })
+/// A call writing under the guard of `seq` (see [`guarded_write`]); for an election's, half the
+/// time a proclaim of a value naming the request instead.
+fn guarded_call(
+    rng: &mut SmallRng,
+    seq: Sequencer,
+    released_at: Option<u64>,
+    request_id: String,
+) -> (Body, String, LockCall) {
+    let (body, proclaimed) = if seq.space == LockSpace::Elections as i32 && rng.gen_bool(0.5) {
+        let value = format!("proclaimed by {request_id}").into_bytes();
+        (Body::Proclaim(Proclaim { sequencer: Some(seq.clone()), value: value.clone() }), Some(value))
+    } else {
+        (guarded_write(&seq), None)
+    };
+    (body, request_id.clone(), LockCall::Guarded { request_id, sequencer: seq, proclaimed, released_at })
 }
 
 /// A write guarded by `seq`, as a fenced resource takes it: a txn whose one compare holds while

@@ -157,6 +157,8 @@ struct LockActivity {
     guarded_succeeded: u64,
     refused_session_ended: u64,
     refused_released: u64,
+    proclaims_succeeded: u64,
+    proclaims_refused: u64,
     resends: u64,
     copies_remembered: u64,
 }
@@ -173,6 +175,8 @@ impl LockActivity {
         self.guarded_succeeded += r.guarded_succeeded;
         self.refused_session_ended += r.guarded_refused_session_ended;
         self.refused_released += r.guarded_refused_released;
+        self.proclaims_succeeded += r.proclaims_succeeded;
+        self.proclaims_refused += r.proclaims_refused;
         self.resends += r.lock_resends;
         self.copies_remembered += r.lock_copies_remembered;
     }
@@ -180,7 +184,7 @@ impl LockActivity {
     /// Over a run of seeds, each of the lock and fencing checks had something to check: lock
     /// grants, lock-delays that ended, holds ended by expiry and by close, guarded writes that
     /// succeeded, and guarded writes refused after their session ended and after their grant
-    /// was released; in chaos runs (`crowds`), a locker's failed call sent again; over 100 seeds
+    /// was released; proclaims that succeeded and that were refused; in chaos runs (`crowds`), a locker's failed call sent again; over 100 seeds
     /// or more, a hold ended by its session's close, and in chaos runs a queue of three
     /// sessions and a copy of a command applied after the first took effect; over 200 seeds or more, a lock granted again after an expiry (about one seed in
     /// fifteen has one).
@@ -208,6 +212,11 @@ impl LockActivity {
             (self.guarded_succeeded, "a write guarded by a sequencer should have succeeded"),
             (self.refused_session_ended, "a guarded write should have been refused after its session ended"),
             (self.refused_released, "a guarded write should have been refused after its grant was released"),
+            (self.proclaims_succeeded, "a proclaim by an election's leader should have succeeded"),
+            (
+                self.proclaims_refused,
+                "a proclaim by a sequencer that no longer leads should have been refused",
+            ),
         ];
         for (count, expected) in counts {
             assert!(count > 0, "over {seeds} seeds, {expected} (the check is not idle): {self}");
@@ -220,7 +229,7 @@ impl std::fmt::Display for LockActivity {
         write!(
             f,
             "{} lock grants, {} lock-delays ended, {} holds ended by expiry ({} of them followed by a grant), {} by close; queues of up to {} sessions; {} guarded writes: {} succeeded, {} refused after their session \
-             ended, {} refused after a release; {} calls sent again after a failure, {} copies applied after \
+             ended, {} refused after a release ({} proclaims succeeded, {} refused); {} calls sent again after a failure, {} copies applied after \
              the first took effect (answered from memory)",
             self.grants,
             self.delays_ended,
@@ -232,6 +241,8 @@ impl std::fmt::Display for LockActivity {
             self.guarded_succeeded,
             self.refused_session_ended,
             self.refused_released,
+            self.proclaims_succeeded,
+            self.proclaims_refused,
             self.resends,
             self.copies_remembered
         )
