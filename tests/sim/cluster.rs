@@ -287,6 +287,10 @@ pub struct Report {
     /// Of them, proclaims (by an election's sequencer) that succeeded, and that were refused.
     pub proclaims_succeeded: u64,
     pub proclaims_refused: u64,
+    /// Lockers' puts of keys bound to their sessions answered as written, and sequential ones
+    /// among them.
+    pub bound_puts: u64,
+    pub sequential_puts: u64,
     /// Registry: heartbeats and registrations applied, turns to critical, reaps, and instances
     /// removed with their session.
     pub heartbeats: u64,
@@ -315,7 +319,7 @@ impl std::fmt::Display for Report {
              retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}), \
              partitions {}, pauses {}, snapshots {}; max term {}, revision {}, {} hash checks; lease grants {}, \
              expiries {}, closes {}; lock grants {}, lock-delays ended {}, holds expired {} (unplaced {}, granted again after {}), closed {}, longest queue {}, acquires withdrawn first {}, queues full {}, calls sent again {} (copies answered from memory {}); guarded \
-             writes {} (succeeded {}, refused after their session ended {}, refused after a release {}; proclaims succeeded {}, refused {}); heartbeats {}, \
+             writes {} (succeeded {}, refused after their session ended {}, refused after a release {}; proclaims succeeded {}, refused {}); bound puts {} (sequential {}); heartbeats {}, \
              critical {}, reaped {}, removed with their session {}; watched revisions {} (moves {}, compacted {}), compact revision {}; history bytes {} of bound {} (byte-compacted {}); trace {:016x}",
             self.seed,
             self.nodes,
@@ -357,6 +361,8 @@ impl std::fmt::Display for Report {
             self.guarded_refused_released,
             self.proclaims_succeeded,
             self.proclaims_refused,
+            self.bound_puts,
+            self.sequential_puts,
             self.heartbeats,
             self.criticals,
             self.reaps,
@@ -2232,6 +2238,8 @@ impl Sim {
         r.lock_grants_after_expiry = self.lock_checker.regranted.len() as u64;
         r.lock_ids_spent = self.lock_checker.spent_ids();
         r.lock_queues_full = self.lockers.iter().map(|l| l.queues_full).sum();
+        r.bound_puts = self.lockers.iter().map(|l| l.bound_puts).sum();
+        r.sequential_puts = self.lockers.iter().map(|l| l.sequential_puts).sum();
         r.lock_resends = self.resends;
         r.lock_copies_remembered = self.lock_checker.copies_remembered;
         r.guarded_sent = self.fences.sent_count();

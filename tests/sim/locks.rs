@@ -13,6 +13,9 @@
 //! session of its own, contends for one lock with shared requests half the time, so that queues
 //! of several sessions and mixed modes form (a grant of only the first of several compatible
 //! waiters, or a cancelled head that lets nobody in, fails "the queue moves" within 300 seeds).
+//! Now and then a locker puts a key bound to its session (ephemeral), half the time a sequential
+//! one under a prefix of its own ([`BOUND_PREFIX`]), or deletes the first sequential key it
+//! wrote (as a queue's consumer takes the head), so that counters must not be used again.
 //! A call that fails (an error, or no answer in time) is sent again half the time, up to three
 //! times, as the client library sends it: the same command under the same request id, to a
 //! member drawn anew (the first copy may have applied, or still be on its way). Withdrawals
@@ -37,6 +40,11 @@
 //! - No queue holds more than the bound every acquire of the run carries (drawn per seed: none,
 //!   or 1 to 3, as a member's `--max-lock-waiters` would set it): past it an acquire is
 //!   refused, QUEUE_FULL.
+//! - Every key bound to a session belongs to a live session, and each session counts exactly
+//!   the keys bound to it: a session's end deletes its keys with it, in the same revision.
+//!
+//! And from the answers lockers get: a sequential put writes a new key each time, under its
+//! prefix, whose counter grows with the revision it was written at.
 //!
 //! And from the members' applied commands: a lock-delay begins only with an abnormal release —
 //! in a command a member proposed itself (an expiry) that ended a session, never in a client's
@@ -58,8 +66,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use latch::core::{Action, Core, Progress};
 use latch::fsm::{self, history::Space, locks::lock_key, AppliedCommand, LockChange, SessionChange};
 use latch_proto::internal::{
-    command::Body, compare, lock_result::Status, op, outcome, Acquire, CancelWait, Compare, LockHolder,
-    LockMode, LockRow, LockSpace, Op, Outcome, Proclaim, Put, Release, Sequencer, Txn,
+    command::Body, compare, lock_result::Status, op, outcome, Acquire, CancelWait, Compare, DeleteRange,
+    LockHolder, LockMode, LockRow, LockSpace, Op, Outcome, Proclaim, Put, Release, Sequencer, Txn,
 };
 use prost::Message as _;
 use rand::rngs::SmallRng;
@@ -82,6 +90,11 @@ const GUARDED_WRITE_P: f64 = 0.35;
 const STALE_WRITE_P: f64 = 0.15;
 /// How many acknowledged releases a locker keeps, to send a stale token of.
 const RELEASED_KEPT: usize = 3;
+/// How often a locker puts a key bound to its session, of the calls it draws.
+const BOUND_PUT_P: f64 = 0.1;
+/// Where lockers' session-bound keys live: `bound/<locker>/k<n>`, and sequential ones under
+/// `bound/<locker>/s/`. Nothing else in a run writes there.
+pub const BOUND_PREFIX: &str = "bound/";
 
 /// One simulated lock client.
 #[derive(Debug, Clone)]
@@ -117,6 +130,13 @@ pub struct Locker {
     /// One of a crowd: its acquires are all of [`CROWD_LOCK`], shared half the time (a
     /// withdrawal it races may name any lock).
     crowd: bool,
+    /// Its sequential puts answered: revision → the counter of the key written; and the
+    /// counters of those it has not deleted.
+    sequential: BTreeMap<i64, u64>,
+    sequential_kept: BTreeSet<u64>,
+    /// Bound puts answered as written, and sequential ones among them.
+    pub bound_puts: u64,
+    pub sequential_puts: u64,
 }
 
 /// What a locker asked.
@@ -142,6 +162,10 @@ pub enum LockCall {
         sequencer: Sequencer,
         proclaimed: Option<Vec<u8>>,
         released_at: Option<u64>,
+    },
+    /// A put of a key bound to the locker's session; `sequential`: under its sequential prefix.
+    Bound {
+        sequential: bool,
     },
     /// A withdrawal proposed under the id of an acquire not sent yet.
     Spend {
@@ -169,6 +193,10 @@ impl Locker {
             queue_bound,
             queues_full: 0,
             crowd,
+            sequential: BTreeMap::new(),
+            sequential_kept: BTreeSet::new(),
+            bound_puts: 0,
+            sequential_puts: 0,
         }
     }
 
@@ -214,6 +242,27 @@ impl Locker {
         if !self.held.is_empty() && rng.gen_bool(0.4) {
             let seq = self.held.swap_remove(rng.gen_range(0..self.held.len()));
             return (Body::Release(Release { sequencer: Some(seq) }), request_id, LockCall::Release);
+        }
+        if rng.gen_bool(BOUND_PUT_P) {
+            if let Some(&first) = self.sequential_kept.first().filter(|_| rng.gen_bool(0.3)) {
+                let key = sequential_key(self.index, first);
+                let body = Body::DeleteRange(DeleteRange { key, range_end: Vec::new(), prev_kv: false });
+                return (body, request_id, LockCall::Bound { sequential: false });
+            }
+            let sequential = rng.gen_bool(0.5);
+            let key = if sequential {
+                format!("{BOUND_PREFIX}{}/s/", self.index)
+            } else {
+                format!("{BOUND_PREFIX}{}/k{}", self.index, rng.gen_range(0..3))
+            };
+            let body = Body::Put(Put {
+                key: key.into_bytes(),
+                value: request_id.clone().into_bytes(),
+                prev_kv: false,
+                session: session.to_string(),
+                sequential,
+            });
+            return (body, request_id, LockCall::Bound { sequential });
         }
         if !self.waiting.is_empty() && rng.gen_bool(0.2) {
             let (space, name, id) = self.waiting[rng.gen_range(0..self.waiting.len())].clone();
@@ -287,6 +336,20 @@ impl Locker {
             }
             return None;
         }
+        if let LockCall::Bound { sequential } = call {
+            if let Some(outcome::Result::DeleteRange(_)) = &outcome.result {
+                // Its first sequential key is gone: the next one is deleted next.
+                self.sequential_kept.pop_first();
+                return None;
+            }
+            if let Some(outcome::Result::Put(p)) = &outcome.result {
+                self.bound_puts += 1;
+                if *sequential {
+                    self.sequential_put(ctx, outcome.revision, &p.key);
+                }
+            }
+            return None;
+        }
         let Some(outcome::Result::Lock(r)) = &outcome.result else { return None };
         if let LockCall::Spend { space, name, request_id } = call {
             self.spent = Some((*space, name.clone(), request_id.clone()));
@@ -321,7 +384,10 @@ impl Locker {
                     self.waiting.retain(|(_, _, id)| id != request_id);
                 }
             }
-            LockCall::Release | LockCall::Spend { .. } | LockCall::Guarded { .. } => {}
+            LockCall::Release
+            | LockCall::Spend { .. }
+            | LockCall::Guarded { .. }
+            | LockCall::Bound { .. } => {}
         }
         if let (true, Some(seq)) = (r.status == Status::Done as i32, &r.sequencer) {
             // A release (or a cancel that released its grant) took effect: a stale token now.
@@ -337,6 +403,47 @@ impl Locker {
             }
         }
         None
+    }
+
+    /// A sequential put of this locker was answered as written at `revision`, key `key`: under
+    /// its prefix, a counter no other revision wrote, growing with the revisions (a copy of the
+    /// put answered from the request memory names the same revision and key).
+    fn sequential_put(&mut self, ctx: Ctx, revision: i64, key: &[u8]) {
+        let prefix = format!("{BOUND_PREFIX}{}/s/", self.index);
+        let counter = key
+            .strip_prefix(prefix.as_bytes())
+            .and_then(|digits| std::str::from_utf8(digits).ok())
+            .and_then(|digits| digits.parse::<u64>().ok())
+            .unwrap_or_else(|| {
+                ctx.fail(
+                    None,
+                    "kv: a sequential put writes its prefix and a counter",
+                    format!(
+                        "locker {}'s sequential put under {prefix:?} wrote {:?}",
+                        self.index,
+                        String::from_utf8_lossy(key)
+                    ),
+                )
+            });
+        let elsewhere = self.sequential.iter().find(|&(&r, &c)| (r == revision) != (c == counter));
+        let misordered = out_of_order(&self.sequential, revision, counter);
+        if elsewhere.is_some() || misordered.is_some() {
+            ctx.fail(
+                None,
+                "kv: a sequential put writes a new key, its counter growing with the revision",
+                format!(
+                    "locker {}'s sequential put wrote {:?} at revision {revision}; earlier answers (revision, \
+                     counter): {:?}",
+                    self.index,
+                    String::from_utf8_lossy(key),
+                    self.sequential
+                ),
+            );
+        }
+        if self.sequential.insert(revision, counter).is_none() {
+            self.sequential_kept.insert(counter);
+            self.sequential_puts += 1;
+        }
     }
 
     /// A grant handed to this locker (told by `how`), for `session`, of the lock it asked for
@@ -385,6 +492,49 @@ impl Locker {
         }
         self.waiting = still;
     }
+}
+
+/// In a member's applied state: every key under [`BOUND_PREFIX`] is bound to a live session, and
+/// every session counts exactly the keys bound to it (only lockers bind keys, only there).
+fn check_bound_keys(ctx: Ctx, id: u64, txn: &redb::ReadTransaction) {
+    let fail = |e: String| -> ! { ctx.fail(Some(id), "sessions: state readable", e) };
+    let range = latch_proto::internal::Range {
+        key: BOUND_PREFIX.as_bytes().to_vec(),
+        range_end: b"bound0".to_vec(), // the prefix's end: '/' + 1
+        ..Default::default()
+    };
+    let (_, found) = fsm::range(txn, &range, usize::MAX).unwrap_or_else(|e| fail(e.to_string()));
+    let mut bound: BTreeMap<&str, u64> = BTreeMap::new();
+    for kv in found.kvs.iter().filter(|kv| !kv.session.is_empty()) {
+        *bound.entry(kv.session.as_str()).or_default() += 1;
+    }
+    let sessions = fsm::sessions::all(txn).unwrap_or_else(|e| fail(e.to_string()));
+    for (session, keys) in &bound {
+        if !sessions.iter().any(|(s, _)| s == session) {
+            ctx.fail(
+                Some(id),
+                "sessions: a session's end deletes the keys bound to it",
+                format!(
+                    "{keys} key(s) under {BOUND_PREFIX:?} are bound to session {session}, which is not live"
+                ),
+            );
+        }
+    }
+    for (session, row) in &sessions {
+        let keys = bound.get(session.as_str()).copied().unwrap_or(0);
+        if row.keys != keys {
+            ctx.fail(
+                Some(id),
+                "sessions: a session counts the keys bound to it",
+                format!("session {session} counts {} bound key(s), but {keys} are bound to it", row.keys),
+            );
+        }
+    }
+}
+
+/// The key of locker `locker`'s sequential put with counter `n` (see `fsm::kv::SEQUENCE_DIGITS`).
+fn sequential_key(locker: usize, n: u64) -> Vec<u8> {
+    format!("{BOUND_PREFIX}{locker}/s/{n:020}").into_bytes()
 }
 
 /// A call writing under the guard of `seq` (see [`guarded_write`]); for an election's, half the
@@ -706,6 +856,7 @@ impl LockChecker {
                 Err(e) => ctx.fail(Some(id), "locks: state readable", e.to_string()),
             };
             let revision = core.status().applied.revision;
+            check_bound_keys(ctx, id, &txn);
             let mut holds: Holds = BTreeMap::new();
             for space in [LockSpace::Locks, LockSpace::Elections] {
                 let (rows, _) =

@@ -159,6 +159,8 @@ struct LockActivity {
     refused_released: u64,
     proclaims_succeeded: u64,
     proclaims_refused: u64,
+    bound_puts: u64,
+    sequential_puts: u64,
     resends: u64,
     copies_remembered: u64,
 }
@@ -177,6 +179,8 @@ impl LockActivity {
         self.refused_released += r.guarded_refused_released;
         self.proclaims_succeeded += r.proclaims_succeeded;
         self.proclaims_refused += r.proclaims_refused;
+        self.bound_puts += r.bound_puts;
+        self.sequential_puts += r.sequential_puts;
         self.resends += r.lock_resends;
         self.copies_remembered += r.lock_copies_remembered;
     }
@@ -184,10 +188,11 @@ impl LockActivity {
     /// Over a run of seeds, each of the lock and fencing checks had something to check: lock
     /// grants, lock-delays that ended, holds ended by expiry and by close, guarded writes that
     /// succeeded, and guarded writes refused after their session ended and after their grant
-    /// was released; proclaims that succeeded and that were refused; in chaos runs (`crowds`), a locker's failed call sent again; over 100 seeds
-    /// or more, a hold ended by its session's close, and in chaos runs a queue of three
-    /// sessions and a copy of a command applied after the first took effect; over 200 seeds or more, a lock granted again after an expiry (about one seed in
-    /// fifteen has one).
+    /// was released; proclaims that succeeded and that were refused; session-bound puts, plain
+    /// and sequential; in chaos runs (`crowds`), a locker's failed call sent again; over 100
+    /// seeds or more, a hold ended by its session's close, and in chaos runs a queue of three
+    /// sessions and a copy of a command applied after the first took effect; over 200 seeds or
+    /// more, a lock granted again after an expiry (about one seed in fifteen has one).
     fn assert_not_idle(&self, seeds: usize, crowds: bool) {
         let regranted = if seeds >= 200 { self.grants_after_expiry } else { 1 };
         let closed = if seeds >= 100 { self.closed_holds } else { 1 };
@@ -217,6 +222,8 @@ impl LockActivity {
                 self.proclaims_refused,
                 "a proclaim by a sequencer that no longer leads should have been refused",
             ),
+            (self.bound_puts - self.sequential_puts, "a key bound to a session should have been put"),
+            (self.sequential_puts, "a sequential key bound to a session should have been put"),
         ];
         for (count, expected) in counts {
             assert!(count > 0, "over {seeds} seeds, {expected} (the check is not idle): {self}");
@@ -229,7 +236,7 @@ impl std::fmt::Display for LockActivity {
         write!(
             f,
             "{} lock grants, {} lock-delays ended, {} holds ended by expiry ({} of them followed by a grant), {} by close; queues of up to {} sessions; {} guarded writes: {} succeeded, {} refused after their session \
-             ended, {} refused after a release ({} proclaims succeeded, {} refused); {} calls sent again after a failure, {} copies applied after \
+             ended, {} refused after a release ({} proclaims succeeded, {} refused); {} session-bound puts ({} sequential); {} calls sent again after a failure, {} copies applied after \
              the first took effect (answered from memory)",
             self.grants,
             self.delays_ended,
@@ -243,6 +250,8 @@ impl std::fmt::Display for LockActivity {
             self.refused_released,
             self.proclaims_succeeded,
             self.proclaims_refused,
+            self.bound_puts,
+            self.sequential_puts,
             self.resends,
             self.copies_remembered
         )
