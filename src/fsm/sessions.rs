@@ -280,6 +280,24 @@ pub fn read(txn: &ReadTransaction, id: &str) -> Result<Option<SessionRow>, FsmEr
     }
 }
 
+/// Every (session, key) pair of the `session_keys` index, in order: the keys bound to each
+/// session, as the session's end will delete them.
+pub fn bound_keys(txn: &ReadTransaction) -> Result<Vec<(String, Vec<u8>)>, FsmError> {
+    let Some(index) = open_read(txn, SESSION_KEYS)? else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for row in index.iter()? {
+        let (k, _) = row?;
+        let Some((id, key)) = split_key(k.value()) else {
+            return Err(FsmError::Corrupt(format!(
+                "table session_keys, key {:?}: not a session id and a key",
+                show(k.value())
+            )));
+        };
+        out.push((String::from_utf8_lossy(id).into_owned(), key.to_vec()));
+    }
+    Ok(out)
+}
+
 /// Every session, in id order.
 pub fn all(txn: &ReadTransaction) -> Result<Vec<(String, SessionRow)>, FsmError> {
     Ok(page(txn, "", usize::MAX, |_, _| true)?.0)
@@ -454,6 +472,13 @@ mod tests {
         s.apply("", bound_put("c", "s2"));
         s.apply("", put("plain", "v"));
         assert_eq!(row(&s, "s1").map(|r| r.keys), Some(2), "s1 owns a and b");
+        let index = |s: &Store| s.read(bound_keys).expect("the index reads");
+        let pair = |id: &str, key: &str| (id.to_string(), key.as_bytes().to_vec());
+        assert_eq!(
+            index(&s),
+            vec![pair("s1", "a"), pair("s1", "b"), pair("s2", "c")],
+            "the index names them"
+        );
         let before = s.applied().revision;
         let closed = s.apply_full("", Body::CloseSession(CloseSession { id: "s1".into() }));
         assert_eq!(closed.outcome.revision, before + 1, "the end of a session is one revision");
@@ -474,6 +499,7 @@ mod tests {
         assert_eq!(session_of(&s, "c").as_deref(), Some("s2"), "s2's key stays");
         assert!(s.get("plain").is_some(), "a key without a session stays");
         assert_eq!(row(&s, "s1"), None, "the session is gone");
+        assert_eq!(index(&s), vec![pair("s2", "c")], "and its keys are out of the index");
         let again = s.apply("", Body::CloseSession(CloseSession { id: "s1".into() }));
         assert_eq!(as_not_found(again).name, "s1", "closing it again names the missing session");
     }

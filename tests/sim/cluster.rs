@@ -291,6 +291,8 @@ pub struct Report {
     /// among them.
     pub bound_puts: u64,
     pub sequential_puts: u64,
+    /// Deletes of lockers' sequential keys that deleted one.
+    pub sequential_deletes: u64,
     /// Registry: heartbeats and registrations applied, turns to critical, reaps, and instances
     /// removed with their session.
     pub heartbeats: u64,
@@ -319,7 +321,7 @@ impl std::fmt::Display for Report {
              retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}), \
              partitions {}, pauses {}, snapshots {}; max term {}, revision {}, {} hash checks; lease grants {}, \
              expiries {}, closes {}; lock grants {}, lock-delays ended {}, holds expired {} (unplaced {}, granted again after {}), closed {}, longest queue {}, acquires withdrawn first {}, queues full {}, calls sent again {} (copies answered from memory {}); guarded \
-             writes {} (succeeded {}, refused after their session ended {}, refused after a release {}; proclaims succeeded {}, refused {}); bound puts {} (sequential {}); heartbeats {}, \
+             writes {} (succeeded {}, refused after their session ended {}, refused after a release {}; proclaims succeeded {}, refused {}); bound puts {} (sequential {}, sequential deletes {}); heartbeats {}, \
              critical {}, reaped {}, removed with their session {}; watched revisions {} (moves {}, compacted {}), compact revision {}; history bytes {} of bound {} (byte-compacted {}); trace {:016x}",
             self.seed,
             self.nodes,
@@ -363,6 +365,7 @@ impl std::fmt::Display for Report {
             self.proclaims_refused,
             self.bound_puts,
             self.sequential_puts,
+            self.sequential_deletes,
             self.heartbeats,
             self.criticals,
             self.reaps,
@@ -2240,6 +2243,7 @@ impl Sim {
         r.lock_queues_full = self.lockers.iter().map(|l| l.queues_full).sum();
         r.bound_puts = self.lockers.iter().map(|l| l.bound_puts).sum();
         r.sequential_puts = self.lockers.iter().map(|l| l.sequential_puts).sum();
+        r.sequential_deletes = self.lockers.iter().map(|l| l.sequential_deletes).sum();
         r.lock_resends = self.resends;
         r.lock_copies_remembered = self.lock_checker.copies_remembered;
         r.guarded_sent = self.fences.sent_count();

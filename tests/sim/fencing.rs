@@ -59,6 +59,11 @@ struct Before {
     revision: i64,
     holders: Vec<LockHolder>,
     session_live: bool,
+    /// Whether the request memory held the write already (its application is then an answer
+    /// from the memory, not a first one).
+    remembered: bool,
+    /// For a proclaim: the election's leader (generation, value), if any.
+    election: Option<(u64, Vec<u8>)>,
 }
 
 /// A guarded write's first application: where, at which revision, and whether it succeeded.
@@ -163,8 +168,8 @@ impl FenceChecker {
             let p = applier.apply(vec![e], &mut ())?;
             // None: a snapshot covered the entry, so it was not applied here.
             if let Some(c) = p.commands.first() {
-                if self.applied(ctx, node, &request_id, &before, c) {
-                    self.proclaimed(ctx, node, &request_id, db, c);
+                if let Some(succeeded) = self.applied(ctx, node, &request_id, &before, c) {
+                    self.election_after(ctx, node, &request_id, db, c, (succeeded, &before));
                 }
             }
             progress.push(p);
@@ -194,18 +199,25 @@ impl FenceChecker {
             let revision = fsm::applied(&txn).map_err(|e| e.to_string())?.revision;
             let row = fsm::locks::read(&txn, &lock_key(space, &seq.name)).map_err(|e| e.to_string())?;
             let session = fsm::sessions::read(&txn, &seq.session).map_err(|e| e.to_string())?;
+            let remembered = fsm::remembered(&txn, request_id).map_err(|e| e.to_string())?;
+            let election = match self.sent[request_id].proclaimed {
+                Some(_) => election(&txn, &seq.name)?,
+                None => None,
+            };
             Ok(Before {
                 revision,
                 holders: row.map(|r| r.holders).unwrap_or_default(),
                 session_live: session.is_some(),
+                remembered,
+                election,
             })
         };
         read().unwrap_or_else(|e| ctx.fail(Some(node), "fencing: state readable", e))
     }
 
     /// Member `node` applied guarded write `request_id` as `c`, on the state `before`; whether
-    /// this was its first application there and it succeeded (not an answer from the request
-    /// memory).
+    /// it succeeded, when this was its first application there (not an answer from the
+    /// request memory).
     fn applied(
         &mut self,
         ctx: Ctx,
@@ -213,7 +225,7 @@ impl FenceChecker {
         request_id: &str,
         before: &Before,
         c: &AppliedCommand,
-    ) -> bool {
+    ) -> Option<bool> {
         let g = &self.sent[request_id];
         let seq = &g.sequencer;
         let what = || {
@@ -244,7 +256,7 @@ impl FenceChecker {
             ),
         };
         let revision = c.outcome.revision;
-        let first = revision == before.revision + i64::from(succeeded);
+        let first = !before.remembered;
         let recorded = self.applied.get(request_id).copied();
         if let Some(a) = recorded.filter(|a| (a.revision, a.succeeded) != (revision, succeeded)) {
             ctx.fail(
@@ -263,7 +275,19 @@ impl FenceChecker {
         }
         if !first {
             // Answered from the request memory: the outcome of its first application.
-            return false;
+            return None;
+        }
+        if revision != before.revision + i64::from(succeeded) {
+            ctx.fail(
+                Some(node),
+                "fencing: a guarded write raises one revision when it succeeds, none when refused",
+                format!(
+                    "{} {} at revision {revision}, on a state at revision {}",
+                    what(),
+                    verb(succeeded),
+                    before.revision
+                ),
+            );
         }
         let holding = before.holders.iter().any(|h| holds(h, seq));
         if succeeded != holding {
@@ -303,7 +327,7 @@ impl FenceChecker {
             }
         }
         if recorded.is_some() {
-            return succeeded;
+            return Some(succeeded);
         }
         self.applied.insert(request_id.to_string(), FirstApplication { node, revision, succeeded });
         match (succeeded, before.session_live) {
@@ -317,33 +341,52 @@ impl FenceChecker {
         if succeeded && seq.mode == LockMode::Exclusive as i32 {
             self.written(ctx, node, request_id, revision, seq.generation);
         }
-        succeeded
+        Some(succeeded)
     }
 
-    /// After member `node` applied `c`, an application of guarded write `request_id` that
-    /// succeeded there (not an answer from the request memory): if a proclaim, the election's
-    /// leader in `db` is the proclaim's generation, with its value.
-    fn proclaimed(&self, ctx: Ctx, node: u64, request_id: &str, db: &Database, c: &AppliedCommand) {
+    /// After member `node` first applied guarded write `request_id` as `c` (`succeeded` or not,
+    /// on the state `before`): if a proclaim, the election's leader in `db` is then the
+    /// proclaim's generation with its value when it succeeded, and as it was before when refused.
+    fn election_after(
+        &self,
+        ctx: Ctx,
+        node: u64,
+        request_id: &str,
+        db: &Database,
+        c: &AppliedCommand,
+        (succeeded, before): (bool, &Before),
+    ) {
         let g = &self.sent[request_id];
         let Some(value) = &g.proclaimed else { return };
-        let leader = db
+        let found = db
             .begin_read()
             .map_err(|e| e.to_string())
-            .and_then(|txn| fsm::elections::leader(&txn, &g.sequencer.name).map_err(|e| e.to_string()))
+            .and_then(|txn| election(&txn, &g.sequencer.name))
             .unwrap_or_else(|e| ctx.fail(Some(node), "fencing: state readable", e));
-        let found = leader.map(|l| (l.sequencer.generation, l.value));
-        if found.as_ref() != Some(&(g.sequencer.generation, value.clone())) {
+        let (invariant, expected) = if succeeded {
+            (
+                "fencing: a proclaim that succeeded sets its election's value",
+                Some((g.sequencer.generation, value.clone())),
+            )
+        } else {
+            ("fencing: a refused proclaim changes nothing", before.election.clone())
+        };
+        if found != expected {
+            let show = |e: &Option<(u64, Vec<u8>)>| {
+                e.as_ref().map(|(g, v)| (*g, String::from_utf8_lossy(v).into_owned()))
+            };
             ctx.fail(
                 Some(node),
-                "fencing: a proclaim that succeeded sets its election's value",
+                invariant,
                 format!(
-                    "proclaim {request_id} of generation {} of election {:?} succeeded at revision {}, but the \
-                     election's (generation, value) is then {found:?}, expected ({}, {:?})",
+                    "proclaim {request_id} of generation {} of election {:?} {} at revision {}: the election's \
+                     (generation, value) is then {:?}, expected {:?}",
                     g.sequencer.generation,
                     g.sequencer.name,
+                    verb(succeeded),
                     c.outcome.revision,
-                    g.sequencer.generation,
-                    String::from_utf8_lossy(value)
+                    show(&found),
+                    show(&expected)
                 ),
             );
         }
@@ -409,6 +452,12 @@ impl FenceChecker {
     }
 }
 
+/// Election `name`'s leader as (generation, value), if it has one.
+fn election(txn: &redb::ReadTransaction, name: &str) -> Result<Option<(u64, Vec<u8>)>, String> {
+    let leader = fsm::elections::leader(txn, name).map_err(|e| e.to_string())?;
+    Ok(leader.map(|l| (l.sequencer.generation, l.value)))
+}
+
 /// Whether `holder` is the grant `seq` names (its generation, session and mode).
 fn holds(holder: &LockHolder, seq: &Sequencer) -> bool {
     holder.generation == seq.generation && holder.session == seq.session && holder.mode == seq.mode
@@ -455,7 +504,13 @@ mod checker {
 
     /// The state at `revision`, held by `holders`, its session live or not.
     fn state(revision: i64, holders: &[u64], session_live: bool) -> Before {
-        Before { revision, holders: holders.iter().map(|&g| holder(g)).collect(), session_live }
+        Before {
+            revision,
+            holders: holders.iter().map(|&g| holder(g)).collect(),
+            session_live,
+            remembered: false,
+            election: None,
+        }
     }
 
     /// The first application of `request_id` on `before`: at the next revision if it succeeded.
@@ -500,7 +555,8 @@ mod checker {
         write(&mut c, 30, "w4", 2, state(16, &[], false), false);
         // Another member applies w3 the same way; a retry of it is answered from the memory.
         c.applied(ctx(40), 2, "w3", &state(14, &[2], true), &txn("w3", &state(14, &[2], true), true));
-        c.applied(ctx(50), 1, "w3", &state(20, &[], false), &txn("w3", &state(14, &[2], true), true));
+        let remembered = Before { remembered: true, ..state(20, &[], false) };
+        c.applied(ctx(50), 1, "w3", &remembered, &txn("w3", &state(14, &[2], true), true));
         let counts = (c.succeeded, c.refused_released, c.refused_session_ended);
         assert_eq!(
             counts,
@@ -580,6 +636,17 @@ mod checker {
     fn a_proclaim_answered_otherwise_than_done_or_not_held_fails() {
         let mut c = FenceChecker::default();
         proclaim(&mut c, 0, "p1", 1, state(10, &[1], true), Status::Granted);
+    }
+
+    #[test]
+    #[should_panic(expected = "a guarded write raises one revision when it succeeds, none when refused")]
+    fn a_refused_write_that_raises_a_revision_fails() {
+        let mut c = FenceChecker::default();
+        let before = state(10, &[2], true);
+        let mut refused = txn("w1", &before, false);
+        refused.outcome.revision = 11;
+        c.sent(ctx(0), 0, "w1", &seq(1), None, None, None);
+        c.applied(ctx(1), 1, "w1", &before, &refused);
     }
 
     #[test]

@@ -14,8 +14,9 @@
 //! of several sessions and mixed modes form (a grant of only the first of several compatible
 //! waiters, or a cancelled head that lets nobody in, fails "the queue moves" within 300 seeds).
 //! Now and then a locker puts a key bound to its session (ephemeral), half the time a sequential
-//! one under a prefix of its own ([`BOUND_PREFIX`]), or deletes the first sequential key it
-//! wrote (as a queue's consumer takes the head), so that counters must not be used again.
+//! one under a prefix of its own ([`BOUND_PREFIX`]), or deletes the sequential key with the
+//! lowest counter of those it was answered and has not deleted (as a queue's consumer takes the
+//! head), so that a counter used again would show.
 //! A call that fails (an error, or no answer in time) is sent again half the time, up to three
 //! times, as the client library sends it: the same command under the same request id, to a
 //! member drawn anew (the first copy may have applied, or still be on its way). Withdrawals
@@ -40,8 +41,9 @@
 //! - No queue holds more than the bound every acquire of the run carries (drawn per seed: none,
 //!   or 1 to 3, as a member's `--max-lock-waiters` would set it): past it an acquire is
 //!   refused, QUEUE_FULL.
-//! - Every key bound to a session belongs to a live session, and each session counts exactly
-//!   the keys bound to it: a session's end deletes its keys with it, in the same revision.
+//! - Every key bound to a session belongs to a live session, each session counts exactly the
+//!   keys bound to it, and the `session_keys` index names exactly those (session, key) pairs:
+//!   a session's end deletes its keys with it.
 //!
 //! And from the answers lockers get: a sequential put writes a new key each time, under its
 //! prefix, whose counter grows with the revision it was written at.
@@ -130,10 +132,12 @@ pub struct Locker {
     /// One of a crowd: its acquires are all of [`CROWD_LOCK`], shared half the time (a
     /// withdrawal it races may name any lock).
     crowd: bool,
-    /// Its sequential puts answered: revision → the counter of the key written; and the
-    /// counters of those it has not deleted.
+    /// Its sequential puts answered: revision → the counter of the key written; and the keys
+    /// of those it has not deleted, by counter.
     sequential: BTreeMap<i64, u64>,
-    sequential_kept: BTreeSet<u64>,
+    sequential_kept: BTreeMap<u64, Vec<u8>>,
+    /// Deletes of its sequential keys answered as having deleted one.
+    pub sequential_deletes: u64,
     /// Bound puts answered as written, and sequential ones among them.
     pub bound_puts: u64,
     pub sequential_puts: u64,
@@ -162,6 +166,10 @@ pub enum LockCall {
         sequencer: Sequencer,
         proclaimed: Option<Vec<u8>>,
         released_at: Option<u64>,
+    },
+    /// The delete of its sequential key with counter `counter`.
+    DeleteSequential {
+        counter: u64,
     },
     /// A put of a key bound to the locker's session; `sequential`: under its sequential prefix.
     Bound {
@@ -194,7 +202,8 @@ impl Locker {
             queues_full: 0,
             crowd,
             sequential: BTreeMap::new(),
-            sequential_kept: BTreeSet::new(),
+            sequential_kept: BTreeMap::new(),
+            sequential_deletes: 0,
             bound_puts: 0,
             sequential_puts: 0,
         }
@@ -244,10 +253,15 @@ impl Locker {
             return (Body::Release(Release { sequencer: Some(seq) }), request_id, LockCall::Release);
         }
         if rng.gen_bool(BOUND_PUT_P) {
-            if let Some(&first) = self.sequential_kept.first().filter(|_| rng.gen_bool(0.3)) {
-                let key = sequential_key(self.index, first);
-                let body = Body::DeleteRange(DeleteRange { key, range_end: Vec::new(), prev_kv: false });
-                return (body, request_id, LockCall::Bound { sequential: false });
+            if let Some((&counter, key)) =
+                self.sequential_kept.first_key_value().filter(|_| rng.gen_bool(0.3))
+            {
+                let body = Body::DeleteRange(DeleteRange {
+                    key: key.clone(),
+                    range_end: Vec::new(),
+                    prev_kv: false,
+                });
+                return (body, request_id, LockCall::DeleteSequential { counter });
             }
             let sequential = rng.gen_bool(0.5);
             let key = if sequential {
@@ -336,12 +350,15 @@ impl Locker {
             }
             return None;
         }
-        if let LockCall::Bound { sequential } = call {
-            if let Some(outcome::Result::DeleteRange(_)) = &outcome.result {
-                // Its first sequential key is gone: the next one is deleted next.
-                self.sequential_kept.pop_first();
-                return None;
+        if let LockCall::DeleteSequential { counter } = call {
+            if let Some(outcome::Result::DeleteRange(d)) = &outcome.result {
+                // Gone (or gone before, with its session): the next one is deleted next.
+                self.sequential_kept.remove(counter);
+                self.sequential_deletes += u64::from(d.deleted == 1);
             }
+            return None;
+        }
+        if let LockCall::Bound { sequential } = call {
             if let Some(outcome::Result::Put(p)) = &outcome.result {
                 self.bound_puts += 1;
                 if *sequential {
@@ -387,7 +404,8 @@ impl Locker {
             LockCall::Release
             | LockCall::Spend { .. }
             | LockCall::Guarded { .. }
-            | LockCall::Bound { .. } => {}
+            | LockCall::Bound { .. }
+            | LockCall::DeleteSequential { .. } => {}
         }
         if let (true, Some(seq)) = (r.status == Status::Done as i32, &r.sequencer) {
             // A release (or a cancel that released its grant) took effect: a stale token now.
@@ -412,6 +430,7 @@ impl Locker {
         let prefix = format!("{BOUND_PREFIX}{}/s/", self.index);
         let counter = key
             .strip_prefix(prefix.as_bytes())
+            .filter(|digits| digits.len() == fsm::SEQUENCE_DIGITS)
             .and_then(|digits| std::str::from_utf8(digits).ok())
             .and_then(|digits| digits.parse::<u64>().ok())
             .unwrap_or_else(|| {
@@ -441,7 +460,7 @@ impl Locker {
             );
         }
         if self.sequential.insert(revision, counter).is_none() {
-            self.sequential_kept.insert(counter);
+            self.sequential_kept.insert(counter, key.to_vec());
             self.sequential_puts += 1;
         }
     }
@@ -494,8 +513,10 @@ impl Locker {
     }
 }
 
-/// In a member's applied state: every key under [`BOUND_PREFIX`] is bound to a live session, and
-/// every session counts exactly the keys bound to it (only lockers bind keys, only there).
+/// In a member's applied state: every key under [`BOUND_PREFIX`] is bound to a live session,
+/// every session counts exactly the keys bound to it, and the `session_keys` index names
+/// exactly those pairs. Only lockers bind keys in a run, and only there: a simulated client
+/// that binds keys elsewhere must widen this.
 fn check_bound_keys(ctx: Ctx, id: u64, txn: &redb::ReadTransaction) {
     let fail = |e: String| -> ! { ctx.fail(Some(id), "sessions: state readable", e) };
     let range = latch_proto::internal::Range {
@@ -509,6 +530,28 @@ fn check_bound_keys(ctx: Ctx, id: u64, txn: &redb::ReadTransaction) {
         *bound.entry(kv.session.as_str()).or_default() += 1;
     }
     let sessions = fsm::sessions::all(txn).unwrap_or_else(|e| fail(e.to_string()));
+    let pairs: BTreeSet<(&str, &[u8])> = found
+        .kvs
+        .iter()
+        .filter(|kv| !kv.session.is_empty())
+        .map(|kv| (kv.session.as_str(), &kv.key[..]))
+        .collect();
+    let index = fsm::sessions::bound_keys(txn).unwrap_or_else(|e| fail(e.to_string()));
+    let indexed: BTreeSet<(&str, &[u8])> = index.iter().map(|(s, k)| (s.as_str(), &k[..])).collect();
+    if indexed != pairs {
+        let show = |set: &BTreeSet<(&str, &[u8])>| -> Vec<String> {
+            set.iter().map(|(s, k)| format!("{s}: {}", String::from_utf8_lossy(k))).collect()
+        };
+        ctx.fail(
+            Some(id),
+            "sessions: the index of bound keys names exactly the keys bound to each session",
+            format!(
+                "the index holds {:?}; the keys bound under {BOUND_PREFIX:?} are {:?}",
+                show(&indexed),
+                show(&pairs)
+            ),
+        );
+    }
     for (session, keys) in &bound {
         if !sessions.iter().any(|(s, _)| s == session) {
             ctx.fail(
@@ -530,11 +573,6 @@ fn check_bound_keys(ctx: Ctx, id: u64, txn: &redb::ReadTransaction) {
             );
         }
     }
-}
-
-/// The key of locker `locker`'s sequential put with counter `n` (see `fsm::kv::SEQUENCE_DIGITS`).
-fn sequential_key(locker: usize, n: u64) -> Vec<u8> {
-    format!("{BOUND_PREFIX}{locker}/s/{n:020}").into_bytes()
 }
 
 /// A call writing under the guard of `seq` (see [`guarded_write`]); for an election's, half the

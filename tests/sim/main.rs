@@ -161,6 +161,7 @@ struct LockActivity {
     proclaims_refused: u64,
     bound_puts: u64,
     sequential_puts: u64,
+    sequential_deletes: u64,
     resends: u64,
     copies_remembered: u64,
 }
@@ -181,6 +182,7 @@ impl LockActivity {
         self.proclaims_refused += r.proclaims_refused;
         self.bound_puts += r.bound_puts;
         self.sequential_puts += r.sequential_puts;
+        self.sequential_deletes += r.sequential_deletes;
         self.resends += r.lock_resends;
         self.copies_remembered += r.lock_copies_remembered;
     }
@@ -189,7 +191,7 @@ impl LockActivity {
     /// grants, lock-delays that ended, holds ended by expiry and by close, guarded writes that
     /// succeeded, and guarded writes refused after their session ended and after their grant
     /// was released; proclaims that succeeded and that were refused; session-bound puts, plain
-    /// and sequential; in chaos runs (`crowds`), a locker's failed call sent again; over 100
+    /// and sequential, and a sequential key deleted; in chaos runs (`crowds`), a locker's failed call sent again; over 100
     /// seeds or more, a hold ended by its session's close, and in chaos runs a queue of three
     /// sessions and a copy of a command applied after the first took effect; over 200 seeds or
     /// more, a lock granted again after an expiry (about one seed in fifteen has one).
@@ -224,6 +226,7 @@ impl LockActivity {
             ),
             (self.bound_puts - self.sequential_puts, "a key bound to a session should have been put"),
             (self.sequential_puts, "a sequential key bound to a session should have been put"),
+            (self.sequential_deletes, "a locker's sequential key should have been deleted"),
         ];
         for (count, expected) in counts {
             assert!(count > 0, "over {seeds} seeds, {expected} (the check is not idle): {self}");
@@ -236,7 +239,7 @@ impl std::fmt::Display for LockActivity {
         write!(
             f,
             "{} lock grants, {} lock-delays ended, {} holds ended by expiry ({} of them followed by a grant), {} by close; queues of up to {} sessions; {} guarded writes: {} succeeded, {} refused after their session \
-             ended, {} refused after a release ({} proclaims succeeded, {} refused); {} session-bound puts ({} sequential); {} calls sent again after a failure, {} copies applied after \
+             ended, {} refused after a release ({} proclaims succeeded, {} refused); {} session-bound puts ({} sequential, {} sequential keys deleted); {} calls sent again after a failure, {} copies applied after \
              the first took effect (answered from memory)",
             self.grants,
             self.delays_ended,
@@ -252,6 +255,7 @@ impl std::fmt::Display for LockActivity {
             self.proclaims_refused,
             self.bound_puts,
             self.sequential_puts,
+            self.sequential_deletes,
             self.resends,
             self.copies_remembered
         )
