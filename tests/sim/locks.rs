@@ -4,8 +4,9 @@
 //! grants by reading a member's applied state, as the API's waiting half does. While it holds a
 //! lock it sends, now and then, a write guarded by the grant's sequencer (`guarded_write`; see
 //! `fencing.rs`) — for an election, half the time a Proclaim of a value instead — and now and
-//! then one guarded by a sequencer whose release it saw acknowledged (a stale token). When its keeper stops (a dead or paused client) or hears that its session is
-//! gone, it asks for nothing more and releases nothing, holding what it holds: its session's
+//! then one guarded by a sequencer whose release it saw acknowledged (a stale token). When its
+//! keeper stops (a dead or paused client) or hears that its session is gone, it asks for nothing
+//! more and releases nothing, holding what it holds: its session's
 //! expiry releases that abnormally, and the lock-delay follows (or, for a keeper that closes its
 //! session on the way out, the close releases it normally). It goes on as a paused client
 //! that woke up and does not know: it sends writes guarded by what it believes it holds until
@@ -525,10 +526,6 @@ fn check_bound_keys(ctx: Ctx, id: u64, txn: &redb::ReadTransaction) {
         ..Default::default()
     };
     let (_, found) = fsm::range(txn, &range, usize::MAX).unwrap_or_else(|e| fail(e.to_string()));
-    let mut bound: BTreeMap<&str, u64> = BTreeMap::new();
-    for kv in found.kvs.iter().filter(|kv| !kv.session.is_empty()) {
-        *bound.entry(kv.session.as_str()).or_default() += 1;
-    }
     let sessions = fsm::sessions::all(txn).unwrap_or_else(|e| fail(e.to_string()));
     let pairs: BTreeSet<(&str, &[u8])> = found
         .kvs
@@ -551,6 +548,10 @@ fn check_bound_keys(ctx: Ctx, id: u64, txn: &redb::ReadTransaction) {
                 show(&pairs)
             ),
         );
+    }
+    let mut bound: BTreeMap<&str, u64> = BTreeMap::new();
+    for (session, _) in &pairs {
+        *bound.entry(session).or_default() += 1;
     }
     for (session, keys) in &bound {
         if !sessions.iter().any(|(s, _)| s == session) {
