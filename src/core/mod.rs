@@ -264,9 +264,10 @@ pub enum Action {
         waiter: Waiter,
         error: RequestError,
     },
-    /// A command changed the state: its revision and its key changes, in order (none when it
-    /// changed sessions or locks only). Emitted once per revision, in revision order, after the
-    /// state holding them is committed.
+    /// A command changed the state: its revision and its changes, in order, as its history
+    /// rows record them (keys', and sessions', locks', elections' and registry instances' states; none unless the
+    /// applier keeps events, `fsm::Bounds::events`). Emitted once per revision, in revision
+    /// order, after the state holding them is committed.
     Applied {
         revision: i64,
         events: Vec<Event>,

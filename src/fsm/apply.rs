@@ -24,12 +24,16 @@ pub enum EventKind {
     Delete,
 }
 
-/// One change of one applied command. For a put, `kv` is the key as written; for a delete,
-/// `kv` holds the key and the revision of the deletion (its value is empty). `prev_kv` is what
-/// the key held before, when the command asked for it (`prev_kv`) and its answer carried it;
-/// otherwise `None` (a watch that needs previous values will read them from history).
+/// One change of one applied command, as its history row records it (`space`: a key, or a
+/// session's, lock's, election's or registry instance's state). For a put, `kv` is the key as written; for a
+/// delete, `kv` holds the key and the revision of the deletion (its value is empty). `prev_kv`
+/// is what the key held before, when the command asked for it (`prev_kv`) and its answer
+/// carried it; otherwise `None` (a watch that needs previous values will read them from
+/// history). Any other space's change carries its row as `kv.value` (empty once gone) and no
+/// `prev_kv`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
+    pub space: Space,
     pub kind: EventKind,
     pub kv: KeyValue,
     pub prev_kv: Option<KeyValue>,
@@ -170,7 +174,7 @@ impl<'t> Apply<'t> {
     /// (for the history, whatever `event.prev_kv` carries for the answer).
     pub(crate) fn emit(&mut self, event: Event, prev: Option<&KeyValue>) -> Result<(), FsmError> {
         let delete = event.kind == EventKind::Delete;
-        self.record(Space::Kv, delete, &event.kv, prev)?;
+        self.record(event.space, delete, &event.kv, prev)?;
         if self.keep_events {
             self.events.push(event);
         }
@@ -191,7 +195,13 @@ impl<'t> Apply<'t> {
             value: row.clone().unwrap_or_default(),
             ..Default::default()
         };
-        self.record(space, row.is_none(), &kv, None)
+        let delete = row.is_none();
+        self.record(space, delete, &kv, None)?;
+        if self.keep_events {
+            let kind = if delete { EventKind::Delete } else { EventKind::Put };
+            self.events.push(Event { space, kind, kv, prev_kv: None });
+        }
+        Ok(())
     }
 
     /// A lock's or election's row was written (it is recorded by [`Apply::record_locks`]).

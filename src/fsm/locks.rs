@@ -697,6 +697,74 @@ mod tests {
         assert_eq!(status(&as_lock(applied.outcome)), Status::Queued, "version 2 applies it as it did");
     }
 
+    /// The events an applier keeps (`Bounds::events`, which the simulator's watch checks take
+    /// for the truth) are the history's rows, of every space, in order.
+    #[test]
+    fn kept_events_are_the_history_rows_of_every_space() {
+        use super::super::history::{self, Space};
+        let mut s = Store::new();
+        let mut events = Vec::new();
+        let mut apply = |s: &mut Store, id: &str, body: Body| events.extend(s.apply_full(id, body).events);
+        apply(&mut s, "", create_session("a"));
+        apply(&mut s, "", create_session("b"));
+        apply(&mut s, "", put("k", "v"));
+        apply(&mut s, "r1", acquire_req("l", "a", LockMode::Exclusive, true));
+        apply(&mut s, "r2", acquire_req("l", "b", LockMode::Exclusive, true));
+        let Body::Acquire(campaign) = acquire_req("e", "a", LockMode::Exclusive, true) else {
+            panic!("an acquire")
+        };
+        let campaign = Acquire { space: LockSpace::Elections as i32, value: b"v1".to_vec(), ..campaign };
+        apply(&mut s, "r3", Body::Acquire(campaign));
+        let leader = s.read(|t| super::super::elections::leader(t, "e")).expect("reads").expect("a leads");
+        apply(
+            &mut s,
+            "",
+            Body::Proclaim(latch_proto::internal::Proclaim {
+                sequencer: Some(leader.sequencer),
+                value: b"v2".to_vec(),
+            }),
+        );
+        let instance = super::super::registry::instance("web", "1");
+        apply(
+            &mut s,
+            "",
+            Body::Register(latch_proto::internal::Register {
+                instance: Some(instance),
+                session: "a".into(),
+                check: None,
+            }),
+        );
+        apply(&mut s, "", Body::CloseSession(CloseSession { id: "a".into() }));
+        apply(&mut s, "", Body::CloseSession(CloseSession { id: "b".into() }));
+        let rows = s.read(|t| history::changes(t, 1, i64::MAX, usize::MAX)).expect("history reads").0;
+        let of_events: Vec<_> = events
+            .iter()
+            .map(|e| {
+                (
+                    e.kv.mod_revision,
+                    e.space,
+                    e.kind == super::super::EventKind::Delete,
+                    e.kv.key.clone(),
+                    e.kv.value.clone(),
+                )
+            })
+            .collect();
+        let of_rows: Vec<_> = rows
+            .iter()
+            .map(|c| (c.revision, c.space, c.delete, c.kv.key.clone(), c.kv.value.clone()))
+            .collect();
+        assert_eq!(of_events, of_rows, "one event per history row, alike");
+        let spaces: std::collections::BTreeSet<i32> = events.iter().map(|e| e.space as i32).collect();
+        assert_eq!(
+            spaces,
+            [Space::Kv, Space::Sessions, Space::Locks, Space::Elections, Space::Registry]
+                .into_iter()
+                .map(|s| s as i32)
+                .collect(),
+            "keys', sessions', locks', elections' and the registry's changes are among them"
+        );
+    }
+
     #[test]
     fn every_change_of_a_lock_is_in_the_history_once_per_revision_as_it_ended_up() {
         let mut s = Store::new();

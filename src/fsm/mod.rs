@@ -1208,10 +1208,18 @@ mod tests {
         for s in [&mut with, &mut without] {
             s.apply("", put("a", "1"));
             s.apply("", put("b", "2"));
+            s.apply("", create_session("s"));
+            s.apply("r1", acquire_req("l", "s", latch_proto::internal::LockMode::Exclusive, true));
         }
         let deleted = without.apply_full("", del("a", b"z"));
         assert!(deleted.events.is_empty(), "no events built: {:?}", deleted.events);
         assert_eq!(with.apply_full("", del("a", b"z")).events.len(), 2, "two events built");
+        let closed = without
+            .apply_full("", Body::CloseSession(latch_proto::internal::CloseSession { id: "s".into() }));
+        assert!(closed.events.is_empty(), "no events of sessions or locks built: {:?}", closed.events);
+        let closed =
+            with.apply_full("", Body::CloseSession(latch_proto::internal::CloseSession { id: "s".into() }));
+        assert_eq!(closed.events.len(), 2, "the lock's and the session's end: {:?}", closed.events);
         assert_eq!(without.hash(), with.hash(), "the same state and history");
     }
 

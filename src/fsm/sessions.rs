@@ -393,6 +393,7 @@ fn show(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::history::Space;
     use super::super::testing::*;
     use super::super::EventKind;
     use super::*;
@@ -485,14 +486,15 @@ mod tests {
         let r = as_session(closed.outcome);
         assert!(r.ended && r.keys_deleted == 2, "closed with its 2 keys: {r:?}");
         let deleted: Vec<_> =
-            closed.events.iter().map(|e| (e.kind, e.kv.key.clone(), e.kv.mod_revision)).collect();
+            closed.events.iter().map(|e| (e.space, e.kind, e.kv.key.clone(), e.kv.mod_revision)).collect();
         assert_eq!(
             deleted,
             vec![
-                (EventKind::Delete, b"a".to_vec(), before + 1),
-                (EventKind::Delete, b"b".to_vec(), before + 1)
+                (Space::Kv, EventKind::Delete, b"a".to_vec(), before + 1),
+                (Space::Kv, EventKind::Delete, b"b".to_vec(), before + 1),
+                (Space::Sessions, EventKind::Delete, b"s1".to_vec(), before + 1)
             ],
-            "one delete event per owned key, at the session's end revision"
+            "one delete event per owned key, then the session's own end, at its end revision"
         );
         assert_eq!(closed.sessions, vec![SessionChange::Ended { id: "s1".into() }]);
         assert_eq!((s.get("a"), s.get("b")), (None, None), "s1's keys are gone");

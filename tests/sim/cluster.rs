@@ -277,6 +277,7 @@ pub struct Report {
     /// Lockers' calls sent again after a failure, and copies of a command applied after it
     /// took effect (each member's count), answered from the request memory.
     pub lock_resends: u64,
+    pub lock_withdrawals_resent: u64,
     pub lock_copies_remembered: u64,
     /// Writes guarded by a sequencer: sent, succeeded, refused because their session had ended,
     /// refused while it lived (the grant was released).
@@ -302,6 +303,8 @@ pub struct Report {
     /// Revisions watchers delivered, their moves to another member, and watches ended by a
     /// compaction.
     pub watch_revisions: u64,
+    /// Changes of sessions, locks, elections and registry instances among what watchers delivered.
+    pub watch_typed: u64,
     pub watch_moves: u64,
     pub watch_compacted: u64,
     pub compact_revision: i64,
@@ -320,9 +323,9 @@ impl std::fmt::Display for Report {
             "seed {} ({} nodes, snapshot every {}): {} steps, {:.1}s virtual, {} msgs; puts {} acked {} reads {} \
              retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}), \
              partitions {}, pauses {}, snapshots {}; max term {}, revision {}, {} hash checks; lease grants {}, \
-             expiries {}, closes {}; lock grants {}, lock-delays ended {}, holds expired {} (unplaced {}, granted again after {}), closed {}, longest queue {}, acquires withdrawn first {}, queues full {}, calls sent again {} (copies answered from memory {}); guarded \
+             expiries {}, closes {}; lock grants {}, lock-delays ended {}, holds expired {} (unplaced {}, granted again after {}), closed {}, longest queue {}, acquires withdrawn first {}, queues full {}, calls sent again {} (withdrawals {}, copies answered from memory {}); guarded \
              writes {} (succeeded {}, refused after their session ended {}, refused after a release {}; proclaims succeeded {}, refused {}); bound puts {} (sequential {}, sequential deletes {}); heartbeats {}, \
-             critical {}, reaped {}, removed with their session {}; watched revisions {} (moves {}, compacted {}), compact revision {}; history bytes {} of bound {} (byte-compacted {}); trace {:016x}",
+             critical {}, reaped {}, removed with their session {}; watched revisions {} (typed changes {}, moves {}, compacted {}), compact revision {}; history bytes {} of bound {} (byte-compacted {}); trace {:016x}",
             self.seed,
             self.nodes,
             self.snapshot_entries,
@@ -356,6 +359,7 @@ impl std::fmt::Display for Report {
             self.lock_ids_spent,
             self.lock_queues_full,
             self.lock_resends,
+            self.lock_withdrawals_resent,
             self.lock_copies_remembered,
             self.guarded_sent,
             self.guarded_succeeded,
@@ -371,6 +375,7 @@ impl std::fmt::Display for Report {
             self.reaps,
             self.session_removals,
             self.watch_revisions,
+            self.watch_typed,
             self.watch_moves,
             self.watch_compacted,
             self.compact_revision,
@@ -594,6 +599,8 @@ pub struct Sim {
     resend_rng: SmallRng,
     /// Lockers' calls sent again.
     resends: u64,
+    /// Of them, withdrawals under the id of an acquire not sent yet.
+    withdrawals_resent: u64,
     now: u64,
     step: u64,
     next_seq: u64,
@@ -707,6 +714,7 @@ impl Sim {
             rng,
             resend_rng: SmallRng::seed_from_u64(seed ^ 0x7265_7365_6e64),
             resends: 0,
+            withdrawals_resent: 0,
             now: 0,
             step: 0,
             next_seq: 0,
@@ -1846,7 +1854,7 @@ impl Sim {
         }
         let l = &mut self.lockers[locker];
         l.attempt += 1;
-        l.sent = (!matches!(call, LockCall::Spend { .. })).then(|| (body.clone(), request_id.clone()));
+        l.sent = Some((body.clone(), request_id.clone()));
         l.resent = 0;
         l.in_flight = Some(call);
         let attempt = l.attempt;
@@ -1912,6 +1920,9 @@ impl Sim {
             return false;
         }
         let Some((body, request_id)) = l.sent.clone() else { return false };
+        if matches!(l.in_flight, Some(LockCall::Spend { .. })) {
+            self.withdrawals_resent += 1;
+        }
         l.resent += 1;
         l.attempt += 1;
         let attempt = l.attempt;
@@ -2245,6 +2256,7 @@ impl Sim {
         r.sequential_puts = self.lockers.iter().map(|l| l.sequential_puts).sum();
         r.sequential_deletes = self.lockers.iter().map(|l| l.sequential_deletes).sum();
         r.lock_resends = self.resends;
+        r.lock_withdrawals_resent = self.withdrawals_resent;
         r.lock_copies_remembered = self.lock_checker.copies_remembered;
         r.guarded_sent = self.fences.sent_count();
         r.guarded_succeeded = self.fences.succeeded;
@@ -2257,6 +2269,7 @@ impl Sim {
         r.reaps = self.registry.reaps;
         r.session_removals = self.registry.session_removals;
         r.watch_revisions = self.watch_checker.delivered;
+        r.watch_typed = self.watch_checker.typed;
         r.watch_moves = self.watch_checker.moves;
         r.watch_compacted = self.watch_checker.compacted;
         r.compact_revision = self.watch_checker.compact_revision;

@@ -20,9 +20,10 @@
 //! head), so that a counter used again would show.
 //! A call that fails (an error, or no answer in time) is sent again half the time, up to three
 //! times, as the client library sends it: the same command under the same request id, to a
-//! member drawn anew (the first copy may have applied, or still be on its way). Withdrawals
-//! under the id of an acquire not sent yet, calls of a locker whose keeper stopped, and calls
-//! while the run settles are not sent again.
+//! member drawn anew (the first copy may have applied, or still be on its way) — a withdrawal
+//! under the id of an acquire not sent yet too, as a client whose Withdraw failed sends it
+//! again. Calls of a locker whose keeper stopped, and calls while the run settles, are not sent
+//! again.
 //!
 //! Checked as lockers learn of grants: every sequencer a grant hands a locker (an acquire's or a
 //! cancel's answer, or its request found holding in a member's state) names the lock it asked
@@ -107,9 +108,8 @@ pub struct Locker {
     pub keeper: usize,
     pub attempt: u64,
     pub in_flight: Option<LockCall>,
-    /// The command and request id of the call in flight, to send again if it fails (none for a
-    /// withdrawal under the id of an acquire not sent yet: [`LockCall::Spend`]); and how often
-    /// it was sent again.
+    /// The command and request id of the call in flight, to send again if it fails; and how
+    /// often it was sent again.
     pub sent: Option<(Body, String)>,
     pub resent: u32,
     /// Grants it was told of (some may have ended since: a release then finds nothing, a

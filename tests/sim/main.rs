@@ -97,7 +97,7 @@ fn run_seeds(nodes: u64) {
     let verbose = verbose() || single;
     let started = Instant::now();
     let (mut acked, mut crashes, mut snapshots, mut steps, mut spent, mut full) = (0, 0, 0, 0, 0, 0);
-    let mut byte_compacted = 0;
+    let (mut byte_compacted, mut watched_typed) = (0, 0);
     let mut locks = LockActivity::default();
     for &seed in &seeds {
         let t = Instant::now();
@@ -112,12 +112,14 @@ fn run_seeds(nodes: u64) {
         spent += r.lock_ids_spent;
         full += r.lock_queues_full;
         byte_compacted += u64::from(r.byte_compacted);
+        watched_typed += r.watch_typed;
         locks.add(&r);
     }
     eprintln!(
         "{nodes} nodes: {} seeds passed in {:.1}s ({steps} steps, {acked} acknowledged writes, {crashes} crashes, \
          {snapshots} snapshots delivered, {spent} acquires withdrawn before they were applied, {full} refused \
-         at a full queue, {byte_compacted} runs compacted by the byte bound)",
+         at a full queue, {byte_compacted} runs compacted by the byte bound, {watched_typed} changes of sessions, \
+         locks, elections and registry instances watched)",
         seeds.len(),
         started.elapsed().as_secs_f64()
     );
@@ -128,6 +130,12 @@ fn run_seeds(nodes: u64) {
     assert!(
         single || seeds.len() < 20 || spent > 0,
         "over {} seeds, some acquire should have been withdrawn before it was applied (the check is not idle)",
+        seeds.len()
+    );
+    assert!(
+        single || seeds.len() < 20 || watched_typed > 0,
+        "over {} seeds, watchers should have delivered changes of sessions, locks, elections or registry \
+         instances (the typed targets' check is not idle)",
         seeds.len()
     );
     assert!(
@@ -163,6 +171,7 @@ struct LockActivity {
     sequential_puts: u64,
     sequential_deletes: u64,
     resends: u64,
+    withdrawals_resent: u64,
     copies_remembered: u64,
 }
 
@@ -184,6 +193,7 @@ impl LockActivity {
         self.sequential_puts += r.sequential_puts;
         self.sequential_deletes += r.sequential_deletes;
         self.resends += r.lock_resends;
+        self.withdrawals_resent += r.lock_withdrawals_resent;
         self.copies_remembered += r.lock_copies_remembered;
     }
 
@@ -193,7 +203,8 @@ impl LockActivity {
     /// was released; proclaims that succeeded and that were refused; session-bound puts, plain
     /// and sequential, and a sequential key deleted; in chaos runs (`crowds`), a locker's failed call sent again; over 100
     /// seeds or more, a hold ended by its session's close, and in chaos runs a queue of three
-    /// sessions and a copy of a command applied after the first took effect; over 200 seeds or
+    /// sessions, a withdrawal sent again and a copy of a command applied after the first took
+    /// effect; over 200 seeds or
     /// more, a lock granted again after an expiry (about one seed in fifteen has one).
     fn assert_not_idle(&self, seeds: usize, crowds: bool) {
         let regranted = if seeds >= 200 { self.grants_after_expiry } else { 1 };
@@ -211,6 +222,10 @@ impl LockActivity {
             (
                 u64::from(!crowds || self.resends > 0),
                 "a locker's failed call should have been sent again under its request id",
+            ),
+            (
+                u64::from(!crowds || seeds < 100 || self.withdrawals_resent > 0),
+                "a withdrawal under the id of an acquire not sent yet should have been sent again",
             ),
             (
                 u64::from(!crowds || seeds < 100 || self.copies_remembered > 0),
@@ -239,7 +254,7 @@ impl std::fmt::Display for LockActivity {
         write!(
             f,
             "{} lock grants, {} lock-delays ended, {} holds ended by expiry ({} of them followed by a grant), {} by close; queues of up to {} sessions; {} guarded writes: {} succeeded, {} refused after their session \
-             ended, {} refused after a release ({} proclaims succeeded, {} refused); {} session-bound puts ({} sequential, {} sequential keys deleted); {} calls sent again after a failure, {} copies applied after \
+             ended, {} refused after a release ({} proclaims succeeded, {} refused); {} session-bound puts ({} sequential, {} sequential keys deleted); {} calls sent again after a failure ({} withdrawals), {} copies applied after \
              the first took effect (answered from memory)",
             self.grants,
             self.delays_ended,
@@ -257,6 +272,7 @@ impl std::fmt::Display for LockActivity {
             self.sequential_puts,
             self.sequential_deletes,
             self.resends,
+            self.withdrawals_resent,
             self.copies_remembered
         )
     }

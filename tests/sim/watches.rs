@@ -4,8 +4,11 @@
 //! compacted (the leader compacts by a small retention in every run). At the end, what each
 //! recorded is checked against etcd's six guarantees (`latch_check::watch`) and against the
 //! events every member applied — through crashes, lost unsynced writes, snapshots, partitions.
+//! They watch every target: keys, and the typed targets sessions, locks, elections and registry
+//! instances record (`history::Space`), each change named by its space and key.
 //!
-//! Also after every applied revision: every member applied the same changes in it.
+//! Also after every applied revision: every member applied the same changes in it, of every
+//! space.
 
 use std::collections::BTreeMap;
 
@@ -41,6 +44,8 @@ pub struct WatchChecker {
     truth: BTreeMap<i64, Vec<Change>>,
     watchers: Vec<Watcher>,
     pub delivered: u64,
+    /// Changes of sessions, locks, elections and registry instances among what they delivered.
+    pub typed: u64,
     pub moves: u64,
     pub compacted: u64,
     /// The highest compact revision a watcher saw on a member.
@@ -49,7 +54,15 @@ pub struct WatchChecker {
 
 fn change(e: &Event) -> Change {
     let delete = e.kind == EventKind::Delete;
-    Change { key: e.kv.key.clone(), value: if delete { Vec::new() } else { e.kv.value.clone() }, delete }
+    named(e.space, &e.kv.key, if delete { Vec::new() } else { e.kv.value.clone() }, delete)
+}
+
+/// A change as the checker sees it: its key named by its space (`KV:a`, `LOCKS:name`, …), so
+/// that a key and a lock of one name are different targets.
+fn named(space: history::Space, key: &[u8], value: Vec<u8>, delete: bool) -> Change {
+    let mut named = format!("{}:", space.as_str_name()).into_bytes();
+    named.extend_from_slice(key);
+    Change { key: named, value, delete }
 }
 
 impl WatchChecker {
@@ -129,11 +142,10 @@ impl WatchChecker {
             let (changes, through) =
                 history::changes(&txn, w.next, current, STEP_BYTES).unwrap_or_else(|e| fail(e));
             let mut by_revision: BTreeMap<i64, Vec<Change>> = BTreeMap::new();
-            // Keys only: sessions' and locks' changes are their own targets.
-            for c in changes.into_iter().filter(|c| c.space == history::Space::Kv) {
-                let delete = c.delete;
-                let value = if delete { Vec::new() } else { c.kv.value };
-                by_revision.entry(c.revision).or_default().push(Change { key: c.kv.key, value, delete });
+            for c in changes {
+                self.typed += u64::from(c.space != history::Space::Kv);
+                let value = if c.delete { Vec::new() } else { c.kv.value };
+                by_revision.entry(c.revision).or_default().push(named(c.space, &c.kv.key, value, c.delete));
             }
             for (revision, changes) in by_revision {
                 self.delivered += 1;
