@@ -265,9 +265,9 @@ pub enum Action {
         error: RequestError,
     },
     /// A command changed the state: its revision and its changes, in order, as its history
-    /// rows record them (keys', and sessions', locks', elections' and registry instances' states; none unless the
-    /// applier keeps events, `fsm::Bounds::events`). Emitted once per revision, in revision
-    /// order, after the state holding them is committed.
+    /// rows record them (keys', and sessions', locks', elections' and registry instances'
+    /// states; none unless the applier keeps events, `fsm::Bounds::events`). Emitted once per
+    /// revision, in revision order, after the state holding them is committed.
     Applied {
         revision: i64,
         events: Vec<Event>,

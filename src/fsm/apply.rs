@@ -25,18 +25,25 @@ pub enum EventKind {
 }
 
 /// One change of one applied command, as its history row records it (`space`: a key, or a
-/// session's, lock's, election's or registry instance's state). For a put, `kv` is the key as written; for a
-/// delete, `kv` holds the key and the revision of the deletion (its value is empty). `prev_kv`
-/// is what the key held before, when the command asked for it (`prev_kv`) and its answer
-/// carried it; otherwise `None` (a watch that needs previous values will read them from
-/// history). Any other space's change carries its row as `kv.value` (empty once gone) and no
-/// `prev_kv`.
+/// session's, lock's, election's or registry instance's state). For a put, `kv` is the key as
+/// written; for a delete, `kv` holds the key and the revision of the deletion (its value is
+/// empty). `prev_kv` is what the key held before, when the command asked for it (`prev_kv`) and
+/// its answer carried it; otherwise `None` (a watch that needs previous values will read them
+/// from history). Any other space's change carries its row as `kv.value` (empty once gone) and
+/// no `prev_kv`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     pub space: Space,
     pub kind: EventKind,
     pub kv: KeyValue,
     pub prev_kv: Option<KeyValue>,
+}
+
+impl Event {
+    /// A change to a key.
+    pub(crate) fn of_key(kind: EventKind, kv: KeyValue, prev_kv: Option<KeyValue>) -> Event {
+        Event { space: Space::Kv, kind, kv, prev_kv }
+    }
 }
 
 /// What a command did to a session's lease, for the members' lease clocks (`core::leases`):
@@ -181,21 +188,22 @@ impl<'t> Apply<'t> {
         Ok(())
     }
 
-    /// Records in the history that a session (its id) or a lock (its key) changed at the write
-    /// revision: its row after it, or `None` when it is gone.
+    /// Records in the history that a session (its id), a lock or election (its name) or a
+    /// registry instance (its key) changed at the write revision: its row after it, or `None`
+    /// when it is gone; and keeps it as an event when events are kept.
     pub(crate) fn state_changed(
         &mut self,
         space: Space,
         key: &[u8],
         row: Option<Vec<u8>>,
     ) -> Result<(), FsmError> {
+        let delete = row.is_none();
         let kv = KeyValue {
             key: key.to_vec(),
             mod_revision: self.write_revision()?,
-            value: row.clone().unwrap_or_default(),
+            value: row.unwrap_or_default(),
             ..Default::default()
         };
-        let delete = row.is_none();
         self.record(space, delete, &kv, None)?;
         if self.keep_events {
             let kind = if delete { EventKind::Delete } else { EventKind::Put };

@@ -128,10 +128,7 @@ pub(crate) fn delete_owned(ap: &mut Apply, keys: &[Vec<u8>]) -> Result<(), FsmEr
             }
         };
         let kv = KeyValue { key: key.clone(), mod_revision: revision, ..Default::default() };
-        ap.emit(
-            Event { space: history::Space::Kv, kind: EventKind::Delete, kv, prev_kv: None },
-            Some(&prev),
-        )?;
+        ap.emit(Event::of_key(EventKind::Delete, kv, None), Some(&prev))?;
     }
     Ok(())
 }
@@ -555,10 +552,7 @@ fn write_put(ap: &mut Apply, table: &mut KvTable, mut req: Put) -> Result<PutRes
     table.insert(req.key.as_slice(), stored.encode_to_vec().as_slice())?;
     let kv = key_value(&req.key, stored);
     let answer = if req.prev_kv { prev.clone() } else { None };
-    ap.emit(
-        Event { space: history::Space::Kv, kind: EventKind::Put, kv, prev_kv: answer.clone() },
-        prev.as_ref(),
-    )?;
+    ap.emit(Event::of_key(EventKind::Put, kv, answer.clone()), prev.as_ref())?;
     Ok(PutResult { prev_kv: answer, key: req.key })
 }
 
@@ -632,10 +626,7 @@ fn write_delete(
         };
         sessions::rebind(ap.txn, &key, &session, "")?;
         let kv = KeyValue { key, mod_revision: revision, ..Default::default() };
-        ap.emit(
-            Event { space: history::Space::Kv, kind: EventKind::Delete, kv, prev_kv: answer.clone() },
-            Some(&prev),
-        )?;
+        ap.emit(Event::of_key(EventKind::Delete, kv, answer.clone()), Some(&prev))?;
         prev_kvs.extend(answer);
     }
     Ok(DeleteResult { deleted, prev_kvs })

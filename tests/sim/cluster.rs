@@ -303,7 +303,8 @@ pub struct Report {
     /// Revisions watchers delivered, their moves to another member, and watches ended by a
     /// compaction.
     pub watch_revisions: u64,
-    /// Changes of sessions, locks, elections and registry instances among what watchers delivered.
+    /// Changes of sessions, locks, elections and registry instances among what watchers
+    /// delivered.
     pub watch_typed: u64,
     pub watch_moves: u64,
     pub watch_compacted: u64,
@@ -1910,8 +1911,7 @@ impl Sim {
         let alive = !keeper.gone && !keeper.stopped(self.now);
         let l = &mut self.lockers[locker];
         // A call already given up (a timeout drew no resend) is not sent again by a late error.
-        if l.sent.is_none()
-            || l.in_flight.is_none()
+        if l.in_flight.is_none()
             || self.settling
             || !alive
             || l.resent >= MAX_RESENDS

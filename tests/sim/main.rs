@@ -201,11 +201,11 @@ impl LockActivity {
     /// grants, lock-delays that ended, holds ended by expiry and by close, guarded writes that
     /// succeeded, and guarded writes refused after their session ended and after their grant
     /// was released; proclaims that succeeded and that were refused; session-bound puts, plain
-    /// and sequential, and a sequential key deleted; in chaos runs (`crowds`), a locker's failed call sent again; over 100
-    /// seeds or more, a hold ended by its session's close, and in chaos runs a queue of three
-    /// sessions, a withdrawal sent again and a copy of a command applied after the first took
-    /// effect; over 200 seeds or
-    /// more, a lock granted again after an expiry (about one seed in fifteen has one).
+    /// and sequential, and a sequential key deleted; in chaos runs (`crowds`), a locker's failed
+    /// call sent again; over 100 seeds or more, a hold ended by its session's close, and in chaos
+    /// runs a queue of three sessions, a withdrawal sent again and a copy of a command applied
+    /// after the first took effect; over 200 seeds or more, a lock granted again after an expiry
+    /// (about one seed in fifteen has one).
     fn assert_not_idle(&self, seeds: usize, crowds: bool) {
         let regranted = if seeds >= 200 { self.grants_after_expiry } else { 1 };
         let closed = if seeds >= 100 { self.closed_holds } else { 1 };

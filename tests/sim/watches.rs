@@ -53,16 +53,15 @@ pub struct WatchChecker {
 }
 
 fn change(e: &Event) -> Change {
-    let delete = e.kind == EventKind::Delete;
-    named(e.space, &e.kv.key, if delete { Vec::new() } else { e.kv.value.clone() }, delete)
+    named(e.space, &e.kv.key, &e.kv.value, e.kind == EventKind::Delete)
 }
 
 /// A change as the checker sees it: its key named by its space (`KV:a`, `LOCKS:name`, …), so
-/// that a key and a lock of one name are different targets.
-fn named(space: history::Space, key: &[u8], value: Vec<u8>, delete: bool) -> Change {
+/// that a key and a lock of one name are different targets; a delete carries no value.
+fn named(space: history::Space, key: &[u8], value: &[u8], delete: bool) -> Change {
     let mut named = format!("{}:", space.as_str_name()).into_bytes();
     named.extend_from_slice(key);
-    Change { key: named, value, delete }
+    Change { key: named, value: if delete { Vec::new() } else { value.to_vec() }, delete }
 }
 
 impl WatchChecker {
@@ -144,8 +143,12 @@ impl WatchChecker {
             let mut by_revision: BTreeMap<i64, Vec<Change>> = BTreeMap::new();
             for c in changes {
                 self.typed += u64::from(c.space != history::Space::Kv);
-                let value = if c.delete { Vec::new() } else { c.kv.value };
-                by_revision.entry(c.revision).or_default().push(named(c.space, &c.kv.key, value, c.delete));
+                by_revision.entry(c.revision).or_default().push(named(
+                    c.space,
+                    &c.kv.key,
+                    &c.kv.value,
+                    c.delete,
+                ));
             }
             for (revision, changes) in by_revision {
                 self.delivered += 1;
