@@ -15,11 +15,13 @@
 //! `applier::SYNC_EVERY_ENTRIES` entries, or when the thread goes idle with something not
 //! durable: the log holds everything the state may lose.
 //!
-//! Watches hear of each committed batch from this thread ([`Announce`]), before its progress
-//! reaches the raft thread and the writers' answers leave: a watcher's event starts on its way
-//! while the answer does, as etcd's do, instead of one thread crossing behind it. What they
-//! then read is the committed state (a lazy commit is visible to readers), so hearing early
-//! never shows them anything a reader could not see.
+//! Watches hear of each committed batch from this thread, before its progress reaches the raft
+//! thread and the writers' answers leave: the thread reads the batch's changes into the watch
+//! window itself ([`WatchFeed`], a bounded step), then announces the revision ([`Announce`],
+//! for DNS). A watcher's event starts on its way while the answer does, as etcd's do, instead of
+//! a task's wake-up (or two) behind it. What the window reads is the committed state (a lazy
+//! commit is visible to readers), so hearing early never shows watchers anything a reader could
+//! not see.
 //!
 //! A durable commit writes the pages the lazy commits since the last one left in redb's write
 //! buffer (redb 4 keeps them there, up to half its cache, past which they reach the file
@@ -140,14 +142,32 @@ impl ReadyObserver for StateTimer<'_> {
     }
 }
 
-/// Where the member's applied revision is announced to its watch feeder.
+/// Where the member's applied revision is announced (DNS follows it).
 pub type Announce = Arc<tokio::sync::watch::Sender<i64>>;
+
+/// What keeps the member's watch window (`api::watch::recent`), fed by the apply thread right
+/// after each commit, before the revision is announced and the writers answered: the batch's
+/// events then start on their way without waiting for a task to wake, and no task wakes per
+/// revision. Every write waits for it, so it must be bounded (one step of a few hundred KiB)
+/// and never wait for a watcher or a stream; whatever it leaves undone (a failed read, a large
+/// revision, a backlog) it hands to a task of its own.
+pub trait WatchFeed: Send + Sync {
+    /// The state the apply thread just committed holds `revision`.
+    fn committed(&self, revision: i64);
+    /// The apply thread installed a snapshot at `revision`; the raft thread waits for the
+    /// answer, so this only hands the reading on.
+    fn installed(&self, revision: i64);
+}
+
+/// The watch feed, once the server has one (set after the node starts: the feed reads
+/// through the node's handle).
+pub type Feed = Arc<std::sync::OnceLock<Arc<dyn WatchFeed>>>;
 
 /// Runs until the queue closes (the raft thread ended) or the raft thread is gone.
 pub fn run(
     mut applier: Applier,
     jobs: Receiver<Job>,
-    (events, announce, in_flight): (mpsc::Sender<Event>, Announce, InFlight),
+    (events, announce, feed, in_flight): (mpsc::Sender<Event>, Announce, Feed, InFlight),
     metrics: &RaftMetrics,
 ) {
     let mut last_sync = Instant::now();
@@ -199,6 +219,9 @@ pub fn run(
                     };
                     if let Ok(progress) = &applied {
                         let revision = progress.applied.revision;
+                        if let Some(feed) = feed.get() {
+                            feed.committed(revision);
+                        }
                         announce.send_if_modified(|r| std::mem::replace(r, revision.max(*r)) != *r);
                     }
                     if !report(applied.map(Some), &events) {
@@ -217,7 +240,11 @@ pub fn run(
                 }
             }
             Job::Install { token, index, term, reply } => {
-                let _ = reply.send(applier.install(&token, index, term));
+                let installed = applier.install(&token, index, term);
+                if let (Ok(applied), Some(feed)) = (&installed, feed.get()) {
+                    feed.installed(applied.revision);
+                }
+                let _ = reply.send(installed);
                 last_sync = Instant::now();
             }
         }

@@ -112,8 +112,11 @@ pub struct NodeHandle {
     running: Arc<AtomicBool>,
     db: Arc<Database>,
     locks: Arc<LockHub>,
-    /// The newest revision whose changes this member applied and committed (for watches).
+    /// The newest revision whose changes this member applied and committed (for DNS, and
+    /// [`NodeHandle::applied_revision`]; watches are fed by the apply thread, `apply::WatchFeed`).
     revisions: Arc<tokio::sync::watch::Sender<i64>>,
+    /// What the apply thread feeds each commit's changes to (the watch window), once set.
+    feed: apply::Feed,
     pub member_id: u64,
     pub cluster_id: u64,
 }
@@ -239,9 +242,15 @@ impl NodeHandle {
     }
 
     /// The newest revision with changes this member applied (its state holds them), moving
-    /// forward as it applies more: where watches learn there is something new to read.
+    /// forward as it applies more: where DNS learns there is something new to read.
     pub fn revisions(&self) -> tokio::sync::watch::Receiver<i64> {
         self.revisions.subscribe()
+    }
+
+    /// Has the apply thread hand `feed` each revision it commits, before announcing it; the
+    /// first feed set stays (a member has one watch window).
+    pub fn feed_watches(&self, feed: Arc<dyn apply::WatchFeed>) {
+        let _ = self.feed.set(feed);
     }
 
     /// Whether the driver thread still runs (it ends on `Stop` or a fatal error).
@@ -288,6 +297,7 @@ impl Node {
             db: core.state_db().clone(),
             locks: Arc::new(LockHub::default()),
             revisions: Arc::new(tokio::sync::watch::Sender::new(core.status().applied.revision)),
+            feed: apply::Feed::default(),
             member_id: core.id(),
             cluster_id,
         };
@@ -299,10 +309,11 @@ impl Node {
         let hubs = (handle.locks.clone(), handle.revisions.clone(), in_flight.clone());
         let (jobs, queued) = apply::queue();
         let (events, apply_metrics) = (handle.events.clone(), metrics.clone());
-        let announce = handle.revisions.clone();
-        let applying = std::thread::Builder::new()
-            .name(format!("latch-apply-{}", core.id()))
-            .spawn(move || apply::run(applier, queued, (events, announce, in_flight), &apply_metrics.raft))?;
+        let (announce, feed) = (handle.revisions.clone(), handle.feed.clone());
+        let applying =
+            std::thread::Builder::new().name(format!("latch-apply-{}", core.id())).spawn(move || {
+                apply::run(applier, queued, (events, announce, feed, in_flight), &apply_metrics.raft)
+            })?;
         let thread =
             std::thread::Builder::new().name(format!("latch-node-{}", core.id())).spawn(move || {
                 let _running = running;
@@ -434,9 +445,8 @@ impl Waiters {
                     self.locks.restored();
                     self.revisions.send_if_modified(|r| std::mem::replace(r, revision.max(*r)) != *r);
                 }
-                // Watches read the changes from the history; they only need to hear of them. The
-                // apply thread already told them as it committed (this covers a restart's replay
-                // and progress overtaken by a snapshot).
+                // The apply thread already announced it as it committed (this covers a restart's
+                // replay and progress overtaken by a snapshot); watches are fed by that thread.
                 Action::Applied { revision, .. } => {
                     self.revisions.send_if_modified(|r| std::mem::replace(r, revision.max(*r)) != *r);
                 }
@@ -607,6 +617,7 @@ mod tests {
             db,
             locks: Arc::new(LockHub::default()),
             revisions: Arc::new(tokio::sync::watch::Sender::new(0)),
+            feed: apply::Feed::default(),
             member_id: 7,
             cluster_id: 1,
         };

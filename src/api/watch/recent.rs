@@ -1,11 +1,12 @@
 //! The member's recent revisions, read once from the history and encoded once, shared by every
 //! watch stream: the live part of serving watches (DESIGN.md §3, watch).
 //!
-//! One feeder task follows the member's applied revision (`NodeHandle::revisions`): it reads
-//! the changes of the revisions it has not read yet from the history, in steps of about 1 MiB,
-//! encodes each change as a `latch.v1.Event` (with and without its previous kv), and appends a
-//! [`Batch`] per revision to a bounded window. Streams copy `Arc`s out of the window under a
-//! short lock; nothing they do can hold the feeder, and the apply path only bumps a counter.
+//! The member's apply thread, right after each commit, reads the changes of the revisions the
+//! window has not read yet from the history (at most about [`FEED_STEP_BYTES`] of rows), encodes
+//! each change as a `latch.v1.Event` (with and without its previous kv), and appends a [`Batch`]
+//! per revision to a bounded window; a feeder task reads whatever the apply thread left, in
+//! steps of about [`READ_STEP_BYTES`] (see [`Feeder`]). Streams copy `Arc`s out of the window
+//! under a short lock; nothing they do can hold the apply thread or the feeder.
 //!
 //! Invariants:
 //! - The window covers revisions `first..=last`: every revision in it that has changes has its
@@ -39,6 +40,7 @@ use crate::fsm::elections;
 use crate::fsm::history::{self, Change, Part, Space};
 use crate::fsm::{self, FsmError};
 use crate::metrics::Metrics;
+use crate::node::apply::WatchFeed;
 use crate::node::NodeHandle;
 
 /// Most bytes the window holds: its batches' events and the memory around them
@@ -48,8 +50,13 @@ pub const WINDOW_BYTES: usize = 64 * 1024 * 1024;
 /// [`RETRY_MOST`].
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MOST: Duration = Duration::from_secs(10);
-/// Bytes of history read in one step (by the feeder, or a stream catching up).
+/// Bytes of history read in one step (by the feeder task, or a stream catching up).
 pub const READ_STEP_BYTES: usize = 1024 * 1024;
+/// Most bytes of history the apply thread reads into the window after a commit, counting the
+/// revision it would stop in: past that (a large revision, a backlog), it reads nothing more and
+/// leaves the rest to the feeder task. So a commit's feed costs the thread that applies every
+/// write at most this much decoding and encoding, whatever one revision holds.
+pub const FEED_STEP_BYTES: usize = 256 * 1024;
 /// A revision whose history rows are more than this is not held whole, in the window or by a
 /// stream: each watch reads it a step at a time and sends it in fragments.
 pub const OVERSIZED_REVISION_BYTES: usize = 8 * 1024 * 1024;
@@ -243,6 +250,104 @@ fn corrupt(revision: i64, e: &prost::DecodeError) -> FsmError {
     FsmError::Corrupt(format!("table history, revision {revision}: a state row that does not decode: {e}"))
 }
 
+/// Reads what the member applied past the window's end into it, a step at a time: on the apply
+/// thread right after each commit ([`WatchFeed`]: the new rows are in redb's cache, and the
+/// events leave without a task's wake-up before them), and in the feeder task
+/// ([`Recent::follow`]) for whatever that left.
+struct Feeder {
+    recent: Arc<Recent>,
+    db: Arc<redb::Database>,
+    /// Sequencers in lock and election events name it.
+    cluster_id: u64,
+    /// Held through a step's read and append: steps never overlap, so none appends a revision
+    /// another one appended.
+    stepping: std::sync::Mutex<()>,
+    /// The newest revision the apply thread committed and left for the feeder task to read.
+    wanted: watch::Sender<i64>,
+}
+
+/// Who reads a step, which bounds what it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reader {
+    /// The feeder task: about [`READ_STEP_BYTES`], a revision whole up to
+    /// [`OVERSIZED_REVISION_BYTES`] (past that, a marker).
+    Task,
+    /// The apply thread: about [`FEED_STEP_BYTES`], and nothing from a revision past that.
+    ApplyThread,
+}
+
+impl Feeder {
+    /// One step of the feeder task, after any other one.
+    fn step(&self) -> Result<bool, FsmError> {
+        let _alone = self.stepping.lock().unwrap_or_else(|p| p.into_inner());
+        self.read_step(Reader::Task)
+    }
+
+    /// Reads one step of what the member applied past the window's end into it, bounded for
+    /// `reader`; `true` when there is more.
+    fn read_step(&self, reader: Reader) -> Result<bool, FsmError> {
+        let recent = &self.recent;
+        let txn = self.db.begin_read().map_err(|e| FsmError::Corrupt(format!("read transaction: {e}")))?;
+        let current = fsm::applied(&txn)?.revision;
+        let compact = history::compact_revision_read(&txn)?;
+        let last = recent.span().last;
+        if current <= last {
+            return Ok(false);
+        }
+        let from = if compact > last {
+            // Revisions this window never held were compacted before it read them.
+            recent.restart_above(compact);
+            compact + 1
+        } else {
+            last + 1
+        };
+        let (parts, through) = match reader {
+            Reader::Task => history::parts(&txn, from, current, READ_STEP_BYTES, OVERSIZED_REVISION_BYTES)?,
+            Reader::ApplyThread => {
+                let (parts, through) = history::parts(&txn, from, current, FEED_STEP_BYTES, FEED_STEP_BYTES)?;
+                if parts.iter().any(|p| matches!(p, Part::Oversized { .. })) {
+                    // A revision past the thread's bound, which may be whole for the task:
+                    // all of it is the task's (the bound shapes the work, not the window).
+                    return Ok(true);
+                }
+                (parts, through)
+            }
+        };
+        recent.append(Batch::of_parts(parts, self.cluster_id)?, through);
+        Ok(through < current)
+    }
+
+    /// Has the feeder task read up to `revision`.
+    fn want(&self, revision: i64) {
+        self.wanted.send_if_modified(|w| std::mem::replace(w, revision.max(*w)) != *w);
+    }
+}
+
+impl WatchFeed for Feeder {
+    /// One step on the apply thread, bounded by [`FEED_STEP_BYTES`] (after the feeder task's
+    /// step, if one is running: the thread waits for it, at most one task step), unless the
+    /// window holds `revision` already or is failing (the task retries at its pace). So when
+    /// `committed` returns, the window holds the revision, or the task is told to read it: the
+    /// window is failing (the task, once a retry succeeds, finds the revision wanted even if it
+    /// read before this commit), a read failed (it fails again there and marks the window
+    /// failed), or the step left more (a backlog, or a revision past the bound).
+    fn committed(&self, revision: i64) {
+        let _alone = self.stepping.lock().unwrap_or_else(|p| p.into_inner());
+        if self.recent.span().last >= revision {
+            return;
+        }
+        if self.recent.failed().is_some() || !matches!(self.read_step(Reader::ApplyThread), Ok(false)) {
+            self.want(revision);
+        }
+    }
+
+    /// The task reads it: a snapshot may hold any number of revisions the window restarts
+    /// above, and the raft thread waits for the install to be answered.
+    fn installed(&self, revision: i64) {
+        self.want(revision);
+    }
+}
+
 /// What the window covers: revisions `first..=last`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span {
@@ -282,8 +387,9 @@ impl Recent {
         }
     }
 
-    /// Starts the feeder for `node`, holding at most `max_batches` revisions; it ends when the
-    /// node's revisions end or `stop` fires.
+    /// Starts feeding the window of `node`, holding at most `max_batches` revisions: the
+    /// member's apply thread feeds it as it commits, the feeder task what that leaves undone;
+    /// the task ends when `stop` fires.
     pub fn start(
         node: NodeHandle,
         max_batches: usize,
@@ -293,37 +399,53 @@ impl Recent {
         let txn = node.db().begin_read().map_err(|e| FsmError::Corrupt(format!("read transaction: {e}")))?;
         let recent = Arc::new(Recent::new(fsm::applied(&txn)?.revision, max_batches, metrics));
         drop(txn);
-        let feeder = recent.clone();
-        let revisions = node.revisions();
-        tokio::spawn(async move { feeder.follow(|f| f.read_step(&node), revisions, stop).await });
+        let feeder = Arc::new(Feeder {
+            recent: recent.clone(),
+            db: node.db().clone(),
+            cluster_id: node.cluster_id,
+            stepping: std::sync::Mutex::new(()),
+            wanted: watch::Sender::new(0),
+        });
+        // Set before the task's first step: what the apply thread commits from here on, it
+        // feeds; what it committed before, the first step reads.
+        node.feed_watches(feeder.clone());
+        let wanted = feeder.wanted.subscribe();
+        tokio::spawn(async move { feeder.recent.follow(|_| feeder.step(), wanted, stop).await });
         Ok(recent)
     }
 
-    /// The feeder: each time the applied revision moves, `step` until the window holds it all.
-    /// Inline, one bounded step at a time with a yield between: the new rows were just
-    /// committed and are in redb's cache, and a thread hop would add its wake-up to every
-    /// event's latency.
+    /// The feeder task: `step` until the window holds all the member applied, one bounded step
+    /// at a time with a yield between, at its start and each time `wanted` names a revision
+    /// past the window's end: what the apply thread left (a failed read, a revision of more
+    /// than one step; see `Feeder::committed`).
     ///
     /// A step that fails marks the window failed (every stream ends UNAVAILABLE and its client
     /// resumes on another member) and is tried again after [`RETRY_FIRST`], doubling up to
     /// [`RETRY_MOST`]; the first that succeeds clears the mark, and the window goes on from
-    /// where it stopped (a failed step appended nothing). Ends when the revisions end or `stop`
+    /// where it stopped (a failed step appended nothing). Ends when `wanted` ends or `stop`
     /// fires.
     async fn follow(
         &self,
         mut step: impl FnMut(&Recent) -> Result<bool, FsmError>,
-        mut revisions: watch::Receiver<i64>,
+        mut wanted: watch::Receiver<i64>,
         mut stop: watch::Receiver<bool>,
     ) {
         let mut retry = RETRY_FIRST;
         let mut failing = false;
+        let mut woken = false;
         loop {
-            revisions.borrow_and_update();
-            let failure = loop {
-                match step(self) {
-                    Ok(true) => tokio::task::yield_now().await,
-                    Ok(false) => break None,
-                    Err(e) => break Some(format!("reading the history failed: {e}")),
+            let announced = *wanted.borrow_and_update();
+            let fed = woken && !failing && announced <= self.span().last;
+            woken = true;
+            let failure = if fed {
+                None
+            } else {
+                loop {
+                    match step(self) {
+                        Ok(true) => tokio::task::yield_now().await,
+                        Ok(false) => break None,
+                        Err(e) => break Some(format!("reading the history failed: {e}")),
+                    }
                 }
             };
             let stopped = async {
@@ -337,7 +459,7 @@ impl Recent {
                         retry = RETRY_FIRST;
                     }
                     tokio::select! {
-                        changed = revisions.changed() => if changed.is_err() { return },
+                        changed = wanted.changed() => if changed.is_err() { return },
                         _ = stopped => return,
                     }
                 }
@@ -354,29 +476,6 @@ impl Recent {
                 }
             }
         }
-    }
-
-    /// Reads one step (about [`READ_STEP_BYTES`]) of what the member applied past the window's
-    /// end into it; `true` when there is more.
-    fn read_step(&self, node: &NodeHandle) -> Result<bool, FsmError> {
-        let txn = node.db().begin_read().map_err(|e| FsmError::Corrupt(format!("read transaction: {e}")))?;
-        let current = fsm::applied(&txn)?.revision;
-        let compact = history::compact_revision_read(&txn)?;
-        let last = self.span().last;
-        if current <= last {
-            return Ok(false);
-        }
-        let from = if compact > last {
-            // Revisions this window never held were compacted before it read them.
-            self.restart_above(compact);
-            compact + 1
-        } else {
-            last + 1
-        };
-        let (parts, through) =
-            history::parts(&txn, from, current, READ_STEP_BYTES, OVERSIZED_REVISION_BYTES)?;
-        self.append(Batch::of_parts(parts, node.cluster_id)?, through);
-        Ok(through < current)
     }
 
     fn restart_above(&self, compact: i64) {
@@ -520,10 +619,93 @@ mod tests {
         assert_eq!(recent.failed(), None, "a read that succeeds clears the mark");
         assert_eq!(recent.span(), Span { first: 1, last: 1 }, "the window went on from where it stopped");
 
-        // Back to following the applied revision: a new one is read without waiting.
+        // Back to following what is wanted: a new revision is read without waiting.
         applied.send_replace(2);
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(tries.lock().expect("lock").len(), 4, "a new applied revision is read at once");
+    }
+
+    /// What the apply thread does after a commit: the revision is in the window, encoded, when
+    /// `committed` returns, with no task running; while the window is failing it is left to
+    /// the feeder task's retries, whose step then reads it.
+    #[test]
+    fn a_committed_revision_is_in_the_window_when_the_apply_thread_returns_from_feeding_it() {
+        use crate::fsm::testing::{command, put, Store};
+        let db = Arc::new(Store::new().db);
+        let recent = Arc::new(Recent::new(0, 100, Arc::new(Metrics::new())));
+        let feeder = Feeder {
+            recent: recent.clone(),
+            db: db.clone(),
+            cluster_id: 1,
+            stepping: std::sync::Mutex::new(()),
+            wanted: watch::Sender::new(0),
+        };
+        let wanted = feeder.wanted.subscribe();
+        let commit = |index: u64, key: &str| {
+            let txn = db.begin_write().expect("a write transaction begins");
+            let data = command(&format!("r{index}"), put(key, "v")).encode_to_vec();
+            let applied = fsm::apply_entry(&txn, index, 1, &data, &fsm::Bounds::default()).expect("applies");
+            txn.commit().expect("commits");
+            applied.expect("a put has an outcome").outcome.revision
+        };
+        let keys = |from: i64| -> Vec<Vec<u8>> {
+            let (batches, _) = recent.batches_from(from, 10, usize::MAX).expect("in the window");
+            batches.iter().flat_map(|b| b.events.iter().map(|e| e.key.clone())).collect()
+        };
+
+        let first = commit(1, "a");
+        feeder.committed(first);
+        assert_eq!(recent.span(), Span { first: 1, last: first }, "the committed revision is in the window");
+        assert_eq!(keys(1), vec![b"a".to_vec()], "with its change encoded");
+        assert!(!wanted.has_changed().expect("the feeder lives"), "and the feeder task is not woken");
+
+        *recent.failed.lock().expect("the test's lock") = Some("the disk said no".into());
+        let second = commit(2, "b");
+        feeder.committed(second);
+        assert_eq!(recent.span().last, first, "a failing window is left to the feeder task");
+        assert!(
+            wanted.has_changed().expect("the feeder lives"),
+            "which is told the revision is wanted, so a retry that read before the commit still reads it"
+        );
+        *recent.failed.lock().expect("the test's lock") = None;
+        assert!(!feeder.step().expect("the task's step reads"), "one step reads what is left");
+        assert_eq!(recent.span().last, second);
+        assert_eq!(keys(1), vec![b"a".to_vec(), b"b".to_vec()], "each revision once, in order");
+        feeder.committed(second);
+        assert_eq!(keys(1).len(), 2, "a revision the window holds is not read again");
+    }
+
+    /// Every write waits for the apply thread's feed, so it reads no revision larger than its
+    /// bound, even one the window holds whole: the feeder task reads that one.
+    #[test]
+    fn the_apply_thread_leaves_a_revision_larger_than_its_step_to_the_feeder_task() {
+        use crate::fsm::testing::{command, put, Store};
+        let db = Arc::new(Store::new().db);
+        let recent = Arc::new(Recent::new(0, 100, Arc::new(Metrics::new())));
+        let feeder = Feeder {
+            recent: recent.clone(),
+            db: db.clone(),
+            cluster_id: 1,
+            stepping: std::sync::Mutex::new(()),
+            wanted: watch::Sender::new(0),
+        };
+        let wanted = feeder.wanted.subscribe();
+        let value = "v".repeat(FEED_STEP_BYTES + 1);
+        let txn = db.begin_write().expect("a write transaction begins");
+        let data = command("r1", put("big", &value)).encode_to_vec();
+        let applied = fsm::apply_entry(&txn, 1, 1, &data, &fsm::Bounds::default()).expect("applies");
+        txn.commit().expect("commits");
+        let revision = applied.expect("a put has an outcome").outcome.revision;
+
+        feeder.committed(revision);
+        assert_eq!(recent.span().last, 0, "a revision past FEED_STEP_BYTES is not read on the apply thread");
+        assert_eq!(*wanted.borrow(), revision, "the feeder task is told to read it");
+
+        assert!(!feeder.step().expect("the task's step reads"), "the task reads it in one step");
+        let (batches, _) = recent.batches_from(1, 10, usize::MAX).expect("in the window");
+        assert_eq!(batches.len(), 1, "whole, in one batch (it is far under OVERSIZED_REVISION_BYTES)");
+        assert_eq!(batches[0].events.len(), 1);
+        assert_eq!(batches[0].events[0].key, b"big".to_vec());
     }
 
     #[test]
