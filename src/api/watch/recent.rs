@@ -625,29 +625,37 @@ mod tests {
         assert_eq!(tries.lock().expect("lock").len(), 4, "a new applied revision is read at once");
     }
 
-    /// What the apply thread does after a commit: the revision is in the window, encoded, when
-    /// `committed` returns, with no task running; while the window is failing it is left to
-    /// the feeder task's retries, whose step then reads it.
-    #[test]
-    fn a_committed_revision_is_in_the_window_when_the_apply_thread_returns_from_feeding_it() {
-        use crate::fsm::testing::{command, put, Store};
-        let db = Arc::new(Store::new().db);
-        let recent = Arc::new(Recent::new(0, 100, Arc::new(Metrics::new())));
+    /// A store and a feeder of an empty window over it, as `Recent::start` builds them.
+    fn fed_store() -> (Arc<redb::Database>, Feeder) {
+        let db = Arc::new(crate::fsm::testing::Store::new().db);
         let feeder = Feeder {
-            recent: recent.clone(),
+            recent: Arc::new(Recent::new(0, 100, Arc::new(Metrics::new()))),
             db: db.clone(),
             cluster_id: 1,
             stepping: std::sync::Mutex::new(()),
             wanted: watch::Sender::new(0),
         };
-        let wanted = feeder.wanted.subscribe();
-        let commit = |index: u64, key: &str| {
-            let txn = db.begin_write().expect("a write transaction begins");
-            let data = command(&format!("r{index}"), put(key, "v")).encode_to_vec();
-            let applied = fsm::apply_entry(&txn, index, 1, &data, &fsm::Bounds::default()).expect("applies");
-            txn.commit().expect("commits");
-            applied.expect("a put has an outcome").outcome.revision
-        };
+        (db, feeder)
+    }
+
+    /// Applies and commits a put as the apply thread does, at log index `index`; its revision.
+    fn commit_put(db: &redb::Database, index: u64, key: &str, value: &str) -> i64 {
+        use crate::fsm::testing::{command, put};
+        let txn = db.begin_write().expect("a write transaction begins");
+        let data = command(&format!("r{index}"), put(key, value)).encode_to_vec();
+        let applied = fsm::apply_entry(&txn, index, 1, &data, &fsm::Bounds::default()).expect("applies");
+        txn.commit().expect("commits");
+        applied.expect("a put has an outcome").outcome.revision
+    }
+
+    /// What the apply thread does after a commit: the revision is in the window, encoded, when
+    /// `committed` returns, with no task running; while the window is failing it is left to
+    /// the feeder task's retries, whose step then reads it.
+    #[test]
+    fn a_committed_revision_is_in_the_window_when_the_apply_thread_returns_from_feeding_it() {
+        let (db, feeder) = fed_store();
+        let (recent, wanted) = (feeder.recent.clone(), feeder.wanted.subscribe());
+        let commit = |index: u64, key: &str| commit_put(&db, index, key, "v");
         let keys = |from: i64| -> Vec<Vec<u8>> {
             let (batches, _) = recent.batches_from(from, 10, usize::MAX).expect("in the window");
             batches.iter().flat_map(|b| b.events.iter().map(|e| e.key.clone())).collect()
@@ -679,23 +687,10 @@ mod tests {
     /// bound, even one the window holds whole: the feeder task reads that one.
     #[test]
     fn the_apply_thread_leaves_a_revision_larger_than_its_step_to_the_feeder_task() {
-        use crate::fsm::testing::{command, put, Store};
-        let db = Arc::new(Store::new().db);
-        let recent = Arc::new(Recent::new(0, 100, Arc::new(Metrics::new())));
-        let feeder = Feeder {
-            recent: recent.clone(),
-            db: db.clone(),
-            cluster_id: 1,
-            stepping: std::sync::Mutex::new(()),
-            wanted: watch::Sender::new(0),
-        };
-        let wanted = feeder.wanted.subscribe();
+        let (db, feeder) = fed_store();
+        let (recent, wanted) = (feeder.recent.clone(), feeder.wanted.subscribe());
         let value = "v".repeat(FEED_STEP_BYTES + 1);
-        let txn = db.begin_write().expect("a write transaction begins");
-        let data = command("r1", put("big", &value)).encode_to_vec();
-        let applied = fsm::apply_entry(&txn, 1, 1, &data, &fsm::Bounds::default()).expect("applies");
-        txn.commit().expect("commits");
-        let revision = applied.expect("a put has an outcome").outcome.revision;
+        let revision = commit_put(&db, 1, "big", &value);
 
         feeder.committed(revision);
         assert_eq!(recent.span().last, 0, "a revision past FEED_STEP_BYTES is not read on the apply thread");
