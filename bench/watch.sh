@@ -24,9 +24,15 @@
 #   bench/watch.sh
 #   ROUNDS=1 DURATION=5s WATCHERS="100 1000" SYSTEMS=latch OUT=- bench/watch.sh
 #
+# Which member leads, and whether the writer talks to it, decides much of the 100-watcher
+# figure (docs/benchmarks.md): LEADER=N makes member N lead every cluster (Latch: fresh clusters
+# until it does; etcd: `etcdctl move-leader`), WRITER_MEMBER=N sends every put to member N
+# (`--writer-member`; unset: Latch's writer keeps to member 1, etcd-client balances its puts
+# over all three). The report counts the runs in which the writer's member led.
+#
 # Environment: ROUNDS (1), DURATION per run (15s), WARMUP per system, untimed (3s), WATCHERS
 # ("100 1000 10000"), STREAMS (unset: a stream per watcher), CONNECTIONS (unset: the bench's
-# default), SYSTEMS ("latch etcd"), OUT
+# default), SYSTEMS ("latch etcd"), LEADER and WRITER_MEMBER (unset), OUT
 # (docs/benchmarks.md), KEEP_WORK=1 to keep the servers' data and logs. Needs cargo and
 # python3; etcd, etcdctl and protoc are installed with apt-get if missing. Stops every process it
 # started, by pid, on any exit. A run that fails, or a server that dies, stops the script with
@@ -39,6 +45,11 @@ WARMUP=${WARMUP:-3s}
 WATCHERS=${WATCHERS:-"100 1000 10000"}
 CONNECTIONS=${CONNECTIONS:-}
 STREAMS=${STREAMS:-}
+LEADER=${LEADER:-}
+WRITER_MEMBER=${WRITER_MEMBER:-}
+for n in "$LEADER" "$WRITER_MEMBER"; do
+  case $n in "" | 1 | 2 | 3) ;; *) echo "LEADER and WRITER_MEMBER name a member, 1, 2 or 3; got '$n'" >&2; exit 2 ;; esac
+done
 SYSTEMS=${SYSTEMS:-"latch etcd"}
 ROUNDS=${ROUNDS:-1}
 OUT=${OUT:-docs/benchmarks.md}
@@ -92,7 +103,7 @@ SERVER_COMMANDS="$WORK/servers.txt"
 : >"$SERVER_COMMANDS"
 # Starts a fresh 3-member cluster of the system (the ports of bench/compare.sh) and sets TARGET
 # to the --target naming all three members.
-start() { # system
+start_once() { # system
   local i cmd
   rm -rf "$WORK/data"
   mkdir -p "$WORK/data"
@@ -130,6 +141,44 @@ start() { # system
   # A server that could not start (a port in use, say) must not go unnoticed: another process
   # on the same port would be measured instead.
   alive || { KEEP_WORK=1; exit 1; }
+}
+
+# The member (1, 2 or 3) that leads the running cluster of the system.
+leader_of() { # system
+  case $1 in
+    latch)
+      "$LATCH" cluster status --endpoints "${TARGET#latch://}" --output json | grep -o '"leader":[0-9]*' | cut -d: -f2
+      ;;
+    etcd)
+      ETCDCTL_API=3 etcdctl --endpoints "${TARGET#etcd://}" endpoint status -w json | python3 -c '
+import json, sys
+status = json.load(sys.stdin)
+leader = status[0]["Status"]["leader"]
+print(next(e["Endpoint"][-1] for e in status if e["Status"]["header"]["member_id"] == leader))'
+      ;;
+  esac
+}
+
+# Starts a fresh cluster of the system (start_once); with LEADER set, one member LEADER leads.
+start() { # system
+  start_once "$1"
+  [ -z "$LEADER" ] && return 0
+  local try
+  for try in $(seq 1 20); do
+    [ "$(leader_of "$1")" = "$LEADER" ] && return 0
+    case $1 in
+      latch) stop_servers && start_once latch ;;
+      etcd)
+        local id
+        id=$(ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:2379$LEADER" endpoint status -w json |
+          python3 -c 'import json, sys; print(format(json.load(sys.stdin)[0]["Status"]["header"]["member_id"], "x"))')
+        ETCDCTL_API=3 etcdctl --endpoints "${TARGET#etcd://}" move-leader "$id" >/dev/null 2>&1 || sleep 0.5
+        ;;
+    esac
+  done
+  echo "member $LEADER of $1 did not lead after 20 tries; logs in $WORK" >&2
+  KEEP_WORK=1
+  exit 1
 }
 
 RESULTS="$WORK/results.jsonl"
@@ -194,7 +243,7 @@ start = end - elapsed
 events = max(report["ops"], 1)
 servers, bench = at(end, 1) - at(start, 1), at(end, 2) - at(start, 2)
 wall = end - t0
-report.update(system=system, round=round_, wall_s=wall, leader=os.environ.get("LEADER") or None,
+report.update(system=system, round=round_, wall_s=wall, leader=os.environ.get("LED_BY") or None,
               server_us_per_event=servers / events * 1e6, bench_us_per_event=bench / events * 1e6,
               server_cores=servers / elapsed, bench_cores=bench / elapsed,
               other_cores=max(0.0, (m1 - m0) - (s1 - s0) - b1) / wall)
@@ -208,15 +257,13 @@ run_one() { # system watchers duration [results]
   local flags=(--watchers "$watchers")
   [ -n "$STREAMS" ] && flags+=(--watches-per-stream $(((watchers + STREAMS - 1) / STREAMS)))
   [ -n "$CONNECTIONS" ] && flags+=(--connections "$CONNECTIONS")
+  [ -n "$WRITER_MEMBER" ] && flags+=(--writer-member "$WRITER_MEMBER")
   [ "$results" = "$RESULTS" ] &&
     echo "latch bench watch-latency ${flags[*]} --target $TARGET --duration $duration --output json" >>"$COMMANDS"
   echo "round $ROUND  $system  watchers=$watchers  $duration  (load average $(cut -d' ' -f1 /proc/loadavg))" >&2
-  # Which member leads decides the latency a watcher sees (docs/benchmarks.md, Watches): Latch's
-  # writer talks to member 1, so the report counts the runs it led.
-  local leader=""
-  [ "$system" = latch ] && leader=$("$LATCH" cluster status --endpoints "${TARGET#latch://}" --output json |
-    grep -o '"leader":[0-9]*' | head -1 | cut -d: -f2)
-  if ! LEADER=$leader python3 "$WORK/run_one.py" "$system" "$ROUND" "${PIDS[*]}" "$LATCH" bench watch-latency "${flags[@]}" \
+  local leader
+  leader=$(leader_of "$system")
+  if ! LED_BY=$leader python3 "$WORK/run_one.py" "$system" "$ROUND" "${PIDS[*]}" "$LATCH" bench watch-latency "${flags[@]}" \
     --target "$TARGET" --duration "$duration" --output json >>"$results"; then
     echo "latch bench watch-latency failed against $system; logs in $WORK" >&2
     KEEP_WORK=1
@@ -254,6 +301,15 @@ NAMES = {"latch": "Latch", "etcd": "etcd"}
 groups = {}
 for r in runs:
     groups.setdefault((r["system"], r["parameters"]["watchers"]), []).append(r)
+def writer_led(system, rs):
+    # The writer's member: --writer-member, or (Latch) the first endpoint; etcd-client
+    # otherwise balances the puts over the members.
+    def member(r):
+        pinned = r["parameters"].get("writer_member")
+        return str(pinned) if pinned else ("1" if system == "latch" else None)
+    if any(member(r) is None for r in rs):
+        return "—"
+    return f"{sum(r.get('leader') == member(r) for r in rs)} of {len(rs)}"
 rows = []
 for (system, watchers), rs in sorted(groups.items(), key=lambda g: (g[0][1], g[0][0] != "latch")):
     med = lambda f: statistics.median(f(r) for r in rs)
@@ -277,7 +333,7 @@ for (system, watchers), rs in sorted(groups.items(), key=lambda g: (g[0][1], g[0
         "servers": med(lambda r: r["server_cores"]), "bench": med(lambda r: r["bench_cores"]),
         "server_us": med(lambda r: r["server_us_per_event"]), "bench_us": med(lambda r: r["bench_us_per_event"]),
         "other": med(lambda r: r["other_cores"]),
-        "writer_led": (f"{sum(r.get('leader') == '1' for r in rs)} of {len(rs)}" if system == "latch" else "—"),
+        "writer_led": writer_led(system, rs),
     })
 L = [section, "",
      f"`bench/watch.sh`, {datetime.date.today()}: {rounds} round(s); in each, a fresh 3-member cluster of "
@@ -300,9 +356,10 @@ L = [section, "",
      "generator spent in the timed phase (sampled every 50 ms; the report's elapsed time before the bench "
      "exited, so closing the watches is in, setting them up is not), per event received and as cores kept "
      "busy; *other load*: the cores the rest of the machine kept busy over the whole command. Medians over "
-     "the rounds; missed and errors summed. *Writer's member led*: in how many of Latch's runs member 1, "
-     "the writer's, led (the put's answer then leaves from the leader, ahead of the followers' "
-     "events); etcd-client balances the writer's puts over the three members.",
+     "the rounds; missed and errors summed. *Writer's member led*: in how many runs the member the writer "
+     "talked to led (the put's answer then leaves from the leader, ahead of the followers' events): "
+     "`--writer-member` when given (WRITER_MEMBER), else member 1 for Latch's client, and — for etcd, "
+     "whose client balances the writer's puts over the three members.",
      "", f"{facts}.", "",
      ]
 # Prose wrapped at 100 columns, as the rest of docs/benchmarks.md.

@@ -34,7 +34,9 @@
 //!
 //! The streams are spread round-robin over `--connections` clients (gRPC channels, so HTTP/2
 //! connections; the i-th with the endpoints rotated by i, so the watchers spread over the
-//! members); the writer has a client of its own, with the endpoints in the order given. One
+//! members); the writer has a client of its own, with the endpoints in the order given, or
+//! with `--writer-member N` the N-th endpoint only (which member leads, and whether the writer
+//! talks to it, decides much of what followers' watchers see; docs/benchmarks.md). One
 //! task reads each stream. Every watch is open and confirmed before the clock starts (Latch:
 //! `WatchUpdate::Started`; etcd: the created response), so setting them up is not measured;
 //! `--clients` does not apply.
@@ -46,7 +48,8 @@
 //! a watch that ends (etcd: canceled; either: its stream fails for good) is counted by kind
 //! too, and its watcher receives no more.
 //!
-//! The report's parameters: `watchers`; `watches_per_stream`; `puts` (answered); `put_p50_ms`, `put_p99_ms` (the
+//! The report's parameters: `watchers`; `watches_per_stream`; `writer_member` (null: every
+//! endpoint); `puts` (answered); `put_p50_ms`, `put_p99_ms` (the
 //! writer's own put latency); `missed_events` (revisions of answered puts some watcher did not
 //! receive, summed over the watchers — must be 0) and `watchers_missing_events`;
 //! `duplicate_events` (a revision a watcher received twice — must be 0);
@@ -68,7 +71,9 @@ use tokio::sync::watch;
 
 use crate::api::watch::MAX_WATCHES_PER_STREAM;
 
-use super::{Connection, Consistency, Error, OpError, Progress, Report, Settings, Shared, System, Tally};
+use super::{
+    Connection, Consistency, Error, OpError, Progress, Report, Settings, Shared, System, Tally, TargetSpec,
+};
 
 /// The workload's name.
 const NAME: &str = "watch-latency";
@@ -92,9 +97,19 @@ pub struct WatchLatency {
     pub watchers: usize,
     /// Watches on one stream (the last stream may have fewer).
     pub per_stream: usize,
+    /// The writer's one endpoint, 1-based among the target's; `None`: all of them, in order.
+    pub writer_member: Option<usize>,
 }
 
 impl WatchLatency {
+    /// What the writer connects to: the target, or its `writer_member`-th endpoint alone.
+    fn writer_target(&self, target: &TargetSpec) -> TargetSpec {
+        match self.writer_member.and_then(|n| target.endpoints.get(n.wrapping_sub(1))) {
+            Some(endpoint) => TargetSpec { system: target.system, endpoints: vec![endpoint.clone()] },
+            None => target.clone(),
+        }
+    }
+
     /// Streams the watchers take.
     pub fn streams(&self) -> usize {
         self.watchers.div_ceil(self.per_stream.max(1))
@@ -118,6 +133,14 @@ impl WatchLatency {
                 self.streams(),
                 settings.connections
             )));
+        }
+        if let Some(n) = self.writer_member {
+            let members = settings.target.endpoints.len();
+            if n == 0 || n > members {
+                return Err(Error::Settings(format!(
+                    "--writer-member must be between 1 and the members --target names ({members}), got {n}"
+                )));
+            }
         }
         if settings.target.system == System::Zk {
             return Err(Error::Settings("watch-latency runs against latch:// or etcd:// targets".into()));
@@ -212,7 +235,7 @@ pub async fn run(
     settings.validate()?;
     let connections =
         super::target::connect(&settings.target, settings.connections, settings.timeout).await?;
-    let mut writer = super::target::connect(&settings.target, 1, settings.timeout)
+    let mut writer = super::target::connect(&bench.writer_target(&settings.target), 1, settings.timeout)
         .await?
         .pop()
         .ok_or_else(|| Error::Task("no connection for the writer".into()))?;
@@ -292,6 +315,7 @@ pub async fn run(
     let parameters = Map::from_iter([
         ("watchers".to_string(), json!(bench.watchers)),
         ("watches_per_stream".to_string(), json!(bench.per_stream)),
+        ("writer_member".to_string(), json!(bench.writer_member)),
         ("puts".to_string(), json!(puts)),
         ("put_p50_ms".to_string(), json!(put_latency.p50 as f64 / 1000.0)),
         ("put_p99_ms".to_string(), json!(put_latency.p99 as f64 / 1000.0)),
@@ -712,7 +736,7 @@ fn ended_unstarted() -> OpError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::{KeySpace, Stop, TargetSpec};
+    use crate::bench::{KeySpace, Stop};
 
     fn settings(connections: usize) -> Settings {
         Settings {
@@ -728,7 +752,7 @@ mod tests {
 
     #[test]
     fn no_watchers_or_more_connections_than_streams_are_refused_naming_the_flag() {
-        let bench = |watchers, per_stream| WatchLatency { watchers, per_stream };
+        let bench = |watchers, per_stream| WatchLatency { watchers, per_stream, writer_member: None };
         let e = bench(0, 1).validate(&settings(1)).expect_err("no watchers");
         assert!(e.to_string().contains("--watchers") && e.is_usage(), "{e}");
         let e = bench(4, 1).validate(&settings(8)).expect_err("too many connections");
@@ -739,8 +763,30 @@ mod tests {
     }
 
     #[test]
+    fn the_writer_member_names_one_endpoint_of_the_target() {
+        let three =
+            Settings { target: TargetSpec::parse("latch://a:1,b:2,c:3").expect("valid"), ..settings(1) };
+        let bench = |writer_member| WatchLatency { watchers: 1, per_stream: 1, writer_member };
+        assert_eq!(
+            bench(None).writer_target(&three.target),
+            three.target,
+            "no flag: every endpoint, in order"
+        );
+        let second = bench(Some(2)).writer_target(&three.target);
+        assert_eq!(second.endpoints, vec!["b:2".to_string()], "the second endpoint alone");
+        assert!(bench(Some(3)).validate(&three).is_ok());
+        for n in [0, 4] {
+            let e = bench(Some(n)).validate(&three).expect_err("outside the target's members");
+            assert!(
+                e.to_string().contains("--writer-member") && e.to_string().contains("(3)") && e.is_usage(),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn watches_per_stream_must_fit_the_watchers_and_leave_a_stream_per_connection() {
-        let bench = |watchers, per_stream| WatchLatency { watchers, per_stream };
+        let bench = |watchers, per_stream| WatchLatency { watchers, per_stream, writer_member: None };
         assert_eq!(bench(10_000, 625).streams(), 16);
         assert_eq!(bench(1_000, 300).streams(), 4, "the last stream takes the rest (100)");
         assert!(bench(10_000, 625).validate(&settings(16)).is_ok());

@@ -166,11 +166,20 @@ pub struct WatchLatencyArgs {
     /// many creates on one Watch stream); 1: each watch a stream of its own.
     #[arg(long, value_name = "K", default_value_t = 1)]
     pub watches_per_stream: usize,
+    /// The writer talks to the N-th member of --target only (1: the first) [default: every
+    /// member given, in order: a Latch client keeps to the first that answers, etcd-client
+    /// balances its requests over them all].
+    #[arg(long, value_name = "N")]
+    pub writer_member: Option<usize>,
 }
 
 impl WatchLatencyArgs {
     pub fn bench(&self) -> bench::watches::WatchLatency {
-        bench::watches::WatchLatency { watchers: self.watchers, per_stream: self.watches_per_stream }
+        bench::watches::WatchLatency {
+            watchers: self.watchers,
+            per_stream: self.watches_per_stream,
+            writer_member: self.writer_member,
+        }
     }
 }
 
@@ -544,7 +553,10 @@ mod tests {
         assert_eq!(args.watchers, 10_000);
         let default = parse(&["watch-latency"]).expect("valid");
         let WorkloadArgs::WatchLatency(args) = default.workload else { panic!("watch-latency expected") };
-        assert_eq!(args.watchers, 100);
+        assert_eq!((args.watchers, args.writer_member), (100, None));
+        let pinned = parse(&["watch-latency", "--writer-member", "2"]).expect("valid");
+        let WorkloadArgs::WatchLatency(args) = pinned.workload else { panic!("watch-latency expected") };
+        assert_eq!(args.writer_member, Some(2));
     }
 
     #[test]
