@@ -52,10 +52,11 @@ const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MOST: Duration = Duration::from_secs(10);
 /// Bytes of history read in one step (by the feeder task, or a stream catching up).
 pub const READ_STEP_BYTES: usize = 1024 * 1024;
-/// Most bytes of history the apply thread reads into the window after a commit, counting the
-/// revision it would stop in: past that (a large revision, a backlog), it reads nothing more and
-/// leaves the rest to the feeder task. So a commit's feed costs the thread that applies every
-/// write at most this much decoding and encoding, whatever one revision holds.
+/// Bytes of history the apply thread reads into the window after a commit: it stops at the
+/// first revision boundary past this (so it reads under twice this), and a revision of more than
+/// this it leaves whole to the feeder task, with everything after it until the task has read it.
+/// So a commit's feed costs the thread that applies every write a bounded decoding and encoding,
+/// whatever one revision holds.
 pub const FEED_STEP_BYTES: usize = 256 * 1024;
 /// A revision whose history rows are more than this is not held whole, in the window or by a
 /// stream: each watch reads it a step at a time and sends it in fragments.
@@ -260,8 +261,10 @@ struct Feeder {
     /// Sequencers in lock and election events name it.
     cluster_id: u64,
     /// Held through a step's read and append: steps never overlap, so none appends a revision
-    /// another one appended.
-    stepping: std::sync::Mutex<()>,
+    /// another one appended. It holds the revision the apply thread last left to the feeder
+    /// task as too large for its step (0: none): until the window passes it, the apply thread
+    /// reads nothing (what it read would stop there again).
+    stepping: std::sync::Mutex<i64>,
     /// The newest revision the apply thread committed and left for the feeder task to read.
     wanted: watch::Sender<i64>,
 }
@@ -279,13 +282,13 @@ enum Reader {
 impl Feeder {
     /// One step of the feeder task, after any other one.
     fn step(&self) -> Result<bool, FsmError> {
-        let _alone = self.stepping.lock().unwrap_or_else(|p| p.into_inner());
-        self.read_step(Reader::Task)
+        let mut left = self.stepping.lock().unwrap_or_else(|p| p.into_inner());
+        self.read_step(Reader::Task, &mut left)
     }
 
     /// Reads one step of what the member applied past the window's end into it, bounded for
-    /// `reader`; `true` when there is more.
-    fn read_step(&self, reader: Reader) -> Result<bool, FsmError> {
+    /// `reader`; `true` when there is more. `left`: see `stepping`.
+    fn read_step(&self, reader: Reader, left: &mut i64) -> Result<bool, FsmError> {
         let recent = &self.recent;
         let txn = self.db.begin_read().map_err(|e| FsmError::Corrupt(format!("read transaction: {e}")))?;
         let current = fsm::applied(&txn)?.revision;
@@ -303,11 +306,20 @@ impl Feeder {
         };
         let (parts, through) = match reader {
             Reader::Task => history::parts(&txn, from, current, READ_STEP_BYTES, OVERSIZED_REVISION_BYTES)?,
+            Reader::ApplyThread if from <= *left => return Ok(true),
             Reader::ApplyThread => {
-                let (parts, through) = history::parts(&txn, from, current, FEED_STEP_BYTES, FEED_STEP_BYTES)?;
-                if parts.iter().any(|p| matches!(p, Part::Oversized { .. })) {
-                    // A revision past the thread's bound, which may be whole for the task:
-                    // all of it is the task's (the bound shapes the work, not the window).
+                let (mut parts, through) =
+                    history::parts(&txn, from, current, FEED_STEP_BYTES, FEED_STEP_BYTES)?;
+                if let Some(at) = parts.iter().position(|p| matches!(p, Part::Oversized { .. })) {
+                    // A revision past the thread's bound, which may be whole for the task: all
+                    // of it is the task's (the bound shapes the work, not the window). The
+                    // whole revisions before it go in.
+                    let revision = parts[at].revision();
+                    parts.truncate(at);
+                    *left = revision;
+                    if !parts.is_empty() {
+                        recent.append(Batch::of_parts(parts, self.cluster_id)?, revision - 1);
+                    }
                     return Ok(true);
                 }
                 (parts, through)
@@ -324,19 +336,30 @@ impl Feeder {
 }
 
 impl WatchFeed for Feeder {
-    /// One step on the apply thread, bounded by [`FEED_STEP_BYTES`] (after the feeder task's
-    /// step, if one is running: the thread waits for it, at most one task step), unless the
-    /// window holds `revision` already or is failing (the task retries at its pace). So when
-    /// `committed` returns, the window holds the revision, or the task is told to read it: the
-    /// window is failing (the task, once a retry succeeds, finds the revision wanted even if it
-    /// read before this commit), a read failed (it fails again there and marks the window
-    /// failed), or the step left more (a backlog, or a revision past the bound).
+    /// One step on the apply thread, bounded by [`FEED_STEP_BYTES`], unless the window holds
+    /// `revision` already, is failing (the task retries at its pace), or the feeder task is
+    /// stepping: the thread never waits for the task. So when `committed` returns, the window
+    /// holds the revision, or the task is told to read it: the task is stepping (a backlog is
+    /// ahead of this revision anyway; a revision wanted during a step wakes the task again
+    /// after it), the window is failing (the task, once a retry succeeds, finds the revision
+    /// wanted even if it read before this commit), a read failed (the task reads it again, and
+    /// marks the window failed if that fails too), or the step left more (a backlog, or a
+    /// revision past the bound).
     fn committed(&self, revision: i64) {
-        let _alone = self.stepping.lock().unwrap_or_else(|p| p.into_inner());
+        let mut left = match self.stepping.try_lock() {
+            Ok(left) => left,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                self.want(revision);
+                return;
+            }
+        };
         if self.recent.span().last >= revision {
             return;
         }
-        if self.recent.failed().is_some() || !matches!(self.read_step(Reader::ApplyThread), Ok(false)) {
+        if self.recent.failed().is_some()
+            || !matches!(self.read_step(Reader::ApplyThread, &mut left), Ok(false))
+        {
             self.want(revision);
         }
     }
@@ -403,7 +426,7 @@ impl Recent {
             recent: recent.clone(),
             db: node.db().clone(),
             cluster_id: node.cluster_id,
-            stepping: std::sync::Mutex::new(()),
+            stepping: std::sync::Mutex::new(0),
             wanted: watch::Sender::new(0),
         });
         // Set before the task's first step: what the apply thread commits from here on, it
@@ -422,8 +445,8 @@ impl Recent {
     /// A step that fails marks the window failed (every stream ends UNAVAILABLE and its client
     /// resumes on another member) and is tried again after [`RETRY_FIRST`], doubling up to
     /// [`RETRY_MOST`]; the first that succeeds clears the mark, and the window goes on from
-    /// where it stopped (a failed step appended nothing). Ends when `wanted` ends or `stop`
-    /// fires.
+    /// where it stopped (a failed step appended nothing). Ends when `stop` fires (or `wanted`
+    /// ends, which the feeder that holds its sender never lets happen).
     async fn follow(
         &self,
         mut step: impl FnMut(&Recent) -> Result<bool, FsmError>,
@@ -632,7 +655,7 @@ mod tests {
             recent: Arc::new(Recent::new(0, 100, Arc::new(Metrics::new()))),
             db: db.clone(),
             cluster_id: 1,
-            stepping: std::sync::Mutex::new(()),
+            stepping: std::sync::Mutex::new(0),
             wanted: watch::Sender::new(0),
         };
         (db, feeder)
@@ -701,6 +724,58 @@ mod tests {
         assert_eq!(batches.len(), 1, "whole, in one batch (it is far under OVERSIZED_REVISION_BYTES)");
         assert_eq!(batches[0].events.len(), 1);
         assert_eq!(batches[0].events[0].key, b"big".to_vec());
+    }
+
+    /// The whole revisions before a large one go in; after it the apply thread reads nothing
+    /// until the task has read it (each commit would stop there again), and the task then
+    /// reads the rest, each revision once and in order.
+    #[test]
+    fn the_apply_thread_feeds_up_to_a_large_revision_and_reads_nothing_behind_it_until_the_task_did() {
+        let (db, feeder) = fed_store();
+        let (recent, wanted) = (feeder.recent.clone(), feeder.wanted.subscribe());
+        let small = commit_put(&db, 1, "a", "v");
+        let big = commit_put(&db, 2, "big", &"v".repeat(FEED_STEP_BYTES + 1));
+        let after = commit_put(&db, 3, "c", "v");
+
+        feeder.committed(after);
+        assert_eq!(recent.span().last, small, "the revision before the large one is in the window");
+        assert_eq!(*wanted.borrow(), after, "the task is told to read the rest");
+        assert_eq!(
+            *feeder.stepping.lock().expect("the test's lock"),
+            big,
+            "the large revision is the task's"
+        );
+
+        let later = commit_put(&db, 4, "d", "v");
+        feeder.committed(later);
+        assert_eq!(recent.span().last, small, "nothing is read behind the task's revision");
+        assert_eq!(*wanted.borrow(), later);
+
+        assert!(!feeder.step().expect("the task's step reads"), "the task reads the rest in one step");
+        let (batches, _) = recent.batches_from(1, 10, usize::MAX).expect("in the window");
+        let keys: Vec<&[u8]> =
+            batches.iter().flat_map(|b| b.events.iter().map(|e| e.key.as_slice())).collect();
+        assert_eq!(keys, vec![&b"a"[..], b"big", b"c", b"d"], "each revision once, in order");
+
+        let last = commit_put(&db, 5, "e", "v");
+        feeder.committed(last);
+        assert_eq!(recent.span().last, last, "past the large revision, the apply thread feeds again");
+    }
+
+    /// The apply thread never waits for the feeder task: while a step holds the window's
+    /// reader, a commit only tells the task, which reads it after its step.
+    #[test]
+    fn a_commit_during_the_feeder_tasks_step_is_left_to_the_task_without_waiting() {
+        let (db, feeder) = fed_store();
+        let (recent, wanted) = (feeder.recent.clone(), feeder.wanted.subscribe());
+        let revision = commit_put(&db, 1, "a", "v");
+        let stepping = feeder.stepping.lock().expect("the test's lock");
+        feeder.committed(revision);
+        assert_eq!(recent.span().last, 0, "nothing read while the task steps");
+        assert_eq!(*wanted.borrow(), revision, "the task is told to read it");
+        drop(stepping);
+        assert!(!feeder.step().expect("the task's step reads"));
+        assert_eq!(recent.span().last, revision, "the task's next step reads it");
     }
 
     #[test]
