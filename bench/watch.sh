@@ -143,19 +143,23 @@ start_once() { # system
   alive || { KEEP_WORK=1; exit 1; }
 }
 
+# One line per etcd member: its number (the client port's last digit), its id in hex, and
+# whether it leads.
+etcd_members() {
+  ETCDCTL_API=3 etcdctl --endpoints "${TARGET#etcd://}" endpoint status -w json | python3 -c '
+import json, sys
+for e in json.load(sys.stdin):
+    s = e["Status"]
+    print(e["Endpoint"][-1], format(s["header"]["member_id"], "x"), int(s["header"]["member_id"] == s["leader"]))'
+}
+
 # The member (1, 2 or 3) that leads the running cluster of the system.
 leader_of() { # system
   case $1 in
     latch)
       "$LATCH" cluster status --endpoints "${TARGET#latch://}" --output json | grep -o '"leader":[0-9]*' | cut -d: -f2
       ;;
-    etcd)
-      ETCDCTL_API=3 etcdctl --endpoints "${TARGET#etcd://}" endpoint status -w json | python3 -c '
-import json, sys
-status = json.load(sys.stdin)
-leader = status[0]["Status"]["leader"]
-print(next(e["Endpoint"][-1] for e in status if e["Status"]["header"]["member_id"] == leader))'
-      ;;
+    etcd) etcd_members | awk '$3 == 1 { print $1 }' ;;
   esac
 }
 
@@ -170,8 +174,7 @@ start() { # system
       latch) stop_servers && start_once latch ;;
       etcd)
         local id
-        id=$(ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:2379$LEADER" endpoint status -w json |
-          python3 -c 'import json, sys; print(format(json.load(sys.stdin)[0]["Status"]["header"]["member_id"], "x"))')
+        id=$(etcd_members | awk -v n="$LEADER" '$1 == n { print $2 }')
         ETCDCTL_API=3 etcdctl --endpoints "${TARGET#etcd://}" move-leader "$id" >/dev/null 2>&1 || sleep 0.5
         ;;
     esac

@@ -104,7 +104,7 @@ pub struct WatchLatency {
 impl WatchLatency {
     /// What the writer connects to: the target, or its `writer_member`-th endpoint alone.
     fn writer_target(&self, target: &TargetSpec) -> TargetSpec {
-        match self.writer_member.and_then(|n| target.endpoints.get(n.wrapping_sub(1))) {
+        match self.writer_member.and_then(|n| target.endpoints.get(n.checked_sub(1)?)) {
             Some(endpoint) => TargetSpec { system: target.system, endpoints: vec![endpoint.clone()] },
             None => target.clone(),
         }

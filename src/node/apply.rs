@@ -149,8 +149,8 @@ pub type Announce = Arc<tokio::sync::watch::Sender<i64>>;
 /// after each commit, before the revision is announced and the writers answered: the batch's
 /// events then start on their way without waiting for a task to wake, and no task wakes per
 /// revision. Every write waits for it, so it must be bounded (one step of a few hundred KiB)
-/// and never wait for a watcher, a stream or that task; whatever it leaves undone (a failed read, a large
-/// revision, a backlog) it hands to a task of its own.
+/// and never wait for a watcher, a stream or the task it hands whatever it leaves undone to (a
+/// failed read, a large revision, a backlog).
 pub trait WatchFeed: Send + Sync {
     /// The state the apply thread just committed holds `revision`.
     fn committed(&self, revision: i64);

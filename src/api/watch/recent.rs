@@ -2,7 +2,7 @@
 //! watch stream: the live part of serving watches (DESIGN.md §3, watch).
 //!
 //! The member's apply thread, right after each commit, reads the changes of the revisions the
-//! window has not read yet from the history (at most about [`FEED_STEP_BYTES`] of rows), encodes
+//! window has not read yet from the history (under twice [`FEED_STEP_BYTES`] of rows), encodes
 //! each change as a `latch.v1.Event` (with and without its previous kv), and appends a [`Batch`]
 //! per revision to a bounded window; a feeder task reads whatever the apply thread left, in
 //! steps of about [`READ_STEP_BYTES`] (see [`Feeder`]). Streams copy `Arc`s out of the window
@@ -306,7 +306,6 @@ impl Feeder {
         };
         let (parts, through) = match reader {
             Reader::Task => history::parts(&txn, from, current, READ_STEP_BYTES, OVERSIZED_REVISION_BYTES)?,
-            Reader::ApplyThread if from <= *left => return Ok(true),
             Reader::ApplyThread => {
                 let (mut parts, through) =
                     history::parts(&txn, from, current, FEED_STEP_BYTES, FEED_STEP_BYTES)?;
@@ -354,10 +353,13 @@ impl WatchFeed for Feeder {
                 return;
             }
         };
-        if self.recent.span().last >= revision {
+        let last = self.recent.span().last;
+        if last >= revision {
             return;
         }
-        if self.recent.failed().is_some()
+        // Behind a revision left to the task, every read would stop there again.
+        if last < *left
+            || self.recent.failed().is_some()
             || !matches!(self.read_step(Reader::ApplyThread, &mut left), Ok(false))
         {
             self.want(revision);
