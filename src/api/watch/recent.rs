@@ -315,10 +315,10 @@ impl Feeder {
                     // whole revisions before it go in.
                     let revision = parts[at].revision();
                     parts.truncate(at);
-                    *left = revision;
                     if !parts.is_empty() {
                         recent.append(Batch::of_parts(parts, self.cluster_id)?, revision - 1);
                     }
+                    *left = revision;
                     return Ok(true);
                 }
                 (parts, through)
@@ -728,11 +728,11 @@ mod tests {
         assert_eq!(batches[0].events[0].key, b"big".to_vec());
     }
 
-    /// The whole revisions before a large one go in; after it the apply thread reads nothing
-    /// until the task has read it (each commit would stop there again), and the task then
-    /// reads the rest, each revision once and in order.
+    /// The whole revisions before a large one go in; the large one and everything after it
+    /// wait for the task (the apply thread does not even read them: each commit would stop
+    /// there again), which then reads the rest, each revision once and in order.
     #[test]
-    fn the_apply_thread_feeds_up_to_a_large_revision_and_reads_nothing_behind_it_until_the_task_did() {
+    fn the_apply_thread_feeds_the_revisions_before_a_large_one_and_leaves_the_rest_to_the_task() {
         let (db, feeder) = fed_store();
         let (recent, wanted) = (feeder.recent.clone(), feeder.wanted.subscribe());
         let small = commit_put(&db, 1, "a", "v");
@@ -769,10 +769,20 @@ mod tests {
     #[test]
     fn a_commit_during_the_feeder_tasks_step_is_left_to_the_task_without_waiting() {
         let (db, feeder) = fed_store();
+        let feeder = Arc::new(feeder);
         let (recent, wanted) = (feeder.recent.clone(), feeder.wanted.subscribe());
         let revision = commit_put(&db, 1, "a", "v");
         let stepping = feeder.stepping.lock().expect("the test's lock");
-        feeder.committed(revision);
+        let (done, returned) = std::sync::mpsc::channel();
+        let committing = feeder.clone();
+        std::thread::spawn(move || {
+            committing.committed(revision);
+            let _ = done.send(());
+        });
+        // Only a failure waits this long: a thread blocked on the task's lock never returns.
+        returned
+            .recv_timeout(Duration::from_secs(10))
+            .expect("committed returns while the task holds its lock, without waiting for it");
         assert_eq!(recent.span().last, 0, "nothing read while the task steps");
         assert_eq!(*wanted.borrow(), revision, "the task is told to read it");
         drop(stepping);
