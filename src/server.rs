@@ -41,7 +41,7 @@ use crate::node::inbox::FileInbox;
 use crate::node::{Budgets, Node};
 use crate::storage::{self, StorageError};
 use crate::transport::{
-    self, member_status, Admission, Faults, FaultsService, Links, PeerSenders, PeerService,
+    self, member_status, wire, Admission, Faults, FaultsService, Links, PeerSenders, PeerService, WireSenders,
 };
 
 pub mod admission;
@@ -243,7 +243,6 @@ pub async fn run(
     )
     .map_err(ServerError::DnsDomain)?;
     let client_incoming = sockets::gathered(listeners.client).map_err(ServerError::Incoming)?;
-    let peer_incoming = sockets::accepted(listeners.peer).map_err(ServerError::Incoming)?;
 
     let node = Node::start(
         core,
@@ -252,14 +251,36 @@ pub async fn run(
         config.tick_interval,
         budgets,
         metrics.clone(),
-        move |handle| Box::new(PeerSenders::start(&rt, id, &peers, handle, senders)),
+        move |handle| match WireSenders::start(&rt, id, &peers, handle.clone(), senders.clone()) {
+            Ok(wire) => Box::new(wire),
+            Err(e) => {
+                tracing::warn!(member = id, error = %e, "cannot start the peer wire's threads; sending over gRPC");
+                Box::new(PeerSenders::start(&rt, id, &peers, handle, senders))
+            }
+        },
     )
     .map_err(ServerError::Thread)?;
+    // Raft messages from members of this version arrive on the wire, everything else (and
+    // messages of members of earlier versions) over gRPC: the peer port tells them apart.
+    let wire_served = Arc::new(wire::Served::default());
+    let peer_incoming = {
+        let (served, handle, shared) = (wire_served.clone(), node.handle(), shared.clone());
+        let max_message = config.peer_limits.max_peer_message_bytes;
+        sockets::sniffed(listeners.peer, wire::MAGIC, move |socket| {
+            served.start(socket, handle.clone(), shared.clone(), max_message)
+        })
+    };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // However the member stops, its peers' wire connections close with it.
+    let closing = stopped(stop_rx.clone());
+    tokio::spawn(async move {
+        closing.await;
+        wire_served.close_all();
+    });
     let fault_injection = config.fault_injection.then(|| {
         tracing::warn!(
             member = id,

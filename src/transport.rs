@@ -1,8 +1,15 @@
-//! The peer transport: raft messages between members over gRPC (`latch.internal.v1.Peer`).
+//! The peer transport: raft messages between members, and the gRPC peer service
+//! (`latch.internal.v1.Peer`) on the same port.
 //!
-//! Each member keeps one sender task per peer, holding one client stream open and writing the
-//! messages the driver hands it, in order. Messages are raft-rs protobuf bytes, cut into
-//! chunks of at most [`CHUNK`] bytes. A peer that cannot be reached is reported `Unreachable`
+//! A member sends its raft messages over the wire ([`wire`]: framed messages over plain TCP,
+//! written by the raft thread or a sender thread per peer) and its snapshots over the peer
+//! service's `Snapshot` call. The service's `Stream` call — the message stream members of
+//! earlier versions send on — is still served, so such a member can talk to this one; what
+//! follows describes it and the snapshot call. On it, each member kept one sender task per
+//! peer, holding one client stream open and writing the messages the driver handed it, in
+//! order ([`PeerSenders`], which now carries only snapshots, and raft messages when the wire's
+//! threads could not start). Messages are raft-rs protobuf bytes, cut into chunks of at most
+//! [`CHUNK`] bytes. A peer that cannot be reached is reported `Unreachable`
 //! and its queued messages are dropped: raft retransmits what matters. Whether a peer is
 //! reachable ([`Links`]: lost when a call to it fails, back when a message from it arrives) is
 //! logged when it changes.
@@ -30,6 +37,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod faults;
+pub mod wire;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
@@ -54,6 +62,7 @@ pub use faults::{Faults, FaultsService};
 use latch_proto::internal::peer_client::PeerClient;
 use latch_proto::internal::peer_server::{Peer as PeerRpc, PeerServer};
 use latch_proto::internal::{MemberStatus, MemberStatusRequest, PeerAck, PeerFrame};
+pub use wire::WireSenders;
 
 /// Largest chunk of one frame.
 pub const CHUNK: usize = 1024 * 1024;
@@ -82,6 +91,20 @@ pub fn message_type_name(t: MessageType) -> &'static str {
         MessageType::MsgReadIndexResp => "MsgReadIndexResp",
         MessageType::MsgRequestPreVote => "MsgRequestPreVote",
         MessageType::MsgRequestPreVoteResponse => "MsgRequestPreVoteResponse",
+    }
+}
+
+/// A raft message's bytes, counted as sent to its peer; `None` (logged) if it cannot be encoded.
+fn encoded(msg: &Message, metrics: &PeerMetrics) -> Option<Vec<u8>> {
+    match msg.write_to_bytes() {
+        Ok(bytes) => {
+            metrics.sent(msg.to, message_type_name(msg.get_msg_type()), bytes.len());
+            Some(bytes)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a raft message");
+            None
+        }
     }
 }
 
@@ -422,14 +445,7 @@ async fn send_loop(
             });
             continue;
         }
-        let bytes = match msg.write_to_bytes() {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode a raft message");
-                continue;
-            }
-        };
-        metrics.peer.sent(peer.id, message_type_name(msg.get_msg_type()), bytes.len());
+        let Some(bytes) = encoded(&msg, &metrics.peer) else { continue };
         let open = || open_stream(&client, peer.id, node.clone(), shared.clone());
         let sink = match stream.take() {
             Some(s) if !s.is_closed() => s,

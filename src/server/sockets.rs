@@ -71,6 +71,84 @@ pub fn accepted(listener: TcpListener) -> io::Result<TcpIncoming> {
 /// Silence on an accepted connection after which the kernel starts its keepalive probes.
 pub const TCP_KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How long a new connection to the peer port may take to send its first bytes.
+pub const SNIFF_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Accepted connections of the peer port, told apart by their first eight bytes: those that
+/// start with `wire` are handed to `on_wire` (a blocking socket, TCP_NODELAY and keepalive
+/// set), the others (HTTP/2: gRPC's snapshot, status and fault calls, and the message stream
+/// of members of earlier versions) come out of the returned stream, as from [`accepted`]. A
+/// connection that sends fewer than eight bytes within [`SNIFF_TIMEOUT`] is closed. Accepting
+/// ends when the stream is dropped (the gRPC server stopped).
+pub fn sniffed(
+    listener: TcpListener,
+    wire: [u8; 8],
+    on_wire: impl Fn(std::net::TcpStream) + Send + Sync + 'static,
+) -> impl Stream<Item = io::Result<TcpStream>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<TcpStream>>(64);
+    let on_wire = std::sync::Arc::new(on_wire);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = tx.closed() => return,
+            };
+            let socket = match accepted {
+                Ok((socket, _)) => socket,
+                Err(e) => {
+                    // Out of descriptors, or a connection reset before it was accepted: the
+                    // listener itself stays good.
+                    tracing::debug!(error = %e, "accepting a peer connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let (tx, on_wire) = (tx.clone(), on_wire.clone());
+            tokio::spawn(async move {
+                if keep_alive(&socket).is_err() {
+                    return;
+                }
+                match tokio::time::timeout(SNIFF_TIMEOUT, first_bytes(&socket)).await {
+                    Ok(Ok(first)) if first == wire => match socket.into_std() {
+                        Ok(socket) if socket.set_nonblocking(false).is_ok() => on_wire(socket),
+                        _ => {}
+                    },
+                    Ok(Ok(_)) => {
+                        let _ = tx.send(Ok(socket)).await;
+                    }
+                    _ => {}
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// TCP_NODELAY and keepalive after [`TCP_KEEPALIVE_IDLE`], as [`accepted`] sets them.
+fn keep_alive(socket: &TcpStream) -> io::Result<()> {
+    socket.set_nodelay(true)?;
+    rustix::net::sockopt::set_socket_keepalive(socket, true)?;
+    rustix::net::sockopt::set_tcp_keepidle(socket, TCP_KEEPALIVE_IDLE)?;
+    Ok(())
+}
+
+/// The first eight bytes a connection sent, left unread; an error if it closed before.
+async fn first_bytes(socket: &TcpStream) -> io::Result<[u8; 8]> {
+    let mut first = [0u8; 8];
+    let mut wait = std::time::Duration::from_millis(1);
+    loop {
+        match socket.peek(&mut first).await? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            8 => return Ok(first),
+            // Part of them: the rest is on its way (peek would find the same part at once).
+            _ => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_millis(200));
+            }
+        }
+    }
+}
+
 /// [`accepted`] connections, their writes gathered ([`Gathered`]).
 pub fn gathered(listener: TcpListener) -> io::Result<impl Stream<Item = io::Result<Gathered<TcpStream>>>> {
     Ok(accepted(listener)?.map(|socket| socket.map(Gathered::new)))

@@ -289,3 +289,78 @@ async fn the_peer_port_refuses_strangers_snapshots_outside_a_snapshot_call_and_s
     let me = c.self_status(1).await.unwrap();
     assert_eq!(me.snapshots_installed, 0, "the garbled snapshot was not installed");
 }
+
+/// Says hello on member `addr`'s peer wire as member `from` of cluster `cluster_id`; returns its
+/// answer and the connection.
+fn wire_hello(addr: &str, cluster_id: u64, from: u64) -> (u8, std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(addr).expect("the peer port takes connections");
+    socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    socket.write_all(&latch::transport::wire::hello(cluster_id, from)).unwrap();
+    let mut answer = [0u8; 9];
+    socket.read_exact(&mut answer).expect("an answer to the hello");
+    assert_eq!(answer[..8], latch::transport::wire::MAGIC, "the answer starts with the wire's magic");
+    (answer[8], socket)
+}
+
+/// The reason a member gives before it closes a wire connection.
+fn wire_reason(socket: &mut std::net::TcpStream) -> String {
+    let reason =
+        latch::transport::wire::read_frame(socket, 4096).expect("a reason before the connection closes");
+    String::from_utf8(reason).expect("a reason in UTF-8")
+}
+
+/// The peer wire checks what the gRPC stream checks (the test above and the next one), and says
+/// why it refuses: a stranger, another cluster, a message over --max-peer-message-bytes, one
+/// that does not decode, one from another member than the connection's, a snapshot outside its
+/// call. The member serves on.
+#[tokio::test]
+async fn the_peer_wire_refuses_strangers_other_clusters_and_broken_messages_naming_why() {
+    use latch::transport::wire::{frame, ACCEPTED, REFUSED};
+    use protobuf::Message as _;
+    use std::io::Write;
+    let c = Cluster::start(3, &["--max-peer-message-bytes", "4194304"]).await;
+    c.leader().await;
+    let spec: String = c.ids().iter().map(|id| format!("{id}={},", c.member(*id).peer_addr)).collect();
+    let cluster_id = latch::config::fnv1a(spec.as_bytes());
+    let addr = c.member(1).peer_addr.clone();
+    let raft_message = |from: u64, kind: raft::eraftpb::MessageType| {
+        let mut msg = raft::eraftpb::Message::default();
+        msg.set_msg_type(kind);
+        (msg.from, msg.to) = (from, 1);
+        if kind == raft::eraftpb::MessageType::MsgSnapshot {
+            msg.mut_snapshot().data = b"a token of member 2's".to_vec().into();
+        }
+        msg.write_to_bytes().unwrap()
+    };
+    tokio::task::spawn_blocking(move || {
+        let refused = |cluster: u64, from: u64| {
+            let (answer, mut socket) = wire_hello(&addr, cluster, from);
+            assert_eq!(answer, REFUSED, "the hello of member {from} of cluster {cluster:016x} is refused");
+            wire_reason(&mut socket)
+        };
+        let why = refused(cluster_id, 9);
+        assert!(why.contains("not a peer"), "the reason names a stranger: {why}");
+        let why = refused(cluster_id ^ 1, 2);
+        assert!(why.contains("belongs to cluster"), "the reason names the other cluster: {why}");
+
+        let closed_after = |bytes: &[u8]| {
+            let (answer, mut socket) = wire_hello(&addr, cluster_id, 2);
+            assert_eq!(answer, ACCEPTED, "member 2 of this cluster is taken");
+            socket.write_all(bytes).unwrap();
+            wire_reason(&mut socket)
+        };
+        // A message announced at 5 MiB, over the 4 MiB bound: refused before it is read.
+        let why = closed_after(&(5u32 << 20).to_le_bytes());
+        assert!(why.contains("--max-peer-message-bytes"), "the reason names the flag: {why}");
+        let why = closed_after(&frame(&[0x08]));
+        assert!(why.contains("undecodable"), "the reason says it does not decode: {why}");
+        let why = closed_after(&frame(&raft_message(3, raft::eraftpb::MessageType::MsgHeartbeat)));
+        assert!(why.contains("peer 2's connection"), "the reason names the sender: {why}");
+        let why = closed_after(&frame(&raft_message(2, raft::eraftpb::MessageType::MsgSnapshot)));
+        assert!(why.contains("snapshot call"), "the reason says where snapshots go: {why}");
+    })
+    .await
+    .expect("the wire checks ran");
+    c.client().await.put("still", "serving").await.expect("the member serves on");
+}
