@@ -22,7 +22,8 @@
 //! message (raft-rs's protobuf encoding) — and nothing else comes back, except, before the
 //! receiving member closes the connection for a broken frame, one frame with the reason. A
 //! member of an earlier version answers the hello with HTTP/2 (its peer port speaks nothing
-//! else): the dialing member then sends to it over the gRPC stream, as that version does.
+//! else): the dialing member then sends to it over the gRPC stream, as that version does, and
+//! tries the wire again every minute (the peer may have been upgraded since).
 //!
 //! Invariants:
 //! - A member's messages to a peer reach it over one connection at a time, whole, in the order
@@ -31,8 +32,8 @@
 //!   what matters), and the peer is reported unreachable (`Event::Unreachable`). A member
 //!   serves one connection per peer: a peer's new connection closes its older one.
 //! - The raft thread never waits on a peer: it writes only what the socket takes at once and
-//!   queues the rest; a peer's queue holds at most [`QUEUE_BYTES`] (past it, messages are
-//!   dropped and counted as a failed send).
+//!   queues the rest; a peer's queue holds at most [`QUEUE_BYTES`] besides what the sender
+//!   thread is writing (past it, messages are dropped and counted as a failed send).
 //! - A receiving member checks, before it hands a message to raft, what the gRPC stream checks:
 //!   the cluster id, that the sender is a peer, the message's size against
 //!   `--max-peer-message-bytes` (before reading it; its buffer grows as its bytes arrive), that
@@ -43,6 +44,7 @@
 use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -67,8 +69,13 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long one write to a peer may block before the connection is given up: a peer that
 /// stopped reading (its process paused, its host gone) is then reported unreachable.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a member waits before dialing a peer again after a failure.
+/// How long a member waits before dialing a peer again after a failure; doubled after each
+/// failure in a row, up to [`REDIAL_AFTER_MAX`].
 const REDIAL_AFTER: Duration = Duration::from_millis(50);
+const REDIAL_AFTER_MAX: Duration = Duration::from_secs(1);
+/// How often a member that sends to a peer over the gRPC stream (a member of an earlier
+/// version) tries the wire again: the peer may have been upgraded since.
+const RETRY_WIRE_AFTER: Duration = Duration::from_secs(60);
 /// How long a connection on the wire may go with what was sent unacknowledged
 /// (`TCP_USER_TIMEOUT`), or silent and unanswered to keepalive probes, before the kernel ends
 /// it: a peer whose host or network vanished is noticed within about this long, as the gRPC
@@ -120,7 +127,7 @@ struct Link {
     wake: Condvar,
     /// The peer answered the hello with HTTP/2: a member of an earlier version, sent to over
     /// the gRPC stream from then on.
-    speaks_grpc: std::sync::atomic::AtomicBool,
+    speaks_grpc: AtomicBool,
 }
 
 impl Link {
@@ -178,14 +185,15 @@ impl Link {
         self.wake.notify_one();
     }
 
-    /// Forgets the connection and what was queued for it, and resets the connection: what its
-    /// socket still holds (perhaps part of a frame) never reaches the peer, so nothing of it
-    /// can arrive after what goes over the next connection.
+    /// Forgets the connection and what was queued for it, and resets the connection: closed
+    /// with a zero linger, what its socket still holds (perhaps part of a frame) is discarded
+    /// and never reaches the peer, so nothing of it can arrive after what goes over the next
+    /// connection. The caller holds no other handle of the socket (the close happens when the
+    /// last one goes).
     fn forget(&self) {
         let mut s = lock(&self.state);
         if let Some(socket) = s.socket.take() {
             let _ = rustix::net::sockopt::set_socket_linger(&*socket, Some(Duration::ZERO));
-            let _ = socket.shutdown(Shutdown::Both);
         }
         s.queued = Vec::new();
         s.writing = false;
@@ -223,7 +231,7 @@ impl WireSenders {
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("latch-peer-{}", p.id))
-                .spawn(move || send_loop(me, cluster_id, &addr, &l, &lost));
+                .spawn(move || send_loop(me, cluster_id, &addr, &l, &lost, RETRY_WIRE_AFTER));
             if let Err(e) = spawned {
                 links.values().for_each(|l| l.stop());
                 return Err(e);
@@ -244,7 +252,7 @@ impl Outbox for WireSenders {
                 continue;
             }
             let Some(link) = self.links.get(&m.to) else { continue };
-            if link.speaks_grpc.load(std::sync::atomic::Ordering::Acquire) {
+            if link.speaks_grpc.load(Ordering::Acquire) {
                 self.snapshots.send(vec![m]);
                 continue;
             }
@@ -281,13 +289,29 @@ impl Drop for WireSenders {
 
 /// A peer's sender thread: dials it when there is something to send, then writes what the raft
 /// thread queued, until the member stops. `lost` reports a failed dial or write (the peer is
-/// unreachable; what was queued is dropped).
-fn send_loop(me: u64, cluster_id: u64, addr: &str, link: &Link, lost: &dyn Fn()) {
+/// unreachable; what was queued is dropped). A peer that answers in HTTP/2 is sent to over the
+/// gRPC stream (`speaks_grpc`) and the wire tried again every `retry_wire_after`
+/// ([`RETRY_WIRE_AFTER`]).
+fn send_loop(me: u64, cluster_id: u64, addr: &str, link: &Link, lost: &dyn Fn(), retry_wire_after: Duration) {
     let mut refusal = String::new();
+    let mut redial_after = REDIAL_AFTER;
+    let failed = |redial_after: &mut Duration| {
+        if !lock(&link.state).stopped {
+            lost();
+            std::thread::sleep(*redial_after);
+            *redial_after = (*redial_after * 2).min(REDIAL_AFTER_MAX);
+        }
+    };
     loop {
         let mut s = lock(&link.state);
-        while s.queued.is_empty() && !s.stopped {
-            s = link.wake.wait(s).unwrap_or_else(PoisonError::into_inner);
+        if link.speaks_grpc.load(Ordering::Acquire) {
+            s = link.wake.wait_timeout(s, retry_wire_after).unwrap_or_else(PoisonError::into_inner).0;
+            // Anything queued meanwhile was handed over before the switch; raft resends it.
+            s.queued = Vec::new();
+        } else {
+            while s.queued.is_empty() && !s.stopped {
+                s = link.wake.wait(s).unwrap_or_else(PoisonError::into_inner);
+            }
         }
         if s.stopped {
             return;
@@ -297,22 +321,31 @@ fn send_loop(me: u64, cluster_id: u64, addr: &str, link: &Link, lost: &dyn Fn())
             match dial(addr, cluster_id, me) {
                 Ok(socket) => {
                     refusal.clear();
+                    redial_after = REDIAL_AFTER;
                     let mut s = lock(&link.state);
                     if s.stopped {
                         let _ = socket.shutdown(Shutdown::Both);
                         return;
                     }
                     s.socket = Some(Arc::new(socket));
+                    drop(s);
+                    if link.speaks_grpc.swap(false, Ordering::AcqRel) {
+                        tracing::info!(member = me, peer = link.peer, "the peer speaks the message wire now");
+                    }
                 }
                 Err(Dial::SpeaksGrpc) => {
-                    tracing::info!(
-                        member = me,
-                        peer = link.peer,
-                        "the peer answers in HTTP/2 (an earlier version): sending to it over the gRPC stream"
-                    );
-                    link.speaks_grpc.store(true, std::sync::atomic::Ordering::Release);
+                    if !link.speaks_grpc.swap(true, Ordering::AcqRel) {
+                        tracing::info!(
+                            member = me,
+                            peer = link.peer,
+                            "the peer answers in HTTP/2 (an earlier version): sending to it over the gRPC stream"
+                        );
+                    }
                     link.forget();
-                    return;
+                }
+                Err(e) if link.speaks_grpc.load(Ordering::Acquire) => {
+                    // Still an earlier version, or unreachable; the gRPC stream reports that.
+                    tracing::debug!(member = me, peer = link.peer, error = %e, "trying the wire again failed");
                 }
                 Err(e) => {
                     let why = e.to_string();
@@ -323,8 +356,7 @@ fn send_loop(me: u64, cluster_id: u64, addr: &str, link: &Link, lost: &dyn Fn())
                     }
                     refusal = why;
                     link.forget();
-                    lost();
-                    std::thread::sleep(REDIAL_AFTER);
+                    failed(&mut redial_after);
                 }
             }
             continue;
@@ -338,6 +370,7 @@ fn send_loop(me: u64, cluster_id: u64, addr: &str, link: &Link, lost: &dyn Fn())
                 // `writing` stays set until the connection is reset: part of a frame may be in
                 // the socket, and nothing may follow it there.
                 let reason = closing_reason(&socket);
+                drop(socket);
                 link.forget();
                 match reason {
                     Some(why) => {
@@ -347,8 +380,7 @@ fn send_loop(me: u64, cluster_id: u64, addr: &str, link: &Link, lost: &dyn Fn())
                         tracing::debug!(member = me, peer = link.peer, error = %e, "peer connection ended")
                     }
                 }
-                lost();
-                std::thread::sleep(REDIAL_AFTER);
+                failed(&mut redial_after);
             }
         }
     }
@@ -386,7 +418,16 @@ fn dial(addr: &str, cluster_id: u64, me: u64) -> Result<TcpStream, Dial> {
         let mut answer = [0u8; 9];
         (&socket).read_exact(&mut answer)?;
         if answer[..8] != MAGIC {
-            return Err(Dial::SpeaksGrpc);
+            // HTTP/2's server speaks first with a SETTINGS frame: a 9-byte header of type 4 on
+            // stream 0. Anything else is no member of any version.
+            if answer[3] == 0x04 && answer[5..9] == [0, 0, 0, 0] {
+                return Err(Dial::SpeaksGrpc);
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the peer answered neither the wire nor HTTP/2",
+            )
+            .into());
         }
         if answer[8] != ACCEPTED {
             let reason = read_frame(&mut &socket, 4096).unwrap_or_else(|_| b"no reason given".to_vec());
@@ -453,13 +494,16 @@ pub enum Refusal {
 
 /// Serves one connection whose first bytes were [`MAGIC`], on the calling thread, until it
 /// ends, the member stops, or the peer breaks the protocol (the reason is sent back and logged).
-/// `hello_taken` is told which peer the connection is from once its hello is taken.
+/// `hello_taken` is told which peer the connection is from once its hello is taken; no message
+/// is handed to raft once `live` is false (a newer connection of the peer, or the member
+/// stopping, closed this one: what the socket or the reader still hold is dropped).
 pub fn serve(
     socket: TcpStream,
     node: &NodeHandle,
     shared: &Shared,
     max_message: usize,
     hello_taken: &dyn Fn(u64),
+    live: &AtomicBool,
 ) {
     let mut reader = BufReader::with_capacity(64 * 1024, &socket);
     let mut hello = [0u8; 24];
@@ -493,7 +537,7 @@ pub fn serve(
         return;
     }
     hello_taken(from);
-    if let Err(why) = receive(&mut reader, from, node, shared, max_message) {
+    if let Err(why) = receive(&mut reader, from, node, shared, max_message, live) {
         let _ = (&socket).write_all(&frame(why.to_string().as_bytes()));
         tracing::warn!(member = node.member_id, peer = from, reason = %why, "closed a peer connection");
     }
@@ -507,6 +551,7 @@ fn receive(
     node: &NodeHandle,
     shared: &Shared,
     max_message: usize,
+    live: &AtomicBool,
 ) -> Result<(), Refusal> {
     let mut buf = Vec::new();
     loop {
@@ -536,6 +581,9 @@ fn receive(
         if crate::core::is_snapshot(&msg) {
             return Err(Refusal::Snapshot(from));
         }
+        if !live.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let t = msg.get_msg_type();
         shared.metrics.peer.received(from, message_type_name(t), len);
         shared.links.heard(from, node);
@@ -561,9 +609,10 @@ pub struct Served {
 
 #[derive(Default)]
 struct ServedState {
-    /// Every connection served, by a number of its own.
-    open: HashMap<u64, TcpStream>,
-    /// The connection each peer's hello came on.
+    /// Every connection served, by a number of its own (larger for later ones), with whether
+    /// its messages still go to raft.
+    open: HashMap<u64, (TcpStream, Arc<AtomicBool>)>,
+    /// The newest connection each peer's hello came on.
     peers: HashMap<u64, u64>,
     next: u64,
     closed: bool,
@@ -572,6 +621,7 @@ struct ServedState {
 impl Served {
     /// Serves `socket` ([`serve`]) on a new thread.
     pub fn start(self: &Arc<Self>, socket: TcpStream, node: NodeHandle, shared: Shared, max_message: usize) {
+        let live = Arc::new(AtomicBool::new(true));
         let id = {
             let mut s = lock(&self.state);
             if s.closed || s.open.len() >= MAX_SERVED {
@@ -589,31 +639,42 @@ impl Served {
             let Ok(copy) = socket.try_clone() else { return };
             let id = s.next;
             s.next += 1;
-            s.open.insert(id, copy);
+            s.open.insert(id, (copy, live.clone()));
             id
         };
         let served = self.clone();
         let spawned = std::thread::Builder::new().name("latch-peer-in".into()).spawn(move || {
-            serve(socket, &node, &shared, max_message, &|peer| served.taken(peer, id));
+            serve(socket, &node, &shared, max_message, &|peer| served.taken(peer, id), &live);
             let mut s = lock(&served.state);
             s.open.remove(&id);
             s.peers.retain(|_, conn| *conn != id);
         });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot start a thread for a peer connection");
-            if let Some(socket) = lock(&self.state).open.remove(&id) {
+            if let Some((socket, _)) = lock(&self.state).open.remove(&id) {
                 let _ = socket.shutdown(Shutdown::Both);
             }
         }
     }
 
-    /// `peer`'s hello came on connection `id`: its older connection, if any, is closed.
+    /// `peer`'s hello came on connection `id`: of it and the peer's other connection, if any,
+    /// the older (the one accepted first, which the peer gave up on) is closed.
     fn taken(&self, peer: u64, id: u64) {
         let mut s = lock(&self.state);
-        if let Some(older) = s.peers.insert(peer, id) {
-            if let Some(socket) = s.open.remove(&older) {
-                let _ = socket.shutdown(Shutdown::Both);
+        let older = match s.peers.get(&peer).copied() {
+            Some(current) if current > id => id,
+            Some(current) => {
+                s.peers.insert(peer, id);
+                current
             }
+            None => {
+                s.peers.insert(peer, id);
+                return;
+            }
+        };
+        if let Some((socket, live)) = s.open.get(&older) {
+            live.store(false, Ordering::Release);
+            let _ = socket.shutdown(Shutdown::Both);
         }
     }
 
@@ -621,7 +682,8 @@ impl Served {
     pub fn close_all(&self) {
         let mut s = lock(&self.state);
         s.closed = true;
-        for (_, socket) in s.open.drain() {
+        for (_, (socket, live)) in s.open.drain() {
+            live.store(false, Ordering::Release);
             let _ = socket.shutdown(Shutdown::Both);
         }
     }
@@ -636,18 +698,29 @@ mod tests {
     /// A peer that accepts one connection, reads its hello and answers `answer`; hands back the
     /// hello and the socket.
     fn fake_peer(answer: Vec<u8>) -> (String, mpsc::Receiver<([u8; 24], TcpStream)>) {
+        fake_peer_answering(vec![answer])
+    }
+
+    /// A peer that accepts a connection per answer in turn, reads its hello and answers it.
+    fn fake_peer_answering(answers: Vec<Vec<u8>>) -> (String, mpsc::Receiver<([u8; 24], TcpStream)>) {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a port for the fake peer");
         let addr = listener.local_addr().expect("its address").to_string();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let (mut socket, _) = listener.accept().expect("the link dials");
-            let mut hello = [0u8; 24];
-            socket.read_exact(&mut hello).expect("a hello");
-            socket.write_all(&answer).expect("the answer goes out");
-            let _ = tx.send((hello, socket));
+            for answer in answers {
+                let (mut socket, _) = listener.accept().expect("the link dials");
+                let mut hello = [0u8; 24];
+                socket.read_exact(&mut hello).expect("a hello");
+                socket.write_all(&answer).expect("the answer goes out");
+                let _ = tx.send((hello, socket));
+            }
         });
         (addr, rx)
     }
+
+    /// What a member of an earlier version's peer port answers to the hello: HTTP/2's SETTINGS
+    /// frame (captured from one), whose first byte is the wire's ACCEPTED.
+    const SETTINGS: &[u8] = b"\x00\x00\x18\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x10";
 
     /// The receiving member's answer to a hello: the magic, then `status`.
     fn answer(status: u8) -> Vec<u8> {
@@ -662,11 +735,10 @@ mod tests {
         let link = Arc::new(Link::new(2));
         let (lost_tx, lost) = mpsc::channel();
         let l = link.clone();
-        std::thread::spawn(move || {
-            send_loop(1, 7, &addr, &l, &move || {
-                let _ = lost_tx.send(());
-            })
-        });
+        let lost_to = move || {
+            let _ = lost_tx.send(());
+        };
+        std::thread::spawn(move || send_loop(1, 7, &addr, &l, &lost_to, Duration::from_millis(20)));
         (link, lost)
     }
 
@@ -742,22 +814,37 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_that_answers_in_http2_is_sent_to_over_grpc_from_then_on() {
-        // What a member of an earlier version's peer port answers to the hello: HTTP/2's
-        // SETTINGS frame (captured from one), whose first byte is the wire's ACCEPTED.
-        let settings = b"\x00\x00\x18\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x10".to_vec();
-        let (addr, accepted) = fake_peer(settings);
+    fn a_peer_that_answers_in_http2_is_sent_to_over_grpc_and_the_wire_tried_again_later() {
+        let (addr, accepted) = fake_peer_answering(vec![SETTINGS.to_vec(), answer(ACCEPTED)]);
         let (link, lost) = link_to(addr);
         assert!(link.offer(frame(b"first")).is_ok());
         accepted.recv_timeout(Duration::from_secs(10)).expect("the link dialed the peer");
+        let speaks_grpc = || link.speaks_grpc.load(Ordering::Acquire);
         for _ in 0..1000 {
-            if link.speaks_grpc.load(std::sync::atomic::Ordering::Acquire) {
+            if speaks_grpc() {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(1));
         }
-        assert!(link.speaks_grpc.load(std::sync::atomic::Ordering::Acquire), "the link turned to gRPC");
-        assert!(lock(&link.state).socket.is_none(), "the HTTP/2 connection was given up");
+        assert!(speaks_grpc(), "the link turned to gRPC");
         assert!(lost.try_recv().is_err(), "a peer that speaks gRPC is not unreachable");
+        // The peer upgraded: the next try (20 ms later here) finds the wire.
+        accepted.recv_timeout(Duration::from_secs(10)).expect("the link tried the wire again");
+        for _ in 0..1000 {
+            if !speaks_grpc() && lock(&link.state).socket.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(!speaks_grpc(), "the link is back on the wire");
+        assert!(lock(&link.state).socket.is_some(), "over the new connection");
+        link.stop();
+    }
+
+    #[test]
+    fn an_answer_in_neither_the_wire_nor_http2_is_an_error_not_a_switch_to_grpc() {
+        let (addr, _accepted) = fake_peer(b"SSH-2.0-x".to_vec());
+        let e = dial(&addr, 7, 1).expect_err("no member answers that");
+        assert!(matches!(e, Dial::Io(ref io) if io.kind() == io::ErrorKind::InvalidData), "{e:?}");
     }
 }

@@ -364,3 +364,32 @@ async fn the_peer_wire_refuses_strangers_other_clusters_and_broken_messages_nami
     .expect("the wire checks ran");
     c.client().await.put("still", "serving").await.expect("the member serves on");
 }
+
+/// A member serves one wire connection per peer: a peer's newer connection closes its older one
+/// (which the peer gave up on), so nothing left in the older one reaches raft after the newer
+/// one's messages.
+#[tokio::test]
+async fn a_peers_newer_wire_connection_closes_its_older_one() {
+    use latch::transport::wire::ACCEPTED;
+    use std::io::Read;
+    let c = Cluster::start(3, &[]).await;
+    c.leader().await;
+    let spec: String = c.ids().iter().map(|id| format!("{id}={},", c.member(*id).peer_addr)).collect();
+    let cluster_id = latch::config::fnv1a(spec.as_bytes());
+    let addr = c.member(1).peer_addr.clone();
+    tokio::task::spawn_blocking(move || {
+        let (answer, mut older) = wire_hello(&addr, cluster_id, 2);
+        assert_eq!(answer, ACCEPTED, "the first connection is taken");
+        let (answer, _newer) = wire_hello(&addr, cluster_id, 2);
+        assert_eq!(answer, ACCEPTED, "the second connection is taken");
+        let mut rest = Vec::new();
+        let read = older.read_to_end(&mut rest);
+        assert!(
+            !matches!(&read, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+            "the older connection is closed by the member, not left open: {read:?}"
+        );
+    })
+    .await
+    .expect("the connections were checked");
+    c.client().await.put("still", "serving").await.expect("the member serves on");
+}
