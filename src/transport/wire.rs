@@ -126,7 +126,7 @@ struct Link {
     state: Mutex<LinkState>,
     wake: Condvar,
     /// The peer answered the hello with HTTP/2: a member of an earlier version, sent to over
-    /// the gRPC stream from then on.
+    /// the gRPC stream until a later try of the wire is answered ([`RETRY_WIRE_AFTER`]).
     speaks_grpc: AtomicBool,
 }
 
