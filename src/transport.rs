@@ -62,6 +62,7 @@ pub use faults::{Faults, FaultsService};
 use latch_proto::internal::peer_client::PeerClient;
 use latch_proto::internal::peer_server::{Peer as PeerRpc, PeerServer};
 use latch_proto::internal::{MemberStatus, MemberStatusRequest, PeerAck, PeerFrame};
+use wire::Refusal;
 pub use wire::WireSenders;
 
 /// Largest chunk of one frame.
@@ -141,16 +142,10 @@ async fn receive(
         let frame = frame?;
         check_cluster(cluster_id, &frame)?;
         if !shared.links.knows(frame.from) {
-            return Err(Status::failed_precondition(format!(
-                "member {} is not a peer of this member (--initial-cluster)",
-                frame.from
-            )));
+            return Err(Refusal::Stranger(frame.from).into());
         }
         if buf.len() + frame.chunk.len() > max_message {
-            return Err(Status::resource_exhausted(format!(
-                "a raft message from peer {} is over {max_message} bytes (--max-peer-message-bytes)",
-                frame.from
-            )));
+            return Err(Refusal::TooLarge { from: frame.from, max: max_message }.into());
         }
         buf.extend_from_slice(&frame.chunk);
         if !node.is_running() {
@@ -167,9 +162,8 @@ async fn receive(
             }
             buf.clear();
         } else if frame.last {
-            let msg = Message::parse_from_bytes(&buf).map_err(|e| {
-                Status::invalid_argument(format!("undecodable raft message from peer {}: {e}", frame.from))
-            })?;
+            let msg = Message::parse_from_bytes(&buf)
+                .map_err(|e| Refusal::Undecodable { from: frame.from, why: e.to_string() })?;
             shared.metrics.peer.received(frame.from, message_type_name(msg.get_msg_type()), buf.len());
             shared.links.heard(frame.from, node);
             deliver(msg, buf.len())?;
@@ -185,12 +179,38 @@ async fn receive(
     Ok(())
 }
 
+/// Hands a peer's message to the node; one its peer queue has no room for is dropped (raft
+/// resends), counted and logged (at most once a second). False once the node is gone.
+fn deliver_or_drop(node: &NodeHandle, metrics: &PeerMetrics, msg: Message, bytes: usize) -> bool {
+    let (from, t) = (msg.from, msg.get_msg_type());
+    if !node.deliver(msg, bytes) {
+        if !node.is_running() {
+            return false;
+        }
+        metrics.dropped(from);
+        let why = format!("a {} from peer {from} dropped: the peer queue is full", message_type_name(t));
+        DROPPED.note(node.member_id, &format!("{why} (--max-peer-queue-bytes)"));
+    }
+    true
+}
+
+/// What the peer service answers for a message or stream the wire would refuse alike.
+impl From<Refusal> for Status {
+    fn from(why: Refusal) -> Status {
+        let message = why.to_string();
+        match why {
+            Refusal::Cluster { .. } | Refusal::Stranger(_) => Status::failed_precondition(message),
+            Refusal::TooLarge { .. } => Status::resource_exhausted(message),
+            Refusal::Undecodable { .. } | Refusal::WrongSender { .. } | Refusal::Snapshot(_) => {
+                Status::invalid_argument(message)
+            }
+        }
+    }
+}
+
 fn check_cluster(cluster_id: u64, frame: &PeerFrame) -> Result<(), Status> {
     if frame.cluster_id != cluster_id {
-        return Err(Status::failed_precondition(format!(
-            "peer {} belongs to cluster {:016x}, this member to {cluster_id:016x}",
-            frame.from, frame.cluster_id
-        )));
+        return Err(Refusal::Cluster { from: frame.from, theirs: frame.cluster_id, ours: cluster_id }.into());
     }
     Ok(())
 }
@@ -225,21 +245,12 @@ impl PeerRpc for PeerService {
         let mut stream = req.into_inner();
         let metrics = &self.shared.metrics.peer;
         let deliver = |m: Message, bytes: usize| {
-            let (from, t) = (m.from, m.get_msg_type());
             if crate::core::is_snapshot(&m) {
                 // A snapshot comes only over its own call, with its stream; one here has none.
-                return Err(Status::invalid_argument(format!(
-                    "a snapshot from peer {from} outside a snapshot call"
-                )));
+                return Err(Refusal::Snapshot(m.from).into());
             }
-            if !node.deliver(m, bytes) {
-                if !node.is_running() {
-                    return Err(Status::unavailable("member is shutting down"));
-                }
-                metrics.dropped(from);
-                let why =
-                    format!("a {} from peer {from} dropped: the peer queue is full", message_type_name(t));
-                DROPPED.note(node.member_id, &format!("{why} (--max-peer-queue-bytes)"));
+            if !deliver_or_drop(&node, metrics, m, bytes) {
+                return Err(Status::unavailable("member is shutting down"));
             }
             Ok(())
         };

@@ -91,9 +91,14 @@ const KEEP_BUFFER: usize = 1024 * 1024;
 /// One frame: the length, then the bytes.
 pub fn frame(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + bytes.len());
+    append_frame(&mut out, bytes);
+    out
+}
+
+/// Appends `bytes` as one frame to `out`.
+fn append_frame(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
     out.extend_from_slice(bytes);
-    out
 }
 
 /// The hello a member dialing a peer sends first.
@@ -200,12 +205,12 @@ impl Link {
     }
 }
 
-/// Sends raft messages to the peers over the wire; snapshots through `snapshots` (the gRPC
-/// snapshot call).
+/// Sends raft messages to the peers over the wire; snapshots, and every message to a peer that
+/// speaks only gRPC, through `grpc` (the snapshot call and the gRPC stream).
 pub struct WireSenders {
     links: HashMap<u64, Arc<Link>>,
-    snapshots: super::PeerSenders,
-    node: NodeHandle,
+    grpc: super::PeerSenders,
+    member_id: u64,
     shared: Shared,
 }
 
@@ -238,22 +243,19 @@ impl WireSenders {
             }
             links.insert(p.id, link);
         }
-        let snapshots = super::PeerSenders::start(rt, me, peers, node.clone(), shared.clone());
-        Ok(WireSenders { links, snapshots, node, shared })
+        let grpc = super::PeerSenders::start(rt, me, peers, node, shared.clone());
+        Ok(WireSenders { links, grpc, member_id: me, shared })
     }
 }
 
 impl Outbox for WireSenders {
     fn send(&mut self, msgs: Vec<Message>) {
         let mut batches: HashMap<u64, Vec<u8>> = HashMap::new();
+        let mut over_grpc = Vec::new();
         for m in msgs {
-            if crate::core::is_snapshot(&m) {
-                self.snapshots.send(vec![m]);
-                continue;
-            }
             let Some(link) = self.links.get(&m.to) else { continue };
-            if link.speaks_grpc.load(Ordering::Acquire) {
-                self.snapshots.send(vec![m]);
+            if crate::core::is_snapshot(&m) || link.speaks_grpc.load(Ordering::Acquire) {
+                over_grpc.push(m);
                 continue;
             }
             if self.shared.cut_off(m.to) {
@@ -261,16 +263,17 @@ impl Outbox for WireSenders {
                 continue;
             }
             let Some(bytes) = super::encoded(&m, &self.shared.metrics.peer) else { continue };
-            let batch = batches.entry(m.to).or_default();
-            batch.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-            batch.extend_from_slice(&bytes);
+            append_frame(batches.entry(m.to).or_default(), &bytes);
+        }
+        if !over_grpc.is_empty() {
+            self.grpc.send(over_grpc);
         }
         for (peer, bytes) in batches {
             if let Some(link) = self.links.get(&peer) {
                 if link.offer(bytes).is_err() {
                     self.shared.metrics.peer.dropped(peer);
                     DROPPED.note(
-                        self.node.member_id,
+                        self.member_id,
                         &format!("messages to peer {peer} dropped: over {QUEUE_BYTES} bytes queued for it"),
                     );
                 }
@@ -475,7 +478,8 @@ pub fn read_frame(r: &mut impl Read, max: usize) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Why a connection on the wire was closed; sent to the dialing member before closing.
+/// Why a connection on the wire was closed (sent to the dialing member before closing), or a
+/// call of the gRPC message stream ended: the peer checks, worded once for both.
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
     #[error("peer {from} belongs to cluster {theirs:016x}, this member to {ours:016x}")]
@@ -584,16 +588,10 @@ fn receive(
         if !live.load(Ordering::Acquire) {
             return Ok(());
         }
-        let t = msg.get_msg_type();
-        shared.metrics.peer.received(from, message_type_name(t), len);
+        shared.metrics.peer.received(from, message_type_name(msg.get_msg_type()), len);
         shared.links.heard(from, node);
-        if !node.deliver(msg, len) {
-            if !node.is_running() {
-                return Ok(());
-            }
-            shared.metrics.peer.dropped(from);
-            let why = format!("a {} from peer {from} dropped: the peer queue is full", message_type_name(t));
-            DROPPED.note(node.member_id, &format!("{why} (--max-peer-queue-bytes)"));
+        if !super::deliver_or_drop(node, &shared.metrics.peer, msg, len) {
+            return Ok(());
         }
     }
 }

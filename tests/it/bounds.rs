@@ -197,8 +197,7 @@ async fn proposals_past_max_uncommitted_bytes_are_refused_by_the_leader_naming_t
 async fn a_raft_message_over_max_peer_message_bytes_is_refused_naming_the_flag() {
     let c = Cluster::start(3, &["--max-peer-message-bytes", "4194304"]).await;
     c.leader().await;
-    let spec: String = c.ids().iter().map(|id| format!("{id}={},", c.member(*id).peer_addr)).collect();
-    let cluster_id = latch::config::fnv1a(spec.as_bytes());
+    let cluster_id = c.cluster_id();
     let peer = &c.member(1).peer_addr;
     let mut client = PeerClient::connect(format!("http://{peer}")).await.unwrap();
     // Five 1 MiB chunks of one message that never ends.
@@ -251,8 +250,7 @@ async fn the_peer_port_refuses_strangers_snapshots_outside_a_snapshot_call_and_s
     use protobuf::Message as _;
     let c = Cluster::start(3, &[]).await;
     c.leader().await;
-    let spec: String = c.ids().iter().map(|id| format!("{id}={},", c.member(*id).peer_addr)).collect();
-    let cluster_id = latch::config::fnv1a(spec.as_bytes());
+    let cluster_id = c.cluster_id();
     let mut client = PeerClient::connect(format!("http://{}", c.member(1).peer_addr)).await.unwrap();
 
     let stranger = PeerFrame { from: 9, cluster_id, chunk: vec![], last: true };
@@ -321,8 +319,7 @@ async fn the_peer_wire_refuses_strangers_other_clusters_and_broken_messages_nami
     use std::io::Write;
     let c = Cluster::start(3, &["--max-peer-message-bytes", "4194304"]).await;
     c.leader().await;
-    let spec: String = c.ids().iter().map(|id| format!("{id}={},", c.member(*id).peer_addr)).collect();
-    let cluster_id = latch::config::fnv1a(spec.as_bytes());
+    let cluster_id = c.cluster_id();
     let addr = c.member(1).peer_addr.clone();
     let raft_message = |from: u64, kind: raft::eraftpb::MessageType| {
         let mut msg = raft::eraftpb::Message::default();
@@ -374,8 +371,7 @@ async fn a_peers_newer_wire_connection_closes_its_older_one() {
     use std::io::Read;
     let c = Cluster::start(3, &[]).await;
     c.leader().await;
-    let spec: String = c.ids().iter().map(|id| format!("{id}={},", c.member(*id).peer_addr)).collect();
-    let cluster_id = latch::config::fnv1a(spec.as_bytes());
+    let cluster_id = c.cluster_id();
     let addr = c.member(1).peer_addr.clone();
     tokio::task::spawn_blocking(move || {
         let (answer, mut older) = wire_hello(&addr, cluster_id, 2);

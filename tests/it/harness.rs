@@ -182,6 +182,14 @@ impl Cluster {
         self.members.iter().filter(|m| m.child.is_some()).map(|m| m.id).collect()
     }
 
+    /// The cluster id the members derive from their `--initial-cluster` (what a peer names in
+    /// its messages).
+    pub fn cluster_id(&self) -> u64 {
+        let spec: String =
+            self.ids().iter().map(|id| format!("{id}={},", self.member(*id).peer_addr)).collect();
+        latch::config::fnv1a(spec.as_bytes())
+    }
+
     /// The `--initial-cluster` every member runs with.
     pub fn initial_cluster(&self) -> &str {
         &self.initial_cluster
