@@ -1,5 +1,6 @@
-//! Accepted sockets of the gRPC ports: TCP_NODELAY on each, and on the client port, writes
-//! gathered until a flush.
+//! Accepted sockets of the client and peer ports: TCP_NODELAY on each; on the client port,
+//! writes gathered until a flush; on the peer port, the message wire told apart from HTTP/2 by
+//! a connection's first bytes ([`sniffed`]).
 //!
 //! Why gather: whenever the socket says it takes vectored writes (a TCP socket does), h2 (under
 //! tonic) ends a write at every DATA frame whose payload is 256 bytes or more: it writes its
