@@ -27,6 +27,7 @@ fn store() -> Arc<Database> {
         latch::config::STATE_CACHE_BYTES,
     )
     .expect("an in-memory store opens")
+    .0
 }
 
 fn put_command(i: u64) -> Vec<u8> {

@@ -8,10 +8,14 @@
 //!   index (covered by an installed snapshot) is skipped.
 //! - Every batch is one redb transaction holding the state it changed and `applied_index`;
 //!   commits are made durable lazily (`Durability::None`), every [`Applier::sync_every`]
-//!   entries or when the driver asks ([`Applier::sync`]); a durable commit makes every
-//!   earlier one durable with it. What a crash loses of the state is replayed from the raft
-//!   log, which holds every committed entry above the durable applied index (compaction never
-//!   passes it: [`Progress::durable_index`] tells the raft side how far it may go).
+//!   entries or when the driver asks ([`Applier::sync`], [`Applier::sync_behind`]); a durable
+//!   commit makes every earlier one durable with it. What a crash loses of the state is
+//!   replayed from the raft log, which holds every committed entry above the durable applied
+//!   index (compaction never passes it: [`Progress::durable_index`] tells the raft side how far
+//!   it may go).
+//! - A durable commit returns before its fsync has run ([`crate::storage::sync_behind`]): the
+//!   durable applied index moves to it only once [`Syncs::completed`] says the fsync has,
+//!   never at the commit.
 //! - An outcome or an event leaves only once the transaction holding it is committed (readers
 //!   see it), never before.
 //! - A snapshot is installed in a durable transaction of its own, before the raft log records
@@ -26,6 +30,7 @@ use redb::{Database, Durability, ReadableDatabase as _};
 use super::snapshots::Snapshots;
 use super::{redb_err, CoreError, ReadyObserver};
 use crate::fsm::{self, Applied, AppliedCommand};
+use crate::storage::Syncs;
 
 /// Entries applied between two durable commits, unless the driver syncs earlier.
 pub const SYNC_EVERY_ENTRIES: u64 = 5_000;
@@ -48,10 +53,18 @@ pub struct Progress {
 
 pub struct Applier {
     db: Arc<Database>,
+    syncs: Arc<Syncs>,
     snapshots: Arc<Snapshots>,
     bounds: fsm::Bounds,
     applied: Applied,
+    /// The applied index as of the last durable commit whose fsync has completed.
     durable_index: u64,
+    /// The applied index as of the last durable commit, its fsync completed or not
+    /// (`durable_index <= committed_durable <= applied.index`).
+    committed_durable: u64,
+    /// The last durable commit whose fsync may not have completed: its fsync's generation
+    /// ([`Syncs::requested`]) and the applied index it makes durable.
+    behind: Option<(u64, u64)>,
     sync_every: u64,
 }
 
@@ -60,16 +73,20 @@ impl Applier {
     /// position.
     pub fn new(
         db: Arc<Database>,
+        syncs: Arc<Syncs>,
         snapshots: Arc<Snapshots>,
         bounds: fsm::Bounds,
     ) -> Result<Applier, CoreError> {
         let applied = fsm::applied(&db.begin_read().map_err(redb_err)?)?;
         Ok(Applier {
             db,
+            syncs,
             snapshots,
             bounds,
             applied,
             durable_index: applied.index,
+            committed_durable: applied.index,
+            behind: None,
             sync_every: SYNC_EVERY_ENTRIES,
         })
     }
@@ -88,9 +105,59 @@ impl Applier {
         self.durable_index
     }
 
-    /// Whether some applied state is not durable yet.
+    /// Whether some applied state is not durable yet (not committed durably, or its fsync not
+    /// known to have completed).
     pub fn dirty(&self) -> bool {
         self.durable_index < self.applied.index
+    }
+
+    /// The applied index as of the last durable commit, its fsync completed or not.
+    pub fn durably_committed(&self) -> u64 {
+        self.committed_durable
+    }
+
+    /// Moves the durable index to the last durable commit if its fsync has completed; the
+    /// fsync's error if it failed (the member must stop: it may have dropped pages).
+    fn settle(&mut self) -> Result<(), CoreError> {
+        if let Some((generation, index)) = self.behind {
+            self.syncs.check().map_err(fsync_err)?;
+            if self.syncs.completed() >= generation {
+                self.durable_index = self.durable_index.max(index);
+                self.behind = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits `txn`; durably if `durable`, then recording what its fsync will make durable.
+    fn commit(
+        &mut self,
+        mut txn: redb::WriteTransaction,
+        durable: bool,
+        index: u64,
+    ) -> Result<(), CoreError> {
+        txn.set_durability(if durable { Durability::Immediate } else { Durability::None })
+            .map_err(redb_err)?;
+        txn.commit().map_err(redb_err)?;
+        if durable {
+            // The commit's writes waited for the last one's fsync: what it made durable counts
+            // before this one takes its place (a newer generation stands for both).
+            self.settle()?;
+            self.behind = Some((self.syncs.requested(), index));
+            self.committed_durable = index;
+        }
+        Ok(())
+    }
+
+    /// The progress of a sync: nothing applied, the durable index as it stands.
+    fn sync_progress(&self) -> Progress {
+        Progress {
+            applied: self.applied,
+            durable_index: self.durable_index,
+            commands: Vec::new(),
+            history: None,
+            held_bytes: 0,
+        }
     }
 
     /// Applies committed entries (in index order) in one transaction.
@@ -114,7 +181,7 @@ impl Applier {
         max_held: usize,
         observer: &mut dyn ReadyObserver,
     ) -> Result<(Progress, Vec<Entry>), CoreError> {
-        let mut txn = self.db.begin_write().map_err(redb_err)?;
+        let txn = self.db.begin_write().map_err(redb_err)?;
         observer.apply_started();
         let mut commands = Vec::new();
         let mut applied = 0;
@@ -142,17 +209,13 @@ impl Applier {
         let rest: Vec<Entry> = entries.collect();
         let history = batch.history();
         let position = batch.finish()?;
-        let durable = position.index >= self.durable_index + self.sync_every;
-        txn.set_durability(if durable { Durability::Immediate } else { Durability::None })
-            .map_err(redb_err)?;
+        let durable = position.index >= self.committed_durable + self.sync_every;
         observer.apply_finished(applied);
         observer.commit_started();
-        txn.commit().map_err(redb_err)?;
+        self.commit(txn, durable, position.index)?;
         observer.commit_finished(0);
         self.applied = position;
-        if durable {
-            self.durable_index = self.applied.index;
-        }
+        self.settle()?;
         let progress = Progress {
             applied: self.applied,
             durable_index: self.durable_index,
@@ -163,34 +226,106 @@ impl Applier {
         Ok((progress, rest))
     }
 
-    /// Makes everything applied durable (one empty durable commit makes every earlier commit
-    /// durable); `None` when it already was.
+    /// Makes everything applied durable, its fsync completed before it returns (one empty
+    /// durable commit makes every earlier commit durable); `None` when it already was.
     pub fn sync(&mut self) -> Result<Option<Progress>, CoreError> {
         if !self.dirty() {
             return Ok(None);
         }
-        let mut txn = self.db.begin_write().map_err(redb_err)?;
-        txn.set_durability(Durability::Immediate).map_err(redb_err)?;
-        txn.commit().map_err(redb_err)?;
-        self.durable_index = self.applied.index;
-        Ok(Some(Progress {
-            applied: self.applied,
-            durable_index: self.durable_index,
-            commands: Vec::new(),
-            history: None,
-            held_bytes: 0,
-        }))
+        if self.committed_durable < self.applied.index {
+            let txn = self.db.begin_write().map_err(redb_err)?;
+            self.commit(txn, true, self.applied.index)?;
+        }
+        if let Some((generation, _)) = self.behind {
+            self.syncs.wait(generation).map_err(fsync_err)?;
+        }
+        self.settle()?;
+        Ok(Some(self.sync_progress()))
+    }
+
+    /// Commits everything applied durably without waiting for the fsync, which runs behind
+    /// (the durable index moves once it has completed: a later batch's progress, or a later
+    /// call, reports it). Does nothing while the fsync of the last durable commit is still
+    /// running: a disk slower than the calls sets their pace, and the next commit never waits
+    /// for it. `None` when the durable index stayed where it was.
+    pub fn sync_behind(&mut self) -> Result<Option<Progress>, CoreError> {
+        let was = self.durable_index;
+        self.settle()?;
+        if self.behind.is_none() && self.committed_durable < self.applied.index {
+            let txn = self.db.begin_write().map_err(redb_err)?;
+            self.commit(txn, true, self.applied.index)?;
+            self.settle()?;
+        }
+        Ok((self.durable_index > was).then(|| self.sync_progress()))
     }
 
     /// Replaces the state with the snapshot staged under `token` at `(index, term)`, durably.
     pub fn install(&mut self, token: &[u8], index: u64, term: u64) -> Result<Applied, CoreError> {
-        let mut txn = self.db.begin_write().map_err(redb_err)?;
-        txn.set_durability(Durability::Immediate).map_err(redb_err)?;
+        let txn = self.db.begin_write().map_err(redb_err)?;
         let applied = self.snapshots.install(&txn, token, index, term)?;
-        txn.commit().map_err(redb_err)?;
+        self.commit(txn, true, applied.index)?;
+        self.syncs.wait(self.syncs.requested()).map_err(fsync_err)?;
         self.applied = applied;
+        self.behind = None;
         self.durable_index = applied.index;
         Ok(applied)
+    }
+}
+
+/// The state file's failed fsync, as the storage error it is.
+fn fsync_err(e: std::io::Error) -> CoreError {
+    redb_err(redb::StorageError::from(e))
+}
+
+/// Appliers over a state in memory, for the tests of this module and of the apply thread.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::core::snapshots::MemoryInbox;
+    use crate::storage::SyncBehind;
+
+    /// An in-memory backend whose fsyncs fail once `fail` is set.
+    #[derive(Debug, Default)]
+    pub(crate) struct FailingSyncs {
+        bytes: redb::backends::InMemoryBackend,
+        pub(crate) fail: Arc<AtomicBool>,
+    }
+
+    impl redb::StorageBackend for FailingSyncs {
+        fn len(&self) -> Result<u64, std::io::Error> {
+            self.bytes.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+            self.bytes.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+            self.bytes.set_len(len)
+        }
+        fn sync_data(&self) -> Result<(), std::io::Error> {
+            match self.fail.load(Ordering::SeqCst) {
+                true => Err(std::io::Error::other("the disk is gone")),
+                false => Ok(()),
+            }
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+            self.bytes.write(offset, data)
+        }
+    }
+
+    /// An applier of an initialised state on `backend`, whose fsyncs run when next needed.
+    pub(crate) fn applier_on(backend: impl redb::StorageBackend) -> (Arc<Database>, Applier) {
+        let (backend, syncs) = SyncBehind::when_needed(backend);
+        let db =
+            Arc::new(Database::builder().create_with_backend(backend).expect("an in-memory database opens"));
+        let txn = db.begin_write().expect("a write transaction begins");
+        fsm::init(&txn).expect("init creates the fsm tables");
+        txn.commit().expect("init commits");
+        syncs.wait(syncs.requested()).expect("init is durable");
+        let snapshots = Arc::new(Snapshots::new(db.clone(), Arc::new(MemoryInbox::default())));
+        let applier = Applier::new(db.clone(), syncs, snapshots, fsm::Bounds::default()).expect("an applier");
+        (db, applier)
     }
 }
 
@@ -200,13 +335,13 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
-    use crate::core::snapshots::MemoryInbox;
-    use crate::fsm::testing::{command, op_put, put, txn, Store};
+    use std::sync::atomic::Ordering;
+
+    use super::testing::{self, FailingSyncs};
+    use crate::fsm::testing::{command, op_put, put, txn};
 
     fn applier() -> (Arc<Database>, Applier) {
-        let db = Arc::new(Store::new().db);
-        let snapshots = Arc::new(Snapshots::new(db.clone(), Arc::new(MemoryInbox::default())));
-        let applier = Applier::new(db.clone(), snapshots, fsm::Bounds::default()).expect("an applier");
+        let (db, applier) = testing::applier_on(FailingSyncs::default());
         (db, applier)
     }
 
@@ -232,6 +367,67 @@ mod tests {
             bodies.push(txn(Vec::new(), vec![op_put(&format!("w{i}"), "x"), all], Vec::new()));
         }
         entries(bodies)
+    }
+
+    /// A durable commit returns before its fsync has run; the durable index — how far the raft
+    /// log may be compacted — moves to it only once the fsync has, never at the commit.
+    #[test]
+    fn the_durable_index_moves_to_a_durable_commit_only_once_its_fsync_has_run() {
+        let (_, applier) = applier();
+        let syncs = applier.syncs.clone();
+        let mut applier = applier.sync_every(3);
+        // Five keys written once, durably: the file has grown to hold them (a file that grows
+        // runs the outstanding fsync, and this test wants none run but its own).
+        let mut all = entries((0..10).map(|i| put(&format!("k{}", i % 5), "v")).collect());
+        let mut first = all.split_off(5);
+        let rest = first.split_off(3);
+        applier.apply(all, &mut ()).expect("applies");
+        assert_eq!(applier.sync().expect("syncs").map(|p| p.durable_index), Some(5));
+
+        let p = applier.apply(first, &mut ()).expect("applies");
+        assert_eq!((p.applied.index, applier.durably_committed()), (8, 8), "the third entry commits durably");
+        assert_eq!(p.durable_index, 5, "its fsync has not run yet");
+        let p = applier.apply(rest, &mut ()).expect("applies");
+        assert_eq!(p.durable_index, 5, "a lazy commit runs no fsync");
+        assert_eq!(
+            applier.sync_behind().expect("syncs").map(|p| p.durable_index),
+            None,
+            "no second durable commit while the first one's fsync is outstanding"
+        );
+        assert_eq!(applier.durably_committed(), 8);
+
+        syncs.wait(syncs.requested()).expect("the fsync runs");
+        let p = applier.sync_behind().expect("syncs").expect("the durable index moved");
+        assert_eq!(p.durable_index, 8, "the durable commit, its fsync done");
+        assert_eq!(applier.durably_committed(), 10, "and everything applied is committed durably, behind");
+        let p = applier.sync().expect("syncs").expect("the durable index moved");
+        assert_eq!(p.durable_index, 10, "sync waits for the fsync");
+        assert!(!applier.dirty());
+        assert!(applier.sync().expect("syncs").is_none(), "nothing left to make durable");
+    }
+
+    /// A durable commit whose fsync (run behind) fails never becomes durable, and the applier's
+    /// next call of any kind returns the failure: the member stops rather than go on.
+    #[test]
+    fn a_failed_fsync_behind_a_durable_commit_is_returned_and_nothing_becomes_durable() {
+        let backend = FailingSyncs::default();
+        let fail = backend.fail.clone();
+        let (_, applier) = testing::applier_on(backend);
+        let mut applier = applier.sync_every(1);
+        let mut first = entries((0..4).map(|i| put(&format!("k{i}"), "v")).collect());
+        let rest = first.split_off(2);
+        let p = applier.apply(first, &mut ()).expect("applies");
+        assert_eq!((p.applied.index, p.durable_index), (2, 0), "committed durably, its fsync not run yet");
+
+        fail.store(true, Ordering::SeqCst);
+        let e = applier.sync().expect_err("the fsync fails");
+        assert!(e.to_string().contains("the disk is gone"), "{e}");
+        assert_eq!(applier.durable_index(), 0, "a failed fsync makes nothing durable");
+        let e = applier.sync_behind().expect_err("still failed");
+        assert!(e.to_string().contains("the disk is gone"), "{e}");
+        let e = applier.apply(rest, &mut ()).expect_err("no batch applies after a failed fsync");
+        assert!(e.to_string().contains("the disk is gone"), "{e}");
+        assert_eq!(applier.durable_index(), 0);
     }
 
     /// A batch ends once the answers and events it holds pass the bound, after the command

@@ -476,7 +476,7 @@ impl Core {
         inbox: Arc<dyn Inbox>,
         logger: &slog::Logger,
     ) -> Result<(Core, Applier), CoreError> {
-        let Stores { log: log_dir, state: state_db } = stores;
+        let Stores { log: log_dir, state: state_db, state_syncs } = stores;
         {
             let txn = state_db.begin_write().map_err(redb_err)?;
             if let Some(bytes) = fsm::init(&txn)?.filter(|b| *b > 0) {
@@ -487,6 +487,7 @@ impl Core {
                 );
             }
             txn.commit().map_err(redb_err)?;
+            state_syncs.wait(state_syncs.requested()).map_err(|e| redb_err(redb::StorageError::from(e)))?;
         }
         let snapshots = Arc::new(Snapshots::new(state_db.clone(), inbox));
         // The state as durable: what a crash left of it.
@@ -524,7 +525,7 @@ impl Core {
         };
         cfg.validate()?;
         let raw = RawNode::new(&cfg, store, logger)?;
-        let applier = Applier::new(state_db.clone(), snapshots.clone(), config.bounds)?;
+        let applier = Applier::new(state_db.clone(), state_syncs, snapshots.clone(), config.bounds)?;
         let mut leases = Leases::default();
         leases.reload(stored_leases(&state_db)?, 0);
         let mut lock_delays = LockDelays::default();

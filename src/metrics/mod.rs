@@ -119,9 +119,10 @@ pub struct RaftMetrics {
     /// thread.
     pub state_commit_seconds: Histogram,
     /// One observation per durable commit the apply thread makes on its own (on its timer, or
-    /// when it goes idle), applying nothing: the fsync of the lazily committed state.
+    /// when it goes idle), applying nothing: the pages of the lazily committed state written,
+    /// the fsync asked for (it runs behind, on the state file's own thread).
     pub state_sync_seconds: Histogram,
-    /// The applied index as of the state's last durable commit.
+    /// The applied index as of the state's last durable commit whose fsync has completed.
     pub durable_index: Gauge,
     /// The last log index removed by compaction.
     pub compacted_index: Gauge,
@@ -326,13 +327,13 @@ impl Metrics {
         );
         r.register_with_unit(
             "state_sync_duration",
-            "Duration of each durable commit of the state made on the apply thread's timer or when it goes idle (it writes the pages lazy commits left in redb's write buffer, then fsyncs once)",
+            "Duration of each durable commit of the state made on the apply thread's timer or when it goes idle (it writes the pages lazy commits left in redb's write buffer and asks for one fsync, which runs behind on the state file's own thread)",
             Unit::Seconds,
             raft.state_sync_seconds.clone(),
         );
         r.register(
             "raft_durable_applied_index",
-            "The applied index as of the state's last durable commit (the log is never compacted past it)",
+            "The applied index as of the state's last durable commit whose fsync has completed (the log is never compacted past it)",
             raft.durable_index.clone(),
         );
 

@@ -13,7 +13,9 @@
 //! Durability: every state commit is lazy except one every sync interval ([`SyncPace`]: at
 //! least [`SYNC_INTERVAL_MIN`], and ten times what durable commits take) or every
 //! `applier::SYNC_EVERY_ENTRIES` entries, or when the thread goes idle with something not
-//! durable: the log holds everything the state may lose.
+//! durable: the log holds everything the state may lose. A durable commit's fsync runs behind
+//! the thread (`storage::sync_behind`): the thread goes on applying, and the durable index the
+//! raft side may compact the log to moves once the fsync has completed.
 //!
 //! Watches hear of each committed batch from this thread, before its progress reaches the raft
 //! thread and the writers' answers leave: the thread reads the batch's changes into the watch
@@ -25,13 +27,15 @@
 //!
 //! A durable commit writes the pages the lazy commits since the last one left in redb's write
 //! buffer (redb 4 keeps them there, up to half its cache, past which they reach the file
-//! unsynced), frees the pages they
-//! replaced, writes the header and fsyncs once. What it does grows with the interval, and every
-//! batch that arrives meanwhile waits it out: the shortest interval that keeps these waits to a
-//! tenth of the thread's time makes the shortest tail (docs/performance.md, "A durable state
-//! commit every 10 ms"). (Under redb 2, whose lazy commits wrote their pages to the file, a
-//! thread fsynced the file ahead of each durable commit; under redb 4 it found nothing to sync,
-//! and measured no faster, so it is gone: docs/performance.md, "redb 4".)
+//! unsynced), frees the pages they replaced, writes the header and asks for the fsync; every
+//! batch that arrives meanwhile waits for that much. A page changed many times between two
+//! durable commits is written once, so fewer of them cost less CPU: with the fsync behind,
+//! every 100 ms gave more lock pairs, and shorter put, lock and watch tails, than every 10 ms,
+//! which was the best pace while the thread waited for the fsync too (docs/performance.md, "The
+//! state file's fsync behind the apply thread"). (Under redb 2, whose lazy commits wrote their
+//! pages to the file, a thread fsynced the file ahead of each durable commit; under redb 4 it
+//! found nothing to sync, and measured no faster, so it is gone: docs/performance.md, "redb
+//! 4".)
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
@@ -49,19 +53,20 @@ use crate::metrics::RaftMetrics;
 /// `core::MAX_COMMITTED_BYTES_PER_READY`).
 pub const APPLY_QUEUE: usize = 16;
 /// Shortest time between two durable state commits while the apply thread is busy.
-pub const SYNC_INTERVAL_MIN: Duration = Duration::from_millis(10);
+pub const SYNC_INTERVAL_MIN: Duration = Duration::from_millis(100);
 /// Longest interval, whatever the disk. A durable commit starts at the first batch after the
 /// interval, so applied state may stay not durable for up to about two intervals (or
 /// `applier::SYNC_EVERY_ENTRIES` entries): what the log replays after a crash.
 pub const SYNC_INTERVAL_MAX: Duration = Duration::from_secs(1);
-/// The interval is at least this many times what the apply thread waits in a durable commit
-/// (smoothed), so that it spends at most about a tenth of its time in them.
+/// The interval is at least this many times what the apply thread spends in a durable commit
+/// (smoothed; its fsync runs behind), so that it spends at most about a tenth of its time in
+/// them.
 const SYNC_SHARE: u32 = 10;
 
 /// How often the apply thread makes the state durable: as often as [`SYNC_INTERVAL_MIN`], and no
-/// more often than keeps the durable commits to a [`SYNC_SHARE`]th of its time — on a disk with
-/// slow fsyncs, less often. Each durable commit's stall grows with the interval (more pages to
-/// free), so shorter and more frequent ones shorten the tail of every write they hold up.
+/// more often than keeps the durable commits to a [`SYNC_SHARE`]th of its time. On a disk whose
+/// fsyncs outlast the interval, at the pace of the fsyncs: no durable commit starts while the
+/// last one's fsync runs (`Applier::sync_behind`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SyncPace {
     /// What durable commits take, smoothed: an exponential moving average (weight 1/4).
@@ -183,8 +188,14 @@ pub fn run(
         let job = match received {
             Ok(job) => job,
             Err(RecvTimeoutError::Timeout) => {
-                // Idle: make what was applied durable.
-                if !report(timed_sync(&mut applier, metrics, &mut pace), &events) {
+                // Idle: commit what was applied durably, its fsync behind; once everything is,
+                // wait for that fsync (long done by the next timeout) to report it durable (or
+                // its failure, which stops the member).
+                let synced = match applier.durably_committed() < applier.applied().index {
+                    true => timed_sync(&mut applier, metrics, &mut pace),
+                    false => applier.sync(),
+                };
+                if !report(synced, &events) {
                     return;
                 }
                 last_sync = Instant::now();
@@ -228,10 +239,14 @@ pub fn run(
                         return;
                     }
                     if last_sync.elapsed() >= pace.interval() {
+                        let before = applier.durably_committed();
                         if !report(timed_sync(&mut applier, metrics, &mut pace), &events) {
                             return;
                         }
-                        last_sync = Instant::now();
+                        // None while the last one's fsync runs: the next batch tries again.
+                        if applier.durably_committed() > before {
+                            last_sync = Instant::now();
+                        }
                     }
                     if rest.is_empty() {
                         break;
@@ -265,16 +280,16 @@ fn count_in_flight(mut p: Progress, in_flight: &AtomicUsize) -> Progress {
     p
 }
 
-/// A durable commit of what was applied, timed (for the metrics and the pace) when it had
-/// something to do.
+/// A durable commit of what was applied, its fsync behind ([`Applier::sync_behind`]), timed
+/// (for the metrics and the pace) when it committed.
 fn timed_sync(
     applier: &mut Applier,
     metrics: &RaftMetrics,
     pace: &mut SyncPace,
 ) -> Result<Option<crate::core::Progress>, CoreError> {
-    let started = Instant::now();
-    let result = applier.sync();
-    if let Ok(Some(_)) = result {
+    let (started, before) = (Instant::now(), applier.durably_committed());
+    let result = applier.sync_behind();
+    if result.is_ok() && applier.durably_committed() > before {
         let took = started.elapsed();
         metrics.state_sync_seconds.observe(took.as_secs_f64());
         pace.record(took);
@@ -363,6 +378,60 @@ mod tests {
         assert_eq!(in_flight_after, MAX_IN_FLIGHT_BYTES - 1024 + omitted.held_bytes);
     }
 
+    /// An apply thread that goes idle makes what it applied durable by itself — a durable
+    /// commit, its fsync behind, then at its next idle turn that fsync waited for — and reports
+    /// the durable index the log may be compacted to; if the fsync fails it stops with the
+    /// failure instead, however idle the member.
+    #[test]
+    fn an_idle_apply_thread_reports_its_state_durable_or_stops_on_a_failed_fsync() {
+        use prost::Message as _;
+
+        use crate::core::applier::testing::{applier_on, FailingSyncs};
+        use crate::fsm::testing::{command, put};
+        for failing in [false, true] {
+            let backend = FailingSyncs::default();
+            let fail = backend.fail.clone();
+            let (_, applier) = applier_on(backend);
+            fail.store(failing, Ordering::SeqCst);
+            let (jobs, queue) = queue();
+            let (events, heard) = mpsc::channel();
+            let thread = std::thread::spawn(move || {
+                let announce = Arc::new(tokio::sync::watch::channel(0).0);
+                let metrics = crate::metrics::Metrics::new().raft;
+                run(applier, queue, (events, announce, Feed::default(), InFlight::default()), &metrics)
+            });
+            let entries = (1..=3u64)
+                .map(|i| Entry {
+                    index: i,
+                    term: 1,
+                    data: command(&format!("r{i}"), put(&format!("k{i}"), "v")).encode_to_vec().into(),
+                    ..Default::default()
+                })
+                .collect();
+            jobs.send(Job::Apply(entries)).expect("the apply thread takes jobs");
+            let outcome = loop {
+                match heard.recv_timeout(Duration::from_secs(10)) {
+                    Ok(Event::Applied(p)) if p.durable_index == 3 => break Ok(p.applied.index),
+                    Ok(Event::Applied(_)) => continue,
+                    Ok(Event::ApplyFailed(e)) => break Err(e.to_string()),
+                    Ok(_) => panic!("the apply thread sends only progress and failures"),
+                    Err(e) => {
+                        panic!("failing={failing}: nothing durable and no failure reported in 10 s: {e}")
+                    }
+                }
+            };
+            match failing {
+                false => assert_eq!(outcome, Ok(3), "idle, the applied state becomes durable"),
+                true => assert!(
+                    outcome.as_ref().is_err_and(|e| e.contains("the disk is gone")),
+                    "a failed fsync stops the apply thread with it, got {outcome:?}"
+                ),
+            }
+            drop(jobs);
+            thread.join().expect("the apply thread ends");
+        }
+    }
+
     #[test]
     fn durable_commits_are_paced_to_a_tenth_of_the_apply_threads_time() {
         let mut pace = SyncPace::default();
@@ -370,7 +439,7 @@ mod tests {
         for _ in 0..20 {
             pace.record(Duration::from_micros(800));
         }
-        assert_eq!(pace.interval(), SYNC_INTERVAL_MIN, "commits of 0.8 ms: every 10 ms, not every 8 ms");
+        assert_eq!(pace.interval(), SYNC_INTERVAL_MIN, "commits of 0.8 ms: every 100 ms, not every 8 ms");
         for _ in 0..20 {
             pace.record(Duration::from_millis(20));
         }

@@ -13,6 +13,7 @@
 pub mod files;
 pub mod log;
 pub mod schema;
+pub mod sync_behind;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use redb::{Database, ReadableTable, StorageBackend, TableHandle};
 
 pub use log::{Identity, LogStore, PreparedSnapshot, SnapshotSource};
+pub use sync_behind::{SyncBehind, Syncs};
 
 /// The raft log's directory inside `--data-dir`.
 pub const LOG_DIR: &str = "raft";
@@ -32,6 +34,9 @@ pub struct Stores {
     pub log: Box<dyn files::Dir>,
     /// The state machine.
     pub state: Arc<Database>,
+    /// Where the state file's fsyncs stand: a durable commit is durable once its fsync, run
+    /// behind the committing thread, has completed ([`sync_behind`]).
+    pub state_syncs: Arc<Syncs>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,8 +87,8 @@ pub fn open(dir: &Path, identity: Identity, cache_bytes: usize) -> Result<Stores
     let log_dir = dir.join(LOG_DIR);
     let log =
         files::FsDir::open(&log_dir).map_err(|source| StorageError::CreateDir { path: log_dir, source })?;
-    let state = open_file(dir, STATE_FILE, identity, cache_bytes)?;
-    Ok(Stores { log: Box::new(log), state })
+    let (state, state_syncs) = open_file(dir, STATE_FILE, identity, cache_bytes)?;
+    Ok(Stores { log: Box::new(log), state, state_syncs })
 }
 
 fn open_file(
@@ -91,29 +96,37 @@ fn open_file(
     name: &str,
     identity: Identity,
     cache_bytes: usize,
-) -> Result<Arc<Database>, StorageError> {
+) -> Result<(Arc<Database>, Arc<Syncs>), StorageError> {
     let path = dir.join(name);
     let fresh = !path.exists();
-    let create = || Database::builder().set_cache_size(cache_bytes).create(&path);
-    let db = match create() {
+    // redb's `Builder::create`, with the fsyncs behind the committing thread.
+    let create = || -> Result<(Database, Arc<Syncs>), redb::DatabaseError> {
+        let file =
+            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+        let (backend, syncs) = SyncBehind::on_a_thread(redb::backends::FileBackend::new(file)?)?;
+        Ok((Database::builder().set_cache_size(cache_bytes).create_with_backend(backend)?, syncs))
+    };
+    let opened = match create() {
         Err(redb::DatabaseError::UpgradeRequired(REDB2_FORMAT)) => {
             upgrade_format(&path, identity, cache_bytes)?;
             create()
         }
         opened => opened,
     };
-    let db = db.map_err(|source| match source {
+    let (db, syncs) = opened.map_err(|source| match source {
         redb::DatabaseError::DatabaseAlreadyOpen => StorageError::InUse { path: path.clone() },
         source => StorageError::Open { path: path.clone(), source: Box::new(source) },
     })?;
     if fresh {
-        // The new file's directory entry must be durable before anything in the file counts.
+        // The new file's directory entry must be durable before anything in the file counts,
+        // and after what redb wrote to create it (its fsync runs behind).
+        syncs.wait(syncs.requested()).map_err(|e| StorageError::redb(redb::StorageError::from(e)))?;
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|source| StorageError::CreateDir { path: dir.to_path_buf(), source })?;
     }
-    check_identity(&db, &path, identity)?;
-    Ok(Arc::new(db))
+    check_identity(&db, &syncs, &path, identity)?;
+    Ok((Arc::new(db), syncs))
 }
 
 /// The file format redb 2 writes (its `FILE_FORMAT_VERSION2`): what state files made by builds
@@ -164,22 +177,26 @@ fn upgrade_format(path: &Path, identity: Identity, cache_bytes: usize) -> Result
 }
 
 /// Opens the state store on any redb backend (the simulator's fault-injecting one), with a
-/// cache of `cache_bytes`.
+/// cache of `cache_bytes`. Its fsyncs run behind the commits that ask for them, each when
+/// something next needs it done ([`SyncBehind::when_needed`]: deterministic, no thread).
 pub fn open_with_backend(
     backend: impl StorageBackend,
     identity: Identity,
     cache_bytes: usize,
-) -> Result<Arc<Database>, StorageError> {
+) -> Result<(Arc<Database>, Arc<Syncs>), StorageError> {
     let path = PathBuf::from("<backend>");
+    let (backend, syncs) = SyncBehind::when_needed(backend);
     let db = Database::builder()
         .set_cache_size(cache_bytes)
         .create_with_backend(backend)
         .map_err(|source| StorageError::Open { path: path.clone(), source: Box::new(source) })?;
-    check_identity(&db, &path, identity)?;
-    Ok(Arc::new(db))
+    check_identity(&db, &syncs, &path, identity)?;
+    Ok((Arc::new(db), syncs))
 }
 
-fn check_identity(db: &Database, path: &Path, identity: Identity) -> Result<(), StorageError> {
+/// Checks that the state file belongs to this cluster and member (recording both in a new one),
+/// durably before it returns.
+fn check_identity(db: &Database, syncs: &Syncs, path: &Path, identity: Identity) -> Result<(), StorageError> {
     use schema::*;
     let txn = db.begin_write().map_err(StorageError::redb)?;
     {
@@ -195,7 +212,7 @@ fn check_identity(db: &Database, path: &Path, identity: Identity) -> Result<(), 
         }
     }
     txn.commit().map_err(StorageError::redb)?;
-    Ok(())
+    syncs.wait(syncs.requested()).map_err(|e| StorageError::redb(redb::StorageError::from(e)))
 }
 
 /// What a file's `node_meta` says of whom it belongs to.

@@ -838,8 +838,8 @@ impl Sim {
                 ctx.fail(Some(id), "restart from disk", format!("cannot open the {what} store: {e}"))
             })
         };
-        let stores =
-            Stores { log: Box::new(node.log_dir.open()), state: open(&mut node.state_disk, "state") };
+        let (state, state_syncs) = open(&mut node.state_disk, "state");
+        let stores = Stores { log: Box::new(node.log_dir.open()), state, state_syncs };
         let config = core::Config {
             timing: timing(),
             snapshot_entries,
@@ -1198,9 +1198,11 @@ impl Sim {
     }
 
     /// The member's apply turn, as the apply thread takes it: everything handed out so far in
-    /// one transaction, then (now and then) a durable commit; the progress goes to the core.
+    /// one transaction, then (now and then) a durable commit — waiting for its fsync, as an idle
+    /// or stopping apply thread does, or with the fsync left behind, as a busy one does — and
+    /// the progress goes to the core.
     fn apply_turn(&mut self, id: u64) {
-        let sync = self.rng.gen_bool(0.1);
+        let sync = self.rng.gen_bool(0.1).then(|| self.rng.gen_bool(0.5));
         self.set_clock(id);
         let ctx = self.ctx();
         let n = &mut self.nodes[(id - 1) as usize];
@@ -1230,9 +1232,9 @@ impl Sim {
                 }
             };
         }
-        if sync {
+        if let Some(wait) = sync {
             if let Ok(actions) = &mut result {
-                match applier.sync() {
+                match if wait { applier.sync() } else { applier.sync_behind() } {
                     Ok(Some(p)) => {
                         self.registry.applied(ctx, id, &p.commands);
                         self.lock_checker.commands(ctx, id, &p.commands);

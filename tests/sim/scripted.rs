@@ -128,13 +128,13 @@ impl Scripted {
         self.failed.remove(&id);
         let m = self.member(id);
         assert!(m.core.is_none(), "member {id} is already up");
-        let state = latch::storage::open_with_backend(
+        let (state, state_syncs) = latch::storage::open_with_backend(
             m.state_disk.open(),
             latch::storage::Identity { cluster_id: CLUSTER_ID, member_id: id },
             latch::config::STATE_CACHE_BYTES,
         )
         .map_err(|e| e.to_string())?;
-        let stores = Stores { log: Box::new(m.log_dir.open()), state };
+        let stores = Stores { log: Box::new(m.log_dir.open()), state, state_syncs };
         let defaults = core::Config::new(id, &voters, seed);
         let config = core::Config {
             timing: timing(),
@@ -149,7 +149,7 @@ impl Scripted {
         core.seed_election_timeouts(seed);
         m.core = Some(core);
         // A log compacted that often needs a state made durable as often (it is never compacted
-        // past the durable applied index).
+        // past the durable applied index): every apply is, its fsync waited for (`turn`).
         m.applier = Some(if snapshot_entries.is_some() { applier.sync_every(1) } else { applier });
         Ok(())
     }
@@ -332,6 +332,7 @@ impl Scripted {
 
     /// Member `id`'s turn: `handle_ready`, then its applier applies what was handed out.
     fn turn(&mut self, id: u64, sent: &mut Vec<Message>) {
+        let durable_applies = self.snapshot_entries.is_some();
         let m = self.member(id);
         let (Some(core), Some(applier)) = (m.core.as_mut(), m.applier.as_mut()) else { return };
         let mut install = |token: &[u8], index: u64, term: u64| applier.install(token, index, term);
@@ -352,6 +353,12 @@ impl Scripted {
                         .apply(entries, &mut ())
                         .unwrap_or_else(|e| panic!("member {id}: apply failed: {e}"));
                     applied.extend(core.on_applied(progress));
+                    if durable_applies {
+                        // Its fsync waited for, as `sync_every(1)` meant before fsyncs ran behind.
+                        let synced =
+                            applier.sync().unwrap_or_else(|e| panic!("member {id}: sync failed: {e}"));
+                        applied.extend(synced.map(|p| core.on_applied(p)).unwrap_or_default());
+                    }
                 }
                 other => actions.push(other),
             }
