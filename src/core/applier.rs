@@ -119,8 +119,10 @@ impl Applier {
     /// Moves the durable index to the last durable commit if its fsync has completed; the
     /// fsync's error if it failed (the member must stop: it may have dropped pages).
     fn settle(&mut self) -> Result<(), CoreError> {
+        // Checked whatever is outstanding: a file that grows in a lazy commit asks for an
+        // fsync of its own, which `behind` does not track.
+        self.syncs.check().map_err(fsync_err)?;
         if let Some((generation, index)) = self.behind {
-            self.syncs.check().map_err(fsync_err)?;
             if self.syncs.completed() >= generation {
                 self.durable_index = self.durable_index.max(index);
                 self.behind = None;
@@ -246,8 +248,8 @@ impl Applier {
     /// Commits everything applied durably without waiting for the fsync, which runs behind
     /// (the durable index moves once it has completed: a later batch's progress, or a later
     /// call, reports it). Does nothing while the fsync of the last durable commit is still
-    /// running: a disk slower than the calls sets their pace, and the next commit never waits
-    /// for it. `None` when the durable index stayed where it was.
+    /// running: a disk slower than the calls sets their pace, and these calls never wait for it
+    /// (a commit that writes to the file still does: see `storage::sync_behind`). `None` when the durable index stayed where it was.
     pub fn sync_behind(&mut self) -> Result<Option<Progress>, CoreError> {
         let was = self.durable_index;
         self.settle()?;

@@ -30,8 +30,9 @@
 //! unsynced), frees the pages they replaced, writes the header and asks for the fsync; every
 //! batch that arrives meanwhile waits for that much. A page changed many times between two
 //! durable commits is written once, so fewer of them cost less CPU: with the fsync behind,
-//! every 100 ms gave more lock pairs, and shorter put, lock and watch tails, than every 10 ms,
-//! which was the best pace while the thread waited for the fsync too (docs/performance.md, "The
+//! every 100 ms gave more lock pairs for less CPU, and shorter lock and watch tails, than every
+//! 10 ms (whose put tail was about 1–2 ms shorter), which was the best pace while the thread
+//! waited for the fsync too (docs/performance.md, "The
 //! state file's fsync behind the apply thread"). (Under redb 2, whose lazy commits wrote their
 //! pages to the file, a thread fsynced the file ahead of each durable commit; under redb 4 it
 //! found nothing to sync, and measured no faster, so it is gone: docs/performance.md, "redb
@@ -65,8 +66,9 @@ const SYNC_SHARE: u32 = 10;
 
 /// How often the apply thread makes the state durable: as often as [`SYNC_INTERVAL_MIN`], and no
 /// more often than keeps the durable commits to a [`SYNC_SHARE`]th of its time. On a disk whose
-/// fsyncs outlast the interval, at the pace of the fsyncs: no durable commit starts while the
-/// last one's fsync runs (`Applier::sync_behind`).
+/// fsyncs outlast the interval, at the pace of the fsyncs: no timed durable commit starts while
+/// the last one's fsync runs (`Applier::sync_behind`; the one every
+/// `applier::SYNC_EVERY_ENTRIES` entries, and a lazy commit that grows the file, still wait).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SyncPace {
     /// What durable commits take, smoothed: an exponential moving average (weight 1/4).
@@ -243,7 +245,7 @@ pub fn run(
                         if !report(timed_sync(&mut applier, metrics, &mut pace), &events) {
                             return;
                         }
-                        // None while the last one's fsync runs: the next batch tries again.
+                        // No commit while the last one's fsync runs: the next batch tries again.
                         if applier.durably_committed() > before {
                             last_sync = Instant::now();
                         }
