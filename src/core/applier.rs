@@ -28,7 +28,7 @@ use raft::eraftpb::{Entry, EntryType};
 use redb::{Database, Durability, ReadableDatabase as _};
 
 use super::snapshots::Snapshots;
-use super::{redb_err, CoreError, ReadyObserver};
+use super::{fsync_err, redb_err, CoreError, ReadyObserver};
 use crate::fsm::{self, Applied, AppliedCommand};
 use crate::storage::Syncs;
 
@@ -266,17 +266,12 @@ impl Applier {
         let txn = self.db.begin_write().map_err(redb_err)?;
         let applied = self.snapshots.install(&txn, token, index, term)?;
         self.commit(txn, true, applied.index)?;
-        self.syncs.wait(self.syncs.requested()).map_err(fsync_err)?;
+        self.syncs.wait_all().map_err(fsync_err)?;
         self.applied = applied;
         self.behind = None;
         self.durable_index = applied.index;
         Ok(applied)
     }
-}
-
-/// The state file's failed fsync, as the storage error it is.
-fn fsync_err(e: std::io::Error) -> CoreError {
-    redb_err(redb::StorageError::from(e))
 }
 
 /// Appliers over a state in memory, for the tests of this module and of the apply thread.
@@ -324,7 +319,7 @@ pub(crate) mod testing {
         let txn = db.begin_write().expect("a write transaction begins");
         fsm::init(&txn).expect("init creates the fsm tables");
         txn.commit().expect("init commits");
-        syncs.wait(syncs.requested()).expect("init is durable");
+        syncs.wait_all().expect("init is durable");
         let snapshots = Arc::new(Snapshots::new(db.clone(), Arc::new(MemoryInbox::default())));
         let applier = Applier::new(db.clone(), syncs, snapshots, fsm::Bounds::default()).expect("an applier");
         (db, applier)

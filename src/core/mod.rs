@@ -239,6 +239,11 @@ fn redb_err(e: impl Into<redb::Error>) -> CoreError {
     CoreError::Storage(StorageError::redb(e))
 }
 
+/// The state file's failed fsync.
+fn fsync_err(e: std::io::Error) -> CoreError {
+    CoreError::Storage(crate::storage::fsync_failed(e))
+}
+
 /// Installs the snapshot staged under a token at `(index, term)` in the state, durably: the
 /// applier's [`Applier::install`], on whatever thread it runs.
 pub type Install<'a> = dyn FnMut(&[u8], u64, u64) -> Result<Applied, CoreError> + 'a;
@@ -487,7 +492,7 @@ impl Core {
                 );
             }
             txn.commit().map_err(redb_err)?;
-            state_syncs.wait(state_syncs.requested()).map_err(|e| redb_err(redb::StorageError::from(e)))?;
+            state_syncs.wait_all().map_err(fsync_err)?;
         }
         let snapshots = Arc::new(Snapshots::new(state_db.clone(), inbox));
         // The state as durable: what a crash left of it.

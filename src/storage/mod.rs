@@ -120,7 +120,7 @@ fn open_file(
     if fresh {
         // The new file's directory entry must be durable before anything in the file counts,
         // and after what redb wrote to create it (its fsync runs behind).
-        syncs.wait(syncs.requested()).map_err(|e| StorageError::redb(redb::StorageError::from(e)))?;
+        syncs.wait_all().map_err(fsync_failed)?;
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|source| StorageError::CreateDir { path: dir.to_path_buf(), source })?;
@@ -212,7 +212,12 @@ fn check_identity(db: &Database, syncs: &Syncs, path: &Path, identity: Identity)
         }
     }
     txn.commit().map_err(StorageError::redb)?;
-    syncs.wait(syncs.requested()).map_err(|e| StorageError::redb(redb::StorageError::from(e)))
+    syncs.wait_all().map_err(fsync_failed)
+}
+
+/// A failed fsync of the state file, as the storage error it is.
+pub fn fsync_failed(e: std::io::Error) -> StorageError {
+    StorageError::redb(redb::StorageError::from(e))
 }
 
 /// What a file's `node_meta` says of whom it belongs to.

@@ -102,6 +102,11 @@ impl Syncs {
         }
     }
 
+    /// Waits for every fsync asked for so far ([`Syncs::wait`] of the latest).
+    pub fn wait_all(&self) -> io::Result<()> {
+        self.wait(self.requested())
+    }
+
     /// Waits until no fsync is outstanding, before the file changes again.
     fn settled(&self) -> io::Result<MutexGuard<'_, State>> {
         let mut state = lock(&self.state);
