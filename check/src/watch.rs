@@ -10,7 +10,10 @@
 //!   delivers exactly what another delivered after r;
 //! - **bookmarkable**: a progress response's revision P is never ahead of the events: every
 //!   known change it selects at or below P was delivered before it, and nothing at or below P
-//!   comes after.
+//!   comes after;
+//! - **monotonic**: nor is P behind them: never below a revision the watch delivered, or one an
+//!   earlier progress response named (a client that keeps the last revision it saw as its
+//!   bookmark never moves it back).
 //!
 //! The known history may be partial (a client learns the revision of its acknowledged writes,
 //! not of the ones whose answer it lost); every watch is then also a witness for the others.
@@ -84,6 +87,8 @@ pub fn check(known: &BTreeMap<i64, Vec<Change>>, watches: &[Watch]) -> Result<()
 fn check_one(known: &BTreeMap<i64, Vec<Change>>, w: &Watch) -> Result<(), String> {
     let mut last_event = w.start - 1;
     let mut last_progress = i64::MIN;
+    // The highest revision delivered or named by a progress response so far.
+    let mut vouched = i64::MIN;
     let mut delivered: BTreeMap<i64, usize> = BTreeMap::new();
     for (at, s) in w.seen.iter().enumerate() {
         match s {
@@ -117,9 +122,17 @@ fn check_one(known: &BTreeMap<i64, Vec<Change>>, w: &Watch) -> Result<(), String
                     }
                 }
                 last_event = *revision;
+                vouched = vouched.max(*revision);
                 delivered.insert(*revision, at);
             }
             Seen::Progress { revision } => {
+                if *revision < vouched {
+                    return Err(format!(
+                        "{}: monotonic: progress at {revision} (response {at}) after revision {vouched} was delivered or named",
+                        w.name
+                    ));
+                }
+                vouched = *revision;
                 // Every known selected change at or below it must have come first.
                 for (r, all) in span(known, w.start, *revision) {
                     if all.iter().any(|c| w.selects(c)) && !delivered.contains_key(r) {
@@ -258,6 +271,20 @@ mod tests {
                 "bookmarkable",
                 k.clone(),
                 vec![watch("w", 1, vec![ev(1, first()), Seen::Progress { revision: 3 }])],
+            ),
+            (
+                "monotonic",
+                k.clone(),
+                vec![watch(
+                    "w",
+                    1,
+                    vec![ev(1, first()), Seen::Progress { revision: 2 }, Seen::Progress { revision: 1 }],
+                )],
+            ),
+            (
+                "monotonic",
+                k.clone(),
+                vec![watch("w", 3, vec![ev(3, vec![put("p/a", "2")]), Seen::Progress { revision: 2 }])],
             ),
             (
                 "reliable/resumable",

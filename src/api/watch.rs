@@ -30,7 +30,8 @@
 //!   fragments of it marked `fragment` but the last.
 //! - A progress response says `next − 1` (of the watch, or the least of the stream's): never
 //!   ahead of what was delivered; and like a `created` response's, never ahead of the member's
-//!   applied revision (a watch that starts in the future).
+//!   applied revision (a watch that starts in the future); never behind a revision the watch
+//!   was sent.
 //! - A stream with watches on a member that no leader confirmed for
 //!   `freshness::CUT_OFF_AFTER` (a member cut off: it would stream nothing new, silently) ends
 //!   UNAVAILABLE, so clients resume elsewhere; the member's one check (`node::freshness`)
@@ -513,9 +514,12 @@ impl Stream {
     }
 
     /// The member's applied revision: no header vouches for more (a watch that starts in the
-    /// future says `next − 1` no further than this).
+    /// future says `next − 1` no further than this). The window takes each committed revision
+    /// before the apply thread announces it, and a stream may already have sent its events:
+    /// the window's last revision counts as applied too, or a progress response just after
+    /// such an event would name the revision before it.
     fn applied(&self) -> i64 {
-        self.ctx.node.applied_revision()
+        self.ctx.node.applied_revision().max(self.recent.span().last)
     }
 
     /// The header of events at `revision`, from a term read once per turn (not once per
