@@ -162,6 +162,9 @@ pub async fn run(
     let cluster_id = config.cluster_id();
     let identity = storage::Identity { cluster_id, member_id: config.id };
     let stores = storage::open(&config.data_dir, identity, config.state_cache_bytes)?;
+    let metrics = Arc::new(Metrics::new());
+    let fsyncs = metrics.raft.state_fsync_seconds.clone();
+    stores.state_syncs.observe(move |took| fsyncs.observe(took.as_secs_f64()));
     let voters: Vec<u64> = config.initial_cluster.iter().map(|p| p.id).collect();
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let inbox = FileInbox::open(&config.data_dir.join(SNAPSHOT_INBOX_DIR))
@@ -213,7 +216,6 @@ pub async fn run(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let metrics = Arc::new(Metrics::new());
     let rt = tokio::runtime::Handle::current();
     let peers = config.initial_cluster.clone();
     let id = config.id;

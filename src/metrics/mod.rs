@@ -122,6 +122,9 @@ pub struct RaftMetrics {
     /// when it goes idle), applying nothing: the pages of the lazily committed state written,
     /// the fsync asked for (it runs behind, on the state file's own thread).
     pub state_sync_seconds: Histogram,
+    /// One observation per fsync of the state file that completed (on its own thread, behind
+    /// the apply thread's durable commits).
+    pub state_fsync_seconds: Histogram,
     /// The applied index as of the state's last durable commit whose fsync has completed.
     pub durable_index: Gauge,
     /// The last log index removed by compaction.
@@ -242,6 +245,7 @@ impl Metrics {
             apply_batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             state_commit_seconds: disk_buckets(),
             state_sync_seconds: disk_buckets(),
+            state_fsync_seconds: disk_buckets(),
             durable_index: Gauge::default(),
             compacted_index: Gauge::default(),
             log_cached_bytes: Gauge::default(),
@@ -330,6 +334,12 @@ impl Metrics {
             "Duration of each durable commit of the state made on the apply thread's timer or when it goes idle (it writes the pages lazy commits left in redb's write buffer and asks for one fsync, which runs behind on the state file's own thread)",
             Unit::Seconds,
             raft.state_sync_seconds.clone(),
+        );
+        r.register_with_unit(
+            "state_fsync_duration",
+            "Duration of each fsync of the state file that completed (on the state file's own thread, behind the durable commits of the apply thread; the log is compacted only past a state whose fsync completed)",
+            Unit::Seconds,
+            raft.state_fsync_seconds.clone(),
         );
         r.register(
             "raft_durable_applied_index",

@@ -31,7 +31,8 @@
 use std::fmt;
 use std::io;
 use std::ops::Bound;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use redb::{BackendError, StorageBackend};
 
@@ -42,6 +43,8 @@ pub struct Syncs {
     /// Signalled when an fsync is asked for, when one completes or fails, and on close.
     changed: Condvar,
     threaded: bool,
+    /// Told how long each completed fsync took (the metrics), once set.
+    observer: OnceLock<Box<dyn Fn(Duration) + Send + Sync>>,
 }
 
 #[derive(Default)]
@@ -107,6 +110,22 @@ impl Syncs {
         self.wait(self.requested())
     }
 
+    /// Tells `observer` how long each fsync that completes from now on took. Set once: a
+    /// second observer is refused (`false`).
+    pub fn observe(&self, observer: impl Fn(Duration) + Send + Sync + 'static) -> bool {
+        self.observer.set(Box::new(observer)).is_ok()
+    }
+
+    /// The inner backend's fsync, timed for the observer when it succeeds.
+    fn timed_sync(&self) -> io::Result<()> {
+        let started = Instant::now();
+        let result = self.inner.sync_data();
+        if let (Ok(()), Some(observe)) = (&result, self.observer.get()) {
+            observe(started.elapsed());
+        }
+        result
+    }
+
     /// Waits until no fsync is outstanding, before the file changes again.
     fn settled(&self) -> io::Result<MutexGuard<'_, State>> {
         let mut state = lock(&self.state);
@@ -127,7 +146,7 @@ impl Syncs {
     /// Runs the outstanding fsync on this thread, holding the lock (nothing can change the file
     /// meanwhile).
     fn sync_now<'a>(&'a self, mut state: MutexGuard<'a, State>) -> io::Result<MutexGuard<'a, State>> {
-        match self.inner.sync_data() {
+        match self.timed_sync() {
             Ok(()) => {
                 state.completed = state.requested;
                 Ok(state)
@@ -154,7 +173,7 @@ impl Syncs {
             // Unlocked during the fsync: readers may go on; anything that would change the
             // file waits in `settled` for `completed` to reach `target`.
             drop(state);
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.inner.sync_data()));
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.timed_sync()));
             state = lock(&self.state);
             match result {
                 Ok(Ok(())) => state.completed = target,
@@ -190,7 +209,13 @@ impl SyncBehind {
     }
 
     fn syncs(inner: Box<dyn StorageBackend>, threaded: bool) -> Arc<Syncs> {
-        Arc::new(Syncs { inner, state: Mutex::new(State::default()), changed: Condvar::new(), threaded })
+        Arc::new(Syncs {
+            inner,
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            threaded,
+            observer: OnceLock::new(),
+        })
     }
 }
 
@@ -290,13 +315,14 @@ mod tests {
         Close,
     }
 
-    /// An in-memory backend that records what reaches it; its fsyncs can be made to fail, or to
-    /// wait for a go-ahead (`gate`).
+    /// An in-memory backend that records what reaches it; its fsyncs can be made to fail, to
+    /// panic, or to wait for a go-ahead (`gate`).
     #[derive(Debug, Default)]
     struct Recorder {
         bytes: InMemoryBackend,
         ops: Arc<Mutex<Vec<Op>>>,
         fail_syncs: bool,
+        panic_syncs: bool,
         gate: Option<Mutex<mpsc::Receiver<()>>>,
     }
 
@@ -325,6 +351,7 @@ mod tests {
             if self.fail_syncs {
                 return Err(io::Error::other("the disk is gone"));
             }
+            assert!(!self.panic_syncs, "the disk driver panicked");
             self.record(Op::Synced);
             Ok(())
         }
@@ -443,6 +470,44 @@ mod tests {
                 [Op::Write, Op::SyncStarted],
                 "{mode}: nothing reached the file after the failure"
             );
+        }
+    }
+
+    #[test]
+    fn a_panicking_fsync_on_the_thread_fails_its_waiters_instead_of_hanging_them() {
+        let recorder = Recorder { panic_syncs: true, ..Recorder::default() };
+        let record = recorder.ops.clone();
+        let (backend, syncs) = SyncBehind::on_a_thread(recorder).expect("the thread starts");
+        backend.write(0, b"page").expect("writes");
+        backend.sync_data().expect("asks for an fsync");
+        let failed = syncs.wait(1).expect_err("an fsync that panicked never completes");
+        assert!(failed.to_string().contains("panicked"), "the wait names the panic: {failed}");
+        let refused = backend.write(0, b"next").expect_err("nothing changes the file after it");
+        assert!(refused.to_string().contains("panicked"), "the write names the panic: {refused}");
+        assert!(syncs.check().is_err(), "check reports it too");
+        assert_eq!(ops(&record), [Op::Write, Op::SyncStarted], "nothing reached the file after the panic");
+    }
+
+    #[test]
+    fn each_fsync_that_completes_is_timed_for_the_observer_and_a_failed_one_is_not() {
+        for (mode, threaded, fail) in
+            [("on a thread", true, false), ("when needed", false, false), ("failing", true, true)]
+        {
+            let recorder = Recorder { fail_syncs: fail, ..Recorder::default() };
+            let (backend, syncs) = match threaded {
+                true => SyncBehind::on_a_thread(recorder).expect("the thread starts"),
+                false => SyncBehind::when_needed(recorder),
+            };
+            let timed = Arc::new(Mutex::new(0));
+            let counter = timed.clone();
+            assert!(syncs.observe(move |_| *counter.lock().expect("the count") += 1), "{mode}: observed");
+            assert!(!syncs.observe(|_| {}), "{mode}: a second observer is refused");
+            for generation in 1..=2 {
+                let _ = backend.sync_data();
+                let _ = syncs.wait(generation);
+            }
+            let want = if fail { 0 } else { 2 };
+            assert_eq!(*timed.lock().expect("the count"), want, "{mode}: fsyncs timed");
         }
     }
 }

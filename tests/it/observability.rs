@@ -38,6 +38,11 @@ async fn metrics_show_commit_durations_the_term_and_grpc_calls_by_method_and_cod
     let text = answer.body;
     let commits = sample(&text, "latch_raft_ready_commit_duration_seconds_count").unwrap_or(0.0);
     assert!(commits >= 5.0, "every put commits a Ready (count >= 5), got {commits}:\n{text}");
+    let fsyncs = sample(&text, "latch_state_fsync_duration_seconds_count").unwrap_or(0.0);
+    assert!(
+        fsyncs >= 1.0,
+        "the state file's fsyncs are timed (the start's commit waits for one), got {fsyncs}:\n{text}"
+    );
     let term = sample(&text, "latch_raft_term").unwrap_or(0.0);
     assert!(term >= 1.0, "the leader's term is at least 1, got {term}:\n{text}");
     assert_eq!(sample(&text, "latch_raft_is_leader"), Some(1.0), "a lone member leads:\n{text}");
