@@ -231,6 +231,8 @@ pub enum CoreError {
     Snapshot(#[from] SnapshotError),
     #[error("the apply thread stopped")]
     ApplyStopped,
+    #[error("the apply thread panicked (its message is in the log above)")]
+    ApplyPanicked,
     #[error("the node thread panicked (its message is in the log above)")]
     Panicked,
 }

@@ -170,8 +170,26 @@ pub trait WatchFeed: Send + Sync {
 /// through the node's handle).
 pub type Feed = Arc<std::sync::OnceLock<Arc<dyn WatchFeed>>>;
 
-/// Runs until the queue closes (the raft thread ended) or the raft thread is gone.
+/// Runs until the queue closes (the raft thread ended) or the raft thread is gone. A panic
+/// (a bug: nothing a client, a peer or the disk sends is unwrapped) is reported as a failure
+/// that stops the member, rather than leaving a raft thread that goes on committing entries
+/// nobody applies or answers.
 pub fn run(
+    applier: Applier,
+    jobs: Receiver<Job>,
+    (events, announce, feed, in_flight): (mpsc::Sender<Event>, Announce, Feed, InFlight),
+    metrics: &RaftMetrics,
+) {
+    let failed = events.clone();
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        apply_until_stopped(applier, jobs, (events, announce, feed, in_flight), metrics)
+    }));
+    if ran.is_err() {
+        let _ = failed.send(Event::ApplyFailed(CoreError::ApplyPanicked));
+    }
+}
+
+fn apply_until_stopped(
     mut applier: Applier,
     jobs: Receiver<Job>,
     (events, announce, feed, in_flight): (mpsc::Sender<Event>, Announce, Feed, InFlight),
@@ -383,18 +401,20 @@ mod tests {
     /// An apply thread that goes idle makes what it applied durable by itself — a durable
     /// commit, its fsync behind, then at its next idle turn that fsync waited for — and reports
     /// the durable index the log may be compacted to; if the fsync fails it stops with the
-    /// failure instead, however idle the member.
+    /// failure instead, however idle the member; if something under it panics, it stops saying
+    /// so (the raft thread then stops the member).
     #[test]
-    fn an_idle_apply_thread_reports_its_state_durable_or_stops_on_a_failed_fsync() {
+    fn an_idle_apply_thread_reports_its_state_durable_or_stops_on_a_failed_fsync_or_a_panic() {
         use prost::Message as _;
 
         use crate::core::applier::testing::{applier_on, FailingSyncs};
         use crate::fsm::testing::{command, put};
-        for failing in [false, true] {
+        for failing in ["nothing", "an fsync", "a panic"] {
             let backend = FailingSyncs::default();
-            let fail = backend.fail.clone();
+            let (fail, panic) = (backend.fail.clone(), backend.panic.clone());
             let (_, applier) = applier_on(backend);
-            fail.store(failing, Ordering::SeqCst);
+            fail.store(failing == "an fsync", Ordering::SeqCst);
+            panic.store(failing == "a panic", Ordering::SeqCst);
             let (jobs, queue) = queue();
             let (events, heard) = mpsc::channel();
             let thread = std::thread::spawn(move || {
@@ -423,10 +443,14 @@ mod tests {
                 }
             };
             match failing {
-                false => assert_eq!(outcome, Ok(3), "idle, the applied state becomes durable"),
-                true => assert!(
+                "nothing" => assert_eq!(outcome, Ok(3), "idle, the applied state becomes durable"),
+                "an fsync" => assert!(
                     outcome.as_ref().is_err_and(|e| e.contains("the disk is gone")),
                     "a failed fsync stops the apply thread with it, got {outcome:?}"
+                ),
+                _ => assert!(
+                    outcome.as_ref().is_err_and(|e| e.contains("the apply thread panicked")),
+                    "a panic stops the apply thread, reported as one, got {outcome:?}"
                 ),
             }
             drop(jobs);
