@@ -30,8 +30,8 @@
 //!   fragments of it marked `fragment` but the last.
 //! - A progress response says `next − 1` (of the watch, or the least of the stream's): never
 //!   ahead of what was delivered; and like a `created` response's, never ahead of the member's
-//!   applied revision (a watch that starts in the future); never behind a revision the watch
-//!   was sent.
+//!   applied revision (a watch that starts in the future); for one watch, never behind a
+//!   revision it was sent (a stream-wide one says the least of the stream's watches).
 //! - A stream with watches on a member that no leader confirmed for
 //!   `freshness::CUT_OFF_AFTER` (a member cut off: it would stream nothing new, silently) ends
 //!   UNAVAILABLE, so clients resume elsewhere; the member's one check (`node::freshness`)
@@ -165,6 +165,7 @@ impl WatchApi for WatchService {
             watches: BTreeMap::new(),
             selections: HashMap::new(),
             next_auto_id: 1,
+            read_floor: 0,
             progress_every: self.progress_every,
             turn_header: ResponseHeader::default(),
             snapshots: self.snapshots.clone(),
@@ -329,6 +330,9 @@ struct Stream {
     /// grows, past each id the member gave: an id it picks is never one a watch of this stream
     /// had from it before (short of `i64::MAX`), as in etcd.
     next_auto_id: i64,
+    /// The highest revision of the state this stream has read (a create's "now", a catch-up
+    /// or a snapshot): applied and committed, so vouched for like the announced revision.
+    read_floor: i64,
     progress_every: Duration,
     /// This turn's response header (its revision set per response).
     turn_header: ResponseHeader,
@@ -515,11 +519,12 @@ impl Stream {
 
     /// The member's applied revision: no header vouches for more (a watch that starts in the
     /// future says `next − 1` no further than this). The window takes each committed revision
-    /// before the apply thread announces it, and a stream may already have sent its events:
-    /// the window's last revision counts as applied too, or a progress response just after
-    /// such an event would name the revision before it.
+    /// before the apply thread announces it, and the stream's own reads of the state may see
+    /// one before it is announced too; a stream may already have sent that revision's events
+    /// (or named it in a `created` header): both count as applied, or a progress response just
+    /// after them would name a revision below them.
     fn applied(&self) -> i64 {
-        self.ctx.node.applied_revision().max(self.recent.span().last)
+        self.ctx.node.applied_revision().max(self.recent.span().last).max(self.read_floor)
     }
 
     /// The header of events at `revision`, from a term read once per turn (not once per
@@ -620,6 +625,7 @@ impl Stream {
         }
         let txn = self.ctx.node.db().begin_read().map_err(|e| self.fail(e))?;
         let current = fsm::applied(&txn).map_err(|e| self.fail(e))?.revision;
+        self.read_floor = self.read_floor.max(current);
         let next = if c.start_revision == 0 { current + 1 } else { c.start_revision };
         let compact_at_start = history::compact_revision_read(&txn).map_err(|e| self.fail(e))?;
         drop(txn);
@@ -945,6 +951,7 @@ impl Stream {
         let permit = self.history_permit().await?;
         let txn = self.ctx.node.db().begin_read().map_err(|e| self.fail(e))?;
         let current = fsm::applied(&txn).map_err(|e| self.fail(e))?.revision;
+        self.read_floor = self.read_floor.max(current);
         let compact = history::compact_revision_read(&txn).map_err(|e| self.fail(e))?;
         if next <= compact && !group.also.is_empty() {
             drop((txn, permit));
@@ -970,6 +977,7 @@ impl Stream {
                 };
                 let txn = self.ctx.node.db().begin_read().map_err(|e| self.fail(e))?;
                 let current = fsm::applied(&txn).map_err(|e| self.fail(e))?.revision;
+                self.read_floor = self.read_floor.max(current);
                 let deadline = slot.taken + self.ctx.limits.watch_snapshot_deadline;
                 let sent = self.send_snapshot(id, &txn, current, deadline).await?;
                 // The read transaction and the slot go as soon as the snapshot is sent, or its

@@ -638,6 +638,84 @@ async fn a_thousand_watches_on_one_prefix_see_identical_sequences_shared_respons
     check(&known, &checked).unwrap_or_else(|v| panic!("watch guarantees violated: {v}"));
 }
 
+/// A progress response for a watch never names a revision below one the watch was sent, nor
+/// below one an earlier progress response named (the checker's *monotonic*): a raw stream on
+/// each member asks for progress right after every revision it receives, while writes go on —
+/// the moment a revision's events have left and the member may not have announced it yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn progress_asked_right_after_each_revision_never_names_one_below_it() {
+    let c = Cluster::start(3, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let (last_tx, last_rx) = tokio::sync::watch::channel(0i64);
+    let mut readers = Vec::new();
+    for member in c.ids() {
+        let (tx, mut stream) = raw_stream(&c.member(member).client_addr, 1, false).await;
+        let mut last_rx = last_rx.clone();
+        readers.push(tokio::spawn(async move {
+            let ask = WatchRequest { request: Some(Ask::Progress(WatchProgressRequest {})) };
+            let (mut start, mut seen, mut fragments) = (0, Vec::new(), Vec::new());
+            loop {
+                let r = tokio::select! {
+                    r = stream.message() => r.unwrap().unwrap_or_else(|| panic!("member {member}'s stream ended")),
+                    _ = last_rx.changed() => {
+                        tx.send(ask.clone()).await.unwrap();
+                        continue;
+                    }
+                };
+                let revision = r.header.as_ref().map_or(0, |h| h.revision);
+                if r.created {
+                    assert!(!r.canceled, "member {member}: the watch was refused: {}", r.cancel_message);
+                    start = revision + 1;
+                } else if r.progress {
+                    seen.push(Seen::Progress { revision });
+                    let last = *last_rx.borrow();
+                    if last > 0 && revision >= last {
+                        return Watch { name: format!("member {member}"), prefix: PREFIX.into(), start, seen };
+                    }
+                } else {
+                    fragments.extend(r.events.iter().map(change));
+                    if !r.fragment {
+                        seen.push(Seen::Events { revision, changes: std::mem::take(&mut fragments) });
+                        tx.send(ask.clone()).await.unwrap();
+                    }
+                }
+            }
+        }));
+    }
+    eventually("3 watches created", Duration::from_secs(20), || async {
+        let n = total(&c, "latch_watches").await;
+        if n >= 3.0 {
+            Ok(())
+        } else {
+            Err(format!("{n} watches"))
+        }
+    })
+    .await;
+    let known = Arc::new(Mutex::new(BTreeMap::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writing = writer(client.clone(), stop.clone(), known.clone());
+    wait_acked(&known, 300, "for the progress requests").await;
+    stop.store(true, Ordering::Relaxed);
+    writing.await.unwrap();
+    last_tx.send(last_known(&known)).unwrap();
+    let mut records = Vec::new();
+    for reader in readers {
+        records.push(
+            tokio::time::timeout(Duration::from_secs(30), reader)
+                .await
+                .expect("every stream is vouched past the last write within 30 s")
+                .unwrap(),
+        );
+    }
+    for r in &records {
+        let progress = r.seen.iter().filter(|s| matches!(s, Seen::Progress { .. })).count();
+        assert!(progress >= 300, "{}: a progress response after each revision (got {progress})", r.name);
+    }
+    let known = known.lock().unwrap().clone();
+    check(&known, &records).unwrap_or_else(|v| panic!("watch guarantees violated: {v}"));
+}
+
 /// The compact revision member `c`'s history is at, as a read at revision 1 reports it (0: none).
 async fn compact_revision(client: &Client) -> i64 {
     match client.range(RangeRequest { key: b"k".to_vec(), revision: 1, ..Default::default() }).await {
