@@ -401,26 +401,37 @@ mod tests {
     /// An apply thread that goes idle makes what it applied durable by itself — a durable
     /// commit, its fsync behind, then at its next idle turn that fsync waited for — and reports
     /// the durable index the log may be compacted to; if the fsync fails it stops with the
-    /// failure instead, however idle the member; if something under it panics, it stops saying
-    /// so (the raft thread then stops the member).
+    /// failure instead, however idle the member; if something it calls panics (here the watch
+    /// feed, code of ours outside redb), it stops saying so (the raft thread then stops the
+    /// member).
     #[test]
     fn an_idle_apply_thread_reports_its_state_durable_or_stops_on_a_failed_fsync_or_a_panic() {
         use prost::Message as _;
 
         use crate::core::applier::testing::{applier_on, FailingSyncs};
         use crate::fsm::testing::{command, put};
+        struct PanickingFeed;
+        impl WatchFeed for PanickingFeed {
+            fn committed(&self, revision: i64) {
+                panic!("the window could not encode revision {revision}");
+            }
+            fn installed(&self, _: i64) {}
+        }
         for failing in ["nothing", "an fsync", "a panic"] {
             let backend = FailingSyncs::default();
-            let (fail, panic) = (backend.fail.clone(), backend.panic.clone());
+            let fail = backend.fail.clone();
             let (_, applier) = applier_on(backend);
             fail.store(failing == "an fsync", Ordering::SeqCst);
-            panic.store(failing == "a panic", Ordering::SeqCst);
+            let feed = Feed::default();
+            if failing == "a panic" {
+                let _ = feed.set(Arc::new(PanickingFeed));
+            }
             let (jobs, queue) = queue();
             let (events, heard) = mpsc::channel();
             let thread = std::thread::spawn(move || {
                 let announce = Arc::new(tokio::sync::watch::channel(0).0);
                 let metrics = crate::metrics::Metrics::new().raft;
-                run(applier, queue, (events, announce, Feed::default(), InFlight::default()), &metrics)
+                run(applier, queue, (events, announce, feed, InFlight::default()), &metrics)
             });
             let entries = (1..=3u64)
                 .map(|i| Entry {

@@ -111,17 +111,23 @@ impl Syncs {
     }
 
     /// Tells `observer` how long each fsync that completes from now on took. Set once: a
-    /// second observer is refused (`false`).
+    /// second observer is refused (`false`). It runs on whichever thread ran the fsync, in
+    /// `when_needed` mode under this handle's lock: it must not call back into it.
     pub fn observe(&self, observer: impl Fn(Duration) + Send + Sync + 'static) -> bool {
         self.observer.set(Box::new(observer)).is_ok()
     }
 
-    /// The inner backend's fsync, timed for the observer when it succeeds.
-    fn timed_sync(&self) -> io::Result<()> {
+    /// The inner backend's fsync, timed for the observer when it succeeds. A panic in it is
+    /// its failure: whoever waits for it must hear that it will not complete, and the next
+    /// change must not take it for done. A panic in the observer is not the fsync's and is
+    /// dropped.
+    fn fsync(&self) -> io::Result<()> {
         let started = Instant::now();
-        let result = self.inner.sync_data();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.inner.sync_data()))
+            .unwrap_or_else(|_| Err(io::Error::other("it panicked")));
         if let (Ok(()), Some(observe)) = (&result, self.observer.get()) {
-            observe(started.elapsed());
+            let took = started.elapsed();
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| observe(took)));
         }
         result
     }
@@ -146,7 +152,7 @@ impl Syncs {
     /// Runs the outstanding fsync on this thread, holding the lock (nothing can change the file
     /// meanwhile).
     fn sync_now<'a>(&'a self, mut state: MutexGuard<'a, State>) -> io::Result<MutexGuard<'a, State>> {
-        match self.timed_sync() {
+        match self.fsync() {
             Ok(()) => {
                 state.completed = state.requested;
                 Ok(state)
@@ -173,15 +179,11 @@ impl Syncs {
             // Unlocked during the fsync: readers may go on; anything that would change the
             // file waits in `settled` for `completed` to reach `target`.
             drop(state);
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.timed_sync()));
+            let result = self.fsync();
             state = lock(&self.state);
             match result {
-                Ok(Ok(())) => state.completed = target,
-                Ok(Err(e)) => state.failed = Some((e.kind(), format!("the state file's fsync failed: {e}"))),
-                // Whoever waits for this fsync must hear that it will not complete.
-                Err(_) => {
-                    state.failed = Some((io::ErrorKind::Other, "the state file's fsync panicked".into()))
-                }
+                Ok(()) => state.completed = target,
+                Err(e) => state.failed = Some((e.kind(), format!("the state file's fsync failed: {e}"))),
             }
             self.changed.notify_all();
         }
@@ -443,49 +445,44 @@ mod tests {
         );
     }
 
+    /// A failed fsync, or one that panicked (caught, on the thread or in whoever ran it), in
+    /// both modes: never completes, and is the answer of every later change and wait.
     #[test]
-    fn a_failed_fsync_is_the_answer_of_every_later_change_and_wait() {
-        for (mode, threaded) in [("when needed", false), ("on a thread", true)] {
-            let recorder = Recorder { fail_syncs: true, ..Recorder::default() };
+    fn a_failed_or_panicking_fsync_is_the_answer_of_every_later_change_and_wait() {
+        let cases = [
+            ("when needed", false, false),
+            ("on a thread", true, false),
+            ("when needed", false, true),
+            ("on a thread", true, true),
+        ];
+        for (mode, threaded, panics) in cases {
+            let recorder = Recorder { fail_syncs: !panics, panic_syncs: panics, ..Recorder::default() };
             let record = recorder.ops.clone();
             let (backend, syncs) = match threaded {
                 true => SyncBehind::on_a_thread(recorder).expect("the thread starts"),
                 false => SyncBehind::when_needed(recorder),
             };
+            let why = if panics { "panicked" } else { "the disk is gone" };
             backend.write(0, b"page").expect("writes");
             backend.sync_data().expect("asks for an fsync");
             let failed = syncs.wait(1).expect_err("the fsync failed");
-            assert!(failed.to_string().contains("the disk is gone"), "{mode}: {failed}");
-            assert_eq!(syncs.completed(), 0, "{mode}: a failed fsync never completes");
+            assert!(failed.to_string().contains(why), "{mode}, {why}: {failed}");
+            assert_eq!(syncs.completed(), 0, "{mode}, {why}: a failed fsync never completes");
+            assert!(syncs.check().is_err(), "{mode}, {why}: check reports it too");
             for (what, result) in [
                 ("write", backend.write(0, b"next")),
                 ("set_len", backend.set_len(0)),
                 ("sync_data", backend.sync_data()),
             ] {
                 let e = result.expect_err(what);
-                assert!(e.to_string().contains("the disk is gone"), "{mode}, {what}: {e}");
+                assert!(e.to_string().contains(why), "{mode}, {why}, {what}: {e}");
             }
             assert_eq!(
                 ops(&record),
                 [Op::Write, Op::SyncStarted],
-                "{mode}: nothing reached the file after the failure"
+                "{mode}, {why}: nothing reached the file after the failure"
             );
         }
-    }
-
-    #[test]
-    fn a_panicking_fsync_on_the_thread_fails_its_waiters_instead_of_hanging_them() {
-        let recorder = Recorder { panic_syncs: true, ..Recorder::default() };
-        let record = recorder.ops.clone();
-        let (backend, syncs) = SyncBehind::on_a_thread(recorder).expect("the thread starts");
-        backend.write(0, b"page").expect("writes");
-        backend.sync_data().expect("asks for an fsync");
-        let failed = syncs.wait(1).expect_err("an fsync that panicked never completes");
-        assert!(failed.to_string().contains("panicked"), "the wait names the panic: {failed}");
-        let refused = backend.write(0, b"next").expect_err("nothing changes the file after it");
-        assert!(refused.to_string().contains("panicked"), "the write names the panic: {refused}");
-        assert!(syncs.check().is_err(), "check reports it too");
-        assert_eq!(ops(&record), [Op::Write, Op::SyncStarted], "nothing reached the file after the panic");
     }
 
     #[test]
