@@ -62,6 +62,11 @@ impl State {
     fn failure(&self) -> Option<io::Error> {
         self.failed.as_ref().map(|(kind, message)| io::Error::new(*kind, message.clone()))
     }
+
+    /// Keeps `e` as the failure every later change and wait returns.
+    fn fail(&mut self, e: &io::Error) {
+        self.failed = Some((e.kind(), format!("the state file's fsync failed: {e}")));
+    }
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -158,7 +163,7 @@ impl Syncs {
                 Ok(state)
             }
             Err(e) => {
-                state.failed = Some((e.kind(), format!("the state file's fsync failed: {e}")));
+                state.fail(&e);
                 Err(e)
             }
         }
@@ -183,7 +188,7 @@ impl Syncs {
             state = lock(&self.state);
             match result {
                 Ok(()) => state.completed = target,
-                Err(e) => state.failed = Some((e.kind(), format!("the state file's fsync failed: {e}"))),
+                Err(e) => state.fail(&e),
             }
             self.changed.notify_all();
         }
@@ -371,6 +376,14 @@ mod tests {
         }
     }
 
+    /// `recorder` behind a [`SyncBehind`], its fsyncs on a thread or run when needed.
+    fn open(recorder: Recorder, threaded: bool) -> (SyncBehind, Arc<Syncs>) {
+        match threaded {
+            true => SyncBehind::on_a_thread(recorder).expect("the thread starts"),
+            false => SyncBehind::when_needed(recorder),
+        }
+    }
+
     fn ops(of: &Arc<Mutex<Vec<Op>>>) -> Vec<Op> {
         of.lock().expect("the record").clone()
     }
@@ -458,10 +471,7 @@ mod tests {
         for (mode, threaded, panics) in cases {
             let recorder = Recorder { fail_syncs: !panics, panic_syncs: panics, ..Recorder::default() };
             let record = recorder.ops.clone();
-            let (backend, syncs) = match threaded {
-                true => SyncBehind::on_a_thread(recorder).expect("the thread starts"),
-                false => SyncBehind::when_needed(recorder),
-            };
+            let (backend, syncs) = open(recorder, threaded);
             let why = if panics { "panicked" } else { "the disk is gone" };
             backend.write(0, b"page").expect("writes");
             backend.sync_data().expect("asks for an fsync");
@@ -491,10 +501,7 @@ mod tests {
             [("on a thread", true, false), ("when needed", false, false), ("failing", true, true)]
         {
             let recorder = Recorder { fail_syncs: fail, ..Recorder::default() };
-            let (backend, syncs) = match threaded {
-                true => SyncBehind::on_a_thread(recorder).expect("the thread starts"),
-                false => SyncBehind::when_needed(recorder),
-            };
+            let (backend, syncs) = open(recorder, threaded);
             let timed = Arc::new(Mutex::new(0));
             let counter = timed.clone();
             assert!(syncs.observe(move |_| *counter.lock().expect("the count") += 1), "{mode}: observed");
