@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod election;
 pub mod kv;
+pub mod leader_hint;
 pub mod lock;
 pub mod registry;
 pub mod session;
@@ -278,12 +279,10 @@ impl Context {
             | ApiError::Request(RequestError::TimedOut { .. })
             | ApiError::Request(RequestError::CutOff { .. }) => {
                 let mut status = Status::unavailable(msg);
-                let leader = self.node.status().leader;
-                let addr = self.client_addrs.read().ok().and_then(|m| m.get(&leader).cloned());
-                if let Some(value) =
-                    addr.filter(|_| leader != self.node.member_id).and_then(|a| a.parse().ok())
+                if let Some(addr) =
+                    self.leader_addr().and_then(|a| MetadataValue::try_from(a.as_bytes()).ok())
                 {
-                    status.metadata_mut().insert(LEADER_ADDR_METADATA, value);
+                    status.metadata_mut().insert(LEADER_ADDR_METADATA, addr);
                 }
                 status
             }

@@ -164,20 +164,40 @@ pub enum Connection {
 /// `count` clients of `target`, the `i`-th with the endpoint list rotated by `i`, so that
 /// their first calls spread over the members given (a ZooKeeper session keeps to the first).
 pub async fn connect(target: &TargetSpec, count: usize, timeout: Duration) -> Result<Vec<Connection>, Error> {
+    connect_routed(target, count, timeout, true).await
+}
+
+/// Like [`connect`]; with `writes_to_leader` false, a Latch client's writes stay on the
+/// endpoints given (`ClientOptions::writes_to_leader`), for a run that pins a member.
+pub async fn connect_routed(
+    target: &TargetSpec,
+    count: usize,
+    timeout: Duration,
+    writes_to_leader: bool,
+) -> Result<Vec<Connection>, Error> {
     let mut connections = Vec::with_capacity(count);
     for i in 0..count {
         let mut endpoints = target.endpoints.clone();
         let shift = i % endpoints.len().max(1);
         endpoints.rotate_left(shift);
-        connections.push(connect_one(target.system, endpoints, timeout).await?);
+        connections.push(connect_one(target.system, endpoints, timeout, writes_to_leader).await?);
     }
     Ok(connections)
 }
 
-async fn connect_one(system: System, endpoints: Vec<String>, timeout: Duration) -> Result<Connection, Error> {
+async fn connect_one(
+    system: System,
+    endpoints: Vec<String>,
+    timeout: Duration,
+    writes_to_leader: bool,
+) -> Result<Connection, Error> {
     match system {
         System::Latch => {
-            let options = latch_client::ClientOptions { request_timeout: timeout, retry_budget: timeout };
+            let options = latch_client::ClientOptions {
+                request_timeout: timeout,
+                retry_budget: timeout,
+                writes_to_leader,
+            };
             match latch_client::Client::connect_with(endpoints, options).await {
                 Ok(client) => Ok(Connection::Latch(client)),
                 Err(latch_client::Error::InvalidEndpoint(why)) => Err(Error::Target(why)),

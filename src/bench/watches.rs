@@ -235,10 +235,13 @@ pub async fn run(
     settings.validate()?;
     let connections =
         super::target::connect(&settings.target, settings.connections, settings.timeout).await?;
-    let mut writer = super::target::connect(&bench.writer_target(&settings.target), 1, settings.timeout)
-        .await?
-        .pop()
-        .ok_or_else(|| Error::Task("no connection for the writer".into()))?;
+    // A pinned writer's puts stay on its member: they are what the run is about.
+    let to_leader = bench.writer_member.is_none();
+    let mut writer =
+        super::target::connect_routed(&bench.writer_target(&settings.target), 1, settings.timeout, to_leader)
+            .await?
+            .pop()
+            .ok_or_else(|| Error::Task("no connection for the writer".into()))?;
     let unreachable = |error| Error::Unreachable { target: settings.target.to_string(), error };
     for connection in connections.iter().chain([&writer]) {
         connection.clone().get(PREFIX.into(), Consistency::Linearizable).await.map_err(unreachable)?;

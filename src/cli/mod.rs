@@ -248,7 +248,11 @@ impl ClientArgs {
         if self.timeout.is_zero() {
             return Err(UsageError("--timeout must be more than 0".into()).into());
         }
-        let options = ClientOptions { request_timeout: self.timeout, retry_budget: self.timeout };
+        let options = ClientOptions {
+            request_timeout: self.timeout,
+            retry_budget: self.timeout,
+            ..ClientOptions::default()
+        };
         let endpoints = self.endpoints.iter().map(|e| e.trim()).filter(|e| !e.is_empty());
         Client::connect_with(endpoints, options).await.map_err(|e| match e {
             latch_client::Error::InvalidEndpoint(why) => UsageError(format!("--endpoints: {why}")).into(),

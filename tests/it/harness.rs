@@ -132,7 +132,11 @@ impl Cluster {
             let dns_addr = format!("127.0.0.1:{}", free_port());
             let status_client = Client::connect_with(
                 [client_addr.clone()],
-                ClientOptions { request_timeout: Duration::from_secs(3), retry_budget: Duration::ZERO },
+                ClientOptions {
+                    request_timeout: Duration::from_secs(3),
+                    retry_budget: Duration::ZERO,
+                    writes_to_leader: false,
+                },
             )
             .await
             .unwrap();
@@ -294,6 +298,7 @@ impl Cluster {
         let options = ClientOptions {
             request_timeout: Duration::from_millis(500),
             retry_budget: Duration::from_secs(2),
+            ..ClientOptions::default()
         };
         let mut clients = Vec::new();
         for _ in 0..n {
@@ -307,9 +312,11 @@ impl Cluster {
         Client::connect(ids.iter().map(|id| self.member(*id).client_addr.clone())).await.unwrap()
     }
 
-    /// A client that talks to member `id` alone.
+    /// A client that talks to member `id` alone (unless it answers UNAVAILABLE naming the
+    /// leader): its writes are not sent to the leader it names.
     pub async fn client_of(&self, id: u64) -> Client {
-        Client::connect([self.member(id).client_addr.clone()]).await.unwrap()
+        let options = ClientOptions { writes_to_leader: false, ..ClientOptions::default() };
+        Client::connect_with([self.member(id).client_addr.clone()], options).await.unwrap()
     }
 
     /// The cluster as member `id` sees it, or why it did not answer within a few seconds.

@@ -205,8 +205,11 @@ async fn a_follower_cut_off_from_the_leader_alone_cannot_depose_it_and_catches_u
     let on_f = answer(c.kv_of_only(f).await.put(put("via/f", "y", "put-via-f"))).await;
     assert!(on_f.is_err(), "member {f} knows no leader and should not acknowledge a write; it did: {on_f:?}");
     // ...but a client that also knows O moves on to it.
-    let options =
-        ClientOptions { request_timeout: Duration::from_secs(1), retry_budget: Duration::from_secs(10) };
+    let options = ClientOptions {
+        request_timeout: Duration::from_secs(1),
+        retry_budget: Duration::from_secs(10),
+        ..ClientOptions::default()
+    };
     let f_then_o = [c.member(f).client_addr.clone(), c.member(o).client_addr.clone()];
     Client::connect_with(f_then_o, options)
         .await

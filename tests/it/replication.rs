@@ -1,7 +1,7 @@
 //! Leader election, replication and linearizable reads across members, failover, and
 //! idempotent retries (DESIGN.md §1).
 
-use latch_client::{PutRequest, RangeRequest};
+use latch_client::{Client, ClientOptions, PutRequest, RangeRequest};
 
 use crate::harness::{eventually, Cluster, STARTUP};
 
@@ -82,6 +82,58 @@ async fn writes_through_any_member_are_seen_at_once_by_linearizable_reads_on_ano
         assert_eq!(kv.value, value.as_bytes(), "value of {key:?} read on member {reader}");
         assert_eq!(kv.mod_revision, put_rev, "mod_revision of {key:?} should be the put's revision");
         assert!(header.revision >= put_rev, "a read after a write is served at revision >= {put_rev}");
+    }
+}
+
+#[tokio::test]
+async fn a_client_sends_its_writes_to_the_leader_a_follower_names_and_keeps_its_reads_where_they_were() {
+    let c = Cluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let follower = c.ids().into_iter().find(|id| *id != leader).expect("a follower among 3 members");
+    let given = [c.member(follower).client_addr.clone()];
+    let answered_by =
+        |header: Option<latch_client::proto::ResponseHeader>| header.expect("a header").member_id;
+
+    let client = Client::connect(given.clone()).await.unwrap();
+    let first = client.put("routed/0", "via the follower").await.unwrap();
+    assert_eq!(
+        answered_by(first.header),
+        follower,
+        "the first write goes to the one endpoint given, follower {follower}, which forwards it"
+    );
+    for i in 1..=3 {
+        let put = client.put(format!("routed/{i}"), "via the leader").await.unwrap();
+        assert_eq!(
+            answered_by(put.header),
+            leader,
+            "once follower {follower} named the leader, write {i} should go to leader {leader}"
+        );
+    }
+    assert!(
+        client.endpoints().contains(&c.member(leader).client_addr),
+        "the leader's address is among the client's endpoints: {:?}",
+        client.endpoints()
+    );
+    let read = client
+        .range(RangeRequest { key: b"routed/3".to_vec(), serializable: true, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(answered_by(read.header), follower, "reads stay on the endpoint given, follower {follower}");
+    assert_eq!(
+        read.kvs.first().map(|kv| kv.value.as_slice()),
+        Some(b"via the leader".as_slice()),
+        "a serializable read on follower {follower} sees the client's own write acknowledged by the leader"
+    );
+
+    let options = ClientOptions { writes_to_leader: false, ..ClientOptions::default() };
+    let pinned = Client::connect_with(given, options).await.unwrap();
+    for i in 0..3 {
+        let put = pinned.put(format!("pinned/{i}"), "via the follower").await.unwrap();
+        assert_eq!(
+            answered_by(put.header),
+            follower,
+            "with writes_to_leader off, write {i} should stay on follower {follower}"
+        );
     }
 }
 

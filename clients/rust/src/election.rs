@@ -39,7 +39,7 @@ impl Client {
     ) -> Result<Option<Leadership>, Error> {
         let request = WithdrawCandidacyRequest { name: name.to_string(), request_id: request_id.to_string() };
         let r = self
-            .call("Withdraw", |channel| {
+            .write("Withdraw", |channel| {
                 let request = request.clone();
                 async move { ElectionClient::new(channel).withdraw(request).await }
             })
@@ -76,7 +76,7 @@ impl Election {
         let mut unsettled = Unsettled::new(&self.client, Queue::Election, &self.name, &request.request_id);
         let r = self
             .client
-            .call_waiting("Campaign", None, |channel| {
+            .write_waiting("Campaign", None, |channel| {
                 let request = request.clone();
                 async move { ElectionClient::new(channel).campaign(request).await }
             })
@@ -95,7 +95,7 @@ impl Election {
             request_id: uuid::Uuid::now_v7().to_string(),
         };
         self.client
-            .call("Proclaim", |channel| {
+            .write("Proclaim", |channel| {
                 let request = request.clone();
                 async move { ElectionClient::new(channel).proclaim(request).await }
             })
@@ -125,7 +125,7 @@ impl Election {
         let request =
             ResignRequest { sequencer: token(leadership), request_id: uuid::Uuid::now_v7().to_string() };
         self.client
-            .call("Resign", |channel| {
+            .write("Resign", |channel| {
                 let request = request.clone();
                 async move { ElectionClient::new(channel).resign(request).await }
             })

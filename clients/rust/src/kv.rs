@@ -38,11 +38,14 @@ impl Client {
     /// Sends this put as it is (e.g. with `prev_kv`), with a fresh request id if it has none.
     pub async fn put_request(&self, mut request: PutRequest) -> Result<PutResponse, Error> {
         ensure_request_id(&mut request.request_id);
-        self.call("Put", |channel| {
-            let request = request.clone();
-            async move { kv(channel).put(request).await }
-        })
-        .await
+        let response = self
+            .write("Put", |channel| {
+                let request = request.clone();
+                async move { kv(channel).put(request).await }
+            })
+            .await?;
+        self.wrote(response.header.as_ref());
+        Ok(response)
     }
 
     /// The current kv of `key`, or `None` if it does not exist. Linearizable.
@@ -61,12 +64,31 @@ impl Client {
     }
 
     /// Reads the keys this request selects (one key, a prefix, or `[key, range_end)`).
-    pub async fn range(&self, request: RangeRequest) -> Result<RangeResponse, Error> {
-        self.call("Range", |channel| {
-            let request = request.clone();
-            async move { kv(channel).range(request).await }
-        })
-        .await
+    ///
+    /// A serializable read sees at least this client's own acknowledged puts, deletes and
+    /// transactions: its writes go to the leader while reads stay where they are
+    /// ([`ClientOptions::writes_to_leader`](crate::ClientOptions::writes_to_leader)), so a
+    /// member that answers at a revision below the client's last write is asked again,
+    /// linearizably.
+    pub async fn range(&self, mut request: RangeRequest) -> Result<RangeResponse, Error> {
+        let read = |request: RangeRequest| {
+            self.call("Range", move |channel| {
+                let request = request.clone();
+                async move { kv(channel).range(request).await }
+            })
+        };
+        let response = read(request.clone()).await?;
+        let at = response.header.as_ref().map_or(0, |h| h.revision);
+        if !request.serializable || at >= self.last_written() {
+            return Ok(response);
+        }
+        tracing::debug!(
+            at,
+            written = self.last_written(),
+            "a serializable read behind this client's write, read again"
+        );
+        request.serializable = false;
+        read(request).await
     }
 
     /// Forgets the history at and below `revision`: reads and watches from there on fail
@@ -75,7 +97,7 @@ impl Client {
     pub async fn compact(&self, revision: i64) -> Result<CompactionResponse, Error> {
         let mut request = CompactionRequest { revision, request_id: String::new() };
         ensure_request_id(&mut request.request_id);
-        self.call("Compact", |channel| {
+        self.write("Compact", |channel| {
             let request = request.clone();
             async move { kv(channel).compact(request).await }
         })
@@ -100,11 +122,14 @@ impl Client {
     /// Sends this delete as it is, with a fresh request id if it has none.
     pub async fn delete_range(&self, mut request: DeleteRangeRequest) -> Result<DeleteRangeResponse, Error> {
         ensure_request_id(&mut request.request_id);
-        self.call("DeleteRange", |channel| {
-            let request = request.clone();
-            async move { kv(channel).delete_range(request).await }
-        })
-        .await
+        let response = self
+            .write("DeleteRange", |channel| {
+                let request = request.clone();
+                async move { kv(channel).delete_range(request).await }
+            })
+            .await?;
+        self.wrote(response.header.as_ref());
+        Ok(response)
     }
 
     /// Runs a transaction — a [`Txn`](crate::Txn) or a raw `TxnRequest` — with a fresh request
@@ -112,11 +137,14 @@ impl Client {
     pub async fn txn(&self, request: impl Into<TxnRequest>) -> Result<TxnResponse, Error> {
         let mut request = request.into();
         ensure_request_id(&mut request.request_id);
-        self.call("Txn", |channel| {
-            let request = request.clone();
-            async move { kv(channel).txn(request).await }
-        })
-        .await
+        let response = self
+            .write("Txn", |channel| {
+                let request = request.clone();
+                async move { kv(channel).txn(request).await }
+            })
+            .await?;
+        self.wrote(response.header.as_ref());
+        Ok(response)
     }
 
     /// The cluster as the answering member sees it: leader, term, and every member with its

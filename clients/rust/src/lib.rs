@@ -17,8 +17,10 @@
 //!
 //! What is here:
 //! - [`Client`]: connects lazily to any members of the cluster and sends each call to one of
-//!   them, moving on to another (or to the leader a member names) when one is down. Writes carry
-//!   a request id that stays the same across those retries, so a write is applied at most once.
+//!   them, moving on to another (or to the leader a member names) when one is down. Writes go
+//!   to the leader once a member has named it (every answer of a follower does), reads stay on
+//!   the endpoints given ([`ClientOptions::writes_to_leader`]). Writes carry a request id that
+//!   stays the same across retries, so a write is applied at most once.
 //! - [`Txn`], [`Compare`], [`Op`]: short ways to write a transaction; [`prefix_range`] and
 //!   [`prefix_end`] for ranges.
 //! - [`Session`]: a session kept alive in the background, with Chubby's states

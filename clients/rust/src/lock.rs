@@ -117,7 +117,7 @@ impl Client {
         let mut unsettled = Unsettled::new(self, Queue::Lock, name, &request.request_id);
         unsettled.turn = turn;
         let r = self
-            .call_waiting("Acquire", wait, |channel| {
+            .write_waiting("Acquire", wait, |channel| {
                 let mut request = request.clone();
                 if let (Some(until), false) = (until, request.wait_ms == 0) {
                     let left = until.saturating_duration_since(tokio::time::Instant::now());
@@ -139,7 +139,7 @@ impl Client {
     pub(crate) async fn withdraw(&self, name: &str, request_id: &str) -> Result<Option<Sequencer>, Error> {
         let request = WithdrawRequest { name: name.to_string(), request_id: request_id.to_string() };
         let r = self
-            .call("Withdraw", |channel| {
+            .write("Withdraw", |channel| {
                 let request = request.clone();
                 async move { LockClient::new(channel).withdraw(request).await }
             })
@@ -151,7 +151,7 @@ impl Client {
     pub async fn release(&self, sequencer: &str) -> Result<(), Error> {
         let request =
             ReleaseRequest { sequencer: sequencer.to_string(), request_id: uuid::Uuid::now_v7().to_string() };
-        self.call("Release", |channel| {
+        self.write("Release", |channel| {
             let request = request.clone();
             async move { LockClient::new(channel).release(request).await }
         })

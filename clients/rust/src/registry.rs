@@ -299,7 +299,7 @@ impl Client {
     pub async fn register(&self, options: RegisterOptions) -> Result<InstanceInfo, Error> {
         let request = options.request();
         let r = self
-            .call("Register", |channel| {
+            .write("Register", |channel| {
                 let request = request.clone();
                 async move { RegistryClient::new(channel).register(request).await }
             })
@@ -316,7 +316,7 @@ impl Client {
             request_id: uuid::Uuid::now_v7().to_string(),
         };
         let r = self
-            .call("Deregister", |channel| {
+            .write("Deregister", |channel| {
                 let request = request.clone();
                 async move { RegistryClient::new(channel).deregister(request).await }
             })
@@ -344,7 +344,7 @@ impl Client {
             request_id: uuid::Uuid::now_v7().to_string(),
         };
         let r = self
-            .call("Heartbeat", |channel| {
+            .write("Heartbeat", |channel| {
                 let request = request.clone();
                 async move { RegistryClient::new(channel).heartbeat(request).await }
             })

@@ -142,7 +142,7 @@ impl Client {
             request_id: uuid::Uuid::now_v7().to_string(),
         };
         let r = self
-            .call("CreateSession", |channel| {
+            .write("CreateSession", |channel| {
                 let request = request.clone();
                 async move { SessionClient::new(channel).create(request).await }
             })
@@ -193,7 +193,7 @@ impl Client {
 
     /// One keepalive, each member it tries given at most `cap` (and the request timeout).
     async fn keep_alive_within(&self, id: &str, cap: Duration) -> Result<KeepAliveResponse, Error> {
-        self.call_capped("KeepAlive", cap, |channel| {
+        self.write_capped("KeepAlive", cap, |channel| {
             let request = KeepAliveRequest { id: id.to_string() };
             async move {
                 let mut stream = SessionClient::new(channel)
@@ -214,7 +214,7 @@ impl Client {
         let request =
             CloseSessionRequest { id: id.to_string(), request_id: uuid::Uuid::now_v7().to_string() };
         let r = self
-            .call("CloseSession", |channel| {
+            .write("CloseSession", |channel| {
                 let request = request.clone();
                 async move { SessionClient::new(channel).close(request).await }
             })

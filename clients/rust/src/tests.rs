@@ -38,6 +38,12 @@ use crate::{
 enum Script {
     /// Succeeds: a put is acknowledged, a get finds the key with value "v".
     Answer,
+    /// Succeeds as `Answer`, as a follower does: naming this leader address in metadata.
+    AnswerNaming(String),
+    /// Succeeds as `Answer`, a member behind the leader: writes are answered at revision 10, a
+    /// serializable read at 5 (recorded as "serializable"), a linearizable one at 10
+    /// ("linearizable").
+    Behind,
     /// `UNAVAILABLE`, naming this leader address in metadata if given.
     NotLeader(Option<String>),
     /// Fails with this code.
@@ -57,7 +63,12 @@ impl ScriptedKv {
     fn answer<T>(&self, request_id: String, ok: T) -> Result<Response<T>, Status> {
         self.received.lock().expect("test lock").push(request_id);
         match &self.script {
-            Script::Answer => Ok(Response::new(ok)),
+            Script::Answer | Script::Behind => Ok(Response::new(ok)),
+            Script::AnswerNaming(leader) => {
+                let mut response = Response::new(ok);
+                response.metadata_mut().insert(LEADER_ADDR_METADATA, leader.parse().expect("ascii address"));
+                Ok(response)
+            }
             Script::NotLeader(hint) => {
                 let mut status = Status::unavailable("not the leader");
                 if let Some(addr) = hint {
@@ -73,13 +84,23 @@ impl ScriptedKv {
 #[tonic::async_trait]
 impl Kv for ScriptedKv {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        let key = request.into_inner().key;
+        let RangeRequest { key, serializable, .. } = request.into_inner();
         let kv = KeyValue { key, value: b"v".to_vec(), version: 1, ..Default::default() };
-        self.answer(String::new(), RangeResponse { kvs: vec![kv], count: 1, ..Default::default() })
+        let (noted, revision) = match (&self.script, serializable) {
+            (Script::Behind, true) => ("serializable", 5),
+            (Script::Behind, false) => ("linearizable", 10),
+            _ => ("", 0),
+        };
+        let header = Some(ResponseHeader { revision, ..Default::default() });
+        self.answer(
+            noted.to_string(),
+            RangeResponse { header, kvs: vec![kv], count: 1, ..Default::default() },
+        )
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        self.answer(request.into_inner().request_id, PutResponse::default())
+        let header = Some(ResponseHeader { revision: 10, ..Default::default() });
+        self.answer(request.into_inner().request_id, PutResponse { header, ..Default::default() })
     }
 
     async fn delete_range(
@@ -187,6 +208,7 @@ async fn a_call_to_a_dead_cluster_returns_the_last_error_after_the_retry_budget(
     let options = ClientOptions {
         request_timeout: Duration::from_millis(100),
         retry_budget: Duration::from_millis(300),
+        ..ClientOptions::default()
     };
     let client = Client::connect_with([dead.as_str()], options).await.expect("valid endpoint");
 
@@ -209,6 +231,72 @@ async fn a_member_without_leader_sends_the_call_to_the_next_endpoint() {
 
     assert_eq!(received(&at_lost).len(), 1);
     assert_eq!(received(&at_good).len(), 2);
+}
+
+#[tokio::test]
+async fn an_answer_naming_the_leader_sends_later_writes_there_and_leaves_reads_where_they_were() {
+    let (leader, at_leader) = serve(Script::Answer).await;
+    let (follower, at_follower) = serve(Script::AnswerNaming(leader.clone())).await;
+    let client = Client::connect([follower.as_str()]).await.expect("valid endpoint");
+
+    client.put("k", "v").await.expect("the follower acknowledges the first put");
+    client.put("k", "w").await.expect("the named leader acknowledges the second");
+    client.delete("k").await.expect("and the delete");
+    client.get("k").await.expect("the follower answers the read");
+
+    let (at_follower, at_leader) = (received(&at_follower), received(&at_leader));
+    assert_eq!(at_follower.len(), 2, "the first write and the read go to the follower: {at_follower:?}");
+    assert!(at_follower[1].is_empty(), "the follower's second call is the read: {at_follower:?}");
+    assert_eq!(at_leader.len(), 2, "the writes after the first go to the leader it named: {at_leader:?}");
+    assert_eq!(
+        client.endpoints(),
+        vec![follower.clone(), leader],
+        "the named leader is now a known endpoint"
+    );
+
+    let (leader, at_leader) = serve(Script::Answer).await;
+    let (follower, at_follower) = serve(Script::AnswerNaming(leader)).await;
+    let options = ClientOptions { writes_to_leader: false, ..ClientOptions::default() };
+    let pinned = Client::connect_with([follower.as_str()], options).await.expect("valid endpoint");
+    for value in ["v", "w", "x"] {
+        pinned.put("k", value).await.expect("the follower acknowledges");
+    }
+    assert_eq!(
+        received(&at_follower).len(),
+        3,
+        "with writes_to_leader off, every write stays on the follower"
+    );
+    assert!(received(&at_leader).is_empty(), "and none goes to the leader");
+}
+
+#[tokio::test]
+async fn a_serializable_read_behind_the_clients_own_write_is_asked_again_linearizably() {
+    let (member, at_member) = serve(Script::Behind).await;
+    let serializable = || RangeRequest { key: b"k".to_vec(), serializable: true, ..Default::default() };
+
+    let fresh = Client::connect([member.as_str()]).await.expect("valid endpoint");
+    let read = fresh.range(serializable()).await.expect("a serializable read");
+    assert_eq!(
+        read.header.map(|h| h.revision),
+        Some(5),
+        "with no write of its own, the member's answer stands"
+    );
+    assert_eq!(received(&at_member), vec!["serializable"]);
+
+    let writer = Client::connect([member.as_str()]).await.expect("valid endpoint");
+    writer.put("k", "v").await.expect("the put, acknowledged at revision 10");
+    let read = writer.range(serializable()).await.expect("a serializable read");
+    assert_eq!(
+        read.header.map(|h| h.revision),
+        Some(10),
+        "a read after the client's own write at 10 is never answered from revision 5"
+    );
+    let asked = received(&at_member);
+    assert_eq!(
+        asked[2..],
+        ["serializable", "linearizable"],
+        "answered at 5, below the write, the read is asked again linearizably: {asked:?}"
+    );
 }
 
 /// A member's Watch service: each stream answers its create with `created` and one event at the
@@ -660,6 +748,7 @@ async fn an_acquire_given_up_after_its_request_may_have_been_queued_is_withdrawn
     let options = ClientOptions {
         request_timeout: Duration::from_millis(100),
         retry_budget: Duration::from_millis(300),
+        ..ClientOptions::default()
     };
     let client = Client::connect_with([addr.as_str()], options).await.expect("valid endpoint");
     let wait = LockOptions::exclusive().wait(Wait::For(Duration::from_millis(200)));
