@@ -91,6 +91,22 @@ async fn a_client_sends_its_writes_to_the_leader_a_follower_names_and_keeps_its_
     let leader = c.leader().await;
     let follower = c.ids().into_iter().find(|id| *id != leader).expect("a follower among 3 members");
     let given = [c.member(follower).client_addr.clone()];
+    // Members learn each other's client addresses over the peer port, after the election: from
+    // then on every answer of the follower names the leader.
+    let leader_addr = c.member(leader).client_addr.clone();
+    eventually("the follower's answers to name the leader", STARTUP, || async {
+        let url = format!("http://{}", given[0]);
+        let mut kv =
+            latch_client::proto::kv_client::KvClient::connect(url).await.map_err(|e| e.to_string())?;
+        let read = RangeRequest { key: b"routed".to_vec(), serializable: true, ..Default::default() };
+        let answer = kv.range(read).await.map_err(|e| e.to_string())?;
+        let named = answer.metadata().get(latch_client::LEADER_ADDR_METADATA).and_then(|v| v.to_str().ok());
+        match named {
+            Some(addr) if addr == leader_addr => Ok(()),
+            other => Err(format!("member {follower} names {other:?}, not leader {leader} at {leader_addr}")),
+        }
+    })
+    .await;
     let answered_by =
         |header: Option<latch_client::proto::ResponseHeader>| header.expect("a header").member_id;
 

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use latch_proto::v1::ResponseHeader;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -73,8 +74,8 @@ pub struct Client {
 struct Inner {
     options: ClientOptions,
     targets: Mutex<Targets>,
-    /// The highest revision of this client's acknowledged KV writes: a serializable read
-    /// answered below it is asked again (see `Client::range`).
+    /// The highest revision of this client's acknowledged writes (keepalives aside): a
+    /// serializable read answered below it is asked again (see `Client::range`).
     written: AtomicI64,
 }
 
@@ -165,14 +166,15 @@ impl Client {
         self.targets().list.iter().map(|t| t.addr.clone()).collect()
     }
 
-    /// Records the revision of an acknowledged KV write of this client.
-    pub(crate) fn wrote(&self, header: Option<&latch_proto::v1::ResponseHeader>) {
+    /// Records the revision of an acknowledged write of this client.
+    fn wrote(&self, header: Option<&ResponseHeader>) {
         if let Some(h) = header {
             self.inner.written.fetch_max(h.revision, Ordering::Relaxed);
         }
     }
 
-    /// The highest revision of this client's acknowledged KV writes (0: none).
+    /// The highest revision of this client's acknowledged writes (0: none): a serializable
+    /// read answered below it is asked again linearizably (`Client::range`, `list_page`).
     pub(crate) fn last_written(&self) -> i64 {
         self.inner.written.load(Ordering::Relaxed)
     }
@@ -198,13 +200,19 @@ impl Client {
         self.call_limited(Lane::Calls, Route::Preferred, method, Some(Duration::ZERO), None, attempt).await
     }
 
-    /// Like [`call`](Client::call), for a write: sent first to the leader, when known.
+    /// Like [`call`](Client::call), for a write: sent first to the leader, when known. Its
+    /// revision is the floor of this client's serializable reads ([`Client::last_written`]).
     pub(crate) async fn write<T, F, Fut>(&self, method: &'static str, attempt: F) -> Result<T, Error>
     where
+        T: Written,
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.call_limited(Lane::Calls, Route::Leader, method, Some(Duration::ZERO), None, attempt).await
+        let answer = self
+            .call_limited(Lane::Calls, Route::Leader, method, Some(Duration::ZERO), None, attempt)
+            .await?;
+        self.wrote(answer.header());
+        Ok(answer)
     }
 
     /// Like [`write`](Client::write), with each attempt given at most `cap` (and the request
@@ -243,10 +251,13 @@ impl Client {
         attempt: F,
     ) -> Result<T, Error>
     where
+        T: Written,
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.call_limited(Lane::Calls, Route::Leader, method, wait, None, attempt).await
+        let answer = self.call_limited(Lane::Calls, Route::Leader, method, wait, None, attempt).await?;
+        self.wrote(answer.header());
+        Ok(answer)
     }
 
     async fn call_limited<T, F, Fut>(
@@ -325,11 +336,22 @@ impl Client {
         targets.preferred = (targets.preferred + 1) % targets.list.len();
     }
 
+    /// The next write starts at the endpoint after the one writes start at now (which stopped
+    /// answering one), which is no longer taken for the leader.
+    pub(crate) fn move_writes_on(&self) {
+        let mut targets = self.targets();
+        let from = match targets.leader.take() {
+            Some(leader) if self.inner.options.writes_to_leader => leader,
+            _ => targets.preferred,
+        };
+        targets.preferred = (from + 1) % targets.list.len();
+    }
+
     /// Records who answered: a read's endpoint becomes the preferred one; a write's, the leader
     /// unless it named another. A leader named by any answer is where writes go next.
     fn answered(&self, index: usize, route: Route, named: Option<&str>) {
         let mut targets = self.targets();
-        let named = named.and_then(|addr| targets.index_of(addr));
+        let named = named.filter(|_| self.inner.options.writes_to_leader).and_then(|a| targets.index_of(a));
         match route {
             Route::Preferred => targets.preferred = index,
             Route::Leader => targets.leader = Some(index),
@@ -346,9 +368,11 @@ impl Client {
         let mut targets = self.targets();
         let hinted = hint.and_then(|addr| targets.index_of(addr));
         let index = hinted.unwrap_or((failed + 1) % targets.list.len());
-        targets.preferred = index;
-        if hinted.is_some() || (route == Route::Leader && targets.leader == Some(failed)) {
-            targets.leader = hinted;
+        match route {
+            // A write's failure leaves reads where they are (a member behind the one they
+            // were on could answer below what they saw).
+            Route::Leader => targets.leader = hinted,
+            Route::Preferred => targets.preferred = index,
         }
         (index, targets.list[index].clone())
     }
@@ -358,19 +382,17 @@ impl Targets {
     /// The index of the endpoint at `addr`, a leader a member named: added to the list if new;
     /// `None` if unusable.
     fn index_of(&mut self, addr: &str) -> Option<usize> {
-        if let Some(i) = self.list.iter().position(|t| t.addr == addr) {
+        let target = Target::parse(addr)
+            .and_then(
+                |t| if t.unspecified() { Err("names no host (a wildcard address)".into()) } else { Ok(t) },
+            )
+            .map_err(|problem| tracing::debug!(hint = addr, problem, "ignoring an unusable leader hint"))
+            .ok()?;
+        if let Some(i) = self.list.iter().position(|t| t.addr == target.addr) {
             return Some(i);
         }
-        match Target::parse(addr) {
-            Ok(target) => {
-                self.list.push(target);
-                Some(self.list.len() - 1)
-            }
-            Err(e) => {
-                tracing::debug!(hint = addr, problem = e, "ignoring an unusable leader hint");
-                None
-            }
-        }
+        self.list.push(target);
+        Some(self.list.len() - 1)
     }
 }
 
@@ -411,6 +433,12 @@ impl Target {
         Ok(Target { addr: addr.to_string(), channel, streams })
     }
 
+    /// Whether the address is a wildcard one (`0.0.0.0`, `[::]`): a member listening on every
+    /// interface names it, but no client can connect to it.
+    fn unspecified(&self) -> bool {
+        self.addr.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_unspecified())
+    }
+
     /// The channel of `lane`.
     fn on(&self, lane: Lane) -> Channel {
         match lane {
@@ -419,6 +447,40 @@ impl Target {
         }
     }
 }
+
+/// A write's answer, whose header names the revision it was applied at.
+pub(crate) trait Written {
+    fn header(&self) -> Option<&ResponseHeader>;
+}
+
+macro_rules! written {
+    ($($t:ident),* $(,)?) => {
+        $(impl Written for latch_proto::v1::$t {
+            fn header(&self) -> Option<&ResponseHeader> {
+                self.header.as_ref()
+            }
+        })*
+    };
+}
+
+written!(
+    PutResponse,
+    DeleteRangeResponse,
+    TxnResponse,
+    CompactionResponse,
+    CreateSessionResponse,
+    CloseSessionResponse,
+    AcquireResponse,
+    WithdrawResponse,
+    WithdrawCandidacyResponse,
+    ReleaseResponse,
+    CampaignResponse,
+    ProclaimResponse,
+    ResignResponse,
+    RegisterResponse,
+    DeregisterResponse,
+    HeartbeatResponse,
+);
 
 /// Whether a failed attempt may be sent again, to another endpoint. Only for requests that are
 /// safe to resend, which every call of this client is (see the module doc).

@@ -44,7 +44,6 @@ impl Client {
                 async move { kv(channel).put(request).await }
             })
             .await?;
-        self.wrote(response.header.as_ref());
         Ok(response)
     }
 
@@ -65,8 +64,8 @@ impl Client {
 
     /// Reads the keys this request selects (one key, a prefix, or `[key, range_end)`).
     ///
-    /// A serializable read sees at least this client's own acknowledged puts, deletes and
-    /// transactions: its writes go to the leader while reads stay where they are
+    /// A serializable read sees at least this client's own acknowledged writes (keys,
+    /// sessions, locks, registrations): its writes go to the leader while reads stay where they are
     /// ([`ClientOptions::writes_to_leader`](crate::ClientOptions::writes_to_leader)), so a
     /// member that answers at a revision below the client's last write is asked again,
     /// linearizably.
@@ -128,7 +127,6 @@ impl Client {
                 async move { kv(channel).delete_range(request).await }
             })
             .await?;
-        self.wrote(response.header.as_ref());
         Ok(response)
     }
 
@@ -143,7 +141,6 @@ impl Client {
                 async move { kv(channel).txn(request).await }
             })
             .await?;
-        self.wrote(response.header.as_ref());
         Ok(response)
     }
 

@@ -375,16 +375,23 @@ impl Client {
 
     /// One page of the instances `options` selects, with the revision it was read at, and
     /// whether more follow.
+    /// A serializable page sees at least this client's own acknowledged writes (as
+    /// [`Client::range`]).
     pub async fn list_page(&self, options: ListOptions) -> Result<InstanceList, Error> {
-        let request = options.request();
-        let r = self
-            .call("List", |channel| {
+        let read = |request: ListRequest| {
+            self.call("List", move |channel| {
                 let request = request.clone();
                 async move {
                     RegistryClient::new(channel).max_decoding_message_size(usize::MAX).list(request).await
                 }
             })
-            .await?;
+        };
+        let mut request = options.request();
+        let mut r = read(request.clone()).await?;
+        if request.serializable && r.header.as_ref().map_or(0, |h| h.revision) < self.last_written() {
+            request.serializable = false;
+            r = read(request).await?;
+        }
         Ok(InstanceList {
             revision: r.header.map_or(0, |h| h.revision),
             instances: r.instances,

@@ -168,7 +168,7 @@ impl Client {
             answer = &mut first => return answer,
             () = tokio::time::sleep(hedge_after) => {}
         }
-        self.move_on();
+        self.move_writes_on();
         let second = Box::pin(self.keep_alive_within(id, hedge_after));
         let (failed, other) = match select(first, second).await {
             Either::Left((Ok(ack), _)) | Either::Right((Ok(ack), _)) => return Ok(ack),
@@ -196,12 +196,14 @@ impl Client {
         self.write_capped("KeepAlive", cap, |channel| {
             let request = KeepAliveRequest { id: id.to_string() };
             async move {
-                let mut stream = SessionClient::new(channel)
+                let opened = SessionClient::new(channel)
                     .keep_alive(futures::stream::once(async move { request }))
-                    .await?
-                    .into_inner();
+                    .await?;
+                // Its metadata names the leader when a follower answered.
+                let metadata = opened.metadata().clone();
+                let mut stream = opened.into_inner();
                 match stream.message().await? {
-                    Some(answer) => Ok(tonic::Response::new(answer)),
+                    Some(answer) => Ok(tonic::Response::from_parts(metadata, answer, Default::default())),
                     None => Err(Status::unavailable("the keepalive stream ended without an answer")),
                 }
             }
