@@ -466,8 +466,13 @@ mod tests {
         Hinting { leader: String, until: Instant },
     }
 
-    /// A member that creates sessions with a 1 s TTL and answers keepalives as told.
-    struct Member(Keepalives);
+    /// A member that creates sessions with a 1 s TTL and answers keepalives as told (the
+    /// second field counts the keepalive calls it was sent).
+    struct Member(Keepalives, Arc<std::sync::atomic::AtomicUsize>);
+
+    fn member(keepalives: Keepalives) -> Member {
+        Member(keepalives, Arc::default())
+    }
 
     #[tonic::async_trait]
     impl SessionApi for Member {
@@ -484,6 +489,7 @@ mod tests {
             &self,
             _: Request<Streaming<KeepAliveRequest>>,
         ) -> Result<Response<Acks>, Status> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match self.0 {
                 Keepalives::NotFound => return Err(Status::not_found("session s1 not found")),
                 Keepalives::Frozen => std::future::pending::<()>().await,
@@ -555,8 +561,8 @@ mod tests {
     /// leases of 1 s), and the session lives on.
     #[tokio::test]
     async fn a_keepalive_to_a_member_that_stopped_answering_moves_on_within_the_lease() {
-        let frozen = serve(Member(Keepalives::Frozen)).await;
-        let healthy = serve(Member(Keepalives::After(Duration::ZERO))).await;
+        let frozen = serve(member(Keepalives::Frozen)).await;
+        let healthy = serve(member(Keepalives::After(Duration::ZERO))).await;
         let (session, first_lease_end) = lives_through_three_ttls([frozen, healthy]).await;
         assert!(session.lease_end() > first_lease_end + Duration::from_secs(1), "its lease was renewed");
     }
@@ -566,10 +572,38 @@ mod tests {
     /// sixth of the TTL each time, and is granted once the other member knows better.
     #[tokio::test]
     async fn a_hedged_keepalive_sent_back_to_the_frozen_leader_by_a_hint_moves_on_again() {
-        let frozen = serve(Member(Keepalives::Frozen)).await;
+        let frozen = serve(member(Keepalives::Frozen)).await;
         let until = Instant::now() + Duration::from_millis(700);
-        let follower = serve(Member(Keepalives::Hinting { leader: frozen.clone(), until })).await;
+        let follower = serve(member(Keepalives::Hinting { leader: frozen.clone(), until })).await;
         lives_through_three_ttls([frozen, follower]).await;
+    }
+
+    /// The member that keepalives went to, the first endpoint (which created the session, so the
+    /// client takes it for the leader), stops answering: the hedge goes to the next member, not
+    /// back to it (which would cost another sixth of the TTL, the renewal landing in Jeopardy).
+    #[tokio::test]
+    async fn a_hedged_keepalive_starts_at_the_member_after_a_leader_that_stopped_answering() {
+        let frozen = member(Keepalives::Frozen);
+        let live = member(Keepalives::After(Duration::ZERO));
+        let (at_frozen, at_live) = (frozen.1.clone(), live.1.clone());
+        let endpoints = [serve(frozen).await, serve(live).await];
+        let client = Client::connect(endpoints).await.expect("valid endpoints");
+        let (id, _) = client.create_session(Duration::from_secs(1), "").await.expect("a session");
+
+        let hedged = client.keep_alive_hedged(&id, Duration::from_millis(200));
+        let ack = tokio::time::timeout(Duration::from_secs(4), hedged)
+            .await
+            .expect("the hedge renews within the first attempt's timeout")
+            .expect("the live member grants");
+
+        assert_eq!(ack.granted_ms, 1000);
+        let asked = |n: &Arc<std::sync::atomic::AtomicUsize>| n.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            asked(&at_frozen),
+            1,
+            "the member that stopped answering gets the first keepalive only; the hedge starts after it"
+        );
+        assert_eq!(asked(&at_live), 1, "the hedge goes to the next member");
     }
 
     /// Every member answers keepalives, slower than the sixth of the TTL after which another is
@@ -578,7 +612,7 @@ mod tests {
     /// dropped: it held Safe forever before.
     #[tokio::test]
     async fn a_dropped_session_publishes_expired_to_whoever_watches_its_state() {
-        let addr = serve(Member(Keepalives::After(Duration::ZERO))).await;
+        let addr = serve(member(Keepalives::After(Duration::ZERO))).await;
         let client = Client::connect([addr]).await.expect("valid endpoint");
         let session = client.session(SessionOptions::new(Duration::from_secs(10))).await.expect("created");
         let mut states = session.watch();
@@ -595,14 +629,14 @@ mod tests {
     #[tokio::test]
     async fn keepalives_slower_than_the_hedge_still_keep_the_session() {
         let slow = Duration::from_millis(300);
-        let a = serve(Member(Keepalives::After(slow))).await;
-        let b = serve(Member(Keepalives::After(slow))).await;
+        let a = serve(member(Keepalives::After(slow))).await;
+        let b = serve(member(Keepalives::After(slow))).await;
         lives_through_three_ttls([a, b]).await;
     }
 
     #[tokio::test]
     async fn a_keepalive_stuck_settling_not_found_still_moves_the_state_as_the_lease_runs_out() {
-        let addr = serve(Member(Keepalives::NotFound)).await;
+        let addr = serve(member(Keepalives::NotFound)).await;
         let client = Client::connect([addr]).await.expect("valid endpoint");
         let session = client
             .session(SessionOptions::new(Duration::from_secs(1)).grace(Duration::from_millis(200)))

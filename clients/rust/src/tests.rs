@@ -1,5 +1,6 @@
 //! The retry loop against scripted in-process servers: endpoint failover, leader hints,
-//! request ids kept across retries, errors that must not be retried, the retry budget; a
+//! writes sent to the leader a member names, serializable reads kept above the client's own
+//! writes, request ids kept across retries, errors that must not be retried, the retry budget; a
 //! watch resumed on another member when one ends its stream over its limits; a watch group's
 //! shared response and refused resume; an acquire given up unsettled, withdrawn; and a paged
 //! registry read from a member that does not page.
