@@ -13,7 +13,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-use http::HeaderValue;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -86,17 +85,5 @@ where
             }
         }
         Poll::Ready(result)
-    }
-}
-
-impl Context {
-    /// The leader's client address, when this member is not the leader and knows it.
-    pub fn leader_addr(&self) -> Option<HeaderValue> {
-        let leader = self.node.status().leader;
-        if leader == 0 || leader == self.node.member_id {
-            return None;
-        }
-        let addrs = self.client_addrs.read().ok()?;
-        HeaderValue::from_str(addrs.get(&leader)?).ok()
     }
 }

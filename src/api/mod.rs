@@ -236,6 +236,17 @@ impl From<redb::TransactionError> for ApiError {
 }
 
 impl Context {
+    /// The leader's client address, when this member is not the leader and knows it: what its
+    /// answers name (`leader_hint`, and UNAVAILABLE ones below).
+    pub fn leader_addr(&self) -> Option<http::HeaderValue> {
+        let leader = self.node.status().leader;
+        if leader == 0 || leader == self.node.member_id {
+            return None;
+        }
+        let addrs = self.client_addrs.read().ok()?;
+        http::HeaderValue::from_str(addrs.get(&leader)?).ok()
+    }
+
     /// The one mapping of errors to gRPC statuses (DESIGN.md §2 rule 6). UNAVAILABLE carries
     /// the leader's client address in `latch-leader-addr` when this member knows it.
     pub fn to_status(&self, e: ApiError) -> Status {

@@ -173,10 +173,16 @@ impl Client {
         }
     }
 
-    /// The highest revision of this client's acknowledged writes (0: none): a serializable
-    /// read answered below it is asked again linearizably (`Client::range`, `list_page`).
-    pub(crate) fn last_written(&self) -> i64 {
-        self.inner.written.load(Ordering::Relaxed)
+    /// Whether a read answered with `header` is serializable and below the highest revision
+    /// of this client's acknowledged writes: then it is asked again linearizably
+    /// (`Client::range`, `list_page`), so that the client reads its own writes.
+    pub(crate) fn behind_own_writes(&self, serializable: bool, header: Option<&ResponseHeader>) -> bool {
+        let (at, written) = (header.map_or(0, |h| h.revision), self.inner.written.load(Ordering::Relaxed));
+        let behind = serializable && at < written;
+        if behind {
+            tracing::debug!(at, written, "a serializable read behind this client's write, read again");
+        }
+        behind
     }
 
     /// How long one attempt may take ([`ClientOptions::request_timeout`]).
@@ -201,18 +207,15 @@ impl Client {
     }
 
     /// Like [`call`](Client::call), for a write: sent first to the leader, when known. Its
-    /// revision is the floor of this client's serializable reads ([`Client::last_written`]).
+    /// revision is the floor of this client's serializable reads
+    /// ([`Client::behind_own_writes`]).
     pub(crate) async fn write<T, F, Fut>(&self, method: &'static str, attempt: F) -> Result<T, Error>
     where
         T: Written,
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let answer = self
-            .call_limited(Lane::Calls, Route::Leader, method, Some(Duration::ZERO), None, attempt)
-            .await?;
-        self.wrote(answer.header());
-        Ok(answer)
+        self.write_waiting(method, Some(Duration::ZERO), attempt).await
     }
 
     /// Like [`write`](Client::write), with each attempt given at most `cap` (and the request

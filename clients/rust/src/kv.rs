@@ -38,13 +38,11 @@ impl Client {
     /// Sends this put as it is (e.g. with `prev_kv`), with a fresh request id if it has none.
     pub async fn put_request(&self, mut request: PutRequest) -> Result<PutResponse, Error> {
         ensure_request_id(&mut request.request_id);
-        let response = self
-            .write("Put", |channel| {
-                let request = request.clone();
-                async move { kv(channel).put(request).await }
-            })
-            .await?;
-        Ok(response)
+        self.write("Put", |channel| {
+            let request = request.clone();
+            async move { kv(channel).put(request).await }
+        })
+        .await
     }
 
     /// The current kv of `key`, or `None` if it does not exist. Linearizable.
@@ -65,10 +63,9 @@ impl Client {
     /// Reads the keys this request selects (one key, a prefix, or `[key, range_end)`).
     ///
     /// A serializable read sees at least this client's own acknowledged writes (keys,
-    /// sessions, locks, registrations): its writes go to the leader while reads stay where they are
-    /// ([`ClientOptions::writes_to_leader`](crate::ClientOptions::writes_to_leader)), so a
-    /// member that answers at a revision below the client's last write is asked again,
-    /// linearizably.
+    /// sessions, locks, registrations): writes go to the leader while reads stay where they
+    /// are ([`ClientOptions::writes_to_leader`](crate::ClientOptions::writes_to_leader)), so
+    /// a member that answers below the client's last write is asked again, linearizably.
     pub async fn range(&self, mut request: RangeRequest) -> Result<RangeResponse, Error> {
         let read = |request: RangeRequest| {
             self.call("Range", move |channel| {
@@ -77,15 +74,9 @@ impl Client {
             })
         };
         let response = read(request.clone()).await?;
-        let at = response.header.as_ref().map_or(0, |h| h.revision);
-        if !request.serializable || at >= self.last_written() {
+        if !self.behind_own_writes(request.serializable, response.header.as_ref()) {
             return Ok(response);
         }
-        tracing::debug!(
-            at,
-            written = self.last_written(),
-            "a serializable read behind this client's write, read again"
-        );
         request.serializable = false;
         read(request).await
     }
@@ -121,13 +112,11 @@ impl Client {
     /// Sends this delete as it is, with a fresh request id if it has none.
     pub async fn delete_range(&self, mut request: DeleteRangeRequest) -> Result<DeleteRangeResponse, Error> {
         ensure_request_id(&mut request.request_id);
-        let response = self
-            .write("DeleteRange", |channel| {
-                let request = request.clone();
-                async move { kv(channel).delete_range(request).await }
-            })
-            .await?;
-        Ok(response)
+        self.write("DeleteRange", |channel| {
+            let request = request.clone();
+            async move { kv(channel).delete_range(request).await }
+        })
+        .await
     }
 
     /// Runs a transaction — a [`Txn`](crate::Txn) or a raw `TxnRequest` — with a fresh request
@@ -135,13 +124,11 @@ impl Client {
     pub async fn txn(&self, request: impl Into<TxnRequest>) -> Result<TxnResponse, Error> {
         let mut request = request.into();
         ensure_request_id(&mut request.request_id);
-        let response = self
-            .write("Txn", |channel| {
-                let request = request.clone();
-                async move { kv(channel).txn(request).await }
-            })
-            .await?;
-        Ok(response)
+        self.write("Txn", |channel| {
+            let request = request.clone();
+            async move { kv(channel).txn(request).await }
+        })
+        .await
     }
 
     /// The cluster as the answering member sees it: leader, term, and every member with its

@@ -374,9 +374,8 @@ impl Client {
     }
 
     /// One page of the instances `options` selects, with the revision it was read at, and
-    /// whether more follow.
-    /// A serializable page sees at least this client's own acknowledged writes (as
-    /// [`Client::range`]).
+    /// whether more follow. A serializable page sees at least this client's own acknowledged
+    /// writes (as [`Client::range`]).
     pub async fn list_page(&self, options: ListOptions) -> Result<InstanceList, Error> {
         let read = |request: ListRequest| {
             self.call("List", move |channel| {
@@ -388,7 +387,7 @@ impl Client {
         };
         let mut request = options.request();
         let mut r = read(request.clone()).await?;
-        if request.serializable && r.header.as_ref().map_or(0, |h| h.revision) < self.last_written() {
+        if self.behind_own_writes(request.serializable, r.header.as_ref()) {
             request.serializable = false;
             r = read(request).await?;
         }
