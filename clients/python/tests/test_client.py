@@ -13,14 +13,15 @@ import threading
 import time
 import unittest
 import uuid
+from typing import Optional
 
 import grpc
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 import latch  # noqa: E402
-from latch.v1 import (kv_pb2, lock_pb2, lock_pb2_grpc, registry_pb2, session_pb2, session_pb2_grpc,  # noqa: E402
-                      watch_pb2, watch_pb2_grpc)
+from latch.v1 import (kv_pb2, kv_pb2_grpc, lock_pb2, lock_pb2_grpc, registry_pb2, session_pb2,  # noqa: E402
+                      session_pb2_grpc, watch_pb2, watch_pb2_grpc)
 
 ENDPOINTS = os.environ.get("LATCH_ENDPOINTS")
 #: How long a test waits for something the cluster must do (not a measure of speed).
@@ -66,6 +67,29 @@ class ClientTest(unittest.TestCase):
         cls.client.close()
 
     # -- keys and transactions ---------------------------------------------------------------
+
+    def test_writes_go_to_the_leader_a_follower_names_and_reads_stay_where_they_were(self):
+        p = unique("routing")
+        # $LATCH_ENDPOINTS: a dead port, then a follower (tests/it/python.rs): reads go to the
+        # follower; writes, once it named the leader, to the leader.
+        with latch.Client(ENDPOINTS) as client:
+            reader = client.get(p + "k", serializable=True)  # settles where reads go
+            reads_at = client.range(p + "k", serializable=True).header.member_id
+            self.assertIsNone(reader, "a fresh key")
+            deadline = time.monotonic() + PATIENCE
+            while True:
+                leader = client.status().leader
+                written = client.put(p + "k", "v").header
+                if written.member_id == leader != 0 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            self.assertEqual(written.member_id, leader, f"within {PATIENCE} s a put is answered by the leader")
+            self.assertNotEqual(reads_at, leader, "the endpoints given start with a follower")
+            after = [client.put(p + "k", str(i)).header for i in range(3)]
+            self.assertEqual([h.member_id for h in after], [leader] * 3, "and later writes stay at the leader")
+            read = client.range(p + "k", serializable=True)
+            self.assertEqual(read.kvs[0].value, b"2", "a serializable read sees the client's own last write")
+            self.assertGreaterEqual(read.header.revision, after[-1].revision)
 
     def test_a_put_is_read_back_with_its_revisions_and_a_delete_removes_it(self):
         p = unique("kv")
@@ -402,7 +426,7 @@ class OfflineTest(unittest.TestCase):
             return {"Range": kv_pb2.RangeResponse(), "DeleteRange": kv_pb2.DeleteRangeResponse()}[method]
 
         client = latch.Client("127.0.0.1:1")  # nobody listens: every call is answered here
-        client._call = call
+        client._call = client._write = call
         client.get_prefix("")
         client.delete("", prefix=True)
         client.delete("k")
@@ -426,7 +450,7 @@ class OfflineTest(unittest.TestCase):
         self.assertEqual(_lease_seconds(10 ** 15), MAX_TTL, "an absurd grant")
         self.assertEqual(_lease_seconds(-5), 0.0, "a negative grant is none")
         client = latch.Client("127.0.0.1:1")
-        client._call = lambda *a, **kw: session_pb2.CreateSessionResponse(id="s", ttl_ms=2 ** 62)
+        client._write = lambda *a, **kw: session_pb2.CreateSessionResponse(id="s", ttl_ms=2 ** 62)
         session = latch.Session.create(client, 10)
         self.assertEqual((session.ttl, session.grace), (MAX_TTL, MAX_TTL), "an absurd TTL granted at create")
         self.assertLessEqual(session.lease_left(), MAX_TTL)
@@ -752,6 +776,35 @@ class SlowFailingLocks(lock_pb2_grpc.LockServicer):
         return lock_pb2.WithdrawResponse()
 
 
+class NamingKV(kv_pb2_grpc.KVServicer):
+    """A member that answers puts at revisions counting up from 10 and reads at ``read_at``
+    (a serializable one) or at its last put (a linearizable one), as ``member_id``; when
+    ``leader`` is set, every answer names it (``latch-leader-addr``), as a follower's do.
+    Records each call as ``(method, serializable)``."""
+
+    def __init__(self, member_id: int, read_at: int = 1):
+        self.member_id, self.read_at = member_id, read_at
+        self.leader: Optional[str] = None
+        self.calls = []
+        self.revision = 10
+
+    def _answer(self, context):
+        if self.leader is not None:
+            context.send_initial_metadata([("latch-leader-addr", self.leader)])
+
+    def Put(self, request, context):
+        self.calls.append(("Put", None))
+        self._answer(context)
+        self.revision += 1
+        return kv_pb2.PutResponse(header=kv_pb2.ResponseHeader(member_id=self.member_id, revision=self.revision))
+
+    def Range(self, request, context):
+        self.calls.append(("Range", request.serializable))
+        self._answer(context)
+        at = self.read_at if request.serializable else 100
+        return kv_pb2.RangeResponse(header=kv_pb2.ResponseHeader(member_id=self.member_id, revision=at))
+
+
 def serve(test: unittest.TestCase, add, member) -> str:
     """Starts an in-process gRPC member playing ``member``; its address."""
     from concurrent import futures
@@ -786,6 +839,40 @@ class OfflineScriptedTest(unittest.TestCase):
             self.assertNotEqual(session.state, latch.SessionState.EXPIRED)
             session.abandon()
 
+    def test_a_followers_answer_naming_the_leader_sends_later_writes_there_and_reads_stay(self):
+        follower, leader = NamingKV(member_id=2), NamingKV(member_id=1)
+        add = kv_pb2_grpc.add_KVServicer_to_server
+        follower_addr, leader_addr = serve(self, add, follower), serve(self, add, leader)
+        follower.leader = leader_addr
+        with latch.Client([follower_addr]) as client:
+            answered = [client.put("k", str(i)).header.member_id for i in range(3)]
+            self.assertEqual(answered, [2, 1, 1], "the first put at the follower given, the next at the leader "
+                             "it named")
+            self.assertEqual(client.endpoints, [follower_addr, leader_addr], "the leader named is known")
+            # The follower's serializable read is below the put at 12 on the leader: asked again.
+            read = client.range("k", serializable=True)
+            self.assertEqual((read.header.member_id, read.header.revision), (2, 100),
+                             "a read stays on the follower and never answers below the client's own write")
+            self.assertEqual(follower.calls[-2:], [("Range", True), ("Range", False)],
+                             "the serializable read behind the write was asked again linearizably")
+            follower.read_at = 50
+            self.assertEqual(client.range("k", serializable=True).header.revision, 50,
+                             "a serializable read at or past the client's writes is kept")
+        follower.calls.clear()
+        with latch.Client([follower_addr], writes_to_leader=False) as client:
+            answered = [client.put("k", str(i)).header.member_id for i in range(3)]
+            self.assertEqual(answered, [2, 2, 2], "writes_to_leader=False keeps writes where reads go")
+            self.assertEqual(client.endpoints, [follower_addr], "and learns no leader")
+
+    def test_a_leader_hint_naming_a_wildcard_address_is_ignored(self):
+        follower = NamingKV(member_id=2)
+        follower_addr = serve(self, kv_pb2_grpc.add_KVServicer_to_server, follower)
+        follower.leader = "0.0.0.0:7379"
+        with latch.Client([follower_addr]) as client:
+            answered = [client.put("k", str(i)).header.member_id for i in range(2)]
+            self.assertEqual(answered, [2, 2], "a member bound to a wildcard address names no host to go to")
+            self.assertEqual(client.endpoints, [follower_addr])
+
     def test_a_not_found_outranks_the_other_attempts_failure(self):
         from latch.session import Session
 
@@ -804,7 +891,7 @@ class OfflineScriptedTest(unittest.TestCase):
             return type("Flight", (), {"cancel": lambda self: None})()
 
         session._start_keep_alive = start
-        session.client = type("C", (), {"_move_on": lambda self: None})()
+        session.client = type("C", (), {"_move_writes_on": lambda self: None})()
         with self.assertRaises(latch.LatchError) as caught:
             session._keep_alive_hedged(until=time.monotonic() + 60, hedge_after=0.01)
         self.assertEqual(caught.exception.code, grpc.StatusCode.NOT_FOUND, "the session may be gone: said so")

@@ -26,7 +26,8 @@ from .v1 import (cluster_pb2, cluster_pb2_grpc, election_pb2, election_pb2_grpc,
 
 #: Where a client connects when it is given no endpoints and $LATCH_ENDPOINTS is unset.
 DEFAULT_ENDPOINT = "127.0.0.1:7379"
-#: Metadata of an UNAVAILABLE answer: the leader's client address, where to go instead.
+#: Metadata of a follower's answers (and of an UNAVAILABLE one): the leader's client address,
+#: where writes go.
 LEADER_ADDR_METADATA = "latch-leader-addr"
 #: First pause between two attempts; doubled after each failed one, up to MAX_BACKOFF.
 INITIAL_BACKOFF = 0.02
@@ -122,10 +123,29 @@ class Backoff:
 
 
 def _endpoint_or_none(text: Optional[str]) -> Optional[str]:
+    """A leader hint as an endpoint; None if it names none usable (a wildcard address such as
+    ``0.0.0.0``, which a member bound to it names itself by, is no host to go to)."""
     try:
-        return parse_endpoint(text) if text else None
+        addr = parse_endpoint(text) if text else None
     except ValueError:
         return None
+    if addr is not None and addr.rpartition(":")[0] in ("0.0.0.0", "[::]", "[0:0:0:0:0:0:0:0]"):
+        return None
+    return addr
+
+
+def _unary(target: "_Target", service: str, method: str, request, timeout: Optional[float]):
+    """One unary call at ``target``: its answer and the answer's initial metadata."""
+    response, call = getattr(target.stub(service), method).with_call(request, timeout=timeout)
+    return response, call.initial_metadata()
+
+
+def _named(metadata) -> Optional[str]:
+    """The leader an answer's metadata names (``LEADER_ADDR_METADATA``), if usable."""
+    for k, v in metadata or ():
+        if k == LEADER_ADDR_METADATA:
+            return _endpoint_or_none(v.decode() if isinstance(v, bytes) else v)
+    return None
 
 
 def seconds(value: Optional[float], what: str, *, none_ok: bool = False) -> Optional[float]:
@@ -236,13 +256,19 @@ class Client:
     ``$LATCH_ENDPOINTS``, else 127.0.0.1:7379. Connections open lazily, on the first call that
     needs them. Any member serves any call (followers forward writes to the leader); when one
     does not answer, the call moves on to the next endpoint, or to the leader a member names.
+    Every answer of a follower names the leader, and writes go there once one is known, as the
+    Rust client's do; reads and streams stay on the member that answered the last read. A
+    client reads its own writes: a serializable read answered below the revision of its last
+    acknowledged write is asked again, linearizably.
 
     ``request_timeout``: how long one attempt at one member may take (seconds, default 5).
     ``retry_budget``: how long a call keeps retrying across members (default 10).
+    ``writes_to_leader``: False keeps writes on the member reads go to (a follower forwards
+    them), and learns no leader from answers.
     """
 
     def __init__(self, endpoints: Union[None, str, Sequence[str]] = None, *, request_timeout: float = 5.0,
-                 retry_budget: float = 10.0):
+                 retry_budget: float = 10.0, writes_to_leader: bool = True):
         if endpoints is None:
             endpoints = os.environ.get("LATCH_ENDPOINTS") or DEFAULT_ENDPOINT
         if isinstance(endpoints, str):
@@ -255,11 +281,16 @@ class Client:
                              f"one >= 0 (got {request_timeout} and {retry_budget})")
         self.request_timeout = request_timeout
         self.retry_budget = retry_budget
+        self.writes_to_leader = writes_to_leader
         self._targets: List[_Target] = []
         for addr in addrs:
             if addr not in (t.addr for t in self._targets):
                 self._targets.append(_Target(addr))
         self._preferred = 0
+        #: Where writes start: the member a follower last named, or that last answered a write.
+        self._leader: Optional[int] = None
+        #: The highest revision of this client's acknowledged writes: the floor of its reads.
+        self._written = 0
         self._lock = threading.Lock()
         self._closed = False
 
@@ -310,17 +341,51 @@ class Client:
                 raise LatchError(grpc.StatusCode.CANCELLED, "the client was closed")
             return self._targets[i % len(self._targets)]
 
-    def _move_on(self) -> None:
-        """Makes the member after the preferred one preferred: where the next call starts (a
-        hedged keepalive's second attempt, beside a first that went unanswered)."""
+    def _move_writes_on(self) -> None:
+        """The next write starts at the member after the one writes start at now (which stopped
+        answering one), which is no longer taken for the leader: a hedged keepalive's second
+        attempt, beside a first that went unanswered."""
         with self._lock:
-            self._preferred = (self._preferred + 1) % len(self._targets)
+            start = self._leader if self._leader is not None and self.writes_to_leader else self._preferred
+            self._leader = None
+            self._preferred = (start + 1) % len(self._targets)
+
+    def _answered(self, i: int, write: bool, named: Optional[str]) -> None:
+        """Records who answered: a read's member becomes the preferred one; a write's, the
+        leader unless it named another. A leader named by any answer is where writes go next."""
+        leader = self._target_of(named) if named is not None and self.writes_to_leader else None
+        with self._lock:
+            i %= len(self._targets)
+            if write:
+                self._leader = i
+            else:
+                self._preferred = i
+            if leader is not None:
+                self._leader = leader
+
+    def _wrote(self, response) -> None:
+        """Records the revision of an acknowledged write (its answer's header)."""
+        revision = response.header.revision if response.HasField("header") else 0
+        with self._lock:
+            self._written = max(self._written, revision)
+
+    def _behind_own_writes(self, serializable: bool, response) -> bool:
+        """Whether a read answered with ``response`` is serializable and below the revision of
+        this client's last acknowledged write: then it is asked again linearizably, so that the
+        client reads its own writes (a follower may be behind the leader its writes went to)."""
+        with self._lock:
+            written = self._written
+        return serializable and response.header.revision < written
 
     def _attempts(self, what: str, attempt: Callable[["_Target", Optional[float]], T], *,
                   wait: Optional[float] = 0.0, until: Optional[float] = None,
-                  stop: Optional[threading.Event] = None, cap: Optional[float] = None) -> T:
+                  stop: Optional[threading.Event] = None, cap: Optional[float] = None,
+                  write: bool = False) -> T:
         """Runs ``attempt(target, timeout)`` on one member after another until one answers,
-        an error that must not be retried comes back, or the retry budget is spent.
+        an error that must not be retried comes back, or the retry budget is spent. An attempt
+        returns ``(result, initial metadata)``: a leader the metadata names is where writes go
+        next. ``write``: the call starts at the leader, when known, and its answer leaves where
+        reads go as it was.
         ``wait``: how long the call itself may wait on the server (a lock's wait), added to
         each attempt's timeout; ``None`` for no timeout at all. No attempt's timeout passes the
         end of the whole call (its budget, ``retry_budget + wait``). ``until``: a
@@ -335,7 +400,9 @@ class Client:
         if until is not None:
             deadline = min(deadline, until)
         backoff = Backoff()
-        i = self.preferred()
+        with self._lock:
+            write = write and self.writes_to_leader
+            i = self._leader if write and self._leader is not None else self._preferred
         hinted = False
         while True:
             target = self.target(i)
@@ -348,7 +415,7 @@ class Client:
                     raise LatchError(grpc.StatusCode.DEADLINE_EXCEEDED, f"{what}: out of time", target.addr)
                 timeout = left if timeout is None else min(timeout, left)
             try:
-                result = attempt(target, timeout)
+                result, metadata = attempt(target, timeout)
             except grpc.RpcError as e:
                 error = LatchError.from_rpc(e, target.addr)
                 if error.code not in RETRYABLE:
@@ -361,6 +428,11 @@ class Client:
                     hinted = True
                 else:
                     i, pause, hinted = (i + 1) % max(n, 1), backoff.pause(), False
+                if write:
+                    # The member that failed a write is no longer taken for the leader; one
+                    # named instead is. Reads stay where they were.
+                    with self._lock:
+                        self._leader = i if hinted else None
                 if time.monotonic() + pause >= deadline:
                     raise LatchError(error.code, f"{what}: {error.message} (retried for {budget:.1f} s)",
                                      error.endpoint, error.compact_revision) from None
@@ -369,15 +441,24 @@ class Client:
                 elif stop.wait(pause):
                     raise LatchError(grpc.StatusCode.CANCELLED, f"{what}: stopped", target.addr) from None
                 continue
-            with self._lock:
-                self._preferred = i % len(self._targets)
+            self._answered(i, write, _named(metadata))
             return result
 
     def _call(self, service: str, method: str, request, *, wait: Optional[float] = 0.0,
               until: Optional[float] = None, stop: Optional[threading.Event] = None):
-        return self._attempts(f"{service}.{method}",
-                              lambda t, timeout: getattr(t.stub(service), method)(request, timeout=timeout),
+        """A read (one that changes nothing): on the member reads go to."""
+        return self._attempts(f"{service}.{method}", lambda t, timeout: _unary(t, service, method, request, timeout),
                               wait=wait, until=until, stop=stop)
+
+    def _write(self, service: str, method: str, request, *, wait: Optional[float] = 0.0,
+               until: Optional[float] = None, stop: Optional[threading.Event] = None):
+        """A write (its request id makes a retry safe): sent first to the leader, when known;
+        its revision becomes the floor of this client's serializable reads."""
+        response = self._attempts(f"{service}.{method}",
+                                  lambda t, timeout: _unary(t, service, method, request, timeout),
+                                  wait=wait, until=until, stop=stop, write=True)
+        self._wrote(response)
+        return response
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -399,7 +480,11 @@ class Client:
         request = kv_pb2.RangeRequest(key=as_bytes(key), range_end=as_bytes(range_end, "range_end"),
                                       limit=limit, serializable=serializable, keys_only=keys_only,
                                       count_only=count_only, revision=revision)
-        return self._call("kv", "Range", request)
+        response = self._call("kv", "Range", request)
+        if revision == 0 and self._behind_own_writes(serializable, response):
+            request.serializable = False
+            response = self._call("kv", "Range", request)
+        return response
 
     def put(self, key: Bytes, value: Bytes, *, session: str = "", prev_kv: bool = False,
             sequential: bool = False) -> kv_pb2.PutResponse:
@@ -408,14 +493,14 @@ class Client:
         put (``response.key``). ``response.header.revision`` is the write's revision."""
         request = kv_pb2.PutRequest(key=as_bytes(key), value=as_bytes(value, "value"), session=session,
                                     prev_kv=prev_kv, sequential=sequential, request_id=request_id())
-        return self._call("kv", "Put", request)
+        return self._write("kv", "Put", request)
 
     def delete(self, key: Bytes, *, prefix: bool = False) -> int:
         """Deletes ``key`` (every key starting with it, with ``prefix``: every key for ``""``);
         how many were deleted."""
         k, end = _key_range(key, prefix)
         request = kv_pb2.DeleteRangeRequest(key=k, range_end=end, request_id=request_id())
-        return self._call("kv", "DeleteRange", request).deleted
+        return self._write("kv", "DeleteRange", request).deleted
 
     def txn(self, txn: Union[Txn, kv_pb2.TxnRequest]) -> kv_pb2.TxnResponse:
         """Runs a transaction atomically; ``succeeded`` tells which branch ran."""
@@ -423,12 +508,12 @@ class Client:
         request.CopyFrom(txn.request if isinstance(txn, Txn) else txn)
         if not request.request_id:
             request.request_id = request_id()
-        return self._call("kv", "Txn", request)
+        return self._write("kv", "Txn", request)
 
     def compact(self, revision: int) -> int:
         """Forgets the history at and below ``revision``; returns the compact revision."""
         request = kv_pb2.CompactionRequest(revision=revision, request_id=request_id())
-        return self._call("kv", "Compact", request).compact_revision
+        return self._write("kv", "Compact", request).compact_revision
 
     def status(self) -> cluster_pb2.StatusResponse:
         """The cluster as the answering member sees it: leader, term, members."""
@@ -508,14 +593,17 @@ class Client:
                 # the call's budget already) gives it the request timeout beyond that, no more.
                 timeout = min(timeout, self.request_timeout + left)
             try:
-                return target.stub("lock").Acquire(request, timeout=timeout)
+                return _unary(target, "lock", "Acquire", request, timeout)
             except grpc.RpcError as e:
                 last[0] = LatchError.from_rpc(e, target.addr)
                 raise
 
-        response, found = self._call_or_withdraw(
-            "lock", "Acquire", name, request, wait,
-            send=lambda: self._attempts("lock.Acquire", attempt, wait=wait), turn=turn)
+        def send():
+            response = self._attempts("lock.Acquire", attempt, wait=wait, write=True)
+            self._wrote(response)
+            return response
+
+        response, found = self._call_or_withdraw("lock", "Acquire", name, request, wait, send=send, turn=turn)
         if found is not None:
             return found.sequencer  # granted after all
         return response.sequencer if response is not None and response.acquired else None
@@ -531,7 +619,7 @@ class Client:
         the request (``SETTLED``, a member's own limit) is raised without a withdrawal. ``turn``:
         the session's turn at the lock name the Acquire was sent in (``_withdraw``)."""
         try:
-            return (send() if send is not None else self._call(service, method, request, wait=wait)), None
+            return (send() if send is not None else self._write(service, method, request, wait=wait)), None
         except _WaitOver as e:
             error = e.error
         except LatchError as e:
@@ -577,7 +665,7 @@ class Client:
         def once(until: Optional[float]) -> bool:
             nonlocal answer
             try:
-                answer = self._call(service, "Withdraw", request, until=until)
+                answer = self._write(service, "Withdraw", request, until=until)
                 return True
             except LatchError as e:
                 return e.code in WITHDRAWAL_REFUSED or self.closed
@@ -641,7 +729,7 @@ class Client:
     def release(self, sequencer: str) -> None:
         """Releases the hold that ``sequencer`` (its token) names; FAILED_PRECONDITION when it
         holds nothing."""
-        self._call("lock", "Release", lock_pb2.ReleaseRequest(sequencer=sequencer, request_id=request_id()))
+        self._write("lock", "Release", lock_pb2.ReleaseRequest(sequencer=sequencer, request_id=request_id()))
 
     def check_sequencer(self, sequencer: str) -> lock_pb2.CheckSequencerResponse:
         """Whether ``sequencer`` still holds its lock (``valid``), and if not, ``reason``."""
@@ -692,10 +780,10 @@ class Client:
         request = registry_pb2.RegisterRequest(instance=instance, session=session, request_id=request_id())
         if check is not None:
             request.check.CopyFrom(check)
-        return self._call("registry", "Register", request).instance
+        return self._write("registry", "Register", request).instance
 
     def deregister(self, service: str, instance_id: str) -> None:
-        self._call("registry", "Deregister",
+        self._write("registry", "Deregister",
                    registry_pb2.DeregisterRequest(service=service, id=instance_id, request_id=request_id()))
 
     def heartbeat(self, service: str, instance_id: str, output: str = "") -> int:
@@ -703,7 +791,16 @@ class Client:
         (``registry_pb2.PASSING`` or ``CRITICAL``)."""
         request = registry_pb2.HeartbeatRequest(service=service, id=instance_id, output=output,
                                                 request_id=request_id())
-        return self._call("registry", "Heartbeat", request).health
+        return self._write("registry", "Heartbeat", request).health
+
+    def _read_page(self, method: str, request):
+        """A page of the registry; asked again linearizably when serializable and behind this
+        client's own writes."""
+        page = self._call("registry", method, request)
+        if self._behind_own_writes(request.serializable, page):
+            request.serializable = False
+            page = self._call("registry", method, request)
+        return page
 
     def services(self, *, serializable: bool = False) -> List[registry_pb2.ServiceSummary]:
         """Every service with its instance counts and tags, in the order of the registry's
@@ -712,7 +809,7 @@ class Client:
         while True:
             after = services[-1].name if services else ""
             request = registry_pb2.ServicesRequest(serializable=serializable, start_after=after)
-            page = self._call("registry", "Services", request)
+            page = self._read_page("Services", request)
             if after and page.services:
                 # Services follow one another as their keys "service/..." do.
                 _moved_on(after + "/", page.services[0].name + "/")
@@ -732,7 +829,7 @@ class Client:
             request = registry_pb2.ListRequest(service=service, tag=tag, include_critical=include_critical,
                                                serializable=serializable,
                                                start_after=f"{last.service}/{last.id}" if last else "")
-            page = self._call("registry", "List", request)
+            page = self._read_page("List", request)
             if last is not None and page.instances:
                 first = page.instances[0].instance
                 _moved_on(request.start_after, f"{first.service}/{first.id}")

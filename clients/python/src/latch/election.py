@@ -33,7 +33,7 @@ class Election:
         """Publishes a new value; FAILED_PRECONDITION unless the leadership still leads."""
         request = election_pb2.ProclaimRequest(sequencer=leadership.sequencer.token, value=as_bytes(value, "value"),
                                                request_id=request_id())
-        self.client._call("election", "Proclaim", request)
+        self.client._write("election", "Proclaim", request)
 
     def leader(self) -> Optional[election_pb2.Leadership]:
         """The current leadership, or None when nobody leads. Linearizable."""
@@ -46,7 +46,7 @@ class Election:
 
     def resign(self, leadership: election_pb2.Leadership) -> None:
         """Gives up leadership; the next candidate leads at once."""
-        self.client._call("election", "Resign",
+        self.client._write("election", "Resign",
                           election_pb2.ResignRequest(sequencer=leadership.sequencer.token, request_id=request_id()))
 
     def observe(self) -> Iterator[Optional[election_pb2.Leadership]]:

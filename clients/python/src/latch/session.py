@@ -93,7 +93,7 @@ class Session:
         request = session_pb2.CreateSessionRequest(ttl_ms=round(ttl * 1000), name=name,
                                                    request_id=request_id())
         sent = time.monotonic()
-        response = client._call("session", "Create", request)
+        response = client._write("session", "Create", request)
         granted = _lease_seconds(response.ttl_ms)
         return cls(client, response.id, granted, sent + granted, granted if grace is None else grace)
 
@@ -123,7 +123,7 @@ class Session:
         ended already)."""
         self._stop_keepalives()
         try:
-            self.client._call("session", "Close", session_pb2.CloseSessionRequest(id=self.id,
+            self.client._write("session", "Close", session_pb2.CloseSessionRequest(id=self.id,
                                                                                   request_id=request_id()))
         except LatchError as e:
             if e.code != grpc.StatusCode.NOT_FOUND:
@@ -238,7 +238,7 @@ class Session:
                 pass
             else:
                 return _granted_or_raise(ack, failed)
-            self.client._move_on()
+            self.client._move_writes_on()
             attempts.append(self._start_keep_alive(until, hedge_after, answers))
             ack, failed = answers.get()
             if failed is None:
@@ -265,14 +265,15 @@ class Session:
             flight.track(answers_of)
             try:
                 for answer in answers_of:
-                    return answer
+                    return answer, answers_of.initial_metadata()
             finally:
                 answers_of.cancel()
             raise _Unanswered()
 
         def run():
             try:
-                ack = self.client._attempts("Session.KeepAlive", attempt, until=until, stop=flight.stop, cap=cap)
+                ack = self.client._attempts("Session.KeepAlive", attempt, until=until, stop=flight.stop, cap=cap,
+                                            write=True)
                 answers.put((ack, None))
             except _Unanswered:
                 answers.put((None, LatchError(grpc.StatusCode.UNAVAILABLE,
@@ -309,7 +310,7 @@ class Session:
             call = target.stub("session").Get.future(session_pb2.GetSessionRequest(id=self.id), timeout=timeout)
             flight.track(call)
             try:
-                return call.result()
+                return call.result(), call.initial_metadata()
             except grpc.FutureCancelledError:
                 raise LatchError(grpc.StatusCode.CANCELLED, "session.Get: stopped", target.addr) from None
 
