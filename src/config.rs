@@ -58,6 +58,12 @@ pub struct ServerArgs {
     /// Address for clients (gRPC), host:port [default: 127.0.0.1:7379].
     #[arg(long)]
     pub client_addr: Option<String>,
+    /// The address clients reach this member at, host:port: how the other members name it
+    /// to clients (the leader a follower's answers name, `latch cluster status`) [default:
+    /// --client-addr as bound]. Needed when --client-addr is a wildcard (0.0.0.0) or behind
+    /// NAT, as etcd's --advertise-client-urls.
+    #[arg(long)]
+    pub advertise_client_addr: Option<String>,
     /// Address for the other members (raft messages, snapshots), host:port [default: this
     /// member's address in --initial-cluster, else 127.0.0.1:7380].
     #[arg(long)]
@@ -414,6 +420,9 @@ pub struct Config {
     pub id: u64,
     pub data_dir: PathBuf,
     pub client_addr: String,
+    /// What the member names its client address to others (`--advertise-client-addr`); the
+    /// address bound when `None`.
+    pub advertise_client_addr: Option<String>,
     pub peer_addr: String,
     /// Serves /metrics, /health and /ready.
     pub http_addr: String,
@@ -448,6 +457,7 @@ impl Config {
             data_dir,
             initial_cluster: vec![Peer { id: 1, peer_addr: peer_addr.clone() }],
             client_addr,
+            advertise_client_addr: None,
             peer_addr,
             http_addr: "127.0.0.1:0".into(),
             dns_addr: "127.0.0.1:0".into(),
@@ -487,6 +497,11 @@ impl Config {
         }
         let client_addr =
             pick(flags.client_addr, file.client_addr).unwrap_or_else(|| DEFAULT_CLIENT_ADDR.into());
+        let advertise_client_addr = pick(flags.advertise_client_addr, file.advertise_client_addr);
+        if let Some(addr) = &advertise_client_addr {
+            check_advertised(addr)
+                .map_err(|problem| ConfigError::Invalid { flag: "advertise-client-addr", problem })?;
+        }
         let given_peer_addr = pick(flags.peer_addr, file.peer_addr);
         let peer_addr = given_peer_addr.clone().unwrap_or_else(|| DEFAULT_PEER_ADDR.into());
         let http_addr = pick(flags.http_addr, file.http_addr).unwrap_or_else(|| DEFAULT_HTTP_ADDR.into());
@@ -766,6 +781,7 @@ impl Config {
             id,
             data_dir,
             client_addr,
+            advertise_client_addr,
             peer_addr,
             http_addr,
             dns_addr,
@@ -857,9 +873,64 @@ fn check_host_port(addr: &str) -> Result<(), String> {
     }
 }
 
+/// Whether `addr` is a `HOST:PORT` a client can connect to: one host (not a wildcard address,
+/// which names no host to go to) and a port.
+fn check_advertised(addr: &str) -> Result<(), String> {
+    check_host_port(addr).map_err(|problem| format!("{addr:?}: {problem}; expected host:port"))?;
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.is_unspecified() => Err(format!(
+            "{addr:?} is a wildcard address, which clients cannot connect to; give this member's own host"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Whether the address a client port was bound to is a wildcard (0.0.0.0, [::]): one a member
+/// cannot name itself to clients by.
+pub fn is_wildcard(addr: &str) -> bool {
+    addr.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_unspecified())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_advertised_client_address_is_one_host_and_port_and_no_wildcard() {
+        let with = |addr: &str| {
+            Config::from_args(ServerArgs {
+                dev: true,
+                advertise_client_addr: Some(addr.into()),
+                ..Default::default()
+            })
+        };
+        let good = with("member-1.example:7379").expect("a host name and a port");
+        assert_eq!(good.advertise_client_addr.as_deref(), Some("member-1.example:7379"));
+        assert!(with("[fd00::1]:7379").is_ok(), "an IPv6 address in brackets");
+        for (bad, why) in [
+            ("0.0.0.0:7379", "wildcard"),
+            ("[::]:7379", "wildcard"),
+            ("member-1.example", "no :PORT"),
+            ("member-1.example:0", "not a port"),
+            ("a:1,b:2", "holds ','"),
+        ] {
+            match with(bad) {
+                Err(ConfigError::Invalid { flag: "advertise-client-addr", problem }) => {
+                    assert!(
+                        problem.contains(why),
+                        "{bad}: expected the problem to say {why:?}, got {problem:?}"
+                    )
+                }
+                other => panic!("{bad}: expected --advertise-client-addr refused ({why}), got {other:?}"),
+            }
+        }
+        let dev = Config::from_args(ServerArgs { dev: true, ..Default::default() }).expect("--dev");
+        assert_eq!(dev.advertise_client_addr, None, "the bound address unless given");
+        assert!(is_wildcard("0.0.0.0:7379") && is_wildcard("[::]:7379"));
+        assert!(!is_wildcard("127.0.0.1:7379") && !is_wildcard("member-1.example:7379"));
+    }
 
     #[test]
     fn initial_cluster_parses_and_sorts_members() {

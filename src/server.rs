@@ -236,6 +236,21 @@ pub async fn run(
     // Everything that can fail on its own, before the node starts.
     let [client_addr, peer_addr, http_addr] = listeners.addrs();
     let client_addr = client_addr.map_or(config.client_addr.clone(), |a| a.to_string());
+    // How this member is named to clients: by its peers (the leader a follower's answers name)
+    // and by `cluster status`.
+    let advertised = match &config.advertise_client_addr {
+        Some(addr) => addr.clone(),
+        None => {
+            if crate::config::is_wildcard(&client_addr) {
+                tracing::warn!(
+                    %client_addr,
+                    "the client port is bound to a wildcard address, which names no host: clients \
+                     ignore it when it is named as the leader's; set --advertise-client-addr"
+                );
+            }
+            client_addr.clone()
+        }
+    };
     let peer_addr = peer_addr.map_or(config.peer_addr.clone(), |a| a.to_string());
     let http_addr = http_addr.map_or(config.http_addr.clone(), |a| a.to_string());
     let dns_addr = listeners.dns.0.local_addr().map_or(config.dns_addr.clone(), |a| a.to_string());
@@ -296,7 +311,7 @@ pub async fn run(
     let peer_srv = peer_port()
         .add_service(PeerService::new(
             node.handle(),
-            client_addr.clone(),
+            advertised.clone(),
             peer_addr.clone(),
             config.peer_limits.max_peer_message_bytes,
             shared,
@@ -338,7 +353,7 @@ pub async fn run(
         }
     }
 
-    let client_addrs = Arc::new(RwLock::new(BTreeMap::from([(id, client_addr.clone())])));
+    let client_addrs = Arc::new(RwLock::new(BTreeMap::from([(id, advertised.clone())])));
     // One check for the member that DNS answers, watch streams, waiting acquires and election
     // observers all ask; often enough for `--dns-max-stale`.
     let freshness = Arc::new(Freshness::new(id, longest_election));
@@ -347,7 +362,7 @@ pub async fn run(
         node: node.handle(),
         limits: config.limits,
         members: config.initial_cluster.clone(),
-        client_addr: client_addr.clone(),
+        client_addr: advertised,
         peer_addr: peer_addr.clone(),
         client_addrs: client_addrs.clone(),
     };

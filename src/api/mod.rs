@@ -116,6 +116,7 @@ pub struct Context {
     pub node: NodeHandle,
     pub limits: Limits,
     pub members: Vec<Peer>,
+    /// This member's client address as advertised (`--advertise-client-addr`, else as bound).
     pub client_addr: String,
     pub peer_addr: String,
     /// Client addresses of the members, as they reported them (see `server::learn_members`).

@@ -228,7 +228,13 @@ impl Cluster {
 
     /// Starts member `id`'s process, its output appended to its log.
     fn spawn(&mut self, id: u64) {
+        self.spawn_with(id, &[]);
+    }
+
+    /// [`Cluster::spawn`] with `extra_flags` on this start's command line.
+    fn spawn_with(&mut self, id: u64, extra_flags: &[&str]) {
         let mut cmd = self.server_command(id, &self.initial_cluster.clone());
+        cmd.args(extra_flags);
         let m = self.member_mut(id);
         assert!(m.child.is_none(), "member {id} is already running");
         let mut log = File::options().create(true).append(true).open(&m.log).unwrap();
@@ -282,7 +288,12 @@ impl Cluster {
 
     /// Starts member `id` again on its data dir and waits until it serves.
     pub async fn restart(&mut self, id: u64) {
-        self.spawn(id);
+        self.restart_with(id, &[]).await;
+    }
+
+    /// [`Cluster::restart`] with `extra_flags` on this start's command line only.
+    pub async fn restart_with(&mut self, id: u64, extra_flags: &[&str]) {
+        self.spawn_with(id, extra_flags);
         self.wait_serving(id).await;
     }
 

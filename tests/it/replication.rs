@@ -85,6 +85,36 @@ async fn writes_through_any_member_are_seen_at_once_by_linearizable_reads_on_ano
     }
 }
 
+/// `--advertise-client-addr`: a member bound to an address clients cannot use (a wildcard, NAT)
+/// is named by the one it advertises, by itself and by the other members (the leader hint
+/// followers send comes from the same place as their status). The advertised name need not
+/// resolve here: nothing connects to it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_is_named_to_clients_by_the_client_address_it_advertises() {
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let other = c.ids().into_iter().find(|id| *id != leader).expect("a follower among 3 members");
+    let advertised = format!("member-{other}.latch.test:7379");
+    c.kill(other);
+    c.restart_with(other, &["--advertise-client-addr", &advertised]).await;
+    let named_by = |status: &latch_client::StatusResponse| {
+        status.members.iter().find(|m| m.id == other).map(|m| m.client_addr.clone())
+    };
+    for asked in [other, leader] {
+        eventually(&format!("member {asked} to name member {other} by {advertised}"), STARTUP, || async {
+            let status = c.status_of(asked).await?;
+            match named_by(&status) {
+                Some(addr) if addr == advertised => Ok(()),
+                named => Err(format!("member {asked} names member {other} by {named:?}")),
+            }
+        })
+        .await;
+    }
+    let bound = c.member(other).client_addr.clone();
+    let kv = c.client_of(other).await.get("anything").await;
+    assert!(kv.is_ok(), "member {other} still serves clients at its bound address {bound}: {kv:?}");
+}
+
 #[tokio::test]
 async fn a_client_sends_its_writes_to_the_leader_a_follower_names_and_keeps_its_reads_where_they_were() {
     let c = Cluster::start(3, &[]).await;
