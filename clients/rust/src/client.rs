@@ -173,6 +173,11 @@ impl Client {
         }
     }
 
+    /// The highest revision of this client's acknowledged writes (0 before the first).
+    pub(crate) fn written(&self) -> i64 {
+        self.inner.written.load(Ordering::Relaxed)
+    }
+
     /// Whether a read answered with `header` is serializable and below the highest revision
     /// of this client's acknowledged writes: then it is asked again linearizably
     /// (`Client::range`, `list_page`), so that the client reads its own writes.

@@ -212,7 +212,9 @@ impl Client {
     ///
     /// The watch opens when the stream is first polled: a watch from now starts at the
     /// revision its [`WatchUpdate::Started`] names, so wait for that before writing what it
-    /// must see.
+    /// must see. That is never below this client's own last acknowledged write (its writes go
+    /// to the leader, the watch to a member that may be behind it): what came up to that write
+    /// is not delivered.
     ///
     /// The watch runs inside the returned stream's polling (no task of its own, no queue in
     /// between): a response is read from the member only when the caller asks for the next
@@ -259,6 +261,11 @@ struct Position {
     vouched: i64,
     /// `Started` was delivered (a resumed stream says it again; the caller heard it once).
     started: bool,
+    /// For a watch from now: the highest revision of the client's own acknowledged writes when
+    /// it was added. "Now" is never below it: a member behind the leader the writes went to
+    /// starts the watch lower, and the events up to the floor, which came before the writes'
+    /// answers, are not delivered.
+    floor: i64,
     /// The `next` the last SLOW cancel left, and how many in a row left it there.
     slow_at: (i64, u32),
     /// Fragments of a revision (or of a snapshot) read so far.
@@ -279,11 +286,14 @@ fn stream_failed(status: Status) -> Step {
 }
 
 impl Position {
-    fn new(options: WatchOptions) -> Position {
+    /// `written`: the revision of the client's last acknowledged write (the floor of a watch
+    /// from now).
+    fn new(options: WatchOptions, written: i64) -> Position {
         Position {
             // The first revision not delivered yet (0: from now, until the member says which).
             next: options.start_revision,
             vouched: 0,
+            floor: if options.start_revision == 0 { written } else { 0 },
             options,
             started: false,
             slow_at: (0, 0),
@@ -348,7 +358,7 @@ impl Position {
             };
         } else if r.created {
             if self.next == 0 {
-                self.next = revision + 1;
+                self.next = revision.max(self.floor) + 1;
             }
             // The member vouches for the revision it starts after (never past its own).
             self.vouched = self.vouched.max(revision);
@@ -356,7 +366,7 @@ impl Position {
             if std::mem::replace(&mut self.started, true) {
                 return Step::Skip;
             }
-            WatchUpdate::Started { revision }
+            WatchUpdate::Started { revision: revision.max(self.floor) }
         } else if r.progress {
             self.next = self.next.max(revision + 1);
             // A member still catching up vouches for less than was delivered already: the
@@ -414,4 +424,53 @@ fn gives_up(code: tonic::Code) -> bool {
             | tonic::Code::Unauthenticated
             | tonic::Code::ResourceExhausted
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use latch_proto::v1::ResponseHeader;
+
+    use super::*;
+
+    fn at(revision: i64) -> Option<ResponseHeader> {
+        Some(ResponseHeader { revision, ..Default::default() })
+    }
+
+    /// What `position` makes of a created response at `revision`: the revision `Started` names.
+    fn started(position: &mut Position, revision: i64) -> i64 {
+        let created = WatchResponse { header: at(revision), created: true, ..Default::default() };
+        match position.take_shared(created, Arc::new(Vec::new())) {
+            Step::Update(Delivery::Update(WatchUpdate::Started { revision })) => revision,
+            _ => panic!("a created response is the watch's Started"),
+        }
+    }
+
+    /// The revision `position` delivers of one event at `revision`, or `None` when it skips it.
+    fn delivered(position: &mut Position, revision: i64) -> Option<i64> {
+        let response = WatchResponse { header: at(revision), ..Default::default() };
+        match position.take_shared(response, Arc::new(vec![Event::default()])) {
+            Step::Update(Delivery::Events { revision, .. }) => Some(revision),
+            Step::Skip => None,
+            _ => panic!("an event response is delivered or skipped"),
+        }
+    }
+
+    #[test]
+    fn a_watch_from_now_on_a_member_behind_the_clients_own_write_delivers_only_what_came_after_it() {
+        // The client's last write was acknowledged at 10 (by the leader); the member the watch
+        // opens on had applied only 7.
+        let mut behind = Position::new(WatchOptions::key("k"), 10);
+        assert_eq!(started(&mut behind, 7), 10, "now is never before the client's own write");
+        assert_eq!(delivered(&mut behind, 9), None, "revision 9 came before the write at 10: not delivered");
+        assert_eq!(delivered(&mut behind, 10), None, "nor the client's own write");
+        assert_eq!(delivered(&mut behind, 11), Some(11), "what came after it is");
+
+        let mut ahead = Position::new(WatchOptions::key("k"), 10);
+        assert_eq!(started(&mut ahead, 20), 20, "a member past the write starts at its own now");
+        assert_eq!(delivered(&mut ahead, 21), Some(21));
+
+        let mut from_five = Position::new(WatchOptions::key("k").from_revision(5), 10);
+        assert_eq!(started(&mut from_five, 7), 7, "a watch from a revision asked for is not moved");
+        assert_eq!(delivered(&mut from_five, 5), Some(5), "it delivers from the revision asked for");
+    }
 }

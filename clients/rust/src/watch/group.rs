@@ -107,7 +107,7 @@ impl WatchGroup {
             self.ready.push_back((id, Err(Error::from(tonic::Status::invalid_argument(problem)))));
             return id;
         }
-        let watch = Position::new(options);
+        let watch = Position::new(options, self.client.written());
         if let Some(open) = &self.stream {
             // A stream that went away is found so when next read; the watch opens on the next.
             let _ = open.asks.send(watch.create(id));
