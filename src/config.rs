@@ -880,7 +880,7 @@ fn check_advertised(addr: &str) -> Result<(), String> {
     let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
     let ip = host.trim_start_matches('[').trim_end_matches(']');
     match ip.parse::<std::net::IpAddr>() {
-        Ok(ip) if ip.is_unspecified() => Err(format!(
+        Ok(ip) if ip.to_canonical().is_unspecified() => Err(format!(
             "{addr:?} is a wildcard address, which clients cannot connect to; give this member's own host"
         )),
         _ => Ok(()),
@@ -890,7 +890,7 @@ fn check_advertised(addr: &str) -> Result<(), String> {
 /// Whether the address a client port was bound to is a wildcard (0.0.0.0, [::]): one a member
 /// cannot name itself to clients by.
 pub fn is_wildcard(addr: &str) -> bool {
-    addr.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_unspecified())
+    addr.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().to_canonical().is_unspecified())
 }
 
 #[cfg(test)]
@@ -912,6 +912,7 @@ mod tests {
         for (bad, why) in [
             ("0.0.0.0:7379", "wildcard"),
             ("[::]:7379", "wildcard"),
+            ("[::ffff:0.0.0.0]:7379", "wildcard"),
             ("member-1.example", "no :PORT"),
             ("member-1.example:0", "not a port"),
             ("a:1,b:2", "holds ','"),

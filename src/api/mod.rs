@@ -245,7 +245,9 @@ impl Context {
             return None;
         }
         let addrs = self.client_addrs.read().ok()?;
-        http::HeaderValue::from_str(addrs.get(&leader)?).ok()
+        // A leader bound to a wildcard address without --advertise-client-addr names no host.
+        let addr = addrs.get(&leader).filter(|addr| !crate::config::is_wildcard(addr))?;
+        http::HeaderValue::from_str(addr).ok()
     }
 
     /// The one mapping of errors to gRPC statuses (DESIGN.md §2 rule 6). UNAVAILABLE carries

@@ -226,12 +226,19 @@ fn records_for(
         }
         Question::Node { id } => {
             let Some(addr) = src.member(*id) else { return Ok(None) };
-            let ip = addr
-                .parse::<std::net::SocketAddr>()
-                .map(|a| a.ip())
-                .or_else(|_| addr.parse::<IpAddr>())
-                .map_err(|_| format!("member {id}'s client address {addr:?} is not an IP address"))?;
-            Some((addresses(vec![ip]), Vec::new()))
+            match addr.parse::<std::net::SocketAddr>().map(|a| a.ip()).or_else(|_| addr.parse::<IpAddr>()) {
+                Ok(ip) => Some((addresses(vec![ip]), Vec::new())),
+                // A host name it advertises (--advertise-client-addr): that name, as an
+                // instance's host name is answered.
+                Err(_) => {
+                    let host = addr.rsplit_once(':').map_or(addr.as_str(), |(host, _)| host);
+                    let target = fqdn(host).map_err(|e| format!("member {id}'s client address: {e}"))?;
+                    Some((
+                        vec![Record::from_rdata(qname.clone(), zone.ttl, RData::CNAME(CNAME(target)))],
+                        Vec::new(),
+                    ))
+                }
+            }
         }
         Question::Leader { election } => {
             let Some(value) = src.leader(election)? else { return Ok(None) };
@@ -476,7 +483,12 @@ mod tests {
             Ok(self.statics.get(name).cloned())
         }
         fn member(&self, id: u64) -> Option<String> {
-            (id == 1).then(|| "127.0.0.1:7379".to_string())
+            // Member 2 advertises a host name (--advertise-client-addr).
+            match id {
+                1 => Some("127.0.0.1:7379".into()),
+                2 => Some("member-2.example:7379".into()),
+                _ => None,
+            }
         }
     }
 
@@ -650,6 +662,11 @@ mod tests {
         s.statics.insert("www".into(), br#"{"type":"CNAME","target":"web.service.latch."}"#.to_vec());
         s.statics.insert("bad".into(), b"{".to_vec());
         assert_eq!(data(&ask(&s, "1.node.latch.", RecordType::A)), ["127.0.0.1"]);
+        assert_eq!(
+            data(&ask(&s, "2.node.latch.", RecordType::A)),
+            ["member-2.example."],
+            "a member advertising a host name (--advertise-client-addr) is a CNAME to it"
+        );
         assert_eq!(data(&ask(&s, "leader.jobs.election.latch.", RecordType::A)), ["10.1.1.1"]);
         let txt = ask(&s, "leader.cron.election.latch.", RecordType::TXT);
         assert_eq!(txt.answers.len(), 1);

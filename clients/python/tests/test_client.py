@@ -805,6 +805,17 @@ class NamingKV(kv_pb2_grpc.KVServicer):
         return kv_pb2.RangeResponse(header=kv_pb2.ResponseHeader(member_id=self.member_id, revision=at))
 
 
+class CutOffKV(kv_pb2_grpc.KVServicer):
+    """A leader this client cannot use: every call fails UNAVAILABLE, naming nobody. Counts them."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def Put(self, request, context):
+        self.calls += 1
+        context.abort(grpc.StatusCode.UNAVAILABLE, "cut off")
+
+
 def serve(test: unittest.TestCase, add, member) -> str:
     """Starts an in-process gRPC member playing ``member``; its address."""
     from concurrent import futures
@@ -858,11 +869,24 @@ class OfflineScriptedTest(unittest.TestCase):
             follower.read_at = 50
             self.assertEqual(client.range("k", serializable=True).header.revision, 50,
                              "a serializable read at or past the client's writes is kept")
+            client.range("k", serializable=True, revision=12)
+            self.assertEqual(follower.calls[-1], ("Range", False), "a read at the revision of the client's own "
+                             "write is asked linearizably at once (a member behind would not have it yet)")
         follower.calls.clear()
         with latch.Client([follower_addr], writes_to_leader=False) as client:
             answered = [client.put("k", str(i)).header.member_id for i in range(3)]
             self.assertEqual(answered, [2, 2, 2], "writes_to_leader=False keeps writes where reads go")
             self.assertEqual(client.endpoints, [follower_addr], "and learns no leader")
+
+    def test_a_leader_that_failed_a_write_is_not_taken_back_on_a_followers_word_at_the_next_write(self):
+        # A partition of the client's own: the follower keeps naming a leader the client cannot reach.
+        cut_off, follower = CutOffKV(), NamingKV(member_id=2)
+        add = kv_pb2_grpc.add_KVServicer_to_server
+        follower.leader = serve(self, add, cut_off)
+        with latch.Client([serve(self, add, follower)]) as client:
+            answered = [client.put("k", str(i)).header.member_id for i in range(4)]
+        self.assertEqual(answered, [2, 2, 2, 2], "every write is acknowledged by the follower")
+        self.assertEqual(cut_off.calls, 1, "the leader that failed a write is not tried again while distrusted")
 
     def test_a_leader_hint_naming_a_wildcard_address_is_ignored(self):
         follower = NamingKV(member_id=2)
@@ -883,7 +907,7 @@ class OfflineScriptedTest(unittest.TestCase):
                  latch.LatchError(grpc.StatusCode.UNAVAILABLE, "cut off")]
         started = []
 
-        def start(until, cap, answers):
+        def start(until, cap, answers, at):
             started.append(cap)
             if cap is not None:  # the second: both answers come now, the NOT_FOUND first
                 for error in order:
@@ -891,7 +915,7 @@ class OfflineScriptedTest(unittest.TestCase):
             return type("Flight", (), {"cancel": lambda self: None})()
 
         session._start_keep_alive = start
-        session.client = type("C", (), {"_move_writes_on": lambda self: None})()
+        session.client = type("C", (), {"_write_start": lambda self: 0, "_after_unanswered": lambda self, i: i + 1})()
         with self.assertRaises(latch.LatchError) as caught:
             session._keep_alive_hedged(until=time.monotonic() + 60, hedge_after=0.01)
         self.assertEqual(caught.exception.code, grpc.StatusCode.NOT_FOUND, "the session may be gone: said so")

@@ -6,6 +6,7 @@
 //! attempts, and the server applies an id at most once. Errors that say the request itself is
 //! wrong (`INVALID_ARGUMENT`, `RESOURCE_EXHAUSTED`, `FAILED_PRECONDITION`, …) are never retried.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -90,7 +91,17 @@ struct Targets {
     /// Where the next write starts, when known: the member that last answered a write without
     /// naming another leader, or the leader a member last named.
     leader: Option<usize>,
+    /// When each endpoint that has failed a call since it last answered one failed it: for
+    /// [`DISTRUSTED_FOR`] after, no other member's hint makes it the leader. At most one entry
+    /// per endpoint of `list`.
+    failed: HashMap<usize, Instant>,
 }
+
+/// How long an endpoint that failed a call is not taken for the leader on another member's
+/// word: a client that cannot reach the leader its peers reach (a partition of its own, a wrong
+/// `--advertise-client-addr`) sends its writes through a member it reaches, forwarded, instead
+/// of back to the leader on every write, paying a timeout each time.
+const DISTRUSTED_FOR: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 struct Target {
@@ -120,6 +131,9 @@ enum Route {
     Preferred,
     /// The leader, when known (writes).
     Leader,
+    /// A write starting at this endpoint (a hedged keepalive's attempts, each started where
+    /// its caller chose).
+    From(usize),
 }
 
 impl Client {
@@ -149,7 +163,7 @@ impl Client {
         Ok(Client {
             inner: Arc::new(Inner {
                 options,
-                targets: Mutex::new(Targets { list, preferred: 0, leader: None }),
+                targets: Mutex::new(Targets { list, preferred: 0, leader: None, failed: HashMap::new() }),
                 written: AtomicI64::new(0),
             }),
         })
@@ -223,12 +237,14 @@ impl Client {
         self.write_waiting(method, Some(Duration::ZERO), attempt).await
     }
 
-    /// Like [`write`](Client::write), with each attempt given at most `cap` (and the request
-    /// timeout) before the next member is tried: for a call that must be answered within a
-    /// deadline of its own (a keepalive, within the lease) even when a member stops answering.
+    /// Like [`write`](Client::write), starting at endpoint `from` ([`Client::write_start`]),
+    /// with each attempt given at most `cap` (and the request timeout) before the next member
+    /// is tried: for a call that must be answered within a deadline of its own (a keepalive,
+    /// within the lease) even when a member stops answering.
     pub(crate) async fn write_capped<T, F, Fut>(
         &self,
         method: &'static str,
+        from: usize,
         cap: Duration,
         attempt: F,
     ) -> Result<T, Error>
@@ -236,7 +252,27 @@ impl Client {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.call_limited(Lane::Calls, Route::Leader, method, Some(Duration::ZERO), Some(cap), attempt).await
+        self.call_limited(Lane::Calls, Route::From(from), method, Some(Duration::ZERO), Some(cap), attempt)
+            .await
+    }
+
+    /// The endpoint a write starts at now: the leader, when known (and writes go there), else
+    /// the preferred one.
+    pub(crate) fn write_start(&self) -> usize {
+        let targets = self.targets();
+        match targets.leader {
+            Some(leader) if self.inner.options.writes_to_leader => leader,
+            _ => targets.preferred,
+        }
+    }
+
+    /// The endpoint after `index`, which stopped answering a call and is distrusted as the
+    /// leader for a while (where a hedged keepalive's second attempt starts, whatever other
+    /// calls did meanwhile).
+    pub(crate) fn after_unanswered(&self, index: usize) -> usize {
+        let mut targets = self.targets();
+        targets.failed.insert(index, Instant::now());
+        (index + 1) % targets.list.len()
     }
 
     /// Like [`call`](Client::call), opening a long-lived stream: on the members' stream
@@ -289,10 +325,14 @@ impl Client {
             (per_attempt, Instant::now() + budget.max(per_attempt))
         });
         let mut backoff = INITIAL_BACKOFF;
-        let route = if self.inner.options.writes_to_leader { route } else { Route::Preferred };
+        let route = match route {
+            Route::Leader if !self.inner.options.writes_to_leader => Route::Preferred,
+            route => route,
+        };
         let (mut index, mut target) = {
             let targets = self.targets();
             let first = match (route, targets.leader) {
+                (Route::From(index), _) => index,
                 (Route::Leader, Some(leader)) => leader,
                 _ => targets.preferred,
             };
@@ -344,25 +384,27 @@ impl Client {
         targets.preferred = (targets.preferred + 1) % targets.list.len();
     }
 
-    /// The next write starts at the endpoint after the one writes start at now (which stopped
-    /// answering one), which is no longer taken for the leader.
-    pub(crate) fn move_writes_on(&self) {
-        let mut targets = self.targets();
-        let from = match targets.leader.take() {
-            Some(leader) if self.inner.options.writes_to_leader => leader,
-            _ => targets.preferred,
-        };
-        targets.preferred = (from + 1) % targets.list.len();
+    /// Whether calls of `route` are writes as far as routing goes: they leave reads where they
+    /// are and move where writes start.
+    fn routes_writes(&self, route: Route) -> bool {
+        match route {
+            Route::Preferred => false,
+            Route::Leader => true,
+            Route::From(_) => self.inner.options.writes_to_leader,
+        }
     }
 
     /// Records who answered: a read's endpoint becomes the preferred one; a write's, the leader
-    /// unless it named another. A leader named by any answer is where writes go next.
+    /// unless it named another. A leader named by any answer is where writes go next, unless it
+    /// failed a call within [`DISTRUSTED_FOR`].
     fn answered(&self, index: usize, route: Route, named: Option<&str>) {
         let mut targets = self.targets();
-        let named = named.filter(|_| self.inner.options.writes_to_leader).and_then(|a| targets.index_of(a));
-        match route {
-            Route::Preferred => targets.preferred = index,
-            Route::Leader => targets.leader = Some(index),
+        targets.failed.remove(&index);
+        let named = named.filter(|_| self.inner.options.writes_to_leader).and_then(|a| targets.trusted(a));
+        if self.routes_writes(route) {
+            targets.leader = Some(index);
+        } else {
+            targets.preferred = index;
         }
         if named.is_some() {
             targets.leader = named;
@@ -374,22 +416,48 @@ impl Client {
     /// longer taken for the leader.
     fn next_target(&self, failed: usize, route: Route, hint: Option<&str>) -> (usize, Target) {
         let mut targets = self.targets();
-        let hinted = hint.and_then(|addr| targets.index_of(addr));
+        targets.failed.insert(failed, Instant::now());
+        let hinted = hint.and_then(|addr| targets.trusted(addr));
         let index = hinted.unwrap_or((failed + 1) % targets.list.len());
-        match route {
+        if self.routes_writes(route) {
             // A write's failure leaves reads where they are (a member behind the one they
             // were on could answer below what they saw).
-            Route::Leader => targets.leader = hinted,
-            Route::Preferred => targets.preferred = index,
+            targets.leader = hinted;
+        } else {
+            targets.preferred = index;
         }
         (index, targets.list[index].clone())
     }
 }
 
 impl Targets {
+    /// [`Targets::index_of`] the leader a member named, unless that endpoint failed a call
+    /// within [`DISTRUSTED_FOR`] and has not answered one since.
+    fn trusted(&mut self, addr: &str) -> Option<usize> {
+        let index = self.index_of(addr)?;
+        match self.failed.get(&index) {
+            Some(at) if at.elapsed() < DISTRUSTED_FOR => {
+                tracing::debug!(
+                    hint = addr,
+                    "ignoring a leader hint naming an endpoint that failed a call just now"
+                );
+                None
+            }
+            _ => Some(index),
+        }
+    }
+
     /// The index of the endpoint at `addr`, a leader a member named: added to the list if new;
     /// `None` if unusable.
     fn index_of(&mut self, addr: &str) -> Option<usize> {
+        // Every answer of a follower names the leader: a known address is found without
+        // building the channels of a new endpoint.
+        let given = addr.trim();
+        let plain = given.strip_prefix("http://").unwrap_or(given);
+        let plain = plain.strip_suffix('/').unwrap_or(plain);
+        if let Some(i) = self.list.iter().position(|t| t.addr == plain) {
+            return Some(i);
+        }
         let target = Target::parse(addr)
             .and_then(
                 |t| if t.unspecified() { Err("names no host (a wildcard address)".into()) } else { Ok(t) },
@@ -444,7 +512,7 @@ impl Target {
     /// Whether the address is a wildcard one (`0.0.0.0`, `[::]`): a member listening on every
     /// interface names it, but no client can connect to it.
     fn unspecified(&self) -> bool {
-        self.addr.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_unspecified())
+        self.addr.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().to_canonical().is_unspecified())
     }
 
     /// The channel of `lane`.

@@ -65,8 +65,13 @@ impl Client {
     /// A serializable read sees at least this client's own acknowledged writes (keys,
     /// sessions, locks, registrations): writes go to the leader while reads stay where they
     /// are ([`ClientOptions::writes_to_leader`](crate::ClientOptions::writes_to_leader)), so
-    /// a member that answers below the client's last write is asked again, linearizably.
+    /// a member that answers below the client's last write is asked again, linearizably. A
+    /// read at a past revision up to that write is asked linearizably from the start (a member
+    /// behind it would refuse the revision as one it has not reached).
     pub async fn range(&self, mut request: RangeRequest) -> Result<RangeResponse, Error> {
+        if request.serializable && request.revision > 0 && request.revision <= self.written() {
+            request.serializable = false;
+        }
         let read = |request: RangeRequest| {
             self.call("Range", move |channel| {
                 let request = request.clone();

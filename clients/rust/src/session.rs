@@ -163,13 +163,16 @@ impl Client {
         hedge_after: Duration,
     ) -> Result<KeepAliveResponse, Error> {
         use futures::future::{select, Either};
-        let mut first = Box::pin(self.keep_alive_within(id, self.options().request_timeout));
+        let start = self.write_start();
+        let mut first = Box::pin(self.keep_alive_within(id, start, self.options().request_timeout));
         tokio::select! {
             answer = &mut first => return answer,
             () = tokio::time::sleep(hedge_after) => {}
         }
-        self.move_writes_on();
-        let second = Box::pin(self.keep_alive_within(id, hedge_after));
+        // After the member the first went to, whatever other calls learnt meanwhile: hedges of
+        // several sessions at once all leave the member that stopped answering.
+        let next = self.after_unanswered(start);
+        let second = Box::pin(self.keep_alive_within(id, next, hedge_after));
         let (failed, other) = match select(first, second).await {
             Either::Left((Ok(ack), _)) | Either::Right((Ok(ack), _)) => return Ok(ack),
             Either::Left((Err(e), other)) => (e, Either::Left(other)),
@@ -188,12 +191,18 @@ impl Client {
 
     /// One keepalive of session `id`, sent to the leader (found through the members).
     pub async fn keep_alive(&self, id: &str) -> Result<KeepAliveResponse, Error> {
-        self.keep_alive_within(id, self.options().request_timeout).await
+        self.keep_alive_within(id, self.write_start(), self.options().request_timeout).await
     }
 
-    /// One keepalive, each member it tries given at most `cap` (and the request timeout).
-    async fn keep_alive_within(&self, id: &str, cap: Duration) -> Result<KeepAliveResponse, Error> {
-        self.write_capped("KeepAlive", cap, |channel| {
+    /// One keepalive starting at endpoint `from`, each member it tries given at most `cap` (and
+    /// the request timeout).
+    async fn keep_alive_within(
+        &self,
+        id: &str,
+        from: usize,
+        cap: Duration,
+    ) -> Result<KeepAliveResponse, Error> {
+        self.write_capped("KeepAlive", from, cap, |channel| {
             let request = KeepAliveRequest { id: id.to_string() };
             async move {
                 let opened = SessionClient::new(channel)
@@ -604,6 +613,34 @@ mod tests {
             "the member that stopped answering gets the first keepalive only; the hedge starts after it"
         );
         assert_eq!(asked(&at_live), 1, "the hedge goes to the next member");
+    }
+
+    /// Three sessions' keepalives hedge at once: every hedge starts after the member the first
+    /// attempts went to, none of them back at it (moving a shared "next member" once per hedge
+    /// sent the third hedge to the member that stopped answering).
+    #[tokio::test]
+    async fn hedges_of_several_sessions_at_once_all_start_after_the_member_that_stopped_answering() {
+        let frozen = member(Keepalives::Frozen);
+        let (b, c) = (member(Keepalives::After(Duration::ZERO)), member(Keepalives::After(Duration::ZERO)));
+        let (at_frozen, at_b, at_c) = (frozen.1.clone(), b.1.clone(), c.1.clone());
+        let endpoints = [serve(frozen).await, serve(b).await, serve(c).await];
+        let client = Client::connect(endpoints).await.expect("valid endpoints");
+        let (id, _) = client.create_session(Duration::from_secs(1), "").await.expect("a session");
+
+        let hedged = futures::future::join_all(
+            (0..3).map(|_| client.keep_alive_hedged(&id, Duration::from_millis(200))),
+        );
+        let acks = tokio::time::timeout(Duration::from_secs(4), hedged)
+            .await
+            .expect("the hedges renew within the first attempts' timeout");
+        assert!(acks.iter().all(Result::is_ok), "every hedge is granted: {acks:?}");
+        let asked = |n: &Arc<std::sync::atomic::AtomicUsize>| n.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            asked(&at_frozen),
+            3,
+            "the member that stopped answering gets the three first attempts only"
+        );
+        assert_eq!((asked(&at_b), asked(&at_c)), (3, 0), "every hedge goes to the member after it");
     }
 
     /// Every member answers keepalives, slower than the sixth of the TTL after which another is

@@ -270,6 +270,28 @@ async fn an_answer_naming_the_leader_sends_later_writes_there_and_leaves_reads_w
     assert!(received(&at_leader).is_empty(), "and none goes to the leader");
 }
 
+/// A client that cannot reach the leader its peers reach (a partition of its own): the
+/// follower's answers keep naming that leader, and the client must not go back to it on every
+/// write, paying a failed attempt (a timeout, on a real network) each time.
+#[tokio::test]
+async fn a_leader_that_failed_a_write_is_not_taken_back_on_a_followers_word_at_the_next_write() {
+    let (unreachable, at_unreachable) = serve(Script::NotLeader(None)).await;
+    let (follower, at_follower) = serve(Script::AnswerNaming(unreachable.clone())).await;
+    let client = Client::connect([follower.as_str()]).await.expect("valid endpoint");
+
+    client.put("k", "1").await.expect("the follower acknowledges the first put, naming the leader");
+    client.put("k", "2").await.expect("the leader fails the second; the follower acknowledges it");
+    client.put("k", "3").await.expect("the follower acknowledges the third");
+    client.put("k", "4").await.expect("and the fourth");
+
+    assert_eq!(
+        received(&at_unreachable).len(),
+        1,
+        "the leader that failed a write is not tried again while it is distrusted"
+    );
+    assert_eq!(received(&at_follower).len(), 4, "every write is acknowledged by the follower");
+}
+
 #[tokio::test]
 async fn a_serializable_read_behind_the_clients_own_write_is_asked_again_linearizably() {
     let (member, at_member) = serve(Script::Behind).await;
@@ -298,6 +320,13 @@ async fn a_serializable_read_behind_the_clients_own_write_is_asked_again_lineari
         ["serializable", "linearizable"],
         "answered at 5, below the write, the read is asked again linearizably: {asked:?}"
     );
+
+    // A read at the write's own revision: a member behind it would refuse revision 10 as one it
+    // has not reached, so it is asked linearizably from the start.
+    let at_write = RangeRequest { revision: 10, ..serializable() };
+    writer.range(at_write).await.expect("a read at the client's own write's revision");
+    let asked = received(&at_member);
+    assert_eq!(asked[4..], ["linearizable"], "asked once, linearizably: {asked:?}");
 }
 
 /// A member's Watch service: each stream answers its create with `created` and one event at the

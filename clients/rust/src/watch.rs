@@ -256,8 +256,9 @@ struct Position {
     next: i64,
     /// The highest revision at or below which every event is known delivered: the last
     /// revision delivered, or one a member vouched for (its progress, or the revision a stream
-    /// started after). Only grows, and never passes what a member reached (unlike `next − 1`,
-    /// which for a watch that starts in the future is a revision no member reached yet).
+    /// started after), or the floor of a watch from now (nothing up to it is owed). Only grows,
+    /// and never passes what a member reached (unlike `next − 1`, which for a watch that starts
+    /// in the future is a revision no member reached yet; the floor is the client's own write).
     vouched: i64,
     /// `Started` was delivered (a resumed stream says it again; the caller heard it once).
     started: bool,
@@ -360,8 +361,9 @@ impl Position {
             if self.next == 0 {
                 self.next = revision.max(self.floor) + 1;
             }
-            // The member vouches for the revision it starts after (never past its own).
-            self.vouched = self.vouched.max(revision);
+            // The member vouches for the revision it starts after (never past its own); the
+            // floor, for the revisions up to the client's own write, which are not delivered.
+            self.vouched = self.vouched.max(revision).max(self.floor);
             // A resumed stream says `Started` again; the caller heard it the first time.
             if std::mem::replace(&mut self.started, true) {
                 return Step::Skip;
@@ -463,6 +465,14 @@ mod tests {
         assert_eq!(started(&mut behind, 7), 10, "now is never before the client's own write");
         assert_eq!(delivered(&mut behind, 9), None, "revision 9 came before the write at 10: not delivered");
         assert_eq!(delivered(&mut behind, 10), None, "nor the client's own write");
+        let progress = WatchResponse { header: at(8), progress: true, ..Default::default() };
+        assert!(
+            matches!(
+                behind.take_shared(progress, Arc::new(Vec::new())),
+                Step::Update(Delivery::Update(WatchUpdate::Progress { revision: 10 }))
+            ),
+            "the member's progress at 8 never takes the watch back before where it started (10)"
+        );
         assert_eq!(delivered(&mut behind, 11), Some(11), "what came after it is");
 
         let mut ahead = Position::new(WatchOptions::key("k"), 10);

@@ -8,6 +8,7 @@ UNAVAILABLE and DEADLINE_EXCEEDED are retried; an error that says the request it
 (INVALID_ARGUMENT, FAILED_PRECONDITION, …) comes back at once.
 """
 
+import ipaddress
 import logging
 import math
 import os
@@ -33,6 +34,11 @@ LEADER_ADDR_METADATA = "latch-leader-addr"
 INITIAL_BACKOFF = 0.02
 MAX_BACKOFF = 0.5
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+#: Seconds a member that failed a call is not taken for the leader on another member's word: a
+#: client that cannot reach the leader its peers reach (a partition of its own, a wrong
+#: --advertise-client-addr) sends its writes through a member it reaches instead of back to the
+#: leader on every write, paying a timeout each time.
+DISTRUSTED_FOR = 10.0
 #: Failures of an acquire that leave nothing to withdraw: refused as asked (a bad request, no such
 #: session, the other mode, an id used before), whichever attempt answered; so is a queue or
 #: request over a limit, when the member marks it (``LatchError.over_limit``). Any other failure
@@ -129,9 +135,19 @@ def _endpoint_or_none(text: Optional[str]) -> Optional[str]:
         addr = parse_endpoint(text) if text else None
     except ValueError:
         return None
-    if addr is not None and addr.rpartition(":")[0] in ("0.0.0.0", "[::]", "[0:0:0:0:0:0:0:0]"):
+    if addr is not None and _is_wildcard(addr.rpartition(":")[0].strip("[]")):
         return None
     return addr
+
+
+def _is_wildcard(host: str) -> bool:
+    """Whether ``host`` is an IP address that means any address (0.0.0.0, ::, ::ffff:0.0.0.0)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_unspecified or (mapped is not None and mapped.is_unspecified)
 
 
 def _unary(target: "_Target", service: str, method: str, request, timeout: Optional[float]):
@@ -291,6 +307,8 @@ class Client:
         self._leader: Optional[int] = None
         #: The highest revision of this client's acknowledged writes: the floor of its reads.
         self._written = 0
+        #: When each member that failed a call since it last answered one failed it (monotonic).
+        self._failed: Dict[int, float] = {}
         self._lock = threading.Lock()
         self._closed = False
 
@@ -341,19 +359,38 @@ class Client:
                 raise LatchError(grpc.StatusCode.CANCELLED, "the client was closed")
             return self._targets[i % len(self._targets)]
 
-    def _move_writes_on(self) -> None:
-        """The next write starts at the member after the one writes start at now (which stopped
-        answering one), which is no longer taken for the leader: a hedged keepalive's second
-        attempt, beside a first that went unanswered."""
+    def _write_start(self) -> int:
+        """The member a write starts at now: the leader, when known (and writes go there), else
+        the preferred one."""
         with self._lock:
-            start = self._leader if self._leader is not None and self.writes_to_leader else self._preferred
-            self._leader = None
-            self._preferred = (start + 1) % len(self._targets)
+            return self._leader if self._leader is not None and self.writes_to_leader else self._preferred
+
+    def _after_unanswered(self, i: int) -> int:
+        """The member after ``i``, which stopped answering a call and is distrusted as the
+        leader for a while: where a hedged keepalive's second attempt starts, whatever other
+        calls did meanwhile (hedges of several sessions at once all leave ``i``)."""
+        with self._lock:
+            self._failed[i] = time.monotonic()
+            return (i + 1) % len(self._targets)
+
+    def _trusted(self, addr: str) -> Optional[int]:
+        """The index of the leader a member named, unless that member failed a call within
+        ``DISTRUSTED_FOR`` and has not answered one since."""
+        i = self._target_of(addr)
+        with self._lock:
+            failed = self._failed.get(i)
+        if failed is not None and time.monotonic() - failed < DISTRUSTED_FOR:
+            _log.debug("ignoring a leader hint naming %s, which failed a call just now", addr)
+            return None
+        return i
 
     def _answered(self, i: int, write: bool, named: Optional[str]) -> None:
         """Records who answered: a read's member becomes the preferred one; a write's, the
-        leader unless it named another. A leader named by any answer is where writes go next."""
-        leader = self._target_of(named) if named is not None and self.writes_to_leader else None
+        leader unless it named another. A leader named by any answer is where writes go next,
+        unless it failed a call within ``DISTRUSTED_FOR``."""
+        with self._lock:
+            self._failed.pop(i % len(self._targets), None)
+        leader = self._trusted(named) if named is not None and self.writes_to_leader else None
         with self._lock:
             i %= len(self._targets)
             if write:
@@ -380,12 +417,12 @@ class Client:
     def _attempts(self, what: str, attempt: Callable[["_Target", Optional[float]], T], *,
                   wait: Optional[float] = 0.0, until: Optional[float] = None,
                   stop: Optional[threading.Event] = None, cap: Optional[float] = None,
-                  write: bool = False) -> T:
+                  write: bool = False, start: Optional[int] = None) -> T:
         """Runs ``attempt(target, timeout)`` on one member after another until one answers,
         an error that must not be retried comes back, or the retry budget is spent. An attempt
         returns ``(result, initial metadata)``: a leader the metadata names is where writes go
-        next. ``write``: the call starts at the leader, when known, and its answer leaves where
-        reads go as it was.
+        next. ``write``: the call starts at the leader, when known (at member ``start`` when
+        given), and its answer leaves where reads go as it was.
         ``wait``: how long the call itself may wait on the server (a lock's wait), added to
         each attempt's timeout; ``None`` for no timeout at all. No attempt's timeout passes the
         end of the whole call (its budget, ``retry_budget + wait``). ``until``: a
@@ -402,7 +439,10 @@ class Client:
         backoff = Backoff()
         with self._lock:
             write = write and self.writes_to_leader
-            i = self._leader if write and self._leader is not None else self._preferred
+            if start is not None:
+                i = start % len(self._targets)
+            else:
+                i = self._leader if write and self._leader is not None else self._preferred
         hinted = False
         while True:
             target = self.target(i)
@@ -420,11 +460,14 @@ class Client:
                 error = LatchError.from_rpc(e, target.addr)
                 if error.code not in RETRYABLE:
                     raise error from None
+                with self._lock:
+                    self._failed[i % n] = time.monotonic()
                 hint = _endpoint_or_none(trailing(e, LEADER_ADDR_METADATA))
-                if hint and hint != target.addr:
+                hinted_at = self._trusted(hint) if hint and hint != target.addr else None
+                if hinted_at is not None:
                     # Straight to the leader named, the first time; members that keep naming
                     # each other (an election under way) get the backoff too.
-                    i, pause = self._target_of(hint), backoff.pause() if hinted else 0.0
+                    i, pause = hinted_at, backoff.pause() if hinted else 0.0
                     hinted = True
                 else:
                     i, pause, hinted = (i + 1) % max(n, 1), backoff.pause(), False
@@ -480,6 +523,11 @@ class Client:
         request = kv_pb2.RangeRequest(key=as_bytes(key), range_end=as_bytes(range_end, "range_end"),
                                       limit=limit, serializable=serializable, keys_only=keys_only,
                                       count_only=count_only, revision=revision)
+        with self._lock:
+            if serializable and 0 < revision <= self._written:
+                # A member behind the client's own write would refuse the revision as one it
+                # has not reached: asked linearizably from the start.
+                request.serializable = False
         response = self._call("kv", "Range", request)
         if revision == 0 and self._behind_own_writes(serializable, response):
             request.serializable = False

@@ -225,12 +225,13 @@ class Session:
     def _keep_alive_hedged(self, until: float, hedge_after: float) -> session_pb2.KeepAliveResponse:
         """One keepalive that waits on no member for long (the Rust client's
         ``keep_alive_hedged``): when none answered within ``hedge_after``, a second goes out
-        beside it, starting at the member after the preferred one and giving each member it
-        tries at most ``hedge_after`` (a follower's hint may name the very member that stopped
+        beside it, starting at the member after the one the first went to and giving each member
+        it tries at most ``hedge_after`` (a follower's hint may name the very member that stopped
         answering). The first grant counts, and the other attempt is cancelled; if neither
         grants, a NOT_FOUND (the session may be gone) before the other's failure."""
         answers: "queue.Queue" = queue.Queue()
-        attempts = [self._start_keep_alive(until, None, answers)]
+        start = self.client._write_start()
+        attempts = [self._start_keep_alive(until, None, answers, start)]
         try:
             try:
                 ack, failed = answers.get(timeout=hedge_after)
@@ -238,8 +239,7 @@ class Session:
                 pass
             else:
                 return _granted_or_raise(ack, failed)
-            self.client._move_writes_on()
-            attempts.append(self._start_keep_alive(until, hedge_after, answers))
+            attempts.append(self._start_keep_alive(until, hedge_after, answers, self.client._after_unanswered(start)))
             ack, failed = answers.get()
             if failed is None:
                 return ack
@@ -253,10 +253,11 @@ class Session:
             for attempt in attempts:
                 attempt.cancel()  # the one still going, if any
 
-    def _start_keep_alive(self, until: float, cap: Optional[float], answers: "queue.Queue") -> "_InFlight":
-        """Starts one keepalive (with the client's retries over the members, each member given
-        at most ``cap`` when set) on a thread of its own; ``(ack, None)`` or ``(None, error)``
-        goes to ``answers``."""
+    def _start_keep_alive(self, until: float, cap: Optional[float], answers: "queue.Queue",
+                          start: int) -> "_InFlight":
+        """Starts one keepalive at member ``start`` (with the client's retries over the members,
+        each member given at most ``cap`` when set) on a thread of its own; ``(ack, None)`` or
+        ``(None, error)`` goes to ``answers``."""
         flight = self._begin()
 
         def attempt(target, timeout):
@@ -273,7 +274,7 @@ class Session:
         def run():
             try:
                 ack = self.client._attempts("Session.KeepAlive", attempt, until=until, stop=flight.stop, cap=cap,
-                                            write=True)
+                                            write=True, start=start)
                 answers.put((ack, None))
             except _Unanswered:
                 answers.put((None, LatchError(grpc.StatusCode.UNAVAILABLE,
