@@ -489,7 +489,9 @@ async fn stop_early<P, H>(
 }
 
 /// Keeps the members' client addresses (for leader hints) by asking each peer for its status:
-/// every second until it answers, then every 30 seconds in case it moved.
+/// every second until it answers, then every 5 seconds in case it moved (a member restarted
+/// with another `--client-addr` or `--advertise-client-addr` is named by its old address
+/// until then).
 async fn learn_members(me: u64, peers: Vec<Peer>, addrs: Arc<RwLock<BTreeMap<u64, String>>>) {
     loop {
         let mut all_known = true;
@@ -503,7 +505,7 @@ async fn learn_members(me: u64, peers: Vec<Peer>, addrs: Arc<RwLock<BTreeMap<u64
                 _ => all_known = false,
             }
         }
-        tokio::time::sleep(Duration::from_secs(if all_known { 30 } else { 1 })).await;
+        tokio::time::sleep(Duration::from_secs(if all_known { 5 } else { 1 })).await;
     }
 }
 
