@@ -226,6 +226,10 @@ fn records_for(
         }
         Question::Node { id } => {
             let Some(addr) = src.member(*id) else { return Ok(None) };
+            if crate::config::is_wildcard(&addr) {
+                // Bound to every interface, advertising nothing: no address to give.
+                return Ok(None);
+            }
             match addr.parse::<std::net::SocketAddr>().map(|a| a.ip()).or_else(|_| addr.parse::<IpAddr>()) {
                 Ok(ip) => Some((addresses(vec![ip]), Vec::new())),
                 // A host name it advertises (--advertise-client-addr): that name, as an
@@ -339,7 +343,8 @@ pub fn transfer(snap: &Snapshot, zone: &Zone) -> (Vec<Record>, Vec<String>) {
         }
     }
     for id in snap.members.keys() {
-        names.push((format!("{id}.node"), ADDRESSES));
+        // ANY: a member advertising a host name answers one CNAME, not one per address type.
+        names.push((format!("{id}.node"), &[RecordType::ANY]));
     }
     for election in snap.leaders.keys() {
         names.push((format!("leader.{election}.election"), &[RecordType::ANY]));
@@ -487,6 +492,8 @@ mod tests {
             match id {
                 1 => Some("127.0.0.1:7379".into()),
                 2 => Some("member-2.example:7379".into()),
+                // Member 3 is bound to every interface and advertises nothing.
+                3 => Some("0.0.0.0:7379".into()),
                 _ => None,
             }
         }
@@ -666,6 +673,11 @@ mod tests {
             data(&ask(&s, "2.node.latch.", RecordType::A)),
             ["member-2.example."],
             "a member advertising a host name (--advertise-client-addr) is a CNAME to it"
+        );
+        assert_eq!(
+            ask(&s, "3.node.latch.", RecordType::A).code,
+            ResponseCode::NXDomain,
+            "a wildcard address is no address to give"
         );
         assert_eq!(data(&ask(&s, "leader.jobs.election.latch.", RecordType::A)), ["10.1.1.1"]);
         let txt = ask(&s, "leader.cron.election.latch.", RecordType::TXT);

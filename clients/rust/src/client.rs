@@ -416,13 +416,19 @@ impl Client {
     /// longer taken for the leader.
     fn next_target(&self, failed: usize, route: Route, hint: Option<&str>) -> (usize, Target) {
         let mut targets = self.targets();
-        targets.failed.insert(failed, Instant::now());
+        // A member that answered naming the leader is there; one that did not may not be.
+        if hint.is_none() {
+            targets.failed.insert(failed, Instant::now());
+        }
         let hinted = hint.and_then(|addr| targets.trusted(addr));
         let index = hinted.unwrap_or((failed + 1) % targets.list.len());
         if self.routes_writes(route) {
             // A write's failure leaves reads where they are (a member behind the one they
-            // were on could answer below what they saw).
-            targets.leader = hinted;
+            // were on could answer below what they saw). A leader another call learnt
+            // meanwhile stays.
+            if hinted.is_some() || targets.leader == Some(failed) {
+                targets.leader = hinted;
+            }
         } else {
             targets.preferred = index;
         }
@@ -455,7 +461,9 @@ impl Targets {
         let given = addr.trim();
         let plain = given.strip_prefix("http://").unwrap_or(given);
         let plain = plain.strip_suffix('/').unwrap_or(plain);
-        if let Some(i) = self.list.iter().position(|t| t.addr == plain) {
+        let wildcard =
+            plain.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().to_canonical().is_unspecified());
+        if let Some(i) = self.list.iter().position(|t| t.addr == plain).filter(|_| !wildcard) {
             return Some(i);
         }
         let target = Target::parse(addr)

@@ -454,15 +454,18 @@ class Client:
                 if left <= 0:
                     raise LatchError(grpc.StatusCode.DEADLINE_EXCEEDED, f"{what}: out of time", target.addr)
                 timeout = left if timeout is None else min(timeout, left)
+            failed_at = i % max(n, 1)
             try:
                 result, metadata = attempt(target, timeout)
             except grpc.RpcError as e:
                 error = LatchError.from_rpc(e, target.addr)
                 if error.code not in RETRYABLE:
                     raise error from None
-                with self._lock:
-                    self._failed[i % n] = time.monotonic()
                 hint = _endpoint_or_none(trailing(e, LEADER_ADDR_METADATA))
+                if not hint:
+                    # A member that answered naming the leader is there; one that did not may not be.
+                    with self._lock:
+                        self._failed[failed_at] = time.monotonic()
                 hinted_at = self._trusted(hint) if hint and hint != target.addr else None
                 if hinted_at is not None:
                     # Straight to the leader named, the first time; members that keep naming
@@ -473,9 +476,13 @@ class Client:
                     i, pause, hinted = (i + 1) % max(n, 1), backoff.pause(), False
                 if write:
                     # The member that failed a write is no longer taken for the leader; one
-                    # named instead is. Reads stay where they were.
+                    # named instead is (a leader another call learnt meanwhile stays). Reads
+                    # stay where they were.
                     with self._lock:
-                        self._leader = i if hinted else None
+                        if hinted:
+                            self._leader = i
+                        elif self._leader == failed_at:
+                            self._leader = None
                 if time.monotonic() + pause >= deadline:
                     raise LatchError(error.code, f"{what}: {error.message} (retried for {budget:.1f} s)",
                                      error.endpoint, error.compact_revision) from None
