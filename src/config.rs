@@ -877,14 +877,12 @@ fn check_host_port(addr: &str) -> Result<(), String> {
 /// which names no host to go to) and a port.
 fn check_advertised(addr: &str) -> Result<(), String> {
     check_host_port(addr).map_err(|problem| format!("{addr:?}: {problem}; expected host:port"))?;
-    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
-    let ip = host.trim_start_matches('[').trim_end_matches(']');
-    match ip.parse::<std::net::IpAddr>() {
-        Ok(ip) if ip.to_canonical().is_unspecified() => Err(format!(
+    if is_wildcard(addr) {
+        return Err(format!(
             "{addr:?} is a wildcard address, which clients cannot connect to; give this member's own host"
-        )),
-        _ => Ok(()),
+        ));
     }
+    Ok(())
 }
 
 /// Whether the address a client port was bound to is a wildcard (0.0.0.0, [::]): one a member

@@ -353,7 +353,8 @@ pub async fn run(
         }
     }
 
-    let client_addrs = Arc::new(RwLock::new(BTreeMap::from([(id, advertised.clone())])));
+    let own = (!crate::config::is_wildcard(&advertised)).then(|| (id, advertised.clone()));
+    let client_addrs = Arc::new(RwLock::new(own.into_iter().collect::<BTreeMap<_, _>>()));
     // One check for the member that DNS answers, watch streams, waiting acquires and election
     // observers all ask; often enough for `--dns-max-stale`.
     let freshness = Arc::new(Freshness::new(id, longest_election));
@@ -499,7 +500,12 @@ async fn learn_members(me: u64, peers: Vec<Peer>, addrs: Arc<RwLock<BTreeMap<u64
             match member_status(&p.peer_addr, Duration::from_secs(1)).await {
                 Ok(s) if s.id == p.id && !s.client_addr.is_empty() => {
                     if let Ok(mut m) = addrs.write() {
-                        m.insert(p.id, s.client_addr);
+                        // A wildcard address names no host: no leader hint, no DNS answer.
+                        if crate::config::is_wildcard(&s.client_addr) {
+                            m.remove(&p.id);
+                        } else {
+                            m.insert(p.id, s.client_addr);
+                        }
                     }
                 }
                 _ => all_known = false,

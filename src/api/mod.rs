@@ -119,7 +119,8 @@ pub struct Context {
     /// This member's client address as advertised (`--advertise-client-addr`, else as bound).
     pub client_addr: String,
     pub peer_addr: String,
-    /// Client addresses of the members, as they reported them (see `server::learn_members`).
+    /// Client addresses of the members, as they reported them (see `server::learn_members`);
+    /// never a wildcard one.
     pub client_addrs: Arc<RwLock<BTreeMap<u64, String>>>,
     /// Whether the member is in touch with a leader (one check for all who ask).
     pub freshness: Arc<Freshness>,
@@ -245,9 +246,7 @@ impl Context {
             return None;
         }
         let addrs = self.client_addrs.read().ok()?;
-        // A leader bound to a wildcard address without --advertise-client-addr names no host.
-        let addr = addrs.get(&leader).filter(|addr| !crate::config::is_wildcard(addr))?;
-        http::HeaderValue::from_str(addr).ok()
+        http::HeaderValue::from_str(addrs.get(&leader)?).ok()
     }
 
     /// The one mapping of errors to gRPC statuses (DESIGN.md §2 rule 6). UNAVAILABLE carries

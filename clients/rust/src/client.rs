@@ -196,7 +196,7 @@ impl Client {
     /// of this client's acknowledged writes: then it is asked again linearizably
     /// (`Client::range`, `list_page`), so that the client reads its own writes.
     pub(crate) fn behind_own_writes(&self, serializable: bool, header: Option<&ResponseHeader>) -> bool {
-        let (at, written) = (header.map_or(0, |h| h.revision), self.inner.written.load(Ordering::Relaxed));
+        let (at, written) = (header.map_or(0, |h| h.revision), self.written());
         let behind = serializable && at < written;
         if behind {
             tracing::debug!(at, written, "a serializable read behind this client's write, read again");
@@ -461,15 +461,14 @@ impl Targets {
         let given = addr.trim();
         let plain = given.strip_prefix("http://").unwrap_or(given);
         let plain = plain.strip_suffix('/').unwrap_or(plain);
-        let wildcard =
-            plain.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().to_canonical().is_unspecified());
-        if let Some(i) = self.list.iter().position(|t| t.addr == plain).filter(|_| !wildcard) {
+        if is_wildcard(plain) {
+            tracing::debug!(hint = addr, "ignoring a leader hint naming a wildcard address (no host)");
+            return None;
+        }
+        if let Some(i) = self.list.iter().position(|t| t.addr == plain) {
             return Some(i);
         }
         let target = Target::parse(addr)
-            .and_then(
-                |t| if t.unspecified() { Err("names no host (a wildcard address)".into()) } else { Ok(t) },
-            )
             .map_err(|problem| tracing::debug!(hint = addr, problem, "ignoring an unusable leader hint"))
             .ok()?;
         if let Some(i) = self.list.iter().position(|t| t.addr == target.addr) {
@@ -478,6 +477,12 @@ impl Targets {
         self.list.push(target);
         Some(self.list.len() - 1)
     }
+}
+
+/// Whether `addr` is a wildcard address (`0.0.0.0`, `[::]`): a member listening on every
+/// interface names it, but no client can connect to it.
+fn is_wildcard(addr: &str) -> bool {
+    addr.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().to_canonical().is_unspecified())
 }
 
 impl Target {
@@ -515,12 +520,6 @@ impl Target {
         let channel = endpoint.connect_lazy();
         let streams = endpoint.initial_connection_window_size(STREAMS_CONNECTION_WINDOW).connect_lazy();
         Ok(Target { addr: addr.to_string(), channel, streams })
-    }
-
-    /// Whether the address is a wildcard one (`0.0.0.0`, `[::]`): a member listening on every
-    /// interface names it, but no client can connect to it.
-    fn unspecified(&self) -> bool {
-        self.addr.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().to_canonical().is_unspecified())
     }
 
     /// The channel of `lane`.

@@ -483,6 +483,11 @@ mod tests {
         Member(keepalives, Arc::default())
     }
 
+    /// How many keepalive calls the member counting into `n` was sent.
+    fn asked(n: &Arc<std::sync::atomic::AtomicUsize>) -> usize {
+        n.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     #[tonic::async_trait]
     impl SessionApi for Member {
         type KeepAliveStream = Acks;
@@ -606,7 +611,6 @@ mod tests {
             .expect("the live member grants");
 
         assert_eq!(ack.granted_ms, 1000);
-        let asked = |n: &Arc<std::sync::atomic::AtomicUsize>| n.load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(
             asked(&at_frozen),
             1,
@@ -634,7 +638,6 @@ mod tests {
             .await
             .expect("the hedges renew within the first attempts' timeout");
         assert!(acks.iter().all(Result::is_ok), "every hedge is granted: {acks:?}");
-        let asked = |n: &Arc<std::sync::atomic::AtomicUsize>| n.load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(
             asked(&at_frozen),
             3,

@@ -495,18 +495,17 @@ class Client:
             return result
 
     def _call(self, service: str, method: str, request, *, wait: Optional[float] = 0.0,
-              until: Optional[float] = None, stop: Optional[threading.Event] = None):
-        """A read (one that changes nothing): on the member reads go to."""
+              until: Optional[float] = None, stop: Optional[threading.Event] = None, write: bool = False):
+        """A read (one that changes nothing): on the member reads go to; a ``write``, see
+        ``_write``."""
         return self._attempts(f"{service}.{method}", lambda t, timeout: _unary(t, service, method, request, timeout),
-                              wait=wait, until=until, stop=stop)
+                              wait=wait, until=until, stop=stop, write=write)
 
     def _write(self, service: str, method: str, request, *, wait: Optional[float] = 0.0,
                until: Optional[float] = None, stop: Optional[threading.Event] = None):
         """A write (its request id makes a retry safe): sent first to the leader, when known;
         its revision becomes the floor of this client's serializable reads."""
-        response = self._attempts(f"{service}.{method}",
-                                  lambda t, timeout: _unary(t, service, method, request, timeout),
-                                  wait=wait, until=until, stop=stop, write=True)
+        response = self._call(service, method, request, wait=wait, until=until, stop=stop, write=True)
         self._wrote(response)
         return response
 
