@@ -244,8 +244,9 @@ pub async fn run(
             if crate::config::is_wildcard(&client_addr) {
                 tracing::warn!(
                     %client_addr,
-                    "the client port is bound to a wildcard address, which names no host: clients \
-                     ignore it when it is named as the leader's; set --advertise-client-addr"
+                    "the client port is bound to a wildcard address, which names no host: no member \
+                     names it as the leader's and DNS has no node record of it; set \
+                     --advertise-client-addr"
                 );
             }
             client_addr.clone()

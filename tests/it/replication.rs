@@ -86,9 +86,10 @@ async fn writes_through_any_member_are_seen_at_once_by_linearizable_reads_on_ano
 }
 
 /// `--advertise-client-addr`: a member bound to an address clients cannot use (a wildcard, NAT)
-/// is named by the one it advertises, by itself and by the other members (the leader hint
-/// followers send comes from the same place as their status). The advertised name need not
-/// resolve here: nothing connects to it.
+/// is named by the one it advertises, by itself and by the other members' status (which asks
+/// it over the peer port, as `server::learn_members` does for the leader hint; the hint itself
+/// is checked with bound addresses in the test below). The advertised name need not resolve
+/// here: nothing connects to it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_member_is_named_to_clients_by_the_client_address_it_advertises() {
     let mut c = Cluster::start(3, &[]).await;
