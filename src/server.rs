@@ -26,9 +26,9 @@ use crate::api::{
     cluster::ClusterService,
     election::ElectionService,
     kv::KvService,
-    leader_hint::LeaderHintLayer,
     lock::LockService,
     registry::RegistryService,
+    routing::RoutingLayer,
     session::SessionService,
     watch::{Recent, WatchService},
     Context,
@@ -395,7 +395,7 @@ pub async fn run(
         .http2_keepalive_timeout(Some(CLIENT_PING_TIMEOUT))
         .max_concurrent_streams(u32::try_from(config.limits.max_concurrent_streams).ok())
         .layer(grpc_metrics)
-        .layer(LeaderHintLayer::new(ctx.clone()))
+        .layer(RoutingLayer::new(ctx.clone()))
         .add_service(KvService::server(ctx.clone()))
         .add_service(ClusterService::server(ctx.clone()))
         .add_service(SessionService::server(ctx.clone()))

@@ -61,6 +61,23 @@ pub const COMPACT_REVISION_METADATA: &str = "latch-compact-revision";
 /// address (`host:port`), when it knows one. Part of the wire contract of `latch.v1`.
 pub const LEADER_ADDR_METADATA: &str = "latch-leader-addr";
 
+/// gRPC metadata key under which every answer of a member names its cluster (the cluster id,
+/// 16 lowercase hex digits), and under which a client names the cluster it talks to. A member
+/// refuses a request naming another cluster (FAILED_PRECONDITION, nothing done): a client sent
+/// to an address a member of another cluster now holds (a stale leader hint, a misconfigured
+/// endpoint list) changes nothing there. Part of the wire contract of `latch.v1`.
+pub const CLUSTER_ID_METADATA: &str = "latch-cluster-id";
+
+/// The form of a cluster id in [`CLUSTER_ID_METADATA`] and in logs: 16 lowercase hex digits.
+pub fn format_cluster_id(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+/// Reads a [`CLUSTER_ID_METADATA`] value; `None` if it is not 16 hex digits.
+pub fn parse_cluster_id(text: &str) -> Option<u64> {
+    (text.len() == 16).then(|| u64::from_str_radix(text, 16).ok()).flatten()
+}
+
 /// gRPC metadata key (value `true`) of a member's own RESOURCE_EXHAUSTED refusals: the request
 /// was over one of its limits and nothing was queued or changed. RESOURCE_EXHAUSTED without it may come
 /// from elsewhere (HTTP/2's ENHANCE_YOUR_CALM, a proxy) after the request was acted on. Part of

@@ -4,9 +4,9 @@
 pub mod cluster;
 pub mod election;
 pub mod kv;
-pub mod leader_hint;
 pub mod lock;
 pub mod registry;
+pub mod routing;
 pub mod session;
 pub mod watch;
 
@@ -239,7 +239,7 @@ impl From<redb::TransactionError> for ApiError {
 
 impl Context {
     /// The leader's client address, when this member is not the leader and knows it: what its
-    /// answers name (`leader_hint`, and UNAVAILABLE ones below).
+    /// answers name (`routing`, and UNAVAILABLE ones below).
     pub fn leader_addr(&self) -> Option<http::HeaderValue> {
         let leader = self.node.status().leader;
         if leader == 0 || leader == self.node.member_id {

@@ -1,7 +1,10 @@
 //! Leader election, replication and linearizable reads across members, failover, and
 //! idempotent retries (DESIGN.md §1).
 
+use std::time::Duration;
+
 use latch_client::{Client, ClientOptions, PutRequest, RangeRequest};
+use latch_proto::{format_cluster_id, CLUSTER_ID_METADATA};
 
 use crate::harness::{eventually, Cluster, STARTUP};
 
@@ -114,6 +117,58 @@ async fn a_member_is_named_to_clients_by_the_client_address_it_advertises() {
     let bound = c.member(other).client_addr.clone();
     let kv = c.client_of(other).await.get("anything").await;
     assert!(kv.is_ok(), "member {other} still serves clients at its bound address {bound}: {kv:?}");
+}
+
+/// Two clusters side by side. A member refuses a request that names another cluster, naming
+/// both, and changes nothing; every answer names the member's own cluster. A client whose
+/// endpoints reach a member of the other cluster once its own member is gone (as a stale leader
+/// hint would send it there) gets refusals, and the other cluster holds none of its writes.
+#[tokio::test]
+async fn a_member_of_another_cluster_refuses_a_clients_requests_and_changes_nothing() {
+    let mut ours = Cluster::start(1, &[]).await;
+    let theirs = Cluster::start(1, &[]).await;
+    ours.leader().await;
+    theirs.leader().await;
+    let (our_id, their_id) = (format_cluster_id(ours.cluster_id()), format_cluster_id(theirs.cluster_id()));
+    assert_ne!(our_id, their_id, "two clusters of different peer addresses have different ids");
+    let put = |key: &str, cluster: &str| {
+        let mut request = tonic::Request::new(PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        });
+        request.metadata_mut().insert(CLUSTER_ID_METADATA, cluster.parse().expect("ascii"));
+        request
+    };
+    let mut kv = theirs.kv_of_only(1).await;
+
+    let refused = kv.put(put("refused", &our_id)).await.expect_err("a request naming another cluster");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    for id in [&our_id, &their_id] {
+        assert!(refused.message().contains(id.as_str()), "the refusal names cluster {id}: {refused:?}");
+    }
+    let named = refused.metadata().get(CLUSTER_ID_METADATA).and_then(|v| v.to_str().ok());
+    assert_eq!(named, Some(their_id.as_str()), "a refusal names the member's own cluster");
+    let malformed = kv.put(put("malformed", "cluster-7")).await.expect_err("a malformed cluster id");
+    assert_eq!(malformed.code(), tonic::Code::InvalidArgument, "{malformed:?}");
+    assert!(malformed.message().contains(CLUSTER_ID_METADATA), "names the metadata: {malformed:?}");
+    let served = kv.put(put("served", &their_id)).await.expect("a request naming the member's own cluster");
+    let named = served.metadata().get(CLUSTER_ID_METADATA).and_then(|v| v.to_str().ok());
+    assert_eq!(named, Some(their_id.as_str()), "an answer names the member's own cluster");
+
+    let options = ClientOptions { retry_budget: Duration::from_secs(1), ..ClientOptions::default() };
+    let endpoints = [ours.member(1).client_addr.clone(), theirs.member(1).client_addr.clone()];
+    let client = Client::connect_with(endpoints, options).await.unwrap();
+    client.put("mine", "1").await.expect("the client's own cluster acknowledges its first put");
+    ours.kill(1);
+    let lost = client.put("mine", "2").await.expect_err("no member of the client's cluster is left");
+    let (_, keys) = theirs.local_kvs(1).await.expect("the other cluster's state");
+    let keys: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["served"],
+        "the other cluster holds none of the client's writes (the put failed: {lost})"
+    );
 }
 
 #[tokio::test]

@@ -776,43 +776,76 @@ class SlowFailingLocks(lock_pb2_grpc.LockServicer):
         return lock_pb2.WithdrawResponse()
 
 
-class NamingKV(kv_pb2_grpc.KVServicer):
+class InCluster:
+    """A member of ``cluster`` (16 hex digits; None: one that names none), as a member's answers
+    name it; it refuses a request naming another one (FAILED_PRECONDITION, nothing recorded), as
+    a member does. ``named``: the cluster each request named (None: none), refused ones too."""
+
+    def __init__(self, cluster: Optional[str] = None):
+        self.cluster = cluster
+        self.named = []
+
+    def _refused(self, context) -> bool:
+        asked = dict(context.invocation_metadata()).get("latch-cluster-id")
+        self.named.append(asked)
+        if self.cluster is not None:
+            context.set_trailing_metadata([("latch-cluster-id", self.cluster)])
+        if self.cluster is not None and asked is not None and asked != self.cluster:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this member belongs to another cluster")
+        return False
+
+    def _initial(self, context, metadata=()):
+        named = [("latch-cluster-id", self.cluster)] if self.cluster is not None else []
+        if named or metadata:
+            context.send_initial_metadata(named + list(metadata))
+
+
+class NamingKV(kv_pb2_grpc.KVServicer, InCluster):
     """A member that answers puts at revisions counting up from 10 and reads at ``read_at``
     (a serializable one) or at its last put (a linearizable one), as ``member_id``; when
     ``leader`` is set, every answer names it (``latch-leader-addr``), as a follower's do.
     Records each call as ``(method, serializable)``."""
 
-    def __init__(self, member_id: int, read_at: int = 1):
+    def __init__(self, member_id: int, read_at: int = 1, cluster: Optional[str] = None):
+        InCluster.__init__(self, cluster)
         self.member_id, self.read_at = member_id, read_at
         self.leader: Optional[str] = None
         self.calls = []
         self.revision = 10
 
     def _answer(self, context):
-        if self.leader is not None:
-            context.send_initial_metadata([("latch-leader-addr", self.leader)])
+        self._refused(context)
+        self._initial(context, [("latch-leader-addr", self.leader)] if self.leader is not None else [])
 
     def Put(self, request, context):
-        self.calls.append(("Put", None))
         self._answer(context)
+        self.calls.append(("Put", None))
         self.revision += 1
         return kv_pb2.PutResponse(header=kv_pb2.ResponseHeader(member_id=self.member_id, revision=self.revision))
 
     def Range(self, request, context):
-        self.calls.append(("Range", request.serializable))
         self._answer(context)
+        self.calls.append(("Range", request.serializable))
         at = self.read_at if request.serializable else 100
         return kv_pb2.RangeResponse(header=kv_pb2.ResponseHeader(member_id=self.member_id, revision=at))
 
 
-class CutOffKV(kv_pb2_grpc.KVServicer):
-    """A leader this client cannot use: every call fails UNAVAILABLE, naming nobody. Counts them."""
+class CutOffKV(kv_pb2_grpc.KVServicer, InCluster):
+    """A leader this client cannot use: every call fails UNAVAILABLE, naming ``leader`` (else
+    nobody), and its cluster when it has one. Counts them."""
 
-    def __init__(self):
+    def __init__(self, cluster: Optional[str] = None, leader: Optional[str] = None):
+        InCluster.__init__(self, cluster)
+        self.leader = leader
         self.calls = 0
 
     def Put(self, request, context):
+        self._refused(context)
         self.calls += 1
+        trailing = [("latch-cluster-id", self.cluster)] if self.cluster is not None else []
+        if self.leader is not None:
+            trailing.append(("latch-leader-addr", self.leader))
+        context.set_trailing_metadata(trailing)
         context.abort(grpc.StatusCode.UNAVAILABLE, "cut off")
 
 
@@ -887,6 +920,32 @@ class OfflineScriptedTest(unittest.TestCase):
             answered = [client.put("k", str(i)).header.member_id for i in range(4)]
         self.assertEqual(answered, [2, 2, 2, 2], "every write is acknowledged by the follower")
         self.assertEqual(cut_off.calls, 1, "the leader that failed a write is not tried again while distrusted")
+
+    def test_a_leader_that_answered_unavailable_naming_the_cluster_is_taken_back_at_a_followers_word(self):
+        # An election under way: the member named the leader answers UNAVAILABLE naming no
+        # leader, but it answered (it named the cluster), so it is not passed over as unreachable.
+        electing, follower = CutOffKV(cluster="0000000000000007"), NamingKV(member_id=2, cluster="0000000000000007")
+        add = kv_pb2_grpc.add_KVServicer_to_server
+        follower.leader = serve(self, add, electing)
+        with latch.Client([serve(self, add, follower)]) as client:
+            answered = [client.put("k", str(i)).header.member_id for i in range(4)]
+        self.assertEqual(answered, [2, 2, 2, 2], "every write is acknowledged by the follower")
+        self.assertEqual(electing.calls, 3, "each put after the first goes to the member named the leader, "
+                         "which answered and stays trusted")
+
+    def test_a_member_of_another_cluster_refuses_the_clients_calls_and_they_go_on_to_one_of_its_own(self):
+        ours, theirs = "0000000000000001", "0000000000000002"
+        add = kv_pb2_grpc.add_KVServicer_to_server
+        foreign = NamingKV(member_id=9, cluster=theirs)
+        follower = CutOffKV(cluster=ours, leader=serve(self, add, foreign))
+        leader = NamingKV(member_id=1, cluster=ours)
+        with latch.Client([serve(self, add, follower), serve(self, add, leader)]) as client:
+            answered = [client.put("k", str(i)).header.member_id for i in range(2)]
+        self.assertEqual(answered, [1, 1], "both puts are acknowledged by the leader of the client's cluster")
+        self.assertEqual(foreign.calls, [], "the other cluster's member applied nothing")
+        self.assertEqual(foreign.named, [ours], "it was asked once, the request naming the client's cluster")
+        self.assertEqual(follower.named[0], None, "the very first request names no cluster: none is known yet")
+        self.assertEqual(leader.named, [ours, ours], "every request after the first answer names the cluster")
 
     def test_a_leader_hint_naming_a_wildcard_address_is_ignored(self):
         follower = NamingKV(member_id=2)

@@ -9,12 +9,15 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use latch_proto::v1::ResponseHeader;
+use latch_proto::{format_cluster_id, parse_cluster_id, CLUSTER_ID_METADATA};
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{AsciiMetadataValue, MetadataMap};
+use tonic::service::interceptor::{InterceptedService, Interceptor};
+use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 
 use crate::Error;
@@ -78,6 +81,51 @@ struct Inner {
     /// The highest revision of this client's acknowledged writes (keepalives aside): a
     /// serializable read answered below it is asked again (see `Client::range`).
     written: AtomicI64,
+    /// The cluster this client talks to (shared with `Targets`, whose channels name it).
+    cluster: Arc<Cluster>,
+}
+
+/// A member's connection, each request on it naming the client's cluster once known.
+pub(crate) type Channel = InterceptedService<tonic::transport::Channel, NameCluster>;
+
+/// The cluster this client talks to: the one its first answer named (`latch-cluster-id`),
+/// for the client's life. Every request after names it, and a member of another cluster
+/// refuses it (FAILED_PRECONDITION, nothing done), so a stale leader hint or a mixed endpoint
+/// list never makes a write land in another cluster; the client moves on from such a member.
+#[derive(Debug, Default)]
+struct Cluster(OnceLock<(u64, AsciiMetadataValue)>);
+
+impl Cluster {
+    fn id(&self) -> Option<u64> {
+        self.0.get().map(|(id, _)| *id)
+    }
+
+    /// Learns the cluster an answer names, if none is known yet.
+    fn learn(&self, metadata: &MetadataMap) {
+        if self.0.get().is_some() {
+            return;
+        }
+        let named =
+            metadata.get(CLUSTER_ID_METADATA).and_then(|v| v.to_str().ok()).and_then(parse_cluster_id);
+        if let Some(id) = named {
+            if let Ok(value) = format_cluster_id(id).parse() {
+                let _ = self.0.set((id, value));
+            }
+        }
+    }
+}
+
+/// Puts the cluster the client talks to, once known, on each request.
+#[derive(Debug, Clone)]
+pub(crate) struct NameCluster(Arc<Cluster>);
+
+impl Interceptor for NameCluster {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some((_, value)) = self.0 .0.get() {
+            request.metadata_mut().insert(CLUSTER_ID_METADATA, value.clone());
+        }
+        Ok(request)
+    }
 }
 
 /// The endpoints known to the client: the ones it was given, plus leaders that members named.
@@ -95,6 +143,8 @@ struct Targets {
     /// [`DISTRUSTED_FOR`] after, no other member's hint makes it the leader. At most one entry
     /// per endpoint of `list`.
     failed: HashMap<usize, Instant>,
+    /// The cluster the endpoints' requests name.
+    cluster: Arc<Cluster>,
 }
 
 /// How long an endpoint that failed a call is not taken for the leader on another member's
@@ -151,8 +201,9 @@ impl Client {
         options: ClientOptions,
     ) -> Result<Client, Error> {
         let mut list: Vec<Target> = Vec::new();
+        let cluster = Arc::new(Cluster::default());
         for endpoint in endpoints {
-            let target = Target::parse(&endpoint.into()).map_err(Error::InvalidEndpoint)?;
+            let target = Target::parse(&endpoint.into(), &cluster).map_err(Error::InvalidEndpoint)?;
             if !list.iter().any(|t| t.addr == target.addr) {
                 list.push(target);
             }
@@ -163,8 +214,15 @@ impl Client {
         Ok(Client {
             inner: Arc::new(Inner {
                 options,
-                targets: Mutex::new(Targets { list, preferred: 0, leader: None, failed: HashMap::new() }),
+                targets: Mutex::new(Targets {
+                    list,
+                    preferred: 0,
+                    leader: None,
+                    failed: HashMap::new(),
+                    cluster: cluster.clone(),
+                }),
                 written: AtomicI64::new(0),
+                cluster,
             }),
         })
     }
@@ -351,16 +409,26 @@ impl Client {
             };
             let status = match answer {
                 Ok(Ok(response)) => {
+                    self.inner.cluster.learn(response.metadata());
                     let named = response.metadata().get(LEADER_ADDR_METADATA).and_then(|v| v.to_str().ok());
                     self.answered(index, route, named);
                     return Ok(response.into_inner());
                 }
                 Ok(Err(status)) | Err(status) => status,
             };
-            if !is_retryable(&status) {
+            let cluster = &self.inner.cluster;
+            cluster.learn(status.metadata());
+            let named = status.metadata().get(CLUSTER_ID_METADATA).and_then(|v| v.to_str().ok());
+            let named = named.and_then(parse_cluster_id);
+            // A member of another cluster refused the call: it is no member of ours, whatever
+            // it says of its own leader; the call goes on to the next endpoint.
+            let foreign = named.is_some_and(|id| cluster.id().is_some_and(|ours| id != ours));
+            if !is_retryable(&status) && !foreign {
                 return Err(Error::from(with_context(status, &target.addr)));
             }
-            let hint = leader_hint(&status);
+            let hint = leader_hint(&status).filter(|_| !foreign);
+            // Named our cluster: the member itself answered (the connection is fine).
+            let answered = named.is_some() && !foreign;
             if limits.is_some_and(|(_, deadline)| Instant::now() + backoff >= deadline) {
                 return Err(Error::from(with_context(status, &target.addr)));
             }
@@ -372,7 +440,7 @@ impl Client {
                 leader_hint = hint.as_deref(),
                 "retrying on another endpoint"
             );
-            (index, target) = self.next_target(index, route, hint.as_deref());
+            (index, target) = self.next_target(index, route, hint.as_deref(), answered);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
@@ -413,11 +481,18 @@ impl Client {
 
     /// The endpoint to try after `failed`: the named leader if there is a usable hint (added to
     /// the list if new), else the next endpoint in the list. A write's failed endpoint is no
-    /// longer taken for the leader.
-    fn next_target(&self, failed: usize, route: Route, hint: Option<&str>) -> (usize, Target) {
+    /// longer taken for the leader. One that did not answer (`answered`: it sent its own
+    /// failure, naming our cluster) is distrusted as the leader for a while.
+    fn next_target(
+        &self,
+        failed: usize,
+        route: Route,
+        hint: Option<&str>,
+        answered: bool,
+    ) -> (usize, Target) {
         let mut targets = self.targets();
-        // A member that answered naming the leader is there; one that did not may not be.
-        if hint.is_none() {
+        // A member that answered, or named the leader, is there; one that did not may not be.
+        if !answered && hint.is_none() {
             targets.failed.insert(failed, Instant::now());
         }
         let hinted = hint.and_then(|addr| targets.trusted(addr));
@@ -468,7 +543,7 @@ impl Targets {
         if let Some(i) = self.list.iter().position(|t| t.addr == plain) {
             return Some(i);
         }
-        let target = Target::parse(addr)
+        let target = Target::parse(addr, &self.cluster)
             .map_err(|problem| tracing::debug!(hint = addr, problem, "ignoring an unusable leader hint"))
             .ok()?;
         if let Some(i) = self.list.iter().position(|t| t.addr == target.addr) {
@@ -488,7 +563,7 @@ fn is_wildcard(addr: &str) -> bool {
 impl Target {
     /// Parses `host:port` or `http://host:port` and makes a lazy channel for it; or says why
     /// the endpoint is unusable.
-    fn parse(endpoint: &str) -> Result<Target, String> {
+    fn parse(endpoint: &str, cluster: &Arc<Cluster>) -> Result<Target, String> {
         let given = endpoint.trim();
         let bad = |why: &str| format!("{given:?}: {why}");
         if given.is_empty() {
@@ -517,8 +592,10 @@ impl Target {
         // Each lazy channel is a connection of its own. On the streams' one, the connection's
         // window is the largest HTTP/2 allows: each stream is held to its own window (2 MiB),
         // so one its caller does not read never holds up another's.
-        let channel = endpoint.connect_lazy();
+        let name = NameCluster(cluster.clone());
+        let channel = InterceptedService::new(endpoint.connect_lazy(), name.clone());
         let streams = endpoint.initial_connection_window_size(STREAMS_CONNECTION_WINDOW).connect_lazy();
+        let streams = InterceptedService::new(streams, name);
         Ok(Target { addr: addr.to_string(), channel, streams })
     }
 

@@ -1,11 +1,11 @@
 //! The key-value calls and the cluster status, as methods of [`Client`].
 
+use crate::client::Channel;
 use latch_proto::v1::{
     cluster_client::ClusterClient, kv_client::KvClient, CompactionRequest, CompactionResponse,
     DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest, PutResponse, RangeRequest, RangeResponse,
     StatusRequest, StatusResponse, TxnRequest, TxnResponse,
 };
-use tonic::transport::Channel;
 
 use crate::{prefix_range, Client, Error};
 

@@ -26,6 +26,8 @@ use latch_proto::v1::{
     ResponseHeader, ServiceInstance, ServiceSummary, ServicesRequest, ServicesResponse, TxnRequest,
     TxnResponse, WatchRequest, WatchResponse, WithdrawRequest, WithdrawResponse,
 };
+use latch_proto::{format_cluster_id, CLUSTER_ID_METADATA};
+use tonic::metadata::MetadataMap;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -56,12 +58,42 @@ struct ScriptedKv {
     script: Script,
     /// The request id of every write received (empty string for reads), in order.
     received: Arc<Mutex<Vec<String>>>,
+    /// The cluster this member names on every answer, as a member does (`latch-cluster-id`);
+    /// it refuses, as a member does, a request naming another one (not recorded as received).
+    cluster: Option<u64>,
+    /// The cluster each request named (`None`: it named none), refused ones included.
+    named: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 impl ScriptedKv {
     // `Status` is what tonic's service trait returns; its size is not ours to choose.
     #[allow(clippy::result_large_err)]
-    fn answer<T>(&self, request_id: String, ok: T) -> Result<Response<T>, Status> {
+    fn answer<T>(&self, request: &MetadataMap, request_id: String, ok: T) -> Result<Response<T>, Status> {
+        let asked = request.get(CLUSTER_ID_METADATA).map(|v| v.to_str().expect("ascii").to_string());
+        self.named.lock().expect("test lock").push(asked.clone());
+        let mut answer = self.answer_as_scripted(request_id, ok, asked);
+        if let Some(id) = self.cluster {
+            let value = format_cluster_id(id).parse().expect("hex digits");
+            match &mut answer {
+                Ok(response) => response.metadata_mut().insert(CLUSTER_ID_METADATA, value),
+                Err(status) => status.metadata_mut().insert(CLUSTER_ID_METADATA, value),
+            };
+        }
+        answer
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn answer_as_scripted<T>(
+        &self,
+        request_id: String,
+        ok: T,
+        asked: Option<String>,
+    ) -> Result<Response<T>, Status> {
+        if let (Some(ours), Some(asked)) = (self.cluster, asked) {
+            if asked != format_cluster_id(ours) {
+                return Err(Status::failed_precondition("this member belongs to another cluster"));
+            }
+        }
         self.received.lock().expect("test lock").push(request_id);
         match &self.script {
             Script::Answer | Script::Behind => Ok(Response::new(ok)),
@@ -85,6 +117,7 @@ impl ScriptedKv {
 #[tonic::async_trait]
 impl Kv for ScriptedKv {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let metadata = request.metadata().clone();
         let RangeRequest { key, serializable, .. } = request.into_inner();
         let kv = KeyValue { key, value: b"v".to_vec(), version: 1, ..Default::default() };
         let (noted, revision) = match (&self.script, serializable) {
@@ -94,6 +127,7 @@ impl Kv for ScriptedKv {
         };
         let header = Some(ResponseHeader { revision, ..Default::default() });
         self.answer(
+            &metadata,
             noted.to_string(),
             RangeResponse { header, kvs: vec![kv], count: 1, ..Default::default() },
         )
@@ -101,39 +135,59 @@ impl Kv for ScriptedKv {
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let header = Some(ResponseHeader { revision: 10, ..Default::default() });
-        self.answer(request.into_inner().request_id, PutResponse { header, ..Default::default() })
+        let metadata = request.metadata().clone();
+        self.answer(&metadata, request.into_inner().request_id, PutResponse { header, ..Default::default() })
     }
 
     async fn delete_range(
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        self.answer(request.into_inner().request_id, DeleteRangeResponse { deleted: 1, ..Default::default() })
+        let metadata = request.metadata().clone();
+        let deleted = DeleteRangeResponse { deleted: 1, ..Default::default() };
+        self.answer(&metadata, request.into_inner().request_id, deleted)
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        self.answer(request.into_inner().request_id, TxnResponse { succeeded: true, ..Default::default() })
+        let metadata = request.metadata().clone();
+        let answer = TxnResponse { succeeded: true, ..Default::default() };
+        self.answer(&metadata, request.into_inner().request_id, answer)
     }
 
     async fn compact(
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        let metadata = request.metadata().clone();
         let r = request.into_inner();
-        self.answer(r.request_id, CompactionResponse { compact_revision: r.revision, ..Default::default() })
+        self.answer(
+            &metadata,
+            r.request_id,
+            CompactionResponse { compact_revision: r.revision, ..Default::default() },
+        )
     }
 }
 
 /// Starts a scripted server on a free port; returns its address and what it received.
 async fn serve(script: Script) -> (String, Arc<Mutex<Vec<String>>>) {
+    let (addr, received, _) = serve_in(None, script).await;
+    (addr, received)
+}
+
+/// Like [`serve`], a member of cluster `cluster`; also returns the cluster each request named.
+async fn serve_in(cluster: Option<u64>, script: Script) -> (String, Arc<Mutex<Vec<String>>>, Named) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
     let addr = listener.local_addr().expect("bound address").to_string();
     let received = Arc::new(Mutex::new(Vec::new()));
-    let service = KvServer::new(ScriptedKv { script, received: received.clone() });
+    let named = Arc::new(Mutex::new(Vec::new()));
+    let service =
+        KvServer::new(ScriptedKv { script, received: received.clone(), cluster, named: named.clone() });
     let incoming = TcpIncoming::from_listener(listener, true, None).expect("incoming");
     tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
-    (addr, received)
+    (addr, received, named)
 }
+
+type Named = Arc<Mutex<Vec<Option<String>>>>;
 
 /// An address nothing listens on: connecting to it is refused at once.
 async fn dead_addr() -> String {
@@ -290,6 +344,62 @@ async fn a_leader_that_failed_a_write_is_not_taken_back_on_a_followers_word_at_t
         "the leader that failed a write is not tried again while it is distrusted"
     );
     assert_eq!(received(&at_follower).len(), 4, "every write is acknowledged by the follower");
+}
+
+/// A member that answers UNAVAILABLE without naming a leader (an election under way) answered
+/// all the same, naming the cluster: it is not passed over as unreachable, and a follower's
+/// word makes it the leader again at once (unlike the member above, whose failure named none).
+#[tokio::test]
+async fn a_leader_that_answered_unavailable_naming_the_cluster_is_taken_back_at_a_followers_word() {
+    let (electing, at_electing, _) = serve_in(Some(7), Script::NotLeader(None)).await;
+    let (follower, at_follower, _) = serve_in(Some(7), Script::AnswerNaming(electing.clone())).await;
+    let client = Client::connect([follower.as_str()]).await.expect("valid endpoint");
+
+    for value in ["1", "2", "3", "4"] {
+        client.put("k", value).await.expect("the follower acknowledges each put");
+    }
+
+    assert_eq!(
+        received(&at_electing).len(),
+        3,
+        "each put after the first goes to the member named the leader, which answered and stays trusted"
+    );
+    assert_eq!(received(&at_follower).len(), 4, "every write is acknowledged by the follower");
+}
+
+/// An address of the client's cluster now held by a member of another one (a stale leader
+/// hint): that member refuses the call naming the client's cluster, and the call goes on to a
+/// member of its own. Requests name the cluster from the first answer on.
+#[tokio::test]
+async fn a_member_of_another_cluster_refuses_the_clients_calls_and_they_go_on_to_one_of_its_own() {
+    let (foreign, at_foreign, foreign_named) = serve_in(Some(2), Script::Answer).await;
+    let (follower, at_follower, follower_named) =
+        serve_in(Some(1), Script::NotLeader(Some(foreign.clone()))).await;
+    let (leader, at_leader, leader_named) = serve_in(Some(1), Script::Answer).await;
+    let client = Client::connect([follower.as_str(), leader.as_str()]).await.expect("valid endpoints");
+
+    client.put("k", "v").await.expect("a member of the client's cluster acknowledges the put");
+    client.put("k", "w").await.expect("and the next one");
+
+    let ours = Some(format_cluster_id(1));
+    assert!(received(&at_foreign).is_empty(), "the other cluster's member applied nothing");
+    assert_eq!(
+        *foreign_named.lock().expect("test lock"),
+        vec![ours.clone()],
+        "the other cluster's member was asked once, the request naming the client's cluster"
+    );
+    assert_eq!(received(&at_leader).len(), 2, "both puts reach the leader of the client's cluster");
+    assert_eq!(
+        received(&at_follower).len(),
+        2,
+        "the follower was asked the first put, then again after the refusal"
+    );
+    let first = follower_named.lock().expect("test lock")[0].clone();
+    assert_eq!(first, None, "the very first request names no cluster: none is known yet");
+    assert!(
+        leader_named.lock().expect("test lock").iter().all(|n| *n == ours),
+        "every request after the first answer names the client's cluster"
+    );
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ UNAVAILABLE and DEADLINE_EXCEEDED are retried; an error that says the request it
 (INVALID_ARGUMENT, FAILED_PRECONDITION, …) comes back at once.
 """
 
+import collections
 import ipaddress
 import logging
 import math
@@ -30,6 +31,11 @@ DEFAULT_ENDPOINT = "127.0.0.1:7379"
 #: Metadata of a follower's answers (and of an UNAVAILABLE one): the leader's client address,
 #: where writes go.
 LEADER_ADDR_METADATA = "latch-leader-addr"
+#: Metadata of every answer of a member: its cluster (16 hex digits). Every request after the
+#: client's first answer names that cluster under the same key, and a member of another cluster
+#: refuses it (FAILED_PRECONDITION, nothing done): a stale leader hint or an endpoint list that
+#: mixes two clusters never makes a write land in the other one.
+CLUSTER_ID_METADATA = "latch-cluster-id"
 #: First pause between two attempts; doubled after each failed one, up to MAX_BACKOFF.
 INITIAL_BACKOFF = 0.02
 MAX_BACKOFF = 0.5
@@ -156,12 +162,76 @@ def _unary(target: "_Target", service: str, method: str, request, timeout: Optio
     return response, call.initial_metadata()
 
 
+def _metadata_value(metadata, key: str) -> Optional[str]:
+    for k, v in metadata or ():
+        if k == key:
+            return v.decode() if isinstance(v, bytes) else v
+    return None
+
+
+def _cluster_id(text: Optional[str]) -> Optional[str]:
+    """A cluster id as answers name it (16 hex digits, lowercase), or None."""
+    if text is None or len(text) != 16:
+        return None
+    try:
+        return f"{int(text, 16):016x}"
+    except ValueError:
+        return None
+
+
+class _Cluster:
+    """The cluster a client talks to: the one its first answer named, for the client's life."""
+
+    def __init__(self):
+        self.id: Optional[str] = None
+        self._lock = threading.Lock()
+
+    def learn(self, named: Optional[str]) -> None:
+        """Learns the cluster an answer names (``CLUSTER_ID_METADATA``), if none is known yet."""
+        named = _cluster_id(named)
+        if named is not None and self.id is None:
+            with self._lock:
+                if self.id is None:
+                    self.id = named
+
+
+class _CallDetails(collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials",
+                                                           "wait_for_ready", "compression")),
+                   grpc.ClientCallDetails):
+    pass
+
+
+class _NameCluster(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                   grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Puts the cluster the client talks to, once known, on each request."""
+
+    def __init__(self, cluster: _Cluster):
+        self._cluster = cluster
+
+    def _named(self, details):
+        cluster = self._cluster.id
+        if cluster is None:
+            return details
+        metadata = list(details.metadata or ()) + [(CLUSTER_ID_METADATA, cluster)]
+        return _CallDetails(details.method, details.timeout, metadata, details.credentials,
+                            getattr(details, "wait_for_ready", None), getattr(details, "compression", None))
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._named(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._named(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._named(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._named(details), requests)
+
+
 def _named(metadata) -> Optional[str]:
     """The leader an answer's metadata names (``LEADER_ADDR_METADATA``), if usable."""
-    for k, v in metadata or ():
-        if k == LEADER_ADDR_METADATA:
-            return _endpoint_or_none(v.decode() if isinstance(v, bytes) else v)
-    return None
+    return _endpoint_or_none(_metadata_value(metadata, LEADER_ADDR_METADATA))
 
 
 def seconds(value: Optional[float], what: str, *, none_ok: bool = False) -> Optional[float]:
@@ -230,8 +300,9 @@ class _Target:
     """One member: a connection for calls, and one of its own for long-lived streams (a stream
     its caller does not read must never hold up the calls, session keepalives among them)."""
 
-    def __init__(self, addr: str):
+    def __init__(self, addr: str, cluster: _Cluster):
         self.addr = addr
+        self._name_cluster = _NameCluster(cluster)
         self._channels: Dict[str, grpc.Channel] = {}
         self._stubs: Dict[tuple, object] = {}
         self._lock = threading.Lock()
@@ -253,7 +324,7 @@ class _Target:
                     ]
                     channel = grpc.insecure_channel(self.addr, options=options)
                     self._channels[lane] = channel
-                stub = _SERVICES[service](channel)
+                stub = _SERVICES[service](grpc.intercept_channel(channel, self._name_cluster))
                 self._stubs[(service, lane)] = stub
             return stub
 
@@ -298,10 +369,12 @@ class Client:
         self.request_timeout = request_timeout
         self.retry_budget = retry_budget
         self.writes_to_leader = writes_to_leader
+        #: The cluster this client talks to, once an answer named it; every request names it.
+        self._cluster = _Cluster()
         self._targets: List[_Target] = []
         for addr in addrs:
             if addr not in (t.addr for t in self._targets):
-                self._targets.append(_Target(addr))
+                self._targets.append(_Target(addr, self._cluster))
         self._preferred = 0
         #: Where writes start: the member a follower last named, or that last answered a write.
         self._leader: Optional[int] = None
@@ -344,7 +417,7 @@ class Client:
             for i, t in enumerate(self._targets):
                 if t.addr == addr:
                     return i
-            self._targets.append(_Target(addr))
+            self._targets.append(_Target(addr, self._cluster))
             return len(self._targets) - 1
 
     def preferred(self) -> int:
@@ -459,11 +532,18 @@ class Client:
                 result, metadata = attempt(target, timeout)
             except grpc.RpcError as e:
                 error = LatchError.from_rpc(e, target.addr)
-                if error.code not in RETRYABLE:
+                named = _cluster_id(trailing(e, CLUSTER_ID_METADATA))
+                self._cluster.learn(named)
+                # A member of another cluster refused the call: no member of ours, whatever it
+                # says of its own leader; the call goes on to the next member.
+                foreign = named is not None and self._cluster.id is not None and named != self._cluster.id
+                if error.code not in RETRYABLE and not foreign:
                     raise error from None
-                hint = _endpoint_or_none(trailing(e, LEADER_ADDR_METADATA))
-                if not hint:
-                    # A member that answered naming the leader is there; one that did not may not be.
+                hint = None if foreign else _endpoint_or_none(trailing(e, LEADER_ADDR_METADATA))
+                # Named our cluster: the member itself answered (the connection is fine).
+                answered = named is not None and not foreign
+                if not hint and not answered:
+                    # A member that answered, or named the leader, is there; one that did not may not be.
                     with self._lock:
                         self._failed[failed_at] = time.monotonic()
                 hinted_at = self._trusted(hint) if hint and hint != target.addr else None
@@ -491,6 +571,7 @@ class Client:
                 elif stop.wait(pause):
                     raise LatchError(grpc.StatusCode.CANCELLED, f"{what}: stopped", target.addr) from None
                 continue
+            self._cluster.learn(_metadata_value(metadata, CLUSTER_ID_METADATA))
             self._answered(i, write, _named(metadata))
             return result
 
