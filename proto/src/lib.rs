@@ -61,6 +61,13 @@ pub const COMPACT_REVISION_METADATA: &str = "latch-compact-revision";
 /// address (`host:port`), when it knows one. Part of the wire contract of `latch.v1`.
 pub const LEADER_ADDR_METADATA: &str = "latch-leader-addr";
 
+/// gRPC metadata keys of a write answered FAILED_PRECONDITION although it was applied: a retry
+/// whose first attempt's answer was lost, when that answer carried data the member does not keep
+/// (previous values, a txn's ranges). They name the revision it was applied at and, for a txn,
+/// whether its compares held (`true`/`false`). Part of the wire contract of `latch.v1`.
+pub const APPLIED_REVISION_METADATA: &str = "latch-applied-revision";
+pub const TXN_SUCCEEDED_METADATA: &str = "latch-txn-succeeded";
+
 /// gRPC metadata key under which every answer of a member names its cluster (the cluster id,
 /// 16 lowercase hex digits), and under which a client names the cluster it talks to. A member
 /// refuses a request naming another cluster (FAILED_PRECONDITION, nothing done): a client sent

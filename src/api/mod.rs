@@ -28,11 +28,7 @@ use tonic::Status;
 
 pub use latch_proto::LEADER_ADDR_METADATA;
 
-/// Metadata of a retry answered FAILED_PRECONDITION because its first answer's data is not
-/// kept: the revision it was applied at, and for a txn whether its compares held.
-pub const APPLIED_REVISION_METADATA: &str = "latch-applied-revision";
-pub const TXN_SUCCEEDED_METADATA: &str = "latch-txn-succeeded";
-pub use latch_proto::COMPACT_REVISION_METADATA;
+pub use latch_proto::{APPLIED_REVISION_METADATA, COMPACT_REVISION_METADATA, TXN_SUCCEEDED_METADATA};
 
 /// gRPC's metadata key for how long a client should wait before retrying (gRFC A6).
 pub const RETRY_PUSHBACK_METADATA: &str = "grpc-retry-pushback-ms";

@@ -849,6 +849,20 @@ class CutOffKV(kv_pb2_grpc.KVServicer, InCluster):
         context.abort(grpc.StatusCode.UNAVAILABLE, "cut off")
 
 
+class AppliedBeforeKV(NamingKV):
+    """Reads as ``NamingKV``; every put fails FAILED_PRECONDITION as applied before at ``revision``,
+    its answer's data not kept, as a retry whose first answer was lost is answered."""
+
+    def __init__(self, revision: int):
+        super().__init__(member_id=1, read_at=5)
+        self.applied_at = revision
+
+    def Put(self, request, context):
+        self.calls.append(("Put", None))
+        context.set_trailing_metadata([("latch-applied-revision", str(self.applied_at))])
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, "applied before; its answer's data is not kept")
+
+
 def serve(test: unittest.TestCase, add, member) -> str:
     """Starts an in-process gRPC member playing ``member``; its address."""
     from concurrent import futures
@@ -946,6 +960,17 @@ class OfflineScriptedTest(unittest.TestCase):
         self.assertEqual(foreign.named, [ours], "it was asked once, the request naming the client's cluster")
         self.assertEqual(follower.named[0], None, "the very first request names no cluster: none is known yet")
         self.assertEqual(leader.named, [ours, ours], "every request after the first answer names the cluster")
+
+    def test_a_write_applied_before_its_failed_answer_names_its_revision_and_floors_the_clients_reads(self):
+        member = AppliedBeforeKV(revision=42)
+        with latch.Client([serve(self, kv_pb2_grpc.add_KVServicer_to_server, member)]) as client:
+            with self.assertRaises(latch.LatchError) as failed:
+                client.put("k", "v")
+            self.assertEqual(failed.exception.applied_revision, 42, "the error names the revision it was applied at")
+            self.assertTrue(failed.exception.already_applied)
+            client.range("k", serializable=True)
+        self.assertEqual(member.calls[-2:], [("Range", True), ("Range", False)],
+                         "a serializable read at 5, below the write applied at 42, is asked again linearizably")
 
     def test_a_leader_hint_naming_a_wildcard_address_is_ignored(self):
         follower = NamingKV(member_id=2)

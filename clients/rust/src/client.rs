@@ -238,11 +238,9 @@ impl Client {
         self.targets().list.iter().map(|t| t.addr.clone()).collect()
     }
 
-    /// Records the revision of an acknowledged write of this client.
-    fn wrote(&self, header: Option<&ResponseHeader>) {
-        if let Some(h) = header {
-            self.inner.written.fetch_max(h.revision, Ordering::Relaxed);
-        }
+    /// Records the revision of an applied write of this client.
+    fn wrote(&self, revision: i64) {
+        self.inner.written.fetch_max(revision, Ordering::Relaxed);
     }
 
     /// The highest revision of this client's acknowledged writes (0 before the first).
@@ -357,9 +355,14 @@ impl Client {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let answer = self.call_limited(Lane::Calls, Route::Leader, method, wait, None, attempt).await?;
-        self.wrote(answer.header());
-        Ok(answer)
+        let answer = self.call_limited(Lane::Calls, Route::Leader, method, wait, None, attempt).await;
+        // A write applied although its call failed (its answer's data not kept) is a floor too.
+        let revision = match &answer {
+            Ok(answer) => answer.header().map(|h| h.revision),
+            Err(e) => e.applied_revision(),
+        };
+        self.wrote(revision.unwrap_or(0));
+        answer
     }
 
     async fn call_limited<T, F, Fut>(

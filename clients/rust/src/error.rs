@@ -60,6 +60,26 @@ impl Error {
             })
     }
 
+    /// For a write that was applied although the call failed FAILED_PRECONDITION (a retry whose
+    /// first attempt's answer was lost, when that answer carried data the member does not keep:
+    /// previous values, a txn's ranges): the revision it was applied at. The write took effect
+    /// once; only its answer's data is gone.
+    pub fn applied_revision(&self) -> Option<i64> {
+        let value = self.status()?.metadata().get(latch_proto::APPLIED_REVISION_METADATA)?;
+        value.to_str().ok()?.parse().ok()
+    }
+
+    /// For a transaction [`applied`](Error::applied_revision) although the call failed: whether
+    /// its compares held (which branch ran).
+    pub fn txn_succeeded(&self) -> Option<bool> {
+        self.applied_revision()?;
+        match self.status()?.metadata().get(latch_proto::TXN_SUCCEEDED_METADATA)?.to_str().ok()? {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => None,
+        }
+    }
+
     /// The canonical gRPC name of [`Error::code`], e.g. `"RESOURCE_EXHAUSTED"`.
     pub fn code_name(&self) -> &'static str {
         code_name(self.code())

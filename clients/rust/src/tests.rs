@@ -51,6 +51,10 @@ enum Script {
     NotLeader(Option<String>),
     /// Fails with this code.
     Reject(Code),
+    /// Reads as `Behind`; every write fails FAILED_PRECONDITION as applied before at this
+    /// revision, its answer's data not kept (a txn's compares held), as a retry whose first
+    /// answer was lost is answered.
+    AppliedBefore(i64),
 }
 
 #[derive(Clone)]
@@ -94,9 +98,21 @@ impl ScriptedKv {
                 return Err(Status::failed_precondition("this member belongs to another cluster"));
             }
         }
+        let read = request_id == "serializable" || request_id == "linearizable";
         self.received.lock().expect("test lock").push(request_id);
         match &self.script {
             Script::Answer | Script::Behind => Ok(Response::new(ok)),
+            Script::AppliedBefore(_) if read => Ok(Response::new(ok)),
+            Script::AppliedBefore(revision) => {
+                let mut status = Status::failed_precondition("applied before; its answer's data is not kept");
+                let m = status.metadata_mut();
+                m.insert(
+                    latch_proto::APPLIED_REVISION_METADATA,
+                    revision.to_string().parse().expect("digits"),
+                );
+                m.insert(latch_proto::TXN_SUCCEEDED_METADATA, "true".parse().expect("ascii"));
+                Err(status)
+            }
             Script::AnswerNaming(leader) => {
                 let mut response = Response::new(ok);
                 response.metadata_mut().insert(LEADER_ADDR_METADATA, leader.parse().expect("ascii address"));
@@ -121,8 +137,8 @@ impl Kv for ScriptedKv {
         let RangeRequest { key, serializable, .. } = request.into_inner();
         let kv = KeyValue { key, value: b"v".to_vec(), version: 1, ..Default::default() };
         let (noted, revision) = match (&self.script, serializable) {
-            (Script::Behind, true) => ("serializable", 5),
-            (Script::Behind, false) => ("linearizable", 10),
+            (Script::Behind | Script::AppliedBefore(_), true) => ("serializable", 5),
+            (Script::Behind | Script::AppliedBefore(_), false) => ("linearizable", 10),
             _ => ("", 0),
         };
         let header = Some(ResponseHeader { revision, ..Default::default() });
@@ -399,6 +415,29 @@ async fn a_member_of_another_cluster_refuses_the_clients_calls_and_they_go_on_to
     assert!(
         leader_named.lock().expect("test lock").iter().all(|n| *n == ours),
         "every request after the first answer names the client's cluster"
+    );
+}
+
+/// A retry answered FAILED_PRECONDITION as applied before (its first answer lost, with data the
+/// member does not keep): the error says at which revision, and for a txn which branch ran; and
+/// the write is the floor of the client's serializable reads as an acknowledged one is.
+#[tokio::test]
+async fn a_write_applied_before_its_failed_answer_names_its_revision_and_floors_the_clients_reads() {
+    let (member, at_member) = serve(Script::AppliedBefore(42)).await;
+    let client = Client::connect([member.as_str()]).await.expect("valid endpoint");
+
+    let put = client.put("k", "v").await.expect_err("the member answers the put as applied before");
+    assert_eq!(put.code(), Code::FailedPrecondition, "{put}");
+    assert_eq!(put.applied_revision(), Some(42), "the error names the revision it was applied at: {put}");
+    let txn = Txn::new().and_then([Op::put("k", "w")]);
+    let txn = client.txn(txn).await.expect_err("the member answers the txn as applied before");
+    assert_eq!(txn.txn_succeeded(), Some(true), "the error names the branch that ran: {txn}");
+    let serializable = RangeRequest { key: b"k".to_vec(), serializable: true, ..Default::default() };
+    client.range(serializable).await.expect("the member answers the read");
+    assert_eq!(
+        received(&at_member).last().map(String::as_str),
+        Some("linearizable"),
+        "a serializable read at 5, below the write applied at 42, is asked again linearizably"
     );
 }
 

@@ -586,7 +586,14 @@ class Client:
                until: Optional[float] = None, stop: Optional[threading.Event] = None):
         """A write (its request id makes a retry safe): sent first to the leader, when known;
         its revision becomes the floor of this client's serializable reads."""
-        response = self._call(service, method, request, wait=wait, until=until, stop=stop, write=True)
+        try:
+            response = self._call(service, method, request, wait=wait, until=until, stop=stop, write=True)
+        except LatchError as e:
+            if e.applied_revision is not None:
+                # Applied, its answer's data not kept: its revision is a floor all the same.
+                with self._lock:
+                    self._written = max(self._written, e.applied_revision)
+            raise
         self._wrote(response)
         return response
 
