@@ -6,7 +6,7 @@
 //!
 //! Invariants:
 //! - A member counts a timer from when it applied the change that started it (or, for one it
-//!   found in a state it loaded, from when it loaded it). Every member applies a heartbeat after
+//!   found in a state it loaded without having applied that change, from when it loaded it). Every member applies a heartbeat after
 //!   its client sent it, so whichever member leads, no instance turns critical before its TTL
 //!   has passed since its last heartbeat was sent, and none is removed before it was critical
 //!   for its `deregister_after_ms` (counted from the critical turn's commit). (Not "since it was
@@ -53,13 +53,23 @@ fn length(t: &InstanceTimer) -> u64 {
 }
 
 impl InstanceTimers {
-    /// Replaces the timers with those of a state just loaded, each counted in full from `now`.
+    /// Replaces the timers with those of a state just loaded. One this member was already
+    /// counting (it applied the very change that started it: the same heartbeat of the same
+    /// registration, the same critical turn) goes on from where it started; the others count
+    /// in full from `now`. A snapshot installed over a member's state thus delays only the
+    /// verdicts of changes the member had not applied itself.
     pub fn reload(&mut self, timers: Vec<(Vec<u8>, InstanceTimer)>, now: u64) {
-        self.timers.clear();
+        let counted = std::mem::take(&mut self.timers);
         self.by_due.clear();
         for (key, timer) in timers {
-            let ends_at = now.saturating_add(length(&timer));
-            self.arm(key, Armed { timer, ends_at, due_at: ends_at });
+            let armed = match counted.get(&key) {
+                Some(a) if a.timer == timer => *a,
+                _ => {
+                    let ends_at = now.saturating_add(length(&timer));
+                    Armed { timer, ends_at, due_at: ends_at }
+                }
+            };
+            self.arm(key, armed);
         }
     }
 
@@ -222,6 +232,41 @@ mod tests {
         assert_eq!(t.due(12_000, 0).len(), 1);
         t.reload(vec![], 20_000);
         assert!(t.is_empty());
+    }
+
+    /// A snapshot installed over a member's state (seed 356 of the leader-change runs, under
+    /// `LATCH_SIM_REGISTRY_NEVER_LATE=1`, turned an instance critical 0.76 s past its TTL while
+    /// the new leader counted the heartbeat it had applied itself again from the install).
+    #[test]
+    fn a_snapshot_loaded_over_a_timer_this_member_counted_keeps_its_count_and_starts_only_the_new_ones() {
+        let hb = |beats| InstanceTimer::Heartbeat { ttl_ms: 2_000, beats, registered_revision: 3 };
+        let mut t = InstanceTimers::default();
+        t.changed(&change("web/1", Some(hb(4))), 1_000);
+        t.changed(&change("web/2", Some(hb(1))), 1_000);
+        let loaded = vec![(b"web/1".to_vec(), hb(4)), (b"web/2".to_vec(), hb(2)), (b"web/3".to_vec(), hb(0))];
+        t.reload(loaded, 2_500);
+        let due: Vec<String> = t
+            .due(3_000, 10_000)
+            .iter()
+            .map(|b| match b {
+                Body::MarkCritical(m) => format!("{}/{}@{}", m.service, m.id, m.beats),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            due,
+            ["web/1@4"],
+            "the heartbeat this member applied at 1,000 is judged at 3,000, as before the load"
+        );
+        assert!(
+            t.due(4_499, 10_000).is_empty(),
+            "a heartbeat it learned from the snapshot counts from the load"
+        );
+        assert_eq!(
+            t.due(4_500, 10_000).len(),
+            2,
+            "web/2's newer heartbeat and web/3's registration, from 2,500"
+        );
     }
 
     #[test]

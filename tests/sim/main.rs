@@ -12,9 +12,6 @@
 //!   the same way.
 //! - `LATCH_SIM_VERBOSE=1`: log faults and a summary line per seed.
 //! - `LATCH_SIM_CHAOS_MS`: length of the fault phase per seed (virtual ms, default 5000).
-//! - `LATCH_SIM_REGISTRY_NEVER_LATE=1`: leader-change runs also check that a stopped
-//!   heartbeater's instance turns critical within its TTL and a bound (`registry.rs`; the
-//!   registry does not keep that bound yet, so it is off by default).
 //!
 //! Invariants: see `invariants.rs`; each module states what it models (locks and their
 //! sequencers: `locks.rs` and `fencing.rs`).
@@ -295,7 +292,8 @@ const SESSION_RUN_US: u64 = 40_000_000;
 
 /// Sessions while the leader is cut off every half TTL for 20 TTLs: never expired early,
 /// expired within TTL + 2 election timeouts once their keepers stop, never while kept alive
-/// (`sessions.rs`); a heartbeater's instance never critical while it beats (`registry.rs`);
+/// (`sessions.rs`); a heartbeater's instance never critical while it beats, and critical within
+/// its TTL and a bound once it stops (`registry.rs`);
 /// every other invariant as in the chaos runs. On 3 members (the even seeds).
 #[test]
 fn sessions_hold_their_leases_across_leader_changes_on_three_members() {
