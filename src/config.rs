@@ -93,6 +93,13 @@ pub struct ServerArgs {
     /// Peer addresses of the first members: 1=host:port,2=host:port,3=host:port.
     #[arg(long)]
     pub initial_cluster: Option<String>,
+    /// A name of the cluster's own, folded into its id with --initial-cluster: two clusters
+    /// bootstrapped with the same --initial-cluster (two development instances on their default
+    /// addresses) then have different ids, which their clients and peers check, as etcd's
+    /// --initial-cluster-token. Every member gives the same one, from the cluster's first start
+    /// on (1 … 64 printable ASCII characters) [default: none].
+    #[arg(long)]
+    pub initial_cluster_token: Option<String>,
     /// Snapshot the state machine and compact the log after this many applied entries [default: 10000].
     #[arg(long)]
     pub snapshot_entries: Option<u64>,
@@ -431,6 +438,8 @@ pub struct Config {
     pub dns: Dns,
     /// Every member, this one included, sorted by id.
     pub initial_cluster: Vec<Peer>,
+    /// `--initial-cluster-token`: folded into the cluster id when given.
+    pub initial_cluster_token: Option<String>,
     pub snapshot_entries: u64,
     pub tick_interval: Duration,
     pub limits: Limits,
@@ -456,6 +465,7 @@ impl Config {
             id: 1,
             data_dir,
             initial_cluster: vec![Peer { id: 1, peer_addr: peer_addr.clone() }],
+            initial_cluster_token: None,
             client_addr,
             advertise_client_addr: None,
             peer_addr,
@@ -520,6 +530,11 @@ impl Config {
                 })
             }
         };
+        let initial_cluster_token = pick(flags.initial_cluster_token, file.initial_cluster_token);
+        if let Some(token) = &initial_cluster_token {
+            check_token(token)
+                .map_err(|problem| ConfigError::Invalid { flag: "initial-cluster-token", problem })?;
+        }
         let Some(me) = initial_cluster.iter().find(|p| p.id == id) else {
             return Err(ConfigError::Invalid {
                 flag: "initial-cluster",
@@ -787,6 +802,7 @@ impl Config {
             dns_addr,
             dns,
             initial_cluster,
+            initial_cluster_token,
             snapshot_entries,
             tick_interval,
             limits,
@@ -800,12 +816,17 @@ impl Config {
         })
     }
 
-    /// The cluster's identity, derived from the initial membership so that every member computes
-    /// the same value and a data dir of another cluster is recognised.
+    /// The cluster's identity, derived from the initial membership (and the token, when given)
+    /// so that every member computes the same value and a data dir of another cluster is
+    /// recognised. Without a token it is what it was before tokens existed, so data dirs made
+    /// then keep their cluster.
     pub fn cluster_id(&self) -> u64 {
         let mut spec = String::new();
         for p in &self.initial_cluster {
             spec.push_str(&format!("{}={},", p.id, p.peer_addr));
+        }
+        if let Some(token) = &self.initial_cluster_token {
+            spec.push_str(&format!("token={token}"));
         }
         fnv1a(spec.as_bytes())
     }
@@ -875,6 +896,16 @@ fn check_host_port(addr: &str) -> Result<(), String> {
 
 /// Whether `addr` is a `HOST:PORT` a client can connect to: one host (not a wildcard address,
 /// which names no host to go to) and a port.
+fn check_token(token: &str) -> Result<(), String> {
+    if token.is_empty() || token.len() > 64 {
+        return Err(format!("{} characters; give 1 … 64", token.chars().count()));
+    }
+    if let Some(c) = token.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!("{token:?} holds {c:?}; give printable ASCII characters without spaces"));
+    }
+    Ok(())
+}
+
 fn check_advertised(addr: &str) -> Result<(), String> {
     check_host_port(addr).map_err(|problem| format!("{addr:?}: {problem}; expected host:port"))?;
     if is_wildcard(addr) {
@@ -929,6 +960,38 @@ mod tests {
         assert_eq!(dev.advertise_client_addr, None, "the bound address unless given");
         assert!(is_wildcard("0.0.0.0:7379") && is_wildcard("[::]:7379"));
         assert!(!is_wildcard("127.0.0.1:7379") && !is_wildcard("member-1.example:7379"));
+    }
+
+    #[test]
+    fn a_cluster_token_changes_the_cluster_id_and_none_leaves_it_as_before() {
+        let with = |token: Option<&str>| {
+            Config::from_args(ServerArgs {
+                dev: true,
+                initial_cluster_token: token.map(str::to_string),
+                ..Default::default()
+            })
+        };
+        let plain = with(None).expect("no token");
+        let spec = format!("1={},", plain.peer_addr);
+        assert_eq!(plain.cluster_id(), fnv1a(spec.as_bytes()), "without a token, the id of before tokens");
+        let (a, b) = (with(Some("staging-7")).expect("a token"), with(Some("staging-8")).expect("a token"));
+        assert_ne!(a.cluster_id(), plain.cluster_id(), "a token changes the id");
+        assert_ne!(a.cluster_id(), b.cluster_id(), "two tokens, two ids");
+        assert_eq!(
+            a.cluster_id(),
+            with(Some("staging-7")).expect("a token").cluster_id(),
+            "the same token, the same id"
+        );
+        for (bad, why) in [("", "give 1 … 64"), ("two words", "' '"), ("é", "'é'")] {
+            match with(Some(bad)) {
+                Err(ConfigError::Invalid { flag: "initial-cluster-token", problem }) => {
+                    assert!(problem.contains(why), "{bad:?}: expected {why:?} in {problem:?}")
+                }
+                other => panic!("{bad:?}: expected --initial-cluster-token refused, got {other:?}"),
+            }
+        }
+        let long = "x".repeat(65);
+        assert!(with(Some(&long)).is_err(), "65 characters are too many");
     }
 
     #[test]

@@ -70,7 +70,8 @@ pub const TXN_SUCCEEDED_METADATA: &str = "latch-txn-succeeded";
 
 /// gRPC metadata key under which every answer of a member names its cluster (the cluster id,
 /// 16 lowercase hex digits), and under which a client names the cluster it talks to. A member
-/// refuses a request naming another cluster (FAILED_PRECONDITION, nothing done): a client sent
+/// refuses a request naming another cluster (UNAVAILABLE, nothing done: for that client the
+/// member is not there, and it moves on to another endpoint): a client sent
 /// to an address a member of another cluster now holds (a stale leader hint, a misconfigured
 /// endpoint list) changes nothing there. Part of the wire contract of `latch.v1`.
 pub const CLUSTER_ID_METADATA: &str = "latch-cluster-id";
@@ -82,7 +83,8 @@ pub fn format_cluster_id(id: u64) -> String {
 
 /// Reads a [`CLUSTER_ID_METADATA`] value; `None` if it is not 16 hex digits.
 pub fn parse_cluster_id(text: &str) -> Option<u64> {
-    (text.len() == 16).then(|| u64::from_str_radix(text, 16).ok()).flatten()
+    let hex = text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit());
+    hex.then(|| u64::from_str_radix(text, 16).ok()).flatten()
 }
 
 /// gRPC metadata key (value `true`) of a member's own RESOURCE_EXHAUSTED refusals: the request

@@ -2,9 +2,12 @@
 //! for the client port.
 //!
 //! - **Which cluster.** Every answer names the member's cluster (`latch-cluster-id`), and a
-//!   request naming another cluster is refused before any service sees it (FAILED_PRECONDITION,
-//!   nothing done, the answer naming both). Clients name the cluster their first answer came
-//!   from, so a call sent to an address that a member of another cluster now holds (a leader
+//!   request naming another cluster is refused before any service sees it (UNAVAILABLE,
+//!   nothing done, the answer naming both). UNAVAILABLE, not FAILED_PRECONDITION: for the
+//!   client the member is not there, and every call and stream moves on to another endpoint,
+//!   as from any member that cannot serve it, rather than take the refusal for its own
+//!   cluster's answer (an acquire settled, a release done). Clients name the cluster their
+//!   first answer came from, so a call sent to an address that a member of another cluster now holds (a leader
 //!   hint that went stale while the member moved, an endpoint list that mixes two clusters)
 //!   changes nothing there. The name also tells a client that the member itself answered: an
 //!   UNAVAILABLE carrying it came from a live member, not from a broken connection.
@@ -74,7 +77,7 @@ impl Shared {
         let ours = format_cluster_id(self.cluster_id);
         match asked.to_str().ok().and_then(parse_cluster_id) {
             Some(id) if id == self.cluster_id => None,
-            Some(id) => Some(Status::failed_precondition(format!(
+            Some(id) => Some(Status::unavailable(format!(
                 "this member belongs to cluster {ours}, not to cluster {} that the client talks to \
                  (an address of the client's cluster is now held by another cluster's member, or \
                  its endpoints name members of two clusters); nothing was done",

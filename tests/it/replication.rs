@@ -143,7 +143,7 @@ async fn a_member_of_another_cluster_refuses_a_clients_requests_and_changes_noth
     let mut kv = theirs.kv_of_only(1).await;
 
     let refused = kv.put(put("refused", &our_id)).await.expect_err("a request naming another cluster");
-    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     for id in [&our_id, &their_id] {
         assert!(refused.message().contains(id.as_str()), "the refusal names cluster {id}: {refused:?}");
     }

@@ -778,7 +778,7 @@ class SlowFailingLocks(lock_pb2_grpc.LockServicer):
 
 class InCluster:
     """A member of ``cluster`` (16 hex digits; None: one that names none), as a member's answers
-    name it; it refuses a request naming another one (FAILED_PRECONDITION, nothing recorded), as
+    name it; it refuses a request naming another one (UNAVAILABLE, nothing recorded), as
     a member does. ``named``: the cluster each request named (None: none), refused ones too."""
 
     def __init__(self, cluster: Optional[str] = None):
@@ -791,7 +791,7 @@ class InCluster:
         if self.cluster is not None:
             context.set_trailing_metadata([("latch-cluster-id", self.cluster)])
         if self.cluster is not None and asked is not None and asked != self.cluster:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this member belongs to another cluster")
+            context.abort(grpc.StatusCode.UNAVAILABLE, "this member belongs to another cluster")
         return False
 
     def _initial(self, context, metadata=()):

@@ -90,7 +90,7 @@ pub(crate) type Channel = InterceptedService<tonic::transport::Channel, NameClus
 
 /// The cluster this client talks to: the one its first answer named (`latch-cluster-id`),
 /// for the client's life. Every request after names it, and a member of another cluster
-/// refuses it (FAILED_PRECONDITION, nothing done), so a stale leader hint or a mixed endpoint
+/// refuses it (UNAVAILABLE, nothing done), so a stale leader hint or a mixed endpoint
 /// list never makes a write land in another cluster; the client moves on from such a member.
 #[derive(Debug, Default)]
 struct Cluster(OnceLock<(u64, AsciiMetadataValue)>);

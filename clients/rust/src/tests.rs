@@ -95,7 +95,7 @@ impl ScriptedKv {
     ) -> Result<Response<T>, Status> {
         if let (Some(ours), Some(asked)) = (self.cluster, asked) {
             if asked != format_cluster_id(ours) {
-                return Err(Status::failed_precondition("this member belongs to another cluster"));
+                return Err(Status::unavailable("this member belongs to another cluster"));
             }
         }
         let read = request_id == "serializable" || request_id == "linearizable";

@@ -33,7 +33,7 @@ DEFAULT_ENDPOINT = "127.0.0.1:7379"
 LEADER_ADDR_METADATA = "latch-leader-addr"
 #: Metadata of every answer of a member: its cluster (16 hex digits). Every request after the
 #: client's first answer names that cluster under the same key, and a member of another cluster
-#: refuses it (FAILED_PRECONDITION, nothing done): a stale leader hint or an endpoint list that
+#: refuses it (UNAVAILABLE, nothing done): a stale leader hint or an endpoint list that
 #: mixes two clusters never makes a write land in the other one.
 CLUSTER_ID_METADATA = "latch-cluster-id"
 #: First pause between two attempts; doubled after each failed one, up to MAX_BACKOFF.
@@ -171,12 +171,9 @@ def _metadata_value(metadata, key: str) -> Optional[str]:
 
 def _cluster_id(text: Optional[str]) -> Optional[str]:
     """A cluster id as answers name it (16 hex digits, lowercase), or None."""
-    if text is None or len(text) != 16:
+    if text is None or len(text) != 16 or any(c not in "0123456789abcdefABCDEF" for c in text):
         return None
-    try:
-        return f"{int(text, 16):016x}"
-    except ValueError:
-        return None
+    return text.lower()
 
 
 class _Cluster:
