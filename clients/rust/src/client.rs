@@ -100,18 +100,16 @@ impl Cluster {
         self.0.get().map(|(id, _)| *id)
     }
 
-    /// Learns the cluster an answer names, if none is known yet.
-    fn learn(&self, metadata: &MetadataMap) {
-        if self.0.get().is_some() {
-            return;
-        }
+    /// The cluster an answer names, learnt if none is known yet.
+    fn learn(&self, metadata: &MetadataMap) -> Option<u64> {
         let named =
-            metadata.get(CLUSTER_ID_METADATA).and_then(|v| v.to_str().ok()).and_then(parse_cluster_id);
-        if let Some(id) = named {
-            if let Ok(value) = format_cluster_id(id).parse() {
-                let _ = self.0.set((id, value));
+            metadata.get(CLUSTER_ID_METADATA).and_then(|v| v.to_str().ok()).and_then(parse_cluster_id)?;
+        if self.0.get().is_none() {
+            if let Ok(value) = format_cluster_id(named).parse() {
+                let _ = self.0.set((named, value));
             }
         }
+        Some(named)
     }
 }
 
@@ -420,9 +418,7 @@ impl Client {
                 Ok(Err(status)) | Err(status) => status,
             };
             let cluster = &self.inner.cluster;
-            cluster.learn(status.metadata());
-            let named = status.metadata().get(CLUSTER_ID_METADATA).and_then(|v| v.to_str().ok());
-            let named = named.and_then(parse_cluster_id);
+            let named = cluster.learn(status.metadata());
             // A member of another cluster refused the call: it is no member of ours, whatever
             // it says of its own leader; the call goes on to the next endpoint.
             let foreign = named.is_some_and(|id| cluster.id().is_some_and(|ours| id != ours));
