@@ -5,7 +5,8 @@
 //!
 //! Invariants:
 //! - A member counts a delay from when it applied the revision that began it (or, for a delay
-//!   it found in a state it loaded — at start, or from a snapshot — from when it loaded it).
+//!   it found in a state it loaded — at start, or from a snapshot — from when it loaded it,
+//!   unless it had applied that revision itself before the snapshot).
 //!   Every member applies that revision after it was committed, so no member's count ends
 //!   before the delay has passed since the commit: whichever member leads, no grant comes
 //!   early. A delay is at most `MAX_LOCK_DELAY_MS` longer than it had to be, on a member that
@@ -40,12 +41,19 @@ pub struct LockDelays {
 
 impl LockDelays {
     /// Replaces the timers with the delays of a state just loaded: (lock key, since revision,
-    /// delay), each counted in full from `now`.
+    /// delay). A delay this member was already counting (the same lock, begun at the same
+    /// revision: it applied that revision itself) keeps its count; any other is counted in full
+    /// from `now`.
     pub fn reload(&mut self, delays: Vec<(Vec<u8>, i64, u64)>, now: u64) {
+        let counted = std::mem::take(&mut self.delays);
         self.delays = delays
             .into_iter()
             .map(|(key, since_revision, ms)| {
-                (key, Delay { since_revision, ends_at: now.saturating_add(ms), proposed_at: None })
+                let delay = match counted.get(&key) {
+                    Some(d) if d.since_revision == since_revision => *d,
+                    _ => Delay { since_revision, ends_at: now.saturating_add(ms), proposed_at: None },
+                };
+                (key, delay)
             })
             .collect();
     }
@@ -170,5 +178,32 @@ mod tests {
         assert_eq!(ends(&d.due(52_000, 1_000)), [("e".to_string(), 3)]);
         d.reload(vec![(key, 4, 2_000)], 60_000);
         assert!(d.due(61_000, 0).is_empty() && d.len() == 1, "a reload counts from itself");
+    }
+
+    #[test]
+    fn a_snapshot_loaded_over_a_delay_this_member_counted_keeps_its_count_and_starts_only_the_new_ones() {
+        let kept = lock_key(LockSpace::Locks, "kept");
+        let again = lock_key(LockSpace::Locks, "again");
+        let new = lock_key(LockSpace::Locks, "new");
+        let mut d = LockDelays::default();
+        d.changed(&started(&kept, 7, 5_000), 1_000);
+        d.changed(&started(&again, 8, 5_000), 1_000);
+        d.changed(&started(&lock_key(LockSpace::Locks, "gone"), 9, 5_000), 1_000);
+        // The snapshot holds `kept` as it was, `again` in a later delay (begun at 20), `new`
+        // that this member never applied, and no longer `gone`.
+        d.reload(vec![(kept.clone(), 7, 5_000), (again.clone(), 20, 5_000), (new.clone(), 21, 5_000)], 4_000);
+        assert_eq!(d.len(), 3, "the loaded state's delays, and only them");
+        assert_eq!(
+            ends(&d.due(6_000, 1_000)),
+            [("kept".to_string(), 7)],
+            "the delay counted since 1 s ends at 6 s, not 5 s after the install"
+        );
+        assert!(
+            d.due(8_999, 60_000).is_empty(),
+            "a delay begun at another revision, or learned from the snapshot, counts from the install"
+        );
+        let mut at_9 = ends(&d.due(9_000, 60_000));
+        at_9.sort();
+        assert_eq!(at_9, [("again".to_string(), 20), ("new".to_string(), 21)]);
     }
 }
