@@ -467,6 +467,13 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_id_is_refused_naming_the_flag_rather_than_ignored() {
+        let e = parse(&["put", "--cluster-id", "00000000000000ab"]).expect_err("not a bench flag");
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("--cluster-id"), "{e}");
+    }
+
+    #[test]
     fn output_and_timeout_are_the_client_flags_before_or_after_the_workload() {
         for args in [
             &["--output", "json", "--timeout", "2s", "put"][..],

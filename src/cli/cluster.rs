@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use latch_client::{Member, StatusResponse};
+use latch_proto::format_cluster_id;
 use serde_json::json;
 
 use super::{print_bytes, print_json, ClientArgs, Output};
@@ -39,8 +40,9 @@ pub async fn run(command: ClusterCommand, client_args: &ClientArgs) -> anyhow::R
     }
 }
 
-/// `{"leader", "term", "members": [{"id", "peer_addr", "client_addr", "role", "applied_index",
-/// "commit_index", "term", "error", "snapshots_installed"}]}`; `leader` is 0 when no leader is known.
+/// `{"cluster_id", "leader", "term", "members": [{"id", "peer_addr", "client_addr", "role",
+/// "applied_index", "commit_index", "term", "error", "snapshots_installed"}]}`; `leader` is 0
+/// when no leader is known; `cluster_id` is the 16 hex digits `--cluster-id` takes.
 fn status_json(status: &StatusResponse) -> serde_json::Value {
     let members: Vec<_> = status
         .members
@@ -59,7 +61,17 @@ fn status_json(status: &StatusResponse) -> serde_json::Value {
             })
         })
         .collect();
-    json!({ "leader": status.leader, "term": status.term, "members": members })
+    json!({
+        "cluster_id": cluster_id(status),
+        "leader": status.leader,
+        "term": status.term,
+        "members": members,
+    })
+}
+
+/// The answering member's cluster, as `--cluster-id` takes it.
+fn cluster_id(status: &StatusResponse) -> String {
+    format_cluster_id(status.header.as_ref().map_or(0, |h| h.cluster_id))
 }
 
 /// A header line, then a table with one row per member, then why any member was unreachable.
@@ -68,7 +80,7 @@ fn status_text(status: &StatusResponse) -> String {
         0 => "none".to_string(),
         id => id.to_string(),
     };
-    let mut text = format!("leader: {leader}  term: {}\n", status.term);
+    let mut text = format!("leader: {leader}  term: {}  cluster: {}\n", status.term, cluster_id(status));
     let header = ["ID", "PEER ADDR", "CLIENT ADDR", "ROLE", "APPLIED", "COMMIT", "TERM"];
     let rows: Vec<[String; 7]> = status.members.iter().map(member_row).collect();
     let mut widths = header.map(str::len);
@@ -124,7 +136,7 @@ mod tests {
         down.client_addr.clear();
         down.error = "connection refused".into();
         StatusResponse {
-            header: None,
+            header: Some(latch_client::ResponseHeader { cluster_id: 0xab, ..Default::default() }),
             leader: 1,
             term: 3,
             members: vec![member(1, "leader"), member(2, "follower"), down],
@@ -134,6 +146,7 @@ mod tests {
     #[test]
     fn json_status_has_leader_term_and_members() {
         let v = status_json(&three_members());
+        assert_eq!(v["cluster_id"], "00000000000000ab", "the cluster as --cluster-id takes it");
         assert_eq!(v["leader"], 1);
         assert_eq!(v["term"], 3);
         let m = &v["members"][0];
@@ -148,7 +161,7 @@ mod tests {
     fn text_status_is_a_table_with_a_row_per_member() {
         let text = status_text(&three_members());
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "leader: 1  term: 3");
+        assert_eq!(lines[0], "leader: 1  term: 3  cluster: 00000000000000ab");
         assert!(lines[1].starts_with("ID  PEER ADDR"), "{text}");
         assert!(lines[2].starts_with("1   127.0.0.1:7180  127.0.0.1:7179  leader"), "{text}");
         assert!(lines[4].contains("unreachable"), "{text}");

@@ -10,11 +10,11 @@
 //! keepalive` and `watch` end so on purpose: 0). A closed standard output (`latch watch … |
 //! head -1`) ends a command quietly with 0 at its next write, as `head` expects.
 //!
-//! The client flags ([`ClientArgs`]: `--endpoints`, `--output`, `--timeout`) and `--log-format`
+//! The client flags ([`ClientArgs`]: `--endpoints`, `--output`, `--timeout`, `--cluster-id`) and `--log-format`
 //! belong to the root and are global: accepted before or after any subcommand
 //! (`latch --endpoints A,B kv get k` and `latch kv get k --endpoints A,B`). Every client command
 //! takes the root's [`ClientArgs`]; `latch bench` takes `--output` and `--timeout` as they are,
-//! and `--endpoints` as its default `--target`. `latch server` takes none of them: one given on
+//! and `--endpoints` as its default `--target`, and refuses `--cluster-id`. `latch server` takes none of them: one given on
 //! its command line is a usage error naming the flag ([`Cli::try_parse_args`]), and they are
 //! hidden from `latch server --help`.
 //!
@@ -46,8 +46,9 @@ use latch_client::{Client, ClientOptions};
 
 pub use crate::config::LogFormat;
 
-/// The client flags, by clap id (the field names of [`ClientArgs`], which are their long names).
-const CLIENT_FLAGS: [&str; 3] = ["endpoints", "output", "timeout"];
+/// The client flags, by clap id (the field names of [`ClientArgs`]; their long names have `-`
+/// for `_`).
+const CLIENT_FLAGS: [&str; 4] = ["endpoints", "output", "timeout", "cluster_id"];
 
 /// The `latch` command.
 #[derive(Debug, Parser)]
@@ -135,8 +136,9 @@ impl Cli {
         let refusal = match &cli.command {
             Command::Server(_) => CLIENT_FLAGS.into_iter().find(|f| given(f)).map(|flag| {
                 let message = format!(
-                    "--{flag} is a flag of the client commands (kv, session, lock, elect, watch, svc, cluster, bench); `latch server` \
-                     does not take it"
+                    "--{} is a flag of the client commands (kv, session, lock, elect, watch, svc, cluster, bench); `latch server` \
+                     does not take it",
+                    flag.replace('_', "-")
                 );
                 ("server", message)
             }),
@@ -145,6 +147,10 @@ impl Cli {
                 "--endpoints and --target both name the cluster to load; give one \
                  (--target latch://H:P,H:P, etcd://H:P,H:P or zk://H:P,H:P)"
                     .to_string(),
+            )),
+            Command::Bench(_) if given("cluster_id") => Some((
+                "bench",
+                "--cluster-id pins the client commands to a cluster; `latch bench` does not take it".to_string(),
             )),
             _ => None,
         };
@@ -240,6 +246,18 @@ pub struct ClientArgs {
     /// Give up after this long, retries on other members included (humantime: "500ms", "10s").
     #[arg(long, global = true, value_parser = crate::config::parse_duration, default_value = "5s")]
     pub timeout: Duration,
+    /// The cluster to talk to, as `latch cluster status` shows it (16 hex digits): every
+    /// request names it, and a member of another cluster refuses to serve it. By default the
+    /// cluster is the one the first member to answer belongs to.
+    #[arg(long, global = true, env = "LATCH_CLUSTER_ID", value_parser = parse_cluster_id_arg, value_name = "HEX")]
+    pub cluster_id: Option<u64>,
+}
+
+/// A `--cluster-id`: exactly 16 hex digits, as answers name the cluster.
+fn parse_cluster_id_arg(text: &str) -> Result<u64, String> {
+    latch_proto::parse_cluster_id(text).ok_or_else(|| {
+        format!("{text:?} is not a cluster id: expected 16 hex digits, as `latch cluster status` shows it")
+    })
 }
 
 impl ClientArgs {
@@ -251,6 +269,7 @@ impl ClientArgs {
         let options = ClientOptions {
             request_timeout: self.timeout,
             retry_budget: self.timeout,
+            cluster_id: self.cluster_id,
             ..ClientOptions::default()
         };
         let endpoints = self.endpoints.iter().map(|e| e.trim()).filter(|e| !e.is_empty());
@@ -462,6 +481,7 @@ mod tests {
             (&["--endpoints", "a:1", "server", "--dev"][..], "--endpoints"),
             (&["--output", "json", "server", "--dev"][..], "--output"),
             (&["server", "--timeout", "1s", "--dev"][..], "--timeout"),
+            (&["server", "--dev", "--cluster-id", "00000000000000ab"][..], "--cluster-id"),
         ] {
             let e = parse(args).expect_err("a client flag is not a server flag");
             assert_eq!(e.exit_code(), 2, "{args:?}");

@@ -12,11 +12,14 @@ async fn latch(c: &Cluster, args: &[&str]) -> Output {
     latch_exactly(&[args, &endpoints[..]].concat()).await
 }
 
-/// Runs `latch ARGS`, with neither `RUST_LOG` nor `LATCH_ENDPOINTS` set.
+/// Runs `latch ARGS`, with none of `RUST_LOG`, `LATCH_ENDPOINTS` and `LATCH_CLUSTER_ID` set.
 async fn latch_exactly(args: &[&str]) -> Output {
     let mut cmd = tokio::process::Command::new(latch_bin());
     cmd.args(args);
-    cmd.env_remove("RUST_LOG").env_remove("LATCH_ENDPOINTS").kill_on_drop(true);
+    cmd.env_remove("RUST_LOG")
+        .env_remove("LATCH_ENDPOINTS")
+        .env_remove("LATCH_CLUSTER_ID")
+        .kill_on_drop(true);
     tokio::time::timeout(Duration::from_secs(30), cmd.output())
         .await
         .unwrap_or_else(|_| panic!("`latch {}` did not finish within 30s", args.join(" ")))
@@ -112,6 +115,78 @@ async fn cli_cluster_status_json_is_one_document_with_leader_term_and_members() 
     assert!(
         m["applied_index"].as_u64().is_some_and(|i| i >= 1),
         "applied_index should be a number >= 1: {doc}"
+    );
+}
+
+/// `latch cluster status` names the cluster, and `--cluster-id` pins every command to it: a
+/// member refuses a command pinned to another cluster and does nothing, and a malformed id is a
+/// usage error naming the flag.
+#[tokio::test]
+async fn cli_cluster_id_pins_commands_to_the_cluster_status_names() {
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let member = c.member(1).client_addr.as_str();
+    let status = latch(&c, &["cluster", "status", "--output", "json"]).await;
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&status))
+        .unwrap_or_else(|e| panic!("stdout should be one JSON document ({e}): {}", stdout(&status)));
+    let ours = doc["cluster_id"].as_str().unwrap_or_else(|| panic!("cluster_id should be a string: {doc}"));
+    let parsed = latch_proto::parse_cluster_id(ours)
+        .unwrap_or_else(|| panic!("cluster_id should be 16 hex digits, as --cluster-id takes it: {doc}"));
+    let text = latch(&c, &["cluster", "status"]).await;
+    assert!(
+        stdout(&text).lines().next().is_some_and(|l| l.ends_with(&format!("cluster: {ours}"))),
+        "{}",
+        stdout(&text)
+    );
+
+    let pinned =
+        latch_exactly(&["--endpoints", member, "--cluster-id", ours, "kv", "put", "pinned", "ours"]).await;
+    assert_eq!(
+        pinned.status.code(),
+        Some(0),
+        "a put pinned to the member's own cluster succeeds; stderr: {}",
+        stderr(&pinned)
+    );
+
+    let other = latch_proto::format_cluster_id(parsed ^ 1);
+    let args = [
+        "--endpoints",
+        member,
+        "--timeout",
+        "1s",
+        "--cluster-id",
+        other.as_str(),
+        "kv",
+        "put",
+        "pinned",
+        "theirs",
+    ];
+    let refused = latch_exactly(&args).await;
+    assert_ne!(
+        refused.status.code(),
+        Some(0),
+        "a put pinned to another cluster must fail; stdout: {}",
+        stdout(&refused)
+    );
+    assert!(
+        stderr(&refused).contains(&format!("not to cluster {other}")),
+        "the error says the member is not of the cluster the command names: {}",
+        stderr(&refused)
+    );
+    let get = latch(&c, &["kv", "get", "pinned"]).await;
+    assert_eq!(stdout(&get), "ours\n", "the refused put changed nothing; stderr: {}", stderr(&get));
+
+    let bad = latch_exactly(&["--endpoints", member, "--cluster-id", "0x12", "kv", "get", "pinned"]).await;
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "a malformed --cluster-id is a usage error; stderr: {}",
+        stderr(&bad)
+    );
+    assert!(
+        stderr(&bad).contains("--cluster-id") && stderr(&bad).contains("16 hex digits"),
+        "the error names the flag and what it takes: {}",
+        stderr(&bad)
     );
 }
 

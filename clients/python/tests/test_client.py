@@ -961,6 +961,21 @@ class OfflineScriptedTest(unittest.TestCase):
         self.assertEqual(follower.named[0], None, "the very first request names no cluster: none is known yet")
         self.assertEqual(leader.named, [ours, ours], "every request after the first answer names the cluster")
 
+    def test_a_client_told_its_cluster_names_it_from_the_first_request_and_no_other_cluster_serves_it(self):
+        ours, theirs = "0000000000000001", "0000000000000002"
+        add = kv_pb2_grpc.add_KVServicer_to_server
+        foreign = NamingKV(member_id=9, cluster=theirs)
+        member = NamingKV(member_id=1, cluster=ours)
+        with latch.Client([serve(self, add, foreign), serve(self, add, member)], cluster_id=ours.upper()) as client:
+            self.assertEqual(client.put("k", "v").header.member_id, 1, "the member of the client's cluster answers")
+        self.assertEqual(foreign.calls, [], "the other cluster's member, listed first, applied nothing")
+        self.assertEqual(foreign.named, [ours], "it was asked once, the first request already naming cluster 1")
+        self.assertEqual(member.named, [ours])
+        for bad in ("0x01", "1", "000000000000000g", "+000000000000001"):
+            with self.assertRaises(ValueError, msg=f"{bad!r} is no cluster id") as refused:
+                latch.Client(["127.0.0.1:1"], cluster_id=bad)
+            self.assertIn("16 hex digits", str(refused.exception))
+
     def test_a_write_applied_before_its_failed_answer_names_its_revision_and_floors_the_clients_reads(self):
         member = AppliedBeforeKV(revision=42)
         with latch.Client([serve(self, kv_pb2_grpc.add_KVServicer_to_server, member)]) as client:

@@ -50,6 +50,11 @@ pub struct ClientOptions {
     /// a real network a round trip more. Reads and streams stay spread over the endpoints.
     /// Default true; false keeps every call on the endpoints given (to test one member).
     pub writes_to_leader: bool,
+    /// The cluster this client must talk to (its id, as `latch cluster status` shows it), named
+    /// on every request from the first: a member of any other cluster refuses them all, so an
+    /// endpoint list whose first answer would come from the wrong cluster never serves a
+    /// call. Default `None`: the cluster is the one the first answer names.
+    pub cluster_id: Option<u64>,
 }
 
 impl Default for ClientOptions {
@@ -58,6 +63,7 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(5),
             retry_budget: Duration::from_secs(10),
             writes_to_leader: true,
+            cluster_id: None,
         }
     }
 }
@@ -88,14 +94,22 @@ struct Inner {
 /// A member's connection, each request on it naming the client's cluster once known.
 pub(crate) type Channel = InterceptedService<tonic::transport::Channel, NameCluster>;
 
-/// The cluster this client talks to: the one its first answer named (`latch-cluster-id`),
-/// for the client's life. Every request after names it, and a member of another cluster
+/// The cluster this client talks to: the one [`ClientOptions::cluster_id`] names, else the one
+/// its first answer named (`latch-cluster-id`), for the client's life. Every request after names it, and a member of another cluster
 /// refuses it (UNAVAILABLE, nothing done), so a stale leader hint or a mixed endpoint
 /// list never makes a write land in another cluster; the client moves on from such a member.
 #[derive(Debug, Default)]
 struct Cluster(OnceLock<(u64, AsciiMetadataValue)>);
 
 impl Cluster {
+    /// The cluster `id`, known from the start.
+    fn pinned(id: u64) -> Result<Cluster, Error> {
+        let value = format_cluster_id(id)
+            .parse()
+            .map_err(|e| Error::InvalidEndpoint(format!("cluster id {id:#x} is no metadata value: {e}")))?;
+        Ok(Cluster(OnceLock::from((id, value))))
+    }
+
     fn id(&self) -> Option<u64> {
         self.0.get().map(|(id, _)| *id)
     }
@@ -199,7 +213,10 @@ impl Client {
         options: ClientOptions,
     ) -> Result<Client, Error> {
         let mut list: Vec<Target> = Vec::new();
-        let cluster = Arc::new(Cluster::default());
+        let cluster = Arc::new(match options.cluster_id {
+            Some(id) => Cluster::pinned(id)?,
+            None => Cluster::default(),
+        });
         for endpoint in endpoints {
             let target = Target::parse(&endpoint.into(), &cluster).map_err(Error::InvalidEndpoint)?;
             if !list.iter().any(|t| t.addr == target.addr) {

@@ -418,6 +418,29 @@ async fn a_member_of_another_cluster_refuses_the_clients_calls_and_they_go_on_to
     );
 }
 
+/// A client told its cluster names it from the very first request, so a member of another
+/// cluster that would have answered first serves none of its calls.
+#[tokio::test]
+async fn a_client_told_its_cluster_names_it_from_the_first_request_and_no_other_cluster_serves_it() {
+    let (foreign, at_foreign, foreign_named) = serve_in(Some(2), Script::Answer).await;
+    let (ours, at_ours, ours_named) = serve_in(Some(1), Script::Answer).await;
+    let options = ClientOptions { cluster_id: Some(1), ..ClientOptions::default() };
+    let client =
+        Client::connect_with([foreign.as_str(), ours.as_str()], options).await.expect("valid endpoints");
+
+    client.put("k", "v").await.expect("the member of the client's cluster acknowledges the put");
+
+    let named = Some(format_cluster_id(1));
+    assert!(received(&at_foreign).is_empty(), "the other cluster's member, listed first, applied nothing");
+    assert_eq!(
+        *foreign_named.lock().expect("test lock"),
+        vec![named.clone()],
+        "the other cluster's member was asked once, the first request already naming cluster 1"
+    );
+    assert_eq!(received(&at_ours).len(), 1, "the put reached the client's own cluster");
+    assert_eq!(*ours_named.lock().expect("test lock"), vec![named]);
+}
+
 /// A retry answered FAILED_PRECONDITION as applied before (its first answer lost, with data the
 /// member does not keep): the error says at which revision, and for a txn which branch ran; and
 /// the write is the floor of the client's serializable reads as an acknowledged one is.

@@ -177,7 +177,8 @@ def _cluster_id(text: Optional[str]) -> Optional[str]:
 
 
 class _Cluster:
-    """The cluster a client talks to: the one its first answer named, for the client's life."""
+    """The cluster a client talks to: the one it was told, else the one its first answer named,
+    for the client's life."""
 
     def __init__(self):
         self.id: Optional[str] = None
@@ -349,10 +350,13 @@ class Client:
     ``retry_budget``: how long a call keeps retrying across members (default 10).
     ``writes_to_leader``: False keeps writes on the member reads go to (a follower forwards
     them), and learns no leader from answers.
+    ``cluster_id``: the cluster the client must talk to (16 hex digits, as ``latch cluster
+    status`` shows it; by default ``$LATCH_CLUSTER_ID``, else the cluster the first answer
+    names). Every request names it from the first, and a member of another cluster refuses it.
     """
 
     def __init__(self, endpoints: Union[None, str, Sequence[str]] = None, *, request_timeout: float = 5.0,
-                 retry_budget: float = 10.0, writes_to_leader: bool = True):
+                 retry_budget: float = 10.0, writes_to_leader: bool = True, cluster_id: Optional[str] = None):
         if endpoints is None:
             endpoints = os.environ.get("LATCH_ENDPOINTS") or DEFAULT_ENDPOINT
         if isinstance(endpoints, str):
@@ -363,11 +367,18 @@ class Client:
         if not (0 < request_timeout < math.inf and 0 <= retry_budget < math.inf):
             raise ValueError(f"request_timeout must be a finite number of seconds > 0 and retry_budget "
                              f"one >= 0 (got {request_timeout} and {retry_budget})")
+        if cluster_id is None:
+            cluster_id = os.environ.get("LATCH_CLUSTER_ID") or None
+        pinned = _cluster_id(cluster_id)
+        if cluster_id is not None and pinned is None:
+            raise ValueError(f"cluster_id {cluster_id!r} is not a cluster id: expected 16 hex digits, "
+                             f"as `latch cluster status` shows it")
         self.request_timeout = request_timeout
         self.retry_budget = retry_budget
         self.writes_to_leader = writes_to_leader
         #: The cluster this client talks to, once an answer named it; every request names it.
         self._cluster = _Cluster()
+        self._cluster.id = pinned
         self._targets: List[_Target] = []
         for addr in addrs:
             if addr not in (t.addr for t in self._targets):
