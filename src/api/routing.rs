@@ -10,7 +10,8 @@
 //!   first answer came from, so a call sent to an address that a member of another cluster now holds (a leader
 //!   hint that went stale while the member moved, an endpoint list that mixes two clusters)
 //!   changes nothing there. The name also tells a client that the member itself answered: an
-//!   UNAVAILABLE carrying it came from a live member, not from a broken connection.
+//!   UNAVAILABLE carrying it came from a live member, not from a broken connection. The
+//!   trailers name it too, so a failure sent inside a stream (a keepalive's) says the same.
 //! - **Where the leader is.** Every answer of a follower names the leader's client address in
 //!   `latch-leader-addr` (the metadata an UNAVAILABLE answer already carries). Clients send
 //!   their writes there (Chubby's clients talk to the master): a write sent to a follower is
@@ -25,6 +26,8 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use http::HeaderValue;
+use http_body::Frame;
+use http_body_util::BodyExt;
 use latch_proto::{format_cluster_id, parse_cluster_id, CLUSTER_ID_METADATA};
 use tonic::body::BoxBody;
 use tonic::Status;
@@ -129,19 +132,32 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut result = match (this.inner.as_pin_mut(), this.refused.take()) {
+        let result = match (this.inner.as_pin_mut(), this.refused.take()) {
             (Some(inner), _) => std::task::ready!(inner.poll(cx)),
             (None, Some(status)) => Ok(status.into_http()),
             (None, None) => panic!("a routing future polled after it completed"),
         };
-        if let Ok(resp) = &mut result {
+        let result = result.map(|mut resp| {
             let headers = resp.headers_mut();
             headers.insert(CLUSTER_ID_METADATA, this.shared.named.clone());
             // Named as of the answer: a leader elected while the call ran is the one to follow.
             if let Some(addr) = this.shared.ctx.leader_addr() {
                 headers.entry(LEADER_ADDR_METADATA).or_insert(addr);
             }
-        }
+            let named = this.shared.named.clone();
+            resp.map(|body| body.map_frame(move |frame| name_trailers(frame, &named)).boxed_unsync())
+        });
         Poll::Ready(result)
+    }
+}
+
+/// `frame`, its cluster named if it is the trailers (where a stream's status goes).
+fn name_trailers<D>(frame: Frame<D>, named: &HeaderValue) -> Frame<D> {
+    match frame.into_trailers() {
+        Ok(mut trailers) => {
+            trailers.entry(CLUSTER_ID_METADATA).or_insert_with(|| named.clone());
+            Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
     }
 }

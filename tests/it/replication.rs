@@ -171,6 +171,30 @@ async fn a_member_of_another_cluster_refuses_a_clients_requests_and_changes_noth
     );
 }
 
+/// A failure sent inside a stream (a keepalive's, in the trailers) names the member's cluster
+/// as a failed call does: the client can tell that the member itself answered.
+#[tokio::test]
+async fn a_failure_sent_inside_a_keepalive_stream_names_the_members_cluster() {
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let ours = format_cluster_id(c.cluster_id());
+    let url = format!("http://{}", c.member(1).client_addr);
+    let mut sessions = latch_client::proto::session_client::SessionClient::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to member 1: {e}"));
+    let request = latch_client::proto::KeepAliveRequest { id: "no-such-session".into() };
+    let opened = sessions
+        .keep_alive(futures::stream::once(async move { request }))
+        .await
+        .expect("the keepalive stream opens");
+    let mut stream = opened.into_inner();
+    let failed =
+        stream.message().await.expect_err("a keepalive of an unknown session fails inside the stream");
+    assert_eq!(failed.code(), tonic::Code::NotFound, "{failed:?}");
+    let named = failed.metadata().get(CLUSTER_ID_METADATA).and_then(|v| v.to_str().ok());
+    assert_eq!(named, Some(ours.as_str()), "the stream's failure names the member's cluster: {failed:?}");
+}
+
 #[tokio::test]
 async fn a_client_sends_its_writes_to_the_leader_a_follower_names_and_keeps_its_reads_where_they_were() {
     let c = Cluster::start(3, &[]).await;
