@@ -521,7 +521,7 @@ L.extend(seen)
 L.append("```")
 # Sections other scripts write into the same file (sessions.sh, locks.sh: "## Sessions …",
 # "## Locks …") are kept as they are, after this script's own.
-ours = {l for l in L if l.startswith("## ")}
+ours = {line for l in L for line in l.splitlines() if line.startswith("## ")}
 kept, keep = [], False
 if os.path.exists(out):
     for line in open(out).read().splitlines():
