@@ -987,6 +987,16 @@ class OfflineScriptedTest(unittest.TestCase):
         self.assertEqual(member.calls[-2:], [("Range", True), ("Range", False)],
                          "a serializable read at 5, below the write applied at 42, is asked again linearizably")
 
+    def test_hints_add_at_most_a_bounded_number_of_members(self):
+        from latch.client import MAX_HINTED_TARGETS
+        with latch.Client(["127.0.0.1:7379"]) as client:
+            learnt = [client._target_of(f"127.0.0.2:{8000 + p}") for p in range(MAX_HINTED_TARGETS + 5)]
+            self.assertEqual(learnt, list(range(1, MAX_HINTED_TARGETS + 1)) + [None] * 5,
+                             "hints past the bound are ignored")
+            self.assertEqual(len(client.endpoints), 1 + MAX_HINTED_TARGETS)
+            self.assertEqual(client._target_of("127.0.0.2:8000"), 1, "a hint already learnt is still followed")
+            self.assertEqual(client._target_of("127.0.0.1:7379"), 0, "so is one naming a given member")
+
     def test_a_leader_hint_naming_a_wildcard_address_is_ignored(self):
         follower = NamingKV(member_id=2)
         follower_addr = serve(self, kv_pb2_grpc.add_KVServicer_to_server, follower)

@@ -157,7 +157,15 @@ struct Targets {
     failed: HashMap<usize, Instant>,
     /// The cluster the endpoints' requests name.
     cluster: Arc<Cluster>,
+    /// How many of `list`'s first entries were given (the rest were learnt from hints).
+    given: usize,
 }
+
+/// Most endpoints a client learns from leader hints, besides those it was given: past it, a
+/// hint naming an unknown address is ignored (the call goes on through the members it knows,
+/// which forward writes), so members that name ever new addresses cannot grow the list, and
+/// its channels, without bound.
+const MAX_HINTED_TARGETS: usize = 16;
 
 /// How long an endpoint that failed a call is not taken for the leader on another member's
 /// word: a client that cannot reach the leader its peers reach (a partition of its own, a wrong
@@ -230,6 +238,7 @@ impl Client {
             inner: Arc::new(Inner {
                 options,
                 targets: Mutex::new(Targets {
+                    given: list.len(),
                     list,
                     preferred: 0,
                     leader: None,
@@ -565,6 +574,13 @@ impl Targets {
         if let Some(i) = self.list.iter().position(|t| t.addr == target.addr) {
             return Some(i);
         }
+        if self.list.len() - self.given >= MAX_HINTED_TARGETS {
+            tracing::debug!(
+                hint = addr,
+                "ignoring a leader hint: {MAX_HINTED_TARGETS} endpoints learnt from hints already"
+            );
+            return None;
+        }
         self.list.push(target);
         Some(self.list.len() - 1)
     }
@@ -731,6 +747,19 @@ mod tests {
         }
         let none: [&str; 0] = [];
         assert!(matches!(Client::connect(none).await, Err(Error::InvalidEndpoint(_))));
+    }
+
+    #[tokio::test]
+    async fn hints_add_at_most_a_bounded_number_of_endpoints() {
+        let client = Client::connect(["127.0.0.1:7379"]).await.expect("valid endpoint");
+        let mut targets = client.targets();
+        for port in 0..MAX_HINTED_TARGETS + 5 {
+            let learnt = targets.index_of(&format!("127.0.0.2:{}", 8000 + port));
+            assert_eq!(learnt.is_some(), port < MAX_HINTED_TARGETS, "hint {port}: {learnt:?}");
+        }
+        assert_eq!(targets.list.len(), 1 + MAX_HINTED_TARGETS, "the given endpoint and the bounded hints");
+        assert_eq!(targets.index_of("127.0.0.2:8000"), Some(1), "a hint already learnt is still followed");
+        assert_eq!(targets.index_of("127.0.0.1:7379"), Some(0), "so is one naming a given endpoint");
     }
 
     #[test]

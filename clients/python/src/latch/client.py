@@ -45,6 +45,10 @@ RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 #: --advertise-client-addr) sends its writes through a member it reaches instead of back to the
 #: leader on every write, paying a timeout each time.
 DISTRUSTED_FOR = 10.0
+#: Most members a client learns from leader hints, besides those it was given: past it, a hint
+#: naming an unknown address is ignored (the call goes on through the members it knows, which
+#: forward writes), so members naming ever new addresses cannot grow the list without bound.
+MAX_HINTED_TARGETS = 16
 #: Failures of an acquire that leave nothing to withdraw: refused as asked (a bad request, no such
 #: session, the other mode, an id used before), whichever attempt answered; so is a queue or
 #: request over a limit, when the member marks it (``LatchError.over_limit``). Any other failure
@@ -383,6 +387,8 @@ class Client:
         for addr in addrs:
             if addr not in (t.addr for t in self._targets):
                 self._targets.append(_Target(addr, self._cluster))
+        #: How many of the first targets were given (the rest were learnt from leader hints).
+        self._given = len(self._targets)
         self._preferred = 0
         #: Where writes start: the member a follower last named, or that last answered a write.
         self._leader: Optional[int] = None
@@ -420,11 +426,17 @@ class Client:
 
     # -- the retry loop ------------------------------------------------------------------------
 
-    def _target_of(self, addr: str) -> int:
+    def _target_of(self, addr: str) -> Optional[int]:
+        """The index of the member at ``addr``, a leader a member named: added if new, unless
+        ``MAX_HINTED_TARGETS`` were learnt from hints already (then None: the hint is ignored)."""
         with self._lock:
             for i, t in enumerate(self._targets):
                 if t.addr == addr:
                     return i
+            if len(self._targets) - self._given >= MAX_HINTED_TARGETS:
+                _log.debug("ignoring a leader hint naming %s: %d members learnt from hints already",
+                           addr, MAX_HINTED_TARGETS)
+                return None
             self._targets.append(_Target(addr, self._cluster))
             return len(self._targets) - 1
 
@@ -458,6 +470,8 @@ class Client:
         """The index of the leader a member named, unless that member failed a call within
         ``DISTRUSTED_FOR`` and has not answered one since."""
         i = self._target_of(addr)
+        if i is None:
+            return None
         with self._lock:
             failed = self._failed.get(i)
         if failed is not None and time.monotonic() - failed < DISTRUSTED_FOR:
