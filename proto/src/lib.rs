@@ -73,7 +73,8 @@ pub const TXN_SUCCEEDED_METADATA: &str = "latch-txn-succeeded";
 /// refuses a request naming another cluster (UNAVAILABLE, nothing done: for that client the
 /// member is not there, and it moves on to another endpoint): a client sent
 /// to an address a member of another cluster now holds (a stale leader hint, a misconfigured
-/// endpoint list) changes nothing there. Part of the wire contract of `latch.v1`.
+/// endpoint list) changes nothing there, once it names its cluster (from its first answer on,
+/// or from the start when told it). Part of the wire contract of `latch.v1`.
 pub const CLUSTER_ID_METADATA: &str = "latch-cluster-id";
 
 /// The form of a cluster id in [`CLUSTER_ID_METADATA`] and in logs: 16 lowercase hex digits.

@@ -132,16 +132,17 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = match (this.inner.as_pin_mut(), this.refused.take()) {
-            (Some(inner), _) => std::task::ready!(inner.poll(cx)),
-            (None, Some(status)) => Ok(status.into_http()),
+        let (result, refused) = match (this.inner.as_pin_mut(), this.refused.take()) {
+            (Some(inner), _) => (std::task::ready!(inner.poll(cx)), false),
+            (None, Some(status)) => (Ok(status.into_http()), true),
             (None, None) => panic!("a routing future polled after it completed"),
         };
         let result = result.map(|mut resp| {
             let headers = resp.headers_mut();
             headers.insert(CLUSTER_ID_METADATA, this.shared.named.clone());
             // Named as of the answer: a leader elected while the call ran is the one to follow.
-            if let Some(addr) = this.shared.ctx.leader_addr() {
+            // Not in a refusal: this cluster's leader is nothing to a client of another one.
+            if let Some(addr) = this.shared.ctx.leader_addr().filter(|_| !refused) {
                 headers.entry(LEADER_ADDR_METADATA).or_insert(addr);
             }
             let named = this.shared.named.clone();

@@ -171,6 +171,46 @@ async fn a_member_of_another_cluster_refuses_a_clients_requests_and_changes_noth
     );
 }
 
+/// A follower's refusal of a request naming another cluster names no leader: its cluster's
+/// leader is nothing to that client, which would only be refused there too.
+#[tokio::test]
+async fn a_followers_refusal_of_another_clusters_request_names_no_leader() {
+    let c = Cluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let follower = c.ids().into_iter().find(|id| *id != leader).expect("a follower among 3 members");
+    let other = format_cluster_id(c.cluster_id() ^ 1);
+    let request = |cluster: Option<&str>| {
+        let mut request = tonic::Request::new(RangeRequest {
+            key: b"k".to_vec(),
+            serializable: true,
+            ..Default::default()
+        });
+        if let Some(cluster) = cluster {
+            request.metadata_mut().insert(CLUSTER_ID_METADATA, cluster.parse().expect("ascii"));
+        }
+        request
+    };
+    let mut kv = c.kv_of_only(follower).await;
+    // Members learn each other's client addresses after the election.
+    eventually("the follower's answers to name the leader", STARTUP, || {
+        let mut kv = kv.clone();
+        async move {
+            let answer = kv.range(request(None)).await.map_err(|e| e.to_string())?;
+            match answer.metadata().get(latch_client::LEADER_ADDR_METADATA) {
+                Some(_) => Ok(()),
+                None => Err("no leader named yet".to_string()),
+            }
+        }
+    })
+    .await;
+    let refused = kv.range(request(Some(&other))).await.expect_err("a request naming another cluster");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.metadata().get(latch_client::LEADER_ADDR_METADATA).is_none(),
+        "the refusal names no leader of the follower's cluster: {refused:?}"
+    );
+}
+
 /// A failure sent inside a stream (a keepalive's, in the trailers) names the member's cluster
 /// as a failed call does: the client can tell that the member itself answered.
 #[tokio::test]

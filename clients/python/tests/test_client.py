@@ -784,13 +784,15 @@ class InCluster:
     def __init__(self, cluster: Optional[str] = None):
         self.cluster = cluster
         self.named = []
+        #: False: it serves a request naming another cluster, as one naming none.
+        self.checks = True
 
     def _refused(self, context) -> bool:
         asked = dict(context.invocation_metadata()).get("latch-cluster-id")
         self.named.append(asked)
         if self.cluster is not None:
             context.set_trailing_metadata([("latch-cluster-id", self.cluster)])
-        if self.cluster is not None and asked is not None and asked != self.cluster:
+        if self.checks and self.cluster is not None and asked is not None and asked != self.cluster:
             context.abort(grpc.StatusCode.UNAVAILABLE, "this member belongs to another cluster")
         return False
 
@@ -986,6 +988,18 @@ class OfflineScriptedTest(unittest.TestCase):
             client.range("k", serializable=True)
         self.assertEqual(member.calls[-2:], [("Range", True), ("Range", False)],
                          "a serializable read at 5, below the write applied at 42, is asked again linearizably")
+
+    def test_a_success_naming_another_cluster_is_an_error_not_an_acknowledgement(self):
+        ours, theirs = "0000000000000001", "0000000000000002"
+        stray = NamingKV(member_id=9, cluster=theirs)
+        stray.checks = False
+        with latch.Client([serve(self, kv_pb2_grpc.add_KVServicer_to_server, stray)], cluster_id=ours) as client:
+            with self.assertRaises(latch.LatchError) as failed:
+                client.put("k", "v")
+        self.assertEqual(failed.exception.code, grpc.StatusCode.INTERNAL, str(failed.exception))
+        self.assertIn(theirs, str(failed.exception))
+        self.assertIn(ours, str(failed.exception))
+        self.assertEqual(stray.calls, [("Put", None)], "served once, and not asked again")
 
     def test_hints_add_at_most_a_bounded_number_of_members(self):
         from latch.client import MAX_HINTED_TARGETS

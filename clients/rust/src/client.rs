@@ -96,8 +96,10 @@ pub(crate) type Channel = InterceptedService<tonic::transport::Channel, NameClus
 
 /// The cluster this client talks to: the one [`ClientOptions::cluster_id`] names, else the one
 /// its first answer named (`latch-cluster-id`), for the client's life. Every request after names it, and a member of another cluster
-/// refuses it (UNAVAILABLE, nothing done), so a stale leader hint or a mixed endpoint
-/// list never makes a write land in another cluster; the client moves on from such a member.
+/// refuses it (UNAVAILABLE, nothing done), so a stale leader hint never makes a write land in
+/// another cluster; the client moves on from such a member. Requests sent before the first
+/// answer name no cluster: with an endpoint list that mixes two clusters, one of them may be
+/// served by the other cluster, and is then failed ([`Cluster::stray`]), not acknowledged.
 #[derive(Debug, Default)]
 struct Cluster(OnceLock<(u64, AsciiMetadataValue)>);
 
@@ -112,6 +114,26 @@ impl Cluster {
 
     fn id(&self) -> Option<u64> {
         self.0.get().map(|(id, _)| *id)
+    }
+
+    /// The error for a successful answer from `addr` that named cluster `named`, when that is
+    /// not this client's: a request sent before the client knew its cluster (so naming none)
+    /// reached a member of another one, which served it. It may have taken effect there, and
+    /// its answer is not this cluster's, so it is not returned as one: INTERNAL, which no
+    /// caller takes for its own cluster's verdict (a lock acquire is withdrawn). Only a client
+    /// not told its cluster ([`ClientOptions::cluster_id`]) whose endpoints mix two clusters
+    /// meets it.
+    fn stray(&self, named: Option<u64>, addr: &str) -> Option<Status> {
+        let (named, ours) = (named?, self.id()?);
+        (named != ours).then(|| {
+            Status::internal(format!(
+                "{addr}: answered by a member of cluster {}, not of cluster {} that this client talks to \
+                 (its endpoints name members of two clusters; give it --cluster-id); the request may \
+                 have taken effect there",
+                format_cluster_id(named),
+                format_cluster_id(ours)
+            ))
+        })
     }
 
     /// The cluster an answer names, learnt if none is known yet.
@@ -436,7 +458,10 @@ impl Client {
             };
             let status = match answer {
                 Ok(Ok(response)) => {
-                    self.inner.cluster.learn(response.metadata());
+                    let cluster = &self.inner.cluster;
+                    if let Some(stray) = cluster.stray(cluster.learn(response.metadata()), &target.addr) {
+                        return Err(Error::from(stray));
+                    }
                     let named = response.metadata().get(LEADER_ADDR_METADATA).and_then(|v| v.to_str().ok());
                     self.answered(index, route, named);
                     return Ok(response.into_inner());

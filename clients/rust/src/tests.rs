@@ -67,6 +67,9 @@ struct ScriptedKv {
     cluster: Option<u64>,
     /// The cluster each request named (`None`: it named none), refused ones included.
     named: Arc<Mutex<Vec<Option<String>>>>,
+    /// Whether it refuses a request naming another cluster (false: it serves it, as a
+    /// request naming none is served).
+    checks: bool,
 }
 
 impl ScriptedKv {
@@ -93,7 +96,7 @@ impl ScriptedKv {
         ok: T,
         asked: Option<String>,
     ) -> Result<Response<T>, Status> {
-        if let (Some(ours), Some(asked)) = (self.cluster, asked) {
+        if let (Some(ours), Some(asked), true) = (self.cluster, asked, self.checks) {
             if asked != format_cluster_id(ours) {
                 return Err(Status::unavailable("this member belongs to another cluster"));
             }
@@ -192,12 +195,26 @@ async fn serve(script: Script) -> (String, Arc<Mutex<Vec<String>>>) {
 
 /// Like [`serve`], a member of cluster `cluster`; also returns the cluster each request named.
 async fn serve_in(cluster: Option<u64>, script: Script) -> (String, Arc<Mutex<Vec<String>>>, Named) {
+    serve_checking(cluster, true, script).await
+}
+
+/// Like [`serve_in`]; with `checks` false, a member that serves requests naming another cluster.
+async fn serve_checking(
+    cluster: Option<u64>,
+    checks: bool,
+    script: Script,
+) -> (String, Arc<Mutex<Vec<String>>>, Named) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
     let addr = listener.local_addr().expect("bound address").to_string();
     let received = Arc::new(Mutex::new(Vec::new()));
     let named = Arc::new(Mutex::new(Vec::new()));
-    let service =
-        KvServer::new(ScriptedKv { script, received: received.clone(), cluster, named: named.clone() });
+    let service = KvServer::new(ScriptedKv {
+        script,
+        received: received.clone(),
+        cluster,
+        named: named.clone(),
+        checks,
+    });
     let incoming = TcpIncoming::from_listener(listener, true, None).expect("incoming");
     tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
     (addr, received, named)
@@ -439,6 +456,27 @@ async fn a_client_told_its_cluster_names_it_from_the_first_request_and_no_other_
     );
     assert_eq!(received(&at_ours).len(), 1, "the put reached the client's own cluster");
     assert_eq!(*ours_named.lock().expect("test lock"), vec![named]);
+}
+
+/// A success that names another cluster than the client's (a request sent before the client
+/// knew its cluster, served by a member of another one) is not taken for its cluster's answer.
+#[tokio::test]
+async fn a_success_naming_another_cluster_is_an_error_not_an_acknowledgement() {
+    let (stray, at_stray, _) = serve_checking(Some(2), false, Script::Answer).await;
+    let options = ClientOptions { cluster_id: Some(1), ..ClientOptions::default() };
+    let client = Client::connect_with([stray.as_str()], options).await.expect("valid endpoint");
+
+    let put =
+        client.put("k", "v").await.expect_err("an answer of cluster 2 is no acknowledgement in cluster 1");
+    assert_eq!(
+        received(&at_stray).len(),
+        1,
+        "the member of cluster 2 served the put once, and was not asked again"
+    );
+    assert_eq!(put.code(), Code::Internal, "a code no caller takes for its cluster's verdict: {put}");
+    for id in [format_cluster_id(1), format_cluster_id(2)] {
+        assert!(put.to_string().contains(&id), "the error names cluster {id}: {put}");
+    }
 }
 
 /// A retry answered FAILED_PRECONDITION as applied before (its first answer lost, with data the

@@ -32,9 +32,10 @@ DEFAULT_ENDPOINT = "127.0.0.1:7379"
 #: where writes go.
 LEADER_ADDR_METADATA = "latch-leader-addr"
 #: Metadata of every answer of a member: its cluster (16 hex digits). Every request after the
-#: client's first answer names that cluster under the same key, and a member of another cluster
-#: refuses it (UNAVAILABLE, nothing done): a stale leader hint or an endpoint list that
-#: mixes two clusters never makes a write land in the other one.
+#: client's first answer (or from the first, given ``cluster_id=``) names that cluster under the
+#: same key, and a member of another cluster refuses it (UNAVAILABLE, nothing done): a stale
+#: leader hint never makes a write land in the other one. A request sent before the first answer
+#: that another cluster's member serves (an endpoint list mixing two clusters) fails INTERNAL.
 CLUSTER_ID_METADATA = "latch-cluster-id"
 #: First pause between two attempts; doubled after each failed one, up to MAX_BACKOFF.
 INITIAL_BACKOFF = 0.02
@@ -593,7 +594,17 @@ class Client:
                 elif stop.wait(pause):
                     raise LatchError(grpc.StatusCode.CANCELLED, f"{what}: stopped", target.addr) from None
                 continue
-            self._cluster.learn(_metadata_value(metadata, CLUSTER_ID_METADATA))
+            named = _cluster_id(_metadata_value(metadata, CLUSTER_ID_METADATA))
+            self._cluster.learn(named)
+            if named is not None and self._cluster.id is not None and named != self._cluster.id:
+                # Sent before the client knew its cluster (naming none), it reached a member of
+                # another one, which served it: perhaps with effect there, and not this cluster's
+                # answer. INTERNAL, which no caller takes for its own cluster's verdict.
+                raise LatchError(grpc.StatusCode.INTERNAL,
+                                 f"{what}: answered by a member of cluster {named}, not of cluster "
+                                 f"{self._cluster.id} that this client talks to (its endpoints name members "
+                                 f"of two clusters; give it cluster_id=); the request may have taken effect there",
+                                 target.addr)
             self._answered(i, write, _named(metadata))
             return result
 
