@@ -116,6 +116,11 @@ impl Cluster {
         self.0.get().map(|(id, _)| *id)
     }
 
+    /// Whether an answer that named cluster `named` came from another cluster than this one.
+    fn foreign(&self, named: Option<u64>) -> bool {
+        named.is_some_and(|id| self.id().is_some_and(|ours| id != ours))
+    }
+
     /// The error for a successful answer from `addr` that named cluster `named`, when that is
     /// not this client's: a request sent before the client knew its cluster (so naming none)
     /// reached a member of another one, which served it. It may have taken effect there, and
@@ -125,7 +130,7 @@ impl Cluster {
     /// meets it.
     fn stray(&self, named: Option<u64>, addr: &str) -> Option<Status> {
         let (named, ours) = (named?, self.id()?);
-        (named != ours).then(|| {
+        self.foreign(Some(named)).then(|| {
             Status::internal(format!(
                 "{addr}: answered by a member of cluster {}, not of cluster {} that this client talks to \
                  (its endpoints name members of two clusters; give it --cluster-id); the request may \
@@ -472,7 +477,7 @@ impl Client {
             let named = cluster.learn(status.metadata());
             // A member of another cluster refused the call: it is no member of ours, whatever
             // it says of its own leader; the call goes on to the next endpoint.
-            let foreign = named.is_some_and(|id| cluster.id().is_some_and(|ours| id != ours));
+            let foreign = cluster.foreign(named);
             if !is_retryable(&status) && !foreign {
                 return Err(Error::from(with_context(status, &target.addr)));
             }

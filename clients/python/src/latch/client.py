@@ -197,6 +197,11 @@ class _Cluster:
                 if self.id is None:
                     self.id = named
 
+    def foreign(self, named: Optional[str]) -> bool:
+        """Whether an answer that named cluster ``named`` came from another cluster than this one."""
+        named = _cluster_id(named)
+        return named is not None and self.id is not None and named != self.id
+
 
 class _CallDetails(collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials",
                                                            "wait_for_ready", "compression")),
@@ -559,7 +564,7 @@ class Client:
                 self._cluster.learn(named)
                 # A member of another cluster refused the call: no member of ours, whatever it
                 # says of its own leader; the call goes on to the next member.
-                foreign = named is not None and self._cluster.id is not None and named != self._cluster.id
+                foreign = self._cluster.foreign(named)
                 if error.code not in RETRYABLE and not foreign:
                     raise error from None
                 hint = None if foreign else _endpoint_or_none(trailing(e, LEADER_ADDR_METADATA))
@@ -596,7 +601,7 @@ class Client:
                 continue
             named = _cluster_id(_metadata_value(metadata, CLUSTER_ID_METADATA))
             self._cluster.learn(named)
-            if named is not None and self._cluster.id is not None and named != self._cluster.id:
+            if self._cluster.foreign(named):
                 # Sent before the client knew its cluster (naming none), it reached a member of
                 # another one, which served it: perhaps with effect there, and not this cluster's
                 # answer. INTERNAL, which no caller takes for its own cluster's verdict.
