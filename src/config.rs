@@ -894,18 +894,20 @@ fn check_host_port(addr: &str) -> Result<(), String> {
     }
 }
 
-/// Whether `addr` is a `HOST:PORT` a client can connect to: one host (not a wildcard address,
-/// which names no host to go to) and a port.
+/// Whether `token` is 1 … 64 printable ASCII characters without spaces (so its length in
+/// bytes is its length in characters).
 fn check_token(token: &str) -> Result<(), String> {
-    if token.is_empty() || token.len() > 64 {
-        return Err(format!("{} characters; give 1 … 64", token.chars().count()));
-    }
     if let Some(c) = token.chars().find(|c| !c.is_ascii_graphic()) {
         return Err(format!("{token:?} holds {c:?}; give printable ASCII characters without spaces"));
+    }
+    if token.is_empty() || token.len() > 64 {
+        return Err(format!("{} characters; give 1 … 64", token.len()));
     }
     Ok(())
 }
 
+/// Whether `addr` is a `HOST:PORT` a client can connect to: one host (not a wildcard address,
+/// which names no host to go to) and a port.
 fn check_advertised(addr: &str) -> Result<(), String> {
     check_host_port(addr).map_err(|problem| format!("{addr:?}: {problem}; expected host:port"))?;
     if is_wildcard(addr) {

@@ -98,7 +98,31 @@ pub const OVER_LIMIT_METADATA: &str = "latch-over-limit";
 mod tests {
     use prost::Message as _;
 
-    use super::{v1, wire};
+    use super::{format_cluster_id, parse_cluster_id, v1, wire};
+
+    #[test]
+    fn a_cluster_id_is_exactly_sixteen_hex_digits_and_reads_back_as_formatted() {
+        for id in [0, 1, 0x0123_4567_89ab_cdef, u64::MAX] {
+            assert_eq!(parse_cluster_id(&format_cluster_id(id)), Some(id), "{id:#x} formatted then parsed");
+        }
+        assert_eq!(
+            parse_cluster_id("0123456789ABCDEF"),
+            Some(0x0123_4567_89ab_cdef),
+            "upper case is hex too"
+        );
+        for bad in [
+            "",
+            "123",
+            "0x23456789abcdef",
+            "+123456789abcdef",
+            "-123456789abcdef",
+            "0123456789abcdef0",
+            " 123456789abcdef",
+            "0123456789abcdeg",
+        ] {
+            assert_eq!(parse_cluster_id(bad), None, "{bad:?} is not 16 hex digits and must not parse");
+        }
+    }
 
     #[test]
     fn a_wire_watch_response_decodes_as_the_typed_one() {

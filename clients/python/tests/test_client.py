@@ -379,6 +379,13 @@ class OfflineTest(unittest.TestCase):
         with self.assertRaises(latch.LatchError):
             _moved_on("web/b", "web/b")
 
+    def test_a_cluster_id_is_exactly_sixteen_hex_digits_and_is_kept_in_lower_case(self):
+        from latch.client import _cluster_id
+        self.assertEqual(_cluster_id("0123456789ABCDEF"), "0123456789abcdef")
+        for bad in [None, "", "123", "0x23456789abcdef", "+123456789abcdef", "-123456789abcdef",
+                    "0123456789abcdef0", " 123456789abcdef", "0123456789abcdeg", "０１２３４５６７８９ａｂｃｄｅｆ"]:
+            self.assertIsNone(_cluster_id(bad), f"{bad!r} is not 16 hex digits and must not be taken as a cluster id")
+
     def test_prefix_end_increments_the_last_byte_below_0xff(self):
         self.assertEqual(latch.prefix_end("a/"), b"a0")
         self.assertEqual(latch.prefix_end(b"a\xff\xff"), b"b")
@@ -865,6 +872,26 @@ class AppliedBeforeKV(NamingKV):
         context.abort(grpc.StatusCode.FAILED_PRECONDITION, "applied before; its answer's data is not kept")
 
 
+class OneEventWatch(watch_pb2_grpc.WatchServicer, InCluster):
+    """A member that serves each watch one event at its start revision (key ``key``), then ends
+    the stream (as a member that stopped would), naming its cluster in the stream's headers."""
+
+    def __init__(self, key: str, cluster: str):
+        InCluster.__init__(self, cluster)
+        self.key = key
+
+    def Watch(self, requests, context):
+        create = next(requests).create
+        self._refused(context)
+        self._initial(context)
+        at = create.start_revision
+        header = kv_pb2.ResponseHeader(revision=at - 1)
+        yield watch_pb2.WatchResponse(header=header, watch_id=create.watch_id, created=True)
+        kv = kv_pb2.KeyValue(key=self.key.encode(), value=b"v", create_revision=at, mod_revision=at, version=1)
+        yield watch_pb2.WatchResponse(header=kv_pb2.ResponseHeader(revision=at), watch_id=create.watch_id,
+                                      events=[watch_pb2.Event(type=watch_pb2.Event.PUT, kv=kv)])
+
+
 def serve(test: unittest.TestCase, add, member) -> str:
     """Starts an in-process gRPC member playing ``member``; its address."""
     from concurrent import futures
@@ -1000,6 +1027,21 @@ class OfflineScriptedTest(unittest.TestCase):
         self.assertIn(theirs, str(failed.exception))
         self.assertIn(ours, str(failed.exception))
         self.assertEqual(stray.calls, [("Put", None)], "served once, and not asked again")
+
+    def test_a_watch_learns_its_cluster_from_its_stream_and_a_stream_another_cluster_serves_is_opened_elsewhere(self):
+        ours, theirs = "0000000000000001", "0000000000000002"
+        add = watch_pb2_grpc.add_WatchServicer_to_server
+        own, stray = OneEventWatch("ours", ours), OneEventWatch("theirs", theirs)
+        stray.checks = False  # it serves a watch naming another cluster: only the client's check stops it
+        with latch.Client([serve(self, add, own), serve(self, add, stray)]) as client:
+            watch = client.watch("k", start_revision=5)
+            got = [next(watch) for _ in range(2)]
+            watch.cancel()
+        self.assertEqual([(b.revision, [e.kv.key for e in b.events]) for b in got], [(5, [b"ours"]), (6, [b"ours"])],
+                         "every event delivered is the client's cluster's; the other cluster's stream was dropped")
+        self.assertEqual(own.named[0], None, "the first stream names no cluster: none is known yet")
+        self.assertEqual(stray.named, [ours], "the reopened stream named the cluster the first stream's headers did")
+        self.assertEqual(own.named[1:], [ours])
 
     def test_hints_add_at_most_a_bounded_number_of_members(self):
         from latch.client import MAX_HINTED_TARGETS

@@ -60,10 +60,11 @@ impl Error {
             })
     }
 
-    /// For a write that was applied although the call failed FAILED_PRECONDITION (a retry whose
-    /// first attempt's answer was lost, when that answer carried data the member does not keep:
-    /// previous values, a txn's ranges): the revision it was applied at. The write took effect
-    /// once; only its answer's data is gone.
+    /// For a write that was applied although the call failed FAILED_PRECONDITION: the revision
+    /// it was applied at. The answer's data (previous values, a txn's ranges) is not there: a
+    /// retry came after the first attempt's answer was lost and the member does not keep such
+    /// data, or — on a first attempt too — the member had too many answers on their way to hold
+    /// this one's data. The write took effect once; do not send it again; read what it needs.
     pub fn applied_revision(&self) -> Option<i64> {
         let value = self.status()?.metadata().get(latch_proto::APPLIED_REVISION_METADATA)?;
         value.to_str().ok()?.parse().ok()

@@ -451,6 +451,14 @@ class Client:
         with self._lock:
             return self._preferred
 
+    def from_another_cluster(self, metadata) -> bool:
+        """Learns the cluster a stream's initial ``metadata`` names, if none is known yet;
+        whether it names another cluster than this client's (the stream is then not this
+        cluster's and is opened elsewhere)."""
+        named = _cluster_id(_metadata_value(metadata, CLUSTER_ID_METADATA))
+        self._cluster.learn(named)
+        return self._cluster.foreign(named)
+
     def target(self, i: int) -> _Target:
         """The ``i``-th known member (modulo how many); CANCELLED once the client is closed."""
         with self._lock:

@@ -31,9 +31,11 @@ class LatchError(Exception):
         #: For OUT_OF_RANGE (a compacted revision): the compact revision, above which the
         #: history still is.
         self.compact_revision = compact_revision
-        #: For a write retried after a lost answer whose first attempt WAS applied (at this
-        #: revision), when that answer carried data the server no longer holds (``prev_kv``,
-        #: a transaction's reads): do not send it again. ``txn_succeeded``: which branch ran.
+        #: For a write that WAS applied (at this revision) although its answer's data
+        #: (``prev_kv``, a transaction's reads) is not there: a retry after a lost answer (the
+        #: server does not keep such data), or, on a first attempt too, a member with too many
+        #: answers on their way to hold this one's data. Do not send it again; read what it
+        #: needs. ``txn_succeeded``: which branch ran.
         self.applied_revision = applied_revision
         self.txn_succeeded = txn_succeeded
         #: RESOURCE_EXHAUSTED marked by the member as over one of its limits: nothing queued or

@@ -69,6 +69,8 @@ class Watch:
         self._stream_done = threading.Event()
         self._call = None
         self._responses = None
+        # Whether the current stream's initial metadata was checked for the cluster it names.
+        self._cluster_checked = False
         self._target = 0
         self._backoff = Backoff()
         # The next revision the last SLOW cancel left, and how many in a row left it there.
@@ -124,6 +126,7 @@ class Watch:
         self._call = target.stub("watch", "streams").Watch(requests())
         self._responses = iter(self._call)
         self._pending = None
+        self._cluster_checked = False
         if self._closed.is_set():  # cancel() raced this open
             self._end_stream()
 
@@ -161,6 +164,14 @@ class Watch:
                     self._reopen_elsewhere()
                     continue
                 raise self._fail(LatchError.from_rpc(e, self._addr)) from None
+            if not self._cluster_checked:
+                # A stream opened before the client knew its cluster names none, so a member of
+                # another cluster (in an endpoint list that mixes two) may serve it: its events
+                # are not this cluster's, and the stream goes elsewhere.
+                self._cluster_checked = True
+                if self.client.from_another_cluster(self._call.initial_metadata()):
+                    self._reopen_elsewhere()
+                    continue
             batch = self._take(r)
             if batch is not None:
                 self._backoff.reset()
