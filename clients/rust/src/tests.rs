@@ -544,6 +544,9 @@ async fn a_serializable_read_behind_the_clients_own_write_is_asked_again_lineari
 #[derive(Clone)]
 struct ScriptedWatch {
     script: WatchScript,
+    /// The cluster it names in each stream's headers (none: it names none); its events' values
+    /// are that id's 16 hex digits (or `v`), so a test sees which member served an event.
+    cluster: Option<u64>,
     /// The start revision of every create received, in order.
     starts: Arc<Mutex<Vec<i64>>>,
 }
@@ -576,19 +579,25 @@ impl Watch for ScriptedWatch {
         // same stream) is answered by the script; the stream stays open while its client's does.
         let mut requests = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let (script, starts) = (self.script, self.starts.clone());
+        let (script, starts, cluster) = (self.script, self.starts.clone(), self.cluster);
         tokio::spawn(async move {
             while let Ok(Some(WatchRequest { request: Some(Ask::Create(create)) })) = requests.message().await
             {
                 starts.lock().expect("test lock").push(create.start_revision);
-                for response in scripted(script, create) {
+                for response in scripted(script, create, cluster) {
                     if tx.send(response).is_err() {
                         return;
                     }
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))))
+        let mut response =
+            Response::new(Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)) as Responses);
+        if let Some(id) = cluster {
+            let value = format_cluster_id(id).parse().expect("hex digits are a metadata value");
+            response.metadata_mut().insert(CLUSTER_ID_METADATA, value);
+        }
+        Ok(response)
     }
 }
 
@@ -596,6 +605,7 @@ impl Watch for ScriptedWatch {
 fn scripted(
     script: WatchScript,
     create: latch_proto::v1::WatchCreateRequest,
+    cluster: Option<u64>,
 ) -> Vec<Result<WatchResponse, Status>> {
     let (start, watch_id) = (create.start_revision, create.watch_id);
     let header = |revision| Some(ResponseHeader { revision, ..Default::default() });
@@ -611,7 +621,8 @@ fn scripted(
         };
         return vec![Ok(created), Ok(slow)];
     }
-    let kv = KeyValue { key: create.key, value: b"v".to_vec(), mod_revision: start, ..Default::default() };
+    let value = cluster.map_or_else(|| b"v".to_vec(), |id| format_cluster_id(id).into_bytes());
+    let kv = KeyValue { key: create.key, value, mod_revision: start, ..Default::default() };
     let event = WatchResponse {
         header: header(start),
         watch_id,
@@ -645,13 +656,56 @@ fn scripted(
 
 /// Starts a scripted Watch member on a free port; returns its address and the starts it got.
 async fn serve_watch(script: WatchScript) -> (String, Arc<Mutex<Vec<i64>>>) {
+    serve_watch_in(None, script).await
+}
+
+/// Like [`serve_watch`], a member of cluster `cluster` that serves a watch whatever cluster it
+/// names (only the client's check keeps it from another cluster's member).
+async fn serve_watch_in(cluster: Option<u64>, script: WatchScript) -> (String, Arc<Mutex<Vec<i64>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
     let addr = listener.local_addr().expect("bound address").to_string();
     let starts = Arc::new(Mutex::new(Vec::new()));
-    let service = WatchServer::new(ScriptedWatch { script, starts: starts.clone() });
+    let service = WatchServer::new(ScriptedWatch { script, cluster, starts: starts.clone() });
     let incoming = TcpIncoming::from_listener(listener, true, None).expect("incoming");
     tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
     (addr, starts)
+}
+
+#[tokio::test]
+async fn a_watch_learns_its_cluster_from_its_stream_and_a_stream_another_cluster_serves_is_opened_elsewhere()
+{
+    let (own, at_own) = serve_watch_in(Some(1), WatchScript::Cut).await;
+    let (stray, at_stray) = serve_watch_in(Some(2), WatchScript::Serve).await;
+    let client = Client::connect([own, stray]).await.expect("valid endpoints");
+
+    let updates: Vec<_> = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.watch(WatchOptions::key("k").from_revision(5)).take(3).collect(),
+    )
+    .await
+    .expect("three updates within 10 s");
+
+    let served: Vec<_> = updates
+        .into_iter()
+        .filter_map(|u| match u.expect("no update is an error") {
+            WatchUpdate::Events { revision, events } => Some((
+                revision,
+                events
+                    .iter()
+                    .map(|e| e.kv.as_ref().map(|kv| kv.value.clone()).unwrap_or_default())
+                    .collect::<Vec<_>>(),
+            )),
+            _ => None,
+        })
+        .collect();
+    let own_value = format_cluster_id(1).into_bytes();
+    assert_eq!(
+        served,
+        [(5, vec![own_value.clone()]), (6, vec![own_value])],
+        "every event delivered is cluster 1's: the stream cluster 2's member served was dropped"
+    );
+    assert_eq!(*at_stray.lock().expect("test lock"), [6], "cluster 2's member was tried once, from 6");
+    assert_eq!(*at_own.lock().expect("test lock"), [5, 6], "the watch went back to cluster 1's member");
 }
 
 #[tokio::test]
