@@ -218,6 +218,8 @@ fn subcommand_error(
     kind: ErrorKind,
     message: impl fmt::Display,
 ) -> clap::Error {
+    // Building names each subcommand for its usage line ("latch kv", not "kv").
+    latch.build();
     match latch.find_subcommand_mut(name) {
         Some(command) => command.error(kind, message),
         None => latch.error(kind, message),
@@ -454,6 +456,14 @@ mod tests {
     fn the_cli_definition_is_consistent() {
         Cli::command().debug_assert();
         Cli::definition().debug_assert();
+    }
+
+    #[test]
+    fn a_usage_error_shows_the_whole_commands_usage_line() {
+        let error =
+            subcommand_error(Cli::definition(), "lock", ErrorKind::ValueValidation, "the lock's NAME");
+        let text = error.render().to_string();
+        assert!(text.contains("Usage: latch lock [OPTIONS]"), "the usage line names `latch lock`: {text}");
     }
 
     #[test]
