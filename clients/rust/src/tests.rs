@@ -654,6 +654,16 @@ fn scripted(
     [Ok(created), Ok(event)].into_iter().chain(then).collect()
 }
 
+/// The first three updates of a watch of `k` from revision 5 (within 10 s).
+async fn first_three_updates_from_5(client: &Client) -> Vec<Result<WatchUpdate, crate::Error>> {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        client.watch(WatchOptions::key("k").from_revision(5)).take(3).collect(),
+    )
+    .await
+    .expect("three updates within 10 s")
+}
+
 /// Starts a scripted Watch member on a free port; returns its address and the starts it got.
 async fn serve_watch(script: WatchScript) -> (String, Arc<Mutex<Vec<i64>>>) {
     serve_watch_in(None, script).await
@@ -678,12 +688,7 @@ async fn a_watch_learns_its_cluster_from_its_stream_and_a_stream_another_cluster
     let (stray, at_stray) = serve_watch_in(Some(2), WatchScript::Serve).await;
     let client = Client::connect([own, stray]).await.expect("valid endpoints");
 
-    let updates: Vec<_> = tokio::time::timeout(
-        Duration::from_secs(10),
-        client.watch(WatchOptions::key("k").from_revision(5)).take(3).collect(),
-    )
-    .await
-    .expect("three updates within 10 s");
+    let updates = first_three_updates_from_5(&client).await;
 
     let served: Vec<_> = updates
         .into_iter()
@@ -715,12 +720,7 @@ async fn a_watch_whose_stream_a_member_ends_over_its_limits_resumes_on_another_m
     let (other, at_other) = serve_watch(WatchScript::Serve).await;
     let client = Client::connect([loaded, other]).await.expect("valid endpoints");
 
-    let updates: Vec<_> = tokio::time::timeout(
-        Duration::from_secs(10),
-        client.watch(WatchOptions::key("k").from_revision(5)).take(3).collect(),
-    )
-    .await
-    .expect("three updates within 10 s");
+    let updates = first_three_updates_from_5(&client).await;
 
     let updates: Vec<WatchUpdate> = updates
         .into_iter()
@@ -781,12 +781,7 @@ async fn a_watch_cut_off_as_slow_again_and_again_with_nothing_delivered_ends_wit
 async fn a_progress_notification_from_a_member_behind_never_takes_the_watchs_progress_back() {
     let (behind, _) = serve_watch(WatchScript::Behind).await;
     let client = Client::connect([behind]).await.expect("valid endpoints");
-    let updates: Vec<_> = tokio::time::timeout(
-        Duration::from_secs(10),
-        client.watch(WatchOptions::key("k").from_revision(5)).take(3).collect(),
-    )
-    .await
-    .expect("three updates within 10 s");
+    let updates = first_three_updates_from_5(&client).await;
     let updates: Vec<WatchUpdate> = updates.into_iter().map(|u| u.expect("no error")).collect();
     assert!(
         matches!(updates[..], [WatchUpdate::Started { .. }, WatchUpdate::Events { revision: 5, .. }, _]),

@@ -189,13 +189,15 @@ class _Cluster:
         self.id: Optional[str] = None
         self._lock = threading.Lock()
 
-    def learn(self, named: Optional[str]) -> None:
-        """Learns the cluster an answer names (``CLUSTER_ID_METADATA``), if none is known yet."""
+    def learn(self, named: Optional[str]) -> bool:
+        """Learns the cluster an answer names (``CLUSTER_ID_METADATA``), if none is known yet;
+        whether the answer came from another cluster than this one."""
         named = _cluster_id(named)
         if named is not None and self.id is None:
             with self._lock:
                 if self.id is None:
                     self.id = named
+        return self.foreign(named)
 
     def foreign(self, named: Optional[str]) -> bool:
         """Whether an answer that named cluster ``named`` came from another cluster than this one."""
@@ -451,13 +453,10 @@ class Client:
         with self._lock:
             return self._preferred
 
-    def from_another_cluster(self, metadata) -> bool:
+    def _from_another_cluster(self, metadata) -> bool:
         """Learns the cluster a stream's initial ``metadata`` names, if none is known yet;
-        whether it names another cluster than this client's (the stream is then not this
-        cluster's and is opened elsewhere)."""
-        named = _cluster_id(_metadata_value(metadata, CLUSTER_ID_METADATA))
-        self._cluster.learn(named)
-        return self._cluster.foreign(named)
+        whether it names another cluster than this client's."""
+        return self._cluster.learn(_metadata_value(metadata, CLUSTER_ID_METADATA))
 
     def target(self, i: int) -> _Target:
         """The ``i``-th known member (modulo how many); CANCELLED once the client is closed."""
@@ -569,10 +568,9 @@ class Client:
             except grpc.RpcError as e:
                 error = LatchError.from_rpc(e, target.addr)
                 named = _cluster_id(trailing(e, CLUSTER_ID_METADATA))
-                self._cluster.learn(named)
                 # A member of another cluster refused the call: no member of ours, whatever it
                 # says of its own leader; the call goes on to the next member.
-                foreign = self._cluster.foreign(named)
+                foreign = self._cluster.learn(named)
                 if error.code not in RETRYABLE and not foreign:
                     raise error from None
                 hint = None if foreign else _endpoint_or_none(trailing(e, LEADER_ADDR_METADATA))
@@ -608,8 +606,7 @@ class Client:
                     raise LatchError(grpc.StatusCode.CANCELLED, f"{what}: stopped", target.addr) from None
                 continue
             named = _cluster_id(_metadata_value(metadata, CLUSTER_ID_METADATA))
-            self._cluster.learn(named)
-            if self._cluster.foreign(named):
+            if self._cluster.learn(named):
                 # Sent before the client knew its cluster (naming none), it reached a member of
                 # another one, which served it: perhaps with effect there, and not this cluster's
                 # answer. INTERNAL, which no caller takes for its own cluster's verdict.

@@ -169,7 +169,7 @@ class Watch:
                 # another cluster (in an endpoint list that mixes two) may serve it: its events
                 # are not this cluster's, and the stream goes elsewhere.
                 self._cluster_checked = True
-                if self.client.from_another_cluster(self._call.initial_metadata()):
+                if self.client._from_another_cluster(self._call.initial_metadata()):
                     self._reopen_elsewhere()
                     continue
             batch = self._take(r)
