@@ -984,7 +984,14 @@ mod tests {
             with(Some("staging-7")).expect("a token").cluster_id(),
             "the same token, the same id"
         );
-        for (bad, why) in [("", "give 1 … 64"), ("two words", "' '"), ("é", "'é'")] {
+        let (too_long, wide) = ("a".repeat(65), "é".repeat(33));
+        for (bad, why) in [
+            ("", "give 1 … 64"),
+            ("two words", "' '"),
+            ("é", "'é'"),
+            (too_long.as_str(), "65 characters"),
+            (wide.as_str(), "'é'"),
+        ] {
             match with(Some(bad)) {
                 Err(ConfigError::Invalid { flag: "initial-cluster-token", problem }) => {
                     assert!(problem.contains(why), "{bad:?}: expected {why:?} in {problem:?}")

@@ -1035,7 +1035,7 @@ class OfflineScriptedTest(unittest.TestCase):
         stray.checks = False  # it serves a watch naming another cluster: only the client's check stops it
         with latch.Client([serve(self, add, own), serve(self, add, stray)]) as client:
             watch = client.watch("k", start_revision=5)
-            got = [next(watch) for _ in range(2)]
+            got = result(in_thread(lambda: [next(watch) for _ in range(2)]))
             watch.cancel()
         self.assertEqual([(b.revision, [e.kv.key for e in b.events]) for b in got], [(5, [b"ours"]), (6, [b"ours"])],
                          "every event delivered is the client's cluster's; the other cluster's stream was dropped")

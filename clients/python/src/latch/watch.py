@@ -151,6 +151,8 @@ class Watch:
             if self._responses is None:
                 self._open()
                 continue
+            # The stream's call, kept: a cancel() from another thread meanwhile clears _call.
+            call = self._call
             try:
                 r = next(self._responses)
             except StopIteration:
@@ -169,7 +171,7 @@ class Watch:
                 # another cluster (in an endpoint list that mixes two) may serve it: its events
                 # are not this cluster's, and the stream goes elsewhere.
                 self._cluster_checked = True
-                if self.client._from_another_cluster(self._call.initial_metadata()):
+                if self.client._from_another_cluster(call.initial_metadata()):
                     self._reopen_elsewhere()
                     continue
             batch = self._take(r)
