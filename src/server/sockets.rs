@@ -80,7 +80,8 @@ pub const SNIFF_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 /// set), the others (HTTP/2: gRPC's snapshot, status and fault calls, and the message stream
 /// of members of earlier versions) come out of the returned stream, as from [`accepted`]. A
 /// connection that sends fewer than eight bytes within [`SNIFF_TIMEOUT`] is closed. Accepting
-/// ends when the stream is dropped (the gRPC server stopped).
+/// ends when the stream is dropped (the gRPC server stopped), and with it every connection not
+/// yet told apart: nothing holds `on_wire` after that but the wire connections it started.
 pub fn sniffed(
     listener: TcpListener,
     wire: [u8; 8],
@@ -109,7 +110,13 @@ pub fn sniffed(
                 if keep_alive(&socket).is_err() {
                     return;
                 }
-                match tokio::time::timeout(SNIFF_TIMEOUT, first_bytes(&socket)).await {
+                // A connection still silent when accepting ends does not keep `on_wire` (and
+                // what it holds: the node's handle, so its state file) until the timeout.
+                let first = tokio::select! {
+                    first = tokio::time::timeout(SNIFF_TIMEOUT, first_bytes(&socket)) => first,
+                    () = tx.closed() => return,
+                };
+                match first {
                     Ok(Ok(first)) if first == wire => match socket.into_std() {
                         Ok(socket) if socket.set_nonblocking(false).is_ok() => on_wire(socket),
                         _ => {}
@@ -278,6 +285,39 @@ impl Connected for Gathered<TcpStream> {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    /// Once the stream of sniffed connections is dropped (the member stops), a connection that
+    /// never sent its first bytes lets go of the wire handler at once, not after
+    /// [`SNIFF_TIMEOUT`]: the handler holds the node's handle, and with it the state file that a
+    /// restart of the member in the same process must open again.
+    #[tokio::test]
+    async fn a_connection_not_yet_told_apart_lets_go_of_the_wire_handler_when_accepting_ends() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
+        let addr = listener.local_addr().expect("a bound address");
+        let held = std::sync::Arc::new(());
+        let in_handler = held.clone();
+        let mut incoming = Box::pin(sniffed(listener, *b"testwire", move |_| {
+            let _ = &in_handler;
+        }));
+        let _silent = tokio::net::TcpStream::connect(addr).await.expect("connect the silent one");
+        // Accepted after the silent one (one accept loop, the kernel's queue in order): once it
+        // comes out, the silent one is being sniffed.
+        let mut http = tokio::net::TcpStream::connect(addr).await.expect("connect the HTTP/2 one");
+        http.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.expect("write a preface");
+        let told = tokio::time::timeout(std::time::Duration::from_secs(5), incoming.next()).await;
+        assert!(matches!(told, Ok(Some(Ok(_)))), "the HTTP/2 connection did not come out of the stream");
+        drop(incoming);
+        let deadline = tokio::time::Instant::now() + SNIFF_TIMEOUT / 2;
+        while std::sync::Arc::strong_count(&held) > 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the wire handler was still held {:?} after accepting ended (a silent connection \
+                 kept it until its sniff timeout, {SNIFF_TIMEOUT:?})",
+                SNIFF_TIMEOUT / 2
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
 
     /// A socket that takes at most `per_call` bytes per write, refuses every other call when
     /// `busy` (Pending, then wakes the caller), and records each call's size.
