@@ -118,14 +118,25 @@ impl Election for ElectionService {
                 });
             }
             let name = seq.name.clone();
-            let body = Body::Proclaim(Proclaim { sequencer: Some(seq), value: req.value });
+            let body = Body::Proclaim(Proclaim {
+                sequencer: Some(seq),
+                value: req.value,
+                max_row_bytes: locks::MAX_ROW_BYTES,
+            });
             let (header, r) = self.ctx.write(&req.request_id, body).await?;
-            if lock_result(r, "proclaim")?.status != LockStatus::Done as i32 {
-                return Err(ApiError::FailedPrecondition(format!(
+            let r = lock_result(r, "proclaim")?;
+            match LockStatus::try_from(r.status) {
+                Ok(LockStatus::Done) => Ok(ProclaimResponse { header: Some(header) }),
+                Ok(LockStatus::RowFull) => Err(ApiError::OverLimit(format!(
+                    "election {name:?}: its candidates take {} bytes, and this value would take it past \
+                     the {} one election holds: the value was not changed; proclaim a smaller one",
+                    r.ahead,
+                    locks::MAX_ROW_BYTES
+                ))),
+                _ => Err(ApiError::FailedPrecondition(format!(
                     "the sequencer does not lead {name:?}: it resigned, or its session ended"
-                )));
+                ))),
             }
-            Ok(ProclaimResponse { header: Some(header) })
         };
         run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
     }

@@ -35,9 +35,19 @@ pub(crate) fn proclaim(ap: &mut Apply, req: Proclaim) -> Result<outcome::Result,
     let Some(mut row) = locks::read_row(ap.txn, &key)? else {
         return Ok(locks::result(Status::NotHeld, None, 0));
     };
-    let Some(holder) = row.holders.iter_mut().find(|h| leads(h, &seq)) else {
+    let Some(at) = row.holders.iter().position(|h| leads(h, &seq)) else {
         return Ok(locks::result(Status::NotHeld, None, 0));
     };
+    // The same bound as a campaign's: the row is rewritten and recorded whole at each change. A
+    // value that does not grow passes, whatever the row holds.
+    let old_len = row.holders[at].value.len();
+    if req.max_row_bytes > 0 && req.value.len() > old_len {
+        let now = locks::row_bytes(&row);
+        if now - old_len + req.value.len() > req.max_row_bytes as usize {
+            return Ok(locks::result(Status::RowFull, None, now as u64));
+        }
+    }
+    let holder = &mut row.holders[at];
     ap.write_revision()?;
     holder.value = req.value;
     locks::write_row(ap, &key, &row)?;
@@ -92,6 +102,10 @@ mod tests {
         );
     }
 
+    fn proclaim(seq: &Sequencer, value: &[u8], max_row_bytes: u32) -> Proclaim {
+        Proclaim { sequencer: Some(seq.clone()), value: value.to_vec(), max_row_bytes }
+    }
+
     fn current(s: &Store) -> Option<(String, Vec<u8>)> {
         s.read(|t| leader(t, "e")).expect("reads").map(|l| (l.sequencer.session, l.value))
     }
@@ -103,7 +117,7 @@ mod tests {
         campaign(&mut s, "r2", "b", "10.0.0.2");
         assert_eq!(current(&s), Some(("a".into(), b"10.0.0.1".to_vec())), "the first candidate leads");
         let seq = s.read(|t| leader(t, "e")).expect("reads").expect("a leads").sequencer;
-        s.apply("", Body::Proclaim(Proclaim { sequencer: Some(seq.clone()), value: b"10.0.0.9".to_vec() }));
+        s.apply("", Body::Proclaim(proclaim(&seq, b"10.0.0.9", 0)));
         assert_eq!(
             current(&s),
             Some(("a".into(), b"10.0.0.9".to_vec())),
@@ -112,7 +126,7 @@ mod tests {
         s.apply("", Body::CloseSession(CloseSession { id: "a".into() }));
         assert_eq!(current(&s), Some(("b".into(), b"10.0.0.2".to_vec())), "the next candidate leads");
         let rev = s.applied().revision;
-        let stale = s.apply("", Body::Proclaim(Proclaim { sequencer: Some(seq), value: b"x".to_vec() }));
+        let stale = s.apply("", Body::Proclaim(proclaim(&seq, b"x", 0)));
         assert!(
             matches!(stale.result, Some(outcome::Result::Lock(ref r)) if r.status == Status::NotHeld as i32),
             "an ex-leader's proclaim is refused: {stale:?}"
@@ -120,5 +134,60 @@ mod tests {
         assert_eq!(s.applied().revision, rev, "… and writes nothing");
         // A lock of the same name is another thing.
         assert_eq!(s.read(|t| locks::read(t, &lock_key(LockSpace::Locks, "e"))).expect("reads"), None);
+    }
+
+    /// A proclaim carries the row's bound as a campaign does: a value that would take the
+    /// election's row past it is refused, naming the row's bytes, and nothing is written; a value
+    /// that does not grow is taken whatever the row holds.
+    #[test]
+    fn a_proclaim_that_would_take_the_election_row_past_its_bound_is_refused_and_writes_nothing() {
+        let mut s = Store::new();
+        campaign(&mut s, "r1", "a", "v");
+        campaign(&mut s, "r2", "b", &"w".repeat(200));
+        let seq = s.read(|t| leader(t, "e")).expect("reads").expect("a leads").sequencer;
+        let bytes = |s: &Store| {
+            s.read(|t| locks::read(t, &lock_key(LockSpace::Elections, "e")))
+                .expect("reads")
+                .map(|r| locks::row_bytes(&r) as u64)
+        };
+        let before = (s.applied().revision, bytes(&s), current(&s));
+        let bound = before.1.expect("a row") as u32 + 100;
+        let refused = s.apply("", Body::Proclaim(proclaim(&seq, &[b'x'; 102], bound)));
+        assert!(
+            matches!(refused.result, Some(outcome::Result::Lock(ref r))
+                if r.status == Status::RowFull as i32 && Some(r.ahead) == before.1),
+            "a value 101 bytes longer than the leader's, 100 under the bound, is refused naming the row's \
+             bytes: {refused:?}"
+        );
+        assert_eq!(
+            (s.applied().revision, bytes(&s), current(&s)),
+            before,
+            "a refused proclaim writes nothing"
+        );
+        let taken = s.apply("", Body::Proclaim(proclaim(&seq, &[b'x'; 101], bound)));
+        assert!(
+            matches!(taken.result, Some(outcome::Result::Lock(ref r)) if r.status == Status::Done as i32),
+            "a value that takes the row to its bound exactly is taken: {taken:?}"
+        );
+        let shrunk = s.apply("", Body::Proclaim(proclaim(&seq, b"y", 1)));
+        assert!(
+            matches!(shrunk.result, Some(outcome::Result::Lock(ref r)) if r.status == Status::Done as i32),
+            "a value that does not grow is taken although the row is past a bound of 1 byte: {shrunk:?}"
+        );
+        assert_eq!(current(&s), Some(("a".into(), b"y".to_vec())));
+    }
+
+    /// A proclaim retried under its request id through a member with another row bound is the
+    /// same request, answered as it was first applied.
+    #[test]
+    fn a_proclaim_retried_through_a_member_with_another_bound_is_the_same_request() {
+        let mut s = Store::new();
+        campaign(&mut s, "r1", "a", "v");
+        let seq = s.read(|t| leader(t, "e")).expect("reads").expect("a leads").sequencer;
+        let first = s.apply("p1", Body::Proclaim(proclaim(&seq, b"v2", 1 << 20)));
+        let revision = s.applied().revision;
+        let retried = s.apply("p1", Body::Proclaim(proclaim(&seq, b"v2", 1 << 10)));
+        assert_eq!(retried, first, "the retry is answered as the first was applied");
+        assert_eq!(s.applied().revision, revision, "and writes nothing");
     }
 }

@@ -43,7 +43,7 @@ const ENTRY_MARGIN_BYTES: usize = 64;
 /// A row's size as `max_row_bytes` counts it: each entry's session, request id and value, and
 /// [`ENTRY_MARGIN_BYTES`]. Not its encoding's length, which a later build adding a field would
 /// change: two builds replaying the same entries must refuse the same acquires.
-fn row_bytes(row: &LockRow) -> usize {
+pub(super) fn row_bytes(row: &LockRow) -> usize {
     let holders = row.holders.iter().map(|h| entry_bytes(&h.session, &h.request_id, &h.value));
     holders.chain(row.waiters.iter().map(|w| entry_bytes(&w.session, &w.request_id, &w.value))).sum()
 }
@@ -722,6 +722,7 @@ mod tests {
             Body::Proclaim(latch_proto::internal::Proclaim {
                 sequencer: Some(leader.sequencer),
                 value: b"v2".to_vec(),
+                max_row_bytes: 0,
             }),
         );
         let instance = super::super::registry::instance("web", "1");

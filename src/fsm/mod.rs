@@ -79,7 +79,9 @@ use apply::Apply;
 /// that are not sequential (`requests`' module doc), and a critical instance registered again
 /// with the same check is critical since that registration (`registry::register`). Version 7:
 /// `MemberStarted` (`members`), which an older build would reject as a command without a body.
-pub const COMMAND_VERSION: u32 = 7;
+/// Version 8: a proclaim may carry `max_row_bytes` (an older build would apply it without the
+/// bound).
+pub const COMMAND_VERSION: u32 = 8;
 /// The oldest `Command.version` this build applies.
 pub const OLDEST_COMMAND_VERSION: u32 = 2;
 /// The first version whose acquires and session creates check request ids (see above).
@@ -638,23 +640,29 @@ fn write_meta(txn: &WriteTransaction, pos: Applied, history_bytes: u64) -> Resul
 /// The hash by which a request id's command is told from another one under the same id:
 /// [`command_hash`] of the command less what the proposing member adds of its own (an acquire's
 /// `max_waiters`, `max_session_locks` and `max_row_bytes`, its `--max-lock-waiters`,
-/// `--max-locks-per-session` and row bound), so that a retry sent through a member with other limits is the
-/// same request, not a conflict.
+/// `--max-locks-per-session` and row bound; a proclaim's `max_row_bytes`), so that a retry sent
+/// through a member with other limits is the same request, not a conflict.
 pub fn request_hash(cmd: &Command, encoded: &[u8]) -> u64 {
-    match &cmd.body {
-        Some(latch_proto::internal::command::Body::Acquire(a))
-            if a.max_waiters != 0 || a.max_session_locks != 0 || a.max_row_bytes != 0 =>
-        {
-            let mut bare = cmd.clone();
-            if let Some(latch_proto::internal::command::Body::Acquire(a)) = &mut bare.body {
-                a.max_waiters = 0;
-                a.max_session_locks = 0;
-                a.max_row_bytes = 0;
-            }
-            versionless_hash(&bare.encode_to_vec())
-        }
-        _ => versionless_hash(encoded),
+    use latch_proto::internal::command::Body;
+    let bounded = match &cmd.body {
+        Some(Body::Acquire(a)) => a.max_waiters != 0 || a.max_session_locks != 0 || a.max_row_bytes != 0,
+        Some(Body::Proclaim(p)) => p.max_row_bytes != 0,
+        _ => false,
+    };
+    if !bounded {
+        return versionless_hash(encoded);
     }
+    let mut bare = cmd.clone();
+    match &mut bare.body {
+        Some(Body::Acquire(a)) => {
+            a.max_waiters = 0;
+            a.max_session_locks = 0;
+            a.max_row_bytes = 0;
+        }
+        Some(Body::Proclaim(p)) => p.max_row_bytes = 0,
+        _ => {}
+    }
+    versionless_hash(&bare.encode_to_vec())
 }
 
 /// The hash of an encoded command as if it were of [`OLDEST_COMMAND_VERSION`], whatever version
@@ -1100,7 +1108,8 @@ mod tests {
         assert_eq!(of(5), of(2), "only the version differs: the same request");
         assert_eq!(of(6), of(2), "only the version differs: the same request");
         assert_eq!(of(7), of(2), "only the version differs: the same request");
-        assert_ne!(of(8), of(2), "a version this build does not know is another request");
+        assert_eq!(of(8), of(2), "only the version differs: the same request");
+        assert_ne!(of(9), of(2), "a version this build does not know is another request");
         let v2 = Command { version: 2, request_id: "r".into(), body: Some(put("k", "v")) }.encode_to_vec();
         assert_eq!(of(2), command_hash(&v2), "a version-2 command hashes as older builds hashed it");
     }

@@ -586,7 +586,8 @@ fn guarded_call(
 ) -> (Body, String, LockCall) {
     let (body, proclaimed) = if seq.space == LockSpace::Elections as i32 && rng.gen_bool(0.5) {
         let value = format!("proclaimed by {request_id}").into_bytes();
-        (Body::Proclaim(Proclaim { sequencer: Some(seq.clone()), value: value.clone() }), Some(value))
+        let proclaim = Proclaim { sequencer: Some(seq.clone()), value: value.clone(), max_row_bytes: 0 };
+        (Body::Proclaim(proclaim), Some(value))
     } else {
         (guarded_write(&seq), None)
     };
