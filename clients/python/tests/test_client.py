@@ -616,12 +616,12 @@ class ScriptedMemberTest(unittest.TestCase):
 
 class FrozenOrGrantingSessions(session_pb2_grpc.SessionServicer):
     """A member whose keepalives either never answer (``frozen``: SIGSTOPped, cut off) until the
-    client cancels them, or grant the whole TTL at once; it closes any session. Records, per
+    client cancels them, or grant the whole TTL after ``delay`` seconds; it closes any session. Records, per
     session, that a keepalive reached it (``reached``), that a frozen one was cancelled
     (``cancelled``) and that one was granted (``granted``)."""
 
-    def __init__(self, frozen: bool, ttl_ms: int = 0):
-        self.frozen, self.ttl_ms = frozen, ttl_ms
+    def __init__(self, frozen: bool, ttl_ms: int = 0, delay: float = 0):
+        self.frozen, self.ttl_ms, self.delay = frozen, ttl_ms, delay
         self._events = {}
         self._lock = threading.Lock()
 
@@ -638,6 +638,7 @@ class FrozenOrGrantingSessions(session_pb2_grpc.SessionServicer):
                 ended.wait(PATIENCE)
                 self.event("cancelled", request.id).set()
                 return
+            time.sleep(self.delay)
             self.event("granted", request.id).set()
             yield session_pb2.KeepAliveResponse(id=request.id, ttl_ms=self.ttl_ms, granted_ms=self.ttl_ms)
 
@@ -921,9 +922,29 @@ class OfflineScriptedTest(unittest.TestCase):
             while session.lease_left() == 0 and time.monotonic() < deadline:
                 time.sleep(0.01)
             self.assertGreater(session.lease_left(), 0, "the hedge's grant renewed the lease")
-            self.assertTrue(frozen.event("cancelled", "s").wait(PATIENCE),
-                            "the attempt still held by the frozen member was cancelled once the other granted")
             self.assertNotEqual(session.state, latch.SessionState.EXPIRED)
+            # The first attempt runs on (a member only slow would answer it); the session's end
+            # cancels it.
+            session.abandon()
+            self.assertTrue(frozen.event("cancelled", "s").wait(PATIENCE),
+                            "the attempt still held by the frozen member was cancelled once the session ended")
+
+    def test_a_leader_that_was_only_slow_is_where_writes_start_again_once_it_answers(self):
+        # The first member answers keepalives after 2.5 s; the hedge (a sixth of 12 s) goes to the
+        # second after 2 s, which grants at once.
+        slow = FrozenOrGrantingSessions(frozen=False, ttl_ms=12000, delay=2.5)
+        quick = FrozenOrGrantingSessions(frozen=False, ttl_ms=12000)
+        endpoints = [serve(self, session_pb2_grpc.add_SessionServicer_to_server, m) for m in (slow, quick)]
+        with latch.Client(endpoints, request_timeout=600, retry_budget=600) as client:
+            session = latch.Session(client, "s", ttl=12, lease_end=time.monotonic(), grace=600)
+            self.assertTrue(slow.event("reached", "s").wait(PATIENCE), "the first went to the slow member")
+            self.assertTrue(quick.event("granted", "s").wait(PATIENCE), "the hedge reached the next member")
+            self.assertTrue(slow.event("granted", "s").wait(PATIENCE), "the slow member answered in the end")
+            deadline = time.monotonic() + PATIENCE
+            while client._write_start() != 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.assertEqual(client._write_start(), 0, "writes start at the slow member again once it answered, "
+                             "not only once it is no longer distrusted")
             session.abandon()
 
     def test_a_followers_answer_naming_the_leader_sends_later_writes_there_and_reads_stay(self):
@@ -1074,10 +1095,11 @@ class OfflineScriptedTest(unittest.TestCase):
 
         def start(until, cap, answers, at):
             started.append(cap)
+            flight = type("Flight", (), {"cancel": lambda self: None})()
             if cap is not None:  # the second: both answers come now, the NOT_FOUND first
                 for error in order:
-                    answers.put((None, error))
-            return type("Flight", (), {"cancel": lambda self: None})()
+                    answers.put((flight, None, error))
+            return flight
 
         session._start_keep_alive = start
         session.client = type("C", (), {"_write_start": lambda self: 0, "_after_unanswered": lambda self, i: i + 1})()

@@ -156,7 +156,10 @@ impl Client {
     /// member that stopped answering). The first grant counts; if neither grants, a NOT_FOUND
     /// (the session may be gone) before any other failure. A member that stopped answering
     /// (frozen, cut off) then costs a keepalive about `hedge_after`, not the request timeout,
-    /// while a link slower than `hedge_after` still renews through the first.
+    /// while a link slower than `hedge_after` still renews through the first. When the second
+    /// is granted first, the first runs on in the background (within the retry budget): a
+    /// member that was only slow answers it and is taken for the leader again, instead of
+    /// being passed over for a while (10 s) as if it had stopped answering.
     pub async fn keep_alive_hedged(
         &self,
         id: &str,
@@ -164,7 +167,10 @@ impl Client {
     ) -> Result<KeepAliveResponse, Error> {
         use futures::future::{select, Either};
         let start = self.write_start();
-        let mut first = Box::pin(self.keep_alive_within(id, start, self.options().request_timeout));
+        let mut first = {
+            let (client, id, timeout) = (self.clone(), id.to_owned(), self.options().request_timeout);
+            Box::pin(async move { client.keep_alive_within(&id, start, timeout).await })
+        };
         tokio::select! {
             answer = &mut first => return answer,
             () = tokio::time::sleep(hedge_after) => {}
@@ -174,7 +180,12 @@ impl Client {
         let next = self.after_unanswered(start);
         let second = Box::pin(self.keep_alive_within(id, next, hedge_after));
         let (failed, other) = match select(first, second).await {
-            Either::Left((Ok(ack), _)) | Either::Right((Ok(ack), _)) => return Ok(ack),
+            Either::Left((Ok(ack), _)) => return Ok(ack),
+            Either::Right((Ok(ack), first)) => {
+                // Its answer, whatever it is, only tells the client about its member.
+                tokio::spawn(first);
+                return Ok(ack);
+            }
             Either::Left((Err(e), other)) => (e, Either::Left(other)),
             Either::Right((Err(e), other)) => (e, Either::Right(other)),
         };
@@ -644,6 +655,36 @@ mod tests {
             "the member that stopped answering gets the three first attempts only"
         );
         assert_eq!((asked(&at_b), asked(&at_c)), (3, 0), "every hedge goes to the member after it");
+    }
+
+    /// The leader only answers slowly (after 300 ms, the hedge going out after 100 ms): the hedge
+    /// to the next member wins, and the first attempt, left to finish, makes the leader the
+    /// member writes start at again, instead of it being passed over for 10 s as if it had
+    /// stopped answering.
+    #[tokio::test]
+    async fn a_leader_that_was_only_slow_is_where_writes_start_again_once_it_answers() {
+        let slow = member(Keepalives::After(Duration::from_millis(300)));
+        let quick = member(Keepalives::After(Duration::ZERO));
+        let at_slow = slow.1.clone();
+        let endpoints = [serve(slow).await, serve(quick).await];
+        let client = Client::connect(endpoints).await.expect("valid endpoints");
+        let (id, _) = client.create_session(Duration::from_secs(10), "").await.expect("a session");
+        assert_eq!(client.write_start(), 0, "the member that created the session is taken for the leader");
+
+        client.keep_alive_hedged(&id, Duration::from_millis(100)).await.expect("the hedge is granted");
+        assert_eq!(client.write_start(), 1, "the hedge's member answered first");
+        let back = tokio::time::timeout(Duration::from_secs(2), async {
+            while client.write_start() != 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(
+            back.is_ok(),
+            "writes should start at the slow leader again once its keepalive is answered (300 ms), \
+             not only after it is no longer distrusted (10 s); the slow member was asked {} times",
+            asked(&at_slow)
+        );
     }
 
     /// Every member answers keepalives, slower than the sixth of the TTL after which another is

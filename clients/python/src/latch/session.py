@@ -227,23 +227,29 @@ class Session:
         ``keep_alive_hedged``): when none answered within ``hedge_after``, a second goes out
         beside it, starting at the member after the one the first went to and giving each member
         it tries at most ``hedge_after`` (a follower's hint may name the very member that stopped
-        answering). The first grant counts, and the other attempt is cancelled; if neither
-        grants, a NOT_FOUND (the session may be gone) before the other's failure."""
+        answering). The first grant counts; if neither grants, a NOT_FOUND (the session may be
+        gone) before the other's failure. When the second is granted first, the first runs on
+        (until ``until``, or the session's end cancels it): a member that was only slow answers
+        it and is taken for the leader again, instead of being passed over for a while as if it
+        had stopped answering. Any other attempt still going is cancelled."""
         answers: "queue.Queue" = queue.Queue()
         start = self.client._write_start()
         attempts = [self._start_keep_alive(until, None, answers, start)]
+        running_on = None
         try:
             try:
-                ack, failed = answers.get(timeout=hedge_after)
+                ack, failed = answers.get(timeout=hedge_after)[1:]
             except queue.Empty:
                 pass
             else:
                 return _granted_or_raise(ack, failed)
             attempts.append(self._start_keep_alive(until, hedge_after, answers, self.client._after_unanswered(start)))
-            ack, failed = answers.get()
+            flight, ack, failed = answers.get()
             if failed is None:
+                if flight is attempts[1]:
+                    running_on = attempts[0]
                 return ack
-            ack, last = answers.get()
+            ack, last = answers.get()[1:]
             if last is None:
                 return ack
             if _code(failed) == grpc.StatusCode.NOT_FOUND and _code(last) != grpc.StatusCode.NOT_FOUND:
@@ -251,13 +257,14 @@ class Session:
             raise last
         finally:
             for attempt in attempts:
-                attempt.cancel()  # the one still going, if any
+                if attempt is not running_on:
+                    attempt.cancel()  # the one still going, if any
 
     def _start_keep_alive(self, until: float, cap: Optional[float], answers: "queue.Queue",
                           start: int) -> "_InFlight":
         """Starts one keepalive at member ``start`` (with the client's retries over the members,
-        each member given at most ``cap`` when set) on a thread of its own; ``(ack, None)`` or
-        ``(None, error)`` goes to ``answers``."""
+        each member given at most ``cap`` when set) on a thread of its own; ``(flight, ack, None)``
+        or ``(flight, None, error)`` goes to ``answers``, ``flight`` being what it returns."""
         flight = self._begin()
 
         def attempt(target, timeout):
@@ -275,12 +282,12 @@ class Session:
             try:
                 ack = self.client._attempts("Session.KeepAlive", attempt, until=until, stop=flight.stop, cap=cap,
                                             write=True, start=start)
-                answers.put((ack, None))
+                answers.put((flight, ack, None))
             except _Unanswered:
-                answers.put((None, LatchError(grpc.StatusCode.UNAVAILABLE,
-                                              "the keepalive stream ended without an answer")))
+                answers.put((flight, None, LatchError(grpc.StatusCode.UNAVAILABLE,
+                                                      "the keepalive stream ended without an answer")))
             except BaseException as e:  # noqa: BLE001 - handed to the keepalive thread
-                answers.put((None, e))
+                answers.put((flight, None, e))
             finally:
                 self._end(flight)
 
