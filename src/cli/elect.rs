@@ -58,7 +58,7 @@ pub async fn run(command: ElectCommand, client: &ClientArgs) -> anyhow::Result<E
                     None => return Ok(ExitCode::from(1)),
                 },
                 _ = &mut stop => return Ok(ExitCode::SUCCESS),
-                late = unanswered(first_by, timeout, &said) => return Err(late),
+                late = unanswered(first_by, timeout, &said, &client) => return Err(late),
             }
         }
     }

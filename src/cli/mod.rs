@@ -409,17 +409,26 @@ fn interrupted() -> std::io::Result<impl std::future::Future<Output = i32>> {
 
 /// The first answer of a command that runs until stopped (a watch, an observer) must come by
 /// `by` (`--timeout` after it began), so that a dead or wrong endpoint is an error, not a
-/// silent wait: resolves then with the error saying no member of `--endpoints` `did` it;
-/// never once the answer came (`by` is `None`).
-async fn unanswered(by: Option<tokio::time::Instant>, timeout: Duration, did: &str) -> anyhow::Error {
+/// silent wait: resolves then with the error saying no member of `--endpoints` `did` it, and
+/// the last failure `client` met meanwhile (no member reachable, say); never once the answer
+/// came (`by` is `None`).
+async fn unanswered(
+    by: Option<tokio::time::Instant>,
+    timeout: Duration,
+    did: &str,
+    client: &latch_client::Client,
+) -> anyhow::Error {
     match by {
         Some(by) => tokio::time::sleep_until(by).await,
         None => std::future::pending().await,
     }
-    anyhow::anyhow!(
-        "no member of --endpoints {did} within {} (--timeout)",
-        humantime::format_duration(timeout)
-    )
+    let within = humantime::format_duration(timeout);
+    match client.last_failure() {
+        Some(last) => anyhow::anyhow!(
+            "no member of --endpoints {did} within {within} (--timeout); the last failure: {last}"
+        ),
+        None => anyhow::anyhow!("no member of --endpoints {did} within {within} (--timeout)"),
+    }
 }
 
 /// The exit code of a command ended by signal `number` before it finished: 128 + it.

@@ -818,6 +818,26 @@ async fn cli_observe_of_a_name_the_members_refuse_fails_at_once_naming_the_name(
     assert!(started.elapsed() < Duration::from_secs(5), "at once, took {:?}", started.elapsed());
 }
 
+/// A watch or an observation whose endpoints all refuse connections fails after --timeout
+/// saying why: with the last failure the client met, not only that no member answered.
+#[tokio::test]
+async fn cli_watch_and_observe_against_unreachable_endpoints_fail_naming_the_last_failure() {
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
+    for (command, did) in [(["watch", "k"], "started the watch"), (["elect", "e"], "said who leads")] {
+        let mut args = command.to_vec();
+        if command[0] == "elect" {
+            args.push("--observe");
+        }
+        args.extend(["--endpoints", &dead, "--timeout", "1s"]);
+        let out = latch_exactly(&args).await;
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{command:?} fails: {err}");
+        for needle in [did, "within 1s (--timeout)", "the last failure", dead.as_str(), "refused"] {
+            assert!(err.contains(needle), "{command:?}'s error should mention {needle:?}: {err}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn cli_a_call_to_a_members_http_port_exits_1_asking_whether_it_is_the_client_port() {
     let c = Cluster::start(1, &[]).await;

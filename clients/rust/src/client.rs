@@ -186,6 +186,9 @@ struct Targets {
     cluster: Arc<Cluster>,
     /// How many of `list`'s first entries were given (the rest were learnt from hints).
     given: usize,
+    /// The last failure an attempt of any call met, with its endpoint: what a caller that
+    /// waited in vain (a stream that never opened) can say of why.
+    last_failure: Option<String>,
 }
 
 /// Most endpoints a client learns from leader hints, besides those it was given: past it, a
@@ -271,6 +274,7 @@ impl Client {
                     leader: None,
                     failed: HashMap::new(),
                     cluster: cluster.clone(),
+                    last_failure: None,
                 }),
                 written: AtomicI64::new(0),
                 cluster,
@@ -287,6 +291,13 @@ impl Client {
     /// [`connect`](Client::connect), then any leader address a member has named since.
     pub fn endpoints(&self) -> Vec<String> {
         self.targets().list.iter().map(|t| t.addr.clone()).collect()
+    }
+
+    /// The last failure any call of this client met (`"CODE: endpoint: message"`), retried or
+    /// not; `None` if none failed yet. For a caller that waited in vain for something the client
+    /// keeps retrying (a watch or an observation that never opened) to say why.
+    pub fn last_failure(&self) -> Option<String> {
+        self.targets().last_failure.clone()
     }
 
     /// Records the revision of an applied write of this client.
@@ -473,6 +484,8 @@ impl Client {
                 }
                 Ok(Err(status)) | Err(status) => status,
             };
+            self.targets().last_failure =
+                Some(Error::from(with_context(status.clone(), &target.addr)).to_string());
             let cluster = &self.inner.cluster;
             let named = cluster.learn(status.metadata());
             // A member of another cluster refused the call: it is no member of ours, whatever
