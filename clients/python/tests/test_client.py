@@ -624,6 +624,8 @@ class FrozenOrGrantingSessions(session_pb2_grpc.SessionServicer):
         self.frozen, self.ttl_ms, self.delay = frozen, ttl_ms, delay
         self._events = {}
         self._lock = threading.Lock()
+        #: Frozen keepalives held now.
+        self.held = 0
 
     def event(self, what: str, session_id: str) -> threading.Event:
         with self._lock:
@@ -635,7 +637,11 @@ class FrozenOrGrantingSessions(session_pb2_grpc.SessionServicer):
             if self.frozen:
                 ended = threading.Event()
                 context.add_callback(ended.set)
+                with self._lock:
+                    self.held += 1
                 ended.wait(PATIENCE)
+                with self._lock:
+                    self.held -= 1
                 self.event("cancelled", request.id).set()
                 return
             time.sleep(self.delay)
@@ -928,6 +934,27 @@ class OfflineScriptedTest(unittest.TestCase):
             session.abandon()
             self.assertTrue(frozen.event("cancelled", "s").wait(PATIENCE),
                             "the attempt still held by the frozen member was cancelled once the session ended")
+
+    def test_hedges_around_a_frozen_leader_leave_one_first_attempt_running_per_client(self):
+        frozen = FrozenOrGrantingSessions(frozen=True)
+        granting = FrozenOrGrantingSessions(frozen=False, ttl_ms=1200)
+        endpoints = [serve(self, session_pb2_grpc.add_SessionServicer_to_server, m) for m in (frozen, granting)]
+        with latch.Client(endpoints, request_timeout=600, retry_budget=600) as client:
+            ids = ["a", "b", "c"]
+            sessions = [latch.Session(client, i, ttl=1.2, lease_end=time.monotonic(), grace=600) for i in ids]
+            for i in ids:
+                self.assertTrue(granting.event("granted", i).wait(PATIENCE), f"session {i}'s hedge was granted")
+            deadline = time.monotonic() + PATIENCE
+            while frozen.held != 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.assertEqual(frozen.held, 1, "the frozen member holds one first attempt (the one left to run on), "
+                                             "the others were cancelled")
+            for session in sessions:
+                session.abandon()
+            deadline = time.monotonic() + PATIENCE
+            while frozen.held != 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.assertEqual(frozen.held, 0, "the sessions' end cancels the one left")
 
     def test_a_leader_that_was_only_slow_is_where_writes_start_again_once_it_answers(self):
         # The first member answers keepalives after 2.5 s; the hedge (a sixth of 12 s) goes to the

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -89,6 +89,20 @@ struct Inner {
     written: AtomicI64,
     /// The cluster this client talks to (shared with `Targets`, whose channels name it).
     cluster: Arc<Cluster>,
+    /// Whether a hedged keepalive's first attempt runs on in the background (see
+    /// `Client::probe`): one at a time, so a leader frozen for long, hedged around by every
+    /// session's keepalives, holds at most one of them.
+    probing: AtomicBool,
+}
+
+/// A background attempt's turn ([`Client::probe`]); ends it when dropped, however the attempt
+/// ended.
+pub(crate) struct Probe(Client);
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.0.inner.probing.store(false, Ordering::Release);
+    }
 }
 
 /// A member's connection, each request on it naming the client's cluster once known.
@@ -278,6 +292,7 @@ impl Client {
                 }),
                 written: AtomicI64::new(0),
                 cluster,
+                probing: AtomicBool::new(false),
             }),
         })
     }
@@ -298,6 +313,14 @@ impl Client {
     /// keeps retrying (a watch or an observation that never opened) to say why.
     pub fn last_failure(&self) -> Option<String> {
         self.targets().last_failure.clone()
+    }
+
+    /// The turn to run an attempt on in the background only to learn whether its member
+    /// answers, if no other such attempt of this client runs.
+    pub(crate) fn probe(&self) -> Option<Probe> {
+        let free =
+            self.inner.probing.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok();
+        free.then(|| Probe(self.clone()))
     }
 
     /// Records the revision of an applied write of this client.

@@ -157,9 +157,10 @@ impl Client {
     /// (the session may be gone) before any other failure. A member that stopped answering
     /// (frozen, cut off) then costs a keepalive about `hedge_after`, not the request timeout,
     /// while a link slower than `hedge_after` still renews through the first. When the second
-    /// is granted first, the first runs on in the background (within the retry budget): a
-    /// member that was only slow answers it and is taken for the leader again, instead of
-    /// being passed over for a while (10 s) as if it had stopped answering.
+    /// is granted first, the first runs on in the background (within the retry budget; one such
+    /// attempt per client at a time, others are dropped): a member that was only slow answers
+    /// it and is taken for the leader again, instead of being passed over for a while (10 s) as
+    /// if it had stopped answering.
     pub async fn keep_alive_hedged(
         &self,
         id: &str,
@@ -183,7 +184,12 @@ impl Client {
             Either::Left((Ok(ack), _)) => return Ok(ack),
             Either::Right((Ok(ack), first)) => {
                 // Its answer, whatever it is, only tells the client about its member.
-                tokio::spawn(first);
+                if let Some(probe) = self.probe() {
+                    tokio::spawn(async move {
+                        let _ = first.await;
+                        drop(probe);
+                    });
+                }
                 return Ok(ack);
             }
             Either::Left((Err(e), other)) => (e, Either::Left(other)),
@@ -487,11 +493,28 @@ mod tests {
     }
 
     /// A member that creates sessions with a 1 s TTL and answers keepalives as told (the
-    /// second field counts the keepalive calls it was sent).
-    struct Member(Keepalives, Arc<std::sync::atomic::AtomicUsize>);
+    /// second field counts the keepalive calls it was sent, the third those it holds
+    /// unanswered now).
+    struct Member(Keepalives, Arc<std::sync::atomic::AtomicUsize>, Arc<std::sync::atomic::AtomicUsize>);
 
     fn member(keepalives: Keepalives) -> Member {
-        Member(keepalives, Arc::default())
+        Member(keepalives, Arc::default(), Arc::default())
+    }
+
+    /// Counts a call held in `n` while it lives (the server drops a call its client cancelled).
+    struct Held(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Held {
+        fn new(n: &Arc<std::sync::atomic::AtomicUsize>) -> Held {
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Held(n.clone())
+        }
+    }
+
+    impl Drop for Held {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// How many keepalive calls the member counting into `n` was sent.
@@ -515,6 +538,7 @@ mod tests {
             _: Request<Streaming<KeepAliveRequest>>,
         ) -> Result<Response<Acks>, Status> {
             self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _held = Held::new(&self.2);
             match self.0 {
                 Keepalives::NotFound => return Err(Status::not_found("session s1 not found")),
                 Keepalives::Frozen => std::future::pending::<()>().await,
@@ -684,6 +708,36 @@ mod tests {
             "writes should start at the slow leader again once its keepalive is answered (300 ms), \
              not only after it is no longer distrusted (10 s); the slow member was asked {} times",
             asked(&at_slow)
+        );
+    }
+
+    /// Three sessions' keepalives hedge around a frozen leader at once: only one of their first
+    /// attempts runs on in the background (a frozen leader hedged around by every session of a
+    /// client holds one call of it, not one per keepalive for the request timeout).
+    #[tokio::test]
+    async fn hedges_around_a_frozen_leader_leave_one_first_attempt_running_per_client() {
+        let frozen = member(Keepalives::Frozen);
+        let live = member(Keepalives::After(Duration::ZERO));
+        let held = frozen.2.clone();
+        let endpoints = [serve(frozen).await, serve(live).await];
+        let client = Client::connect(endpoints).await.expect("valid endpoints");
+        let (id, _) = client.create_session(Duration::from_secs(1), "").await.expect("a session");
+
+        let hedged = futures::future::join_all(
+            (0..3).map(|_| client.keep_alive_hedged(&id, Duration::from_millis(200))),
+        );
+        let acks = tokio::time::timeout(Duration::from_secs(4), hedged).await.expect("the hedges renew");
+        assert!(acks.iter().all(Result::is_ok), "every hedge is granted: {acks:?}");
+        let settled = tokio::time::timeout(Duration::from_secs(2), async {
+            while held.load(std::sync::atomic::Ordering::Relaxed) != 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(
+            settled.is_ok(),
+            "the frozen member should hold one first attempt (the one left to run on), it holds {}",
+            held.load(std::sync::atomic::Ordering::Relaxed)
         );
     }
 

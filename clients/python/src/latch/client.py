@@ -404,6 +404,10 @@ class Client:
         self._written = 0
         #: When each member that failed a call since it last answered one failed it (monotonic).
         self._failed: Dict[int, float] = {}
+        #: Whether a hedged keepalive's first attempt runs on only to learn whether its member
+        #: answers (``_take_probe``): one at a time, so a leader frozen for long, hedged around
+        #: by every session's keepalives, holds at most one of them.
+        self._probing = False
         self._lock = threading.Lock()
         self._closed = False
 
@@ -470,6 +474,17 @@ class Client:
         the preferred one."""
         with self._lock:
             return self._leader if self._leader is not None and self.writes_to_leader else self._preferred
+
+    def _take_probe(self) -> bool:
+        """The turn to let an attempt run on only to learn whether its member answers, if no
+        other such attempt of this client runs; ``_end_probe`` gives it back."""
+        with self._lock:
+            taken, self._probing = not self._probing, True
+            return taken
+
+    def _end_probe(self) -> None:
+        with self._lock:
+            self._probing = False
 
     def _after_unanswered(self, i: int) -> int:
         """The member after ``i``, which stopped answering a call and is distrusted as the

@@ -229,9 +229,10 @@ class Session:
         it tries at most ``hedge_after`` (a follower's hint may name the very member that stopped
         answering). The first grant counts; if neither grants, a NOT_FOUND (the session may be
         gone) before the other's failure. When the second is granted first, the first runs on
-        (until ``until``, or the session's end cancels it): a member that was only slow answers
-        it and is taken for the leader again, instead of being passed over for a while as if it
-        had stopped answering. Any other attempt still going is cancelled."""
+        (until ``until``, or the session's end cancels it; one such attempt per client at a
+        time): a member that was only slow answers it and is taken for the leader again, instead
+        of being passed over for a while as if it had stopped answering. Any other attempt still
+        going is cancelled."""
         answers: "queue.Queue" = queue.Queue()
         start = self.client._write_start()
         attempts = [self._start_keep_alive(until, None, answers, start)]
@@ -246,8 +247,9 @@ class Session:
             attempts.append(self._start_keep_alive(until, hedge_after, answers, self.client._after_unanswered(start)))
             flight, ack, failed = answers.get()
             if failed is None:
-                if flight is attempts[1]:
+                if flight is attempts[1] and self.client._take_probe():
                     running_on = attempts[0]
+                    running_on.when_ended(self.client._end_probe)
                 return ack
             ack, last = answers.get()[1:]
             if last is None:
@@ -290,6 +292,7 @@ class Session:
                 answers.put((flight, None, e))
             finally:
                 self._end(flight)
+                flight.ended()
 
         threading.Thread(target=run, name=f"latch-keepalive-{self.id}", daemon=True).start()
         return flight
@@ -339,6 +342,24 @@ class _InFlight:
         self.stop = threading.Event()
         self._lock = threading.Lock()
         self._call = None
+        self._ended = False
+        self._on_end = None
+
+    def when_ended(self, callback) -> None:
+        """Calls ``callback`` once the attempt ended (at once if it has)."""
+        with self._lock:
+            ended = self._ended
+            if not ended:
+                self._on_end = callback
+        if ended:
+            callback()
+
+    def ended(self) -> None:
+        """The attempt (with its retries) is over."""
+        with self._lock:
+            self._ended, callback = True, self._on_end
+        if callback is not None:
+            callback()
 
     def track(self, call) -> None:
         """The call now in flight (cancelled at once if ``cancel()`` came first)."""
