@@ -80,7 +80,8 @@ use apply::Apply;
 /// with the same check is critical since that registration (`registry::register`). Version 7:
 /// `MemberStarted` (`members`), which an older build would reject as a command without a body.
 /// Version 8: a proclaim may carry `max_row_bytes` (an older build would apply it without the
-/// bound).
+/// bound). A version older than [`OLDEST_COMMAND_VERSION`] is rejected (every build since
+/// version 2 rejects it alike); a newer one stops the member ([`FsmError::NewerVersion`]).
 pub const COMMAND_VERSION: u32 = 8;
 /// The oldest `Command.version` this build applies.
 pub const OLDEST_COMMAND_VERSION: u32 = 2;
@@ -149,6 +150,16 @@ pub enum FsmError {
     /// A read that would hold more than a bound allows: the reader's error, not the member's.
     #[error("{0}")]
     OverLimit(String),
+    /// A committed entry a later build wrote, of a version this build cannot apply. Rejecting
+    /// it would leave this member's state behind its peers' (they apply it) for good, so the
+    /// member stops instead, before it applies anything of the entry's batch; a later build
+    /// started on the same data dir applies it.
+    #[error(
+        "entry {index} is a command of version {version}, written by a later build: this build \
+         applies versions {OLDEST_COMMAND_VERSION} to {COMMAND_VERSION}; start this member with the \
+         build its peers run (docs/architecture.md, \"Upgrades\")"
+    )]
+    NewerVersion { index: u64, version: u32 },
 }
 
 /// What applying one command produced.
@@ -486,6 +497,9 @@ fn apply_command<'t>(
             return Ok((applied, Recorded::default()));
         }
     };
+    if cmd.version > COMMAND_VERSION {
+        return Err(FsmError::NewerVersion { index, version: cmd.version });
+    }
     let command_hash = request_hash(&cmd, data);
     let mut memory = match (cmd.request_id.is_empty(), memory) {
         (true, _) => None,
@@ -1080,7 +1094,7 @@ mod tests {
     }
 
     #[test]
-    fn command_of_another_version_or_without_body_is_rejected() {
+    fn command_of_an_older_version_or_without_body_is_rejected() {
         let mut s = Store::new();
         let cmd = Command { version: 1, request_id: "v1".into(), body: Some(put("a", "1")) };
         let applied = s.apply_data(&cmd.encode_to_vec()).expect("an outcome");
@@ -1090,11 +1104,31 @@ mod tests {
         assert!(as_rejected(applied.outcome).contains("body"), "the rejection names the missing body");
         assert_eq!(s.applied().revision, 0, "rejected commands write nothing");
         assert_eq!(s.get("a"), None, "rejected commands write nothing");
+    }
+
+    #[test]
+    fn a_command_of_a_later_version_stops_the_member_instead_of_being_rejected() {
+        let mut s = Store::new();
+        s.apply("", put("a", "1"));
         let cmd =
-            Command { version: COMMAND_VERSION + 1, request_id: "next".into(), body: Some(put("a", "1")) };
-        let applied = s.apply_data(&cmd.encode_to_vec()).expect("an outcome");
+            Command { version: COMMAND_VERSION + 1, request_id: "next".into(), body: Some(put("a", "2")) };
+        let index = s.applied().index + 1;
+        match s.try_apply_data(&cmd.encode_to_vec()) {
+            Err(FsmError::NewerVersion { index: at, version }) => {
+                assert_eq!(
+                    (at, version),
+                    (index, COMMAND_VERSION + 1),
+                    "the error names the entry and its version"
+                );
+            }
+            other => panic!(
+                "a later version must stop the member (peers apply it: rejecting it diverges), got {other:?}"
+            ),
+        }
+        let error = FsmError::NewerVersion { index, version: COMMAND_VERSION + 1 }.to_string();
         let named = format!("versions {OLDEST_COMMAND_VERSION} to {COMMAND_VERSION}");
-        assert!(as_rejected(applied.outcome).contains(&named), "a later version too");
+        assert!(error.contains(&named), "the error names the versions this build applies: {error}");
+        assert_eq!(s.get("a").map(|kv| kv.value), Some(b"1".to_vec()), "nothing of the entry is written");
     }
 
     #[test]
