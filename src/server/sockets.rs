@@ -112,9 +112,12 @@ pub fn sniffed(
                 }
                 // A connection still silent when accepting ends does not keep `on_wire` (and
                 // what it holds: the node's handle, so its state file) until the timeout.
+                // Biased: once accepting has ended, the wire handler is not called, whatever
+                // else is ready.
                 let first = tokio::select! {
-                    first = tokio::time::timeout(SNIFF_TIMEOUT, first_bytes(&socket)) => first,
+                    biased;
                     () = tx.closed() => return,
+                    first = tokio::time::timeout(SNIFF_TIMEOUT, first_bytes(&socket)) => first,
                 };
                 match first {
                     Ok(Ok(first)) if first == wire => match socket.into_std() {

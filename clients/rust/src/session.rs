@@ -166,6 +166,18 @@ impl Client {
         id: &str,
         hedge_after: Duration,
     ) -> Result<KeepAliveResponse, Error> {
+        self.keep_alive_hedged_until(id, hedge_after, std::future::pending()).await
+    }
+
+    /// [`keep_alive_hedged`](Client::keep_alive_hedged), whose first attempt, left to run on
+    /// in the background, ends at the latest when `ended` does (a [`Session`]'s end: a
+    /// session closed or dropped is renewed by nothing of it afterwards).
+    async fn keep_alive_hedged_until(
+        &self,
+        id: &str,
+        hedge_after: Duration,
+        ended: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<KeepAliveResponse, Error> {
         use futures::future::{select, Either};
         let start = self.write_start();
         let mut first = {
@@ -186,7 +198,10 @@ impl Client {
                 // Its answer, whatever it is, only tells the client about its member.
                 if let Some(probe) = self.probe() {
                     tokio::spawn(async move {
-                        let _ = first.await;
+                        tokio::select! {
+                            _ = first => {}
+                            () = ended => {}
+                        }
                         drop(probe);
                     });
                 }
@@ -391,7 +406,7 @@ async fn keep_alive_loop(
     loop {
         tokio::time::sleep_until(next).await;
         let sent = Instant::now();
-        let attempt = keep_alive_once(&client, &id, hedge_after);
+        let attempt = keep_alive_once(&client, &id, hedge_after, &state);
         tokio::pin!(attempt);
         // Waits for the answer — the keepalive's, and the read that settles a NOT_FOUND —
         // while the lease may run low (Jeopardy) or, with the grace period, out (Expired):
@@ -449,8 +464,19 @@ enum KeepAlive {
     Failed(Error),
 }
 
-async fn keep_alive_once(client: &Client, id: &str, hedge_after: Duration) -> KeepAlive {
-    match client.keep_alive_hedged(id, hedge_after).await {
+/// One keepalive of the session whose state `state` publishes: nothing of it runs on past the
+/// session's end.
+async fn keep_alive_once(
+    client: &Client,
+    id: &str,
+    hedge_after: Duration,
+    state: &watch::Sender<SessionState>,
+) -> KeepAlive {
+    let mut states = state.subscribe();
+    let ended = async move {
+        let _ = states.wait_for(|s| *s == SessionState::Expired).await;
+    };
+    match client.keep_alive_hedged_until(id, hedge_after, ended).await {
         Ok(ack) => KeepAlive::Granted(ack),
         // A deposed leader that has not heard of the session yet says so too: only a
         // linearizable read settles it.
@@ -737,6 +763,41 @@ mod tests {
         assert!(
             settled.is_ok(),
             "the frozen member should hold one first attempt (the one left to run on), it holds {}",
+            held.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+
+    /// A session's keepalive hedged around a frozen leader leaves its first attempt running on;
+    /// closing the session ends it at once (it could otherwise renew the closed session on a
+    /// leader that wakes, for as long as the request timeout, 5 s).
+    #[tokio::test]
+    async fn a_closed_sessions_keepalive_left_running_in_the_background_ends_with_it() {
+        let frozen = member(Keepalives::Frozen);
+        let live = member(Keepalives::After(Duration::ZERO));
+        let held = frozen.2.clone();
+        let endpoints = [serve(frozen).await, serve(live).await];
+        let client = Client::connect(endpoints).await.expect("valid endpoints");
+        let session = client.session(SessionOptions::new(Duration::from_secs(1))).await.expect("a session");
+        let holding = |n: usize| {
+            let held = held.clone();
+            tokio::time::timeout(Duration::from_secs(2), async move {
+                while held.load(std::sync::atomic::Ordering::Relaxed) != n {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        };
+        let first_lease_end = session.lease_end();
+        let renewed = tokio::time::timeout(Duration::from_secs(2), async {
+            while session.lease_end() == first_lease_end {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        assert!(renewed.await.is_ok(), "the hedge around the frozen leader should renew the session");
+        assert!(holding(1).await.is_ok(), "the frozen leader should hold the session's first attempt");
+        session.close().await.expect("the live member closes the session");
+        assert!(
+            holding(0).await.is_ok(),
+            "the closed session's first attempt should end with it, the frozen member still holds {}",
             held.load(std::sync::atomic::Ordering::Relaxed)
         );
     }

@@ -291,8 +291,11 @@ class Session:
             except BaseException as e:  # noqa: BLE001 - handed to the keepalive thread
                 answers.put((flight, None, e))
             finally:
-                self._end(flight)
-                flight.ended()
+                try:
+                    self._end(flight)
+                finally:
+                    # The client's background attempt is given back however the above ended.
+                    flight.ended()
 
         threading.Thread(target=run, name=f"latch-keepalive-{self.id}", daemon=True).start()
         return flight
