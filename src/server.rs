@@ -119,6 +119,8 @@ pub enum ServerError {
     DnsDomain(String),
     #[error("{0}")]
     Refused(#[from] admission::Refused),
+    #[error("{0}")]
+    OtherVersion(#[from] admission::OtherVersion),
 }
 
 /// The member's bound sockets.
@@ -226,7 +228,8 @@ pub async fn run(
     };
     let shared = transport::Shared {
         metrics: metrics.clone(),
-        admission: if asks_peers { Admission::closed() } else { Admission::open() },
+        // Every member with peers takes no part in raft until it has checked their versions.
+        admission: if voters.len() > 1 { Admission::closed() } else { Admission::open() },
         // Stays empty unless --fault-injection serves the Faults service that fills it.
         faults: Faults::default(),
         links: Arc::new(Links::new(peers.iter().map(|p| p.id).filter(|p| *p != id))),
@@ -331,7 +334,13 @@ pub async fn run(
     // The client port, DNS and health checks start only once the member takes part: a member
     // that will be refused serves nothing from its empty state meanwhile.
     if !admission.admits() {
-        let asked = admission::ask_peers(id, cluster_id, &config.initial_cluster, &config.data_dir);
+        let asked = async {
+            admission::check_versions(id, cluster_id, &config.initial_cluster).await?;
+            if asks_peers {
+                admission::ask_peers(id, cluster_id, &config.initial_cluster, &config.data_dir).await?;
+            }
+            Ok::<(), ServerError>(())
+        };
         let node_ended = async {
             while !node.is_finished() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -348,7 +357,7 @@ pub async fn run(
             Some(Err(refused)) => {
                 tracing::error!(member = id, data_dir = %config.data_dir.display(), "{refused}");
                 stop_early(stop_tx, node, peer_task, http_task).await.unwrap_or_else(stop_failed);
-                return Err(refused.into());
+                return Err(refused);
             }
             None => return stop_early(stop_tx, node, peer_task, http_task).await,
         }

@@ -335,6 +335,7 @@ impl PeerRpc for PeerService {
             cluster_id: self.node.cluster_id,
             snapshots_installed: s.snapshots_installed,
             started_members,
+            command_version: crate::fsm::COMMAND_VERSION,
         }))
     }
 }
@@ -542,8 +543,9 @@ pub const ADMITTING: &str = "admitting";
 pub struct Admission(Arc<AtomicBool>);
 
 impl Admission {
-    /// Open from the start: a member that has lived before (its data dir holds its raft state),
-    /// or the only member.
+    /// Open from the start: the only member. A member with peers is admitted once it has checked
+    /// their versions and, if its raft log was empty, that it has not lived before
+    /// (`server::admission`).
     pub fn open() -> Admission {
         Admission(Arc::new(AtomicBool::new(true)))
     }

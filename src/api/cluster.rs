@@ -37,6 +37,7 @@ impl Cluster for ClusterService {
                     term: me.term,
                     error: String::new(),
                     snapshots_installed: me.snapshots_installed,
+                    command_version: crate::fsm::COMMAND_VERSION,
                 };
             }
             match member_status(&p.peer_addr, Duration::from_millis(1500)).await {
@@ -50,6 +51,7 @@ impl Cluster for ClusterService {
                     term: s.term,
                     error: String::new(),
                     snapshots_installed: s.snapshots_installed,
+                    command_version: s.command_version,
                 },
                 Err(error) => Member {
                     id: p.id,

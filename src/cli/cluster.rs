@@ -41,7 +41,8 @@ pub async fn run(command: ClusterCommand, client_args: &ClientArgs) -> anyhow::R
 }
 
 /// `{"cluster_id", "leader", "term", "members": [{"id", "peer_addr", "client_addr", "role",
-/// "applied_index", "commit_index", "term", "error", "snapshots_installed"}]}`; `leader` is 0
+/// "applied_index", "commit_index", "term", "error", "snapshots_installed", "command_version"}]}`;
+/// `leader` is 0
 /// when no leader is known; `cluster_id` is the 16 hex digits `--cluster-id` takes.
 fn status_json(status: &StatusResponse) -> serde_json::Value {
     let members: Vec<_> = status
@@ -58,6 +59,7 @@ fn status_json(status: &StatusResponse) -> serde_json::Value {
                 "term": m.term,
                 "error": m.error,
                 "snapshots_installed": m.snapshots_installed,
+                "command_version": m.command_version,
             })
         })
         .collect();

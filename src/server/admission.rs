@@ -1,4 +1,5 @@
-//! Admission: a member whose raft log was empty when it started takes no part in raft until
+//! Admission: a member takes no part in raft until it has checked that none of its peers runs
+//! a build of another command version and, if its raft log was empty when it started, until
 //! its peers confirm it has not lived before.
 //!
 //! Raft's safety rests on a member never forgetting the entries it acknowledged or the vote it
@@ -21,16 +22,27 @@
 //! before the data was lost, or held in a peer's log past its applied index), and a loss of
 //! data on more members than the one asking. A member's record is proposed as soon as it knows
 //! a leader, so the first window is the first moments of its first life.
+//!
+//! Every member with peers, whatever its log, first checks once that no peer runs a build of
+//! another command version ([`check_versions`]): every command carries its proposer's
+//! version, and a member cannot apply a later one (docs/architecture.md, "Upgrades"). Peers
+//! that do not answer within [`ASK_TIMEOUT`] are not waited for: a whole cluster being started
+//! on a new build meets none of the old one.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::Peer;
+use crate::fsm::COMMAND_VERSION;
 use crate::transport::{member_status, ADMITTING};
 
 /// How long one peer's answer may take.
 const ASK_TIMEOUT: Duration = Duration::from_secs(1);
+/// The command version of a peer whose status does not say (builds before the field, all of
+/// which propose version 8 or older: taken as 8, so that those of version 8 and this build,
+/// which apply the same commands, start next to each other).
+const UNREPORTED_VERSION: u32 = 8;
 /// How often the peers are asked until enough have answered.
 const ASK_EVERY: Duration = Duration::from_millis(200);
 /// How often waiting for answers is logged.
@@ -94,6 +106,53 @@ pub struct Refused {
     pub member: u64,
     pub peer: u64,
     pub data_dir: PathBuf,
+}
+
+/// A peer runs a build of another command version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "member {peer} runs a build that proposes commands of version {theirs}, and this build \
+     proposes version {ours}: members of different versions cannot apply each other's commands, \
+     so this member does not start next to it. Upgrade the whole cluster at once: stop every \
+     member, then start each on the same build (docs/architecture.md, \"Upgrades\")"
+)]
+pub struct OtherVersion {
+    pub peer: u64,
+    pub theirs: u32,
+    pub ours: u32,
+}
+
+/// The first peer of `answers` (peer id, the command version it reported, 0 if none) whose
+/// version is not `ours`.
+pub fn version_conflict(ours: u32, answers: &[(u64, u32)]) -> Option<OtherVersion> {
+    answers.iter().find_map(|&(peer, reported)| {
+        let theirs = if reported == 0 { UNREPORTED_VERSION } else { reported };
+        (theirs != ours).then_some(OtherVersion { peer, theirs, ours })
+    })
+}
+
+/// Asks every peer of `peers` but `me` once, within [`ASK_TIMEOUT`], which command version its
+/// build proposes; refuses if one that answers as a member of cluster `cluster_id` runs another
+/// than this build's.
+pub async fn check_versions(me: u64, cluster_id: u64, peers: &[Peer]) -> Result<(), OtherVersion> {
+    let asked = peers
+        .iter()
+        .filter(|p| p.id != me)
+        .map(|p| async move { (p.id, member_status(&p.peer_addr, ASK_TIMEOUT).await) });
+    let mut answers = Vec::new();
+    for (peer, answer) in futures::future::join_all(asked).await {
+        match answer {
+            Ok(s) if s.id == peer && s.cluster_id == cluster_id => answers.push((peer, s.command_version)),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(member = me, peer, error = %e, "a peer did not say its command version")
+            }
+        }
+    }
+    match version_conflict(COMMAND_VERSION, &answers) {
+        Some(other) => Err(other),
+        None => Ok(()),
+    }
 }
 
 /// Asks `peers` (the whole cluster, `me` included) until their answers admit member `me` or
@@ -198,6 +257,32 @@ mod tests {
             verdict(3, &answers(&[(2, true)])),
             Verdict::Refuse { peer: 2 },
             "refused before enough answered"
+        );
+    }
+
+    #[test]
+    fn a_peer_of_another_command_version_is_named_and_one_that_does_not_say_counts_as_version_8() {
+        assert_eq!(
+            version_conflict(8, &[(1, 8), (3, 0)]),
+            None,
+            "same versions, or a build of 8 that does not say"
+        );
+        assert_eq!(
+            version_conflict(8, &[(1, 8), (3, 9)]),
+            Some(OtherVersion { peer: 3, theirs: 9, ours: 8 }),
+            "a later build"
+        );
+        assert_eq!(
+            version_conflict(9, &[(2, 0)]),
+            Some(OtherVersion { peer: 2, theirs: 8, ours: 9 }),
+            "a build from before the field, next to a later one"
+        );
+        let named = OtherVersion { peer: 3, theirs: 9, ours: 8 }.to_string();
+        assert!(
+            named.contains("member 3")
+                && named.contains("version 9")
+                && named.contains("whole cluster at once"),
+            "the refusal names the peer, its version and what to do: {named}"
         );
     }
 

@@ -112,6 +112,11 @@ async fn cli_cluster_status_json_is_one_document_with_leader_term_and_members() 
     assert_eq!(m["peer_addr"].as_str(), Some(c.member(1).peer_addr.as_str()), "{doc}");
     assert_eq!(m["client_addr"].as_str(), Some(c.member(1).client_addr.as_str()), "{doc}");
     assert_eq!(m["role"].as_str(), Some("leader"), "{doc}");
+    assert_eq!(
+        m["command_version"].as_u64(),
+        Some(u64::from(latch::fsm::COMMAND_VERSION)),
+        "command_version should be the build's: {doc}"
+    );
     assert!(
         m["applied_index"].as_u64().is_some_and(|i| i >= 1),
         "applied_index should be a number >= 1: {doc}"

@@ -509,3 +509,93 @@ async fn a_member_whose_data_file_is_garbage_refuses_to_start_naming_the_file() 
         std::fs::write(&data_file, saved).unwrap();
     }
 }
+
+/// A peer that answers `Peer.Status` as member `id` of `cluster_id` running a build of command
+/// `version`, and nothing else: a member of another build.
+struct OtherBuild {
+    id: u64,
+    cluster_id: u64,
+    version: u32,
+}
+
+#[tonic::async_trait]
+impl latch_proto::internal::peer_server::Peer for OtherBuild {
+    async fn stream(
+        &self,
+        _: tonic::Request<tonic::Streaming<latch_proto::internal::PeerFrame>>,
+    ) -> Result<tonic::Response<latch_proto::internal::PeerAck>, tonic::Status> {
+        Err(tonic::Status::unimplemented("another build"))
+    }
+
+    async fn snapshot(
+        &self,
+        _: tonic::Request<tonic::Streaming<latch_proto::internal::PeerFrame>>,
+    ) -> Result<tonic::Response<latch_proto::internal::PeerAck>, tonic::Status> {
+        Err(tonic::Status::unimplemented("another build"))
+    }
+
+    async fn status(
+        &self,
+        _: tonic::Request<latch_proto::internal::MemberStatusRequest>,
+    ) -> Result<tonic::Response<latch_proto::internal::MemberStatus>, tonic::Status> {
+        Ok(tonic::Response::new(latch_proto::internal::MemberStatus {
+            id: self.id,
+            cluster_id: self.cluster_id,
+            command_version: self.version,
+            role: "follower".into(),
+            ..Default::default()
+        }))
+    }
+}
+
+/// Every command carries its proposer's command version and a member cannot apply a later one
+/// (docs/architecture.md, "Upgrades"), so a member does not start next to a peer running a
+/// build of another version: it exits naming the peer and both versions. With that build gone,
+/// it starts, the data is there, and `cluster status` names each member's version.
+#[tokio::test]
+async fn a_member_does_not_start_next_to_a_peer_running_a_build_of_another_command_version() {
+    let mut c = Cluster::start(3, &[]).await;
+    c.leader().await;
+    c.client().await.put("k", "v").await.unwrap();
+    c.kill(3);
+    let listener = tokio::net::TcpListener::bind(&c.member(3).peer_addr).await.expect("member 3's peer port");
+    let incoming =
+        tonic::transport::server::TcpIncoming::from_listener(listener, true, None).expect("incoming");
+    let later = OtherBuild { id: 3, cluster_id: c.cluster_id(), version: latch::fsm::COMMAND_VERSION + 1 };
+    let other_build = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(latch_proto::internal::peer_server::PeerServer::new(later))
+            .serve_with_incoming(incoming),
+    );
+    c.kill(1);
+    let restarted = c
+        .server_command(1, c.initial_cluster())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start member 1 again");
+    let (status, stderr) =
+        exited(restarted, "member 1 should exit beside member 3, which runs a later build").await;
+    assert!(!status.success(), "member 1 must not start next to a later build: {status}; stderr: {stderr}");
+    let named = format!(
+        "member 3 runs a build that proposes commands of version {}, and this build proposes version {}",
+        latch::fsm::COMMAND_VERSION + 1,
+        latch::fsm::COMMAND_VERSION
+    );
+    assert!(
+        stderr.contains(&named),
+        "stderr should name the peer and both versions ({named}); got: {stderr}"
+    );
+
+    // The other build gone and member 3 back on this one, member 1 starts and the data is there.
+    other_build.abort();
+    let _ = other_build.await;
+    c.restart(3).await;
+    c.restart(1).await;
+    let kv = c.client_of_many(&[1, 2, 3]).await.get("k").await.unwrap();
+    assert_eq!(kv.map(|kv| kv.value), Some(b"v".to_vec()), "the cluster keeps its data");
+    let status = c.status_of(2).await.expect("member 2's cluster status");
+    let versions: Vec<(u64, u32)> = status.members.iter().map(|m| (m.id, m.command_version)).collect();
+    let v = latch::fsm::COMMAND_VERSION;
+    assert_eq!(versions, [(1, v), (2, v), (3, v)], "cluster status names every member's command version");
+}

@@ -13,7 +13,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Member(_message.Message):
-    __slots__ = ("id", "peer_addr", "client_addr", "role", "applied_index", "commit_index", "term", "error", "snapshots_installed")
+    __slots__ = ("id", "peer_addr", "client_addr", "role", "applied_index", "commit_index", "term", "error", "snapshots_installed", "command_version")
     ID_FIELD_NUMBER: _ClassVar[int]
     PEER_ADDR_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ADDR_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,7 @@ class Member(_message.Message):
     TERM_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOTS_INSTALLED_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_VERSION_FIELD_NUMBER: _ClassVar[int]
     id: int
     peer_addr: str
     client_addr: str
@@ -32,7 +33,8 @@ class Member(_message.Message):
     term: int
     error: str
     snapshots_installed: int
-    def __init__(self, id: _Optional[int] = ..., peer_addr: _Optional[str] = ..., client_addr: _Optional[str] = ..., role: _Optional[str] = ..., applied_index: _Optional[int] = ..., commit_index: _Optional[int] = ..., term: _Optional[int] = ..., error: _Optional[str] = ..., snapshots_installed: _Optional[int] = ...) -> None: ...
+    command_version: int
+    def __init__(self, id: _Optional[int] = ..., peer_addr: _Optional[str] = ..., client_addr: _Optional[str] = ..., role: _Optional[str] = ..., applied_index: _Optional[int] = ..., commit_index: _Optional[int] = ..., term: _Optional[int] = ..., error: _Optional[str] = ..., snapshots_installed: _Optional[int] = ..., command_version: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("header", "leader", "term", "members")
