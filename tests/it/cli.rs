@@ -827,7 +827,10 @@ async fn cli_observe_of_a_name_the_members_refuse_fails_at_once_naming_the_name(
 /// saying why: with the last failure the client met, not only that no member answered.
 #[tokio::test]
 async fn cli_watch_and_observe_against_unreachable_endpoints_fail_naming_the_last_failure() {
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
+    // Port 1 (tcpmux): nothing listens there, and no bind to port 0 is handed it (a dropped
+    // listener's port could be handed to another test meanwhile).
+    let dead = "127.0.0.1:1".to_string();
+    assert!(std::net::TcpStream::connect(&dead).is_err(), "nothing may listen on {dead} for this test");
     for (command, did) in [(["watch", "k"], "started the watch"), (["elect", "e"], "said who leads")] {
         let mut args = command.to_vec();
         if command[0] == "elect" {
