@@ -628,6 +628,9 @@ pub struct Sim {
     registry: RegistryChecker,
     watch_checker: WatchChecker,
     trace: Fnv,
+    /// When each term's leader was first seen leading, in order (the last term seen is the
+    /// last one's): the never-late bound allows each leader change its re-basing's slack.
+    leaders_seen: Vec<(u64, u64)>,
     touched: BTreeSet<u64>,
     settling: bool,
     logger: slog::Logger,
@@ -742,6 +745,7 @@ impl Sim {
             registry: RegistryChecker::new(),
             watch_checker,
             trace: Fnv::default(),
+            leaders_seen: Vec::new(),
             touched: BTreeSet::new(),
             settling: false,
             logger: slog::Logger::root(slog::Discard, slog::o!()),
@@ -961,11 +965,32 @@ impl Sim {
         self.registry.after_step(ctx, &up);
         self.watch_checker.after_step(ctx, &up);
         if self.params.mode == Mode::LeaderChanges {
+            for (_, c) in &up {
+                let s = c.status();
+                let newer = self.leaders_seen.last().is_none_or(|(_, term)| s.term > *term);
+                if s.role == latch::core::Role::Leader && newer {
+                    self.leaders_seen.push((self.now, s.term));
+                }
+            }
             // TTL + 2 × the longest election timeout raft-rs draws (20 ticks), and the message
             // round trips of an election that may fall between the deadline and the expiry
-            // (pre-vote, vote) and of two commits (the new leader's first entry, the expiry).
+            // (pre-vote, vote) and of two commits (the new leader's first entry, the expiry);
+            // and a round trip for each leader change since the last keepalive: each new
+            // leader re-bases the lease on its own clock, off by the delay of its freshest
+            // sample of the last leader's (an entry's way from proposal to application). An
+            // election that elects nobody (two candidates split the votes: a term without a
+            // leader) costs another election timeout and its two round trips, as
+            // docs/sessions.md says.
             let round_trip = 2 * self.params.net.delay_us.1;
-            let bound = self.params.session_ttl_ms * 1_000 + 2 * 20 * TICK_US + 4 * round_trip;
+            let fixed = self.params.session_ttl_ms * 1_000 + 2 * 20 * TICK_US + 4 * round_trip;
+            let top_term = up.iter().map(|(_, c)| c.status().term).max().unwrap_or(0);
+            let leaders = &self.leaders_seen;
+            let bound = |last_us: u64| {
+                let changes = leaders.iter().filter(|(at, _)| *at > last_us).count() as u64;
+                let term_then = leaders.iter().rev().find(|(at, _)| *at <= last_us).map_or(0, |(_, t)| *t);
+                let leaderless = top_term.saturating_sub(term_then).saturating_sub(changes);
+                fixed + changes * round_trip + leaderless * (20 * TICK_US + 2 * round_trip)
+            };
             self.leases.check_bounds(ctx, &self.keepers, bound);
             // A heartbeat's TTL counts from its application: the same past the TTL, counted from
             // its first application, plus the longest a cut-off leader takes to apply it.

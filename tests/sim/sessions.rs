@@ -163,14 +163,15 @@ impl LeaseChecker {
         self.ended.get(session).copied()
     }
 
-    /// The never-late checks at `now`: a stopped keeper's session ends within `bound_us` of its
-    /// last keepalive; a keeper that never stops keeps its session.
-    pub fn check_bounds(&self, ctx: Ctx, keepers: &[Keeper], bound_us: u64) {
+    /// The never-late checks at `now`: a stopped keeper's session ends within `bound_us(last)`
+    /// of its last keepalive, sent at `last`; a keeper that never stops keeps its session.
+    pub fn check_bounds(&self, ctx: Ctx, keepers: &[Keeper], bound_us: impl Fn(u64) -> u64) {
         for k in keepers.iter().filter(|k| k.created) {
             let ended = self.ended_at(&k.session);
             match k.stop_at_us {
                 Some(stop) if ctx.time_us >= stop => {
                     let last = k.last_sent_us.max(k.create_sent_us.unwrap_or(0));
+                    let bound_us = bound_us(last);
                     if ended.is_none() && ctx.time_us > last + bound_us {
                         ctx.fail(
                             None,
