@@ -39,10 +39,6 @@ use crate::transport::{member_status, ADMITTING};
 
 /// How long one peer's answer may take.
 const ASK_TIMEOUT: Duration = Duration::from_secs(1);
-/// The command version of a peer whose status does not say (builds before the field, all of
-/// which propose version 8 or older: taken as 8, so that those of version 8 and this build,
-/// which apply the same commands, start next to each other).
-const UNREPORTED_VERSION: u32 = 8;
 /// How often the peers are asked until enough have answered.
 const ASK_EVERY: Duration = Duration::from_millis(200);
 /// How often waiting for answers is logged.
@@ -111,24 +107,32 @@ pub struct Refused {
 /// A peer runs a build of another command version.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "member {peer} runs a build that proposes commands of version {theirs}, and this build \
+    "member {peer} runs a build that proposes commands of {}, and this build \
      proposes version {ours}: members of different versions cannot apply each other's commands, \
      so this member does not start next to it. Upgrade the whole cluster at once: stop every \
-     member, then start each on the same build (docs/architecture.md, \"Upgrades\")"
+     member, then start each on the same build (docs/architecture.md, \"Upgrades\")",
+    theirs_named(*theirs)
 )]
 pub struct OtherVersion {
     pub peer: u64,
+    /// 0: the peer's status does not say (a build from before the field).
     pub theirs: u32,
     pub ours: u32,
 }
 
+fn theirs_named(theirs: u32) -> String {
+    match theirs {
+        // Builds before the field proposed version 7 or 8; a peer of version 7 would reject
+        // every command of this build's and fall behind for good, so not saying is not enough.
+        0 => "an unknown version (a build from before 2026-12-05, version 7 or 8)".to_string(),
+        v => format!("version {v}"),
+    }
+}
+
 /// The first peer of `answers` (peer id, the command version it reported, 0 if none) whose
-/// version is not `ours`.
+/// version is not `ours`, or not known.
 pub fn version_conflict(ours: u32, answers: &[(u64, u32)]) -> Option<OtherVersion> {
-    answers.iter().find_map(|&(peer, reported)| {
-        let theirs = if reported == 0 { UNREPORTED_VERSION } else { reported };
-        (theirs != ours).then_some(OtherVersion { peer, theirs, ours })
-    })
+    answers.iter().find_map(|&(peer, theirs)| (theirs != ours).then_some(OtherVersion { peer, theirs, ours }))
 }
 
 /// Asks every peer of `peers` but `me` once, within [`ASK_TIMEOUT`], which command version its
@@ -261,12 +265,11 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_of_another_command_version_is_named_and_one_that_does_not_say_counts_as_version_8() {
-        assert_eq!(
-            version_conflict(8, &[(1, 8), (3, 0)]),
-            None,
-            "same versions, or a build of 8 that does not say"
-        );
+    fn a_peer_of_another_command_version_or_of_one_it_does_not_say_is_named() {
+        assert_eq!(version_conflict(8, &[(1, 8), (3, 8)]), None, "the same version");
+        let unknown = version_conflict(8, &[(1, 8), (3, 0)]).expect("a build that does not say: 7 or 8");
+        assert_eq!(unknown, OtherVersion { peer: 3, theirs: 0, ours: 8 });
+        assert!(unknown.to_string().contains("an unknown version"), "{unknown}");
         assert_eq!(
             version_conflict(8, &[(1, 8), (3, 9)]),
             Some(OtherVersion { peer: 3, theirs: 9, ours: 8 }),
@@ -274,7 +277,7 @@ mod tests {
         );
         assert_eq!(
             version_conflict(9, &[(2, 0)]),
-            Some(OtherVersion { peer: 2, theirs: 8, ours: 9 }),
+            Some(OtherVersion { peer: 2, theirs: 0, ours: 9 }),
             "a build from before the field, next to a later one"
         );
         let named = OtherVersion { peer: 3, theirs: 9, ours: 8 }.to_string();
