@@ -14,6 +14,7 @@
 //! - [`SessionState::Expired`]: the cluster said the session is gone, or the grace period
 //!   passed without an answer, or it was closed or dropped. Final.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -157,10 +158,12 @@ impl Client {
     /// (the session may be gone) before any other failure. A member that stopped answering
     /// (frozen, cut off) then costs a keepalive about `hedge_after`, not the request timeout,
     /// while a link slower than `hedge_after` still renews through the first. When the second
-    /// is granted first, the first runs on in the background (within the retry budget; one such
-    /// attempt per client at a time, others are dropped): a member that was only slow answers
-    /// it and is taken for the leader again, instead of being passed over for a while (10 s) as
-    /// if it had stopped answering.
+    /// is granted first, the first runs on in the background on its own member only (until
+    /// that member answers or the request timeout; one such attempt per client at a time,
+    /// others are dropped): a member that was only slow answers it and is taken for the leader
+    /// again, instead of being passed over for a while (10 s) as if it had stopped answering.
+    /// It never moves on to another member, so a caller that stops calling this has its session
+    /// renewed by nothing of it after one request timeout.
     pub async fn keep_alive_hedged(
         &self,
         id: &str,
@@ -180,9 +183,12 @@ impl Client {
     ) -> Result<KeepAliveResponse, Error> {
         use futures::future::{select, Either};
         let start = self.write_start();
+        // Set once the second is granted: the first, left in the background, stays where it is.
+        let granted = Arc::new(AtomicBool::new(false));
         let mut first = {
             let (client, id, timeout) = (self.clone(), id.to_owned(), self.options().request_timeout);
-            Box::pin(async move { client.keep_alive_within(&id, start, timeout).await })
+            let granted = granted.clone();
+            Box::pin(async move { client.keep_alive_within(&id, start, timeout, &granted).await })
         };
         tokio::select! {
             answer = &mut first => return answer,
@@ -191,10 +197,12 @@ impl Client {
         // After the member the first went to, whatever other calls learnt meanwhile: hedges of
         // several sessions at once all leave the member that stopped answering.
         let next = self.after_unanswered(start);
-        let second = Box::pin(self.keep_alive_within(id, next, hedge_after));
+        let moves_on = AtomicBool::new(false);
+        let second = Box::pin(self.keep_alive_within(id, next, hedge_after, &moves_on));
         let (failed, other) = match select(first, second).await {
             Either::Left((Ok(ack), _)) => return Ok(ack),
             Either::Right((Ok(ack), first)) => {
+                granted.store(true, Ordering::Release);
                 // Its answer, whatever it is, only tells the client about its member.
                 if let Some(probe) = self.probe() {
                     tokio::spawn(async move {
@@ -223,20 +231,30 @@ impl Client {
 
     /// One keepalive of session `id`, sent to the leader (found through the members).
     pub async fn keep_alive(&self, id: &str) -> Result<KeepAliveResponse, Error> {
-        self.keep_alive_within(id, self.write_start(), self.options().request_timeout).await
+        let moves_on = AtomicBool::new(false);
+        self.keep_alive_within(id, self.write_start(), self.options().request_timeout, &moves_on).await
     }
 
     /// One keepalive starting at endpoint `from`, each member it tries given at most `cap` (and
-    /// the request timeout).
+    /// the request timeout); once `stay` is set, it tries no other member after the one it
+    /// is on (it ends CANCELLED instead).
     async fn keep_alive_within(
         &self,
         id: &str,
         from: usize,
         cap: Duration,
+        stay: &AtomicBool,
     ) -> Result<KeepAliveResponse, Error> {
+        let mut sent = false;
         self.write_capped("KeepAlive", from, cap, |channel| {
             let request = KeepAliveRequest { id: id.to_string() };
+            let moving_on = std::mem::replace(&mut sent, true) && stay.load(Ordering::Acquire);
             async move {
+                if moving_on {
+                    return Err(Status::cancelled(
+                        "a keepalive left to run on after its hedge was granted tries no other member",
+                    ));
+                }
                 let opened = SessionClient::new(channel)
                     .keep_alive(futures::stream::once(async move { request }))
                     .await?;
@@ -548,6 +566,18 @@ mod tests {
         n.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Waits up to 2 s for the member counting its held calls into `held` to hold `n`; the
+    /// number it holds at the end.
+    async fn holds(held: &Arc<std::sync::atomic::AtomicUsize>, n: usize) -> usize {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while asked(held) != n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        asked(held)
+    }
+
     #[tonic::async_trait]
     impl SessionApi for Member {
         type KeepAliveStream = Acks;
@@ -754,16 +784,10 @@ mod tests {
         );
         let acks = tokio::time::timeout(Duration::from_secs(4), hedged).await.expect("the hedges renew");
         assert!(acks.iter().all(Result::is_ok), "every hedge is granted: {acks:?}");
-        let settled = tokio::time::timeout(Duration::from_secs(2), async {
-            while held.load(std::sync::atomic::Ordering::Relaxed) != 1 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await;
-        assert!(
-            settled.is_ok(),
-            "the frozen member should hold one first attempt (the one left to run on), it holds {}",
-            held.load(std::sync::atomic::Ordering::Relaxed)
+        assert_eq!(
+            holds(&held, 1).await,
+            1,
+            "the frozen member should hold one first attempt (the one left to run on)"
         );
     }
 
@@ -778,14 +802,6 @@ mod tests {
         let endpoints = [serve(frozen).await, serve(live).await];
         let client = Client::connect(endpoints).await.expect("valid endpoints");
         let session = client.session(SessionOptions::new(Duration::from_secs(1))).await.expect("a session");
-        let holding = |n: usize| {
-            let held = held.clone();
-            tokio::time::timeout(Duration::from_secs(2), async move {
-                while held.load(std::sync::atomic::Ordering::Relaxed) != n {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            })
-        };
         let first_lease_end = session.lease_end();
         let renewed = tokio::time::timeout(Duration::from_secs(2), async {
             while session.lease_end() == first_lease_end {
@@ -793,17 +809,41 @@ mod tests {
             }
         });
         assert!(renewed.await.is_ok(), "the hedge around the frozen leader should renew the session");
-        assert!(holding(1).await.is_ok(), "the frozen leader should hold the session's first attempt");
+        assert_eq!(holds(&held, 1).await, 1, "the frozen leader should hold the session's first attempt");
         session.close().await.expect("the live member closes the session");
-        assert!(
-            holding(0).await.is_ok(),
-            "the closed session's first attempt should end with it, the frozen member still holds {}",
-            held.load(std::sync::atomic::Ordering::Relaxed)
+        assert_eq!(holds(&held, 0).await, 0, "the closed session's first attempt should end with it");
+    }
+
+    /// A keepalive hedged around a frozen leader, called directly (no [`Session`] ends it): the
+    /// first attempt, left to run on, gives up on the frozen member at the request timeout and
+    /// does not renew the session on another (its caller may have stopped keeping it alive).
+    #[tokio::test]
+    async fn a_keepalive_left_running_in_the_background_does_not_move_on_to_another_member() {
+        let frozen = member(Keepalives::Frozen);
+        let live = member(Keepalives::After(Duration::ZERO));
+        let at_live = live.1.clone();
+        let endpoints = [serve(frozen).await, serve(live).await];
+        let options =
+            crate::ClientOptions { request_timeout: Duration::from_millis(500), ..Default::default() };
+        let client = Client::connect_with(endpoints, options).await.expect("valid endpoints");
+        let (id, _) = client.create_session(Duration::from_secs(1), "").await.expect("a session");
+
+        client.keep_alive_hedged(&id, Duration::from_millis(100)).await.expect("the hedge is granted");
+        assert_eq!(asked(&at_live), 1, "the hedge renewed on the live member");
+        let background_ended = tokio::time::timeout(Duration::from_secs(5), async {
+            while client.probe().is_none() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(background_ended.is_ok(), "the first attempt should end at the request timeout (500 ms)");
+        assert_eq!(
+            asked(&at_live),
+            1,
+            "the first attempt, once its hedge was granted, should not retry on the live member"
         );
     }
 
-    /// Every member answers keepalives, slower than the sixth of the TTL after which another is
-    /// asked too (300 ms, TTL 1 s): the first answer still counts, and the session lives on.
     /// A receiver of a session's state learns that the session is over when the session is
     /// dropped: it held Safe forever before.
     #[tokio::test]
@@ -822,6 +862,8 @@ mod tests {
         assert_eq!(*states.borrow(), SessionState::Expired, "and it stays so");
     }
 
+    /// Every member answers keepalives, slower than the sixth of the TTL after which another is
+    /// asked too (300 ms, TTL 1 s): the first answer still counts, and the session lives on.
     #[tokio::test]
     async fn keepalives_slower_than_the_hedge_still_keep_the_session() {
         let slow = Duration::from_millis(300);
