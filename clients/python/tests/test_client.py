@@ -1091,15 +1091,23 @@ class OfflineScriptedTest(unittest.TestCase):
         self.assertEqual(stray.named, [ours], "the reopened stream named the cluster the first stream's headers did")
         self.assertEqual(own.named[1:], [ours])
 
-    def test_hints_add_at_most_a_bounded_number_of_members(self):
+    def test_hints_past_the_bound_replace_the_oldest_learnt_member_not_in_use(self):
         from latch.client import MAX_HINTED_TARGETS
+        hint = lambda p: f"127.0.0.2:{8000 + p}"  # noqa: E731
         with latch.Client(["127.0.0.1:7379"]) as client:
-            learnt = [client._target_of(f"127.0.0.2:{8000 + p}") for p in range(MAX_HINTED_TARGETS + 5)]
-            self.assertEqual(learnt, list(range(1, MAX_HINTED_TARGETS + 1)) + [None] * 5,
-                             "hints past the bound are ignored")
-            self.assertEqual(len(client.endpoints), 1 + MAX_HINTED_TARGETS)
-            self.assertEqual(client._target_of("127.0.0.2:8000"), 1, "a hint already learnt is still followed")
+            learnt = [client._target_of(hint(p)) for p in range(MAX_HINTED_TARGETS)]
+            self.assertEqual(learnt, list(range(1, MAX_HINTED_TARGETS + 1)), "hints up to the bound are learnt")
+            self.assertEqual(client._target_of(hint(0)), 1, "a hint already learnt is still followed")
             self.assertEqual(client._target_of("127.0.0.1:7379"), 0, "so is one naming a given member")
+            # Full: writes start at the second learnt member; the first one learnt gives way,
+            # then the third (the second is in use), and the given member never does.
+            client._leader = 2
+            past = MAX_HINTED_TARGETS
+            self.assertEqual(client._target_of(hint(past)), 1, "the oldest learnt member gives way")
+            self.assertEqual(client._target_of(hint(past + 1)), 3, "the leader's entry is passed over")
+            self.assertEqual(len(client.endpoints), 1 + MAX_HINTED_TARGETS)
+            self.assertEqual(client.endpoints[:4], ["127.0.0.1:7379", hint(past), hint(1), hint(past + 1)])
+            self.assertNotIn(hint(0), client.endpoints, "the replaced member is gone")
 
     def test_a_leader_hint_naming_a_wildcard_address_is_ignored(self):
         follower = NamingKV(member_id=2)

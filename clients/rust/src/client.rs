@@ -184,7 +184,10 @@ impl Interceptor for NameCluster {
 /// The endpoints known to the client: the ones it was given, plus leaders that members named.
 #[derive(Debug)]
 struct Targets {
-    /// Never shrinks nor reorders, so an index taken under the lock stays valid after it.
+    /// Never shrinks nor reorders, so an index taken under the lock stays valid after it; a
+    /// learnt entry is replaced by a newer hint once [`MAX_HINTED_TARGETS`] were learnt (then
+    /// a call still holding its index records its answer against the entry that took its
+    /// place, a member just named the leader, which the next call's answer puts right).
     list: Vec<Target>,
     /// Where the next call starts: the endpoint that last answered, or the one after the last
     /// that failed.
@@ -200,15 +203,19 @@ struct Targets {
     cluster: Arc<Cluster>,
     /// How many of `list`'s first entries were given (the rest were learnt from hints).
     given: usize,
+    /// The learnt entry (counted from `given`) a hint replaces next once
+    /// [`MAX_HINTED_TARGETS`] were learnt: the oldest, as each replacement moves it on.
+    next_replaced: usize,
     /// The last failure an attempt of any call met, with its endpoint: what a caller that
     /// waited in vain (a stream that never opened) can say of why.
     last_failure: Option<String>,
 }
 
 /// Most endpoints a client learns from leader hints, besides those it was given: past it, a
-/// hint naming an unknown address is ignored (the call goes on through the members it knows,
-/// which forward writes), so members that name ever new addresses cannot grow the list, and
-/// its channels, without bound.
+/// hint naming an unknown address takes the place of the oldest learnt one that is neither the
+/// leader nor where calls start, so members that name ever new addresses (a cluster whose
+/// members move) cannot grow the list, and its channels, without bound, and a long-lived client
+/// still follows its leader.
 const MAX_HINTED_TARGETS: usize = 16;
 
 /// How long an endpoint that failed a call is not taken for the leader on another member's
@@ -283,6 +290,7 @@ impl Client {
                 options,
                 targets: Mutex::new(Targets {
                     given: list.len(),
+                    next_replaced: 0,
                     list,
                     preferred: 0,
                     leader: None,
@@ -640,15 +648,19 @@ impl Targets {
         if let Some(i) = self.list.iter().position(|t| t.addr == target.addr) {
             return Some(i);
         }
-        if self.list.len() - self.given >= MAX_HINTED_TARGETS {
-            tracing::debug!(
-                hint = addr,
-                "ignoring a leader hint: {MAX_HINTED_TARGETS} endpoints learnt from hints already"
-            );
-            return None;
+        if self.list.len() - self.given < MAX_HINTED_TARGETS {
+            self.list.push(target);
+            return Some(self.list.len() - 1);
         }
-        self.list.push(target);
-        Some(self.list.len() - 1)
+        // Full: the oldest learnt entry in use by neither writes nor calls gives way.
+        let index = (0..MAX_HINTED_TARGETS)
+            .map(|k| self.given + (self.next_replaced + k) % MAX_HINTED_TARGETS)
+            .find(|&i| self.leader != Some(i) && self.preferred != i)?;
+        tracing::debug!(hint = addr, replaced = %self.list[index].addr, "a leader hint replaces the oldest learnt endpoint");
+        self.next_replaced = (index - self.given + 1) % MAX_HINTED_TARGETS;
+        self.failed.remove(&index);
+        self.list[index] = target;
+        Some(index)
     }
 }
 
@@ -816,16 +828,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn hints_add_at_most_a_bounded_number_of_endpoints() {
+    async fn hints_past_the_bound_replace_the_oldest_learnt_endpoint_not_in_use() {
         let client = Client::connect(["127.0.0.1:7379"]).await.expect("valid endpoint");
         let mut targets = client.targets();
-        for port in 0..MAX_HINTED_TARGETS + 5 {
-            let learnt = targets.index_of(&format!("127.0.0.2:{}", 8000 + port));
-            assert_eq!(learnt.is_some(), port < MAX_HINTED_TARGETS, "hint {port}: {learnt:?}");
+        let hint = |port: usize| format!("127.0.0.2:{}", 8000 + port);
+        for port in 0..MAX_HINTED_TARGETS {
+            assert_eq!(targets.index_of(&hint(port)), Some(1 + port), "hint {port} is learnt");
         }
-        assert_eq!(targets.list.len(), 1 + MAX_HINTED_TARGETS, "the given endpoint and the bounded hints");
-        assert_eq!(targets.index_of("127.0.0.2:8000"), Some(1), "a hint already learnt is still followed");
+        assert_eq!(targets.index_of(&hint(0)), Some(1), "a hint already learnt is still followed");
         assert_eq!(targets.index_of("127.0.0.1:7379"), Some(0), "so is one naming a given endpoint");
+
+        // Full: writes start at the second learnt endpoint; the first one learnt gives way,
+        // then the third (the second is in use), and the given endpoint never does.
+        targets.leader = Some(2);
+        let past = MAX_HINTED_TARGETS;
+        assert_eq!(targets.index_of(&hint(past)), Some(1), "the oldest learnt endpoint gives way");
+        assert_eq!(targets.index_of(&hint(past + 1)), Some(3), "the leader's entry is passed over");
+        assert_eq!(targets.list.len(), 1 + MAX_HINTED_TARGETS, "the given endpoint and the bounded hints");
+        let known = targets.list.iter().map(|t| t.addr.as_str()).collect::<Vec<_>>();
+        assert_eq!(known[..4], ["127.0.0.1:7379", &hint(past), &hint(1), &hint(past + 1)]);
+        assert!(!known.contains(&hint(0).as_str()), "the replaced endpoints are gone: {known:?}");
     }
 
     #[test]

@@ -47,8 +47,9 @@ RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 #: leader on every write, paying a timeout each time.
 DISTRUSTED_FOR = 10.0
 #: Most members a client learns from leader hints, besides those it was given: past it, a hint
-#: naming an unknown address is ignored (the call goes on through the members it knows, which
-#: forward writes), so members naming ever new addresses cannot grow the list without bound.
+#: naming an unknown address takes the place of the oldest learnt one that is neither the leader
+#: nor where calls start, so members naming ever new addresses (a cluster whose members move)
+#: cannot grow the list without bound, and a long-lived client still follows its leader.
 MAX_HINTED_TARGETS = 16
 #: Failures of an acquire that leave nothing to withdraw: refused as asked (a bad request, no such
 #: session, the other mode, an id used before), whichever attempt answered; so is a queue or
@@ -397,6 +398,11 @@ class Client:
                 self._targets.append(_Target(addr, self._cluster))
         #: How many of the first targets were given (the rest were learnt from leader hints).
         self._given = len(self._targets)
+        #: The learnt member (counted from ``_given``) a hint replaces next once
+        #: ``MAX_HINTED_TARGETS`` were learnt: the oldest, as each replacement moves it on. A call
+        #: still holding a replaced index records its answer against the member that took its
+        #: place (one just named the leader), which the next call's answer puts right.
+        self._next_replaced = 0
         self._preferred = 0
         #: Where writes start: the member a follower last named, or that last answered a write.
         self._leader: Optional[int] = None
@@ -439,18 +445,27 @@ class Client:
     # -- the retry loop ------------------------------------------------------------------------
 
     def _target_of(self, addr: str) -> Optional[int]:
-        """The index of the member at ``addr``, a leader a member named: added if new, unless
-        ``MAX_HINTED_TARGETS`` were learnt from hints already (then None: the hint is ignored)."""
+        """The index of the member at ``addr``, a leader a member named: added if new; once
+        ``MAX_HINTED_TARGETS`` were learnt from hints, in place of the oldest learnt one that is
+        neither the leader nor the preferred member."""
         with self._lock:
             for i, t in enumerate(self._targets):
                 if t.addr == addr:
                     return i
-            if len(self._targets) - self._given >= MAX_HINTED_TARGETS:
-                _log.debug("ignoring a leader hint naming %s: %d members learnt from hints already",
-                           addr, MAX_HINTED_TARGETS)
+            if len(self._targets) - self._given < MAX_HINTED_TARGETS:
+                self._targets.append(_Target(addr, self._cluster))
+                return len(self._targets) - 1
+            for k in range(MAX_HINTED_TARGETS):
+                i = self._given + (self._next_replaced + k) % MAX_HINTED_TARGETS
+                if i not in (self._leader, self._preferred):
+                    break
+            else:
                 return None
-            self._targets.append(_Target(addr, self._cluster))
-            return len(self._targets) - 1
+            _log.debug("a leader hint naming %s replaces %s, the oldest learnt member", addr, self._targets[i].addr)
+            self._next_replaced = (i - self._given + 1) % MAX_HINTED_TARGETS
+            self._failed.pop(i, None)
+            self._targets[i] = _Target(addr, self._cluster)
+            return i
 
     def preferred(self) -> int:
         """The index of the member that answered last: where calls and streams start."""
