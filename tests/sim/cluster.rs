@@ -985,16 +985,24 @@ impl Sim {
             let fixed = self.params.session_ttl_ms * 1_000 + 2 * 20 * TICK_US + 4 * round_trip;
             let top_term = up.iter().map(|(_, c)| c.status().term).max().unwrap_or(0);
             let leaders = &self.leaders_seen;
+            // (leader changes, terms that elected nobody) since `since_us`.
+            let elections = |since_us: u64| {
+                let changes = leaders.iter().filter(|(at, _)| *at > since_us).count() as u64;
+                let term_then = leaders.iter().rev().find(|(at, _)| *at <= since_us).map_or(0, |(_, t)| *t);
+                (changes, top_term.saturating_sub(term_then).saturating_sub(changes))
+            };
+            let leaderless_us = 20 * TICK_US + 2 * round_trip;
             let bound = |last_us: u64| {
-                let changes = leaders.iter().filter(|(at, _)| *at > last_us).count() as u64;
-                let term_then = leaders.iter().rev().find(|(at, _)| *at <= last_us).map_or(0, |(_, t)| *t);
-                let leaderless = top_term.saturating_sub(term_then).saturating_sub(changes);
-                fixed + changes * round_trip + leaderless * (20 * TICK_US + 2 * round_trip)
+                let (changes, leaderless) = elections(last_us);
+                fixed + changes * round_trip + leaderless * leaderless_us
             };
             self.leases.check_bounds(ctx, &self.keepers, bound);
             // A heartbeat's TTL counts from its application: the same past the TTL, counted from
-            // its first application, plus the longest a cut-off leader takes to apply it.
+            // its first application, plus the longest a cut-off leader takes to apply it; and,
+            // as for sessions, an election timeout and two round trips per term that elected
+            // nobody (no member turns an instance critical without a leader).
             let extra = 2 * 20 * TICK_US + LEADER_CUT_OFF_US.1 + 4 * round_trip;
+            let extra = |applied_us: u64| extra + elections(applied_us).1 * leaderless_us;
             self.registry.check_bounds(ctx, &self.heartbeaters, &self.keepers, extra);
         }
         let mut h = self.trace;

@@ -484,8 +484,15 @@ impl RegistryChecker {
 
     /// The leader-change runs' checks at `ctx.time_us` (see the module doc): the instance of a
     /// heartbeater that never stops is never critical, and (when asked) once one stopped, its
-    /// instance turns critical within `extra_us` past the TTL.
-    pub fn check_bounds(&self, ctx: Ctx, heartbeaters: &[Heartbeater], keepers: &[Keeper], extra_us: u64) {
+    /// instance turns critical within `extra_us(applied)` past the TTL, its last heartbeat
+    /// first applied at `applied`.
+    pub fn check_bounds(
+        &self,
+        ctx: Ctx,
+        heartbeaters: &[Heartbeater],
+        keepers: &[Keeper],
+        extra_us: impl Fn(u64) -> u64,
+    ) {
         for h in heartbeaters.iter().filter(|h| !h.ever_stops(keepers)) {
             if let Some((index, what)) = self.troubles.get(&h.key()) {
                 ctx.fail(
@@ -508,6 +515,7 @@ impl RegistryChecker {
             // came after it.
             let last = story.values().next_back();
             let Some(&Story::Beat { applied_us, sent_us, .. }) = last else { continue };
+            let extra_us = extra_us(applied_us);
             let deadline = applied_us + h.spec.ttl_ms * 1_000 + extra_us;
             if ctx.time_us > deadline {
                 ctx.fail(
