@@ -1,13 +1,14 @@
-//! The Election service: Campaign, Proclaim, Leader, Observe, Resign, Withdraw — an election
-//! is an exclusive lock in its own space (`fsm::elections`), so campaigning is acquiring with no
-//! time limit (`api::lock::acquire`), resigning is releasing, and withdrawing a campaign is
-//! withdrawing an acquire (`api::lock::withdraw`).
+//! The Election service: Campaign, Proclaim, Leader, Observe, Resign, Withdraw, Describe, List —
+//! an election is an exclusive lock in its own space (`fsm::elections`), so campaigning is
+//! acquiring with no time limit (`api::lock::acquire`), resigning is releasing, withdrawing a
+//! campaign is withdrawing an acquire (`api::lock::withdraw`), and describing one is reading its
+//! lock's row (its candidates are the lock's waiters).
 
 use std::pin::Pin;
 
 use futures::Stream;
 use latch_proto::internal::{
-    command::Body, lock_result::Status as LockStatus, LockMode, LockSpace, Proclaim,
+    command::Body, lock_result::Status as LockStatus, LockMode, LockRow, LockSpace, Proclaim,
 };
 use latch_proto::v1::election_server::{Election, ElectionServer};
 use latch_proto::v1::*;
@@ -17,7 +18,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::kv::check_request_id;
-use super::lock::{acquire, lock_result, public_sequencer, release, sequencer_of, withdraw, Wait, Want};
+use super::lock::{
+    acquire, described, listed, lock_result, public_sequencer, release, sequencer_of, withdraw, Wait, Want,
+};
 use super::{ApiError, Context};
 use crate::fsm::elections::{self, Leader};
 use crate::fsm::locks;
@@ -72,6 +75,25 @@ fn granted_leadership(
         _ => asked,
     };
     Ok(Leadership { name, value, sequencer: Some(public_sequencer(&seq, ctx.node.cluster_id)) })
+}
+
+/// What Describe and List answer of election `name`, whose row is `row`.
+fn election_info(name: String, row: LockRow, cluster_id: u64) -> ElectionInfo {
+    let leader = elections::leader_of(&name, &row);
+    ElectionInfo {
+        elected_revision: leader.as_ref().map_or(0, |l| l.revision),
+        leader_lock_delay_ms: row.holders.first().map_or(0, |h| h.lock_delay_ms),
+        leader: leader.map(|l| leadership(l, cluster_id)),
+        candidates: row
+            .waiters
+            .into_iter()
+            .map(|w| Candidate { session_id: w.session, value: w.value, queued_revision: w.revision })
+            .collect(),
+        delayed: row.delay_revision != 0,
+        delay_since_revision: row.delay_revision,
+        delay_ms: row.delay_ms,
+        name,
+    }
 }
 
 type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> + Send>>;
@@ -221,6 +243,37 @@ impl Election for ElectionService {
             let leader =
                 seq.map(|seq| granted_leadership(&self.ctx, req.name, seq, Vec::new())).transpose()?;
             Ok(WithdrawCandidacyResponse { header: Some(header), leader })
+        };
+        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+    }
+
+    async fn describe(
+        &self,
+        req: Request<DescribeElectionRequest>,
+    ) -> Result<Response<DescribeElectionResponse>, Status> {
+        let req = req.into_inner();
+        let run = async {
+            let (header, row) = described(&self.ctx, LockSpace::Elections, &req.name).await?;
+            let election = row.map(|r| election_info(req.name, r, self.ctx.node.cluster_id));
+            Ok(DescribeElectionResponse { header: Some(header), election })
+        };
+        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+    }
+
+    async fn list(
+        &self,
+        req: Request<ListElectionsRequest>,
+    ) -> Result<Response<ListElectionsResponse>, Status> {
+        let req = req.into_inner();
+        let run = async {
+            let (header, rows, more) =
+                listed(&self.ctx, LockSpace::Elections, &req.prefix, &req.start_after).await?;
+            let cluster_id = self.ctx.node.cluster_id;
+            Ok(ListElectionsResponse {
+                header: Some(header),
+                elections: rows.into_iter().map(|(name, row)| election_info(name, row, cluster_id)).collect(),
+                more,
+            })
         };
         run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
     }

@@ -22,8 +22,39 @@ use crate::core::RequestError;
 use crate::fsm::locks::{self, RequestState, MAX_LOCK_DELAY_MS};
 use crate::fsm::sessions;
 
-/// Most locks one page of ListLocks answers; its bytes are bounded by --max-response-bytes.
+/// Most locks (or elections) one page of ListLocks (Election.List) answers; its bytes are
+/// bounded by --max-response-bytes.
 const MAX_LIST: usize = 1_000;
+
+/// The row of lock (or election) `name` in `space`, read linearizably, and the header of the
+/// revision it was read at: what DescribeLock and Election.Describe answer.
+pub(super) async fn described(
+    ctx: &Context,
+    space: LockSpace,
+    name: &str,
+) -> Result<(ResponseHeader, Option<log::LockRow>), ApiError> {
+    locks::check_name(name).map_err(|problem| ApiError::InvalidArgument { field: "name", problem })?;
+    ctx.node.read_index().await?;
+    let txn = ctx.node.db().begin_read()?;
+    let row = locks::read(&txn, &locks::lock_key(space, name))?;
+    Ok((ctx.header(crate::fsm::applied(&txn)?.revision), row))
+}
+
+/// One page of the rows of `space` whose names start with `prefix`, after `start_after`, read
+/// linearizably (at most [`MAX_LIST`], within --max-response-bytes), whether more follow, and
+/// the header of the revision it was read at: what ListLocks and Election.List answer.
+pub(super) async fn listed(
+    ctx: &Context,
+    space: LockSpace,
+    prefix: &str,
+    start_after: &str,
+) -> Result<(ResponseHeader, Vec<(String, log::LockRow)>, bool), ApiError> {
+    ctx.node.read_index().await?;
+    let txn = ctx.node.db().begin_read()?;
+    let max = ctx.limits.max_response_bytes;
+    let (rows, more) = locks::list(&txn, space, prefix, start_after, MAX_LIST, max)?;
+    Ok((ctx.header(crate::fsm::applied(&txn)?.revision), rows, more))
+}
 
 pub struct LockService {
     ctx: Context,
@@ -726,15 +757,8 @@ impl Lock for LockService {
     ) -> Result<Response<DescribeLockResponse>, Status> {
         let req = req.into_inner();
         let run = async {
-            locks::check_name(&req.name)
-                .map_err(|problem| ApiError::InvalidArgument { field: "name", problem })?;
-            self.ctx.node.read_index().await?;
-            let txn = self.ctx.node.db().begin_read()?;
-            let row = locks::read(&txn, &locks::lock_key(LockSpace::Locks, &req.name))?;
-            Ok(DescribeLockResponse {
-                header: Some(self.ctx.header(crate::fsm::applied(&txn)?.revision)),
-                lock: row.map(|r| lock_info(req.name, r)),
-            })
+            let (header, row) = described(&self.ctx, LockSpace::Locks, &req.name).await?;
+            Ok(DescribeLockResponse { header: Some(header), lock: row.map(|r| lock_info(req.name, r)) })
         };
         run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
     }
@@ -745,13 +769,10 @@ impl Lock for LockService {
     ) -> Result<Response<ListLocksResponse>, Status> {
         let req = req.into_inner();
         let run = async {
-            self.ctx.node.read_index().await?;
-            let txn = self.ctx.node.db().begin_read()?;
-            let max = self.ctx.limits.max_response_bytes;
-            let (rows, more) =
-                locks::list(&txn, LockSpace::Locks, &req.prefix, &req.start_after, MAX_LIST, max)?;
+            let (header, rows, more) =
+                listed(&self.ctx, LockSpace::Locks, &req.prefix, &req.start_after).await?;
             Ok(ListLocksResponse {
-                header: Some(self.ctx.header(crate::fsm::applied(&txn)?.revision)),
+                header: Some(header),
                 locks: rows.into_iter().map(|(name, row)| lock_info(name, row)).collect(),
                 more,
             })

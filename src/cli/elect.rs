@@ -3,25 +3,57 @@
 //! [`super::lock::LOST`] if the session is lost meanwhile.
 //! `latch elect NAME --observe`: prints every leader, one line (or JSON document) each; the
 //! first (the leader now, or "no leader") must come within `--timeout`.
+//! `latch elect describe NAME`: the leader, the candidates in order and the lock-delay;
+//! `latch elect list [PREFIX]`: the same of every election whose name begins with PREFIX.
+//! `describe` and `list` name subcommands, not elections.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, Subcommand};
 use futures::StreamExt;
+use latch_client::ElectionInfo;
 use latch_client::{Leadership, SessionOptions};
 use serde_json::json;
 
-use super::{interrupted, killed_by, stream_bytes, stream_json, unanswered, ClientArgs, Output, UsageError};
+use super::{
+    interrupted, killed_by, print_bytes, print_json, stream_bytes, stream_json, unanswered, ClientArgs,
+    Output, UsageError,
+};
 
 /// `latch elect`.
 #[derive(Debug, Args)]
-#[command(after_help = "Exit status: 0 after resigning on SIGINT (Ctrl-C), SIGTERM or SIGHUP; 128 + \
-                        the signal if one came while campaigning (the campaign is withdrawn); 1 if the \
-                        campaign failed; 3 if the session was lost while leading; 2 usage error.")]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Exit status: 0 after resigning on SIGINT (Ctrl-C), SIGTERM or SIGHUP; 128 + \
+                  the signal if one came while campaigning (the campaign is withdrawn); 1 if the \
+                  campaign failed; 3 if the session was lost while leading; 2 usage error.\n\
+                  `describe` and `list` are subcommands: not usable as an election NAME."
+)]
 pub struct ElectCommand {
+    #[command(subcommand)]
+    pub op: Option<ElectOp>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ElectOp {
+    /// Show election NAME's leader, candidates in order and lock-delay.
+    Describe { name: String },
+    /// List the elections whose names begin with PREFIX.
+    List {
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
     /// The election's name.
-    pub name: String,
+    #[arg(required = true)]
+    pub name: Option<String>,
     /// The value to publish while leading (an address, say).
     #[arg(required_unless_present = "observe", conflicts_with = "observe")]
     pub value: Option<String>,
@@ -34,25 +66,58 @@ pub struct ElectCommand {
 }
 
 pub async fn run(command: ElectCommand, client: &ClientArgs) -> anyhow::Result<ExitCode> {
-    if command.name.is_empty() {
-        return Err(UsageError("the election's NAME must not be empty".into()).into());
+    let output = client.output;
+    match command.op {
+        Some(ElectOp::Describe { name }) => {
+            let election = client.connect().await?.election(name.clone()).describe().await?;
+            match output {
+                // Nobody leads, campaigns or delays: an empty election.
+                Output::Json => print_json(&info_json(
+                    &election.unwrap_or(ElectionInfo { name: name.clone(), ..Default::default() }),
+                ))?,
+                Output::Text => print_bytes(
+                    election
+                        .map_or(format!("{name}: no leader, no candidates\n"), |e| info_text(&e))
+                        .as_bytes(),
+                )?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(ElectOp::List { prefix }) => {
+            let elections = client.connect().await?.list_elections(&prefix).await?;
+            match output {
+                Output::Json => {
+                    print_json(&json!({"elections": elections.iter().map(info_json).collect::<Vec<_>>()}))?
+                }
+                Output::Text => print_bytes(elections.iter().map(info_text).collect::<String>().as_bytes())?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        None => take_part(command.run, client).await,
     }
+}
+
+/// Campaigns and leads, or observes.
+async fn take_part(command: RunArgs, client: &ClientArgs) -> anyhow::Result<ExitCode> {
+    let Some(name) = command.name.clone().filter(|n| !n.is_empty()) else {
+        return Err(UsageError("the election's NAME must not be empty".into()).into());
+    };
     let (output, timeout) = (client.output, client.timeout);
     let client = client.connect().await?;
-    let election = client.election(command.name.clone());
+    let election = client.election(name.clone());
     let stop = interrupted()?;
     tokio::pin!(stop);
     if command.observe {
         let leaders = election.observe_or_fail();
         tokio::pin!(leaders);
         let mut first_by = Some(tokio::time::Instant::now() + timeout);
-        let said = format!("said who leads {:?}", command.name);
+        let said = format!("said who leads {name:?}");
         loop {
             tokio::select! {
                 leader = leaders.next() => match leader {
                     Some(Ok(leader)) => {
                         first_by = None;
-                        print_leader(output, &command.name, leader.as_ref())?;
+                        print_leader(output, &name, leader.as_ref())?;
                     }
                     Some(Err(refused)) => return Err(refused.into()),
                     None => return Ok(ExitCode::from(1)),
@@ -63,9 +128,8 @@ pub async fn run(command: ElectCommand, client: &ClientArgs) -> anyhow::Result<E
         }
     }
     let value = command.value.ok_or_else(|| UsageError("a VALUE to publish is required".into()))?;
-    let session = client
-        .session(SessionOptions::new(command.ttl).name(format!("latch elect {}", command.name)))
-        .await?;
+    let session =
+        client.session(SessionOptions::new(command.ttl).name(format!("latch elect {name}"))).await?;
     let leadership = tokio::select! {
         l = election.campaign(session.id(), value.into_bytes()) => match l {
             Ok(l) => l,
@@ -84,7 +148,7 @@ pub async fn run(command: ElectCommand, client: &ClientArgs) -> anyhow::Result<E
             return Ok(killed_by(signal));
         }
     };
-    if let Err(e) = print_leader(output, &command.name, Some(&leadership)) {
+    if let Err(e) = print_leader(output, &name, Some(&leadership)) {
         // Nobody reads what it does: it leads no longer.
         election.resign(&leadership).await?;
         session.close().await?;
@@ -98,7 +162,7 @@ pub async fn run(command: ElectCommand, client: &ClientArgs) -> anyhow::Result<E
         }
         // Once the lease may have run out, it may no longer lead.
         () = super::lock::lost(&session, Duration::ZERO) => {
-            eprintln!("latch elect: the session was lost: no longer the leader of {:?}", command.name);
+            eprintln!("latch elect: the session was lost: no longer the leader of {name:?}");
             Ok(ExitCode::from(super::lock::LOST))
         }
     }
@@ -129,4 +193,58 @@ fn print_leader(output: Output, name: &str, leader: Option<&Leadership>) -> anyh
             .as_bytes(),
         ),
     }
+}
+
+fn info_text(e: &ElectionInfo) -> String {
+    let mut text = format!("{}\n", e.name);
+    let seq = e.leader.as_ref().and_then(|l| l.sequencer.as_ref());
+    if let (Some(l), Some(s)) = (&e.leader, seq) {
+        text.push_str(&format!(
+            "  leader: {} (session {}, generation {}, since revision {}, lock-delay {} ms)\n",
+            String::from_utf8_lossy(&l.value),
+            s.session_id,
+            s.generation,
+            e.elected_revision,
+            e.leader_lock_delay_ms
+        ));
+    }
+    for (i, c) in e.candidates.iter().enumerate() {
+        text.push_str(&format!(
+            "  candidate {}: {} (session {}, since revision {})\n",
+            i + 1,
+            String::from_utf8_lossy(&c.value),
+            c.session_id,
+            c.queued_revision
+        ));
+    }
+    if e.delayed {
+        text.push_str(&format!(
+            "  lock-delay of {} ms since revision {}: nobody is elected until it ends\n",
+            e.delay_ms, e.delay_since_revision
+        ));
+    }
+    text
+}
+
+fn info_json(e: &ElectionInfo) -> serde_json::Value {
+    let seq = e.leader.as_ref().and_then(|l| l.sequencer.as_ref());
+    json!({
+        "name": e.name,
+        "leader": e.leader.as_ref().map(|l| json!({
+            "value": String::from_utf8_lossy(&l.value),
+            "session": seq.map(|s| s.session_id.clone()),
+            "generation": seq.map(|s| s.generation),
+            "sequencer": seq.map(|s| s.token.clone()),
+            "elected_revision": e.elected_revision,
+            "lock_delay_ms": e.leader_lock_delay_ms,
+        })),
+        "candidates": e.candidates.iter().map(|c| json!({
+            "value": String::from_utf8_lossy(&c.value),
+            "session": c.session_id,
+            "queued_revision": c.queued_revision,
+        })).collect::<Vec<_>>(),
+        "delayed": e.delayed,
+        "delay_since_revision": e.delay_since_revision,
+        "delay_ms": e.delay_ms,
+    })
 }

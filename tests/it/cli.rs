@@ -701,6 +701,64 @@ async fn signal_and_wait(
 }
 
 #[tokio::test]
+async fn cli_elect_describe_and_list_show_the_leader_and_the_candidates_in_order() {
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let ttl = Duration::from_secs(60);
+    let x = client.session(latch_client::SessionOptions::new(ttl)).await.unwrap();
+    let y = client.session(latch_client::SessionOptions::new(ttl)).await.unwrap();
+    let election = client.election("db");
+    let lx = election.campaign(x.id(), "10.0.0.1").await.unwrap();
+    let generation = lx.sequencer.as_ref().map_or(0, |s| s.generation);
+    let _y_campaigns = {
+        let (election, id) = (election.clone(), y.id().to_string());
+        tokio::spawn(async move { election.campaign(&id, "10.0.0.2").await })
+    };
+    let info = eventually("y to campaign", Duration::from_secs(20), || async {
+        match election.describe().await {
+            Ok(Some(info)) if info.candidates.len() == 1 => Ok(info),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let (elected, queued) = (info.elected_revision, info.candidates[0].queued_revision);
+
+    let text = latch(&c, &["elect", "describe", "db"]).await;
+    assert_eq!(
+        stdout(&text),
+        format!(
+            "db\n  leader: 10.0.0.1 (session {}, generation {generation}, since revision {elected}, lock-delay \
+             5000 ms)\n  candidate 1: 10.0.0.2 (session {}, since revision {queued})\n",
+            x.id(),
+            y.id()
+        ),
+        "stderr: {}",
+        stderr(&text)
+    );
+    let json = latch(&c, &["elect", "describe", "db", "--output", "json"]).await;
+    let json: serde_json::Value = serde_json::from_str(stdout(&json).trim())
+        .unwrap_or_else(|e| panic!("one JSON document ({e}): {}", stdout(&json)));
+    assert_eq!(json["name"], "db");
+    assert_eq!(json["leader"]["value"], "10.0.0.1");
+    assert_eq!(json["leader"]["session"], x.id());
+    assert_eq!(json["leader"]["sequencer"], lx.sequencer.as_ref().map_or("", |s| s.token.as_str()));
+    assert_eq!(json["candidates"][0]["session"], y.id());
+    assert_eq!(json["candidates"][0]["value"], "10.0.0.2");
+    assert_eq!(json["delayed"], false);
+
+    let listed = latch(&c, &["elect", "list"]).await;
+    assert_eq!(stdout(&listed), stdout(&text), "the one election, as describe shows it");
+    let none = latch(&c, &["elect", "list", "other/", "--output", "json"]).await;
+    assert_eq!(stdout(&none).trim(), r#"{"elections":[]}"#, "stderr: {}", stderr(&none));
+    let free = latch(&c, &["elect", "describe", "nobody"]).await;
+    assert_eq!(stdout(&free), "nobody: no leader, no candidates\n");
+    let bad = latch(&c, &["elect", "describe", ""]).await;
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr(&bad).contains("INVALID_ARGUMENT") && stderr(&bad).contains("name"), "{}", stderr(&bad));
+}
+
+#[tokio::test]
 async fn cli_elect_and_session_keepalive_give_back_what_they_hold_on_sigterm_and_a_waiting_lock_exits_128_plus_it(
 ) {
     use rustix::process::Signal;

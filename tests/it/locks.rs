@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use latch_client::{
-    Client, Code, Compare, LockInfo, LockMode, LockOptions, Op, Sequencer, SessionOptions, Txn, Wait,
+    Client, Code, Compare, ElectionInfo, LockInfo, LockMode, LockOptions, Op, Sequencer, SessionOptions, Txn,
+    Wait,
 };
 use rustix::process::{Pid, Signal};
 use tokio::task::JoinHandle;
@@ -746,6 +747,92 @@ async fn an_election_leads_with_the_first_candidate_who_proclaims_then_resigns_t
     let err = election.proclaim(&lx, "stale").await.expect_err("an ex-leader's proclaim");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     assert_eq!(election.leader().await.unwrap().expect("y leads").value, b"10.0.0.2:5432");
+}
+
+/// Election.Describe and Election.List: the leader with its value and lock-delay, the
+/// candidates in the order they lead next with the values they will publish, and the lock-delay
+/// that follows a leader whose session expired (nobody leads, the candidates wait), then the next
+/// candidate leading.
+#[tokio::test]
+async fn an_election_is_described_with_its_leader_its_candidates_in_order_and_a_lock_delay() {
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let election = client.election("db/primary").lock_delay(Duration::from_secs(3));
+    assert_eq!(election.describe().await.unwrap(), None, "nobody leads or campaigns yet");
+    // x's session is kept alive by nobody: it expires a second after its creation.
+    let (x, _) = client.create_session(Duration::from_secs(1), "x").await.unwrap();
+    let lx = election.campaign(&x, "10.0.0.1").await.unwrap();
+    let ttl = Duration::from_secs(30);
+    let mut candidates = Vec::new();
+    for (name, value) in [("y", "10.0.0.2"), ("z", "10.0.0.3")] {
+        let session = client.session(SessionOptions::new(ttl).name(name)).await.unwrap();
+        let (election, id) = (election.clone(), session.id().to_string());
+        let campaign = tokio::spawn(async move { election.campaign(&id, value).await });
+        eventually(&format!("{name} to campaign"), STARTUP, || async {
+            match client.session_info(session.id()).await {
+                Ok(info) if info.locks == 1 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        candidates.push((session, campaign));
+    }
+    client.election("other").campaign(candidates[0].0.id(), "elsewhere").await.unwrap();
+
+    let info = election.describe().await.unwrap().expect("x leads, y and z campaign");
+    let leader = info.leader.as_ref().expect("a leader");
+    assert_eq!(
+        (leader.value.as_slice(), leader.sequencer.as_ref()),
+        (&b"10.0.0.1"[..], lx.sequencer.as_ref())
+    );
+    assert!(info.elected_revision > 0, "the revision x was elected at: {info:?}");
+    assert_eq!(info.leader_lock_delay_ms, 3_000, "the lock-delay x campaigned with");
+    let queued: Vec<(&str, &[u8])> =
+        info.candidates.iter().map(|c| (c.session_id.as_str(), c.value.as_slice())).collect();
+    assert_eq!(
+        queued,
+        [(candidates[0].0.id(), &b"10.0.0.2"[..]), (candidates[1].0.id(), &b"10.0.0.3"[..])],
+        "y then z, with the values they will publish"
+    );
+    assert!(info.candidates[0].queued_revision < info.candidates[1].queued_revision);
+    assert!(!info.delayed);
+    let listed: Vec<String> = client.list_elections("").await.unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(listed, ["db/primary", "other"], "every election, in name order");
+    let under: Vec<ElectionInfo> = client.list_elections("db/").await.unwrap();
+    assert_eq!(under, std::slice::from_ref(&info), "only those under the prefix, as Describe shows them");
+
+    // x's session expires: nobody leads for the lock-delay, and y and z still wait.
+    let delayed = eventually("x's session to expire into a lock-delay", STARTUP, || async {
+        match election.describe().await {
+            Ok(Some(info)) if info.delayed => Ok(info),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!((delayed.leader.as_ref(), delayed.elected_revision), (None, 0), "{delayed:?}");
+    assert_eq!(delayed.delay_ms, 3_000);
+    assert!(delayed.delay_since_revision > info.elected_revision);
+    assert_eq!(delayed.candidates, info.candidates, "the candidates wait through the lock-delay");
+
+    let (y, y_campaign) = candidates.remove(0);
+    let ly = tokio::time::timeout(Duration::from_secs(20), y_campaign)
+        .await
+        .expect("y leads once the lock-delay ended")
+        .unwrap()
+        .unwrap();
+    let after = election.describe().await.unwrap().expect("y leads");
+    assert_eq!(after.leader.as_ref().and_then(|l| l.sequencer.as_ref()), ly.sequencer.as_ref());
+    assert_eq!(after.leader.map(|l| l.value), Some(b"10.0.0.2".to_vec()));
+    assert_eq!(
+        after.candidates.iter().map(|c| c.session_id.as_str()).collect::<Vec<_>>(),
+        [candidates[0].0.id()]
+    );
+    assert!(!after.delayed, "the lock-delay ended");
+    assert_eq!(y.id(), ly.sequencer.as_ref().map_or("", |s| s.session_id.as_str()));
+
+    let err = client.election("").describe().await.expect_err("an empty name");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
 }
 
 #[tokio::test]

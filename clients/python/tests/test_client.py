@@ -20,8 +20,8 @@ import grpc
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 import latch  # noqa: E402
-from latch.v1 import (kv_pb2, kv_pb2_grpc, lock_pb2, lock_pb2_grpc, registry_pb2, session_pb2,  # noqa: E402
-                      session_pb2_grpc, watch_pb2, watch_pb2_grpc)
+from latch.v1 import (election_pb2, election_pb2_grpc, kv_pb2, kv_pb2_grpc, lock_pb2, lock_pb2_grpc,  # noqa: E402
+                      registry_pb2, session_pb2, session_pb2_grpc, watch_pb2, watch_pb2_grpc)
 
 ENDPOINTS = os.environ.get("LATCH_ENDPOINTS")
 #: How long a test waits for something the cluster must do (not a measure of speed).
@@ -243,6 +243,26 @@ class ClientTest(unittest.TestCase):
             observed.close()
             election.resign(second)
         self.assertIsNone(election.leader(), "nobody leads after both resigned")
+
+    def test_an_election_is_described_with_its_leader_and_its_candidates_in_order(self):
+        prefix = unique("described")
+        election = self.client.election(prefix + "e")
+        self.assertIsNone(election.describe(), "nobody leads or campaigns yet")
+        with self.client.session(ttl=10) as a, self.client.session(ttl=10) as b:
+            first = election.campaign(a, "a")
+            waiting = in_thread(lambda: election.campaign(b, "b"))
+            info = self._eventually(lambda: (lambda i: i if i and i.candidates else None)(election.describe()))
+            self.assertEqual(info.leader.sequencer.token, first.sequencer.token, "a leads")
+            self.assertEqual(info.leader.value, b"a")
+            self.assertEqual([(c.session_id, c.value) for c in info.candidates], [(b.id, b"b")],
+                             "b waits, with the value it will publish")
+            self.assertFalse(info.delayed)
+            self.assertEqual(self.client.list_elections(prefix), [info], "List shows it as Describe does")
+            election.resign(first)
+            second = result(waiting)
+            self.assertEqual(election.describe().leader.sequencer.token, second.sequencer.token, "b leads")
+            election.resign(second)
+        self.assertIsNone(election.describe(), "nobody leads or campaigns once both resigned")
 
     # -- the registry ------------------------------------------------------------------------
 
@@ -561,6 +581,30 @@ class CutOffLocks(lock_pb2_grpc.LockServicer):
         return lock_pb2.WithdrawResponse()
 
 
+class PagedLocksAndElections(lock_pb2_grpc.LockServicer, election_pb2_grpc.ElectionServicer):
+    """A member holding locks and elections ``a``…``e`` that answers two names a page (``more``
+    while any follow); records each page's ``start_after``."""
+
+    NAMES = ["a", "b", "c", "d", "e"]
+
+    def __init__(self):
+        self.asked = []
+
+    def _page(self, request):
+        self.asked.append(request.start_after)
+        after = [n for n in self.NAMES if n.startswith(request.prefix) and n > request.start_after]
+        return after[:2], len(after) > 2
+
+    def ListLocks(self, request, context):
+        names, more = self._page(request)
+        return lock_pb2.ListLocksResponse(locks=[lock_pb2.LockInfo(name=n) for n in names], more=more)
+
+    def List(self, request, context):
+        names, more = self._page(request)
+        return election_pb2.ListElectionsResponse(elections=[election_pb2.ElectionInfo(name=n) for n in names],
+                                                  more=more)
+
+
 class ScriptedMemberTest(unittest.TestCase):
     """The client against an in-process gRPC member that plays a script."""
 
@@ -598,6 +642,18 @@ class ScriptedMemberTest(unittest.TestCase):
         self.assertEqual(member.withdrawals, [("l", cut.pop()), ("l", calm.pop())],
                          "the acquires given up unsettled, and only they, were withdrawn under their own "
                          "ids before their errors left")
+
+    def test_locks_and_elections_are_listed_a_page_at_a_time_until_none_follow(self):
+        member = PagedLocksAndElections()
+        endpoint = self.serve(lock_pb2_grpc.add_LockServicer_to_server, member)
+        with latch.Client(endpoint) as client:
+            self.assertEqual([l.name for l in client.list_locks()], member.NAMES, "every page, in order")
+            self.assertEqual(member.asked, ["", "b", "d"], "each page asked after the last name of the one before")
+        member = PagedLocksAndElections()
+        endpoint = self.serve(election_pb2_grpc.add_ElectionServicer_to_server, member)
+        with latch.Client(endpoint) as client:
+            self.assertEqual([e.name for e in client.list_elections()], member.NAMES)
+            self.assertEqual(member.asked, ["", "b", "d"])
 
     def test_a_watch_cut_off_as_slow_again_and_again_with_nothing_delivered_ends_with_the_members_reason(self):
         member = SlowBeforeAnyEvent()

@@ -754,6 +754,29 @@ written!(
 
 /// Whether a failed attempt may be sent again, to another endpoint. Only for requests that are
 /// safe to resend, which every call of this client is (see the module doc).
+/// Every page of a list paged by name: `page(start_after)` answers a page and whether more
+/// follow, `name` names an item; each page is asked with the last name of the one before (and
+/// read at its own revision, as a paged list in etcd).
+pub(crate) async fn every_page<T, Fut>(
+    mut page: impl FnMut(String) -> Fut,
+    name: impl Fn(&T) -> String,
+) -> Result<Vec<T>, Error>
+where
+    Fut: Future<Output = Result<(Vec<T>, bool), Error>>,
+{
+    let mut all = Vec::new();
+    let mut start_after = String::new();
+    loop {
+        let (items, more) = page(start_after).await?;
+        let last = items.last().map(&name);
+        all.extend(items);
+        match last {
+            Some(last) if more => start_after = last,
+            _ => return Ok(all),
+        }
+    }
+}
+
 fn is_retryable(status: &Status) -> bool {
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded => true,

@@ -7,13 +7,14 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use latch_proto::v1::election_client::ElectionClient;
 use latch_proto::v1::{
-    CampaignRequest, LeaderRequest, Leadership, ObserveRequest, ProclaimRequest, ResignRequest,
-    WithdrawCandidacyRequest,
+    CampaignRequest, DescribeElectionRequest, ElectionInfo, LeaderRequest, Leadership, ListElectionsRequest,
+    ObserveRequest, ProclaimRequest, ResignRequest, WithdrawCandidacyRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
+use crate::client::every_page;
 use crate::lock::{Granted, Queue, Unsettled};
 use crate::{Client, Error};
 
@@ -28,6 +29,22 @@ pub struct Election {
 impl Client {
     pub fn election(&self, name: impl Into<String>) -> Election {
         Election { client: self.clone(), name: name.into(), lock_delay: None }
+    }
+
+    /// The elections whose names begin with `prefix`, in name order, each with its leader,
+    /// candidates and lock-delay: every page of them (each read at its own revision).
+    pub async fn list_elections(&self, prefix: &str) -> Result<Vec<ElectionInfo>, Error> {
+        let page = |start_after: String| async move {
+            let request = ListElectionsRequest { prefix: prefix.to_string(), start_after };
+            let r = self
+                .call("List", |channel| {
+                    let request = request.clone();
+                    async move { ElectionClient::new(channel).list(request).await }
+                })
+                .await?;
+            Ok((r.elections, r.more))
+        };
+        every_page(page, |e: &ElectionInfo| e.name.clone()).await
     }
 
     /// Gives up the campaign sent under `request_id` (Election.Withdraw): its place among the
@@ -118,6 +135,20 @@ impl Election {
             Err(e) if e.code() == Code::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The leader, the candidates waiting in order (the head leads next) and the lock-delay
+    /// (linearizable); `None` when nobody leads, campaigns or delays.
+    pub async fn describe(&self) -> Result<Option<ElectionInfo>, Error> {
+        let request = DescribeElectionRequest { name: self.name.clone() };
+        let r = self
+            .client
+            .call("Describe", |channel| {
+                let request = request.clone();
+                async move { ElectionClient::new(channel).describe(request).await }
+            })
+            .await?;
+        Ok(r.election)
     }
 
     /// Gives up leadership.

@@ -23,6 +23,7 @@ use latch_proto::v1::{
     LockInfo, LockMode, ReleaseRequest, Sequencer, WithdrawRequest,
 };
 
+use crate::client::every_page;
 use crate::{Client, Error, Session};
 
 /// How long an acquire waits for the lock.
@@ -184,22 +185,17 @@ impl Client {
     /// The locks whose names begin with `prefix`, in name order: every page of them (each page
     /// read at its own revision, as a paged list in etcd).
     pub async fn list_locks(&self, prefix: &str) -> Result<Vec<LockInfo>, Error> {
-        let mut all = Vec::new();
-        let mut request = ListLocksRequest { prefix: prefix.to_string(), start_after: String::new() };
-        loop {
+        let page = |start_after: String| async move {
+            let request = ListLocksRequest { prefix: prefix.to_string(), start_after };
             let r = self
                 .call("ListLocks", |channel| {
                     let request = request.clone();
                     async move { LockClient::new(channel).list_locks(request).await }
                 })
                 .await?;
-            let last = r.locks.last().map(|l| l.name.clone());
-            all.extend(r.locks);
-            match last {
-                Some(last) if r.more => request.start_after = last,
-                _ => return Ok(all),
-            }
-        }
+            Ok((r.locks, r.more))
+        };
+        every_page(page, |l: &LockInfo| l.name.clone()).await
     }
 }
 

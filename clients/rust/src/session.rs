@@ -299,10 +299,8 @@ impl Client {
     /// at its own revision: a session created or ended while they are read may be missed or
     /// shown, as with any paged read).
     pub async fn sessions(&self) -> Result<Vec<SessionInfo>, Error> {
-        let mut all = Vec::new();
-        let mut start_after = String::new();
-        loop {
-            let request = ListSessionsRequest { start_after: start_after.clone(), limit: 0 };
+        let page = |start_after: String| async move {
+            let request = ListSessionsRequest { start_after, limit: 0 };
             let r = self
                 .call("ListSessions", |channel| {
                     let request = request.clone();
@@ -312,13 +310,9 @@ impl Client {
                     }
                 })
                 .await?;
-            let last = r.sessions.last().map(|s| s.id.clone());
-            all.extend(r.sessions);
-            match last {
-                Some(id) if r.more => start_after = id,
-                _ => return Ok(all),
-            }
-        }
+            Ok((r.sessions, r.more))
+        };
+        crate::client::every_page(page, |s: &SessionInfo| s.id.clone()).await
     }
 }
 

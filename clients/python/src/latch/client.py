@@ -957,7 +957,27 @@ class Client:
         return response.lock if response.HasField("lock") else None
 
     def list_locks(self, prefix: str = "") -> List[lock_pb2.LockInfo]:
-        return list(self._call("lock", "ListLocks", lock_pb2.ListLocksRequest(prefix=prefix)).locks)
+        """The locks whose names begin with ``prefix``, in name order: every page of them."""
+        return self._every_page("lock", "ListLocks", lock_pb2.ListLocksRequest(prefix=prefix), "locks")
+
+    def list_elections(self, prefix: str = "") -> List[election_pb2.ElectionInfo]:
+        """The elections whose names begin with ``prefix``, in name order, each with its leader,
+        candidates and lock-delay: every page of them."""
+        return self._every_page("election", "List", election_pb2.ListElectionsRequest(prefix=prefix), "elections")
+
+    def _every_page(self, service: str, method: str, request, items: str) -> list:
+        """Every page of a list paged by name: each asked with ``start_after`` the last name of
+        the page before, and read at its own revision (as a paged list in etcd)."""
+        out: list = []
+        while True:
+            page = self._call(service, method, request)
+            found = list(getattr(page, items))
+            if out and found:
+                _moved_on(request.start_after, found[0].name)
+            out.extend(found)
+            if not found or not page.more:
+                return out
+            request.start_after = found[-1].name
 
     def election(self, name: str):
         """Election ``name``: campaign, proclaim, leader, observe, resign."""

@@ -44,6 +44,12 @@ class Election:
                 return None
             raise
 
+    def describe(self) -> Optional[election_pb2.ElectionInfo]:
+        """The leader, the candidates waiting in order (the head leads next) and the lock-delay;
+        None when nobody leads, campaigns or delays. Linearizable."""
+        response = self.client._call("election", "Describe", election_pb2.DescribeElectionRequest(name=self.name))
+        return response.election if response.HasField("election") else None
+
     def resign(self, leadership: election_pb2.Leadership) -> None:
         """Gives up leadership; the next candidate leads at once."""
         self.client._write("election", "Resign",

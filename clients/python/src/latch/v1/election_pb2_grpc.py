@@ -65,6 +65,16 @@ class ElectionStub:
                 request_serializer=latch_dot_v1_dot_election__pb2.WithdrawCandidacyRequest.SerializeToString,
                 response_deserializer=latch_dot_v1_dot_election__pb2.WithdrawCandidacyResponse.FromString,
                 _registered_method=True)
+        self.Describe = channel.unary_unary(
+                '/latch.v1.Election/Describe',
+                request_serializer=latch_dot_v1_dot_election__pb2.DescribeElectionRequest.SerializeToString,
+                response_deserializer=latch_dot_v1_dot_election__pb2.DescribeElectionResponse.FromString,
+                _registered_method=True)
+        self.List = channel.unary_unary(
+                '/latch.v1.Election/List',
+                request_serializer=latch_dot_v1_dot_election__pb2.ListElectionsRequest.SerializeToString,
+                response_deserializer=latch_dot_v1_dot_election__pb2.ListElectionsResponse.FromString,
+                _registered_method=True)
 
 
 class ElectionServicer:
@@ -118,6 +128,21 @@ class ElectionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Describe(self, request, context):
+        """Linearizable: the leader, the candidates in order and the lock-delay (etcd's and
+        ZooKeeper's recipes show them as the keys or children under the election's prefix).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def List(self, request, context):
+        """Linearizable, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ElectionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -150,6 +175,16 @@ def add_ElectionServicer_to_server(servicer, server):
                     servicer.Withdraw,
                     request_deserializer=latch_dot_v1_dot_election__pb2.WithdrawCandidacyRequest.FromString,
                     response_serializer=latch_dot_v1_dot_election__pb2.WithdrawCandidacyResponse.SerializeToString,
+            ),
+            'Describe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Describe,
+                    request_deserializer=latch_dot_v1_dot_election__pb2.DescribeElectionRequest.FromString,
+                    response_serializer=latch_dot_v1_dot_election__pb2.DescribeElectionResponse.SerializeToString,
+            ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=latch_dot_v1_dot_election__pb2.ListElectionsRequest.FromString,
+                    response_serializer=latch_dot_v1_dot_election__pb2.ListElectionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -314,6 +349,60 @@ class Election:
             '/latch.v1.Election/Withdraw',
             latch_dot_v1_dot_election__pb2.WithdrawCandidacyRequest.SerializeToString,
             latch_dot_v1_dot_election__pb2.WithdrawCandidacyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Describe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latch.v1.Election/Describe',
+            latch_dot_v1_dot_election__pb2.DescribeElectionRequest.SerializeToString,
+            latch_dot_v1_dot_election__pb2.DescribeElectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latch.v1.Election/List',
+            latch_dot_v1_dot_election__pb2.ListElectionsRequest.SerializeToString,
+            latch_dot_v1_dot_election__pb2.ListElectionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
