@@ -921,6 +921,19 @@ class CutOffKV(kv_pb2_grpc.KVServicer, InCluster):
         context.abort(grpc.StatusCode.UNAVAILABLE, "cut off")
 
 
+class HeldKV(kv_pb2_grpc.KVServicer):
+    """A member that holds every read until released (``release``), or 10 s; ``reached`` is set
+    once one arrived."""
+
+    def __init__(self):
+        self.reached, self.release = threading.Event(), threading.Event()
+
+    def Range(self, request, context):
+        self.reached.set()
+        self.release.wait(10)
+        return kv_pb2.RangeResponse()
+
+
 class AppliedBeforeKV(NamingKV):
     """Reads as ``NamingKV``; every put fails FAILED_PRECONDITION as applied before at ``revision``,
     its answer's data not kept, as a retry whose first answer was lost is answered."""
@@ -1159,7 +1172,13 @@ class OfflineScriptedTest(unittest.TestCase):
             # then the third (the second is in use), and the given member never does.
             client._leader = 2
             past = MAX_HINTED_TARGETS
+            old = client.target(1)
             self.assertEqual(client._target_of(hint(past)), 1, "the oldest learnt member gives way")
+            # A call still on the replaced member says nothing of the one that took its place.
+            client._answered(1, old, True, None)
+            self.assertEqual(client._leader, 2, "an answer of the replaced member makes nothing the leader")
+            client._after_unanswered(1, old)
+            self.assertNotIn(1, client._failed, "its silence does not make the new member distrusted")
             self.assertEqual(client._target_of(hint(past + 1)), 3, "the leader's entry is passed over")
             self.assertEqual(len(client.endpoints), 1 + MAX_HINTED_TARGETS)
             self.assertEqual(client.endpoints[:4], ["127.0.0.1:7379", hint(past), hint(1), hint(past + 1)])
@@ -1174,6 +1193,45 @@ class OfflineScriptedTest(unittest.TestCase):
             self.assertEqual(answered, [2, 2], "a member bound to a wildcard address names no host to go to")
             self.assertEqual(client.endpoints, [follower_addr])
 
+    def test_a_call_told_to_stay_ends_with_its_members_failure_and_tries_no_other(self):
+        from latch.client import _unary
+
+        members = [CutOffKV(), CutOffKV()]
+        endpoints = [serve(self, kv_pb2_grpc.add_KVServicer_to_server, m) for m in members]
+        put = kv_pb2.PutRequest(key=b"k", value=b"v", request_id="r")
+        with latch.Client(endpoints, retry_budget=0.5) as client:
+            attempt = lambda t, timeout: _unary(t, "kv", "Put", put, timeout)  # noqa: E731
+            stay = threading.Event()
+            stay.set()
+            with self.assertRaises(latch.LatchError) as caught:
+                client._attempts("KV.Put", attempt, write=True, stay=stay)
+            self.assertEqual(caught.exception.code, grpc.StatusCode.UNAVAILABLE, "the member's own failure")
+            self.assertEqual([m.calls for m in members], [1, 0], "no other member was tried")
+            with self.assertRaises(latch.LatchError):
+                client._attempts("KV.Put", attempt, write=True)
+            self.assertGreater(members[1].calls, 0, "without it, the call moves on")
+
+    def test_close_ends_a_call_in_flight_on_a_member_a_hint_replaced(self):
+        from latch.client import MAX_HINTED_TARGETS
+
+        member = HeldKV()
+        held = serve(self, kv_pb2_grpc.add_KVServicer_to_server, member)
+        self.addCleanup(member.release.set)
+        client = latch.Client(["127.0.0.1:1"], request_timeout=30)
+        # The first learnt member is the one that holds reads; the others are never asked.
+        for addr in [held] + [f"127.0.0.2:{8000 + n}" for n in range(MAX_HINTED_TARGETS - 1)]:
+            client._target_of(addr)
+        client._preferred = 1  # reads go to the first learnt member
+        read = in_thread(lambda: client.get("a"))
+        self.assertTrue(member.reached.wait(PATIENCE), "the read reached the learnt member")
+        client._preferred = 0  # reads moved on meanwhile; then a hint replaces the first learnt member
+        self.assertEqual(client._target_of("127.0.0.3:9000"), 1)
+        client.close()
+        with self.assertRaises(latch.LatchError) as caught:
+            result(read)
+        self.assertEqual(caught.exception.code, grpc.StatusCode.CANCELLED,
+                         "the read on the replaced member ended with the client, not 10 s later")
+
     def test_a_not_found_outranks_the_other_attempts_failure(self):
         from latch.session import Session
 
@@ -1184,7 +1242,7 @@ class OfflineScriptedTest(unittest.TestCase):
                  latch.LatchError(grpc.StatusCode.UNAVAILABLE, "cut off")]
         started = []
 
-        def start(until, cap, answers, at):
+        def start(until, cap, answers, at, stay=None):
             started.append(cap)
             flight = type("Flight", (), {"cancel": lambda self: None})()
             if cap is not None:  # the second: both answers come now, the NOT_FOUND first
@@ -1193,7 +1251,8 @@ class OfflineScriptedTest(unittest.TestCase):
             return flight
 
         session._start_keep_alive = start
-        session.client = type("C", (), {"_write_start": lambda self: 0, "_after_unanswered": lambda self, i: i + 1})()
+        session.client = type("C", (), {"_write_start": lambda self: 0, "target": lambda self, i: None,
+                                        "_after_unanswered": lambda self, i, target: i + 1})()
         with self.assertRaises(latch.LatchError) as caught:
             session._keep_alive_hedged(until=time.monotonic() + 60, hedge_after=0.01)
         self.assertEqual(caught.exception.code, grpc.StatusCode.NOT_FOUND, "the session may be gone: said so")

@@ -257,6 +257,22 @@ enum Route {
     From(usize),
 }
 
+/// How long a call's attempts may take, and whether it may move on after a failure.
+#[derive(Debug, Clone, Copy)]
+struct Patience<'a> {
+    /// What each attempt may take beyond the request timeout; `None`: as long as it takes.
+    wait: Option<Duration>,
+    /// The most each attempt may take, whatever `wait` says.
+    cap: Option<Duration>,
+    /// Once set, a failure ends the call: it tries no other member.
+    stay: Option<&'a AtomicBool>,
+}
+
+impl Patience<'_> {
+    /// Each attempt within the request timeout, and on to the next member after a failure.
+    const RETRY: Patience<'static> = Patience { wait: Some(Duration::ZERO), cap: None, stay: None };
+}
+
 impl Client {
     /// A client of the cluster reachable at these endpoints (`"host:port"`, or
     /// `"http://host:port"`), with the default [`ClientOptions`]. Opens no connection yet.
@@ -311,7 +327,8 @@ impl Client {
     }
 
     /// The endpoints known to this client (`host:port`): the ones given to
-    /// [`connect`](Client::connect), then any leader address a member has named since.
+    /// [`connect`](Client::connect), then the leader addresses members have named since (the
+    /// 16 most recent, each new one in the place of the oldest not in use).
     pub fn endpoints(&self) -> Vec<String> {
         self.targets().list.iter().map(|t| t.addr.clone()).collect()
     }
@@ -371,7 +388,7 @@ impl Client {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.call_limited(Lane::Calls, Route::Preferred, method, Some(Duration::ZERO), None, attempt).await
+        self.call_limited(Lane::Calls, Route::Preferred, method, Patience::RETRY, attempt).await
     }
 
     /// Like [`call`](Client::call), for a write: sent first to the leader, when known. Its
@@ -389,38 +406,49 @@ impl Client {
     /// Like [`write`](Client::write), starting at endpoint `from` ([`Client::write_start`]),
     /// with each attempt given at most `cap` (and the request timeout) before the next member
     /// is tried: for a call that must be answered within a deadline of its own (a keepalive,
-    /// within the lease) even when a member stops answering.
+    /// within the lease) even when a member stops answering. Once `stay` is set, the next
+    /// failure ends the call instead (a hedged keepalive's first attempt, once its hedge was
+    /// granted).
     pub(crate) async fn write_capped<T, F, Fut>(
         &self,
         method: &'static str,
         from: usize,
         cap: Duration,
+        stay: &AtomicBool,
         attempt: F,
     ) -> Result<T, Error>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.call_limited(Lane::Calls, Route::From(from), method, Some(Duration::ZERO), Some(cap), attempt)
-            .await
+        let patience = Patience { cap: Some(cap), stay: Some(stay), ..Patience::RETRY };
+        self.call_limited(Lane::Calls, Route::From(from), method, patience, attempt).await
     }
 
     /// The endpoint a write starts at now: the leader, when known (and writes go there), else
     /// the preferred one.
     pub(crate) fn write_start(&self) -> usize {
-        let targets = self.targets();
-        match targets.leader {
-            Some(leader) if self.inner.options.writes_to_leader => leader,
-            _ => targets.preferred,
-        }
+        self.write_start_at().0
     }
 
-    /// The endpoint after `index`, which stopped answering a call and is distrusted as the
-    /// leader for a while (where a hedged keepalive's second attempt starts, whatever other
-    /// calls did meanwhile).
-    pub(crate) fn after_unanswered(&self, index: usize) -> usize {
+    /// [`write_start`](Client::write_start) and the address there.
+    pub(crate) fn write_start_at(&self) -> (usize, String) {
+        let targets = self.targets();
+        let index = match targets.leader {
+            Some(leader) if self.inner.options.writes_to_leader => leader,
+            _ => targets.preferred,
+        };
+        (index, targets.list[index].addr.clone())
+    }
+
+    /// The endpoint after `index`, which stopped answering a call to `addr` and is distrusted
+    /// as the leader for a while, unless another address took its place meanwhile (where a
+    /// hedged keepalive's second attempt starts, whatever other calls did meanwhile).
+    pub(crate) fn after_unanswered(&self, index: usize, addr: &str) -> usize {
         let mut targets = self.targets();
-        targets.failed.insert(index, Instant::now());
+        if targets.list[index].addr == addr {
+            targets.failed.insert(index, Instant::now());
+        }
         (index + 1) % targets.list.len()
     }
 
@@ -431,7 +459,7 @@ impl Client {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.call_limited(Lane::Streams, Route::Preferred, method, Some(Duration::ZERO), None, attempt).await
+        self.call_limited(Lane::Streams, Route::Preferred, method, Patience::RETRY, attempt).await
     }
 
     /// Like [`write`](Client::write), for a write that may wait on the server (a lock's
@@ -448,7 +476,8 @@ impl Client {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let answer = self.call_limited(Lane::Calls, Route::Leader, method, wait, None, attempt).await;
+        let patience = Patience { wait, ..Patience::RETRY };
+        let answer = self.call_limited(Lane::Calls, Route::Leader, method, patience, attempt).await;
         // A write applied although its call failed (its answer's data not kept) is a floor too.
         let revision = match &answer {
             Ok(answer) => answer.header().map(|h| h.revision),
@@ -463,8 +492,7 @@ impl Client {
         lane: Lane,
         route: Route,
         method: &'static str,
-        wait: Option<Duration>,
-        cap: Option<Duration>,
+        patience: Patience<'_>,
         mut attempt: F,
     ) -> Result<T, Error>
     where
@@ -472,6 +500,7 @@ impl Client {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         // (attempt timeout, deadline of the whole call); none for a call that may wait forever.
+        let Patience { wait, cap, stay } = patience;
         let limits = wait.map(|wait| {
             let options = self.inner.options;
             let (per_attempt, budget) = (options.request_timeout + wait, options.retry_budget + wait);
@@ -510,7 +539,7 @@ impl Client {
                         return Err(Error::from(stray));
                     }
                     let named = response.metadata().get(LEADER_ADDR_METADATA).and_then(|v| v.to_str().ok());
-                    self.answered(index, route, named);
+                    self.answered(index, &target.addr, route, named);
                     return Ok(response.into_inner());
                 }
                 Ok(Err(status)) | Err(status) => status,
@@ -522,7 +551,8 @@ impl Client {
             // A member of another cluster refused the call: it is no member of ours, whatever
             // it says of its own leader; the call goes on to the next endpoint.
             let foreign = cluster.foreign(named);
-            if !is_retryable(&status) && !foreign {
+            let staying = stay.is_some_and(|stay| stay.load(Ordering::Acquire));
+            if (!is_retryable(&status) && !foreign) || staying {
                 return Err(Error::from(with_context(status, &target.addr)));
             }
             let hint = leader_hint(&status).filter(|_| !foreign);
@@ -539,7 +569,7 @@ impl Client {
                 leader_hint = hint.as_deref(),
                 "retrying on another endpoint"
             );
-            (index, target) = self.next_target(index, route, hint.as_deref(), answered);
+            (index, target) = self.next_target(index, &target.addr, route, hint.as_deref(), answered);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
@@ -563,16 +593,19 @@ impl Client {
 
     /// Records who answered: a read's endpoint becomes the preferred one; a write's, the leader
     /// unless it named another. A leader named by any answer is where writes go next, unless it
-    /// failed a call within [`DISTRUSTED_FOR`].
-    fn answered(&self, index: usize, route: Route, named: Option<&str>) {
+    /// failed a call within [`DISTRUSTED_FOR`]. `addr` is the endpoint that answered: if
+    /// another took its place at `index` meanwhile, only the named leader is recorded.
+    fn answered(&self, index: usize, addr: &str, route: Route, named: Option<&str>) {
         let mut targets = self.targets();
-        targets.failed.remove(&index);
-        let named = named.filter(|_| self.inner.options.writes_to_leader).and_then(|a| targets.trusted(a));
-        if self.routes_writes(route) {
-            targets.leader = Some(index);
-        } else {
-            targets.preferred = index;
+        if targets.list[index].addr == addr {
+            targets.failed.remove(&index);
+            if self.routes_writes(route) {
+                targets.leader = Some(index);
+            } else {
+                targets.preferred = index;
+            }
         }
+        let named = named.filter(|_| self.inner.options.writes_to_leader).and_then(|a| targets.trusted(a));
         if named.is_some() {
             targets.leader = named;
         }
@@ -581,17 +614,21 @@ impl Client {
     /// The endpoint to try after `failed`: the named leader if there is a usable hint (added to
     /// the list if new), else the next endpoint in the list. A write's failed endpoint is no
     /// longer taken for the leader. One that did not answer (`answered`: it sent its own
-    /// failure, naming our cluster) is distrusted as the leader for a while.
+    /// failure, naming our cluster) is distrusted as the leader for a while. `addr` is the
+    /// endpoint that failed: if another took its place at `failed` meanwhile, that one is
+    /// neither distrusted nor dropped as the leader for it.
     fn next_target(
         &self,
         failed: usize,
+        addr: &str,
         route: Route,
         hint: Option<&str>,
         answered: bool,
     ) -> (usize, Target) {
         let mut targets = self.targets();
+        let replaced = targets.list[failed].addr != addr;
         // A member that answered, or named the leader, is there; one that did not may not be.
-        if !answered && hint.is_none() {
+        if !answered && hint.is_none() && !replaced {
             targets.failed.insert(failed, Instant::now());
         }
         let hinted = hint.and_then(|addr| targets.trusted(addr));
@@ -600,7 +637,7 @@ impl Client {
             // A write's failure leaves reads where they are (a member behind the one they
             // were on could answer below what they saw). A leader another call learnt
             // meanwhile stays.
-            if hinted.is_some() || targets.leader == Some(failed) {
+            if hinted.is_some() || (targets.leader == Some(failed) && !replaced) {
                 targets.leader = hinted;
             }
         } else {
@@ -871,6 +908,47 @@ mod tests {
         let known = targets.list.iter().map(|t| t.addr.as_str()).collect::<Vec<_>>();
         assert_eq!(known[..4], ["127.0.0.1:7379", &hint(past), &hint(1), &hint(past + 1)]);
         assert!(!known.contains(&hint(0).as_str()), "the replaced endpoints are gone: {known:?}");
+    }
+
+    /// A call in flight on a learnt endpoint that a hint then replaced fails, or is answered:
+    /// what it says is not charged to the endpoint that took its place (which would be
+    /// distrusted for 10 s and dropped as the leader, or taken for the leader on no word).
+    #[tokio::test]
+    async fn a_call_in_flight_on_a_replaced_endpoint_says_nothing_of_the_one_that_took_its_place() {
+        let client = Client::connect(["127.0.0.1:7379"]).await.expect("valid endpoint");
+        let hint = |port: usize| format!("127.0.0.2:{}", 8000 + port);
+        let old = {
+            let mut targets = client.targets();
+            for port in 0..MAX_HINTED_TARGETS {
+                targets.index_of(&hint(port));
+            }
+            targets.leader = Some(2);
+            targets.list[1].addr.clone()
+        };
+        // A write in flight on slot 1 (its old endpoint); then a hint names a new leader, which
+        // takes slot 1, the oldest learnt one not in use.
+        let new = hint(MAX_HINTED_TARGETS);
+        let slot = client.targets().trusted(&new);
+        assert_eq!(slot, Some(1), "the new leader takes the oldest learnt slot");
+        client.targets().leader = slot;
+
+        client.next_target(1, &old, Route::Leader, None, false);
+        let targets = client.targets();
+        assert_eq!(targets.leader, Some(1), "the new leader is still where writes go");
+        assert!(
+            !targets.failed.contains_key(&1),
+            "the new leader is not distrusted for the old one's failure"
+        );
+        drop(targets);
+        client.targets().leader = Some(2);
+        client.answered(1, &old, Route::Leader, None);
+        assert_eq!(
+            client.targets().leader,
+            Some(2),
+            "an answer of the old endpoint makes nothing the leader"
+        );
+        client.answered(1, &new, Route::Leader, None);
+        assert_eq!(client.targets().leader, Some(1), "the new one's own answer does");
     }
 
     #[test]

@@ -182,7 +182,7 @@ impl Client {
         ended: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<KeepAliveResponse, Error> {
         use futures::future::{select, Either};
-        let start = self.write_start();
+        let (start, start_addr) = self.write_start_at();
         // Set once the second is granted: the first, left in the background, stays where it is.
         let granted = Arc::new(AtomicBool::new(false));
         let mut first = {
@@ -196,7 +196,7 @@ impl Client {
         }
         // After the member the first went to, whatever other calls learnt meanwhile: hedges of
         // several sessions at once all leave the member that stopped answering.
-        let next = self.after_unanswered(start);
+        let next = self.after_unanswered(start, &start_addr);
         let moves_on = AtomicBool::new(false);
         let second = Box::pin(self.keep_alive_within(id, next, hedge_after, &moves_on));
         let (failed, other) = match select(first, second).await {
@@ -237,7 +237,7 @@ impl Client {
 
     /// One keepalive starting at endpoint `from`, each member it tries given at most `cap` (and
     /// the request timeout); once `stay` is set, it tries no other member after the one it
-    /// is on (it ends CANCELLED instead).
+    /// is on (it ends with that member's failure).
     async fn keep_alive_within(
         &self,
         id: &str,
@@ -245,16 +245,9 @@ impl Client {
         cap: Duration,
         stay: &AtomicBool,
     ) -> Result<KeepAliveResponse, Error> {
-        let mut sent = false;
-        self.write_capped("KeepAlive", from, cap, |channel| {
+        self.write_capped("KeepAlive", from, cap, stay, |channel| {
             let request = KeepAliveRequest { id: id.to_string() };
-            let moving_on = std::mem::replace(&mut sent, true) && stay.load(Ordering::Acquire);
             async move {
-                if moving_on {
-                    return Err(Status::cancelled(
-                        "a keepalive left to run on after its hedge was granted tries no other member",
-                    ));
-                }
                 let opened = SessionClient::new(channel)
                     .keep_alive(futures::stream::once(async move { request }))
                     .await?;
@@ -817,6 +810,7 @@ mod tests {
         let live = member(Keepalives::After(Duration::ZERO));
         let at_live = live.1.clone();
         let endpoints = [serve(frozen).await, serve(live).await];
+        let frozen_addr = endpoints[0].clone();
         let options =
             crate::ClientOptions { request_timeout: Duration::from_millis(500), ..Default::default() };
         let client = Client::connect_with(endpoints, options).await.expect("valid endpoints");
@@ -835,6 +829,11 @@ mod tests {
             asked(&at_live),
             1,
             "the first attempt, once its hedge was granted, should not retry on the live member"
+        );
+        let failure = client.last_failure().unwrap_or_default();
+        assert!(
+            failure.contains(&frozen_addr) && failure.contains("no answer within"),
+            "the client's last failure is the frozen member's timeout, nothing made up: {failure}"
         );
     }
 

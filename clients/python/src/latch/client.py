@@ -16,6 +16,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, TypeVar, Union
 
 import grpc
@@ -403,6 +404,9 @@ class Client:
         #: still holding a replaced index records its answer against the member that took its
         #: place (one just named the leader), which the next call's answer puts right.
         self._next_replaced = 0
+        #: Members a hint replaced that a call or stream may still be on: ``close()`` closes them
+        #: too. Each leaves the set when nothing holds it any more.
+        self._retired: "weakref.WeakSet[_Target]" = weakref.WeakSet()
         self._preferred = 0
         #: Where writes start: the member a follower last named, or that last answered a write.
         self._leader: Optional[int] = None
@@ -427,7 +431,7 @@ class Client:
         """Closes every connection; calls in flight fail CANCELLED, later ones at once."""
         with self._lock:
             self._closed = True
-            targets = list(self._targets)
+            targets = list(self._targets) + list(self._retired)
         for t in targets:
             t.close()
 
@@ -438,7 +442,8 @@ class Client:
 
     @property
     def endpoints(self) -> List[str]:
-        """The members known: those given, then leaders that members named."""
+        """The members known: those given, then leaders that members named (the 16 most
+        recent, each new one in the place of the oldest not in use)."""
         with self._lock:
             return [t.addr for t in self._targets]
 
@@ -464,6 +469,7 @@ class Client:
             _log.debug("a leader hint naming %s replaces %s, the oldest learnt member", addr, self._targets[i].addr)
             self._next_replaced = (i - self._given + 1) % MAX_HINTED_TARGETS
             self._failed.pop(i, None)
+            self._retired.add(self._targets[i])
             self._targets[i] = _Target(addr, self._cluster)
             return i
 
@@ -501,12 +507,15 @@ class Client:
         with self._lock:
             self._probing = False
 
-    def _after_unanswered(self, i: int) -> int:
-        """The member after ``i``, which stopped answering a call and is distrusted as the
-        leader for a while: where a hedged keepalive's second attempt starts, whatever other
-        calls did meanwhile (hedges of several sessions at once all leave ``i``)."""
+    def _after_unanswered(self, i: int, target: "_Target") -> int:
+        """The member after ``i``, whose ``target`` stopped answering a call and is distrusted
+        as the leader for a while (unless a hint put another member in its place meanwhile):
+        where a hedged keepalive's second attempt starts, whatever other calls did meanwhile
+        (hedges of several sessions at once all leave ``i``)."""
         with self._lock:
-            self._failed[i] = time.monotonic()
+            i %= len(self._targets)
+            if self._targets[i] is target:
+                self._failed[i] = time.monotonic()
             return (i + 1) % len(self._targets)
 
     def _trusted(self, addr: str) -> Optional[int]:
@@ -522,20 +531,22 @@ class Client:
             return None
         return i
 
-    def _answered(self, i: int, write: bool, named: Optional[str]) -> None:
-        """Records who answered: a read's member becomes the preferred one; a write's, the
-        leader unless it named another. A leader named by any answer is where writes go next,
-        unless it failed a call within ``DISTRUSTED_FOR``."""
-        with self._lock:
-            self._failed.pop(i % len(self._targets), None)
-        leader = self._trusted(named) if named is not None and self.writes_to_leader else None
+    def _answered(self, i: int, target: "_Target", write: bool, named: Optional[str]) -> None:
+        """Records who answered (``target``, at ``i``): a read's member becomes the preferred
+        one; a write's, the leader unless it named another. A leader named by any answer is where
+        writes go next, unless it failed a call within ``DISTRUSTED_FOR``. If a hint put another
+        member at ``i`` meanwhile, only the named leader is recorded."""
         with self._lock:
             i %= len(self._targets)
-            if write:
-                self._leader = i
-            else:
-                self._preferred = i
-            if leader is not None:
+            if self._targets[i] is target:
+                self._failed.pop(i, None)
+                if write:
+                    self._leader = i
+                else:
+                    self._preferred = i
+        leader = self._trusted(named) if named is not None and self.writes_to_leader else None
+        if leader is not None:
+            with self._lock:
                 self._leader = leader
 
     def _wrote(self, response) -> None:
@@ -555,7 +566,8 @@ class Client:
     def _attempts(self, what: str, attempt: Callable[["_Target", Optional[float]], T], *,
                   wait: Optional[float] = 0.0, until: Optional[float] = None,
                   stop: Optional[threading.Event] = None, cap: Optional[float] = None,
-                  write: bool = False, start: Optional[int] = None) -> T:
+                  write: bool = False, start: Optional[int] = None,
+                  stay: Optional[threading.Event] = None) -> T:
         """Runs ``attempt(target, timeout)`` on one member after another until one answers,
         an error that must not be retried comes back, or the retry budget is spent. An attempt
         returns ``(result, initial metadata)``: a leader the metadata names is where writes go
@@ -566,7 +578,9 @@ class Client:
         end of the whole call (its budget, ``retry_budget + wait``). ``until``: a
         ``time.monotonic()`` instant no attempt may outlast (DEADLINE_EXCEEDED after it).
         ``stop``: an event that ends the retries (CANCELLED) when set. ``cap``: the longest any
-        one attempt may take (a hedged keepalive's second attempt)."""
+        one attempt may take (a hedged keepalive's second attempt). ``stay``: an event that,
+        once set, makes the next failure end the call, tried on no other member (a hedged
+        keepalive's first attempt, once its hedge was granted)."""
         per_attempt = None if wait is None else self.request_timeout + wait
         if cap is not None:
             per_attempt = cap if per_attempt is None else min(per_attempt, cap)
@@ -601,12 +615,15 @@ class Client:
                 # A member of another cluster refused the call: no member of ours, whatever it
                 # says of its own leader; the call goes on to the next member.
                 foreign = self._cluster.learn(named)
-                if error.code not in RETRYABLE and not foreign:
+                if (error.code not in RETRYABLE and not foreign) or (stay is not None and stay.is_set()):
                     raise error from None
                 hint = None if foreign else _endpoint_or_none(trailing(e, LEADER_ADDR_METADATA))
                 # Named our cluster: the member itself answered (the connection is fine).
                 answered = named is not None and not foreign
-                if not hint and not answered:
+                with self._lock:
+                    # Unless a hint put another member in its place meanwhile.
+                    ours = self._targets[failed_at] is target
+                if not hint and not answered and ours:
                     # A member that answered, or named the leader, is there; one that did not may not be.
                     with self._lock:
                         self._failed[failed_at] = time.monotonic()
@@ -625,7 +642,7 @@ class Client:
                     with self._lock:
                         if hinted:
                             self._leader = i
-                        elif self._leader == failed_at:
+                        elif self._leader == failed_at and ours:
                             self._leader = None
                 if time.monotonic() + pause >= deadline:
                     raise LatchError(error.code, f"{what}: {error.message} (retried for {budget:.1f} s)",
@@ -645,7 +662,7 @@ class Client:
                                  f"{self._cluster.id} that this client talks to (its endpoints name members "
                                  f"of two clusters; give it cluster_id=); the request may have taken effect there",
                                  target.addr)
-            self._answered(i, write, _named(metadata))
+            self._answered(i, target, write, _named(metadata))
             return result
 
     def _call(self, service: str, method: str, request, *, wait: Optional[float] = 0.0,

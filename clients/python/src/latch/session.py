@@ -235,7 +235,10 @@ class Session:
         going is cancelled."""
         answers: "queue.Queue" = queue.Queue()
         start = self.client._write_start()
-        attempts = [self._start_keep_alive(until, None, answers, start)]
+        first_target = self.client.target(start)
+        # Set once the second is granted: the first, left to run on, stays on its member.
+        granted = threading.Event()
+        attempts = [self._start_keep_alive(until, None, answers, start, granted)]
         running_on = None
         try:
             try:
@@ -244,9 +247,11 @@ class Session:
                 pass
             else:
                 return _granted_or_raise(ack, failed)
-            attempts.append(self._start_keep_alive(until, hedge_after, answers, self.client._after_unanswered(start)))
+            after = self.client._after_unanswered(start, first_target)
+            attempts.append(self._start_keep_alive(until, hedge_after, answers, after))
             flight, ack, failed = answers.get()
             if failed is None:
+                granted.set()
                 if flight is attempts[1] and self.client._take_probe():
                     running_on = attempts[0]
                     running_on.when_ended(self.client._end_probe)
@@ -263,10 +268,11 @@ class Session:
                     attempt.cancel()  # the one still going, if any
 
     def _start_keep_alive(self, until: float, cap: Optional[float], answers: "queue.Queue",
-                          start: int) -> "_InFlight":
+                          start: int, stay: Optional[threading.Event] = None) -> "_InFlight":
         """Starts one keepalive at member ``start`` (with the client's retries over the members,
-        each member given at most ``cap`` when set) on a thread of its own; ``(flight, ack, None)``
-        or ``(flight, None, error)`` goes to ``answers``, ``flight`` being what it returns."""
+        each member given at most ``cap`` when set, and none after ``stay`` is set) on a thread
+        of its own; ``(flight, ack, None)`` or ``(flight, None, error)`` goes to ``answers``,
+        ``flight`` being what it returns."""
         flight = self._begin()
 
         def attempt(target, timeout):
@@ -283,7 +289,7 @@ class Session:
         def run():
             try:
                 ack = self.client._attempts("Session.KeepAlive", attempt, until=until, stop=flight.stop, cap=cap,
-                                            write=True, start=start)
+                                            write=True, start=start, stay=stay)
                 answers.put((flight, ack, None))
             except _Unanswered:
                 answers.put((flight, None, LatchError(grpc.StatusCode.UNAVAILABLE,
