@@ -99,6 +99,8 @@ pub const METHODS: &[&str] = &[
     "/latch.v1.Election/Observe",
     "/latch.v1.Election/Resign",
     "/latch.v1.Election/Withdraw",
+    "/latch.v1.Election/Describe",
+    "/latch.v1.Election/List",
     "/latch.v1.Registry/Register",
     "/latch.v1.Registry/Deregister",
     "/latch.v1.Registry/Heartbeat",

@@ -21,11 +21,15 @@ use super::{
     Output, UsageError,
 };
 
+/// The subcommands of `latch elect`: names no election may take.
+const SUBCOMMANDS: [&str; 2] = ["describe", "list"];
+
 /// `latch elect`.
 #[derive(Debug, Args)]
 #[command(
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
+    disable_help_subcommand = true,
     after_help = "Exit status: 0 after resigning on SIGINT (Ctrl-C), SIGTERM or SIGHUP; 128 + \
                   the signal if one came while campaigning (the campaign is withdrawn); 1 if the \
                   campaign failed; 3 if the session was lost while leading; 2 usage error.\n\
@@ -102,6 +106,14 @@ async fn take_part(command: RunArgs, client: &ClientArgs) -> anyhow::Result<Exit
     let Some(name) = command.name.clone().filter(|n| !n.is_empty()) else {
         return Err(UsageError("the election's NAME must not be empty".into()).into());
     };
+    // A flag before the subcommand (`latch elect --output json describe db`) leaves clap
+    // reading it as NAME VALUE: a campaign nobody asked for.
+    if SUBCOMMANDS.contains(&name.as_str()) {
+        return Err(UsageError(format!(
+            "{name:?} is a subcommand, not an election NAME; put flags after it: `latch elect {name} … --output json`"
+        ))
+        .into());
+    }
     let (output, timeout) = (client.output, client.timeout);
     let client = client.connect().await?;
     let election = client.election(name.clone());

@@ -756,6 +756,15 @@ async fn cli_elect_describe_and_list_show_the_leader_and_the_candidates_in_order
     let bad = latch(&c, &["elect", "describe", ""]).await;
     assert_eq!(bad.status.code(), Some(1));
     assert!(stderr(&bad).contains("INVALID_ARGUMENT") && stderr(&bad).contains("name"), "{}", stderr(&bad));
+    // A flag before the subcommand reads as NAME VALUE: refused, not a campaign in "describe".
+    let flag_first = latch(&c, &["elect", "--output", "json", "describe", "db"]).await;
+    assert_eq!(flag_first.status.code(), Some(2), "a usage error: {}", stderr(&flag_first));
+    assert!(stderr(&flag_first).contains("\"describe\" is a subcommand"), "{}", stderr(&flag_first));
+    assert_eq!(
+        client.election("describe").describe().await.unwrap(),
+        None,
+        "nobody campaigned in \"describe\""
+    );
 }
 
 #[tokio::test]

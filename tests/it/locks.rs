@@ -760,8 +760,9 @@ async fn an_election_is_described_with_its_leader_its_candidates_in_order_and_a_
     let client = c.client().await;
     let election = client.election("db/primary").lock_delay(Duration::from_secs(3));
     assert_eq!(election.describe().await.unwrap(), None, "nobody leads or campaigns yet");
-    // x's session is kept alive by nobody: it expires a second after its creation.
-    let (x, _) = client.create_session(Duration::from_secs(1), "x").await.unwrap();
+    // x's session is kept alive by nobody: it expires 5 s after its creation (time enough for
+    // what follows on a loaded machine).
+    let (x, _) = client.create_session(Duration::from_secs(5), "x").await.unwrap();
     let lx = election.campaign(&x, "10.0.0.1").await.unwrap();
     let ttl = Duration::from_secs(30);
     let mut candidates = Vec::new();

@@ -1369,6 +1369,22 @@ class OfflineScriptedTest(unittest.TestCase):
             self.assertEqual(session._turns.names_in_use(), [])
             session.abandon()
 
+    def test_a_turn_whose_lock_was_dropped_is_waited_for_by_its_thread_before_the_background_release_begins(self):
+        from latch.lock import _Turns
+
+        # The finalizer of a Lock dropped unreleased marks its turn before the thread that
+        # releases it starts; a lock of the name from the dropping thread, in between, waits for
+        # that release instead of being told the thread holds the name already.
+        turns = _Turns()
+        turn = turns.take("l", None)
+        with self.assertRaises(latch.LatchError) as caught:
+            turns.take("l", None)
+        self.assertIn("holds the session's lock 'l' already", caught.exception.message, "while its Lock lives")
+        turn.dropped()
+        self.assertIsNone(turns.take("l", 0.05), "waits (and here runs out), the release not begun yet")
+        turn.give_back()
+        self.assertIsNotNone(turns.take("l", 0.05), "the turn once given back")
+
     def test_a_session_lock_retried_while_the_first_ones_withdrawal_runs_waits_for_it_then_gets_a_fresh_grant(self):
         member = ReentrantLocks(lose_first=True)
         endpoint = serve(self, lock_pb2_grpc.add_LockServicer_to_server, member)

@@ -551,8 +551,9 @@ impl Client {
             // A member of another cluster refused the call: it is no member of ours, whatever
             // it says of its own leader; the call goes on to the next endpoint.
             let foreign = cluster.foreign(named);
-            let staying = stay.is_some_and(|stay| stay.load(Ordering::Acquire));
-            if (!is_retryable(&status) && !foreign) || staying {
+            // Once set, the call tries no other member: it ends with the failure it met.
+            let staying = || stay.is_some_and(|stay| stay.load(Ordering::Acquire));
+            if (!is_retryable(&status) && !foreign) || staying() {
                 return Err(Error::from(with_context(status, &target.addr)));
             }
             let hint = leader_hint(&status).filter(|_| !foreign);
@@ -569,8 +570,12 @@ impl Client {
                 leader_hint = hint.as_deref(),
                 "retrying on another endpoint"
             );
+            let failure = with_context(status, &target.addr);
             (index, target) = self.next_target(index, &target.addr, route, hint.as_deref(), answered);
             tokio::time::sleep(backoff).await;
+            if staying() {
+                return Err(Error::from(failure));
+            }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
@@ -789,11 +794,11 @@ written!(
     HeartbeatResponse,
 );
 
-/// Whether a failed attempt may be sent again, to another endpoint. Only for requests that are
-/// safe to resend, which every call of this client is (see the module doc).
 /// Every page of a list paged by name: `page(start_after)` answers a page and whether more
 /// follow, `name` names an item; each page is asked with the last name of the one before (and
-/// read at its own revision, as a paged list in etcd).
+/// read at its own revision, as a paged list in etcd). A page that does not begin after the
+/// name it was asked to start after (a member that does not page) is FAILED_PRECONDITION,
+/// not a loop; an empty page ends the list.
 pub(crate) async fn every_page<T, Fut>(
     mut page: impl FnMut(String) -> Fut,
     name: impl Fn(&T) -> String,
@@ -804,7 +809,15 @@ where
     let mut all = Vec::new();
     let mut start_after = String::new();
     loop {
-        let (items, more) = page(start_after).await?;
+        let (items, more) = page(start_after.clone()).await?;
+        if let Some(first) =
+            items.first().map(&name).filter(|first| !start_after.is_empty() && *first <= start_after)
+        {
+            return Err(Error::from(Status::failed_precondition(format!(
+                "the member answered a page starting at {first:?}, not after {start_after:?}: it does not \
+                 page (a member older than this client?)"
+            ))));
+        }
         let last = items.last().map(&name);
         all.extend(items);
         match last {
@@ -814,6 +827,8 @@ where
     }
 }
 
+/// Whether a failed attempt may be sent again, to another endpoint. Only for requests that are
+/// safe to resend, which every call of this client is (see the module doc).
 fn is_retryable(status: &Status) -> bool {
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded => true,
@@ -949,6 +964,24 @@ mod tests {
         );
         client.answered(1, &new, Route::Leader, None);
         assert_eq!(client.targets().leader, Some(1), "the new one's own answer does");
+    }
+
+    /// A member that answers the first page again (one that does not page) is an error, not a
+    /// loop; an empty page ends the list, whatever `more` says.
+    #[tokio::test]
+    async fn a_paged_list_stops_at_a_page_that_does_not_move_on() {
+        let names = |page: &[&str]| page.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let again = every_page(|_| async { Ok((names(&["a", "b"]), true)) }, String::clone).await;
+        assert_eq!(again.map_err(|e| e.code()), Err(Code::FailedPrecondition), "the same page twice");
+        let ended =
+            every_page(
+                |after: String| async move {
+                    Ok((if after.is_empty() { names(&["a"]) } else { Vec::new() }, true))
+                },
+                String::clone,
+            )
+            .await;
+        assert_eq!(ended.map_err(|e| e.to_string()), Ok(names(&["a"])), "an empty page ends it");
     }
 
     #[test]

@@ -39,7 +39,10 @@ impl Client {
             let r = self
                 .call("List", |channel| {
                     let request = request.clone();
-                    async move { ElectionClient::new(channel).list(request).await }
+                    // A page is as large as the member's --max-response-bytes allows.
+                    async move {
+                        ElectionClient::new(channel).max_decoding_message_size(usize::MAX).list(request).await
+                    }
                 })
                 .await?;
             Ok((r.elections, r.more))
@@ -145,7 +148,10 @@ impl Election {
             .client
             .call("Describe", |channel| {
                 let request = request.clone();
-                async move { ElectionClient::new(channel).describe(request).await }
+                // A row of 1,000 candidates with 4 KiB values is over tonic's 4 MiB default.
+                async move {
+                    ElectionClient::new(channel).max_decoding_message_size(usize::MAX).describe(request).await
+                }
             })
             .await?;
         Ok(r.election)

@@ -176,7 +176,13 @@ impl Client {
         let r = self
             .call("DescribeLock", |channel| {
                 let request = request.clone();
-                async move { LockClient::new(channel).describe_lock(request).await }
+                // A row of many holders and waiters may be over tonic's 4 MiB default.
+                async move {
+                    LockClient::new(channel)
+                        .max_decoding_message_size(usize::MAX)
+                        .describe_lock(request)
+                        .await
+                }
             })
             .await?;
         Ok(r.lock)
@@ -190,7 +196,13 @@ impl Client {
             let r = self
                 .call("ListLocks", |channel| {
                     let request = request.clone();
-                    async move { LockClient::new(channel).list_locks(request).await }
+                    // A page is as large as the member's --max-response-bytes allows.
+                    async move {
+                        LockClient::new(channel)
+                            .max_decoding_message_size(usize::MAX)
+                            .list_locks(request)
+                            .await
+                    }
                 })
                 .await?;
             Ok((r.locks, r.more))

@@ -521,6 +521,8 @@ mod tests {
         /// Until `until`, UNAVAILABLE naming `leader` as the leader (a follower that has not
         /// noticed its leader stopped); a grant after.
         Hinting { leader: String, until: Instant },
+        /// Until `until`, UNAVAILABLE naming no leader (an election under way); a grant after.
+        NoLeader { until: Instant },
     }
 
     /// A member that creates sessions with a 1 s TTL and answers keepalives as told (the
@@ -551,6 +553,17 @@ mod tests {
     /// How many keepalive calls the member counting into `n` was sent.
     fn asked(n: &Arc<std::sync::atomic::AtomicUsize>) -> usize {
         n.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the attempt `client` left running in the background (a hedged keepalive's first)
+    /// ended within 8 s: its turn to probe is free again.
+    async fn background_ended(client: &Client) -> bool {
+        let free = async {
+            while client.probe().is_none() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(8), free).await.is_ok()
     }
 
     /// Waits up to 2 s for the member counting its held calls into `held` to hold `n`; the
@@ -593,6 +606,10 @@ mod tests {
                     return Err(status);
                 }
                 Keepalives::Hinting { .. } => {}
+                Keepalives::NoLeader { until } if Instant::now() < until => {
+                    return Err(Status::unavailable("no leader"));
+                }
+                Keepalives::NoLeader { .. } => {}
             }
             let ack =
                 KeepAliveResponse { id: "s1".into(), ttl_ms: 1000, granted_ms: 1000, ..Default::default() };
@@ -818,13 +835,10 @@ mod tests {
 
         client.keep_alive_hedged(&id, Duration::from_millis(100)).await.expect("the hedge is granted");
         assert_eq!(asked(&at_live), 1, "the hedge renewed on the live member");
-        let background_ended = tokio::time::timeout(Duration::from_secs(5), async {
-            while client.probe().is_none() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await;
-        assert!(background_ended.is_ok(), "the first attempt should end at the request timeout (500 ms)");
+        assert!(
+            background_ended(&client).await,
+            "the first attempt should end at the request timeout (500 ms)"
+        );
         assert_eq!(
             asked(&at_live),
             1,
@@ -853,6 +867,28 @@ mod tests {
         .await;
         assert!(matches!(seen, Ok(Ok(SessionState::Expired))), "Expired once dropped, got {seen:?}");
         assert_eq!(*states.borrow(), SessionState::Expired, "and it stays so");
+    }
+
+    /// Both members answer "no leader" for 375 ms, the hedge going out after 100 ms: the hedge is
+    /// granted while the first attempt sleeps its backoff between two members, and the first,
+    /// once awake, goes to neither again (it would renew the session after its caller was
+    /// answered).
+    #[tokio::test]
+    async fn a_first_attempt_asleep_when_its_hedge_is_granted_does_not_move_on() {
+        let until = Instant::now() + Duration::from_millis(375);
+        let (a, b) = (member(Keepalives::NoLeader { until }), member(Keepalives::NoLeader { until }));
+        let (at_a, at_b) = (a.1.clone(), b.1.clone());
+        let endpoints = [serve(a).await, serve(b).await];
+        let client = Client::connect(endpoints).await.expect("valid endpoints");
+        let (id, _) = client.create_session(Duration::from_secs(1), "").await.expect("a session");
+        client.keep_alive_hedged(&id, Duration::from_millis(100)).await.expect("the hedge is granted");
+        let at_grant = (asked(&at_a), asked(&at_b));
+        assert!(background_ended(&client).await, "the first attempt should end");
+        assert_eq!(
+            (asked(&at_a), asked(&at_b)),
+            at_grant,
+            "the first attempt, asleep when its hedge was granted, should send no keepalive after"
+        );
     }
 
     /// Every member answers keepalives, slower than the sixth of the TTL after which another is

@@ -651,6 +651,8 @@ class Client:
                     time.sleep(pause)
                 elif stop.wait(pause):
                     raise LatchError(grpc.StatusCode.CANCELLED, f"{what}: stopped", target.addr) from None
+                if stay is not None and stay.is_set():
+                    raise error from None  # told to stay while it paused: no other member
                 continue
             named = _cluster_id(_metadata_value(metadata, CLUSTER_ID_METADATA))
             if self._cluster.learn(named):

@@ -214,6 +214,9 @@ def _release_dropped(client, turn: "_Turn", token: str) -> None:
         finally:
             turn.give_back()
 
+    # Before the thread starts: the dropping thread may lock the name again at once, and must
+    # then wait for this release, not be told it holds the name already.
+    turn.dropped()
     try:
         threading.Thread(target=run, name=f"latch-release-{turn.name}", daemon=True).start()
     except BaseException:  # noqa: BLE001 - no thread (interpreter shutting down, say)
@@ -242,6 +245,10 @@ class _Name:
         #: until only its release or withdrawal is left: a second lock of the name from it would
         #: wait for itself.
         self.holder: Optional[threading.Thread] = None
+        #: Set, without the map's lock, by the finalizer of the holder's ``Lock`` dropped
+        #: unreleased: the holder's thread no longer holds the turn, whose release is on its way
+        #: in the background (a lock of the name from that thread waits for it).
+        self.dropped = False
         self.users = 0
         self.free = threading.Condition(lock)
 
@@ -285,7 +292,7 @@ class _Turns:
                 while entry.held and not self._ended:
                     if wait == 0:
                         return None  # a Lock, its release or a withdrawal holds it
-                    if entry.holder is me:
+                    if entry.holder is me and not entry.dropped:
                         raise LatchError(grpc.StatusCode.FAILED_PRECONDITION,
                                          f"this thread holds the session's lock {name!r} already; release it "
                                          f"first")
@@ -308,8 +315,8 @@ class _Turns:
                     entry.free.wait(left)
                 if self._ended:
                     raise _ended_error(name)
-                entry.held, entry.releasing, entry.holder, taken = True, False, me, True
-                return _Turn(self, name)
+                entry.held, entry.releasing, entry.holder, entry.dropped, taken = True, False, me, False, True
+                return _Turn(self, name, entry)
             finally:
                 if not taken:
                     self._leave(name, entry)
@@ -358,7 +365,7 @@ class _Turns:
             entry = self._names.get(name)
             if entry is None:
                 return
-            entry.held = entry.releasing = False
+            entry.held = entry.releasing = entry.dropped = False
             entry.holder = None
             entry.free.notify_all()
             self._leave(name, entry)
@@ -376,12 +383,20 @@ class _Turn:
     unsettled, until its background withdrawal settled (``withdrawing``; the withdrawal gives it
     back). ``give_back()`` hands it to the next waiter; a second call does nothing."""
 
-    def __init__(self, turns: _Turns, name: str, *, counted: bool = True):
+    def __init__(self, turns: _Turns, name: str, entry: Optional[_Name] = None, *, counted: bool = True):
         self._turns = turns
         self.name = name
+        self._entry = entry
         self._held = counted
         #: Handed to the background withdrawal of a failed acquire, which gives it back.
         self.withdrawing = False
+
+    def dropped(self) -> None:
+        """Its ``Lock`` was dropped unreleased: the holder's thread no longer holds it. A plain
+        write, without the map's lock (the garbage collector runs finalizers in whatever thread
+        it is in, which may hold a lock another thread logs under while holding the map's)."""
+        if self._entry is not None:
+            self._entry.dropped = True
 
     def set_releasing(self) -> None:
         """Only a release (or a withdrawal) is left of this turn: a try-once lock of the name
