@@ -43,6 +43,7 @@ pub const LOST: u8 = 3;
 #[command(
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
+    disable_help_subcommand = true,
     after_help = "CMD sees LATCH_LOCK_SEQUENCER (the sequencer's string form) and LATCH_FENCING_TOKEN \
                   (its generation) in its environment.\n\
                   Exit status: CMD's own (128 + the signal that ended it); 1 if the lock was not acquired \

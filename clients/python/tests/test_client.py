@@ -934,6 +934,22 @@ class HeldKV(kv_pb2_grpc.KVServicer):
         return kv_pb2.RangeResponse()
 
 
+class HeldWatch(watch_pb2_grpc.WatchServicer):
+    """A member that opens each watch and then holds it, sending nothing, until released
+    (``release``) or 60 s; ``reached`` is set once one opened, ``ended`` once its client ended it."""
+
+    def __init__(self):
+        self.reached, self.release, self.ended = threading.Event(), threading.Event(), threading.Event()
+
+    def Watch(self, requests, context):
+        create = next(requests).create
+        context.add_callback(self.ended.set)
+        yield watch_pb2.WatchResponse(header=kv_pb2.ResponseHeader(revision=create.start_revision - 1),
+                                      watch_id=create.watch_id, created=True)
+        self.reached.set()
+        self.release.wait(60)
+
+
 class AppliedBeforeKV(NamingKV):
     """Reads as ``NamingKV``; every put fails FAILED_PRECONDITION as applied before at ``revision``,
     its answer's data not kept, as a retry whose first answer was lost is answered."""
@@ -1211,17 +1227,21 @@ class OfflineScriptedTest(unittest.TestCase):
                 client._attempts("KV.Put", attempt, write=True)
             self.assertGreater(members[1].calls, 0, "without it, the call moves on")
 
-    def test_close_ends_a_call_in_flight_on_a_member_a_hint_replaced(self):
+    def _learnt_first(self, held: str) -> latch.Client:
+        """A client that learnt 16 members from hints, the first of them ``held`` (the others are
+        never asked), and whose calls and streams start there."""
         from latch.client import MAX_HINTED_TARGETS
 
-        member = HeldKV()
-        held = serve(self, kv_pb2_grpc.add_KVServicer_to_server, member)
-        self.addCleanup(member.release.set)
         client = latch.Client(["127.0.0.1:1"], request_timeout=30)
-        # The first learnt member is the one that holds reads; the others are never asked.
         for addr in [held] + [f"127.0.0.2:{8000 + n}" for n in range(MAX_HINTED_TARGETS - 1)]:
             client._target_of(addr)
-        client._preferred = 1  # reads go to the first learnt member
+        client._preferred = 1
+        return client
+
+    def test_close_ends_a_call_in_flight_on_a_member_a_hint_replaced(self):
+        member = HeldKV()
+        client = self._learnt_first(serve(self, kv_pb2_grpc.add_KVServicer_to_server, member))
+        self.addCleanup(member.release.set)
         read = in_thread(lambda: client.get("a"))
         self.assertTrue(member.reached.wait(PATIENCE), "the read reached the learnt member")
         client._preferred = 0  # reads moved on meanwhile; then a hint replaces the first learnt member
@@ -1231,6 +1251,29 @@ class OfflineScriptedTest(unittest.TestCase):
             result(read)
         self.assertEqual(caught.exception.code, grpc.StatusCode.CANCELLED,
                          "the read on the replaced member ended with the client, not 10 s later")
+
+    def test_a_member_taken_just_before_close_opens_no_connection_after_it(self):
+        client = latch.Client(["127.0.0.1:7379"])
+        member = client.target(0)  # a call about to go out takes its member
+        client.close()
+        with self.assertRaises(latch.LatchError) as caught:
+            member.stub("kv")
+        self.assertEqual(caught.exception.code, grpc.StatusCode.CANCELLED, "no connection nobody would close")
+
+    def test_close_ends_a_watch_on_a_member_a_hint_replaced(self):
+        import gc
+
+        member = HeldWatch()
+        client = self._learnt_first(serve(self, watch_pb2_grpc.add_WatchServicer_to_server, member))
+        self.addCleanup(member.release.set)
+        watch = client.watch("k", start_revision=5)
+        self.assertTrue(member.reached.wait(PATIENCE), "the watch opened on the learnt member")
+        client._preferred = 0  # then a hint replaces that member, and nothing else holds it
+        self.assertEqual(client._target_of("127.0.0.3:9000"), 1)
+        gc.collect()
+        client.close()
+        self.assertTrue(member.ended.wait(PATIENCE), "the client's close ended the watch's stream (it is held 60 s)")
+        watch.cancel()
 
     def test_a_not_found_outranks_the_other_attempts_failure(self):
         from latch.session import Session
@@ -1242,7 +1285,7 @@ class OfflineScriptedTest(unittest.TestCase):
                  latch.LatchError(grpc.StatusCode.UNAVAILABLE, "cut off")]
         started = []
 
-        def start(until, cap, answers, at, stay=None):
+        def start(until, cap, answers, at, stay=None, granted_sets=None):
             started.append(cap)
             flight = type("Flight", (), {"cancel": lambda self: None})()
             if cap is not None:  # the second: both answers come now, the NOT_FOUND first

@@ -199,9 +199,11 @@ impl Client {
         let next = self.after_unanswered(start, &start_addr);
         let moves_on = AtomicBool::new(false);
         let second = Box::pin(self.keep_alive_within(id, next, hedge_after, &moves_on));
-        let (failed, other) = match select(first, second).await {
-            Either::Left((Ok(ack), _)) => return Ok(ack),
-            Either::Right((Ok(ack), first)) => {
+        // The second is polled first: once its grant is seen, the first is not polled again
+        // before `granted` is set (in that very poll it could otherwise move on).
+        let (failed, other) = match select(second, first).await {
+            Either::Right((Ok(ack), _)) => return Ok(ack),
+            Either::Left((Ok(ack), first)) => {
                 granted.store(true, Ordering::Release);
                 // Its answer, whatever it is, only tells the client about its member.
                 if let Some(probe) = self.probe() {
@@ -215,8 +217,8 @@ impl Client {
                 }
                 return Ok(ack);
             }
-            Either::Left((Err(e), other)) => (e, Either::Left(other)),
-            Either::Right((Err(e), other)) => (e, Either::Right(other)),
+            Either::Right((Err(e), second)) => (e, Either::Left(second)),
+            Either::Left((Err(e), first)) => (e, Either::Right(first)),
         };
         let last = match other {
             Either::Left(second) => second.await,
@@ -521,8 +523,9 @@ mod tests {
         /// Until `until`, UNAVAILABLE naming `leader` as the leader (a follower that has not
         /// noticed its leader stopped); a grant after.
         Hinting { leader: String, until: Instant },
-        /// Until `until`, UNAVAILABLE naming no leader (an election under way); a grant after.
-        NoLeader { until: Instant },
+        /// Until `until` (set by the test), UNAVAILABLE naming no leader (an election under
+        /// way); a grant after.
+        NoLeader { until: Arc<Mutex<Instant>> },
     }
 
     /// A member that creates sessions with a 1 s TTL and answers keepalives as told (the
@@ -606,7 +609,9 @@ mod tests {
                     return Err(status);
                 }
                 Keepalives::Hinting { .. } => {}
-                Keepalives::NoLeader { until } if Instant::now() < until => {
+                Keepalives::NoLeader { ref until }
+                    if Instant::now() < *until.lock().unwrap_or_else(PoisonError::into_inner) =>
+                {
                     return Err(Status::unavailable("no leader"));
                 }
                 Keepalives::NoLeader { .. } => {}
@@ -875,14 +880,17 @@ mod tests {
     /// answered).
     #[tokio::test]
     async fn a_first_attempt_asleep_when_its_hedge_is_granted_does_not_move_on() {
-        let until = Instant::now() + Duration::from_millis(375);
-        let (a, b) = (member(Keepalives::NoLeader { until }), member(Keepalives::NoLeader { until }));
+        let until = Arc::new(Mutex::new(Instant::now()));
+        let a = member(Keepalives::NoLeader { until: until.clone() });
+        let b = member(Keepalives::NoLeader { until: until.clone() });
         let (at_a, at_b) = (a.1.clone(), b.1.clone());
         let endpoints = [serve(a).await, serve(b).await];
         let client = Client::connect(endpoints).await.expect("valid endpoints");
         let (id, _) = client.create_session(Duration::from_secs(1), "").await.expect("a session");
+        *until.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now() + Duration::from_millis(375);
         client.keep_alive_hedged(&id, Duration::from_millis(100)).await.expect("the hedge is granted");
         let at_grant = (asked(&at_a), asked(&at_b));
+        assert!(at_grant.0 + at_grant.1 > 3, "both attempts met \"no leader\" and backed off: {at_grant:?}");
         assert!(background_ended(&client).await, "the first attempt should end");
         assert_eq!(
             (asked(&at_a), asked(&at_b)),

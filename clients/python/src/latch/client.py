@@ -318,9 +318,14 @@ class _Target:
         self._channels: Dict[str, grpc.Channel] = {}
         self._stubs: Dict[tuple, object] = {}
         self._lock = threading.Lock()
+        #: Once closed, no connection is opened again (a call that took this member just before
+        #: its client closed would otherwise run on a connection nobody closes).
+        self._closed = False
 
     def stub(self, service: str, lane: str = "calls"):
         with self._lock:
+            if self._closed:
+                raise LatchError(grpc.StatusCode.CANCELLED, "the client was closed", self.addr)
             stub = self._stubs.get((service, lane))
             if stub is None:
                 channel = self._channels.get(lane)
@@ -342,6 +347,7 @@ class _Target:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             for channel in self._channels.values():
                 channel.close()
             self._channels.clear()

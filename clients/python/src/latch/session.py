@@ -248,10 +248,9 @@ class Session:
             else:
                 return _granted_or_raise(ack, failed)
             after = self.client._after_unanswered(start, first_target)
-            attempts.append(self._start_keep_alive(until, hedge_after, answers, after))
+            attempts.append(self._start_keep_alive(until, hedge_after, answers, after, granted_sets=granted))
             flight, ack, failed = answers.get()
             if failed is None:
-                granted.set()
                 if flight is attempts[1] and self.client._take_probe():
                     running_on = attempts[0]
                     running_on.when_ended(self.client._end_probe)
@@ -268,11 +267,13 @@ class Session:
                     attempt.cancel()  # the one still going, if any
 
     def _start_keep_alive(self, until: float, cap: Optional[float], answers: "queue.Queue",
-                          start: int, stay: Optional[threading.Event] = None) -> "_InFlight":
+                          start: int, stay: Optional[threading.Event] = None,
+                          granted_sets: Optional[threading.Event] = None) -> "_InFlight":
         """Starts one keepalive at member ``start`` (with the client's retries over the members,
         each member given at most ``cap`` when set, and none after ``stay`` is set) on a thread
         of its own; ``(flight, ack, None)`` or ``(flight, None, error)`` goes to ``answers``,
-        ``flight`` being what it returns."""
+        ``flight`` being what it returns. A grant sets ``granted_sets`` first (the hedge's grant
+        stops the first attempt's moving on as soon as it comes)."""
         flight = self._begin()
 
         def attempt(target, timeout):
@@ -290,6 +291,8 @@ class Session:
             try:
                 ack = self.client._attempts("Session.KeepAlive", attempt, until=until, stop=flight.stop, cap=cap,
                                             write=True, start=start, stay=stay)
+                if granted_sets is not None:
+                    granted_sets.set()
                 answers.put((flight, ack, None))
             except _Unanswered:
                 answers.put((flight, None, LatchError(grpc.StatusCode.UNAVAILABLE,

@@ -69,6 +69,8 @@ class Watch:
         self._stream_done = threading.Event()
         self._call = None
         self._responses = None
+        #: The member the stream is on (``_open``).
+        self._member = None
         # Whether the current stream's initial metadata was checked for the cluster it names.
         self._cluster_checked = False
         self._target = 0
@@ -106,7 +108,7 @@ class Watch:
         self._stream_done.set()
         if self._call is not None:
             self._call.cancel()
-        self._call = self._responses = None
+        self._call = self._responses = self._member = None
 
     def _open(self) -> None:
         create = watch_pb2.WatchCreateRequest()
@@ -122,6 +124,9 @@ class Watch:
             done.wait()
 
         target = self.client.target(self._target)
+        # Held while the stream lives: a member a hint replaces meanwhile is closed with the
+        # client only while something holds it (``Client._retired``).
+        self._member = target
         self._addr = target.addr
         self._call = target.stub("watch", "streams").Watch(requests())
         self._responses = iter(self._call)
