@@ -42,8 +42,7 @@ pub async fn run(command: ClusterCommand, client_args: &ClientArgs) -> anyhow::R
 
 /// `{"cluster_id", "leader", "term", "members": [{"id", "peer_addr", "client_addr", "role",
 /// "applied_index", "commit_index", "term", "error", "snapshots_installed", "command_version"}]}`;
-/// `leader` is 0
-/// when no leader is known; `cluster_id` is the 16 hex digits `--cluster-id` takes.
+/// `leader` is 0 when no leader is known; `cluster_id` is the 16 hex digits `--cluster-id` takes.
 fn status_json(status: &StatusResponse) -> serde_json::Value {
     let members: Vec<_> = status
         .members

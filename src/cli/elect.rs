@@ -21,9 +21,6 @@ use super::{
     Output, UsageError,
 };
 
-/// The subcommands of `latch elect`: names no election may take.
-const SUBCOMMANDS: [&str; 2] = ["describe", "list"];
-
 /// `latch elect`.
 #[derive(Debug, Args)]
 #[command(
@@ -106,14 +103,8 @@ async fn take_part(command: RunArgs, client: &ClientArgs) -> anyhow::Result<Exit
     let Some(name) = command.name.clone().filter(|n| !n.is_empty()) else {
         return Err(UsageError("the election's NAME must not be empty".into()).into());
     };
-    // A flag before the subcommand (`latch elect --output json describe db`) leaves clap
-    // reading it as NAME VALUE: a campaign nobody asked for.
-    if SUBCOMMANDS.contains(&name.as_str()) {
-        return Err(UsageError(format!(
-            "{name:?} is a subcommand, not an election NAME; put flags after it: `latch elect {name} … --output json`"
-        ))
-        .into());
-    }
+    // Else a campaign nobody asked for, in an election named "describe".
+    super::refuse_subcommand_as_name("elect", "an election", &["describe", "list"], &name)?;
     let (output, timeout) = (client.output, client.timeout);
     let client = client.connect().await?;
     let election = client.election(name.clone());

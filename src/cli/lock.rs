@@ -324,12 +324,8 @@ fn refuse_bad_run_args(args: &RunArgs) -> Result<(), UsageError> {
     if args.name.as_deref().is_some_and(str::is_empty) {
         return Err(UsageError("the lock's NAME must not be empty".into()));
     }
-    // A flag before the subcommand (`latch lock --output json describe x -- …`) leaves clap
-    // reading it as NAME.
-    if let Some(name) = args.name.as_deref().filter(|n| ["describe", "list", "check"].contains(n)) {
-        return Err(UsageError(format!(
-            "{name:?} is a subcommand, not a lock NAME; put flags after it: `latch lock {name} … --output json`"
-        )));
+    if let Some(name) = &args.name {
+        super::refuse_subcommand_as_name("lock", "a lock", &["describe", "list", "check"], name)?;
     }
     let most = Duration::from_millis(latch_client::MAX_LOCK_DELAY_MS);
     if args.lock_delay.is_some_and(|d| d > most) {

@@ -303,6 +303,23 @@ impl fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// Refuses `name`, given to `latch COMMAND` as the NAME of `what` it runs under, when it is one
+/// of COMMAND's `subcommands`: a flag before the subcommand (`latch elect --output json
+/// describe db`) leaves clap reading the subcommand as NAME.
+fn refuse_subcommand_as_name(
+    command: &str,
+    what: &str,
+    subcommands: &[&str],
+    name: &str,
+) -> Result<(), UsageError> {
+    if !subcommands.contains(&name) {
+        return Ok(());
+    }
+    Err(UsageError(format!(
+        "{name:?} is a subcommand, not {what} NAME; put flags after it: `latch {command} {name} … --output json`"
+    )))
+}
+
 /// Runs the parsed command; prints any failure on stderr and returns the exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     let client = &cli.client;

@@ -153,10 +153,7 @@ pub async fn check_versions(me: u64, cluster_id: u64, peers: &[Peer]) -> Result<
             }
         }
     }
-    match version_conflict(COMMAND_VERSION, &answers) {
-        Some(other) => Err(other),
-        None => Ok(()),
-    }
+    version_conflict(COMMAND_VERSION, &answers).map_or(Ok(()), Err)
 }
 
 /// Asks `peers` (the whole cluster, `me` included) until their answers admit member `me` or

@@ -185,9 +185,9 @@ impl Interceptor for NameCluster {
 #[derive(Debug)]
 struct Targets {
     /// Never shrinks nor reorders, so an index taken under the lock stays valid after it; a
-    /// learnt entry is replaced by a newer hint once [`MAX_HINTED_TARGETS`] were learnt (then
-    /// a call still holding its index records its answer against the entry that took its
-    /// place, a member just named the leader, which the next call's answer puts right).
+    /// learnt entry is replaced by a newer hint once [`MAX_HINTED_TARGETS`] were learnt, and
+    /// what a call still holding its index then says is charged to nobody
+    /// ([`Targets::holds`]).
     list: Vec<Target>,
     /// Where the next call starts: the endpoint that last answered, or the one after the last
     /// that failed.
@@ -406,22 +406,22 @@ impl Client {
     /// Like [`write`](Client::write), starting at endpoint `from` ([`Client::write_start`]),
     /// with each attempt given at most `cap` (and the request timeout) before the next member
     /// is tried: for a call that must be answered within a deadline of its own (a keepalive,
-    /// within the lease) even when a member stops answering. Once `stay` is set, the next
-    /// failure ends the call instead (a hedged keepalive's first attempt, once its hedge was
-    /// granted).
+    /// within the lease) even when a member stops answering. Once `stay` (when given) is set,
+    /// the next failure ends the call instead (a hedged keepalive's first attempt, once its
+    /// hedge was granted).
     pub(crate) async fn write_capped<T, F, Fut>(
         &self,
         method: &'static str,
         from: usize,
         cap: Duration,
-        stay: &AtomicBool,
+        stay: Option<&AtomicBool>,
         attempt: F,
     ) -> Result<T, Error>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let patience = Patience { cap: Some(cap), stay: Some(stay), ..Patience::RETRY };
+        let patience = Patience { cap: Some(cap), stay, ..Patience::RETRY };
         self.call_limited(Lane::Calls, Route::From(from), method, patience, attempt).await
     }
 
@@ -446,7 +446,7 @@ impl Client {
     /// hedged keepalive's second attempt starts, whatever other calls did meanwhile).
     pub(crate) fn after_unanswered(&self, index: usize, addr: &str) -> usize {
         let mut targets = self.targets();
-        if targets.list[index].addr == addr {
+        if targets.holds(index, addr) {
             targets.failed.insert(index, Instant::now());
         }
         (index + 1) % targets.list.len()
@@ -602,7 +602,7 @@ impl Client {
     /// another took its place at `index` meanwhile, only the named leader is recorded.
     fn answered(&self, index: usize, addr: &str, route: Route, named: Option<&str>) {
         let mut targets = self.targets();
-        if targets.list[index].addr == addr {
+        if targets.holds(index, addr) {
             targets.failed.remove(&index);
             if self.routes_writes(route) {
                 targets.leader = Some(index);
@@ -631,7 +631,7 @@ impl Client {
         answered: bool,
     ) -> (usize, Target) {
         let mut targets = self.targets();
-        let replaced = targets.list[failed].addr != addr;
+        let replaced = !targets.holds(failed, addr);
         // A member that answered, or named the leader, is there; one that did not may not be.
         if !answered && hint.is_none() && !replaced {
             targets.failed.insert(failed, Instant::now());
@@ -653,6 +653,12 @@ impl Client {
 }
 
 impl Targets {
+    /// Whether `addr` is still at `index`: a hint may have put another endpoint in the place of
+    /// a learnt one while a call was on it, and what that call says is then charged to nobody.
+    fn holds(&self, index: usize, addr: &str) -> bool {
+        self.list[index].addr == addr
+    }
+
     /// [`Targets::index_of`] the leader a member named, unless that endpoint failed a call
     /// within [`DISTRUSTED_FOR`] and has not answered one since.
     fn trusted(&mut self, addr: &str) -> Option<usize> {

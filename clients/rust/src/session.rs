@@ -188,7 +188,7 @@ impl Client {
         let mut first = {
             let (client, id, timeout) = (self.clone(), id.to_owned(), self.options().request_timeout);
             let granted = granted.clone();
-            Box::pin(async move { client.keep_alive_within(&id, start, timeout, &granted).await })
+            Box::pin(async move { client.keep_alive_within(&id, start, timeout, Some(&granted)).await })
         };
         tokio::select! {
             answer = &mut first => return answer,
@@ -197,8 +197,7 @@ impl Client {
         // After the member the first went to, whatever other calls learnt meanwhile: hedges of
         // several sessions at once all leave the member that stopped answering.
         let next = self.after_unanswered(start, &start_addr);
-        let moves_on = AtomicBool::new(false);
-        let second = Box::pin(self.keep_alive_within(id, next, hedge_after, &moves_on));
+        let second = Box::pin(self.keep_alive_within(id, next, hedge_after, None));
         // The second is polled first: once its grant is seen, the first is not polled again
         // before `granted` is set (in that very poll it could otherwise move on).
         let (failed, other) = match select(second, first).await {
@@ -233,19 +232,18 @@ impl Client {
 
     /// One keepalive of session `id`, sent to the leader (found through the members).
     pub async fn keep_alive(&self, id: &str) -> Result<KeepAliveResponse, Error> {
-        let moves_on = AtomicBool::new(false);
-        self.keep_alive_within(id, self.write_start(), self.options().request_timeout, &moves_on).await
+        self.keep_alive_within(id, self.write_start(), self.options().request_timeout, None).await
     }
 
     /// One keepalive starting at endpoint `from`, each member it tries given at most `cap` (and
-    /// the request timeout); once `stay` is set, it tries no other member after the one it
-    /// is on (it ends with that member's failure).
+    /// the request timeout); once `stay` (when given) is set, it tries no other member after
+    /// the one it is on (it ends with that member's failure).
     async fn keep_alive_within(
         &self,
         id: &str,
         from: usize,
         cap: Duration,
-        stay: &AtomicBool,
+        stay: Option<&AtomicBool>,
     ) -> Result<KeepAliveResponse, Error> {
         self.write_capped("KeepAlive", from, cap, stay, |channel| {
             let request = KeepAliveRequest { id: id.to_string() };

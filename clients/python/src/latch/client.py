@@ -406,9 +406,8 @@ class Client:
         #: How many of the first targets were given (the rest were learnt from leader hints).
         self._given = len(self._targets)
         #: The learnt member (counted from ``_given``) a hint replaces next once
-        #: ``MAX_HINTED_TARGETS`` were learnt: the oldest, as each replacement moves it on. A call
-        #: still holding a replaced index records its answer against the member that took its
-        #: place (one just named the leader), which the next call's answer puts right.
+        #: ``MAX_HINTED_TARGETS`` were learnt: the oldest, as each replacement moves it on. What
+        #: a call still on a replaced member says is charged to nobody (``_holds``).
         self._next_replaced = 0
         #: Members a hint replaced that a call or stream may still be on: ``close()`` closes them
         #: too. Each leaves the set when nothing holds it any more.
@@ -520,9 +519,15 @@ class Client:
         (hedges of several sessions at once all leave ``i``)."""
         with self._lock:
             i %= len(self._targets)
-            if self._targets[i] is target:
+            if self._holds(i, target):
                 self._failed[i] = time.monotonic()
             return (i + 1) % len(self._targets)
+
+    def _holds(self, i: int, target: "_Target") -> bool:
+        """Whether ``target`` is still at ``i`` (the caller holds ``_lock``): a hint may have put
+        another member in the place of a learnt one while a call was on it, and what that call
+        says is then charged to nobody."""
+        return self._targets[i] is target
 
     def _trusted(self, addr: str) -> Optional[int]:
         """The index of the leader a member named, unless that member failed a call within
@@ -544,7 +549,7 @@ class Client:
         member at ``i`` meanwhile, only the named leader is recorded."""
         with self._lock:
             i %= len(self._targets)
-            if self._targets[i] is target:
+            if self._holds(i, target):
                 self._failed.pop(i, None)
                 if write:
                     self._leader = i
@@ -627,11 +632,9 @@ class Client:
                 # Named our cluster: the member itself answered (the connection is fine).
                 answered = named is not None and not foreign
                 with self._lock:
-                    # Unless a hint put another member in its place meanwhile.
-                    ours = self._targets[failed_at] is target
-                if not hint and not answered and ours:
-                    # A member that answered, or named the leader, is there; one that did not may not be.
-                    with self._lock:
+                    ours = self._holds(failed_at, target)
+                    if not hint and not answered and ours:
+                        # A member that answered, or named the leader, is there; one that did not may not be.
                         self._failed[failed_at] = time.monotonic()
                 hinted_at = self._trusted(hint) if hint and hint != target.addr else None
                 if hinted_at is not None:
