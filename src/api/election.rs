@@ -266,14 +266,13 @@ impl Election for ElectionService {
     ) -> Result<Response<ListElectionsResponse>, Status> {
         let req = req.into_inner();
         let run = async {
-            let (header, rows, more) =
-                listed(&self.ctx, LockSpace::Elections, &req.prefix, &req.start_after).await?;
             let cluster_id = self.ctx.node.cluster_id;
-            Ok(ListElectionsResponse {
-                header: Some(header),
-                elections: rows.into_iter().map(|(name, row)| election_info(name, row, cluster_id)).collect(),
-                more,
-            })
+            let (header, elections, more) =
+                listed(&self.ctx, LockSpace::Elections, &req.prefix, &req.start_after, |name, row| {
+                    election_info(name, row, cluster_id)
+                })
+                .await?;
+            Ok(ListElectionsResponse { header: Some(header), elections, more })
         };
         run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
     }

@@ -41,19 +41,33 @@ pub(super) async fn described(
 }
 
 /// One page of the rows of `space` whose names start with `prefix`, after `start_after`, read
-/// linearizably (at most [`MAX_LIST`], within --max-response-bytes), whether more follow, and
-/// the header of the revision it was read at: what ListLocks and Election.List answer.
-pub(super) async fn listed(
+/// linearizably, each as `answer` renders it (at most [`MAX_LIST`], and within
+/// --max-response-bytes as answered: an answer may repeat a name the row stores once, in each
+/// sequencer), whether more follow, and the header of the revision it was read at: what
+/// ListLocks and Election.List answer. A page holds one entry at least, whatever its size.
+pub(super) async fn listed<T: prost::Message>(
     ctx: &Context,
     space: LockSpace,
     prefix: &str,
     start_after: &str,
-) -> Result<(ResponseHeader, Vec<(String, log::LockRow)>, bool), ApiError> {
+    answer: impl Fn(String, log::LockRow) -> T,
+) -> Result<(ResponseHeader, Vec<T>, bool), ApiError> {
     ctx.node.read_index().await?;
     let txn = ctx.node.db().begin_read()?;
     let max = ctx.limits.max_response_bytes;
-    let (rows, more) = locks::list(&txn, space, prefix, start_after, MAX_LIST, max)?;
-    Ok((ctx.header(crate::fsm::applied(&txn)?.revision), rows, more))
+    // The stored rows' bytes bound what is read; the answered entries' bytes cut the page.
+    let (rows, mut more) = locks::list(&txn, space, prefix, start_after, MAX_LIST, max)?;
+    let (mut page, mut bytes) = (Vec::with_capacity(rows.len()), 0usize);
+    for (name, row) in rows {
+        let entry = answer(name, row);
+        bytes = bytes.saturating_add(entry.encoded_len() + 4);
+        if bytes > max && !page.is_empty() {
+            more = true;
+            break;
+        }
+        page.push(entry);
+    }
+    Ok((ctx.header(crate::fsm::applied(&txn)?.revision), page, more))
 }
 
 pub struct LockService {
@@ -769,13 +783,9 @@ impl Lock for LockService {
     ) -> Result<Response<ListLocksResponse>, Status> {
         let req = req.into_inner();
         let run = async {
-            let (header, rows, more) =
-                listed(&self.ctx, LockSpace::Locks, &req.prefix, &req.start_after).await?;
-            Ok(ListLocksResponse {
-                header: Some(header),
-                locks: rows.into_iter().map(|(name, row)| lock_info(name, row)).collect(),
-                more,
-            })
+            let (header, locks, more) =
+                listed(&self.ctx, LockSpace::Locks, &req.prefix, &req.start_after, lock_info).await?;
+            Ok(ListLocksResponse { header: Some(header), locks, more })
         };
         run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
     }

@@ -63,6 +63,53 @@ async fn a_lock_list_over_max_response_bytes_comes_in_pages_the_client_reads_who
     assert_eq!(all, names, "the client reads every page, in name order, only names under the prefix");
 }
 
+/// Election.List cuts its pages by the bytes it answers, not by the bytes it stores: each leader's
+/// sequencer repeats the election's name, so a page cut by the stored rows was about twice the
+/// bound for long names.
+#[tokio::test]
+async fn an_election_list_page_answers_within_max_response_bytes_though_sequencers_repeat_names() {
+    use latch_client::proto::election_client::ElectionClient;
+    use latch_client::proto::ListElectionsRequest;
+    use latch_client::SessionOptions;
+    use prost::Message;
+
+    let bound = 10_000;
+    let c = Cluster::start(1, &["--max-response-bytes", &bound.to_string()]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let session = client.session(SessionOptions::new(Duration::from_secs(60))).await.expect("a session");
+    let names: Vec<String> = (0..60).map(|i| format!("paged/{i:02}/{}", "n".repeat(200))).collect();
+    for name in &names {
+        client.election(name).campaign(session.id(), "v").await.expect("the only candidate leads");
+    }
+
+    let mut raw =
+        ElectionClient::connect(format!("http://{}", c.member(1).client_addr)).await.expect("connect");
+    let (mut start_after, mut pages) = (String::new(), 0);
+    loop {
+        let page = raw
+            .list(ListElectionsRequest { prefix: "paged/".into(), start_after: start_after.clone() })
+            .await
+            .expect("a page")
+            .into_inner();
+        pages += 1;
+        assert!(
+            page.encoded_len() <= bound,
+            "a page answers at most --max-response-bytes ({bound}), got {} bytes in {} elections",
+            page.encoded_len(),
+            page.elections.len()
+        );
+        match page.elections.last() {
+            Some(last) if page.more => start_after = last.name.clone(),
+            _ => break,
+        }
+    }
+    assert!(pages > 2, "60 elections of 200-byte names under a 10 kB bound take several pages, got {pages}");
+    let all: Vec<String> =
+        client.list_elections("paged/").await.expect("list").into_iter().map(|e| e.name).collect();
+    assert_eq!(all, names, "the client reads every page, in name order");
+}
+
 #[tokio::test]
 async fn a_range_over_max_response_bytes_returns_a_page_with_more_and_the_whole_count() {
     let c = Cluster::start(1, &["--max-response-bytes", "10000"]).await;
