@@ -57,17 +57,19 @@ pub(super) async fn listed<T: prost::Message>(
     let max = ctx.limits.max_response_bytes;
     // The stored rows' bytes bound what is read; the answered entries' bytes cut the page.
     let (rows, mut more) = locks::list(&txn, space, prefix, start_after, MAX_LIST, max)?;
-    let (mut page, mut bytes) = (Vec::with_capacity(rows.len()), 0usize);
+    let header = ctx.header(crate::fsm::applied(&txn)?.revision);
+    // Each field's tag and length take at most 6 bytes; `more` 2.
+    let (mut page, mut bytes) = (Vec::with_capacity(rows.len()), prost::Message::encoded_len(&header) + 8);
     for (name, row) in rows {
         let entry = answer(name, row);
-        bytes = bytes.saturating_add(entry.encoded_len() + 4);
+        bytes = bytes.saturating_add(entry.encoded_len() + 6);
         if bytes > max && !page.is_empty() {
             more = true;
             break;
         }
         page.push(entry);
     }
-    Ok((ctx.header(crate::fsm::applied(&txn)?.revision), page, more))
+    Ok((header, page, more))
 }
 
 pub struct LockService {
