@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use futures::StreamExt;
 use latch_client::ElectionInfo;
-use latch_client::{Leadership, SessionOptions};
+use latch_client::Leadership;
 use serde_json::json;
 
 use super::{
@@ -70,6 +70,7 @@ pub async fn run(command: ElectCommand, client: &ClientArgs) -> anyhow::Result<E
     let output = client.output;
     match command.op {
         Some(ElectOp::Describe { name }) => {
+            super::refuse_bad_lock_name("the election's", &name)?;
             let election = client.connect().await?.election(name.clone()).describe().await?;
             match output {
                 // Nobody leads, campaigns or delays: an empty election.
@@ -100,9 +101,8 @@ pub async fn run(command: ElectCommand, client: &ClientArgs) -> anyhow::Result<E
 
 /// Campaigns and leads, or observes.
 async fn take_part(command: RunArgs, client: &ClientArgs) -> anyhow::Result<ExitCode> {
-    let Some(name) = command.name.clone().filter(|n| !n.is_empty()) else {
-        return Err(UsageError("the election's NAME must not be empty".into()).into());
-    };
+    let name = command.name.clone().unwrap_or_default();
+    super::refuse_bad_lock_name("the election's", &name)?;
     // Else a campaign nobody asked for, in an election named "describe".
     super::refuse_subcommand_as_name("elect", "an election", &["describe", "list"], &name)?;
     let (output, timeout) = (client.output, client.timeout);
@@ -131,8 +131,7 @@ async fn take_part(command: RunArgs, client: &ClientArgs) -> anyhow::Result<Exit
         }
     }
     let value = command.value.ok_or_else(|| UsageError("a VALUE to publish is required".into()))?;
-    let session =
-        client.session(SessionOptions::new(command.ttl).name(format!("latch elect {name}"))).await?;
+    let session = super::command_session(&client, command.ttl, "latch elect", &name).await?;
     let leadership = tokio::select! {
         l = election.campaign(session.id(), value.into_bytes()) => match l {
             Ok(l) => l,

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use latch_client::proto::{LockInfo, LockMode};
-use latch_client::{LockOptions, Session, SessionOptions, SessionState, Wait};
+use latch_client::{LockOptions, Session, SessionState, Wait};
 use serde_json::json;
 
 use super::{interrupted, killed_by, print_bytes, print_json, ClientArgs, Output, UsageError};
@@ -108,6 +108,7 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
     let client = client.connect().await?;
     match command.op {
         Some(LockOp::Describe { name }) => {
+            super::refuse_bad_lock_name("the lock's", &name)?;
             let lock = client.describe_lock(&name).await?;
             match output {
                 Output::Json => print_json(&info_json(
@@ -161,8 +162,7 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                 return Err(UsageError("the command to run goes after `--`".into()).into());
             };
             let stop = interrupted()?;
-            let session =
-                client.session(SessionOptions::new(args.ttl).name(format!("latch lock {name}"))).await?;
+            let session = super::command_session(&client, args.ttl, "latch lock", &name).await?;
             let options = LockOptions {
                 mode: if args.shared { LockMode::Shared } else { LockMode::Exclusive },
                 wait: match args.wait {
@@ -287,7 +287,8 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                         say(format_args!(
                             "latch lock: the session holding {name:?} is lost while {program:?} runs; \
                              sent it SIGTERM (SIGKILL after {})",
-                            humantime::format_duration(kill_at - now)
+                            // To the millisecond: "2s 457ms", not "2s 457ms 754us 422ns".
+                            humantime::format_duration(Duration::from_millis((kill_at - now).as_millis() as u64))
                         ));
                         // Until the deadline or until nothing of the group is left; then SIGKILL
                         // for whatever is (CMD may be gone while what it started is not).
@@ -321,10 +322,8 @@ use rustix::process::Signal;
 /// What `latch lock NAME -- CMD` is given that the server would refuse, refused before a
 /// session is made for it (a usage error naming the flag).
 fn refuse_bad_run_args(args: &RunArgs) -> Result<(), UsageError> {
-    if args.name.as_deref().is_some_and(str::is_empty) {
-        return Err(UsageError("the lock's NAME must not be empty".into()));
-    }
     if let Some(name) = &args.name {
+        super::refuse_bad_lock_name("the lock's", name)?;
         super::refuse_subcommand_as_name("lock", "a lock", &["describe", "list", "check"], name)?;
     }
     let most = Duration::from_millis(latch_client::MAX_LOCK_DELAY_MS);

@@ -320,6 +320,56 @@ fn refuse_subcommand_as_name(
     )))
 }
 
+/// Refuses, as a usage error, a NAME of `what` (`"the lock's"`, `"the election's"`) that no
+/// member takes: empty, over [`MAX_LOCK_NAME_BYTES`](crate::fsm::locks::MAX_LOCK_NAME_BYTES), or
+/// holding a 0 byte.
+fn refuse_bad_lock_name(what: &str, name: &str) -> Result<(), UsageError> {
+    use crate::fsm::locks::MAX_LOCK_NAME_BYTES;
+    let problem = if name.is_empty() {
+        "must not be empty".to_string()
+    } else if name.len() > MAX_LOCK_NAME_BYTES {
+        format!("is {} bytes, at most {MAX_LOCK_NAME_BYTES} allowed", name.len())
+    } else if name.contains('\0') {
+        "must not hold a 0 byte".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(UsageError(format!("{what} NAME {problem}")))
+}
+
+/// Opens the session a command holds `name` with (a lock, a candidacy), named `"{command}
+/// {name}"` cut on a character boundary to the longest session name a member takes (a lock's
+/// name may be four times as long). A TTL the members refuse is a usage error naming `--ttl`.
+async fn command_session(
+    client: &Client,
+    ttl: Duration,
+    command: &str,
+    name: &str,
+) -> anyhow::Result<latch_client::Session> {
+    use crate::fsm::sessions::MAX_SESSION_NAME_BYTES;
+    let mut session_name = format!("{command} {name}");
+    if session_name.len() > MAX_SESSION_NAME_BYTES {
+        let mut end = MAX_SESSION_NAME_BYTES - '…'.len_utf8();
+        while !session_name.is_char_boundary(end) {
+            end -= 1;
+        }
+        session_name.truncate(end);
+        session_name.push('…');
+    }
+    let options = latch_client::SessionOptions::new(ttl).name(session_name);
+    client.session(options).await.map_err(|e| match e.status() {
+        Some(status) if status.code() == tonic::Code::InvalidArgument => {
+            match status.message().strip_prefix("ttl_ms: ") {
+                Some(problem) => {
+                    UsageError(format!("--ttl {}: {problem}", humantime::format_duration(ttl))).into()
+                }
+                None => anyhow::Error::new(e),
+            }
+        }
+        _ => anyhow::Error::new(e),
+    })
+}
+
 /// Runs the parsed command; prints any failure on stderr and returns the exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     let client = &cli.client;

@@ -595,7 +595,21 @@ async fn cli_lock_refuses_bad_input_before_making_a_session_and_exits_126_or_127
     let empty = latch_exactly(&["--endpoints", &addr, "lock", "", "--", "true"]).await;
     assert_eq!(empty.status.code(), Some(2), "a usage error: {}", stderr(&empty));
     assert!(stderr(&empty).contains("NAME must not be empty"), "{}", stderr(&empty));
+    let long = "n".repeat(1025);
+    let over = latch_exactly(&["--endpoints", &addr, "lock", &long, "--", "true"]).await;
+    assert_eq!(over.status.code(), Some(2), "a usage error: {}", stderr(&over));
+    assert!(stderr(&over).contains("NAME is 1025 bytes, at most 1024 allowed"), "{}", stderr(&over));
+    let described = latch_exactly(&["--endpoints", &addr, "lock", "describe", ""]).await;
+    assert_eq!(described.status.code(), Some(2), "describe too: {}", stderr(&described));
+    let ttl = latch_exactly(&strs(&lock(&["--ttl", "0s", "--", "true"]))).await;
+    assert_eq!(ttl.status.code(), Some(2), "a TTL the members refuse is a usage error: {}", stderr(&ttl));
+    assert!(stderr(&ttl).contains("--ttl 0s: 0 ms is outside the allowed 1s … 1h"), "{}", stderr(&ttl));
     assert_eq!(client.sessions().await.unwrap(), [], "refused before any session was made");
+    // A name of the longest a lock takes: its session's name ("latch lock NAME") is cut to the
+    // longest a session takes, four times shorter.
+    let longest = "n".repeat(1024);
+    let held = latch_exactly(&["--endpoints", &addr, "lock", &longest, "--", "true"]).await;
+    assert_eq!(held.status.code(), Some(0), "a 1,024-byte name is held: {}", stderr(&held));
 
     let missing = latch_exactly(&strs(&lock(&["--", "no-such-command-here"]))).await;
     assert_eq!(missing.status.code(), Some(127), "not found, as `env` says: {}", stderr(&missing));
@@ -754,8 +768,16 @@ async fn cli_elect_describe_and_list_show_the_leader_and_the_candidates_in_order
     let free = latch(&c, &["elect", "describe", "nobody"]).await;
     assert_eq!(stdout(&free), "nobody: no leader, no candidates\n");
     let bad = latch(&c, &["elect", "describe", ""]).await;
-    assert_eq!(bad.status.code(), Some(1));
-    assert!(stderr(&bad).contains("INVALID_ARGUMENT") && stderr(&bad).contains("name"), "{}", stderr(&bad));
+    assert_eq!(bad.status.code(), Some(2), "a usage error, as for a campaign: {}", stderr(&bad));
+    assert!(stderr(&bad).contains("the election's NAME must not be empty"), "{}", stderr(&bad));
+    // A TTL the members refuse names the flag; a name one byte over the longest an election
+    // takes is refused before any session is made.
+    let campaign = latch(&c, &["elect", &"e".repeat(1024), "v", "--ttl", "0s"]).await;
+    assert_eq!(campaign.status.code(), Some(2), "a TTL the members refuse: {}", stderr(&campaign));
+    assert!(stderr(&campaign).contains("--ttl 0s: "), "names the flag: {}", stderr(&campaign));
+    let over = latch(&c, &["elect", &"e".repeat(1025), "v"]).await;
+    assert_eq!(over.status.code(), Some(2), "{}", stderr(&over));
+    assert!(stderr(&over).contains("NAME is 1025 bytes, at most 1024 allowed"), "{}", stderr(&over));
     // A flag before the subcommand reads as NAME VALUE: refused, not a campaign in "describe".
     let flag_first = latch(&c, &["elect", "--output", "json", "describe", "db"]).await;
     assert_eq!(flag_first.status.code(), Some(2), "a usage error: {}", stderr(&flag_first));
