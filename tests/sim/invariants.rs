@@ -689,9 +689,11 @@ pub fn stored_state(ctx: Ctx, id: u64, core: &Core) -> (fsm::Applied, u64) {
 }
 
 /// Every member counts its history's bytes exactly (`fsm_meta`), and with a byte bound the
-/// history after the compact revision is within three times it (twice for a leader that just
-/// started, and what was recorded before a step was due, with room to spare: the check is
-/// against a bound that is never compacted to at all). Returns the first member's measure.
+/// history after the compact revision of a settled cluster (no proposal on its way, so the
+/// compaction a leader proposed as it applied a backlog has committed) is within three times it
+/// (twice for a leader that just started, and what was recorded before a step was due, with
+/// room to spare: the check is against a bound that is never compacted to at all). Returns the
+/// first member's measure.
 pub fn check_history_bytes(ctx: Ctx, up: &[(u64, &Core)], bound: u64) -> Option<fsm::history::Measured> {
     let mut first = None;
     for &(id, core) in up {
