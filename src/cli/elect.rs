@@ -156,15 +156,26 @@ async fn take_part(command: RunArgs, client: &ClientArgs) -> anyhow::Result<Exit
         session.close().await?;
         return Err(e);
     }
+    let sequencer = leadership.sequencer.clone().unwrap_or_default();
     tokio::select! {
         _ = &mut stop => {
-            election.resign(&leadership).await?;
+            // A leadership resigned or ended meanwhile is given up already: the session goes
+            // all the same.
+            if let Err(e) = election.resign(&leadership).await {
+                eprintln!("latch elect: resigning failed ({e}); closing the session ends the leadership");
+            }
             session.close().await?;
             Ok(ExitCode::SUCCESS)
         }
         // Once the lease may have run out, it may no longer lead.
         () = super::lock::lost(&session, Duration::ZERO) => {
             eprintln!("latch elect: the session was lost: no longer the leader of {name:?}");
+            Ok(ExitCode::from(super::lock::LOST))
+        }
+        // Resigned by another holder of the sequencer, or the session closed by someone else.
+        () = super::lock::hold_ended(&client, &sequencer) => {
+            eprintln!("latch elect: resigned by someone else: no longer the leader of {name:?}");
+            let _ = session.close().await;
             Ok(ExitCode::from(super::lock::LOST))
         }
     }

@@ -9,9 +9,11 @@
 //! SIGTERM or SIGHUP came while waiting for the lock; [`LOST`] when the
 //! session was lost while CMD ran — CMD and what it started (its process group) were then sent
 //! SIGTERM, and SIGKILL `--grace` later: a holder must not go on believing it holds the lock.
-//! SIGTERM comes when keepalives have failed until the lease ran out (or the cluster ended the
-//! session), or earlier when `--grace` is longer than the lock-delay, so that SIGKILL always
-//! lands before the cluster can grant the lock to anyone else.
+//! SIGTERM comes when keepalives have failed until the lease ran out, or earlier when `--grace`
+//! is longer than the lock-delay, so that SIGKILL always lands before the cluster can grant the
+//! lock to anyone else. A hold someone else ended — released through its sequencer, its session
+//! closed (the cluster says so, or the lock's watch shows it) — is followed by nothing of the
+//! kind (a normal release: the next waiter holds the lock at once), so CMD gets SIGKILL at once.
 //!
 //! CMD runs in a process group of its own, as GNU `timeout` runs its command: SIGINT, SIGTERM,
 //! SIGHUP and SIGQUIT sent to `latch lock` are passed on to it; Ctrl-Z stops both (and on
@@ -243,6 +245,9 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                 args.lock_delay.unwrap_or(Duration::from_millis(latch_client::DEFAULT_LOCK_DELAY_MS));
             let term_before = args.grace.saturating_sub(lock_delay);
             let mut stopped_self = false;
+            let sequencer = guard.sequencer().clone();
+            let released = hold_ended(&client, &sequencer);
+            tokio::pin!(released);
             let code = loop {
                 tokio::select! {
                     biased;
@@ -276,11 +281,37 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                                 return Ok(ExitCode::from(LOST));
                             }
                         }
-                        other => group.send(other),
+                        other => {
+                            group.send(other);
+                            // A stopped CMD would keep the signal pending, and the lock held, until
+                            // resumed: GNU `timeout` sends SIGCONT after it alike.
+                            if !stopped_self && other != Signal::CONT {
+                                group.send(Signal::CONT);
+                            }
+                        }
                     },
+                    () = &mut released => {
+                        // Released by a holder of the sequencer, or with the session closed: a
+                        // normal release, after which the next waiter holds the lock at once.
+                        group.send(Signal::KILL);
+                        say(format_args!(
+                            "latch lock: {name:?} was released by someone else (through its sequencer, or \
+                             by closing its session) while {program:?} ran; killed it"
+                        ));
+                        child.wait().await?;
+                        let _ = session.close().await;
+                        return Ok(ExitCode::from(LOST));
+                    }
                     () = lost(&session, term_before) => {
                         let now = tokio::time::Instant::now();
-                        let kill_at = (now + args.grace).min(session.lease_end() + lock_delay).max(now);
+                        // The cluster said the session ended (closed, say, not expired): the lock
+                        // may be the next holder's already, with no lock-delay between.
+                        let ended = session.state() == SessionState::Expired;
+                        let kill_at = if ended {
+                            now
+                        } else {
+                            (now + args.grace).min(session.lease_end() + lock_delay).max(now)
+                        };
                         // The signals first: a blocked or closed stderr must not hold them up.
                         group.send(Signal::TERM);
                         group.send(Signal::CONT);
@@ -458,6 +489,53 @@ pub(super) async fn lost(session: &Session, margin: Duration) {
             }
         }
     }
+}
+
+/// Resolves once the hold `sequencer` stands for (a lock's, or an election's leadership) has
+/// ended on the cluster while its session may live — released or resigned by whoever had the
+/// sequencer, or with the session closed — as the lock's (election's) changes show: a LOCKS
+/// (ELECTIONS) watch of its name, and one linearizable check of the sequencer once the watch
+/// has started, for what came before. Never resolves if the watch cannot be kept: the session's
+/// own end is watched apart ([`lost`]).
+pub(super) async fn hold_ended(client: &latch_client::Client, sequencer: &latch_client::proto::Sequencer) {
+    use futures::StreamExt as _;
+    use latch_client::proto::{event::EventType, Leadership};
+    use latch_client::{WatchOptions, WatchTarget, WatchUpdate};
+    use prost::Message as _;
+    let ours = |session: &str, generation: u64| {
+        session == sequencer.session_id && generation == sequencer.generation
+    };
+    // Whether the state an event carries still has this hold.
+    let holds = |state: &[u8]| {
+        if sequencer.election {
+            Leadership::decode(state)
+                .is_ok_and(|l| l.sequencer.as_ref().is_some_and(|s| ours(&s.session_id, s.generation)))
+        } else {
+            LockInfo::decode(state).is_ok_and(|l| l.holders.iter().any(|h| ours(&h.session_id, h.generation)))
+        }
+    };
+    let target = if sequencer.election { WatchTarget::Elections } else { WatchTarget::Locks };
+    let mut changes = client.watch(WatchOptions::key(sequencer.name.as_str()).target(target));
+    while let Some(update) = changes.next().await {
+        let ended = match update {
+            Ok(WatchUpdate::Started { .. }) => {
+                matches!(client.check_sequencer(&sequencer.token).await, Ok(answer) if !answer.valid)
+            }
+            Ok(WatchUpdate::Events { events, .. }) => events.iter().any(|e| {
+                e.r#type == EventType::Delete as i32 || e.kv.as_ref().is_some_and(|kv| !holds(&kv.value))
+            }),
+            Ok(WatchUpdate::Snapshot { kvs, .. }) => !kvs.iter().any(|kv| holds(&kv.value)),
+            Ok(WatchUpdate::Progress { .. }) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "watching the hold failed; only the session's end is watched");
+                break;
+            }
+        };
+        if ended {
+            return;
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 /// A child's exit status as ours: its code, or 128 + the signal that ended it.

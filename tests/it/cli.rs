@@ -675,6 +675,122 @@ async fn cli_lock_a_command_dies_with_latch_lock_when_latch_lock_is_sigkilled() 
     .await;
 }
 
+/// Starts `latch lock NAME -- sh -c …` on member 1, its stderr piped; its command writes its pid
+/// and its sequencer into `dir` and sleeps. Returns the child, the command's pid and sequencer.
+async fn lock_running(
+    c: &Cluster,
+    name: &str,
+    dir: &std::path::Path,
+) -> (tokio::process::Child, i32, String) {
+    let file = name.replace('/', "-");
+    let (pid_file, seq_file) = (dir.join(format!("{file}.pid")), dir.join(format!("{file}.seq")));
+    let script = format!(
+        "echo \"$LATCH_LOCK_SEQUENCER\" > '{}'; echo $$ > '{}'; exec sleep 300",
+        seq_file.display(),
+        pid_file.display()
+    );
+    let lock = tokio::process::Command::new(latch_bin())
+        .args(["lock", name, "--endpoints", &c.member(1).client_addr, "--", "sh", "-c", &script])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (pid, seq) = eventually("the command to start holding the lock", Duration::from_secs(20), || async {
+        let text = std::fs::read_to_string(&pid_file).map_err(|e| e.to_string())?;
+        let pid = text.trim().parse::<i32>().map_err(|e| format!("{text:?}: {e}"))?;
+        Ok::<_, String>((
+            pid,
+            std::fs::read_to_string(&seq_file).map_err(|e| e.to_string())?.trim().to_string(),
+        ))
+    })
+    .await;
+    (lock, pid, seq)
+}
+
+/// Waits (at most 10 s) for `latch lock` to exit; its status and stderr.
+async fn ends(lock: tokio::process::Child, what: &str) -> (Option<i32>, String) {
+    let out = tokio::time::timeout(Duration::from_secs(10), lock.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("`latch lock` to end within 10 s of {what}"))
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A hold ended by someone else — released through its sequencer, or its session closed —
+/// kills the command at once (the next waiter may hold the lock already: there is no lock-delay
+/// after a normal release), status 3; and a signal passed on to a stopped command is followed
+/// by SIGCONT, so that it takes effect and the lock is released. Before, the command ran on to
+/// its end after a release through the sequencer and `latch lock` exited 0; ran on until the
+/// next keepalive, and `--grace` more, after a close; and a stopped command kept the lock until
+/// someone resumed it.
+#[tokio::test]
+async fn cli_lock_kills_its_command_when_someone_else_ends_its_hold_and_a_stopped_one_is_resumed_to_hear_a_signal(
+) {
+    use rustix::process::{kill_process, Pid, Signal};
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let (lock, cmd, seq) = lock_running(&c, "jobs/released", dir.path()).await;
+    client.release(&seq).await.expect("a holder of the sequencer releases the lock");
+    let (code, stderr) = ends(lock, "the release").await;
+    assert_eq!(code, Some(3), "the hold was lost: {stderr}");
+    assert!(stderr.contains("was released by someone else"), "says why: {stderr}");
+    assert!(gone(cmd), "the command was killed");
+    assert_eq!(client.sessions().await.unwrap(), [], "and its session closed");
+
+    let (lock, cmd, _) = lock_running(&c, "jobs/closed", dir.path()).await;
+    let sessions = client.sessions().await.unwrap();
+    assert_eq!(sessions.len(), 1, "latch lock's session alone: {sessions:?}");
+    client.close_session(&sessions[0].id).await.unwrap();
+    let (code, stderr) = ends(lock, "its session's close").await;
+    assert_eq!(code, Some(3), "the hold was lost: {stderr}");
+    assert!(gone(cmd), "the command was killed");
+
+    let (lock, cmd, _) = lock_running(&c, "jobs/stopped", dir.path()).await;
+    let pid = |p: i32| Pid::from_raw(p).unwrap();
+    kill_process(pid(cmd), Signal::STOP).unwrap();
+    kill_process(pid(lock.id().unwrap() as i32), Signal::TERM).unwrap();
+    let (code, stderr) = ends(lock, "SIGTERM with its command stopped").await;
+    assert_eq!(code, Some(128 + 15), "the command died of the SIGTERM passed on: {stderr}");
+    assert_eq!(client.describe_lock("jobs/stopped").await.unwrap(), None, "and the lock was released");
+}
+
+/// A leader resigned by someone else (through its sequencer) says it leads no longer and exits
+/// 3, as when its session is lost: before, it went on as if leading beside the next leader, and
+/// its SIGINT then failed (exit 1) with its session left open.
+#[tokio::test]
+async fn cli_elect_a_leader_resigned_by_someone_else_says_so_and_exits_3() {
+    use tokio::io::AsyncBufReadExt;
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let mut elect = tokio::process::Command::new(latch_bin())
+        .args(["elect", "svc/primary", "alpha", "--endpoints", &c.member(1).client_addr])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(elect.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap();
+    assert!(first.is_some_and(|l| l.starts_with("leader of svc/primary: alpha")), "alpha leads");
+    let election = client.election("svc/primary");
+    let leadership = election.leader().await.unwrap().expect("alpha leads");
+    election.resign(&leadership).await.expect("a holder of the sequencer resigns it");
+    let out = tokio::time::timeout(Duration::from_secs(10), elect.wait_with_output())
+        .await
+        .expect("`latch elect` to end within 10 s of its resignation")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "no longer the leader: {stderr}");
+    assert!(stderr.contains("resigned by someone else: no longer the leader of \"svc/primary\""), "{stderr}");
+    assert_eq!(client.sessions().await.unwrap(), [], "its session closed");
+}
+
 /// Starts `latch ARGS --endpoints <member 1>` with its output piped; sends it `signal` once its
 /// first line is printed, and returns that line and its exit code.
 async fn signalled_after_first_line(
