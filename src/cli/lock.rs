@@ -107,6 +107,8 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
     if command.op.is_none() {
         refuse_bad_run_args(&command.run)?;
     }
+    // CMD's own `latch` commands (`latch lock check "$LATCH_LOCK_SEQUENCER"`) ask these members.
+    let endpoints = client.endpoints.join(",");
     let client = client.connect().await?;
     match command.op {
         Some(LockOp::Describe { name }) => {
@@ -194,7 +196,25 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                 }
             };
             let Some(guard) = guard else {
-                eprintln!("latch lock: {name:?} was not acquired in time");
+                // Why, as far as the lock says: a free lock in its lock-delay is no mystery.
+                let why = match client.describe_lock(&name).await {
+                    Ok(Some(lock)) if lock.delayed => format!(
+                        " (its lock-delay of {} ms is in force: the last holder's session expired at \
+                         revision {}, and nobody is granted it until the delay ends)",
+                        lock.delay_ms, lock.delay_since_revision
+                    ),
+                    Ok(Some(lock)) if !lock.holders.is_empty() => format!(
+                        " (held by session {}{})",
+                        lock.holders[0].session_id,
+                        if lock.holders.len() > 1 {
+                            format!(" and {} more", lock.holders.len() - 1)
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    _ => String::new(),
+                };
+                eprintln!("latch lock: {name:?} was not acquired in time{why}");
                 session.close().await?;
                 return Ok(ExitCode::from(1));
             };
@@ -224,6 +244,9 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
             spawned
                 .env("LATCH_LOCK_SEQUENCER", guard.token())
                 .env("LATCH_FENCING_TOKEN", guard.generation().to_string())
+                // The members and the cluster the lock is held in, for CMD's own `latch` commands.
+                .env("LATCH_ENDPOINTS", &endpoints)
+                .env("LATCH_CLUSTER_ID", latch_proto::format_cluster_id(guard.sequencer().cluster_id))
                 // A group of its own, so that whatever CMD starts is signalled with it.
                 .process_group(0)
                 .kill_on_drop(true);

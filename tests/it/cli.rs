@@ -335,10 +335,9 @@ async fn cli_lock_runs_its_command_holding_the_lock_that_describe_then_shows_and
 
     // `lock check`: a script fences with its sequencer while it holds, and is told once it no
     // longer does.
-    let check = format!(
-        "'{}' lock check \"$LATCH_LOCK_SEQUENCER\" --endpoints {addr} && echo \"$LATCH_LOCK_SEQUENCER\"",
-        latch_bin()
-    );
+    // No --endpoints: `latch lock` hands its own to the command (LATCH_ENDPOINTS).
+    let check =
+        format!("'{}' lock check \"$LATCH_LOCK_SEQUENCER\" && echo \"$LATCH_LOCK_SEQUENCER\"", latch_bin());
     let held = latch_exactly(&["--endpoints", &addr, "lock", "jobs/nightly", "--", "sh", "-c", &check]).await;
     assert_eq!(held.status.code(), Some(0), "valid while held; stderr: {}", stderr(&held));
     let (said, sequencer) =
@@ -735,9 +734,9 @@ async fn cli_lock_kills_its_command_when_someone_else_ends_its_hold_and_a_stoppe
 
     let (lock, cmd, seq) = lock_running(&c, "jobs/released", dir.path()).await;
     client.release(&seq).await.expect("a holder of the sequencer releases the lock");
-    let (code, stderr) = ends(lock, "the release").await;
-    assert_eq!(code, Some(3), "the hold was lost: {stderr}");
-    assert!(stderr.contains("was released by someone else"), "says why: {stderr}");
+    let (code, said) = ends(lock, "the release").await;
+    assert_eq!(code, Some(3), "the hold was lost: {said}");
+    assert!(said.contains("was released by someone else"), "says why: {said}");
     assert!(gone(cmd), "the command was killed");
     assert_eq!(client.sessions().await.unwrap(), [], "and its session closed");
 
@@ -745,16 +744,25 @@ async fn cli_lock_kills_its_command_when_someone_else_ends_its_hold_and_a_stoppe
     let sessions = client.sessions().await.unwrap();
     assert_eq!(sessions.len(), 1, "latch lock's session alone: {sessions:?}");
     client.close_session(&sessions[0].id).await.unwrap();
-    let (code, stderr) = ends(lock, "its session's close").await;
-    assert_eq!(code, Some(3), "the hold was lost: {stderr}");
+    let (code, said) = ends(lock, "its session's close").await;
+    assert_eq!(code, Some(3), "the hold was lost: {said}");
     assert!(gone(cmd), "the command was killed");
 
     let (lock, cmd, _) = lock_running(&c, "jobs/stopped", dir.path()).await;
+    let addr = c.member(1).client_addr.clone();
+    let busy =
+        latch_exactly(&["--endpoints", &addr, "lock", "jobs/stopped", "--wait", "0s", "--", "true"]).await;
+    assert_eq!(busy.status.code(), Some(1), "not acquired: {}", stderr(&busy));
+    assert!(
+        stderr(&busy).contains("was not acquired in time (held by session "),
+        "says by whom: {}",
+        stderr(&busy)
+    );
     let pid = |p: i32| Pid::from_raw(p).unwrap();
     kill_process(pid(cmd), Signal::STOP).unwrap();
     kill_process(pid(lock.id().unwrap() as i32), Signal::TERM).unwrap();
-    let (code, stderr) = ends(lock, "SIGTERM with its command stopped").await;
-    assert_eq!(code, Some(128 + 15), "the command died of the SIGTERM passed on: {stderr}");
+    let (code, said) = ends(lock, "SIGTERM with its command stopped").await;
+    assert_eq!(code, Some(128 + 15), "the command died of the SIGTERM passed on: {said}");
     assert_eq!(client.describe_lock("jobs/stopped").await.unwrap(), None, "and the lock was released");
 }
 
