@@ -173,8 +173,14 @@ async fn take_part(command: RunArgs, client: &ClientArgs) -> anyhow::Result<Exit
             Ok(ExitCode::from(super::lock::LOST))
         }
         // Resigned by another holder of the sequencer, or the session closed by someone else.
-        () = super::lock::hold_ended(&client, &sequencer) => {
-            eprintln!("latch elect: resigned by someone else: no longer the leader of {name:?}");
+        ended = super::lock::hold_ended(&client, &sequencer) => {
+            eprintln!(
+                "latch elect: {}: no longer the leader of {name:?}",
+                match ended {
+                    super::lock::HoldEnded::SessionEnded => "the session ended (closed by someone, or expired)",
+                    super::lock::HoldEnded::Released => "resigned by someone else, through its sequencer",
+                }
+            );
             let _ = session.close().await;
             Ok(ExitCode::from(super::lock::LOST))
         }

@@ -11,9 +11,9 @@
 //! SIGTERM, and SIGKILL `--grace` later: a holder must not go on believing it holds the lock.
 //! SIGTERM comes when keepalives have failed until the lease ran out, or earlier when `--grace`
 //! is longer than the lock-delay, so that SIGKILL always lands before the cluster can grant the
-//! lock to anyone else. A hold someone else ended — released through its sequencer, its session
-//! closed (the cluster says so, or the lock's watch shows it) — is followed by nothing of the
-//! kind (a normal release: the next waiter holds the lock at once), so CMD gets SIGKILL at once.
+//! lock to anyone else. A hold someone else ended — its session closed, or released through its
+//! sequencer ([`hold_ended`]) — is followed by no lock-delay (the next waiter holds the lock at
+//! once), so CMD then gets SIGKILL at once.
 //!
 //! CMD runs in a process group of its own, as GNU `timeout` runs its command: SIGINT, SIGTERM,
 //! SIGHUP and SIGQUIT sent to `latch lock` are passed on to it; Ctrl-Z stops both (and on
@@ -179,6 +179,16 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
             let guard = tokio::select! {
                 guard = session.lock(&name, options) => match guard {
                     Ok(guard) => guard,
+                    Err(e) if e.code() == tonic::Code::NotFound => {
+                        // The wait went with the session: nothing ran, nothing is held.
+                        eprintln!(
+                            "latch lock: the session waiting for {name:?} ended before the lock was granted \
+                             (it expired, no keepalive reaching the cluster for its TTL of {}, or someone \
+                             closed it); {program:?} did not run",
+                            humantime::format_duration(args.ttl)
+                        );
+                        return Ok(ExitCode::from(1));
+                    }
                     Err(e) => {
                         // What the failed acquire may have left queued goes with the session,
                         // now rather than at its expiry (this process is about to exit).
@@ -291,6 +301,9 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                                 SessionState::Jeopardy => session.lease_left() > term_before,
                                 SessionState::Expired => false,
                             };
+                            // Nor released while stopped (a check that fails says nothing).
+                            let ours = ours
+                                && !matches!(client.check_sequencer(&sequencer.token).await, Ok(a) if !a.valid);
                             if ours {
                                 group.send(Signal::CONT);
                             } else {
@@ -313,13 +326,17 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                             }
                         }
                     },
-                    () = &mut released => {
-                        // Released by a holder of the sequencer, or with the session closed: a
-                        // normal release, after which the next waiter holds the lock at once.
+                    ended = &mut released => {
+                        // The next waiter may hold the lock already: a close or a release lets
+                        // it go with no lock-delay between (an expiry with one, but the two are
+                        // not told apart here).
                         group.send(Signal::KILL);
                         say(format_args!(
-                            "latch lock: {name:?} was released by someone else (through its sequencer, or \
-                             by closing its session) while {program:?} ran; killed it"
+                            "latch lock: {} while {program:?} ran; killed it",
+                            match ended {
+                                HoldEnded::SessionEnded => format!("the session holding {name:?} ended (closed by someone, or expired)"),
+                                HoldEnded::Released => format!("{name:?} was released by someone else, through its sequencer"),
+                            }
                         ));
                         child.wait().await?;
                         let _ = session.close().await;
@@ -514,51 +531,65 @@ pub(super) async fn lost(session: &Session, margin: Duration) {
     }
 }
 
+/// How often a running `latch lock` (`latch elect`) asks whether its sequencer still holds.
+const HOLD_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// How a hold ended on the cluster while this process may not have heard of it otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum HoldEnded {
+    /// Its session is gone (closed by someone, or expired): a watch of the session says so.
+    SessionEnded,
+    /// Its sequencer holds no more while the session lives: released (resigned) by whoever
+    /// had the sequencer, a bearer token.
+    Released,
+}
+
 /// Resolves once the hold `sequencer` stands for (a lock's, or an election's leadership) has
-/// ended on the cluster while its session may live — released or resigned by whoever had the
-/// sequencer, or with the session closed — as the lock's (election's) changes show: a LOCKS
-/// (ELECTIONS) watch of its name, and one linearizable check of the sequencer once the watch
-/// has started, for what came before. Never resolves if the watch cannot be kept: the session's
-/// own end is watched apart ([`lost`]).
-pub(super) async fn hold_ended(client: &latch_client::Client, sequencer: &latch_client::proto::Sequencer) {
+/// ended on the cluster — its session closed or expired (a SESSIONS watch of the session, which
+/// carries an event only when the session is created or ends), or released through the
+/// sequencer from elsewhere (a linearizable check of it every [`HOLD_CHECK_EVERY`]). Neither
+/// carries the lock's own changes, whose size grows with its holders and waiters. A watch that
+/// fails is opened again; a check that fails says nothing.
+pub(super) async fn hold_ended(
+    client: &latch_client::Client,
+    sequencer: &latch_client::proto::Sequencer,
+) -> HoldEnded {
     use futures::StreamExt as _;
-    use latch_client::proto::{event::EventType, Leadership};
+    use latch_client::proto::event::EventType;
     use latch_client::{WatchOptions, WatchTarget, WatchUpdate};
-    use prost::Message as _;
-    let ours = |session: &str, generation: u64| {
-        session == sequencer.session_id && generation == sequencer.generation
-    };
-    // Whether the state an event carries still has this hold.
-    let holds = |state: &[u8]| {
-        if sequencer.election {
-            Leadership::decode(state)
-                .is_ok_and(|l| l.sequencer.as_ref().is_some_and(|s| ours(&s.session_id, s.generation)))
-        } else {
-            LockInfo::decode(state).is_ok_and(|l| l.holders.iter().any(|h| ours(&h.session_id, h.generation)))
+    let session_ended = async {
+        loop {
+            let options = WatchOptions::key(sequencer.session_id.as_str()).target(WatchTarget::Sessions);
+            let mut changes = client.watch(options);
+            while let Some(update) = changes.next().await {
+                match update {
+                    Ok(WatchUpdate::Events { events, .. })
+                        if events.iter().any(|e| e.r#type == EventType::Delete as i32) =>
+                    {
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "watching the session failed; watching it again");
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(HOLD_CHECK_EVERY).await;
         }
     };
-    let target = if sequencer.election { WatchTarget::Elections } else { WatchTarget::Locks };
-    let mut changes = client.watch(WatchOptions::key(sequencer.name.as_str()).target(target));
-    while let Some(update) = changes.next().await {
-        let ended = match update {
-            Ok(WatchUpdate::Started { .. }) => {
-                matches!(client.check_sequencer(&sequencer.token).await, Ok(answer) if !answer.valid)
+    let released = async {
+        loop {
+            tokio::time::sleep(HOLD_CHECK_EVERY).await;
+            if matches!(client.check_sequencer(&sequencer.token).await, Ok(answer) if !answer.valid) {
+                return;
             }
-            Ok(WatchUpdate::Events { events, .. }) => events.iter().any(|e| {
-                e.r#type == EventType::Delete as i32 || e.kv.as_ref().is_some_and(|kv| !holds(&kv.value))
-            }),
-            Ok(WatchUpdate::Snapshot { kvs, .. }) => !kvs.iter().any(|kv| holds(&kv.value)),
-            Ok(WatchUpdate::Progress { .. }) => false,
-            Err(e) => {
-                tracing::warn!(error = %e, "watching the hold failed; only the session's end is watched");
-                break;
-            }
-        };
-        if ended {
-            return;
         }
+    };
+    tokio::select! {
+        () = session_ended => HoldEnded::SessionEnded,
+        () = released => HoldEnded::Released,
     }
-    std::future::pending::<()>().await
 }
 
 /// A child's exit status as ours: its code, or 128 + the signal that ended it.

@@ -758,6 +758,25 @@ async fn cli_lock_kills_its_command_when_someone_else_ends_its_hold_and_a_stoppe
         "says by whom: {}",
         stderr(&busy)
     );
+    // A waiter whose session someone closes ends "not acquired", saying so.
+    let waiter = tokio::process::Command::new(latch_bin())
+        .args(["lock", "jobs/stopped", "--endpoints", &addr, "--", "true"])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let queued = eventually("the waiter to queue", Duration::from_secs(20), || async {
+        match client.describe_lock("jobs/stopped").await {
+            Ok(Some(lock)) if lock.waiters.len() == 1 => Ok(lock.waiters[0].session_id.clone()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    client.close_session(&queued).await.unwrap();
+    let (code, said) = ends(waiter, "its session's close while it waited").await;
+    assert_eq!(code, Some(1), "not acquired: {said}");
+    assert!(said.contains("ended before the lock was granted"), "says why: {said}");
     let pid = |p: i32| Pid::from_raw(p).unwrap();
     kill_process(pid(cmd), Signal::STOP).unwrap();
     kill_process(pid(lock.id().unwrap() as i32), Signal::TERM).unwrap();
@@ -795,7 +814,8 @@ async fn cli_elect_a_leader_resigned_by_someone_else_says_so_and_exits_3() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "no longer the leader: {stderr}");
-    assert!(stderr.contains("resigned by someone else: no longer the leader of \"svc/primary\""), "{stderr}");
+    assert!(stderr.contains("resigned by someone else"), "says why: {stderr}");
+    assert!(stderr.contains("no longer the leader of \"svc/primary\""), "{stderr}");
     assert_eq!(client.sessions().await.unwrap(), [], "its session closed");
 }
 
@@ -1021,17 +1041,17 @@ async fn cli_watch_and_observe_fail_within_the_timeout_on_a_dead_endpoint_and_a_
     assert_eq!(status.code(), Some(0), "quietly, as `head` expects");
 }
 
-/// An observation the members refuse (a name over 1 KiB) ends at once with their error, not
-/// after --timeout with "no member said who leads": retrying cannot mend it.
+/// An observation of a name the members would refuse (over 1 KiB) ends at once, a usage error
+/// naming the limit, not after --timeout with "no member said who leads": retrying cannot mend it.
 #[tokio::test]
-async fn cli_observe_of_a_name_the_members_refuse_fails_at_once_naming_the_name() {
+async fn cli_observe_of_a_name_the_members_refuse_fails_at_once_naming_the_limit() {
     let c = Cluster::start(1, &[]).await;
     c.leader().await;
     let name = "x".repeat(1025);
     let started = std::time::Instant::now();
     let out = latch(&c, &["elect", &name, "--observe"]).await;
-    assert_ne!(out.status.code(), Some(0), "a refused observation fails: {}", stderr(&out));
-    assert!(stderr(&out).contains("name"), "the error names the field: {}", stderr(&out));
+    assert_eq!(out.status.code(), Some(2), "a usage error: {}", stderr(&out));
+    assert!(stderr(&out).contains("NAME is 1025 bytes, at most 1024 allowed"), "{}", stderr(&out));
     assert!(!stderr(&out).contains("--timeout"), "not a timeout: {}", stderr(&out));
     assert!(started.elapsed() < Duration::from_secs(5), "at once, took {:?}", started.elapsed());
 }
