@@ -344,8 +344,9 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                     }
                     () = lost(&session, term_before) => {
                         let now = tokio::time::Instant::now();
-                        // The cluster said the session ended (closed, say, not expired): the lock
-                        // may be the next holder's already, with no lock-delay between.
+                        // Expired: the cluster said the session ended (closed, say), or nothing
+                        // answered for the grace past the lease. A close lets the lock go with no
+                        // lock-delay between: it may be the next holder's already.
                         let ended = session.state() == SessionState::Expired;
                         let kill_at = if ended {
                             now
