@@ -17,8 +17,8 @@ use latch_client::Leadership;
 use serde_json::json;
 
 use super::{
-    interrupted, killed_by, print_bytes, print_json, stream_bytes, stream_json, unanswered, ClientArgs,
-    Output, UsageError,
+    interrupted, killed_by, print_bytes, print_json, stdout_gone, stream_bytes, stream_json, unanswered,
+    ClientArgs, Output, UsageError,
 };
 
 /// `latch elect`.
@@ -126,6 +126,7 @@ async fn take_part(command: RunArgs, client: &ClientArgs) -> anyhow::Result<Exit
                     None => return Ok(ExitCode::from(1)),
                 },
                 _ = &mut stop => return Ok(ExitCode::SUCCESS),
+                () = stdout_gone() => return Ok(ExitCode::SUCCESS),
                 late = unanswered(first_by, timeout, &said, &client) => return Err(late),
             }
         }

@@ -450,6 +450,28 @@ fn stream_bytes(bytes: &[u8]) -> anyhow::Result<()> {
     }
 }
 
+/// How often a command that runs until stopped looks whether its output's reader is gone.
+const STDOUT_CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// Resolves once stdout is a pipe whose reader is gone (`latch elect e --observe | head -1`
+/// after `head` exits): a command that runs until stopped then ends even when it has nothing
+/// to print (a stable leader, a quiet key), as it would at its next line. Never resolves for a
+/// terminal or a file.
+async fn stdout_gone() {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let stdout = std::io::stdout();
+    loop {
+        tokio::time::sleep(STDOUT_CHECK_EVERY).await;
+        // No events asked for: only the error a pipe's writer sees once its reader is gone.
+        let mut fds = [PollFd::new(&stdout, PollFlags::empty())];
+        if poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 })).is_ok()
+            && fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP)
+        {
+            return;
+        }
+    }
+}
+
 /// Listens for SIGINT, SIGTERM and SIGHUP from now on — before a command takes anything to
 /// give back, so that a failure to listen leaves nothing behind — and resolves with the number
 /// of the first: what a command that runs until stopped (a watch, a leadership, a keepalive

@@ -83,6 +83,7 @@ pub async fn run(command: WatchCommand, client: &ClientArgs) -> anyhow::Result<E
         let update = tokio::select! {
             u = updates.next() => u,
             _ = &mut stop => return Ok(ExitCode::SUCCESS),
+            () = super::stdout_gone() => return Ok(ExitCode::SUCCESS),
             late = unanswered(start_by, timeout, "started the watch", &client) => return Err(late),
         };
         start_by = None;

@@ -1041,6 +1041,48 @@ async fn cli_watch_and_observe_fail_within_the_timeout_on_a_dead_endpoint_and_a_
     assert_eq!(status.code(), Some(0), "quietly, as `head` expects");
 }
 
+/// `latch elect NAME --observe | head -1` ends once `head` has its line, though no other line
+/// comes (nobody leads, nobody campaigns): before, the observer waited for a next line to fail
+/// on, which a stable election never gives. `latch watch` likewise.
+#[tokio::test]
+async fn cli_observe_and_watch_end_once_their_reader_is_gone_though_nothing_more_comes() {
+    use tokio::io::AsyncBufReadExt;
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    for args in [&["elect", "quiet", "--observe"][..], &["watch", "quiet"][..]] {
+        let mut child = tokio::process::Command::new(latch_bin())
+            .args(args)
+            .args(["--endpoints", &c.member(1).client_addr])
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        // A watch prints nothing before its first event, and misses one before it started.
+        let first = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                tokio::select! {
+                    line = lines.next_line() => break line.unwrap(),
+                    () = tokio::time::sleep(Duration::from_millis(200)), if args[0] == "watch" => {
+                        client.put("quiet", "again").await.unwrap();
+                    }
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert!(first.is_some(), "`latch {}` printed its first line", args.join(" "));
+        drop(lines);
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("`latch {}` to end within 10 s of its reader's end", args.join(" ")))
+            .unwrap();
+        assert_eq!(status.code(), Some(0), "`latch {}` ends as on a closed pipe", args.join(" "));
+    }
+}
+
 /// An observation of a name the members would refuse (over 1 KiB) ends at once, a usage error
 /// naming the limit, not after --timeout with "no member said who leads": retrying cannot mend it.
 #[tokio::test]
