@@ -79,7 +79,9 @@ pub async fn run(command: ElectCommand, client: &ClientArgs) -> anyhow::Result<E
                 ))?,
                 Output::Text => print_bytes(
                     election
-                        .map_or(format!("{name}: no leader, no candidates\n"), |e| info_text(&e))
+                        .map_or(format!("{}: no leader, no candidates\n", super::shown(&name)), |e| {
+                            info_text(&e)
+                        })
                         .as_bytes(),
                 )?,
             }
@@ -203,12 +205,13 @@ fn print_leader(output: Output, name: &str, leader: Option<&Leadership>) -> anyh
         Output::Text => stream_bytes(
             match (leader, seq) {
                 (Some(l), Some(s)) => format!(
-                    "leader of {name}: {} (session {}, generation {})\n",
-                    String::from_utf8_lossy(&l.value),
+                    "leader of {}: {} (session {}, generation {})\n",
+                    super::shown(name),
+                    super::shown(&String::from_utf8_lossy(&l.value)),
                     s.session_id,
                     s.generation
                 ),
-                _ => format!("{name}: no leader\n"),
+                _ => format!("{}: no leader\n", super::shown(name)),
             }
             .as_bytes(),
         ),
@@ -216,12 +219,12 @@ fn print_leader(output: Output, name: &str, leader: Option<&Leadership>) -> anyh
 }
 
 fn info_text(e: &ElectionInfo) -> String {
-    let mut text = format!("{}\n", e.name);
+    let mut text = format!("{}\n", super::shown(&e.name));
     let seq = e.leader.as_ref().and_then(|l| l.sequencer.as_ref());
     if let (Some(l), Some(s)) = (&e.leader, seq) {
         text.push_str(&format!(
             "  leader: {} (session {}, generation {}, since revision {}, lock-delay {} ms)\n",
-            String::from_utf8_lossy(&l.value),
+            super::shown(&String::from_utf8_lossy(&l.value)),
             s.session_id,
             s.generation,
             e.elected_revision,
@@ -232,7 +235,7 @@ fn info_text(e: &ElectionInfo) -> String {
         text.push_str(&format!(
             "  candidate {}: {} (session {}, since revision {})\n",
             i + 1,
-            String::from_utf8_lossy(&c.value),
+            super::shown(&String::from_utf8_lossy(&c.value)),
             c.session_id,
             c.queued_revision
         ));

@@ -119,9 +119,9 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                     // A free lock: no holders, no waiters, no delay.
                     &lock.clone().unwrap_or(LockInfo { name: name.clone(), ..Default::default() }),
                 ))?,
-                Output::Text => {
-                    print_bytes(lock.map_or(format!("{name}: free\n"), |l| info_text(&l)).as_bytes())?
-                }
+                Output::Text => print_bytes(
+                    lock.map_or(format!("{}: free\n", super::shown(&name)), |l| info_text(&l)).as_bytes(),
+                )?,
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -612,7 +612,7 @@ fn mode_name(mode: i32) -> &'static str {
 }
 
 fn info_text(l: &LockInfo) -> String {
-    let mut text = format!("{}\n", l.name);
+    let mut text = format!("{}\n", super::shown(&l.name));
     for h in &l.holders {
         text.push_str(&format!(
             "  held by {} ({}, generation {}, since revision {}, lock-delay {} ms)\n",

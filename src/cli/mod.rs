@@ -450,6 +450,17 @@ fn stream_bytes(bytes: &[u8]) -> anyhow::Result<()> {
     }
 }
 
+/// A lock's or an election's name (or an election's value) as a line of text shows it: as it is,
+/// unless it is empty or holds a control character (a newline could make a line of its own, say
+/// a holder that is not there): then escaped and quoted, as Rust writes a string.
+fn shown(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.is_empty() || name.chars().any(char::is_control) {
+        format!("{name:?}").into()
+    } else {
+        name.into()
+    }
+}
+
 /// How often a command that runs until stopped looks whether its output's reader is gone.
 const STDOUT_CHECK_EVERY: Duration = Duration::from_millis(500);
 

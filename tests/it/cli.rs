@@ -609,6 +609,15 @@ async fn cli_lock_refuses_bad_input_before_making_a_session_and_exits_126_or_127
     let longest = "n".repeat(1024);
     let held = latch_exactly(&["--endpoints", &addr, "lock", &longest, "--", "true"]).await;
     assert_eq!(held.status.code(), Some(0), "a 1,024-byte name is held: {}", stderr(&held));
+    // A name with a newline is shown quoted and escaped: it cannot make a line of its own.
+    let forged = "evil\n  held by nobody";
+    let (owner, _) = client.create_session(Duration::from_secs(30), "owner").await.unwrap();
+    client.acquire(&owner, forged, latch_client::LockOptions::exclusive()).await.unwrap();
+    let shown = latch_exactly(&["--endpoints", &addr, "lock", "describe", forged]).await;
+    let text = stdout(&shown);
+    assert_eq!(text.lines().next(), Some(r#""evil\n  held by nobody""#), "{text}");
+    assert_eq!(text.lines().count(), 2, "the name and its one holder: {text}");
+    client.close_session(&owner).await.unwrap();
 
     let missing = latch_exactly(&strs(&lock(&["--", "no-such-command-here"]))).await;
     assert_eq!(missing.status.code(), Some(127), "not found, as `env` says: {}", stderr(&missing));
