@@ -29,7 +29,8 @@ use super::{
     disable_help_subcommand = true,
     after_help = "Exit status: 0 after resigning on SIGINT (Ctrl-C), SIGTERM or SIGHUP; 128 + \
                   the signal if one came while campaigning (the campaign is withdrawn); 1 if the \
-                  campaign failed; 3 if the session was lost while leading; 2 usage error.\n\
+                  campaign failed; 3 if the session was lost while leading, or someone else resigned the \
+                  leadership or closed its session; 2 usage error.\n\
                   `describe` and `list` are subcommands: not usable as an election NAME."
 )]
 pub struct ElectCommand {

@@ -47,10 +47,12 @@ pub const LOST: u8 = 3;
     subcommand_negates_reqs = true,
     disable_help_subcommand = true,
     after_help = "CMD sees LATCH_LOCK_SEQUENCER (the sequencer's string form) and LATCH_FENCING_TOKEN \
-                  (its generation) in its environment.\n\
+                  (its generation) in its environment, and LATCH_ENDPOINTS and LATCH_CLUSTER_ID for its \
+                  own `latch` commands.\n\
                   Exit status: CMD's own (128 + the signal that ended it); 1 if the lock was not acquired \
                   in time; 3 if the session was lost while CMD ran (CMD then got SIGTERM, and SIGKILL after \
-                  --grace); 126 if CMD cannot be run, 127 if it is not found; 128 + the signal if SIGINT, \
+                  --grace), or someone else released the lock or closed its session (CMD then got SIGKILL \
+                  at once); 126 if CMD cannot be run, 127 if it is not found; 128 + the signal if SIGINT, \
                   SIGTERM or SIGHUP came while waiting; 2 usage error.\n\
                   If `latch lock` itself is killed, CMD gets SIGKILL (unless CMD changed user: sudo, su, …).\n\
                   `describe`, `list` and `check` are subcommands: not usable as a lock NAME."

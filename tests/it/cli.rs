@@ -683,7 +683,20 @@ async fn cli_lock_a_command_dies_with_latch_lock_when_latch_lock_is_sigkilled() 
     .await;
 }
 
-/// Starts `latch lock NAME -- sh -c …` on member 1, its stderr piped; its command writes its pid
+/// Starts `latch --endpoints <member 1> ARGS`, its stdout and stderr piped, killed when dropped.
+fn spawn_latch(c: &Cluster, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(latch_bin())
+        .args(["--endpoints", &c.member(1).client_addr])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Starts `latch lock NAME -- sh -c …` on member 1, its output piped; its command writes its pid
 /// and its sequencer into `dir` and sleeps. Returns the child, the command's pid and sequencer.
 async fn lock_running(
     c: &Cluster,
@@ -697,13 +710,7 @@ async fn lock_running(
         seq_file.display(),
         pid_file.display()
     );
-    let lock = tokio::process::Command::new(latch_bin())
-        .args(["lock", name, "--endpoints", &c.member(1).client_addr, "--", "sh", "-c", &script])
-        .env_remove("RUST_LOG")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let lock = spawn_latch(c, &["lock", name, "--", "sh", "-c", &script]);
     let (pid, seq) = eventually("the command to start holding the lock", Duration::from_secs(20), || async {
         let text = std::fs::read_to_string(&pid_file).map_err(|e| e.to_string())?;
         let pid = text.trim().parse::<i32>().map_err(|e| format!("{text:?}: {e}"))?;
@@ -768,13 +775,7 @@ async fn cli_lock_kills_its_command_when_someone_else_ends_its_hold_and_a_stoppe
         stderr(&busy)
     );
     // A waiter whose session someone closes ends "not acquired", saying so.
-    let waiter = tokio::process::Command::new(latch_bin())
-        .args(["lock", "jobs/stopped", "--endpoints", &addr, "--", "true"])
-        .env_remove("RUST_LOG")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let waiter = spawn_latch(&c, &["lock", "jobs/stopped", "--", "true"]);
     let queued = eventually("the waiter to queue", Duration::from_secs(20), || async {
         match client.describe_lock("jobs/stopped").await {
             Ok(Some(lock)) if lock.waiters.len() == 1 => Ok(lock.waiters[0].session_id.clone()),
@@ -803,14 +804,7 @@ async fn cli_elect_a_leader_resigned_by_someone_else_says_so_and_exits_3() {
     let c = Cluster::start(1, &[]).await;
     c.leader().await;
     let client = c.client().await;
-    let mut elect = tokio::process::Command::new(latch_bin())
-        .args(["elect", "svc/primary", "alpha", "--endpoints", &c.member(1).client_addr])
-        .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut elect = spawn_latch(&c, &["elect", "svc/primary", "alpha"]);
     let mut lines = tokio::io::BufReader::new(elect.stdout.take().unwrap()).lines();
     let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap();
     assert!(first.is_some_and(|l| l.starts_with("leader of svc/primary: alpha")), "alpha leads");
@@ -828,7 +822,7 @@ async fn cli_elect_a_leader_resigned_by_someone_else_says_so_and_exits_3() {
     assert_eq!(client.sessions().await.unwrap(), [], "its session closed");
 }
 
-/// Starts `latch ARGS --endpoints <member 1>` with its output piped; sends it `signal` once its
+/// Starts `latch --endpoints <member 1> ARGS` ([`spawn_latch`]); sends it `signal` once its
 /// first line is printed, and returns that line and its exit code.
 async fn signalled_after_first_line(
     c: &Cluster,
@@ -836,14 +830,7 @@ async fn signalled_after_first_line(
     signal: rustix::process::Signal,
 ) -> (String, i32) {
     use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(latch_bin())
-        .args(args)
-        .args(["--endpoints", &c.member(1).client_addr])
-        .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_latch(c, args);
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
         .await
@@ -1060,14 +1047,7 @@ async fn cli_observe_and_watch_end_once_their_reader_is_gone_though_nothing_more
     c.leader().await;
     let client = c.client().await;
     for args in [&["elect", "quiet", "--observe"][..], &["watch", "quiet"][..]] {
-        let mut child = tokio::process::Command::new(latch_bin())
-            .args(args)
-            .args(["--endpoints", &c.member(1).client_addr])
-            .env_remove("RUST_LOG")
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut child = spawn_latch(&c, args);
         let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
         // A watch prints nothing before its first event, and misses one before it started.
         let first = tokio::time::timeout(Duration::from_secs(20), async {
