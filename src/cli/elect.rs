@@ -118,6 +118,8 @@ async fn take_part(command: RunArgs, client: &ClientArgs) -> anyhow::Result<Exit
         tokio::pin!(leaders);
         let mut first_by = Some(tokio::time::Instant::now() + timeout);
         let said = format!("said who leads {name:?}");
+        let reader_gone = stdout_gone();
+        tokio::pin!(reader_gone);
         loop {
             tokio::select! {
                 leader = leaders.next() => match leader {
@@ -129,7 +131,7 @@ async fn take_part(command: RunArgs, client: &ClientArgs) -> anyhow::Result<Exit
                     None => return Ok(ExitCode::from(1)),
                 },
                 _ = &mut stop => return Ok(ExitCode::SUCCESS),
-                () = stdout_gone() => return Ok(ExitCode::SUCCESS),
+                () = &mut reader_gone => return Ok(ExitCode::SUCCESS),
                 late = unanswered(first_by, timeout, &said, &client) => return Err(late),
             }
         }

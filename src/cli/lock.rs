@@ -47,8 +47,7 @@ pub const LOST: u8 = 3;
     subcommand_negates_reqs = true,
     disable_help_subcommand = true,
     after_help = "CMD sees LATCH_LOCK_SEQUENCER (the sequencer's string form) and LATCH_FENCING_TOKEN \
-                  (its generation) in its environment, and LATCH_ENDPOINTS and LATCH_CLUSTER_ID for its \
-                  own `latch` commands.\n\
+                  (its generation) in its environment, and LATCH_ENDPOINTS for its own `latch` commands.\n\
                   Exit status: CMD's own (128 + the signal that ended it); 1 if the lock was not acquired \
                   in time; 3 if the session was lost while CMD ran (CMD then got SIGTERM, and SIGKILL after \
                   --grace), or someone else released the lock or closed its session (CMD then got SIGKILL \
@@ -208,26 +207,28 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                 }
             };
             let Some(guard) = guard else {
-                // Why, as far as the lock says: a free lock in its lock-delay is no mystery.
-                let why = match client.describe_lock(&name).await {
-                    Ok(Some(lock)) if lock.delayed => format!(
-                        " (its lock-delay of {} ms is in force: the last holder's session expired at \
-                         revision {}, and nobody is granted it until the delay ends)",
-                        lock.delay_ms, lock.delay_since_revision
-                    ),
-                    Ok(Some(lock)) if !lock.holders.is_empty() => format!(
-                        " (held by session {}{})",
-                        lock.holders[0].session_id,
-                        if lock.holders.len() > 1 {
-                            format!(" and {} more", lock.holders.len() - 1)
-                        } else {
-                            String::new()
-                        }
-                    ),
-                    _ => String::new(),
-                };
-                eprintln!("latch lock: {name:?} was not acquired in time{why}");
                 session.close().await?;
+                // Why, as far as the lock says within a second: a free lock in its lock-delay is
+                // no mystery.
+                let why =
+                    match tokio::time::timeout(Duration::from_secs(1), client.describe_lock(&name)).await {
+                        Ok(Ok(Some(lock))) if lock.delayed => format!(
+                            " (its lock-delay of {} ms is in force: the last holder's session expired at \
+                         revision {}, and nobody is granted it until the delay ends)",
+                            lock.delay_ms, lock.delay_since_revision
+                        ),
+                        Ok(Ok(Some(lock))) if !lock.holders.is_empty() => format!(
+                            " (held by session {}{})",
+                            lock.holders[0].session_id,
+                            if lock.holders.len() > 1 {
+                                format!(" and {} more", lock.holders.len() - 1)
+                            } else {
+                                String::new()
+                            }
+                        ),
+                        _ => String::new(),
+                    };
+                eprintln!("latch lock: {name:?} was not acquired in time{why}");
                 return Ok(ExitCode::from(1));
             };
             // A grant that came after the lease may have run out is no lock to run CMD under.
@@ -256,9 +257,9 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
             spawned
                 .env("LATCH_LOCK_SEQUENCER", guard.token())
                 .env("LATCH_FENCING_TOKEN", guard.generation().to_string())
-                // The members and the cluster the lock is held in, for CMD's own `latch` commands.
+                // The members the lock is held in, for CMD's own `latch` commands (no cluster id:
+                // a CMD's `--endpoints` of another cluster would then be refused by it).
                 .env("LATCH_ENDPOINTS", &endpoints)
-                .env("LATCH_CLUSTER_ID", latch_proto::format_cluster_id(guard.sequencer().cluster_id))
                 // A group of its own, so that whatever CMD starts is signalled with it.
                 .process_group(0)
                 .kill_on_drop(true);

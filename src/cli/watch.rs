@@ -79,11 +79,14 @@ pub async fn run(command: WatchCommand, client: &ClientArgs) -> anyhow::Result<E
     let stop = interrupted()?;
     tokio::pin!(stop);
     let mut start_by = Some(tokio::time::Instant::now() + timeout);
+    // Made once: progress notices print nothing, and would restart its wait every turn.
+    let reader_gone = super::stdout_gone();
+    tokio::pin!(reader_gone);
     loop {
         let update = tokio::select! {
             u = updates.next() => u,
             _ = &mut stop => return Ok(ExitCode::SUCCESS),
-            () = super::stdout_gone() => return Ok(ExitCode::SUCCESS),
+            () = &mut reader_gone => return Ok(ExitCode::SUCCESS),
             late = unanswered(start_by, timeout, "started the watch", &client) => return Err(late),
         };
         start_by = None;
