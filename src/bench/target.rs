@@ -197,7 +197,7 @@ async fn connect_one(
                 request_timeout: timeout,
                 retry_budget: timeout,
                 writes_to_leader,
-                cluster_id: None,
+                ..latch_client::ClientOptions::default()
             };
             match latch_client::Client::connect_with(endpoints, options).await {
                 Ok(client) => Ok(Connection::Latch(client)),

@@ -136,7 +136,7 @@ impl Cluster {
                     request_timeout: Duration::from_secs(3),
                     retry_budget: Duration::ZERO,
                     writes_to_leader: false,
-                    cluster_id: None,
+                    ..ClientOptions::default()
                 },
             )
             .await

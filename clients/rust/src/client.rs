@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use latch_proto::v1::ResponseHeader;
 use latch_proto::{format_cluster_id, parse_cluster_id, CLUSTER_ID_METADATA};
 use tokio::time::Instant;
@@ -55,6 +56,15 @@ pub struct ClientOptions {
     /// endpoint list whose first answer would come from the wrong cluster never serves a
     /// call. Default `None`: the cluster is the one the first answer names.
     pub cluster_id: Option<u64>,
+    /// How long an attempt may go unanswered before the call is also sent to the next
+    /// endpoint, the first answer serving it (at most half the request timeout; `None`: never).
+    /// A member frozen with its sockets open (stopped, a stuck VM, a host that drops its
+    /// packets after the connect) is otherwise left only once the request timeout or the
+    /// connection's ping gives up on it, so one such member first in a list shared by every
+    /// script would fail them all while the others could serve. Calls that may wait on the
+    /// server (a lock's grant, a campaign) and keepalives (which hedge by the lease) are not
+    /// sent twice. Default 1 s.
+    pub hedge_after: Option<Duration>,
 }
 
 impl Default for ClientOptions {
@@ -64,6 +74,7 @@ impl Default for ClientOptions {
             retry_budget: Duration::from_secs(10),
             writes_to_leader: true,
             cluster_id: None,
+            hedge_after: Some(Duration::from_secs(1)),
         }
     }
 }
@@ -501,18 +512,27 @@ impl Client {
     {
         // (attempt timeout, deadline of the whole call); none for a call that may wait forever.
         let Patience { wait, cap, stay } = patience;
+        let started = Instant::now();
         let limits = wait.map(|wait| {
             let options = self.inner.options;
             let (per_attempt, budget) = (options.request_timeout + wait, options.retry_budget + wait);
             let per_attempt = cap.map_or(per_attempt, |cap| per_attempt.min(cap));
-            (per_attempt, Instant::now() + budget.max(per_attempt))
+            (per_attempt, started + budget.max(per_attempt))
         });
+        // A call that waits on nothing of the server's, and hedges nothing itself, goes to the
+        // next endpoint too once its attempt went unanswered this long (`hedge_after`).
+        let hedge = match (wait, cap, stay, self.inner.options.hedge_after, limits) {
+            (Some(wait), None, None, Some(after), Some((per_attempt, _))) if wait.is_zero() => {
+                Some(after.min(per_attempt / 2))
+            }
+            _ => None,
+        };
         let mut backoff = INITIAL_BACKOFF;
         let route = match route {
             Route::Leader if !self.inner.options.writes_to_leader => Route::Preferred,
             route => route,
         };
-        let (mut index, mut target) = {
+        let (index, target) = {
             let targets = self.targets();
             let first = match (route, targets.leader) {
                 (Route::From(index), _) => index,
@@ -522,18 +542,60 @@ impl Client {
             let index = first % targets.list.len();
             (index, targets.list[index].clone())
         };
+        // One attempt at one endpoint, within what is left of the call's limits; it ends with
+        // the endpoint it went to.
+        let mut launch = |index: usize, target: Target| {
+            let timeout = limits.map(|(per_attempt, deadline)| {
+                per_attempt.min(deadline.saturating_duration_since(Instant::now()))
+            });
+            let call = attempt(target.on(lane));
+            async move {
+                let answer = match timeout {
+                    Some(timeout) => match tokio::time::timeout(timeout, call).await {
+                        Ok(answer) => answer,
+                        Err(_) => Err(Status::deadline_exceeded(format!(
+                            "{}: no answer within {timeout:.1?}",
+                            target.addr
+                        ))),
+                    },
+                    None => call.await,
+                };
+                (index, target, answer)
+            }
+        };
+        // The attempts under way: one, or two once the first went unanswered for `hedge`. The
+        // call ends with the first answer; a failure waits for the other attempt, if any.
+        let mut running = FuturesUnordered::new();
+        running.push(launch(index, target));
+        // What each endpoint tried last said, to name them all when the call gives up.
+        let mut failures = Vec::<(String, String)>::new();
+        let (mut last, mut hedge_at) = (index, hedge.map(|after| Instant::now() + after));
         loop {
-            let answer = match limits {
-                Some((per_attempt, deadline)) => {
-                    let timeout = per_attempt.min(deadline.saturating_duration_since(Instant::now()));
-                    tokio::time::timeout(timeout, attempt(target.on(lane))).await.map_err(|_| {
-                        Status::deadline_exceeded(format!("{}: no answer within {timeout:.1?}", target.addr))
-                    })
+            let hedge_due = tokio::time::sleep_until(hedge_at.unwrap_or_else(Instant::now));
+            let (index, target, answer) = tokio::select! {
+                Some(ended) = running.next() => ended,
+                () = hedge_due, if hedge_at.is_some() => {
+                    hedge_at = None;
+                    let (next, target) = {
+                        let targets = self.targets();
+                        let next = (last + 1) % targets.list.len();
+                        (next, targets.list[next].clone())
+                    };
+                    if next != last {
+                        tracing::debug!(
+                            method,
+                            unanswered = %self.targets().list[last].addr,
+                            endpoint = %target.addr,
+                            "no answer yet; sending the call to the next endpoint too"
+                        );
+                        running.push(launch(next, target));
+                        last = next;
+                    }
+                    continue;
                 }
-                None => Ok(attempt(target.on(lane)).await),
             };
             let status = match answer {
-                Ok(Ok(response)) => {
+                Ok(response) => {
                     let cluster = &self.inner.cluster;
                     if let Some(stray) = cluster.stray(cluster.learn(response.metadata()), &target.addr) {
                         return Err(Error::from(stray));
@@ -542,10 +604,12 @@ impl Client {
                     self.answered(index, &target.addr, route, named);
                     return Ok(response.into_inner());
                 }
-                Ok(Err(status)) | Err(status) => status,
+                Err(status) => status,
             };
-            self.targets().last_failure =
-                Some(Error::from(with_context(status.clone(), &target.addr)).to_string());
+            let failure = Error::from(with_context(status.clone(), &target.addr)).to_string();
+            failures.retain(|(addr, _)| *addr != target.addr);
+            failures.push((target.addr.clone(), failure.clone()));
+            self.targets().last_failure = Some(failure);
             let cluster = &self.inner.cluster;
             let named = cluster.learn(status.metadata());
             // A member of another cluster refused the call: it is no member of ours, whatever
@@ -559,8 +623,16 @@ impl Client {
             let hint = leader_hint(&status).filter(|_| !foreign);
             // Named our cluster: the member itself answered (the connection is fine).
             let answered = named.is_some() && !foreign;
-            if limits.is_some_and(|(_, deadline)| Instant::now() + backoff >= deadline) {
-                return Err(Error::from(with_context(status, &target.addr)));
+            if !running.is_empty() {
+                // The other attempt may still be answered; this endpoint is passed over as a
+                // failed one would be.
+                self.next_target(index, &target.addr, route, hint.as_deref(), answered);
+                continue;
+            }
+            if let Some((_, deadline)) = limits.filter(|(_, deadline)| Instant::now() + backoff >= *deadline)
+            {
+                let budget = deadline.saturating_duration_since(started);
+                return Err(Error::from(gave_up(status, &target.addr, &failures, budget)));
             }
             tracing::debug!(
                 method,
@@ -571,12 +643,14 @@ impl Client {
                 "retrying on another endpoint"
             );
             let failure = with_context(status, &target.addr);
-            (index, target) = self.next_target(index, &target.addr, route, hint.as_deref(), answered);
+            let (next, target) = self.next_target(index, &target.addr, route, hint.as_deref(), answered);
             tokio::time::sleep(backoff).await;
             if staying() {
                 return Err(Error::from(failure));
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
+            running.push(launch(next, target));
+            (last, hedge_at) = (next, hedge.map(|after| Instant::now() + after));
         }
     }
 
@@ -854,6 +928,24 @@ fn leader_hint(status: &Status) -> Option<String> {
     }
     let addr = status.metadata().get(LEADER_ADDR_METADATA)?.to_str().ok()?.trim();
     (!addr.is_empty()).then(|| addr.to_string())
+}
+
+/// The failure a call ends with once its time is spent: the last one (`last`, at `addr`), how
+/// long the call could retry, and what each other endpoint it tried said last, so that a
+/// cluster without a quorum, or a list of dead endpoints, reads as such.
+fn gave_up(last: Status, addr: &str, failures: &[(String, String)], budget: Duration) -> Status {
+    let last = with_context(last, addr);
+    let others: Vec<String> = failures
+        .iter()
+        .filter(|(at, _)| at != addr)
+        .map(|(at, why)| if why.contains(at.as_str()) { why.clone() } else { format!("{at}: {why}") })
+        .collect();
+    let others = match others.is_empty() {
+        true => String::new(),
+        false => format!("; before it, {}", others.join("; ")),
+    };
+    let message = format!("{} (retried for {budget:.1?}{others})", last.message());
+    Status::with_metadata(last.code(), message, last.metadata().clone())
 }
 
 /// A status made by the local transport says little ("transport error"); the endpoint and the

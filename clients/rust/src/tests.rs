@@ -55,6 +55,11 @@ enum Script {
     /// revision, its answer's data not kept (a txn's compares held), as a retry whose first
     /// answer was lost is answered.
     AppliedBefore(i64),
+    /// Records each request and never answers it, as a member that stopped with its sockets
+    /// open (SIGSTOP, a stuck VM) does.
+    Frozen,
+    /// Answers as `Answer`, after this long.
+    Slow(Duration),
 }
 
 #[derive(Clone)]
@@ -75,7 +80,20 @@ struct ScriptedKv {
 impl ScriptedKv {
     // `Status` is what tonic's service trait returns; its size is not ours to choose.
     #[allow(clippy::result_large_err)]
-    fn answer<T>(&self, request: &MetadataMap, request_id: String, ok: T) -> Result<Response<T>, Status> {
+    async fn answer<T>(
+        &self,
+        request: &MetadataMap,
+        request_id: String,
+        ok: T,
+    ) -> Result<Response<T>, Status> {
+        match self.script {
+            Script::Frozen => {
+                self.received.lock().expect("test lock").push(request_id.clone());
+                std::future::pending::<()>().await;
+            }
+            Script::Slow(after) => tokio::time::sleep(after).await,
+            _ => {}
+        }
         let asked = request.get(CLUSTER_ID_METADATA).map(|v| v.to_str().expect("ascii").to_string());
         self.named.lock().expect("test lock").push(asked.clone());
         let mut answer = self.answer_as_scripted(request_id, ok, asked);
@@ -104,7 +122,8 @@ impl ScriptedKv {
         let read = request_id == "serializable" || request_id == "linearizable";
         self.received.lock().expect("test lock").push(request_id);
         match &self.script {
-            Script::Answer | Script::Behind => Ok(Response::new(ok)),
+            Script::Answer | Script::Behind | Script::Slow(_) => Ok(Response::new(ok)),
+            Script::Frozen => unreachable!("a frozen member answers nothing"),
             Script::AppliedBefore(_) if read => Ok(Response::new(ok)),
             Script::AppliedBefore(revision) => {
                 let mut status = Status::failed_precondition("applied before; its answer's data is not kept");
@@ -150,12 +169,14 @@ impl Kv for ScriptedKv {
             noted.to_string(),
             RangeResponse { header, kvs: vec![kv], count: 1, ..Default::default() },
         )
+        .await
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let header = Some(ResponseHeader { revision: 10, ..Default::default() });
         let metadata = request.metadata().clone();
         self.answer(&metadata, request.into_inner().request_id, PutResponse { header, ..Default::default() })
+            .await
     }
 
     async fn delete_range(
@@ -164,13 +185,13 @@ impl Kv for ScriptedKv {
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let metadata = request.metadata().clone();
         let deleted = DeleteRangeResponse { deleted: 1, ..Default::default() };
-        self.answer(&metadata, request.into_inner().request_id, deleted)
+        self.answer(&metadata, request.into_inner().request_id, deleted).await
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let metadata = request.metadata().clone();
         let answer = TxnResponse { succeeded: true, ..Default::default() };
-        self.answer(&metadata, request.into_inner().request_id, answer)
+        self.answer(&metadata, request.into_inner().request_id, answer).await
     }
 
     async fn compact(
@@ -184,6 +205,7 @@ impl Kv for ScriptedKv {
             r.request_id,
             CompactionResponse { compact_revision: r.revision, ..Default::default() },
         )
+        .await
     }
 }
 
@@ -274,6 +296,59 @@ async fn an_unreachable_endpoint_is_skipped() {
     assert_eq!(kv.value, b"v");
 }
 
+/// Options whose calls give up after 3 s, the whole call as each attempt, hedged after 100 ms.
+fn hedging_within_3s() -> ClientOptions {
+    ClientOptions {
+        request_timeout: Duration::from_secs(3),
+        retry_budget: Duration::from_secs(3),
+        hedge_after: Some(Duration::from_millis(100)),
+        ..ClientOptions::default()
+    }
+}
+
+/// A member that stopped answering with its sockets open, first in the list: a call goes to the
+/// next endpoint too once unanswered for `hedge_after`, and is answered there well within the
+/// request timeout, which waiting on the frozen member alone would spend. The write carries
+/// the same request id to both; later calls start where the answers came from.
+#[tokio::test]
+async fn a_call_to_a_member_that_stopped_answering_is_sent_to_the_next_one_too_and_answered_there() {
+    let (frozen, at_frozen) = serve(Script::Frozen).await;
+    let (live, at_live) = serve(Script::Answer).await;
+    let client = Client::connect_with([frozen, live], hedging_within_3s()).await.expect("valid endpoints");
+
+    let kv = client.get("k").await.expect("the second member answers the hedged read");
+    assert_eq!(kv.map(|kv| kv.value), Some(b"v".to_vec()));
+    client.put("k", "v").await.expect("the second member answers the write");
+    client.get("k").await.expect("the read starts where the last read was answered");
+
+    let (to_frozen, to_live) = (received(&at_frozen), received(&at_live));
+    assert_eq!(to_frozen, vec![String::new()], "the frozen member was asked once, by the first read");
+    assert_eq!(to_live.len(), 3, "the live member answered every call: {to_live:?}");
+
+    let (frozen, at_frozen) = serve(Script::Frozen).await;
+    let (live, at_live) = serve(Script::Answer).await;
+    let client = Client::connect_with([frozen, live], hedging_within_3s()).await.expect("valid endpoints");
+    client.put("k", "v").await.expect("the hedged write is answered by the second member");
+    let (to_frozen, to_live) = (received(&at_frozen), received(&at_live));
+    assert_eq!(to_frozen.len(), 1, "the write went first to the first endpoint: {to_frozen:?}");
+    assert!(!to_frozen[0].is_empty(), "the write carries a request id");
+    assert_eq!(to_live, to_frozen, "the hedge carries the same request id, so it is applied once");
+}
+
+/// A member slower than `hedge_after` still serves the call when the hedge fails: a failure
+/// of one attempt waits for the other.
+#[tokio::test]
+async fn a_slow_member_answers_the_call_whose_hedge_failed() {
+    let (slow, at_slow) = serve(Script::Slow(Duration::from_millis(400))).await;
+    let dead = dead_addr().await;
+    let client = Client::connect_with([slow, dead], hedging_within_3s()).await.expect("valid endpoints");
+
+    let kv = client.get("k").await.expect("the slow member answers though the hedge was refused");
+
+    assert_eq!(kv.map(|kv| kv.value), Some(b"v".to_vec()));
+    assert_eq!(received(&at_slow).len(), 1, "asked once: its attempt ran on beside the failed hedge");
+}
+
 #[tokio::test]
 async fn a_rejected_request_is_not_retried_and_keeps_the_servers_message() {
     for code in [Code::InvalidArgument, Code::ResourceExhausted, Code::FailedPrecondition] {
@@ -292,19 +367,22 @@ async fn a_rejected_request_is_not_retried_and_keeps_the_servers_message() {
 
 #[tokio::test]
 async fn a_call_to_a_dead_cluster_returns_the_last_error_after_the_retry_budget() {
-    let dead = dead_addr().await;
+    let (dead, other) = (dead_addr().await, dead_addr().await);
     let options = ClientOptions {
         request_timeout: Duration::from_millis(100),
         retry_budget: Duration::from_millis(300),
         ..ClientOptions::default()
     };
-    let client = Client::connect_with([dead.as_str()], options).await.expect("valid endpoint");
+    let client =
+        Client::connect_with([dead.as_str(), other.as_str()], options).await.expect("valid endpoints");
 
     let started = std::time::Instant::now();
     let err = client.get("k").await.expect_err("nothing listens");
 
     assert_eq!(err.code(), Code::Unavailable, "{err}");
-    assert!(err.to_string().contains(&dead), "the error names the endpoint: {err}");
+    let text = err.to_string();
+    assert!(text.contains(&dead) && text.contains(&other), "the error names both endpoints: {err}");
+    assert!(text.contains("retried for 300.0ms"), "the error says how long the call could retry: {err}");
     assert!(started.elapsed() < Duration::from_secs(2), "gave up after {:?}", started.elapsed());
 }
 
