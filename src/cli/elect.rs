@@ -111,8 +111,7 @@ async fn take_part(command: RunArgs, client: &ClientArgs) -> anyhow::Result<Exit
     let (output, timeout) = (client.output, client.timeout);
     let client = client.connect().await?;
     let election = client.election(name.clone());
-    let stop = interrupted()?;
-    tokio::pin!(stop);
+    let mut stop = interrupted()?;
     if command.observe {
         let leaders = election.observe_or_fail();
         tokio::pin!(leaders);
@@ -130,7 +129,7 @@ async fn take_part(command: RunArgs, client: &ClientArgs) -> anyhow::Result<Exit
                     Some(Err(refused)) => return Err(refused.into()),
                     None => return Ok(ExitCode::from(1)),
                 },
-                _ = &mut stop => return Ok(ExitCode::SUCCESS),
+                _ = stop.next() => return Ok(ExitCode::SUCCESS),
                 () = &mut reader_gone => return Ok(ExitCode::SUCCESS),
                 late = unanswered(first_by, timeout, &said, &client) => return Err(late),
             }
@@ -148,10 +147,12 @@ async fn take_part(command: RunArgs, client: &ClientArgs) -> anyhow::Result<Exit
                 return Err(e.into());
             }
         },
-        signal = &mut stop => {
+        signal = stop.next() => {
             // Closing the session withdraws the campaign (or, failing that, its expiry does).
-            if let Err(e) = session.close().await {
-                eprintln!("latch elect: closing the session failed ({e}); it expires by itself");
+            let left = "the session expires by itself (its TTL after its last keepalive); its campaign \
+                        may win meanwhile, and lead until then";
+            if let Ok(Err(e)) = stop.unless_again("latch elect", left, session.close()).await {
+                eprintln!("latch elect: closing the session failed ({e}); {left}");
             }
             return Ok(killed_by(signal));
         }
@@ -164,14 +165,21 @@ async fn take_part(command: RunArgs, client: &ClientArgs) -> anyhow::Result<Exit
     }
     let sequencer = leadership.sequencer.clone().unwrap_or_default();
     tokio::select! {
-        _ = &mut stop => {
+        signal = stop.next() => {
             // A leadership resigned or ended meanwhile is given up already: the session goes
             // all the same.
-            if let Err(e) = election.resign(&leadership).await {
-                eprintln!("latch elect: resigning failed ({e}); closing the session ends the leadership");
+            let give_back = async {
+                if let Err(e) = election.resign(&leadership).await {
+                    eprintln!("latch elect: resigning failed ({e}); closing the session ends the leadership");
+                }
+                session.close().await
+            };
+            let left = "the session expires by itself (its TTL after its last keepalive), and with it \
+                        the leadership; its lock-delay follows";
+            match stop.unless_again("latch elect", left, give_back).await {
+                Ok(closed) => closed.map(|_| ExitCode::SUCCESS).map_err(Into::into),
+                Err(_) => Ok(killed_by(signal)),
             }
-            session.close().await?;
-            Ok(ExitCode::SUCCESS)
         }
         // Once the lease may have run out, it may no longer lead.
         () = super::lock::lost(&session, Duration::ZERO) => {

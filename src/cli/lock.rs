@@ -18,13 +18,14 @@
 //! CMD runs in a process group of its own, as GNU `timeout` runs its command: SIGINT, SIGTERM,
 //! SIGHUP and SIGQUIT sent to `latch lock` are passed on to it; Ctrl-Z stops both (and on
 //! resumption CMD goes on only if the session is still surely alive, else it is killed and the
-//! status is 3). If `latch lock` itself dies (SIGKILL, say), CMD gets SIGKILL from the kernel
-//! (`PR_SET_PDEATHSIG`): nothing would be left to stop it before its session expires and the
-//! lock goes to another. Limits: what CMD started itself is not covered by that, nor a CMD that
-//! changes user or runs a set-user-ID program (`sudo`, `su`, `runuser`, `setpriv`: the kernel
-//! drops the request then); and CMD is not in the terminal's foreground group, so a CMD that
-//! reads the terminal is stopped by SIGTTIN (give it its input another way). `describe`, `list`
-//! and `check` name subcommands, not locks: `latch lock check -- CMD` is a usage error.
+//! status is 3). If `latch lock` itself dies (SIGKILL, say), CMD's group gets SIGKILL
+//! (`latch lock-exec`, the group's leader, hears of it from the kernel: [`supervise`]): nothing
+//! would be left to stop CMD before its session expires and the lock goes to another. Limits:
+//! what left the group (`setsid`, a daemon) is not covered by that, nor what changed user or
+//! runs a set-user-ID program (`sudo`, `su`: no permission to kill it); and CMD is not in the
+//! terminal's foreground group, so a CMD that reads the terminal is stopped by SIGTTIN (said on
+//! stderr; give it its input another way). `describe`, `list` and `check` name subcommands, not
+//! locks: `latch lock check -- CMD` is a usage error.
 
 use futures::FutureExt as _;
 use std::process::ExitCode;
@@ -53,7 +54,8 @@ pub const LOST: u8 = 3;
                   --grace), or someone else released the lock or closed its session (CMD then got SIGKILL \
                   at once); 126 if CMD cannot be run, 127 if it is not found; 128 + the signal if SIGINT, \
                   SIGTERM or SIGHUP came while waiting; 2 usage error.\n\
-                  If `latch lock` itself is killed, CMD gets SIGKILL (unless CMD changed user: sudo, su, …).\n\
+                  If `latch lock` itself is killed, CMD and what it started get SIGKILL (unless they left its \
+                  process group or changed user: setsid, sudo, su, …).\n\
                   `describe`, `list` and `check` are subcommands: not usable as a lock NAME."
 )]
 pub struct LockCommand {
@@ -166,7 +168,7 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
             let Some((program, program_args)) = args.command.split_first() else {
                 return Err(UsageError("the command to run goes after `--`".into()).into());
             };
-            let stop = interrupted()?;
+            let mut stop = interrupted()?;
             let session = super::command_session(&client, args.ttl, "latch lock", &name).await?;
             let options = LockOptions {
                 mode: if args.shared { LockMode::Shared } else { LockMode::Exclusive },
@@ -197,11 +199,14 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                         return Err(e.into());
                     }
                 },
-                signal = stop => {
+                signal = stop.next() => {
                     eprintln!("latch lock: interrupted (signal {signal}) while waiting for {name:?}");
                     // Closing the session withdraws the wait (or, failing that, its expiry does).
-                    if let Err(e) = session.close().await {
-                        eprintln!("latch lock: closing the session failed ({e}); it expires by itself");
+                    let left = "the session expires by itself (its TTL after its last keepalive); its \
+                                wait may be granted meanwhile, and the lock is then held until then and \
+                                its lock-delay after";
+                    if let Ok(Err(e)) = stop.unless_again("latch lock", left, session.close()).await {
+                        eprintln!("latch lock: closing the session failed ({e}); {left}");
                     }
                     return Ok(killed_by(signal));
                 }
@@ -239,9 +244,10 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
             }
             // Registered before CMD starts, so no signal meant for it gets its default action.
             let mut signals = Signals::new()?;
-            // Through `latch lock-exec`, which dies with us and becomes CMD: this very binary,
-            // even if its file was replaced (an upgrade) while we waited for the lock. Without
-            // /proc (a bare chroot), CMD runs directly, and is not killed should we die.
+            // Through `latch lock-exec`, which runs CMD in its group and kills the group should
+            // we die: this very binary, even if its file was replaced (an upgrade) while we
+            // waited for the lock. Without /proc (a bare chroot), CMD runs directly, and is not
+            // killed should we die.
             const SELF: &str = "/proc/self/exe";
             let mut spawned = if std::path::Path::new(SELF).exists() {
                 let mut through = tokio::process::Command::new(SELF);
@@ -412,7 +418,7 @@ fn refuse_bad_run_args(args: &RunArgs) -> Result<(), UsageError> {
 }
 
 /// `latch lock-exec --parent PID -- CMD [ARGS]` (hidden): what `latch lock` starts in CMD's
-/// place, to become CMD.
+/// place, the leader of CMD's process group ([`supervise`]).
 #[derive(Debug, Args)]
 pub struct ExecArgs {
     /// The `latch lock` process that holds the lock.
@@ -423,22 +429,72 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
-/// Asks the kernel for SIGKILL when `latch lock` (`--parent`) dies — so that a CMD left behind
-/// never goes on holding a lock whose session nobody keeps alive — and becomes CMD (`exec`,
-/// which keeps that request). Returns only when CMD cannot be run: 127 when it is not found,
-/// 126 otherwise, as `env` and `timeout` say; 137 when `latch lock` died already.
-pub fn exec_held(args: ExecArgs) -> anyhow::Result<ExitCode> {
-    use std::os::unix::process::CommandExt;
+/// Runs CMD in this process's group (the one `latch lock` made for it) and ends with CMD's
+/// status (128 + the signal, when one ended it): 127 when CMD is not found, 126 when it cannot
+/// be run otherwise, as `env` and `timeout` say; 137 when `latch lock` died already.
+///
+/// Should `latch lock` (`--parent`) die — SIGKILL, say — the kernel tells this process
+/// (`PR_SET_PDEATHSIG`), which kills its whole group: CMD and whatever CMD started (a shell's
+/// children among them), so that nothing goes on holding a lock whose session nobody keeps
+/// alive. The signals `latch lock` passes on to the group reach CMD and end nothing here, so
+/// this process outlives CMD by nothing. A CMD stopped by the terminal (SIGTTIN, SIGTTOU: the
+/// group is not the terminal's foreground one) is named once on stderr rather than left to
+/// hang unexplained.
+pub async fn supervise(args: ExecArgs) -> anyhow::Result<ExitCode> {
+    use rustix::process::{getppid, kill_current_process_group, waitid, Pid, WaitId, WaitIdOptions};
+    use tokio::signal::unix::{signal, SignalKind};
     let Some((program, program_args)) = args.command.split_first() else {
         return Err(UsageError("the command to run goes after `--`".into()).into());
     };
-    rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-    if rustix::process::Pid::as_raw(rustix::process::getppid()) != args.parent {
+    // Taken before the kernel is asked for it, so that it never ends this process unheard;
+    // like the ones passed on, which are CMD's to act on.
+    let mut parent_died = signal(SignalKind::user_defined2())?;
+    let mut changed = signal(SignalKind::child())?;
+    let mut passed_on = Vec::new();
+    for kind in [SignalKind::interrupt(), SignalKind::terminate(), SignalKind::hangup(), SignalKind::quit()] {
+        passed_on.push(signal(kind)?);
+    }
+    rustix::process::set_parent_process_death_signal(Some(Signal::USR2))?;
+    let orphaned = || Pid::as_raw(getppid()) != args.parent;
+    if orphaned() {
         // Died between the fork and the request: the kernel will not signal for it.
         return Ok(ExitCode::from(128 + Signal::KILL.as_raw() as u8));
     }
-    let e = std::process::Command::new(program).args(program_args).exec();
-    Ok(cannot_run(program, &e))
+    let mut child = match tokio::process::Command::new(program).args(program_args).spawn() {
+        Ok(child) => child,
+        Err(e) => return Ok(cannot_run(program, &e)),
+    };
+    let pid = child.id().and_then(|id| Pid::from_raw(id as i32));
+    let mut told = false;
+    loop {
+        let passed = futures::future::select_all(passed_on.iter_mut().map(|s| Box::pin(s.recv())));
+        tokio::select! {
+            status = child.wait() => return Ok(ExitCode::from(exit_code(status?))),
+            _ = parent_died.recv() => {
+                // The signal also comes when the thread that started us ends: only a parent
+                // gone (this process handed to another) counts.
+                if orphaned() {
+                    let _ = kill_current_process_group(Signal::KILL);
+                }
+            }
+            _ = changed.recv(), if !told => {
+                // NOWAIT: the stop stays to be seen; `child.wait` above waits for the exit.
+                let options = WaitIdOptions::STOPPED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+                let stopped_by = pid.and_then(|pid| waitid(WaitId::Pid(pid), options).ok().flatten());
+                let by = stopped_by.and_then(|s| s.stopping_signal());
+                if let Some(by) = by.filter(|&by| by == Signal::TTIN.as_raw() || by == Signal::TTOU.as_raw()) {
+                    told = true;
+                    let what = if by == Signal::TTIN.as_raw() { "reading" } else { "writing to" };
+                    say(format_args!(
+                        "latch lock: {program:?} is stopped on {what} the terminal: under latch lock it runs in a \
+                         process group of its own, not the terminal's foreground one; give it its input another \
+                         way (Ctrl-C ends it and hands the lock on)"
+                    ));
+                }
+            }
+            _ = passed => {}
+        }
+    }
 }
 
 /// Says why CMD could not be run, and the status for it: 127 when it is not found, 126

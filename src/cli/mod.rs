@@ -384,7 +384,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Svc(command) => ("svc", svc::run(command, client).await),
         Command::Dns(command) => ("dns", dns::run(command, client).await),
         Command::Bench(command) => ("bench", bench::run(command, client).await),
-        Command::LockExec(args) => ("lock-exec", lock::exec_held(args)),
+        Command::LockExec(args) => ("lock-exec", lock::supervise(args).await),
     };
     match result {
         Ok(code) => code,
@@ -484,19 +484,27 @@ async fn stdout_gone() {
 }
 
 /// Listens for SIGINT, SIGTERM and SIGHUP from now on — before a command takes anything to
-/// give back, so that a failure to listen leaves nothing behind — and resolves with the number
-/// of the first: what a command that runs until stopped (a watch, a leadership, a keepalive
-/// loop, a wait for a lock) ends on, after giving back what it holds. (systemd, Kubernetes and
-/// `timeout` stop a process with SIGTERM, a terminal with SIGINT or SIGHUP.)
-fn interrupted() -> std::io::Result<impl std::future::Future<Output = i32>> {
+/// give back, so that a failure to listen leaves nothing behind: what a command that runs until
+/// stopped (a watch, a leadership, a keepalive loop, a wait for a lock) ends on, after giving
+/// back what it holds. (systemd, Kubernetes and `timeout` stop a process with SIGTERM, a
+/// terminal with SIGINT or SIGHUP.)
+fn interrupted() -> std::io::Result<Interrupts> {
     use tokio::signal::unix::{signal, SignalKind};
     let kinds = [SignalKind::interrupt(), SignalKind::terminate(), SignalKind::hangup()];
     let mut streams = Vec::new();
     for kind in kinds {
         streams.push((kind.as_raw_value(), signal(kind)?));
     }
-    Ok(async move {
-        let waits = streams.iter_mut().map(|(number, stream)| {
+    Ok(Interrupts(streams))
+}
+
+/// SIGINT, SIGTERM and SIGHUP, each with its number, listened for since [`interrupted`].
+struct Interrupts(Vec<(i32, tokio::signal::unix::Signal)>);
+
+impl Interrupts {
+    /// The number of the next one.
+    async fn next(&mut self) -> i32 {
+        let waits = self.0.iter_mut().map(|(number, stream)| {
             let number = *number;
             Box::pin(async move {
                 stream.recv().await;
@@ -504,7 +512,26 @@ fn interrupted() -> std::io::Result<impl std::future::Future<Output = i32>> {
             })
         });
         futures::future::select_all(waits).await.0
-    })
+    }
+
+    /// Gives back what a command holds (`giving_back`: a session's close, say) unless another
+    /// signal comes first — a second Ctrl-C is not for waiting on a member that does not
+    /// answer: then says so on stderr as `command`, with what is `left` to happen by itself,
+    /// and answers that signal's number.
+    async fn unless_again<T>(
+        &mut self,
+        command: &str,
+        left: &str,
+        giving_back: impl std::future::Future<Output = T>,
+    ) -> Result<T, i32> {
+        tokio::select! {
+            done = giving_back => Ok(done),
+            signal = self.next() => {
+                eprintln!("{command}: signal {signal} again: not waiting; {left}");
+                Err(signal)
+            }
+        }
+    }
 }
 
 /// The first answer of a command that runs until stopped (a watch, an observer) must come by

@@ -72,13 +72,12 @@ pub async fn run(command: SessionCommand, client: &ClientArgs) -> anyhow::Result
             };
             // Listening for signals from the start: one during the first keepalive closes the
             // session too.
-            let stop = interrupted()?;
-            tokio::pin!(stop);
+            let mut stop = interrupted()?;
             'kept: {
                 let sent = tokio::time::Instant::now();
                 // The TTL is not known yet: the first keepalive is hedged after a second.
                 let first = tokio::select! {
-                    _ = &mut stop => break 'kept,
+                    _ = stop.next() => break 'kept,
                     first = client.keep_alive_hedged(&id, Duration::from_secs(1)) => first,
                 };
                 let first = match first {
@@ -98,7 +97,7 @@ pub async fn run(command: SessionCommand, client: &ClientArgs) -> anyhow::Result
                 let mut next = tokio::time::Instant::now() + (ttl / 3).max(retry);
                 loop {
                     tokio::select! {
-                        _ = &mut stop => break 'kept,
+                        _ = stop.next() => break 'kept,
                         _ = tokio::time::sleep_until(next) => {
                             let sent = tokio::time::Instant::now();
                             // A member that stopped answering costs a sixth of the TTL, not the lease.
@@ -127,7 +126,12 @@ pub async fn run(command: SessionCommand, client: &ClientArgs) -> anyhow::Result
                     }
                 }
             }
-            let deleted = client.close_session(&id).await?;
+            let left = "the session expires by itself (its TTL after the last keepalive)";
+            let deleted =
+                match stop.unless_again("latch session keepalive", left, client.close_session(&id)).await {
+                    Ok(deleted) => deleted?,
+                    Err(signal) => return Ok(super::killed_by(signal)),
+                };
             match output {
                 Output::Json => print_json(&json!({"id": id, "closed": true, "keys_deleted": deleted}))?,
                 Output::Text => print_bytes(format!("closed {id} ({deleted} keys deleted)\n").as_bytes())?,

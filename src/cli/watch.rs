@@ -76,8 +76,7 @@ pub async fn run(command: WatchCommand, client: &ClientArgs) -> anyhow::Result<E
     }
     let updates = client.watch(options);
     tokio::pin!(updates);
-    let stop = interrupted()?;
-    tokio::pin!(stop);
+    let mut stop = interrupted()?;
     let mut start_by = Some(tokio::time::Instant::now() + timeout);
     // Made once: progress notices print nothing, and would restart its wait every turn.
     let reader_gone = super::stdout_gone();
@@ -85,7 +84,7 @@ pub async fn run(command: WatchCommand, client: &ClientArgs) -> anyhow::Result<E
     loop {
         let update = tokio::select! {
             u = updates.next() => u,
-            _ = &mut stop => return Ok(ExitCode::SUCCESS),
+            _ = stop.next() => return Ok(ExitCode::SUCCESS),
             () = &mut reader_gone => return Ok(ExitCode::SUCCESS),
             late = unanswered(start_by, timeout, "started the watch", &client) => return Err(late),
         };

@@ -652,35 +652,47 @@ fn gone(pid: i32) -> bool {
     }
 }
 
+/// `latch lock` SIGKILLed while its command runs: the command, and what the command started (a
+/// shell's child, which the kernel's signal for the dead parent alone would leave running on a
+/// lock nobody keeps), die with it.
 #[tokio::test]
-async fn cli_lock_a_command_dies_with_latch_lock_when_latch_lock_is_sigkilled() {
+async fn cli_lock_a_command_and_what_it_started_die_with_latch_lock_when_latch_lock_is_sigkilled() {
     let c = Cluster::start(1, &[]).await;
     c.leader().await;
     let dir = tempfile::tempdir().unwrap();
-    let pid_file = dir.path().join("pid");
-    let script = format!("echo $$ > '{}'; exec sleep 300", pid_file.display());
+    let (pid_file, child_file) = (dir.path().join("pid"), dir.path().join("child"));
+    let script =
+        format!("sleep 300 & echo $! > '{}'; echo $$ > '{}'; wait", child_file.display(), pid_file.display());
     let mut lock = tokio::process::Command::new(latch_bin())
         .args(["lock", "jobs/b", "--endpoints", &c.member(1).client_addr, "--", "sh", "-c", &script])
         .env_remove("RUST_LOG")
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let cmd: i32 = eventually("the command to start holding the lock", Duration::from_secs(20), || async {
-        let text = std::fs::read_to_string(&pid_file).map_err(|e| e.to_string())?;
+    let read_pid = |file: std::path::PathBuf| async move {
+        let text = std::fs::read_to_string(&file).map_err(|e| e.to_string())?;
         text.trim().parse::<i32>().map_err(|e| format!("{text:?}: {e}"))
+    };
+    let cmd = eventually("the command to start holding the lock", Duration::from_secs(20), || {
+        read_pid(pid_file.clone())
     })
     .await;
-    assert!(!gone(cmd), "the command runs while `latch lock` does");
+    let started =
+        eventually("the command's child to start", Duration::from_secs(5), || read_pid(child_file.clone()))
+            .await;
+    assert!(!gone(cmd) && !gone(started), "the command and its child run while `latch lock` does");
     lock.start_kill().unwrap();
     lock.wait().await.unwrap();
-    eventually("the command to die with `latch lock`", Duration::from_secs(5), || async {
-        if gone(cmd) {
-            Ok(())
-        } else {
-            Err(format!("process {cmd} still runs; nothing keeps its session alive"))
-        }
-    })
-    .await;
+    for (pid, what) in [(cmd, "the command"), (started, "the command's child")] {
+        eventually(&format!("{what} to die with `latch lock`"), Duration::from_secs(5), || async {
+            if gone(pid) {
+                Ok(())
+            } else {
+                Err(format!("{what} (process {pid}) still runs; nothing keeps its session alive"))
+            }
+        })
+        .await;
+    }
 }
 
 /// Starts `latch --endpoints <member 1> ARGS`, its stdout and stderr piped, killed when dropped.
@@ -982,6 +994,60 @@ async fn cli_elect_and_session_keepalive_give_back_what_they_hold_on_sigterm_and
     assert_eq!(info.waiters, [], "the wait is withdrawn with the closed session");
 }
 
+/// A waiting `latch lock` interrupted while its member does not answer (SIGSTOP): the session's
+/// close waits on the member, and a second signal ends `latch lock` at once, saying what is left
+/// to happen by itself, rather than after `--timeout` (explorer F23: a second Ctrl-C was
+/// ignored).
+#[tokio::test]
+async fn cli_lock_interrupted_twice_while_its_member_is_frozen_exits_at_the_second_signal() {
+    use rustix::process::Signal;
+    use tokio::io::AsyncBufReadExt;
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let holder = client.session(latch_client::SessionOptions::new(Duration::from_secs(3600))).await.unwrap();
+    let _held = holder.lock("jobs/d", latch_client::LockOptions::exclusive()).await.unwrap().expect("free");
+    let mut waiter = spawn_latch(&c, &["--timeout", "60s", "lock", "jobs/d", "--", "true"]);
+    eventually("the waiter to queue", Duration::from_secs(20), || async {
+        match client.describe_lock("jobs/d").await.map_err(|e| e.to_string())? {
+            Some(info) if info.waiters.len() == 1 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    c.signal(1, Signal::STOP);
+    let pid = rustix::process::Pid::from_raw(waiter.id().expect("running") as i32).expect("a pid");
+    rustix::process::kill_process(pid, Signal::INT).unwrap();
+    // Once the first is heard, the close is under way (it cannot end: the member is stopped).
+    let mut lines = tokio::io::BufReader::new(waiter.stderr.take().expect("piped")).lines();
+    let heard = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("interrupted (signal 2) while waiting") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(heard, Ok(true), "`latch lock` says it was interrupted while waiting");
+    rustix::process::kill_process(pid, Signal::INT).unwrap();
+    let rest = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut rest = Vec::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            rest.push(line);
+        }
+        (rest, waiter.wait().await.unwrap())
+    })
+    .await;
+    c.signal(1, Signal::CONT);
+    let (rest, status) = rest.expect("`latch lock` ends at the second signal, not after its 60 s --timeout");
+    assert_eq!(status.code(), Some(128 + 2), "128 + SIGINT: {rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("signal 2 again: not waiting; the session expires by itself")),
+        "says the close was not waited for: {rest:?}"
+    );
+}
+
 #[tokio::test]
 async fn cli_watch_and_observe_fail_within_the_timeout_on_a_dead_endpoint_and_a_watch_ends_when_its_reader_does(
 ) {
@@ -1165,4 +1231,61 @@ async fn cli_kv_put_without_a_value_reads_any_bytes_of_any_size_from_standard_in
     assert!(stderr(&empty).contains("standard input is empty"), "{}", stderr(&empty));
     let kv = c.client().await.get("blob").await.unwrap().expect("still there");
     assert_eq!(kv.value, value, "the value stands");
+}
+
+/// One member frozen with its sockets open (SIGSTOP: the kernel still accepts its connections),
+/// first in `--endpoints`, the other two serving: every command is served by them within a
+/// `--timeout` shorter than the connection's ping takes to give up on the frozen one (explorer
+/// F29: each command failed after the whole `--timeout`, though two members could serve).
+#[tokio::test]
+async fn cli_commands_are_served_by_the_others_when_the_first_endpoint_is_a_frozen_member() {
+    use tokio::io::AsyncBufReadExt;
+    let c = Cluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let frozen = (1..=3).find(|id| *id != leader).expect("a follower");
+    let mut order = vec![frozen];
+    order.extend((1..=3).filter(|id| *id != frozen));
+    let endpoints = order.iter().map(|id| c.member(*id).client_addr.clone()).collect::<Vec<_>>().join(",");
+    let client = ["--endpoints", endpoints.as_str(), "--timeout", "4s"];
+    let run = |args: &[&str]| {
+        let all: Vec<String> = client.iter().chain(args).map(|a| a.to_string()).collect();
+        async move { latch_exactly(&strs(&all)).await }
+    };
+    c.signal(frozen, rustix::process::Signal::STOP);
+
+    let put = run(&["kv", "put", "f29", "v"]).await;
+    assert!(put.status.success(), "put served by the others: {}", stderr(&put));
+    let get = run(&["kv", "get", "f29"]).await;
+    assert_eq!(stdout(&get), "v\n", "get served by the others: {}", stderr(&get));
+    let lock = run(&["lock", "f29", "--", "sh", "-c", "echo ran $LATCH_FENCING_TOKEN"]).await;
+    assert!(
+        lock.status.success() && stdout(&lock).starts_with("ran "),
+        "latch lock acquired through the others and ran its command: {} {}",
+        stdout(&lock),
+        stderr(&lock)
+    );
+    let describe = run(&["lock", "describe", "f29"]).await;
+    assert!(describe.status.success(), "lock describe served by the others: {}", stderr(&describe));
+
+    let mut candidate = tokio::process::Command::new(latch_bin());
+    candidate.args(client).args(["elect", "f29e", "alpha"]).env_remove("RUST_LOG").kill_on_drop(true);
+    let mut candidate = candidate.stdout(std::process::Stdio::null()).spawn().unwrap();
+    let mut observer = tokio::process::Command::new(latch_bin());
+    observer.args(client).args(["elect", "f29e", "--observe"]).env_remove("RUST_LOG").kill_on_drop(true);
+    let mut observer = observer.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(observer.stdout.take().unwrap()).lines();
+    let first = loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("the observer prints a line within 20 s")
+            .unwrap()
+            .expect("the observer printed a line before it ended");
+        if line.contains("alpha") {
+            break line;
+        }
+    };
+    assert!(first.contains("alpha"), "the observer sees the candidate lead through the others: {first}");
+    observer.kill().await.unwrap();
+    candidate.kill().await.unwrap();
+    c.signal(frozen, rustix::process::Signal::CONT);
 }
