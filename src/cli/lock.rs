@@ -451,7 +451,13 @@ pub async fn supervise(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let mut parent_died = signal(SignalKind::user_defined2())?;
     let mut changed = signal(SignalKind::child())?;
     let mut passed_on = Vec::new();
-    for kind in [SignalKind::interrupt(), SignalKind::terminate(), SignalKind::hangup(), SignalKind::quit()] {
+    // The terminal's SIGTTIN and SIGTTOU go to the whole group: they would stop this process
+    // too, which could then say nothing of them.
+    let terminal = [Signal::TTIN, Signal::TTOU].map(|s| SignalKind::from_raw(s.as_raw()));
+    for kind in [SignalKind::interrupt(), SignalKind::terminate(), SignalKind::hangup(), SignalKind::quit()]
+        .into_iter()
+        .chain(terminal)
+    {
         passed_on.push(signal(kind)?);
     }
     rustix::process::set_parent_process_death_signal(Some(Signal::USR2))?;
