@@ -451,11 +451,14 @@ fn stream_bytes(bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// A lock's or an election's name (or an election's value) as a line of text shows it: as it is,
-/// unless it is empty or holds a control character (a newline could make a line of its own, say
-/// a holder that is not there): then escaped and quoted, as Rust writes a string.
+/// unless it is empty or holds a character Rust's string escaping would escape — a control
+/// character or a line separator (which could make a line of its own, say a holder that is not
+/// there), a quote or a backslash (which could make a name look escaped that is not): then
+/// escaped and quoted, as Rust writes a string. So a shown name reads back one way only.
 fn shown(name: &str) -> std::borrow::Cow<'_, str> {
-    if name.is_empty() || name.chars().any(char::is_control) {
-        format!("{name:?}").into()
+    let quoted = format!("{name:?}");
+    if name.is_empty() || quoted.get(1..quoted.len() - 1) != Some(name) {
+        quoted.into()
     } else {
         name.into()
     }
@@ -649,6 +652,18 @@ mod tests {
         assert!(help.contains("--log-format"), "`latch server --help` should list --log-format:\n{help}");
         let kv = latch.find_subcommand_mut("kv").expect("a kv subcommand").render_long_help().to_string();
         assert!(kv.contains("--endpoints"), "`latch kv --help` should list --endpoints:\n{kv}");
+    }
+
+    #[test]
+    fn a_shown_name_is_quoted_when_it_could_read_as_another() {
+        assert_eq!(shown("jobs/a"), "jobs/a", "a plain name as it is");
+        assert_eq!(shown("ünï cödé"), "ünï cödé", "printable Unicode as it is");
+        assert_eq!(shown(""), "\"\"");
+        assert_eq!(shown("a\nb"), "\"a\\nb\"", "a newline escaped");
+        assert_eq!(shown("a\u{2028}b"), "\"a\\u{2028}b\"", "a Unicode line separator escaped");
+        // A name that is itself a quoted, escaped string reads apart from the one it mimics.
+        assert_eq!(shown("\"a\\nb\""), "\"\\\"a\\\\nb\\\"\"");
+        assert_ne!(shown("\"a\\nb\""), shown("a\nb"));
     }
 
     #[test]
