@@ -4,6 +4,7 @@ discover -s clients/python/tests``). Every test works under a prefix of its own;
 compact the cluster's history up to their own last write."""
 
 import logging
+import math
 import os
 import queue
 import re
@@ -922,16 +923,23 @@ class CutOffKV(kv_pb2_grpc.KVServicer, InCluster):
 
 
 class HeldKV(kv_pb2_grpc.KVServicer):
-    """A member that holds every read until released (``release``), or 10 s; ``reached`` is set
-    once one arrived."""
+    """A member that holds every read and put until released (``release``), or 10 s; ``reached``
+    is set once one arrived; ``put_ids`` has the request id of each put."""
 
     def __init__(self):
         self.reached, self.release = threading.Event(), threading.Event()
+        self.put_ids = []
 
     def Range(self, request, context):
         self.reached.set()
         self.release.wait(10)
         return kv_pb2.RangeResponse()
+
+    def Put(self, request, context):
+        self.put_ids.append(request.request_id)
+        self.reached.set()
+        self.release.wait(10)
+        return kv_pb2.PutResponse()
 
 
 class HeldWatch(watch_pb2_grpc.WatchServicer):
@@ -1226,6 +1234,25 @@ class OfflineScriptedTest(unittest.TestCase):
             with self.assertRaises(latch.LatchError):
                 client._attempts("KV.Put", attempt, write=True)
             self.assertGreater(members[1].calls, 0, "without it, the call moves on")
+
+    def test_a_call_to_a_member_that_stopped_answering_is_sent_to_the_next_one_too_and_answered_there(self):
+        held, live = HeldKV(), NamingKV(member_id=2)
+        self.addCleanup(held.release.set)
+        endpoints = [serve(self, kv_pb2_grpc.add_KVServicer_to_server, m) for m in (held, live)]
+        # Without the hedge, each call would wait out the 3 s request timeout and budget: fail.
+        client = latch.Client(endpoints, request_timeout=3, retry_budget=3, hedge_after=0.1)
+        self.addCleanup(client.close)
+        self.assertEqual(client.put("k", "v").header.member_id, 2, "the hedged put is answered by the next member")
+        self.assertTrue(held.reached.wait(PATIENCE), "the put went first to the first member")
+        self.assertEqual(len(held.put_ids), 1)
+        self.assertTrue(held.put_ids[0], "the put carries a request id")
+        client.get("k")
+        self.assertEqual(live.calls, [("Put", None), ("Range", False)], "the second member answered both")
+
+    def test_a_client_refuses_a_hedge_after_that_is_no_positive_number(self):
+        for bad in (0, -1, math.inf):
+            with self.assertRaises(ValueError, msg=f"hedge_after={bad}"):
+                latch.Client(["127.0.0.1:7379"], hedge_after=bad)
 
     def _learnt_first(self, held: str) -> latch.Client:
         """A client that learnt 16 members from hints, the first of them ``held`` (the others are

@@ -169,6 +169,11 @@ def _unary(target: "_Target", service: str, method: str, request, timeout: Optio
     return response, call.initial_metadata()
 
 
+def _unary_future(target: "_Target", service: str, method: str, request, timeout: Optional[float]):
+    """One unary call at ``target``, under way: a ``grpc.Future`` that is also its ``grpc.Call``."""
+    return getattr(target.stub(service), method).future(request, timeout=timeout)
+
+
 def _metadata_value(metadata, key: str) -> Optional[str]:
     for k, v in metadata or ():
         if k == key:
@@ -373,10 +378,17 @@ class Client:
     ``cluster_id``: the cluster the client must talk to (16 hex digits, as ``latch cluster
     status`` shows it; by default ``$LATCH_CLUSTER_ID``, else the cluster the first answer
     names). Every request names it from the first, and a member of another cluster refuses it.
+    ``hedge_after``: seconds a call may go unanswered before it is sent to the next member too,
+    the first answer serving it (default 1; at most half the request timeout; None: never). A
+    member frozen with its sockets open (stopped, a stuck VM) would otherwise hold each call for
+    the whole request timeout. Calls that wait on the server (a lock's wait, a campaign) and
+    keepalives (hedged by the lease) are not sent twice; a write keeps its request id, so a
+    hedged write applies once.
     """
 
     def __init__(self, endpoints: Union[None, str, Sequence[str]] = None, *, request_timeout: float = 5.0,
-                 retry_budget: float = 10.0, writes_to_leader: bool = True, cluster_id: Optional[str] = None):
+                 retry_budget: float = 10.0, writes_to_leader: bool = True, cluster_id: Optional[str] = None,
+                 hedge_after: Optional[float] = 1.0):
         if endpoints is None:
             endpoints = os.environ.get("LATCH_ENDPOINTS") or DEFAULT_ENDPOINT
         if isinstance(endpoints, str):
@@ -393,9 +405,12 @@ class Client:
         if cluster_id is not None and pinned is None:
             raise ValueError(f"cluster_id {cluster_id!r} is not a cluster id: expected 16 hex digits, "
                              f"as `latch cluster status` shows it")
+        if hedge_after is not None and not 0 < hedge_after < math.inf:
+            raise ValueError(f"hedge_after must be a finite number of seconds > 0, or None (got {hedge_after})")
         self.request_timeout = request_timeout
         self.retry_budget = retry_budget
         self.writes_to_leader = writes_to_leader
+        self.hedge_after = hedge_after
         #: The cluster this client talks to, once an answer named it; every request names it.
         self._cluster = _Cluster()
         self._cluster.id = pinned
@@ -578,7 +593,8 @@ class Client:
                   wait: Optional[float] = 0.0, until: Optional[float] = None,
                   stop: Optional[threading.Event] = None, cap: Optional[float] = None,
                   write: bool = False, start: Optional[int] = None,
-                  stay: Optional[threading.Event] = None) -> T:
+                  stay: Optional[threading.Event] = None,
+                  hedged: Optional[Callable[["_Target", Optional[float]], grpc.Future]] = None) -> T:
         """Runs ``attempt(target, timeout)`` on one member after another until one answers,
         an error that must not be retried comes back, or the retry budget is spent. An attempt
         returns ``(result, initial metadata)``: a leader the metadata names is where writes go
@@ -591,7 +607,9 @@ class Client:
         ``stop``: an event that ends the retries (CANCELLED) when set. ``cap``: the longest any
         one attempt may take (a hedged keepalive's second attempt). ``stay``: an event that,
         once set, makes the next failure end the call, tried on no other member (a hedged
-        keepalive's first attempt, once its hedge was granted)."""
+        keepalive's first attempt, once its hedge was granted). ``hedged``: ``attempt`` started
+        and not waited for (a unary call's future): an attempt unanswered for ``hedge_after`` is
+        then sent to the next member too (``_hedged``)."""
         per_attempt = None if wait is None else self.request_timeout + wait
         if cap is not None:
             per_attempt = cap if per_attempt is None else min(per_attempt, cap)
@@ -619,7 +637,12 @@ class Client:
                 timeout = left if timeout is None else min(timeout, left)
             failed_at = i % max(n, 1)
             try:
-                result, metadata = attempt(target, timeout)
+                if hedged is not None and self.hedge_after is not None and n > 1 and timeout is not None:
+                    (result, metadata), answered_at = self._hedged(hedged, failed_at, target, timeout)
+                    if answered_at is not None:
+                        i, target = answered_at
+                else:
+                    result, metadata = attempt(target, timeout)
             except grpc.RpcError as e:
                 error = LatchError.from_rpc(e, target.addr)
                 named = _cluster_id(trailing(e, CLUSTER_ID_METADATA))
@@ -679,9 +702,53 @@ class Client:
     def _call(self, service: str, method: str, request, *, wait: Optional[float] = 0.0,
               until: Optional[float] = None, stop: Optional[threading.Event] = None, write: bool = False):
         """A read (one that changes nothing): on the member reads go to; a ``write``, see
-        ``_write``."""
+        ``_write``. One that waits on nothing of the server's is hedged (``hedge_after``)."""
+        hedged = None
+        if wait == 0.0:
+            def hedged(t, timeout):
+                return _unary_future(t, service, method, request, timeout)
         return self._attempts(f"{service}.{method}", lambda t, timeout: _unary(t, service, method, request, timeout),
-                              wait=wait, until=until, stop=stop, write=write)
+                              wait=wait, until=until, stop=stop, write=write, hedged=hedged)
+
+    def _hedged(self, start: Callable[["_Target", Optional[float]], grpc.Future], i: int, target: "_Target",
+                timeout: float):
+        """One attempt at ``target`` (member ``i``), sent to the member after it too once
+        unanswered for ``hedge_after`` (at most half of ``timeout``); both end by ``timeout``.
+        Returns the first answer, ``(result, initial metadata)``, with ``(index, member)`` of
+        the one after when that one answered (else None). When the one after fails, the first
+        is waited for; when the first fails, its failure is raised (the caller's retries go on
+        from there). The attempt still going when the call ends is cancelled; a write carries
+        its request id to both, so it applies once."""
+        ended = threading.Event()
+        first = start(target, timeout)
+        first.add_done_callback(lambda _: ended.set())
+        after = min(self.hedge_after, timeout / 2)
+        flights = [(first, None)]
+        try:
+            if not ended.wait(after):
+                with self._lock:
+                    j = (i + 1) % len(self._targets)
+                other = self.target(j)
+                if other is not target:
+                    _log.debug("no answer from %s within %.1f s; sending the call to %s too", target.addr,
+                               after, other.addr)
+                    second = start(other, max(timeout - after, 0.001))
+                    second.add_done_callback(lambda _: ended.set())
+                    flights.append((second, (j, other)))
+            while True:
+                ended.wait()
+                ended.clear()
+                for flight, at in list(flights):
+                    if not flight.done():
+                        continue
+                    flights.remove((flight, at))
+                    if at is None or flight.exception() is None:
+                        # The first's failure raises here; either's answer returns. The one
+                        # after's failure leaves the first to wait for.
+                        return (flight.result(), flight.initial_metadata()), at
+        finally:
+            for flight, _ in flights:
+                flight.cancel()
 
     def _write(self, service: str, method: str, request, *, wait: Optional[float] = 0.0,
                until: Optional[float] = None, stop: Optional[threading.Event] = None):
