@@ -227,6 +227,11 @@ impl Election {
                 if tx.is_closed() {
                     return;
                 }
+                if stream.is_some() {
+                    // The stream broke (its member stopped answering its pings, say): opened
+                    // again elsewhere first, not back on the member that broke it.
+                    client.move_on();
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
