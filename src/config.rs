@@ -263,6 +263,9 @@ impl ServerArgs {
 /// A duration as flags and the config file give it ("500ms", "10s", "1m30s"), with an error
 /// that says what one looks like.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if text.trim().starts_with('-') {
+        return Err("a duration cannot be negative: write one such as 500ms, 10s, 1m or 1h30m".into());
+    }
     let d = humantime::parse_duration(text.trim())
         .map_err(|e| format!("not a duration ({e}): write one such as 500ms, 10s, 1m or 1h30m"))?;
     // Past this, an instant that far ahead would overflow the clock (a panic, not an error).

@@ -197,6 +197,8 @@ async fn connect_one(
                 request_timeout: timeout,
                 retry_budget: timeout,
                 writes_to_leader,
+                // The servers are measured: no call is sent twice.
+                hedge_after: None,
                 ..latch_client::ClientOptions::default()
             };
             match latch_client::Client::connect_with(endpoints, options).await {

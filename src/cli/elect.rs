@@ -63,7 +63,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub observe: bool,
     /// The TTL of the campaigning session.
-    #[arg(long, value_parser = crate::config::parse_duration, default_value = "10s")]
+    #[arg(long, allow_hyphen_values = true, value_parser = crate::config::parse_duration, default_value = "10s")]
     pub ttl: Duration,
 }
 

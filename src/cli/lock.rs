@@ -91,17 +91,17 @@ pub struct RunArgs {
     #[arg(long)]
     pub shared: bool,
     /// The TTL of the session that holds the lock.
-    #[arg(long, value_parser = crate::config::parse_duration, default_value = "10s")]
+    #[arg(long, allow_hyphen_values = true, value_parser = crate::config::parse_duration, default_value = "10s")]
     pub ttl: Duration,
     /// Wait at most this long for the lock (0s: try once); as long as it takes when not given.
-    #[arg(long, value_parser = crate::config::parse_duration)]
+    #[arg(long, allow_hyphen_values = true, value_parser = crate::config::parse_duration)]
     pub wait: Option<Duration>,
     /// Lock-delay should the session expire while holding (0 … 60s); 5s if not given.
-    #[arg(long, value_parser = crate::config::parse_duration)]
+    #[arg(long, allow_hyphen_values = true, value_parser = crate::config::parse_duration)]
     pub lock_delay: Option<Duration>,
     /// How long CMD has between SIGTERM and SIGKILL once the lock is lost (never past the
     /// lock-delay's end, when another holder may be granted the lock).
-    #[arg(long, value_parser = crate::config::parse_duration, default_value = "2s")]
+    #[arg(long, allow_hyphen_values = true, value_parser = crate::config::parse_duration, default_value = "2s")]
     pub grace: Duration,
 }
 
@@ -293,7 +293,15 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
             let code = loop {
                 tokio::select! {
                     biased;
-                    status = child.wait() => break exit_code(status?),
+                    status = child.wait() => {
+                        let status = status?;
+                        // `latch lock-exec` ends with CMD's status: killed itself (a stray
+                        // signal), it may leave CMD running, which must not outlive the hold.
+                        if std::os::unix::process::ExitStatusExt::signal(&status).is_some() {
+                            group.send(Signal::KILL);
+                        }
+                        break exit_code(status);
+                    }
                     // CMD is not in the terminal's foreground group: pass what it sends on.
                     Some(signal) = signals.next() => match signal {
                         Signal::STOP => {
@@ -372,10 +380,24 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                             humantime::format_duration(Duration::from_millis((kill_at - now).as_millis() as u64))
                         ));
                         // Until the deadline or until nothing of the group is left; then SIGKILL
-                        // for whatever is (CMD may be gone while what it started is not).
+                        // for whatever is (CMD may be gone while what it started is not). A
+                        // terminating signal meanwhile is passed on, and a second one is SIGKILL
+                        // at once (a user at a terminal pressing Ctrl-C again).
+                        let (mut kill_at, mut heard) = (kill_at, false);
                         while tokio::time::Instant::now() < kill_at && group.alive() {
-                            let _ = tokio::time::timeout_at(kill_at, child.wait()).await;
-                            if group.alive() {
+                            tokio::select! {
+                                _ = tokio::time::timeout_at(kill_at, child.wait()) => {}
+                                Some(signal) = signals.next() => match signal {
+                                    Signal::STOP | Signal::CONT => {}
+                                    _ if heard => kill_at = tokio::time::Instant::now(),
+                                    other => {
+                                        group.send(other);
+                                        group.send(Signal::CONT);
+                                        heard = true;
+                                    }
+                                },
+                            }
+                            if group.alive() && tokio::time::Instant::now() < kill_at {
                                 tokio::time::sleep(Duration::from_millis(20).min(kill_at - tokio::time::Instant::now())).await;
                             }
                         }
@@ -451,12 +473,13 @@ pub async fn supervise(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let mut parent_died = signal(SignalKind::user_defined2())?;
     let mut changed = signal(SignalKind::child())?;
     let mut passed_on = Vec::new();
-    // The terminal's SIGTTIN and SIGTTOU go to the whole group: they would stop this process
-    // too, which could then say nothing of them.
-    let terminal = [Signal::TTIN, Signal::TTOU].map(|s| SignalKind::from_raw(s.as_raw()));
+    // The terminal's SIGTTIN (CMD read it) goes to the whole group: it would stop this process
+    // too, which could then say nothing of it. Not SIGTTOU: under `stty tostop` this process's
+    // own notice would draw it, again and again (it says nothing then: `may_tell`).
+    let read_terminal = SignalKind::from_raw(Signal::TTIN.as_raw());
     for kind in [SignalKind::interrupt(), SignalKind::terminate(), SignalKind::hangup(), SignalKind::quit()]
         .into_iter()
-        .chain(terminal)
+        .chain([read_terminal])
     {
         passed_on.push(signal(kind)?);
     }
@@ -488,11 +511,10 @@ pub async fn supervise(args: ExecArgs) -> anyhow::Result<ExitCode> {
                 let options = WaitIdOptions::STOPPED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
                 let stopped_by = pid.and_then(|pid| waitid(WaitId::Pid(pid), options).ok().flatten());
                 let by = stopped_by.and_then(|s| s.stopping_signal());
-                if let Some(by) = by.filter(|&by| by == Signal::TTIN.as_raw() || by == Signal::TTOU.as_raw()) {
+                if by == Some(Signal::TTIN.as_raw()) && may_tell() {
                     told = true;
-                    let what = if by == Signal::TTIN.as_raw() { "reading" } else { "writing to" };
                     say(format_args!(
-                        "latch lock: {program:?} is stopped on {what} the terminal: under latch lock it runs in a \
+                        "latch lock: {program:?} is stopped on reading the terminal: under latch lock it runs in a \
                          process group of its own, not the terminal's foreground one; give it its input another \
                          way (Ctrl-C ends it and hands the lock on)"
                     ));
@@ -501,6 +523,20 @@ pub async fn supervise(args: ExecArgs) -> anyhow::Result<ExitCode> {
             _ = passed => {}
         }
     }
+}
+
+/// Whether this process (in the background of its terminal, when it has one) may write to
+/// stderr without drawing SIGTTOU: not when stderr is a terminal set to stop background writers
+/// (`stty tostop`) whose foreground group is another.
+fn may_tell() -> bool {
+    let stderr = std::io::stderr();
+    if !rustix::termios::isatty(&stderr) {
+        return true;
+    }
+    let foreground = rustix::termios::tcgetpgrp(&stderr).is_ok_and(|g| g == rustix::process::getpgrp());
+    let stops_writers = rustix::termios::tcgetattr(&stderr)
+        .map_or(true, |t| t.local_modes.contains(rustix::termios::LocalModes::TOSTOP));
+    foreground || !stops_writers
 }
 
 /// Says why CMD could not be run, and the status for it: 127 when it is not found, 126

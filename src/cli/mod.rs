@@ -246,7 +246,7 @@ pub struct ClientArgs {
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,
     /// Give up after this long, retries on other members included (humantime: "500ms", "10s").
-    #[arg(long, global = true, value_parser = crate::config::parse_duration, default_value = "5s")]
+    #[arg(long, global = true, allow_hyphen_values = true, value_parser = crate::config::parse_duration, default_value = "5s")]
     pub timeout: Duration,
     /// The cluster to talk to, as `latch cluster status` shows it (16 hex digits): every
     /// request names it, and a member of another cluster refuses to serve it. By default the
@@ -517,21 +517,28 @@ impl Interrupts {
         futures::future::select_all(waits).await.0
     }
 
-    /// Gives back what a command holds (`giving_back`: a session's close, say) unless another
-    /// signal comes first — a second Ctrl-C is not for waiting on a member that does not
+    /// Gives back what a command holds (`giving_back`: a session's close, say) unless SIGINT or
+    /// SIGTERM comes first — a second Ctrl-C is not for waiting on a member that does not
     /// answer: then says so on stderr as `command`, with what is `left` to happen by itself,
-    /// and answers that signal's number.
+    /// and answers that signal's number. SIGHUP does not cut it short: a terminal's hangup
+    /// comes twice (from the kernel and from the shell).
     async fn unless_again<T>(
         &mut self,
         command: &str,
         left: &str,
         giving_back: impl std::future::Future<Output = T>,
     ) -> Result<T, i32> {
-        tokio::select! {
-            done = giving_back => Ok(done),
-            signal = self.next() => {
-                eprintln!("{command}: signal {signal} again: not waiting; {left}");
-                Err(signal)
+        tokio::pin!(giving_back);
+        loop {
+            tokio::select! {
+                done = &mut giving_back => return Ok(done),
+                signal = self.next() => {
+                    if signal == rustix::process::Signal::HUP.as_raw() {
+                        continue;
+                    }
+                    eprintln!("{command}: signal {signal} while giving back what it holds: not waiting; {left}");
+                    return Err(signal);
+                }
             }
         }
     }

@@ -38,7 +38,7 @@ pub enum SessionOp {
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     /// Its TTL (humantime: 10s, 1m): within the server's --session-ttl-min … --session-ttl-max.
-    #[arg(long, value_parser = crate::config::parse_duration, default_value = "10s")]
+    #[arg(long, allow_hyphen_values = true, value_parser = crate::config::parse_duration, default_value = "10s")]
     pub ttl: Duration,
     /// A name for people.
     #[arg(long, default_value = "")]

@@ -591,6 +591,14 @@ async fn cli_lock_refuses_bad_input_before_making_a_session_and_exits_126_or_127
     let delay = latch_exactly(&strs(&lock(&["--lock-delay", "61s", "--", "true"]))).await;
     assert_eq!(delay.status.code(), Some(2), "a usage error: {}", stderr(&delay));
     assert!(stderr(&delay).contains("--lock-delay: at most 1m"), "names the flag: {}", stderr(&delay));
+    // A negative duration is the duration's error, not clap's tip to put it after `--` (CMD's).
+    let negative = latch_exactly(&strs(&lock(&["--ttl", "-5s", "--", "true"]))).await;
+    assert_eq!(negative.status.code(), Some(2), "a usage error: {}", stderr(&negative));
+    assert!(
+        stderr(&negative).contains("'--ttl <TTL>': a duration cannot be negative"),
+        "names the flag and the problem: {}",
+        stderr(&negative)
+    );
     let empty = latch_exactly(&["--endpoints", &addr, "lock", "", "--", "true"]).await;
     assert_eq!(empty.status.code(), Some(2), "a usage error: {}", stderr(&empty));
     assert!(stderr(&empty).contains("NAME must not be empty"), "{}", stderr(&empty));
@@ -693,6 +701,32 @@ async fn cli_lock_a_command_and_what_it_started_die_with_latch_lock_when_latch_l
         })
         .await;
     }
+}
+
+/// `latch lock-exec`, CMD's parent, killed by a stray signal (a `pkill -f` that matched its
+/// command line, say): `latch lock` kills CMD's group before it hands the lock on, rather than
+/// release the lock while CMD runs on.
+#[tokio::test]
+async fn cli_lock_kills_its_command_when_the_process_between_them_dies() {
+    use rustix::process::{kill_process, Pid, Signal};
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (lock, cmd, _) = lock_running(&c, "jobs/f", dir.path()).await;
+    let stat = std::fs::read_to_string(format!("/proc/{cmd}/stat")).unwrap();
+    let between: i32 = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert_ne!(between, lock.id().unwrap() as i32, "CMD runs under latch lock-exec, not latch lock itself");
+    kill_process(Pid::from_raw(between).unwrap(), Signal::USR1).unwrap();
+    let (code, err) = ends(lock, "the SIGUSR1 of latch lock-exec").await;
+    assert_eq!(code, Some(128 + 10), "128 + the signal that ended latch lock-exec: {err}");
+    eventually("CMD to be killed with its hold", Duration::from_secs(5), || async {
+        if gone(cmd) {
+            Ok(())
+        } else {
+            Err(format!("CMD (process {cmd}) runs on after latch lock handed the lock on"))
+        }
+    })
+    .await;
 }
 
 /// Starts `latch --endpoints <member 1> ARGS`, its stdout and stderr piped, killed when dropped.
@@ -994,6 +1028,69 @@ async fn cli_elect_and_session_keepalive_give_back_what_they_hold_on_sigterm_and
     assert_eq!(info.waiters, [], "the wait is withdrawn with the closed session");
 }
 
+/// The session lost (its member stopped: SIGSTOP) while CMD ignores SIGTERM, under a long
+/// `--grace`: SIGINT to `latch lock` is passed on to CMD, and a second one kills CMD at once
+/// rather than after the grace (explorer F27: both were swallowed until the grace ran out).
+#[tokio::test]
+async fn cli_lock_passes_a_signal_on_during_the_lost_sessions_grace_and_a_second_kills_at_once() {
+    use rustix::process::Signal;
+    use tokio::io::AsyncBufReadExt;
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (pid_file, heard_file) = (dir.path().join("pid"), dir.path().join("heard"));
+    let script = format!(
+        "trap '' TERM; trap 'echo INT >> \"{}\"' INT; echo $$ > '{}'; while :; do sleep 0.1; done",
+        heard_file.display(),
+        pid_file.display()
+    );
+    let mut lock = spawn_latch(
+        &c,
+        &[
+            "lock",
+            "jobs/e",
+            "--ttl",
+            "2s",
+            "--grace",
+            "60s",
+            "--lock-delay",
+            "60s",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    eventually("the command to start holding the lock", Duration::from_secs(20), || async {
+        std::fs::read_to_string(&pid_file).map_err(|e| e.to_string())
+    })
+    .await;
+    c.signal(1, Signal::STOP);
+    let mut lines = tokio::io::BufReader::new(lock.stderr.take().expect("piped")).lines();
+    let lost = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("is lost while") {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await;
+    let lost = lost.ok().flatten();
+    assert!(lost.as_deref().is_some_and(|l| l.contains("SIGKILL after")), "lost, with a grace: {lost:?}");
+    let pid = rustix::process::Pid::from_raw(lock.id().expect("running") as i32).expect("a pid");
+    rustix::process::kill_process(pid, Signal::INT).unwrap();
+    eventually("the command to hear the SIGINT passed on", Duration::from_secs(10), || async {
+        std::fs::read_to_string(&heard_file).map_err(|e| e.to_string())
+    })
+    .await;
+    rustix::process::kill_process(pid, Signal::INT).unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(20), lock.wait()).await;
+    c.signal(1, Signal::CONT);
+    let status = ended.expect("`latch lock` ends at the second signal, not after its 60 s grace").unwrap();
+    assert_eq!(status.code(), Some(3), "the session was lost: status 3");
+}
+
 /// A waiting `latch lock` interrupted while its member does not answer (SIGSTOP): the session's
 /// close waits on the member, and a second signal ends `latch lock` at once, saying what is left
 /// to happen by itself, rather than after `--timeout` (explorer F23: a second Ctrl-C was
@@ -1043,7 +1140,7 @@ async fn cli_lock_interrupted_twice_while_its_member_is_frozen_exits_at_the_seco
     let (rest, status) = rest.expect("`latch lock` ends at the second signal, not after its 60 s --timeout");
     assert_eq!(status.code(), Some(128 + 2), "128 + SIGINT: {rest:?}");
     assert!(
-        rest.iter().any(|l| l.contains("signal 2 again: not waiting; the session expires by itself")),
+        rest.iter().any(|l| l.contains("signal 2 while giving back what it holds: not waiting; the session expires")),
         "says the close was not waited for: {rest:?}"
     );
 }

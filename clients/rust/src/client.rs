@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use latch_proto::v1::ResponseHeader;
-use latch_proto::{format_cluster_id, parse_cluster_id, CLUSTER_ID_METADATA};
+use latch_proto::{format_cluster_id, parse_cluster_id, APPLIED_REVISION_METADATA, CLUSTER_ID_METADATA};
 use tokio::time::Instant;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::service::interceptor::{InterceptedService, Interceptor};
@@ -566,9 +566,14 @@ impl Client {
         // The attempts under way: one, or two once the first went unanswered for `hedge`. The
         // call ends with the first answer; a failure waits for the other attempt, if any.
         let mut running = FuturesUnordered::new();
+        // The endpoints of the attempts under way (index and address), in launch order.
+        let mut under_way = vec![(index, target.addr.clone())];
         running.push(launch(index, target));
         // What each endpoint tried last said, to name them all when the call gives up.
         let mut failures = Vec::<(String, String)>::new();
+        // A write's answer that it was applied before, its data not kept, held back while the
+        // other attempt may still bring the whole answer.
+        let mut applied_before: Option<Status> = None;
         let (mut last, mut hedge_at) = (index, hedge.map(|after| Instant::now() + after));
         loop {
             let hedge_due = tokio::time::sleep_until(hedge_at.unwrap_or_else(Instant::now));
@@ -588,12 +593,14 @@ impl Client {
                             endpoint = %target.addr,
                             "no answer yet; sending the call to the next endpoint too"
                         );
+                        under_way.push((next, target.addr.clone()));
                         running.push(launch(next, target));
                         last = next;
                     }
                     continue;
                 }
             };
+            under_way.retain(|(at, addr)| !(*at == index && *addr == target.addr));
             let status = match answer {
                 Ok(response) => {
                     let cluster = &self.inner.cluster;
@@ -601,6 +608,12 @@ impl Client {
                         return Err(Error::from(stray));
                     }
                     let named = response.metadata().get(LEADER_ADDR_METADATA).and_then(|v| v.to_str().ok());
+                    // An attempt still under way went unanswered for `hedge` at least: not
+                    // taken for the leader on a member's word for a while, as a hedged
+                    // keepalive's first is not, lest every write wait for it again.
+                    for (slow, addr) in &under_way {
+                        self.after_unanswered(*slow, addr);
+                    }
                     self.answered(index, &target.addr, route, named);
                     return Ok(response.into_inner());
                 }
@@ -617,8 +630,15 @@ impl Client {
             let foreign = cluster.foreign(named);
             // Once set, the call tries no other member: it ends with the failure it met.
             let staying = || stay.is_some_and(|stay| stay.load(Ordering::Acquire));
+            if !running.is_empty() && status.metadata().get(APPLIED_REVISION_METADATA).is_some() {
+                // The write took effect once; the attempt under way may bring its whole answer.
+                applied_before = Some(with_context(status, &target.addr));
+                continue;
+            }
             if (!is_retryable(&status) && !foreign) || staying() {
-                return Err(Error::from(with_context(status, &target.addr)));
+                // That the write took effect, when the other attempt said so, comes first.
+                let failure = applied_before.take().unwrap_or_else(|| with_context(status, &target.addr));
+                return Err(Error::from(failure));
             }
             let hint = leader_hint(&status).filter(|_| !foreign);
             // Named our cluster: the member itself answered (the connection is fine).
@@ -628,6 +648,9 @@ impl Client {
                 // failed one would be.
                 self.next_target(index, &target.addr, route, hint.as_deref(), answered);
                 continue;
+            }
+            if let Some(applied) = applied_before.take() {
+                return Err(Error::from(applied));
             }
             if let Some((_, deadline)) = limits.filter(|(_, deadline)| Instant::now() + backoff >= *deadline)
             {

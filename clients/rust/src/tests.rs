@@ -1219,3 +1219,90 @@ async fn a_member_that_answers_the_same_page_again_fails_the_paged_read_instead_
     let err = client.services().await.expect_err("the second page starts at api again");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
 }
+
+#[derive(Clone)]
+struct DelayedWatch {
+    delay: Option<Duration>,
+    creates: Arc<Mutex<Vec<i64>>>,
+}
+
+#[tonic::async_trait]
+impl Watch for DelayedWatch {
+    type WatchStream = Responses;
+
+    async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Responses>, Status> {
+        match self.delay {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending::<()>().await,
+        }
+        let mut requests = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let creates = self.creates.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(WatchRequest { request: Some(Ask::Create(c)) })) = requests.message().await {
+                creates.lock().expect("test lock").push(c.watch_id);
+                let created = WatchResponse {
+                    header: Some(ResponseHeader { revision: c.start_revision - 1, ..Default::default() }),
+                    watch_id: c.watch_id,
+                    created: true,
+                    ..Default::default()
+                };
+                let _ = tx.send(Ok(created));
+            }
+            // As the real member does: the request side's end ends nothing (asking = false).
+            std::future::pending::<()>().await;
+            drop(tx);
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)) as Responses))
+    }
+}
+
+async fn serve_delayed_watch(delay: Option<Duration>) -> (String, Arc<Mutex<Vec<i64>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+    let addr = listener.local_addr().expect("bound address").to_string();
+    let creates = Arc::new(Mutex::new(Vec::new()));
+    let service = WatchServer::new(DelayedWatch { delay, creates: creates.clone() });
+    let incoming = TcpIncoming::from_listener(listener, true, None).expect("incoming");
+    tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
+    (addr, creates)
+}
+
+/// A watch group's stream opens on the first member after 300 ms, past the 100 ms hedge, and the
+/// hedge's member never answers: the group sends its later creates on the request side of the
+/// stream that answered (it kept the hedge's, which nobody read: a watch added after the open
+/// never started).
+#[tokio::test]
+async fn a_watch_group_opened_by_the_first_of_two_hedged_attempts_sends_on_that_ones_request_side() {
+    let (slow, at_slow) = serve_delayed_watch(Some(Duration::from_millis(300))).await;
+    let (frozen, at_frozen) = serve_delayed_watch(None).await;
+    let client = Client::connect_with([slow, frozen], hedging_within_3s()).await.expect("valid endpoints");
+    let mut group = client.watch_group();
+    let a = group.add(WatchOptions::key("k").from_revision(5));
+    let first = tokio::time::timeout(Duration::from_secs(5), group.next()).await.expect("watch a starts");
+    assert_eq!(first.map(|(id, _)| id), Some(a));
+    let b = group.add(WatchOptions::key("j").from_revision(5));
+    let second = tokio::time::timeout(Duration::from_secs(3), group.next()).await;
+    let (slow_creates, frozen_creates) = (at_slow.lock().unwrap().clone(), at_frozen.lock().unwrap().clone());
+    assert!(
+        second.is_ok(),
+        "watch {b} never started: creates at the slow member {slow_creates:?}, at the frozen one {frozen_creates:?}"
+    );
+}
+
+/// A write whose first attempt is applied and answered after 300 ms (a large answer on a slow
+/// link, say) is hedged at 100 ms; the hedge reaches a member after the first copy was applied,
+/// which answers "applied before; its answer's data is not kept" (FAILED_PRECONDITION): the call
+/// waits for the first attempt's whole answer (it failed with the hedge's).
+#[tokio::test]
+async fn a_hedged_write_whose_hedge_is_answered_applied_before_waits_for_the_first_attempts_whole_answer() {
+    let (slow, _) = serve(Script::Slow(Duration::from_millis(300))).await;
+    let (applied, _) = serve(Script::AppliedBefore(10)).await;
+    let client =
+        Client::connect_with([slow.clone(), applied.clone()], hedging_within_3s()).await.expect("valid");
+    let hedged = client.txn(Txn::new()).await;
+    let options = ClientOptions { hedge_after: None, ..hedging_within_3s() };
+    let client = Client::connect_with([slow, applied], options).await.expect("valid");
+    let unhedged = client.txn(Txn::new()).await;
+    assert!(unhedged.is_ok(), "without hedging the first answer serves the call");
+    assert!(hedged.is_ok(), "hedged: {:?}", hedged.err().map(|e| e.to_string()));
+}

@@ -745,7 +745,12 @@ class Client:
                     if at is None or flight.exception() is None:
                         # The first's failure raises here; either's answer returns. The one
                         # after's failure leaves the first to wait for.
-                        return (flight.result(), flight.initial_metadata()), at
+                        answer = (flight.result(), flight.initial_metadata())
+                        if at is not None:
+                            # The first went unanswered: not taken for the leader on a member's
+                            # word for a while, lest every write wait for it again.
+                            self._after_unanswered(i, target)
+                        return answer, at
         finally:
             for flight, _ in flights:
                 flight.cancel()

@@ -297,27 +297,27 @@ impl WatchGroup {
     async fn open(&mut self) -> Result<Open, Step> {
         let creates: Vec<WatchRequest> = self.watches.iter().map(|(&id, w)| w.create(id)).collect();
         let resuming = self.watches.values().any(|w| w.started);
-        let mut asks = None;
         let opened = self
             .client
             .open_stream("Watch", |channel| {
-                // Each attempt gets a request side of its own, the creates first; the last
-                // one's stays with the stream, and the group sends on it.
+                // Each attempt gets a request side of its own, the creates first, which goes
+                // with its stream: the group sends on the request side of the stream that
+                // answered (of two, when the open was hedged).
                 let (sender, receiver) = mpsc::unbounded_channel();
                 for create in &creates {
                     let _ = sender.send(create.clone());
                 }
-                asks = Some(sender);
                 let requests = UnboundedReceiverStream::new(receiver);
                 async move {
-                    WatchClient::new(channel).max_decoding_message_size(usize::MAX).watch(requests).await
+                    let opened =
+                        WatchClient::new(channel).max_decoding_message_size(usize::MAX).watch(requests).await;
+                    opened.map(|response| response.map(|responses| (responses, sender)))
                 }
             })
             .await;
-        match (opened, asks) {
-            (Ok(responses), Some(asks)) => Ok(Open { responses, asks }),
-            (Ok(_), None) => Err(Step::Reopen(Reopen::Elsewhere)),
-            (Err(e), _) => Err(open_failed(e, resuming)),
+        match opened {
+            Ok((responses, asks)) => Ok(Open { responses, asks }),
+            Err(e) => Err(open_failed(e, resuming)),
         }
     }
 }
