@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -104,6 +104,23 @@ struct Inner {
     /// `Client::probe`): one at a time, so a leader frozen for long, hedged around by every
     /// session's keepalives, holds at most one of them.
     probing: AtomicBool,
+    /// How many of this client's calls have a hedge under way ([`MAX_HEDGES`] at most).
+    hedging: AtomicUsize,
+}
+
+/// Most calls of one client with a hedge under way at once: a cluster slower than
+/// `hedge_after` for every call would otherwise be sent every call twice, more load where
+/// there is too much already (gRPC pairs its hedging with retry throttling for the same
+/// reason). A member frozen first in the list is left by the first hedge that wins anyway.
+const MAX_HEDGES: usize = 8;
+
+/// A call's hedge slot ([`MAX_HEDGES`]), given back when dropped.
+struct HedgeSlot<'a>(&'a AtomicUsize);
+
+impl Drop for HedgeSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A background attempt's turn ([`Client::probe`]); ends it when dropped, however the attempt
@@ -152,7 +169,8 @@ impl Cluster {
     /// its answer is not this cluster's, so it is not returned as one: INTERNAL, which no
     /// caller takes for its own cluster's verdict (a lock acquire is withdrawn). Only a client
     /// not told its cluster ([`ClientOptions::cluster_id`]) whose endpoints mix two clusters
-    /// meets it.
+    /// meets it. A call sent to a second member while the first has not answered yet (a hedge,
+    /// `hedge_after`) may so take effect in both clusters, the other's effect unseen.
     fn stray(&self, named: Option<u64>, addr: &str) -> Option<Status> {
         let (named, ours) = (named?, self.id()?);
         self.foreign(Some(named)).then(|| {
@@ -328,6 +346,7 @@ impl Client {
                 written: AtomicI64::new(0),
                 cluster,
                 probing: AtomicBool::new(false),
+                hedging: AtomicUsize::new(0),
             }),
         })
     }
@@ -357,6 +376,14 @@ impl Client {
         let free =
             self.inner.probing.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok();
         free.then(|| Probe(self.clone()))
+    }
+
+    /// One of the [`MAX_HEDGES`] slots for a call's hedge, if one is free.
+    fn hedge_slot(&self) -> Option<HedgeSlot<'_>> {
+        let hedging = &self.inner.hedging;
+        let taken =
+            hedging.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_HEDGES).then_some(n + 1));
+        taken.is_ok().then_some(HedgeSlot(hedging))
     }
 
     /// Records the revision of an applied write of this client.
@@ -574,6 +601,8 @@ impl Client {
         // A write's answer that it was applied before, its data not kept, held back while the
         // other attempt may still bring the whole answer.
         let mut applied_before: Option<Status> = None;
+        // Held from this call's hedge on, until the call ends.
+        let mut _hedge_slot: Option<HedgeSlot> = None;
         let (mut last, mut hedge_at) = (index, hedge.map(|after| Instant::now() + after));
         loop {
             let hedge_due = tokio::time::sleep_until(hedge_at.unwrap_or_else(Instant::now));
@@ -586,7 +615,9 @@ impl Client {
                         let next = (last + 1) % targets.list.len();
                         (next, targets.list[next].clone())
                     };
-                    if next != last {
+                    let slot = (next != last).then(|| self.hedge_slot()).flatten();
+                    if slot.is_some() {
+                        _hedge_slot = slot;
                         tracing::debug!(
                             method,
                             unanswered = %self.targets().list[last].addr,
@@ -967,7 +998,11 @@ fn gave_up(last: Status, addr: &str, failures: &[(String, String)], budget: Dura
         true => String::new(),
         false => format!("; before it, {}", others.join("; ")),
     };
-    let message = format!("{} (retried for {budget:.1?}{others})", last.message());
+    let said = match last.message().contains(addr) {
+        true => last.message().to_string(),
+        false => format!("{addr}: {}", last.message()),
+    };
+    let message = format!("{said} (retried for {budget:.1?}{others})");
     Status::with_metadata(last.code(), message, last.metadata().clone())
 }
 
