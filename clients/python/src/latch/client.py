@@ -21,7 +21,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, TypeVar, 
 
 import grpc
 
-from .errors import LatchError, trailing
+from .errors import APPLIED_REVISION_METADATA, LatchError, trailing
 from .txn import Bytes, Txn, _key_range, as_bytes, prefix_range
 from .v1 import (cluster_pb2, cluster_pb2_grpc, election_pb2, election_pb2_grpc, kv_pb2, kv_pb2_grpc,
                  lock_pb2, lock_pb2_grpc, registry_pb2, registry_pb2_grpc, session_pb2, session_pb2_grpc,
@@ -42,6 +42,9 @@ CLUSTER_ID_METADATA = "latch-cluster-id"
 INITIAL_BACKOFF = 0.02
 MAX_BACKOFF = 0.5
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+#: Most calls of one client with a hedge under way at once: a cluster slower than ``hedge_after``
+#: for every call would otherwise be sent every call twice (the Rust client's ``MAX_HEDGES``).
+MAX_HEDGES = 8
 #: Seconds a member that failed a call is not taken for the leader on another member's word: a
 #: client that cannot reach the leader its peers reach (a partition of its own, a wrong
 #: --advertise-client-addr) sends its writes through a member it reaches instead of back to the
@@ -438,6 +441,8 @@ class Client:
         #: answers (``_take_probe``): one at a time, so a leader frozen for long, hedged around
         #: by every session's keepalives, holds at most one of them.
         self._probing = False
+        #: How many calls have a hedge under way (``MAX_HEDGES`` at most).
+        self._hedging = 0
         self._lock = threading.Lock()
         self._closed = False
 
@@ -724,12 +729,18 @@ class Client:
         first.add_done_callback(lambda _: ended.set())
         after = min(self.hedge_after, timeout / 2)
         flights = [(first, None)]
+        hedging = False
+        # The first's answer that the write was applied before, its data not kept, held back
+        # while the one after may still bring the whole answer.
+        applied_before = None
         try:
             if not ended.wait(after):
                 with self._lock:
                     j = (i + 1) % len(self._targets)
+                    hedging = self._hedging < MAX_HEDGES
+                    self._hedging += hedging
                 other = self.target(j)
-                if other is not target:
+                if hedging and other is not target:
                     _log.debug("no answer from %s within %.1f s; sending the call to %s too", target.addr,
                                after, other.addr)
                     second = start(other, max(timeout - after, 0.001))
@@ -742,7 +753,12 @@ class Client:
                     if not flight.done():
                         continue
                     flights.remove((flight, at))
-                    if at is None or flight.exception() is None:
+                    failure = flight.exception()
+                    if at is None and failure is not None and flights and \
+                            trailing(failure, APPLIED_REVISION_METADATA) is not None:
+                        applied_before = failure
+                        continue
+                    if at is None or failure is None:
                         # The first's failure raises here; either's answer returns. The one
                         # after's failure leaves the first to wait for.
                         answer = (flight.result(), flight.initial_metadata())
@@ -751,9 +767,14 @@ class Client:
                             # word for a while, lest every write wait for it again.
                             self._after_unanswered(i, target)
                         return answer, at
+                    if applied_before is not None and not flights:
+                        raise applied_before
         finally:
             for flight, _ in flights:
                 flight.cancel()
+            if hedging:
+                with self._lock:
+                    self._hedging -= 1
 
     def _write(self, service: str, method: str, request, *, wait: Optional[float] = 0.0,
                until: Optional[float] = None, stop: Optional[threading.Event] = None):
