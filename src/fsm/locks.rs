@@ -415,7 +415,7 @@ fn verdict(row: Option<&LockRow>, seq: &Sequencer) -> Result<(), String> {
             seq.generation, seq.name
         ),
         _ => format!(
-            "generation {} does not hold {:?}: it was released or its session ended",
+            "generation {} does not hold {:?}: it was released, its session ended, or it was never granted",
             seq.generation, seq.name
         ),
     })
