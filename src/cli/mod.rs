@@ -129,7 +129,16 @@ impl Cli {
         T: Into<OsString> + Clone,
     {
         let mut latch = Cli::definition();
-        let matches = latch.try_get_matches_from_mut(args)?;
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        // In `latch lock NAME -- CMD`, what follows `--` is CMD: clap's tip to pass an
+        // unexpected argument after `--` would run it as a command.
+        let runs_a_command = args.iter().take_while(|a| *a != "--").any(|a| a == "lock");
+        let matches = latch.try_get_matches_from_mut(args).map_err(|mut e| {
+            if runs_a_command && e.kind() == clap::error::ErrorKind::UnknownArgument {
+                e.remove(clap::error::ContextKind::Suggested);
+            }
+            e
+        })?;
         let cli = Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut latch))?;
         // Global flags' values (and their sources) are copied to the root wherever they were given.
         let given = |flag: &str| matches.value_source(flag) == Some(ValueSource::CommandLine);
@@ -659,6 +668,17 @@ mod tests {
         assert!(help.contains("--log-format"), "`latch server --help` should list --log-format:\n{help}");
         let kv = latch.find_subcommand_mut("kv").expect("a kv subcommand").render_long_help().to_string();
         assert!(kv.contains("--endpoints"), "`latch kv --help` should list --endpoints:\n{kv}");
+    }
+
+    #[test]
+    fn latch_lock_gives_no_tip_to_pass_an_unexpected_argument_after_the_double_dash_which_is_cmds() {
+        for args in [&["lock", "describe", "x", "--shared"][..], &["lock", "-dash", "--", "true"][..]] {
+            let e = parse(args).expect_err("an unexpected argument");
+            assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument, "{args:?}");
+            assert!(!e.to_string().contains("as a value, use"), "{args:?}: {e}");
+        }
+        let e = parse(&["kv", "get", "k", "-x"]).expect_err("an unexpected argument");
+        assert!(e.to_string().contains("as a value, use '-- -x'"), "elsewhere clap's tip stays: {e}");
     }
 
     #[test]
