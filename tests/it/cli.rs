@@ -1384,5 +1384,14 @@ async fn cli_commands_are_served_by_the_others_when_the_first_endpoint_is_a_froz
     assert!(first.contains("alpha"), "the observer sees the candidate lead through the others: {first}");
     observer.kill().await.unwrap();
     candidate.kill().await.unwrap();
+
+    // `cluster status`, the command for a sick member, within a second: the member asked shows
+    // the frozen one unreachable within the caller's deadline (it waited 1.5 s for it).
+    let healthy_first = order.iter().rev().map(|id| c.member(*id).client_addr.clone()).collect::<Vec<_>>();
+    let status =
+        latch_exactly(&["--endpoints", &healthy_first.join(","), "--timeout", "1s", "cluster", "status"])
+            .await;
+    assert!(status.status.success(), "cluster status within --timeout 1s: {}", stderr(&status));
+    assert!(stdout(&status).contains("unreachable"), "the frozen member is unreachable: {}", stdout(&status));
     c.signal(frozen, rustix::process::Signal::CONT);
 }

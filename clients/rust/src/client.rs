@@ -996,7 +996,7 @@ fn gave_up(last: Status, addr: &str, failures: &[(String, String)], budget: Dura
         .collect();
     let others = match others.is_empty() {
         true => String::new(),
-        false => format!("; before it, {}", others.join("; ")),
+        false => format!("; also tried {}", others.join("; ")),
     };
     let said = match last.message().contains(addr) {
         true => last.message().to_string(),
