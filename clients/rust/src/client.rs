@@ -516,6 +516,18 @@ impl Client {
     {
         let patience = Patience { wait, ..Patience::RETRY };
         let answer = self.call_limited(Lane::Calls, Route::Leader, method, patience, attempt).await;
+        // A write left unanswered may have been applied, or be yet: the error says so (the
+        // classic ambiguity of a timed-out write, etcd's too).
+        let answer = answer.map_err(|e| match e {
+            Error::Status(status) if status.code() == Code::DeadlineExceeded => {
+                let message = format!(
+                    "{}; the write may still take effect: read before sending it again",
+                    status.message()
+                );
+                Error::from(Status::with_metadata(status.code(), message, status.metadata().clone()))
+            }
+            other => other,
+        });
         // A write applied although its call failed (its answer's data not kept) is a floor too.
         let revision = match &answer {
             Ok(answer) => answer.header().map(|h| h.revision),

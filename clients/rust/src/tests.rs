@@ -335,6 +335,26 @@ async fn a_call_to_a_member_that_stopped_answering_is_sent_to_the_next_one_too_a
     assert_eq!(to_live, to_frozen, "the hedge carries the same request id, so it is applied once");
 }
 
+/// A write that no member answered in time may have been applied, or be yet (the classic
+/// ambiguity of a timed-out write): its error says so; a read's says nothing of the kind.
+#[tokio::test]
+async fn a_timed_out_write_says_it_may_still_take_effect_and_a_timed_out_read_does_not() {
+    let (frozen, _) = serve(Script::Frozen).await;
+    let options = ClientOptions {
+        request_timeout: Duration::from_millis(200),
+        retry_budget: Duration::from_millis(300),
+        ..ClientOptions::default()
+    };
+    let client = Client::connect_with([frozen.as_str()], options).await.expect("valid endpoint");
+
+    let write = client.put("k", "v").await.expect_err("nobody answers");
+    let read = client.get("k").await.expect_err("nobody answers");
+
+    assert_eq!((write.code(), read.code()), (Code::DeadlineExceeded, Code::DeadlineExceeded));
+    assert!(write.to_string().contains("the write may still take effect"), "{write}");
+    assert!(!read.to_string().contains("may still take effect"), "{read}");
+}
+
 /// A member slower than `hedge_after` still serves the call when the hedge fails: a failure
 /// of one attempt waits for the other.
 #[tokio::test]
