@@ -1249,6 +1249,17 @@ class OfflineScriptedTest(unittest.TestCase):
         client.get("k")
         self.assertEqual(live.calls, [("Put", None), ("Range", False)], "the second member answered both")
 
+    def test_a_timed_out_write_says_it_may_still_take_effect(self):
+        held = HeldKV()
+        self.addCleanup(held.release.set)
+        client = latch.Client([serve(self, kv_pb2_grpc.add_KVServicer_to_server, held)], request_timeout=0.2,
+                              retry_budget=0.3)
+        self.addCleanup(client.close)
+        with self.assertRaises(latch.LatchError) as caught:
+            client.put("k", "v")
+        self.assertEqual(caught.exception.code, grpc.StatusCode.DEADLINE_EXCEEDED)
+        self.assertIn("the write may still take effect", caught.exception.message)
+
     def test_a_client_refuses_a_hedge_after_that_is_no_positive_number(self):
         for bad in (0, -1, math.inf):
             with self.assertRaises(ValueError, msg=f"hedge_after={bad}"):

@@ -787,6 +787,11 @@ class Client:
                 # Applied, its answer's data not kept: its revision is a floor all the same.
                 with self._lock:
                     self._written = max(self._written, e.applied_revision)
+            if e.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                # Left unanswered, it may have been applied, or be yet (a timed-out write's
+                # ambiguity, etcd's too).
+                raise LatchError(e.code, f"{e.message}; the write may still take effect: read before sending "
+                                 f"it again", e.endpoint) from None
             raise
         self._wrote(response)
         return response
