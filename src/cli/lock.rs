@@ -297,8 +297,12 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                         let status = status?;
                         // `latch lock-exec` ends with CMD's status: killed itself (a stray
                         // signal), it may leave CMD running, which must not outlive the hold.
-                        if std::os::unix::process::ExitStatusExt::signal(&status).is_some() {
+                        if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&status) {
                             group.send(Signal::KILL);
+                            say(format_args!(
+                                "latch lock: latch lock-exec, which ran {program:?}, died of signal {signal}; \
+                                 killed {program:?} and what it started"
+                            ));
                         }
                         break exit_code(status);
                     }
