@@ -1028,6 +1028,23 @@ async fn cli_elect_and_session_keepalive_give_back_what_they_hold_on_sigterm_and
     assert_eq!(info.waiters, [], "the wait is withdrawn with the closed session");
 }
 
+/// The first of `lines` (a child's output) that contains `needle`, read for at most 20 s; `None`
+/// if the output ended or the time ran out first.
+async fn line_containing<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: &mut tokio::io::Lines<R>,
+    needle: &str,
+) -> Option<String> {
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains(needle) {
+                return Some(line);
+            }
+        }
+        None
+    });
+    found.await.ok().flatten()
+}
+
 /// The session lost (its member stopped: SIGSTOP) while CMD ignores SIGTERM, under a long
 /// `--grace`: SIGINT to `latch lock` is passed on to CMD, and a second one kills CMD at once
 /// rather than after the grace (explorer F27: both were swallowed until the grace ran out).
@@ -1067,16 +1084,7 @@ async fn cli_lock_passes_a_signal_on_during_the_lost_sessions_grace_and_a_second
     .await;
     c.signal(1, Signal::STOP);
     let mut lines = tokio::io::BufReader::new(lock.stderr.take().expect("piped")).lines();
-    let lost = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("is lost while") {
-                return Some(line);
-            }
-        }
-        None
-    })
-    .await;
-    let lost = lost.ok().flatten();
+    let lost = line_containing(&mut lines, "is lost while").await;
     assert!(lost.as_deref().is_some_and(|l| l.contains("SIGKILL after")), "lost, with a grace: {lost:?}");
     let pid = rustix::process::Pid::from_raw(lock.id().expect("running") as i32).expect("a pid");
     rustix::process::kill_process(pid, Signal::INT).unwrap();
@@ -1117,16 +1125,8 @@ async fn cli_lock_interrupted_twice_while_its_member_is_frozen_exits_at_the_seco
     rustix::process::kill_process(pid, Signal::INT).unwrap();
     // Once the first is heard, the close is under way (it cannot end: the member is stopped).
     let mut lines = tokio::io::BufReader::new(waiter.stderr.take().expect("piped")).lines();
-    let heard = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("interrupted (signal 2) while waiting") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(heard, Ok(true), "`latch lock` says it was interrupted while waiting");
+    let heard = line_containing(&mut lines, "interrupted (signal 2) while waiting").await;
+    assert!(heard.is_some(), "`latch lock` says it was interrupted while waiting");
     rustix::process::kill_process(pid, Signal::INT).unwrap();
     let rest = tokio::time::timeout(Duration::from_secs(20), async {
         let mut rest = Vec::new();
