@@ -958,6 +958,29 @@ class HeldWatch(watch_pb2_grpc.WatchServicer):
         self.release.wait(60)
 
 
+class RefusingKV(kv_pb2_grpc.KVServicer):
+    """A member that refuses every put at once, for good (the session it names is gone)."""
+
+    def Put(self, request, context):
+        context.abort(grpc.StatusCode.NOT_FOUND, "session 'gone' not found")
+
+
+class SlowKV(kv_pb2_grpc.KVServicer):
+    """A member that answers each put after ``delay``: UNAVAILABLE when ``fail``, else as
+    member ``member_id``; ``ids`` has the request id of each put."""
+
+    def __init__(self, delay: float, fail: bool, member_id: int = 0):
+        self.delay, self.fail, self.member_id = delay, fail, member_id
+        self.ids = []
+
+    def Put(self, request, context):
+        self.ids.append(request.request_id)
+        time.sleep(self.delay)
+        if self.fail:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "no leader")
+        return kv_pb2.PutResponse(header=kv_pb2.ResponseHeader(member_id=self.member_id, revision=42))
+
+
 class AppliedBeforeKV(NamingKV):
     """Reads as ``NamingKV``; every put fails FAILED_PRECONDITION as applied before at ``revision``,
     its answer's data not kept, as a retry whose first answer was lost is answered."""
@@ -1248,6 +1271,40 @@ class OfflineScriptedTest(unittest.TestCase):
         self.assertTrue(held.put_ids[0], "the put carries a request id")
         client.get("k")
         self.assertEqual(live.calls, [("Put", None), ("Range", False)], "the second member answered both")
+
+    def test_a_hedge_refused_for_good_ends_the_call_at_once_with_that_answer(self):
+        held, refusing = HeldKV(), RefusingKV()
+        self.addCleanup(held.release.set)
+        endpoints = [serve(self, kv_pb2_grpc.add_KVServicer_to_server, m) for m in (held, refusing)]
+        client = latch.Client(endpoints, request_timeout=2, retry_budget=2, hedge_after=0.1)
+        self.addCleanup(client.close)
+        started = time.monotonic()
+        with self.assertRaises(latch.LatchError) as caught:
+            client.put("k", "v", session="gone")
+        # (It once waited out the first member, then said the write may still take effect.)
+        self.assertEqual(caught.exception.code, grpc.StatusCode.NOT_FOUND, f"the member's answer: {caught.exception}")
+        self.assertLess(time.monotonic() - started, 1.5, "not after the unanswered member's whole timeout")
+
+    def test_a_hedge_answered_applied_before_is_what_the_call_ends_with_when_the_first_times_out(self):
+        held, applied = HeldKV(), AppliedBeforeKV(revision=77)
+        self.addCleanup(held.release.set)
+        endpoints = [serve(self, kv_pb2_grpc.add_KVServicer_to_server, m) for m in (held, applied)]
+        client = latch.Client(endpoints, request_timeout=1, retry_budget=1, hedge_after=0.1)
+        self.addCleanup(client.close)
+        with self.assertRaises(latch.LatchError) as caught:
+            client.put("k", "v", prev_kv=True)
+        # (It was once dropped: the call ended DEADLINE_EXCEEDED, naming no revision.)
+        self.assertEqual(caught.exception.applied_revision, 77, f"applied at 77: {caught.exception}")
+        self.assertEqual(client._written, 77, "the applied write is the floor of the client's serializable reads")
+
+    def test_a_first_attempt_failing_for_now_leaves_its_hedge_to_answer(self):
+        first, second = SlowKV(0.4, fail=True), SlowKV(0.5, fail=False, member_id=2)
+        endpoints = [serve(self, kv_pb2_grpc.add_KVServicer_to_server, m) for m in (first, second)]
+        client = latch.Client(endpoints, request_timeout=3, retry_budget=3, hedge_after=0.1)
+        self.addCleanup(client.close)
+        self.assertEqual(client.put("k", "v").header.member_id, 2, "the hedge answered")
+        # (The hedge was once cancelled, and the put sent to the second member again.)
+        self.assertEqual(len(second.ids), 1, "the second member was sent the put once")
 
     def test_a_timed_out_write_says_it_may_still_take_effect(self):
         held = HeldKV()

@@ -643,9 +643,13 @@ class Client:
             failed_at = i % max(n, 1)
             try:
                 if hedged is not None and self.hedge_after is not None and n > 1 and timeout is not None:
-                    (result, metadata), answered_at = self._hedged(hedged, failed_at, target, timeout)
-                    if answered_at is not None:
-                        i, target = answered_at
+                    outcome, ended_at = self._hedged(hedged, failed_at, target, timeout)
+                    if ended_at is not None:
+                        i, target = ended_at
+                        failed_at = i
+                    if isinstance(outcome, grpc.RpcError):
+                        raise outcome
+                    result, metadata = outcome
                 else:
                     result, metadata = attempt(target, timeout)
             except grpc.RpcError as e:
@@ -719,19 +723,22 @@ class Client:
                 timeout: float):
         """One attempt at ``target`` (member ``i``), sent to the member after it too once
         unanswered for ``hedge_after`` (at most half of ``timeout``); both end by ``timeout``.
-        Returns the first answer, ``(result, initial metadata)``, with ``(index, member)`` of
-        the one after when that one answered (else None). When the one after fails, the first
-        is waited for; when the first fails, its failure is raised (the caller's retries go on
-        from there). The attempt still going when the call ends is cancelled; a write carries
-        its request id to both, so it applies once."""
+        Returns how the call ended — the first answer, ``(result, initial metadata)``, or the
+        failure (a ``grpc.RpcError``) the caller's retries go on from — with ``(index, member)``
+        of the one after when it came from that one (else None), as the Rust client's calls do:
+        a failure that retrying cannot mend (NOT_FOUND, say) ends the call at once, whichever
+        attempt met it; a retryable one leaves the other attempt to wait for; an answer that a
+        write was applied before, its data not kept, waits for the other attempt's whole answer
+        and is what the call ends with when that one fails. The attempt still going when the
+        call ends is cancelled; a write carries its request id to both, so it applies once."""
         ended = threading.Event()
         first = start(target, timeout)
         first.add_done_callback(lambda _: ended.set())
         after = min(self.hedge_after, timeout / 2)
         flights = [(first, None)]
         hedging = False
-        # The first's answer that the write was applied before, its data not kept, held back
-        # while the one after may still bring the whole answer.
+        # An answer that the write was applied before, its data not kept, held back while the
+        # other attempt may still bring the whole answer; with the attempt it came from.
         applied_before = None
         try:
             if not ended.wait(after):
@@ -754,21 +761,20 @@ class Client:
                         continue
                     flights.remove((flight, at))
                     failure = flight.exception()
-                    if at is None and failure is not None and flights and \
-                            trailing(failure, APPLIED_REVISION_METADATA) is not None:
-                        applied_before = failure
-                        continue
-                    if at is None or failure is None:
-                        # The first's failure raises here; either's answer returns. The one
-                        # after's failure leaves the first to wait for.
-                        answer = (flight.result(), flight.initial_metadata())
+                    if failure is None:
                         if at is not None:
                             # The first went unanswered: not taken for the leader on a member's
                             # word for a while, lest every write wait for it again.
                             self._after_unanswered(i, target)
-                        return answer, at
-                    if applied_before is not None and not flights:
-                        raise applied_before
+                        return (flight.result(), flight.initial_metadata()), at
+                    if flights and trailing(failure, APPLIED_REVISION_METADATA) is not None:
+                        applied_before = (failure, at)
+                        continue
+                    foreign = self._cluster.foreign(trailing(failure, CLUSTER_ID_METADATA))
+                    if flights and (failure.code() in RETRYABLE or foreign):
+                        continue
+                    # That the write took effect, when the other attempt said so, comes first.
+                    return applied_before or (failure, at)
         finally:
             for flight, _ in flights:
                 flight.cancel()
