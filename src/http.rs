@@ -2,7 +2,8 @@
 //! of a member.
 //!
 //! - `GET /metrics`: every metric in OpenMetrics text (see [`crate::metrics`]).
-//! - `GET /health`: 200 `ok` while the node thread runs; 503 once it has stopped.
+//! - `GET /health`: 200 `ok` while the node thread runs and turns; 503 with why once it has
+//!   stopped, or has not turned for seconds (stuck on a disk that does not answer).
 //! - `GET /ready`: 200 `ready` when the member knows a leader and has applied everything it
 //!   knows committed, so it can serve a linearizable read without waiting; else 503 with a
 //!   one-line reason.
@@ -50,25 +51,23 @@ async fn metrics_text(State(http): State<Http>) -> Response {
 }
 
 async fn health(State(http): State<Http>) -> Response {
-    if http.node.is_running() {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "the node has stopped\n").into_response()
+    match http.node.liveness() {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
 }
 
 async fn ready(State(http): State<Http>) -> Response {
-    match readiness(http.node.is_running(), &http.node.status()) {
+    match readiness(http.node.liveness(), &http.node.status()) {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response(),
     }
 }
 
-/// Whether a member whose node thread is `running` and whose status is `s` is ready, or why not.
-pub fn readiness(running: bool, s: &Status) -> Result<(), String> {
-    if !running {
-        return Err("the node has stopped".into());
-    }
+/// Whether a member whose node thread's `liveness` is as given and whose status is `s` is
+/// ready, or why not.
+pub fn readiness(liveness: Result<(), String>, s: &Status) -> Result<(), String> {
+    liveness?;
     if s.leader == 0 {
         return Err("no leader is known (an election is under way, or no quorum is reachable)".into());
     }
@@ -86,11 +85,12 @@ mod tests {
     fn ready_needs_a_leader_and_everything_committed_applied() {
         let mut s = Status { leader: 2, commit_index: 9, ..Default::default() };
         s.applied.index = 9;
-        assert_eq!(readiness(true, &s), Ok(()));
-        assert!(readiness(false, &s).expect_err("stopped").contains("stopped"));
+        assert_eq!(readiness(Ok(()), &s), Ok(()));
+        let stuck = "the raft thread has not turned for 12s".to_string();
+        assert_eq!(readiness(Err(stuck.clone()), &s), Err(stuck), "a stuck node is not ready");
         s.applied.index = 8;
-        assert!(readiness(true, &s).expect_err("lagging").contains("behind commit index 9"));
+        assert!(readiness(Ok(()), &s).expect_err("lagging").contains("behind commit index 9"));
         s.leader = 0;
-        assert!(readiness(true, &s).expect_err("leaderless").contains("no leader"));
+        assert!(readiness(Ok(()), &s).expect_err("leaderless").contains("no leader"));
     }
 }

@@ -24,6 +24,7 @@ use tonic_health::ServingStatus;
 use crate::api::{
     self,
     cluster::ClusterService,
+    deadline::DeadlineLayer,
     election::ElectionService,
     kv::KvService,
     lock::LockService,
@@ -405,6 +406,7 @@ pub async fn run(
         .max_concurrent_streams(u32::try_from(config.limits.max_concurrent_streams).ok())
         .layer(grpc_metrics)
         .layer(RoutingLayer::new(ctx.clone()))
+        .layer(DeadlineLayer)
         .add_service(KvService::server(ctx.clone()))
         .add_service(ClusterService::server(ctx.clone()))
         .add_service(SessionService::server(ctx.clone()))

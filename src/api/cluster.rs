@@ -9,6 +9,7 @@ use redb::ReadableDatabase as _;
 use tonic::{Request, Response, Status};
 
 use super::Context;
+use crate::node::deadline;
 use crate::transport::member_status;
 
 pub struct ClusterService {
@@ -24,29 +25,15 @@ impl ClusterService {
 /// The most a status waits for another member's own.
 const MEMBER_PROBE: Duration = Duration::from_millis(1500);
 
-/// The deadline a gRPC caller sent (`grpc-timeout`: digits and a unit, H, M, S, m, u or n), if any.
-fn caller_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.checked_mul(3600)?),
-        "M" => Duration::from_secs(n.checked_mul(60)?),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         // Each other member is asked for at most 1.5 s, and within the caller's deadline when it
-        // sent one: two fifths of it, so that a member that does not answer is shown
+        // sent one: half of what is left of it, so that a member that does not answer is shown
         // unreachable in an answer that comes in time (a `--timeout 1s` otherwise failed on it).
-        let probe = caller_timeout(request.metadata()).map_or(MEMBER_PROBE, |t| MEMBER_PROBE.min(t * 2 / 5));
+        let left = deadline::answer_by().map(|by| by.saturating_duration_since(tokio::time::Instant::now()));
+        let half = |left: Duration| Duration::from_millis((left / 2).as_millis() as u64);
+        let probe = left.map_or(MEMBER_PROBE, |left| MEMBER_PROBE.min(half(left)));
         let me = self.ctx.node.status();
         let asks = self.ctx.members.iter().map(|p| async move {
             if p.id == me.id {
@@ -100,29 +87,5 @@ impl Cluster for ClusterService {
             term: me.term,
             members,
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_callers_grpc_timeout_is_read_in_each_unit_and_nonsense_is_none() {
-        let timeout = |value: &str| {
-            let mut m = tonic::metadata::MetadataMap::new();
-            m.insert("grpc-timeout", value.parse().expect("ascii"));
-            caller_timeout(&m)
-        };
-        assert_eq!(timeout("1000m"), Some(Duration::from_secs(1)));
-        assert_eq!(timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(timeout("3M"), Some(Duration::from_secs(180)));
-        assert_eq!(timeout("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(timeout("5u"), Some(Duration::from_micros(5)));
-        assert_eq!(timeout("7n"), Some(Duration::from_nanos(7)));
-        for nonsense in ["", "m", "10x", "-1S", "1.5S"] {
-            assert_eq!(timeout(nonsense), None, "{nonsense:?}");
-        }
-        assert_eq!(caller_timeout(&tonic::metadata::MetadataMap::new()), None);
     }
 }

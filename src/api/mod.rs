@@ -2,6 +2,7 @@
 //! error → fill the header. [`ApiError`] and its one mapping to `tonic::Status` live here.
 
 pub mod cluster;
+pub mod deadline;
 pub mod election;
 pub mod kv;
 pub mod lock;
@@ -288,6 +289,7 @@ impl Context {
             | ApiError::Request(RequestError::NotLeader { .. })
             | ApiError::Request(RequestError::ShuttingDown)
             | ApiError::Request(RequestError::TimedOut { .. })
+            | ApiError::Request(RequestError::Unanswered { .. })
             | ApiError::Request(RequestError::CutOff { .. }) => {
                 let mut status = Status::unavailable(msg);
                 if let Some(addr) =

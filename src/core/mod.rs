@@ -194,6 +194,12 @@ pub enum RequestError {
     TimedOut { ticks: u64 },
     #[error("member is shutting down")]
     ShuttingDown,
+    /// The caller's deadline came before the answer (`node::deadline`); a write stays proposed.
+    #[error(
+        "member {member} could not {what} within {waited_ms} ms, before its caller's deadline: {why}{}",
+        if *.write { "; the write stays proposed and may still take effect: retry with the same request id" } else { "" }
+    )]
+    Unanswered { member: u64, what: &'static str, waited_ms: u64, why: String, write: bool },
     /// Only the leader can serve this (a keepalive); `leader` is 0 when none is known.
     #[error("member {member} is not the leader (the leader is member {leader}; 0: none known); send it to the leader")]
     NotLeader { member: u64, leader: u64 },

@@ -20,7 +20,7 @@
 //! commit and apply through the core's [`ReadyObserver`] hook.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,6 +31,7 @@ use tokio::sync::oneshot;
 
 pub mod apply;
 pub mod budget;
+pub mod deadline;
 pub mod freshness;
 pub mod inbox;
 pub mod lock_hub;
@@ -98,6 +99,24 @@ pub trait Outbox: Send + 'static {
     fn send(&mut self, msgs: Vec<Message>);
 }
 
+/// What a request waits for, in a member's words when it is not served in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waited {
+    Write,
+    Read,
+    KeepAlive,
+}
+
+impl Waited {
+    fn what(self) -> &'static str {
+        match self {
+            Waited::Write => "commit the write",
+            Waited::Read => "confirm with a leader that its state is current",
+            Waited::KeepAlive => "renew the session's lease",
+        }
+    }
+}
+
 /// A cheap, cloneable way to talk to a running node.
 #[derive(Clone)]
 pub struct NodeHandle {
@@ -108,8 +127,8 @@ pub struct NodeHandle {
     peer_queue: Arc<Budget>,
     snapshots: Arc<Snapshots>,
     status: Arc<Mutex<Status>>,
-    /// True while the driver thread runs (for `/health`).
-    running: Arc<AtomicBool>,
+    /// Whether the driver thread runs and turns (for `/health`).
+    pulse: Arc<Pulse>,
     db: Arc<Database>,
     locks: Arc<LockHub>,
     /// The newest revision whose changes this member applied and committed (for DNS, and
@@ -127,7 +146,7 @@ impl NodeHandle {
         let permit = self.take_pending(prost::Message::encoded_len(&cmd) + PROPOSAL_OVERHEAD_BYTES)?;
         let (reply, rx) = oneshot::channel();
         self.events.send(Event::Propose { cmd, reply, permit }).map_err(|_| RequestError::ShuttingDown)?;
-        rx.await.map_err(|_| RequestError::ShuttingDown)?
+        self.answer(rx, Waited::Write).await
     }
 
     /// Waits until a linearizable read may be served from this node's applied state.
@@ -153,7 +172,7 @@ impl NodeHandle {
     async fn read_index_with(&self, permit: Permit) -> Result<(), RequestError> {
         let (reply, rx) = oneshot::channel();
         self.events.send(Event::Read { reply, permit }).map_err(|_| RequestError::ShuttingDown)?;
-        rx.await.map_err(|_| RequestError::ShuttingDown)?
+        self.answer(rx, Waited::Read).await
     }
 
     /// Waits until a serializable read may be served from this node's applied state: at once,
@@ -165,7 +184,7 @@ impl NodeHandle {
         let permit = self.take_pending(READ_BYTES)?;
         let (reply, rx) = oneshot::channel();
         self.events.send(Event::ReadCaughtUp { reply, permit }).map_err(|_| RequestError::ShuttingDown)?;
-        rx.await.map_err(|_| RequestError::ShuttingDown)?
+        self.answer(rx, Waited::Read).await
     }
 
     /// Keeps a session alive: answered by the leader only (see `core::leases`).
@@ -175,7 +194,7 @@ impl NodeHandle {
         self.events
             .send(Event::KeepAlive { session, reply, permit })
             .map_err(|_| RequestError::ShuttingDown)?;
-        rx.await.map_err(|_| RequestError::ShuttingDown)?
+        self.answer(rx, Waited::KeepAlive).await
     }
 
     /// The leases left of `sessions` in milliseconds as this member counts them (`None`: not
@@ -184,6 +203,53 @@ impl NodeHandle {
         let (reply, rx) = oneshot::channel();
         self.events.send(Event::Leases { sessions, reply }).map_err(|_| RequestError::ShuttingDown)?;
         rx.await.map_err(|_| RequestError::ShuttingDown)
+    }
+
+    /// The core's answer to a request, or, when the request's caller set a deadline
+    /// ([`deadline`]) and it comes first, why the request is still unanswered.
+    async fn answer<T>(
+        &self,
+        rx: oneshot::Receiver<Result<T, RequestError>>,
+        waited: Waited,
+    ) -> Result<T, RequestError> {
+        let Some(by) = deadline::answer_by() else {
+            return rx.await.map_err(|_| RequestError::ShuttingDown)?;
+        };
+        let since = tokio::time::Instant::now();
+        match tokio::time::timeout_at(by, rx).await {
+            Ok(answer) => answer.map_err(|_| RequestError::ShuttingDown)?,
+            Err(_) => Err(RequestError::Unanswered {
+                member: self.member_id,
+                what: waited.what(),
+                waited_ms: since.elapsed().as_millis() as u64,
+                why: self.why_unanswered(waited),
+                write: waited == Waited::Write,
+            }),
+        }
+    }
+
+    /// What this member knows of why a request of its has waited: whom it takes for the leader.
+    fn why_unanswered(&self, waited: Waited) -> String {
+        let Status { id, leader, term, role, .. } = self.status();
+        if leader == 0 {
+            return format!(
+                "it knows no leader (it is a {} in term {term}): an election is under way, or no \
+                 quorum of members is reachable",
+                role.as_str()
+            );
+        }
+        let what = match waited {
+            Waited::Write => "committed it",
+            Waited::Read | Waited::KeepAlive => "confirmed its leadership",
+        };
+        if leader == id {
+            format!("it leads in term {term}, but no quorum of members has {what} (the others are down or cut off?)")
+        } else {
+            format!(
+                "its leader, member {leader} (term {term}), has not {what}: the leader may be cut off \
+                 from a quorum, or this member from the leader"
+            )
+        }
     }
 
     fn take_pending(&self, bytes: usize) -> Result<Permit, RequestError> {
@@ -254,8 +320,14 @@ impl NodeHandle {
     }
 
     /// Whether the driver thread still runs (it ends on `Stop` or a fatal error).
+    /// Whether the driver thread runs (it may be stuck: [`NodeHandle::liveness`]).
     pub fn is_running(&self) -> bool {
-        self.running.load(Ordering::Acquire)
+        self.pulse.running.load(Ordering::Acquire)
+    }
+
+    /// `Ok` while the driver thread runs and turns; else why not (`/health`, `/ready`).
+    pub fn liveness(&self) -> Result<(), String> {
+        self.pulse.check(self.pulse.base.elapsed())
     }
 }
 
@@ -293,7 +365,7 @@ impl Node {
             peer_queue: Budget::new(budgets.max_peer_queue_bytes),
             snapshots: core.snapshots().clone(),
             status: Arc::new(Mutex::new(core.status())),
-            running: Arc::new(AtomicBool::new(true)),
+            pulse: Arc::new(Pulse::new(tick)),
             db: core.state_db().clone(),
             locks: Arc::new(LockHub::default()),
             revisions: Arc::new(tokio::sync::watch::Sender::new(core.status().applied.revision)),
@@ -304,7 +376,7 @@ impl Node {
         let outbox = make_outbox(handle.clone());
         let status = handle.status.clone();
         let budgets = [handle.pending.clone(), handle.peer_queue.clone()];
-        let running = RunningFlag(handle.running.clone());
+        let pulse = handle.pulse.clone();
         let in_flight = apply::InFlight::default();
         let hubs = (handle.locks.clone(), handle.revisions.clone(), in_flight.clone());
         let (jobs, queued) = apply::queue();
@@ -316,8 +388,8 @@ impl Node {
             })?;
         let thread =
             std::thread::Builder::new().name(format!("latch-node-{}", core.id())).spawn(move || {
-                let _running = running;
-                let result = drive(core, rx, outbox, jobs, status, tick, &metrics, budgets, hubs);
+                let _running = RunningFlag(pulse.clone());
+                let result = drive(core, rx, outbox, jobs, (status, &pulse), tick, &metrics, budgets, hubs);
                 // The queue is closed (`jobs` dropped): the apply thread finishes what it has.
                 let _ = applying.join();
                 result
@@ -344,12 +416,60 @@ impl Node {
     }
 }
 
-/// Clears [`NodeHandle::is_running`] when the driver thread ends, however it ends.
-struct RunningFlag(Arc<AtomicBool>);
+/// Whether the driver thread runs, and when it last turned. A running driver turns at least
+/// once a tick, and a turn's work — its log's fsync among it — takes far less than
+/// [`STALLED_AFTER`]: one that did not turn for longer is stuck (a disk that hangs in a write
+/// or fsync, frozen by `fsfreeze` or failing), and the member, whose status and answers are
+/// then as of its last turn, is not healthy, however its threads that answer look.
+struct Pulse {
+    base: Instant,
+    /// Milliseconds since `base` at the start of the driver's last turn.
+    turned_ms: AtomicU64,
+    running: AtomicBool,
+    /// [`STALLED_AFTER`], or three ticks if that is longer.
+    stalled_after: Duration,
+}
+
+/// How long a driver may go without turning before the member is unhealthy, at least.
+const STALLED_AFTER: Duration = Duration::from_secs(5);
+
+impl Pulse {
+    fn new(tick: Duration) -> Pulse {
+        Pulse {
+            base: Instant::now(),
+            turned_ms: AtomicU64::new(0),
+            running: AtomicBool::new(true),
+            stalled_after: STALLED_AFTER.max(tick.saturating_mul(3)),
+        }
+    }
+
+    fn beat(&self) {
+        self.turned_ms.store(self.base.elapsed().as_millis() as u64, Ordering::Release);
+    }
+
+    /// Whether the driver runs and has turned recently, `now` after `base`.
+    fn check(&self, now: Duration) -> Result<(), String> {
+        if !self.running.load(Ordering::Acquire) {
+            return Err("the node has stopped".into());
+        }
+        let silent = now.saturating_sub(Duration::from_millis(self.turned_ms.load(Ordering::Acquire)));
+        if silent > self.stalled_after {
+            return Err(format!(
+                "the raft thread has not turned for {} (stuck, perhaps in a disk write or fsync that \
+                 does not return)",
+                humantime::format_duration(Duration::from_millis(silent.as_millis() as u64))
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Marks the driver stopped when the driver thread ends, however it ends.
+struct RunningFlag(Arc<Pulse>);
 
 impl Drop for RunningFlag {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        self.0.running.store(false, Ordering::Release);
     }
 }
 
@@ -511,7 +631,7 @@ fn drive(
     rx: mpsc::Receiver<Event>,
     mut outbox: Box<dyn Outbox>,
     jobs: mpsc::SyncSender<apply::Job>,
-    status: Arc<Mutex<Status>>,
+    (status, pulse): (Arc<Mutex<Status>>, &Pulse),
     tick: Duration,
     metrics: &Metrics,
     [pending, peer_queue]: [Arc<Budget>; 2],
@@ -543,6 +663,7 @@ fn drive(
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break Ok(()),
         };
+        pulse.beat();
         core.set_clock(started.elapsed().as_millis() as u64);
         // Everything already queued joins this turn (group commit), up to a bound.
         let queued = std::iter::from_fn(|| rx.try_recv().ok());
@@ -599,6 +720,23 @@ mod tests {
     use super::*;
     use crate::core::MemoryInbox;
 
+    #[test]
+    fn a_driver_that_stopped_turning_is_not_live_and_one_that_stopped_is_not_either() {
+        let pulse = Pulse::new(Duration::from_millis(50));
+        let at = |ms| Duration::from_millis(ms);
+        pulse.turned_ms.store(1_000, Ordering::Release);
+        assert_eq!(pulse.check(at(5_900)), Ok(()), "4.9 s without a turn: a slow fsync, not a stuck one");
+        let stuck = pulse.check(at(13_345)).expect_err("12.3 s without a turn");
+        assert!(stuck.contains("has not turned for 12s 345ms"), "{stuck}");
+        pulse.running.store(false, Ordering::Release);
+        assert_eq!(pulse.check(at(1_000)), Err("the node has stopped".to_string()));
+        assert_eq!(
+            Pulse::new(Duration::from_secs(10)).stalled_after,
+            Duration::from_secs(30),
+            "three slow ticks"
+        );
+    }
+
     /// A handle whose node never drains its queue: what it holds stays held.
     fn stalled(pending: usize, peer_queue: usize) -> (NodeHandle, mpsc::Receiver<Event>) {
         let db = Arc::new(
@@ -613,7 +751,7 @@ mod tests {
             peer_queue: Budget::new(peer_queue),
             snapshots: Arc::new(Snapshots::new(db.clone(), Arc::new(MemoryInbox::default()))),
             status: Arc::new(Mutex::new(Status::default())),
-            running: Arc::new(AtomicBool::new(true)),
+            pulse: Arc::new(Pulse::new(Duration::from_millis(50))),
             db,
             locks: Arc::new(LockHub::default()),
             revisions: Arc::new(tokio::sync::watch::Sender::new(0)),

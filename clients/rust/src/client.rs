@@ -31,6 +31,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// connection counts as broken (its calls fail UNAVAILABLE and are retried elsewhere).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// What the failure of an attempt its endpoint did not answer in time says, before the time.
+const NO_ANSWER: &str = "no answer within";
+
+/// Set by the client on the failure of a call one of whose attempts may have reached a member
+/// and went unanswered (a timeout, a connection lost after the request went out): a write's
+/// error then says it may still take effect.
+const UNSETTLED_METADATA: &str = "latch-unsettled";
+
 /// First pause between two attempts; doubled after each failed attempt up to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_millis(20);
 /// Longest pause between two attempts.
@@ -133,8 +141,9 @@ impl Drop for Probe {
     }
 }
 
-/// A member's connection, each request on it naming the client's cluster once known.
-pub(crate) type Channel = InterceptedService<tonic::transport::Channel, NameCluster>;
+/// A member's connection, each request on it naming the client's cluster once known, and
+/// the attempt's timeout when it has one ([`Stamp`]).
+pub(crate) type Channel = InterceptedService<tonic::transport::Channel, Stamp>;
 
 /// The cluster this client talks to: the one [`ClientOptions::cluster_id`] names, else the one
 /// its first answer named (`latch-cluster-id`), for the client's life. Every request after names it, and a member of another cluster
@@ -197,14 +206,23 @@ impl Cluster {
     }
 }
 
-/// Puts the cluster the client talks to, once known, on each request.
+/// Puts on each request the cluster the client talks to, once known, and the timeout of the
+/// attempt, if it has one and the request does not name its own: the member then answers
+/// before it, with why, a request it cannot serve in time (no quorum, no leader), where the
+/// client would otherwise only learn that it did not answer.
 #[derive(Debug, Clone)]
-pub(crate) struct NameCluster(Arc<Cluster>);
+pub(crate) struct Stamp {
+    cluster: Arc<Cluster>,
+    timeout: Option<Duration>,
+}
 
-impl Interceptor for NameCluster {
+impl Interceptor for Stamp {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some((_, value)) = self.0 .0.get() {
+        if let Some((_, value)) = self.cluster.0.get() {
             request.metadata_mut().insert(CLUSTER_ID_METADATA, value.clone());
+        }
+        if let Some(timeout) = self.timeout.filter(|_| !request.metadata().contains_key("grpc-timeout")) {
+            request.set_timeout(timeout);
         }
         Ok(request)
     }
@@ -212,7 +230,7 @@ impl Interceptor for NameCluster {
 
 /// The endpoints known to the client: the ones it was given, plus leaders that members named.
 #[derive(Debug)]
-struct Targets {
+pub(crate) struct Targets {
     /// Never shrinks nor reorders, so an index taken under the lock stays valid after it; a
     /// learnt entry is replaced by a newer hint once [`MAX_HINTED_TARGETS`] were learnt, and
     /// what a call still holding its index then says is charged to nobody
@@ -223,11 +241,11 @@ struct Targets {
     preferred: usize,
     /// Where the next write starts, when known: the member that last answered a write without
     /// naming another leader, or the leader a member last named.
-    leader: Option<usize>,
+    pub(crate) leader: Option<usize>,
     /// When each endpoint that has failed a call since it last answered one failed it: for
     /// [`DISTRUSTED_FOR`] after, no other member's hint makes it the leader. At most one entry
     /// per endpoint of `list`.
-    failed: HashMap<usize, Instant>,
+    pub(crate) failed: HashMap<usize, Instant>,
     /// The cluster the endpoints' requests name.
     cluster: Arc<Cluster>,
     /// How many of `list`'s first entries were given (the rest were learnt from hints).
@@ -257,11 +275,13 @@ const DISTRUSTED_FOR: Duration = Duration::from_secs(10);
 struct Target {
     /// `host:port`, without a scheme: compared with the leader hints servers send.
     addr: String,
-    channel: Channel,
+    channel: tonic::transport::Channel,
     /// A connection of its own for long-lived streams (watches, observations), opened when the
     /// first one is: a stream its caller does not read holds HTTP/2 window of its connection,
     /// which must never starve the calls on `channel` (keepalives of sessions among them).
-    streams: Channel,
+    streams: tonic::transport::Channel,
+    /// What each request names (see [`Stamp`]).
+    cluster: Arc<Cluster>,
 }
 
 /// The HTTP/2 connection window of the streams' connection: the protocol's largest (2^31 − 1).
@@ -413,7 +433,7 @@ impl Client {
         self.inner.options.request_timeout
     }
 
-    fn targets(&self) -> MutexGuard<'_, Targets> {
+    pub(crate) fn targets(&self) -> MutexGuard<'_, Targets> {
         // The lock guards no invariant a panic could break half-way: a poisoned list is usable.
         self.inner.targets.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -438,7 +458,24 @@ impl Client {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.write_waiting(method, Some(Duration::ZERO), attempt).await
+        let answer = self.write_waiting(method, Some(Duration::ZERO), attempt).await;
+        // A write one of whose attempts went unanswered may have been applied, or be yet: the
+        // error says so (the classic ambiguity of a timed-out write, etcd's too), whatever the
+        // last attempt met. (A member that could not commit it in time says so itself.) Not
+        // for a waiting write: an acquire or campaign left unsettled is withdrawn.
+        answer.map_err(|e| match e {
+            Error::Status(status)
+                if status.code() == Code::DeadlineExceeded
+                    || status.metadata().contains_key(UNSETTLED_METADATA) =>
+            {
+                let message = format!(
+                    "{}; the write may still take effect: read before sending it again",
+                    status.message()
+                );
+                Error::from(Status::with_metadata(status.code(), message, status.metadata().clone()))
+            }
+            other => other,
+        })
     }
 
     /// Like [`write`](Client::write), starting at endpoint `from` ([`Client::write_start`]),
@@ -516,18 +553,6 @@ impl Client {
     {
         let patience = Patience { wait, ..Patience::RETRY };
         let answer = self.call_limited(Lane::Calls, Route::Leader, method, patience, attempt).await;
-        // A write left unanswered may have been applied, or be yet: the error says so (the
-        // classic ambiguity of a timed-out write, etcd's too).
-        let answer = answer.map_err(|e| match e {
-            Error::Status(status) if status.code() == Code::DeadlineExceeded => {
-                let message = format!(
-                    "{}; the write may still take effect: read before sending it again",
-                    status.message()
-                );
-                Error::from(Status::with_metadata(status.code(), message, status.metadata().clone()))
-            }
-            other => other,
-        });
         // A write applied although its call failed (its answer's data not kept) is a floor too.
         let revision = match &answer {
             Ok(answer) => answer.header().map(|h| h.revision),
@@ -587,16 +612,20 @@ impl Client {
             let timeout = limits.map(|(per_attempt, deadline)| {
                 per_attempt.min(deadline.saturating_duration_since(Instant::now()))
             });
-            let call = attempt(target.on(lane));
+            let call = attempt(target.on(lane, timeout));
             async move {
                 let answer = match timeout {
-                    Some(timeout) => match tokio::time::timeout(timeout, call).await {
-                        Ok(answer) => answer,
-                        Err(_) => Err(Status::deadline_exceeded(format!(
-                            "{}: no answer within {timeout:.1?}",
-                            target.addr
-                        ))),
-                    },
+                    Some(timeout) => {
+                        let unanswered = || {
+                            Status::deadline_exceeded(format!("{}: {NO_ANSWER} {timeout:.1?}", target.addr))
+                        };
+                        match tokio::time::timeout(timeout, call).await {
+                            // tonic's own timer for the `grpc-timeout` sent (`Stamp`) is this one.
+                            Ok(Err(status)) if timed_out(&status) => Err(unanswered()),
+                            Ok(answer) => answer,
+                            Err(_) => Err(unanswered()),
+                        }
+                    }
                     None => call.await,
                 };
                 (index, target, answer)
@@ -605,11 +634,15 @@ impl Client {
         // The attempts under way: one, or two once the first went unanswered for `hedge`. The
         // call ends with the first answer; a failure waits for the other attempt, if any.
         let mut running = FuturesUnordered::new();
-        // The endpoints of the attempts under way (index and address), in launch order.
-        let mut under_way = vec![(index, target.addr.clone())];
+        // The endpoints of the attempts under way (index and address) and when each was sent,
+        // in launch order.
+        let mut under_way = vec![(index, target.addr.clone(), Instant::now())];
         running.push(launch(index, target));
         // What each endpoint tried last said, to name them all when the call gives up.
-        let mut failures = Vec::<(String, String)>::new();
+        let mut failures = Vec::<Tried>::new();
+        // Whether an attempt may have reached a member and gone unanswered (no answer of the
+        // member's, and not a connection never made): a write may then take effect yet.
+        let mut unsettled = false;
         // A write's answer that it was applied before, its data not kept, held back while the
         // other attempt may still bring the whole answer.
         let mut applied_before: Option<Status> = None;
@@ -636,14 +669,14 @@ impl Client {
                             endpoint = %target.addr,
                             "no answer yet; sending the call to the next endpoint too"
                         );
-                        under_way.push((next, target.addr.clone()));
+                        under_way.push((next, target.addr.clone(), Instant::now()));
                         running.push(launch(next, target));
                         last = next;
                     }
                     continue;
                 }
             };
-            under_way.retain(|(at, addr)| !(*at == index && *addr == target.addr));
+            under_way.retain(|(at, addr, _)| !(*at == index && *addr == target.addr));
             let status = match answer {
                 Ok(response) => {
                     let cluster = &self.inner.cluster;
@@ -651,10 +684,13 @@ impl Client {
                         return Err(Error::from(stray));
                     }
                     let named = response.metadata().get(LEADER_ADDR_METADATA).and_then(|v| v.to_str().ok());
-                    // An attempt still under way went unanswered for `hedge` at least: not
-                    // taken for the leader on a member's word for a while, as a hedged
-                    // keepalive's first is not, lest every write wait for it again.
-                    for (slow, addr) in &under_way {
+                    // An attempt still under way that went unanswered for `hedge` at least is
+                    // not taken for the leader on a member's word for a while, as a hedged
+                    // keepalive's first is not, lest every write wait for it again. A hedge
+                    // sent moments ago is not (a monitor's every `cluster status` is hedged
+                    // while a member is down: its member's probe takes longer).
+                    let unanswered = |sent: &Instant| hedge.is_some_and(|hedge| sent.elapsed() >= hedge);
+                    for (slow, addr, _) in under_way.iter().filter(|(_, _, sent)| unanswered(sent)) {
                         self.after_unanswered(*slow, addr);
                     }
                     self.answered(index, &target.addr, route, named);
@@ -662,15 +698,19 @@ impl Client {
                 }
                 Err(status) => status,
             };
-            let failure = Error::from(with_context(status.clone(), &target.addr)).to_string();
-            failures.retain(|(addr, _)| *addr != target.addr);
-            failures.push((target.addr.clone(), failure.clone()));
-            self.targets().last_failure = Some(failure);
             let cluster = &self.inner.cluster;
             let named = cluster.learn(status.metadata());
             // A member of another cluster refused the call: it is no member of ours, whatever
             // it says of its own leader; the call goes on to the next endpoint.
             let foreign = cluster.foreign(named);
+            // Named our cluster: the member itself answered (the connection is fine).
+            let answered = named.is_some() && !foreign;
+            unsettled |= !answered && !never_sent(&status);
+            let failure = Error::from(with_context(status.clone(), &target.addr)).to_string();
+            let before = failures.iter().position(|t| t.addr == target.addr).map(|at| failures.remove(at));
+            let answer = if answered { Some(failure.clone()) } else { before.and_then(|t| t.answer) };
+            failures.push(Tried { addr: target.addr.clone(), last: failure.clone(), answer });
+            self.targets().last_failure = Some(failure);
             // Once set, the call tries no other member: it ends with the failure it met.
             let staying = || stay.is_some_and(|stay| stay.load(Ordering::Acquire));
             if !running.is_empty() && status.metadata().get(APPLIED_REVISION_METADATA).is_some() {
@@ -684,8 +724,6 @@ impl Client {
                 return Err(Error::from(failure));
             }
             let hint = leader_hint(&status).filter(|_| !foreign);
-            // Named our cluster: the member itself answered (the connection is fine).
-            let answered = named.is_some() && !foreign;
             if !running.is_empty() {
                 // The other attempt may still be answered; this endpoint is passed over as a
                 // failed one would be.
@@ -698,7 +736,13 @@ impl Client {
             if let Some((_, deadline)) = limits.filter(|(_, deadline)| Instant::now() + backoff >= *deadline)
             {
                 let budget = deadline.saturating_duration_since(started);
-                return Err(Error::from(gave_up(status, &target.addr, &failures, budget)));
+                let mut failure = gave_up(status, &target.addr, &failures, budget);
+                if unsettled {
+                    failure
+                        .metadata_mut()
+                        .insert(UNSETTLED_METADATA, AsciiMetadataValue::from_static("true"));
+                }
+                return Err(Error::from(failure));
             }
             tracing::debug!(
                 method,
@@ -890,19 +934,19 @@ impl Target {
         // Each lazy channel is a connection of its own. On the streams' one, the connection's
         // window is the largest HTTP/2 allows: each stream is held to its own window (2 MiB),
         // so one its caller does not read never holds up another's.
-        let name = NameCluster(cluster.clone());
-        let channel = InterceptedService::new(endpoint.connect_lazy(), name.clone());
+        let channel = endpoint.connect_lazy();
         let streams = endpoint.initial_connection_window_size(STREAMS_CONNECTION_WINDOW).connect_lazy();
-        let streams = InterceptedService::new(streams, name);
-        Ok(Target { addr: addr.to_string(), channel, streams })
+        Ok(Target { addr: addr.to_string(), channel, streams, cluster: cluster.clone() })
     }
 
-    /// The channel of `lane`.
-    fn on(&self, lane: Lane) -> Channel {
-        match lane {
-            Lane::Calls => self.channel.clone(),
-            Lane::Streams => self.streams.clone(),
-        }
+    /// The channel of `lane`, for an attempt that may take `timeout`: a call tells the member
+    /// (`grpc-timeout`); a stream, which lives on once opened, does not.
+    fn on(&self, lane: Lane, timeout: Option<Duration>) -> Channel {
+        let (channel, timeout) = match lane {
+            Lane::Calls => (&self.channel, timeout),
+            Lane::Streams => (&self.streams, None),
+        };
+        InterceptedService::new(channel.clone(), Stamp { cluster: self.cluster.clone(), timeout })
     }
 }
 
@@ -996,15 +1040,39 @@ fn leader_hint(status: &Status) -> Option<String> {
     (!addr.is_empty()).then(|| addr.to_string())
 }
 
+/// What a call's attempts at one endpoint ended with.
+struct Tried {
+    addr: String,
+    /// The last attempt's failure.
+    last: String,
+    /// The member's own last answer, if it gave one: it outlives a later attempt that went
+    /// unanswered (a member without a quorum says so, then one retry with little time left
+    /// times out before it can say it again), since it says why and the silence does not.
+    answer: Option<String>,
+}
+
+impl Tried {
+    /// What follows `last`: the member's earlier answer, when the last attempt did not end with it.
+    fn before(&self) -> String {
+        match &self.answer {
+            Some(answer) if *answer != self.last => format!(" (before, it answered {answer})"),
+            _ => String::new(),
+        }
+    }
+}
+
 /// The failure a call ends with once its time is spent: the last one (`last`, at `addr`), how
 /// long the call could retry, and what each other endpoint it tried said last, so that a
 /// cluster without a quorum, or a list of dead endpoints, reads as such.
-fn gave_up(last: Status, addr: &str, failures: &[(String, String)], budget: Duration) -> Status {
+fn gave_up(last: Status, addr: &str, failures: &[Tried], budget: Duration) -> Status {
     let last = with_context(last, addr);
     let others: Vec<String> = failures
         .iter()
-        .filter(|(at, _)| at != addr)
-        .map(|(at, why)| if why.contains(at.as_str()) { why.clone() } else { format!("{at}: {why}") })
+        .filter(|t| t.addr != addr)
+        .map(|t| match t.last.contains(t.addr.as_str()) {
+            true => format!("{}{}", t.last, t.before()),
+            false => format!("{}: {}{}", t.addr, t.last, t.before()),
+        })
         .collect();
     let others = match others.is_empty() {
         true => String::new(),
@@ -1014,8 +1082,33 @@ fn gave_up(last: Status, addr: &str, failures: &[(String, String)], budget: Dura
         true => last.message().to_string(),
         false => format!("{addr}: {}", last.message()),
     };
-    let message = format!("{said} (retried for {budget:.1?}{others})");
+    let before = failures.iter().find(|t| t.addr == addr).map(Tried::before).unwrap_or_default();
+    let message = format!("{said}{before} (retried for {budget:.1?}{others})");
     Status::with_metadata(last.code(), message, last.metadata().clone())
+}
+
+/// Whether an error of type `E` caused `status` (made locally, by the transport).
+fn caused_by<E: std::error::Error + 'static>(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<E>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Whether `status` is the failure of a connection that was never made: no request went out.
+fn never_sent(status: &Status) -> bool {
+    caused_by::<tonic::ConnectError>(status)
+}
+
+/// Whether `status` is a call's `grpc-timeout` expiring (tonic's CANCELLED "Timeout expired",
+/// the client's timer or the server's).
+fn timed_out(status: &Status) -> bool {
+    caused_by::<tonic::TimeoutExpired>(status)
+        || status.code() == Code::Cancelled && status.message() == tonic::TimeoutExpired(()).to_string()
 }
 
 /// A status made by the local transport says little ("transport error"); the endpoint and the

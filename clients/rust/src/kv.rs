@@ -139,14 +139,12 @@ impl Client {
     /// The cluster as the answering member sees it: leader, term, and every member with its
     /// addresses, role and applied index.
     pub async fn cluster_status(&self) -> Result<StatusResponse, Error> {
-        // The member asks the others within the deadline it is told, so that one that does not
-        // answer is shown unreachable in time.
-        let timeout = self.request_timeout();
-        self.call("Status", |channel| async move {
-            let mut request = tonic::Request::new(StatusRequest {});
-            request.set_timeout(timeout);
-            ClusterClient::new(channel).status(request).await
-        })
+        // The member asks the others within the deadline each attempt tells it (`Stamp`), so
+        // that one that does not answer is shown unreachable in time.
+        self.call(
+            "Status",
+            |channel| async move { ClusterClient::new(channel).status(StatusRequest {}).await },
+        )
         .await
     }
 }

@@ -60,6 +60,9 @@ enum Script {
     Frozen,
     /// Answers as `Answer`, after this long.
     Slow(Duration),
+    /// Never answers its first request, as `Frozen`; fails the later ones UNAVAILABLE, as a
+    /// member that knows no leader does.
+    FrozenOnce,
 }
 
 #[derive(Clone)]
@@ -88,6 +91,10 @@ impl ScriptedKv {
     ) -> Result<Response<T>, Status> {
         match self.script {
             Script::Frozen => {
+                self.received.lock().expect("test lock").push(request_id.clone());
+                std::future::pending::<()>().await;
+            }
+            Script::FrozenOnce if self.received.lock().expect("test lock").is_empty() => {
                 self.received.lock().expect("test lock").push(request_id.clone());
                 std::future::pending::<()>().await;
             }
@@ -148,6 +155,7 @@ impl ScriptedKv {
                 Err(status)
             }
             Script::Reject(code) => Err(Status::new(*code, "key: must not be empty")),
+            Script::FrozenOnce => Err(Status::unavailable("no leader is known")),
         }
     }
 }
@@ -353,6 +361,29 @@ async fn a_timed_out_write_says_it_may_still_take_effect_and_a_timed_out_read_do
     assert_eq!((write.code(), read.code()), (Code::DeadlineExceeded, Code::DeadlineExceeded));
     assert!(write.to_string().contains("the write may still take effect"), "{write}");
     assert!(!read.to_string().contains("may still take effect"), "{read}");
+}
+
+/// A write whose first attempt went unanswered and whose last met a member's UNAVAILABLE (a
+/// follower that knows no leader) may still take effect all the same, and says so: the first
+/// member may hold it proposed (review-s56 #5: only a call that ended on a timeout said it).
+/// One whose every attempt failed to connect sent nothing, and does not say so.
+#[tokio::test]
+async fn a_write_one_of_whose_attempts_went_unanswered_says_it_may_still_take_effect_whatever_the_last_met() {
+    let (frozen_once, _) = serve(Script::FrozenOnce).await;
+    let options = ClientOptions {
+        request_timeout: Duration::from_millis(200),
+        retry_budget: Duration::from_millis(600),
+        hedge_after: None,
+        ..ClientOptions::default()
+    };
+    let client = Client::connect_with([frozen_once.as_str()], options).await.expect("endpoint");
+    let write = client.put("k", "v").await.expect_err("nobody serves it");
+    assert_eq!(write.code(), Code::Unavailable, "the last attempt met the member's UNAVAILABLE: {write}");
+    assert!(write.to_string().contains("the write may still take effect"), "{write}");
+
+    let dead = Client::connect_with([dead_addr().await], options).await.expect("endpoint");
+    let unsent = dead.put("k", "v").await.expect_err("nothing listens");
+    assert!(!unsent.to_string().contains("may still take effect"), "nothing was sent: {unsent}");
 }
 
 /// A member slower than `hedge_after` still serves the call when the hedge fails: a failure
@@ -1088,6 +1119,10 @@ impl Lock for ScriptedLock {
                 Err(status)
             }
             "calm" => Err(Status::resource_exhausted("h2 protocol error: ENHANCE_YOUR_CALM")),
+            "slow" => {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                Err(Status::unavailable("too late"))
+            }
             _ => Err(Status::unavailable("cut off from the leader")),
         }
     }
@@ -1124,8 +1159,9 @@ impl Lock for ScriptedLock {
     }
 }
 
-#[tokio::test]
-async fn an_acquire_given_up_after_its_request_may_have_been_queued_is_withdrawn_by_its_request_id() {
+/// A scripted lock member ([`ScriptedLock`]) and a client of it alone, whose attempts time out
+/// after 100 ms and which gives up after 300 ms.
+async fn impatient_client_of_a_scripted_lock_member() -> (Client, ScriptedLock) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
     let addr = listener.local_addr().expect("bound address").to_string();
     let member = ScriptedLock::default();
@@ -1137,7 +1173,12 @@ async fn an_acquire_given_up_after_its_request_may_have_been_queued_is_withdrawn
         retry_budget: Duration::from_millis(300),
         ..ClientOptions::default()
     };
-    let client = Client::connect_with([addr.as_str()], options).await.expect("valid endpoint");
+    (Client::connect_with([addr.as_str()], options).await.expect("valid endpoint"), member)
+}
+
+#[tokio::test]
+async fn an_acquire_given_up_after_its_request_may_have_been_queued_is_withdrawn_by_its_request_id() {
+    let (client, member) = impatient_client_of_a_scripted_lock_member().await;
     let wait = LockOptions::exclusive().wait(Wait::For(Duration::from_millis(200)));
 
     // Refused as asked: nothing was queued, nothing is withdrawn.
@@ -1325,4 +1366,35 @@ async fn a_hedged_write_whose_hedge_is_answered_applied_before_waits_for_the_fir
     let unhedged = client.txn(Txn::new()).await;
     assert!(unhedged.is_ok(), "without hedging the first answer serves the call");
     assert!(hedged.is_ok(), "hedged: {:?}", hedged.err().map(|e| e.to_string()));
+}
+
+/// A write its first attempt answered 50 ms after its hedge went out: the hedge's member had no
+/// time to go unanswered, and is not distrusted as the leader for it (review-s56 #6: it was, for
+/// 10 s, so that a monitor polling `cluster status` while a member was down kept the next one
+/// distrusted for good).
+#[tokio::test]
+async fn a_hedge_sent_moments_before_the_first_attempt_answered_is_not_distrusted() {
+    let (slow, _) = serve(Script::Slow(Duration::from_millis(150))).await;
+    let (other, _) = serve(Script::Slow(Duration::from_millis(1000))).await;
+    let client = Client::connect_with([slow, other], hedging_within_3s()).await.expect("valid endpoints");
+    client.put("k", "v").await.expect("the first attempt answers at 150 ms");
+    let targets = client.targets();
+    assert_eq!(targets.leader, Some(0), "the first answered");
+    assert!(
+        !targets.failed.contains_key(&1),
+        "endpoint 1 was asked 50 ms before the answer, less than hedge_after: it did not go unanswered"
+    );
+}
+
+/// An acquire no member answered in time is withdrawn by the client itself, the member saying
+/// it was not granted: it cannot take effect any more, and its error does not say it may
+/// (review-s56 #4: `latch lock` printed "the write may still take effect").
+#[tokio::test]
+async fn a_timed_out_acquire_that_was_withdrawn_does_not_say_it_may_still_take_effect() {
+    let (client, member) = impatient_client_of_a_scripted_lock_member().await;
+    let wait = LockOptions::exclusive().wait(Wait::For(Duration::from_millis(200)));
+    let err = client.acquire("slow", "l", wait).await.expect_err("never answered");
+    let withdrawn = member.withdrawals.lock().expect("test lock").clone();
+    assert_eq!(withdrawn.len(), 1, "withdrawn, the member answering it was not granted: {withdrawn:?}");
+    assert!(!err.to_string().contains("may still take effect"), "{err}");
 }

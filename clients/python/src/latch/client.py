@@ -623,6 +623,8 @@ class Client:
         if until is not None:
             deadline = min(deadline, until)
         backoff = Backoff()
+        # Whether an attempt went unanswered in time: a write may then take effect yet.
+        unsettled = False
         with self._lock:
             write = write and self.writes_to_leader
             if start is not None:
@@ -654,6 +656,7 @@ class Client:
                     result, metadata = attempt(target, timeout)
             except grpc.RpcError as e:
                 error = LatchError.from_rpc(e, target.addr)
+                unsettled = unsettled or error.unsettled
                 named = _cluster_id(trailing(e, CLUSTER_ID_METADATA))
                 # A member of another cluster refused the call: no member of ours, whatever it
                 # says of its own leader; the call goes on to the next member.
@@ -686,8 +689,10 @@ class Client:
                         elif self._leader == failed_at and ours:
                             self._leader = None
                 if time.monotonic() + pause >= deadline:
-                    raise LatchError(error.code, f"{what}: {error.message} (retried for {budget:.1f} s)",
-                                     error.endpoint, error.compact_revision) from None
+                    gave_up = LatchError(error.code, f"{what}: {error.message} (retried for {budget:.1f} s)",
+                                         error.endpoint, error.compact_revision)
+                    gave_up.unsettled = unsettled
+                    raise gave_up from None
                 if stop is None:
                     time.sleep(pause)
                 elif stop.wait(pause):
@@ -793,11 +798,14 @@ class Client:
                 # Applied, its answer's data not kept: its revision is a floor all the same.
                 with self._lock:
                     self._written = max(self._written, e.applied_revision)
-            if e.code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                # Left unanswered, it may have been applied, or be yet (a timed-out write's
-                # ambiguity, etcd's too).
-                raise LatchError(e.code, f"{e.message}; the write may still take effect: read before sending "
-                                 f"it again", e.endpoint) from None
+            if e.unsettled:
+                # An attempt left unanswered may have been applied, or be yet, whatever the
+                # last one met (a timed-out write's ambiguity, etcd's too).
+                said = LatchError(e.code, f"{e.message}; the write may still take effect: read before sending "
+                                  f"it again", e.endpoint, e.compact_revision, e.applied_revision, e.txn_succeeded,
+                                  e.over_limit)
+                said.unsettled = True
+                raise said from None
             raise
         self._wrote(response)
         return response

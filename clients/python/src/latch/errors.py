@@ -41,6 +41,9 @@ class LatchError(Exception):
         #: RESOURCE_EXHAUSTED marked by the member as over one of its limits: nothing queued or
         #: changed.
         self.over_limit = over_limit and code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        #: An attempt of the call went unanswered in time (DEADLINE_EXCEEDED), whatever the
+        #: last one met: a write may then still take effect.
+        self.unsettled = code == grpc.StatusCode.DEADLINE_EXCEEDED
         where = f" (at {endpoint})" if endpoint else ""
         super().__init__(f"{code.name}: {message}{where}")
 
