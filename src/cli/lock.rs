@@ -41,6 +41,10 @@ use super::{interrupted, killed_by, print_bytes, print_json, ClientArgs, Output,
 /// The exit status of `latch lock` when the session (and so the lock) was lost while CMD ran.
 pub const LOST: u8 = 3;
 
+/// How long `latch lock` waits for CMD's group to be gone after it sent it SIGKILL, before it
+/// hands the lock on all the same (a process stuck in the kernel, a zombie nobody reaps).
+const GROUP_GONE_WITHIN: Duration = Duration::from_secs(2);
+
 /// `latch lock`.
 #[derive(Debug, Args)]
 #[command(
@@ -299,9 +303,16 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                         // signal), it may leave CMD running, which must not outlive the hold.
                         if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&status) {
                             group.send(Signal::KILL);
+                            // Gone before the lock is handed on (a process in the middle of a
+                            // system call ends when it returns), as far as a bounded wait goes.
+                            let gone_by = tokio::time::Instant::now() + GROUP_GONE_WITHIN;
+                            while group.alive() && tokio::time::Instant::now() < gone_by {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            let left = if group.alive() { "; some of it was still there 2s later" } else { "" };
                             say(format_args!(
                                 "latch lock: latch lock-exec, which ran {program:?}, died of signal {signal}; \
-                                 killed {program:?} and what it started"
+                                 sent SIGKILL to {program:?} and what it started{left}"
                             ));
                         }
                         break exit_code(status);
@@ -393,6 +404,8 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                                 _ = tokio::time::timeout_at(kill_at, child.wait()) => {}
                                 Some(signal) = signals.next() => match signal {
                                     Signal::STOP | Signal::CONT => {}
+                                    // A terminal's hangup comes twice (the kernel's, the shell's).
+                                    Signal::HUP if heard => {}
                                     _ if heard => kill_at = tokio::time::Instant::now(),
                                     other => {
                                         group.send(other);

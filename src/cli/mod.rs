@@ -132,7 +132,17 @@ impl Cli {
         let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
         // In `latch lock NAME -- CMD`, what follows `--` is CMD: clap's tip to pass an
         // unexpected argument after `--` would run it as a command.
-        let runs_a_command = args.iter().take_while(|a| *a != "--").any(|a| a == "lock");
+        // The command is the first argument naming one (a flag's value or a key spelled like one
+        // comes after it, in `latch kv get lock -x`).
+        let commands: Vec<&str> = latch.get_subcommands().map(|c| c.get_name()).collect();
+        let command = args.iter().skip(1).take_while(|a| *a != "--").find_map(|a| {
+            let a = a.to_str()?;
+            commands.contains(&a).then_some(a)
+        });
+        let runs_a_command = command == Some("lock");
+        if let Some(missing) = value_left_out(&latch, &args) {
+            return Err(latch.error(clap::error::ErrorKind::InvalidValue, missing));
+        }
         let matches = latch.try_get_matches_from_mut(args).map_err(|mut e| {
             if runs_a_command && e.kind() == clap::error::ErrorKind::UnknownArgument {
                 e.remove(clap::error::ContextKind::Suggested);
@@ -409,7 +419,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 }
                 None => {
                     // With its causes: "connecting to the DNS port X: Connection refused".
-                    eprintln!("Error: {error:#}");
+                    eprintln!("Error: {}", with_causes(&error));
                     let wrong_port = error
                         .downcast_ref::<latch_client::Error>()
                         .is_some_and(|e| e.code() == latch_client::Code::Unimplemented);
@@ -599,9 +609,71 @@ fn stream_json(document: &serde_json::Value) -> anyhow::Result<()> {
     stream_bytes(&json_line(document)?)
 }
 
+/// A flag whose value may begin with '-' (a duration, so that a negative one is refused as
+/// such) takes whatever follows it, a flag or `--` too: with its value left out (`--grace --
+/// CMD`, `--timeout --endpoints X`), clap then errs on what comes after, not on it. Says which
+/// flag lacks its value, if one does.
+fn value_left_out(latch: &clap::Command, args: &[OsString]) -> Option<String> {
+    fn flags(cmd: &clap::Command, into: &mut Vec<(String, String)>) {
+        for arg in cmd.get_arguments().filter(|a| a.is_allow_hyphen_values_set()) {
+            if let Some(long) = arg.get_long() {
+                let value = arg.get_value_names().and_then(|n| n.first()).map(|n| n.to_string());
+                let value = value.unwrap_or_else(|| arg.get_id().as_str().to_uppercase());
+                into.push((format!("--{long}"), format!("--{long} <{value}>")));
+            }
+        }
+        cmd.get_subcommands().for_each(|sub| flags(sub, into));
+    }
+    let mut hyphen_valued = Vec::new();
+    flags(latch, &mut hyphen_valued);
+    let mut wants_value: Option<&str> = None;
+    for token in args.iter().skip(1) {
+        let token = token.to_str().unwrap_or("");
+        if let Some(flag) = wants_value.take() {
+            if token.starts_with("--") {
+                return Some(format!(
+                    "a value is required for '{flag}' but none was supplied ('{token}' follows it)"
+                ));
+            }
+            continue;
+        }
+        if token == "--" {
+            break;
+        }
+        wants_value = hyphen_valued.iter().find(|(long, _)| long == token).map(|(_, shown)| shown.as_str());
+    }
+    wants_value.map(|flag| format!("a value is required for '{flag}' but none was supplied"))
+}
+
+/// `error` with its causes, each unless the text so far says it already (an error that shows
+/// its source in its own message, as many do, is not followed by that source again).
+fn with_causes(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1).map(ToString::to_string) {
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_that_shows_its_cause_is_printed_with_the_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("{0}")]
+        struct Shows(#[from] std::io::Error);
+        let disk_full = std::io::Error::other("raft log: cannot allocate d/1.wal: No space left on device");
+        let error = anyhow::Error::from(Shows(disk_full));
+        assert_eq!(with_causes(&error), "raft log: cannot allocate d/1.wal: No space left on device");
+        let error =
+            anyhow::Error::from(std::io::Error::other("Connection refused")).context("connecting to X");
+        assert_eq!(with_causes(&error), "connecting to X: Connection refused", "a cause it does not show is");
+    }
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_args(std::iter::once("latch").chain(args.iter().copied()))
@@ -677,8 +749,35 @@ mod tests {
             assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument, "{args:?}");
             assert!(!e.to_string().contains("as a value, use"), "{args:?}: {e}");
         }
-        let e = parse(&["kv", "get", "k", "-x"]).expect_err("an unexpected argument");
-        assert!(e.to_string().contains("as a value, use '-- -x'"), "elsewhere clap's tip stays: {e}");
+        for args in [&["kv", "get", "k", "-x"][..], &["kv", "get", "lock", "-x"][..]] {
+            let e = parse(args).expect_err("an unexpected argument");
+            assert!(
+                e.to_string().contains("as a value, use '-- -x'"),
+                "elsewhere clap's tip stays: {args:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_duration_flag_whose_value_was_left_out_is_named_not_what_follows_it() {
+        let e = parse(&["lock", "x", "--grace", "--", "true"]).expect_err("no grace given");
+        assert!(
+            e.to_string().contains(
+                "a value is required for '--grace <GRACE>' but none was supplied ('--' follows it)"
+            ),
+            "{e}"
+        );
+        let e = parse(&["--timeout", "--endpoints", "h:1", "kv", "get", "k"]).expect_err("no timeout given");
+        assert!(
+            e.to_string().contains("'--timeout <TIMEOUT>' but none was supplied ('--endpoints' follows it)"),
+            "{e}"
+        );
+        let e = parse(&["lock", "x", "--ttl", "-5s", "--", "true"]).expect_err("a negative ttl");
+        assert!(
+            e.to_string().contains("a duration cannot be negative"),
+            "a negative one is the duration's error: {e}"
+        );
+        parse(&["lock", "x", "--", "sh", "-c", "latch --timeout --x"]).expect("what follows `--` is CMD's");
     }
 
     #[test]

@@ -408,17 +408,19 @@ fn verdict(row: Option<&LockRow>, seq: &Sequencer) -> Result<(), String> {
     if row.is_some_and(|r| r.holders.iter().any(|h| holds(h, seq))) {
         return Ok(());
     }
-    let latest = row.and_then(|r| r.holders.iter().map(|h| h.generation).max());
-    Err(match latest {
-        Some(g) if g > seq.generation => format!(
-            "generation {} no longer holds {:?}: it was released or its session ended, and generation {g} holds it now",
-            seq.generation, seq.name
-        ),
-        _ => format!(
-            "generation {} does not hold {:?}: it was released, its session ended, or it was never granted",
-            seq.generation, seq.name
-        ),
-    })
+    // Who holds it now (several, when shared), to tell the stale sequencer from the new one.
+    let now: Vec<String> =
+        row.map(|r| r.holders.iter().map(|h| h.generation.to_string()).collect()).unwrap_or_default();
+    let now = match now.as_slice() {
+        [] => String::new(),
+        [one] => format!("; generation {one} holds it now"),
+        many => format!("; generations {} hold it now", many.join(", ")),
+    };
+    Err(format!(
+        "generation {} of session {:?} does not hold {:?}: it was released, its session ended, or it was \
+         never granted{now}",
+        seq.generation, seq.session, seq.name
+    ))
 }
 
 /// Where the request applied under `request_id` stands in lock `key`.

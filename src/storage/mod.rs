@@ -39,11 +39,21 @@ pub struct Stores {
     pub state_syncs: Arc<Syncs>,
 }
 
+/// What a failure to open the state file says of the file: an I/O error (a read-only file
+/// system, a failing disk) says nothing of its contents, which must not be called corrupt (an
+/// operator told so may delete it).
+fn open_failure(source: &redb::DatabaseError) -> &'static str {
+    match source {
+        redb::DatabaseError::Storage(redb::StorageError::Io(_)) => " (an I/O error: the file may be intact)",
+        _ => " (corrupt, or not a Latch data file)",
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("cannot create data dir {path}: {source}")]
     CreateDir { path: PathBuf, source: std::io::Error },
-    #[error("cannot open data file {path} (corrupt, or not a Latch data file): {source}")]
+    #[error("cannot open data file {path}{}: {source}", open_failure(source))]
     Open { path: PathBuf, source: Box<redb::DatabaseError> },
     /// The state file is locked by another process: it, and the whole data dir (whose raft
     /// log is touched only once the state file is open), belong to a member that runs.
@@ -262,6 +272,18 @@ fn judge_identity(
 mod tests {
     use super::*;
     use redb::ReadableDatabase as _;
+
+    #[test]
+    fn a_state_file_that_cannot_be_read_is_not_called_corrupt() {
+        let open =
+            |source| StorageError::Open { path: "d/state.redb".into(), source: Box::new(source) }.to_string();
+        let io = std::io::Error::from_raw_os_error(30);
+        let read_only = open(redb::DatabaseError::Storage(redb::StorageError::Io(io)));
+        assert!(read_only.starts_with("cannot open data file d/state.redb (an I/O error"), "{read_only}");
+        assert!(!read_only.contains("corrupt"), "{read_only}");
+        let damaged = open(redb::DatabaseError::Storage(redb::StorageError::Corrupted("bad page".into())));
+        assert!(damaged.contains("(corrupt, or not a Latch data file): "), "{damaged}");
+    }
 
     /// A state file redb 2 wrote (file format 2, as every build before the move to redb 4 left
     /// it) opens: upgraded in place, its identity and rows kept; and it is still checked
