@@ -68,6 +68,12 @@ pub const LEADER_ADDR_METADATA: &str = "latch-leader-addr";
 pub const APPLIED_REVISION_METADATA: &str = "latch-applied-revision";
 pub const TXN_SUCCEEDED_METADATA: &str = "latch-txn-succeeded";
 
+/// gRPC metadata key (`true`) of a write's failure after which it may still take effect: a
+/// member answered before its caller's deadline that it could not commit it in time, and it
+/// stays proposed. The clients set it too on a call one of whose attempts may have reached a
+/// member and went unanswered. Part of the wire contract of `latch.v1`.
+pub const UNSETTLED_METADATA: &str = "latch-unsettled";
+
 /// gRPC metadata key under which every answer of a member names its cluster (the cluster id,
 /// 16 lowercase hex digits), and under which a client names the cluster it talks to. A member
 /// refuses a request naming another cluster (UNAVAILABLE, nothing done: for that client the

@@ -29,7 +29,9 @@ use tonic::Status;
 
 pub use latch_proto::LEADER_ADDR_METADATA;
 
-pub use latch_proto::{APPLIED_REVISION_METADATA, COMPACT_REVISION_METADATA, TXN_SUCCEEDED_METADATA};
+pub use latch_proto::{
+    APPLIED_REVISION_METADATA, COMPACT_REVISION_METADATA, TXN_SUCCEEDED_METADATA, UNSETTLED_METADATA,
+};
 
 /// gRPC's metadata key for how long a client should wait before retrying (gRFC A6).
 pub const RETRY_PUSHBACK_METADATA: &str = "grpc-retry-pushback-ms";
@@ -248,6 +250,15 @@ impl Context {
         http::HeaderValue::from_str(addrs.get(&leader)?).ok()
     }
 
+    /// UNAVAILABLE, naming the leader's client address in `latch-leader-addr` when known.
+    fn unavailable(&self, msg: String) -> Status {
+        let mut status = Status::unavailable(msg);
+        if let Some(addr) = self.leader_addr().and_then(|a| MetadataValue::try_from(a.as_bytes()).ok()) {
+            status.metadata_mut().insert(LEADER_ADDR_METADATA, addr);
+        }
+        status
+    }
+
     /// The one mapping of errors to gRPC statuses (DESIGN.md §2 rule 6). UNAVAILABLE carries
     /// the leader's client address in `latch-leader-addr` when this member knows it.
     pub fn to_status(&self, e: ApiError) -> Status {
@@ -285,20 +296,17 @@ impl Context {
                 status.metadata_mut().insert(RETRY_PUSHBACK_METADATA, MetadataValue::from(RETRY_PUSHBACK_MS));
                 status
             }
+            ApiError::Request(RequestError::Unanswered { write: true, .. }) => {
+                let mut status = self.unavailable(msg);
+                status.metadata_mut().insert(UNSETTLED_METADATA, MetadataValue::from_static("true"));
+                status
+            }
             ApiError::Request(RequestError::NoLeader { .. })
             | ApiError::Request(RequestError::NotLeader { .. })
             | ApiError::Request(RequestError::ShuttingDown)
             | ApiError::Request(RequestError::TimedOut { .. })
             | ApiError::Request(RequestError::Unanswered { .. })
-            | ApiError::Request(RequestError::CutOff { .. }) => {
-                let mut status = Status::unavailable(msg);
-                if let Some(addr) =
-                    self.leader_addr().and_then(|a| MetadataValue::try_from(a.as_bytes()).ok())
-                {
-                    status.metadata_mut().insert(LEADER_ADDR_METADATA, addr);
-                }
-                status
-            }
+            | ApiError::Request(RequestError::CutOff { .. }) => self.unavailable(msg),
             ApiError::Revision(e) => {
                 let mut status = Status::out_of_range(msg);
                 if let RevisionError::Compacted { compact_revision, .. } = e {

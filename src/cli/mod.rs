@@ -140,15 +140,18 @@ impl Cli {
             commands.contains(&a).then_some(a)
         });
         let runs_a_command = command == Some("lock");
-        if let Some(missing) = value_left_out(&latch, &args) {
-            return Err(latch.error(clap::error::ErrorKind::InvalidValue, missing));
-        }
-        let matches = latch.try_get_matches_from_mut(args).map_err(|mut e| {
-            if runs_a_command && e.kind() == clap::error::ErrorKind::UnknownArgument {
-                e.remove(clap::error::ContextKind::Suggested);
+        let matches = match latch.try_get_matches_from_mut(args.clone()) {
+            Ok(matches) => matches,
+            Err(mut e) => {
+                if let Some(missing) = value_left_out(&latch, &args) {
+                    return Err(latch.error(clap::error::ErrorKind::InvalidValue, missing));
+                }
+                if runs_a_command && e.kind() == clap::error::ErrorKind::UnknownArgument {
+                    e.remove(clap::error::ContextKind::Suggested);
+                }
+                return Err(e);
             }
-            e
-        })?;
+        };
         let cli = Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut latch))?;
         // Global flags' values (and their sources) are copied to the root wherever they were given.
         let given = |flag: &str| matches.value_source(flag) == Some(ValueSource::CommandLine);
@@ -612,20 +615,27 @@ fn stream_json(document: &serde_json::Value) -> anyhow::Result<()> {
 /// A flag whose value may begin with '-' (a duration, so that a negative one is refused as
 /// such) takes whatever follows it, a flag or `--` too: with its value left out (`--grace --
 /// CMD`, `--timeout --endpoints X`), clap then errs on what comes after, not on it. Says which
-/// flag lacks its value, if one does.
+/// flag of the command given (its own, its parents', the global ones) lacks its value, if one
+/// does; asked once clap has failed.
 fn value_left_out(latch: &clap::Command, args: &[OsString]) -> Option<String> {
-    fn flags(cmd: &clap::Command, into: &mut Vec<(String, String)>) {
+    let mut hyphen_valued = Vec::new();
+    let mut add = |cmd: &clap::Command| {
         for arg in cmd.get_arguments().filter(|a| a.is_allow_hyphen_values_set()) {
             if let Some(long) = arg.get_long() {
                 let value = arg.get_value_names().and_then(|n| n.first()).map(|n| n.to_string());
                 let value = value.unwrap_or_else(|| arg.get_id().as_str().to_uppercase());
-                into.push((format!("--{long}"), format!("--{long} <{value}>")));
+                hyphen_valued.push((format!("--{long}"), format!("--{long} <{value}>")));
             }
         }
-        cmd.get_subcommands().for_each(|sub| flags(sub, into));
+    };
+    add(latch);
+    let mut command = latch;
+    for token in args.iter().skip(1).map_while(|a| a.to_str()).take_while(|a| *a != "--") {
+        if let Some(sub) = command.find_subcommand(token) {
+            add(sub);
+            command = sub;
+        }
     }
-    let mut hyphen_valued = Vec::new();
-    flags(latch, &mut hyphen_valued);
     let mut wants_value: Option<&str> = None;
     for token in args.iter().skip(1) {
         let token = token.to_str().unwrap_or("");
@@ -778,6 +788,9 @@ mod tests {
             "a negative one is the duration's error: {e}"
         );
         parse(&["lock", "x", "--", "sh", "-c", "latch --timeout --x"]).expect("what follows `--` is CMD's");
+        // Another command's flag of the same name is not this command's (review-s56b #4).
+        parse(&["kv", "put", "k", "--wait"]).expect("a value that begins with '-' (kv put has no --wait)");
+        parse(&["session", "create", "--ttl", "10s"]).expect("a valid command line");
     }
 
     #[test]

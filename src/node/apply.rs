@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use raft::eraftpb::Entry;
 
-use super::Event;
+use super::{Event, Pulse};
 use crate::core::{Applier, CoreError, Progress, ReadyObserver};
 use crate::fsm::Applied;
 use crate::metrics::RaftMetrics;
@@ -174,15 +174,16 @@ pub type Feed = Arc<std::sync::OnceLock<Arc<dyn WatchFeed>>>;
 /// (a bug: nothing a client, a peer or the disk sends is unwrapped) is reported as a failure
 /// that stops the member, rather than leaving a raft thread that goes on committing entries
 /// nobody applies or answers.
-pub fn run(
+pub(super) fn run(
     applier: Applier,
     jobs: Receiver<Job>,
     (events, announce, feed, in_flight): (mpsc::Sender<Event>, Announce, Feed, InFlight),
+    pulse: &Pulse,
     metrics: &RaftMetrics,
 ) {
     let failed = events.clone();
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        apply_until_stopped(applier, jobs, (events, announce, feed, in_flight), metrics)
+        apply_until_stopped(applier, jobs, (events, announce, feed, in_flight), pulse, metrics)
     }));
     if ran.is_err() {
         let _ = failed.send(Event::ApplyFailed(CoreError::ApplyPanicked));
@@ -193,6 +194,7 @@ fn apply_until_stopped(
     mut applier: Applier,
     jobs: Receiver<Job>,
     (events, announce, feed, in_flight): (mpsc::Sender<Event>, Announce, Feed, InFlight),
+    pulse: &Pulse,
     metrics: &RaftMetrics,
 ) {
     let mut last_sync = Instant::now();
@@ -228,6 +230,9 @@ fn apply_until_stopped(
                 return;
             }
         };
+        // Work taken on: the member makes progress, though its raft thread may wait for this one
+        // (a full queue, a snapshot's install).
+        pulse.beat();
         match job {
             Job::Apply(mut entries) => {
                 // Whatever else is queued joins this transaction, up to a bound.
@@ -258,6 +263,7 @@ fn apply_until_stopped(
                     if !report(applied.map(Some), &events) {
                         return;
                     }
+                    pulse.beat();
                     if last_sync.elapsed() >= pace.interval() {
                         let before = applier.durably_committed();
                         if !report(timed_sync(&mut applier, metrics, &mut pace), &events) {
@@ -431,7 +437,8 @@ mod tests {
             let thread = std::thread::spawn(move || {
                 let announce = Arc::new(tokio::sync::watch::channel(0).0);
                 let metrics = crate::metrics::Metrics::new().raft;
-                run(applier, queue, (events, announce, feed, InFlight::default()), &metrics)
+                let pulse = super::super::Pulse::new(Duration::from_millis(50));
+                run(applier, queue, (events, announce, feed, InFlight::default()), &pulse, &metrics)
             });
             let entries = (1..=3u64)
                 .map(|i| Entry {

@@ -230,6 +230,12 @@ impl NodeHandle {
 
     /// What this member knows of why a request of its has waited: whom it takes for the leader.
     fn why_unanswered(&self, waited: Waited) -> String {
+        // A raft thread that has not turned for a fifth of what makes the member unhealthy
+        // (1 s) is why, whatever its status, which is as of its last turn, says of a leader.
+        let silent = self.pulse.silent(self.pulse.base.elapsed());
+        if !self.is_running() || silent > self.pulse.stalled_after / 5 {
+            return Pulse::stuck(silent);
+        }
         let Status { id, leader, term, role, .. } = self.status();
         if leader == 0 {
             return format!(
@@ -376,7 +382,7 @@ impl Node {
         let outbox = make_outbox(handle.clone());
         let status = handle.status.clone();
         let budgets = [handle.pending.clone(), handle.peer_queue.clone()];
-        let pulse = handle.pulse.clone();
+        let (pulse, apply_pulse) = (handle.pulse.clone(), handle.pulse.clone());
         let in_flight = apply::InFlight::default();
         let hubs = (handle.locks.clone(), handle.revisions.clone(), in_flight.clone());
         let (jobs, queued) = apply::queue();
@@ -384,7 +390,13 @@ impl Node {
         let (announce, feed) = (handle.revisions.clone(), handle.feed.clone());
         let applying =
             std::thread::Builder::new().name(format!("latch-apply-{}", core.id())).spawn(move || {
-                apply::run(applier, queued, (events, announce, feed, in_flight), &apply_metrics.raft)
+                apply::run(
+                    applier,
+                    queued,
+                    (events, announce, feed, in_flight),
+                    &apply_pulse,
+                    &apply_metrics.raft,
+                )
             })?;
         let thread =
             std::thread::Builder::new().name(format!("latch-node-{}", core.id())).spawn(move || {
@@ -416,11 +428,14 @@ impl Node {
     }
 }
 
-/// Whether the driver thread runs, and when it last turned. A running driver turns at least
-/// once a tick, and a turn's work — its log's fsync among it — takes far less than
-/// [`STALLED_AFTER`]: one that did not turn for longer is stuck (a disk that hangs in a write
-/// or fsync, frozen by `fsfreeze` or failing), and the member, whose status and answers are
-/// then as of its last turn, is not healthy, however its threads that answer look.
+/// Whether the driver thread runs, and when the member last made progress: a turn of the
+/// driver, a job of the apply thread taken or done, a second of a snapshot's install waited
+/// for. A running driver turns at least once a tick, and a turn's work — its log's fsync among
+/// it — takes far less than [`STALLED_AFTER`]; what it may wait for longer (the apply thread,
+/// with the apply queue full or a snapshot to install) beats for it. A member without a beat
+/// for longer is stuck (a disk that hangs in a write or fsync, frozen by `fsfreeze` or
+/// failing), and, its status and answers being as of its last turn, not healthy, however its
+/// threads that answer look.
 struct Pulse {
     base: Instant,
     /// Milliseconds since `base` at the start of the driver's last turn.
@@ -452,15 +467,24 @@ impl Pulse {
         if !self.running.load(Ordering::Acquire) {
             return Err("the node has stopped".into());
         }
-        let silent = now.saturating_sub(Duration::from_millis(self.turned_ms.load(Ordering::Acquire)));
+        let silent = self.silent(now);
         if silent > self.stalled_after {
-            return Err(format!(
-                "the raft thread has not turned for {} (stuck, perhaps in a disk write or fsync that \
-                 does not return)",
-                humantime::format_duration(Duration::from_millis(silent.as_millis() as u64))
-            ));
+            return Err(Pulse::stuck(silent));
         }
         Ok(())
+    }
+
+    /// How long before `now` the member last made progress.
+    fn silent(&self, now: Duration) -> Duration {
+        now.saturating_sub(Duration::from_millis(self.turned_ms.load(Ordering::Acquire)))
+    }
+
+    fn stuck(silent: Duration) -> String {
+        format!(
+            "the raft thread has not turned for {} (stuck, perhaps in a disk write or fsync that does \
+             not return)",
+            humantime::format_duration(Duration::from_millis(silent.as_millis() as u64))
+        )
     }
 }
 
@@ -693,7 +717,14 @@ fn drive(
             let (reply, answer) = mpsc::channel();
             let job = apply::Job::Install { token: token.to_vec(), index, term, reply };
             jobs.send(job).map_err(|_| CoreError::ApplyStopped)?;
-            answer.recv().map_err(|_| CoreError::ApplyStopped)?
+            // A large snapshot takes a while to install: the member is busy, not stuck.
+            loop {
+                match answer.recv_timeout(Duration::from_secs(1)) {
+                    Ok(installed) => break installed,
+                    Err(RecvTimeoutError::Timeout) => pulse.beat(),
+                    Err(RecvTimeoutError::Disconnected) => return Err(CoreError::ApplyStopped),
+                }
+            }
         };
         match core.handle_ready(&mut |msgs| outbox.send(msgs), &mut timer, &mut install) {
             Ok(actions) => waiters.carry_out(actions, metrics, &mut apply),

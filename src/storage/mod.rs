@@ -44,7 +44,12 @@ pub struct Stores {
 /// operator told so may delete it).
 fn open_failure(source: &redb::DatabaseError) -> &'static str {
     match source {
-        redb::DatabaseError::Storage(redb::StorageError::Io(_)) => " (an I/O error: the file may be intact)",
+        // A file cut short reads as one too: that says something of the contents.
+        redb::DatabaseError::Storage(redb::StorageError::Io(e))
+            if e.kind() != std::io::ErrorKind::UnexpectedEof =>
+        {
+            " (an I/O error: the file may be intact)"
+        }
         _ => " (corrupt, or not a Latch data file)",
     }
 }

@@ -964,6 +964,8 @@ class HeldOnceKV(HeldKV):
 
     def Put(self, request, context):
         if self.put_ids:
+            # The member's own answer (naming its cluster), not a connection's failure.
+            context.set_trailing_metadata([("latch-cluster-id", "00000000000000aa")])
             context.abort(grpc.StatusCode.UNAVAILABLE, "no leader is known")
         return super().Put(request, context)
 

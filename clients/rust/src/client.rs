@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use latch_proto::v1::ResponseHeader;
-use latch_proto::{format_cluster_id, parse_cluster_id, APPLIED_REVISION_METADATA, CLUSTER_ID_METADATA};
+use latch_proto::{
+    format_cluster_id, parse_cluster_id, APPLIED_REVISION_METADATA, CLUSTER_ID_METADATA, UNSETTLED_METADATA,
+};
 use tokio::time::Instant;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::service::interceptor::{InterceptedService, Interceptor};
@@ -33,11 +35,6 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// What the failure of an attempt its endpoint did not answer in time says, before the time.
 const NO_ANSWER: &str = "no answer within";
-
-/// Set by the client on the failure of a call one of whose attempts may have reached a member
-/// and went unanswered (a timeout, a connection lost after the request went out): a write's
-/// error then says it may still take effect.
-const UNSETTLED_METADATA: &str = "latch-unsettled";
 
 /// First pause between two attempts; doubled after each failed attempt up to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_millis(20);
@@ -640,8 +637,7 @@ impl Client {
         running.push(launch(index, target));
         // What each endpoint tried last said, to name them all when the call gives up.
         let mut failures = Vec::<Tried>::new();
-        // Whether an attempt may have reached a member and gone unanswered (no answer of the
-        // member's, and not a connection never made): a write may then take effect yet.
+        // Whether a write may take effect yet, whatever the last attempt met (set below).
         let mut unsettled = false;
         // A write's answer that it was applied before, its data not kept, held back while the
         // other attempt may still bring the whole answer.
@@ -705,7 +701,11 @@ impl Client {
             let foreign = cluster.foreign(named);
             // Named our cluster: the member itself answered (the connection is fine).
             let answered = named.is_some() && !foreign;
-            unsettled |= !answered && !never_sent(&status);
+            // A member's own word that the write stays proposed, or an attempt that may have
+            // reached a member and went unanswered (a timeout, a connection lost after the
+            // request went out): a write may still take effect.
+            unsettled |=
+                status.metadata().contains_key(UNSETTLED_METADATA) || (!answered && !never_sent(&status));
             let failure = Error::from(with_context(status.clone(), &target.addr)).to_string();
             let before = failures.iter().position(|t| t.addr == target.addr).map(|at| failures.remove(at));
             let answer = if answered { Some(failure.clone()) } else { before.and_then(|t| t.answer) };

@@ -369,7 +369,8 @@ async fn a_timed_out_write_says_it_may_still_take_effect_and_a_timed_out_read_do
 /// One whose every attempt failed to connect sent nothing, and does not say so.
 #[tokio::test]
 async fn a_write_one_of_whose_attempts_went_unanswered_says_it_may_still_take_effect_whatever_the_last_met() {
-    let (frozen_once, _) = serve(Script::FrozenOnce).await;
+    // Its UNAVAILABLE names the cluster: the member's own answer, not a lost connection's.
+    let (frozen_once, _, _) = serve_in(Some(0xaa), Script::FrozenOnce).await;
     let options = ClientOptions {
         request_timeout: Duration::from_millis(200),
         retry_budget: Duration::from_millis(600),

@@ -15,6 +15,11 @@ TXN_SUCCEEDED_METADATA = "latch-txn-succeeded"
 #: Trailing metadata (``true``) of a member's own RESOURCE_EXHAUSTED: the request was over one of
 #: its limits and nothing was queued or changed (without it, the code may come from the transport).
 OVER_LIMIT_METADATA = "latch-over-limit"
+#: Trailing metadata (``true``) of a write's failure after which it may still take effect: the
+#: member could not commit it before the call's deadline, and it stays proposed.
+UNSETTLED_METADATA = "latch-unsettled"
+#: Trailing metadata naming the cluster of the member that answered.
+_CLUSTER_ID_METADATA = "latch-cluster-id"
 
 
 class LatchError(Exception):
@@ -41,8 +46,9 @@ class LatchError(Exception):
         #: RESOURCE_EXHAUSTED marked by the member as over one of its limits: nothing queued or
         #: changed.
         self.over_limit = over_limit and code == grpc.StatusCode.RESOURCE_EXHAUSTED
-        #: An attempt of the call went unanswered in time (DEADLINE_EXCEEDED), whatever the
-        #: last one met: a write may then still take effect.
+        #: A write may still take effect after this failure, or after one of the call's earlier
+        #: attempts: unanswered in time, cut off after the request went out, or answered by a
+        #: member that could not commit it in time (``UNSETTLED_METADATA``).
         self.unsettled = code == grpc.StatusCode.DEADLINE_EXCEEDED
         where = f" (at {endpoint})" if endpoint else ""
         super().__init__(f"{code.name}: {message}{where}")
@@ -52,10 +58,16 @@ class LatchError(Exception):
         code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
         details = error.details() if hasattr(error, "details") else str(error)
         succeeded = trailing(error, TXN_SUCCEEDED_METADATA)
-        return cls(code or grpc.StatusCode.UNKNOWN, details or "", endpoint,
-                   _int(trailing(error, COMPACT_REVISION_METADATA)), _int(trailing(error, APPLIED_REVISION_METADATA)),
-                   None if succeeded is None else succeeded == "true",
-                   trailing(error, OVER_LIMIT_METADATA) == "true")
+        failed = cls(code or grpc.StatusCode.UNKNOWN, details or "", endpoint,
+                     _int(trailing(error, COMPACT_REVISION_METADATA)), _int(trailing(error, APPLIED_REVISION_METADATA)),
+                     None if succeeded is None else succeeded == "true",
+                     trailing(error, OVER_LIMIT_METADATA) == "true")
+        # A connection lost after the request went out (no member's answer, and not one never
+        # made) leaves it as unsettled as a timeout does.
+        cut = (code == grpc.StatusCode.UNAVAILABLE and trailing(error, _CLUSTER_ID_METADATA) is None
+               and "failed to connect" not in (details or "").lower())
+        failed.unsettled = failed.unsettled or cut or trailing(error, UNSETTLED_METADATA) == "true"
+        return failed
 
     @property
     def already_applied(self) -> bool:
