@@ -230,10 +230,10 @@ impl NodeHandle {
 
     /// What this member knows of why a request of its has waited: whom it takes for the leader.
     fn why_unanswered(&self, waited: Waited) -> String {
-        // A raft thread that has not turned for a fifth of what makes the member unhealthy
-        // (1 s) is why, whatever its status, which is as of its last turn, says of a leader.
+        // A raft thread silent for longer than it is while it waits for work is why, whatever
+        // its status, which is as of its last turn, says of a leader.
         let silent = self.pulse.silent(self.pulse.base.elapsed());
-        if !self.is_running() || silent > self.pulse.stalled_after / 5 {
+        if !self.is_running() || silent > self.pulse.slow_after {
             return Pulse::stuck(silent);
         }
         let Status { id, leader, term, role, .. } = self.status();
@@ -325,8 +325,8 @@ impl NodeHandle {
         let _ = self.feed.set(feed);
     }
 
-    /// Whether the driver thread still runs (it ends on `Stop` or a fatal error).
-    /// Whether the driver thread runs (it may be stuck: [`NodeHandle::liveness`]).
+    /// Whether the driver thread still runs (it ends on `Stop` or a fatal error; it may be
+    /// stuck: [`NodeHandle::liveness`]).
     pub fn is_running(&self) -> bool {
         self.pulse.running.load(Ordering::Acquire)
     }
@@ -443,6 +443,8 @@ struct Pulse {
     running: AtomicBool,
     /// [`STALLED_AFTER`], or three ticks if that is longer.
     stalled_after: Duration,
+    /// A second, or two ticks if that is longer: a running driver turns at least once a tick.
+    slow_after: Duration,
 }
 
 /// How long a driver may go without turning before the member is unhealthy, at least.
@@ -455,6 +457,7 @@ impl Pulse {
             turned_ms: AtomicU64::new(0),
             running: AtomicBool::new(true),
             stalled_after: STALLED_AFTER.max(tick.saturating_mul(3)),
+            slow_after: Duration::from_secs(1).max(tick.saturating_mul(2)),
         }
     }
 
