@@ -32,8 +32,10 @@ impl Cluster for ClusterService {
         // sent one: half of what is left of it, so that a member that does not answer is shown
         // unreachable in an answer that comes in time (a `--timeout 1s` otherwise failed on it).
         let left = deadline::answer_by().map(|by| by.saturating_duration_since(tokio::time::Instant::now()));
-        let half = |left: Duration| Duration::from_millis((left / 2).as_millis() as u64);
-        let probe = left.map_or(MEMBER_PROBE, |left| MEMBER_PROBE.min(half(left)));
+        // Whole milliseconds: an unanswered probe's error names it.
+        let probe = left.map_or(MEMBER_PROBE, |left| {
+            MEMBER_PROBE.min(Duration::from_millis(left.as_millis() as u64 / 2))
+        });
         let me = self.ctx.node.status();
         let asks = self.ctx.members.iter().map(|p| async move {
             if p.id == me.id {

@@ -1270,13 +1270,19 @@ class OfflineScriptedTest(unittest.TestCase):
                 client._attempts("KV.Put", attempt, write=True)
             self.assertGreater(members[1].calls, 0, "without it, the call moves on")
 
+    def _hedging(self, first, second, timeout: float) -> latch.Client:
+        """A client of members ``first`` and ``second`` (KV servicers) that hedges after 0.1 s,
+        its request timeout and retry budget both ``timeout``."""
+        endpoints = [serve(self, kv_pb2_grpc.add_KVServicer_to_server, m) for m in (first, second)]
+        client = latch.Client(endpoints, request_timeout=timeout, retry_budget=timeout, hedge_after=0.1)
+        self.addCleanup(client.close)
+        return client
+
     def test_a_call_to_a_member_that_stopped_answering_is_sent_to_the_next_one_too_and_answered_there(self):
         held, live = HeldKV(), NamingKV(member_id=2)
         self.addCleanup(held.release.set)
-        endpoints = [serve(self, kv_pb2_grpc.add_KVServicer_to_server, m) for m in (held, live)]
         # Without the hedge, each call would wait out the 3 s request timeout and budget: fail.
-        client = latch.Client(endpoints, request_timeout=3, retry_budget=3, hedge_after=0.1)
-        self.addCleanup(client.close)
+        client = self._hedging(held, live, timeout=3)
         self.assertEqual(client.put("k", "v").header.member_id, 2, "the hedged put is answered by the next member")
         self.assertTrue(held.reached.wait(PATIENCE), "the put went first to the first member")
         self.assertEqual(len(held.put_ids), 1)
@@ -1287,9 +1293,7 @@ class OfflineScriptedTest(unittest.TestCase):
     def test_a_hedge_refused_for_good_ends_the_call_at_once_with_that_answer(self):
         held, refusing = HeldKV(), RefusingKV()
         self.addCleanup(held.release.set)
-        endpoints = [serve(self, kv_pb2_grpc.add_KVServicer_to_server, m) for m in (held, refusing)]
-        client = latch.Client(endpoints, request_timeout=2, retry_budget=2, hedge_after=0.1)
-        self.addCleanup(client.close)
+        client = self._hedging(held, refusing, timeout=2)
         started = time.monotonic()
         with self.assertRaises(latch.LatchError) as caught:
             client.put("k", "v", session="gone")
@@ -1300,9 +1304,7 @@ class OfflineScriptedTest(unittest.TestCase):
     def test_a_hedge_answered_applied_before_is_what_the_call_ends_with_when_the_first_times_out(self):
         held, applied = HeldKV(), AppliedBeforeKV(revision=77)
         self.addCleanup(held.release.set)
-        endpoints = [serve(self, kv_pb2_grpc.add_KVServicer_to_server, m) for m in (held, applied)]
-        client = latch.Client(endpoints, request_timeout=1, retry_budget=1, hedge_after=0.1)
-        self.addCleanup(client.close)
+        client = self._hedging(held, applied, timeout=1)
         with self.assertRaises(latch.LatchError) as caught:
             client.put("k", "v", prev_kv=True)
         # (It was once dropped: the call ended DEADLINE_EXCEEDED, naming no revision.)
@@ -1311,9 +1313,7 @@ class OfflineScriptedTest(unittest.TestCase):
 
     def test_a_first_attempt_failing_for_now_leaves_its_hedge_to_answer(self):
         first, second = SlowKV(0.4, fail=True), SlowKV(0.5, fail=False, member_id=2)
-        endpoints = [serve(self, kv_pb2_grpc.add_KVServicer_to_server, m) for m in (first, second)]
-        client = latch.Client(endpoints, request_timeout=3, retry_budget=3, hedge_after=0.1)
-        self.addCleanup(client.close)
+        client = self._hedging(first, second, timeout=3)
         self.assertEqual(client.put("k", "v").header.member_id, 2, "the hedge answered")
         # (The hedge was once cancelled, and the put sent to the second member again.)
         self.assertEqual(len(second.ids), 1, "the second member was sent the put once")
