@@ -1,6 +1,6 @@
 //! The files the raft log is kept in, behind two narrow traits so that the simulator can put a
 //! crash-losing disk under the very same log code: a [`Dir`] of named [`File`]s that are
-//! preallocated (zeros), written at increasing offsets, read at an offset, truncated and synced.
+//! preallocated (zeros), written at increasing offsets, read at an offset and synced.
 //!
 //! Contract (what the log relies on, and what a simulated disk must model):
 //! - Bytes written to a file are durable only once [`File::sync`] returned; a crash may keep any
@@ -44,8 +44,6 @@ pub trait File: Send + Sync {
     /// does not change the file's size (on ext4 the first write to a fallocated block still
     /// marks it written, a small metadata change; measured, it still halves an fdatasync).
     fn allocate(&mut self, len: u64) -> io::Result<()>;
-    /// Cuts the file to `len` bytes.
-    fn truncate(&mut self, len: u64) -> io::Result<()>;
     /// Makes what was written durable (fdatasync).
     fn sync(&mut self) -> io::Result<()>;
 }
@@ -133,12 +131,6 @@ impl File for FsFile {
                 at += n as u64;
             }
         }
-        self.len = len;
-        Ok(())
-    }
-
-    fn truncate(&mut self, len: u64) -> io::Result<()> {
-        self.file.set_len(len)?;
         self.len = len;
         Ok(())
     }

@@ -15,10 +15,15 @@
 //! record's CRC and the payload: u32 LE][payload]`, ended by zeros (a record head of zeros: no
 //! record has kind 0). The payload CRCs chain from a seed made of the segment's number, so a
 //! record is valid only after the records that were written before it: bytes left over from an
-//! earlier write never pass. The first record of a segment is its header (identity, and the raft state when it was started); then
-//! entries (an entry at an index already in the log replaces it and everything after it), hard
-//! states, compactions (entries up to an index are no longer needed) and installed snapshots
-//! (every entry before is gone). Replaying the segments in order rebuilds the log exactly.
+//! earlier write never pass. The first record of a segment is its header (identity, the raft
+//! state when it was started, the size it was preallocated to); then entries (an entry at an
+//! index already in the log replaces it and everything after it), hard states, compactions
+//! (entries up to an index are no longer needed) and installed snapshots (every entry before is
+//! gone). Replaying the segments in order rebuilds the log exactly. Two records are evidence
+//! for telling damage from a crash, not state: the first write after a sync starts with a
+//! *synced* record (how far the segment was durable when it was written; it checks itself, so
+//! that it can be found past a bad record), and a full segment, once the next one is durable,
+//! ends with a *continued* record naming it.
 //!
 //! Invariants:
 //! - The log holds exactly the indexes `compacted.index + 1 ..= last`, without gaps; `cache`
@@ -41,6 +46,14 @@
 //!   (a bit flipped in data that was synced), or one in an earlier segment, is corruption:
 //!   loading fails naming the file and offset. After the last valid record, whatever is not
 //!   zero (left over from an unsynced write) is zeroed too, so it can never be read later.
+//!   Etcd's rule alone would take damage to synced data for a tear and zero acknowledged
+//!   records, so loading also refuses (damage, not a crash: no crash can leave these) a bad
+//!   record that a synced record after it says was synced, a segment shorter than its header
+//!   says it was preallocated to (the allocation is synced before the header is written), and
+//!   a segment that says the log continues in one that is not there.
+//! - A synced record claims only what is true: at most the offset the last successful sync of
+//!   its segment covered, which a crash can never take back (a load syncs what it replayed
+//!   before claiming it). So a torn write, which lies past the last sync, is never claimed.
 //! - Memory is bounded: entries older than the cache are read back from their file; `places`
 //!   and `terms` cost a few bytes per entry and per term.
 
@@ -65,6 +78,11 @@ const KIND_ENTRY: u8 = 2;
 const KIND_HARD_STATE: u8 = 3;
 const KIND_COMPACT: u8 = 4;
 const KIND_SNAPSHOT: u8 = 5;
+const KIND_SYNCED: u8 = 6;
+const KIND_CONTINUED: u8 = 7;
+/// A synced record's payload: how far the segment was durable, the record's own offset, and a
+/// CRC of both and the segment's number (it is valid alone, wherever it is found).
+const SYNCED_PAYLOAD: usize = 20;
 /// Bytes before a record's payload: length, kind, the head's CRC, the payload's CRC.
 const RECORD_HEAD: usize = 13;
 /// The unit a disk writes whole (or not at all), for telling a torn write from corruption.
@@ -146,6 +164,11 @@ pub struct LogStore {
     chain: u32,
     /// Records not flushed yet.
     pending: Vec<u8>,
+    /// How far the active segment is durable: the end of the last write a sync covered.
+    synced_len: u64,
+    /// How far the last synced record written to it claimed: a write begins with a new one
+    /// when a sync has covered more since.
+    claimed: u64,
     /// Whether the records written since the last sync include one that must be durable before
     /// anything depending on it leaves the member: an entry, a vote or term, a compaction or an
     /// installed snapshot. A commit index alone need not be (see [`LogStore::set_commit`]).
@@ -195,6 +218,52 @@ fn encode_record(kind: u8, payload: &[u8], prev: u32, out: &mut Vec<u8>) -> u32 
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(payload);
     crc
+}
+
+fn synced_check(seq: u64, offset: u64, through: u64) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&seq.to_le_bytes());
+    h.update(&offset.to_le_bytes());
+    h.update(&through.to_le_bytes());
+    h.finalize()
+}
+
+/// The payload of a synced record at `offset` of segment `seq`: the segment was durable up to
+/// `through` when it was written.
+fn synced_payload(seq: u64, offset: u64, through: u64) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(SYNCED_PAYLOAD);
+    payload.extend_from_slice(&through.to_le_bytes());
+    payload.extend_from_slice(&offset.to_le_bytes());
+    payload.extend_from_slice(&synced_check(seq, offset, through).to_le_bytes());
+    payload
+}
+
+/// How far a synced record's payload, found at `offset` of segment `seq`, says the segment was
+/// durable; `None` if it does not check (not a synced record, or not written there).
+fn synced_through(seq: u64, offset: usize, payload: &[u8]) -> Option<u64> {
+    let through = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
+    let at = u64::from_le_bytes(payload.get(8..16)?.try_into().ok()?);
+    let check = u32::from_le_bytes(payload.get(16..SYNCED_PAYLOAD)?.try_into().ok()?);
+    (at == offset as u64 && check == synced_check(seq, at, through)).then_some(through)
+}
+
+/// The first synced record after a bad record at `bad` that says the segment was durable past
+/// it — evidence that the bad record was synced, so damaged since, not torn by a crash: the
+/// record's offset and its claim. Found by its own checks, not the chain the bad record broke.
+fn synced_past(seq: u64, bytes: &[u8], bad: usize) -> Option<(usize, u64)> {
+    let len = (SYNCED_PAYLOAD as u32).to_le_bytes();
+    let mut at = bad + 1;
+    while at + RECORD_HEAD + SYNCED_PAYLOAD <= bytes.len() {
+        let b = &bytes[at..at + RECORD_HEAD + SYNCED_PAYLOAD];
+        if b[4] == KIND_SYNCED && b[..4] == len && crc32fast::hash(&b[..5]).to_le_bytes() == b[5..9] {
+            match synced_through(seq, at, &b[RECORD_HEAD..]) {
+                Some(through) if through > bad as u64 => return Some((at, through)),
+                _ => {}
+            }
+        }
+        at += 1;
+    }
+    None
 }
 
 /// A record read back: its kind, payload and CRC.
@@ -264,8 +333,8 @@ enum SegmentEnd {
     Clean(usize),
     /// A record torn by a crash at this offset.
     Torn(usize, &'static str),
-    /// A bad record at this offset that no crash explains.
-    Corrupt(usize, &'static str),
+    /// A bad record at this offset that no crash explains, and why.
+    Corrupt(usize, String),
 }
 
 /// Walks the valid records of segment `seq`, handing each to `visit` with its offset; says how
@@ -284,12 +353,28 @@ fn walk(seq: u64, bytes: &[u8], visit: &mut Visit) -> Result<SegmentEnd, Storage
                 prev = crc;
                 offset += RECORD_HEAD + payload.len();
             }
-            Err(bad) if torn(bytes, offset, bad) => return Ok(SegmentEnd::Torn(offset, bad.why)),
-            Err(bad) => return Ok(SegmentEnd::Corrupt(offset, bad.why)),
+            Err(bad) if torn(bytes, offset, bad) => {
+                return Ok(match synced_past(seq, bytes, offset) {
+                    None => SegmentEnd::Torn(offset, bad.why),
+                    Some((at, through)) => SegmentEnd::Corrupt(
+                        offset,
+                        format!(
+                            "{} (damaged after it was written, not torn by a crash: the record \
+                             at offset {at} says the segment was synced through offset {through})",
+                            bad.why
+                        ),
+                    ),
+                })
+            }
+            Err(bad) => return Ok(SegmentEnd::Corrupt(offset, bad.why.to_string())),
         }
     }
     Ok(SegmentEnd::Clean(offset))
 }
+
+/// What a member whose log was damaged after it was written is told.
+const DAMAGED: &str = "the member does not start on a damaged log (it could have forgotten \
+     entries it acknowledged): restore its whole data dir from a copy";
 
 fn io(what: &str, e: impl std::fmt::Display) -> StorageError {
     StorageError::Log(format!("{what}: {e}"))
@@ -341,6 +426,8 @@ impl LogStore {
             active_len: 0,
             chain: 0,
             pending: Vec::new(),
+            synced_len: 0,
+            claimed: 0,
             must_sync: false,
             doomed: Vec::new(),
             segment_bytes,
@@ -348,11 +435,26 @@ impl LogStore {
         };
         // Entries of a segment may follow a gap that a compaction recorded further on (the
         // segment before was deleted once that record was durable): the first pass finds how far
-        // compaction went, and the second skips what it covers.
+        // compaction went, and the second skips what it covers. The first pass also finds
+        // damage, before the second repairs a torn tail.
         let n = seqs.len();
         let mut floor = Compacted::default();
         for (i, seq) in seqs.iter().enumerate() {
-            floor = store.compaction_in(*seq, i + 1 == n, floor)?;
+            let continued_in;
+            (floor, continued_in) = store.survey(*seq, i + 1 == n, floor)?;
+            match continued_in {
+                Some(next) if seqs.get(i + 1) != Some(&next) => {
+                    return Err(corrupt(format!(
+                        "{}: {} is missing: {} ends saying the log continues in it (lost or \
+                         deleted after it was written, not by a crash: a segment is closed only once \
+                         the next one is durable); {DAMAGED}",
+                        store.dir.describe(""),
+                        segment_name(next),
+                        segment_name(*seq),
+                    )))
+                }
+                _ => {}
+            }
         }
         for (i, seq) in seqs.into_iter().enumerate() {
             store.replay(seq, i + 1 == n, floor)?;
@@ -382,17 +484,19 @@ impl LogStore {
     }
 
     /// The furthest compaction a segment records (in headers, compactions and snapshots), or
-    /// `floor` if it is further; reads only.
-    fn compaction_in(
+    /// `floor` if it is further, and the segment it says the log continues in; reads only, and
+    /// refuses a segment damaged after it was written (see the module's invariants).
+    fn survey(
         &self,
         seq: u64,
         last_segment: bool,
         floor: Compacted,
-    ) -> Result<Compacted, StorageError> {
+    ) -> Result<(Compacted, Option<u64>), StorageError> {
         let name = segment_name(seq);
         let path = self.dir.describe(&name);
         let (_, bytes) = self.read_segment(&name)?;
         let mut floor = floor;
+        let (mut allocated, mut continued_in) = (0, None);
         let end = walk(seq, &bytes, &mut |offset, kind, payload, _| {
             let bad = |e: &dyn std::fmt::Display| {
                 corrupt(format!("{path}: undecodable record at offset {offset}: {e}"))
@@ -400,7 +504,16 @@ impl LogStore {
             let c = match kind {
                 KIND_HEADER => {
                     let h = WalHeader::decode(payload).map_err(|e| bad(&e))?;
+                    allocated = h.allocated;
                     Compacted { index: h.compacted_index, term: h.compacted_term }
+                }
+                KIND_CONTINUED => {
+                    let next = payload
+                        .try_into()
+                        .map(u64::from_le_bytes)
+                        .map_err(|_| bad(&"not a segment number"))?;
+                    continued_in = Some(next);
+                    Compacted::default()
                 }
                 KIND_COMPACT => {
                     let c = WalCompact::decode(payload).map_err(|e| bad(&e))?;
@@ -417,15 +530,25 @@ impl LogStore {
             }
             Ok(())
         })?;
-        match end {
-            SegmentEnd::Clean(_) => {}
-            // The second pass repairs it.
-            SegmentEnd::Torn(..) if last_segment => {}
-            SegmentEnd::Torn(offset, why) | SegmentEnd::Corrupt(offset, why) => {
-                return Err(corrupt(format!("{path}: {why} at offset {offset}")))
-            }
+        if (bytes.len() as u64) < allocated {
+            return Err(corrupt(format!(
+                "{path}: {} bytes long, though it was preallocated to {allocated} before its first \
+                 record was written: cut short after it was written, not by a crash; {DAMAGED}",
+                bytes.len()
+            )));
         }
-        Ok(floor)
+        let bad = match end {
+            SegmentEnd::Clean(_) => None,
+            // The second pass repairs it.
+            SegmentEnd::Torn(..) if last_segment => None,
+            // Only the last segment can end in a write not synced yet.
+            SegmentEnd::Torn(offset, why) => Some((offset, why.to_string())),
+            SegmentEnd::Corrupt(offset, why) => Some((offset, why)),
+        };
+        match bad {
+            Some((offset, why)) => Err(corrupt(format!("{path}: at offset {offset}, {why}; {DAMAGED}"))),
+            None => Ok((floor, continued_in)),
+        }
     }
 
     fn read_segment(&self, name: &str) -> Result<(Box<dyn File>, Vec<u8>), StorageError> {
@@ -456,15 +579,27 @@ impl LogStore {
                 tracing::warn!(file = %path, offset, "raft log: {why} at the end of its data (a write a crash tore): dropped");
                 offset
             }
-            SegmentEnd::Torn(offset, why) | SegmentEnd::Corrupt(offset, why) => {
-                return Err(corrupt(format!("{path}: {why} at offset {offset}")))
+            // The survey refused these.
+            SegmentEnd::Torn(offset, _) | SegmentEnd::Corrupt(offset, _) => {
+                return Err(corrupt(format!("{path}: a bad record at offset {offset}")))
             }
         };
-        if last_segment && bytes[data_end..].iter().any(|b| *b != 0) {
-            // Back to zeros after the data, preallocated again: nothing unsynced survives.
-            file.truncate(data_end as u64).map_err(|e| io(&format!("cannot truncate {path}"), e))?;
-            file.allocate(self.segment_bytes).map_err(|e| io(&format!("cannot allocate {path}"), e))?;
+        if let (true, Some(after)) = (last_segment, bytes[data_end..].iter().rposition(|b| *b != 0)) {
+            // Zeros again after the data, the file's size kept: nothing unsynced survives.
+            let zeros = vec![0u8; 1 << 20];
+            let mut at = data_end;
+            while at <= data_end + after {
+                let n = (data_end + after + 1 - at).min(zeros.len());
+                file.write_at(at as u64, &zeros[..n]).map_err(|e| io(&format!("cannot write {path}"), e))?;
+                at += n;
+            }
+        }
+        if last_segment {
+            // What a killed process wrote may still be only in the page cache: durable before a
+            // synced record claims it.
             file.sync().map_err(|e| io(&format!("cannot sync {path}"), e))?;
+            self.synced_len = data_end as u64;
+            self.claimed = 0;
         }
         if data_end == 0 && !last_segment {
             return Err(corrupt(format!("{path}: an empty segment before the last one")));
@@ -552,6 +687,8 @@ impl LogStore {
                 self.conf_state = ConfState::parse_from_bytes(&s.conf_state).map_err(|e| bad(&e))?;
                 self.reset_to(Compacted { index: s.index, term: s.term });
             }
+            // Evidence for the survey; no state.
+            KIND_SYNCED | KIND_CONTINUED => {}
             other => {
                 return Err(corrupt(format!("{path}: a record of unknown kind {other} at offset {offset}")))
             }
@@ -594,11 +731,14 @@ impl LogStore {
             compacted_term: self.compacted.term,
             hard_state: pb_bytes(&self.hard_state)?,
             conf_state: pb_bytes(&self.conf_state)?,
+            allocated: self.segment_bytes,
         };
         let mut bytes = Vec::new();
         let chain = encode_record(KIND_HEADER, &header.encode_to_vec(), chain_seed(seq), &mut bytes);
         let mut file = self.dir.create(&name).map_err(|e| io(&format!("cannot create {path}"), e))?;
         file.allocate(self.segment_bytes).map_err(|e| io(&format!("cannot allocate {path}"), e))?;
+        // The size is durable before the header says it: a segment found shorter was cut since.
+        file.sync().map_err(|e| io(&format!("cannot sync {path}"), e))?;
         file.write_at(0, &bytes).map_err(|e| io(&format!("cannot write {path}"), e))?;
         file.sync().map_err(|e| io(&format!("cannot sync {path}"), e))?;
         self.dir.sync().map_err(|e| io(&format!("cannot sync {}", self.dir.describe("")), e))?;
@@ -606,7 +746,20 @@ impl LogStore {
         self.active = seq;
         self.active_len = bytes.len() as u64;
         self.chain = chain;
+        self.synced_len = self.active_len;
+        self.claimed = 0;
         Ok(())
+    }
+
+    /// Ends the full segment `seq` (its data ending at `end`, its last record's CRC `chain`)
+    /// saying that the log continues in the next one, which must be durable already.
+    fn close_segment(&mut self, seq: u64, end: u64, chain: u32) -> Result<(), StorageError> {
+        let segment = self.segments.get_mut(&seq).ok_or_else(|| corrupt("no raft log segment to close"))?;
+        let path = self.dir.describe(&segment.name);
+        let mut bytes = Vec::new();
+        encode_record(KIND_CONTINUED, &(seq + 1).to_le_bytes(), chain, &mut bytes);
+        segment.file.write_at(end, &bytes).map_err(|e| io(&format!("cannot write {path}"), e))?;
+        segment.file.sync().map_err(|e| io(&format!("cannot sync {path}"), e))
     }
 
     /// Writes the configuration of a fresh log (so it survives a restart): it is in the first
@@ -716,6 +869,7 @@ impl LogStore {
         segment.file.write_at(at, &pending).map_err(|e| io(&format!("cannot write {path}"), e))?;
         if sync {
             segment.file.sync().map_err(|e| io(&format!("cannot sync {path}"), e))?;
+            self.synced_len = self.active_len;
         }
         if sync && !self.doomed.is_empty() {
             for seq in std::mem::take(&mut self.doomed) {
@@ -728,7 +882,9 @@ impl LogStore {
             self.dir.sync().map_err(|e| io(&format!("cannot sync {}", self.dir.describe("")), e))?;
         }
         if full {
-            self.start_segment(self.active + 1)?;
+            let (closed, end, chain) = (self.active, self.active_len, self.chain);
+            self.start_segment(closed + 1)?;
+            self.close_segment(closed, end, chain)?;
         }
         Ok(sync)
     }
@@ -766,6 +922,14 @@ impl LogStore {
     /// Buffers a record that may stay unsynced (written with the next flush, made durable by
     /// the next sync): a crash of the machine may lose it.
     fn write_lazy(&mut self, kind: u8, payload: &[u8]) -> (u64, u32) {
+        if self.pending.is_empty() && self.synced_len > self.claimed {
+            // The first record of a write after a sync says how far that sync went.
+            let (offset, prev) = (self.active_len, self.chain);
+            let synced = synced_payload(self.active, offset, self.synced_len);
+            self.chain = encode_record(KIND_SYNCED, &synced, prev, &mut self.pending);
+            self.active_len += self.pending.len() as u64;
+            self.claimed = self.synced_len;
+        }
         let (offset, prev) = (self.active_len, self.chain);
         let before = self.pending.len();
         self.chain = encode_record(kind, payload, prev, &mut self.pending);
@@ -1298,6 +1462,85 @@ mod tests {
         std::fs::write(&segment, &bytes).expect("write");
         let err = open(dir.path(), 1 << 20).err().expect("entries 2..=6 were synced: not a torn tail");
         assert!(err.to_string().contains("offset"), "named: {err}");
+    }
+
+    /// Etcd's rule alone takes a sector of zeros for a torn write wherever it is in the last
+    /// segment, and zeroes every record after it: here, synced and acknowledged ones.
+    #[test]
+    fn a_zeroed_sector_that_a_later_write_says_was_synced_is_damage_not_a_torn_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut log = open(dir.path(), 1 << 20).expect("fresh log");
+            append(&mut log, 1, 5, 1);
+            append(&mut log, 6, 10, 1);
+        }
+        let (segment, mut bytes, end) = segment_data(dir.path());
+        assert!(end > 3 * SECTOR, "the first write spans sectors 0 and 1: {end} bytes");
+        bytes[SECTOR..2 * SECTOR].fill(0);
+        std::fs::write(&segment, &bytes).expect("write");
+        let err =
+            open(dir.path(), 1 << 20).err().expect("entries 2..=5 were synced before 6..=10 were written");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&segment.display().to_string()) && msg.contains("synced through offset"),
+            "names the file and the evidence: {msg}"
+        );
+        assert_eq!(std::fs::read(&segment).expect("segment"), bytes, "nothing is repaired on a refusal");
+    }
+
+    #[test]
+    fn a_segment_cut_short_is_refused_even_at_a_record_boundary() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut log = open(dir.path(), 1 << 20).expect("fresh log");
+            append(&mut log, 1, 5, 1);
+        }
+        let (segment, _, end) = segment_data(dir.path());
+        for cut in [end, end - 100] {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&segment)
+                .and_then(|f| f.set_len(cut as u64))
+                .expect("cut");
+            let err = open(dir.path(), 1 << 20).err().expect("a segment shorter than its allocation");
+            assert!(err.to_string().contains("preallocated to 1048576"), "cut at {cut}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_lost_newest_segment_is_refused_but_one_a_crash_kept_from_closing_the_last_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut log = open(dir.path(), 2048).expect("fresh log");
+            for from in (1..=12).step_by(3) {
+                append(&mut log, from, from + 2, 1);
+            }
+            assert!(log.segment_names().len() >= 3, "2 KiB segments: {:?}", log.segment_names());
+        }
+        let mut names: Vec<String> = FsDir::open(dir.path()).expect("dir").list().expect("list");
+        names.sort();
+        let (newest, closed) = (&names[names.len() - 1], dir.path().join(&names[names.len() - 2]));
+        let kept = std::fs::read(dir.path().join(newest)).expect("newest");
+        std::fs::remove_file(dir.path().join(newest)).expect("remove");
+        let err = open(dir.path(), 2048).err().expect("the log went on in the lost segment");
+        assert!(err.to_string().contains(&format!("{newest} is missing")), "names it: {err}");
+
+        // A crash after the next segment was started, before the full one was closed: the
+        // newest is there and the closing record is not.
+        std::fs::write(dir.path().join(newest), &kept).expect("restore");
+        let mut bytes = std::fs::read(&closed).expect("closed");
+        let mut at = 0;
+        loop {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+            if bytes[at + 4] == KIND_CONTINUED {
+                bytes[at..at + RECORD_HEAD + len].fill(0);
+                break;
+            }
+            at += RECORD_HEAD + len;
+        }
+        std::fs::write(&closed, &bytes).expect("write");
+        let log = open(dir.path(), 2048).expect("an unclosed full segment is a crash's");
+        assert_eq!(all(&log).len(), 12, "every entry is back");
     }
 
     #[test]

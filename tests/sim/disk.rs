@@ -459,16 +459,6 @@ impl latch::storage::files::File for SimFile {
         })
     }
 
-    fn truncate(&mut self, len: u64) -> io::Result<()> {
-        self.with(|s, n| {
-            let f = file(s, n)?;
-            f.data.truncate(len as usize);
-            f.durable_len = f.durable_len.min(f.data.len());
-            f.written_end = f.written_end.min(f.data.len());
-            Ok(())
-        })
-    }
-
     fn sync(&mut self) -> io::Result<()> {
         self.with(|s, n| {
             SimDir::fail_sync(s)?;
