@@ -443,10 +443,21 @@ pub async fn run(
     let client_task = tokio::spawn(client_srv);
 
     let mut watchdog = tokio::time::interval(Duration::from_millis(100));
+    let (pulse, mut serving) = (node.handle(), true);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = watchdog.tick() => if node.is_finished() { break },
+        }
+        // The gRPC health service says what `/health` says: a member stuck on its disk is not
+        // SERVING, and is again once it turns.
+        let live = pulse.liveness().is_ok();
+        if live != serving {
+            serving = live;
+            let status = if live { ServingStatus::Serving } else { ServingStatus::NotServing };
+            for service in SERVICES.into_iter().chain([""]) {
+                health.set_service_status(service, status).await;
+            }
         }
     }
     // Health watchers hear of the end before the connection goes.
