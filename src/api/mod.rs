@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
 use crate::config::{Limits, Peer};
-use crate::core::RequestError;
+use crate::core::{RequestError, Retry};
 use crate::fsm::history::RevisionError;
 use crate::fsm::FsmError;
 use crate::fsm::COMMAND_VERSION;
@@ -136,10 +136,16 @@ impl Context {
         request_id: &str,
         body: Body,
     ) -> Result<(ResponseHeader, outcome::Result), ApiError> {
-        let request_id =
-            if request_id.is_empty() { uuid::Uuid::now_v7().to_string() } else { request_id.to_string() };
+        let named = !request_id.is_empty();
+        let request_id = if named { request_id.to_string() } else { uuid::Uuid::now_v7().to_string() };
         let cmd = Command { version: COMMAND_VERSION, request_id: request_id.clone(), body: Some(body) };
-        let out = self.node.propose(cmd).await?;
+        let out = match self.node.propose(cmd).await {
+            Err(RequestError::Unanswered { member, what, waited_ms, why, write: Some(_) }) if !named => {
+                let write = Some(Retry::NoId);
+                return Err(RequestError::Unanswered { member, what, waited_ms, why, write }.into());
+            }
+            out => out?,
+        };
         let header = self.header(out.revision);
         if out.data_omitted {
             let succeeded = match &out.result {
@@ -296,7 +302,7 @@ impl Context {
                 status.metadata_mut().insert(RETRY_PUSHBACK_METADATA, MetadataValue::from(RETRY_PUSHBACK_MS));
                 status
             }
-            ApiError::Request(RequestError::Unanswered { write: true, .. }) => {
+            ApiError::Request(RequestError::Unanswered { write: Some(_), .. }) => {
                 let mut status = self.unavailable(msg);
                 status.metadata_mut().insert(UNSETTLED_METADATA, MetadataValue::from_static("true"));
                 status

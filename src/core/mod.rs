@@ -185,6 +185,15 @@ impl Config {
     }
 }
 
+/// What the caller of a write that stays proposed can do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// The caller named the write's request id: a retry under it applies the write at most once.
+    SameId,
+    /// The member named it, so the caller cannot: a retry is another write.
+    NoId,
+}
+
 /// Why a request could not be served. None of these is fatal to the node.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
@@ -197,9 +206,15 @@ pub enum RequestError {
     /// The caller's deadline came before the answer (`node::deadline`); a write stays proposed.
     #[error(
         "member {member} could not {what} within {waited_ms} ms, before its caller's deadline: {why}{}",
-        if *.write { "; the write stays proposed and may still take effect: retry with the same request id" } else { "" }
+        match write {
+            None => "",
+            Some(Retry::SameId) => "; the write stays proposed and may still take effect: a retry under \
+                the same request id applies it at most once",
+            Some(Retry::NoId) => "; the write stays proposed and may still take effect: it carried no \
+                request id, so a retry may apply it twice",
+        }
     )]
-    Unanswered { member: u64, what: &'static str, waited_ms: u64, why: String, write: bool },
+    Unanswered { member: u64, what: &'static str, waited_ms: u64, why: String, write: Option<Retry> },
     /// Only the leader can serve this (a keepalive); `leader` is 0 when none is known.
     #[error("member {member} is not the leader (the leader is member {leader}; 0: none known); send it to the leader")]
     NotLeader { member: u64, leader: u64 },

@@ -37,7 +37,8 @@ pub mod inbox;
 pub mod lock_hub;
 
 use crate::core::{
-    Action, Applier, Core, CoreError, Grant, Progress, ReadyObserver, RequestError, Snapshots, Status, Waiter,
+    Action, Applier, Core, CoreError, Grant, Progress, ReadyObserver, RequestError, Retry, Snapshots, Status,
+    Waiter,
 };
 use crate::metrics::{Metrics, RaftMetrics};
 use budget::{Budget, Permit};
@@ -223,7 +224,7 @@ impl NodeHandle {
                 what: waited.what(),
                 waited_ms: since.elapsed().as_millis() as u64,
                 why: self.why_unanswered(waited),
-                write: waited == Waited::Write,
+                write: (waited == Waited::Write).then_some(Retry::SameId),
             }),
         }
     }

@@ -1441,15 +1441,37 @@ async fn cli_without_a_quorum_the_live_member_says_why_before_the_timeout() {
         err.contains("no quorum of members is reachable") || err.contains("no quorum of members has"),
         "and why: {err}"
     );
-    assert!(err.contains("may still take effect"), "and that the write may still take effect: {err}");
+    assert!(
+        err.contains("may still take effect") && err.contains("the same request id applies it at most once"),
+        "and that the write may still take effect, and how to retry it: {err}"
+    );
     assert!(!err.contains("no answer within"), "the live member answered in time: {err}");
+
+    // A put that named no request id cannot be retried under the one the member gave it.
+    let mut kv = c.kv_of_only(live).await;
+    let mut put = tonic::Request::new(latch_proto::v1::PutRequest {
+        key: b"f2-raw".to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    });
+    put.set_timeout(Duration::from_secs(2));
+    let err = kv.put(put).await.expect_err("no quorum").message().to_string();
+    assert!(
+        err.contains("may still take effect")
+            && err.contains("it carried no request id, so a retry may apply it twice"),
+        "a put without a request id is told a retry is another write: {err}"
+    );
 
     let get = run(&["kv", "get", "f2"]).await;
     let err = stderr(&get);
     assert_eq!(get.status.code(), Some(1), "a linearizable get without a quorum fails: {err}");
+    // It says so at once when it has no leader, or at the deadline while it still takes one
+    // to lead: either way, its answer leads the error.
+    let live_addr = &c.member(live).client_addr;
     assert!(
-        err.contains(&said_by_live)
-            && err.contains("could not confirm with a leader that its state is current"),
+        err.starts_with(&format!("Error: UNAVAILABLE: {live_addr}: "))
+            && (err.contains("could not confirm with a leader that its state is current")
+                || err.contains(&format!("no leader is known to member {live}"))),
         "the live member says it could not confirm its state: {err}"
     );
     assert!(!err.contains("may still take effect"), "a read takes no effect: {err}");

@@ -708,7 +708,11 @@ impl Client {
                 status.metadata().contains_key(UNSETTLED_METADATA) || (!answered && !never_sent(&status));
             let failure = Error::from(with_context(status.clone(), &target.addr)).to_string();
             let before = failures.iter().position(|t| t.addr == target.addr).map(|at| failures.remove(at));
-            let answer = if answered { Some(failure.clone()) } else { before.and_then(|t| t.answer) };
+            let answer = if answered {
+                Some(with_context(status.clone(), &target.addr))
+            } else {
+                before.and_then(|t| t.answer)
+            };
             failures.push(Tried { addr: target.addr.clone(), last: failure.clone(), answer });
             self.targets().last_failure = Some(failure);
             // Once set, the call tries no other member: it ends with the failure it met.
@@ -1048,14 +1052,14 @@ struct Tried {
     /// The member's own last answer, if it gave one: it outlives a later attempt that went
     /// unanswered (a member without a quorum says so, then one retry with little time left
     /// times out before it can say it again), since it says why and the silence does not.
-    answer: Option<String>,
+    answer: Option<Status>,
 }
 
 impl Tried {
     /// What follows `last`: the member's earlier answer, when the last attempt did not end with it.
     fn before(&self) -> String {
-        match &self.answer {
-            Some(answer) if *answer != self.last => format!(" (before, it answered {answer})"),
+        match self.answer.as_ref().map(|a| Error::from(a.clone()).to_string()) {
+            Some(answer) if answer != self.last => format!(" (before, it answered {answer})"),
             _ => String::new(),
         }
     }
@@ -1064,8 +1068,17 @@ impl Tried {
 /// The failure a call ends with once its time is spent: the last one (`last`, at `addr`), how
 /// long the call could retry, and what each other endpoint it tried said last, so that a
 /// cluster without a quorum, or a list of dead endpoints, reads as such.
+///
+/// A connection never made says less than a member's own answer: when the last attempt was one,
+/// the latest answer another endpoint gave leads instead (its code, message and metadata), and
+/// the connection's failure is listed with the rest.
 fn gave_up(last: Status, addr: &str, failures: &[Tried], budget: Duration) -> Status {
-    let last = with_context(last, addr);
+    let answered =
+        || failures.iter().rev().filter(|t| t.addr != addr).find_map(|t| Some((t.answer.clone()?, &t.addr)));
+    let (last, addr, led) = match answered().filter(|_| never_sent(&last)) {
+        Some((answer, by)) => (answer, by.as_str(), true),
+        None => (with_context(last, addr), addr, false),
+    };
     let others: Vec<String> = failures
         .iter()
         .filter(|t| t.addr != addr)
@@ -1082,7 +1095,7 @@ fn gave_up(last: Status, addr: &str, failures: &[Tried], budget: Duration) -> St
         true => last.message().to_string(),
         false => format!("{addr}: {}", last.message()),
     };
-    let before = failures.iter().find(|t| t.addr == addr).map(Tried::before).unwrap_or_default();
+    let before = failures.iter().find(|t| t.addr == addr && !led).map(Tried::before).unwrap_or_default();
     let message = format!("{said}{before} (retried for {budget:.1?}{others})");
     Status::with_metadata(last.code(), message, last.metadata().clone())
 }

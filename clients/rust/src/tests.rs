@@ -438,6 +438,32 @@ async fn a_call_to_a_dead_cluster_returns_the_last_error_after_the_retry_budget(
     assert!(started.elapsed() < Duration::from_secs(2), "gave up after {:?}", started.elapsed());
 }
 
+/// Two of three members down: however the retries fall, the call ends leading with what the
+/// live member said, not with a refused connection to a dead one.
+#[tokio::test]
+async fn a_call_that_ends_on_a_dead_endpoint_leads_with_what_a_live_member_answered() {
+    let (live, _, _) = serve_in(Some(7), Script::NotLeader(None)).await;
+    let dead = dead_addr().await;
+    let options = ClientOptions {
+        request_timeout: Duration::from_millis(100),
+        retry_budget: Duration::from_millis(300),
+        ..ClientOptions::default()
+    };
+    let client =
+        Client::connect_with([live.as_str(), dead.as_str()], options).await.expect("valid endpoints");
+
+    let err = client.get("k").await.expect_err("no member serves the read");
+
+    let text = err.to_string();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(
+        text.starts_with(&format!("UNAVAILABLE: {live}: not the leader")),
+        "the live member's answer leads: {err}"
+    );
+    let also = text.find("also tried").expect("the other endpoint is listed");
+    assert!(text[also..].contains(&dead), "the dead endpoint is listed after it: {err}");
+}
+
 #[tokio::test]
 async fn a_member_without_leader_sends_the_call_to_the_next_endpoint() {
     let (lost, at_lost) = serve(Script::NotLeader(None)).await;
