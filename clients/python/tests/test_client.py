@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import queue
+import socket
 import re
 import subprocess
 import sys
@@ -1151,6 +1152,22 @@ class OfflineScriptedTest(unittest.TestCase):
         self.assertEqual(answered, [2, 2, 2, 2], "every write is acknowledged by the follower")
         self.assertEqual(electing.calls, 3, "each put after the first goes to the member named the leader, "
                          "which answered and stays trusted")
+
+    def test_a_call_that_ends_on_a_dead_endpoint_leads_with_what_a_live_member_answered(self):
+        # Two of three members down: however the retries fall, the call ends leading with what
+        # the live member said, not with a refused connection to a dead one.
+        live = serve(self, kv_pb2_grpc.add_KVServicer_to_server, CutOffKV(cluster="0000000000000007"))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            dead = f"127.0.0.1:{s.getsockname()[1]}"
+        with latch.Client([dead, live], request_timeout=0.2, retry_budget=0.6) as client:
+            for _ in range(3):
+                with self.assertRaises(latch.LatchError) as caught:
+                    client.put("k", "v")
+                failure = caught.exception
+                self.assertEqual((failure.code, failure.endpoint), (grpc.StatusCode.UNAVAILABLE, live), str(failure))
+                self.assertIn("kv.Put: cut off (retried for", str(failure))
+                self.assertIn(f"last tried {dead}: failed to connect", str(failure))
 
     def test_a_member_of_another_cluster_refuses_the_clients_calls_and_they_go_on_to_one_of_its_own(self):
         ours, theirs = "0000000000000001", "0000000000000002"

@@ -625,6 +625,9 @@ class Client:
         backoff = Backoff()
         # Whether an attempt went unanswered in time: a write may then take effect yet.
         unsettled = False
+        # The latest failure a member answered itself (named its cluster): it says why, where a
+        # connection never made does not, so a call ending on one of those leads with it.
+        last_answer: Optional[LatchError] = None
         with self._lock:
             write = write and self.writes_to_leader
             if start is not None:
@@ -666,6 +669,8 @@ class Client:
                 hint = None if foreign else _endpoint_or_none(trailing(e, LEADER_ADDR_METADATA))
                 # Named our cluster: the member itself answered (the connection is fine).
                 answered = named is not None and not foreign
+                if answered:
+                    last_answer = error
                 with self._lock:
                     ours = self._holds(failed_at, target)
                     if not hint and not answered and ours:
@@ -689,8 +694,12 @@ class Client:
                         elif self._leader == failed_at and ours:
                             self._leader = None
                 if time.monotonic() + pause >= deadline:
-                    gave_up = LatchError(error.code, f"{what}: {error.message} (retried for {budget:.1f} s)",
-                                         error.endpoint, error.compact_revision)
+                    lead, also = error, ""
+                    never_sent = "failed to connect" in error.message.lower()
+                    if never_sent and last_answer is not None:
+                        lead, also = last_answer, f"; last tried {error.endpoint}: {error.message}"
+                    gave_up = LatchError(lead.code, f"{what}: {lead.message} (retried for {budget:.1f} s{also})",
+                                         lead.endpoint, lead.compact_revision)
                     gave_up.unsettled = unsettled
                     raise gave_up from None
                 if stop is None:
