@@ -229,15 +229,31 @@ impl NodeHandle {
         }
     }
 
-    /// What this member knows of why a request of its has waited: whom it takes for the leader.
+    /// What this member knows of why a request of its has waited: whom it takes for the leader,
+    /// and how far behind what it knows committed its own apply is (a request waits for that
+    /// too: a lagging member is not its leader's fault).
     fn why_unanswered(&self, waited: Waited) -> String {
+        let status = self.status();
+        let behind = status.commit_index.saturating_sub(status.applied.index);
+        let lag = match behind {
+            0 => String::new(),
+            n => format!(
+                "; it has applied index {} of the {} it knows committed ({n} behind: its state machine \
+                 is slow, or catching up)",
+                status.applied.index, status.commit_index
+            ),
+        };
+        format!("{}{lag}", self.whom_it_waited_on(waited, status))
+    }
+
+    fn whom_it_waited_on(&self, waited: Waited, status: Status) -> String {
         // A raft thread silent for longer than it is while it waits for work is why, whatever
         // its status, which is as of its last turn, says of a leader.
         let silent = self.pulse.silent(self.pulse.base.elapsed());
         if !self.is_running() || silent > self.pulse.slow_after {
             return Pulse::stuck(silent);
         }
-        let Status { id, leader, term, role, .. } = self.status();
+        let Status { id, leader, term, role, .. } = status;
         if leader == 0 {
             return format!(
                 "it knows no leader (it is a {} in term {term}): an election is under way, or no \
@@ -795,6 +811,26 @@ mod tests {
             cluster_id: 1,
         };
         (handle, rx)
+    }
+
+    #[test]
+    fn a_member_whose_apply_lags_says_so_beside_what_it_knows_of_its_leader() {
+        let (node, _rx) = stalled(1 << 20, 1 << 20);
+        node.pulse.beat();
+        let mut status = Status { id: 7, leader: 2, term: 3, commit_index: 90, ..Default::default() };
+        status.applied.index = 90;
+        *node.status.lock().expect("status") = status;
+        let caught_up = node.why_unanswered(Waited::Read);
+        assert!(caught_up.contains("its leader, member 2 (term 3), has not confirmed"), "{caught_up}");
+        assert!(!caught_up.contains("applied index"), "nothing is behind: {caught_up}");
+
+        status.applied.index = 40;
+        *node.status.lock().expect("status") = status;
+        let lagging = node.why_unanswered(Waited::Write);
+        assert!(
+            lagging.contains("it has applied index 40 of the 90 it knows committed (50 behind"),
+            "a member behind in its apply says so: {lagging}"
+        );
     }
 
     #[test]
