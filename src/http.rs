@@ -1,7 +1,8 @@
 //! The HTTP port (`--http-addr`, default 127.0.0.1:7381): what monitoring and orchestrators ask
 //! of a member.
 //!
-//! - `GET /metrics`: every metric in OpenMetrics text (see [`crate::metrics`]).
+//! - `GET /metrics`: every metric in OpenMetrics text (see [`crate::metrics`]); the disk's
+//!   (the state file's and the log's sizes, the space left) are measured at each scrape.
 //! - `GET /health`: 200 `ok` while the node thread runs and turns; 503 with why once it has
 //!   stopped, or has not turned for seconds (stuck on a disk that does not answer).
 //! - `GET /ready`: 200 `ready` when the member knows a leader and has applied everything it
@@ -9,6 +10,7 @@
 //!   one-line reason.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -26,15 +28,17 @@ use crate::node::NodeHandle;
 struct Http {
     node: NodeHandle,
     metrics: Arc<Metrics>,
+    /// Measured for the disk metrics at each scrape.
+    data_dir: Arc<PathBuf>,
 }
 
-/// The routes of the HTTP port.
-pub fn router(node: NodeHandle, metrics: Arc<Metrics>) -> Router {
+/// The routes of the HTTP port of a member whose data is in `data_dir`.
+pub fn router(node: NodeHandle, metrics: Arc<Metrics>, data_dir: PathBuf) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .with_state(Http { node, metrics })
+        .with_state(Http { node, metrics, data_dir: Arc::new(data_dir) })
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves.
@@ -47,6 +51,9 @@ pub async fn serve(
 }
 
 async fn metrics_text(State(http): State<Http>) -> Response {
+    // File system calls, off the runtime's threads (a disk that hangs stalls only this scrape).
+    let (metrics, data_dir) = (http.metrics.clone(), http.data_dir.clone());
+    let _ = tokio::task::spawn_blocking(move || metrics.disk.measure(&data_dir)).await;
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], http.metrics.encode()).into_response()
 }
 

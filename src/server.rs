@@ -327,7 +327,7 @@ pub async fn run(
     // `/health` answers from the start (the node runs); `/ready` once a leader is known.
     let http_srv = crate::http::serve(
         listeners.http,
-        crate::http::router(node.handle(), metrics.clone()),
+        crate::http::router(node.handle(), metrics.clone(), config.data_dir.clone()),
         stopped(stop_rx.clone()),
     );
     let http_task = tokio::spawn(http_srv);

@@ -31,6 +31,36 @@ pub struct Metrics {
     pub grpc: GrpcMetrics,
     pub watch: WatchMetrics,
     pub dns: DnsMetrics,
+    pub disk: DiskMetrics,
+}
+
+/// What a member's data takes on its disk, and what its file system has left: measured when
+/// scraped ([`DiskMetrics::measure`]), so that a disk filling up is seen before a write fails
+/// on it (a member stops at its first failed log write: fail-stop, nothing half-written).
+pub struct DiskMetrics {
+    state_file: Gauge,
+    raft_log_files: Gauge,
+    free: Gauge,
+}
+
+impl DiskMetrics {
+    /// Measures `data_dir`: its state file, its raft log's segment files (preallocated, so
+    /// counted whole), and the space left to unprivileged writers on its file system. What
+    /// cannot be read keeps its last value.
+    pub fn measure(&self, data_dir: &std::path::Path) {
+        use crate::storage::{LOG_DIR, STATE_FILE};
+        let gauge = |g: &Gauge, bytes: u64| g.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        if let Ok(state) = std::fs::metadata(data_dir.join(STATE_FILE)) {
+            gauge(&self.state_file, state.len());
+        }
+        if let Ok(files) = std::fs::read_dir(data_dir.join(LOG_DIR)) {
+            let segments = files.flatten().filter(|f| f.file_name().to_string_lossy().ends_with(".wal"));
+            gauge(&self.raft_log_files, segments.filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum());
+        }
+        if let Ok(fs) = rustix::fs::statvfs(data_dir) {
+            gauge(&self.free, fs.f_bavail.saturating_mul(fs.f_frsize));
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -501,7 +531,30 @@ impl Metrics {
             "DNS queries answered by this member, by response code",
             dns.answered.clone(),
         );
-        Metrics { registry, raft, peer, grpc, watch, dns }
+        let disk = DiskMetrics {
+            state_file: Gauge::default(),
+            raft_log_files: Gauge::default(),
+            free: Gauge::default(),
+        };
+        r.register_with_unit(
+            "state_file",
+            "Size of the state file (state.redb), as scraped",
+            Unit::Bytes,
+            disk.state_file.clone(),
+        );
+        r.register_with_unit(
+            "raft_log_files",
+            "Size of the raft log's segment files (preallocated 64 MiB each), as scraped",
+            Unit::Bytes,
+            disk.raft_log_files.clone(),
+        );
+        r.register_with_unit(
+            "data_dir_free",
+            "Space left on the data dir's file system for unprivileged writers, as scraped (a member stops at its first failed write: alert well before 0)",
+            Unit::Bytes,
+            disk.free.clone(),
+        );
+        Metrics { registry, raft, peer, grpc, watch, dns, disk }
     }
 
     /// The OpenMetrics text of every metric (ends with `# EOF`).

@@ -55,6 +55,12 @@ async fn metrics_show_commit_durations_the_term_and_grpc_calls_by_method_and_cod
     assert_eq!(timed, Some(6.0), "every put should be timed:\n{text}");
     let applied = sample(&text, "latch_proposals_applied_total").unwrap_or(0.0);
     assert!(applied >= 5.0, "the puts' entries were applied, got {applied}:\n{text}");
+    let state = sample(&text, "latch_state_file_bytes").unwrap_or(0.0);
+    assert!(state > 0.0, "the state file's size is measured, got {state}:\n{text}");
+    let log = sample(&text, "latch_raft_log_files_bytes").unwrap_or(0.0);
+    assert!(log >= 64.0 * 1024.0 * 1024.0, "one preallocated segment at least, got {log}:\n{text}");
+    let free = sample(&text, "latch_data_dir_free_bytes").unwrap_or(0.0);
+    assert!(free > 0.0, "the space left on the data dir's file system is measured, got {free}:\n{text}");
     assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
 }
 
