@@ -48,12 +48,18 @@
 //!   zero (left over from an unsynced write) is zeroed too, so it can never be read later.
 //!   Etcd's rule alone would take damage to synced data for a tear and zero acknowledged
 //!   records, so loading also refuses (damage, not a crash: no crash can leave these) a bad
-//!   record that a synced record after it says was synced, a segment shorter than its header
-//!   says it was preallocated to (the allocation is synced before the header is written), and
-//!   a segment that says the log continues in one that is not there.
+//!   record, or an end of the data, that a synced record after it says was synced; a segment
+//!   shorter than its header says it was preallocated to (the allocation is synced before the
+//!   header is written); a newest segment that the one before says the log continues in
+//!   while it holds no header, or is not there (a closing record is written only once the
+//!   next segment's header is durable; only the newest is checked so, since removed segments
+//!   a crash brings back may come back in any order). A closing record torn by a crash (past
+//!   the allocation, zeros after it) is taken as never written.
 //! - A synced record claims only what is true: at most the offset the last successful sync of
-//!   its segment covered, which a crash can never take back (a load syncs what it replayed
-//!   before claiming it). So a torn write, which lies past the last sync, is never claimed.
+//!   its segment covered, which a crash can never take back. A load writes what follows the
+//!   last claim again and syncs it before anything claims it (a killed process's writes may be
+//!   only in the page cache; a failed sync's may be marked clean there and not be on the disk).
+//!   So a torn write, which lies past the last sync, is never claimed.
 //! - Memory is bounded: entries older than the cache are read back from their file; `places`
 //!   and `terms` cost a few bytes per entry and per term.
 
@@ -244,7 +250,7 @@ fn synced_through(seq: u64, offset: usize, payload: &[u8]) -> Option<u64> {
     let through = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
     let at = u64::from_le_bytes(payload.get(8..16)?.try_into().ok()?);
     let check = u32::from_le_bytes(payload.get(16..SYNCED_PAYLOAD)?.try_into().ok()?);
-    (at == offset as u64 && check == synced_check(seq, at, through)).then_some(through)
+    (at == offset as u64 && through <= at && check == synced_check(seq, at, through)).then_some(through)
 }
 
 /// The first synced record after a bad record at `bad` that says the segment was durable past
@@ -252,8 +258,10 @@ fn synced_through(seq: u64, offset: usize, payload: &[u8]) -> Option<u64> {
 /// record's offset and its claim. Found by its own checks, not the chain the bad record broke.
 fn synced_past(seq: u64, bytes: &[u8], bad: usize) -> Option<(usize, u64)> {
     let len = (SYNCED_PAYLOAD as u32).to_le_bytes();
+    // Nothing is found in the zeros at the end (a segment is preallocated with them).
+    let end = bytes.iter().rposition(|b| *b != 0).map_or(0, |last| last + 1);
     let mut at = bad + 1;
-    while at + RECORD_HEAD + SYNCED_PAYLOAD <= bytes.len() {
+    while at + RECORD_HEAD + SYNCED_PAYLOAD <= end {
         let b = &bytes[at..at + RECORD_HEAD + SYNCED_PAYLOAD];
         if b[4] == KIND_SYNCED && b[..4] == len && crc32fast::hash(&b[..5]).to_le_bytes() == b[5..9] {
             match synced_through(seq, at, &b[RECORD_HEAD..]) {
@@ -372,6 +380,23 @@ fn walk(seq: u64, bytes: &[u8], visit: &mut Visit) -> Result<SegmentEnd, Storage
     Ok(SegmentEnd::Clean(offset))
 }
 
+/// A segment before the last that ends in a torn record at or past its allocation, with nothing
+/// after it: its closing record, written after the next segment was durable, torn by a crash
+/// before its sync.
+fn closing_torn(end: SegmentEnd, last_segment: bool, allocated: u64, bytes: &[u8]) -> SegmentEnd {
+    match end {
+        SegmentEnd::Torn(o, _)
+            if !last_segment
+                && allocated > 0
+                && o as u64 >= allocated
+                && bytes[(o + RECORD_HEAD + 8).min(bytes.len())..].iter().all(|b| *b == 0) =>
+        {
+            SegmentEnd::Clean(o)
+        }
+        end => end,
+    }
+}
+
 /// What a member whose log was damaged after it was written is told.
 const DAMAGED: &str = "the member does not start on a damaged log (it could have forgotten \
      entries it acknowledged): restore its whole data dir from a copy";
@@ -439,11 +464,21 @@ impl LogStore {
         // damage, before the second repairs a torn tail.
         let n = seqs.len();
         let mut floor = Compacted::default();
+        let mut prev_continued = None;
         for (i, seq) in seqs.iter().enumerate() {
-            let continued_in;
-            (floor, continued_in) = store.survey(*seq, i + 1 == n, floor)?;
+            let (continued_in, data_end);
+            (floor, continued_in, data_end) = store.survey(*seq, i + 1 == n, floor)?;
+            if i + 1 == n && data_end == 0 && prev_continued == Some(*seq) {
+                return Err(corrupt(format!(
+                    "{}: holds no header, though the segment before says the log continues in it; {DAMAGED}",
+                    store.dir.describe(&segment_name(*seq))
+                )));
+            }
+            prev_continued = continued_in;
             match continued_in {
-                Some(next) if seqs.get(i + 1) != Some(&next) => {
+                // Only the newest can be missing without a gap replay sees; earlier ones may be
+                // removed segments a crash brought back out of order.
+                Some(next) if i + 1 == n => {
                     return Err(corrupt(format!(
                         "{}: {} is missing: {} ends saying the log continues in it (lost or \
                          deleted after it was written, not by a crash: a segment is closed only once \
@@ -479,6 +514,8 @@ impl LogStore {
         if store.segments.is_empty() {
             store.start_segment(1)?;
         }
+        // A segment a killed process created may not be in the directory for good yet.
+        store.dir.sync().map_err(|e| io(&format!("cannot sync {}", store.dir.describe("")), e))?;
         store.evict();
         Ok(store)
     }
@@ -491,7 +528,7 @@ impl LogStore {
         seq: u64,
         last_segment: bool,
         floor: Compacted,
-    ) -> Result<(Compacted, Option<u64>), StorageError> {
+    ) -> Result<(Compacted, Option<u64>, usize), StorageError> {
         let name = segment_name(seq);
         let path = self.dir.describe(&name);
         let (_, bytes) = self.read_segment(&name)?;
@@ -537,17 +574,24 @@ impl LogStore {
                 bytes.len()
             )));
         }
+        let end = closing_torn(end, last_segment, allocated, &bytes);
         let bad = match end {
+            SegmentEnd::Clean(o) if last_segment => synced_past(seq, &bytes, o).map(|(at, through)| {
+                (o, format!("the data ends, though the record at offset {at} says the segment was synced through offset {through}"))
+            }),
             SegmentEnd::Clean(_) => None,
             // The second pass repairs it.
             SegmentEnd::Torn(..) if last_segment => None,
             // Only the last segment can end in a write not synced yet.
             SegmentEnd::Torn(offset, why) => Some((offset, why.to_string())),
-            SegmentEnd::Corrupt(offset, why) => Some((offset, why)),
+            SegmentEnd::Corrupt(offset, ref why) => Some((offset, why.clone())),
+        };
+        let data_end = match end {
+            SegmentEnd::Clean(o) | SegmentEnd::Torn(o, _) | SegmentEnd::Corrupt(o, _) => o,
         };
         match bad {
             Some((offset, why)) => Err(corrupt(format!("{path}: at offset {offset}, {why}; {DAMAGED}"))),
-            None => Ok((floor, continued_in)),
+            None => Ok((floor, continued_in, data_end)),
         }
     }
 
@@ -561,7 +605,7 @@ impl LogStore {
     }
 
     /// Replays one segment into the in-memory view; entries at or below `floor` (compacted,
-    /// per [`LogStore::compaction_in`]) are skipped. The last segment's torn tail, and whatever
+    /// per [`LogStore::survey`]) are skipped. The last segment's torn tail, and whatever
     /// follows its data, is zeroed.
     fn replay(&mut self, seq: u64, last_segment: bool, floor: Compacted) -> Result<(), StorageError> {
         let name = segment_name(seq);
@@ -569,10 +613,17 @@ impl LogStore {
         let (mut file, bytes) = self.read_segment(&name)?;
         let mut last_index = 0;
         let mut chain = chain_seed(seq);
+        let (mut allocated, mut claimed) = (0, 0);
         let end = walk(seq, &bytes, &mut |offset, kind, payload, prev| {
             chain = payload_crc(prev, payload);
+            match kind {
+                KIND_HEADER => allocated = WalHeader::decode(payload).map(|h| h.allocated).unwrap_or(0),
+                KIND_SYNCED => claimed = synced_through(seq, offset, payload).unwrap_or(claimed),
+                _ => {}
+            }
             self.replay_record(&path, seq, offset, kind, payload, prev, floor, &mut last_index)
         })?;
+        let end = closing_torn(end, last_segment, allocated, &bytes);
         let data_end = match end {
             SegmentEnd::Clean(end) => end,
             SegmentEnd::Torn(offset, why) if last_segment => {
@@ -596,7 +647,12 @@ impl LogStore {
         }
         if last_segment {
             // What a killed process wrote may still be only in the page cache: durable before a
-            // synced record claims it.
+            // synced record claims it. Written again, from where the last claim ends: pages whose
+            // write-back failed (the process died of the failed sync) may be clean in the page
+            // cache and not on the disk, and a sync alone would not write them.
+            let from = (claimed as usize).min(data_end);
+            file.write_at(from as u64, &bytes[from..data_end])
+                .map_err(|e| io(&format!("cannot write {path}"), e))?;
             file.sync().map_err(|e| io(&format!("cannot sync {path}"), e))?;
             self.synced_len = data_end as u64;
             self.claimed = 0;
@@ -605,10 +661,17 @@ impl LogStore {
             return Err(corrupt(format!("{path}: an empty segment before the last one")));
         }
         if data_end == 0 {
-            // The last segment, whose header the crash cut off: start it again.
+            // The last segment, whose header the crash cut off (the survey refused it if the one
+            // before was closed, so its header was durable): start it again, and close the one
+            // before as the rollover would have.
             drop(file);
             self.dir.remove(&name).map_err(|e| io(&format!("cannot remove {path}"), e))?;
-            return self.start_segment(seq);
+            let (before, end, chain) = (self.active, self.active_len, self.chain);
+            self.start_segment(seq)?;
+            if before != 0 && before + 1 == seq && self.segments.contains_key(&before) {
+                self.close_segment(before, end, chain)?;
+            }
+            return Ok(());
         }
         self.active = seq;
         self.active_len = data_end as u64;
@@ -1708,5 +1771,188 @@ mod tests {
         let mut log = open(dir.path(), 1 << 20).expect("a fresh (empty) log");
         let err = log.reconcile(7, 1).expect_err("the log was lost");
         assert!(err.to_string().contains("missing"), "says why: {err}");
+    }
+
+    /// Record (offset, kind, payload length) heads until a head of zeros; no CRC checks.
+    fn records(bytes: &[u8]) -> Vec<(usize, u8, usize)> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at + RECORD_HEAD <= bytes.len() && bytes[at..at + RECORD_HEAD].iter().any(|b| *b != 0) {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+            out.push((at, bytes[at + 4], len));
+            at += RECORD_HEAD + len;
+        }
+        out
+    }
+
+    fn sorted_names(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = FsDir::open(dir).expect("dir").list().expect("list");
+        names.sort();
+        names
+    }
+
+    /// A crash in `close_segment` between its write and its sync (or a process killed there,
+    /// then the machine before write-back) may keep one sector of the closing record and not
+    /// the other: a torn record in a segment that is no longer the last. No damage, yet refused.
+    #[test]
+    fn a_closing_record_a_crash_tore_is_not_damage() {
+        for seg in (1024u64..8192).step_by(7) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            {
+                let mut log = open(dir.path(), seg).expect("fresh log");
+                let mut i = 1;
+                while log.segment_names().len() < 2 {
+                    append(&mut log, i, i, 1);
+                    i += 1;
+                }
+            }
+            let s1 = dir.path().join(segment_name(1));
+            let bytes = std::fs::read(&s1).expect("segment 1");
+            let &(at, kind, len) = records(&bytes).last().expect("records");
+            assert_eq!(kind, KIND_CONTINUED, "segment 1 ends with its closing record");
+            let end = at + RECORD_HEAD + len;
+            let boundary = (at / SECTOR + 1) * SECTOR;
+            if boundary >= end {
+                continue;
+            }
+            // The crash kept the sector holding the record's start, not the next one.
+            let mut torn = bytes.clone();
+            torn[boundary..end].fill(0);
+            std::fs::write(&s1, &torn).expect("write");
+            if let Err(e) = open(dir.path(), seg) {
+                panic!("segment size {seg}: a closing record at {at}..{end} whose second sector a crash lost is no damage: {e}");
+            }
+            return;
+        }
+        panic!("no segment size put the closing record across a sector boundary");
+    }
+
+    /// Compaction removes segments 1..k (unsynced until the directory sync); a crash may bring
+    /// back any of them. Segment 1 back, segment 2 not: segment 1 says the log continues in 2.
+    #[test]
+    fn removed_segments_a_crash_brought_back_out_of_order_still_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kept = tempfile::tempdir().expect("tempdir");
+        {
+            let mut log = open(dir.path(), 2048).expect("fresh log");
+            for from in (1..=60).step_by(5) {
+                append(&mut log, from, from + 4, 1);
+            }
+            for f in std::fs::read_dir(dir.path()).expect("lists") {
+                let f = f.expect("an entry");
+                std::fs::copy(f.path(), kept.path().join(f.file_name())).expect("copies");
+            }
+            log.compact(45).expect("compact");
+            log.flush().expect("flush");
+        }
+        let now = sorted_names(dir.path());
+        let removed: Vec<String> =
+            sorted_names(kept.path()).into_iter().filter(|n| !now.contains(n)).collect();
+        assert!(removed.len() >= 2, "removed {removed:?}");
+        std::fs::copy(kept.path().join(&removed[0]), dir.path().join(&removed[0])).expect("back");
+        if let Err(e) = open(dir.path(), 2048) {
+            panic!("removed {removed:?}, only {} came back, which a crash may do: refused: {e}", removed[0]);
+        }
+    }
+
+    /// Builds segments of 2 KiB until the newest holds entries; returns how many were appended.
+    fn newest_with_entries(dir: &std::path::Path) -> u64 {
+        let mut log = open(dir, 2048).expect("fresh log");
+        let mut i = 1;
+        loop {
+            append(&mut log, i, i, 1);
+            if log.segment_names().len() >= 2 && log.segments[&log.active].last_index > 0 {
+                return i;
+            }
+            i += 1;
+        }
+    }
+
+    /// A crash while the next segment was started (its header not durable, the full one not
+    /// closed yet): the load starts it again and closes the full one, so that losing the new
+    /// segment later is seen.
+    #[test]
+    fn a_segment_started_again_after_a_crash_is_named_by_the_one_before() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        newest_with_entries(dir.path());
+        let names = sorted_names(dir.path());
+        let (closed, newest) =
+            (dir.path().join(&names[names.len() - 2]), dir.path().join(&names[names.len() - 1]));
+        let mut bytes = std::fs::read(&closed).expect("closed");
+        let &(at, kind, len) = records(&bytes).last().expect("records");
+        assert_eq!(kind, KIND_CONTINUED, "the full segment was closed");
+        bytes[at..at + RECORD_HEAD + len].fill(0);
+        std::fs::write(&closed, &bytes).expect("write");
+        std::fs::write(&newest, vec![0u8; 2048]).expect("write");
+        drop(open(dir.path(), 2048).expect("a crash's rollover loads"));
+        let bytes = std::fs::read(&closed).expect("closed");
+        assert_eq!(records(&bytes).last().map(|r| r.1), Some(KIND_CONTINUED), "closed again at load");
+        std::fs::remove_file(&newest).expect("remove");
+        let err = open(dir.path(), 2048).err().expect("the segment started again is named");
+        assert!(err.to_string().contains("is missing"), "{err}");
+    }
+
+    /// Damage: the newest segment's first sector lost (zeros), or the file cut below its
+    /// header. Its header gives no `allocated`, the walk ends Clean(0) or Torn(0) with nothing
+    /// to scan for, the segment before says the log continues in it (it exists): the load
+    /// removes it and starts it again, dropping acknowledged entries.
+    #[test]
+    fn a_newest_segment_whose_header_is_gone_is_refused_once_the_one_before_was_closed() {
+        let mut accepted = Vec::new();
+        for how in ["first sector zeroed", "cut to 0 bytes", "cut to 10 bytes"] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let acked = newest_with_entries(dir.path());
+            let newest = dir.path().join(sorted_names(dir.path()).pop().expect("newest"));
+            let mut bytes = std::fs::read(&newest).expect("newest");
+            match how {
+                "first sector zeroed" => bytes[..SECTOR].fill(0),
+                "cut to 0 bytes" => bytes.truncate(0),
+                _ => bytes.truncate(10),
+            }
+            std::fs::write(&newest, &bytes).expect("write");
+            if let Ok(log) = open(dir.path(), 2048) {
+                accepted.push(format!(
+                    "{how}: loaded with last index {} though {acked} entries were synced",
+                    log.last
+                ));
+            }
+        }
+        assert!(
+            accepted.is_empty(),
+            "a lost header of a segment the one before names is damage: {accepted:#?}"
+        );
+    }
+
+    /// Damage: a sector of zeros that starts exactly at a record head. The walk sees a head of
+    /// zeros, the end of the data (Clean), so `synced_past` never runs; the records after it,
+    /// synced, and a synced record claiming past it, are zeroed as leftovers.
+    #[test]
+    fn a_zeroed_sector_starting_at_a_record_is_not_taken_for_the_end_of_the_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut log = open(dir.path(), 1 << 20).expect("fresh log");
+            append(&mut log, 1, 1, 1);
+            // The next write (a synced record, then entry 2) ends at 1024 exactly.
+            let want = 1024 - log.active_len as usize - (RECORD_HEAD + SYNCED_PAYLOAD) - RECORD_HEAD;
+            let e2 = (0..want)
+                .map(|d| Entry { index: 2, term: 1, data: vec![b'y'; d].into(), ..Default::default() })
+                .find(|e| pb_bytes(e).expect("encodes").len() == want)
+                .expect("a size that fits");
+            log.append(&[e2]).expect("append");
+            log.flush().expect("flush");
+            log.committed();
+            assert_eq!(log.active_len, 1024);
+            append(&mut log, 3, 5, 1); // at 1024: a synced record claiming 1024, then 3..=5
+            append(&mut log, 6, 6, 1); // a synced record claiming the end of 3..=5
+        }
+        let (segment, mut bytes, _) = segment_data(dir.path());
+        bytes[1024..1024 + SECTOR].fill(0);
+        std::fs::write(&segment, &bytes).expect("write");
+        if let Ok(log) = open(dir.path(), 1 << 20) {
+            panic!(
+                "loaded with last index {} though 6 entries were synced: damage taken for the end",
+                log.last
+            );
+        }
     }
 }

@@ -22,6 +22,7 @@ mod disk;
 mod fencing;
 mod invariants;
 mod locks;
+mod log_segments;
 mod members;
 mod network;
 mod registry;
