@@ -464,11 +464,13 @@ impl LogStore {
         // damage, before the second repairs a torn tail.
         let n = seqs.len();
         let mut floor = Compacted::default();
-        let mut prev_continued = None;
+        // Whether the segment before the last present one names it: closed once it was durable.
+        let (mut prev_continued, mut closed_before_last) = (None, false);
         for (i, seq) in seqs.iter().enumerate() {
             let (continued_in, data_end);
             (floor, continued_in, data_end) = store.survey(*seq, i + 1 == n, floor)?;
-            if i + 1 == n && data_end == 0 && prev_continued == Some(*seq) {
+            closed_before_last = prev_continued == Some(*seq);
+            if i + 1 == n && data_end == 0 && closed_before_last {
                 return Err(corrupt(format!(
                     "{}: holds no header, though the segment before says the log continues in it; {DAMAGED}",
                     store.dir.describe(&segment_name(*seq))
@@ -491,8 +493,19 @@ impl LogStore {
                 _ => {}
             }
         }
-        for (i, seq) in seqs.into_iter().enumerate() {
-            store.replay(seq, i + 1 == n, floor)?;
+        let mut before_last = None;
+        for (i, seq) in seqs.iter().enumerate() {
+            store.replay(*seq, i + 1 == n, floor)?;
+            if i + 2 == n {
+                before_last = Some((store.active, store.active_len, store.chain));
+            }
+        }
+        // A crash in a rollover may have left the full segment unclosed (or its closing record
+        // torn): closed now, so that losing the newest segment later is seen.
+        if let Some((full, end, chain)) = before_last.filter(|_| !closed_before_last) {
+            if full + 1 == store.active {
+                store.close_segment(full, end, chain)?;
+            }
         }
         store.compact_to(floor);
         // Replay may hold replaced entries for a while (a later record replaces them); what it
@@ -576,10 +589,9 @@ impl LogStore {
         }
         let end = closing_torn(end, last_segment, allocated, &bytes);
         let bad = match end {
-            SegmentEnd::Clean(o) if last_segment => synced_past(seq, &bytes, o).map(|(at, through)| {
+            SegmentEnd::Clean(o) => synced_past(seq, &bytes, o).map(|(at, through)| {
                 (o, format!("the data ends, though the record at offset {at} says the segment was synced through offset {through}"))
             }),
-            SegmentEnd::Clean(_) => None,
             // The second pass repairs it.
             SegmentEnd::Torn(..) if last_segment => None,
             // Only the last segment can end in a write not synced yet.
@@ -662,16 +674,11 @@ impl LogStore {
         }
         if data_end == 0 {
             // The last segment, whose header the crash cut off (the survey refused it if the one
-            // before was closed, so its header was durable): start it again, and close the one
-            // before as the rollover would have.
+            // before was closed, so its header was durable): start it again (`load` closes the
+            // one before, as the rollover would have).
             drop(file);
             self.dir.remove(&name).map_err(|e| io(&format!("cannot remove {path}"), e))?;
-            let (before, end, chain) = (self.active, self.active_len, self.chain);
-            self.start_segment(seq)?;
-            if before != 0 && before + 1 == seq && self.segments.contains_key(&before) {
-                self.close_segment(before, end, chain)?;
-            }
-            return Ok(());
+            return self.start_segment(seq);
         }
         self.active = seq;
         self.active_len = data_end as u64;
@@ -1868,28 +1875,54 @@ mod tests {
         }
     }
 
-    /// A crash while the next segment was started (its header not durable, the full one not
-    /// closed yet): the load starts it again and closes the full one, so that losing the new
-    /// segment later is seen.
+    /// A crash in a rollover before the full segment was closed, the next one's header durable
+    /// or not: the load (starting the next one again if need be) closes the full one, so that
+    /// losing the newest segment later is seen.
     #[test]
-    fn a_segment_started_again_after_a_crash_is_named_by_the_one_before() {
+    fn a_full_segment_a_crash_left_unclosed_is_closed_at_the_next_load() {
+        for header_lost in [false, true] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            newest_with_entries(dir.path());
+            let names = sorted_names(dir.path());
+            let (closed, newest) =
+                (dir.path().join(&names[names.len() - 2]), dir.path().join(&names[names.len() - 1]));
+            let mut bytes = std::fs::read(&closed).expect("closed");
+            let &(at, kind, len) = records(&bytes).last().expect("records");
+            assert_eq!(kind, KIND_CONTINUED, "the full segment was closed");
+            bytes[at..at + RECORD_HEAD + len].fill(0);
+            std::fs::write(&closed, &bytes).expect("write");
+            if header_lost {
+                std::fs::write(&newest, vec![0u8; 2048]).expect("write");
+            }
+            drop(open(dir.path(), 2048).expect("a crash's rollover loads"));
+            let bytes = std::fs::read(&closed).expect("closed");
+            assert_eq!(
+                records(&bytes).last().map(|r| r.1),
+                Some(KIND_CONTINUED),
+                "header lost: {header_lost}: closed again at load"
+            );
+            std::fs::remove_file(&newest).expect("remove");
+            let err = open(dir.path(), 2048).err().expect("the newest segment is named");
+            assert!(err.to_string().contains("is missing"), "header lost: {header_lost}: {err}");
+        }
+    }
+
+    /// Damage in a segment before the last: a record zeroed (its head reads as the end of the
+    /// data) with synced writes after it in the same segment.
+    #[test]
+    fn a_zeroed_record_in_an_earlier_segment_is_not_taken_for_its_end() {
         let dir = tempfile::tempdir().expect("tempdir");
         newest_with_entries(dir.path());
-        let names = sorted_names(dir.path());
-        let (closed, newest) =
-            (dir.path().join(&names[names.len() - 2]), dir.path().join(&names[names.len() - 1]));
-        let mut bytes = std::fs::read(&closed).expect("closed");
-        let &(at, kind, len) = records(&bytes).last().expect("records");
-        assert_eq!(kind, KIND_CONTINUED, "the full segment was closed");
+        let first = dir.path().join(segment_name(1));
+        let mut bytes = std::fs::read(&first).expect("first");
+        let heads = records(&bytes);
+        let claim = heads.iter().rposition(|r| r.1 == KIND_SYNCED).expect("a synced record");
+        let &(at, _, len) =
+            heads[..claim].iter().rev().find(|r| r.1 == KIND_ENTRY).expect("an entry before it");
         bytes[at..at + RECORD_HEAD + len].fill(0);
-        std::fs::write(&closed, &bytes).expect("write");
-        std::fs::write(&newest, vec![0u8; 2048]).expect("write");
-        drop(open(dir.path(), 2048).expect("a crash's rollover loads"));
-        let bytes = std::fs::read(&closed).expect("closed");
-        assert_eq!(records(&bytes).last().map(|r| r.1), Some(KIND_CONTINUED), "closed again at load");
-        std::fs::remove_file(&newest).expect("remove");
-        let err = open(dir.path(), 2048).err().expect("the segment started again is named");
-        assert!(err.to_string().contains("is missing"), "{err}");
+        std::fs::write(&first, &bytes).expect("write");
+        let err = open(dir.path(), 2048).err().expect("synced entries after the hole");
+        assert!(err.to_string().contains("the data ends, though the record at offset"), "{err}");
     }
 
     /// Damage: the newest segment's first sector lost (zeros), or the file cut below its
