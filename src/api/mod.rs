@@ -136,16 +136,12 @@ impl Context {
         request_id: &str,
         body: Body,
     ) -> Result<(ResponseHeader, outcome::Result), ApiError> {
-        let named = !request_id.is_empty();
-        let request_id = if named { request_id.to_string() } else { uuid::Uuid::now_v7().to_string() };
-        let cmd = Command { version: COMMAND_VERSION, request_id: request_id.clone(), body: Some(body) };
-        let out = match self.node.propose(cmd).await {
-            Err(RequestError::Unanswered { member, what, waited_ms, why, write: Some(_) }) if !named => {
-                let write = Some(Retry::NoId);
-                return Err(RequestError::Unanswered { member, what, waited_ms, why, write }.into());
-            }
-            out => out?,
+        let (request_id, retry) = match request_id {
+            "" => (uuid::Uuid::now_v7().to_string(), Retry::NoId),
+            named => (named.to_string(), Retry::SameId),
         };
+        let cmd = Command { version: COMMAND_VERSION, request_id: request_id.clone(), body: Some(body) };
+        let out = self.node.propose(cmd, retry).await?;
         let header = self.header(out.revision);
         if out.data_omitted {
             let succeeded = match &out.result {

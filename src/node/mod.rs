@@ -103,7 +103,8 @@ pub trait Outbox: Send + 'static {
 /// What a request waits for, in a member's words when it is not served in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Waited {
-    Write,
+    /// A write, and what its caller can do if it stays unanswered.
+    Write(Retry),
     Read,
     KeepAlive,
 }
@@ -111,7 +112,7 @@ enum Waited {
 impl Waited {
     fn what(self) -> &'static str {
         match self {
-            Waited::Write => "commit the write",
+            Waited::Write(_) => "commit the write",
             Waited::Read => "confirm with a leader that its state is current",
             Waited::KeepAlive => "renew the session's lease",
         }
@@ -142,12 +143,13 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
-    /// Proposes a command and waits until it is applied on this node.
-    pub async fn propose(&self, cmd: Command) -> Result<Outcome, RequestError> {
+    /// Proposes a command and waits until it is applied on this node; `retry` says what its
+    /// caller can do if it stays unanswered (whether it named the command's request id).
+    pub async fn propose(&self, cmd: Command, retry: Retry) -> Result<Outcome, RequestError> {
         let permit = self.take_pending(prost::Message::encoded_len(&cmd) + PROPOSAL_OVERHEAD_BYTES)?;
         let (reply, rx) = oneshot::channel();
         self.events.send(Event::Propose { cmd, reply, permit }).map_err(|_| RequestError::ShuttingDown)?;
-        self.answer(rx, Waited::Write).await
+        self.answer(rx, Waited::Write(retry)).await
     }
 
     /// Waits until a linearizable read may be served from this node's applied state.
@@ -224,7 +226,10 @@ impl NodeHandle {
                 what: waited.what(),
                 waited_ms: since.elapsed().as_millis() as u64,
                 why: self.why_unanswered(waited),
-                write: (waited == Waited::Write).then_some(Retry::SameId),
+                write: match waited {
+                    Waited::Write(retry) => Some(retry),
+                    Waited::Read | Waited::KeepAlive => None,
+                },
             }),
         }
     }
@@ -262,7 +267,7 @@ impl NodeHandle {
             );
         }
         let what = match waited {
-            Waited::Write => "committed it",
+            Waited::Write(_) => "committed it",
             Waited::Read | Waited::KeepAlive => "confirmed its leadership",
         };
         if leader == id {
@@ -826,7 +831,7 @@ mod tests {
 
         status.applied.index = 40;
         *node.status.lock().expect("status") = status;
-        let lagging = node.why_unanswered(Waited::Write);
+        let lagging = node.why_unanswered(Waited::Write(Retry::SameId));
         assert!(
             lagging.contains("it has applied index 40 of the 90 it knows committed (50 behind"),
             "a member behind in its apply says so: {lagging}"
@@ -851,7 +856,7 @@ mod tests {
         tokio::task::yield_now().await;
         assert_eq!(node.pending_bytes(), READ_BYTES, "the waiting read holds its bytes");
         let cmd = Command { version: 2, request_id: "x".repeat(64), body: None };
-        let refused = tokio::time::timeout(Duration::from_secs(1), node.propose(cmd)).await;
+        let refused = tokio::time::timeout(Duration::from_secs(1), node.propose(cmd, Retry::SameId)).await;
         let err = refused
             .expect("a request past the bound is refused at once, not queued")
             .expect_err("the read holds the bytes this proposal needs");

@@ -647,24 +647,17 @@ impl LogStore {
                 return Err(corrupt(format!("{path}: a bad record at offset {offset}")))
             }
         };
-        if let (true, Some(after)) = (last_segment, bytes[data_end..].iter().rposition(|b| *b != 0)) {
-            // Zeros again after the data, the file's size kept: nothing unsynced survives.
-            let zeros = vec![0u8; 1 << 20];
-            let mut at = data_end;
-            while at <= data_end + after {
-                let n = (data_end + after + 1 - at).min(zeros.len());
-                file.write_at(at as u64, &zeros[..n]).map_err(|e| io(&format!("cannot write {path}"), e))?;
-                at += n;
-            }
-        }
         if last_segment {
             // What a killed process wrote may still be only in the page cache: durable before a
             // synced record claims it. Written again, from where the last claim ends: pages whose
             // write-back failed (the process died of the failed sync) may be clean in the page
-            // cache and not on the disk, and a sync alone would not write them.
+            // cache and not on the disk, and a sync alone would not write them. Then zeros over
+            // whatever follows the data, the file's size kept: nothing unsynced survives.
             let from = (claimed as usize).min(data_end);
-            file.write_at(from as u64, &bytes[from..data_end])
-                .map_err(|e| io(&format!("cannot write {path}"), e))?;
+            let leftover = bytes[data_end..].iter().rposition(|b| *b != 0).map_or(0, |last| last + 1);
+            let mut again = bytes[from..data_end].to_vec();
+            again.resize(data_end - from + leftover, 0);
+            file.write_at(from as u64, &again).map_err(|e| io(&format!("cannot write {path}"), e))?;
             file.sync().map_err(|e| io(&format!("cannot sync {path}"), e))?;
             self.synced_len = data_end as u64;
             self.claimed = 0;
@@ -1587,8 +1580,7 @@ mod tests {
             }
             assert!(log.segment_names().len() >= 3, "2 KiB segments: {:?}", log.segment_names());
         }
-        let mut names: Vec<String> = FsDir::open(dir.path()).expect("dir").list().expect("list");
-        names.sort();
+        let names = sorted_names(dir.path());
         let (newest, closed) = (&names[names.len() - 1], dir.path().join(&names[names.len() - 2]));
         let kept = std::fs::read(dir.path().join(newest)).expect("newest");
         std::fs::remove_file(dir.path().join(newest)).expect("remove");
@@ -1598,17 +1590,7 @@ mod tests {
         // A crash after the next segment was started, before the full one was closed: the
         // newest is there and the closing record is not.
         std::fs::write(dir.path().join(newest), &kept).expect("restore");
-        let mut bytes = std::fs::read(&closed).expect("closed");
-        let mut at = 0;
-        loop {
-            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
-            if bytes[at + 4] == KIND_CONTINUED {
-                bytes[at..at + RECORD_HEAD + len].fill(0);
-                break;
-            }
-            at += RECORD_HEAD + len;
-        }
-        std::fs::write(&closed, &bytes).expect("write");
+        unclose(&closed);
         let log = open(dir.path(), 2048).expect("an unclosed full segment is a crash's");
         assert_eq!(all(&log).len(), 12, "every entry is back");
     }
@@ -1792,6 +1774,15 @@ mod tests {
         out
     }
 
+    /// Zeroes the closing record of a full segment, as a crash before it was written leaves it.
+    fn unclose(segment: &std::path::Path) {
+        let mut bytes = std::fs::read(segment).expect("segment");
+        let &(at, kind, len) = records(&bytes).last().expect("records");
+        assert_eq!(kind, KIND_CONTINUED, "the full segment was closed");
+        bytes[at..at + RECORD_HEAD + len].fill(0);
+        std::fs::write(segment, &bytes).expect("write");
+    }
+
     fn sorted_names(dir: &std::path::Path) -> Vec<String> {
         let mut names: Vec<String> = FsDir::open(dir).expect("dir").list().expect("list");
         names.sort();
@@ -1886,11 +1877,7 @@ mod tests {
             let names = sorted_names(dir.path());
             let (closed, newest) =
                 (dir.path().join(&names[names.len() - 2]), dir.path().join(&names[names.len() - 1]));
-            let mut bytes = std::fs::read(&closed).expect("closed");
-            let &(at, kind, len) = records(&bytes).last().expect("records");
-            assert_eq!(kind, KIND_CONTINUED, "the full segment was closed");
-            bytes[at..at + RECORD_HEAD + len].fill(0);
-            std::fs::write(&closed, &bytes).expect("write");
+            unclose(&closed);
             if header_lost {
                 std::fs::write(&newest, vec![0u8; 2048]).expect("write");
             }

@@ -304,6 +304,15 @@ async fn an_unreachable_endpoint_is_skipped() {
     assert_eq!(kv.value, b"v");
 }
 
+/// Attempts of 100 ms, given up on after 300 ms.
+fn quick_to_give_up() -> ClientOptions {
+    ClientOptions {
+        request_timeout: Duration::from_millis(100),
+        retry_budget: Duration::from_millis(300),
+        ..ClientOptions::default()
+    }
+}
+
 /// Options whose calls give up after 3 s, the whole call as each attempt, hedged after 100 ms.
 fn hedging_within_3s() -> ClientOptions {
     ClientOptions {
@@ -420,11 +429,7 @@ async fn a_rejected_request_is_not_retried_and_keeps_the_servers_message() {
 #[tokio::test]
 async fn a_call_to_a_dead_cluster_returns_the_last_error_after_the_retry_budget() {
     let (dead, other) = (dead_addr().await, dead_addr().await);
-    let options = ClientOptions {
-        request_timeout: Duration::from_millis(100),
-        retry_budget: Duration::from_millis(300),
-        ..ClientOptions::default()
-    };
+    let options = quick_to_give_up();
     let client =
         Client::connect_with([dead.as_str(), other.as_str()], options).await.expect("valid endpoints");
 
@@ -444,11 +449,7 @@ async fn a_call_to_a_dead_cluster_returns_the_last_error_after_the_retry_budget(
 async fn a_call_that_ends_on_a_dead_endpoint_leads_with_what_a_live_member_answered() {
     let (live, _, _) = serve_in(Some(7), Script::NotLeader(None)).await;
     let dead = dead_addr().await;
-    let options = ClientOptions {
-        request_timeout: Duration::from_millis(100),
-        retry_budget: Duration::from_millis(300),
-        ..ClientOptions::default()
-    };
+    let options = quick_to_give_up();
     let client =
         Client::connect_with([live.as_str(), dead.as_str()], options).await.expect("valid endpoints");
 
@@ -1195,11 +1196,7 @@ async fn impatient_client_of_a_scripted_lock_member() -> (Client, ScriptedLock) 
     let incoming = TcpIncoming::from_listener(listener, true, None).expect("incoming");
     let service = LockServer::new(member.clone());
     tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
-    let options = ClientOptions {
-        request_timeout: Duration::from_millis(100),
-        retry_budget: Duration::from_millis(300),
-        ..ClientOptions::default()
-    };
+    let options = quick_to_give_up();
     (Client::connect_with([addr.as_str()], options).await.expect("valid endpoint"), member)
 }
 
