@@ -51,9 +51,12 @@ pub async fn serve(
 }
 
 async fn metrics_text(State(http): State<Http>) -> Response {
-    // File system calls, off the runtime's threads (a disk that hangs stalls only this scrape).
+    // File system calls, off the runtime's threads and waited for half a second at most: on a
+    // disk that hangs, the answer carries the last values (and one measurement stays stuck, the
+    // only one: `measure` runs one at a time).
     let (metrics, data_dir) = (http.metrics.clone(), http.data_dir.clone());
-    let _ = tokio::task::spawn_blocking(move || metrics.disk.measure(&data_dir)).await;
+    let measured = tokio::task::spawn_blocking(move || metrics.disk.measure(&data_dir));
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), measured).await;
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], http.metrics.encode()).into_response()
 }
 

@@ -41,14 +41,21 @@ pub struct DiskMetrics {
     state_file: Gauge,
     raft_log_files: Gauge,
     free: Gauge,
+    /// A measurement runs: another returns at once.
+    measuring: std::sync::atomic::AtomicBool,
 }
 
 impl DiskMetrics {
     /// Measures `data_dir`: its state file, its raft log's segment files (preallocated, so
     /// counted whole), and the space left to unprivileged writers on its file system. What
-    /// cannot be read keeps its last value.
+    /// cannot be read keeps its last value. One at a time: while one runs (on a disk that does
+    /// not answer, it may never end), another returns at once.
     pub fn measure(&self, data_dir: &std::path::Path) {
         use crate::storage::{LOG_DIR, STATE_FILE};
+        use std::sync::atomic::Ordering;
+        if self.measuring.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let gauge = |g: &Gauge, bytes: u64| g.set(i64::try_from(bytes).unwrap_or(i64::MAX));
         if let Ok(state) = std::fs::metadata(data_dir.join(STATE_FILE)) {
             gauge(&self.state_file, state.len());
@@ -60,6 +67,7 @@ impl DiskMetrics {
         if let Ok(fs) = rustix::fs::statvfs(data_dir) {
             gauge(&self.free, fs.f_bavail.saturating_mul(fs.f_frsize));
         }
+        self.measuring.store(false, Ordering::Release);
     }
 }
 
@@ -535,6 +543,7 @@ impl Metrics {
             state_file: Gauge::default(),
             raft_log_files: Gauge::default(),
             free: Gauge::default(),
+            measuring: Default::default(),
         };
         r.register_with_unit(
             "state_file",
