@@ -17,6 +17,8 @@ pub const DEFAULT_DNS_DOMAIN: &str = "latch.";
 /// it fills to this size as the state grows (1 GiB, redb's own default, made a member with a
 /// million keys hold 1.3 GB; docs/performance.md, "Memory").
 pub const STATE_CACHE_BYTES: usize = 256 * 1024 * 1024;
+/// `--state-check-interval`'s default.
+pub const STATE_CHECK_INTERVAL: Duration = Duration::from_millis(crate::core::STATE_CHECK_INTERVAL_MS);
 const MIN_STATE_CACHE_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -212,6 +214,13 @@ pub struct ServerArgs {
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub watch_progress_interval: Option<Duration>,
+    /// How often the leader marks a check point in the log, at which every member hashes its
+    /// state and compares it with its peers': a member that a quorum of the others disagree
+    /// with stops, and does not start again on its data dir (humantime; 0: only at the check
+    /// point each new leader marks; otherwise at least 1s) [default: 5m].
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, with = "humantime_serde_opt")]
+    pub state_check_interval: Option<Duration>,
     /// Bytes of the state file's pages kept in memory (redb's cache of the pages it read or
     /// wrote); the rest are read from the file, through the operating system's page cache
     /// [default: 268435456; at least 1048576].
@@ -449,6 +458,8 @@ pub struct Config {
     pub peer_limits: PeerLimits,
     /// Idle time after which a watch asking for it gets a progress response.
     pub watch_progress_interval: Duration,
+    /// How often the leader marks a check point (`--state-check-interval`; zero: never).
+    pub state_check_interval: Duration,
     /// Most revisions of the shared window of recent revisions (`--watch-window-revisions`).
     pub watch_window_revisions: usize,
     /// Bytes of redb's cache of the state file (`--state-cache-bytes`).
@@ -480,6 +491,7 @@ impl Config {
             limits: Limits::default(),
             peer_limits: PeerLimits::default(),
             watch_progress_interval: Duration::from_secs(10),
+            state_check_interval: STATE_CHECK_INTERVAL,
             watch_window_revisions: 100_000,
             state_cache_bytes: STATE_CACHE_BYTES,
             history_retention: Retention::DEFAULT,
@@ -753,6 +765,18 @@ impl Config {
                 problem: "must be positive".into(),
             });
         }
+        let state_check_interval =
+            flags.state_check_interval.or(file.state_check_interval).unwrap_or(STATE_CHECK_INTERVAL);
+        if !state_check_interval.is_zero() && state_check_interval < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                flag: "state-check-interval",
+                problem: format!(
+                    "{} is shorter than 1s (each check point hashes every member's whole state); 0 turns \
+                     the periodic ones off",
+                    humantime::format_duration(state_check_interval)
+                ),
+            });
+        }
         let watch_window_revisions =
             flags.watch_window_revisions.or(file.watch_window_revisions).unwrap_or(100_000).max(1);
         let state_cache_bytes =
@@ -811,6 +835,7 @@ impl Config {
             limits,
             peer_limits,
             watch_progress_interval,
+            state_check_interval,
             watch_window_revisions,
             state_cache_bytes,
             history_retention,

@@ -35,10 +35,12 @@ use crate::api::{
     Context,
 };
 use crate::config::{Config, Peer};
+use crate::core::state_check::StateHashes;
 use crate::core::{self, Core, CoreError, Timing};
 use crate::fsm;
 use crate::metrics::{GrpcMetricsLayer, Metrics};
 use crate::node::freshness::{self, Freshness};
+use crate::node::hash_points::ThreadHasher;
 use crate::node::inbox::FileInbox;
 use crate::node::{Budgets, Node};
 use crate::storage::{self, StorageError};
@@ -48,6 +50,7 @@ use crate::transport::{
 
 pub mod admission;
 mod sockets;
+pub mod state_check;
 
 /// The public services on the client port, as the gRPC health service names them.
 const SERVICES: [&str; 7] = [
@@ -122,6 +125,13 @@ pub enum ServerError {
     Refused(#[from] admission::Refused),
     #[error("{0}")]
     OtherVersion(#[from] admission::OtherVersion),
+    #[error("{0}")]
+    Diverged(#[from] state_check::Diverged),
+    #[error(
+        "member {member} does not start: {mark} says its state diverged from the cluster's \
+         (restore its whole data dir from a copy taken before the damage, then remove the file): {why}"
+    )]
+    MarkedDiverged { member: u64, mark: std::path::PathBuf, why: String },
 }
 
 /// The member's bound sockets.
@@ -164,6 +174,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let cluster_id = config.cluster_id();
+    if let Some(why) = state_check::marked(&config.data_dir) {
+        let mark = config.data_dir.join(state_check::MARK);
+        return Err(ServerError::MarkedDiverged { member: config.id, mark, why });
+    }
     let identity = storage::Identity { cluster_id, member_id: config.id };
     let stores = storage::open(&config.data_dir, identity, config.state_cache_bytes)?;
     let metrics = Arc::new(Metrics::new());
@@ -185,11 +199,21 @@ pub async fn run(
         max_uncommitted_bytes: config.peer_limits.max_uncommitted_bytes,
         history_retention: config.history_retention,
         history_retention_bytes: config.history_retention_bytes,
+        state_check_interval_ms: match voters.len() > 1 {
+            true => config.state_check_interval.as_millis() as u64,
+            false => 0,
+        },
         ..core::Config::new(config.id, &voters, rand::random())
     };
     // Raft's randomized election timeout is at most twice `election_tick` ticks.
     let longest_election = config.tick_interval.saturating_mul(2 * core_config.timing.election_tick as u32);
     let (core, applier) = Core::new(core_config, identity, stores, Arc::new(inbox), &logger)?;
+    // A member alone has nobody to compare its state with.
+    let state_hashes = Arc::new(StateHashes::default());
+    let applier = match voters.len() > 1 {
+        true => applier.hashing_points(Arc::new(ThreadHasher::new(state_hashes.clone()))),
+        false => applier,
+    };
     // A member whose log is empty takes part only once its peers confirm it has not run before.
     let asks_peers = core.log_was_fresh() && voters.len() > 1;
 
@@ -234,6 +258,7 @@ pub async fn run(
         // Stays empty unless --fault-injection serves the Faults service that fills it.
         faults: Faults::default(),
         links: Arc::new(Links::new(peers.iter().map(|p| p.id).filter(|p| *p != id))),
+        state_hashes: state_hashes.clone(),
     };
     let (faults, admission) = (shared.faults.clone(), shared.admission.clone());
     let senders = shared.clone();
@@ -442,12 +467,21 @@ pub async fn run(
     ));
     let client_task = tokio::spawn(client_srv);
 
+    let state_check =
+        state_check::watch(id, config.initial_cluster.clone(), state_hashes, config.data_dir.clone());
+    tokio::pin!(state_check);
+    let mut diverged = None;
     let mut watchdog = tokio::time::interval(Duration::from_millis(100));
     let (pulse, mut serving) = (node.handle(), true);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = watchdog.tick() => if node.is_finished() { break },
+            found = &mut state_check => {
+                tracing::error!(member = id, "{found}");
+                diverged = Some(found);
+                break;
+            }
         }
         // The gRPC health service says what `/health` says: a member stuck on its disk is not
         // SERVING, and is again once it turns.
@@ -480,7 +514,10 @@ pub async fn run(
         tracing::warn!(error = %e, "HTTP server ended with an error");
     }
     tracing::info!(member = id, "member stopped");
-    result
+    match diverged {
+        Some(found) => Err(found.into()),
+        None => result,
+    }
 }
 
 /// How long the ports of a member stopped before it served clients get to close their

@@ -61,7 +61,7 @@ use crate::node::{Event, NodeHandle, Outbox};
 pub use faults::{Faults, FaultsService};
 use latch_proto::internal::peer_client::PeerClient;
 use latch_proto::internal::peer_server::{Peer as PeerRpc, PeerServer};
-use latch_proto::internal::{MemberStatus, MemberStatusRequest, PeerAck, PeerFrame};
+use latch_proto::internal::{MemberStatus, MemberStatusRequest, PeerAck, PeerFrame, StateHashPoint};
 use wire::Refusal;
 pub use wire::WireSenders;
 
@@ -336,6 +336,10 @@ impl PeerRpc for PeerService {
             snapshots_installed: s.snapshots_installed,
             started_members,
             command_version: crate::fsm::COMMAND_VERSION,
+            state_hashes: (self.shared.state_hashes.points().into_iter())
+                .map(|p| StateHashPoint { index: p.index, hash: p.hash })
+                .collect(),
+            state_hash_version: crate::core::state_check::STATE_HASH_VERSION,
         }))
     }
 }
@@ -525,6 +529,8 @@ pub struct Shared {
     /// The test-only fault injector (empty unless `--fault-injection` fills it).
     pub faults: Faults,
     pub links: Arc<Links>,
+    /// This member's state hashes at the last check points, which `Peer.Status` reports.
+    pub state_hashes: Arc<crate::core::state_check::StateHashes>,
 }
 
 impl Shared {

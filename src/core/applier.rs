@@ -32,6 +32,20 @@ use super::{fsync_err, redb_err, CoreError, ReadyObserver};
 use crate::fsm::{self, Applied, AppliedCommand};
 use crate::storage::Syncs;
 
+/// What [`Applier::apply_some`]'s transactions did so far.
+struct Applying {
+    commands: Vec<AppliedCommand>,
+    held: usize,
+    history: Option<fsm::HistorySize>,
+}
+
+/// What is done with the state at a check point (`state_check`): the node hashes it on a thread
+/// of its own, the simulator at once.
+pub trait PointHasher: Send + Sync {
+    /// `state` is the state right after the check point at `index` applied.
+    fn hash(&self, index: u64, state: redb::ReadTransaction);
+}
+
 /// Entries applied between two durable commits, unless the driver syncs earlier.
 pub const SYNC_EVERY_ENTRIES: u64 = 5_000;
 
@@ -66,6 +80,8 @@ pub struct Applier {
     /// ([`Syncs::requested`]) and the applied index it makes durable.
     behind: Option<(u64, u64)>,
     sync_every: u64,
+    /// Hashes the state at every check point; none: check points are applied like any entry.
+    hasher: Option<Arc<dyn PointHasher>>,
 }
 
 impl Applier {
@@ -88,12 +104,19 @@ impl Applier {
             committed_durable: applied.index,
             behind: None,
             sync_every: SYNC_EVERY_ENTRIES,
+            hasher: None,
         })
     }
 
     /// Makes a commit durable at least every `n` applied entries.
     pub fn sync_every(mut self, n: u64) -> Applier {
         self.sync_every = n.max(1);
+        self
+    }
+
+    /// Has `hasher` hash the state at every check point.
+    pub fn hashing_points(mut self, hasher: Arc<dyn PointHasher>) -> Applier {
+        self.hasher = Some(hasher);
         self
     }
 
@@ -183,13 +206,47 @@ impl Applier {
         max_held: usize,
         observer: &mut dyn ReadyObserver,
     ) -> Result<(Progress, Vec<Entry>), CoreError> {
+        let mut entries = entries.into_iter().peekable();
+        let mut done = Applying { commands: Vec::new(), held: 0, history: None };
+        // A check point ends a transaction; the entries after it go on in the next.
+        while let Some(point) = self.apply_one_transaction(&mut entries, max_held, &mut done, observer)? {
+            // A point left unhashed only leaves the peers' comparison without this member.
+            match (&self.hasher, self.db.begin_read()) {
+                (Some(hasher), Ok(state)) => hasher.hash(point, state),
+                (Some(_), Err(e)) => {
+                    tracing::warn!(index = point, error = %e, "cannot read the state to hash it")
+                }
+                (None, _) => {}
+            }
+            if done.held > max_held || entries.peek().is_none() {
+                break;
+            }
+        }
+        let progress = Progress {
+            applied: self.applied,
+            durable_index: self.durable_index,
+            commands: done.commands,
+            history: done.history,
+            held_bytes: done.held,
+        };
+        Ok((progress, entries.collect()))
+    }
+
+    /// Applies entries in one transaction until they run out, the answers and events held pass
+    /// `max_held`, or a check point (`state_check`) is applied, whose index it returns (only
+    /// when someone hashes the points).
+    fn apply_one_transaction(
+        &mut self,
+        entries: &mut impl Iterator<Item = Entry>,
+        max_held: usize,
+        done: &mut Applying,
+        observer: &mut dyn ReadyObserver,
+    ) -> Result<Option<u64>, CoreError> {
         let txn = self.db.begin_write().map_err(redb_err)?;
         observer.apply_started();
-        let mut commands = Vec::new();
         let mut applied = 0;
-        let mut held = 0;
+        let mut point = None;
         let mut batch = fsm::Batch::begin(&txn, self.bounds)?;
-        let mut entries = entries.into_iter();
         for e in entries.by_ref() {
             if e.index <= self.applied.index {
                 continue; // covered by an installed snapshot
@@ -200,16 +257,25 @@ impl Applier {
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => &[],
             };
             applied += 1;
-            if let Some(c) = batch.apply_entry(e.index, e.term, data)? {
-                held += c.held_bytes();
-                commands.push(c);
-                if held > max_held {
+            match batch.apply_entry(e.index, e.term, data)? {
+                Some(c) => {
+                    done.held += c.held_bytes();
+                    done.commands.push(c);
+                    if done.held > max_held {
+                        break;
+                    }
+                }
+                None if data.is_empty()
+                    && e.get_entry_type() == EntryType::EntryNormal
+                    && self.hasher.is_some() =>
+                {
+                    point = Some(e.index);
                     break;
                 }
+                None => {}
             }
         }
-        let rest: Vec<Entry> = entries.collect();
-        let history = batch.history();
+        done.history = batch.history().or(done.history);
         let position = batch.finish()?;
         let durable = position.index >= self.committed_durable + self.sync_every;
         observer.apply_finished(applied);
@@ -218,14 +284,7 @@ impl Applier {
         observer.commit_finished(0);
         self.applied = position;
         self.settle()?;
-        let progress = Progress {
-            applied: self.applied,
-            durable_index: self.durable_index,
-            commands,
-            history,
-            held_bytes: held,
-        };
-        Ok((progress, rest))
+        Ok(point)
     }
 
     /// Makes everything applied durable, its fsync completed before it returns (one empty
@@ -457,5 +516,60 @@ mod tests {
         assert_eq!(outcomes(&batches), outcomes(std::slice::from_ref(&one)), "the same outcomes");
         let hash = |db: &Database| fsm::state_hash(&db.begin_read().expect("reads")).expect("hashes");
         assert_eq!(hash(&db), hash(&whole_db), "the same state");
+    }
+}
+
+#[cfg(test)]
+mod check_points {
+    use std::sync::Mutex;
+
+    use prost::Message as _;
+
+    use super::testing::applier_on;
+    use super::*;
+    use crate::fsm::testing::{command, put};
+
+    /// Records each check point's state hash.
+    #[derive(Default)]
+    struct Recording(Mutex<Vec<(u64, u64)>>);
+
+    impl PointHasher for Recording {
+        fn hash(&self, index: u64, state: redb::ReadTransaction) {
+            let hash = fsm::state_hash(&state).expect("hashes");
+            self.0.lock().expect("not poisoned").push((index, hash));
+        }
+    }
+
+    fn entry(index: u64, data: Vec<u8>) -> Entry {
+        Entry { index, term: 1, data: data.into(), ..Default::default() }
+    }
+
+    fn put_at(index: u64, key: &str) -> Entry {
+        entry(index, command(&format!("r{index}"), put(key, "v")).encode_to_vec())
+    }
+
+    /// An empty entry in the middle of a batch is a check point: the state is hashed as it
+    /// stands right after it (the puts before it, none after), while the batch goes on applying
+    /// in another transaction and answers every command as one transaction would.
+    #[test]
+    fn a_check_point_is_hashed_at_exactly_its_index_in_the_middle_of_a_batch() {
+        let recording = Arc::new(Recording::default());
+        let (_, applier) = applier_on(redb::backends::InMemoryBackend::new());
+        let mut applier = applier.hashing_points(recording.clone());
+        let batch =
+            vec![put_at(1, "a"), put_at(2, "b"), entry(3, Vec::new()), put_at(4, "c"), entry(5, Vec::new())];
+        let progress = applier.apply(batch, &mut ()).expect("applies");
+        assert_eq!(progress.commands.len(), 3, "every command of the batch is answered");
+        assert_eq!(progress.applied.index, 5);
+
+        let (expected_db, mut expected) = applier_on(redb::backends::InMemoryBackend::new());
+        let hash_now = |db: &Database| fsm::state_hash(&db.begin_read().expect("reads")).expect("hashes");
+        expected.apply(vec![put_at(1, "a"), put_at(2, "b"), entry(3, Vec::new())], &mut ()).expect("applies");
+        let at_3 = hash_now(&expected_db);
+        expected.apply(vec![put_at(4, "c"), entry(5, Vec::new())], &mut ()).expect("applies");
+        let at_5 = hash_now(&expected_db);
+        assert_ne!(at_3, at_5);
+        let recorded = recording.0.lock().expect("not poisoned").clone();
+        assert_eq!(recorded, [(3, at_3), (5, at_5)], "each point hashed at its own index");
     }
 }

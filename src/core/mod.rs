@@ -54,6 +54,7 @@ pub mod instance_timers;
 pub mod leases;
 pub mod lock_delays;
 pub mod snapshots;
+pub mod state_check;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -114,6 +115,10 @@ pub const OWN_WAITER: Waiter = Waiter::MAX;
 /// milliseconds of the leader's clock.
 pub const LEASE_WAIT_TIMEOUT_MS: u64 = 3_000;
 
+/// How often a leader appends a check point by default: the members compare their states at
+/// least this often.
+pub const STATE_CHECK_INTERVAL_MS: u64 = 5 * 60 * 1000;
+
 /// Ticks and thresholds, in ticks.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
@@ -164,6 +169,9 @@ pub struct Config {
     /// Drawn at random by the caller for every start of the member (the simulator draws it
     /// from its seed): it makes read contexts and own request ids unique across lives.
     pub nonce: u64,
+    /// A leader appends a check point (`state_check`) to the log at least this often, on its
+    /// own clock (0: only the one each new leader appends).
+    pub state_check_interval_ms: u64,
 }
 
 impl Config {
@@ -181,6 +189,7 @@ impl Config {
             history_retention: Retention::DEFAULT,
             history_retention_bytes: HISTORY_RETENTION_BYTES,
             nonce,
+            state_check_interval_ms: STATE_CHECK_INTERVAL_MS,
         }
     }
 }
@@ -483,6 +492,9 @@ pub struct Core {
     /// This member's start as the cluster records it (`fsm::members`): recorded in the state,
     /// or not yet (and when it was last proposed).
     start: StartRecord,
+    state_check_interval_ms: u64,
+    /// When (the core's clock) this member, as leader, last appended a check point.
+    last_check_point_ms: Option<u64>,
 }
 
 /// Where the cluster's record of this member's start stands.
@@ -599,6 +611,8 @@ impl Core {
             compactor: Compactor::new(config.history_retention, config.history_retention_bytes),
             announced_revision: applied.revision,
             start,
+            state_check_interval_ms: config.state_check_interval_ms,
+            last_check_point_ms: None,
         };
         Ok((core, applier))
     }
@@ -872,6 +886,28 @@ impl Core {
         if !self.new_reads.is_empty() && old(self.new_reads_since) {
             for w in std::mem::take(&mut self.new_reads) {
                 self.actions.push(Action::ReadFailed { waiter: w, error: RequestError::NoLeader { member } });
+            }
+        }
+        self.append_check_point_when_due();
+    }
+
+    /// As leader, appends a check point (an empty entry: `state_check`) once
+    /// `state_check_interval_ms` has passed since the last one it appended, or since it became
+    /// leader (raft appends one then).
+    fn append_check_point_when_due(&mut self) {
+        let interval = self.state_check_interval_ms;
+        if self.raw.raft.state != StateRole::Leader || interval == 0 {
+            self.last_check_point_ms = None;
+            return;
+        }
+        let clock = self.clock_ms;
+        let last = *self.last_check_point_ms.get_or_insert(clock);
+        if clock.saturating_sub(last) >= interval {
+            self.last_check_point_ms = Some(clock);
+            // Refused only while a leadership transfer is on or the uncommitted bound is full:
+            // the next tick tries again after another interval.
+            if let Err(e) = self.raw.propose(Vec::new(), Vec::new()) {
+                tracing::debug!(member = self.id(), error = %e, "check point not appended");
             }
         }
     }

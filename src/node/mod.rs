@@ -33,6 +33,7 @@ pub mod apply;
 pub mod budget;
 pub mod deadline;
 pub mod freshness;
+pub mod hash_points;
 pub mod inbox;
 pub mod lock_hub;
 

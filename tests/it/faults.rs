@@ -599,3 +599,81 @@ async fn a_member_does_not_start_next_to_a_peer_running_a_build_of_another_comma
     let v = latch::fsm::COMMAND_VERSION;
     assert_eq!(versions, [(1, v), (2, v), (3, v)], "cluster status names every member's command version");
 }
+
+/// A member whose state file took a changed byte while it was down (damage raft cannot see: it
+/// replicates the log, not the state) serves it only until the next check point: there its
+/// state hashes apart from its peers', which agree with each other, so it stops, saying which
+/// index and which members, marks its data dir and refuses to start on it again; its peers
+/// judge themselves sound and go on serving.
+#[tokio::test]
+async fn a_member_whose_state_file_changed_stops_at_the_next_check_point_and_stays_stopped() {
+    use redb::ReadableTable as _;
+    let mut c = Cluster::start(3, &["--state-check-interval", "1s"]).await;
+    let leader = c.leader().await;
+    let victim = c.ids().into_iter().find(|id| *id != leader).unwrap();
+    let client = c.client().await;
+    client.put("ledger", "balance=100").await.unwrap();
+    eventually("the victim applied the write", STARTUP, || async {
+        match serializable_range(&c, victim, "ledger").await.kvs.first() {
+            Some(kv) if kv.value == b"balance=100" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    c.stop(victim).await;
+
+    // One byte of the value, changed in the victim's state file.
+    let state_file = c.member(victim).data_dir.join(latch::storage::STATE_FILE);
+    {
+        let db = redb::Database::open(&state_file).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut kv = txn.open_table(latch::storage::schema::KV).unwrap();
+            let rows: Vec<(Vec<u8>, Vec<u8>)> = kv
+                .iter()
+                .unwrap()
+                .map(|r| r.unwrap())
+                .map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))
+                .collect();
+            let (key, mut value) = rows
+                .into_iter()
+                .find(|(_, v)| v.windows(11).any(|w| w == b"balance=100"))
+                .expect("the state file holds the write (a stopped member leaves its state durable)");
+            let at = value.windows(11).position(|w| w == b"balance=100").unwrap();
+            value[at + 8] = b'9';
+            kv.insert(key.as_slice(), value.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    c.restart(victim).await;
+    let status = c.exit_of(victim, Duration::from_secs(30)).await;
+    let log = c.log_tail(victim, 30);
+    let status =
+        status.unwrap_or_else(|| panic!("the changed member should stop within 30 s; its log:\n{log}"));
+    assert!(!status.success(), "it stops with a failure, got {status}");
+    let others: Vec<u64> = c.ids().into_iter().filter(|id| *id != victim).collect();
+    assert!(
+        log.contains(&format!("member {victim}'s state differs from the cluster's"))
+            && log.contains(&format!("member(s) {others:?}")),
+        "it says its state differs from members {others:?}'; its log:\n{log}"
+    );
+    let mark = c.member(victim).data_dir.join(latch::server::state_check::MARK);
+    assert!(mark.exists(), "it marks its data dir ({})", mark.display());
+
+    // Started again, it refuses, naming the mark.
+    let (status, stderr) = exits_by_itself(c.server_command(victim, c.initial_cluster())).await;
+    assert!(!status.success(), "a marked member does not start, got {status}; stderr: {stderr}");
+    assert!(
+        stderr.contains(&mark.display().to_string()) && stderr.contains("diverged"),
+        "its refusal names the mark and says why; got: {stderr}"
+    );
+
+    // The sound members judged themselves sound, and serve.
+    for id in others {
+        assert!(c.live_ids().contains(&id), "member {id} still runs");
+        let kv = serializable_range(&c, id, "ledger").await;
+        assert_eq!(kv.kvs.first().map(|kv| kv.value.clone()), Some(b"balance=100".to_vec()));
+    }
+    client.put("ledger", "balance=90").await.unwrap();
+}

@@ -287,6 +287,32 @@ impl Cluster {
         rustix::process::kill_process(pid, signal).unwrap_or_else(|e| panic!("signal to member {id}: {e}"));
     }
 
+    /// Stops member `id` as an operator would (SIGTERM: it leaves its state durable) and reaps
+    /// it.
+    pub async fn stop(&mut self, id: u64) {
+        self.signal(id, rustix::process::Signal::TERM);
+        let status = self.exit_of(id, STARTUP).await;
+        assert!(status.is_some(), "member {id} should stop on SIGTERM within {STARTUP:?}");
+    }
+
+    /// Waits up to `timeout` for member `id`'s process to exit by itself; reaps it and returns
+    /// how it exited, or `None` if it still runs.
+    pub async fn exit_of(&mut self, id: u64, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let m = self.member_mut(id);
+            let child = m.child.as_mut().unwrap_or_else(|| panic!("member {id} is not running"));
+            if let Some(status) = child.try_wait().unwrap() {
+                m.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     /// Starts member `id` again on its data dir and waits until it serves.
     pub async fn restart(&mut self, id: u64) {
         self.restart_with(id, &[]).await;

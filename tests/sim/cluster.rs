@@ -52,6 +52,7 @@ use crate::locks::{LockCall, LockChecker, Locker};
 use crate::network::{Delivery, NetConfig, Network};
 use crate::registry::{Heartbeater, Next, RegistryChecker};
 use crate::sessions::{is_close, Keeper, LeaseChecker};
+use crate::state_checks::PointChecker;
 use crate::watches::WatchChecker;
 
 pub const CLUSTER_ID: u64 = 0x1a7c_5eed;
@@ -250,6 +251,8 @@ pub struct Report {
     pub max_term: u64,
     pub final_revision: i64,
     pub hash_checks: u64,
+    /// Check points at which two members' state hashes were compared (`state_checks`).
+    pub check_points: u64,
     /// Operations on shared keys judged by the linearizability checker.
     pub shared_ops: u64,
     pub serial_reads: u64,
@@ -323,7 +326,7 @@ impl std::fmt::Display for Report {
             f,
             "seed {} ({} nodes, snapshot every {}): {} steps, {:.1}s virtual, {} msgs; puts {} acked {} reads {} \
              retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}), \
-             partitions {}, pauses {}, snapshots {}; max term {}, revision {}, {} hash checks; lease grants {}, \
+             partitions {}, pauses {}, snapshots {}; max term {}, revision {}, {} hash checks, {} check points; lease grants {}, \
              expiries {}, closes {}; lock grants {}, lock-delays ended {}, holds expired {} (unplaced {}, granted again after {}), closed {}, longest queue {}, acquires withdrawn first {}, queues full {}, calls sent again {} (withdrawals {}, copies answered from memory {}); guarded \
              writes {} (succeeded {}, refused after their session ended {}, refused after a release {}; proclaims succeeded {}, refused {}); bound puts {} (sequential {}, sequential deletes {}); heartbeats {}, \
              critical {}, reaped {}, removed with their session {}; watched revisions {} (typed changes {}, moves {}, compacted {}), compact revision {}; history bytes {} of bound {} (byte-compacted {}); trace {:016x}",
@@ -347,6 +350,7 @@ impl std::fmt::Display for Report {
             self.max_term,
             self.final_revision,
             self.hash_checks,
+            self.check_points,
             self.grants,
             self.expiries,
             self.closes,
@@ -627,6 +631,7 @@ pub struct Sim {
     heartbeater_waiters: BTreeMap<Waiter, (usize, u64, u64)>,
     registry: RegistryChecker,
     watch_checker: WatchChecker,
+    point_checker: PointChecker,
     trace: Fnv,
     /// When each term's leader was first seen leading, in order (the last term seen is the
     /// last one's): the never-late bound allows each leader change its re-basing's slack.
@@ -744,6 +749,7 @@ impl Sim {
             heartbeater_waiters: BTreeMap::new(),
             registry: RegistryChecker::new(),
             watch_checker,
+            point_checker: PointChecker::default(),
             trace: Fnv::default(),
             leaders_seen: Vec::new(),
             touched: BTreeSet::new(),
@@ -836,6 +842,7 @@ impl Sim {
         let clock_origin_ms = self.rng.gen_range(0..1_000_000);
         let cache_bytes = self.params.state_cache_bytes;
         let identity = Identity { cluster_id: CLUSTER_ID, member_id: id };
+        let hasher = self.point_checker.hasher(id);
         let node = self.node(id);
         let open = |disk: &mut SimDisk, what: &str| {
             latch::storage::open_with_backend(disk.open(), identity, cache_bytes).unwrap_or_else(|e| {
@@ -852,6 +859,8 @@ impl Sim {
             // A small history: the leader compacts in every run (watchers that fall behind end).
             history_retention,
             history_retention_bytes,
+            // Check points often enough that every run compares states at several.
+            state_check_interval_ms: 1_000,
             ..core::Config::new(id, &voters, nonce)
         };
         let (mut core, applier) =
@@ -862,7 +871,7 @@ impl Sim {
         node.core = Some(core);
         // Durable state commits every few entries, so that crashes find every mix of durable and
         // lost state.
-        node.applier = Some(applier.sync_every(sync_every));
+        node.applier = Some(applier.sync_every(sync_every).hashing_points(hasher));
         node.to_apply.clear();
         node.apply_scheduled = false;
         node.paused_until = 0;
@@ -964,6 +973,7 @@ impl Sim {
         self.lock_checker.after_step(ctx, &up);
         self.registry.after_step(ctx, &up);
         self.watch_checker.after_step(ctx, &up);
+        self.point_checker.after_step(ctx, self.params.nodes as usize);
         if self.params.mode == Mode::LeaderChanges {
             for (_, c) in &up {
                 let s = c.status();
@@ -2278,6 +2288,7 @@ impl Sim {
         r.reads = self.history.reads_done;
         r.retries = self.history.retries;
         r.hash_checks = self.checker.hash_checks;
+        r.check_points = self.point_checker.compared;
         r.final_revision = up.first().map_or(0, |(_, c)| c.status().applied.revision);
         r.grants = self.leases.grants;
         r.expiries = self.leases.expiries;

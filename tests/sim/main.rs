@@ -29,6 +29,7 @@ mod registry;
 mod scenarios;
 mod scripted;
 mod sessions;
+mod state_checks;
 mod watches;
 
 use std::time::Instant;
@@ -95,7 +96,7 @@ fn run_seeds(nodes: u64) {
     let verbose = verbose() || single;
     let started = Instant::now();
     let (mut acked, mut crashes, mut snapshots, mut steps, mut spent, mut full) = (0, 0, 0, 0, 0, 0);
-    let (mut byte_compacted, mut watched_typed) = (0, 0);
+    let (mut byte_compacted, mut watched_typed, mut check_points) = (0, 0, 0);
     let mut locks = LockActivity::default();
     for &seed in &seeds {
         let t = Instant::now();
@@ -111,6 +112,7 @@ fn run_seeds(nodes: u64) {
         full += r.lock_queues_full;
         byte_compacted += u64::from(r.byte_compacted);
         watched_typed += r.watch_typed;
+        check_points += r.check_points;
         locks.add(&r);
     }
     eprintln!(
@@ -128,6 +130,11 @@ fn run_seeds(nodes: u64) {
     assert!(
         single || seeds.len() < 20 || spent > 0,
         "over {} seeds, some acquire should have been withdrawn before it was applied (the check is not idle)",
+        seeds.len()
+    );
+    assert!(
+        single || seeds.len() < 20 || check_points > 0,
+        "over {} seeds, members should have compared their states at some check point (the check is not idle)",
         seeds.len()
     );
     assert!(

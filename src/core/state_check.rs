@@ -1,0 +1,165 @@
+//! The members compare their states (etcd's corruption check): a member whose state file took
+//! a changed byte, or whose disk handed back a page it never wrote, would otherwise serve it
+//! for as long as it lives, since raft replicates the log, not the state.
+//!
+//! Check points are the empty entries of the log: the one every new leader appends, and the
+//! ones a leader proposes every `Config::state_check_interval_ms`. They are the same entries,
+//! at the same indexes, on every member, and apply to nothing; a member that applies one
+//! hashes its whole state as it stands right after it ([`fsm::state_hash`], in a read
+//! transaction of its own, off the apply thread) and keeps the last [`KEPT`] hashes
+//! ([`StateHashes`]). Its peers read them from its status; [`judge`] says what they show.
+//!
+//! Invariants:
+//! - A hash is of the state at exactly its index: the applier commits the batch right after
+//!   the point, and the read transaction that is hashed begins before anything later applies.
+//! - Two hashes are compared only when both were made by the same digest
+//!   ([`STATE_HASH_VERSION`]) and at the same index.
+//! - A member is judged diverged only when a quorum of the cluster's members other than
+//!   itself report one and the same hash at the index, and it is not its own: a single other
+//!   member, or members that disagree among themselves, cannot have it judged.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+/// The version of the digest and of the rows it reads: a build that changes `fsm::state_hash`
+/// or how any domain's rows are encoded must change it, so that members of two builds never
+/// take their different hashes for diverged states.
+pub const STATE_HASH_VERSION: u32 = 1;
+
+/// The check points whose hashes a member keeps.
+pub const KEPT: usize = 32;
+
+/// A member's state hash at one check point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Point {
+    pub index: u64,
+    pub hash: u64,
+}
+
+/// The hashes of the last [`KEPT`] check points this member applied, oldest first.
+#[derive(Debug, Default)]
+pub struct StateHashes {
+    points: Mutex<VecDeque<Point>>,
+}
+
+impl StateHashes {
+    /// Records the hash of the state at `index` (a later point than any recorded in this life,
+    /// or one replayed after a restart: an index already recorded is replaced).
+    pub fn record(&self, index: u64, hash: u64) {
+        let Ok(mut points) = self.points.lock() else { return };
+        points.retain(|p| p.index != index);
+        points.push_back(Point { index, hash });
+        points.make_contiguous().sort_by_key(|p| p.index);
+        while points.len() > KEPT {
+            points.pop_front();
+        }
+    }
+
+    /// Every point kept, oldest first.
+    pub fn points(&self) -> Vec<Point> {
+        self.points.lock().map(|p| p.iter().copied().collect()).unwrap_or_default()
+    }
+}
+
+/// What the peers' hashes at one check point say about this member's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// At least one other member has the same hash there.
+    Agreed,
+    /// A quorum of the other members agree on another hash: this member's state is not the
+    /// cluster's.
+    Diverged { index: u64, mine: u64, theirs: u64, members: Vec<u64> },
+    /// Every member answered and no two agree (or too few do to tell which state is right):
+    /// something is wrong, and no member can be judged.
+    Split { index: u64, hashes: Vec<(u64, u64)> },
+    /// Not enough peers have the point yet (they are behind, down, or lost it to a snapshot).
+    Undecided,
+}
+
+/// Judges this member's hash `mine` at check point `index` against the hashes `peers` (member,
+/// hash) report there, in a cluster of `voters` members.
+pub fn judge(index: u64, mine: u64, peers: &[(u64, u64)], voters: usize) -> Verdict {
+    if peers.iter().any(|&(_, h)| h == mine) {
+        return Verdict::Agreed;
+    }
+    let quorum = voters / 2 + 1;
+    let mut tally: Vec<(u64, Vec<u64>)> = Vec::new();
+    for &(member, hash) in peers {
+        match tally.iter_mut().find(|(h, _)| *h == hash) {
+            Some((_, members)) => members.push(member),
+            None => tally.push((hash, vec![member])),
+        }
+    }
+    if let Some((theirs, members)) = tally.iter().find(|(_, m)| m.len() >= quorum) {
+        let mut members = members.clone();
+        members.sort_unstable();
+        return Verdict::Diverged { index, mine, theirs: *theirs, members };
+    }
+    if peers.len() + 1 >= voters {
+        let mut hashes = peers.to_vec();
+        hashes.sort_unstable();
+        return Verdict::Split { index, hashes };
+    }
+    Verdict::Undecided
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_peer_with_the_same_hash_is_agreement() {
+        assert_eq!(judge(7, 1, &[(2, 1)], 3), Verdict::Agreed, "a peer agrees");
+        assert_eq!(judge(7, 1, &[(2, 9), (3, 1)], 3), Verdict::Agreed, "the other peer is the odd one");
+        assert_eq!(
+            judge(7, 1, &[(2, 1), (3, 9), (4, 9), (5, 9)], 5),
+            Verdict::Agreed,
+            "whatever else peers say"
+        );
+    }
+
+    #[test]
+    fn a_member_is_diverged_only_when_a_quorum_of_the_others_agree_on_another_hash() {
+        assert_eq!(
+            judge(7, 1, &[(3, 9), (2, 9)], 3),
+            Verdict::Diverged { index: 7, mine: 1, theirs: 9, members: vec![2, 3] },
+            "both others agree on another hash"
+        );
+        assert_eq!(judge(7, 1, &[(2, 9)], 3), Verdict::Undecided, "one other member cannot have it judged");
+        assert_eq!(judge(7, 1, &[(2, 9), (3, 9)], 5), Verdict::Undecided, "two of five are not a quorum");
+        assert!(
+            matches!(judge(7, 1, &[(2, 9), (3, 9), (4, 9)], 5), Verdict::Diverged { theirs: 9, .. }),
+            "three of five are"
+        );
+        assert_eq!(judge(7, 1, &[], 1), Verdict::Undecided, "a member alone has nothing to compare with");
+    }
+
+    #[test]
+    fn members_that_all_disagree_are_a_split_that_judges_nobody() {
+        assert_eq!(
+            judge(7, 1, &[(3, 8), (2, 9)], 3),
+            Verdict::Split { index: 7, hashes: vec![(2, 9), (3, 8)] },
+            "three members, three hashes"
+        );
+        assert_eq!(
+            judge(7, 1, &[(2, 9), (3, 8)], 5),
+            Verdict::Undecided,
+            "two of five peers still to answer"
+        );
+    }
+
+    #[test]
+    fn a_member_keeps_the_newest_points_in_index_order() {
+        let hashes = StateHashes::default();
+        for i in (1..=KEPT as u64 + 5).rev() {
+            hashes.record(i * 10, i);
+        }
+        hashes.record(100, 99);
+        let points = hashes.points();
+        assert!(points.contains(&Point { index: 100, hash: 99 }), "a point recorded again is replaced");
+        assert_eq!(points.len(), KEPT, "at most KEPT points");
+        assert!(points.windows(2).all(|w| w[0].index < w[1].index), "in index order: {points:?}");
+        assert_eq!(points.last(), Some(&Point { index: (KEPT as u64 + 5) * 10, hash: KEPT as u64 + 5 }));
+        assert_eq!(points.first().map(|p| p.index), Some(60), "the oldest dropped");
+    }
+}

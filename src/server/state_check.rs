@@ -1,0 +1,146 @@
+//! Compares this member's state with its peers' at every check point (`core::state_check`), and
+//! stops it for good when a quorum of them agree on a state that is not its own.
+//!
+//! Every [`CHECK_EVERY`] that it holds hashes not judged yet, the member asks each peer for its
+//! status, which lists the peer's own hashes, and judges each of its points
+//! (`state_check::judge`). A diverged member writes [`MARK`] into its data dir (durably) and
+//! stops; `storage::open` refuses to start on a data dir that holds it. Raft's log is whole on
+//! such a member — what it applied it applied wrongly, or its state file changed under it — but
+//! no entry of the log can repair its state, and nothing else it has can tell which rows are
+//! wrong: it must not serve, and its data dir must be replaced.
+//!
+//! A member never judges a peer: each judges itself, so the check needs no leader and no
+//! replicated command, and a member that cannot reach a quorum of the others judges nothing.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::config::Peer;
+use crate::core::state_check::{judge, StateHashes, Verdict, STATE_HASH_VERSION};
+use crate::transport::member_status;
+
+/// How often the member compares its new check points with its peers'.
+pub const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// How long one peer's answer may take.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// A check point the peers still cannot judge after this long is let go (they are behind,
+/// down, or went past it by a snapshot); the next one is judged instead.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(600);
+
+/// The file whose presence in a data dir says its state diverged from the cluster's; it holds
+/// why.
+pub const MARK: &str = "STATE_DIVERGED";
+
+/// What the member was found to be.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "member {member}'s state differs from the cluster's: right after log index {index} it hashes \
+     to {mine:016x}, where member(s) {members:?} hash to {theirs:016x}. Its raft log is whole, but \
+     its state file changed under it or was applied wrongly, and nothing in the log can repair \
+     it: the member stops and will not start on this data dir ({mark} says so). Restore its \
+     whole data dir from a copy taken before the damage, then remove {mark}"
+)]
+pub struct Diverged {
+    pub member: u64,
+    pub index: u64,
+    pub mine: u64,
+    pub theirs: u64,
+    pub members: Vec<u64>,
+    pub mark: PathBuf,
+}
+
+/// Judges this member's check points against its peers' until a quorum of them says its state
+/// diverged; then marks its data dir and returns why. Runs for as long as the member does
+/// otherwise.
+pub async fn watch(
+    me: u64,
+    peers: Vec<Peer>,
+    hashes: std::sync::Arc<StateHashes>,
+    data_dir: PathBuf,
+) -> Diverged {
+    let voters = peers.len();
+    let others: Vec<Peer> = peers.into_iter().filter(|p| p.id != me).collect();
+    // The highest index judged; when each point not judged yet was first seen.
+    let mut judged = 0u64;
+    let mut waiting: BTreeMap<u64, Instant> = BTreeMap::new();
+    loop {
+        tokio::time::sleep(CHECK_EVERY).await;
+        let mine: Vec<_> = hashes.points().into_iter().filter(|p| p.index > judged).collect();
+        if mine.is_empty() || others.is_empty() {
+            continue;
+        }
+        let answers = futures::future::join_all(
+            others.iter().map(|p| async move { (p.id, member_status(&p.peer_addr, ASK_TIMEOUT).await) }),
+        )
+        .await;
+        for point in mine {
+            let theirs: Vec<(u64, u64)> = answers
+                .iter()
+                .filter_map(|(id, answer)| {
+                    let s = answer.as_ref().ok().filter(|s| s.state_hash_version == STATE_HASH_VERSION)?;
+                    let at = s.state_hashes.iter().find(|h| h.index == point.index)?;
+                    Some((*id, at.hash))
+                })
+                .collect();
+            match judge(point.index, point.hash, &theirs, voters) {
+                Verdict::Agreed => {
+                    tracing::debug!(member = me, index = point.index, "state check point agreed");
+                    judged = judged.max(point.index);
+                }
+                Verdict::Diverged { index, mine, theirs, members } => {
+                    let mark = data_dir.join(MARK);
+                    let diverged = Diverged { member: me, index, mine, theirs, members, mark };
+                    if let Err(e) = write_mark(&data_dir, &diverged.to_string()) {
+                        tracing::error!(member = me, error = %e, "cannot write {MARK} into the data dir");
+                    }
+                    return diverged;
+                }
+                Verdict::Split { index, hashes } => {
+                    tracing::error!(
+                        member = me,
+                        index,
+                        mine = %format!("{:016x}", point.hash),
+                        peers = ?hashes,
+                        "the members' states differ at a check point and no quorum of them agrees: \
+                         no member can be judged; compare their data before trusting any"
+                    );
+                    judged = judged.max(index);
+                }
+                Verdict::Undecided => {
+                    let since = *waiting.entry(point.index).or_insert_with(Instant::now);
+                    if since.elapsed() >= GIVE_UP_AFTER {
+                        tracing::info!(
+                            member = me,
+                            index = point.index,
+                            "state check point let go: too few peers have it"
+                        );
+                        judged = judged.max(point.index);
+                    }
+                }
+            }
+        }
+        waiting.retain(|&index, _| index > judged);
+    }
+}
+
+/// Writes the mark (`why`) into `data_dir` durably: the file, then the directory entry.
+fn write_mark(data_dir: &Path, why: &str) -> std::io::Result<()> {
+    let path = data_dir.join(MARK);
+    let mut file = std::fs::File::create(&path)?;
+    file.write_all(why.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    std::fs::File::open(data_dir)?.sync_all()
+}
+
+/// The reason a data dir is marked diverged, if it is.
+pub fn marked(data_dir: &Path) -> Option<String> {
+    let path = data_dir.join(MARK);
+    match std::fs::read_to_string(&path) {
+        Ok(why) => Some(why.trim_end().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => Some(format!("{} is there but cannot be read ({e})", path.display())),
+    }
+}
