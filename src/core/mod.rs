@@ -265,6 +265,15 @@ pub enum CoreError {
     ApplyPanicked,
     #[error("the node thread panicked (its message is in the log above)")]
     Panicked,
+    #[error(
+        "member {member}'s raft log ends at index {last}, but its leader, member {leader}, knows it \
+         acknowledged entries up to index {acknowledged}: this member forgot entries it \
+         acknowledged (its data dir was restored from an older copy, or its disk lost writes \
+         it had synced), and may have forgotten votes it cast. It stops rather than take part \
+         on a log the cluster counted on; bring back the data dir it ran on before, or run the \
+         cluster without it (membership is static: there is no replacing a member yet)"
+    )]
+    ForgotEntries { member: u64, leader: u64, acknowledged: u64, last: u64 },
 }
 
 fn redb_err(e: impl Into<redb::Error>) -> CoreError {
@@ -918,6 +927,16 @@ impl Core {
     /// carrier puts it there): whatever raft does not keep of it — a stale or needless snapshot,
     /// or one a newer snapshot replaces before it is installed — is removed from the inbox.
     pub fn step(&mut self, msg: Message) -> Result<(), CoreError> {
+        // A leader's heartbeat commits up to what this member acknowledged (raft-rs sends
+        // `min(matched, committed)`); past the end of its log, raft-rs would panic.
+        let last = self.raw.raft.raft_log.last_index();
+        if msg.get_msg_type() == MessageType::MsgHeartbeat
+            && msg.term >= self.raw.raft.term
+            && msg.commit > last
+        {
+            let (member, leader, acknowledged) = (self.id(), msg.from, msg.commit);
+            return Err(CoreError::ForgotEntries { member, leader, acknowledged, last });
+        }
         let staged = is_snapshot(&msg).then(|| msg.get_snapshot().data.to_vec());
         let from_leader = msg.from == self.raw.raft.leader_id && msg.term == self.raw.raft.term;
         let pending_before = self.pending_snapshot();

@@ -81,6 +81,13 @@ impl SimDisk {
         SimDisk::default()
     }
 
+    /// A copy of what the disk holds durably (a backup taken while no process runs).
+    pub fn copy(&self) -> SimDisk {
+        assert!(self.current.is_none(), "a disk is copied while no process runs");
+        let synced = lock(&self.medium).synced.clone();
+        SimDisk { medium: Arc::new(Mutex::new(Medium { synced, ..Default::default() })), current: None }
+    }
+
     /// A backend for a new process, starting from the synced bytes. The previous process, if
     /// any, must have crashed first.
     pub fn open(&mut self) -> SimBackend {
@@ -247,7 +254,7 @@ pub struct SimDir {
     state: Arc<Mutex<DirState>>,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct DirState {
     files: std::collections::BTreeMap<String, SimFileState>,
     /// Bumped by each crash: handles of an older process fail.
@@ -280,6 +287,11 @@ struct SimFile {
 impl SimDir {
     pub fn new() -> SimDir {
         SimDir::default()
+    }
+
+    /// A copy of the directory as it stands (a backup taken after its process crashed).
+    pub fn copy(&self) -> SimDir {
+        SimDir { state: Arc::new(Mutex::new(lock(&self.state).clone())) }
     }
 
     /// A handle for a new process (the previous one must have crashed).

@@ -151,6 +151,41 @@ fn letting_a_wiped_member_take_part_loses_a_committed_write_that_admission_would
     );
 }
 
+/// A member restarted on an older copy of its data dir has forgotten entries it acknowledged
+/// (and perhaps votes it cast). The leader's next heartbeat commits up to what the member
+/// acknowledged, past the end of its log, where raft-rs would panic (explore-disk F10): the
+/// member stops instead, naming what it has and what it acknowledged.
+#[test]
+fn a_member_restarted_on_an_older_copy_of_its_data_dir_stops_at_the_leaders_heartbeat() {
+    let mut s = recorded_cluster(59);
+    let l = s.leader().expect("a leader");
+    let f = if l == 1 { 2 } else { 1 };
+    s.crash(f);
+    let backup = s.copy_data(f);
+    s.start(f);
+    for i in 0..5 {
+        let w = s.propose(l, Command { request_id: format!("w{i}"), ..s_put(&format!("k{i}"), "v") });
+        s.until("the write answered", 100, &mut all, &mut |s| s.answer(w).is_some());
+    }
+    let acknowledged = s.core(l).log().last_index_now();
+    s.until("the member has every entry", 100, &mut all, &mut |s| {
+        s.core(f).log().last_index_now() >= acknowledged
+    });
+    s.crash(f);
+    s.restore_data(f, backup);
+    s.start(f);
+    let last = s.core(f).log().last_index_now();
+    assert!(last < acknowledged, "the copy is older: its log ends at {last}, before {acknowledged}");
+    s.until("the member stops", 100, &mut all, &mut |s| s.stopped_on_a_message(f).is_some());
+    let why = s.stopped_on_a_message(f).unwrap_or_default();
+    assert!(
+        why.contains(&format!("raft log ends at index {last}"))
+            && why.contains(&format!("member {l}, knows it acknowledged entries up to index"))
+            && why.contains("forgot entries it acknowledged"),
+        "it says what it has, who knows better and what that means: {why}"
+    );
+}
+
 fn s_put(key: &str, value: &str) -> Command {
     Command {
         version: fsm::COMMAND_VERSION,

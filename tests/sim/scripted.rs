@@ -50,6 +50,8 @@ struct Member {
 pub struct Scripted {
     /// Members whose last turn failed (an injected fsync failure, say).
     failed: std::collections::BTreeSet<u64>,
+    /// Members stopped by a message, and why.
+    stopped: BTreeMap<u64, String>,
     members: Vec<Member>,
     held: Vec<Message>,
     answers: BTreeMap<Waiter, (u64, Answer)>,
@@ -80,6 +82,7 @@ impl Scripted {
     fn started(n: u64, seed: u64, snapshot_entries: Option<u64>) -> Scripted {
         let mut s = Scripted {
             failed: Default::default(),
+            stopped: BTreeMap::new(),
             members: (0..n)
                 .map(|_| Member {
                     log_dir: SimDir::new(),
@@ -181,6 +184,26 @@ impl Scripted {
                 let _ = txn.commit();
             }
         }
+    }
+
+    /// A copy of member `id`'s data dir (a backup, taken while it is down).
+    pub fn copy_data(&mut self, id: u64) -> (SimDir, SimDisk) {
+        let m = self.member(id);
+        assert!(m.core.is_none(), "member {id} is up: crash it first");
+        (m.log_dir.copy(), m.state_disk.copy())
+    }
+
+    /// Member `id`'s data dir is replaced by `copy` (a backup restored): its next start is on it.
+    pub fn restore_data(&mut self, id: u64, (log_dir, state_disk): (SimDir, SimDisk)) {
+        let m = self.member(id);
+        assert!(m.core.is_none(), "member {id} is up: crash it first");
+        (m.log_dir, m.state_disk) = (log_dir, state_disk);
+    }
+
+    /// Why member `id` stopped on a message, if it did (the only message a member stops on:
+    /// one that shows it forgot entries it acknowledged).
+    pub fn stopped_on_a_message(&self, id: u64) -> Option<&str> {
+        self.stopped.get(&id).map(String::as_str)
     }
 
     /// Member `id`'s data dir is lost (a replaced disk): its next start is on empty disks.
@@ -370,7 +393,14 @@ impl Scripted {
     fn deliver(&mut self, msg: Message) {
         let to = msg.to;
         if let Some(core) = self.member(to).core.as_mut() {
-            core.step(msg).unwrap_or_else(|e| panic!("member {to}: step failed: {e}"));
+            match core.step(msg) {
+                Ok(()) => {}
+                Err(e @ latch::core::CoreError::ForgotEntries { .. }) => {
+                    self.stopped.insert(to, e.to_string());
+                    self.crash(to);
+                }
+                Err(e) => panic!("member {to}: step failed: {e}"),
+            }
         }
     }
 
