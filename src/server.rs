@@ -467,8 +467,13 @@ pub async fn run(
     ));
     let client_task = tokio::spawn(client_srv);
 
-    let state_check =
-        state_check::watch(id, config.initial_cluster.clone(), state_hashes, config.data_dir.clone());
+    let state_check = state_check::watch(
+        id,
+        config.initial_cluster.clone(),
+        state_hashes,
+        config.data_dir.clone(),
+        metrics.clone(),
+    );
     tokio::pin!(state_check);
     let mut diverged = None;
     let mut watchdog = tokio::time::interval(Duration::from_millis(100));

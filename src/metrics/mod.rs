@@ -32,6 +32,28 @@ pub struct Metrics {
     pub watch: WatchMetrics,
     pub dns: DnsMetrics,
     pub disk: DiskMetrics,
+    pub state_check: StateCheckMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    /// "agreed", "split" (members disagree, no quorum: nobody judged), "let_go" (too few peers
+    /// had the point), "diverged" (this member: it stops).
+    pub verdict: &'static str,
+}
+
+/// This member's comparisons of its state with its peers' (`server::state_check`).
+pub struct StateCheckMetrics {
+    pub points: Family<VerdictLabels, Counter>,
+    /// The last check point at which a peer had the same state hash.
+    pub agreed_index: Gauge,
+}
+
+impl StateCheckMetrics {
+    /// One check point judged.
+    pub fn judged(&self, verdict: &'static str) {
+        self.points.get_or_create(&VerdictLabels { verdict }).inc();
+    }
 }
 
 /// What a member's data takes on its disk, and what its file system has left: measured when
@@ -563,7 +585,18 @@ impl Metrics {
             Unit::Bytes,
             disk.free.clone(),
         );
-        Metrics { registry, raft, peer, grpc, watch, dns, disk }
+        let state_check = StateCheckMetrics { points: Family::default(), agreed_index: Gauge::default() };
+        r.register(
+            "state_check_points",
+            "Check points at which this member compared its state hash with its peers', by verdict (alert on split)",
+            state_check.points.clone(),
+        );
+        r.register(
+            "state_check_agreed_index",
+            "The last check point's log index at which a peer's state hash equalled this member's",
+            state_check.agreed_index.clone(),
+        );
+        Metrics { registry, raft, peer, grpc, watch, dns, disk, state_check }
     }
 
     /// The OpenMetrics text of every metric (ends with `# EOF`).

@@ -15,10 +15,12 @@
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Peer;
 use crate::core::state_check::{judge, StateHashes, Verdict, STATE_HASH_VERSION};
+use crate::metrics::Metrics;
 use crate::transport::member_status;
 
 /// How often the member compares its new check points with its peers'.
@@ -57,9 +59,11 @@ pub struct Diverged {
 pub async fn watch(
     me: u64,
     peers: Vec<Peer>,
-    hashes: std::sync::Arc<StateHashes>,
+    hashes: Arc<StateHashes>,
     data_dir: PathBuf,
+    metrics: Arc<Metrics>,
 ) -> Diverged {
+    let metrics = &metrics.state_check;
     let voters = peers.len();
     let others: Vec<Peer> = peers.into_iter().filter(|p| p.id != me).collect();
     // The highest index judged; when each point not judged yet was first seen.
@@ -88,8 +92,11 @@ pub async fn watch(
                 Verdict::Agreed => {
                     tracing::debug!(member = me, index = point.index, "state check point agreed");
                     judged = judged.max(point.index);
+                    metrics.judged("agreed");
+                    metrics.agreed_index.set(i64::try_from(point.index).unwrap_or(i64::MAX));
                 }
                 Verdict::Diverged { index, mine, theirs, members } => {
+                    metrics.judged("diverged");
                     let mark = data_dir.join(MARK);
                     let diverged = Diverged { member: me, index, mine, theirs, members, mark };
                     if let Err(e) = write_mark(&data_dir, &diverged.to_string()) {
@@ -107,6 +114,7 @@ pub async fn watch(
                          no member can be judged; compare their data before trusting any"
                     );
                     judged = judged.max(index);
+                    metrics.judged("split");
                 }
                 Verdict::Undecided => {
                     let since = *waiting.entry(point.index).or_insert_with(Instant::now);
@@ -117,6 +125,7 @@ pub async fn watch(
                             "state check point let go: too few peers have it"
                         );
                         judged = judged.max(point.index);
+                        metrics.judged("let_go");
                     }
                 }
             }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use latch_client::{prefix_end, Client, KeyValue, PutRequest, RangeRequest, RangeResponse};
 use tokio::time::Instant;
 
-use crate::harness::{eventually, free_port, http_get, latch_bin, Cluster, STARTUP};
+use crate::harness::{eventually, free_port, http_get, latch_bin, sample, Cluster, STARTUP};
 
 #[tokio::test]
 async fn every_acknowledged_write_survives_sigkill_of_every_member_mid_load() {
@@ -669,9 +669,12 @@ async fn a_member_whose_state_file_changed_stops_at_the_next_check_point_and_sta
         "its refusal names the mark and says why; got: {stderr}"
     );
 
-    // The sound members judged themselves sound, and serve.
+    // The sound members judged themselves sound, say so, and serve.
     for id in others {
         assert!(c.live_ids().contains(&id), "member {id} still runs");
+        let metrics = c.metrics_of(id).await.unwrap();
+        let agreed = sample(&metrics, "latch_state_check_points_total{verdict=\"agreed\"}");
+        assert!(agreed.is_some_and(|n| n >= 1.0), "member {id} counts agreed check points: {agreed:?}");
         let kv = serializable_range(&c, id, "ledger").await;
         assert_eq!(kv.kvs.first().map(|kv| kv.value.clone()), Some(b"balance=100".to_vec()));
     }
