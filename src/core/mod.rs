@@ -218,7 +218,8 @@ pub enum RequestError {
         match write {
             None => "",
             Some(Retry::SameId) => "; the write stays proposed and may still take effect: a retry under \
-                the same request id applies it at most once",
+                the same request id applies it at most once (while the cluster remembers the id: its \
+                newest 32 MiB of request ids)",
             Some(Retry::NoId) => "; the write stays proposed and may still take effect: it carried no \
                 request id, so a retry may apply it twice",
         }

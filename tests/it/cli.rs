@@ -1442,7 +1442,9 @@ async fn cli_without_a_quorum_the_live_member_says_why_before_the_timeout() {
         "and why: {err}"
     );
     assert!(
-        err.contains("may still take effect") && err.contains("the same request id applies it at most once"),
+        err.contains("may still take effect")
+            && err
+                .contains("the same request id applies it at most once (while the cluster remembers the id"),
         "and that the write may still take effect, and how to retry it: {err}"
     );
     assert!(!err.contains("no answer within"), "the live member answered in time: {err}");

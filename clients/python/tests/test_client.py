@@ -906,11 +906,13 @@ class NamingKV(kv_pb2_grpc.KVServicer, InCluster):
 
 class CutOffKV(kv_pb2_grpc.KVServicer, InCluster):
     """A leader this client cannot use: every call fails UNAVAILABLE, naming ``leader`` (else
-    nobody), and its cluster when it has one. Counts them."""
+    nobody), and its cluster when it has one, saying the write stays proposed if ``unsettled``.
+    Counts them."""
 
-    def __init__(self, cluster: Optional[str] = None, leader: Optional[str] = None):
+    def __init__(self, cluster: Optional[str] = None, leader: Optional[str] = None, unsettled: bool = False):
         InCluster.__init__(self, cluster)
         self.leader = leader
+        self.unsettled = unsettled
         self.calls = 0
 
     def Put(self, request, context):
@@ -919,6 +921,8 @@ class CutOffKV(kv_pb2_grpc.KVServicer, InCluster):
         trailing = [("latch-cluster-id", self.cluster)] if self.cluster is not None else []
         if self.leader is not None:
             trailing.append(("latch-leader-addr", self.leader))
+        if self.unsettled:
+            trailing.append(("latch-unsettled", "true"))
         context.set_trailing_metadata(trailing)
         context.abort(grpc.StatusCode.UNAVAILABLE, "cut off")
 
@@ -1168,6 +1172,17 @@ class OfflineScriptedTest(unittest.TestCase):
                 self.assertEqual((failure.code, failure.endpoint), (grpc.StatusCode.UNAVAILABLE, live), str(failure))
                 self.assertIn("kv.Put: cut off (retried for", str(failure))
                 self.assertIn(f"last tried {dead}: failed to connect", str(failure))
+                self.assertFalse(failure.unsettled, "the live member refused the write")
+                self.assertNotIn("may still take effect", str(failure))
+
+    def test_a_write_given_up_unsettled_says_it_may_still_take_effect(self):
+        live = serve(self, kv_pb2_grpc.add_KVServicer_to_server,
+                     CutOffKV(cluster="0000000000000007", unsettled=True))
+        with latch.Client([live], request_timeout=0.2, retry_budget=0.3) as client:
+            with self.assertRaises(latch.LatchError) as caught:
+                client.put("k", "v")
+        self.assertTrue(caught.exception.unsettled, str(caught.exception))
+        self.assertIn("the write may still take effect: read before sending it again", str(caught.exception))
 
     def test_a_member_of_another_cluster_refuses_the_clients_calls_and_they_go_on_to_one_of_its_own(self):
         ours, theirs = "0000000000000001", "0000000000000002"
