@@ -112,6 +112,27 @@ fn open_file(
     identity: Identity,
     cache_bytes: usize,
 ) -> Result<(Arc<Database>, Arc<Syncs>), StorageError> {
+    // redb asserts on some damage (a page whose type is not what its tree says, met by the
+    // repair or the identity check): a panic there is reported as damage to the file, naming
+    // it, rather than as a crash of the server.
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        open_file_unguarded(dir, name, identity, cache_bytes)
+    }));
+    opened.unwrap_or_else(|_| {
+        Err(StorageError::Corrupt(format!(
+            "{}: redb failed on it (a panic, printed above): the file is damaged; restore this \
+             member's whole data dir from a copy",
+            dir.join(name).display()
+        )))
+    })
+}
+
+fn open_file_unguarded(
+    dir: &Path,
+    name: &str,
+    identity: Identity,
+    cache_bytes: usize,
+) -> Result<(Arc<Database>, Arc<Syncs>), StorageError> {
     let path = dir.join(name);
     let fresh = !path.exists();
     // redb's `Builder::create`, with the fsyncs behind the committing thread.
