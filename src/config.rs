@@ -43,6 +43,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// What a member does when a quorum of the others agree on a state that is not its own
+/// (`--state-check-action`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StateCheckAction {
+    /// Stop, mark the data dir, and refuse to start on it again.
+    #[default]
+    Stop,
+    /// Log an error and count it (`latch_state_check_points_total{verdict="diverged"}`), and
+    /// go on serving.
+    Alert,
+}
+
 /// `latch server` flags. Every field is optional here so that the config file can supply it.
 #[derive(Debug, Default, Clone, Args, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -221,6 +234,11 @@ pub struct ServerArgs {
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, with = "humantime_serde_opt")]
     pub state_check_interval: Option<Duration>,
+    /// What a member does when a quorum of the other members agree on a state that is not its
+    /// own: stop (and refuse to start on its data dir again), or only log an error and count
+    /// it [default: stop].
+    #[arg(long, value_enum)]
+    pub state_check_action: Option<StateCheckAction>,
     /// Bytes of the state file's pages kept in memory (redb's cache of the pages it read or
     /// wrote); the rest are read from the file, through the operating system's page cache
     /// [default: 268435456; at least 1048576].
@@ -460,6 +478,8 @@ pub struct Config {
     pub watch_progress_interval: Duration,
     /// How often the leader marks a check point (`--state-check-interval`; zero: never).
     pub state_check_interval: Duration,
+    /// `--state-check-action`.
+    pub state_check_action: StateCheckAction,
     /// Most revisions of the shared window of recent revisions (`--watch-window-revisions`).
     pub watch_window_revisions: usize,
     /// Bytes of redb's cache of the state file (`--state-cache-bytes`).
@@ -492,6 +512,7 @@ impl Config {
             peer_limits: PeerLimits::default(),
             watch_progress_interval: Duration::from_secs(10),
             state_check_interval: STATE_CHECK_INTERVAL,
+            state_check_action: StateCheckAction::Stop,
             watch_window_revisions: 100_000,
             state_cache_bytes: STATE_CACHE_BYTES,
             history_retention: Retention::DEFAULT,
@@ -836,6 +857,7 @@ impl Config {
             peer_limits,
             watch_progress_interval,
             state_check_interval,
+            state_check_action: flags.state_check_action.or(file.state_check_action).unwrap_or_default(),
             watch_window_revisions,
             state_cache_bytes,
             history_retention,

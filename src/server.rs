@@ -128,8 +128,8 @@ pub enum ServerError {
     #[error("{0}")]
     Diverged(#[from] state_check::Diverged),
     #[error(
-        "member {member} does not start: {mark} says its state diverged from the cluster's \
-         (restore its whole data dir from a copy taken before the damage, then remove the file): {why}"
+        "member {member} does not start: {mark} says its state diverged from the other members' \
+         (remove the file to start it as it is): {why}"
     )]
     MarkedDiverged { member: u64, mark: std::path::PathBuf, why: String },
 }
@@ -468,11 +468,11 @@ pub async fn run(
     let client_task = tokio::spawn(client_srv);
 
     let state_check = state_check::watch(
-        id,
+        (id, cluster_id),
         config.initial_cluster.clone(),
         state_hashes,
         config.data_dir.clone(),
-        metrics.clone(),
+        (config.state_check_action, metrics.clone()),
     );
     tokio::pin!(state_check);
     let mut diverged = None;

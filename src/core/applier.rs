@@ -275,7 +275,13 @@ impl Applier {
                 None => {}
             }
         }
-        done.history = batch.history().or(done.history);
+        // The bytes recorded add up across the transactions; the rest is as of the last.
+        done.history = match (done.history, batch.history()) {
+            (Some(before), Some(now)) => {
+                Some(fsm::HistorySize { recorded: before.recorded + now.recorded, ..now })
+            }
+            (before, now) => now.or(before),
+        };
         let position = batch.finish()?;
         let durable = position.index >= self.committed_durable + self.sync_every;
         observer.apply_finished(applied);
@@ -535,7 +541,7 @@ mod check_points {
 
     impl PointHasher for Recording {
         fn hash(&self, index: u64, state: redb::ReadTransaction) {
-            let hash = fsm::state_hash(&state).expect("hashes");
+            let hash = fsm::checked_state_hash(&state).expect("hashes");
             self.0.lock().expect("not poisoned").push((index, hash));
         }
     }
@@ -563,7 +569,8 @@ mod check_points {
         assert_eq!(progress.applied.index, 5);
 
         let (expected_db, mut expected) = applier_on(redb::backends::InMemoryBackend::new());
-        let hash_now = |db: &Database| fsm::state_hash(&db.begin_read().expect("reads")).expect("hashes");
+        let hash_now =
+            |db: &Database| fsm::checked_state_hash(&db.begin_read().expect("reads")).expect("hashes");
         expected.apply(vec![put_at(1, "a"), put_at(2, "b"), entry(3, Vec::new())], &mut ()).expect("applies");
         let at_3 = hash_now(&expected_db);
         expected.apply(vec![put_at(4, "c"), entry(5, Vec::new())], &mut ()).expect("applies");
@@ -571,5 +578,19 @@ mod check_points {
         assert_ne!(at_3, at_5);
         let recorded = recording.0.lock().expect("not poisoned").clone();
         assert_eq!(recorded, [(3, at_3), (5, at_5)], "each point hashed at its own index");
+    }
+
+    /// The compactor adds up the history bytes each progress recorded: a batch a check point
+    /// cuts in two still reports every byte (review-s58 #5).
+    #[test]
+    fn a_check_point_loses_none_of_the_history_bytes_recorded_before_it() {
+        let batch = || vec![put_at(1, "a"), put_at(2, "b"), entry(3, Vec::new()), put_at(4, "c")];
+        let (_, mut plain) = applier_on(redb::backends::InMemoryBackend::new());
+        let whole = plain.apply(batch(), &mut ()).expect("applies").history.expect("a size");
+        let (_, hashing) = applier_on(redb::backends::InMemoryBackend::new());
+        let mut hashing = hashing.hashing_points(Arc::new(Recording::default()));
+        let cut = hashing.apply(batch(), &mut ()).expect("applies").history.expect("a size");
+        assert_eq!(cut.stored, whole.stored, "the same history is stored");
+        assert_eq!(cut.recorded, whole.recorded, "every byte recorded is reported");
     }
 }

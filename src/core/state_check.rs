@@ -5,8 +5,9 @@
 //! Check points are the empty entries of the log: the one every new leader appends, and the
 //! ones a leader proposes every `Config::state_check_interval_ms`. They are the same entries,
 //! at the same indexes, on every member, and apply to nothing; a member that applies one
-//! hashes its whole state as it stands right after it ([`fsm::state_hash`], in a read
-//! transaction of its own, off the apply thread) and keeps the last [`KEPT`] hashes
+//! hashes its whole state as it stands right after it ([`fsm::checked_state_hash`]: every
+//! domain but the request memory, in a read transaction of its own, off the apply thread) and
+//! keeps the last [`KEPT`] hashes
 //! ([`StateHashes`]). Its peers read them from its status; [`judge`] says what they show.
 //!
 //! Invariants:
@@ -95,7 +96,7 @@ pub fn judge(index: u64, mine: u64, peers: &[(u64, u64)], voters: usize) -> Verd
         members.sort_unstable();
         return Verdict::Diverged { index, mine, theirs: *theirs, members };
     }
-    if peers.len() + 1 >= voters {
+    if !peers.is_empty() && peers.len() + 1 >= voters {
         let mut hashes = peers.to_vec();
         hashes.sort_unstable();
         return Verdict::Split { index, hashes };

@@ -33,7 +33,7 @@ impl PointHasher for ThreadHasher {
         }
         let (hashes, busy) = (self.hashes.clone(), self.busy.clone());
         let spawned = std::thread::Builder::new().name("latch-state-hash".into()).spawn(move || {
-            match crate::fsm::state_hash(&state) {
+            match crate::fsm::checked_state_hash(&state) {
                 Ok(hash) => hashes.record(index, hash),
                 Err(e) => tracing::warn!(index, error = %e, "cannot hash the state at a check point"),
             }

@@ -3,11 +3,17 @@
 //!
 //! Every [`CHECK_EVERY`] that it holds hashes not judged yet, the member asks each peer for its
 //! status, which lists the peer's own hashes, and judges each of its points
-//! (`state_check::judge`). A diverged member writes [`MARK`] into its data dir (durably) and
-//! stops; `storage::open` refuses to start on a data dir that holds it. Raft's log is whole on
-//! such a member — what it applied it applied wrongly, or its state file changed under it — but
-//! no entry of the log can repair its state, and nothing else it has can tell which rows are
-//! wrong: it must not serve, and its data dir must be replaced.
+//! (`state_check::judge`). With `--state-check-action stop` (the default) a diverged member
+//! writes [`MARK`] into its data dir (durably: a temporary file renamed) and stops, and
+//! `server::run` refuses to start on a data dir that holds it; with `alert` it logs an error at
+//! every such point and goes on. Its raft log is whole — its state file changed under it, or
+//! it applied something differently — but no entry of the log can repair its state.
+//!
+//! What a quorum's agreement cannot tell: a damaged leader's snapshot, installed by a member
+//! that fell behind before the next check point, puts the same damage on two members of three,
+//! and the sound third is the one judged (review-s58 #1). A check point comes every
+//! `--state-check-interval`, so the window is that long; `alert` leaves the judgement to a
+//! person.
 //!
 //! A member never judges a peer: each judges itself, so the check needs no leader and no
 //! replicated command, and a member that cannot reach a quorum of the others judges nothing.
@@ -18,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::Peer;
+use crate::config::{Peer, StateCheckAction};
 use crate::core::state_check::{judge, StateHashes, Verdict, STATE_HASH_VERSION};
 use crate::metrics::Metrics;
 use crate::transport::member_status;
@@ -38,11 +44,14 @@ pub const MARK: &str = "STATE_DIVERGED";
 /// What the member was found to be.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
-    "member {member}'s state differs from the cluster's: right after log index {index} it hashes \
-     to {mine:016x}, where member(s) {members:?} hash to {theirs:016x}. Its raft log is whole, but \
-     its state file changed under it or was applied wrongly, and nothing in the log can repair \
-     it: the member stops and will not start on this data dir ({mark} says so). Restore its \
-     whole data dir from a copy taken before the damage, then remove {mark}"
+    "member {member}'s state differs from the one member(s) {members:?} share: right after log \
+     index {index} it hashes to {mine:016x}, theirs to {theirs:016x} (its state file changed \
+     under it, or it applied something differently; no entry of the raft log can repair it){}",
+    marked.as_deref().map(|m| format!(". {m}. There is no repairing a member in place yet (no \
+     member replace; a data dir restored from an older copy has forgotten entries it acknowledged \
+     and is refused): keep it stopped and run the cluster on the others; should they be the \
+     damaged ones (a member that installed a snapshot of a damaged leader shares its damage), \
+     remove the mark to start it as it is")).unwrap_or_default()
 )]
 pub struct Diverged {
     pub member: u64,
@@ -50,18 +59,19 @@ pub struct Diverged {
     pub mine: u64,
     pub theirs: u64,
     pub members: Vec<u64>,
-    pub mark: PathBuf,
+    /// What became of it with `--state-check-action stop`: whether the mark was written.
+    pub marked: Option<String>,
 }
 
 /// Judges this member's check points against its peers' until a quorum of them says its state
 /// diverged; then marks its data dir and returns why. Runs for as long as the member does
 /// otherwise.
 pub async fn watch(
-    me: u64,
+    (me, cluster_id): (u64, u64),
     peers: Vec<Peer>,
     hashes: Arc<StateHashes>,
     data_dir: PathBuf,
-    metrics: Arc<Metrics>,
+    (action, metrics): (StateCheckAction, Arc<Metrics>),
 ) -> Diverged {
     let metrics = &metrics.state_check;
     let voters = peers.len();
@@ -75,15 +85,17 @@ pub async fn watch(
         if mine.is_empty() || others.is_empty() {
             continue;
         }
-        let answers = futures::future::join_all(
-            others.iter().map(|p| async move { (p.id, member_status(&p.peer_addr, ASK_TIMEOUT).await) }),
-        )
+        let answers = futures::future::join_all(others.iter().map(|p| async move {
+            // An answer from another member (a stale address) or cluster is no vote.
+            let status = member_status(&p.peer_addr, ASK_TIMEOUT).await;
+            (p.id, status.ok().filter(|s| s.id == p.id && s.cluster_id == cluster_id))
+        }))
         .await;
         for point in mine {
             let theirs: Vec<(u64, u64)> = answers
                 .iter()
                 .filter_map(|(id, answer)| {
-                    let s = answer.as_ref().ok().filter(|s| s.state_hash_version == STATE_HASH_VERSION)?;
+                    let s = answer.as_ref().filter(|s| s.state_hash_version == STATE_HASH_VERSION)?;
                     let at = s.state_hashes.iter().find(|h| h.index == point.index)?;
                     Some((*id, at.hash))
                 })
@@ -97,11 +109,22 @@ pub async fn watch(
                 }
                 Verdict::Diverged { index, mine, theirs, members } => {
                     metrics.judged("diverged");
-                    let mark = data_dir.join(MARK);
-                    let diverged = Diverged { member: me, index, mine, theirs, members, mark };
-                    if let Err(e) = write_mark(&data_dir, &diverged.to_string()) {
-                        tracing::error!(member = me, error = %e, "cannot write {MARK} into the data dir");
+                    judged = judged.max(index);
+                    let mut diverged = Diverged { member: me, index, mine, theirs, members, marked: None };
+                    if action == StateCheckAction::Alert {
+                        tracing::error!(member = me, "{diverged} (--state-check-action alert: it goes on)");
+                        continue;
                     }
+                    let mark = data_dir.join(MARK);
+                    diverged.marked = Some(match write_mark(&data_dir, &diverged.to_string()) {
+                        Ok(()) => {
+                            format!("it stops, and does not start again while {} is there", mark.display())
+                        }
+                        Err(e) => format!(
+                            "it stops; it could not write {} ({e}), so nothing keeps it from starting again",
+                            mark.display()
+                        ),
+                    });
                     return diverged;
                 }
                 Verdict::Split { index, hashes } => {
@@ -134,13 +157,15 @@ pub async fn watch(
     }
 }
 
-/// Writes the mark (`why`) into `data_dir` durably: the file, then the directory entry.
+/// Writes the mark (`why`) into `data_dir` durably and whole: a temporary file, synced, then
+/// renamed, then the directory synced.
 fn write_mark(data_dir: &Path, why: &str) -> std::io::Result<()> {
-    let path = data_dir.join(MARK);
-    let mut file = std::fs::File::create(&path)?;
+    let temporary = data_dir.join(format!("{MARK}.tmp"));
+    let mut file = std::fs::File::create(&temporary)?;
     file.write_all(why.as_bytes())?;
     file.write_all(b"\n")?;
     file.sync_all()?;
+    std::fs::rename(&temporary, data_dir.join(MARK))?;
     std::fs::File::open(data_dir)?.sync_all()
 }
 

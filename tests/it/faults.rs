@@ -646,7 +646,7 @@ async fn a_member_whose_state_file_changed_stops_at_the_next_check_point_and_sta
         txn.commit().unwrap();
     }
 
-    c.restart(victim).await;
+    c.start_again(victim);
     let status = c.exit_of(victim, Duration::from_secs(30)).await;
     let log = c.log_tail(victim, 30);
     let status =
@@ -654,8 +654,8 @@ async fn a_member_whose_state_file_changed_stops_at_the_next_check_point_and_sta
     assert!(!status.success(), "it stops with a failure, got {status}");
     let others: Vec<u64> = c.ids().into_iter().filter(|id| *id != victim).collect();
     assert!(
-        log.contains(&format!("member {victim}'s state differs from the cluster's"))
-            && log.contains(&format!("member(s) {others:?}")),
+        log.contains(&format!("member {victim}'s state differs from the one member(s) {others:?} share"))
+            && log.contains("it stops, and does not start again while"),
         "it says its state differs from members {others:?}'; its log:\n{log}"
     );
     let mark = c.member(victim).data_dir.join(latch::server::state_check::MARK);
@@ -679,4 +679,18 @@ async fn a_member_whose_state_file_changed_stops_at_the_next_check_point_and_sta
         assert_eq!(kv.kvs.first().map(|kv| kv.value.clone()), Some(b"balance=100".to_vec()));
     }
     client.put("ledger", "balance=90").await.unwrap();
+
+    // The mark removed, it starts as it is; with --state-check-action alert it only says so.
+    std::fs::remove_file(&mark).unwrap();
+    c.restart_with(victim, &["--state-check-action", "alert"]).await;
+    eventually("the member counts a diverged check point", Duration::from_secs(30), || async {
+        let metrics = c.metrics_of(victim).await?;
+        match sample(&metrics, "latch_state_check_points_total{verdict=\"diverged\"}") {
+            Some(n) if n >= 1.0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(c.exit_of(victim, Duration::ZERO).await.is_none(), "it goes on running");
+    assert!(!mark.exists(), "and marks nothing");
 }

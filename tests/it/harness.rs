@@ -313,6 +313,12 @@ impl Cluster {
         }
     }
 
+    /// Starts member `id` again on its data dir without waiting for it (it may stop by itself
+    /// soon: see [`Cluster::exit_of`]).
+    pub fn start_again(&mut self, id: u64) {
+        self.spawn(id);
+    }
+
     /// Starts member `id` again on its data dir and waits until it serves.
     pub async fn restart(&mut self, id: u64) {
         self.restart_with(id, &[]).await;

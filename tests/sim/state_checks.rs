@@ -25,7 +25,8 @@ struct Inline {
 
 impl PointHasher for Inline {
     fn hash(&self, index: u64, state: redb::ReadTransaction) {
-        let hash = latch::fsm::state_hash(&state).unwrap_or_else(|e| panic!("cannot hash the state: {e}"));
+        let hash =
+            latch::fsm::checked_state_hash(&state).unwrap_or_else(|e| panic!("cannot hash the state: {e}"));
         if let Ok(mut r) = self.recorded.lock() {
             r.push((self.member, index, hash));
         }
