@@ -49,6 +49,7 @@ use crate::transport::{
 };
 
 pub mod admission;
+pub mod marks;
 mod sockets;
 pub mod state_check;
 
@@ -127,11 +128,9 @@ pub enum ServerError {
     OtherVersion(#[from] admission::OtherVersion),
     #[error("{0}")]
     Diverged(#[from] state_check::Diverged),
-    #[error(
-        "member {member} does not start: {mark} says its state diverged from the other members' \
-         (remove the file to start it as it is): {why}"
-    )]
-    MarkedDiverged { member: u64, mark: std::path::PathBuf, why: String },
+    /// A mark (`server::marks`) in the data dir.
+    #[error("member {member} does not start while {mark} is there; it says: {why}")]
+    Marked { member: u64, mark: std::path::PathBuf, why: String },
 }
 
 /// The member's bound sockets.
@@ -174,9 +173,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let cluster_id = config.cluster_id();
-    if let Some(why) = state_check::marked(&config.data_dir) {
-        let mark = config.data_dir.join(state_check::MARK);
-        return Err(ServerError::MarkedDiverged { member: config.id, mark, why });
+    for name in marks::ALL {
+        if let Some(why) = marks::read(&config.data_dir, name) {
+            return Err(ServerError::Marked { member: config.id, mark: config.data_dir.join(name), why });
+        }
     }
     let identity = storage::Identity { cluster_id, member_id: config.id };
     let stores = storage::open(&config.data_dir, identity, config.state_cache_bytes)?;
@@ -509,6 +509,13 @@ pub async fn run(
     checks_task.abort();
     let result =
         tokio::task::spawn_blocking(move || node.stop()).await.unwrap_or(Ok(())).map_err(ServerError::from);
+    // A member that forgot entries it acknowledged must not take part again, not even until its
+    // leader's next heartbeat: it could vote from its older log.
+    if let Err(ServerError::Core(forgot @ CoreError::ForgotEntries { .. })) = &result {
+        if let Err(e) = marks::write(&config.data_dir, marks::FORGOT_ENTRIES, &forgot.to_string()) {
+            tracing::error!(member = id, error = %e, "cannot write {} into the data dir", marks::FORGOT_ENTRIES);
+        }
+    }
     let _ = dns_task.await;
     for t in [client_task, peer_task] {
         if let Ok(Err(e)) = t.await {

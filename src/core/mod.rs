@@ -218,8 +218,8 @@ pub enum RequestError {
         match write {
             None => "",
             Some(Retry::SameId) => "; the write stays proposed and may still take effect: a retry under \
-                the same request id applies it at most once (while the cluster remembers the id: its \
-                newest 32 MiB of request ids)",
+                the same request id applies it at most once (while the cluster still remembers the \
+                id, among the newest ids and answers its request memory holds)",
             Some(Retry::NoId) => "; the write stays proposed and may still take effect: it carried no \
                 request id, so a retry may apply it twice",
         }

@@ -19,8 +19,7 @@
 //! replicated command, and a member that cannot reach a quorum of the others judges nothing.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,9 +36,8 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// down, or went past it by a snapshot); the next one is judged instead.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(600);
 
-/// The file whose presence in a data dir says its state diverged from the cluster's; it holds
-/// why.
-pub const MARK: &str = "STATE_DIVERGED";
+/// The mark (`server::marks`) a diverged member leaves in its data dir.
+pub const MARK: &str = super::marks::DIVERGED;
 
 /// What the member was found to be.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -51,7 +49,7 @@ pub const MARK: &str = "STATE_DIVERGED";
      member replace; a data dir restored from an older copy has forgotten entries it acknowledged \
      and is refused): keep it stopped and run the cluster on the others; should they be the \
      damaged ones (a member that installed a snapshot of a damaged leader shares its damage), \
-     remove the mark to start it as it is")).unwrap_or_default()
+     remove the mark and start it with --state-check-action alert to run it as it is")).unwrap_or_default()
 )]
 pub struct Diverged {
     pub member: u64,
@@ -100,6 +98,17 @@ pub async fn watch(
                     Some((*id, at.hash))
                 })
                 .collect();
+            // Agreed with one peer, this member is judged sound; another peer that differs is
+            // judged by itself, and is named here too.
+            let differ: Vec<u64> = theirs.iter().filter(|(_, h)| *h != point.hash).map(|(m, _)| *m).collect();
+            if !differ.is_empty() {
+                tracing::warn!(
+                    member = me,
+                    index = point.index,
+                    ?differ,
+                    "peers' states differ from this member's at a check point"
+                );
+            }
             match judge(point.index, point.hash, &theirs, voters) {
                 Verdict::Agreed => {
                     tracing::debug!(member = me, index = point.index, "state check point agreed");
@@ -116,15 +125,19 @@ pub async fn watch(
                         continue;
                     }
                     let mark = data_dir.join(MARK);
-                    diverged.marked = Some(match write_mark(&data_dir, &diverged.to_string()) {
-                        Ok(()) => {
-                            format!("it stops, and does not start again while {} is there", mark.display())
-                        }
-                        Err(e) => format!(
+                    diverged.marked =
+                        Some(match super::marks::write(&data_dir, MARK, &diverged.to_string()) {
+                            Ok(()) => {
+                                format!(
+                                    "it stops, and does not start again while {} is there",
+                                    mark.display()
+                                )
+                            }
+                            Err(e) => format!(
                             "it stops; it could not write {} ({e}), so nothing keeps it from starting again",
                             mark.display()
                         ),
-                    });
+                        });
                     return diverged;
                 }
                 Verdict::Split { index, hashes } => {
@@ -154,27 +167,5 @@ pub async fn watch(
             }
         }
         waiting.retain(|&index, _| index > judged);
-    }
-}
-
-/// Writes the mark (`why`) into `data_dir` durably and whole: a temporary file, synced, then
-/// renamed, then the directory synced.
-fn write_mark(data_dir: &Path, why: &str) -> std::io::Result<()> {
-    let temporary = data_dir.join(format!("{MARK}.tmp"));
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(why.as_bytes())?;
-    file.write_all(b"\n")?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, data_dir.join(MARK))?;
-    std::fs::File::open(data_dir)?.sync_all()
-}
-
-/// The reason a data dir is marked diverged, if it is.
-pub fn marked(data_dir: &Path) -> Option<String> {
-    let path = data_dir.join(MARK);
-    match std::fs::read_to_string(&path) {
-        Ok(why) => Some(why.trim_end().to_string()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => Some(format!("{} is there but cannot be read ({e})", path.display())),
     }
 }

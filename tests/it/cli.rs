@@ -1443,8 +1443,7 @@ async fn cli_without_a_quorum_the_live_member_says_why_before_the_timeout() {
     );
     assert!(
         err.contains("may still take effect")
-            && err
-                .contains("the same request id applies it at most once (while the cluster remembers the id"),
+            && err.contains("the same request id applies it at most once (while the cluster still remembers"),
         "and that the write may still take effect, and how to retry it: {err}"
     );
     assert!(!err.contains("no answer within"), "the live member answered in time: {err}");

@@ -698,8 +698,6 @@ class Client:
                     never_sent = "failed to connect" in error.message.lower()
                     if never_sent and last_answer is not None:
                         lead, also = last_answer, f"; last tried {error.endpoint}: {error.message}"
-                    if unsettled and "may still take effect" not in lead.message:
-                        also += "; the write may still take effect: read before sending it again"
                     gave_up = LatchError(lead.code, f"{what}: {lead.message} (retried for {budget:.1f} s{also})",
                                          lead.endpoint, lead.compact_revision)
                     gave_up.unsettled = unsettled
