@@ -74,7 +74,7 @@ use raft::{GetEntriesContext, RaftState, StorageError as RaftStorageError};
 
 use super::files::{Dir, File};
 use super::schema::FORMAT_VERSION;
-use super::StorageError;
+use super::{StorageError, RESTORE};
 
 /// A segment is preallocated to this many bytes, and closed, a new one started, once full.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -399,7 +399,7 @@ fn closing_torn(end: SegmentEnd, last_segment: bool, allocated: u64, bytes: &[u8
 
 /// What a member whose log was damaged after it was written is told.
 const DAMAGED: &str = "the member does not start on a damaged log (it could have forgotten \
-     entries it acknowledged): restore its whole data dir from a copy";
+     entries it acknowledged)";
 
 fn io(what: &str, e: impl std::fmt::Display) -> StorageError {
     StorageError::Log(format!("{what}: {e}"))
@@ -472,7 +472,7 @@ impl LogStore {
             closed_before_last = prev_continued == Some(*seq);
             if i + 1 == n && data_end == 0 && closed_before_last {
                 return Err(corrupt(format!(
-                    "{}: holds no header, though the segment before says the log continues in it; {DAMAGED}",
+                    "{}: holds no header, though the segment before says the log continues in it; {DAMAGED}: {RESTORE}",
                     store.dir.describe(&segment_name(*seq))
                 )));
             }
@@ -484,7 +484,7 @@ impl LogStore {
                     return Err(corrupt(format!(
                         "{}: {} is missing: {} ends saying the log continues in it (lost or \
                          deleted after it was written, not by a crash: a segment is closed only once \
-                         the next one is durable); {DAMAGED}",
+                         the next one is durable); {DAMAGED}: {RESTORE}",
                         store.dir.describe(""),
                         segment_name(next),
                         segment_name(*seq),
@@ -583,7 +583,7 @@ impl LogStore {
         if (bytes.len() as u64) < allocated {
             return Err(corrupt(format!(
                 "{path}: {} bytes long, though it was preallocated to {allocated} before its first \
-                 record was written: cut short after it was written, not by a crash; {DAMAGED}",
+                 record was written: cut short after it was written, not by a crash; {DAMAGED}: {RESTORE}",
                 bytes.len()
             )));
         }
@@ -602,7 +602,9 @@ impl LogStore {
             SegmentEnd::Clean(o) | SegmentEnd::Torn(o, _) | SegmentEnd::Corrupt(o, _) => o,
         };
         match bad {
-            Some((offset, why)) => Err(corrupt(format!("{path}: at offset {offset}, {why}; {DAMAGED}"))),
+            Some((offset, why)) => {
+                Err(corrupt(format!("{path}: at offset {offset}, {why}; {DAMAGED}: {RESTORE}")))
+            }
             None => Ok((floor, continued_in, data_end)),
         }
     }
@@ -840,9 +842,9 @@ impl LogStore {
         if self.fresh && index > 0 {
             return Err(StorageError::Corrupt(format!(
                 "the raft log ({}) is missing or empty, but the state machine is at index {index}: \
-                 the log was lost: restore this member's whole data dir from a copy (a member does not \
-                 rejoin under its id with an empty log: it would have forgotten its vote and the entries \
-                 it acknowledged, and a write the cluster acknowledged could be lost)",
+                 the log was lost (a member does not rejoin under its id with an empty log: it would \
+                 have forgotten its vote and the entries it acknowledged, and a write the cluster \
+                 acknowledged could be lost): {RESTORE}",
                 self.dir.describe("")
             )));
         }

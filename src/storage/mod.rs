@@ -54,6 +54,13 @@ fn open_failure(source: &redb::DatabaseError) -> &'static str {
     }
 }
 
+/// What a member refused for damage to its data dir is told to do: a copy taken since it last
+/// ran holds everything it acknowledged; an older one does not, and is refused once its leader
+/// sees that (`core::CoreError::ForgotEntries`); there is no member replace yet.
+pub const RESTORE: &str = "restore its whole data dir from a copy taken since it last ran (an \
+     older copy has forgotten entries it acknowledged, and is refused), or run the cluster \
+     without it";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("cannot create data dir {path}: {source}")]
@@ -120,8 +127,7 @@ fn open_file(
     }));
     opened.unwrap_or_else(|_| {
         Err(StorageError::Corrupt(format!(
-            "{}: redb failed on it (a panic, printed above): the file is damaged; restore this \
-             member's whole data dir from a copy",
+            "{}: redb failed on it (a panic, printed above): the file is damaged; {RESTORE}",
             dir.join(name).display()
         )))
     })
@@ -204,7 +210,7 @@ fn upgrade_format(path: &Path, identity: Identity, cache_bytes: usize) -> Result
     });
     upgraded.unwrap_or_else(|_| {
         Err(failed(
-            "redb 2 failed on it (a crash may have torn it; restore this member's data dir from a copy)",
+            &format!("redb 2 failed on it (a crash may have torn it; {RESTORE})"),
             &"a panic, printed above",
         ))
     })?;
