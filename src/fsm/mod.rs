@@ -36,6 +36,8 @@ pub mod locks;
 pub mod members;
 pub mod registry;
 mod requests;
+#[cfg(test)]
+mod same_state;
 pub mod sessions;
 pub mod snapshot;
 
@@ -80,9 +82,16 @@ use apply::Apply;
 /// with the same check is critical since that registration (`registry::register`). Version 7:
 /// `MemberStarted` (`members`), which an older build would reject as a command without a body.
 /// Version 8: a proclaim may carry `max_row_bytes` (an older build would apply it without the
-/// bound). A version older than [`OLDEST_COMMAND_VERSION`] is rejected (every build since
-/// version 2 rejects it alike); a newer one stops the member ([`FsmError::NewerVersion`]).
-pub const COMMAND_VERSION: u32 = 8;
+/// bound). Version 9: what a remembered request counts against the memory's bound leaves its
+/// refusal's text out (`requests`' module doc). A version older than [`OLDEST_COMMAND_VERSION`]
+/// is rejected (every build since version 2 rejects it alike); a newer one stops the member
+/// ([`FsmError::NewerVersion`]).
+///
+/// What a command writes to the state, texts included, is fixed by its version: every member
+/// must reach the same state from the same log whatever build applies it, and the members
+/// compare their states (`core::state_check`). So a change to it is made under a new version,
+/// and `fsm::same_state` pins the state a fixed sequence of commands leaves.
+pub const COMMAND_VERSION: u32 = 9;
 /// The oldest `Command.version` this build applies.
 pub const OLDEST_COMMAND_VERSION: u32 = 2;
 /// The first version whose acquires and session creates check request ids (see above).
@@ -95,6 +104,8 @@ const HEALTH_ONLY_FROM: u32 = 4;
 const OWN_KEYS_LEFT_OUT_FROM: u32 = 6;
 /// The first version whose registrations start a critical instance's deregister period anew.
 const FRESH_PERIOD_FROM: u32 = 6;
+/// The first version whose remembered requests count their refusal's text out (see above).
+const REFUSAL_TEXT_UNCOUNTED_FROM: u32 = 9;
 
 /// Every domain, in the order their tables appear in a snapshot.
 const DOMAINS: [&dyn Domain; 7] = [
@@ -556,6 +567,7 @@ fn apply_command<'t>(
                 )
             ),
         own_keys: (cmd.version >= OWN_KEYS_LEFT_OUT_FROM).then(|| requests::OwnKeys::of(cmd.body.as_ref())),
+        refusal_text_uncounted: cmd.version >= REFUSAL_TEXT_UNCOUNTED_FROM,
     });
     let result = if !(OLDEST_COMMAND_VERSION..=COMMAND_VERSION).contains(&cmd.version) {
         outcome::Result::Rejected(format!(
@@ -1159,7 +1171,8 @@ mod tests {
         assert_eq!(of(6), of(2), "only the version differs: the same request");
         assert_eq!(of(7), of(2), "only the version differs: the same request");
         assert_eq!(of(8), of(2), "only the version differs: the same request");
-        assert_ne!(of(9), of(2), "a version this build does not know is another request");
+        assert_eq!(of(9), of(2), "only the version differs: the same request");
+        assert_ne!(of(COMMAND_VERSION + 1), of(2), "a version this build does not know is another request");
         let v2 = Command { version: 2, request_id: "r".into(), body: Some(put("k", "v")) }.encode_to_vec();
         assert_eq!(of(2), command_hash(&v2), "a version-2 command hashes as older builds hashed it");
     }
@@ -1379,7 +1392,7 @@ mod tests {
                 let mut ids = Vec::new();
                 for row in requests.iter()? {
                     let (k, v) = row?;
-                    sum += requests::row_bytes(k.value().len(), v.value().len());
+                    sum += requests::counted_bytes(k.value(), v.value())?;
                     ids.push(String::from_utf8_lossy(k.value()).into_owned());
                 }
                 let stored = meta
@@ -1399,6 +1412,59 @@ mod tests {
         let still = s.apply("req-0059", put("a", "59"));
         assert!(matches!(still.result, Some(outcome::Result::Put(_))), "a remembered id is answered");
         assert_eq!(s.applied().revision, before + 1, "… and not applied again");
+    }
+
+    /// From command version 9 a refusal's text counts nothing against the memory's bound (two
+    /// builds that word it differently forget the same ids); a row of an older version counts its
+    /// whole length, as the build that wrote it counted, and both leave the total their sum.
+    #[test]
+    fn a_refusals_text_counts_against_the_request_memory_only_in_rows_before_version_9() {
+        let mut s = Store::new();
+        let refused =
+            |version| Command { version, request_id: format!("v{version}"), body: Some(put("", "x")) };
+        s.apply_data(&refused(8).encode_to_vec());
+        s.apply_data(&refused(COMMAND_VERSION).encode_to_vec());
+        let rows = s
+            .read(|t| {
+                let requests = open_read(t, crate::storage::schema::REQUESTS)?.expect("requests exists");
+                let meta = open_read(t, crate::storage::schema::REQUESTS_META)?.expect("meta exists");
+                let mut rows = Vec::new();
+                for row in requests.iter()? {
+                    let (k, v) = row?;
+                    let text = match latch_proto::internal::Remembered::decode(v.value())
+                        .expect("a row decodes")
+                        .outcome
+                    {
+                        Some(Outcome { result: Some(outcome::Result::Rejected(text)), .. }) => text.len(),
+                        other => panic!("a remembered refusal, not {other:?}"),
+                    };
+                    rows.push((
+                        requests::counted_bytes(k.value(), v.value())?,
+                        (2 + 2 + 8 + v.value().len()) as u64,
+                        text,
+                    ));
+                }
+                let total = meta
+                    .get(crate::storage::schema::REQUESTS_META_BYTES.as_bytes())?
+                    .map(|v| v.value().to_vec());
+                let sum: u64 = rows.iter().map(|r| r.0).sum();
+                assert_eq!(
+                    total,
+                    Some(sum.to_be_bytes().to_vec()),
+                    "requests_meta/bytes is the sum of what the rows count"
+                );
+                Ok(rows)
+            })
+            .expect("the request tables read");
+        let [(old_counted, old_stored, _), (new_counted, new_stored, text)] = rows[..] else {
+            panic!("two remembered refusals, not {rows:?}")
+        };
+        assert!(text > 0, "the refusal's text is kept");
+        assert_eq!(old_counted, old_stored, "a version-8 row counts its whole length, text included");
+        assert!(
+            new_counted + text as u64 <= new_stored,
+            "a version-{COMMAND_VERSION} row counts {new_counted} of its {new_stored} bytes: its {text}-byte text is left out"
+        );
     }
 
     #[test]

@@ -21,8 +21,13 @@
 //!   ([`REQUEST_MEMORY_BYTES`], the same on every member), the oldest (by applying index) are forgotten, each at most once,
 //!   in the apply that crossed the bound. The window this gives in time is documented in
 //!   docs/architecture.md. A retry after its id was forgotten is applied again.
+//! - What a row counts against the bound depends on the command and the state only, never on
+//!   how a build words a refusal: from command version 9 a row records what it counts
+//!   ([`counted_bytes`]), its refusal's text left out, so that two builds of one command version
+//!   that word an error differently forget the same ids (a retry of an id one member forgot and
+//!   another remembers would be applied on one and not the other).
 //! - `requests_by_index` names exactly the rows of `requests`, each under the index its row
-//!   records; `requests_meta/bytes` is the sum of [`row_bytes`] over them.
+//!   records; `requests_meta/bytes` is the sum of [`counted_bytes`] over them.
 
 use latch_proto::internal::command::Body;
 use latch_proto::internal::{
@@ -129,6 +134,8 @@ pub(crate) struct LeftOut {
     pub(crate) all_but_health: bool,
     /// These keys of puts.
     pub(crate) own_keys: Option<OwnKeys>,
+    /// A refusal's text, from what the row counts against the bound (it is still kept).
+    pub(crate) refusal_text_uncounted: bool,
 }
 
 /// Which results of a command's outcome answer a put of a key the command names itself (not
@@ -257,10 +264,14 @@ impl<'t> Memory<'t> {
         if let Some(own) = &left_out.own_keys {
             own.forget(&mut outcome);
         }
-        let row = Remembered { index, command_hash, outcome: Some(outcome), stripped }.encode_to_vec();
-        self.requests.insert(id.as_bytes(), row.as_slice())?;
+        let mut row = Remembered { index, command_hash, outcome: Some(outcome), stripped, counted_bytes: 0 };
+        if left_out.refusal_text_uncounted {
+            row.counted_bytes = row_bytes(id.len(), without_refusal_text(&row).encoded_len());
+        }
+        let counted = counted(id.len(), &row, row.encoded_len());
+        self.requests.insert(id.as_bytes(), row.encode_to_vec().as_slice())?;
         self.by_index.insert(index.to_be_bytes().as_slice(), id.as_bytes())?;
-        self.total += row_bytes(id.len(), row.len());
+        self.total += counted;
         self.changed = true;
         while self.total > bound {
             let (at, oldest) = match self.by_index.first()? {
@@ -274,7 +285,7 @@ impl<'t> Memory<'t> {
                     show(&oldest)
                 )));
             };
-            self.total = self.total.saturating_sub(row_bytes(oldest.len(), gone.value().len()));
+            self.total = self.total.saturating_sub(counted_bytes(&oldest, gone.value())?);
         }
         Ok(())
     }
@@ -288,10 +299,33 @@ impl<'t> Memory<'t> {
     }
 }
 
-/// What one remembered request counts against the bound: its id twice (row key and index
-/// value), its row, and its 8-byte index key.
-pub(crate) fn row_bytes(id_len: usize, row_len: usize) -> u64 {
+/// What the remembered request `id`, stored as `row`, counts against the bound.
+pub(crate) fn counted_bytes(id: &[u8], row: &[u8]) -> Result<u64, FsmError> {
+    Ok(counted(id.len(), &decode(id, row)?, row.len()))
+}
+
+/// What a row of `row_len` encoded bytes counts: what it records, or (rows of command versions
+/// before 9) [`row_bytes`] of its encoded length.
+fn counted(id_len: usize, row: &Remembered, row_len: usize) -> u64 {
+    match row.counted_bytes {
+        0 => row_bytes(id_len, row_len),
+        recorded => recorded,
+    }
+}
+
+/// What a request of an `id_len`-byte id and a `row_len`-byte row takes: its id twice (row key
+/// and index value), its row, and its 8-byte index key.
+fn row_bytes(id_len: usize, row_len: usize) -> u64 {
     (2 * id_len + row_len + 8) as u64
+}
+
+/// `row` with its refusal's text emptied: what a row counts from command version 9.
+fn without_refusal_text(row: &Remembered) -> Remembered {
+    let mut row = row.clone();
+    if let Some(Outcome { result: Some(outcome::Result::Rejected(text)), .. }) = row.outcome.as_mut() {
+        text.clear();
+    }
+    row
 }
 
 /// `o` without its data (previous values, range results), marked `data_omitted` if it had any
