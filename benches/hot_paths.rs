@@ -1,7 +1,8 @@
 //! Criterion benchmarks of the hot paths a regression would hide in: applying a batch of puts
 //! to the state machine, a Range over 100,000 keys (on an in-memory redb backend: Latch's and
 //! redb's CPU, not the disk), appending to the raft log (a real file in a temp dir, fdatasync
-//! included).
+//! included), and a check point's hash of a state of 1,000,000 keys (a real state file, redb's
+//! cache at its default size).
 //!
 //! `cargo bench --bench hot_paths`
 
@@ -134,5 +135,54 @@ fn append_to_raft_log(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, apply_batch_of_puts, range_over_100k_keys, append_to_raft_log);
+/// What every member spends at each check point (`core::state_check`) on a state of a million
+/// 100-byte values: their history rows too, and the request memory at its bound (not hashed).
+fn hash_the_state_of_a_million_keys(c: &mut Criterion) {
+    const KEYS: u64 = 1_000_000;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.path().join("state.redb"))
+        .expect("the state file opens");
+    let (db, _) = storage::open_with_backend(
+        redb::backends::FileBackend::new(file).expect("a file backend"),
+        storage::Identity { cluster_id: 1, member_id: 1 },
+        latch::config::STATE_CACHE_BYTES,
+    )
+    .expect("the state opens");
+    for first in (0..KEYS).step_by(10_000) {
+        let txn = db.begin_write().expect("write txn");
+        for i in first..first + 10_000 {
+            let cmd = Command {
+                version: fsm::COMMAND_VERSION,
+                request_id: format!("req-{i:016}"),
+                body: Some(Body::Put(Put {
+                    key: format!("bench/{i:010}").into_bytes(),
+                    value: vec![b'v'; 100],
+                    ..Default::default()
+                })),
+            };
+            fsm::apply_entry(&txn, i + 1, 1, &cmd.encode_to_vec(), &fsm::Bounds::default()).expect("apply");
+        }
+        txn.commit().expect("commit");
+    }
+    let mut g = c.benchmark_group("state check");
+    g.throughput(Throughput::Elements(KEYS));
+    g.sample_size(10);
+    g.bench_function("hash a state of 1,000,000 keys", |b| {
+        b.iter(|| fsm::checked_state_hash(&db.begin_read().expect("read txn")).expect("hash"))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    apply_batch_of_puts,
+    range_over_100k_keys,
+    append_to_raft_log,
+    hash_the_state_of_a_million_keys
+);
 criterion_main!(benches);

@@ -210,6 +210,7 @@ pub async fn run(
     let (core, applier) = Core::new(core_config, identity, stores, Arc::new(inbox), &logger)?;
     // A member alone has nobody to compare its state with.
     let state_hashes = Arc::new(StateHashes::default());
+    state_hashes.installed(core.installed_at()?);
     let applier = match voters.len() > 1 {
         true => applier.hashing_points(Arc::new(ThreadHasher::new(state_hashes.clone()))),
         false => applier,

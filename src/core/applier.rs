@@ -44,6 +44,10 @@ struct Applying {
 pub trait PointHasher: Send + Sync {
     /// `state` is the state right after the check point at `index` applied.
     fn hash(&self, index: u64, state: redb::ReadTransaction);
+
+    /// The state was replaced by a snapshot at `index`: what its peers count of its hashes
+    /// changes (`state_check::copied`).
+    fn installed(&self, _index: u64) {}
 }
 
 /// Entries applied between two durable commits, unless the driver syncs earlier.
@@ -335,6 +339,9 @@ impl Applier {
         self.applied = applied;
         self.behind = None;
         self.durable_index = applied.index;
+        if let Some(hasher) = &self.hasher {
+            hasher.installed(applied.index);
+        }
         Ok(applied)
     }
 }

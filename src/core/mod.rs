@@ -656,6 +656,12 @@ impl Core {
         &self.state_db
     }
 
+    /// The index of the snapshot the state was last installed from; 0 for none
+    /// ([`fsm::installed_at`]).
+    pub fn installed_at(&self) -> Result<u64, CoreError> {
+        Ok(fsm::installed_at(&self.state_db.begin_read().map_err(redb_err)?)?)
+    }
+
     /// This member's snapshots: the carrier of raft messages streams outgoing ones from here
     /// and stages incoming ones in its inbox.
     pub fn snapshots(&self) -> &Arc<Snapshots> {

@@ -18,8 +18,15 @@
 //! - A member is judged diverged only when a quorum of the cluster's members other than
 //!   itself report one and the same hash at the index, and it is not its own: a single other
 //!   member, or members that disagree among themselves, cannot have it judged.
+//! - Nor can members whose states are copies: a member that installed a snapshot holds the
+//!   sender's state as it was, damage included (review-s58 #1: a damaged leader's snapshot puts
+//!   its damage on a second member of three, and the sound third would be outvoted). A peer's
+//!   hash counts towards a quorum only if the peer installed no snapshot at or before the
+//!   point, or agreed with this member at a point at or after its install ([`copied`]); a
+//!   quorum that needs a copy is [`Verdict::Unsure`], and stops nobody.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// The version of the digest and of the rows it reads: a build that changes `fsm::state_hash`
@@ -37,10 +44,12 @@ pub struct Point {
     pub hash: u64,
 }
 
-/// The hashes of the last [`KEPT`] check points this member applied, oldest first.
+/// The hashes of the last [`KEPT`] check points this member applied, oldest first, and the
+/// index of the last snapshot its state was installed from.
 #[derive(Debug, Default)]
 pub struct StateHashes {
     points: Mutex<VecDeque<Point>>,
+    installed_at: AtomicU64,
 }
 
 impl StateHashes {
@@ -60,6 +69,38 @@ impl StateHashes {
     pub fn points(&self) -> Vec<Point> {
         self.points.lock().map(|p| p.iter().copied().collect()).unwrap_or_default()
     }
+
+    /// The state was replaced by a snapshot at `index` (`fsm::installed_at` keeps it across
+    /// restarts).
+    pub fn installed(&self, index: u64) {
+        self.installed_at.store(index, Ordering::Relaxed);
+    }
+
+    /// The index of the last snapshot the state was installed from; 0 for none.
+    pub fn installed_at(&self) -> u64 {
+        self.installed_at.load(Ordering::Relaxed)
+    }
+}
+
+/// One peer's hash at a check point, as [`judge`] counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vote {
+    pub member: u64,
+    pub hash: u64,
+    /// Its state at the point is a copy of another member's not yet seen to agree with this
+    /// member's ([`copied`]).
+    pub copied: bool,
+}
+
+/// Whether a peer's state at check point `index` is a copy this member cannot count as a
+/// witness: the peer installed a snapshot at `installed_at` (0: never), at or before the point,
+/// and none of its `their` points from the install on has the hash this member's `mine` has
+/// there. Once it agreed with this member after the install, the copy carried nothing that
+/// differs from this member's state, and whatever differs later it came to by itself.
+pub fn copied(index: u64, installed_at: u64, their: &[Point], mine: &[Point]) -> bool {
+    installed_at != 0
+        && installed_at <= index
+        && !their.iter().any(|t| t.index >= installed_at && mine.contains(t))
 }
 
 /// What the peers' hashes at one check point say about this member's.
@@ -70,6 +111,10 @@ pub enum Verdict {
     /// A quorum of the other members agree on another hash: this member's state is not the
     /// cluster's.
     Diverged { index: u64, mine: u64, theirs: u64, members: Vec<u64> },
+    /// A quorum of the other members agree on another hash, but only counting `copies`, whose
+    /// states came from a snapshot since they last agreed with this member: the damage may be
+    /// the snapshot sender's, passed on, and this member the sound one. Nobody is judged.
+    Unsure { index: u64, mine: u64, theirs: u64, members: Vec<u64>, copies: Vec<u64> },
     /// Every member answered and no two agree (or too few do to tell which state is right):
     /// something is wrong, and no member can be judged.
     Split { index: u64, hashes: Vec<(u64, u64)> },
@@ -77,27 +122,34 @@ pub enum Verdict {
     Undecided,
 }
 
-/// Judges this member's hash `mine` at check point `index` against the hashes `peers` (member,
-/// hash) report there, in a cluster of `voters` members.
-pub fn judge(index: u64, mine: u64, peers: &[(u64, u64)], voters: usize) -> Verdict {
-    if peers.iter().any(|&(_, h)| h == mine) {
+/// Judges this member's hash `mine` at check point `index` against the hashes its `peers`
+/// report there, in a cluster of `voters` members.
+pub fn judge(index: u64, mine: u64, peers: &[Vote], voters: usize) -> Verdict {
+    if peers.iter().any(|v| v.hash == mine) {
         return Verdict::Agreed;
     }
     let quorum = voters / 2 + 1;
-    let mut tally: Vec<(u64, Vec<u64>)> = Vec::new();
-    for &(member, hash) in peers {
-        match tally.iter_mut().find(|(h, _)| *h == hash) {
-            Some((_, members)) => members.push(member),
-            None => tally.push((hash, vec![member])),
+    let mut tally: Vec<(u64, Vec<Vote>)> = Vec::new();
+    for &vote in peers {
+        match tally.iter_mut().find(|(h, _)| *h == vote.hash) {
+            Some((_, votes)) => votes.push(vote),
+            None => tally.push((vote.hash, vec![vote])),
         }
     }
-    if let Some((theirs, members)) = tally.iter().find(|(_, m)| m.len() >= quorum) {
-        let mut members = members.clone();
-        members.sort_unstable();
-        return Verdict::Diverged { index, mine, theirs: *theirs, members };
+    if let Some((theirs, votes)) = tally.iter().find(|(_, v)| v.len() >= quorum) {
+        let sorted = |keep: fn(&Vote) -> bool| {
+            let mut members: Vec<u64> = votes.iter().filter(|v| keep(v)).map(|v| v.member).collect();
+            members.sort_unstable();
+            members
+        };
+        let (members, copies) = (sorted(|_| true), sorted(|v| v.copied));
+        if members.len() - copies.len() >= quorum {
+            return Verdict::Diverged { index, mine, theirs: *theirs, members };
+        }
+        return Verdict::Unsure { index, mine, theirs: *theirs, members, copies };
     }
     if !peers.is_empty() && peers.len() + 1 >= voters {
-        let mut hashes = peers.to_vec();
+        let mut hashes: Vec<(u64, u64)> = peers.iter().map(|v| (v.member, v.hash)).collect();
         hashes.sort_unstable();
         return Verdict::Split { index, hashes };
     }
@@ -108,12 +160,21 @@ pub fn judge(index: u64, mine: u64, peers: &[(u64, u64)], voters: usize) -> Verd
 mod tests {
     use super::*;
 
+    /// Witnesses: peers whose states are their own.
+    fn votes(peers: &[(u64, u64)]) -> Vec<Vote> {
+        peers.iter().map(|&(member, hash)| Vote { member, hash, copied: false }).collect()
+    }
+
     #[test]
     fn one_peer_with_the_same_hash_is_agreement() {
-        assert_eq!(judge(7, 1, &[(2, 1)], 3), Verdict::Agreed, "a peer agrees");
-        assert_eq!(judge(7, 1, &[(2, 9), (3, 1)], 3), Verdict::Agreed, "the other peer is the odd one");
+        assert_eq!(judge(7, 1, &votes(&[(2, 1)]), 3), Verdict::Agreed, "a peer agrees");
         assert_eq!(
-            judge(7, 1, &[(2, 1), (3, 9), (4, 9), (5, 9)], 5),
+            judge(7, 1, &votes(&[(2, 9), (3, 1)]), 3),
+            Verdict::Agreed,
+            "the other peer is the odd one"
+        );
+        assert_eq!(
+            judge(7, 1, &votes(&[(2, 1), (3, 9), (4, 9), (5, 9)]), 5),
             Verdict::Agreed,
             "whatever else peers say"
         );
@@ -122,31 +183,83 @@ mod tests {
     #[test]
     fn a_member_is_diverged_only_when_a_quorum_of_the_others_agree_on_another_hash() {
         assert_eq!(
-            judge(7, 1, &[(3, 9), (2, 9)], 3),
+            judge(7, 1, &votes(&[(3, 9), (2, 9)]), 3),
             Verdict::Diverged { index: 7, mine: 1, theirs: 9, members: vec![2, 3] },
             "both others agree on another hash"
         );
-        assert_eq!(judge(7, 1, &[(2, 9)], 3), Verdict::Undecided, "one other member cannot have it judged");
-        assert_eq!(judge(7, 1, &[(2, 9), (3, 9)], 5), Verdict::Undecided, "two of five are not a quorum");
+        assert_eq!(
+            judge(7, 1, &votes(&[(2, 9)]), 3),
+            Verdict::Undecided,
+            "one other member cannot have it judged"
+        );
+        assert_eq!(
+            judge(7, 1, &votes(&[(2, 9), (3, 9)]), 5),
+            Verdict::Undecided,
+            "two of five are not a quorum"
+        );
         assert!(
-            matches!(judge(7, 1, &[(2, 9), (3, 9), (4, 9)], 5), Verdict::Diverged { theirs: 9, .. }),
+            matches!(judge(7, 1, &votes(&[(2, 9), (3, 9), (4, 9)]), 5), Verdict::Diverged { theirs: 9, .. }),
             "three of five are"
         );
-        assert_eq!(judge(7, 1, &[], 1), Verdict::Undecided, "a member alone has nothing to compare with");
+        assert_eq!(
+            judge(7, 1, &votes(&[]), 1),
+            Verdict::Undecided,
+            "a member alone has nothing to compare with"
+        );
     }
 
     #[test]
     fn members_that_all_disagree_are_a_split_that_judges_nobody() {
         assert_eq!(
-            judge(7, 1, &[(3, 8), (2, 9)], 3),
+            judge(7, 1, &votes(&[(3, 8), (2, 9)]), 3),
             Verdict::Split { index: 7, hashes: vec![(2, 9), (3, 8)] },
             "three members, three hashes"
         );
         assert_eq!(
-            judge(7, 1, &[(2, 9), (3, 8)], 5),
+            judge(7, 1, &votes(&[(2, 9), (3, 8)]), 5),
             Verdict::Undecided,
             "two of five peers still to answer"
         );
+    }
+
+    /// review-s58 #1: member 2 installed member 3's (damaged) snapshot; member 1, the sound one,
+    /// is outvoted only by counting the copy, and is not judged.
+    #[test]
+    fn a_quorum_that_needs_a_copy_judges_nobody() {
+        let copy = |member, hash| Vote { member, hash, copied: true };
+        let witness = |member, hash| Vote { member, hash, copied: false };
+        assert_eq!(
+            judge(7, 1, &[copy(2, 9), witness(3, 9)], 3),
+            Verdict::Unsure { index: 7, mine: 1, theirs: 9, members: vec![2, 3], copies: vec![2] },
+            "one witness and a copy of three"
+        );
+        assert!(
+            matches!(
+                judge(7, 1, &[copy(2, 9), witness(3, 9), witness(4, 9), witness(5, 9)], 5),
+                Verdict::Diverged { .. }
+            ),
+            "three witnesses of five are a quorum without the copy"
+        );
+        assert_eq!(
+            judge(7, 1, &[copy(2, 1), witness(3, 9)], 3),
+            Verdict::Agreed,
+            "a copy that agrees is agreement"
+        );
+    }
+
+    #[test]
+    fn a_peers_state_is_a_copy_from_its_install_until_it_agrees_with_this_members() {
+        let p = |index, hash| Point { index, hash };
+        let mine = [p(10, 1), p(20, 2), p(30, 3)];
+        assert!(!copied(30, 0, &[p(30, 9)], &mine), "never installed: its own state");
+        assert!(
+            !copied(30, 31, &[p(30, 9)], &mine),
+            "installed after the point: the point's hash was its own"
+        );
+        assert!(copied(30, 15, &[p(20, 8), p(30, 9)], &mine), "installed at 15, never agreed since");
+        assert!(!copied(30, 15, &[p(20, 2), p(30, 9)], &mine), "agreed at 20, after its install at 15");
+        assert!(copied(30, 15, &[p(10, 1), p(30, 9)], &mine), "agreed at 10, before its install: no witness");
+        assert!(!copied(30, 5, &[p(10, 1), p(30, 9)], &mine), "agreed at 10, after its install at 5");
     }
 
     #[test]

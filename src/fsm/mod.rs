@@ -65,9 +65,11 @@ pub fn read_page(
 pub use requests::{remembered, REQUEST_MEMORY_BYTES};
 
 use crate::storage::schema::{
-    FSM_APPLIED_INDEX, FSM_APPLIED_TERM, FSM_HISTORY_BYTES, FSM_HISTORY_BYTES_INDEX, FSM_META, FSM_REVISION,
-    HISTORY,
+    FSM_APPLIED_INDEX, FSM_APPLIED_TERM, FSM_HISTORY_BYTES, FSM_HISTORY_BYTES_INDEX, FSM_INSTALLED_AT,
+    FSM_META, FSM_REVISION, HISTORY,
 };
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use apply::Apply;
 
 /// The `Command.version` this build proposes. It applies [`OLDEST_COMMAND_VERSION`] too, by
@@ -106,6 +108,17 @@ const OWN_KEYS_LEFT_OUT_FROM: u32 = 6;
 const FRESH_PERIOD_FROM: u32 = 6;
 /// The first version whose remembered requests count their refusal's text out (see above).
 const REFUSAL_TEXT_UNCOUNTED_FROM: u32 = 9;
+
+/// The domains the members compare at check points: every one but the request memory (see
+/// [`checked_state_hash`]), in [`DOMAINS`]' order.
+const CHECKED_DOMAINS: [&dyn Domain; 6] = [
+    &kv::KvDomain,
+    &sessions::SessionsDomain,
+    &locks::LocksDomain,
+    &registry::RegistryDomain,
+    &history::HistoryDomain,
+    &members::MembersDomain,
+];
 
 /// Every domain, in the order their tables appear in a snapshot.
 const DOMAINS: [&dyn Domain; 7] = [
@@ -244,6 +257,13 @@ pub fn applied(txn: &ReadTransaction) -> Result<Applied, FsmError> {
         Some(meta) => read_meta(&meta),
         None => Ok(Applied::default()),
     }
+}
+
+/// The index of the snapshot the state was last installed from ([`snapshot::restore`]); 0 for
+/// a state that was never replaced by one.
+pub fn installed_at(txn: &ReadTransaction) -> Result<u64, FsmError> {
+    let Some(meta) = open_read(txn, FSM_META)? else { return Ok(0) };
+    Ok(meta.get(FSM_INSTALLED_AT)?.map_or(0, |v| v.value()))
 }
 
 /// The bounds an apply works within.
@@ -427,7 +447,7 @@ pub fn read_txn(
 /// eight bytes at a time, rather than the byte-wise [`Fnv`]: the simulator hashes every
 /// member's whole state thousands of times per run.
 pub fn state_hash(txn: &ReadTransaction) -> Result<u64, FsmError> {
-    hash_domains(txn, &DOMAINS)
+    hash_domains(txn, &DOMAINS, &AtomicBool::new(false)).map(|h| h.unwrap_or_default())
 }
 
 /// The hash members compare at check points (`core::state_check`): [`state_hash`] of every
@@ -435,15 +455,27 @@ pub fn state_hash(txn: &ReadTransaction) -> Result<u64, FsmError> {
 /// texts, which builds word differently): a member that applied some entries under another
 /// build must not be taken for a diverged one for the wording of an answer.
 pub fn checked_state_hash(txn: &ReadTransaction) -> Result<u64, FsmError> {
-    let checked: Vec<&dyn Domain> =
-        DOMAINS.into_iter().filter(|d| d.name() != requests::RequestsDomain.name()).collect();
-    hash_domains(txn, &checked)
+    checked_state_hash_unless(txn, &AtomicBool::new(false)).map(|h| h.unwrap_or_default())
 }
 
-fn hash_domains(txn: &ReadTransaction, domains: &[&dyn Domain]) -> Result<u64, FsmError> {
+/// [`checked_state_hash`], given up (`None`) once `stop` is set: a pass over a large state
+/// takes seconds, and a member shutting down does not wait for it.
+pub fn checked_state_hash_unless(txn: &ReadTransaction, stop: &AtomicBool) -> Result<Option<u64>, FsmError> {
+    hash_domains(txn, &CHECKED_DOMAINS, stop)
+}
+
+/// The rows between two looks at a hash's `stop`.
+const ROWS_PER_STOP_CHECK: u32 = 4096;
+
+fn hash_domains(
+    txn: &ReadTransaction,
+    domains: &[&dyn Domain],
+    stop: &AtomicBool,
+) -> Result<Option<u64>, FsmError> {
     let mut h = StateDigest::new();
     h.write_bytes(b"revision");
     h.write_u64(applied(txn)?.revision as u64);
+    let mut rows = 0u32;
     for domain in domains {
         for def in domain.tables() {
             h.write_bytes(def.name().as_bytes());
@@ -452,10 +484,14 @@ fn hash_domains(txn: &ReadTransaction, domains: &[&dyn Domain]) -> Result<u64, F
                 let (k, v) = row?;
                 h.write_bytes(k.value());
                 h.write_bytes(v.value());
+                rows = rows.wrapping_add(1);
+                if rows % ROWS_PER_STOP_CHECK == 0 && stop.load(Ordering::Relaxed) {
+                    return Ok(None);
+                }
             }
         }
     }
-    Ok(h.finish())
+    Ok(Some(h.finish()))
 }
 
 /// [`state_hash`]'s digest: each 64-bit word (the last one zero-padded; every byte string
@@ -1465,6 +1501,26 @@ mod tests {
             new_counted + text as u64 <= new_stored,
             "a version-{COMMAND_VERSION} row counts {new_counted} of its {new_stored} bytes: its {text}-byte text is left out"
         );
+    }
+
+    #[test]
+    fn a_check_points_hash_gives_up_once_told_to_stop() {
+        let mut s = Store::new();
+        let txn = s.db.begin_write().expect("a write transaction begins");
+        for i in 0..5_000u64 {
+            let cmd = command(&format!("r{i}"), put(&format!("k{i:05}"), "v")).encode_to_vec();
+            apply_entry(&txn, i + 1, 1, &cmd, &s.bounds).expect("applies");
+        }
+        txn.commit().expect("commits");
+        s.index = 5_000;
+        let unless =
+            |stop: bool| s.read(|t| checked_state_hash_unless(t, &AtomicBool::new(stop))).expect("hashes");
+        assert_eq!(
+            unless(false),
+            Some(s.read(checked_state_hash).expect("hashes")),
+            "not stopped: the whole hash"
+        );
+        assert_eq!(unless(true), None, "stopped: no hash of part of the state");
     }
 
     #[test]

@@ -26,7 +26,7 @@ use prost::Message;
 use redb::{ReadTransaction, ReadableTable, TableHandle, WriteTransaction};
 
 use super::{applied, history, open_read, write_meta, Applied, Fnv, FsmError, TableDef, DOMAINS};
-use crate::storage::schema::HISTORY;
+use crate::storage::schema::{FSM_INSTALLED_AT, FSM_META, HISTORY};
 
 /// The snapshot format this build writes and reads.
 pub const SNAPSHOT_VERSION: u32 = 2;
@@ -87,7 +87,8 @@ pub fn write<E>(
 }
 
 /// Replaces the whole state with the snapshot read from `input`, which must be at
-/// `(index, term)`; returns its position. See the module doc for what fails it.
+/// `(index, term)`, and records that it was installed there ([`super::installed_at`]); returns
+/// its position. See the module doc for what fails it.
 pub fn restore(
     txn: &WriteTransaction,
     input: &mut dyn Read,
@@ -104,6 +105,7 @@ pub fn restore(
         Ok(())
     })?;
     write_meta(txn, pos, history_bytes)?;
+    txn.open_table(FSM_META)?.insert(FSM_INSTALLED_AT, pos.index)?;
     Ok(pos)
 }
 

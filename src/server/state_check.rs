@@ -9,11 +9,12 @@
 //! every such point and goes on. Its raft log is whole — its state file changed under it, or
 //! it applied something differently — but no entry of the log can repair its state.
 //!
-//! What a quorum's agreement cannot tell: a damaged leader's snapshot, installed by a member
-//! that fell behind before the next check point, puts the same damage on two members of three,
-//! and the sound third is the one judged (review-s58 #1). A check point comes every
-//! `--state-check-interval`, so the window is that long; `alert` leaves the judgement to a
-//! person.
+//! What a quorum's agreement cannot tell alone: a damaged leader's snapshot, installed by a
+//! member that fell behind before the next check point, puts the same damage on two members of
+//! three. So a peer's hash whose state is a copy not yet seen to agree with this member's
+//! (`state_check::copied`) is no witness, and a quorum that needs one stops nobody: it is
+//! logged as an error and counted (`unsure`) — the price is that a damaged member outvoted
+//! only with the help of such a copy is not stopped either.
 //!
 //! A member never judges a peer: each judges itself, so the check needs no leader and no
 //! replicated command, and a member that cannot reach a quorum of the others judges nothing.
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Peer, StateCheckAction};
-use crate::core::state_check::{judge, StateHashes, Verdict, STATE_HASH_VERSION};
+use crate::core::state_check::{copied, judge, Point, StateHashes, Verdict, Vote, STATE_HASH_VERSION};
 use crate::metrics::Metrics;
 use crate::transport::member_status;
 
@@ -48,8 +49,8 @@ pub const MARK: &str = super::marks::DIVERGED;
     marked.as_deref().map(|m| format!(". {m}. There is no repairing a member in place yet (no \
      member replace; a data dir restored from an older copy has forgotten entries it acknowledged \
      and is refused): keep it stopped and run the cluster on the others; should they be the \
-     damaged ones (a member that installed a snapshot of a damaged leader shares its damage), \
-     remove the mark and start it with --state-check-action alert to run it as it is")).unwrap_or_default()
+     damaged ones, remove the mark and start it with --state-check-action alert to run it as \
+     it is")).unwrap_or_default()
 )]
 pub struct Diverged {
     pub member: u64,
@@ -79,7 +80,8 @@ pub async fn watch(
     let mut waiting: BTreeMap<u64, Instant> = BTreeMap::new();
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
-        let mine: Vec<_> = hashes.points().into_iter().filter(|p| p.index > judged).collect();
+        let kept = hashes.points();
+        let mine: Vec<_> = kept.iter().filter(|p| p.index > judged).copied().collect();
         if mine.is_empty() || others.is_empty() {
             continue;
         }
@@ -90,17 +92,20 @@ pub async fn watch(
         }))
         .await;
         for point in mine {
-            let theirs: Vec<(u64, u64)> = answers
+            let theirs: Vec<Vote> = answers
                 .iter()
                 .filter_map(|(id, answer)| {
                     let s = answer.as_ref().filter(|s| s.state_hash_version == STATE_HASH_VERSION)?;
-                    let at = s.state_hashes.iter().find(|h| h.index == point.index)?;
-                    Some((*id, at.hash))
+                    let points: Vec<Point> =
+                        s.state_hashes.iter().map(|h| Point { index: h.index, hash: h.hash }).collect();
+                    let at = points.iter().find(|h| h.index == point.index)?;
+                    let copied = copied(point.index, s.state_installed_at, &points, &kept);
+                    Some(Vote { member: *id, hash: at.hash, copied })
                 })
                 .collect();
             // Agreed with one peer, this member is judged sound; another peer that differs is
             // judged by itself, and is named here too.
-            let differ: Vec<u64> = theirs.iter().filter(|(_, h)| *h != point.hash).map(|(m, _)| *m).collect();
+            let differ: Vec<u64> = theirs.iter().filter(|v| v.hash != point.hash).map(|v| v.member).collect();
             if !differ.is_empty() {
                 tracing::warn!(
                     member = me,
@@ -139,6 +144,23 @@ pub async fn watch(
                         ),
                         });
                     return diverged;
+                }
+                Verdict::Unsure { index, mine, theirs, members, copies } => {
+                    tracing::error!(
+                        member = me,
+                        index,
+                        mine = %format!("{mine:016x}"),
+                        theirs = %format!("{theirs:016x}"),
+                        ?members,
+                        ?copies,
+                        "the members named share a state other than this member's at a check point, \
+                         but only counting the copies, whose states came from a snapshot since they \
+                         last agreed with this member: the difference may have come with the \
+                         snapshot and this member be the sound one, so nobody is stopped; compare \
+                         their data before trusting any"
+                    );
+                    judged = judged.max(index);
+                    metrics.judged("unsure");
                 }
                 Verdict::Split { index, hashes } => {
                     tracing::error!(

@@ -32,6 +32,11 @@ pub const FSM_HISTORY_BYTES: &str = "history_bytes";
 /// The applied index the count above was written at. A count at another index (a restored
 /// state, or one a build that did not keep the count applied to) is counted again by a scan.
 pub const FSM_HISTORY_BYTES_INDEX: &str = "history_bytes_index";
+/// The index of the snapshot the state was last restored from (absent: never). A member's own
+/// bookkeeping, not part of snapshots or the state hash: peers judging their states at check
+/// points count a state copied from another member's as no witness of its own
+/// (`core::state_check::copied`).
+pub const FSM_INSTALLED_AT: &str = "installed_at";
 
 // The state machine's domain tables are all `&[u8] → &[u8]` (see `fsm::Domain`), so that the
 // snapshot stream, restore and the state hash handle every domain alike. Their names are part

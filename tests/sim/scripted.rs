@@ -60,6 +60,23 @@ pub struct Scripted {
     /// The members' `snapshot_entries` from their next start (the default when `None`).
     snapshot_entries: Option<u64>,
     logger: slog::Logger,
+    /// Every check point every member hashed, in the order they did: (member, index, hash).
+    pub points: Points,
+}
+
+pub type Points = Arc<std::sync::Mutex<Vec<(u64, u64, u64)>>>;
+
+/// A member's hasher: hashes each check point's state at once, into [`Scripted::points`].
+struct Recording {
+    member: u64,
+    points: Points,
+}
+
+impl latch::core::applier::PointHasher for Recording {
+    fn hash(&self, index: u64, state: redb::ReadTransaction) {
+        let hash = latch::fsm::checked_state_hash(&state).expect("the state hashes");
+        self.points.lock().expect("the points are not poisoned").push((self.member, index, hash));
+    }
 }
 
 pub const CLUSTER_ID: u64 = 0x5c71_97ed;
@@ -98,6 +115,7 @@ impl Scripted {
             seed,
             snapshot_entries,
             logger: slog::Logger::root(slog::Discard, slog::o!()),
+            points: Arc::default(),
         };
         for id in 1..=n {
             s.start(id);
@@ -128,6 +146,7 @@ impl Scripted {
         let voters = self.ids();
         self.seed += 1;
         let (seed, logger, snapshot_entries) = (self.seed, self.logger.clone(), self.snapshot_entries);
+        let recording = Arc::new(Recording { member: id, points: self.points.clone() });
         self.failed.remove(&id);
         let m = self.member(id);
         assert!(m.core.is_none(), "member {id} is already up");
@@ -153,6 +172,7 @@ impl Scripted {
         m.core = Some(core);
         // A log compacted that often needs a state made durable as often (it is never compacted
         // past the durable applied index): every apply is, its fsync waited for (`turn`).
+        let applier = applier.hashing_points(recording);
         m.applier = Some(if snapshot_entries.is_some() { applier.sync_every(1) } else { applier });
         Ok(())
     }
