@@ -10,7 +10,7 @@ use latch::core::RequestError;
 
 use crate::scripted::{all, Answer, Route, Scripted};
 
-fn put(id: &str, key: &str, value: &str) -> Command {
+pub(crate) fn put(id: &str, key: &str, value: &str) -> Command {
     Command {
         version: fsm::COMMAND_VERSION,
         request_id: id.into(),
@@ -19,7 +19,7 @@ fn put(id: &str, key: &str, value: &str) -> Command {
 }
 
 /// The value of `key` in member `id`'s applied state.
-fn value_on(s: &mut Scripted, id: u64, key: &str) -> Option<Vec<u8>> {
+pub(crate) fn value_on(s: &mut Scripted, id: u64, key: &str) -> Option<Vec<u8>> {
     let txn = s.core(id).state_db().begin_read().expect("a read transaction begins");
     let req = Range { key: key.into(), ..Default::default() };
     fsm::range(&txn, &req, 1 << 20).expect("range succeeds").1.kvs.pop().map(|kv| kv.value)

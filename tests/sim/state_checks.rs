@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex};
 use latch::core::applier::PointHasher;
 use latch::core::state_check::{copied, judge, Point, Verdict, Vote};
 use latch::fsm;
-use latch_proto::internal::{command::Body, Command, Put, Range};
 use raft::eraftpb::{Message, MessageType};
 use redb::{ReadableDatabase as _, ReadableTable as _};
 
 use crate::invariants::Ctx;
+use crate::scenarios::{put, value_on};
 use crate::scripted::{all, Route, Scripted};
 
 /// Hashes recorded and not checked yet: (member, index, hash).
@@ -86,20 +86,6 @@ impl PointChecker {
             }
         }
     }
-}
-
-fn put(id: &str, key: &str, value: &str) -> Command {
-    Command {
-        version: fsm::COMMAND_VERSION,
-        request_id: id.into(),
-        body: Some(Body::Put(Put { key: key.into(), value: value.into(), ..Default::default() })),
-    }
-}
-
-fn value_on(s: &mut Scripted, id: u64, key: &str) -> Option<Vec<u8>> {
-    let txn = s.core(id).state_db().begin_read().expect("a read transaction begins");
-    let req = Range { key: key.into(), ..Default::default() };
-    fsm::range(&txn, &req, 1 << 20).expect("range succeeds").1.kvs.pop().map(|kv| kv.value)
 }
 
 /// A byte of `key`'s row changes in member `id`'s state file (its raft log is untouched).

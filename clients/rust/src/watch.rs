@@ -66,6 +66,11 @@ impl WatchOptions {
         self
     }
 
+    /// The revision the watch starts at ([`WatchOptions::from_revision`]; 0: from now).
+    pub fn start_revision(&self) -> i64 {
+        self.start_revision
+    }
+
     /// Each event carries the key's previous kv.
     pub fn prev_kv(mut self) -> Self {
         self.prev_kv = true;
@@ -132,7 +137,11 @@ impl WatchOptions {
 /// What a watch delivers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WatchUpdate {
-    /// The watch is open: it delivers the revisions after `revision`.
+    /// The watch is open. `revision` is never past what a member reached: the revision of
+    /// the member it opened on (or, for a watch from now, the client's own last write if that
+    /// is higher). A watch from now delivers the revisions after it; a watch from a revision
+    /// asked for ([`WatchOptions::from_revision`]) delivers from that revision, which may be
+    /// well above `revision` when its member is behind (just restarted, or cut off).
     Started { revision: i64 },
     /// Every event of revision `revision` the watch selects, in order.
     Events { revision: i64, events: Vec<Event> },
