@@ -268,9 +268,9 @@ pub enum CoreError {
     Panicked,
     #[error(
         "member {member}'s raft log ends at index {last}, but its leader, member {leader}, knows it \
-         acknowledged entries up to index {acknowledged}: this member forgot entries it \
-         acknowledged (its data dir was restored from an older copy, or its disk lost writes \
-         it had synced), and may have forgotten votes it cast. It stops rather than take part \
+         acknowledged entries up to index {acknowledged} at least: this member forgot entries it \
+         acknowledged (its data dir was restored from an older copy or lost, or its disk lost \
+         writes it had synced), and may have forgotten votes it cast. It stops rather than take part \
          on a log the cluster counted on; bring back the data dir it ran on before, or run the \
          cluster without it (membership is static: there is no replacing a member yet)"
     )]

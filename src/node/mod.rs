@@ -220,13 +220,14 @@ impl NodeHandle {
             return rx.await.map_err(|_| RequestError::ShuttingDown)?;
         };
         let since = tokio::time::Instant::now();
+        let committed_then = self.status().commit_index;
         match tokio::time::timeout_at(by, rx).await {
             Ok(answer) => answer.map_err(|_| RequestError::ShuttingDown)?,
             Err(_) => Err(RequestError::Unanswered {
                 member: self.member_id,
                 what: waited.what(),
                 waited_ms: since.elapsed().as_millis() as u64,
-                why: self.why_unanswered(waited),
+                why: self.why_unanswered(waited, committed_then),
                 write: match waited {
                     Waited::Write(retry) => Some(retry),
                     Waited::Read | Waited::KeepAlive => None,
@@ -236,21 +237,19 @@ impl NodeHandle {
     }
 
     /// What this member knows of why a request of its has waited: whom it takes for the leader,
-    /// and how far behind what it knows committed its own apply is (a request waits for that
-    /// too: a lagging member is not its leader's fault).
-    fn why_unanswered(&self, waited: Waited) -> String {
-        /// Committed entries a member may be behind by at any moment without being slow: one
-        /// flush's worth of writes from a few hundred clients, on their way to the apply thread.
-        const JUST_COMMITTED: u64 = 256;
+    /// and whether its own apply is behind (a request waits for that too: a lagging member is
+    /// not its leader's fault). Behind means it has not applied, in all the time the request
+    /// waited, the entries it knew committed when the request came (`committed_then`): entries
+    /// committed a moment before the deadline are on their way to the apply thread, and say
+    /// nothing of it, however many a busy cluster commits; an apply stalled on a quiet one is
+    /// still caught.
+    fn why_unanswered(&self, waited: Waited, committed_then: u64) -> String {
         let status = self.status();
-        let behind = status.commit_index.saturating_sub(status.applied.index);
-        let lag = match behind {
-            // Entries committed a moment before the deadline are on their way to the apply
-            // thread, not a sign of a slow state machine.
-            0..=JUST_COMMITTED => String::new(),
-            n => format!(
-                "; it has applied index {} of the {} it knows committed ({n} behind: its state machine \
-                 is slow, or catching up)",
+        let lag = match status.applied.index < committed_then {
+            false => String::new(),
+            true => format!(
+                "; it has applied index {}, short of the {committed_then} it knew committed when the \
+                 request came ({} it knows committed now: its state machine is slow, or catching up)",
                 status.applied.index, status.commit_index
             ),
         };
@@ -831,21 +830,28 @@ mod tests {
         let mut status = Status { id: 7, leader: 2, term: 3, commit_index: 900, ..Default::default() };
         status.applied.index = 900;
         *node.status.lock().expect("status") = status;
-        let caught_up = node.why_unanswered(Waited::Read);
+        let caught_up = node.why_unanswered(Waited::Read, 900);
         assert!(caught_up.contains("its leader, member 2 (term 3), has not confirmed"), "{caught_up}");
         assert!(!caught_up.contains("applied index"), "nothing is behind: {caught_up}");
 
         status.applied.index = 700;
         *node.status.lock().expect("status") = status;
-        let just_committed = node.why_unanswered(Waited::Read);
-        assert!(!just_committed.contains("applied index"), "200 just committed is no lag: {just_committed}");
+        let just_committed = node.why_unanswered(Waited::Read, 650);
+        assert!(
+            !just_committed.contains("applied index"),
+            "200 committed while the request waited, and all it knew committed when it came \
+             applied, is no lag: {just_committed}"
+        );
 
         status.applied.index = 40;
         *node.status.lock().expect("status") = status;
-        let lagging = node.why_unanswered(Waited::Write(Retry::SameId));
+        let lagging = node.why_unanswered(Waited::Write(Retry::SameId), 41);
         assert!(
-            lagging.contains("it has applied index 40 of the 900 it knows committed (860 behind"),
-            "a member behind in its apply says so: {lagging}"
+            lagging.contains(
+                "it has applied index 40, short of the 41 it knew committed when the request came (900"
+            ),
+            "a member that did not apply, in all the time a request waited, what it knew committed \
+             when the request came says so, one entry short or many: {lagging}"
         );
     }
 

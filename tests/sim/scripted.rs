@@ -52,6 +52,9 @@ pub struct Scripted {
     failed: std::collections::BTreeSet<u64>,
     /// Members stopped by a message, and why.
     stopped: BTreeMap<u64, String>,
+    /// Members whose data dir was restored from a copy or lost: the only ones that may stop
+    /// for having forgotten entries they acknowledged (any other would be a false alarm).
+    lost_data: std::collections::BTreeSet<u64>,
     members: Vec<Member>,
     held: Vec<Message>,
     answers: BTreeMap<Waiter, (u64, Answer)>,
@@ -100,6 +103,7 @@ impl Scripted {
         let mut s = Scripted {
             failed: Default::default(),
             stopped: BTreeMap::new(),
+            lost_data: Default::default(),
             members: (0..n)
                 .map(|_| Member {
                     log_dir: SimDir::new(),
@@ -218,6 +222,7 @@ impl Scripted {
         let m = self.member(id);
         assert!(m.core.is_none(), "member {id} is up: crash it first");
         (m.log_dir, m.state_disk) = (log_dir, state_disk);
+        self.lost_data.insert(id);
     }
 
     /// Why member `id` stopped on a message, if it did (the only message a member stops on:
@@ -232,6 +237,7 @@ impl Scripted {
         assert!(m.core.is_none(), "member {id} is up: crash it first");
         m.log_dir = SimDir::new();
         m.state_disk = SimDisk::new();
+        self.lost_data.insert(id);
     }
 
     /// A fresh waiter, for a request the test hands a core itself.
@@ -416,6 +422,11 @@ impl Scripted {
             match core.step(msg) {
                 Ok(()) => {}
                 Err(e @ latch::core::CoreError::ForgotEntries { .. }) => {
+                    assert!(
+                        self.lost_data.contains(&to),
+                        "member {to} stopped for forgetting entries, though its data dir was never \
+                         restored or lost: {e}"
+                    );
                     self.stopped.insert(to, e.to_string());
                     self.crash(to);
                 }
