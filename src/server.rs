@@ -35,7 +35,7 @@ use crate::api::{
     Context,
 };
 use crate::config::{Config, Peer};
-use crate::core::state_check::StateHashes;
+use crate::core::state_check::{Install, StateHashes};
 use crate::core::{self, Core, CoreError, Timing};
 use crate::fsm;
 use crate::metrics::{GrpcMetricsLayer, Metrics};
@@ -210,7 +210,10 @@ pub async fn run(
     let (core, applier) = Core::new(core_config, identity, stores, Arc::new(inbox), &logger)?;
     // A member alone has nobody to compare its state with.
     let state_hashes = Arc::new(StateHashes::default());
-    state_hashes.installed(core.installed_at()?);
+    let installed_at = core.installed_at()?;
+    let confirmed = marks::read(&config.data_dir, marks::COPY_CONFIRMED).and_then(|i| i.parse::<u64>().ok());
+    state_hashes
+        .started(Install { installed_at, confirmed: installed_at != 0 && confirmed == Some(installed_at) });
     let applier = match voters.len() > 1 {
         true => applier.hashing_points(Arc::new(ThreadHasher::new(state_hashes.clone()))),
         false => applier,

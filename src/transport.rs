@@ -340,7 +340,7 @@ impl PeerRpc for PeerService {
                 .map(|p| StateHashPoint { index: p.index, hash: p.hash })
                 .collect(),
             state_hash_version: crate::core::state_check::STATE_HASH_VERSION,
-            state_installed_at: self.shared.state_hashes.installed_at(),
+            state_installed_at: self.shared.state_hashes.unconfirmed_install(),
         }))
     }
 }

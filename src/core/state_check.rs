@@ -22,11 +22,15 @@
 //!   sender's state as it was, damage included (review-s58 #1: a damaged leader's snapshot puts
 //!   its damage on a second member of three, and the sound third would be outvoted). A peer's
 //!   hash counts towards a quorum only if the peer installed no snapshot at or before the
-//!   point, or agreed with this member at a point at or after its install ([`copied`]); a
-//!   quorum that needs a copy is [`Verdict::Unsure`], and stops nobody.
+//!   point, or agreed with this member at a point at or after its install ([`copied`]), or
+//!   its copy was confirmed — at a point since the install, every member had its hash, so the
+//!   copy carried nothing that differs from any ([`StateHashes::confirm`]; kept across
+//!   restarts by the server); a quorum that needs a copy is [`Verdict::Unsure`], and stops
+//!   nobody.
+//! - A member's kept points are of its state as it is now: an install drops them (a point
+//!   hashed from an earlier copy would otherwise count as one of its own).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// The version of the digest and of the rows it reads: a build that changes `fsm::state_hash`
@@ -45,11 +49,20 @@ pub struct Point {
 }
 
 /// The hashes of the last [`KEPT`] check points this member applied, oldest first, and the
-/// index of the last snapshot its state was installed from.
+/// snapshot its state was last installed from.
 #[derive(Debug, Default)]
 pub struct StateHashes {
     points: Mutex<VecDeque<Point>>,
-    installed_at: AtomicU64,
+    copy: Mutex<Install>,
+}
+
+/// The snapshot a member's state was last installed from.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Install {
+    /// Its index; 0: never.
+    pub installed_at: u64,
+    /// At a point since, every member had this member's hash.
+    pub confirmed: bool,
 }
 
 impl StateHashes {
@@ -70,15 +83,48 @@ impl StateHashes {
         self.points.lock().map(|p| p.iter().copied().collect()).unwrap_or_default()
     }
 
-    /// The state was replaced by a snapshot at `index` (`fsm::installed_at` keeps it across
-    /// restarts).
+    /// The state was replaced by a snapshot at `index`: the points kept were of the state it
+    /// replaced, and go.
     pub fn installed(&self, index: u64) {
-        self.installed_at.store(index, Ordering::Relaxed);
+        if let Ok(mut points) = self.points.lock() {
+            points.clear();
+        }
+        if let Ok(mut copy) = self.copy.lock() {
+            *copy = Install { installed_at: index, confirmed: false };
+        }
     }
 
-    /// The index of the last snapshot the state was installed from; 0 for none.
-    pub fn installed_at(&self) -> u64 {
-        self.installed_at.load(Ordering::Relaxed)
+    /// What a start finds: the last install (`fsm::installed_at`) and whether it was confirmed.
+    pub fn started(&self, copy: Install) {
+        if let Ok(mut c) = self.copy.lock() {
+            *c = copy;
+        }
+    }
+
+    /// Every member had this member's hash at check point `index`: a copy installed at or
+    /// before it is confirmed. Returns the install it newly confirms, to be kept across
+    /// restarts.
+    pub fn confirm(&self, index: u64) -> Option<u64> {
+        let mut copy = self.copy.lock().ok()?;
+        let newly = copy.installed_at != 0 && copy.installed_at <= index && !copy.confirmed;
+        copy.confirmed |= newly;
+        newly.then_some(copy.installed_at)
+    }
+
+    /// The last install, and whether it was confirmed.
+    pub fn copy(&self) -> Install {
+        self.copy.lock().map(|c| *c).unwrap_or_default()
+    }
+
+    /// What peers count of this member's install (`Peer.Status`): the index of a copy not
+    /// confirmed yet; 0 for none.
+    pub fn unconfirmed_install(&self) -> u64 {
+        let copy = self.copy();
+        if copy.confirmed {
+            0
+        } else {
+            copy.installed_at
+        }
     }
 }
 
@@ -260,6 +306,23 @@ mod tests {
         assert!(!copied(30, 15, &[p(20, 2), p(30, 9)], &mine), "agreed at 20, after its install at 15");
         assert!(copied(30, 15, &[p(10, 1), p(30, 9)], &mine), "agreed at 10, before its install: no witness");
         assert!(!copied(30, 5, &[p(10, 1), p(30, 9)], &mine), "agreed at 10, after its install at 5");
+    }
+
+    #[test]
+    fn an_install_drops_the_points_of_the_state_it_replaced_and_is_a_copy_until_every_member_agrees() {
+        let hashes = StateHashes::default();
+        hashes.record(10, 1);
+        hashes.installed(15);
+        assert!(hashes.points().is_empty(), "the point at 10 was of the state the install replaced");
+        assert_eq!(hashes.unconfirmed_install(), 15, "a copy, not yet confirmed");
+        assert_eq!(hashes.confirm(12), None, "a point before the install confirms nothing");
+        assert_eq!(hashes.confirm(20), Some(15), "every member agreed at 20, after the install");
+        assert_eq!(hashes.confirm(30), None, "confirmed once");
+        assert_eq!(hashes.unconfirmed_install(), 0, "a confirmed copy counts as the member's own");
+        hashes.installed(40);
+        assert_eq!(hashes.unconfirmed_install(), 40, "a new install is a new copy");
+        hashes.started(Install { installed_at: 40, confirmed: true });
+        assert_eq!(hashes.unconfirmed_install(), 0, "a confirmation kept across a restart");
     }
 
     #[test]

@@ -1450,40 +1450,39 @@ mod tests {
         assert_eq!(s.applied().revision, before + 1, "… and not applied again");
     }
 
-    /// From command version 9 a refusal's text counts nothing against the memory's bound (two
-    /// builds that word it differently forget the same ids); a row of an older version counts its
-    /// whole length, as the build that wrote it counted, and both leave the total their sum.
+    /// From command version 9 a refusal's text counts as a fixed allowance against the memory's
+    /// bound (two builds that word it differently forget the same ids), and a row holds no more
+    /// than it counts; a row of an older version counts its whole length, as the build that
+    /// wrote it counted; the total is their sum.
     #[test]
-    fn a_refusals_text_counts_against_the_request_memory_only_in_rows_before_version_9() {
+    fn a_refusals_text_counts_by_its_length_only_in_rows_before_version_9() {
         let mut s = Store::new();
-        let refused =
-            |version| Command { version, request_id: format!("v{version}"), body: Some(put("", "x")) };
-        s.apply_data(&refused(8).encode_to_vec());
-        s.apply_data(&refused(COMMAND_VERSION).encode_to_vec());
+        let refused = |version, id: &str, body| Command { version, request_id: id.into(), body };
+        s.apply_data(&refused(8, "o8", Some(put("", "x"))).encode_to_vec());
+        s.apply_data(&refused(COMMAND_VERSION, "n1", Some(put("", "x"))).encode_to_vec());
+        s.apply_data(&refused(COMMAND_VERSION, "n2", None).encode_to_vec());
         let rows = s
             .read(|t| {
                 let requests = open_read(t, crate::storage::schema::REQUESTS)?.expect("requests exists");
                 let meta = open_read(t, crate::storage::schema::REQUESTS_META)?.expect("meta exists");
-                let mut rows = Vec::new();
+                let mut rows = std::collections::BTreeMap::new();
                 for row in requests.iter()? {
                     let (k, v) = row?;
                     let text = match latch_proto::internal::Remembered::decode(v.value())
                         .expect("a row decodes")
                         .outcome
                     {
-                        Some(Outcome { result: Some(outcome::Result::Rejected(text)), .. }) => text.len(),
+                        Some(Outcome { result: Some(outcome::Result::Rejected(text)), .. }) => text,
                         other => panic!("a remembered refusal, not {other:?}"),
                     };
-                    rows.push((
-                        requests::counted_bytes(k.value(), v.value())?,
-                        (2 + 2 + 8 + v.value().len()) as u64,
-                        text,
-                    ));
+                    let held = (2 * k.value().len() + 8 + v.value().len()) as u64;
+                    let id = String::from_utf8_lossy(k.value()).into_owned();
+                    rows.insert(id, (requests::counted_bytes(k.value(), v.value())?, held, text));
                 }
                 let total = meta
                     .get(crate::storage::schema::REQUESTS_META_BYTES.as_bytes())?
                     .map(|v| v.value().to_vec());
-                let sum: u64 = rows.iter().map(|r| r.0).sum();
+                let sum: u64 = rows.values().map(|r| r.0).sum();
                 assert_eq!(
                     total,
                     Some(sum.to_be_bytes().to_vec()),
@@ -1492,15 +1491,24 @@ mod tests {
                 Ok(rows)
             })
             .expect("the request tables read");
-        let [(old_counted, old_stored, _), (new_counted, new_stored, text)] = rows[..] else {
-            panic!("two remembered refusals, not {rows:?}")
-        };
-        assert!(text > 0, "the refusal's text is kept");
-        assert_eq!(old_counted, old_stored, "a version-8 row counts its whole length, text included");
-        assert!(
-            new_counted + text as u64 <= new_stored,
-            "a version-{COMMAND_VERSION} row counts {new_counted} of its {new_stored} bytes: its {text}-byte text is left out"
+        let (old_counted, old_held, _) = &rows["o8"];
+        assert_eq!(old_counted, old_held, "a version-8 row counts its whole length, text included");
+        let ((one, one_held, one_text), (two, two_held, two_text)) = (&rows["n1"], &rows["n2"]);
+        assert_ne!(
+            one_text.len(),
+            two_text.len(),
+            "two refusals of different lengths: {one_text:?}, {two_text:?}"
         );
+        assert_eq!(one, two, "version-{COMMAND_VERSION} rows count the same whatever their refusal says");
+        assert!(one >= one_held && two >= two_held, "a row holds no more than it counts: {rows:?}");
+    }
+
+    #[test]
+    fn the_members_compare_every_domain_but_the_request_memory_in_snapshot_order() {
+        let names = |domains: &[&dyn Domain]| domains.iter().map(|d| d.name()).collect::<Vec<_>>();
+        let mut expected = names(&DOMAINS);
+        expected.retain(|name| *name != requests::RequestsDomain.name());
+        assert_eq!(names(&CHECKED_DOMAINS), expected, "CHECKED_DOMAINS is DOMAINS less the request memory");
     }
 
     #[test]

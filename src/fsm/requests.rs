@@ -23,9 +23,13 @@
 //!   docs/architecture.md. A retry after its id was forgotten is applied again.
 //! - What a row counts against the bound depends on the command and the state only, never on
 //!   how a build words a refusal: from command version 9 a row records what it counts
-//!   ([`counted_bytes`]), its refusal's text left out, so that two builds of one command version
-//!   that word an error differently forget the same ids (a retry of an id one member forgot and
-//!   another remembers would be applied on one and not the other).
+//!   ([`counted_bytes`]), a refusal's text counted as a fixed allowance and kept no longer than
+//!   it, so that two builds of one command version that word an error differently forget the
+//!   same ids (a retry of an id one member forgot and another remembers would be applied on one
+//!   and not the other), and the memory holds no more than it counts. Rows of older versions
+//!   count their whole length, a refusal's text in the wording of the build that applies them:
+//!   the refusals a command of version 2 to 8 can get are worded as they were at version 9's
+//!   start, and stay so.
 //! - `requests_by_index` names exactly the rows of `requests`, each under the index its row
 //!   records; `requests_meta/bytes` is the sum of [`counted_bytes`] over them.
 
@@ -39,8 +43,8 @@ use redb::{ReadableTable, Table, WriteTransaction};
 use super::{Applied, Domain, FsmError, TableDef};
 use crate::storage::schema::{REQUESTS, REQUESTS_BY_INDEX, REQUESTS_META, REQUESTS_META_BYTES};
 
-/// Most bytes of remembered requests (ids, rows and index entries, see `row_bytes`) on every
-/// member.
+/// Most bytes of remembered requests (ids, rows and index entries, as [`counted_bytes`] counts
+/// them: at least what they take) on every member.
 pub const REQUEST_MEMORY_BYTES: u64 = 32 * 1024 * 1024;
 
 pub(crate) struct RequestsDomain;
@@ -266,7 +270,8 @@ impl<'t> Memory<'t> {
         }
         let mut row = Remembered { index, command_hash, outcome: Some(outcome), stripped, counted_bytes: 0 };
         if left_out.refusal_text_uncounted {
-            row.counted_bytes = row_bytes(id.len(), without_refusal_text(&row).encoded_len());
+            keep_refusal_text_short(&mut row);
+            row.counted_bytes = counted_whatever_the_text(id.len(), &row);
         }
         let counted = counted(id.len(), &row, row.encoded_len());
         self.requests.insert(id.as_bytes(), row.encode_to_vec().as_slice())?;
@@ -319,13 +324,37 @@ fn row_bytes(id_len: usize, row_len: usize) -> u64 {
     (2 * id_len + row_len + 8) as u64
 }
 
-/// `row` with its refusal's text emptied: what a row counts from command version 9.
-fn without_refusal_text(row: &Remembered) -> Remembered {
-    let mut row = row.clone();
+/// The most bytes of a refusal's text a row keeps from command version 9, counted as that many
+/// whatever its length: what the memory counts depends on no build's wording, and what it
+/// holds stays within what it counts.
+const REFUSAL_TEXT_KEPT: usize = 256;
+
+/// Cuts a refusal's text to [`REFUSAL_TEXT_KEPT`] bytes (at a character's end).
+fn keep_refusal_text_short(row: &mut Remembered) {
     if let Some(Outcome { result: Some(outcome::Result::Rejected(text)), .. }) = row.outcome.as_mut() {
-        text.clear();
+        let mut end = text.len().min(REFUSAL_TEXT_KEPT);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
     }
-    row
+}
+
+/// What a row counts from command version 9: [`row_bytes`] of the row with its refusal's text
+/// (if any) left out and its own count at its largest, plus the text's allowance — at least
+/// what it takes, for any wording.
+fn counted_whatever_the_text(id_len: usize, row: &Remembered) -> u64 {
+    let mut bare = row.clone();
+    bare.counted_bytes = u64::MAX;
+    let refusal = match bare.outcome.as_mut() {
+        Some(Outcome { result: Some(outcome::Result::Rejected(text)), .. }) => {
+            text.clear();
+            // The text and its length's two bytes.
+            REFUSAL_TEXT_KEPT as u64 + 2
+        }
+        _ => 0,
+    };
+    row_bytes(id_len, bare.encoded_len()) + refusal
 }
 
 /// `o` without its data (previous values, range results), marked `data_omitted` if it had any

@@ -15,6 +15,9 @@ pub const DIVERGED: &str = "STATE_DIVERGED";
 pub const FORGOT_ENTRIES: &str = "FORGOT_ENTRIES";
 /// Every mark a start looks for.
 pub const ALL: [&str; 2] = [DIVERGED, FORGOT_ENTRIES];
+/// Not a refusal, written the same way: the index of the snapshot install the state checker
+/// saw every member agree with since (`state_check::StateHashes::confirm`).
+pub const COPY_CONFIRMED: &str = "STATE_COPY_CONFIRMED";
 
 /// Writes mark `name` (saying `why`) into `data_dir`, durably and whole.
 pub fn write(data_dir: &Path, name: &str, why: &str) -> std::io::Result<()> {

@@ -117,6 +117,19 @@ pub async fn watch(
             match judge(point.index, point.hash, &theirs, voters) {
                 Verdict::Agreed => {
                     tracing::debug!(member = me, index = point.index, "state check point agreed");
+                    // Every member has this member's hash: a copy it installed before is
+                    // confirmed, for good (its peers count it as its own from now on).
+                    let all = theirs.len() + 1 == voters && differ.is_empty();
+                    if let Some(install) = all.then(|| hashes.confirm(point.index)).flatten() {
+                        let kept = super::marks::write(
+                            &data_dir,
+                            super::marks::COPY_CONFIRMED,
+                            &install.to_string(),
+                        );
+                        if let Err(e) = kept {
+                            tracing::warn!(member = me, install, error = %e, "cannot keep the confirmation of a copy across restarts");
+                        }
+                    }
                     judged = judged.max(point.index);
                     metrics.judged("agreed");
                     metrics.agreed_index.set(i64::try_from(point.index).unwrap_or(i64::MAX));

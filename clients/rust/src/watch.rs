@@ -137,9 +137,10 @@ impl WatchOptions {
 /// What a watch delivers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WatchUpdate {
-    /// The watch is open. `revision` is never past what a member reached: the revision of
-    /// the member it opened on (or, for a watch from now, the client's own last write if that
-    /// is higher). A watch from now delivers the revisions after it; a watch from a revision
+    /// The watch is open. `revision` is never past what a member reached: for a watch from now,
+    /// the revision of the member it opened on (or the client's own last write if that is
+    /// higher); for a watch from a revision R, R − 1, or the member's revision if that is
+    /// lower. A watch from now delivers the revisions after it; a watch from a revision
     /// asked for ([`WatchOptions::from_revision`]) delivers from that revision, which may be
     /// well above `revision` when its member is behind (just restarted, or cut off).
     Started { revision: i64 },
