@@ -37,8 +37,9 @@ pub struct Metrics {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerdictLabels {
-    /// "agreed", "split" (members disagree, no quorum: nobody judged), "let_go" (too few peers
-    /// had the point), "diverged" (this member: it stops).
+    /// "agreed", "split" (members disagree, no quorum: nobody judged), "unsure" (a quorum only
+    /// counting unconfirmed copies: nobody judged), "let_go" (too few peers had the point),
+    /// "diverged" (this member: it stops).
     pub verdict: &'static str,
 }
 

@@ -50,7 +50,8 @@ pub const REQUESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("reques
 /// The same request ids by the index that applied them (8 bytes, big endian), so that the oldest
 /// can be forgotten.
 pub const REQUESTS_BY_INDEX: TableDefinition<&[u8], &[u8]> = TableDefinition::new("requests_by_index");
-/// Bookkeeping of the request memory: `bytes` → the bytes it holds (8 bytes, big endian).
+/// Bookkeeping of the request memory: `bytes` → the bytes its rows count
+/// (`fsm::requests::counted_bytes`, at least what they hold; 8 bytes, big endian).
 pub const REQUESTS_META: TableDefinition<&[u8], &[u8]> = TableDefinition::new("requests_meta");
 pub const REQUESTS_META_BYTES: &str = "bytes";
 
