@@ -18,6 +18,21 @@ pub(crate) fn put(id: &str, key: &str, value: &str) -> Command {
     }
 }
 
+/// A route that loses `lagging`'s appends and their answers (so it falls behind; heartbeats
+/// still pass) and holds every snapshot for the test to deliver.
+pub(crate) fn appends_lost_snapshots_held(lagging: u64) -> impl FnMut(&Message) -> Route {
+    move |m: &Message| {
+        let appends = matches!(m.get_msg_type(), MessageType::MsgAppend | MessageType::MsgAppendResponse);
+        if appends && (m.to == lagging || m.from == lagging) {
+            Route::Drop
+        } else if latch::core::is_snapshot(m) {
+            Route::Hold
+        } else {
+            Route::Deliver
+        }
+    }
+}
+
 /// The value of `key` in member `id`'s applied state.
 pub(crate) fn value_on(s: &mut Scripted, id: u64, key: &str) -> Option<Vec<u8>> {
     let txn = s.core(id).state_db().begin_read().expect("a read transaction begins");
@@ -517,16 +532,7 @@ fn a_follower_that_installs_a_snapshot_while_writes_go_on_catches_up_from_the_lo
     // Its appends lost, the follower falls behind what the leader's log keeps (more than
     // `CATCH_UP_SNAPSHOTS` × `SNAPSHOT_ENTRIES` behind). Heartbeats still pass, so it keeps
     // its leader, and so do the proposals it forwards: one of its own commits meanwhile.
-    let mut cut_off = |m: &Message| {
-        let appends = matches!(m.get_msg_type(), MessageType::MsgAppend | MessageType::MsgAppendResponse);
-        if appends && (m.to == lagging || m.from == lagging) {
-            Route::Drop
-        } else if latch::core::is_snapshot(m) {
-            Route::Hold
-        } else {
-            Route::Deliver
-        }
-    };
+    let mut cut_off = appends_lost_snapshots_held(lagging);
     let forwarded = s.propose(lagging, put("forwarded", "f", "from the follower"));
     put_all(&mut s, 0..120, &mut cut_off);
     for _ in 0..10 {

@@ -16,7 +16,7 @@ use raft::eraftpb::{Message, MessageType};
 use redb::{ReadableDatabase as _, ReadableTable as _};
 
 use crate::invariants::Ctx;
-use crate::scenarios::{put, value_on};
+use crate::scenarios::{appends_lost_snapshots_held, put, value_on};
 use crate::scripted::{all, Route, Scripted};
 
 /// Hashes recorded and not checked yet: (member, index, hash).
@@ -123,16 +123,7 @@ fn a_member_that_installed_a_damaged_leaders_snapshot_does_not_outvote_the_sound
     assert_eq!(value_on(&mut s, damaged, "k").as_deref(), Some(b"SOUND".as_slice()));
 
     // One follower falls behind the leader's log.
-    let mut cut_off = |m: &Message| {
-        let appends = matches!(m.get_msg_type(), MessageType::MsgAppend | MessageType::MsgAppendResponse);
-        if appends && (m.to == lagging || m.from == lagging) {
-            Route::Drop
-        } else if latch::core::is_snapshot(m) {
-            Route::Hold
-        } else {
-            Route::Deliver
-        }
-    };
+    let mut cut_off = appends_lost_snapshots_held(lagging);
     let waiters: Vec<_> =
         (0..120).map(|i| s.propose(damaged, put(&format!("p{i}"), &format!("x{i}"), "v"))).collect();
     s.until("the puts acknowledged", 400, &mut cut_off, &mut |s| {
