@@ -323,6 +323,7 @@ impl PeerRpc for PeerService {
         let unreadable = |e: String| Status::internal(format!("cannot read the members' records: {e}"));
         let txn = self.node.db().begin_read().map_err(|e| unreadable(e.to_string()))?;
         let started_members = crate::fsm::members::recorded(&txn).map_err(|e| unreadable(e.to_string()))?;
+        let learners = crate::core::membership::recorded_learners(&txn).map_err(unreadable)?;
         Ok(Response::new(MemberStatus {
             id: s.id,
             client_addr: self.client_addr.clone(),
@@ -335,6 +336,7 @@ impl PeerRpc for PeerService {
             cluster_id: self.node.cluster_id,
             snapshots_installed: s.snapshots_installed,
             started_members,
+            learners,
             command_version: crate::fsm::COMMAND_VERSION,
             state_hashes: (self.shared.state_hashes.points().into_iter())
                 .map(|p| StateHashPoint { index: p.index, hash: p.hash })

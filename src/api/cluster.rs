@@ -1,14 +1,15 @@
 //! The Cluster service: `Status` — the leader and term as this member sees them, and each
-//! member's own account of itself (role, applied index), asked over the peer transport.
+//! member's own account of itself (role, applied index), asked over the peer transport — and
+//! `ReplaceMember`, which makes a member that lost its data a learner (`core::membership`).
 
 use std::time::Duration;
 
 use latch_proto::v1::cluster_server::{Cluster, ClusterServer};
-use latch_proto::v1::{Member, StatusRequest, StatusResponse};
+use latch_proto::v1::{Member, ReplaceMemberRequest, ReplaceMemberResponse, StatusRequest, StatusResponse};
 use redb::ReadableDatabase as _;
 use tonic::{Request, Response, Status};
 
-use super::Context;
+use super::{ApiError, Context};
 use crate::node::deadline;
 use crate::transport::member_status;
 
@@ -89,5 +90,31 @@ impl Cluster for ClusterService {
             term: me.term,
             members,
         }))
+    }
+
+    async fn replace_member(
+        &self,
+        request: Request<ReplaceMemberRequest>,
+    ) -> Result<Response<ReplaceMemberResponse>, Status> {
+        let member = request.into_inner().member;
+        if member == 0 {
+            let problem = "0 is no member id: name one of --initial-cluster's".to_string();
+            return Err(self.ctx.to_status(ApiError::InvalidArgument { field: "member", problem }));
+        }
+        let answer = self.ctx.node.replace(member);
+        let index = match deadline::answer_by() {
+            Some(by) => tokio::time::timeout_at(by, answer).await.map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "member {} could not apply the replacement of member {member} before its caller's \
+                     deadline; it may still take effect (`latch cluster status` shows the member a \
+                     learner if it did)",
+                    self.ctx.node.member_id
+                ))
+            })?,
+            None => answer.await,
+        }
+        .map_err(|e| self.ctx.to_status(ApiError::Request(e)))?;
+        let header = self.ctx.header(self.ctx.node.status().applied.revision);
+        Ok(Response::new(ReplaceMemberResponse { header: Some(header), index }))
     }
 }

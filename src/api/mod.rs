@@ -85,6 +85,7 @@ pub const METHODS: &[&str] = &[
     "/latch.v1.KV/Compact",
     "/latch.v1.Watch/Watch",
     "/latch.v1.Cluster/Status",
+    "/latch.v1.Cluster/ReplaceMember",
     "/latch.v1.Session/Create",
     "/latch.v1.Session/KeepAlive",
     "/latch.v1.Session/Close",
@@ -272,7 +273,8 @@ impl Context {
             }
             ApiError::RequestConflict { .. }
             | ApiError::FailedPrecondition(_)
-            | ApiError::Request(RequestError::RequestInFlight { .. }) => Status::failed_precondition(msg),
+            | ApiError::Request(RequestError::RequestInFlight { .. })
+            | ApiError::Request(RequestError::Membership(_)) => Status::failed_precondition(msg),
             ApiError::AlreadyApplied { revision, succeeded, .. } => {
                 let mut status = Status::failed_precondition(msg);
                 let m = status.metadata_mut();

@@ -1,5 +1,5 @@
 //! `latch cluster status`: the leader, the term, and every member as the answering member
-//! sees it.
+//! sees it; `latch cluster replace ID`: a member that lost its data comes back as a learner.
 
 use std::process::ExitCode;
 
@@ -23,6 +23,14 @@ pub struct ClusterCommand {
 pub enum ClusterOp {
     /// Leader, term, and each member's id, addresses, role and applied index.
     Status,
+    /// Replace a member that lost its data dir (or is about to be started on an empty one):
+    /// the leader makes it a learner, so that it may start again on an empty data dir under its
+    /// id; it catches up from a snapshot and votes again once it has. Run it against the running
+    /// members, with the member itself stopped.
+    Replace {
+        /// The member's id (one of --initial-cluster's; not the leader).
+        member: u64,
+    },
 }
 
 /// Runs `latch cluster …`.
@@ -37,7 +45,27 @@ pub async fn run(command: ClusterCommand, client_args: &ClientArgs) -> anyhow::R
             }
             Ok(ExitCode::SUCCESS)
         }
+        ClusterOp::Replace { member } => {
+            let client = client_args.connect().await?;
+            let index = client.replace_member(member).await?.index;
+            match client_args.output {
+                Output::Json => print_json(&json!({ "member": member, "index": index }))?,
+                Output::Text => print_bytes(replaced_text(member, index).as_bytes())?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+fn replaced_text(member: u64, index: u64) -> String {
+    let what = match index {
+        0 => format!("member {member} was a learner already"),
+        index => format!("member {member} is a learner now (raft log index {index})"),
+    };
+    format!(
+        "{what}: start it on an empty data dir; it catches up from a snapshot and votes again once \
+         it has (`latch cluster status` shows it a follower then)\n"
+    )
 }
 
 /// `{"cluster_id", "leader", "term", "members": [{"id", "peer_addr", "client_addr", "role",

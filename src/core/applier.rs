@@ -257,8 +257,12 @@ impl Applier {
             }
             let data: &[u8] = match e.get_entry_type() {
                 EntryType::EntryNormal => &e.data,
-                // Membership is static (--initial-cluster); a conf change only advances the index.
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => &[],
+                // A change of membership: raft applied it as the core handed it out, and the
+                // state records the configuration it reached (in `context`, from the core).
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    fsm::set_conf_state(&txn, &e.context)?;
+                    &[]
+                }
             };
             applied += 1;
             match batch.apply_entry(e.index, e.term, data)? {
@@ -330,10 +334,17 @@ impl Applier {
         Ok((self.durable_index > was).then(|| self.sync_progress()))
     }
 
-    /// Replaces the state with the snapshot staged under `token` at `(index, term)`, durably.
-    pub fn install(&mut self, token: &[u8], index: u64, term: u64) -> Result<Applied, CoreError> {
+    /// Replaces the state with the snapshot staged under `token` at `(index, term)`, with
+    /// raft's configuration `conf_state` (encoded), durably.
+    pub fn install(
+        &mut self,
+        token: &[u8],
+        index: u64,
+        term: u64,
+        conf_state: &[u8],
+    ) -> Result<Applied, CoreError> {
         let txn = self.db.begin_write().map_err(redb_err)?;
-        let applied = self.snapshots.install(&txn, token, index, term)?;
+        let applied = self.snapshots.install(&txn, token, index, term, conf_state)?;
         self.commit(txn, true, applied.index)?;
         self.syncs.wait_all().map_err(fsync_err)?;
         self.applied = applied;

@@ -53,6 +53,7 @@ pub mod compactor;
 pub mod instance_timers;
 pub mod leases;
 pub mod lock_delays;
+pub mod membership;
 pub mod snapshots;
 pub mod state_check;
 
@@ -60,7 +61,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use prost::Message as _;
-use raft::eraftpb::{Entry, HardState, Message, MessageType};
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, MessageType};
 use raft::{ProgressState, RawNode, StateRole};
 use redb::{Database, ReadableDatabase as _};
 
@@ -247,6 +248,9 @@ pub enum RequestError {
          from the cluster; retry on another member"
     )]
     CutOff { member: u64, silent_ms: u64, why: String },
+    /// A change of membership the cluster cannot make now (`membership`).
+    #[error(transparent)]
+    Membership(#[from] membership::Refused),
 }
 
 /// A failure the node cannot continue after: its disk or its state is in doubt.
@@ -271,8 +275,9 @@ pub enum CoreError {
          acknowledged entries up to index {acknowledged} at least: this member forgot entries it \
          acknowledged (its data dir was restored from an older copy or lost, or its disk lost \
          writes it had synced), and may have forgotten votes it cast. It stops rather than take part \
-         on a log the cluster counted on; bring back the data dir it ran on before, or run the \
-         cluster without it (membership is static: there is no replacing a member yet)"
+         on a log the cluster counted on; bring back the data dir it ran on before, or replace the \
+         member (`latch cluster replace {member}` against the running members, then start it on an \
+         empty data dir)"
     )]
     ForgotEntries { member: u64, leader: u64, acknowledged: u64, last: u64 },
 }
@@ -286,9 +291,10 @@ fn fsync_err(e: std::io::Error) -> CoreError {
     CoreError::Storage(crate::storage::fsync_failed(e))
 }
 
-/// Installs the snapshot staged under a token at `(index, term)` in the state, durably: the
-/// applier's [`Applier::install`], on whatever thread it runs.
-pub type Install<'a> = dyn FnMut(&[u8], u64, u64) -> Result<Applied, CoreError> + 'a;
+/// Installs the snapshot staged under a token at `(index, term)`, with raft's configuration
+/// (encoded), in the state, durably: the applier's [`Applier::install`], on whatever thread it
+/// runs.
+pub type Install<'a> = dyn FnMut(&[u8], u64, u64, &[u8]) -> Result<Applied, CoreError> + 'a;
 
 /// What the driver must do after a call into the core.
 #[derive(Debug)]
@@ -334,6 +340,12 @@ pub enum Action {
     KeptAlive {
         waiter: Waiter,
         result: Result<Grant, RequestError>,
+    },
+    /// A change of membership's answer: the index of its entry, once the state holds it (0:
+    /// nothing needed changing).
+    Changed {
+        waiter: Waiter,
+        result: Result<u64, RequestError>,
     },
 }
 
@@ -391,6 +403,8 @@ pub enum Role {
     Candidate,
     PreCandidate,
     Leader,
+    /// Follows without a vote: a replaced member catching up (`membership`).
+    Learner,
 }
 
 impl Role {
@@ -400,6 +414,7 @@ impl Role {
             Role::Candidate => "candidate",
             Role::PreCandidate => "pre-candidate",
             Role::Leader => "leader",
+            Role::Learner => "learner",
         }
     }
 }
@@ -505,6 +520,24 @@ pub struct Core {
     state_check_interval_ms: u64,
     /// When (the core's clock) this member, as leader, last appended a check point.
     last_check_point_ms: Option<u64>,
+    /// Each learner's first index it must acknowledge before it is made a voter: the entry that
+    /// made it a learner, or the commit index when this member, leading, first saw it one
+    /// (`membership::ready_learner`).
+    learners_since: BTreeMap<u64, u64>,
+    /// Changes of membership proposed for a waiter, not answered yet.
+    changes: Vec<PendingChange>,
+}
+
+/// A change of membership this member proposed as leader, for a waiter.
+struct PendingChange {
+    waiter: Waiter,
+    /// Where its entry was appended, in which term.
+    index: u64,
+    term: u64,
+    /// Tick at which it arrived.
+    arrived_at: u64,
+    /// Raft applied its very entry (the entry at `index` is of `term`).
+    taken: bool,
 }
 
 /// Where the cluster's record of this member's start stands.
@@ -550,6 +583,12 @@ impl Core {
             config.log_cache_bytes,
             config.log_segment_bytes,
         )?;
+        // Raft's configuration as of the applied index, if a change was ever applied: the
+        // log's is as of its start, and raft applies the changes after the applied index again.
+        let recorded = membership::recorded(&state_db.begin_read().map_err(redb_err)?);
+        if let Some(conf) = recorded.map_err(|e| CoreError::Fsm(fsm::FsmError::Corrupt(e)))? {
+            store.set_conf_state(conf);
+        }
         store.reconcile(applied.index, applied.term)?;
         // A first life has no earlier one to catch up with.
         let read_floor = store.is_fresh().then_some(0);
@@ -623,6 +662,8 @@ impl Core {
             start,
             state_check_interval_ms: config.state_check_interval_ms,
             last_check_point_ms: None,
+            learners_since: BTreeMap::new(),
+            changes: Vec::new(),
         };
         Ok((core, applier))
     }
@@ -678,6 +719,11 @@ impl Core {
         self.compactor.stored()
     }
 
+    /// Raft's configuration: who votes, who only learns.
+    pub fn conf_state(&self) -> ConfState {
+        self.raw.raft.prs().conf().to_conf_state()
+    }
+
     pub fn status(&self) -> Status {
         let r = &self.raw.raft;
         Status {
@@ -685,6 +731,7 @@ impl Core {
             term: r.term,
             leader: r.leader_id,
             role: match r.state {
+                StateRole::Follower if r.prs().conf().learners().contains(&r.id) => Role::Learner,
                 StateRole::Follower => Role::Follower,
                 StateRole::Candidate => Role::Candidate,
                 StateRole::PreCandidate => Role::PreCandidate,
@@ -857,6 +904,12 @@ impl Core {
                 }
             }
         }
+        let (expired, pending): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.changes).into_iter().partition(|c| old(c.arrived_at));
+        self.changes = pending;
+        for c in expired {
+            self.actions.push(Action::Changed { waiter: c.waiter, result: Err(timed_out.clone()) });
+        }
         // Reads asked: time out, or ask again under a new context (raft-rs drops a ReadIndex a
         // new leader cannot serve yet, and a lost message loses it too).
         let ctxs: Vec<u64> = self.asked_reads.keys().copied().collect();
@@ -905,6 +958,7 @@ impl Core {
             }
         }
         self.append_check_point_when_due();
+        self.promote_caught_up_learner();
     }
 
     /// As leader, appends a check point (an empty entry: `state_check`) once
@@ -1135,6 +1189,9 @@ impl Core {
         for waiter in keepalives.into_iter().map(|(w, _)| w).chain(early) {
             self.actions.push(Action::KeptAlive { waiter, result: Err(RequestError::ShuttingDown) });
         }
+        for c in std::mem::take(&mut self.changes) {
+            self.actions.push(Action::Changed { waiter: c.waiter, result: Err(RequestError::ShuttingDown) });
+        }
         std::mem::take(&mut self.actions)
     }
 
@@ -1172,7 +1229,8 @@ impl Core {
             let meta = snap.get_metadata();
             // Every entry handed to the applier before is older than the snapshot: the applier
             // takes them in order, then the snapshot replaces what they made.
-            self.applied = install(&snap.data, meta.index, meta.term)?;
+            let conf = membership::encode(meta.get_conf_state()).map_err(raft::Error::from)?;
+            self.applied = install(&snap.data, meta.index, meta.term, &conf)?;
             self.durable_index = self.applied.index;
             self.handed_out = self.handed_out.max(meta.index);
             self.raw.mut_store().install_snapshot(meta)?;
@@ -1183,7 +1241,7 @@ impl Core {
             self.instance_timers.reload(stored_instance_timers(&self.state_db)?, self.clock_ms);
             installed = Some((snap, self.applied.revision));
         }
-        self.hand_out(ready.take_committed_entries(), &mut to_apply);
+        self.hand_out(ready.take_committed_entries(), &mut to_apply)?;
         let entries_persisted = ready.entries().len();
         if !ready.entries().is_empty() {
             if self.raw.raft.state == StateRole::Leader {
@@ -1203,7 +1261,7 @@ impl Core {
         if let Some(commit) = light.commit_index() {
             self.raw.mut_store().set_commit(commit)?;
         }
-        self.hand_out(light.take_committed_entries(), &mut to_apply);
+        self.hand_out(light.take_committed_entries(), &mut to_apply)?;
         self.maybe_compact()?;
         if self.raw.store().dirty() {
             observer.commit_started();
@@ -1270,12 +1328,145 @@ impl Core {
     }
 
     /// Adds the committed entries not handed to the applier yet (an installed snapshot covers
-    /// the older ones).
-    fn hand_out(&mut self, entries: Vec<Entry>, out: &mut Vec<Entry>) {
-        for e in entries {
+    /// the older ones). Raft applies a change of membership here, and the entry reaches the
+    /// applier with the configuration it led to in its `context`, for the state to record.
+    fn hand_out(&mut self, entries: Vec<Entry>, out: &mut Vec<Entry>) -> Result<(), CoreError> {
+        for mut e in entries {
             if e.index > self.handed_out {
                 self.handed_out = e.index;
+                if e.get_entry_type() != EntryType::EntryNormal {
+                    let conf = self.change_membership(&e)?;
+                    e.context = membership::encode(&conf).map_err(raft::Error::from)?.into();
+                }
                 out.push(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the change of membership of committed entry `e` to raft, returning the
+    /// configuration reached. A change raft refuses (none this build proposes) leaves it as it
+    /// was, on every member alike.
+    fn change_membership(&mut self, e: &Entry) -> Result<ConfState, CoreError> {
+        let (member, index) = (self.id(), e.index);
+        let mut lost = Vec::new();
+        for c in self.changes.iter_mut().filter(|c| c.index == index) {
+            match c.term == e.term {
+                true => c.taken = true,
+                false => lost.push(c.waiter),
+            }
+        }
+        self.changes.retain(|c| !lost.contains(&c.waiter));
+        for waiter in lost {
+            let result = Err(membership::Refused::Lost { index }.into());
+            self.actions.push(Action::Changed { waiter, result });
+        }
+        let voters_before = self.conf_state().voters;
+        let applied = membership::change_of(e)
+            .map_err(raft::Error::from)
+            .and_then(|cc| self.raw.apply_conf_change(&cc));
+        let conf = match applied {
+            Ok(conf) => conf,
+            Err(error) => {
+                tracing::error!(member, index, %error, "a change of membership was refused; the members stay as they were");
+                self.raw.raft.prs().conf().to_conf_state()
+            }
+        };
+        for learner in &conf.learners {
+            self.learners_since.entry(*learner).or_insert(index);
+        }
+        // A replaced member forgot what its old life acknowledged: as leader, forget it too, so
+        // that its new life is probed from scratch (and sent a snapshot) rather than told of a
+        // commit past the end of its empty log, which it would take for lost data and stop.
+        let last = self.raw.raft.raft_log.last_index();
+        for demoted in conf.learners.iter().filter(|id| voters_before.contains(id)) {
+            if let Some(pr) = self.raw.raft.mut_prs().get_mut(*demoted) {
+                pr.matched = 0;
+                pr.become_probe();
+                pr.next_idx = last + 1;
+            }
+        }
+        self.learners_since.retain(|id, _| conf.learners.contains(id));
+        tracing::info!(member, index, voters = ?conf.voters, learners = ?conf.learners, "membership changed");
+        if self.raw.raft.state == StateRole::Leader && !conf.voters.contains(&member) {
+            // Raft-rs leaves a demoted leader leading; hand over to the voter furthest along.
+            let next = (self.raw.raft.prs().iter())
+                .filter(|(id, _)| conf.voters.contains(id))
+                .max_by_key(|(_, pr)| pr.matched)
+                .map(|(id, _)| *id);
+            if let Some(next) = next {
+                self.raw.transfer_leader(next);
+            }
+        }
+        Ok(conf)
+    }
+
+    /// As leader, makes voter `member` a learner, so that it may start again on an empty data
+    /// dir (`membership`). `waiter` is answered ([`Action::Changed`]) with the index of the
+    /// change's entry once the state holds it, or 0 when the member is a learner already; a
+    /// change of leader before its commit may lose it, and the waiter is told.
+    pub fn replace(&mut self, waiter: Waiter, member: u64) {
+        match self.propose_replacement(member) {
+            Ok(0) => self.actions.push(Action::Changed { waiter, result: Ok(0) }),
+            Ok(index) => {
+                let term = self.raw.raft.term;
+                self.changes.push(PendingChange { waiter, index, term, arrived_at: self.now, taken: false });
+            }
+            Err(e) => self.actions.push(Action::Changed { waiter, result: Err(e) }),
+        }
+    }
+
+    fn propose_replacement(&mut self, member: u64) -> Result<u64, RequestError> {
+        let me = self.id();
+        if self.raw.raft.state != StateRole::Leader {
+            return Err(RequestError::NotLeader { member: me, leader: self.raw.raft.leader_id });
+        }
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        if !membership::check_replace(me, &conf, member, self.raw.raft.has_pending_conf())? {
+            return Ok(0);
+        }
+        self.propose_change(membership::demotion(member))
+    }
+
+    fn propose_change(&mut self, cc: raft::eraftpb::ConfChangeV2) -> Result<u64, RequestError> {
+        let before = self.raw.raft.raft_log.last_index();
+        let dropped = |why: String| RequestError::from(membership::Refused::Dropped { why });
+        self.raw.propose_conf_change(Vec::new(), cc).map_err(|e| dropped(e.to_string()))?;
+        let index = self.raw.raft.raft_log.last_index();
+        let taken = index > before
+            && self.raw.raft.raft_log.term(index).ok() == Some(self.raw.raft.term)
+            && self.raw.raft.pending_conf_index == index;
+        match taken {
+            true => Ok(index),
+            false => Err(dropped("it was appended as an empty entry".to_string())),
+        }
+    }
+
+    /// As leader, makes a learner that caught up a voter again (`membership::ready_learner`).
+    fn promote_caught_up_learner(&mut self) {
+        let r = &self.raw.raft;
+        if r.state != StateRole::Leader || r.has_pending_conf() {
+            return;
+        }
+        let committed = r.raft_log.committed;
+        let learners: Vec<membership::Learner> = (r.prs().conf().learners().iter())
+            .filter_map(|id| {
+                let pr = r.prs().get(*id)?;
+                Some(membership::Learner { id: *id, matched: pr.matched, recent_active: pr.recent_active })
+            })
+            .collect();
+        for l in &learners {
+            self.learners_since.entry(l.id).or_insert(committed);
+        }
+        if let Some(learner) = membership::ready_learner(&learners, &self.learners_since, committed) {
+            let (member, term) = (self.id(), self.raw.raft.term);
+            match self.propose_change(membership::promotion(learner)) {
+                Ok(index) => {
+                    tracing::info!(member, term, index, learner, "a learner caught up: made a voter again")
+                }
+                Err(error) => {
+                    tracing::warn!(member, term, learner, %error, "a learner caught up, but making it a voter failed")
+                }
             }
         }
     }
@@ -1292,6 +1483,18 @@ impl Core {
         if !overtaken {
             self.applied = progress.applied;
             self.compactor.applied(self.applied.revision, self.clock_ms, progress.history);
+        }
+        let applied = self.applied.index;
+        let (held, pending): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.changes).into_iter().partition(|c| c.index <= applied);
+        self.changes = pending;
+        for c in held {
+            let result = match c.taken {
+                true => Ok(c.index),
+                // A snapshot covered the index: whatever is there came from another leader.
+                false => Err(membership::Refused::Lost { index: c.index }.into()),
+            };
+            self.actions.push(Action::Changed { waiter: c.waiter, result });
         }
         if !overtaken {
             for a in progress.commands.iter().filter(|a| !a.sessions.is_empty()) {
@@ -1489,7 +1692,7 @@ impl Core {
             Role::Leader if before.role != Role::Leader => {
                 tracing::info!(member, term, index, "elected leader")
             }
-            Role::Follower if now.leader != before.leader || now.term != before.term => {
+            Role::Follower | Role::Learner if now.leader != before.leader || now.term != before.term => {
                 if now.leader != raft::INVALID_ID {
                     tracing::info!(member, term, index, leader = now.leader, "following a new leader");
                 } else if before.leader != raft::INVALID_ID {

@@ -116,16 +116,18 @@ impl Snapshots {
         }
     }
 
-    /// Restores the staged snapshot `token` into `txn`, which must be at `(index, term)`.
+    /// Restores the staged snapshot `token` into `txn`, which must be at `(index, term)` with
+    /// raft's configuration `conf_state` (encoded).
     pub(crate) fn install(
         &self,
         txn: &redb::WriteTransaction,
         token: &[u8],
         index: u64,
         term: u64,
+        conf_state: &[u8],
     ) -> Result<fsm::Applied, SnapshotError> {
         let mut input = io::BufReader::with_capacity(256 * 1024, self.inbox.open(token)?);
-        Ok(fsm::snapshot::restore(txn, &mut input, index, term)?)
+        Ok(fsm::snapshot::restore(txn, &mut input, index, term, conf_state)?)
     }
 }
 
@@ -133,6 +135,7 @@ impl SnapshotSource for Snapshots {
     fn prepare(&self, request_index: u64) -> Result<Option<PreparedSnapshot>, String> {
         let txn = self.db.begin_read().map_err(|e| e.to_string())?;
         let pos = fsm::applied(&txn).map_err(|e| e.to_string())?;
+        let conf_state = fsm::conf_state(&txn).map_err(|e| e.to_string())?;
         if pos.index < request_index {
             return Ok(None);
         }
@@ -144,7 +147,12 @@ impl SnapshotSource for Snapshots {
         while prepared.len() > MAX_PREPARED {
             prepared.pop_first();
         }
-        Ok(Some(PreparedSnapshot { index: pos.index, term: pos.term, token: id.to_be_bytes().to_vec() }))
+        Ok(Some(PreparedSnapshot {
+            index: pos.index,
+            term: pos.term,
+            conf_state,
+            token: id.to_be_bytes().to_vec(),
+        }))
     }
 }
 

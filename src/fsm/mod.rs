@@ -65,8 +65,8 @@ pub fn read_page(
 pub use requests::{remembered, REQUEST_MEMORY_BYTES};
 
 use crate::storage::schema::{
-    FSM_APPLIED_INDEX, FSM_APPLIED_TERM, FSM_HISTORY_BYTES, FSM_HISTORY_BYTES_INDEX, FSM_INSTALLED_AT,
-    FSM_META, FSM_REVISION, HISTORY,
+    CONF_STATE, CONF_STATE_CURRENT, FSM_APPLIED_INDEX, FSM_APPLIED_TERM, FSM_HISTORY_BYTES,
+    FSM_HISTORY_BYTES_INDEX, FSM_INSTALLED_AT, FSM_META, FSM_REVISION, HISTORY,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -228,6 +228,7 @@ pub fn init(txn: &WriteTransaction) -> Result<Option<u64>, FsmError> {
             txn.open_table(*def)?;
         }
     }
+    txn.open_table(CONF_STATE)?;
     let meta = txn.open_table(FSM_META)?;
     if counted_history_bytes(&meta)?.is_none() {
         let pos = read_meta(&meta)?;
@@ -242,6 +243,7 @@ pub fn init(txn: &WriteTransaction) -> Result<Option<u64>, FsmError> {
 /// Empties every fsm table (before a restore).
 fn clear(txn: &WriteTransaction) -> Result<(), FsmError> {
     txn.delete_table(FSM_META)?;
+    txn.delete_table(CONF_STATE)?;
     for domain in DOMAINS {
         for def in domain.tables() {
             txn.delete_table(*def)?;
@@ -264,6 +266,21 @@ pub fn applied(txn: &ReadTransaction) -> Result<Applied, FsmError> {
 pub fn installed_at(txn: &ReadTransaction) -> Result<u64, FsmError> {
     let Some(meta) = open_read(txn, FSM_META)? else { return Ok(0) };
     Ok(meta.get(FSM_INSTALLED_AT)?.map_or(0, |v| v.value()))
+}
+
+/// Raft's configuration as of the applied index, as `core` encoded it (see
+/// [`CONF_STATE`]); `None` until a change was applied (the configuration is then the one the
+/// member started with).
+pub fn conf_state(txn: &ReadTransaction) -> Result<Option<Vec<u8>>, FsmError> {
+    let Some(table) = open_read(txn, CONF_STATE)? else { return Ok(None) };
+    Ok(table.get(CONF_STATE_CURRENT)?.map(|v| v.value().to_vec()))
+}
+
+/// Records raft's configuration in the transaction that applies the entry (or restores the
+/// snapshot) it is as of.
+pub fn set_conf_state(txn: &WriteTransaction, conf_state: &[u8]) -> Result<(), FsmError> {
+    txn.open_table(CONF_STATE)?.insert(CONF_STATE_CURRENT, conf_state)?;
+    Ok(())
 }
 
 /// The bounds an apply works within.
@@ -816,7 +833,7 @@ pub(crate) mod testing {
         term: u64,
     ) -> Result<Applied, FsmError> {
         let txn = store.db.begin_write().expect("a write transaction begins");
-        let pos = snapshot::restore(&txn, &mut &stream[..], index, term)?;
+        let pos = snapshot::restore(&txn, &mut &stream[..], index, term, &[])?;
         txn.commit().expect("restore commits");
         store.index = pos.index;
         Ok(pos)

@@ -691,7 +691,7 @@ mod tests {
         let stream = s.snapshot();
         let mut other = Store::new();
         let txn = other.db.begin_write().expect("a write transaction begins");
-        super::super::snapshot::restore(&txn, &mut &stream[..], s.applied().index, 1)
+        super::super::snapshot::restore(&txn, &mut &stream[..], s.applied().index, 1, &[])
             .expect("restore succeeds");
         txn.commit().expect("restore commits");
         other.index = s.applied().index;

@@ -87,16 +87,18 @@ pub fn write<E>(
 }
 
 /// Replaces the whole state with the snapshot read from `input`, which must be at
-/// `(index, term)`, and records that it was installed there ([`super::installed_at`]); returns
-/// its position. See the module doc for what fails it.
+/// `(index, term)` with raft's configuration `conf_state` (from its metadata), and records that
+/// it was installed there ([`super::installed_at`]); returns its position. See the module doc for what fails it.
 pub fn restore(
     txn: &WriteTransaction,
     input: &mut dyn Read,
     index: u64,
     term: u64,
+    conf_state: &[u8],
 ) -> Result<Applied, FsmError> {
     // Cleared first: on any failure the caller aborts the transaction, the clear with it.
     super::clear(txn)?;
+    super::set_conf_state(txn, conf_state)?;
     let (pos, history_bytes) = walk(input, index, term, &mut |def, rows| {
         let mut table = txn.open_table(def)?;
         for row in rows {

@@ -109,6 +109,8 @@ pub enum Job {
         token: Vec<u8>,
         index: u64,
         term: u64,
+        /// Raft's configuration as of the snapshot, encoded.
+        conf_state: Vec<u8>,
         reply: mpsc::Sender<Result<Applied, CoreError>>,
     },
 }
@@ -280,8 +282,8 @@ fn apply_until_stopped(
                     entries = rest;
                 }
             }
-            Job::Install { token, index, term, reply } => {
-                let installed = applier.install(&token, index, term);
+            Job::Install { token, index, term, conf_state, reply } => {
+                let installed = applier.install(&token, index, term, &conf_state);
                 if let (Ok(applied), Some(feed)) = (&installed, feed.get()) {
                     feed.installed(applied.revision);
                 }

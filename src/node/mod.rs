@@ -82,6 +82,11 @@ pub enum Event {
         sessions: Vec<String>,
         reply: oneshot::Sender<Vec<Option<u64>>>,
     },
+    /// Make a voter a learner, to start again on an empty data dir (`core::membership`).
+    Replace {
+        member: u64,
+        reply: oneshot::Sender<Result<u64, RequestError>>,
+    },
     Peer(Box<Message>, Permit),
     /// The apply thread's progress.
     Applied(Progress),
@@ -207,6 +212,14 @@ impl NodeHandle {
         let (reply, rx) = oneshot::channel();
         self.events.send(Event::Leases { sessions, reply }).map_err(|_| RequestError::ShuttingDown)?;
         rx.await.map_err(|_| RequestError::ShuttingDown)
+    }
+
+    /// As leader, makes voter `member` a learner (`core::Core::replace`): the index of the
+    /// change's entry, once this member's state holds it (0: it was a learner already).
+    pub async fn replace(&self, member: u64) -> Result<u64, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.events.send(Event::Replace { member, reply }).map_err(|_| RequestError::ShuttingDown)?;
+        rx.await.map_err(|_| RequestError::ShuttingDown)?
     }
 
     /// The core's answer to a request, or, when the request's caller set a deadline
@@ -578,6 +591,7 @@ struct Waiters {
     proposals: HashMap<Waiter, (oneshot::Sender<Result<Outcome, RequestError>>, Permit)>,
     reads: HashMap<Waiter, (oneshot::Sender<Result<(), RequestError>>, Permit)>,
     keepalives: HashMap<Waiter, (oneshot::Sender<Result<Grant, RequestError>>, Permit)>,
+    changes: HashMap<Waiter, oneshot::Sender<Result<u64, RequestError>>>,
 }
 
 impl Waiters {
@@ -611,6 +625,11 @@ impl Waiters {
                 }
                 Action::KeptAlive { waiter, result } => {
                     if let Some((tx, _permit)) = self.keepalives.remove(&waiter) {
+                        let _ = tx.send(result);
+                    }
+                }
+                Action::Changed { waiter, result } => {
+                    if let Some(tx) = self.changes.remove(&waiter) {
                         let _ = tx.send(result);
                     }
                 }
@@ -661,6 +680,11 @@ fn hand(
         Event::Leases { sessions, reply } => {
             let _ = reply.send(sessions.iter().map(|id| core.lease_remaining(id)).collect());
         }
+        Event::Replace { member, reply } => {
+            waiters.next += 1;
+            waiters.changes.insert(waiters.next, reply);
+            core.replace(waiters.next, member);
+        }
         Event::Applied(progress) => {
             let left = waiters.in_flight.fetch_sub(progress.held_bytes, std::sync::atomic::Ordering::AcqRel);
             metrics
@@ -700,6 +724,7 @@ fn drive(
         proposals: HashMap::new(),
         reads: HashMap::new(),
         keepalives: HashMap::new(),
+        changes: HashMap::new(),
     };
     // Blocks when the apply thread is APPLY_QUEUE batches behind: backpressure, not memory.
     let mut apply = |entries| {
@@ -742,10 +767,16 @@ fn drive(
         core.flush_reads();
         core.set_clock(started.elapsed().as_millis() as u64);
         let mut timer = ReadyTimer { metrics, commit_started: None };
-        let mut install = |token: &[u8], index: u64, term: u64| {
+        let mut install = |token: &[u8], index: u64, term: u64, conf_state: &[u8]| {
             // In order behind every batch queued before it; the raft thread waits for it.
             let (reply, answer) = mpsc::channel();
-            let job = apply::Job::Install { token: token.to_vec(), index, term, reply };
+            let job = apply::Job::Install {
+                token: token.to_vec(),
+                index,
+                term,
+                conf_state: conf_state.to_vec(),
+                reply,
+            };
             jobs.send(job).map_err(|_| CoreError::ApplyStopped)?;
             // A large snapshot takes a while to install: the member is busy, not stuck.
             loop {

@@ -58,8 +58,18 @@ pub fn peers_needed(members: usize) -> usize {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Answer {
     pub lists_me: bool,
+    /// The peer's applied state has the asking member a learner: it was replaced
+    /// (`core::membership`) and may take part again as one.
+    pub learner: bool,
     /// The peer is admitting too (it started on an empty log).
     pub admitting: bool,
+}
+
+/// Whether a peer whose applied state records the starts of `started` and has `learners` among
+/// its members lists `me` as a member that ran before. A learner does not count: it was
+/// replaced (`core::membership`), so it takes part again only as a learner, whatever it forgot.
+pub fn lists(started: &[u64], learners: &[u64], me: u64) -> bool {
+    started.contains(&me) && !learners.contains(&me)
 }
 
 /// What the answers so far decide.
@@ -74,11 +84,21 @@ pub enum Verdict {
         answered: usize,
         needed: usize,
     },
+    /// Peer `lists` records the member's start while peer `learner` has it a learner: one of
+    /// them has not applied the latest change of membership yet (a replacement, or the member's
+    /// promotion after one); asking again settles it.
+    Disagree {
+        lists: u64,
+        learner: u64,
+    },
 }
 
 /// The verdict of `answers` (by peer id) for a member of a cluster of `members`.
 pub fn verdict(members: usize, answers: &BTreeMap<u64, Answer>) -> Verdict {
     if let Some((peer, _)) = answers.iter().find(|(_, a)| a.lists_me) {
+        if let Some((learner, _)) = answers.iter().find(|(_, a)| a.learner) {
+            return Verdict::Disagree { lists: *peer, learner: *learner };
+        }
         return Verdict::Refuse { peer: *peer };
     }
     let needed = peers_needed(members);
@@ -95,8 +115,9 @@ pub fn verdict(members: usize, answers: &BTreeMap<u64, Answer>) -> Verdict {
      member {member} has run before: a member that lost its data must not take part again under its \
      id — its peers counted on the entries it acknowledged and the votes it cast, and committed \
      writes could be lost. Bring back this data dir as the member left it when it last ran (an older \
-     copy has forgotten as much), or keep the cluster running without member {member} (membership \
-     is fixed by --initial-cluster)"
+     copy has forgotten as much), or replace the member: `latch cluster replace {member}` against \
+     the running members makes it a learner, and it may then start on an empty data dir, catch up, \
+     and vote again"
 )]
 pub struct Refused {
     pub member: u64,
@@ -177,8 +198,9 @@ pub async fn ask_peers(me: u64, cluster_id: u64, peers: &[Peer], data_dir: &Path
         for (peer, answer) in futures::future::join_all(asked).await {
             match answer {
                 Ok(s) if s.id == peer && s.cluster_id == cluster_id => {
-                    let answer =
-                        Answer { lists_me: s.started_members.contains(&me), admitting: s.role == ADMITTING };
+                    let lists_me = lists(&s.started_members, &s.learners, me);
+                    let learner = s.learners.contains(&me);
+                    let answer = Answer { lists_me, learner, admitting: s.role == ADMITTING };
                     answers.insert(peer, answer);
                 }
                 Ok(s) => silent.push(format!(
@@ -203,6 +225,18 @@ pub async fn ask_peers(me: u64, cluster_id: u64, peers: &[Peer], data_dir: &Path
             Verdict::Refuse { peer } => {
                 return Err(Refused { member: me, peer, data_dir: data_dir.to_path_buf() });
             }
+            Verdict::Disagree { lists, learner } => {
+                if logged.elapsed() >= LOG_EVERY {
+                    logged = tokio::time::Instant::now();
+                    tracing::warn!(
+                        member = me,
+                        lists,
+                        learner,
+                        "one peer records this member's start, another has it a learner (replaced): \
+                         asking again until they agree"
+                    );
+                }
+            }
             Verdict::Wait { answered, needed } => {
                 if logged.elapsed() >= LOG_EVERY {
                     logged = tokio::time::Instant::now();
@@ -225,7 +259,9 @@ mod tests {
     use super::*;
 
     fn answers(list: &[(u64, bool)]) -> BTreeMap<u64, Answer> {
-        list.iter().map(|(p, lists_me)| (*p, Answer { lists_me: *lists_me, admitting: false })).collect()
+        list.iter()
+            .map(|(p, lists_me)| (*p, Answer { lists_me: *lists_me, learner: false, admitting: false }))
+            .collect()
     }
 
     /// Every set of `needed` peers meets every set of `quorum - 1` peers (those holding a record
@@ -284,6 +320,18 @@ mod tests {
                 && named.contains("whole cluster at once"),
             "the refusal names the peer, its version and what to do: {named}"
         );
+    }
+
+    #[test]
+    fn a_replaced_member_is_not_listed_and_waits_while_its_peers_disagree_on_it() {
+        assert!(!lists(&[1, 2, 3], &[3], 3), "a learner is not listed");
+        assert!(lists(&[1, 2, 3], &[], 3), "a voter that ran before is");
+        assert!(!lists(&[1, 2], &[], 3), "a member that never ran is not");
+        let learner = Answer { lists_me: false, learner: true, admitting: false };
+        let lister = Answer { lists_me: true, learner: false, admitting: false };
+        let both = BTreeMap::from([(1, learner), (2, lister)]);
+        assert_eq!(verdict(3, &both), Verdict::Disagree { lists: 2, learner: 1 }, "one of them is behind");
+        assert_eq!(verdict(3, &BTreeMap::from([(1, learner), (2, learner)])), Verdict::Admit);
     }
 
     #[test]

@@ -115,6 +115,9 @@ pub struct Identity {
 pub struct PreparedSnapshot {
     pub index: u64,
     pub term: u64,
+    /// Raft's configuration as of `index`, as the state recorded it (encoded); `None`: the
+    /// state records none (no change was ever applied), so it is the log's.
+    pub conf_state: Option<Vec<u8>>,
     /// Opaque to raft and storage: names the prepared snapshot to whoever streams it.
     pub token: Vec<u8>,
 }
@@ -882,6 +885,13 @@ impl LogStore {
         Ok(())
     }
 
+    /// Takes `conf_state` as raft's configuration from now on: the one the state recorded as of
+    /// its applied index (`fsm::conf_state`), at a start, before raft reads
+    /// [`raft::Storage::initial_state`].
+    pub fn set_conf_state(&mut self, conf_state: ConfState) {
+        self.conf_state = conf_state;
+    }
+
     /// Whether it held no raft state when it was loaded: the member's first life, or a later
     /// one whose log was lost (see `server::admission`).
     pub fn is_fresh(&self) -> bool {
@@ -1252,7 +1262,12 @@ impl raft::Storage for LogStore {
         let meta = snap.mut_metadata();
         meta.index = prepared.index;
         meta.term = prepared.term;
-        meta.set_conf_state(self.conf_state.clone());
+        // The configuration as of the snapshot's own index: the log's is as of its start.
+        let conf_state = match prepared.conf_state {
+            Some(bytes) => ConfState::parse_from_bytes(&bytes).map_err(other)?,
+            None => self.conf_state.clone(),
+        };
+        meta.set_conf_state(conf_state);
         Ok(snap)
     }
 }

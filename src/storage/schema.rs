@@ -38,6 +38,15 @@ pub const FSM_HISTORY_BYTES_INDEX: &str = "history_bytes_index";
 /// (`core::state_check::copied`).
 pub const FSM_INSTALLED_AT: &str = "installed_at";
 
+/// Raft's configuration (which members vote, which only learn) as of the applied index:
+/// `current` → a raft `ConfState`, protobuf-encoded by `core`. Written in the same transaction
+/// as the entry that changed it (or the snapshot that carried it), so that a member restarts
+/// with the configuration of the state it restarts from; absent until the first change (the
+/// configuration is then `--initial-cluster`'s). Not part of snapshots' rows or the state hash:
+/// a snapshot carries it in its raft metadata.
+pub const CONF_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("conf_state");
+pub const CONF_STATE_CURRENT: &str = "current";
+
 // The state machine's domain tables are all `&[u8] → &[u8]` (see `fsm::Domain`), so that the
 // snapshot stream, restore and the state hash handle every domain alike. Their names are part
 // of the snapshot format.

@@ -483,6 +483,97 @@ async fn refused(wiped: std::process::Child, data_dir: &std::path::Path, when: &
     );
 }
 
+/// The repair for a lost data dir, with real processes and the command line: member W is
+/// SIGKILLed and its data dir removed; started again, it is refused, naming the repair; `latch
+/// cluster replace W` against the running members makes it a learner; started again on an empty
+/// data dir it is admitted, catches up from a snapshot and votes again — so that with the third
+/// member killed, the leader and W alone commit a write.
+#[tokio::test]
+async fn a_member_that_lost_its_data_dir_is_replaced_and_votes_again_once_caught_up() {
+    let mut c = Cluster::start(3, &["--snapshot-entries", "50"]).await;
+    let leader = c.leader().await;
+    let (w, other) = match leader {
+        1 => (3, 2),
+        2 => (3, 1),
+        _ => (2, 1),
+    };
+    let client = c.client().await;
+    for i in 0..120 {
+        client.put(format!("before/{i:03}"), "v").await.unwrap();
+    }
+    let leader_peer = c.member(leader).peer_addr.clone();
+    let leader_status = || {
+        let addr = leader_peer.clone();
+        async move { latch::transport::member_status(&addr, Duration::from_secs(1)).await }
+    };
+    eventually("the leader to record member W's start", STARTUP, || async {
+        let s = leader_status().await?;
+        s.started_members.contains(&w).then_some(()).ok_or(format!("it records {:?}", s.started_members))
+    })
+    .await;
+    c.kill(w);
+    let data_dir = c.member(w).data_dir.clone();
+    std::fs::remove_dir_all(&data_dir).unwrap();
+    let start_wiped = |c: &Cluster| {
+        let mut cmd = c.server_command(w, c.initial_cluster());
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let (status, stderr) = exited(start_wiped(&c), "the wiped member should be refused").await;
+    assert!(!status.success(), "refused: {status}");
+    assert!(
+        stderr.contains(&format!("latch cluster replace {w}")),
+        "the refusal should name the repair; got: {stderr}"
+    );
+
+    let endpoints = format!("{},{}", c.member(leader).client_addr, c.member(other).client_addr);
+    let replace = tokio::process::Command::new(latch_bin())
+        .args(["cluster", "replace", &w.to_string(), "--endpoints", &endpoints, "--timeout", "10s"])
+        .env_remove("LATCH_ENDPOINTS")
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&replace.stdout);
+    assert!(
+        replace.status.success() && said.contains(&format!("member {w} is a learner now")),
+        "`latch cluster replace {w}` should succeed; it said {said:?} and {:?}",
+        String::from_utf8_lossy(&replace.stderr)
+    );
+    let s = leader_status().await.unwrap();
+    assert_eq!(s.learners, vec![w], "the leader's state records member W a learner");
+    let again = tokio::process::Command::new(latch_bin())
+        .args(["cluster", "replace", &leader.to_string(), "--endpoints", &endpoints, "--timeout", "10s"])
+        .env_remove("LATCH_ENDPOINTS")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1), "the leader cannot be replaced");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains(&format!("member {leader} leads the cluster")),
+        "the refusal names why: {:?}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    c.restart(w).await;
+    eventually("member W to vote again", STARTUP * 2, || async {
+        let s = leader_status().await?;
+        let member = c.status_of(leader).await?.members.into_iter().find(|m| m.id == w);
+        let role = member.map(|m| m.role).unwrap_or_default();
+        (s.learners.is_empty() && role == "follower")
+            .then_some(())
+            .ok_or(format!("learners {:?}, member W's role {role:?}", s.learners))
+    })
+    .await;
+    let caught_up = c.self_status(w).await.unwrap();
+    assert!(caught_up.snapshots_installed > 0, "member W caught up from a snapshot");
+
+    c.kill(other);
+    let pair = c.client_of_many(&[leader, w]).await;
+    pair.put("after", "both").await.expect("the leader and the replaced member commit a write");
+    let (_, kvs) = c.local_kvs(w).await.unwrap();
+    assert!(kvs.contains(&("before/000".to_string(), "v".to_string())), "member W holds what came before");
+}
+
 #[tokio::test]
 async fn a_member_whose_data_file_is_garbage_refuses_to_start_naming_the_file() {
     let mut c = Cluster::start(1, &[]).await;

@@ -1199,14 +1199,14 @@ impl Sim {
         let mut progress = Vec::new();
         let (db, fences) = (core.state_db().clone(), &mut self.fences);
         // As the apply thread does: whatever was handed out before is applied first, in order.
-        let mut install = |token: &[u8], index: u64, term: u64| {
+        let mut install = |token: &[u8], index: u64, term: u64, conf_state: &[u8]| {
             let queued = std::mem::take(to_apply);
             if !queued.is_empty() {
                 let (done, applied) = fences.apply(ctx, id, applier, &db, queued);
                 progress.extend(done);
                 applied?;
             }
-            applier.install(token, index, term)
+            applier.install(token, index, term, conf_state)
         };
         let mut result = core.handle_ready(&mut |msgs| out.extend(msgs), &mut (), &mut install);
         let mut ended = Vec::new();
@@ -1509,6 +1509,8 @@ impl Sim {
                     self.lock_checker.changed(self.ctx(), id, &changes);
                     continue;
                 }
+                // The chaos runs change no membership.
+                Action::Changed { .. } => continue,
                 Action::Apply { entries } => {
                     let d = self.rng.gen_range(100..1_500);
                     let node = self.node(id);

@@ -18,11 +18,21 @@ fn recorded_on(s: &mut Scripted, id: u64) -> Vec<u64> {
     fsm::members::recorded(&txn).expect("the records read")
 }
 
+/// The learners member `id`'s applied state records.
+fn learners_on(s: &mut Scripted, id: u64) -> Vec<u64> {
+    let txn = s.core(id).state_db().begin_read().expect("a read transaction begins");
+    latch::core::membership::recorded_learners(&txn).expect("the configuration reads")
+}
+
 /// What the peers of `me` that are up would answer it (`Peer.Status`).
 fn answers_for(s: &mut Scripted, me: u64, up: &[u64]) -> BTreeMap<u64, Answer> {
     up.iter()
         .filter(|p| **p != me)
-        .map(|p| (*p, Answer { lists_me: recorded_on(s, *p).contains(&me), admitting: false }))
+        .map(|p| {
+            let learners = learners_on(s, *p);
+            let lists_me = admission::lists(&recorded_on(s, *p), &learners, me);
+            (*p, Answer { lists_me, learner: learners.contains(&me), admitting: false })
+        })
         .collect()
 }
 
@@ -191,5 +201,103 @@ fn s_put(key: &str, value: &str) -> Command {
         version: fsm::COMMAND_VERSION,
         request_id: String::new(),
         body: Some(Body::Put(Put { key: key.into(), value: value.into(), ..Default::default() })),
+    }
+}
+
+/// Whether `member` votes in member `id`'s raft configuration.
+fn votes_on(s: &mut Scripted, id: u64, member: u64) -> bool {
+    s.core(id).conf_state().voters.contains(&member)
+}
+
+/// The repair for a lost data dir: the running members make the member a learner; their states
+/// then no longer list it, so it is admitted on an empty data dir; it catches up from a
+/// snapshot, and only then does the leader make it a voter again — after which its vote counts
+/// toward commits. While it is down it stays a learner, however long.
+#[test]
+fn a_member_that_lost_its_data_is_replaced_as_a_learner_and_votes_again_once_caught_up() {
+    let mut s = Scripted::with_snapshot_entries(3, 61, 20);
+    s.until("a leader", 200, &mut all, &mut |s| s.leader().is_some());
+    s.until("every start recorded on every member", 200, &mut all, &mut |s| {
+        (1..=3).all(|id| s.core(id).start_recorded() && recorded_on(s, id) == vec![1, 2, 3])
+    });
+    let l = s.leader().expect("a leader");
+    let (w, o) = match l {
+        1 => (3, 2),
+        2 => (3, 1),
+        _ => (2, 1),
+    };
+    for i in 0..40 {
+        let put = s.propose(l, s_put(&format!("before-{i}"), "1"));
+        s.until("a write before answered", 100, &mut all, &mut |s| s.answer(put).is_some());
+    }
+
+    let refused = s.replace(l, l);
+    s.round(&mut all);
+    assert!(
+        matches!(s.answer(refused), Some(Reply::Changed(Err(latch::core::RequestError::Membership(_))))),
+        "the leader cannot replace itself: {:?}",
+        s.answer(refused)
+    );
+
+    s.crash(w);
+    s.wipe(w);
+    s.start(w);
+    let verdict = admission::verdict(3, &answers_for(&mut s, w, &[l, o]));
+    assert!(matches!(verdict, Verdict::Refuse { .. }), "before its replacement it is refused: {verdict:?}");
+    s.crash(w);
+
+    let change = s.replace(l, w);
+    s.until("the replacement answered", 100, &mut all, &mut |s| s.answer(change).is_some());
+    let Some(Reply::Changed(Ok(index))) = s.answer(change).cloned() else {
+        panic!("expected the replacement to be applied, got {:?}", s.answer(change))
+    };
+    assert!(index > 0, "a change was made");
+    for _ in 0..100 {
+        s.round(&mut all);
+    }
+    for id in [l, o] {
+        assert!(!votes_on(&mut s, id, w), "member {id}: the replaced member, down, does not vote");
+        assert_eq!(learners_on(&mut s, id), vec![w], "member {id}'s state records the learner");
+    }
+    let again = s.replace(l, w);
+    s.round(&mut all);
+    assert_eq!(s.answer(again), Some(&Reply::Changed(Ok(0))), "asked again: nothing to change");
+
+    s.start(w);
+    let verdict = admission::verdict(3, &answers_for(&mut s, w, &[l, o]));
+    assert_eq!(verdict, Verdict::Admit, "once replaced, it may start on an empty data dir");
+    let mut hold_snapshots =
+        |m: &Message| if latch::core::is_snapshot(m) { Route::Hold } else { Route::Deliver };
+    s.until("a snapshot for the replaced member", 100, &mut hold_snapshots, &mut |s| {
+        s.held(MessageType::MsgSnapshot, w) > 0
+    });
+    s.deliver_held_snapshot(w);
+    s.until("the replaced member votes again on every member", 500, &mut all, &mut |s| {
+        (1..=3).all(|id| votes_on(s, id, w) && learners_on(s, id).is_empty())
+    });
+    assert_eq!(value_on(&mut s, w, "before-0"), Some(b"1".to_vec()), "it caught up");
+    assert!(
+        s.core(w).status().snapshots_installed > 0,
+        "from a snapshot: the log was compacted past its start"
+    );
+
+    // Its vote counts: with the third member down, the leader and it commit a write.
+    s.crash(o);
+    let after = s.propose(l, s_put("after", "2"));
+    s.until("a write committed by the leader and the replaced member", 200, &mut all, &mut |s| {
+        s.answer(after).is_some()
+    });
+    assert!(matches!(s.answer(after), Some(Reply::Applied(Ok(_)))), "committed: {:?}", s.answer(after));
+    s.until("the replaced member applies it", 50, &mut all, &mut |s| value_on(s, w, "after").is_some());
+
+    // And the configuration outlives a restart of every member.
+    s.start(o);
+    for id in 1..=3 {
+        s.crash(id);
+        s.start(id);
+    }
+    s.until("a leader after the restarts", 300, &mut all, &mut |s| s.leader().is_some());
+    for id in 1..=3 {
+        assert_eq!(s.core(id).conf_state().voters.len(), 3, "member {id}: every member votes");
     }
 }

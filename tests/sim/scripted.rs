@@ -36,6 +36,8 @@ pub enum Answer {
     Applied(Result<Outcome, RequestError>),
     ReadReady,
     ReadFailed(RequestError),
+    /// A change of membership's answer: the index of its entry.
+    Changed(Result<u64, RequestError>),
 }
 
 struct Member {
@@ -275,6 +277,13 @@ impl Scripted {
         w
     }
 
+    /// Asks member `id`, leading, to make voter `member` a learner (`core::membership`).
+    pub fn replace(&mut self, id: u64, member: u64) -> Waiter {
+        let w = self.next_waiter();
+        self.core(id).replace(w, member);
+        w
+    }
+
     /// Asks member `id` for a linearizable read.
     pub fn read(&mut self, id: u64) -> Waiter {
         self.next_waiter += 1;
@@ -384,7 +393,8 @@ impl Scripted {
         let durable_applies = self.snapshot_entries.is_some();
         let m = self.member(id);
         let (Some(core), Some(applier)) = (m.core.as_mut(), m.applier.as_mut()) else { return };
-        let mut install = |token: &[u8], index: u64, term: u64| applier.install(token, index, term);
+        let mut install =
+            |token: &[u8], index: u64, term: u64, conf: &[u8]| applier.install(token, index, term, conf);
         let mut actions = match core.handle_ready(&mut |msgs| sent.extend(msgs), &mut (), &mut install) {
             Ok(actions) => actions,
             Err(_) if m.log_dir.take_failed_sync() => {
@@ -441,6 +451,7 @@ impl Scripted {
                 Action::Reply { waiter, result } => (waiter, Answer::Applied(result)),
                 Action::ReadReady { waiter } => (waiter, Answer::ReadReady),
                 Action::ReadFailed { waiter, error } => (waiter, Answer::ReadFailed(error)),
+                Action::Changed { waiter, result } => (waiter, Answer::Changed(result)),
                 Action::Applied { .. }
                 | Action::Restored { .. }
                 | Action::Apply { .. }

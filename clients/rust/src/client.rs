@@ -986,6 +986,7 @@ written!(
     RegisterResponse,
     DeregisterResponse,
     HeartbeatResponse,
+    ReplaceMemberResponse,
 );
 
 /// Every page of a list paged by name: `page(start_after)` answers a page and whether more

@@ -1,10 +1,10 @@
-//! The key-value calls and the cluster status, as methods of [`Client`].
+//! The key-value calls, the cluster status and a member's replacement, as methods of [`Client`].
 
 use crate::client::Channel;
 use latch_proto::v1::{
     cluster_client::ClusterClient, kv_client::KvClient, CompactionRequest, CompactionResponse,
     DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    ReplaceMemberRequest, ReplaceMemberResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
 };
 
 use crate::{prefix_range, Client, Error};
@@ -145,6 +145,17 @@ impl Client {
             "Status",
             |channel| async move { ClusterClient::new(channel).status(StatusRequest {}).await },
         )
+        .await
+    }
+
+    /// Replaces `member`, which lost its data dir (or is about to be started on an empty one):
+    /// the leader makes it a learner, so that it may start again on an empty data dir, catch up
+    /// and vote again (`Cluster.ReplaceMember`). Returns the raft log index of the change (0: it
+    /// was a learner already); safe to retry.
+    pub async fn replace_member(&self, member: u64) -> Result<ReplaceMemberResponse, Error> {
+        self.write("ReplaceMember", |channel| async move {
+            ClusterClient::new(channel).replace_member(ReplaceMemberRequest { member }).await
+        })
         .await
     }
 }

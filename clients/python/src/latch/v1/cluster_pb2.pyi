@@ -47,3 +47,17 @@ class StatusResponse(_message.Message):
     term: int
     members: _containers.RepeatedCompositeFieldContainer[Member]
     def __init__(self, header: _Optional[_Union[_kv_pb2.ResponseHeader, _Mapping]] = ..., leader: _Optional[int] = ..., term: _Optional[int] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ...) -> None: ...
+
+class ReplaceMemberRequest(_message.Message):
+    __slots__ = ("member",)
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    member: int
+    def __init__(self, member: _Optional[int] = ...) -> None: ...
+
+class ReplaceMemberResponse(_message.Message):
+    __slots__ = ("header", "index")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    header: _kv_pb2.ResponseHeader
+    index: int
+    def __init__(self, header: _Optional[_Union[_kv_pb2.ResponseHeader, _Mapping]] = ..., index: _Optional[int] = ...) -> None: ...

@@ -40,6 +40,11 @@ class ClusterStub:
                 request_serializer=latch_dot_v1_dot_cluster__pb2.StatusRequest.SerializeToString,
                 response_deserializer=latch_dot_v1_dot_cluster__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.ReplaceMember = channel.unary_unary(
+                '/latch.v1.Cluster/ReplaceMember',
+                request_serializer=latch_dot_v1_dot_cluster__pb2.ReplaceMemberRequest.SerializeToString,
+                response_deserializer=latch_dot_v1_dot_cluster__pb2.ReplaceMemberResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServicer:
@@ -52,6 +57,19 @@ class ClusterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReplaceMember(self, request, context):
+        """Replaces a member that lost its data dir (or is about to be started on an empty one): the
+        leader makes it a learner — its acknowledgements and votes count no longer — so that it may
+        start again on an empty data dir under its id and address; it catches up from a snapshot,
+        and the leader makes it a voter again once it has. Answered once the change is applied on
+        the answering member. Only the leader serves it (UNAVAILABLE elsewhere, naming the leader);
+        FAILED_PRECONDITION when the member leads, another replacement is still catching up, or the
+        cluster has fewer than three voters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +77,11 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=latch_dot_v1_dot_cluster__pb2.StatusRequest.FromString,
                     response_serializer=latch_dot_v1_dot_cluster__pb2.StatusResponse.SerializeToString,
+            ),
+            'ReplaceMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplaceMember,
+                    request_deserializer=latch_dot_v1_dot_cluster__pb2.ReplaceMemberRequest.FromString,
+                    response_serializer=latch_dot_v1_dot_cluster__pb2.ReplaceMemberResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +111,33 @@ class Cluster:
             '/latch.v1.Cluster/Status',
             latch_dot_v1_dot_cluster__pb2.StatusRequest.SerializeToString,
             latch_dot_v1_dot_cluster__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplaceMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latch.v1.Cluster/ReplaceMember',
+            latch_dot_v1_dot_cluster__pb2.ReplaceMemberRequest.SerializeToString,
+            latch_dot_v1_dot_cluster__pb2.ReplaceMemberResponse.FromString,
             options,
             channel_credentials,
             insecure,

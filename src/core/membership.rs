@@ -1,0 +1,238 @@
+//! Membership: a member that lost its data comes back as a learner, and votes again once it
+//! has caught up.
+//!
+//! The members are fixed by `--initial-cluster` (their ids, their addresses, and the cluster id
+//! folded from them); what changes at run time is only which of them vote. A member whose data
+//! dir was lost may not take part under its id as it was (`server::admission`): it forgot the
+//! entries it acknowledged and the votes it cast. Replacing it ([`check_replace`], then
+//! [`demotion`] proposed by the leader) makes it a learner through raft, one simple change of
+//! one voter: from that entry on its acknowledgements count toward no commit and its votes
+//! toward no election, for every member that applied the change. Its peers then no longer list
+//! it among the members that ran before (`Peer.Status.learners`), so it is admitted on an empty
+//! data dir; it catches up from a snapshot, and the leader makes it a voter again
+//! ([`ready_learner`], then [`promotion`]) once it has acknowledged an entry at or past the one
+//! that demoted it — so that neither a learner that is down nor its old life still running is
+//! promoted — and is within [`PROMOTE_WITHIN`] entries of the commit index. Why a forgotten vote
+//! cannot elect a second leader meanwhile: docs/architecture.md, "Replacing a member".
+//!
+//! Invariants:
+//! - One change at a time: a change is proposed only when raft has none pending, and a
+//!   replacement only while no member is a learner.
+//! - The leader is never demoted (it is running on its data; stopping it first lets another
+//!   lead), and a cluster keeps at least two voters through a replacement.
+//! - Raft applies a change when the core hands its entry to the applier, once in a member's life
+//!   and in index order; the applier records the configuration reached in the transaction that
+//!   records the entry's index (`fsm::set_conf_state`), and a member restarts with that record,
+//!   so a change is neither applied twice nor skipped across restarts.
+
+use std::collections::BTreeMap;
+
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,
+    EntryType,
+};
+
+/// How close to the commit index a learner's log must be for the leader to make it a voter.
+pub const PROMOTE_WITHIN: u64 = 1024;
+
+/// Why a replacement was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("member {member} is not a member of this cluster (its voters are {voters:?})")]
+    NotAMember { member: u64, voters: Vec<u64> },
+    #[error(
+        "member {member} leads the cluster, so it is running on its data: stop it first (another \
+         member takes over within an election timeout), then replace it"
+    )]
+    Leads { member: u64 },
+    #[error(
+        "member {learner} is still catching up after its replacement; replace one member at a time \
+         (`latch cluster status` shows it a follower again once it votes)"
+    )]
+    Busy { learner: u64 },
+    #[error("a change of the cluster's membership is still being applied; retry in a moment")]
+    Pending,
+    #[error(
+        "member {member} is one of only {voters} voters: a cluster keeps at least two through a \
+         replacement"
+    )]
+    TooFewVoters { member: u64, voters: usize },
+    #[error("the leader did not take the change ({why}); retry")]
+    Dropped { why: String },
+    #[error(
+        "the change proposed at log index {index} was lost with a change of leader; ask again \
+         (`latch cluster status` shows the members' roles)"
+    )]
+    Lost { index: u64 },
+}
+
+/// Whether the leader `me`, whose raft configuration is `conf` (with a change still `pending`
+/// or not), may demote voter `member` to a learner. `Ok(false)`: it is a learner already (a
+/// replacement asked again; nothing to propose).
+pub fn check_replace(me: u64, conf: &ConfState, member: u64, pending: bool) -> Result<bool, Refused> {
+    if conf.learners.contains(&member) {
+        return Ok(false);
+    }
+    if !conf.voters.contains(&member) {
+        return Err(Refused::NotAMember { member, voters: sorted(&conf.voters) });
+    }
+    if member == me {
+        return Err(Refused::Leads { member });
+    }
+    if let Some(learner) = conf.learners.first() {
+        return Err(Refused::Busy { learner: *learner });
+    }
+    if pending || !conf.voters_outgoing.is_empty() {
+        return Err(Refused::Pending);
+    }
+    if conf.voters.len() <= 2 {
+        return Err(Refused::TooFewVoters { member, voters: conf.voters.len() });
+    }
+    Ok(true)
+}
+
+fn sorted(ids: &[u64]) -> Vec<u64> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids
+}
+
+/// The change that makes voter `member` a learner.
+pub fn demotion(member: u64) -> ConfChangeV2 {
+    single(ConfChangeType::AddLearnerNode, member)
+}
+
+/// The change that makes learner `member` a voter again.
+pub fn promotion(member: u64) -> ConfChangeV2 {
+    single(ConfChangeType::AddNode, member)
+}
+
+fn single(change_type: ConfChangeType, node_id: u64) -> ConfChangeV2 {
+    let mut cc = ConfChangeV2::default();
+    cc.set_transition(ConfChangeTransition::Auto);
+    let mut one = ConfChangeSingle::default();
+    one.set_change_type(change_type);
+    one.node_id = node_id;
+    cc.mut_changes().push(one);
+    cc
+}
+
+/// The change a conf change entry carries (raft-rs writes either kind).
+pub fn change_of(e: &Entry) -> Result<ConfChangeV2, protobuf::ProtobufError> {
+    match e.get_entry_type() {
+        EntryType::EntryConfChange => {
+            let v1 = ConfChange::parse_from_bytes(&e.data)?;
+            Ok(single(v1.get_change_type(), v1.node_id))
+        }
+        _ => ConfChangeV2::parse_from_bytes(&e.data),
+    }
+}
+
+pub fn encode(conf: &ConfState) -> Result<Vec<u8>, protobuf::ProtobufError> {
+    conf.write_to_bytes()
+}
+
+pub fn decode(bytes: &[u8]) -> Result<ConfState, protobuf::ProtobufError> {
+    ConfState::parse_from_bytes(bytes)
+}
+
+/// The configuration a state records as of its applied index (`None`: no change applied, so
+/// it is the one the members started with).
+pub fn recorded(txn: &redb::ReadTransaction) -> Result<Option<ConfState>, String> {
+    match crate::fsm::conf_state(txn).map_err(|e| e.to_string())? {
+        Some(bytes) => {
+            decode(&bytes).map(Some).map_err(|e| format!("table conf_state: not a raft ConfState: {e}"))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The learners a state records, in increasing order.
+pub fn recorded_learners(txn: &redb::ReadTransaction) -> Result<Vec<u64>, String> {
+    Ok(recorded(txn)?.map(|conf| sorted(&conf.learners)).unwrap_or_default())
+}
+
+/// A learner as the leader's progress tracker sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Learner {
+    pub id: u64,
+    /// The highest index it acknowledged having.
+    pub matched: u64,
+    /// It answered within the last election timeout.
+    pub recent_active: bool,
+}
+
+/// The learner the leader should make a voter now, if any: one that acknowledged an entry at
+/// or past `since[id]` (the entry that made it a learner, or the leader's commit index when it
+/// first saw it a learner) and whose log is within [`PROMOTE_WITHIN`] of `committed`.
+pub fn ready_learner(learners: &[Learner], since: &BTreeMap<u64, u64>, committed: u64) -> Option<u64> {
+    learners
+        .iter()
+        .find(|l| {
+            let since = since.get(&l.id).copied().unwrap_or(u64::MAX);
+            l.recent_active && l.matched >= since && l.matched + PROMOTE_WITHIN >= committed
+        })
+        .map(|l| l.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(voters: &[u64], learners: &[u64]) -> ConfState {
+        ConfState { voters: voters.to_vec(), learners: learners.to_vec(), ..Default::default() }
+    }
+
+    #[test]
+    fn a_replacement_demotes_one_voter_that_does_not_lead_while_nothing_else_changes() {
+        let three = conf(&[1, 2, 3], &[]);
+        assert_eq!(check_replace(1, &three, 3, false), Ok(true));
+        assert_eq!(check_replace(1, &conf(&[1, 2], &[3]), 3, false), Ok(false), "asked again: nothing to do");
+        assert_eq!(
+            check_replace(1, &three, 7, false),
+            Err(Refused::NotAMember { member: 7, voters: vec![1, 2, 3] })
+        );
+        assert_eq!(check_replace(1, &three, 1, false), Err(Refused::Leads { member: 1 }));
+        assert_eq!(check_replace(1, &three, 2, true), Err(Refused::Pending));
+        assert_eq!(check_replace(1, &conf(&[1, 2, 4, 5], &[3]), 4, false), Err(Refused::Busy { learner: 3 }));
+        assert_eq!(
+            check_replace(1, &conf(&[1, 2], &[]), 2, false),
+            Err(Refused::TooFewVoters { member: 2, voters: 2 })
+        );
+    }
+
+    #[test]
+    fn a_learner_is_promoted_only_once_it_acknowledged_its_demotion_and_is_close_to_the_commit_index() {
+        let since = BTreeMap::from([(3, 100)]);
+        let learner = |matched, recent_active| Learner { id: 3, matched, recent_active };
+        assert_eq!(ready_learner(&[learner(99, true)], &since, 99), None, "down since before its demotion");
+        assert_eq!(ready_learner(&[learner(100, false)], &since, 100), None, "not heard from lately");
+        assert_eq!(
+            ready_learner(&[learner(100, true)], &since, 100 + PROMOTE_WITHIN + 1),
+            None,
+            "too far behind"
+        );
+        assert_eq!(ready_learner(&[learner(100, true)], &since, 100 + PROMOTE_WITHIN), Some(3));
+        assert_eq!(ready_learner(&[learner(500, true)], &BTreeMap::new(), 500), None, "since unknown");
+    }
+
+    #[test]
+    fn the_changes_round_trip_through_an_entry() {
+        for (cc, kind) in
+            [(demotion(3), ConfChangeType::AddLearnerNode), (promotion(3), ConfChangeType::AddNode)]
+        {
+            let e = Entry {
+                entry_type: EntryType::EntryConfChangeV2,
+                data: cc.write_to_bytes().expect("encodes").into(),
+                ..Default::default()
+            };
+            let back = change_of(&e).expect("decodes");
+            assert_eq!(back.get_changes().len(), 1);
+            assert_eq!(back.get_changes()[0].get_change_type(), kind);
+            assert_eq!(back.get_changes()[0].node_id, 3);
+        }
+        let c = conf(&[1, 2], &[3]);
+        assert_eq!(decode(&encode(&c).expect("encodes")).expect("decodes"), c);
+    }
+}
