@@ -85,7 +85,10 @@ use apply::Apply;
 /// `MemberStarted` (`members`), which an older build would reject as a command without a body.
 /// Version 8: a proclaim may carry `max_row_bytes` (an older build would apply it without the
 /// bound). Version 9: what a remembered request counts against the memory's bound leaves its
-/// refusal's text out (`requests`' module doc). A version older than [`OLDEST_COMMAND_VERSION`]
+/// refusal's text out (`requests`' module doc). Version 10: no command changed, but raft's
+/// changes of membership are applied (a member's replacement, `core::membership`), which a
+/// build of 9 applies as no-ops — and members that disagree on who votes could elect two
+/// leaders — so builds of 9 and 10 must not run side by side. A version older than [`OLDEST_COMMAND_VERSION`]
 /// is rejected (every build since version 2 rejects it alike); a newer one stops the member
 /// ([`FsmError::NewerVersion`]).
 ///
@@ -93,7 +96,7 @@ use apply::Apply;
 /// must reach the same state from the same log whatever build applies it, and the members
 /// compare their states (`core::state_check`). So a change to it is made under a new version,
 /// and `fsm::same_state` pins the state a fixed sequence of commands leaves.
-pub const COMMAND_VERSION: u32 = 9;
+pub const COMMAND_VERSION: u32 = 10;
 /// The oldest `Command.version` this build applies.
 pub const OLDEST_COMMAND_VERSION: u32 = 2;
 /// The first version whose acquires and session creates check request ids (see above).

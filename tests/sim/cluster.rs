@@ -32,6 +32,7 @@ use latch::core::RequestError;
 use latch::core::{self, Action, Applier, Core, MemoryInbox, Role, Timing, Waiter};
 use latch::fsm;
 use latch::fsm::SessionChange;
+use latch::server::admission;
 use latch::storage::{Identity, Stores};
 use latch_proto::internal::{
     command::Body, outcome, CloseSession, Command, CreateSession, KeyValue, Put, Range,
@@ -253,6 +254,8 @@ pub struct Report {
     pub hash_checks: u64,
     /// Check points at which two members' state hashes were compared (`state_checks`).
     pub check_points: u64,
+    /// Members whose data dir was lost, replaced (`core::membership`) and started again empty.
+    pub replacements: u64,
     /// Operations on shared keys judged by the linearizability checker.
     pub shared_ops: u64,
     pub serial_reads: u64,
@@ -325,7 +328,7 @@ impl std::fmt::Display for Report {
         write!(
             f,
             "seed {} ({} nodes, snapshot every {}): {} steps, {:.1}s virtual, {} msgs; puts {} acked {} reads {} \
-             retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}), \
+             retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}, data dirs lost and replaced {}), \
              partitions {}, pauses {}, snapshots {}; max term {}, revision {}, {} hash checks, {} check points; lease grants {}, \
              expiries {}, closes {}; lock grants {}, lock-delays ended {}, holds expired {} (unplaced {}, granted again after {}), closed {}, longest queue {}, acquires withdrawn first {}, queues full {}, calls sent again {} (withdrawals {}, copies answered from memory {}); guarded \
              writes {} (succeeded {}, refused after their session ended {}, refused after a release {}; proclaims succeeded {}, refused {}); bound puts {} (sequential {}, sequential deletes {}); heartbeats {}, \
@@ -344,6 +347,7 @@ impl std::fmt::Display for Report {
             self.serial_reads,
             self.crashes,
             self.io_deaths,
+            self.replacements,
             self.partitions,
             self.pauses,
             self.snapshots,
@@ -520,6 +524,14 @@ enum Ev {
         node: u64,
     },
     Heal,
+    /// The leader is asked to replace the member whose data dir was lost (`core::membership`).
+    Replace {
+        node: u64,
+    },
+    /// The replaced member starts on its empty data dir once its peers admit it.
+    StartReplaced {
+        node: u64,
+    },
     /// The member's apply thread takes what was handed to it.
     ApplyTurn {
         node: u64,
@@ -637,6 +649,11 @@ pub struct Sim {
     /// last one's): the never-late bound allows each leader change its re-basing's slack.
     leaders_seen: Vec<(u64, u64)>,
     touched: BTreeSet<u64>,
+    /// The member whose data dir was lost, until it is replaced and started again (one at a
+    /// time): nothing else starts it.
+    replacing: Option<u64>,
+    /// Replacements asked of a leader: waiter → (replaced member, leader asked).
+    replace_waiters: BTreeMap<Waiter, (u64, u64)>,
     settling: bool,
     logger: slog::Logger,
     verbose: bool,
@@ -753,6 +770,8 @@ impl Sim {
             trace: Fnv::default(),
             leaders_seen: Vec::new(),
             touched: BTreeSet::new(),
+            replacing: None,
+            replace_waiters: BTreeMap::new(),
             settling: false,
             logger: slog::Logger::root(slog::Discard, slog::o!()),
             verbose,
@@ -826,7 +845,7 @@ impl Sim {
 
     /// Opens the member's disk in a new process and loads its core.
     fn start_node(&mut self, id: u64) {
-        if self.is_up(id) {
+        if self.is_up(id) || self.replacing == Some(id) {
             return;
         }
         let ctx = self.ctx();
@@ -916,6 +935,13 @@ impl Sim {
         self.keeper_waiters.retain(|_, (_, _, node, _)| *node != id);
         self.locker_waiters.retain(|_, (_, _, node)| *node != id);
         self.heartbeater_waiters.retain(|_, (_, _, node)| *node != id);
+        let asked: Vec<Waiter> =
+            self.replace_waiters.iter().filter(|(_, (_, leader))| *leader == id).map(|(w, _)| *w).collect();
+        for waiter in asked {
+            if let Some((member, _)) = self.replace_waiters.remove(&waiter) {
+                self.at(100_000, Ev::Replace { node: member });
+            }
+        }
         let lost: Vec<Waiter> = self.waiters.iter().filter(|(_, w)| w.node == id).map(|(k, _)| *k).collect();
         for waiter in lost {
             if let Some(w) = self.waiters.remove(&waiter) {
@@ -1130,6 +1156,8 @@ impl Sim {
             Ev::LeaderChange => self.leader_change(),
             Ev::Chaos => self.chaos(),
             Ev::Restart { node } => self.start_node(node),
+            Ev::Replace { node } => self.ask_replacement(node),
+            Ev::StartReplaced { node } => self.start_replaced(node),
             Ev::ApplyTurn { node, inc } => {
                 if self.node(node).inc == inc {
                     self.apply_turn(node);
@@ -1509,8 +1537,12 @@ impl Sim {
                     self.lock_checker.changed(self.ctx(), id, &changes);
                     continue;
                 }
-                // The chaos runs change no membership.
-                Action::Changed { .. } => continue,
+                Action::Changed { waiter, result } => {
+                    if let Some((member, _)) = self.replace_waiters.remove(&waiter) {
+                        self.replaced(member, result);
+                    }
+                    continue;
+                }
                 Action::Apply { entries } => {
                     let d = self.rng.gen_range(100..1_500);
                     let node = self.node(id);
@@ -2109,6 +2141,94 @@ impl Sim {
         self.at(half, Ev::LeaderChange);
     }
 
+    /// A follower's data dir is lost (its disk replaced): it dies, comes back empty, and is
+    /// replaced through the leader before it may start again (`core::membership`).
+    fn lose_data_dir(&mut self) {
+        let Some(leader) = self.leader() else { return };
+        let followers: Vec<u64> = self.up_nodes().into_iter().filter(|id| *id != leader).collect();
+        let id = followers[self.rng.gen_range(0..followers.len())];
+        self.crash(id, "its data dir lost");
+        let node = self.node(id);
+        node.log_dir = SimDir::new();
+        node.state_disk = SimDisk::new();
+        self.checker.wiped(id);
+        self.replacing = Some(id);
+        self.report.replacements += 1;
+        let d = self.rng.gen_range(10_000..500_000);
+        self.at(d, Ev::Replace { node: id });
+    }
+
+    /// Asks the leader, if any, to make the member that lost its data a learner.
+    fn ask_replacement(&mut self, member: u64) {
+        if self.replacing != Some(member) {
+            return;
+        }
+        let Some(leader) = self.leader() else {
+            self.at(100_000, Ev::Replace { node: member });
+            return;
+        };
+        self.next_waiter += 1;
+        let waiter = self.next_waiter;
+        self.replace_waiters.insert(waiter, (member, leader));
+        if let Some(core) = self.node(leader).core.as_mut() {
+            core.replace(waiter, member);
+        }
+        self.touched.insert(leader);
+        self.log(|| format!("node {leader} asked to replace node {member}"));
+    }
+
+    /// The leader answered a replacement: the member may start once its peers admit it, or it is
+    /// asked again.
+    fn replaced(&mut self, member: u64, result: Result<u64, latch::core::RequestError>) {
+        match result {
+            Ok(index) => {
+                self.log(|| format!("node {member} replaced at index {index}"));
+                let d = self.rng.gen_range(10_000..300_000);
+                self.at(d, Ev::StartReplaced { node: member });
+            }
+            Err(e) => {
+                self.log(|| format!("replacing node {member} failed: {e}"));
+                self.at(200_000, Ev::Replace { node: member });
+            }
+        }
+    }
+
+    /// Starts the replaced member on its empty data dir if the peers that are up admit it, as
+    /// `server::admission` would; asks again later otherwise.
+    fn start_replaced(&mut self, member: u64) {
+        if self.replacing != Some(member) || self.is_up(member) {
+            return;
+        }
+        let mut answers = BTreeMap::new();
+        for peer in self.up_nodes().into_iter().filter(|p| *p != member) {
+            let Some(core) = self.nodes[(peer - 1) as usize].core.as_ref() else { continue };
+            let ctx = self.ctx();
+            let txn = core
+                .state_db()
+                .begin_read()
+                .unwrap_or_else(|e| ctx.fail(Some(peer), "admission", e.to_string()));
+            let started = fsm::members::recorded(&txn)
+                .unwrap_or_else(|e| ctx.fail(Some(peer), "admission", e.to_string()));
+            let learners = latch::core::membership::recorded_learners(&txn)
+                .unwrap_or_else(|e| ctx.fail(Some(peer), "admission", e));
+            let lists_me = admission::lists(&started, &learners, member);
+            answers.insert(
+                peer,
+                admission::Answer { lists_me, learner: learners.contains(&member), admitting: false },
+            );
+        }
+        match admission::verdict(self.params.nodes as usize, &answers) {
+            admission::Verdict::Admit => {
+                self.replacing = None;
+                self.start_node(member);
+            }
+            verdict => {
+                self.log(|| format!("node {member} not admitted yet: {verdict:?}"));
+                self.at(100_000, Ev::StartReplaced { node: member });
+            }
+        }
+    }
+
     fn up_nodes(&self) -> Vec<u64> {
         self.nodes.iter().filter(|n| n.core.is_some()).map(|n| n.id).collect()
     }
@@ -2191,6 +2311,8 @@ impl Sim {
                 node.state_disk.fail_next_sync();
             }
             self.log(|| format!("node {id}: next fsync of its {} fails", if log { "log" } else { "state" }));
+        } else if roll < 0.67 && n >= 3 && self.replacing.is_none() && up.len() as u64 == n {
+            self.lose_data_dir();
         }
         let d = self.chaos_delay();
         self.at(d, Ev::Chaos);
@@ -2252,6 +2374,10 @@ impl Sim {
         let Some(leader) = statuses.iter().find(|s| s.role == Role::Leader) else { return false };
         // Every member's start is recorded (proposed again after a loss: it may still be on its way).
         if !self.nodes.iter().all(|n| n.core.as_ref().is_some_and(|c| c.start_recorded())) {
+            return false;
+        }
+        // A replaced member votes again: it caught up and the leader promoted it.
+        if !self.nodes.iter().all(|n| n.core.as_ref().is_some_and(|c| c.conf_state().learners.is_empty())) {
             return false;
         }
         // Nothing any member proposed is still on its way: a compaction the leader proposed as it

@@ -658,6 +658,16 @@ impl Checker {
     /// Its log's commit index may be below what it applied in earlier lives (the commit index
     /// is written unsynced); what must hold instead — it serves nothing older than it served
     /// before — is [`Checker::serializable_read`]'s check, which spans lives.
+    /// Member `id`'s data dir was lost: what it acknowledged, voted and served in its earlier
+    /// lives is gone with it (it takes part again only after its replacement made it a learner,
+    /// `core::membership`; what that forgetting must not break — one leader per term, committed
+    /// entries kept — is checked across its lives as before).
+    pub fn wiped(&mut self, id: u64) {
+        self.votes.retain(|(member, _), _| *member != id);
+        self.seen.remove(&id);
+        self.restarted(id);
+    }
+
     pub fn restarted(&mut self, id: u64) {
         self.shapes.retain(|&(a, b), _| a != id && b != id);
         self.own_shapes.remove(&id);

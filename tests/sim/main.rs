@@ -96,7 +96,7 @@ fn run_seeds(nodes: u64) {
     let verbose = verbose() || single;
     let started = Instant::now();
     let (mut acked, mut crashes, mut snapshots, mut steps, mut spent, mut full) = (0, 0, 0, 0, 0, 0);
-    let (mut byte_compacted, mut watched_typed, mut check_points) = (0, 0, 0);
+    let (mut byte_compacted, mut watched_typed, mut check_points, mut replacements) = (0, 0, 0, 0);
     let mut locks = LockActivity::default();
     for &seed in &seeds {
         let t = Instant::now();
@@ -113,13 +113,14 @@ fn run_seeds(nodes: u64) {
         byte_compacted += u64::from(r.byte_compacted);
         watched_typed += r.watch_typed;
         check_points += r.check_points;
+        replacements += r.replacements;
         locks.add(&r);
     }
     eprintln!(
         "{nodes} nodes: {} seeds passed in {:.1}s ({steps} steps, {acked} acknowledged writes, {crashes} crashes, \
          {snapshots} snapshots delivered, {spent} acquires withdrawn before they were applied, {full} refused \
          at a full queue, {byte_compacted} runs compacted by the byte bound, {watched_typed} changes of sessions, \
-         locks, elections and registry instances watched)",
+         locks, elections and registry instances watched, {replacements} members replaced after losing their data)",
         seeds.len(),
         started.elapsed().as_secs_f64()
     );
@@ -135,6 +136,12 @@ fn run_seeds(nodes: u64) {
     assert!(
         single || seeds.len() < 20 || check_points > 0,
         "over {} seeds, members should have compared their states at some check point (the check is not idle)",
+        seeds.len()
+    );
+    assert!(
+        single || seeds.len() < 20 || nodes < 3 || replacements > 0,
+        "over {} seeds, some member should have lost its data dir and been replaced (the replacement's \
+         checks are not idle)",
         seeds.len()
     );
     assert!(

@@ -148,6 +148,10 @@ class ClientTest(unittest.TestCase):
         with self.assertRaises(latch.LatchError) as caught:
             self.client.session(ttl=0.001)
         self.assertEqual(caught.exception.code, grpc.StatusCode.INVALID_ARGUMENT, "a TTL under the server's minimum")
+        with self.assertRaises(latch.LatchError) as caught:
+            self.client.replace_member(9)
+        self.assertEqual(caught.exception.code, grpc.StatusCode.FAILED_PRECONDITION)
+        self.assertIn("member 9 is not a member of this cluster", caught.exception.message)
 
     # -- sessions, locks, elections ----------------------------------------------------------
 

@@ -883,6 +883,13 @@ class Client:
         """The cluster as the answering member sees it: leader, term, members."""
         return self._call("cluster", "Status", cluster_pb2.StatusRequest())
 
+    def replace_member(self, member: int) -> int:
+        """Replaces ``member``, which lost its data dir (or is about to be started on an empty
+        one): the leader makes it a learner, so that it may start again on an empty data dir,
+        catch up, and vote again. The raft log index of the change (0: it was a learner
+        already); safe to retry."""
+        return self._write("cluster", "ReplaceMember", cluster_pb2.ReplaceMemberRequest(member=member)).index
+
     # -- sessions ------------------------------------------------------------------------------
 
     def session(self, ttl: float = 10.0, *, name: str = "", grace: Optional[float] = None):
