@@ -367,7 +367,12 @@ pub async fn run(
         let asked = async {
             admission::check_versions(id, cluster_id, &config.initial_cluster).await?;
             if asks_peers {
-                admission::ask_peers(id, cluster_id, &config.initial_cluster, &config.data_dir).await?;
+                let admitted =
+                    admission::ask_peers(id, cluster_id, &config.initial_cluster, &config.data_dir).await?;
+                if admitted.replaced {
+                    // Before the client port opens: its empty state is no first life's.
+                    node.handle().lived_before();
+                }
             }
             Ok::<(), ServerError>(())
         };

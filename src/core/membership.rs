@@ -47,6 +47,19 @@ pub enum Refused {
     )]
     Leads { member: u64 },
     #[error(
+        "member {member} is running (the leader heard from it within an election timeout): a \
+         replacement is for a member that lost its data — stop it first. Replaced while running, its \
+         old life would be made a voter again as soon as it answered, and then refused when started \
+         on an empty data dir"
+    )]
+    Running { member: u64 },
+    #[error(
+        "only {running} of the {voters} voters left after replacing member {member} are running \
+         (members {up:?}); the cluster needs {quorum} of them to commit anything, so it would stop \
+         until the others return — bring them back first"
+    )]
+    NoQuorum { member: u64, voters: usize, running: usize, up: Vec<u64>, quorum: usize },
+    #[error(
         "member {learner} is still catching up after its replacement; replace one member at a time \
          (`latch cluster status` shows it a follower again once it votes)"
     )]
@@ -67,10 +80,26 @@ pub enum Refused {
     Lost { index: u64 },
 }
 
+impl Refused {
+    /// Whether asking again soon may succeed with nothing changed by the operator.
+    pub fn passes(&self) -> bool {
+        matches!(self, Refused::Pending | Refused::Dropped { .. } | Refused::Lost { .. })
+    }
+}
+
 /// Whether the leader `me`, whose raft configuration is `conf` (with a change still `pending`
-/// or not), may demote voter `member` to a learner. `Ok(false)`: it is a learner already (a
-/// replacement asked again; nothing to propose).
-pub fn check_replace(me: u64, conf: &ConfState, member: u64, pending: bool) -> Result<bool, Refused> {
+/// or not) and which heard from the voters `running` (itself among them) within an election
+/// timeout, may demote voter `member` to a learner. `Ok(false)`: it is a learner already (a
+/// replacement asked again; nothing to propose). A member that runs is not replaced (its
+/// acknowledgements would make it a voter again at once), nor one whose replacement would leave
+/// fewer running voters than the new configuration's quorum.
+pub fn check_replace(
+    me: u64,
+    conf: &ConfState,
+    member: u64,
+    pending: bool,
+    running: &[u64],
+) -> Result<bool, Refused> {
     if conf.learners.contains(&member) {
         return Ok(false);
     }
@@ -88,6 +117,15 @@ pub fn check_replace(me: u64, conf: &ConfState, member: u64, pending: bool) -> R
     }
     if conf.voters.len() <= 2 {
         return Err(Refused::TooFewVoters { member, voters: conf.voters.len() });
+    }
+    if running.contains(&member) {
+        return Err(Refused::Running { member });
+    }
+    let left: Vec<u64> = sorted(&conf.voters).into_iter().filter(|id| *id != member).collect();
+    let up: Vec<u64> = left.iter().copied().filter(|id| running.contains(id)).collect();
+    let quorum = left.len() / 2 + 1;
+    if up.len() < quorum {
+        return Err(Refused::NoQuorum { member, voters: left.len(), running: up.len(), up, quorum });
     }
     Ok(true)
 }
@@ -187,19 +225,44 @@ mod tests {
     #[test]
     fn a_replacement_demotes_one_voter_that_does_not_lead_while_nothing_else_changes() {
         let three = conf(&[1, 2, 3], &[]);
-        assert_eq!(check_replace(1, &three, 3, false), Ok(true));
-        assert_eq!(check_replace(1, &conf(&[1, 2], &[3]), 3, false), Ok(false), "asked again: nothing to do");
+        let up = [1, 2];
+        assert_eq!(check_replace(1, &three, 3, false, &up), Ok(true));
         assert_eq!(
-            check_replace(1, &three, 7, false),
+            check_replace(1, &conf(&[1, 2], &[3]), 3, false, &up),
+            Ok(false),
+            "asked again: nothing to do"
+        );
+        assert_eq!(
+            check_replace(1, &three, 7, false, &up),
             Err(Refused::NotAMember { member: 7, voters: vec![1, 2, 3] })
         );
-        assert_eq!(check_replace(1, &three, 1, false), Err(Refused::Leads { member: 1 }));
-        assert_eq!(check_replace(1, &three, 2, true), Err(Refused::Pending));
-        assert_eq!(check_replace(1, &conf(&[1, 2, 4, 5], &[3]), 4, false), Err(Refused::Busy { learner: 3 }));
+        assert_eq!(check_replace(1, &three, 1, false, &up), Err(Refused::Leads { member: 1 }));
+        assert_eq!(check_replace(1, &three, 3, true, &up), Err(Refused::Pending));
         assert_eq!(
-            check_replace(1, &conf(&[1, 2], &[]), 2, false),
+            check_replace(1, &conf(&[1, 2, 4, 5], &[3]), 4, false, &up),
+            Err(Refused::Busy { learner: 3 })
+        );
+        assert_eq!(
+            check_replace(1, &conf(&[1, 2], &[]), 2, false, &up),
             Err(Refused::TooFewVoters { member: 2, voters: 2 })
         );
+    }
+
+    #[test]
+    fn a_member_that_runs_is_not_replaced_nor_one_whose_replacement_leaves_no_running_quorum() {
+        let three = conf(&[1, 2, 3], &[]);
+        assert_eq!(check_replace(1, &three, 3, false, &[1, 2, 3]), Err(Refused::Running { member: 3 }));
+        assert_eq!(
+            check_replace(1, &three, 3, false, &[1]),
+            Err(Refused::NoQuorum { member: 3, voters: 2, running: 1, up: vec![1], quorum: 2 }),
+            "with member 2 down too, members 1 and 2 would have to commit everything"
+        );
+        let five = conf(&[1, 2, 3, 4, 5], &[]);
+        assert_eq!(check_replace(1, &five, 5, false, &[1, 2, 3]), Ok(true), "3 of the 4 left run");
+        assert!(matches!(
+            check_replace(1, &five, 5, false, &[1, 2]),
+            Err(Refused::NoQuorum { quorum: 3, .. })
+        ));
     }
 
     #[test]

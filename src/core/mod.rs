@@ -46,6 +46,9 @@
 //!   `request_timeout_ticks`.
 //! - Ids of commands this member proposes itself are unique across members and lives (member
 //!   id, nonce, counter).
+//! - Raft applies a change of membership as its committed entry is handed to the applier, and
+//!   the state records the configuration reached with that entry's index; a member starts with
+//!   the configuration its state records (`membership`).
 
 pub mod applier;
 pub mod coalesce;
@@ -485,6 +488,8 @@ pub struct Core {
     snapshots_installed: u64,
     /// When each peer's last message arrived, on `clock_ms` (see [`Core::followers_floor`]).
     heard_from: BTreeMap<u64, u64>,
+    /// The same, in ticks (see `membership::check_replace`).
+    heard_at_tick: BTreeMap<u64, u64>,
     /// The index of the last snapshot delivered to each peer, and when (on `clock_ms`): it may
     /// be installing it, silent, for longer than [`CATCH_UP_SILENCE_MS`].
     snapshots_delivered: BTreeMap<u64, (u64, u64)>,
@@ -645,6 +650,7 @@ impl Core {
             leader_link_lost: false,
             snapshots_installed: 0,
             heard_from: BTreeMap::new(),
+            heard_at_tick: BTreeMap::new(),
             snapshots_delivered: BTreeMap::new(),
             actions: Vec::new(),
             election_rng: None,
@@ -795,6 +801,16 @@ impl Core {
     /// part (`server::admission`).
     pub fn log_was_fresh(&self) -> bool {
         self.raw.store().is_fresh()
+    }
+
+    /// This member's empty data dir is not its first life: it was replaced after losing its
+    /// data (its peers had it a learner, `membership`). Its empty state is then far behind what
+    /// its earlier life served, so no serializable read is served before a ReadIndex round of
+    /// this life confirmed an index and the state reached it, as after any restart.
+    pub fn lived_before(&mut self) {
+        if self.applied.index == 0 {
+            self.read_floor = None;
+        }
     }
 
     /// Whether the applied state records this member's start (`fsm::members`).
@@ -1005,6 +1021,7 @@ impl Core {
         let result = self.raw.step(msg);
         if from != self.id() && self.raw.raft.prs().get(from).is_some() {
             self.heard_from.insert(from, self.clock_ms);
+            self.heard_at_tick.insert(from, self.now);
         }
         self.redraw_election_timeout(false);
         let pending = self.pending_snapshot();
@@ -1379,7 +1396,7 @@ impl Core {
         // that its new life is probed from scratch (and sent a snapshot) rather than told of a
         // commit past the end of its empty log, which it would take for lost data and stop.
         let last = self.raw.raft.raft_log.last_index();
-        for demoted in conf.learners.iter().filter(|id| voters_before.contains(id)) {
+        for demoted in conf.learners.iter().filter(|id| voters_before.contains(id) && **id != member) {
             if let Some(pr) = self.raw.raft.mut_prs().get_mut(*demoted) {
                 pr.matched = 0;
                 pr.become_probe();
@@ -1388,17 +1405,30 @@ impl Core {
         }
         self.learners_since.retain(|id, _| conf.learners.contains(id));
         tracing::info!(member, index, voters = ?conf.voters, learners = ?conf.learners, "membership changed");
-        if self.raw.raft.state == StateRole::Leader && !conf.voters.contains(&member) {
-            // Raft-rs leaves a demoted leader leading; hand over to the voter furthest along.
-            let next = (self.raw.raft.prs().iter())
-                .filter(|(id, _)| conf.voters.contains(id))
-                .max_by_key(|(_, pr)| pr.matched)
-                .map(|(id, _)| *id);
-            if let Some(next) = next {
-                self.raw.transfer_leader(next);
-            }
-        }
+        self.hand_over_if_demoted();
         Ok(conf)
+    }
+
+    /// Raft-rs leaves a leader demoted by a change it committed leading (a member elected
+    /// with the replacement of itself in its log — its old life was not stopped): as long as it
+    /// leads without a vote, it hands over to the running voter furthest along, again whenever
+    /// no handover is under way (raft-rs abandons one after an election timeout, and a target
+    /// with a change still to apply refuses it).
+    fn hand_over_if_demoted(&mut self) {
+        let r = &self.raw.raft;
+        if r.state != StateRole::Leader
+            || r.prs().conf().voters().contains(r.id)
+            || r.lead_transferee.is_some()
+        {
+            return;
+        }
+        let next = (r.prs().iter())
+            .filter(|(id, pr)| r.prs().conf().voters().contains(**id) && pr.recent_active)
+            .max_by_key(|(_, pr)| pr.matched)
+            .map(|(id, _)| *id);
+        if let Some(next) = next {
+            self.raw.transfer_leader(next);
+        }
     }
 
     /// As leader, makes voter `member` a learner, so that it may start again on an empty data
@@ -1422,7 +1452,14 @@ impl Core {
             return Err(RequestError::NotLeader { member: me, leader: self.raw.raft.leader_id });
         }
         let conf = self.raw.raft.prs().conf().to_conf_state();
-        if !membership::check_replace(me, &conf, member, self.raw.raft.has_pending_conf())? {
+        // Who runs: this member, and the peers heard from within an election timeout.
+        let now = self.now;
+        let window = self.timing.election_tick as u64;
+        let running: Vec<u64> = (conf.voters.iter().copied())
+            .filter(|id| *id == me || self.heard_at_tick.get(id).is_some_and(|at| now - at <= window))
+            .collect();
+        let pending = self.raw.raft.has_pending_conf();
+        if !membership::check_replace(me, &conf, member, pending, &running)? {
             return Ok(0);
         }
         self.propose_change(membership::demotion(member))
@@ -1444,8 +1481,9 @@ impl Core {
 
     /// As leader, makes a learner that caught up a voter again (`membership::ready_learner`).
     fn promote_caught_up_learner(&mut self) {
+        self.hand_over_if_demoted();
         let r = &self.raw.raft;
-        if r.state != StateRole::Leader || r.has_pending_conf() {
+        if r.state != StateRole::Leader || r.has_pending_conf() || !r.prs().conf().voters().contains(r.id) {
             return;
         }
         let committed = r.raft_log.committed;

@@ -82,6 +82,8 @@ pub enum Event {
         sessions: Vec<String>,
         reply: oneshot::Sender<Vec<Option<u64>>>,
     },
+    /// This empty data dir is not the member's first life (`core::Core::lived_before`).
+    LivedBefore,
     /// Make a voter a learner, to start again on an empty data dir (`core::membership`).
     Replace {
         member: u64,
@@ -212,6 +214,12 @@ impl NodeHandle {
         let (reply, rx) = oneshot::channel();
         self.events.send(Event::Leases { sessions, reply }).map_err(|_| RequestError::ShuttingDown)?;
         rx.await.map_err(|_| RequestError::ShuttingDown)
+    }
+
+    /// Tells the core that its empty data dir is not the member's first life
+    /// (`core::Core::lived_before`); before the member serves anything.
+    pub fn lived_before(&self) {
+        let _ = self.events.send(Event::LivedBefore);
     }
 
     /// As leader, makes voter `member` a learner (`core::Core::replace`): the index of the
@@ -680,6 +688,7 @@ fn hand(
         Event::Leases { sessions, reply } => {
             let _ = reply.send(sessions.iter().map(|id| core.lease_remaining(id)).collect());
         }
+        Event::LivedBefore => core.lived_before(),
         Event::Replace { member, reply } => {
             waiters.next += 1;
             waiters.changes.insert(waiters.next, reply);

@@ -72,6 +72,13 @@ pub fn lists(started: &[u64], learners: &[u64], me: u64) -> bool {
     started.contains(&me) && !learners.contains(&me)
 }
 
+/// A member admitted on an empty log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    /// A peer has it a learner: it ran before, and was replaced (`core::membership`).
+    pub replaced: bool,
+}
+
 /// What the answers so far decide.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -180,7 +187,12 @@ pub async fn check_versions(me: u64, cluster_id: u64, peers: &[Peer]) -> Result<
 /// Asks `peers` (the whole cluster, `me` included) until their answers admit member `me` or
 /// one of them records its start. (A data dir that kept its state but lost its log never gets
 /// here: `LogStore::reconcile` refuses it.)
-pub async fn ask_peers(me: u64, cluster_id: u64, peers: &[Peer], data_dir: &Path) -> Result<(), Refused> {
+pub async fn ask_peers(
+    me: u64,
+    cluster_id: u64,
+    peers: &[Peer],
+    data_dir: &Path,
+) -> Result<Admitted, Refused> {
     let others: Vec<&Peer> = peers.iter().filter(|p| p.id != me).collect();
     tracing::info!(
         member = me,
@@ -214,13 +226,15 @@ pub async fn ask_peers(me: u64, cluster_id: u64, peers: &[Peer], data_dir: &Path
             Verdict::Admit => {
                 let admitting: Vec<u64> =
                     answers.iter().filter(|(_, a)| a.admitting).map(|(p, _)| *p).collect();
+                let replaced = answers.values().any(|a| a.learner);
                 tracing::info!(
                     member = me,
                     answered = ?answers.keys().collect::<Vec<_>>(),
                     ?admitting,
-                    "no peer records this member's start: taking part"
+                    replaced,
+                    "no peer records this member's start as a voter's: taking part"
                 );
-                return Ok(());
+                return Ok(Admitted { replaced });
             }
             Verdict::Refuse { peer } => {
                 return Err(Refused { member: me, peer, data_dir: data_dir.to_path_buf() });

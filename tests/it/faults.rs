@@ -527,26 +527,47 @@ async fn a_member_that_lost_its_data_dir_is_replaced_and_votes_again_once_caught
     );
 
     let endpoints = format!("{},{}", c.member(leader).client_addr, c.member(other).client_addr);
-    let replace = tokio::process::Command::new(latch_bin())
-        .args(["cluster", "replace", &w.to_string(), "--endpoints", &endpoints, "--timeout", "10s"])
-        .env_remove("LATCH_ENDPOINTS")
-        .output()
-        .await
-        .unwrap();
-    let said = String::from_utf8_lossy(&replace.stdout);
+    let replace = |member: u64| {
+        let endpoints = endpoints.clone();
+        async move {
+            tokio::process::Command::new(latch_bin())
+                .args([
+                    "cluster",
+                    "replace",
+                    &member.to_string(),
+                    "--endpoints",
+                    &endpoints,
+                    "--timeout",
+                    "10s",
+                ])
+                .env_remove("LATCH_ENDPOINTS")
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let running = replace(other).await;
+    assert_eq!(running.status.code(), Some(1), "a running member is not replaced");
     assert!(
-        replace.status.success() && said.contains(&format!("member {w} is a learner now")),
-        "`latch cluster replace {w}` should succeed; it said {said:?} and {:?}",
-        String::from_utf8_lossy(&replace.stderr)
+        String::from_utf8_lossy(&running.stderr).contains(&format!("member {other} is running")),
+        "the refusal says why: {:?}",
+        String::from_utf8_lossy(&running.stderr)
     );
+    // Member W stopped moments ago: refused as running until the leader has not heard from it
+    // for an election timeout.
+    eventually("`latch cluster replace W` to succeed", STARTUP, || async {
+        let replaced = replace(w).await;
+        let said = String::from_utf8_lossy(&replaced.stdout).into_owned();
+        if replaced.status.success() && said.contains(&format!("member {w} is a learner now")) {
+            Ok(())
+        } else {
+            Err(format!("it said {said:?} and {:?}", String::from_utf8_lossy(&replaced.stderr)))
+        }
+    })
+    .await;
     let s = leader_status().await.unwrap();
     assert_eq!(s.learners, vec![w], "the leader's state records member W a learner");
-    let again = tokio::process::Command::new(latch_bin())
-        .args(["cluster", "replace", &leader.to_string(), "--endpoints", &endpoints, "--timeout", "10s"])
-        .env_remove("LATCH_ENDPOINTS")
-        .output()
-        .await
-        .unwrap();
+    let again = replace(leader).await;
     assert_eq!(again.status.code(), Some(1), "the leader cannot be replaced");
     assert!(
         String::from_utf8_lossy(&again.stderr).contains(&format!("member {leader} leads the cluster")),

@@ -652,6 +652,8 @@ pub struct Sim {
     /// The member whose data dir was lost, until it is replaced and started again (one at a
     /// time): nothing else starts it.
     replacing: Option<u64>,
+    /// Members whose data dir was lost at some point of the run.
+    lost_data: BTreeSet<u64>,
     /// Replacements asked of a leader: waiter → (replaced member, leader asked).
     replace_waiters: BTreeMap<Waiter, (u64, u64)>,
     settling: bool,
@@ -771,6 +773,7 @@ impl Sim {
             leaders_seen: Vec::new(),
             touched: BTreeSet::new(),
             replacing: None,
+            lost_data: BTreeSet::new(),
             replace_waiters: BTreeMap::new(),
             settling: false,
             logger: slog::Logger::root(slog::Discard, slog::o!()),
@@ -887,6 +890,13 @@ impl Sim {
                 |e| ctx.fail(Some(id), "restart from disk", format!("cannot load the core: {e}")),
             );
         core.seed_election_timeouts(seed);
+        // As the server does when it is admitted on an empty log by peers that have it a learner
+        // (it was replaced; admission waits for their answers): its empty state is no first
+        // life's.
+        if core.log_was_fresh() && self.lost_data.contains(&id) {
+            core.lived_before();
+        }
+        let node = self.node(id);
         node.core = Some(core);
         // Durable state commits every few entries, so that crashes find every mix of durable and
         // lost state.
@@ -2152,6 +2162,7 @@ impl Sim {
         node.log_dir = SimDir::new();
         node.state_disk = SimDisk::new();
         self.checker.wiped(id);
+        self.lost_data.insert(id);
         self.replacing = Some(id);
         self.report.replacements += 1;
         let d = self.rng.gen_range(10_000..500_000);

@@ -658,13 +658,17 @@ impl Checker {
     /// Its log's commit index may be below what it applied in earlier lives (the commit index
     /// is written unsynced); what must hold instead — it serves nothing older than it served
     /// before — is [`Checker::serializable_read`]'s check, which spans lives.
-    /// Member `id`'s data dir was lost: what it acknowledged, voted and served in its earlier
-    /// lives is gone with it (it takes part again only after its replacement made it a learner,
-    /// `core::membership`; what that forgetting must not break — one leader per term, committed
-    /// entries kept — is checked across its lives as before).
+    /// Member `id`'s data dir was lost: its votes, term and durable index are gone with it (it
+    /// takes part again only after its replacement made it a learner, `core::membership`; what
+    /// that forgetting must not break — one leader per term, committed entries kept — is checked
+    /// across its lives as before). What it served is not forgotten: its new life serves nothing
+    /// older (`Core::lived_before`).
     pub fn wiped(&mut self, id: u64) {
         self.votes.retain(|(member, _), _| *member != id);
-        self.seen.remove(&id);
+        let served = self.seen.remove(&id).map(|s| (s.caught_up_index, s.serial_revision));
+        if let Some((caught_up_index, serial_revision)) = served {
+            self.seen.insert(id, Seen { caught_up_index, serial_revision, ..Seen::default() });
+        }
         self.restarted(id);
     }
 

@@ -150,6 +150,18 @@ fn letting_a_wiped_member_take_part_loses_a_committed_write_that_admission_would
     assert_eq!(verdict, Verdict::Refuse { peer: o }, "O alone records W's start: W is refused");
 
     // Let in anyway, W votes O in; O's first commit as leader settles that k = v is lost.
+    for r in 0..300 {
+        if r % 20 == 0 || r < 10 {
+            let sw = s.core(w).status();
+            let so = s.core(o).status();
+            eprintln!(
+                "round {r}: W role {:?} term {} leader {} conf {:?}/{:?} commit {} | O role {:?} term {} leader {} conf {:?}/{:?}",
+                sw.role, sw.term, sw.leader, s.core(w).conf_state().voters, s.core(w).conf_state().learners, sw.commit_index,
+                so.role, so.term, so.leader, s.core(o).conf_state().voters, s.core(o).conf_state().learners
+            );
+        }
+        s.round(&mut all);
+    }
     s.until("O leads", 300, &mut all, &mut |s| s.core(o).status().role == latch::core::Role::Leader);
     let after = s.propose(o, Command { request_id: "after".into(), ..s_put("k2", "x") });
     s.until("a write committed by O and W", 100, &mut all, &mut |s| s.answer(after).is_some());
@@ -215,22 +227,7 @@ fn votes_on(s: &mut Scripted, id: u64, member: u64) -> bool {
 /// toward commits. While it is down it stays a learner, however long.
 #[test]
 fn a_member_that_lost_its_data_is_replaced_as_a_learner_and_votes_again_once_caught_up() {
-    let mut s = Scripted::with_snapshot_entries(3, 61, 20);
-    s.until("a leader", 200, &mut all, &mut |s| s.leader().is_some());
-    s.until("every start recorded on every member", 200, &mut all, &mut |s| {
-        (1..=3).all(|id| s.core(id).start_recorded() && recorded_on(s, id) == vec![1, 2, 3])
-    });
-    let l = s.leader().expect("a leader");
-    let (w, o) = match l {
-        1 => (3, 2),
-        2 => (3, 1),
-        _ => (2, 1),
-    };
-    for i in 0..40 {
-        let put = s.propose(l, s_put(&format!("before-{i}"), "1"));
-        s.until("a write before answered", 100, &mut all, &mut |s| s.answer(put).is_some());
-    }
-
+    let (mut s, l, w, o) = cluster_with_writes(61, Some(20));
     let refused = s.replace(l, l);
     s.round(&mut all);
     assert!(
@@ -245,6 +242,16 @@ fn a_member_that_lost_its_data_is_replaced_as_a_learner_and_votes_again_once_cau
     let verdict = admission::verdict(3, &answers_for(&mut s, w, &[l, o]));
     assert!(matches!(verdict, Verdict::Refuse { .. }), "before its replacement it is refused: {verdict:?}");
     s.crash(w);
+    let refused = s.replace(l, w);
+    s.round(&mut all);
+    assert!(
+        matches!(s.answer(refused), Some(Reply::Changed(Err(latch::core::RequestError::Membership(_))))),
+        "a member the leader heard from lately is refused as running: {:?}",
+        s.answer(refused)
+    );
+    for _ in 0..30 {
+        s.round(&mut all);
+    }
 
     let change = s.replace(l, w);
     s.until("the replacement answered", 100, &mut all, &mut |s| s.answer(change).is_some());
@@ -300,4 +307,215 @@ fn a_member_that_lost_its_data_is_replaced_as_a_learner_and_votes_again_once_cau
     for id in 1..=3 {
         assert_eq!(s.core(id).conf_state().voters.len(), 3, "member {id}: every member votes");
     }
+}
+
+/// A 3-member cluster with compaction every 20 entries, every start recorded, 40 writes in;
+/// returns it with (leader, member to replace, other).
+fn cluster_with_writes(seed: u64, snapshot_entries: Option<u64>) -> (Scripted, u64, u64, u64) {
+    let mut s = match snapshot_entries {
+        Some(n) => Scripted::with_snapshot_entries(3, seed, n),
+        None => Scripted::new(3, seed),
+    };
+    s.until("a leader", 200, &mut all, &mut |s| s.leader().is_some());
+    s.until("every start recorded on every member", 200, &mut all, &mut |s| {
+        (1..=3).all(|id| s.core(id).start_recorded() && recorded_on(s, id) == vec![1, 2, 3])
+    });
+    let l = s.leader().expect("a leader");
+    let (w, o) = match l {
+        1 => (3, 2),
+        2 => (3, 1),
+        _ => (2, 1),
+    };
+    for i in 0..40 {
+        let put = s.propose(l, Command { request_id: format!("r{i}"), ..s_put(&format!("before-{i}"), "1") });
+        s.until("a write before answered", 100, &mut all, &mut |s| s.answer(put).is_some());
+    }
+    (s, l, w, o)
+}
+
+/// Member `w` loses its data dir, stays down for an election timeout (the leader refuses to
+/// replace a member it heard from lately), and is replaced through leader `l`.
+fn lose_data_and_replace(s: &mut Scripted, l: u64, w: u64) {
+    s.crash(w);
+    s.wipe(w);
+    for _ in 0..30 {
+        s.round(&mut all);
+    }
+    let change = s.replace(l, w);
+    s.until("the replacement answered", 100, &mut all, &mut |s| s.answer(change).is_some());
+    assert!(
+        matches!(s.answer(change), Some(Reply::Changed(Ok(i))) if *i > 0),
+        "the replacement was applied: {:?}",
+        s.answer(change)
+    );
+}
+
+/// A member still running is not replaced: its old life would acknowledge the next append past
+/// its demotion and be made a voter again at once, and the operator, told to start it on an
+/// empty data dir, would then be refused (or, in a narrow window, admitted as a voter with an
+/// empty log). Once stopped for an election timeout it is replaced, stays a learner while down,
+/// and is admitted on an empty data dir (review-s60 #1).
+#[test]
+fn a_member_that_runs_is_not_replaced_until_it_stops() {
+    let (mut s, l, w, o) = cluster_with_writes(71, Some(20));
+    let change = s.replace(l, w);
+    s.round(&mut all);
+    match s.answer(change) {
+        Some(Reply::Changed(Err(latch::core::RequestError::Membership(
+            latch::core::membership::Refused::Running { member },
+        )))) if *member == w => {}
+        other => panic!("expected member {w}, running, refused as such; got {other:?}"),
+    }
+    lose_data_and_replace(&mut s, l, w);
+    for _ in 0..30 {
+        s.round(&mut all);
+    }
+    for id in [l, o] {
+        assert!(!votes_on(&mut s, id, w), "member {id}: member {w}, down, stays a learner");
+    }
+    s.start(w);
+    let verdict = admission::verdict(3, &answers_for(&mut s, w, &[l, o]));
+    assert_eq!(verdict, Verdict::Admit, "the replaced member is admitted on an empty data dir");
+}
+
+/// A member elected with its own demotion in its log commits it as leader, hands leadership to
+/// a voter, and stays a learner: it does not promote itself, nor is it promoted back by its own
+/// acknowledgements (review-s60 #1, through a leader change).
+#[test]
+fn a_leader_demoted_by_the_change_it_commits_hands_over_and_does_not_promote_itself() {
+    let (mut s, l, w, o) = cluster_with_writes(73, Some(20));
+    // The demotion reaches W only, and L never hears that W has it: it is not committed.
+    let mut only_w_gets_it = |m: &Message| {
+        let t = m.get_msg_type();
+        if (t == MessageType::MsgAppend && m.to == o) || (t == MessageType::MsgAppendResponse && m.from == w)
+        {
+            Route::Drop
+        } else {
+            Route::Deliver
+        }
+    };
+    // W's answers are lost for a while (W still hears L, so it does not campaign): L no longer
+    // hears from it, as from a member that is down.
+    let mut w_silent = |m: &Message| if m.from == w { Route::Drop } else { Route::Deliver };
+    for _ in 0..40 {
+        s.round(&mut w_silent);
+    }
+    let change = s.replace(l, w);
+    for _ in 0..5 {
+        s.round(&mut only_w_gets_it);
+    }
+    let last_l = s.core(l).log().last_index_now();
+    assert!(s.core(w).log().last_index_now() >= last_l, "W holds the demotion");
+    assert!(s.answer(change).is_none(), "not committed yet");
+    s.crash(l);
+    s.until("W leads", 300, &mut all, &mut |s| s.core(w).status().role == latch::core::Role::Leader);
+    s.start(l);
+    s.until("the demotion applied on W and O", 300, &mut all, &mut |s| {
+        !votes_on(s, w, w) && !votes_on(s, o, w)
+    });
+    // A client write reaches the demoted leader meanwhile.
+    let _write = s.propose(w, Command { request_id: "during".into(), ..s_put("during", "1") });
+    // It hands over (raft-rs leaves a demoted leader leading; `change_membership` asks for one
+    // transfer, which the target refuses while it has the demotion to apply, and resets the
+    // leader's own progress with the demoted member's), and does not make itself a voter again.
+    s.until("W, demoted, hands leadership to a voter", 300, &mut all, &mut |s| {
+        if s.core(w).status().role == latch::core::Role::Leader {
+            assert!(!votes_on(s, w, w), "W, demoted while leading, made itself a voter again");
+        }
+        s.leader().is_some_and(|id| id != w)
+    });
+}
+
+/// A replaced member's new life serves no serializable read from its empty state before a
+/// ReadIndex round of this life: its old life served the cluster's revisions, and a node's
+/// revisions never go backwards across restarts (DESIGN §1; review-s60 #2). Its peers' answers
+/// say it was replaced, and the server tells the core (`Core::lived_before`).
+#[test]
+fn a_replaced_member_serves_no_serializable_read_before_it_caught_up() {
+    let (mut s, l, w, o) = cluster_with_writes(79, Some(20));
+    let served_before = s.core(w).status().applied.revision;
+    assert!(served_before > 0);
+    lose_data_and_replace(&mut s, l, w);
+    for _ in 0..10 {
+        s.round(&mut all);
+    }
+    s.start(w);
+    let answers = answers_for(&mut s, w, &[l, o]);
+    assert_eq!(admission::verdict(3, &answers), Verdict::Admit);
+    assert!(answers.values().any(|a| a.learner), "its peers have it a learner: it ran before");
+    // As the server does when admitted by peers that have it a learner.
+    s.core(w).lived_before();
+    let mut hold_snapshots =
+        |m: &Message| if latch::core::is_snapshot(m) { Route::Hold } else { Route::Deliver };
+    let read = s.read_serializable(w);
+    for _ in 0..20 {
+        s.round(&mut hold_snapshots);
+    }
+    let revision = s.core(w).status().applied.revision;
+    assert_ne!(
+        s.answer(read),
+        Some(&Reply::ReadReady),
+        "member {w} would serve a serializable read at revision {revision} (its old life served {served_before})"
+    );
+}
+
+/// Every member restarts while the replaced member is still a learner, on states whose applies
+/// were not all synced (the demotion is applied again from the log on some of them): each
+/// starts with the configuration its state records, and the learner stays one (review-s60 #7).
+#[test]
+fn a_learner_stays_a_learner_across_restarts_of_every_member() {
+    let (mut s, l, w, o) = cluster_with_writes(83, None);
+    lose_data_and_replace(&mut s, l, w);
+    for round in 0..3 {
+        for id in [l, o] {
+            s.crash(id);
+            s.start(id);
+        }
+        s.until("a leader after the restarts", 300, &mut all, &mut |s| s.leader().is_some());
+        for _ in 0..20 {
+            s.round(&mut all);
+        }
+        for id in [l, o] {
+            assert!(!votes_on(&mut s, id, w), "round {round}: member {id} counts W's vote again");
+            assert_eq!(s.core(id).conf_state().learners, vec![w], "round {round}: member {id}");
+        }
+    }
+}
+
+/// A replaced member can also catch up from the log (not compacted): it replays its own
+/// demotion, is a learner in its own configuration, and is then promoted (review-s60 #7).
+#[test]
+fn a_replaced_member_catches_up_from_an_uncompacted_log() {
+    let (mut s, l, w, o) = cluster_with_writes(89, None);
+    lose_data_and_replace(&mut s, l, w);
+    for _ in 0..10 {
+        s.round(&mut all);
+    }
+    s.start(w);
+    assert_eq!(admission::verdict(3, &answers_for(&mut s, w, &[l, o])), Verdict::Admit);
+    s.until("the replaced member votes again on every member", 500, &mut all, &mut |s| {
+        (1..=3).all(|id| votes_on(s, id, w) && learners_on(s, id).is_empty())
+    });
+    assert_eq!(s.core(w).status().snapshots_installed, 0, "from the log");
+    assert_eq!(value_on(&mut s, w, "before-0"), Some(b"1".to_vec()), "it caught up");
+}
+
+/// A replacement that would leave fewer running voters than the new configuration's quorum is
+/// refused: with O down, demoting W would leave {L, O} to commit everything and the cluster would
+/// stop until O returned (etcd's `--strict-reconfig-check`; review-s60 #3).
+#[test]
+fn a_replacement_that_would_leave_no_live_quorum_is_refused() {
+    let (mut s, l, w, o) = cluster_with_writes(97, Some(20));
+    s.crash(o);
+    let change = s.replace(l, w);
+    s.until("the replacement answered", 100, &mut all, &mut |s| s.answer(change).is_some());
+    for _ in 0..100 {
+        s.round(&mut all);
+    }
+    let answer = s.answer(change).cloned();
+    assert!(
+        s.leader().is_some(),
+        "with O down, demoting W (running) left voters {:?} and no leader; the replacement was answered {answer:?}",
+        s.core(l).conf_state().voters
+    );
 }

@@ -62,9 +62,10 @@ class ClusterServicer:
         leader makes it a learner — its acknowledgements and votes count no longer — so that it may
         start again on an empty data dir under its id and address; it catches up from a snapshot,
         and the leader makes it a voter again once it has. Answered once the change is applied on
-        the answering member. Only the leader serves it (UNAVAILABLE elsewhere, naming the leader);
-        FAILED_PRECONDITION when the member leads, another replacement is still catching up, or the
-        cluster has fewer than three voters.
+        the answering member. Only the leader serves it (UNAVAILABLE elsewhere, naming the leader,
+        and while another change of membership is being applied); FAILED_PRECONDITION when the
+        member leads or still runs, another replacement is still catching up, the voters left running
+        would be fewer than a quorum, or the cluster has fewer than three voters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
