@@ -128,6 +128,8 @@ pub enum ServerError {
     OtherVersion(#[from] admission::OtherVersion),
     #[error("{0}")]
     Diverged(#[from] state_check::Diverged),
+    #[error("the node stopped while the member was being admitted (its error is logged above)")]
+    NodeStopped,
     /// A mark (`server::marks`) in the data dir.
     #[error("member {member} does not start while {mark} is there; it says: {why}")]
     Marked { member: u64, mark: std::path::PathBuf, why: String },
@@ -371,7 +373,7 @@ pub async fn run(
                     admission::ask_peers(id, cluster_id, &config.initial_cluster, &config.data_dir).await?;
                 if admitted.replaced {
                     // Before the client port opens: its empty state is no first life's.
-                    node.handle().lived_before();
+                    node.handle().lived_before().await.map_err(|_| ServerError::NodeStopped)?;
                 }
             }
             Ok::<(), ServerError>(())

@@ -23,10 +23,10 @@ pub struct ClusterCommand {
 pub enum ClusterOp {
     /// Leader, term, and each member's id, addresses, role and applied index.
     Status,
-    /// Replace a member that lost its data dir (or is about to be started on an empty one):
-    /// the leader makes it a learner, so that it may start again on an empty data dir under its
-    /// id; it catches up from a snapshot and votes again once it has. Run it against the running
-    /// members, with the member itself stopped.
+    /// Replace a member that lost its data dir: the leader makes it a learner, so that it may
+    /// start again on an empty data dir under its id; it catches up from a snapshot and votes
+    /// again once it has. Run it against the running members, with the member itself stopped
+    /// (a member the leader heard from lately is refused as running).
     Replace {
         /// The member's id (one of --initial-cluster's; not the leader).
         member: u64,

@@ -67,6 +67,11 @@ pub enum Refused {
     #[error("a change of the cluster's membership is still being applied; retry in a moment")]
     Pending,
     #[error(
+        "member {leader} was elected leader moments ago and may not have heard from every member \
+         that runs yet; retry in a moment"
+    )]
+    JustElected { leader: u64 },
+    #[error(
         "member {member} is one of only {voters} voters: a cluster keeps at least two through a \
          replacement"
     )]
@@ -83,7 +88,10 @@ pub enum Refused {
 impl Refused {
     /// Whether asking again soon may succeed with nothing changed by the operator.
     pub fn passes(&self) -> bool {
-        matches!(self, Refused::Pending | Refused::Dropped { .. } | Refused::Lost { .. })
+        matches!(
+            self,
+            Refused::Pending | Refused::JustElected { .. } | Refused::Dropped { .. } | Refused::Lost { .. }
+        )
     }
 }
 

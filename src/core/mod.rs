@@ -490,6 +490,11 @@ pub struct Core {
     heard_from: BTreeMap<u64, u64>,
     /// The same, in ticks (see `membership::check_replace`).
     heard_at_tick: BTreeMap<u64, u64>,
+    /// The tick at which this member last became leader.
+    led_since_tick: u64,
+    /// Vote requests are dropped until the state applied something: this empty data dir is a
+    /// replaced member's, which may have voted in its earlier life (`Core::lived_before`).
+    withhold_votes: bool,
     /// The index of the last snapshot delivered to each peer, and when (on `clock_ms`): it may
     /// be installing it, silent, for longer than [`CATCH_UP_SILENCE_MS`].
     snapshots_delivered: BTreeMap<u64, (u64, u64)>,
@@ -651,6 +656,8 @@ impl Core {
             snapshots_installed: 0,
             heard_from: BTreeMap::new(),
             heard_at_tick: BTreeMap::new(),
+            led_since_tick: 0,
+            withhold_votes: false,
             snapshots_delivered: BTreeMap::new(),
             actions: Vec::new(),
             election_rng: None,
@@ -807,9 +814,13 @@ impl Core {
     /// data (its peers had it a learner, `membership`). Its empty state is then far behind what
     /// its earlier life served, so no serializable read is served before a ReadIndex round of
     /// this life confirmed an index and the state reached it, as after any restart.
+    /// Until it applied something (a snapshot, or entries from the leader, whose term is past
+    /// any its earlier life voted in), it grants no vote either: it may have voted in its earlier
+    /// life, and a candidate that has not applied its replacement still counts its vote.
     pub fn lived_before(&mut self) {
         if self.applied.index == 0 {
             self.read_floor = None;
+            self.withhold_votes = true;
         }
     }
 
@@ -1013,6 +1024,15 @@ impl Core {
         {
             let (member, leader, acknowledged) = (self.id(), msg.from, msg.commit);
             return Err(CoreError::ForgotEntries { member, leader, acknowledged, last });
+        }
+        if self.withhold_votes {
+            let asks_vote =
+                matches!(msg.get_msg_type(), MessageType::MsgRequestVote | MessageType::MsgRequestPreVote);
+            match self.applied.index > 0 {
+                true => self.withhold_votes = false,
+                false if asks_vote => return Ok(()),
+                false => {}
+            }
         }
         let staged = is_snapshot(&msg).then(|| msg.get_snapshot().data.to_vec());
         let from_leader = msg.from == self.raw.raft.leader_id && msg.term == self.raw.raft.term;
@@ -1392,15 +1412,12 @@ impl Core {
         for learner in &conf.learners {
             self.learners_since.entry(*learner).or_insert(index);
         }
-        // A replaced member forgot what its old life acknowledged: as leader, forget it too, so
-        // that its new life is probed from scratch (and sent a snapshot) rather than told of a
-        // commit past the end of its empty log, which it would take for lost data and stop.
-        let last = self.raw.raft.raft_log.last_index();
-        for demoted in conf.learners.iter().filter(|id| voters_before.contains(id) && **id != member) {
-            if let Some(pr) = self.raw.raft.mut_prs().get_mut(*demoted) {
-                pr.matched = 0;
-                pr.become_probe();
-                pr.next_idx = last + 1;
+        // A replaced member forgot what its old life acknowledged: as leader, forget it too.
+        let demoted: Vec<u64> =
+            conf.learners.iter().copied().filter(|id| voters_before.contains(id) && *id != member).collect();
+        if self.raw.raft.state == StateRole::Leader {
+            for id in demoted {
+                self.forget_progress(id);
             }
         }
         self.learners_since.retain(|id, _| conf.learners.contains(id));
@@ -1451,18 +1468,38 @@ impl Core {
         if self.raw.raft.state != StateRole::Leader {
             return Err(RequestError::NotLeader { member: me, leader: self.raw.raft.leader_id });
         }
+        // Who runs: this member, and the peers heard from within two election timeouts — as
+        // long as it has led, so that it has heard from every member that runs.
+        let (now, window) = (self.now, 2 * self.timing.election_tick as u64);
+        if now.saturating_sub(self.led_since_tick) < window {
+            return Err(membership::Refused::JustElected { leader: me }.into());
+        }
         let conf = self.raw.raft.prs().conf().to_conf_state();
-        // Who runs: this member, and the peers heard from within an election timeout.
-        let now = self.now;
-        let window = self.timing.election_tick as u64;
-        let running: Vec<u64> = (conf.voters.iter().copied())
+        let running: Vec<u64> = (conf.voters.iter().chain(&conf.learners).copied())
             .filter(|id| *id == me || self.heard_at_tick.get(id).is_some_and(|at| now - at <= window))
             .collect();
         let pending = self.raw.raft.has_pending_conf();
         if !membership::check_replace(me, &conf, member, pending, &running)? {
+            // A learner already: its new life may have lost its data again before it caught
+            // up. Unless it runs, forget what it acknowledged, as its demotion did.
+            if !running.contains(&member) {
+                self.forget_progress(member);
+            }
             return Ok(0);
         }
         self.propose_change(membership::demotion(member))
+    }
+
+    /// As leader, forgets what member `id` acknowledged: its next life is probed from scratch
+    /// (and sent a snapshot) rather than told of a commit past the end of its empty log, which it
+    /// would take for lost data and stop on.
+    fn forget_progress(&mut self, id: u64) {
+        let last = self.raw.raft.raft_log.last_index();
+        if let Some(pr) = self.raw.raft.mut_prs().get_mut(id) {
+            pr.matched = 0;
+            pr.become_probe();
+            pr.next_idx = last + 1;
+        }
     }
 
     fn propose_change(&mut self, cc: raft::eraftpb::ConfChangeV2) -> Result<u64, RequestError> {
@@ -1750,6 +1787,7 @@ impl Core {
                 self.proposals.remove(&id);
             }
             self.lease_ready_from = (now.role == Role::Leader).then_some((now.term, index));
+            self.led_since_tick = self.now;
             let early = std::mem::take(&mut self.early_keepalives);
             for (waiter, _, _) in early {
                 let error = RequestError::NotLeader { member, leader: now.leader };

@@ -82,8 +82,11 @@ pub enum Event {
         sessions: Vec<String>,
         reply: oneshot::Sender<Vec<Option<u64>>>,
     },
-    /// This empty data dir is not the member's first life (`core::Core::lived_before`).
-    LivedBefore,
+    /// This empty data dir is not the member's first life (`core::Core::lived_before`);
+    /// `done` is told once the status shows it.
+    LivedBefore {
+        done: oneshot::Sender<()>,
+    },
     /// Make a voter a learner, to start again on an empty data dir (`core::membership`).
     Replace {
         member: u64,
@@ -217,9 +220,12 @@ impl NodeHandle {
     }
 
     /// Tells the core that its empty data dir is not the member's first life
-    /// (`core::Core::lived_before`); before the member serves anything.
-    pub fn lived_before(&self) {
-        let _ = self.events.send(Event::LivedBefore);
+    /// (`core::Core::lived_before`), and waits until the status it publishes shows it (a
+    /// serializable read looks at that status first); before the member serves anything.
+    pub async fn lived_before(&self) -> Result<(), RequestError> {
+        let (done, shown) = oneshot::channel();
+        self.events.send(Event::LivedBefore { done }).map_err(|_| RequestError::ShuttingDown)?;
+        shown.await.map_err(|_| RequestError::ShuttingDown)
     }
 
     /// As leader, makes voter `member` a learner (`core::Core::replace`): the index of the
@@ -600,6 +606,8 @@ struct Waiters {
     reads: HashMap<Waiter, (oneshot::Sender<Result<(), RequestError>>, Permit)>,
     keepalives: HashMap<Waiter, (oneshot::Sender<Result<Grant, RequestError>>, Permit)>,
     changes: HashMap<Waiter, oneshot::Sender<Result<u64, RequestError>>>,
+    /// Told once the turn's status is published.
+    published: Vec<oneshot::Sender<()>>,
 }
 
 impl Waiters {
@@ -688,7 +696,10 @@ fn hand(
         Event::Leases { sessions, reply } => {
             let _ = reply.send(sessions.iter().map(|id| core.lease_remaining(id)).collect());
         }
-        Event::LivedBefore => core.lived_before(),
+        Event::LivedBefore { done } => {
+            core.lived_before();
+            waiters.published.push(done);
+        }
         Event::Replace { member, reply } => {
             waiters.next += 1;
             waiters.changes.insert(waiters.next, reply);
@@ -734,6 +745,7 @@ fn drive(
         reads: HashMap::new(),
         keepalives: HashMap::new(),
         changes: HashMap::new(),
+        published: Vec::new(),
     };
     // Blocks when the apply thread is APPLY_QUEUE batches behind: backpressure, not memory.
     let mut apply = |entries| {
@@ -807,6 +819,9 @@ fn drive(
         last_status = now;
         if let Ok(mut s) = status.lock() {
             *s = now;
+        }
+        for done in waiters.published.drain(..) {
+            let _ = done.send(());
         }
     };
     if let Err(e) = &result {

@@ -148,9 +148,8 @@ impl Client {
         .await
     }
 
-    /// Replaces `member`, which lost its data dir (or is about to be started on an empty one):
-    /// the leader makes it a learner, so that it may start again on an empty data dir, catch up
-    /// and vote again (`Cluster.ReplaceMember`). Returns the raft log index of the change (0: it
+    /// Replaces `member`, which lost its data dir and is stopped: the leader makes it a learner,
+    /// so that it may start again on an empty data dir, catch up and vote again (`Cluster.ReplaceMember`). Returns the raft log index of the change (0: it
     /// was a learner already); safe to retry.
     pub async fn replace_member(&self, member: u64) -> Result<ReplaceMemberResponse, Error> {
         self.write("ReplaceMember", |channel| async move {

@@ -884,10 +884,9 @@ class Client:
         return self._call("cluster", "Status", cluster_pb2.StatusRequest())
 
     def replace_member(self, member: int) -> int:
-        """Replaces ``member``, which lost its data dir (or is about to be started on an empty
-        one): the leader makes it a learner, so that it may start again on an empty data dir,
-        catch up, and vote again. The raft log index of the change (0: it was a learner
-        already); safe to retry."""
+        """Replaces ``member``, which lost its data dir and is stopped: the leader makes it a
+        learner, so that it may start again on an empty data dir, catch up, and vote again. The
+        raft log index of the change (0: it was a learner already); safe to retry."""
         return self._write("cluster", "ReplaceMember", cluster_pb2.ReplaceMemberRequest(member=member)).index
 
     # -- sessions ------------------------------------------------------------------------------

@@ -58,14 +58,15 @@ class ClusterServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReplaceMember(self, request, context):
-        """Replaces a member that lost its data dir (or is about to be started on an empty one): the
-        leader makes it a learner — its acknowledgements and votes count no longer — so that it may
-        start again on an empty data dir under its id and address; it catches up from a snapshot,
-        and the leader makes it a voter again once it has. Answered once the change is applied on
-        the answering member. Only the leader serves it (UNAVAILABLE elsewhere, naming the leader,
-        and while another change of membership is being applied); FAILED_PRECONDITION when the
-        member leads or still runs, another replacement is still catching up, the voters left running
-        would be fewer than a quorum, or the cluster has fewer than three voters.
+        """Replaces a member that lost its data dir and is stopped: the leader makes it a learner — its
+        acknowledgements and votes count no longer — so that it may start again on an empty data
+        dir under its id and address; it catches up from a snapshot, and the leader makes it a voter
+        again once it has. Answered once the change is applied on the answering member. Only the
+        leader serves it (UNAVAILABLE elsewhere, naming the leader; also while another change of
+        membership is being applied, or the leader was elected moments ago); FAILED_PRECONDITION
+        when the member leads or still runs (the leader heard from it within two election
+        timeouts), another replacement is still catching up, the voters left running would be fewer
+        than a quorum, or the cluster has fewer than three voters.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
