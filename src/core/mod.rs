@@ -1406,7 +1406,7 @@ impl Core {
             Ok(conf) => conf,
             Err(error) => {
                 tracing::error!(member, index, %error, "a change of membership was refused; the members stay as they were");
-                self.raw.raft.prs().conf().to_conf_state()
+                self.conf_state()
             }
         };
         for learner in &conf.learners {
@@ -1474,7 +1474,7 @@ impl Core {
         if now.saturating_sub(self.led_since_tick) < window {
             return Err(membership::Refused::JustElected { leader: me }.into());
         }
-        let conf = self.raw.raft.prs().conf().to_conf_state();
+        let conf = self.conf_state();
         let running: Vec<u64> = (conf.voters.iter().chain(&conf.learners).copied())
             .filter(|id| *id == me || self.heard_at_tick.get(id).is_some_and(|at| now - at <= window))
             .collect();

@@ -520,3 +520,112 @@ fn a_replacement_that_would_stop_the_cluster_is_refused() {
         s.core(l).conf_state().voters
     );
 }
+
+/// A replaced member's new life may lose its data dir again after it acknowledged a snapshot
+/// but before it was promoted (here: more than `PROMOTE_WITHIN` entries were committed while its
+/// snapshot was on the way). The leader knows what that life acknowledged; asked to replace the
+/// learner again, it forgets it, so the next life is probed from scratch and sent a snapshot,
+/// rather than told by the first heartbeat of a commit past the end of its empty log, which it
+/// would take for lost data and stop on (review-s60-fixes F1).
+#[test]
+fn a_learner_that_loses_its_data_again_before_its_promotion_is_replaced_again_and_catches_up() {
+    let (mut s, l, w, o) = cluster_with_writes(101, Some(20));
+    lose_data_and_replace(&mut s, l, w);
+    s.start(w);
+    s.core(w).lived_before();
+    let mut hold_snapshots =
+        |m: &Message| if latch::core::is_snapshot(m) { Route::Hold } else { Route::Deliver };
+    s.until("a snapshot for the replaced member", 100, &mut hold_snapshots, &mut |s| {
+        s.held(MessageType::MsgSnapshot, w) > 0
+    });
+    let writes: Vec<_> = (0..latch::core::membership::PROMOTE_WITHIN + 50)
+        .map(|i| {
+            s.propose(l, Command { request_id: format!("later{i}"), ..s_put(&format!("later-{i}"), "1") })
+        })
+        .collect();
+    s.until("the writes answered", 2_000, &mut hold_snapshots, &mut |s| {
+        writes.iter().all(|w| s.answer(*w).is_some())
+    });
+    let snapshot_index = s.deliver_held_snapshot(w);
+    // Its acknowledgement of the snapshot reaches the leader; nothing after it reaches the member.
+    let mut nothing_more_for_w = |m: &Message| {
+        let catch_up = matches!(m.get_msg_type(), MessageType::MsgAppend | MessageType::MsgSnapshot);
+        if catch_up && m.to == w {
+            Route::Drop
+        } else {
+            Route::Deliver
+        }
+    };
+    for _ in 0..20 {
+        s.round(&mut nothing_more_for_w);
+    }
+    assert_eq!(s.core(w).status().applied.index, snapshot_index, "the second life installed the snapshot");
+    assert!(s.core(l).status().commit_index > snapshot_index + latch::core::membership::PROMOTE_WITHIN);
+    assert!(!votes_on(&mut s, l, w), "the second life, far behind, is still a learner");
+
+    s.crash(w);
+    s.wipe(w);
+    for _ in 0..30 {
+        s.round(&mut all);
+    }
+    let again = s.replace(l, w);
+    s.round(&mut all);
+    assert_eq!(s.answer(again), Some(&Reply::Changed(Ok(0))), "a learner already: nothing to change");
+
+    s.start(w);
+    assert_eq!(admission::verdict(3, &answers_for(&mut s, w, &[l, o])), Verdict::Admit);
+    s.core(w).lived_before();
+    s.until("the third life votes again on every member", 500, &mut hold_snapshots, &mut |s| {
+        if let Some(why) = s.stopped_on_a_message(w) {
+            panic!("the third life stopped, told of what its second life acknowledged: {why}");
+        }
+        if s.held(MessageType::MsgSnapshot, w) > 0 {
+            s.deliver_held_snapshot(w);
+        }
+        (1..=3).all(|id| votes_on(s, id, w) && learners_on(s, id).is_empty())
+    });
+    let last = format!("later-{}", latch::core::membership::PROMOTE_WITHIN + 49);
+    assert_eq!(value_on(&mut s, w, &last), Some(b"1".to_vec()), "it caught up");
+}
+
+/// A replaced member's new life may have voted in its earlier life, in a term a candidate that
+/// has not applied the replacement still campaigns in: until it applied something, it grants no
+/// vote and does not even take the request's term (review-s60 #4). Once caught up, it votes.
+#[test]
+fn a_replaced_members_new_life_grants_no_vote_before_it_applied_something() {
+    let (mut s, l, w, o) = cluster_with_writes(103, Some(20));
+    lose_data_and_replace(&mut s, l, w);
+    s.start(w);
+    s.core(w).lived_before();
+    let ask_vote = |s: &mut Scripted, from: u64| {
+        let candidate = s.core(from).status();
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgRequestVote);
+        (m.from, m.to, m.term) = (from, w, candidate.term + 1);
+        m.index = s.core(from).log().last_index_now();
+        m.log_term = candidate.term;
+        // As a leader's handover asks: a member's lease of its leader does not hide the answer.
+        m.context = raft::CAMPAIGN_TRANSFER.to_vec().into();
+        m
+    };
+    let term_before = s.core(w).status().term;
+    let request = ask_vote(&mut s, o);
+    s.step(w, request);
+    assert_eq!(
+        s.held(MessageType::MsgRequestVoteResponse, o),
+        0,
+        "the empty new life answered a vote request"
+    );
+    assert_eq!(s.core(w).status().term, term_before, "the empty new life took the candidate's term");
+
+    let mut hold_snapshots =
+        |m: &Message| if latch::core::is_snapshot(m) { Route::Hold } else { Route::Deliver };
+    s.until("a snapshot for the new life", 100, &mut hold_snapshots, &mut |s| {
+        s.held(MessageType::MsgSnapshot, w) > 0
+    });
+    s.deliver_held_snapshot(w);
+    assert!(s.core(w).status().applied.index > 0, "the new life applied the snapshot");
+    let request = ask_vote(&mut s, o);
+    s.step(w, request);
+    assert_eq!(s.held(MessageType::MsgRequestVoteResponse, o), 1, "once it applied something, it answers");
+}
