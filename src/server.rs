@@ -521,10 +521,16 @@ pub async fn run(
     let result =
         tokio::task::spawn_blocking(move || node.stop()).await.unwrap_or(Ok(())).map_err(ServerError::from);
     // A member that forgot entries it acknowledged must not take part again, not even until its
-    // leader's next heartbeat: it could vote from its older log.
-    if let Err(ServerError::Core(forgot @ CoreError::ForgotEntries { .. })) = &result {
-        if let Err(e) = marks::write(&config.data_dir, marks::FORGOT_ENTRIES, &forgot.to_string()) {
-            tracing::error!(member = id, error = %e, "cannot write {} into the data dir", marks::FORGOT_ENTRIES);
+    // leader's next heartbeat: it could vote from its older log. One removed from the cluster
+    // takes no part again either (its state may not hold its removal: a peer told it).
+    let mark = match &result {
+        Err(ServerError::Core(e @ CoreError::ForgotEntries { .. })) => Some((marks::FORGOT_ENTRIES, e)),
+        Err(ServerError::Core(e @ CoreError::Removed { .. })) => Some((marks::REMOVED, e)),
+        _ => None,
+    };
+    if let Some((name, why)) = mark {
+        if let Err(e) = marks::write(&config.data_dir, name, &why.to_string()) {
+            tracing::error!(member = id, error = %e, "cannot write {name} into the data dir");
         }
     }
     let _ = dns_task.await;

@@ -144,6 +144,9 @@ async fn receive(
         if !shared.links.knows(frame.from) {
             return Err(Refusal::Stranger(frame.from).into());
         }
+        if node.has_removed(frame.from) {
+            return Err(Refusal::Removed { from: frame.from, by: node.member_id }.into());
+        }
         if buf.len() + frame.chunk.len() > max_message {
             return Err(Refusal::TooLarge { from: frame.from, max: max_message }.into());
         }
@@ -199,7 +202,9 @@ impl From<Refusal> for Status {
     fn from(why: Refusal) -> Status {
         let message = why.to_string();
         match why {
-            Refusal::Cluster { .. } | Refusal::Stranger(_) => Status::failed_precondition(message),
+            Refusal::Cluster { .. } | Refusal::Stranger(_) | Refusal::Removed { .. } => {
+                Status::failed_precondition(message)
+            }
             Refusal::TooLarge { .. } => Status::resource_exhausted(message),
             Refusal::Undecodable { .. } | Refusal::WrongSender { .. } | Refusal::Snapshot(_) => {
                 Status::invalid_argument(message)

@@ -1,11 +1,15 @@
 //! The Cluster service: `Status` — the leader and term as this member sees them, and each
 //! member's own account of itself (role, applied index), asked over the peer transport — and
-//! `ReplaceMember`, which makes a member that lost its data a learner (`core::membership`).
+//! `ReplaceMember`, which makes a member that lost its data a learner, and `RemoveMember`, which
+//! takes a member out of the cluster for good (`core::membership`).
 
 use std::time::Duration;
 
 use latch_proto::v1::cluster_server::{Cluster, ClusterServer};
-use latch_proto::v1::{Member, ReplaceMemberRequest, ReplaceMemberResponse, StatusRequest, StatusResponse};
+use latch_proto::v1::{
+    Member, RemoveMemberRequest, RemoveMemberResponse, ReplaceMemberRequest, ReplaceMemberResponse,
+    StatusRequest, StatusResponse,
+};
 use redb::ReadableDatabase as _;
 use tonic::{Request, Response, Status};
 
@@ -38,7 +42,10 @@ impl Cluster for ClusterService {
             MEMBER_PROBE.min(Duration::from_millis(left.as_millis() as u64 / 2))
         });
         let me = self.ctx.node.status();
-        let asks = self.ctx.members.iter().map(|p| async move {
+        // Members removed from the cluster are no longer listed.
+        let configuration = self.ctx.node.configuration();
+        let listed = self.ctx.members.iter().filter(|p| configuration.has(p.id));
+        let asks = listed.map(|p| async move {
             if p.id == me.id {
                 return Member {
                     id: me.id,
@@ -96,25 +103,52 @@ impl Cluster for ClusterService {
         &self,
         request: Request<ReplaceMemberRequest>,
     ) -> Result<Response<ReplaceMemberResponse>, Status> {
-        let member = request.into_inner().member;
-        if member == 0 {
-            let problem = "0 is no member id: name one of --initial-cluster's".to_string();
-            return Err(self.ctx.to_status(ApiError::InvalidArgument { field: "member", problem }));
-        }
-        let answer = self.ctx.node.replace(member);
-        let index = match deadline::answer_by() {
+        let member = checked_member(request.into_inner().member).map_err(|e| self.ctx.to_status(e))?;
+        let shows = "`latch cluster status` shows the member a learner if it did";
+        let index = self.changed(self.ctx.node.replace(member), "replacement", member, shows).await?;
+        let header = self.ctx.header(self.ctx.node.status().applied.revision);
+        Ok(Response::new(ReplaceMemberResponse { header: Some(header), index }))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<RemoveMemberRequest>,
+    ) -> Result<Response<RemoveMemberResponse>, Status> {
+        let member = checked_member(request.into_inner().member).map_err(|e| self.ctx.to_status(e))?;
+        let shows = "`latch cluster status` no longer lists the member if it did";
+        let index = self.changed(self.ctx.node.remove(member), "removal", member, shows).await?;
+        let header = self.ctx.header(self.ctx.node.status().applied.revision);
+        Ok(Response::new(RemoveMemberResponse { header: Some(header), index }))
+    }
+}
+
+fn checked_member(member: u64) -> Result<u64, ApiError> {
+    if member == 0 {
+        let problem = "0 is no member id: name one of --initial-cluster's".to_string();
+        return Err(ApiError::InvalidArgument { field: "member", problem });
+    }
+    Ok(member)
+}
+
+impl ClusterService {
+    /// The answer to a change of membership, within the caller's deadline if it set one.
+    async fn changed(
+        &self,
+        answer: impl std::future::Future<Output = Result<u64, crate::core::RequestError>>,
+        change: &str,
+        member: u64,
+        shows: &str,
+    ) -> Result<u64, Status> {
+        match deadline::answer_by() {
             Some(by) => tokio::time::timeout_at(by, answer).await.map_err(|_| {
                 Status::deadline_exceeded(format!(
-                    "member {} could not apply the replacement of member {member} before its caller's \
-                     deadline; it may still take effect (`latch cluster status` shows the member a \
-                     learner if it did)",
+                    "member {} could not apply the {change} of member {member} before its caller's \
+                     deadline; it may still take effect ({shows})",
                     self.ctx.node.member_id
                 ))
             })?,
             None => answer.await,
         }
-        .map_err(|e| self.ctx.to_status(ApiError::Request(e)))?;
-        let header = self.ctx.header(self.ctx.node.status().applied.revision);
-        Ok(Response::new(ReplaceMemberResponse { header: Some(header), index }))
+        .map_err(|e| self.ctx.to_status(ApiError::Request(e)))
     }
 }

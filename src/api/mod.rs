@@ -86,6 +86,7 @@ pub const METHODS: &[&str] = &[
     "/latch.v1.Watch/Watch",
     "/latch.v1.Cluster/Status",
     "/latch.v1.Cluster/ReplaceMember",
+    "/latch.v1.Cluster/RemoveMember",
     "/latch.v1.Session/Create",
     "/latch.v1.Session/KeepAlive",
     "/latch.v1.Session/Close",

@@ -1,5 +1,6 @@
 //! `latch cluster status`: the leader, the term, and every member as the answering member
-//! sees it; `latch cluster replace ID`: a member that lost its data comes back as a learner.
+//! sees it; `latch cluster replace ID`: a member that lost its data comes back as a learner;
+//! `latch cluster remove ID`: a member leaves the cluster for good.
 
 use std::process::ExitCode;
 
@@ -31,6 +32,15 @@ pub enum ClusterOp {
         /// The member's id (one of --initial-cluster's; not the leader).
         member: u64,
     },
+    /// Remove a member from the cluster for good, running or not: its votes and
+    /// acknowledgements count no longer, its peers drop its messages, and it stops (leaving a
+    /// REMOVED mark in its data dir). The voters left running must be a quorum of those left.
+    /// The leader hands leadership over first when it is the one removed. Removing a learner
+    /// gives up its replacement.
+    Remove {
+        /// The member's id (one of --initial-cluster's).
+        member: u64,
+    },
 }
 
 /// Runs `latch cluster …`.
@@ -54,6 +64,25 @@ pub async fn run(command: ClusterCommand, client_args: &ClientArgs) -> anyhow::R
             }
             Ok(ExitCode::SUCCESS)
         }
+        ClusterOp::Remove { member } => {
+            let client = client_args.connect().await?;
+            let index = client.remove_member(member).await?.index;
+            match client_args.output {
+                Output::Json => print_json(&json!({ "member": member, "index": index }))?,
+                Output::Text => print_bytes(removed_text(member, index).as_bytes())?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn removed_text(member: u64, index: u64) -> String {
+    match index {
+        0 => format!("member {member} was removed already\n"),
+        index => format!(
+            "member {member} is removed (raft log index {index}): it stops once it hears, and does not \
+             start again on its data dir\n"
+        ),
     }
 }
 

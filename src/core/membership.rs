@@ -54,11 +54,21 @@ pub enum Refused {
     )]
     Running { member: u64 },
     #[error(
-        "only {running} of the {voters} voters left after replacing member {member} are running \
+        "only {running} of the {voters} voters left after {change} member {member} are running \
          (members {up:?}); the cluster needs {quorum} of them to commit anything, so it would stop \
          until the others return — bring them back first"
     )]
-    NoQuorum { member: u64, voters: usize, running: usize, up: Vec<u64>, quorum: usize },
+    NoQuorum { change: Change, member: u64, voters: usize, running: usize, up: Vec<u64>, quorum: usize },
+    #[error(
+        "member {member} leads the cluster: it hands leadership to member {to} first; ask again in \
+         a moment, and the new leader removes it"
+    )]
+    HandingOver { member: u64, to: u64 },
+    #[error(
+        "member {member} leads the cluster and no other voter is running to take over from it; \
+         a cluster keeps at least one voter"
+    )]
+    NoSuccessor { member: u64 },
     #[error(
         "member {learner} is still catching up after its replacement; replace one member at a time \
          (`latch cluster status` shows it a follower again once it votes)"
@@ -90,8 +100,28 @@ impl Refused {
     pub fn passes(&self) -> bool {
         matches!(
             self,
-            Refused::Pending | Refused::JustElected { .. } | Refused::Dropped { .. } | Refused::Lost { .. }
+            Refused::Pending
+                | Refused::JustElected { .. }
+                | Refused::Dropped { .. }
+                | Refused::Lost { .. }
+                | Refused::HandingOver { .. }
         )
+    }
+}
+
+/// Which change a refusal is of, in its words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Replacing,
+    Removing,
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Change::Replacing => "replacing",
+            Change::Removing => "removing",
+        })
     }
 }
 
@@ -129,11 +159,57 @@ pub fn check_replace(
     if running.contains(&member) {
         return Err(Refused::Running { member });
     }
+    quorum_left(Change::Replacing, conf, member, running)?;
+    Ok(true)
+}
+
+/// Refuses a change that leaves fewer running voters than the new configuration's quorum.
+fn quorum_left(change: Change, conf: &ConfState, member: u64, running: &[u64]) -> Result<(), Refused> {
     let left: Vec<u64> = sorted(&conf.voters).into_iter().filter(|id| *id != member).collect();
     let up: Vec<u64> = left.iter().copied().filter(|id| running.contains(id)).collect();
     let quorum = left.len() / 2 + 1;
     if up.len() < quorum {
-        return Err(Refused::NoQuorum { member, voters: left.len(), running: up.len(), up, quorum });
+        return Err(Refused::NoQuorum { change, member, voters: left.len(), running: up.len(), up, quorum });
+    }
+    Ok(())
+}
+
+/// Whether the leader `me`, whose raft configuration is `conf` (with a change still `pending`
+/// or not) and which heard from the members `running` (itself among them) within an election
+/// timeout, may remove `member` — a voter or a learner, running or not — from the cluster for
+/// good. A removed member takes no part under its id again (`Core::step` drops its messages, the
+/// transport tells it, and it stops). The leader is not removed while it leads: it hands over
+/// first ([`Refused::HandingOver`], the caller's to do), and the removal of a voter must leave a
+/// quorum of running voters. A learner's removal is always possible: it is how a replacement
+/// whose member never comes back is given up.
+/// `successor` is the running voter the leader would hand over to; `initial` the members the
+/// cluster started with (`--initial-cluster`). `Ok(false)`: removed already (a removal asked
+/// again; nothing to propose).
+pub fn check_remove(
+    me: u64,
+    (conf, initial): (&ConfState, &[u64]),
+    member: u64,
+    pending: bool,
+    running: &[u64],
+    successor: Option<u64>,
+) -> Result<bool, Refused> {
+    if removed(conf, member) {
+        return match initial.contains(&member) {
+            true => Ok(false),
+            false => Err(Refused::NotAMember { member, voters: sorted(&conf.voters) }),
+        };
+    }
+    if pending || !conf.voters_outgoing.is_empty() {
+        return Err(Refused::Pending);
+    }
+    if member == me {
+        return Err(match successor {
+            Some(to) => Refused::HandingOver { member, to },
+            None => Refused::NoSuccessor { member },
+        });
+    }
+    if conf.voters.contains(&member) {
+        quorum_left(Change::Removing, conf, member, running)?;
     }
     Ok(true)
 }
@@ -147,6 +223,35 @@ fn sorted(ids: &[u64]) -> Vec<u64> {
 /// The change that makes voter `member` a learner.
 pub fn demotion(member: u64) -> ConfChangeV2 {
     single(ConfChangeType::AddLearnerNode, member)
+}
+
+/// The change that removes `member` from the cluster.
+pub fn removal(member: u64) -> ConfChangeV2 {
+    single(ConfChangeType::RemoveNode, member)
+}
+
+/// Whether configuration `conf` has `member` neither voting nor learning: removed (the members
+/// are `--initial-cluster`'s, and a change never adds one).
+pub fn removed(conf: &ConfState, member: u64) -> bool {
+    !conf.voters.contains(&member) && !conf.learners.contains(&member)
+}
+
+/// Who votes and who learns, as a member last applied it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Configuration {
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+}
+
+impl Configuration {
+    pub fn of(conf: &ConfState) -> Configuration {
+        Configuration { voters: sorted(&conf.voters), learners: sorted(&conf.learners) }
+    }
+
+    /// Whether `member` votes or learns.
+    pub fn has(&self, member: u64) -> bool {
+        self.voters.contains(&member) || self.learners.contains(&member)
+    }
 }
 
 /// The change that makes learner `member` a voter again.
@@ -262,7 +367,14 @@ mod tests {
         assert_eq!(check_replace(1, &three, 3, false, &[1, 2, 3]), Err(Refused::Running { member: 3 }));
         assert_eq!(
             check_replace(1, &three, 3, false, &[1]),
-            Err(Refused::NoQuorum { member: 3, voters: 2, running: 1, up: vec![1], quorum: 2 }),
+            Err(Refused::NoQuorum {
+                change: Change::Replacing,
+                member: 3,
+                voters: 2,
+                running: 1,
+                up: vec![1],
+                quorum: 2
+            }),
             "with member 2 down too, members 1 and 2 would have to commit everything"
         );
         let five = conf(&[1, 2, 3, 4, 5], &[]);
@@ -271,6 +383,54 @@ mod tests {
             check_replace(1, &five, 5, false, &[1, 2]),
             Err(Refused::NoQuorum { quorum: 3, .. })
         ));
+    }
+
+    #[test]
+    fn a_removal_takes_a_voter_or_a_learner_and_leaves_a_running_quorum() {
+        let initial = [1, 2, 3];
+        let three = (&conf(&[1, 2, 3], &[]), &initial[..]);
+        assert_eq!(check_remove(1, three, 3, false, &[1, 2, 3], Some(2)), Ok(true), "running or not");
+        assert_eq!(check_remove(1, three, 3, false, &[1, 2], Some(2)), Ok(true));
+        assert_eq!(
+            check_remove(1, three, 2, false, &[1, 2], Some(2)),
+            Err(Refused::NoQuorum {
+                change: Change::Removing,
+                member: 2,
+                voters: 2,
+                running: 1,
+                up: vec![1],
+                quorum: 2
+            }),
+            "with member 3 down, members 1 and 3 would have to commit everything"
+        );
+        assert_eq!(
+            check_remove(1, (&conf(&[1, 2], &[3]), &initial), 3, false, &[1], None),
+            Ok(true),
+            "a learner — a replacement given up — goes whatever runs"
+        );
+        assert_eq!(
+            check_remove(1, three, 7, false, &[1, 2, 3], Some(2)),
+            Err(Refused::NotAMember { member: 7, voters: vec![1, 2, 3] }),
+            "a member the cluster never had"
+        );
+        let two = (&conf(&[1, 2], &[]), &initial[..]);
+        assert_eq!(
+            check_remove(1, two, 3, false, &[1, 2], Some(2)),
+            Ok(false),
+            "removed already: asked again"
+        );
+        assert_eq!(check_remove(1, three, 3, true, &[1, 2], Some(2)), Err(Refused::Pending));
+        assert_eq!(check_remove(1, two, 2, false, &[1, 2], Some(2)), Ok(true), "down to one voter");
+    }
+
+    #[test]
+    fn the_leader_is_removed_only_after_it_handed_over() {
+        let refused = check_remove(1, (&conf(&[1, 2, 3], &[]), &[1, 2, 3]), 1, false, &[1, 2, 3], Some(3));
+        assert_eq!(refused, Err(Refused::HandingOver { member: 1, to: 3 }));
+        assert!(refused.is_err_and(|r| r.passes()), "asked again, the next leader removes it");
+        let alone = check_remove(1, (&conf(&[1], &[2]), &[1, 2, 3]), 1, false, &[1, 2], None);
+        assert_eq!(alone, Err(Refused::NoSuccessor { member: 1 }));
+        assert!(alone.is_err_and(|r| !r.passes()));
     }
 
     #[test]
@@ -290,9 +450,11 @@ mod tests {
 
     #[test]
     fn the_changes_round_trip_through_an_entry() {
-        for (cc, kind) in
-            [(demotion(3), ConfChangeType::AddLearnerNode), (promotion(3), ConfChangeType::AddNode)]
-        {
+        for (cc, kind) in [
+            (demotion(3), ConfChangeType::AddLearnerNode),
+            (promotion(3), ConfChangeType::AddNode),
+            (removal(3), ConfChangeType::RemoveNode),
+        ] {
             let e = Entry {
                 entry_type: EntryType::EntryConfChangeV2,
                 data: cc.write_to_bytes().expect("encodes").into(),

@@ -283,6 +283,12 @@ pub enum CoreError {
          empty data dir)"
     )]
     ForgotEntries { member: u64, leader: u64, acknowledged: u64, last: u64 },
+    #[error(
+        "member {member} was removed from the cluster ({how}): it takes no part under its id again. \
+         Keep its data dir for what it holds, or delete it; to serve with this machine, stop the \
+         member for good or replace it in --initial-cluster when a new cluster is made"
+    )]
+    Removed { member: u64, how: String },
 }
 
 fn redb_err(e: impl Into<redb::Error>) -> CoreError {
@@ -350,6 +356,9 @@ pub enum Action {
         waiter: Waiter,
         result: Result<u64, RequestError>,
     },
+    /// Raft's configuration changed (a committed change applied): who votes and who learns now.
+    /// Members in neither were removed.
+    Membership(membership::Configuration),
 }
 
 /// The core's view of itself, for response headers and `cluster status`.
@@ -536,6 +545,11 @@ pub struct Core {
     learners_since: BTreeMap<u64, u64>,
     /// Changes of membership proposed for a waiter, not answered yet.
     changes: Vec<PendingChange>,
+    /// The index of the change that removed this member: it stops once it applied it.
+    removed_at: Option<u64>,
+    /// The members the cluster started with (`--initial-cluster`): a member in neither raft's
+    /// voters nor its learners was one of them, and was removed.
+    initial_members: Vec<u64>,
 }
 
 /// A change of membership this member proposed as leader, for a waiter.
@@ -597,6 +611,14 @@ impl Core {
         // log's is as of its start, and raft applies the changes after the applied index again.
         let recorded = membership::recorded(&state_db.begin_read().map_err(redb_err)?);
         if let Some(conf) = recorded.map_err(|e| CoreError::Fsm(fsm::FsmError::Corrupt(e)))? {
+            if membership::removed(&conf, config.id) {
+                let how = format!(
+                    "its state records the configuration it applied last, voters {:?} and learners {:?}, \
+                     without it",
+                    conf.voters, conf.learners
+                );
+                return Err(CoreError::Removed { member: config.id, how });
+            }
             store.set_conf_state(conf);
         }
         store.reconcile(applied.index, applied.term)?;
@@ -658,6 +680,8 @@ impl Core {
             heard_at_tick: BTreeMap::new(),
             led_since_tick: 0,
             withhold_votes: false,
+            removed_at: None,
+            initial_members: config.voters.clone(),
             snapshots_delivered: BTreeMap::new(),
             actions: Vec::new(),
             election_rng: None,
@@ -1025,6 +1049,12 @@ impl Core {
             let (member, leader, acknowledged) = (self.id(), msg.from, msg.commit);
             return Err(CoreError::ForgotEntries { member, leader, acknowledged, last });
         }
+        // A member removed from the configuration takes no part: not even its votes' terms (it
+        // may not have heard of its removal, and campaigns). Until it stops, its peers drop its
+        // messages, and their transports tell it (`transport`).
+        if msg.from != self.id() && self.raw.raft.prs().get(msg.from).is_none() {
+            return Ok(());
+        }
         if self.withhold_votes {
             let asks_vote =
                 matches!(msg.get_msg_type(), MessageType::MsgRequestVote | MessageType::MsgRequestPreVote);
@@ -1245,6 +1275,10 @@ impl Core {
         observer: &mut dyn ReadyObserver,
         install: &mut Install,
     ) -> Result<Vec<Action>, CoreError> {
+        if let Some(index) = self.removed_at.filter(|at| *at <= self.applied.index) {
+            let how = format!("it applied the change that removed it, at raft log index {index}");
+            return Err(CoreError::Removed { member: self.id(), how });
+        }
         self.observe_raft();
         self.tend_leases();
         self.record_start();
@@ -1422,6 +1456,10 @@ impl Core {
         }
         self.learners_since.retain(|id, _| conf.learners.contains(id));
         tracing::info!(member, index, voters = ?conf.voters, learners = ?conf.learners, "membership changed");
+        if membership::removed(&conf, member) {
+            self.removed_at = Some(index);
+        }
+        self.actions.push(Action::Membership(membership::Configuration::of(&conf)));
         self.hand_over_if_demoted();
         Ok(conf)
     }
@@ -1439,11 +1477,7 @@ impl Core {
         {
             return;
         }
-        let next = (r.prs().iter())
-            .filter(|(id, pr)| r.prs().conf().voters().contains(**id) && pr.recent_active)
-            .max_by_key(|(_, pr)| pr.matched)
-            .map(|(id, _)| *id);
-        if let Some(next) = next {
+        if let Some(next) = self.successor() {
             self.raw.transfer_leader(next);
         }
     }
@@ -1463,21 +1497,78 @@ impl Core {
         }
     }
 
-    fn propose_replacement(&mut self, member: u64) -> Result<u64, RequestError> {
+    /// As leader, removes `member` (a voter or a learner) from the cluster for good
+    /// (`membership::check_remove`). `waiter` is answered as by [`Core::replace`]. Asked to
+    /// remove itself, the leader hands leadership to the running voter furthest along and
+    /// refuses, retryably: the next leader removes it.
+    pub fn remove(&mut self, waiter: Waiter, member: u64) {
+        match self.propose_removal(member) {
+            Ok(0) => self.actions.push(Action::Changed { waiter, result: Ok(0) }),
+            Ok(index) => {
+                let term = self.raw.raft.term;
+                self.changes.push(PendingChange { waiter, index, term, arrived_at: self.now, taken: false });
+            }
+            Err(e) => self.actions.push(Action::Changed { waiter, result: Err(e) }),
+        }
+    }
+
+    fn propose_removal(&mut self, member: u64) -> Result<u64, RequestError> {
+        let me = self.id();
+        let running = self.running_members()?;
+        let conf = self.conf_state();
+        let pending = self.raw.raft.has_pending_conf();
+        let successor = self.successor().filter(|id| running.contains(id));
+        let checked = membership::check_remove(
+            me,
+            (&conf, &self.initial_members),
+            member,
+            pending,
+            &running,
+            successor,
+        );
+        if let (Err(membership::Refused::HandingOver { to, .. }), None) =
+            (&checked, self.raw.raft.lead_transferee)
+        {
+            self.raw.transfer_leader(*to);
+        }
+        match checked? {
+            true => self.propose_change(membership::removal(member)),
+            false => Ok(0),
+        }
+    }
+
+    /// As leader, the members that run: this one, and the peers heard from within two election
+    /// timeouts — refused while it has not led that long, as it may not have heard from every
+    /// member that runs yet.
+    fn running_members(&self) -> Result<Vec<u64>, RequestError> {
         let me = self.id();
         if self.raw.raft.state != StateRole::Leader {
             return Err(RequestError::NotLeader { member: me, leader: self.raw.raft.leader_id });
         }
-        // Who runs: this member, and the peers heard from within two election timeouts — as
-        // long as it has led, so that it has heard from every member that runs.
         let (now, window) = (self.now, 2 * self.timing.election_tick as u64);
         if now.saturating_sub(self.led_since_tick) < window {
             return Err(membership::Refused::JustElected { leader: me }.into());
         }
         let conf = self.conf_state();
-        let running: Vec<u64> = (conf.voters.iter().chain(&conf.learners).copied())
+        Ok((conf.voters.iter().chain(&conf.learners).copied())
             .filter(|id| *id == me || self.heard_at_tick.get(id).is_some_and(|at| now - at <= window))
-            .collect();
+            .collect())
+    }
+
+    /// As leader, the voter other than itself furthest along that answered lately: whom it
+    /// hands leadership to.
+    fn successor(&self) -> Option<u64> {
+        let r = &self.raw.raft;
+        (r.prs().iter())
+            .filter(|(id, pr)| **id != r.id && r.prs().conf().voters().contains(**id) && pr.recent_active)
+            .max_by_key(|(_, pr)| pr.matched)
+            .map(|(id, _)| *id)
+    }
+
+    fn propose_replacement(&mut self, member: u64) -> Result<u64, RequestError> {
+        let me = self.id();
+        let running = self.running_members()?;
+        let conf = self.conf_state();
         let pending = self.raw.raft.has_pending_conf();
         if !membership::check_replace(me, &conf, member, pending, &running)? {
             // A learner already: its new life may have lost its data again before it caught

@@ -37,6 +37,7 @@ pub mod hash_points;
 pub mod inbox;
 pub mod lock_hub;
 
+use crate::core::membership::Configuration;
 use crate::core::{
     Action, Applier, Core, CoreError, Grant, Progress, ReadyObserver, RequestError, Retry, Snapshots, Status,
     Waiter,
@@ -92,6 +93,13 @@ pub enum Event {
         member: u64,
         reply: oneshot::Sender<Result<u64, RequestError>>,
     },
+    /// Remove a member from the cluster for good (`core::membership`).
+    Remove {
+        member: u64,
+        reply: oneshot::Sender<Result<u64, RequestError>>,
+    },
+    /// A peer refused this member's raft messages: its configuration no longer has this member.
+    RemovedBy(u64),
     Peer(Box<Message>, Permit),
     /// The apply thread's progress.
     Applied(Progress),
@@ -149,6 +157,8 @@ pub struct NodeHandle {
     revisions: Arc<tokio::sync::watch::Sender<i64>>,
     /// What the apply thread feeds each commit's changes to (the watch window), once set.
     feed: apply::Feed,
+    /// Who votes and who learns, as this member last applied it.
+    configuration: Arc<tokio::sync::watch::Sender<Configuration>>,
     pub member_id: u64,
     pub cluster_id: u64,
 }
@@ -234,6 +244,25 @@ impl NodeHandle {
         let (reply, rx) = oneshot::channel();
         self.events.send(Event::Replace { member, reply }).map_err(|_| RequestError::ShuttingDown)?;
         rx.await.map_err(|_| RequestError::ShuttingDown)?
+    }
+
+    /// As leader, removes `member` from the cluster (`core::Core::remove`): the index of the
+    /// change's entry, once this member's state holds it.
+    pub async fn remove(&self, member: u64) -> Result<u64, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.events.send(Event::Remove { member, reply }).map_err(|_| RequestError::ShuttingDown)?;
+        rx.await.map_err(|_| RequestError::ShuttingDown)?
+    }
+
+    /// Who votes and who learns, as this member last applied it.
+    pub fn configuration(&self) -> Configuration {
+        self.configuration.borrow().clone()
+    }
+
+    /// Whether this member's applied configuration has `member` neither voting nor learning
+    /// (every member is one of `--initial-cluster`'s: one it no longer has was removed).
+    pub fn has_removed(&self, member: u64) -> bool {
+        !self.configuration.borrow().has(member)
     }
 
     /// The core's answer to a request, or, when the request's caller set a deadline
@@ -430,6 +459,7 @@ impl Node {
             locks: Arc::new(LockHub::default()),
             revisions: Arc::new(tokio::sync::watch::Sender::new(core.status().applied.revision)),
             feed: apply::Feed::default(),
+            configuration: Arc::new(tokio::sync::watch::Sender::new(Configuration::of(&core.conf_state()))),
             member_id: core.id(),
             cluster_id,
         };
@@ -438,7 +468,8 @@ impl Node {
         let budgets = [handle.pending.clone(), handle.peer_queue.clone()];
         let (pulse, apply_pulse) = (handle.pulse.clone(), handle.pulse.clone());
         let in_flight = apply::InFlight::default();
-        let hubs = (handle.locks.clone(), handle.revisions.clone(), in_flight.clone());
+        let hubs =
+            (handle.locks.clone(), handle.revisions.clone(), handle.configuration.clone(), in_flight.clone());
         let (jobs, queued) = apply::queue();
         let (events, apply_metrics) = (handle.events.clone(), metrics.clone());
         let (announce, feed) = (handle.revisions.clone(), handle.feed.clone());
@@ -599,6 +630,7 @@ fn record_status(m: &RaftMetrics, before: &Status, now: &Status) {
 struct Waiters {
     locks: Arc<LockHub>,
     revisions: Arc<tokio::sync::watch::Sender<i64>>,
+    configuration: Arc<tokio::sync::watch::Sender<Configuration>>,
     /// What the apply thread's progress holds on its way here (`apply::InFlight`).
     in_flight: apply::InFlight,
     next: Waiter,
@@ -650,6 +682,9 @@ impl Waiters {
                     }
                 }
                 Action::LocksChanged { changes } => self.locks.changed(&changes),
+                Action::Membership(configuration) => {
+                    self.configuration.send_replace(configuration);
+                }
                 Action::Restored { revision, .. } => {
                     self.locks.restored();
                     self.revisions.send_if_modified(|r| std::mem::replace(r, revision.max(*r)) != *r);
@@ -705,6 +740,15 @@ fn hand(
             waiters.changes.insert(waiters.next, reply);
             core.replace(waiters.next, member);
         }
+        Event::Remove { member, reply } => {
+            waiters.next += 1;
+            waiters.changes.insert(waiters.next, reply);
+            core.remove(waiters.next, member);
+        }
+        Event::RemovedBy(peer) => {
+            let how = format!("member {peer} refused its raft messages: its configuration no longer has it");
+            return Err(CoreError::Removed { member: core.id(), how });
+        }
         Event::Applied(progress) => {
             let left = waiters.in_flight.fetch_sub(progress.held_bytes, std::sync::atomic::Ordering::AcqRel);
             metrics
@@ -723,6 +767,15 @@ fn hand(
     Ok(false)
 }
 
+/// What the driver tells others of: lock waiters, the applied revision, the configuration; and
+/// what the apply thread's progress holds on its way.
+type Hubs = (
+    Arc<LockHub>,
+    Arc<tokio::sync::watch::Sender<i64>>,
+    Arc<tokio::sync::watch::Sender<Configuration>>,
+    apply::InFlight,
+);
+
 #[allow(clippy::too_many_arguments)]
 fn drive(
     mut core: Core,
@@ -733,12 +786,13 @@ fn drive(
     tick: Duration,
     metrics: &Metrics,
     [pending, peer_queue]: [Arc<Budget>; 2],
-    (locks, revisions, in_flight): (Arc<LockHub>, Arc<tokio::sync::watch::Sender<i64>>, apply::InFlight),
+    (locks, revisions, configuration, in_flight): Hubs,
 ) -> Result<(), CoreError> {
     let metrics = &metrics.raft;
     let mut waiters = Waiters {
         locks,
         revisions,
+        configuration,
         in_flight,
         next: 0,
         proposals: HashMap::new(),
@@ -872,6 +926,7 @@ mod tests {
             locks: Arc::new(LockHub::default()),
             revisions: Arc::new(tokio::sync::watch::Sender::new(0)),
             feed: apply::Feed::default(),
+            configuration: Arc::new(tokio::sync::watch::Sender::new(Configuration::default())),
             member_id: 7,
             cluster_id: 1,
         };

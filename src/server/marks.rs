@@ -13,8 +13,10 @@ pub const DIVERGED: &str = "STATE_DIVERGED";
 /// Its raft log is shorter than what its leader knows it acknowledged
 /// (`core::CoreError::ForgotEntries`).
 pub const FORGOT_ENTRIES: &str = "FORGOT_ENTRIES";
+/// It was removed from the cluster (`core::CoreError::Removed`).
+pub const REMOVED: &str = "REMOVED";
 /// Every mark a start looks for.
-pub const ALL: [&str; 2] = [DIVERGED, FORGOT_ENTRIES];
+pub const ALL: [&str; 3] = [DIVERGED, FORGOT_ENTRIES, REMOVED];
 /// Not a refusal, written the same way: the index of the snapshot install the state checker
 /// saw every member agree with since (`state_check::StateHashes::confirm`).
 pub const COPY_CONFIRMED: &str = "STATE_COPY_CONFIRMED";

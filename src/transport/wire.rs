@@ -17,7 +17,8 @@
 //!
 //! The protocol: the dialing member sends a hello — [`MAGIC`], then the cluster id and its own
 //! member id, each a little-endian `u64`. The receiving member answers [`MAGIC`] and one byte,
-//! [`ACCEPTED`], or [`REFUSED`] followed by a frame holding the reason in UTF-8. Then the
+//! [`ACCEPTED`], or [`REFUSED`] followed by a frame holding the reason in UTF-8 ([`REMOVED`]
+//! instead when its configuration no longer has the dialing member, which then stops). Then the
 //! dialing member sends frames — a little-endian `u32` length and that many bytes of one raft
 //! message (raft-rs's protobuf encoding) — and nothing else comes back, except, before the
 //! receiving member closes the connection for a broken frame, one frame with the reason. A
@@ -62,6 +63,9 @@ pub const MAGIC: [u8; 8] = *b"LATCHRM1";
 pub const ACCEPTED: u8 = 0;
 /// Its answer to one it refuses, followed by a frame with the reason.
 pub const REFUSED: u8 = 1;
+/// Its answer to a member its configuration no longer has (removed from the cluster), followed
+/// by a frame with the reason: the dialing member stops (`Event::RemovedBy`).
+pub const REMOVED: u8 = 2;
 /// Most bytes queued for one peer; past it, messages are dropped (raft resends).
 pub const QUEUE_BYTES: usize = 64 * 1024 * 1024;
 /// How long dialing a peer, or its answer to the hello, may take.
@@ -229,14 +233,19 @@ impl WireSenders {
             let link = Arc::new(Link::new(p.id));
             let (addr, node, shared, l) = (p.peer_addr.clone(), node.clone(), shared.clone(), link.clone());
             let (peer, cluster_id) = (p.id, node.cluster_id);
+            let told = node.clone();
             let lost = move || {
                 shared.links.lost(peer, &node);
                 shared.metrics.peer.unreachable(peer);
                 node.send(Event::Unreachable(peer));
             };
-            let spawned = std::thread::Builder::new()
-                .name(format!("latch-peer-{}", p.id))
-                .spawn(move || send_loop(me, cluster_id, &addr, &l, &lost, RETRY_WIRE_AFTER));
+            let removed = move || {
+                told.send(Event::RemovedBy(peer));
+            };
+            let spawned = std::thread::Builder::new().name(format!("latch-peer-{}", p.id)).spawn(move || {
+                let reports = Reports { lost: &lost, removed: &removed };
+                send_loop(me, cluster_id, &addr, &l, reports, RETRY_WIRE_AFTER)
+            });
             if let Err(e) = spawned {
                 links.values().for_each(|l| l.stop());
                 return Err(e);
@@ -290,17 +299,31 @@ impl Drop for WireSenders {
     }
 }
 
+/// What a peer's sender thread reports: the peer `lost` (a failed dial or write), or this
+/// member `removed` (the peer's configuration no longer has it).
+struct Reports<'a> {
+    lost: &'a dyn Fn(),
+    removed: &'a dyn Fn(),
+}
+
 /// A peer's sender thread: dials it when there is something to send, then writes what the raft
 /// thread queued, until the member stops. `lost` reports a failed dial or write (the peer is
 /// unreachable; what was queued is dropped). A peer that answers in HTTP/2 is sent to over the
 /// gRPC stream (`speaks_grpc`) and the wire tried again every `retry_wire_after`
 /// ([`RETRY_WIRE_AFTER`]).
-fn send_loop(me: u64, cluster_id: u64, addr: &str, link: &Link, lost: &dyn Fn(), retry_wire_after: Duration) {
+fn send_loop(
+    me: u64,
+    cluster_id: u64,
+    addr: &str,
+    link: &Link,
+    reports: Reports,
+    retry_wire_after: Duration,
+) {
     let mut refusal = String::new();
     let mut redial_after = REDIAL_AFTER;
     let failed = |redial_after: &mut Duration| {
         if !lock(&link.state).stopped {
-            lost();
+            (reports.lost)();
             std::thread::sleep(*redial_after);
             *redial_after = (*redial_after * 2).min(REDIAL_AFTER_MAX);
         }
@@ -345,6 +368,12 @@ fn send_loop(me: u64, cluster_id: u64, addr: &str, link: &Link, lost: &dyn Fn(),
                         );
                     }
                     link.forget();
+                }
+                Err(Dial::Removed(why)) => {
+                    tracing::error!(member = me, peer = link.peer, reason = %why, "peer says this member was removed");
+                    (reports.removed)();
+                    link.forget();
+                    failed(&mut redial_after);
                 }
                 Err(e) if link.speaks_grpc.load(Ordering::Acquire) => {
                     // Still an earlier version, or unreachable; the gRPC stream reports that.
@@ -400,6 +429,9 @@ enum Dial {
     /// The peer answered in HTTP/2: a member of an earlier version.
     #[error("the peer does not speak the message wire")]
     SpeaksGrpc,
+    /// The peer's configuration no longer has this member: it was removed.
+    #[error("{0}")]
+    Removed(String),
 }
 
 /// Dials a peer and says hello.
@@ -434,7 +466,11 @@ fn dial(addr: &str, cluster_id: u64, me: u64) -> Result<TcpStream, Dial> {
         }
         if answer[8] != ACCEPTED {
             let reason = read_frame(&mut &socket, 4096).unwrap_or_else(|_| b"no reason given".to_vec());
-            return Err(Dial::Refused(String::from_utf8_lossy(&reason).into_owned()));
+            let reason = String::from_utf8_lossy(&reason).into_owned();
+            return Err(match answer[8] {
+                REMOVED => Dial::Removed(reason),
+                _ => Dial::Refused(reason),
+            });
         }
         return Ok(socket);
     }
@@ -494,6 +530,8 @@ pub enum Refusal {
     WrongSender { from: u64, sender: u64 },
     #[error("a snapshot from peer {0} outside a snapshot call")]
     Snapshot(u64),
+    #[error("member {from} was removed from the cluster: member {by}'s configuration no longer has it")]
+    Removed { from: u64, by: u64 },
 }
 
 /// Serves one connection whose first bytes were [`MAGIC`], on the calling thread, until it
@@ -524,12 +562,14 @@ pub fn serve(
         Some(Refusal::Cluster { from, theirs: cluster, ours: node.cluster_id })
     } else if !shared.links.knows(from) {
         Some(Refusal::Stranger(from))
+    } else if node.has_removed(from) {
+        Some(Refusal::Removed { from, by: node.member_id })
     } else {
         None
     };
     if let Some(why) = refused {
         let mut answer = MAGIC.to_vec();
-        answer.push(REFUSED);
+        answer.push(if matches!(why, Refusal::Removed { .. }) { REMOVED } else { REFUSED });
         answer.extend(frame(why.to_string().as_bytes()));
         let _ = (&socket).write_all(&answer);
         tracing::warn!(member = node.member_id, peer = from, reason = %why, "refused a peer connection");
@@ -581,6 +621,10 @@ fn receive(
         let msg = parsed.map_err(|e| Refusal::Undecodable { from, why: e.to_string() })?;
         if msg.from != from {
             return Err(Refusal::WrongSender { from, sender: msg.from });
+        }
+        if node.has_removed(from) {
+            // Closed with the reason; its next hello is answered [`REMOVED`].
+            return Err(Refusal::Removed { from, by: node.member_id });
         }
         if crate::core::is_snapshot(&msg) {
             return Err(Refusal::Snapshot(from));
@@ -736,7 +780,10 @@ mod tests {
         let lost_to = move || {
             let _ = lost_tx.send(());
         };
-        std::thread::spawn(move || send_loop(1, 7, &addr, &l, &lost_to, Duration::from_millis(20)));
+        std::thread::spawn(move || {
+            let reports = Reports { lost: &lost_to, removed: &|| {} };
+            send_loop(1, 7, &addr, &l, reports, Duration::from_millis(20))
+        });
         (link, lost)
     }
 

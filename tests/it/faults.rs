@@ -869,3 +869,98 @@ async fn a_member_started_on_an_older_copy_of_its_data_dir_stops_marks_it_and_st
     );
     client.put("after-the-member-stopped", "v").await.unwrap();
 }
+
+/// `latch cluster remove` of the leader, running: the leader hands leadership over, the client
+/// asks again, and the next leader removes it. The removed member's process stops by itself,
+/// saying why, and leaves a REMOVED mark that refuses its next start; the two members left
+/// commit writes and are all `latch cluster status` lists.
+#[tokio::test]
+async fn the_leader_removed_while_running_stops_and_does_not_start_again() {
+    let mut c = Cluster::start(3, &[]).await;
+    let leader = c.leader().await;
+    let client = c.client().await;
+    client.put("before", "v").await.unwrap();
+    let endpoints: Vec<String> = c.ids().iter().map(|id| c.member(*id).client_addr.clone()).collect();
+    let removed = tokio::process::Command::new(latch_bin())
+        .args([
+            "cluster",
+            "remove",
+            &leader.to_string(),
+            "--endpoints",
+            &endpoints.join(","),
+            "--timeout",
+            "20s",
+        ])
+        .env_remove("LATCH_ENDPOINTS")
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&removed.stdout);
+    assert!(
+        removed.status.success() && said.contains(&format!("member {leader} is removed")),
+        "the removal succeeds once leadership moved: {said:?} {:?}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    let exit = c.exit_of(leader, STARTUP).await;
+    assert!(exit.is_some_and(|s| !s.success()), "the removed member stops by itself: {exit:?}");
+    let log = std::fs::read_to_string(&c.member(leader).log).unwrap_or_default();
+    assert!(
+        log.contains(&format!("member {leader} was removed from the cluster")),
+        "it says why it stopped: {}",
+        c.log_tail(leader, 20)
+    );
+    let mark = c.member(leader).data_dir.join("REMOVED");
+    assert!(mark.exists(), "it leaves a REMOVED mark in its data dir");
+
+    client.put("after", "v").await.unwrap();
+    let left: Vec<u64> = c.ids().into_iter().filter(|id| *id != leader).collect();
+    let status = c.status_of(left[0]).await.unwrap();
+    let mut listed: Vec<u64> = status.members.iter().map(|m| m.id).collect();
+    listed.sort_unstable();
+    assert_eq!(listed, left, "the status lists the members left");
+
+    let mut again = c.server_command(leader, c.initial_cluster());
+    again.stdout(Stdio::null()).stderr(Stdio::piped());
+    let (status, stderr) = exited(again.spawn().unwrap(), "the removed member should not start again").await;
+    assert!(!status.success(), "refused: {status}");
+    assert!(stderr.contains("was removed from the cluster"), "the refusal says why: {stderr}");
+}
+
+/// A member removed while cut off from the others never applies its removal: the others stop
+/// sending to it. Once the partition heals, their transports refuse its messages and its
+/// connections, saying it was removed, and it stops with a REMOVED mark.
+#[tokio::test]
+async fn a_member_removed_while_cut_off_is_told_by_its_peers_and_stops() {
+    let mut c = Cluster::start(3, &["--fault-injection"]).await;
+    let leader = c.leader().await;
+    let w = if leader == 3 { 2 } else { 3 };
+    c.client().await.put("before", "v").await.unwrap();
+    c.isolate(w).await;
+    let others: Vec<u64> = c.ids().into_iter().filter(|id| *id != w).collect();
+    let endpoints: Vec<String> = others.iter().map(|id| c.member(*id).client_addr.clone()).collect();
+    let removed = tokio::process::Command::new(latch_bin())
+        .args(["cluster", "remove", &w.to_string(), "--endpoints", &endpoints.join(","), "--timeout", "20s"])
+        .env_remove("LATCH_ENDPOINTS")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        removed.status.success(),
+        "the removal succeeds: {:?} {:?}",
+        String::from_utf8_lossy(&removed.stdout),
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    assert_eq!(c.exit_of(w, Duration::from_secs(1)).await, None, "cut off, it has not heard yet");
+    c.heal_all().await;
+    let exit = c.exit_of(w, STARTUP).await;
+    assert!(exit.is_some_and(|s| !s.success()), "told by its peers, it stops: {exit:?}");
+    let log = std::fs::read_to_string(&c.member(w).log).unwrap_or_default();
+    assert!(
+        log.contains("refused its raft messages: its configuration no longer has it"),
+        "it says who told it: {}",
+        c.log_tail(w, 20)
+    );
+    assert!(c.member(w).data_dir.join("REMOVED").exists(), "it leaves a REMOVED mark");
+    let client = c.client_of_many(&others).await;
+    client.put("after", "v").await.unwrap();
+}

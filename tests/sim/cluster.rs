@@ -1553,6 +1553,8 @@ impl Sim {
                     }
                     continue;
                 }
+                // The chaos runs replace members but remove none: every member stays one.
+                Action::Membership(_) => continue,
                 Action::Apply { entries } => {
                     let d = self.rng.gen_range(100..1_500);
                     let node = self.node(id);

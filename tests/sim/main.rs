@@ -26,6 +26,7 @@ mod log_segments;
 mod members;
 mod network;
 mod registry;
+mod removal;
 mod scenarios;
 mod scripted;
 mod sessions;

@@ -19,13 +19,13 @@ fn recorded_on(s: &mut Scripted, id: u64) -> Vec<u64> {
 }
 
 /// The learners member `id`'s applied state records.
-fn learners_on(s: &mut Scripted, id: u64) -> Vec<u64> {
+pub(crate) fn learners_on(s: &mut Scripted, id: u64) -> Vec<u64> {
     let txn = s.core(id).state_db().begin_read().expect("a read transaction begins");
     latch::core::membership::recorded_learners(&txn).expect("the configuration reads")
 }
 
 /// What the peers of `me` that are up would answer it (`Peer.Status`).
-fn answers_for(s: &mut Scripted, me: u64, up: &[u64]) -> BTreeMap<u64, Answer> {
+pub(crate) fn answers_for(s: &mut Scripted, me: u64, up: &[u64]) -> BTreeMap<u64, Answer> {
     up.iter()
         .filter(|p| **p != me)
         .map(|p| {
@@ -36,7 +36,7 @@ fn answers_for(s: &mut Scripted, me: u64, up: &[u64]) -> BTreeMap<u64, Answer> {
         .collect()
 }
 
-fn value_on(s: &mut Scripted, id: u64, key: &str) -> Option<Vec<u8>> {
+pub(crate) fn value_on(s: &mut Scripted, id: u64, key: &str) -> Option<Vec<u8>> {
     let txn = s.core(id).state_db().begin_read().expect("a read transaction begins");
     let req = Range { key: key.into(), ..Default::default() };
     fsm::range(&txn, &req, 1 << 20).expect("range succeeds").1.kvs.pop().map(|kv| kv.value)
@@ -198,8 +198,8 @@ fn a_member_restarted_on_an_older_copy_of_its_data_dir_stops_at_the_leaders_hear
     s.start(f);
     let last = s.core(f).log().last_index_now();
     assert!(last < acknowledged, "the copy is older: its log ends at {last}, before {acknowledged}");
-    s.until("the member stops", 100, &mut all, &mut |s| s.stopped_on_a_message(f).is_some());
-    let why = s.stopped_on_a_message(f).unwrap_or_default();
+    s.until("the member stops", 100, &mut all, &mut |s| s.why_stopped(f).is_some());
+    let why = s.why_stopped(f).unwrap_or_default();
     assert!(
         why.contains(&format!("raft log ends at index {last}"))
             && why.contains(&format!("member {l}, knows it acknowledged entries up to index"))
@@ -208,7 +208,7 @@ fn a_member_restarted_on_an_older_copy_of_its_data_dir_stops_at_the_leaders_hear
     );
 }
 
-fn s_put(key: &str, value: &str) -> Command {
+pub(crate) fn s_put(key: &str, value: &str) -> Command {
     Command {
         version: fsm::COMMAND_VERSION,
         request_id: String::new(),
@@ -217,7 +217,7 @@ fn s_put(key: &str, value: &str) -> Command {
 }
 
 /// Whether `member` votes in member `id`'s raft configuration.
-fn votes_on(s: &mut Scripted, id: u64, member: u64) -> bool {
+pub(crate) fn votes_on(s: &mut Scripted, id: u64, member: u64) -> bool {
     s.core(id).conf_state().voters.contains(&member)
 }
 
@@ -311,7 +311,7 @@ fn a_member_that_lost_its_data_is_replaced_as_a_learner_and_votes_again_once_cau
 
 /// A 3-member cluster with compaction every 20 entries, every start recorded, 40 writes in;
 /// returns it with (leader, member to replace, other).
-fn cluster_with_writes(seed: u64, snapshot_entries: Option<u64>) -> (Scripted, u64, u64, u64) {
+pub(crate) fn cluster_with_writes(seed: u64, snapshot_entries: Option<u64>) -> (Scripted, u64, u64, u64) {
     let mut s = match snapshot_entries {
         Some(n) => Scripted::with_snapshot_entries(3, seed, n),
         None => Scripted::new(3, seed),
@@ -335,7 +335,7 @@ fn cluster_with_writes(seed: u64, snapshot_entries: Option<u64>) -> (Scripted, u
 
 /// Member `w` loses its data dir, stays down for an election timeout (the leader refuses to
 /// replace a member it heard from lately), and is replaced through leader `l`.
-fn lose_data_and_replace(s: &mut Scripted, l: u64, w: u64) {
+pub(crate) fn lose_data_and_replace(s: &mut Scripted, l: u64, w: u64) {
     s.crash(w);
     s.wipe(w);
     for _ in 0..30 {
@@ -576,7 +576,7 @@ fn a_learner_that_loses_its_data_again_before_its_promotion_is_replaced_again_an
     assert_eq!(admission::verdict(3, &answers_for(&mut s, w, &[l, o])), Verdict::Admit);
     s.core(w).lived_before();
     s.until("the third life votes again on every member", 500, &mut hold_snapshots, &mut |s| {
-        if let Some(why) = s.stopped_on_a_message(w) {
+        if let Some(why) = s.why_stopped(w) {
             panic!("the third life stopped, told of what its second life acknowledged: {why}");
         }
         if s.held(MessageType::MsgSnapshot, w) > 0 {

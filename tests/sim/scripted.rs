@@ -227,9 +227,9 @@ impl Scripted {
         self.lost_data.insert(id);
     }
 
-    /// Why member `id` stopped on a message, if it did (the only message a member stops on:
-    /// one that shows it forgot entries it acknowledged).
-    pub fn stopped_on_a_message(&self, id: u64) -> Option<&str> {
+    /// Why member `id` stopped, if it did: on a message that shows it forgot entries it
+    /// acknowledged, or on applying its own removal.
+    pub fn why_stopped(&self, id: u64) -> Option<&str> {
         self.stopped.get(&id).map(String::as_str)
     }
 
@@ -274,6 +274,13 @@ impl Scripted {
         self.next_waiter += 1;
         let w = self.next_waiter;
         self.core(id).propose(w, cmd);
+        w
+    }
+
+    /// Asks member `id`, leading, to remove `member` from the cluster (`core::membership`).
+    pub fn remove(&mut self, id: u64, member: u64) -> Waiter {
+        let w = self.next_waiter();
+        self.core(id).remove(w, member);
         w
     }
 
@@ -402,6 +409,12 @@ impl Scripted {
                 self.failed.insert(id);
                 return;
             }
+            Err(e @ latch::core::CoreError::Removed { .. }) => {
+                // It stops, as the node does.
+                self.stopped.insert(id, e.to_string());
+                self.crash(id);
+                return;
+            }
             Err(e) => panic!("member {id}: handle_ready failed: {e}"),
         };
         let mut applied = Vec::new();
@@ -456,7 +469,8 @@ impl Scripted {
                 | Action::Restored { .. }
                 | Action::Apply { .. }
                 | Action::KeptAlive { .. }
-                | Action::LocksChanged { .. } => continue,
+                | Action::LocksChanged { .. }
+                | Action::Membership(_) => continue,
             };
             self.answers.insert(w, (id, answer));
         }

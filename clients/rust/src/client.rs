@@ -987,6 +987,7 @@ written!(
     DeregisterResponse,
     HeartbeatResponse,
     ReplaceMemberResponse,
+    RemoveMemberResponse,
 );
 
 /// Every page of a list paged by name: `page(start_after)` answers a page and whether more

@@ -4,7 +4,8 @@ use crate::client::Channel;
 use latch_proto::v1::{
     cluster_client::ClusterClient, kv_client::KvClient, CompactionRequest, CompactionResponse,
     DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    ReplaceMemberRequest, ReplaceMemberResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    RemoveMemberRequest, RemoveMemberResponse, ReplaceMemberRequest, ReplaceMemberResponse, StatusRequest,
+    StatusResponse, TxnRequest, TxnResponse,
 };
 
 use crate::{prefix_range, Client, Error};
@@ -154,6 +155,17 @@ impl Client {
     pub async fn replace_member(&self, member: u64) -> Result<ReplaceMemberResponse, Error> {
         self.write("ReplaceMember", |channel| async move {
             ClusterClient::new(channel).replace_member(ReplaceMemberRequest { member }).await
+        })
+        .await
+    }
+
+    /// Removes `member` from the cluster for good, running or not (`Cluster.RemoveMember`): its
+    /// peers drop its messages and it stops. Returns the raft log index of the change (0: it was
+    /// removed already); safe to retry. A leader asked to remove itself hands leadership over
+    /// first and answers UNAVAILABLE, which this retries.
+    pub async fn remove_member(&self, member: u64) -> Result<RemoveMemberResponse, Error> {
+        self.write("RemoveMember", |channel| async move {
+            ClusterClient::new(channel).remove_member(RemoveMemberRequest { member }).await
         })
         .await
     }

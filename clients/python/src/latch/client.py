@@ -889,6 +889,12 @@ class Client:
         raft log index of the change (0: it was a learner already); safe to retry."""
         return self._write("cluster", "ReplaceMember", cluster_pb2.ReplaceMemberRequest(member=member)).index
 
+    def remove_member(self, member: int) -> int:
+        """Removes ``member`` from the cluster for good, running or not: its peers drop its
+        messages and it stops. The raft log index of the change (0: it was removed already);
+        safe to retry."""
+        return self._write("cluster", "RemoveMember", cluster_pb2.RemoveMemberRequest(member=member)).index
+
     # -- sessions ------------------------------------------------------------------------------
 
     def session(self, ttl: float = 10.0, *, name: str = "", grace: Optional[float] = None):

@@ -45,6 +45,11 @@ class ClusterStub:
                 request_serializer=latch_dot_v1_dot_cluster__pb2.ReplaceMemberRequest.SerializeToString,
                 response_deserializer=latch_dot_v1_dot_cluster__pb2.ReplaceMemberResponse.FromString,
                 _registered_method=True)
+        self.RemoveMember = channel.unary_unary(
+                '/latch.v1.Cluster/RemoveMember',
+                request_serializer=latch_dot_v1_dot_cluster__pb2.RemoveMemberRequest.SerializeToString,
+                response_deserializer=latch_dot_v1_dot_cluster__pb2.RemoveMemberResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServicer:
@@ -72,6 +77,22 @@ class ClusterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveMember(self, request, context):
+        """Removes a member from the cluster for good, running or not: from the change's entry on, its
+        acknowledgements and votes count for no member that applied it, its peers drop its raft
+        messages and tell it so, and it stops (leaving a REMOVED mark in its data dir, so that it
+        does not start again); it is no longer listed by Status. A learner's removal gives up its
+        replacement. Answered once the change is applied on the answering member. Only the leader
+        serves it (UNAVAILABLE elsewhere, naming the leader; also while another change of membership
+        is being applied, the leader was elected moments ago, or the member to remove leads — it
+        hands leadership to another voter first, and the next leader removes it when asked again);
+        FAILED_PRECONDITION when it is no member (or was removed already), the voters
+        left running would be fewer than a quorum, or it is the only voter.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -84,6 +105,11 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.ReplaceMember,
                     request_deserializer=latch_dot_v1_dot_cluster__pb2.ReplaceMemberRequest.FromString,
                     response_serializer=latch_dot_v1_dot_cluster__pb2.ReplaceMemberResponse.SerializeToString,
+            ),
+            'RemoveMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveMember,
+                    request_deserializer=latch_dot_v1_dot_cluster__pb2.RemoveMemberRequest.FromString,
+                    response_serializer=latch_dot_v1_dot_cluster__pb2.RemoveMemberResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -140,6 +166,33 @@ class Cluster:
             '/latch.v1.Cluster/ReplaceMember',
             latch_dot_v1_dot_cluster__pb2.ReplaceMemberRequest.SerializeToString,
             latch_dot_v1_dot_cluster__pb2.ReplaceMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latch.v1.Cluster/RemoveMember',
+            latch_dot_v1_dot_cluster__pb2.RemoveMemberRequest.SerializeToString,
+            latch_dot_v1_dot_cluster__pb2.RemoveMemberResponse.FromString,
             options,
             channel_credentials,
             insecure,
