@@ -131,6 +131,8 @@ pub enum ServerError {
     #[error("the node stopped while the member was being admitted (its error is logged above)")]
     NodeStopped,
     /// A mark (`server::marks`) in the data dir.
+    #[error("cannot write a mark into the data dir {dir}: {source}")]
+    Mark { dir: std::path::PathBuf, source: std::io::Error },
     #[error("member {member} does not start while {mark} is there; it says: {why}")]
     Marked { member: u64, mark: std::path::PathBuf, why: String },
 }
@@ -368,13 +370,22 @@ pub async fn run(
     if !admission.admits() {
         let asked = async {
             admission::check_versions(id, cluster_id, &config.initial_cluster).await?;
+            // A replaced member's new life, restarted since, is asked nothing (its log is no
+            // longer empty): its mark says it lived before.
+            let mut lived_before = marks::read(&config.data_dir, marks::LIVED_BEFORE).is_some();
             if asks_peers {
                 let admitted =
                     admission::ask_peers(id, cluster_id, &config.initial_cluster, &config.data_dir).await?;
                 if admitted.replaced {
-                    // Before the client port opens: its empty state is no first life's.
-                    node.handle().lived_before().await.map_err(|_| ServerError::NodeStopped)?;
+                    let why = "this data dir was started empty after the member was replaced";
+                    marks::write(&config.data_dir, marks::LIVED_BEFORE, why)
+                        .map_err(|source| ServerError::Mark { dir: config.data_dir.clone(), source })?;
+                    lived_before = true;
                 }
+            }
+            if lived_before {
+                // Before the client port opens: its state, empty at first, is no first life's.
+                node.handle().lived_before().await.map_err(|_| ServerError::NodeStopped)?;
             }
             Ok::<(), ServerError>(())
         };

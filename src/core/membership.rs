@@ -47,7 +47,7 @@ pub enum Refused {
     )]
     Leads { member: u64 },
     #[error(
-        "member {member} is running (the leader heard from it within an election timeout): a \
+        "member {member} is running (the leader heard from it within two election timeouts): a \
          replacement is for a member that lost its data — stop it first. Replaced while running, its \
          old life would be made a voter again as soon as it answered, and then refused when started \
          on an empty data dir"
@@ -126,7 +126,7 @@ impl std::fmt::Display for Change {
 }
 
 /// Whether the leader `me`, whose raft configuration is `conf` (with a change still `pending`
-/// or not) and which heard from the voters `running` (itself among them) within an election
+/// or not) and which heard from the voters `running` (itself among them) within two election
 /// timeout, may demote voter `member` to a learner. `Ok(false)`: it is a learner already (a
 /// replacement asked again; nothing to propose). A member that runs is not replaced (its
 /// acknowledgements would make it a voter again at once), nor one whose replacement would leave
@@ -139,6 +139,18 @@ pub fn check_replace(
     running: &[u64],
 ) -> Result<bool, Refused> {
     if conf.learners.contains(&member) {
+        // Asked again: the leader forgets what the learner acknowledged (its new life may have
+        // lost its data again), which is right only for a learner that is down and whose
+        // promotion is not on its way.
+        if member == me {
+            return Err(Refused::Leads { member });
+        }
+        if running.contains(&member) {
+            return Err(Refused::Running { member });
+        }
+        if pending {
+            return Err(Refused::Pending);
+        }
         return Ok(false);
     }
     if !conf.voters.contains(&member) {
@@ -175,7 +187,7 @@ fn quorum_left(change: Change, conf: &ConfState, member: u64, running: &[u64]) -
 }
 
 /// Whether the leader `me`, whose raft configuration is `conf` (with a change still `pending`
-/// or not) and which heard from the members `running` (itself among them) within an election
+/// or not) and which heard from the members `running` (itself among them) within two election
 /// timeout, may remove `member` — a voter or a learner, running or not — from the cluster for
 /// good. A removed member takes no part under its id again (`Core::step` drops its messages, the
 /// transport tells it, and it stops). The leader is not removed while it leads: it hands over

@@ -1571,11 +1571,9 @@ impl Core {
         let conf = self.conf_state();
         let pending = self.raw.raft.has_pending_conf();
         if !membership::check_replace(me, &conf, member, pending, &running)? {
-            // A learner already: its new life may have lost its data again before it caught
-            // up. Unless it runs, forget what it acknowledged, as its demotion did.
-            if !running.contains(&member) {
-                self.forget_progress(member);
-            }
+            // A learner already, down: its new life may have lost its data again before it
+            // caught up. Forget what it acknowledged, as its demotion did.
+            self.forget_progress(member);
             return Ok(0);
         }
         self.propose_change(membership::demotion(member))

@@ -17,6 +17,10 @@ pub const FORGOT_ENTRIES: &str = "FORGOT_ENTRIES";
 pub const REMOVED: &str = "REMOVED";
 /// Every mark a start looks for.
 pub const ALL: [&str; 3] = [DIVERGED, FORGOT_ENTRIES, REMOVED];
+/// Not a refusal, written the same way: this data dir was started empty after the member's
+/// replacement (`server::admission`, `core::Core::lived_before`), so that a restart before its
+/// state applied anything still withholds votes and serializable reads.
+pub const LIVED_BEFORE: &str = "LIVED_BEFORE";
 /// Not a refusal, written the same way: the index of the snapshot install the state checker
 /// saw every member agree with since (`state_check::StateHashes::confirm`).
 pub const COPY_CONFIRMED: &str = "STATE_COPY_CONFIRMED";

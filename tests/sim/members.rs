@@ -521,73 +521,6 @@ fn a_replacement_that_would_stop_the_cluster_is_refused() {
     );
 }
 
-/// A replaced member's new life may lose its data dir again after it acknowledged a snapshot
-/// but before it was promoted (here: more than `PROMOTE_WITHIN` entries were committed while its
-/// snapshot was on the way). The leader knows what that life acknowledged; asked to replace the
-/// learner again, it forgets it, so the next life is probed from scratch and sent a snapshot,
-/// rather than told by the first heartbeat of a commit past the end of its empty log, which it
-/// would take for lost data and stop on (review-s60-fixes F1).
-#[test]
-fn a_learner_that_loses_its_data_again_before_its_promotion_is_replaced_again_and_catches_up() {
-    let (mut s, l, w, o) = cluster_with_writes(101, Some(20));
-    lose_data_and_replace(&mut s, l, w);
-    s.start(w);
-    s.core(w).lived_before();
-    let mut hold_snapshots =
-        |m: &Message| if latch::core::is_snapshot(m) { Route::Hold } else { Route::Deliver };
-    s.until("a snapshot for the replaced member", 100, &mut hold_snapshots, &mut |s| {
-        s.held(MessageType::MsgSnapshot, w) > 0
-    });
-    let writes: Vec<_> = (0..latch::core::membership::PROMOTE_WITHIN + 50)
-        .map(|i| {
-            s.propose(l, Command { request_id: format!("later{i}"), ..s_put(&format!("later-{i}"), "1") })
-        })
-        .collect();
-    s.until("the writes answered", 2_000, &mut hold_snapshots, &mut |s| {
-        writes.iter().all(|w| s.answer(*w).is_some())
-    });
-    let snapshot_index = s.deliver_held_snapshot(w);
-    // Its acknowledgement of the snapshot reaches the leader; nothing after it reaches the member.
-    let mut nothing_more_for_w = |m: &Message| {
-        let catch_up = matches!(m.get_msg_type(), MessageType::MsgAppend | MessageType::MsgSnapshot);
-        if catch_up && m.to == w {
-            Route::Drop
-        } else {
-            Route::Deliver
-        }
-    };
-    for _ in 0..20 {
-        s.round(&mut nothing_more_for_w);
-    }
-    assert_eq!(s.core(w).status().applied.index, snapshot_index, "the second life installed the snapshot");
-    assert!(s.core(l).status().commit_index > snapshot_index + latch::core::membership::PROMOTE_WITHIN);
-    assert!(!votes_on(&mut s, l, w), "the second life, far behind, is still a learner");
-
-    s.crash(w);
-    s.wipe(w);
-    for _ in 0..30 {
-        s.round(&mut all);
-    }
-    let again = s.replace(l, w);
-    s.round(&mut all);
-    assert_eq!(s.answer(again), Some(&Reply::Changed(Ok(0))), "a learner already: nothing to change");
-
-    s.start(w);
-    assert_eq!(admission::verdict(3, &answers_for(&mut s, w, &[l, o])), Verdict::Admit);
-    s.core(w).lived_before();
-    s.until("the third life votes again on every member", 500, &mut hold_snapshots, &mut |s| {
-        if let Some(why) = s.why_stopped(w) {
-            panic!("the third life stopped, told of what its second life acknowledged: {why}");
-        }
-        if s.held(MessageType::MsgSnapshot, w) > 0 {
-            s.deliver_held_snapshot(w);
-        }
-        (1..=3).all(|id| votes_on(s, id, w) && learners_on(s, id).is_empty())
-    });
-    let last = format!("later-{}", latch::core::membership::PROMOTE_WITHIN + 49);
-    assert_eq!(value_on(&mut s, w, &last), Some(b"1".to_vec()), "it caught up");
-}
-
 /// A replaced member's new life may have voted in its earlier life, in a term a candidate that
 /// has not applied the replacement still campaigns in: until it applied something, it grants no
 /// vote and does not even take the request's term (review-s60 #4). Once caught up, it votes.
@@ -628,4 +561,216 @@ fn a_replaced_members_new_life_grants_no_vote_before_it_applied_something() {
     let request = ask_vote(&mut s, o);
     s.step(w, request);
     assert_eq!(s.held(MessageType::MsgRequestVoteResponse, o), 1, "once it applied something, it answers");
+}
+
+/// A round in which member `w` gets no appends and no snapshot (each snapshot for it reported
+/// failed to its sender, as the transport does), while its answers still reach its peers.
+fn round_w_cut_off(s: &mut Scripted, w: u64) {
+    let mut route = |m: &Message| match m.get_msg_type() {
+        MessageType::MsgAppend if m.to == w => Route::Drop,
+        _ if latch::core::is_snapshot(m) && m.to == w => Route::Hold,
+        _ => Route::Deliver,
+    };
+    s.round(&mut route);
+    s.fail_held_snapshots(w);
+}
+
+/// Member `w` loses its data and is replaced; its second life installs a snapshot far behind
+/// the commit index (more than `PROMOTE_WITHIN` entries were committed while the snapshot was on
+/// the way), and its acknowledgement of the snapshot reaches the leader `l`; then it gets
+/// nothing more. Returns the snapshot's index: what the leader knows the second life holds.
+fn second_life_acknowledged_a_snapshot_far_behind(s: &mut Scripted, l: u64, w: u64) -> u64 {
+    lose_data_and_replace(s, l, w);
+    s.start(w);
+    s.core(w).lived_before();
+    let mut hold_snapshots =
+        |m: &Message| if latch::core::is_snapshot(m) { Route::Hold } else { Route::Deliver };
+    s.until("a snapshot for the replaced member", 100, &mut hold_snapshots, &mut |s| {
+        s.held(MessageType::MsgSnapshot, w) > 0
+    });
+    let writes: Vec<_> = (0..latch::core::membership::PROMOTE_WITHIN + 50)
+        .map(|i| {
+            s.propose(l, Command { request_id: format!("later{i}"), ..s_put(&format!("later-{i}"), "1") })
+        })
+        .collect();
+    s.until("the writes answered", 2_000, &mut hold_snapshots, &mut |s| {
+        writes.iter().all(|w| s.answer(*w).is_some())
+    });
+    let snapshot_index = s.deliver_held_snapshot(w);
+    // `deliver_held_snapshot` holds what the member sent: its acknowledgement must reach the
+    // leader, or the leader never learns what this life holds (matched stays 0).
+    s.deliver_held(MessageType::MsgAppendResponse, l);
+    s.fail_held_snapshots(w);
+    for _ in 0..20 {
+        round_w_cut_off(s, w);
+    }
+    assert_eq!(s.core(w).status().applied.index, snapshot_index, "the second life installed the snapshot");
+    assert!(s.core(l).status().commit_index > snapshot_index + latch::core::membership::PROMOTE_WITHIN);
+    assert!(!votes_on(s, l, w), "the second life, far behind, is still a learner");
+    snapshot_index
+}
+
+/// The next life of `w`, started on an empty data dir and admitted, catches up and is promoted
+/// without stopping on what an earlier life acknowledged.
+fn next_life_catches_up(s: &mut Scripted, l: u64, w: u64, o: u64, told: &str) {
+    s.start(w);
+    assert_eq!(admission::verdict(3, &answers_for(s, w, &[l, o])), Verdict::Admit);
+    s.core(w).lived_before();
+    let mut hold_snapshots =
+        |m: &Message| if latch::core::is_snapshot(m) { Route::Hold } else { Route::Deliver };
+    s.until("the next life votes again on every member", 500, &mut hold_snapshots, &mut |s| {
+        if let Some(why) = s.why_stopped(w) {
+            panic!("{told}, yet the next life stopped: {why}");
+        }
+        if s.held(MessageType::MsgSnapshot, w) > 0 {
+            s.deliver_held_snapshot(w);
+        }
+        (1..=3).all(|id| votes_on(s, id, w) && learners_on(s, id).is_empty())
+    });
+    let last = format!("later-{}", latch::core::membership::PROMOTE_WITHIN + 49);
+    assert_eq!(value_on(s, w, &last), Some(b"1".to_vec()), "it caught up");
+}
+
+/// A replaced member's new life may lose its data dir again after it acknowledged a snapshot
+/// but before it was promoted. The leader knows what that life acknowledged; asked to replace
+/// the learner again, it forgets it, so the next life is probed from scratch and sent a
+/// snapshot, rather than told by the first heartbeat of a commit past the end of its empty log,
+/// which it would take for lost data and stop on (review-s60-fixes F1; review-s61 made the
+/// leader learn the acknowledgement, as in production).
+#[test]
+fn a_learner_that_loses_its_data_again_before_its_promotion_is_replaced_again_and_catches_up() {
+    let (mut s, l, w, o) = cluster_with_writes(101, Some(20));
+    let acknowledged = second_life_acknowledged_a_snapshot_far_behind(&mut s, l, w);
+    assert!(acknowledged > 0);
+    s.crash(w);
+    s.wipe(w);
+    for _ in 0..30 {
+        s.round(&mut all);
+    }
+    let again = s.replace(l, w);
+    s.round(&mut all);
+    assert_eq!(s.answer(again), Some(&Reply::Changed(Ok(0))), "a learner already: nothing to change");
+    next_life_catches_up(&mut s, l, w, o, "replaced again after it stopped");
+}
+
+/// Asked to replace a learner it heard from within two election timeouts, the
+/// leader answers Ok(0) ("was a learner already: start it on an empty data dir") and forgets
+/// nothing. The operator who asked while the slow second life still ran, then stopped, wiped and
+/// started it, sees the next life stop at the first heartbeat (FORGOT_ENTRIES). The answer must
+/// be a refusal (`Running`), or the next life must catch up.
+#[test]
+fn a_learner_replaced_again_while_it_runs_is_refused_or_its_next_life_catches_up() {
+    let (mut s, l, w, o) = cluster_with_writes(107, Some(20));
+    second_life_acknowledged_a_snapshot_far_behind(&mut s, l, w);
+    let again = s.replace(l, w);
+    round_w_cut_off(&mut s, w);
+    let answer = s.answer(again).cloned();
+    if !matches!(answer, Some(Reply::Changed(Ok(0)))) {
+        return; // refused: the operator is told to stop it first
+    }
+    s.crash(w);
+    s.wipe(w);
+    next_life_catches_up(&mut s, l, w, o, &format!("answered {answer:?} while it ran"));
+}
+
+/// The same moments after the second life stopped (the operator replaces it
+/// again at once, as the FORGOT_ENTRIES advice and the docs say).
+#[test]
+fn a_learner_replaced_again_moments_after_it_stopped_is_refused_or_its_next_life_catches_up() {
+    let (mut s, l, w, o) = cluster_with_writes(109, Some(20));
+    second_life_acknowledged_a_snapshot_far_behind(&mut s, l, w);
+    s.crash(w);
+    s.wipe(w);
+    let again = s.replace(l, w);
+    s.round(&mut all);
+    let answer = s.answer(again).cloned();
+    if !matches!(answer, Some(Reply::Changed(Ok(0)))) {
+        return; // refused as running (retryable): asked again later, it resets
+    }
+    next_life_catches_up(&mut s, l, w, o, &format!("answered {answer:?} moments after it stopped"));
+}
+
+/// F2's `Refused::JustElected`. A leader elected moments ago (here by a transfer,
+/// with W's answers to it delayed) has not heard from W, which runs: without the refusal it
+/// would take W for stopped and demote it (and W's next acknowledgement would make it a voter
+/// again, review-s60 #1). Fails if `led_since_tick`'s check is removed.
+#[test]
+fn a_leader_elected_moments_ago_refuses_a_replacement_until_it_heard_from_every_member() {
+    let (mut s, l, w, o) = cluster_with_writes(109, Some(20));
+    let mut transfer = Message::default();
+    transfer.set_msg_type(MessageType::MsgTransferLeader);
+    (transfer.from, transfer.to) = (o, l);
+    s.step(l, transfer);
+    s.deliver_held(MessageType::MsgTimeoutNow, o);
+    // O campaigns; L's vote elects it; W's answer (its request is never delivered) is not heard.
+    s.deliver_held(MessageType::MsgRequestVote, l);
+    s.deliver_held(MessageType::MsgRequestVoteResponse, o);
+    // W's messages to O are delayed (dropped) while O takes over.
+    let mut w_to_o_lost = |m: &Message| if m.from == w && m.to == o { Route::Drop } else { Route::Deliver };
+    s.until("O leads", 100, &mut w_to_o_lost, &mut |s| s.core(o).status().role == latch::core::Role::Leader);
+    let early = s.replace(o, w);
+    s.until("the replacement answered", 50, &mut w_to_o_lost, &mut |s| s.answer(early).is_some());
+    match s.answer(early) {
+        Some(Reply::Changed(Err(latch::core::RequestError::Membership(
+            latch::core::membership::Refused::JustElected { .. },
+        )))) => {}
+        other => panic!("a leader elected moments ago replaced member {w}, which runs: {other:?}"),
+    }
+    for _ in 0..25 {
+        s.round(&mut all);
+    }
+    let later = s.replace(o, w);
+    s.round(&mut all);
+    assert!(
+        matches!(
+            s.answer(later),
+            Some(Reply::Changed(Err(latch::core::RequestError::Membership(
+                latch::core::membership::Refused::Running { .. }
+            ))))
+        ),
+        "two election timeouts on, W is heard and refused as running: {:?}",
+        s.answer(later)
+    );
+    assert!(votes_on(&mut s, o, w));
+}
+
+/// A replaced member's new life is admitted, learns the leader's term from a heartbeat (written
+/// to its hard state), and restarts before it applied anything: its log is no longer fresh, so
+/// its peers are not asked about it; its data dir's LIVED_BEFORE mark still has the server call
+/// `lived_before`, and it grants no vote with nothing applied (review-s61 #2).
+#[test]
+fn a_replaced_life_restarted_before_it_applied_anything_still_grants_no_vote() {
+    let (mut s, l, w, o) = cluster_with_writes(113, Some(20));
+    lose_data_and_replace(&mut s, l, w);
+    s.start(w);
+    s.core(w).lived_before();
+    let mut hold_snapshots =
+        |m: &Message| if latch::core::is_snapshot(m) { Route::Hold } else { Route::Deliver };
+    s.until("a snapshot for the new life", 100, &mut hold_snapshots, &mut |s| {
+        s.held(MessageType::MsgSnapshot, w) > 0
+    });
+    assert_eq!(s.core(w).status().applied.index, 0, "nothing applied yet");
+    s.crash(w);
+    s.start(w);
+    assert!(!s.core(w).log_was_fresh(), "its log holds the leader's term: it is asked nothing");
+    // As the server does on every start of a data dir with a LIVED_BEFORE mark.
+    s.core(w).lived_before();
+    let candidate = s.core(o).status();
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgRequestVote);
+    (m.from, m.to, m.term) = (o, w, candidate.term + 1);
+    m.index = s.core(o).log().last_index_now();
+    m.log_term = candidate.term;
+    m.context = raft::CAMPAIGN_TRANSFER.to_vec().into();
+    s.step(w, m);
+    let granted = s
+        .held_messages()
+        .iter()
+        .any(|m| m.get_msg_type() == MessageType::MsgRequestVoteResponse && m.to == o && !m.reject);
+    assert!(
+        !granted,
+        "the restarted new life (log fresh: {}, applied {}) granted a vote",
+        s.core(w).log_was_fresh(),
+        s.core(w).status().applied.index
+    );
 }

@@ -481,3 +481,26 @@ impl Scripted {
 pub fn all(_: &Message) -> Route {
     Route::Deliver
 }
+
+impl Scripted {
+    /// The messages held so far.
+    pub fn held_messages(&self) -> &[Message] {
+        &self.held
+    }
+
+    /// Drops the snapshots held for member `to`, each reported failed to its sender, as the
+    /// transport does with a snapshot it could not send (a snapshot dropped by a
+    /// route is never reported, and raft-rs then leaves the sender's progress of `to` in its
+    /// Snapshot state for good).
+    pub fn fail_held_snapshots(&mut self, to: u64) {
+        let (snaps, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.held).into_iter().partition(|m| core::is_snapshot(m) && m.to == to);
+        self.held = rest;
+        for m in snaps {
+            if let Some(c) = self.member(m.from).core.as_mut() {
+                c.snapshots().finish(&m.get_snapshot().data);
+                c.report_snapshot(to, false);
+            }
+        }
+    }
+}
