@@ -425,7 +425,7 @@ pub async fn run(
         peer_addr: peer_addr.clone(),
         client_addrs: client_addrs.clone(),
     };
-    let learner = tokio::spawn(learn_members(id, config.initial_cluster.clone(), client_addrs));
+    let learner = tokio::spawn(learn_members(node.handle(), config.initial_cluster.clone(), client_addrs));
     tracing::info!(member = id, cluster = %format!("{cluster_id:016x}"), %client_addr, %peer_addr, %http_addr, %dns_addr, data_dir = %config.data_dir.display(), "member started");
 
     let grpc_metrics =
@@ -490,7 +490,7 @@ pub async fn run(
     let client_task = tokio::spawn(client_srv);
 
     let state_check = state_check::watch(
-        (id, cluster_id),
+        (node.handle(), cluster_id),
         config.initial_cluster.clone(),
         state_hashes,
         config.data_dir.clone(),
@@ -593,10 +593,21 @@ async fn stop_early<P, H>(
 /// every second until it answers, then every 5 seconds in case it moved (a member restarted
 /// with another `--client-addr` or `--advertise-client-addr` is named by its old address
 /// until then).
-async fn learn_members(me: u64, peers: Vec<Peer>, addrs: Arc<RwLock<BTreeMap<u64, String>>>) {
+async fn learn_members(
+    node: crate::node::NodeHandle,
+    peers: Vec<Peer>,
+    addrs: Arc<RwLock<BTreeMap<u64, String>>>,
+) {
     loop {
         let mut all_known = true;
-        for p in peers.iter().filter(|p| p.id != me) {
+        for p in peers.iter().filter(|p| p.id != node.member_id) {
+            if node.has_removed(p.id) {
+                // Removed from the cluster: no longer named, by DNS nor as a leader.
+                if let Ok(mut m) = addrs.write() {
+                    m.remove(&p.id);
+                }
+                continue;
+            }
             match member_status(&p.peer_addr, Duration::from_secs(1)).await {
                 Ok(s) if s.id == p.id && !s.client_addr.is_empty() => {
                     if let Ok(mut m) = addrs.write() {

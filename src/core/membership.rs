@@ -1,8 +1,9 @@
 //! Membership: a member that lost its data comes back as a learner, and votes again once it
-//! has caught up.
+//! has caught up; a member leaves the cluster for good ([`check_remove`], then [`removal`]).
 //!
 //! The members are fixed by `--initial-cluster` (their ids, their addresses, and the cluster id
-//! folded from them); what changes at run time is only which of them vote. A member whose data
+//! folded from them); what changes at run time is only which of them vote, and which were
+//! removed (in neither raft's voters nor its learners: [`removed`]). A member whose data
 //! dir was lost may not take part under its id as it was (`server::admission`): it forgot the
 //! entries it acknowledged and the votes it cast. Replacing it ([`check_replace`], then
 //! [`demotion`] proposed by the leader) makes it a learner through raft, one simple change of
@@ -18,6 +19,8 @@
 //! Invariants:
 //! - One change at a time: a change is proposed only when raft has none pending, and a
 //!   replacement only while no member is a learner.
+//! - A removed member takes no part again under its id: members drop its messages, it stops once
+//!   it applies its removal or a peer tells it, and a start on its data dir is refused.
 //! - The leader is never demoted (it is running on its data; stopping it first lets another
 //!   lead), and a cluster keeps at least two voters through a replacement.
 //! - Raft applies a change when the core hands its entry to the applier, once in a member's life
@@ -214,14 +217,14 @@ pub fn check_remove(
     if pending || !conf.voters_outgoing.is_empty() {
         return Err(Refused::Pending);
     }
-    if member == me {
-        return Err(match successor {
-            Some(to) => Refused::HandingOver { member, to },
-            None => Refused::NoSuccessor { member },
-        });
+    if member == me && successor.is_none() {
+        return Err(Refused::NoSuccessor { member });
     }
     if conf.voters.contains(&member) {
         quorum_left(Change::Removing, conf, member, running)?;
+    }
+    if let (true, Some(to)) = (member == me, successor) {
+        return Err(Refused::HandingOver { member, to });
     }
     Ok(true)
 }
@@ -437,6 +440,12 @@ mod tests {
 
     #[test]
     fn the_leader_is_removed_only_after_it_handed_over() {
+        let leaves_no_quorum =
+            check_remove(1, (&conf(&[1, 2, 3], &[]), &[1, 2, 3]), 1, false, &[1, 2], Some(2));
+        assert!(
+            matches!(leaves_no_quorum, Err(Refused::NoQuorum { .. })),
+            "no handover for a removal that could not pass: {leaves_no_quorum:?}"
+        );
         let refused = check_remove(1, (&conf(&[1, 2, 3], &[]), &[1, 2, 3]), 1, false, &[1, 2, 3], Some(3));
         assert_eq!(refused, Err(Refused::HandingOver { member: 1, to: 3 }));
         assert!(refused.is_err_and(|r| r.passes()), "asked again, the next leader removes it");

@@ -1051,8 +1051,13 @@ impl Core {
         }
         // A member removed from the configuration takes no part: not even its votes' terms (it
         // may not have heard of its removal, and campaigns). Until it stops, its peers drop its
-        // messages, and their transports tell it (`transport`).
-        if msg.from != self.id() && self.raw.raft.prs().get(msg.from).is_none() {
+        // messages, and their transports tell it (`transport`). Removed: one of the members the
+        // cluster started with that raft's configuration no longer has (no change adds one, so
+        // a member behind on the changes still has every member the others have).
+        if self.initial_members.contains(&msg.from) && self.raw.raft.prs().get(msg.from).is_none() {
+            if is_snapshot(&msg) {
+                self.snapshots.inbox().remove(&msg.get_snapshot().data);
+            }
             return Ok(());
         }
         if self.withhold_votes {
@@ -1306,6 +1311,11 @@ impl Core {
             self.handed_out = self.handed_out.max(meta.index);
             self.raw.mut_store().install_snapshot(meta)?;
             self.snapshots_installed += 1;
+            let conf = meta.get_conf_state();
+            if membership::removed(conf, self.id()) {
+                self.removed_at = Some(meta.index);
+            }
+            self.actions.push(Action::Membership(membership::Configuration::of(conf)));
             let replies = self.leases.reload(stored_leases(&self.state_db)?, self.clock_ms);
             self.kept_alive(replies);
             self.lock_delays.reload(stored_lock_delays(&self.state_db)?, self.clock_ms);
@@ -1457,6 +1467,15 @@ impl Core {
         self.learners_since.retain(|id, _| conf.learners.contains(id));
         tracing::info!(member, index, voters = ?conf.voters, learners = ?conf.learners, "membership changed");
         if membership::removed(&conf, member) {
+            // A leader that commits its own removal (elected with it in its log) stops at once:
+            // raft-rs keeps it leading with no progress of its own, and its next append or
+            // acknowledgement would panic there. Its state need not hold the change: the server
+            // marks its data dir, and the others apply it.
+            if self.raw.raft.state == StateRole::Leader {
+                let how =
+                    format!("it led, and committed the change that removed it, at raft log index {index}");
+                return Err(CoreError::Removed { member, how });
+            }
             self.removed_at = Some(index);
         }
         self.actions.push(Action::Membership(membership::Configuration::of(&conf)));

@@ -65,16 +65,17 @@ pub struct Diverged {
 /// Judges this member's check points against its peers' until a quorum of them says its state
 /// diverged; then marks its data dir and returns why. Runs for as long as the member does
 /// otherwise.
+/// The members judged are those of `node`'s configuration as it last applied it (a member
+/// removed from the cluster is neither asked nor counted).
 pub async fn watch(
-    (me, cluster_id): (u64, u64),
+    (node, cluster_id): (crate::node::NodeHandle, u64),
     peers: Vec<Peer>,
     hashes: Arc<StateHashes>,
     data_dir: PathBuf,
     (action, metrics): (StateCheckAction, Arc<Metrics>),
 ) -> Diverged {
     let metrics = &metrics.state_check;
-    let voters = peers.len();
-    let others: Vec<Peer> = peers.into_iter().filter(|p| p.id != me).collect();
+    let me = node.member_id;
     // The highest index judged; when each point not judged yet was first seen.
     let mut judged = 0u64;
     let mut waiting: BTreeMap<u64, Instant> = BTreeMap::new();
@@ -82,6 +83,9 @@ pub async fn watch(
         tokio::time::sleep(CHECK_EVERY).await;
         let kept = hashes.points();
         let mine: Vec<_> = kept.iter().filter(|p| p.index > judged).copied().collect();
+        let configuration = node.configuration();
+        let voters = peers.iter().filter(|p| configuration.has(p.id)).count();
+        let others: Vec<&Peer> = peers.iter().filter(|p| p.id != me && configuration.has(p.id)).collect();
         if mine.is_empty() || others.is_empty() {
             continue;
         }

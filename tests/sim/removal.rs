@@ -161,3 +161,45 @@ fn a_learner_whose_replacement_never_came_back_is_removed() {
     let verdict = admission::verdict(3, &answers_for(&mut s, w, &[l, o]));
     assert!(matches!(verdict, Verdict::Refuse { .. }), "the removed member is refused: {verdict:?}");
 }
+
+/// The member being removed may be elected with its removal in its log (the leader that
+/// proposed it crashed before it committed): it commits its own removal as leader and stops at
+/// once — raft-rs would keep it leading with no progress of its own, and panic at its next
+/// append — and the members left elect a leader and commit without it.
+#[test]
+fn a_leader_that_commits_its_own_removal_stops_and_the_others_go_on() {
+    let (mut s, l, w, o) = cluster_with_writes(131, Some(20));
+    // The removal reaches W only, and L never hears that W has it: it is not committed.
+    let mut only_w_gets_it = |m: &Message| {
+        let t = m.get_msg_type();
+        if (t == MessageType::MsgAppend && m.to == o) || (t == MessageType::MsgAppendResponse && m.from == w)
+        {
+            crate::scripted::Route::Drop
+        } else {
+            crate::scripted::Route::Deliver
+        }
+    };
+    let change = s.remove(l, w);
+    for _ in 0..5 {
+        s.round(&mut only_w_gets_it);
+    }
+    assert!(s.answer(change).is_none(), "not committed yet");
+    assert!(s.core(w).log().last_index_now() >= s.core(l).log().last_index_now(), "W holds its removal");
+    s.crash(l);
+    let write = s.propose(w, Command { request_id: "during".into(), ..s_put("during", "1") });
+    s.until("W, elected, commits its removal and stops", 300, &mut all, &mut |s| s.why_stopped(w).is_some());
+    let why = s.why_stopped(w).unwrap_or_default().to_string();
+    assert!(why.contains("it led, and committed the change that removed it"), "{why}");
+    let _ = write;
+    s.start(l);
+    s.until("a leader among the two left", 300, &mut all, &mut |s| {
+        [l, o].iter().any(|id| s.core(*id).status().role == latch::core::Role::Leader)
+    });
+    let leader = if s.core(l).status().role == latch::core::Role::Leader { l } else { o };
+    let after = s.propose(leader, Command { request_id: "after".into(), ..s_put("after", "1") });
+    s.until("a write committed by the two left", 100, &mut all, &mut |s| s.answer(after).is_some());
+    assert!(matches!(s.answer(after), Some(Reply::Applied(Ok(_)))), "committed: {:?}", s.answer(after));
+    for id in [l, o] {
+        assert_eq!(voters_on(&mut s, id), sorted(vec![l, o]), "member {id}: the voters left");
+    }
+}
