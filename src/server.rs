@@ -609,6 +609,15 @@ async fn learn_members(
                 continue;
             }
             match member_status(&p.peer_addr, Duration::from_secs(1)).await {
+                // A member removed while it heard nothing (a learner sends nothing to be refused)
+                // learns it here, and stops.
+                Ok(s)
+                    if s.id == p.id
+                        && s.cluster_id == node.cluster_id
+                        && s.removed.contains(&node.member_id) =>
+                {
+                    node.send(crate::node::Event::RemovedBy(p.id));
+                }
                 Ok(s) if s.id == p.id && !s.client_addr.is_empty() => {
                     if let Ok(mut m) = addrs.write() {
                         // A wildcard address names no host: no leader hint, no DNS answer.

@@ -342,6 +342,7 @@ impl PeerRpc for PeerService {
             snapshots_installed: s.snapshots_installed,
             started_members,
             learners,
+            removed: self.shared.links.peers().filter(|p| self.node.has_removed(*p)).collect(),
             command_version: crate::fsm::COMMAND_VERSION,
             state_hashes: (self.shared.state_hashes.points().into_iter())
                 .map(|p| StateHashPoint { index: p.index, hash: p.hash })
@@ -589,6 +590,11 @@ impl Links {
     /// Every peer starts out reachable.
     pub fn new(peers: impl IntoIterator<Item = u64>) -> Links {
         Links { reachable: peers.into_iter().map(|p| (p, AtomicBool::new(true))).collect() }
+    }
+
+    /// This member's peers, in increasing order.
+    pub fn peers(&self) -> impl Iterator<Item = u64> + '_ {
+        self.reachable.keys().copied()
     }
 
     /// Whether `member` is one of this member's peers.

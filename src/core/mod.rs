@@ -284,9 +284,9 @@ pub enum CoreError {
     )]
     ForgotEntries { member: u64, leader: u64, acknowledged: u64, last: u64 },
     #[error(
-        "member {member} was removed from the cluster ({how}): it takes no part under its id again. \
-         Keep its data dir for what it holds, or delete it; to serve with this machine, stop the \
-         member for good or replace it in --initial-cluster when a new cluster is made"
+        "member {member} was removed from the cluster ({how}): it takes no part under its id \
+         again, and the cluster goes on without it. Stop running it; its data dir may be kept for \
+         what it holds, or deleted"
     )]
     Removed { member: u64, how: String },
 }

@@ -98,7 +98,8 @@ pub enum Event {
         member: u64,
         reply: oneshot::Sender<Result<u64, RequestError>>,
     },
-    /// A peer refused this member's raft messages: its configuration no longer has this member.
+    /// A peer's configuration no longer has this member (it refused its raft messages, or its
+    /// status says so): it was removed.
     RemovedBy(u64),
     Peer(Box<Message>, Permit),
     /// The apply thread's progress.
@@ -746,7 +747,7 @@ fn hand(
             core.remove(waiters.next, member);
         }
         Event::RemovedBy(peer) => {
-            let how = format!("member {peer} refused its raft messages: its configuration no longer has it");
+            let how = format!("member {peer}'s configuration no longer has it");
             return Err(CoreError::Removed { member: core.id(), how });
         }
         Event::Applied(progress) => {

@@ -63,6 +63,8 @@ pub struct Answer {
     pub learner: bool,
     /// The peer is admitting too (it started on an empty log).
     pub admitting: bool,
+    /// The peer's applied configuration no longer has the asking member: it was removed.
+    pub removed: bool,
 }
 
 /// Whether a peer whose applied state records the starts of `started` and has `learners` among
@@ -83,6 +85,10 @@ pub struct Admitted {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Admit,
+    /// This peer's configuration no longer has the member: it was removed for good.
+    Removed {
+        peer: u64,
+    },
     /// This peer records the member's start.
     Refuse {
         peer: u64,
@@ -102,6 +108,9 @@ pub enum Verdict {
 
 /// The verdict of `answers` (by peer id) for a member of a cluster of `members`.
 pub fn verdict(members: usize, answers: &BTreeMap<u64, Answer>) -> Verdict {
+    if let Some((peer, _)) = answers.iter().find(|(_, a)| a.removed) {
+        return Verdict::Removed { peer: *peer };
+    }
     if let Some((peer, _)) = answers.iter().find(|(_, a)| a.lists_me) {
         if let Some((learner, _)) = answers.iter().find(|(_, a)| a.learner) {
             return Verdict::Disagree { lists: *peer, learner: *learner };
@@ -117,19 +126,34 @@ pub fn verdict(members: usize, answers: &BTreeMap<u64, Answer>) -> Verdict {
 
 /// A peer records the start of a member that started on an empty log: it may not take part.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "member {member} started on an empty raft log in {data_dir}, but member {peer} records that \
-     member {member} has run before: a member that lost its data must not take part again under its \
-     id — its peers counted on the entries it acknowledged and the votes it cast, and committed \
-     writes could be lost. Bring back this data dir as the member left it when it last ran (an older \
-     copy has forgotten as much), or replace the member: `latch cluster replace {member}` against \
-     the running members makes it a learner, and it may then start on an empty data dir, catch up, \
-     and vote again"
-)]
+#[error("{}", refusal_text(self))]
 pub struct Refused {
     pub member: u64,
     pub peer: u64,
     pub data_dir: PathBuf,
+    /// The peer's configuration no longer has the member (removed), rather than recording it.
+    pub removed: bool,
+}
+
+fn refusal_text(r: &Refused) -> String {
+    let Refused { member, peer, data_dir, removed } = r;
+    let data_dir = data_dir.display();
+    match removed {
+        true => format!(
+            "member {member} started on an empty raft log in {data_dir}, but member {peer}'s \
+             configuration no longer has member {member}: it was removed from the cluster for good \
+             (`latch cluster remove`), and takes no part under its id again"
+        ),
+        false => format!(
+            "member {member} started on an empty raft log in {data_dir}, but member {peer} records \
+             that member {member} has run before: a member that lost its data must not take part \
+             again under its id — its peers counted on the entries it acknowledged and the votes it \
+             cast, and committed writes could be lost. Bring back this data dir as the member left it \
+             when it last ran (an older copy has forgotten as much), or replace the member: `latch \
+             cluster replace {member}` against the running members makes it a learner, and it may then \
+             start on an empty data dir, catch up, and vote again"
+        ),
+    }
 }
 
 /// A peer runs a build of another command version.
@@ -212,7 +236,8 @@ pub async fn ask_peers(
                 Ok(s) if s.id == peer && s.cluster_id == cluster_id => {
                     let lists_me = lists(&s.started_members, &s.learners, me);
                     let learner = s.learners.contains(&me);
-                    let answer = Answer { lists_me, learner, admitting: s.role == ADMITTING };
+                    let (admitting, removed) = (s.role == ADMITTING, s.removed.contains(&me));
+                    let answer = Answer { lists_me, learner, admitting, removed };
                     answers.insert(peer, answer);
                 }
                 Ok(s) => silent.push(format!(
@@ -237,7 +262,10 @@ pub async fn ask_peers(
                 return Ok(Admitted { replaced });
             }
             Verdict::Refuse { peer } => {
-                return Err(Refused { member: me, peer, data_dir: data_dir.to_path_buf() });
+                return Err(Refused { member: me, peer, data_dir: data_dir.to_path_buf(), removed: false });
+            }
+            Verdict::Removed { peer } => {
+                return Err(Refused { member: me, peer, data_dir: data_dir.to_path_buf(), removed: true });
             }
             Verdict::Disagree { lists, learner } => {
                 if logged.elapsed() >= LOG_EVERY {
@@ -274,7 +302,9 @@ mod tests {
 
     fn answers(list: &[(u64, bool)]) -> BTreeMap<u64, Answer> {
         list.iter()
-            .map(|(p, lists_me)| (*p, Answer { lists_me: *lists_me, learner: false, admitting: false }))
+            .map(|(p, lists_me)| {
+                (*p, Answer { lists_me: *lists_me, learner: false, admitting: false, removed: false })
+            })
             .collect()
     }
 
@@ -341,8 +371,8 @@ mod tests {
         assert!(!lists(&[1, 2, 3], &[3], 3), "a learner is not listed");
         assert!(lists(&[1, 2, 3], &[], 3), "a voter that ran before is");
         assert!(!lists(&[1, 2], &[], 3), "a member that never ran is not");
-        let learner = Answer { lists_me: false, learner: true, admitting: false };
-        let lister = Answer { lists_me: true, learner: false, admitting: false };
+        let learner = Answer { lists_me: false, learner: true, admitting: false, removed: false };
+        let lister = Answer { lists_me: true, learner: false, admitting: false, removed: false };
         let both = BTreeMap::from([(1, learner), (2, lister)]);
         assert_eq!(verdict(3, &both), Verdict::Disagree { lists: 2, learner: 1 }, "one of them is behind");
         assert_eq!(verdict(3, &BTreeMap::from([(1, learner), (2, learner)])), Verdict::Admit);

@@ -839,6 +839,34 @@ mod tests {
     }
 
     #[test]
+    fn a_hello_answered_removed_tells_the_member_it_was_removed() {
+        let mut removed = answer(REMOVED);
+        removed.extend(frame(
+            b"member 1 was removed from the cluster: member 2's configuration no longer has it",
+        ));
+        let (addr, _accepted) = fake_peer(removed.clone());
+        let e = dial(&addr, 7, 1).expect_err("the peer refused");
+        assert!(matches!(e, Dial::Removed(_)), "told removed, not {e:?}");
+        assert!(e.to_string().contains("was removed from the cluster"), "the peer's reason comes back: {e}");
+
+        // The sender thread reports it, as `Event::RemovedBy`.
+        let (addr, _accepted) = fake_peer(removed);
+        let link = Arc::new(Link::new(2));
+        let (told_tx, told) = mpsc::channel();
+        let l = link.clone();
+        std::thread::spawn(move || {
+            let tell = move || {
+                let _ = told_tx.send(());
+            };
+            let reports = Reports { lost: &|| {}, removed: &tell };
+            send_loop(1, 7, &addr, &l, reports, Duration::from_millis(20))
+        });
+        assert!(link.offer(frame(b"a message")).is_ok());
+        told.recv_timeout(Duration::from_secs(5)).expect("the member is told it was removed");
+        link.stop();
+    }
+
+    #[test]
     fn a_connection_that_breaks_reports_the_peer_lost() {
         let (addr, accepted) = fake_peer(answer(ACCEPTED));
         let (link, lost) = link_to(addr);

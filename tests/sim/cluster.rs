@@ -2227,7 +2227,12 @@ impl Sim {
             let lists_me = admission::lists(&started, &learners, member);
             answers.insert(
                 peer,
-                admission::Answer { lists_me, learner: learners.contains(&member), admitting: false },
+                admission::Answer {
+                    lists_me,
+                    learner: learners.contains(&member),
+                    admitting: false,
+                    removed: false,
+                },
             );
         }
         match admission::verdict(self.params.nodes as usize, &answers) {

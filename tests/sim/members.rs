@@ -31,7 +31,8 @@ pub(crate) fn answers_for(s: &mut Scripted, me: u64, up: &[u64]) -> BTreeMap<u64
         .map(|p| {
             let learners = learners_on(s, *p);
             let lists_me = admission::lists(&recorded_on(s, *p), &learners, me);
-            (*p, Answer { lists_me, learner: learners.contains(&me), admitting: false })
+            let removed = latch::core::membership::removed(&s.core(*p).conf_state(), me);
+            (*p, Answer { lists_me, learner: learners.contains(&me), admitting: false, removed })
         })
         .collect()
 }

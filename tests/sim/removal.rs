@@ -159,7 +159,7 @@ fn a_learner_whose_replacement_never_came_back_is_removed() {
     }
     s.start(w);
     let verdict = admission::verdict(3, &answers_for(&mut s, w, &[l, o]));
-    assert!(matches!(verdict, Verdict::Refuse { .. }), "the removed member is refused: {verdict:?}");
+    assert!(matches!(verdict, Verdict::Removed { .. }), "the removed member is refused as such: {verdict:?}");
 }
 
 /// The member being removed may be elected with its removal in its log (the leader that

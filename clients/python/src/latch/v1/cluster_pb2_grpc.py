@@ -82,12 +82,13 @@ class ClusterServicer:
         acknowledgements and votes count for no member that applied it, its peers drop its raft
         messages and tell it so, and it stops (leaving a REMOVED mark in its data dir, so that it
         does not start again); it is no longer listed by Status. A learner's removal gives up its
-        replacement. Answered once the change is applied on the answering member. Only the leader
-        serves it (UNAVAILABLE elsewhere, naming the leader; also while another change of membership
-        is being applied, the leader was elected moments ago, or the member to remove leads — it
-        hands leadership to another voter first, and the next leader removes it when asked again);
-        FAILED_PRECONDITION when it is no member (or was removed already), the voters
-        left running would be fewer than a quorum, or it is the only voter.
+        replacement. Answered once the change is applied on the answering member, with index 0 when
+        the member was removed already. Only the leader serves it (UNAVAILABLE elsewhere, naming the
+        leader; also while another change of membership is being applied, the leader was elected
+        moments ago, or the member to remove leads — it hands leadership to another voter first, and
+        the next leader removes it when asked again); FAILED_PRECONDITION when the cluster never had
+        the member, the voters left running would be fewer than a quorum, or the member leads and no
+        other voter runs to take over.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
