@@ -536,7 +536,7 @@ pub async fn run(
     // takes no part again either (its state may not hold its removal: a peer told it).
     let mark = match &result {
         Err(ServerError::Core(e @ CoreError::ForgotEntries { .. })) => Some((marks::FORGOT_ENTRIES, e)),
-        Err(ServerError::Core(e @ CoreError::Removed { .. })) => Some((marks::REMOVED, e)),
+        Err(ServerError::Core(e @ CoreError::Removed { mark: true, .. })) => Some((marks::REMOVED, e)),
         _ => None,
     };
     if let Some((name, why)) = mark {

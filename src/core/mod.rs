@@ -288,7 +288,14 @@ pub enum CoreError {
          again, and the cluster goes on without it. Stop running it; its data dir may be kept for \
          what it holds, or deleted"
     )]
-    Removed { member: u64, how: String },
+    Removed {
+        member: u64,
+        how: String,
+        /// Whether its data dir is marked so that it never starts again: not when it stopped as
+        /// the leader that committed its own removal, which the others may not have heard of yet
+        /// (started again, it tells them).
+        mark: bool,
+    },
 }
 
 fn redb_err(e: impl Into<redb::Error>) -> CoreError {
@@ -617,7 +624,7 @@ impl Core {
                      without it",
                     conf.voters, conf.learners
                 );
-                return Err(CoreError::Removed { member: config.id, how });
+                return Err(CoreError::Removed { member: config.id, how, mark: true });
             }
             store.set_conf_state(conf);
         }
@@ -1282,7 +1289,7 @@ impl Core {
     ) -> Result<Vec<Action>, CoreError> {
         if let Some(index) = self.removed_at.filter(|at| *at <= self.applied.index) {
             let how = format!("it applied the change that removed it, at raft log index {index}");
-            return Err(CoreError::Removed { member: self.id(), how });
+            return Err(CoreError::Removed { member: self.id(), how, mark: true });
         }
         self.observe_raft();
         self.tend_leases();
@@ -1469,12 +1476,17 @@ impl Core {
         if membership::removed(&conf, member) {
             // A leader that commits its own removal (elected with it in its log) stops at once:
             // raft-rs keeps it leading with no progress of its own, and its next append or
-            // acknowledgement would panic there. Its state need not hold the change: the server
-            // marks its data dir, and the others apply it.
+            // acknowledgement would panic there. The others may not have heard of the commit
+            // yet (with two voters, the one left still needs this member's vote until it has):
+            // no mark, so that a start on its data dir can still tell them — elected again, it
+            // commits and stops again, until they know.
             if self.raw.raft.state == StateRole::Leader {
-                let how =
-                    format!("it led, and committed the change that removed it, at raft log index {index}");
-                return Err(CoreError::Removed { member, how });
+                let how = format!(
+                    "it led, and committed the change that removed it, at raft log index {index}; \
+                     its data dir is not marked, in case the members left have not heard of the \
+                     commit yet"
+                );
+                return Err(CoreError::Removed { member, how, mark: false });
             }
             self.removed_at = Some(index);
         }

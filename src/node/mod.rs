@@ -748,7 +748,7 @@ fn hand(
         }
         Event::RemovedBy(peer) => {
             let how = format!("member {peer}'s configuration no longer has it");
-            return Err(CoreError::Removed { member: core.id(), how });
+            return Err(CoreError::Removed { member: core.id(), how, mark: true });
         }
         Event::Applied(progress) => {
             let left = waiters.in_flight.fetch_sub(progress.held_bytes, std::sync::atomic::Ordering::AcqRel);
