@@ -1518,7 +1518,14 @@ impl Core {
     /// change's entry once the state holds it, or 0 when the member is a learner already; a
     /// change of leader before its commit may lose it, and the waiter is told.
     pub fn replace(&mut self, waiter: Waiter, member: u64) {
-        match self.propose_replacement(member) {
+        let proposed = self.propose_replacement(member);
+        self.await_change(waiter, proposed);
+    }
+
+    /// `waiter` waits for the change proposed at the index `proposed` names: answered at once
+    /// when nothing was proposed (0) or the proposal was refused, else once the state holds it.
+    fn await_change(&mut self, waiter: Waiter, proposed: Result<u64, RequestError>) {
+        match proposed {
             Ok(0) => self.actions.push(Action::Changed { waiter, result: Ok(0) }),
             Ok(index) => {
                 let term = self.raw.raft.term;
@@ -1533,14 +1540,8 @@ impl Core {
     /// remove itself, the leader hands leadership to the running voter furthest along and
     /// refuses, retryably: the next leader removes it.
     pub fn remove(&mut self, waiter: Waiter, member: u64) {
-        match self.propose_removal(member) {
-            Ok(0) => self.actions.push(Action::Changed { waiter, result: Ok(0) }),
-            Ok(index) => {
-                let term = self.raw.raft.term;
-                self.changes.push(PendingChange { waiter, index, term, arrived_at: self.now, taken: false });
-            }
-            Err(e) => self.actions.push(Action::Changed { waiter, result: Err(e) }),
-        }
+        let proposed = self.propose_removal(member);
+        self.await_change(waiter, proposed);
     }
 
     fn propose_removal(&mut self, member: u64) -> Result<u64, RequestError> {

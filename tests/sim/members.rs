@@ -217,6 +217,19 @@ pub(crate) fn s_put(key: &str, value: &str) -> Command {
     }
 }
 
+/// Member `from`'s vote request to `to` for the next term, as a leader's handover asks: a
+/// member's lease of its leader does not hide the answer.
+fn forced_vote_request(s: &mut Scripted, from: u64, to: u64) -> Message {
+    let candidate = s.core(from).status();
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgRequestVote);
+    (m.from, m.to, m.term) = (from, to, candidate.term + 1);
+    m.index = s.core(from).log().last_index_now();
+    m.log_term = candidate.term;
+    m.context = raft::CAMPAIGN_TRANSFER.to_vec().into();
+    m
+}
+
 /// Whether `member` votes in member `id`'s raft configuration.
 pub(crate) fn votes_on(s: &mut Scripted, id: u64, member: u64) -> bool {
     s.core(id).conf_state().voters.contains(&member)
@@ -531,17 +544,7 @@ fn a_replaced_members_new_life_grants_no_vote_before_it_applied_something() {
     lose_data_and_replace(&mut s, l, w);
     s.start(w);
     s.core(w).lived_before();
-    let ask_vote = |s: &mut Scripted, from: u64| {
-        let candidate = s.core(from).status();
-        let mut m = Message::default();
-        m.set_msg_type(MessageType::MsgRequestVote);
-        (m.from, m.to, m.term) = (from, w, candidate.term + 1);
-        m.index = s.core(from).log().last_index_now();
-        m.log_term = candidate.term;
-        // As a leader's handover asks: a member's lease of its leader does not hide the answer.
-        m.context = raft::CAMPAIGN_TRANSFER.to_vec().into();
-        m
-    };
+    let ask_vote = |s: &mut Scripted, from: u64| forced_vote_request(s, from, w);
     let term_before = s.core(w).status().term;
     let request = ask_vote(&mut s, o);
     s.step(w, request);
@@ -756,14 +759,8 @@ fn a_replaced_life_restarted_before_it_applied_anything_still_grants_no_vote() {
     assert!(!s.core(w).log_was_fresh(), "its log holds the leader's term: it is asked nothing");
     // As the server does on every start of a data dir with a LIVED_BEFORE mark.
     s.core(w).lived_before();
-    let candidate = s.core(o).status();
-    let mut m = Message::default();
-    m.set_msg_type(MessageType::MsgRequestVote);
-    (m.from, m.to, m.term) = (o, w, candidate.term + 1);
-    m.index = s.core(o).log().last_index_now();
-    m.log_term = candidate.term;
-    m.context = raft::CAMPAIGN_TRANSFER.to_vec().into();
-    s.step(w, m);
+    let request = forced_vote_request(&mut s, o, w);
+    s.step(w, request);
     let granted = s
         .held_messages()
         .iter()
