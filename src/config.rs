@@ -64,7 +64,8 @@ pub struct ServerArgs {
     #[arg(long)]
     #[serde(default)]
     pub dev: bool,
-    /// This member's id (a positive integer, listed in --initial-cluster).
+    /// This member's id (a positive integer, listed in --initial-cluster unless the member was
+    /// added to the running cluster: `latch cluster add`).
     #[arg(long)]
     pub id: Option<u64>,
     /// Directory of this member's data (created if missing); ./latch-data with --dev.
@@ -466,7 +467,8 @@ pub struct Config {
     /// The DNS port, UDP and TCP.
     pub dns_addr: String,
     pub dns: Dns,
-    /// Every member, this one included, sorted by id.
+    /// The members the cluster started with, sorted by id: this one included, unless it was
+    /// added at run time ([`Config::joins`]).
     pub initial_cluster: Vec<Peer>,
     /// `--initial-cluster-token`: folded into the cluster id when given.
     pub initial_cluster_token: Option<String>,
@@ -571,15 +573,24 @@ impl Config {
             check_token(token)
                 .map_err(|problem| ConfigError::Invalid { flag: "initial-cluster-token", problem })?;
         }
-        let Some(me) = initial_cluster.iter().find(|p| p.id == id) else {
-            return Err(ConfigError::Invalid {
-                flag: "initial-cluster",
-                problem: format!("does not list this member's id {id}"),
-            });
-        };
         // Unless given, the peer port listens where the cluster says this member is (etcd
         // defaults to localhost, and a member on another host then listens where no peer looks).
-        let peer_addr = if given_peer_addr.is_none() { me.peer_addr.clone() } else { peer_addr };
+        // A member not among the first ones joins a running cluster that added it
+        // (`latch cluster add`): it says where it listens.
+        let peer_addr = match (initial_cluster.iter().find(|p| p.id == id), given_peer_addr) {
+            (Some(me), None) => me.peer_addr.clone(),
+            (_, Some(_)) => peer_addr,
+            (None, None) => {
+                return Err(ConfigError::Invalid {
+                    flag: "initial-cluster",
+                    problem: format!(
+                        "does not list this member's id {id}: a member added to a running cluster \
+                         (`latch cluster add {id} HOST:PORT`) is started with the cluster's \
+                         --initial-cluster and --peer-addr, where it listens for its peers"
+                    ),
+                })
+            }
+        };
         let defaults = Limits::default();
         let limits = Limits {
             max_key_bytes: flags.max_key_bytes.or(file.max_key_bytes).unwrap_or(defaults.max_key_bytes),
@@ -866,6 +877,12 @@ impl Config {
         })
     }
 
+    /// Whether this member was added to the running cluster (`latch cluster add`) rather than
+    /// one of the members it started with.
+    pub fn joins(&self) -> bool {
+        !self.initial_cluster.iter().any(|p| p.id == self.id)
+    }
+
     /// The cluster's identity, derived from the initial membership (and the token, when given)
     /// so that every member computes the same value and a data dir of another cluster is
     /// recognised. Without a token it is what it was before tokens existed, so data dirs made
@@ -942,6 +959,16 @@ fn check_host_port(addr: &str) -> Result<(), String> {
         Ok(p) if p > 0 => Ok(()),
         _ => Err(format!("{port:?} is not a port (1 … 65535)")),
     }
+}
+
+/// Whether `addr` is an address peers can dial: one HOST:PORT, no wildcard (a member added at
+/// run time is dialed where `latch cluster add` says).
+pub fn check_peer_addr(addr: &str) -> Result<(), String> {
+    check_host_port(addr).map_err(|why| format!("{addr:?} is not HOST:PORT: {why}"))?;
+    if is_wildcard(addr) {
+        return Err(format!("{addr:?} names no host its peers could dial (a wildcard address)"));
+    }
+    Ok(())
 }
 
 /// Whether `token` is 1 … 64 printable ASCII characters without spaces (so its length in

@@ -34,7 +34,7 @@ use crate::api::{
     watch::{Recent, WatchService},
     Context,
 };
-use crate::config::{Config, Peer};
+use crate::config::Config;
 use crate::core::state_check::{Install, StateHashes};
 use crate::core::{self, Core, CoreError, Timing};
 use crate::fsm;
@@ -123,7 +123,7 @@ pub enum ServerError {
     #[error("--dns-domain: {0}")]
     DnsDomain(String),
     #[error("{0}")]
-    Refused(#[from] admission::Refused),
+    Refused(#[from] admission::NotAdmitted),
     #[error("{0}")]
     OtherVersion(#[from] admission::OtherVersion),
     #[error("{0}")]
@@ -188,6 +188,8 @@ pub async fn run(
     let fsyncs = metrics.raft.state_fsync_seconds.clone();
     stores.state_syncs.observe(move |took| fsyncs.observe(took.as_secs_f64()));
     let voters: Vec<u64> = config.initial_cluster.iter().map(|p| p.id).collect();
+    // A member with no peer: the cluster's only first member, and none added to it.
+    let alone = voters.len() <= 1 && !config.joins();
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let inbox = FileInbox::open(&config.data_dir.join(SNAPSHOT_INBOX_DIR))
         .map_err(|source| ServerError::Inbox { dir: config.data_dir.join(SNAPSHOT_INBOX_DIR), source })?;
@@ -203,9 +205,9 @@ pub async fn run(
         max_uncommitted_bytes: config.peer_limits.max_uncommitted_bytes,
         history_retention: config.history_retention,
         history_retention_bytes: config.history_retention_bytes,
-        state_check_interval_ms: match voters.len() > 1 {
-            true => config.state_check_interval.as_millis() as u64,
-            false => 0,
+        state_check_interval_ms: match alone {
+            false => config.state_check_interval.as_millis() as u64,
+            true => 0,
         },
         ..core::Config::new(config.id, &voters, rand::random())
     };
@@ -218,12 +220,20 @@ pub async fn run(
     let confirmed = marks::read(&config.data_dir, marks::COPY_CONFIRMED).and_then(|i| i.parse::<u64>().ok());
     state_hashes
         .started(Install { installed_at, confirmed: installed_at != 0 && confirmed == Some(installed_at) });
-    let applier = match voters.len() > 1 {
-        true => applier.hashing_points(Arc::new(ThreadHasher::new(state_hashes.clone()))),
-        false => applier,
+    let applier = match alone {
+        false => applier.hashing_points(Arc::new(ThreadHasher::new(state_hashes.clone()))),
+        true => applier,
     };
-    // A member whose log is empty takes part only once its peers confirm it has not run before.
-    let asks_peers = core.log_was_fresh() && voters.len() > 1;
+    // A member whose log is empty takes part only once its peers confirm it has not run before
+    // (and, added at run time, that it was added).
+    let asks_peers = core.log_was_fresh() && !alone;
+    // Its peers: the first members, and those added since as far as its state knows.
+    let links = Arc::new(Links::new(config.id, &config.initial_cluster));
+    for (member, addr) in core.configuration().added {
+        if member != config.id {
+            links.learn(member, &addr);
+        }
+    }
 
     // The standard services beside Latch's own, so that grpc-health-probe, Kubernetes gRPC
     // probes and grpcurl work: health reports SERVING for the server ("") and each service.
@@ -253,7 +263,6 @@ pub async fn run(
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let rt = tokio::runtime::Handle::current();
-    let peers = config.initial_cluster.clone();
     let id = config.id;
     let budgets = Budgets {
         max_pending_bytes: config.limits.max_pending_bytes,
@@ -262,10 +271,10 @@ pub async fn run(
     let shared = transport::Shared {
         metrics: metrics.clone(),
         // Every member with peers takes no part in raft until it has checked their versions.
-        admission: if voters.len() > 1 { Admission::closed() } else { Admission::open() },
+        admission: if alone { Admission::open() } else { Admission::closed() },
         // Stays empty unless --fault-injection serves the Faults service that fills it.
         faults: Faults::default(),
-        links: Arc::new(Links::new(peers.iter().map(|p| p.id).filter(|p| *p != id))),
+        links: links.clone(),
         state_hashes: state_hashes.clone(),
     };
     let (faults, admission) = (shared.faults.clone(), shared.admission.clone());
@@ -307,11 +316,11 @@ pub async fn run(
         config.tick_interval,
         budgets,
         metrics.clone(),
-        move |handle| match WireSenders::start(&rt, id, &peers, handle.clone(), senders.clone()) {
+        move |handle| match WireSenders::start(&rt, id, handle.clone(), senders.clone()) {
             Ok(wire) => Box::new(wire),
             Err(e) => {
                 tracing::warn!(member = id, error = %e, "cannot start the peer wire's threads; sending over gRPC");
-                Box::new(PeerSenders::start(&rt, id, &peers, handle, senders))
+                Box::new(PeerSenders::start(&rt, id, handle, senders))
             }
         },
     )
@@ -331,6 +340,7 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    tokio::spawn(follow_added(node.handle(), links.clone(), stopped(stop_rx.clone())));
     // However the member stops, its peers' wire connections close with it.
     let closing = stopped(stop_rx.clone());
     tokio::spawn(async move {
@@ -343,8 +353,7 @@ pub async fn run(
             "--fault-injection: the Faults service on the peer port can cut this member off from \
              its peers; for tests only"
         );
-        let members = config.initial_cluster.iter().map(|p| p.id).collect();
-        FaultsService::server(faults.clone(), id, members)
+        FaultsService::server(faults.clone(), id, links.clone())
     });
     let peer_srv = peer_port()
         .add_service(PeerService::new(
@@ -376,8 +385,16 @@ pub async fn run(
             if asks_peers {
                 let admitted =
                     admission::ask_peers(id, cluster_id, &config.initial_cluster, &config.data_dir).await?;
+                for (member, addr) in &admitted.added {
+                    if *member != id {
+                        links.learn(*member, addr);
+                    }
+                }
                 if admitted.replaced {
-                    let why = "this data dir was started empty after the member was replaced";
+                    let why = match config.joins() {
+                        true => "this data dir was started empty as a member added to the running cluster",
+                        false => "this data dir was started empty after the member was replaced",
+                    };
                     marks::write(&config.data_dir, marks::LIVED_BEFORE, why)
                         .map_err(|source| ServerError::Mark { dir: config.data_dir.clone(), source })?;
                     lived_before = true;
@@ -420,12 +437,19 @@ pub async fn run(
         freshness,
         node: node.handle(),
         limits: config.limits,
-        members: config.initial_cluster.clone(),
+        links: links.clone(),
+        initial_cluster: (
+            (config.initial_cluster.iter())
+                .map(|p| format!("{}={}", p.id, p.peer_addr))
+                .collect::<Vec<_>>()
+                .join(","),
+            config.initial_cluster_token.clone(),
+        ),
         client_addr: advertised,
         peer_addr: peer_addr.clone(),
         client_addrs: client_addrs.clone(),
     };
-    let learner = tokio::spawn(learn_members(node.handle(), config.initial_cluster.clone(), client_addrs));
+    let learner = tokio::spawn(learn_members(node.handle(), links.clone(), client_addrs));
     tracing::info!(member = id, cluster = %format!("{cluster_id:016x}"), %client_addr, %peer_addr, %http_addr, %dns_addr, data_dir = %config.data_dir.display(), "member started");
 
     let grpc_metrics =
@@ -595,12 +619,12 @@ async fn stop_early<P, H>(
 /// until then).
 async fn learn_members(
     node: crate::node::NodeHandle,
-    peers: Vec<Peer>,
+    links: Arc<Links>,
     addrs: Arc<RwLock<BTreeMap<u64, String>>>,
 ) {
     loop {
         let mut all_known = true;
-        for p in peers.iter().filter(|p| p.id != node.member_id) {
+        for p in links.peers() {
             if node.has_removed(p.id) {
                 // Removed from the cluster: no longer named, by DNS nor as a leader.
                 if let Ok(mut m) = addrs.write() {
@@ -619,6 +643,13 @@ async fn learn_members(
                     node.send(crate::node::Event::RemovedBy(p.id));
                 }
                 Ok(s) if s.id == p.id && !s.client_addr.is_empty() => {
+                    // Members added in changes this member has still to apply (it may be behind
+                    // on them, and one of them may lead).
+                    if s.cluster_id == node.cluster_id {
+                        for a in s.added.iter().filter(|a| a.id != node.member_id) {
+                            links.learn(a.id, &a.peer_addr);
+                        }
+                    }
                     if let Ok(mut m) = addrs.write() {
                         // A wildcard address names no host: no leader hint, no DNS answer.
                         if crate::config::is_wildcard(&s.client_addr) {
@@ -632,6 +663,24 @@ async fn learn_members(
             }
         }
         tokio::time::sleep(Duration::from_secs(if all_known { 5 } else { 1 })).await;
+    }
+}
+
+/// Teaches the transport where the members added at run time listen, as this member applies
+/// their additions (or installs a snapshot holding them), until `stopped`.
+async fn follow_added(node: crate::node::NodeHandle, links: Arc<Links>, stopped: impl Future<Output = ()>) {
+    let mut configurations = node.watch_configuration();
+    tokio::pin!(stopped);
+    loop {
+        for (member, addr) in &configurations.borrow_and_update().added {
+            if *member != node.member_id {
+                links.learn(*member, addr);
+            }
+        }
+        tokio::select! {
+            changed = configurations.changed() => if changed.is_err() { return },
+            _ = &mut stopped => return,
+        }
     }
 }
 

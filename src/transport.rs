@@ -42,7 +42,7 @@ pub mod wire;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use protobuf::Message as _;
@@ -61,7 +61,9 @@ use crate::node::{Event, NodeHandle, Outbox};
 pub use faults::{Faults, FaultsService};
 use latch_proto::internal::peer_client::PeerClient;
 use latch_proto::internal::peer_server::{Peer as PeerRpc, PeerServer};
-use latch_proto::internal::{MemberStatus, MemberStatusRequest, PeerAck, PeerFrame, StateHashPoint};
+use latch_proto::internal::{
+    AddedMember, MemberStatus, MemberStatusRequest, PeerAck, PeerFrame, StateHashPoint,
+};
 use wire::Refusal;
 pub use wire::WireSenders;
 
@@ -329,6 +331,11 @@ impl PeerRpc for PeerService {
         let txn = self.node.db().begin_read().map_err(|e| unreadable(e.to_string()))?;
         let started_members = crate::fsm::members::recorded(&txn).map_err(|e| unreadable(e.to_string()))?;
         let learners = crate::core::membership::recorded_learners(&txn).map_err(unreadable)?;
+        let configuration = self.node.configuration();
+        let added = (configuration.added.iter())
+            .filter(|(id, _)| configuration.has(**id))
+            .map(|(id, addr)| AddedMember { id: *id, peer_addr: addr.clone() })
+            .collect();
         Ok(Response::new(MemberStatus {
             id: s.id,
             client_addr: self.client_addr.clone(),
@@ -342,7 +349,8 @@ impl PeerRpc for PeerService {
             snapshots_installed: s.snapshots_installed,
             started_members,
             learners,
-            removed: self.shared.links.peers().filter(|p| self.node.has_removed(*p)).collect(),
+            removed: configuration.removed,
+            added,
             command_version: crate::fsm::COMMAND_VERSION,
             state_hashes: (self.shared.state_hashes.points().into_iter())
                 .map(|p| StateHashPoint { index: p.index, hash: p.hash })
@@ -381,34 +389,37 @@ async fn stage(
     Ok(bytes)
 }
 
-/// Sends raft messages to the peers: one queue and task per peer.
+/// Sends raft messages to the peers: one queue and task per peer, started at its first
+/// message (a peer added at run time once [`Links`] knows it).
 pub struct PeerSenders {
     queues: HashMap<u64, mpsc::UnboundedSender<Message>>,
+    rt: tokio::runtime::Handle,
+    me: u64,
+    node: NodeHandle,
+    shared: Shared,
 }
 
 impl PeerSenders {
-    /// Starts a sender task per peer (other than `me`) on the given runtime.
-    pub fn start(
-        rt: &tokio::runtime::Handle,
-        me: u64,
-        peers: &[Peer],
-        node: NodeHandle,
-        shared: Shared,
-    ) -> PeerSenders {
-        let mut queues = HashMap::new();
-        for p in peers.iter().filter(|p| p.id != me) {
+    /// Sends from member `me` on the given runtime.
+    pub fn start(rt: &tokio::runtime::Handle, me: u64, node: NodeHandle, shared: Shared) -> PeerSenders {
+        PeerSenders { queues: HashMap::new(), rt: rt.clone(), me, node, shared }
+    }
+
+    fn queue(&mut self, to: u64) -> Option<&mpsc::UnboundedSender<Message>> {
+        if !self.queues.contains_key(&to) {
+            let peer = Peer { id: to, peer_addr: self.shared.links.address(to)? };
             let (tx, rx) = mpsc::unbounded_channel();
-            queues.insert(p.id, tx);
-            rt.spawn(send_loop(me, p.clone(), node.clone(), shared.clone(), rx));
+            self.queues.insert(to, tx);
+            self.rt.spawn(send_loop(self.me, peer, self.node.clone(), self.shared.clone(), rx));
         }
-        PeerSenders { queues }
+        self.queues.get(&to)
     }
 }
 
 impl Outbox for PeerSenders {
     fn send(&mut self, msgs: Vec<Message>) {
         for m in msgs {
-            if let Some(q) = self.queues.get(&m.to) {
+            if let Some(q) = self.queue(m.to) {
                 let _ = q.send(m);
             }
         }
@@ -579,38 +590,80 @@ impl Admission {
     }
 }
 
-/// Whether each peer is reachable, as this member's transport last saw it: lost when a call to
-/// it fails, back when a message from it arrives. Each change is logged once, with the
-/// member's term and index.
+/// This member's peers: where each listens, and whether it is reachable, as this member's
+/// transport last saw it — lost when a call to it fails, back when a message from it arrives.
+/// Each change is logged once, with the member's term and index.
+///
+/// The peers are `--initial-cluster`'s at first; a member added at run time is learned
+/// ([`Links::learn`]) from the configuration this member applies, or from a peer's status
+/// before that (a member behind on the changes must still hear a leader added after it fell
+/// behind). An id's address never changes: an id is never added twice.
 pub struct Links {
-    reachable: BTreeMap<u64, AtomicBool>,
+    peers: RwLock<BTreeMap<u64, Arc<PeerLink>>>,
+}
+
+struct PeerLink {
+    addr: String,
+    reachable: AtomicBool,
 }
 
 impl Links {
-    /// Every peer starts out reachable.
-    pub fn new(peers: impl IntoIterator<Item = u64>) -> Links {
-        Links { reachable: peers.into_iter().map(|p| (p, AtomicBool::new(true))).collect() }
+    /// `peers` but `me`; every peer starts out reachable.
+    pub fn new(me: u64, peers: &[Peer]) -> Links {
+        let links = Links { peers: RwLock::new(BTreeMap::new()) };
+        for p in peers.iter().filter(|p| p.id != me) {
+            links.learn(p.id, &p.peer_addr);
+        }
+        links
     }
 
-    /// This member's peers, in increasing order.
-    pub fn peers(&self) -> impl Iterator<Item = u64> + '_ {
-        self.reachable.keys().copied()
+    /// Learns that peer `id` listens at `addr`, unless it is known already (a peer's address
+    /// never changes). Returns whether it was new.
+    pub fn learn(&self, id: u64, addr: &str) -> bool {
+        let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
+        if peers.contains_key(&id) {
+            return false;
+        }
+        let link = PeerLink { addr: addr.to_string(), reachable: AtomicBool::new(true) };
+        peers.insert(id, Arc::new(link));
+        true
+    }
+
+    /// This member's peers and their addresses, in increasing order of id.
+    pub fn peers(&self) -> Vec<Peer> {
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        peers.iter().map(|(id, l)| Peer { id: *id, peer_addr: l.addr.clone() }).collect()
+    }
+
+    /// Where peer `id` listens, if it is one.
+    pub fn address(&self, id: u64) -> Option<String> {
+        self.link(id).map(|l| l.addr.clone())
+    }
+
+    fn link(&self, id: u64) -> Option<Arc<PeerLink>> {
+        self.peers.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
     }
 
     /// Whether `member` is one of this member's peers.
     fn knows(&self, member: u64) -> bool {
-        self.reachable.contains_key(&member)
+        self.link(member).is_some()
+    }
+
+    /// Whether peer `id` is known and was reachable until `reachable` set it so.
+    fn set_reachable(&self, id: u64, reachable: bool) -> bool {
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        peers.get(&id).is_some_and(|l| l.reachable.swap(reachable, Ordering::AcqRel) != reachable)
     }
 
     fn lost(&self, peer: u64, node: &NodeHandle) {
-        if self.reachable.get(&peer).is_some_and(|r| r.swap(false, Ordering::AcqRel)) {
+        if self.set_reachable(peer, false) {
             let s = node.status();
             tracing::info!(member = s.id, term = s.term, index = s.applied.index, peer, "peer unreachable");
         }
     }
 
     fn heard(&self, peer: u64, node: &NodeHandle) {
-        if self.reachable.get(&peer).is_some_and(|r| !r.swap(true, Ordering::AcqRel)) {
+        if self.set_reachable(peer, true) {
             let s = node.status();
             tracing::info!(
                 member = s.id,

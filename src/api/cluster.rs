@@ -1,14 +1,15 @@
 //! The Cluster service: `Status` — the leader and term as this member sees them, and each
 //! member's own account of itself (role, applied index), asked over the peer transport — and
-//! `ReplaceMember`, which makes a member that lost its data a learner, and `RemoveMember`, which
-//! takes a member out of the cluster for good (`core::membership`).
+//! `ReplaceMember`, which makes a member that lost its data a learner, `AddMember`, which adds a
+//! new member as a learner, and `RemoveMember`, which takes a member out of the cluster for good
+//! (`core::membership`).
 
 use std::time::Duration;
 
 use latch_proto::v1::cluster_server::{Cluster, ClusterServer};
 use latch_proto::v1::{
-    Member, RemoveMemberRequest, RemoveMemberResponse, ReplaceMemberRequest, ReplaceMemberResponse,
-    StatusRequest, StatusResponse,
+    AddMemberRequest, AddMemberResponse, Member, RemoveMemberRequest, RemoveMemberResponse,
+    ReplaceMemberRequest, ReplaceMemberResponse, StatusRequest, StatusResponse,
 };
 use redb::ReadableDatabase as _;
 use tonic::{Request, Response, Status};
@@ -42,9 +43,18 @@ impl Cluster for ClusterService {
             MEMBER_PROBE.min(Duration::from_millis(left.as_millis() as u64 / 2))
         });
         let me = self.ctx.node.status();
-        // Members removed from the cluster are no longer listed.
+        // The members of the configuration this member applied (a removed one is no longer
+        // listed), each where this member's transport knows it listens.
         let configuration = self.ctx.node.configuration();
-        let listed = self.ctx.members.iter().filter(|p| configuration.has(p.id));
+        let mut ids: Vec<u64> = configuration.voters.iter().chain(&configuration.learners).copied().collect();
+        ids.sort_unstable();
+        let listed = ids.into_iter().map(|id| crate::config::Peer {
+            id,
+            peer_addr: match id == me.id {
+                true => self.ctx.peer_addr.clone(),
+                false => self.ctx.links.address(id).unwrap_or_default(),
+            },
+        });
         let asks = listed.map(|p| async move {
             if p.id == me.id {
                 return Member {
@@ -110,6 +120,28 @@ impl Cluster for ClusterService {
         Ok(Response::new(ReplaceMemberResponse { header: Some(header), index }))
     }
 
+    async fn add_member(
+        &self,
+        request: Request<AddMemberRequest>,
+    ) -> Result<Response<AddMemberResponse>, Status> {
+        let req = request.into_inner();
+        let member = checked_member(req.member).map_err(|e| self.ctx.to_status(e))?;
+        let peer_addr = req.peer_addr.trim().to_string();
+        crate::config::check_peer_addr(&peer_addr).map_err(|problem| {
+            self.ctx.to_status(ApiError::InvalidArgument { field: "peer_addr", problem })
+        })?;
+        let shows = "`latch cluster status` lists the member a learner if it did";
+        let index = self.changed(self.ctx.node.add(member, peer_addr), "addition", member, shows).await?;
+        let header = self.ctx.header(self.ctx.node.status().applied.revision);
+        let (initial_cluster, token) = self.ctx.initial_cluster.clone();
+        Ok(Response::new(AddMemberResponse {
+            header: Some(header),
+            index,
+            initial_cluster,
+            initial_cluster_token: token.unwrap_or_default(),
+        }))
+    }
+
     async fn remove_member(
         &self,
         request: Request<RemoveMemberRequest>,
@@ -124,7 +156,7 @@ impl Cluster for ClusterService {
 
 fn checked_member(member: u64) -> Result<u64, ApiError> {
     if member == 0 {
-        let problem = "0 is no member id: name one of --initial-cluster's".to_string();
+        let problem = "0 is no member id (ids start at 1)".to_string();
         return Err(ApiError::InvalidArgument { field: "member", problem });
     }
     Ok(member)

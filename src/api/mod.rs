@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
-use crate::config::{Limits, Peer};
+use crate::config::Limits;
 use crate::core::{RequestError, Retry};
 use crate::fsm::history::RevisionError;
 use crate::fsm::FsmError;
@@ -87,6 +87,7 @@ pub const METHODS: &[&str] = &[
     "/latch.v1.Cluster/Status",
     "/latch.v1.Cluster/ReplaceMember",
     "/latch.v1.Cluster/RemoveMember",
+    "/latch.v1.Cluster/AddMember",
     "/latch.v1.Session/Create",
     "/latch.v1.Session/KeepAlive",
     "/latch.v1.Session/Close",
@@ -118,7 +119,11 @@ pub const METHODS: &[&str] = &[
 pub struct Context {
     pub node: NodeHandle,
     pub limits: Limits,
-    pub members: Vec<Peer>,
+    /// This member's peers and where they listen, as its transport knows them.
+    pub links: Arc<crate::transport::Links>,
+    /// `--initial-cluster` and `--initial-cluster-token` as given: what a member added at run
+    /// time is started with.
+    pub initial_cluster: (String, Option<String>),
     /// This member's client address as advertised (`--advertise-client-addr`, else as bound).
     pub client_addr: String,
     pub peer_addr: String,

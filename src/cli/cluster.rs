@@ -1,6 +1,7 @@
 //! `latch cluster status`: the leader, the term, and every member as the answering member
 //! sees it; `latch cluster replace ID`: a member that lost its data comes back as a learner;
-//! `latch cluster remove ID`: a member leaves the cluster for good.
+//! `latch cluster add ID PEER_ADDR`: a new member joins; `latch cluster remove ID`: a member
+//! leaves the cluster for good.
 
 use std::process::ExitCode;
 
@@ -31,6 +32,17 @@ pub enum ClusterOp {
     Replace {
         /// The member's id (one of --initial-cluster's; not the leader).
         member: u64,
+    },
+    /// Add a new member: the leader makes it a learner at PEER_ADDR, and prints how to start
+    /// it (with the cluster's --initial-cluster, its id and --peer-addr, on an empty data dir).
+    /// It catches up, from a snapshot once the log was compacted, and votes once it has. One
+    /// member at a time: not while another learner is still catching up.
+    Add {
+        /// The new member's id: one the cluster never had (a removed member's id is not used
+        /// again).
+        member: u64,
+        /// Where it listens for its peers, HOST:PORT, as they dial it.
+        peer_addr: String,
     },
     /// Remove a member from the cluster for good, running or not: its votes and
     /// acknowledgements count no longer, its peers drop its messages, and it stops (leaving a
@@ -64,6 +76,21 @@ pub async fn run(command: ClusterCommand, client_args: &ClientArgs) -> anyhow::R
             }
             Ok(ExitCode::SUCCESS)
         }
+        ClusterOp::Add { member, peer_addr } => {
+            let client = client_args.connect().await?;
+            let added = client.add_member(member, &peer_addr).await?;
+            match client_args.output {
+                Output::Json => print_json(&json!({
+                    "member": member,
+                    "peer_addr": peer_addr,
+                    "index": added.index,
+                    "initial_cluster": added.initial_cluster,
+                    "initial_cluster_token": added.initial_cluster_token,
+                }))?,
+                Output::Text => print_bytes(added_text(member, &peer_addr, &added).as_bytes())?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         ClusterOp::Remove { member } => {
             let client = client_args.connect().await?;
             let index = client.remove_member(member).await?.index;
@@ -74,6 +101,23 @@ pub async fn run(command: ClusterCommand, client_args: &ClientArgs) -> anyhow::R
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn added_text(member: u64, peer_addr: &str, added: &latch_client::AddMemberResponse) -> String {
+    let what = match added.index {
+        0 => format!("member {member} was added already, at {peer_addr}"),
+        index => format!("member {member} is added at {peer_addr} (raft log index {index})"),
+    };
+    let token = match added.initial_cluster_token.as_str() {
+        "" => String::new(),
+        token => format!(" --initial-cluster-token {token}"),
+    };
+    format!(
+        "{what}: start it on an empty data dir with\n  latch server --id {member} --peer-addr {peer_addr} \
+         --initial-cluster {}{token} --data-dir DIR\nIt catches up and votes once it has (`latch \
+         cluster status` shows it a follower then).\n",
+        added.initial_cluster
+    )
 }
 
 fn removed_text(member: u64, index: u64) -> String {

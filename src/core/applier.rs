@@ -261,6 +261,7 @@ impl Applier {
                 // state records the configuration it reached (in `context`, from the core).
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     fsm::set_conf_state(&txn, &e.context)?;
+                    record_addition(&txn, &e)?;
                     &[]
                 }
             };
@@ -407,6 +408,21 @@ pub(crate) mod testing {
         let applier = Applier::new(db.clone(), syncs, snapshots, fsm::Bounds::default()).expect("an applier");
         (db, applier)
     }
+}
+
+/// Records the member a change of membership added, with its peer address, once raft took the
+/// change (the configuration reached, in the entry's `context`, has it).
+fn record_addition(txn: &redb::WriteTransaction, e: &Entry) -> Result<(), CoreError> {
+    let Some((member, addr)) =
+        super::membership::change_of(e).ok().as_ref().and_then(super::membership::added_by)
+    else {
+        return Ok(());
+    };
+    let conf = super::membership::decode(&e.context).map_err(raft::Error::from)?;
+    if conf.learners.contains(&member) || conf.voters.contains(&member) {
+        fsm::members::add(txn, member, &addr, e.index)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,9 +1,13 @@
 //! Membership: a member that lost its data comes back as a learner, and votes again once it
-//! has caught up; a member leaves the cluster for good ([`check_remove`], then [`removal`]).
+//! has caught up; a new member joins as a learner and votes once it has caught up
+//! ([`check_add`], then [`addition`]); a member leaves the cluster for good ([`check_remove`],
+//! then [`removal`]).
 //!
-//! The members are fixed by `--initial-cluster` (their ids, their addresses, and the cluster id
-//! folded from them); what changes at run time is only which of them vote, and which were
-//! removed (in neither raft's voters nor its learners: [`removed`]). A member whose data
+//! The cluster starts with `--initial-cluster`'s members (their ids, their addresses, and the
+//! cluster id folded from them). A member added at run time comes with its peer address in its
+//! change's context, which every member's state records (`fsm::members`) for good: the members a
+//! cluster ever had are the initial ones and the added ones ([`Known`]), and one of them in
+//! neither raft's voters nor its learners was removed ([`Known::removed`]). A member whose data
 //! dir was lost may not take part under its id as it was (`server::admission`): it forgot the
 //! entries it acknowledged and the votes it cast. Replacing it ([`check_replace`], then
 //! [`demotion`] proposed by the leader) makes it a learner through raft, one simple change of
@@ -20,7 +24,9 @@
 //! - One change at a time: a change is proposed only when raft has none pending, and a
 //!   replacement only while no member is a learner.
 //! - A removed member takes no part again under its id: members drop its messages, it stops once
-//!   it applies its removal or a peer tells it, and a start on its data dir is refused.
+//!   it applies its removal or a peer tells it, and a start on its data dir is refused. An id is
+//!   never added twice, so a member that has not yet applied its own addition (it catches up
+//!   from entries or a snapshot older than it) is not one that was removed.
 //! - The leader is never demoted (it is running on its data; stopping it first lets another
 //!   lead), and a cluster keeps at least two voters through a replacement.
 //! - Raft applies a change when the core hands its entry to the applier, once in a member's life
@@ -73,10 +79,19 @@ pub enum Refused {
     )]
     NoSuccessor { member: u64 },
     #[error(
-        "member {learner} is still catching up after its replacement; replace one member at a time \
-         (`latch cluster status` shows it a follower again once it votes)"
+        "member {learner} is still catching up as a learner (replaced or added); change one member \
+         at a time (`latch cluster status` shows it a follower once it votes)"
     )]
     Busy { learner: u64 },
+    #[error("member {member} is a member already ({role}{at})")]
+    AlreadyAMember { member: u64, role: &'static str, at: String },
+    #[error(
+        "member {member} was removed from the cluster, and a member id is never used again: add \
+         the new member under another id"
+    )]
+    WasRemoved { member: u64 },
+    #[error("peer address {addr} is member {member}'s: each member needs its own")]
+    AddressTaken { addr: String, member: u64 },
     #[error("a change of the cluster's membership is still being applied; retry in a moment")]
     Pending,
     #[error(
@@ -197,19 +212,18 @@ fn quorum_left(change: Change, conf: &ConfState, member: u64, running: &[u64]) -
 /// first ([`Refused::HandingOver`], the caller's to do), and the removal of a voter must leave a
 /// quorum of running voters. A learner's removal is always possible: it is how a replacement
 /// whose member never comes back is given up.
-/// `successor` is the running voter the leader would hand over to; `initial` the members the
-/// cluster started with (`--initial-cluster`). `Ok(false)`: removed already (a removal asked
-/// again; nothing to propose).
+/// `successor` is the running voter the leader would hand over to; `known` the members the
+/// cluster ever had. `Ok(false)`: removed already (a removal asked again; nothing to propose).
 pub fn check_remove(
     me: u64,
-    (conf, initial): (&ConfState, &[u64]),
+    (conf, known): (&ConfState, &Known),
     member: u64,
     pending: bool,
     running: &[u64],
     successor: Option<u64>,
 ) -> Result<bool, Refused> {
-    if removed(conf, member) {
-        return match initial.contains(&member) {
+    if !in_conf(conf, member) {
+        return match known.has(member) {
             true => Ok(false),
             false => Err(Refused::NotAMember { member, voters: sorted(&conf.voters) }),
         };
@@ -229,6 +243,75 @@ pub fn check_remove(
     Ok(true)
 }
 
+/// Whether the leader, whose raft configuration is `conf` (with a change still `pending` or
+/// not), may add `member` as a learner at peer address `addr`. `Ok(false)`: it is that learner
+/// already (an addition asked again; nothing to propose). One change at a time: not while
+/// another member is a learner (catching up after its replacement or addition). An id the
+/// cluster ever had is never added again, nor an address a member has.
+pub fn check_add(
+    (conf, known): (&ConfState, &Known),
+    member: u64,
+    addr: &str,
+    pending: bool,
+) -> Result<bool, Refused> {
+    if in_conf(conf, member) {
+        let role = if conf.voters.contains(&member) { "a voter" } else { "a learner" };
+        return match known.added.get(&member) {
+            Some(at) if at == addr && role == "a learner" => Ok(false),
+            Some(at) => Err(Refused::AlreadyAMember { member, role, at: format!(" at {at}") }),
+            None => Err(Refused::AlreadyAMember { member, role, at: String::new() }),
+        };
+    }
+    if known.has(member) {
+        return Err(Refused::WasRemoved { member });
+    }
+    if let Some((other, _)) = known.added.iter().find(|(id, at)| *at == addr && in_conf(conf, **id)) {
+        return Err(Refused::AddressTaken { addr: addr.to_string(), member: *other });
+    }
+    if let Some(learner) = conf.learners.first() {
+        return Err(Refused::Busy { learner: *learner });
+    }
+    if pending || !conf.voters_outgoing.is_empty() {
+        return Err(Refused::Pending);
+    }
+    Ok(true)
+}
+
+/// The members a cluster ever had: `--initial-cluster`'s, and those added at run time with
+/// their peer addresses (as a member's state records them: removed ones stay).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Known {
+    pub initial: Vec<u64>,
+    pub added: BTreeMap<u64, String>,
+}
+
+impl Known {
+    pub fn has(&self, member: u64) -> bool {
+        self.initial.contains(&member) || self.added.contains_key(&member)
+    }
+
+    /// Whether `conf` has `member`, one the cluster had, neither voting nor learning: removed.
+    /// A member unknown here is not (it may have been added in a change not yet applied).
+    pub fn removed(&self, conf: &ConfState, member: u64) -> bool {
+        self.has(member) && !in_conf(conf, member)
+    }
+
+    /// Every member the cluster had that `conf` no longer has, in increasing order.
+    pub fn all_removed(&self, conf: &ConfState) -> Vec<u64> {
+        let mut ids: Vec<u64> = (self.initial.iter().chain(self.added.keys()))
+            .copied()
+            .filter(|id| !in_conf(conf, *id))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+}
+
+fn in_conf(conf: &ConfState, member: u64) -> bool {
+    conf.voters.contains(&member) || conf.learners.contains(&member)
+}
+
 fn sorted(ids: &[u64]) -> Vec<u64> {
     let mut ids = ids.to_vec();
     ids.sort_unstable();
@@ -245,22 +328,42 @@ pub fn removal(member: u64) -> ConfChangeV2 {
     single(ConfChangeType::RemoveNode, member)
 }
 
-/// Whether configuration `conf` has `member` neither voting nor learning: removed (the members
-/// are `--initial-cluster`'s, and a change never adds one).
-pub fn removed(conf: &ConfState, member: u64) -> bool {
-    !conf.voters.contains(&member) && !conf.learners.contains(&member)
+/// The change that adds `member` as a learner at peer address `addr` (in the change's context,
+/// for every member's state to record: [`added_by`]).
+pub fn addition(member: u64, addr: &str) -> ConfChangeV2 {
+    let mut cc = single(ConfChangeType::AddLearnerNode, member);
+    cc.context = addr.as_bytes().to_vec().into();
+    cc
 }
 
-/// Who votes and who learns, as a member last applied it.
+/// The member a change adds and its peer address, if it is an [`addition`].
+pub fn added_by(cc: &ConfChangeV2) -> Option<(u64, String)> {
+    match cc.get_changes() {
+        [one] if one.get_change_type() == ConfChangeType::AddLearnerNode && !cc.context.is_empty() => {
+            Some((one.node_id, String::from_utf8_lossy(&cc.context).into_owned()))
+        }
+        _ => None,
+    }
+}
+
+/// Who votes and who learns, as a member last applied it; who was removed; and the peer
+/// addresses of the members added at run time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Configuration {
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+    pub removed: Vec<u64>,
+    pub added: BTreeMap<u64, String>,
 }
 
 impl Configuration {
-    pub fn of(conf: &ConfState) -> Configuration {
-        Configuration { voters: sorted(&conf.voters), learners: sorted(&conf.learners) }
+    pub fn of(conf: &ConfState, known: &Known) -> Configuration {
+        Configuration {
+            voters: sorted(&conf.voters),
+            learners: sorted(&conf.learners),
+            removed: known.all_removed(conf),
+            added: known.added.clone(),
+        }
     }
 
     /// Whether `member` votes or learns.
@@ -350,6 +453,10 @@ mod tests {
         ConfState { voters: voters.to_vec(), learners: learners.to_vec(), ..Default::default() }
     }
 
+    fn initial(ids: &[u64]) -> Known {
+        Known { initial: ids.to_vec(), added: BTreeMap::new() }
+    }
+
     #[test]
     fn a_replacement_demotes_one_voter_that_does_not_lead_while_nothing_else_changes() {
         let three = conf(&[1, 2, 3], &[]);
@@ -402,8 +509,8 @@ mod tests {
 
     #[test]
     fn a_removal_takes_a_voter_or_a_learner_and_leaves_a_running_quorum() {
-        let initial = [1, 2, 3];
-        let three = (&conf(&[1, 2, 3], &[]), &initial[..]);
+        let initial = initial(&[1, 2, 3]);
+        let three = (&conf(&[1, 2, 3], &[]), &initial);
         assert_eq!(check_remove(1, three, 3, false, &[1, 2, 3], Some(2)), Ok(true), "running or not");
         assert_eq!(check_remove(1, three, 3, false, &[1, 2], Some(2)), Ok(true));
         assert_eq!(
@@ -428,7 +535,7 @@ mod tests {
             Err(Refused::NotAMember { member: 7, voters: vec![1, 2, 3] }),
             "a member the cluster never had"
         );
-        let two = (&conf(&[1, 2], &[]), &initial[..]);
+        let two = (&conf(&[1, 2], &[]), &initial);
         assert_eq!(
             check_remove(1, two, 3, false, &[1, 2], Some(2)),
             Ok(false),
@@ -439,17 +546,78 @@ mod tests {
     }
 
     #[test]
+    fn an_addition_takes_a_new_id_at_an_address_of_its_own_while_nothing_else_changes() {
+        let mut known = initial(&[1, 2, 3]);
+        let three = conf(&[1, 2, 3], &[]);
+        assert_eq!(check_add((&three, &known), 4, "h:4", false), Ok(true));
+        assert_eq!(check_add((&three, &known), 4, "h:4", true), Err(Refused::Pending));
+        assert_eq!(
+            check_add((&conf(&[1, 2], &[3]), &known), 4, "h:4", false),
+            Err(Refused::Busy { learner: 3 }),
+            "a replacement still catching up"
+        );
+        assert_eq!(
+            check_add((&three, &known), 2, "h:4", false),
+            Err(Refused::AlreadyAMember { member: 2, role: "a voter", at: String::new() })
+        );
+        known.added.insert(4, "h:4".to_string());
+        let learning = conf(&[1, 2, 3], &[4]);
+        assert_eq!(check_add((&learning, &known), 4, "h:4", false), Ok(false), "asked again");
+        assert_eq!(
+            check_add((&learning, &known), 4, "h:5", false),
+            Err(Refused::AlreadyAMember { member: 4, role: "a learner", at: " at h:4".to_string() }),
+            "asked again with another address"
+        );
+        let four = conf(&[1, 2, 3, 4], &[]);
+        assert_eq!(
+            check_add((&four, &known), 5, "h:4", false),
+            Err(Refused::AddressTaken { addr: "h:4".to_string(), member: 4 })
+        );
+        let without_three = conf(&[1, 2, 4], &[]);
+        assert_eq!(
+            check_add((&without_three, &known), 3, "h:3", false),
+            Err(Refused::WasRemoved { member: 3 })
+        );
+        let without_four = conf(&[1, 2, 3], &[]);
+        assert_eq!(
+            check_add((&without_four, &known), 4, "h:4", false),
+            Err(Refused::WasRemoved { member: 4 })
+        );
+        assert_eq!(
+            check_add((&without_four, &known), 5, "h:4", false),
+            Ok(true),
+            "a removed member's address is free again"
+        );
+    }
+
+    #[test]
+    fn a_member_is_removed_only_once_it_was_known_and_the_configuration_lost_it() {
+        let mut known = initial(&[1, 2, 3]);
+        known.added.insert(5, "h:5".to_string());
+        let c = conf(&[1, 2], &[]);
+        assert!(known.removed(&c, 3));
+        assert!(known.removed(&c, 5), "an added member, removed since");
+        assert!(!known.removed(&c, 4), "one this state never heard added is not removed");
+        assert!(!known.removed(&c, 1));
+        assert_eq!(known.all_removed(&c), vec![3, 5]);
+        let cc = addition(4, "h:4");
+        assert_eq!(added_by(&cc), Some((4, "h:4".to_string())));
+        assert_eq!(added_by(&demotion(4)), None, "a demotion adds no member");
+    }
+
+    #[test]
     fn the_leader_is_removed_only_after_it_handed_over() {
         let leaves_no_quorum =
-            check_remove(1, (&conf(&[1, 2, 3], &[]), &[1, 2, 3]), 1, false, &[1, 2], Some(2));
+            check_remove(1, (&conf(&[1, 2, 3], &[]), &initial(&[1, 2, 3])), 1, false, &[1, 2], Some(2));
         assert!(
             matches!(leaves_no_quorum, Err(Refused::NoQuorum { .. })),
             "no handover for a removal that could not pass: {leaves_no_quorum:?}"
         );
-        let refused = check_remove(1, (&conf(&[1, 2, 3], &[]), &[1, 2, 3]), 1, false, &[1, 2, 3], Some(3));
+        let refused =
+            check_remove(1, (&conf(&[1, 2, 3], &[]), &initial(&[1, 2, 3])), 1, false, &[1, 2, 3], Some(3));
         assert_eq!(refused, Err(Refused::HandingOver { member: 1, to: 3 }));
         assert!(refused.is_err_and(|r| r.passes()), "asked again, the next leader removes it");
-        let alone = check_remove(1, (&conf(&[1], &[2]), &[1, 2, 3]), 1, false, &[1, 2], None);
+        let alone = check_remove(1, (&conf(&[1], &[2]), &initial(&[1, 2, 3])), 1, false, &[1, 2], None);
         assert_eq!(alone, Err(Refused::NoSuccessor { member: 1 }));
         assert!(alone.is_err_and(|r| !r.passes()));
     }
@@ -475,6 +643,7 @@ mod tests {
             (demotion(3), ConfChangeType::AddLearnerNode),
             (promotion(3), ConfChangeType::AddNode),
             (removal(3), ConfChangeType::RemoveNode),
+            (addition(3, "h:3"), ConfChangeType::AddLearnerNode),
         ] {
             let e = Entry {
                 entry_type: EntryType::EntryConfChangeV2,

@@ -363,8 +363,8 @@ pub enum Action {
         waiter: Waiter,
         result: Result<u64, RequestError>,
     },
-    /// Raft's configuration changed (a committed change applied): who votes and who learns now.
-    /// Members in neither were removed.
+    /// Raft's configuration changed (a committed change applied, or a snapshot installed): who
+    /// votes and who learns now, who was removed, and where the added members are.
     Membership(membership::Configuration),
 }
 
@@ -554,9 +554,10 @@ pub struct Core {
     changes: Vec<PendingChange>,
     /// The index of the change that removed this member: it stops once it applied it.
     removed_at: Option<u64>,
-    /// The members the cluster started with (`--initial-cluster`): a member in neither raft's
-    /// voters nor its learners was one of them, and was removed.
-    initial_members: Vec<u64>,
+    /// The members the cluster ever had, as far as this member applied: the initial ones
+    /// (`--initial-cluster`) and the added ones. One in neither raft's voters nor its learners
+    /// was removed.
+    known: membership::Known,
 }
 
 /// A change of membership this member proposed as leader, for a waiter.
@@ -617,8 +618,12 @@ impl Core {
         // Raft's configuration as of the applied index, if a change was ever applied: the
         // log's is as of its start, and raft applies the changes after the applied index again.
         let recorded = membership::recorded(&state_db.begin_read().map_err(redb_err)?);
+        let known = membership::Known {
+            initial: config.voters.clone(),
+            added: fsm::members::added(&state_db.begin_read().map_err(redb_err)?)?,
+        };
         if let Some(conf) = recorded.map_err(|e| CoreError::Fsm(fsm::FsmError::Corrupt(e)))? {
-            if membership::removed(&conf, config.id) {
+            if known.removed(&conf, config.id) {
                 let how = format!(
                     "its state records the configuration it applied last, voters {:?} and learners {:?}, \
                      without it",
@@ -688,7 +693,7 @@ impl Core {
             led_since_tick: 0,
             withhold_votes: false,
             removed_at: None,
-            initial_members: config.voters.clone(),
+            known,
             snapshots_delivered: BTreeMap::new(),
             actions: Vec::new(),
             election_rng: None,
@@ -1059,9 +1064,9 @@ impl Core {
         // A member removed from the configuration takes no part: not even its votes' terms (it
         // may not have heard of its removal, and campaigns). Until it stops, its peers drop its
         // messages, and their transports tell it (`transport`). Removed: one of the members the
-        // cluster started with that raft's configuration no longer has (no change adds one, so
-        // a member behind on the changes still has every member the others have).
-        if self.initial_members.contains(&msg.from) && self.raw.raft.prs().get(msg.from).is_none() {
+        // cluster had that raft's configuration no longer has. One this member does not know
+        // yet was added in a change it has still to apply, and is not dropped.
+        if self.known.has(msg.from) && self.raw.raft.prs().get(msg.from).is_none() {
             if is_snapshot(&msg) {
                 self.snapshots.inbox().remove(&msg.get_snapshot().data);
             }
@@ -1319,10 +1324,11 @@ impl Core {
             self.raw.mut_store().install_snapshot(meta)?;
             self.snapshots_installed += 1;
             let conf = meta.get_conf_state();
-            if membership::removed(conf, self.id()) {
+            self.known.added = fsm::members::added(&self.state_db.begin_read().map_err(redb_err)?)?;
+            if self.known.removed(conf, self.id()) {
                 self.removed_at = Some(meta.index);
             }
-            self.actions.push(Action::Membership(membership::Configuration::of(conf)));
+            self.actions.push(Action::Membership(membership::Configuration::of(conf, &self.known)));
             let replies = self.leases.reload(stored_leases(&self.state_db)?, self.clock_ms);
             self.kept_alive(replies);
             self.lock_delays.reload(stored_lock_delays(&self.state_db)?, self.clock_ms);
@@ -1450,9 +1456,11 @@ impl Core {
             self.actions.push(Action::Changed { waiter, result });
         }
         let voters_before = self.conf_state().voters;
-        let applied = membership::change_of(e)
-            .map_err(raft::Error::from)
-            .and_then(|cc| self.raw.apply_conf_change(&cc));
+        let cc = membership::change_of(e);
+        let applied = match &cc {
+            Ok(cc) => self.raw.apply_conf_change(cc),
+            Err(undecodable) => Err(raft::Error::ConfChangeError(undecodable.to_string())),
+        };
         let conf = match applied {
             Ok(conf) => conf,
             Err(error) => {
@@ -1460,6 +1468,12 @@ impl Core {
                 self.conf_state()
             }
         };
+        // The applier records the addition alike (`fsm::members::add`), from the same entry.
+        if let Some((added, addr)) = cc.ok().as_ref().and_then(membership::added_by) {
+            if conf.learners.contains(&added) || conf.voters.contains(&added) {
+                self.known.added.entry(added).or_insert(addr);
+            }
+        }
         for learner in &conf.learners {
             self.learners_since.entry(*learner).or_insert(index);
         }
@@ -1473,7 +1487,7 @@ impl Core {
         }
         self.learners_since.retain(|id, _| conf.learners.contains(id));
         tracing::info!(member, index, voters = ?conf.voters, learners = ?conf.learners, "membership changed");
-        if membership::removed(&conf, member) {
+        if self.known.removed(&conf, member) {
             // A leader that commits its own removal (elected with it in its log) stops at once:
             // raft-rs keeps it leading with no progress of its own, and its next append or
             // acknowledgement would panic there. The others may not have heard of the commit
@@ -1490,7 +1504,7 @@ impl Core {
             }
             self.removed_at = Some(index);
         }
-        self.actions.push(Action::Membership(membership::Configuration::of(&conf)));
+        self.actions.push(Action::Membership(membership::Configuration::of(&conf, &self.known)));
         self.hand_over_if_demoted();
         Ok(conf)
     }
@@ -1550,14 +1564,8 @@ impl Core {
         let conf = self.conf_state();
         let pending = self.raw.raft.has_pending_conf();
         let successor = self.successor().filter(|id| running.contains(id));
-        let checked = membership::check_remove(
-            me,
-            (&conf, &self.initial_members),
-            member,
-            pending,
-            &running,
-            successor,
-        );
+        let checked =
+            membership::check_remove(me, (&conf, &self.known), member, pending, &running, successor);
         if let (Err(membership::Refused::HandingOver { to, .. }), None) =
             (&checked, self.raw.raft.lead_transferee)
         {
@@ -1595,6 +1603,31 @@ impl Core {
             .filter(|(id, pr)| **id != r.id && r.prs().conf().voters().contains(**id) && pr.recent_active)
             .max_by_key(|(_, pr)| pr.matched)
             .map(|(id, _)| *id)
+    }
+
+    /// As leader, adds `member` as a learner at peer address `addr` (`membership::check_add`);
+    /// it votes once it has caught up (`promote_caught_up_learner`). `waiter` is answered as by
+    /// [`Core::replace`].
+    pub fn add(&mut self, waiter: Waiter, member: u64, addr: &str) {
+        let proposed = self.propose_addition(member, addr);
+        self.await_change(waiter, proposed);
+    }
+
+    fn propose_addition(&mut self, member: u64, addr: &str) -> Result<u64, RequestError> {
+        let me = self.id();
+        if self.raw.raft.state != StateRole::Leader {
+            return Err(RequestError::NotLeader { member: me, leader: self.raw.raft.leader_id });
+        }
+        let (conf, pending) = (self.conf_state(), self.raw.raft.has_pending_conf());
+        match membership::check_add((&conf, &self.known), member, addr, pending)? {
+            true => self.propose_change(membership::addition(member, addr)),
+            false => Ok(0),
+        }
+    }
+
+    /// The configuration as this member applied it, with the members removed and added.
+    pub fn configuration(&self) -> membership::Configuration {
+        membership::Configuration::of(&self.conf_state(), &self.known)
     }
 
     fn propose_replacement(&mut self, member: u64) -> Result<u64, RequestError> {
@@ -1658,7 +1691,7 @@ impl Core {
             let (member, term) = (self.id(), self.raw.raft.term);
             match self.propose_change(membership::promotion(learner)) {
                 Ok(index) => {
-                    tracing::info!(member, term, index, learner, "a learner caught up: made a voter again")
+                    tracing::info!(member, term, index, learner, "a learner caught up: made a voter")
                 }
                 Err(error) => {
                     tracing::warn!(member, term, learner, %error, "a learner caught up, but making it a voter failed")

@@ -5,17 +5,24 @@
 //! recorded, proposes `MemberStarted`; a member starting on an empty data dir asks its peers
 //! and is refused if one of them has its record (`server::admission`).
 //!
+//! It also records the members added at run time, with their peer addresses
+//! ([`add`], from the change that added each: `core::membership::addition`).
+//!
 //! Invariants:
 //! - A member's row, once written, is never changed or removed: it holds the index of the entry
 //!   that first recorded the member (later records of it are answered with that index).
+//! - An added member's row, once written, is never changed or removed, so the members a cluster
+//!   ever had are known to every member that applied their additions.
 //! - Recording writes no revision: it is not a change any reader or watcher sees.
 
 use latch_proto::internal::{outcome, MemberStarted, MemberStartedResult};
-use redb::{ReadTransaction, ReadableTable};
+use std::collections::BTreeMap;
+
+use redb::{ReadTransaction, ReadableTable, TableHandle, WriteTransaction};
 
 use super::apply::Apply;
 use super::{open_read, Applied, Domain, FsmError, TableDef};
-use crate::storage::schema::MEMBERS;
+use crate::storage::schema::{ADDED_MEMBERS, MEMBERS};
 
 pub(crate) struct MembersDomain;
 
@@ -25,12 +32,21 @@ impl Domain for MembersDomain {
     }
 
     fn tables(&self) -> &'static [TableDef] {
-        &[MEMBERS]
+        &[MEMBERS, ADDED_MEMBERS]
     }
 
     fn check_row(&self, table: &str, key: &[u8], value: &[u8], at: &Applied) -> Result<(), FsmError> {
         let corrupt = |why: String| FsmError::Corrupt(format!("table {table}, key {key:?}: {why}"));
         let id = be_u64(key).filter(|id| *id != 0).ok_or_else(|| corrupt("not a member id".into()))?;
+        if table == ADDED_MEMBERS.name() {
+            return match addition(value) {
+                Some((index, _)) if index > 0 && index <= at.index => Ok(()),
+                _ => Err(corrupt(format!(
+                    "member {id}'s addition is not an index between 1 and the snapshot's {} and an address",
+                    at.index
+                ))),
+            };
+        }
         match be_u64(value) {
             Some(index) if index > 0 && index <= at.index => Ok(()),
             _ => Err(corrupt(format!(
@@ -79,6 +95,41 @@ pub fn recorded(txn: &ReadTransaction) -> Result<Vec<u64>, FsmError> {
 pub fn is_recorded(txn: &ReadTransaction, member: u64) -> Result<bool, FsmError> {
     let Some(table) = open_read(txn, MEMBERS)? else { return Ok(false) };
     Ok(table.get(member.to_be_bytes().as_slice())?.is_some())
+}
+
+/// Records that the change at `index` added `member` at peer address `addr`, unless an earlier
+/// one did (an id is never added twice: `core::membership::check_add`).
+pub fn add(txn: &WriteTransaction, member: u64, addr: &str, index: u64) -> Result<(), FsmError> {
+    let mut table = txn.open_table(ADDED_MEMBERS)?;
+    let key = member.to_be_bytes();
+    if table.get(key.as_slice())?.is_none() {
+        let row = [index.to_be_bytes().as_slice(), addr.as_bytes()].concat();
+        table.insert(key.as_slice(), row.as_slice())?;
+    }
+    Ok(())
+}
+
+/// The members added at run time (removed ones too) and their peer addresses.
+pub fn added(txn: &ReadTransaction) -> Result<BTreeMap<u64, String>, FsmError> {
+    let Some(table) = open_read(txn, ADDED_MEMBERS)? else { return Ok(BTreeMap::new()) };
+    let mut added = BTreeMap::new();
+    for row in table.iter()? {
+        let (k, v) = row?;
+        let corrupt = || {
+            FsmError::Corrupt(format!("table added_members: row {:?} is not a member's addition", k.value()))
+        };
+        let id = be_u64(k.value()).ok_or_else(corrupt)?;
+        let (_, addr) = addition(v.value()).ok_or_else(corrupt)?;
+        added.insert(id, addr);
+    }
+    Ok(added)
+}
+
+/// An added member's row: the index of its addition and its peer address.
+fn addition(value: &[u8]) -> Option<(u64, String)> {
+    let (index, addr) = value.split_at_checked(8)?;
+    let addr = std::str::from_utf8(addr).ok().filter(|a| !a.is_empty())?;
+    Some((be_u64(index)?, addr.to_string()))
 }
 
 fn be_u64(bytes: &[u8]) -> Option<u64> {

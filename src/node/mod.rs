@@ -93,6 +93,12 @@ pub enum Event {
         member: u64,
         reply: oneshot::Sender<Result<u64, RequestError>>,
     },
+    /// Add a member to the cluster, as a learner at its peer address (`core::membership`).
+    Add {
+        member: u64,
+        peer_addr: String,
+        reply: oneshot::Sender<Result<u64, RequestError>>,
+    },
     /// Remove a member from the cluster for good (`core::membership`).
     Remove {
         member: u64,
@@ -247,6 +253,14 @@ impl NodeHandle {
         rx.await.map_err(|_| RequestError::ShuttingDown)?
     }
 
+    /// As leader, adds `member` at `peer_addr` as a learner (`core::Core::add`): the index of
+    /// the change's entry, once this member's state holds it (0: it was that learner already).
+    pub async fn add(&self, member: u64, peer_addr: String) -> Result<u64, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.events.send(Event::Add { member, peer_addr, reply }).map_err(|_| RequestError::ShuttingDown)?;
+        rx.await.map_err(|_| RequestError::ShuttingDown)?
+    }
+
     /// As leader, removes `member` from the cluster (`core::Core::remove`): the index of the
     /// change's entry, once this member's state holds it.
     pub async fn remove(&self, member: u64) -> Result<u64, RequestError> {
@@ -260,10 +274,15 @@ impl NodeHandle {
         self.configuration.borrow().clone()
     }
 
-    /// Whether this member's applied configuration has `member` neither voting nor learning
-    /// (every member is one of `--initial-cluster`'s: one it no longer has was removed).
+    /// The configuration as this member applies it, change by change.
+    pub fn watch_configuration(&self) -> tokio::sync::watch::Receiver<Configuration> {
+        self.configuration.subscribe()
+    }
+
+    /// Whether this member's applied configuration has `member`, one the cluster had, neither
+    /// voting nor learning: removed.
     pub fn has_removed(&self, member: u64) -> bool {
-        !self.configuration.borrow().has(member)
+        self.configuration.borrow().removed.contains(&member)
     }
 
     /// The core's answer to a request, or, when the request's caller set a deadline
@@ -460,7 +479,7 @@ impl Node {
             locks: Arc::new(LockHub::default()),
             revisions: Arc::new(tokio::sync::watch::Sender::new(core.status().applied.revision)),
             feed: apply::Feed::default(),
-            configuration: Arc::new(tokio::sync::watch::Sender::new(Configuration::of(&core.conf_state()))),
+            configuration: Arc::new(tokio::sync::watch::Sender::new(core.configuration())),
             member_id: core.id(),
             cluster_id,
         };
@@ -740,6 +759,11 @@ fn hand(
             waiters.next += 1;
             waiters.changes.insert(waiters.next, reply);
             core.replace(waiters.next, member);
+        }
+        Event::Add { member, peer_addr, reply } => {
+            waiters.next += 1;
+            waiters.changes.insert(waiters.next, reply);
+            core.add(waiters.next, member, &peer_addr);
         }
         Event::Remove { member, reply } => {
             waiters.next += 1;

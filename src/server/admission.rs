@@ -23,6 +23,10 @@
 //! data on more members than the one asking. A member's record is proposed as soon as it knows
 //! a leader, so the first window is the first moments of its first life.
 //!
+//! A member added at run time (`latch cluster add`, not one of `--initial-cluster`'s) asks the
+//! same way, and is admitted only once a peer has it a learner — its addition applied
+//! ([`joining_verdict`]); refused once every peer it asked answered without.
+//!
 //! Every member with peers, whatever its log, first checks once that no peer runs a build of
 //! another command version ([`check_versions`]): every command carries its proposer's
 //! version, and a member cannot apply a later one (docs/architecture.md, "Upgrades"). Peers
@@ -75,10 +79,14 @@ pub fn lists(started: &[u64], learners: &[u64], me: u64) -> bool {
 }
 
 /// A member admitted on an empty log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admitted {
-    /// A peer has it a learner: it ran before, and was replaced (`core::membership`).
+    /// A peer has it a learner: it ran before and was replaced, or it was added to the running
+    /// cluster (`core::membership`). Either way its empty state is not the cluster's first.
     pub replaced: bool,
+    /// The members added at run time that the peers' configurations have, and their peer
+    /// addresses (`Peer.Status.added`).
+    pub added: BTreeMap<u64, String>,
 }
 
 /// What the answers so far decide.
@@ -104,6 +112,9 @@ pub enum Verdict {
         lists: u64,
         learner: u64,
     },
+    /// A member that is not one of `--initial-cluster`'s, and every peer asked answered without
+    /// having it a learner: it was never added.
+    NotAdded,
 }
 
 /// The verdict of `answers` (by peer id) for a member of a cluster of `members`.
@@ -122,6 +133,40 @@ pub fn verdict(members: usize, answers: &BTreeMap<u64, Answer>) -> Verdict {
         true => Verdict::Admit,
         false => Verdict::Wait { answered: answers.len(), needed },
     }
+}
+
+/// The verdict of `answers` for a member added at run time, which asked `asked` peers: as
+/// [`verdict`], but admitted only once a peer has it a learner (its addition applied there),
+/// and refused once all of them answered without.
+pub fn joining_verdict(members: usize, asked: usize, answers: &BTreeMap<u64, Answer>) -> Verdict {
+    match verdict(members, answers) {
+        Verdict::Admit if answers.values().any(|a| a.learner) => Verdict::Admit,
+        Verdict::Admit if answers.len() >= asked => Verdict::NotAdded,
+        Verdict::Admit => Verdict::Wait { answered: answers.len(), needed: asked },
+        other => other,
+    }
+}
+
+/// A member that is not one of `--initial-cluster`'s started, and none of its peers has it a
+/// member.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "member {member} is not one of --initial-cluster's, and none of its members {asked:?} has it \
+     among the members added since: add it first, against the running cluster — `latch cluster add \
+     {member} HOST:PORT`, its peer address — then start it"
+)]
+pub struct NotAdded {
+    pub member: u64,
+    pub asked: Vec<u64>,
+}
+
+/// Why a member on an empty log is not admitted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotAdmitted {
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    #[error(transparent)]
+    NotAdded(#[from] NotAdded),
 }
 
 /// A peer records the start of a member that started on an empty log: it may not take part.
@@ -208,16 +253,17 @@ pub async fn check_versions(me: u64, cluster_id: u64, peers: &[Peer]) -> Result<
     version_conflict(COMMAND_VERSION, &answers).map_or(Ok(()), Err)
 }
 
-/// Asks `peers` (the whole cluster, `me` included) until their answers admit member `me` or
-/// one of them records its start. (A data dir that kept its state but lost its log never gets
-/// here: `LogStore::reconcile` refuses it.)
+/// Asks `peers` (the members the cluster started with, `me` included unless it was added since)
+/// until their answers admit member `me` or one of them records its start. (A data dir that
+/// kept its state but lost its log never gets here: `LogStore::reconcile` refuses it.)
 pub async fn ask_peers(
     me: u64,
     cluster_id: u64,
     peers: &[Peer],
     data_dir: &Path,
-) -> Result<Admitted, Refused> {
+) -> Result<Admitted, NotAdmitted> {
     let others: Vec<&Peer> = peers.iter().filter(|p| p.id != me).collect();
+    let joins = others.len() == peers.len();
     tracing::info!(
         member = me,
         needed = peers_needed(peers.len()),
@@ -231,9 +277,11 @@ pub async fn ask_peers(
         let asked =
             others.iter().map(|p| async move { (p.id, member_status(&p.peer_addr, ASK_TIMEOUT).await) });
         let mut silent = Vec::new();
+        let mut added = BTreeMap::new();
         for (peer, answer) in futures::future::join_all(asked).await {
             match answer {
                 Ok(s) if s.id == peer && s.cluster_id == cluster_id => {
+                    added.extend(s.added.iter().map(|a| (a.id, a.peer_addr.clone())));
                     let lists_me = lists(&s.started_members, &s.learners, me);
                     let learner = s.learners.contains(&me);
                     let (admitting, removed) = (s.role == ADMITTING, s.removed.contains(&me));
@@ -247,7 +295,11 @@ pub async fn ask_peers(
                 Err(e) => silent.push(format!("member {peer}: {e}")),
             }
         }
-        match verdict(peers.len(), &answers) {
+        let verdict = match joins {
+            true => joining_verdict(peers.len(), others.len(), &answers),
+            false => verdict(peers.len(), &answers),
+        };
+        match verdict {
             Verdict::Admit => {
                 let admitting: Vec<u64> =
                     answers.iter().filter(|(_, a)| a.admitting).map(|(p, _)| *p).collect();
@@ -259,13 +311,20 @@ pub async fn ask_peers(
                     replaced,
                     "no peer records this member's start as a voter's: taking part"
                 );
-                return Ok(Admitted { replaced });
+                return Ok(Admitted { replaced, added });
             }
             Verdict::Refuse { peer } => {
-                return Err(Refused { member: me, peer, data_dir: data_dir.to_path_buf(), removed: false });
+                return Err(
+                    Refused { member: me, peer, data_dir: data_dir.to_path_buf(), removed: false }.into()
+                );
             }
             Verdict::Removed { peer } => {
-                return Err(Refused { member: me, peer, data_dir: data_dir.to_path_buf(), removed: true });
+                return Err(
+                    Refused { member: me, peer, data_dir: data_dir.to_path_buf(), removed: true }.into()
+                );
+            }
+            Verdict::NotAdded => {
+                return Err(NotAdded { member: me, asked: others.iter().map(|p| p.id).collect() }.into());
             }
             Verdict::Disagree { lists, learner } => {
                 if logged.elapsed() >= LOG_EVERY {
@@ -376,6 +435,30 @@ mod tests {
         let both = BTreeMap::from([(1, learner), (2, lister)]);
         assert_eq!(verdict(3, &both), Verdict::Disagree { lists: 2, learner: 1 }, "one of them is behind");
         assert_eq!(verdict(3, &BTreeMap::from([(1, learner), (2, learner)])), Verdict::Admit);
+    }
+
+    #[test]
+    fn an_added_member_is_admitted_once_a_peer_has_it_a_learner_and_refused_once_none_of_all_has() {
+        let learner = Answer { lists_me: false, learner: true, admitting: false, removed: false };
+        let stranger = Answer { lists_me: false, learner: false, admitting: false, removed: false };
+        assert_eq!(
+            joining_verdict(3, 3, &BTreeMap::from([(1, stranger), (2, stranger)])),
+            Verdict::Wait { answered: 2, needed: 3 },
+            "the third may be the leader, which applied the addition first"
+        );
+        assert_eq!(joining_verdict(3, 3, &BTreeMap::from([(1, stranger), (2, learner)])), Verdict::Admit);
+        assert_eq!(
+            joining_verdict(3, 3, &BTreeMap::from([(1, stranger), (2, stranger), (3, stranger)])),
+            Verdict::NotAdded
+        );
+        let lister = Answer { lists_me: true, ..stranger };
+        assert_eq!(
+            joining_verdict(3, 3, &BTreeMap::from([(1, lister), (2, stranger), (3, stranger)])),
+            Verdict::Refuse { peer: 1 },
+            "an added member that voted and lost its data is refused as any other"
+        );
+        let said = NotAdded { member: 4, asked: vec![1, 2, 3] }.to_string();
+        assert!(said.contains("latch cluster add 4 HOST:PORT"), "it says what to do: {said}");
     }
 
     #[test]

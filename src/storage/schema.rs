@@ -90,6 +90,11 @@ pub const SESSION_INSTANCES: TableDefinition<&[u8], &[u8]> = TableDefinition::ne
 /// index of the entry that first recorded it (8 bytes, big endian). See `fsm::members`.
 pub const MEMBERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("members");
 
+/// The members added at run time: member id (8 bytes, big endian) → the log index of the change
+/// that added it (8 bytes, big endian) followed by its peer address (UTF-8). A row stays once the
+/// member is removed: an id is never added twice. See `fsm::members`.
+pub const ADDED_MEMBERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("added_members");
+
 /// The history of the key-value state: revision (8 bytes, big endian) and the change's index
 /// in it (4 bytes, big endian) → `latch.internal.v1.HistoryEvent` (see `fsm::history`).
 pub const HISTORY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("history");

@@ -49,13 +49,13 @@ impl Faults {
 pub struct FaultsService {
     faults: Faults,
     me: u64,
-    /// Every member's id, this one's included.
-    members: Vec<u64>,
+    /// This member's peers, as its transport knows them.
+    links: Arc<super::Links>,
 }
 
 impl FaultsService {
-    pub fn server(faults: Faults, me: u64, members: Vec<u64>) -> FaultsServer<FaultsService> {
-        FaultsServer::new(FaultsService { faults, me, members })
+    pub fn server(faults: Faults, me: u64, links: Arc<super::Links>) -> FaultsServer<FaultsService> {
+        FaultsServer::new(FaultsService { faults, me, links })
     }
 }
 
@@ -63,10 +63,11 @@ impl FaultsService {
 impl FaultsRpc for FaultsService {
     async fn partition(&self, req: Request<PartitionRequest>) -> Result<Response<FaultState>, Status> {
         let peers = req.into_inner().peers;
-        if let Some(bad) = peers.iter().find(|p| **p == self.me || !self.members.contains(p)) {
+        let known: Vec<u64> = self.links.peers().iter().map(|p| p.id).collect();
+        if let Some(bad) = peers.iter().find(|p| !known.contains(p)) {
             return Err(Status::invalid_argument(format!(
-                "peers: {bad} is not a peer of member {} (members: {:?})",
-                self.me, self.members
+                "peers: {bad} is not a peer of member {} (its peers: {known:?})",
+                self.me
             )));
         }
         let blocked = self.faults.partition(&peers);
@@ -97,8 +98,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_peers_of_the_member_can_be_blocked() {
-        let service = FaultsService { faults: Faults::default(), me: 1, members: vec![1, 2, 3] };
+    async fn only_peers_of_the_member_can_be_blocked_and_an_added_one_once_learned() {
+        let peers = ["1=h:1", "2=h:2", "3=h:3"].map(|p| {
+            let (id, addr) = p.split_once('=').expect("id=addr");
+            crate::config::Peer { id: id.parse().expect("an id"), peer_addr: addr.to_string() }
+        });
+        let links = Arc::new(super::super::Links::new(1, &peers));
+        let service = FaultsService { faults: Faults::default(), me: 1, links };
         for bad in [1, 4] {
             let e = service
                 .partition(Request::new(PartitionRequest { peers: vec![2, bad] }))
@@ -110,5 +116,8 @@ mod tests {
         assert!(!service.faults.blocks(2), "a refused request blocks nothing");
         let state = service.partition(Request::new(PartitionRequest { peers: vec![3, 2] })).await;
         assert_eq!(state.expect("peers of member 1").into_inner().blocked, vec![2, 3]);
+        service.links.learn(4, "h:4");
+        let state = service.partition(Request::new(PartitionRequest { peers: vec![4] })).await;
+        assert_eq!(state.expect("an added peer").into_inner().blocked, vec![2, 3, 4]);
     }
 }

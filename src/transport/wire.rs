@@ -215,45 +215,67 @@ pub struct WireSenders {
     links: HashMap<u64, Arc<Link>>,
     grpc: super::PeerSenders,
     member_id: u64,
+    node: NodeHandle,
     shared: Shared,
 }
 
 impl WireSenders {
-    /// Starts a sender thread per peer (other than `me`); snapshots go through the gRPC
-    /// senders started on `rt`.
+    /// Starts a sender thread per peer the transport knows ([`super::Links`]), and one for a
+    /// peer learned later at its first message; snapshots go through the gRPC senders started
+    /// on `rt`.
     pub fn start(
         rt: &tokio::runtime::Handle,
         me: u64,
-        peers: &[Peer],
         node: NodeHandle,
         shared: Shared,
     ) -> io::Result<WireSenders> {
-        let mut links: HashMap<u64, Arc<Link>> = HashMap::new();
-        for p in peers.iter().filter(|p| p.id != me) {
-            let link = Arc::new(Link::new(p.id));
-            let (addr, node, shared, l) = (p.peer_addr.clone(), node.clone(), shared.clone(), link.clone());
-            let (peer, cluster_id) = (p.id, node.cluster_id);
-            let told = node.clone();
-            let lost = move || {
-                shared.links.lost(peer, &node);
-                shared.metrics.peer.unreachable(peer);
-                node.send(Event::Unreachable(peer));
-            };
-            let removed = move || {
-                told.send(Event::RemovedBy(peer));
-            };
-            let spawned = std::thread::Builder::new().name(format!("latch-peer-{}", p.id)).spawn(move || {
-                let reports = Reports { lost: &lost, removed: &removed };
-                send_loop(me, cluster_id, &addr, &l, reports, RETRY_WIRE_AFTER)
-            });
-            if let Err(e) = spawned {
-                links.values().for_each(|l| l.stop());
+        let grpc = super::PeerSenders::start(rt, me, node.clone(), shared.clone());
+        let mut senders = WireSenders { links: HashMap::new(), grpc, member_id: me, node, shared };
+        for p in senders.shared.links.peers() {
+            if let Err(e) = senders.spawn(&p) {
+                senders.links.values().for_each(|l| l.stop());
                 return Err(e);
             }
-            links.insert(p.id, link);
         }
-        let grpc = super::PeerSenders::start(rt, me, peers, node, shared.clone());
-        Ok(WireSenders { links, grpc, member_id: me, shared })
+        Ok(senders)
+    }
+
+    /// Starts the sender thread of peer `p`.
+    fn spawn(&mut self, p: &Peer) -> io::Result<Arc<Link>> {
+        let (me, node, shared) = (self.member_id, self.node.clone(), self.shared.clone());
+        let link = Arc::new(Link::new(p.id));
+        let (addr, l) = (p.peer_addr.clone(), link.clone());
+        let (peer, cluster_id) = (p.id, node.cluster_id);
+        let told = node.clone();
+        let lost = move || {
+            shared.links.lost(peer, &node);
+            shared.metrics.peer.unreachable(peer);
+            node.send(Event::Unreachable(peer));
+        };
+        let removed = move || {
+            told.send(Event::RemovedBy(peer));
+        };
+        std::thread::Builder::new().name(format!("latch-peer-{}", p.id)).spawn(move || {
+            let reports = Reports { lost: &lost, removed: &removed };
+            send_loop(me, cluster_id, &addr, &l, reports, RETRY_WIRE_AFTER)
+        })?;
+        self.links.insert(p.id, link.clone());
+        Ok(link)
+    }
+
+    /// Peer `to`'s link, started now if the transport learned of the peer since.
+    fn link(&mut self, to: u64) -> Option<Arc<Link>> {
+        if let Some(link) = self.links.get(&to) {
+            return Some(link.clone());
+        }
+        let peer = Peer { id: to, peer_addr: self.shared.links.address(to)? };
+        match self.spawn(&peer) {
+            Ok(link) => Some(link),
+            Err(e) => {
+                DROPPED.note(self.member_id, &format!("cannot start the sender thread of peer {to}: {e}"));
+                None
+            }
+        }
     }
 }
 
@@ -262,7 +284,7 @@ impl Outbox for WireSenders {
         let mut batches: HashMap<u64, Vec<u8>> = HashMap::new();
         let mut over_grpc = Vec::new();
         for m in msgs {
-            let Some(link) = self.links.get(&m.to) else { continue };
+            let Some(link) = self.link(m.to) else { continue };
             if crate::core::is_snapshot(&m) || link.speaks_grpc.load(Ordering::Acquire) {
                 over_grpc.push(m);
                 continue;

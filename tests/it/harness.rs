@@ -110,7 +110,40 @@ pub struct Member {
     status_client: Client,
 }
 
-/// A cluster of `latch server` processes, one per member, ids 1..=n.
+impl Member {
+    /// Member `id` on free ports of 127.0.0.1, its data dir and log in `dir`; not started.
+    async fn on_free_ports(id: u64, dir: &std::path::Path) -> Member {
+        let client_addr = format!("127.0.0.1:{}", free_port());
+        let peer_addr = format!("127.0.0.1:{}", free_port());
+        let http_addr = format!("127.0.0.1:{}", free_port());
+        let dns_addr = format!("127.0.0.1:{}", free_port());
+        let status_client = Client::connect_with(
+            [client_addr.clone()],
+            ClientOptions {
+                request_timeout: Duration::from_secs(3),
+                retry_budget: Duration::ZERO,
+                writes_to_leader: false,
+                ..ClientOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        Member {
+            id,
+            client_addr,
+            peer_addr,
+            http_addr,
+            dns_addr,
+            data_dir: dir.join(format!("member-{id}")),
+            log: dir.join(format!("member-{id}.log")),
+            child: None,
+            status_client,
+        }
+    }
+}
+
+/// A cluster of `latch server` processes, one per member: ids 1..=n, and those added since
+/// ([`Cluster::new_member`]).
 pub struct Cluster {
     dir: TempDir,
     members: Vec<Member>,
@@ -126,32 +159,7 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix("latch-it-").tempdir().unwrap();
         let mut members = Vec::new();
         for id in 1..=n {
-            let client_addr = format!("127.0.0.1:{}", free_port());
-            let peer_addr = format!("127.0.0.1:{}", free_port());
-            let http_addr = format!("127.0.0.1:{}", free_port());
-            let dns_addr = format!("127.0.0.1:{}", free_port());
-            let status_client = Client::connect_with(
-                [client_addr.clone()],
-                ClientOptions {
-                    request_timeout: Duration::from_secs(3),
-                    retry_budget: Duration::ZERO,
-                    writes_to_leader: false,
-                    ..ClientOptions::default()
-                },
-            )
-            .await
-            .unwrap();
-            members.push(Member {
-                id,
-                client_addr,
-                peer_addr,
-                http_addr,
-                dns_addr,
-                data_dir: dir.path().join(format!("member-{id}")),
-                log: dir.path().join(format!("member-{id}.log")),
-                child: None,
-                status_client,
-            });
+            members.push(Member::on_free_ports(id, dir.path()).await);
         }
         let initial_cluster =
             members.iter().map(|m| format!("{}={}", m.id, m.peer_addr)).collect::<Vec<_>>().join(",");
@@ -190,9 +198,18 @@ impl Cluster {
     /// The cluster id the members derive from their `--initial-cluster` (what a peer names in
     /// its messages).
     pub fn cluster_id(&self) -> u64 {
-        let spec: String =
-            self.ids().iter().map(|id| format!("{id}={},", self.member(*id).peer_addr)).collect();
+        let spec: String = self.initial_cluster.split(',').map(|p| format!("{p},")).collect();
         latch::config::fnv1a(spec.as_bytes())
+    }
+
+    /// A new member under the next id, on free ports, not started: `latch cluster add` it,
+    /// then [`Cluster::restart`] starts it with the cluster's `--initial-cluster` and its own
+    /// `--peer-addr`, as an operator would.
+    pub async fn new_member(&mut self) -> u64 {
+        let id = self.members.iter().map(|m| m.id).max().unwrap_or(0) + 1;
+        let member = Member::on_free_ports(id, self.dir.path()).await;
+        self.members.push(member);
+        id
     }
 
     /// The `--initial-cluster` every member runs with.

@@ -18,6 +18,7 @@ mod limits;
 mod linearizability;
 mod lock_safety;
 mod locks;
+mod membership;
 mod observability;
 mod partitions;
 mod python;

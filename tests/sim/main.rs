@@ -16,6 +16,7 @@
 //! Invariants: see `invariants.rs`; each module states what it models (locks and their
 //! sequencers: `locks.rs` and `fencing.rs`).
 
+mod addition;
 mod clients;
 mod cluster;
 mod disk;

@@ -31,7 +31,7 @@ pub(crate) fn answers_for(s: &mut Scripted, me: u64, up: &[u64]) -> BTreeMap<u64
         .map(|p| {
             let learners = learners_on(s, *p);
             let lists_me = admission::lists(&recorded_on(s, *p), &learners, me);
-            let removed = latch::core::membership::removed(&s.core(*p).conf_state(), me);
+            let removed = s.core(*p).configuration().removed.contains(&me);
             (*p, Answer { lists_me, learner: learners.contains(&me), admitting: false, removed })
         })
         .collect()

@@ -58,6 +58,9 @@ pub struct Scripted {
     /// for having forgotten entries they acknowledged (any other would be a false alarm).
     lost_data: std::collections::BTreeSet<u64>,
     members: Vec<Member>,
+    /// How many members the cluster started with (`--initial-cluster`'s): members 1 to this.
+    /// Later ones were added ([`Scripted::new_member`]).
+    initial: u64,
     held: Vec<Message>,
     answers: BTreeMap<Waiter, (u64, Answer)>,
     next_waiter: Waiter,
@@ -115,6 +118,7 @@ impl Scripted {
                     inbox: Arc::default(),
                 })
                 .collect(),
+            initial: n,
             held: Vec::new(),
             answers: BTreeMap::new(),
             next_waiter: 0,
@@ -133,6 +137,21 @@ impl Scripted {
         (1..=self.members.len() as u64).collect()
     }
 
+    /// A new member under the next id, on an empty data dir, started: it knows only the
+    /// members the cluster started with, as a member started with their `--initial-cluster`.
+    pub fn new_member(&mut self) -> u64 {
+        self.members.push(Member {
+            log_dir: SimDir::new(),
+            state_disk: SimDisk::new(),
+            core: None,
+            applier: None,
+            inbox: Arc::default(),
+        });
+        let id = self.members.len() as u64;
+        self.start(id);
+        id
+    }
+
     fn member(&mut self, id: u64) -> &mut Member {
         &mut self.members[(id - 1) as usize]
     }
@@ -149,7 +168,7 @@ impl Scripted {
 
     /// Starts member `id` from what its disk holds, or says why it cannot.
     pub fn try_start(&mut self, id: u64) -> Result<(), String> {
-        let voters = self.ids();
+        let voters: Vec<u64> = (1..=self.initial).collect();
         self.seed += 1;
         let (seed, logger, snapshot_entries) = (self.seed, self.logger.clone(), self.snapshot_entries);
         let recording = Arc::new(Recording { member: id, points: self.points.clone() });
@@ -281,6 +300,13 @@ impl Scripted {
     pub fn remove(&mut self, id: u64, member: u64) -> Waiter {
         let w = self.next_waiter();
         self.core(id).remove(w, member);
+        w
+    }
+
+    /// Asks member `id`, leading, to add `member` at peer address `addr` (`core::membership`).
+    pub fn add(&mut self, id: u64, member: u64, addr: &str) -> Waiter {
+        let w = self.next_waiter();
+        self.core(id).add(w, member, addr);
         w
     }
 
@@ -441,6 +467,9 @@ impl Scripted {
 
     fn deliver(&mut self, msg: Message) {
         let to = msg.to;
+        if to > self.members.len() as u64 {
+            return; // added, and not started yet: nobody listens there
+        }
         if let Some(core) = self.member(to).core.as_mut() {
             match core.step(msg) {
                 Ok(()) => {}

@@ -988,6 +988,7 @@ written!(
     HeartbeatResponse,
     ReplaceMemberResponse,
     RemoveMemberResponse,
+    AddMemberResponse,
 );
 
 /// Every page of a list paged by name: `page(start_after)` answers a page and whether more

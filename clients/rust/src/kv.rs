@@ -2,10 +2,10 @@
 
 use crate::client::Channel;
 use latch_proto::v1::{
-    cluster_client::ClusterClient, kv_client::KvClient, CompactionRequest, CompactionResponse,
-    DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    RemoveMemberRequest, RemoveMemberResponse, ReplaceMemberRequest, ReplaceMemberResponse, StatusRequest,
-    StatusResponse, TxnRequest, TxnResponse,
+    cluster_client::ClusterClient, kv_client::KvClient, AddMemberRequest, AddMemberResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, RemoveMemberRequest, RemoveMemberResponse,
+    ReplaceMemberRequest, ReplaceMemberResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse,
 };
 
 use crate::{prefix_range, Client, Error};
@@ -155,6 +155,19 @@ impl Client {
     pub async fn replace_member(&self, member: u64) -> Result<ReplaceMemberResponse, Error> {
         self.write("ReplaceMember", |channel| async move {
             ClusterClient::new(channel).replace_member(ReplaceMemberRequest { member }).await
+        })
+        .await
+    }
+
+    /// Adds `member` to the cluster as a learner at `peer_addr` (`Cluster.AddMember`): it is
+    /// then started with the answer's `initial_cluster` (and token), its id and `--peer-addr`,
+    /// catches up, and votes once it has. Returns the raft log index of the change (0: added
+    /// already at that address); safe to retry.
+    pub async fn add_member(&self, member: u64, peer_addr: &str) -> Result<AddMemberResponse, Error> {
+        let peer_addr = peer_addr.to_string();
+        self.write("AddMember", |channel| {
+            let peer_addr = peer_addr.clone();
+            async move { ClusterClient::new(channel).add_member(AddMemberRequest { member, peer_addr }).await }
         })
         .await
     }

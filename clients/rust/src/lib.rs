@@ -67,10 +67,10 @@ pub use watch::{WatchGroup, WatchId, WatchOptions, WatchTarget, WatchUpdate};
 pub use latch_proto::v1 as proto;
 
 pub use latch_proto::v1::{
-    Candidate, CheckSequencerResponse, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    ElectionInfo, Event, Health, HealthCheck, InstanceInfo, KeyValue, Leadership, LockInfo, LockMode, Member,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, Sequencer, ServiceInstance,
-    ServiceSummary, StatusResponse, TxnRequest, TxnResponse,
+    AddMemberResponse, Candidate, CheckSequencerResponse, CompactionResponse, DeleteRangeRequest,
+    DeleteRangeResponse, ElectionInfo, Event, Health, HealthCheck, InstanceInfo, KeyValue, Leadership,
+    LockInfo, LockMode, Member, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader,
+    Sequencer, ServiceInstance, ServiceSummary, StatusResponse, TxnRequest, TxnResponse,
 };
 /// gRPC status codes, as returned by [`Error::code`].
 pub use tonic::Code;

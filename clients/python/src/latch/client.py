@@ -889,6 +889,13 @@ class Client:
         raft log index of the change (0: it was a learner already); safe to retry."""
         return self._write("cluster", "ReplaceMember", cluster_pb2.ReplaceMemberRequest(member=member)).index
 
+    def add_member(self, member: int, peer_addr: str) -> cluster_pb2.AddMemberResponse:
+        """Adds ``member`` to the cluster as a learner at ``peer_addr``; it is then started with the
+        answer's ``initial_cluster`` (and ``initial_cluster_token``), its id and ``--peer-addr``,
+        catches up, and votes once it has. The answer's ``index`` is the raft log index of the
+        change (0: added already at that address); safe to retry."""
+        return self._write("cluster", "AddMember", cluster_pb2.AddMemberRequest(member=member, peer_addr=peer_addr))
+
     def remove_member(self, member: int) -> int:
         """Removes ``member`` from the cluster for good, running or not: its peers drop its
         messages and it stops. The raft log index of the change (0: it was removed already);

@@ -50,6 +50,11 @@ class ClusterStub:
                 request_serializer=latch_dot_v1_dot_cluster__pb2.RemoveMemberRequest.SerializeToString,
                 response_deserializer=latch_dot_v1_dot_cluster__pb2.RemoveMemberResponse.FromString,
                 _registered_method=True)
+        self.AddMember = channel.unary_unary(
+                '/latch.v1.Cluster/AddMember',
+                request_serializer=latch_dot_v1_dot_cluster__pb2.AddMemberRequest.SerializeToString,
+                response_deserializer=latch_dot_v1_dot_cluster__pb2.AddMemberResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServicer:
@@ -94,6 +99,23 @@ class ClusterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddMember(self, request, context):
+        """Adds a member to the cluster: the leader makes it a learner at its peer address (its
+        acknowledgements and votes count for nothing yet), every member learns where to reach it,
+        and it is started with the cluster's --initial-cluster, its id and --peer-addr on an empty
+        data dir; it catches up (from a snapshot once the log was compacted) and the leader makes
+        it a voter once it has. Answered once the change is applied on the answering member, with
+        index 0 when the member was added already at that address. Only the leader serves it
+        (UNAVAILABLE elsewhere, naming the leader; also while another change of membership is
+        being applied); FAILED_PRECONDITION when the id is a member's or was one (a removed
+        member's id is never used again), another member's peer address is the same, or another
+        learner is still catching up; INVALID_ARGUMENT for id 0 or an address that is not
+        HOST:PORT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +133,11 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.RemoveMember,
                     request_deserializer=latch_dot_v1_dot_cluster__pb2.RemoveMemberRequest.FromString,
                     response_serializer=latch_dot_v1_dot_cluster__pb2.RemoveMemberResponse.SerializeToString,
+            ),
+            'AddMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddMember,
+                    request_deserializer=latch_dot_v1_dot_cluster__pb2.AddMemberRequest.FromString,
+                    response_serializer=latch_dot_v1_dot_cluster__pb2.AddMemberResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -194,6 +221,33 @@ class Cluster:
             '/latch.v1.Cluster/RemoveMember',
             latch_dot_v1_dot_cluster__pb2.RemoveMemberRequest.SerializeToString,
             latch_dot_v1_dot_cluster__pb2.RemoveMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/latch.v1.Cluster/AddMember',
+            latch_dot_v1_dot_cluster__pb2.AddMemberRequest.SerializeToString,
+            latch_dot_v1_dot_cluster__pb2.AddMemberResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,75 @@
+//! Growing a running cluster (`latch cluster add`): a new member started with the cluster's
+//! `--initial-cluster` and its own `--peer-addr` on an empty data dir joins as a learner,
+//! catches up, votes, and counts toward commits; a bad addition is refused saying why.
+
+use std::time::Duration;
+
+use crate::harness::{eventually, latch_bin, Cluster};
+
+/// `latch cluster …` against `endpoints`: (succeeded, stdout, stderr).
+async fn cluster_cli(endpoints: &str, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(latch_bin())
+        .arg("cluster")
+        .args(args)
+        .args(["--endpoints", endpoints, "--timeout", "20s"])
+        .env_remove("LATCH_ENDPOINTS")
+        .output()
+        .await
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+/// A fourth member added with `latch cluster add` and started as the command says joins: every
+/// member's status lists it a follower (it votes), it holds what was written before it joined,
+/// and with one of the first three killed, the three left — the new one among them — still
+/// commit. Adding a member that is one, or at an address that is not HOST:PORT, is refused.
+#[tokio::test]
+async fn a_member_added_with_latch_cluster_add_catches_up_votes_and_counts_toward_commits() {
+    let mut c = Cluster::start(3, &[]).await;
+    let client = c.client().await;
+    client.put("before", "v").await.unwrap();
+    let endpoints: Vec<String> = c.ids().iter().map(|id| c.member(*id).client_addr.clone()).collect();
+    let endpoints = endpoints.join(",");
+    let new = c.new_member().await;
+    let addr = c.member(new).peer_addr.clone();
+
+    let (ok, _, said) = cluster_cli(&endpoints, &["add", "2", &addr]).await;
+    assert!(!ok && said.contains("member 2 is a member already"), "a member is not added again: {said}");
+    let (ok, _, said) = cluster_cli(&endpoints, &["add", &new.to_string(), "no-port"]).await;
+    assert!(!ok && said.contains("peer_addr") && said.contains("HOST:PORT"), "a bad address: {said}");
+
+    let (ok, said, err) = cluster_cli(&endpoints, &["add", &new.to_string(), &addr]).await;
+    let start =
+        format!("latch server --id {new} --peer-addr {addr} --initial-cluster {}", c.initial_cluster());
+    assert!(ok && said.contains(&start), "the addition says how to start the member: {said:?} {err:?}");
+
+    c.restart(new).await;
+    for id in c.ids() {
+        eventually(
+            &format!("member {id} lists member {new} a follower"),
+            Duration::from_secs(30),
+            || async {
+                let status = c.status_of(id).await?;
+                let role = status.members.iter().find(|m| m.id == new).map(|m| m.role.clone());
+                match role.as_deref() {
+                    Some("follower") => Ok(()),
+                    _ => Err(format!("{role:?}")),
+                }
+            },
+        )
+        .await;
+    }
+    let (_, kvs) = c.local_kvs(new).await.unwrap();
+    assert!(kvs.contains(&("before".to_string(), "v".to_string())), "it caught up: {kvs:?}");
+
+    let leader = c.leader().await;
+    let first = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    c.kill(first);
+    client.put("after", "v").await.unwrap();
+    eventually("the new member applies the write", Duration::from_secs(10), || async {
+        let (_, kvs) = c.local_kvs(new).await?;
+        kvs.contains(&("after".to_string(), "v".to_string())).then_some(()).ok_or(format!("{kvs:?}"))
+    })
+    .await;
+}
