@@ -130,6 +130,18 @@ impl Cluster for ClusterService {
         crate::config::check_peer_addr(&peer_addr).map_err(|problem| {
             self.ctx.to_status(ApiError::InvalidArgument { field: "peer_addr", problem })
         })?;
+        // The first members' addresses are `--initial-cluster`'s, which only the transport
+        // knows (the core checks the added members').
+        let taken = (self.ctx.links.peers().into_iter())
+            .chain([crate::config::Peer {
+                id: self.ctx.node.member_id,
+                peer_addr: self.ctx.peer_addr.clone(),
+            }])
+            .find(|p| p.peer_addr == peer_addr && p.id != member && !self.ctx.node.has_removed(p.id));
+        if let Some(p) = taken {
+            let refused = crate::core::membership::Refused::AddressTaken { addr: peer_addr, member: p.id };
+            return Err(self.ctx.to_status(ApiError::Request(refused.into())));
+        }
         let shows = "`latch cluster status` lists the member a learner if it did";
         let index = self.changed(self.ctx.node.add(member, peer_addr), "addition", member, shows).await?;
         let header = self.ctx.header(self.ctx.node.status().applied.revision);

@@ -36,6 +36,9 @@ async fn a_member_added_with_latch_cluster_add_catches_up_votes_and_counts_towar
 
     let (ok, _, said) = cluster_cli(&endpoints, &["add", "2", &addr]).await;
     assert!(!ok && said.contains("member 2 is a member already"), "a member is not added again: {said}");
+    let taken = c.member(2).peer_addr.clone();
+    let (ok, _, said) = cluster_cli(&endpoints, &["add", &new.to_string(), &taken]).await;
+    assert!(!ok && said.contains("is member 2's"), "another member's address: {said}");
     let (ok, _, said) = cluster_cli(&endpoints, &["add", &new.to_string(), "no-port"]).await;
     assert!(!ok && said.contains("peer_addr") && said.contains("HOST:PORT"), "a bad address: {said}");
 
