@@ -964,6 +964,10 @@ fn check_host_port(addr: &str) -> Result<(), String> {
 /// Whether `addr` is an address peers can dial: one HOST:PORT, no wildcard (a member added at
 /// run time is dialed where `latch cluster add` says).
 pub fn check_peer_addr(addr: &str) -> Result<(), String> {
+    // A DNS name (253) and a port: it is replicated into every member's state for good.
+    if addr.len() > 253 + 6 {
+        return Err(format!("{} bytes is longer than any HOST:PORT (at most 259)", addr.len()));
+    }
     check_host_port(addr).map_err(|why| format!("{addr:?} is not HOST:PORT: {why}"))?;
     if is_wildcard(addr) {
         return Err(format!("{addr:?} names no host its peers could dial (a wildcard address)"));
@@ -1078,6 +1082,15 @@ mod tests {
         }
         let long = "x".repeat(65);
         assert!(with(Some(&long)).is_err(), "65 characters are too many");
+    }
+
+    #[test]
+    fn a_peer_address_to_add_is_one_host_and_port_no_wildcard_and_not_too_long() {
+        assert_eq!(check_peer_addr("node-4.example:7380"), Ok(()));
+        assert!(check_peer_addr("0.0.0.0:7380").is_err_and(|e| e.contains("wildcard")));
+        assert!(check_peer_addr("node-4").is_err_and(|e| e.contains("HOST:PORT")));
+        let long = format!("{}:7380", "a".repeat(300));
+        assert!(check_peer_addr(&long).is_err_and(|e| e.contains("at most 259")));
     }
 
     #[test]

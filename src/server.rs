@@ -188,8 +188,10 @@ pub async fn run(
     let fsyncs = metrics.raft.state_fsync_seconds.clone();
     stores.state_syncs.observe(move |took| fsyncs.observe(took.as_secs_f64()));
     let voters: Vec<u64> = config.initial_cluster.iter().map(|p| p.id).collect();
-    // A member with no peer: the cluster's only first member, and none added to it.
-    let alone = voters.len() <= 1 && !config.joins();
+    // A member with no peer: the cluster's only first member, and (as far as its state knows,
+    // below) none added to it. Such a cluster is not grown (`membership::check_add`): its only
+    // first member, started again on an empty data dir, could not tell it from a new one.
+    let mut alone = voters.len() <= 1 && !config.joins();
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let inbox = FileInbox::open(&config.data_dir.join(SNAPSHOT_INBOX_DIR))
         .map_err(|source| ServerError::Inbox { dir: config.data_dir.join(SNAPSHOT_INBOX_DIR), source })?;
@@ -214,6 +216,8 @@ pub async fn run(
     // Raft's randomized election timeout is at most twice `election_tick` ticks.
     let longest_election = config.tick_interval.saturating_mul(2 * core_config.timing.election_tick as u32);
     let (core, applier) = Core::new(core_config, identity, stores, Arc::new(inbox), &logger)?;
+    let configuration = core.configuration();
+    alone &= configuration.added.is_empty() && !configuration.voters.iter().any(|m| *m != config.id);
     // A member alone has nobody to compare its state with.
     let state_hashes = Arc::new(StateHashes::default());
     let installed_at = core.installed_at()?;
@@ -229,9 +233,9 @@ pub async fn run(
     let asks_peers = core.log_was_fresh() && !alone;
     // Its peers: the first members, and those added since as far as its state knows.
     let links = Arc::new(Links::new(config.id, &config.initial_cluster));
-    for (member, addr) in core.configuration().added {
-        if member != config.id {
-            links.learn(member, &addr);
+    for (member, addr) in &configuration.added {
+        if *member != config.id && configuration.has(*member) {
+            links.learn(*member, addr);
         }
     }
 
@@ -515,7 +519,7 @@ pub async fn run(
 
     let state_check = state_check::watch(
         (node.handle(), cluster_id),
-        config.initial_cluster.clone(),
+        links.clone(),
         state_hashes,
         config.data_dir.clone(),
         (config.state_check_action, metrics.clone()),
@@ -672,8 +676,9 @@ async fn follow_added(node: crate::node::NodeHandle, links: Arc<Links>, stopped:
     let mut configurations = node.watch_configuration();
     tokio::pin!(stopped);
     loop {
-        for (member, addr) in &configurations.borrow_and_update().added {
-            if *member != node.member_id {
+        let configuration = configurations.borrow_and_update().clone();
+        for (member, addr) in &configuration.added {
+            if *member != node.member_id && configuration.has(*member) {
                 links.learn(*member, addr);
             }
         }

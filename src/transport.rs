@@ -169,6 +169,11 @@ async fn receive(
         } else if frame.last {
             let msg = Message::parse_from_bytes(&buf)
                 .map_err(|e| Refusal::Undecodable { from: frame.from, why: e.to_string() })?;
+            if msg.to != node.member_id {
+                return Err(
+                    Refusal::WrongRecipient { from: frame.from, to: msg.to, me: node.member_id }.into()
+                );
+            }
             shared.metrics.peer.received(frame.from, message_type_name(msg.get_msg_type()), buf.len());
             shared.links.heard(frame.from, node);
             deliver(msg, buf.len())?;
@@ -208,9 +213,10 @@ impl From<Refusal> for Status {
                 Status::failed_precondition(message)
             }
             Refusal::TooLarge { .. } => Status::resource_exhausted(message),
-            Refusal::Undecodable { .. } | Refusal::WrongSender { .. } | Refusal::Snapshot(_) => {
-                Status::invalid_argument(message)
-            }
+            Refusal::Undecodable { .. }
+            | Refusal::WrongSender { .. }
+            | Refusal::WrongRecipient { .. }
+            | Refusal::Snapshot(_) => Status::invalid_argument(message),
         }
     }
 }
@@ -351,6 +357,7 @@ impl PeerRpc for PeerService {
             learners,
             removed: configuration.removed,
             added,
+            adds_members: true,
             command_version: crate::fsm::COMMAND_VERSION,
             state_hashes: (self.shared.state_hashes.points().into_iter())
                 .map(|p| StateHashPoint { index: p.index, hash: p.hash })
@@ -405,6 +412,8 @@ impl PeerSenders {
         PeerSenders { queues: HashMap::new(), rt: rt.clone(), me, node, shared }
     }
 
+    /// Peer `to`'s queue, its sender started now if the transport learned of the peer since;
+    /// `None` for a peer it does not know.
     fn queue(&mut self, to: u64) -> Option<&mpsc::UnboundedSender<Message>> {
         if !self.queues.contains_key(&to) {
             let peer = Peer { id: to, peer_addr: self.shared.links.address(to)? };
@@ -419,8 +428,11 @@ impl PeerSenders {
 impl Outbox for PeerSenders {
     fn send(&mut self, msgs: Vec<Message>) {
         for m in msgs {
-            if let Some(q) = self.queue(m.to) {
-                let _ = q.send(m);
+            match self.queue(m.to) {
+                Some(q) => {
+                    let _ = q.send(m);
+                }
+                None => drop_message(&self.node, m.to, &m),
             }
         }
     }

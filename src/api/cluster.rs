@@ -142,6 +142,7 @@ impl Cluster for ClusterService {
             let refused = crate::core::membership::Refused::AddressTaken { addr: peer_addr, member: p.id };
             return Err(self.ctx.to_status(ApiError::Request(refused.into())));
         }
+        self.all_add_members().await?;
         let shows = "`latch cluster status` lists the member a learner if it did";
         let index = self.changed(self.ctx.node.add(member, peer_addr), "addition", member, shows).await?;
         let header = self.ctx.header(self.ctx.node.status().applied.revision);
@@ -175,6 +176,28 @@ fn checked_member(member: u64) -> Result<u64, ApiError> {
 }
 
 impl ClusterService {
+    /// Refuses an addition while a member of the configuration answers from a build that does
+    /// not record additions (its state would diverge, and it could not reach the new member):
+    /// upgrade the whole cluster first. A member that does not answer is not waited for.
+    async fn all_add_members(&self) -> Result<(), Status> {
+        let configuration = self.ctx.node.configuration();
+        let me = self.ctx.node.member_id;
+        let asks = (configuration.voters.iter().chain(&configuration.learners))
+            .filter(|id| **id != me)
+            .filter_map(|id| Some((*id, self.ctx.links.address(*id)?)))
+            .map(|(id, addr)| async move { (id, member_status(&addr, MEMBER_PROBE).await) });
+        for (id, status) in futures::future::join_all(asks).await {
+            if let Some(s) = status.ok().filter(|s| s.id == id && !s.adds_members) {
+                return Err(Status::failed_precondition(format!(
+                    "member {} runs a build that does not record members added at run time (command \
+                     version {}): upgrade every member before adding one",
+                    s.id, s.command_version
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The answer to a change of membership, within the caller's deadline if it set one.
     async fn changed(
         &self,

@@ -92,6 +92,13 @@ pub enum Refused {
     WasRemoved { member: u64 },
     #[error("peer address {addr} is member {member}'s: each member needs its own")]
     AddressTaken { addr: String, member: u64 },
+    #[error(
+        "the cluster was started with member {first} alone in --initial-cluster, and such a cluster \
+         does not grow: started again on an empty data dir, that member could not tell this cluster \
+         from a new one of its own, and would lead it. Start a cluster that is to grow with its \
+         first members in --initial-cluster (1=HOST:PORT,2=HOST:PORT,3=HOST:PORT)"
+    )]
+    StartedAlone { first: u64 },
     #[error("a change of the cluster's membership is still being applied; retry in a moment")]
     Pending,
     #[error(
@@ -264,6 +271,9 @@ pub fn check_add(
     }
     if known.has(member) {
         return Err(Refused::WasRemoved { member });
+    }
+    if let [first] = known.initial[..] {
+        return Err(Refused::StartedAlone { first });
     }
     if let Some((other, _)) = known.added.iter().find(|(id, at)| *at == addr && in_conf(conf, **id)) {
         return Err(Refused::AddressTaken { addr: addr.to_string(), member: *other });
@@ -550,6 +560,11 @@ mod tests {
         let mut known = initial(&[1, 2, 3]);
         let three = conf(&[1, 2, 3], &[]);
         assert_eq!(check_add((&three, &known), 4, "h:4", false), Ok(true));
+        assert_eq!(
+            check_add((&conf(&[1], &[]), &initial(&[1])), 2, "h:2", false),
+            Err(Refused::StartedAlone { first: 1 }),
+            "a member started alone, started again empty, could not tell it grew"
+        );
         assert_eq!(check_add((&three, &known), 4, "h:4", true), Err(Refused::Pending));
         assert_eq!(
             check_add((&conf(&[1, 2], &[3]), &known), 4, "h:4", false),

@@ -780,7 +780,9 @@ impl Core {
             term: r.term,
             leader: r.leader_id,
             role: match r.state {
-                StateRole::Follower if r.prs().conf().learners().contains(&r.id) => Role::Learner,
+                // A member that does not vote: a learner, or one added that has not applied its
+                // own addition yet (it replays the changes before it).
+                StateRole::Follower if !r.prs().conf().voters().contains(r.id) => Role::Learner,
                 StateRole::Follower => Role::Follower,
                 StateRole::Candidate => Role::Candidate,
                 StateRole::PreCandidate => Role::PreCandidate,
@@ -1621,7 +1623,12 @@ impl Core {
         let (conf, pending) = (self.conf_state(), self.raw.raft.has_pending_conf());
         match membership::check_add((&conf, &self.known), member, addr, pending)? {
             true => self.propose_change(membership::addition(member, addr)),
-            false => Ok(0),
+            false => {
+                // Asked again: its start may have lost what it acknowledged (as a replacement
+                // asked again); probed from scratch, it is sent what it lacks.
+                self.forget_progress(member);
+                Ok(0)
+            }
         }
     }
 

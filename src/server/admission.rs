@@ -47,6 +47,9 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(1);
 const ASK_EVERY: Duration = Duration::from_millis(200);
 /// How often waiting for answers is logged.
 const LOG_EVERY: Duration = Duration::from_secs(10);
+/// How long every peer must answer without having a member added at run time before it is
+/// refused: the peers asked may not have heard of its addition's commit yet.
+const NOT_ADDED_FOR: Duration = Duration::from_secs(10);
 
 /// How many peers must answer, none listing the member, before a member of a cluster of
 /// `members` that started on an empty log is admitted (see the module doc).
@@ -262,8 +265,9 @@ pub async fn ask_peers(
     peers: &[Peer],
     data_dir: &Path,
 ) -> Result<Admitted, NotAdmitted> {
-    let others: Vec<&Peer> = peers.iter().filter(|p| p.id != me).collect();
+    let mut others: Vec<Peer> = peers.iter().filter(|p| p.id != me).cloned().collect();
     let joins = others.len() == peers.len();
+    let mut not_added_since = None;
     tracing::info!(
         member = me,
         needed = peers_needed(peers.len()),
@@ -276,9 +280,10 @@ pub async fn ask_peers(
         let mut answers = BTreeMap::new();
         let asked =
             others.iter().map(|p| async move { (p.id, member_status(&p.peer_addr, ASK_TIMEOUT).await) });
+        let asked: Vec<_> = futures::future::join_all(asked).await;
         let mut silent = Vec::new();
         let mut added = BTreeMap::new();
-        for (peer, answer) in futures::future::join_all(asked).await {
+        for (peer, answer) in asked {
             match answer {
                 Ok(s) if s.id == peer && s.cluster_id == cluster_id => {
                     added.extend(s.added.iter().map(|a| (a.id, a.peer_addr.clone())));
@@ -295,9 +300,29 @@ pub async fn ask_peers(
                 Err(e) => silent.push(format!("member {peer}: {e}")),
             }
         }
+        // The members added since are asked too, from the next round on (one of them may lead).
+        for (id, addr) in &added {
+            if *id != me && !others.iter().any(|p| p.id == *id) {
+                others.push(Peer { id: *id, peer_addr: addr.clone() });
+            }
+        }
         let verdict = match joins {
             true => joining_verdict(peers.len(), others.len(), &answers),
             false => verdict(peers.len(), &answers),
+        };
+        // Refused as never added only once that lasted: the peers may be behind the commit.
+        let verdict = match verdict {
+            Verdict::NotAdded
+                if not_added_since.get_or_insert_with(tokio::time::Instant::now).elapsed()
+                    < NOT_ADDED_FOR =>
+            {
+                Verdict::Wait { answered: answers.len(), needed: others.len() }
+            }
+            Verdict::NotAdded => Verdict::NotAdded,
+            other => {
+                not_added_since = None;
+                other
+            }
         };
         match verdict {
             Verdict::Admit => {

@@ -66,10 +66,11 @@ pub struct Diverged {
 /// diverged; then marks its data dir and returns why. Runs for as long as the member does
 /// otherwise.
 /// The members judged are those of `node`'s configuration as it last applied it (a member
-/// removed from the cluster is neither asked nor counted).
+/// removed from the cluster is neither asked nor counted, one added is), each asked where the
+/// transport knows it listens (`links`).
 pub async fn watch(
     (node, cluster_id): (crate::node::NodeHandle, u64),
-    peers: Vec<Peer>,
+    links: Arc<crate::transport::Links>,
     hashes: Arc<StateHashes>,
     data_dir: PathBuf,
     (action, metrics): (StateCheckAction, Arc<Metrics>),
@@ -84,7 +85,8 @@ pub async fn watch(
         let kept = hashes.points();
         let mine: Vec<_> = kept.iter().filter(|p| p.index > judged).copied().collect();
         let configuration = node.configuration();
-        let voters = peers.iter().filter(|p| configuration.has(p.id)).count();
+        let voters = configuration.voters.len() + configuration.learners.len();
+        let peers = links.peers();
         let others: Vec<&Peer> = peers.iter().filter(|p| p.id != me && configuration.has(p.id)).collect();
         if mine.is_empty() || others.is_empty() {
             continue;

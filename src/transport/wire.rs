@@ -284,7 +284,10 @@ impl Outbox for WireSenders {
         let mut batches: HashMap<u64, Vec<u8>> = HashMap::new();
         let mut over_grpc = Vec::new();
         for m in msgs {
-            let Some(link) = self.link(m.to) else { continue };
+            let Some(link) = self.link(m.to) else {
+                super::drop_message(&self.node, m.to, &m);
+                continue;
+            };
             if crate::core::is_snapshot(&m) || link.speaks_grpc.load(Ordering::Acquire) {
                 over_grpc.push(m);
                 continue;
@@ -552,6 +555,11 @@ pub enum Refusal {
     WrongSender { from: u64, sender: u64 },
     #[error("a snapshot from peer {0} outside a snapshot call")]
     Snapshot(u64),
+    #[error(
+        "peer {from} sent member {me} a raft message for member {to}: it dials member {to} at this \
+         member's address (a wrong address given to `latch cluster add`?)"
+    )]
+    WrongRecipient { from: u64, to: u64, me: u64 },
     #[error("member {from} was removed from the cluster: member {by}'s configuration no longer has it")]
     Removed { from: u64, by: u64 },
 }
@@ -643,6 +651,9 @@ fn receive(
         let msg = parsed.map_err(|e| Refusal::Undecodable { from, why: e.to_string() })?;
         if msg.from != from {
             return Err(Refusal::WrongSender { from, sender: msg.from });
+        }
+        if msg.to != node.member_id {
+            return Err(Refusal::WrongRecipient { from, to: msg.to, me: node.member_id });
         }
         if node.has_removed(from) {
             // Closed with the reason; its next hello is answered [`REMOVED`].

@@ -5,7 +5,7 @@
 //! added again; an added member can be removed like any other.
 
 use latch::core::membership::Refused;
-use latch::core::RequestError;
+use latch::core::{RequestError, Role};
 use latch::server::admission::{self, Verdict};
 use latch_proto::internal::Command;
 use raft::eraftpb::{Message, MessageType};
@@ -92,6 +92,11 @@ fn an_added_member_replays_the_log_from_the_start_and_restarts_on_what_it_applie
     assert!(matches!(s.answer(change), Some(Reply::Changed(Ok(i))) if *i > 0), "{:?}", s.answer(change));
     added_at(&mut s, l, 4, ADDR);
     assert_eq!(s.new_member(), 4);
+    assert_eq!(
+        s.core(4).status().role,
+        Role::Learner,
+        "before it applied its own addition it votes in no configuration it knows"
+    );
     s.core(4).lived_before();
     s.round(&mut all);
     s.crash(4);
