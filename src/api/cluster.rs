@@ -143,6 +143,15 @@ impl Cluster for ClusterService {
             return Err(self.ctx.to_status(ApiError::Request(refused.into())));
         }
         self.all_add_members().await?;
+        // Whatever answers at the address must not be another member of this cluster (an alias
+        // of its address): it would be sent the new member's raft messages.
+        if let Ok(s) = member_status(&peer_addr, MEMBER_PROBE).await {
+            if s.cluster_id == self.ctx.node.cluster_id && s.id != member {
+                let refused =
+                    crate::core::membership::Refused::AddressTaken { addr: peer_addr, member: s.id };
+                return Err(self.ctx.to_status(ApiError::Request(refused.into())));
+            }
+        }
         let shows = "`latch cluster status` lists the member a learner if it did";
         let index = self.changed(self.ctx.node.add(member, peer_addr), "addition", member, shows).await?;
         let header = self.ctx.header(self.ctx.node.status().applied.revision);

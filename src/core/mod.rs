@@ -1624,9 +1624,14 @@ impl Core {
         match membership::check_add((&conf, &self.known), member, addr, pending)? {
             true => self.propose_change(membership::addition(member, addr)),
             false => {
-                // Asked again: its start may have lost what it acknowledged (as a replacement
-                // asked again); probed from scratch, it is sent what it lacks.
-                self.forget_progress(member);
+                // Asked again: a learner that is down may have lost what it acknowledged (its
+                // next start on an empty data dir), so the leader forgets it, as a replacement
+                // asked again does; one that runs keeps its progress (a snapshot on its way to
+                // it is not sent again).
+                let down = self.running_members().is_ok_and(|running| !running.contains(&member));
+                if down && !pending {
+                    self.forget_progress(member);
+                }
                 Ok(0)
             }
         }

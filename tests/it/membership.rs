@@ -39,6 +39,9 @@ async fn a_member_added_with_latch_cluster_add_catches_up_votes_and_counts_towar
     let taken = c.member(2).peer_addr.clone();
     let (ok, _, said) = cluster_cli(&endpoints, &["add", &new.to_string(), &taken]).await;
     assert!(!ok && said.contains("is member 2's"), "another member's address: {said}");
+    let alias = taken.replace("127.0.0.1", "localhost");
+    let (ok, _, said) = cluster_cli(&endpoints, &["add", &new.to_string(), &alias]).await;
+    assert!(!ok && said.contains("is member 2's"), "an alias of another member's address: {said}");
     let (ok, _, said) = cluster_cli(&endpoints, &["add", &new.to_string(), "no-port"]).await;
     assert!(!ok && said.contains("peer_addr") && said.contains("HOST:PORT"), "a bad address: {said}");
 
