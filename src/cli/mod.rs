@@ -79,7 +79,7 @@ pub enum Command {
     Server(Box<server::ServerCommand>),
     /// Read and write keys.
     Kv(kv::KvCommand),
-    /// Inspect the cluster, replace a member that lost its data, remove a member.
+    /// Inspect the cluster; replace a member that lost its data, add a member, remove one.
     Cluster(cluster::ClusterCommand),
     /// Create, keep alive, list and close sessions.
     Session(session::SessionCommand),
