@@ -233,11 +233,7 @@ pub async fn run(
     let asks_peers = core.log_was_fresh() && !alone;
     // Its peers: the first members, and those added since as far as its state knows.
     let links = Arc::new(Links::new(config.id, &config.initial_cluster));
-    for (member, addr) in &configuration.added {
-        if *member != config.id && configuration.has(*member) {
-            links.learn(*member, addr);
-        }
-    }
+    learn_added(&links, &configuration, config.id);
 
     // The standard services beside Latch's own, so that grpc-health-probe, Kubernetes gRPC
     // probes and grpcurl work: health reports SERVING for the server ("") and each service.
@@ -676,15 +672,19 @@ async fn follow_added(node: crate::node::NodeHandle, links: Arc<Links>, stopped:
     let mut configurations = node.watch_configuration();
     tokio::pin!(stopped);
     loop {
-        let configuration = configurations.borrow_and_update().clone();
-        for (member, addr) in &configuration.added {
-            if *member != node.member_id && configuration.has(*member) {
-                links.learn(*member, addr);
-            }
-        }
+        learn_added(&links, &configurations.borrow_and_update().clone(), node.member_id);
         tokio::select! {
             changed = configurations.changed() => if changed.is_err() { return },
             _ = &mut stopped => return,
+        }
+    }
+}
+
+/// Teaches the transport the addresses of `configuration`'s members added at run time.
+fn learn_added(links: &Links, configuration: &core::membership::Configuration, me: u64) {
+    for (member, addr) in &configuration.added {
+        if *member != me && configuration.has(*member) {
+            links.learn(*member, addr);
         }
     }
 }

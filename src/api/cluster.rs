@@ -130,27 +130,10 @@ impl Cluster for ClusterService {
         crate::config::check_peer_addr(&peer_addr).map_err(|problem| {
             self.ctx.to_status(ApiError::InvalidArgument { field: "peer_addr", problem })
         })?;
-        // The first members' addresses are `--initial-cluster`'s, which only the transport
-        // knows (the core checks the added members').
-        let taken = (self.ctx.links.peers().into_iter())
-            .chain([crate::config::Peer {
-                id: self.ctx.node.member_id,
-                peer_addr: self.ctx.peer_addr.clone(),
-            }])
-            .find(|p| p.peer_addr == peer_addr && p.id != member && !self.ctx.node.has_removed(p.id));
-        if let Some(p) = taken {
-            let refused = crate::core::membership::Refused::AddressTaken { addr: peer_addr, member: p.id };
-            return Err(self.ctx.to_status(ApiError::Request(refused.into())));
-        }
         self.all_add_members().await?;
-        // Whatever answers at the address must not be another member of this cluster (an alias
-        // of its address): it would be sent the new member's raft messages.
-        if let Ok(s) = member_status(&peer_addr, MEMBER_PROBE).await {
-            if s.cluster_id == self.ctx.node.cluster_id && s.id != member {
-                let refused =
-                    crate::core::membership::Refused::AddressTaken { addr: peer_addr, member: s.id };
-                return Err(self.ctx.to_status(ApiError::Request(refused.into())));
-            }
+        if let Some(owner) = self.address_owner(&peer_addr, member).await {
+            let refused = crate::core::membership::Refused::AddressTaken { addr: peer_addr, member: owner };
+            return Err(self.ctx.to_status(ApiError::Request(refused.into())));
         }
         let shows = "`latch cluster status` lists the member a learner if it did";
         let index = self.changed(self.ctx.node.add(member, peer_addr), "addition", member, shows).await?;
@@ -185,6 +168,21 @@ fn checked_member(member: u64) -> Result<u64, ApiError> {
 }
 
 impl ClusterService {
+    /// The member other than `member` that already listens at peer address `addr`, if any: a
+    /// member the transport knows there (the first members, and those added since; the core
+    /// checks the added members again as it proposes), or another member of this cluster that
+    /// answers there (an alias of its address). It would be sent the new member's raft messages.
+    async fn address_owner(&self, addr: &str, member: u64) -> Option<u64> {
+        let me = crate::config::Peer { id: self.ctx.node.member_id, peer_addr: self.ctx.peer_addr.clone() };
+        let known = (self.ctx.links.peers().into_iter().chain([me]))
+            .find(|p| p.peer_addr == addr && p.id != member && !self.ctx.node.has_removed(p.id));
+        if let Some(p) = known {
+            return Some(p.id);
+        }
+        let answers = member_status(addr, MEMBER_PROBE).await.ok()?;
+        (answers.cluster_id == self.ctx.node.cluster_id && answers.id != member).then_some(answers.id)
+    }
+
     /// Refuses an addition while a member of the configuration answers from a build that does
     /// not record additions (its state would diverge, and it could not reach the new member):
     /// upgrade the whole cluster first. A member that does not answer is not waited for.

@@ -413,13 +413,12 @@ pub(crate) mod testing {
 /// Records the member a change of membership added, with its peer address, once raft took the
 /// change (the configuration reached, in the entry's `context`, has it).
 fn record_addition(txn: &redb::WriteTransaction, e: &Entry) -> Result<(), CoreError> {
-    let Some((member, addr)) =
-        super::membership::change_of(e).ok().as_ref().and_then(super::membership::added_by)
-    else {
+    let Ok(cc) = super::membership::change_of(e) else { return Ok(()) };
+    if super::membership::added_by(&cc).is_none() {
         return Ok(());
-    };
-    let conf = super::membership::decode(&e.context).map_err(raft::Error::from)?;
-    if conf.learners.contains(&member) || conf.voters.contains(&member) {
+    }
+    let reached = super::membership::decode(&e.context).map_err(raft::Error::from)?;
+    if let Some((member, addr)) = super::membership::addition_taken(&cc, &reached) {
         fsm::members::add(txn, member, &addr, e.index)?;
     }
     Ok(())

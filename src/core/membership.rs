@@ -356,6 +356,13 @@ pub fn added_by(cc: &ConfChangeV2) -> Option<(u64, String)> {
     }
 }
 
+/// The member change `cc` added and its peer address, if raft took the change: the
+/// configuration it reached, `reached`, has the member. The core (its address book) and the
+/// applier (`fsm::members`) both record what this decides.
+pub fn addition_taken(cc: &ConfChangeV2, reached: &ConfState) -> Option<(u64, String)> {
+    added_by(cc).filter(|(member, _)| in_conf(reached, *member))
+}
+
 /// Who votes and who learns, as a member last applied it; who was removed; and the peer
 /// addresses of the members added at run time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

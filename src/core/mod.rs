@@ -1471,10 +1471,8 @@ impl Core {
             }
         };
         // The applier records the addition alike (`fsm::members::add`), from the same entry.
-        if let Some((added, addr)) = cc.ok().as_ref().and_then(membership::added_by) {
-            if conf.learners.contains(&added) || conf.voters.contains(&added) {
-                self.known.added.entry(added).or_insert(addr);
-            }
+        if let Some((added, addr)) = cc.ok().and_then(|cc| membership::addition_taken(&cc, &conf)) {
+            self.known.added.entry(added).or_insert(addr);
         }
         for learner in &conf.learners {
             self.learners_since.entry(*learner).or_insert(index);
