@@ -15,7 +15,10 @@
 //!   long enough that the member must catch up by snapshot, and sometimes of the whole cluster;
 //!   partitions (one member, the leader, two groups, or one direction of one link) that heal;
 //!   pauses (a stopped process: nothing is handled, ticks are skipped); fsync failures (the
-//!   member dies of the error). Then a settle phase: faults stop, everything heals and
+//!   member dies of the error); a follower's data dir lost, after which the member is either
+//!   replaced under its id or swapped for a new member — removed, and a member under a new id
+//!   added and started, as an etcd operator replaces a host (`core::membership`); and a
+//!   running follower swapped so, which stops once it learns of its removal. Then a settle phase: faults stop, everything heals and
 //!   restarts, clients finish what they started, and the cluster must converge.
 //!
 //! Invariants: everything derives from the seed through one `SmallRng`, consumed in event
@@ -256,6 +259,13 @@ pub struct Report {
     pub check_points: u64,
     /// Members whose data dir was lost, replaced (`core::membership`) and started again empty.
     pub replacements: u64,
+    /// Members whose data dir was lost, removed, and swapped for a member added under a new id.
+    pub swaps: u64,
+    /// Running members removed and swapped so; of them, those that stopped on applying their
+    /// removal, and those told by a peer that no longer has them (the wire's `REMOVED`).
+    pub retirements: u64,
+    pub stopped_applying_removal: u64,
+    pub stopped_told_by_peer: u64,
     /// Operations on shared keys judged by the linearizability checker.
     pub shared_ops: u64,
     pub serial_reads: u64,
@@ -328,7 +338,7 @@ impl std::fmt::Display for Report {
         write!(
             f,
             "seed {} ({} nodes, snapshot every {}): {} steps, {:.1}s virtual, {} msgs; puts {} acked {} reads {} \
-             retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}, data dirs lost and replaced {}), \
+             retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}, data dirs lost and replaced {}, swapped for new members {}; running members swapped {}), \
              partitions {}, pauses {}, snapshots {}; max term {}, revision {}, {} hash checks, {} check points; lease grants {}, \
              expiries {}, closes {}; lock grants {}, lock-delays ended {}, holds expired {} (unplaced {}, granted again after {}), closed {}, longest queue {}, acquires withdrawn first {}, queues full {}, calls sent again {} (withdrawals {}, copies answered from memory {}); guarded \
              writes {} (succeeded {}, refused after their session ended {}, refused after a release {}; proclaims succeeded {}, refused {}); bound puts {} (sequential {}, sequential deletes {}); heartbeats {}, \
@@ -348,6 +358,8 @@ impl std::fmt::Display for Report {
             self.crashes,
             self.io_deaths,
             self.replacements,
+            self.swaps,
+            self.retirements,
             self.partitions,
             self.pauses,
             self.snapshots,
@@ -532,6 +544,13 @@ enum Ev {
     StartReplaced {
         node: u64,
     },
+    /// The leader is asked the next change of a swap: the removal of the member whose data dir
+    /// was lost, then the addition of its successor.
+    Swap,
+    /// The added member starts on its empty data dir once its peers have it a learner.
+    StartAdded {
+        node: u64,
+    },
     /// The member's apply thread takes what was handed to it.
     ApplyTurn {
         node: u64,
@@ -599,6 +618,35 @@ struct SimNode {
     paused_until: u64,
 }
 
+/// A member on its way out (its data dir lost, or running), and the member added in its place.
+#[derive(Debug, Clone, Copy)]
+struct Swap {
+    old: u64,
+    new: u64,
+    /// The leader applied the old member's removal; the addition is next.
+    removed: bool,
+}
+
+impl SimNode {
+    /// A member that never ran: empty disks, down.
+    fn new(id: u64, tick_us: u64) -> SimNode {
+        SimNode {
+            id,
+            started_at: 0,
+            clock_origin_ms: 0,
+            log_dir: SimDir::new(),
+            state_disk: SimDisk::new(),
+            core: None,
+            applier: None,
+            to_apply: Vec::new(),
+            apply_scheduled: false,
+            inc: 0,
+            tick_us,
+            paused_until: 0,
+        }
+    }
+}
+
 struct WaitInfo {
     node: u64,
     client: usize,
@@ -656,6 +704,18 @@ pub struct Sim {
     lost_data: BTreeSet<u64>,
     /// Replacements asked of a leader: waiter → (replaced member, leader asked).
     replace_waiters: BTreeMap<Waiter, (u64, u64)>,
+    /// Whether a lost data dir is swapped for a new member rather than replaced (its own
+    /// generator: a run that swaps nothing draws as it did before swaps existed).
+    swap_rng: SmallRng,
+    /// The swap under way (one change at a time, and none beside a replacement).
+    swap: Option<Swap>,
+    /// Changes of a swap asked of a leader: waiter → leader asked.
+    swap_waiters: BTreeMap<Waiter, u64>,
+    /// Members removed (or on their way out): their process never starts again, and once it
+    /// stopped no client or fault picks them.
+    gone: BTreeSet<u64>,
+    /// Members added at run time: their empty state is not the cluster's first.
+    joined: BTreeSet<u64>,
     settling: bool,
     logger: slog::Logger,
     verbose: bool,
@@ -707,20 +767,7 @@ impl Sim {
             .map(|(i, spec)| Heartbeater::new(i, spec.clone()))
             .collect();
         let nodes = (1..=params.nodes)
-            .map(|id| SimNode {
-                id,
-                started_at: 0,
-                clock_origin_ms: 0,
-                log_dir: SimDir::new(),
-                state_disk: SimDisk::new(),
-                core: None,
-                applier: None,
-                to_apply: Vec::new(),
-                apply_scheduled: false,
-                inc: 0,
-                tick_us: TICK_US * rng.gen_range(970..=1030) / 1000,
-                paused_until: 0,
-            })
+            .map(|id| SimNode::new(id, TICK_US * rng.gen_range(970..=1030) / 1000))
             .collect();
         let clients = (0..params.clients).map(Client::new).collect();
         let watch_checker = WatchChecker::draw(seed, params.nodes, params.chaos_us);
@@ -775,6 +822,11 @@ impl Sim {
             replacing: None,
             lost_data: BTreeSet::new(),
             replace_waiters: BTreeMap::new(),
+            swap_rng: SmallRng::seed_from_u64(seed ^ 0x0073_7761_7073),
+            swap: None,
+            swap_waiters: BTreeMap::new(),
+            gone: BTreeSet::new(),
+            joined: BTreeSet::new(),
             settling: false,
             logger: slog::Logger::root(slog::Discard, slog::o!()),
             verbose,
@@ -848,7 +900,8 @@ impl Sim {
 
     /// Opens the member's disk in a new process and loads its core.
     fn start_node(&mut self, id: u64) {
-        if self.is_up(id) || self.replacing == Some(id) {
+        let not_admitted = self.swap.is_some_and(|s| s.new == id);
+        if self.is_up(id) || self.replacing == Some(id) || self.gone.contains(&id) || not_admitted {
             return;
         }
         let ctx = self.ctx();
@@ -891,9 +944,9 @@ impl Sim {
             );
         core.seed_election_timeouts(seed);
         // As the server does when it is admitted on an empty log by peers that have it a learner
-        // (it was replaced; admission waits for their answers): its empty state is no first
-        // life's.
-        if core.log_was_fresh() && self.lost_data.contains(&id) {
+        // (it was replaced or added; admission waits for their answers): its empty state is no
+        // first life's.
+        if core.log_was_fresh() && (self.lost_data.contains(&id) || self.joined.contains(&id)) {
             core.lived_before();
         }
         let node = self.node(id);
@@ -951,6 +1004,11 @@ impl Sim {
             if let Some((member, _)) = self.replace_waiters.remove(&waiter) {
                 self.at(100_000, Ev::Replace { node: member });
             }
+        }
+        let before = self.swap_waiters.len();
+        self.swap_waiters.retain(|_, leader| *leader != id);
+        if self.swap_waiters.len() < before {
+            self.at(100_000, Ev::Swap);
         }
         let lost: Vec<Waiter> = self.waiters.iter().filter(|(_, w)| w.node == id).map(|(k, _)| *k).collect();
         for waiter in lost {
@@ -1168,6 +1226,8 @@ impl Sim {
             Ev::Restart { node } => self.start_node(node),
             Ev::Replace { node } => self.ask_replacement(node),
             Ev::StartReplaced { node } => self.start_replaced(node),
+            Ev::Swap => self.ask_swap(),
+            Ev::StartAdded { node } => self.start_added(node),
             Ev::ApplyTurn { node, inc } => {
                 if self.node(node).inc == inc {
                     self.apply_turn(node);
@@ -1205,6 +1265,14 @@ impl Sim {
             w.write_all(&stream)
                 .unwrap_or_else(|e| self.ctx().fail(Some(to), "snapshot inbox", e.to_string()));
             d.msg.mut_snapshot().data = token.into();
+        }
+        let told = self.node(to).core.as_ref().is_some_and(|c| c.configuration().removed.contains(&from));
+        if told && self.gone.contains(&from) && self.nodes[(from - 1) as usize].inc == from_inc {
+            // The receiver's transport refuses a member its configuration no longer has (the
+            // wire answers its hello `REMOVED`): the removed member stops.
+            self.report.stopped_told_by_peer += 1;
+            self.crash(from, &format!("stopped: node {to} says it was removed"));
+            return;
         }
         let result = match self.node(to).core.as_mut() {
             Some(core) => core.step(d.msg),
@@ -1263,6 +1331,10 @@ impl Sim {
         }
         match result {
             Ok(actions) => self.carry_out(id, actions),
+            Err(e @ latch::core::CoreError::Removed { .. }) if self.gone.contains(&id) => {
+                self.report.stopped_applying_removal += 1;
+                self.crash(id, &format!("stopped, removed: {e}"));
+            }
             Err(e) => self.died(id, &format!("handle_ready: {e}")),
         }
         self.sessions_ended(id, ended);
@@ -1550,10 +1622,13 @@ impl Sim {
                 Action::Changed { waiter, result } => {
                     if let Some((member, _)) = self.replace_waiters.remove(&waiter) {
                         self.replaced(member, result);
+                    } else if self.swap_waiters.remove(&waiter).is_some() {
+                        self.swapped(result);
                     }
                     continue;
                 }
-                // The chaos runs replace members but remove none: every member stays one.
+                // A member removed is down for good (its data dir was lost) before its removal is
+                // asked: no running member learns that it was removed.
                 Action::Membership(_) => continue,
                 Action::Apply { entries } => {
                     let d = self.rng.gen_range(100..1_500);
@@ -1780,12 +1855,12 @@ impl Sim {
 
     /// Sends the client's op (again: same request id) to a member other than the last one.
     fn send_attempt(&mut self, client: usize) {
-        let n = self.params.nodes;
+        let members = self.members();
         let Some(op) = self.clients[client].op.as_mut() else { return };
         op.attempt += 1;
-        let mut node = self.rng.gen_range(1..=n);
+        let mut node = members[self.rng.gen_range(0..members.len())];
         if node == op.node {
-            node = node % n + 1;
+            node = next_of(&members, node);
         }
         op.node = node;
         let first = op.attempt == 1;
@@ -1798,7 +1873,7 @@ impl Sim {
         self.at(d, Ev::ClientRequest { node, client, seq, attempt, payload: payload.clone() });
         if first && matches!(payload, Payload::Put { .. }) && self.rng.gen_bool(0.05) {
             // A hedged put: the same request id to a second member at once.
-            let other = node % n + 1;
+            let other = next_of(&members, node);
             let d = self.rng.gen_range(100..2_000);
             self.at(d, Ev::ClientRequest { node: other, client, seq, attempt, payload });
         }
@@ -1926,7 +2001,7 @@ impl Sim {
             return;
         }
         let session = keeper.session.clone();
-        let node = self.rng.gen_range(1..=self.params.nodes);
+        let node = self.any_member();
         let (body, request_id, call) = if after_its_session {
             match self.lockers[locker].next_call_after_its_session(&mut self.rng) {
                 Some(next) => next,
@@ -1955,7 +2030,7 @@ impl Sim {
         self.at(d, Ev::LockerRequest { node, locker, attempt, body: Box::new(body), request_id });
         if let Some((body, request_id)) = race {
             // Attempt 0: its answer is dropped, as no call awaits it.
-            let other = self.rng.gen_range(1..=self.params.nodes);
+            let other = self.any_member();
             let d = self.rng.gen_range(100..2_000);
             self.at(
                 d,
@@ -2018,7 +2093,8 @@ impl Sim {
         l.attempt += 1;
         let attempt = l.attempt;
         self.resends += 1;
-        let node = self.resend_rng.gen_range(1..=self.params.nodes);
+        let members = self.members();
+        let node = members[self.resend_rng.gen_range(0..members.len())];
         self.log(|| format!("locker {locker} attempt {attempt}: {request_id} sent again to node {node}"));
         let d = self.resend_rng.gen_range(100..2_000);
         self.at(d, Ev::LockerRequest { node, locker, attempt, body: Box::new(body), request_id });
@@ -2070,7 +2146,7 @@ impl Sim {
         let (body, call) = h.next_call(now, &session);
         let (key, attempt, timeout) = (h.key(), h.attempt, h.spec.timeout_us);
         self.registry.sent(&call.request_id, key, call.register, now);
-        let node = self.rng.gen_range(1..=self.params.nodes);
+        let node = self.any_member();
         self.log(|| format!("heartbeater {heartbeater} attempt {attempt}: {call:?} to node {node}"));
         let d = self.rng.gen_range(100..2_000);
         let request_id = call.request_id;
@@ -2126,10 +2202,10 @@ impl Sim {
 
     /// Tries again soon: at the named leader, or at another member.
     fn keeper_retry(&mut self, keeper: usize, leader: Option<u64>) {
-        let n = self.params.nodes;
-        let other = self.rng.gen_range(1..=n);
+        let members = self.members();
+        let other = members[self.rng.gen_range(0..members.len())];
         let k = &mut self.keepers[keeper];
-        k.target = leader.unwrap_or(if other == k.target { other % n + 1 } else { other });
+        k.target = leader.unwrap_or(if other == k.target { next_of(&members, other) } else { other });
         let d = self.rng.gen_range(2_000..20_000);
         self.at(d, Ev::KeeperWake { keeper });
     }
@@ -2140,8 +2216,7 @@ impl Sim {
             return;
         }
         if let Some(leader) = self.leader() {
-            let n = self.params.nodes;
-            let rest: Vec<u64> = (1..=n).filter(|&x| x != leader).collect();
+            let rest: Vec<u64> = self.members().into_iter().filter(|&x| x != leader).collect();
             self.net.heal();
             self.net.split(&[leader], &rest);
             self.report.partitions += 1;
@@ -2165,10 +2240,112 @@ impl Sim {
         node.state_disk = SimDisk::new();
         self.checker.wiped(id);
         self.lost_data.insert(id);
+        if self.swap_rng.gen_bool(0.5) {
+            // Its host is given up: the member is removed, and a new one added in its place.
+            self.report.swaps += 1;
+            self.begin_swap(id);
+            return;
+        }
         self.replacing = Some(id);
         self.report.replacements += 1;
         let d = self.rng.gen_range(10_000..500_000);
         self.at(d, Ev::Replace { node: id });
+    }
+
+    /// A running follower is swapped for a new member: removed while it runs (it stops once it
+    /// applies its removal or a peer refuses it), and a member under a new id added.
+    fn retire_follower(&mut self) {
+        let Some(leader) = self.leader() else { return };
+        let followers: Vec<u64> = self.up_nodes().into_iter().filter(|id| *id != leader).collect();
+        let id = followers[self.swap_rng.gen_range(0..followers.len())];
+        self.report.retirements += 1;
+        self.log(|| format!("node {id} to be swapped for a new member while it runs"));
+        self.begin_swap(id);
+    }
+
+    /// Starts swapping `old` for a member under the next id: `old` is never started again; the
+    /// leader is asked to remove it, then to add the new one.
+    fn begin_swap(&mut self, old: u64) {
+        self.gone.insert(old);
+        let new = self.nodes.len() as u64 + 1;
+        let tick_us = TICK_US * self.swap_rng.gen_range(970..=1030) / 1000;
+        self.nodes.push(SimNode::new(new, tick_us));
+        self.swap = Some(Swap { old, new, removed: false });
+        let d = self.swap_rng.gen_range(10_000..500_000);
+        self.at(d, Ev::Swap);
+    }
+
+    /// Asks the leader, if any, for the swap's next change: the old member's removal, then the
+    /// new member's addition.
+    fn ask_swap(&mut self) {
+        let Some(swap) = self.swap else { return };
+        if !self.swap_waiters.is_empty() {
+            return;
+        }
+        let Some(leader) = self.leader() else {
+            self.at(100_000, Ev::Swap);
+            return;
+        };
+        self.next_waiter += 1;
+        let waiter = self.next_waiter;
+        self.swap_waiters.insert(waiter, leader);
+        if let Some(core) = self.node(leader).core.as_mut() {
+            match swap.removed {
+                false => core.remove(waiter, swap.old),
+                true => core.add(waiter, swap.new, &sim_peer_addr(swap.new)),
+            }
+        }
+        self.touched.insert(leader);
+        let what = match swap.removed {
+            false => format!("remove node {}", swap.old),
+            true => format!("add node {} in its place", swap.new),
+        };
+        self.log(|| format!("node {leader} asked to {what}"));
+    }
+
+    /// The leader answered a change of the swap: the next one is asked, or the new member
+    /// starts once its peers admit it; or the same is asked again.
+    fn swapped(&mut self, result: Result<u64, latch::core::RequestError>) {
+        let Some(swap) = self.swap else { return };
+        match result {
+            Ok(index) if !swap.removed => {
+                self.swap = Some(Swap { removed: true, ..swap });
+                let old = swap.old;
+                self.log(|| format!("node {old} removed at index {index}"));
+                let d = self.swap_rng.gen_range(10_000..300_000);
+                self.at(d, Ev::Swap);
+            }
+            Ok(index) => {
+                let new = swap.new;
+                self.log(|| format!("node {new} added at index {index}"));
+                let d = self.swap_rng.gen_range(10_000..300_000);
+                self.at(d, Ev::StartAdded { node: new });
+            }
+            Err(e) => {
+                self.log(|| format!("a change of the swap {swap:?} failed: {e}"));
+                self.at(200_000, Ev::Swap);
+            }
+        }
+    }
+
+    /// Starts the added member on its empty data dir once a peer that is up has it a learner,
+    /// as `server::admission` would; asks again later otherwise.
+    fn start_added(&mut self, member: u64) {
+        if self.swap.is_none_or(|s| s.new != member) {
+            return;
+        }
+        let answers = self.admission_answers(member);
+        match admission::joining_verdict(self.params.nodes as usize, answers.len(), &answers) {
+            admission::Verdict::Admit => {
+                self.swap = None;
+                self.joined.insert(member);
+                self.start_node(member);
+            }
+            verdict => {
+                self.log(|| format!("node {member} not admitted yet: {verdict:?}"));
+                self.at(100_000, Ev::StartAdded { node: member });
+            }
+        }
     }
 
     /// Asks the leader, if any, to make the member that lost its data a learner.
@@ -2212,6 +2389,22 @@ impl Sim {
         if self.replacing != Some(member) || self.is_up(member) {
             return;
         }
+        let answers = self.admission_answers(member);
+        match admission::verdict(self.params.nodes as usize, &answers) {
+            admission::Verdict::Admit => {
+                self.replacing = None;
+                self.start_node(member);
+            }
+            verdict => {
+                self.log(|| format!("node {member} not admitted yet: {verdict:?}"));
+                self.at(100_000, Ev::StartReplaced { node: member });
+            }
+        }
+    }
+
+    /// What the peers that are up answer `member` starting on an empty data dir, read from their
+    /// applied states as `server::admission`'s peers read theirs.
+    fn admission_answers(&self, member: u64) -> BTreeMap<u64, admission::Answer> {
         let mut answers = BTreeMap::new();
         for peer in self.up_nodes().into_iter().filter(|p| *p != member) {
             let Some(core) = self.nodes[(peer - 1) as usize].core.as_ref() else { continue };
@@ -2231,20 +2424,23 @@ impl Sim {
                     lists_me,
                     learner: learners.contains(&member),
                     admitting: false,
-                    removed: false,
+                    removed: core.configuration().removed.contains(&member),
                 },
             );
         }
-        match admission::verdict(self.params.nodes as usize, &answers) {
-            admission::Verdict::Admit => {
-                self.replacing = None;
-                self.start_node(member);
-            }
-            verdict => {
-                self.log(|| format!("node {member} not admitted yet: {verdict:?}"));
-                self.at(100_000, Ev::StartReplaced { node: member });
-            }
-        }
+        answers
+    }
+
+    /// The members clients call and faults hit: every member but those removed and down (one
+    /// added and not admitted yet among them, down; one removed that has not stopped yet among
+    /// them, as clients that still call it).
+    fn members(&self) -> Vec<u64> {
+        (self.nodes.iter().filter(|n| !self.gone.contains(&n.id) || n.core.is_some())).map(|n| n.id).collect()
+    }
+
+    fn any_member(&mut self) -> u64 {
+        let members = self.members();
+        members[self.rng.gen_range(0..members.len())]
     }
 
     fn up_nodes(&self) -> Vec<u64> {
@@ -2267,6 +2463,7 @@ impl Sim {
         }
         let up = self.up_nodes();
         let n = self.params.nodes;
+        let members = self.members();
         let roll: f64 = self.rng.gen();
         if roll < 0.25 && up.len() > 1 {
             let id = up[self.rng.gen_range(0..up.len())];
@@ -2285,16 +2482,16 @@ impl Sim {
             }
         } else if roll < 0.47 && !self.net.is_partitioned() {
             let kind = self.rng.gen_range(0..100);
-            let victim = self.rng.gen_range(1..=n);
+            let victim = members[self.rng.gen_range(0..members.len())];
             if kind < 35 {
-                let rest: Vec<u64> = (1..=n).filter(|&x| x != victim).collect();
+                let rest: Vec<u64> = members.iter().copied().filter(|&x| x != victim).collect();
                 self.net.split(&[victim], &rest);
             } else if kind < 55 {
                 let leader = self.leader().unwrap_or(victim);
-                let rest: Vec<u64> = (1..=n).filter(|&x| x != leader).collect();
+                let rest: Vec<u64> = members.iter().copied().filter(|&x| x != leader).collect();
                 self.net.split(&[leader], &rest);
             } else if kind < 80 {
-                let mut ids: Vec<u64> = (1..=n).collect();
+                let mut ids: Vec<u64> = members.clone();
                 for i in (1..ids.len()).rev() {
                     let j = self.rng.gen_range(0..=i);
                     ids.swap(i, j);
@@ -2303,7 +2500,7 @@ impl Sim {
                 let (a, b) = ids.split_at(cut);
                 self.net.split(a, b);
             } else {
-                let other = victim % n + 1;
+                let other = next_of(&members, victim);
                 self.net.block_one_way(victim, other);
             }
             self.report.partitions += 1;
@@ -2329,8 +2526,20 @@ impl Sim {
                 node.state_disk.fail_next_sync();
             }
             self.log(|| format!("node {id}: next fsync of its {} fails", if log { "log" } else { "state" }));
-        } else if roll < 0.67 && n >= 3 && self.replacing.is_none() && up.len() as u64 == n {
+        } else if roll < 0.67
+            && n >= 3
+            && self.replacing.is_none()
+            && self.swap.is_none()
+            && up.len() as u64 == n
+        {
             self.lose_data_dir();
+        } else if roll < 0.69
+            && n >= 3
+            && self.replacing.is_none()
+            && self.swap.is_none()
+            && up.len() as u64 == n
+        {
+            self.retire_follower();
         }
         let d = self.chaos_delay();
         self.at(d, Ev::Chaos);
@@ -2343,7 +2552,7 @@ impl Sim {
         self.net.heal();
         self.net.set_calm(true);
         let deadline = self.now + SETTLE_BUDGET_US;
-        for id in 1..=self.params.nodes {
+        for id in self.members() {
             let node = self.node(id);
             node.paused_until = 0;
             node.log_dir.disarm();
@@ -2382,8 +2591,11 @@ impl Sim {
         if self.clients.iter().any(|c| c.op.is_some()) {
             return false;
         }
+        if self.swap.is_some() {
+            return false;
+        }
         let mut statuses = Vec::new();
-        for n in &self.nodes {
+        for n in self.nodes.iter().filter(|n| !self.gone.contains(&n.id)) {
             match &n.core {
                 Some(c) => statuses.push(c.status()),
                 None => return false,
@@ -2391,11 +2603,12 @@ impl Sim {
         }
         let Some(leader) = statuses.iter().find(|s| s.role == Role::Leader) else { return false };
         // Every member's start is recorded (proposed again after a loss: it may still be on its way).
-        if !self.nodes.iter().all(|n| n.core.as_ref().is_some_and(|c| c.start_recorded())) {
+        let members = || self.nodes.iter().filter(|n| !self.gone.contains(&n.id));
+        if !members().all(|n| n.core.as_ref().is_some_and(|c| c.start_recorded())) {
             return false;
         }
-        // A replaced member votes again: it caught up and the leader promoted it.
-        if !self.nodes.iter().all(|n| n.core.as_ref().is_some_and(|c| c.conf_state().learners.is_empty())) {
+        // A replaced or added member votes: it caught up and the leader promoted it.
+        if !members().all(|n| n.core.as_ref().is_some_and(|c| c.conf_state().learners.is_empty())) {
             return false;
         }
         // Nothing any member proposed is still on its way: a compaction the leader proposed as it
@@ -2412,10 +2625,12 @@ impl Sim {
 
     fn finish(mut self) -> Report {
         let ctx = self.ctx();
-        let up: Vec<(u64, &Core)> =
-            self.nodes.iter().filter_map(|n| n.core.as_ref().map(|c| (n.id, c))).collect();
+        // A removed member that runs still (it has not heard of its removal) is no member.
+        let up: Vec<(u64, &Core)> = (self.nodes.iter().filter(|n| !self.gone.contains(&n.id)))
+            .filter_map(|n| n.core.as_ref().map(|c| (n.id, c)))
+            .collect();
         invariants::check_final(ctx, &up, &self.history.acked, &self.history.written);
-        invariants::check_members_recorded(ctx, &up, self.nodes.len() as u64);
+        invariants::check_members_recorded(ctx, &up, self.nodes.len() as u64, &self.gone);
         self.watch_checker.check_final(ctx);
         self.registry.check_final(ctx, &up);
         self.fences.check_final(ctx, &up);
@@ -2479,12 +2694,26 @@ impl Sim {
         }
         // The run is over: end every process the cheap way (see `crash`).
         let crashes = self.report.crashes;
-        for id in 1..=self.params.nodes {
+        for id in 1..=self.nodes.len() as u64 {
             self.crash(id, "end of run");
         }
         self.report.crashes = crashes;
         self.report
     }
+}
+
+/// The member after `id` in `members`, round the end (the first if `id` is not among them).
+fn next_of(members: &[u64], id: u64) -> u64 {
+    match members.iter().position(|m| *m == id) {
+        Some(i) => members[(i + 1) % members.len()],
+        None => members[0],
+    }
+}
+
+/// The peer address a member added at run time is added with (the simulator's network goes by
+/// ids; the address is recorded in every member's state, and must be another's than any member's).
+fn sim_peer_addr(member: u64) -> String {
+    format!("sim-{member}:7380")
 }
 
 fn payload_of(op: &Op) -> Payload {

@@ -98,7 +98,9 @@ fn run_seeds(nodes: u64) {
     let verbose = verbose() || single;
     let started = Instant::now();
     let (mut acked, mut crashes, mut snapshots, mut steps, mut spent, mut full) = (0, 0, 0, 0, 0, 0);
-    let (mut byte_compacted, mut watched_typed, mut check_points, mut replacements) = (0, 0, 0, 0);
+    let (mut byte_compacted, mut watched_typed, mut check_points, mut replacements, mut swaps) =
+        (0, 0, 0, 0, 0);
+    let (mut retirements, mut stopped_applying, mut stopped_told) = (0, 0, 0);
     let mut locks = LockActivity::default();
     for &seed in &seeds {
         let t = Instant::now();
@@ -116,13 +118,19 @@ fn run_seeds(nodes: u64) {
         watched_typed += r.watch_typed;
         check_points += r.check_points;
         replacements += r.replacements;
+        swaps += r.swaps;
+        retirements += r.retirements;
+        stopped_applying += r.stopped_applying_removal;
+        stopped_told += r.stopped_told_by_peer;
         locks.add(&r);
     }
     eprintln!(
         "{nodes} nodes: {} seeds passed in {:.1}s ({steps} steps, {acked} acknowledged writes, {crashes} crashes, \
          {snapshots} snapshots delivered, {spent} acquires withdrawn before they were applied, {full} refused \
          at a full queue, {byte_compacted} runs compacted by the byte bound, {watched_typed} changes of sessions, \
-         locks, elections and registry instances watched, {replacements} members replaced after losing their data)",
+         locks, elections and registry instances watched, {replacements} members replaced after losing their data, \
+         {swaps} removed and swapped for a member added under a new id, {retirements} running members swapped so \
+         ({stopped_applying} stopped on applying their removal, {stopped_told} on a peer's refusal))",
         seeds.len(),
         started.elapsed().as_secs_f64()
     );
@@ -144,6 +152,18 @@ fn run_seeds(nodes: u64) {
         single || seeds.len() < 20 || nodes < 3 || replacements > 0,
         "over {} seeds, some member should have lost its data dir and been replaced (the replacement's \
          checks are not idle)",
+        seeds.len()
+    );
+    assert!(
+        single || seeds.len() < 20 || nodes < 3 || swaps > 0,
+        "over {} seeds, some member should have lost its data dir and been swapped for a new member \
+         (removal and addition under faults are not idle)",
+        seeds.len()
+    );
+    assert!(
+        single || seeds.len() < 20 || nodes < 3 || retirements > 0,
+        "over {} seeds, some running member should have been removed and swapped for a new member (the \
+         removal of a running member is not idle)",
         seeds.len()
     );
     assert!(
