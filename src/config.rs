@@ -116,6 +116,12 @@ pub struct ServerArgs {
     /// on (1 … 64 printable ASCII characters) [default: none].
     #[arg(long)]
     pub initial_cluster_token: Option<String>,
+    /// Peer addresses of members that run now, where --initial-cluster's may no longer answer
+    /// (`latch cluster add` prints them for a new member): 4=host:port,5=host:port. Not folded
+    /// into the cluster id; the member asks them, as --initial-cluster's, until it knows the
+    /// cluster's members from its own state [default: none].
+    #[arg(long)]
+    pub peers: Option<String>,
     /// Snapshot the state machine and compact the log after this many applied entries [default: 10000].
     #[arg(long)]
     pub snapshot_entries: Option<u64>,
@@ -472,6 +478,9 @@ pub struct Config {
     pub initial_cluster: Vec<Peer>,
     /// `--initial-cluster-token`: folded into the cluster id when given.
     pub initial_cluster_token: Option<String>,
+    /// `--peers`: members that run now, known to the transport and asked at start beside
+    /// `initial_cluster` (never this member, nor a first member at another address).
+    pub peers: Vec<Peer>,
     pub snapshot_entries: u64,
     pub tick_interval: Duration,
     pub limits: Limits,
@@ -502,6 +511,7 @@ impl Config {
             data_dir,
             initial_cluster: vec![Peer { id: 1, peer_addr: peer_addr.clone() }],
             initial_cluster_token: None,
+            peers: Vec::new(),
             client_addr,
             advertise_client_addr: None,
             peer_addr,
@@ -558,7 +568,7 @@ impl Config {
                 ConfigError::Invalid { flag: "data-dir", problem: "required (or use --dev)".into() },
             )?;
         let initial_cluster = match pick(flags.initial_cluster, file.initial_cluster) {
-            Some(spec) => parse_initial_cluster(&spec)?,
+            Some(spec) => parse_members(&spec, "initial-cluster")?,
             None if dev || id == 1 => vec![Peer { id, peer_addr: peer_addr.clone() }],
             None => {
                 return Err(ConfigError::Invalid {
@@ -590,6 +600,11 @@ impl Config {
                     ),
                 })
             }
+        };
+        let peers = match pick(flags.peers, file.peers) {
+            Some(spec) => check_peers(parse_members(&spec, "peers")?, id, &initial_cluster)
+                .map_err(|problem| ConfigError::Invalid { flag: "peers", problem })?,
+            None => Vec::new(),
         };
         let defaults = Limits::default();
         let limits = Limits {
@@ -862,6 +877,7 @@ impl Config {
             dns,
             initial_cluster,
             initial_cluster_token,
+            peers,
             snapshot_entries,
             tick_interval,
             limits,
@@ -881,6 +897,18 @@ impl Config {
     /// one of the members it started with.
     pub fn joins(&self) -> bool {
         !self.initial_cluster.iter().any(|p| p.id == self.id)
+    }
+
+    /// The members to ask and to dial before this member's state names the cluster's members:
+    /// `--initial-cluster`'s, and `--peers`.
+    pub fn contacts(&self) -> Vec<Peer> {
+        let mut all = self.initial_cluster.clone();
+        for p in &self.peers {
+            if !all.iter().any(|q| q.id == p.id) {
+                all.push(p.clone());
+            }
+        }
+        all
     }
 
     /// The cluster's identity, derived from the initial membership (and the token, when given)
@@ -909,9 +937,9 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-/// Parses `1=host:port,2=host:port`.
-pub fn parse_initial_cluster(spec: &str) -> Result<Vec<Peer>, ConfigError> {
-    let bad = |problem: String| ConfigError::Invalid { flag: "initial-cluster", problem };
+/// Parses `1=host:port,2=host:port`, the value of `flag`.
+pub fn parse_members(spec: &str, flag: &'static str) -> Result<Vec<Peer>, ConfigError> {
+    let bad = |problem: String| ConfigError::Invalid { flag, problem };
     let mut peers = Vec::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (id, addr) = part.split_once('=').ok_or_else(|| bad(format!("{part:?} is not ID=HOST:PORT")))?;
@@ -936,6 +964,25 @@ pub fn parse_initial_cluster(spec: &str) -> Result<Vec<Peer>, ConfigError> {
         return Err(bad("lists no members".into()));
     }
     peers.sort_by_key(|p| p.id);
+    Ok(peers)
+}
+
+/// `--peers` as given, if it names neither this member `me` nor a first member at another
+/// address than `initial`'s (a first member's address is the one folded into the cluster id).
+fn check_peers(peers: Vec<Peer>, me: u64, initial: &[Peer]) -> Result<Vec<Peer>, String> {
+    for p in &peers {
+        if p.id == me {
+            return Err(format!("names this member's own id {me}: list the other members that run"));
+        }
+        check_peer_addr(&p.peer_addr)?;
+        if let Some(first) = initial.iter().find(|f| f.id == p.id && f.peer_addr != p.peer_addr) {
+            return Err(format!(
+                "says member {} listens at {}, where --initial-cluster says {}: a first member keeps its \
+                 address (replace it under a new id: `latch cluster add`)",
+                p.id, p.peer_addr, first.peer_addr
+            ));
+        }
+    }
     Ok(peers)
 }
 
@@ -1095,15 +1142,15 @@ mod tests {
 
     #[test]
     fn initial_cluster_parses_and_sorts_members() {
-        let peers = parse_initial_cluster("3=h:3,1=h:1, 2=h:2").expect("valid spec");
+        let peers = parse_members("3=h:3,1=h:1, 2=h:2", "initial-cluster").expect("valid spec");
         assert_eq!(peers.iter().map(|p| p.id).collect::<Vec<_>>(), vec![1, 2, 3]);
     }
 
     #[test]
     fn initial_cluster_rejects_duplicates_and_garbage_naming_the_problem() {
-        let e = parse_initial_cluster("1=h:1,1=h:2").expect_err("duplicate id");
+        let e = parse_members("1=h:1,1=h:2", "initial-cluster").expect_err("duplicate id");
         assert!(e.to_string().contains("listed twice"), "{e}");
-        let e = parse_initial_cluster("x=h:1").expect_err("bad id");
+        let e = parse_members("x=h:1", "initial-cluster").expect_err("bad id");
         assert!(e.to_string().contains("not a member id"), "{e}");
         for (spec, says) in [
             // A list pasted with spaces, not commas: one odd address, a one-member cluster.
@@ -1116,12 +1163,40 @@ mod tests {
             ("1=[fe80::1%eth0]:7380", "is not a host"),
             ("1=h:1,2=h:1", "share the address h:1"),
         ] {
-            let e = parse_initial_cluster(spec).expect_err(spec).to_string();
+            let e = parse_members(spec, "initial-cluster").expect_err(spec).to_string();
             assert!(e.contains(says) && e.contains("initial-cluster"), "{spec}: expected {says:?} in {e}");
         }
-        let v6 = parse_initial_cluster("1=[::1]:7380,2=node-2.example:7380,3=[fe80::1%2]:7380")
+        let v6 = parse_members("1=[::1]:7380,2=node-2.example:7380,3=[fe80::1%2]:7380", "initial-cluster")
             .expect("IPv6, with a numbered zone too, and host names");
         assert_eq!(v6[0].peer_addr, "[::1]:7380");
+    }
+
+    #[test]
+    fn peers_name_members_that_run_now_beside_the_first_ones_and_not_the_cluster_id() {
+        let args = |peers: &str| ServerArgs {
+            id: Some(5),
+            data_dir: Some("/tmp/x".into()),
+            initial_cluster: Some("1=h:1,2=h:2".into()),
+            peer_addr: Some("h:5".into()),
+            peers: Some(peers.into()),
+            ..Default::default()
+        };
+        let config = Config::from_args(args("4=h:4, 3=h:3,2=h:2")).expect("valid --peers");
+        let ids = |peers: &[Peer]| peers.iter().map(|p| p.id).collect::<Vec<_>>();
+        assert_eq!(ids(&config.peers), [2, 3, 4], "sorted by id");
+        assert_eq!(ids(&config.contacts()), [1, 2, 3, 4], "the first members, then the others, once each");
+        let without = Config::from_args(ServerArgs { peers: None, ..args("") }).expect("valid");
+        assert_eq!(config.cluster_id(), without.cluster_id(), "--peers is not folded into the cluster id");
+
+        let refused = |peers: &str| Config::from_args(args(peers)).expect_err(peers).to_string();
+        let own = refused("5=h:5,4=h:4");
+        assert!(own.contains("--peers") && own.contains("own id 5"), "{own}");
+        let moved = refused("2=elsewhere:2");
+        assert!(moved.contains("member 2 listens at elsewhere:2") && moved.contains("h:2"), "{moved}");
+        let bad = refused("4=h");
+        assert!(bad.contains("--peers") && bad.contains("HOST:PORT"), "{bad}");
+        let wildcard = refused("4=0.0.0.0:4");
+        assert!(wildcard.contains("wildcard"), "{wildcard}");
     }
 
     #[test]

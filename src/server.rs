@@ -232,7 +232,7 @@ pub async fn run(
     // (and, added at run time, that it was added).
     let asks_peers = core.log_was_fresh() && !alone;
     // Its peers: the first members, and those added since as far as its state knows.
-    let links = Arc::new(Links::new(config.id, &config.initial_cluster));
+    let links = Arc::new(Links::new(config.id, &config.contacts()));
     learn_added(&links, &configuration, config.id);
 
     // The standard services beside Latch's own, so that grpc-health-probe, Kubernetes gRPC
@@ -378,13 +378,18 @@ pub async fn run(
     // that will be refused serves nothing from its empty state meanwhile.
     if !admission.admits() {
         let asked = async {
-            admission::check_versions(id, cluster_id, &config.initial_cluster).await?;
+            admission::check_versions(id, cluster_id, &config.contacts()).await?;
             // A replaced member's new life, restarted since, is asked nothing (its log is no
             // longer empty): its mark says it lived before.
             let mut lived_before = marks::read(&config.data_dir, marks::LIVED_BEFORE).is_some();
             if asks_peers {
-                let admitted =
-                    admission::ask_peers(id, cluster_id, &config.initial_cluster, &config.data_dir).await?;
+                let admitted = admission::ask_peers(
+                    id,
+                    cluster_id,
+                    (&config.initial_cluster, &config.peers),
+                    &config.data_dir,
+                )
+                .await?;
                 for (member, addr) in &admitted.added {
                     if *member != id {
                         links.learn(*member, addr);
@@ -445,6 +450,7 @@ pub async fn run(
                 .join(","),
             config.initial_cluster_token.clone(),
         ),
+        first_members: config.initial_cluster.iter().map(|p| p.id).collect(),
         client_addr: advertised,
         peer_addr: peer_addr.clone(),
         client_addrs: client_addrs.clone(),

@@ -144,6 +144,7 @@ impl Cluster for ClusterService {
             index,
             initial_cluster,
             initial_cluster_token: token.unwrap_or_default(),
+            peers: self.current_peers(member),
         }))
     }
 
@@ -181,6 +182,30 @@ impl ClusterService {
         }
         let answers = member_status(addr, MEMBER_PROBE).await.ok()?;
         (answers.cluster_id == self.ctx.node.cluster_id && answers.id != member).then_some(answers.id)
+    }
+
+    /// The members of the configuration other than `new`, `ID=HOST:PORT,…` by id, where the
+    /// transport knows them — empty when they are `--initial-cluster`'s first members, whose
+    /// addresses the new member knows already.
+    fn current_peers(&self, new: u64) -> String {
+        let configuration = self.ctx.node.configuration();
+        let mut members: Vec<u64> = configuration
+            .voters
+            .iter()
+            .chain(&configuration.learners)
+            .copied()
+            .filter(|id| *id != new)
+            .collect();
+        members.sort_unstable();
+        if members == self.ctx.first_members {
+            return String::new();
+        }
+        let me = self.ctx.node.member_id;
+        let address =
+            |id: u64| if id == me { Some(self.ctx.peer_addr.clone()) } else { self.ctx.links.address(id) };
+        let listed: Vec<String> =
+            members.into_iter().filter_map(|id| Some(format!("{id}={}", address(id)?))).collect();
+        listed.join(",")
     }
 
     /// Refuses an addition while a member of the configuration answers from a build that does

@@ -86,6 +86,7 @@ pub async fn run(command: ClusterCommand, client_args: &ClientArgs) -> anyhow::R
                     "index": added.index,
                     "initial_cluster": added.initial_cluster,
                     "initial_cluster_token": added.initial_cluster_token,
+                    "peers": added.peers,
                 }))?,
                 Output::Text => print_bytes(added_text(member, &peer_addr, &added).as_bytes())?,
             }
@@ -112,9 +113,13 @@ fn added_text(member: u64, peer_addr: &str, added: &latch_client::AddMemberRespo
         "" => String::new(),
         token => format!(" --initial-cluster-token {token}"),
     };
+    let peers = match added.peers.as_str() {
+        "" => String::new(),
+        peers => format!(" --peers {peers}"),
+    };
     format!(
         "{what}: start it on an empty data dir with\n  latch server --id {member} --peer-addr {peer_addr} \
-         --initial-cluster {}{token} --data-dir DIR\nIt catches up and votes once it has (`latch \
+         --initial-cluster {}{token}{peers} --data-dir DIR\nIt catches up and votes once it has (`latch \
          cluster status` shows it a follower then).\n",
         added.initial_cluster
     )

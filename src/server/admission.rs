@@ -257,16 +257,22 @@ pub async fn check_versions(me: u64, cluster_id: u64, peers: &[Peer]) -> Result<
 }
 
 /// Asks `peers` (the members the cluster started with, `me` included unless it was added since)
-/// until their answers admit member `me` or one of them records its start. (A data dir that
-/// kept its state but lost its log never gets here: `LogStore::reconcile` refuses it.)
+/// and `current` (`--peers`: members that run now, where the first ones may be gone) until their
+/// answers admit member `me` or one of them records its start. (A data dir that kept its state
+/// but lost its log never gets here: `LogStore::reconcile` refuses it.)
 pub async fn ask_peers(
     me: u64,
     cluster_id: u64,
-    peers: &[Peer],
+    (peers, current): (&[Peer], &[Peer]),
     data_dir: &Path,
 ) -> Result<Admitted, NotAdmitted> {
     let mut others: Vec<Peer> = peers.iter().filter(|p| p.id != me).cloned().collect();
     let joins = others.len() == peers.len();
+    for p in current {
+        if p.id != me && !others.iter().any(|o| o.id == p.id) {
+            others.push(p.clone());
+        }
+    }
     let mut not_added_since = None;
     tracing::info!(
         member = me,

@@ -51,7 +51,67 @@ async fn a_member_added_with_latch_cluster_add_catches_up_votes_and_counts_towar
     assert!(ok && said.contains(&start), "the addition says how to start the member: {said:?} {err:?}");
 
     c.restart(new).await;
-    for id in c.ids() {
+    follower_everywhere(&c, new, &c.ids()).await;
+    let (_, kvs) = c.local_kvs(new).await.unwrap();
+    assert!(kvs.contains(&("before".to_string(), "v".to_string())), "it caught up: {kvs:?}");
+
+    let leader = c.leader().await;
+    let first = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    c.kill(first);
+    client.put("after", "v").await.unwrap();
+    eventually("the new member applies the write", Duration::from_secs(10), || async {
+        let (_, kvs) = c.local_kvs(new).await?;
+        kvs.contains(&("after".to_string(), "v".to_string())).then_some(()).ok_or(format!("{kvs:?}"))
+    })
+    .await;
+}
+
+/// Once every first member is gone — a cluster started with members 1 and 2 grows by 3 and 4,
+/// and 1 and 2 are removed and stop — `latch cluster add` names the members that run in
+/// `--peers`, and a member started with it (its `--initial-cluster` names only members that are
+/// gone) finds the cluster: it is admitted, votes, and counts toward commits.
+#[tokio::test]
+async fn a_member_added_after_every_first_member_is_gone_finds_the_cluster_through_peers() {
+    let mut c = Cluster::start(2, &[]).await;
+    let client = c.client().await;
+    client.put("before", "v").await.unwrap();
+    for _ in 0..2 {
+        let new = c.new_member().await;
+        let addr = c.member(new).peer_addr.clone();
+        client.add_member(new, &addr).await.unwrap();
+        c.restart(new).await;
+        follower_everywhere(&c, new, &c.ids()).await;
+    }
+    for first in [1, 2] {
+        client.remove_member(first).await.unwrap();
+        let exit = c.exit_of(first, Duration::from_secs(30)).await;
+        assert!(exit.is_some(), "removed, member {first} stops by itself");
+    }
+    let running = [3, 4];
+    let endpoints: Vec<String> = running.iter().map(|id| c.member(*id).client_addr.clone()).collect();
+    let new = c.new_member().await;
+    let addr = c.member(new).peer_addr.clone();
+    let (ok, said, err) = cluster_cli(&endpoints.join(","), &["add", &new.to_string(), &addr]).await;
+    let peers = format!("3={},4={}", c.member(3).peer_addr, c.member(4).peer_addr);
+    assert!(
+        ok && said.contains(&format!("--initial-cluster {} --peers {peers} ", c.initial_cluster())),
+        "the addition names the members that run in --peers: {said:?} {err:?}"
+    );
+
+    c.restart_with(new, &["--peers", &peers]).await;
+    follower_everywhere(&c, new, &running).await;
+    let (_, kvs) = c.local_kvs(new).await.unwrap();
+    assert!(kvs.contains(&("before".to_string(), "v".to_string())), "it caught up: {kvs:?}");
+    let leader = c.leader_among(&[3, 4, new]).await;
+    c.kill(leader);
+    let left = [3, 4, new].into_iter().filter(|id| *id != leader).map(|id| c.member(id).client_addr.clone());
+    let client = latch_client::Client::connect(left).await.unwrap();
+    client.put("after", "v").await.expect("the two members left, the new one among them, commit");
+}
+
+/// Waits until each of `members` lists `new` a follower (it votes).
+async fn follower_everywhere(c: &Cluster, new: u64, members: &[u64]) {
+    for &id in members {
         eventually(
             &format!("member {id} lists member {new} a follower"),
             Duration::from_secs(30),
@@ -66,16 +126,4 @@ async fn a_member_added_with_latch_cluster_add_catches_up_votes_and_counts_towar
         )
         .await;
     }
-    let (_, kvs) = c.local_kvs(new).await.unwrap();
-    assert!(kvs.contains(&("before".to_string(), "v".to_string())), "it caught up: {kvs:?}");
-
-    let leader = c.leader().await;
-    let first = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
-    c.kill(first);
-    client.put("after", "v").await.unwrap();
-    eventually("the new member applies the write", Duration::from_secs(10), || async {
-        let (_, kvs) = c.local_kvs(new).await?;
-        kvs.contains(&("after".to_string(), "v".to_string())).then_some(()).ok_or(format!("{kvs:?}"))
-    })
-    .await;
 }

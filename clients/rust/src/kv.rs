@@ -160,9 +160,9 @@ impl Client {
     }
 
     /// Adds `member` to the cluster as a learner at `peer_addr` (`Cluster.AddMember`): it is
-    /// then started with the answer's `initial_cluster` (and token), its id and `--peer-addr`,
-    /// catches up, and votes once it has. Returns the raft log index of the change (0: added
-    /// already at that address); safe to retry.
+    /// then started with the answer's `initial_cluster` (and token, and `peers` as `--peers`
+    /// when not empty), its id and `--peer-addr`, catches up, and votes once it has. Returns the
+    /// raft log index of the change (0: added already at that address); safe to retry.
     pub async fn add_member(&self, member: u64, peer_addr: &str) -> Result<AddMemberResponse, Error> {
         let peer_addr = peer_addr.to_string();
         self.write("AddMember", |channel| {

@@ -891,8 +891,8 @@ class Client:
 
     def add_member(self, member: int, peer_addr: str) -> cluster_pb2.AddMemberResponse:
         """Adds ``member`` to the cluster as a learner at ``peer_addr``; it is then started with the
-        answer's ``initial_cluster`` (and ``initial_cluster_token``), its id and ``--peer-addr``,
-        catches up, and votes once it has. The answer's ``index`` is the raft log index of the
+        answer's ``initial_cluster`` (and ``initial_cluster_token``, and ``peers`` as ``--peers``
+        when not empty), its id and ``--peer-addr``, catches up, and votes once it has. The answer's ``index`` is the raft log index of the
         change (0: added already at that address); safe to retry."""
         return self._write("cluster", "AddMember", cluster_pb2.AddMemberRequest(member=member, peer_addr=peer_addr))
 

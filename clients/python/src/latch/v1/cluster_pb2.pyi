@@ -85,13 +85,15 @@ class AddMemberRequest(_message.Message):
     def __init__(self, member: _Optional[int] = ..., peer_addr: _Optional[str] = ...) -> None: ...
 
 class AddMemberResponse(_message.Message):
-    __slots__ = ("header", "index", "initial_cluster", "initial_cluster_token")
+    __slots__ = ("header", "index", "initial_cluster", "initial_cluster_token", "peers")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     INITIAL_CLUSTER_FIELD_NUMBER: _ClassVar[int]
     INITIAL_CLUSTER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
     header: _kv_pb2.ResponseHeader
     index: int
     initial_cluster: str
     initial_cluster_token: str
-    def __init__(self, header: _Optional[_Union[_kv_pb2.ResponseHeader, _Mapping]] = ..., index: _Optional[int] = ..., initial_cluster: _Optional[str] = ..., initial_cluster_token: _Optional[str] = ...) -> None: ...
+    peers: str
+    def __init__(self, header: _Optional[_Union[_kv_pb2.ResponseHeader, _Mapping]] = ..., index: _Optional[int] = ..., initial_cluster: _Optional[str] = ..., initial_cluster_token: _Optional[str] = ..., peers: _Optional[str] = ...) -> None: ...
