@@ -116,10 +116,10 @@ pub struct ServerArgs {
     /// on (1 … 64 printable ASCII characters) [default: none].
     #[arg(long)]
     pub initial_cluster_token: Option<String>,
-    /// Peer addresses of members that run now, where --initial-cluster's may no longer answer
-    /// (`latch cluster add` prints them for a new member): 4=host:port,5=host:port. Not folded
-    /// into the cluster id; the member asks them, as --initial-cluster's, until it knows the
-    /// cluster's members from its own state [default: none].
+    /// Peer addresses of the cluster's members now, where --initial-cluster's may no longer
+    /// answer (`latch cluster add` prints them for a new member): 4=host:port,5=host:port. Not
+    /// folded into the cluster id; the member dials and asks them beside --initial-cluster's,
+    /// and an address its state records takes precedence [default: none].
     #[arg(long)]
     pub peers: Option<String>,
     /// Snapshot the state machine and compact the log after this many applied entries [default: 10000].
@@ -596,13 +596,14 @@ impl Config {
                     problem: format!(
                         "does not list this member's id {id}: a member added to a running cluster \
                          (`latch cluster add {id} HOST:PORT`) is started with the cluster's \
-                         --initial-cluster and --peer-addr, where it listens for its peers"
+                         --initial-cluster and --peer-addr, where it listens for its peers (and \
+                         --peers, as the command prints)"
                     ),
                 })
             }
         };
         let peers = match pick(flags.peers, file.peers) {
-            Some(spec) => check_peers(parse_members(&spec, "peers")?, id, &initial_cluster)
+            Some(spec) => check_peers(parse_members(&spec, "peers")?, (id, &peer_addr), &initial_cluster)
                 .map_err(|problem| ConfigError::Invalid { flag: "peers", problem })?,
             None => Vec::new(),
         };
@@ -967,14 +968,27 @@ pub fn parse_members(spec: &str, flag: &'static str) -> Result<Vec<Peer>, Config
     Ok(peers)
 }
 
-/// `--peers` as given, if it names neither this member `me` nor a first member at another
-/// address than `initial`'s (a first member's address is the one folded into the cluster id).
-fn check_peers(peers: Vec<Peer>, me: u64, initial: &[Peer]) -> Result<Vec<Peer>, String> {
-    for p in &peers {
-        if p.id == me {
-            return Err(format!("names this member's own id {me}: list the other members that run"));
-        }
+/// `--peers` as given, without this member (`me`, listening at `my_addr`: a list another
+/// member's start line printed names it), if no member in it is at this member's address, at
+/// another address than `initial` says (a first member's address is the one folded into the
+/// cluster id), or at a first member's address under another id.
+fn check_peers(peers: Vec<Peer>, (me, my_addr): (u64, &str), initial: &[Peer]) -> Result<Vec<Peer>, String> {
+    let mut others = Vec::new();
+    for p in peers {
         check_peer_addr(&p.peer_addr)?;
+        match (p.id == me, p.peer_addr == my_addr) {
+            (true, true) => continue,
+            (true, false) => {
+                return Err(format!(
+                    "says this member, {me}, listens at {}, where --peer-addr says {my_addr}",
+                    p.peer_addr
+                ))
+            }
+            (false, true) => {
+                return Err(format!("says member {} listens at {my_addr}, this member's --peer-addr", p.id))
+            }
+            (false, false) => {}
+        }
         if let Some(first) = initial.iter().find(|f| f.id == p.id && f.peer_addr != p.peer_addr) {
             return Err(format!(
                 "says member {} listens at {}, where --initial-cluster says {}: a first member keeps its \
@@ -982,8 +996,15 @@ fn check_peers(peers: Vec<Peer>, me: u64, initial: &[Peer]) -> Result<Vec<Peer>,
                 p.id, p.peer_addr, first.peer_addr
             ));
         }
+        if let Some(first) = initial.iter().find(|f| f.id != p.id && f.peer_addr == p.peer_addr) {
+            return Err(format!(
+                "says member {} listens at {}, member {}'s address in --initial-cluster",
+                p.id, p.peer_addr, first.id
+            ));
+        }
+        others.push(p);
     }
-    Ok(peers)
+    Ok(others)
 }
 
 /// Whether `addr` is one `HOST:PORT` (an IPv6 host in brackets): a list pasted with spaces
@@ -1188,9 +1209,17 @@ mod tests {
         let without = Config::from_args(ServerArgs { peers: None, ..args("") }).expect("valid");
         assert_eq!(config.cluster_id(), without.cluster_id(), "--peers is not folded into the cluster id");
 
+        let line =
+            Config::from_args(args("5=h:5,4=h:4")).expect("its own entry, at its address, is left out");
+        assert_eq!(ids(&line.peers), [4], "a start line printed for another member names this one");
+
         let refused = |peers: &str| Config::from_args(args(peers)).expect_err(peers).to_string();
-        let own = refused("5=h:5,4=h:4");
-        assert!(own.contains("--peers") && own.contains("own id 5"), "{own}");
+        let own = refused("5=elsewhere:5");
+        assert!(own.contains("--peers") && own.contains("this member, 5, listens at elsewhere:5"), "{own}");
+        let mine = refused("4=h:5");
+        assert!(mine.contains("member 4 listens at h:5, this member's --peer-addr"), "{mine}");
+        let first = refused("4=h:1");
+        assert!(first.contains("member 1's address in --initial-cluster"), "{first}");
         let moved = refused("2=elsewhere:2");
         assert!(moved.contains("member 2 listens at elsewhere:2") && moved.contains("h:2"), "{moved}");
         let bad = refused("4=h");

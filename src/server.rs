@@ -232,8 +232,13 @@ pub async fn run(
     // (and, added at run time, that it was added).
     let asks_peers = core.log_was_fresh() && !alone;
     // Its peers: the first members, and those added since as far as its state knows.
-    let links = Arc::new(Links::new(config.id, &config.contacts()));
+    // What the state records first: an address `--peers` gives never takes a recorded one's
+    // place (the transport keeps the first address it learns of a member).
+    let links = Arc::new(Links::new(config.id, &config.initial_cluster));
     learn_added(&links, &configuration, config.id);
+    for p in &config.peers {
+        links.learn(p.id, &p.peer_addr);
+    }
 
     // The standard services beside Latch's own, so that grpc-health-probe, Kubernetes gRPC
     // probes and grpcurl work: health reports SERVING for the server ("") and each service.
@@ -450,7 +455,7 @@ pub async fn run(
                 .join(","),
             config.initial_cluster_token.clone(),
         ),
-        first_members: config.initial_cluster.iter().map(|p| p.id).collect(),
+        first_members: config.initial_cluster.clone(),
         client_addr: advertised,
         peer_addr: peer_addr.clone(),
         client_addrs: client_addrs.clone(),
@@ -648,13 +653,11 @@ async fn learn_members(
                 {
                     node.send(crate::node::Event::RemovedBy(p.id));
                 }
-                Ok(s) if s.id == p.id && !s.client_addr.is_empty() => {
+                Ok(s) if s.id == p.id && s.cluster_id == node.cluster_id && !s.client_addr.is_empty() => {
                     // Members added in changes this member has still to apply (it may be behind
                     // on them, and one of them may lead).
-                    if s.cluster_id == node.cluster_id {
-                        for a in s.added.iter().filter(|a| a.id != node.member_id) {
-                            links.learn(a.id, &a.peer_addr);
-                        }
+                    for a in s.added.iter().filter(|a| a.id != node.member_id) {
+                        links.learn(a.id, &a.peer_addr);
                     }
                     if let Ok(mut m) = addrs.write() {
                         // A wildcard address names no host: no leader hint, no DNS answer.

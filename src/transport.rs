@@ -169,6 +169,9 @@ async fn receive(
         } else if frame.last {
             let msg = Message::parse_from_bytes(&buf)
                 .map_err(|e| Refusal::Undecodable { from: frame.from, why: e.to_string() })?;
+            if msg.from != frame.from {
+                return Err(Refusal::WrongSender { from: frame.from, sender: msg.from }.into());
+            }
             if msg.to != node.member_id {
                 return Err(
                     Refusal::WrongRecipient { from: frame.from, to: msg.to, me: node.member_id }.into()
@@ -466,6 +469,11 @@ async fn send_loop(
         Ok(c) => c,
         Err(e) => {
             tracing::error!(peer = peer.id, addr = %peer.peer_addr, error = %e, "bad peer address; not sending to it");
+            // Each message to it is reported undelivered (a snapshot failed), as to a peer the
+            // transport does not know: raft does not wait on a snapshot that never left.
+            while let Some(msg) = queue.recv().await {
+                drop_message(&node, peer.id, &msg);
+            }
             return;
         }
     };

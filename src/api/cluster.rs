@@ -15,6 +15,7 @@ use redb::ReadableDatabase as _;
 use tonic::{Request, Response, Status};
 
 use super::{ApiError, Context};
+use crate::config::Peer;
 use crate::node::deadline;
 use crate::transport::member_status;
 
@@ -130,10 +131,17 @@ impl Cluster for ClusterService {
         crate::config::check_peer_addr(&peer_addr).map_err(|problem| {
             self.ctx.to_status(ApiError::InvalidArgument { field: "peer_addr", problem })
         })?;
+        let taken = |owner: u64| {
+            let refused =
+                crate::core::membership::Refused::AddressTaken { addr: peer_addr.clone(), member: owner };
+            self.ctx.to_status(ApiError::Request(refused.into()))
+        };
+        if let Some(owner) = self.known_owner(&peer_addr, member) {
+            return Err(taken(owner));
+        }
         self.all_add_members().await?;
-        if let Some(owner) = self.address_owner(&peer_addr, member).await {
-            let refused = crate::core::membership::Refused::AddressTaken { addr: peer_addr, member: owner };
-            return Err(self.ctx.to_status(ApiError::Request(refused.into())));
+        if let Some(owner) = self.answering_owner(&peer_addr, member).await {
+            return Err(taken(owner));
         }
         let shows = "`latch cluster status` lists the member a learner if it did";
         let index = self.changed(self.ctx.node.add(member, peer_addr), "addition", member, shows).await?;
@@ -169,19 +177,34 @@ fn checked_member(member: u64) -> Result<u64, ApiError> {
 }
 
 impl ClusterService {
-    /// The member other than `member` that already listens at peer address `addr`, if any: a
-    /// member the transport knows there (the first members, and those added since; the core
-    /// checks the added members again as it proposes), or another member of this cluster that
-    /// answers there (an alias of its address). It would be sent the new member's raft messages.
-    async fn address_owner(&self, addr: &str, member: u64) -> Option<u64> {
-        let me = crate::config::Peer { id: self.ctx.node.member_id, peer_addr: self.ctx.peer_addr.clone() };
-        let known = (self.ctx.links.peers().into_iter().chain([me]))
-            .find(|p| p.peer_addr == addr && p.id != member && !self.ctx.node.has_removed(p.id));
-        if let Some(p) = known {
-            return Some(p.id);
-        }
+    /// The member other than `member` known to listen at peer address `addr`, if any: one the
+    /// transport knows there (the first members, and those added since; the core checks the
+    /// added members again as it proposes), or this one. It would be sent the new member's raft
+    /// messages.
+    fn known_owner(&self, addr: &str, member: u64) -> Option<u64> {
+        let me = self.ctx.node.member_id;
+        let mine =
+            [self.own_peer_addr(), self.ctx.peer_addr.clone()].map(|peer_addr| Peer { id: me, peer_addr });
+        (self.ctx.links.peers().into_iter().chain(mine))
+            .find(|p| p.peer_addr == addr && p.id != member && !self.ctx.node.has_removed(p.id))
+            .map(|p| p.id)
+    }
+
+    /// Another member of this cluster than `member` that answers at `addr` (an alias of its
+    /// address), if any.
+    async fn answering_owner(&self, addr: &str, member: u64) -> Option<u64> {
         let answers = member_status(addr, MEMBER_PROBE).await.ok()?;
         (answers.cluster_id == self.ctx.node.cluster_id && answers.id != member).then_some(answers.id)
+    }
+
+    /// Where the cluster knows this member listens for its peers: its `--initial-cluster`
+    /// entry, or the address its addition recorded; where its peer port bound otherwise (an IP,
+    /// or a wildcard, where the others may know a host name).
+    fn own_peer_addr(&self) -> String {
+        let me = self.ctx.node.member_id;
+        (self.ctx.first_members.iter().find(|p| p.id == me).map(|p| p.peer_addr.clone()))
+            .or_else(|| self.ctx.node.configuration().added.get(&me).cloned())
+            .unwrap_or_else(|| self.ctx.peer_addr.clone())
     }
 
     /// The members of the configuration other than `new`, `ID=HOST:PORT,…` by id, where the
@@ -197,12 +220,12 @@ impl ClusterService {
             .filter(|id| *id != new)
             .collect();
         members.sort_unstable();
-        if members == self.ctx.first_members {
+        if members.iter().eq(self.ctx.first_members.iter().map(|p| &p.id)) {
             return String::new();
         }
         let me = self.ctx.node.member_id;
         let address =
-            |id: u64| if id == me { Some(self.ctx.peer_addr.clone()) } else { self.ctx.links.address(id) };
+            |id: u64| if id == me { Some(self.own_peer_addr()) } else { self.ctx.links.address(id) };
         let listed: Vec<String> =
             members.into_iter().filter_map(|id| Some(format!("{id}={}", address(id)?))).collect();
         listed.join(",")

@@ -124,8 +124,8 @@ pub struct Context {
     /// `--initial-cluster` and `--initial-cluster-token` as given: what a member added at run
     /// time is started with.
     pub initial_cluster: (String, Option<String>),
-    /// The ids `--initial-cluster` names, sorted.
-    pub first_members: Vec<u64>,
+    /// The members `--initial-cluster` names, sorted by id.
+    pub first_members: Vec<crate::config::Peer>,
     /// This member's client address as advertised (`--advertise-client-addr`, else as bound).
     pub client_addr: String,
     pub peer_addr: String,

@@ -30,11 +30,12 @@ pub enum ClusterOp {
     /// again once it has. Run it against the running members, with the member itself stopped
     /// (a member the leader heard from lately is refused as running).
     Replace {
-        /// The member's id (one of --initial-cluster's; not the leader).
+        /// The member's id (a voter's; not the leader).
         member: u64,
     },
     /// Add a new member: the leader makes it a learner at PEER_ADDR, and prints how to start
-    /// it (with the cluster's --initial-cluster, its id and --peer-addr, on an empty data dir).
+    /// it (with the cluster's --initial-cluster, its id and --peer-addr, on an empty data dir;
+    /// and --peers, the members now, once they are not the first ones).
     /// It catches up, from a snapshot once the log was compacted, and votes once it has. One
     /// member at a time: not while another learner is still catching up.
     Add {
@@ -50,7 +51,7 @@ pub enum ClusterOp {
     /// The leader hands leadership over first when it is the one removed. Removing a learner
     /// gives up its replacement.
     Remove {
-        /// The member's id (one of --initial-cluster's).
+        /// The member's id (a first member's or an added one's).
         member: u64,
     },
 }

@@ -16,7 +16,11 @@
 //! Enough is what intersects every quorum that could have committed the record: the record was
 //! acknowledged by a quorum, at most one of which is the member itself, so at least `quorum - 1`
 //! of its `n - 1` peers have it; any `n - quorum + 1` peers include one of them. Peers that are
-//! admitting too (a whole cluster's first start) answer from their own state, and count.
+//! admitting too (a whole cluster's first start) answer from their own state, and count. `n` is
+//! the size of the configuration the answers describe ([`answering_configuration`]: the first
+//! members and those added since, without those removed, as the most advanced answer applied
+//! it), not of `--initial-cluster`: a cluster grown from 3 to 5 needs 3 answers, one shrunk
+//! from 5 to 3 needs 2; and only its members' answers count.
 //!
 //! What this cannot see: a record not applied yet by the peers that hold it (proposed moments
 //! before the data was lost, or held in a peer's log past its applied index), and a loss of
@@ -33,7 +37,7 @@
 //! that do not answer within [`ASK_TIMEOUT`] are not waited for: a whole cluster being started
 //! on a new build meets none of the old one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -90,6 +94,25 @@ pub struct Admitted {
     /// The members added at run time that the peers' configurations have, and their peer
     /// addresses (`Peer.Status.added`).
     pub added: BTreeMap<u64, String>,
+}
+
+/// The members of the configuration the answering peers describe: the first members (`first`)
+/// and those added since, without those removed, over every peer's view — each view the
+/// members its applied state records added, and removed. A peer that applied a change applied
+/// every record before it, and ids are never used twice, so the union is the most advanced of
+/// the views.
+pub fn answering_configuration<'a>(
+    first: &[u64],
+    views: impl IntoIterator<Item = (&'a [u64], &'a [u64])>,
+) -> BTreeSet<u64> {
+    let mut members: BTreeSet<u64> = first.iter().copied().collect();
+    let mut removed: BTreeSet<u64> = BTreeSet::new();
+    for (added, gone) in views {
+        members.extend(added);
+        removed.extend(gone);
+    }
+    members.retain(|m| !removed.contains(m));
+    members
 }
 
 /// What the answers so far decide.
@@ -273,12 +296,9 @@ pub async fn ask_peers(
             others.push(p.clone());
         }
     }
+    let first: Vec<u64> = peers.iter().map(|p| p.id).collect();
     let mut not_added_since = None;
-    tracing::info!(
-        member = me,
-        needed = peers_needed(peers.len()),
-        "the raft log is empty: asking the peers whether this member has run before"
-    );
+    tracing::info!(member = me, "the raft log is empty: asking the peers whether this member has run before");
     let mut logged = tokio::time::Instant::now();
     loop {
         // Only one round's answers count: a peer that was behind at an earlier one may have
@@ -289,10 +309,12 @@ pub async fn ask_peers(
         let asked: Vec<_> = futures::future::join_all(asked).await;
         let mut silent = Vec::new();
         let mut added = BTreeMap::new();
+        let mut views = Vec::new();
         for (peer, answer) in asked {
             match answer {
                 Ok(s) if s.id == peer && s.cluster_id == cluster_id => {
                     added.extend(s.added.iter().map(|a| (a.id, a.peer_addr.clone())));
+                    views.push((s.added.iter().map(|a| a.id).collect::<Vec<_>>(), s.removed.clone()));
                     let lists_me = lists(&s.started_members, &s.learners, me);
                     let learner = s.learners.contains(&me);
                     let (admitting, removed) = (s.role == ADMITTING, s.removed.contains(&me));
@@ -312,9 +334,15 @@ pub async fn ask_peers(
                 others.push(Peer { id: *id, peer_addr: addr.clone() });
             }
         }
+        // Counted against the configuration the answers describe, of whose members alone
+        // an answer counts (a removed member that still runs answers from a stale state).
+        let configuration =
+            answering_configuration(&first, views.iter().map(|(a, r)| (a.as_slice(), r.as_slice())));
+        answers.retain(|peer, _| configuration.contains(peer));
+        let (members, asked) = (configuration.len(), configuration.iter().filter(|m| **m != me).count());
         let verdict = match joins {
-            true => joining_verdict(peers.len(), others.len(), &answers),
-            false => verdict(peers.len(), &answers),
+            true => joining_verdict(members, asked, &answers),
+            false => verdict(members, &answers),
         };
         // Refused as never added only once that lasted: the peers may be behind the commit.
         let verdict = match verdict {
@@ -322,7 +350,7 @@ pub async fn ask_peers(
                 if not_added_since.get_or_insert_with(tokio::time::Instant::now).elapsed()
                     < NOT_ADDED_FOR =>
             {
-                Verdict::Wait { answered: answers.len(), needed: others.len() }
+                Verdict::Wait { answered: answers.len(), needed: asked }
             }
             Verdict::NotAdded => Verdict::NotAdded,
             other => {
@@ -418,6 +446,28 @@ mod tests {
             );
         }
         assert_eq!((peers_needed(3), peers_needed(5), peers_needed(2)), (2, 3, 1));
+    }
+
+    /// Answers count against the configuration they describe: grown from 3 first members to 5,
+    /// two lagging peers that have the member a learner are not enough (they could both miss
+    /// the two that recorded its promotion); shrunk from 5 to 3, the two members left are.
+    #[test]
+    fn answers_count_against_the_configuration_the_peers_applied_not_the_first_one() {
+        let learner = Answer { lists_me: false, learner: true, admitting: false, removed: false };
+        let grown = answering_configuration(&[1, 2, 3], [(&[4u64, 5][..], &[][..]), (&[][..], &[][..])]);
+        assert_eq!(grown.into_iter().collect::<Vec<_>>(), [1, 2, 3, 4, 5], "the most advanced view");
+        let two = BTreeMap::from([(4, learner), (5, learner)]);
+        assert_eq!(verdict(5, &two), Verdict::Wait { answered: 2, needed: 3 }, "5 members need 3 answers");
+        assert_eq!(verdict(3, &two), Verdict::Admit, "what counting --initial-cluster's 3 would say");
+
+        let shrunk = answering_configuration(&[1, 2, 3, 4, 5], [(&[][..], &[1u64, 2][..])]);
+        assert_eq!(shrunk.into_iter().collect::<Vec<_>>(), [3, 4, 5], "the removed ones are no members");
+        let from_4_and_5 = BTreeMap::from([(4, learner), (5, learner)]);
+        assert_eq!(verdict(3, &from_4_and_5), Verdict::Admit, "the two left of three are enough");
+
+        let replaced_again =
+            answering_configuration(&[1, 2, 3], [(&[4u64][..], &[3u64][..]), (&[4][..], &[][..])]);
+        assert_eq!(replaced_again.into_iter().collect::<Vec<_>>(), [1, 2, 4], "added, and one removed since");
     }
 
     #[test]

@@ -545,7 +545,10 @@ pub fn read_frame(r: &mut impl Read, max: usize) -> io::Result<Vec<u8>> {
 pub enum Refusal {
     #[error("peer {from} belongs to cluster {theirs:016x}, this member to {ours:016x}")]
     Cluster { from: u64, theirs: u64, ours: u64 },
-    #[error("member {0} is not a peer of this member (--initial-cluster)")]
+    #[error(
+        "member {0} is not a peer of this member (neither --initial-cluster's, --peers', nor added \
+         to the cluster as far as this member knows)"
+    )]
     Stranger(u64),
     #[error("a raft message from peer {from} is over {max} bytes (--max-peer-message-bytes)")]
     TooLarge { from: u64, max: usize },

@@ -98,7 +98,9 @@ async fn a_member_added_after_every_first_member_is_gone_finds_the_cluster_throu
         "the addition names the members that run in --peers: {said:?} {err:?}"
     );
 
-    c.restart_with(new, &["--peers", &peers]).await;
+    // Started with the --peers the command printed.
+    let printed = said.split(" --peers ").nth(1).and_then(|rest| rest.split_whitespace().next());
+    c.restart_with(new, &["--peers", printed.unwrap_or_default()]).await;
     follower_everywhere(&c, new, &running).await;
     let (_, kvs) = c.local_kvs(new).await.unwrap();
     assert!(kvs.contains(&("before".to_string(), "v".to_string())), "it caught up: {kvs:?}");

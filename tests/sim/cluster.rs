@@ -70,6 +70,9 @@ const MAX_STEPS: u64 = 20_000;
 const MAX_STEPS_PER_CHAOS_SECOND: u64 = 2_000;
 /// How long the cluster gets to converge once faults stop.
 const SETTLE_BUDGET_US: u64 = 40_000_000;
+/// How often a member asks each peer for its `Peer.Status` (`server::learn_members`), which
+/// tells a removed member that never applied its removal — a learner sends nothing to be refused.
+const STATUS_POLL_US: u64 = 5_000_000;
 /// How long a leader-change run cuts the leader off (µs, drawn in this range).
 const LEADER_CUT_OFF_US: (u64, u64) = (200_000, 350_000);
 
@@ -262,10 +265,12 @@ pub struct Report {
     /// Members whose data dir was lost, removed, and swapped for a member added under a new id.
     pub swaps: u64,
     /// Running members removed and swapped so; of them, those that stopped on applying their
-    /// removal, and those told by a peer that no longer has them (the wire's `REMOVED`).
+    /// removal, those told by a peer that no longer has them (the wire's `REMOVED`), and those
+    /// that read it in a peer's `Peer.Status`.
     pub retirements: u64,
     pub stopped_applying_removal: u64,
     pub stopped_told_by_peer: u64,
+    pub stopped_by_status: u64,
     /// Operations on shared keys judged by the linearizability checker.
     pub shared_ops: u64,
     pub serial_reads: u64,
@@ -616,6 +621,8 @@ struct SimNode {
     inc: u64,
     tick_us: u64,
     paused_until: u64,
+    /// When it last asked its peers for their `Peer.Status`.
+    polled_at: u64,
 }
 
 /// A member on its way out (its data dir lost, or running), and the member added in its place.
@@ -643,6 +650,7 @@ impl SimNode {
             inc: 0,
             tick_us,
             paused_until: 0,
+            polled_at: 0,
         }
     }
 }
@@ -958,6 +966,7 @@ impl Sim {
         node.apply_scheduled = false;
         node.paused_until = 0;
         node.started_at = ctx.time_us;
+        node.polled_at = ctx.time_us;
         node.clock_origin_ms = clock_origin_ms;
         let inc = node.inc;
         self.at(tick_offset, Ev::Tick { node: id, inc });
@@ -1152,6 +1161,9 @@ impl Sim {
                 self.touched.insert(node);
                 let jitter = self.rng.gen_range(0..=200);
                 self.at(interval - 100 + jitter, Ev::Tick { node, inc });
+                if self.gone.contains(&node) {
+                    self.poll_status(node);
+                }
             }
             Ev::Deliver { d, from_inc } => self.deliver(*d, from_inc),
             Ev::Notice { node, inc, what } => {
@@ -1627,8 +1639,7 @@ impl Sim {
                     }
                     continue;
                 }
-                // A member removed is down for good (its data dir was lost) before its removal is
-                // asked: no running member learns that it was removed.
+                // A removed member that runs stops on the error its next turn returns.
                 Action::Membership(_) => continue,
                 Action::Apply { entries } => {
                     let d = self.rng.gen_range(100..1_500);
@@ -2232,7 +2243,7 @@ impl Sim {
     /// replaced through the leader before it may start again (`core::membership`).
     fn lose_data_dir(&mut self) {
         let Some(leader) = self.leader() else { return };
-        let followers: Vec<u64> = self.up_nodes().into_iter().filter(|id| *id != leader).collect();
+        let followers: Vec<u64> = self.up_members().into_iter().filter(|id| *id != leader).collect();
         let id = followers[self.rng.gen_range(0..followers.len())];
         self.crash(id, "its data dir lost");
         let node = self.node(id);
@@ -2252,11 +2263,29 @@ impl Sim {
         self.at(d, Ev::Replace { node: id });
     }
 
+    /// A removed member that still runs asks its peers for their `Peer.Status` every
+    /// [`STATUS_POLL_US`], as `server::learn_members` does; one that lists it removed stops it.
+    fn poll_status(&mut self, id: u64) {
+        let i = (id - 1) as usize;
+        if self.now < self.nodes[i].polled_at + STATUS_POLL_US {
+            return;
+        }
+        self.nodes[i].polled_at = self.now;
+        let told = (self.nodes.iter().filter(|n| n.id != id && !self.gone.contains(&n.id)))
+            .filter(|n| self.net.connected(id, n.id) && self.net.connected(n.id, id))
+            .find(|n| n.core.as_ref().is_some_and(|c| c.configuration().removed.contains(&id)))
+            .map(|n| n.id);
+        if let Some(peer) = told {
+            self.report.stopped_by_status += 1;
+            self.crash(id, &format!("stopped: node {peer}'s status lists it removed"));
+        }
+    }
+
     /// A running follower is swapped for a new member: removed while it runs (it stops once it
     /// applies its removal or a peer refuses it), and a member under a new id added.
     fn retire_follower(&mut self) {
         let Some(leader) = self.leader() else { return };
-        let followers: Vec<u64> = self.up_nodes().into_iter().filter(|id| *id != leader).collect();
+        let followers: Vec<u64> = self.up_members().into_iter().filter(|id| *id != leader).collect();
         let id = followers[self.swap_rng.gen_range(0..followers.len())];
         self.report.retirements += 1;
         self.log(|| format!("node {id} to be swapped for a new member while it runs"));
@@ -2334,8 +2363,8 @@ impl Sim {
         if self.swap.is_none_or(|s| s.new != member) {
             return;
         }
-        let answers = self.admission_answers(member);
-        match admission::joining_verdict(self.params.nodes as usize, answers.len(), &answers) {
+        let (answers, members, others) = self.admission_answers(member);
+        match admission::joining_verdict(members, others, &answers) {
             admission::Verdict::Admit => {
                 self.swap = None;
                 self.joined.insert(member);
@@ -2389,8 +2418,8 @@ impl Sim {
         if self.replacing != Some(member) || self.is_up(member) {
             return;
         }
-        let answers = self.admission_answers(member);
-        match admission::verdict(self.params.nodes as usize, &answers) {
+        let (answers, members, _) = self.admission_answers(member);
+        match admission::verdict(members, &answers) {
             admission::Verdict::Admit => {
                 self.replacing = None;
                 self.start_node(member);
@@ -2404,10 +2433,17 @@ impl Sim {
 
     /// What the peers that are up answer `member` starting on an empty data dir, read from their
     /// applied states as `server::admission`'s peers read theirs.
-    fn admission_answers(&self, member: u64) -> BTreeMap<u64, admission::Answer> {
+    ///
+    /// Returns them, of the members of the configuration they describe only, with its size
+    /// (`admission::answering_configuration`) and its members other than `member`.
+    fn admission_answers(&self, member: u64) -> (BTreeMap<u64, admission::Answer>, usize, usize) {
         let mut answers = BTreeMap::new();
+        let mut views = Vec::new();
         for peer in self.up_nodes().into_iter().filter(|p| *p != member) {
             let Some(core) = self.nodes[(peer - 1) as usize].core.as_ref() else { continue };
+            let c = core.configuration();
+            let added: Vec<u64> = c.added.keys().copied().filter(|id| c.has(*id)).collect();
+            views.push((added, c.removed));
             let ctx = self.ctx();
             let txn = core
                 .state_db()
@@ -2428,7 +2464,14 @@ impl Sim {
                 },
             );
         }
-        answers
+        let first: Vec<u64> = (1..=self.params.nodes).collect();
+        let configuration = admission::answering_configuration(
+            &first,
+            views.iter().map(|(a, r)| (a.as_slice(), r.as_slice())),
+        );
+        answers.retain(|peer, _| configuration.contains(peer));
+        let others = configuration.iter().filter(|m| **m != member).count();
+        (answers, configuration.len(), others)
     }
 
     /// The members clients call and faults hit: every member but those removed and down (one
@@ -2443,10 +2486,17 @@ impl Sim {
         members[self.rng.gen_range(0..members.len())]
     }
 
+    /// The members that run, but those removed.
+    fn up_members(&self) -> Vec<u64> {
+        self.up_nodes().into_iter().filter(|id| !self.gone.contains(id)).collect()
+    }
+
     fn up_nodes(&self) -> Vec<u64> {
         self.nodes.iter().filter(|n| n.core.is_some()).map(|n| n.id).collect()
     }
 
+    /// The member that leads in the highest term (a member being removed may: asked to remove
+    /// itself, it hands leadership over).
     fn leader(&self) -> Option<u64> {
         self.nodes
             .iter()
@@ -2464,6 +2514,7 @@ impl Sim {
         let up = self.up_nodes();
         let n = self.params.nodes;
         let members = self.members();
+        let all_up = self.up_members().len() as u64 == n;
         let roll: f64 = self.rng.gen();
         if roll < 0.25 && up.len() > 1 {
             let id = up[self.rng.gen_range(0..up.len())];
@@ -2526,19 +2577,9 @@ impl Sim {
                 node.state_disk.fail_next_sync();
             }
             self.log(|| format!("node {id}: next fsync of its {} fails", if log { "log" } else { "state" }));
-        } else if roll < 0.67
-            && n >= 3
-            && self.replacing.is_none()
-            && self.swap.is_none()
-            && up.len() as u64 == n
-        {
+        } else if roll < 0.67 && n >= 3 && self.replacing.is_none() && self.swap.is_none() && all_up {
             self.lose_data_dir();
-        } else if roll < 0.69
-            && n >= 3
-            && self.replacing.is_none()
-            && self.swap.is_none()
-            && up.len() as u64 == n
-        {
+        } else if roll < 0.69 && n >= 3 && self.replacing.is_none() && self.swap.is_none() && all_up {
             self.retire_follower();
         }
         let d = self.chaos_delay();
@@ -2591,7 +2632,9 @@ impl Sim {
         if self.clients.iter().any(|c| c.op.is_some()) {
             return false;
         }
-        if self.swap.is_some() {
+        // A swap is done, and every removed member stopped (a removed member that ran on
+        // would still campaign and serve its clients).
+        if self.swap.is_some() || self.nodes.iter().any(|n| self.gone.contains(&n.id) && n.core.is_some()) {
             return false;
         }
         let mut statuses = Vec::new();

@@ -951,8 +951,9 @@ pub fn check_final(
 
 /// Every member has run, so every member's state records members 1..=`n` (`fsm::members`): a
 /// member whose record were missing could rejoin on an empty data dir unrefused. A member in
-/// `removed` may have lost its data dir before its start was recorded (admission refuses it
-/// as removed either way): whether its start is recorded is not judged.
+/// `removed` may have been removed, or lost its data dir, before its start was recorded (the
+/// leader drops a removed member's proposal; admission refuses it as removed either way):
+/// whether its start is recorded is not judged.
 pub fn check_members_recorded(ctx: Ctx, up: &[(u64, &Core)], n: u64, removed: &BTreeSet<u64>) {
     let all: Vec<u64> = (1..=n).filter(|id| !removed.contains(id)).collect();
     for &(id, core) in up {

@@ -100,7 +100,7 @@ fn run_seeds(nodes: u64) {
     let (mut acked, mut crashes, mut snapshots, mut steps, mut spent, mut full) = (0, 0, 0, 0, 0, 0);
     let (mut byte_compacted, mut watched_typed, mut check_points, mut replacements, mut swaps) =
         (0, 0, 0, 0, 0);
-    let (mut retirements, mut stopped_applying, mut stopped_told) = (0, 0, 0);
+    let (mut retirements, mut stopped_applying, mut stopped_told, mut stopped_polled) = (0, 0, 0, 0);
     let mut locks = LockActivity::default();
     for &seed in &seeds {
         let t = Instant::now();
@@ -122,6 +122,7 @@ fn run_seeds(nodes: u64) {
         retirements += r.retirements;
         stopped_applying += r.stopped_applying_removal;
         stopped_told += r.stopped_told_by_peer;
+        stopped_polled += r.stopped_by_status;
         locks.add(&r);
     }
     eprintln!(
@@ -130,7 +131,8 @@ fn run_seeds(nodes: u64) {
          at a full queue, {byte_compacted} runs compacted by the byte bound, {watched_typed} changes of sessions, \
          locks, elections and registry instances watched, {replacements} members replaced after losing their data, \
          {swaps} removed and swapped for a member added under a new id, {retirements} running members swapped so \
-         ({stopped_applying} stopped on applying their removal, {stopped_told} on a peer's refusal))",
+         ({stopped_applying} stopped on applying their removal, {stopped_told} on a peer's refusal, {stopped_polled} \
+         on a peer's status))",
         seeds.len(),
         started.elapsed().as_secs_f64()
     );
@@ -164,6 +166,11 @@ fn run_seeds(nodes: u64) {
         single || seeds.len() < 20 || nodes < 3 || retirements > 0,
         "over {} seeds, some running member should have been removed and swapped for a new member (the \
          removal of a running member is not idle)",
+        seeds.len()
+    );
+    assert!(
+        single || seeds.len() < 20 || nodes < 3 || stopped_applying + stopped_told + stopped_polled > 0,
+        "over {} seeds, some removed running member should have stopped by itself (the stop paths are not idle)",
         seeds.len()
     );
     assert!(
