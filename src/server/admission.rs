@@ -18,9 +18,10 @@
 //! of its `n - 1` peers have it; any `n - quorum + 1` peers include one of them. Peers that are
 //! admitting too (a whole cluster's first start) answer from their own state, and count. `n` is
 //! the size of the configuration the answers describe ([`answering_configuration`]: the first
-//! members and those added since, without those removed, as the most advanced answer applied
-//! it), not of `--initial-cluster`: a cluster grown from 3 to 5 needs 3 answers, one shrunk
-//! from 5 to 3 needs 2; and only its members' answers count.
+//! members, `--peers`' and those any answer so far named added, without those any answer named
+//! removed), not of `--initial-cluster`: a cluster grown from 3 to 5 needs 3 answers, one
+//! shrunk from 5 to 3 needs 2; a peer behind on the changes, or silent, does not make it
+//! smaller; and only its members' answers count.
 //!
 //! What this cannot see: a record not applied yet by the peers that hold it (proposed moments
 //! before the data was lost, or held in a peer's log past its applied index), and a loss of
@@ -296,7 +297,13 @@ pub async fn ask_peers(
             others.push(p.clone());
         }
     }
-    let first: Vec<u64> = peers.iter().map(|p| p.id).collect();
+    // The members known to have been: the first ones, and `--peers` (members of the cluster
+    // now, as far as the operator knows) — members until an answer says they were removed.
+    let first: Vec<u64> = peers.iter().chain(current).map(|p| p.id).collect();
+    // The members any round's answers named added, and removed: what a peer applied stays
+    // applied, so a member that does not answer this round (or answers from behind) does not
+    // shrink the configuration. Bounded by the members the cluster ever had.
+    let (mut seen_added, mut seen_removed) = (Vec::new(), Vec::new());
     let mut not_added_since = None;
     tracing::info!(member = me, "the raft log is empty: asking the peers whether this member has run before");
     let mut logged = tokio::time::Instant::now();
@@ -309,12 +316,16 @@ pub async fn ask_peers(
         let asked: Vec<_> = futures::future::join_all(asked).await;
         let mut silent = Vec::new();
         let mut added = BTreeMap::new();
-        let mut views = Vec::new();
         for (peer, answer) in asked {
             match answer {
                 Ok(s) if s.id == peer && s.cluster_id == cluster_id => {
                     added.extend(s.added.iter().map(|a| (a.id, a.peer_addr.clone())));
-                    views.push((s.added.iter().map(|a| a.id).collect::<Vec<_>>(), s.removed.clone()));
+                    for id in s.added.iter().map(|a| a.id).chain(s.removed.iter().copied()) {
+                        let seen = if s.removed.contains(&id) { &mut seen_removed } else { &mut seen_added };
+                        if !seen.contains(&id) {
+                            seen.push(id);
+                        }
+                    }
                     let lists_me = lists(&s.started_members, &s.learners, me);
                     let learner = s.learners.contains(&me);
                     let (admitting, removed) = (s.role == ADMITTING, s.removed.contains(&me));
@@ -337,7 +348,7 @@ pub async fn ask_peers(
         // Counted against the configuration the answers describe, of whose members alone
         // an answer counts (a removed member that still runs answers from a stale state).
         let configuration =
-            answering_configuration(&first, views.iter().map(|(a, r)| (a.as_slice(), r.as_slice())));
+            answering_configuration(&first, [(seen_added.as_slice(), seen_removed.as_slice())]);
         answers.retain(|peer, _| configuration.contains(peer));
         let (members, asked) = (configuration.len(), configuration.iter().filter(|m| **m != me).count());
         let verdict = match joins {
