@@ -47,9 +47,7 @@ impl Cluster for ClusterService {
         // The members of the configuration this member applied (a removed one is no longer
         // listed), each where this member's transport knows it listens.
         let configuration = self.ctx.node.configuration();
-        let mut ids: Vec<u64> = configuration.voters.iter().chain(&configuration.learners).copied().collect();
-        ids.sort_unstable();
-        let listed = ids.into_iter().map(|id| crate::config::Peer {
+        let listed = configuration.members().into_iter().map(|id| crate::config::Peer {
             id,
             peer_addr: match id == me.id {
                 true => self.ctx.peer_addr.clone(),
@@ -212,14 +210,7 @@ impl ClusterService {
     /// addresses the new member knows already.
     fn current_peers(&self, new: u64) -> String {
         let configuration = self.ctx.node.configuration();
-        let mut members: Vec<u64> = configuration
-            .voters
-            .iter()
-            .chain(&configuration.learners)
-            .copied()
-            .filter(|id| *id != new)
-            .collect();
-        members.sort_unstable();
+        let members: Vec<u64> = configuration.members().into_iter().filter(|id| *id != new).collect();
         if members.iter().eq(self.ctx.first_members.iter().map(|p| &p.id)) {
             return String::new();
         }
@@ -237,9 +228,9 @@ impl ClusterService {
     async fn all_add_members(&self) -> Result<(), Status> {
         let configuration = self.ctx.node.configuration();
         let me = self.ctx.node.member_id;
-        let asks = (configuration.voters.iter().chain(&configuration.learners))
-            .filter(|id| **id != me)
-            .filter_map(|id| Some((*id, self.ctx.links.address(*id)?)))
+        let asks = (configuration.members().into_iter())
+            .filter(|id| *id != me)
+            .filter_map(|id| Some((id, self.ctx.links.address(id)?)))
             .map(|(id, addr)| async move { (id, member_status(&addr, MEMBER_PROBE).await) });
         for (id, status) in futures::future::join_all(asks).await {
             if let Some(s) = status.ok().filter(|s| s.id == id && !s.adds_members) {

@@ -387,6 +387,13 @@ impl Configuration {
     pub fn has(&self, member: u64) -> bool {
         self.voters.contains(&member) || self.learners.contains(&member)
     }
+
+    /// Every member that votes or learns, in increasing order of id.
+    pub fn members(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.voters.iter().chain(&self.learners).copied().collect();
+        ids.sort_unstable();
+        ids
+    }
 }
 
 /// The change that makes learner `member` a voter again.
