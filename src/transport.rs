@@ -360,6 +360,9 @@ impl PeerRpc for PeerService {
             learners,
             removed: configuration.removed,
             added,
+            added_in_log: (configuration.logged.iter())
+                .map(|(id, addr)| AddedMember { id: *id, peer_addr: addr.clone() })
+                .collect(),
             adds_members: true,
             command_version: crate::fsm::COMMAND_VERSION,
             state_hashes: (self.shared.state_hashes.points().into_iter())

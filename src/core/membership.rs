@@ -371,6 +371,9 @@ pub struct Configuration {
     pub learners: Vec<u64>,
     pub removed: Vec<u64>,
     pub added: BTreeMap<u64, String>,
+    /// The members whose addition this member's log holds past its applied index (appended,
+    /// perhaps not committed yet), with their peer addresses.
+    pub logged: BTreeMap<u64, String>,
 }
 
 impl Configuration {
@@ -380,12 +383,22 @@ impl Configuration {
             learners: sorted(&conf.learners),
             removed: known.all_removed(conf),
             added: known.added.clone(),
+            logged: BTreeMap::new(),
         }
     }
 
     /// Whether `member` votes or learns.
     pub fn has(&self, member: u64) -> bool {
         self.voters.contains(&member) || self.learners.contains(&member)
+    }
+
+    /// The members added at run time that this configuration has, and those whose addition
+    /// the log holds past the applied index, with their peer addresses: what a member that lost
+    /// its data counts as members beside the first ones (`server::admission`).
+    pub fn named_added(&self) -> BTreeMap<u64, String> {
+        let applied = self.added.iter().filter(|(id, _)| self.has(**id));
+        let named = self.logged.iter().chain(applied);
+        named.map(|(id, addr)| (*id, addr.clone())).collect()
     }
 
     /// Every member that votes or learns, in increasing order of id.

@@ -558,6 +558,11 @@ pub struct Core {
     /// (`--initial-cluster`) and the added ones. One in neither raft's voters nor its learners
     /// was removed.
     known: membership::Known,
+    /// The additions (`membership::addition`) this member's log holds past its applied index,
+    /// by index: appended, perhaps not committed yet. A member that lost its data and asks its
+    /// peers counts them as members (`server::admission`): a peer may hold an addition that a
+    /// quorum committed before it applied it.
+    logged_additions: BTreeMap<u64, (u64, String)>,
 }
 
 /// A change of membership this member proposed as leader, for a waiter.
@@ -658,6 +663,7 @@ impl Core {
         };
         cfg.validate()?;
         let raw = RawNode::new(&cfg, store, logger)?;
+        let logged_additions = logged_additions(&raw, applied.index)?;
         let applier = Applier::new(state_db.clone(), state_syncs, snapshots.clone(), config.bounds)?;
         let mut leases = Leases::default();
         leases.reload(stored_leases(&state_db)?, 0);
@@ -694,6 +700,7 @@ impl Core {
             withhold_votes: false,
             removed_at: None,
             known,
+            logged_additions,
             snapshots_delivered: BTreeMap::new(),
             actions: Vec::new(),
             election_rng: None,
@@ -1330,7 +1337,9 @@ impl Core {
             if self.known.removed(conf, self.id()) {
                 self.removed_at = Some(meta.index);
             }
-            self.actions.push(Action::Membership(membership::Configuration::of(conf, &self.known)));
+            self.logged_additions = self.logged_additions.split_off(&(meta.index + 1));
+            let configuration = self.configuration_of(conf);
+            self.actions.push(Action::Membership(configuration));
             let replies = self.leases.reload(stored_leases(&self.state_db)?, self.clock_ms);
             self.kept_alive(replies);
             self.lock_delays.reload(stored_lock_delays(&self.state_db)?, self.clock_ms);
@@ -1345,6 +1354,7 @@ impl Core {
                 self.append_times.push_back((first, last, self.clock_ms));
             }
             self.raw.mut_store().append(ready.entries())?;
+            self.log_additions(ready.entries());
         }
         if let Some(hs) = ready.hs() {
             self.raw.mut_store().set_hard_state(hs)?;
@@ -1504,7 +1514,8 @@ impl Core {
             }
             self.removed_at = Some(index);
         }
-        self.actions.push(Action::Membership(membership::Configuration::of(&conf, &self.known)));
+        self.logged_additions = self.logged_additions.split_off(&(index + 1));
+        self.actions.push(Action::Membership(self.configuration_of(&conf)));
         self.hand_over_if_demoted();
         Ok(conf)
     }
@@ -1637,7 +1648,36 @@ impl Core {
 
     /// The configuration as this member applied it, with the members removed and added.
     pub fn configuration(&self) -> membership::Configuration {
-        membership::Configuration::of(&self.conf_state(), &self.known)
+        self.configuration_of(&self.conf_state())
+    }
+
+    /// Configuration `conf` (one this member reached), with the members removed and added, and
+    /// the additions its log holds past the applied index.
+    fn configuration_of(&self, conf: &ConfState) -> membership::Configuration {
+        membership::Configuration {
+            logged: self.logged_additions.values().cloned().collect(),
+            ..membership::Configuration::of(conf, &self.known)
+        }
+    }
+
+    /// Keeps track of the additions among `entries`, just appended (replacing the log from the
+    /// first of them on), and publishes the configuration when they changed.
+    fn log_additions(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first().map(|e| e.index) else { return };
+        let replaced = self.logged_additions.split_off(&first);
+        let appended: BTreeMap<u64, (u64, String)> = entries
+            .iter()
+            .filter(|e| e.get_entry_type() == EntryType::EntryConfChangeV2)
+            .filter_map(|e| {
+                membership::change_of(e).ok().and_then(|cc| membership::added_by(&cc)).map(|a| (e.index, a))
+            })
+            .collect();
+        if replaced.is_empty() && appended.is_empty() {
+            return;
+        }
+        self.logged_additions.extend(appended);
+        let configuration = self.configuration();
+        self.actions.push(Action::Membership(configuration));
     }
 
     fn propose_replacement(&mut self, member: u64) -> Result<u64, RequestError> {
@@ -1971,6 +2011,31 @@ impl Core {
 }
 
 /// Every lock-delay in force, as stored.
+/// The additions (`membership::addition`) in `raw`'s log past `applied`, by index: read at start,
+/// kept up to date as entries are appended and applied.
+fn logged_additions(
+    raw: &RawNode<LogStore>,
+    applied: u64,
+) -> Result<BTreeMap<u64, (u64, String)>, CoreError> {
+    // Read a few megabytes at a time: the log past the applied index is short after a
+    // restart's reconcile, but need not be.
+    const CHUNK_BYTES: u64 = 4 << 20;
+    let log = &raw.raft.raft_log;
+    let (mut next, last) = (applied + 1, log.last_index());
+    let mut additions = BTreeMap::new();
+    while next <= last {
+        let entries = log.entries(next, CHUNK_BYTES, raft::GetEntriesContext::empty(false))?;
+        let Some(end) = entries.last().map(|e| e.index) else { break };
+        for e in entries.iter().filter(|e| e.get_entry_type() == EntryType::EntryConfChangeV2) {
+            if let Some(added) = membership::change_of(e).ok().and_then(|cc| membership::added_by(&cc)) {
+                additions.insert(e.index, added);
+            }
+        }
+        next = end + 1;
+    }
+    Ok(additions)
+}
+
 fn stored_lock_delays(db: &Database) -> Result<Vec<(Vec<u8>, i64, u64)>, CoreError> {
     Ok(fsm::locks::delays(&db.begin_read().map_err(redb_err)?)?)
 }

@@ -17,11 +17,14 @@
 //! acknowledged by a quorum, at most one of which is the member itself, so at least `quorum - 1`
 //! of its `n - 1` peers have it; any `n - quorum + 1` peers include one of them. Peers that are
 //! admitting too (a whole cluster's first start) answer from their own state, and count. `n` is
-//! the size of the configuration the answers describe ([`answering_configuration`]: the first
-//! members, `--peers`' and those any answer so far named added, without those any answer named
-//! removed), not of `--initial-cluster`: a cluster grown from 3 to 5 needs 3 answers, one
-//! shrunk from 5 to 3 needs 2; a peer behind on the changes, or silent, does not make it
-//! smaller; and only its members' answers count.
+//! the size of the configuration the answers describe ([`Tally`]: the first members, `--peers`'
+//! and those any answer so far named added, without those any answer named removed), not of
+//! `--initial-cluster`: a cluster grown from 3 to 5 needs 3 answers, one shrunk from 5 to 3
+//! needs 2; and only its members' answers count. A peer names the additions its log holds
+//! past its applied index as well as those it applied: an addition is committed by a quorum
+//! of the configuration before it, so any `peers_needed` of that configuration's other members
+//! include one that holds it, and the count grows to it before it could admit. A member named
+//! once stays counted when a later round's answers miss it.
 //!
 //! What this cannot see: a record not applied yet by the peers that hold it (proposed moments
 //! before the data was lost, or held in a peer's log past its applied index), and a loss of
@@ -67,7 +70,7 @@ pub fn peers_needed(members: usize) -> usize {
 }
 
 /// A peer's answer: whether its applied state records the asking member's start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Answer {
     pub lists_me: bool,
     /// The peer's applied state has the asking member a learner: it was replaced
@@ -114,6 +117,87 @@ pub fn answering_configuration<'a>(
     }
     members.retain(|m| !removed.contains(m));
     members
+}
+
+/// One peer's reply to a member asking whether it ran before: its answer, and what its
+/// configuration names added (applied, or held in its log past its applied index —
+/// `Peer.Status.added_in_log`) and removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reply {
+    pub answer: Answer,
+    pub added: Vec<u64>,
+    pub removed: Vec<u64>,
+}
+
+/// The replies of every round so far, counted: each round's answers are counted against the
+/// configuration all rounds' replies describe ([`answering_configuration`]), of whose members
+/// alone an answer counts. What a peer applied stays applied, and an addition a peer's log holds
+/// may have been committed, so a peer that answers from behind, or not at all, in a later
+/// round does not make the configuration smaller. Only one round's answers count: a peer behind
+/// at an earlier one may have applied the member's record since. Bounded by the members the
+/// cluster ever had.
+#[derive(Debug, Clone)]
+pub struct Tally {
+    me: u64,
+    /// A member added at run time, not one of the first members: [`joining_verdict`].
+    joins: bool,
+    /// The first members (`--initial-cluster`'s) and `--peers`': members until a reply names
+    /// them removed.
+    first: BTreeSet<u64>,
+    added: BTreeSet<u64>,
+    /// By member, the first peer whose reply named it removed.
+    removed: BTreeMap<u64, u64>,
+}
+
+/// One round's replies, counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counted {
+    pub verdict: Verdict,
+    /// The configuration the replies so far describe.
+    pub configuration: BTreeSet<u64>,
+    /// The answers that count: those of its members.
+    pub answers: BTreeMap<u64, Answer>,
+}
+
+impl Tally {
+    /// Counts for member `me`, whose cluster's first members and `--peers` are `first`; `joins`
+    /// when it is not one of the first members.
+    pub fn new(me: u64, first: impl IntoIterator<Item = u64>, joins: bool) -> Tally {
+        Tally {
+            me,
+            joins,
+            first: first.into_iter().collect(),
+            added: BTreeSet::new(),
+            removed: BTreeMap::new(),
+        }
+    }
+
+    /// Counts one round's replies, by peer.
+    pub fn count(&mut self, replies: &BTreeMap<u64, Reply>) -> Counted {
+        for (peer, reply) in replies {
+            self.added.extend(&reply.added);
+            for id in &reply.removed {
+                self.removed.entry(*id).or_insert(*peer);
+            }
+        }
+        let first: Vec<u64> = self.first.iter().copied().collect();
+        let (added, removed): (Vec<u64>, Vec<u64>) =
+            (self.added.iter().copied().collect(), self.removed.keys().copied().collect());
+        let configuration = answering_configuration(&first, [(added.as_slice(), removed.as_slice())]);
+        let answers: BTreeMap<u64, Answer> = (replies.iter())
+            .filter(|(peer, _)| configuration.contains(peer))
+            .map(|(peer, reply)| (*peer, reply.answer))
+            .collect();
+        let members = configuration.len();
+        let asked = configuration.iter().filter(|m| **m != self.me).count();
+        // Removed is for good: an earlier round's reply that said so still does.
+        let verdict = match self.removed.get(&self.me) {
+            Some(peer) => Verdict::Removed { peer: *peer },
+            None if self.joins => joining_verdict(members, asked, &answers),
+            None => verdict(members, &answers),
+        };
+        Counted { verdict, configuration, answers }
+    }
 }
 
 /// What the answers so far decide.
@@ -290,47 +374,37 @@ pub async fn ask_peers(
     (peers, current): (&[Peer], &[Peer]),
     data_dir: &Path,
 ) -> Result<Admitted, NotAdmitted> {
-    let mut others: Vec<Peer> = peers.iter().filter(|p| p.id != me).cloned().collect();
-    let joins = others.len() == peers.len();
-    for p in current {
-        if p.id != me && !others.iter().any(|o| o.id == p.id) {
-            others.push(p.clone());
-        }
+    let joins = !peers.iter().any(|p| p.id == me);
+    // Whom to ask, and where: the first members and `--peers`, then the members the answers
+    // name added (an address a peer applied replaces one only its log holds, which a later
+    // leader may have proposed again at another address).
+    let mut others: BTreeMap<u64, String> = BTreeMap::new();
+    for p in peers.iter().chain(current).filter(|p| p.id != me) {
+        others.entry(p.id).or_insert_with(|| p.peer_addr.clone());
     }
-    // The members known to have been: the first ones, and `--peers` (members of the cluster
-    // now, as far as the operator knows) — members until an answer says they were removed.
-    let first: Vec<u64> = peers.iter().chain(current).map(|p| p.id).collect();
-    // The members any round's answers named added, and removed: what a peer applied stays
-    // applied, so a member that does not answer this round (or answers from behind) does not
-    // shrink the configuration. Bounded by the members the cluster ever had.
-    let (mut seen_added, mut seen_removed) = (Vec::new(), Vec::new());
+    let mut tally = Tally::new(me, peers.iter().chain(current).map(|p| p.id), joins);
     let mut not_added_since = None;
     tracing::info!(member = me, "the raft log is empty: asking the peers whether this member has run before");
     let mut logged = tokio::time::Instant::now();
     loop {
-        // Only one round's answers count: a peer that was behind at an earlier one may have
-        // applied the member's record since.
-        let mut answers = BTreeMap::new();
         let asked =
-            others.iter().map(|p| async move { (p.id, member_status(&p.peer_addr, ASK_TIMEOUT).await) });
+            (others.iter()).map(|(id, addr)| async move { (*id, member_status(addr, ASK_TIMEOUT).await) });
         let asked: Vec<_> = futures::future::join_all(asked).await;
         let mut silent = Vec::new();
-        let mut added = BTreeMap::new();
+        let (mut replies, mut added, mut logged_added) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
         for (peer, answer) in asked {
             match answer {
                 Ok(s) if s.id == peer && s.cluster_id == cluster_id => {
                     added.extend(s.added.iter().map(|a| (a.id, a.peer_addr.clone())));
-                    for id in s.added.iter().map(|a| a.id).chain(s.removed.iter().copied()) {
-                        let seen = if s.removed.contains(&id) { &mut seen_removed } else { &mut seen_added };
-                        if !seen.contains(&id) {
-                            seen.push(id);
-                        }
-                    }
-                    let lists_me = lists(&s.started_members, &s.learners, me);
-                    let learner = s.learners.contains(&me);
-                    let (admitting, removed) = (s.role == ADMITTING, s.removed.contains(&me));
-                    let answer = Answer { lists_me, learner, admitting, removed };
-                    answers.insert(peer, answer);
+                    logged_added.extend(s.added_in_log.iter().map(|a| (a.id, a.peer_addr.clone())));
+                    let answer = Answer {
+                        lists_me: lists(&s.started_members, &s.learners, me),
+                        learner: s.learners.contains(&me),
+                        admitting: s.role == ADMITTING,
+                        removed: s.removed.contains(&me),
+                    };
+                    let named = s.added.iter().chain(&s.added_in_log).map(|a| a.id).collect();
+                    replies.insert(peer, Reply { answer, added: named, removed: s.removed.clone() });
                 }
                 Ok(s) => silent.push(format!(
                     "member {peer}: answered as member {} of cluster {:016x}, not of {cluster_id:016x}",
@@ -340,21 +414,14 @@ pub async fn ask_peers(
             }
         }
         // The members added since are asked too, from the next round on (one of them may lead).
-        for (id, addr) in &added {
-            if *id != me && !others.iter().any(|p| p.id == *id) {
-                others.push(Peer { id: *id, peer_addr: addr.clone() });
-            }
+        for (id, addr) in logged_added.iter().filter(|(id, _)| **id != me) {
+            others.entry(*id).or_insert_with(|| addr.clone());
         }
-        // Counted against the configuration the answers describe, of whose members alone
-        // an answer counts (a removed member that still runs answers from a stale state).
-        let configuration =
-            answering_configuration(&first, [(seen_added.as_slice(), seen_removed.as_slice())]);
-        answers.retain(|peer, _| configuration.contains(peer));
-        let (members, asked) = (configuration.len(), configuration.iter().filter(|m| **m != me).count());
-        let verdict = match joins {
-            true => joining_verdict(members, asked, &answers),
-            false => verdict(members, &answers),
-        };
+        for (id, addr) in added.iter().filter(|(id, _)| **id != me) {
+            others.insert(*id, addr.clone());
+        }
+        let Counted { verdict, configuration, answers } = tally.count(&replies);
+        let asked = configuration.iter().filter(|m| **m != me).count();
         // Refused as never added only once that lasted: the peers may be behind the commit.
         let verdict = match verdict {
             Verdict::NotAdded
@@ -394,7 +461,7 @@ pub async fn ask_peers(
                 );
             }
             Verdict::NotAdded => {
-                return Err(NotAdded { member: me, asked: others.iter().map(|p| p.id).collect() }.into());
+                return Err(NotAdded { member: me, asked: others.keys().copied().collect() }.into());
             }
             Verdict::Disagree { lists, learner } => {
                 if logged.elapsed() >= LOG_EVERY {
@@ -479,6 +546,70 @@ mod tests {
         let replaced_again =
             answering_configuration(&[1, 2, 3], [(&[4u64][..], &[3u64][..]), (&[4][..], &[][..])]);
         assert_eq!(replaced_again.into_iter().collect::<Vec<_>>(), [1, 2, 4], "added, and one removed since");
+    }
+
+    fn reply(added: &[u64], removed: &[u64]) -> Reply {
+        Reply { answer: Answer::default(), added: added.to_vec(), removed: removed.to_vec() }
+    }
+
+    /// Grown from 3 first members to 5, member 1 restarts empty knowing only the first three.
+    /// Member 2 holds the additions of 4 and 5 in its log, not applied; member 3 has neither.
+    /// Counting their answers against the three would admit member 1 on two answers, where its
+    /// start record may be held by 4 and 5 alone. The additions count from the round that names
+    /// them on, also once no reply names them again.
+    #[test]
+    fn the_configuration_grows_by_what_any_round_named_and_never_shrinks_by_a_silent_or_lagging_peer() {
+        let mut tally = Tally::new(1, [1, 2, 3], false);
+        let first = tally.count(&BTreeMap::from([(2, reply(&[4, 5], &[])), (3, reply(&[], &[]))]));
+        assert_eq!(first.configuration.iter().copied().collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        assert_eq!(first.verdict, Verdict::Wait { answered: 2, needed: 3 }, "5 members need 3 answers");
+
+        let lagging = tally.count(&BTreeMap::from([(3, reply(&[], &[]))]));
+        assert_eq!(lagging.verdict, Verdict::Wait { answered: 1, needed: 3 }, "2 silent, 3 behind");
+        assert_eq!(lagging.configuration.len(), 5, "what an earlier round named stays");
+
+        let all = tally.count(&BTreeMap::from([
+            (3, reply(&[], &[])),
+            (4, reply(&[4, 5], &[])),
+            (5, reply(&[4, 5], &[])),
+        ]));
+        assert_eq!(all.verdict, Verdict::Admit, "three of the five's other members answered without it");
+    }
+
+    /// A reply of a member that is not in the configuration the replies describe does not count
+    /// (a removed member that still runs answers from a stale state); a reply that named the
+    /// asking member removed refuses it in every later round, whatever the later replies say.
+    #[test]
+    fn only_members_answers_count_and_a_removal_once_named_stays() {
+        let mut tally = Tally::new(3, [1, 2, 3], false);
+        let counted = tally.count(&BTreeMap::from([(1, reply(&[4], &[2])), (2, reply(&[], &[]))]));
+        assert_eq!(
+            counted.configuration.iter().copied().collect::<Vec<_>>(),
+            [1, 3, 4],
+            "2 removed, 4 added"
+        );
+        assert_eq!(counted.answers.keys().copied().collect::<Vec<_>>(), [1], "removed member 2's answer");
+        assert_eq!(counted.verdict, Verdict::Wait { answered: 1, needed: 2 });
+
+        let mut tally = Tally::new(3, [1, 2, 3], false);
+        let removed = tally.count(&BTreeMap::from([(1, reply(&[], &[3]))]));
+        assert_eq!(removed.verdict, Verdict::Removed { peer: 1 });
+        let later = tally.count(&BTreeMap::from([(1, reply(&[], &[])), (2, reply(&[], &[]))]));
+        assert_eq!(later.verdict, Verdict::Removed { peer: 1 }, "removed is for good");
+    }
+
+    /// A member added at run time counts itself once a reply names it added, and is not added
+    /// until one has it a learner.
+    #[test]
+    fn a_joining_member_counts_against_the_configuration_that_has_it() {
+        let mut tally = Tally::new(4, [1, 2, 3], true);
+        let none =
+            tally.count(&BTreeMap::from([(1, reply(&[], &[])), (2, reply(&[], &[])), (3, reply(&[], &[]))]));
+        assert_eq!(none.verdict, Verdict::NotAdded, "every member answered without it");
+        let learner = Reply { answer: Answer { learner: true, ..Answer::default() }, ..reply(&[4], &[]) };
+        let added = tally.count(&BTreeMap::from([(1, learner.clone()), (2, reply(&[4], &[]))]));
+        assert_eq!(added.configuration.iter().copied().collect::<Vec<_>>(), [1, 2, 3, 4]);
+        assert_eq!(added.verdict, Verdict::Admit, "two of its three peers answered, one has it a learner");
     }
 
     #[test]

@@ -176,3 +176,47 @@ fn an_added_member_removed_stops_and_a_member_never_added_is_not_admitted() {
         assert_eq!(s.core(id).configuration().removed, vec![4], "member {id}");
     }
 }
+
+/// A member whose log holds an addition it has not applied names it (`Configuration::logged`,
+/// what `Peer.Status` reports as `added_in_log`, which a member that lost its data counts as a
+/// member), from its log again after a restart; once it applies the addition, the addition is
+/// an applied one instead.
+#[test]
+fn an_addition_held_in_a_log_but_not_applied_is_named_until_it_applies() {
+    let (mut s, l, w, o) = cluster_with_writes(137, None);
+    let change = s.add(l, 4, ADDR);
+    // The leader's appends reach `w` alone, and nobody's acknowledgement comes back: nothing
+    // commits.
+    let mut uncommitted = |m: &Message| match m.get_msg_type() {
+        MessageType::MsgAppend if m.to == o => Route::Drop,
+        MessageType::MsgAppendResponse => Route::Drop,
+        _ => Route::Deliver,
+    };
+    s.until("the addition in the follower's log", 100, &mut uncommitted, &mut |s| {
+        s.core(w).configuration().logged.contains_key(&4)
+    });
+    assert!(s.answer(change).is_none(), "the addition is not committed: {:?}", s.answer(change));
+    let c = s.core(w).configuration();
+    assert_eq!(c.logged.get(&4).map(String::as_str), Some(ADDR), "the log's addition and its address");
+    assert!(!c.added.contains_key(&4) && c.learners.is_empty(), "not applied yet: {c:?}");
+    assert_eq!(c.named_added().into_keys().collect::<Vec<_>>(), [4], "named as a member to count");
+    assert!(s.core(o).configuration().logged.is_empty(), "member {o} never received it");
+
+    s.crash(w);
+    s.start(w);
+    assert_eq!(
+        s.core(w).configuration().logged.get(&4).map(String::as_str),
+        Some(ADDR),
+        "read back from the log at start"
+    );
+
+    s.until("the addition answered", 200, &mut all, &mut |s| s.answer(change).is_some());
+    s.until("every member applies it", 200, &mut all, &mut |s| {
+        [l, w, o].into_iter().all(|id| s.core(id).configuration().added.contains_key(&4))
+    });
+    for id in [l, w, o] {
+        let c = s.core(id).configuration();
+        assert!(c.logged.is_empty(), "member {id}: the applied addition is no longer only logged: {c:?}");
+        assert_eq!(c.named_added().into_keys().collect::<Vec<_>>(), [4], "member {id}");
+    }
+}

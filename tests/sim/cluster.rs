@@ -2363,8 +2363,7 @@ impl Sim {
         if self.swap.is_none_or(|s| s.new != member) {
             return;
         }
-        let (answers, members, others) = self.admission_answers(member);
-        match admission::joining_verdict(members, others, &answers) {
+        match self.admission_answers(member, true).verdict {
             admission::Verdict::Admit => {
                 self.swap = None;
                 self.joined.insert(member);
@@ -2418,8 +2417,7 @@ impl Sim {
         if self.replacing != Some(member) || self.is_up(member) {
             return;
         }
-        let (answers, members, _) = self.admission_answers(member);
-        match admission::verdict(members, &answers) {
+        match self.admission_answers(member, false).verdict {
             admission::Verdict::Admit => {
                 self.replacing = None;
                 self.start_node(member);
@@ -2431,19 +2429,14 @@ impl Sim {
         }
     }
 
-    /// What the peers that are up answer `member` starting on an empty data dir, read from their
-    /// applied states as `server::admission`'s peers read theirs.
-    ///
-    /// Returns them, of the members of the configuration they describe only, with its size
-    /// (`admission::answering_configuration`) and its members other than `member`.
-    fn admission_answers(&self, member: u64) -> (BTreeMap<u64, admission::Answer>, usize, usize) {
-        let mut answers = BTreeMap::new();
-        let mut views = Vec::new();
+    /// What the peers that are up answer `member` starting on an empty data dir (`joins`: one
+    /// added at run time), read from their applied states and logs as `server::admission`'s
+    /// peers read theirs, counted as it counts them (`admission::Tally`, one round).
+    fn admission_answers(&self, member: u64, joins: bool) -> admission::Counted {
+        let mut replies = BTreeMap::new();
         for peer in self.up_nodes().into_iter().filter(|p| *p != member) {
             let Some(core) = self.nodes[(peer - 1) as usize].core.as_ref() else { continue };
             let c = core.configuration();
-            let added: Vec<u64> = c.added.keys().copied().filter(|id| c.has(*id)).collect();
-            views.push((added, c.removed));
             let ctx = self.ctx();
             let txn = core
                 .state_db()
@@ -2453,25 +2446,16 @@ impl Sim {
                 .unwrap_or_else(|e| ctx.fail(Some(peer), "admission", e.to_string()));
             let learners = latch::core::membership::recorded_learners(&txn)
                 .unwrap_or_else(|e| ctx.fail(Some(peer), "admission", e));
-            let lists_me = admission::lists(&started, &learners, member);
-            answers.insert(
-                peer,
-                admission::Answer {
-                    lists_me,
-                    learner: learners.contains(&member),
-                    admitting: false,
-                    removed: core.configuration().removed.contains(&member),
-                },
-            );
+            let answer = admission::Answer {
+                lists_me: admission::lists(&started, &learners, member),
+                learner: learners.contains(&member),
+                admitting: false,
+                removed: c.removed.contains(&member),
+            };
+            let added = c.named_added().into_keys().collect();
+            replies.insert(peer, admission::Reply { answer, added, removed: c.removed });
         }
-        let first: Vec<u64> = (1..=self.params.nodes).collect();
-        let configuration = admission::answering_configuration(
-            &first,
-            views.iter().map(|(a, r)| (a.as_slice(), r.as_slice())),
-        );
-        answers.retain(|peer, _| configuration.contains(peer));
-        let others = configuration.iter().filter(|m| **m != member).count();
-        (answers, configuration.len(), others)
+        admission::Tally::new(member, 1..=self.params.nodes, joins).count(&replies)
     }
 
     /// The members clients call and faults hit: every member but those removed and down (one
