@@ -119,7 +119,8 @@ pub struct ServerArgs {
     /// Peer addresses of the cluster's members now, where --initial-cluster's may no longer
     /// answer (`latch cluster add` prints them for a new member): 4=host:port,5=host:port. Not
     /// folded into the cluster id; the member dials and asks them beside --initial-cluster's,
-    /// and an address its state records takes precedence [default: none].
+    /// and an address the cluster records (its state, a peer's answer) replaces one given here
+    /// [default: none].
     #[arg(long)]
     pub peers: Option<String>,
     /// Snapshot the state machine and compact the log after this many applied entries [default: 10000].

@@ -45,7 +45,8 @@ use crate::node::inbox::FileInbox;
 use crate::node::{Budgets, Node};
 use crate::storage::{self, StorageError};
 use crate::transport::{
-    self, member_status, wire, Admission, Faults, FaultsService, Links, PeerSenders, PeerService, WireSenders,
+    self, member_status, wire, Admission, Faults, FaultsService, Links, PeerSenders, PeerService, Source,
+    WireSenders,
 };
 
 pub mod admission;
@@ -232,12 +233,12 @@ pub async fn run(
     // (and, added at run time, that it was added).
     let asks_peers = core.log_was_fresh() && !alone;
     // Its peers: the first members, and those added since as far as its state knows.
-    // What the state records first: an address `--peers` gives never takes a recorded one's
-    // place (the transport keeps the first address it learns of a member).
+    // An address `--peers` gives never takes a recorded one's place, and yields to one the
+    // cluster records later (`transport::Source`).
     let links = Arc::new(Links::new(config.id, &config.initial_cluster));
     learn_added(&links, &configuration, config.id);
     for p in &config.peers {
-        links.learn(p.id, &p.peer_addr);
+        links.learn(p.id, &p.peer_addr, Source::Peers);
     }
 
     // The standard services beside Latch's own, so that grpc-health-probe, Kubernetes gRPC
@@ -397,7 +398,7 @@ pub async fn run(
                 .await?;
                 for (member, addr) in &admitted.added {
                     if *member != id {
-                        links.learn(*member, addr);
+                        links.learn(*member, addr, Source::Recorded);
                     }
                 }
                 if admitted.replaced {
@@ -657,7 +658,7 @@ async fn learn_members(
                     // Members added in changes this member has still to apply (it may be behind
                     // on them, and one of them may lead).
                     for a in s.added.iter().filter(|a| a.id != node.member_id) {
-                        links.learn(a.id, &a.peer_addr);
+                        links.learn(a.id, &a.peer_addr, Source::Recorded);
                     }
                     if let Ok(mut m) = addrs.write() {
                         // A wildcard address names no host: no leader hint, no DNS answer.
@@ -693,7 +694,7 @@ async fn follow_added(node: crate::node::NodeHandle, links: Arc<Links>, stopped:
 fn learn_added(links: &Links, configuration: &core::membership::Configuration, me: u64) {
     for (member, addr) in &configuration.added {
         if *member != me && configuration.has(*member) {
-            links.learn(*member, addr);
+            links.learn(*member, addr, Source::Recorded);
         }
     }
 }

@@ -41,7 +41,7 @@ pub mod wire;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -405,7 +405,10 @@ async fn stage(
 /// Sends raft messages to the peers: one queue and task per peer, started at its first
 /// message (a peer added at run time once [`Links`] knows it).
 pub struct PeerSenders {
-    queues: HashMap<u64, mpsc::UnboundedSender<Message>>,
+    /// Each peer's queue, and the address its sender sends to.
+    queues: HashMap<u64, (String, mpsc::UnboundedSender<Message>)>,
+    /// [`Links::moves`] when the queues' addresses were last compared with the transport's.
+    moves_seen: u64,
     rt: tokio::runtime::Handle,
     me: u64,
     node: NodeHandle,
@@ -415,7 +418,24 @@ pub struct PeerSenders {
 impl PeerSenders {
     /// Sends from member `me` on the given runtime.
     pub fn start(rt: &tokio::runtime::Handle, me: u64, node: NodeHandle, shared: Shared) -> PeerSenders {
-        PeerSenders { queues: HashMap::new(), rt: rt.clone(), me, node, shared }
+        PeerSenders {
+            queues: HashMap::new(),
+            moves_seen: shared.links.moves(),
+            rt: rt.clone(),
+            me,
+            node,
+            shared,
+        }
+    }
+
+    /// Stops the senders of peers whose address the transport replaced since (their queues
+    /// close, and their sender tasks end); the next message starts one at the new address.
+    fn follow_moves(&mut self) {
+        if !self.shared.links.moved_since(&mut self.moves_seen) {
+            return;
+        }
+        let links = &self.shared.links;
+        self.queues.retain(|id, (addr, _)| links.address(*id).as_ref() == Some(addr));
     }
 
     /// Peer `to`'s queue, its sender started now if the transport learned of the peer since;
@@ -424,15 +444,16 @@ impl PeerSenders {
         if !self.queues.contains_key(&to) {
             let peer = Peer { id: to, peer_addr: self.shared.links.address(to)? };
             let (tx, rx) = mpsc::unbounded_channel();
-            self.queues.insert(to, tx);
+            self.queues.insert(to, (peer.peer_addr.clone(), tx));
             self.rt.spawn(send_loop(self.me, peer, self.node.clone(), self.shared.clone(), rx));
         }
-        self.queues.get(&to)
+        self.queues.get(&to).map(|(_, q)| q)
     }
 }
 
 impl Outbox for PeerSenders {
     fn send(&mut self, msgs: Vec<Message>) {
+        self.follow_moves();
         for m in msgs {
             match self.queue(m.to) {
                 Some(q) => {
@@ -620,36 +641,86 @@ impl Admission {
 /// The peers are `--initial-cluster`'s at first; a member added at run time is learned
 /// ([`Links::learn`]) from the configuration this member applies, or from a peer's status
 /// before that (a member behind on the changes must still hear a leader added after it fell
-/// behind). An id's address never changes: an id is never added twice.
+/// behind). A recorded address never changes (an id is never added twice); one that only
+/// `--peers` gave ([`Source::Peers`]) yields to the recorded one, and the senders to that peer
+/// start again at it ([`Links::moves`]).
 pub struct Links {
     peers: RwLock<BTreeMap<u64, Arc<PeerLink>>>,
+    /// How many times a peer's address was replaced: the senders look again when it changes.
+    moves: AtomicU64,
 }
 
 struct PeerLink {
     addr: String,
+    source: Source,
     reachable: AtomicBool,
 }
 
+/// Where the transport learned a peer's address, the more authoritative last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    /// `--peers`: the operator's word, which may be wrong.
+    Peers,
+    /// `--initial-cluster` (the cluster id is folded from it) or an addition the cluster
+    /// committed (this member's state, or a peer's applied one).
+    Recorded,
+}
+
 impl Links {
-    /// `peers` but `me`; every peer starts out reachable.
+    /// `peers` (recorded: `--initial-cluster`'s) but `me`; every peer starts out reachable.
     pub fn new(me: u64, peers: &[Peer]) -> Links {
-        let links = Links { peers: RwLock::new(BTreeMap::new()) };
+        let links = Links { peers: RwLock::new(BTreeMap::new()), moves: AtomicU64::new(0) };
         for p in peers.iter().filter(|p| p.id != me) {
-            links.learn(p.id, &p.peer_addr);
+            links.learn(p.id, &p.peer_addr, Source::Recorded);
         }
         links
     }
 
-    /// Learns that peer `id` listens at `addr`, unless it is known already (a peer's address
-    /// never changes). Returns whether it was new.
-    pub fn learn(&self, id: u64, addr: &str) -> bool {
+    /// Learns that peer `id` listens at `addr`, told by `source`: kept unless the peer is known
+    /// already, from a source as authoritative or more; an address from a less authoritative
+    /// one is replaced (and counted in [`Links::moves`]) when this one differs. Returns whether
+    /// the address is new.
+    pub fn learn(&self, id: u64, addr: &str, source: Source) -> bool {
         let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
-        if peers.contains_key(&id) {
-            return false;
-        }
-        let link = PeerLink { addr: addr.to_string(), reachable: AtomicBool::new(true) };
+        let moved = match peers.get(&id) {
+            None => false,
+            Some(known) if known.source >= source || known.addr == addr => {
+                if known.source < source {
+                    let link =
+                        PeerLink { addr: known.addr.clone(), source, reachable: AtomicBool::new(true) };
+                    peers.insert(id, Arc::new(link));
+                }
+                return false;
+            }
+            Some(known) => {
+                tracing::warn!(
+                    peer = id,
+                    was = %known.addr,
+                    now = %addr,
+                    "the cluster records another address for this peer than --peers gave: sending there"
+                );
+                true
+            }
+        };
+        let link = PeerLink { addr: addr.to_string(), source, reachable: AtomicBool::new(true) };
         peers.insert(id, Arc::new(link));
+        if moved {
+            self.moves.fetch_add(1, Ordering::AcqRel);
+        }
         true
+    }
+
+    /// How many times a peer's address was replaced; a sender compares it with the count it
+    /// last saw ([`Links::moved_since`]), and looks up its peers' addresses again when it moved.
+    pub fn moves(&self) -> u64 {
+        self.moves.load(Ordering::Acquire)
+    }
+
+    /// Whether an address was replaced since `seen` was read from [`Links::moves`]; if so,
+    /// `seen` reads it again.
+    fn moved_since(&self, seen: &mut u64) -> bool {
+        let moves = self.moves();
+        std::mem::replace(seen, moves) != moves
     }
 
     /// This member's peers and their addresses, in increasing order of id.
@@ -760,5 +831,35 @@ pub async fn member_status(addr: &str, timeout: Duration) -> Result<MemberStatus
         Ok(Ok(r)) => Ok(r.into_inner()),
         Ok(Err(s)) => Err(s.message().to_string()),
         Err(_) => Err(format!("no answer within {}", humantime::format_duration(timeout))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A recorded address never changes; one from `--peers` yields to a recorded one that
+    /// differs (counted as a move, which the senders follow), and a recorded one that agrees
+    /// makes it recorded.
+    #[test]
+    fn a_peers_address_yields_to_the_recorded_one_and_a_recorded_one_never_changes() {
+        let first = [Peer { id: 1, peer_addr: "a:1".into() }, Peer { id: 2, peer_addr: "a:2".into() }];
+        let links = Links::new(1, &first);
+        assert_eq!(links.address(1), None, "not this member itself");
+        assert!(!links.learn(2, "b:2", Source::Peers), "--peers does not move a first member");
+        assert!(!links.learn(2, "b:2", Source::Recorded), "nor does a record: ids are never reused");
+        assert_eq!((links.address(2).as_deref(), links.moves()), (Some("a:2"), 0));
+
+        assert!(links.learn(3, "wrong:3", Source::Peers), "--peers teaches an unknown member");
+        assert!(!links.learn(3, "other:3", Source::Peers), "the first --peers address stays");
+        assert!(links.learn(3, "c:3", Source::Recorded), "the recorded address replaces it");
+        assert_eq!((links.address(3).as_deref(), links.moves()), (Some("c:3"), 1), "counted as a move");
+        assert!(!links.learn(3, "wrong:3", Source::Peers), "and --peers does not move it back");
+
+        assert!(links.learn(4, "d:4", Source::Peers));
+        assert!(!links.learn(4, "d:4", Source::Recorded), "a record that agrees moves nothing");
+        assert!(!links.learn(4, "e:4", Source::Recorded), "and is recorded from then on");
+        assert_eq!((links.address(4).as_deref(), links.moves()), (Some("d:4"), 1));
+        assert_eq!(links.peers().iter().map(|p| p.id).collect::<Vec<_>>(), [2, 3, 4]);
     }
 }

@@ -116,7 +116,7 @@ mod tests {
         assert!(!service.faults.blocks(2), "a refused request blocks nothing");
         let state = service.partition(Request::new(PartitionRequest { peers: vec![3, 2] })).await;
         assert_eq!(state.expect("peers of member 1").into_inner().blocked, vec![2, 3]);
-        service.links.learn(4, "h:4");
+        service.links.learn(4, "h:4", crate::transport::Source::Recorded);
         let state = service.partition(Request::new(PartitionRequest { peers: vec![4] })).await;
         assert_eq!(state.expect("an added peer").into_inner().blocked, vec![2, 3, 4]);
     }

@@ -132,6 +132,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// What the raft thread and a peer's sender thread share.
 struct Link {
     peer: u64,
+    /// Where the sender thread dials.
+    addr: String,
     state: Mutex<LinkState>,
     wake: Condvar,
     /// The peer answered the hello with HTTP/2: a member of an earlier version, sent to over
@@ -140,8 +142,9 @@ struct Link {
 }
 
 impl Link {
-    fn new(peer: u64) -> Link {
-        Link { peer, state: Mutex::default(), wake: Condvar::new(), speaks_grpc: Default::default() }
+    fn new(peer: u64, addr: &str) -> Link {
+        let addr = addr.to_string();
+        Link { peer, addr, state: Mutex::default(), wake: Condvar::new(), speaks_grpc: Default::default() }
     }
 }
 
@@ -213,6 +216,9 @@ impl Link {
 /// speaks only gRPC, through `grpc` (the snapshot call and the gRPC stream).
 pub struct WireSenders {
     links: HashMap<u64, Arc<Link>>,
+    /// [`super::Links::moves`] when the links' addresses were last compared with the
+    /// transport's.
+    moves_seen: u64,
     grpc: super::PeerSenders,
     member_id: u64,
     node: NodeHandle,
@@ -230,7 +236,9 @@ impl WireSenders {
         shared: Shared,
     ) -> io::Result<WireSenders> {
         let grpc = super::PeerSenders::start(rt, me, node.clone(), shared.clone());
-        let mut senders = WireSenders { links: HashMap::new(), grpc, member_id: me, node, shared };
+        let moves_seen = shared.links.moves();
+        let mut senders =
+            WireSenders { links: HashMap::new(), moves_seen, grpc, member_id: me, node, shared };
         for p in senders.shared.links.peers() {
             if let Err(e) = senders.spawn(&p) {
                 senders.links.values().for_each(|l| l.stop());
@@ -243,7 +251,7 @@ impl WireSenders {
     /// Starts the sender thread of peer `p`.
     fn spawn(&mut self, p: &Peer) -> io::Result<Arc<Link>> {
         let (me, node, shared) = (self.member_id, self.node.clone(), self.shared.clone());
-        let link = Arc::new(Link::new(p.id));
+        let link = Arc::new(Link::new(p.id, &p.peer_addr));
         let (addr, l) = (p.peer_addr.clone(), link.clone());
         let (peer, cluster_id) = (p.id, node.cluster_id);
         let told = node.clone();
@@ -261,6 +269,22 @@ impl WireSenders {
         })?;
         self.links.insert(p.id, link.clone());
         Ok(link)
+    }
+
+    /// Stops the sender threads of peers whose address the transport replaced since; the next
+    /// message starts one at the new address.
+    fn follow_moves(&mut self) {
+        if !self.shared.links.moved_since(&mut self.moves_seen) {
+            return;
+        }
+        let links = &self.shared.links;
+        self.links.retain(|id, link| {
+            let stays = links.address(*id).is_some_and(|addr| addr == link.addr);
+            if !stays {
+                link.stop();
+            }
+            stays
+        });
     }
 
     /// Peer `to`'s link, started now if the transport learned of the peer since.
@@ -281,6 +305,7 @@ impl WireSenders {
 
 impl Outbox for WireSenders {
     fn send(&mut self, msgs: Vec<Message>) {
+        self.follow_moves();
         let mut batches: HashMap<u64, Vec<u8>> = HashMap::new();
         let mut over_grpc = Vec::new();
         for m in msgs {
@@ -810,7 +835,7 @@ mod tests {
     /// A link of member 1 of cluster 7 to peer 2 at `addr`, with its sender thread; the receiver
     /// hears of every `lost`.
     fn link_to(addr: String) -> (Arc<Link>, mpsc::Receiver<()>) {
-        let link = Arc::new(Link::new(2));
+        let link = Arc::new(Link::new(2, &addr));
         let (lost_tx, lost) = mpsc::channel();
         let l = link.clone();
         let lost_to = move || {
@@ -887,7 +912,7 @@ mod tests {
 
         // The sender thread reports it, as `Event::RemovedBy`.
         let (addr, _accepted) = fake_peer(removed);
-        let link = Arc::new(Link::new(2));
+        let link = Arc::new(Link::new(2, &addr));
         let (told_tx, told) = mpsc::channel();
         let l = link.clone();
         std::thread::spawn(move || {

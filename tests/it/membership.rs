@@ -72,6 +72,49 @@ async fn a_member_added_with_latch_cluster_add_catches_up_votes_and_counts_towar
 /// gone) finds the cluster: it is admitted, votes, and counts toward commits.
 #[tokio::test]
 async fn a_member_added_after_every_first_member_is_gone_finds_the_cluster_through_peers() {
+    let (mut c, new, said) = grown_past_the_first_members().await;
+    let peers = format!("3={},4={}", c.member(3).peer_addr, c.member(4).peer_addr);
+    assert!(
+        said.contains(&format!("--initial-cluster {} --peers {peers} ", c.initial_cluster())),
+        "the addition names the members that run in --peers: {said:?}"
+    );
+
+    // Started with the --peers the command printed.
+    let printed = said.split(" --peers ").nth(1).and_then(|rest| rest.split_whitespace().next());
+    c.restart_with(new, &["--peers", printed.unwrap_or_default()]).await;
+    follower_everywhere(&c, new, &[3, 4]).await;
+    let (_, kvs) = c.local_kvs(new).await.unwrap();
+    assert!(kvs.contains(&("before".to_string(), "v".to_string())), "it caught up: {kvs:?}");
+    let leader = c.leader_among(&[3, 4, new]).await;
+    c.kill(leader);
+    let left = [3, 4, new].into_iter().filter(|id| *id != leader).map(|id| c.member(id).client_addr.clone());
+    let client = latch_client::Client::connect(left).await.unwrap();
+    client.put("after", "v").await.expect("the two members left, the new one among them, commit");
+}
+
+/// A wrong address in `--peers` yields to the one the cluster records: the new member, told
+/// that member 4 listens where nothing does, is admitted once member 3's answer names 4's
+/// recorded address (and 4 answers there), and its messages go there — with member 3 killed,
+/// 4 and the new member commit, which takes the new member's acknowledgements reaching 4.
+#[tokio::test]
+async fn a_wrong_address_in_peers_yields_to_the_one_the_cluster_records() {
+    let (mut c, new, _) = grown_past_the_first_members().await;
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let wrong = nowhere.local_addr().unwrap().to_string();
+    drop(nowhere);
+    let peers = format!("3={},4={wrong}", c.member(3).peer_addr);
+    c.restart_with(new, &["--peers", &peers]).await;
+    follower_everywhere(&c, new, &[3, 4]).await;
+    c.kill(3);
+    let left = [4, new].into_iter().map(|id| c.member(id).client_addr.clone());
+    let client = latch_client::Client::connect(left).await.unwrap();
+    client.put("after", "v").await.expect("member 4 and the new member commit");
+}
+
+/// A cluster started with members 1 and 2, grown by 3 and 4, with 1 and 2 removed and stopped;
+/// a new member added with `latch cluster add` against 3 and 4, not started. Returns the
+/// cluster, the new member's id and what the command printed.
+async fn grown_past_the_first_members() -> (Cluster, u64, String) {
     let mut c = Cluster::start(2, &[]).await;
     let client = c.client().await;
     client.put("before", "v").await.unwrap();
@@ -87,28 +130,12 @@ async fn a_member_added_after_every_first_member_is_gone_finds_the_cluster_throu
         let exit = c.exit_of(first, Duration::from_secs(30)).await;
         assert!(exit.is_some(), "removed, member {first} stops by itself");
     }
-    let running = [3, 4];
-    let endpoints: Vec<String> = running.iter().map(|id| c.member(*id).client_addr.clone()).collect();
+    let endpoints: Vec<String> = [3, 4].iter().map(|id| c.member(*id).client_addr.clone()).collect();
     let new = c.new_member().await;
     let addr = c.member(new).peer_addr.clone();
     let (ok, said, err) = cluster_cli(&endpoints.join(","), &["add", &new.to_string(), &addr]).await;
-    let peers = format!("3={},4={}", c.member(3).peer_addr, c.member(4).peer_addr);
-    assert!(
-        ok && said.contains(&format!("--initial-cluster {} --peers {peers} ", c.initial_cluster())),
-        "the addition names the members that run in --peers: {said:?} {err:?}"
-    );
-
-    // Started with the --peers the command printed.
-    let printed = said.split(" --peers ").nth(1).and_then(|rest| rest.split_whitespace().next());
-    c.restart_with(new, &["--peers", printed.unwrap_or_default()]).await;
-    follower_everywhere(&c, new, &running).await;
-    let (_, kvs) = c.local_kvs(new).await.unwrap();
-    assert!(kvs.contains(&("before".to_string(), "v".to_string())), "it caught up: {kvs:?}");
-    let leader = c.leader_among(&[3, 4, new]).await;
-    c.kill(leader);
-    let left = [3, 4, new].into_iter().filter(|id| *id != leader).map(|id| c.member(id).client_addr.clone());
-    let client = latch_client::Client::connect(left).await.unwrap();
-    client.put("after", "v").await.expect("the two members left, the new one among them, commit");
+    assert!(ok, "the addition succeeds: {said:?} {err:?}");
+    (c, new, said)
 }
 
 /// Waits until each of `members` lists `new` a follower (it votes).
