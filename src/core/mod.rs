@@ -1337,7 +1337,8 @@ impl Core {
             if self.known.removed(conf, self.id()) {
                 self.removed_at = Some(meta.index);
             }
-            self.logged_additions = self.logged_additions.split_off(&(meta.index + 1));
+            // The snapshot replaced the whole log; this Ready's entries come after it.
+            self.logged_additions.clear();
             let configuration = self.configuration_of(conf);
             self.actions.push(Action::Membership(configuration));
             let replies = self.leases.reload(stored_leases(&self.state_db)?, self.clock_ms);
@@ -2010,7 +2011,6 @@ impl Core {
     }
 }
 
-/// Every lock-delay in force, as stored.
 /// The additions (`membership::addition`) in `raw`'s log past `applied`, by index: read at start,
 /// kept up to date as entries are appended and applied.
 fn logged_additions(
@@ -2036,6 +2036,7 @@ fn logged_additions(
     Ok(additions)
 }
 
+/// Every lock-delay in force, as stored.
 fn stored_lock_delays(db: &Database) -> Result<Vec<(Vec<u8>, i64, u64)>, CoreError> {
     Ok(fsm::locks::delays(&db.begin_read().map_err(redb_err)?)?)
 }

@@ -20,11 +20,12 @@
 //! the size of the configuration the answers describe ([`Tally`]: the first members, `--peers`'
 //! and those any answer so far named added, without those any answer named removed), not of
 //! `--initial-cluster`: a cluster grown from 3 to 5 needs 3 answers, one shrunk from 5 to 3
-//! needs 2; and only its members' answers count. A peer names the additions its log holds
-//! past its applied index as well as those it applied: an addition is committed by a quorum
-//! of the configuration before it, so any `peers_needed` of that configuration's other members
-//! include one that holds it, and the count grows to it before it could admit. A member named
-//! once stays counted when a later round's answers miss it.
+//! needs 2; and only the answers of its members that vote count (not of one known from a log
+//! alone, nor of a learner: no acknowledgement of theirs counted toward a commit). A peer names
+//! the additions its log holds past its applied index as well as those it applied: an addition
+//! is committed by a quorum of the configuration before it, so any `peers_needed` of that
+//! configuration's other members include one that holds it, and the count grows to it before
+//! it could admit. A member named once stays counted when a later round's answers miss it.
 //!
 //! What this cannot see: a record not applied yet by the peers that hold it (proposed moments
 //! before the data was lost, or held in a peer's log past its applied index), and a loss of
@@ -120,22 +121,27 @@ pub fn answering_configuration<'a>(
 }
 
 /// One peer's reply to a member asking whether it ran before: its answer, and what its
-/// configuration names added (applied, or held in its log past its applied index —
-/// `Peer.Status.added_in_log`) and removed.
+/// configuration names added (applied; or held in its log past its applied index,
+/// `Peer.Status.added_in_log`), removed, and learning.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reply {
     pub answer: Answer,
     pub added: Vec<u64>,
+    pub logged: Vec<u64>,
     pub removed: Vec<u64>,
+    pub learners: Vec<u64>,
 }
 
 /// The replies of every round so far, counted: each round's answers are counted against the
-/// configuration all rounds' replies describe ([`answering_configuration`]), of whose members
-/// alone an answer counts. What a peer applied stays applied, and an addition a peer's log holds
-/// may have been committed, so a peer that answers from behind, or not at all, in a later
-/// round does not make the configuration smaller. Only one round's answers count: a peer behind
-/// at an earlier one may have applied the member's record since. Bounded by the members the
-/// cluster ever had.
+/// configuration all rounds' replies describe ([`answering_configuration`]). What a peer
+/// applied stays applied, and an addition a peer's log holds may have been committed, so a
+/// peer that answers from behind, or not at all, in a later round does not make the
+/// configuration smaller. An answer counts only from a member that may have acknowledged the
+/// asking member's record: one of the configuration, known from an applied addition or as a
+/// first member (not from a log alone: it may be a joiner still admitting), that no reply of
+/// the round names a learner (a learner's acknowledgements commit nothing). Only one round's
+/// answers count: a peer behind at an earlier one may have applied the member's record since.
+/// Bounded by the members the cluster ever had.
 #[derive(Debug, Clone)]
 pub struct Tally {
     me: u64,
@@ -144,7 +150,9 @@ pub struct Tally {
     /// The first members (`--initial-cluster`'s) and `--peers`': members until a reply names
     /// them removed.
     first: BTreeSet<u64>,
+    /// The members a reply named added as applied, and those only as held in a log.
     added: BTreeSet<u64>,
+    logged: BTreeSet<u64>,
     /// By member, the first peer whose reply named it removed.
     removed: BTreeMap<u64, u64>,
 }
@@ -155,7 +163,7 @@ pub struct Counted {
     pub verdict: Verdict,
     /// The configuration the replies so far describe.
     pub configuration: BTreeSet<u64>,
-    /// The answers that count: those of its members.
+    /// The answers that count: those of its members that vote, as far as the replies tell.
     pub answers: BTreeMap<u64, Answer>,
 }
 
@@ -168,24 +176,33 @@ impl Tally {
             joins,
             first: first.into_iter().collect(),
             added: BTreeSet::new(),
+            logged: BTreeSet::new(),
             removed: BTreeMap::new(),
         }
     }
 
     /// Counts one round's replies, by peer.
     pub fn count(&mut self, replies: &BTreeMap<u64, Reply>) -> Counted {
+        let mut learners: BTreeSet<u64> = BTreeSet::new();
         for (peer, reply) in replies {
             self.added.extend(&reply.added);
+            self.logged.extend(&reply.logged);
+            learners.extend(&reply.learners);
             for id in &reply.removed {
                 self.removed.entry(*id).or_insert(*peer);
             }
         }
         let first: Vec<u64> = self.first.iter().copied().collect();
-        let (added, removed): (Vec<u64>, Vec<u64>) =
-            (self.added.iter().copied().collect(), self.removed.keys().copied().collect());
-        let configuration = answering_configuration(&first, [(added.as_slice(), removed.as_slice())]);
+        let named: Vec<u64> = self.added.union(&self.logged).copied().collect();
+        let removed: Vec<u64> = self.removed.keys().copied().collect();
+        let configuration = answering_configuration(&first, [(named.as_slice(), removed.as_slice())]);
+        let votes = |peer: &u64| {
+            configuration.contains(peer)
+                && (self.first.contains(peer) || self.added.contains(peer))
+                && !learners.contains(peer)
+        };
         let answers: BTreeMap<u64, Answer> = (replies.iter())
-            .filter(|(peer, _)| configuration.contains(peer))
+            .filter(|(peer, _)| votes(peer))
             .map(|(peer, reply)| (*peer, reply.answer))
             .collect();
         let members = configuration.len();
@@ -403,8 +420,14 @@ pub async fn ask_peers(
                         admitting: s.role == ADMITTING,
                         removed: s.removed.contains(&me),
                     };
-                    let named = s.added.iter().chain(&s.added_in_log).map(|a| a.id).collect();
-                    replies.insert(peer, Reply { answer, added: named, removed: s.removed.clone() });
+                    let reply = Reply {
+                        answer,
+                        added: s.added.iter().map(|a| a.id).collect(),
+                        logged: s.added_in_log.iter().map(|a| a.id).collect(),
+                        removed: s.removed.clone(),
+                        learners: s.learners.clone(),
+                    };
+                    replies.insert(peer, reply);
                 }
                 Ok(s) => silent.push(format!(
                     "member {peer}: answered as member {} of cluster {:016x}, not of {cluster_id:016x}",
@@ -549,7 +572,11 @@ mod tests {
     }
 
     fn reply(added: &[u64], removed: &[u64]) -> Reply {
-        Reply { answer: Answer::default(), added: added.to_vec(), removed: removed.to_vec() }
+        Reply { added: added.to_vec(), removed: removed.to_vec(), ..Reply::default() }
+    }
+
+    fn logging(logged: &[u64]) -> Reply {
+        Reply { logged: logged.to_vec(), ..Reply::default() }
     }
 
     /// Grown from 3 first members to 5, member 1 restarts empty knowing only the first three.
@@ -560,7 +587,7 @@ mod tests {
     #[test]
     fn the_configuration_grows_by_what_any_round_named_and_never_shrinks_by_a_silent_or_lagging_peer() {
         let mut tally = Tally::new(1, [1, 2, 3], false);
-        let first = tally.count(&BTreeMap::from([(2, reply(&[4, 5], &[])), (3, reply(&[], &[]))]));
+        let first = tally.count(&BTreeMap::from([(2, logging(&[4, 5])), (3, reply(&[], &[]))]));
         assert_eq!(first.configuration.iter().copied().collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
         assert_eq!(first.verdict, Verdict::Wait { answered: 2, needed: 3 }, "5 members need 3 answers");
 
@@ -574,6 +601,29 @@ mod tests {
             (5, reply(&[4, 5], &[])),
         ]));
         assert_eq!(all.verdict, Verdict::Admit, "three of the five's other members answered without it");
+    }
+
+    /// review-s64 M1: a member known only from a peer's log (a joiner, perhaps still admitting)
+    /// or named a learner (catching up) acknowledged nothing that committed, so its answer does
+    /// not take a voter's place: with 3 voters, a lagging member 3 holding "add 4" in its log and
+    /// member 4 answering, member 1 still waits for member 2.
+    #[test]
+    fn only_voters_answers_count_not_a_member_known_from_a_log_or_a_learner() {
+        let mut tally = Tally::new(1, [1, 2, 3], false);
+        let admitting = Reply { answer: Answer { admitting: true, ..Answer::default() }, ..Reply::default() };
+        let counted = tally.count(&BTreeMap::from([(3, logging(&[4])), (4, admitting.clone())]));
+        assert_eq!(counted.configuration.iter().copied().collect::<Vec<_>>(), [1, 2, 3, 4]);
+        assert_eq!(
+            counted.answers.keys().copied().collect::<Vec<_>>(),
+            [3],
+            "member 4 is known from a log alone"
+        );
+        assert_eq!(counted.verdict, Verdict::Wait { answered: 1, needed: 2 });
+
+        let learning = Reply { added: vec![4], learners: vec![4], ..Reply::default() };
+        let counted = tally.count(&BTreeMap::from([(3, learning), (4, admitting)]));
+        assert_eq!(counted.answers.keys().copied().collect::<Vec<_>>(), [3], "member 4 is a learner");
+        assert_eq!(counted.verdict, Verdict::Wait { answered: 1, needed: 2 });
     }
 
     /// A reply of a member that is not in the configuration the replies describe does not count

@@ -268,6 +268,10 @@ pub struct Report {
     /// removal, those told by a peer that no longer has them (the wire's `REMOVED`), and those
     /// that read it in a peer's `Peer.Status`.
     pub retirements: u64,
+    /// Members added with none removed (the cluster grows), and running members removed with
+    /// none added (it shrinks).
+    pub grows: u64,
+    pub shrinks: u64,
     pub stopped_applying_removal: u64,
     pub stopped_told_by_peer: u64,
     pub stopped_by_status: u64,
@@ -343,7 +347,7 @@ impl std::fmt::Display for Report {
         write!(
             f,
             "seed {} ({} nodes, snapshot every {}): {} steps, {:.1}s virtual, {} msgs; puts {} acked {} reads {} \
-             retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}, data dirs lost and replaced {}, swapped for new members {}; running members swapped {}), \
+             retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}, data dirs lost and replaced {}, swapped for new members {}; running members swapped {}, members added {}, running members removed {}), \
              partitions {}, pauses {}, snapshots {}; max term {}, revision {}, {} hash checks, {} check points; lease grants {}, \
              expiries {}, closes {}; lock grants {}, lock-delays ended {}, holds expired {} (unplaced {}, granted again after {}), closed {}, longest queue {}, acquires withdrawn first {}, queues full {}, calls sent again {} (withdrawals {}, copies answered from memory {}); guarded \
              writes {} (succeeded {}, refused after their session ended {}, refused after a release {}; proclaims succeeded {}, refused {}); bound puts {} (sequential {}, sequential deletes {}); heartbeats {}, \
@@ -365,6 +369,8 @@ impl std::fmt::Display for Report {
             self.replacements,
             self.swaps,
             self.retirements,
+            self.grows,
+            self.shrinks,
             self.partitions,
             self.pauses,
             self.snapshots,
@@ -550,7 +556,7 @@ enum Ev {
         node: u64,
     },
     /// The leader is asked the next change of a swap: the removal of the member whose data dir
-    /// was lost, then the addition of its successor.
+    /// was lost (or that runs), then the addition of its successor; or one of them alone.
     Swap,
     /// The added member starts on its empty data dir once its peers have it a learner.
     StartAdded {
@@ -625,12 +631,14 @@ struct SimNode {
     polled_at: u64,
 }
 
-/// A member on its way out (its data dir lost, or running), and the member added in its place.
+/// A change of the cluster's members under way: a member on its way out (its data dir lost,
+/// or running) and the member added in its place; or one of them alone, as the cluster grows or
+/// shrinks.
 #[derive(Debug, Clone, Copy)]
 struct Swap {
-    old: u64,
-    new: u64,
-    /// The leader applied the old member's removal; the addition is next.
+    old: Option<u64>,
+    new: Option<u64>,
+    /// The leader applied the old member's removal (or there is none); the addition is next.
     removed: bool,
 }
 
@@ -908,7 +916,7 @@ impl Sim {
 
     /// Opens the member's disk in a new process and loads its core.
     fn start_node(&mut self, id: u64) {
-        let not_admitted = self.swap.is_some_and(|s| s.new == id);
+        let not_admitted = self.swap.is_some_and(|s| s.new == Some(id));
         if self.is_up(id) || self.replacing == Some(id) || self.gone.contains(&id) || not_admitted {
             return;
         }
@@ -1076,7 +1084,7 @@ impl Sim {
         self.lock_checker.after_step(ctx, &up);
         self.registry.after_step(ctx, &up);
         self.watch_checker.after_step(ctx, &up);
-        self.point_checker.after_step(ctx, self.params.nodes as usize);
+        self.point_checker.after_step(ctx, self.configuration_size() as usize);
         if self.params.mode == Mode::LeaderChanges {
             for (_, c) in &up {
                 let s = c.status();
@@ -2281,25 +2289,71 @@ impl Sim {
         }
     }
 
-    /// A running follower is swapped for a new member: removed while it runs (it stops once it
-    /// applies its removal or a peer refuses it), and a member under a new id added.
+    /// Whether the leader, if any, has every member of its configuration a voter.
+    fn all_vote(&self) -> bool {
+        let leader = self.leader().and_then(|l| self.nodes[(l - 1) as usize].core.as_ref());
+        leader.is_some_and(|core| core.configuration().learners.is_empty())
+    }
+
+    /// The members of the configuration: every member but those removed (with no change under
+    /// way, none of them waits to be admitted).
+    fn configuration_size(&self) -> u64 {
+        self.nodes.iter().filter(|n| !self.gone.contains(&n.id)).count() as u64
+    }
+
+    /// The cluster's members change while they run: the cluster grows by a member added under
+    /// a new id (up to two more than it started with), or shrinks by a running follower removed
+    /// (down to three), or a running follower is swapped for a new member. A removed member
+    /// stops once it applies its removal or a peer refuses it.
     fn retire_follower(&mut self) {
         let Some(leader) = self.leader() else { return };
-        let followers: Vec<u64> = self.up_members().into_iter().filter(|id| *id != leader).collect();
-        let id = followers[self.swap_rng.gen_range(0..followers.len())];
-        self.report.retirements += 1;
-        self.log(|| format!("node {id} to be swapped for a new member while it runs"));
-        self.begin_swap(id);
+        let size = self.configuration_size();
+        let (fewest, most) = (3, self.params.nodes + 2);
+        let (remove, add) = match self.swap_rng.gen_range(0..3) {
+            0 if size < most => (false, true),
+            1 if size > fewest => (true, false),
+            _ => (true, true),
+        };
+        let old = remove.then(|| {
+            let followers: Vec<u64> = self.up_members().into_iter().filter(|id| *id != leader).collect();
+            followers[self.swap_rng.gen_range(0..followers.len())]
+        });
+        match (old, add) {
+            (Some(id), true) => {
+                self.report.retirements += 1;
+                self.log(|| format!("node {id} to be swapped for a new member while it runs"));
+            }
+            (Some(id), false) => {
+                self.report.shrinks += 1;
+                self.log(|| format!("node {id} to be removed while it runs: {size} members shrink by one"));
+            }
+            (None, _) => {
+                self.report.grows += 1;
+                self.log(|| format!("{size} members grow by one"));
+            }
+        }
+        self.begin_change(old, add);
     }
 
     /// Starts swapping `old` for a member under the next id: `old` is never started again; the
     /// leader is asked to remove it, then to add the new one.
     fn begin_swap(&mut self, old: u64) {
-        self.gone.insert(old);
-        let new = self.nodes.len() as u64 + 1;
-        let tick_us = TICK_US * self.swap_rng.gen_range(970..=1030) / 1000;
-        self.nodes.push(SimNode::new(new, tick_us));
-        self.swap = Some(Swap { old, new, removed: false });
+        self.begin_change(Some(old), true);
+    }
+
+    /// Starts a change of the members: `old`, if any, is never started again, and the leader
+    /// is asked to remove it; then, if `add`, to add a member under the next id.
+    fn begin_change(&mut self, old: Option<u64>, add: bool) {
+        if let Some(old) = old {
+            self.gone.insert(old);
+        }
+        let new = add.then(|| {
+            let new = self.nodes.len() as u64 + 1;
+            let tick_us = TICK_US * self.swap_rng.gen_range(970..=1030) / 1000;
+            self.nodes.push(SimNode::new(new, tick_us));
+            new
+        });
+        self.swap = Some(Swap { old, new, removed: old.is_none() });
         let d = self.swap_rng.gen_range(10_000..500_000);
         self.at(d, Ev::Swap);
     }
@@ -2311,6 +2365,12 @@ impl Sim {
         if !self.swap_waiters.is_empty() {
             return;
         }
+        // The removal first, if any and not applied yet; then the addition, if any.
+        let next = match (swap.removed, swap.old, swap.new) {
+            (false, Some(old), _) => Err(old),
+            (_, _, Some(new)) => Ok(new),
+            _ => return,
+        };
         let Some(leader) = self.leader() else {
             self.at(100_000, Ev::Swap);
             return;
@@ -2319,15 +2379,15 @@ impl Sim {
         let waiter = self.next_waiter;
         self.swap_waiters.insert(waiter, leader);
         if let Some(core) = self.node(leader).core.as_mut() {
-            match swap.removed {
-                false => core.remove(waiter, swap.old),
-                true => core.add(waiter, swap.new, &sim_peer_addr(swap.new)),
+            match next {
+                Err(old) => core.remove(waiter, old),
+                Ok(new) => core.add(waiter, new, &sim_peer_addr(new)),
             }
         }
         self.touched.insert(leader);
-        let what = match swap.removed {
-            false => format!("remove node {}", swap.old),
-            true => format!("add node {} in its place", swap.new),
+        let what = match next {
+            Err(old) => format!("remove node {old}"),
+            Ok(new) => format!("add node {new}"),
         };
         self.log(|| format!("node {leader} asked to {what}"));
     }
@@ -2338,14 +2398,18 @@ impl Sim {
         let Some(swap) = self.swap else { return };
         match result {
             Ok(index) if !swap.removed => {
-                self.swap = Some(Swap { removed: true, ..swap });
-                let old = swap.old;
-                self.log(|| format!("node {old} removed at index {index}"));
-                let d = self.swap_rng.gen_range(10_000..300_000);
-                self.at(d, Ev::Swap);
+                self.log(|| format!("node {:?} removed at index {index}", swap.old));
+                match swap.new {
+                    Some(_) => {
+                        self.swap = Some(Swap { removed: true, ..swap });
+                        let d = self.swap_rng.gen_range(10_000..300_000);
+                        self.at(d, Ev::Swap);
+                    }
+                    None => self.swap = None,
+                }
             }
             Ok(index) => {
-                let new = swap.new;
+                let Some(new) = swap.new else { return };
                 self.log(|| format!("node {new} added at index {index}"));
                 let d = self.swap_rng.gen_range(10_000..300_000);
                 self.at(d, Ev::StartAdded { node: new });
@@ -2360,7 +2424,7 @@ impl Sim {
     /// Starts the added member on its empty data dir once a peer that is up has it a learner,
     /// as `server::admission` would; asks again later otherwise.
     fn start_added(&mut self, member: u64) {
-        if self.swap.is_none_or(|s| s.new != member) {
+        if self.swap.is_none_or(|s| s.new != Some(member)) {
             return;
         }
         match self.admission_answers(member, true).verdict {
@@ -2452,8 +2516,14 @@ impl Sim {
                 admitting: false,
                 removed: c.removed.contains(&member),
             };
-            let added = c.named_added().into_keys().collect();
-            replies.insert(peer, admission::Reply { answer, added, removed: c.removed });
+            let reply = admission::Reply {
+                answer,
+                added: c.added.keys().copied().filter(|id| c.has(*id)).collect(),
+                logged: c.logged.keys().copied().collect(),
+                removed: c.removed,
+                learners,
+            };
+            replies.insert(peer, reply);
         }
         admission::Tally::new(member, 1..=self.params.nodes, joins).count(&replies)
     }
@@ -2498,7 +2568,10 @@ impl Sim {
         let up = self.up_nodes();
         let n = self.params.nodes;
         let members = self.members();
-        let all_up = self.up_members().len() as u64 == n;
+        // Every member up and voting: a member's loss or removal leaves a quorum of voters (a
+        // replaced member still a learner does not vote; losing a voter's data beside it could
+        // leave too few, as it would an operator's cluster).
+        let all_up = self.up_members().len() as u64 == self.configuration_size() && self.all_vote();
         let roll: f64 = self.rng.gen();
         if roll < 0.25 && up.len() > 1 {
             let id = up[self.rng.gen_range(0..up.len())];
@@ -2563,7 +2636,7 @@ impl Sim {
             self.log(|| format!("node {id}: next fsync of its {} fails", if log { "log" } else { "state" }));
         } else if roll < 0.67 && n >= 3 && self.replacing.is_none() && self.swap.is_none() && all_up {
             self.lose_data_dir();
-        } else if roll < 0.69 && n >= 3 && self.replacing.is_none() && self.swap.is_none() && all_up {
+        } else if roll < 0.71 && n >= 3 && self.replacing.is_none() && self.swap.is_none() && all_up {
             self.retire_follower();
         }
         let d = self.chaos_delay();

@@ -101,6 +101,7 @@ fn run_seeds(nodes: u64) {
     let (mut byte_compacted, mut watched_typed, mut check_points, mut replacements, mut swaps) =
         (0, 0, 0, 0, 0);
     let (mut retirements, mut stopped_applying, mut stopped_told, mut stopped_polled) = (0, 0, 0, 0);
+    let (mut grows, mut shrinks) = (0, 0);
     let mut locks = LockActivity::default();
     for &seed in &seeds {
         let t = Instant::now();
@@ -120,6 +121,8 @@ fn run_seeds(nodes: u64) {
         replacements += r.replacements;
         swaps += r.swaps;
         retirements += r.retirements;
+        grows += r.grows;
+        shrinks += r.shrinks;
         stopped_applying += r.stopped_applying_removal;
         stopped_told += r.stopped_told_by_peer;
         stopped_polled += r.stopped_by_status;
@@ -132,7 +135,8 @@ fn run_seeds(nodes: u64) {
          locks, elections and registry instances watched, {replacements} members replaced after losing their data, \
          {swaps} removed and swapped for a member added under a new id, {retirements} running members swapped so \
          ({stopped_applying} stopped on applying their removal, {stopped_told} on a peer's refusal, {stopped_polled} \
-         on a peer's status))",
+         on a peer's status), {grows} members added with none removed, {shrinks} running members removed with none \
+         added)",
         seeds.len(),
         started.elapsed().as_secs_f64()
     );
@@ -166,6 +170,13 @@ fn run_seeds(nodes: u64) {
         single || seeds.len() < 20 || nodes < 3 || retirements > 0,
         "over {} seeds, some running member should have been removed and swapped for a new member (the \
          removal of a running member is not idle)",
+        seeds.len()
+    );
+    assert!(
+        single || seeds.len() < 20 || nodes < 3 || (grows > 0 && (shrinks > 0 || nodes < 5)),
+        "over {} seeds, the cluster should have grown by an added member and (from 5 members, which may shrink \
+         to 3 at once) shrunk by a removed one (changes of its size under faults are not idle): {grows} grew, \
+         {shrinks} shrank",
         seeds.len()
     );
     assert!(
