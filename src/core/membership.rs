@@ -371,8 +371,8 @@ pub struct Configuration {
     pub learners: Vec<u64>,
     pub removed: Vec<u64>,
     pub added: BTreeMap<u64, String>,
-    /// The members whose addition this member's log holds past its applied index (appended,
-    /// perhaps not committed yet), with their peer addresses.
+    /// The members whose addition this member's log holds past the changes it applied
+    /// (appended, perhaps not committed yet), with their peer addresses.
     pub logged: BTreeMap<u64, String>,
 }
 

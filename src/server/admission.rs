@@ -49,6 +49,7 @@ use std::time::Duration;
 use crate::config::Peer;
 use crate::fsm::COMMAND_VERSION;
 use crate::transport::{member_status, ADMITTING};
+use latch_proto::internal::MemberStatus;
 
 /// How long one peer's answer may take.
 const ASK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -130,6 +131,23 @@ pub struct Reply {
     pub logged: Vec<u64>,
     pub removed: Vec<u64>,
     pub learners: Vec<u64>,
+}
+
+/// What a peer's status replies to member `me`.
+pub fn reply_of(me: u64, s: &MemberStatus) -> Reply {
+    let answer = Answer {
+        lists_me: lists(&s.started_members, &s.learners, me),
+        learner: s.learners.contains(&me),
+        admitting: s.role == ADMITTING,
+        removed: s.removed.contains(&me),
+    };
+    Reply {
+        answer,
+        added: s.added.iter().map(|a| a.id).collect(),
+        logged: s.added_in_log.iter().map(|a| a.id).collect(),
+        removed: s.removed.clone(),
+        learners: s.learners.clone(),
+    }
 }
 
 /// The replies of every round so far, counted: each round's answers are counted against the
@@ -414,20 +432,7 @@ pub async fn ask_peers(
                 Ok(s) if s.id == peer && s.cluster_id == cluster_id => {
                     added.extend(s.added.iter().map(|a| (a.id, a.peer_addr.clone())));
                     logged_added.extend(s.added_in_log.iter().map(|a| (a.id, a.peer_addr.clone())));
-                    let answer = Answer {
-                        lists_me: lists(&s.started_members, &s.learners, me),
-                        learner: s.learners.contains(&me),
-                        admitting: s.role == ADMITTING,
-                        removed: s.removed.contains(&me),
-                    };
-                    let reply = Reply {
-                        answer,
-                        added: s.added.iter().map(|a| a.id).collect(),
-                        logged: s.added_in_log.iter().map(|a| a.id).collect(),
-                        removed: s.removed.clone(),
-                        learners: s.learners.clone(),
-                    };
-                    replies.insert(peer, reply);
+                    replies.insert(peer, reply_of(me, &s));
                 }
                 Ok(s) => silent.push(format!(
                     "member {peer}: answered as member {} of cluster {:016x}, not of {cluster_id:016x}",
@@ -577,6 +582,30 @@ mod tests {
 
     fn logging(logged: &[u64]) -> Reply {
         Reply { logged: logged.to_vec(), ..Reply::default() }
+    }
+
+    /// A peer's status becomes a reply: its applied additions and those only in its log kept
+    /// apart, its removed members and learners, and its answer about the asking member.
+    #[test]
+    fn a_status_replies_with_its_applied_and_logged_additions_apart() {
+        use latch_proto::internal::AddedMember;
+        let at = |id: u64| AddedMember { id, peer_addr: format!("h:{id}") };
+        let status = MemberStatus {
+            role: ADMITTING.into(),
+            started_members: vec![1, 2, 3],
+            learners: vec![4],
+            removed: vec![2],
+            added: vec![at(4)],
+            added_in_log: vec![at(5)],
+            ..MemberStatus::default()
+        };
+        let reply = reply_of(3, &status);
+        assert_eq!((reply.added, reply.logged), (vec![4], vec![5]), "applied and logged additions");
+        assert_eq!((reply.removed, reply.learners), (vec![2], vec![4]));
+        assert_eq!(reply.answer, Answer { lists_me: true, learner: false, admitting: true, removed: false });
+        let replaced = reply_of(4, &status).answer;
+        assert_eq!(replaced, Answer { lists_me: false, learner: true, admitting: true, removed: false });
+        assert!(reply_of(2, &status).answer.removed, "member 2 was removed");
     }
 
     /// Grown from 3 first members to 5, member 1 restarts empty knowing only the first three.

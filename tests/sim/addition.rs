@@ -220,3 +220,41 @@ fn an_addition_held_in_a_log_but_not_applied_is_named_until_it_applies() {
         assert_eq!(c.named_added().into_keys().collect::<Vec<_>>(), [4], "member {id}");
     }
 }
+
+/// An addition only the old leader's log holds goes when a new leader's entries replace that
+/// part of its log: it is no longer named (`Configuration::logged`), and was never applied.
+#[test]
+fn an_addition_a_new_leader_overwrote_is_no_longer_named() {
+    let (mut s, l, w, o) = cluster_with_writes(139, None);
+    let change = s.add(l, 4, ADDR);
+    let mut unsent = |m: &Message| match m.get_msg_type() {
+        MessageType::MsgAppend if m.from == l => Route::Drop,
+        _ => Route::Deliver,
+    };
+    s.until("the addition in the leader's log", 50, &mut unsent, &mut |s| {
+        s.core(l).configuration().logged.contains_key(&4)
+    });
+    assert!(s.core(w).configuration().logged.is_empty(), "its followers never received it");
+
+    let mut isolated = |m: &Message| if m.from == l || m.to == l { Route::Drop } else { Route::Deliver };
+    let leads = |s: &mut Scripted, id: u64| s.core(id).status().role == Role::Leader;
+    s.until("a new leader", 500, &mut isolated, &mut |s| leads(s, w) || leads(s, o));
+    let new_leader = if leads(&mut s, w) { w } else { o };
+    let put = s.propose(new_leader, Command { request_id: "over".into(), ..s_put("over", "1") });
+    s.until("a write of the new leader committed", 200, &mut isolated, &mut |s| s.answer(put).is_some());
+
+    s.until("the old leader's log follows the new one", 500, &mut all, &mut |s| {
+        value_on(s, l, "over").is_some()
+    });
+    let c = s.core(l).configuration();
+    assert!(c.logged.is_empty(), "the overwritten addition is not named: {c:?}");
+    assert!(!c.added.contains_key(&4) && c.learners.is_empty(), "nor applied: {c:?}");
+    assert!(
+        !matches!(s.answer(change), Some(Reply::Changed(Ok(_)))),
+        "the addition was not taken: {:?}",
+        s.answer(change)
+    );
+    for id in [w, o] {
+        assert!(s.core(id).configuration().logged.is_empty(), "member {id}");
+    }
+}
