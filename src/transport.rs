@@ -341,6 +341,13 @@ impl PeerRpc for PeerService {
         let started_members = crate::fsm::members::recorded(&txn).map_err(|e| unreadable(e.to_string()))?;
         let learners = crate::core::membership::recorded_learners(&txn).map_err(unreadable)?;
         let configuration = self.node.configuration();
+        // The learners the state records, and those of the changes handed out to it but not
+        // applied yet (committed too): a member added or replaced moments ago is named a learner
+        // beside its addition, which `added` below names from the same changes.
+        let mut learners = learners;
+        learners.extend(&configuration.learners);
+        learners.sort_unstable();
+        learners.dedup();
         let added = (configuration.added.iter())
             .filter(|(id, _)| configuration.has(**id))
             .map(|(id, addr)| AddedMember { id: *id, peer_addr: addr.clone() })

@@ -558,7 +558,7 @@ pub struct Core {
     /// (`--initial-cluster`) and the added ones. One in neither raft's voters nor its learners
     /// was removed.
     known: membership::Known,
-    /// The additions (`membership::addition`) this member's log holds past its applied index,
+    /// The additions (`membership::addition`) this member's log holds past the changes it applied,
     /// by index: appended, perhaps not committed yet. A member that lost its data and asks its
     /// peers counts them as members (`server::admission`): a peer may hold an addition that a
     /// quorum committed before it applied it.
@@ -1653,7 +1653,7 @@ impl Core {
     }
 
     /// Configuration `conf` (one this member reached), with the members removed and added, and
-    /// the additions its log holds past the applied index.
+    /// the additions its log holds past the changes applied.
     fn configuration_of(&self, conf: &ConfState) -> membership::Configuration {
         membership::Configuration {
             logged: self.logged_additions.values().cloned().collect(),

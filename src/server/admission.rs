@@ -20,12 +20,14 @@
 //! the size of the configuration the answers describe ([`Tally`]: the first members, `--peers`'
 //! and those any answer so far named added, without those any answer named removed), not of
 //! `--initial-cluster`: a cluster grown from 3 to 5 needs 3 answers, one shrunk from 5 to 3
-//! needs 2; and only the answers of its members that vote count (not of one known from a log
-//! alone, nor of a learner: no acknowledgement of theirs counted toward a commit). A peer names
-//! the additions its log holds past its applied index as well as those it applied: an addition
-//! is committed by a quorum of the configuration before it, so any `peers_needed` of that
-//! configuration's other members include one that holds it, and the count grows to it before
-//! it could admit. A member named once stays counted when a later round's answers miss it.
+//! needs 2; and only the answers of its members that this round's replies show voting count
+//! toward those needed (not of one known from a log alone, from `--peers` alone, nor of a
+//! learner: no acknowledgement of theirs counted toward a commit), though any may refuse. A peer
+//! names the additions its log holds past the changes it applied as well as those it applied:
+//! an addition is committed by a quorum of the configuration before it, so any `peers_needed`
+//! of that configuration's other members include one that holds it, and the count grows to it
+//! before it could admit. A member named once stays counted when a later round's answers miss
+//! it.
 //!
 //! What this cannot see: a record not applied yet by the peers that hold it (proposed moments
 //! before the data was lost, or held in a peer's log past its applied index), and a loss of
@@ -122,7 +124,7 @@ pub fn answering_configuration<'a>(
 }
 
 /// One peer's reply to a member asking whether it ran before: its answer, and what its
-/// configuration names added (applied; or held in its log past its applied index,
+/// configuration names added (applied; or held in its log past the changes it applied,
 /// `Peer.Status.added_in_log`), removed, and learning.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reply {
@@ -165,9 +167,11 @@ pub struct Tally {
     me: u64,
     /// A member added at run time, not one of the first members: [`joining_verdict`].
     joins: bool,
-    /// The first members (`--initial-cluster`'s) and `--peers`': members until a reply names
-    /// them removed.
-    first: BTreeSet<u64>,
+    /// The first members (`--initial-cluster`'s), voters until a reply says otherwise, and
+    /// `--peers`' (members now, as the operator says; voters only where a reply says so): members
+    /// until a reply names them removed.
+    initial: BTreeSet<u64>,
+    current: BTreeSet<u64>,
     /// The members a reply named added as applied, and those only as held in a log.
     added: BTreeSet<u64>,
     logged: BTreeSet<u64>,
@@ -181,18 +185,26 @@ pub struct Counted {
     pub verdict: Verdict,
     /// The configuration the replies so far describe.
     pub configuration: BTreeSet<u64>,
-    /// The answers that count: those of its members that vote, as far as the replies tell.
+    /// The answers of its members, and those of them that count toward the answers needed:
+    /// of members that vote, as far as this round's replies tell.
     pub answers: BTreeMap<u64, Answer>,
+    pub voters: BTreeSet<u64>,
 }
 
 impl Tally {
-    /// Counts for member `me`, whose cluster's first members and `--peers` are `first`; `joins`
-    /// when it is not one of the first members.
-    pub fn new(me: u64, first: impl IntoIterator<Item = u64>, joins: bool) -> Tally {
+    /// Counts for member `me`, whose cluster's first members are `initial` and whose `--peers`
+    /// are `current`; `joins` when it is not one of the first members.
+    pub fn new(
+        me: u64,
+        initial: impl IntoIterator<Item = u64>,
+        current: impl IntoIterator<Item = u64>,
+        joins: bool,
+    ) -> Tally {
         Tally {
             me,
             joins,
-            first: first.into_iter().collect(),
+            initial: initial.into_iter().collect(),
+            current: current.into_iter().collect(),
             added: BTreeSet::new(),
             logged: BTreeSet::new(),
             removed: BTreeMap::new(),
@@ -201,37 +213,38 @@ impl Tally {
 
     /// Counts one round's replies, by peer.
     pub fn count(&mut self, replies: &BTreeMap<u64, Reply>) -> Counted {
-        let mut learners: BTreeSet<u64> = BTreeSet::new();
+        // What this round's replies say of who votes: a member added at run time votes once
+        // a reply has its addition applied, and none names it a learner.
+        let (mut added, mut learners): (BTreeSet<u64>, BTreeSet<u64>) = (BTreeSet::new(), BTreeSet::new());
         for (peer, reply) in replies {
             self.added.extend(&reply.added);
             self.logged.extend(&reply.logged);
+            added.extend(&reply.added);
             learners.extend(&reply.learners);
             for id in &reply.removed {
                 self.removed.entry(*id).or_insert(*peer);
             }
         }
-        let first: Vec<u64> = self.first.iter().copied().collect();
+        let first: Vec<u64> = self.initial.union(&self.current).copied().collect();
         let named: Vec<u64> = self.added.union(&self.logged).copied().collect();
         let removed: Vec<u64> = self.removed.keys().copied().collect();
         let configuration = answering_configuration(&first, [(named.as_slice(), removed.as_slice())]);
-        let votes = |peer: &u64| {
-            configuration.contains(peer)
-                && (self.first.contains(peer) || self.added.contains(peer))
-                && !learners.contains(peer)
-        };
         let answers: BTreeMap<u64, Answer> = (replies.iter())
-            .filter(|(peer, _)| votes(peer))
+            .filter(|(peer, _)| configuration.contains(peer))
             .map(|(peer, reply)| (*peer, reply.answer))
+            .collect();
+        let voters: BTreeSet<u64> = (answers.keys().copied())
+            .filter(|p| (self.initial.contains(p) || added.contains(p)) && !learners.contains(p))
             .collect();
         let members = configuration.len();
         let asked = configuration.iter().filter(|m| **m != self.me).count();
         // Removed is for good: an earlier round's reply that said so still does.
         let verdict = match self.removed.get(&self.me) {
             Some(peer) => Verdict::Removed { peer: *peer },
-            None if self.joins => joining_verdict(members, asked, &answers),
-            None => verdict(members, &answers),
+            None if self.joins => joining_weighed(members, asked, &answers, voters.len()),
+            None => weighed(members, &answers, voters.len()),
         };
-        Counted { verdict, configuration, answers }
+        Counted { verdict, configuration, answers, voters }
     }
 }
 
@@ -265,6 +278,12 @@ pub enum Verdict {
 
 /// The verdict of `answers` (by peer id) for a member of a cluster of `members`.
 pub fn verdict(members: usize, answers: &BTreeMap<u64, Answer>) -> Verdict {
+    weighed(members, answers, answers.len())
+}
+
+/// As [`verdict`], where `answers` are those of every member of the configuration and `votes`
+/// of them count toward those needed (the others' may still refuse).
+fn weighed(members: usize, answers: &BTreeMap<u64, Answer>, votes: usize) -> Verdict {
     if let Some((peer, _)) = answers.iter().find(|(_, a)| a.removed) {
         return Verdict::Removed { peer: *peer };
     }
@@ -275,9 +294,9 @@ pub fn verdict(members: usize, answers: &BTreeMap<u64, Answer>) -> Verdict {
         return Verdict::Refuse { peer: *peer };
     }
     let needed = peers_needed(members);
-    match answers.len() >= needed {
+    match votes >= needed {
         true => Verdict::Admit,
-        false => Verdict::Wait { answered: answers.len(), needed },
+        false => Verdict::Wait { answered: votes, needed },
     }
 }
 
@@ -285,9 +304,16 @@ pub fn verdict(members: usize, answers: &BTreeMap<u64, Answer>) -> Verdict {
 /// [`verdict`], but admitted only once a peer has it a learner (its addition applied there),
 /// and refused once all of them answered without.
 pub fn joining_verdict(members: usize, asked: usize, answers: &BTreeMap<u64, Answer>) -> Verdict {
-    match verdict(members, answers) {
-        Verdict::Admit if answers.values().any(|a| a.learner) => Verdict::Admit,
-        Verdict::Admit if answers.len() >= asked => Verdict::NotAdded,
+    joining_weighed(members, asked, answers, answers.len())
+}
+
+/// As [`joining_verdict`], where `votes` of `answers` count toward those needed: "not added"
+/// takes every member's answer, whether it votes or not.
+fn joining_weighed(members: usize, asked: usize, answers: &BTreeMap<u64, Answer>, votes: usize) -> Verdict {
+    let added = answers.values().any(|a| a.learner);
+    match weighed(members, answers, votes) {
+        Verdict::Admit if added => Verdict::Admit,
+        Verdict::Admit | Verdict::Wait { .. } if !added && answers.len() >= asked => Verdict::NotAdded,
         Verdict::Admit => Verdict::Wait { answered: answers.len(), needed: asked },
         other => other,
     }
@@ -417,7 +443,7 @@ pub async fn ask_peers(
     for p in peers.iter().chain(current).filter(|p| p.id != me) {
         others.entry(p.id).or_insert_with(|| p.peer_addr.clone());
     }
-    let mut tally = Tally::new(me, peers.iter().chain(current).map(|p| p.id), joins);
+    let mut tally = Tally::new(me, peers.iter().map(|p| p.id), current.iter().map(|p| p.id), joins);
     let mut not_added_since = None;
     tracing::info!(member = me, "the raft log is empty: asking the peers whether this member has run before");
     let mut logged = tokio::time::Instant::now();
@@ -448,7 +474,7 @@ pub async fn ask_peers(
         for (id, addr) in added.iter().filter(|(id, _)| **id != me) {
             others.insert(*id, addr.clone());
         }
-        let Counted { verdict, configuration, answers } = tally.count(&replies);
+        let Counted { verdict, configuration, answers, voters } = tally.count(&replies);
         let asked = configuration.iter().filter(|m| **m != me).count();
         // Refused as never added only once that lasted: the peers may be behind the commit.
         let verdict = match verdict {
@@ -472,6 +498,7 @@ pub async fn ask_peers(
                 tracing::info!(
                     member = me,
                     answered = ?answers.keys().collect::<Vec<_>>(),
+                    counted = ?voters,
                     ?admitting,
                     replaced,
                     "no peer records this member's start as a voter's: taking part"
@@ -615,7 +642,7 @@ mod tests {
     /// them on, also once no reply names them again.
     #[test]
     fn the_configuration_grows_by_what_any_round_named_and_never_shrinks_by_a_silent_or_lagging_peer() {
-        let mut tally = Tally::new(1, [1, 2, 3], false);
+        let mut tally = Tally::new(1, [1, 2, 3], [], false);
         let first = tally.count(&BTreeMap::from([(2, logging(&[4, 5])), (3, reply(&[], &[]))]));
         assert_eq!(first.configuration.iter().copied().collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
         assert_eq!(first.verdict, Verdict::Wait { answered: 2, needed: 3 }, "5 members need 3 answers");
@@ -638,12 +665,12 @@ mod tests {
     /// member 4 answering, member 1 still waits for member 2.
     #[test]
     fn only_voters_answers_count_not_a_member_known_from_a_log_or_a_learner() {
-        let mut tally = Tally::new(1, [1, 2, 3], false);
+        let mut tally = Tally::new(1, [1, 2, 3], [], false);
         let admitting = Reply { answer: Answer { admitting: true, ..Answer::default() }, ..Reply::default() };
         let counted = tally.count(&BTreeMap::from([(3, logging(&[4])), (4, admitting.clone())]));
         assert_eq!(counted.configuration.iter().copied().collect::<Vec<_>>(), [1, 2, 3, 4]);
         assert_eq!(
-            counted.answers.keys().copied().collect::<Vec<_>>(),
+            counted.voters.iter().copied().collect::<Vec<_>>(),
             [3],
             "member 4 is known from a log alone"
         );
@@ -651,8 +678,40 @@ mod tests {
 
         let learning = Reply { added: vec![4], learners: vec![4], ..Reply::default() };
         let counted = tally.count(&BTreeMap::from([(3, learning), (4, admitting)]));
-        assert_eq!(counted.answers.keys().copied().collect::<Vec<_>>(), [3], "member 4 is a learner");
+        assert_eq!(counted.voters.iter().copied().collect::<Vec<_>>(), [3], "member 4 is a learner");
         assert_eq!(counted.verdict, Verdict::Wait { answered: 1, needed: 2 });
+    }
+
+    /// review-s64-2: whether a member votes is read from the round's own replies — a member of
+    /// `--peers` votes only once a reply has its addition applied, and a member an earlier round
+    /// named a learner does not count on its own answer later; a member that does not count may
+    /// still refuse, and a joiner is not added once every member answered, voting or not.
+    #[test]
+    fn who_votes_is_read_from_the_rounds_own_replies_and_any_member_may_refuse() {
+        let mut tally = Tally::new(5, [1, 2], [3, 4], true);
+        let alone = tally.count(&BTreeMap::from([(3, Reply::default()), (4, Reply::default())]));
+        assert!(alone.voters.is_empty(), "--peers' members, no reply has them added: {alone:?}");
+
+        let mut tally = Tally::new(1, [1, 2, 3], [], false);
+        let learning = Reply { added: vec![4], learners: vec![4], ..Reply::default() };
+        tally.count(&BTreeMap::from([(3, learning)]));
+        let later = tally.count(&BTreeMap::from([(4, Reply::default())]));
+        assert!(later.voters.is_empty(), "member 4 answers alone a round later: {later:?}");
+
+        let mut tally = Tally::new(1, [1, 2, 3], [], false);
+        let lister = Reply { answer: Answer { lists_me: true, ..Answer::default() }, ..Reply::default() };
+        let from_log = tally.count(&BTreeMap::from([(2, logging(&[4])), (3, Reply::default()), (4, lister)]));
+        assert_eq!(
+            from_log.verdict,
+            Verdict::Refuse { peer: 4 },
+            "a member that does not vote still refuses"
+        );
+
+        let mut tally = Tally::new(5, [1, 2, 3], [], true);
+        let learning = Reply { added: vec![4], learners: vec![4], ..Reply::default() };
+        let all = [(1, learning.clone()), (2, learning.clone()), (3, learning), (4, Reply::default())];
+        let never = tally.count(&BTreeMap::from(all));
+        assert_eq!(never.verdict, Verdict::NotAdded, "every member answered without member 5: {never:?}");
     }
 
     /// A reply of a member that is not in the configuration the replies describe does not count
@@ -660,7 +719,7 @@ mod tests {
     /// asking member removed refuses it in every later round, whatever the later replies say.
     #[test]
     fn only_members_answers_count_and_a_removal_once_named_stays() {
-        let mut tally = Tally::new(3, [1, 2, 3], false);
+        let mut tally = Tally::new(3, [1, 2, 3], [], false);
         let counted = tally.count(&BTreeMap::from([(1, reply(&[4], &[2])), (2, reply(&[], &[]))]));
         assert_eq!(
             counted.configuration.iter().copied().collect::<Vec<_>>(),
@@ -670,7 +729,7 @@ mod tests {
         assert_eq!(counted.answers.keys().copied().collect::<Vec<_>>(), [1], "removed member 2's answer");
         assert_eq!(counted.verdict, Verdict::Wait { answered: 1, needed: 2 });
 
-        let mut tally = Tally::new(3, [1, 2, 3], false);
+        let mut tally = Tally::new(3, [1, 2, 3], [], false);
         let removed = tally.count(&BTreeMap::from([(1, reply(&[], &[3]))]));
         assert_eq!(removed.verdict, Verdict::Removed { peer: 1 });
         let later = tally.count(&BTreeMap::from([(1, reply(&[], &[])), (2, reply(&[], &[]))]));
@@ -681,7 +740,7 @@ mod tests {
     /// until one has it a learner.
     #[test]
     fn a_joining_member_counts_against_the_configuration_that_has_it() {
-        let mut tally = Tally::new(4, [1, 2, 3], true);
+        let mut tally = Tally::new(4, [1, 2, 3], [], true);
         let none =
             tally.count(&BTreeMap::from([(1, reply(&[], &[])), (2, reply(&[], &[])), (3, reply(&[], &[]))]));
         assert_eq!(none.verdict, Verdict::NotAdded, "every member answered without it");

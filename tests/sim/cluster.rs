@@ -38,7 +38,8 @@ use latch::fsm::SessionChange;
 use latch::server::admission;
 use latch::storage::{Identity, Stores};
 use latch_proto::internal::{
-    command::Body, outcome, CloseSession, Command, CreateSession, KeyValue, Put, Range,
+    command::Body, outcome, AddedMember, CloseSession, Command, CreateSession, KeyValue, MemberStatus, Put,
+    Range,
 };
 use raft::eraftpb::Message;
 use rand::rngs::SmallRng;
@@ -2508,24 +2509,25 @@ impl Sim {
                 .unwrap_or_else(|e| ctx.fail(Some(peer), "admission", e.to_string()));
             let started = fsm::members::recorded(&txn)
                 .unwrap_or_else(|e| ctx.fail(Some(peer), "admission", e.to_string()));
-            let learners = latch::core::membership::recorded_learners(&txn)
+            let mut learners = latch::core::membership::recorded_learners(&txn)
                 .unwrap_or_else(|e| ctx.fail(Some(peer), "admission", e));
-            let answer = admission::Answer {
-                lists_me: admission::lists(&started, &learners, member),
-                learner: learners.contains(&member),
-                admitting: false,
-                removed: c.removed.contains(&member),
-            };
-            let reply = admission::Reply {
-                answer,
-                added: c.added.keys().copied().filter(|id| c.has(*id)).collect(),
-                logged: c.logged.keys().copied().collect(),
-                removed: c.removed,
+            // As `Peer.Status` names them: the state's learners and the configuration's.
+            learners.extend(&c.learners);
+            learners.sort_unstable();
+            learners.dedup();
+            let at = |(id, addr): (&u64, &String)| AddedMember { id: *id, peer_addr: addr.clone() };
+            let status = MemberStatus {
+                started_members: started,
                 learners,
+                removed: c.removed.clone(),
+                added: c.added.iter().filter(|(id, _)| c.has(**id)).map(at).collect(),
+                added_in_log: c.logged.iter().map(at).collect(),
+                ..MemberStatus::default()
             };
+            let reply = admission::reply_of(member, &status);
             replies.insert(peer, reply);
         }
-        admission::Tally::new(member, 1..=self.params.nodes, joins).count(&replies)
+        admission::Tally::new(member, 1..=self.params.nodes, [], joins).count(&replies)
     }
 
     /// The members clients call and faults hit: every member but those removed and down (one
