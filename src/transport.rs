@@ -336,22 +336,8 @@ impl PeerRpc for PeerService {
 
     async fn status(&self, _: Request<MemberStatusRequest>) -> Result<Response<MemberStatus>, Status> {
         let s = self.node.status();
-        let unreadable = |e: String| Status::internal(format!("cannot read the members' records: {e}"));
         let txn = self.node.db().begin_read().map_err(|e| unreadable(e.to_string()))?;
-        let started_members = crate::fsm::members::recorded(&txn).map_err(|e| unreadable(e.to_string()))?;
-        let learners = crate::core::membership::recorded_learners(&txn).map_err(unreadable)?;
-        let configuration = self.node.configuration();
-        // The learners the state records, and those of the changes handed out to it but not
-        // applied yet (committed too): a member added or replaced moments ago is named a learner
-        // beside its addition, which `added` below names from the same changes.
-        let mut learners = learners;
-        learners.extend(&configuration.learners);
-        learners.sort_unstable();
-        learners.dedup();
-        let added = (configuration.added.iter())
-            .filter(|(id, _)| configuration.has(**id))
-            .map(|(id, addr)| AddedMember { id: *id, peer_addr: addr.clone() })
-            .collect();
+        let membership = membership_status(&txn, self.node.configuration()).map_err(unreadable)?;
         Ok(Response::new(MemberStatus {
             id: s.id,
             client_addr: self.client_addr.clone(),
@@ -363,13 +349,6 @@ impl PeerRpc for PeerService {
             leader: s.leader,
             cluster_id: self.node.cluster_id,
             snapshots_installed: s.snapshots_installed,
-            started_members,
-            learners,
-            removed: configuration.removed,
-            added,
-            added_in_log: (configuration.logged.iter())
-                .map(|(id, addr)| AddedMember { id: *id, peer_addr: addr.clone() })
-                .collect(),
             adds_members: true,
             command_version: crate::fsm::COMMAND_VERSION,
             state_hashes: (self.shared.state_hashes.points().into_iter())
@@ -377,8 +356,38 @@ impl PeerRpc for PeerService {
                 .collect(),
             state_hash_version: crate::core::state_check::STATE_HASH_VERSION,
             state_installed_at: self.shared.state_hashes.unconfirmed_install(),
+            ..membership
         }))
     }
+}
+
+fn unreadable(e: String) -> Status {
+    Status::internal(format!("cannot read the members' records: {e}"))
+}
+
+/// The membership fields of a `Peer.Status` (`started_members`, `learners`, `removed`, `added`,
+/// `added_in_log`, the rest left default): from the state read in `txn` and the `configuration`
+/// handed out to it — the learners the state records and those of the changes handed out but not
+/// applied yet (committed too), so that a member added or replaced moments ago is named a learner
+/// beside its addition, which `added` names from the same changes.
+pub fn membership_status(
+    txn: &redb::ReadTransaction,
+    configuration: crate::core::membership::Configuration,
+) -> Result<MemberStatus, String> {
+    let started_members = crate::fsm::members::recorded(txn).map_err(|e| e.to_string())?;
+    let mut learners = crate::core::membership::recorded_learners(txn)?;
+    learners.extend(&configuration.learners);
+    learners.sort_unstable();
+    learners.dedup();
+    let at = |(id, addr): (&u64, &String)| AddedMember { id: *id, peer_addr: addr.clone() };
+    Ok(MemberStatus {
+        started_members,
+        learners,
+        added: configuration.added.iter().filter(|(id, _)| configuration.has(**id)).map(at).collect(),
+        added_in_log: configuration.logged.iter().map(at).collect(),
+        removed: configuration.removed,
+        ..MemberStatus::default()
+    })
 }
 
 /// Writes a snapshot stream's frames into the inbox as they arrive; returns its size.

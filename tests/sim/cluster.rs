@@ -38,8 +38,7 @@ use latch::fsm::SessionChange;
 use latch::server::admission;
 use latch::storage::{Identity, Stores};
 use latch_proto::internal::{
-    command::Body, outcome, AddedMember, CloseSession, Command, CreateSession, KeyValue, MemberStatus, Put,
-    Range,
+    command::Body, outcome, CloseSession, Command, CreateSession, KeyValue, Put, Range,
 };
 use raft::eraftpb::Message;
 use rand::rngs::SmallRng;
@@ -2507,23 +2506,8 @@ impl Sim {
                 .state_db()
                 .begin_read()
                 .unwrap_or_else(|e| ctx.fail(Some(peer), "admission", e.to_string()));
-            let started = fsm::members::recorded(&txn)
-                .unwrap_or_else(|e| ctx.fail(Some(peer), "admission", e.to_string()));
-            let mut learners = latch::core::membership::recorded_learners(&txn)
+            let status = latch::transport::membership_status(&txn, c)
                 .unwrap_or_else(|e| ctx.fail(Some(peer), "admission", e));
-            // As `Peer.Status` names them: the state's learners and the configuration's.
-            learners.extend(&c.learners);
-            learners.sort_unstable();
-            learners.dedup();
-            let at = |(id, addr): (&u64, &String)| AddedMember { id: *id, peer_addr: addr.clone() };
-            let status = MemberStatus {
-                started_members: started,
-                learners,
-                removed: c.removed.clone(),
-                added: c.added.iter().filter(|(id, _)| c.has(**id)).map(at).collect(),
-                added_in_log: c.logged.iter().map(at).collect(),
-                ..MemberStatus::default()
-            };
             let reply = admission::reply_of(member, &status);
             replies.insert(peer, reply);
         }
