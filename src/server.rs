@@ -53,6 +53,7 @@ pub mod admission;
 pub mod marks;
 mod sockets;
 pub mod state_check;
+pub mod upgrade;
 
 /// The public services on the client port, as the gRPC health service names them.
 const SERVICES: [&str; 7] = [
@@ -126,7 +127,7 @@ pub enum ServerError {
     #[error("{0}")]
     Refused(#[from] admission::NotAdmitted),
     #[error("{0}")]
-    OtherVersion(#[from] admission::OtherVersion),
+    Incompatible(#[from] upgrade::Incompatible),
     #[error("{0}")]
     Diverged(#[from] state_check::Diverged),
     #[error("the node stopped while the member was being admitted (its error is logged above)")]
@@ -203,6 +204,7 @@ pub async fn run(
             max_response_bytes: config.limits.max_response_bytes,
             request_memory_bytes: fsm::REQUEST_MEMORY_BYTES,
             events: false,
+            newest_version: fsm::COMMAND_VERSION,
         },
         log_cache_bytes: config.peer_limits.log_cache_bytes,
         max_uncommitted_bytes: config.peer_limits.max_uncommitted_bytes,
@@ -384,7 +386,7 @@ pub async fn run(
     // that will be refused serves nothing from its empty state meanwhile.
     if !admission.admits() {
         let asked = async {
-            admission::check_versions(id, cluster_id, &config.contacts()).await?;
+            upgrade::check(id, cluster_id, &config.contacts()).await?;
             // A replaced member's new life, restarted since, is asked nothing (its log is no
             // longer empty): its mark says it lived before.
             let mut lived_before = marks::read(&config.data_dir, marks::LIVED_BEFORE).is_some();
@@ -462,6 +464,7 @@ pub async fn run(
         client_addrs: client_addrs.clone(),
     };
     let learner = tokio::spawn(learn_members(node.handle(), links.clone(), client_addrs));
+    tokio::spawn(upgrade::raise((node.handle(), cluster_id), links.clone(), stopped(stop_rx.clone())));
     tracing::info!(member = id, cluster = %format!("{cluster_id:016x}"), %client_addr, %peer_addr, %http_addr, %dns_addr, data_dir = %config.data_dir.display(), "member started");
 
     let grpc_metrics =

@@ -351,6 +351,7 @@ impl PeerRpc for PeerService {
             snapshots_installed: s.snapshots_installed,
             adds_members: true,
             command_version: crate::fsm::COMMAND_VERSION,
+            cluster_version: s.cluster_version,
             state_hashes: (self.shared.state_hashes.points().into_iter())
                 .map(|p| StateHashPoint { index: p.index, hash: p.hash })
                 .collect(),

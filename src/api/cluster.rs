@@ -67,6 +67,7 @@ impl Cluster for ClusterService {
                     error: String::new(),
                     snapshots_installed: me.snapshots_installed,
                     command_version: crate::fsm::COMMAND_VERSION,
+                    cluster_version: me.cluster_version,
                 };
             }
             match member_status(&p.peer_addr, probe).await {
@@ -81,6 +82,7 @@ impl Cluster for ClusterService {
                     error: String::new(),
                     snapshots_installed: s.snapshots_installed,
                     command_version: s.command_version,
+                    cluster_version: s.cluster_version,
                 },
                 Err(error) => Member {
                     id: p.id,

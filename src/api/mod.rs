@@ -20,7 +20,6 @@ use crate::config::Limits;
 use crate::core::{RequestError, Retry};
 use crate::fsm::history::RevisionError;
 use crate::fsm::FsmError;
-use crate::fsm::COMMAND_VERSION;
 use crate::node::{Freshness, NodeHandle};
 use latch_proto::internal::{command::Body, outcome, Command};
 use latch_proto::v1::ResponseHeader;
@@ -149,7 +148,8 @@ impl Context {
             "" => (uuid::Uuid::now_v7().to_string(), Retry::NoId),
             named => (named.to_string(), Retry::SameId),
         };
-        let cmd = Command { version: COMMAND_VERSION, request_id: request_id.clone(), body: Some(body) };
+        // Proposed at the cluster's version, which the core sets (`Core::propose`).
+        let cmd = Command { version: 0, request_id: request_id.clone(), body: Some(body) };
         let out = self.node.propose(cmd, retry).await?;
         let header = self.header(out.revision);
         if out.data_omitted {

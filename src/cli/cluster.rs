@@ -148,7 +148,9 @@ fn replaced_text(member: u64, index: u64) -> String {
 }
 
 /// `{"cluster_id", "leader", "term", "members": [{"id", "peer_addr", "client_addr", "role",
-/// "applied_index", "commit_index", "term", "error", "snapshots_installed", "command_version"}]}`;
+/// "applied_index", "commit_index", "term", "error", "snapshots_installed", "command_version",
+/// "cluster_version"}]}`: the newest command version each member's build applies, and the
+/// version its state says the cluster runs (docs/architecture.md, "Upgrades");
 /// `leader` is 0 when no leader is known; `cluster_id` is the 16 hex digits `--cluster-id` takes.
 fn status_json(status: &StatusResponse) -> serde_json::Value {
     let members: Vec<_> = status
@@ -166,6 +168,7 @@ fn status_json(status: &StatusResponse) -> serde_json::Value {
                 "error": m.error,
                 "snapshots_installed": m.snapshots_installed,
                 "command_version": m.command_version,
+                "cluster_version": m.cluster_version,
             })
         })
         .collect();
@@ -189,8 +192,8 @@ fn status_text(status: &StatusResponse) -> String {
         id => id.to_string(),
     };
     let mut text = format!("leader: {leader}  term: {}  cluster: {}\n", status.term, cluster_id(status));
-    let header = ["ID", "PEER ADDR", "CLIENT ADDR", "ROLE", "APPLIED", "COMMIT", "TERM"];
-    let rows: Vec<[String; 7]> = status.members.iter().map(member_row).collect();
+    let header = ["ID", "PEER ADDR", "CLIENT ADDR", "ROLE", "APPLIED", "COMMIT", "TERM", "VERSION"];
+    let rows: Vec<[String; 8]> = status.members.iter().map(member_row).collect();
     let mut widths = header.map(str::len);
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -210,7 +213,8 @@ fn status_text(status: &StatusResponse) -> String {
     text
 }
 
-fn member_row(m: &Member) -> [String; 7] {
+/// VERSION is the member's build and, after a slash, the cluster version its state holds.
+fn member_row(m: &Member) -> [String; 8] {
     let or_dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
     let unreachable = m.role == "unreachable";
     let number = |n: u64| if unreachable { "-".to_string() } else { n.to_string() };
@@ -222,6 +226,10 @@ fn member_row(m: &Member) -> [String; 7] {
         number(m.applied_index),
         number(m.commit_index),
         number(m.term),
+        match (unreachable, m.command_version) {
+            (true, _) | (false, 0) => "-".to_string(),
+            (false, build) => format!("{build}/{}", m.cluster_version),
+        },
     ]
 }
 
@@ -238,6 +246,8 @@ mod tests {
             applied_index: 42,
             commit_index: 42,
             term: 3,
+            command_version: 12,
+            cluster_version: 11,
             ..Default::default()
         };
         let mut down = member(3, "unreachable");
@@ -272,7 +282,8 @@ mod tests {
         assert_eq!(lines[0], "leader: 1  term: 3  cluster: 00000000000000ab");
         assert!(lines[1].starts_with("ID  PEER ADDR"), "{text}");
         assert!(lines[2].starts_with("1   127.0.0.1:7180  127.0.0.1:7179  leader"), "{text}");
-        assert!(lines[4].contains("unreachable"), "{text}");
+        assert!(lines[2].ends_with("  12/11"), "the build, then the cluster version: {text}");
+        assert!(lines[4].contains("unreachable") && lines[4].ends_with("  -"), "{text}");
         assert_eq!(lines[5], "member 3: connection refused");
     }
 }

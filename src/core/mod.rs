@@ -396,6 +396,11 @@ pub struct Status {
     pub proposals_pending: u64,
     /// Live sessions, as this member's leases count them.
     pub sessions: u64,
+    /// The cluster version as of the applied state (`fsm::versions`).
+    pub cluster_version: u32,
+    /// The newest command version this member's build applies (`fsm::COMMAND_VERSION`, less in
+    /// the simulator's older builds).
+    pub build_version: u32,
 }
 
 /// Told when a write transaction commits and when committed entries are applied, so that the
@@ -514,6 +519,11 @@ pub struct Core {
     /// The index of the last snapshot delivered to each peer, and when (on `clock_ms`): it may
     /// be installing it, silent, for longer than [`CATCH_UP_SILENCE_MS`].
     snapshots_delivered: BTreeMap<u64, (u64, u64)>,
+    /// The cluster version as of the applied state (`fsm::versions`), and the newest command
+    /// version this member's build applies (`fsm::Bounds::newest_version`): it proposes at the
+    /// lower of the two, so that every member, whatever its build, applies what it proposes.
+    cluster_version: u32,
+    build_version: u32,
     actions: Vec<Action>,
     /// When set, raft's randomized election timeouts are drawn from it (see
     /// [`Core::seed_election_timeouts`]) instead of raft-rs's thread rng.
@@ -664,6 +674,8 @@ impl Core {
         cfg.validate()?;
         let raw = RawNode::new(&cfg, store, logger)?;
         let logged_additions = logged_additions(&raw, applied.index)?;
+        let cluster_version = fsm::versions::cluster_version(&state_db.begin_read().map_err(redb_err)?)?;
+        let build_version = config.bounds.newest_version.min(fsm::COMMAND_VERSION);
         let applier = Applier::new(state_db.clone(), state_syncs, snapshots.clone(), config.bounds)?;
         let mut leases = Leases::default();
         leases.reload(stored_leases(&state_db)?, 0);
@@ -702,6 +714,8 @@ impl Core {
             known,
             logged_additions,
             snapshots_delivered: BTreeMap::new(),
+            cluster_version,
+            build_version,
             actions: Vec::new(),
             election_rng: None,
             clock_ms: 0,
@@ -805,6 +819,8 @@ impl Core {
             log_cached_bytes: self.raw.store().cached_bytes() as u64,
             reads_awaiting_apply: self.confirmed_reads.values().map(|r| r.len() as u64).sum(),
             sessions: self.leases.len() as u64,
+            cluster_version: self.cluster_version,
+            build_version: self.build_version,
         }
     }
 
@@ -1150,9 +1166,16 @@ impl Core {
     /// here. The same command under a request id already pending joins that proposal; another
     /// command under it is refused at once (`RequestError::RequestInFlight`). A command without
     /// a request id gets one of this member's own.
+    ///
+    /// The command is proposed at [`Core::proposing_version`], whatever version it came with
+    /// (the request hash leaves the version out): a raise of the cluster version alone keeps
+    /// its own, the version it raises to.
     pub fn propose(&mut self, waiter: Waiter, mut cmd: Command) {
         if cmd.request_id.is_empty() {
             cmd.request_id = self.own_request_id();
+        }
+        if !matches!(cmd.body, Some(Body::RaiseClusterVersion(_))) {
+            cmd.version = self.proposing_version();
         }
         let id = cmd.request_id.clone();
         let data = cmd.encode_to_vec();
@@ -1175,9 +1198,17 @@ impl Core {
     /// which it returns; its outcome comes back for `waiter` like any other.
     pub fn propose_own(&mut self, waiter: Waiter, body: Body) -> String {
         let request_id = self.own_request_id();
-        let cmd = Command { version: fsm::COMMAND_VERSION, request_id: request_id.clone(), body: Some(body) };
+        let cmd =
+            Command { version: self.proposing_version(), request_id: request_id.clone(), body: Some(body) };
         self.propose(waiter, cmd);
         request_id
+    }
+
+    /// The version this member proposes its commands at: the cluster version, or its own build's
+    /// if that is older (a cluster raised past a member's build has that member stop at the
+    /// raise, so it never gets here).
+    pub fn proposing_version(&self) -> u32 {
+        self.cluster_version.min(self.build_version)
     }
 
     /// A request id no other member, and no other life of this one, ever makes.
@@ -1334,6 +1365,8 @@ impl Core {
             self.snapshots_installed += 1;
             let conf = meta.get_conf_state();
             self.known.added = fsm::members::added(&self.state_db.begin_read().map_err(redb_err)?)?;
+            self.cluster_version =
+                fsm::versions::cluster_version(&self.state_db.begin_read().map_err(redb_err)?)?;
             if self.known.removed(conf, self.id()) {
                 self.removed_at = Some(meta.index);
             }
@@ -1795,6 +1828,13 @@ impl Core {
             .any(|a| matches!(a.outcome.result, Some(outcome::Result::MemberStarted(_))))
         {
             self.check_start_recorded();
+        }
+        if !overtaken {
+            for a in &progress.commands {
+                if let Some(outcome::Result::ClusterVersion(v)) = &a.outcome.result {
+                    self.cluster_version = self.cluster_version.max(v.version);
+                }
+            }
         }
         for a in progress.commands {
             // Only the command a waiter proposed answers it: another one applied under the same

@@ -40,6 +40,7 @@ mod requests;
 mod same_state;
 pub mod sessions;
 pub mod snapshot;
+pub mod versions;
 
 use latch_proto::internal::{
     command::Body, outcome, Command, CompactResult, Compacted, KeyValue, Outcome, Range, RangeResult,
@@ -91,15 +92,17 @@ use apply::Apply;
 /// refusal's text out (`requests`' module doc). Version 10: no command changed, but raft's
 /// changes of membership are applied (a member's replacement, `core::membership`), which a
 /// build of 9 applies as no-ops — and members that disagree on who votes could elect two
-/// leaders — so builds of 9 and 10 must not run side by side. A version older than [`OLDEST_COMMAND_VERSION`]
-/// is rejected (every build since version 2 rejects it alike); a newer one stops the member
-/// ([`FsmError::NewerVersion`]).
+/// leaders — so builds of 9 and 10 must not run side by side. Version 11: `RaiseClusterVersion`
+/// (`versions`); from it on a member proposes at the cluster version, not at this, so builds of
+/// 10 and later run side by side until every member runs the later one. A version older than
+/// [`OLDEST_COMMAND_VERSION`] is rejected (every build since version 2 rejects it alike); a
+/// newer one stops the member ([`FsmError::NewerVersion`]).
 ///
 /// What a command writes to the state, texts included, is fixed by its version: every member
 /// must reach the same state from the same log whatever build applies it, and the members
 /// compare their states (`core::state_check`). So a change to it is made under a new version,
 /// and `fsm::same_state` pins the state a fixed sequence of commands leaves.
-pub const COMMAND_VERSION: u32 = 10;
+pub const COMMAND_VERSION: u32 = 11;
 /// The oldest `Command.version` this build applies.
 pub const OLDEST_COMMAND_VERSION: u32 = 2;
 /// The first version whose acquires and session creates check request ids (see above).
@@ -117,17 +120,18 @@ const REFUSAL_TEXT_UNCOUNTED_FROM: u32 = 9;
 
 /// The domains the members compare at check points: every one but the request memory (see
 /// [`checked_state_hash`]), in [`DOMAINS`]' order.
-const CHECKED_DOMAINS: [&dyn Domain; 6] = [
+const CHECKED_DOMAINS: [&dyn Domain; 7] = [
     &kv::KvDomain,
     &sessions::SessionsDomain,
     &locks::LocksDomain,
     &registry::RegistryDomain,
     &history::HistoryDomain,
     &members::MembersDomain,
+    &versions::VersionsDomain,
 ];
 
 /// Every domain, in the order their tables appear in a snapshot.
-const DOMAINS: [&dyn Domain; 7] = [
+const DOMAINS: [&dyn Domain; 8] = [
     &kv::KvDomain,
     &requests::RequestsDomain,
     &sessions::SessionsDomain,
@@ -135,6 +139,7 @@ const DOMAINS: [&dyn Domain; 7] = [
     &registry::RegistryDomain,
     &history::HistoryDomain,
     &members::MembersDomain,
+    &versions::VersionsDomain,
 ];
 
 /// A domain table: every one is keyed and valued by bytes, so that snapshot, restore and the
@@ -187,10 +192,10 @@ pub enum FsmError {
     /// a later build started on the same data dir applies it.
     #[error(
         "entry {index} is a command of version {version}, written by a later build: this build \
-         applies versions {OLDEST_COMMAND_VERSION} to {COMMAND_VERSION}; start this member with the \
+         applies versions {OLDEST_COMMAND_VERSION} to {newest}; start this member with the \
          build its peers run (docs/architecture.md, \"Upgrades\")"
     )]
-    NewerVersion { index: u64, version: u32 },
+    NewerVersion { index: u64, version: u32, newest: u32 },
 }
 
 /// What applying one command produced.
@@ -302,6 +307,10 @@ pub struct Bounds {
     /// them; a member's watches read the history, so a member does not build them (a delete of
     /// a million keys would hold a million events). Shapes nothing stored.
     pub events: bool,
+    /// The newest command version this member applies: [`COMMAND_VERSION`]. The simulator runs
+    /// members as builds of an earlier version with less (a rolling upgrade); a later version
+    /// stops the member ([`FsmError::NewerVersion`]).
+    pub newest_version: u32,
 }
 
 impl Default for Bounds {
@@ -310,6 +319,7 @@ impl Default for Bounds {
             max_response_bytes: 4 * 1024 * 1024,
             request_memory_bytes: REQUEST_MEMORY_BYTES,
             events: true,
+            newest_version: COMMAND_VERSION,
         }
     }
 }
@@ -489,7 +499,7 @@ pub fn checked_state_hash_unless(txn: &ReadTransaction, stop: &AtomicBool) -> Re
 
 /// Tables a state hashes only once they hold a row: a state without any hashes as it did in
 /// the builds before the table, so that members on either build compare check points alike.
-const ADDED_LATER: [&str; 1] = ["added_members"];
+const ADDED_LATER: [&str; 2] = ["added_members", "cluster_version"];
 
 /// The rows between two looks at a hash's `stop`.
 const ROWS_PER_STOP_CHECK: u32 = 4096;
@@ -591,8 +601,9 @@ fn apply_command<'t>(
             return Ok((applied, Recorded::default()));
         }
     };
-    if cmd.version > COMMAND_VERSION {
-        return Err(FsmError::NewerVersion { index, version: cmd.version });
+    if cmd.version > bounds.newest_version.min(COMMAND_VERSION) {
+        let newest = bounds.newest_version.min(COMMAND_VERSION);
+        return Err(FsmError::NewerVersion { index, version: cmd.version, newest });
     }
     let command_hash = request_hash(&cmd, data);
     let mut memory = match (cmd.request_id.is_empty(), memory) {
@@ -665,6 +676,7 @@ fn apply_command<'t>(
             Some(Body::SetHealth(req)) => registry::set_health(&mut ap, req, term)?,
             Some(Body::Reap(req)) => registry::reap(&mut ap, req)?,
             Some(Body::MemberStarted(req)) => members::started(&mut ap, req, index)?,
+            Some(Body::RaiseClusterVersion(_)) => versions::raise(ap.txn, cmd.version)?,
             Some(Body::Compact(req)) => match history::compact(txn, req.revision, ap.revision())? {
                 Ok(compact_revision) => outcome::Result::Compact(CompactResult { compact_revision }),
                 Err(history::RevisionError::Compacted { compact_revision, .. }) => {
@@ -1209,18 +1221,19 @@ mod tests {
             Command { version: COMMAND_VERSION + 1, request_id: "next".into(), body: Some(put("a", "2")) };
         let index = s.applied().index + 1;
         match s.try_apply_data(&cmd.encode_to_vec()) {
-            Err(FsmError::NewerVersion { index: at, version }) => {
+            Err(FsmError::NewerVersion { index: at, version, newest }) => {
                 assert_eq!(
-                    (at, version),
-                    (index, COMMAND_VERSION + 1),
-                    "the error names the entry and its version"
+                    (at, version, newest),
+                    (index, COMMAND_VERSION + 1, COMMAND_VERSION),
+                    "the error names the entry, its version and the newest this build applies"
                 );
             }
             other => panic!(
                 "a later version must stop the member (peers apply it: rejecting it diverges), got {other:?}"
             ),
         }
-        let error = FsmError::NewerVersion { index, version: COMMAND_VERSION + 1 }.to_string();
+        let error = FsmError::NewerVersion { index, version: COMMAND_VERSION + 1, newest: COMMAND_VERSION }
+            .to_string();
         let named = format!("versions {OLDEST_COMMAND_VERSION} to {COMMAND_VERSION}");
         assert!(error.contains(&named), "the error names the versions this build applies: {error}");
         assert_eq!(s.get("a").map(|kv| kv.value), Some(b"1".to_vec()), "nothing of the entry is written");

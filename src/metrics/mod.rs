@@ -162,6 +162,8 @@ pub struct RaftMetrics {
     pub applied_index: Gauge,
     /// `commit_index - applied_index`.
     pub apply_lag: Gauge,
+    /// The cluster version as of the applied state (`fsm::versions`).
+    pub cluster_version: Gauge,
     pub proposals_pending: Gauge,
     pub proposals_committed: Counter,
     pub proposals_applied: Counter,
@@ -295,6 +297,7 @@ impl Metrics {
             commit_index: Gauge::default(),
             applied_index: Gauge::default(),
             apply_lag: Gauge::default(),
+            cluster_version: Gauge::default(),
             proposals_pending: Gauge::default(),
             proposals_committed: Counter::default(),
             proposals_applied: Counter::default(),
@@ -331,6 +334,11 @@ impl Metrics {
             "raft_applied_index",
             "The highest log index applied to the state machine",
             raft.applied_index.clone(),
+        );
+        r.register(
+            "cluster_version",
+            "The command version every member proposes at, as of this member's applied state: the lowest build among the members once the leader raised it (docs/architecture.md, \"Upgrades\")",
+            raft.cluster_version.clone(),
         );
         r.register(
             "raft_apply_lag_entries",

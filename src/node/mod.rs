@@ -641,6 +641,7 @@ fn record_status(m: &RaftMetrics, before: &Status, now: &Status) {
     m.commit_index.set(gauge(now.commit_index));
     m.applied_index.set(gauge(now.applied.index));
     m.apply_lag.set(gauge(now.commit_index.saturating_sub(now.applied.index)));
+    m.cluster_version.set(i64::from(now.cluster_version));
     m.proposals_pending.set(gauge(now.proposals_pending));
     m.proposals_committed.inc_by(now.commit_index.saturating_sub(before.commit_index));
     m.snapshots_installed.inc_by(now.snapshots_installed.saturating_sub(before.snapshots_installed));

@@ -38,18 +38,14 @@
 //! same way, and is admitted only once a peer has it a learner — its addition applied
 //! ([`joining_verdict`]); refused once every peer it asked answered without.
 //!
-//! Every member with peers, whatever its log, first checks once that no peer runs a build of
-//! another command version ([`check_versions`]): every command carries its proposer's
-//! version, and a member cannot apply a later one (docs/architecture.md, "Upgrades"). Peers
-//! that do not answer within [`ASK_TIMEOUT`] are not waited for: a whole cluster being started
-//! on a new build meets none of the old one.
+//! Before any of this, every member with peers checks that it can run beside their builds
+//! (`server::upgrade::check`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::Peer;
-use crate::fsm::COMMAND_VERSION;
 use crate::transport::{member_status, ADMITTING};
 use latch_proto::internal::MemberStatus;
 
@@ -371,58 +367,6 @@ fn refusal_text(r: &Refused) -> String {
              start on an empty data dir, catch up, and vote again"
         ),
     }
-}
-
-/// A peer runs a build of another command version.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "member {peer} runs a build that proposes commands of {}, and this build \
-     proposes version {ours}: members of different versions cannot apply each other's commands, \
-     so this member does not start next to it. Upgrade the whole cluster at once: stop every \
-     member, then start each on the same build (docs/architecture.md, \"Upgrades\")",
-    theirs_named(*theirs)
-)]
-pub struct OtherVersion {
-    pub peer: u64,
-    /// 0: the peer's status does not say (a build from before the field).
-    pub theirs: u32,
-    pub ours: u32,
-}
-
-fn theirs_named(theirs: u32) -> String {
-    match theirs {
-        // Builds before the field proposed version 7 or 8; a peer of version 7 would reject
-        // every command of this build's and fall behind for good, so not saying is not enough.
-        0 => "an unknown version (a build from before 2026-12-05, version 7 or 8)".to_string(),
-        v => format!("version {v}"),
-    }
-}
-
-/// The first peer of `answers` (peer id, the command version it reported, 0 if none) whose
-/// version is not `ours`, or not known.
-pub fn version_conflict(ours: u32, answers: &[(u64, u32)]) -> Option<OtherVersion> {
-    answers.iter().find_map(|&(peer, theirs)| (theirs != ours).then_some(OtherVersion { peer, theirs, ours }))
-}
-
-/// Asks every peer of `peers` but `me` once, within [`ASK_TIMEOUT`], which command version its
-/// build proposes; refuses if one that answers as a member of cluster `cluster_id` runs another
-/// than this build's.
-pub async fn check_versions(me: u64, cluster_id: u64, peers: &[Peer]) -> Result<(), OtherVersion> {
-    let asked = peers
-        .iter()
-        .filter(|p| p.id != me)
-        .map(|p| async move { (p.id, member_status(&p.peer_addr, ASK_TIMEOUT).await) });
-    let mut answers = Vec::new();
-    for (peer, answer) in futures::future::join_all(asked).await {
-        match answer {
-            Ok(s) if s.id == peer && s.cluster_id == cluster_id => answers.push((peer, s.command_version)),
-            Ok(_) => {}
-            Err(e) => {
-                tracing::debug!(member = me, peer, error = %e, "a peer did not say its command version")
-            }
-        }
-    }
-    version_conflict(COMMAND_VERSION, &answers).map_or(Ok(()), Err)
 }
 
 /// Asks `peers` (the members the cluster started with, `me` included unless it was added since)
@@ -758,31 +702,6 @@ mod tests {
             verdict(3, &answers(&[(2, true)])),
             Verdict::Refuse { peer: 2 },
             "refused before enough answered"
-        );
-    }
-
-    #[test]
-    fn a_peer_of_another_command_version_or_of_one_it_does_not_say_is_named() {
-        assert_eq!(version_conflict(8, &[(1, 8), (3, 8)]), None, "the same version");
-        let unknown = version_conflict(8, &[(1, 8), (3, 0)]).expect("a build that does not say: 7 or 8");
-        assert_eq!(unknown, OtherVersion { peer: 3, theirs: 0, ours: 8 });
-        assert!(unknown.to_string().contains("an unknown version"), "{unknown}");
-        assert_eq!(
-            version_conflict(8, &[(1, 8), (3, 9)]),
-            Some(OtherVersion { peer: 3, theirs: 9, ours: 8 }),
-            "a later build"
-        );
-        assert_eq!(
-            version_conflict(9, &[(2, 0)]),
-            Some(OtherVersion { peer: 2, theirs: 0, ours: 9 }),
-            "a build from before the field, next to a later one"
-        );
-        let named = OtherVersion { peer: 3, theirs: 9, ours: 8 }.to_string();
-        assert!(
-            named.contains("member 3")
-                && named.contains("version 9")
-                && named.contains("whole cluster at once"),
-            "the refusal names the peer, its version and what to do: {named}"
         );
     }
 

@@ -95,6 +95,12 @@ pub const MEMBERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("members
 /// member is removed: an id is never added twice. See `fsm::members`.
 pub const ADDED_MEMBERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("added_members");
 
+/// The cluster version: `version` → the command version every member proposes at (4 bytes,
+/// big endian), absent until first raised (the cluster then runs [`crate::fsm::versions::UNRAISED`]).
+/// See `fsm::versions`.
+pub const CLUSTER_VERSION: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cluster_version");
+pub const CLUSTER_VERSION_KEY: &[u8] = b"version";
+
 /// The history of the key-value state: revision (8 bytes, big endian) and the change's index
 /// in it (4 bytes, big endian) → `latch.internal.v1.HistoryEvent` (see `fsm::history`).
 pub const HISTORY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("history");

@@ -118,6 +118,12 @@ async fn cli_cluster_status_json_is_one_document_with_leader_term_and_members() 
         "command_version should be the build's: {doc}"
     );
     assert!(
+        m["cluster_version"]
+            .as_u64()
+            .is_some_and(|v| (10..=u64::from(latch::fsm::COMMAND_VERSION)).contains(&v)),
+        "cluster_version should be at most the build's, raised from 10 once every member runs it: {doc}"
+    );
+    assert!(
         m["applied_index"].as_u64().is_some_and(|i| i >= 1),
         "applied_index should be a number >= 1: {doc}"
     );

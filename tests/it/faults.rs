@@ -623,11 +623,14 @@ async fn a_member_whose_data_file_is_garbage_refuses_to_start_naming_the_file() 
 }
 
 /// A peer that answers `Peer.Status` as member `id` of `cluster_id` running a build of command
-/// `version`, and nothing else: a member of another build.
+/// `version` whose state holds cluster version `cluster_version`, and nothing else: a member of
+/// another build.
+#[derive(Clone)]
 struct OtherBuild {
     id: u64,
     cluster_id: u64,
     version: u32,
+    cluster_version: u32,
 }
 
 #[tonic::async_trait]
@@ -654,62 +657,101 @@ impl latch_proto::internal::peer_server::Peer for OtherBuild {
             id: self.id,
             cluster_id: self.cluster_id,
             command_version: self.version,
+            cluster_version: self.cluster_version,
             role: "follower".into(),
             ..Default::default()
         }))
     }
 }
 
-/// Every command carries its proposer's command version and a member cannot apply a later one
-/// (docs/architecture.md, "Upgrades"), so a member does not start next to a peer running a
-/// build of another version: it exits naming the peer and both versions. With that build gone,
-/// it starts, the data is there, and `cluster status` names each member's version.
+impl OtherBuild {
+    /// Serves on `addr` (a stopped member's peer port) until the task is aborted.
+    async fn serve(self, addr: &str) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("the peer port is free");
+        let incoming =
+            tonic::transport::server::TcpIncoming::from_listener(listener, true, None).expect("incoming");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(latch_proto::internal::peer_server::PeerServer::new(self))
+                .serve_with_incoming(incoming),
+        )
+    }
+}
+
+/// Members of builds of different command versions run side by side while the cluster version
+/// is one every one of them applies (docs/architecture.md, "Upgrades"): a member starts beside
+/// a later build, but not beside a build too old to roll from, nor when a peer's state says the
+/// cluster runs a version past its own build — it exits naming the peer and both versions. With
+/// every member on this build, the leader raises the cluster version to it, and `cluster status`
+/// names each member's build and cluster version.
 #[tokio::test]
-async fn a_member_does_not_start_next_to_a_peer_running_a_build_of_another_command_version() {
+async fn a_member_runs_beside_a_later_build_but_not_past_its_own_version_and_the_cluster_version_follows_the_builds(
+) {
     let mut c = Cluster::start(3, &[]).await;
     c.leader().await;
     c.client().await.put("k", "v").await.unwrap();
+    let v = latch::fsm::COMMAND_VERSION;
     c.kill(3);
-    let listener = tokio::net::TcpListener::bind(&c.member(3).peer_addr).await.expect("member 3's peer port");
-    let incoming =
-        tonic::transport::server::TcpIncoming::from_listener(listener, true, None).expect("incoming");
-    let later = OtherBuild { id: 3, cluster_id: c.cluster_id(), version: latch::fsm::COMMAND_VERSION + 1 };
-    let other_build = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(latch_proto::internal::peer_server::PeerServer::new(later))
-            .serve_with_incoming(incoming),
-    );
     c.kill(1);
-    let restarted = c
-        .server_command(1, c.initial_cluster())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start member 1 again");
-    let (status, stderr) =
-        exited(restarted, "member 1 should exit beside member 3, which runs a later build").await;
-    assert!(!status.success(), "member 1 must not start next to a later build: {status}; stderr: {stderr}");
-    let named = format!(
-        "member 3 runs a build that proposes commands of version {}, and this build proposes version {}",
-        latch::fsm::COMMAND_VERSION + 1,
-        latch::fsm::COMMAND_VERSION
-    );
-    assert!(
-        stderr.contains(&named),
-        "stderr should name the peer and both versions ({named}); got: {stderr}"
-    );
+    let peer3 = c.member(3).peer_addr.clone();
+    let build =
+        |version, cluster_version| OtherBuild { id: 3, cluster_id: c.cluster_id(), version, cluster_version };
+    let refusals = [
+        (
+            build(v + 1, v + 1),
+            format!(
+                "member 3's state says the cluster runs version {}, and this build applies versions up to {v}",
+                v + 1
+            ),
+        ),
+        (build(9, 0), format!("member 3 runs a build of version 9, and this build of version {v} runs beside")),
+    ];
+    for (other, named) in refusals {
+        let other_build = other.clone().serve(&peer3).await;
+        let restarted = c
+            .server_command(1, c.initial_cluster())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start member 1 again");
+        let (status, stderr) = exited(restarted, "member 1 should exit beside member 3's build").await;
+        assert!(
+            !status.success(),
+            "member 1 must not start beside {:?}: {status}; stderr: {stderr}",
+            (other.version, other.cluster_version)
+        );
+        assert!(stderr.contains(&named), "stderr should say why ({named}); got: {stderr}");
+        other_build.abort();
+        let _ = other_build.await;
+    }
 
-    // The other build gone and member 3 back on this one, member 1 starts and the data is there.
+    // A later build whose cluster version this build applies: member 1 starts beside it.
+    let other_build = build(v + 1, v).serve(&peer3).await;
+    c.restart(1).await;
+    let kv = c.client_of_many(&[1, 2]).await.get("k").await.unwrap();
+    assert_eq!(kv.map(|kv| kv.value), Some(b"v".to_vec()), "the cluster keeps its data");
     other_build.abort();
     let _ = other_build.await;
+
+    // Member 3 back on this build: every member runs it, and the cluster runs its version.
+    // Members 1 and 2 sent raft messages to the stand-in, an HTTP/2 server, so they send to
+    // member 3 over the gRPC stream of builds before the wire until they try the wire again
+    // (`transport::wire::RETRY_WIRE_AFTER`, a minute); started again, they dial the wire first.
     c.restart(3).await;
-    c.restart(1).await;
-    let kv = c.client_of_many(&[1, 2, 3]).await.get("k").await.unwrap();
-    assert_eq!(kv.map(|kv| kv.value), Some(b"v".to_vec()), "the cluster keeps its data");
-    let status = c.status_of(2).await.expect("member 2's cluster status");
-    let versions: Vec<(u64, u32)> = status.members.iter().map(|m| (m.id, m.command_version)).collect();
-    let v = latch::fsm::COMMAND_VERSION;
-    assert_eq!(versions, [(1, v), (2, v), (3, v)], "cluster status names every member's command version");
+    for id in [1, 2] {
+        c.kill(id);
+        c.restart(id).await;
+    }
+    eventually("every member names this build and its cluster version", STARTUP, || async {
+        let status = c.status_of(2).await?;
+        let versions: Vec<(u64, u32, u32)> =
+            status.members.iter().map(|m| (m.id, m.command_version, m.cluster_version)).collect();
+        match versions == [(1, v, v), (2, v, v), (3, v, v)] {
+            true => Ok(()),
+            false => Err(format!("(member, build, cluster version): {versions:?}")),
+        }
+    })
+    .await;
 }
 
 /// A member whose state file took a changed byte while it was down (damage raft cannot see: it

@@ -59,6 +59,12 @@ async fn metrics_show_commit_durations_the_term_and_grpc_calls_by_method_and_cod
     assert!(state > 0.0, "the state file's size is measured, got {state}:\n{text}");
     let log = sample(&text, "latch_raft_log_files_bytes").unwrap_or(0.0);
     assert!(log >= 64.0 * 1024.0 * 1024.0, "one preallocated segment at least, got {log}:\n{text}");
+    let cluster_version = sample(&text, "latch_cluster_version").unwrap_or(0.0);
+    assert!(
+        (10.0..=f64::from(latch::fsm::COMMAND_VERSION)).contains(&cluster_version),
+        "the cluster version is shown, 10 until a lone member of this build raises it to its own, got \
+         {cluster_version}:\n{text}"
+    );
     let free = sample(&text, "latch_data_dir_free_bytes").unwrap_or(0.0);
     assert!(free > 0.0, "the space left on the data dir's file system is measured, got {free}:\n{text}");
     assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");

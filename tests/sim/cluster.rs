@@ -34,11 +34,12 @@ use std::sync::Arc;
 use latch::core::RequestError;
 use latch::core::{self, Action, Applier, Core, MemoryInbox, Role, Timing, Waiter};
 use latch::fsm;
+use latch::fsm::versions;
 use latch::fsm::SessionChange;
-use latch::server::admission;
+use latch::server::{admission, upgrade};
 use latch::storage::{Identity, Stores};
 use latch_proto::internal::{
-    command::Body, outcome, CloseSession, Command, CreateSession, KeyValue, Put, Range,
+    command::Body, outcome, CloseSession, Command, CreateSession, KeyValue, Put, RaiseClusterVersion, Range,
 };
 use raft::eraftpb::Message;
 use rand::rngs::SmallRng;
@@ -73,6 +74,9 @@ const SETTLE_BUDGET_US: u64 = 40_000_000;
 /// How often a member asks each peer for its `Peer.Status` (`server::learn_members`), which
 /// tells a removed member that never applied its removal — a learner sends nothing to be refused.
 const STATUS_POLL_US: u64 = 5_000_000;
+/// How often a leader whose cluster version is below its build's asks its members' builds
+/// (`server::upgrade::RAISE_EVERY`, scaled as the simulator's timing is).
+const RAISE_POLL_US: u64 = 500_000;
 /// How long a leader-change run cuts the leader off (µs, drawn in this range).
 const LEADER_CUT_OFF_US: (u64, u64) = (200_000, 350_000);
 
@@ -142,6 +146,10 @@ pub struct Params {
     pub lock_queue_bound: u32,
     /// The most bytes of history the leader keeps (0: no byte bound), drawn apart too.
     pub history_retention_bytes: u64,
+    /// Whether the first members run a build of the version before the cluster version
+    /// ([`versions::UNRAISED`]), and the chaos upgrades them one at a time (a rolling upgrade),
+    /// rather than all run this one's (drawn apart too).
+    pub rolling: bool,
 }
 
 impl Params {
@@ -232,6 +240,7 @@ impl Params {
                     0
                 }
             },
+            rolling: mode == Mode::Chaos && SmallRng::seed_from_u64(seed ^ 0x726f_6c6c).gen_bool(0.5),
         }
     }
 }
@@ -272,6 +281,10 @@ pub struct Report {
     /// none added (it shrinks).
     pub grows: u64,
     pub shrinks: u64,
+    /// Members restarted on a later build (a rolling upgrade), and the cluster version the
+    /// members agree on at the end.
+    pub upgrades: u64,
+    pub cluster_version: u32,
     pub stopped_applying_removal: u64,
     pub stopped_told_by_peer: u64,
     pub stopped_by_status: u64,
@@ -347,7 +360,7 @@ impl std::fmt::Display for Report {
         write!(
             f,
             "seed {} ({} nodes, snapshot every {}): {} steps, {:.1}s virtual, {} msgs; puts {} acked {} reads {} \
-             retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}, data dirs lost and replaced {}, swapped for new members {}; running members swapped {}, members added {}, running members removed {}), \
+             retries {}; shared-key ops {} (linearizable), serializable reads {}; crashes {} (fsync deaths {}, data dirs lost and replaced {}, swapped for new members {}; running members swapped {}, members added {}, running members removed {}, upgraded {}), cluster version {}, \
              partitions {}, pauses {}, snapshots {}; max term {}, revision {}, {} hash checks, {} check points; lease grants {}, \
              expiries {}, closes {}; lock grants {}, lock-delays ended {}, holds expired {} (unplaced {}, granted again after {}), closed {}, longest queue {}, acquires withdrawn first {}, queues full {}, calls sent again {} (withdrawals {}, copies answered from memory {}); guarded \
              writes {} (succeeded {}, refused after their session ended {}, refused after a release {}; proclaims succeeded {}, refused {}); bound puts {} (sequential {}, sequential deletes {}); heartbeats {}, \
@@ -371,6 +384,8 @@ impl std::fmt::Display for Report {
             self.retirements,
             self.grows,
             self.shrinks,
+            self.upgrades,
+            self.cluster_version,
             self.partitions,
             self.pauses,
             self.snapshots,
@@ -629,6 +644,9 @@ struct SimNode {
     paused_until: u64,
     /// When it last asked its peers for their `Peer.Status`.
     polled_at: u64,
+    /// The newest command version its build applies (`fsm::Bounds::newest_version`): a later
+    /// command stops it, which the simulator takes for a failure.
+    build: u32,
 }
 
 /// A change of the cluster's members under way: a member on its way out (its data dir lost,
@@ -644,7 +662,7 @@ struct Swap {
 
 impl SimNode {
     /// A member that never ran: empty disks, down.
-    fn new(id: u64, tick_us: u64) -> SimNode {
+    fn new(id: u64, tick_us: u64, build: u32) -> SimNode {
         SimNode {
             id,
             started_at: 0,
@@ -659,6 +677,7 @@ impl SimNode {
             tick_us,
             paused_until: 0,
             polled_at: 0,
+            build,
         }
     }
 }
@@ -733,6 +752,8 @@ pub struct Sim {
     /// Members added at run time: their empty state is not the cluster's first.
     joined: BTreeSet<u64>,
     settling: bool,
+    /// When a leader last asked its members' builds ([`RAISE_POLL_US`]).
+    raised_at: u64,
     logger: slog::Logger,
     verbose: bool,
     report: Report,
@@ -782,8 +803,9 @@ impl Sim {
             .enumerate()
             .map(|(i, spec)| Heartbeater::new(i, spec.clone()))
             .collect();
+        let first_build = if params.rolling { versions::UNRAISED } else { fsm::COMMAND_VERSION };
         let nodes = (1..=params.nodes)
-            .map(|id| SimNode::new(id, TICK_US * rng.gen_range(970..=1030) / 1000))
+            .map(|id| SimNode::new(id, TICK_US * rng.gen_range(970..=1030) / 1000, first_build))
             .collect();
         let clients = (0..params.clients).map(Client::new).collect();
         let watch_checker = WatchChecker::draw(seed, params.nodes, params.chaos_us);
@@ -844,6 +866,7 @@ impl Sim {
             gone: BTreeSet::new(),
             joined: BTreeSet::new(),
             settling: false,
+            raised_at: 0,
             logger: slog::Logger::root(slog::Discard, slog::o!()),
             verbose,
         }
@@ -935,6 +958,7 @@ impl Sim {
         let identity = Identity { cluster_id: CLUSTER_ID, member_id: id };
         let hasher = self.point_checker.hasher(id);
         let node = self.node(id);
+        let build = node.build;
         let open = |disk: &mut SimDisk, what: &str| {
             latch::storage::open_with_backend(disk.open(), identity, cache_bytes).unwrap_or_else(|e| {
                 ctx.fail(Some(id), "restart from disk", format!("cannot open the {what} store: {e}"))
@@ -952,6 +976,7 @@ impl Sim {
             history_retention_bytes,
             // Check points often enough that every run compares states at several.
             state_check_interval_ms: 1_000,
+            bounds: fsm::Bounds { newest_version: build, ..core::Config::new(id, &voters, nonce).bounds },
             ..core::Config::new(id, &voters, nonce)
         };
         let (mut core, applier) =
@@ -1172,6 +1197,7 @@ impl Sim {
                 if self.gone.contains(&node) {
                     self.poll_status(node);
                 }
+                self.raise_cluster_version(node);
             }
             Ev::Deliver { d, from_inc } => self.deliver(*d, from_inc),
             Ev::Notice { node, inc, what } => {
@@ -2289,6 +2315,64 @@ impl Sim {
         }
     }
 
+    /// A running member of an older build is stopped and started again on this one, as an
+    /// operator rolls an upgrade through the cluster one member at a time.
+    fn upgrade_one(&mut self) {
+        let older: Vec<u64> = (self.up_nodes().into_iter())
+            .filter(|id| {
+                !self.gone.contains(id) && self.nodes[(id - 1) as usize].build < fsm::COMMAND_VERSION
+            })
+            .collect();
+        if older.is_empty() {
+            return;
+        }
+        let id = older[self.rng.gen_range(0..older.len())];
+        self.crash(id, "upgrade");
+        self.node(id).build = fsm::COMMAND_VERSION;
+        self.report.upgrades += 1;
+        let d = self.rng.gen_range(50_000..1_000_000);
+        self.at(d, Ev::Restart { node: id });
+        self.log(|| format!("node {id} upgraded to a build of version {}", fsm::COMMAND_VERSION));
+    }
+
+    /// What the leader's `server::upgrade::raise` does, every [`RAISE_POLL_US`]: asks every
+    /// other member of its configuration which build it runs (a member down, or cut off from it
+    /// either way, does not answer) and proposes the raise `upgrade::raise_to` finds.
+    fn raise_cluster_version(&mut self, id: u64) {
+        if self.now < self.raised_at + RAISE_POLL_US {
+            return;
+        }
+        let Some(core) = self.nodes[(id - 1) as usize].core.as_ref() else { return };
+        let status = core.status();
+        if status.role != Role::Leader || status.cluster_version >= status.build_version {
+            return;
+        }
+        self.raised_at = self.now;
+        let others: Vec<u64> = core.configuration().members().into_iter().filter(|m| *m != id).collect();
+        let builds: BTreeMap<u64, u32> = (others.iter())
+            .map(|m| &self.nodes[(m - 1) as usize])
+            .filter(|n| n.core.is_some() && self.net.connected(id, n.id) && self.net.connected(n.id, id))
+            .map(|n| (n.id, n.build))
+            .collect();
+        let Some(version) = upgrade::raise_to(status.cluster_version, status.build_version, &others, &builds)
+        else {
+            return;
+        };
+        self.next_waiter += 1;
+        let waiter = self.next_waiter;
+        let cmd = Command {
+            version,
+            request_id: String::new(),
+            body: Some(Body::RaiseClusterVersion(RaiseClusterVersion {})),
+        };
+        self.set_clock(id);
+        if let Some(core) = self.node(id).core.as_mut() {
+            core.propose(waiter, cmd);
+        }
+        self.touched.insert(id);
+        self.log(|| format!("node {id} proposes the cluster version {version} (builds {builds:?})"));
+    }
+
     /// Whether the leader, if any, has every member of its configuration a voter.
     fn all_vote(&self) -> bool {
         let leader = self.leader().and_then(|l| self.nodes[(l - 1) as usize].core.as_ref());
@@ -2350,7 +2434,8 @@ impl Sim {
         let new = add.then(|| {
             let new = self.nodes.len() as u64 + 1;
             let tick_us = TICK_US * self.swap_rng.gen_range(970..=1030) / 1000;
-            self.nodes.push(SimNode::new(new, tick_us));
+            // A member added runs the build being rolled out.
+            self.nodes.push(SimNode::new(new, tick_us, fsm::COMMAND_VERSION));
             new
         });
         self.swap = Some(Swap { old, new, removed: old.is_none() });
@@ -2624,6 +2709,8 @@ impl Sim {
             self.lose_data_dir();
         } else if roll < 0.71 && n >= 3 && self.replacing.is_none() && self.swap.is_none() && all_up {
             self.retire_follower();
+        } else if roll < 0.74 {
+            self.upgrade_one();
         }
         let d = self.chaos_delay();
         self.at(d, Ev::Chaos);
@@ -2697,6 +2784,12 @@ impl Sim {
         if !members().all(|n| n.core.as_ref().is_some_and(|c| c.conf_state().learners.is_empty())) {
             return false;
         }
+        // The cluster version is the lowest build among the members: the leader raised it once
+        // the last of them ran a later build (`server::upgrade`), and never past one.
+        let lowest = members().map(|n| n.build).min().unwrap_or(fsm::COMMAND_VERSION);
+        if statuses.iter().any(|s| s.cluster_version != lowest) {
+            return false;
+        }
         // Nothing any member proposed is still on its way: a compaction the leader proposed as it
         // applied a backlog (a new leader committing its predecessor's entries in one batch) is
         // part of what the cluster settles to, as the history's byte bound assumes.
@@ -2737,6 +2830,7 @@ impl Sim {
         r.hash_checks = self.checker.hash_checks;
         r.check_points = self.point_checker.compared;
         r.final_revision = up.first().map_or(0, |(_, c)| c.status().applied.revision);
+        r.cluster_version = up.first().map_or(0, |(_, c)| c.status().cluster_version);
         r.grants = self.leases.grants;
         r.expiries = self.leases.expiries;
         r.closes = self.leases.closes();

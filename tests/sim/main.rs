@@ -32,6 +32,7 @@ mod scenarios;
 mod scripted;
 mod sessions;
 mod state_checks;
+mod upgrade;
 mod watches;
 
 use std::time::Instant;
@@ -102,6 +103,7 @@ fn run_seeds(nodes: u64) {
         (0, 0, 0, 0, 0);
     let (mut retirements, mut stopped_applying, mut stopped_told, mut stopped_polled) = (0, 0, 0, 0);
     let (mut grows, mut shrinks) = (0, 0);
+    let (mut upgrades, mut raised) = (0, 0);
     let mut locks = LockActivity::default();
     for &seed in &seeds {
         let t = Instant::now();
@@ -123,6 +125,8 @@ fn run_seeds(nodes: u64) {
         retirements += r.retirements;
         grows += r.grows;
         shrinks += r.shrinks;
+        upgrades += r.upgrades;
+        raised += u64::from(r.cluster_version == latch::fsm::COMMAND_VERSION);
         stopped_applying += r.stopped_applying_removal;
         stopped_told += r.stopped_told_by_peer;
         stopped_polled += r.stopped_by_status;
@@ -136,9 +140,10 @@ fn run_seeds(nodes: u64) {
          {swaps} removed and swapped for a member added under a new id, {retirements} running members swapped so \
          ({stopped_applying} stopped on applying their removal, {stopped_told} on a peer's refusal, {stopped_polled} \
          on a peer's status), {grows} members added with none removed, {shrinks} running members removed with none \
-         added)",
+         added, {upgrades} restarted on a later build, {raised} runs ending at cluster version {})",
         seeds.len(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        latch::fsm::COMMAND_VERSION
     );
     eprintln!("{nodes} nodes: {locks}");
     if !single && seeds.len() >= 20 {
@@ -177,6 +182,12 @@ fn run_seeds(nodes: u64) {
         "over {} seeds, the cluster should have grown by an added member and (from 5 members, which may shrink \
          to 3 at once) shrunk by a removed one (changes of its size under faults are not idle): {grows} grew, \
          {shrinks} shrank",
+        seeds.len()
+    );
+    assert!(
+        single || seeds.len() < 20 || (upgrades > 0 && raised > 0),
+        "over {} seeds, some member should have been restarted on a later build and some cluster have raised its \
+         version (rolling upgrades are not idle): {upgrades} upgrades, {raised} runs raised",
         seeds.len()
     );
     assert!(

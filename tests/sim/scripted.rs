@@ -67,6 +67,9 @@ pub struct Scripted {
     seed: u64,
     /// The members' `snapshot_entries` from their next start (the default when `None`).
     snapshot_entries: Option<u64>,
+    /// The newest command version each member's build applies from its next start
+    /// (`fsm::Bounds::newest_version`; this build's when not set).
+    builds: BTreeMap<u64, u32>,
     logger: slog::Logger,
     /// Every check point every member hashed, in the order they did: (member, index, hash).
     pub points: Points,
@@ -124,6 +127,7 @@ impl Scripted {
             next_waiter: 0,
             seed,
             snapshot_entries,
+            builds: BTreeMap::new(),
             logger: slog::Logger::root(slog::Discard, slog::o!()),
             points: Arc::default(),
         };
@@ -171,6 +175,7 @@ impl Scripted {
         let voters: Vec<u64> = (1..=self.initial).collect();
         self.seed += 1;
         let (seed, logger, snapshot_entries) = (self.seed, self.logger.clone(), self.snapshot_entries);
+        let newest_version = self.builds.get(&id).copied().unwrap_or(latch::fsm::COMMAND_VERSION);
         let recording = Arc::new(Recording { member: id, points: self.points.clone() });
         self.failed.remove(&id);
         let m = self.member(id);
@@ -185,6 +190,7 @@ impl Scripted {
         let defaults = core::Config::new(id, &voters, seed);
         let config = core::Config {
             timing: timing(),
+            bounds: latch::fsm::Bounds { newest_version, ..defaults.bounds },
             log_segment_bytes: 64 * 1024,
             snapshot_entries: snapshot_entries.unwrap_or(defaults.snapshot_entries),
             ..defaults
@@ -200,6 +206,12 @@ impl Scripted {
         let applier = applier.hashing_points(recording);
         m.applier = Some(if snapshot_entries.is_some() { applier.sync_every(1) } else { applier });
         Ok(())
+    }
+
+    /// Member `id` runs a build that applies command versions up to `version` from its next
+    /// start (a build of an earlier version, as far as the versions it applies go).
+    pub fn set_build(&mut self, id: u64, version: u32) {
+        self.builds.insert(id, version);
     }
 
     /// The next fsync of member `id`'s raft log fails.
@@ -447,9 +459,16 @@ impl Scripted {
         for a in std::mem::take(&mut actions) {
             match a {
                 Action::Apply { entries } => {
-                    let progress = applier
-                        .apply(entries, &mut ())
-                        .unwrap_or_else(|e| panic!("member {id}: apply failed: {e}"));
+                    let progress = match applier.apply(entries, &mut ()) {
+                        Ok(progress) => progress,
+                        Err(e @ latch::core::CoreError::Fsm(latch::fsm::FsmError::NewerVersion { .. })) => {
+                            // A command its build cannot apply: it stops, as the node does.
+                            self.stopped.insert(id, e.to_string());
+                            self.crash(id);
+                            return;
+                        }
+                        Err(e) => panic!("member {id}: apply failed: {e}"),
+                    };
                     applied.extend(core.on_applied(progress));
                     if durable_applies {
                         // Its fsync waited for, as `sync_every(1)` meant before fsyncs ran behind.

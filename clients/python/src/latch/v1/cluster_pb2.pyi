@@ -13,7 +13,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Member(_message.Message):
-    __slots__ = ("id", "peer_addr", "client_addr", "role", "applied_index", "commit_index", "term", "error", "snapshots_installed", "command_version")
+    __slots__ = ("id", "peer_addr", "client_addr", "role", "applied_index", "commit_index", "term", "error", "snapshots_installed", "command_version", "cluster_version")
     ID_FIELD_NUMBER: _ClassVar[int]
     PEER_ADDR_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ADDR_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,7 @@ class Member(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOTS_INSTALLED_FIELD_NUMBER: _ClassVar[int]
     COMMAND_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_VERSION_FIELD_NUMBER: _ClassVar[int]
     id: int
     peer_addr: str
     client_addr: str
@@ -34,7 +35,8 @@ class Member(_message.Message):
     error: str
     snapshots_installed: int
     command_version: int
-    def __init__(self, id: _Optional[int] = ..., peer_addr: _Optional[str] = ..., client_addr: _Optional[str] = ..., role: _Optional[str] = ..., applied_index: _Optional[int] = ..., commit_index: _Optional[int] = ..., term: _Optional[int] = ..., error: _Optional[str] = ..., snapshots_installed: _Optional[int] = ..., command_version: _Optional[int] = ...) -> None: ...
+    cluster_version: int
+    def __init__(self, id: _Optional[int] = ..., peer_addr: _Optional[str] = ..., client_addr: _Optional[str] = ..., role: _Optional[str] = ..., applied_index: _Optional[int] = ..., commit_index: _Optional[int] = ..., term: _Optional[int] = ..., error: _Optional[str] = ..., snapshots_installed: _Optional[int] = ..., command_version: _Optional[int] = ..., cluster_version: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("header", "leader", "term", "members")
