@@ -281,7 +281,8 @@ impl Context {
             }
             ApiError::RequestConflict { .. }
             | ApiError::FailedPrecondition(_)
-            | ApiError::Request(RequestError::RequestInFlight { .. }) => Status::failed_precondition(msg),
+            | ApiError::Request(RequestError::RequestInFlight { .. })
+            | ApiError::Request(RequestError::ClusterVersion { .. }) => Status::failed_precondition(msg),
             // A change under way or lost with a leader: asking again settles it.
             ApiError::Request(RequestError::Membership(refused)) if refused.passes() => self.unavailable(msg),
             ApiError::Request(RequestError::Membership(_)) => Status::failed_precondition(msg),

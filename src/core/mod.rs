@@ -252,6 +252,12 @@ pub enum RequestError {
     )]
     CutOff { member: u64, silent_ms: u64, why: String },
     /// A change of membership the cluster cannot make now (`membership`).
+    #[error(
+        "the cluster runs command version {cluster}, and this request needs version {needed}: every \
+         member must run a build of {needed} or later first, and the leader then raises the cluster \
+         version (docs/architecture.md, \"Upgrades\")"
+    )]
+    ClusterVersion { cluster: u32, needed: u32 },
     #[error(transparent)]
     Membership(#[from] membership::Refused),
 }
@@ -283,6 +289,13 @@ pub enum CoreError {
          empty data dir)"
     )]
     ForgotEntries { member: u64, leader: u64, acknowledged: u64, last: u64 },
+    #[error(
+        "member {member}'s state says the cluster runs command version {cluster}, and this build \
+         applies versions up to {build}: it would stop at the next command. Start it with a build \
+         of version {cluster} or later; going back to an earlier build once the cluster version was \
+         raised is not supported (docs/architecture.md, \"Upgrades\")"
+    )]
+    ClusterAhead { member: u64, cluster: u32, build: u32 },
     #[error(
         "member {member} was removed from the cluster ({how}): it takes no part under its id \
          again, and the cluster goes on without it. Stop running it; its data dir may be kept for \
@@ -676,6 +689,13 @@ impl Core {
         let logged_additions = logged_additions(&raw, applied.index)?;
         let cluster_version = fsm::versions::cluster_version(&state_db.begin_read().map_err(redb_err)?)?;
         let build_version = config.bounds.newest_version.min(fsm::COMMAND_VERSION);
+        if cluster_version > build_version {
+            return Err(CoreError::ClusterAhead {
+                member: config.id,
+                cluster: cluster_version,
+                build: build_version,
+            });
+        }
         let applier = Applier::new(state_db.clone(), state_syncs, snapshots.clone(), config.bounds)?;
         let mut leases = Leases::default();
         leases.reload(stored_leases(&state_db)?, 0);
@@ -1177,6 +1197,11 @@ impl Core {
         if !matches!(cmd.body, Some(Body::RaiseClusterVersion(_))) {
             cmd.version = self.proposing_version();
         }
+        if let Some(first) = cmd.body.as_ref().map(fsm::first_version).filter(|first| *first > cmd.version) {
+            let error = RequestError::ClusterVersion { cluster: cmd.version, needed: first };
+            self.actions.push(Action::Reply { waiter, result: Err(error) });
+            return;
+        }
         let id = cmd.request_id.clone();
         let data = cmd.encode_to_vec();
         let hash = fsm::request_hash(&cmd, &data);
@@ -1367,6 +1392,11 @@ impl Core {
             self.known.added = fsm::members::added(&self.state_db.begin_read().map_err(redb_err)?)?;
             self.cluster_version =
                 fsm::versions::cluster_version(&self.state_db.begin_read().map_err(redb_err)?)?;
+            if self.cluster_version > self.build_version {
+                // Installed, and refused again at the next start, before anything is proposed.
+                let (cluster, build) = (self.cluster_version, self.build_version);
+                return Err(CoreError::ClusterAhead { member: self.id(), cluster, build });
+            }
             if self.known.removed(conf, self.id()) {
                 self.removed_at = Some(meta.index);
             }

@@ -105,6 +105,40 @@ use apply::Apply;
 pub const COMMAND_VERSION: u32 = 11;
 /// The oldest `Command.version` this build applies.
 pub const OLDEST_COMMAND_VERSION: u32 = 2;
+
+/// The first command version with a body of this kind. A member proposes at the cluster
+/// version (`versions`), so a kind newer than it is refused before it is proposed
+/// (`Core::propose`), and a command of an earlier version with it is rejected alike by every
+/// build: an older one decodes the kind it does not know as no body at all and rejects that.
+/// Every kind is named, so that a new one cannot be added without saying from which version.
+pub fn first_version(body: &Body) -> u32 {
+    match body {
+        Body::Put(_)
+        | Body::DeleteRange(_)
+        | Body::Txn(_)
+        | Body::CreateSession(_)
+        | Body::CloseSession(_)
+        | Body::ExpireSession(_)
+        | Body::CheckpointSessions(_)
+        | Body::Acquire(_)
+        | Body::Release(_)
+        | Body::CancelWait(_)
+        | Body::EndLockDelay(_)
+        | Body::Proclaim(_)
+        | Body::Compact(_)
+        | Body::Register(_)
+        | Body::Deregister(_)
+        | Body::Heartbeat(_)
+        | Body::MarkCritical(_)
+        | Body::SetHealth(_)
+        | Body::Reap(_) => OLDEST_COMMAND_VERSION,
+        Body::MemberStarted(_) => MEMBERS_RECORDED_FROM,
+        Body::RaiseClusterVersion(_) => versions::FIRST_RAISE,
+    }
+}
+
+/// The first version with `MemberStarted` (see [`COMMAND_VERSION`]).
+const MEMBERS_RECORDED_FROM: u32 = 7;
 /// The first version whose acquires and session creates check request ids (see above).
 const IDS_CHECKED_FROM: u32 = 3;
 /// The first version whose registry heartbeats, verdicts, reaps and deregistrations are
@@ -647,10 +681,16 @@ fn apply_command<'t>(
         own_keys: (cmd.version >= OWN_KEYS_LEFT_OUT_FROM).then(|| requests::OwnKeys::of(cmd.body.as_ref())),
         refusal_text_uncounted: cmd.version >= REFUSAL_TEXT_UNCOUNTED_FROM,
     });
+    let first = cmd.body.as_ref().map_or(OLDEST_COMMAND_VERSION, first_version);
     let result = if !(OLDEST_COMMAND_VERSION..=COMMAND_VERSION).contains(&cmd.version) {
         outcome::Result::Rejected(format!(
             "command: version {} is not supported (this build applies versions \
              {OLDEST_COMMAND_VERSION} to {COMMAND_VERSION})",
+            cmd.version
+        ))
+    } else if cmd.version < first {
+        outcome::Result::Rejected(format!(
+            "command: a command of version {} with a kind first proposed at version {first}",
             cmd.version
         ))
     } else {

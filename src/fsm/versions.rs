@@ -57,15 +57,10 @@ impl Domain for VersionsDomain {
     }
 }
 
-/// Raises the cluster version to `version`, the raising command's own, unless it is there
-/// already; answers the version after.
+/// Raises the cluster version to `version`, the raising command's own (at least
+/// [`FIRST_RAISE`]: `fsm::first_version` rejects an earlier one), unless it is there already;
+/// answers the version after.
 pub(crate) fn raise(txn: &WriteTransaction, version: u32) -> Result<outcome::Result, FsmError> {
-    if version < FIRST_RAISE {
-        return Ok(outcome::Result::Rejected(format!(
-            "raise cluster version: a command of version {version}; a raise is of the version it \
-             raises to, {FIRST_RAISE} or later"
-        )));
-    }
     let mut table = txn.open_table(CLUSTER_VERSION)?;
     let current = match table.get(CLUSTER_VERSION_KEY)? {
         Some(v) => stored(v.value())?,
@@ -131,7 +126,7 @@ mod tests {
         assert_eq!(raised_to(&again), FIRST_RAISE, "a raise to the version it is at changes nothing");
         let refused = s.apply_data(&raise_at(UNRAISED)).expect("an outcome").outcome;
         assert!(
-            matches!(&refused.result, Some(outcome::Result::Rejected(why)) if why.contains("raise cluster version")),
+            matches!(&refused.result, Some(outcome::Result::Rejected(why)) if why.contains("first proposed at version 11")),
             "a raise of a version before raises existed is refused: {refused:?}"
         );
         assert_eq!(s.read(cluster_version).expect("readable"), FIRST_RAISE, "and never lowers it");

@@ -680,7 +680,7 @@ impl OtherBuild {
 
 /// Members of builds of different command versions run side by side while the cluster version
 /// is one every one of them applies (docs/architecture.md, "Upgrades"): a member starts beside
-/// a later build, but not beside a build too old to roll from, nor when a peer's state says the
+/// a later build, but not beside a build that does not roll (10), nor when a peer's state says the
 /// cluster runs a version past its own build — it exits naming the peer and both versions. With
 /// every member on this build, the leader raises the cluster version to it, and `cluster status`
 /// names each member's build and cluster version.
@@ -704,7 +704,7 @@ async fn a_member_runs_beside_a_later_build_but_not_past_its_own_version_and_the
                 v + 1
             ),
         ),
-        (build(9, 0), format!("member 3 runs a build of version 9, and this build of version {v} runs beside")),
+        (build(10, 0), format!("member 3 runs a build of version 10, and this build of version {v} runs beside")),
     ];
     for (other, named) in refusals {
         let other_build = other.clone().serve(&peer3).await;

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use latch::core::RequestError;
 use latch::fsm::{versions, COMMAND_VERSION};
 use latch::server::upgrade;
 use latch_proto::internal::{command::Body, Command, RaiseClusterVersion};
@@ -37,7 +38,8 @@ fn written(s: &mut Scripted, key: &str) {
 
 #[test]
 fn a_rolling_upgrade_proposes_at_the_old_version_until_every_member_runs_the_new_build() {
-    let mut s = Scripted::new(3, 191);
+    // Every apply made durable (no snapshot in this test): a member's state holds what it applied.
+    let mut s = Scripted::with_snapshot_entries(3, 191, 100_000);
     let mut builds = BTreeMap::new();
     for id in 1..=3 {
         s.crash(id);
@@ -47,6 +49,17 @@ fn a_rolling_upgrade_proposes_at_the_old_version_until_every_member_runs_the_new
     }
     s.until("a leader", 200, &mut all, &mut |s| s.leader().is_some());
     written(&mut s, "before");
+    let leader = s.leader().expect("a leader");
+    let early = raise(&mut s, leader, versions::UNRAISED);
+    s.until("the early raise answered", 10, &mut all, &mut |s| s.answer(early).is_some());
+    assert!(
+        matches!(
+            s.answer(early),
+            Some(Answer::Applied(Err(RequestError::ClusterVersion { cluster: 10, needed: 11 })))
+        ),
+        "a kind of command newer than the cluster version is refused before it is proposed: {:?}",
+        s.answer(early)
+    );
     for (n, id) in [2, 3, 1].into_iter().enumerate() {
         s.crash(id);
         s.set_build(id, COMMAND_VERSION);
@@ -97,6 +110,15 @@ fn a_rolling_upgrade_proposes_at_the_old_version_until_every_member_runs_the_new
         );
     }
     written(&mut s, "raised");
+
+    // Taken back to the older build, a member whose state holds the raise does not start.
+    s.crash(1);
+    s.set_build(1, versions::UNRAISED);
+    let refused = s.try_start(1).expect_err("a build the cluster version is past must not start");
+    assert!(
+        refused.contains("state says the cluster runs command version 11") && refused.contains("up to 10"),
+        "it names both versions: {refused}"
+    );
 }
 
 #[test]
