@@ -386,8 +386,7 @@ pub async fn run(
     // that will be refused serves nothing from its empty state meanwhile.
     if !admission.admits() {
         let asked = async {
-            upgrade::check(id, cluster_id, node.handle().status().cluster_version, &config.contacts())
-                .await?;
+            upgrade::check(id, cluster_id, &config.contacts()).await?;
             // A replaced member's new life, restarted since, is asked nothing (its log is no
             // longer empty): its mark says it lived before.
             let mut lived_before = marks::read(&config.data_dir, marks::LIVED_BEFORE).is_some();

@@ -251,13 +251,15 @@ pub enum RequestError {
          from the cluster; retry on another member"
     )]
     CutOff { member: u64, silent_ms: u64, why: String },
-    /// A change of membership the cluster cannot make now (`membership`).
+    /// A kind of command newer than the cluster version as this member applied it
+    /// (`fsm::first_version`).
     #[error(
-        "the cluster runs command version {cluster}, and this request needs version {needed}: every \
-         member must run a build of {needed} or later first, and the leader then raises the cluster \
-         version (docs/architecture.md, \"Upgrades\")"
+        "the cluster runs command version {cluster} as member {member} knows it, and this request \
+         needs version {needed}: every member must run a build of {needed} or later first, and the \
+         leader then raises the cluster version (docs/architecture.md, \"Upgrades\")"
     )]
-    ClusterVersion { cluster: u32, needed: u32 },
+    ClusterVersion { member: u64, cluster: u32, needed: u32 },
+    /// A change of membership the cluster cannot make now (`membership`).
     #[error(transparent)]
     Membership(#[from] membership::Refused),
 }
@@ -620,6 +622,16 @@ impl Core {
         logger: &slog::Logger,
     ) -> Result<(Core, Applier), CoreError> {
         let Stores { log: log_dir, state: state_db, state_syncs } = stores;
+        // A state past this build's version is refused before anything is written.
+        let cluster_version = fsm::versions::cluster_version(&state_db.begin_read().map_err(redb_err)?)?;
+        let build_version = config.bounds.newest_version.min(fsm::COMMAND_VERSION);
+        if cluster_version > build_version {
+            return Err(CoreError::ClusterAhead {
+                member: config.id,
+                cluster: cluster_version,
+                build: build_version,
+            });
+        }
         {
             let txn = state_db.begin_write().map_err(redb_err)?;
             if let Some(bytes) = fsm::init(&txn)?.filter(|b| *b > 0) {
@@ -687,15 +699,6 @@ impl Core {
         cfg.validate()?;
         let raw = RawNode::new(&cfg, store, logger)?;
         let logged_additions = logged_additions(&raw, applied.index)?;
-        let cluster_version = fsm::versions::cluster_version(&state_db.begin_read().map_err(redb_err)?)?;
-        let build_version = config.bounds.newest_version.min(fsm::COMMAND_VERSION);
-        if cluster_version > build_version {
-            return Err(CoreError::ClusterAhead {
-                member: config.id,
-                cluster: cluster_version,
-                build: build_version,
-            });
-        }
         let applier = Applier::new(state_db.clone(), state_syncs, snapshots.clone(), config.bounds)?;
         let mut leases = Leases::default();
         leases.reload(stored_leases(&state_db)?, 0);
@@ -1198,7 +1201,11 @@ impl Core {
             cmd.version = self.proposing_version();
         }
         if let Some(first) = cmd.body.as_ref().map(fsm::first_version).filter(|first| *first > cmd.version) {
-            let error = RequestError::ClusterVersion { cluster: cmd.version, needed: first };
+            let error = RequestError::ClusterVersion {
+                member: self.id(),
+                cluster: self.cluster_version,
+                needed: first,
+            };
             self.actions.push(Action::Reply { waiter, result: Err(error) });
             return;
         }

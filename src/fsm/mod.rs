@@ -94,7 +94,7 @@ use apply::Apply;
 /// build of 9 applies as no-ops — and members that disagree on who votes could elect two
 /// leaders — so builds of 9 and 10 must not run side by side. Version 11: `RaiseClusterVersion`
 /// (`versions`); from it on a member proposes at the cluster version, not at this, so builds of
-/// 10 and later run side by side until every member runs the later one. A version older than
+/// 11 and later run side by side until every member runs the later one. A version older than
 /// [`OLDEST_COMMAND_VERSION`] is rejected (every build since version 2 rejects it alike); a
 /// newer one stops the member ([`FsmError::NewerVersion`]).
 ///

@@ -10,8 +10,7 @@
 //!
 //! A member starting checks once ([`check`]) that it can run beside its peers: not beside a
 //! build that does not roll ([`ROLLS_FROM`]), nor in a cluster whose version is past its own
-//! build (it would stop at the first command), nor beside a peer whose build is behind the
-//! cluster version its own state holds (that peer would). Peers that do not answer within
+//! build (it would stop at the first command). Peers that do not answer within
 //! [`ASK_TIMEOUT`] are not waited for; a member that slips past the check stops at the first
 //! command it cannot apply, before writing anything of it (`fsm::FsmError::NewerVersion`), and
 //! a member whose own state is past its build does not start (`core::CoreError::ClusterAhead`).
@@ -61,13 +60,6 @@ pub enum Incompatible {
          build of version {cluster} or later (docs/architecture.md, \"Upgrades\")"
     )]
     ClusterAhead { peer: u64, cluster: u32, ours: u32 },
-    #[error(
-        "member {peer} runs a build of version {theirs}, and this member's state says the cluster \
-         runs version {cluster}, which that build cannot apply: it would stop at the next command. \
-         Start member {peer} with a build of version {cluster} or later; going back to an earlier \
-         build once the cluster version was raised is not supported (docs/architecture.md, \"Upgrades\")"
-    )]
-    PeerBehind { peer: u64, theirs: u32, cluster: u32 },
 }
 
 fn named(theirs: u32) -> String {
@@ -88,26 +80,22 @@ pub struct PeerVersions {
     pub cluster: u32,
 }
 
-/// The first reason among `answers` that a build of version `ours`, whose state holds cluster
-/// version `cluster`, must not start beside them.
-pub fn incompatible(ours: u32, cluster: u32, answers: &[PeerVersions]) -> Option<Incompatible> {
+/// The first reason among `answers` that a build of version `ours` must not start beside them.
+/// (A peer whose build is behind the cluster version refuses to start by itself, or stops at
+/// the next command: refusing beside it would keep sound members down for one stuck peer.)
+pub fn incompatible(ours: u32, answers: &[PeerVersions]) -> Option<Incompatible> {
     let too_old = answers.iter().find(|a| a.build < ROLLS_FROM);
     if let Some(a) = too_old {
         return Some(Incompatible::TooOld { peer: a.peer, theirs: a.build, ours });
     }
     let ahead = answers.iter().filter(|a| a.cluster > ours).max_by_key(|a| a.cluster);
-    if let Some(a) = ahead {
-        return Some(Incompatible::ClusterAhead { peer: a.peer, cluster: a.cluster, ours });
-    }
-    let behind = answers.iter().find(|a| a.build < cluster);
-    behind.map(|a| Incompatible::PeerBehind { peer: a.peer, theirs: a.build, cluster })
+    ahead.map(|a| Incompatible::ClusterAhead { peer: a.peer, cluster: a.cluster, ours })
 }
 
 /// Asks every peer of `peers` but `me` once, within [`ASK_TIMEOUT`], which build it runs and
 /// which cluster version its state holds; refuses if one that answers as a member of cluster
-/// `cluster_id` says this build, whose state holds cluster version `cluster`, must not start
-/// beside it ([`incompatible`]).
-pub async fn check(me: u64, cluster_id: u64, cluster: u32, peers: &[Peer]) -> Result<(), Incompatible> {
+/// `cluster_id` says this build must not start beside it ([`incompatible`]).
+pub async fn check(me: u64, cluster_id: u64, peers: &[Peer]) -> Result<(), Incompatible> {
     let asked = peers
         .iter()
         .filter(|p| p.id != me)
@@ -122,7 +110,7 @@ pub async fn check(me: u64, cluster_id: u64, cluster: u32, peers: &[Peer]) -> Re
             Err(e) => tracing::debug!(member = me, peer, error = %e, "a peer did not say its build"),
         }
     }
-    incompatible(COMMAND_VERSION, cluster, &answers).map_or(Ok(()), Err)
+    incompatible(COMMAND_VERSION, &answers).map_or(Ok(()), Err)
 }
 
 /// The version to raise the cluster version to, if any: the lowest build among this member's
@@ -209,36 +197,27 @@ mod tests {
 
     #[test]
     fn a_member_runs_beside_older_and_newer_builds_unless_one_does_not_roll_or_the_cluster_is_past_it() {
-        assert_eq!(incompatible(11, 11, &[peer(1, 11, 11), peer(3, 11, 11)]), None, "the same build");
+        assert_eq!(incompatible(11, &[peer(1, 11, 11), peer(3, 11, 11)]), None, "the same build");
+        assert_eq!(incompatible(11, &[peer(2, 12, 11)]), None, "a later build while the cluster is at 11");
         assert_eq!(
-            incompatible(11, 10, &[peer(2, 12, 11)]),
-            None,
-            "a later build while the cluster is at 11"
-        );
-        assert_eq!(
-            incompatible(12, 11, &[peer(1, 11, 11), peer(3, 12, 11)]),
+            incompatible(12, &[peer(1, 11, 11), peer(3, 12, 11)]),
             None,
             "an earlier build that rolls"
         );
         assert_eq!(
-            incompatible(11, 10, &[peer(1, 10, 0), peer(3, 11, 10)]),
+            incompatible(11, &[peer(1, 10, 0), peer(3, 11, 10)]),
             Some(Incompatible::TooOld { peer: 1, theirs: 10, ours: 11 }),
             "builds of 10 do not roll: they propose at their own version"
         );
         assert_eq!(
-            incompatible(11, 10, &[peer(1, 11, 11), peer(3, 0, 0)]),
+            incompatible(11, &[peer(1, 11, 11), peer(3, 0, 0)]),
             Some(Incompatible::TooOld { peer: 3, theirs: 0, ours: 11 }),
             "a build that does not say (7 or 8)"
         );
         assert_eq!(
-            incompatible(11, 10, &[peer(1, 12, 12), peer(2, 13, 13)]),
+            incompatible(11, &[peer(1, 12, 12), peer(2, 13, 13)]),
             Some(Incompatible::ClusterAhead { peer: 2, cluster: 13, ours: 11 }),
             "the highest cluster version an answer holds is named"
-        );
-        assert_eq!(
-            incompatible(12, 12, &[peer(1, 12, 12), peer(2, 11, 11)]),
-            Some(Incompatible::PeerBehind { peer: 2, theirs: 11, cluster: 12 }),
-            "a peer taken back to a build the cluster version is past (its own state may not say yet)"
         );
         let named = Incompatible::ClusterAhead { peer: 2, cluster: 12, ours: 11 }.to_string();
         assert!(

@@ -55,7 +55,7 @@ fn a_rolling_upgrade_proposes_at_the_old_version_until_every_member_runs_the_new
     assert!(
         matches!(
             s.answer(early),
-            Some(Answer::Applied(Err(RequestError::ClusterVersion { cluster: 10, needed: 11 })))
+            Some(Answer::Applied(Err(RequestError::ClusterVersion { cluster: 10, needed: 11, .. })))
         ),
         "a kind of command newer than the cluster version is refused before it is proposed: {:?}",
         s.answer(early)
