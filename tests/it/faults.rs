@@ -664,17 +664,37 @@ impl latch_proto::internal::peer_server::Peer for OtherBuild {
     }
 }
 
+/// A stand-in serving, until [`Serving::stop`].
+struct Serving {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Serving {
+    /// Stops serving and closes the connections members opened to it (each is served by a
+    /// task of its own, which aborting the server's task would leave answering), as the
+    /// process of another build that stops does.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.expect("the stand-in's task ends").expect("the stand-in stops cleanly");
+    }
+}
+
 impl OtherBuild {
-    /// Serves on `addr` (a stopped member's peer port) until the task is aborted.
-    async fn serve(self, addr: &str) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
+    /// Serves on `addr` (a stopped member's peer port).
+    async fn serve(self, addr: &str) -> Serving {
         let listener = tokio::net::TcpListener::bind(addr).await.expect("the peer port is free");
         let incoming =
             tonic::transport::server::TcpIncoming::from_listener(listener, true, None).expect("incoming");
-        tokio::spawn(
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(latch_proto::internal::peer_server::PeerServer::new(self))
-                .serve_with_incoming(incoming),
-        )
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                }),
+        );
+        Serving { stop, task }
     }
 }
 
@@ -721,8 +741,7 @@ async fn a_member_runs_beside_a_later_build_but_not_past_its_own_version_and_the
             (other.version, other.cluster_version)
         );
         assert!(stderr.contains(&named), "stderr should say why ({named}); got: {stderr}");
-        other_build.abort();
-        let _ = other_build.await;
+        other_build.stop().await;
     }
 
     // A later build whose cluster version this build applies: member 1 starts beside it.
@@ -730,18 +749,10 @@ async fn a_member_runs_beside_a_later_build_but_not_past_its_own_version_and_the
     c.restart(1).await;
     let kv = c.client_of_many(&[1, 2]).await.get("k").await.unwrap();
     assert_eq!(kv.map(|kv| kv.value), Some(b"v".to_vec()), "the cluster keeps its data");
-    other_build.abort();
-    let _ = other_build.await;
+    other_build.stop().await;
 
     // Member 3 back on this build: every member runs it, and the cluster runs its version.
-    // Members 1 and 2 sent raft messages to the stand-in, an HTTP/2 server, so they send to
-    // member 3 over the gRPC stream of builds before the wire until they try the wire again
-    // (`transport::wire::RETRY_WIRE_AFTER`, a minute); started again, they dial the wire first.
     c.restart(3).await;
-    for id in [1, 2] {
-        c.kill(id);
-        c.restart(id).await;
-    }
     eventually("every member names this build and its cluster version", STARTUP, || async {
         let status = c.status_of(2).await?;
         let versions: Vec<(u64, u32, u32)> =
