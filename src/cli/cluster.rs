@@ -213,7 +213,8 @@ fn status_text(status: &StatusResponse) -> String {
     text
 }
 
-/// VERSION is the member's build and, after a slash, the cluster version its state holds.
+/// VERSION is the member's build and, after a slash, the cluster version its state holds ("-"
+/// from a build before it).
 fn member_row(m: &Member) -> [String; 8] {
     let or_dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
     let unreachable = m.role == "unreachable";
@@ -228,6 +229,8 @@ fn member_row(m: &Member) -> [String; 8] {
         number(m.term),
         match (unreachable, m.command_version) {
             (true, _) | (false, 0) => "-".to_string(),
+            // A build before the cluster version does not say it.
+            (false, build) if m.cluster_version == 0 => format!("{build}/-"),
             (false, build) => format!("{build}/{}", m.cluster_version),
         },
     ]
