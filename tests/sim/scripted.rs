@@ -447,7 +447,9 @@ impl Scripted {
                 self.failed.insert(id);
                 return;
             }
-            Err(e @ latch::core::CoreError::Removed { .. }) => {
+            Err(
+                e @ (latch::core::CoreError::Removed { .. } | latch::core::CoreError::ClusterAhead { .. }),
+            ) => {
                 // It stops, as the node does.
                 self.stopped.insert(id, e.to_string());
                 self.crash(id);

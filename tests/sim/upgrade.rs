@@ -159,3 +159,45 @@ fn a_member_of_the_older_build_that_meets_the_raise_stops_at_it_writing_nothing_
         "nothing of the raise's batch was written: it meets the raise again at its next start"
     );
 }
+
+/// A member of the older build that catches up from a snapshot holding the raise (its leader
+/// compacted the raise's entry away) installs it, finds the cluster past its build, and stops;
+/// it does not start again on that build.
+#[test]
+fn a_member_of_the_older_build_that_installs_a_snapshot_past_its_build_stops_and_stays_stopped() {
+    let mut s = Scripted::with_snapshot_entries(3, 197, 5);
+    s.until("a leader", 200, &mut all, &mut |s| s.leader().is_some());
+    let leader = s.leader().expect("a leader");
+    let behind = if leader == 3 { 2 } else { 3 };
+    let cut = |m: &raft::eraftpb::Message| {
+        if m.to == behind || m.from == behind {
+            Route::Drop
+        } else {
+            Route::Deliver
+        }
+    };
+    let w = raise(&mut s, leader, COMMAND_VERSION);
+    s.until("the raise answered", 200, &mut { cut }, &mut |s| s.answer(w).is_some());
+    // Past what the leader keeps for a follower behind (`core::CATCH_UP_SNAPSHOTS` compactions).
+    for i in 0..(latch::core::CATCH_UP_SNAPSHOTS * 5 + 20) {
+        let put = s.propose(leader, s_put(&format!("after-{i}"), "1"));
+        s.until("the put answered", 200, &mut { cut }, &mut |s| s.answer(put).is_some());
+    }
+    s.crash(behind);
+    s.set_build(behind, versions::UNRAISED);
+    s.start(behind);
+    let hold_snapshots =
+        |m: &raft::eraftpb::Message| if latch::core::is_snapshot(m) { Route::Hold } else { Route::Deliver };
+    s.until("a snapshot for the member behind", 300, &mut { hold_snapshots }, &mut |s| {
+        s.held(raft::eraftpb::MessageType::MsgSnapshot, behind) > 0
+    });
+    s.deliver_held_snapshot(behind);
+    s.until("the member behind stops", 50, &mut all, &mut |s| s.why_stopped(behind).is_some());
+    let why = s.why_stopped(behind).expect("stopped").to_string();
+    assert!(
+        why.contains(&format!("state says the cluster runs command version {COMMAND_VERSION}")),
+        "it names the cluster's version: {why}"
+    );
+    let again = s.try_start(behind).expect_err("its state is past its build: it must not start");
+    assert!(again.contains("up to 10"), "{again}");
+}
