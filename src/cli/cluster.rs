@@ -23,7 +23,7 @@ pub struct ClusterCommand {
 /// The cluster operations.
 #[derive(Debug, Subcommand)]
 pub enum ClusterOp {
-    /// Leader, term, and each member's id, addresses, role and applied index.
+    /// Leader, term, and each member's id, addresses, role, applied index, build and cluster version.
     Status,
     /// Replace a member that lost its data dir: the leader makes it a learner, so that it may
     /// start again on an empty data dir under its id; it catches up from a snapshot and votes

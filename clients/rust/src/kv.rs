@@ -138,7 +138,7 @@ impl Client {
     }
 
     /// The cluster as the answering member sees it: leader, term, and every member with its
-    /// addresses, role and applied index.
+    /// addresses, role, applied index, build and cluster version.
     pub async fn cluster_status(&self) -> Result<StatusResponse, Error> {
         // The member asks the others within the deadline each attempt tells it (`Stamp`), so
         // that one that does not answer is shown unreachable in time.
