@@ -101,7 +101,10 @@ use apply::Apply;
 /// What a command writes to the state, texts included, is fixed by its version: every member
 /// must reach the same state from the same log whatever build applies it, and the members
 /// compare their states (`core::state_check`). So a change to it is made under a new version,
-/// and `fsm::same_state` pins the state a fixed sequence of commands leaves.
+/// and `fsm::same_state` pins the state a fixed sequence of commands leaves. The rules no
+/// command's version keys — the history's purge pace, what a change of membership records, the
+/// request memory's bound — must from 11 on be keyed on the cluster version read in the
+/// applying batch instead (docs/architecture.md, "Upgrades").
 pub const COMMAND_VERSION: u32 = 11;
 /// The oldest `Command.version` this build applies.
 pub const OLDEST_COMMAND_VERSION: u32 = 2;
