@@ -45,7 +45,7 @@ use crate::node::inbox::FileInbox;
 use crate::node::{Budgets, Node};
 use crate::storage::{self, StorageError};
 use crate::transport::{
-    self, member_status, wire, Admission, Faults, FaultsService, Links, PeerSenders, PeerService, Source,
+    self, peer_status, wire, Admission, Faults, FaultsService, Links, PeerSenders, PeerService, Source,
     WireSenders,
 };
 
@@ -647,17 +647,13 @@ async fn learn_members(
                 }
                 continue;
             }
-            match member_status(&p.peer_addr, Duration::from_secs(1)).await {
+            match peer_status(p.id, &p.peer_addr, node.cluster_id, Duration::from_secs(1)).await {
                 // A member removed while it heard nothing (a learner sends nothing to be refused)
                 // learns it here, and stops.
-                Ok(s)
-                    if s.id == p.id
-                        && s.cluster_id == node.cluster_id
-                        && s.removed.contains(&node.member_id) =>
-                {
+                Ok(s) if s.removed.contains(&node.member_id) => {
                     node.send(crate::node::Event::RemovedBy(p.id));
                 }
-                Ok(s) if s.id == p.id && s.cluster_id == node.cluster_id && !s.client_addr.is_empty() => {
+                Ok(s) if !s.client_addr.is_empty() => {
                     // Members added in changes this member has still to apply (it may be behind
                     // on them, and one of them may lead).
                     for a in s.added.iter().filter(|a| a.id != node.member_id) {

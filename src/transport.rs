@@ -851,6 +851,24 @@ pub async fn member_status(addr: &str, timeout: Duration) -> Result<MemberStatus
     }
 }
 
+/// [`member_status`] of `peer` of cluster `cluster_id`: an answer from another member (a stale
+/// address) or another cluster is an error naming who answered.
+pub async fn peer_status(
+    peer: u64,
+    addr: &str,
+    cluster_id: u64,
+    timeout: Duration,
+) -> Result<MemberStatus, String> {
+    let s = member_status(addr, timeout).await?;
+    if s.id != peer || s.cluster_id != cluster_id {
+        return Err(format!(
+            "answered as member {} of cluster {:016x}, not of {cluster_id:016x}",
+            s.id, s.cluster_id
+        ));
+    }
+    Ok(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,7 +46,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::Peer;
-use crate::transport::{member_status, ADMITTING};
+use crate::transport::{peer_status, ADMITTING};
 use latch_proto::internal::MemberStatus;
 
 /// How long one peer's answer may take.
@@ -392,22 +392,18 @@ pub async fn ask_peers(
     tracing::info!(member = me, "the raft log is empty: asking the peers whether this member has run before");
     let mut logged = tokio::time::Instant::now();
     loop {
-        let asked =
-            (others.iter()).map(|(id, addr)| async move { (*id, member_status(addr, ASK_TIMEOUT).await) });
+        let asked = (others.iter())
+            .map(|(id, addr)| async move { (*id, peer_status(*id, addr, cluster_id, ASK_TIMEOUT).await) });
         let asked: Vec<_> = futures::future::join_all(asked).await;
         let mut silent = Vec::new();
         let (mut replies, mut added, mut logged_added) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
         for (peer, answer) in asked {
             match answer {
-                Ok(s) if s.id == peer && s.cluster_id == cluster_id => {
+                Ok(s) => {
                     added.extend(s.added.iter().map(|a| (a.id, a.peer_addr.clone())));
                     logged_added.extend(s.added_in_log.iter().map(|a| (a.id, a.peer_addr.clone())));
                     replies.insert(peer, reply_of(me, &s));
                 }
-                Ok(s) => silent.push(format!(
-                    "member {peer}: answered as member {} of cluster {:016x}, not of {cluster_id:016x}",
-                    s.id, s.cluster_id
-                )),
                 Err(e) => silent.push(format!("member {peer}: {e}")),
             }
         }

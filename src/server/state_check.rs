@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Peer, StateCheckAction};
 use crate::core::state_check::{copied, judge, Point, StateHashes, Verdict, Vote, STATE_HASH_VERSION};
 use crate::metrics::Metrics;
-use crate::transport::member_status;
+use crate::transport::peer_status;
 
 /// How often the member compares its new check points with its peers'.
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
@@ -93,8 +93,7 @@ pub async fn watch(
         }
         let answers = futures::future::join_all(others.iter().map(|p| async move {
             // An answer from another member (a stale address) or cluster is no vote.
-            let status = member_status(&p.peer_addr, ASK_TIMEOUT).await;
-            (p.id, status.ok().filter(|s| s.id == p.id && s.cluster_id == cluster_id))
+            (p.id, peer_status(p.id, &p.peer_addr, cluster_id, ASK_TIMEOUT).await.ok())
         }))
         .await;
         for point in mine {

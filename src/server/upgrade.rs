@@ -31,7 +31,7 @@ use crate::config::Peer;
 use crate::core::{Retry, Role};
 use crate::fsm::{versions, COMMAND_VERSION};
 use crate::node::NodeHandle;
-use crate::transport::{member_status, Links};
+use crate::transport::{peer_status, Links};
 
 /// How long one peer's answer may take.
 const ASK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -99,14 +99,13 @@ pub async fn check(me: u64, cluster_id: u64, peers: &[Peer]) -> Result<(), Incom
     let asked = peers
         .iter()
         .filter(|p| p.id != me)
-        .map(|p| async move { (p.id, member_status(&p.peer_addr, ASK_TIMEOUT).await) });
+        .map(|p| async move { (p.id, peer_status(p.id, &p.peer_addr, cluster_id, ASK_TIMEOUT).await) });
     let mut answers = Vec::new();
     for (peer, answer) in futures::future::join_all(asked).await {
         match answer {
-            Ok(s) if s.id == peer && s.cluster_id == cluster_id => {
+            Ok(s) => {
                 answers.push(PeerVersions { peer, build: s.command_version, cluster: s.cluster_version })
             }
-            Ok(_) => {}
             Err(e) => tracing::debug!(member = me, peer, error = %e, "a peer did not say its build"),
         }
     }
@@ -148,14 +147,7 @@ pub async fn raise(
         let others: Vec<u64> = configuration.members().into_iter().filter(|id| *id != me).collect();
         let asked =
             others.iter().filter_map(|id| Some((*id, links.address(*id)?))).map(|(id, addr)| async move {
-                let answer = member_status(&addr, ASK_TIMEOUT).await;
-                (
-                    id,
-                    answer
-                        .ok()
-                        .filter(|s| s.id == id && s.cluster_id == cluster_id)
-                        .map(|s| s.command_version),
-                )
+                (id, peer_status(id, &addr, cluster_id, ASK_TIMEOUT).await.ok().map(|s| s.command_version))
             });
         let builds: BTreeMap<u64, u32> = (futures::future::join_all(asked).await.into_iter())
             .filter_map(|(id, build)| Some((id, build?)))

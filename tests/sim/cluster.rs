@@ -966,6 +966,7 @@ impl Sim {
         };
         let (state, state_syncs) = open(&mut node.state_disk, "state");
         let stores = Stores { log: Box::new(node.log_dir.open()), state, state_syncs };
+        let defaults = core::Config::new(id, &voters, nonce);
         let config = core::Config {
             timing: timing(),
             snapshot_entries,
@@ -976,8 +977,8 @@ impl Sim {
             history_retention_bytes,
             // Check points often enough that every run compares states at several.
             state_check_interval_ms: 1_000,
-            bounds: fsm::Bounds { newest_version: build, ..core::Config::new(id, &voters, nonce).bounds },
-            ..core::Config::new(id, &voters, nonce)
+            bounds: fsm::Bounds { newest_version: build, ..defaults.bounds },
+            ..defaults
         };
         let (mut core, applier) =
             Core::new(config, identity, stores, Arc::new(MemoryInbox::default()), &logger).unwrap_or_else(

@@ -28,6 +28,21 @@ fn raise(s: &mut Scripted, leader: u64, version: u32) -> u64 {
     s.propose(leader, Command { version, request_id: String::new(), body })
 }
 
+/// Drops every message to or from `member`, as a partition around it.
+fn cut_off(member: u64) -> impl FnMut(&raft::eraftpb::Message) -> Route {
+    move |m| if m.to == member || m.from == member { Route::Drop } else { Route::Deliver }
+}
+
+/// The leader and a follower of it: with the follower cut off, the leader raises the cluster
+/// version to this build's.
+fn raised_without_a_follower(s: &mut Scripted) -> (u64, u64) {
+    let leader = s.leader().expect("a leader");
+    let behind = if leader == 3 { 2 } else { 3 };
+    let w = raise(s, leader, COMMAND_VERSION);
+    s.until("the raise answered", 200, &mut cut_off(behind), &mut |s| s.answer(w).is_some());
+    (leader, behind)
+}
+
 /// A put through the leader, answered as applied.
 fn written(s: &mut Scripted, key: &str) {
     let leader = s.leader().expect("a leader");
@@ -125,23 +140,13 @@ fn a_rolling_upgrade_proposes_at_the_old_version_until_every_member_runs_the_new
 fn a_member_of_the_older_build_that_meets_the_raise_stops_at_it_writing_nothing_of_it() {
     let mut s = Scripted::new(3, 193);
     s.until("a leader", 200, &mut all, &mut |s| s.leader().is_some());
-    let leader = s.leader().expect("a leader");
-    let behind = if leader == 3 { 2 } else { 3 };
     written(&mut s, "before");
     s.until("every member has it", 100, &mut all, &mut |s| {
         (1..=3).all(|m| value_on(s, m, "before").is_some())
     });
     // The member behind is cut off, then started again on the older build (its start check did
     // not reach a peer): the raise is decided without it and reaches it afterwards.
-    let cut = |m: &raft::eraftpb::Message| {
-        if m.to == behind || m.from == behind {
-            Route::Drop
-        } else {
-            Route::Deliver
-        }
-    };
-    let w = raise(&mut s, leader, COMMAND_VERSION);
-    s.until("the raise answered", 200, &mut { cut }, &mut |s| s.answer(w).is_some());
+    let (_, behind) = raised_without_a_follower(&mut s);
     s.crash(behind);
     s.set_build(behind, versions::UNRAISED);
     s.start(behind);
@@ -167,21 +172,11 @@ fn a_member_of_the_older_build_that_meets_the_raise_stops_at_it_writing_nothing_
 fn a_member_of_the_older_build_that_installs_a_snapshot_past_its_build_stops_and_stays_stopped() {
     let mut s = Scripted::with_snapshot_entries(3, 197, 5);
     s.until("a leader", 200, &mut all, &mut |s| s.leader().is_some());
-    let leader = s.leader().expect("a leader");
-    let behind = if leader == 3 { 2 } else { 3 };
-    let cut = |m: &raft::eraftpb::Message| {
-        if m.to == behind || m.from == behind {
-            Route::Drop
-        } else {
-            Route::Deliver
-        }
-    };
-    let w = raise(&mut s, leader, COMMAND_VERSION);
-    s.until("the raise answered", 200, &mut { cut }, &mut |s| s.answer(w).is_some());
+    let (leader, behind) = raised_without_a_follower(&mut s);
     // Past what the leader keeps for a follower behind (`core::CATCH_UP_SNAPSHOTS` compactions).
     for i in 0..(latch::core::CATCH_UP_SNAPSHOTS * 5 + 20) {
         let put = s.propose(leader, s_put(&format!("after-{i}"), "1"));
-        s.until("the put answered", 200, &mut { cut }, &mut |s| s.answer(put).is_some());
+        s.until("the put answered", 200, &mut cut_off(behind), &mut |s| s.answer(put).is_some());
     }
     s.crash(behind);
     s.set_build(behind, versions::UNRAISED);
