@@ -12,7 +12,9 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use latch::fsm;
 use latch::storage::{self, LogStore, PreparedSnapshot, SnapshotSource};
-use latch_proto::internal::{command::Body, Command, Put, Range};
+use latch_proto::internal::{
+    command::Body, outcome::Result as Outcome_, Acquire, Command, CreateSession, Put, Range, Release,
+};
 use prost::Message as _;
 use raft::eraftpb::Entry;
 use redb::backends::InMemoryBackend;
@@ -63,6 +65,95 @@ fn apply_batch_of_puts(c: &mut Criterion) {
             },
             BatchSize::SmallInput,
         )
+    });
+    g.finish();
+}
+
+/// What a member's apply thread does for 16 lock clients, each looping acquire + release of
+/// a lock of its own (`latch bench lock --clients 16 --uncontended`): the 16 acquires, then
+/// the 16 releases, in batches of 8 entries (about what such a run's batches hold), each
+/// batch a transaction committed without fsync, as a member's are between its durable ones.
+fn apply_lock_pairs(c: &mut Criterion) {
+    const CLIENTS: u64 = 16;
+    const PER_BATCH: usize = 8;
+    let db = store();
+    let bounds = fsm::Bounds { events: false, ..fsm::Bounds::default() };
+    let index = Cell::new(0u64);
+    let command = |i: u64, body: Body| {
+        Command { version: fsm::COMMAND_VERSION, request_id: format!("req-{i:016}"), body: Some(body) }
+            .encode_to_vec()
+    };
+    let apply = |cmds: &[Vec<u8>]| -> Vec<fsm::AppliedCommand> {
+        let mut applied = Vec::new();
+        for chunk in cmds.chunks(PER_BATCH) {
+            let mut txn = db.begin_write().expect("write txn");
+            txn.set_durability(redb::Durability::None).expect("durability");
+            let mut batch = fsm::Batch::begin(&txn, bounds).expect("batch");
+            for data in chunk {
+                index.set(index.get() + 1);
+                applied.extend(batch.apply_entry(index.get(), 1, data).expect("apply"));
+            }
+            batch.finish().expect("finish");
+            txn.commit().expect("commit");
+        }
+        applied
+    };
+    let sessions: Vec<Vec<u8>> = (0..CLIENTS)
+        .map(|s| {
+            command(
+                s,
+                Body::CreateSession(CreateSession {
+                    id: format!("session-{s:02}"),
+                    name: String::new(),
+                    ttl_ms: 10_000,
+                }),
+            )
+        })
+        .collect();
+    apply(&sessions);
+    let mut g = c.benchmark_group("fsm");
+    g.throughput(Throughput::Elements(CLIENTS));
+    g.bench_function("apply 16 lock acquire + release pairs", |b| {
+        b.iter(|| {
+            let first = index.get();
+            let acquires: Vec<Vec<u8>> = (0..CLIENTS)
+                .map(|s| {
+                    command(
+                        first + s,
+                        Body::Acquire(Acquire {
+                            name: format!("bench-lock-{s:02}"),
+                            session: format!("session-{s:02}"),
+                            wait: true,
+                            lock_delay_ms: 5_000,
+                            max_waiters: 10_000,
+                            max_session_locks: 10_000,
+                            max_row_bytes: latch::fsm::locks::MAX_ROW_BYTES,
+                            ..Default::default()
+                        }),
+                    )
+                })
+                .collect();
+            let releases: Vec<Vec<u8>> = apply(&acquires)
+                .into_iter()
+                .enumerate()
+                .map(|(s, a)| {
+                    let Some(Outcome_::Lock(granted)) = a.outcome.result else {
+                        panic!("an uncontended acquire is granted, got {:?}", a.outcome)
+                    };
+                    command(
+                        first + CLIENTS + s as u64,
+                        Body::Release(Release { sequencer: granted.sequencer }),
+                    )
+                })
+                .collect();
+            for r in apply(&releases) {
+                assert!(
+                    matches!(r.outcome.result, Some(Outcome_::Lock(_))),
+                    "a holder's release is answered with its lock, got {:?}",
+                    r.outcome
+                );
+            }
+        })
     });
     g.finish();
 }
@@ -181,6 +272,7 @@ fn hash_the_state_of_a_million_keys(c: &mut Criterion) {
 criterion_group!(
     benches,
     apply_batch_of_puts,
+    apply_lock_pairs,
     range_over_100k_keys,
     append_to_raft_log,
     hash_the_state_of_a_million_keys

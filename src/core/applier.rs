@@ -261,7 +261,7 @@ impl Applier {
                 // state records the configuration it reached (in `context`, from the core).
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     fsm::set_conf_state(&txn, &e.context)?;
-                    record_addition(&txn, &e)?;
+                    record_addition(batch.tables(), &e)?;
                     &[]
                 }
             };
@@ -412,14 +412,14 @@ pub(crate) mod testing {
 
 /// Records the member a change of membership added, with its peer address, once raft took the
 /// change (the configuration reached, in the entry's `context`, has it).
-fn record_addition(txn: &redb::WriteTransaction, e: &Entry) -> Result<(), CoreError> {
+fn record_addition(tables: &fsm::Tables, e: &Entry) -> Result<(), CoreError> {
     let Ok(cc) = super::membership::change_of(e) else { return Ok(()) };
     if super::membership::added_by(&cc).is_none() {
         return Ok(());
     }
     let reached = super::membership::decode(&e.context).map_err(raft::Error::from)?;
     if let Some((member, addr)) = super::membership::addition_taken(&cc, &reached) {
-        fsm::members::add(txn, member, &addr, e.index)?;
+        fsm::members::add(tables, member, &addr, e.index)?;
     }
     Ok(())
 }

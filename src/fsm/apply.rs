@@ -11,9 +11,9 @@
 use std::collections::BTreeSet;
 
 use latch_proto::internal::{KeyValue, LockSpace};
-use redb::{Table, WriteTransaction};
 
 use super::history::{self, Space};
+use super::tables::Tables;
 use super::{locks, FsmError};
 use crate::storage::schema::HISTORY;
 
@@ -110,16 +110,14 @@ pub(crate) struct Finished {
     pub(crate) recorded_bytes: u64,
 }
 
-/// The application of one command: its transaction, its log index and its revision.
-pub struct Apply<'t> {
-    pub(crate) txn: &'t WriteTransaction,
+/// The application of one command: its batch's tables and its revision.
+pub struct Apply<'a, 't> {
+    pub(crate) tables: &'a Tables<'t>,
     /// Bound on the bytes of read results (range ops) in the command's answer.
     pub(crate) max_response_bytes: usize,
     /// The store revision before the command.
     base: i64,
     wrote: bool,
-    /// The history table, opened at the first change.
-    history: Option<Table<'t, &'static [u8], &'static [u8]>>,
     /// Changes written to the history so far (the next one's index in its revision).
     recorded: u32,
     /// Their bytes.
@@ -134,19 +132,18 @@ pub struct Apply<'t> {
     instances: Vec<InstanceChange>,
 }
 
-impl<'t> Apply<'t> {
+impl<'a, 't> Apply<'a, 't> {
     pub(crate) fn new(
-        txn: &'t WriteTransaction,
+        tables: &'a Tables<'t>,
         base: i64,
         max_response_bytes: usize,
         keep_events: bool,
     ) -> Self {
         Apply {
-            txn,
+            tables,
             max_response_bytes,
             base,
             wrote: false,
-            history: None,
             recorded: 0,
             recorded_bytes: 0,
             locks_written: BTreeSet::new(),
@@ -220,7 +217,7 @@ impl<'t> Apply<'t> {
     /// Records each lock and election row written by the command, as it ends up.
     pub(crate) fn record_locks(&mut self) -> Result<(), FsmError> {
         for key in std::mem::take(&mut self.locks_written) {
-            let row = locks::read_row_bytes(self.txn, &key)?;
+            let row = locks::read_row_bytes(self.tables, &key)?;
             let (space, name) = match locks::split_lock_key(&key) {
                 Some((LockSpace::Elections, name)) => (Space::Elections, name.as_bytes().to_vec()),
                 Some((_, name)) => (Space::Locks, name.as_bytes().to_vec()),
@@ -247,11 +244,8 @@ impl<'t> Apply<'t> {
         self.recorded = n
             .checked_add(1)
             .ok_or_else(|| FsmError::Corrupt("a command with more than 2^32 changes".into()))?;
-        let table = match &mut self.history {
-            Some(table) => table,
-            None => self.history.insert(self.txn.open_table(HISTORY)?),
-        };
-        let bytes = history::record(table, kv.mod_revision, n, space, delete, kv, prev)?;
+        let bytes =
+            history::record(&mut *self.tables.open(HISTORY)?, kv.mod_revision, n, space, delete, kv, prev)?;
         self.recorded_bytes = self.recorded_bytes.saturating_add(bytes);
         Ok(())
     }

@@ -32,7 +32,7 @@ pub(crate) fn proclaim(ap: &mut Apply, req: Proclaim) -> Result<outcome::Result,
         return Ok(outcome::Result::Rejected("proclaim: the sequencer is not an election's".into()));
     }
     let key = lock_key(LockSpace::Elections, &seq.name);
-    let Some(mut row) = locks::read_row(ap.txn, &key)? else {
+    let Some(mut row) = locks::read_row(ap.tables, &key)? else {
         return Ok(locks::result(Status::NotHeld, None, 0));
     };
     let Some(at) = row.holders.iter().position(|h| leads(h, &seq)) else {

@@ -28,9 +28,10 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+use super::tables::Tables;
 use latch_proto::internal::{history_event, HistoryEvent, KeyValue};
 use prost::Message;
-use redb::{ReadTransaction, ReadableTable, Table, TableHandle, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, Table, TableHandle};
 
 use super::{open_read, Applied, Domain, FsmError, TableDef};
 use crate::storage::schema::{FSM_META, HISTORY, HISTORY_META, HISTORY_META_COMPACT};
@@ -204,12 +205,12 @@ pub fn check_revision(asked: i64, current: i64, compact_revision: i64) -> Result
 /// Applies a `Compact`: forgets revisions up to `revision` (the rows go in later steps).
 /// Refused, writing nothing, when `revision` is in the future or already compacted.
 pub(crate) fn compact(
-    txn: &WriteTransaction,
+    tables: &Tables,
     revision: i64,
     current: i64,
 ) -> Result<Result<i64, RevisionError>, FsmError> {
-    let mut meta = txn.open_table(HISTORY_META)?;
-    let compacted = compact_revision(&meta)?;
+    let mut meta = tables.open(HISTORY_META)?;
+    let compacted = compact_revision(&*meta)?;
     if revision > current {
         return Ok(Err(RevisionError::Future { asked: revision, current }));
     }
@@ -234,12 +235,12 @@ pub(crate) struct Purged {
 /// [`PURGE_STEP`] plus the rows the entry wrote and twice their bytes, so that a compaction's
 /// backlog shrinks in rows whatever the writes do, and in bytes too unless an entry writes more
 /// than the extra rows hold (old rows a thousandth the size of new ones).
-pub(crate) fn purge_step(txn: &WriteTransaction, rows: usize, bytes: u64) -> Result<Purged, FsmError> {
-    let compacted = compact_revision(&txn.open_table(HISTORY_META)?)?;
+pub(crate) fn purge_step(tables: &Tables, rows: usize, bytes: u64) -> Result<Purged, FsmError> {
+    let compacted = compact_revision(&*tables.open(HISTORY_META)?)?;
     if compacted == 0 {
         return Ok(Purged::default());
     }
-    let mut table = txn.open_table(HISTORY)?;
+    let mut table = tables.open(HISTORY)?;
     let end = row_key(compacted.saturating_add(1), 0);
     let most = rows.saturating_add(PURGE_EXTRA_ROWS);
     let mut purged = Purged::default();

@@ -86,7 +86,7 @@ pub(crate) fn put(ap: &mut Apply, req: Put) -> Result<outcome::Result, FsmError>
     if let Some(missing) = missing_session(ap, [&req])? {
         return Ok(missing);
     }
-    let mut table = ap.txn.open_table(KV)?;
+    let mut table = ap.tables.open(KV)?;
     Ok(outcome::Result::Put(write_put(ap, &mut table, req)?))
 }
 
@@ -105,7 +105,7 @@ fn missing_session<'a>(
     puts: impl IntoIterator<Item = &'a Put>,
 ) -> Result<Option<outcome::Result>, FsmError> {
     for p in puts {
-        if !p.session.is_empty() && !sessions::exists(ap.txn, &p.session)? {
+        if !p.session.is_empty() && !sessions::exists(ap.tables, &p.session)? {
             return Ok(Some(sessions::not_found(p.session.clone())));
         }
     }
@@ -116,7 +116,7 @@ fn missing_session<'a>(
 /// one delete event each, at the revision the caller took.
 pub(crate) fn delete_owned(ap: &mut Apply, keys: &[Vec<u8>]) -> Result<(), FsmError> {
     let revision = ap.revision();
-    let mut table = ap.txn.open_table(KV)?;
+    let mut table = ap.tables.open(KV)?;
     for key in keys {
         let prev = match table.remove(key.as_slice())? {
             Some(old) => key_value(key, decode_stored("table kv", key, old.value())?),
@@ -138,7 +138,7 @@ pub(crate) fn delete_range(ap: &mut Apply, req: DeleteRange) -> Result<outcome::
     if let Err(why) = check_key("delete_range", &req.key) {
         return Ok(outcome::Result::Rejected(why));
     }
-    let mut table = ap.txn.open_table(KV)?;
+    let mut table = ap.tables.open(KV)?;
     let mut budget = ap.max_response_bytes;
     Ok(outcome::Result::DeleteRange(write_delete(ap, &mut table, &req, &mut budget)?))
 }
@@ -148,7 +148,7 @@ pub(crate) fn txn(ap: &mut Apply, req: Txn) -> Result<outcome::Result, FsmError>
     if let Err(why) = check_txn(&req) {
         return Ok(outcome::Result::Rejected(why));
     }
-    let succeeded = all_hold(&ap.txn.open_table(KV)?, &req.compare, |seq| locks::check_in(ap.txn, seq))?;
+    let succeeded = all_hold(&*ap.tables.open(KV)?, &req.compare, |seq| locks::check_in(ap.tables, seq))?;
     let ops = if succeeded { req.success } else { req.failure };
     let puts = ops.iter().filter_map(|o| match &o.op {
         Some(op::Op::Put(p)) => Some(p),
@@ -157,12 +157,12 @@ pub(crate) fn txn(ap: &mut Apply, req: Txn) -> Result<outcome::Result, FsmError>
     if let Some(missing) = missing_session(ap, puts)? {
         return Ok(missing);
     }
-    let mut table = ap.txn.open_table(KV)?;
+    let mut table = ap.tables.open(KV)?;
     let mut budget = ap.max_response_bytes;
     let mut results = Vec::with_capacity(ops.len());
     for o in ops {
         let result = match o.op {
-            Some(op::Op::Range(r)) => op_result::Result::Range(range_in(&table, &r, &mut budget)?),
+            Some(op::Op::Range(r)) => op_result::Result::Range(range_in(&*table, &r, &mut budget)?),
             Some(op::Op::Put(p)) => op_result::Result::Put(write_put(ap, &mut table, p)?),
             Some(op::Op::DeleteRange(d)) => {
                 op_result::Result::DeleteRange(write_delete(ap, &mut table, &d, &mut budget)?)
@@ -527,7 +527,7 @@ fn write_put(ap: &mut Apply, table: &mut KvTable, mut req: Put) -> Result<PutRes
     }
     let prev = get(table, &req.key)?;
     let old_session = prev.as_ref().map_or("", |p| p.session.as_str());
-    sessions::rebind(ap.txn, &req.key, old_session, &req.session)?;
+    sessions::rebind(ap.tables, &req.key, old_session, &req.session)?;
     let revision = ap.write_revision()?;
     let (create_revision, version) = match &prev {
         Some(p) => {
@@ -559,7 +559,7 @@ fn write_put(ap: &mut Apply, table: &mut KvTable, mut req: Put) -> Result<PutRes
 /// The next free key of a sequence: the prefix and its counter, 20 digits; the counter moves
 /// past it (and past any key of the sequence written by hand), so it is unique and increasing.
 fn next_in_sequence(ap: &Apply, table: &KvTable, prefix: &[u8]) -> Result<Vec<u8>, FsmError> {
-    let mut sequences = ap.txn.open_table(SEQUENCES)?;
+    let mut sequences = ap.tables.open(SEQUENCES)?;
     let mut n = match sequences.get(prefix)? {
         Some(v) => <[u8; 8]>::try_from(v.value()).map(u64::from_be_bytes).map_err(|_| {
             FsmError::Corrupt(format!("table sequences, key {:?}: not an 8-byte counter", show(prefix)))
@@ -624,7 +624,7 @@ fn write_delete(
                 )))
             }
         };
-        sessions::rebind(ap.txn, &key, &session, "")?;
+        sessions::rebind(ap.tables, &key, &session, "")?;
         let kv = KeyValue { key, mod_revision: revision, ..Default::default() };
         ap.emit(Event::of_key(EventKind::Delete, kv, answer.clone()), Some(&prev))?;
         prev_kvs.extend(answer);

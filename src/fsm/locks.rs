@@ -17,12 +17,13 @@
 //!   `EndLockDelay` for that delay applies); a normal release hands the lock on at once.
 //! - A row exists only while the lock has a holder, a waiter or a delay.
 
+use super::tables::Tables;
 use latch_proto::internal::{
     lock_result::Status, outcome, Acquire, CancelWait, EndLockDelay, LockHolder, LockMode, LockResult,
     LockRow, LockSpace, LockWaiter, Release, Sequencer,
 };
 use prost::Message;
-use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable};
 
 use super::apply::{Apply, LockChange};
 use super::{open_read, sessions, Applied, Domain, FsmError, TableDef};
@@ -146,11 +147,11 @@ pub(crate) fn acquire(
     if space == LockSpace::Elections && mode != LockMode::Exclusive {
         return Ok(rejected("acquire: an election is held exclusively"));
     }
-    if !sessions::exists(ap.txn, &req.session)? {
+    if !sessions::exists(ap.tables, &req.session)? {
         return Ok(sessions::not_found(req.session));
     }
     let key = lock_key(space, &req.name);
-    let mut row = read_row(ap.txn, &key)?.unwrap_or_default();
+    let mut row = read_row(ap.tables, &key)?.unwrap_or_default();
     let same_mode = |m: i32| m == mode as i32;
     if let Some(h) = row.holders.iter().find(|h| h.session == req.session) {
         let status = if same_mode(h.mode) { Status::Already } else { Status::OtherMode };
@@ -190,10 +191,9 @@ pub(crate) fn acquire(
         }
     }
     // The session's index, opened once for the count and the insert.
-    let txn = ap.txn;
-    let mut owned_index = txn.open_table(SESSION_LOCKS)?;
+    let mut owned_index = ap.tables.open(SESSION_LOCKS)?;
     if req.max_session_locks > 0 {
-        let owned = count_owned(&owned_index, &req.session, req.max_session_locks)?;
+        let owned = count_owned(&*owned_index, &req.session, req.max_session_locks)?;
         if owned >= u64::from(req.max_session_locks) {
             return Ok(result(Status::SessionFull, None, owned));
         }
@@ -203,7 +203,7 @@ pub(crate) fn acquire(
         let holder = LockHolder {
             session: req.session.clone(),
             mode: mode as i32,
-            generation: next_generation(ap.txn)?,
+            generation: next_generation(ap.tables)?,
             revision,
             request_id: request_id.to_string(),
             lock_delay_ms: req.lock_delay_ms,
@@ -236,13 +236,13 @@ pub(crate) fn release(ap: &mut Apply, req: Release) -> Result<outcome::Result, F
         return Ok(rejected("release: unknown lock space"));
     };
     let key = lock_key(space, &seq.name);
-    let Some(mut row) = read_row(ap.txn, &key)? else { return Ok(result(Status::NotHeld, None, 0)) };
+    let Some(mut row) = read_row(ap.tables, &key)? else { return Ok(result(Status::NotHeld, None, 0)) };
     let Some(at) = row.holders.iter().position(|h| holds(h, &seq)) else {
         return Ok(result(Status::NotHeld, None, 0));
     };
     let revision = ap.write_revision()?;
     let holder = row.holders.remove(at);
-    ap.txn.open_table(SESSION_LOCKS)?.remove(index_key(&holder.session, &key).as_slice())?;
+    ap.tables.open(SESSION_LOCKS)?.remove(index_key(&holder.session, &key).as_slice())?;
     ap.lock_changed(LockChange::Changed { key: key.clone() });
     grant_waiters(ap, &key, &mut row, revision)?;
     write_row(ap, &key, &row)?;
@@ -253,11 +253,11 @@ pub(crate) fn release(ap: &mut Apply, req: Release) -> Result<outcome::Result, F
 pub(crate) fn cancel_wait(ap: &mut Apply, req: CancelWait) -> Result<outcome::Result, FsmError> {
     let Ok(space) = LockSpace::try_from(req.space) else { return Ok(rejected("cancel: unknown lock space")) };
     let key = lock_key(space, &req.name);
-    let Some(mut row) = read_row(ap.txn, &key)? else { return Ok(result(Status::NotHeld, None, 0)) };
+    let Some(mut row) = read_row(ap.tables, &key)? else { return Ok(result(Status::NotHeld, None, 0)) };
     if let Some(at) = row.waiters.iter().position(|w| w.request_id == req.request_id) {
         let revision = ap.write_revision()?;
         let waiter = row.waiters.remove(at);
-        ap.txn.open_table(SESSION_LOCKS)?.remove(index_key(&waiter.session, &key).as_slice())?;
+        ap.tables.open(SESSION_LOCKS)?.remove(index_key(&waiter.session, &key).as_slice())?;
         ap.lock_changed(LockChange::Settled { request_id: waiter.request_id });
         // The head leaving may let the requests behind it in.
         grant_waiters(ap, &key, &mut row, revision)?;
@@ -281,7 +281,7 @@ pub(crate) fn end_delay(ap: &mut Apply, req: EndLockDelay) -> Result<outcome::Re
         return Ok(rejected("end delay: unknown lock space"));
     };
     let key = lock_key(space, &req.name);
-    let Some(mut row) = read_row(ap.txn, &key)? else { return Ok(result(Status::NotHeld, None, 0)) };
+    let Some(mut row) = read_row(ap.tables, &key)? else { return Ok(result(Status::NotHeld, None, 0)) };
     if row.delay_revision == 0 || row.delay_revision != req.since_revision {
         return Ok(result(Status::NotHeld, None, 0));
     }
@@ -297,13 +297,13 @@ pub(crate) fn end_delay(ap: &mut Apply, req: EndLockDelay) -> Result<outcome::Re
 /// Removes a session that is ending (in the revision that ends it) from every lock it holds or
 /// awaits. `expired`: its holds end abnormally, and their locks enter their lock-delay.
 pub(crate) fn session_ended(ap: &mut Apply, session: &str, expired: bool) -> Result<u64, FsmError> {
-    let keys = owned(ap.txn, session)?;
+    let keys = owned(ap.tables, session)?;
     if keys.is_empty() {
         return Ok(0);
     }
     let revision = ap.write_revision()?;
     for key in &keys {
-        let Some(mut row) = read_row(ap.txn, key)? else {
+        let Some(mut row) = read_row(ap.tables, key)? else {
             return Err(FsmError::Corrupt(format!(
                 "table session_locks: session {session:?} names lock {:?}, which does not exist",
                 show(key)
@@ -333,7 +333,7 @@ pub(crate) fn session_ended(ap: &mut Apply, session: &str, expired: bool) -> Res
         }
         grant_waiters(ap, key, &mut row, revision)?;
         write_row(ap, key, &row)?;
-        ap.txn.open_table(SESSION_LOCKS)?.remove(index_key(session, key).as_slice())?;
+        ap.tables.open(SESSION_LOCKS)?.remove(index_key(session, key).as_slice())?;
     }
     Ok(keys.len() as u64)
 }
@@ -351,7 +351,7 @@ fn grant_waiters(ap: &mut Apply, key: &[u8], row: &mut LockRow, revision: i64) -
         row.holders.push(LockHolder {
             session: w.session,
             mode: w.mode,
-            generation: next_generation(ap.txn)?,
+            generation: next_generation(ap.tables)?,
             revision,
             request_id: w.request_id.clone(),
             lock_delay_ms: w.lock_delay_ms,
@@ -399,9 +399,9 @@ pub fn check(txn: &ReadTransaction, seq: &Sequencer) -> Result<Result<(), String
 }
 
 /// Whether `seq` still holds its lock, in a write transaction (a fenced txn's compare).
-pub(crate) fn check_in(txn: &WriteTransaction, seq: &Sequencer) -> Result<bool, FsmError> {
+pub(crate) fn check_in(tables: &Tables, seq: &Sequencer) -> Result<bool, FsmError> {
     let space = LockSpace::try_from(seq.space).unwrap_or(LockSpace::Locks);
-    Ok(verdict(read_row(txn, &lock_key(space, &seq.name))?.as_ref(), seq).is_ok())
+    Ok(verdict(read_row(tables, &lock_key(space, &seq.name))?.as_ref(), seq).is_ok())
 }
 
 fn verdict(row: Option<&LockRow>, seq: &Sequencer) -> Result<(), String> {
@@ -520,8 +520,8 @@ fn count_owned(
 }
 
 /// The lock keys session `id` holds or awaits, in key order.
-fn owned(txn: &WriteTransaction, id: &str) -> Result<Vec<Vec<u8>>, FsmError> {
-    let index = txn.open_table(SESSION_LOCKS)?;
+fn owned(tables: &Tables, id: &str) -> Result<Vec<Vec<u8>>, FsmError> {
+    let index = tables.open(SESSION_LOCKS)?;
     let (start, end) = session_span(id);
     let mut keys = Vec::new();
     for row in index.range::<&[u8]>(start.as_slice()..end.as_slice())? {
@@ -545,8 +545,8 @@ fn index_key(session: &str, key: &[u8]) -> Vec<u8> {
     k
 }
 
-fn next_generation(txn: &WriteTransaction) -> Result<u64, FsmError> {
-    let mut meta = txn.open_table(LOCK_META)?;
+fn next_generation(tables: &Tables) -> Result<u64, FsmError> {
+    let mut meta = tables.open(LOCK_META)?;
     let key = LOCK_META_GENERATION.as_bytes();
     let last = match meta.get(key)? {
         Some(v) => <[u8; 8]>::try_from(v.value())
@@ -561,19 +561,19 @@ fn next_generation(txn: &WriteTransaction) -> Result<u64, FsmError> {
     Ok(next)
 }
 
-pub(crate) fn read_row(txn: &WriteTransaction, key: &[u8]) -> Result<Option<LockRow>, FsmError> {
-    get_row(&txn.open_table(LOCKS)?, key)
+pub(crate) fn read_row(tables: &Tables, key: &[u8]) -> Result<Option<LockRow>, FsmError> {
+    get_row(&*tables.open(LOCKS)?, key)
 }
 
 /// A lock's row as stored, if there is one.
-pub(crate) fn read_row_bytes(txn: &WriteTransaction, key: &[u8]) -> Result<Option<Vec<u8>>, FsmError> {
-    Ok(txn.open_table(LOCKS)?.get(key)?.map(|v| v.value().to_vec()))
+pub(crate) fn read_row_bytes(tables: &Tables, key: &[u8]) -> Result<Option<Vec<u8>>, FsmError> {
+    Ok(tables.open(LOCKS)?.get(key)?.map(|v| v.value().to_vec()))
 }
 
 /// Writes a lock's row, or removes it when it holds nothing (and notes it for the history).
 pub(crate) fn write_row(ap: &mut Apply, key: &[u8], row: &LockRow) -> Result<(), FsmError> {
     ap.lock_written(key);
-    let mut table = ap.txn.open_table(LOCKS)?;
+    let mut table = ap.tables.open(LOCKS)?;
     if row.holders.is_empty() && row.waiters.is_empty() && row.delay_revision == 0 {
         table.remove(key)?;
     } else {

@@ -18,7 +18,8 @@
 use latch_proto::internal::{outcome, MemberStarted, MemberStartedResult};
 use std::collections::BTreeMap;
 
-use redb::{ReadTransaction, ReadableTable, TableHandle, WriteTransaction};
+use super::tables::Tables;
+use redb::{ReadTransaction, ReadableTable, TableHandle};
 
 use super::apply::Apply;
 use super::{open_read, Applied, Domain, FsmError, TableDef};
@@ -62,7 +63,7 @@ pub(crate) fn started(ap: &mut Apply, req: MemberStarted, index: u64) -> Result<
     if req.member == 0 {
         return Ok(outcome::Result::Rejected("member started: member 0 is not a member id".to_string()));
     }
-    let mut table = ap.txn.open_table(MEMBERS)?;
+    let mut table = ap.tables.open(MEMBERS)?;
     let key = req.member.to_be_bytes();
     let existing = table.get(key.as_slice())?.map(|v| be_u64(v.value()));
     let recorded = match existing {
@@ -99,8 +100,8 @@ pub fn is_recorded(txn: &ReadTransaction, member: u64) -> Result<bool, FsmError>
 
 /// Records that the change at `index` added `member` at peer address `addr`, unless an earlier
 /// one did (an id is never added twice: `core::membership::check_add`).
-pub fn add(txn: &WriteTransaction, member: u64, addr: &str, index: u64) -> Result<(), FsmError> {
-    let mut table = txn.open_table(ADDED_MEMBERS)?;
+pub fn add(tables: &Tables, member: u64, addr: &str, index: u64) -> Result<(), FsmError> {
+    let mut table = tables.open(ADDED_MEMBERS)?;
     let key = member.to_be_bytes();
     if table.get(key.as_slice())?.is_none() {
         let row = [index.to_be_bytes().as_slice(), addr.as_bytes()].concat();

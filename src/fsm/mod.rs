@@ -40,6 +40,7 @@ mod requests;
 mod same_state;
 pub mod sessions;
 pub mod snapshot;
+mod tables;
 pub mod versions;
 
 use latch_proto::internal::{
@@ -54,6 +55,7 @@ use redb::{
 pub use apply::{Event, EventKind, InstanceChange, InstanceTimer, LockChange, SessionChange};
 pub(crate) use kv::selection;
 pub use kv::{selects, SEQUENCE_DIGITS};
+pub use tables::Tables;
 
 /// One page of the current keys a selection holds (see `kv::read_page`).
 pub fn read_page(
@@ -373,7 +375,8 @@ impl Default for Bounds {
 /// the `Apply` context, the request memory from the batch's).
 #[must_use = "a batch's position and request memory are written by Batch::finish"]
 pub struct Batch<'t> {
-    txn: &'t WriteTransaction,
+    /// The tables its commands write, each opened once.
+    tables: Tables<'t>,
     bounds: Bounds,
     /// The position after the entries applied so far.
     pos: Applied,
@@ -404,7 +407,13 @@ impl<'t> Batch<'t> {
             None => history::count_bytes(&txn.open_table(HISTORY)?)?,
         };
         let history = HistorySize { stored, recorded: 0, purging: false };
-        Ok(Batch { txn, bounds, pos, applied_any: false, memory: None, history })
+        Ok(Batch { tables: Tables::new(txn), bounds, pos, applied_any: false, memory: None, history })
+    }
+
+    /// The tables the batch keeps open: whatever else writes in its transaction while it lasts
+    /// goes through them (a change of membership's record, `members::add`).
+    pub fn tables(&self) -> &Tables<'t> {
+        &self.tables
     }
 
     /// The history's size after the entries applied so far (`None` before the first).
@@ -428,7 +437,7 @@ impl<'t> Batch<'t> {
             (None, Recorded::default())
         } else {
             let (applied, recorded) = apply_command(
-                self.txn,
+                &self.tables,
                 &mut self.memory,
                 index,
                 term,
@@ -440,7 +449,7 @@ impl<'t> Batch<'t> {
         };
         // At least as many rows go as the entry added: a compaction's backlog never grows.
         let purged = history::purge_step(
-            self.txn,
+            &self.tables,
             history::PURGE_STEP + recorded.rows as usize,
             recorded.bytes.saturating_mul(2),
         )?;
@@ -458,8 +467,10 @@ impl<'t> Batch<'t> {
         if let Some(memory) = self.memory {
             memory.close()?;
         }
+        let txn = self.tables.txn();
+        drop(self.tables);
         if self.applied_any {
-            write_meta(self.txn, self.pos, self.history.stored)?;
+            write_meta(txn, self.pos, self.history.stored)?;
         }
         Ok(self.pos)
     }
@@ -610,7 +621,7 @@ impl StateDigest {
 /// Applies one non-empty entry: decode, answer a remembered request id, dispatch, remember.
 /// Also says how many history rows it wrote.
 fn apply_command<'t>(
-    txn: &'t WriteTransaction,
+    tables: &Tables<'t>,
     memory: &mut Option<requests::Memory<'t>>,
     index: u64,
     term: u64,
@@ -646,7 +657,7 @@ fn apply_command<'t>(
     let mut memory = match (cmd.request_id.is_empty(), memory) {
         (true, _) => None,
         (false, Some(memory)) => Some(memory),
-        (false, memory) => Some(memory.insert(requests::Memory::open(txn)?)),
+        (false, memory) => Some(memory.insert(requests::Memory::open(tables.txn())?)),
     };
     if let Some(memory) = &memory {
         if let requests::Seen::Answered(outcome) =
@@ -666,7 +677,7 @@ fn apply_command<'t>(
             return Ok((applied, Recorded::default()));
         }
     }
-    let mut ap = Apply::new(txn, *revision, bounds.max_response_bytes, bounds.events);
+    let mut ap = Apply::new(tables, *revision, bounds.max_response_bytes, bounds.events);
     // What the request memory leaves out of the outcome, by the command's version (a version
     // this build does not apply is rejected: its outcome has nothing either rule touches).
     let left_out = memory.is_some().then(|| requests::LeftOut {
@@ -719,8 +730,8 @@ fn apply_command<'t>(
             Some(Body::SetHealth(req)) => registry::set_health(&mut ap, req, term)?,
             Some(Body::Reap(req)) => registry::reap(&mut ap, req)?,
             Some(Body::MemberStarted(req)) => members::started(&mut ap, req, index)?,
-            Some(Body::RaiseClusterVersion(_)) => versions::raise(ap.txn, cmd.version)?,
-            Some(Body::Compact(req)) => match history::compact(txn, req.revision, ap.revision())? {
+            Some(Body::RaiseClusterVersion(_)) => versions::raise(tables, cmd.version)?,
+            Some(Body::Compact(req)) => match history::compact(tables, req.revision, ap.revision())? {
                 Ok(compact_revision) => outcome::Result::Compact(CompactResult { compact_revision }),
                 Err(history::RevisionError::Compacted { compact_revision, .. }) => {
                     outcome::Result::Compacted(Compacted { compact_revision })

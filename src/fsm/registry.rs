@@ -26,8 +26,9 @@ use latch_proto::internal::{
 };
 use std::ops::{Bound, ControlFlow};
 
+use super::tables::Tables;
 use prost::Message;
-use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable};
 
 use super::apply::{Apply, InstanceChange, InstanceTimer};
 use super::history::Space;
@@ -282,11 +283,11 @@ pub(crate) fn register(
         Ok(c) => c,
         Err((field, why)) => return Ok(rejected(&format!("register: {field}: {why}"))),
     };
-    if !req.session.is_empty() && !sessions::exists(ap.txn, &req.session)? {
+    if !req.session.is_empty() && !sessions::exists(ap.tables, &req.session)? {
         return Ok(sessions::not_found(req.session));
     }
     let key = instance_key(&instance.service, &instance.id);
-    let old = read_row(ap.txn, &key)?;
+    let old = read_row(ap.tables, &key)?;
     let revision = ap.write_revision()?;
     let kind = check::Kind::try_from(check.kind).unwrap_or(check::Kind::Session);
     let mut row = InstanceRow {
@@ -322,7 +323,7 @@ pub(crate) fn register(
     }
     let old_session = old.as_ref().map(|o| o.session.as_str()).unwrap_or("");
     if old_session != row.session {
-        let mut index = ap.txn.open_table(SESSION_INSTANCES)?;
+        let mut index = ap.tables.open(SESSION_INSTANCES)?;
         if !old_session.is_empty() {
             index.remove(index_key(old_session, &key).as_slice())?;
         }
@@ -336,7 +337,7 @@ pub(crate) fn register(
 
 pub(crate) fn deregister(ap: &mut Apply, req: Deregister) -> Result<outcome::Result, FsmError> {
     let key = instance_key(&req.service, &req.id);
-    match read_row(ap.txn, &key)? {
+    match read_row(ap.tables, &key)? {
         None => Ok(not_found(&req.service, &req.id)),
         Some(row) => {
             ap.write_revision()?;
@@ -348,7 +349,7 @@ pub(crate) fn deregister(ap: &mut Apply, req: Deregister) -> Result<outcome::Res
 
 pub(crate) fn heartbeat(ap: &mut Apply, req: Heartbeat) -> Result<outcome::Result, FsmError> {
     let key = instance_key(&req.service, &req.id);
-    let Some(mut row) = read_row(ap.txn, &key)? else {
+    let Some(mut row) = read_row(ap.tables, &key)? else {
         return Ok(not_found(&req.service, &req.id));
     };
     if kind_of(&row) != check::Kind::Ttl {
@@ -372,7 +373,7 @@ pub(crate) fn heartbeat(ap: &mut Apply, req: Heartbeat) -> Result<outcome::Resul
         write(ap, &key, &row)?;
     } else {
         // Only the heartbeat count moved, which no reader sees: no revision.
-        ap.txn.open_table(REGISTRY)?.insert(key.as_slice(), row.encode_to_vec().as_slice())?;
+        ap.tables.open(REGISTRY)?.insert(key.as_slice(), row.encode_to_vec().as_slice())?;
         ap.instance_changed(InstanceChange { key, timer: timer_of(&row) });
     }
     Ok(result(Some(row), true))
@@ -380,7 +381,7 @@ pub(crate) fn heartbeat(ap: &mut Apply, req: Heartbeat) -> Result<outcome::Resul
 
 pub(crate) fn mark_critical(ap: &mut Apply, req: MarkCritical) -> Result<outcome::Result, FsmError> {
     let key = instance_key(&req.service, &req.id);
-    let Some(mut row) = read_row(ap.txn, &key)? else {
+    let Some(mut row) = read_row(ap.tables, &key)? else {
         return Ok(not_found(&req.service, &req.id));
     };
     let counted = row.registered_revision == req.registered_revision && row.beats == req.beats;
@@ -399,7 +400,7 @@ pub(crate) fn mark_critical(ap: &mut Apply, req: MarkCritical) -> Result<outcome
 /// Applies a probe's result proposed by the leader of `req.term`, in an entry of `term`.
 pub(crate) fn set_health(ap: &mut Apply, req: SetHealth, term: u64) -> Result<outcome::Result, FsmError> {
     let key = instance_key(&req.service, &req.id);
-    let Some(mut row) = read_row(ap.txn, &key)? else {
+    let Some(mut row) = read_row(ap.tables, &key)? else {
         return Ok(not_found(&req.service, &req.id));
     };
     let Ok(health) = Health::try_from(req.health) else {
@@ -426,7 +427,7 @@ pub(crate) fn set_health(ap: &mut Apply, req: SetHealth, term: u64) -> Result<ou
 
 pub(crate) fn reap(ap: &mut Apply, req: Reap) -> Result<outcome::Result, FsmError> {
     let key = instance_key(&req.service, &req.id);
-    let Some(row) = read_row(ap.txn, &key)? else {
+    let Some(row) = read_row(ap.tables, &key)? else {
         return Ok(not_found(&req.service, &req.id));
     };
     if row.health != Health::Critical as i32 || row.critical_since != req.critical_since {
@@ -439,9 +440,9 @@ pub(crate) fn reap(ap: &mut Apply, req: Reap) -> Result<outcome::Result, FsmErro
 
 /// Removes every instance of session `id` (ending, at the write revision); how many.
 pub(crate) fn session_ended(ap: &mut Apply, id: &str) -> Result<u64, FsmError> {
-    let keys = owned(ap.txn, id)?;
+    let keys = owned(ap.tables, id)?;
     for key in &keys {
-        let Some(row) = read_row(ap.txn, key)? else {
+        let Some(row) = read_row(ap.tables, key)? else {
             return Err(FsmError::Corrupt(format!(
                 "table session_instances: session {id:?} owns instance {:?}, which does not exist",
                 show(key)
@@ -454,16 +455,16 @@ pub(crate) fn session_ended(ap: &mut Apply, id: &str) -> Result<u64, FsmError> {
 
 fn write(ap: &mut Apply, key: &[u8], row: &InstanceRow) -> Result<(), FsmError> {
     let bytes = row.encode_to_vec();
-    ap.txn.open_table(REGISTRY)?.insert(key, bytes.as_slice())?;
+    ap.tables.open(REGISTRY)?.insert(key, bytes.as_slice())?;
     ap.state_changed(Space::Registry, key, Some(bytes))?;
     ap.instance_changed(InstanceChange { key: key.to_vec(), timer: timer_of(row) });
     Ok(())
 }
 
 fn remove(ap: &mut Apply, key: &[u8], row: &InstanceRow) -> Result<(), FsmError> {
-    ap.txn.open_table(REGISTRY)?.remove(key)?;
+    ap.tables.open(REGISTRY)?.remove(key)?;
     if !row.session.is_empty() {
-        ap.txn.open_table(SESSION_INSTANCES)?.remove(index_key(&row.session, key).as_slice())?;
+        ap.tables.open(SESSION_INSTANCES)?.remove(index_key(&row.session, key).as_slice())?;
     }
     ap.state_changed(Space::Registry, key, None)?;
     ap.instance_changed(InstanceChange { key: key.to_vec(), timer: None });
@@ -518,8 +519,8 @@ fn not_found(service: &str, id: &str) -> outcome::Result {
     outcome::Result::NotFound(NotFound { kind: "instance".into(), name: format!("{service}/{id}") })
 }
 
-fn read_row(txn: &WriteTransaction, key: &[u8]) -> Result<Option<InstanceRow>, FsmError> {
-    match txn.open_table(REGISTRY)?.get(key)? {
+fn read_row(tables: &Tables, key: &[u8]) -> Result<Option<InstanceRow>, FsmError> {
+    match tables.open(REGISTRY)?.get(key)? {
         Some(v) => Ok(Some(decode_row(key, v.value())?)),
         None => Ok(None),
     }
@@ -675,8 +676,8 @@ pub fn timers(txn: &ReadTransaction) -> Result<Vec<(Vec<u8>, InstanceTimer)>, Fs
     Ok(out)
 }
 
-fn owned(txn: &WriteTransaction, id: &str) -> Result<Vec<Vec<u8>>, FsmError> {
-    let index = txn.open_table(SESSION_INSTANCES)?;
+fn owned(tables: &Tables, id: &str) -> Result<Vec<Vec<u8>>, FsmError> {
+    let index = tables.open(SESSION_INSTANCES)?;
     let (start, end) = session_span(id);
     let mut keys = Vec::new();
     for row in index.range::<&[u8]>(start.as_slice()..end.as_slice())? {

@@ -20,12 +20,13 @@
 //! - Creating a session and checkpointing leases write rows but raise no revision: nothing a
 //!   reader of keys can see changes. Closing or expiring raises one.
 
+use super::tables::Tables;
 use latch_proto::internal::{
     outcome, CheckpointSessions, CloseSession, CreateSession, ExpireSession, NotFound, SessionResult,
     SessionRow,
 };
 use prost::Message;
-use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable};
 
 use super::apply::{Apply, SessionChange};
 use super::history::Space;
@@ -97,8 +98,8 @@ pub(crate) fn create(
             "create_session: ttl must be positive and the name at most {MAX_SESSION_NAME_BYTES} bytes"
         )));
     }
-    let mut sessions = ap.txn.open_table(SESSIONS)?;
-    if let Some(row) = get_in(&sessions, &req.id)? {
+    let mut sessions = ap.tables.open(SESSIONS)?;
+    if let Some(row) = get_in(&*sessions, &req.id)? {
         // Ids are drawn at random or derived from the request id: an existing one is a retry
         // whose first answer was forgotten, and gets the session, unchanged; unless it asks for
         // another session (a client reusing a request id).
@@ -138,7 +139,7 @@ pub(crate) fn create(
 }
 
 pub(crate) fn close(ap: &mut Apply, req: CloseSession) -> Result<outcome::Result, FsmError> {
-    match get(ap.txn, &req.id)? {
+    match get(ap.tables, &req.id)? {
         None => Ok(not_found(req.id)),
         Some(row) => end(ap, req.id, row, false),
     }
@@ -150,7 +151,7 @@ pub(crate) fn expire(ap: &mut Apply, req: ExpireSession, term: u64) -> Result<ou
     if req.term != term {
         return Ok(outcome::Result::Session(SessionResult { id: req.id, ..Default::default() }));
     }
-    match get(ap.txn, &req.id)? {
+    match get(ap.tables, &req.id)? {
         None => Ok(not_found(req.id)),
         // Renewed since the leader decided: the renewal wins.
         Some(row) if row.checkpoints != req.checkpoints => Ok(outcome::Result::Session(SessionResult {
@@ -174,10 +175,10 @@ pub(crate) fn checkpoint(
     if req.term != term {
         return Ok(outcome::Result::Session(SessionResult::default()));
     }
-    let mut sessions = ap.txn.open_table(SESSIONS)?;
+    let mut sessions = ap.tables.open(SESSIONS)?;
     ap.session_changed(SessionChange::Clock { leader_ms: req.leader_ms });
     for lease in req.leases {
-        let Some(mut row) = get_in(&sessions, &lease.id)? else { continue };
+        let Some(mut row) = get_in(&*sessions, &lease.id)? else { continue };
         let remaining_ms = lease.remaining_ms.min(row.ttl_ms);
         // Within one term the readings are of one clock: a checkpoint read earlier but applied
         // later (handed to raft again) never moves the lease back.
@@ -204,7 +205,7 @@ pub(crate) fn checkpoint(
 /// Ends a session: deletes it and every key bound to it, and takes it out of every lock it
 /// holds or awaits, in one revision. `expired`: its locks enter their lock-delay.
 fn end(ap: &mut Apply, id: String, row: SessionRow, expired: bool) -> Result<outcome::Result, FsmError> {
-    let keys = owned_keys(ap.txn, &id)?;
+    let keys = owned_keys(ap.tables, &id)?;
     if keys.len() as u64 != row.keys {
         return Err(FsmError::Corrupt(format!(
             "table sessions, key {id:?}: counts {} keys, table session_keys names {}",
@@ -214,7 +215,7 @@ fn end(ap: &mut Apply, id: String, row: SessionRow, expired: bool) -> Result<out
     }
     ap.write_revision()?;
     {
-        let mut index = ap.txn.open_table(SESSION_KEYS)?;
+        let mut index = ap.tables.open(SESSION_KEYS)?;
         for key in &keys {
             index.remove(index_key(&id, key).as_slice())?;
         }
@@ -222,7 +223,7 @@ fn end(ap: &mut Apply, id: String, row: SessionRow, expired: bool) -> Result<out
     kv::delete_owned(ap, &keys)?;
     locks::session_ended(ap, &id, expired)?;
     registry::session_ended(ap, &id)?;
-    ap.txn.open_table(SESSIONS)?.remove(id.as_bytes())?;
+    ap.tables.open(SESSIONS)?.remove(id.as_bytes())?;
     ap.state_changed(Space::Sessions, id.as_bytes(), None)?;
     ap.session_changed(SessionChange::Ended { id: id.clone() });
     Ok(outcome::Result::Session(SessionResult {
@@ -235,17 +236,17 @@ fn end(ap: &mut Apply, id: String, row: SessionRow, expired: bool) -> Result<out
 
 /// Moves `key` from session `old` to session `new` ("" = none), keeping `session_keys` and
 /// the counts exact. The caller has checked that `new` exists.
-pub(crate) fn rebind(txn: &WriteTransaction, key: &[u8], old: &str, new: &str) -> Result<(), FsmError> {
+pub(crate) fn rebind(tables: &Tables, key: &[u8], old: &str, new: &str) -> Result<(), FsmError> {
     if old == new {
         return Ok(());
     }
-    let mut sessions = txn.open_table(SESSIONS)?;
-    let mut index = txn.open_table(SESSION_KEYS)?;
+    let mut sessions = tables.open(SESSIONS)?;
+    let mut index = tables.open(SESSION_KEYS)?;
     for (id, added) in [(old, false), (new, true)] {
         if id.is_empty() {
             continue;
         }
-        let Some(mut row) = get_in(&sessions, id)? else {
+        let Some(mut row) = get_in(&*sessions, id)? else {
             return Err(FsmError::Corrupt(format!(
                 "table kv, key {:?}: bound to session {id:?}, which does not exist",
                 show(key)
@@ -264,8 +265,8 @@ pub(crate) fn rebind(txn: &WriteTransaction, key: &[u8], old: &str, new: &str) -
 }
 
 /// Whether session `id` exists, in a write transaction.
-pub(crate) fn exists(txn: &WriteTransaction, id: &str) -> Result<bool, FsmError> {
-    Ok(txn.open_table(SESSIONS)?.get(id.as_bytes())?.is_some())
+pub(crate) fn exists(tables: &Tables, id: &str) -> Result<bool, FsmError> {
+    Ok(tables.open(SESSIONS)?.get(id.as_bytes())?.is_some())
 }
 
 pub(crate) fn not_found(id: String) -> outcome::Result {
@@ -329,8 +330,8 @@ pub fn page(
     Ok((out, false))
 }
 
-fn get(txn: &WriteTransaction, id: &str) -> Result<Option<SessionRow>, FsmError> {
-    get_in(&txn.open_table(SESSIONS)?, id)
+fn get(tables: &Tables, id: &str) -> Result<Option<SessionRow>, FsmError> {
+    get_in(&*tables.open(SESSIONS)?, id)
 }
 
 fn get_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
@@ -344,8 +345,8 @@ fn get_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
 }
 
 /// The keys bound to session `id`, in key order.
-fn owned_keys(txn: &WriteTransaction, id: &str) -> Result<Vec<Vec<u8>>, FsmError> {
-    let index = txn.open_table(SESSION_KEYS)?;
+fn owned_keys(tables: &Tables, id: &str) -> Result<Vec<Vec<u8>>, FsmError> {
+    let index = tables.open(SESSION_KEYS)?;
     let start = index_key(id, b"");
     let mut end = id.as_bytes().to_vec();
     end.push(1);

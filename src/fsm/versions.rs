@@ -16,8 +16,9 @@
 //!   build before the domain hashes and snapshots as it did then (`fsm::ADDED_LATER`).
 //! - Raising writes no revision: it is not a change any reader or watcher sees.
 
+use super::tables::Tables;
 use latch_proto::internal::{outcome, ClusterVersionResult};
-use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable};
 
 use super::{open_read, Applied, Domain, FsmError, TableDef};
 use crate::storage::schema::{CLUSTER_VERSION, CLUSTER_VERSION_KEY};
@@ -60,8 +61,8 @@ impl Domain for VersionsDomain {
 /// Raises the cluster version to `version`, the raising command's own (at least
 /// [`FIRST_RAISE`]: `fsm::first_version` rejects an earlier one), unless it is there already;
 /// answers the version after.
-pub(crate) fn raise(txn: &WriteTransaction, version: u32) -> Result<outcome::Result, FsmError> {
-    let mut table = txn.open_table(CLUSTER_VERSION)?;
+pub(crate) fn raise(tables: &Tables, version: u32) -> Result<outcome::Result, FsmError> {
+    let mut table = tables.open(CLUSTER_VERSION)?;
     let current = match table.get(CLUSTER_VERSION_KEY)? {
         Some(v) => stored(v.value())?,
         None => UNRAISED,
