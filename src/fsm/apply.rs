@@ -8,7 +8,7 @@
 //! - Every change to replicated data is described by an [`Event`], in the order it was made,
 //!   so that watchers and waiters can be fed from applied revisions alone.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use latch_proto::internal::{KeyValue, LockSpace};
 
@@ -122,8 +122,9 @@ pub struct Apply<'a, 't> {
     recorded: u32,
     /// Their bytes.
     recorded_bytes: u64,
-    /// Lock and election rows written, recorded in the history once, as they end up.
-    locks_written: BTreeSet<Vec<u8>>,
+    /// Lock and election rows written, as they end up (`None`: removed), recorded in the
+    /// history once each.
+    locks_written: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Whether `events` are kept (`Bounds::events`).
     keep_events: bool,
     events: Vec<Event>,
@@ -146,7 +147,7 @@ impl<'a, 't> Apply<'a, 't> {
             wrote: false,
             recorded: 0,
             recorded_bytes: 0,
-            locks_written: BTreeSet::new(),
+            locks_written: BTreeMap::new(),
             keep_events,
             events: Vec::new(),
             sessions: Vec::new(),
@@ -209,15 +210,15 @@ impl<'a, 't> Apply<'a, 't> {
         Ok(())
     }
 
-    /// A lock's or election's row was written (it is recorded by [`Apply::record_locks`]).
-    pub(crate) fn lock_written(&mut self, key: &[u8]) {
-        self.locks_written.insert(key.to_vec());
+    /// A lock's or election's row was written as `row` (`None`: removed); it is recorded by
+    /// [`Apply::record_locks`].
+    pub(crate) fn lock_written(&mut self, key: &[u8], row: Option<Vec<u8>>) {
+        self.locks_written.insert(key.to_vec(), row);
     }
 
     /// Records each lock and election row written by the command, as it ends up.
     pub(crate) fn record_locks(&mut self) -> Result<(), FsmError> {
-        for key in std::mem::take(&mut self.locks_written) {
-            let row = locks::read_row_bytes(self.tables, &key)?;
+        for (key, row) in std::mem::take(&mut self.locks_written) {
             let (space, name) = match locks::split_lock_key(&key) {
                 Some((LockSpace::Elections, name)) => (Space::Elections, name.as_bytes().to_vec()),
                 Some((_, name)) => (Space::Locks, name.as_bytes().to_vec()),

@@ -565,20 +565,19 @@ pub(crate) fn read_row(tables: &Tables, key: &[u8]) -> Result<Option<LockRow>, F
     get_row(&*tables.open(LOCKS)?, key)
 }
 
-/// A lock's row as stored, if there is one.
-pub(crate) fn read_row_bytes(tables: &Tables, key: &[u8]) -> Result<Option<Vec<u8>>, FsmError> {
-    Ok(tables.open(LOCKS)?.get(key)?.map(|v| v.value().to_vec()))
-}
-
 /// Writes a lock's row, or removes it when it holds nothing (and notes it for the history).
 pub(crate) fn write_row(ap: &mut Apply, key: &[u8], row: &LockRow) -> Result<(), FsmError> {
-    ap.lock_written(key);
     let mut table = ap.tables.open(LOCKS)?;
-    if row.holders.is_empty() && row.waiters.is_empty() && row.delay_revision == 0 {
+    let written = if row.holders.is_empty() && row.waiters.is_empty() && row.delay_revision == 0 {
         table.remove(key)?;
+        None
     } else {
-        table.insert(key, row.encode_to_vec().as_slice())?;
-    }
+        let bytes = row.encode_to_vec();
+        table.insert(key, bytes.as_slice())?;
+        Some(bytes)
+    };
+    drop(table);
+    ap.lock_written(key, written);
     Ok(())
 }
 
