@@ -1,5 +1,6 @@
 //! Criterion benchmarks of the hot paths a regression would hide in: applying a batch of puts
-//! to the state machine, a Range over 100,000 keys (on an in-memory redb backend: Latch's and
+//! to the state machine, and a member's batches of lock acquires and releases, a Range over
+//! 100,000 keys (on an in-memory redb backend: Latch's and
 //! redb's CPU, not the disk), appending to the raft log (a real file in a temp dir, fdatasync
 //! included), and a check point's hash of a state of 1,000,000 keys (a real state file, redb's
 //! cache at its default size).

@@ -364,8 +364,9 @@ impl Default for Bounds {
 }
 
 /// Committed entries applied in one transaction, in index order. The applied position is read
-/// when the batch begins and written once, by [`Batch::finish`]; the request memory's tables
-/// stay open from the first entry that needs them to the end. What a batch wrote is what the
+/// when the batch begins and written once, by [`Batch::finish`]; every table a command writes
+/// is opened once, at its first use, and stays open to the batch's end ([`Tables`]; the request
+/// memory's three in `requests::Memory`). What a batch wrote is what the
 /// same entries applied one [`apply_entry`] at a time would have written: members cut batches
 /// where their own timing falls, so nothing may depend on where. A batch that fails is
 /// abandoned with its transaction.
