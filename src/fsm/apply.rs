@@ -110,6 +110,19 @@ pub(crate) struct Finished {
     pub(crate) recorded_bytes: u64,
 }
 
+/// The most bytes of lock rows an [`Apply`] keeps for their history rows; past it, a row is read
+/// back from its table at the command's end (a session's end may rewrite thousands of rows of
+/// up to a MiB each).
+const KEPT_ROW_BYTES: usize = 1 << 20;
+
+/// A lock's or election's row as a command left it, for its history row.
+enum Written {
+    /// As written; `None`: removed.
+    Kept(Option<Vec<u8>>),
+    /// In its table, past what is kept.
+    Stored,
+}
+
 /// The application of one command: its batch's tables and its revision.
 pub struct Apply<'a, 't> {
     pub(crate) tables: &'a Tables<'t>,
@@ -122,9 +135,10 @@ pub struct Apply<'a, 't> {
     recorded: u32,
     /// Their bytes.
     recorded_bytes: u64,
-    /// Lock and election rows written, as they end up (`None`: removed), recorded in the
-    /// history once each.
-    locks_written: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Lock and election rows written, as they end up, recorded in the history once each.
+    locks_written: BTreeMap<Vec<u8>, Written>,
+    /// The bytes of the rows `locks_written` keeps: at most [`KEPT_ROW_BYTES`].
+    kept_bytes: usize,
     /// Whether `events` are kept (`Bounds::events`).
     keep_events: bool,
     events: Vec<Event>,
@@ -148,6 +162,7 @@ impl<'a, 't> Apply<'a, 't> {
             recorded: 0,
             recorded_bytes: 0,
             locks_written: BTreeMap::new(),
+            kept_bytes: 0,
             keep_events,
             events: Vec::new(),
             sessions: Vec::new(),
@@ -213,12 +228,26 @@ impl<'a, 't> Apply<'a, 't> {
     /// A lock's or election's row was written as `row` (`None`: removed); it is recorded by
     /// [`Apply::record_locks`].
     pub(crate) fn lock_written(&mut self, key: &[u8], row: Option<Vec<u8>>) {
-        self.locks_written.insert(key.to_vec(), row);
+        let written = match row {
+            Some(bytes) if self.kept_bytes + bytes.len() > KEPT_ROW_BYTES => Written::Stored,
+            row => {
+                self.kept_bytes += row.as_ref().map_or(0, Vec::len);
+                Written::Kept(row)
+            }
+        };
+        if let Some(Written::Kept(Some(before))) = self.locks_written.insert(key.to_vec(), written) {
+            self.kept_bytes -= before.len();
+        }
     }
 
     /// Records each lock and election row written by the command, as it ends up.
     pub(crate) fn record_locks(&mut self) -> Result<(), FsmError> {
-        for (key, row) in std::mem::take(&mut self.locks_written) {
+        self.kept_bytes = 0;
+        for (key, written) in std::mem::take(&mut self.locks_written) {
+            let row = match written {
+                Written::Kept(row) => row,
+                Written::Stored => locks::read_row_bytes(self.tables, &key)?,
+            };
             let (space, name) = match locks::split_lock_key(&key) {
                 Some((LockSpace::Elections, name)) => (Space::Elections, name.as_bytes().to_vec()),
                 Some((_, name)) => (Space::Locks, name.as_bytes().to_vec()),

@@ -565,6 +565,11 @@ pub(crate) fn read_row(tables: &Tables, key: &[u8]) -> Result<Option<LockRow>, F
     get_row(&*tables.open(LOCKS)?, key)
 }
 
+/// A lock's row as stored, if there is one.
+pub(crate) fn read_row_bytes(tables: &Tables, key: &[u8]) -> Result<Option<Vec<u8>>, FsmError> {
+    Ok(tables.open(LOCKS)?.get(key)?.map(|v| v.value().to_vec()))
+}
+
 /// Writes a lock's row, or removes it when it holds nothing (and notes it for the history).
 pub(crate) fn write_row(ap: &mut Apply, key: &[u8], row: &LockRow) -> Result<(), FsmError> {
     let mut table = ap.tables.open(LOCKS)?;
@@ -1209,5 +1214,44 @@ mod tests {
         assert_eq!(s.applied().revision, rev, "nothing written");
         let stale = Sequencer { name: "n".into(), generation: 7, session: "a".into(), ..Default::default() };
         assert_eq!(status(&as_lock(s.apply("", release_body(stale)))), Status::NotHeld);
+    }
+
+    #[test]
+    fn a_session_end_records_each_lock_row_as_it_ends_up_past_what_an_apply_keeps_in_memory() {
+        // Three rows of 600 KB each: the first is kept for its history row, the others (past
+        // the MiB an apply keeps) are read back from the table; all three must read as stored.
+        let mut s = Store::new();
+        session(&mut s, "big");
+        session(&mut s, "small");
+        for name in ["a", "b", "c"] {
+            let Body::Acquire(mut big) = acquire_req(name, "big", LockMode::Shared, true) else {
+                unreachable!()
+            };
+            big.value = vec![b'v'; 600_000];
+            assert_eq!(
+                status(&as_lock(s.apply(&format!("big-{name}"), Body::Acquire(big)))),
+                Status::Granted
+            );
+            let waits = lock(&mut s, &format!("small-{name}"), name, "small", LockMode::Exclusive);
+            assert_eq!(status(&waits), Status::Queued);
+        }
+        s.apply("", Body::CloseSession(CloseSession { id: "small".into() }));
+        let closed = s.applied().revision;
+        let (changes, _) =
+            s.read(|t| crate::fsm::history::changes(t, closed, closed, usize::MAX)).expect("reads");
+        let recorded: Vec<(Vec<u8>, Vec<u8>)> = changes
+            .into_iter()
+            .filter(|c| c.space == crate::fsm::history::Space::Locks)
+            .map(|c| (c.kv.key, c.kv.value))
+            .collect();
+        let stored: Vec<(Vec<u8>, Vec<u8>)> = ["a", "b", "c"]
+            .iter()
+            .map(|name| {
+                let row = row(&s, name).expect("the big session still holds it");
+                (name.as_bytes().to_vec(), row.encode_to_vec())
+            })
+            .collect();
+        assert_eq!(recorded.len(), 3, "one history row per lock the session's end rewrote");
+        assert!(recorded == stored, "each history row is its lock's row as stored after the session's end");
     }
 }

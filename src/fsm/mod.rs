@@ -408,11 +408,11 @@ impl<'t> Batch<'t> {
             None => history::count_bytes(&txn.open_table(HISTORY)?)?,
         };
         let history = HistorySize { stored, recorded: 0, purging: false };
-        Ok(Batch { tables: Tables::new(txn), bounds, pos, applied_any: false, memory: None, history })
+        Ok(Batch { tables: Tables::new(txn)?, bounds, pos, applied_any: false, memory: None, history })
     }
 
-    /// The tables the batch keeps open: whatever else writes in its transaction while it lasts
-    /// goes through them (a change of membership's record, `members::add`).
+    /// The tables the batch keeps open: whatever else writes one of them in its transaction
+    /// while it lasts goes through them (a change of membership's record, `members::add`).
     pub fn tables(&self) -> &Tables<'t> {
         &self.tables
     }
@@ -925,6 +925,8 @@ pub(crate) mod testing {
         /// Index of the last entry applied.
         pub(crate) index: u64,
         pub(crate) bounds: Bounds,
+        /// The data of every entry applied, in order.
+        pub(crate) log: Vec<Vec<u8>>,
     }
 
     impl Store {
@@ -935,7 +937,7 @@ pub(crate) mod testing {
             let txn = db.begin_write().expect("a write transaction begins");
             init(&txn).expect("init creates the fsm tables");
             txn.commit().expect("init commits");
-            Store { db, index: 0, bounds: Bounds::default() }
+            Store { db, index: 0, bounds: Bounds::default(), log: Vec::new() }
         }
 
         /// Applies `data` as the next entry and commits.
@@ -945,6 +947,7 @@ pub(crate) mod testing {
 
         pub(crate) fn try_apply_data(&mut self, data: &[u8]) -> Result<Option<AppliedCommand>, FsmError> {
             self.index += 1;
+            self.log.push(data.to_vec());
             let txn = self.db.begin_write().expect("a write transaction begins");
             let out = apply_entry(&txn, self.index, 1, data, &self.bounds)?;
             txn.commit().expect("the apply commits");
@@ -1000,6 +1003,30 @@ pub(crate) mod testing {
             .expect("the sink takes every frame");
             out
         }
+    }
+
+    /// Applies `entries` (at indexes 1, 2, …) in consecutive batches, a new one starting at
+    /// each of `cuts`, each batch committed: every entry's answer, the last batch's position,
+    /// and the store.
+    pub(crate) fn apply_in_batches(
+        entries: &[Vec<u8>],
+        cuts: &[usize],
+        bounds: Bounds,
+    ) -> (Vec<Option<AppliedCommand>>, Applied, Store) {
+        let store = Store::new();
+        let (mut answers, mut position) = (Vec::new(), Applied::default());
+        let mut starts: Vec<usize> = std::iter::once(0).chain(cuts.iter().copied()).collect();
+        starts.push(entries.len());
+        for pair in starts.windows(2) {
+            let txn = store.db.begin_write().expect("a write transaction begins");
+            let mut batch = Batch::begin(&txn, bounds).expect("a batch begins");
+            for (i, entry) in entries.iter().enumerate().take(pair[1]).skip(pair[0]) {
+                answers.push(batch.apply_entry(i as u64 + 1, 1, entry).expect("the entry applies"));
+            }
+            position = batch.finish().expect("the batch finishes");
+            txn.commit().expect("the batch commits");
+        }
+        (answers, position, store)
     }
 
     pub(crate) fn command(id: &str, body: Body) -> Command {
@@ -1161,30 +1188,6 @@ mod tests {
         }
         entries.push(command("req-00", put("k0", "v")).encode_to_vec());
         entries
-    }
-
-    /// Applies `entries` (at indexes 1, 2, …) in consecutive batches, a new one starting at
-    /// each of `cuts`, each batch committed: every entry's answer, the last batch's position,
-    /// and the store.
-    fn apply_in_batches(
-        entries: &[Vec<u8>],
-        cuts: &[usize],
-        bounds: Bounds,
-    ) -> (Vec<Option<AppliedCommand>>, Applied, Store) {
-        let store = Store::new();
-        let (mut answers, mut position) = (Vec::new(), Applied::default());
-        let mut starts: Vec<usize> = std::iter::once(0).chain(cuts.iter().copied()).collect();
-        starts.push(entries.len());
-        for pair in starts.windows(2) {
-            let txn = store.db.begin_write().expect("a write transaction begins");
-            let mut batch = Batch::begin(&txn, bounds).expect("a batch begins");
-            for (i, entry) in entries.iter().enumerate().take(pair[1]).skip(pair[0]) {
-                answers.push(batch.apply_entry(i as u64 + 1, 1, entry).expect("the entry applies"));
-            }
-            position = batch.finish().expect("the batch finishes");
-            txn.commit().expect("the batch commits");
-        }
-        (answers, position, store)
     }
 
     #[test]

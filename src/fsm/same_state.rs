@@ -14,8 +14,8 @@ use latch_proto::internal::{
 };
 use redb::ReadableTable;
 
-use super::testing::{create_session, del, put, Store};
-use super::{checked_state_hash, open_read, requests};
+use super::testing::{apply_in_batches, create_session, del, put, Store};
+use super::{checked_state_hash, open_read, requests, Bounds};
 use crate::storage::schema::{REQUESTS, REQUESTS_META, REQUESTS_META_BYTES};
 
 /// [`checked_state_hash`] after [`script`].
@@ -212,4 +212,23 @@ fn a_fixed_sequence_of_commands_leaves_the_state_every_earlier_build_left() {
     assert_eq!(hash, CHECKED_HASH, "the compared state's hash: {pinned}");
     assert_eq!(bytes, MEMORY_BYTES, "the request memory's byte total: {pinned}");
     assert_eq!(remembered, REMEMBERED, "the ids the request memory holds: {pinned}");
+}
+
+#[test]
+fn the_pinned_state_is_reached_wherever_the_batches_are_cut() {
+    // Members cut batches where their own timing falls, and a batch keeps its tables open from
+    // its first entry to its last (`fsm::Tables`): every domain's commands, sharing batches in
+    // every way, must leave the state pinned above.
+    let mut s = Store::new();
+    script(&mut s);
+    let entries = s.log.clone();
+    let mut cuts: Vec<Vec<usize>> = (0..=entries.len()).map(|cut| vec![cut]).collect();
+    cuts.push(Vec::new());
+    cuts.push((3..entries.len()).step_by(3).collect());
+    cuts.push((2..entries.len()).step_by(5).collect());
+    for cut in cuts {
+        let (_, _, store) = apply_in_batches(&entries, &cut, Bounds::default());
+        let hash = store.read(checked_state_hash).expect("the state hashes");
+        assert_eq!(hash, CHECKED_HASH, "the script's {} entries cut into batches at {cut:?}", entries.len());
+    }
 }

@@ -7,11 +7,15 @@
 //!
 //! Invariants:
 //! - While a [`Tables`] lives, nothing opens one of [`BATCH_TABLES`] on its transaction
-//!   directly: redb refuses a table that is open already.
+//!   directly: redb refuses a table that is open already. Debug builds (the tests, the
+//!   simulator) open them all as the batch begins, so that a direct open fails every time, not
+//!   only in a batch where an earlier entry happened to use the table.
 //! - A table is lent to one caller at a time, as an open redb table was: a caller that asks for
-//!   a table it (or its caller) holds gets redb's own `TableAlreadyOpen` error, not a panic.
+//!   a table it (or its caller) holds gets redb's own `TableAlreadyOpen` error, naming where it
+//!   is held, not a panic.
 
-use std::cell::{OnceCell, RefCell, RefMut};
+use std::cell::{Cell, OnceCell, RefCell, RefMut};
+use std::panic::Location;
 
 use redb::{Table, TableDefinition, TableError, TableHandle as _, WriteTransaction};
 
@@ -24,8 +28,8 @@ use crate::storage::schema::{
 /// A table of the replicated state, as every domain keeps them: bytes to bytes.
 pub(crate) type StateTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
 
-/// The tables a command may write, but the request memory's (`requests::Memory` keeps those
-/// open for the batch itself).
+/// The tables a command may write: every domain's but the request memory's
+/// (`requests::Memory` keeps those open for the batch itself).
 const BATCH_TABLES: [TableDefinition<'static, &'static [u8], &'static [u8]>; 14] = [
     KV,
     SEQUENCES,
@@ -46,12 +50,24 @@ const BATCH_TABLES: [TableDefinition<'static, &'static [u8], &'static [u8]>; 14]
 /// One batch's write transaction and the tables opened in it so far.
 pub struct Tables<'t> {
     txn: &'t WriteTransaction,
-    open: [OnceCell<RefCell<StateTable<'t>>>; BATCH_TABLES.len()],
+    open: [OnceCell<Lent<'t>>; BATCH_TABLES.len()],
+}
+
+/// An open table, and where it was last lent (where it is held, while it is).
+struct Lent<'t> {
+    table: RefCell<StateTable<'t>>,
+    to: Cell<&'static Location<'static>>,
 }
 
 impl<'t> Tables<'t> {
-    pub(crate) fn new(txn: &'t WriteTransaction) -> Tables<'t> {
-        Tables { txn, open: std::array::from_fn(|_| OnceCell::new()) }
+    pub(crate) fn new(txn: &'t WriteTransaction) -> Result<Tables<'t>, FsmError> {
+        let tables = Tables { txn, open: std::array::from_fn(|_| OnceCell::new()) };
+        if cfg!(debug_assertions) {
+            for def in BATCH_TABLES {
+                tables.open(def)?;
+            }
+        }
+        Ok(tables)
     }
 
     /// The transaction, for the tables of other shapes (`fsm_meta`, `conf_state`) and the
@@ -66,23 +82,24 @@ impl<'t> Tables<'t> {
         &self,
         def: TableDefinition<'static, &'static [u8], &'static [u8]>,
     ) -> Result<RefMut<'_, StateTable<'t>>, FsmError> {
+        let caller = Location::caller();
         let Some(i) = BATCH_TABLES.iter().position(|d| d.name() == def.name()) else {
+            // A bug, not stored data (a test holds the list to the domains' tables).
             return Err(FsmError::Corrupt(format!("table {} is not among a batch's tables", def.name())));
         };
         let cell = &self.open[i];
-        let table = match cell.get() {
-            Some(table) => table,
+        let lent = match cell.get() {
+            Some(lent) => lent,
             None => {
                 let table = self.txn.open_table(def)?;
-                cell.get_or_init(|| RefCell::new(table))
+                cell.get_or_init(|| Lent { table: RefCell::new(table), to: Cell::new(caller) })
             }
         };
-        table.try_borrow_mut().map_err(|_| {
-            FsmError::Table(TableError::TableAlreadyOpen(
-                def.name().to_string(),
-                std::panic::Location::caller(),
-            ))
-        })
+        let table = lent.table.try_borrow_mut().map_err(|_| {
+            FsmError::Table(TableError::TableAlreadyOpen(def.name().to_string(), lent.to.get()))
+        })?;
+        lent.to.set(caller);
+        Ok(table)
     }
 }
 
@@ -103,7 +120,7 @@ mod tests {
     fn a_table_written_through_one_handle_reads_back_through_the_next() {
         let db = db();
         let txn = db.begin_write().expect("write txn");
-        let tables = Tables::new(&txn);
+        let tables = Tables::new(&txn).expect("the batch's tables open");
         tables.open(LOCKS).expect("opens").insert(b"a".as_slice(), b"1".as_slice()).expect("inserts");
         let read = tables
             .open(LOCKS)
@@ -129,12 +146,14 @@ mod tests {
     fn a_table_lent_out_twice_at_once_is_refused_as_redb_refuses_it() {
         let db = db();
         let txn = db.begin_write().expect("write txn");
-        let tables = Tables::new(&txn);
+        let tables = Tables::new(&txn).expect("the batch's tables open");
         let held = tables.open(SESSIONS).expect("opens");
+        let held_at = line!() - 1;
         let again = tables.open(SESSIONS);
         assert!(
-            matches!(again, Err(FsmError::Table(TableError::TableAlreadyOpen(ref name, _))) if name == "sessions"),
-            "a table held by one caller is refused to another, naming it; got {:?}",
+            matches!(again, Err(FsmError::Table(TableError::TableAlreadyOpen(ref name, at)))
+                if name == "sessions" && at.file().ends_with("tables.rs") && at.line() == held_at),
+            "a table held by one caller is refused to another, naming it and where it is held (line {held_at}); got {:?}",
             again.map(|_| ())
         );
         drop(held);
@@ -143,10 +162,23 @@ mod tests {
     }
 
     #[test]
+    fn the_batch_tables_are_every_domain_table_but_the_request_memorys() {
+        let mut domains: Vec<&str> = crate::fsm::DOMAINS
+            .iter()
+            .flat_map(|d| d.tables().iter().map(|t| t.name()))
+            .filter(|name| !name.starts_with("requests"))
+            .collect();
+        let mut batch: Vec<&str> = BATCH_TABLES.iter().map(|t| t.name()).collect();
+        domains.sort_unstable();
+        batch.sort_unstable();
+        assert_eq!(batch, domains, "a domain's new table is written through the batch's tables");
+    }
+
+    #[test]
     fn a_table_outside_the_batch_tables_is_refused_by_name() {
         let db = db();
         let txn = db.begin_write().expect("write txn");
-        let tables = Tables::new(&txn);
+        let tables = Tables::new(&txn).expect("the batch's tables open");
         let err = tables.open(REQUESTS).map(|_| ()).expect_err("the request memory opens its own tables");
         assert!(err.to_string().contains("requests"), "the error names the table: {err}");
     }
