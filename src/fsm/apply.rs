@@ -228,6 +228,10 @@ impl<'a, 't> Apply<'a, 't> {
     /// A lock's or election's row was written as `row` (`None`: removed); it is recorded by
     /// [`Apply::record_locks`].
     pub(crate) fn lock_written(&mut self, key: &[u8], row: Option<Vec<u8>>) {
+        // The key's earlier row of this command is replaced: it counts no more.
+        if let Some(Written::Kept(Some(before))) = self.locks_written.get(key) {
+            self.kept_bytes -= before.len();
+        }
         let written = match row {
             Some(bytes) if self.kept_bytes + bytes.len() > KEPT_ROW_BYTES => Written::Stored,
             row => {
@@ -235,9 +239,7 @@ impl<'a, 't> Apply<'a, 't> {
                 Written::Kept(row)
             }
         };
-        if let Some(Written::Kept(Some(before))) = self.locks_written.insert(key.to_vec(), written) {
-            self.kept_bytes -= before.len();
-        }
+        self.locks_written.insert(key.to_vec(), written);
     }
 
     /// Records each lock and election row written by the command, as it ends up.
@@ -305,5 +307,49 @@ impl<'a, 't> Apply<'a, 't> {
             recorded: self.recorded,
             recorded_bytes: self.recorded_bytes,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsm::testing::Store;
+
+    fn kept<'a>(ap: &'a Apply) -> Vec<(&'a [u8], Option<usize>)> {
+        ap.locks_written
+            .iter()
+            .map(|(k, w)| match w {
+                Written::Kept(row) => (k.as_slice(), Some(row.as_ref().map_or(0, Vec::len))),
+                Written::Stored => (k.as_slice(), None),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_apply_keeps_each_locks_last_row_counted_once_and_never_past_its_bound() {
+        let store = Store::new();
+        let txn = store.db.begin_write().expect("a write transaction begins");
+        let tables = Tables::new(&txn).expect("the batch's tables open");
+        let mut ap = Apply::new(&tables, 0, 0, false);
+        let row = |kib: usize| Some(vec![b'r'; kib * 1024]);
+        ap.lock_written(b"a", row(400));
+        ap.lock_written(b"b", row(400));
+        ap.lock_written(b"c", row(400));
+        assert_eq!(kept(&ap), [(&b"a"[..], Some(400 * 1024)), (b"b", Some(400 * 1024)), (b"c", None)]);
+        assert_eq!(ap.kept_bytes, 800 * 1024, "the third row, past the MiB, is read back instead");
+        ap.lock_written(b"a", None);
+        assert_eq!(ap.kept_bytes, 400 * 1024, "a row rewritten counts its last version only");
+        ap.lock_written(b"c", row(400));
+        assert_eq!(kept(&ap)[2], (&b"c"[..], Some(400 * 1024)), "a row read back is kept once it fits");
+        ap.lock_written(b"b", row(600));
+        assert_eq!(
+            ap.kept_bytes,
+            1000 * 1024,
+            "a rewritten row that fits in place of its last version is kept"
+        );
+        ap.lock_written(b"b", row(700));
+        assert_eq!(kept(&ap)[1], (&b"b"[..], None), "one that does not is read back");
+        assert_eq!(ap.kept_bytes, 400 * 1024, "and its earlier version counts no more");
+        assert!(ap.kept_bytes <= KEPT_ROW_BYTES);
     }
 }

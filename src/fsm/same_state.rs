@@ -15,7 +15,7 @@ use latch_proto::internal::{
 use redb::ReadableTable;
 
 use super::testing::{apply_in_batches, create_session, del, put, Store};
-use super::{checked_state_hash, open_read, requests, Bounds};
+use super::{checked_state_hash, open_read, requests};
 use crate::storage::schema::{REQUESTS, REQUESTS_META, REQUESTS_META_BYTES};
 
 /// [`checked_state_hash`] after [`script`].
@@ -227,8 +227,9 @@ fn the_pinned_state_is_reached_wherever_the_batches_are_cut() {
     cuts.push((3..entries.len()).step_by(3).collect());
     cuts.push((2..entries.len()).step_by(5).collect());
     for cut in cuts {
-        let (_, _, store) = apply_in_batches(&entries, &cut, Bounds::default());
+        let (_, _, store) = apply_in_batches(&entries, &cut, s.bounds);
         let hash = store.read(checked_state_hash).expect("the state hashes");
         assert_eq!(hash, CHECKED_HASH, "the script's {} entries cut into batches at {cut:?}", entries.len());
+        assert_eq!(store.hash(), s.hash(), "cut at {cut:?}: the same state, the request memory included");
     }
 }
