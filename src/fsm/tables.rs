@@ -17,9 +17,9 @@
 use std::cell::{Cell, OnceCell, RefCell, RefMut};
 use std::panic::Location;
 
-use redb::{Table, TableDefinition, TableError, TableHandle as _, WriteTransaction};
+use redb::{Table, TableError, TableHandle as _, WriteTransaction};
 
-use super::FsmError;
+use super::{FsmError, TableDef};
 use crate::storage::schema::{
     ADDED_MEMBERS, CLUSTER_VERSION, HISTORY, HISTORY_META, KV, LOCKS, LOCK_META, MEMBERS, REGISTRY,
     SEQUENCES, SESSIONS, SESSION_INSTANCES, SESSION_KEYS, SESSION_LOCKS,
@@ -30,7 +30,7 @@ pub(crate) type StateTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
 
 /// The tables a command may write: every domain's but the request memory's
 /// (`requests::Memory` keeps those open for the batch itself).
-const BATCH_TABLES: [TableDefinition<'static, &'static [u8], &'static [u8]>; 14] = [
+const BATCH_TABLES: [TableDef; 14] = [
     KV,
     SEQUENCES,
     SESSIONS,
@@ -78,10 +78,7 @@ impl<'t> Tables<'t> {
 
     /// Table `def`, opened at its first use in the batch.
     #[track_caller]
-    pub(crate) fn open(
-        &self,
-        def: TableDefinition<'static, &'static [u8], &'static [u8]>,
-    ) -> Result<RefMut<'_, StateTable<'t>>, FsmError> {
+    pub(crate) fn open(&self, def: TableDef) -> Result<RefMut<'_, StateTable<'t>>, FsmError> {
         let caller = Location::caller();
         let Some(i) = BATCH_TABLES.iter().position(|d| d.name() == def.name()) else {
             // A bug, not stored data (a test holds the list to the domains' tables).
