@@ -190,7 +190,7 @@ pub(crate) fn acquire(
             return Ok(result(Status::RowFull, None, now as u64));
         }
     }
-    // The session's index, opened once for the count and the insert.
+    // The session's index, held for the count and the insert.
     let mut owned_index = ap.tables.open(SESSION_LOCKS)?;
     if req.max_session_locks > 0 {
         let owned = count_owned(&*owned_index, &req.session, req.max_session_locks)?;

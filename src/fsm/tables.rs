@@ -102,7 +102,7 @@ impl<'t> Tables<'t> {
 
 #[cfg(test)]
 mod tests {
-    use redb::{ReadableDatabase as _, ReadableTable as _};
+    use redb::{ReadableDatabase as _, ReadableTable};
 
     use super::*;
     use crate::storage::schema::REQUESTS;
@@ -113,29 +113,22 @@ mod tests {
             .expect("an in-memory database opens")
     }
 
+    /// What key `a` holds in `table`.
+    fn value_of(table: &impl ReadableTable<&'static [u8], &'static [u8]>) -> Option<Vec<u8>> {
+        table.get(b"a".as_slice()).expect("reads").map(|v| v.value().to_vec())
+    }
+
     #[test]
     fn a_table_written_through_one_handle_reads_back_through_the_next() {
         let db = db();
         let txn = db.begin_write().expect("write txn");
         let tables = Tables::new(&txn).expect("the batch's tables open");
         tables.open(LOCKS).expect("opens").insert(b"a".as_slice(), b"1".as_slice()).expect("inserts");
-        let read = tables
-            .open(LOCKS)
-            .expect("opens again")
-            .get(b"a".as_slice())
-            .expect("reads")
-            .map(|v| v.value().to_vec());
+        let read = value_of(&*tables.open(LOCKS).expect("opens again"));
         assert_eq!(read, Some(b"1".to_vec()), "a batch sees its own writes to a table it keeps open");
         drop(tables);
         txn.commit().expect("the batch's tables are closed when it ends, so the commit goes through");
-        let read = db
-            .begin_read()
-            .expect("read txn")
-            .open_table(LOCKS)
-            .expect("opens")
-            .get(b"a".as_slice())
-            .expect("reads")
-            .map(|v| v.value().to_vec());
+        let read = value_of(&db.begin_read().expect("read txn").open_table(LOCKS).expect("opens"));
         assert_eq!(read, Some(b"1".to_vec()), "what the batch wrote is committed");
     }
 
