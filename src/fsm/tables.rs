@@ -12,7 +12,8 @@
 //!   only in a batch where an earlier entry happened to use the table.
 //! - A table is lent to one caller at a time, as an open redb table was: a caller that asks for
 //!   a table it (or its caller) holds gets redb's own `TableAlreadyOpen` error, naming where it
-//!   is held, not a panic.
+//!   is held, not a panic. A direct open of a batch table that slipped in gets redb's error
+//!   naming [`open_for_the_batch`] in this file: the batch holds the table.
 
 use std::cell::{Cell, OnceCell, RefCell, RefMut};
 use std::panic::Location;
@@ -88,7 +89,7 @@ impl<'t> Tables<'t> {
         let lent = match cell.get() {
             Some(lent) => lent,
             None => {
-                let table = self.txn.open_table(def)?;
+                let table = open_for_the_batch(self.txn, def)?;
                 cell.get_or_init(|| Lent { table: RefCell::new(table), to: Cell::new(caller) })
             }
         };
@@ -98,6 +99,14 @@ impl<'t> Tables<'t> {
         lent.to.set(caller);
         Ok(table)
     }
+}
+
+/// Opens `def` for a batch's [`Tables`]. Not `#[track_caller]`, unlike redb's `open_table`:
+/// redb records this line as where the table is held, so a direct open of it while the batch
+/// lives is refused naming the batch, not whichever caller first asked for the table (long
+/// returned by then).
+fn open_for_the_batch<'t>(txn: &'t WriteTransaction, def: TableDef) -> Result<StateTable<'t>, TableError> {
+    txn.open_table(def)
 }
 
 #[cfg(test)]
@@ -165,6 +174,35 @@ mod tests {
         domains.sort_unstable();
         batch.sort_unstable();
         assert_eq!(batch, domains, "a domain's new table is written through the batch's tables");
+    }
+
+    #[test]
+    fn a_direct_open_of_a_table_the_batch_holds_is_refused_naming_the_batch() {
+        let db = db();
+        let txn = db.begin_write().expect("write txn");
+        let tables = Tables::new(&txn).expect("the batch's tables open");
+        drop(tables.open(LOCKS).expect("opens"));
+        let direct = txn.open_table(LOCKS).map(|_| ());
+        assert!(
+            matches!(direct, Err(TableError::TableAlreadyOpen(ref name, at))
+                if name == "locks" && at.file().ends_with("tables.rs")
+                    && at.line() > line_of_open_for_the_batch()
+                    && at.line() <= line_of_open_for_the_batch() + 2),
+            "a table the batch holds is refused to a direct open, naming `open_for_the_batch` (line {}) \
+             as where it is held, in release and debug builds alike; got {direct:?}",
+            line_of_open_for_the_batch()
+        );
+        drop(tables);
+    }
+
+    /// The line of `fn open_for_the_batch` in this file.
+    fn line_of_open_for_the_batch() -> u32 {
+        let source = include_str!("tables.rs");
+        let at = source
+            .lines()
+            .position(|l| l.starts_with("fn open_for_the_batch"))
+            .expect("the helper is in this file");
+        u32::try_from(at + 1).expect("a line number")
     }
 
     #[cfg(debug_assertions)]
