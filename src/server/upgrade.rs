@@ -28,6 +28,7 @@ use std::time::Duration;
 use latch_proto::internal::{command::Body, Command, RaiseClusterVersion};
 
 use crate::config::Peer;
+use crate::core::membership::Configuration;
 use crate::core::{Retry, Role};
 use crate::fsm::{versions, COMMAND_VERSION};
 use crate::node::NodeHandle;
@@ -124,8 +125,21 @@ pub fn raise_to(cluster: u32, mine: u32, others: &[u64], builds: &BTreeMap<u64, 
     (lowest > cluster && lowest >= versions::FIRST_RAISE).then_some(lowest)
 }
 
+/// The members whose builds a raise by member `me` waits for: every other member of its
+/// configuration, and every member whose addition its log holds past the changes it applied
+/// (appended, perhaps not committed yet) — a member on its way in runs whatever build it was
+/// started with, and once it is in, a cluster version past that build would stop it.
+pub fn asked(configuration: &Configuration, me: u64) -> Vec<u64> {
+    let mut ids = configuration.members();
+    ids.extend(configuration.logged.keys());
+    ids.sort_unstable();
+    ids.dedup();
+    ids.retain(|id| *id != me);
+    ids
+}
+
 /// While this member leads and the cluster version is below its build's, asks every member of
-/// its configuration which build it runs, every [`RAISE_EVERY`], and proposes the raise
+/// its configuration (and every one its log is adding, [`asked`]) which build it runs, every [`RAISE_EVERY`], and proposes the raise
 /// [`raise_to`] finds. Runs until `stopped`.
 pub async fn raise(
     (node, cluster_id): (NodeHandle, u64),
@@ -143,8 +157,7 @@ pub async fn raise(
         if status.role != Role::Leader || status.cluster_version >= status.build_version {
             continue;
         }
-        let configuration = node.configuration();
-        let others: Vec<u64> = configuration.members().into_iter().filter(|id| *id != me).collect();
+        let others = asked(&node.configuration(), me);
         let asked =
             others.iter().filter_map(|id| Some((*id, links.address(*id)?))).map(|(id, addr)| async move {
                 (id, peer_status(id, &addr, cluster_id, ASK_TIMEOUT).await.ok().map(|s| s.command_version))
@@ -218,6 +231,27 @@ mod tests {
         );
         let unknown = Incompatible::TooOld { peer: 3, theirs: 0, ours: 11 }.to_string();
         assert!(unknown.contains("an unknown version") && unknown.contains("member 3"), "{unknown}");
+    }
+
+    #[test]
+    fn a_raise_waits_for_the_members_the_log_is_adding_as_for_the_members_in() {
+        let configuration = Configuration {
+            voters: vec![1, 2, 3],
+            learners: vec![4],
+            logged: BTreeMap::from([(5, "127.0.0.1:5380".to_string()), (4, "127.0.0.1:4380".to_string())]),
+            ..Configuration::default()
+        };
+        assert_eq!(
+            asked(&configuration, 1),
+            vec![2, 3, 4, 5],
+            "the other voters, the learner, and member 5 whose addition the log holds, once each"
+        );
+        let builds = BTreeMap::from([(2, 12), (3, 12), (4, 12)]);
+        assert_eq!(
+            raise_to(11, 12, &asked(&configuration, 1), &builds),
+            None,
+            "member 5, on its way in, has not said its build: no raise"
+        );
     }
 
     #[test]

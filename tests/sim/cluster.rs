@@ -2349,9 +2349,9 @@ impl Sim {
             return;
         }
         self.raised_at = self.now;
-        let others: Vec<u64> = core.configuration().members().into_iter().filter(|m| *m != id).collect();
+        let others = upgrade::asked(&core.configuration(), id);
         let builds: BTreeMap<u64, u32> = (others.iter())
-            .map(|m| &self.nodes[(m - 1) as usize])
+            .filter_map(|m| self.nodes.get(usize::try_from(*m).ok()?.checked_sub(1)?))
             .filter(|n| n.core.is_some() && self.net.connected(id, n.id) && self.net.connected(n.id, id))
             .map(|n| (n.id, n.build))
             .collect();
