@@ -32,17 +32,28 @@ impl ClusterService {
 /// The most a status waits for another member's own.
 const MEMBER_PROBE: Duration = Duration::from_millis(1500);
 
+/// How long one probe of other members may wait: [`MEMBER_PROBE`], and within the caller's
+/// deadline when it sent one (`left` of it), a `share`-th of what is left, so that a member
+/// that does not answer costs the call only part of its time and the answer comes in time.
+/// Whole milliseconds: an unanswered probe's error names it.
+fn member_probe(left: Option<Duration>, share: u32) -> Duration {
+    left.map_or(MEMBER_PROBE, |left| {
+        MEMBER_PROBE.min(Duration::from_millis(left.as_millis() as u64 / u64::from(share.max(1))))
+    })
+}
+
+/// What is left of the caller's deadline, if it sent one.
+fn deadline_left() -> Option<Duration> {
+    deadline::answer_by().map(|by| by.saturating_duration_since(tokio::time::Instant::now()))
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         // Each other member is asked for at most 1.5 s, and within the caller's deadline when it
         // sent one: half of what is left of it, so that a member that does not answer is shown
         // unreachable in an answer that comes in time (a `--timeout 1s` otherwise failed on it).
-        let left = deadline::answer_by().map(|by| by.saturating_duration_since(tokio::time::Instant::now()));
-        // Whole milliseconds: an unanswered probe's error names it.
-        let probe = left.map_or(MEMBER_PROBE, |left| {
-            MEMBER_PROBE.min(Duration::from_millis(left.as_millis() as u64 / 2))
-        });
+        let probe = member_probe(deadline_left(), 2);
         let me = self.ctx.node.status();
         // The members of the configuration this member applied (a removed one is no longer
         // listed), each where this member's transport knows it listens.
@@ -193,7 +204,8 @@ impl ClusterService {
     /// Another member of this cluster than `member` that answers at `addr` (an alias of its
     /// address), if any.
     async fn answering_owner(&self, addr: &str, member: u64) -> Option<u64> {
-        let answers = member_status(addr, MEMBER_PROBE).await.ok()?;
+        // The second of an addition's two probes: half of what the first left.
+        let answers = member_status(addr, member_probe(deadline_left(), 2)).await.ok()?;
         (answers.cluster_id == self.ctx.node.cluster_id && answers.id != member).then_some(answers.id)
     }
 
@@ -230,10 +242,13 @@ impl ClusterService {
     async fn all_add_members(&self) -> Result<(), Status> {
         let configuration = self.ctx.node.configuration();
         let me = self.ctx.node.member_id;
+        // The first of an addition's two probes: a third of the caller's time, so that both
+        // leave a third for the change itself.
+        let probe = member_probe(deadline_left(), 3);
         let asks = (configuration.members().into_iter())
             .filter(|id| *id != me)
             .filter_map(|id| Some((id, self.ctx.links.address(id)?)))
-            .map(|(id, addr)| async move { (id, member_status(&addr, MEMBER_PROBE).await) });
+            .map(|(id, addr)| async move { (id, member_status(&addr, probe).await) });
         for (id, status) in futures::future::join_all(asks).await {
             if let Some(s) = status.ok().filter(|s| s.id == id && !s.adds_members) {
                 return Err(Status::failed_precondition(format!(
@@ -255,6 +270,15 @@ impl ClusterService {
         shows: &str,
     ) -> Result<u64, Status> {
         match deadline::answer_by() {
+            // Checked before the change is asked for: a caller told "deadline exceeded" after
+            // the probes used its time must not see the change take effect anyway.
+            Some(by) if by <= tokio::time::Instant::now() => {
+                return Err(Status::deadline_exceeded(format!(
+                    "member {} used its caller's deadline before proposing the {change} of member \
+                     {member}: nothing was proposed; try again with a longer --timeout",
+                    self.ctx.node.member_id
+                )))
+            }
             Some(by) => tokio::time::timeout_at(by, answer).await.map_err(|_| {
                 Status::deadline_exceeded(format!(
                     "member {} could not apply the {change} of member {member} before its caller's \
@@ -265,5 +289,26 @@ impl ClusterService {
             None => answer.await,
         }
         .map_err(|e| self.ctx.to_status(ApiError::Request(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_probe_of_other_members_takes_its_share_of_the_callers_time_and_never_more_than_its_most() {
+        assert_eq!(member_probe(None, 3), MEMBER_PROBE, "no deadline: the most a probe waits");
+        assert_eq!(
+            member_probe(Some(Duration::from_secs(2)), 3),
+            Duration::from_millis(666),
+            "a third of a 2 s deadline, in whole milliseconds"
+        );
+        assert_eq!(
+            member_probe(Some(Duration::from_secs(10)), 2),
+            MEMBER_PROBE,
+            "a long deadline: still at most the most a probe waits"
+        );
+        assert_eq!(member_probe(Some(Duration::ZERO), 2), Duration::ZERO, "a deadline already past");
     }
 }
