@@ -234,6 +234,7 @@ pub async fn run(
     // A member whose log is empty takes part only once its peers confirm it has not run before
     // (and, added at run time, that it was added).
     let asks_peers = core.log_was_fresh() && !alone;
+    let restarted = !core.log_was_fresh();
     // Its peers: the first members, and those added since as far as its state knows.
     // An address `--peers` gives never takes a recorded one's place, and yields to one the
     // cluster records later (`transport::Source`).
@@ -386,7 +387,7 @@ pub async fn run(
     // that will be refused serves nothing from its empty state meanwhile.
     if !admission.admits() {
         let asked = async {
-            upgrade::check(id, cluster_id, &config.contacts()).await?;
+            upgrade::check((id, restarted), cluster_id, &config.contacts()).await?;
             // A replaced member's new life, restarted since, is asked nothing (its log is no
             // longer empty): its mark says it lived before.
             let mut lived_before = marks::read(&config.data_dir, marks::LIVED_BEFORE).is_some();

@@ -95,20 +95,39 @@ pub fn incompatible(ours: u32, answers: &[PeerVersions]) -> Option<Incompatible>
 
 /// Asks every peer of `peers` but `me` once, within [`ASK_TIMEOUT`], which build it runs and
 /// which cluster version its state holds; refuses if one that answers as a member of cluster
-/// `cluster_id` says this build must not start beside it ([`incompatible`]).
-pub async fn check(me: u64, cluster_id: u64, peers: &[Peer]) -> Result<(), Incompatible> {
+/// `cluster_id` says this build must not start beside it ([`incompatible`]). A member that
+/// `restarted` (its log held entries: a step of an upgrade) warns when no peer answered.
+pub async fn check(
+    (me, restarted): (u64, bool),
+    cluster_id: u64,
+    peers: &[Peer],
+) -> Result<(), Incompatible> {
     let asked = peers
         .iter()
         .filter(|p| p.id != me)
         .map(|p| async move { (p.id, peer_status(p.id, &p.peer_addr, cluster_id, ASK_TIMEOUT).await) });
     let mut answers = Vec::new();
+    let mut silent = Vec::new();
     for (peer, answer) in futures::future::join_all(asked).await {
         match answer {
             Ok(s) => {
                 answers.push(PeerVersions { peer, build: s.command_version, cluster: s.cluster_version })
             }
-            Err(e) => tracing::debug!(member = me, peer, error = %e, "a peer did not say its build"),
+            Err(e) => {
+                tracing::info!(member = me, peer, error = %e, "a peer did not say its build as this member starts");
+                silent.push(peer);
+            }
         }
+    }
+    // A skipped check must not look like a passed one: a peer of a build that does not roll is
+    // then caught only at the next raise of the cluster version, where it stops. (The members
+    // of a new cluster start together, and rarely find each other up: not worth a warning.)
+    if restarted && answers.is_empty() && !silent.is_empty() {
+        tracing::warn!(
+            member = me,
+            ?silent,
+            "no peer said its build: this member starts without checking that it may run beside them"
+        );
     }
     incompatible(COMMAND_VERSION, &answers).map_or(Ok(()), Err)
 }
