@@ -181,6 +181,27 @@ mod tests {
     }
 
     #[test]
+    fn a_start_stamped_below_the_version_that_brought_it_is_refused_writing_nothing() {
+        use prost::Message as _;
+        let mut s = Store::new();
+        s.apply("", put("k", "v"));
+        let before = s.applied().revision;
+        let cmd = latch_proto::internal::Command {
+            version: crate::fsm::MEMBERS_RECORDED_FROM - 1,
+            ..super::super::testing::command("member-2-a-1", start(2))
+        };
+        let o = s.apply_data(&cmd.encode_to_vec()).expect("an outcome").outcome;
+        assert!(
+            matches!(&o.result, Some(outcome::Result::Rejected(why))
+                if why.contains(&format!("first proposed at version {}", crate::fsm::MEMBERS_RECORDED_FROM))),
+            "a kind newer than its command's version is rejected by every build alike, naming the version \
+             it came with; got {o:?}"
+        );
+        assert_eq!(s.read(recorded).expect("readable"), Vec::<u64>::new(), "nothing recorded");
+        assert_eq!(o.revision, before, "and no revision written");
+    }
+
+    #[test]
     fn member_zero_is_refused_and_nothing_is_written() {
         let mut s = Store::new();
         let hash = s.hash();

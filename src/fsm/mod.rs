@@ -143,7 +143,7 @@ pub fn first_version(body: &Body) -> u32 {
 }
 
 /// The first version with `MemberStarted` (see [`COMMAND_VERSION`]).
-const MEMBERS_RECORDED_FROM: u32 = 7;
+pub(crate) const MEMBERS_RECORDED_FROM: u32 = 7;
 /// The first version whose acquires and session creates check request ids (see above).
 const IDS_CHECKED_FROM: u32 = 3;
 /// The first version whose registry heartbeats, verdicts, reaps and deregistrations are
