@@ -282,7 +282,13 @@ impl Context {
             ApiError::RequestConflict { .. }
             | ApiError::FailedPrecondition(_)
             | ApiError::Request(RequestError::RequestInFlight { .. })
-            | ApiError::Request(RequestError::ClusterVersion { .. }) => Status::failed_precondition(msg),
+            | ApiError::Request(RequestError::ClusterVersion { settled: true, .. }) => {
+                Status::failed_precondition(msg)
+            }
+            // A member that may be behind the cluster's raise: the client asks again (of the
+            // leader, which the answer names), and a retry of a request applied meanwhile gets
+            // its first outcome.
+            ApiError::Request(RequestError::ClusterVersion { settled: false, .. }) => self.unavailable(msg),
             // A change under way or lost with a leader: asking again settles it.
             ApiError::Request(RequestError::Membership(refused)) if refused.passes() => self.unavailable(msg),
             ApiError::Request(RequestError::Membership(_)) => Status::failed_precondition(msg),

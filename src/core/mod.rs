@@ -252,13 +252,23 @@ pub enum RequestError {
     )]
     CutOff { member: u64, silent_ms: u64, why: String },
     /// A kind of command newer than the cluster version as this member applied it
-    /// (`fsm::first_version`).
+    /// (`fsm::first_version`). `settled` when this member leads and has applied everything
+    /// committed, its term's entry included, so that the cluster version it knows is the
+    /// cluster's: the refusal is final. Otherwise the member may be behind a raise (a follower
+    /// lagging, a member just restarted whose state is behind its log, a leader new in its
+    /// term) and the request, perhaps applied already under its id, is to be asked again —
+    /// of the leader, which answers a retry of an applied one with its first outcome.
     #[error(
         "the cluster runs command version {cluster} as member {member} knows it, and this request \
-         needs version {needed}: every member must run a build of {needed} or later first, and the \
-         leader then raises the cluster version (docs/architecture.md, \"Upgrades\")"
+         needs version {needed}: {advice}",
+        advice = if *.settled {
+            "every member must run a build of it or later first, and the leader then raises the \
+             cluster version (docs/architecture.md, \"Upgrades\")"
+        } else {
+            "this member may not have applied the cluster's latest raise yet; retry (on the leader)"
+        }
     )]
-    ClusterVersion { member: u64, cluster: u32, needed: u32 },
+    ClusterVersion { member: u64, cluster: u32, needed: u32, settled: bool },
     /// A change of membership the cluster cannot make now (`membership`).
     #[error(transparent)]
     Membership(#[from] membership::Refused),
@@ -1205,6 +1215,7 @@ impl Core {
                 member: self.id(),
                 cluster: self.cluster_version,
                 needed: first,
+                settled: self.knows_the_cluster_version(),
             };
             self.actions.push(Action::Reply { waiter, result: Err(error) });
             return;
@@ -1241,6 +1252,17 @@ impl Core {
     /// raise, so it never gets here).
     pub fn proposing_version(&self) -> u32 {
         self.cluster_version.min(self.build_version)
+    }
+
+    /// Whether the cluster version this member applied is the cluster's: it leads, has
+    /// committed an entry of its own term (so every entry of earlier leaders is known
+    /// committed) and has applied everything committed. A raise it proposed and has not
+    /// committed yet is not counted: its answer is still to come.
+    fn knows_the_cluster_version(&self) -> bool {
+        let raft = &self.raw.raft;
+        raft.state == StateRole::Leader
+            && raft.commit_to_current_term()
+            && self.applied.index >= raft.raft_log.committed
     }
 
     /// A request id no other member, and no other life of this one, ever makes.

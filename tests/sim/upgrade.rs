@@ -18,8 +18,7 @@ use crate::scripted::{all, Answer, Route, Scripted};
 /// with their builds.
 fn raise_of(s: &mut Scripted, leader: u64, builds: &BTreeMap<u64, u32>) -> Option<u32> {
     let status = s.core(leader).status();
-    let others: Vec<u64> =
-        (s.core(leader).configuration().members().into_iter()).filter(|m| *m != leader).collect();
+    let others = upgrade::asked(&s.core(leader).configuration(), leader);
     upgrade::raise_to(status.cluster_version, status.build_version, &others, builds)
 }
 
@@ -70,10 +69,28 @@ fn a_rolling_upgrade_proposes_at_the_old_version_until_every_member_runs_the_new
     assert!(
         matches!(
             s.answer(early),
-            Some(Answer::Applied(Err(RequestError::ClusterVersion { cluster: 10, needed: 11, .. })))
+            Some(Answer::Applied(Err(RequestError::ClusterVersion {
+                cluster: 10,
+                needed: 11,
+                settled: true,
+                ..
+            })))
         ),
-        "a kind of command newer than the cluster version is refused before it is proposed: {:?}",
+        "a kind of command newer than the cluster version is refused before it is proposed, for good by a \
+         leader that applied everything committed: {:?}",
         s.answer(early)
+    );
+    let follower = if leader == 1 { 2 } else { 1 };
+    let asked_of_a_follower = raise(&mut s, follower, versions::UNRAISED);
+    s.until("the follower's refusal", 10, &mut all, &mut |s| s.answer(asked_of_a_follower).is_some());
+    assert!(
+        matches!(
+            s.answer(asked_of_a_follower),
+            Some(Answer::Applied(Err(RequestError::ClusterVersion { settled: false, .. })))
+        ),
+        "a follower may be behind a raise: its refusal is to be asked again (UNAVAILABLE), since the \
+         request may have been applied under its id already: {:?}",
+        s.answer(asked_of_a_follower)
     );
     for (n, id) in [2, 3, 1].into_iter().enumerate() {
         s.crash(id);
