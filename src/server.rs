@@ -239,7 +239,7 @@ pub async fn run(
     // An address `--peers` gives never takes a recorded one's place, and yields to one the
     // cluster records later (`transport::Source`).
     let links = Arc::new(Links::new(config.id, &config.initial_cluster));
-    learn_added(&links, &configuration, config.id);
+    learn_configuration(&links, &configuration, config.id);
     for p in &config.peers {
         links.learn(p.id, &p.peer_addr, Source::Peers);
     }
@@ -349,7 +349,7 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    tokio::spawn(follow_added(node.handle(), links.clone(), stopped(stop_rx.clone())));
+    tokio::spawn(follow_configuration(node.handle(), links.clone(), stopped(stop_rx.clone())));
     // However the member stops, its peers' wire connections close with it.
     let closing = stopped(stop_rx.clone());
     tokio::spawn(async move {
@@ -640,12 +640,14 @@ async fn learn_members(
 ) {
     loop {
         let mut all_known = true;
-        for p in links.peers() {
+        let peers = links.peers();
+        // A member removed from the cluster (forgotten by the transport, `learn_configuration`)
+        // is no longer named, by DNS nor as a leader.
+        if let Ok(mut m) = addrs.write() {
+            m.retain(|id, _| *id == node.member_id || peers.iter().any(|p| p.id == *id));
+        }
+        for p in peers {
             if node.has_removed(p.id) {
-                // Removed from the cluster: no longer named, by DNS nor as a leader.
-                if let Ok(mut m) = addrs.write() {
-                    m.remove(&p.id);
-                }
                 continue;
             }
             match peer_status(p.id, &p.peer_addr, node.cluster_id, Duration::from_secs(1)).await {
@@ -657,7 +659,7 @@ async fn learn_members(
                 Ok(s) if !s.client_addr.is_empty() => {
                     // Members added in changes this member has still to apply (it may be behind
                     // on them, and one of them may lead).
-                    for a in s.added.iter().filter(|a| a.id != node.member_id) {
+                    for a in s.added.iter().filter(|a| a.id != node.member_id && !node.has_removed(a.id)) {
                         links.learn(a.id, &a.peer_addr, Source::Recorded);
                     }
                     if let Ok(mut m) = addrs.write() {
@@ -676,13 +678,18 @@ async fn learn_members(
     }
 }
 
-/// Teaches the transport where the members added at run time listen, as this member applies
-/// their additions (or installs a snapshot holding them), until `stopped`.
-async fn follow_added(node: crate::node::NodeHandle, links: Arc<Links>, stopped: impl Future<Output = ()>) {
+/// Teaches the transport where the members added at run time listen, and which members were
+/// removed, as this member applies the changes (or installs a snapshot holding them), until
+/// `stopped`.
+async fn follow_configuration(
+    node: crate::node::NodeHandle,
+    links: Arc<Links>,
+    stopped: impl Future<Output = ()>,
+) {
     let mut configurations = node.watch_configuration();
     tokio::pin!(stopped);
     loop {
-        learn_added(&links, &configurations.borrow_and_update().clone(), node.member_id);
+        learn_configuration(&links, &configurations.borrow_and_update().clone(), node.member_id);
         tokio::select! {
             changed = configurations.changed() => if changed.is_err() { return },
             _ = &mut stopped => return,
@@ -690,12 +697,16 @@ async fn follow_added(node: crate::node::NodeHandle, links: Arc<Links>, stopped:
     }
 }
 
-/// Teaches the transport the addresses of `configuration`'s members added at run time.
-fn learn_added(links: &Links, configuration: &core::membership::Configuration, me: u64) {
+/// Teaches the transport the addresses of `configuration`'s members added at run time, and
+/// has it forget the members removed (their senders stop).
+fn learn_configuration(links: &Links, configuration: &core::membership::Configuration, me: u64) {
     for (member, addr) in &configuration.added {
         if *member != me && configuration.has(*member) {
             links.learn(*member, addr, Source::Recorded);
         }
+    }
+    for member in &configuration.removed {
+        links.forget(*member);
     }
 }
 

@@ -39,7 +39,7 @@
 pub mod faults;
 pub mod wire;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -143,11 +143,13 @@ async fn receive(
     while let Some(frame) = stream.next().await {
         let frame = frame?;
         check_cluster(cluster_id, &frame)?;
-        if !shared.links.knows(frame.from) {
-            return Err(Refusal::Stranger(frame.from).into());
-        }
+        // The removed first: the transport forgets a removed member, which must still be told
+        // why it is refused (it stops).
         if node.has_removed(frame.from) {
             return Err(Refusal::Removed { from: frame.from, by: node.member_id }.into());
+        }
+        if !shared.links.knows(frame.from) {
+            return Err(Refusal::Stranger(frame.from).into());
         }
         if buf.len() + frame.chunk.len() > max_message {
             return Err(Refusal::TooLarge { from: frame.from, max: max_message }.into());
@@ -660,11 +662,22 @@ impl Admission {
 /// before that (a member behind on the changes must still hear a leader added after it fell
 /// behind). A recorded address never changes (an id is never added twice); one that only
 /// `--peers` gave ([`Source::Peers`]) yields to the recorded one, and the senders to that peer
-/// start again at it ([`Links::moves`]).
+/// start again at it ([`Links::moves`]). A member removed from the cluster is forgotten
+/// ([`Links::forget`]) and never learned again: its senders stop, so that a long-lived member
+/// keeps no sender for every member it ever knew.
 pub struct Links {
-    peers: RwLock<BTreeMap<u64, Arc<PeerLink>>>,
-    /// How many times a peer's address was replaced: the senders look again when it changes.
+    peers: RwLock<Peers>,
+    /// How many times a peer's address was replaced or forgotten: the senders look again when
+    /// it changes.
     moves: AtomicU64,
+}
+
+#[derive(Default)]
+struct Peers {
+    links: BTreeMap<u64, Arc<PeerLink>>,
+    /// The members removed from the cluster: a few bytes each, kept so that no later report
+    /// of an address (a peer's status, `--peers`) brings one back.
+    removed: BTreeSet<u64>,
 }
 
 struct PeerLink {
@@ -686,7 +699,7 @@ pub enum Source {
 impl Links {
     /// `peers` (recorded: `--initial-cluster`'s) but `me`; every peer starts out reachable.
     pub fn new(me: u64, peers: &[Peer]) -> Links {
-        let links = Links { peers: RwLock::new(BTreeMap::new()), moves: AtomicU64::new(0) };
+        let links = Links { peers: RwLock::new(Peers::default()), moves: AtomicU64::new(0) };
         for p in peers.iter().filter(|p| p.id != me) {
             links.learn(p.id, &p.peer_addr, Source::Recorded);
         }
@@ -694,11 +707,15 @@ impl Links {
     }
 
     /// Learns that peer `id` listens at `addr`, told by `source`: kept unless the peer is known
-    /// already, from a source as authoritative or more; an address from a less authoritative
-    /// one is replaced (and counted in [`Links::moves`]) when this one differs. Returns whether
-    /// the address is new.
+    /// already, from a source as authoritative or more, or was removed; an address from a less
+    /// authoritative one is replaced (and counted in [`Links::moves`]) when this one differs.
+    /// Returns whether the address is new.
     pub fn learn(&self, id: u64, addr: &str, source: Source) -> bool {
-        let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.peers.write().unwrap_or_else(|p| p.into_inner());
+        if guard.removed.contains(&id) {
+            return false;
+        }
+        let peers = &mut guard.links;
         let moved = match peers.get(&id) {
             None => false,
             Some(known) if known.source >= source || known.addr == addr => {
@@ -727,7 +744,17 @@ impl Links {
         true
     }
 
-    /// How many times a peer's address was replaced; a sender compares it with the count it
+    /// Forgets peer `id`, removed from the cluster: its senders stop (counted in
+    /// [`Links::moves`]), it is no longer one of this member's peers, and it is never learned
+    /// again (an id is never added twice).
+    pub fn forget(&self, id: u64) {
+        let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
+        if peers.removed.insert(id) && peers.links.remove(&id).is_some() {
+            self.moves.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// How many times a peer's address was replaced or forgotten; a sender compares it with the count it
     /// last saw ([`Links::moved_since`]), and looks up its peers' addresses again when it moved.
     pub fn moves(&self) -> u64 {
         self.moves.load(Ordering::Acquire)
@@ -743,7 +770,7 @@ impl Links {
     /// This member's peers and their addresses, in increasing order of id.
     pub fn peers(&self) -> Vec<Peer> {
         let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
-        peers.iter().map(|(id, l)| Peer { id: *id, peer_addr: l.addr.clone() }).collect()
+        peers.links.iter().map(|(id, l)| Peer { id: *id, peer_addr: l.addr.clone() }).collect()
     }
 
     /// Where peer `id` listens, if it is one.
@@ -752,7 +779,7 @@ impl Links {
     }
 
     fn link(&self, id: u64) -> Option<Arc<PeerLink>> {
-        self.peers.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+        self.peers.read().unwrap_or_else(|p| p.into_inner()).links.get(&id).cloned()
     }
 
     /// Whether `member` is one of this member's peers.
@@ -763,7 +790,7 @@ impl Links {
     /// Whether peer `id` is known and was reachable until `reachable` set it so.
     fn set_reachable(&self, id: u64, reachable: bool) -> bool {
         let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
-        peers.get(&id).is_some_and(|l| l.reachable.swap(reachable, Ordering::AcqRel) != reachable)
+        peers.links.get(&id).is_some_and(|l| l.reachable.swap(reachable, Ordering::AcqRel) != reachable)
     }
 
     fn lost(&self, peer: u64, node: &NodeHandle) {
@@ -896,5 +923,28 @@ mod tests {
         assert!(!links.learn(4, "e:4", Source::Recorded), "and is recorded from then on");
         assert_eq!((links.address(4).as_deref(), links.moves()), (Some("d:4"), 1));
         assert_eq!(links.peers().iter().map(|p| p.id).collect::<Vec<_>>(), [2, 3, 4]);
+    }
+
+    #[test]
+    fn a_removed_member_is_forgotten_for_good_and_its_senders_told_to_stop() {
+        let first = [Peer { id: 1, peer_addr: "a:1".into() }, Peer { id: 2, peer_addr: "a:2".into() }];
+        let links = Links::new(1, &first);
+        assert!(links.learn(3, "c:3", Source::Recorded));
+        let mut seen = links.moves();
+        links.forget(3);
+        assert!(links.moved_since(&mut seen), "the senders look again, and stop member 3's");
+        assert_eq!(links.address(3), None, "a removed member has no address");
+        assert!(!links.knows(3), "nor is it a peer");
+        assert_eq!(links.peers().iter().map(|p| p.id).collect::<Vec<_>>(), [2]);
+        assert!(!links.learn(3, "c:3", Source::Recorded), "a peer's later report does not bring it back");
+        assert!(!links.learn(3, "c:3", Source::Peers), "nor does --peers");
+        assert_eq!(links.address(3), None);
+        links.forget(3);
+        links.forget(9);
+        assert!(!links.moved_since(&mut seen), "forgetting again, or a member never known, moves nothing");
+        assert!(
+            !links.learn(9, "i:9", Source::Recorded),
+            "but a member forgotten unknown is not learned later"
+        );
     }
 }

@@ -618,10 +618,12 @@ pub fn serve(
     let from = u64::from_le_bytes(hello[16..24].try_into().unwrap_or_default());
     let refused = if cluster != node.cluster_id {
         Some(Refusal::Cluster { from, theirs: cluster, ours: node.cluster_id })
+    } else if node.has_removed(from) {
+        // Before the strangers: the transport forgets a removed member, which must still be
+        // told why it is refused (it stops).
+        Some(Refusal::Removed { from, by: node.member_id })
     } else if !shared.links.knows(from) {
         Some(Refusal::Stranger(from))
-    } else if node.has_removed(from) {
-        Some(Refusal::Removed { from, by: node.member_id })
     } else {
         None
     };

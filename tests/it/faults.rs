@@ -971,6 +971,23 @@ async fn the_leader_removed_while_running_stops_and_does_not_start_again() {
     let mut listed: Vec<u64> = status.members.iter().map(|m| m.id).collect();
     listed.sort_unstable();
     assert_eq!(listed, left, "the status lists the members left");
+    // The members left forget it: its sender threads stop (one idle thread per member ever
+    // removed, otherwise, until a restart).
+    let sender = format!("latch-peer-{leader}");
+    for id in &left {
+        eventually(&format!("member {id}'s sender to removed member {leader} stopped"), STARTUP, || {
+            let names = c.thread_names(*id);
+            let still = names.contains(&sender);
+            async move {
+                if still {
+                    Err(format!("{names:?}"))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await;
+    }
 
     let mut again = c.server_command(leader, c.initial_cluster());
     again.stdout(Stdio::null()).stderr(Stdio::piped());

@@ -304,6 +304,18 @@ impl Cluster {
         rustix::process::kill_process(pid, signal).unwrap_or_else(|e| panic!("signal to member {id}: {e}"));
     }
 
+    /// The names of member `id`'s threads (`/proc/PID/task/*/comm`).
+    pub fn thread_names(&self, id: u64) -> Vec<String> {
+        let m = self.member(id);
+        let pid = m.child.as_ref().map(|c| c.id()).unwrap_or_else(|| panic!("member {id} is not running"));
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap_or_else(|e| panic!("member {id}'s threads: {e}"));
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim_end().to_string())
+            .collect()
+    }
+
     /// Stops member `id` as an operator would (SIGTERM: it leaves its state durable) and reaps
     /// it.
     pub async fn stop(&mut self, id: u64) {
