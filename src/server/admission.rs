@@ -240,6 +240,17 @@ impl Tally {
             None if self.joins => joining_weighed(members, asked, &answers, voters.len()),
             None => weighed(members, &answers, voters.len()),
         };
+        // Added, and a voter since (no peer has it a learner): it ran to catch up and was
+        // promoted, so it lost its data — not "never added", whose advice (add it) the cluster
+        // would refuse. Its peers counted on what it acknowledged: refused as any member that
+        // ran before, with the advice to replace it.
+        let verdict = match verdict {
+            Verdict::NotAdded => match replies.iter().find(|(_, r)| r.added.contains(&self.me)) {
+                Some((peer, _)) => Verdict::Refuse { peer: *peer },
+                None => Verdict::NotAdded,
+            },
+            other => other,
+        };
         Counted { verdict, configuration, answers, voters }
     }
 }
@@ -688,6 +699,25 @@ mod tests {
         let added = tally.count(&BTreeMap::from([(1, learner.clone()), (2, reply(&[4], &[]))]));
         assert_eq!(added.configuration.iter().copied().collect::<Vec<_>>(), [1, 2, 3, 4]);
         assert_eq!(added.verdict, Verdict::Admit, "two of its three peers answered, one has it a learner");
+    }
+
+    /// A member added at run time and promoted since that lost its data before its start was
+    /// recorded: every peer has it added, none a learner. It ran (to catch up and be promoted),
+    /// so it is refused as a member that ran before (replace it), not told to add itself — the
+    /// cluster would refuse that, its id being a member already.
+    #[test]
+    fn an_added_member_promoted_since_that_lost_its_data_is_refused_not_told_to_add_itself() {
+        let mut tally = Tally::new(4, [1, 2, 3], [], true);
+        let voter = tally.count(&BTreeMap::from([
+            (1, reply(&[4], &[])),
+            (2, reply(&[4], &[])),
+            (3, reply(&[4], &[])),
+        ]));
+        assert_eq!(
+            voter.verdict,
+            Verdict::Refuse { peer: 1 },
+            "every peer answered, all have it added: {voter:?}"
+        );
     }
 
     #[test]
