@@ -12,11 +12,11 @@ use latch_proto::internal::{
     ExpireSession, Health, Heartbeat, Instance, LockMode, LockSpace, MarkCritical, MemberStarted, Outcome,
     Proclaim, Reap, Register, Release, Sequencer, SessionLease, SetHealth,
 };
-use redb::ReadableTable;
+use redb::{ReadableTable, ReadableTableMetadata as _};
 
 use super::testing::{apply_in_batches, create_session, del, put, Store};
 use super::{checked_state_hash, open_read, requests};
-use crate::storage::schema::{REQUESTS, REQUESTS_META, REQUESTS_META_BYTES};
+use crate::storage::schema::{HISTORY, REQUESTS, REQUESTS_META, REQUESTS_META_BYTES};
 
 /// [`checked_state_hash`] after [`script`].
 const CHECKED_HASH: u64 = 2_718_551_571_201_375_298;
@@ -232,4 +232,34 @@ fn the_pinned_state_is_reached_wherever_the_batches_are_cut() {
         assert_eq!(hash, CHECKED_HASH, "the script's {} entries cut into batches at {cut:?}", entries.len());
         assert_eq!(store.hash(), s.hash(), "cut at {cut:?}: the same state, the request memory included");
     }
+}
+
+/// The history rows left after a compaction of 600 puts' rows, then after each entry that
+/// follows it: the compaction's own, an empty one (raft's no-op, or a change of membership),
+/// a small put, a put of 4 KiB. The purge's pace shapes the compared state (the history is
+/// hashed) and no command version keys it (see [`COMMAND_VERSION`](super::COMMAND_VERSION)):
+/// a change to it is made under a new cluster version, the old pace kept below it, and only
+/// then are these numbers updated.
+const PURGE_LEFT: [usize; 4] = [536, 472, 408, 142];
+
+#[test]
+fn the_historys_purge_pace_after_a_compaction_is_every_earlier_builds() {
+    let mut s = Store::new();
+    for i in 0..600 {
+        s.apply("", put(&format!("k{i:03}"), "v"));
+    }
+    let rows = |s: &Store| {
+        s.read(|t| Ok(open_read(t, HISTORY)?.map_or(0, |h| h.len().unwrap_or(0) as usize)))
+            .expect("the history reads")
+    };
+    let head = s.applied().revision;
+    s.apply("", Body::Compact(Compact { revision: head }));
+    let mut left = vec![rows(&s)];
+    s.apply_data(&[]);
+    left.push(rows(&s));
+    s.apply("", put("small", "1"));
+    left.push(rows(&s));
+    s.apply("", put("large", &"x".repeat(4096)));
+    left.push(rows(&s));
+    assert_eq!(left, PURGE_LEFT, "the history rows left after each entry that follows a compaction");
 }
