@@ -165,7 +165,8 @@ fn a_learner_whose_replacement_never_came_back_is_removed() {
 /// The member being removed may be elected with its removal in its log (the leader that
 /// proposed it crashed before it committed): it commits its own removal as leader and stops at
 /// once — raft-rs would keep it leading with no progress of its own, and panic at its next
-/// append — and the members left elect a leader and commit without it.
+/// append — and the members left elect a leader and commit without it, and go on committing
+/// once it is started again on its data dir.
 #[test]
 fn a_leader_that_commits_its_own_removal_stops_and_the_others_go_on() {
     let (mut s, l, w, o) = cluster_with_writes(131, Some(20));
@@ -202,4 +203,22 @@ fn a_leader_that_commits_its_own_removal_stops_and_the_others_go_on() {
     for id in [l, o] {
         assert_eq!(voters_on(&mut s, id), sorted(vec![l, o]), "member {id}: the voters left");
     }
+    // Started again on its data dir (it left no REMOVED mark: the others might not have known
+    // of the commit), W holds its removal in its log but not as committed (it stopped before
+    // that reached its disk). Its pre-votes change nothing for the two left, which no longer
+    // send to it: it never leads, their term stays, and they commit. (A member's transport
+    // refuses its messages as a removed member's, and it stops: tests/it's removal tests.)
+    s.crash(w);
+    s.start(w);
+    let term = s.core(leader).status().term;
+    let mut w_led = false;
+    for _ in 0..300 {
+        s.round(&mut all);
+        w_led |= s.core(w).status().role == latch::core::Role::Leader;
+    }
+    assert!(!w_led, "the removed member, started again, never leads");
+    assert_eq!(s.core(leader).status().term, term, "nor does it move the term of the two left");
+    let later = s.propose(leader, Command { request_id: "later".into(), ..s_put("later", "1") });
+    s.until("a write committed beside W's new life", 100, &mut all, &mut |s| s.answer(later).is_some());
+    assert!(matches!(s.answer(later), Some(Reply::Applied(Ok(_)))), "committed: {:?}", s.answer(later));
 }

@@ -178,6 +178,8 @@ impl Scripted {
         let newest_version = self.builds.get(&id).copied().unwrap_or(latch::fsm::COMMAND_VERSION);
         let recording = Arc::new(Recording { member: id, points: self.points.clone() });
         self.failed.remove(&id);
+        // A new life: why the last one stopped no longer says anything of it.
+        self.stopped.remove(&id);
         let m = self.member(id);
         assert!(m.core.is_none(), "member {id} is already up");
         let (state, state_syncs) = latch::storage::open_with_backend(
