@@ -387,7 +387,9 @@ pub async fn run(
     // that will be refused serves nothing from its empty state meanwhile.
     if !admission.admits() {
         let asked = async {
-            upgrade::check((id, restarted), cluster_id, &config.contacts()).await?;
+            // Its peers as the transport knows them: the first members and `--peers`, the
+            // members added since as its state records them, none removed.
+            upgrade::check((id, restarted), cluster_id, &links.peers()).await?;
             // A replaced member's new life, restarted since, is asked nothing (its log is no
             // longer empty): its mark says it lived before.
             let mut lived_before = marks::read(&config.data_dir, marks::LIVED_BEFORE).is_some();

@@ -42,6 +42,17 @@ fn member_probe(left: Option<Duration>, share: u32) -> Duration {
     })
 }
 
+/// The least an addition's probe waits, whatever is left of the caller's deadline: a member
+/// slower than that to answer is taken for a silent one, and the address check skips it. A
+/// probe that outlasts the deadline leaves the change unproposed (`ClusterService::changed`).
+const ADD_PROBE_AT_LEAST: Duration = Duration::from_millis(250);
+
+/// How long one of an addition's probes may wait: its `share` of the caller's time, at least
+/// [`ADD_PROBE_AT_LEAST`].
+fn add_probe(share: u32) -> Duration {
+    member_probe(deadline_left(), share).max(ADD_PROBE_AT_LEAST.min(MEMBER_PROBE))
+}
+
 /// What is left of the caller's deadline, if it sent one.
 fn deadline_left() -> Option<Duration> {
     deadline::answer_by().map(|by| by.saturating_duration_since(tokio::time::Instant::now()))
@@ -205,7 +216,7 @@ impl ClusterService {
     /// address), if any.
     async fn answering_owner(&self, addr: &str, member: u64) -> Option<u64> {
         // The second of an addition's two probes: half of what the first left.
-        let answers = member_status(addr, member_probe(deadline_left(), 2)).await.ok()?;
+        let answers = member_status(addr, add_probe(2)).await.ok()?;
         (answers.cluster_id == self.ctx.node.cluster_id && answers.id != member).then_some(answers.id)
     }
 
@@ -244,7 +255,7 @@ impl ClusterService {
         let me = self.ctx.node.member_id;
         // The first of an addition's two probes: a third of the caller's time, so that both
         // leave a third for the change itself.
-        let probe = member_probe(deadline_left(), 3);
+        let probe = add_probe(3);
         let asks = (configuration.members().into_iter())
             .filter(|id| *id != me)
             .filter_map(|id| Some((id, self.ctx.links.address(id)?)))

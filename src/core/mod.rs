@@ -252,9 +252,9 @@ pub enum RequestError {
     )]
     CutOff { member: u64, silent_ms: u64, why: String },
     /// A kind of command newer than the cluster version as this member applied it
-    /// (`fsm::first_version`). `settled` when this member leads and has applied everything
-    /// committed, its term's entry included, so that the cluster version it knows is the
-    /// cluster's: the refusal is final. Otherwise the member may be behind a raise (a follower
+    /// (`fsm::first_version`). `settled` when this member leads and has applied an entry of
+    /// its own term, so that every raise committed before it is applied here
+    /// (`Core::knows_the_cluster_version`): the refusal is final. Otherwise the member may be behind a raise (a follower
     /// lagging, a member just restarted whose state is behind its log, a leader new in its
     /// term) and the request, perhaps applied already under its id, is to be asked again —
     /// of the leader, which answers a retry of an applied one with its first outcome.
@@ -1254,15 +1254,16 @@ impl Core {
         self.cluster_version.min(self.build_version)
     }
 
-    /// Whether the cluster version this member applied is the cluster's: it leads, has
-    /// committed an entry of its own term (so every entry of earlier leaders is known
-    /// committed) and has applied everything committed. A raise it proposed and has not
-    /// committed yet is not counted: its answer is still to come.
+    /// Whether the cluster version this member applied is as recent as any request it may be
+    /// asked again about: it leads and has applied an entry of its own term — its first, the
+    /// empty one, comes after every entry of earlier leaders, so every raise they committed is
+    /// applied here. A raise of its own term is applied before it proposes anything of the
+    /// version raised to, so a request applied under an id was proposed at a version this
+    /// member knows. (A raise of its own, committed and not yet applied, makes a new request's
+    /// refusal final a moment early; a leader under steady load applies entries of its term all
+    /// the time, so this holds but for the first moments of a term.)
     fn knows_the_cluster_version(&self) -> bool {
-        let raft = &self.raw.raft;
-        raft.state == StateRole::Leader
-            && raft.commit_to_current_term()
-            && self.applied.index >= raft.raft_log.committed
+        self.raw.raft.state == StateRole::Leader && self.applied.term == self.raw.raft.term
     }
 
     /// A request id no other member, and no other life of this one, ever makes.

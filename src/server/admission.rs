@@ -242,11 +242,10 @@ impl Tally {
         };
         // Added, and a voter since (no peer has it a learner): it ran to catch up and was
         // promoted, so it lost its data — not "never added", whose advice (add it) the cluster
-        // would refuse. Its peers counted on what it acknowledged: refused as any member that
-        // ran before, with the advice to replace it.
+        // would refuse.
         let verdict = match verdict {
             Verdict::NotAdded => match replies.iter().find(|(_, r)| r.added.contains(&self.me)) {
-                Some((peer, _)) => Verdict::Refuse { peer: *peer },
+                Some((peer, _)) => Verdict::Promoted { peer: *peer },
                 None => Verdict::NotAdded,
             },
             other => other,
@@ -281,6 +280,12 @@ pub enum Verdict {
     /// A member that is not one of `--initial-cluster`'s, and every peer asked answered without
     /// having it a learner: it was never added.
     NotAdded,
+    /// As [`Verdict::NotAdded`], but peer `peer` has the member added at run time: a voter
+    /// since, so it ran (to catch up and be promoted) and lost its data. Its peers counted on
+    /// what it acknowledged: it is to be replaced.
+    Promoted {
+        peer: u64,
+    },
 }
 
 /// The verdict of `answers` (by peer id) for a member of a cluster of `members`.
@@ -355,29 +360,45 @@ pub struct Refused {
     pub member: u64,
     pub peer: u64,
     pub data_dir: PathBuf,
-    /// The peer's configuration no longer has the member (removed), rather than recording it.
-    pub removed: bool,
+    /// What the peer's answer says of the member.
+    pub because: RefusedBecause,
+}
+
+/// What a peer that refuses a member on an empty log says of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedBecause {
+    /// It records the member's start.
+    Started,
+    /// It has the member, added at run time, a voter: promoted after it caught up, it ran.
+    Promoted,
+    /// Its configuration no longer has the member.
+    Removed,
 }
 
 fn refusal_text(r: &Refused) -> String {
-    let Refused { member, peer, data_dir, removed } = r;
+    let Refused { member, peer, data_dir, because } = r;
     let data_dir = data_dir.display();
-    match removed {
-        true => format!(
-            "member {member} started on an empty raft log in {data_dir}, but member {peer}'s \
-             configuration no longer has member {member}: it was removed from the cluster for good \
-             (`latch cluster remove`), and takes no part under its id again"
+    let says = match because {
+        RefusedBecause::Removed => {
+            return format!(
+                "member {member} started on an empty raft log in {data_dir}, but member {peer}'s \
+                 configuration no longer has member {member}: it was removed from the cluster for good \
+                 (`latch cluster remove`), and takes no part under its id again"
+            )
+        }
+        RefusedBecause::Started => format!("records that member {member} has run before"),
+        RefusedBecause::Promoted => format!(
+            "has member {member}, added at run time, a voter: it ran before, to catch up and be promoted"
         ),
-        false => format!(
-            "member {member} started on an empty raft log in {data_dir}, but member {peer} records \
-             that member {member} has run before: a member that lost its data must not take part \
-             again under its id — its peers counted on the entries it acknowledged and the votes it \
-             cast, and committed writes could be lost. Bring back this data dir as the member left it \
-             when it last ran (an older copy has forgotten as much), or replace the member: `latch \
-             cluster replace {member}` against the running members makes it a learner, and it may then \
-             start on an empty data dir, catch up, and vote again"
-        ),
-    }
+    };
+    format!(
+        "member {member} started on an empty raft log in {data_dir}, but member {peer} {says}: a \
+         member that lost its data must not take part again under its id — its peers counted on the \
+         entries it acknowledged and the votes it cast, and committed writes could be lost. Bring \
+         back this data dir as the member left it when it last ran (an older copy has forgotten as \
+         much), or replace the member: `latch cluster replace {member}` against the running members \
+         makes it a learner, and it may then start on an empty data dir, catch up, and vote again"
+    )
 }
 
 /// Asks `peers` (the members the cluster started with, `me` included unless it was added since)
@@ -429,13 +450,13 @@ pub async fn ask_peers(
         let asked = configuration.iter().filter(|m| **m != me).count();
         // Refused as never added only once that lasted: the peers may be behind the commit.
         let verdict = match verdict {
-            Verdict::NotAdded
+            Verdict::NotAdded | Verdict::Promoted { .. }
                 if not_added_since.get_or_insert_with(tokio::time::Instant::now).elapsed()
                     < NOT_ADDED_FOR =>
             {
                 Verdict::Wait { answered: answers.len(), needed: asked }
             }
-            Verdict::NotAdded => Verdict::NotAdded,
+            v @ (Verdict::NotAdded | Verdict::Promoted { .. }) => v,
             other => {
                 not_added_since = None;
                 other
@@ -457,14 +478,16 @@ pub async fn ask_peers(
                 return Ok(Admitted { replaced, added });
             }
             Verdict::Refuse { peer } => {
-                return Err(
-                    Refused { member: me, peer, data_dir: data_dir.to_path_buf(), removed: false }.into()
-                );
+                let because = RefusedBecause::Started;
+                return Err(Refused { member: me, peer, data_dir: data_dir.to_path_buf(), because }.into());
+            }
+            Verdict::Promoted { peer } => {
+                let because = RefusedBecause::Promoted;
+                return Err(Refused { member: me, peer, data_dir: data_dir.to_path_buf(), because }.into());
             }
             Verdict::Removed { peer } => {
-                return Err(
-                    Refused { member: me, peer, data_dir: data_dir.to_path_buf(), removed: true }.into()
-                );
+                let because = RefusedBecause::Removed;
+                return Err(Refused { member: me, peer, data_dir: data_dir.to_path_buf(), because }.into());
             }
             Verdict::NotAdded => {
                 return Err(NotAdded { member: me, asked: others.keys().copied().collect() }.into());
@@ -715,8 +738,16 @@ mod tests {
         ]));
         assert_eq!(
             voter.verdict,
-            Verdict::Refuse { peer: 1 },
+            Verdict::Promoted { peer: 1 },
             "every peer answered, all have it added: {voter:?}"
+        );
+        let refused =
+            Refused { member: 4, peer: 1, data_dir: PathBuf::from("/d"), because: RefusedBecause::Promoted };
+        let text = refused.to_string();
+        assert!(
+            text.contains("member 1 has member 4, added at run time, a voter")
+                && text.contains("latch cluster replace 4"),
+            "the refusal says what the peer said and how to bring the member back: {text}"
         );
     }
 

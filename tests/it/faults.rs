@@ -933,6 +933,12 @@ async fn the_leader_removed_while_running_stops_and_does_not_start_again() {
     let leader = c.leader().await;
     let client = c.client().await;
     client.put("before", "v").await.unwrap();
+    // Each other member sends to the leader on a sender thread of its own, until the removal.
+    let sender = format!("latch-peer-{leader}");
+    for id in c.ids().into_iter().filter(|id| *id != leader) {
+        let names = c.thread_names(id);
+        assert!(names.contains(&sender), "member {id} has a sender to the leader {leader}: {names:?}");
+    }
     let endpoints: Vec<String> = c.ids().iter().map(|id| c.member(*id).client_addr.clone()).collect();
     let removed = tokio::process::Command::new(latch_bin())
         .args([
@@ -973,7 +979,6 @@ async fn the_leader_removed_while_running_stops_and_does_not_start_again() {
     assert_eq!(listed, left, "the status lists the members left");
     // The members left forget it: its sender threads stop (one idle thread per member ever
     // removed, otherwise, until a restart).
-    let sender = format!("latch-peer-{leader}");
     for id in &left {
         eventually(&format!("member {id}'s sender to removed member {leader} stopped"), STARTUP, || {
             let names = c.thread_names(*id);
