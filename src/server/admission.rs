@@ -240,15 +240,22 @@ impl Tally {
             None if self.joins => joining_weighed(members, asked, &answers, voters.len()),
             None => weighed(members, &answers, voters.len()),
         };
-        // Added, and a voter since (no peer has it a learner): it ran to catch up and was
-        // promoted, so it lost its data — not "never added", whose advice (add it) the cluster
-        // would refuse.
-        let verdict = match verdict {
-            Verdict::NotAdded => match replies.iter().find(|(_, r)| r.added.contains(&self.me)) {
-                Some((peer, _)) => Verdict::Promoted { peer: *peer },
-                None => Verdict::NotAdded,
-            },
-            other => other,
+        // Added, and a voter since at a peer: it ran to catch up and was promoted, so it lost
+        // its data. With no peer having it a learner, it is not "never added" (whose advice,
+        // add it, the cluster would refuse); with another having it a learner, one of the two
+        // has not applied the latest change (its promotion, or its replacement): ask again
+        // until they agree, as when a peer records its start.
+        let voter_at = (replies.iter())
+            .filter(|(p, _)| answers.contains_key(p))
+            .find(|(_, r)| r.added.contains(&self.me) && !r.answer.learner)
+            .map(|(p, _)| *p);
+        let learner_at = answers.iter().find(|(_, a)| a.learner).map(|(p, _)| *p);
+        let verdict = match (verdict, voter_at, learner_at) {
+            (Verdict::NotAdded, Some(peer), _) => Verdict::Promoted { peer },
+            (Verdict::Admit, Some(voter), Some(learner)) if self.joins => {
+                Verdict::Disagree { lists: voter, learner }
+            }
+            (verdict, _, _) => verdict,
         };
         Counted { verdict, configuration, answers, voters }
     }
@@ -270,9 +277,10 @@ pub enum Verdict {
         answered: usize,
         needed: usize,
     },
-    /// Peer `lists` records the member's start while peer `learner` has it a learner: one of
-    /// them has not applied the latest change of membership yet (a replacement, or the member's
-    /// promotion after one); asking again settles it.
+    /// Peer `lists` records the member's start (or, for a member added at run time, has it a
+    /// voter) while peer `learner` has it a learner: one of them has not applied the latest
+    /// change of membership yet (a replacement, or the member's promotion); asking again
+    /// settles it.
     Disagree {
         lists: u64,
         learner: u64,
@@ -499,8 +507,8 @@ pub async fn ask_peers(
                         member = me,
                         lists,
                         learner,
-                        "one peer records this member's start, another has it a learner (replaced): \
-                         asking again until they agree"
+                        "one peer records this member's start or has it a voter, another has it a learner \
+                         (replaced, or being promoted): asking again until they agree"
                     );
                 }
             }
@@ -719,7 +727,7 @@ mod tests {
             tally.count(&BTreeMap::from([(1, reply(&[], &[])), (2, reply(&[], &[])), (3, reply(&[], &[]))]));
         assert_eq!(none.verdict, Verdict::NotAdded, "every member answered without it");
         let learner = Reply { answer: Answer { learner: true, ..Answer::default() }, ..reply(&[4], &[]) };
-        let added = tally.count(&BTreeMap::from([(1, learner.clone()), (2, reply(&[4], &[]))]));
+        let added = tally.count(&BTreeMap::from([(1, learner.clone()), (2, reply(&[], &[]))]));
         assert_eq!(added.configuration.iter().copied().collect::<Vec<_>>(), [1, 2, 3, 4]);
         assert_eq!(added.verdict, Verdict::Admit, "two of its three peers answered, one has it a learner");
     }
@@ -740,6 +748,19 @@ mod tests {
             voter.verdict,
             Verdict::Promoted { peer: 1 },
             "every peer answered, all have it added: {voter:?}"
+        );
+        let mut tally = Tally::new(4, [1, 2, 3], [], true);
+        let learning = Reply {
+            answer: Answer { learner: true, ..Answer::default() },
+            learners: vec![4],
+            ..reply(&[4], &[])
+        };
+        let mixed =
+            tally.count(&BTreeMap::from([(1, reply(&[4], &[])), (2, learning.clone()), (3, learning)]));
+        assert_eq!(
+            mixed.verdict,
+            Verdict::Disagree { lists: 1, learner: 2 },
+            "a voter at one peer, a learner at others: one of them is behind, ask again: {mixed:?}"
         );
         let refused =
             Refused { member: 4, peer: 1, data_dir: PathBuf::from("/d"), because: RefusedBecause::Promoted };
