@@ -513,6 +513,10 @@ pub struct Core {
     durable_index: u64,
     /// The last index handed to the applier.
     handed_out: u64,
+    /// The index of the last committed entry handed out that may raise the cluster version
+    /// ([`may_raise`]): until it is applied, this member's cluster version may be behind the
+    /// cluster's (`Core::knows_the_cluster_version`).
+    raise_handed_out: u64,
     /// The index the first ReadIndex round of this life confirmed; see [`Status::caught_up`].
     read_floor: Option<u64>,
     /// Ordered maps (here and below): the core iterates them, and hash order would make a
@@ -728,6 +732,7 @@ impl Core {
             applied,
             durable_index: applied.index,
             handed_out: applied.index,
+            raise_handed_out: 0,
             read_floor,
             proposals: BTreeMap::new(),
             new_reads: Vec::new(),
@@ -1255,15 +1260,16 @@ impl Core {
     }
 
     /// Whether the cluster version this member applied is as recent as any request it may be
-    /// asked again about: it leads and has applied an entry of its own term — its first, the
+    /// asked again about: it leads; it has applied an entry of its own term — its first, the
     /// empty one, comes after every entry of earlier leaders, so every raise they committed is
-    /// applied here. A raise of its own term is applied before it proposes anything of the
-    /// version raised to, so a request applied under an id was proposed at a version this
-    /// member knows. (A raise of its own, committed and not yet applied, makes a new request's
-    /// refusal final a moment early; a leader under steady load applies entries of its term all
-    /// the time, so this holds but for the first moments of a term.)
+    /// applied here; and it has applied every raise committed since (one a follower applied
+    /// first lets it forward commands of the version raised to, which this member's log may
+    /// already hold). A leader under steady load applies entries of its term all the time, so
+    /// this holds but for the first moments of a term and of a raise.
     fn knows_the_cluster_version(&self) -> bool {
-        self.raw.raft.state == StateRole::Leader && self.applied.term == self.raw.raft.term
+        self.raw.raft.state == StateRole::Leader
+            && self.applied.term == self.raw.raft.term
+            && self.applied.index >= self.raise_handed_out
     }
 
     /// A request id no other member, and no other life of this one, ever makes.
@@ -1534,6 +1540,9 @@ impl Core {
         for mut e in entries {
             if e.index > self.handed_out {
                 self.handed_out = e.index;
+                if may_raise(&e.data) {
+                    self.raise_handed_out = e.index;
+                }
                 if e.get_entry_type() != EntryType::EntryNormal {
                     let conf = self.change_membership(&e)?;
                     e.context = membership::encode(&conf).map_err(raft::Error::from)?.into();
@@ -2111,6 +2120,23 @@ impl Core {
     }
 }
 
+/// Whether raft entry data `data` may be a raise of the cluster version: a command's kind is
+/// its last field, and a raise's is an empty message, so its encoding ends in that field's key
+/// and a zero length. Another command may end in the same three bytes (counted as a raise:
+/// this member then waits for its apply a moment longer before a refusal is final); a raise
+/// never fails to.
+fn may_raise(data: &[u8]) -> bool {
+    static RAISE_ENDS_IN: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        Command {
+            version: 0,
+            request_id: String::new(),
+            body: Some(Body::RaiseClusterVersion(Default::default())),
+        }
+        .encode_to_vec()
+    });
+    !data.is_empty() && data.ends_with(&RAISE_ENDS_IN)
+}
+
 /// The additions (`membership::addition`) in `raw`'s log past `applied`, by index: read at start,
 /// kept up to date as entries are appended and applied.
 fn logged_additions(
@@ -2161,4 +2187,28 @@ fn stored_leases(db: &Database) -> Result<Vec<leases::Stored>, CoreError> {
             leader_ms: r.leader_ms,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use latch_proto::internal::{Put, RaiseClusterVersion};
+
+    use super::*;
+
+    #[test]
+    fn a_raise_is_told_from_its_bytes_and_other_commands_mostly_are_not() {
+        let raise = Command {
+            version: 12,
+            request_id: "member-1-00000000000000ab-7".into(),
+            body: Some(Body::RaiseClusterVersion(RaiseClusterVersion {})),
+        };
+        assert!(may_raise(&raise.encode_to_vec()), "a raise, whatever its version and id");
+        let put = Command {
+            version: 11,
+            request_id: "r".into(),
+            body: Some(Body::Put(Put { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() })),
+        };
+        assert!(!may_raise(&put.encode_to_vec()), "a put");
+        assert!(!may_raise(&[]), "raft's no-op, an empty entry");
+    }
 }

@@ -77,7 +77,7 @@ fn a_rolling_upgrade_proposes_at_the_old_version_until_every_member_runs_the_new
             })))
         ),
         "a kind of command newer than the cluster version is refused before it is proposed, for good by a \
-         leader that applied everything committed: {:?}",
+         leader that applied an entry of its term and every raise committed: {:?}",
         s.answer(early)
     );
     let follower = if leader == 1 { 2 } else { 1 };
