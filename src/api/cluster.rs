@@ -50,7 +50,7 @@ const ADD_PROBE_AT_LEAST: Duration = Duration::from_millis(250);
 /// How long one of an addition's probes may wait: its `share` of the caller's time, at least
 /// [`ADD_PROBE_AT_LEAST`].
 fn add_probe(share: u32) -> Duration {
-    member_probe(deadline_left(), share).max(ADD_PROBE_AT_LEAST.min(MEMBER_PROBE))
+    member_probe(deadline_left(), share).max(ADD_PROBE_AT_LEAST)
 }
 
 /// What is left of the caller's deadline, if it sent one.

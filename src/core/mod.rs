@@ -252,12 +252,13 @@ pub enum RequestError {
     )]
     CutOff { member: u64, silent_ms: u64, why: String },
     /// A kind of command newer than the cluster version as this member applied it
-    /// (`fsm::first_version`). `settled` when this member leads and has applied an entry of
-    /// its own term, so that every raise committed before it is applied here
-    /// (`Core::knows_the_cluster_version`): the refusal is final. Otherwise the member may be behind a raise (a follower
-    /// lagging, a member just restarted whose state is behind its log, a leader new in its
-    /// term) and the request, perhaps applied already under its id, is to be asked again —
-    /// of the leader, which answers a retry of an applied one with its first outcome.
+    /// (`fsm::first_version`). `settled` when this member leads and has applied an entry of its
+    /// own term, so that every raise committed before it is applied here
+    /// (`Core::knows_the_cluster_version`): the refusal is final. Otherwise the member may be
+    /// behind a raise (a follower lagging, a member just restarted whose state is behind its
+    /// log, a leader new in its term) and the request, perhaps applied already under its id, is
+    /// to be asked again — of the leader, which answers a retry of an applied one with its
+    /// first outcome.
     #[error(
         "the cluster runs command version {cluster} as member {member} knows it, and this request \
          needs version {needed}: {advice}",

@@ -158,8 +158,8 @@ pub fn asked(configuration: &Configuration, me: u64) -> Vec<u64> {
 }
 
 /// While this member leads and the cluster version is below its build's, asks every member of
-/// its configuration (and every one its log is adding, [`asked`]) which build it runs, every [`RAISE_EVERY`], and proposes the raise
-/// [`raise_to`] finds. Runs until `stopped`.
+/// its configuration (and every one its log is adding, [`asked`]) which build it runs, every
+/// [`RAISE_EVERY`], and proposes the raise [`raise_to`] finds. Runs until `stopped`.
 pub async fn raise(
     (node, cluster_id): (NodeHandle, u64),
     links: Arc<Links>,
