@@ -20,7 +20,7 @@
 //! of members came within version 10): a cluster of 10 upgrades to 11 whole, as before, and
 //! upgrades roll from 11 on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,9 +110,10 @@ pub async fn check(
     let mut silent = Vec::new();
     for (peer, answer) in futures::future::join_all(asked).await {
         match answer {
-            Ok(s) => {
-                answers.push(PeerVersions { peer, build: s.command_version, cluster: s.cluster_version })
-            }
+            Ok(s) => answers.push((
+                PeerVersions { peer, build: s.command_version, cluster: s.cluster_version },
+                s.removed,
+            )),
             Err(e) => {
                 tracing::info!(member = me, peer, error = %e, "a peer did not say its build as this member starts");
                 silent.push(peer);
@@ -129,7 +130,22 @@ pub async fn check(
             "no peer said its build: this member starts without checking that it may run beside them"
         );
     }
-    incompatible(COMMAND_VERSION, &answers).map_or(Ok(()), Err)
+    incompatible(COMMAND_VERSION, &of_members(me, answers)).map_or(Ok(()), Err)
+}
+
+/// The answers, with each peer's list of the members its state has removed, but those of peers
+/// another answer names removed: a removed member that still runs (it never heard of its
+/// removal) answers from a build and a state that are no longer the cluster's, and must not
+/// keep a member from starting beside the members that are.
+fn of_members(me: u64, answers: Vec<(PeerVersions, Vec<u64>)>) -> Vec<PeerVersions> {
+    let removed: BTreeSet<u64> = answers.iter().flat_map(|(_, removed)| removed.iter().copied()).collect();
+    let (kept, gone): (Vec<PeerVersions>, Vec<PeerVersions>) =
+        answers.into_iter().map(|(a, _)| a).partition(|a| !removed.contains(&a.peer));
+    if !gone.is_empty() {
+        let gone: Vec<u64> = gone.iter().map(|a| a.peer).collect();
+        tracing::info!(member = me, ?gone, "peers another peer names removed: their builds are not counted");
+    }
+    kept
 }
 
 /// The version to raise the cluster version to, if any: the lowest build among this member's
@@ -250,6 +266,23 @@ mod tests {
         );
         let unknown = Incompatible::TooOld { peer: 3, theirs: 0, ours: 11 }.to_string();
         assert!(unknown.contains("an unknown version") && unknown.contains("member 3"), "{unknown}");
+    }
+
+    #[test]
+    fn a_peer_another_names_removed_does_not_keep_a_member_from_starting() {
+        let answers = vec![(peer(1, 10, 10), vec![]), (peer(2, 11, 11), vec![1]), (peer(3, 11, 11), vec![1])];
+        let counted = of_members(4, answers);
+        assert_eq!(
+            counted,
+            vec![peer(2, 11, 11), peer(3, 11, 11)],
+            "member 1, removed, still runs a build of 10"
+        );
+        assert_eq!(incompatible(11, &counted), None, "the members that are the cluster's run 11");
+        let unnamed = of_members(4, vec![(peer(1, 10, 10), vec![]), (peer(2, 11, 11), vec![])]);
+        assert!(
+            matches!(incompatible(11, &unnamed), Some(Incompatible::TooOld { peer: 1, .. })),
+            "a peer no answer names removed still counts"
+        );
     }
 
     #[test]
