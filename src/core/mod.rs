@@ -253,7 +253,7 @@ pub enum RequestError {
     CutOff { member: u64, silent_ms: u64, why: String },
     /// A kind of command newer than the cluster version as this member applied it
     /// (`fsm::first_version`). `settled` when this member leads and has applied an entry of its
-    /// own term, so that every raise committed before it is applied here
+    /// own term and every raise committed since, so that every raise committed is applied here
     /// (`Core::knows_the_cluster_version`): the refusal is final. Otherwise the member may be
     /// behind a raise (a follower lagging, a member just restarted whose state is behind its
     /// log, a leader new in its term) and the request, perhaps applied already under its id, is
@@ -2135,7 +2135,7 @@ fn may_raise(data: &[u8]) -> bool {
         }
         .encode_to_vec()
     });
-    !data.is_empty() && data.ends_with(&RAISE_ENDS_IN)
+    data.ends_with(&RAISE_ENDS_IN)
 }
 
 /// The additions (`membership::addition`) in `raw`'s log past `applied`, by index: read at start,

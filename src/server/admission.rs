@@ -485,16 +485,12 @@ pub async fn ask_peers(
                 );
                 return Ok(Admitted { replaced, added });
             }
-            Verdict::Refuse { peer } => {
-                let because = RefusedBecause::Started;
-                return Err(Refused { member: me, peer, data_dir: data_dir.to_path_buf(), because }.into());
-            }
-            Verdict::Promoted { peer } => {
-                let because = RefusedBecause::Promoted;
-                return Err(Refused { member: me, peer, data_dir: data_dir.to_path_buf(), because }.into());
-            }
-            Verdict::Removed { peer } => {
-                let because = RefusedBecause::Removed;
+            Verdict::Refuse { peer } | Verdict::Promoted { peer } | Verdict::Removed { peer } => {
+                let because = match verdict {
+                    Verdict::Promoted { .. } => RefusedBecause::Promoted,
+                    Verdict::Removed { .. } => RefusedBecause::Removed,
+                    _ => RefusedBecause::Started,
+                };
                 return Err(Refused { member: me, peer, data_dir: data_dir.to_path_buf(), because }.into());
             }
             Verdict::NotAdded => {
