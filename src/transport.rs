@@ -143,13 +143,8 @@ async fn receive(
     while let Some(frame) = stream.next().await {
         let frame = frame?;
         check_cluster(cluster_id, &frame)?;
-        // The removed first: the transport forgets a removed member, which must still be told
-        // why it is refused (it stops).
-        if node.has_removed(frame.from) {
-            return Err(Refusal::Removed { from: frame.from, by: node.member_id }.into());
-        }
-        if !shared.links.knows(frame.from) {
-            return Err(Refusal::Stranger(frame.from).into());
+        if let Some(why) = shared.links.refusal_of(frame.from, node.member_id, node.has_removed(frame.from)) {
+            return Err(why.into());
         }
         if buf.len() + frame.chunk.len() > max_message {
             return Err(Refusal::TooLarge { from: frame.from, max: max_message }.into());
@@ -782,9 +777,19 @@ impl Links {
         self.peers.read().unwrap_or_else(|p| p.into_inner()).links.get(&id).cloned()
     }
 
-    /// Whether `member` is one of this member's peers.
-    fn knows(&self, member: u64) -> bool {
-        self.link(member).is_some()
+    /// Why this member (`me`) refuses a connection or stream from `from` before taking any of
+    /// its messages, if it does. A member removed from the cluster — `removed` as this member's
+    /// state says, or forgotten here — is told so before a stranger is: forgotten, it is no peer,
+    /// yet it must learn why it is refused, for it stops then.
+    pub(crate) fn refusal_of(&self, from: u64, me: u64, removed: bool) -> Option<Refusal> {
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        if removed || peers.removed.contains(&from) {
+            Some(Refusal::Removed { from, by: me })
+        } else if !peers.links.contains_key(&from) {
+            Some(Refusal::Stranger(from))
+        } else {
+            None
+        }
     }
 
     /// Whether peer `id` is known and was reachable until `reachable` set it so.
@@ -934,7 +939,7 @@ mod tests {
         links.forget(3);
         assert!(links.moved_since(&mut seen), "the senders look again, and stop member 3's");
         assert_eq!(links.address(3), None, "a removed member has no address");
-        assert!(!links.knows(3), "nor is it a peer");
+        assert!(links.refusal_of(3, 1, false).is_some(), "nor is it a peer");
         assert_eq!(links.peers().iter().map(|p| p.id).collect::<Vec<_>>(), [2]);
         assert!(!links.learn(3, "c:3", Source::Recorded), "a peer's later report does not bring it back");
         assert!(!links.learn(3, "c:3", Source::Peers), "nor does --peers");
@@ -945,6 +950,37 @@ mod tests {
         assert!(
             !links.learn(9, "i:9", Source::Recorded),
             "but a member forgotten unknown is not learned later"
+        );
+    }
+
+    #[test]
+    fn a_removed_member_is_refused_as_removed_not_as_a_stranger() {
+        let first = [Peer { id: 1, peer_addr: "a:1".into() }, Peer { id: 2, peer_addr: "a:2".into() }];
+        let links = Links::new(1, &first);
+        assert!(links.learn(3, "c:3", Source::Recorded));
+        links.forget(3);
+        let refused = |from, removed| links.refusal_of(from, 1, removed).map(|why| why.to_string());
+        let removed = |from| {
+            Some(format!(
+                "member {from} was removed from the cluster: member 1's configuration no longer has it"
+            ))
+        };
+        assert_eq!(
+            refused(3, false),
+            removed(3),
+            "forgotten by the transport: told it was removed, so it stops"
+        );
+        assert_eq!(refused(3, true), removed(3));
+        assert_eq!(
+            refused(2, true),
+            removed(2),
+            "removed in the state before the transport forgot it: told it was removed, not let in"
+        );
+        assert_eq!(refused(2, false), None, "a peer is let in");
+        assert!(
+            refused(7, false).is_some_and(|why| why.starts_with("member 7 is not a peer of this member")),
+            "a member never known is a stranger: {:?}",
+            refused(7, false)
         );
     }
 }

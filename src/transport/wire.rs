@@ -618,14 +618,8 @@ pub fn serve(
     let from = u64::from_le_bytes(hello[16..24].try_into().unwrap_or_default());
     let refused = if cluster != node.cluster_id {
         Some(Refusal::Cluster { from, theirs: cluster, ours: node.cluster_id })
-    } else if node.has_removed(from) {
-        // Before the strangers: the transport forgets a removed member, which must still be
-        // told why it is refused (it stops).
-        Some(Refusal::Removed { from, by: node.member_id })
-    } else if !shared.links.knows(from) {
-        Some(Refusal::Stranger(from))
     } else {
-        None
+        shared.links.refusal_of(from, node.member_id, node.has_removed(from))
     };
     if let Some(why) = refused {
         let mut answer = MAGIC.to_vec();
