@@ -152,7 +152,8 @@ pub fn reply_of(me: u64, s: &MemberStatus) -> Reply {
 /// configuration all rounds' replies describe ([`answering_configuration`]). What a peer
 /// applied stays applied, and an addition a peer's log holds may have been committed, so a
 /// peer that answers from behind, or not at all, in a later round does not make the
-/// configuration smaller. An answer counts only from a member that may have acknowledged the
+/// configuration smaller; an addition a peer's log held and its next reply neither holds nor
+/// applied was cut from that log, never committed, and no longer counts from that peer. An answer counts only from a member that may have acknowledged the
 /// asking member's record: one of the configuration, known from an applied addition or as a
 /// first member (not from a log alone: it may be a joiner still admitting), that no reply of
 /// the round names a learner (a learner's acknowledgements commit nothing). Only one round's
@@ -168,9 +169,10 @@ pub struct Tally {
     /// until a reply names them removed.
     initial: BTreeSet<u64>,
     current: BTreeSet<u64>,
-    /// The members a reply named added as applied, and those only as held in a log.
+    /// The members a reply named added as applied (for good), and, by peer, those its latest
+    /// reply held only in its log.
     added: BTreeSet<u64>,
-    logged: BTreeSet<u64>,
+    logged: BTreeMap<u64, BTreeSet<u64>>,
     /// By member, the first peer whose reply named it removed.
     removed: BTreeMap<u64, u64>,
 }
@@ -202,7 +204,7 @@ impl Tally {
             initial: initial.into_iter().collect(),
             current: current.into_iter().collect(),
             added: BTreeSet::new(),
-            logged: BTreeSet::new(),
+            logged: BTreeMap::new(),
             removed: BTreeMap::new(),
         }
     }
@@ -214,7 +216,7 @@ impl Tally {
         let (mut added, mut learners): (BTreeSet<u64>, BTreeSet<u64>) = (BTreeSet::new(), BTreeSet::new());
         for (peer, reply) in replies {
             self.added.extend(&reply.added);
-            self.logged.extend(&reply.logged);
+            self.logged.insert(*peer, reply.logged.iter().copied().collect());
             added.extend(&reply.added);
             learners.extend(&reply.learners);
             for id in &reply.removed {
@@ -222,7 +224,9 @@ impl Tally {
             }
         }
         let first: Vec<u64> = self.initial.union(&self.current).copied().collect();
-        let named: Vec<u64> = self.added.union(&self.logged).copied().collect();
+        let logged = self.logged.values().flatten();
+        let named: Vec<u64> =
+            self.added.iter().chain(logged).copied().collect::<BTreeSet<u64>>().into_iter().collect();
         let removed: Vec<u64> = self.removed.keys().copied().collect();
         let configuration = answering_configuration(&first, [(named.as_slice(), removed.as_slice())]);
         let answers: BTreeMap<u64, Answer> = (replies.iter())
@@ -635,6 +639,29 @@ mod tests {
             (5, reply(&[4, 5], &[])),
         ]));
         assert_eq!(all.verdict, Verdict::Admit, "three of the five's other members answered without it");
+    }
+
+    /// review-s64 L2: an addition a deposed leader's log held, cut from it since, holds up no
+    /// answer once that peer answers without it; a silent peer's last reply still counts.
+    #[test]
+    fn an_addition_cut_from_a_peers_log_leaves_the_configuration_when_that_peer_answers_without_it() {
+        let mut tally = Tally::new(1, [1, 2, 3], [], false);
+        let first = tally.count(&BTreeMap::from([(2, logging(&[4])), (3, logging(&[5]))]));
+        assert_eq!(first.configuration.iter().copied().collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+
+        let cut = tally.count(&BTreeMap::from([(2, reply(&[], &[]))]));
+        assert_eq!(
+            cut.configuration.iter().copied().collect::<Vec<_>>(),
+            [1, 2, 3, 5],
+            "member 2's log no longer holds the addition of 4, nor did it apply it; member 3, silent, \
+             still names 5"
+        );
+        assert_eq!(cut.verdict, Verdict::Wait { answered: 1, needed: 2 }, "4 members need 2 answers");
+
+        let applied = tally.count(&BTreeMap::from([(3, reply(&[5], &[]))]));
+        let again = tally.count(&BTreeMap::from([(2, reply(&[], &[])), (3, reply(&[], &[]))]));
+        assert_eq!(applied.configuration, again.configuration, "an applied addition stays, named or not");
+        assert_eq!(again.verdict, Verdict::Admit, "two of the four's other members answered without it");
     }
 
     /// review-s64 M1: a member known only from a peer's log (a joiner, perhaps still admitting)
