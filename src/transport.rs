@@ -166,14 +166,7 @@ async fn receive(
         } else if frame.last {
             let msg = Message::parse_from_bytes(&buf)
                 .map_err(|e| Refusal::Undecodable { from: frame.from, why: e.to_string() })?;
-            if msg.from != frame.from {
-                return Err(Refusal::WrongSender { from: frame.from, sender: msg.from }.into());
-            }
-            if msg.to != node.member_id {
-                return Err(
-                    Refusal::WrongRecipient { from: frame.from, to: msg.to, me: node.member_id }.into()
-                );
-            }
+            wire::check_addressed(&msg, frame.from, node.member_id)?;
             shared.metrics.peer.received(frame.from, message_type_name(msg.get_msg_type()), buf.len());
             shared.links.heard(frame.from, node);
             deliver(msg, buf.len())?;

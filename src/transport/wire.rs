@@ -642,6 +642,19 @@ pub fn serve(
     let _ = socket.shutdown(Shutdown::Both);
 }
 
+/// Refuses a raft message on peer `from`'s connection (or stream) to member `me` that another
+/// member sent, or that is meant for another member: the peer dials that member at `me`'s
+/// address.
+pub(super) fn check_addressed(msg: &Message, from: u64, me: u64) -> Result<(), Refusal> {
+    if msg.from != from {
+        return Err(Refusal::WrongSender { from, sender: msg.from });
+    }
+    if msg.to != me {
+        return Err(Refusal::WrongRecipient { from, to: msg.to, me });
+    }
+    Ok(())
+}
+
 /// Hands each message read from `from`'s connection to raft until it ends.
 fn receive(
     reader: &mut impl Read,
@@ -673,12 +686,7 @@ fn receive(
         }
         let Some(parsed) = parsed else { continue };
         let msg = parsed.map_err(|e| Refusal::Undecodable { from, why: e.to_string() })?;
-        if msg.from != from {
-            return Err(Refusal::WrongSender { from, sender: msg.from });
-        }
-        if msg.to != node.member_id {
-            return Err(Refusal::WrongRecipient { from, to: msg.to, me: node.member_id });
-        }
+        check_addressed(&msg, from, node.member_id)?;
         if node.has_removed(from) {
             // Closed with the reason; its next hello is answered [`REMOVED`].
             return Err(Refusal::Removed { from, by: node.member_id });
@@ -921,6 +929,22 @@ mod tests {
         assert!(link.offer(frame(b"a message")).is_ok());
         told.recv_timeout(Duration::from_secs(5)).expect("the member is told it was removed");
         link.stop();
+    }
+
+    #[test]
+    fn a_message_for_another_member_or_from_another_member_is_refused_naming_both() {
+        let msg = |from, to| Message { from, to, ..Message::default() };
+        assert!(check_addressed(&msg(2, 1), 2, 1).is_ok(), "from the connection's peer, to this member");
+        let wrong_sender = check_addressed(&msg(3, 1), 2, 1).map_err(|why| why.to_string());
+        assert_eq!(wrong_sender, Err("a raft message from member 3 on peer 2's connection".to_string()));
+        let wrong_recipient = check_addressed(&msg(2, 4), 2, 1).map_err(|why| why.to_string());
+        assert_eq!(
+            wrong_recipient,
+            Err("peer 2 sent member 1 a raft message for member 4: it dials member 4 at this member's \
+                 address (a wrong address given to `latch cluster add`?)"
+                .to_string()),
+            "the operator is told which member's address is wrong"
+        );
     }
 
     #[test]
