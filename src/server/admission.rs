@@ -413,6 +413,38 @@ fn refusal_text(r: &Refused) -> String {
     )
 }
 
+/// A verdict of never added (or added and promoted since) holds only once it lasted
+/// [`NOT_ADDED_FOR`]: the peers may be behind the addition's commit. Until then it is a wait;
+/// any other verdict starts the grace over.
+#[derive(Debug, Default)]
+struct NotAddedGrace {
+    since: Option<tokio::time::Instant>,
+}
+
+impl NotAddedGrace {
+    /// `verdict` as it stands at `now`, with `(answered, needed)` for a wait.
+    fn weigh(
+        &mut self,
+        verdict: Verdict,
+        now: tokio::time::Instant,
+        (answered, needed): (usize, usize),
+    ) -> Verdict {
+        match verdict {
+            Verdict::NotAdded | Verdict::Promoted { .. } => {
+                let since = *self.since.get_or_insert(now);
+                match now.duration_since(since) < NOT_ADDED_FOR {
+                    true => Verdict::Wait { answered, needed },
+                    false => verdict,
+                }
+            }
+            other => {
+                self.since = None;
+                other
+            }
+        }
+    }
+}
+
 /// Asks `peers` (the members the cluster started with, `me` included unless it was added since)
 /// and `current` (`--peers`: members that run now, where the first ones may be gone) until their
 /// answers admit member `me` or one of them records its start. (A data dir that kept its state
@@ -432,7 +464,7 @@ pub async fn ask_peers(
         others.entry(p.id).or_insert_with(|| p.peer_addr.clone());
     }
     let mut tally = Tally::new(me, peers.iter().map(|p| p.id), current.iter().map(|p| p.id), joins);
-    let mut not_added_since = None;
+    let mut grace = NotAddedGrace::default();
     tracing::info!(member = me, "the raft log is empty: asking the peers whether this member has run before");
     let mut logged = tokio::time::Instant::now();
     loop {
@@ -460,20 +492,7 @@ pub async fn ask_peers(
         }
         let Counted { verdict, configuration, answers, voters } = tally.count(&replies);
         let asked = configuration.iter().filter(|m| **m != me).count();
-        // Refused as never added only once that lasted: the peers may be behind the commit.
-        let verdict = match verdict {
-            Verdict::NotAdded | Verdict::Promoted { .. }
-                if not_added_since.get_or_insert_with(tokio::time::Instant::now).elapsed()
-                    < NOT_ADDED_FOR =>
-            {
-                Verdict::Wait { answered: answers.len(), needed: asked }
-            }
-            v @ (Verdict::NotAdded | Verdict::Promoted { .. }) => v,
-            other => {
-                not_added_since = None;
-                other
-            }
-        };
+        let verdict = grace.weigh(verdict, tokio::time::Instant::now(), (answers.len(), asked));
         match verdict {
             Verdict::Admit => {
                 let admitting: Vec<u64> =
@@ -639,6 +658,33 @@ mod tests {
             (5, reply(&[4, 5], &[])),
         ]));
         assert_eq!(all.verdict, Verdict::Admit, "three of the five's other members answered without it");
+    }
+
+    #[test]
+    fn never_added_is_told_only_once_every_answer_said_so_for_ten_seconds() {
+        let mut grace = NotAddedGrace::default();
+        let t0 = tokio::time::Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let waits = Verdict::Wait { answered: 2, needed: 2 };
+        assert_eq!(
+            grace.weigh(Verdict::NotAdded, at(0), (2, 2)),
+            waits,
+            "the peers may be behind the commit"
+        );
+        assert_eq!(grace.weigh(Verdict::Promoted { peer: 2 }, at(9), (2, 2)), waits, "one grace for both");
+        assert_eq!(
+            grace.weigh(Verdict::Disagree { lists: 2, learner: 3 }, at(9), (2, 2)),
+            Verdict::Disagree { lists: 2, learner: 3 },
+            "another verdict is told as it is"
+        );
+        assert_eq!(grace.weigh(Verdict::NotAdded, at(10), (2, 2)), waits, "and starts the grace over");
+        assert_eq!(grace.weigh(Verdict::NotAdded, at(19), (2, 2)), waits);
+        assert_eq!(grace.weigh(Verdict::NotAdded, at(20), (2, 2)), Verdict::NotAdded, "ten seconds of it");
+        assert_eq!(
+            grace.weigh(Verdict::Promoted { peer: 3 }, at(21), (2, 2)),
+            Verdict::Promoted { peer: 3 },
+            "promoted since is told after the same grace"
+        );
     }
 
     /// review-s64 L2: an addition a deposed leader's log held, cut from it since, holds up no
