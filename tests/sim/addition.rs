@@ -221,6 +221,51 @@ fn an_addition_held_in_a_log_but_not_applied_is_named_until_it_applies() {
     }
 }
 
+/// An addition only the old leader's log holds goes too when the new leader's log was compacted
+/// past it, and a snapshot replaces the old leader's whole log (review-s64 L5).
+#[test]
+fn an_addition_a_snapshot_replaced_is_no_longer_named() {
+    let (mut s, l, w, o) = cluster_with_writes(141, Some(20));
+    let change = s.add(l, 4, ADDR);
+    let mut unsent = |m: &Message| match m.get_msg_type() {
+        MessageType::MsgAppend if m.from == l => Route::Drop,
+        _ => Route::Deliver,
+    };
+    s.until("the addition in the leader's log", 50, &mut unsent, &mut |s| {
+        s.core(l).configuration().logged.contains_key(&4)
+    });
+
+    let mut isolated = |m: &Message| if m.from == l || m.to == l { Route::Drop } else { Route::Deliver };
+    let leads = |s: &mut Scripted, id: u64| s.core(id).status().role == Role::Leader;
+    s.until("a new leader", 500, &mut isolated, &mut |s| leads(s, w) || leads(s, o));
+    let new_leader = if leads(&mut s, w) { w } else { o };
+    // Past what the new leader keeps for a follower it heard from lately: ten times the
+    // snapshot interval (`CATCH_UP_SNAPSHOTS`).
+    for i in 0..250 {
+        let put = s.propose(
+            new_leader,
+            Command { request_id: format!("over-{i}"), ..s_put(&format!("over-{i}"), "1") },
+        );
+        s.until("a write of the new leader committed", 200, &mut isolated, &mut |s| s.answer(put).is_some());
+    }
+
+    let mut hold_snapshots =
+        |m: &Message| if latch::core::is_snapshot(m) { Route::Hold } else { Route::Deliver };
+    s.until("a snapshot for the old leader", 500, &mut hold_snapshots, &mut |s| {
+        s.held(MessageType::MsgSnapshot, l) > 0
+    });
+    s.deliver_held_snapshot(l);
+    s.until("the old leader catches up", 1000, &mut all, &mut |s| value_on(s, l, "over-249").is_some());
+    assert!(
+        s.core(l).status().snapshots_installed > 0,
+        "from a snapshot: the new leader's log was compacted past where the old one's parted"
+    );
+    let c = s.core(l).configuration();
+    assert!(c.logged.is_empty(), "the addition the snapshot replaced is not named: {c:?}");
+    assert!(!c.added.contains_key(&4) && c.learners.is_empty(), "nor applied: {c:?}");
+    assert!(!matches!(s.answer(change), Some(Reply::Changed(Ok(_)))), "not taken: {:?}", s.answer(change));
+}
+
 /// An addition only the old leader's log holds goes when a new leader's entries replace that
 /// part of its log: it is no longer named (`Configuration::logged`), and was never applied.
 #[test]
