@@ -68,12 +68,14 @@ async fn a_member_added_with_latch_cluster_add_catches_up_votes_and_counts_towar
 
 /// Once every first member is gone — a cluster started with members 1 and 2 grows by 3 and 4,
 /// and 1 and 2 are removed and stop — `latch cluster add` names the members that run in
-/// `--peers`, and a member started with it (its `--initial-cluster` names only members that are
+/// `--peers`, by the host names their additions recorded (not the addresses their ports bound:
+/// review-s63 M1), and a member started with it (its `--initial-cluster` names only members that are
 /// gone) finds the cluster: it is admitted, votes, and counts toward commits.
 #[tokio::test]
 async fn a_member_added_after_every_first_member_is_gone_finds_the_cluster_through_peers() {
     let (mut c, new, said) = grown_past_the_first_members().await;
-    let peers = format!("3={},4={}", c.member(3).peer_addr, c.member(4).peer_addr);
+    let peers =
+        format!("3={},4={}", by_host_name(&c.member(3).peer_addr), by_host_name(&c.member(4).peer_addr));
     assert!(
         said.contains(&format!("--initial-cluster {} --peers {peers} ", c.initial_cluster())),
         "the addition names the members that run in --peers: {said:?}"
@@ -111,17 +113,22 @@ async fn a_wrong_address_in_peers_yields_to_the_one_the_cluster_records() {
     client.put("after", "v").await.expect("member 4 and the new member commit");
 }
 
-/// A cluster started with members 1 and 2, grown by 3 and 4, with 1 and 2 removed and stopped;
-/// a new member added with `latch cluster add` against 3 and 4, not started. Returns the
-/// cluster, the new member's id and what the command printed.
+/// The address `addr` (`127.0.0.1:PORT`) by host name, as an operator may add a member.
+fn by_host_name(addr: &str) -> String {
+    addr.replace("127.0.0.1", "localhost")
+}
+
+/// A cluster started with members 1 and 2, grown by 3 and 4 (added by host name, listening on
+/// 127.0.0.1), with 1 and 2 removed and stopped; a new member added with `latch cluster add`
+/// against 3 and 4, not started. Returns the cluster, the new member's id and what the command
+/// printed.
 async fn grown_past_the_first_members() -> (Cluster, u64, String) {
     let mut c = Cluster::start(2, &[]).await;
     let client = c.client().await;
     client.put("before", "v").await.unwrap();
     for _ in 0..2 {
         let new = c.new_member().await;
-        let addr = c.member(new).peer_addr.clone();
-        client.add_member(new, &addr).await.unwrap();
+        client.add_member(new, &by_host_name(&c.member(new).peer_addr)).await.unwrap();
         c.restart(new).await;
         follower_everywhere(&c, new, &c.ids()).await;
     }
