@@ -533,7 +533,7 @@ async fn send_loop(
             continue;
         }
         let Some(bytes) = encoded(&msg, &metrics.peer) else { continue };
-        let open = || open_stream(&client, peer.id, node.clone(), shared.clone());
+        let open = || open_stream(&client, &peer, node.clone(), shared.clone());
         let sink = match stream.take() {
             Some(s) if !s.is_closed() => s,
             _ => open(),
@@ -574,18 +574,17 @@ fn send_frames(sink: &FrameSink, frames: Vec<PeerFrame>) -> bool {
 /// Opens the long-lived message stream to a peer; its end (an error) reports the peer unreachable.
 fn open_stream(
     client: &PeerClient<tonic::transport::Channel>,
-    peer: u64,
+    peer: &Peer,
     node: NodeHandle,
     shared: Shared,
 ) -> FrameSink {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut c = client.clone();
+    let (id, addr) = (peer.id, peer.peer_addr.clone());
     tokio::spawn(async move {
         if let Err(e) = c.stream(UnboundedReceiverStream::new(rx)).await {
-            tracing::debug!(peer, error = %e, "peer stream ended");
-            shared.links.lost(peer, &node);
-            shared.metrics.peer.unreachable(peer);
-            node.send(Event::Unreachable(peer));
+            tracing::debug!(peer = id, error = %e, "peer stream ended");
+            shared.lost(id, &addr, &node);
         }
     });
     tx
@@ -605,6 +604,18 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Reports peer `peer` unreachable at `addr` (a sender's connection there failed): logged
+    /// once, counted, and told to raft — unless the transport moved the peer elsewhere or
+    /// forgot it since, and the sender stopped: its last failure is no news of the peer.
+    fn lost(&self, peer: u64, addr: &str, node: &NodeHandle) {
+        if self.links.address(peer).as_deref() != Some(addr) {
+            return;
+        }
+        self.links.lost(peer, node);
+        self.metrics.peer.unreachable(peer);
+        node.send(Event::Unreachable(peer));
+    }
+
     /// Whether raft messages to and from `peer` are dropped now.
     fn cut_off(&self, peer: u64) -> bool {
         !self.admission.admits() || self.faults.blocks(peer)

@@ -255,11 +255,8 @@ impl WireSenders {
         let (addr, l) = (p.peer_addr.clone(), link.clone());
         let (peer, cluster_id) = (p.id, node.cluster_id);
         let told = node.clone();
-        let lost = move || {
-            shared.links.lost(peer, &node);
-            shared.metrics.peer.unreachable(peer);
-            node.send(Event::Unreachable(peer));
-        };
+        let at = p.peer_addr.clone();
+        let lost = move || shared.lost(peer, &at, &node);
         let removed = move || {
             told.send(Event::RemovedBy(peer));
         };
