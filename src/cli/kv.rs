@@ -223,7 +223,7 @@ async fn get(client: &ClientArgs, args: GetArgs, output: Output) -> anyhow::Resu
     let (key, range_end) = key_range(&args.key, args.prefix)?;
     let client = client.connect().await?;
     let response = client
-        .range(RangeRequest {
+        .range_all(RangeRequest {
             key,
             range_end,
             limit: args.limit,

@@ -155,6 +155,29 @@ async fn a_range_over_max_response_bytes_returns_a_page_with_more_and_the_whole_
         }
     }
     assert_eq!(seen, 20, "paging from the last key of each page reads every key once");
+
+    // The client's whole reads page on by themselves, all at the first page's revision.
+    let keys = |kvs: &[latch_client::KeyValue]| kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>();
+    let expected: Vec<Vec<u8>> = (0..20).map(|i| format!("page/{i:02}").into_bytes()).collect();
+    assert_eq!(keys(&client.get_prefix("page/").await.unwrap()), expected, "get_prefix reads every page");
+    let limited = client.range_all(RangeRequest { limit: 15, ..all.clone() }).await.unwrap();
+    assert_eq!(
+        (keys(&limited.kvs), limited.more, limited.count),
+        (expected[..15].to_vec(), true, 20),
+        "a limit past the first page: that many kvs, and more past them"
+    );
+    let whole = client.range_all(all.clone()).await.unwrap();
+    assert_eq!((whole.kvs.len(), whole.more), (20, false), "no limit: every kv, and no more");
+
+    // So does `latch kv get --prefix` (it cut the answer at the first page without a word).
+    let out = std::process::Command::new(crate::harness::latch_bin())
+        .args(["kv", "get", "page/", "--prefix", "--keys-only", "--endpoints", &c.member(1).client_addr])
+        .env_remove("LATCH_ENDPOINTS")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "latch kv get: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(printed.lines().count(), 20, "the command prints every key: {printed}");
 }
 
 #[tokio::test]

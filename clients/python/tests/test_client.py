@@ -107,6 +107,16 @@ class ClientTest(unittest.TestCase):
         self.assertEqual(self.client.delete(p, prefix=True), 2, "both keys under the prefix deleted")
         self.assertIsNone(self.client.get(p + "a"), "a deleted key reads as absent")
 
+    def test_a_prefix_larger_than_one_answer_is_read_whole_page_by_page(self):
+        p = unique("paged-kv")
+        # tests/it/python.rs bounds an answer at 16 KiB: 30 values of 1 KiB take two pages.
+        for i in range(30):
+            self.client.put(f"{p}{i:02}", b"x" * 1024)
+        first = self.client.range(p, latch.prefix_end(p))
+        self.assertTrue(first.more and len(first.kvs) < 30, "one answer does not hold them all")
+        keys = [kv.key for kv in self.client.get_prefix(p)]
+        self.assertEqual(keys, [f"{p}{i:02}".encode() for i in range(30)], "every key, once, in key order")
+
     def test_a_transaction_runs_the_branch_its_compares_choose(self):
         p = unique("txn")
         self.client.put(p + "k", "v1")

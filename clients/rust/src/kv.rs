@@ -52,13 +52,40 @@ impl Client {
         Ok(response.kvs.into_iter().next())
     }
 
-    /// Every kv whose key starts with `prefix` (the empty prefix: every key), in key order.
-    /// Linearizable. For a limit, a count
-    /// or the revision read at, use [`range`](Client::range).
+    /// Every kv whose key starts with `prefix` (the empty prefix: every key), in key order, as
+    /// of one revision, however many answers that takes ([`range_all`](Client::range_all)).
+    /// Linearizable. For a limit, a count or the revision read at, use
+    /// [`range_all`](Client::range_all).
     pub async fn get_prefix(&self, prefix: impl Into<Vec<u8>>) -> Result<Vec<KeyValue>, Error> {
         let (key, range_end) = prefix_range(&prefix.into());
-        let response = self.range(RangeRequest { key, range_end, ..Default::default() }).await?;
+        let response = self.range_all(RangeRequest { key, range_end, ..Default::default() }).await?;
         Ok(response.kvs)
+    }
+
+    /// Reads every kv this request selects, up to its `limit` (0: no limit): a member answers
+    /// at most `--max-response-bytes` at a time and says `more`, so the rest is read page by
+    /// page, each from after the last key so far and at the revision the first page was read
+    /// at (the request's own, or the one it answered at), so that the kvs are one revision's.
+    /// `more` then says only whether keys past the limit match; `count` and the header are the
+    /// first page's. Fails OUT_OF_RANGE if that revision is compacted between two pages.
+    pub async fn range_all(&self, mut request: RangeRequest) -> Result<RangeResponse, Error> {
+        let mut response = self.range(request.clone()).await?;
+        let limit = request.limit;
+        if request.revision == 0 {
+            request.revision = response.header.as_ref().map_or(0, |h| h.revision);
+        }
+        while response.more && !request.count_only && (limit == 0 || (response.kvs.len() as i64) < limit) {
+            // A page always holds its first kv, so each one moves the start on.
+            let Some(last) = response.kvs.last() else { break };
+            request.key = [last.key.as_slice(), &[0]].concat();
+            if limit > 0 {
+                request.limit = limit - response.kvs.len() as i64;
+            }
+            let page = self.range(request.clone()).await?;
+            response.more = page.more;
+            response.kvs.extend(page.kvs);
+        }
+        Ok(response)
     }
 
     /// Reads the keys this request selects (one key, a prefix, or `[key, range_end)`).

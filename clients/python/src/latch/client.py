@@ -828,9 +828,18 @@ class Client:
         return kvs[0] if kvs else None
 
     def get_prefix(self, prefix: Bytes, *, serializable: bool = False) -> List[kv_pb2.KeyValue]:
-        """Every kv whose key starts with ``prefix``, in key order (every kv for ``""``)."""
+        """Every kv whose key starts with ``prefix``, in key order (every kv for ``""``), as of
+        one revision, however many answers that takes: a member answers at most
+        ``--max-response-bytes`` at a time and says ``more``, so the rest is read page by page,
+        each from after the last key so far, at the revision the first page was read at."""
         key, end = prefix_range(prefix)
-        return list(self.range(key, end, serializable=serializable).kvs)
+        page = self.range(key, end, serializable=serializable)
+        kvs, revision = list(page.kvs), page.header.revision
+        # A page always holds its first kv, so each one moves the start on.
+        while page.more and page.kvs:
+            page = self.range(page.kvs[-1].key + b"\0", end, serializable=serializable, revision=revision)
+            kvs.extend(page.kvs)
+        return kvs
 
     def range(self, key: Bytes, range_end: Bytes = b"", *, limit: int = 0, serializable: bool = False,
               keys_only: bool = False, count_only: bool = False, revision: int = 0) -> kv_pb2.RangeResponse:
