@@ -307,10 +307,12 @@ pub(super) fn kv_json(kv: &KeyValue) -> serde_json::Value {
     })
 }
 
+/// A response's header: the cluster id as `latch cluster status` prints it and `--cluster-id`
+/// takes it (16 hex digits: a JSON number that large loses digits in most readers).
 pub(super) fn header_json(header: Option<&ResponseHeader>) -> serde_json::Value {
     let header = header.cloned().unwrap_or_default();
     json!({
-        "cluster_id": header.cluster_id,
+        "cluster_id": latch_proto::format_cluster_id(header.cluster_id),
         "member_id": header.member_id,
         "revision": header.revision,
         "raft_term": header.raft_term,
@@ -322,6 +324,18 @@ mod tests {
     use super::*;
     use crate::cli::{Cli, Command};
     use clap::Parser;
+
+    #[test]
+    fn a_headers_cluster_id_is_printed_as_cluster_id_takes_it() {
+        let header =
+            ResponseHeader { cluster_id: 0xa981_4378_bccd_442d, member_id: 1, revision: 7, raft_term: 2 };
+        let printed = header_json(Some(&header));
+        assert_eq!(
+            printed["cluster_id"], "a9814378bccd442d",
+            "16 hex digits, not a number JSON readers round"
+        );
+        assert_eq!((printed["member_id"].as_u64(), printed["revision"].as_i64()), (Some(1), Some(7)));
+    }
 
     fn parse_kv(args: &[&str]) -> Result<KvOp, clap::Error> {
         let cli = Cli::try_parse_from(["latch", "kv"].into_iter().chain(args.iter().copied()))?;
