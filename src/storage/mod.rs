@@ -72,8 +72,10 @@ pub enum StorageError {
     #[error("data file {path} is in use by another process: is a latch server already running on this --data-dir?")]
     InUse { path: PathBuf },
     #[error(
-        "data file {path} belongs to cluster {found:016x}, not {expected:016x}: \
-         --initial-cluster differs from the one it was created with; use a fresh --data-dir"
+        "data file {path} belongs to cluster {found:016x}, not {expected:016x}: this member was \
+         started with another --initial-cluster or --initial-cluster-token (or --dev) than its data \
+         dir was created with; start it with the flags it was created with (a typo here loses no \
+         data), or give a member of another cluster a data dir of its own"
     )]
     WrongCluster { path: PathBuf, found: u64, expected: u64 },
     #[error("data file {path} belongs to member {found}, not {expected}: use this member's own --data-dir")]
@@ -346,6 +348,12 @@ mod tests {
             .err()
             .expect("another cluster's file is refused");
         assert!(matches!(refused, StorageError::WrongCluster { found: 7, .. }), "got {refused}");
+        let said = refused.to_string();
+        assert!(
+            said.contains("--initial-cluster-token")
+                && said.contains("start it with the flags it was created with"),
+            "a mistyped token is named, and the advice keeps the data dir: {said}"
+        );
         drop(redb2::Database::open(&path).expect("a refused file is left as redb 2 wrote it, not upgraded"));
         let stores = open(dir.path(), Identity { cluster_id: 7, member_id: 2 }, 1 << 20)
             .expect("the upgraded file opens");
