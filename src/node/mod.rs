@@ -904,8 +904,11 @@ fn drive(
             let _ = done.send(());
         }
     };
-    if let Err(e) = &result {
-        tracing::error!(error = %e, "node stopped: fatal error");
+    match &result {
+        // An operator's `latch cluster remove`, carried out: nothing failed.
+        Err(e @ CoreError::Removed { .. }) => tracing::warn!(reason = %e, "node stopped: removed from the cluster"),
+        Err(e) => tracing::error!(error = %e, "node stopped: fatal error"),
+        Ok(()) => {}
     }
     waiters.carry_out(core.shut_down(), metrics, &mut |_| {});
     result
