@@ -120,8 +120,9 @@ fn added_text(member: u64, peer_addr: &str, added: &latch_client::AddMemberRespo
     };
     format!(
         "{what}: start it on an empty data dir with\n  latch server --id {member} --peer-addr {peer_addr} \
-         --initial-cluster {}{token}{peers} --data-dir DIR\nIt catches up and votes once it has (`latch \
-         cluster status` shows it a follower then).\n",
+         --initial-cluster {}{token}{peers} --data-dir DIR\nand, on a machine where another member \
+         holds the defaults, --client-addr, --http-addr and --dns-addr of its own. It catches up and \
+         votes once it has (`latch cluster status` shows it a follower then).\n",
         added.initial_cluster
     )
 }
