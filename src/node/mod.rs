@@ -906,7 +906,9 @@ fn drive(
     };
     match &result {
         // An operator's `latch cluster remove`, carried out: nothing failed.
-        Err(e @ CoreError::Removed { .. }) => tracing::warn!(reason = %e, "node stopped: removed from the cluster"),
+        Err(e @ CoreError::Removed { .. }) => {
+            tracing::warn!(reason = %e, "node stopped: removed from the cluster")
+        }
         Err(e) => tracing::error!(error = %e, "node stopped: fatal error"),
         Ok(()) => {}
     }

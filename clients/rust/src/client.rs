@@ -465,11 +465,7 @@ impl Client {
                 if status.code() == Code::DeadlineExceeded
                     || status.metadata().contains_key(UNSETTLED_METADATA) =>
             {
-                let message = format!(
-                    "{}; the write may still take effect: read before sending it again",
-                    status.message()
-                );
-                Error::from(Status::with_metadata(status.code(), message, status.metadata().clone()))
+                Error::from(unsettled_write(*status))
             }
             other => other,
         })
@@ -1146,6 +1142,17 @@ fn with_context(status: Status, addr: &str) -> Status {
     Status::new(status.code(), format!("{addr}: {}{cause}", status.message()))
 }
 
+/// A write left unsettled, told so once: a member that could not commit it in time says it may
+/// still take effect itself.
+fn unsettled_write(status: Status) -> Status {
+    const MAY_STILL: &str = "may still take effect";
+    if status.message().contains(MAY_STILL) {
+        return status;
+    }
+    let message = format!("{}; the write {MAY_STILL}: read before sending it again", status.message());
+    Status::with_metadata(status.code(), message, status.metadata().clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1259,6 +1266,19 @@ mod tests {
             )
             .await;
         assert_eq!(ended.map_err(|e| e.to_string()), Ok(names(&["a"])), "an empty page ends it");
+    }
+
+    #[test]
+    fn an_unsettled_write_is_told_it_may_still_take_effect_once() {
+        let timed_out = unsettled_write(Status::deadline_exceeded("member 1 took too long"));
+        assert_eq!(
+            timed_out.message(),
+            "member 1 took too long; the write may still take effect: read before sending it again"
+        );
+        let said = "member 1 could not commit the write within 317 ms: the write stays proposed and may \
+                    still take effect";
+        let unsettled = unsettled_write(Status::unavailable(said));
+        assert_eq!(unsettled.message(), said, "the member said so already: not twice");
     }
 
     #[test]
