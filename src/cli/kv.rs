@@ -3,14 +3,22 @@
 //! Text output follows etcdctl: `put` prints `OK`, `get` of one key prints its value alone,
 //! `get --prefix` prints key and value on alternate lines, `del` prints how many keys went.
 //! JSON output is one document per command; keys and values are UTF-8 strings (invalid bytes
-//! replaced), since JSON has no bytes.
+//! replaced), since JSON has no bytes. A write under `--if-…` conditions ([`conditions`]) that
+//! does not hold writes nothing and exits 1, saying which.
+
+mod conditions;
 
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use latch_client::{prefix_range, DeleteRangeRequest, KeyValue, PutRequest, RangeRequest, ResponseHeader};
+use latch_client::proto::response_op::Response;
+use latch_client::{
+    prefix_range, DeleteRangeRequest, KeyValue, Op, PutRequest, RangeRequest, ResponseHeader,
+};
 use serde_json::json;
+
+use conditions::{Conditions, Outcome};
 
 use super::{print_bytes, print_json, ClientArgs, Output, UsageError};
 
@@ -62,6 +70,8 @@ pub struct PutArgs {
     /// KEY is a prefix: create PREFIX + the next 20-digit number and print the key created.
     #[arg(long)]
     pub sequential: bool,
+    #[command(flatten)]
+    pub conditions: Conditions,
 }
 
 /// `latch kv get`.
@@ -97,6 +107,8 @@ pub struct DelArgs {
     /// Every key starting with KEY.
     #[arg(long)]
     pub prefix: bool,
+    #[command(flatten)]
+    pub conditions: Conditions,
 }
 
 /// A key given on the command line must not be empty: the empty key is no key.
@@ -185,17 +197,24 @@ async fn put(client: &ClientArgs, args: PutArgs, output: Output) -> anyhow::Resu
         Some(value) => value.into_bytes(),
         None => value_from_stdin().await?,
     };
+    args.conditions.check(args.sequential.then_some("--sequential"))?;
     let client = client.connect().await?;
-    let response = client
-        .put_request(PutRequest {
-            key: args.key.into_bytes(),
-            value,
-            prev_kv: args.prev_kv,
-            session: args.session.unwrap_or_default(),
-            sequential: args.sequential,
-            ..Default::default()
-        })
-        .await?;
+    let request = PutRequest {
+        key: args.key.into_bytes(),
+        value,
+        prev_kv: args.prev_kv,
+        session: args.session.unwrap_or_default(),
+        sequential: args.sequential,
+        ..Default::default()
+    };
+    let response = match args.conditions.given() {
+        false => client.put_request(request).await?,
+        true => match args.conditions.write(&client, &request.key.clone(), Op::from(request)).await? {
+            Outcome::Written(Response::Put(response)) => response,
+            Outcome::Written(other) => anyhow::bail!("the member answered a put with {other:?}"),
+            Outcome::NotWritten { why, kv, header } => return not_written(&why, kv.as_ref(), header, output),
+        },
+    };
     match output {
         Output::Json => print_json(&json!({
             "header": header_json(response.header.as_ref()),
@@ -278,8 +297,17 @@ async fn get(client: &ClientArgs, args: GetArgs, output: Output) -> anyhow::Resu
 
 async fn del(client: &ClientArgs, args: DelArgs, output: Output) -> anyhow::Result<ExitCode> {
     let (key, range_end) = key_range(&args.key, args.prefix)?;
+    args.conditions.check(args.prefix.then_some("--prefix"))?;
     let client = client.connect().await?;
-    let response = client.delete_range(DeleteRangeRequest { key, range_end, ..Default::default() }).await?;
+    let request = DeleteRangeRequest { key, range_end, ..Default::default() };
+    let response = match args.conditions.given() {
+        false => client.delete_range(request).await?,
+        true => match args.conditions.write(&client, &request.key.clone(), Op::from(request)).await? {
+            Outcome::Written(Response::DeleteRange(response)) => response,
+            Outcome::Written(other) => anyhow::bail!("the member answered a delete with {other:?}"),
+            Outcome::NotWritten { why, kv, header } => return not_written(&why, kv.as_ref(), header, output),
+        },
+    };
     match output {
         Output::Json => print_json(&json!({
             "deleted": response.deleted,
@@ -288,6 +316,31 @@ async fn del(client: &ClientArgs, args: DelArgs, output: Output) -> anyhow::Resu
         Output::Text => print_bytes(format!("{}\n", response.deleted).as_bytes())?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A write whose conditions did not hold: nothing was written. JSON: `{"written": false,
+/// "failed": [why…], "kv": KEY as read (null: absent), "header"}`; text: each reason on stderr.
+/// Exits 1, as a failed compare-and-swap.
+fn not_written(
+    why: &[String],
+    kv: Option<&KeyValue>,
+    header: Option<ResponseHeader>,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    match output {
+        Output::Json => print_json(&json!({
+            "written": false,
+            "failed": why,
+            "kv": kv.map(kv_json),
+            "header": header_json(header.as_ref()),
+        }))?,
+        Output::Text => {
+            for line in why {
+                eprintln!("not written: {line}");
+            }
+        }
+    }
+    Ok(ExitCode::from(1))
 }
 
 /// Appends `bytes` as they are (a value may be binary) and a newline.

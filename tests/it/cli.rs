@@ -61,6 +61,70 @@ async fn cli_kv_put_then_get_round_trips_a_value() {
     );
 }
 
+/// `kv put` and `kv del` under `--if-…` conditions write only when every one holds, in one
+/// transaction; otherwise nothing is written and the command exits 1 saying which failed. A
+/// write fenced by a lock's sequencer is made while the lock is held and refused once it was
+/// released.
+#[tokio::test]
+async fn cli_kv_writes_under_conditions_are_made_only_when_they_hold_and_fenced_by_a_lock() {
+    use latch_client::{LockOptions, SessionOptions, Wait};
+    let c = Cluster::start(1, &[]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let created = latch(&c, &["kv", "put", "cas", "1", "--if-version", "0"]).await;
+    assert_eq!(created.status.code(), Some(0), "created, as absent: {}", stderr(&created));
+    let again = latch(&c, &["kv", "put", "cas", "2", "--if-version", "0"]).await;
+    assert_eq!(again.status.code(), Some(1), "not absent any more");
+    assert_eq!(stderr(&again), "not written: --if-version 0: \"cas\"'s version is 1\n");
+    let swapped = latch(&c, &["kv", "put", "cas", "3", "--if-version", "1"]).await;
+    assert_eq!(swapped.status.code(), Some(0), "at version 1: {}", stderr(&swapped));
+    let value =
+        |kv: Option<latch_client::KeyValue>| kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+    assert_eq!(
+        value(client.get("cas").await.unwrap()).as_deref(),
+        Some("3"),
+        "the refused put wrote nothing"
+    );
+
+    let session = client.session(SessionOptions::new(Duration::from_secs(60))).await.expect("a session");
+    let held = client
+        .acquire(session.id(), "fence", LockOptions::exclusive().wait(Wait::No))
+        .await
+        .expect("acquire")
+        .expect("a free lock is granted at once");
+    let fenced = latch(&c, &["kv", "put", "fenced", "held", "--if-sequencer", &held.token]).await;
+    assert_eq!(fenced.status.code(), Some(0), "while the lock is held: {}", stderr(&fenced));
+    client.release(&held.token).await.expect("release");
+    let stale = latch(&c, &["kv", "put", "fenced", "stale", "--if-sequencer", &held.token]).await;
+    assert_eq!(stale.status.code(), Some(1), "the lock was released");
+    assert!(
+        stderr(&stale).starts_with("not written: --if-sequencer: ")
+            && stderr(&stale).contains("does not hold"),
+        "the member's reason: {}",
+        stderr(&stale)
+    );
+    let deleted =
+        latch(&c, &["kv", "del", "fenced", "--if-sequencer", &held.token, "--output", "json"]).await;
+    let doc: serde_json::Value = serde_json::from_str(stdout(&deleted).trim()).unwrap();
+    assert_eq!(
+        (deleted.status.code(), &doc["written"], &doc["kv"]["value"]),
+        (Some(1), &serde_json::json!(false), &serde_json::json!("held"))
+    );
+    assert_eq!(
+        value(client.get("fenced").await.unwrap()).as_deref(),
+        Some("held"),
+        "a stale holder wrote nothing"
+    );
+
+    let prefix = latch(&c, &["kv", "del", "cas", "--prefix", "--if-mod-rev", "3"]).await;
+    assert_eq!(
+        prefix.status.code(),
+        Some(2),
+        "a condition on KEY does not fit a prefix: {}",
+        stderr(&prefix)
+    );
+}
+
 #[tokio::test]
 async fn cli_kv_get_of_a_missing_key_exits_1_saying_key_not_found() {
     let c = Cluster::start(1, &[]).await;
