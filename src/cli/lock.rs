@@ -183,27 +183,48 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                 },
                 lock_delay: args.lock_delay,
             };
-            let guard = tokio::select! {
-                guard = session.lock(&name, options) => match guard {
-                    Ok(guard) => guard,
-                    Err(e) if e.code() == tonic::Code::NotFound => {
-                        // The wait went with the session: nothing ran, nothing is held.
-                        eprintln!(
-                            "latch lock: the session waiting for {name:?} ended before the lock was granted \
-                             (it expired, no keepalive reaching the cluster for its TTL of {}, or someone \
-                             closed it); {program:?} did not run",
-                            humantime::format_duration(args.ttl)
-                        );
-                        return Ok(ExitCode::from(1));
+            // Said once, after a second, so that a wait is not mistaken for a hang.
+            let notice = async {
+                tokio::time::sleep(WAIT_NOTICE_AFTER).await;
+                match tokio::time::timeout(Duration::from_secs(1), client.describe_lock(&name)).await {
+                    Ok(Ok(Some(lock))) => lock_state(&lock).map(|s| format!(" ({s})")).unwrap_or_default(),
+                    _ => String::new(),
+                }
+            };
+            let waited = {
+                let acquire = session.lock(&name, options);
+                tokio::pin!(acquire, notice);
+                let mut noticed = false;
+                loop {
+                    tokio::select! {
+                        guard = &mut acquire => break Ok(guard),
+                        signal = stop.next() => break Err(signal),
+                        state = &mut notice, if !noticed => {
+                            noticed = true;
+                            eprintln!("latch lock: waiting for {name:?}{state}");
+                        }
                     }
-                    Err(e) => {
-                        // What the failed acquire may have left queued goes with the session,
-                        // now rather than at its expiry (this process is about to exit).
-                        let _ = session.close().await;
-                        return Err(e.into());
-                    }
-                },
-                signal = stop.next() => {
+                }
+            };
+            let guard = match waited {
+                Ok(Ok(guard)) => guard,
+                Ok(Err(e)) if e.code() == tonic::Code::NotFound => {
+                    // The wait went with the session: nothing ran, nothing is held.
+                    eprintln!(
+                        "latch lock: the session waiting for {name:?} ended before the lock was granted \
+                         (it expired, no keepalive reaching the cluster for its TTL of {}, or someone \
+                         closed it); {program:?} did not run",
+                        humantime::format_duration(args.ttl)
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                Ok(Err(e)) => {
+                    // What the failed acquire may have left queued goes with the session,
+                    // now rather than at its expiry (this process is about to exit).
+                    let _ = session.close().await;
+                    return Err(e.into());
+                }
+                Err(signal) => {
                     eprintln!("latch lock: interrupted (signal {signal}) while waiting for {name:?}");
                     // Closing the session withdraws the wait (or, failing that, its expiry does).
                     let left = "the session expires by itself (its TTL after its last keepalive); its \
@@ -219,24 +240,12 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                 session.close().await?;
                 // Why, as far as the lock says within a second: a free lock in its lock-delay is
                 // no mystery.
-                let why =
-                    match tokio::time::timeout(Duration::from_secs(1), client.describe_lock(&name)).await {
-                        Ok(Ok(Some(lock))) if lock.delayed => format!(
-                            " (its lock-delay of {} ms is in force: the last holder's session expired at \
-                         revision {}, and nobody is granted it until the delay ends)",
-                            lock.delay_ms, lock.delay_since_revision
-                        ),
-                        Ok(Ok(Some(lock))) if !lock.holders.is_empty() => format!(
-                            " (held by session {}{})",
-                            lock.holders[0].session_id,
-                            if lock.holders.len() > 1 {
-                                format!(" and {} more", lock.holders.len() - 1)
-                            } else {
-                                String::new()
-                            }
-                        ),
-                        _ => String::new(),
-                    };
+                let why = match tokio::time::timeout(Duration::from_secs(1), client.describe_lock(&name))
+                    .await
+                {
+                    Ok(Ok(Some(lock))) => lock_state(&lock).map(|s| format!(" ({s})")).unwrap_or_default(),
+                    _ => String::new(),
+                };
                 eprintln!("latch lock: {name:?} was not acquired in time{why}");
                 return Ok(ExitCode::from(1));
             };
@@ -608,6 +617,31 @@ impl Signals {
         });
         futures::future::select_all(waits).await.0
     }
+}
+
+/// How long `latch lock` waits for a lock before it says it waits, and for what.
+const WAIT_NOTICE_AFTER: Duration = Duration::from_secs(1);
+
+/// Why lock `lock` is not granted now, as far as its description says: a lock-delay in force,
+/// or its holders (and how many wait).
+fn lock_state(lock: &latch_client::LockInfo) -> Option<String> {
+    if lock.delayed {
+        return Some(format!(
+            "its lock-delay of {} ms is in force: the last holder's session expired at revision {}, \
+             and nobody is granted it until the delay ends",
+            lock.delay_ms, lock.delay_since_revision
+        ));
+    }
+    let first = lock.holders.first()?;
+    let more = match lock.holders.len() {
+        1 => String::new(),
+        n => format!(" and {} more", n - 1),
+    };
+    let waiting = match lock.waiters.len() {
+        0 => String::new(),
+        n => format!("; {n} waiting"),
+    };
+    Some(format!("held by session {}{more}{waiting}", first.session_id))
 }
 
 /// Writes `message` on stderr, if it can: never panics (a closed stderr) where `eprintln!` would.

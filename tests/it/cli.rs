@@ -900,6 +900,18 @@ async fn cli_lock_kills_its_command_when_someone_else_ends_its_hold_and_a_stoppe
         "says by whom: {}",
         stderr(&busy)
     );
+    // One that waits says so after a second (its notice is asked within the next second, well
+    // before the wait's 5 s end), naming the holder and the waiters (itself among them).
+    let waited =
+        latch_exactly(&["--endpoints", &addr, "lock", "jobs/stopped", "--wait", "5s", "--", "true"]).await;
+    assert_eq!(waited.status.code(), Some(1), "not acquired: {}", stderr(&waited));
+    let said = stderr(&waited);
+    let waiting = said.lines().next().unwrap_or_default();
+    assert!(
+        waiting.starts_with("latch lock: waiting for \"jobs/stopped\" (held by session ")
+            && waiting.ends_with("; 1 waiting)"),
+        "the wait is told before its end: {said}"
+    );
     // A waiter whose session someone closes ends "not acquired", saying so.
     let waiter = spawn_latch(&c, &["lock", "jobs/stopped", "--", "true"]);
     let queued = eventually("the waiter to queue", Duration::from_secs(20), || async {
