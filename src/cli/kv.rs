@@ -193,11 +193,11 @@ async fn compact(client: &ClientArgs, args: CompactArgs, output: Output) -> anyh
 }
 
 async fn put(client: &ClientArgs, args: PutArgs, output: Output) -> anyhow::Result<ExitCode> {
+    args.conditions.check(args.sequential.then_some("--sequential"))?;
     let value = match args.value {
         Some(value) => value.into_bytes(),
         None => value_from_stdin().await?,
     };
-    args.conditions.check(args.sequential.then_some("--sequential"))?;
     let client = client.connect().await?;
     let request = PutRequest {
         key: args.key.into_bytes(),

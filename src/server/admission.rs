@@ -27,7 +27,8 @@
 //! an addition is committed by a quorum of the configuration before it, so any `peers_needed`
 //! of that configuration's other members include one that holds it, and the count grows to it
 //! before it could admit. A member named once stays counted when a later round's answers miss
-//! it.
+//! it — but for one a peer's log alone held, which that peer's later answer, holding it
+//! neither in its log nor applied, drops (cut from its log, it was never committed).
 //!
 //! What this cannot see: a record not applied yet by the peers that hold it (proposed moments
 //! before the data was lost, or held in a peer's log past its applied index), and a loss of

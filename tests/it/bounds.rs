@@ -156,7 +156,7 @@ async fn a_range_over_max_response_bytes_returns_a_page_with_more_and_the_whole_
     }
     assert_eq!(seen, 20, "paging from the last key of each page reads every key once");
 
-    // The client's whole reads page on by themselves, all at the first page's revision.
+    // The client's whole reads page on by themselves (at one revision: the next test).
     let keys = |kvs: &[latch_client::KeyValue]| kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>();
     let expected: Vec<Vec<u8>> = (0..20).map(|i| format!("page/{i:02}").into_bytes()).collect();
     assert_eq!(keys(&client.get_prefix("page/").await.unwrap()), expected, "get_prefix reads every page");
@@ -178,6 +178,43 @@ async fn a_range_over_max_response_bytes_returns_a_page_with_more_and_the_whole_
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "latch kv get: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(printed.lines().count(), 20, "the command prints every key: {printed}");
+}
+
+/// A whole read pages on from each page's last key, which may be as long as a key may be (the
+/// key after it would be one byte longer), and past a kv that fills a page alone; every page is
+/// read at one revision.
+#[tokio::test]
+async fn a_whole_read_pages_past_keys_of_the_longest_length_and_a_kv_that_fills_a_page_alone() {
+    let c = Cluster::start(1, &["--max-response-bytes", "3000", "--max-key-bytes", "32"]).await;
+    c.leader().await;
+    let client = c.client().await;
+    let key = |i: usize| format!("long/{i:02}/{}", "k".repeat(24));
+    assert_eq!(key(0).len(), 32, "keys of the longest length the members take");
+    for i in 0..10 {
+        let size = if i == 4 { 4000 } else { 900 };
+        client.put(key(i), vec![b'a'; size]).await.unwrap();
+    }
+    let (start, end) = latch_client::prefix_range(b"long/");
+    let all = RangeRequest { key: start, range_end: end, ..Default::default() };
+    let keys = |kvs: &[latch_client::KeyValue]| {
+        kvs.iter().map(|kv| String::from_utf8_lossy(&kv.key).into_owned()).collect::<Vec<_>>()
+    };
+    let expected: Vec<String> = (0..10).map(key).collect();
+    let whole = client.range_all(all.clone()).await.expect("every page is asked within --max-key-bytes");
+    assert_eq!(keys(&whole.kvs), expected, "every key once, in order, the one of 4,000 bytes among them");
+    let limited = client.range_all(RangeRequest { limit: 6, ..all.clone() }).await.unwrap();
+    assert_eq!((keys(&limited.kvs), limited.more), (expected[..6].to_vec(), true));
+
+    // At a past revision, every page reads that revision.
+    let at = whole.header.as_ref().map_or(0, |h| h.revision);
+    for i in 0..10 {
+        client.put(key(i), b"later".to_vec()).await.unwrap();
+    }
+    let past = client.range_all(RangeRequest { revision: at, ..all.clone() }).await.unwrap();
+    assert!(
+        past.kvs.len() == 10 && past.kvs.iter().all(|kv| kv.value != b"later"),
+        "every page at revision {at}, none newer"
+    );
 }
 
 #[tokio::test]

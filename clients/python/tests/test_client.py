@@ -109,9 +109,10 @@ class ClientTest(unittest.TestCase):
 
     def test_a_prefix_larger_than_one_answer_is_read_whole_page_by_page(self):
         p = unique("paged-kv")
-        # tests/it/python.rs bounds an answer at 16 KiB: 30 values of 1 KiB take two pages.
+        # tests/it/python.rs bounds an answer at 16 KiB: 30 values of 1 KiB take two pages, and
+        # one of 17 KiB fills a page alone.
         for i in range(30):
-            self.client.put(f"{p}{i:02}", b"x" * 1024)
+            self.client.put(f"{p}{i:02}", b"x" * (17 * 1024 if i == 20 else 1024))
         first = self.client.range(p, latch.prefix_end(p))
         self.assertTrue(first.more and len(first.kvs) < 30, "one answer does not hold them all")
         keys = [kv.key for kv in self.client.get_prefix(p)]

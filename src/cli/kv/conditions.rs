@@ -17,8 +17,8 @@ pub struct Conditions {
     /// write fenced by the lock, refused once its holder lost it.
     #[arg(long, value_name = "SEQ")]
     pub if_sequencer: Option<String>,
-    /// Write only if KEY's version (its writes since it was created) is N; 0: only if KEY does
-    /// not exist (compare-and-swap, as ZooKeeper's `set -v`).
+    /// Write only if KEY's version (its writes since it was created: 1 once created) is N; 0:
+    /// only if KEY does not exist (compare-and-swap).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(0..))]
     pub if_version: Option<i64>,
     /// Write only if KEY was last written at revision N; 0: only if KEY does not exist (as
@@ -98,14 +98,16 @@ impl Conditions {
             _ => None,
         };
         let mut why = self.failed_on(key, kv.as_ref());
-        if why.is_empty() {
-            // KEY's own conditions held: the sequencer's did not; the member says why.
-            let seq = self.if_sequencer.as_deref().unwrap_or_default();
-            let reason = match client.check_sequencer(seq).await {
-                Ok(check) if !check.valid => check.reason,
-                _ => "it no longer held its lock when the write was asked".to_string(),
-            };
-            why.push(format!("--if-sequencer: {reason}"));
+        if let Some(seq) = &self.if_sequencer {
+            // A sequencer that no longer holds never holds again; the member says why.
+            match client.check_sequencer(seq).await {
+                Ok(check) if !check.valid => why.push(format!("--if-sequencer: {}", check.reason)),
+                // KEY's own conditions held, so the sequencer's did not.
+                _ if why.is_empty() => {
+                    why.push("--if-sequencer: it no longer held its lock when the write was asked".into())
+                }
+                _ => {}
+            }
         }
         Ok(Outcome::NotWritten { why, kv, header: answer.header })
     }

@@ -830,15 +830,29 @@ class Client:
     def get_prefix(self, prefix: Bytes, *, serializable: bool = False) -> List[kv_pb2.KeyValue]:
         """Every kv whose key starts with ``prefix``, in key order (every kv for ``""``), as of
         one revision, however many answers that takes: a member answers at most
-        ``--max-response-bytes`` at a time and says ``more``, so the rest is read page by page,
-        each from after the last key so far, at the revision the first page was read at."""
+        ``--max-response-bytes`` at a time and says ``more``, so the rest is read page by page
+        at the revision the first page was read at (linearizably: a member behind it would
+        refuse it as one it has not reached)."""
         key, end = prefix_range(prefix)
         page = self.range(key, end, serializable=serializable)
-        kvs, revision = list(page.kvs), page.header.revision
-        # A page always holds its first kv, so each one moves the start on.
-        while page.more and page.kvs:
-            page = self.range(page.kvs[-1].key + b"\0", end, serializable=serializable, revision=revision)
-            kvs.extend(page.kvs)
+        kvs, revision, more = list(page.kvs), page.header.revision, page.more
+        while more and kvs:
+            # Each page starts at the last key so far, which it repeats first: the key after it
+            # (KEY + 0) may be one byte over --max-key-bytes.
+            last = kvs[-1].key
+            page = self.range(last, end, revision=revision)
+            new = page.kvs[1:] if page.kvs and page.kvs[0].key == last else page.kvs
+            kvs.extend(new)
+            more = page.more
+            if not new and more:
+                # The last key's kv alone filled the page: read on from the key after it, found
+                # by its key alone.
+                probe = self.range(last, end, keys_only=True, limit=2, revision=revision)
+                if len(probe.kvs) < 2:
+                    break
+                page = self.range(probe.kvs[1].key, end, revision=revision)
+                kvs.extend(page.kvs)
+                more = page.more
         return kvs
 
     def range(self, key: Bytes, range_end: Bytes = b"", *, limit: int = 0, serializable: bool = False,
