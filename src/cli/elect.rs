@@ -102,6 +102,25 @@ pub async fn run(command: ElectCommand, client: &ClientArgs) -> anyhow::Result<E
     }
 }
 
+/// How long `latch elect` campaigns before it says it does, and who leads.
+const CAMPAIGN_NOTICE_AFTER: Duration = Duration::from_secs(1);
+
+/// Who leads election `info` and how many wait to, or its lock-delay, as " (…)".
+fn campaign_state(info: &latch_client::ElectionInfo) -> String {
+    if info.delayed {
+        return format!(
+            " (its lock-delay of {} ms is in force: the last leader's session expired at revision {})",
+            info.delay_ms, info.delay_since_revision
+        );
+    }
+    // The candidates waiting to lead, this one among them.
+    let waiting = info.candidates.len();
+    match &info.leader {
+        Some(leader) => format!(" (led by {:?}; {waiting} waiting)", String::from_utf8_lossy(&leader.value)),
+        None => format!(" ({waiting} waiting)"),
+    }
+}
+
 /// Campaigns and leads, or observes.
 async fn take_part(command: RunArgs, client: &ClientArgs) -> anyhow::Result<ExitCode> {
     let name = command.name.clone().unwrap_or_default();
@@ -137,17 +156,38 @@ async fn take_part(command: RunArgs, client: &ClientArgs) -> anyhow::Result<Exit
     }
     let value = command.value.ok_or_else(|| UsageError("a VALUE to publish is required".into()))?;
     let session = super::command_session(&client, command.ttl, "latch elect", &name).await?;
-    let leadership = tokio::select! {
-        l = election.campaign(session.id(), value.into_bytes()) => match l {
-            Ok(l) => l,
-            Err(e) => {
-                // A candidacy the failed campaign may have left queued goes with the session,
-                // now rather than at its expiry (this process is about to exit).
-                let _ = session.close().await;
-                return Err(e.into());
+    // Said once, after a second, so that a campaign is not mistaken for a hang.
+    let notice = async {
+        tokio::time::sleep(CAMPAIGN_NOTICE_AFTER).await;
+        match tokio::time::timeout(Duration::from_secs(1), election.describe()).await {
+            Ok(Ok(Some(info))) => campaign_state(&info),
+            _ => String::new(),
+        }
+    };
+    let campaigned = {
+        let campaign = election.campaign(session.id(), value.into_bytes());
+        tokio::pin!(campaign, notice);
+        let mut noticed = false;
+        loop {
+            tokio::select! {
+                l = &mut campaign => break Ok(l),
+                signal = stop.next() => break Err(signal),
+                state = &mut notice, if !noticed => {
+                    noticed = true;
+                    eprintln!("latch elect: campaigning in {name:?}{state}");
+                }
             }
-        },
-        signal = stop.next() => {
+        }
+    };
+    let leadership = match campaigned {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
+            // A candidacy the failed campaign may have left queued goes with the session,
+            // now rather than at its expiry (this process is about to exit).
+            let _ = session.close().await;
+            return Err(e.into());
+        }
+        Err(signal) => {
             // Closing the session withdraws the campaign (or, failing that, its expiry does).
             let left = "the session expires by itself (its TTL after its last keepalive); its campaign \
                         may win meanwhile, and lead until then";

@@ -946,6 +946,17 @@ async fn cli_elect_a_leader_resigned_by_someone_else_says_so_and_exits_3() {
     let mut lines = tokio::io::BufReader::new(elect.stdout.take().unwrap()).lines();
     let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap();
     assert!(first.is_some_and(|l| l.starts_with("leader of svc/primary: alpha")), "alpha leads");
+    // A second candidate says, after a second, that it campaigns, and who leads.
+    let mut beta = spawn_latch(&c, &["elect", "svc/primary", "beta"]);
+    let mut said = tokio::io::BufReader::new(beta.stderr.take().unwrap()).lines();
+    let campaigning = tokio::time::timeout(Duration::from_secs(20), said.next_line()).await.unwrap().unwrap();
+    assert_eq!(
+        campaigning.as_deref(),
+        Some("latch elect: campaigning in \"svc/primary\" (led by \"alpha\"; 1 waiting)"),
+        "the campaign is told while it waits"
+    );
+    let withdrawn = signal_and_wait(&mut beta, rustix::process::Signal::TERM).await;
+    assert_eq!(withdrawn.code(), Some(128 + 15), "a campaign interrupted withdraws, closing its session");
     let election = client.election("svc/primary");
     let leadership = election.leader().await.unwrap().expect("alpha leads");
     election.resign(&leadership).await.expect("a holder of the sequencer resigns it");
