@@ -102,9 +102,6 @@ pub async fn run(command: ElectCommand, client: &ClientArgs) -> anyhow::Result<E
     }
 }
 
-/// How long `latch elect` campaigns before it says it does, and who leads.
-const CAMPAIGN_NOTICE_AFTER: Duration = Duration::from_secs(1);
-
 /// Who leads election `info` and how many wait to, or its lock-delay, as " (…)".
 fn campaign_state(info: &latch_client::ElectionInfo) -> String {
     if info.delayed {
@@ -156,29 +153,14 @@ async fn take_part(command: RunArgs, client: &ClientArgs) -> anyhow::Result<Exit
     }
     let value = command.value.ok_or_else(|| UsageError("a VALUE to publish is required".into()))?;
     let session = super::command_session(&client, command.ttl, "latch elect", &name).await?;
-    // Said once, after a second, so that a campaign is not mistaken for a hang.
     let notice = async {
-        tokio::time::sleep(CAMPAIGN_NOTICE_AFTER).await;
-        match tokio::time::timeout(Duration::from_secs(1), election.describe()).await {
+        let state = match tokio::time::timeout(Duration::from_secs(1), election.describe()).await {
             Ok(Ok(Some(info))) => campaign_state(&info),
             _ => String::new(),
-        }
+        };
+        format!("latch elect: campaigning in {name:?}{state}")
     };
-    let campaigned = {
-        let campaign = election.campaign(session.id(), value.into_bytes());
-        tokio::pin!(campaign, notice);
-        let mut noticed = false;
-        loop {
-            tokio::select! {
-                l = &mut campaign => break Ok(l),
-                signal = stop.next() => break Err(signal),
-                state = &mut notice, if !noticed => {
-                    noticed = true;
-                    eprintln!("latch elect: campaigning in {name:?}{state}");
-                }
-            }
-        }
-    };
+    let campaigned = stop.wait_saying(election.campaign(session.id(), value.into_bytes()), notice).await;
     let leadership = match campaigned {
         Ok(Ok(l)) => l,
         Ok(Err(e)) => {

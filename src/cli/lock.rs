@@ -183,29 +183,16 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                 },
                 lock_delay: args.lock_delay,
             };
-            // Said once, after a second, so that a wait is not mistaken for a hang.
             let notice = async {
-                tokio::time::sleep(WAIT_NOTICE_AFTER).await;
-                match tokio::time::timeout(Duration::from_secs(1), client.describe_lock(&name)).await {
+                let state = match tokio::time::timeout(Duration::from_secs(1), client.describe_lock(&name))
+                    .await
+                {
                     Ok(Ok(Some(lock))) => lock_state(&lock).map(|s| format!(" ({s})")).unwrap_or_default(),
                     _ => String::new(),
-                }
+                };
+                format!("latch lock: waiting for {name:?}{state}")
             };
-            let waited = {
-                let acquire = session.lock(&name, options);
-                tokio::pin!(acquire, notice);
-                let mut noticed = false;
-                loop {
-                    tokio::select! {
-                        guard = &mut acquire => break Ok(guard),
-                        signal = stop.next() => break Err(signal),
-                        state = &mut notice, if !noticed => {
-                            noticed = true;
-                            eprintln!("latch lock: waiting for {name:?}{state}");
-                        }
-                    }
-                }
-            };
+            let waited = stop.wait_saying(session.lock(&name, options), notice).await;
             let guard = match waited {
                 Ok(Ok(guard)) => guard,
                 Ok(Err(e)) if e.code() == tonic::Code::NotFound => {
@@ -618,9 +605,6 @@ impl Signals {
         futures::future::select_all(waits).await.0
     }
 }
-
-/// How long `latch lock` waits for a lock before it says it waits, and for what.
-const WAIT_NOTICE_AFTER: Duration = Duration::from_secs(1);
 
 /// Why lock `lock` is not granted now, as far as its description says: a lock-delay in force,
 /// or its holders (and how many wait).

@@ -526,7 +526,37 @@ fn interrupted() -> std::io::Result<Interrupts> {
 /// SIGINT, SIGTERM and SIGHUP, each with its number, listened for since [`interrupted`].
 struct Interrupts(Vec<(i32, tokio::signal::unix::Signal)>);
 
+/// How long a command that waits on the cluster (`latch lock`, `latch elect`) waits before it
+/// says so.
+const WAIT_NOTICE_AFTER: Duration = Duration::from_secs(1);
+
 impl Interrupts {
+    /// `wait`'s outcome, or the number of a signal that came first. After
+    /// [`WAIT_NOTICE_AFTER`], the line `notice` makes (it may ask the cluster, within a second)
+    /// is printed on stderr, once, so that a wait is not mistaken for a hang.
+    async fn wait_saying<T>(
+        &mut self,
+        wait: impl std::future::Future<Output = T>,
+        notice: impl std::future::Future<Output = String>,
+    ) -> Result<T, i32> {
+        let notice = async {
+            tokio::time::sleep(WAIT_NOTICE_AFTER).await;
+            notice.await
+        };
+        tokio::pin!(wait, notice);
+        let mut noticed = false;
+        loop {
+            tokio::select! {
+                done = &mut wait => return Ok(done),
+                signal = self.next() => return Err(signal),
+                line = &mut notice, if !noticed => {
+                    noticed = true;
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+
     /// The number of the next one.
     async fn next(&mut self) -> i32 {
         let waits = self.0.iter_mut().map(|(number, stream)| {
