@@ -87,7 +87,10 @@ impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let req = req.into_inner();
         let run = async {
-            check_key(&self.ctx.limits, "key", &req.key)?;
+            match req.range_end.is_empty() {
+                true => check_key(&self.ctx.limits, "key", &req.key)?,
+                false => check_range_start(&self.ctx.limits, &req.key)?,
+            }
             super::page_limit(req.limit)?;
             if req.revision < 0 {
                 return Err(ApiError::InvalidArgument {
@@ -255,6 +258,23 @@ fn check_key(limits: &Limits, field: &'static str, key: &[u8]) -> Result<(), Api
             "{field} is {} bytes, over the limit of {} (--max-key-bytes)",
             key.len(),
             limits.max_key_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// A range's start may be one byte longer than a key: the key after the longest one (KEY + 0),
+/// where the next page of a range goes on from.
+fn check_range_start(limits: &Limits, key: &[u8]) -> Result<(), ApiError> {
+    if key.is_empty() {
+        return Err(ApiError::InvalidArgument { field: "key", problem: "must not be empty".into() });
+    }
+    if key.len() > limits.max_key_bytes + 1 {
+        return Err(ApiError::OverLimit(format!(
+            "key is {} bytes, over the limit of {} for a range's start (--max-key-bytes, and one \
+             byte for the key after the longest)",
+            key.len(),
+            limits.max_key_bytes + 1
         )));
     }
     Ok(())

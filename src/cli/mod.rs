@@ -551,7 +551,8 @@ impl Interrupts {
                 signal = self.next() => return Err(signal),
                 line = &mut notice, if !noticed => {
                     noticed = true;
-                    eprintln!("{line}");
+                    // Not `eprintln!`: a closed stderr must not end the wait with its session open.
+                    let _ = writeln!(std::io::stderr(), "{line}");
                 }
             }
         }

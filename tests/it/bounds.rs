@@ -204,6 +204,11 @@ async fn a_whole_read_pages_past_keys_of_the_longest_length_and_a_kv_that_fills_
     assert_eq!(keys(&whole.kvs), expected, "every key once, in order, the one of 4,000 bytes among them");
     let limited = client.range_all(RangeRequest { limit: 6, ..all.clone() }).await.unwrap();
     assert_eq!((keys(&limited.kvs), limited.more), (expected[..6].to_vec(), true));
+    // A range may start one byte past the longest key (the key after it), not two.
+    let from = |len: usize| RangeRequest { key: vec![b'l'; len], range_end: vec![0], ..Default::default() };
+    client.range(from(33)).await.expect("the key after a key of 32 bytes starts a range");
+    let over = client.range(from(34)).await.expect_err("34 bytes");
+    assert!(over.over_limit() && over.to_string().contains("--max-key-bytes"), "named: {over}");
 
     // At a past revision, every page reads that revision.
     let at = whole.header.as_ref().map_or(0, |h| h.revision);

@@ -907,9 +907,11 @@ async fn cli_lock_kills_its_command_when_someone_else_ends_its_hold_and_a_stoppe
     assert_eq!(waited.status.code(), Some(1), "not acquired: {}", stderr(&waited));
     let said = stderr(&waited);
     let waiting = said.lines().next().unwrap_or_default();
+    // (Itself among the waiters once its wait is queued, which a loaded machine may not have
+    // done a second in.)
     assert!(
         waiting.starts_with("latch lock: waiting for \"jobs/stopped\" (held by session ")
-            && waiting.ends_with("; 1 waiting)"),
+            && waiting.ends_with(')'),
         "the wait is told before its end: {said}"
     );
     // A waiter whose session someone closes ends "not acquired", saying so.
@@ -950,10 +952,9 @@ async fn cli_elect_a_leader_resigned_by_someone_else_says_so_and_exits_3() {
     let mut beta = spawn_latch(&c, &["elect", "svc/primary", "beta"]);
     let mut said = tokio::io::BufReader::new(beta.stderr.take().unwrap()).lines();
     let campaigning = tokio::time::timeout(Duration::from_secs(20), said.next_line()).await.unwrap().unwrap();
-    assert_eq!(
-        campaigning.as_deref(),
-        Some("latch elect: campaigning in \"svc/primary\" (led by \"alpha\"; 1 waiting)"),
-        "the campaign is told while it waits"
+    assert!(
+        campaigning.as_deref().is_some_and(|l| l.starts_with("latch elect: campaigning in \"svc/primary\" (led by \"alpha\"; ")),
+        "the campaign is told while it waits, and who leads: {campaigning:?}"
     );
     let withdrawn = signal_and_wait(&mut beta, rustix::process::Signal::TERM).await;
     assert_eq!(withdrawn.code(), Some(128 + 15), "a campaign interrupted withdraws, closing its session");

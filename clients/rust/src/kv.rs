@@ -9,6 +9,7 @@ use latch_proto::v1::{
 };
 
 use crate::{prefix_range, Client, Error};
+use tonic::Code;
 
 /// A KV stub on `channel`. Answers may be large (a range of many 1 MiB values): the client
 /// accepts what the server chose to send.
@@ -64,52 +65,38 @@ impl Client {
 
     /// Reads every kv this request selects, up to its `limit` (0: no limit): a member answers
     /// at most `--max-response-bytes` at a time and says `more`, so the rest is read page by
-    /// page, each at the revision the first page was read at (the request's own, or the one it
-    /// answered at), so that the kvs are one revision's. `more` then says only whether keys past
-    /// the limit match; `count` and the header are the first page's. Fails OUT_OF_RANGE if that
-    /// revision is compacted between two pages. Pages after the first are read linearizably: a
-    /// member behind the first page's revision would refuse it as one it has not reached.
+    /// page, each from the key after the last so far and at the revision the first page was
+    /// read at (the request's own, or the one it answered at), so that the kvs are one
+    /// revision's. `more` then says only whether keys past the limit match; `count` and the
+    /// header are the first page's. Fails OUT_OF_RANGE if that revision is compacted between
+    /// two pages. A serializable page that reaches a member behind that revision (after a
+    /// failover) is asked again linearizably.
     pub async fn range_all(&self, mut request: RangeRequest) -> Result<RangeResponse, Error> {
         let mut response = self.range(request.clone()).await?;
         let limit = request.limit;
         if request.revision == 0 {
             request.revision = response.header.as_ref().map_or(0, |h| h.revision);
         }
-        request.serializable = false;
-        let wanted = |got: usize| limit == 0 || (got as i64) < limit;
-        while response.more && !request.count_only && wanted(response.kvs.len()) {
-            // Each page starts at the last key so far, which it repeats first: the key after it
-            // (KEY + 0) may be one byte over --max-key-bytes.
-            let Some(last) = response.kvs.last().map(|kv| kv.key.clone()) else { break };
-            let left = limit - response.kvs.len() as i64;
-            let page = self
-                .range(RangeRequest {
-                    key: last.clone(),
-                    limit: if limit > 0 { left + 1 } else { 0 },
-                    ..request.clone()
-                })
-                .await?;
-            let repeated = usize::from(page.kvs.first().is_some_and(|kv| kv.key == last));
-            let new = page.kvs.len() - repeated;
-            response.more = page.more;
-            response.kvs.extend(page.kvs.into_iter().skip(repeated));
-            if new == 0 && response.more {
-                // The last key's kv alone filled the page: read on from the key after it, found
-                // by its key alone.
-                let probe = RangeRequest { key: last, keys_only: true, limit: 2, ..request.clone() };
-                let Some(next) = self.range(probe).await?.kvs.into_iter().nth(1) else {
-                    response.more = false;
-                    break;
-                };
-                let from = RangeRequest {
-                    key: next.key,
-                    limit: if limit > 0 { left } else { 0 },
-                    ..request.clone()
-                };
-                let page = self.range(from).await?;
-                response.more = page.more;
-                response.kvs.extend(page.kvs);
+        while response.more && !request.count_only && (limit == 0 || (response.kvs.len() as i64) < limit) {
+            // A page always holds its first kv, so each one moves the start on. (A member takes
+            // a range's start one byte longer than a key: the key after the longest.)
+            let Some(last) = response.kvs.last() else { break };
+            request.key = [last.key.as_slice(), &[0]].concat();
+            if limit > 0 {
+                request.limit = limit - response.kvs.len() as i64;
             }
+            let page = match self.range(request.clone()).await {
+                Err(e)
+                    if request.serializable
+                        && e.code() == Code::OutOfRange
+                        && e.compact_revision().is_none() =>
+                {
+                    self.range(RangeRequest { serializable: false, ..request.clone() }).await?
+                }
+                page => page?,
+            };
+            response.more = page.more;
+            response.kvs.extend(page.kvs);
         }
         Ok(response)
     }

@@ -830,29 +830,23 @@ class Client:
     def get_prefix(self, prefix: Bytes, *, serializable: bool = False) -> List[kv_pb2.KeyValue]:
         """Every kv whose key starts with ``prefix``, in key order (every kv for ``""``), as of
         one revision, however many answers that takes: a member answers at most
-        ``--max-response-bytes`` at a time and says ``more``, so the rest is read page by page
-        at the revision the first page was read at (linearizably: a member behind it would
-        refuse it as one it has not reached)."""
+        ``--max-response-bytes`` at a time and says ``more``, so the rest is read page by page,
+        each from the key after the last so far, at the revision the first page was read at (a
+        serializable page that reaches a member behind it is asked again linearizably)."""
         key, end = prefix_range(prefix)
         page = self.range(key, end, serializable=serializable)
-        kvs, revision, more = list(page.kvs), page.header.revision, page.more
-        while more and kvs:
-            # Each page starts at the last key so far, which it repeats first: the key after it
-            # (KEY + 0) may be one byte over --max-key-bytes.
-            last = kvs[-1].key
-            page = self.range(last, end, revision=revision)
-            new = page.kvs[1:] if page.kvs and page.kvs[0].key == last else page.kvs
-            kvs.extend(new)
-            more = page.more
-            if not new and more:
-                # The last key's kv alone filled the page: read on from the key after it, found
-                # by its key alone.
-                probe = self.range(last, end, keys_only=True, limit=2, revision=revision)
-                if len(probe.kvs) < 2:
-                    break
-                page = self.range(probe.kvs[1].key, end, revision=revision)
-                kvs.extend(page.kvs)
-                more = page.more
+        kvs, revision = list(page.kvs), page.header.revision
+        # A page always holds its first kv, so each one moves the start on. (A member takes a
+        # range's start one byte longer than a key: the key after the longest.)
+        while page.more and page.kvs:
+            start = page.kvs[-1].key + b"\0"
+            try:
+                page = self.range(start, end, serializable=serializable, revision=revision)
+            except LatchError as e:
+                if not (serializable and e.code == grpc.StatusCode.OUT_OF_RANGE and e.compact_revision is None):
+                    raise
+                page = self.range(start, end, revision=revision)
+            kvs.extend(page.kvs)
         return kvs
 
     def range(self, key: Bytes, range_end: Bytes = b"", *, limit: int = 0, serializable: bool = False,
