@@ -183,15 +183,8 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                 },
                 lock_delay: args.lock_delay,
             };
-            let notice = async {
-                let state = match tokio::time::timeout(Duration::from_secs(1), client.describe_lock(&name))
-                    .await
-                {
-                    Ok(Ok(Some(lock))) => lock_state(&lock).map(|s| format!(" ({s})")).unwrap_or_default(),
-                    _ => String::new(),
-                };
-                format!("latch lock: waiting for {name:?}{state}")
-            };
+            let notice =
+                async { format!("latch lock: waiting for {name:?}{}", lock_state(&client, &name).await) };
             let waited = stop.wait_saying(session.lock(&name, options), notice).await;
             let guard = match waited {
                 Ok(Ok(guard)) => guard,
@@ -227,12 +220,7 @@ pub async fn run(command: LockCommand, client: &ClientArgs) -> anyhow::Result<Ex
                 session.close().await?;
                 // Why, as far as the lock says within a second: a free lock in its lock-delay is
                 // no mystery.
-                let why = match tokio::time::timeout(Duration::from_secs(1), client.describe_lock(&name))
-                    .await
-                {
-                    Ok(Ok(Some(lock))) => lock_state(&lock).map(|s| format!(" ({s})")).unwrap_or_default(),
-                    _ => String::new(),
-                };
+                let why = lock_state(&client, &name).await;
                 eprintln!("latch lock: {name:?} was not acquired in time{why}");
                 return Ok(ExitCode::from(1));
             };
@@ -606,9 +594,18 @@ impl Signals {
     }
 }
 
-/// Why lock `lock` is not granted now, as far as its description says: a lock-delay in force,
-/// or its holders (and how many wait).
-fn lock_state(lock: &latch_client::LockInfo) -> Option<String> {
+/// Why lock `name` is not granted now, as " (…)", as far as its description says within a
+/// second; empty otherwise.
+async fn lock_state(client: &latch_client::Client, name: &str) -> String {
+    match tokio::time::timeout(Duration::from_secs(1), client.describe_lock(name)).await {
+        Ok(Ok(Some(lock))) => why_held(&lock).map(|s| format!(" ({s})")).unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+/// Why lock `lock` is not granted now: a lock-delay in force, or its holders (and how many
+/// wait).
+fn why_held(lock: &latch_client::LockInfo) -> Option<String> {
     if lock.delayed {
         return Some(format!(
             "its lock-delay of {} ms is in force: the last holder's session expired at revision {}, \
