@@ -221,11 +221,15 @@ fn an_addition_held_in_a_log_but_not_applied_is_named_until_it_applies() {
     }
 }
 
-/// An addition only the old leader's log holds goes too when the new leader's log was compacted
-/// past it, and a snapshot replaces the old leader's whole log (review-s64 L5).
-#[test]
-fn an_addition_a_snapshot_replaced_is_no_longer_named() {
-    let (mut s, l, w, o) = cluster_with_writes(141, Some(20));
+/// A cluster (`cluster_with_writes(seed, snapshot_entries)`) whose leader `l` proposed the
+/// addition of member 4 and holds it in its log alone (its followers never received it), then
+/// was cut off while the two others elected a new leader. Returns the cluster, its members
+/// (`l` first), the addition's proposal and the new leader.
+fn an_addition_only_the_cut_off_leaders_log_holds(
+    seed: u64,
+    snapshot_entries: Option<u64>,
+) -> (Scripted, [u64; 3], latch::core::Waiter, u64) {
+    let (mut s, l, w, o) = cluster_with_writes(seed, snapshot_entries);
     let change = s.add(l, 4, ADDR);
     let mut unsent = |m: &Message| match m.get_msg_type() {
         MessageType::MsgAppend if m.from == l => Route::Drop,
@@ -234,11 +238,21 @@ fn an_addition_a_snapshot_replaced_is_no_longer_named() {
     s.until("the addition in the leader's log", 50, &mut unsent, &mut |s| {
         s.core(l).configuration().logged.contains_key(&4)
     });
+    assert!(s.core(w).configuration().logged.is_empty(), "its followers never received it");
 
     let mut isolated = |m: &Message| if m.from == l || m.to == l { Route::Drop } else { Route::Deliver };
     let leads = |s: &mut Scripted, id: u64| s.core(id).status().role == Role::Leader;
     s.until("a new leader", 500, &mut isolated, &mut |s| leads(s, w) || leads(s, o));
     let new_leader = if leads(&mut s, w) { w } else { o };
+    (s, [l, w, o], change, new_leader)
+}
+
+/// An addition only the old leader's log holds goes too when the new leader's log was compacted
+/// past it, and a snapshot replaces the old leader's whole log (review-s64 L5).
+#[test]
+fn an_addition_a_snapshot_replaced_is_no_longer_named() {
+    let (mut s, [l, ..], change, new_leader) = an_addition_only_the_cut_off_leaders_log_holds(141, Some(20));
+    let mut isolated = |m: &Message| if m.from == l || m.to == l { Route::Drop } else { Route::Deliver };
     // Past what the new leader keeps for a follower it heard from lately: ten times the
     // snapshot interval (`CATCH_UP_SNAPSHOTS`).
     for i in 0..250 {
@@ -270,21 +284,8 @@ fn an_addition_a_snapshot_replaced_is_no_longer_named() {
 /// part of its log: it is no longer named (`Configuration::logged`), and was never applied.
 #[test]
 fn an_addition_a_new_leader_overwrote_is_no_longer_named() {
-    let (mut s, l, w, o) = cluster_with_writes(139, None);
-    let change = s.add(l, 4, ADDR);
-    let mut unsent = |m: &Message| match m.get_msg_type() {
-        MessageType::MsgAppend if m.from == l => Route::Drop,
-        _ => Route::Deliver,
-    };
-    s.until("the addition in the leader's log", 50, &mut unsent, &mut |s| {
-        s.core(l).configuration().logged.contains_key(&4)
-    });
-    assert!(s.core(w).configuration().logged.is_empty(), "its followers never received it");
-
+    let (mut s, [l, w, o], change, new_leader) = an_addition_only_the_cut_off_leaders_log_holds(139, None);
     let mut isolated = |m: &Message| if m.from == l || m.to == l { Route::Drop } else { Route::Deliver };
-    let leads = |s: &mut Scripted, id: u64| s.core(id).status().role == Role::Leader;
-    s.until("a new leader", 500, &mut isolated, &mut |s| leads(s, w) || leads(s, o));
-    let new_leader = if leads(&mut s, w) { w } else { o };
     let put = s.propose(new_leader, Command { request_id: "over".into(), ..s_put("over", "1") });
     s.until("a write of the new leader committed", 200, &mut isolated, &mut |s| s.answer(put).is_some());
 
