@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/latch/v1/election.proto",
         "proto/latch/v1/watch.proto",
         "proto/latch/v1/registry.proto",
+        "proto/latch/v1/maintenance.proto",
         "proto/latch/wire/v1/watch.proto",
         "proto/latch/internal/v1/internal.proto",
         "proto/latch/internal/v1/log.proto",

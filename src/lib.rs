@@ -16,6 +16,8 @@
 //!   through the log only when a result changes.
 //! - [`transport`]: the peer service and the per-peer senders (raft messages as opaque bytes),
 //!   with the test-only fault injector that drops the messages of blocked peers.
+//! - [`backup`]: snapshot files of the replicated state: the file an operator keeps, checked
+//!   and restored into a new cluster's data dir (the Maintenance service streams one).
 //! - [`node`]: the driver: one thread owns the [`core`], feeds it time, requests and peer
 //!   messages, and carries out what it asks.
 //! - [`core`]: sans-I/O: raft-rs `RawNode`, the proposal table keyed by request id, ReadIndex
@@ -28,6 +30,7 @@
 //!   and a tower layer on the client gRPC server; it imports nothing of Latch.
 
 pub mod api;
+pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod config;

@@ -15,6 +15,7 @@ use latch_proto::v1::cluster_server::ClusterServer;
 use latch_proto::v1::election_server::ElectionServer;
 use latch_proto::v1::kv_server::KvServer;
 use latch_proto::v1::lock_server::LockServer;
+use latch_proto::v1::maintenance_server::MaintenanceServer;
 use latch_proto::v1::registry_server::RegistryServer;
 use latch_proto::v1::session_server::SessionServer;
 use latch_proto::wire::watch_server::WatchServer;
@@ -28,6 +29,7 @@ use crate::api::{
     election::ElectionService,
     kv::KvService,
     lock::LockService,
+    maintenance::MaintenanceService,
     registry::RegistryService,
     routing::RoutingLayer,
     session::SessionService,
@@ -56,7 +58,7 @@ pub mod state_check;
 pub mod upgrade;
 
 /// The public services on the client port, as the gRPC health service names them.
-const SERVICES: [&str; 7] = [
+const SERVICES: [&str; 8] = [
     <KvServer<KvService> as NamedService>::NAME,
     <ClusterServer<ClusterService> as NamedService>::NAME,
     <SessionServer<SessionService> as NamedService>::NAME,
@@ -64,6 +66,7 @@ const SERVICES: [&str; 7] = [
     <ElectionServer<ElectionService> as NamedService>::NAME,
     <WatchServer<WatchService> as NamedService>::NAME,
     <RegistryServer<RegistryService> as NamedService>::NAME,
+    <MaintenanceServer<MaintenanceService> as NamedService>::NAME,
 ];
 
 /// Where incoming snapshots are staged, inside `--data-dir`.
@@ -502,6 +505,7 @@ pub async fn run(
         .add_service(LockService::server(ctx.clone()))
         .add_service(ElectionService::server(ctx.clone()))
         .add_service(RegistryService::server(ctx.clone()))
+        .add_service(MaintenanceService::server(ctx.clone()))
         .add_service(watches)
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -6,6 +6,7 @@ pub mod deadline;
 pub mod election;
 pub mod kv;
 pub mod lock;
+pub mod maintenance;
 pub mod registry;
 pub mod routing;
 pub mod session;
@@ -111,6 +112,7 @@ pub const METHODS: &[&str] = &[
     "/latch.v1.Registry/Heartbeat",
     "/latch.v1.Registry/List",
     "/latch.v1.Registry/Services",
+    "/latch.v1.Maintenance/Snapshot",
 ];
 
 /// What every service needs.

@@ -30,6 +30,7 @@ pub mod kv;
 pub mod lock;
 pub mod server;
 pub mod session;
+pub mod snapshot;
 pub mod svc;
 pub mod watch;
 
@@ -93,6 +94,8 @@ pub enum Command {
     Svc(svc::SvcCommand),
     /// What a member's DNS port answers.
     Dns(dns::DnsCommand),
+    /// Save a member's whole state in a file (a backup), check a file, restore a new cluster from one.
+    Snapshot(snapshot::SnapshotCommand),
     /// Load a Latch, an etcd or a ZooKeeper cluster and measure throughput and latency.
     Bench(bench::BenchCommand),
     /// What `latch lock` runs CMD through (it dies with `latch lock`).
@@ -197,6 +200,7 @@ impl Cli {
             | Command::Watch(_)
             | Command::Svc(_)
             | Command::Dns(_)
+            | Command::Snapshot(_)
             | Command::Bench(_)
             | Command::LockExec(_) => "warn",
         }
@@ -216,6 +220,7 @@ impl Cli {
             | Command::Watch(_)
             | Command::Svc(_)
             | Command::Dns(_)
+            | Command::Snapshot(_)
             | Command::LockExec(_) => Some(1),
             Command::Server(_) => None,
         }
@@ -242,10 +247,14 @@ fn subcommand_error(
 ) -> clap::Error {
     // Building names each subcommand for its usage line ("latch kv", not "kv").
     latch.build();
-    match latch.find_subcommand_mut(name) {
-        Some(command) => command.error(kind, message),
-        None => latch.error(kind, message),
+    // `name` may name a subcommand's own ("snapshot restore").
+    for part in name.split(' ') {
+        match latch.find_subcommand(part).cloned() {
+            Some(sub) => latch = sub,
+            None => break,
+        }
     }
+    latch.error(kind, message)
 }
 
 /// Flags shared by every client command, on the root and global: accepted before or after the
@@ -405,6 +414,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Watch(command) => ("watch", watch::run(command, client).await),
         Command::Svc(command) => ("svc", svc::run(command, client).await),
         Command::Dns(command) => ("dns", dns::run(command, client).await),
+        Command::Snapshot(command) => (command.usage_name(), snapshot::run(command, client).await),
         Command::Bench(command) => ("bench", bench::run(command, client).await),
         Command::LockExec(args) => ("lock-exec", lock::supervise(args).await),
     };

@@ -546,7 +546,11 @@ fn index_key(session: &str, key: &[u8]) -> Vec<u8> {
 }
 
 fn next_generation(tables: &Tables) -> Result<u64, FsmError> {
-    let mut meta = tables.open(LOCK_META)?;
+    raise_generation(&mut *tables.open(LOCK_META)?, 1)
+}
+
+/// Adds `by` to the generation counter, the last generation granted, and returns it.
+fn raise_generation(meta: &mut redb::Table<&[u8], &[u8]>, by: u64) -> Result<u64, FsmError> {
     let key = LOCK_META_GENERATION.as_bytes();
     let last = match meta.get(key)? {
         Some(v) => <[u8; 8]>::try_from(v.value())
@@ -554,11 +558,18 @@ fn next_generation(tables: &Tables) -> Result<u64, FsmError> {
             .map_err(|_| FsmError::Corrupt("table lock_meta, key generation: not 8 bytes".into()))?,
         None => 0,
     };
-    let next = last.checked_add(1).ok_or_else(|| {
+    let next = last.checked_add(by).ok_or_else(|| {
         FsmError::Corrupt("table lock_meta, key generation: the counter cannot grow".into())
     })?;
     meta.insert(key, next.to_be_bytes().as_slice())?;
     Ok(next)
+}
+
+/// Raises the generation counter by `by` outside any command (a restore as a new cluster,
+/// `fsm::snapshot::restore_as_new_cluster`), so that every later grant's generation is above
+/// every one granted before plus `by`; returns the last generation counted as granted.
+pub(crate) fn skip_generations(txn: &redb::WriteTransaction, by: u64) -> Result<u64, FsmError> {
+    raise_generation(&mut txn.open_table(LOCK_META)?, by)
 }
 
 pub(crate) fn read_row(tables: &Tables, key: &[u8]) -> Result<Option<LockRow>, FsmError> {

@@ -15,6 +15,10 @@
 //!   unknown table, keys out of order, a row its domain rejects, a missing or wrong end, bytes
 //!   after the end. Nothing half-restored is ever committed. [`verify`] fails on the same,
 //!   writing nothing.
+//! - [`restore_as_new_cluster`] (a backup restored, `latch snapshot restore`) keeps every row
+//!   but those that name entries of the lost cluster's log (the request memory, the members'
+//!   records), and takes the state as applied at index 0 with the snapshot's revision: the new
+//!   cluster's log starts empty, and its revisions go on from the snapshot's.
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -86,6 +90,17 @@ pub fn write<E>(
     Ok(out(frame(snapshot_chunk::Chunk::End(end))).map(|()| pos))
 }
 
+/// What a whole snapshot holds, as [`check`] found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// The position it is the state at.
+    pub applied: Applied,
+    /// Its rows, in every table.
+    pub rows: u64,
+    /// The end's checksum over them.
+    pub checksum: u64,
+}
+
 /// Replaces the whole state with the snapshot read from `input`, which must be at
 /// `(index, term)` with raft's configuration `conf_state` (from its metadata), and records that
 /// it was installed there ([`super::installed_at`]); returns its position. See the module doc for what fails it.
@@ -99,36 +114,79 @@ pub fn restore(
     // Cleared first: on any failure the caller aborts the transaction, the clear with it.
     super::clear(txn)?;
     super::set_conf_state(txn, conf_state)?;
-    let (pos, history_bytes) = walk(input, index, term, &mut |def, rows| {
-        let mut table = txn.open_table(def)?;
-        for row in rows {
-            table.insert(row.key.as_slice(), row.value.as_slice())?;
-        }
-        Ok(())
-    })?;
-    write_meta(txn, pos, history_bytes)?;
+    let walked = walk(input, Some((index, term)), &mut |def, rows| insert(txn, def, rows))?;
+    let pos = walked.summary.applied;
+    write_meta(txn, pos, walked.history_bytes)?;
     txn.open_table(FSM_META)?.insert(FSM_INSTALLED_AT, pos.index)?;
     Ok(pos)
+}
+
+/// Replaces the whole state with the snapshot read from `input`, whatever position it is at,
+/// as the state of a new cluster whose log starts empty: applied at index 0, term 0, with the
+/// snapshot's revision (so the first write of the new cluster is the revision after it). Rows
+/// that name entries of the old cluster's log are left out: the request memory (the index each
+/// id applied at; a client of the old cluster retrying is refused by the new one's cluster id
+/// anyway) and the members' records (the new cluster's members record themselves as they
+/// start). Raft's configuration is the one the new members start with (none recorded). The lock
+/// generation counter is raised by `skip_generations`, so that the new cluster's fencing
+/// tokens are above any the lost cluster granted in its last `skip_generations` grants after
+/// the snapshot. Fails as [`restore`] does, on anything a writer could not have produced.
+pub fn restore_as_new_cluster(
+    txn: &WriteTransaction,
+    input: &mut dyn Read,
+    skip_generations: u64,
+) -> Result<Summary, FsmError> {
+    super::clear(txn)?;
+    let left_out: Vec<&str> =
+        [&super::requests::RequestsDomain as &dyn super::Domain, &super::members::MembersDomain]
+            .iter()
+            .flat_map(|d| d.tables().iter().map(|t| t.name()))
+            .collect();
+    let walked = walk(input, None, &mut |def, rows| match left_out.contains(&def.name()) {
+        true => Ok(()),
+        false => insert(txn, def, rows),
+    })?;
+    let applied = Applied { index: 0, term: 0, revision: walked.summary.applied.revision };
+    write_meta(txn, applied, walked.history_bytes)?;
+    if skip_generations > 0 {
+        super::locks::skip_generations(txn, skip_generations)?;
+    }
+    Ok(Summary { applied, ..walked.summary })
+}
+
+/// Checks a whole snapshot read from `input` as [`restore`] does, at whatever position its
+/// header names, writing nothing (`latch snapshot status`).
+pub fn check(input: &mut dyn Read) -> Result<Summary, FsmError> {
+    walk(input, None, &mut |_, _| Ok(())).map(|w| w.summary)
+}
+
+fn insert(txn: &WriteTransaction, def: TableDef, rows: &[SnapshotRow]) -> Result<(), FsmError> {
+    let mut table = txn.open_table(def)?;
+    for row in rows {
+        table.insert(row.key.as_slice(), row.value.as_slice())?;
+    }
+    Ok(())
 }
 
 /// Checks the snapshot read from `input` as [`restore`] does, writing nothing: a member checks
 /// a snapshot it received before raft takes it, since raft cannot be made to forget one it
 /// took, and one that fails to restore would stop the member at every start.
 pub fn verify(input: &mut dyn Read, index: u64, term: u64) -> Result<Applied, FsmError> {
-    walk(input, index, term, &mut |_, _| Ok(())).map(|(pos, _)| pos)
+    walk(input, Some((index, term)), &mut |_, _| Ok(())).map(|w| w.summary.applied)
+}
+
+/// What [`walk`] found: the snapshot, and its history's byte count.
+struct Walked {
+    summary: Summary,
+    history_bytes: u64,
 }
 
 /// What [`walk`] hands each chunk of checked rows to.
 type RowsOf<'a> = dyn FnMut(TableDef, &[SnapshotRow]) -> Result<(), FsmError> + 'a;
 
-/// Reads a snapshot stream, checking every frame, and hands each chunk of checked rows to
-/// `rows_of` with its table; returns the snapshot's position and its history's byte count.
-fn walk(
-    input: &mut dyn Read,
-    index: u64,
-    term: u64,
-    rows_of: &mut RowsOf,
-) -> Result<(Applied, u64), FsmError> {
+/// Reads a snapshot stream, checking every frame (and, when `at` names one, that it is at that
+/// index and term), and hands each chunk of checked rows to `rows_of` with its table.
+fn walk(input: &mut dyn Read, at: Option<(u64, u64)>, rows_of: &mut RowsOf) -> Result<Walked, FsmError> {
     let header = match read_chunk(input)? {
         Some(snapshot_chunk::Chunk::Header(h)) => h,
         other => return Err(corrupt(format!("expected a header first, found {}", describe(&other)))),
@@ -139,6 +197,7 @@ fn walk(
             header.version
         )));
     }
+    let (index, term) = at.unwrap_or((header.applied_index, header.applied_term));
     if (header.applied_index, header.applied_term) != (index, term) {
         return Err(corrupt(format!(
             "it holds the state at index {} term {}, but raft installs it as index {index} term {term}",
@@ -203,7 +262,7 @@ fn walk(
     if input.read(&mut trailing).map_err(|e| corrupt(format!("cannot read: {e}")))? != 0 {
         return Err(corrupt("bytes after the end".into()));
     }
-    Ok((pos, history_bytes))
+    Ok(Walked { summary: Summary { applied: pos, rows, checksum: sum.finish() }, history_bytes })
 }
 
 fn frame(chunk: snapshot_chunk::Chunk) -> Vec<u8> {
@@ -274,4 +333,151 @@ fn describe(c: &Option<snapshot_chunk::Chunk>) -> &'static str {
 
 fn corrupt(why: String) -> FsmError {
     FsmError::Corrupt(format!("snapshot: {why}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use latch_proto::internal::command::Body;
+    use latch_proto::internal::{LockMode, LockSpace, MemberStarted};
+
+    use super::*;
+    use crate::fsm::locks;
+    use crate::fsm::testing::{acquire_req, create_session, put, Store};
+
+    /// Rows of tables, by table name: each row's key and value.
+    type Rows = BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>>;
+
+    /// Every row of a stream, by table.
+    fn rows_by_table(stream: &[u8]) -> Rows {
+        let mut tables = Rows::new();
+        walk(&mut &stream[..], None, &mut |def, rows| {
+            let table = tables.entry(def.name().to_string()).or_default();
+            table.extend(rows.iter().map(|r| (r.key.clone(), r.value.clone())));
+            Ok(())
+        })
+        .expect("the stream is whole");
+        tables
+    }
+
+    /// The tables a restore as a new cluster leaves empty: those naming the old log's entries.
+    fn old_log_tables() -> Vec<&'static str> {
+        [
+            &super::super::requests::RequestsDomain as &dyn super::super::Domain,
+            &super::super::members::MembersDomain,
+        ]
+        .iter()
+        .flat_map(|d| d.tables().iter().map(|t| t.name()))
+        .collect()
+    }
+
+    fn a_lived_in_state() -> Store {
+        let mut store = Store::new();
+        store.apply("m1", Body::MemberStarted(MemberStarted { member: 1 }));
+        store.apply("p1", put("config/a", "1"));
+        store.apply("s1", create_session("s1"));
+        store.apply("l1", acquire_req("jobs", "s1", LockMode::Exclusive, false));
+        store.apply("p2", put("config/b", "2"));
+        store
+    }
+
+    #[test]
+    fn a_state_restored_as_a_new_cluster_keeps_every_row_but_the_old_logs_at_index_0_and_its_revision() {
+        let old = a_lived_in_state();
+        let stream = old.snapshot();
+        let before = rows_by_table(&stream);
+        for table in ["requests", "members"] {
+            assert!(
+                before.get(table).is_some_and(|rows| !rows.is_empty()),
+                "the old state should hold rows of {table} for the test to mean anything: {before:?}"
+            );
+        }
+
+        let mut new = Store::new();
+        new.apply("p0", put("stale", "x"));
+        let txn = new.db.begin_write().expect("a write transaction begins");
+        let summary = restore_as_new_cluster(&txn, &mut &stream[..], 0).expect("a whole snapshot restores");
+        txn.commit().expect("the restore commits");
+
+        let revision = old.applied().revision;
+        assert_eq!(
+            new.applied(),
+            Applied { index: 0, term: 0, revision },
+            "a restored state should be applied at index 0 with the snapshot's revision"
+        );
+        assert_eq!(summary.applied, new.applied(), "the summary should name the position restored");
+        let mut expected = before.clone();
+        expected.retain(|table, _| !old_log_tables().contains(&table.as_str()));
+        let after = rows_by_table(&new.snapshot());
+        assert_eq!(after, expected, "every row but the old log's request memory and members' records should be kept, and nothing else");
+        assert!(new.get("stale").is_none(), "the state restored into should have been replaced whole");
+        assert_eq!(
+            new.get("config/b").map(|kv| kv.mod_revision),
+            Some(revision),
+            "keys should keep their revisions"
+        );
+
+        // The next write goes on from the snapshot's revision.
+        new.index = 0;
+        new.apply("p3", put("config/c", "3"));
+        assert_eq!(
+            new.applied().revision,
+            revision + 1,
+            "the first write after a restore should take the next revision"
+        );
+    }
+
+    #[test]
+    fn a_restore_that_skips_generations_grants_above_them() {
+        let old = a_lived_in_state();
+        let granted = |store: &Store| {
+            let key = locks::lock_key(LockSpace::Locks, "jobs");
+            let row = store.read(|t| locks::read(t, &key)).expect("reads");
+            row.expect("jobs is held").holders[0].generation
+        };
+        let held = granted(&old);
+        let mut new = Store::new();
+        let txn = new.db.begin_write().expect("a write transaction begins");
+        restore_as_new_cluster(&txn, &mut &old.snapshot()[..], 1_000).expect("restores");
+        txn.commit().expect("the restore commits");
+        assert_eq!(granted(&new), held, "the restored holder should keep its generation");
+        new.apply("s2", create_session("s2"));
+        new.apply("l2", acquire_req("other", "s2", LockMode::Exclusive, false));
+        let key = locks::lock_key(LockSpace::Locks, "other");
+        let row = new.read(|t| locks::read(t, &key)).expect("reads");
+        assert_eq!(
+            row.expect("other is held").holders[0].generation,
+            held + 1_000 + 1,
+            "the first grant after a restore that skips 1,000 generations should be 1,001 above the file's last"
+        );
+    }
+
+    #[test]
+    fn a_whole_snapshot_checks_and_one_cut_or_changed_does_not() {
+        let old = a_lived_in_state();
+        let stream = old.snapshot();
+        let summary = check(&mut &stream[..]).expect("a whole snapshot checks");
+        let rows: usize = rows_by_table(&stream).values().map(Vec::len).sum();
+        assert_eq!(summary.applied, old.applied(), "the summary should name the snapshot's position");
+        assert_eq!(summary.rows, rows as u64, "the summary should count every row");
+
+        let cut = &stream[..stream.len() - 3];
+        let err = check(&mut &cut[..]).expect_err("a snapshot cut short should fail the check");
+        assert!(err.to_string().contains("truncated"), "the error should say it was cut short: {err}");
+
+        // A byte of a value changed (the last row's last byte sits before the end's frame).
+        let mut changed = stream.clone();
+        let value_byte =
+            changed.windows(1).rposition(|w| w[0] == b'2').expect("config/b's value is in the stream");
+        changed[value_byte] = b'9';
+        let err = check(&mut &changed[..]).expect_err("a changed snapshot should fail the check");
+        assert!(err.to_string().contains("checksum"), "the error should name the checksum: {err}");
+
+        let txn = Store::new().db.begin_write().expect("a write transaction begins");
+        assert!(
+            restore_as_new_cluster(&txn, &mut &changed[..], 0).is_err(),
+            "a changed snapshot should not restore as a new cluster either"
+        );
+    }
 }

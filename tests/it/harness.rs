@@ -156,6 +156,15 @@ impl Cluster {
     /// defaults to [`TICK`]) and waits until each one serves client requests. Does not wait
     /// for a leader: see [`Cluster::leader`].
     pub async fn start(n: u64, extra_flags: &[&str]) -> Cluster {
+        let mut cluster = Cluster::prepare(n, extra_flags).await;
+        cluster.start_all().await;
+        cluster
+    }
+
+    /// Members 1..=n on free ports, with `extra_flags` as for [`Cluster::start`], not started:
+    /// a test may make their data dirs first (`latch snapshot restore` with
+    /// [`Cluster::member_command`]), then [`Cluster::start_all`].
+    pub async fn prepare(n: u64, extra_flags: &[&str]) -> Cluster {
         let dir = tempfile::Builder::new().prefix("latch-it-").tempdir().unwrap();
         let mut members = Vec::new();
         for id in 1..=n {
@@ -167,14 +176,23 @@ impl Cluster {
         if !flags.iter().any(|f| f == "--tick-interval") {
             flags.extend(["--tick-interval".to_string(), TICK.to_string()]);
         }
-        let mut cluster = Cluster { dir, members, initial_cluster, flags };
-        for id in 1..=n {
-            cluster.spawn(id);
+        Cluster { dir, members, initial_cluster, flags }
+    }
+
+    /// Starts every member not running and waits until each serves client requests.
+    pub async fn start_all(&mut self) {
+        let stopped: Vec<u64> = self.members.iter().filter(|m| m.child.is_none()).map(|m| m.id).collect();
+        for id in &stopped {
+            self.spawn(*id);
         }
-        for id in 1..=n {
-            cluster.wait_serving(id).await;
+        for id in stopped {
+            self.wait_serving(id).await;
         }
-        cluster
+    }
+
+    /// The directory the members' data dirs and logs are in (a test's other files may go there).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     pub fn member(&self, id: u64) -> &Member {
@@ -220,9 +238,15 @@ impl Cluster {
     /// The command line that (re)starts member `id` as configured: `latch server --id …`.
     /// Tests may change it (e.g. add a flag) and run it themselves.
     pub fn server_command(&self, id: u64, initial_cluster: &str) -> Command {
+        self.member_command(id, &["server"], initial_cluster)
+    }
+
+    /// `latch COMMAND… --id …` with every flag member `id` runs with (`latch snapshot restore
+    /// FILE` takes them too).
+    pub fn member_command(&self, id: u64, command: &[&str], initial_cluster: &str) -> Command {
         let m = self.member(id);
         let mut cmd = Command::new(latch_bin());
-        cmd.arg("server")
+        cmd.args(command)
             .arg("--id")
             .arg(id.to_string())
             .arg("--data-dir")

@@ -8,6 +8,7 @@
 //! passed on to the servers (e.g. `RUST_LOG=debug cargo test --test it`).
 #![allow(clippy::unwrap_used)]
 
+mod backup;
 mod bench;
 mod bounds;
 mod cli;

@@ -31,6 +31,7 @@
 //!   [`Client::list`], [`Client::resolve`]; [`ServiceCache`], one service's instances kept up
 //!   to date by a watch; [`Registration`], an instance bound to a session of its own and
 //!   registered again whenever that session ends.
+//! - Backups: [`Client::snapshot`] streams a member's whole state as a snapshot file.
 //! - [`Error`]: every failure, with the gRPC code and the server's message.
 //! - [`proto`]: the wire types (`latch.v1`), for requests the typed methods do not cover.
 //!
@@ -41,6 +42,7 @@ mod election;
 mod error;
 mod kv;
 mod lock;
+mod maintenance;
 mod registry;
 mod session;
 #[cfg(test)]
@@ -55,6 +57,7 @@ pub use error::Error;
 pub use latch_proto::sequencer;
 pub use latch_proto::{DEFAULT_LOCK_DELAY_MS, MAX_LOCK_DELAY_MS};
 pub use lock::{LockGuard, LockOptions, Wait};
+pub use maintenance::SnapshotStream;
 pub use registry::{
     Check, InstanceList, ListOptions, RegisterOptions, Registration, RegistrationState, ServiceCache,
     ServiceSnapshot,
