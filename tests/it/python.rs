@@ -47,7 +47,9 @@ async fn the_python_clients_suite_passes_through_a_dead_endpoint_and_a_follower(
     suite
         .args(["-m", "unittest", "-v", "test_client"])
         .current_dir(python_dir().join("tests"))
-        .env("LATCH_ENDPOINTS", &endpoints);
+        .env("LATCH_ENDPOINTS", &endpoints)
+        // For the suite's check of a saved snapshot file.
+        .env("LATCH_BIN", crate::harness::latch_bin());
     let out = tokio::time::timeout(SUITE_TIMEOUT, suite.output())
         .await
         .unwrap_or_else(|_| panic!("the Python suite did not finish within {SUITE_TIMEOUT:?}"))

@@ -118,6 +118,27 @@ class ClientTest(unittest.TestCase):
         keys = [kv.key for kv in self.client.get_prefix(p)]
         self.assertEqual(keys, [f"{p}{i:02}".encode() for i in range(30)], "every key, once, in key order")
 
+    def test_a_saved_snapshot_holds_the_last_write_and_checks_whole(self):
+        import json
+        import tempfile
+
+        prefix = unique("snapshot")
+        written = self.client.put(prefix + "k", "v").header.revision
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "backup.snap")
+            header = self.client.save_snapshot(path)
+            self.assertGreaterEqual(header.revision, written, "the snapshot holds every acknowledged write")
+            self.assertFalse(os.path.exists(path + ".part"), "a whole save leaves no .part file")
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(8), b"LATCHSNP", "the file begins as a snapshot file does")
+            # The server's own check of the file: `latch snapshot status` (tests/it/python.rs names it).
+            status = subprocess.run([os.environ["LATCH_BIN"], "snapshot", "status", path, "--output", "json"],
+                                    capture_output=True, text=True, check=False)
+            self.assertEqual(status.returncode, 0, status.stderr)
+            described = json.loads(status.stdout)
+            self.assertEqual(described["revision"], header.revision, "the file is at the header's revision")
+            self.assertEqual(described["member_id"], header.member_id, "the file names the member that sent it")
+
     def test_a_transaction_runs_the_branch_its_compares_choose(self):
         p = unique("txn")
         self.client.put(p + "k", "v1")

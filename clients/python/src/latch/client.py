@@ -24,8 +24,8 @@ import grpc
 from .errors import APPLIED_REVISION_METADATA, LatchError, trailing
 from .txn import Bytes, Txn, _key_range, as_bytes, prefix_range
 from .v1 import (cluster_pb2, cluster_pb2_grpc, election_pb2, election_pb2_grpc, kv_pb2, kv_pb2_grpc,
-                 lock_pb2, lock_pb2_grpc, registry_pb2, registry_pb2_grpc, session_pb2, session_pb2_grpc,
-                 watch_pb2_grpc)
+                 lock_pb2, lock_pb2_grpc, maintenance_pb2, maintenance_pb2_grpc, registry_pb2,
+                 registry_pb2_grpc, session_pb2, session_pb2_grpc, watch_pb2_grpc)
 
 #: Where a client connects when it is given no endpoints and $LATCH_ENDPOINTS is unset.
 DEFAULT_ENDPOINT = "127.0.0.1:7379"
@@ -86,6 +86,7 @@ _SERVICES = {
     "election": election_pb2_grpc.ElectionStub,
     "watch": watch_pb2_grpc.WatchStub,
     "registry": registry_pb2_grpc.RegistryStub,
+    "maintenance": maintenance_pb2_grpc.MaintenanceStub,
 }
 
 
@@ -918,6 +919,55 @@ class Client:
         messages and it stops. The raft log index of the change (0: it was removed already);
         safe to retry."""
         return self._write("cluster", "RemoveMember", cluster_pb2.RemoveMemberRequest(member=member)).index
+
+    def save_snapshot(self, path: Union[str, os.PathLike], *, serializable: bool = False) -> kv_pb2.ResponseHeader:
+        """Writes the whole replicated state of one member (the first that answers) to ``path``,
+        as ``latch snapshot save`` does: into ``path`` + ".part", synced, then renamed to
+        ``path`` once the member sent all of it (``latch snapshot status`` checks a file,
+        ``latch snapshot restore`` makes a new cluster from one). By default the member first
+        catches up with the leader, so the file holds every write acknowledged before the call;
+        ``serializable`` takes its state as it stands. Returns the member's header: its id, and
+        the snapshot's revision. A stream that breaks part way leaves nothing and raises."""
+        path = os.fspath(path)
+        part = path + ".part"
+        start = self.preferred()
+        last: Optional[LatchError] = None
+        for k in range(len(self.endpoints)):
+            target = self.target(start + k)
+            call = target.stub("maintenance", "streams").Snapshot(
+                maintenance_pb2.SnapshotRequest(serializable=serializable))
+            header = None
+            try:
+                with open(part, "wb") as out:
+                    for response in call:
+                        header = header or response.header
+                        out.write(response.blob)
+                    out.flush()
+                    os.fsync(out.fileno())
+            except grpc.RpcError as e:
+                os.remove(part)
+                last = LatchError.from_rpc(e, target.addr)
+                if header is not None or e.code() not in RETRYABLE:
+                    raise last from None
+                continue  # no part of it came: another member may serve it
+            except BaseException:
+                if os.path.exists(part):
+                    os.remove(part)
+                raise
+            finally:
+                call.cancel()
+            if header is None:
+                os.remove(part)
+                raise LatchError(grpc.StatusCode.UNAVAILABLE, "the member ended the snapshot stream before sending anything",
+                                 target.addr)
+            os.replace(part, path)
+            directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+            return header
+        raise last or LatchError(grpc.StatusCode.UNAVAILABLE, "no member to take a snapshot from")
 
     # -- sessions ------------------------------------------------------------------------------
 
