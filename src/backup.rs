@@ -10,13 +10,15 @@
 //!
 //! Invariants:
 //! - A restore writes a data dir whole or not at all: it builds it beside the target under a
-//!   temporary name, makes it durable, and renames it into place last; a file that fails any
-//!   check leaves nothing behind.
+//!   temporary name of its own, makes it durable, and renames it into place last (over the
+//!   target, if that is an empty directory); a restore that fails leaves nothing behind (one
+//!   cut short by a crash leaves its temporary directory, never used).
 //! - A restored cluster never has the id of the cluster its file was taken from, so the lost
 //!   cluster's sequencers, and clients pinned to it, are refused by the new one.
-//! - A restored state is applied at index 0 with the file's revision (see
-//!   [`fsm::snapshot::restore_as_new_cluster`]): every member of the new cluster must be restored
-//!   from the same file, so that they start from the same state.
+//! - A restored state is applied at index 1 of term 1 with the file's revision, and the
+//!   member's raft log starts after it (see [`fsm::snapshot::restore_as_new_cluster`]): every
+//!   first member of the new cluster must be restored from the same file, so that they start
+//!   from the same state; a member added later gets the state from the leader, as a snapshot.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -56,6 +58,8 @@ pub enum BackupError {
     SameCluster { cluster_id: u64 },
     #[error("cannot {what} {path}: {source}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("restoring into {path}: {source}")]
@@ -152,6 +156,19 @@ pub struct Restored {
 /// lock generation counter is raised by `skip_generations` (see
 /// [`fsm::snapshot::restore_as_new_cluster`]).
 pub fn restore(path: &Path, config: &Config, skip_generations: u64) -> Result<Restored, BackupError> {
+    if skip_generations > fsm::snapshot::MAX_SKIP_GENERATIONS {
+        return Err(BackupError::Invalid(format!(
+            "--skip-generations {skip_generations} is over the most, {}",
+            fsm::snapshot::MAX_SKIP_GENERATIONS
+        )));
+    }
+    if config.joins() {
+        return Err(BackupError::Invalid(format!(
+            "--initial-cluster does not list member {}: a restore makes the first members of a new \
+             cluster (a member added later gets the state from them)",
+            config.id
+        )));
+    }
     let dir = config.data_dir.as_path();
     if !is_missing_or_empty(dir)? {
         return Err(BackupError::DataDirInUse { path: dir.to_path_buf() });
@@ -163,44 +180,41 @@ pub fn restore(path: &Path, config: &Config, skip_generations: u64) -> Result<Re
         return Err(BackupError::SameCluster { cluster_id });
     }
     let staging = staging_dir(dir)?;
-    if staging.exists() {
-        // What a restore that was cut short left: never renamed into place, so never used.
-        std::fs::remove_dir_all(&staging).map_err(|source| BackupError::Io {
-            what: "remove the unfinished restore",
-            path: staging.clone(),
+    std::fs::create_dir(&staging).map_err(|source| BackupError::Io {
+        what: "create",
+        path: staging.clone(),
+        source,
+    })?;
+    let identity = Identity { cluster_id, member_id: config.id };
+    let voters: Vec<u64> = config.initial_cluster.iter().map(|p| p.id).collect();
+    let cache = config.state_cache_bytes;
+    let restored = fill(&staging, identity, &voters, cache, &mut input, path, skip_generations).and_then(|summary| {
+        // rename(2) replaces an empty directory in one step.
+        std::fs::rename(&staging, dir).map_err(|source| BackupError::Io {
+            what: "move the restored data dir (a mount point cannot be replaced: give a directory inside it) to",
+            path: dir.to_path_buf(),
             source,
         })?;
-    }
-    let identity = Identity { cluster_id, member_id: config.id };
-    let restored = fill(&staging, identity, config.state_cache_bytes, &mut input, path, skip_generations);
+        Ok(summary)
+    });
     let summary = match restored {
         Ok(summary) => summary,
         Err(e) => {
-            // Best effort: the staging dir is never used, and the next restore removes it.
+            // Best effort: the staging dir is never used.
             let _ = std::fs::remove_dir_all(&staging);
             return Err(e);
         }
     };
-    if dir.exists() {
-        std::fs::remove_dir(dir).map_err(|source| BackupError::Io {
-            what: "replace the empty data dir",
-            path: dir.to_path_buf(),
-            source,
-        })?;
-    }
-    std::fs::rename(&staging, dir).map_err(|source| BackupError::Io {
-        what: "move the restored data dir to",
-        path: dir.to_path_buf(),
-        source,
-    })?;
     sync_dir(parent_of(dir))?;
     Ok(Restored { header, summary, cluster_id })
 }
 
-/// Creates the state file in `staging` and restores the stream into it, durably.
+/// Creates the state file in `staging` and restores the stream into it, then the raft log
+/// starting after it, durably.
 fn fill(
     staging: &Path,
     identity: Identity,
+    voters: &[u64],
     cache_bytes: usize,
     input: &mut dyn Read,
     path: &Path,
@@ -216,7 +230,10 @@ fn fill(
         })?;
     txn.commit().map_err(StorageError::redb)?;
     stores.state_syncs.wait_all().map_err(storage::fsync_failed)?;
-    drop(stores);
+    let (index, term) = fsm::snapshot::RESTORED_AT;
+    storage::LogStore::create_after(stores.log, identity, voters, index, term)?;
+    drop(stores.state);
+    sync_dir(&staging.join(storage::LOG_DIR))?;
     sync_dir(staging)?;
     Ok(summary)
 }
@@ -229,9 +246,10 @@ fn staging_dir(dir: &Path) -> Result<PathBuf, BackupError> {
         path: dir.to_path_buf(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "it names no directory"),
     })?;
+    // Of this process alone: two restores of one member at once never share it.
     let mut staging = std::ffi::OsString::from(".");
     staging.push(name);
-    staging.push(".restoring");
+    staging.push(format!(".restoring-{}", std::process::id()));
     Ok(parent_of(dir).join(staging))
 }
 

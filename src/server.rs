@@ -372,6 +372,7 @@ pub async fn run(
             node.handle(),
             advertised.clone(),
             peer_addr.clone(),
+            dns_addr.clone(),
             config.peer_limits.max_peer_message_bytes,
             shared,
         ))
@@ -467,6 +468,7 @@ pub async fn run(
         first_members: config.initial_cluster.clone(),
         client_addr: advertised,
         peer_addr: peer_addr.clone(),
+        dns_addr: dns_addr.clone(),
         client_addrs: client_addrs.clone(),
     };
     let learner = tokio::spawn(learn_members(node.handle(), links.clone(), client_addrs));
@@ -505,7 +507,7 @@ pub async fn run(
         .add_service(LockService::server(ctx.clone()))
         .add_service(ElectionService::server(ctx.clone()))
         .add_service(RegistryService::server(ctx.clone()))
-        .add_service(MaintenanceService::server(ctx.clone()))
+        .add_service(MaintenanceService::server(ctx.clone(), stop_rx.clone()))
         .add_service(watches)
         .add_service(health_service)
         .add_service(reflection_v1)

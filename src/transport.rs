@@ -226,6 +226,7 @@ pub struct PeerService {
     node: NodeHandle,
     client_addr: String,
     peer_addr: String,
+    dns_addr: String,
     max_message: usize,
     shared: Shared,
 }
@@ -235,10 +236,11 @@ impl PeerService {
         node: NodeHandle,
         client_addr: String,
         peer_addr: String,
+        dns_addr: String,
         max_message: usize,
         shared: Shared,
     ) -> PeerServer<PeerService> {
-        PeerServer::new(PeerService { node, client_addr, peer_addr, max_message, shared })
+        PeerServer::new(PeerService { node, client_addr, peer_addr, dns_addr, max_message, shared })
             .max_decoding_message_size(MAX_FRAME)
             .max_encoding_message_size(MAX_FRAME)
     }
@@ -347,6 +349,7 @@ impl PeerRpc for PeerService {
                 .collect(),
             state_hash_version: crate::core::state_check::STATE_HASH_VERSION,
             state_installed_at: self.shared.state_hashes.unconfirmed_install(),
+            dns_addr: self.dns_addr.clone(),
             ..membership
         }))
     }

@@ -90,6 +90,7 @@ impl Cluster for ClusterService {
                     snapshots_installed: me.snapshots_installed,
                     command_version: crate::fsm::COMMAND_VERSION,
                     cluster_version: me.cluster_version,
+                    dns_addr: self.ctx.dns_addr.clone(),
                 };
             }
             match member_status(&p.peer_addr, probe).await {
@@ -105,6 +106,7 @@ impl Cluster for ClusterService {
                     snapshots_installed: s.snapshots_installed,
                     command_version: s.command_version,
                     cluster_version: s.cluster_version,
+                    dns_addr: s.dns_addr,
                 },
                 Err(error) => Member {
                     id: p.id,

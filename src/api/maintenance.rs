@@ -1,15 +1,20 @@
 //! The Maintenance service: `Snapshot` streams the member's whole replicated state as a snapshot
 //! file ([`crate::backup`]), taken from one read transaction on a blocking thread and sent as
 //! the client takes it: a bounded channel keeps a few chunks in memory however large the state.
+//!
+//! Invariant: a stream never holds its read transaction (which keeps the state file from
+//! reusing the pages written meanwhile) past [`STALL`] without the client taking a part, nor
+//! past the member's stop: it ends with UNAVAILABLE then.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use latch_proto::internal::SnapshotFileHeader;
 use latch_proto::v1::maintenance_server::{Maintenance, MaintenanceServer};
 use latch_proto::v1::{SnapshotRequest, SnapshotResponse};
 use redb::ReadableDatabase as _;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -24,18 +29,57 @@ pub const MAX_SNAPSHOT_STREAMS: usize = 2;
 /// thread that reads the state and a client slower than it.
 const QUEUED_PARTS: usize = 4;
 
+/// The longest a stream waits for its client to take a part before it ends: a client that
+/// holds a stream open without reading it (a process stuck writing to a hung disk) must not
+/// hold the read transaction for good.
+pub const STALL: Duration = Duration::from_secs(60);
+
 pub struct MaintenanceService {
     ctx: Context,
     streams: Arc<Semaphore>,
+    /// Turns true when the member stops.
+    stop: watch::Receiver<bool>,
 }
 
 impl MaintenanceService {
-    pub fn server(ctx: Context) -> MaintenanceServer<MaintenanceService> {
-        MaintenanceServer::new(MaintenanceService {
-            ctx,
-            streams: Arc::new(Semaphore::new(MAX_SNAPSHOT_STREAMS)),
-        })
+    pub fn server(ctx: Context, stop: watch::Receiver<bool>) -> MaintenanceServer<MaintenanceService> {
+        let streams = Arc::new(Semaphore::new(MAX_SNAPSHOT_STREAMS));
+        MaintenanceServer::new(MaintenanceService { ctx, streams, stop })
     }
+}
+
+/// Why a part was not sent.
+enum Unsent {
+    /// The client is gone: nobody to tell.
+    Gone,
+    /// The client is there, but the stream must end (told why).
+    Ended(String),
+}
+
+/// Sends `part` on `tx` from a blocking thread: waits at most [`STALL`] for room, and not past
+/// the member's stop.
+fn send_part(
+    runtime: &Handle,
+    tx: &mpsc::Sender<Result<SnapshotResponse, Status>>,
+    stop: &mut watch::Receiver<bool>,
+    part: SnapshotResponse,
+) -> Result<(), Unsent> {
+    runtime.block_on(async {
+        tokio::select! {
+            sent = tokio::time::timeout(STALL, tx.send(Ok(part))) => match sent {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(Unsent::Gone),
+                Err(_) => Err(Unsent::Ended(format!(
+                    "the client took no part of the snapshot for {}: the stream ends (it kept the \
+                     member's state file from reusing pages)",
+                    humantime::format_duration(STALL)
+                ))),
+            },
+            _ = stop.wait_for(|stopped| *stopped) => {
+                Err(Unsent::Ended("the member is stopping: take the snapshot from another member".into()))
+            }
+        }
+    })
 }
 
 type Parts = ReceiverStream<Result<SnapshotResponse, Status>>;
@@ -70,19 +114,31 @@ impl Maintenance for MaintenanceService {
         });
         let (tx, rx) = mpsc::channel(QUEUED_PARTS);
         let failed = ctx.clone();
+        let (runtime, mut stop) = (Handle::current(), self.stop.clone());
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let send = |blob: Vec<u8>| {
-                // A client gone stops the stream: the error only ends the walk.
-                tx.blocking_send(Ok(SnapshotResponse { header: Some(header), blob })).map_err(|_| ())
+            let mut send = |blob: Vec<u8>| {
+                send_part(&runtime, &tx, &mut stop, SnapshotResponse { header: Some(header), blob })
             };
-            if send(start).is_err() {
-                return;
-            }
-            if let Err(e) = fsm::snapshot::write(&txn, &mut |frame| send(frame)) {
-                tracing::error!(member = failed.node.member_id, error = %e, "a snapshot stream failed");
-                let _ = tx.blocking_send(Err(failed.to_status(e.into())));
-            }
+            let sent = match send(start) {
+                Ok(()) => fsm::snapshot::write(&txn, &mut send),
+                Err(unsent) => Ok(Err(unsent)),
+            };
+            drop(txn);
+            let member = failed.node.member_id;
+            let ended = match sent {
+                Ok(Ok(_)) | Ok(Err(Unsent::Gone)) => return,
+                Ok(Err(Unsent::Ended(why))) => {
+                    tracing::warn!(member, "a snapshot stream ended: {why}");
+                    failed.to_status(ApiError::Unavailable(why))
+                }
+                Err(e) => {
+                    tracing::error!(member, error = %e, "a snapshot stream failed");
+                    failed.to_status(e.into())
+                }
+            };
+            // Told if the client takes it soon; either way the stream ends here.
+            let _ = runtime.block_on(tokio::time::timeout(Duration::from_secs(1), tx.send(Err(ended))));
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

@@ -130,6 +130,8 @@ pub struct Context {
     /// This member's client address as advertised (`--advertise-client-addr`, else as bound).
     pub client_addr: String,
     pub peer_addr: String,
+    /// Where this member's DNS port listens, as bound.
+    pub dns_addr: String,
     /// Client addresses of the members, as they reported them (see `server::learn_members`);
     /// never a wildcard one.
     pub client_addrs: Arc<RwLock<BTreeMap<u64, String>>>,

@@ -170,6 +170,7 @@ fn status_json(status: &StatusResponse) -> serde_json::Value {
                 "snapshots_installed": m.snapshots_installed,
                 "command_version": m.command_version,
                 "cluster_version": m.cluster_version,
+                "dns_addr": m.dns_addr,
             })
         })
         .collect();

@@ -15,7 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{print_bytes, print_json, ClientArgs, Output, UsageError};
-use crate::config::{DEFAULT_DNS_ADDR, DEFAULT_DNS_DOMAIN};
+use crate::config::DEFAULT_DNS_DOMAIN;
+use latch_client::Client;
 
 /// `latch dns`.
 #[derive(Debug, Args)]
@@ -29,9 +30,10 @@ pub enum DnsOp {
     /// Every record the member's DNS port answers (its zone, by transfer): name, TTL, type,
     /// data.
     Records {
-        /// The member's DNS port (its --dns-addr).
-        #[arg(long, default_value = DEFAULT_DNS_ADDR, env = "LATCH_DNS_ADDR")]
-        dns_addr: String,
+        /// The member's DNS port (its --dns-addr) [default: where the first member of --endpoints
+        /// to answer says its DNS port listens].
+        #[arg(long, env = "LATCH_DNS_ADDR")]
+        dns_addr: Option<String>,
         /// The domain it answers for (its --dns-domain).
         #[arg(long, default_value = DEFAULT_DNS_DOMAIN)]
         domain: String,
@@ -47,10 +49,15 @@ pub async fn run(command: DnsCommand, client_args: &ClientArgs) -> anyhow::Resul
             let mut name = Name::from_ascii(&domain)
                 .map_err(|e| UsageError(format!("--domain {domain:?} is not a domain name: {e}")))?;
             name.set_fqdn(true);
+            let client = client_args.connect().await?;
+            let dns_addr = match dns_addr {
+                Some(addr) => addr,
+                None => member_dns_addr(&client).await?,
+            };
             let records = tokio::time::timeout(TIMEOUT, transfer(&dns_addr, name.clone()))
                 .await
                 .map_err(|_| anyhow!("the zone transfer from {dns_addr} took longer than {TIMEOUT:?}"))??;
-            let problems = static_problems(client_args, &name).await?;
+            let problems = static_problems(&client, &name).await?;
             for p in &problems {
                 eprintln!("{p}");
             }
@@ -82,9 +89,35 @@ pub async fn run(command: DnsCommand, client_args: &ClientArgs) -> anyhow::Resul
     }
 }
 
+/// Where the DNS port of the member that answers `client` listens, as the member says: a
+/// wildcard host (it listens on every address) is reached at its client address's host.
+async fn member_dns_addr(client: &Client) -> anyhow::Result<String> {
+    let status = client.cluster_status().await?;
+    let me = status.header.map_or(0, |h| h.member_id);
+    let member = status
+        .members
+        .iter()
+        .find(|m| m.id == me)
+        .ok_or_else(|| anyhow!("member {me} did not list itself in its status"))?;
+    if member.dns_addr.is_empty() {
+        bail!(
+            "member {me} does not say where its DNS port listens (a build from before members said so): \
+             give --dns-addr, the member's --dns-addr"
+        );
+    }
+    Ok(reachable_at(&member.dns_addr, &member.client_addr))
+}
+
+/// `dns_addr`, with a wildcard host (0.0.0.0, [::]) replaced by the host of `client_addr`.
+fn reachable_at(dns_addr: &str, client_addr: &str) -> String {
+    match (dns_addr.parse::<std::net::SocketAddr>(), client_addr.rsplit_once(':')) {
+        (Ok(addr), Some((host, _))) if addr.ip().is_unspecified() => format!("{host}:{}", addr.port()),
+        _ => dns_addr.to_string(),
+    }
+}
+
 /// The static records under `/dns/` whose values do not parse, each named with why.
-async fn static_problems(client_args: &ClientArgs, domain: &Name) -> anyhow::Result<Vec<String>> {
-    let client = client_args.connect().await?;
+async fn static_problems(client: &Client, domain: &Name) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
     for kv in client.get_prefix(crate::dns::names::STATIC_PREFIX).await? {
         let relative =
@@ -146,4 +179,17 @@ async fn transfer(addr: &str, domain: Name) -> anyhow::Result<Vec<Record>> {
         }
     }
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reachable_at;
+
+    #[test]
+    fn a_dns_port_on_every_address_is_reached_at_the_client_address_host() {
+        assert_eq!(reachable_at("0.0.0.0:8600", "10.0.0.7:7379"), "10.0.0.7:8600");
+        assert_eq!(reachable_at("[::]:8600", "[fd00::7]:7379"), "[fd00::7]:8600");
+        assert_eq!(reachable_at("0.0.0.0:8600", "db-1.example:7379"), "db-1.example:8600");
+        assert_eq!(reachable_at("127.0.0.1:8700", "10.0.0.7:7379"), "127.0.0.1:8700", "a bound host stays");
+    }
 }

@@ -61,7 +61,7 @@ pub enum SnapshotOp {
     /// member of the new cluster from the same file. The new cluster needs an id other than the
     /// old one's (another --initial-cluster-token, or other members), so that the old cluster's
     /// sequencers and clients are refused by it. Its revisions go on from the file's; its
-    /// sessions live until their TTL passes without a keepalive once it has a leader.
+    /// sessions have their whole TTL from its start, and live on only if kept alive.
     Restore(Box<RestoreArgs>),
 }
 
@@ -74,7 +74,8 @@ pub struct RestoreArgs {
     /// every one the lost cluster granted after the file was taken, if it granted fewer than N
     /// since (a resource that saw a larger token would refuse the new holders until theirs pass
     /// it). Give every member the same N.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(..=crate::fsm::snapshot::MAX_SKIP_GENERATIONS))]
     pub skip_generations: u64,
     /// The flags of `latch server` the member will run with; --data-dir must be missing or empty.
     #[command(flatten)]
@@ -137,44 +138,48 @@ pub async fn run(command: SnapshotCommand, client_args: &ClientArgs) -> anyhow::
 }
 
 /// Streams a snapshot into `file`.part, checks it whole, and renames it to `file`, durably.
+/// Whatever fails after `file`.part was created removes it: `file`, if there was one, is left
+/// as it was (an interrupt leaves `file`.part, which the next save replaces).
 async fn save(file: &Path, serializable: bool, client_args: &ClientArgs) -> anyhow::Result<ExitCode> {
     let mut part_name = file.as_os_str().to_owned();
     part_name.push(".part");
     let part = PathBuf::from(part_name);
+    // Created before the member is asked: a path that cannot be written costs it nothing.
+    let out = std::fs::File::create(&part).with_context(|| format!("cannot create {}", part.display()))?;
+    let saved = save_into(out, &part, file, serializable, client_args).await;
+    if saved.is_err() {
+        let _ = std::fs::remove_file(&part);
+    }
+    let info = saved?;
+    match client_args.output {
+        Output::Json => print_json(&info_json(file, &info))?,
+        Output::Text => print_bytes(format!("saved {}", info_text(file, &info)).as_bytes())?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// [`save`]'s work once `part` is created (`out`).
+async fn save_into(
+    out: std::fs::File,
+    part: &Path,
+    file: &Path,
+    serializable: bool,
+    client_args: &ClientArgs,
+) -> anyhow::Result<FileInfo> {
     let client = client_args.connect().await?;
     let mut stream = client.snapshot(serializable).await?;
-    let written = async {
-        let mut out = std::io::BufWriter::with_capacity(
-            1 << 20,
-            std::fs::File::create(&part).with_context(|| format!("cannot create {}", part.display()))?,
-        );
-        let mut bytes = 0u64;
-        while let Some(blob) = stream.next_part().await.context("the snapshot stream broke")? {
-            bytes += blob.len() as u64;
-            out.write_all(&blob).with_context(|| format!("cannot write {}", part.display()))?;
-        }
-        let out = out.into_inner().map_err(|e| e.into_error()).context("cannot write the file")?;
-        out.sync_all().with_context(|| format!("cannot sync {}", part.display()))?;
-        anyhow::Ok(bytes)
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+    while let Some(blob) = stream.next_part().await.context("the snapshot stream broke")? {
+        out.write_all(&blob).with_context(|| format!("cannot write {}", part.display()))?;
     }
-    .await;
-    let checked = match written {
-        Ok(_) => {
-            let part = part.clone();
-            let check = tokio::task::spawn_blocking(move || backup::check(&part));
-            check.await.context("checking the file")?.map_err(anyhow::Error::from)
-        }
-        Err(e) => Err(e),
-    };
-    let info = match checked {
-        Ok(info) => info,
-        Err(e) => {
-            // Nothing of a failed save is left: FILE, if there was one, is as it was.
-            let _ = std::fs::remove_file(&part);
-            return Err(e);
-        }
-    };
-    std::fs::rename(&part, file)
+    let out = out.into_inner().map_err(|e| e.into_error()).context("cannot write the file")?;
+    out.sync_all().with_context(|| format!("cannot sync {}", part.display()))?;
+    drop(out);
+    let checking = part.to_path_buf();
+    let info = tokio::task::spawn_blocking(move || backup::check(&checking))
+        .await
+        .context("checking the file")??;
+    std::fs::rename(part, file)
         .with_context(|| format!("cannot rename {} to {}", part.display(), file.display()))?;
     let dir = match file.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -183,11 +188,7 @@ async fn save(file: &Path, serializable: bool, client_args: &ClientArgs) -> anyh
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("cannot sync {}", dir.display()))?;
-    match client_args.output {
-        Output::Json => print_json(&info_json(file, &info))?,
-        Output::Text => print_bytes(format!("saved {}", info_text(file, &info)).as_bytes())?,
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(info)
 }
 
 fn taken_at(info: &FileInfo) -> String {

@@ -300,6 +300,23 @@ pub fn bound_keys(txn: &ReadTransaction) -> Result<Vec<(String, Vec<u8>)>, FsmEr
 }
 
 /// Every session, in id order.
+/// Gives every session a whole TTL counted from the next start (a restore as a new cluster,
+/// `fsm::snapshot::restore_as_new_cluster`): its last checkpoint's term and leader clock
+/// reading are another cluster's, whose terms and clocks the new one's would be read against.
+pub(crate) fn restart_leases(txn: &redb::WriteTransaction) -> Result<(), FsmError> {
+    let mut table = txn.open_table(SESSIONS)?;
+    let mut rows = Vec::new();
+    for row in table.iter()? {
+        let (id, bytes) = row?;
+        rows.push((id.value().to_vec(), decode_row(id.value(), bytes.value())?));
+    }
+    for (id, row) in rows {
+        let row = SessionRow { remaining_ms: row.ttl_ms, checkpoint_term: 0, leader_ms: 0, ..row };
+        table.insert(id.as_slice(), row.encode_to_vec().as_slice())?;
+    }
+    Ok(())
+}
+
 pub fn all(txn: &ReadTransaction) -> Result<Vec<(String, SessionRow)>, FsmError> {
     Ok(page(txn, "", usize::MAX, |_, _| true)?.0)
 }

@@ -17,8 +17,9 @@
 //!   writing nothing.
 //! - [`restore_as_new_cluster`] (a backup restored, `latch snapshot restore`) keeps every row
 //!   but those that name entries of the lost cluster's log (the request memory, the members'
-//!   records), and takes the state as applied at index 0 with the snapshot's revision: the new
-//!   cluster's log starts empty, and its revisions go on from the snapshot's.
+//!   records), gives every session a whole TTL from the new cluster's start, and takes the state
+//!   as applied at [`RESTORED_AT`] with the snapshot's revision: the new cluster's log starts
+//!   after it, and its revisions go on from the snapshot's.
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -90,6 +91,16 @@ pub fn write<E>(
     Ok(out(frame(snapshot_chunk::Chunk::End(end))).map(|()| pos))
 }
 
+/// The position a state restored as a new cluster's is applied at ([`restore_as_new_cluster`]):
+/// index 1 of term 1, where the new members' logs start, compacted (`storage::LogStore::
+/// create_after`). Not 0: a member that joins the new cluster on an empty data dir is sent a
+/// snapshot of the state only once the log it would otherwise replay from index 1 is compacted.
+pub const RESTORED_AT: (u64, u64) = (1, 1);
+
+/// The most generations a restore may skip: far more than a cluster grants in years, and
+/// fencing tokens stay below 2^53, which any JSON reader takes whole.
+pub const MAX_SKIP_GENERATIONS: u64 = 1 << 40;
+
 /// What a whole snapshot holds, as [`check`] found it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
@@ -122,12 +133,14 @@ pub fn restore(
 }
 
 /// Replaces the whole state with the snapshot read from `input`, whatever position it is at,
-/// as the state of a new cluster whose log starts empty: applied at index 0, term 0, with the
+/// as the state of a new cluster whose log starts after [`RESTORED_AT`]: applied there, with the
 /// snapshot's revision (so the first write of the new cluster is the revision after it). Rows
 /// that name entries of the old cluster's log are left out: the request memory (the index each
 /// id applied at; a client of the old cluster retrying is refused by the new one's cluster id
 /// anyway) and the members' records (the new cluster's members record themselves as they
-/// start). Raft's configuration is the one the new members start with (none recorded). The lock
+/// start). Every session's lease is a whole TTL from the new cluster's start: its last
+/// checkpoint's term and leader clock reading are the old cluster's. Raft's configuration is
+/// the one the new members start with (none recorded). The lock
 /// generation counter is raised by `skip_generations`, so that the new cluster's fencing
 /// tokens are above any the lost cluster granted in its last `skip_generations` grants after
 /// the snapshot. Fails as [`restore`] does, on anything a writer could not have produced.
@@ -136,6 +149,11 @@ pub fn restore_as_new_cluster(
     input: &mut dyn Read,
     skip_generations: u64,
 ) -> Result<Summary, FsmError> {
+    if skip_generations > MAX_SKIP_GENERATIONS {
+        return Err(FsmError::OverLimit(format!(
+            "{skip_generations} generations to skip is over the most, {MAX_SKIP_GENERATIONS}"
+        )));
+    }
     super::clear(txn)?;
     let left_out: Vec<&str> =
         [&super::requests::RequestsDomain as &dyn super::Domain, &super::members::MembersDomain]
@@ -146,8 +164,10 @@ pub fn restore_as_new_cluster(
         true => Ok(()),
         false => insert(txn, def, rows),
     })?;
-    let applied = Applied { index: 0, term: 0, revision: walked.summary.applied.revision };
+    let (index, term) = RESTORED_AT;
+    let applied = Applied { index, term, revision: walked.summary.applied.revision };
     write_meta(txn, applied, walked.history_bytes)?;
+    super::sessions::restart_leases(txn)?;
     if skip_generations > 0 {
         super::locks::skip_generations(txn, skip_generations)?;
     }
@@ -340,7 +360,9 @@ mod tests {
     use std::collections::BTreeMap;
 
     use latch_proto::internal::command::Body;
-    use latch_proto::internal::{LockMode, LockSpace, MemberStarted};
+    use latch_proto::internal::{
+        CheckpointSessions, LockMode, LockSpace, MemberStarted, SessionLease, SessionRow,
+    };
 
     use super::*;
     use crate::fsm::locks;
@@ -378,12 +400,18 @@ mod tests {
         store.apply("p1", put("config/a", "1"));
         store.apply("s1", create_session("s1"));
         store.apply("l1", acquire_req("jobs", "s1", LockMode::Exclusive, false));
+        // A checkpoint by a leader of term 1 whose clock read a billion milliseconds.
+        let leases = vec![SessionLease { id: "s1".into(), remaining_ms: 4_000 }];
+        store.apply(
+            "",
+            Body::CheckpointSessions(CheckpointSessions { leases, leader_ms: 1_000_000_000, term: 1 }),
+        );
         store.apply("p2", put("config/b", "2"));
         store
     }
 
     #[test]
-    fn a_state_restored_as_a_new_cluster_keeps_every_row_but_the_old_logs_at_index_0_and_its_revision() {
+    fn a_state_restored_as_a_new_cluster_keeps_every_row_but_the_old_logs_at_index_1_and_its_revision() {
         let old = a_lived_in_state();
         let stream = old.snapshot();
         let before = rows_by_table(&stream);
@@ -403,13 +431,31 @@ mod tests {
         let revision = old.applied().revision;
         assert_eq!(
             new.applied(),
-            Applied { index: 0, term: 0, revision },
-            "a restored state should be applied at index 0 with the snapshot's revision"
+            Applied { index: 1, term: 1, revision },
+            "a restored state should be applied at index 1, term 1, with the snapshot's revision"
         );
         assert_eq!(summary.applied, new.applied(), "the summary should name the position restored");
         let mut expected = before.clone();
         expected.retain(|table, _| !old_log_tables().contains(&table.as_str()));
-        let after = rows_by_table(&new.snapshot());
+        let mut after = rows_by_table(&new.snapshot());
+        // Sessions: the same, but for a whole TTL counted from the new cluster's start, not
+        // from a checkpoint of the old cluster's term and leader clock.
+        let sessions = |rows: &Rows| -> Vec<SessionRow> {
+            rows["sessions"].iter().map(|(_, v)| SessionRow::decode(v.as_slice()).expect("a row")).collect()
+        };
+        let old_row = sessions(&before)[0].clone();
+        assert_eq!(
+            (old_row.checkpoint_term, old_row.leader_ms),
+            (1, 1_000_000_000),
+            "the old row is checkpointed"
+        );
+        assert_eq!(
+            sessions(&after),
+            vec![SessionRow { remaining_ms: old_row.ttl_ms, checkpoint_term: 0, leader_ms: 0, ..old_row }],
+            "a restored session should have its whole TTL and no checkpoint of the old cluster's"
+        );
+        after.remove("sessions");
+        expected.remove("sessions");
         assert_eq!(after, expected, "every row but the old log's request memory and members' records should be kept, and nothing else");
         assert!(new.get("stale").is_none(), "the state restored into should have been replaced whole");
         assert_eq!(
@@ -419,7 +465,7 @@ mod tests {
         );
 
         // The next write goes on from the snapshot's revision.
-        new.index = 0;
+        new.index = 1;
         new.apply("p3", put("config/c", "3"));
         assert_eq!(
             new.applied().revision,
@@ -442,6 +488,7 @@ mod tests {
         restore_as_new_cluster(&txn, &mut &old.snapshot()[..], 1_000).expect("restores");
         txn.commit().expect("the restore commits");
         assert_eq!(granted(&new), held, "the restored holder should keep its generation");
+        new.index = 1;
         new.apply("s2", create_session("s2"));
         new.apply("l2", acquire_req("other", "s2", LockMode::Exclusive, false));
         let key = locks::lock_key(LockSpace::Locks, "other");

@@ -830,6 +830,35 @@ impl LogStore {
         segment.file.sync().map_err(|e| io(&format!("cannot sync {path}"), e))
     }
 
+    /// Makes the empty log in `dir` start after `(index, term)`, as if a snapshot there had been
+    /// installed with `voters` as the configuration, durably: the log of a member restored from
+    /// a backup (`backup`), whose state is at that position. A member that joins later with an
+    /// empty log is then sent a snapshot of the state, not the log from its first entry (which
+    /// would be applied to an empty state). Fails on a log that is not empty.
+    pub fn create_after(
+        dir: Box<dyn Dir>,
+        identity: Identity,
+        voters: &[u64],
+        index: u64,
+        term: u64,
+    ) -> Result<(), StorageError> {
+        struct NoSnapshots;
+        impl SnapshotSource for NoSnapshots {
+            fn prepare(&self, _: u64) -> Result<Option<PreparedSnapshot>, String> {
+                Ok(None)
+            }
+        }
+        let mut store = LogStore::load(dir, identity, voters, Arc::new(NoSnapshots), 0, SEGMENT_BYTES)?;
+        if !store.is_fresh() {
+            return Err(corrupt(format!("{} is not empty", store.dir.describe(""))));
+        }
+        let mut meta = SnapshotMetadata { index, term, ..Default::default() };
+        meta.set_conf_state(store.conf_state.clone());
+        store.install_snapshot(&meta)?;
+        store.flush()?;
+        Ok(())
+    }
+
     /// Writes the configuration of a fresh log (so it survives a restart): it is in the first
     /// segment's header already.
     pub fn persist_initial(&self) -> Result<(), StorageError> {

@@ -42,7 +42,8 @@ async fn a_cluster_restored_from_a_saved_snapshot_serves_its_state_under_a_new_i
     for i in 0..20 {
         client.put(format!("app/{i:02}"), format!("value {i}")).await.unwrap();
     }
-    let session = client.session(SessionOptions::new(Duration::from_secs(3)).name("holder")).await.unwrap();
+    // A TTL long enough that the restored session outlives the checks made while it holds.
+    let session = client.session(SessionOptions::new(Duration::from_secs(60)).name("holder")).await.unwrap();
     let lock = LockOptions::exclusive().lock_delay(Duration::ZERO);
     let held = client.acquire(session.id(), "jobs", lock).await.unwrap().expect("granted");
     let last = client.put("app/last", "written before the save").await.unwrap();
@@ -151,10 +152,24 @@ async fn a_cluster_restored_from_a_saved_snapshot_serves_its_state_under_a_new_i
     let err = restored.check_sequencer(&held.token).await.expect_err("the old cluster's sequencer");
     assert_eq!(err.code(), Code::InvalidArgument, "the old cluster's sequencer should be refused: {err}");
 
-    // Nobody keeps the file's session alive in the new cluster: it expires, and the lock is free.
-    eventually("the restored session expires and its lock is released", Duration::from_secs(30), || async {
-        match restored.describe_lock("jobs").await {
-            Ok(None) => Ok(()),
+    let left = restored.session_info(session.id()).await.unwrap().remaining_ms;
+    assert!(left <= 60_000, "a restored session should have at most its TTL left, not {left} ms");
+    // The session is the file's: closed in the new cluster, its lock is free at once.
+    restored.close_session(session.id()).await.unwrap();
+    assert_eq!(
+        restored.describe_lock("jobs").await.unwrap(),
+        None,
+        "the closed session's lock should be free"
+    );
+
+    // A member added to the restored cluster gets the file's state from the leader (a snapshot:
+    // the restored log starts after it), not the log from its first entry on an empty state.
+    let added = new.new_member().await;
+    restored.add_member(added, &new.member(added).peer_addr.clone()).await.unwrap();
+    new.restart(added).await;
+    eventually("the added member serves the file's keys", Duration::from_secs(30), || async {
+        match new.local_kvs(added).await {
+            Ok((_, kvs)) if kvs.iter().any(|(k, _)| k == "app/last") => Ok(()),
             other => Err(format!("{other:?}")),
         }
     })

@@ -642,6 +642,13 @@ async fn cli_dns_records_prints_the_zone_as_the_port_answers_it_and_names_bad_st
     let json = latch(&c, &["dns", "records", "--dns-addr", &dns, "--output", "json"]).await;
     let doc: serde_json::Value = serde_json::from_str(&stdout(&json)).expect("one JSON document");
     assert!(doc["records"].as_array().is_some_and(|r| r.len() == text.lines().count()), "{doc}");
+    // Without --dns-addr: where the member of --endpoints says its DNS port listens.
+    let asked = latch(&c, &["dns", "records"]).await;
+    assert_eq!(asked.status.code(), Some(0), "stderr: {}", stderr(&asked));
+    assert_eq!(stdout(&asked), text, "the zone from the DNS port the member names, not the default one");
+    let status = latch(&c, &["cluster", "status", "--output", "json"]).await;
+    let status: serde_json::Value = serde_json::from_str(&stdout(&status)).expect("one JSON document");
+    assert_eq!(status["members"][0]["dns_addr"], dns, "the status names the member's DNS port: {status}");
     let wrong = latch(&c, &["dns", "records", "--dns-addr", &dns, "--domain", "other."]).await;
     assert_eq!(wrong.status.code(), Some(1), "another domain is refused");
     assert!(stderr(&wrong).contains("Refused"), "{}", stderr(&wrong));
