@@ -179,6 +179,7 @@ pub fn restore(path: &Path, config: &Config, skip_generations: u64) -> Result<Re
     if header.cluster_id == cluster_id {
         return Err(BackupError::SameCluster { cluster_id });
     }
+    refuse_unreplaceable(dir)?;
     let staging = staging_dir(dir)?;
     std::fs::create_dir(&staging).map_err(|source| BackupError::Io {
         what: "create",
@@ -188,15 +189,16 @@ pub fn restore(path: &Path, config: &Config, skip_generations: u64) -> Result<Re
     let identity = Identity { cluster_id, member_id: config.id };
     let voters: Vec<u64> = config.initial_cluster.iter().map(|p| p.id).collect();
     let cache = config.state_cache_bytes;
-    let restored = fill(&staging, identity, &voters, cache, &mut input, path, skip_generations).and_then(|summary| {
-        // rename(2) replaces an empty directory in one step.
-        std::fs::rename(&staging, dir).map_err(|source| BackupError::Io {
-            what: "move the restored data dir (a mount point cannot be replaced: give a directory inside it) to",
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        Ok(summary)
-    });
+    let restored =
+        fill(&staging, identity, &voters, cache, &mut input, path, skip_generations).and_then(|summary| {
+            // rename(2) replaces an empty directory in one step.
+            std::fs::rename(&staging, dir).map_err(|source| BackupError::Io {
+                what: "move the restored data dir to",
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            Ok(summary)
+        });
     let summary = match restored {
         Ok(summary) => summary,
         Err(e) => {
@@ -230,8 +232,7 @@ fn fill(
         })?;
     txn.commit().map_err(StorageError::redb)?;
     stores.state_syncs.wait_all().map_err(storage::fsync_failed)?;
-    let (index, term) = fsm::snapshot::RESTORED_AT;
-    storage::LogStore::create_after(stores.log, identity, voters, index, term)?;
+    storage::LogStore::create_after(stores.log, identity, voters)?;
     drop(stores.state);
     sync_dir(&staging.join(storage::LOG_DIR))?;
     sync_dir(staging)?;
@@ -258,6 +259,33 @@ fn parent_of(dir: &Path) -> &Path {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     }
+}
+
+/// Refuses, before anything is written, an existing `dir` that the last rename could not
+/// replace: a symbolic link, or a mount point (another file system than its parent's, where the
+/// data dir would be built: on the wrong disk, to fail at the end).
+fn refuse_unreplaceable(dir: &Path) -> Result<(), BackupError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(link) = std::fs::symlink_metadata(dir) else { return Ok(()) };
+    if link.file_type().is_symlink() {
+        return Err(BackupError::Invalid(format!(
+            "--data-dir {} is a symbolic link: give the directory it names",
+            dir.display()
+        )));
+    }
+    let parent = std::fs::metadata(parent_of(dir)).map_err(|source| BackupError::Io {
+        what: "read",
+        path: parent_of(dir).to_path_buf(),
+        source,
+    })?;
+    if link.dev() != parent.dev() {
+        return Err(BackupError::Invalid(format!(
+            "--data-dir {} is a mount point (another file system than its parent's): the restore builds \
+             the data dir beside it and moves it into place, so give a directory inside it",
+            dir.display()
+        )));
+    }
+    Ok(())
 }
 
 fn is_missing_or_empty(dir: &Path) -> Result<bool, BackupError> {

@@ -236,8 +236,12 @@ pub async fn run(
     };
     // A member whose log is empty takes part only once its peers confirm it has not run before
     // (and, added at run time, that it was added).
-    let asks_peers = core.log_was_fresh() && !alone;
-    let restarted = !core.log_was_fresh();
+    // So does one whose log is as a restore from a backup left it: a first life, or a later one
+    // restored again after its data was lost, which its peers' records of it refuse.
+    let first_life = core.log_was_fresh() || core.log_as_restored();
+    let restored_from = core.restored_from()?;
+    let asks_peers = first_life && !alone;
+    let restarted = !first_life;
     // Its peers: the first members, and those added since as far as its state knows.
     // An address `--peers` gives never takes a recorded one's place, and yields to one the
     // cluster records later (`transport::Source`).
@@ -403,6 +407,7 @@ pub async fn run(
                     cluster_id,
                     (&config.initial_cluster, &config.peers),
                     &config.data_dir,
+                    restored_from,
                 )
                 .await?;
                 for (member, addr) in &admitted.added {
@@ -594,8 +599,16 @@ pub async fn run(
     }
     let _ = dns_task.await;
     for t in [client_task, peer_task] {
-        if let Ok(Err(e)) = t.await {
-            tracing::warn!(error = %e, "gRPC server ended with an error");
+        // A graceful close waits for every stream in flight: one whose client holds it open
+        // without reading (a snapshot's) would hold the stop for good.
+        let abort = t.abort_handle();
+        match tokio::time::timeout(STOP_GRACE, t).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+            Err(_) => {
+                tracing::warn!(member = id, "streams still open {STOP_GRACE:?} after the stop: closed");
+                abort.abort();
+            }
+            Ok(_) => {}
         }
     }
     if let Ok(Err(e)) = http_task.await {
@@ -607,6 +620,9 @@ pub async fn run(
         None => result,
     }
 }
+
+/// How long a stopping member's gRPC ports get to close their connections gracefully.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// How long the ports of a member stopped before it served clients get to close their
 /// connections: a peer's message stream with nothing to say holds a graceful close open.

@@ -350,6 +350,7 @@ impl PeerRpc for PeerService {
             state_hash_version: crate::core::state_check::STATE_HASH_VERSION,
             state_installed_at: self.shared.state_hashes.unconfirmed_install(),
             dns_addr: self.dns_addr.clone(),
+            restored_from: crate::fsm::restored_from(&txn).map_err(|e| unreadable(e.to_string()))?,
             ..membership
         }))
     }

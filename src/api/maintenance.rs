@@ -6,9 +6,11 @@
 //! reusing the pages written meanwhile) past [`STALL`] without the client taking a part, nor
 //! past the member's stop: it ends with UNAVAILABLE then.
 
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::{Stream, StreamExt};
 use latch_proto::internal::SnapshotFileHeader;
 use latch_proto::v1::maintenance_server::{Maintenance, MaintenanceServer};
 use latch_proto::v1::{SnapshotRequest, SnapshotResponse};
@@ -82,7 +84,7 @@ fn send_part(
     })
 }
 
-type Parts = ReceiverStream<Result<SnapshotResponse, Status>>;
+type Parts = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
@@ -113,16 +115,35 @@ impl Maintenance for MaintenanceService {
             build: env!("CARGO_PKG_VERSION").to_string(),
         });
         let (tx, rx) = mpsc::channel(QUEUED_PARTS);
+        // Why the stream ended early, told after the parts queued before it: not through the
+        // channel, which a client that stopped reading keeps full.
+        let outcome: Arc<Mutex<Option<Status>>> = Arc::default();
+        let ending = outcome.clone();
         let failed = ctx.clone();
         let (runtime, mut stop) = (Handle::current(), self.stop.clone());
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let mut send = |blob: Vec<u8>| {
-                send_part(&runtime, &tx, &mut stop, SnapshotResponse { header: Some(header), blob })
+                send_part(
+                    &runtime,
+                    &tx,
+                    &mut stop,
+                    SnapshotResponse { header: Some(header), blob, last: false },
+                )
             };
             let sent = match send(start) {
                 Ok(()) => fsm::snapshot::write(&txn, &mut send),
                 Err(unsent) => Ok(Err(unsent)),
+            };
+            // The file is whole: said in a part of its own.
+            let sent = match sent {
+                Ok(Ok(_)) => Ok(send_part(
+                    &runtime,
+                    &tx,
+                    &mut stop,
+                    SnapshotResponse { header: Some(header), blob: Vec::new(), last: true },
+                )),
+                other => other.map(|r| r.map(|_| ())),
             };
             drop(txn);
             let member = failed.node.member_id;
@@ -137,9 +158,14 @@ impl Maintenance for MaintenanceService {
                     failed.to_status(e.into())
                 }
             };
-            // Told if the client takes it soon; either way the stream ends here.
-            let _ = runtime.block_on(tokio::time::timeout(Duration::from_secs(1), tx.send(Err(ended))));
+            if let Ok(mut slot) = ending.lock() {
+                *slot = Some(ended);
+            }
+            // `tx` is dropped only now: the stream's end finds the outcome set.
+            drop(tx);
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let told = futures::stream::once(async move { outcome.lock().ok().and_then(|mut s| s.take()) })
+            .filter_map(|ended| async move { ended.map(Err) });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).chain(told))))
     }
 }

@@ -546,6 +546,10 @@ pub struct Core {
     /// Vote requests are dropped until the state applied something: this empty data dir is a
     /// replaced member's, which may have voted in its earlier life (`Core::lived_before`).
     withhold_votes: bool,
+    /// The index a first life's state starts at: 0, or that of a state restored from a backup
+    /// (`storage::log::RESTORED_AFTER`) whose log nothing happened in since. A state at it has
+    /// applied nothing in this life.
+    first_applied: u64,
     /// The index of the last snapshot delivered to each peer, and when (on `clock_ms`): it may
     /// be installing it, silent, for longer than [`CATCH_UP_SILENCE_MS`].
     snapshots_delivered: BTreeMap<u64, (u64, u64)>,
@@ -712,6 +716,7 @@ impl Core {
             ..Default::default()
         };
         cfg.validate()?;
+        let store_as_restored = store.is_as_restored();
         let raw = RawNode::new(&cfg, store, logger)?;
         let logged_additions = logged_additions(&raw, applied.index)?;
         let applier = Applier::new(state_db.clone(), state_syncs, snapshots.clone(), config.bounds)?;
@@ -749,6 +754,10 @@ impl Core {
             heard_at_tick: BTreeMap::new(),
             led_since_tick: 0,
             withhold_votes: false,
+            first_applied: match store_as_restored {
+                true => crate::storage::log::RESTORED_AFTER.0,
+                false => 0,
+            },
             removed_at: None,
             known,
             logged_additions,
@@ -810,6 +819,12 @@ impl Core {
     /// ([`fsm::installed_at`]).
     pub fn installed_at(&self) -> Result<u64, CoreError> {
         Ok(fsm::installed_at(&self.state_db.begin_read().map_err(redb_err)?)?)
+    }
+
+    /// The checksum of the snapshot file the state was restored from as a new cluster's
+    /// ([`fsm::restored_from`]); 0 if it was not.
+    pub fn restored_from(&self) -> Result<u64, CoreError> {
+        Ok(fsm::restored_from(&self.state_db.begin_read().map_err(redb_err)?)?)
     }
 
     /// This member's snapshots: the carrier of raft messages streams outgoing ones from here
@@ -910,6 +925,13 @@ impl Core {
         self.raw.store().is_fresh()
     }
 
+    /// Whether the raft log is as a restore from a backup left it, nothing done in it since
+    /// (`storage::LogStore::is_as_restored`): like an empty one, a first life, or a later one
+    /// restored again after its data was lost.
+    pub fn log_as_restored(&self) -> bool {
+        self.raw.store().is_as_restored()
+    }
+
     /// This member's empty data dir is not its first life: it was replaced after losing its
     /// data (its peers had it a learner, `membership`). Its empty state is then far behind what
     /// its earlier life served, so no serializable read is served before a ReadIndex round of
@@ -918,7 +940,7 @@ impl Core {
     /// any its earlier life voted in), it grants no vote either: it may have voted in its earlier
     /// life, and a candidate that has not applied its replacement still counts its vote.
     pub fn lived_before(&mut self) {
-        if self.applied.index == 0 {
+        if self.applied.index <= self.first_applied {
             self.read_floor = None;
             self.withhold_votes = true;
         }
@@ -1139,7 +1161,7 @@ impl Core {
         if self.withhold_votes {
             let asks_vote =
                 matches!(msg.get_msg_type(), MessageType::MsgRequestVote | MessageType::MsgRequestPreVote);
-            match self.applied.index > 0 {
+            match self.applied.index > self.first_applied {
                 true => self.withhold_votes = false,
                 false if asks_vote => return Ok(()),
                 false => {}

@@ -72,7 +72,7 @@ pub use requests::{remembered, REQUEST_MEMORY_BYTES};
 
 use crate::storage::schema::{
     CONF_STATE, CONF_STATE_CURRENT, FSM_APPLIED_INDEX, FSM_APPLIED_TERM, FSM_HISTORY_BYTES,
-    FSM_HISTORY_BYTES_INDEX, FSM_INSTALLED_AT, FSM_META, FSM_REVISION, HISTORY,
+    FSM_HISTORY_BYTES_INDEX, FSM_INSTALLED_AT, FSM_META, FSM_RESTORED_FROM, FSM_REVISION, HISTORY,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -316,6 +316,14 @@ pub fn applied(txn: &ReadTransaction) -> Result<Applied, FsmError> {
 pub fn installed_at(txn: &ReadTransaction) -> Result<u64, FsmError> {
     let Some(meta) = open_read(txn, FSM_META)? else { return Ok(0) };
     Ok(meta.get(FSM_INSTALLED_AT)?.map_or(0, |v| v.value()))
+}
+
+/// The checksum of the snapshot file the state was restored from as a new cluster's
+/// ([`snapshot::restore_as_new_cluster`]); 0 for a state that never was (a raft snapshot's
+/// install replaces the record with the rest of the state).
+pub fn restored_from(txn: &ReadTransaction) -> Result<u64, FsmError> {
+    let Some(meta) = open_read(txn, FSM_META)? else { return Ok(0) };
+    Ok(meta.get(FSM_RESTORED_FROM)?.map_or(0, |v| v.value()))
 }
 
 /// Raft's configuration as of the applied index, as `core` encoded it (see

@@ -31,7 +31,7 @@ use prost::Message;
 use redb::{ReadTransaction, ReadableTable, TableHandle, WriteTransaction};
 
 use super::{applied, history, open_read, write_meta, Applied, Fnv, FsmError, TableDef, DOMAINS};
-use crate::storage::schema::{FSM_INSTALLED_AT, FSM_META, HISTORY};
+use crate::storage::schema::{FSM_INSTALLED_AT, FSM_META, FSM_RESTORED_FROM, HISTORY};
 
 /// The snapshot format this build writes and reads.
 pub const SNAPSHOT_VERSION: u32 = 2;
@@ -95,7 +95,7 @@ pub fn write<E>(
 /// index 1 of term 1, where the new members' logs start, compacted (`storage::LogStore::
 /// create_after`). Not 0: a member that joins the new cluster on an empty data dir is sent a
 /// snapshot of the state only once the log it would otherwise replay from index 1 is compacted.
-pub const RESTORED_AT: (u64, u64) = (1, 1);
+pub const RESTORED_AT: (u64, u64) = crate::storage::log::RESTORED_AFTER;
 
 /// The most generations a restore may skip: far more than a cluster grants in years, and
 /// fencing tokens stay below 2^53, which any JSON reader takes whole.
@@ -167,6 +167,7 @@ pub fn restore_as_new_cluster(
     let (index, term) = RESTORED_AT;
     let applied = Applied { index, term, revision: walked.summary.applied.revision };
     write_meta(txn, applied, walked.history_bytes)?;
+    txn.open_table(FSM_META)?.insert(FSM_RESTORED_FROM, walked.summary.checksum.max(1))?;
     super::sessions::restart_leases(txn)?;
     if skip_generations > 0 {
         super::locks::skip_generations(txn, skip_generations)?;

@@ -39,6 +39,12 @@
 //! same way, and is admitted only once a peer has it a learner — its addition applied
 //! ([`joining_verdict`]); refused once every peer it asked answered without.
 //!
+//! A first member (one of `--initial-cluster`'s) is also refused while a peer's state was
+//! restored from a snapshot file as the new cluster's first state (`latch snapshot restore`)
+//! and no peer has it a learner: every first member of a restored cluster is restored from the
+//! same file, and an empty one beside restored ones could, with another empty one, elect a
+//! leader of an empty log and run an empty cluster beside theirs ([`Verdict::Restored`]).
+//!
 //! Before any of this, every member with peers checks that it can run beside their builds
 //! (`server::upgrade::check`).
 
@@ -81,6 +87,9 @@ pub struct Answer {
     pub admitting: bool,
     /// The peer's applied configuration no longer has the asking member: it was removed.
     pub removed: bool,
+    /// The checksum of the snapshot file the peer's state was restored from as a new
+    /// cluster's first state; 0 if it was not.
+    pub restored_from: u64,
 }
 
 /// Whether a peer whose applied state records the starts of `started` and has `learners` among
@@ -139,6 +148,7 @@ pub fn reply_of(me: u64, s: &MemberStatus) -> Reply {
         learner: s.learners.contains(&me),
         admitting: s.role == ADMITTING,
         removed: s.removed.contains(&me),
+        restored_from: s.restored_from,
     };
     Reply {
         answer,
@@ -176,6 +186,8 @@ pub struct Tally {
     logged: BTreeMap<u64, BTreeSet<u64>>,
     /// By member, the first peer whose reply named it removed.
     removed: BTreeMap<u64, u64>,
+    /// The checksum of the snapshot file the asking member's state was restored from (0: none).
+    restored_from: u64,
 }
 
 /// One round's replies, counted.
@@ -207,7 +219,14 @@ impl Tally {
             added: BTreeSet::new(),
             logged: BTreeMap::new(),
             removed: BTreeMap::new(),
+            restored_from: 0,
         }
+    }
+
+    /// Counts for a member whose state was restored from the snapshot file with `checksum`
+    /// (0: none).
+    pub fn restored_from(self, checksum: u64) -> Tally {
+        Tally { restored_from: checksum, ..self }
     }
 
     /// Counts one round's replies, by peer.
@@ -250,6 +269,19 @@ impl Tally {
         // add it, the cluster would refuse); with another having it a learner, one of the two
         // has not applied the latest change (its promotion, or its replacement): ask again
         // until they agree, as when a peer records its start.
+        // A first member beside one restored from another file than its own (or from one, when
+        // it was not), unless replaced (a learner somewhere): it was to be restored from the
+        // same file.
+        let other_file = (answers.iter())
+            .find(|(_, a)| a.restored_from != 0 && a.restored_from != self.restored_from)
+            .map(|(p, a)| (*p, a.restored_from));
+        let replaced = answers.values().any(|a| a.learner);
+        let verdict = match (verdict, other_file) {
+            (Verdict::Admit | Verdict::Wait { .. }, Some((peer, theirs))) if !self.joins && !replaced => {
+                Verdict::Restored { peer, theirs }
+            }
+            (verdict, _) => verdict,
+        };
         let voter_at = (replies.iter())
             .filter(|(p, _)| answers.contains_key(p))
             .find(|(_, r)| r.added.contains(&self.me) && !r.answer.learner)
@@ -293,6 +325,14 @@ pub enum Verdict {
     /// A member that is not one of `--initial-cluster`'s, and every peer asked answered without
     /// having it a learner: it was never added.
     NotAdded,
+    /// Peer `peer`'s state was restored from a snapshot file as the new cluster's first state,
+    /// and this first member starts empty (no peer has it a learner): it was to be restored
+    /// from the same file.
+    Restored {
+        peer: u64,
+        /// The checksum of that peer's file.
+        theirs: u64,
+    },
     /// As [`Verdict::NotAdded`], but peer `peer` has the member added at run time: a voter
     /// since, so it ran (to catch up and be promoted) and lost its data. Its peers counted on
     /// what it acknowledged: it is to be replaced.
@@ -386,6 +426,9 @@ pub enum RefusedBecause {
     Promoted,
     /// Its configuration no longer has the member.
     Removed,
+    /// Its state was restored from a snapshot file (with checksum `theirs`) as the new
+    /// cluster's first state, and the member's from none (`mine` 0) or another.
+    Restored { mine: u64, theirs: u64 },
 }
 
 fn refusal_text(r: &Refused) -> String {
@@ -397,6 +440,26 @@ fn refusal_text(r: &Refused) -> String {
                 "member {member} started on an empty raft log in {data_dir}, but member {peer}'s \
                  configuration no longer has member {member}: it was removed from the cluster for good \
                  (`latch cluster remove`), and takes no part under its id again"
+            )
+        }
+        RefusedBecause::Restored { mine: 0, theirs } => {
+            return format!(
+                "member {member} started on an empty raft log in {data_dir}, but member {peer}'s state \
+                 was restored from a snapshot file (checksum {theirs:016x}) as this cluster's first state \
+                 (`latch snapshot restore`): restore this member from the same file, with the same \
+                 --skip-generations, into an empty --data-dir (this one holds nothing of the cluster's: \
+                 remove it) before starting it (first members started empty beside restored ones could \
+                 elect a leader of an empty log); a member added later (`latch cluster add`) gets the \
+                 state from the leader"
+            )
+        }
+        RefusedBecause::Restored { mine, theirs } => {
+            return format!(
+                "member {member} was restored from a snapshot file with checksum {mine:016x} into \
+                 {data_dir}, but member {peer}'s state from one with checksum {theirs:016x}: every first \
+                 member of a restored cluster is restored from the same file (`latch snapshot status` \
+                 shows a file's checksum); restore this member again from the other members' file, into \
+                 an empty --data-dir"
             )
         }
         RefusedBecause::Started => format!("records that member {member} has run before"),
@@ -455,6 +518,7 @@ pub async fn ask_peers(
     cluster_id: u64,
     (peers, current): (&[Peer], &[Peer]),
     data_dir: &Path,
+    restored_from: u64,
 ) -> Result<Admitted, NotAdmitted> {
     let joins = !peers.iter().any(|p| p.id == me);
     // Whom to ask, and where: the first members and `--peers`, then the members the answers
@@ -464,7 +528,8 @@ pub async fn ask_peers(
     for p in peers.iter().chain(current).filter(|p| p.id != me) {
         others.entry(p.id).or_insert_with(|| p.peer_addr.clone());
     }
-    let mut tally = Tally::new(me, peers.iter().map(|p| p.id), current.iter().map(|p| p.id), joins);
+    let mut tally = Tally::new(me, peers.iter().map(|p| p.id), current.iter().map(|p| p.id), joins)
+        .restored_from(restored_from);
     let mut grace = NotAddedGrace::default();
     tracing::info!(member = me, "the raft log is empty: asking the peers whether this member has run before");
     let mut logged = tokio::time::Instant::now();
@@ -509,10 +574,16 @@ pub async fn ask_peers(
                 );
                 return Ok(Admitted { replaced, added });
             }
-            Verdict::Refuse { peer } | Verdict::Promoted { peer } | Verdict::Removed { peer } => {
+            Verdict::Refuse { peer }
+            | Verdict::Promoted { peer }
+            | Verdict::Removed { peer }
+            | Verdict::Restored { peer, .. } => {
                 let because = match verdict {
                     Verdict::Promoted { .. } => RefusedBecause::Promoted,
                     Verdict::Removed { .. } => RefusedBecause::Removed,
+                    Verdict::Restored { theirs, .. } => {
+                        RefusedBecause::Restored { mine: restored_from, theirs }
+                    }
                     _ => RefusedBecause::Started,
                 };
                 return Err(Refused { member: me, peer, data_dir: data_dir.to_path_buf(), because }.into());
@@ -556,7 +627,16 @@ mod tests {
     fn answers(list: &[(u64, bool)]) -> BTreeMap<u64, Answer> {
         list.iter()
             .map(|(p, lists_me)| {
-                (*p, Answer { lists_me: *lists_me, learner: false, admitting: false, removed: false })
+                (
+                    *p,
+                    Answer {
+                        lists_me: *lists_me,
+                        learner: false,
+                        admitting: false,
+                        removed: false,
+                        restored_from: 0,
+                    },
+                )
             })
             .collect()
     }
@@ -588,7 +668,8 @@ mod tests {
     /// the two that recorded its promotion); shrunk from 5 to 3, the two members left are.
     #[test]
     fn answers_count_against_the_configuration_the_peers_applied_not_the_first_one() {
-        let learner = Answer { lists_me: false, learner: true, admitting: false, removed: false };
+        let learner =
+            Answer { lists_me: false, learner: true, admitting: false, removed: false, restored_from: 0 };
         let grown = answering_configuration(&[1, 2, 3], [(&[4u64, 5][..], &[][..]), (&[][..], &[][..])]);
         assert_eq!(grown.into_iter().collect::<Vec<_>>(), [1, 2, 3, 4, 5], "the most advanced view");
         let two = BTreeMap::from([(4, learner), (5, learner)]);
@@ -631,9 +712,15 @@ mod tests {
         let reply = reply_of(3, &status);
         assert_eq!((reply.added, reply.logged), (vec![4], vec![5]), "applied and logged additions");
         assert_eq!((reply.removed, reply.learners), (vec![2], vec![4]));
-        assert_eq!(reply.answer, Answer { lists_me: true, learner: false, admitting: true, removed: false });
+        assert_eq!(
+            reply.answer,
+            Answer { lists_me: true, learner: false, admitting: true, removed: false, restored_from: 0 }
+        );
         let replaced = reply_of(4, &status).answer;
-        assert_eq!(replaced, Answer { lists_me: false, learner: true, admitting: true, removed: false });
+        assert_eq!(
+            replaced,
+            Answer { lists_me: false, learner: true, admitting: true, removed: false, restored_from: 0 }
+        );
         assert!(reply_of(2, &status).answer.removed, "member 2 was removed");
     }
 
@@ -858,8 +945,10 @@ mod tests {
         assert!(!lists(&[1, 2, 3], &[3], 3), "a learner is not listed");
         assert!(lists(&[1, 2, 3], &[], 3), "a voter that ran before is");
         assert!(!lists(&[1, 2], &[], 3), "a member that never ran is not");
-        let learner = Answer { lists_me: false, learner: true, admitting: false, removed: false };
-        let lister = Answer { lists_me: true, learner: false, admitting: false, removed: false };
+        let learner =
+            Answer { lists_me: false, learner: true, admitting: false, removed: false, restored_from: 0 };
+        let lister =
+            Answer { lists_me: true, learner: false, admitting: false, removed: false, restored_from: 0 };
         let both = BTreeMap::from([(1, learner), (2, lister)]);
         assert_eq!(verdict(3, &both), Verdict::Disagree { lists: 2, learner: 1 }, "one of them is behind");
         assert_eq!(verdict(3, &BTreeMap::from([(1, learner), (2, learner)])), Verdict::Admit);
@@ -867,8 +956,10 @@ mod tests {
 
     #[test]
     fn an_added_member_is_admitted_once_a_peer_has_it_a_learner_and_refused_once_none_of_all_has() {
-        let learner = Answer { lists_me: false, learner: true, admitting: false, removed: false };
-        let stranger = Answer { lists_me: false, learner: false, admitting: false, removed: false };
+        let learner =
+            Answer { lists_me: false, learner: true, admitting: false, removed: false, restored_from: 0 };
+        let stranger =
+            Answer { lists_me: false, learner: false, admitting: false, removed: false, restored_from: 0 };
         assert_eq!(
             joining_verdict(3, 3, &BTreeMap::from([(1, stranger), (2, stranger)])),
             Verdict::Wait { answered: 2, needed: 3 },
@@ -887,6 +978,69 @@ mod tests {
         );
         let said = NotAdded { member: 4, asked: vec![1, 2, 3] }.to_string();
         assert!(said.contains("latch cluster add 4 HOST:PORT"), "it says what to do: {said}");
+    }
+
+    /// review-s69 M2: a first member starting empty beside a restored one is refused (it was to
+    /// be restored from the same file), however many empty ones answer, and so is one restored
+    /// from another file; one restored from the same file, a replaced member (a learner at a
+    /// peer) and a member added at run time are not.
+    #[test]
+    fn a_first_member_beside_one_restored_from_another_file_or_none_is_refused_unless_replaced_or_added() {
+        let from = |file: u64| Reply {
+            answer: Answer { restored_from: file, ..Answer::default() },
+            ..Reply::default()
+        };
+        let empty = Reply { answer: Answer { admitting: true, ..Answer::default() }, ..Reply::default() };
+        let counted =
+            Tally::new(3, [1, 2, 3], [], false).count(&BTreeMap::from([(1, from(7)), (2, empty.clone())]));
+        assert_eq!(
+            counted.verdict,
+            Verdict::Restored { peer: 1, theirs: 7 },
+            "empty beside a restored member"
+        );
+        let counted =
+            Tally::new(3, [1, 2, 3], [], false).count(&BTreeMap::from([(1, empty.clone()), (2, empty)]));
+        assert_eq!(counted.verdict, Verdict::Admit, "a whole new cluster's first start is admitted");
+        let mine = Tally::new(3, [1, 2, 3], [], false).restored_from(7);
+        let counted = mine.clone().count(&BTreeMap::from([(1, from(7)), (2, from(7))]));
+        assert_eq!(counted.verdict, Verdict::Admit, "restored from the same file as its peers");
+        let counted = mine.clone().count(&BTreeMap::from([(1, from(7)), (2, from(8))]));
+        assert_eq!(
+            counted.verdict,
+            Verdict::Restored { peer: 2, theirs: 8 },
+            "a peer restored from another file"
+        );
+        let lister =
+            Reply { answer: Answer { lists_me: true, restored_from: 7, ..Answer::default() }, ..from(7) };
+        let counted = mine.clone().count(&BTreeMap::from([(1, lister), (2, from(7))]));
+        assert_eq!(
+            counted.verdict,
+            Verdict::Refuse { peer: 1 },
+            "restored again after it ran: its start is recorded"
+        );
+
+        let replaced =
+            Reply { answer: Answer { learner: true, ..from(7).answer }, learners: vec![3], ..from(7) };
+        let counted =
+            Tally::new(3, [1, 2, 3], [], false).count(&BTreeMap::from([(1, from(7)), (2, replaced)]));
+        assert_eq!(counted.verdict, Verdict::Admit, "a replaced member takes part as a learner");
+        let has_it = Reply {
+            answer: Answer { learner: true, ..from(7).answer },
+            added: vec![4],
+            learners: vec![4],
+            ..from(7)
+        };
+        let counted = Tally::new(4, [1, 2, 3], [], true).count(&BTreeMap::from([
+            (1, has_it.clone()),
+            (2, has_it),
+            (3, from(7)),
+        ]));
+        assert_eq!(counted.verdict, Verdict::Admit, "a member added to the restored cluster is admitted");
+        for (mine, says) in [(0, "restore this member from the same file"), (9, "from one with checksum")] {
+            let because = RefusedBecause::Restored { mine, theirs: 7 };
+            let text = Refused { member: 3, peer: 1, data_dir: PathBuf::from("/d"), because }.to_string();
+            assert!(text.contains(says), "the refusal says what to do: {text}");
+        }
     }
 
     #[test]

@@ -79,6 +79,10 @@ use super::{StorageError, RESTORE};
 /// A segment is preallocated to this many bytes, and closed, a new one started, once full.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Where the log of a member restored from a backup starts after ([`LogStore::create_after`]):
+/// index 1 of term 1, the position its state is applied at (`fsm::snapshot::RESTORED_AT`).
+pub const RESTORED_AFTER: (u64, u64) = (1, 1);
+
 const KIND_HEADER: u8 = 1;
 const KIND_ENTRY: u8 = 2;
 const KIND_HARD_STATE: u8 = 3;
@@ -830,18 +834,13 @@ impl LogStore {
         segment.file.sync().map_err(|e| io(&format!("cannot sync {path}"), e))
     }
 
-    /// Makes the empty log in `dir` start after `(index, term)`, as if a snapshot there had been
-    /// installed with `voters` as the configuration, durably: the log of a member restored from
-    /// a backup (`backup`), whose state is at that position. A member that joins later with an
-    /// empty log is then sent a snapshot of the state, not the log from its first entry (which
-    /// would be applied to an empty state). Fails on a log that is not empty.
-    pub fn create_after(
-        dir: Box<dyn Dir>,
-        identity: Identity,
-        voters: &[u64],
-        index: u64,
-        term: u64,
-    ) -> Result<(), StorageError> {
+    /// Makes the empty log in `dir` start after [`RESTORED_AFTER`], as if a snapshot there had
+    /// been installed with `voters` as the configuration, durably: the log of a member restored
+    /// from a backup (`backup`), whose state is at that position. A member that joins later with
+    /// an empty log is then sent a snapshot of the state, not the log from its first entry
+    /// (which would be applied to an empty state). Fails on a log that is not empty.
+    pub fn create_after(dir: Box<dyn Dir>, identity: Identity, voters: &[u64]) -> Result<(), StorageError> {
+        let (index, term) = RESTORED_AFTER;
         struct NoSnapshots;
         impl SnapshotSource for NoSnapshots {
             fn prepare(&self, _: u64) -> Result<Option<PreparedSnapshot>, String> {
@@ -925,6 +924,19 @@ impl LogStore {
     /// one whose log was lost (see `server::admission`).
     pub fn is_fresh(&self) -> bool {
         self.fresh
+    }
+
+    /// Whether it is as [`LogStore::create_after`] left it at a restore from a backup — starting
+    /// after index 1 of term 1, no entry, no vote, no later term: nothing happened in it since,
+    /// so, like an empty log, it is a first life or a later one whose data was lost and restored
+    /// again (see `server::admission`).
+    pub fn is_as_restored(&self) -> bool {
+        let (index, term) = RESTORED_AFTER;
+        !self.fresh
+            && self.compacted == Compacted { index, term }
+            && self.last == index
+            && self.hard_state.term == term
+            && self.hard_state.vote == 0
     }
 
     pub fn hard_state(&self) -> &HardState {

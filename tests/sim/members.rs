@@ -32,7 +32,16 @@ pub(crate) fn answers_for(s: &mut Scripted, me: u64, up: &[u64]) -> BTreeMap<u64
             let learners = learners_on(s, *p);
             let lists_me = admission::lists(&recorded_on(s, *p), &learners, me);
             let removed = s.core(*p).configuration().removed.contains(&me);
-            (*p, Answer { lists_me, learner: learners.contains(&me), admitting: false, removed })
+            (
+                *p,
+                Answer {
+                    lists_me,
+                    learner: learners.contains(&me),
+                    admitting: false,
+                    removed,
+                    restored_from: 0,
+                },
+            )
         })
         .collect()
 }

@@ -14,6 +14,8 @@ pub struct SnapshotStream {
     header: ResponseHeader,
     first: Option<Vec<u8>>,
     parts: Streaming<SnapshotResponse>,
+    /// The member said the file is whole (`SnapshotResponse.last`).
+    whole: bool,
 }
 
 impl SnapshotStream {
@@ -22,12 +24,25 @@ impl SnapshotStream {
         &self.header
     }
 
-    /// The next part of the file, or `None` once the member sent it all.
+    /// The next part of the file, or `None` once the member sent it all (and said so: a
+    /// stream that ends before is an error).
     pub async fn next_part(&mut self) -> Result<Option<Vec<u8>>, Error> {
         if let Some(first) = self.first.take() {
             return Ok(Some(first));
         }
-        Ok(self.parts.message().await?.map(|part| part.blob))
+        if self.whole {
+            return Ok(None);
+        }
+        match self.parts.message().await? {
+            Some(part) if part.last => {
+                self.whole = true;
+                Ok(None)
+            }
+            Some(part) => Ok(Some(part.blob)),
+            None => Err(Error::from(tonic::Status::unavailable(
+                "the member's snapshot stream ended before the end of the file: take the snapshot again",
+            ))),
+        }
     }
 }
 
@@ -52,6 +67,6 @@ impl Client {
             ))
         })?;
         let header = first.header.unwrap_or_default();
-        Ok(SnapshotStream { header, first: Some(first.blob), parts })
+        Ok(SnapshotStream { header, first: Some(first.blob), parts, whole: false })
     }
 }

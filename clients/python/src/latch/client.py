@@ -936,11 +936,14 @@ class Client:
             target = self.target(start + k)
             call = target.stub("maintenance", "streams").Snapshot(
                 maintenance_pb2.SnapshotRequest(serializable=serializable))
-            header = None
+            header, whole = None, False
             try:
                 with open(part, "wb") as out:
                     for response in call:
                         header = header or response.header
+                        if response.last:
+                            whole = True
+                            break
                         out.write(response.blob)
                     out.flush()
                     os.fsync(out.fileno())
@@ -956,9 +959,10 @@ class Client:
                 raise
             finally:
                 call.cancel()
-            if header is None:
+            if not whole:
                 os.remove(part)
-                raise LatchError(grpc.StatusCode.UNAVAILABLE, "the member ended the snapshot stream before sending anything",
+                raise LatchError(grpc.StatusCode.UNAVAILABLE,
+                                 "the member's snapshot stream ended before the end of the file: take it again",
                                  target.addr)
             os.replace(part, path)
             directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from latch.v1 import kv_pb2 as latch_dot_v1_dot_kv__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16latch/v1/cluster.proto\x12\x08latch.v1\x1a\x11latch/v1/kv.proto\"\x0f\n\rStatusRequest\"\xe3\x01\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x11\n\tpeer_addr\x18\x02 \x01(\t\x12\x13\n\x0b\x63lient_addr\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x15\n\rapplied_index\x18\x05 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x06 \x01(\x04\x12\x0c\n\x04term\x18\x07 \x01(\x04\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x1b\n\x13snapshots_installed\x18\t \x01(\x04\x12\x17\n\x0f\x63ommand_version\x18\n \x01(\r\x12\x17\n\x0f\x63luster_version\x18\x0b \x01(\r\"{\n\x0eStatusResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\x12\x0e\n\x06leader\x18\x02 \x01(\x04\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12!\n\x07members\x18\x04 \x03(\x0b\x32\x10.latch.v1.Member\"&\n\x14ReplaceMemberRequest\x12\x0e\n\x06member\x18\x01 \x01(\x04\"P\n\x15ReplaceMemberResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\x12\r\n\x05index\x18\x02 \x01(\x04\"%\n\x13RemoveMemberRequest\x12\x0e\n\x06member\x18\x01 \x01(\x04\"O\n\x14RemoveMemberResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\x12\r\n\x05index\x18\x02 \x01(\x04\"5\n\x10\x41\x64\x64MemberRequest\x12\x0e\n\x06member\x18\x01 \x01(\x04\x12\x11\n\tpeer_addr\x18\x02 \x01(\t\"\x93\x01\n\x11\x41\x64\x64MemberResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x17\n\x0finitial_cluster\x18\x03 \x01(\t\x12\x1d\n\x15initial_cluster_token\x18\x04 \x01(\t\x12\r\n\x05peers\x18\x05 \x01(\t2\xad\x02\n\x07\x43luster\x12;\n\x06Status\x12\x17.latch.v1.StatusRequest\x1a\x18.latch.v1.StatusResponse\x12P\n\rReplaceMember\x12\x1e.latch.v1.ReplaceMemberRequest\x1a\x1f.latch.v1.ReplaceMemberResponse\x12M\n\x0cRemoveMember\x12\x1d.latch.v1.RemoveMemberRequest\x1a\x1e.latch.v1.RemoveMemberResponse\x12\x44\n\tAddMember\x12\x1a.latch.v1.AddMemberRequest\x1a\x1b.latch.v1.AddMemberResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16latch/v1/cluster.proto\x12\x08latch.v1\x1a\x11latch/v1/kv.proto\"\x0f\n\rStatusRequest\"\xf5\x01\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x11\n\tpeer_addr\x18\x02 \x01(\t\x12\x13\n\x0b\x63lient_addr\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x15\n\rapplied_index\x18\x05 \x01(\x04\x12\x14\n\x0c\x63ommit_index\x18\x06 \x01(\x04\x12\x0c\n\x04term\x18\x07 \x01(\x04\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x1b\n\x13snapshots_installed\x18\t \x01(\x04\x12\x17\n\x0f\x63ommand_version\x18\n \x01(\r\x12\x17\n\x0f\x63luster_version\x18\x0b \x01(\r\x12\x10\n\x08\x64ns_addr\x18\x0c \x01(\t\"{\n\x0eStatusResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\x12\x0e\n\x06leader\x18\x02 \x01(\x04\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12!\n\x07members\x18\x04 \x03(\x0b\x32\x10.latch.v1.Member\"&\n\x14ReplaceMemberRequest\x12\x0e\n\x06member\x18\x01 \x01(\x04\"P\n\x15ReplaceMemberResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\x12\r\n\x05index\x18\x02 \x01(\x04\"%\n\x13RemoveMemberRequest\x12\x0e\n\x06member\x18\x01 \x01(\x04\"O\n\x14RemoveMemberResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\x12\r\n\x05index\x18\x02 \x01(\x04\"5\n\x10\x41\x64\x64MemberRequest\x12\x0e\n\x06member\x18\x01 \x01(\x04\x12\x11\n\tpeer_addr\x18\x02 \x01(\t\"\x93\x01\n\x11\x41\x64\x64MemberResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x17\n\x0finitial_cluster\x18\x03 \x01(\t\x12\x1d\n\x15initial_cluster_token\x18\x04 \x01(\t\x12\r\n\x05peers\x18\x05 \x01(\t2\xad\x02\n\x07\x43luster\x12;\n\x06Status\x12\x17.latch.v1.StatusRequest\x1a\x18.latch.v1.StatusResponse\x12P\n\rReplaceMember\x12\x1e.latch.v1.ReplaceMemberRequest\x1a\x1f.latch.v1.ReplaceMemberResponse\x12M\n\x0cRemoveMember\x12\x1d.latch.v1.RemoveMemberRequest\x1a\x1e.latch.v1.RemoveMemberResponse\x12\x44\n\tAddMember\x12\x1a.latch.v1.AddMemberRequest\x1a\x1b.latch.v1.AddMemberResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,21 +36,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREQUEST']._serialized_start=55
   _globals['_STATUSREQUEST']._serialized_end=70
   _globals['_MEMBER']._serialized_start=73
-  _globals['_MEMBER']._serialized_end=300
-  _globals['_STATUSRESPONSE']._serialized_start=302
-  _globals['_STATUSRESPONSE']._serialized_end=425
-  _globals['_REPLACEMEMBERREQUEST']._serialized_start=427
-  _globals['_REPLACEMEMBERREQUEST']._serialized_end=465
-  _globals['_REPLACEMEMBERRESPONSE']._serialized_start=467
-  _globals['_REPLACEMEMBERRESPONSE']._serialized_end=547
-  _globals['_REMOVEMEMBERREQUEST']._serialized_start=549
-  _globals['_REMOVEMEMBERREQUEST']._serialized_end=586
-  _globals['_REMOVEMEMBERRESPONSE']._serialized_start=588
-  _globals['_REMOVEMEMBERRESPONSE']._serialized_end=667
-  _globals['_ADDMEMBERREQUEST']._serialized_start=669
-  _globals['_ADDMEMBERREQUEST']._serialized_end=722
-  _globals['_ADDMEMBERRESPONSE']._serialized_start=725
-  _globals['_ADDMEMBERRESPONSE']._serialized_end=872
-  _globals['_CLUSTER']._serialized_start=875
-  _globals['_CLUSTER']._serialized_end=1176
+  _globals['_MEMBER']._serialized_end=318
+  _globals['_STATUSRESPONSE']._serialized_start=320
+  _globals['_STATUSRESPONSE']._serialized_end=443
+  _globals['_REPLACEMEMBERREQUEST']._serialized_start=445
+  _globals['_REPLACEMEMBERREQUEST']._serialized_end=483
+  _globals['_REPLACEMEMBERRESPONSE']._serialized_start=485
+  _globals['_REPLACEMEMBERRESPONSE']._serialized_end=565
+  _globals['_REMOVEMEMBERREQUEST']._serialized_start=567
+  _globals['_REMOVEMEMBERREQUEST']._serialized_end=604
+  _globals['_REMOVEMEMBERRESPONSE']._serialized_start=606
+  _globals['_REMOVEMEMBERRESPONSE']._serialized_end=685
+  _globals['_ADDMEMBERREQUEST']._serialized_start=687
+  _globals['_ADDMEMBERREQUEST']._serialized_end=740
+  _globals['_ADDMEMBERRESPONSE']._serialized_start=743
+  _globals['_ADDMEMBERRESPONSE']._serialized_end=890
+  _globals['_CLUSTER']._serialized_start=893
+  _globals['_CLUSTER']._serialized_end=1194
 # @@protoc_insertion_point(module_scope)

@@ -13,7 +13,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Member(_message.Message):
-    __slots__ = ("id", "peer_addr", "client_addr", "role", "applied_index", "commit_index", "term", "error", "snapshots_installed", "command_version", "cluster_version")
+    __slots__ = ("id", "peer_addr", "client_addr", "role", "applied_index", "commit_index", "term", "error", "snapshots_installed", "command_version", "cluster_version", "dns_addr")
     ID_FIELD_NUMBER: _ClassVar[int]
     PEER_ADDR_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ADDR_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class Member(_message.Message):
     SNAPSHOTS_INSTALLED_FIELD_NUMBER: _ClassVar[int]
     COMMAND_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DNS_ADDR_FIELD_NUMBER: _ClassVar[int]
     id: int
     peer_addr: str
     client_addr: str
@@ -36,7 +37,8 @@ class Member(_message.Message):
     snapshots_installed: int
     command_version: int
     cluster_version: int
-    def __init__(self, id: _Optional[int] = ..., peer_addr: _Optional[str] = ..., client_addr: _Optional[str] = ..., role: _Optional[str] = ..., applied_index: _Optional[int] = ..., commit_index: _Optional[int] = ..., term: _Optional[int] = ..., error: _Optional[str] = ..., snapshots_installed: _Optional[int] = ..., command_version: _Optional[int] = ..., cluster_version: _Optional[int] = ...) -> None: ...
+    dns_addr: str
+    def __init__(self, id: _Optional[int] = ..., peer_addr: _Optional[str] = ..., client_addr: _Optional[str] = ..., role: _Optional[str] = ..., applied_index: _Optional[int] = ..., commit_index: _Optional[int] = ..., term: _Optional[int] = ..., error: _Optional[str] = ..., snapshots_installed: _Optional[int] = ..., command_version: _Optional[int] = ..., cluster_version: _Optional[int] = ..., dns_addr: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("header", "leader", "term", "members")

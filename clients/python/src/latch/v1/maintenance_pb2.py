@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from latch.v1 import kv_pb2 as latch_dot_v1_dot_kv__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alatch/v1/maintenance.proto\x12\x08latch.v1\x1a\x11latch/v1/kv.proto\"\'\n\x0fSnapshotRequest\x12\x14\n\x0cserializable\x18\x01 \x01(\x08\"J\n\x10SnapshotResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\x12\x0c\n\x04\x62lob\x18\x02 \x01(\x0c\x32R\n\x0bMaintenance\x12\x43\n\x08Snapshot\x12\x19.latch.v1.SnapshotRequest\x1a\x1a.latch.v1.SnapshotResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1alatch/v1/maintenance.proto\x12\x08latch.v1\x1a\x11latch/v1/kv.proto\"\'\n\x0fSnapshotRequest\x12\x14\n\x0cserializable\x18\x01 \x01(\x08\"X\n\x10SnapshotResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.latch.v1.ResponseHeader\x12\x0c\n\x04\x62lob\x18\x02 \x01(\x0c\x12\x0c\n\x04last\x18\x03 \x01(\x08\x32R\n\x0bMaintenance\x12\x43\n\x08Snapshot\x12\x19.latch.v1.SnapshotRequest\x1a\x1a.latch.v1.SnapshotResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,7 +36,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SNAPSHOTREQUEST']._serialized_start=59
   _globals['_SNAPSHOTREQUEST']._serialized_end=98
   _globals['_SNAPSHOTRESPONSE']._serialized_start=100
-  _globals['_SNAPSHOTRESPONSE']._serialized_end=174
-  _globals['_MAINTENANCE']._serialized_start=176
-  _globals['_MAINTENANCE']._serialized_end=258
+  _globals['_SNAPSHOTRESPONSE']._serialized_end=188
+  _globals['_MAINTENANCE']._serialized_start=190
+  _globals['_MAINTENANCE']._serialized_end=272
 # @@protoc_insertion_point(module_scope)

@@ -14,9 +14,11 @@ class SnapshotRequest(_message.Message):
     def __init__(self, serializable: _Optional[bool] = ...) -> None: ...
 
 class SnapshotResponse(_message.Message):
-    __slots__ = ("header", "blob")
+    __slots__ = ("header", "blob", "last")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     BLOB_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
     header: _kv_pb2.ResponseHeader
     blob: bytes
-    def __init__(self, header: _Optional[_Union[_kv_pb2.ResponseHeader, _Mapping]] = ..., blob: _Optional[bytes] = ...) -> None: ...
+    last: bool
+    def __init__(self, header: _Optional[_Union[_kv_pb2.ResponseHeader, _Mapping]] = ..., blob: _Optional[bytes] = ..., last: _Optional[bool] = ...) -> None: ...
