@@ -182,7 +182,10 @@ pub fn restore(path: &Path, config: &Config, skip_generations: u64) -> Result<Re
     refuse_unreplaceable(dir)?;
     let staging = staging_dir(dir)?;
     std::fs::create_dir(&staging).map_err(|source| BackupError::Io {
-        what: "create",
+        what: match source.kind() {
+            std::io::ErrorKind::AlreadyExists => "create (a restore cut short left it: delete it)",
+            _ => "create",
+        },
         path: staging.clone(),
         source,
     })?;

@@ -3,12 +3,12 @@
 //! the client takes it: a bounded channel keeps a few chunks in memory however large the state.
 //!
 //! Invariant: a stream never holds its read transaction (which keeps the state file from
-//! reusing the pages written meanwhile) past [`STALL`] without the client taking a part, nor
-//! past the member's stop: it ends with UNAVAILABLE then.
+//! reusing the pages written meanwhile) past [`STALL`] without the client taking a part, past
+//! [`MAX_STREAM_LIFE`], nor past the member's stop: it ends with UNAVAILABLE then.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::{Stream, StreamExt};
 use latch_proto::internal::SnapshotFileHeader;
@@ -36,6 +36,11 @@ const QUEUED_PARTS: usize = 4;
 /// hold the read transaction for good.
 pub const STALL: Duration = Duration::from_secs(60);
 
+/// The longest a stream lasts: a client that takes a part just before each [`STALL`] would
+/// otherwise hold the read transaction for as long as it likes. An hour streams a state of
+/// tens of gigabytes at a few megabytes a second.
+pub const MAX_STREAM_LIFE: Duration = Duration::from_secs(3600);
+
 pub struct MaintenanceService {
     ctx: Context,
     streams: Arc<Semaphore>,
@@ -59,13 +64,19 @@ enum Unsent {
 }
 
 /// Sends `part` on `tx` from a blocking thread: waits at most [`STALL`] for room, and not past
-/// the member's stop.
+/// the member's stop or `ends_by`.
 fn send_part(
     runtime: &Handle,
     tx: &mpsc::Sender<Result<SnapshotResponse, Status>>,
-    stop: &mut watch::Receiver<bool>,
+    (stop, ends_by): (&mut watch::Receiver<bool>, Instant),
     part: SnapshotResponse,
 ) -> Result<(), Unsent> {
+    if Instant::now() >= ends_by {
+        return Err(Unsent::Ended(format!(
+            "the snapshot stream lasted {}, the most one may: take it again, reading faster",
+            humantime::format_duration(MAX_STREAM_LIFE)
+        )));
+    }
     runtime.block_on(async {
         tokio::select! {
             sent = tokio::time::timeout(STALL, tx.send(Ok(part))) => match sent {
@@ -121,13 +132,14 @@ impl Maintenance for MaintenanceService {
         let ending = outcome.clone();
         let failed = ctx.clone();
         let (runtime, mut stop) = (Handle::current(), self.stop.clone());
+        let ends_by = Instant::now() + MAX_STREAM_LIFE;
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let mut send = |blob: Vec<u8>| {
                 send_part(
                     &runtime,
                     &tx,
-                    &mut stop,
+                    (&mut stop, ends_by),
                     SnapshotResponse { header: Some(header), blob, last: false },
                 )
             };
@@ -140,7 +152,7 @@ impl Maintenance for MaintenanceService {
                 Ok(Ok(_)) => Ok(send_part(
                     &runtime,
                     &tx,
-                    &mut stop,
+                    (&mut stop, ends_by),
                     SnapshotResponse { header: Some(header), blob: Vec::new(), last: true },
                 )),
                 other => other.map(|r| r.map(|_| ())),

@@ -31,7 +31,7 @@ pub enum DnsOp {
     /// data.
     Records {
         /// The member's DNS port (its --dns-addr) [default: where the first member of --endpoints
-        /// to answer says its DNS port listens].
+        /// to answer says its DNS port listens; behind NAT or a port mapping, give it].
         #[arg(long, env = "LATCH_DNS_ADDR")]
         dns_addr: Option<String>,
         /// The domain it answers for (its --dns-domain).
@@ -105,7 +105,14 @@ async fn member_dns_addr(client: &Client) -> anyhow::Result<String> {
              give --dns-addr, the member's --dns-addr"
         );
     }
-    Ok(reachable_at(&member.dns_addr, &member.client_addr))
+    let addr = reachable_at(&member.dns_addr, &member.client_addr);
+    if addr.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_unspecified()) {
+        bail!(
+            "member {me} listens for DNS on every address ({addr}) and names no address clients reach it \
+             at (--advertise-client-addr): give --dns-addr"
+        );
+    }
+    Ok(addr)
 }
 
 /// `dns_addr`, with a wildcard host (0.0.0.0, [::]) replaced by the host of `client_addr`.

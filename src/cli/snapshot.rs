@@ -61,7 +61,7 @@ pub enum SnapshotOp {
     /// member of the new cluster from the same file. The new cluster needs an id other than the
     /// old one's (another --initial-cluster-token, or other members), so that the old cluster's
     /// sequencers and clients are refused by it. Its revisions go on from the file's; its
-    /// sessions have their whole TTL from its start, and live on only if kept alive.
+    /// sessions have their whole TTL from each member's start, and live on only if kept alive.
     Restore(Box<RestoreArgs>),
 }
 
@@ -105,7 +105,12 @@ pub async fn run(command: SnapshotCommand, client_args: &ClientArgs) -> anyhow::
                 backup::restore(&file, &config, skip_generations).map(|restored| (file, config, restored))
             })
             .await
-            .context("restoring")??;
+            .context("restoring")?
+            .map_err(|e| match e {
+                // Flags that cannot make this restore are bad input (exit 2).
+                backup::BackupError::Invalid(why) => anyhow::Error::new(UsageError(why)),
+                e => anyhow::Error::new(e),
+            })?;
             let s = restored.summary;
             match client_args.output {
                 Output::Json => print_json(&json!({

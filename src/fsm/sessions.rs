@@ -299,10 +299,10 @@ pub fn bound_keys(txn: &ReadTransaction) -> Result<Vec<(String, Vec<u8>)>, FsmEr
     Ok(out)
 }
 
-/// Every session, in id order.
-/// Gives every session a whole TTL counted from the next start (a restore as a new cluster,
-/// `fsm::snapshot::restore_as_new_cluster`): its last checkpoint's term and leader clock
-/// reading are another cluster's, whose terms and clocks the new one's would be read against.
+/// Gives every session a whole TTL counted from each member's next start (a restore as a new
+/// cluster, `fsm::snapshot::restore_as_new_cluster`): its last checkpoint's term and leader
+/// clock reading are another cluster's, whose terms and clocks the new one's would be read
+/// against.
 pub(crate) fn restart_leases(txn: &redb::WriteTransaction) -> Result<(), FsmError> {
     let mut table = txn.open_table(SESSIONS)?;
     let mut rows = Vec::new();
@@ -317,6 +317,7 @@ pub(crate) fn restart_leases(txn: &redb::WriteTransaction) -> Result<(), FsmErro
     Ok(())
 }
 
+/// Every session, in id order.
 pub fn all(txn: &ReadTransaction) -> Result<Vec<(String, SessionRow)>, FsmError> {
     Ok(page(txn, "", usize::MAX, |_, _| true)?.0)
 }
