@@ -605,7 +605,7 @@ pub async fn run(
         match tokio::time::timeout(STOP_GRACE, t).await {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
             Err(_) => {
-                tracing::warn!(member = id, "streams still open {STOP_GRACE:?} after the stop: closed");
+                tracing::warn!(member = id, "streams still open {STOP_GRACE:?} after the stop: not waited for, they end as the member exits");
                 abort.abort();
             }
             Ok(_) => {}

@@ -330,6 +330,7 @@ impl PeerRpc for PeerService {
         let s = self.node.status();
         let txn = self.node.db().begin_read().map_err(|e| unreadable(e.to_string()))?;
         let membership = membership_status(&txn, self.node.configuration()).map_err(unreadable)?;
+        let restored_from = crate::fsm::restored_from(&txn).map_err(|e| unreadable(e.to_string()))?;
         Ok(Response::new(MemberStatus {
             id: s.id,
             client_addr: self.client_addr.clone(),
@@ -350,7 +351,8 @@ impl PeerRpc for PeerService {
             state_hash_version: crate::core::state_check::STATE_HASH_VERSION,
             state_installed_at: self.shared.state_hashes.unconfirmed_install(),
             dns_addr: self.dns_addr.clone(),
-            restored_from: crate::fsm::restored_from(&txn).map_err(|e| unreadable(e.to_string()))?,
+            restored_from: restored_from.checksum,
+            restored_skip_generations: restored_from.skip_generations,
             ..membership
         }))
     }

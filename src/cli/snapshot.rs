@@ -58,7 +58,8 @@ pub enum SnapshotOp {
     /// Make a member of a new cluster from a snapshot file.
     ///
     /// Give the flags (or --config) the member will run with, then start it with `latch server` and the same flags. Restore every
-    /// member of the new cluster from the same file. The new cluster needs an id other than the
+    /// first member of the new cluster from the same file, with the same --skip-generations,
+    /// before starting any; a member added or replaced later starts empty instead. The new cluster needs an id other than the
     /// old one's (another --initial-cluster-token, or other members), so that the old cluster's
     /// sequencers and clients are refused by it. Its revisions go on from the file's; its
     /// sessions have their whole TTL from each member's start, and live on only if kept alive.
@@ -125,8 +126,8 @@ pub async fn run(command: SnapshotCommand, client_args: &ClientArgs) -> anyhow::
                 Output::Text => print_bytes(
                     format!(
                         "restored {} (revision {}, {} rows) into {} as member {} of cluster {}: start it \
-                         with `latch server` and the flags given here, every other member restored from \
-                         the same file\n",
+                         with `latch server` and the flags given here, every other first member restored \
+                         from the same file alike\n",
                         file.display(),
                         s.applied.revision,
                         s.rows,

@@ -821,9 +821,8 @@ impl Core {
         Ok(fsm::installed_at(&self.state_db.begin_read().map_err(redb_err)?)?)
     }
 
-    /// The checksum of the snapshot file the state was restored from as a new cluster's
-    /// ([`fsm::restored_from`]); 0 if it was not.
-    pub fn restored_from(&self) -> Result<u64, CoreError> {
+    /// The backup the state descends from ([`fsm::restored_from`]).
+    pub fn restored_from(&self) -> Result<fsm::RestoredFrom, CoreError> {
         Ok(fsm::restored_from(&self.state_db.begin_read().map_err(redb_err)?)?)
     }
 

@@ -72,7 +72,8 @@ pub use requests::{remembered, REQUEST_MEMORY_BYTES};
 
 use crate::storage::schema::{
     CONF_STATE, CONF_STATE_CURRENT, FSM_APPLIED_INDEX, FSM_APPLIED_TERM, FSM_HISTORY_BYTES,
-    FSM_HISTORY_BYTES_INDEX, FSM_INSTALLED_AT, FSM_META, FSM_RESTORED_FROM, FSM_REVISION, HISTORY,
+    FSM_HISTORY_BYTES_INDEX, FSM_INSTALLED_AT, FSM_META, FSM_RESTORED_FROM, FSM_RESTORED_SKIP, FSM_REVISION,
+    HISTORY,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -318,12 +319,53 @@ pub fn installed_at(txn: &ReadTransaction) -> Result<u64, FsmError> {
     Ok(meta.get(FSM_INSTALLED_AT)?.map_or(0, |v| v.value()))
 }
 
-/// The checksum of the snapshot file the state was restored from as a new cluster's
-/// ([`snapshot::restore_as_new_cluster`]); 0 for a state that never was (a raft snapshot's
-/// install replaces the record with the rest of the state).
-pub fn restored_from(txn: &ReadTransaction) -> Result<u64, FsmError> {
-    let Some(meta) = open_read(txn, FSM_META)? else { return Ok(0) };
-    Ok(meta.get(FSM_RESTORED_FROM)?.map_or(0, |v| v.value()))
+/// The backup a state descends from: the snapshot file a new cluster's first state was restored
+/// from ([`snapshot::restore_as_new_cluster`]) and the generations that restore skipped. Every
+/// member of a restored cluster holds the same: each first member restores it, and a raft
+/// snapshot carries it to a member sent the state ([`snapshot::restore`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoredFrom {
+    /// The file's checksum (`latch snapshot status` shows it); 0: the cluster was not restored.
+    pub checksum: u64,
+    pub skip_generations: u64,
+}
+
+impl RestoredFrom {
+    pub fn is_restored(&self) -> bool {
+        self.checksum != 0
+    }
+}
+
+impl std::fmt::Display for RestoredFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.checksum, self.skip_generations) {
+            (0, _) => write!(f, "no snapshot file"),
+            (checksum, 0) => write!(f, "the snapshot file with checksum {checksum:016x}"),
+            (checksum, skip) => {
+                write!(f, "the snapshot file with checksum {checksum:016x}, skipping {skip} generations")
+            }
+        }
+    }
+}
+
+/// What the state descends from ([`RestoredFrom`]); all zero for a cluster never restored.
+pub fn restored_from(txn: &ReadTransaction) -> Result<RestoredFrom, FsmError> {
+    let Some(meta) = open_read(txn, FSM_META)? else { return Ok(RestoredFrom::default()) };
+    Ok(RestoredFrom {
+        checksum: meta.get(FSM_RESTORED_FROM)?.map_or(0, |v| v.value()),
+        skip_generations: meta.get(FSM_RESTORED_SKIP)?.map_or(0, |v| v.value()),
+    })
+}
+
+/// Records what the state descends from, in the transaction that restores it (nothing for a
+/// cluster never restored).
+fn set_restored_from(txn: &WriteTransaction, from: RestoredFrom) -> Result<(), FsmError> {
+    if from.is_restored() {
+        let mut meta = txn.open_table(FSM_META)?;
+        meta.insert(FSM_RESTORED_FROM, from.checksum)?;
+        meta.insert(FSM_RESTORED_SKIP, from.skip_generations)?;
+    }
+    Ok(())
 }
 
 /// Raft's configuration as of the applied index, as `core` encoded it (see

@@ -30,8 +30,11 @@ use latch_proto::internal::{
 use prost::Message;
 use redb::{ReadTransaction, ReadableTable, TableHandle, WriteTransaction};
 
-use super::{applied, history, open_read, write_meta, Applied, Fnv, FsmError, TableDef, DOMAINS};
-use crate::storage::schema::{FSM_INSTALLED_AT, FSM_META, FSM_RESTORED_FROM, HISTORY};
+use super::{
+    applied, history, open_read, restored_from, set_restored_from, write_meta, Applied, Fnv, FsmError,
+    RestoredFrom, TableDef, DOMAINS,
+};
+use crate::storage::schema::{FSM_INSTALLED_AT, FSM_META, HISTORY};
 
 /// The snapshot format this build writes and reads.
 pub const SNAPSHOT_VERSION: u32 = 2;
@@ -48,11 +51,14 @@ pub fn write<E>(
     out: &mut dyn FnMut(Vec<u8>) -> Result<(), E>,
 ) -> Result<Result<Applied, E>, FsmError> {
     let pos = applied(txn)?;
+    let from = restored_from(txn)?;
     let header = SnapshotHeader {
         version: SNAPSHOT_VERSION,
         applied_index: pos.index,
         applied_term: pos.term,
         revision: pos.revision,
+        restored_from: from.checksum,
+        restored_skip_generations: from.skip_generations,
     };
     if let Err(e) = out(frame(snapshot_chunk::Chunk::Header(header))) {
         return Ok(Err(e));
@@ -114,7 +120,8 @@ pub struct Summary {
 
 /// Replaces the whole state with the snapshot read from `input`, which must be at
 /// `(index, term)` with raft's configuration `conf_state` (from its metadata), and records that
-/// it was installed there ([`super::installed_at`]); returns its position. See the module doc for what fails it.
+/// it was installed there ([`super::installed_at`]) and the backup it descends from (its
+/// header's [`RestoredFrom`]); returns its position. See the module doc for what fails it.
 pub fn restore(
     txn: &WriteTransaction,
     input: &mut dyn Read,
@@ -129,6 +136,7 @@ pub fn restore(
     let pos = walked.summary.applied;
     write_meta(txn, pos, walked.history_bytes)?;
     txn.open_table(FSM_META)?.insert(FSM_INSTALLED_AT, pos.index)?;
+    set_restored_from(txn, walked.restored_from)?;
     Ok(pos)
 }
 
@@ -167,7 +175,10 @@ pub fn restore_as_new_cluster(
     let (index, term) = RESTORED_AT;
     let applied = Applied { index, term, revision: walked.summary.applied.revision };
     write_meta(txn, applied, walked.history_bytes)?;
-    txn.open_table(FSM_META)?.insert(FSM_RESTORED_FROM, walked.summary.checksum.max(1))?;
+    // What the file's own state descended from is the lost cluster's: the new one descends
+    // from this file, restored this way.
+    let from = RestoredFrom { checksum: walked.summary.checksum.max(1), skip_generations };
+    set_restored_from(txn, from)?;
     super::sessions::restart_leases(txn)?;
     if skip_generations > 0 {
         super::locks::skip_generations(txn, skip_generations)?;
@@ -200,6 +211,8 @@ pub fn verify(input: &mut dyn Read, index: u64, term: u64) -> Result<Applied, Fs
 struct Walked {
     summary: Summary,
     history_bytes: u64,
+    /// What its header says the state descends from.
+    restored_from: RestoredFrom,
 }
 
 /// What [`walk`] hands each chunk of checked rows to.
@@ -229,6 +242,13 @@ fn walk(input: &mut dyn Read, at: Option<(u64, u64)>, rows_of: &mut RowsOf) -> R
         return Err(corrupt(format!("revision {} is negative", header.revision)));
     }
     let pos = Applied { index, term, revision: header.revision };
+    let restored_from =
+        RestoredFrom { checksum: header.restored_from, skip_generations: header.restored_skip_generations };
+    if restored_from.skip_generations > MAX_SKIP_GENERATIONS
+        || (!restored_from.is_restored() && restored_from.skip_generations != 0)
+    {
+        return Err(corrupt(format!("it descends from a restore that cannot be: {restored_from:?}")));
+    }
     let mut sum = Fnv::new();
     let mut rows = 0u64;
     let mut history_bytes = 0u64;
@@ -283,7 +303,8 @@ fn walk(input: &mut dyn Read, at: Option<(u64, u64)>, rows_of: &mut RowsOf) -> R
     if input.read(&mut trailing).map_err(|e| corrupt(format!("cannot read: {e}")))? != 0 {
         return Err(corrupt("bytes after the end".into()));
     }
-    Ok(Walked { summary: Summary { applied: pos, rows, checksum: sum.finish() }, history_bytes })
+    let summary = Summary { applied: pos, rows, checksum: sum.finish() };
+    Ok(Walked { summary, history_bytes, restored_from })
 }
 
 fn frame(chunk: snapshot_chunk::Chunk) -> Vec<u8> {
@@ -499,6 +520,38 @@ mod tests {
             held + 1_000 + 1,
             "the first grant after a restore that skips 1,000 generations should be 1,001 above the file's last"
         );
+    }
+
+    /// review-s69-3 R1: what a restored state descends from is carried in the raft snapshots
+    /// its members send, so that a member sent the state (added later, or behind) holds it too
+    /// and its answers refuse first members restored otherwise (`server::admission`).
+    #[test]
+    fn the_backup_a_state_descends_from_travels_in_its_snapshots() {
+        let old = a_lived_in_state();
+        let file = old.snapshot();
+        let restored = Store::new();
+        let txn = restored.db.begin_write().expect("a write transaction begins");
+        let summary = restore_as_new_cluster(&txn, &mut &file[..], 1_000).expect("restores");
+        txn.commit().expect("the restore commits");
+        let from = RestoredFrom { checksum: summary.checksum, skip_generations: 1_000 };
+        let of = |store: &Store| store.read(restored_from).expect("reads");
+        assert_eq!(of(&old), RestoredFrom::default(), "a state never restored descends from no backup");
+        assert_eq!(of(&restored), from, "a restored state records the file and the generations skipped");
+
+        let sent = restored.snapshot();
+        let behind = Store::new();
+        let txn = behind.db.begin_write().expect("a write transaction begins");
+        let (index, term) = RESTORED_AT;
+        restore(&txn, &mut &sent[..], index, term, &[]).expect("a raft snapshot restores");
+        txn.commit().expect("the restore commits");
+        assert_eq!(of(&behind), from, "a member sent the state should hold what it descends from");
+
+        // A backup of the restored cluster, restored again, descends from that backup alone.
+        let again = Store::new();
+        let txn = again.db.begin_write().expect("a write transaction begins");
+        let summary = restore_as_new_cluster(&txn, &mut &sent[..], 0).expect("restores");
+        txn.commit().expect("the restore commits");
+        assert_eq!(of(&again), RestoredFrom { checksum: summary.checksum, skip_generations: 0 });
     }
 
     #[test]

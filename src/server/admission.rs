@@ -39,11 +39,18 @@
 //! same way, and is admitted only once a peer has it a learner — its addition applied
 //! ([`joining_verdict`]); refused once every peer it asked answered without.
 //!
-//! A first member (one of `--initial-cluster`'s) is also refused while a peer's state was
-//! restored from a snapshot file as the new cluster's first state (`latch snapshot restore`)
-//! and no peer has it a learner: every first member of a restored cluster is restored from the
-//! same file, and an empty one beside restored ones could, with another empty one, elect a
-//! leader of an empty log and run an empty cluster beside theirs ([`Verdict::Restored`]).
+//! Backups (`latch snapshot restore`): every first member of a restored cluster is restored
+//! from the same file, alike (`fsm::RestoredFrom`, which a raft snapshot carries to every other
+//! member), and every other member starts empty and is sent the state. So a first member that
+//! no peer has a learner is refused beside a peer that descends from another backup, and
+//! beside one that descends from none and runs (not admitting): an empty one beside restored
+//! ones could, with another empty one, elect a leader of an empty log and run an empty cluster
+//! beside theirs; a restored one beside empty ones that run already would take their entries
+//! onto the file's state ([`Verdict::Restored`]). A peer that is admitting too and descends
+//! from another backup does not count toward those needed: one of the two is refused once it
+//! hears the other. And a member restored from a file that a peer has a learner (replaced, or
+//! added at run time) is refused ([`Verdict::RestoredNotFirst`]): the leader would replay its
+//! log onto the file's state, which need not be the one its log starts from.
 //!
 //! Before any of this, every member with peers checks that it can run beside their builds
 //! (`server::upgrade::check`).
@@ -53,6 +60,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::Peer;
+use crate::fsm::RestoredFrom;
 use crate::transport::{peer_status, ADMITTING};
 use latch_proto::internal::MemberStatus;
 
@@ -87,9 +95,8 @@ pub struct Answer {
     pub admitting: bool,
     /// The peer's applied configuration no longer has the asking member: it was removed.
     pub removed: bool,
-    /// The checksum of the snapshot file the peer's state was restored from as a new
-    /// cluster's first state; 0 if it was not.
-    pub restored_from: u64,
+    /// The backup the peer's state descends from.
+    pub restored_from: RestoredFrom,
 }
 
 /// Whether a peer whose applied state records the starts of `started` and has `learners` among
@@ -148,7 +155,10 @@ pub fn reply_of(me: u64, s: &MemberStatus) -> Reply {
         learner: s.learners.contains(&me),
         admitting: s.role == ADMITTING,
         removed: s.removed.contains(&me),
-        restored_from: s.restored_from,
+        restored_from: RestoredFrom {
+            checksum: s.restored_from,
+            skip_generations: s.restored_skip_generations,
+        },
     };
     Reply {
         answer,
@@ -186,8 +196,8 @@ pub struct Tally {
     logged: BTreeMap<u64, BTreeSet<u64>>,
     /// By member, the first peer whose reply named it removed.
     removed: BTreeMap<u64, u64>,
-    /// The checksum of the snapshot file the asking member's state was restored from (0: none).
-    restored_from: u64,
+    /// The backup the asking member's state descends from.
+    restored_from: RestoredFrom,
 }
 
 /// One round's replies, counted.
@@ -219,14 +229,13 @@ impl Tally {
             added: BTreeSet::new(),
             logged: BTreeMap::new(),
             removed: BTreeMap::new(),
-            restored_from: 0,
+            restored_from: RestoredFrom::default(),
         }
     }
 
-    /// Counts for a member whose state was restored from the snapshot file with `checksum`
-    /// (0: none).
-    pub fn restored_from(self, checksum: u64) -> Tally {
-        Tally { restored_from: checksum, ..self }
+    /// Counts for a member whose state descends from the backup `from`.
+    pub fn restored_from(self, from: RestoredFrom) -> Tally {
+        Tally { restored_from: from, ..self }
     }
 
     /// Counts one round's replies, by peer.
@@ -253,8 +262,15 @@ impl Tally {
             .filter(|(peer, _)| configuration.contains(peer))
             .map(|(peer, reply)| (*peer, reply.answer))
             .collect();
-        let voters: BTreeSet<u64> = (answers.keys().copied())
-            .filter(|p| (self.initial.contains(p) || added.contains(p)) && !learners.contains(p))
+        // A peer admitting too from another backup: one of the two is refused once it hears the
+        // other, so it does not count.
+        let mine = self.restored_from;
+        let other_backup = |a: &Answer| a.admitting && a.restored_from != mine;
+        let voters: BTreeSet<u64> = (answers.iter())
+            .filter(|(p, a)| {
+                (self.initial.contains(p) || added.contains(p)) && !learners.contains(p) && !other_backup(a)
+            })
+            .map(|(p, _)| *p)
             .collect();
         let members = configuration.len();
         let asked = configuration.iter().filter(|m| **m != self.me).count();
@@ -269,24 +285,28 @@ impl Tally {
         // add it, the cluster would refuse); with another having it a learner, one of the two
         // has not applied the latest change (its promotion, or its replacement): ask again
         // until they agree, as when a peer records its start.
-        // A first member beside one restored from another file than its own (or from one, when
-        // it was not), unless replaced (a learner somewhere): it was to be restored from the
-        // same file.
-        let other_file = (answers.iter())
-            .find(|(_, a)| a.restored_from != 0 && a.restored_from != self.restored_from)
+        // Backups (see the module doc): a first member, unless replaced (a learner somewhere),
+        // beside a peer restored from another backup, or from none and running; a member
+        // restored from a file that takes part as a learner.
+        let learner_at = answers.iter().find(|(_, a)| a.learner).map(|(p, _)| *p);
+        let other_backup = (answers.iter())
+            .find(|(_, a)| a.restored_from != mine && (a.restored_from.is_restored() || !a.admitting))
             .map(|(p, a)| (*p, a.restored_from));
-        let replaced = answers.values().any(|a| a.learner);
-        let verdict = match (verdict, other_file) {
-            (Verdict::Admit | Verdict::Wait { .. }, Some((peer, theirs))) if !self.joins && !replaced => {
+        let verdict = match (verdict, other_backup, learner_at) {
+            (Verdict::Admit | Verdict::Wait { .. }, Some((peer, theirs)), None) if !self.joins => {
                 Verdict::Restored { peer, theirs }
             }
-            (verdict, _) => verdict,
+            (Verdict::Admit | Verdict::Wait { .. } | Verdict::Disagree { .. }, _, Some(peer))
+                if mine.is_restored() =>
+            {
+                Verdict::RestoredNotFirst { peer }
+            }
+            (verdict, _, _) => verdict,
         };
         let voter_at = (replies.iter())
             .filter(|(p, _)| answers.contains_key(p))
             .find(|(_, r)| r.added.contains(&self.me) && !r.answer.learner)
             .map(|(p, _)| *p);
-        let learner_at = answers.iter().find(|(_, a)| a.learner).map(|(p, _)| *p);
         let verdict = match (verdict, voter_at, learner_at) {
             (Verdict::NotAdded, Some(peer), _) => Verdict::Promoted { peer },
             (Verdict::Admit, Some(voter), Some(learner)) if self.joins => {
@@ -325,13 +345,18 @@ pub enum Verdict {
     /// A member that is not one of `--initial-cluster`'s, and every peer asked answered without
     /// having it a learner: it was never added.
     NotAdded,
-    /// Peer `peer`'s state was restored from a snapshot file as the new cluster's first state,
-    /// and this first member starts empty (no peer has it a learner): it was to be restored
-    /// from the same file.
+    /// Peer `peer`'s state descends from another backup than this first member's (no peer has
+    /// it a learner), or from none and it runs: every first member of a restored cluster is
+    /// restored from the same file, alike.
     Restored {
         peer: u64,
-        /// The checksum of that peer's file.
-        theirs: u64,
+        /// What that peer's state descends from.
+        theirs: RestoredFrom,
+    },
+    /// Peer `peer` has this member, restored from a file, a learner (replaced, or added at run
+    /// time): it is to start empty and be sent the state.
+    RestoredNotFirst {
+        peer: u64,
     },
     /// As [`Verdict::NotAdded`], but peer `peer` has the member added at run time: a voter
     /// since, so it ran (to catch up and be promoted) and lost its data. Its peers counted on
@@ -426,9 +451,10 @@ pub enum RefusedBecause {
     Promoted,
     /// Its configuration no longer has the member.
     Removed,
-    /// Its state was restored from a snapshot file (with checksum `theirs`) as the new
-    /// cluster's first state, and the member's from none (`mine` 0) or another.
-    Restored { mine: u64, theirs: u64 },
+    /// Its state descends from another backup than the member's ([`Verdict::Restored`]).
+    Restored { mine: RestoredFrom, theirs: RestoredFrom },
+    /// It has the member, restored from a file, a learner ([`Verdict::RestoredNotFirst`]).
+    RestoredNotFirst { mine: RestoredFrom },
 }
 
 fn refusal_text(r: &Refused) -> String {
@@ -442,24 +468,41 @@ fn refusal_text(r: &Refused) -> String {
                  (`latch cluster remove`), and takes no part under its id again"
             )
         }
-        RefusedBecause::Restored { mine: 0, theirs } => {
+        RefusedBecause::Restored { mine, theirs } if !mine.is_restored() => {
             return format!(
                 "member {member} started on an empty raft log in {data_dir}, but member {peer}'s state \
-                 was restored from a snapshot file (checksum {theirs:016x}) as this cluster's first state \
-                 (`latch snapshot restore`): restore this member from the same file, with the same \
-                 --skip-generations, into an empty --data-dir (this one holds nothing of the cluster's: \
-                 remove it) before starting it (first members started empty beside restored ones could \
-                 elect a leader of an empty log); a member added later (`latch cluster add`) gets the \
-                 state from the leader"
+                 was restored from {theirs} as this cluster's first state (`latch snapshot restore`): \
+                 restore this member from the same file, with the same --skip-generations, into an \
+                 empty --data-dir (this one holds nothing of the cluster's: remove it) before starting \
+                 it (first members started empty beside restored ones could elect a leader of an empty \
+                 log); or, to have it sent the state instead, replace it first (`latch cluster replace \
+                 {member}` against the running members) and start it empty"
+            )
+        }
+        RefusedBecause::Restored { mine, theirs } if !theirs.is_restored() => {
+            return format!(
+                "member {member} was restored from {mine} into {data_dir}, but member {peer} runs a \
+                 state restored from no file: members started on empty data dirs before this one and \
+                 run a cluster of their own, without the file's state, which this member would take \
+                 entries from onto it. To run the restored cluster, stop every member, restore each \
+                 from the same file, with the same --skip-generations, into an empty --data-dir, and \
+                 start them"
             )
         }
         RefusedBecause::Restored { mine, theirs } => {
             return format!(
-                "member {member} was restored from a snapshot file with checksum {mine:016x} into \
-                 {data_dir}, but member {peer}'s state from one with checksum {theirs:016x}: every first \
-                 member of a restored cluster is restored from the same file (`latch snapshot status` \
-                 shows a file's checksum); restore this member again from the other members' file, into \
-                 an empty --data-dir"
+                "member {member} was restored from {mine} into {data_dir}, but member {peer}'s state \
+                 from {theirs}: every first member of a restored cluster is restored from the same file, \
+                 with the same --skip-generations (`latch snapshot status` shows a file's checksum); \
+                 restore this member again as the other members were, into an empty --data-dir"
+            )
+        }
+        RefusedBecause::RestoredNotFirst { mine } => {
+            return format!(
+                "member {member} was restored from {mine} into {data_dir}, but member {peer} has it a \
+                 learner (replaced, or added at run time): such a member starts on an empty --data-dir \
+                 and is sent the state by the leader, which would otherwise replay its log onto the \
+                 file's state. Remove this data dir and start the member on an empty one"
             )
         }
         RefusedBecause::Started => format!("records that member {member} has run before"),
@@ -518,7 +561,7 @@ pub async fn ask_peers(
     cluster_id: u64,
     (peers, current): (&[Peer], &[Peer]),
     data_dir: &Path,
-    restored_from: u64,
+    restored_from: RestoredFrom,
 ) -> Result<Admitted, NotAdmitted> {
     let joins = !peers.iter().any(|p| p.id == me);
     // Whom to ask, and where: the first members and `--peers`, then the members the answers
@@ -531,7 +574,20 @@ pub async fn ask_peers(
     let mut tally = Tally::new(me, peers.iter().map(|p| p.id), current.iter().map(|p| p.id), joins)
         .restored_from(restored_from);
     let mut grace = NotAddedGrace::default();
-    tracing::info!(member = me, "the raft log is empty: asking the peers whether this member has run before");
+    match restored_from.is_restored() {
+        true => tracing::info!(
+            member = me,
+            restored_from = %restored_from,
+            "the raft log is as a restore left it: asking the peers whether this member has run before \
+             and what their state descends from"
+        ),
+        false => {
+            tracing::info!(
+                member = me,
+                "the raft log is empty: asking the peers whether this member has run before"
+            )
+        }
+    }
     let mut logged = tokio::time::Instant::now();
     loop {
         let asked = (others.iter())
@@ -577,12 +633,16 @@ pub async fn ask_peers(
             Verdict::Refuse { peer }
             | Verdict::Promoted { peer }
             | Verdict::Removed { peer }
-            | Verdict::Restored { peer, .. } => {
+            | Verdict::Restored { peer, .. }
+            | Verdict::RestoredNotFirst { peer } => {
                 let because = match verdict {
                     Verdict::Promoted { .. } => RefusedBecause::Promoted,
                     Verdict::Removed { .. } => RefusedBecause::Removed,
                     Verdict::Restored { theirs, .. } => {
                         RefusedBecause::Restored { mine: restored_from, theirs }
+                    }
+                    Verdict::RestoredNotFirst { .. } => {
+                        RefusedBecause::RestoredNotFirst { mine: restored_from }
                     }
                     _ => RefusedBecause::Started,
                 };
@@ -634,7 +694,7 @@ mod tests {
                         learner: false,
                         admitting: false,
                         removed: false,
-                        restored_from: 0,
+                        restored_from: RestoredFrom::default(),
                     },
                 )
             })
@@ -668,8 +728,13 @@ mod tests {
     /// the two that recorded its promotion); shrunk from 5 to 3, the two members left are.
     #[test]
     fn answers_count_against_the_configuration_the_peers_applied_not_the_first_one() {
-        let learner =
-            Answer { lists_me: false, learner: true, admitting: false, removed: false, restored_from: 0 };
+        let learner = Answer {
+            lists_me: false,
+            learner: true,
+            admitting: false,
+            removed: false,
+            restored_from: RestoredFrom::default(),
+        };
         let grown = answering_configuration(&[1, 2, 3], [(&[4u64, 5][..], &[][..]), (&[][..], &[][..])]);
         assert_eq!(grown.into_iter().collect::<Vec<_>>(), [1, 2, 3, 4, 5], "the most advanced view");
         let two = BTreeMap::from([(4, learner), (5, learner)]);
@@ -714,12 +779,24 @@ mod tests {
         assert_eq!((reply.removed, reply.learners), (vec![2], vec![4]));
         assert_eq!(
             reply.answer,
-            Answer { lists_me: true, learner: false, admitting: true, removed: false, restored_from: 0 }
+            Answer {
+                lists_me: true,
+                learner: false,
+                admitting: true,
+                removed: false,
+                restored_from: RestoredFrom::default()
+            }
         );
         let replaced = reply_of(4, &status).answer;
         assert_eq!(
             replaced,
-            Answer { lists_me: false, learner: true, admitting: true, removed: false, restored_from: 0 }
+            Answer {
+                lists_me: false,
+                learner: true,
+                admitting: true,
+                removed: false,
+                restored_from: RestoredFrom::default()
+            }
         );
         assert!(reply_of(2, &status).answer.removed, "member 2 was removed");
     }
@@ -945,10 +1022,20 @@ mod tests {
         assert!(!lists(&[1, 2, 3], &[3], 3), "a learner is not listed");
         assert!(lists(&[1, 2, 3], &[], 3), "a voter that ran before is");
         assert!(!lists(&[1, 2], &[], 3), "a member that never ran is not");
-        let learner =
-            Answer { lists_me: false, learner: true, admitting: false, removed: false, restored_from: 0 };
-        let lister =
-            Answer { lists_me: true, learner: false, admitting: false, removed: false, restored_from: 0 };
+        let learner = Answer {
+            lists_me: false,
+            learner: true,
+            admitting: false,
+            removed: false,
+            restored_from: RestoredFrom::default(),
+        };
+        let lister = Answer {
+            lists_me: true,
+            learner: false,
+            admitting: false,
+            removed: false,
+            restored_from: RestoredFrom::default(),
+        };
         let both = BTreeMap::from([(1, learner), (2, lister)]);
         assert_eq!(verdict(3, &both), Verdict::Disagree { lists: 2, learner: 1 }, "one of them is behind");
         assert_eq!(verdict(3, &BTreeMap::from([(1, learner), (2, learner)])), Verdict::Admit);
@@ -956,10 +1043,20 @@ mod tests {
 
     #[test]
     fn an_added_member_is_admitted_once_a_peer_has_it_a_learner_and_refused_once_none_of_all_has() {
-        let learner =
-            Answer { lists_me: false, learner: true, admitting: false, removed: false, restored_from: 0 };
-        let stranger =
-            Answer { lists_me: false, learner: false, admitting: false, removed: false, restored_from: 0 };
+        let learner = Answer {
+            lists_me: false,
+            learner: true,
+            admitting: false,
+            removed: false,
+            restored_from: RestoredFrom::default(),
+        };
+        let stranger = Answer {
+            lists_me: false,
+            learner: false,
+            admitting: false,
+            removed: false,
+            restored_from: RestoredFrom::default(),
+        };
         assert_eq!(
             joining_verdict(3, 3, &BTreeMap::from([(1, stranger), (2, stranger)])),
             Verdict::Wait { answered: 2, needed: 3 },
@@ -980,67 +1077,159 @@ mod tests {
         assert!(said.contains("latch cluster add 4 HOST:PORT"), "it says what to do: {said}");
     }
 
+    fn file(checksum: u64) -> RestoredFrom {
+        RestoredFrom { checksum, skip_generations: 0 }
+    }
+
+    /// A running peer's reply whose state descends from `from`.
+    fn from(from: RestoredFrom) -> Reply {
+        Reply { answer: Answer { restored_from: from, ..Answer::default() }, ..Reply::default() }
+    }
+
     /// review-s69 M2: a first member starting empty beside a restored one is refused (it was to
     /// be restored from the same file), however many empty ones answer, and so is one restored
-    /// from another file; one restored from the same file, a replaced member (a learner at a
-    /// peer) and a member added at run time are not.
+    /// from another file or with other skipped generations; one restored from the same file,
+    /// alike, a replaced member (a learner at a peer) and a member added at run time are not.
     #[test]
     fn a_first_member_beside_one_restored_from_another_file_or_none_is_refused_unless_replaced_or_added() {
-        let from = |file: u64| Reply {
-            answer: Answer { restored_from: file, ..Answer::default() },
-            ..Reply::default()
-        };
         let empty = Reply { answer: Answer { admitting: true, ..Answer::default() }, ..Reply::default() };
-        let counted =
-            Tally::new(3, [1, 2, 3], [], false).count(&BTreeMap::from([(1, from(7)), (2, empty.clone())]));
+        let counted = Tally::new(3, [1, 2, 3], [], false)
+            .count(&BTreeMap::from([(1, from(file(7))), (2, empty.clone())]));
         assert_eq!(
             counted.verdict,
-            Verdict::Restored { peer: 1, theirs: 7 },
+            Verdict::Restored { peer: 1, theirs: file(7) },
             "empty beside a restored member"
         );
         let counted =
             Tally::new(3, [1, 2, 3], [], false).count(&BTreeMap::from([(1, empty.clone()), (2, empty)]));
         assert_eq!(counted.verdict, Verdict::Admit, "a whole new cluster's first start is admitted");
-        let mine = Tally::new(3, [1, 2, 3], [], false).restored_from(7);
-        let counted = mine.clone().count(&BTreeMap::from([(1, from(7)), (2, from(7))]));
+        let mine = Tally::new(3, [1, 2, 3], [], false).restored_from(file(7));
+        let counted = mine.clone().count(&BTreeMap::from([(1, from(file(7))), (2, from(file(7)))]));
         assert_eq!(counted.verdict, Verdict::Admit, "restored from the same file as its peers");
-        let counted = mine.clone().count(&BTreeMap::from([(1, from(7)), (2, from(8))]));
+        let counted = mine.clone().count(&BTreeMap::from([(1, from(file(7))), (2, from(file(8)))]));
         assert_eq!(
             counted.verdict,
-            Verdict::Restored { peer: 2, theirs: 8 },
+            Verdict::Restored { peer: 2, theirs: file(8) },
             "a peer restored from another file"
         );
-        let lister =
-            Reply { answer: Answer { lists_me: true, restored_from: 7, ..Answer::default() }, ..from(7) };
-        let counted = mine.clone().count(&BTreeMap::from([(1, lister), (2, from(7))]));
+        let skipped = RestoredFrom { checksum: 7, skip_generations: 1000 };
+        let counted = mine.clone().count(&BTreeMap::from([(1, from(file(7))), (2, from(skipped))]));
+        assert_eq!(
+            counted.verdict,
+            Verdict::Restored { peer: 2, theirs: skipped },
+            "a peer restored from the same file with other generations skipped holds another state"
+        );
+        let lister = Reply { answer: Answer { lists_me: true, ..from(file(7)).answer }, ..from(file(7)) };
+        let counted = mine.clone().count(&BTreeMap::from([(1, lister), (2, from(file(7)))]));
         assert_eq!(
             counted.verdict,
             Verdict::Refuse { peer: 1 },
             "restored again after it ran: its start is recorded"
         );
 
-        let replaced =
-            Reply { answer: Answer { learner: true, ..from(7).answer }, learners: vec![3], ..from(7) };
+        let replaced = Reply {
+            answer: Answer { learner: true, ..from(file(7)).answer },
+            learners: vec![3],
+            ..from(file(7))
+        };
         let counted =
-            Tally::new(3, [1, 2, 3], [], false).count(&BTreeMap::from([(1, from(7)), (2, replaced)]));
+            Tally::new(3, [1, 2, 3], [], false).count(&BTreeMap::from([(1, from(file(7))), (2, replaced)]));
         assert_eq!(counted.verdict, Verdict::Admit, "a replaced member takes part as a learner");
         let has_it = Reply {
-            answer: Answer { learner: true, ..from(7).answer },
+            answer: Answer { learner: true, ..from(file(7)).answer },
             added: vec![4],
             learners: vec![4],
-            ..from(7)
+            ..from(file(7))
         };
         let counted = Tally::new(4, [1, 2, 3], [], true).count(&BTreeMap::from([
             (1, has_it.clone()),
             (2, has_it),
-            (3, from(7)),
+            (3, from(file(7))),
         ]));
         assert_eq!(counted.verdict, Verdict::Admit, "a member added to the restored cluster is admitted");
-        for (mine, says) in [(0, "restore this member from the same file"), (9, "from one with checksum")] {
-            let because = RefusedBecause::Restored { mine, theirs: 7 };
+        let cases = [
+            (RestoredFrom::default(), file(7), "restore this member from the same file"),
+            (file(9), file(7), "checksum 0000000000000007"),
+            (file(7), RestoredFrom::default(), "stop every member, restore each from the same file"),
+        ];
+        for (mine, theirs, says) in cases {
+            let because = RefusedBecause::Restored { mine, theirs };
             let text = Refused { member: 3, peer: 1, data_dir: PathBuf::from("/d"), because }.to_string();
-            assert!(text.contains(says), "the refusal says what to do: {text}");
+            assert!(text.contains(says), "the refusal should say {says:?}: {text}");
         }
+    }
+
+    /// review-s69-3 R1: with 4 or more first members, empty ones may admit each other before a
+    /// restored one answers, and run a cluster of their own; the restored one, started later,
+    /// is refused beside them rather than take their entries onto the file's state. Beside
+    /// empty ones still admitting, it waits: they are refused once they hear it.
+    #[test]
+    fn a_restored_member_is_refused_beside_empty_ones_that_run_and_does_not_count_those_admitting() {
+        let mine = Tally::new(1, [1, 2, 3, 4, 5], [], false).restored_from(file(7));
+        let running = from(RestoredFrom::default());
+        let counted = mine.clone().count(&BTreeMap::from([
+            (2, running.clone()),
+            (3, running.clone()),
+            (4, running.clone()),
+            (5, running),
+        ]));
+        assert_eq!(
+            counted.verdict,
+            Verdict::Restored { peer: 2, theirs: RestoredFrom::default() },
+            "empty members that run a cluster of their own"
+        );
+        let empty = Reply { answer: Answer { admitting: true, ..Answer::default() }, ..Reply::default() };
+        let restored = Reply { answer: Answer { admitting: true, ..from(file(7)).answer }, ..from(file(7)) };
+        let counted = mine.clone().count(&BTreeMap::from([
+            (2, empty.clone()),
+            (3, empty.clone()),
+            (4, empty),
+            (5, restored),
+        ]));
+        assert_eq!(
+            counted.verdict,
+            Verdict::Wait { answered: 1, needed: 3 },
+            "empty members still admitting do not count toward those needed"
+        );
+        assert_eq!(counted.voters, BTreeSet::from([5]), "only the one restored alike counts");
+    }
+
+    /// review-s69-3 R2: a member restored from a file that its peers have a learner (replaced,
+    /// or added at run time) is refused: it is to start empty and be sent the state, not have
+    /// the leader's log replayed onto a file's state that need not be the one it starts from.
+    #[test]
+    fn a_replaced_or_added_member_restored_from_a_file_is_refused() {
+        let replaced = Reply {
+            answer: Answer { learner: true, ..from(file(7)).answer },
+            learners: vec![3],
+            ..from(file(7))
+        };
+        let counted = (Tally::new(3, [1, 2, 3], [], false).restored_from(file(7)))
+            .count(&BTreeMap::from([(1, from(file(7))), (2, replaced)]));
+        assert_eq!(
+            counted.verdict,
+            Verdict::RestoredNotFirst { peer: 2 },
+            "a replaced member restored from a file"
+        );
+        let has_it = Reply {
+            answer: Answer { learner: true, ..from(file(7)).answer },
+            added: vec![4],
+            learners: vec![4],
+            ..from(file(7))
+        };
+        let counted = (Tally::new(4, [1, 2, 3], [], true).restored_from(file(7))).count(&BTreeMap::from([
+            (1, has_it.clone()),
+            (2, has_it),
+            (3, from(file(7))),
+        ]));
+        assert_eq!(
+            counted.verdict,
+            Verdict::RestoredNotFirst { peer: 1 },
+            "an added member restored from a file"
+        );
+        let because = RefusedBecause::RestoredNotFirst { mine: file(7) };
+        let text = Refused { member: 4, peer: 1, data_dir: PathBuf::from("/d"), because }.to_string();
+        assert!(text.contains("start the member on an empty one"), "the refusal says what to do: {text}");
     }
 
     #[test]

@@ -37,11 +37,14 @@ pub const FSM_HISTORY_BYTES_INDEX: &str = "history_bytes_index";
 /// points count a state copied from another member's as no witness of its own
 /// (`core::state_check::copied`).
 pub const FSM_INSTALLED_AT: &str = "installed_at";
-/// The checksum of the snapshot file the state was restored from as a new cluster's first state
-/// (`latch snapshot restore`; absent: never). A member's own bookkeeping, not part of snapshots
-/// or the state hash: a first member starting empty beside one that has it is refused
-/// (`server::admission`), as it should have been restored from the same file.
+/// The backup the state descends from (`fsm::RestoredFrom`): the checksum of the snapshot file
+/// the cluster's first state was restored from (`latch snapshot restore`; absent: never), and
+/// the generations that restore skipped. Not part of the state hash; carried in a snapshot's
+/// header, so that every member of a restored cluster holds it, however it got the state: a
+/// first member starting beside one that descends from another backup (or from none) is
+/// refused (`server::admission`).
 pub const FSM_RESTORED_FROM: &str = "restored_from";
+pub const FSM_RESTORED_SKIP: &str = "restored_skip_generations";
 
 /// Raft's configuration (which members vote, which only learn) as of the applied index:
 /// `current` → a raft `ConfState`, protobuf-encoded by `core`. Written in the same transaction

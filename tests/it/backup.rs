@@ -213,6 +213,30 @@ async fn a_cluster_restored_from_a_saved_snapshot_serves_its_state_under_a_new_i
         "the refusal should say the member ran before: {}",
         stderr(&refused)
     );
+    // Replaced, it is sent the state on an empty data dir; restored from the file, it is refused:
+    // the leader's log would be replayed onto the file's state.
+    restored.replace_member(2).await.unwrap();
+    let replaced = new.server_command(2, new.initial_cluster());
+    let refused =
+        tokio::time::timeout(Duration::from_secs(60), tokio::process::Command::from(replaced).output())
+            .await
+            .expect("a replaced member restored from the file should stop, refused")
+            .unwrap();
+    assert!(!refused.status.success(), "a replaced member restored from the file should not take part");
+    assert!(
+        stderr(&refused).contains("start the member on an empty one"),
+        "the refusal should say to start it empty: {}",
+        stderr(&refused)
+    );
+    std::fs::remove_dir_all(&new.member(2).data_dir).unwrap();
+    new.restart(2).await;
+    eventually("the replaced member serves the file's keys", Duration::from_secs(30), || async {
+        match new.local_kvs(2).await {
+            Ok((_, kvs)) if kvs.iter().any(|(k, _)| k == "app/last") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
 
     let fresh = restored.session(SessionOptions::new(Duration::from_secs(10))).await.unwrap();
     let granted =

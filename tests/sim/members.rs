@@ -39,7 +39,7 @@ pub(crate) fn answers_for(s: &mut Scripted, me: u64, up: &[u64]) -> BTreeMap<u64
                     learner: learners.contains(&me),
                     admitting: false,
                     removed,
-                    restored_from: 0,
+                    restored_from: fsm::RestoredFrom::default(),
                 },
             )
         })
