@@ -1235,6 +1235,20 @@ class OfflineScriptedTest(unittest.TestCase):
         self.assertEqual(follower.named[0], None, "the very first request names no cluster: none is known yet")
         self.assertEqual(leader.named, [ours, ours], "every request after the first answer names the cluster")
 
+    def test_a_call_whose_every_endpoint_is_another_clusters_member_fails_once_each_refused(self):
+        ours, theirs = "0000000000000001", "0000000000000002"
+        add = kv_pb2_grpc.add_KVServicer_to_server
+        first, second = NamingKV(member_id=8, cluster=theirs), NamingKV(member_id=9, cluster=theirs)
+        with latch.Client([serve(self, add, first), serve(self, add, second)], cluster_id=ours) as client:
+            with self.assertRaises(latch.LatchError) as failed:
+                client.put("k", "v")
+        said = str(failed.exception)
+        self.assertIn("every endpoint this client knows", said)
+        self.assertIn(ours, said, "the error names the client's cluster")
+        self.assertFalse(failed.exception.unsettled, "another cluster's refusals did nothing")
+        self.assertEqual((first.calls, second.calls), ([], []), "nothing was applied")
+        self.assertEqual((first.named, second.named), ([ours], [ours]), "each endpoint was asked once")
+
     def test_a_client_told_its_cluster_names_it_from_the_first_request_and_no_other_cluster_serves_it(self):
         ours, theirs = "0000000000000001", "0000000000000002"
         add = kv_pb2_grpc.add_KVServicer_to_server

@@ -6,7 +6,7 @@
 //! attempts, and the server applies an id at most once. Errors that say the request itself is
 //! wrong (`INVALID_ARGUMENT`, `RESOURCE_EXHAUSTED`, `FAILED_PRECONDITION`, …) are never retried.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -633,6 +633,8 @@ impl Client {
         running.push(launch(index, target));
         // What each endpoint tried last said, to name them all when the call gives up.
         let mut failures = Vec::<Tried>::new();
+        // The endpoints a member of another cluster answered at, in this call.
+        let mut foreign_at = BTreeSet::<String>::new();
         // Whether a write may take effect yet, whatever the last attempt met (set below).
         let mut unsettled = false;
         // A write's answer that it was applied before, its data not kept, held back while the
@@ -695,13 +697,17 @@ impl Client {
             // A member of another cluster refused the call: it is no member of ours, whatever
             // it says of its own leader; the call goes on to the next endpoint.
             let foreign = cluster.foreign(named);
+            if foreign {
+                foreign_at.insert(target.addr.clone());
+            }
             // Named our cluster: the member itself answered (the connection is fine).
             let answered = named.is_some() && !foreign;
             // A member's own word that the write stays proposed, or an attempt that may have
             // reached a member and went unanswered (a timeout, a connection lost after the
-            // request went out): a write may still take effect.
-            unsettled |=
-                status.metadata().contains_key(UNSETTLED_METADATA) || (!answered && !never_sent(&status));
+            // request went out): a write may still take effect. (Another cluster's member's
+            // refusal did nothing, and reached no member of this one.)
+            unsettled |= status.metadata().contains_key(UNSETTLED_METADATA)
+                || (!answered && !foreign && !never_sent(&status));
             let failure = Error::from(with_context(status.clone(), &target.addr)).to_string();
             let before = failures.iter().position(|t| t.addr == target.addr).map(|at| failures.remove(at));
             let answer = if answered {
@@ -732,6 +738,25 @@ impl Client {
             }
             if let Some(applied) = applied_before.take() {
                 return Err(Error::from(applied));
+            }
+            // Every endpoint known is another cluster's member: retrying cannot reach this one.
+            if foreign && self.targets().list.iter().all(|t| foreign_at.contains(&t.addr)) {
+                let ours = cluster.id().map(format_cluster_id).unwrap_or_default();
+                let message = format!(
+                    "every endpoint this client knows ({}) answered as a member of another cluster than \
+                     {ours}, the one it talks to: check --endpoints (and --cluster-id); nothing was done \
+                     ({})",
+                    foreign_at.iter().cloned().collect::<Vec<_>>().join(", "),
+                    with_context(status.clone(), &target.addr).message()
+                );
+                let mut failure = Status::with_metadata(status.code(), message, status.metadata().clone());
+                if unsettled {
+                    // An earlier attempt went unanswered: it may have reached this cluster's member.
+                    failure
+                        .metadata_mut()
+                        .insert(UNSETTLED_METADATA, AsciiMetadataValue::from_static("true"));
+                }
+                return Err(Error::from(failure));
             }
             if let Some((_, deadline)) = limits.filter(|(_, deadline)| Instant::now() + backoff >= *deadline)
             {

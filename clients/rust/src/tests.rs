@@ -615,6 +615,30 @@ async fn a_client_told_its_cluster_names_it_from_the_first_request_and_no_other_
     assert_eq!(*ours_named.lock().expect("test lock"), vec![named]);
 }
 
+/// Every endpoint a member of another cluster (addresses reused, or the wrong --endpoints):
+/// the call fails once each refused it, saying so, rather than retry for its whole budget, and
+/// not as a write that may still take effect.
+#[tokio::test]
+async fn a_call_whose_every_endpoint_is_another_clusters_member_fails_once_each_refused() {
+    let (first, at_first, first_named) = serve_in(Some(2), Script::Answer).await;
+    let (second, at_second, second_named) = serve_in(Some(2), Script::Answer).await;
+    let options = ClientOptions { cluster_id: Some(1), ..ClientOptions::default() };
+    let client =
+        Client::connect_with([first.as_str(), second.as_str()], options).await.expect("valid endpoints");
+
+    let err = client.put("k", "v").await.expect_err("no member of cluster 1 is reachable");
+
+    let said = err.to_string();
+    assert!(
+        said.contains("every endpoint this client knows") && said.contains(&format_cluster_id(1)),
+        "the error should say every endpoint is another cluster's, naming the client's: {said}"
+    );
+    assert!(!said.contains("may still take effect"), "another cluster's refusals did nothing: {said}");
+    assert!(received(&at_first).is_empty() && received(&at_second).is_empty(), "nothing was applied");
+    assert_eq!(first_named.lock().expect("test lock").len(), 1, "the first endpoint was asked once");
+    assert_eq!(second_named.lock().expect("test lock").len(), 1, "the second endpoint was asked once");
+}
+
 /// A success that names another cluster than the client's (a request sent before the client
 /// knew its cluster, served by a member of another one) is not taken for its cluster's answer.
 #[tokio::test]

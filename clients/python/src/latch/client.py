@@ -629,6 +629,8 @@ class Client:
         # The latest failure a member answered itself (named its cluster): it says why, where a
         # connection never made does not, so a call ending on one of those leads with it.
         last_answer: Optional[LatchError] = None
+        # The endpoints a member of another cluster answered at, in this call.
+        foreign_at: set = set()
         with self._lock:
             write = write and self.writes_to_leader
             if start is not None:
@@ -667,6 +669,20 @@ class Client:
                 foreign = self._cluster.learn(named)
                 if (error.code not in RETRYABLE and not foreign) or (stay is not None and stay.is_set()):
                     raise error from None
+                if foreign:
+                    foreign_at.add(target.addr)
+                    with self._lock:
+                        known = {t.addr for t in self._targets}
+                    if known <= foreign_at:
+                        # Every endpoint known is another cluster's member: retrying cannot reach
+                        # this one.
+                        every = LatchError(error.code,
+                                           f"{what}: every endpoint this client knows ({', '.join(sorted(known))}) "
+                                           f"answered as a member of another cluster than {self._cluster.id}, the "
+                                           f"one it talks to: check the endpoints (and cluster_id); nothing was "
+                                           f"done ({error.message})", target.addr)
+                        every.unsettled = unsettled
+                        raise every from None
                 hint = None if foreign else _endpoint_or_none(trailing(e, LEADER_ADDR_METADATA))
                 # Named our cluster: the member itself answered (the connection is fine).
                 answered = named is not None and not foreign
