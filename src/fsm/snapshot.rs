@@ -3,7 +3,8 @@
 //! side ever holds the whole state in memory.
 //!
 //! Format: a sequence of frames, each a 4-byte big-endian length and an encoded
-//! `SnapshotChunk`: one `header` (format version, applied index and term, revision), then the
+//! `SnapshotChunk`: one `header` (format version, applied index and term, revision, and the
+//! backup the state descends from, [`super::RestoredFrom`]), then the
 //! rows of every domain table (in the order of `DOMAINS`, each table in key order, cut
 //! into `rows` chunks of about [`CHUNK_BYTES`]), then one `end` with the number of rows and a
 //! checksum over them.
@@ -552,6 +553,30 @@ mod tests {
         let summary = restore_as_new_cluster(&txn, &mut &sent[..], 0).expect("restores");
         txn.commit().expect("the restore commits");
         assert_eq!(of(&again), RestoredFrom { checksum: summary.checksum, skip_generations: 0 });
+    }
+
+    /// A header naming a restore no writer makes (generations skipped without a file, or more
+    /// than a restore may skip) is refused.
+    #[test]
+    fn a_header_naming_a_restore_that_cannot_be_is_refused() {
+        let stream = a_lived_in_state().snapshot();
+        let header_len = u32::from_be_bytes(stream[..4].try_into().expect("a length")) as usize;
+        let rest = &stream[4 + header_len..];
+        let Some(snapshot_chunk::Chunk::Header(header)) =
+            read_chunk(&mut &stream[..]).expect("a header frame")
+        else {
+            panic!("a snapshot starts with its header")
+        };
+        for (checksum, skip) in [(0, 5), (7, MAX_SKIP_GENERATIONS + 1)] {
+            let bad = SnapshotHeader { restored_from: checksum, restored_skip_generations: skip, ..header };
+            let mut changed = frame(snapshot_chunk::Chunk::Header(bad));
+            changed.extend_from_slice(rest);
+            let err = check(&mut &changed[..]).expect_err("a restore that cannot be");
+            assert!(
+                err.to_string().contains("descends from a restore that cannot be"),
+                "the error should name the header's restore ({checksum}, {skip}): {err}"
+            );
+        }
     }
 
     #[test]

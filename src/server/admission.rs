@@ -16,7 +16,8 @@
 //! Enough is what intersects every quorum that could have committed the record: the record was
 //! acknowledged by a quorum, at most one of which is the member itself, so at least `quorum - 1`
 //! of its `n - 1` peers have it; any `n - quorum + 1` peers include one of them. Peers that are
-//! admitting too (a whole cluster's first start) answer from their own state, and count. `n` is
+//! admitting too (a whole cluster's first start) answer from their own state, and count (unless
+//! their state descends from another backup: see below). `n` is
 //! the size of the configuration the answers describe ([`Tally`]: the first members, `--peers`'
 //! and those any answer so far named added, without those any answer named removed), not of
 //! `--initial-cluster`: a cluster grown from 3 to 5 needs 3 answers, one shrunk from 5 to 3
@@ -280,21 +281,24 @@ impl Tally {
             None if self.joins => joining_weighed(members, asked, &answers, voters.len()),
             None => weighed(members, &answers, voters.len()),
         };
-        // Added, and a voter since at a peer: it ran to catch up and was promoted, so it lost
-        // its data. With no peer having it a learner, it is not "never added" (whose advice,
-        // add it, the cluster would refuse); with another having it a learner, one of the two
-        // has not applied the latest change (its promotion, or its replacement): ask again
-        // until they agree, as when a peer records its start.
         // Backups (see the module doc): a first member, unless replaced (a learner somewhere),
         // beside a peer restored from another backup, or from none and running; a member
-        // restored from a file that takes part as a learner.
+        // restored from a file that takes part as a learner. A running peer whose state
+        // descends from none runs a cluster of its own only when no running peer descends from
+        // this member's backup, and it is no learner: a member replaced or added runs on an
+        // empty state until the leader's snapshot comes.
         let learner_at = answers.iter().find(|(_, a)| a.learner).map(|(p, _)| *p);
-        let other_backup = (answers.iter())
-            .find(|(_, a)| a.restored_from != mine && (a.restored_from.is_restored() || !a.admitting))
-            .map(|(p, a)| (*p, a.restored_from));
+        let restored_runs = answers.values().any(|a| a.restored_from == mine && !a.admitting);
+        let rival = |peer: &u64, a: &Answer| {
+            a.restored_from != mine
+                && (a.restored_from.is_restored()
+                    || (!a.admitting && !restored_runs && !learners.contains(peer)))
+        };
+        let other_backup =
+            (answers.iter()).find(|(p, a)| rival(p, a)).map(|(p, a)| (*p, a.restored_from, !a.admitting));
         let verdict = match (verdict, other_backup, learner_at) {
-            (Verdict::Admit | Verdict::Wait { .. }, Some((peer, theirs)), None) if !self.joins => {
-                Verdict::Restored { peer, theirs }
+            (Verdict::Admit | Verdict::Wait { .. }, Some((peer, theirs, running)), None) if !self.joins => {
+                Verdict::Restored { peer, theirs, running }
             }
             (Verdict::Admit | Verdict::Wait { .. } | Verdict::Disagree { .. }, _, Some(peer))
                 if mine.is_restored() =>
@@ -303,6 +307,11 @@ impl Tally {
             }
             (verdict, _, _) => verdict,
         };
+        // Added, and a voter since at a peer: it ran to catch up and was promoted, so it lost
+        // its data. With no peer having it a learner, it is not "never added" (whose advice,
+        // add it, the cluster would refuse); with another having it a learner, one of the two
+        // has not applied the latest change (its promotion, or its replacement): ask again
+        // until they agree, as when a peer records its start.
         let voter_at = (replies.iter())
             .filter(|(p, _)| answers.contains_key(p))
             .find(|(_, r)| r.added.contains(&self.me) && !r.answer.learner)
@@ -352,6 +361,8 @@ pub enum Verdict {
         peer: u64,
         /// What that peer's state descends from.
         theirs: RestoredFrom,
+        /// Whether that peer runs (it is admitting too otherwise).
+        running: bool,
     },
     /// Peer `peer` has this member, restored from a file, a learner (replaced, or added at run
     /// time): it is to start empty and be sent the state.
@@ -451,8 +462,9 @@ pub enum RefusedBecause {
     Promoted,
     /// Its configuration no longer has the member.
     Removed,
-    /// Its state descends from another backup than the member's ([`Verdict::Restored`]).
-    Restored { mine: RestoredFrom, theirs: RestoredFrom },
+    /// Its state descends from another backup than the member's, and it runs or not
+    /// ([`Verdict::Restored`]).
+    Restored { mine: RestoredFrom, theirs: RestoredFrom, running: bool },
     /// It has the member, restored from a file, a learner ([`Verdict::RestoredNotFirst`]).
     RestoredNotFirst { mine: RestoredFrom },
 }
@@ -468,33 +480,42 @@ fn refusal_text(r: &Refused) -> String {
                  (`latch cluster remove`), and takes no part under its id again"
             )
         }
-        RefusedBecause::Restored { mine, theirs } if !mine.is_restored() => {
+        RefusedBecause::Restored { mine, theirs, running } if !mine.is_restored() => {
+            // Replacing it needs a cluster that runs: during a restored cluster's first start
+            // its members are still admitting, and serve no client.
+            let or_replace = match running {
+                true => format!(
+                    "; or, to have it sent the state instead, replace it first (`latch cluster replace \
+                     {member}` against the running members) and start it empty"
+                ),
+                false => String::new(),
+            };
             return format!(
                 "member {member} started on an empty raft log in {data_dir}, but member {peer}'s state \
                  was restored from {theirs} as this cluster's first state (`latch snapshot restore`): \
                  restore this member from the same file, with the same --skip-generations, into an \
                  empty --data-dir (this one holds nothing of the cluster's: remove it) before starting \
                  it (first members started empty beside restored ones could elect a leader of an empty \
-                 log); or, to have it sent the state instead, replace it first (`latch cluster replace \
-                 {member}` against the running members) and start it empty"
-            )
+                 log){or_replace}"
+            );
         }
-        RefusedBecause::Restored { mine, theirs } if !theirs.is_restored() => {
+        RefusedBecause::Restored { mine, theirs, .. } if !theirs.is_restored() => {
             return format!(
                 "member {member} was restored from {mine} into {data_dir}, but member {peer} runs a \
                  state restored from no file: members started on empty data dirs before this one and \
                  run a cluster of their own, without the file's state, which this member would take \
                  entries from onto it. To run the restored cluster, stop every member, restore each \
                  from the same file, with the same --skip-generations, into an empty --data-dir, and \
-                 start them"
+                 start them (what the members that run took since is not in the file)"
             )
         }
-        RefusedBecause::Restored { mine, theirs } => {
+        RefusedBecause::Restored { mine, theirs, .. } => {
             return format!(
                 "member {member} was restored from {mine} into {data_dir}, but member {peer}'s state \
                  from {theirs}: every first member of a restored cluster is restored from the same file, \
-                 with the same --skip-generations (`latch snapshot status` shows a file's checksum); \
-                 restore this member again as the other members were, into an empty --data-dir"
+                 with the same --skip-generations (`latch snapshot status` shows a file's checksum). \
+                 Choose the file (the newest backup holds the most acknowledged writes) and restore \
+                 again, into an empty --data-dir, every first member restored otherwise"
             )
         }
         RefusedBecause::RestoredNotFirst { mine } => {
@@ -638,8 +659,8 @@ pub async fn ask_peers(
                 let because = match verdict {
                     Verdict::Promoted { .. } => RefusedBecause::Promoted,
                     Verdict::Removed { .. } => RefusedBecause::Removed,
-                    Verdict::Restored { theirs, .. } => {
-                        RefusedBecause::Restored { mine: restored_from, theirs }
+                    Verdict::Restored { theirs, running, .. } => {
+                        RefusedBecause::Restored { mine: restored_from, theirs, running }
                     }
                     Verdict::RestoredNotFirst { .. } => {
                         RefusedBecause::RestoredNotFirst { mine: restored_from }
@@ -666,11 +687,17 @@ pub async fn ask_peers(
             Verdict::Wait { answered, needed } => {
                 if logged.elapsed() >= LOG_EVERY {
                     logged = tokio::time::Instant::now();
+                    // Admitting too, from another backup: not counted (one of the two is refused).
+                    let not_counted: Vec<u64> = (answers.iter())
+                        .filter(|(_, a)| a.admitting && a.restored_from != restored_from)
+                        .map(|(p, _)| *p)
+                        .collect();
                     tracing::warn!(
                         member = me,
                         answered,
                         needed,
                         not_answering = ?silent,
+                        admitting_from_another_backup = ?not_counted,
                         "waiting for the peers to say whether this member has run before"
                     );
                 }
@@ -1097,7 +1124,7 @@ mod tests {
             .count(&BTreeMap::from([(1, from(file(7))), (2, empty.clone())]));
         assert_eq!(
             counted.verdict,
-            Verdict::Restored { peer: 1, theirs: file(7) },
+            Verdict::Restored { peer: 1, theirs: file(7), running: true },
             "empty beside a restored member"
         );
         let counted =
@@ -1109,14 +1136,14 @@ mod tests {
         let counted = mine.clone().count(&BTreeMap::from([(1, from(file(7))), (2, from(file(8)))]));
         assert_eq!(
             counted.verdict,
-            Verdict::Restored { peer: 2, theirs: file(8) },
+            Verdict::Restored { peer: 2, theirs: file(8), running: true },
             "a peer restored from another file"
         );
         let skipped = RestoredFrom { checksum: 7, skip_generations: 1000 };
         let counted = mine.clone().count(&BTreeMap::from([(1, from(file(7))), (2, from(skipped))]));
         assert_eq!(
             counted.verdict,
-            Verdict::Restored { peer: 2, theirs: skipped },
+            Verdict::Restored { peer: 2, theirs: skipped, running: true },
             "a peer restored from the same file with other generations skipped holds another state"
         );
         let lister = Reply { answer: Answer { lists_me: true, ..from(file(7)).answer }, ..from(file(7)) };
@@ -1153,7 +1180,7 @@ mod tests {
             (file(7), RestoredFrom::default(), "stop every member, restore each from the same file"),
         ];
         for (mine, theirs, says) in cases {
-            let because = RefusedBecause::Restored { mine, theirs };
+            let because = RefusedBecause::Restored { mine, theirs, running: true };
             let text = Refused { member: 3, peer: 1, data_dir: PathBuf::from("/d"), because }.to_string();
             assert!(text.contains(says), "the refusal should say {says:?}: {text}");
         }
@@ -1175,7 +1202,7 @@ mod tests {
         ]));
         assert_eq!(
             counted.verdict,
-            Verdict::Restored { peer: 2, theirs: RestoredFrom::default() },
+            Verdict::Restored { peer: 2, theirs: RestoredFrom::default(), running: true },
             "empty members that run a cluster of their own"
         );
         let empty = Reply { answer: Answer { admitting: true, ..Answer::default() }, ..Reply::default() };
@@ -1192,6 +1219,65 @@ mod tests {
             "empty members still admitting do not count toward those needed"
         );
         assert_eq!(counted.voters, BTreeSet::from([5]), "only the one restored alike counts");
+    }
+
+    /// review-s70 H1: a running peer whose state descends from no backup is a member replaced
+    /// or added that waits for the leader's snapshot when it is a learner, or when a running
+    /// peer descends from this member's backup: a restored member slow to start is admitted
+    /// beside it, not told to restore every member again.
+    #[test]
+    fn a_restored_member_is_admitted_beside_a_learner_or_a_peer_not_sent_the_state_yet() {
+        let mine = Tally::new(5, [1, 2, 3, 4, 5], [], false).restored_from(file(7));
+        let catching_up = from(RestoredFrom::default());
+        let with_learner = Reply { learners: vec![3], ..from(file(7)) };
+        let counted = mine.clone().count(&BTreeMap::from([
+            (1, with_learner.clone()),
+            (2, with_learner),
+            (3, catching_up.clone()),
+            (4, from(file(7))),
+        ]));
+        assert_eq!(counted.verdict, Verdict::Admit, "a learner that has no state yet");
+        let counted = mine.clone().count(&BTreeMap::from([
+            (1, from(file(7))),
+            (2, from(file(7))),
+            (3, catching_up.clone()),
+            (4, from(file(7))),
+        ]));
+        assert_eq!(
+            counted.verdict,
+            Verdict::Admit,
+            "an empty state beside running members restored alike is one of theirs, not sent the state yet"
+        );
+        let admitting = Reply { answer: Answer { admitting: true, ..from(file(7)).answer }, ..from(file(7)) };
+        let counted = mine.clone().count(&BTreeMap::from([(1, admitting), (2, catching_up)]));
+        assert_eq!(
+            counted.verdict,
+            Verdict::Restored { peer: 2, theirs: RestoredFrom::default(), running: true },
+            "with none of its own running, an empty state that runs is a cluster of its own"
+        );
+        let empty = Reply { answer: Answer { admitting: true, ..Answer::default() }, ..Reply::default() };
+        let counted = Tally::new(3, [1, 2, 3], [], false).count(&BTreeMap::from([
+            (1, Reply { answer: Answer { admitting: true, ..from(file(7)).answer }, ..from(file(7)) }),
+            (2, empty),
+        ]));
+        let Verdict::Restored { running: false, .. } = counted.verdict else {
+            panic!("beside members still admitting, the refusal knows none runs: {:?}", counted.verdict)
+        };
+        let because =
+            RefusedBecause::Restored { mine: RestoredFrom::default(), theirs: file(7), running: false };
+        let text = Refused { member: 3, peer: 1, data_dir: PathBuf::from("/d"), because }.to_string();
+        assert!(!text.contains("latch cluster replace"), "no cluster runs to replace it in: {text}");
+    }
+
+    /// A peer's status names what its state descends from, file and skipped generations.
+    #[test]
+    fn a_reply_carries_the_peers_backup_whole() {
+        let status =
+            MemberStatus { restored_from: 7, restored_skip_generations: 1_000, ..MemberStatus::default() };
+        assert_eq!(
+            reply_of(3, &status).answer.restored_from,
+            RestoredFrom { checksum: 7, skip_generations: 1_000 }
+        );
     }
 
     /// review-s69-3 R2: a member restored from a file that its peers have a learner (replaced,

@@ -215,7 +215,21 @@ async fn a_cluster_restored_from_a_saved_snapshot_serves_its_state_under_a_new_i
     );
     // Replaced, it is sent the state on an empty data dir; restored from the file, it is refused:
     // the leader's log would be replayed onto the file's state.
-    restored.replace_member(2).await.unwrap();
+    // (Refused as running until the leader has not heard from member 2 for two election
+    // timeouts, or as busy while member 4's promotion is under way: asked again until it takes.)
+    eventually("member 2 replaced", Duration::from_secs(30), || async {
+        restored.replace_member(2).await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await;
+    // Every live member applied it, so that each answers member 2 a learner.
+    for id in [1, 3, added] {
+        let addr = new.member(id).peer_addr.clone();
+        eventually("a member to have member 2 a learner", Duration::from_secs(30), || async {
+            let s = latch::transport::member_status(&addr, Duration::from_secs(1)).await?;
+            s.learners.contains(&2).then_some(()).ok_or(format!("member {id}'s learners: {:?}", s.learners))
+        })
+        .await;
+    }
     let replaced = new.server_command(2, new.initial_cluster());
     let refused =
         tokio::time::timeout(Duration::from_secs(60), tokio::process::Command::from(replaced).output())

@@ -1103,14 +1103,18 @@ fn gave_up(last: Status, addr: &str, failures: &[Tried], budget: Duration) -> St
         Some((answer, by)) => (answer, by.as_str(), true),
         None => (with_context(last, addr), addr, false),
     };
-    let others: Vec<String> = failures
-        .iter()
-        .filter(|t| t.addr != addr)
-        .map(|t| match t.last.contains(t.addr.as_str()) {
-            true => format!("{}{}", t.last, t.before()),
-            false => format!("{}: {}{}", t.addr, t.last, t.before()),
-        })
-        .collect();
+    // Endpoints that said the same (every one of a dead cluster refused the connection) are
+    // named together, once.
+    let mut said_by: Vec<(String, Vec<&str>)> = Vec::new();
+    for t in failures.iter().filter(|t| t.addr != addr) {
+        let said = format!("{}{}", t.last.replacen(&format!("{}: ", t.addr), "", 1), t.before());
+        match said_by.iter_mut().find(|(s, _)| *s == said) {
+            Some((_, addrs)) => addrs.push(&t.addr),
+            None => said_by.push((said, vec![&t.addr])),
+        }
+    }
+    let others: Vec<String> =
+        said_by.iter().map(|(said, addrs)| format!("{}: {said}", addrs.join(", "))).collect();
     let others = match others.is_empty() {
         true => String::new(),
         false => format!("; also tried {}", others.join("; ")),

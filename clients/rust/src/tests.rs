@@ -428,17 +428,26 @@ async fn a_rejected_request_is_not_retried_and_keeps_the_servers_message() {
 
 #[tokio::test]
 async fn a_call_to_a_dead_cluster_returns_the_last_error_after_the_retry_budget() {
-    let (dead, other) = (dead_addr().await, dead_addr().await);
+    let (dead, other, third) = (dead_addr().await, dead_addr().await, dead_addr().await);
     let options = quick_to_give_up();
-    let client =
-        Client::connect_with([dead.as_str(), other.as_str()], options).await.expect("valid endpoints");
+    let client = Client::connect_with([dead.as_str(), other.as_str(), third.as_str()], options)
+        .await
+        .expect("valid endpoints");
 
     let started = std::time::Instant::now();
     let err = client.get("k").await.expect_err("nothing listens");
 
     assert_eq!(err.code(), Code::Unavailable, "{err}");
     let text = err.to_string();
-    assert!(text.contains(&dead) && text.contains(&other), "the error names both endpoints: {err}");
+    assert!(
+        [&dead, &other, &third].iter().all(|a| text.contains(a.as_str())),
+        "the error names every endpoint: {err}"
+    );
+    assert_eq!(
+        text.matches("UNAVAILABLE").count(),
+        2,
+        "the last failure, then the two others' alike, said once for both: {err}"
+    );
     assert!(text.contains("retried for 300.0ms"), "the error says how long the call could retry: {err}");
     assert!(started.elapsed() < Duration::from_secs(2), "gave up after {:?}", started.elapsed());
 }
