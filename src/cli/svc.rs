@@ -131,7 +131,7 @@ pub struct ListArgs {
     /// Only instances with this tag (compared without regard to case).
     #[arg(long)]
     pub tag: Option<String>,
-    /// Critical instances too (by default only passing ones).
+    /// Critical instances too, each with what its last check said (by default only passing ones).
     #[arg(long)]
     pub all: bool,
     /// Read this member's applied state without asking the leader: faster, possibly stale.
@@ -453,6 +453,10 @@ fn instance_line(info: &InstanceInfo) -> String {
         line.push(' ');
         line.push_str(&i.tags.join(","));
     }
+    // Why it is critical, as its last check said: quoted, so that the line stays one line.
+    if info.health != Health::Passing as i32 && !info.output.is_empty() {
+        line.push_str(&format!(" output={:?}", info.output));
+    }
     line.push('\n');
     line
 }
@@ -565,6 +569,20 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(instance_line(&info), "web 1 [::1]:80 critical a,b\n");
+        let said =
+            InstanceInfo { output: "GET http://[::1]:80/health:\nconnection refused".into(), ..info.clone() };
+        assert_eq!(
+            instance_line(&said),
+            "web 1 [::1]:80 critical a,b output=\"GET http://[::1]:80/health:\\nconnection refused\"\n",
+            "a critical instance's line says why, on one line"
+        );
+        let passing =
+            InstanceInfo { health: Health::Passing as i32, output: "HTTP 200".into(), ..info.clone() };
+        assert_eq!(
+            instance_line(&passing),
+            "web 1 [::1]:80 passing a,b\n",
+            "a passing one's output is left out"
+        );
         let doc = instance_json(&info);
         assert_eq!(
             (doc["health"].as_str(), doc["check"]["kind"].as_str()),
