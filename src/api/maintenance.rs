@@ -77,22 +77,29 @@ fn send_part(
             humantime::format_duration(MAX_STREAM_LIFE)
         )));
     }
-    runtime.block_on(async {
-        tokio::select! {
-            sent = tokio::time::timeout(STALL, tx.send(Ok(part))) => match sent {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(Unsent::Gone),
-                Err(_) => Err(Unsent::Ended(format!(
-                    "the client took no part of the snapshot for {}: the stream ends (it kept the \
-                     member's state file from reusing pages)",
-                    humantime::format_duration(STALL)
-                ))),
-            },
-            _ = stop.wait_for(|stopped| *stopped) => {
-                Err(Unsent::Ended("the member is stopping: take the snapshot from another member".into()))
-            }
+    runtime.block_on(send_within_stall(tx, stop, part))
+}
+
+/// Queues `part` on `tx` as soon as there is room, within [`STALL`] and before the member's stop.
+async fn send_within_stall(
+    tx: &mpsc::Sender<Result<SnapshotResponse, Status>>,
+    stop: &mut watch::Receiver<bool>,
+    part: SnapshotResponse,
+) -> Result<(), Unsent> {
+    tokio::select! {
+        sent = tokio::time::timeout(STALL, tx.send(Ok(part))) => match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Unsent::Gone),
+            Err(_) => Err(Unsent::Ended(format!(
+                "the client took no part of the snapshot for {}: the stream ends (it kept the \
+                 member's state file from reusing pages)",
+                humantime::format_duration(STALL)
+            ))),
+        },
+        _ = stop.wait_for(|stopped| *stopped) => {
+            Err(Unsent::Ended("the member is stopping: take the snapshot from another member".into()))
         }
-    })
+    }
 }
 
 type Parts = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
@@ -179,5 +186,53 @@ impl Maintenance for MaintenanceService {
         let told = futures::stream::once(async move { outcome.lock().ok().and_then(|mut s| s.take()) })
             .filter_map(|ended| async move { ended.map(Err) });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx).chain(told))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    // The runtime's clock, which the paused test advances (not the system's).
+    use tokio::time::Instant;
+
+    fn ended(sent: Result<(), Unsent>) -> String {
+        match sent {
+            Err(Unsent::Ended(why)) => why,
+            Err(Unsent::Gone) => panic!("the client is there: the stream should end with why, not as gone"),
+            Ok(()) => panic!("no room was made: the part should not have been queued"),
+        }
+    }
+
+    /// A client that takes no part keeps the member's read transaction open: the stream ends
+    /// after [`STALL`] without room, or at once when the member stops, saying which.
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_whose_client_takes_no_part_ends_after_the_stall_or_at_the_members_stop() {
+        let (tx, _rx) = mpsc::channel(1);
+        tx.try_send(Ok(SnapshotResponse::default())).expect("room for one part");
+        let (stopping, mut stop) = watch::channel(false);
+
+        let started = Instant::now();
+        let why = ended(send_within_stall(&tx, &mut stop, SnapshotResponse::default()).await);
+        assert_eq!(started.elapsed(), STALL, "the stream should wait for room for exactly the stall");
+        assert!(
+            why.contains("took no part of the snapshot for 1m"),
+            "it should say the client stalled: {why}"
+        );
+
+        stopping.send(true).expect("the receiver is held");
+        let started = Instant::now();
+        let why = ended(send_within_stall(&tx, &mut stop, SnapshotResponse::default()).await);
+        assert_eq!(started.elapsed(), Duration::ZERO, "a stopping member should not wait for room");
+        assert!(why.contains("the member is stopping"), "it should say the member stops: {why}");
+    }
+
+    /// A client gone (its stream dropped) is nobody to tell.
+    #[tokio::test]
+    async fn a_part_for_a_client_gone_is_dropped_quietly() {
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let (_stopping, mut stop) = watch::channel(false);
+        let sent = send_within_stall(&tx, &mut stop, SnapshotResponse::default()).await;
+        assert!(matches!(sent, Err(Unsent::Gone)), "a client gone should be told nothing");
     }
 }

@@ -30,6 +30,17 @@ fn restore(cluster: &Cluster, id: u64, file: &Path) -> Output {
     cmd.output().expect("latch runs")
 }
 
+/// Runs a member's start that is to be refused, to its end; `expected` if it has not stopped
+/// within a minute (the process is killed then: a failed test leaves no server behind).
+async fn refused_start(start: std::process::Command, expected: &str) -> Output {
+    let mut start = tokio::process::Command::from(start);
+    start.kill_on_drop(true);
+    match tokio::time::timeout(Duration::from_secs(60), start.output()).await {
+        Ok(out) => out.expect("latch runs"),
+        Err(_) => panic!("{expected}"),
+    }
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -121,10 +132,7 @@ async fn a_cluster_restored_from_a_saved_snapshot_serves_its_state_under_a_new_i
     new.start_again(1);
     let unrestored = new.server_command(2, new.initial_cluster());
     let refused =
-        tokio::time::timeout(Duration::from_secs(60), tokio::process::Command::from(unrestored).output())
-            .await
-            .expect("an empty first member beside a restored one should stop, refused")
-            .unwrap();
+        refused_start(unrestored, "an empty first member beside a restored one should stop, refused").await;
     assert!(!refused.status.success(), "an empty first member beside a restored one should not run");
     assert!(
         stderr(&refused).contains("latch snapshot restore"),
@@ -202,11 +210,7 @@ async fn a_cluster_restored_from_a_saved_snapshot_serves_its_state_under_a_new_i
     let out = restore(&new, 2, &file);
     assert!(out.status.success(), "member 2 restores again: {}", stderr(&out));
     let again = new.server_command(2, new.initial_cluster());
-    let refused =
-        tokio::time::timeout(Duration::from_secs(60), tokio::process::Command::from(again).output())
-            .await
-            .expect("a member restored again after it ran should stop, refused")
-            .unwrap();
+    let refused = refused_start(again, "a member restored again after it ran should stop, refused").await;
     assert!(!refused.status.success(), "a member restored again after it ran should not take part");
     assert!(
         stderr(&refused).contains("has run before"),
@@ -232,10 +236,7 @@ async fn a_cluster_restored_from_a_saved_snapshot_serves_its_state_under_a_new_i
     }
     let replaced = new.server_command(2, new.initial_cluster());
     let refused =
-        tokio::time::timeout(Duration::from_secs(60), tokio::process::Command::from(replaced).output())
-            .await
-            .expect("a replaced member restored from the file should stop, refused")
-            .unwrap();
+        refused_start(replaced, "a replaced member restored from the file should stop, refused").await;
     assert!(!refused.status.success(), "a replaced member restored from the file should not take part");
     assert!(
         stderr(&refused).contains("start the member on an empty one"),
