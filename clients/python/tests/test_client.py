@@ -1018,6 +1018,14 @@ class RefusingKV(kv_pb2_grpc.KVServicer):
         context.abort(grpc.StatusCode.NOT_FOUND, "session 'gone' not found")
 
 
+class OverLimitKV(kv_pb2_grpc.KVServicer):
+    """A member that refuses every put at once over one of its limits, as a member does."""
+
+    def Put(self, request, context):
+        context.set_trailing_metadata([("latch-over-limit", "true")])
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "member 2 holds 64 MiB of client requests (--max-pending-bytes)")
+
+
 class SlowKV(kv_pb2_grpc.KVServicer):
     """A member that answers each put after ``delay``: UNAVAILABLE when ``fail``, else as
     member ``member_id``; ``ids`` has the request id of each put."""
@@ -1383,6 +1391,20 @@ class OfflineScriptedTest(unittest.TestCase):
         # (It once waited out the first member, then said the write may still take effect.)
         self.assertEqual(caught.exception.code, grpc.StatusCode.NOT_FOUND, f"the member's answer: {caught.exception}")
         self.assertLess(time.monotonic() - started, 1.5, "not after the unanswered member's whole timeout")
+
+    def test_a_write_whose_hedge_was_refused_while_its_first_attempt_ran_says_it_may_still_take_effect(self):
+        # review-s70-2 M2: the first attempt, dropped unanswered, may still commit the write.
+        held, refusing = HeldKV(), OverLimitKV()
+        self.addCleanup(held.release.set)
+        client = self._hedging(held, refusing, timeout=2)
+        with self.assertRaises(latch.LatchError) as caught:
+            client.put("k", "v")
+        failed = caught.exception
+        self.assertEqual(failed.code, grpc.StatusCode.RESOURCE_EXHAUSTED, str(failed))
+        self.assertTrue(held.reached.wait(PATIENCE), "the first attempt reached its member")
+        self.assertTrue(failed.unsettled, f"the dropped attempt may still take effect: {failed}")
+        self.assertFalse(failed.over_limit, "not \"nothing was queued or changed\" then")
+        self.assertIn("the write may still take effect", failed.message)
 
     def test_a_hedge_answered_applied_before_is_what_the_call_ends_with_when_the_first_times_out(self):
         held, applied = HeldKV(), AppliedBeforeKV(revision=77)

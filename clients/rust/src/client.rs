@@ -697,11 +697,14 @@ impl Client {
             // A member of another cluster refused the call: it is no member of ours, whatever
             // it says of its own leader; the call goes on to the next endpoint.
             let foreign = cluster.foreign(named);
-            if foreign {
-                foreign_at.insert(target.addr.clone());
-            }
             // Named our cluster: the member itself answered (the connection is fine).
             let answered = named.is_some() && !foreign;
+            // What the endpoint's latest answer named (an address may change hands mid-call).
+            if foreign {
+                foreign_at.insert(target.addr.clone());
+            } else if answered {
+                foreign_at.remove(&target.addr);
+            }
             // A member's own word that the write stays proposed, or an attempt that may have
             // reached a member and went unanswered (a timeout, a connection lost after the
             // request went out): a write may still take effect. (Another cluster's member's
@@ -726,7 +729,14 @@ impl Client {
             }
             if (!is_retryable(&status) && !foreign) || staying() {
                 // That the write took effect, when the other attempt said so, comes first.
-                let failure = applied_before.take().unwrap_or_else(|| with_context(status, &target.addr));
+                let mut failure = applied_before.take().unwrap_or_else(|| with_context(status, &target.addr));
+                if !running.is_empty() && failure.metadata().get(APPLIED_REVISION_METADATA).is_none() {
+                    // The other attempt, sent and still unanswered, is dropped: a write may yet
+                    // take effect through it, whatever this member refused.
+                    failure
+                        .metadata_mut()
+                        .insert(UNSETTLED_METADATA, AsciiMetadataValue::from_static("true"));
+                }
                 return Err(Error::from(failure));
             }
             let hint = leader_hint(&status).filter(|_| !foreign);
@@ -744,7 +754,7 @@ impl Client {
                 let ours = cluster.id().map(format_cluster_id).unwrap_or_default();
                 let message = format!(
                     "every endpoint this client knows ({}) answered as a member of another cluster than \
-                     {ours}, the one it talks to: check --endpoints (and --cluster-id); nothing was done \
+                     {ours}, the one it talks to, and did nothing: check --endpoints (and --cluster-id) \
                      ({})",
                     foreign_at.iter().cloned().collect::<Vec<_>>().join(", "),
                     with_context(status.clone(), &target.addr).message()

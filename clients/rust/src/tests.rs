@@ -396,6 +396,28 @@ async fn a_write_one_of_whose_attempts_went_unanswered_says_it_may_still_take_ef
     assert!(!unsent.to_string().contains("may still take effect"), "nothing was sent: {unsent}");
 }
 
+/// review-s70-2 M2: a write's hedge refused for good while the first attempt is still under
+/// way: the call ends with the refusal, and says the write may still take effect through the
+/// attempt it dropped; so an over-limit refusal then is not "nothing was queued or changed".
+#[tokio::test]
+async fn a_write_whose_hedge_was_refused_while_its_first_attempt_ran_says_it_may_still_take_effect() {
+    let (frozen, at_frozen) = serve(Script::Frozen).await;
+    let (refusing, _) = serve(Script::Reject(Code::ResourceExhausted)).await;
+    let client =
+        Client::connect_with([frozen, refusing], hedging_within_3s()).await.expect("valid endpoints");
+
+    let write = client.put("k", "v").await.expect_err("the hedge is refused, the first never answers");
+
+    assert_eq!(write.code(), Code::ResourceExhausted, "the refusal ends the call: {write}");
+    assert_eq!(received(&at_frozen).len(), 1, "the first attempt reached its member");
+    assert!(write.to_string().contains("the write may still take effect"), "{write}");
+    let mut both = Status::resource_exhausted("over --max-pending-bytes");
+    both.metadata_mut().insert(latch_proto::OVER_LIMIT_METADATA, "true".parse().expect("ascii"));
+    assert!(crate::Error::from(both.clone()).over_limit(), "a member's over-limit refusal alone is one");
+    both.metadata_mut().insert(latch_proto::UNSETTLED_METADATA, "true".parse().expect("ascii"));
+    assert!(!crate::Error::from(both).over_limit(), "not when another attempt may still take effect");
+}
+
 /// A member slower than `hedge_after` still serves the call when the hedge fails: a failure
 /// of one attempt waits for the other.
 #[tokio::test]

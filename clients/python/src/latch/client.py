@@ -649,9 +649,11 @@ class Client:
                     raise LatchError(grpc.StatusCode.DEADLINE_EXCEEDED, f"{what}: out of time", target.addr)
                 timeout = left if timeout is None else min(timeout, left)
             failed_at = i % max(n, 1)
+            # Whether the hedged attempts dropped one that may still take effect.
+            dropped = False
             try:
                 if hedged is not None and self.hedge_after is not None and n > 1 and timeout is not None:
-                    outcome, ended_at = self._hedged(hedged, failed_at, target, timeout)
+                    outcome, ended_at, dropped = self._hedged(hedged, failed_at, target, timeout)
                     if ended_at is not None:
                         i, target = ended_at
                         failed_at = i
@@ -662,6 +664,9 @@ class Client:
                     result, metadata = attempt(target, timeout)
             except grpc.RpcError as e:
                 error = LatchError.from_rpc(e, target.addr)
+                if dropped and error.applied_revision is None:
+                    # Not "nothing was queued or changed": the write may take effect through it.
+                    error.unsettled, error.over_limit = True, False
                 unsettled = unsettled or error.unsettled
                 named = _cluster_id(trailing(e, CLUSTER_ID_METADATA))
                 # A member of another cluster refused the call: no member of ours, whatever it
@@ -669,6 +674,8 @@ class Client:
                 foreign = self._cluster.learn(named)
                 if (error.code not in RETRYABLE and not foreign) or (stay is not None and stay.is_set()):
                     raise error from None
+                if named is not None and not foreign:
+                    foreign_at.discard(target.addr)  # the address's latest answer is ours
                 if foreign:
                     foreign_at.add(target.addr)
                     with self._lock:
@@ -679,8 +686,8 @@ class Client:
                         every = LatchError(error.code,
                                            f"{what}: every endpoint this client knows ({', '.join(sorted(known))}) "
                                            f"answered as a member of another cluster than {self._cluster.id}, the "
-                                           f"one it talks to: check the endpoints (and cluster_id); nothing was "
-                                           f"done ({error.message})", target.addr)
+                                           f"one it talks to, and did nothing: check the endpoints (and cluster_id) "
+                                           f"({error.message})", target.addr)
                         every.unsettled = unsettled
                         raise every from None
                 hint = None if foreign else _endpoint_or_none(trailing(e, LEADER_ADDR_METADATA))
@@ -761,7 +768,10 @@ class Client:
         attempt met it; a retryable one leaves the other attempt to wait for; an answer that a
         write was applied before, its data not kept, waits for the other attempt's whole answer
         and is what the call ends with when that one fails. The attempt still going when the
-        call ends is cancelled; a write carries its request id to both, so it applies once."""
+        call ends is cancelled; a write carries its request id to both, so it applies once. Third,
+        whether an attempt that may still take effect was dropped: one cancelled while still
+        going when the call ended with a failure, or one whose failure left the write unsettled
+        (cut, timed out) while the other went on."""
         ended = threading.Event()
         first = start(target, timeout)
         first.add_done_callback(lambda _: ended.set())
@@ -771,6 +781,7 @@ class Client:
         # An answer that the write was applied before, its data not kept, held back while the
         # other attempt may still bring the whole answer; with the attempt it came from.
         applied_before = None
+        dropped = False
         try:
             if not ended.wait(after):
                 with self._lock:
@@ -797,15 +808,18 @@ class Client:
                             # The first went unanswered: not taken for the leader on a member's
                             # word for a while, lest every write wait for it again.
                             self._after_unanswered(i, target)
-                        return (flight.result(), flight.initial_metadata()), at
+                        return (flight.result(), flight.initial_metadata()), at, False
                     if flights and trailing(failure, APPLIED_REVISION_METADATA) is not None:
                         applied_before = (failure, at)
                         continue
                     foreign = self._cluster.foreign(trailing(failure, CLUSTER_ID_METADATA))
                     if flights and (failure.code() in RETRYABLE or foreign):
+                        dropped = dropped or (not foreign and LatchError.from_rpc(failure, "").unsettled)
                         continue
                     # That the write took effect, when the other attempt said so, comes first.
-                    return applied_before or (failure, at)
+                    if applied_before is not None:
+                        return applied_before[0], applied_before[1], False
+                    return failure, at, dropped or bool(flights)
         finally:
             for flight, _ in flights:
                 flight.cancel()
