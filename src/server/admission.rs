@@ -293,15 +293,19 @@ impl Tally {
         let learner_at = answers.iter().find(|(_, a)| a.learner).map(|(p, _)| *p);
         let enough = answers.len() >= peers_needed(members);
         let restored_runs = answers.values().any(|a| a.restored_from == mine && !a.admitting);
+        // (A peer still admitting from another backup, beside running members of this one's, is
+        // the odd one out: it is refused itself once it hears them.)
         let rival = |peer: &u64, a: &Answer| {
             a.restored_from != mine
-                && (a.restored_from.is_restored()
+                && ((a.restored_from.is_restored() && (!a.admitting || !restored_runs))
                     || (!a.admitting && enough && !restored_runs && !learners.contains(peer)))
         };
-        // Whether a cluster runs (a peer not admitting), which the refusal's advice depends on.
+        // Whether a cluster runs (a peer not admitting), which the refusal's advice depends on;
+        // a running rival is named first, its backup being the one that runs.
         let runs = answers.values().any(|a| !a.admitting);
-        let other_backup =
-            (answers.iter()).find(|(p, a)| rival(p, a)).map(|(p, a)| (*p, a.restored_from, runs));
+        let mut rivals: Vec<(&u64, &Answer)> = answers.iter().filter(|(p, a)| rival(p, a)).collect();
+        rivals.sort_by_key(|(_, a)| a.admitting);
+        let other_backup = rivals.first().map(|(p, a)| (**p, a.restored_from, runs));
         let verdict = match (verdict, other_backup, learner_at) {
             (Verdict::Admit | Verdict::Wait { .. }, Some((peer, theirs, running)), None) if !self.joins => {
                 Verdict::Restored { peer, theirs, running }
@@ -1321,6 +1325,28 @@ mod tests {
         assert_eq!(
             reply_of(3, &status).answer.restored_from,
             RestoredFrom { checksum: 7, skip_generations: 1_000 }
+        );
+    }
+
+    /// review-s70-3 L3: beside running members of its own backup, a peer still admitting from
+    /// another is the odd one out (refused itself once it hears them), not a reason to refuse
+    /// this member; a refusal names a running rival's backup before an admitting one's.
+    #[test]
+    fn a_restored_member_beside_its_own_running_backup_is_not_refused_over_an_odd_admitting_one() {
+        let mine = Tally::new(5, [1, 2, 3, 4, 5], [], false).restored_from(file(7));
+        let odd = Reply { answer: Answer { admitting: true, ..from(file(8)).answer }, ..from(file(8)) };
+        let counted = mine.clone().count(&BTreeMap::from([
+            (1, from(file(7))),
+            (2, from(file(7))),
+            (3, from(file(7))),
+            (4, odd.clone()),
+        ]));
+        assert_eq!(counted.verdict, Verdict::Admit, "the odd admitting member is refused, not this one");
+        let counted = mine.clone().count(&BTreeMap::from([(1, odd), (2, from(file(9))), (3, from(file(9)))]));
+        assert_eq!(
+            counted.verdict,
+            Verdict::Restored { peer: 2, theirs: file(9), running: true },
+            "the running rival's backup is named, not the admitting one's"
         );
     }
 

@@ -1023,7 +1023,11 @@ class OverLimitKV(kv_pb2_grpc.KVServicer):
 
     def Put(self, request, context):
         context.set_trailing_metadata([("latch-over-limit", "true")])
-        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "member 2 holds 64 MiB of client requests (--max-pending-bytes)")
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "member 2 holds 10000 sessions, the most it may (--max-sessions)")
+
+    def Range(self, request, context):
+        context.set_trailing_metadata([("latch-over-limit", "true")])
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the answer is over --max-response-bytes")
 
 
 class SlowKV(kv_pb2_grpc.KVServicer):
@@ -1391,6 +1395,8 @@ class OfflineScriptedTest(unittest.TestCase):
         # (It once waited out the first member, then said the write may still take effect.)
         self.assertEqual(caught.exception.code, grpc.StatusCode.NOT_FOUND, f"the member's answer: {caught.exception}")
         self.assertLess(time.monotonic() - started, 1.5, "not after the unanswered member's whole timeout")
+        # Refused at apply: the request id's outcome, which the other attempt shares.
+        self.assertFalse(caught.exception.unsettled, str(caught.exception))
 
     def test_a_write_whose_hedge_was_refused_while_its_first_attempt_ran_says_it_may_still_take_effect(self):
         # review-s70-2 M2: the first attempt, dropped unanswered, may still commit the write.
@@ -1405,6 +1411,10 @@ class OfflineScriptedTest(unittest.TestCase):
         self.assertTrue(failed.unsettled, f"the dropped attempt may still take effect: {failed}")
         self.assertFalse(failed.over_limit, "not \"nothing was queued or changed\" then")
         self.assertIn("the write may still take effect", failed.message)
+        with self.assertRaises(latch.LatchError) as caught:
+            client.get("k")
+        self.assertTrue(caught.exception.over_limit, f"a read so refused changed nothing: {caught.exception}")
+        self.assertFalse(caught.exception.unsettled)
 
     def test_a_hedge_answered_applied_before_is_what_the_call_ends_with_when_the_first_times_out(self):
         held, applied = HeldKV(), AppliedBeforeKV(revision=77)

@@ -51,6 +51,8 @@ enum Script {
     NotLeader(Option<String>),
     /// Fails with this code.
     Reject(Code),
+    /// Fails RESOURCE_EXHAUSTED over one of its own limits, marked as a member marks it.
+    OverLimit,
     /// Reads as `Behind`; every write fails FAILED_PRECONDITION as applied before at this
     /// revision, its answer's data not kept (a txn's compares held), as a retry whose first
     /// answer was lost is answered.
@@ -155,6 +157,13 @@ impl ScriptedKv {
                 Err(status)
             }
             Script::Reject(code) => Err(Status::new(*code, "key: must not be empty")),
+            Script::OverLimit => {
+                let mut status = Status::resource_exhausted("member 2 holds 10000 sessions (--max-sessions)");
+                status
+                    .metadata_mut()
+                    .insert(latch_proto::OVER_LIMIT_METADATA, "true".parse().expect("ascii"));
+                Err(status)
+            }
             Script::FrozenOnce => Err(Status::unavailable("no leader is known")),
         }
     }
@@ -396,26 +405,35 @@ async fn a_write_one_of_whose_attempts_went_unanswered_says_it_may_still_take_ef
     assert!(!unsent.to_string().contains("may still take effect"), "nothing was sent: {unsent}");
 }
 
-/// review-s70-2 M2: a write's hedge refused for good while the first attempt is still under
-/// way: the call ends with the refusal, and says the write may still take effect through the
-/// attempt it dropped; so an over-limit refusal then is not "nothing was queued or changed".
+/// review-s70-2 M2: a write's hedge refused over the member's own limit (before any proposal)
+/// while the first attempt is still under way: the call ends with the refusal, and says the
+/// write may still take effect through the attempt it dropped, so it is not "nothing was queued
+/// or changed"; a read so refused is (review-s70-3 M1), and so is a write refused for good at
+/// apply, whose outcome the other attempt shares (review-s70-3 L1).
 #[tokio::test]
-async fn a_write_whose_hedge_was_refused_while_its_first_attempt_ran_says_it_may_still_take_effect() {
+async fn a_write_whose_hedge_was_refused_over_a_limit_while_its_first_attempt_ran_says_it_may_still_take_effect(
+) {
     let (frozen, at_frozen) = serve(Script::Frozen).await;
-    let (refusing, _) = serve(Script::Reject(Code::ResourceExhausted)).await;
+    let (refusing, _) = serve(Script::OverLimit).await;
     let client =
-        Client::connect_with([frozen, refusing], hedging_within_3s()).await.expect("valid endpoints");
+        Client::connect_with([frozen.clone(), refusing], hedging_within_3s()).await.expect("valid endpoints");
 
     let write = client.put("k", "v").await.expect_err("the hedge is refused, the first never answers");
 
     assert_eq!(write.code(), Code::ResourceExhausted, "the refusal ends the call: {write}");
     assert_eq!(received(&at_frozen).len(), 1, "the first attempt reached its member");
     assert!(write.to_string().contains("the write may still take effect"), "{write}");
-    let mut both = Status::resource_exhausted("over --max-pending-bytes");
-    both.metadata_mut().insert(latch_proto::OVER_LIMIT_METADATA, "true".parse().expect("ascii"));
-    assert!(crate::Error::from(both.clone()).over_limit(), "a member's over-limit refusal alone is one");
-    both.metadata_mut().insert(latch_proto::UNSETTLED_METADATA, "true".parse().expect("ascii"));
-    assert!(!crate::Error::from(both).over_limit(), "not when another attempt may still take effect");
+    assert!(!write.over_limit(), "not nothing changed: the first attempt may still commit it");
+
+    let read = client.get("k").await.expect_err("the hedge is refused, the first never answers");
+    assert!(read.over_limit(), "a read refused over a limit changed nothing, hedged or not: {read}");
+    assert!(!read.to_string().contains("may still take effect"), "{read}");
+
+    let (gone, _) = serve(Script::Reject(Code::NotFound)).await;
+    let client = Client::connect_with([frozen, gone], hedging_within_3s()).await.expect("valid endpoints");
+    let refused = client.put("k", "v").await.expect_err("refused at apply");
+    assert_eq!(refused.code(), Code::NotFound, "{refused}");
+    assert!(!refused.to_string().contains("may still take effect"), "the request id's outcome: {refused}");
 }
 
 /// A member slower than `hedge_after` still serves the call when the hedge fails: a failure

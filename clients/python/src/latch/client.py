@@ -632,6 +632,8 @@ class Client:
         # The endpoints a member of another cluster answered at, in this call.
         foreign_at: set = set()
         with self._lock:
+            # A write's refusal over a member's own limit may leave it to take effect elsewhere.
+            is_write = write
             write = write and self.writes_to_leader
             if start is not None:
                 i = start % len(self._targets)
@@ -664,8 +666,10 @@ class Client:
                     result, metadata = attempt(target, timeout)
             except grpc.RpcError as e:
                 error = LatchError.from_rpc(e, target.addr)
-                if dropped and error.applied_revision is None:
-                    # Not "nothing was queued or changed": the write may take effect through it.
+                if is_write and error.over_limit and (dropped or unsettled) and error.applied_revision is None:
+                    # One member's refusal over its own limit, before any proposal, while an
+                    # attempt sent elsewhere went unanswered (dropped under way, or cut before):
+                    # not "nothing was queued or changed", the write may take effect through it.
                     error.unsettled, error.over_limit = True, False
                 unsettled = unsettled or error.unsettled
                 named = _cluster_id(trailing(e, CLUSTER_ID_METADATA))
