@@ -297,15 +297,18 @@ impl Tally {
         // the odd one out: it is refused itself once it hears them.)
         let rival = |peer: &u64, a: &Answer| {
             a.restored_from != mine
-                && ((a.restored_from.is_restored() && (!a.admitting || !restored_runs))
+                && ((a.restored_from.is_restored()
+                    && (!a.admitting || !(restored_runs && mine.is_restored())))
                     || (!a.admitting && enough && !restored_runs && !learners.contains(peer)))
         };
-        // Whether a cluster runs (a peer not admitting), which the refusal's advice depends on;
-        // a running rival is named first, its backup being the one that runs.
+        // Whether a cluster runs, which the refusal's advice depends on: for a restored member,
+        // whether the rival named runs (one that runs is named first, its backup being the one
+        // that runs); for an empty one, whether any peer runs (to replace it in).
         let runs = answers.values().any(|a| !a.admitting);
         let mut rivals: Vec<(&u64, &Answer)> = answers.iter().filter(|(p, a)| rival(p, a)).collect();
         rivals.sort_by_key(|(_, a)| a.admitting);
-        let other_backup = rivals.first().map(|(p, a)| (**p, a.restored_from, runs));
+        let other_backup = (rivals.first())
+            .map(|(p, a)| (**p, a.restored_from, if mine.is_restored() { !a.admitting } else { runs }));
         let verdict = match (verdict, other_backup, learner_at) {
             (Verdict::Admit | Verdict::Wait { .. }, Some((peer, theirs, running)), None) if !self.joins => {
                 Verdict::Restored { peer, theirs, running }
@@ -1348,6 +1351,28 @@ mod tests {
             Verdict::Restored { peer: 2, theirs: file(9), running: true },
             "the running rival's backup is named, not the admitting one's"
         );
+        // review-s70-4 L2: the advice says a cluster of the rival's runs only when the one named does.
+        let counted = mine.clone().count(&BTreeMap::from([
+            (1, Reply { answer: Answer { admitting: true, ..from(file(9)).answer }, ..from(file(9)) }),
+            (2, Reply { answer: Answer { admitting: true, ..from(file(7)).answer }, ..from(file(7)) }),
+        ]));
+        assert_eq!(
+            counted.verdict,
+            Verdict::Restored { peer: 1, theirs: file(9), running: false },
+            "no member of the rival's backup runs"
+        );
+        // review-s70-4 L1: an empty member is refused beside any member restored from a file,
+        // admitting or not, whatever runs beside it (an empty state that runs may be catching up).
+        let empty = Tally::new(5, [1, 2, 3, 4, 5], [], false);
+        let restored = Reply { answer: Answer { admitting: true, ..from(file(8)).answer }, ..from(file(8)) };
+        let counted = empty.clone().count(&BTreeMap::from([
+            (1, from(RestoredFrom::default())),
+            (2, from(RestoredFrom::default())),
+            (3, restored),
+        ]));
+        let Verdict::Restored { peer: 3, .. } = counted.verdict else {
+            panic!("an empty first member beside a restored one is refused: {:?}", counted.verdict)
+        };
     }
 
     /// review-s69-3 R2: a member restored from a file that its peers have a learner (replaced,

@@ -15,8 +15,7 @@ use std::time::Duration;
 use futures::stream::{FuturesUnordered, StreamExt};
 use latch_proto::v1::ResponseHeader;
 use latch_proto::{
-    format_cluster_id, parse_cluster_id, APPLIED_REVISION_METADATA, CLUSTER_ID_METADATA, OVER_LIMIT_METADATA,
-    UNSETTLED_METADATA,
+    format_cluster_id, parse_cluster_id, APPLIED_REVISION_METADATA, CLUSTER_ID_METADATA, UNSETTLED_METADATA,
 };
 use tokio::time::Instant;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
@@ -313,15 +312,11 @@ struct Patience<'a> {
     cap: Option<Duration>,
     /// Once set, a failure ends the call: it tries no other member.
     stay: Option<&'a AtomicBool>,
-    /// The call is a write: one member's refusal over its own limit does not settle it while
-    /// an attempt sent elsewhere went unanswered.
-    write: bool,
 }
 
 impl Patience<'_> {
     /// Each attempt within the request timeout, and on to the next member after a failure.
-    const RETRY: Patience<'static> =
-        Patience { wait: Some(Duration::ZERO), cap: None, stay: None, write: false };
+    const RETRY: Patience<'static> = Patience { wait: Some(Duration::ZERO), cap: None, stay: None };
 }
 
 impl Client {
@@ -494,7 +489,7 @@ impl Client {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let patience = Patience { cap: Some(cap), stay, write: true, ..Patience::RETRY };
+        let patience = Patience { cap: Some(cap), stay, ..Patience::RETRY };
         self.call_limited(Lane::Calls, Route::From(from), method, patience, attempt).await
     }
 
@@ -549,7 +544,7 @@ impl Client {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let patience = Patience { wait, write: true, ..Patience::RETRY };
+        let patience = Patience { wait, ..Patience::RETRY };
         let answer = self.call_limited(Lane::Calls, Route::Leader, method, patience, attempt).await;
         // A write applied although its call failed (its answer's data not kept) is a floor too.
         let revision = match &answer {
@@ -573,7 +568,7 @@ impl Client {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         // (attempt timeout, deadline of the whole call); none for a call that may wait forever.
-        let Patience { wait, cap, stay, write } = patience;
+        let Patience { wait, cap, stay } = patience;
         let started = Instant::now();
         let limits = wait.map(|wait| {
             let options = self.inner.options;
@@ -714,7 +709,6 @@ impl Client {
             // reached a member and went unanswered (a timeout, a connection lost after the
             // request went out): a write may still take effect. (Another cluster's member's
             // refusal did nothing, and reached no member of this one.)
-            let unsettled_before = unsettled;
             unsettled |= status.metadata().contains_key(UNSETTLED_METADATA)
                 || (!answered && !foreign && !never_sent(&status));
             let failure = Error::from(with_context(status.clone(), &target.addr)).to_string();
@@ -735,22 +729,7 @@ impl Client {
             }
             if (!is_retryable(&status) && !foreign) || staying() {
                 // That the write took effect, when the other attempt said so, comes first.
-                let mut failure = applied_before.take().unwrap_or_else(|| with_context(status, &target.addr));
-                // One member's refusal over its own limit, before any proposal, while an attempt
-                // sent elsewhere went unanswered (the other one, dropped under way, or one cut
-                // before): a write may yet take effect through it. (A refusal decided at apply
-                // is the request id's outcome, which the other attempt shares.)
-                let own_limit = failure.code() == Code::ResourceExhausted
-                    && failure.metadata().get(OVER_LIMIT_METADATA).is_some_and(|v| v == "true");
-                if write
-                    && own_limit
-                    && (unsettled_before || !running.is_empty())
-                    && failure.metadata().get(APPLIED_REVISION_METADATA).is_none()
-                {
-                    failure
-                        .metadata_mut()
-                        .insert(UNSETTLED_METADATA, AsciiMetadataValue::from_static("true"));
-                }
+                let failure = applied_before.take().unwrap_or_else(|| with_context(status, &target.addr));
                 return Err(Error::from(failure));
             }
             let hint = leader_hint(&status).filter(|_| !foreign);

@@ -52,14 +52,11 @@ impl Error {
 
     /// A member refused the request over one of its limits (RESOURCE_EXHAUSTED, marked by the
     /// member): nothing was queued or changed. A RESOURCE_EXHAUSTED without the mark may have
-    /// come from the transport after the request was acted on; and a write refused so while
-    /// another attempt of it was under way (a hedge) may still take effect through that one,
-    /// and is not over the limit in this sense either.
+    /// come from the transport after the request was acted on.
     pub fn over_limit(&self) -> bool {
         self.code() == Code::ResourceExhausted
             && self.status().is_some_and(|s| {
                 s.metadata().get(latch_proto::OVER_LIMIT_METADATA).is_some_and(|v| v == "true")
-                    && !s.metadata().contains_key(latch_proto::UNSETTLED_METADATA)
             })
     }
 

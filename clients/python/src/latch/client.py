@@ -632,8 +632,6 @@ class Client:
         # The endpoints a member of another cluster answered at, in this call.
         foreign_at: set = set()
         with self._lock:
-            # A write's refusal over a member's own limit may leave it to take effect elsewhere.
-            is_write = write
             write = write and self.writes_to_leader
             if start is not None:
                 i = start % len(self._targets)
@@ -651,7 +649,7 @@ class Client:
                     raise LatchError(grpc.StatusCode.DEADLINE_EXCEEDED, f"{what}: out of time", target.addr)
                 timeout = left if timeout is None else min(timeout, left)
             failed_at = i % max(n, 1)
-            # Whether the hedged attempts dropped one that may still take effect.
+            # Whether the hedged attempts dropped a failure that left the write unsettled.
             dropped = False
             try:
                 if hedged is not None and self.hedge_after is not None and n > 1 and timeout is not None:
@@ -666,12 +664,8 @@ class Client:
                     result, metadata = attempt(target, timeout)
             except grpc.RpcError as e:
                 error = LatchError.from_rpc(e, target.addr)
-                if is_write and error.over_limit and (dropped or unsettled) and error.applied_revision is None:
-                    # One member's refusal over its own limit, before any proposal, while an
-                    # attempt sent elsewhere went unanswered (dropped under way, or cut before):
-                    # not "nothing was queued or changed", the write may take effect through it.
-                    error.unsettled, error.over_limit = True, False
-                unsettled = unsettled or error.unsettled
+                # An attempt dropped while the other went on may have been cut after it went out.
+                unsettled = unsettled or error.unsettled or dropped
                 named = _cluster_id(trailing(e, CLUSTER_ID_METADATA))
                 # A member of another cluster refused the call: no member of ours, whatever it
                 # says of its own leader; the call goes on to the next member.
@@ -773,9 +767,8 @@ class Client:
         write was applied before, its data not kept, waits for the other attempt's whole answer
         and is what the call ends with when that one fails. The attempt still going when the
         call ends is cancelled; a write carries its request id to both, so it applies once. Third,
-        whether an attempt that may still take effect was dropped: one cancelled while still
-        going when the call ended with a failure, or one whose failure left the write unsettled
-        (cut, timed out) while the other went on."""
+        whether a failure that left the write unsettled (cut, timed out) was dropped while the
+        other attempt went on, so that the call's retries still say so when they give up."""
         ended = threading.Event()
         first = start(target, timeout)
         first.add_done_callback(lambda _: ended.set())
@@ -823,7 +816,7 @@ class Client:
                     # That the write took effect, when the other attempt said so, comes first.
                     if applied_before is not None:
                         return applied_before[0], applied_before[1], False
-                    return failure, at, dropped or bool(flights)
+                    return failure, at, dropped
         finally:
             for flight, _ in flights:
                 flight.cancel()
