@@ -297,8 +297,7 @@ impl Tally {
         // the odd one out: it is refused itself once it hears them.)
         let rival = |peer: &u64, a: &Answer| {
             a.restored_from != mine
-                && ((a.restored_from.is_restored()
-                    && (!a.admitting || !(restored_runs && mine.is_restored())))
+                && ((a.restored_from.is_restored() && !(a.admitting && restored_runs && mine.is_restored()))
                     || (!a.admitting && enough && !restored_runs && !learners.contains(peer)))
         };
         // Whether a cluster runs, which the refusal's advice depends on: for a restored member,
