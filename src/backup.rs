@@ -29,6 +29,7 @@ use prost::Message;
 
 use crate::config::Config;
 use crate::fsm::{self, snapshot::Summary, FsmError};
+use crate::storage::files::parent_of;
 use crate::storage::{self, Identity, StorageError};
 
 /// The first bytes of every snapshot file.
@@ -257,13 +258,6 @@ fn staging_dir(dir: &Path) -> Result<PathBuf, BackupError> {
     Ok(parent_of(dir).join(staging))
 }
 
-fn parent_of(dir: &Path) -> &Path {
-    match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
 /// Refuses, before anything is written, an existing `dir` that the last rename could not
 /// replace: a symbolic link, or a mount point (another file system than its parent's, where the
 /// data dir would be built: on the wrong disk, to fail at the end).
@@ -300,7 +294,7 @@ fn is_missing_or_empty(dir: &Path) -> Result<bool, BackupError> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), BackupError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|source| BackupError::Io {
+    storage::files::sync_dir(dir).map_err(|source| BackupError::Io {
         what: "sync",
         path: dir.to_path_buf(),
         source,

@@ -15,6 +15,7 @@ use serde_json::json;
 use super::{print_bytes, print_json, ClientArgs, Output, UsageError};
 use crate::backup::{self, FileInfo};
 use crate::config::{Config, ServerArgs};
+use crate::storage::files;
 
 /// `latch snapshot`.
 #[derive(Debug, Args)]
@@ -187,13 +188,8 @@ async fn save_into(
         .context("checking the file")??;
     std::fs::rename(part, file)
         .with_context(|| format!("cannot rename {} to {}", part.display(), file.display()))?;
-    let dir = match file.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("cannot sync {}", dir.display()))?;
+    let dir = files::parent_of(file);
+    files::sync_dir(dir).with_context(|| format!("cannot sync {}", dir.display()))?;
     Ok(info)
 }
 

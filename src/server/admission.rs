@@ -263,13 +263,12 @@ impl Tally {
             .filter(|(peer, _)| configuration.contains(peer))
             .map(|(peer, reply)| (*peer, reply.answer))
             .collect();
-        // A peer admitting too from another backup: one of the two is refused once it hears the
-        // other, so it does not count.
         let mine = self.restored_from;
-        let other_backup = |a: &Answer| a.admitting && a.restored_from != mine;
         let voters: BTreeSet<u64> = (answers.iter())
             .filter(|(p, a)| {
-                (self.initial.contains(p) || added.contains(p)) && !learners.contains(p) && !other_backup(a)
+                (self.initial.contains(p) || added.contains(p))
+                    && !learners.contains(p)
+                    && !admitting_from_another_backup(mine, a)
             })
             .map(|(p, _)| *p)
             .collect();
@@ -281,43 +280,12 @@ impl Tally {
             None if self.joins => joining_weighed(members, asked, &answers, voters.len()),
             None => weighed(members, &answers, voters.len()),
         };
-        // Backups (see the module doc): a first member, unless replaced (a learner somewhere),
-        // beside a peer restored from another backup, or from none and running; a member
-        // restored from a file that takes part as a learner. A running peer whose state
-        // descends from none runs a cluster of its own only when it is no learner and, of as
-        // many answers as admit a member, none is of a running peer that descends from this
-        // member's backup: a member replaced or added runs on an empty state until the leader's
-        // snapshot comes, and while it does, any `peers_needed` answers of a restored cluster
-        // that runs include one of its members sent the state (it started with
-        // `n - quorum + 2` of them restored, and one member at a time is replaced or added).
         let learner_at = answers.iter().find(|(_, a)| a.learner).map(|(p, _)| *p);
-        let enough = answers.len() >= peers_needed(members);
-        let restored_runs = answers.values().any(|a| a.restored_from == mine && !a.admitting);
-        // (A peer still admitting from another backup, beside running members of this one's, is
-        // the odd one out: it is refused itself once it hears them.)
-        let rival = |peer: &u64, a: &Answer| {
-            a.restored_from != mine
-                && ((a.restored_from.is_restored() && !(a.admitting && restored_runs && mine.is_restored()))
-                    || (!a.admitting && enough && !restored_runs && !learners.contains(peer)))
-        };
-        // Whether a cluster runs, which the refusal's advice depends on: for a restored member,
-        // whether the rival named runs (one that runs is named first, its backup being the one
-        // that runs); for an empty one, whether any peer runs (to replace it in).
-        let runs = answers.values().any(|a| !a.admitting);
-        let mut rivals: Vec<(&u64, &Answer)> = answers.iter().filter(|(p, a)| rival(p, a)).collect();
-        rivals.sort_by_key(|(_, a)| a.admitting);
-        let other_backup = (rivals.first())
-            .map(|(p, a)| (**p, a.restored_from, if mine.is_restored() { !a.admitting } else { runs }));
-        let verdict = match (verdict, other_backup, learner_at) {
-            (Verdict::Admit | Verdict::Wait { .. }, Some((peer, theirs, running)), None) if !self.joins => {
-                Verdict::Restored { peer, theirs, running }
+        let verdict = match verdict {
+            Verdict::Admit | Verdict::Wait { .. } | Verdict::Disagree { .. } => {
+                weigh_backups(verdict, (mine, self.joins), (members, &answers, &learners), learner_at)
             }
-            (Verdict::Admit | Verdict::Wait { .. } | Verdict::Disagree { .. }, _, Some(peer))
-                if mine.is_restored() =>
-            {
-                Verdict::RestoredNotFirst { peer }
-            }
-            (verdict, _, _) => verdict,
+            verdict => verdict,
         };
         // Added, and a voter since at a peer: it ran to catch up and was promoted, so it lost
         // its data. With no peer having it a learner, it is not "never added" (whose advice,
@@ -336,6 +304,66 @@ impl Tally {
             (verdict, _, _) => verdict,
         };
         Counted { verdict, configuration, answers, voters }
+    }
+}
+
+/// Whether `a` is the answer of a peer admitting too whose state descends from another backup
+/// than `mine`: one of the two is refused once it hears the other, so it does not count toward
+/// the answers needed.
+fn admitting_from_another_backup(mine: RestoredFrom, a: &Answer) -> bool {
+    a.admitting && a.restored_from != mine
+}
+
+/// `verdict` (an admission, a wait or a disagreement) as backups weigh it, for a member whose
+/// state descends from `mine` (see the module doc): a first member, unless replaced (a learner
+/// at `learner_at`), is refused beside a peer restored from another backup, or from none and
+/// running; a member restored from a file that takes part as a learner is refused.
+///
+/// A running peer whose state descends from none runs a cluster of its own only when it is no
+/// learner and, of as many answers as admit a member, none is of a running peer that descends
+/// from this member's backup: a member replaced or added runs on an empty state until the
+/// leader's snapshot comes, and while it does, any `peers_needed` answers of a restored cluster
+/// that runs include one of its members sent the state (it started with `n - quorum + 2` of them
+/// restored, and one member at a time is replaced or added). A peer still admitting from another
+/// backup, beside running members of a restored member's own, is the odd one out: it is
+/// refused itself once it hears them.
+fn weigh_backups(
+    verdict: Verdict,
+    (mine, joins): (RestoredFrom, bool),
+    (members, answers, learners): (usize, &BTreeMap<u64, Answer>, &BTreeSet<u64>),
+    learner_at: Option<u64>,
+) -> Verdict {
+    if let Some(peer) = learner_at {
+        return match mine.is_restored() {
+            true => Verdict::RestoredNotFirst { peer },
+            false => verdict,
+        };
+    }
+    if joins || matches!(verdict, Verdict::Disagree { .. }) {
+        return verdict;
+    }
+    let enough = answers.len() >= peers_needed(members);
+    let restored_runs = answers.values().any(|a| a.restored_from == mine && !a.admitting);
+    let rival = |peer: &u64, a: &Answer| {
+        a.restored_from != mine
+            && ((a.restored_from.is_restored() && !(a.admitting && restored_runs && mine.is_restored()))
+                || (!a.admitting && enough && !restored_runs && !learners.contains(peer)))
+    };
+    // A running rival is named first, its backup being the one that runs.
+    let mut rivals: Vec<(&u64, &Answer)> = answers.iter().filter(|(p, a)| rival(p, a)).collect();
+    rivals.sort_by_key(|(_, a)| a.admitting);
+    match rivals.first() {
+        // Whether a cluster runs, which the refusal's advice depends on: for a restored member,
+        // whether the rival named runs; for an empty one, whether any peer runs (to replace it in).
+        Some((peer, a)) => Verdict::Restored {
+            peer: **peer,
+            theirs: a.restored_from,
+            running: match mine.is_restored() {
+                true => !a.admitting,
+                false => answers.values().any(|a| !a.admitting),
+            },
+        },
+        None => verdict,
     }
 }
 
@@ -710,7 +738,7 @@ pub async fn ask_peers(
                     logged = tokio::time::Instant::now();
                     // Admitting too, from another backup: not counted (one of the two is refused).
                     let not_counted: Vec<u64> = (answers.iter())
-                        .filter(|(_, a)| a.admitting && a.restored_from != restored_from)
+                        .filter(|(_, a)| admitting_from_another_backup(restored_from, a))
                         .map(|(p, _)| *p)
                         .collect();
                     tracing::warn!(
@@ -1134,13 +1162,30 @@ mod tests {
         Reply { answer: Answer { restored_from: from, ..Answer::default() }, ..Reply::default() }
     }
 
+    /// The reply of a peer admitting too, whose state descends from `from`.
+    fn admitting_from(backup: RestoredFrom) -> Reply {
+        let running = from(backup);
+        Reply { answer: Answer { admitting: true, ..running.answer }, ..running }
+    }
+
+    /// A running peer's reply, its state from file 7, that has member `id` a learner: replaced,
+    /// or, `added`, added at run time.
+    fn has_learner(id: u64, added: bool) -> Reply {
+        Reply {
+            answer: Answer { learner: true, ..from(file(7)).answer },
+            added: if added { vec![id] } else { vec![] },
+            learners: vec![id],
+            ..from(file(7))
+        }
+    }
+
     /// review-s69 M2: a first member starting empty beside a restored one is refused (it was to
     /// be restored from the same file), however many empty ones answer, and so is one restored
     /// from another file or with other skipped generations; one restored from the same file,
     /// alike, a replaced member (a learner at a peer) and a member added at run time are not.
     #[test]
     fn a_first_member_beside_one_restored_from_another_file_or_none_is_refused_unless_replaced_or_added() {
-        let empty = Reply { answer: Answer { admitting: true, ..Answer::default() }, ..Reply::default() };
+        let empty = admitting_from(RestoredFrom::default());
         let counted = Tally::new(3, [1, 2, 3], [], false)
             .count(&BTreeMap::from([(1, from(file(7))), (2, empty.clone())]));
         assert_eq!(
@@ -1175,20 +1220,11 @@ mod tests {
             "restored again after it ran: its start is recorded"
         );
 
-        let replaced = Reply {
-            answer: Answer { learner: true, ..from(file(7)).answer },
-            learners: vec![3],
-            ..from(file(7))
-        };
+        let replaced = has_learner(3, false);
         let counted =
             Tally::new(3, [1, 2, 3], [], false).count(&BTreeMap::from([(1, from(file(7))), (2, replaced)]));
         assert_eq!(counted.verdict, Verdict::Admit, "a replaced member takes part as a learner");
-        let has_it = Reply {
-            answer: Answer { learner: true, ..from(file(7)).answer },
-            added: vec![4],
-            learners: vec![4],
-            ..from(file(7))
-        };
+        let has_it = has_learner(4, true);
         let counted = Tally::new(4, [1, 2, 3], [], true).count(&BTreeMap::from([
             (1, has_it.clone()),
             (2, has_it),
@@ -1226,8 +1262,8 @@ mod tests {
             Verdict::Restored { peer: 2, theirs: RestoredFrom::default(), running: true },
             "empty members that run a cluster of their own"
         );
-        let empty = Reply { answer: Answer { admitting: true, ..Answer::default() }, ..Reply::default() };
-        let restored = Reply { answer: Answer { admitting: true, ..from(file(7)).answer }, ..from(file(7)) };
+        let empty = admitting_from(RestoredFrom::default());
+        let restored = admitting_from(file(7));
         let counted = mine.clone().count(&BTreeMap::from([
             (2, empty.clone()),
             (3, empty.clone()),
@@ -1269,7 +1305,7 @@ mod tests {
             Verdict::Admit,
             "an empty state beside running members restored alike is one of theirs, not sent the state yet"
         );
-        let admitting = Reply { answer: Answer { admitting: true, ..from(file(7)).answer }, ..from(file(7)) };
+        let admitting = admitting_from(file(7));
         // review-s70-2 M1: a round too short to admit (after a power cut, the member catching
         // up came back first) tells nothing of what runs: asked again.
         let counted = mine.clone().count(&BTreeMap::from([(1, admitting.clone()), (2, catching_up.clone())]));
@@ -1293,11 +1329,9 @@ mod tests {
             Verdict::Wait { answered: 1, needed: 2 },
             "a learner on an empty state is no cluster of its own, nor a voter"
         );
-        let empty = Reply { answer: Answer { admitting: true, ..Answer::default() }, ..Reply::default() };
-        let counted = Tally::new(3, [1, 2, 3], [], false).count(&BTreeMap::from([
-            (1, Reply { answer: Answer { admitting: true, ..from(file(7)).answer }, ..from(file(7)) }),
-            (2, empty),
-        ]));
+        let empty = admitting_from(RestoredFrom::default());
+        let counted = Tally::new(3, [1, 2, 3], [], false)
+            .count(&BTreeMap::from([(1, admitting_from(file(7))), (2, empty)]));
         let Verdict::Restored { running: false, .. } = counted.verdict else {
             panic!("beside members still admitting, the refusal knows none runs: {:?}", counted.verdict)
         };
@@ -1336,7 +1370,7 @@ mod tests {
     #[test]
     fn a_restored_member_beside_its_own_running_backup_is_not_refused_over_an_odd_admitting_one() {
         let mine = Tally::new(5, [1, 2, 3, 4, 5], [], false).restored_from(file(7));
-        let odd = Reply { answer: Answer { admitting: true, ..from(file(8)).answer }, ..from(file(8)) };
+        let odd = admitting_from(file(8));
         let counted = mine.clone().count(&BTreeMap::from([
             (1, from(file(7))),
             (2, from(file(7))),
@@ -1351,10 +1385,8 @@ mod tests {
             "the running rival's backup is named, not the admitting one's"
         );
         // review-s70-4 L2: the advice says a cluster of the rival's runs only when the one named does.
-        let counted = mine.clone().count(&BTreeMap::from([
-            (1, Reply { answer: Answer { admitting: true, ..from(file(9)).answer }, ..from(file(9)) }),
-            (2, Reply { answer: Answer { admitting: true, ..from(file(7)).answer }, ..from(file(7)) }),
-        ]));
+        let counted =
+            mine.clone().count(&BTreeMap::from([(1, admitting_from(file(9))), (2, admitting_from(file(7)))]));
         assert_eq!(
             counted.verdict,
             Verdict::Restored { peer: 1, theirs: file(9), running: false },
@@ -1363,7 +1395,7 @@ mod tests {
         // review-s70-4 L1: an empty member is refused beside any member restored from a file,
         // admitting or not, whatever runs beside it (an empty state that runs may be catching up).
         let empty = Tally::new(5, [1, 2, 3, 4, 5], [], false);
-        let restored = Reply { answer: Answer { admitting: true, ..from(file(8)).answer }, ..from(file(8)) };
+        let restored = admitting_from(file(8));
         let counted = empty.clone().count(&BTreeMap::from([
             (1, from(RestoredFrom::default())),
             (2, from(RestoredFrom::default())),
@@ -1379,11 +1411,7 @@ mod tests {
     /// the leader's log replayed onto a file's state that need not be the one it starts from.
     #[test]
     fn a_replaced_or_added_member_restored_from_a_file_is_refused() {
-        let replaced = Reply {
-            answer: Answer { learner: true, ..from(file(7)).answer },
-            learners: vec![3],
-            ..from(file(7))
-        };
+        let replaced = has_learner(3, false);
         let counted = (Tally::new(3, [1, 2, 3], [], false).restored_from(file(7)))
             .count(&BTreeMap::from([(1, from(file(7))), (2, replaced)]));
         assert_eq!(
@@ -1391,12 +1419,7 @@ mod tests {
             Verdict::RestoredNotFirst { peer: 2 },
             "a replaced member restored from a file"
         );
-        let has_it = Reply {
-            answer: Answer { learner: true, ..from(file(7)).answer },
-            added: vec![4],
-            learners: vec![4],
-            ..from(file(7))
-        };
+        let has_it = has_learner(4, true);
         let counted = (Tally::new(4, [1, 2, 3], [], true).restored_from(file(7))).count(&BTreeMap::from([
             (1, has_it.clone()),
             (2, has_it),

@@ -33,7 +33,7 @@ pub fn write(data_dir: &Path, name: &str, why: &str) -> std::io::Result<()> {
     file.write_all(b"\n")?;
     file.sync_all()?;
     std::fs::rename(&temporary, data_dir.join(name))?;
-    std::fs::File::open(data_dir)?.sync_all()
+    crate::storage::files::sync_dir(data_dir)
 }
 
 /// Why mark `name` is in `data_dir`, if it is.

@@ -14,6 +14,20 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+/// Makes the entries of directory `dir` (files created, renamed or removed in it) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// The directory `path` is in (`.` for a bare name), whose entry for it [`sync_dir`] makes
+/// durable.
+pub fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 /// A directory of log files.
 pub trait Dir: Send {
     /// The names of the files in it.
@@ -94,7 +108,7 @@ impl Dir for FsDir {
     }
 
     fn sync(&self) -> io::Result<()> {
-        fs::File::open(&self.path)?.sync_all()
+        sync_dir(&self.path)
     }
 
     fn describe(&self, name: &str) -> String {

@@ -165,9 +165,7 @@ fn open_file_unguarded(
         // The new file's directory entry must be durable before anything in the file counts,
         // and after what redb wrote to create it (its fsync runs behind).
         syncs.wait_all().map_err(fsync_failed)?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| StorageError::CreateDir { path: dir.to_path_buf(), source })?;
+        files::sync_dir(dir).map_err(|source| StorageError::CreateDir { path: dir.to_path_buf(), source })?;
     }
     check_identity(&db, &syncs, &path, identity)?;
     Ok((Arc::new(db), syncs))
