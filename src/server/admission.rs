@@ -1162,7 +1162,7 @@ mod tests {
         Reply { answer: Answer { restored_from: from, ..Answer::default() }, ..Reply::default() }
     }
 
-    /// The reply of a peer admitting too, whose state descends from `from`.
+    /// The reply of a peer admitting too, whose state descends from `backup`.
     fn admitting_from(backup: RestoredFrom) -> Reply {
         let running = from(backup);
         Reply { answer: Answer { admitting: true, ..running.answer }, ..running }
