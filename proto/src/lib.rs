@@ -74,6 +74,15 @@ pub const TXN_SUCCEEDED_METADATA: &str = "latch-txn-succeeded";
 /// member and went unanswered. Part of the wire contract of `latch.v1`.
 pub const UNSETTLED_METADATA: &str = "latch-unsettled";
 
+/// gRPC metadata key (`true`) of a member's refusal of a write that is the request's outcome:
+/// the member applied the write's command and the state refused it (no such session, a lock
+/// queue full), and that outcome is remembered under the request id, so every attempt of the
+/// request, at any member, gets the same answer (while the id is remembered). A refusal without
+/// it settles nothing: one a member made alone before proposing (over its own limits, which
+/// members may set differently) or one that is no member's (a proxy, the transport) leaves
+/// another attempt of the write free to take effect. Part of the wire contract of `latch.v1`.
+pub const SETTLED_METADATA: &str = "latch-settled";
+
 /// gRPC metadata key under which every answer of a member names its cluster (the cluster id,
 /// 16 lowercase hex digits), and under which a client names the cluster it talks to. A member
 /// refuses a request naming another cluster (UNAVAILABLE, nothing done: for that client the

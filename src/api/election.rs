@@ -124,7 +124,7 @@ impl Election for ElectionService {
             let leader = granted_leadership(&self.ctx, req.name, seq, req.value)?;
             Ok(CampaignResponse { header: Some(header), leader: Some(leader) })
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 
     async fn proclaim(&self, req: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {
@@ -160,7 +160,7 @@ impl Election for ElectionService {
                 ))),
             }
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 
     async fn leader(&self, req: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
@@ -177,7 +177,7 @@ impl Election for ElectionService {
                 leader: Some(leadership(l, self.ctx.node.cluster_id)),
             })
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 
     type ObserveStream = ObserveStream;
@@ -244,7 +244,7 @@ impl Election for ElectionService {
                 seq.map(|seq| granted_leadership(&self.ctx, req.name, seq, Vec::new())).transpose()?;
             Ok(WithdrawCandidacyResponse { header: Some(header), leader })
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 
     async fn describe(
@@ -257,7 +257,7 @@ impl Election for ElectionService {
             let election = row.map(|r| election_info(req.name, r, self.ctx.node.cluster_id));
             Ok(DescribeElectionResponse { header: Some(header), election })
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 
     async fn list(
@@ -274,7 +274,7 @@ impl Election for ElectionService {
                 .await?;
             Ok(ListElectionsResponse { header: Some(header), elections, more })
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 
     async fn resign(&self, req: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
@@ -283,6 +283,6 @@ impl Election for ElectionService {
             let header = release(&self.ctx, &req.sequencer, &req.request_id, true).await?;
             Ok(ResignResponse { header: Some(header) })
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 }

@@ -121,7 +121,7 @@ impl Kv for KvService {
             };
             Ok(convert::range_response(result, self.ctx.header(revision)))
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
@@ -136,7 +136,7 @@ impl Kv for KvService {
                 _ => Err(mismatched("put")),
             }
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 
     async fn delete_range(
@@ -154,7 +154,7 @@ impl Kv for KvService {
                 _ => Err(mismatched("delete")),
             }
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
@@ -192,7 +192,7 @@ impl Kv for KvService {
                 _ => Err(mismatched("txn")),
             }
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 
     async fn compact(&self, req: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
@@ -214,7 +214,7 @@ impl Kv for KvService {
             })?;
             Ok(CompactionResponse { compact_revision: compacted(result)?, header: Some(header) })
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 }
 

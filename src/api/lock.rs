@@ -726,7 +726,7 @@ impl Lock for LockService {
             let sequencer = seq.map(|s| public_sequencer(&s, self.ctx.node.cluster_id));
             Ok(AcquireResponse { header: Some(header), acquired: sequencer.is_some(), sequencer })
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 
     async fn release(&self, req: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {
@@ -735,7 +735,7 @@ impl Lock for LockService {
             let header = release(&self.ctx, &req.sequencer, &req.request_id, false).await?;
             Ok(ReleaseResponse { header: Some(header) })
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 
     async fn withdraw(&self, req: Request<WithdrawRequest>) -> Result<Response<WithdrawResponse>, Status> {
@@ -745,7 +745,7 @@ impl Lock for LockService {
             let sequencer = seq.map(|s| public_sequencer(&s, self.ctx.node.cluster_id));
             Ok(WithdrawResponse { header: Some(header), held: sequencer.is_some(), sequencer })
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 
     async fn check_sequencer(
@@ -764,7 +764,7 @@ impl Lock for LockService {
                 reason: verdict.err().unwrap_or_default(),
             })
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 
     async fn describe_lock(
@@ -776,7 +776,7 @@ impl Lock for LockService {
             let (header, row) = described(&self.ctx, LockSpace::Locks, &req.name).await?;
             Ok(DescribeLockResponse { header: Some(header), lock: row.map(|r| lock_info(req.name, r)) })
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 
     async fn list_locks(
@@ -789,6 +789,6 @@ impl Lock for LockService {
                 listed(&self.ctx, LockSpace::Locks, &req.prefix, &req.start_after, lock_info).await?;
             Ok(ListLocksResponse { header: Some(header), locks, more })
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 }

@@ -12,7 +12,9 @@ pub mod routing;
 pub mod session;
 pub mod watch;
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
@@ -25,13 +27,21 @@ use crate::node::{Freshness, NodeHandle};
 use latch_proto::internal::{command::Body, outcome, Command};
 use latch_proto::v1::ResponseHeader;
 use tonic::metadata::MetadataValue;
-use tonic::Status;
+use tonic::{Response, Status};
 
 pub use latch_proto::LEADER_ADDR_METADATA;
 
 pub use latch_proto::{
-    APPLIED_REVISION_METADATA, COMPACT_REVISION_METADATA, TXN_SUCCEEDED_METADATA, UNSETTLED_METADATA,
+    APPLIED_REVISION_METADATA, COMPACT_REVISION_METADATA, SETTLED_METADATA, TXN_SUCCEEDED_METADATA,
+    UNSETTLED_METADATA,
 };
+
+tokio::task_local! {
+    /// Whether the request being answered (within [`Context::answer`]) had a command applied
+    /// by [`Context::write`]: its outcome is then remembered under its request id, and a
+    /// refusal made from it is marked [`SETTLED_METADATA`].
+    static APPLIED: Cell<bool>;
+}
 
 /// gRPC's metadata key for how long a client should wait before retrying (gRFC A6).
 pub const RETRY_PUSHBACK_METADATA: &str = "grpc-retry-pushback-ms";
@@ -155,6 +165,8 @@ impl Context {
         // Proposed at the cluster's version, which the core sets (`Core::propose`).
         let cmd = Command { version: 0, request_id: request_id.clone(), body: Some(body) };
         let out = self.node.propose(cmd, retry).await?;
+        // Applied: whatever is answered from here on is the request id's remembered outcome.
+        let _ = APPLIED.try_with(|applied| applied.set(true));
         let header = self.header(out.revision);
         if out.data_omitted {
             let succeeded = match &out.result {
@@ -178,6 +190,28 @@ impl Context {
         }
     }
 
+    /// Runs a handler's work and answers with what it returned: a refusal as its status, marked
+    /// [`SETTLED_METADATA`] when made after a command of the request was applied (a refusal
+    /// that retrying cannot mend, and so every attempt of the request meets).
+    pub async fn answer<T>(
+        &self,
+        run: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<Response<T>, Status> {
+        let (result, applied) = APPLIED
+            .scope(Cell::new(false), async {
+                let result = run.await;
+                (result, APPLIED.with(Cell::get))
+            })
+            .await;
+        result.map(Response::new).map_err(|e| {
+            let mut status = self.to_status(e);
+            if applied && settles(status.code()) {
+                status.metadata_mut().insert(SETTLED_METADATA, MetadataValue::from_static("true"));
+            }
+            status
+        })
+    }
+
     /// The header of a response served at `revision`.
     pub fn header(&self, revision: i64) -> ResponseHeader {
         ResponseHeader {
@@ -187,6 +221,13 @@ impl Context {
             raft_term: self.node.status().term,
         }
     }
+}
+
+/// Whether a refusal with this code is the state's answer, which asking again meets alike (not
+/// a member that cannot serve now, nor the call's own deadline).
+fn settles(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(code, InvalidArgument | NotFound | FailedPrecondition | ResourceExhausted | OutOfRange)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -202,7 +202,7 @@ impl Registry for RegistryService {
                 (_, other) => Err(ApiError::Internal(format!("register: unexpected outcome {other:?}"))),
             }
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 
     async fn deregister(
@@ -217,7 +217,7 @@ impl Registry for RegistryService {
             let (header, _) = self.ctx.write(&req.request_id, body).await?;
             Ok(DeregisterResponse { header: Some(header) })
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
@@ -247,7 +247,7 @@ impl Registry for RegistryService {
             };
             Ok(HeartbeatResponse { header: Some(header), health })
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
@@ -298,7 +298,7 @@ impl Registry for RegistryService {
             })?;
             Ok(ListResponse { header: Some(self.ctx.header(revision)), instances, more })
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 
     async fn services(&self, req: Request<ServicesRequest>) -> Result<Response<ServicesResponse>, Status> {
@@ -325,7 +325,7 @@ impl Registry for RegistryService {
             let (services, more) = page.finish();
             Ok(ServicesResponse { header: Some(self.ctx.header(revision)), services, more })
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 }
 

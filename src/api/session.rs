@@ -147,7 +147,7 @@ impl Session for SessionService {
                 )),
             }
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 
     type KeepAliveStream = KeepAliveStream;
@@ -213,7 +213,7 @@ impl Session for SessionService {
                 )),
             }
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 
     async fn get(&self, req: Request<GetSessionRequest>) -> Result<Response<GetSessionResponse>, Status> {
@@ -229,7 +229,7 @@ impl Session for SessionService {
             let info = self.infos(vec![(req.id, row)]).await?.pop();
             Ok(GetSessionResponse { header: Some(self.ctx.header(revision)), session: info })
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 
     /// A page of sessions: as many as `limit` asks and `--max-response-bytes` holds (at least
@@ -254,6 +254,6 @@ impl Session for SessionService {
             let sessions = self.infos(rows).await?;
             Ok(ListSessionsResponse { header: Some(self.ctx.header(revision)), sessions, more })
         };
-        run.await.map(Response::new).map_err(|e| self.ctx.to_status(e))
+        self.ctx.answer(run).await
     }
 }

@@ -35,6 +35,10 @@ async fn an_oversized_key_or_value_is_resource_exhausted_naming_the_flag_and_wri
 
     let key = vec![b'k'; 4097];
     let result = client.put(key, "v").await;
+    if let Err(e) = &result {
+        let settled = e.status().and_then(|s| s.metadata().get(latch_proto::SETTLED_METADATA));
+        assert!(settled.is_none(), "refused before proposing, on the member's own limit: not settled: {e}");
+    }
     assert_rejected("a 4097-byte key", result, Code::ResourceExhausted, &["--max-key-bytes", "4096"]);
     let value = vec![b'v'; 1024 * 1024 + 1];
     let result = client.put("big-value", value).await;

@@ -986,6 +986,11 @@ async fn an_acquire_answered_without_queueing_sends_no_withdrawal_after_it() {
     };
     let refused = locks.acquire(acquire).await.expect_err("an acquire of a session that does not exist");
     assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    assert_eq!(
+        refused.metadata().get(latch_proto::SETTLED_METADATA).map(|v| v.to_str().ok()),
+        Some(Some("true")),
+        "refused as applied: the request id's outcome, which every attempt meets: {refused:?}"
+    );
     // A withdrawal would have been proposed as the acquire's answer left, ahead of this put.
     client.put("after", "x").await.unwrap();
     assert_eq!(
@@ -1549,6 +1554,11 @@ async fn a_campaign_past_the_rows_byte_bound_is_refused_saying_so_and_the_queue_
         refused.metadata().get(latch_proto::OVER_LIMIT_METADATA).map(|v| v.to_str().ok()),
         Some(Some("true")),
         "the member marks its own refusal: {refused:?}"
+    );
+    assert_eq!(
+        refused.metadata().get(latch_proto::SETTLED_METADATA).map(|v| v.to_str().ok()),
+        Some(Some("true")),
+        "refused as applied (the row was full when it applied): settled: {refused:?}"
     );
     let taken = format!("candidates take {} bytes", fits * entry);
     for needle in [NAME, taken.as_str(), "past the 1048576", "nothing was queued", "smaller value"] {

@@ -1012,9 +1012,11 @@ class HeldOnceKV(HeldKV):
 
 
 class RefusingKV(kv_pb2_grpc.KVServicer):
-    """A member that refuses every put at once, for good (the session it names is gone)."""
+    """A member that refuses every put at once, for good, as applied (the session it names is
+    gone): marked settled, the request id's outcome."""
 
     def Put(self, request, context):
+        context.set_trailing_metadata([("latch-cluster-id", "00000000000000aa"), ("latch-settled", "true")])
         context.abort(grpc.StatusCode.NOT_FOUND, "session 'gone' not found")
 
 
@@ -1407,6 +1409,22 @@ class OfflineScriptedTest(unittest.TestCase):
         self.assertLess(time.monotonic() - started, 1.5, "not after the unanswered member's whole timeout")
         # Refused at apply: the request id's outcome, which the other attempt shares.
         self.assertFalse(caught.exception.unsettled, str(caught.exception))
+
+    def test_a_hedge_refused_before_it_was_proposed_is_decided_by_the_attempt_still_under_way(self):
+        # review-s70-2 M2: a refusal over the member's own limit (members may set theirs
+        # differently) settles nothing; the first attempt, still under way, decides.
+        slow = SlowKV(delay=0.3, fail=False, member_id=1)
+        client = self._hedging(slow, OverLimitKV(), timeout=0.6)
+        self.assertEqual(client.put("k", "v").header.member_id, 1, "the first attempt's answer serves the call")
+        self.assertEqual(len(slow.ids), 1, "asked once")
+        held = HeldKV()
+        self.addCleanup(held.release.set)
+        client = self._hedging(held, OverLimitKV(), timeout=0.6)
+        with self.assertRaises(latch.LatchError) as caught:
+            client.put("k", "v")
+        self.assertTrue(caught.exception.over_limit, f"the member's refusal ends the call: {caught.exception}")
+        self.assertTrue(caught.exception.unsettled, f"the first attempt, unanswered, may take effect: {caught.exception}")
+        self.assertIn("the write may still take effect", str(caught.exception))
 
     def test_a_first_attempt_cut_while_its_hedge_went_on_is_reported_unsettled_to_the_retries(self):
         # review-s70-2 M2, scenario 2: the first attempt's cut (after the request went out) was

@@ -15,7 +15,8 @@ use std::time::Duration;
 use futures::stream::{FuturesUnordered, StreamExt};
 use latch_proto::v1::ResponseHeader;
 use latch_proto::{
-    format_cluster_id, parse_cluster_id, APPLIED_REVISION_METADATA, CLUSTER_ID_METADATA, UNSETTLED_METADATA,
+    format_cluster_id, parse_cluster_id, APPLIED_REVISION_METADATA, CLUSTER_ID_METADATA, SETTLED_METADATA,
+    UNSETTLED_METADATA,
 };
 use tokio::time::Instant;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
@@ -312,11 +313,15 @@ struct Patience<'a> {
     cap: Option<Duration>,
     /// Once set, a failure ends the call: it tries no other member.
     stay: Option<&'a AtomicBool>,
+    /// A write (with a request id): a refusal that settles nothing waits for the attempt still
+    /// under way, and says when the write may still take effect.
+    write: bool,
 }
 
 impl Patience<'_> {
     /// Each attempt within the request timeout, and on to the next member after a failure.
-    const RETRY: Patience<'static> = Patience { wait: Some(Duration::ZERO), cap: None, stay: None };
+    const RETRY: Patience<'static> =
+        Patience { wait: Some(Duration::ZERO), cap: None, stay: None, write: false };
 }
 
 impl Client {
@@ -544,7 +549,7 @@ impl Client {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let patience = Patience { wait, ..Patience::RETRY };
+        let patience = Patience { wait, write: true, ..Patience::RETRY };
         let answer = self.call_limited(Lane::Calls, Route::Leader, method, patience, attempt).await;
         // A write applied although its call failed (its answer's data not kept) is a floor too.
         let revision = match &answer {
@@ -568,7 +573,7 @@ impl Client {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         // (attempt timeout, deadline of the whole call); none for a call that may wait forever.
-        let Patience { wait, cap, stay } = patience;
+        let Patience { wait, cap, stay, write } = patience;
         let started = Instant::now();
         let limits = wait.map(|wait| {
             let options = self.inner.options;
@@ -640,6 +645,10 @@ impl Client {
         // A write's answer that it was applied before, its data not kept, held back while the
         // other attempt may still bring the whole answer.
         let mut applied_before: Option<Status> = None;
+        // A write's refusal that settles nothing (made before proposing, on the member's own
+        // limits, or no member's), held back while the other attempt may still take effect, or
+        // has: that one's answer decides.
+        let mut refused: Option<Status> = None;
         // Held from this call's hedge on, until the call ends.
         let mut _hedge_slot: Option<HedgeSlot> = None;
         let (mut last, mut hedge_at) = (index, hedge.map(|after| Instant::now() + after));
@@ -728,8 +737,23 @@ impl Client {
                 continue;
             }
             if (!is_retryable(&status) && !foreign) || staying() {
+                // A member's refusal of the write as applied is the request id's outcome, which
+                // every attempt meets; any other leaves the attempts under way, or an earlier
+                // one unanswered, free to take effect.
+                let settled = !write || status.metadata().contains_key(SETTLED_METADATA);
+                if !settled && !running.is_empty() && !staying() {
+                    refused.get_or_insert_with(|| with_context(status, &target.addr));
+                    continue;
+                }
                 // That the write took effect, when the other attempt said so, comes first.
-                let failure = applied_before.take().unwrap_or_else(|| with_context(status, &target.addr));
+                let failure = match (applied_before.take(), refused.take()) {
+                    (Some(applied), _) => applied,
+                    (None, Some(held)) if !settled => may_still_take_effect(held, unsettled),
+                    (None, _) if !settled => {
+                        may_still_take_effect(with_context(status, &target.addr), unsettled)
+                    }
+                    (None, _) => with_context(status, &target.addr),
+                };
                 return Err(Error::from(failure));
             }
             let hint = leader_hint(&status).filter(|_| !foreign);
@@ -742,6 +766,9 @@ impl Client {
             if let Some(applied) = applied_before.take() {
                 return Err(Error::from(applied));
             }
+            if let Some(held) = refused.take() {
+                return Err(Error::from(may_still_take_effect(held, unsettled)));
+            }
             // Every endpoint known is another cluster's member: retrying cannot reach this one.
             if foreign && self.targets().list.iter().all(|t| foreign_at.contains(&t.addr)) {
                 let ours = cluster.id().map(format_cluster_id).unwrap_or_default();
@@ -752,25 +779,15 @@ impl Client {
                     foreign_at.iter().cloned().collect::<Vec<_>>().join(", "),
                     with_context(status.clone(), &target.addr).message()
                 );
-                let mut failure = Status::with_metadata(status.code(), message, status.metadata().clone());
-                if unsettled {
-                    // An earlier attempt went unanswered: it may have reached this cluster's member.
-                    failure
-                        .metadata_mut()
-                        .insert(UNSETTLED_METADATA, AsciiMetadataValue::from_static("true"));
-                }
-                return Err(Error::from(failure));
+                let failure = Status::with_metadata(status.code(), message, status.metadata().clone());
+                // An earlier attempt went unanswered: it may have reached this cluster's member.
+                return Err(Error::from(may_still_take_effect(failure, unsettled)));
             }
             if let Some((_, deadline)) = limits.filter(|(_, deadline)| Instant::now() + backoff >= *deadline)
             {
                 let budget = deadline.saturating_duration_since(started);
-                let mut failure = gave_up(status, &target.addr, &failures, budget);
-                if unsettled {
-                    failure
-                        .metadata_mut()
-                        .insert(UNSETTLED_METADATA, AsciiMetadataValue::from_static("true"));
-                }
-                return Err(Error::from(failure));
+                let failure = gave_up(status, &target.addr, &failures, budget);
+                return Err(Error::from(may_still_take_effect(failure, unsettled)));
             }
             tracing::debug!(
                 method,
@@ -1172,6 +1189,16 @@ fn with_context(status: Status, addr: &str) -> Status {
         source = e.source();
     }
     Status::new(status.code(), format!("{addr}: {}{cause}", status.message()))
+}
+
+/// `failure`, marked [`UNSETTLED_METADATA`] when `unsettled`: an attempt of the write went
+/// unanswered, or a member left it proposed, and it was not applied since (as far as the call
+/// knows).
+fn may_still_take_effect(mut failure: Status, unsettled: bool) -> Status {
+    if unsettled && !failure.metadata().contains_key(APPLIED_REVISION_METADATA) {
+        failure.metadata_mut().insert(UNSETTLED_METADATA, AsciiMetadataValue::from_static("true"));
+    }
+    failure
 }
 
 /// A write left unsettled, told so once: a member that could not commit it in time says it may

@@ -60,6 +60,14 @@ impl Error {
             })
     }
 
+    /// For a write: it may still take effect, or have taken effect, although the call failed
+    /// (the classic ambiguity of a timed-out write): an attempt went unanswered, or a member
+    /// could not commit it in time and left it proposed, and no member's answer settled it
+    /// since. Read before sending it again.
+    pub fn unsettled(&self) -> bool {
+        self.status().is_some_and(|s| s.metadata().contains_key(latch_proto::UNSETTLED_METADATA))
+    }
+
     /// For a write that was applied although the call failed FAILED_PRECONDITION: the revision
     /// it was applied at. The answer's data (previous values, a txn's ranges) is not there: a
     /// retry came after the first attempt's answer was lost and the member does not keep such

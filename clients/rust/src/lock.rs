@@ -256,14 +256,17 @@ impl Session {
 
 /// Whether an acquire that failed with `e` left nothing to withdraw: it was refused as asked
 /// (a bad request, no such session, a mode the session does not hold it in, an id used before,
-/// a queue or request over a limit the member marked as its own), whatever attempt answered it.
-/// Any other failure may have come after an attempt was queued.
+/// a queue or request over a limit the member marked as its own), whatever attempt answered it,
+/// and no other attempt may still take effect ([`Error::unsettled`]: one went unanswered, and
+/// the refusal was made before proposing). Any other failure may have come after an attempt was
+/// queued.
 fn settles(e: &Error) -> bool {
     use tonic::Code::*;
-    matches!(
+    let refused = matches!(
         e.code(),
         InvalidArgument | NotFound | FailedPrecondition | Unimplemented | PermissionDenied | Unauthenticated
-    ) || e.over_limit()
+    ) || e.over_limit();
+    refused && !e.unsettled()
 }
 
 /// Attempts at withdrawing an acquire given up, each with the client's own retries over the
@@ -649,6 +652,22 @@ mod tests {
         WithdrawRequest, WithdrawResponse,
     };
     use tonic::{Request, Response, Status};
+
+    /// An acquire refused as asked leaves nothing to withdraw, unless another of its attempts
+    /// may still take effect (went unanswered beside a refusal made before proposing).
+    #[test]
+    fn a_refused_acquire_is_withdrawn_only_when_another_attempt_may_still_take_effect() {
+        let refused = |code, unsettled: bool| {
+            let mut status = Status::new(code, "refused");
+            if unsettled {
+                status.metadata_mut().insert(latch_proto::UNSETTLED_METADATA, "true".parse().expect("ascii"));
+            }
+            Error::from(status)
+        };
+        assert!(settles(&refused(tonic::Code::NotFound, false)), "no such session: nothing queued");
+        assert!(!settles(&refused(tonic::Code::NotFound, true)), "an attempt unanswered may be queued");
+        assert!(!settles(&refused(tonic::Code::Unavailable, false)), "no member said it was refused");
+    }
 
     /// A member where an acquire never answers, its withdrawal finds it granted (it came
     /// first), and releases are recorded.

@@ -51,6 +51,9 @@ enum Script {
     NotLeader(Option<String>),
     /// Fails with this code.
     Reject(Code),
+    /// Fails with this code as a member refuses a write it applied: marked settled, the request
+    /// id's outcome, which every attempt meets.
+    Settled(Code),
     /// Fails RESOURCE_EXHAUSTED over one of its own limits, marked as a member marks it.
     OverLimit,
     /// Reads as `Behind`; every write fails FAILED_PRECONDITION as applied before at this
@@ -157,6 +160,11 @@ impl ScriptedKv {
                 Err(status)
             }
             Script::Reject(code) => Err(Status::new(*code, "key: must not be empty")),
+            Script::Settled(code) => {
+                let mut status = Status::new(*code, "session 01 not found");
+                status.metadata_mut().insert(latch_proto::SETTLED_METADATA, "true".parse().expect("ascii"));
+                Err(status)
+            }
             Script::OverLimit => {
                 let mut status = Status::resource_exhausted("member 2 holds 10000 sessions (--max-sessions)");
                 status
@@ -231,6 +239,17 @@ async fn serve(script: Script) -> (String, Arc<Mutex<Vec<String>>>) {
     let (addr, received, _) = serve_in(None, script).await;
     (addr, received)
 }
+
+/// Like [`serve`], a member of cluster [`A_CLUSTER`], which names it on every answer: its
+/// refusals are a member's own (a status naming no cluster may be the transport's, after the
+/// request went out).
+async fn serve_named(script: Script) -> (String, Arc<Mutex<Vec<String>>>) {
+    let (addr, received, _) = serve_in(Some(A_CLUSTER), script).await;
+    (addr, received)
+}
+
+/// The cluster of [`serve_named`]'s members.
+const A_CLUSTER: u64 = 0xa1;
 
 /// Like [`serve`], a member of cluster `cluster`; also returns the cluster each request named.
 async fn serve_in(cluster: Option<u64>, script: Script) -> (String, Arc<Mutex<Vec<String>>>, Named) {
@@ -407,8 +426,9 @@ async fn a_write_one_of_whose_attempts_went_unanswered_says_it_may_still_take_ef
 
 /// A hedged read refused over the member's own limit changed nothing, whatever the attempt it
 /// dropped: it stays `over_limit()` (review-s70-3 M1: the registry cache waits on it), and a
-/// hedged write refused for good at apply is its request id's outcome, which the dropped attempt
-/// shares: neither says it may still take effect.
+/// hedged write refused for good at apply (marked settled) is its request id's outcome, which
+/// the dropped attempt shares: neither waits for the frozen member, nor says it may still take
+/// effect.
 #[tokio::test]
 async fn a_hedged_read_refused_over_a_limit_stays_over_the_limit_and_a_settled_write_settled() {
     let (frozen, _) = serve(Script::Frozen).await;
@@ -419,11 +439,54 @@ async fn a_hedged_read_refused_over_a_limit_stays_over_the_limit_and_a_settled_w
     assert!(read.over_limit(), "a read refused over a limit changed nothing, hedged or not: {read}");
     assert!(!read.to_string().contains("may still take effect"), "{read}");
 
-    let (gone, _) = serve(Script::Reject(Code::NotFound)).await;
+    let (gone, _) = serve_named(Script::Settled(Code::NotFound)).await;
     let client = Client::connect_with([frozen, gone], hedging_within_3s()).await.expect("valid endpoints");
+    let started = tokio::time::Instant::now();
     let refused = client.put("k", "v").await.expect_err("refused at apply");
     assert_eq!(refused.code(), Code::NotFound, "{refused}");
+    assert!(!refused.unsettled(), "the request id's outcome: {refused}");
     assert!(!refused.to_string().contains("may still take effect"), "the request id's outcome: {refused}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "ended on the settled refusal, not the frozen member's timeout"
+    );
+}
+
+/// Attempts of 600 ms (the whole call as each), hedged after 100 ms.
+fn hedging_within_600ms() -> ClientOptions {
+    ClientOptions {
+        request_timeout: Duration::from_millis(600),
+        retry_budget: Duration::from_millis(600),
+        hedge_after: Some(Duration::from_millis(100)),
+        ..ClientOptions::default()
+    }
+}
+
+/// A hedged write whose hedge a member refused before proposing it (over its own limit, which
+/// members may set differently) settles nothing: the first attempt, still under way, decides
+/// (review-s70-2 M2). Answered, the write succeeded; unanswered, the refusal ends the call and
+/// says the write may still take effect (the first member may have it proposed).
+#[tokio::test]
+async fn a_hedged_write_refused_before_it_was_proposed_is_decided_by_the_attempt_still_under_way() {
+    let (slow, at_slow) = serve_named(Script::Slow(Duration::from_millis(300))).await;
+    let (refusing, _) = serve_named(Script::OverLimit).await;
+    let client = Client::connect_with([slow, refusing.clone()], hedging_within_600ms())
+        .await
+        .expect("valid endpoints");
+    client.put("k", "v").await.expect("the first attempt answers after the hedge was refused");
+    assert_eq!(
+        received(&at_slow).len(),
+        1,
+        "the first member was asked once, and its answer served the call"
+    );
+
+    let (frozen, _) = serve_named(Script::Frozen).await;
+    let client =
+        Client::connect_with([frozen, refusing], hedging_within_600ms()).await.expect("valid endpoints");
+    let refused = client.put("k", "v").await.expect_err("refused, the first attempt unanswered");
+    assert!(refused.over_limit(), "the member's refusal ends the call: {refused}");
+    assert!(refused.unsettled(), "the unanswered first attempt may still take effect: {refused}");
+    assert!(refused.to_string().contains("the write may still take effect"), "{refused}");
 }
 
 /// A member slower than `hedge_after` still serves the call when the hedge fails: a failure
@@ -443,8 +506,8 @@ async fn a_slow_member_answers_the_call_whose_hedge_failed() {
 #[tokio::test]
 async fn a_rejected_request_is_not_retried_and_keeps_the_servers_message() {
     for code in [Code::InvalidArgument, Code::ResourceExhausted, Code::FailedPrecondition] {
-        let (server, at_server) = serve(Script::Reject(code)).await;
-        let (other, at_other) = serve(Script::Answer).await;
+        let (server, at_server) = serve_named(Script::Reject(code)).await;
+        let (other, at_other) = serve_named(Script::Answer).await;
         let client = Client::connect([server, other]).await.expect("valid endpoints");
 
         let err = client.put("k", "v").await.expect_err("the server rejects the put");
@@ -1200,21 +1263,27 @@ impl Lock for ScriptedLock {
     async fn acquire(&self, request: Request<AcquireRequest>) -> Result<Response<AcquireResponse>, Status> {
         let r = request.into_inner();
         self.acquires.lock().expect("test lock").push((r.session_id.clone(), r.request_id));
+        // A member's own answers name its cluster; the transport's do not.
+        let named = |mut status: Status| {
+            let id = format_cluster_id(A_CLUSTER).parse().expect("hex digits");
+            status.metadata_mut().insert(CLUSTER_ID_METADATA, id);
+            status
+        };
         match r.session_id.as_str() {
-            "gone" => Err(Status::not_found("session gone not found")),
+            "gone" => Err(named(Status::not_found("session gone not found"))),
             "full" => {
                 let mut status = Status::resource_exhausted("queue full (--max-lock-waiters)");
                 status
                     .metadata_mut()
                     .insert(latch_proto::OVER_LIMIT_METADATA, "true".parse().expect("ascii"));
-                Err(status)
+                Err(named(status))
             }
             "calm" => Err(Status::resource_exhausted("h2 protocol error: ENHANCE_YOUR_CALM")),
             "slow" => {
                 tokio::time::sleep(Duration::from_secs(10)).await;
-                Err(Status::unavailable("too late"))
+                Err(named(Status::unavailable("too late")))
             }
-            _ => Err(Status::unavailable("cut off from the leader")),
+            _ => Err(named(Status::unavailable("cut off from the leader"))),
         }
     }
 

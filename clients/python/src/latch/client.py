@@ -21,7 +21,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, TypeVar, 
 
 import grpc
 
-from .errors import APPLIED_REVISION_METADATA, LatchError, trailing
+from .errors import APPLIED_REVISION_METADATA, SETTLED_METADATA, LatchError, trailing
 from .txn import Bytes, Txn, _key_range, as_bytes, prefix_range
 from .v1 import (cluster_pb2, cluster_pb2_grpc, election_pb2, election_pb2_grpc, kv_pb2, kv_pb2_grpc,
                  lock_pb2, lock_pb2_grpc, maintenance_pb2, maintenance_pb2_grpc, registry_pb2,
@@ -631,6 +631,8 @@ class Client:
         last_answer: Optional[LatchError] = None
         # The endpoints a member of another cluster answered at, in this call.
         foreign_at: set = set()
+        # A write's refusal that settles nothing says whether the write may still take effect.
+        is_write = write
         with self._lock:
             write = write and self.writes_to_leader
             if start is not None:
@@ -653,7 +655,7 @@ class Client:
             dropped = False
             try:
                 if hedged is not None and self.hedge_after is not None and n > 1 and timeout is not None:
-                    outcome, ended_at, dropped = self._hedged(hedged, failed_at, target, timeout)
+                    outcome, ended_at, dropped = self._hedged(hedged, failed_at, target, timeout, write=is_write)
                     if ended_at is not None:
                         i, target = ended_at
                         failed_at = i
@@ -671,6 +673,10 @@ class Client:
                 # says of its own leader; the call goes on to the next member.
                 foreign = self._cluster.learn(named)
                 if (error.code not in RETRYABLE and not foreign) or (stay is not None and stay.is_set()):
+                    if is_write and trailing(e, SETTLED_METADATA) != "true" and error.applied_revision is None:
+                        # Refused before proposing, or by no member: an attempt unanswered, or
+                        # still under way when the hedge was refused, may still take effect.
+                        error.unsettled = error.unsettled or unsettled
                     raise error from None
                 if named is not None and not foreign:
                     foreign_at.discard(target.addr)  # the address's latest answer is ours
@@ -756,7 +762,7 @@ class Client:
                               wait=wait, until=until, stop=stop, write=write, hedged=hedged)
 
     def _hedged(self, start: Callable[["_Target", Optional[float]], grpc.Future], i: int, target: "_Target",
-                timeout: float):
+                timeout: float, *, write: bool = False):
         """One attempt at ``target`` (member ``i``), sent to the member after it too once
         unanswered for ``hedge_after`` (at most half of ``timeout``); both end by ``timeout``.
         Returns how the call ended — the first answer, ``(result, initial metadata)``, or the
@@ -766,9 +772,13 @@ class Client:
         attempt met it; a retryable one leaves the other attempt to wait for; an answer that a
         write was applied before, its data not kept, waits for the other attempt's whole answer
         and is what the call ends with when that one fails. The attempt still going when the
-        call ends is cancelled; a write carries its request id to both, so it applies once. Third,
-        whether a failure that left the write unsettled (cut, timed out) was dropped while the
-        other attempt went on, so that the call's retries still say so when they give up."""
+        call ends is cancelled; a write carries its request id to both, so it applies once. A
+        ``write``'s refusal that settles nothing (not marked ``SETTLED_METADATA``: made before
+        proposing, on the member's own limits) waits for the other attempt too, which may still
+        take effect, or has: its answer decides, and the refusal ends the call only if that one
+        fails. Third, whether a failure that left the write unsettled (cut, timed out) was dropped
+        while the other attempt went on, so that the call's retries (or the refusal) still say
+        so."""
         ended = threading.Event()
         first = start(target, timeout)
         first.add_done_callback(lambda _: ended.set())
@@ -778,6 +788,8 @@ class Client:
         # An answer that the write was applied before, its data not kept, held back while the
         # other attempt may still bring the whole answer; with the attempt it came from.
         applied_before = None
+        # A write's refusal that settles nothing, held while the other attempt may answer.
+        refused = None
         dropped = False
         try:
             if not ended.wait(after):
@@ -810,13 +822,23 @@ class Client:
                         applied_before = (failure, at)
                         continue
                     foreign = self._cluster.foreign(trailing(failure, CLUSTER_ID_METADATA))
-                    if flights and (failure.code() in RETRYABLE or foreign):
+                    if failure.code() in RETRYABLE or foreign:
                         dropped = dropped or (not foreign and LatchError.from_rpc(failure, "").unsettled)
-                        continue
+                        if flights:
+                            continue
+                        # The other attempt's refusal, held, ends the call rather than this.
+                        ending = refused or (failure, at)
+                    elif write and trailing(failure, SETTLED_METADATA) != "true":
+                        refused = refused or (failure, at)
+                        if flights:
+                            continue
+                        ending = refused
+                    else:
+                        ending = (failure, at)
                     # That the write took effect, when the other attempt said so, comes first.
                     if applied_before is not None:
                         return applied_before[0], applied_before[1], False
-                    return failure, at, dropped
+                    return ending[0], ending[1], dropped
         finally:
             for flight, _ in flights:
                 flight.cancel()
@@ -1104,7 +1126,7 @@ class Client:
         except _WaitOver as e:
             error = e.error
         except LatchError as e:
-            if e.code in SETTLED or e.over_limit:
+            if (e.code in SETTLED or e.over_limit) and not e.unsettled:
                 raise
             error = e
         except BaseException:  # interrupted (KeyboardInterrupt) during or between attempts

@@ -18,6 +18,10 @@ OVER_LIMIT_METADATA = "latch-over-limit"
 #: Trailing metadata (``true``) of a write's failure after which it may still take effect: the
 #: member could not commit it before the call's deadline, and it stays proposed.
 UNSETTLED_METADATA = "latch-unsettled"
+#: Trailing metadata (``true``) of a member's refusal of a write it applied: the request id's
+#: outcome, which every attempt of the write meets. A refusal without it (made before proposing,
+#: on the member's own limits, or no member's) leaves another attempt free to take effect.
+SETTLED_METADATA = "latch-settled"
 #: Trailing metadata naming the cluster of the member that answered.
 _CLUSTER_ID_METADATA = "latch-cluster-id"
 
