@@ -160,7 +160,13 @@ pub(crate) async fn acquire(
         // From here until it is answered, a request whose caller goes away (or whose proposal
         // fails, and may yet apply) gives up its place.
         let mut abandon = Abandon::new(ctx, want.space, &want.name, &request_id);
-        let (header, r) = match ctx.write(&request_id, body).await {
+        // Asked again under an id of its own, or under one made for a request that came without
+        // any, the answer is not the client's request's (another attempt is another command).
+        let written = match asked_again || want.request_id.is_empty() {
+            false => ctx.write(&request_id, body).await,
+            true => ctx.write_aside(&request_id, body).await,
+        };
+        let (header, r) = match written {
             Ok(answer) => answer,
             Err(e) => {
                 // Unless a resend's request of that id waits here already (its owner may have
@@ -354,7 +360,7 @@ async fn give_up(
         request_id: waiting_on.to_string(),
         release_granted: false,
     };
-    let (header, r) = ctx.write(&abandoned_marker(waiting_on), Body::CancelWait(cancel)).await?;
+    let (header, r) = ctx.write_aside(&abandoned_marker(waiting_on), Body::CancelWait(cancel)).await?;
     abandon.disarm();
     let r = lock_result(r, "cancel")?;
     let granted = r.status == LockStatus::Granted as i32;
@@ -441,7 +447,8 @@ pub(crate) async fn withdraw(
         if applied {
             // Withdrawn now if it waits, its grant answered if it holds, and marked given up
             // either way, so that no RPC of it asks again.
-            let (header, r) = ctx.write(&withdrawn_marker(request_id), Body::CancelWait(cancel)).await?;
+            let (header, r) =
+                ctx.write_aside(&withdrawn_marker(request_id), Body::CancelWait(cancel)).await?;
             return Ok((header, granted(r)?));
         }
         match ctx.write(request_id, Body::CancelWait(cancel.clone())).await {

@@ -164,9 +164,11 @@ impl Context {
         };
         // Proposed at the cluster's version, which the core sets (`Core::propose`).
         let cmd = Command { version: 0, request_id: request_id.clone(), body: Some(body) };
+        let _ = APPLIED.try_with(|applied| applied.set(false));
         let out = self.node.propose(cmd, retry).await?;
-        // Applied: whatever is answered from here on is the request id's remembered outcome.
-        let _ = APPLIED.try_with(|applied| applied.set(true));
+        // Applied under the client's own request id: what is answered from here on is its
+        // remembered outcome. (An attempt without one is a command of its own.)
+        let _ = APPLIED.try_with(|applied| applied.set(retry == Retry::SameId));
         let header = self.header(out.revision);
         if out.data_omitted {
             let succeeded = match &out.result {
@@ -188,6 +190,19 @@ impl Context {
             Some(r) => Ok((header, r)),
             None => Err(ApiError::Internal("the state machine returned an empty outcome".into())),
         }
+    }
+
+    /// Like [`write`](Context::write), under an id of the member's own making (a marker, an
+    /// acquire asked again): its outcome is not the client's request's, and a refusal after it
+    /// settles nothing.
+    pub async fn write_aside(
+        &self,
+        request_id: &str,
+        body: Body,
+    ) -> Result<(ResponseHeader, outcome::Result), ApiError> {
+        let written = self.write(request_id, body).await;
+        let _ = APPLIED.try_with(|applied| applied.set(false));
+        written
     }
 
     /// Runs a handler's work and answers with what it returned: a refusal as its status, marked
@@ -362,7 +377,8 @@ impl Context {
                 status.metadata_mut().insert(RETRY_PUSHBACK_METADATA, MetadataValue::from(RETRY_PUSHBACK_MS));
                 status
             }
-            ApiError::Request(RequestError::Unanswered { write: Some(_), .. }) => {
+            ApiError::Request(RequestError::Unanswered { write: Some(_), .. })
+            | ApiError::Request(RequestError::TimedOut { proposed: true, .. }) => {
                 let mut status = self.unavailable(msg);
                 status.metadata_mut().insert(UNSETTLED_METADATA, MetadataValue::from_static("true"));
                 status

@@ -565,7 +565,7 @@ mod tests {
             Some(Err(RequestError::SessionNotFound { session: "a".into() })),
             "a lease that ran out is not renewed"
         );
-        l.time_out(3_000, 2_000, 2_000, &RequestError::TimedOut { ticks: 1 });
+        l.time_out(3_000, 2_000, 2_000, &RequestError::TimedOut { ticks: 1, proposed: false });
         assert_eq!(
             expiries_of(&l.tend(3_000, u64::MAX)),
             vec![("a".to_string(), 0)],
@@ -763,7 +763,7 @@ mod tests {
         started(&mut l, "s", 10_000, 0);
         l.promoted(TERM + 1, 1_000);
         assert_eq!(checkpoint_of(&l.tend(1_000, u64::MAX)).len(), 1);
-        l.time_out(1_500, 400, 3_000, &RequestError::TimedOut { ticks: 1 });
+        l.time_out(1_500, 400, 3_000, &RequestError::TimedOut { ticks: 1, proposed: false });
         assert_eq!(checkpoint_of(&l.tend(1_500, u64::MAX)), vec![("s".to_string(), 8_500)], "proposed again");
     }
 

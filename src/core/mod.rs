@@ -212,8 +212,13 @@ pub enum Retry {
 pub enum RequestError {
     #[error("no leader is known to member {member} (an election may be under way); retry")]
     NoLeader { member: u64 },
-    #[error("not answered within {ticks} ticks (no quorum reachable?); retry with the same request id")]
-    TimedOut { ticks: u64 },
+    /// Not answered in time; a proposal (`proposed`) stays in the log if it got there, and may
+    /// still commit.
+    #[error(
+        "not answered within {ticks} ticks (no quorum reachable?){}; retry with the same request id",
+        if *.proposed { "; the write stays proposed and may still take effect" } else { "" }
+    )]
+    TimedOut { ticks: u64, proposed: bool },
     #[error("member is shutting down")]
     ShuttingDown,
     /// The caller's deadline came before the answer (`node::deadline`); a write stays proposed.
@@ -1040,7 +1045,8 @@ impl Core {
         let now = self.now;
         let t = self.timing;
         let member = self.id();
-        let timed_out = RequestError::TimedOut { ticks: t.request_timeout_ticks };
+        let timed_out = RequestError::TimedOut { ticks: t.request_timeout_ticks, proposed: false };
+        let proposal_timed_out = RequestError::TimedOut { ticks: t.request_timeout_ticks, proposed: true };
         let old = |arrived_at: u64| now - arrived_at >= t.request_timeout_ticks;
         // Proposals: fail the ones too old.
         let expired: Vec<String> =
@@ -1048,7 +1054,7 @@ impl Core {
         for id in expired {
             if let Some(p) = self.proposals.remove(&id) {
                 for w in p.waiters {
-                    self.actions.push(Action::Reply { waiter: w, result: Err(timed_out.clone()) });
+                    self.actions.push(Action::Reply { waiter: w, result: Err(proposal_timed_out.clone()) });
                 }
             }
         }
@@ -1056,7 +1062,7 @@ impl Core {
             std::mem::take(&mut self.changes).into_iter().partition(|c| old(c.arrived_at));
         self.changes = pending;
         for c in expired {
-            self.actions.push(Action::Changed { waiter: c.waiter, result: Err(timed_out.clone()) });
+            self.actions.push(Action::Changed { waiter: c.waiter, result: Err(proposal_timed_out.clone()) });
         }
         // Reads asked: time out, or ask again under a new context (raft-rs drops a ReadIndex a
         // new leader cannot serve yet, and a lost message loses it too).

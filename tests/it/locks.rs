@@ -999,6 +999,20 @@ async fn an_acquire_answered_without_queueing_sends_no_withdrawal_after_it() {
         "the log holds the acquire and the put, and no withdrawal of the acquire"
     );
     assert_eq!(client.describe_lock("nobody").await.unwrap(), None, "nothing queued");
+
+    // Without a request id each attempt is a command of its own: the refusal settles nothing.
+    let anonymous = latch_proto::v1::AcquireRequest {
+        name: "nobody".into(),
+        session_id: "0123456789abcdef".into(),
+        mode: LockMode::Exclusive as i32,
+        ..Default::default()
+    };
+    let refused = locks.acquire(anonymous).await.expect_err("an acquire of a session that does not exist");
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    assert!(
+        refused.metadata().get(latch_proto::SETTLED_METADATA).is_none(),
+        "no request id, no outcome remembered for another attempt: not settled: {refused:?}"
+    );
 }
 
 #[tokio::test]

@@ -144,6 +144,28 @@ fn a_read_confirmed_at_an_index_the_member_cannot_reach_times_out() {
     );
 }
 
+/// A write the leader proposed and could not commit in time (its followers unreachable) is
+/// answered as timed out *and still proposed*: the entry is in its log and may yet commit, so
+/// the member's answer says the write may still take effect (`latch-unsettled`); a read that
+/// times out says nothing of the kind.
+#[test]
+fn a_proposal_that_times_out_is_answered_as_still_proposed() {
+    let mut all = |_: &Message| Route::Deliver;
+    let mut s = Scripted::new(3, 12);
+    s.until("a leader", 200, &mut all, &mut |s| s.leader().is_some());
+    let leader = s.leader().expect("a leader");
+    let mut cut_off =
+        |m: &Message| if m.from == leader || m.to == leader { Route::Drop } else { Route::Deliver };
+    let w = s.propose(leader, put("put-late", "k", "v"));
+    let timeout = latch::core::Timing::default().request_timeout_ticks as usize;
+    s.until("the write to be answered", timeout + 10, &mut cut_off, &mut |s| s.answer(w).is_some());
+    assert!(
+        matches!(s.answer(w), Some(Answer::Applied(Err(RequestError::TimedOut { proposed: true, .. })))),
+        "a proposal not committed in time should time out as still proposed, got {:?}",
+        s.answer(w)
+    );
+}
+
 /// Commands a member proposes itself (expiries, later) carry request ids that no other member
 /// and no other life of the same member makes, so they are never mistaken for one another's
 /// retries (issue 6, §4).

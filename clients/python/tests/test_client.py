@@ -1011,6 +1011,17 @@ class HeldOnceKV(HeldKV):
         return super().Put(request, context)
 
 
+class HeldOnceOverLimitKV(HeldKV):
+    """A member that holds its first put as ``HeldKV`` does, and refuses the later ones at once
+    over one of its limits, before proposing them (no ``latch-settled``)."""
+
+    def Put(self, request, context):
+        if self.put_ids:
+            context.set_trailing_metadata([("latch-cluster-id", "00000000000000aa"), ("latch-over-limit", "true")])
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "member 2 holds 10000 sessions (--max-sessions)")
+        return super().Put(request, context)
+
+
 class RefusingKV(kv_pb2_grpc.KVServicer):
     """A member that refuses every put at once, for good, as applied (the session it names is
     gone): marked settled, the request id's outcome."""
@@ -1422,9 +1433,23 @@ class OfflineScriptedTest(unittest.TestCase):
         client = self._hedging(held, OverLimitKV(), timeout=0.6)
         with self.assertRaises(latch.LatchError) as caught:
             client.put("k", "v")
-        self.assertTrue(caught.exception.over_limit, f"the member's refusal ends the call: {caught.exception}")
+        self.assertEqual(caught.exception.code, grpc.StatusCode.RESOURCE_EXHAUSTED, "the member's refusal ends it")
         self.assertTrue(caught.exception.unsettled, f"the first attempt, unanswered, may take effect: {caught.exception}")
+        self.assertFalse(caught.exception.over_limit, f"not 'nothing was changed': {caught.exception}")
         self.assertIn("the write may still take effect", str(caught.exception))
+
+    def test_a_refusal_before_proposing_after_an_unanswered_attempt_says_the_write_may_still_take_effect(self):
+        member = HeldOnceOverLimitKV()
+        self.addCleanup(member.release.set)
+        client = latch.Client([serve(self, kv_pb2_grpc.add_KVServicer_to_server, member)], request_timeout=0.2,
+                              retry_budget=0.6, hedge_after=None)
+        self.addCleanup(client.close)
+        with self.assertRaises(latch.LatchError) as caught:
+            client.put("k", "v")
+        self.assertEqual(caught.exception.code, grpc.StatusCode.RESOURCE_EXHAUSTED, str(caught.exception))
+        self.assertTrue(caught.exception.unsettled, f"the first attempt may still take effect: {caught.exception}")
+        self.assertFalse(caught.exception.over_limit, str(caught.exception))
+        self.assertIn("the write may still take effect", caught.exception.message)
 
     def test_a_first_attempt_cut_while_its_hedge_went_on_is_reported_unsettled_to_the_retries(self):
         # review-s70-2 M2, scenario 2: the first attempt's cut (after the request went out) was

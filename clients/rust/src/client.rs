@@ -640,7 +640,8 @@ impl Client {
         let mut failures = Vec::<Tried>::new();
         // The endpoints a member of another cluster answered at, in this call.
         let mut foreign_at = BTreeSet::<String>::new();
-        // Whether a write may take effect yet, whatever the last attempt met (set below).
+        // Whether a write may take effect yet, whatever the last attempt met (set below; never
+        // for a call that is no write).
         let mut unsettled = false;
         // A write's answer that it was applied before, its data not kept, held back while the
         // other attempt may still bring the whole answer.
@@ -717,9 +718,11 @@ impl Client {
             // A member's own word that the write stays proposed, or an attempt that may have
             // reached a member and went unanswered (a timeout, a connection lost after the
             // request went out): a write may still take effect. (Another cluster's member's
-            // refusal did nothing, and reached no member of this one.)
-            unsettled |= status.metadata().contains_key(UNSETTLED_METADATA)
-                || (!answered && !foreign && !never_sent(&status));
+            // refusal did nothing, and reached no member of this one.) Of a write only: a read
+            // or a keepalive is never said to take effect later.
+            unsettled |= write
+                && (status.metadata().contains_key(UNSETTLED_METADATA)
+                    || (!answered && !foreign && !never_sent(&status)));
             let failure = Error::from(with_context(status.clone(), &target.addr)).to_string();
             let before = failures.iter().position(|t| t.addr == target.addr).map(|at| failures.remove(at));
             let answer = if answered {
@@ -740,7 +743,10 @@ impl Client {
                 // A member's refusal of the write as applied is the request id's outcome, which
                 // every attempt meets; any other leaves the attempts under way, or an earlier
                 // one unanswered, free to take effect.
-                let settled = !write || status.metadata().contains_key(SETTLED_METADATA);
+                // (An answer that the write was applied before settles it too, marked or not.)
+                let settled = !write
+                    || status.metadata().contains_key(SETTLED_METADATA)
+                    || status.metadata().contains_key(APPLIED_REVISION_METADATA);
                 if !settled && !running.is_empty() && !staying() {
                     refused.get_or_insert_with(|| with_context(status, &target.addr));
                     continue;

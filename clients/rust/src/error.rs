@@ -52,18 +52,21 @@ impl Error {
 
     /// A member refused the request over one of its limits (RESOURCE_EXHAUSTED, marked by the
     /// member): nothing was queued or changed. A RESOURCE_EXHAUSTED without the mark may have
-    /// come from the transport after the request was acted on.
+    /// come from the transport after the request was acted on; and a write's refusal after
+    /// another of its attempts went unanswered is not this either ([`Error::unsettled`]: that
+    /// attempt may still take effect).
     pub fn over_limit(&self) -> bool {
         self.code() == Code::ResourceExhausted
             && self.status().is_some_and(|s| {
                 s.metadata().get(latch_proto::OVER_LIMIT_METADATA).is_some_and(|v| v == "true")
             })
+            && !self.unsettled()
     }
 
-    /// For a write: it may still take effect, or have taken effect, although the call failed
+    /// A write that may still take effect, or have taken effect, although the call failed
     /// (the classic ambiguity of a timed-out write): an attempt went unanswered, or a member
     /// could not commit it in time and left it proposed, and no member's answer settled it
-    /// since. Read before sending it again.
+    /// since. Read before sending it again. (Never so for a read.)
     pub fn unsettled(&self) -> bool {
         self.status().is_some_and(|s| s.metadata().contains_key(latch_proto::UNSETTLED_METADATA))
     }

@@ -68,6 +68,8 @@ enum Script {
     /// Never answers its first request, as `Frozen`; fails the later ones UNAVAILABLE, as a
     /// member that knows no leader does.
     FrozenOnce,
+    /// Never answers its first request, as `Frozen`; refuses the later ones as `OverLimit`.
+    FrozenOnceThenOverLimit,
 }
 
 #[derive(Clone)]
@@ -99,7 +101,9 @@ impl ScriptedKv {
                 self.received.lock().expect("test lock").push(request_id.clone());
                 std::future::pending::<()>().await;
             }
-            Script::FrozenOnce if self.received.lock().expect("test lock").is_empty() => {
+            Script::FrozenOnce | Script::FrozenOnceThenOverLimit
+                if self.received.lock().expect("test lock").is_empty() =>
+            {
                 self.received.lock().expect("test lock").push(request_id.clone());
                 std::future::pending::<()>().await;
             }
@@ -165,7 +169,7 @@ impl ScriptedKv {
                 status.metadata_mut().insert(latch_proto::SETTLED_METADATA, "true".parse().expect("ascii"));
                 Err(status)
             }
-            Script::OverLimit => {
+            Script::OverLimit | Script::FrozenOnceThenOverLimit => {
                 let mut status = Status::resource_exhausted("member 2 holds 10000 sessions (--max-sessions)");
                 status
                     .metadata_mut()
@@ -484,9 +488,34 @@ async fn a_hedged_write_refused_before_it_was_proposed_is_decided_by_the_attempt
     let client =
         Client::connect_with([frozen, refusing], hedging_within_600ms()).await.expect("valid endpoints");
     let refused = client.put("k", "v").await.expect_err("refused, the first attempt unanswered");
-    assert!(refused.over_limit(), "the member's refusal ends the call: {refused}");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "the member's refusal ends the call: {refused}");
     assert!(refused.unsettled(), "the unanswered first attempt may still take effect: {refused}");
+    assert!(!refused.over_limit(), "not \"nothing was changed\": the first attempt may be: {refused}");
     assert!(refused.to_string().contains("the write may still take effect"), "{refused}");
+}
+
+/// A write whose first attempt went unanswered and whose retry a member refused before
+/// proposing it (over its own limit) may still take effect through the first: the refusal says
+/// so, and is not `over_limit()` ("nothing was changed"). The same refusal of a read is.
+#[tokio::test]
+async fn a_refusal_before_proposing_after_an_unanswered_attempt_says_the_write_may_still_take_effect() {
+    let options = ClientOptions {
+        request_timeout: Duration::from_millis(200),
+        retry_budget: Duration::from_millis(600),
+        hedge_after: None,
+        ..ClientOptions::default()
+    };
+    let (member, _, _) = serve_in(Some(A_CLUSTER), Script::FrozenOnceThenOverLimit).await;
+    let client = Client::connect_with([member.as_str()], options).await.expect("endpoint");
+    let write = client.put("k", "v").await.expect_err("refused on its retry");
+    assert_eq!(write.code(), Code::ResourceExhausted, "the member's refusal ends the call: {write}");
+    assert!(write.unsettled() && !write.over_limit(), "the first attempt may still take effect: {write}");
+    assert!(write.to_string().contains("the write may still take effect"), "{write}");
+
+    let (member, _, _) = serve_in(Some(A_CLUSTER), Script::FrozenOnceThenOverLimit).await;
+    let client = Client::connect_with([member.as_str()], options).await.expect("endpoint");
+    let read = client.get("k").await.expect_err("refused on its retry");
+    assert!(read.over_limit() && !read.unsettled(), "a read changes nothing: {read}");
 }
 
 /// A member slower than `hedge_after` still serves the call when the hedge fails: a failure

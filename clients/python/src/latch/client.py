@@ -675,8 +675,10 @@ class Client:
                 if (error.code not in RETRYABLE and not foreign) or (stay is not None and stay.is_set()):
                     if is_write and trailing(e, SETTLED_METADATA) != "true" and error.applied_revision is None:
                         # Refused before proposing, or by no member: an attempt unanswered, or
-                        # still under way when the hedge was refused, may still take effect.
+                        # still under way when the hedge was refused, may still take effect
+                        # (and so the refusal is no "nothing was changed").
                         error.unsettled = error.unsettled or unsettled
+                        error.over_limit = error.over_limit and not error.unsettled
                     raise error from None
                 if named is not None and not foreign:
                     foreign_at.discard(target.addr)  # the address's latest answer is ours
@@ -828,7 +830,8 @@ class Client:
                             continue
                         # The other attempt's refusal, held, ends the call rather than this.
                         ending = refused or (failure, at)
-                    elif write and trailing(failure, SETTLED_METADATA) != "true":
+                    elif (write and trailing(failure, SETTLED_METADATA) != "true"
+                          and trailing(failure, APPLIED_REVISION_METADATA) is None):
                         refused = refused or (failure, at)
                         if flights:
                             continue

@@ -48,7 +48,8 @@ class LatchError(Exception):
         self.applied_revision = applied_revision
         self.txn_succeeded = txn_succeeded
         #: RESOURCE_EXHAUSTED marked by the member as over one of its limits: nothing queued or
-        #: changed.
+        #: changed (not set on a write's refusal after another of its attempts went unanswered:
+        #: that one may still take effect, ``unsettled``).
         self.over_limit = over_limit and code == grpc.StatusCode.RESOURCE_EXHAUSTED
         #: A write may still take effect after this failure, or after one of the call's earlier
         #: attempts: unanswered in time, cut off after the request went out, or answered by a
