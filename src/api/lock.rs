@@ -531,7 +531,7 @@ impl Drop for Abandon {
                             // wait still) the next withdrawal is a new command, at most one
                             // a second.
                             Ok(_) => id = uuid::Uuid::now_v7().to_string(),
-                            Err(ApiError::Request(RequestError::ShuttingDown)) => return,
+                            Err(ApiError::Request(RequestError::ShuttingDown { .. })) => return,
                             Err(e) => tracing::debug!(error = %e, "giving up a lock request: retrying"),
                         }
                     }

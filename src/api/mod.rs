@@ -378,14 +378,15 @@ impl Context {
                 status
             }
             ApiError::Request(RequestError::Unanswered { write: Some(_), .. })
-            | ApiError::Request(RequestError::TimedOut { proposed: true, .. }) => {
+            | ApiError::Request(RequestError::TimedOut { proposed: true, .. })
+            | ApiError::Request(RequestError::ShuttingDown { proposed: true }) => {
                 let mut status = self.unavailable(msg);
                 status.metadata_mut().insert(UNSETTLED_METADATA, MetadataValue::from_static("true"));
                 status
             }
             ApiError::Request(RequestError::NoLeader { .. })
             | ApiError::Request(RequestError::NotLeader { .. })
-            | ApiError::Request(RequestError::ShuttingDown)
+            | ApiError::Request(RequestError::ShuttingDown { proposed: false })
             | ApiError::Request(RequestError::TimedOut { .. })
             | ApiError::Request(RequestError::Unanswered { .. })
             | ApiError::Request(RequestError::CutOff { .. }) => self.unavailable(msg),

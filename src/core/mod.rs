@@ -219,8 +219,13 @@ pub enum RequestError {
         if *.proposed { "; the write stays proposed and may still take effect" } else { "" }
     )]
     TimedOut { ticks: u64, proposed: bool },
-    #[error("member is shutting down")]
-    ShuttingDown,
+    /// The member stops; a write it took (`proposed`) may be in the log, and commit under the
+    /// next leader.
+    #[error(
+        "member is shutting down{}",
+        if *.proposed { "; the write may already be in the log and still take effect" } else { "" }
+    )]
+    ShuttingDown { proposed: bool },
     /// The caller's deadline came before the answer (`node::deadline`); a write stays proposed.
     #[error(
         "member {member} could not {what} within {waited_ms} ms, before its caller's deadline: {why}{}",
@@ -1387,23 +1392,33 @@ impl Core {
     pub fn shut_down(&mut self) -> Vec<Action> {
         for (_, p) in std::mem::take(&mut self.proposals) {
             for w in p.waiters {
-                self.actions.push(Action::Reply { waiter: w, result: Err(RequestError::ShuttingDown) });
+                self.actions.push(Action::Reply {
+                    waiter: w,
+                    result: Err(RequestError::ShuttingDown { proposed: true }),
+                });
             }
         }
         let reads = std::mem::take(&mut self.new_reads)
             .into_iter()
             .chain(std::mem::take(&mut self.asked_reads).into_values().flat_map(|b| b.waiters))
             .chain(std::mem::take(&mut self.confirmed_reads).into_values().flatten().map(|r| r.waiter));
-        let failed: Vec<Action> =
-            reads.map(|w| Action::ReadFailed { waiter: w, error: RequestError::ShuttingDown }).collect();
+        let failed: Vec<Action> = reads
+            .map(|w| Action::ReadFailed { waiter: w, error: RequestError::ShuttingDown { proposed: false } })
+            .collect();
         self.actions.extend(failed);
         let keepalives = self.leases.demoted(self.id(), 0);
         let early = std::mem::take(&mut self.early_keepalives).into_iter().map(|(w, _, _)| w);
         for waiter in keepalives.into_iter().map(|(w, _)| w).chain(early) {
-            self.actions.push(Action::KeptAlive { waiter, result: Err(RequestError::ShuttingDown) });
+            self.actions.push(Action::KeptAlive {
+                waiter,
+                result: Err(RequestError::ShuttingDown { proposed: false }),
+            });
         }
         for c in std::mem::take(&mut self.changes) {
-            self.actions.push(Action::Changed { waiter: c.waiter, result: Err(RequestError::ShuttingDown) });
+            self.actions.push(Action::Changed {
+                waiter: c.waiter,
+                result: Err(RequestError::ShuttingDown { proposed: false }),
+            });
         }
         std::mem::take(&mut self.actions)
     }

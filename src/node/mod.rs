@@ -176,8 +176,14 @@ impl NodeHandle {
     pub async fn propose(&self, cmd: Command, retry: Retry) -> Result<Outcome, RequestError> {
         let permit = self.take_pending(prost::Message::encoded_len(&cmd) + PROPOSAL_OVERHEAD_BYTES)?;
         let (reply, rx) = oneshot::channel();
-        self.events.send(Event::Propose { cmd, reply, permit }).map_err(|_| RequestError::ShuttingDown)?;
-        self.answer(rx, Waited::Write(retry)).await
+        self.events
+            .send(Event::Propose { cmd, reply, permit })
+            .map_err(|_| RequestError::ShuttingDown { proposed: false })?;
+        // Taken by the core, the command may be in the log whatever stops the member now.
+        self.answer(rx, Waited::Write(retry)).await.map_err(|e| match e {
+            RequestError::ShuttingDown { .. } => RequestError::ShuttingDown { proposed: true },
+            e => e,
+        })
     }
 
     /// Waits until a linearizable read may be served from this node's applied state.
@@ -202,7 +208,9 @@ impl NodeHandle {
 
     async fn read_index_with(&self, permit: Permit) -> Result<(), RequestError> {
         let (reply, rx) = oneshot::channel();
-        self.events.send(Event::Read { reply, permit }).map_err(|_| RequestError::ShuttingDown)?;
+        self.events
+            .send(Event::Read { reply, permit })
+            .map_err(|_| RequestError::ShuttingDown { proposed: false })?;
         self.answer(rx, Waited::Read).await
     }
 
@@ -214,7 +222,9 @@ impl NodeHandle {
         }
         let permit = self.take_pending(READ_BYTES)?;
         let (reply, rx) = oneshot::channel();
-        self.events.send(Event::ReadCaughtUp { reply, permit }).map_err(|_| RequestError::ShuttingDown)?;
+        self.events
+            .send(Event::ReadCaughtUp { reply, permit })
+            .map_err(|_| RequestError::ShuttingDown { proposed: false })?;
         self.answer(rx, Waited::Read).await
     }
 
@@ -224,7 +234,7 @@ impl NodeHandle {
         let (reply, rx) = oneshot::channel();
         self.events
             .send(Event::KeepAlive { session, reply, permit })
-            .map_err(|_| RequestError::ShuttingDown)?;
+            .map_err(|_| RequestError::ShuttingDown { proposed: false })?;
         self.answer(rx, Waited::KeepAlive).await
     }
 
@@ -232,8 +242,10 @@ impl NodeHandle {
     /// live here).
     pub async fn leases(&self, sessions: Vec<String>) -> Result<Vec<Option<u64>>, RequestError> {
         let (reply, rx) = oneshot::channel();
-        self.events.send(Event::Leases { sessions, reply }).map_err(|_| RequestError::ShuttingDown)?;
-        rx.await.map_err(|_| RequestError::ShuttingDown)
+        self.events
+            .send(Event::Leases { sessions, reply })
+            .map_err(|_| RequestError::ShuttingDown { proposed: false })?;
+        rx.await.map_err(|_| RequestError::ShuttingDown { proposed: false })
     }
 
     /// Tells the core that its empty data dir is not the member's first life
@@ -241,32 +253,40 @@ impl NodeHandle {
     /// serializable read looks at that status first); before the member serves anything.
     pub async fn lived_before(&self) -> Result<(), RequestError> {
         let (done, shown) = oneshot::channel();
-        self.events.send(Event::LivedBefore { done }).map_err(|_| RequestError::ShuttingDown)?;
-        shown.await.map_err(|_| RequestError::ShuttingDown)
+        self.events
+            .send(Event::LivedBefore { done })
+            .map_err(|_| RequestError::ShuttingDown { proposed: false })?;
+        shown.await.map_err(|_| RequestError::ShuttingDown { proposed: false })
     }
 
     /// As leader, makes voter `member` a learner (`core::Core::replace`): the index of the
     /// change's entry, once this member's state holds it (0: it was a learner already).
     pub async fn replace(&self, member: u64) -> Result<u64, RequestError> {
         let (reply, rx) = oneshot::channel();
-        self.events.send(Event::Replace { member, reply }).map_err(|_| RequestError::ShuttingDown)?;
-        rx.await.map_err(|_| RequestError::ShuttingDown)?
+        self.events
+            .send(Event::Replace { member, reply })
+            .map_err(|_| RequestError::ShuttingDown { proposed: false })?;
+        rx.await.map_err(|_| RequestError::ShuttingDown { proposed: false })?
     }
 
     /// As leader, adds `member` at `peer_addr` as a learner (`core::Core::add`): the index of
     /// the change's entry, once this member's state holds it (0: it was that learner already).
     pub async fn add(&self, member: u64, peer_addr: String) -> Result<u64, RequestError> {
         let (reply, rx) = oneshot::channel();
-        self.events.send(Event::Add { member, peer_addr, reply }).map_err(|_| RequestError::ShuttingDown)?;
-        rx.await.map_err(|_| RequestError::ShuttingDown)?
+        self.events
+            .send(Event::Add { member, peer_addr, reply })
+            .map_err(|_| RequestError::ShuttingDown { proposed: false })?;
+        rx.await.map_err(|_| RequestError::ShuttingDown { proposed: false })?
     }
 
     /// As leader, removes `member` from the cluster (`core::Core::remove`): the index of the
     /// change's entry, once this member's state holds it.
     pub async fn remove(&self, member: u64) -> Result<u64, RequestError> {
         let (reply, rx) = oneshot::channel();
-        self.events.send(Event::Remove { member, reply }).map_err(|_| RequestError::ShuttingDown)?;
-        rx.await.map_err(|_| RequestError::ShuttingDown)?
+        self.events
+            .send(Event::Remove { member, reply })
+            .map_err(|_| RequestError::ShuttingDown { proposed: false })?;
+        rx.await.map_err(|_| RequestError::ShuttingDown { proposed: false })?
     }
 
     /// Who votes and who learns, as this member last applied it.
@@ -293,12 +313,12 @@ impl NodeHandle {
         waited: Waited,
     ) -> Result<T, RequestError> {
         let Some(by) = deadline::answer_by() else {
-            return rx.await.map_err(|_| RequestError::ShuttingDown)?;
+            return rx.await.map_err(|_| RequestError::ShuttingDown { proposed: false })?;
         };
         let since = tokio::time::Instant::now();
         let committed_then = self.status().commit_index;
         match tokio::time::timeout_at(by, rx).await {
-            Ok(answer) => answer.map_err(|_| RequestError::ShuttingDown)?,
+            Ok(answer) => answer.map_err(|_| RequestError::ShuttingDown { proposed: false })?,
             Err(_) => Err(RequestError::Unanswered {
                 member: self.member_id,
                 what: waited.what(),

@@ -146,8 +146,8 @@ fn a_read_confirmed_at_an_index_the_member_cannot_reach_times_out() {
 
 /// A write the leader proposed and could not commit in time (its followers unreachable) is
 /// answered as timed out *and still proposed*: the entry is in its log and may yet commit, so
-/// the member's answer says the write may still take effect (`latch-unsettled`); a read that
-/// times out says nothing of the kind.
+/// the member's answer says the write may still take effect (`latch-unsettled`). (A read that
+/// times out is `proposed: false`: the test above.)
 #[test]
 fn a_proposal_that_times_out_is_answered_as_still_proposed() {
     let mut all = |_: &Message| Route::Deliver;

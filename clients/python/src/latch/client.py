@@ -667,7 +667,7 @@ class Client:
             except grpc.RpcError as e:
                 error = LatchError.from_rpc(e, target.addr)
                 # An attempt dropped while the other went on may have been cut after it went out.
-                unsettled = unsettled or error.unsettled or dropped
+                unsettled = unsettled or (is_write and (error.unsettled or dropped))
                 named = _cluster_id(trailing(e, CLUSTER_ID_METADATA))
                 # A member of another cluster refused the call: no member of ours, whatever it
                 # says of its own leader; the call goes on to the next member.
