@@ -65,6 +65,9 @@ enum Script {
     Frozen,
     /// Answers as `Answer`, after this long.
     Slow(Duration),
+    /// Answers as `AppliedBefore`, after this long, without `latch-settled` (a member of a build
+    /// before the mark).
+    LateAppliedBefore(Duration, i64),
     /// Never answers its first request, as `Frozen`; fails the later ones UNAVAILABLE, as a
     /// member that knows no leader does.
     FrozenOnce,
@@ -107,7 +110,7 @@ impl ScriptedKv {
                 self.received.lock().expect("test lock").push(request_id.clone());
                 std::future::pending::<()>().await;
             }
-            Script::Slow(after) => tokio::time::sleep(after).await,
+            Script::Slow(after) | Script::LateAppliedBefore(after, _) => tokio::time::sleep(after).await,
             _ => {}
         }
         let asked = request.get(CLUSTER_ID_METADATA).map(|v| v.to_str().expect("ascii").to_string());
@@ -140,8 +143,8 @@ impl ScriptedKv {
         match &self.script {
             Script::Answer | Script::Behind | Script::Slow(_) => Ok(Response::new(ok)),
             Script::Frozen => unreachable!("a frozen member answers nothing"),
-            Script::AppliedBefore(_) if read => Ok(Response::new(ok)),
-            Script::AppliedBefore(revision) => {
+            Script::AppliedBefore(_) | Script::LateAppliedBefore(..) if read => Ok(Response::new(ok)),
+            Script::AppliedBefore(revision) | Script::LateAppliedBefore(_, revision) => {
                 let mut status = Status::failed_precondition("applied before; its answer's data is not kept");
                 let m = status.metadata_mut();
                 m.insert(
@@ -492,6 +495,20 @@ async fn a_hedged_write_refused_before_it_was_proposed_is_decided_by_the_attempt
     assert!(refused.unsettled(), "the unanswered first attempt may still take effect: {refused}");
     assert!(!refused.over_limit(), "not \"nothing was changed\": the first attempt may be: {refused}");
     assert!(refused.to_string().contains("the write may still take effect"), "{refused}");
+}
+
+/// A hedged write whose hedge a member refused before proposing it, and whose first attempt then
+/// answers that the write was applied before (a member of a build without `latch-settled`):
+/// the write took effect, and the call says so rather than end on the refusal (review-s71 L3).
+#[tokio::test]
+async fn an_answer_that_the_write_was_applied_outranks_a_held_refusal() {
+    let (late, _) = serve_named(Script::LateAppliedBefore(Duration::from_millis(300), 10)).await;
+    let (refusing, _) = serve_named(Script::OverLimit).await;
+    let client =
+        Client::connect_with([late, refusing], hedging_within_600ms()).await.expect("valid endpoints");
+    let applied = client.put("k", "v").await.expect_err("applied, its answer's data not kept");
+    assert_eq!(applied.applied_revision(), Some(10), "the write took effect at revision 10: {applied}");
+    assert!(!applied.unsettled(), "applied: settled: {applied}");
 }
 
 /// A write whose first attempt went unanswered and whose retry a member refused before
