@@ -22,7 +22,8 @@
 #
 # Environment: ROUNDS (3), DURATION per case (20s), WARMUP per case and system, untimed (5s),
 # SYSTEMS ("latch etcd zk"; one cluster runs at a time), OUT (none), KEEP_WORK=1 to keep the
-# servers' data and logs. Needs cargo and python3; etcd, etcdctl, protoc and ZooKeeper are
+# servers' data and logs, LATCH_BIN to use that latch binary (built with --features etcd,zk for
+# the other systems) instead of building one. Needs cargo and python3; etcd, etcdctl, protoc and ZooKeeper are
 # installed with apt-get if missing. Stops every process it started, by pid, on any exit. A run
 # that fails, or a server that dies, stops the script with exit 1.
 set -euo pipefail
@@ -51,9 +52,13 @@ if ((${#need_apt[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-echo "building latch (release, with the etcd and zk targets)" >&2
-cargo build --release --features etcd,zk --bin latch >&2
-LATCH=${CARGO_TARGET_DIR:-$ROOT/target}/release/latch
+if [ -n "${LATCH_BIN:-}" ]; then
+  LATCH=$LATCH_BIN  # a build given (two builds side by side), used as it is
+else
+  echo "building latch (release, with the etcd and zk targets)" >&2
+  cargo build --release --features etcd,zk --bin latch >&2
+  LATCH=${CARGO_TARGET_DIR:-$ROOT/target}/release/latch
+fi
 
 WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/latch-locks.XXXXXX")
 PIDS=()
