@@ -752,13 +752,13 @@ impl Client {
                     continue;
                 }
                 // That the write took effect, when the other attempt said so, comes first.
-                let failure = match (applied_before.take(), refused.take()) {
-                    (Some(applied), _) => applied,
-                    (None, Some(held)) if !settled => may_still_take_effect(held, unsettled),
-                    (None, _) if !settled => {
-                        may_still_take_effect(with_context(status, &target.addr), unsettled)
+                let failure = match applied_before.take() {
+                    Some(applied) => applied,
+                    None if settled => with_context(status, &target.addr),
+                    None => {
+                        let refusal = refused.take().unwrap_or_else(|| with_context(status, &target.addr));
+                        may_still_take_effect(refusal, unsettled)
                     }
-                    (None, _) => with_context(status, &target.addr),
                 };
                 return Err(Error::from(failure));
             }

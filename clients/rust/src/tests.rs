@@ -348,14 +348,20 @@ fn quick_to_give_up() -> ClientOptions {
     }
 }
 
-/// Options whose calls give up after 3 s, the whole call as each attempt, hedged after 100 ms.
-fn hedging_within_3s() -> ClientOptions {
+/// Options whose calls give up after `within`, the whole call as each attempt, hedged after
+/// 100 ms.
+fn hedging_within(within: Duration) -> ClientOptions {
     ClientOptions {
-        request_timeout: Duration::from_secs(3),
-        retry_budget: Duration::from_secs(3),
+        request_timeout: within,
+        retry_budget: within,
         hedge_after: Some(Duration::from_millis(100)),
         ..ClientOptions::default()
     }
+}
+
+/// [`hedging_within`] 3 s.
+fn hedging_within_3s() -> ClientOptions {
+    hedging_within(Duration::from_secs(3))
 }
 
 /// A member that stopped answering with its sockets open, first in the list: a call goes to the
@@ -459,14 +465,9 @@ async fn a_hedged_read_refused_over_a_limit_stays_over_the_limit_and_a_settled_w
     );
 }
 
-/// Attempts of 600 ms (the whole call as each), hedged after 100 ms.
+/// [`hedging_within`] 600 ms.
 fn hedging_within_600ms() -> ClientOptions {
-    ClientOptions {
-        request_timeout: Duration::from_millis(600),
-        retry_budget: Duration::from_millis(600),
-        hedge_after: Some(Duration::from_millis(100)),
-        ..ClientOptions::default()
-    }
+    hedging_within(Duration::from_millis(600))
 }
 
 /// A hedged write whose hedge a member refused before proposing it (over its own limit, which

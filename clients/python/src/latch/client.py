@@ -185,6 +185,13 @@ def _metadata_value(metadata, key: str) -> Optional[str]:
     return None
 
 
+def _settled(failure: grpc.RpcError) -> bool:
+    """Whether a write's refusal is its request id's outcome, which every attempt of it meets:
+    a member refused it as applied (``SETTLED_METADATA``), or answered that it was applied."""
+    return (trailing(failure, SETTLED_METADATA) == "true"
+            or trailing(failure, APPLIED_REVISION_METADATA) is not None)
+
+
 def _cluster_id(text: Optional[str]) -> Optional[str]:
     """A cluster id as answers name it (16 hex digits, lowercase), or None."""
     if text is None or len(text) != 16 or any(c not in "0123456789abcdefABCDEF" for c in text):
@@ -631,14 +638,13 @@ class Client:
         last_answer: Optional[LatchError] = None
         # The endpoints a member of another cluster answered at, in this call.
         foreign_at: set = set()
-        # A write's refusal that settles nothing says whether the write may still take effect.
-        is_write = write
         with self._lock:
-            write = write and self.writes_to_leader
+            # A write routed to the leader (unless told to keep writes on the endpoints given).
+            to_leader = write and self.writes_to_leader
             if start is not None:
                 i = start % len(self._targets)
             else:
-                i = self._leader if write and self._leader is not None else self._preferred
+                i = self._leader if to_leader and self._leader is not None else self._preferred
         hinted = False
         while True:
             target = self.target(i)
@@ -655,7 +661,7 @@ class Client:
             dropped = False
             try:
                 if hedged is not None and self.hedge_after is not None and n > 1 and timeout is not None:
-                    outcome, ended_at, dropped = self._hedged(hedged, failed_at, target, timeout, write=is_write)
+                    outcome, ended_at, dropped = self._hedged(hedged, failed_at, target, timeout, write=write)
                     if ended_at is not None:
                         i, target = ended_at
                         failed_at = i
@@ -667,13 +673,13 @@ class Client:
             except grpc.RpcError as e:
                 error = LatchError.from_rpc(e, target.addr)
                 # An attempt dropped while the other went on may have been cut after it went out.
-                unsettled = unsettled or (is_write and (error.unsettled or dropped))
+                unsettled = unsettled or (write and (error.unsettled or dropped))
                 named = _cluster_id(trailing(e, CLUSTER_ID_METADATA))
                 # A member of another cluster refused the call: no member of ours, whatever it
                 # says of its own leader; the call goes on to the next member.
                 foreign = self._cluster.learn(named)
                 if (error.code not in RETRYABLE and not foreign) or (stay is not None and stay.is_set()):
-                    if is_write and trailing(e, SETTLED_METADATA) != "true" and error.applied_revision is None:
+                    if write and not _settled(e):
                         # Refused before proposing, or by no member: an attempt unanswered, or
                         # still under way when the hedge was refused, may still take effect
                         # (and so the refusal is no "nothing was changed").
@@ -714,7 +720,7 @@ class Client:
                     hinted = True
                 else:
                     i, pause, hinted = (i + 1) % max(n, 1), backoff.pause(), False
-                if write:
+                if to_leader:
                     # The member that failed a write is no longer taken for the leader; one
                     # named instead is (a leader another call learnt meanwhile stays). Reads
                     # stay where they were.
@@ -749,7 +755,7 @@ class Client:
                                  f"{self._cluster.id} that this client talks to (its endpoints name members "
                                  f"of two clusters; give it cluster_id=); the request may have taken effect there",
                                  target.addr)
-            self._answered(i, target, write, _named(metadata))
+            self._answered(i, target, to_leader, _named(metadata))
             return result
 
     def _call(self, service: str, method: str, request, *, wait: Optional[float] = 0.0,
@@ -830,8 +836,7 @@ class Client:
                             continue
                         # The other attempt's refusal, held, ends the call rather than this.
                         ending = refused or (failure, at)
-                    elif (write and trailing(failure, SETTLED_METADATA) != "true"
-                          and trailing(failure, APPLIED_REVISION_METADATA) is None):
+                    elif write and not _settled(failure):
                         refused = refused or (failure, at)
                         if flights:
                             continue
